@@ -1,0 +1,148 @@
+"""The ``gtl`` command.
+
+    gtl complete "prompt" [--model echo] [--system S] [--temperature T] [--max-tokens N] [--json]
+    gtl models
+    gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
+    gtl gap wrap|transform|parse|graph ...
+
+Errors a user can fix print one line (``gtl: error: …``) and exit with status 2; provider errors
+print their GTL code and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gtl", description="gtl_nb: every AI provider through one protocol.")
+    parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
+    parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    complete = sub.add_parser("complete", help="stream a completion to the terminal")
+    complete.add_argument("prompt", help="the prompt ('-' reads standard input)")
+    complete.add_argument("--model", "-m", default=None, help="model or provider:model (default: echo)")
+    complete.add_argument("--provider", help="deployment to use")
+    complete.add_argument("--system", "-s", help="system prompt")
+    complete.add_argument("--temperature", "-t", type=float)
+    complete.add_argument("--max-tokens", type=int)
+    complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
+    complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")
+    complete.set_defaults(handler=_complete)
+
+    models = sub.add_parser("models", help="list providers and models")
+    models.add_argument("--json", action="store_true", help="print provider_info messages as JSON lines")
+    models.set_defaults(handler=_models)
+
+    _optional_subcommands(sub)
+    return parser
+
+
+def _optional_subcommands(sub: Any) -> None:
+    """Commands that live with their packages (``gtl sim``, ``gtl gap``)."""
+    for module_name in ("gtl_nb.sim.cli", "gtl_nb.gap.cli"):
+        try:
+            module = __import__(module_name, fromlist=["add_subcommands"])
+        except ImportError:
+            continue
+        module.add_subcommands(sub)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from gtl_nb.client import connect
+
+    return connect(config=args.config)
+
+
+def _complete(args: argparse.Namespace) -> int:
+    from gtl_nb.protocol.codec import encode
+    from gtl_nb.protocol.messages import Reasoning, Status, Token
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    client = _client(args)
+    stream = client.stream(
+        args.model,
+        prompt,
+        provider=args.provider,
+        system=args.system,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        reasoning=args.reasoning,
+    )
+    out = sys.stdout
+    for event in stream:
+        if args.json:
+            out.write(encode(event).decode() + "\n")
+        elif isinstance(event, Token):
+            out.write(event.text)
+        elif isinstance(event, Reasoning):
+            sys.stderr.write(event.text)
+        elif isinstance(event, Status) and event.state == "failover":
+            out.write(f"\n[failover {event.from_provider} -> {event.to_provider}: {event.reason}]\n")
+        out.flush()
+    result = stream.result()  # raises the session's error
+    if not args.json:
+        for call in result.tool_calls:
+            out.write(f"\n[tool call] {call.name}({call.arguments})")
+        out.write(f"\n-- {result.footer()}\n")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from gtl_nb.protocol.codec import encode
+
+    client = _client(args)
+    for info in client.providers():
+        if args.json:
+            print(encode(info).decode())
+            continue
+        flag = " (offline)" if info.offline else ""
+        print(f"{info.provider} [{info.provider_type}]{flag}")
+        for model in info.models:
+            price = (
+                f"${model.cost_per_1k_input}/1k in, ${model.cost_per_1k_output}/1k out"
+                if model.cost_per_1k_input is not None and model.cost_per_1k_output is not None
+                else "price unknown"
+            )
+            window = f"{model.context_window:,} ctx" if model.context_window else "ctx ?"
+            print(f"  {model.name:<40} {window:>14}  {price}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log:
+        from gtl_nb.log import configure_logging
+
+        configure_logging(args.log)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(handler(args) or 0)
+    except (ConfigurationError, RequestError) as exc:
+        print(f"gtl: error: {exc}", file=sys.stderr)
+        return 2
+    except GTLError as exc:
+        print(f"gtl: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ngtl: cancelled", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `gtl ... | head`
+        return 0
+
+
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""The public client: ``gtl_nb.connect()`` and ``Client.complete`` / ``stream`` and their async twins.
+
+``connect("embedded://")`` (the default) runs the engine in this process on one background loop
+thread (see ``gtl_nb.engine.loop``), so the synchronous API works inside a running Jupyter kernel,
+from many threads at once, and keeps its connection pool between cells.
+
+Every call produces one session whose events end in exactly one ``done`` or ``error``. Leaving a
+``stream()`` early (``break``, ``close()``), a ``KeyboardInterrupt`` while waiting, or cancelling
+the task awaiting ``acomplete`` cancels the work on the loop thread, closes the upstream response
+and ends the session with a ``CANCELLED`` error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import queue
+import secrets
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import msgspec
+
+from gtl_nb.completion import Completion
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.http import Timeouts
+from gtl_nb.engine.loop import LoopThread, shared_loop
+from gtl_nb.protocol.codec import normalise_tool
+from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    Message,
+    ProviderInfo,
+    StreamEvent,
+    Tool,
+)
+from gtl_nb.protocol.session import Transcript
+
+__all__ = ["Client", "Completion", "EventStream", "connect", "new_session_id"]
+
+EventCallback = Callable[[StreamEvent], Any]
+_NETWORK_SCHEMES = ("quic", "grpc", "ws", "wss", "sse", "http", "https", "stdio")
+
+
+def new_session_id() -> str:
+    return "sess_" + secrets.token_hex(8)
+
+
+def connect(
+    endpoint: str = "embedded://",
+    token: str | None = None,
+    *,
+    providers: dict[str, dict[str, Any]] | None = None,
+    config: Any = None,
+    user: str | None = None,
+    environ: Any = None,
+    **options: Any,
+) -> Client:
+    """Connect to GTL.
+
+    ``endpoint="embedded://"`` runs the engine in-process. ``providers`` configures deployments by
+    name (``{"openai": {"api_key": ...}}``, ``{"azure-east": {"type": "azure", ...}}``); ``config``
+    is a TOML path or dict; anything else (``routing=``, ``timeouts=``, …) is a configuration section.
+    With nothing configured, the offline model ``echo`` is always available.
+    """
+    scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
+    if scheme == "embedded":
+        return Client(providers=providers, config=config, user=user, environ=environ, **options)
+    if scheme in _NETWORK_SCHEMES:
+        raise ConfigurationError(
+            f"the {scheme}:// transport needs the gtl_nb gateway, which this version does not include yet; "
+            "use connect('embedded://') (the default) to run the engine in this process"
+        )
+    raise ConfigurationError(f"unknown endpoint scheme {scheme!r} in {endpoint!r}; use embedded://")
+
+
+class Client:
+    """A connection to GTL (see ``connect``). Thread-safe; use one per notebook or application."""
+
+    def __init__(
+        self,
+        *,
+        providers: dict[str, dict[str, Any]] | None = None,
+        config: Any = None,
+        user: str | None = None,
+        environ: Any = None,
+        loop: LoopThread | None = None,
+        **sections: Any,
+    ) -> None:
+        from gtl_nb.engine.config import load_config
+        from gtl_nb.providers.catalog import Catalog
+        from gtl_nb.providers.registry import provider_types
+
+        self.config = load_config(
+            config=config, providers=providers, environ=environ, known_types=provider_types(), **sections
+        )
+        catalog = Catalog.default()
+        if getattr(self.config, "catalog", None):
+            catalog = catalog.with_overrides(self.config.catalog)
+        self.catalog = catalog
+        self.user = user or _os_user()
+        self._loop = loop or shared_loop()
+        self.engine = Engine(
+            dict(self.config.deployments), catalog=catalog, timeouts=Timeouts.from_config(self.config.timeouts)
+        )
+        self._closed = False
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def request(
+        self,
+        model: str | None = None,
+        messages: str | Message | dict[str, Any] | Sequence[Message | dict[str, Any]] = (),
+        *,
+        provider: str | None = None,
+        providers: Sequence[str] | None = None,
+        system: str | None = None,
+        tools: Sequence[Tool | dict[str, Any]] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        response_format: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        reasoning: bool = False,
+        cache: bool | None = None,
+        stream: bool = True,
+        session_id: str | None = None,
+    ) -> CompletionRequest:
+        """Build (and validate) the ``CompletionRequest`` that ``complete``/``stream`` would send."""
+        model = model or self.default_model
+        msgs = _messages(messages)
+        if system is not None:
+            msgs.insert(0, Message(role="system", content=system))
+        if not msgs:
+            raise InvalidRequestError("messages is empty: pass a prompt string or a list of messages")
+        try:
+            return CompletionRequest(
+                session_id=session_id or new_session_id(),
+                model=model,
+                messages=msgs,
+                provider=provider,
+                providers=list(providers) if providers else None,
+                stream=stream,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=[stop] if isinstance(stop, str) else (list(stop) if stop else None),
+                tools=_tools(tools) if tools else None,
+                tool_choice=tool_choice,
+                response_format=response_format,
+                metadata=metadata,
+                reasoning=reasoning,
+                cache=cache,
+            )
+        except (TypeError, msgspec.ValidationError) as exc:
+            raise InvalidRequestError(f"invalid request: {exc}") from None
+
+    @property
+    def default_model(self) -> str:
+        defaults = getattr(self.config, "defaults", None) or {}
+        return (defaults.get("model") if isinstance(defaults, dict) else getattr(defaults, "model", None)) or "echo"
+
+    def complete(self, model: str | None = None, messages: Any = (), *, on_event: EventCallback | None = None,
+                 **kwargs: Any) -> Completion:
+        """Run a request to the end and return its ``Completion``; an ``error`` raises its exception."""
+        events = self.stream(model, messages, on_event=on_event, **kwargs)
+        for _ in events:
+            pass
+        return events.result()
+
+    def stream(self, model: str | None = None, messages: Any = (), *, on_event: EventCallback | None = None,
+               **kwargs: Any) -> EventStream:
+        """Start a request; iterate the returned ``EventStream`` for events as they arrive."""
+        request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
+        return EventStream(self, request, on_event)
+
+    async def acomplete(self, model: str | None = None, messages: Any = (), *,
+                        on_event: EventCallback | None = None, **kwargs: Any) -> Completion:
+        """Async twin of ``complete``."""
+        stream = self.astream(model, messages, on_event=on_event, **kwargs)
+        async for _ in stream:
+            pass
+        return stream.result()
+
+    def astream(self, model: str | None = None, messages: Any = (), *, on_event: EventCallback | None = None,
+                **kwargs: Any) -> AsyncEventStream:
+        """Async twin of ``stream``: ``async for event in client.astream(...)``."""
+        request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
+        return AsyncEventStream(self, request, on_event)
+
+    def as_ask(self, model: str | None = None, **kwargs: Any) -> Callable[[str], str]:
+        """A plain ``prompt -> answer text`` function (for ``gap.suggest_definitions(ask=...)``)."""
+
+        def ask(prompt: str) -> str:
+            return self.complete(model, prompt, **kwargs).text
+
+        return ask
+
+    # -- providers ----------------------------------------------------------------------------
+
+    def providers(self) -> list[ProviderInfo]:
+        """``provider_info`` for every configured deployment."""
+        return self.engine.provider_info()
+
+    def models(self) -> list[tuple[str, str]]:
+        """``(deployment, model)`` pairs the client can route to."""
+        return [(info.provider, model.name) for info in self.providers() for model in info.models]
+
+    def provider_type(self, deployment: str | None) -> str | None:
+        found = self.engine.deployments.get(deployment or "")
+        return found.type if found else None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._loop.run(self.engine.aclose(), timeout=10)
+            except Exception:  # pragma: no cover - closing is best effort
+                pass
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        names = ", ".join(self.engine.deployments)
+        return f"<gtl_nb.Client embedded providers=[{names}]>"
+
+    # -- internal -----------------------------------------------------------------------------
+
+    def _start(self, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> Any:
+        return self._loop.submit(_pump(self.engine, request, deliver))
+
+
+async def _pump(engine: Engine, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> None:
+    """Run one session on the loop thread, handing each event to ``deliver``; never lose the end."""
+    ended = False
+    try:
+        async for event in engine.stream(request):
+            ended = isinstance(event, (Done, Error))
+            deliver(event)
+    except asyncio.CancelledError:
+        if not ended:
+            deliver(Error(session_id=request.session_id, code="CANCELLED", message="cancelled by the caller"))
+        raise
+    except Exception as exc:  # a bug must still end the session
+        if not ended:
+            deliver(Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+class _StreamBase:
+    def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
+        self.client = client
+        self.request = request
+        self.on_event = on_event
+        self.transcript = Transcript(session_id=request.session_id)
+
+    @property
+    def session_id(self) -> str:
+        return self.request.session_id
+
+    @property
+    def finished(self) -> bool:
+        return self.transcript.finished
+
+    def _record(self, event: StreamEvent) -> None:
+        self.transcript.add(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def completion(self) -> Completion:
+        """What arrived so far, as a ``Completion`` (complete once the stream finished)."""
+        done = self.transcript.done
+        provider = done.provider if done else (self.transcript.error.provider if self.transcript.error else None)
+        return Completion.from_transcript(self.transcript, self.client.provider_type(provider))
+
+    def result(self) -> Completion:
+        """The ``Completion``; raises the session's error as its exception."""
+        if self.transcript.error is not None:
+            exc = error_from_event(self.transcript.error)
+            exc.completion = self.completion()  # type: ignore[attr-defined]
+            raise exc
+        if self.transcript.done is None:
+            raise GTLError("the stream has not finished; iterate it to the end first")
+        return self.completion()
+
+
+class EventStream(_StreamBase):
+    """Events of one session, as they arrive. Iterate once; ``close()`` (or ``break``) cancels."""
+
+    def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
+        super().__init__(client, request, on_event)
+        self._queue: queue.Queue[StreamEvent] = queue.Queue()
+        self._future = client._start(request, self._queue.put)
+        self._lock = threading.Lock()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        try:
+            while not self.finished:
+                event = self._queue.get()
+                self._record(event)
+                yield event
+        finally:
+            if not self.finished:
+                self._cancel()
+
+    def _cancel(self) -> None:
+        self._future.cancel()
+        while not self.finished:  # collect the CANCELLED error the pump delivers
+            try:
+                self._record(self._queue.get(timeout=5))
+            except queue.Empty:  # pragma: no cover - the loop thread is wedged
+                self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
+
+    def close(self) -> None:
+        """Stop the session (a ``CANCELLED`` error ends it) unless it already finished."""
+        with self._lock:
+            if not self.finished:
+                self._cancel()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "transcript", None) or self.finished:
+            return
+        try:
+            self._future.cancel()
+        except Exception:  # pragma: no cover
+            pass
+
+    @property
+    def text(self) -> str:
+        return self.transcript.text
+
+
+class AsyncEventStream(_StreamBase):
+    """Async iterator of one session's events (see ``Client.astream``)."""
+
+    def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
+        super().__init__(client, request, on_event)
+        self._queue: asyncio.Queue[StreamEvent] | None = None
+        self._future: Any = None
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[StreamEvent]:
+        caller = asyncio.get_running_loop()
+        self._queue = asyncio.Queue()
+        q = self._queue
+
+        def deliver(event: StreamEvent) -> None:
+            caller.call_soon_threadsafe(q.put_nowait, event)
+
+        self._future = self.client._start(self.request, deliver)
+        try:
+            while not self.finished:
+                event = await q.get()
+                self._record(event)
+                yield event
+        finally:
+            if not self.finished:
+                self._future.cancel()
+                self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
+
+
+# ----------------------------------------------------------------------------------------------
+# input normalisation
+
+
+def _messages(value: Any) -> list[Message]:
+    if isinstance(value, str):
+        return [Message(role="user", content=value)]
+    if isinstance(value, (Message, dict)):
+        value = [value]
+    out: list[Message] = []
+    for item in value or ():
+        if isinstance(item, Message):
+            out.append(item)
+        elif isinstance(item, dict):
+            try:
+                out.append(msgspec.convert(_openai_message(item), Message))
+            except msgspec.ValidationError as exc:
+                raise InvalidRequestError(f"invalid message {item!r}: {exc}") from None
+        elif isinstance(item, str):
+            out.append(Message(role="user", content=item))
+        else:
+            raise InvalidRequestError(f"a message must be a str, dict or Message, not {type(item).__name__}")
+    return out
+
+
+def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
+    """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts."""
+    calls = item.get("tool_calls")
+    if not calls:
+        return item
+    flat = []
+    for call in calls:
+        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+            fn = call["function"]
+            flat.append({"id": call.get("id", ""), "name": fn.get("name", ""), "arguments": fn.get("arguments", "{}")})
+        else:
+            flat.append(call)
+    return {**item, "tool_calls": flat}
+
+
+def _tools(tools: Iterable[Tool | dict[str, Any]]) -> list[Tool]:
+    out: list[Tool] = []
+    for tool in tools:
+        if isinstance(tool, Tool):
+            out.append(tool)
+            continue
+        try:
+            out.append(msgspec.convert(normalise_tool(tool), Tool))
+        except msgspec.ValidationError as exc:
+            raise InvalidRequestError(f"invalid tool definition {tool!r}: {exc}") from None
+    return out
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # pragma: no cover - no user database (containers)
+        return "unknown"

@@ -1,0 +1,54 @@
+"""The main job of ``make demo``: a short offline tour on the built-in default model ``echo``.
+
+It streams a completion token by token, shows its usage and footer, asks for a tool call, and lists
+the configured providers — with no key and no network.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import gtl_nb
+from gtl_nb.protocol.messages import Token, Tool
+
+
+def main() -> int:
+    out = sys.stdout
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.01}}})
+    out.write("gtl_nb demo — offline, on the built-in model 'echo'\n\n")
+
+    out.write("1. Streaming a completion:\n   ")
+    stream = client.stream("echo", "Explain what GTL is in one sentence.", system="You are concise.")
+    for event in stream:
+        if isinstance(event, Token):
+            out.write(event.text)
+            out.flush()
+    answer = stream.result()
+    out.write(f"\n   -- {answer.footer()}\n\n")
+
+    out.write("2. Usage of that completion:\n")
+    usage = answer.usage
+    assert usage is not None
+    out.write(f"   tokens in {usage.tokens_in}, tokens out {usage.tokens_out}, cost ${usage.cost}\n")
+    out.write(f"   time to first token {answer.ttft_ms} ms, total {answer.latency_ms} ms\n\n")
+
+    out.write("3. A tool call:\n")
+    weather = Tool(
+        name="get_weather",
+        description="Current weather for a city",
+        parameters={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    )
+    called = client.complete("echo", "What's the weather in Oslo?", tools=[weather])
+    for call in called.tool_calls:
+        out.write(f"   {call.name}({call.arguments})  finish_reason={called.finish_reason}\n")
+    out.write("\n4. Providers:\n")
+    for info in client.providers():
+        models = ", ".join(m.name for m in info.models) or "(from the catalog)"
+        out.write(f"   {info.provider} [{info.provider_type}] offline={info.offline}: {models}\n")
+    out.write("\nNext: `make test`, `gtl complete \"hello\"`, and the notebooks in notebooks/.\n")
+    client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

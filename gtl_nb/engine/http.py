@@ -1,0 +1,160 @@
+"""The HTTP runner: the one pooled ``httpx.AsyncClient`` that executes dialects' request descriptions.
+
+Dialects stay free of I/O and clocks; this module owns the network and the three timeouts:
+
+* ``connect`` — establishing the connection (``httpx.ConnectTimeout``),
+* ``first_byte`` — from sending the request to the response headers *and* the first body chunk,
+* ``idle`` — the longest silence between two body chunks of a streamed answer.
+
+Each becomes a retryable ``TIMEOUT`` error event naming the timeout and its value. Connection
+failures become ``PROVIDER_UNAVAILABLE``; a connection lost mid-body is handed to the dialect's
+decoder as end-of-body, which reports the missing terminator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
+from gtl_nb.providers.base import Deployment, HttpDialect
+
+log = get_logger("engine.http")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds; ``None`` disables one."""
+
+    connect: float | None = 10.0
+    first_byte: float | None = 60.0
+    idle: float | None = 60.0
+
+    @classmethod
+    def from_config(cls, value: Any) -> Timeouts:
+        if value is None:
+            return cls()
+        if isinstance(value, Timeouts):
+            return value
+        get = value.get if isinstance(value, dict) else (lambda k, d=None: getattr(value, k, d))
+        return cls(
+            connect=get("connect", cls.connect),
+            first_byte=get("first_byte", cls.first_byte),
+            idle=get("idle", cls.idle),
+        )
+
+
+class HttpRunner:
+    """Executes dialect requests on one pooled client (created lazily on the running loop)."""
+
+    def __init__(self, timeouts: Timeouts | None = None, *, max_connections: int = 100) -> None:
+        self.timeouts = timeouts or Timeouts()
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
+        self._client: httpx.AsyncClient | None = None
+
+    def _get_client(self) -> httpx.AsyncClient:
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                limits=self._limits,
+                timeout=httpx.Timeout(None, connect=self.timeouts.connect),
+                follow_redirects=False,
+                trust_env=False,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def run(
+        self,
+        dialect: HttpDialect,
+        request: CompletionRequest,
+        deployment: Deployment,
+        timeouts: Timeouts | None = None,
+    ) -> AsyncIterator[StreamEvent | Any]:
+        """Send ``request`` through ``dialect`` and yield the decoded events.
+
+        Yields the dialect decoder object itself last (so the engine can read ``provider_data``).
+        """
+        limits = timeouts or self.timeouts
+        description = dialect.build_request(request, deployment, now=time.time())
+        client = self._get_client()
+        http_request = client.build_request(
+            description.method, description.url, headers=description.headers, content=description.body
+        )
+        log.debug("%s %s -> %s", description.method, _safe_url(description.url), deployment.name)
+        try:
+            response = await asyncio.wait_for(client.send(http_request, stream=True), limits.first_byte)
+        except asyncio.TimeoutError:
+            yield _error(request, deployment, "TIMEOUT", f"no response within the first-byte timeout ({limits.first_byte} s)")
+            return
+        except httpx.ConnectTimeout:
+            yield _error(request, deployment, "TIMEOUT", f"connect timeout ({limits.connect} s) to {_host(description.url)}")
+            return
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+            yield _error(
+                request, deployment, "PROVIDER_UNAVAILABLE", f"cannot reach {_host(description.url)}: {exc or type(exc).__name__}"
+            )
+            return
+        except httpx.HTTPError as exc:
+            yield _error(request, deployment, "PROVIDER_UNAVAILABLE", f"HTTP failure: {exc or type(exc).__name__}")
+            return
+        try:
+            if response.status_code >= 400:
+                body = await asyncio.wait_for(response.aread(), limits.idle)
+                yield dialect.decode_error(request, deployment, response.status_code, dict(response.headers), body)
+                return
+            decoder = dialect.response_decoder(request, deployment)
+            chunks = response.aiter_raw()
+            timeout = limits.first_byte
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    which = "first-byte" if timeout is limits.first_byte else "idle"
+                    yield _error(request, deployment, "TIMEOUT", f"stream stalled: {which} timeout ({timeout} s) exceeded")
+                    return
+                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                    log.debug("connection lost mid-stream from %s: %s", deployment.name, exc)
+                    break
+                timeout = limits.idle
+                for event in decoder.feed(chunk):
+                    yield event
+            for event in decoder.close():
+                yield event
+            yield decoder
+        finally:
+            await response.aclose()
+
+
+def _error(request: CompletionRequest, deployment: Deployment, code: str, message: str) -> Error:
+    return Error(
+        session_id=request.session_id,
+        code=code,  # type: ignore[arg-type]
+        message=message,
+        retryable=True,
+        provider=deployment.name,
+    )
+
+
+def _host(url: str) -> str:
+    try:
+        parsed = httpx.URL(url)
+        return f"{parsed.scheme}://{parsed.host}{':' + str(parsed.port) if parsed.port else ''}"
+    except Exception:  # pragma: no cover - defensive, a bad URL is reported by httpx earlier
+        return url
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its query (Gemini's ``?key=`` must never be logged)."""
+    return url.split("?", 1)[0]

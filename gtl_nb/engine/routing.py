@@ -1,0 +1,137 @@
+"""From a request's ``model`` / ``provider`` / ``providers`` to the deployments that will answer it.
+
+Rules (documented for users in docs/configuration.md):
+
+* ``"deployment:model"`` — the prefix before the first colon is a provider only if it names a
+  configured deployment or a known provider type (``"openai:gpt-4o"``); otherwise the whole string
+  is the model (``"llama3.1:8b"``).
+* ``provider=`` names a deployment (or a provider type with one deployment).
+* A bare model goes to a deployment that lists it in ``models`` / ``model``; then to the catalog's
+  provider types for that name that have a configured deployment; then, for a name the catalog does
+  not know, to the single configured deployment of a type that serves arbitrary local models
+  (``ollama``, ``openai_compatible``). A catalog model whose provider is not configured is a
+  ``ConfigurationError`` naming what to set; an unknown name is a ``ModelNotFoundError`` listing
+  close matches.
+* ``providers=[...]`` is the ordered failover list; each entry is a deployment name (keeping the
+  requested model) or ``deployment:model``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gtl_nb.protocol.errors import ConfigurationError, ModelNotFoundError
+from gtl_nb.protocol.messages import CompletionRequest
+from gtl_nb.providers.base import Deployment
+from gtl_nb.providers.registry import provider_types
+
+OPEN_MODEL_TYPES = ("ollama", "openai_compatible")
+
+# Where each provider type's credentials come from, for "set X" hints.
+CREDENTIAL_HINTS = {
+    "openai": "OPENAI_API_KEY",
+    "azure": "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY (or GOOGLE_API_KEY)",
+    "ollama": "OLLAMA_HOST",
+    "bedrock": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """One deployment and the model to ask it for."""
+
+    deployment: Deployment
+    model: str
+
+    @property
+    def name(self) -> str:
+        return self.deployment.name
+
+
+class Router:
+    """Resolves requests against the configured deployments and the model catalog."""
+
+    def __init__(self, deployments: dict[str, Deployment], catalog: Any) -> None:
+        self.deployments = deployments
+        self.catalog = catalog
+
+    def targets(self, request: CompletionRequest) -> list[Target]:
+        """The ordered list of targets for ``request`` (the first is the primary)."""
+        if request.providers:
+            return [self._entry(entry, request.model) for entry in request.providers]
+        if request.provider:
+            return [Target(self._deployment(request.provider), self._split(request.model)[1])]
+        return [self.resolve_model(request.model)]
+
+    def _entry(self, entry: str, model: str) -> Target:
+        prefix, sep, rest = entry.partition(":")
+        if sep and rest:
+            return Target(self._deployment(prefix), rest)
+        return Target(self._deployment(entry), self._split(model)[1])
+
+    def _deployment(self, name: str) -> Deployment:
+        if name in self.deployments:
+            return self.deployments[name]
+        of_type = [d for d in self.deployments.values() if d.type == name]
+        if len(of_type) == 1:
+            return of_type[0]
+        if of_type:
+            names = ", ".join(d.name for d in of_type)
+            raise ConfigurationError(f"{name!r} has several deployments ({names}); name one of them")
+        if name in provider_types():
+            hint = CREDENTIAL_HINTS.get(name)
+            extra = f" (set {hint}, or pass providers={{{name!r}: {{...}}}})" if hint else ""
+            raise ConfigurationError(f"provider {name!r} is not configured{extra}")
+        known = ", ".join(sorted(self.deployments))
+        raise ConfigurationError(f"unknown provider {name!r}; configured deployments: {known}")
+
+    def _split(self, model: str) -> tuple[str | None, str]:
+        prefix, sep, rest = model.partition(":")
+        if sep and rest and (prefix in self.deployments or prefix in provider_types()):
+            return prefix, rest
+        return None, model
+
+    def resolve_model(self, model: str) -> Target:
+        prefix, name = self._split(model)
+        if prefix is not None:
+            return Target(self._deployment(prefix), name)
+        for deployment in self.deployments.values():
+            if name == deployment.model or name in deployment.models:
+                return Target(deployment, name)
+        candidates = self.catalog.providers_for(name) if self.catalog is not None else []
+        for provider_type in candidates:
+            matching = [d for d in self.deployments.values() if d.type == provider_type]
+            if matching:
+                return Target(matching[0], name)
+        if candidates:
+            provider_type = candidates[0]
+            hint = CREDENTIAL_HINTS.get(provider_type, "its credentials")
+            raise ConfigurationError(
+                f"{name!r} is a {provider_type} model but no {provider_type} provider is configured: "
+                f"set {hint}, or pass providers={{{provider_type!r}: {{...}}}} to gtl_nb.connect"
+            )
+        open_deployments = [d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models]
+        if len(open_deployments) == 1:
+            return Target(open_deployments[0], name)
+        raise ModelNotFoundError(self._unknown_message(name))
+
+    def _unknown_message(self, name: str) -> str:
+        known: list[str] = []
+        for deployment in self.deployments.values():
+            known.extend(deployment.models)
+            if deployment.model:
+                known.append(deployment.model)
+        if self.catalog is not None:
+            known.extend(self.catalog.close_matches(name, n=8))
+        matches = difflib.get_close_matches(name, sorted(set(known)), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+        return f"unknown model {name!r}{hint} (`gtl models` lists what is available)"
+
+
+def describe_targets(targets: Sequence[Target]) -> str:
+    return " -> ".join(f"{t.name}:{t.model}" for t in targets)

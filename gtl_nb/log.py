@@ -1,0 +1,84 @@
+"""The ``gtl_nb`` logger: configurable verbosity, and a filter that never lets a key through.
+
+Every record that passes through the ``gtl_nb`` logger hierarchy is scrubbed: strings that look
+like provider credentials (``sk-…``, ``sk-ant-…``, ``AIza…``, AWS access key ids, bearer tokens,
+JWTs) and values of secret-named fields (``api_key=…``, ``"authorization": "…"``) are replaced by
+``[redacted]`` before any handler sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+LOGGER_NAME = "gtl_nb"
+
+_SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"sk-(?:ant-|proj-)?[A-Za-z0-9_\-]{8,}"),
+    re.compile(r"AIza[0-9A-Za-z_\-]{20,}"),
+    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{12,}\b"),
+    re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=\-]{8,}"),
+    re.compile(r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|x-api-key|x-goog-api-key|authorization|secret[_-]?access[_-]?key|"
+        r"session[_-]?token|token|password)[\"']?\s*[:=]\s*[\"']?)([^\s\"',}]+)"
+    ),
+)
+
+
+def redact(text: str) -> str:
+    """Return ``text`` with anything that looks like a credential replaced by ``[redacted]``."""
+    for pattern in _SECRET_PATTERNS:
+        if pattern.groups >= 2:
+            text = pattern.sub(lambda m: m.group(1) + "[redacted]", text)
+        else:
+            text = pattern.sub("[redacted]", text)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that scrubs credentials from the fully formatted message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg = cleaned
+            record.args = None
+        return True
+
+
+def get_logger(name: str | None = None) -> logging.Logger:
+    """The ``gtl_nb`` logger, or a child of it (``get_logger("engine")`` → ``gtl_nb.engine``)."""
+    logger = logging.getLogger(LOGGER_NAME if not name else f"{LOGGER_NAME}.{name}")
+    # Logger filters only see records created on that very logger, so every child gets its own.
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger
+
+
+_root = logging.getLogger(LOGGER_NAME)
+_root.addFilter(RedactingFilter())
+_root.addHandler(logging.NullHandler())
+
+
+def configure_logging(level: int | str | None = None) -> logging.Logger:
+    """Set the verbosity of the ``gtl_nb`` logger and attach a redacting stderr handler.
+
+    ``level`` defaults to ``$GTL_NB_LOG`` (``DEBUG``, ``INFO``, ``WARNING`` …) or ``WARNING``.
+    """
+    if level is None:
+        level = os.environ.get("GTL_NB_LOG", "WARNING")
+    if isinstance(level, str):
+        level = logging.getLevelName(level.upper())
+        if not isinstance(level, int):
+            raise ValueError(f"unknown log level {level!r}; use DEBUG, INFO, WARNING or ERROR")
+    _root.setLevel(level)
+    if not any(getattr(h, "_gtl_nb", False) for h in _root.handlers):
+        handler = logging.StreamHandler()
+        handler._gtl_nb = True  # type: ignore[attr-defined]
+        handler.addFilter(RedactingFilter())
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        _root.addHandler(handler)
+    return _root

@@ -1,0 +1,233 @@
+"""Every GTL message as an immutable msgspec Struct, with the spec's JSON field names exactly.
+
+Wire messages are tagged on ``"type"``; the tag values are the spec's message types. Nested values
+(chat messages, tool definitions, tool calls, model descriptions) are untagged structs.
+
+Extensions the spec leaves implicit, all optional on the wire:
+
+* ``completion_request``: ``top_p``, ``stop``, ``metadata``, ``response_format``, ``tool_choice``,
+  ``reasoning`` (ask for ``reasoning`` events) and ``cache`` (per-request cache opt in/out).
+* ``reasoning`` events, ``hello`` version negotiation and ``cancel``.
+* ``done`` carries the engine's timings ``ttft_ms`` / ``latency_ms``, the answering
+  ``provider`` / ``model``, and the opaque ``provider_data`` (reasoning signatures…) that the
+  answer's assistant message must carry in later turns, so remote clients see what embedded ones see.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Union
+
+import msgspec
+
+Role = Literal["system", "user", "assistant", "tool"]
+StatusState = Literal["queued", "streaming", "retrying", "failover", "cached"]
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
+ErrorCode = Literal[
+    "RATE_LIMIT",
+    "AUTH_FAILED",
+    "FORBIDDEN",
+    "INVALID_REQUEST",
+    "CONTEXT_LENGTH_EXCEEDED",
+    "MODEL_NOT_FOUND",
+    "CONTENT_FILTERED",
+    "OVERLOADED",
+    "PROVIDER_UNAVAILABLE",
+    "TIMEOUT",
+    "CANCELLED",
+    "BUDGET_EXCEEDED",
+    "INTERNAL",
+]
+
+PROTOCOL_VERSION = "1.0"
+
+
+class ToolCall(msgspec.Struct, frozen=True):
+    """One complete function call: ``arguments`` is the JSON text of an object."""
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    @property
+    def parsed_arguments(self) -> dict[str, Any]:
+        """The arguments as a dict (``{}`` for empty text)."""
+        if not self.arguments.strip():
+            return {}
+        value = json.loads(self.arguments)
+        if not isinstance(value, dict):
+            raise ValueError(f"tool call {self.id!r}: arguments are not a JSON object")
+        return value
+
+
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A chat message.
+
+    ``images`` holds ``data:`` or ``https:`` URLs; an assistant message may carry ``tool_calls``; a
+    tool result has role ``tool`` and ``tool_call_id``. ``provider_data`` is opaque state a provider
+    dialect attached (a reasoning signature, say) that is replayed verbatim in later turns.
+    """
+
+    role: Role
+    content: str | None = None
+    images: list[str] = []
+    tool_calls: list[ToolCall] = []
+    tool_call_id: str | None = None
+    name: str | None = None
+    provider_data: dict[str, Any] | None = None
+
+
+class Tool(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A function the model may call; ``parameters`` is a JSON Schema."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = msgspec.field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+class ModelInfo(msgspec.Struct, frozen=True):
+    """One model of a ``provider_info`` message (the spec's fields, prices in USD per 1k tokens)."""
+
+    name: str
+    context_window: int | None = None
+    max_tokens: int | None = None
+    supports_streaming: bool = True
+    supports_functions: bool = False
+    supports_vision: bool = False
+    cost_per_1k_input: float | None = None
+    cost_per_1k_output: float | None = None
+    cost_per_1k_cached_input: float | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Wire messages (tagged on "type")
+
+
+class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", omit_defaults=True):
+    """Ask for a completion. ``providers`` is the ordered failover list."""
+
+    session_id: str
+    model: str
+    messages: list[Message]
+    provider: str | None = None
+    stream: bool = True
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    providers: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    reasoning: bool = False
+    cache: bool | None = None
+
+
+class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
+    """Progress of a session. A ``failover`` status discards everything received so far."""
+
+    session_id: str
+    state: StatusState
+    from_provider: str | None = None
+    to_provider: str | None = None
+    reason: str | None = None
+    attempt: int | None = None
+
+
+class Token(msgspec.Struct, frozen=True, tag="token"):
+    """A piece of answer text."""
+
+    session_id: str
+    text: str
+
+
+class Reasoning(msgspec.Struct, frozen=True, tag="reasoning"):
+    """A piece of the model's reasoning (only sent when the request asked for it)."""
+
+    session_id: str
+    text: str
+
+
+class ToolCallEvent(msgspec.Struct, frozen=True, tag="tool_call"):
+    """One complete tool call."""
+
+    session_id: str
+    function: ToolCall
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The call's arguments, parsed."""
+        return self.function.parsed_arguments
+
+
+class Usage(msgspec.Struct, frozen=True, tag="usage"):
+    """Token counts as the provider reported them (``None`` = not reported, never estimated)."""
+
+    session_id: str
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cached_tokens_in: int | None = None
+    reasoning_tokens_out: int | None = None
+    cost: float | None = None
+    cache_hit: bool = False
+
+
+class Done(msgspec.Struct, frozen=True, tag="done", omit_defaults=True):
+    """The session ended normally."""
+
+    session_id: str
+    finish_reason: FinishReason = "stop"
+    provider: str | None = None
+    model: str | None = None
+    ttft_ms: float | None = None
+    latency_ms: float | None = None
+    provider_data: dict[str, Any] | None = None
+
+
+class Error(msgspec.Struct, frozen=True, tag="error", omit_defaults=True):
+    """The session ended with an error."""
+
+    session_id: str
+    code: ErrorCode
+    message: str
+    retryable: bool = False
+    provider: str | None = None
+    retry_after: float | None = None
+    http_status: int | None = None
+
+
+class ProviderInfo(msgspec.Struct, frozen=True, tag="provider_info", omit_defaults=True):
+    """What a provider (deployment) offers."""
+
+    provider: str
+    models: list[ModelInfo] = []
+    offline: bool = False
+    provider_type: str | None = None
+
+
+class Hello(msgspec.Struct, frozen=True, tag="hello", omit_defaults=True):
+    """Version negotiation: a client offers ``versions``; the server answers with one ``version``."""
+
+    versions: list[str] | None = None
+    version: str | None = None
+    features: list[str] = []
+
+
+class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
+    """Stop a running session; it ends with a ``CANCELLED`` error."""
+
+    session_id: str
+
+
+StreamEvent = Union[Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error]
+WireMessage = Union[
+    CompletionRequest, Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error, ProviderInfo, Hello, Cancel
+]
+TERMINAL_TYPES = (Done, Error)
+MESSAGE_TYPES: dict[str, type] = {
+    cls.__struct_config__.tag: cls  # type: ignore[misc]
+    for cls in (
+        CompletionRequest, Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error, ProviderInfo, Hello, Cancel,
+    )
+}

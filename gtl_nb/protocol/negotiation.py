@@ -1,0 +1,42 @@
+"""Version negotiation: ``hello`` with the versions a client speaks, answered with one version.
+
+The highest version both sides support wins; having none in common is a ``VersionMismatchError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from gtl_nb.protocol.errors import VersionMismatchError
+from gtl_nb.protocol.messages import PROTOCOL_VERSION, Hello
+
+SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_VERSION,)
+FEATURES: tuple[str, ...] = ("reasoning", "cancel", "provider_data", "failover", "tool_calls")
+
+
+def _key(version: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in version.split("."))
+    except ValueError:
+        raise VersionMismatchError(f"malformed protocol version {version!r} (expected MAJOR.MINOR)") from None
+
+
+def client_hello(versions: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES) -> Hello:
+    """The ``hello`` a client sends first."""
+    return Hello(versions=list(versions), features=list(features))
+
+
+def negotiate(
+    offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES
+) -> Hello:
+    """The server's answer to a client's ``hello``: the highest common version, common features."""
+    offered = offer.versions or ([offer.version] if offer.version else [])
+    common = set(offered) & set(supported)
+    if not common:
+        raise VersionMismatchError(
+            f"no common GTL version: client offers {sorted(offered)}, server supports {sorted(supported)}"
+        )
+    version = max(common, key=_key)
+    ours = list(features)
+    shared = [f for f in ours if f in set(offer.features)] if offer.features else ours
+    return Hello(version=version, features=shared)

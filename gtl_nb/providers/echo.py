@@ -1,0 +1,184 @@
+"""``echo``: the built-in offline model. No key, no network, the same answer every time.
+
+The answer quotes the last user message verbatim, then continues with a sentence chosen
+deterministically from the conversation (SHA-256 of its text). It is streamed token by token,
+split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per deployment with
+``options={"pace": 0.02}``; 0 by default). Token counts come from the same tokenizer; the cost is 0.
+
+* With tools (and ``tool_choice`` not ``"none"``), when the last message is the user's, it calls
+  every offered tool (or the one ``tool_choice`` names) with arguments generated from each tool's
+  JSON Schema, so they validate; ``finish_reason`` is ``tool_calls``.
+* After tool results, it reports what the tools returned.
+* ``request.reasoning`` adds a short ``reasoning`` stream before the answer.
+* ``max_tokens`` truncates the answer (``finish_reason`` ``length``); ``stop`` sequences cut it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Message,
+    ModelInfo,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+from gtl_nb.providers.schema_values import example_value
+from gtl_nb.providers.tokenizer import count_message_tokens, count_tokens, split_tokens
+
+MODEL_NAME = "echo"
+
+_CONTINUATIONS = (
+    "This answer comes from echo, the offline model built into gtl_nb: it runs on your machine and costs nothing.",
+    "Echo repeats your words and adds this sentence, so every run gives the same answer and the same counts.",
+    "No provider was called: echo answers locally, which makes it handy for trying prompts, widgets and tests.",
+    "Point the same cell at a real provider when you are ready; the protocol, events and usage stay the same.",
+)
+
+
+class EchoProvider:
+    """The ``echo`` local generator (a ``LocalProvider``)."""
+
+    name: ClassVar[str] = "echo"
+    offline: ClassVar[bool] = True
+
+    def __init__(self, pace: float = 0.0) -> None:
+        if pace < 0:
+            raise ValueError("pace must be >= 0 seconds per token")
+        self.pace = float(pace)
+
+    def with_options(self, options: dict[str, Any]) -> EchoProvider:
+        """A copy configured from a deployment's ``options`` (``pace``)."""
+        return EchoProvider(pace=float(options.get("pace", self.pace)))
+
+    def models(self) -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                name=MODEL_NAME,
+                context_window=None,
+                max_tokens=None,
+                supports_streaming=True,
+                supports_functions=True,
+                supports_vision=True,
+                cost_per_1k_input=0.0,
+                cost_per_1k_output=0.0,
+            )
+        ]
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def generate(self, request: CompletionRequest) -> Iterator[tuple[float, StreamEvent]]:
+        sid = request.session_id
+        tokens_in = count_message_tokens(_message_text(m) for m in request.messages)
+        tokens_out = 0
+        reasoning_tokens = 0
+        if request.reasoning:
+            thought = _reasoning_text(request)
+            for piece in split_tokens(thought):
+                reasoning_tokens += 1
+                yield self.pace, Reasoning(session_id=sid, text=piece)
+
+        calls = _tool_calls(request)
+        if calls:
+            for call in calls:
+                tokens_out += count_tokens(call.name) + count_tokens(call.arguments)
+                yield self.pace, ToolCallEvent(session_id=sid, function=call)
+            finish = "tool_calls"
+        else:
+            text, finish = _limit(_answer_text(request), request)
+            for piece in split_tokens(text):
+                tokens_out += 1
+                yield self.pace, Token(session_id=sid, text=piece)
+        yield 0.0, Usage(
+            session_id=sid,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out + reasoning_tokens,
+            reasoning_tokens_out=reasoning_tokens if request.reasoning else None,
+            cost=0.0,
+        )
+        yield 0.0, Done(session_id=sid, finish_reason=finish, model=MODEL_NAME)  # type: ignore[arg-type]
+
+
+def _message_text(message: Message) -> str:
+    parts = [message.content or ""]
+    parts.extend(f"{c.name}({c.arguments})" for c in message.tool_calls)
+    return " ".join(p for p in parts if p)
+
+
+def _last_user(request: CompletionRequest) -> Message | None:
+    return next((m for m in reversed(request.messages) if m.role == "user"), None)
+
+
+def _digest(request: CompletionRequest) -> int:
+    text = "\x00".join(f"{m.role}:{_message_text(m)}" for m in request.messages)
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def _answer_text(request: CompletionRequest) -> str:
+    last = request.messages[-1] if request.messages else None
+    if last is not None and last.role == "tool":
+        results = [m for m in _trailing_tool_results(request.messages)]
+        said = "; ".join(f"{m.tool_call_id}: {m.content or ''}" for m in results)
+        return f"The tool returned {said}. " + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
+    user = _last_user(request)
+    quoted = user.content or "" if user is not None else ""
+    images = f" (with {len(user.images)} image{'s' if len(user.images) != 1 else ''})" if user and user.images else ""
+    return f'You said: "{quoted}"{images}. ' + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
+
+
+def _trailing_tool_results(messages: list[Message]) -> list[Message]:
+    out: list[Message] = []
+    for message in reversed(messages):
+        if message.role != "tool":
+            break
+        out.append(message)
+    return list(reversed(out))
+
+
+def _reasoning_text(request: CompletionRequest) -> str:
+    count = len(request.messages)
+    return f"The conversation has {count} message{'s' if count != 1 else ''}; echo quotes the last user message."
+
+
+def _limit(text: str, request: CompletionRequest) -> tuple[str, str]:
+    finish = "stop"
+    for stop in request.stop or ():
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    if request.max_tokens is not None:
+        pieces = split_tokens(text)
+        if len(pieces) > request.max_tokens:
+            text = "".join(pieces[: max(0, request.max_tokens)])
+            finish = "length"
+    return text, finish
+
+
+def _tool_calls(request: CompletionRequest) -> list[ToolCall]:
+    tools = request.tools or []
+    if not tools or request.tool_choice == "none":
+        return []
+    if not request.messages or request.messages[-1].role != "user":
+        return []
+    choice = request.tool_choice
+    wanted = choice.get("name") or choice.get("function", {}).get("name") if isinstance(choice, dict) else choice
+    if wanted not in (None, "auto", "required", "any"):
+        tools = [t for t in tools if t.name == wanted]
+    hint = (_last_user(request) or Message(role="user", content="")).content or "example"
+    hint = " ".join(hint.split()[:4]) or "example"
+    return [
+        ToolCall(
+            id=f"call_echo_{index}",
+            name=tool.name,
+            arguments=json.dumps(example_value(tool.parameters, hint), ensure_ascii=False),
+        )
+        for index, tool in enumerate(tools)
+    ]

@@ -1,0 +1,176 @@
+"""The one codec: round trips, strictness, aliases, and the incremental frame decoder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import any_message
+
+from gtl_nb.protocol import (
+    CompletionRequest,
+    Error,
+    FrameDecoder,
+    FrameTooLargeError,
+    Message,
+    ProtocolError,
+    Token,
+    Tool,
+    UnknownMessageTypeError,
+    Usage,
+    decode,
+    encode,
+    encode_frame,
+)
+from gtl_nb.protocol.messages import MESSAGE_TYPES
+
+
+@given(any_message)
+def test_every_message_type_round_trips_through_the_codec(message):
+    assert decode(encode(message)) == message
+
+
+@given(st.lists(any_message, min_size=1, max_size=6), st.randoms(use_true_random=False))
+def test_frame_decoder_reassembles_frames_split_at_arbitrary_points(messages, rnd):
+    stream = b"".join(encode_frame(m) for m in messages)
+    cuts = sorted(rnd.sample(range(len(stream) + 1), k=min(len(stream), rnd.randint(0, 12))))
+    decoder = FrameDecoder()
+    out = []
+    previous = 0
+    for cut in [*cuts, len(stream)]:
+        out.extend(decoder.feed(stream[previous:cut]))
+        previous = cut
+    decoder.close()
+    assert out == messages
+
+
+def test_frame_decoder_fed_one_byte_at_a_time():
+    messages = [Token(session_id="s", text="héllo\nworld"), Usage(session_id="s", tokens_in=1, tokens_out=2)]
+    stream = b"".join(encode_frame(m) for m in messages)
+    decoder = FrameDecoder()
+    out = [m for i in range(len(stream)) for m in decoder.feed(stream[i : i + 1])]
+    assert out == messages
+
+
+def test_wire_names_are_the_specs():
+    frame = json.loads(encode(Usage(session_id="sess_abc123", tokens_in=10, tokens_out=50, cost=0.001)))
+    assert frame == {
+        "type": "usage", "session_id": "sess_abc123", "tokens_in": 10, "tokens_out": 50,
+        "cached_tokens_in": None, "reasoning_tokens_out": None, "cost": 0.001, "cache_hit": False,
+    }
+    assert set(MESSAGE_TYPES) == {
+        "completion_request", "status", "token", "reasoning", "tool_call", "usage", "done", "error",
+        "provider_info", "hello", "cancel",
+    }
+
+
+def test_spec_examples_decode():
+    request = decode(
+        b'{"type": "completion_request", "session_id": "sess_abc123", "provider": "openai", "model": "gpt-4",'
+        b' "messages": [{"role": "user", "content": "Hello AI!"}], "stream": true, "max_tokens": 1000,'
+        b' "temperature": 0.7}'
+    )
+    assert isinstance(request, CompletionRequest)
+    assert request.messages == [Message(role="user", content="Hello AI!")]
+    assert request.max_tokens == 1000 and request.temperature == 0.7
+    error = decode(b'{"type": "error", "session_id": "sess_abc123", "code": "RATE_LIMIT", "message": "..."}')
+    assert error == Error(session_id="sess_abc123", code="RATE_LIMIT", message="...")
+
+
+def test_unknown_extra_fields_are_ignored():
+    assert decode(b'{"type":"token","session_id":"s","text":"x","future_field":[1,2]}') == Token(session_id="s", text="x")
+
+
+@pytest.mark.parametrize(
+    ("frame", "error", "needle"),
+    [
+        (b'{"type":"telepathy","session_id":"s"}', UnknownMessageTypeError, "unknown message type 'telepathy'"),
+        (b'{"session_id":"s","text":"x"}', ProtocolError, "missing field 'type'"),
+        (b'{"type":"token","session_id":"s"}', ProtocolError, "text"),
+        (b'{"type":"token","session_id":"s","text":5}', ProtocolError, "$.text"),
+        (b'{"type":"status","session_id":"s","state":"dreaming"}', ProtocolError, "$.state"),
+        (b'{"type":"error","session_id":"s","code":"OOPS","message":"m"}', ProtocolError, "$.code"),
+        (b'{"type":"token",', ProtocolError, "not JSON"),
+        (b"[1, 2]", ProtocolError, "JSON object"),
+        (b"\xff\xfe", ProtocolError, "not JSON"),
+    ],
+)
+def test_malformed_frames_give_a_clear_protocol_error(frame, error, needle):
+    with pytest.raises(error) as info:
+        decode(frame)
+    assert needle in str(info.value)
+
+
+@given(st.binary(max_size=64))
+@settings(max_examples=300)
+def test_arbitrary_bytes_never_crash_the_decoder(data):
+    try:
+        decode(data)
+    except ProtocolError:
+        pass
+
+
+def test_aliases_are_accepted_and_output_is_canonical():
+    error = decode(b'{"type":"error","sid":"s1","code":"TIMEOUT","msg":"slow"}')
+    assert error == Error(session_id="s1", code="TIMEOUT", message="slow")
+    assert json.loads(encode(error))["session_id"] == "s1"
+    assert "msg" not in json.loads(encode(error))
+    assert decode(b'{"type":"token","sid":"s2","text":"t"}') == Token(session_id="s2", text="t")
+
+
+def test_openai_tool_wrapper_is_accepted_on_input():
+    frame = json.dumps({
+        "type": "completion_request", "session_id": "s", "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}],
+    })
+    request = decode(frame)
+    assert request.tools == [Tool(name="f", description="d", parameters={"type": "object"})]
+
+
+def test_oversized_frame_is_refused_before_buffering_more():
+    decoder = FrameDecoder(max_frame_bytes=100)
+    decoder.feed(b'{"type":"token","session_id":"s","text":"' + b"x" * 50)
+    with pytest.raises(FrameTooLargeError, match="maximum frame size of 100 bytes"):
+        decoder.feed(b"x" * 60)
+    assert decoder.pending_bytes == 0
+    with pytest.raises(FrameTooLargeError):
+        FrameDecoder(max_frame_bytes=10).feed(b"y" * 11)
+
+
+def test_frame_decoder_recovers_after_an_oversized_frame_is_refused():
+    decoder = FrameDecoder(max_frame_bytes=60)
+    with pytest.raises(FrameTooLargeError):
+        decoder.feed(b"z" * 61)
+    assert decoder.feed(b"\n" + encode_frame(Token(session_id="s", text="ok"))) == [Token(session_id="s", text="ok")]
+
+
+def test_stream_ending_inside_a_frame_is_an_error():
+    decoder = FrameDecoder()
+    decoder.feed(b'{"type":"token"')
+    with pytest.raises(ProtocolError, match="ended inside a frame"):
+        decoder.close()
+
+
+def test_blank_lines_between_frames_are_keepalives():
+    decoder = FrameDecoder()
+    frames = decoder.feed(b"\n\n" + encode_frame(Token(session_id="s", text="a")) + b"\r\n\n")
+    assert frames == [Token(session_id="s", text="a")]
+
+
+def test_tool_call_event_offers_parsed_arguments():
+    from gtl_nb.protocol import ToolCall, ToolCallEvent
+
+    event = decode(b'{"type":"tool_call","session_id":"s","function":{"id":"c1","name":"f","arguments":"{\\"a\\": 1}"}}')
+    assert isinstance(event, ToolCallEvent)
+    assert event.arguments == {"a": 1}
+    assert ToolCall(id="c", name="f", arguments="").parsed_arguments == {}
+
+
+def test_random_garbage_between_valid_frames_reports_the_bad_frame():
+    decoder = FrameDecoder()
+    good = encode_frame(Token(session_id="s", text="a"))
+    with pytest.raises(ProtocolError, match="not JSON"):
+        decoder.feed(good + b"garbage\n" + good)
