@@ -1,0 +1,56 @@
+"""The GTL codec against the standard library on a realistic event stream.
+
+Workload: the frames of one streamed answer as a gateway relays it — a status, 400 token events
+of realistic sizes, a tool call, a usage and a done event. Ours is a validated, typed decode
+(``gtl_nb.protocol.decode``) plus ``encode`` of every frame; the baseline is ``json.loads`` plus
+``json.dumps`` of the same frames, which validates nothing. Target: ours at least 2x faster.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+from bench.timing import interleaved
+from gtl_nb.protocol import Done, Status, Token, ToolCall, ToolCallEvent, Usage, decode, encode
+from gtl_nb.providers.tokenizer import split_tokens
+
+TARGET_RATIO = 2.0
+
+
+def realistic_frames(seed: int = 7) -> list[bytes]:
+    rnd = random.Random(seed)
+    words = "the model streams tokens of varied length, with punctuation; unicode — naïve café 東京 and code `x = 1`".split()
+    text = " ".join(rnd.choice(words) for _ in range(400))
+    sid = "sess_" + "%016x" % rnd.getrandbits(64)
+    events = [Status(session_id=sid, state="streaming")]
+    events += [Token(session_id=sid, text=piece) for piece in split_tokens(text)[:400]]
+    events.append(ToolCallEvent(session_id=sid, function=ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo", "days": 3}')))
+    events.append(Usage(session_id=sid, tokens_in=812, tokens_out=400, cached_tokens_in=256, cost=0.00412))
+    events.append(Done(session_id=sid, finish_reason="tool_calls", provider="openai", model="gpt-4o", ttft_ms=212.5, latency_ms=4120.0))
+    return [encode(event) for event in events]
+
+
+def run() -> dict[str, float]:
+    frames = realistic_frames()
+
+    def ours() -> None:
+        for frame in frames:
+            encode(decode(frame))
+
+    def stdlib() -> None:
+        for frame in frames:
+            json.dumps(json.loads(frame))
+
+    ours_s, stdlib_s = interleaved(ours, stdlib)
+    ratio = stdlib_s / ours_s
+    per_frame_ns = ours_s / len(frames) * 1e9
+    print(f"codec: {len(frames)} frames; gtl_nb decode+encode {per_frame_ns:.0f} ns/frame; "
+          f"json.loads+dumps {stdlib_s / len(frames) * 1e9:.0f} ns/frame")
+    verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
+    print(f"codec: {ratio:.2f}x faster than the standard library while validating ({verdict} the {TARGET_RATIO}x target)")
+    return {"codec_ratio": ratio}
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,289 @@
+"""The engine and its HTTP runner against real loopback sockets that misbehave on purpose.
+
+A tiny line-based test dialect keeps these tests about the runner (timeouts, dropped connections,
+error bodies, failover, event-order enforcement), independent of any real provider's format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+from typing import ClassVar
+
+import pytest
+
+from gtl_nb.engine import Engine, Timeouts
+from gtl_nb.protocol import (
+    CompletionRequest,
+    Done,
+    Error,
+    Message,
+    SessionStateMachine,
+    Status,
+    Token,
+    Usage,
+)
+from gtl_nb.providers import registry
+from gtl_nb.providers.base import Deployment, HttpRequest, error_event
+
+
+class LineDecoder:
+    """``t:<text>`` lines are tokens, ``u`` is usage, ``done`` ends; anything else breaks order on purpose."""
+
+    def __init__(self, request: CompletionRequest) -> None:
+        self.request = request
+        self.buffer = b""
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> list:
+        self.buffer += chunk
+        events = []
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            sid = self.request.session_id
+            if line.startswith(b"t:"):
+                events.append(Token(session_id=sid, text=line[2:].decode()))
+            elif line == b"u":
+                events.append(Usage(session_id=sid, tokens_in=1, tokens_out=1))
+            elif line == b"done":
+                self.ended = True
+                events.append(Done(session_id=sid))
+        return events
+
+    def close(self) -> list:
+        if self.ended:
+            return []
+        return [Error(session_id=self.request.session_id, code="PROVIDER_UNAVAILABLE", message="stream ended early", retryable=True)]
+
+
+class LineDialect:
+    name: ClassVar[str] = "lines"
+
+    def build_request(self, request, deployment, *, now):
+        return HttpRequest("POST", f"{deployment.base_url}/chat", {"content-type": "text/plain"}, b"hi")
+
+    def response_decoder(self, request, deployment):
+        return LineDecoder(request)
+
+    def decode_error(self, request, deployment, status, headers, body):
+        return error_event(request, deployment, "OVERLOADED" if status == 503 else "INVALID_REQUEST",
+                           body.decode(), http_status=status)
+
+
+registry.register("lines", LineDialect())
+
+
+class ScriptedServer:
+    """A loopback TCP server whose behaviour per connection is a function of the socket."""
+
+    def __init__(self, behaviour: Callable[[socket.socket], None]) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)  # listening before the thread starts: ready, no sleeps
+        self.behaviour = behaviour
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            try:
+                self.behaviour(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces)
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def run(engine: Engine, request: CompletionRequest) -> list:
+    async def collect():
+        try:
+            return [event async for event in engine.stream(request)]
+        finally:
+            await engine.aclose()
+
+    events = asyncio.run(collect())
+    machine = SessionStateMachine(request.session_id)
+    for event in events:
+        machine.advance(event)
+    machine.end_of_stream()
+    return events
+
+
+def request(**kw) -> CompletionRequest:
+    return CompletionRequest(session_id="s1", model=kw.pop("model", "m"), messages=[Message(role="user", content="hi")], **kw)
+
+
+def engine_for(*deployments: Deployment, timeouts: Timeouts | None = None) -> Engine:
+    return Engine({d.name: d for d in deployments}, timeouts=timeouts or Timeouts(connect=2, first_byte=0.5, idle=0.3))
+
+
+def lines(name: str, url: str) -> Deployment:
+    return Deployment(name=name, type="lines", base_url=url, models=("m",))
+
+
+@pytest.fixture
+def server_factory():
+    servers = []
+
+    def make(behaviour):
+        server = ScriptedServer(behaviour)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.close()
+
+
+def test_a_good_stream(server_factory):
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:hel", b"lo\nt: world\nu\ndone\n") + b"0\r\n\r\n"))
+    events = run(engine_for(lines("a", server.url)), request())
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "hello world"
+    done = events[-1]
+    assert isinstance(done, Done) and done.provider == "a" and done.model == "m"
+    assert done.latency_ms is not None and done.ttft_ms is not None
+
+
+def test_connection_refused_is_provider_unavailable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    events = run(engine_for(lines("a", f"http://127.0.0.1:{port}")), request())
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "PROVIDER_UNAVAILABLE" and error.retryable
+    assert error.provider == "a" and "cannot reach" in error.message
+
+
+def test_no_response_hits_the_first_byte_timeout(server_factory):
+    release = threading.Event()
+    server = server_factory(lambda c: release.wait(5))
+    try:
+        events = run(engine_for(lines("a", server.url)), request())
+    finally:
+        release.set()
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "TIMEOUT" and "first-byte" in error.message
+
+
+def test_a_stall_mid_stream_hits_the_idle_timeout(server_factory):
+    release = threading.Event()
+
+    def stall(conn):
+        conn.sendall(HEAD + chunked(b"t:partial\n"))
+        release.wait(5)
+
+    server = server_factory(stall)
+    try:
+        events = run(engine_for(lines("a", server.url)), request())
+    finally:
+        release.set()
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "TIMEOUT" and "idle" in error.message
+
+
+def test_a_connection_dropped_mid_stream_is_an_error_not_a_truncation(server_factory):
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:partial\n")))
+    events = run(engine_for(lines("a", server.url)), request())
+    assert [e.text for e in events if isinstance(e, Token)] == ["partial"]
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "PROVIDER_UNAVAILABLE"
+
+
+def test_an_error_status_goes_through_the_dialects_error_mapping(server_factory):
+    body = b"busy"
+    server = server_factory(lambda c: c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\n" + body))
+    events = run(engine_for(lines("a", server.url)), request())
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "OVERLOADED" and error.http_status == 503 and error.message == "busy"
+
+
+def test_failover_to_the_next_provider_discards_the_partial_answer(server_factory):
+    broken = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:half an answ\n")))
+    healthy = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:whole answer\nu\ndone\n") + b"0\r\n\r\n"))
+    engine = engine_for(lines("a", broken.url), lines("b", healthy.url))
+    events = run(engine, request(providers=["a", "b"]))
+    failover = [e for e in events if isinstance(e, Status) and e.state == "failover"]
+    assert len(failover) == 1
+    assert failover[0].from_provider == "a" and failover[0].to_provider == "b"
+    assert "PROVIDER_UNAVAILABLE" in failover[0].reason
+    from gtl_nb.protocol import Transcript
+
+    transcript = Transcript()
+    for event in events:
+        transcript.add(event)
+    assert transcript.text == "whole answer"
+    assert events[-1].provider == "b"
+
+
+def test_a_non_retryable_error_does_not_fail_over(server_factory):
+    bad = server_factory(lambda c: c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 3\r\n\r\nbad"))
+    good = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:x\nu\ndone\n") + b"0\r\n\r\n"))
+    events = run(engine_for(lines("a", bad.url), lines("b", good.url)), request(providers=["a", "b"]))
+    assert not any(isinstance(e, Status) and e.state == "failover" for e in events)
+    assert isinstance(events[-1], Error) and events[-1].code == "INVALID_REQUEST"
+
+
+def test_a_provider_breaking_the_event_order_ends_with_internal_error(server_factory):
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"u\nt:late token\ndone\n") + b"0\r\n\r\n"))
+    events = run(engine_for(lines("a", server.url)), request())
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "INTERNAL" and "broke the event order" in error.message
+
+
+def test_cancelling_closes_the_upstream_response(server_factory):
+    closed = threading.Event()
+
+    def slow(conn):
+        conn.sendall(HEAD + chunked(b"t:first\n"))
+        conn.settimeout(5)
+        try:
+            while conn.recv(1):
+                pass
+        except OSError:
+            pass
+        closed.set()
+
+    server = server_factory(slow)
+    engine = engine_for(lines("a", server.url), timeouts=Timeouts(connect=2, first_byte=5, idle=5))
+
+    async def main():
+        seen = []
+
+        async def consume():
+            async for event in engine.stream(request()):
+                seen.append(event)
+
+        task = asyncio.ensure_future(consume())
+        while not any(isinstance(e, Token) for e in seen):
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.aclose()
+
+    asyncio.run(main())
+    assert closed.wait(5), "the upstream connection was left open after cancellation"
