@@ -20,14 +20,48 @@ TARGET_RATIO = 2.0
 
 def realistic_frames(seed: int = 7) -> list[bytes]:
     rnd = random.Random(seed)
-    words = "the model streams tokens of varied length, with punctuation; unicode — naïve café 東京 and code `x = 1`".split()
+    words = [
+        "the",
+        "model",
+        "streams",
+        "tokens",
+        "of",
+        "varied",
+        "length,",
+        "with",
+        "punctuation;",
+        "unicode",
+        "—",
+        "naïve",
+        "café",
+        "東京",
+        "and",
+        "code",
+        "`x",
+        "=",
+        "1`",
+    ]
     text = " ".join(rnd.choice(words) for _ in range(400))
-    sid = "sess_" + "%016x" % rnd.getrandbits(64)
+    sid = f"sess_{rnd.getrandbits(64):016x}"
     events = [Status(session_id=sid, state="streaming")]
     events += [Token(session_id=sid, text=piece) for piece in split_tokens(text)[:400]]
-    events.append(ToolCallEvent(session_id=sid, function=ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo", "days": 3}')))
+    events.append(
+        ToolCallEvent(
+            session_id=sid,
+            function=ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo", "days": 3}'),
+        )
+    )
     events.append(Usage(session_id=sid, tokens_in=812, tokens_out=400, cached_tokens_in=256, cost=0.00412))
-    events.append(Done(session_id=sid, finish_reason="tool_calls", provider="openai", model="gpt-4o", ttft_ms=212.5, latency_ms=4120.0))
+    events.append(
+        Done(
+            session_id=sid,
+            finish_reason="tool_calls",
+            provider="openai",
+            model="gpt-4o",
+            ttft_ms=212.5,
+            latency_ms=4120.0,
+        )
+    )
     return [encode(event) for event in events]
 
 
@@ -45,10 +79,14 @@ def run() -> dict[str, float]:
     ours_s, stdlib_s = interleaved(ours, stdlib)
     ratio = stdlib_s / ours_s
     per_frame_ns = ours_s / len(frames) * 1e9
-    print(f"codec: {len(frames)} frames; gtl_nb decode+encode {per_frame_ns:.0f} ns/frame; "
-          f"json.loads+dumps {stdlib_s / len(frames) * 1e9:.0f} ns/frame")
+    print(
+        f"codec: {len(frames)} frames; gtl_nb decode+encode {per_frame_ns:.0f} ns/frame; "
+        f"json.loads+dumps {stdlib_s / len(frames) * 1e9:.0f} ns/frame"
+    )
     verdict = "meets" if ratio >= TARGET_RATIO else "MISSES"
-    print(f"codec: {ratio:.2f}x faster than the standard library while validating ({verdict} the {TARGET_RATIO}x target)")
+    print(
+        f"codec: {ratio:.2f}x faster than the standard library while validating ({verdict} the {TARGET_RATIO}x target)"
+    )
     return {"codec_ratio": ratio}
 
 

@@ -20,7 +20,9 @@ def best_of(func: Callable[[], object], *, repeat: int = 7, number: int = 20) ->
     return best
 
 
-def interleaved(a: Callable[[], object], b: Callable[[], object], *, rounds: int = 5, number: int = 20) -> tuple[float, float]:
+def interleaved(
+    a: Callable[[], object], b: Callable[[], object], *, rounds: int = 5, number: int = 20
+) -> tuple[float, float]:
     """Best per-call times of ``a`` and ``b`` measured in alternating rounds, so drift hits both."""
     best_a = best_b = float("inf")
     for _ in range(rounds):

@@ -38,10 +38,10 @@ _SUBPACKAGES = frozenset(
 __all__ = [*sorted(_LAZY_NAMES), "__version__", *sorted(_SUBPACKAGES)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
-    from gtl_nb import analysis, engine, gap, protocol, providers, sim
-    from gtl_nb.client import Client, Completion, connect
-    from gtl_nb.log import configure_logging
-    from gtl_nb.protocol import CompletionRequest, GTLError, Message, Tool, ToolCall
+    from gtl_nb import analysis, engine, gap, protocol, providers, sim  # noqa: F401
+    from gtl_nb.client import Client, Completion, connect  # noqa: F401
+    from gtl_nb.log import configure_logging  # noqa: F401
+    from gtl_nb.protocol import CompletionRequest, GTLError, Message, Tool, ToolCall  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

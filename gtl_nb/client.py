@@ -104,7 +104,9 @@ class Client:
         self.user = user or _os_user()
         self._loop = loop or shared_loop()
         self.engine = Engine(
-            dict(self.config.deployments), catalog=catalog, timeouts=Timeouts.from_config(self.config.timeouts)
+            dict(self.config.deployments),
+            catalog=catalog,
+            timeouts=Timeouts.from_config(self.config.timeouts),
         )
         self._closed = False
 
@@ -163,34 +165,62 @@ class Client:
     @property
     def default_model(self) -> str:
         defaults = getattr(self.config, "defaults", None) or {}
-        return (defaults.get("model") if isinstance(defaults, dict) else getattr(defaults, "model", None)) or "echo"
+        return (
+            defaults.get("model") if isinstance(defaults, dict) else getattr(defaults, "model", None)
+        ) or "echo"
 
-    def complete(self, model: str | None = None, messages: Any = (), *, on_event: EventCallback | None = None,
-                 **kwargs: Any) -> Completion:
+    def complete(
+        self,
+        model: str | None = None,
+        messages: Any = (),
+        *,
+        on_event: EventCallback | None = None,
+        **kwargs: Any,
+    ) -> Completion:
         """Run a request to the end and return its ``Completion``; an ``error`` raises its exception."""
         events = self.stream(model, messages, on_event=on_event, **kwargs)
         for _ in events:
             pass
         return events.result()
 
-    def stream(self, model: str | None = None, messages: Any = (), *, on_event: EventCallback | None = None,
-               **kwargs: Any) -> EventStream:
+    def stream(
+        self,
+        model: str | None = None,
+        messages: Any = (),
+        *,
+        on_event: EventCallback | None = None,
+        **kwargs: Any,
+    ) -> EventStream:
         """Start a request; iterate the returned ``EventStream`` for events as they arrive."""
         request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
+        self.engine.router.targets(request)  # a routing mistake raises here, with its own class
         return EventStream(self, request, on_event)
 
-    async def acomplete(self, model: str | None = None, messages: Any = (), *,
-                        on_event: EventCallback | None = None, **kwargs: Any) -> Completion:
+    async def acomplete(
+        self,
+        model: str | None = None,
+        messages: Any = (),
+        *,
+        on_event: EventCallback | None = None,
+        **kwargs: Any,
+    ) -> Completion:
         """Async twin of ``complete``."""
         stream = self.astream(model, messages, on_event=on_event, **kwargs)
         async for _ in stream:
             pass
         return stream.result()
 
-    def astream(self, model: str | None = None, messages: Any = (), *, on_event: EventCallback | None = None,
-                **kwargs: Any) -> AsyncEventStream:
+    def astream(
+        self,
+        model: str | None = None,
+        messages: Any = (),
+        *,
+        on_event: EventCallback | None = None,
+        **kwargs: Any,
+    ) -> AsyncEventStream:
         """Async twin of ``stream``: ``async for event in client.astream(...)``."""
         request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
+        self.engine.router.targets(request)
         return AsyncEventStream(self, request, on_event)
 
     def as_ask(self, model: str | None = None, **kwargs: Any) -> Callable[[str], str]:
@@ -254,7 +284,9 @@ async def _pump(engine: Engine, request: CompletionRequest, deliver: Callable[[S
         raise
     except Exception as exc:  # a bug must still end the session
         if not ended:
-            deliver(Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
+            deliver(
+                Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
+            )
         raise
 
 
@@ -281,7 +313,9 @@ class _StreamBase:
     def completion(self) -> Completion:
         """What arrived so far, as a ``Completion`` (complete once the stream finished)."""
         done = self.transcript.done
-        provider = done.provider if done else (self.transcript.error.provider if self.transcript.error else None)
+        provider = (
+            done.provider if done else (self.transcript.error.provider if self.transcript.error else None)
+        )
         return Completion.from_transcript(self.transcript, self.client.provider_type(provider))
 
     def result(self) -> Completion:
@@ -320,7 +354,9 @@ class EventStream(_StreamBase):
             try:
                 self._record(self._queue.get(timeout=5))
             except queue.Empty:  # pragma: no cover - the loop thread is wedged
-                self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
+                self._record(
+                    Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller")
+                )
 
     def close(self) -> None:
         """Stop the session (a ``CANCELLED`` error ends it) unless it already finished."""
@@ -375,7 +411,9 @@ class AsyncEventStream(_StreamBase):
         finally:
             if not self.finished:
                 self._future.cancel()
-                self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
+                self._record(
+                    Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller")
+                )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,7 +450,9 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     for call in calls:
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
             fn = call["function"]
-            flat.append({"id": call.get("id", ""), "name": fn.get("name", ""), "arguments": fn.get("arguments", "{}")})
+            flat.append(
+                {"id": call.get("id", ""), "name": fn.get("name", ""), "arguments": fn.get("arguments", "{}")}
+            )
         else:
             flat.append(call)
     return {**item, "tool_calls": flat}

@@ -99,7 +99,12 @@ class Engine:
                     try:
                         machine.advance(event)
                     except SessionStateError as exc:
-                        failed = Error(session_id=sid, code="INTERNAL", message=f"{target.name} broke the event order: {exc}", provider=target.name)
+                        failed = Error(
+                            session_id=sid,
+                            code="INTERNAL",
+                            message=f"{target.name} broke the event order: {exc}",
+                            provider=target.name,
+                        )
                         break
                     yield event
                     if isinstance(event, Done):
@@ -107,9 +112,16 @@ class Engine:
             finally:
                 await attempt.aclose()
             if failed is None:
-                failed = Error(session_id=sid, code="INTERNAL", message=f"{target.name} ended without done or error", provider=target.name)
+                failed = Error(
+                    session_id=sid,
+                    code="INTERNAL",
+                    message=f"{target.name} ended without done or error",
+                    provider=target.name,
+                )
             if next_target is not None and failed.retryable:
-                log.info("failover %s -> %s: %s %s", target.name, next_target.name, failed.code, failed.message)
+                log.info(
+                    "failover %s -> %s: %s %s", target.name, next_target.name, failed.code, failed.message
+                )
                 status = Status(
                     session_id=sid,
                     state="failover",
@@ -132,7 +144,12 @@ class Engine:
             offline = bool(getattr(provider, "offline", False))
             if is_local(provider):
                 infos.append(
-                    ProviderInfo(provider=deployment.name, models=provider.models(), offline=offline, provider_type=deployment.type)
+                    ProviderInfo(
+                        provider=deployment.name,
+                        models=provider.models(),
+                        offline=offline,
+                        provider_type=deployment.type,
+                    )
                 )
             elif self.catalog is not None:
                 info = self.catalog.provider_info(
@@ -186,13 +203,18 @@ class Engine:
             yield msgspec.structs.replace(pending, provider_data=data) if data else pending
 
     def _priced(self, event: StreamEvent, target: Target) -> StreamEvent:
-        if isinstance(event, Usage) and event.cost is None and self.catalog is not None:
-            if event.tokens_in is not None and event.tokens_out is not None:
-                cost = self.catalog.cost(
-                    target.deployment.type, target.model, event.tokens_in, event.tokens_out, event.cached_tokens_in
-                )
-                if cost is not None:
-                    return msgspec.structs.replace(event, cost=cost)
+        if (
+            isinstance(event, Usage)
+            and event.cost is None
+            and self.catalog is not None
+            and event.tokens_in is not None
+            and event.tokens_out is not None
+        ):
+            cost = self.catalog.cost(
+                target.deployment.type, target.model, event.tokens_in, event.tokens_out, event.cached_tokens_in
+            )
+            if cost is not None:
+                return msgspec.structs.replace(event, cost=cost)
         return event
 
 

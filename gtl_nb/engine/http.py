@@ -94,26 +94,43 @@ class HttpRunner:
         try:
             response = await asyncio.wait_for(client.send(http_request, stream=True), limits.first_byte)
         except asyncio.TimeoutError:
-            yield _error(request, deployment, "TIMEOUT", f"no response within the first-byte timeout ({limits.first_byte} s)")
+            yield _error(
+                request,
+                deployment,
+                "TIMEOUT",
+                f"no response within the first-byte timeout ({limits.first_byte} s)",
+            )
             return
         except httpx.ConnectTimeout:
-            yield _error(request, deployment, "TIMEOUT", f"connect timeout ({limits.connect} s) to {_host(description.url)}")
+            yield _error(
+                request,
+                deployment,
+                "TIMEOUT",
+                f"connect timeout ({limits.connect} s) to {_host(description.url)}",
+            )
             return
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
             yield _error(
-                request, deployment, "PROVIDER_UNAVAILABLE", f"cannot reach {_host(description.url)}: {exc or type(exc).__name__}"
+                request,
+                deployment,
+                "PROVIDER_UNAVAILABLE",
+                f"cannot reach {_host(description.url)}: {exc or type(exc).__name__}",
             )
             return
         except httpx.HTTPError as exc:
-            yield _error(request, deployment, "PROVIDER_UNAVAILABLE", f"HTTP failure: {exc or type(exc).__name__}")
+            yield _error(
+                request, deployment, "PROVIDER_UNAVAILABLE", f"HTTP failure: {exc or type(exc).__name__}"
+            )
             return
         try:
             if response.status_code >= 400:
                 body = await asyncio.wait_for(response.aread(), limits.idle)
-                yield dialect.decode_error(request, deployment, response.status_code, dict(response.headers), body)
+                yield dialect.decode_error(
+                    request, deployment, response.status_code, dict(response.headers), body
+                )
                 return
             decoder = dialect.response_decoder(request, deployment)
-            chunks = response.aiter_raw()
+            chunks = response.aiter_bytes()  # decoded: providers gzip JSON bodies
             timeout = limits.first_byte
             while True:
                 try:
@@ -122,7 +139,12 @@ class HttpRunner:
                     break
                 except asyncio.TimeoutError:
                     which = "first-byte" if timeout is limits.first_byte else "idle"
-                    yield _error(request, deployment, "TIMEOUT", f"stream stalled: {which} timeout ({timeout} s) exceeded")
+                    yield _error(
+                        request,
+                        deployment,
+                        "TIMEOUT",
+                        f"stream stalled: {which} timeout ({timeout} s) exceeded",
+                    )
                     return
                 except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
                     log.debug("connection lost mid-stream from %s: %s", deployment.name, exc)

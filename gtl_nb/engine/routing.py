@@ -112,10 +112,13 @@ class Router:
             provider_type = candidates[0]
             hint = CREDENTIAL_HINTS.get(provider_type, "its credentials")
             raise ConfigurationError(
-                f"{name!r} is a {provider_type} model but no {provider_type} provider is configured: "
+                f"model {name!r} is served by {provider_type}, "
+                f"but no {provider_type} provider is configured: "
                 f"set {hint}, or pass providers={{{provider_type!r}: {{...}}}} to gtl_nb.connect"
             )
-        open_deployments = [d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models]
+        open_deployments = [
+            d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models
+        ]
         if len(open_deployments) == 1:
             return Target(open_deployments[0], name)
         raise ModelNotFoundError(self._unknown_message(name))

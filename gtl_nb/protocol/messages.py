@@ -16,7 +16,7 @@ Extensions the spec leaves implicit, all optional on the wire:
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import msgspec
 
@@ -220,14 +220,22 @@ class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
     session_id: str
 
 
-StreamEvent = Union[Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error]
-WireMessage = Union[
-    CompletionRequest, Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error, ProviderInfo, Hello, Cancel
-]
+StreamEvent = Status | Token | Reasoning | ToolCallEvent | Usage | Done | Error
+WireMessage = CompletionRequest | StreamEvent | ProviderInfo | Hello | Cancel
 TERMINAL_TYPES = (Done, Error)
 MESSAGE_TYPES: dict[str, type] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
-        CompletionRequest, Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error, ProviderInfo, Hello, Cancel,
+        CompletionRequest,
+        Status,
+        Token,
+        Reasoning,
+        ToolCallEvent,
+        Usage,
+        Done,
+        Error,
+        ProviderInfo,
+        Hello,
+        Cancel,
     )
 }

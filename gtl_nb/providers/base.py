@@ -80,6 +80,11 @@ class ResponseDecoder(Protocol):
 
     def close(self) -> list[StreamEvent]: ...
 
+    @property
+    def provider_data(self) -> dict[str, Any] | None:
+        """Opaque state for the answer's assistant message (read after the terminal event)."""
+        ...
+
 
 @runtime_checkable
 class HttpDialect(Protocol):
@@ -102,6 +107,14 @@ class HttpDialect(Protocol):
         body: bytes,
     ) -> Error: ...
 
+    def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
+        """The request that lists the deployment's models (live model listing)."""
+        ...
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """Model names from the listing response (raises ``ValueError`` on an unreadable body)."""
+        ...
+
 
 @runtime_checkable
 class LocalProvider(Protocol):
@@ -122,7 +135,7 @@ class LocalProvider(Protocol):
 _STATUS_CODES: dict[int, str] = {
     400: "INVALID_REQUEST",
     401: "AUTH_FAILED",
-    402: "BUDGET_EXCEEDED",
+    402: "FORBIDDEN",  # the provider account's billing, not our budget
     403: "FORBIDDEN",
     404: "MODEL_NOT_FOUND",
     408: "TIMEOUT",
@@ -170,7 +183,9 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
 _RETRY_TEXT = re.compile(r"(?i)(?:retry after|try again in)\s+([0-9]+(?:\.[0-9]+)?)\s*(ms|s|sec|seconds?)?")
 
 
-def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None, message: str = "") -> float | None:
+def retry_after_seconds(
+    headers: Mapping[str, str], *, now: float | None = None, message: str = ""
+) -> float | None:
     """Seconds to wait, from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date, which needs
     ``now``), or a "retry after N seconds" / "try again in 1.5s" hint in the message text."""
     value = header(headers, "retry-after-ms")
@@ -218,7 +233,11 @@ def error_event(
         session_id=request.session_id,
         code=code,  # type: ignore[arg-type]
         message=message,
-        retryable=is_retryable_code(code) if retryable is None else retryable,
+        retryable=(
+            is_retryable_code(code) or (http_status is not None and retryable_for_status(http_status))
+            if retryable is None
+            else retryable
+        ),
         provider=deployment.name,
         retry_after=retry_after,
         http_status=http_status,

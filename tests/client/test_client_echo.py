@@ -168,34 +168,58 @@ def test_async_cancellation_ends_the_session():
 
 def test_tool_calls_validate_against_each_tool_schema(client):
     tools = [
-        Tool(name="get_weather", description="weather", parameters={
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1, "maximum": 7},
-                           "unit": {"type": "string", "enum": ["c", "f"]}},
-            "required": ["city", "days", "unit"],
-        }),
-        {"type": "function", "function": {"name": "search", "parameters": {
-            "type": "object", "properties": {"q": {"type": "string", "minLength": 3},
-                                             "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2}},
-            "required": ["q", "tags"]}}},
+        Tool(
+            name="get_weather",
+            description="weather",
+            parameters={
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                    "unit": {"type": "string", "enum": ["c", "f"]},
+                },
+                "required": ["city", "days", "unit"],
+            },
+        ),
+        {
+            "type": "function",
+            "function": {
+                "name": "search",
+                "parameters": {
+                    "type": "object",
+                    "properties": {
+                        "q": {"type": "string", "minLength": 3},
+                        "tags": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+                    },
+                    "required": ["q", "tags"],
+                },
+            },
+        },
     ]
     answer = client.complete("echo", "weather in Oslo and search", tools=tools)
     assert answer.finish_reason == "tool_calls"
     assert [c.name for c in answer.tool_calls] == ["get_weather", "search"]
     schemas = [tools[0].parameters, tools[1]["function"]["parameters"]]
-    for call, schema in zip(answer.tool_calls, schemas):
+    for call, schema in zip(answer.tool_calls, schemas, strict=True):
         jsonschema.validate(call.parsed_arguments, schema)
 
 
 def test_tool_results_go_back_in_the_next_request(client):
-    tool = Tool(name="lookup", parameters={"type": "object", "properties": {"k": {"type": "string"}}, "required": ["k"]})
+    tool = Tool(
+        name="lookup",
+        parameters={"type": "object", "properties": {"k": {"type": "string"}}, "required": ["k"]},
+    )
     first = client.complete("echo", "look it up", tools=[tool])
     call = first.tool_calls[0]
-    follow = client.complete("echo", [
-        {"role": "user", "content": "look it up"},
-        first.message,
-        {"role": "tool", "tool_call_id": call.id, "content": "42"},
-    ], tools=[tool])
+    follow = client.complete(
+        "echo",
+        [
+            {"role": "user", "content": "look it up"},
+            first.message,
+            {"role": "tool", "tool_call_id": call.id, "content": "42"},
+        ],
+        tools=[tool],
+    )
     assert follow.finish_reason == "stop"
     assert f"{call.id}: 42" in follow.text
 
@@ -214,7 +238,8 @@ def test_reasoning_only_when_asked(client):
 
 def test_model_names_with_colons(client):
     assert client.complete("echo:echo", "x").provider == "echo"
-    with pytest.raises(ModelNotFoundError, match="unknown model 'llama3.1:8b'"):
+    # not a provider prefix: the whole string is the model, which the catalog knows as an Ollama model
+    with pytest.raises(ConfigurationError, match=r"model 'llama3\.1:8b' is served by ollama.*OLLAMA_HOST"):
         client.complete("llama3.1:8b", "x")
 
 

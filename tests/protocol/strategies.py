@@ -100,13 +100,27 @@ model_infos = st.builds(
     cost_per_1k_input=opt_float,
     cost_per_1k_output=opt_float,
 )
-provider_infos = st.builds(m.ProviderInfo, provider=ident, models=st.lists(model_infos, max_size=3), offline=st.booleans())
+provider_infos = st.builds(
+    m.ProviderInfo, provider=ident, models=st.lists(model_infos, max_size=3), offline=st.booleans()
+)
 hellos = st.builds(
-    m.Hello, versions=st.none() | st.lists(st.sampled_from(["1.0", "1.1", "2.0"]), max_size=3),
-    version=st.none() | st.just("1.0"), features=st.lists(ident, max_size=3),
+    m.Hello,
+    versions=st.none() | st.lists(st.sampled_from(["1.0", "1.1", "2.0"]), max_size=3),
+    version=st.none() | st.just("1.0"),
+    features=st.lists(ident, max_size=3),
 )
 cancels = st.builds(m.Cancel, session_id=ident)
 
 any_message = st.one_of(
-    requests, statuses, tokens, reasonings, tool_call_events, usages, dones, errors, provider_infos, hellos, cancels
+    requests,
+    statuses,
+    tokens,
+    reasonings,
+    tool_call_events,
+    usages,
+    dones,
+    errors,
+    provider_infos,
+    hellos,
+    cancels,
 )

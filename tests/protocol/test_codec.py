@@ -57,12 +57,27 @@ def test_frame_decoder_fed_one_byte_at_a_time():
 def test_wire_names_are_the_specs():
     frame = json.loads(encode(Usage(session_id="sess_abc123", tokens_in=10, tokens_out=50, cost=0.001)))
     assert frame == {
-        "type": "usage", "session_id": "sess_abc123", "tokens_in": 10, "tokens_out": 50,
-        "cached_tokens_in": None, "reasoning_tokens_out": None, "cost": 0.001, "cache_hit": False,
+        "type": "usage",
+        "session_id": "sess_abc123",
+        "tokens_in": 10,
+        "tokens_out": 50,
+        "cached_tokens_in": None,
+        "reasoning_tokens_out": None,
+        "cost": 0.001,
+        "cache_hit": False,
     }
     assert set(MESSAGE_TYPES) == {
-        "completion_request", "status", "token", "reasoning", "tool_call", "usage", "done", "error",
-        "provider_info", "hello", "cancel",
+        "completion_request",
+        "status",
+        "token",
+        "reasoning",
+        "tool_call",
+        "usage",
+        "done",
+        "error",
+        "provider_info",
+        "hello",
+        "cancel",
     }
 
 
@@ -80,13 +95,19 @@ def test_spec_examples_decode():
 
 
 def test_unknown_extra_fields_are_ignored():
-    assert decode(b'{"type":"token","session_id":"s","text":"x","future_field":[1,2]}') == Token(session_id="s", text="x")
+    assert decode(b'{"type":"token","session_id":"s","text":"x","future_field":[1,2]}') == Token(
+        session_id="s", text="x"
+    )
 
 
 @pytest.mark.parametrize(
     ("frame", "error", "needle"),
     [
-        (b'{"type":"telepathy","session_id":"s"}', UnknownMessageTypeError, "unknown message type 'telepathy'"),
+        (
+            b'{"type":"telepathy","session_id":"s"}',
+            UnknownMessageTypeError,
+            "unknown message type 'telepathy'",
+        ),
         (b'{"session_id":"s","text":"x"}', ProtocolError, "missing field 'type'"),
         (b'{"type":"token","session_id":"s"}', ProtocolError, "text"),
         (b'{"type":"token","session_id":"s","text":5}', ProtocolError, "$.text"),
@@ -121,11 +142,20 @@ def test_aliases_are_accepted_and_output_is_canonical():
 
 
 def test_openai_tool_wrapper_is_accepted_on_input():
-    frame = json.dumps({
-        "type": "completion_request", "session_id": "s", "model": "m",
-        "messages": [{"role": "user", "content": "hi"}],
-        "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}],
-    })
+    frame = json.dumps(
+        {
+            "type": "completion_request",
+            "session_id": "s",
+            "model": "m",
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {"name": "f", "description": "d", "parameters": {"type": "object"}},
+                }
+            ],
+        }
+    )
     request = decode(frame)
     assert request.tools == [Tool(name="f", description="d", parameters={"type": "object"})]
 
@@ -144,7 +174,9 @@ def test_frame_decoder_recovers_after_an_oversized_frame_is_refused():
     decoder = FrameDecoder(max_frame_bytes=60)
     with pytest.raises(FrameTooLargeError):
         decoder.feed(b"z" * 61)
-    assert decoder.feed(b"\n" + encode_frame(Token(session_id="s", text="ok"))) == [Token(session_id="s", text="ok")]
+    assert decoder.feed(b"\n" + encode_frame(Token(session_id="s", text="ok"))) == [
+        Token(session_id="s", text="ok")
+    ]
 
 
 def test_stream_ending_inside_a_frame_is_an_error():
@@ -163,7 +195,9 @@ def test_blank_lines_between_frames_are_keepalives():
 def test_tool_call_event_offers_parsed_arguments():
     from gtl_nb.protocol import ToolCall, ToolCallEvent
 
-    event = decode(b'{"type":"tool_call","session_id":"s","function":{"id":"c1","name":"f","arguments":"{\\"a\\": 1}"}}')
+    event = decode(
+        b'{"type":"tool_call","session_id":"s","function":{"id":"c1","name":"f","arguments":"{\\"a\\": 1}"}}'
+    )
     assert isinstance(event, ToolCallEvent)
     assert event.arguments == {"a": 1}
     assert ToolCall(id="c", name="f", arguments="").parsed_arguments == {}

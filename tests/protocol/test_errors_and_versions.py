@@ -34,7 +34,15 @@ def test_every_code_has_exactly_one_class():
 
 @pytest.mark.parametrize("code", ALL_CODES)
 def test_error_event_round_trips_through_its_exception(code):
-    event = Error(session_id="s", code=code, message="boom", retryable=True, provider="p", retry_after=2.5, http_status=429)
+    event = Error(
+        session_id="s",
+        code=code,
+        message="boom",
+        retryable=True,
+        provider="p",
+        retry_after=2.5,
+        http_status=429,
+    )
     exc = error_from_event(event)
     assert type(exc) is error_class(code)
     assert exc.to_event() == event
@@ -58,7 +66,9 @@ def test_caller_mistakes_and_remote_faults_are_different_families():
 
 
 def test_negotiation_picks_the_highest_common_version():
-    answer = negotiate(Hello(versions=["1.0", "1.1"], features=["reasoning", "teleport"]), supported=("1.0", "1.1"))
+    answer = negotiate(
+        Hello(versions=["1.0", "1.1"], features=["reasoning", "teleport"]), supported=("1.0", "1.1")
+    )
     assert answer.version == "1.1"
     assert answer.features == ["reasoning"]
     assert negotiate(client_hello()).version == "1.0"

@@ -1,0 +1,594 @@
+"""The Anthropic Messages API dialect (``POST {base}/v1/messages``), sans-I/O.
+
+Request mapping (``build_request``):
+
+* ``deployment.base_url`` is the bare origin, without ``/v1`` (as the official SDK expects); a
+  trailing ``/v1`` is tolerated and dropped. Headers: ``x-api-key``, ``anthropic-version``, an
+  optional ``anthropic-beta`` from ``deployment.options["anthropic_beta"]`` (a string or a list),
+  then ``deployment.headers`` (which win).
+* ``max_tokens`` is mandatory for Anthropic: ``request.max_tokens``, else
+  ``deployment.options["max_tokens"]``, else ``DEFAULT_MAX_TOKENS`` (4096, the largest output every
+  Claude model accepts).
+* All ``system`` messages, wherever they stand, are joined with a blank line into the top-level
+  ``system`` string. Other roles become ``user`` / ``assistant`` turns; consecutive turns of the
+  same role are merged into one (role ``tool`` results join the user turn, ``tool_result`` blocks
+  first as Anthropic requires). Empty turns are dropped.
+* ``temperature`` is passed through unchanged although Anthropic's range is 0–1, not 0–2: the API
+  validates it and answers with a clear 400, where silent clamping would hide a caller mistake.
+* ``request.reasoning`` → ``thinking: {"type": "enabled", "budget_tokens": N}`` with N from
+  ``deployment.options["thinking_budget_tokens"]`` or ``DEFAULT_THINKING_BUDGET``; Anthropic wants
+  ``max_tokens > budget_tokens`` (thinking counts as output), so when the requested ``max_tokens``
+  is not above the budget it becomes ``budget + max_tokens`` (the answer keeps its own allowance).
+  Temperature / top_p restrictions that apply with thinking are left to the API to enforce.
+* ``tool_choice`` ("auto", "none", "required", a tool name, or an OpenAI-style
+  ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
+* Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; placed before the text
+  of user and tool messages (Anthropic's advice). Assistant messages carry no images.
+* ``response_format`` and ``metadata`` are not mapped.
+
+``provider_data`` (what the decoder exposes after the terminal event, and what ``build_request``
+replays as the first content blocks of that assistant message)::
+
+    {"anthropic": {"content": [
+        {"type": "thinking", "thinking": "…", "signature": "…"},
+        {"type": "redacted_thinking", "data": "…"},
+    ]}}
+
+Decoding: SSE events ``message_start`` / ``content_block_*`` / ``message_delta`` / ``message_stop``
+(``ping`` and unknown events ignored); ``message_delta`` usage is cumulative and replaces earlier
+values. Server-side tool blocks (``server_tool_use``, ``web_search_tool_result``, …) are not
+client tool calls and are skipped. ``stop_reason`` → ``finish_reason``: ``end_turn`` /
+``stop_sequence`` → stop, ``tool_use`` → tool_calls, ``max_tokens`` /
+``model_context_window_exceeded`` → length, ``refusal`` → content_filter, ``pause_turn`` (a server
+tool loop paused; the answer is NOT complete and the caller must resend to continue) and anything
+else → other.
+
+Errors: ``billing_error`` (402, the provider account cannot pay) maps to ``FORBIDDEN``, not
+``BUDGET_EXCEEDED``, which is reserved for gtl_nb's own budgets; ``api_error`` → ``INTERNAL``
+(retryable); a spend-limit 429 (``enforced_spend_limit_reached``) → ``RATE_LIMIT`` not retryable.
+An ``x-should-retry`` header, when present, decides ``retryable``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from gtl_nb.protocol.errors import InvalidRequestError
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    FinishReason,
+    Message,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+from gtl_nb.providers.base import (
+    Deployment,
+    HttpRequest,
+    arguments_text,
+    code_for_status,
+    error_event,
+    header,
+    parse_json_body,
+    retry_after_seconds,
+    retryable_for_status,
+    split_data_url,
+)
+from gtl_nb.providers.sse import SSEDecoder, SSEEvent
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+API_VERSION = "2023-06-01"
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_THINKING_BUDGET = 2048
+
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "tool_use": "tool_calls",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "refusal": "content_filter",
+}
+
+_TYPE_CODES: dict[str, str] = {
+    "invalid_request_error": "INVALID_REQUEST",
+    "authentication_error": "AUTH_FAILED",
+    "permission_error": "FORBIDDEN",
+    "billing_error": "FORBIDDEN",
+    "not_found_error": "MODEL_NOT_FOUND",
+    "request_too_large": "INVALID_REQUEST",
+    "rate_limit_error": "RATE_LIMIT",
+    "api_error": "INTERNAL",
+    "overloaded_error": "OVERLOADED",
+    "timeout_error": "TIMEOUT",
+}
+_RETRYABLE_TYPES = frozenset({"rate_limit_error", "api_error", "overloaded_error", "timeout_error"})
+_CONTEXT_TEXT = re.compile(r"(?i)prompt is too long|exceeds? (the )?context|context (window|limit)")
+_USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
+
+
+def finish_reason(stop_reason: str | None) -> FinishReason:
+    """Anthropic ``stop_reason`` → GTL ``finish_reason`` (see the module docstring)."""
+    return _FINISH.get(stop_reason or "", "other")
+
+
+def classify_error(status: int, error_type: str | None, message: str, error: Any = None) -> tuple[str, bool]:
+    """The GTL code and retryability of an Anthropic error (``error`` is the raw error object)."""
+    if error_type in _TYPE_CODES:
+        code, retryable = _TYPE_CODES[error_type], error_type in _RETRYABLE_TYPES
+    elif status == 402:
+        code, retryable = "FORBIDDEN", False
+    else:
+        code, retryable = code_for_status(status), retryable_for_status(status)
+    if code == "INVALID_REQUEST" and _CONTEXT_TEXT.search(message):
+        code = "CONTEXT_LENGTH_EXCEEDED"
+    if code == "RATE_LIMIT" and _is_spend_limit(error, message):
+        retryable = False
+    return code, retryable
+
+
+def _is_spend_limit(error: Any, message: str) -> bool:
+    details = error.get("details") if isinstance(error, dict) else None
+    if isinstance(details, dict) and details.get("error_code") == "enforced_spend_limit_reached":
+        return True
+    return "spend limit" in message.lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# Request building
+
+
+def _base_url(deployment: Deployment) -> str:
+    base = (deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
+def _headers(deployment: Deployment, *, json_body: bool) -> dict[str, str]:
+    headers = {"anthropic-version": API_VERSION}
+    if json_body:
+        headers["content-type"] = "application/json"
+    if deployment.api_key:
+        headers["x-api-key"] = deployment.api_key
+    beta = deployment.options.get("anthropic_beta")
+    if beta:
+        headers["anthropic-beta"] = beta if isinstance(beta, str) else ",".join(beta)
+    headers.update(deployment.headers)
+    return headers
+
+
+def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    """GTL ``tool_choice`` → Anthropic's object (``None`` leaves the provider default)."""
+    if choice is None:
+        return None
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else choice.get("name")
+        if name:
+            return {"type": "tool", "name": name}
+        choice = choice.get("type")
+        if not isinstance(choice, str):
+            return None
+    word = choice.strip()
+    if word in ("auto", "none"):
+        return {"type": word}
+    if word in ("required", "any"):
+        return {"type": "any"}
+    return {"type": "tool", "name": word}
+
+
+def _image_block(url: str) -> dict[str, Any]:
+    inline = split_data_url(url)
+    if inline is not None:
+        media_type, data = inline
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _tool_input(call: ToolCall) -> dict[str, Any]:
+    try:
+        return call.parsed_arguments
+    except ValueError as exc:  # JSONDecodeError is a ValueError too
+        raise InvalidRequestError(f"tool call {call.id!r}: arguments are not a JSON object") from exc
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    """The content blocks of one non-system message."""
+    if message.role == "assistant":
+        replay = (message.provider_data or {}).get("anthropic") or {}
+        blocks = [dict(block) for block in replay.get("content") or []]
+        if message.content:
+            blocks.append({"type": "text", "text": message.content})
+        for call in message.tool_calls:
+            blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call)})
+        return blocks
+    images = [_image_block(url) for url in message.images]
+    if message.role == "tool":
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
+        if images:
+            text = [{"type": "text", "text": message.content}] if message.content else []
+            result["content"] = images + text
+        elif message.content is not None:
+            result["content"] = message.content
+        return [result]
+    text = [{"type": "text", "text": message.content}] if message.content else []
+    return images + text
+
+
+def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """GTL messages → (top-level ``system`` text, Anthropic ``messages``)."""
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            if message.content:
+                system.append(message.content)
+            continue
+        blocks = _blocks(message)
+        if not blocks:
+            continue
+        role = "assistant" if message.role == "assistant" else "user"
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"].extend(blocks)
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        if turn["role"] == "user":  # tool results must open their user message (stable sort)
+            turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
+    return ("\n\n".join(system) or None), turns
+
+
+def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
+    """The JSON body of a Messages API call."""
+    system, turns = convert_messages(request.messages)
+    max_tokens = int(request.max_tokens or deployment.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
+    body: dict[str, Any] = {"model": request.model, "max_tokens": max_tokens, "messages": turns}
+    if system:
+        body["system"] = system
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop_sequences"] = list(request.stop)
+    if request.tools:
+        body["tools"] = [
+            {"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
+            for tool in request.tools
+        ]
+        choice = _tool_choice(request.tool_choice)
+        if choice is not None:
+            body["tool_choice"] = choice
+    if request.reasoning:
+        budget = int(deployment.options.get("thinking_budget_tokens") or DEFAULT_THINKING_BUDGET)
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        if max_tokens <= budget:
+            body["max_tokens"] = budget + max_tokens
+    body["stream"] = request.stream
+    return body
+
+
+# ----------------------------------------------------------------------------------------------
+# Response decoding
+
+
+class AnthropicDecoder:
+    """Decodes one 2xx Messages API body: SSE when streaming, one message JSON otherwise.
+
+    The mode is sniffed from the first byte (``{`` means a JSON body) so a proxy that ignores
+    ``stream`` still decodes. ``provider_data`` holds the thinking blocks once seen.
+    """
+
+    def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
+        self._request = request
+        self._deployment = deployment
+        self._sid = request.session_id
+        self._sse = SSEDecoder()
+        self._mode: str | None = None if request.stream else "json"
+        self._buffer = bytearray()
+        self._blocks: dict[int, dict[str, Any]] = {}
+        self._thinking: dict[int, dict[str, Any]] = {}
+        self._usage: dict[str, int] = {}
+        self._stop_reason: str | None = None
+        self._model: str | None = None
+        self._finished = False
+
+    @property
+    def provider_data(self) -> dict[str, Any] | None:
+        """Thinking blocks to replay in the next turn (see the module docstring), or ``None``."""
+        if not self._thinking:
+            return None
+        return {"anthropic": {"content": [self._thinking[i] for i in sorted(self._thinking)]}}
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        """The events completed by ``chunk`` (a JSON body waits for ``close``)."""
+        if self._finished or not chunk:
+            return []
+        if self._mode is None:
+            self._buffer += chunk
+            head = self._buffer.lstrip()
+            if not head:
+                return []
+            self._mode = "json" if head[:1] == b"{" else "sse"
+            if self._mode == "json":
+                return []
+            chunk = bytes(self._buffer)
+            self._buffer.clear()
+        if self._mode == "json":
+            self._buffer += chunk
+            return []
+        return self._dispatch(self._sse.feed(chunk))
+
+    def close(self) -> list[StreamEvent]:
+        """End of body: the remaining events, ending in ``done`` or ``error``."""
+        if self._finished:
+            return []
+        if self._mode == "json":
+            return self._decode_message(bytes(self._buffer))
+        if self._mode is None:
+            return [self._fail("PROVIDER_UNAVAILABLE", "empty response body from Anthropic")]
+        events = self._dispatch(self._sse.close())
+        if not self._finished:
+            events.append(self._fail("PROVIDER_UNAVAILABLE", "stream ended early: no message_stop event"))
+        return events
+
+    def _dispatch(self, sse_events: list[SSEEvent]) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        for sse in sse_events:
+            if self._finished:
+                break
+            events.extend(self._on_event(sse))
+        return events
+
+    def _fail(self, code: str, message: str, *, retryable: bool | None = None) -> Error:
+        self._finished = True
+        return error_event(self._request, self._deployment, code, message, retryable=retryable)
+
+    # -- streaming events -------------------------------------------------------------------
+
+    def _on_event(self, sse: SSEEvent) -> list[StreamEvent]:
+        if not sse.data.strip():
+            return []
+        try:
+            data = json.loads(sse.data)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            problem = f"malformed Anthropic {sse.event!r} event: data is not a JSON object"
+            return [self._fail("PROVIDER_UNAVAILABLE", problem)]
+        kind = data.get("type") or sse.event
+        if kind == "message_start":
+            message = data.get("message") or {}
+            self._model = message.get("model") or self._model
+            self._take_usage(message.get("usage"))
+        elif kind == "content_block_start":
+            return self._block_start(data.get("index"), data.get("content_block") or {})
+        elif kind == "content_block_delta":
+            return self._block_delta(data.get("index"), data.get("delta") or {})
+        elif kind == "content_block_stop":
+            return self._block_stop(data.get("index"))
+        elif kind == "message_delta":
+            self._stop_reason = (data.get("delta") or {}).get("stop_reason") or self._stop_reason
+            self._take_usage(data.get("usage"))
+        elif kind == "message_stop":
+            return self._finish()
+        elif kind == "error":
+            return [self._stream_error(data.get("error"))]
+        return []  # ping and event types added after this was written
+
+    def _block_start(self, index: Any, block: dict[str, Any]) -> list[StreamEvent]:
+        kind = block.get("type")
+        slot: dict[str, Any] = {"type": kind}
+        self._blocks[index] = slot
+        if kind == "tool_use":
+            slot.update(id=block.get("id"), name=block.get("name"), args=[])  # placeholder input ignored
+        elif kind == "thinking":
+            slot.update(thinking=[block.get("thinking") or ""], signature=[block.get("signature") or ""])
+            return self._reasoning(block.get("thinking"))
+        elif kind == "redacted_thinking":
+            slot["data"] = block.get("data")
+        elif kind == "text" and block.get("text"):
+            return [Token(session_id=self._sid, text=block["text"])]
+        return []
+
+    def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[StreamEvent]:
+        slot = self._blocks.get(index, {})
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta.get("text")
+            return [Token(session_id=self._sid, text=text)] if text else []
+        if kind == "thinking_delta":
+            slot.setdefault("thinking", []).append(delta.get("thinking") or "")
+            return self._reasoning(delta.get("thinking"))
+        if kind == "signature_delta":
+            slot.setdefault("signature", []).append(delta.get("signature") or "")
+        elif kind == "input_json_delta" and slot.get("type") == "tool_use":
+            slot["args"].append(delta.get("partial_json") or "")
+        return []
+
+    def _block_stop(self, index: Any) -> list[StreamEvent]:
+        slot = self._blocks.pop(index, None)
+        if slot is None:
+            return []
+        kind = slot["type"]
+        if kind == "thinking":
+            self._thinking[index] = {
+                "type": "thinking",
+                "thinking": "".join(slot["thinking"]),
+                "signature": "".join(slot["signature"]),
+            }
+        elif kind == "redacted_thinking":
+            self._thinking[index] = {"type": "redacted_thinking", "data": slot.get("data")}
+        elif kind == "tool_use":
+            return [self._tool_call(slot.get("id"), slot.get("name"), arguments_text("".join(slot["args"])))]
+        return []
+
+    def _tool_call(self, call_id: Any, name: Any, arguments: str) -> StreamEvent:
+        try:
+            parsed = json.loads(arguments)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            return self._fail("PROVIDER_UNAVAILABLE", f"tool call {name!r}: arguments are not a JSON object")
+        call = ToolCall(id=str(call_id or ""), name=str(name or ""), arguments=arguments)
+        return ToolCallEvent(session_id=self._sid, function=call)
+
+    def _reasoning(self, text: Any) -> list[StreamEvent]:
+        if text and self._request.reasoning:
+            return [Reasoning(session_id=self._sid, text=text)]
+        return []
+
+    def _take_usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):  # cumulative values: replace, never add
+            self._usage.update({k: usage[k] for k in _USAGE_KEYS if isinstance(usage.get(k), int)})
+
+    def _stream_error(self, error: Any) -> Error:
+        error = error if isinstance(error, dict) else {}
+        message = str(error.get("message") or "error event in Anthropic stream")
+        code, retryable = classify_error(200, error.get("type"), message, error)
+        self._finished = True
+        return error_event(
+            self._request, self._deployment, code, message, retryable=retryable, http_status=200
+        )
+
+    def _finish(self) -> list[StreamEvent]:
+        self._finished = True
+        parts = [self._usage.get(k) for k in _USAGE_KEYS if k != "output_tokens"]
+        tokens_in = None if all(p is None for p in parts) else sum(p or 0 for p in parts)
+        usage = Usage(
+            session_id=self._sid,
+            tokens_in=tokens_in,
+            tokens_out=self._usage.get("output_tokens"),
+            cached_tokens_in=self._usage.get("cache_read_input_tokens"),
+            reasoning_tokens_out=None,  # Anthropic counts thinking inside output_tokens only
+        )
+        done = Done(
+            session_id=self._sid,
+            finish_reason=finish_reason(self._stop_reason),
+            provider=self._deployment.name,
+            model=self._model or self._request.model,
+        )
+        return [usage, done]
+
+    # -- non-streaming ----------------------------------------------------------------------
+
+    def _decode_message(self, body: bytes) -> list[StreamEvent]:
+        data = parse_json_body(body)
+        if not isinstance(data, dict):
+            problem = "malformed Anthropic response: body is not a JSON object (cut short?)"
+            return [self._fail("PROVIDER_UNAVAILABLE", problem)]
+        if data.get("type") == "error":
+            return [self._stream_error(data.get("error"))]
+        self._model = data.get("model")
+        self._stop_reason = data.get("stop_reason")
+        self._take_usage(data.get("usage"))
+        text: list[str] = []
+        reasoning: list[str] = []
+        calls: list[StreamEvent] = []
+        for index, block in enumerate(data.get("content") or []):
+            kind = block.get("type") if isinstance(block, dict) else None
+            if kind == "text":
+                text.append(block.get("text") or "")
+            elif kind == "thinking":
+                reasoning.append(block.get("thinking") or "")
+                self._thinking[index] = {
+                    "type": "thinking",
+                    "thinking": block.get("thinking") or "",
+                    "signature": block.get("signature") or "",
+                }
+            elif kind == "redacted_thinking":
+                self._thinking[index] = {"type": "redacted_thinking", "data": block.get("data")}
+            elif kind == "tool_use":
+                arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
+                calls.append(self._tool_call(block.get("id"), block.get("name"), arguments))
+                if self._finished:
+                    return [calls[-1]]
+        events: list[StreamEvent] = []
+        events.extend(self._reasoning("".join(reasoning)))
+        if "".join(text):
+            events.append(Token(session_id=self._sid, text="".join(text)))
+        return [*events, *calls, *self._finish()]
+
+
+# ----------------------------------------------------------------------------------------------
+# The dialect
+
+
+class AnthropicDialect:
+    """Anthropic Messages API (see the module docstring for every mapping decision)."""
+
+    name: ClassVar[str] = "anthropic"
+
+    def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
+        """The HTTP request for ``request`` (``now`` is unused: no request signing)."""
+        body = build_body(request, deployment)
+        return HttpRequest(
+            method="POST",
+            url=f"{_base_url(deployment)}/v1/messages",
+            headers=_headers(deployment, json_body=True),
+            body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+            stream=request.stream,
+        )
+
+    def response_decoder(self, request: CompletionRequest, deployment: Deployment) -> AnthropicDecoder:
+        """A fresh decoder for one 2xx response body to ``request``."""
+        return AnthropicDecoder(request, deployment)
+
+    def decode_error(
+        self,
+        request: CompletionRequest,
+        deployment: Deployment,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Error:
+        """The ``error`` event for a non-2xx response."""
+        data = parse_json_body(body)
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            error_type = error.get("type")
+            message = str(error.get("message") or error_type or f"HTTP {status}")
+        else:
+            error_type = None
+            message = body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status} from Anthropic"
+        code, retryable = classify_error(status, error_type, message, error)
+        should_retry = (header(headers, "x-should-retry") or "").strip().lower()
+        if should_retry in ("true", "false"):
+            retryable = should_retry == "true"
+        return error_event(
+            request,
+            deployment,
+            code,
+            message,
+            retryable=retryable,
+            retry_after=retry_after_seconds(headers, message=message),
+            http_status=status,
+        )
+
+    def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
+        """``GET /v1/models`` with the largest page Anthropic allows (1000)."""
+        return HttpRequest(
+            method="GET",
+            url=f"{_base_url(deployment)}/v1/models?limit=1000",
+            headers=_headers(deployment, json_body=False),
+            stream=False,
+        )
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """Model ids from a ``/v1/models`` page (newest first, as listed)."""
+        data = parse_json_body(body)
+        entries = data.get("data") if isinstance(data, dict) else None
+        return [
+            entry["id"]
+            for entry in entries or []
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str)
+        ]

@@ -1,0 +1,666 @@
+"""``bedrock``: AWS Bedrock's Converse and ConverseStream APIs (wire-formats.md §6).
+
+Requests go to ``POST {base}/model/{modelId}/converse`` (``/converse-stream`` when streaming), the
+default base being ``https://bedrock-runtime.{region}.amazonaws.com`` (``deployment.region``, else
+``us-east-1``). The model id is percent-encoded as one path segment (``:`` → ``%3A``, ``/`` of an
+ARN → ``%2F``). Authentication is a Bedrock API key (``deployment.api_key``) as ``Authorization:
+Bearer``, else SigV4 (service ``bedrock``) with the deployment's AWS keys, signed at ``now``.
+
+Body mapping:
+
+* system messages → ``system: [{text}]``; the rest → ``messages`` whose content is a list of blocks;
+  consecutive messages of one role are merged (Converse wants user and assistant to alternate).
+* ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences``.
+* tools → ``toolConfig.tools[].toolSpec{name, description, inputSchema.json}``; ``tool_choice``
+  ``"auto"`` → ``{auto: {}}``, ``"required"`` / ``"any"`` → ``{any: {}}``, a named function →
+  ``{tool: {name}}``. Converse has no "none": the tools are then left out, unless the history
+  holds tool blocks (Bedrock requires ``toolConfig`` then), in which case they are sent without a
+  ``toolChoice``.
+* images: ``data:`` URLs → ``{image: {format, source: {bytes}}}`` (png, jpeg, gif, webp); Bedrock
+  cannot fetch ``https:`` images, so ``build_request`` refuses them with ``InvalidRequestError``.
+* assistant tool calls → ``toolUse{toolUseId, name, input}``; role ``tool`` results →
+  ``toolResult{toolUseId, content: [{text}]}`` blocks of a **user** message, with ``status: "success"``
+  for the models that accept that field (Anthropic Claude, Amazon Nova).
+* ``request.reasoning`` on an Anthropic model (``anthropic.`` in the id) →
+  ``additionalModelRequestFields.thinking = {type: "enabled", budget_tokens}``; the budget is
+  ``deployment.options["thinking_budget_tokens"]`` (default 1024), and ``maxTokens`` is raised to
+  budget + ``max_tokens`` (or + 1024 when unset) if it would not exceed the budget. Other models
+  that reason (DeepSeek R1…) return ``reasoningContent`` without being asked.
+
+Decoding: the binary event stream (``gtl_nb.providers.eventstream``) with events ``messageStart``,
+``contentBlockStart`` (tool use id and name), ``contentBlockDelta`` (``text`` → ``token``,
+``toolUse.input`` fragments assembled per ``contentBlockIndex``, ``reasoningContent.text`` →
+``reasoning`` when asked), ``contentBlockStop`` (emits the tool call), ``messageStop`` (the stop
+reason) and ``metadata`` (usage); ``usage`` and ``done`` follow at the end of the body.
+Exception frames become ``error`` events; a body that ends before ``messageStop`` and ``metadata``
+is a retryable ``PROVIDER_UNAVAILABLE``. Non-streaming Converse JSON is parsed at ``close()``.
+
+``decoder.provider_data`` (after the terminal event) is ``None``, or, when the answer held
+reasoning blocks::
+
+    {"bedrock_reasoning": [{"reasoningText": {"text": "...", "signature": "..."}}
+                           | {"redactedContent": "<base64>"}, ...]}
+
+and ``build_request`` replays those blocks as ``reasoningContent`` blocks at the start of that
+assistant message, as Anthropic models on Bedrock require in tool-use turns with thinking.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    Message,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+from gtl_nb.providers.base import (
+    Deployment,
+    HttpRequest,
+    ToolCallAssembler,
+    code_for_status,
+    error_event,
+    header,
+    parse_json_body,
+    retry_after_seconds,
+    split_data_url,
+)
+from gtl_nb.providers.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
+from gtl_nb.providers.sigv4 import AwsCredentials, sign_headers
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_BASE_URL = "https://bedrock-runtime.{region}.amazonaws.com"
+CONTROL_PLANE_URL = "https://bedrock.{region}.amazonaws.com"
+SERVICE = "bedrock"
+DEFAULT_THINKING_BUDGET = 1024
+PROVIDER_DATA_KEY = "bedrock_reasoning"
+
+_IMAGE_FORMATS = {
+    "image/png": "png",
+    "image/jpeg": "jpeg",
+    "image/jpg": "jpeg",
+    "image/gif": "gif",
+    "image/webp": "webp",
+}
+_FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "tool_use": "tool_calls",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "guardrail_intervened": "content_filter",
+    "content_filtered": "content_filter",
+}
+# exception type (header or frame, compared lower-cased) -> (GTL code, retryable)
+_EXCEPTIONS: dict[str, tuple[str, bool]] = {
+    "validationexception": ("INVALID_REQUEST", False),
+    "accessdeniedexception": ("FORBIDDEN", False),
+    "unrecognizedclientexception": ("AUTH_FAILED", False),
+    "invalidsignatureexception": ("AUTH_FAILED", False),
+    "signaturedoesnotmatch": ("AUTH_FAILED", False),
+    "incompletesignatureexception": ("AUTH_FAILED", False),
+    "missingauthenticationtokenexception": ("AUTH_FAILED", False),
+    "expiredtokenexception": ("AUTH_FAILED", False),
+    "resourcenotfoundexception": ("MODEL_NOT_FOUND", False),
+    "throttlingexception": ("RATE_LIMIT", True),
+    "servicequotaexceededexception": ("RATE_LIMIT", False),
+    "modeltimeoutexception": ("TIMEOUT", True),
+    "serviceunavailableexception": ("OVERLOADED", True),
+    "internalserverexception": ("INTERNAL", True),
+    "modelerrorexception": ("PROVIDER_UNAVAILABLE", True),
+    "modelstreamerrorexception": ("PROVIDER_UNAVAILABLE", True),
+    "modelnotreadyexception": ("PROVIDER_UNAVAILABLE", True),
+}
+_CONTEXT_HINTS = ("too long", "too many tokens", "context length", "context window", "maximum context")
+
+
+def _region(deployment: Deployment) -> str:
+    return deployment.region or DEFAULT_REGION
+
+
+def _base_url(deployment: Deployment) -> str:
+    return (deployment.base_url or DEFAULT_BASE_URL.format(region=_region(deployment))).rstrip("/")
+
+
+def model_path(model: str, *, stream: bool) -> str:
+    """``/model/{modelId}/converse[-stream]`` with the model id encoded as one path segment."""
+    return f"/model/{quote(model, safe='')}/{'converse-stream' if stream else 'converse'}"
+
+
+def _authorize(
+    method: str, url: str, headers: dict[str, str], body: bytes, deployment: Deployment, now: float
+) -> dict[str, str]:
+    if deployment.api_key:
+        return {**headers, "Authorization": f"Bearer {deployment.api_key}"}
+    if not (deployment.aws_access_key_id and deployment.aws_secret_access_key):
+        raise ConfigurationError(
+            f"bedrock deployment {deployment.name!r} needs aws_access_key_id and aws_secret_access_key "
+            "(SigV4) or api_key (a Bedrock API key)"
+        )
+    credentials = AwsCredentials(
+        deployment.aws_access_key_id, deployment.aws_secret_access_key, deployment.aws_session_token
+    )
+    return sign_headers(
+        method,
+        url,
+        headers,
+        body,
+        credentials=credentials,
+        region=_region(deployment),
+        service=SERVICE,
+        now=now,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Request body
+
+
+def _image_block(url: str) -> dict[str, Any]:
+    parts = split_data_url(url)
+    if parts is None:
+        raise InvalidRequestError(
+            "Bedrock Converse accepts only inline images: pass a data: URL (base64) instead of "
+            f"{url[:60]!r}; Bedrock does not fetch images from URLs"
+        )
+    mime, data = parts
+    fmt = _IMAGE_FORMATS.get(mime.lower())
+    if fmt is None:
+        raise InvalidRequestError(f"Bedrock supports png, jpeg, gif and webp images, not {mime!r}")
+    return {"image": {"format": fmt, "source": {"bytes": data}}}
+
+
+def _tool_input(call: ToolCall) -> dict[str, Any]:
+    try:
+        return call.parsed_arguments
+    except ValueError as exc:
+        raise InvalidRequestError(f"tool call {call.id!r} has arguments that are not a JSON object") from exc
+
+
+def _reasoning_blocks(message: Message) -> list[dict[str, Any]]:
+    blocks = (message.provider_data or {}).get(PROVIDER_DATA_KEY) or []
+    return [{"reasoningContent": block} for block in blocks if isinstance(block, dict)]
+
+
+def _supports_tool_status(model: str) -> bool:
+    """``toolResult.status`` is accepted only by Anthropic Claude and Amazon Nova models (API reference)."""
+    return "anthropic." in model or "amazon.nova" in model
+
+
+def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
+    if message.role == "tool":
+        result: dict[str, Any] = {
+            "toolUseId": message.tool_call_id or "",
+            "content": [{"text": message.content or ""}],
+        }
+        if _supports_tool_status(model):
+            result["status"] = "success"
+        return [{"toolResult": result}]
+    blocks: list[dict[str, Any]] = []
+    if message.role == "assistant":
+        blocks.extend(_reasoning_blocks(message))
+    if message.content:
+        blocks.append({"text": message.content})
+    blocks.extend(_image_block(url) for url in message.images)
+    if message.role == "assistant":
+        for call in message.tool_calls:
+            blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": _tool_input(call)}})
+    return blocks
+
+
+def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(system blocks, messages)``; tool results become user blocks, same-role turns are merged."""
+    system: list[dict[str, Any]] = []
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "system":
+            if message.content:
+                system.append({"text": message.content})
+            continue
+        role = "assistant" if message.role == "assistant" else "user"
+        blocks = _content_blocks(message, model)
+        if not blocks:
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    return system, out
+
+
+def _tool_choice(tool_choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if tool_choice in (None, "auto"):
+        return {"auto": {}} if tool_choice == "auto" else None
+    if tool_choice in ("required", "any"):
+        return {"any": {}}
+    if isinstance(tool_choice, dict):
+        if tool_choice.get("type") in ("any", "required"):
+            return {"any": {}}
+        function = tool_choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else tool_choice.get("name")
+        if name:
+            return {"tool": {"name": str(name)}}
+    return None
+
+
+def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
+    return any("toolUse" in block or "toolResult" in block for m in messages for block in m["content"])
+
+
+def _tool_config(request: CompletionRequest, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not request.tools:
+        return None
+    if request.tool_choice == "none" and not _has_tool_blocks(messages):
+        return None
+    tools = []
+    for tool in request.tools:
+        spec: dict[str, Any] = {"name": tool.name, "inputSchema": {"json": tool.parameters}}
+        if tool.description:  # Bedrock rejects an empty description
+            spec["description"] = tool.description
+        tools.append({"toolSpec": spec})
+    config: dict[str, Any] = {"tools": tools}
+    choice = None if request.tool_choice == "none" else _tool_choice(request.tool_choice)
+    if choice is not None:
+        config["toolChoice"] = choice
+    return config
+
+
+def _is_anthropic(model: str) -> bool:
+    return "anthropic." in model
+
+
+def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
+    """The Converse JSON body for ``request``."""
+    system, messages = _messages(request.messages, request.model)
+    inference: dict[str, Any] = {}
+    if request.max_tokens is not None:
+        inference["maxTokens"] = request.max_tokens
+    if request.temperature is not None:
+        inference["temperature"] = request.temperature
+    if request.top_p is not None:
+        inference["topP"] = request.top_p
+    if request.stop:
+        inference["stopSequences"] = list(request.stop)
+    body: dict[str, Any] = {"messages": messages}
+    if system:
+        body["system"] = system
+    tool_config = _tool_config(request, messages)
+    if request.reasoning and _is_anthropic(request.model):
+        budget = int(deployment.options.get("thinking_budget_tokens", DEFAULT_THINKING_BUDGET))
+        body["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": budget}}
+        if request.max_tokens is None or request.max_tokens <= budget:
+            inference["maxTokens"] = budget + (request.max_tokens or 1024)  # thinking counts in max tokens
+    body["inferenceConfig"] = inference
+    if tool_config is not None:
+        body["toolConfig"] = tool_config
+    return body
+
+
+# ----------------------------------------------------------------------------------------------
+# Response decoding
+
+
+def _usage(sid: str, usage: Any) -> Usage:
+    """Bedrock ``usage`` → GTL: input includes cache reads and writes (wire-formats.md §7)."""
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(key: str) -> int | None:
+        value = usage.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    tokens_in = count("inputTokens")
+    cache_read, cache_write = count("cacheReadInputTokens"), count("cacheWriteInputTokens")
+    if tokens_in is not None:
+        tokens_in += (cache_read or 0) + (cache_write or 0)
+    return Usage(
+        session_id=sid, tokens_in=tokens_in, tokens_out=count("outputTokens"), cached_tokens_in=cache_read
+    )
+
+
+def _error_text(payload: bytes) -> str:
+    parsed = parse_json_body(payload)
+    if isinstance(parsed, dict):
+        message = parsed.get("message") or parsed.get("Message")
+        if message:
+            return str(message)
+    return payload[:500].decode("utf-8", "replace").strip()
+
+
+class _ReasoningBlock:
+    """One reasoning block being streamed: its text, signature or redacted bytes."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.signature = ""
+        self.redacted = ""
+
+    def as_block(self) -> dict[str, Any]:
+        if self.redacted and not self.text:
+            return {"redactedContent": self.redacted}
+        block: dict[str, Any] = {"text": "".join(self.text)}
+        if self.signature:
+            block["signature"] = self.signature
+        return {"reasoningText": block}
+
+
+class BedrockDecoder:
+    """Decodes one ConverseStream event stream, or one Converse JSON body at close."""
+
+    def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
+        self._request = request
+        self._deployment = deployment
+        self._sid = request.session_id
+        self._frames = EventStreamDecoder()
+        self._buffer = bytearray()  # non-streaming body
+        self._tools = ToolCallAssembler()
+        self._tool_blocks: set[int] = set()
+        self._reasoning: dict[int, _ReasoningBlock] = {}
+        self._stop_reason: str | None = None
+        self._usage: Any = None
+        self._saw_metadata = False
+        self._tool_count = 0
+        self._finished = False
+
+    @property
+    def provider_data(self) -> dict[str, Any] | None:
+        """Reasoning blocks to replay (see the module docstring), or ``None``."""
+        if not self._reasoning:
+            return None
+        return {PROVIDER_DATA_KEY: [self._reasoning[i].as_block() for i in sorted(self._reasoning)]}
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        if self._finished:
+            return []
+        if not self._request.stream:
+            self._buffer += chunk
+            return []
+        failure: EventStreamError | None = None
+        try:
+            frames = self._frames.feed(chunk)
+        except EventStreamError as exc:
+            frames, failure = exc.frames, exc  # the frames before the bad one still count
+        events: list[StreamEvent] = []
+        for frame in frames:
+            events.extend(self._frame(frame))
+            if self._finished:
+                return events
+        if failure is not None:
+            events.append(
+                self._error(
+                    "PROVIDER_UNAVAILABLE", f"malformed Bedrock event stream: {failure}", retryable=True
+                )
+            )
+        return events
+
+    def close(self) -> list[StreamEvent]:
+        if self._finished:
+            return []
+        if not self._request.stream:
+            return self._converse(bytes(self._buffer))
+        try:
+            self._frames.close()
+        except EventStreamError as exc:
+            return [self._error("PROVIDER_UNAVAILABLE", f"Bedrock stream ended early: {exc}", retryable=True)]
+        if self._stop_reason is None or not self._saw_metadata:
+            missing = "messageStop" if self._stop_reason is None else "metadata"
+            return [
+                self._error(
+                    "PROVIDER_UNAVAILABLE", f"Bedrock stream ended early, before {missing}", retryable=True
+                )
+            ]
+        return self._finish(self._usage)
+
+    # -- streaming ------------------------------------------------------------------------------
+
+    def _frame(self, frame: EventStreamMessage) -> list[StreamEvent]:
+        kind = frame.header(":message-type")
+        if kind == "exception":
+            name = str(frame.header(":exception-type") or "exception")
+            return [self._exception(name, _error_text(frame.payload))]  # inside the 200
+        if kind == "error":
+            text = str(frame.header(":error-message") or frame.header(":error-code") or "event-stream error")
+            return [self._error("INTERNAL", f"Bedrock stream error: {text}", retryable=True)]
+        payload = parse_json_body(frame.payload)
+        if not isinstance(payload, dict):
+            return [
+                self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock event: payload is not a JSON object")
+            ]
+        event = frame.header(":event-type")
+        if event == "contentBlockStart":
+            start = payload.get("start") or {}
+            tool = start.get("toolUse") if isinstance(start, dict) else None
+            if isinstance(tool, dict):
+                index = int(payload.get("contentBlockIndex", 0))
+                self._tool_blocks.add(index)
+                self._tools.start(index, tool.get("toolUseId"), tool.get("name"))
+        elif event == "contentBlockDelta":
+            return self._delta(int(payload.get("contentBlockIndex", 0)), payload.get("delta") or {})
+        elif event == "contentBlockStop":
+            return self._block_stop(int(payload.get("contentBlockIndex", 0)))
+        elif event == "messageStop":
+            self._stop_reason = str(payload.get("stopReason") or "end_turn")
+            return [self._tool_event(call) for call in self._tools.pop_all()]
+        elif event == "metadata":
+            self._saw_metadata = True
+            self._usage = payload.get("usage")
+        return []  # messageStart and unknown events carry nothing to emit
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> list[StreamEvent]:
+        if isinstance(delta.get("text"), str) and delta["text"]:
+            return [Token(session_id=self._sid, text=delta["text"])]
+        tool = delta.get("toolUse")
+        if isinstance(tool, dict):
+            self._tool_blocks.add(index)
+            fragment = tool.get("input")
+            self._tools.add(index, fragment if isinstance(fragment, str) else json.dumps(fragment))
+            return []
+        reasoning = delta.get("reasoningContent")
+        if isinstance(reasoning, dict):
+            block = self._reasoning.setdefault(index, _ReasoningBlock())
+            text = reasoning.get("text")
+            if isinstance(reasoning.get("signature"), str):
+                block.signature += reasoning["signature"]
+            if isinstance(reasoning.get("redactedContent"), str):
+                block.redacted += reasoning["redactedContent"]
+            if isinstance(text, str) and text:
+                block.text.append(text)
+                if self._request.reasoning:
+                    return [Reasoning(session_id=self._sid, text=text)]
+        return []
+
+    def _block_stop(self, index: int) -> list[StreamEvent]:
+        if index not in self._tool_blocks:
+            return []
+        self._tool_blocks.discard(index)
+        call = self._tools.pop(index)
+        return [self._tool_event(call)] if call is not None else []
+
+    # -- common ---------------------------------------------------------------------------------
+
+    def _tool_event(self, call: ToolCall) -> ToolCallEvent:
+        self._tool_count += 1
+        return ToolCallEvent(session_id=self._sid, function=call)
+
+    def _finish(self, usage: Any) -> list[StreamEvent]:
+        self._finished = True
+        reason = _FINISH_REASONS.get(self._stop_reason or "end_turn", "other")
+        return [
+            _usage(self._sid, usage),
+            Done(
+                session_id=self._sid,
+                finish_reason=reason,  # type: ignore[arg-type]
+                provider=self._deployment.name,
+                model=self._request.model,
+            ),
+        ]
+
+    def _exception(self, name: str, message: str) -> Error:
+        code, retryable = _EXCEPTIONS.get(name.lower(), ("INTERNAL", True))
+        if code == "INVALID_REQUEST":
+            code = _refine_validation(message)
+        return self._error(code, f"{name}: {message}" if message else name, retryable=retryable)
+
+    def _error(self, code: str, message: str, *, retryable: bool | None = None) -> Error:
+        self._finished = True
+        return error_event(
+            self._request, self._deployment, code, message, retryable=retryable, http_status=200
+        )
+
+    # -- non-streaming --------------------------------------------------------------------------
+
+    def _converse(self, body: bytes) -> list[StreamEvent]:
+        parsed = parse_json_body(body)
+        if not isinstance(parsed, dict):
+            return [
+                self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock Converse response: not a JSON object")
+            ]
+        output = parsed.get("output") if isinstance(parsed.get("output"), dict) else {}
+        message = output.get("message") if isinstance(output.get("message"), dict) else {}
+        events: list[StreamEvent] = []
+        text: list[str] = []
+        calls: list[StreamEvent] = []
+        for index, block in enumerate(message.get("content") or []):
+            if not isinstance(block, dict):
+                continue
+            if isinstance(block.get("text"), str):
+                text.append(block["text"])
+            elif isinstance(block.get("toolUse"), dict):
+                tool = block["toolUse"]
+                arguments = tool.get("input")
+                args_text = (
+                    arguments
+                    if isinstance(arguments, str)
+                    else json.dumps(arguments or {}, ensure_ascii=False)
+                )
+                call = ToolCall(
+                    id=str(tool.get("toolUseId") or f"call_{index}"),
+                    name=str(tool.get("name") or ""),
+                    arguments=args_text if args_text.strip() else "{}",
+                )
+                calls.append(self._tool_event(call))
+            elif isinstance(block.get("reasoningContent"), dict):
+                events.extend(self._reasoning_block(index, block["reasoningContent"]))
+        if "".join(text):
+            events.append(Token(session_id=self._sid, text="".join(text)))
+        events.extend(calls)
+        self._stop_reason = str(parsed.get("stopReason") or "end_turn")
+        return events + self._finish(parsed.get("usage"))
+
+    def _reasoning_block(self, index: int, content: dict[str, Any]) -> list[StreamEvent]:
+        block = self._reasoning.setdefault(index, _ReasoningBlock())
+        reasoning_text = content.get("reasoningText")
+        if isinstance(content.get("redactedContent"), str):
+            block.redacted = content["redactedContent"]
+        if isinstance(reasoning_text, dict):
+            block.signature = str(reasoning_text.get("signature") or "")
+            text = str(reasoning_text.get("text") or "")
+            if text:
+                block.text.append(text)
+                if self._request.reasoning:
+                    return [Reasoning(session_id=self._sid, text=text)]
+        return []
+
+
+def _refine_validation(message: str) -> str:
+    """A ValidationException's GTL code, read from its message."""
+    lowered = message.lower()
+    if "model identifier is invalid" in lowered or ("model id" in lowered and "invalid" in lowered):
+        return "MODEL_NOT_FOUND"
+    if any(hint in lowered for hint in _CONTEXT_HINTS):
+        return "CONTEXT_LENGTH_EXCEEDED"
+    return "INVALID_REQUEST"
+
+
+def _error_type(headers: Mapping[str, str], body: Any) -> str | None:
+    """The exception name: ``x-amzn-ErrorType`` (``Name:http://…``) or the body's ``__type``."""
+    value = header(headers, "x-amzn-errortype")
+    if value:
+        return value.split(":", 1)[0].strip() or None
+    if isinstance(body, dict) and isinstance(body.get("__type"), str):
+        return body["__type"].rsplit("#", 1)[-1] or None
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Dialect
+
+
+class BedrockDialect:
+    """The ``bedrock`` HTTP dialect (see the module docstring)."""
+
+    name: ClassVar[str] = "bedrock"
+
+    def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
+        url = _base_url(deployment) + model_path(request.model, stream=request.stream)
+        body = json.dumps(build_body(request, deployment), ensure_ascii=False).encode("utf-8")
+        accept = "application/vnd.amazon.eventstream" if request.stream else "application/json"
+        headers = {"Content-Type": "application/json", "Accept": accept, **deployment.headers}
+        return HttpRequest(
+            method="POST",
+            url=url,
+            headers=_authorize("POST", url, headers, body, deployment, now),
+            body=body,
+            stream=request.stream,
+        )
+
+    def response_decoder(self, request: CompletionRequest, deployment: Deployment) -> BedrockDecoder:
+        return BedrockDecoder(request, deployment)
+
+    def decode_error(
+        self,
+        request: CompletionRequest,
+        deployment: Deployment,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Error:
+        parsed = parse_json_body(body)
+        message = _error_text(body) or f"HTTP {status}"
+        name = _error_type(headers, parsed)
+        if name and name.lower() in _EXCEPTIONS:
+            code, retryable = _EXCEPTIONS[name.lower()]
+        else:
+            code = code_for_status(status)
+            retryable = status in (408, 424, 429) or status >= 500
+        if code == "INVALID_REQUEST":
+            code = _refine_validation(message)
+        if name:
+            message = f"{name}: {message}"
+        return error_event(
+            request,
+            deployment,
+            code,
+            message,
+            retryable=retryable,
+            retry_after=retry_after_seconds(headers, message=message),
+            http_status=status,
+        )
+
+    def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
+        """``GET /foundation-models`` on the control plane (``options["control_plane_url"]`` overrides)."""
+        base = str(
+            deployment.options.get("control_plane_url")
+            or CONTROL_PLANE_URL.format(region=_region(deployment))
+        )
+        url = base.rstrip("/") + "/foundation-models"
+        headers = {"Accept": "application/json", **deployment.headers}
+        return HttpRequest(
+            method="GET", url=url, headers=_authorize("GET", url, headers, b"", deployment, now), stream=False
+        )
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """Model ids from ``ListFoundationModels`` (``modelSummaries[].modelId``)."""
+        parsed = parse_json_body(body)
+        summaries = parsed.get("modelSummaries") if isinstance(parsed, dict) else None
+        return [str(s["modelId"]) for s in summaries or [] if isinstance(s, dict) and s.get("modelId")]

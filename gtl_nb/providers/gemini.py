@@ -1,0 +1,693 @@
+"""The Google Gemini Developer API dialect (generativelanguage.googleapis.com), sans-I/O.
+
+Request mapping (``build_request``):
+
+* ``POST {base}/{version}/models/{model}:streamGenerateContent?alt=sse`` when streaming, else
+  ``:generateContent``; ``base`` is the bare host (``DEFAULT_BASE_URL``; a trailing ``/v1beta`` is
+  tolerated), ``version`` is ``deployment.api_version`` or ``v1beta``. A model given as
+  ``models/x`` or ``tunedModels/x`` is used as that resource path. Auth: ``x-goog-api-key``;
+  ``deployment.headers`` are added last and win.
+* ``system`` messages are joined with a blank line into ``systemInstruction``. Other messages
+  become ``contents`` turns with roles ``user`` / ``model``; consecutive turns of one role merge.
+* Assistant ``tool_calls`` → ``functionCall {name, args, id}`` parts; role ``tool`` results →
+  ``functionResponse {name, response, id}`` parts in a user turn. Gemini needs the function
+  *name* in the response: it is recovered from the nearest earlier assistant tool call with that
+  id (``Message.name`` is the fallback). ``response`` must be a JSON object: a result whose text is
+  a JSON object is sent as that object; anything else is wrapped as ``{"result": <value>}`` (the
+  parsed JSON value when the text is JSON, else the text).
+* Images: ``data:`` URLs → ``inlineData``, other URLs → ``fileData {mimeType, fileUri}`` with the
+  MIME type guessed from the extension (default ``image/jpeg``); images precede the text.
+* ``generationConfig``: temperature, topP, maxOutputTokens, stopSequences; ``response_format``
+  ``json_object`` → ``responseMimeType: application/json``, ``json_schema`` → that plus
+  ``responseJsonSchema``; ``request.reasoning`` → ``thinkingConfig {includeThoughts: true}`` (and
+  ``thinkingBudget`` from ``deployment.options["thinking_budget"]`` when set).
+* tools → ``[{functionDeclarations: [{name, description, parametersJsonSchema}]}]``; tool_choice →
+  ``toolConfig.functionCallingConfig`` (auto → AUTO, none → NONE, required → ANY, a name → ANY +
+  ``allowedFunctionNames``), sent only with tools.
+
+``provider_data`` (exposed by the decoder after the terminal event, replayed by
+``build_request``): every ``thoughtSignature`` with a stub of the part it came on::
+
+    {"gemini": {"parts": [
+        {"functionCall": {"name": "get_country", "id": "call_0"}, "thoughtSignature": "…"},
+        {"text": "", "thoughtSignature": "…"},
+    ]}}
+
+On replay a function-call signature goes back on the ``functionCall`` part with that id (or that
+name); a signature that came on an empty trailing text part is re-sent as such a part at the end of
+the turn; one on a non-empty text part goes on the turn's text part. Signatures on ``thought``
+parts are kept but not replayed (thought text is not part of the assistant message).
+
+Decoding: SSE (CRLF separators, no ``[DONE]``; the stream ends at EOF after a chunk with
+``finishReason``), or a JSON body — one response object, or the streamed JSON array that
+``streamGenerateContent`` returns without ``alt=sse``. The mode is sniffed from the first byte.
+Function calls arrive whole; when Gemini sends no id, a deterministic one is made:
+``call_<responseId>_<n>`` (``call_<n>`` without a responseId) so ids stay unique across turns.
+Usage is the last ``usageMetadata`` snapshot: ``tokens_in = promptTokenCount (+
+toolUsePromptTokenCount)``, ``tokens_out = candidatesTokenCount + thoughtsTokenCount``.
+``finishReason``: STOP → stop (tool_calls when a function call came), MAX_TOKENS → length, safety
+family → content_filter, others → other. A blocked prompt (``promptFeedback.blockReason``, no
+candidates) ends with ``done`` / content_filter, like a candidate stopped for SAFETY: HTTP 200
+responses end in ``done``; the caller sees an empty answer and the reason.
+
+Errors: 400 ``API_KEY_INVALID`` → AUTH_FAILED; "input token count … exceeds" →
+CONTEXT_LENGTH_EXCEEDED; 403 → FORBIDDEN; 404 → MODEL_NOT_FOUND; 429 → RATE_LIMIT, retryable
+unless a ``QuotaFailure`` names a per-day quota, ``retry_after`` from ``RetryInfo.retryDelay``;
+500 → INTERNAL, 503 → OVERLOADED, 504 → TIMEOUT (all retryable). Bodies may be array-wrapped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+from gtl_nb.protocol.errors import InvalidRequestError
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    FinishReason,
+    Message,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+from gtl_nb.providers.base import (
+    Deployment,
+    HttpRequest,
+    code_for_status,
+    error_event,
+    parse_json_body,
+    retry_after_seconds,
+    retryable_for_status,
+    split_data_url,
+)
+from gtl_nb.providers.sse import SSEDecoder
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+DEFAULT_API_VERSION = "v1beta"
+DEFAULT_IMAGE_MIME = "image/jpeg"
+
+_MIME_BY_EXTENSION = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "webp": "image/webp",
+    "heic": "image/heic",
+    "heif": "image/heif",
+    "pdf": "application/pdf",
+}
+_FILTER_REASONS = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+    }
+)
+_CONTEXT_TEXT = re.compile(r"(?i)input token count.*exceeds|exceeds the maximum number of tokens")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
+_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def finish_reason(reason: str | None, *, saw_function_call: bool, blocked: bool = False) -> FinishReason:
+    """Gemini ``finishReason`` (or a prompt ``blockReason``) → GTL ``finish_reason``."""
+    if reason is None and blocked:
+        return "content_filter"
+    if reason == "STOP":
+        return "tool_calls" if saw_function_call else "stop"
+    if reason == "MAX_TOKENS":
+        return "length"
+    if reason in _FILTER_REASONS:
+        return "content_filter"
+    return "other"
+
+
+# ----------------------------------------------------------------------------------------------
+# Request building
+
+
+def _base_url(deployment: Deployment) -> str:
+    base = (deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
+    for suffix in ("/v1beta", "/v1"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
+
+
+def _version(deployment: Deployment) -> str:
+    return (deployment.api_version or DEFAULT_API_VERSION).strip("/")
+
+
+def _headers(deployment: Deployment, *, json_body: bool) -> dict[str, str]:
+    headers: dict[str, str] = {"content-type": "application/json"} if json_body else {}
+    if deployment.api_key:
+        headers["x-goog-api-key"] = deployment.api_key
+    headers.update(deployment.headers)
+    return headers
+
+
+def _model_path(model: str) -> str:
+    path = model if "/" in model else f"models/{model}"
+    return quote(path, safe="/")
+
+
+def _image_part(url: str) -> dict[str, Any]:
+    inline = split_data_url(url)
+    if inline is not None:
+        mime, data = inline
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    name = urlsplit(url).path.rsplit("/", 1)[-1]
+    extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+    return {"fileData": {"mimeType": _MIME_BY_EXTENSION.get(extension, DEFAULT_IMAGE_MIME), "fileUri": url}}
+
+
+def _tool_response(content: str | None) -> dict[str, Any]:
+    """A tool result as the JSON object ``functionResponse.response`` must be."""
+    if content is None:
+        return {"result": None}
+    try:
+        value: Any = json.loads(content)
+    except ValueError:
+        return {"result": content}
+    return value if isinstance(value, dict) else {"result": value}
+
+
+def _function_args(call: ToolCall) -> dict[str, Any]:
+    try:
+        return call.parsed_arguments
+    except ValueError as exc:
+        raise InvalidRequestError(f"tool call {call.id!r}: arguments are not a JSON object") from exc
+
+
+def _apply_signatures(parts: list[dict[str, Any]], provider_data: dict[str, Any] | None) -> None:
+    """Put replayed ``thoughtSignature`` values back on the parts they came on."""
+    stubs = ((provider_data or {}).get("gemini") or {}).get("parts") or []
+    for stub in stubs:
+        signature = stub.get("thoughtSignature") if isinstance(stub, dict) else None
+        if not signature or stub.get("thought"):
+            continue
+        if isinstance(stub.get("functionCall"), dict):
+            wanted = stub["functionCall"]
+            calls = [p for p in parts if "functionCall" in p and "thoughtSignature" not in p]
+            by_id = [p for p in calls if p["functionCall"].get("id") == wanted.get("id")]
+            by_name = [p for p in calls if p["functionCall"]["name"] == wanted.get("name")]
+            target = (by_id or by_name or [None])[0]
+            if target is not None:
+                target["thoughtSignature"] = signature
+        elif "text" in stub:
+            target = None
+            if stub["text"]:
+                target = next((p for p in parts if "text" in p and "thoughtSignature" not in p), None)
+            if target is None:
+                parts.append({"text": stub["text"], "thoughtSignature": signature})
+            else:
+                target["thoughtSignature"] = signature
+
+
+def _parts(message: Message, names: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The parts of one non-system message; ``names`` maps tool-call ids seen so far to names."""
+    if message.role == "assistant":
+        parts: list[dict[str, Any]] = [{"text": message.content}] if message.content else []
+        for call in message.tool_calls:
+            parts.append({"functionCall": {"name": call.name, "args": _function_args(call), "id": call.id}})
+        _apply_signatures(parts, message.provider_data)
+        return parts
+    images = [_image_part(url) for url in message.images]
+    if message.role == "tool":
+        call_id = message.tool_call_id or ""
+        name = names.get(call_id) or message.name
+        if not name:
+            raise InvalidRequestError(
+                f"tool result {call_id!r}: no earlier assistant tool call has this id, and the message "
+                "has no name; Gemini needs the function name"
+            )
+        response = {"name": name, "response": _tool_response(message.content)}
+        if call_id:
+            response["id"] = call_id
+        return [{"functionResponse": response}, *images]
+    return images + ([{"text": message.content}] if message.content else [])
+
+
+def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:
+    """GTL messages → (``systemInstruction`` text, Gemini ``contents``)."""
+    system: list[str] = []
+    contents: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # the nearest earlier assistant call wins when ids repeat
+    for message in messages:
+        if message.role == "system":
+            if message.content:
+                system.append(message.content)
+            continue
+        parts = _parts(message, names)
+        if message.role == "assistant":
+            names.update({call.id: call.name for call in message.tool_calls})
+        if not parts:
+            continue
+        role = "model" if message.role == "assistant" else "user"
+        if contents and contents[-1]["role"] == role:
+            contents[-1]["parts"].extend(parts)
+        else:
+            contents.append({"role": role, "parts": parts})
+    return ("\n\n".join(system) or None), contents
+
+
+def _tool_config(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, dict) else choice.get("name")
+        if name:
+            return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
+        choice = choice.get("type")
+        if not isinstance(choice, str):
+            return None
+    word = choice.strip()
+    modes = {"auto": "AUTO", "none": "NONE", "required": "ANY", "any": "ANY"}
+    if word in modes:
+        return {"functionCallingConfig": {"mode": modes[word]}}
+    return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [word]}}
+
+
+def _generation_config(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if request.temperature is not None:
+        config["temperature"] = request.temperature
+    if request.top_p is not None:
+        config["topP"] = request.top_p
+    if request.max_tokens is not None:
+        config["maxOutputTokens"] = request.max_tokens
+    if request.stop:
+        config["stopSequences"] = list(request.stop)
+    response_format = request.response_format or {}
+    kind = response_format.get("type")
+    if kind in ("json_object", "json_schema"):
+        config["responseMimeType"] = "application/json"
+    if kind == "json_schema":
+        wrapper = response_format.get("json_schema")
+        schema = wrapper.get("schema") if isinstance(wrapper, dict) else response_format.get("schema")
+        if isinstance(schema, dict):
+            config["responseJsonSchema"] = schema
+    if request.reasoning:
+        thinking: dict[str, Any] = {"includeThoughts": True}
+        budget = deployment.options.get("thinking_budget")
+        if budget is not None:
+            thinking["thinkingBudget"] = int(budget)
+        config["thinkingConfig"] = thinking
+    return config
+
+
+def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
+    """The JSON body of a ``generateContent`` / ``streamGenerateContent`` call."""
+    system, contents = convert_messages(request.messages)
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": system}]}
+    config = _generation_config(request, deployment)
+    if config:
+        body["generationConfig"] = config
+    if request.tools:
+        declarations = []
+        for tool in request.tools:
+            declaration: dict[str, Any] = {"name": tool.name, "parametersJsonSchema": tool.parameters}
+            if tool.description:
+                declaration["description"] = tool.description
+            declarations.append(declaration)
+        body["tools"] = [{"functionDeclarations": declarations}]
+        tool_config = _tool_config(request.tool_choice)
+        if tool_config is not None:
+            body["toolConfig"] = tool_config
+    return body
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+
+def _retry_delay(details: list[Any]) -> float | None:
+    for detail in details:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
+            match = _DURATION.match(str(detail.get("retryDelay", "")))
+            if match:
+                return float(match.group(1))
+    return None
+
+
+def _daily_quota(details: list[Any]) -> bool:
+    for detail in details:
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.QuotaFailure"):
+            for violation in detail.get("violations") or []:
+                if isinstance(violation, dict) and "PerDay" in str(violation.get("quotaId", "")):
+                    return True
+    return False
+
+
+def classify_error(status: int, error: dict[str, Any]) -> tuple[str, bool]:
+    """The GTL code and retryability of a Gemini ``error`` object answered with ``status``."""
+    if status == 200 and isinstance(error.get("code"), int):
+        status = error["code"]  # an error inside a 200 stream carries its own code
+    rpc_status = error.get("status")
+    message = str(error.get("message") or "")
+    details = error.get("details") if isinstance(error.get("details"), list) else []
+    reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+    if "API_KEY_INVALID" in reasons or status == 401 or rpc_status == "UNAUTHENTICATED":
+        return "AUTH_FAILED", False
+    if _CONTEXT_TEXT.search(message):
+        return "CONTEXT_LENGTH_EXCEEDED", False
+    if status == 403 or rpc_status == "PERMISSION_DENIED":
+        return "FORBIDDEN", False
+    if status == 404 or rpc_status == "NOT_FOUND":
+        return "MODEL_NOT_FOUND", False
+    if status == 429 or rpc_status == "RESOURCE_EXHAUSTED":
+        return "RATE_LIMIT", not _daily_quota(details)
+    if status == 500 or rpc_status == "INTERNAL":
+        return "INTERNAL", True
+    if status == 503 or rpc_status == "UNAVAILABLE":
+        return "OVERLOADED", True
+    if status == 504 or rpc_status == "DEADLINE_EXCEEDED":
+        return "TIMEOUT", True
+    return code_for_status(status), retryable_for_status(status)
+
+
+def _error_object(data: Any) -> dict[str, Any] | None:
+    if isinstance(data, list) and data:
+        data = data[0]
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Response decoding
+
+
+class GeminiDecoder:
+    """Decodes one 2xx Gemini body: SSE, or JSON (one object or a streamed array) parsed at close.
+
+    A non-streaming request gets one ``token`` with the whole text (and one ``reasoning``).
+    ``provider_data`` holds the thought signatures once seen.
+    """
+
+    def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
+        self._request = request
+        self._deployment = deployment
+        self._sid = request.session_id
+        self._sse = SSEDecoder()
+        self._mode: str | None = None if request.stream else "json"
+        self._collect = not request.stream
+        self._buffer = bytearray()
+        self._text: list[str] = []
+        self._thoughts: list[str] = []
+        self._calls: list[StreamEvent] = []
+        self._signatures: list[dict[str, Any]] = []
+        self._usage: dict[str, Any] | None = None
+        self._finish_reason: str | None = None
+        self._blocked = False
+        self._model: str | None = None
+        self._call_count = 0
+        self._finished = False
+
+    @property
+    def provider_data(self) -> dict[str, Any] | None:
+        """Thought signatures to replay (see the module docstring), or ``None``."""
+        return {"gemini": {"parts": list(self._signatures)}} if self._signatures else None
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        """The events completed by ``chunk`` (JSON bodies wait for ``close``)."""
+        if self._finished or not chunk:
+            return []
+        if self._mode is None:
+            self._buffer += chunk
+            head = self._buffer.lstrip()
+            if not head:
+                return []
+            self._mode = "json" if head[:1] in (b"{", b"[") else "sse"
+            if self._mode == "json":
+                return []
+            chunk = bytes(self._buffer)
+            self._buffer.clear()
+        if self._mode == "json":
+            self._buffer += chunk
+            return []
+        return self._on_sse([event.data for event in self._sse.feed(chunk)])
+
+    def close(self) -> list[StreamEvent]:
+        """End of body: the remaining events, ending in ``done`` or ``error``."""
+        if self._finished:
+            return []
+        if self._mode is None:
+            return [self._fail("PROVIDER_UNAVAILABLE", "empty response body from Gemini")]
+        if self._mode == "json":
+            events = self._on_json(bytes(self._buffer))
+        else:
+            events = self._on_sse([event.data for event in self._sse.close()])
+        if self._finished:
+            return events
+        if self._finish_reason is None and not self._blocked:
+            problem = "stream ended early: no chunk with a finishReason"
+            events.append(self._fail("PROVIDER_UNAVAILABLE", problem))
+            return events
+        return events + self._finish()
+
+    # -- chunks -----------------------------------------------------------------------------
+
+    def _on_sse(self, payloads: list[str]) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        for payload in payloads:
+            if self._finished:
+                break
+            if not payload.strip():
+                continue
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                events.append(self._fail("PROVIDER_UNAVAILABLE", "malformed Gemini stream chunk: not JSON"))
+                break
+            events.extend(self._on_chunk(chunk))
+        return events
+
+    def _on_json(self, body: bytes) -> list[StreamEvent]:
+        data = parse_json_body(body)
+        if data is None:
+            return [self._fail("PROVIDER_UNAVAILABLE", "Gemini response body is not valid JSON (cut short?)")]
+        chunks = data if isinstance(data, list) else [data]
+        events: list[StreamEvent] = []
+        for chunk in chunks:
+            if self._finished:
+                break
+            events.extend(self._on_chunk(chunk))
+        return events
+
+    def _on_chunk(self, chunk: Any) -> list[StreamEvent]:
+        if not isinstance(chunk, dict):
+            return [self._fail("PROVIDER_UNAVAILABLE", "malformed Gemini response: not a JSON object")]
+        if isinstance(chunk.get("error"), dict):
+            return [self._stream_error(chunk["error"])]
+        if isinstance(chunk.get("usageMetadata"), dict):
+            self._usage = chunk["usageMetadata"]  # a snapshot: the last one wins, never summed
+        self._model = chunk.get("modelVersion") or self._model
+        feedback = chunk.get("promptFeedback")
+        if isinstance(feedback, dict) and feedback.get("blockReason"):
+            self._blocked = True
+        candidates = chunk.get("candidates")
+        if not isinstance(candidates, list) or not candidates or not isinstance(candidates[0], dict):
+            return []
+        candidate = candidates[0]  # one candidate is requested (candidateCount defaults to 1)
+        events: list[StreamEvent] = []
+        response_id = _ID_UNSAFE.sub("", str(chunk.get("responseId") or ""))
+        for part in (candidate.get("content") or {}).get("parts") or []:
+            if isinstance(part, dict):
+                events.extend(self._on_part(part, response_id))
+            if self._finished:
+                break
+        if candidate.get("finishReason"):
+            self._finish_reason = candidate["finishReason"]
+        return events
+
+    def _on_part(self, part: dict[str, Any], response_id: str) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        stub: dict[str, Any] = {}
+        if isinstance(part.get("functionCall"), dict):
+            call = part["functionCall"]
+            args = call.get("args") if call.get("args") is not None else {}
+            if not isinstance(args, dict):
+                problem = f"function call {call.get('name')!r}: args is not a JSON object"
+                return [self._fail("PROVIDER_UNAVAILABLE", problem)]
+            prefix = f"call_{response_id}_" if response_id else "call_"
+            call_id = str(call.get("id") or f"{prefix}{self._call_count}")
+            self._call_count += 1
+            arguments = json.dumps(args, ensure_ascii=False)
+            tool_call = ToolCall(id=call_id, name=str(call.get("name") or ""), arguments=arguments)
+            event = ToolCallEvent(session_id=self._sid, function=tool_call)
+            (self._calls if self._collect else events).append(event)
+            stub = {"functionCall": {"name": tool_call.name, "id": call_id}}
+        elif isinstance(part.get("text"), str):
+            text = part["text"]
+            if part.get("thought"):
+                stub = {"text": text, "thought": True}
+                if text and self._request.reasoning:
+                    self._emit(events, self._thoughts, Reasoning, text)
+            else:
+                stub = {"text": text}
+                if text:
+                    self._emit(events, self._text, Token, text)
+        if part.get("thoughtSignature"):
+            self._signatures.append({**stub, "thoughtSignature": part["thoughtSignature"]})
+        return events
+
+    def _emit(self, events: list[StreamEvent], store: list[str], kind: type, text: str) -> None:
+        if self._collect:
+            store.append(text)
+        else:
+            events.append(kind(session_id=self._sid, text=text))
+
+    def _fail(self, code: str, message: str) -> Error:
+        self._finished = True
+        return error_event(self._request, self._deployment, code, message)
+
+    def _stream_error(self, error: dict[str, Any]) -> Error:
+        self._finished = True
+        code, retryable = classify_error(200, error)
+        message = str(error.get("message") or "error object in Gemini response")
+        return error_event(
+            self._request,
+            self._deployment,
+            code,
+            message,
+            retryable=retryable,
+            retry_after=_retry_delay(error.get("details") or []),
+            http_status=200,
+        )
+
+    def _finish(self) -> list[StreamEvent]:
+        self._finished = True
+        events: list[StreamEvent] = []
+        if self._thoughts:
+            events.append(Reasoning(session_id=self._sid, text="".join(self._thoughts)))
+        if self._text:
+            events.append(Token(session_id=self._sid, text="".join(self._text)))
+        events.extend(self._calls)
+        usage = self._usage or {}
+        prompt = [usage.get(k) for k in ("promptTokenCount", "toolUsePromptTokenCount")]
+        output = [usage.get(k) for k in ("candidatesTokenCount", "thoughtsTokenCount")]
+        events.append(
+            Usage(
+                session_id=self._sid,
+                tokens_in=None if all(v is None for v in prompt) else sum(v or 0 for v in prompt),
+                tokens_out=None if all(v is None for v in output) else sum(v or 0 for v in output),
+                cached_tokens_in=usage.get("cachedContentTokenCount"),
+                reasoning_tokens_out=usage.get("thoughtsTokenCount"),
+            )
+        )
+        reason = finish_reason(
+            self._finish_reason, saw_function_call=self._call_count > 0, blocked=self._blocked
+        )
+        events.append(
+            Done(
+                session_id=self._sid,
+                finish_reason=reason,
+                provider=self._deployment.name,
+                model=self._model or self._request.model,
+            )
+        )
+        return events
+
+
+# ----------------------------------------------------------------------------------------------
+# The dialect
+
+
+class GeminiDialect:
+    """Google Gemini Developer API (see the module docstring for every mapping decision)."""
+
+    name: ClassVar[str] = "gemini"
+
+    def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
+        """The HTTP request for ``request`` (``now`` is unused: no request signing)."""
+        method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
+        url = f"{_base_url(deployment)}/{_version(deployment)}/{_model_path(request.model)}:{method}"
+        body = build_body(request, deployment)
+        return HttpRequest(
+            method="POST",
+            url=url,
+            headers=_headers(deployment, json_body=True),
+            body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+            stream=request.stream,
+        )
+
+    def response_decoder(self, request: CompletionRequest, deployment: Deployment) -> GeminiDecoder:
+        """A fresh decoder for one 2xx response body to ``request``."""
+        return GeminiDecoder(request, deployment)
+
+    def decode_error(
+        self,
+        request: CompletionRequest,
+        deployment: Deployment,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Error:
+        """The ``error`` event for a non-2xx response."""
+        error = _error_object(parse_json_body(body))
+        if error is None:
+            text = body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status} from Gemini"
+            code, retryable = code_for_status(status), retryable_for_status(status)
+            retry_after = retry_after_seconds(headers, message=text)
+            return error_event(
+                request,
+                deployment,
+                code,
+                text,
+                retryable=retryable,
+                retry_after=retry_after,
+                http_status=status,
+            )
+        code, retryable = classify_error(status, error)
+        message = str(error.get("message") or error.get("status") or f"HTTP {status} from Gemini")
+        details = error.get("details") if isinstance(error.get("details"), list) else []
+        retry_after = _retry_delay(details)
+        if retry_after is None:
+            retry_after = retry_after_seconds(headers, message=message)
+        return error_event(
+            request,
+            deployment,
+            code,
+            message,
+            retryable=retryable,
+            retry_after=retry_after,
+            http_status=status,
+        )
+
+    def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
+        """``GET /v1beta/models`` with the largest page Gemini serves (1000)."""
+        return HttpRequest(
+            method="GET",
+            url=f"{_base_url(deployment)}/{_version(deployment)}/models?pageSize=1000",
+            headers=_headers(deployment, json_body=False),
+            stream=False,
+        )
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """Model ids (``models/`` prefix removed) of the models that support ``generateContent``."""
+        data = parse_json_body(body)
+        entries = data.get("models") if isinstance(data, dict) else None
+        names: list[str] = []
+        for entry in entries or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                continue
+            if "generateContent" not in (entry.get("supportedGenerationMethods") or []):
+                continue
+            name = entry["name"]
+            names.append(name[len("models/") :] if name.startswith("models/") else name)
+        return names

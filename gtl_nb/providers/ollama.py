@@ -1,0 +1,393 @@
+"""``ollama``: Ollama's native chat API (``POST {base}/api/chat``), NDJSON streaming.
+
+Request mapping (wire-formats.md §5):
+
+* ``stream`` is always sent explicitly: Ollama streams when it is absent.
+* sampling goes in ``options``: ``temperature``, ``top_p``, ``num_predict`` (= ``max_tokens``), ``stop``.
+* ``response_format`` ``{"type": "json_object"}`` → ``format: "json"``; ``{"type": "json_schema",
+  "json_schema": {"schema": {...}}}`` → ``format: <schema>``.
+* ``request.reasoning`` → ``think: true``.
+* tools go in OpenAI's function shape. Ollama has no ``tool_choice``: ``"none"`` leaves the tools out,
+  a named tool narrows the list to that tool, anything else sends every tool.
+* images are bare base64 strings in the message's ``images`` (the ``data:`` prefix stripped). Ollama
+  does not fetch ``https:`` images, so ``build_request`` refuses them with ``InvalidRequestError``.
+* assistant tool calls carry their arguments as an object; tool results are
+  ``{"role": "tool", "content", "tool_name", "tool_call_id"}`` with the name recovered from the
+  assistant call of the same id.
+* ``deployment.api_key`` (ollama.com) is sent as ``Authorization: Bearer``.
+
+Decoding: one JSON object per line, lines split anywhere across chunks, the ``done: true`` line
+parsed even without a trailing newline. ``message.content`` → ``token``, ``message.thinking`` →
+``reasoning`` (only when asked; never ``token``), tool calls arrive whole (id kept, else
+``call_<n>``), the ``done`` line gives usage (``prompt_eval_count`` / ``eval_count``, ``None`` when
+omitted) and ``done_reason``. A ``{"error": ...}`` line inside the 200 stream is an ``error``; a body
+ending without ``done: true`` is a retryable ``PROVIDER_UNAVAILABLE``. Non-streaming answers are one
+JSON object, parsed at ``close()``. The top-level ``response`` field of ``/api/generate`` lines is
+read as text too, so generate-shaped bodies decode the same way.
+
+Ollama returns no opaque state to replay, so ``decoder.provider_data`` is always ``None``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from gtl_nb.protocol.errors import InvalidRequestError
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    Message,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+from gtl_nb.providers.base import (
+    Deployment,
+    HttpRequest,
+    code_for_status,
+    error_event,
+    parse_json_body,
+    retry_after_seconds,
+    retryable_for_status,
+    split_data_url,
+)
+
+DEFAULT_BASE_URL = "http://localhost:11434"
+
+_FINISH_REASONS = {"stop": "stop", "length": "length"}
+
+
+def _base_url(deployment: Deployment) -> str:
+    return (deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
+
+
+def _headers(deployment: Deployment, *, accept: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": accept}
+    headers.update(deployment.headers)
+    if deployment.api_key:
+        headers["Authorization"] = f"Bearer {deployment.api_key}"
+    return headers
+
+
+# ----------------------------------------------------------------------------------------------
+# Request
+
+
+def _arguments_object(call: ToolCall) -> dict[str, Any]:
+    try:
+        return call.parsed_arguments
+    except ValueError as exc:
+        raise InvalidRequestError(f"tool call {call.id!r} has arguments that are not a JSON object") from exc
+
+
+def _image(url: str) -> str:
+    parts = split_data_url(url)
+    if parts is None:
+        raise InvalidRequestError(
+            "Ollama accepts only inline images: pass a data: URL (base64) instead of "
+            f"{url[:60]!r}; Ollama does not fetch images from URLs"
+        )
+    return parts[1]
+
+
+def _messages(messages: list[Message]) -> list[dict[str, Any]]:
+    tool_names: dict[str, str] = {}  # tool-call id -> function name, for the tool results
+    out: list[dict[str, Any]] = []
+    for message in messages:
+        item: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+        if message.images:
+            item["images"] = [_image(url) for url in message.images]
+        if message.role == "assistant" and message.tool_calls:
+            calls = []
+            for call in message.tool_calls:
+                tool_names[call.id] = call.name
+                calls.append(
+                    {"id": call.id, "function": {"name": call.name, "arguments": _arguments_object(call)}}
+                )
+            item["tool_calls"] = calls
+        if message.role == "tool":
+            name = tool_names.get(message.tool_call_id or "") or message.name
+            if name:
+                item["tool_name"] = name
+            if message.tool_call_id:
+                item["tool_call_id"] = message.tool_call_id
+        out.append(item)
+    return out
+
+
+def _chosen_tool(tool_choice: str | dict[str, Any] | None) -> str | None:
+    """The one tool a ``tool_choice`` names (OpenAI's or the bare ``{"name": ...}`` shape)."""
+    if not isinstance(tool_choice, dict):
+        return None
+    function = tool_choice.get("function")
+    if isinstance(function, dict) and function.get("name"):
+        return str(function["name"])
+    name = tool_choice.get("name")
+    return str(name) if name else None
+
+
+def _tools(request: CompletionRequest) -> list[dict[str, Any]] | None:
+    if not request.tools or request.tool_choice == "none":
+        return None
+    tools = request.tools
+    chosen = _chosen_tool(request.tool_choice)
+    if chosen is not None:
+        tools = [tool for tool in tools if tool.name == chosen] or tools
+    return [
+        {
+            "type": "function",
+            "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
+        }
+        for tool in tools
+    ]
+
+
+def _format(response_format: dict[str, Any] | None) -> str | dict[str, Any] | None:
+    if not response_format:
+        return None
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else response_format.get("schema")
+        return schema if isinstance(schema, dict) else "json"
+    return None
+
+
+def _options(request: CompletionRequest) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if request.temperature is not None:
+        options["temperature"] = request.temperature
+    if request.top_p is not None:
+        options["top_p"] = request.top_p
+    if request.max_tokens is not None:
+        options["num_predict"] = request.max_tokens
+    if request.stop:
+        options["stop"] = list(request.stop)
+    return options
+
+
+def build_body(request: CompletionRequest) -> dict[str, Any]:
+    """The ``/api/chat`` JSON body for ``request``."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": _messages(request.messages),
+        "stream": bool(request.stream),
+    }
+    options = _options(request)
+    if options:
+        body["options"] = options
+    tools = _tools(request)
+    if tools:
+        body["tools"] = tools
+    fmt = _format(request.response_format)
+    if fmt is not None:
+        body["format"] = fmt
+    if request.reasoning:
+        body["think"] = True
+    return body
+
+
+# ----------------------------------------------------------------------------------------------
+# Response
+
+
+class OllamaDecoder:
+    """Decodes one ``/api/chat`` response body (NDJSON stream or one JSON object)."""
+
+    def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
+        self._request = request
+        self._deployment = deployment
+        self._sid = request.session_id
+        self._buffer = b""
+        self._finished = False
+        self._tool_count = 0
+
+    @property
+    def provider_data(self) -> dict[str, Any] | None:
+        """Always ``None``: Ollama returns no state that must be replayed."""
+        return None
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        if self._finished:
+            return []
+        self._buffer += chunk
+        if not self._request.stream:
+            return []  # one (possibly pretty-printed) object: parsed at close()
+        events: list[StreamEvent] = []
+        while not self._finished:
+            line, sep, rest = self._buffer.partition(b"\n")
+            if not sep:
+                break
+            self._buffer = rest
+            events.extend(self._line(line))
+        return events
+
+    def close(self) -> list[StreamEvent]:
+        if self._finished:
+            return []
+        rest, self._buffer = self._buffer, b""
+        events = self._line(rest)  # the done line may have no trailing newline
+        if not self._finished:
+            events.append(
+                self._error("PROVIDER_UNAVAILABLE", "Ollama stream ended early, without a done:true line")
+            )
+        return events
+
+    # -- one object -----------------------------------------------------------------------------
+
+    def _line(self, raw: bytes) -> list[StreamEvent]:
+        if not raw.strip():
+            return []
+        try:
+            obj = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            preview = raw[:80].decode("utf-8", "replace")
+            return [self._error("PROVIDER_UNAVAILABLE", f"malformed NDJSON line from Ollama: {preview!r}")]
+        if not isinstance(obj, dict):
+            return [
+                self._error("PROVIDER_UNAVAILABLE", "malformed NDJSON line from Ollama: not a JSON object")
+            ]
+        return self._object(obj)
+
+    def _object(self, obj: dict[str, Any]) -> list[StreamEvent]:
+        if "error" in obj:
+            error = obj["error"]
+            text = error if isinstance(error, str) else json.dumps(error)
+            # A failure of the runner after the 200 (like a 500): worth another try.
+            return [self._error("INTERNAL", text or "Ollama reported an error", retryable=True)]
+        events: list[StreamEvent] = []
+        message = obj.get("message") if isinstance(obj.get("message"), dict) else {}
+        thinking = message.get("thinking")
+        if thinking and self._request.reasoning:
+            events.append(Reasoning(session_id=self._sid, text=str(thinking)))
+        content = message.get("content")
+        if content:
+            events.append(Token(session_id=self._sid, text=str(content)))
+        response = obj.get("response")  # /api/generate shape
+        if isinstance(response, str) and response:
+            events.append(Token(session_id=self._sid, text=response))
+        for call in message.get("tool_calls") or []:
+            events.append(self._tool_call(call))
+        if obj.get("done") is True:
+            events.extend(self._finish(obj))
+        return events
+
+    def _tool_call(self, call: dict[str, Any]) -> ToolCallEvent:
+        function = call.get("function") or {}
+        arguments = function.get("arguments")
+        if isinstance(arguments, str):
+            text = arguments if arguments.strip() else "{}"
+        else:
+            text = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+        call_id = call.get("id") or f"call_{self._tool_count}"
+        self._tool_count += 1
+        return ToolCallEvent(
+            session_id=self._sid,
+            function=ToolCall(id=str(call_id), name=str(function.get("name") or ""), arguments=text),
+        )
+
+    def _finish(self, obj: dict[str, Any]) -> list[StreamEvent]:
+        self._finished = True
+        reason = _FINISH_REASONS.get(obj.get("done_reason") or "stop", "other")
+        if reason == "stop" and self._tool_count:
+            reason = "tool_calls"
+        return [
+            Usage(
+                session_id=self._sid,
+                tokens_in=_count(obj, "prompt_eval_count"),
+                tokens_out=_count(obj, "eval_count"),
+            ),
+            Done(
+                session_id=self._sid,
+                finish_reason=reason,  # type: ignore[arg-type]
+                provider=self._deployment.name,
+                model=obj.get("model") or self._request.model,
+            ),
+        ]
+
+    def _error(self, code: str, message: str, *, retryable: bool | None = None) -> Error:
+        self._finished = True
+        return error_event(
+            self._request, self._deployment, code, message, retryable=retryable, http_status=200
+        )
+
+
+def _count(obj: dict[str, Any], key: str) -> int | None:
+    value = obj.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# Dialect
+
+
+class OllamaDialect:
+    """The ``ollama`` HTTP dialect (see the module docstring)."""
+
+    name: ClassVar[str] = "ollama"
+
+    def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
+        accept = "application/x-ndjson" if request.stream else "application/json"
+        return HttpRequest(
+            method="POST",
+            url=f"{_base_url(deployment)}/api/chat",
+            headers=_headers(deployment, accept=accept),
+            body=json.dumps(build_body(request), ensure_ascii=False).encode("utf-8"),
+            stream=request.stream,
+        )
+
+    def response_decoder(self, request: CompletionRequest, deployment: Deployment) -> OllamaDecoder:
+        return OllamaDecoder(request, deployment)
+
+    def decode_error(
+        self,
+        request: CompletionRequest,
+        deployment: Deployment,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Error:
+        parsed = parse_json_body(body)
+        message = ""
+        if isinstance(parsed, dict) and "error" in parsed:
+            error = parsed["error"]
+            message = error if isinstance(error, str) else json.dumps(error)
+        if not message:
+            message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+        code = code_for_status(status)
+        lowered = message.lower()
+        if "not found" in lowered and ("pull" in lowered or "model" in lowered):
+            code = "MODEL_NOT_FOUND"
+        elif status == 401 or lowered == "unauthorized":
+            code = "AUTH_FAILED"
+        return error_event(
+            request,
+            deployment,
+            code,
+            message,
+            retryable=retryable_for_status(status) and code != "MODEL_NOT_FOUND",
+            retry_after=retry_after_seconds(headers, message=message),
+            http_status=status,
+        )
+
+    def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
+        """``GET {base}/api/tags``: the locally installed models."""
+        headers = _headers(deployment, accept="application/json")
+        headers.pop("Content-Type", None)
+        return HttpRequest(
+            method="GET", url=f"{_base_url(deployment)}/api/tags", headers=headers, stream=False
+        )
+
+    def parse_models(self, body: bytes) -> list[str]:
+        """Model names (with their tag, e.g. ``llama3.2:latest``) from ``/api/tags``."""
+        parsed = parse_json_body(body)
+        models = parsed.get("models") if isinstance(parsed, dict) else None
+        return [str(m["name"]) for m in models or [] if isinstance(m, dict) and m.get("name")]

@@ -1,0 +1,499 @@
+"""The OpenAI Chat Completions response wire, shared by the ``openai``, ``azure`` and
+``openai_compatible`` dialects: the incremental response decoder, the error mapping and the
+model-listing parser. Sans-I/O: bytes in, GTL events out; no clock.
+
+Decoder (``ChatCompletionsDecoder``):
+
+* A streaming body is SSE (``data: <chunk>`` events, ``data: [DONE]`` last). A body whose first
+  non-blank byte is ``{`` is taken as one ``chat.completion`` JSON object instead, whatever the
+  request asked (some OpenAI-compatible servers ignore ``stream``); a non-streaming request is
+  buffered and parsed at ``close()``.
+* Only choice ``index`` 0 is read (the dialects never ask for ``n > 1``). Chunks with
+  ``choices: []`` (the usage chunk, Azure's ``prompt_filter_results`` prelude) carry no text.
+* ``delta.content`` → ``token``; ``delta.refusal`` (a refusal instead of the structured answer) is
+  visible answer text too, so it is also a ``token``. Non-standard ``delta.reasoning_content`` /
+  ``delta.reasoning`` (vLLM, Ollama, OpenRouter, Groq, DeepSeek…) → ``reasoning`` events when the
+  request asked for reasoning, and never ``token``.
+* Tool-call fragments are keyed by ``index`` (id and name from the first fragment, argument text
+  concatenated); every call is emitted, complete and in index order, when a ``finish_reason``
+  arrives (or at ``[DONE]``/EOF). Servers that omit ``index`` are handled too: a fragment with a
+  new ``id`` starts the next call, one without continues the last. Argument text is passed on as
+  the model wrote it (``""`` → ``"{}"``); it is not repaired when a ``length`` stop cut it short.
+* Usage may come in any chunk (OpenAI: an extra ``choices: []`` chunk after the finish chunk); the
+  last one seen wins. ``prompt_tokens`` → ``tokens_in`` (it already includes cached tokens),
+  ``completion_tokens`` → ``tokens_out`` (already includes reasoning tokens),
+  ``prompt_tokens_details.cached_tokens`` → ``cached_tokens_in``,
+  ``completion_tokens_details.reasoning_tokens`` → ``reasoning_tokens_out``; anything not sent is
+  ``None``.
+* ``finish_reason``: ``stop`` → stop, ``length`` → length, ``tool_calls`` (and the legacy
+  ``function_call``) → tool_calls, ``content_filter`` → content_filter, other values → other. A
+  ``stop`` (or no reason at all) after tool calls were emitted becomes ``tool_calls``: some
+  compatible servers report ``stop`` for a tool-call turn. The last reason seen wins.
+* Termination: ``data: [DONE]`` ends the stream with ``usage`` then ``done``. A body that ends
+  cleanly (EOF) *after* a ``finish_reason`` chunk but without ``[DONE]`` is also accepted as done
+  (llama.cpp-style servers; the answer is complete, only a trailing usage chunk may be missing).
+  EOF before any ``finish_reason`` is an ``error`` PROVIDER_UNAVAILABLE (retryable, "stream ended
+  before [DONE]"). A ``data:`` payload that is not a JSON object is an ``error`` naming the
+  problem. ``data: {"error": …}`` (with or without ``event: error``) inside a 200 stream is an
+  ``error`` classified like an HTTP error. Nothing is emitted after the terminal event.
+
+``provider_data`` (read by the engine after the terminal event, also put on ``Done``): ``None``
+unless the server sent non-standard reasoning text, then::
+
+    {"openai_reasoning": {"field": "reasoning" | "reasoning_content", "text": "<all reasoning text>"}}
+
+The ``openai_compatible`` dialect can replay it (deployment option ``replay_reasoning``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    FinishReason,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCallEvent,
+    Usage,
+)
+from gtl_nb.providers.base import (
+    Deployment,
+    ToolCallAssembler,
+    code_for_status,
+    error_event,
+    header,
+    is_retryable_code,
+    parse_json_body,
+    retry_after_seconds,
+)
+from gtl_nb.providers.sse import SSEDecoder, SSEEvent
+
+PROVIDER_DATA_KEY = "openai_reasoning"
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": "stop",
+    "eos": "stop",
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "length": "length",
+    "max_tokens": "length",
+    "tool_calls": "tool_calls",
+    "function_call": "tool_calls",
+    "tool_use": "tool_calls",
+    "content_filter": "content_filter",
+}
+
+
+def map_finish_reason(raw: str | None, *, saw_tool_calls: bool) -> FinishReason:
+    """The GTL finish reason of a Chat Completions ``finish_reason`` (see the module docstring)."""
+    mapped: FinishReason = _FINISH_REASONS.get(raw, "other") if raw else "stop"
+    if saw_tool_calls and mapped == "stop":
+        return "tool_calls"
+    return mapped
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def usage_event(session_id: str, usage: Mapping[str, Any] | None) -> Usage:
+    """A ``usage`` event from a Chat Completions ``usage`` object (``None`` → every count unknown)."""
+    if not usage:
+        return Usage(session_id=session_id)
+    prompt_details = usage.get("prompt_tokens_details")
+    completion_details = usage.get("completion_tokens_details")
+    prompt_details = prompt_details if isinstance(prompt_details, dict) else {}
+    completion_details = completion_details if isinstance(completion_details, dict) else {}
+    return Usage(
+        session_id=session_id,
+        tokens_in=_count(usage.get("prompt_tokens")),
+        tokens_out=_count(usage.get("completion_tokens")),
+        cached_tokens_in=_count(prompt_details.get("cached_tokens")),
+        reasoning_tokens_out=_count(completion_details.get("reasoning_tokens")),
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def error_object(payload: Any) -> dict[str, Any] | None:
+    """The error object of an error body, from the envelopes seen in the wild: OpenAI/Azure
+    ``{"error": {...}}``, ``{"error": "text"}`` (LM Studio, llama.cpp), vLLM's older top-level
+    ``{"object": "error", "message": ...}`` and FastAPI's ``{"detail": "..."}``."""
+    if not isinstance(payload, dict):
+        return None
+    err = payload.get("error")
+    if isinstance(err, dict):
+        return err
+    if isinstance(err, str):
+        return {"message": err}
+    if isinstance(payload.get("message"), str):
+        return payload
+    if isinstance(payload.get("detail"), str):
+        return {"message": payload["detail"]}
+    return None
+
+
+_GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
+_GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+
+
+def _go_duration(text: str | None) -> float | None:
+    """Seconds of an OpenAI ``x-ratelimit-reset-*`` value such as ``6m0s``, ``1.5s`` or ``20ms``."""
+    if not text:
+        return None
+    parts = _GO_DURATION.findall(text.strip())
+    if not parts:
+        return None
+    return sum(float(amount) * _GO_UNITS[unit] for amount, unit in parts)
+
+
+def _reset_hint(headers: Mapping[str, str], limit_type: str) -> float | None:
+    """Wait hint from the rate-limit reset headers of the exhausted limit (the last resort)."""
+    if limit_type in ("requests", "tokens"):
+        kinds = [limit_type]
+    else:
+        kinds = [k for k in ("requests", "tokens") if header(headers, f"x-ratelimit-remaining-{k}") == "0"]
+    values = [v for k in kinds if (v := _go_duration(header(headers, f"x-ratelimit-reset-{k}"))) is not None]
+    return max(values) if values else None
+
+
+def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, bool]:
+    """``(GTL code, retryable)`` for an OpenAI-style error object answered with HTTP ``status``
+    (``None``: an error inside a 200 stream)."""
+    code = _text(err.get("code"))
+    kind = _text(err.get("type"))
+    message = _text(err.get("message")).lower()
+    inner = err.get("innererror")
+    inner_code = _text(inner.get("code")) if isinstance(inner, dict) else ""
+    if status is None and code.isdigit() and 400 <= int(code) <= 599:
+        status = int(code)  # OpenRouter & co. put the HTTP status in an in-stream error's code
+    keys = f"{code} {kind}".lower()
+    if "insufficient_quota" in keys:
+        return "RATE_LIMIT", False  # the quota is exhausted: waiting a little will not help
+    if code in ("context_length_exceeded", "string_above_max_length") or "maximum context length" in message:
+        return "CONTEXT_LENGTH_EXCEEDED", False
+    if code in ("content_filter", "content_policy_violation") or inner_code == "ResponsibleAIPolicyViolation":
+        return "CONTENT_FILTERED", False
+    if code in ("model_not_found", "DeploymentNotFound"):
+        return "MODEL_NOT_FOUND", False
+    if code == "invalid_api_key" or status == 401:
+        return "AUTH_FAILED", False
+    if status == 403:
+        return "FORBIDDEN", False
+    if status == 429 or code in ("rate_limit_exceeded", "429") or kind in ("tokens", "requests"):
+        return "RATE_LIMIT", True
+    if "overload" in f"{keys} {message}":
+        return "OVERLOADED", True
+    if status is None:
+        if kind == "invalid_request_error":
+            return "INVALID_REQUEST", False
+        return "PROVIDER_UNAVAILABLE", True
+    if status == 500:
+        return "PROVIDER_UNAVAILABLE", True  # base says INTERNAL (not retryable); OpenAI 500s are transient
+    gtl_code = code_for_status(status)
+    return gtl_code, is_retryable_code(gtl_code)
+
+
+def _snippet(body: bytes, limit: int = 200) -> str:
+    text = body.decode("utf-8", "replace")
+    text = re.sub(r"<[^>]*>", " ", text)  # an HTML page from a proxy: keep its words only
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def error_from_response(
+    request: CompletionRequest,
+    deployment: Deployment,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+) -> Error:
+    """A non-2xx Chat Completions response as an ``error`` event."""
+    err = error_object(parse_json_body(body))
+    if err is None:
+        gtl_code = "PROVIDER_UNAVAILABLE" if status == 500 else code_for_status(status)
+        detail = _snippet(body)
+        message = f"HTTP {status} from {deployment.name}: {detail or '(empty body)'}"
+        retryable = is_retryable_code(gtl_code)
+        retry_after = retry_after_seconds(headers) if retryable else None
+    else:
+        gtl_code, retryable = classify_error(status, err)
+        message = _text(err.get("message")) or _text(err.get("type")) or _text(err.get("code"))
+        message = message or f"HTTP {status}"
+        retry_after = None
+        if retryable:
+            retry_after = retry_after_seconds(headers, message=message)
+            if retry_after is None and gtl_code == "RATE_LIMIT":
+                retry_after = _reset_hint(headers, _text(err.get("type")))
+    return error_event(
+        request,
+        deployment,
+        gtl_code,
+        message,
+        retryable=retryable,
+        retry_after=retry_after,
+        http_status=status,
+    )
+
+
+def stream_error(request: CompletionRequest, deployment: Deployment, err: Mapping[str, Any]) -> Error:
+    """An error object that arrived inside a 200 response as an ``error`` event."""
+    gtl_code, retryable = classify_error(None, err)
+    message = _text(err.get("message")) or _text(err.get("type")) or "error inside the response stream"
+    retry_after = retry_after_seconds({}, message=message) if retryable else None
+    return error_event(request, deployment, gtl_code, message, retryable=retryable, retry_after=retry_after)
+
+
+def parse_models(body: bytes) -> list[str]:
+    """Model ids of a ``GET …/models`` listing (``{"object": "list", "data": [{"id": …}]}``).
+
+    Raises ``ValueError`` when the body is not such a listing."""
+    payload = parse_json_body(body)
+    items = payload.get("data") if isinstance(payload, dict) else payload
+    if not isinstance(items, list):
+        raise ValueError("model listing is not a JSON object with a 'data' list")
+    return [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The response decoder
+
+
+class ChatCompletionsDecoder:
+    """Incremental decoder of one 2xx Chat Completions response (see the module docstring)."""
+
+    def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
+        self._request = request
+        self._deployment = deployment
+        self._session = request.session_id
+        self._mode = "sniff" if request.stream else "json"  # sniff → "sse" or "json" on the first byte
+        self._body = bytearray()
+        self._sse = SSEDecoder()
+        self._tools = ToolCallAssembler()
+        self._ids: dict[str, int] = {}  # tool-call id → index, for servers that omit index
+        self._next_index = 0
+        self._last_index: int | None = None
+        self._tool_calls = 0
+        self._finish_raw: str | None = None
+        self._usage: dict[str, Any] | None = None
+        self._model: str | None = None
+        self._reasoning: list[str] = []
+        self._reasoning_field: str | None = None
+        self._done = False
+
+    @property
+    def provider_data(self) -> dict[str, Any] | None:
+        """Reasoning text to replay in later turns, or ``None`` (shape in the module docstring)."""
+        if not self._reasoning or self._reasoning_field is None:
+            return None
+        return {PROVIDER_DATA_KEY: {"field": self._reasoning_field, "text": "".join(self._reasoning)}}
+
+    # -- input
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        """Events completed by ``chunk``."""
+        if self._done or not chunk:
+            return []
+        if self._mode == "sniff":
+            self._body += chunk
+            head = bytes(self._body).lstrip()
+            if not head:
+                return []
+            self._mode = "json" if head[:1] == b"{" else "sse"
+            if self._mode == "json":
+                return []
+            chunk, self._body = bytes(self._body), bytearray()
+        if self._mode == "json":
+            self._body += chunk
+            return []
+        events: list[StreamEvent] = []
+        for sse_event in self._sse.feed(chunk):
+            self._on_sse(sse_event, events)
+            if self._done:
+                break
+        return events
+
+    def close(self) -> list[StreamEvent]:
+        """Events left at the end of the body, always ending with the terminal event."""
+        if self._done:
+            return []
+        events: list[StreamEvent] = []
+        if self._mode == "json":
+            self._on_json_body(events)
+        elif self._mode == "sniff":
+            self._fail(events, "stream ended before [DONE]: the response body was empty")
+        else:
+            for sse_event in self._sse.close():  # an event the body ended without its blank line
+                self._on_sse(sse_event, events, at_eof=True)
+                if self._done:
+                    return events
+            if self._finish_raw is not None:
+                self._finish(events)  # finish_reason then clean EOF: complete, only [DONE] is missing
+            else:
+                self._fail(events, "stream ended before [DONE] (no finish_reason received)")
+        return events
+
+    # -- stream handling
+
+    def _on_sse(self, sse_event: SSEEvent, events: list[StreamEvent], *, at_eof: bool = False) -> None:
+        data = sse_event.data.strip()
+        if not data:
+            return  # keep-alive or an event without data
+        if data == "[DONE]":
+            self._finish(events)
+            return
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            if at_eof:  # the connection dropped inside the last event
+                self._fail(events, "stream ended before [DONE], inside an unfinished event")
+            else:
+                self._fail(events, f"malformed stream chunk (not JSON): {data[:120]!r}")
+            return
+        if not isinstance(payload, dict):
+            self._fail(events, f"malformed stream chunk (not a JSON object): {data[:120]!r}")
+            return
+        err = payload.get("error")
+        if err is None and sse_event.event == "error":
+            err = payload  # "event: error" whose data is the error object itself
+        if err is not None:
+            obj = error_object({"error": err}) or {"message": _text(err)}
+            events.append(stream_error(self._request, self._deployment, obj))
+            self._done = True
+            return
+        self._on_chunk(payload, events)
+
+    def _on_chunk(self, chunk: Mapping[str, Any], events: list[StreamEvent]) -> None:
+        model = chunk.get("model")
+        if isinstance(model, str) and model:
+            self._model = model
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+        choices = chunk.get("choices")
+        for choice in choices if isinstance(choices, list) else ():
+            if not isinstance(choice, dict) or choice.get("index", 0) not in (0, None):
+                continue
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                delta = choice.get("message")
+            if isinstance(delta, dict):
+                self._on_delta(delta, events)
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str) and finish:
+                self._finish_raw = finish
+                self._flush_tool_calls(events)
+
+    def _on_delta(self, delta: Mapping[str, Any], events: list[StreamEvent]) -> None:
+        for field in REASONING_FIELDS:
+            value = delta.get(field)
+            if isinstance(value, str) and value:
+                self._reasoning.append(value)
+                self._reasoning_field = self._reasoning_field or field
+                if self._request.reasoning:
+                    events.append(Reasoning(session_id=self._session, text=value))
+                break  # some servers send both names with the same text
+        content = delta.get("content")
+        if isinstance(content, str) and content:
+            events.append(Token(session_id=self._session, text=content))
+        elif isinstance(content, list):  # content parts (Mistral-style); only text parts are answer text
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None
+                if isinstance(text, str) and text:
+                    events.append(Token(session_id=self._session, text=text))
+        refusal = delta.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            events.append(Token(session_id=self._session, text=refusal))
+        tool_calls = delta.get("tool_calls")
+        if isinstance(tool_calls, list):
+            for fragment in tool_calls:
+                if isinstance(fragment, dict):
+                    self._on_tool_fragment(fragment)
+
+    def _on_tool_fragment(self, fragment: Mapping[str, Any]) -> None:
+        call_id = fragment.get("id") if isinstance(fragment.get("id"), str) and fragment.get("id") else None
+        index = fragment.get("index")
+        if not isinstance(index, int) or isinstance(index, bool):
+            if call_id is not None:
+                index = self._ids.get(call_id, self._next_index)
+            else:
+                index = self._last_index if self._last_index is not None else self._next_index
+        if call_id is not None:
+            self._ids[call_id] = index
+        self._last_index = index
+        self._next_index = max(self._next_index, index + 1)
+        function = fragment.get("function")
+        function = function if isinstance(function, dict) else {}
+        name = function.get("name") if isinstance(function.get("name"), str) else None
+        self._tools.start(index, call_id, name)
+        arguments = function.get("arguments")
+        if isinstance(arguments, (dict, list)):  # a server that sent an object instead of JSON text
+            arguments = json.dumps(arguments)
+        if isinstance(arguments, str):
+            self._tools.add(index, arguments)
+
+    def _flush_tool_calls(self, events: list[StreamEvent]) -> None:
+        for call in self._tools.pop_all():
+            events.append(ToolCallEvent(session_id=self._session, function=call))
+            self._tool_calls += 1
+        self._ids.clear()
+        self._next_index = 0
+        self._last_index = None
+
+    # -- non-streaming body
+
+    def _on_json_body(self, events: list[StreamEvent]) -> None:
+        body = bytes(self._body)
+        if not body.strip():
+            self._fail(events, "the response body was empty")
+            return
+        payload = parse_json_body(body)
+        if not isinstance(payload, dict):
+            self._fail(events, f"the response body is not a JSON object: {_snippet(body, 120)!r}")
+            return
+        if payload.get("error"):
+            obj = error_object(payload) or {"message": _text(payload["error"])}
+            events.append(stream_error(self._request, self._deployment, obj))
+            self._done = True
+            return
+        if not isinstance(payload.get("choices"), list):
+            self._fail(events, "the response has no 'choices' list")
+            return
+        self._on_chunk(payload, events)
+        self._finish(events)
+
+    # -- terminal events
+
+    def _finish(self, events: list[StreamEvent]) -> None:
+        self._flush_tool_calls(events)
+        events.append(usage_event(self._session, self._usage))
+        events.append(
+            Done(
+                session_id=self._session,
+                finish_reason=map_finish_reason(self._finish_raw, saw_tool_calls=self._tool_calls > 0),
+                provider=self._deployment.name,
+                model=self._model or self._request.model,
+                provider_data=self.provider_data,
+            )
+        )
+        self._done = True
+
+    def _fail(self, events: list[StreamEvent], message: str) -> None:
+        events.append(
+            error_event(self._request, self._deployment, "PROVIDER_UNAVAILABLE", message, retryable=True)
+        )
+        self._done = True

@@ -1,0 +1,832 @@
+"""The Anthropic Messages dialect, tested from recorded traffic (tests/fixtures/wire/anthropic)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gtl_nb.protocol.errors import InvalidRequestError
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    Message,
+    Reasoning,
+    StreamEvent,
+    Token,
+    Tool,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
+from gtl_nb.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicDialect
+from gtl_nb.providers.base import Deployment, HttpDialect
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "anthropic"
+SID = "sess-anthropic"
+DIALECT = AnthropicDialect()
+DEPLOYMENT = Deployment(name="claude-main", type="anthropic", api_key="sk-ant-test-key")
+
+# wire-formats.md §7: raw stop_reason -> GTL finish_reason
+RAW_FINISH = {"end_turn": "stop", "stop_sequence": "stop", "tool_use": "tool_calls", "max_tokens": "length"}
+
+STREAM_FIXTURES = [
+    "stream-text",
+    "stream-thinking",
+    "stream-parallel-tool-use-empty-input",
+    "stream-text-after-tool-results",
+    "stream-vision-base64",
+    "stream-server-tool-then-tool-use-fragments",
+]
+NONSTREAM_FIXTURES = ["nonstream-thinking-max-tokens", "nonstream-vision-base64", "nonstream-vision-url"]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def request(messages: list[Message] | None = None, **fields: Any) -> CompletionRequest:
+    fields.setdefault("model", "claude-haiku-4-5")
+    return CompletionRequest(
+        session_id=SID, messages=messages or [Message(role="user", content="hi")], **fields
+    )
+
+
+def body_of(req: CompletionRequest, deployment: Deployment = DEPLOYMENT) -> dict[str, Any]:
+    return json.loads(DIALECT.build_request(req, deployment, now=0.0).body)
+
+
+def split_whole(data: bytes) -> list[bytes]:
+    return [data]
+
+
+def split_bytes(data: bytes) -> list[bytes]:
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def split_random(seed: int) -> Callable[[bytes], list[bytes]]:
+    def split(data: bytes) -> list[bytes]:
+        rng = random.Random(seed)
+        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 40)))
+        return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+
+    return split
+
+
+SPLITS = {
+    "whole": split_whole,
+    "bytes": split_bytes,
+    "random7": split_random(7),
+    "random99": split_random(99),
+}
+
+
+def decode(req: CompletionRequest, data: bytes, split: Callable[[bytes], list[bytes]] = split_whole):
+    decoder = DIALECT.response_decoder(req, DEPLOYMENT)
+    events: list[StreamEvent] = []
+    for piece in split(data):
+        events.extend(decoder.feed(piece))
+    events.extend(decoder.close())
+    check_sequence(events)
+    return events, decoder
+
+
+def check_sequence(events: list[StreamEvent]) -> None:
+    """The contract every decoder output obeys: one terminal event, last; one usage just before done."""
+    assert events, "a decoder must end with done or error"
+    assert isinstance(events[-1], (Done, Error))
+    assert not any(isinstance(e, (Done, Error)) for e in events[:-1])
+    assert all(e.session_id == SID for e in events)
+    usages = [e for e in events if isinstance(e, Usage)]
+    if isinstance(events[-1], Done):
+        assert len(usages) == 1 and events[-2] is usages[0]
+        assert usages[0].cost is None
+    else:
+        assert usages == []
+
+
+def summary(events: list[StreamEvent]) -> dict[str, Any]:
+    usage = next((e for e in events if isinstance(e, Usage)), None)
+    return {
+        "text": "".join(e.text for e in events if isinstance(e, Token)),
+        "reasoning": "".join(e.text for e in events if isinstance(e, Reasoning)),
+        "calls": [
+            (e.function.id, e.function.name, json.loads(e.function.arguments))
+            for e in events
+            if isinstance(e, ToolCallEvent)
+        ],
+        "usage": None
+        if usage is None
+        else (usage.tokens_in, usage.tokens_out, usage.cached_tokens_in, usage.reasoning_tokens_out),
+        "terminal": events[-1],
+    }
+
+
+def expected(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.expected.json").read_text())
+
+
+def recorded_request(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / f"{name}.request.json").read_text())
+
+
+def assert_matches_expected(events: list[StreamEvent], exp: dict[str, Any]) -> None:
+    got = summary(events)
+    assert got["text"] == exp["text"]
+    assert got["reasoning"] == exp.get("reasoning_text", "")
+    assert [(c[1], c[2]) for c in got["calls"]] == [(c["name"], c["arguments"]) for c in exp["tool_calls"]]
+    for (call_id, _, _), want in zip(got["calls"], exp["tool_calls"], strict=True):
+        if want["id"] is not None:
+            assert call_id == want["id"]
+    u = exp["usage"]
+    assert got["usage"] == (
+        u["input_tokens"],
+        u["output_tokens"],
+        u["cached_input_tokens"],
+        u["reasoning_tokens"],
+    )
+    done = got["terminal"]
+    assert isinstance(done, Done)
+    assert done.finish_reason == RAW_FINISH[exp["finish_reason"]]
+    assert done.provider == "claude-main"
+
+
+def normalized_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """String content → one text block, so recorded and built messages compare by meaning."""
+    out = []
+    for message in messages:
+        content = message["content"]
+        if isinstance(content, str):
+            content = [{"type": "text", "text": content}]
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+def block_set(blocks: list[dict[str, Any]]) -> list[str]:
+    return sorted(json.dumps(block, sort_keys=True) for block in blocks)
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures: responses
+
+
+@pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
+@pytest.mark.parametrize("name", STREAM_FIXTURES)
+def test_stream_fixture_decodes_to_expected_events_at_any_split(name: str, split) -> None:
+    events, _ = decode(request(stream=True, reasoning=True), (FIXTURES / f"{name}.sse").read_bytes(), split)
+    assert_matches_expected(events, expected(name))
+
+
+@pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
+@pytest.mark.parametrize("name", NONSTREAM_FIXTURES)
+def test_nonstream_fixture_decodes_to_one_token_and_expected_usage(name: str, split) -> None:
+    events, _ = decode(request(stream=False, reasoning=True), (FIXTURES / f"{name}.json").read_bytes(), split)
+    assert_matches_expected(events, expected(name))
+    assert len([e for e in events if isinstance(e, Token)]) == 1
+
+
+def test_done_reports_the_model_the_provider_named() -> None:
+    events, _ = decode(request(stream=True), (FIXTURES / "stream-text.sse").read_bytes())
+    assert events[-1].model == "claude-haiku-4-5-20251001"
+
+
+def test_thinking_is_never_token_text_and_is_hidden_unless_reasoning_was_asked() -> None:
+    data = (FIXTURES / "stream-thinking.sse").read_bytes()
+    events, _ = decode(request(stream=True, reasoning=False), data)
+    assert not any(isinstance(e, Reasoning) for e in events)
+    assert summary(events)["text"] == expected("stream-thinking")["text"]
+
+
+@pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
+def test_error_event_inside_a_200_stream_ends_with_a_retryable_overloaded_error(split) -> None:
+    exp = expected("error-midstream-overloaded")
+    events, _ = decode(request(), (FIXTURES / "error-midstream-overloaded.sse").read_bytes(), split)
+    assert summary(events)["text"] == exp["text"]
+    error = events[-1]
+    assert isinstance(error, Error)
+    assert error.code == exp["error"]["suggested_gtl_code"]
+    assert error.retryable is exp["error"]["retryable"]
+    assert exp["error"]["message_contains"] in error.message
+    assert error.http_status == exp["error"]["http_status"]
+    assert error.provider == "claude-main"
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures: errors
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "error-400-invalid-request",
+        "error-400-prompt-too-long",
+        "error-404-model-not-found",
+        "error-529-overloaded",
+    ],
+)
+def test_error_fixture_maps_to_the_expected_gtl_code(name: str) -> None:
+    exp = expected(name)["error"]
+    headers_file = FIXTURES / f"{name}.response-headers.json"
+    headers = json.loads(headers_file.read_text()) if headers_file.exists() else {}
+    body = (FIXTURES / f"{name}.json").read_bytes()
+    error = DIALECT.decode_error(request(), DEPLOYMENT, exp["http_status"], headers, body)
+    assert error.code == exp["suggested_gtl_code"]
+    assert error.retryable is exp["retryable"]
+    assert exp["message_contains"] in error.message
+    assert error.http_status == exp["http_status"]
+    assert error.provider == "claude-main"
+    assert error.session_id == SID
+
+
+def err(status: int, error_type: str | None, message: str = "boom", headers=None, **extra: Any) -> Error:
+    payload = {"type": "error", "error": {"type": error_type, "message": message, **extra}}
+    return DIALECT.decode_error(request(), DEPLOYMENT, status, headers or {}, json.dumps(payload).encode())
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type", "code", "retryable"),
+    [
+        (401, "authentication_error", "AUTH_FAILED", False),
+        (403, "permission_error", "FORBIDDEN", False),
+        (402, "billing_error", "FORBIDDEN", False),
+        (413, "request_too_large", "INVALID_REQUEST", False),
+        (429, "rate_limit_error", "RATE_LIMIT", True),
+        (500, "api_error", "INTERNAL", True),
+        (529, "overloaded_error", "OVERLOADED", True),
+        (504, "timeout_error", "TIMEOUT", True),
+        (418, "brand_new_error", "INVALID_REQUEST", False),
+        (502, "brand_new_error", "PROVIDER_UNAVAILABLE", True),
+    ],
+)
+def test_error_types_map_to_gtl_codes(status: int, error_type: str, code: str, retryable: bool) -> None:
+    error = err(status, error_type)
+    assert (error.code, error.retryable, error.http_status) == (code, retryable, status)
+
+
+def test_rate_limit_carries_the_retry_after_header() -> None:
+    error = err(429, "rate_limit_error", headers={"Retry-After": "12"})
+    assert error.retry_after == 12.0 and error.retryable
+
+
+def test_spend_limit_429_is_not_retryable() -> None:
+    error = err(
+        429, "rate_limit_error", "limit reached", details={"error_code": "enforced_spend_limit_reached"}
+    )
+    assert error.code == "RATE_LIMIT" and error.retryable is False
+
+
+def test_x_should_retry_header_decides_retryability() -> None:
+    assert err(500, "api_error", headers={"x-should-retry": "false"}).retryable is False
+    assert err(409, None, headers={"X-Should-Retry": "true"}).retryable is True
+
+
+def test_non_json_error_body_falls_back_to_the_status() -> None:
+    error = DIALECT.decode_error(request(), DEPLOYMENT, 502, {}, b"<html>Bad gateway</html>")
+    assert error.code == "PROVIDER_UNAVAILABLE" and error.retryable
+    assert "Bad gateway" in error.message
+
+
+# ----------------------------------------------------------------------------------------------
+# fixtures: recorded requests
+
+
+def test_build_matches_recorded_plain_text_request() -> None:
+    rec = recorded_request("stream-text")
+    req = request(
+        [Message(role="user", content="Say just hello")],
+        model=rec["model"],
+        max_tokens=8192,
+        temperature=1.0,
+        stream=True,
+    )
+    body = body_of(req)
+    for key in ("model", "max_tokens", "temperature", "stream"):
+        assert body[key] == rec[key]
+    assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
+    assert "system" not in body and "tools" not in body
+
+
+def test_build_matches_recorded_tool_definition() -> None:
+    rec = recorded_request("stream-parallel-tool-use-empty-input")
+    tool = rec["tools"][0]
+    req = request(
+        [Message(role="user", content="Two names for a pet pelican")],
+        model=rec["model"],
+        max_tokens=8192,
+        temperature=1.0,
+        tools=[Tool(name=tool["name"], description=tool["description"], parameters=tool["input_schema"])],
+    )
+    body = body_of(req)
+    assert body["tools"] == rec["tools"]
+    assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
+
+
+def test_build_matches_recorded_tool_use_and_tool_result_turns() -> None:
+    rec = recorded_request("stream-text-after-tool-results")
+    ids = [b["id"] for b in rec["messages"][1]["content"] if b["type"] == "tool_use"]
+    messages = [
+        Message(role="user", content="Two names for a pet pelican"),
+        Message(
+            role="assistant",
+            content=" ",
+            tool_calls=[ToolCall(id=i, name="pelican_name_generator", arguments="{}") for i in ids],
+        ),
+        Message(role="tool", tool_call_id=ids[0], content="Charles"),
+        Message(role="tool", tool_call_id=ids[1], content="Sammy"),
+    ]
+    body = body_of(request(messages, model=rec["model"], max_tokens=8192))
+    assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
+
+
+@pytest.mark.parametrize("name", ["stream-vision-base64", "nonstream-vision-base64", "nonstream-vision-url"])
+def test_build_matches_recorded_image_blocks(name: str) -> None:
+    rec = recorded_request(name)
+    blocks = rec["messages"][0]["content"]
+    text = next(b["text"] for b in blocks if b["type"] == "text")
+    source = next(b["source"] for b in blocks if b["type"] == "image")
+    url = source["url"] if source["type"] == "url" else f"data:{source['media_type']};base64,{source['data']}"
+    body = body_of(request([Message(role="user", content=text, images=[url])], model=rec["model"]))
+    built = body["messages"][0]["content"]
+    assert block_set(built) == block_set(blocks)
+    assert built[0]["type"] == "image"  # images lead, as Anthropic advises
+
+
+@pytest.mark.parametrize("name", ["stream-thinking", "nonstream-thinking-max-tokens"])
+def test_build_matches_recorded_thinking_request(name: str) -> None:
+    rec = recorded_request(name)
+    messages = [Message(role="user", content=rec["messages"][0]["content"])]
+    if "system" in rec:
+        messages.insert(0, Message(role="system", content=rec["system"]))
+    deployment = Deployment(name="c", type="anthropic", options={"thinking_budget_tokens": 1024})
+    req = request(
+        messages,
+        model=rec["model"],
+        max_tokens=rec["max_tokens"],
+        top_p=rec.get("top_p"),
+        stream=rec["stream"],
+        reasoning=True,
+    )
+    body = body_of(req, deployment)
+    assert body["thinking"] == rec["thinking"]
+    assert body["max_tokens"] == rec["max_tokens"]
+    assert body.get("system") == rec.get("system")
+    assert body.get("top_p") == rec.get("top_p")
+    assert body["stream"] is rec["stream"]
+    assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
+
+
+def test_build_matches_recorded_system_and_sampling_request() -> None:
+    rec = recorded_request("error-404-model-not-found")
+    req = request(
+        [
+            Message(role="system", content=rec["system"]),
+            Message(role="user", content=rec["messages"][0]["content"]),
+        ],
+        model=rec["model"],
+        max_tokens=100,
+        temperature=0.9,
+        top_p=0.8,
+        stream=True,
+    )
+    body = body_of(req)
+    for key in ("model", "max_tokens", "temperature", "top_p", "system", "stream"):
+        assert body[key] == rec[key]
+
+
+def test_build_matches_recorded_tool_choice_and_client_tools() -> None:
+    rec = recorded_request("stream-server-tool-then-tool-use-fragments")
+    client_tools = [t for t in rec["tools"] if "input_schema" in t]  # the server tool has no GTL form
+    tools = [
+        Tool(name=t["name"], description=t["description"], parameters=t["input_schema"]) for t in client_tools
+    ]
+    req = request(
+        [Message(role="user", content=rec["messages"][0]["content"][0]["text"])],
+        model=rec["model"],
+        tools=tools,
+        tool_choice="auto",
+    )
+    body = body_of(req)
+    assert body["tool_choice"] == rec["tool_choice"]
+    assert [(t["name"], t["description"], t["input_schema"]) for t in body["tools"]] == [
+        (t["name"], t["description"], t["input_schema"]) for t in client_tools
+    ]
+
+
+def test_default_max_tokens_matches_recorded_sdk_default() -> None:
+    rec = recorded_request("error-400-invalid-request")
+    body = body_of(request([Message(role="user", content="What is 2+2?")], model=rec["model"], stream=False))
+    assert body["max_tokens"] == rec["max_tokens"] == DEFAULT_MAX_TOKENS
+    assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
+
+
+# ----------------------------------------------------------------------------------------------
+# request building
+
+
+def test_url_headers_and_auth() -> None:
+    http = DIALECT.build_request(request(), DEPLOYMENT, now=0.0)
+    assert http.method == "POST"
+    assert http.url == "https://api.anthropic.com/v1/messages"
+    assert http.headers["x-api-key"] == "sk-ant-test-key"
+    assert http.headers["anthropic-version"] == "2023-06-01"
+    assert http.headers["content-type"] == "application/json"
+    assert "anthropic-beta" not in http.headers
+    assert http.stream is True
+    assert "sk-ant-test-key" not in repr(DEPLOYMENT)
+
+
+def test_base_url_with_or_without_v1_and_beta_and_extra_headers() -> None:
+    deployment = Deployment(
+        name="proxy",
+        type="anthropic",
+        base_url="http://127.0.0.1:9000/v1/",
+        options={"anthropic_beta": ["interleaved-thinking-2025-05-14", "b2"]},
+        headers={"x-extra": "1"},
+    )
+    http = DIALECT.build_request(request(stream=False), deployment, now=0.0)
+    assert http.url == "http://127.0.0.1:9000/v1/messages"
+    assert http.headers["anthropic-beta"] == "interleaved-thinking-2025-05-14,b2"
+    assert http.headers["x-extra"] == "1"
+    assert "x-api-key" not in http.headers
+    assert http.stream is False
+
+
+def test_sampling_params_and_stop_sequences() -> None:
+    body = body_of(request(temperature=1.5, top_p=0.5, stop=["END", "STOP"], max_tokens=33))
+    assert body["temperature"] == 1.5  # passed through: the API validates Anthropic's 0–1 range
+    assert body["top_p"] == 0.5
+    assert body["stop_sequences"] == ["END", "STOP"]
+    assert body["max_tokens"] == 33
+
+
+def test_max_tokens_falls_back_to_deployment_option_then_default() -> None:
+    assert body_of(request())["max_tokens"] == DEFAULT_MAX_TOKENS
+    deployment = Deployment(name="c", type="anthropic", options={"max_tokens": 1234})
+    assert body_of(request(), deployment)["max_tokens"] == 1234
+
+
+def test_system_messages_are_joined_at_top_level_and_same_role_turns_merge() -> None:
+    body = body_of(
+        request(
+            [
+                Message(role="system", content="Be brief."),
+                Message(role="user", content="a"),
+                Message(role="user", content="b"),
+                Message(role="system", content="Use French."),
+                Message(role="assistant", content="c"),
+            ]
+        )
+    )
+    assert body["system"] == "Be brief.\n\nUse French."
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "c"}]},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("choice", "wire"),
+    [
+        ("auto", {"type": "auto"}),
+        ("none", {"type": "none"}),
+        ("required", {"type": "any"}),
+        ("get_weather", {"type": "tool", "name": "get_weather"}),
+        ({"type": "function", "function": {"name": "get_weather"}}, {"type": "tool", "name": "get_weather"}),
+    ],
+)
+def test_tool_choice_mapping(choice, wire) -> None:
+    body = body_of(request(tools=[Tool(name="get_weather")], tool_choice=choice))
+    assert body["tool_choice"] == wire
+    assert body["tools"] == [
+        {"name": "get_weather", "description": "", "input_schema": {"type": "object", "properties": {}}}
+    ]
+
+
+def test_tool_choice_is_not_sent_without_tools() -> None:
+    assert "tool_choice" not in body_of(request(tool_choice="auto"))
+
+
+def test_vision_data_and_https_urls() -> None:
+    body = body_of(
+        request(
+            [
+                Message(
+                    role="user",
+                    content="what?",
+                    images=[
+                        "data:image/png;base64,iVBORw0KGgo=",
+                        "https://example.com/cat.jpg",
+                    ],
+                )
+            ]
+        )
+    )
+    assert body["messages"][0]["content"] == [
+        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+        {"type": "text", "text": "what?"},
+    ]
+
+
+def test_reasoning_enables_thinking_and_raises_max_tokens_above_the_budget() -> None:
+    body = body_of(request(reasoning=True, max_tokens=500))
+    budget = body["thinking"]["budget_tokens"]
+    assert body["thinking"]["type"] == "enabled" and budget >= 1024
+    assert body["max_tokens"] == budget + 500
+    roomy = body_of(request(reasoning=True, max_tokens=20000))
+    assert roomy["max_tokens"] == 20000
+    assert "thinking" not in body_of(request())
+
+
+def test_tool_result_round_trip_from_decoded_tool_calls() -> None:
+    events, _ = decode(
+        request(stream=True), (FIXTURES / "stream-parallel-tool-use-empty-input.sse").read_bytes()
+    )
+    calls = [e.function for e in events if isinstance(e, ToolCallEvent)]
+    messages = [
+        Message(role="user", content="Two names for a pet pelican"),
+        Message(role="assistant", tool_calls=calls),
+        Message(role="tool", tool_call_id=calls[0].id, content="Charles"),
+        Message(role="tool", tool_call_id=calls[1].id, content="Sammy"),
+        Message(role="user", content="Which is better?"),
+    ]
+    body = body_of(request(messages))
+    assistant, results = body["messages"][1], body["messages"][2]
+    assert assistant == {
+        "role": "assistant",
+        "content": [
+            {"type": "tool_use", "id": c.id, "name": "pelican_name_generator", "input": {}} for c in calls
+        ],
+    }
+    assert results["role"] == "user" and len(body["messages"]) == 3
+    assert [b["type"] for b in results["content"]] == ["tool_result", "tool_result", "text"]
+    assert [b.get("tool_use_id") for b in results["content"][:2]] == [c.id for c in calls]
+    assert [b["content"] for b in results["content"][:2]] == ["Charles", "Sammy"]
+
+
+def test_tool_results_open_their_user_message_even_after_user_text() -> None:
+    body = body_of(
+        request(
+            [
+                Message(
+                    role="assistant", tool_calls=[ToolCall(id="toolu_1", name="f", arguments='{"a": 1}')]
+                ),
+                Message(role="user", content="also this"),
+                Message(role="tool", tool_call_id="toolu_1", content="42", images=["https://x.org/a.png"]),
+            ]
+        )
+    )
+    assert body["messages"][0]["content"][0]["input"] == {"a": 1}
+    content = body["messages"][1]["content"]
+    assert content[0]["type"] == "tool_result"
+    assert content[0]["content"] == [
+        {"type": "image", "source": {"type": "url", "url": "https://x.org/a.png"}},
+        {"type": "text", "text": "42"},
+    ]
+    assert content[1] == {"type": "text", "text": "also this"}
+
+
+def test_tool_call_with_non_object_arguments_is_a_request_error() -> None:
+    bad = request([Message(role="assistant", tool_calls=[ToolCall(id="t", name="f", arguments="[1]")])])
+    with pytest.raises(InvalidRequestError):
+        DIALECT.build_request(bad, DEPLOYMENT, now=0.0)
+
+
+def test_thinking_blocks_are_kept_and_replayed_first_in_the_assistant_turn() -> None:
+    raw = (FIXTURES / "stream-thinking.sse").read_text()
+    signature = re.search(r'"signature_delta","signature":"([^"]+)"', raw).group(1)
+    events, decoder = decode(request(stream=True, reasoning=True), raw.encode())
+    blocks = decoder.provider_data["anthropic"]["content"]
+    assert blocks == [
+        {
+            "type": "thinking",
+            "thinking": expected("stream-thinking")["reasoning_text"],
+            "signature": signature,
+        }
+    ]
+    answer = summary(events)["text"]
+    body = body_of(
+        request(
+            [
+                Message(role="user", content="hello"),
+                Message(role="assistant", content=answer, provider_data=decoder.provider_data),
+                Message(role="user", content="again"),
+            ],
+            reasoning=True,
+        )
+    )
+    assert body["messages"][1]["content"] == [*blocks, {"type": "text", "text": answer}]
+
+
+def test_nonstream_thinking_block_becomes_provider_data() -> None:
+    body = json.loads((FIXTURES / "nonstream-thinking-max-tokens.json").read_text())
+    _, decoder = decode(request(stream=False), json.dumps(body).encode())
+    thinking = body["content"][0]
+    assert decoder.provider_data == {
+        "anthropic": {
+            "content": [
+                {"type": "thinking", "thinking": thinking["thinking"], "signature": thinking["signature"]}
+            ]
+        }
+    }
+
+
+def test_redacted_thinking_is_kept_for_replay() -> None:
+    stream = sse(
+        ("message_start", {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 3}}}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "redacted_thinking", "data": "EncryptedXYZ"},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 9}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    events, decoder = decode(request(reasoning=True), stream)
+    assert decoder.provider_data == {
+        "anthropic": {"content": [{"type": "redacted_thinking", "data": "EncryptedXYZ"}]}
+    }
+    assert not any(isinstance(e, (Token, Reasoning)) for e in events)
+
+
+# ----------------------------------------------------------------------------------------------
+# decoding edge cases
+
+
+def sse(*events: tuple[str, Any]) -> bytes:
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
+
+
+def test_provider_data_is_none_without_thinking() -> None:
+    _, decoder = decode(request(), (FIXTURES / "stream-text.sse").read_bytes())
+    assert decoder.provider_data is None
+
+
+@pytest.mark.parametrize(
+    "cut", ["event: message_stop", "event: message_delta", 'data: {"type":"content_block_delta"']
+)
+def test_stream_that_ends_before_message_stop_is_a_retryable_error(cut: str) -> None:
+    data = (FIXTURES / "stream-text.sse").read_bytes()
+    truncated = data[: data.index(cut.encode())]
+    events, _ = decode(request(), truncated)
+    error = events[-1]
+    assert isinstance(error, Error)
+    assert error.code == "PROVIDER_UNAVAILABLE" and error.retryable
+    assert "ended early" in error.message
+
+
+def test_empty_body_is_a_retryable_error() -> None:
+    events, _ = decode(request(), b"")
+    assert isinstance(events[-1], Error) and events[-1].code == "PROVIDER_UNAVAILABLE"
+
+
+def test_malformed_chunk_is_an_error_not_an_exception() -> None:
+    data = (
+        (FIXTURES / "stream-text.sse")
+        .read_bytes()
+        .replace(b'"text_delta","text":"Hello"}', b'"text_delta",', 1)
+    )
+    events, _ = decode(request(), data)
+    assert isinstance(events[-1], Error)
+    assert events[-1].code == "PROVIDER_UNAVAILABLE"
+    assert "content_block_delta" in events[-1].message
+
+
+def test_nothing_is_emitted_after_the_terminal_event() -> None:
+    decoder = DIALECT.response_decoder(request(), DEPLOYMENT)
+    data = (FIXTURES / "stream-text.sse").read_bytes()
+    events = decoder.feed(data)
+    assert isinstance(events[-1], Done)
+    assert (
+        decoder.feed(
+            sse(
+                (
+                    "content_block_delta",
+                    {
+                        "type": "content_block_delta",
+                        "index": 0,
+                        "delta": {"type": "text_delta", "text": "late"},
+                    },
+                )
+            )
+        )
+        == []
+    )
+    assert decoder.close() == []
+
+
+def test_cache_tokens_count_as_input_and_cache_reads_as_cached() -> None:
+    stream = sse(
+        (
+            "message_start",
+            {
+                "type": "message_start",
+                "message": {
+                    "model": "m",
+                    "usage": {
+                        "input_tokens": 5,
+                        "cache_creation_input_tokens": 20,
+                        "cache_read_input_tokens": 100,
+                        "output_tokens": 1,
+                    },
+                },
+            },
+        ),
+        ("ping", {"type": "ping"}),
+        (
+            "message_delta",
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 7}},
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    )
+    usage = summary(decode(request(), stream)[0])["usage"]
+    assert usage == (125, 7, 100, None)
+
+
+@pytest.mark.parametrize(
+    ("stop_reason", "finish"),
+    [
+        ("refusal", "content_filter"),
+        ("pause_turn", "other"),
+        ("stop_sequence", "stop"),
+        ("model_context_window_exceeded", "length"),
+        ("something_new", "other"),
+    ],
+)
+def test_stop_reason_mapping(stop_reason: str, finish: str) -> None:
+    message = {
+        "type": "message",
+        "model": "m",
+        "content": [],
+        "stop_reason": stop_reason,
+        "usage": {"input_tokens": 1, "output_tokens": 0},
+    }
+    events, _ = decode(request(stream=False), json.dumps(message).encode())
+    assert events[-1].finish_reason == finish
+    assert not any(isinstance(e, Token) for e in events)
+
+
+def test_nonstream_tool_use_becomes_a_tool_call_and_server_tools_are_skipped() -> None:
+    message = {
+        "type": "message",
+        "model": "m",
+        "stop_reason": "tool_use",
+        "usage": {"input_tokens": 1, "output_tokens": 2},
+        "content": [
+            {"type": "text", "text": "Let me check."},
+            {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {"query": "x"}},
+            {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_1", "content": []},
+            {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Paris"}},
+        ],
+    }
+    events, _ = decode(request(stream=False), json.dumps(message).encode())
+    got = summary(events)
+    assert got["text"] == "Let me check."
+    assert got["calls"] == [("toolu_9", "get_weather", {"city": "Paris"})]
+    assert events[-1].finish_reason == "tool_calls"
+
+
+def test_streaming_decoder_accepts_a_json_body() -> None:
+    body = (FIXTURES / "nonstream-vision-url.json").read_bytes()
+    events, _ = decode(request(stream=True), body)
+    assert summary(events)["text"] == expected("nonstream-vision-url")["text"]
+
+
+# ----------------------------------------------------------------------------------------------
+# models and registry
+
+
+def test_models_request_and_parse() -> None:
+    http = DIALECT.models_request(DEPLOYMENT, now=0.0)
+    assert (http.method, http.url) == ("GET", "https://api.anthropic.com/v1/models?limit=1000")
+    assert http.headers["x-api-key"] == "sk-ant-test-key" and http.stream is False
+    page = {
+        "data": [
+            {"type": "model", "id": "claude-sonnet-4-5", "display_name": "Claude Sonnet 4.5"},
+            {"type": "model", "id": "claude-haiku-4-5"},
+        ],
+        "has_more": False,
+    }
+    assert DIALECT.parse_models(json.dumps(page).encode()) == ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    assert DIALECT.parse_models(b"not json") == []
+
+
+def test_dialect_is_registered_and_satisfies_the_protocol() -> None:
+    from gtl_nb.providers.registry import get_provider
+
+    provider = get_provider("anthropic")
+    assert isinstance(provider, AnthropicDialect) and isinstance(provider, HttpDialect)
+    assert AnthropicDialect.name == "anthropic"
