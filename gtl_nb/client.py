@@ -241,6 +241,10 @@ class Client:
         """``(deployment, model)`` pairs the client can route to."""
         return [(info.provider, model.name) for info in self.providers() for model in info.models]
 
+    def list_models(self, deployment: str) -> list[str]:
+        """Ask the provider itself which models it offers (``GET /v1/models`` and the like)."""
+        return self._loop.run(self.engine.list_models(deployment), timeout=120)
+
     def provider_type(self, deployment: str | None) -> str | None:
         found = self.engine.deployments.get(deployment or "")
         return found.type if found else None

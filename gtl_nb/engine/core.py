@@ -28,7 +28,13 @@ import msgspec
 from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.routing import Router, Target
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import GTLError, SessionStateError
+from gtl_nb.protocol.errors import (
+    GTLError,
+    InvalidRequestError,
+    ProviderUnavailableError,
+    SessionStateError,
+    error_from_event,
+)
 from gtl_nb.protocol.messages import (
     CompletionRequest,
     Done,
@@ -119,9 +125,7 @@ class Engine:
                     provider=target.name,
                 )
             if next_target is not None and failed.retryable:
-                log.info(
-                    "failover %s -> %s: %s %s", target.name, next_target.name, failed.code, failed.message
-                )
+                log.info("failover %s -> %s: %s %s", target.name, next_target.name, failed.code, failed.message)
                 status = Status(
                     session_id=sid,
                     state="failover",
@@ -159,6 +163,33 @@ class Engine:
             else:
                 infos.append(ProviderInfo(provider=deployment.name, provider_type=deployment.type))
         return infos
+
+    async def list_models(self, deployment_name: str) -> list[str]:
+        """Live model listing from the provider's own endpoint (local providers list their models)."""
+        deployment = self.router._deployment(deployment_name)
+        provider = get_provider(deployment.type)
+        if is_local(provider):
+            return [model.name for model in provider.models()]
+        if not hasattr(provider, "models_request"):
+            raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
+        description = provider.models_request(deployment, now=time.time())
+        try:
+            status, headers, body = await self.http.fetch(description)
+        except (asyncio.TimeoutError, OSError) as exc:
+            raise ProviderUnavailableError(
+                f"cannot list models of {deployment.name}: {exc}", provider=deployment.name
+            ) from None
+        except Exception as exc:  # httpx errors: the engine is the boundary that translates them
+            raise ProviderUnavailableError(
+                f"cannot list models of {deployment.name}: {type(exc).__name__}: {exc}", provider=deployment.name
+            ) from None
+        if status >= 400:
+            request = CompletionRequest(session_id="models", model="", messages=[])
+            raise error_from_event(provider.decode_error(request, deployment, status, headers, body))
+        try:
+            return provider.parse_models(body)
+        except ValueError as exc:
+            raise ProviderUnavailableError(f"unreadable model list from {deployment.name}: {exc}") from None
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -23,7 +23,7 @@ import httpx
 
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
-from gtl_nb.providers.base import Deployment, HttpDialect
+from gtl_nb.providers.base import Deployment, HttpDialect, HttpRequest
 
 log = get_logger("engine.http")
 
@@ -73,6 +73,18 @@ class HttpRunner:
             await self._client.aclose()
             self._client = None
 
+    async def fetch(
+        self, description: HttpRequest, timeouts: Timeouts | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        """Execute a plain (non-streamed) request description: status, headers, body."""
+        limits = timeouts or self.timeouts
+        client = self._get_client()
+        request = client.build_request(
+            description.method, description.url, headers=description.headers, content=description.body
+        )
+        response = await asyncio.wait_for(client.send(request), limits.first_byte)
+        return response.status_code, dict(response.headers), response.content
+
     async def run(
         self,
         dialect: HttpDialect,
@@ -118,16 +130,12 @@ class HttpRunner:
             )
             return
         except httpx.HTTPError as exc:
-            yield _error(
-                request, deployment, "PROVIDER_UNAVAILABLE", f"HTTP failure: {exc or type(exc).__name__}"
-            )
+            yield _error(request, deployment, "PROVIDER_UNAVAILABLE", f"HTTP failure: {exc or type(exc).__name__}")
             return
         try:
             if response.status_code >= 400:
                 body = await asyncio.wait_for(response.aread(), limits.idle)
-                yield dialect.decode_error(
-                    request, deployment, response.status_code, dict(response.headers), body
-                )
+                yield dialect.decode_error(request, deployment, response.status_code, dict(response.headers), body)
                 return
             decoder = dialect.response_decoder(request, deployment)
             chunks = response.aiter_bytes()  # decoded: providers gzip JSON bodies
