@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import os
 import queue
 import secrets
 import threading
@@ -56,6 +57,7 @@ def connect(
     providers: dict[str, dict[str, Any]] | None = None,
     config: Any = None,
     user: str | None = None,
+    ledger: Any = None,
     environ: Any = None,
     **options: Any,
 ) -> Client:
@@ -65,10 +67,14 @@ def connect(
     name (``{"openai": {"api_key": ...}}``, ``{"azure-east": {"type": "azure", ...}}``); ``config``
     is a TOML path or dict; anything else (``routing=``, ``timeouts=``, …) is a configuration section.
     With nothing configured, the offline model ``echo`` is always available.
+
+    ``user`` (default: the OS user) is who budgets and ledger rows are accounted to. ``ledger`` is
+    the SQLite file of the usage ledger (a path, an open ``Ledger``, or ``False`` for none; default:
+    the ``[ledger]`` section, then the user's data directory).
     """
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
     if scheme == "embedded":
-        return Client(providers=providers, config=config, user=user, environ=environ, **options)
+        return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)
     if scheme in _NETWORK_SCHEMES:
         raise ConfigurationError(
             f"the {scheme}:// transport needs the gtl_nb gateway, which this version does not include yet; "
@@ -86,6 +92,7 @@ class Client:
         providers: dict[str, dict[str, Any]] | None = None,
         config: Any = None,
         user: str | None = None,
+        ledger: Any = None,
         environ: Any = None,
         loop: LoopThread | None = None,
         **sections: Any,
@@ -103,10 +110,12 @@ class Client:
         self.catalog = catalog
         self.user = user or _os_user()
         self._loop = loop or shared_loop()
+        self.ledger = _open_ledger(ledger, self.config.ledger)
         self.engine = Engine(
             dict(self.config.deployments),
             catalog=catalog,
             timeouts=Timeouts.from_config(self.config.timeouts),
+            ledger=self.ledger,
         )
         self._closed = False
 
@@ -272,14 +281,27 @@ class Client:
     # -- internal -----------------------------------------------------------------------------
 
     def _start(self, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> Any:
-        return self._loop.submit(_pump(self.engine, request, deliver))
+        return self._loop.submit(_pump(self.engine, request, deliver, self.user))
 
 
-async def _pump(engine: Engine, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> None:
+def _open_ledger(choice: Any, section: dict[str, Any]) -> Any:
+    """The usage ledger the client records to, or ``None`` when disabled."""
+    if choice is False or (choice is None and not section.get("enabled", True)):
+        return None
+    if choice is not None and not isinstance(choice, (str, os.PathLike)):
+        return choice  # an open Ledger
+    from gtl_nb.engine.ledger import Ledger
+
+    return Ledger(choice if choice is not None else section.get("path"))
+
+
+async def _pump(
+    engine: Engine, request: CompletionRequest, deliver: Callable[[StreamEvent], None], user: str | None = None
+) -> None:
     """Run one session on the loop thread, handing each event to ``deliver``; never lose the end."""
     ended = False
     try:
-        async for event in engine.stream(request):
+        async for event in engine.stream(request, user=user):
             ended = isinstance(event, (Done, Error))
             deliver(event)
     except asyncio.CancelledError:

@@ -13,3 +13,13 @@ sys.path.insert(0, str(Path(__file__).parent / "protocol"))
 settings.register_profile("ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("dev", max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def pytest_configure(config):
+    """Keep every test away from the developer's own config file and usage ledger."""
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="gtl_nb-test-home-"))
+    os.environ["XDG_DATA_HOME"] = str(home / "data")
+    os.environ["XDG_CONFIG_HOME"] = str(home / "config")
+    os.environ.pop("GTL_NB_CONFIG", None)

@@ -65,18 +65,77 @@ class Engine:
         *,
         catalog: Any = None,
         timeouts: Timeouts | None = None,
+        ledger: Any = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.deployments = deployments
         self.catalog = catalog
+        self.ledger = ledger
         self.router = Router(deployments, catalog)
         self.http = HttpRunner(timeouts)
         self.clock = clock
 
     # -- public -------------------------------------------------------------------------------
 
-    async def stream(self, request: CompletionRequest) -> AsyncIterator[StreamEvent]:
-        """The complete, validated event stream of ``request``."""
+    async def stream(self, request: CompletionRequest, *, user: str | None = None) -> AsyncIterator[StreamEvent]:
+        """The complete, validated event stream of ``request``, recorded as one ledger row.
+
+        The row is inserted (status ``started``) before any upstream call and completed once at the
+        end — also when the caller stops listening early (``cancelled``).
+        """
+        row = await self._ledger_start(request, user)
+        path: list[str] = []
+        usage: Usage | None = None
+        end: Done | Error | None = None
+        try:
+            async for event in self._run(request, path):
+                if isinstance(event, Usage):
+                    usage = event
+                elif isinstance(event, Status) and event.state == "failover":
+                    usage = None
+                elif isinstance(event, (Done, Error)):
+                    end = event
+                    if row is not None:  # complete the row before the caller sees the end
+                        finished, row = row, None
+                        await self._ledger_finish(finished, end, usage, path)
+                yield event
+        finally:
+            if row is not None:
+                await self._ledger_finish(row, end, usage, path)
+
+    async def _ledger_start(self, request: CompletionRequest, user: str | None) -> int | None:
+        if self.ledger is None:
+            return None
+        try:
+            return await asyncio.to_thread(
+                self.ledger.start, session_id=request.session_id, user=user, model=request.model
+            )
+        except Exception:  # the ledger must never take a request down with it
+            log.exception("ledger: could not record the start of %s", request.session_id)
+            return None
+
+    async def _ledger_finish(self, row: int, end: Done | Error | None, usage: Usage | None, path: list[str]) -> None:
+        from gtl_nb.engine.ledger import finish_fields
+
+        if end is None:
+            fields: dict[str, Any] = {"status": "cancelled", "error_code": "CANCELLED"}
+            if usage is not None:
+                fields.update(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost=usage.cost)
+        else:
+            fields = finish_fields(end, usage)
+        deployment = self.deployments.get(fields.get("deployment") or (path[-1] if path else ""))
+        if deployment is not None:
+            fields["deployment"] = fields.get("deployment") or deployment.name
+            fields["provider_type"] = deployment.type
+        write = asyncio.ensure_future(asyncio.to_thread(self.ledger.finish, row, failover_path=path or None, **fields))
+        try:
+            await asyncio.shield(write)  # a second cancellation must not lose the row's completion
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("ledger: could not complete row %s", row)
+
+    async def _run(self, request: CompletionRequest, path: list[str]) -> AsyncIterator[StreamEvent]:
         sid = request.session_id
         started = self.clock()
         machine = SessionStateMachine(sid)
@@ -91,6 +150,7 @@ class Engine:
         first_content: float | None = None
         for index, target in enumerate(targets):
             next_target = targets[index + 1] if index + 1 < len(targets) else None
+            path.append(target.name)
             attempt = self._attempt(request, target)
             failed: Error | None = None
             try:

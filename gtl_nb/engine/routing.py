@@ -65,14 +65,21 @@ class Router:
         if request.providers:
             return [self._entry(entry, request.model) for entry in request.providers]
         if request.provider:
-            return [Target(self._deployment(request.provider), self._split(request.model)[1])]
+            return [self._target(self._deployment(request.provider), self._split(request.model)[1])]
         return [self.resolve_model(request.model)]
 
     def _entry(self, entry: str, model: str) -> Target:
         prefix, sep, rest = entry.partition(":")
         if sep and rest:
-            return Target(self._deployment(prefix), rest)
-        return Target(self._deployment(entry), self._split(model)[1])
+            return self._target(self._deployment(prefix), rest)
+        return self._target(self._deployment(entry), self._split(model)[1])
+
+    def _target(self, deployment: Deployment, model: str) -> Target:
+        """The model under the id this deployment's provider knows it by (aliases from the catalog:
+        ``claude-sonnet-4-5`` on Bedrock is ``global.anthropic.claude-sonnet-4-5-…``)."""
+        if self.catalog is not None:
+            model = self.catalog.model_id(deployment.type, model)
+        return Target(deployment, model)
 
     def _deployment(self, name: str) -> Deployment:
         if name in self.deployments:
@@ -99,7 +106,7 @@ class Router:
     def resolve_model(self, model: str) -> Target:
         prefix, name = self._split(model)
         if prefix is not None:
-            return Target(self._deployment(prefix), name)
+            return self._target(self._deployment(prefix), name)
         for deployment in self.deployments.values():
             if name == deployment.model or name in deployment.models:
                 return Target(deployment, name)
@@ -107,7 +114,7 @@ class Router:
         for provider_type in candidates:
             matching = [d for d in self.deployments.values() if d.type == provider_type]
             if matching:
-                return Target(matching[0], name)
+                return self._target(matching[0], name)
         if candidates:
             provider_type = candidates[0]
             hint = CREDENTIAL_HINTS.get(provider_type, "its credentials")
@@ -120,7 +127,7 @@ class Router:
             d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models
         ]
         if len(open_deployments) == 1:
-            return Target(open_deployments[0], name)
+            return self._target(open_deployments[0], name)
         raise ModelNotFoundError(self._unknown_message(name))
 
     def _unknown_message(self, name: str) -> str:

@@ -1,0 +1,746 @@
+"""One configuration schema for the whole project: ``load_config`` and the ``Config`` it returns.
+
+Sources, highest precedence first (docs/configuration.md is the user-facing description):
+
+1. keyword arguments — ``providers={...}`` and one keyword per section (``routing={...}``, …);
+2. the TOML file — ``config=`` (a path, or an already-parsed dict), else ``$GTL_NB_CONFIG``,
+   else the user's config file (``user_config_path``; a missing default file is fine, a missing
+   named file is an error);
+3. the providers' conventional environment variables (``ENV_VARS``), which fill only what is
+   still missing; for ``bedrock`` the AWS chain continues with ``~/.aws/credentials`` and
+   ``~/.aws/config``.
+
+Tables merge key by key (a keyword ``routing={"strategy": "weighted"}`` changes only the
+strategy). Every key is checked in each source separately, so an unknown key or a wrong type is a
+``ConfigurationError`` naming the key, where it was found and the close matches.
+
+``[routing]``, ``[cache]`` and ``[budgets]`` are validated by the engine modules that read them
+(``OWNED_SECTIONS``), so their keys are defined in one place; the other sections are defined here.
+``timeouts`` comes back as the engine's ``Timeouts``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import os
+import sys
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gtl_nb.engine.http import Timeouts
+from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.providers.base import Deployment
+from gtl_nb.providers.catalog import validate_overrides
+from gtl_nb.providers.registry import BUILTIN_PROVIDERS
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEPLOYMENT_KEYS",
+    "ENV_VARS",
+    "KEYLESS_TYPES",
+    "OWNED_SECTIONS",
+    "SECTION_SCHEMAS",
+    "Config",
+    "load_config",
+    "ollama_url",
+    "user_config_dir",
+    "user_config_path",
+]
+
+CONFIG_ENV = "GTL_NB_CONFIG"
+CONFIG_FILE_NAME = "config.toml"
+APP_DIR_NAME = "gtl_nb"
+
+SECTIONS = (
+    "providers", "routing", "cache", "budgets", "ledger", "gateway", "catalog", "defaults", "timeouts",
+)
+
+DEPLOYMENT_KEYS = (
+    "type",
+    "api_key",
+    "api_key_env",
+    "base_url",
+    "api_version",
+    "region",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_profile",
+    "model",
+    "models",
+    "headers",
+    "options",
+    "weight",
+    "timeouts",
+)
+
+# Provider types that work without a key.
+KEYLESS_TYPES = frozenset({"ollama", "openai_compatible", "echo"})
+
+# Deployment field <- environment variables tried in order, per provider type.
+ENV_VARS: dict[str, dict[str, tuple[str, ...]]] = {
+    "openai": {"api_key": ("OPENAI_API_KEY",), "base_url": ("OPENAI_BASE_URL",)},
+    "azure": {
+        "api_key": ("AZURE_OPENAI_API_KEY",),
+        "base_url": ("AZURE_OPENAI_ENDPOINT",),
+        "api_version": ("OPENAI_API_VERSION",),
+    },
+    "anthropic": {"api_key": ("ANTHROPIC_API_KEY",), "base_url": ("ANTHROPIC_BASE_URL",)},
+    "gemini": {"api_key": ("GEMINI_API_KEY", "GOOGLE_API_KEY")},
+    "ollama": {"base_url": ("OLLAMA_HOST",)},
+    "bedrock": {
+        "api_key": ("AWS_BEARER_TOKEN_BEDROCK",),
+        "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+    },
+}
+
+# When nothing is configured, these variables imply a deployment of the type (all of one group).
+_IMPLYING_ENV: dict[str, tuple[tuple[str, ...], ...]] = {
+    "openai": (("OPENAI_API_KEY",),),
+    "azure": (("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"),),
+    "anthropic": (("ANTHROPIC_API_KEY",),),
+    "gemini": (("GEMINI_API_KEY",), ("GOOGLE_API_KEY",)),
+    "ollama": (("OLLAMA_HOST",),),
+    "bedrock": (
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+        ("AWS_BEARER_TOKEN_BEDROCK",),
+        ("AWS_PROFILE",),
+    ),
+}
+
+_AWS_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+_OLLAMA_PORT = 11434
+
+
+# ----------------------------------------------------------------------------------------------
+# Section schemas
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a section: accepted Python types, default, allowed values, description."""
+
+    kinds: tuple[type, ...]
+    default: Any = None
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    check: Callable[[Any, str], None] | None = None
+
+
+def _str_list(value: Any, where: str) -> None:
+    if not all(isinstance(item, str) for item in value):
+        raise ConfigurationError(f"{where} must be a list of strings, got {value!r}")
+
+
+def _seconds(value: Any, where: str) -> None:
+    if value is True:
+        raise ConfigurationError(f"{where} must be a number of seconds, or false to disable it")
+
+
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+_OPT_STR = (str, type(None))
+_SECONDS = (int, float, bool, type(None))  # `false` (or None) disables a timeout
+
+# Sections whose keys this module owns. [routing], [cache] and [budgets] belong to the engine
+# modules that use them and are validated by their readers (``OWNED_SECTIONS``).
+SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
+    "ledger": {
+        "enabled": Field((bool,), True, "record every response's usage and cost"),
+        "path": Field(_OPT_STR, None, "SQLite file (default: gtl_nb.engine.ledger.default_ledger_path())"),
+    },
+    "gateway": {
+        "host": Field((str,), "127.0.0.1", "interface the gateway listens on"),
+        "port": Field((int,), 8787, "TCP port of the HTTP/SSE/WebSocket endpoints"),
+        "auth": Field((str,), "none", "client authentication", choices=("none", "token", "jwt")),
+        "jwt_secret_env": Field((str,), "GTL_NB_JWT_SECRET", "environment variable holding the JWT secret"),
+        "vault_path": Field(_OPT_STR, None, "encrypted provider-key vault file"),
+        "vault_key_env": Field((str,), "GTL_NB_VAULT_KEY", "environment variable holding the vault key"),
+        "audit_log": Field(_OPT_STR, None, "append-only audit log file"),
+        "cors_origins": Field((list,), [], "origins allowed by CORS", check=_str_list),
+        "max_frame_bytes": Field((int, type(None)), None, "largest accepted frame (default: the codec's)"),
+        "metrics": Field((bool,), True, "serve /metrics"),
+        "openai_compatible": Field((bool,), True, "serve the OpenAI-compatible /v1/chat/completions facade"),
+    },
+    "defaults": {
+        "model": Field(_OPT_STR, None, "model used when a request names none (built-in: 'echo')"),
+        "provider": Field(_OPT_STR, None, "deployment used when a request names none"),
+        "providers": Field((list, type(None)), None, "failover list used when a request names none",
+                           check=_str_list),
+        "system": Field(_OPT_STR, None, "system prompt prepended to requests without one"),
+        "temperature": Field(_OPT_NUM, None, "sampling temperature"),
+        "max_tokens": Field((int, type(None)), None, "output token limit"),
+        "reasoning": Field((bool,), False, "ask for reasoning events"),
+    },
+    "timeouts": {
+        "connect": Field(_SECONDS, 10.0, "seconds to establish a connection", check=_seconds),
+        "first_byte": Field(_SECONDS, 60.0, "seconds from sending to the first body byte", check=_seconds),
+        "idle": Field(_SECONDS, 60.0, "longest silence between two chunks of a stream", check=_seconds),
+    },
+}
+
+
+def _check_routing(table: Mapping[str, Any], source: str) -> None:
+    """``[routing]``: the strategy and its keys (engine.strategies), ``[routing.breaker]``
+    (engine.breaker) and ``[routing.retry]`` (engine.retry)."""
+    from gtl_nb.engine.breaker import BreakerConfig
+    from gtl_nb.engine.retry import RetryPolicy
+    from gtl_nb.engine.strategies import STRATEGY_KEYS, strategy_from_routing
+
+    known = ("strategy", *STRATEGY_KEYS, "breaker", "retry")
+    for key in table:
+        if key not in known:
+            raise ConfigurationError(_unknown_key_message(key, f"[routing] in {source}", known))
+    strategy_from_routing(table, price_of=lambda _candidate: None)
+    BreakerConfig.from_dict(table.get("breaker"), where=f"[routing.breaker] in {source}")
+    RetryPolicy.from_dict(table.get("retry"), where=f"[routing.retry] in {source}")
+
+
+def _check_cache(table: Mapping[str, Any], source: str) -> None:
+    from gtl_nb.engine.cache import CacheConfig
+
+    CacheConfig.from_dict(table, where=f"[cache] in {source}")
+
+
+def _check_budgets(table: Mapping[str, Any], source: str) -> None:
+    from gtl_nb.engine.ratelimit import BudgetConfig
+
+    BudgetConfig.from_dict(table, where=f"[budgets] in {source}")
+
+
+# Section -> validator(table, source) built on the engine module that reads the section.
+OWNED_SECTIONS: dict[str, Callable[[Mapping[str, Any], str], None]] = {
+    "routing": _check_routing,
+    "cache": _check_cache,
+    "budgets": _check_budgets,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# The result
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration; treat it as read-only.
+
+    ``ledger``, ``gateway`` and ``defaults`` have every key of ``SECTION_SCHEMAS`` (defaults filled
+    in); ``routing``, ``cache`` and ``budgets`` are the merged tables as written, for their readers
+    (``strategy_from_routing``, ``BreakerConfig``/``RetryPolicy.from_dict`` on ``routing["breaker"]``
+    / ``routing["retry"]``, ``CacheConfig.from_dict``, ``BudgetConfig.from_dict``) to apply their
+    own defaults. Deployment ``weight`` keys are merged into ``routing["weights"]``; ``weights``
+    has every deployment's effective weight. Secrets live only in ``deployments`` (whose repr
+    hides them)."""
+
+    deployments: dict[str, Deployment]
+    routing: dict[str, Any]
+    cache: dict[str, Any]
+    budgets: dict[str, Any]
+    ledger: dict[str, Any]
+    gateway: dict[str, Any]
+    catalog: dict[str, Any]
+    defaults: dict[str, Any]
+    timeouts: Timeouts
+    source_path: Path | None = None
+    weights: dict[str, float] = field(default_factory=dict)
+    deployment_timeouts: dict[str, Timeouts] = field(default_factory=dict)
+    implied: tuple[str, ...] = ()
+    credential_hints: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def deployment(self, name: str) -> Deployment:
+        """The deployment called ``name``."""
+        found = self.deployments.get(name)
+        if found is None:
+            known = ", ".join(sorted(self.deployments)) or "none"
+            raise ConfigurationError(f"no deployment named {name!r}{_did_you_mean(name, self.deployments)}; "
+                                     f"configured: {known}")
+        return found
+
+    def require_credentials(self, name: str) -> Deployment:
+        """The deployment called ``name``, or a ``ConfigurationError`` saying which environment
+        variable (and which TOML key) to set when it lacks the credentials its type needs."""
+        deployment = self.deployment(name)
+        missing = _missing_credentials(deployment)
+        if not missing:
+            return deployment
+        where = f"[providers.{name}]"
+        advice = [_credential_hint(deployment.type, key, where) for key in missing]
+        if name in self.credential_hints:
+            advice.append(self.credential_hints[name])
+        what, how = " and ".join(missing), "; ".join(advice)
+        raise ConfigurationError(f"deployment {name!r} ({deployment.type}) is missing {what}: {how}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(
+    *,
+    config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    providers: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    known_types: Collection[str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    platform: str | None = None,
+    **sections: Any,
+) -> Config:
+    """Read, merge and validate the configuration (sources and precedence: module docstring).
+
+    ``environ`` defaults to ``os.environ``; ``home`` (the user's home directory, for the default
+    config file and ``~/.aws``) defaults to ``$HOME``; ``platform`` to ``sys.platform``.
+    ``known_types`` are the provider types a deployment may name (default: the built-ins).
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    home_dir = _home(home, env, platform)
+    known = set(BUILTIN_PROVIDERS) | set(known_types or ())
+
+    file_data, source_path, file_where = _read_file(config, env, home_dir, platform)
+    _validate_source(file_data, file_where)
+
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        where = "the keyword arguments of load_config"
+        raise ConfigurationError(_unknown_key_message(unknown[0], where, SECTIONS))
+    keyword_data = {name: _plain(value) for name, value in sections.items() if value is not None}
+    if providers is not None:
+        keyword_data["providers"] = _plain(providers)
+    _validate_source(keyword_data, "the keyword arguments")
+
+    merged = _merge(file_data, keyword_data)
+    section_values = {name: _with_defaults(name, merged.get(name, {})) for name in SECTION_SCHEMAS}
+    timeouts = _timeouts(section_values.pop("timeouts"))
+
+    specs: dict[str, dict[str, Any]] = dict(merged.get("providers", {}))
+    implied: list[str] = []
+    if not specs:
+        for provider_type, groups in _IMPLYING_ENV.items():
+            if any(all(env.get(var) for var in group) for group in groups):
+                specs[provider_type] = {}
+                implied.append(provider_type)
+    if "echo" not in specs and not any(spec.get("type") == "echo" for spec in specs.values()):
+        specs["echo"] = {}
+        implied.append("echo")
+
+    deployments: dict[str, Deployment] = {}
+    per_deployment_timeouts: dict[str, Timeouts] = {}
+    hints: dict[str, str] = {}
+    for name, spec in specs.items():
+        deployment, hint = _build_deployment(name, spec, env, home_dir, known)
+        deployments[name] = deployment
+        if "timeouts" in spec:
+            per_deployment_timeouts[name] = _timeouts({**_timeouts_dict(timeouts), **spec["timeouts"]})
+        if hint:
+            hints[name] = hint
+
+    routing = dict(merged.get("routing", {}))
+    declared = {name: float(spec["weight"]) for name, spec in specs.items() if "weight" in spec}
+    if declared:  # deployment weights feed [routing] weights, which win where both name one
+        routing["weights"] = {**declared, **routing.get("weights", {})}
+    weights = {name: float(routing.get("weights", {}).get(name, 1.0)) for name in deployments}
+
+    return Config(
+        deployments=deployments,
+        routing=routing,
+        cache=dict(merged.get("cache", {})),
+        budgets=dict(merged.get("budgets", {})),
+        ledger=section_values["ledger"],
+        gateway=section_values["gateway"],
+        catalog=dict(merged.get("catalog", {})),
+        defaults=section_values["defaults"],
+        timeouts=timeouts,
+        source_path=source_path,
+        weights=weights,
+        deployment_timeouts=per_deployment_timeouts,
+        implied=tuple(implied),
+        credential_hints=hints,
+    )
+
+
+def user_config_dir(
+    *,
+    environ: Mapping[str, str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    platform: str | None = None,
+) -> Path:
+    """The user's gtl_nb configuration directory.
+
+    ``$XDG_CONFIG_HOME/gtl_nb`` when that variable holds an absolute path (on every platform);
+    otherwise ``~/Library/Application Support/gtl_nb`` on macOS, ``%APPDATA%\\gtl_nb`` on Windows
+    and ``~/.config/gtl_nb`` elsewhere.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    plat = platform or sys.platform
+    xdg = env.get("XDG_CONFIG_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / APP_DIR_NAME
+    home_dir = _home(home, env, plat)
+    if plat == "darwin":
+        return home_dir / "Library" / "Application Support" / APP_DIR_NAME
+    if plat.startswith(("win", "cygwin")):
+        appdata = env.get("APPDATA")
+        return (Path(appdata) if appdata else home_dir / "AppData" / "Roaming") / APP_DIR_NAME
+    return home_dir / ".config" / APP_DIR_NAME
+
+
+def user_config_path(
+    *,
+    environ: Mapping[str, str] | None = None,
+    home: str | os.PathLike[str] | None = None,
+    platform: str | None = None,
+) -> Path:
+    """The default configuration file: ``user_config_dir() / "config.toml"``."""
+    return user_config_dir(environ=environ, home=home, platform=platform) / CONFIG_FILE_NAME
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the file
+
+
+def _home(home: str | os.PathLike[str] | None, env: Mapping[str, str], platform: str | None) -> Path:
+    if home is not None:
+        return Path(home)
+    plat = platform or sys.platform
+    value = env.get("USERPROFILE") if plat.startswith("win") else None
+    value = value or env.get("HOME")
+    return Path(value) if value else Path.home()
+
+
+def _read_file(
+    config: Any, env: Mapping[str, str], home: Path, platform: str | None
+) -> tuple[dict[str, Any], Path | None, str]:
+    if isinstance(config, Mapping):
+        return _plain(config), None, "the config dict"
+    if config is not None:
+        return _parse(Path(os.fspath(config)).expanduser(), required=True, named_by="config=")
+    from_env = env.get(CONFIG_ENV)
+    if from_env:
+        return _parse(Path(from_env).expanduser(), required=True, named_by=f"${CONFIG_ENV}")
+    return _parse(user_config_path(environ=env, home=home, platform=platform), required=False, named_by="")
+
+
+def _parse(path: Path, *, required: bool, named_by: str) -> tuple[dict[str, Any], Path | None, str]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        if required:
+            message = f"configuration file {str(path)!r} (named by {named_by}) does not exist"
+            raise ConfigurationError(message) from None
+        return {}, None, str(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"cannot read configuration file {str(path)!r}: {exc}") from None
+    try:
+        return tomllib.loads(text), path, str(path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation
+
+
+def _validate_source(data: Mapping[str, Any], where: str) -> None:
+    """Check one source (the file, or the keyword arguments) before merging, so errors say where."""
+    for name, value in data.items():
+        if name not in SECTIONS:
+            raise ConfigurationError(_unknown_key_message(name, f"the top level of {where}", SECTIONS))
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"[{name}] in {where} must be a table, got {type(value).__name__}")
+        if name == "providers":
+            for deployment, spec in value.items():
+                _check_deployment(spec, f"[providers.{deployment}] in {where}")
+        elif name == "catalog":
+            validate_overrides(value, where=f"[catalog] in {where}")
+        elif name in OWNED_SECTIONS:
+            try:
+                OWNED_SECTIONS[name](value, where)
+            except ConfigurationError as exc:
+                if f"in {where}" in exc.message:
+                    raise
+                raise ConfigurationError(f"{exc.message} (in {where})") from None
+        else:
+            _check_table(value, SECTION_SCHEMAS[name], f"[{name}] in {where}")
+
+
+def _check_table(table: Any, schema: Mapping[str, Field], where: str) -> None:
+    if not isinstance(table, Mapping):
+        raise ConfigurationError(f"{where} must be a table, got {type(table).__name__}")
+    for key, value in table.items():
+        spec = schema.get(key)
+        if spec is None:
+            raise ConfigurationError(_unknown_key_message(key, where, schema))
+        _check_value(value, spec, f"{where}: {key}")
+
+
+def _check_value(value: Any, spec: Field, where: str) -> None:
+    kinds = spec.kinds
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigurationError(f"{where} must be {_kind_names(kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigurationError(f"{where} must be {_kind_names(kinds)}, got {value!r}")
+    if spec.choices is not None and value not in spec.choices:
+        allowed = ", ".join(repr(c) for c in spec.choices)
+        raise ConfigurationError(f"{where} must be one of {allowed}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise ConfigurationError(f"{where} must not be negative, got {value!r}")
+    if spec.check is not None:
+        spec.check(value, where)
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a table", type(None): "empty"}
+    shown = [names.get(kind, kind.__name__) for kind in kinds if not (kind is int and float in kinds)]
+    return " or ".join(shown)
+
+
+_DEPLOYMENT_FIELDS: dict[str, Field] = {
+    "type": Field((str,)),
+    "api_key": Field((str,)),
+    "api_key_env": Field((str,)),
+    "base_url": Field((str,)),
+    "api_version": Field((str,)),
+    "region": Field((str,)),
+    "aws_access_key_id": Field((str,)),
+    "aws_secret_access_key": Field((str,)),
+    "aws_session_token": Field((str,)),
+    "aws_profile": Field((str,)),
+    "model": Field((str,)),
+    "models": Field((list,), check=_str_list),
+    "headers": Field((dict,), check=lambda v, w: _str_dict(v, w)),
+    "options": Field((dict,)),
+    "weight": Field(_NUM),
+    "timeouts": Field((dict,), check=lambda v, w: _check_table(v, SECTION_SCHEMAS["timeouts"], w)),
+}
+
+
+def _str_dict(value: Mapping[str, Any], where: str) -> None:
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ConfigurationError(f"{where} must map header names to strings, got {value!r}")
+
+
+def _check_deployment(spec: Any, where: str) -> None:
+    if not isinstance(spec, Mapping):
+        raise ConfigurationError(f"{where} must be a table of deployment settings, got {type(spec).__name__}")
+    _check_table(spec, _DEPLOYMENT_FIELDS, where)
+
+
+def _unknown_key_message(key: str, where: str, known: Collection[str]) -> str:
+    return f"unknown key {key!r} in {where}{_did_you_mean(key, known)} (known: {', '.join(sorted(known))})"
+
+
+def _did_you_mean(name: str, known: Collection[str]) -> str:
+    matches = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Merging and defaults
+
+
+def _plain(value: Any) -> Any:
+    """Deep copy into plain dicts and lists (dataclass sections such as ``Timeouts`` become dicts)."""
+    if isinstance(value, Timeouts):
+        return _timeouts_dict(value)
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _merge(low: Mapping[str, Any], high: Mapping[str, Any]) -> dict[str, Any]:
+    """``high`` over ``low``, tables merged key by key, anything else replaced."""
+    merged = dict(low)
+    for key, value in high.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _with_defaults(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    schema = SECTION_SCHEMAS[section]
+    filled = {key: _plain(spec.default) for key, spec in schema.items()}
+    filled.update(values)
+    return filled
+
+
+def _timeouts(values: Mapping[str, Any]) -> Timeouts:
+    def seconds(key: str) -> float | None:
+        value = values.get(key, SECTION_SCHEMAS["timeouts"][key].default)
+        if value is None or value is False:
+            return None  # `false` disables a timeout
+        return float(value)
+
+    return Timeouts(connect=seconds("connect"), first_byte=seconds("first_byte"), idle=seconds("idle"))
+
+
+def _timeouts_dict(timeouts: Timeouts) -> dict[str, Any]:
+    return {"connect": timeouts.connect, "first_byte": timeouts.first_byte, "idle": timeouts.idle}
+
+
+# ----------------------------------------------------------------------------------------------
+# Deployments and credentials
+
+
+def _build_deployment(
+    name: str, spec: Mapping[str, Any], env: Mapping[str, str], home: Path, known: set[str]
+) -> tuple[Deployment, str | None]:
+    provider_type = spec.get("type", name)
+    if provider_type not in known:
+        if "type" in spec:
+            raise ConfigurationError(
+                f"unknown provider type {provider_type!r} in [providers.{name}]"
+                f"{_did_you_mean(provider_type, known)} (known: {', '.join(sorted(known))})"
+            )
+        raise ConfigurationError(
+            f"[providers.{name}] needs a type (its name is not a provider type{_did_you_mean(name, known)}): "
+            f"add type = \"<type>\" (known types: {', '.join(sorted(known))})"
+        )
+    values: dict[str, Any] = {key: spec[key] for key in spec if key in Deployment.__dataclass_fields__}
+    hint = None
+    if "api_key" not in values and "api_key_env" in spec:
+        variable = spec["api_key_env"]
+        if env.get(variable):
+            values["api_key"] = env[variable]
+        else:
+            hint = f"api_key_env in [providers.{name}] names ${variable}, which is not set"
+    for field_name, variables in ENV_VARS.get(provider_type, {}).items():
+        if values.get(field_name) or (field_name == "api_key" and "api_key_env" in spec):
+            continue
+        found = next((env[v] for v in variables if env.get(v)), None)
+        if found is not None:
+            values[field_name] = found
+    if provider_type == "ollama" and values.get("base_url"):
+        values["base_url"] = ollama_url(values["base_url"])
+    if provider_type == "bedrock":
+        aws_values, aws_hint = _aws_credentials(spec, values, env, home)
+        values.update(aws_values)
+        hint = hint or aws_hint
+    values["models"] = tuple(values.get("models", ()))
+    values["headers"] = dict(values.get("headers", {}))
+    values["options"] = dict(values.get("options", {}))
+    values.pop("type", None)
+    return Deployment(name=name, type=provider_type, **values), hint
+
+
+def ollama_url(value: str) -> str:
+    """``OLLAMA_HOST`` as a base URL. Like Ollama, accept ``host``, ``host:port`` or a full URL;
+    the scheme defaults to ``http`` and the port to 11434 (443 for ``https``)."""
+    value = value.strip().rstrip("/")
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "http", value
+    host, slash, path = rest.partition("/")
+    has_port = "]:" in host if host.startswith("[") else ":" in host  # "[::1]:11434" is IPv6
+    if not has_port:
+        host = f"{host or '127.0.0.1'}:{443 if scheme == 'https' else _OLLAMA_PORT}"
+    return f"{scheme}://{host}{slash}{path}"
+
+
+def _aws_credentials(
+    spec: Mapping[str, Any], values: Mapping[str, Any], env: Mapping[str, str], home: Path
+) -> tuple[dict[str, Any], str | None]:
+    """Fill bedrock credentials and region: explicit keys, then (unless ``aws_profile`` is set
+    explicitly) AWS_* variables, then the shared credentials/config files for the profile."""
+    out: dict[str, Any] = {}
+    explicit_profile = spec.get("aws_profile")
+    profile = explicit_profile or env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
+    has_keys = bool(spec.get("aws_access_key_id") and spec.get("aws_secret_access_key"))
+    hint = None
+    if not has_keys:
+        if not explicit_profile and env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+            out["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
+            out["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
+            out["aws_session_token"] = env.get("AWS_SESSION_TOKEN") or None
+        else:
+            keys = _profile_keys(profile, env, home)
+            if keys.get("aws_access_key_id") and keys.get("aws_secret_access_key"):
+                out.update(keys)
+            elif explicit_profile or env.get("AWS_PROFILE"):
+                hint = (f"AWS profile {profile!r} has no aws_access_key_id/aws_secret_access_key in the "
+                        "shared credentials files (SSO and role profiles are not supported)")
+    if not values.get("region"):
+        region = _profile_region(profile, env, home)
+        if region:
+            out["region"] = region
+    return out, hint
+
+
+def _shared_file(env: Mapping[str, str], variable: str, default: str, home: Path) -> Path:
+    value = env.get(variable)
+    if not value:
+        return home / ".aws" / default
+    if value.startswith("~"):
+        return home / value[1:].lstrip("/\\")
+    return Path(value)
+
+
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
+    except FileNotFoundError:
+        pass
+    except (OSError, configparser.Error) as exc:
+        raise ConfigurationError(f"cannot read AWS file {str(path)!r}: {exc}") from None
+    return parser
+
+
+def _profile_section(parser: configparser.ConfigParser, profile: str, *, config_file: bool) -> dict[str, str]:
+    names = [f"profile {profile}", profile] if config_file else [profile]
+    for section in names:
+        if parser.has_section(section):
+            return dict(parser.items(section))
+    return {}
+
+
+def _profile_keys(profile: str, env: Mapping[str, str], home: Path) -> dict[str, Any]:
+    credentials = _read_ini(_shared_file(env, "AWS_SHARED_CREDENTIALS_FILE", "credentials", home))
+    section = _profile_section(credentials, profile, config_file=False)
+    if not section.get("aws_access_key_id"):
+        config = _read_ini(_shared_file(env, "AWS_CONFIG_FILE", "config", home))
+        section = _profile_section(config, profile, config_file=True)
+    return {key: section[key] for key in _AWS_KEYS if section.get(key)}
+
+
+def _profile_region(profile: str, env: Mapping[str, str], home: Path) -> str | None:
+    config = _read_ini(_shared_file(env, "AWS_CONFIG_FILE", "config", home))
+    return _profile_section(config, profile, config_file=True).get("region") or None
+
+
+def _missing_credentials(deployment: Deployment) -> list[str]:
+    kind = deployment.type
+    if kind in KEYLESS_TYPES or kind not in ENV_VARS:
+        return []  # keyless, or a plugin type whose needs we cannot know
+    if kind == "bedrock":
+        missing = []
+        if not deployment.api_key and not (deployment.aws_access_key_id and deployment.aws_secret_access_key):
+            missing.append("credentials")
+        if not deployment.region:
+            missing.append("region")
+        return missing
+    missing = [] if deployment.api_key else ["api_key"]
+    if kind == "azure" and not deployment.base_url:
+        missing.append("base_url")
+    return missing
+
+
+def _credential_hint(provider_type: str, key: str, where: str) -> str:
+    if key == "credentials":  # bedrock
+        return ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with keys in "
+                f"~/.aws/credentials, or AWS_BEARER_TOKEN_BEDROCK), or aws_access_key_id and "
+                f"aws_secret_access_key in {where}")
+    variables = " or ".join(ENV_VARS.get(provider_type, {}).get(key, ()))
+    toml = f"{key} (or api_key_env)" if key == "api_key" else key
+    return f"set {variables}, or {toml} in {where}" if variables else f"set {toml} in {where}"

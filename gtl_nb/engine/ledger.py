@@ -1,0 +1,766 @@
+"""The usage ledger: one SQLite row per request, safe with many threads, notebooks and processes.
+
+Lifecycle of a row (``docs/ledger.md`` has the whole story)::
+
+    start() ──INSERT──▶ started ──finish() (one UPDATE)──▶ ok | error | cancelled | interrupted
+                           │
+                           └── the writing process died (found when a ledger is opened) ──▶ interrupted
+
+* ``Ledger.start(...)`` inserts the row with status ``started`` *before* the upstream call and
+  returns its id; ``Ledger.finish(row_id, status=..., ...)`` completes it with exactly one UPDATE.
+  Finishing a row that is not ``started`` (twice, or after recovery) raises ``LedgerStateError``
+  and changes nothing: the first outcome wins.
+* Each row records the writer's hostname, pid and a process identity that survives pid reuse
+  (``process_identity``). Opening a ledger marks ``interrupted`` the rows of *this* host that are
+  still ``started`` although their process is gone; rows of other hosts are never judged.
+* Concurrency: WAL journal, ``busy_timeout``, and every write is one short ``BEGIN IMMEDIATE``
+  transaction on the ledger's single writer connection (guarded by a lock, so every public method
+  is thread-safe). Contention that outlasts SQLite's busy timeout is retried with jittered backoff,
+  so "database is locked" never reaches the caller. Readers use their own short-lived connection
+  and, in WAL mode, never block writers.
+* ``to_dataframe`` is the reader for analysis; ``totals`` and ``spend_today`` serve budgets.
+
+The ledger is synchronous; the engine calls it from its loop through a worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+from gtl_nb.engine import ledger_migrations
+from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DATETIME, DTYPES, FINAL_STATUSES, LIST, TABLE
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import GTLError
+from gtl_nb.protocol.messages import Done, Error, Usage
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = [
+    "Ledger",
+    "LedgerBusyError",
+    "LedgerError",
+    "LedgerStateError",
+    "LedgerValueError",
+    "Totals",
+    "default_ledger_path",
+    "finish_fields",
+    "process_alive",
+    "process_identity",
+]
+
+log = get_logger("engine.ledger")
+
+T = TypeVar("T")
+_INHERITED: list[sqlite3.Connection] = []
+MEMORY = ":memory:"
+DAY = 86400.0
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+# ----------------------------------------------------------------------------------------------
+# errors
+
+
+class LedgerError(GTLError):
+    """The usage ledger could not do what was asked (the file is unusable, the call is wrong)."""
+
+
+class LedgerStateError(LedgerError):
+    """A row is not in the state the call needs: finishing an unknown or already finished row,
+    or using a closed ledger."""
+
+
+class LedgerValueError(LedgerError, ValueError):
+    """A caller mistake in arguments: an unknown status or filter."""
+
+
+class LedgerBusyError(LedgerError):
+    """The ledger file stayed locked by other writers for longer than ``retry_for`` seconds."""
+
+
+class Totals(NamedTuple):
+    """What ``Ledger.totals`` returns: request count, tokens in + out, cost in USD."""
+
+    requests: int
+    tokens: int
+    cost: float
+
+
+# ----------------------------------------------------------------------------------------------
+# where the file lives
+
+
+def default_ledger_path(
+    environ: Mapping[str, str] | None = None, system: str | None = None, home: Path | None = None
+) -> Path:
+    """The default ledger file: ``<user data dir>/gtl_nb/ledger.sqlite3``.
+
+    * ``$XDG_DATA_HOME`` when set to an absolute path (any POSIX system), else
+    * macOS: ``~/Library/Application Support``;
+    * Windows: ``%LOCALAPPDATA%`` (then ``%APPDATA%``, then ``~/AppData/Local``);
+    * Linux and others: ``~/.local/share``.
+    """
+    env = os.environ if environ is None else environ
+    system = system or platform.system()
+    home = home or Path.home()
+    if system == "Windows":
+        base = env.get("LOCALAPPDATA") or env.get("APPDATA")
+        root = Path(base) if base else home / "AppData" / "Local"
+    else:
+        xdg = env.get("XDG_DATA_HOME", "")
+        if xdg and os.path.isabs(xdg):  # the XDG spec says to ignore relative values
+            root = Path(xdg)
+        elif system == "Darwin":
+            root = home / "Library" / "Application Support"
+        else:
+            root = home / ".local" / "share"
+    return root / "gtl_nb" / "ledger.sqlite3"
+
+
+# ----------------------------------------------------------------------------------------------
+# process identity (crash recovery)
+
+
+def process_identity(pid: int) -> str | None:
+    """An identity of the running process ``pid`` that changes when the pid is reused.
+
+    Linux: ``linux:<boot id>:<start time in clock ticks>`` from ``/proc``; Windows: the creation
+    FILETIME; other POSIX systems: the start time ``ps -o lstart`` prints. None when the process
+    is not running or its identity cannot be read.
+    """
+    return _probe(pid)[1]
+
+
+def process_alive(pid: int, identity: str | None) -> bool:
+    """Whether ``pid`` still runs *as the process that recorded* ``identity``.
+
+    A pid that runs with a different identity was reused: the recorded process is gone. When
+    either identity is unknown, a running pid counts as alive (never interrupt a live request).
+    """
+    alive, current = _probe(pid)
+    if not alive:
+        return False
+    return identity is None or current is None or identity == current
+
+
+def _probe(pid: int) -> tuple[bool, str | None]:
+    """``(running, identity or None)`` for ``pid``; zombies count as not running."""
+    if pid <= 0:
+        return False, None
+    if sys.platform.startswith("linux"):
+        return _probe_linux(pid)
+    if sys.platform == "win32":
+        return _probe_windows(pid)
+    return _probe_ps(pid)
+
+
+_boot_id: str | None = None
+
+
+def _linux_boot_id() -> str:
+    global _boot_id
+    if _boot_id is None:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+                _boot_id = f.read().strip()
+        except OSError:
+            _boot_id = "?"
+    return _boot_id
+
+
+def _probe_linux(pid: int) -> tuple[bool, str | None]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return False, None
+    except OSError:  # /proc mounted with hidepid: fall back to a signal probe
+        return _signal_alive(pid), None
+    # The command name (field 2) is in parentheses and may itself contain ") ": split at the last one.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    if not fields or fields[0] in (b"Z", b"X", b"x"):
+        return False, None
+    return True, f"linux:{_linux_boot_id()}:{int(fields[19])}"  # field 22: starttime
+
+
+def _signal_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # POSIX only: signal 0 checks existence without delivering anything
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _probe_ps(pid: int) -> tuple[bool, str | None]:
+    if not _signal_alive(pid):
+        return False, None
+    try:
+        out = subprocess.run(
+            ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return True, None
+    if not out:
+        return _signal_alive(pid), None
+    state, _, started = out.partition(" ")
+    if state.startswith("Z"):
+        return False, None
+    return True, "ps:" + " ".join(started.split())
+
+
+def _probe_windows(pid: int) -> tuple[bool, str | None]:  # pragma: no cover - exercised on Windows only
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenProcess.restype = wintypes.HANDLE
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.get_last_error() == 5, None  # ERROR_ACCESS_DENIED: it exists
+    try:
+        code = wintypes.DWORD()
+        if kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) and code.value != 259:  # STILL_ACTIVE
+            return False, None
+        times = [wintypes.FILETIME() for _ in range(4)]
+        if not kernel32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
+            return True, None
+        created = times[0]
+        return True, f"win:{(created.dwHighDateTime << 32) | created.dwLowDateTime}"
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+_own_identity: dict[int, str | None] = {}
+
+
+def _my_identity() -> tuple[int, str | None]:
+    pid = os.getpid()  # re-read every time: a forked child has a new pid and identity
+    if pid not in _own_identity:
+        _own_identity[pid] = process_identity(pid)
+    return pid, _own_identity[pid]
+
+
+# ----------------------------------------------------------------------------------------------
+# from GTL events to finish() arguments
+
+
+def finish_fields(end: Done | Error, usage: Usage | None = None) -> dict[str, Any]:
+    """The ``Ledger.finish`` keyword arguments that a session's last event (and usage) imply.
+
+    ``done`` → ``ok``; an ``error`` with code ``CANCELLED`` → ``cancelled``; any other error →
+    ``error`` with its code. ``failover_path`` is not in the events: pass it yourself.
+    """
+    fields: dict[str, Any] = {}
+    if isinstance(end, Done):
+        fields.update(status="ok", deployment=end.provider, model=end.model, ttft_ms=end.ttft_ms,
+                      latency_ms=end.latency_ms)
+    else:
+        fields.update(status="cancelled" if end.code == "CANCELLED" else "error", error_code=end.code,
+                      deployment=end.provider)
+    if usage is not None:
+        fields.update(
+            tokens_in=usage.tokens_in,
+            tokens_out=usage.tokens_out,
+            cached_tokens_in=usage.cached_tokens_in,
+            reasoning_tokens_out=usage.reasoning_tokens_out,
+            cost=usage.cost,
+            cache_hit=usage.cache_hit,
+        )
+    return fields
+
+
+# ----------------------------------------------------------------------------------------------
+# the ledger
+
+_INSERT = (
+    f"INSERT INTO {TABLE} (time, time_utc, session_id, user, deployment, provider_type, model, status, "
+    "cache_hit, coalesced, failover_path, pid, proc_start, hostname) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 'started', ?, ?, ?, ?, ?, ?)"
+)
+
+# One UPDATE completes a row; the status guard makes a second finish change nothing.
+_FINISH = (
+    f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, "
+    "deployment = COALESCE(?, deployment), provider_type = COALESCE(?, provider_type), "
+    "model = COALESCE(?, model), tokens_in = ?, tokens_out = ?, cached_tokens_in = ?, "
+    "reasoning_tokens_out = ?, cost = ?, ttft_ms = ?, latency_ms = COALESCE(?, (? - time) * 1000.0), "
+    "cache_hit = COALESCE(?, cache_hit), coalesced = COALESCE(?, coalesced), "
+    "failover_path = COALESCE(?, failover_path) "
+    "WHERE id = ? AND status = 'started'"
+)
+
+
+class Ledger:
+    """The usage ledger in one SQLite file (see the module docstring and ``docs/ledger.md``).
+
+    ``Ledger()`` opens the default file (``default_ledger_path()``), ``Ledger(path)`` another one,
+    ``Ledger(":memory:")`` a private in-memory database for tests. Opening creates the file and
+    its directory, migrates it to the current schema and recovers rows of crashed processes.
+
+    ``clock`` gives wall-clock unix seconds for rows written without ``now``; ``busy_timeout`` is
+    SQLite's own wait for a lock (seconds); ``retry_for`` bounds the retries beyond it.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+        retry_for: float = 60.0,
+    ) -> None:
+        if path is None:
+            path = default_ledger_path()
+        self.path: str | Path = MEMORY if str(path) == MEMORY else Path(path)
+        self.hostname = platform.node() or "localhost"
+        self._memory = self.path == MEMORY
+        self._clock = clock
+        self._busy_timeout = busy_timeout
+        self._retry_for = retry_for
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_pid = 0
+        self._closed = False
+        if hasattr(os, "register_at_fork"):
+            # A fork while another thread holds the lock would leave the child's copy locked forever.
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _reset_lock(ref))
+        if not self._memory:
+            _create_private_file(Path(self.path))
+        try:
+            self._write(ledger_migrations.migrate)
+            self.recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def start(
+        self,
+        *,
+        session_id: str | None = None,
+        user: str | None = None,
+        deployment: str | None = None,
+        provider_type: str | None = None,
+        model: str | None = None,
+        cache_hit: bool = False,
+        coalesced: bool = False,
+        failover_path: Sequence[str] | None = None,
+        now: float | None = None,
+    ) -> int:
+        """Insert the row of a request about to be sent, status ``started``; return its id."""
+        when = self._clock() if now is None else float(now)
+        pid, identity = _my_identity()
+        values = (
+            when, _iso(when), session_id, user, deployment, provider_type, model,
+            int(bool(cache_hit)), int(bool(coalesced)), _path_json(failover_path),
+            pid, identity, self.hostname,
+        )
+        return self._write(lambda conn: int(conn.execute(_INSERT, values).lastrowid or 0))
+
+    def finish(
+        self,
+        row_id: int,
+        *,
+        status: str,
+        error_code: str | None = None,
+        deployment: str | None = None,
+        provider_type: str | None = None,
+        model: str | None = None,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+        cached_tokens_in: int | None = None,
+        reasoning_tokens_out: int | None = None,
+        cost: float | None = None,
+        ttft_ms: float | None = None,
+        latency_ms: float | None = None,
+        cache_hit: bool | None = None,
+        coalesced: bool | None = None,
+        failover_path: Sequence[str] | None = None,
+        now: float | None = None,
+    ) -> None:
+        """Complete a ``started`` row with its outcome, in exactly one UPDATE.
+
+        ``status`` is ``ok``, ``error``, ``cancelled`` or ``interrupted``. ``deployment``,
+        ``provider_type``, ``model``, ``cache_hit``, ``coalesced`` and ``failover_path`` overwrite
+        the values given to ``start`` only when not None (failover changes the deployment). Token
+        counts, cost and timings are stored as given (None = unknown); ``latency_ms`` defaults to
+        the wall-clock time since ``start``.
+
+        Raises ``LedgerStateError`` (and changes nothing) when the row does not exist or is no
+        longer ``started`` — finished already, or marked ``interrupted`` by recovery.
+        """
+        if status not in FINAL_STATUSES:
+            allowed = ", ".join(FINAL_STATUSES)
+            raise LedgerValueError(f"finish status must be one of {allowed}, not {status!r}")
+        when = self._clock() if now is None else float(now)
+        values = (
+            status, when, error_code, deployment, provider_type, model,
+            tokens_in, tokens_out, cached_tokens_in, reasoning_tokens_out, cost, ttft_ms, latency_ms, when,
+            _optional_bool(cache_hit), _optional_bool(coalesced), _path_json(failover_path), int(row_id),
+        )
+
+        def update(conn: sqlite3.Connection) -> str | None:
+            if conn.execute(_FINISH, values).rowcount == 1:
+                return None
+            found = conn.execute(f"SELECT status FROM {TABLE} WHERE id = ?", (int(row_id),)).fetchone()
+            return "missing" if found is None else str(found[0])
+
+        previous = self._write(update)
+        if previous == "missing":
+            raise LedgerStateError(f"ledger row {row_id} does not exist")
+        if previous is not None:
+            raise LedgerStateError(
+                f"ledger row {row_id} is already {previous}; it cannot be finished as {status}"
+            )
+
+    def recover(self) -> int:
+        """Mark ``interrupted`` this host's ``started`` rows whose process is gone; return how many.
+
+        Runs when the ledger is opened. A process is gone when its pid is not running (or is a
+        zombie), or runs with another identity (the pid was reused). Rows of other hostnames are
+        left alone: this host cannot see their processes.
+        """
+        writers = self._read(
+            lambda conn: conn.execute(
+                f"SELECT DISTINCT pid, proc_start FROM {TABLE} "
+                "WHERE status = 'started' AND hostname = ? AND pid IS NOT NULL",
+                (self.hostname,),
+            ).fetchall()
+        )
+        # Judge processes outside any transaction (probing may run `ps`), then update in one.
+        gone = [(int(pid), identity) for pid, identity in writers if not process_alive(int(pid), identity)]
+        if not gone:
+            return 0
+        when = self._clock()
+
+        def mark(conn: sqlite3.Connection) -> int:
+            changed = 0
+            for pid, identity in gone:
+                changed += conn.execute(
+                    f"UPDATE {TABLE} SET status = 'interrupted', end_time = ? "
+                    "WHERE status = 'started' AND hostname = ? AND pid = ? AND proc_start IS ?",
+                    (when, self.hostname, pid, identity),
+                ).rowcount
+            return changed
+
+        count = self._write(mark)
+        if count:
+            log.info("ledger %s: %d request(s) of ended processes marked interrupted", self.path, count)
+        return count
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def row(self, row_id: int) -> dict[str, Any] | None:
+        """One row as a dict (SQL values; ``failover_path`` as a list, the flags as bool), or None."""
+        found = self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(COLUMN_NAMES)} FROM {TABLE} WHERE id = ?", (int(row_id),)
+            ).fetchone()
+        )
+        if found is None:
+            return None
+        record = dict(zip(COLUMN_NAMES, found, strict=True))
+        record["failover_path"] = _path_list(record["failover_path"])
+        record["cache_hit"] = bool(record["cache_hit"])
+        record["coalesced"] = bool(record["coalesced"])
+        return record
+
+    def totals(
+        self, user: str | None = None, since: float | None = None, *, until: float | None = None
+    ) -> Totals:
+        """``(requests, tokens_in + tokens_out, cost)`` of rows started in ``[since, until)``.
+
+        Every row counts as a request, whatever its status (in-flight ones too); unknown token
+        counts count as 0; cost sums the known costs only (0.0 when none is known). ``user=None``
+        means every user; times are unix seconds.
+        """
+        filters: dict[str, Any] = {"since": since, "until": until}
+        if user is not None:
+            filters["user"] = user
+        where, params = _where(filters)
+        found = self._read(
+            lambda conn: conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0), "
+                f"COALESCE(SUM(cost), 0.0) FROM {TABLE}{where}",
+                params,
+            ).fetchone()
+        )
+        return Totals(int(found[0]), int(found[1]), float(found[2]))
+
+    def spend_today(self, user: str | None = None, now: float | None = None) -> float:
+        """USD spent by ``user`` (None: everyone) on requests started in the UTC day of ``now``."""
+        when = self._clock() if now is None else float(now)
+        day = math.floor(when / DAY) * DAY  # unix time has no leap seconds: days are exact multiples
+        return self.totals(user, since=day, until=day + DAY).cost
+
+    def to_dataframe(self, **filters: Any) -> pandas.DataFrame:
+        """The ledger as a pandas DataFrame, one row per request in id order.
+
+        Filters: any column name with a value (``status="ok"``), None (``IS NULL``) or a list of
+        values (``status=["error", "cancelled"]``); ``since`` / ``until`` bound the start time
+        (unix seconds or an aware ``datetime``; ``until`` excluded). Columns and dtypes are
+        ``ledger_schema.DTYPES``: integers ``Int64``, floats ``float64``, flags ``boolean``, times
+        ``datetime64[ns, UTC]``, text ``string``, ``failover_path`` a list (object).
+        """
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - pandas is a dependency, but be explicit
+            raise LedgerError("to_dataframe needs pandas: pip install pandas") from None
+        where, params = _where(filters)
+        columns = [name for name in COLUMN_NAMES if name in DTYPES]
+        rows = self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(columns)} FROM {TABLE}{where} ORDER BY id", params
+            ).fetchall()
+        )
+        return pd.DataFrame(
+            {name: _series(pd, name, [row[i] for row in rows]) for i, name in enumerate(columns)}
+        )
+
+    @property
+    def schema_version(self) -> int:
+        """How many migrations the file has had (``PRAGMA user_version``)."""
+        return self._read(ledger_migrations.user_version)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the writer connection; later calls raise ``LedgerStateError``."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None and self._conn_pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<gtl_nb Ledger {str(self.path)!r}>"
+
+    # -- connections and transactions ---------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions, we BEGIN and COMMIT ourselves.
+        return sqlite3.connect(
+            str(self.path), timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
+        )
+
+    def _writer(self) -> sqlite3.Connection:
+        """The single writer connection (caller holds the lock); reopened in a forked child."""
+        if self._closed:
+            raise LedgerStateError(f"the ledger {self.path} is closed")
+        if self._conn is None or (not self._memory and self._conn_pid != os.getpid()):
+            # A connection must not cross fork(): a child opens its own and keeps the parent's
+            # unused and referenced, so garbage collection never closes it under the parent.
+            if self._conn is not None:
+                _INHERITED.append(self._conn)
+            self._conn = self._retrying(self._open_writer)
+            self._conn_pid = os.getpid()
+        return self._conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        try:
+            if not self._memory:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":  # e.g. a network file system without shared memory
+                    log.warning(
+                        "ledger %s: journal mode %s, not WAL; readers may wait for writers", self.path, mode
+                    )
+                # In WAL mode NORMAL is safe against application crashes; only power loss may drop
+                # the last transactions.
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""
+        with self._lock:
+            def attempt() -> T:
+                conn = self._writer()
+                conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not mid-transaction
+                try:
+                    result = work(conn)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+                return result
+
+            return self._retrying(attempt)
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on a reader connection of its own (WAL readers never block writers)."""
+        if self._memory:  # an in-memory database exists only in its one connection
+            with self._lock:
+                return self._retrying(lambda: work(self._writer()))
+        if self._closed:
+            raise LedgerStateError(f"the ledger {self.path} is closed")
+
+        def attempt() -> T:
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA query_only = ON")
+                return work(conn)
+            finally:
+                conn.close()
+
+        return self._retrying(attempt)
+
+    def _retrying(self, operation: Callable[[], T]) -> T:
+        """Run ``operation``, retrying with jittered backoff while SQLite reports busy/locked."""
+        deadline = time.monotonic() + self._retry_for
+        delay = 0.002
+        while True:
+            try:
+                return operation()
+            except sqlite3.Error as exc:
+                if not _is_busy(exc):
+                    raise LedgerError(f"ledger {self.path}: {exc}") from exc
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LedgerBusyError(
+                        f"ledger {self.path} stayed busy for {self._retry_for:g} s; another process holds "
+                        "its write lock"
+                    ) from None
+                log.debug("ledger %s busy (%s); retrying", self.path, exc)
+                time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
+                delay = min(delay * 2, 0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the directory and an empty file readable by the owner only, unless they exist.
+
+    SQLite gives the ``-wal`` and ``-shm`` files the database file's permissions.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise LedgerError(f"cannot create the ledger file {path}: {exc}") from exc
+    os.close(fd)
+
+
+def _reset_lock(ref: weakref.ref[Ledger]) -> None:
+    ledger = ref()
+    if ledger is not None:
+        ledger._lock = threading.RLock()
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def _iso(seconds: float) -> str:
+    stamp = datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def _optional_bool(value: bool | None) -> int | None:
+    return None if value is None else int(bool(value))
+
+
+def _path_json(path: Sequence[str] | str | None) -> str | None:
+    if path is None:
+        return None
+    if isinstance(path, str):  # one deployment, not a sequence of characters
+        path = [path]
+    return json.dumps([str(step) for step in path])
+
+
+def _path_list(text: str | None) -> list[str] | None:
+    return None if text is None else list(json.loads(text))
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise LedgerValueError("since/until datetimes must be timezone-aware (UTC is safest)")
+        return value.timestamp()
+    return float(value)
+
+
+def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause from keyword filters; column names come from the schema, values are bound."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in filters.items():
+        if key in ("since", "until"):
+            if value is not None:
+                clauses.append("time >= ?" if key == "since" else "time < ?")
+                params.append(_seconds(value))
+        elif key not in COLUMN_NAMES:
+            raise LedgerValueError(
+                f"unknown ledger filter {key!r}; use since, until or a column: {', '.join(COLUMN_NAMES)}"
+            )
+        elif value is None:
+            clauses.append(f"{key} IS NULL")
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            values = [_bindable(v) for v in value]
+            clauses.append(f"{key} IN ({', '.join('?' * len(values))})" if values else "0")
+            params.extend(values)
+        else:
+            clauses.append(f"{key} = ?")
+            params.append(_bindable(value))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _bindable(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _series(pd: Any, name: str, values: Iterable[Any]) -> Any:
+    """One DataFrame column with the dtype ``ledger_schema`` fixes for it."""
+    dtype = DTYPES[name]
+    values = list(values)
+    if dtype == DATETIME:
+        seconds = pd.Series(values, dtype="float64")
+        return pd.to_datetime(seconds, unit="s", utc=True).astype(DATETIME)
+    if dtype == "boolean":
+        return pd.Series([None if v is None else bool(v) for v in values], dtype="boolean")
+    if dtype == LIST:
+        return pd.Series([_path_list(v) for v in values], dtype="object")
+    return pd.Series(values, dtype=dtype)

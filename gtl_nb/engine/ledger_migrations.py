@@ -1,0 +1,92 @@
+"""Ordered, versioned migrations of the usage ledger.
+
+``PRAGMA user_version`` holds how many migrations a file has had. ``MIGRATIONS[i]`` takes a file
+from version ``i`` to ``i + 1``; ``migrate`` runs the missing ones and bumps the version, inside
+the write transaction its caller opened (SQLite DDL is transactional, so two processes opening a
+new file at once cannot both apply a step: the second sees the version the first committed).
+
+To add a column later, append a function (``ALTER TABLE requests ADD COLUMN ...``, with a default
+or NULL) — never edit a released one — and describe the column in ``ledger_schema.COLUMNS``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+
+from gtl_nb.log import get_logger
+
+log = get_logger("engine.ledger")
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _m001_create_requests(conn: sqlite3.Connection) -> None:
+    """The ``requests`` table: one row per request, inserted at start and updated once at the end."""
+    conn.execute(
+        """
+        CREATE TABLE requests (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            time REAL NOT NULL,
+            time_utc TEXT NOT NULL,
+            end_time REAL,
+            session_id TEXT,
+            user TEXT,
+            deployment TEXT,
+            provider_type TEXT,
+            model TEXT,
+            status TEXT NOT NULL DEFAULT 'started',
+            error_code TEXT,
+            tokens_in INTEGER,
+            tokens_out INTEGER,
+            cached_tokens_in INTEGER,
+            reasoning_tokens_out INTEGER,
+            cost REAL,
+            ttft_ms REAL,
+            latency_ms REAL,
+            cache_hit INTEGER NOT NULL DEFAULT 0,
+            coalesced INTEGER NOT NULL DEFAULT 0,
+            failover_path TEXT,
+            pid INTEGER,
+            proc_start TEXT,
+            hostname TEXT
+        )
+        """
+    )
+    # Budgets sum by time (and user); recovery looks only at rows still started.
+    conn.execute("CREATE INDEX requests_time ON requests (time)")
+    conn.execute("CREATE INDEX requests_user_time ON requests (user, time)")
+    conn.execute("CREATE INDEX requests_session ON requests (session_id)")
+    conn.execute("CREATE INDEX requests_started ON requests (hostname, pid) WHERE status = 'started'")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_m001_create_requests,)
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    """The number of migrations applied to the open database."""
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = None) -> tuple[int, int]:
+    """Apply the missing ``migrations`` (default: ``MIGRATIONS``); return ``(version before, after)``.
+
+    The caller must hold a write transaction (``BEGIN IMMEDIATE``). A file that is newer than
+    this code (written by a later gtl_nb) is left as it is, with a warning: migrations only add
+    columns, so this code can still read and write the columns it knows.
+    """
+    if migrations is None:
+        migrations = MIGRATIONS  # looked up at call time
+    before = user_version(conn)
+    target = len(migrations)
+    if before > target:
+        log.warning(
+            "ledger schema version %d is newer than this gtl_nb knows (%d); using it as is", before, target
+        )
+        return before, before
+    for index in range(before, target):
+        log.debug("ledger migration %d: %s", index + 1, migrations[index].__name__)
+        migrations[index](conn)
+    if target != before:
+        conn.execute(f"PRAGMA user_version = {int(target)}")  # pragmas take no bound parameters
+    return before, target

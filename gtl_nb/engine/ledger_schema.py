@@ -1,0 +1,62 @@
+"""The usage ledger's table as data: every column, its SQL type, its pandas dtype and its meaning.
+
+This is the *current* shape of the ``requests`` table, the one readers rely on; the migrations in
+``ledger_migrations`` build it step by step and a test checks that both agree. ``docs/ledger.md``
+is the prose version of this table.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+TABLE = "requests"
+
+#: Every status a row can have. ``started`` is the only non-final one.
+STATUSES: tuple[str, ...] = ("started", "ok", "error", "cancelled", "interrupted")
+#: The statuses ``Ledger.finish`` accepts.
+FINAL_STATUSES: tuple[str, ...] = STATUSES[1:]
+
+
+class Column(NamedTuple):
+    """One column of the ``requests`` table."""
+
+    name: str
+    sql: str  # SQLite storage type
+    dtype: str | None  # pandas dtype in ``Ledger.to_dataframe``; None = not in the DataFrame
+    doc: str
+
+
+# "time" dtypes come from REAL unix seconds; "list" is a JSON array turned into a Python list.
+DATETIME = "datetime64[ns, UTC]"
+LIST = "object"
+
+COLUMNS: tuple[Column, ...] = (
+    Column("id", "INTEGER", "Int64", "row id, increasing in insertion order (the handle start() returns)"),
+    Column("time", "REAL", DATETIME, "when the request started: unix seconds (UTC) in SQL"),
+    Column("time_utc", "TEXT", None, "the same instant as ISO-8601 UTC text, e.g. 2024-05-01T12:00:00.250Z"),
+    Column("end_time", "REAL", DATETIME, "when the row was finished or marked interrupted; NULL if started"),
+    Column("session_id", "TEXT", "string", "the GTL session id"),
+    Column("user", "TEXT", "string", "who made the request (the client's or the gateway's user name)"),
+    Column("deployment", "TEXT", "string", "the deployment that answered (the last one tried on failover)"),
+    Column("provider_type", "TEXT", "string", "that deployment's provider type: openai, anthropic, ..."),
+    Column("model", "TEXT", "string", "the model asked of that deployment (as the provider named it)"),
+    Column("status", "TEXT", "string", "started, ok, error, cancelled or interrupted"),
+    Column("error_code", "TEXT", "string", "the GTL error code (RATE_LIMIT, CANCELLED, ...) when not ok"),
+    Column("tokens_in", "INTEGER", "Int64", "input tokens as the provider reported them; NULL = unknown"),
+    Column("tokens_out", "INTEGER", "Int64", "output tokens as reported; NULL = not reported"),
+    Column("cached_tokens_in", "INTEGER", "Int64", "input tokens served from the provider's prompt cache"),
+    Column("reasoning_tokens_out", "INTEGER", "Int64", "output tokens spent on reasoning"),
+    Column("cost", "REAL", "float64", "cost in USD; NULL when unknown (no price or no token counts)"),
+    Column("ttft_ms", "REAL", "float64", "milliseconds to the first token, reasoning or tool call"),
+    Column("latency_ms", "REAL", "float64", "milliseconds from start to the end of the session"),
+    Column("cache_hit", "INTEGER", "boolean", "1 when the answer came from gtl_nb's response cache"),
+    Column("coalesced", "INTEGER", "boolean", "1 when the request joined an identical one already in flight"),
+    Column("failover_path", "TEXT", LIST, 'the deployments tried, in order, as a JSON array: ["a", "b"]'),
+    Column("pid", "INTEGER", "Int64", "process id of the writer (crash recovery)"),
+    Column("proc_start", "TEXT", "string", "the writer process's identity across pid reuse (see docs)"),
+    Column("hostname", "TEXT", "string", "host of the writer; recovery only judges rows of its own host"),
+)
+
+COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
+#: The columns ``Ledger.to_dataframe`` returns, in order, with their pandas dtypes.
+DTYPES: dict[str, str] = {column.name: column.dtype for column in COLUMNS if column.dtype is not None}

@@ -1,0 +1,109 @@
+"""Every request leaves exactly one ledger row, whatever way it ends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.protocol import AuthenticationError, Token
+
+
+@pytest.fixture
+def ledger_path(tmp_path):
+    return tmp_path / "ledger.sqlite3"
+
+
+def rows(path):
+    return Ledger(path).to_dataframe()
+
+
+def test_ok_error_and_cancelled_requests_each_leave_one_row(ledger_path):
+    with sim.running("openai") as url:
+        client = gtl_nb.connect(
+            providers={"openai": {"api_key": "sim-key", "base_url": url}, "echo": {"options": {"pace": 0.01}}},
+            ledger=ledger_path,
+            user="ada",
+            environ={},
+        )
+        ok = client.complete("gpt-4o-mini", "hello")
+        bad = gtl_nb.connect(providers={"openai": {"api_key": "nope", "base_url": url}}, ledger=ledger_path, environ={})
+        with pytest.raises(AuthenticationError):
+            bad.complete("gpt-4o-mini", "hello")
+        stream = client.stream("echo", "cancel me after one token")
+        for event in stream:
+            if isinstance(event, Token):
+                break
+        client.close()
+        bad.close()
+    frame = rows(ledger_path).set_index("session_id")
+    assert len(frame) == 3
+    row = frame.loc[ok.session_id]
+    assert row["status"] == "ok" and row["user"] == "ada"
+    assert row["deployment"] == "openai" and row["provider_type"] == "openai" and row["model"] == "gpt-4o-mini"
+    assert row["tokens_in"] == ok.usage.tokens_in and row["tokens_out"] == ok.usage.tokens_out
+    assert row["cost"] == pytest.approx(ok.cost)
+    assert row["latency_ms"] > 0
+    statuses = sorted(frame["status"])
+    assert statuses == ["cancelled", "error", "ok"]
+    assert frame[frame["status"] == "error"]["error_code"].iloc[0] == "AUTH_FAILED"
+    assert frame.loc[stream.session_id]["error_code"] == "CANCELLED"
+
+
+def test_failover_path_is_recorded(ledger_path):
+    with sim.running("openai", faults=sim.Fault.http(503)) as broken, sim.running("anthropic") as healthy:
+        client = gtl_nb.connect(
+            providers={
+                "openai": {"api_key": "sim-key", "base_url": broken},
+                "anthropic": {"api_key": "sim-key", "base_url": healthy},
+            },
+            ledger=ledger_path,
+            environ={},
+        )
+        answer = client.complete("gpt-4o-mini", "hi", providers=["openai", "anthropic:claude-sonnet-4-5"])
+        client.close()
+    assert answer.provider == "anthropic"
+    row = rows(ledger_path).iloc[0]
+    assert row["deployment"] == "anthropic" and row["status"] == "ok"
+    assert "openai" in row["failover_path"] and "anthropic" in row["failover_path"]
+
+
+KILLED = textwrap.dedent(
+    """
+    import sys, gtl_nb
+    from gtl_nb.protocol import Token
+    client = gtl_nb.connect(providers={"openai": {"api_key": "sim-key", "base_url": sys.argv[1]}},
+                            ledger=sys.argv[2], environ={})
+    for event in client.stream("gpt-4o-mini", "a slow answer"):
+        if isinstance(event, Token):
+            print("first token", flush=True)
+            break_here = sys.stdin.read()  # wait to be killed
+    """
+)
+
+
+def test_a_process_killed_mid_stream_leaves_one_interrupted_row(ledger_path):
+    with sim.running("openai", pace=0.2) as url:
+        child = subprocess.Popen(
+            [sys.executable, "-c", KILLED, url, str(ledger_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout.readline().strip() == "first token"
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(10)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    frame = rows(ledger_path)  # opening the ledger recovers rows of dead processes
+    assert len(frame) == 1
+    assert frame.iloc[0]["status"] == "interrupted"
