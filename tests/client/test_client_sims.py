@@ -89,7 +89,7 @@ def test_streamed_text(setup):
 
 
 def test_non_streaming_gives_the_same_answer(setup):
-    provider, model, simulator, client = setup
+    _provider, model, _simulator, client = setup
     streamed = client.complete(model, "Same answer both ways?")
     whole = client.complete(model, "Same answer both ways?", stream=False)
     assert whole.text == streamed.text
@@ -97,7 +97,7 @@ def test_non_streaming_gives_the_same_answer(setup):
 
 
 def test_tool_calls_and_results_round_trip(setup):
-    provider, model, simulator, client = setup
+    _provider, model, _simulator, client = setup
     first = client.complete(model, "What is the weather in Oslo?", tools=[WEATHER])
     assert first.finish_reason == "tool_calls"
     assert [c.name for c in first.tool_calls] == ["get_weather"]
@@ -113,7 +113,7 @@ def test_tool_calls_and_results_round_trip(setup):
 
 
 def test_priced_models_get_a_cost_from_the_catalog(setup):
-    provider, model, simulator, client = setup
+    provider, model, _simulator, client = setup
     answer = client.complete(model, "How much does this cost?")
     info = client.catalog.model(provider, model)
     if info is not None and info.cost_per_1k_input is not None and info.cost_per_1k_output is not None:
@@ -156,7 +156,7 @@ def test_rate_limit_carries_retry_after(provider):
 
 
 def test_live_model_listing(setup):
-    provider, model, simulator, client = setup
+    provider, _model, _simulator, client = setup
     names = client.list_models(provider)
     assert isinstance(names, list) and names
     assert all(isinstance(name, str) for name in names)
