@@ -12,7 +12,6 @@ print their GTL code and exit with status 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,8 +20,12 @@ from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gtl", description="gtl_nb: every AI provider through one protocol.")
-    parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
+    parser = argparse.ArgumentParser(
+        prog="gtl", description="gtl_nb: every AI provider through one protocol."
+    )
+    parser.add_argument(
+        "--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)"
+    )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -33,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--system", "-s", help="system prompt")
     complete.add_argument("--temperature", "-t", type=float)
     complete.add_argument("--max-tokens", type=int)
-    complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
+    complete.add_argument(
+        "--reasoning", action="store_true", help="show the model's reasoning when it has one"
+    )
     complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")
     complete.set_defaults(handler=_complete)
 
@@ -140,8 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `gtl ... | head`
         return 0
-
-
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,6 +116,9 @@ class Client:
             catalog=catalog,
             timeouts=Timeouts.from_config(self.config.timeouts),
             ledger=self.ledger,
+            routing=self.config.routing,
+            cache=self.config.cache,
+            budgets=self.config.budgets,
         )
         self._closed = False
 
@@ -174,9 +177,7 @@ class Client:
     @property
     def default_model(self) -> str:
         defaults = getattr(self.config, "defaults", None) or {}
-        return (
-            defaults.get("model") if isinstance(defaults, dict) else getattr(defaults, "model", None)
-        ) or "echo"
+        return (defaults.get("model") if isinstance(defaults, dict) else getattr(defaults, "model", None)) or "echo"
 
     def complete(
         self,
@@ -232,6 +233,89 @@ class Client:
         self.engine.router.targets(request)
         return AsyncEventStream(self, request, on_event)
 
+    def batch(
+        self,
+        requests: Iterable[str | dict[str, Any] | CompletionRequest],
+        *,
+        concurrency: int = 8,
+        progress: bool = True,
+        **defaults: Any,
+    ) -> list[Completion | GTLError]:
+        """Run many requests with at most ``concurrency`` at once; results in input order.
+
+        Each item is a prompt string, a dict of ``complete()`` keyword arguments, or a
+        ``CompletionRequest``; ``defaults`` (``model=``, ``system=`` …) apply to strings and dicts.
+        A failed item gives its exception in its slot instead of a ``Completion``.
+        """
+        prepared = self._prepare_batch(requests, defaults)
+        return self._loop.run(self._run_batch(prepared, concurrency, progress))
+
+    async def abatch(
+        self,
+        requests: Iterable[str | dict[str, Any] | CompletionRequest],
+        *,
+        concurrency: int = 8,
+        progress: bool = True,
+        **defaults: Any,
+    ) -> list[Completion | GTLError]:
+        """Async twin of ``batch``."""
+        prepared = self._prepare_batch(requests, defaults)
+        future = self._loop.submit(self._run_batch(prepared, concurrency, progress))
+        return await asyncio.wrap_future(future)
+
+    def _prepare_batch(self, requests: Iterable[Any], defaults: dict[str, Any]) -> list[CompletionRequest | GTLError]:
+        if concurrency_error := [k for k in ("on_event", "session_id") if k in defaults]:
+            raise InvalidRequestError(f"batch() does not take {concurrency_error[0]}")
+        out: list[CompletionRequest | GTLError] = []
+        for item in requests:
+            try:
+                if isinstance(item, CompletionRequest):
+                    request = item
+                elif isinstance(item, str):
+                    request = self.request(messages=item, **defaults)
+                elif isinstance(item, dict):
+                    request = self.request(**{**defaults, **item})
+                else:
+                    raise InvalidRequestError(f"a batch item must be a str, dict or CompletionRequest, not {item!r}")
+                self.engine.router.targets(request)
+                out.append(request)
+            except GTLError as exc:
+                out.append(exc)
+        return out
+
+    async def _run_batch(
+        self, prepared: list[CompletionRequest | GTLError], concurrency: int, show_progress: bool
+    ) -> list[Completion | GTLError]:
+        from gtl_nb.progress import Progress
+
+        if concurrency < 1:
+            raise InvalidRequestError("concurrency must be at least 1")
+        bar = Progress(len(prepared), "gtl batch") if show_progress and prepared else None
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(item: CompletionRequest | GTLError) -> Completion | GTLError:
+            if isinstance(item, GTLError):
+                result: Completion | GTLError = item
+            else:
+                async with gate:
+                    transcript = Transcript(session_id=item.session_id)
+                    async for event in self.engine.stream(item, user=self.user):
+                        transcript.add(event)
+                    if transcript.error is not None:
+                        result = error_from_event(transcript.error)
+                    else:
+                        provider = transcript.done.provider if transcript.done else None
+                        result = Completion.from_transcript(transcript, self.provider_type(provider))
+            if bar is not None:
+                bar.advance(ok=not isinstance(result, GTLError))
+            return result
+
+        try:
+            return list(await asyncio.gather(*(one(item) for item in prepared)))
+        finally:
+            if bar is not None:
+                bar.close()
+
     def as_ask(self, model: str | None = None, **kwargs: Any) -> Callable[[str], str]:
         """A plain ``prompt -> answer text`` function (for ``gap.suggest_definitions(ask=...)``)."""
 
@@ -253,6 +337,10 @@ class Client:
     def list_models(self, deployment: str) -> list[str]:
         """Ask the provider itself which models it offers (``GET /v1/models`` and the like)."""
         return self._loop.run(self.engine.list_models(deployment), timeout=120)
+
+    def breakers(self) -> dict[str, dict[str, Any]]:
+        """Each deployment's circuit breaker: state, failures, error rate, when it may be tried again."""
+        return self.engine.breaker_states()
 
     def provider_type(self, deployment: str | None) -> str | None:
         found = self.engine.deployments.get(deployment or "")
@@ -310,9 +398,7 @@ async def _pump(
         raise
     except Exception as exc:  # a bug must still end the session
         if not ended:
-            deliver(
-                Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
-            )
+            deliver(Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
         raise
 
 
@@ -339,9 +425,7 @@ class _StreamBase:
     def completion(self) -> Completion:
         """What arrived so far, as a ``Completion`` (complete once the stream finished)."""
         done = self.transcript.done
-        provider = (
-            done.provider if done else (self.transcript.error.provider if self.transcript.error else None)
-        )
+        provider = done.provider if done else (self.transcript.error.provider if self.transcript.error else None)
         return Completion.from_transcript(self.transcript, self.client.provider_type(provider))
 
     def result(self) -> Completion:
@@ -380,9 +464,7 @@ class EventStream(_StreamBase):
             try:
                 self._record(self._queue.get(timeout=5))
             except queue.Empty:  # pragma: no cover - the loop thread is wedged
-                self._record(
-                    Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller")
-                )
+                self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
 
     def close(self) -> None:
         """Stop the session (a ``CANCELLED`` error ends it) unless it already finished."""
@@ -437,9 +519,7 @@ class AsyncEventStream(_StreamBase):
         finally:
             if not self.finished:
                 self._future.cancel()
-                self._record(
-                    Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller")
-                )
+                self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,9 +556,7 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     for call in calls:
         if isinstance(call, dict) and isinstance(call.get("function"), dict):
             fn = call["function"]
-            flat.append(
-                {"id": call.get("id", ""), "name": fn.get("name", ""), "arguments": fn.get("arguments", "{}")}
-            )
+            flat.append({"id": call.get("id", ""), "name": fn.get("name", ""), "arguments": fn.get("arguments", "{}")})
         else:
             flat.append(call)
     return {**item, "tool_calls": flat}

@@ -42,7 +42,8 @@ class Completion:
         return cls(
             text=transcript.text,
             session_id=transcript.session_id,
-            provider=(done.provider if done else None) or (transcript.error.provider if transcript.error else None),
+            provider=(done.provider if done else None)
+            or (transcript.error.provider if transcript.error else None),
             model=done.model if done else None,
             finish_reason=done.finish_reason if done else None,
             tool_calls=list(transcript.tool_calls),

@@ -45,7 +45,7 @@ def main() -> int:
     for info in client.providers():
         models = ", ".join(m.name for m in info.models) or "(from the catalog)"
         out.write(f"   {info.provider} [{info.provider_type}] offline={info.offline}: {models}\n")
-    out.write("\nNext: `make test`, `gtl complete \"hello\"`, and the notebooks in notebooks/.\n")
+    out.write('\nNext: `make test`, `gtl complete "hello"`, and the notebooks in notebooks/.\n')
     client.close()
     return 0
 

@@ -14,8 +14,16 @@ def test_redact_scrubs_every_kind_of_credential():
         '{"x-api-key": "s3cr3t-value"} jwt eyJhbGciOi.eyJzdWIiOi.c2lnbmF0dXJl'
     )
     cleaned = redact(text)
-    for secret in ("abcdefghijklmnop1234", "ZZZZZZZZZZZZ", "AIzaSyA1234567890", "AKIAABCDEFGHIJKLMNOP",
-                   "abc.def.ghi123456", "hunter2hunter2", "s3cr3t-value", "c2lnbmF0dXJl"):
+    for secret in (
+        "abcdefghijklmnop1234",
+        "ZZZZZZZZZZZZ",
+        "AIzaSyA1234567890",
+        "AKIAABCDEFGHIJKLMNOP",
+        "abc.def.ghi123456",
+        "hunter2hunter2",
+        "s3cr3t-value",
+        "c2lnbmF0dXJl",
+    ):
         assert secret not in cleaned
     assert "[redacted]" in cleaned
     assert redact("nothing secret here: gpt-4o, 42 tokens") == "nothing secret here: gpt-4o, 42 tokens"

@@ -195,11 +195,19 @@ def _check_routing(table: Mapping[str, Any], source: str) -> None:
     from gtl_nb.engine.retry import RetryPolicy
     from gtl_nb.engine.strategies import STRATEGY_KEYS, strategy_from_routing
 
-    known = ("strategy", *STRATEGY_KEYS, "breaker", "retry")
+    known = ("strategy", *STRATEGY_KEYS, "breaker", "retry", "context_fallbacks")
     for key in table:
         if key not in known:
             raise ConfigurationError(_unknown_key_message(key, f"[routing] in {source}", known))
-    strategy_from_routing(table, price_of=lambda _candidate: None)
+    fallbacks = table.get("context_fallbacks", {})
+    if not isinstance(fallbacks, Mapping) or not all(isinstance(v, str) for v in fallbacks.values()):
+        raise ConfigurationError(
+            f"[routing] context_fallbacks in {source} must map a model to a larger one "
+            '(e.g. {"gpt-4o-mini" = "gpt-4.1"} or "deployment:model")'
+        )
+    strategy_from_routing(
+        table, price_of=lambda _candidate: None, other_keys=("breaker", "retry", "context_fallbacks")
+    )
     BreakerConfig.from_dict(table.get("breaker"), where=f"[routing.breaker] in {source}")
     RetryPolicy.from_dict(table.get("retry"), where=f"[routing.retry] in {source}")
 

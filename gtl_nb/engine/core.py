@@ -1,32 +1,46 @@
-"""The engine: turns one ``CompletionRequest`` into one well-formed GTL event stream.
+"""The engine: turns one ``CompletionRequest`` into one well-formed, recorded GTL event stream.
 
-``Engine.stream(request)`` resolves the request to its deployments (``routing``), runs the first
-one — an HTTP dialect through the pooled ``HttpRunner`` or a local generator whose delays it
-sleeps — and guarantees the stream the spec promises:
+``Engine.stream(request)`` is the one path every request takes, embedded or behind the gateway:
 
-* it starts with ``status: queued``, then ``status: streaming``;
-* events pass through a ``SessionStateMachine``: a provider that breaks the order ends the session
-  with an ``INTERNAL`` error instead of confusing the caller;
-* ``usage`` gets its cost from the catalog when the provider reported counts;
-* ``done`` is stamped with the deployment, the model, ``ttft_ms`` (time to the first token,
-  reasoning or tool call) and ``latency_ms``, plus the dialect's ``provider_data``;
-* when the request lists ``providers``, a retryable failure moves on to the next one with a
-  ``status: failover`` (which tells every reader to discard what it received so far);
-* the session ends with exactly one ``done`` or ``error``, also when the provider vanished or the
-  caller cancelled (``CANCELLED``).
+1. **Budgets** — the user's requests/tokens per minute and money per UTC day are checked against
+   the ledger (shared by every process) before anything else: ``RATE_LIMIT`` / ``BUDGET_EXCEEDED``,
+   no upstream call.
+2. **Ledger** — one row is inserted (``started``) before any upstream call and completed once.
+3. **Routing** — the deployments that may answer (``routing.Router``), in the order the request
+   gives (``providers=[...]``) or the configured strategy chooses (round-robin, weighted, lowest
+   cost, lowest latency), open circuits last.
+4. **Cache and coalescing** — a cacheable request is answered from the cache when it can (status
+   ``cached``, ``cache_hit``, original counts, cost 0); N identical concurrent requests share one
+   upstream call (``coalesce.Flight``).
+5. **Attempts** — each deployment is tried behind its circuit breaker; a retryable failure before
+   any content is retried with backoff and jitter (status ``retrying``, honouring ``retry_after``,
+   within the request's deadline); then the next deployment is tried after a ``failover`` status,
+   which tells every reader to discard what it has received. Invalid requests, auth errors and
+   local limits never fail over. A context-length error moves to the configured larger model.
+6. **Guarantees** — events pass through a ``SessionStateMachine`` (a provider that breaks the order
+   ends with ``INTERNAL``); ``usage`` is priced from the catalog; ``done`` is stamped with the
+   deployment, model, ``ttft_ms``, ``latency_ms`` and ``provider_data``; the session ends with
+   exactly one ``done`` or ``error`` — a stream is never silently truncated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from gtl_nb.engine.breaker import BreakerBoard, BreakerConfig
+from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, make_cache, replay
+from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.http import HttpRunner, Timeouts
+from gtl_nb.engine.ratelimit import BudgetConfig, BudgetGuard
+from gtl_nb.engine.retry import RetryPolicy
 from gtl_nb.engine.routing import Router, Target
+from gtl_nb.engine.strategies import strategy_from_routing
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import (
     GTLError,
@@ -54,6 +68,22 @@ from gtl_nb.providers.registry import get_provider, is_local
 log = get_logger("engine")
 
 _CONTENT = (Token, Reasoning, ToolCallEvent)
+ROUTING_SUBTABLES = ("breaker", "retry", "context_fallbacks")
+
+
+class _MemoryUsage:
+    """What budgets read when there is no ledger: this process's finished requests."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[float, str | None, int, float]] = []
+
+    def record(self, when: float, user: str | None, usage: Usage | None) -> None:
+        tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0) if usage else 0
+        self.records.append((when, user, tokens, (usage.cost or 0.0) if usage else 0.0))
+
+    def totals(self, user: str, since: float) -> tuple[int, int, float]:
+        rows = [r for r in self.records if r[0] >= since and r[1] == user]
+        return len(rows), sum(r[2] for r in rows), sum(r[3] for r in rows)
 
 
 class Engine:
@@ -66,42 +96,69 @@ class Engine:
         catalog: Any = None,
         timeouts: Timeouts | None = None,
         ledger: Any = None,
+        routing: dict[str, Any] | None = None,
+        cache: dict[str, Any] | None = None,
+        budgets: dict[str, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
     ) -> None:
+        routing = dict(routing or {})
         self.deployments = deployments
         self.catalog = catalog
         self.ledger = ledger
         self.router = Router(deployments, catalog)
         self.http = HttpRunner(timeouts)
         self.clock = clock
+        self.wall_clock = wall_clock
+        self._sleep = sleep
+        self.breakers = BreakerBoard(BreakerConfig.from_dict(routing.get("breaker")), clock=clock)
+        self.retry = RetryPolicy.from_dict(routing.get("retry"), rng=rng)
+        self.strategy = strategy_from_routing(
+            routing, healthy=self.breakers.would_allow, price_of=self._price_of, other_keys=ROUTING_SUBTABLES
+        )
+        self.context_fallbacks: dict[str, str] = dict(routing.get("context_fallbacks") or {})
+        self.cache_config = CacheConfig.from_dict(cache)
+        self.cache = make_cache(self.cache_config, clock=clock)
+        self._memory_usage = _MemoryUsage()
+        budget_config = BudgetConfig.from_dict(budgets)
+        self.budgets = BudgetGuard(budget_config, self._usage_since, clock_wall=wall_clock) if budgets else None
+        self._flights: dict[str, Flight] = {}
 
     # -- public -------------------------------------------------------------------------------
 
     async def stream(self, request: CompletionRequest, *, user: str | None = None) -> AsyncIterator[StreamEvent]:
         """The complete, validated event stream of ``request``, recorded as one ledger row.
 
-        The row is inserted (status ``started``) before any upstream call and completed once at the
-        end — also when the caller stops listening early (``cancelled``).
+        The row is inserted (status ``started``) before any upstream call and completed once, before
+        the terminal event is handed on — also when the caller stops listening early (``cancelled``).
         """
+        refusal = await self._check_budget(request, user)
         row = await self._ledger_start(request, user)
-        path: list[str] = []
+        record: dict[str, Any] = {"path": [], "cache_hit": False, "coalesced": False}
         usage: Usage | None = None
         end: Done | Error | None = None
         try:
-            async for event in self._run(request, path):
+            async for event in self._run(request, record, refusal):
                 if isinstance(event, Usage):
                     usage = event
                 elif isinstance(event, Status) and event.state == "failover":
                     usage = None
                 elif isinstance(event, (Done, Error)):
                     end = event
+                    self._memory_usage.record(self.wall_clock(), user, usage)
                     if row is not None:  # complete the row before the caller sees the end
                         finished, row = row, None
-                        await self._ledger_finish(finished, end, usage, path)
+                        await self._ledger_finish(finished, end, usage, record)
                 yield event
         finally:
             if row is not None:
-                await self._ledger_finish(row, end, usage, path)
+                await self._ledger_finish(row, end, usage, record)
+
+    def breaker_states(self) -> dict[str, dict[str, Any]]:
+        """Each deployment's circuit: state, failures, error rate, when it may be tried again."""
+        return {name: self.breakers.get(name).snapshot() for name in self.deployments}
 
     async def _ledger_start(self, request: CompletionRequest, user: str | None) -> int | None:
         if self.ledger is None:
@@ -114,7 +171,9 @@ class Engine:
             log.exception("ledger: could not record the start of %s", request.session_id)
             return None
 
-    async def _ledger_finish(self, row: int, end: Done | Error | None, usage: Usage | None, path: list[str]) -> None:
+    async def _ledger_finish(
+        self, row: int, end: Done | Error | None, usage: Usage | None, record: dict[str, Any]
+    ) -> None:
         from gtl_nb.engine.ledger import finish_fields
 
         if end is None:
@@ -123,6 +182,9 @@ class Engine:
                 fields.update(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost=usage.cost)
         else:
             fields = finish_fields(end, usage)
+        path: list[str] = record["path"]
+        fields["coalesced"] = record["coalesced"]
+        fields["cache_hit"] = record["cache_hit"] or bool(fields.get("cache_hit"))
         deployment = self.deployments.get(fields.get("deployment") or (path[-1] if path else ""))
         if deployment is not None:
             fields["deployment"] = fields.get("deployment") or deployment.name
@@ -135,70 +197,264 @@ class Engine:
         except Exception:
             log.exception("ledger: could not complete row %s", row)
 
-    async def _run(self, request: CompletionRequest, path: list[str]) -> AsyncIterator[StreamEvent]:
+    async def _check_budget(self, request: CompletionRequest, user: str | None) -> Error | None:
+        """The refusal the user's budgets give, or ``None`` (read before the row of this request exists)."""
+        if self.budgets is None:
+            return None
+        try:
+            await asyncio.to_thread(self.budgets.check, user or "", self.wall_clock())
+        except GTLError as exc:
+            return exc.to_event(request.session_id)
+        return None
+
+    def _usage_since(self, user: str, since: float) -> tuple[int, int, float]:
+        if self.ledger is not None:
+            totals = self.ledger.totals(user=user or None, since=since)
+            return totals.requests, totals.tokens, totals.cost
+        return self._memory_usage.totals(user, since)
+
+    def _price_of(self, target: Target) -> float | None:
+        if self.catalog is None:
+            return None
+        info = self.catalog.model(target.deployment.type, target.model)
+        if info is None or info.cost_per_1k_input is None or info.cost_per_1k_output is None:
+            return None
+        return info.cost_per_1k_input + info.cost_per_1k_output
+
+    def _ordered(self, request: CompletionRequest) -> list[Target]:
+        targets = self.router.targets(request)
+        if self.router.explicit(request) or len(targets) < 2:
+            # the request's own order is the failover order; open circuits still go last
+            healthy = [t for t in targets if self.breakers.would_allow(t.name)]
+            return healthy + [t for t in targets if t not in healthy]
+        return self.strategy.order(targets, request.model)
+
+    async def _run(
+        self, request: CompletionRequest, record: dict[str, Any], refusal: Error | None
+    ) -> AsyncIterator[StreamEvent]:
         sid = request.session_id
-        started = self.clock()
         machine = SessionStateMachine(sid)
+        started = self.clock()
         queued = Status(session_id=sid, state="queued")
         machine.advance(queued)
         yield queued
+        if refusal is not None:
+            yield refusal
+            return
         try:
-            targets = self.router.targets(request)
+            targets = self._ordered(request)
         except GTLError as exc:
             yield exc.to_event(sid)
             return
-        first_content: float | None = None
-        for index, target in enumerate(targets):
-            next_target = targets[index + 1] if index + 1 < len(targets) else None
-            path.append(target.name)
-            attempt = self._attempt(request, target)
-            failed: Error | None = None
-            try:
-                async for event in attempt:
-                    if isinstance(event, Error):
-                        failed = event
-                        break
-                    if isinstance(event, _CONTENT) and first_content is None:
-                        first_content = self.clock()
+        key = None
+        if is_cacheable(request, self.cache_config):
+            key = cache_key(targets[0].name, targets[0].model, request)
+            hit = self.cache.get(key)
+            if hit is not None:
+                record["cache_hit"] = True
+                record["path"].append(hit.deployment)
+                for event in replay(hit, sid):
                     if isinstance(event, Done):
-                        event = _stamp(event, target, started, first_content, self.clock())
-                    try:
-                        machine.advance(event)
-                    except SessionStateError as exc:
-                        failed = Error(
-                            session_id=sid,
-                            code="INTERNAL",
-                            message=f"{target.name} broke the event order: {exc}",
-                            provider=target.name,
-                        )
-                        break
+                        event = msgspec.structs.replace(event, latency_ms=_ms(self.clock() - started))
+                    machine.advance(event)
                     yield event
-                    if isinstance(event, Done):
-                        return
-            finally:
-                await attempt.aclose()
-            if failed is None:
-                failed = Error(
-                    session_id=sid,
-                    code="INTERNAL",
-                    message=f"{target.name} ended without done or error",
-                    provider=target.name,
-                )
-            if next_target is not None and failed.retryable:
-                log.info("failover %s -> %s: %s %s", target.name, next_target.name, failed.code, failed.message)
+                return
+        flight_key = key or self._coalescing_key(request, targets[0])
+        flight = self._flights.get(flight_key) if flight_key else None
+        if flight is not None:
+            record["coalesced"] = True
+            record["path"].append(targets[0].name)
+            first: float | None = None
+            async for event in flight.follow(sid):
+                if isinstance(event, _CONTENT) and first is None:
+                    first = self.clock()
+                if isinstance(event, Done):
+                    event = msgspec.structs.replace(
+                        event, ttft_ms=_ms(first - started) if first else None, latency_ms=_ms(self.clock() - started)
+                    )
+                machine.advance(event)
+                yield event
+            return
+        flight = Flight() if flight_key else None
+        if flight is not None:
+            self._flights[flight_key] = flight  # type: ignore[index]
+            flight.publish(queued)
+        try:
+            async for event in self._attempts(request, targets, record, machine, started, key):
+                if flight is not None:
+                    flight.publish(event)
+                yield event
+        finally:
+            if flight is not None:
+                flight.close()
+                self._flights.pop(flight_key, None)  # type: ignore[arg-type]
+
+    def _coalescing_key(self, request: CompletionRequest, target: Target) -> str | None:
+        """Identical deterministic requests (or ones opted into caching) share one upstream call."""
+        if request.cache is False:
+            return None
+        deterministic = request.temperature is not None and request.temperature == 0
+        if not (deterministic or request.cache is True or self.cache_config.cache_nonzero_temperature):
+            return None
+        return "flight:" + cache_key(target.name, target.model, request)
+
+    async def _attempts(
+        self,
+        request: CompletionRequest,
+        targets: list[Target],
+        record: dict[str, Any],
+        machine: SessionStateMachine,
+        started: float,
+        key: str | None,
+    ) -> AsyncIterator[StreamEvent]:
+        """Try the targets in order: breakers, retries with backoff, failover, the context fallback."""
+        sid = request.session_id
+        deadline = self.retry.deadline_from(started)
+        targets = list(targets)
+        last_failure: tuple[Target, Error] | None = None
+        refused: list[str] = []
+        index = 0
+        while index < len(targets):
+            target = targets[index]
+            index += 1
+            breaker = self.breakers.get(target.name)
+            if not breaker.allow():
+                refused.append(target.name)
+                continue
+            if last_failure is not None:
+                previous, failed = last_failure
                 status = Status(
                     session_id=sid,
                     state="failover",
-                    from_provider=target.name,
-                    to_provider=next_target.name,
+                    from_provider=previous.name,
+                    to_provider=target.name,
                     reason=f"{failed.code}: {failed.message}",
                 )
                 machine.advance(status)
-                first_content = None
                 yield status
-                continue
-            yield failed
+            record["path"].append(target.name)
+            attempt = 0
+            while True:  # attempts at this target; the breaker slot is held for each one
+                attempt += 1
+                outcome: dict[str, Any] = {}
+                settled = False
+                try:
+                    async for event in self._one_attempt(request, target, machine, started, outcome):
+                        yield event
+                    done: Done | None = outcome.get("done")
+                    if done is not None:
+                        breaker.record_success()
+                        settled = True
+                        if done.ttft_ms is not None:
+                            self.strategy.observe_ttft(target.name, done.ttft_ms / 1000.0)
+                        if key is not None:
+                            answer = CachedAnswer.from_events(
+                                outcome["events"],
+                                deployment=target.name,
+                                model=target.model,
+                                stored_at=self.wall_clock(),
+                            )
+                            if answer is not None:
+                                self.cache.set(key, answer)
+                        return
+                    failed: Error = outcome["error"]
+                    if failed.retryable:
+                        breaker.record_failure()
+                    else:
+                        breaker.release()
+                    settled = True
+                finally:
+                    if not settled:
+                        breaker.release()  # cancelled mid-attempt: neither a success nor a failure
+                if not failed.retryable:
+                    fallback = self._context_fallback(failed, target)
+                    if fallback is None:
+                        yield failed
+                        return
+                    targets.insert(index, fallback)
+                    last_failure = (target, failed)
+                    break
+                last_failure = (target, failed)
+                if outcome.get("content"):
+                    break  # never retry once content was sent: fail over, which discards it
+                delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
+                if delay is None or not breaker.allow():
+                    break
+                status = Status(
+                    session_id=sid, state="retrying", attempt=attempt + 1, reason=f"{failed.code}: {failed.message}"
+                )
+                machine.advance(status)
+                yield status
+                await self._sleep(delay)
+        if last_failure is not None:
+            yield last_failure[1]
             return
+        retry_in = [self.breakers.get(name).snapshot().get("retry_in") for name in refused]
+        wait = min((r for r in retry_in if r is not None), default=None)
+        yield Error(
+            session_id=sid,
+            code="PROVIDER_UNAVAILABLE",
+            message=f"every circuit is open ({', '.join(refused)})" + (f"; retry in {wait:.0f} s" if wait else ""),
+            retryable=True,
+            retry_after=wait,
+        )
+
+    def _context_fallback(self, failed: Error, target: Target) -> Target | None:
+        if failed.code != "CONTEXT_LENGTH_EXCEEDED":
+            return None
+        entry = self.context_fallbacks.get(target.model) or self.context_fallbacks.get(f"{target.name}:{target.model}")
+        if not entry:
+            return None
+        prefix, sep, model = entry.partition(":")
+        if sep and prefix in self.deployments:
+            return self.router._target(self.deployments[prefix], model)
+        return self.router._target(target.deployment, entry)
+
+    async def _one_attempt(
+        self,
+        request: CompletionRequest,
+        target: Target,
+        machine: SessionStateMachine,
+        started: float,
+        outcome: dict[str, Any],
+    ) -> AsyncIterator[StreamEvent]:
+        """One call to one target: yields its validated events; leaves ``done`` or ``error`` in ``outcome``."""
+        sid = request.session_id
+        events: list[StreamEvent] = []
+        outcome["events"] = events
+        first: float | None = None
+        attempt = self._attempt(request, target)
+        try:
+            async for event in attempt:
+                if isinstance(event, Error):
+                    outcome["error"] = event
+                    return
+                if isinstance(event, _CONTENT) and first is None:
+                    first = self.clock()
+                if isinstance(event, Done):
+                    event = _stamp(event, target, started, first, self.clock())
+                try:
+                    machine.advance(event)
+                except SessionStateError as exc:
+                    outcome["error"] = Error(
+                        session_id=sid,
+                        code="INTERNAL",
+                        message=f"{target.name} broke the event order: {exc}",
+                        provider=target.name,
+                    )
+                    return
+                if isinstance(event, _CONTENT):
+                    outcome["content"] = True
+                events.append(event)
+                yield event
+                if isinstance(event, Done):
+                    outcome["done"] = event
+                    return
+        finally:
+            await attempt.aclose()
+        outcome["error"] = Error(
+            session_id=sid, code="INTERNAL", message=f"{target.name} ended without done or error", provider=target.name
+        )
 
     def provider_info(self) -> list[ProviderInfo]:
         """``provider_info`` for every configured deployment."""
@@ -311,6 +567,10 @@ class Engine:
 
 def _with_provider(event: Error, target: Target) -> Error:
     return event if event.provider else msgspec.structs.replace(event, provider=target.name)
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
 
 
 def _stamp(done: Done, target: Target, started: float, first: float | None, now: float) -> Done:

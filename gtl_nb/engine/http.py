@@ -57,9 +57,13 @@ class HttpRunner:
         self.timeouts = timeouts or Timeouts()
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
         self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def _get_client(self) -> httpx.AsyncClient:
-        if self._client is None or self._client.is_closed:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client.is_closed or self._client_loop is not loop:
+            # a pool belongs to the loop that opened its connections (the engine's loop thread)
+            self._client_loop = loop
             self._client = httpx.AsyncClient(
                 limits=self._limits,
                 timeout=httpx.Timeout(None, connect=self.timeouts.connect),

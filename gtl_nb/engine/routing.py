@@ -61,12 +61,38 @@ class Router:
         self.catalog = catalog
 
     def targets(self, request: CompletionRequest) -> list[Target]:
-        """The ordered list of targets for ``request`` (the first is the primary)."""
+        """Every target that may answer ``request``.
+
+        With ``providers=[...]`` or ``provider=`` this is exactly what the request names, in its
+        order; for a bare model it is every deployment that serves the model (the ones that list it,
+        then each catalog provider type's deployments in preference order), for a routing strategy
+        to order.
+        """
         if request.providers:
             return [self._entry(entry, request.model) for entry in request.providers]
         if request.provider:
             return [self._target(self._deployment(request.provider), self._split(request.model)[1])]
-        return [self.resolve_model(request.model)]
+        return self.candidates(request.model)
+
+    def explicit(self, request: CompletionRequest) -> bool:
+        """True when the request chose its deployments itself (their order is the failover order)."""
+        return bool(request.providers or request.provider) or self._split(request.model)[0] is not None
+
+    def candidates(self, model: str) -> list[Target]:
+        """All deployments serving ``model``; the first is what ``resolve_model`` picks."""
+        prefix, name = self._split(model)
+        if prefix is not None:
+            return [self._target(self._deployment(prefix), name)]
+        listed = [Target(d, name) for d in self.deployments.values() if name == d.model or name in d.models]
+        by_type: list[Target] = []
+        for provider_type in self.catalog.providers_for(name) if self.catalog is not None else []:
+            by_type.extend(
+                self._target(d, name)
+                for d in self.deployments.values()
+                if d.type == provider_type and all(t.deployment is not d for t in listed)
+            )
+        found = listed + by_type
+        return found or [self.resolve_model(model)]
 
     def _entry(self, entry: str, model: str) -> Target:
         prefix, sep, rest = entry.partition(":")
@@ -123,9 +149,7 @@ class Router:
                 f"but no {provider_type} provider is configured: "
                 f"set {hint}, or pass providers={{{provider_type!r}: {{...}}}} to gtl_nb.connect"
             )
-        open_deployments = [
-            d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models
-        ]
+        open_deployments = [d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models]
         if len(open_deployments) == 1:
             return self._target(open_deployments[0], name)
         raise ModelNotFoundError(self._unknown_message(name))

@@ -98,12 +98,15 @@ class EchoProvider:
             for piece in split_tokens(text):
                 tokens_out += 1
                 yield self.pace, Token(session_id=sid, text=piece)
-        yield 0.0, Usage(
-            session_id=sid,
-            tokens_in=tokens_in,
-            tokens_out=tokens_out + reasoning_tokens,
-            reasoning_tokens_out=reasoning_tokens if request.reasoning else None,
-            cost=0.0,
+        yield (
+            0.0,
+            Usage(
+                session_id=sid,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out + reasoning_tokens,
+                reasoning_tokens_out=reasoning_tokens if request.reasoning else None,
+                cost=0.0,
+            ),
         )
         yield 0.0, Done(session_id=sid, finish_reason=finish, model=MODEL_NAME)  # type: ignore[arg-type]
 
@@ -131,7 +134,11 @@ def _answer_text(request: CompletionRequest) -> str:
         return f"The tool returned {said}. " + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
     user = _last_user(request)
     quoted = user.content or "" if user is not None else ""
-    images = f" (with {len(user.images)} image{'s' if len(user.images) != 1 else ''})" if user and user.images else ""
+    images = (
+        f" (with {len(user.images)} image{'s' if len(user.images) != 1 else ''})"
+        if user and user.images
+        else ""
+    )
     return f'You said: "{quoted}"{images}. ' + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
 
 
@@ -146,7 +153,9 @@ def _trailing_tool_results(messages: list[Message]) -> list[Message]:
 
 def _reasoning_text(request: CompletionRequest) -> str:
     count = len(request.messages)
-    return f"The conversation has {count} message{'s' if count != 1 else ''}; echo quotes the last user message."
+    return (
+        f"The conversation has {count} message{'s' if count != 1 else ''}; echo quotes the last user message."
+    )
 
 
 def _limit(text: str, request: CompletionRequest) -> tuple[str, str]:
@@ -169,7 +178,9 @@ def _tool_calls(request: CompletionRequest) -> list[ToolCall]:
     if not request.messages or request.messages[-1].role != "user":
         return []
     choice = request.tool_choice
-    wanted = choice.get("name") or choice.get("function", {}).get("name") if isinstance(choice, dict) else choice
+    wanted = (
+        choice.get("name") or choice.get("function", {}).get("name") if isinstance(choice, dict) else choice
+    )
     if wanted not in (None, "auto", "required", "any"):
         tools = [t for t in tools if t.name == wanted]
     hint = (_last_user(request) or Message(role="user", content="")).content or "example"

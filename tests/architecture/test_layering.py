@@ -18,13 +18,14 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "gtl_nb"
 
 # DESIGN.md's list, top to bottom: each layer only imports the layers above it (lower rank).
 RANKS: dict[str, int] = {
-    "log": 0,          # the redacting logger: a leaf every layer may use
+    "log": 0,  # the redacting logger: a leaf every layer may use
     "protocol": 1,
     "providers": 2,
     "gap": 2,
     "engine": 3,
     "transports": 4,
-    "completion": 5,   # the Completion result object, the client's vocabulary
+    "completion": 5,  # the Completion result object, the client's vocabulary
+    "progress": 5,  # the batch progress bar (a notebook widget or a terminal line)
     "client": 6,
     "gateway": 7,
     "analysis": 8,
@@ -33,12 +34,16 @@ RANKS: dict[str, int] = {
     "cli": 11,
     "demo": 11,
     "__main__": 12,
-    "__init__": 13,    # the lazy facade may name anything
+    "__init__": 13,  # the lazy facade may name anything
 }
 
-FORBIDDEN = {
-    ("protocol", layer) for layer in RANKS if layer not in ("protocol", "__init__")
-} | {("sim", "providers"), ("sim", "engine"), ("gap", "providers"), ("gap", "engine"), ("gap", "client")}
+FORBIDDEN = {("protocol", layer) for layer in RANKS if layer not in ("protocol", "__init__")} | {
+    ("sim", "providers"),
+    ("sim", "engine"),
+    ("gap", "providers"),
+    ("gap", "engine"),
+    ("gap", "client"),
+}
 
 
 def layer_of(path: Path) -> str:
@@ -105,7 +110,9 @@ def test_pure_packages_import_no_io(package):
         "print(','.join(bad))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "", f"gtl_nb.{package} imported {result.stdout.strip()} (it must stay sans-I/O)"
+    assert result.stdout.strip() == "", (
+        f"gtl_nb.{package} imported {result.stdout.strip()} (it must stay sans-I/O)"
+    )
 
 
 def test_import_gtl_nb_is_light():

@@ -146,7 +146,7 @@ def test_a_wrong_credential_is_auth_failed(provider):
 def test_rate_limit_carries_retry_after(provider):
     model, settings = CASES[provider]
     with sim.running(provider, faults=[sim.Fault.http(429, retry_after=7)]) as url:
-        client = gtl_nb.connect(providers={provider: settings(url)}, environ={})
+        client = gtl_nb.connect(providers={provider: settings(url)}, routing={"retry": {"max_attempts": 1}}, environ={})
         with pytest.raises(RateLimitError) as info:
             client.complete(model, "hello")
         assert info.value.retryable and info.value.retry_after == pytest.approx(7)

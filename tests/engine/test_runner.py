@@ -55,7 +55,14 @@ class LineDecoder:
     def close(self) -> list:
         if self.ended:
             return []
-        return [Error(session_id=self.request.session_id, code="PROVIDER_UNAVAILABLE", message="stream ended early", retryable=True)]
+        return [
+            Error(
+                session_id=self.request.session_id,
+                code="PROVIDER_UNAVAILABLE",
+                message="stream ended early",
+                retryable=True,
+            )
+        ]
 
 
 class LineDialect:
@@ -68,8 +75,13 @@ class LineDialect:
         return LineDecoder(request)
 
     def decode_error(self, request, deployment, status, headers, body):
-        return error_event(request, deployment, "OVERLOADED" if status == 503 else "INVALID_REQUEST",
-                           body.decode(), http_status=status)
+        return error_event(
+            request,
+            deployment,
+            "OVERLOADED" if status == 503 else "INVALID_REQUEST",
+            body.decode(),
+            http_status=status,
+        )
 
 
 registry.register("lines", LineDialect())
@@ -134,11 +146,15 @@ def run(engine: Engine, request: CompletionRequest) -> list:
 
 
 def request(**kw) -> CompletionRequest:
-    return CompletionRequest(session_id="s1", model=kw.pop("model", "m"), messages=[Message(role="user", content="hi")], **kw)
+    return CompletionRequest(
+        session_id="s1", model=kw.pop("model", "m"), messages=[Message(role="user", content="hi")], **kw
+    )
 
 
 def engine_for(*deployments: Deployment, timeouts: Timeouts | None = None) -> Engine:
-    return Engine({d.name: d for d in deployments}, timeouts=timeouts or Timeouts(connect=2, first_byte=0.5, idle=0.3))
+    return Engine(
+        {d.name: d for d in deployments}, timeouts=timeouts or Timeouts(connect=2, first_byte=0.5, idle=0.3)
+    )
 
 
 def lines(name: str, url: str) -> Deployment:
@@ -160,7 +176,9 @@ def server_factory():
 
 
 def test_a_good_stream(server_factory):
-    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:hel", b"lo\nt: world\nu\ndone\n") + b"0\r\n\r\n"))
+    server = server_factory(
+        lambda c: c.sendall(HEAD + chunked(b"t:hel", b"lo\nt: world\nu\ndone\n") + b"0\r\n\r\n")
+    )
     events = run(engine_for(lines("a", server.url)), request())
     assert "".join(e.text for e in events if isinstance(e, Token)) == "hello world"
     done = events[-1]
@@ -215,10 +233,17 @@ def test_a_connection_dropped_mid_stream_is_an_error_not_a_truncation(server_fac
 
 def test_an_error_status_goes_through_the_dialects_error_mapping(server_factory):
     body = b"busy"
-    server = server_factory(lambda c: c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\n" + body))
+    server = server_factory(
+        lambda c: c.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\n" + body)
+    )
     events = run(engine_for(lines("a", server.url)), request())
     error = events[-1]
-    assert isinstance(error, Error) and error.code == "OVERLOADED" and error.http_status == 503 and error.message == "busy"
+    assert (
+        isinstance(error, Error)
+        and error.code == "OVERLOADED"
+        and error.http_status == 503
+        and error.message == "busy"
+    )
 
 
 def test_failover_to_the_next_provider_discards_the_partial_answer(server_factory):

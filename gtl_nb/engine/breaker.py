@@ -1,0 +1,334 @@
+"""Circuit breakers: stop sending requests to a deployment that keeps failing, then probe it.
+
+One ``CircuitBreaker`` per deployment (``BreakerBoard`` creates them on demand)::
+
+    closed --N consecutive failures, or error rate >= R over the last W s with >= M calls--> open
+    open --cooldown elapsed (checked lazily against the clock)--> half_open
+    half_open --a probe succeeds--> closed          (counters and window cleared)
+    half_open --a probe fails--> open               (a new cooldown starts)
+
+In ``half_open`` at most K probe calls are let through at a time: ``allow()`` reserves a slot,
+``record_success`` / ``record_failure`` / ``release`` give it back. After every ``allow()`` that
+returned True the caller reports exactly one of those three (``release`` for a call that ended
+without a verdict, e.g. cancelled by the user), or the slot stays taken.
+
+A lone deployment is cooled down like any other: there is no "never open the last one" exception,
+so a single failing deployment answers fast with an error instead of piling up timeouts.
+
+**Which failures count is the caller's decision**; the breaker only counts what it is told. The
+intended use: a failure for retryable upstream faults (``OVERLOADED``, ``PROVIDER_UNAVAILABLE``,
+``TIMEOUT``, ``RATE_LIMIT``, a stream cut short), a success for a completed answer, and for a
+caller mistake (``INVALID_REQUEST``, ``CONTEXT_LENGTH_EXCEEDED``, ``AUTH_FAILED``…), which says
+nothing about the deployment's health, ``release()`` (a no-op outside half-open).
+
+Results that arrive while the circuit is open (calls started before it opened) are ignored. In
+``half_open`` any result decides, whether or not it came from a probe: the newest news wins.
+
+Time comes from an injected ``clock`` (monotonic seconds), so the breaker is tested without sleeping;
+``opened_at`` / ``retry_at`` in ``snapshot()`` are values of that clock. A lock makes a breaker safe
+to read from another thread (a gateway's status endpoint) while the engine's loop updates it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import ConfigurationError
+
+log = get_logger("engine.breaker")
+
+BreakerState = Literal["closed", "open", "half_open"]
+Clock = Callable[[], float]
+StateListener = Callable[[str, str, str], None]  # (deployment, old state, new state)
+
+
+@dataclass(frozen=True)
+class BreakerConfig:
+    """Settings of every breaker, from the ``[routing.breaker]`` table.
+
+    ``failure_threshold`` and ``error_rate_threshold`` are the two independent reasons to open;
+    either may be set to 0 to switch that rule off. ``enabled = false`` switches breakers off
+    entirely (``allow()`` is always True).
+    """
+
+    enabled: bool = True
+    failure_threshold: int = 5
+    """Consecutive failures that open the circuit (0: rule off)."""
+    error_rate_threshold: float = 0.5
+    """Failed fraction of the calls in the window at or above which the circuit opens (0: rule off)."""
+    window: float = 60.0
+    """Length in seconds of the sliding window the error rate is computed over."""
+    min_calls: int = 10
+    """Calls the window must hold before its error rate can open the circuit."""
+    cooldown: float = 30.0
+    """Seconds the circuit stays open before it lets probes through."""
+    half_open_probes: int = 1
+    """Probe calls allowed at the same time while half-open."""
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 0:
+            raise ConfigurationError(f"breaker failure_threshold must be >= 0, got {self.failure_threshold}")
+        if not 0 <= self.error_rate_threshold <= 1:
+            raise ConfigurationError(
+                f"breaker error_rate_threshold must be between 0 and 1, got {self.error_rate_threshold}"
+            )
+        if self.window <= 0 or self.cooldown < 0:
+            raise ConfigurationError("breaker window must be > 0 and cooldown >= 0 seconds")
+        if self.min_calls < 1 or self.half_open_probes < 1:
+            raise ConfigurationError("breaker min_calls and half_open_probes must be >= 1")
+
+    @classmethod
+    def from_dict(cls, table: Mapping[str, Any] | None, *, where: str = "[routing.breaker]") -> BreakerConfig:
+        """Build from a ``[routing.breaker]`` table; unknown keys or wrong types: ``ConfigurationError``."""
+        if table is not None and not isinstance(table, Mapping):
+            raise ConfigurationError(f"{where} must be a table, got {table!r}")
+        table = dict(table or {})
+        known = {f.name: f for f in fields(cls)}
+        for key, value in table.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigurationError(f"{where}: unknown key {key!r}{hint} (known: {', '.join(known)})")
+            default = known[key].default
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ConfigurationError(f"{where}: {key} must be true or false, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigurationError(f"{where}: {key} must be a number, got {value!r}")
+            elif isinstance(default, int) and not isinstance(value, int):
+                raise ConfigurationError(f"{where}: {key} must be an integer, got {value!r}")
+        try:
+            return cls(**table)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"{where}: {exc.message}") from None
+
+
+class CircuitBreaker:
+    """The breaker of one deployment (see the module docstring for the state diagram)."""
+
+    def __init__(
+        self,
+        name: str = "",
+        config: BreakerConfig | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        on_change: StateListener | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config or BreakerConfig()
+        self.clock = clock
+        self.on_change = on_change
+        self._lock = threading.RLock()  # re-entrant: an on_change listener may read the breaker
+        self._state: BreakerState = "closed"
+        self._consecutive = 0
+        self._window: deque[tuple[float, bool]] = deque()  # (time, failed) of recent results
+        self._failures_in_window = 0
+        self._opened_at: float | None = None
+        self._probes = 0  # reserved half-open slots
+
+    # -- reading --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> BreakerState:
+        """``"closed"``, ``"open"`` or ``"half_open"`` as of now."""
+        with self._lock:
+            return self._current(self.clock())
+
+    def would_allow(self) -> bool:
+        """Whether ``allow()`` would return True now, without reserving a probe slot (for ordering).
+
+        Like every read it applies the clock-driven open -> half_open change when the cooldown is over."""
+        if not self.config.enabled:
+            return True
+        with self._lock:
+            state = self._current(self.clock())
+            return state == "closed" or (state == "half_open" and self._probes < self.config.half_open_probes)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The breaker's state for the public API (times are values of the breaker's clock)."""
+        with self._lock:
+            now = self.clock()
+            state = self._current(now)
+            self._prune(now)
+            calls = len(self._window)
+            retry_at = self._retry_at()
+            return {
+                "deployment": self.name,
+                "state": state,
+                "consecutive_failures": self._consecutive,
+                "calls_in_window": calls,
+                "error_rate": self._failures_in_window / calls if calls else 0.0,
+                "opened_at": self._opened_at,
+                "retry_at": retry_at,
+                "retry_in": max(0.0, retry_at - now) if retry_at is not None and state == "open" else None,
+                "probes_in_flight": self._probes,
+            }
+
+    # -- the calls ------------------------------------------------------------------------------
+
+    def allow(self) -> bool:
+        """May a call go to this deployment now? In half-open a True reserves one probe slot."""
+        if not self.config.enabled:
+            return True
+        with self._lock:
+            state = self._current(self.clock())
+            if state == "closed":
+                return True
+            if state == "half_open" and self._probes < self.config.half_open_probes:
+                self._probes += 1
+                return True
+            return False
+
+    def record_success(self) -> None:
+        """A call succeeded: counted in the window, ends a failure streak, closes a half-open circuit."""
+        if not self.config.enabled:
+            return
+        with self._lock:
+            now = self.clock()
+            state = self._current(now)
+            if state == "open":
+                return
+            if state == "half_open":
+                self._close()
+                return
+            self._consecutive = 0
+            self._add(now, failed=False)
+
+    def record_failure(self) -> None:
+        """A call failed in a way that says the deployment is unwell (see "which failures count")."""
+        if not self.config.enabled:
+            return
+        with self._lock:
+            now = self.clock()
+            state = self._current(now)
+            if state == "open":
+                return
+            if state == "half_open":
+                self._open(now, "a probe failed")
+                return
+            self._consecutive += 1
+            self._add(now, failed=True)
+            cfg = self.config
+            if cfg.failure_threshold and self._consecutive >= cfg.failure_threshold:
+                self._open(now, f"{self._consecutive} consecutive failures")
+                return
+            calls = len(self._window)
+            if cfg.error_rate_threshold and calls >= cfg.min_calls:
+                rate = self._failures_in_window / calls
+                if rate >= cfg.error_rate_threshold:
+                    self._open(now, f"error rate {rate:.0%} over the last {cfg.window:g} s ({calls} calls)")
+
+    def release(self) -> None:
+        """Give back a half-open probe slot without a verdict (a cancelled call, or the caller's fault)."""
+        with self._lock:
+            if self._probes:
+                self._probes -= 1
+
+    def reset(self) -> None:
+        """Force the circuit closed and forget its history (an operator's action)."""
+        with self._lock:
+            self._close()
+
+    # -- internals (called with the lock held) ---------------------------------------------------
+
+    def _current(self, now: float) -> BreakerState:
+        if self._state == "open":
+            retry_at = self._retry_at()
+            if retry_at is not None and now >= retry_at:
+                self._transition("half_open", "cooldown over")
+                self._probes = 0
+        return self._state
+
+    def _retry_at(self) -> float | None:
+        return None if self._opened_at is None else self._opened_at + self.config.cooldown
+
+    def _add(self, now: float, *, failed: bool) -> None:
+        self._window.append((now, failed))
+        self._failures_in_window += failed
+        self._prune(now)
+
+    def _prune(self, now: float) -> None:
+        horizon = now - self.config.window
+        window = self._window
+        while window and window[0][0] <= horizon:
+            _, failed = window.popleft()
+            self._failures_in_window -= failed
+
+    def _open(self, now: float, reason: str) -> None:
+        self._opened_at = now
+        self._probes = 0
+        self._transition("open", reason)
+
+    def _close(self) -> None:
+        self._consecutive = 0
+        self._window.clear()
+        self._failures_in_window = 0
+        self._opened_at = None
+        self._probes = 0
+        self._transition("closed", "recovered")
+
+    def _transition(self, new: BreakerState, reason: str) -> None:
+        old = self._state
+        self._state = new
+        if old == new:
+            return
+        log.info("circuit %s: %s -> %s (%s)", self.name or "?", old, new, reason)
+        if self.on_change is not None:
+            self.on_change(self.name, old, new)
+
+
+class BreakerBoard:
+    """One ``CircuitBreaker`` per deployment name, created on first use, all with one config and clock."""
+
+    def __init__(
+        self,
+        config: BreakerConfig | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        on_change: StateListener | None = None,
+    ) -> None:
+        self.config = config or BreakerConfig()
+        self.clock = clock
+        self.on_change = on_change
+        self._breakers: dict[str, CircuitBreaker] = {}
+        self._lock = threading.Lock()
+
+    def get(self, deployment: str) -> CircuitBreaker:
+        """The breaker of ``deployment`` (created closed on first use)."""
+        with self._lock:
+            breaker = self._breakers.get(deployment)
+            if breaker is None:
+                breaker = CircuitBreaker(deployment, self.config, clock=self.clock, on_change=self.on_change)
+                self._breakers[deployment] = breaker
+            return breaker
+
+    __getitem__ = get
+
+    def would_allow(self, deployment: str) -> bool:
+        """Side-effect free health check, usable as a strategy's ``healthy`` callable.
+
+        A deployment without a breaker yet is healthy, and none is created for it."""
+        if not self.config.enabled:
+            return True
+        with self._lock:
+            breaker = self._breakers.get(deployment)
+        return True if breaker is None else breaker.would_allow()
+
+    def states(self) -> dict[str, str]:
+        """``{deployment: state}`` for every breaker created so far."""
+        return {name: breaker.state for name, breaker in self._items()}
+
+    def snapshots(self) -> dict[str, dict[str, Any]]:
+        """``{deployment: snapshot()}`` for every breaker created so far."""
+        return {name: breaker.snapshot() for name, breaker in self._items()}
+
+    def _items(self) -> list[tuple[str, CircuitBreaker]]:
+        with self._lock:
+            return sorted(self._breakers.items())

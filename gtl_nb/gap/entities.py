@@ -1,0 +1,284 @@
+"""Entity detection and the entity operations: detect, merge, update, find undefined.
+
+Detection reads prose only: nothing inside fenced code blocks, inline code spans or URLs is
+detected. It finds two kinds of entities.
+
+**Ambiguous references** — a determiner (the, this, that, these, those) followed by a head noun from
+``vocabulary.HEAD_NOUNS`` or its plural ("the system", "that method", "these APIs"), matched
+case-insensitively. "this"/"that" only take the singular and "these"/"those" only the plural, so the
+conjunction in "ensure that files close" is not a reference. The key is the phrase lower-cased with
+``_`` for spaces (``the_system``, ``these_apis``); the type is ``ambiguous_reference`` and the value
+``None``. A reference is *immediately defined* — and then is not ambiguous — when the name follows
+directly (after optional ``:``, ``,``, ``(``, "called" or "named"): a typed entity ("the database
+PostgreSQL 14"), an inline code span ("the function `parse()`"), a quoted name, an identifier that
+looks like code or a product (CamelCase, or with a digit or ``_``: "the service AuthService", "the
+model GPT-4"), or, after "version", a bare version number. The reference is then one defined entity
+under its own key, valued with the name and typed like it (``the_database`` = "PostgreSQL 14", type
+``database``; ``technical_component`` when the name has no type of its own).
+
+**Typed entities**, one entity per span, the most specific reading winning where spans compete
+(a named product beats a file name, so "Node.js" is software, not a ``.js`` file):
+
+* ``database`` / ``framework``: a name from ``vocabulary.DATABASES`` / ``FRAMEWORKS``, keyed by its
+  canonical name (``postgresql``, ``django``); a version that follows stays in the value:
+  "PostgreSQL 14.5" is one ``database`` entity ``postgresql`` = "PostgreSQL 14.5".
+* ``software_version``: other software from ``vocabulary.SOFTWARE`` *followed by a version*
+  ("Python 3.11" -> ``python``), a ``v``-prefixed dotted version ("v2.3.1" -> ``v2_3_1``) or
+  "version 2.3" (-> ``v2_3``).
+* ``file_reference``: paths and file names with a known extension (``src/app.py``, ``config.yaml``),
+  rooted paths (``/etc/hosts``, ``./run``, ``~/notes``), dot files (``.env``) and well-known names
+  (``Dockerfile``); keyed by the path exactly as written.
+* ``technical_component``: CamelCase identifiers ending in a component word from
+  ``vocabulary.COMPONENT_SUFFIXES`` ("AuthService" -> ``auth_service``) and empty calls outside code
+  ("parse_args()" -> ``parse_args``).
+
+When a key occurs more than once, the first occurrence wins, except that a value replaces ``None``
+and a longer value that extends the kept one replaces it ("PostgreSQL" then "PostgreSQL 14.5").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gtl_nb.gap import vocabulary as vocab
+from gtl_nb.gap.model import Entity, WrappedMessage, as_entity
+from gtl_nb.gap.spans import SpanSet, code_spans, overlaps, protected_spans
+
+# Boundaries for names: not glued to a word, a path, an e-mail address or a hyphenated compound.
+_BEFORE = r"(?<![\w./\\@#$-])"
+_AFTER = r"(?![\w@]|[./\\-]\w)"
+_VERSION = r"v?\d+(?:\.\d+){0,3}(?:\.x|[-.+]?(?:alpha|beta|rc|dev|post|pre|a|b)\.?\d*)?"
+
+
+@dataclass(frozen=True)
+class _Hit:
+    start: int
+    end: int
+    key: str
+    type: str
+    value: str
+    priority: int
+
+
+def _product_regex(products: Iterable[vocab.Product], *, version_required: bool) -> list[tuple[str, re.Pattern]]:
+    version = rf"[ \t]?(?P<version>{_VERSION})"
+    version_part = version if version_required else rf"(?:{version})?"
+    compiled = []
+    for key, pattern, case_sensitive in products:
+        flags = 0 if case_sensitive else re.IGNORECASE
+        regex = re.compile(rf"{_BEFORE}(?P<name>{pattern}){version_part}{_AFTER}", flags)
+        compiled.append((key, regex))
+    return compiled
+
+
+_DATABASE_RES = _product_regex(vocab.DATABASES, version_required=False)
+_FRAMEWORK_RES = _product_regex(vocab.FRAMEWORKS, version_required=False)
+_SOFTWARE_RES = _product_regex(vocab.SOFTWARE, version_required=True)
+_BARE_VERSION_RE = re.compile(
+    rf"{_BEFORE}(?:v(?P<v>\d+(?:\.\d+){{1,3}}(?:-[0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*)?)"
+    rf"|[Vv]ersion[ \t]+(?P<word>\d+(?:\.\d+){{1,3}}))(?![\w-]|\.\w)"
+)
+_EXT = "|".join(sorted(vocab.FILE_EXTENSIONS, key=len, reverse=True))
+_FILE_RES = (
+    # a path with a directory part and an extension
+    re.compile(rf"(?<![\w.@/\\~-])(?:~/|\.{{1,2}}/|/)?(?:[\w.-]+/)+[\w.-]*\.(?:{_EXT})(?![\w/-]|\.\w)", re.IGNORECASE),
+    # a rooted path: /a/b (two parts at least), ./x, ../x, ~/x
+    re.compile(r"(?<![\w.@/\\~:-])(?:~|\.{1,2}(?=/)|(?=/[\w.-]*\w/))(?:/[\w.-]*\w)+(?![\w/-])"),
+    # a bare file name with an extension
+    re.compile(rf"(?<![\w.@/\\~-])[\w-]+(?:\.[\w-]+)*\.(?:{_EXT})(?![\w-]|\.\w)", re.IGNORECASE),
+    re.compile(rf"(?<![\w./])\.(?:{'|'.join(map(re.escape, vocab.DOT_FILES))})(?:\.\w+)?(?![\w-]|\.\w)"),
+    re.compile(rf"\b(?:{'|'.join(vocab.BARE_FILE_NAMES)})(?![\w-]|\.\w)"),
+)
+# A file-looking span that is really a product name ("Node.js", "Next.js") is not a file.
+_PRODUCT_NAME_RE = re.compile(
+    "|".join(f"(?:{pattern})" for _key, pattern, _cs in (*vocab.DATABASES, *vocab.FRAMEWORKS, *vocab.SOFTWARE)),
+    re.IGNORECASE,
+)
+_COMPONENT_RE = re.compile(
+    rf"{_BEFORE}(?P<name>(?:[A-Z][a-z0-9]+|[A-Z]{{2,}}(?=[A-Z][a-z]))+"
+    rf"(?:{'|'.join(vocab.COMPONENT_SUFFIXES)})){_AFTER}"
+)
+_CALL_RE = re.compile(r"(?<![\w.])(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\(\)")
+
+_DETERMINER_NOUN_RE = re.compile(
+    r"(?<![\w-])(?P<det>the|this|that|these|those)[ \t\n]+(?P<noun>"
+    + "|".join(sorted([*vocab.HEAD_NOUNS, *vocab.HEAD_NOUNS.values()], key=len, reverse=True))
+    + r")(?![\w-])",
+    re.IGNORECASE,
+)
+_PLURALS = {plural: singular for singular, plural in vocab.HEAD_NOUNS.items()}
+_DEFINER_GAP_RE = re.compile(r"[ \t]*(?:[:,(][ \t]*|(?:called|named)[ \t]+)?")
+_CODEISH_NAME_RE = re.compile(r"(?P<name>[A-Za-z_][\w.\-]*[\w](?:\(\))?)(?![\w\-])")
+_QUOTED_NAME_RE = re.compile(r"\"(?P<q1>[^\"\n]{1,80})\"|“(?P<q2>[^”\n]{1,80})”")
+_NUMBER_RE = re.compile(r"v?\d+(?:\.\d+){0,3}(?![\w.]\w)")
+
+
+def _snake(name: str) -> str:
+    """``AuthService`` -> ``auth_service``, ``HTTPClient`` -> ``http_client``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+def _version_key(version: str) -> str:
+    return "v" + re.sub(r"[^0-9a-z]+", "_", version.lower()).strip("_")
+
+
+def _typed_hits(text: str, protected: list[tuple[int, int]]) -> list[_Hit]:
+    """Every typed candidate span, before overlap resolution."""
+    hits: list[_Hit] = []
+    for entity_type, regexes in (("database", _DATABASE_RES), ("framework", _FRAMEWORK_RES)):
+        for key, regex in regexes:
+            for m in regex.finditer(text):
+                hits.append(_Hit(m.start(), m.end(), key, entity_type, " ".join(m.group(0).split()), 4))
+    for key, regex in _SOFTWARE_RES:
+        for m in regex.finditer(text):
+            hits.append(_Hit(m.start(), m.end(), key, "software_version", " ".join(m.group(0).split()), 3))
+    for m in _BARE_VERSION_RE.finditer(text):
+        version = m.group("v") or m.group("word")
+        hits.append(_Hit(m.start(), m.end(), _version_key(version), "software_version", m.group(0), 1))
+    for regex in _FILE_RES:
+        for m in regex.finditer(text):
+            if not _PRODUCT_NAME_RE.fullmatch(m.group(0)):
+                hits.append(_Hit(m.start(), m.end(), m.group(0), "file_reference", m.group(0), 2))
+    for m in _COMPONENT_RE.finditer(text):
+        name = m.group("name")
+        hits.append(_Hit(m.start(), m.end(), _snake(name), "technical_component", name, 2))
+    for m in _CALL_RE.finditer(text):
+        hits.append(_Hit(m.start(), m.end(), m.group("name").lower(), "technical_component", m.group(0), 2))
+    return [hit for hit in hits if not overlaps(hit.start, hit.end, protected)]
+
+
+def _resolve_overlaps(hits: list[_Hit]) -> list[_Hit]:
+    """One entity per span: higher priority first, then the longer span, then the earlier one."""
+    taken = SpanSet()
+    chosen = [
+        hit
+        for hit in sorted(hits, key=lambda h: (-h.priority, -(h.end - h.start), h.start))
+        if taken.add(hit.start, hit.end)
+    ]
+    return sorted(chosen, key=lambda h: h.start)
+
+
+def _definer(
+    text: str, pos: int, noun: str, typed_at: dict[int, _Hit], inline_code: dict[int, int]
+) -> tuple[int, str, str, _Hit | None] | None:
+    """What immediately defines a reference ending at ``pos``: (end, value, type, typed hit)."""
+    gap = _DEFINER_GAP_RE.match(text, pos)
+    start = gap.end() if gap else pos
+    if start == pos:
+        return None  # the noun ends the clause ("the system.", "the system's")
+    hit = typed_at.get(start)
+    if hit is not None:
+        return hit.end, hit.value, hit.type, hit
+    if start in inline_code:
+        end = inline_code[start]
+        value = text[start:end].strip("`").strip()
+        if value and "\n" not in value and len(value) <= 100:
+            return end, value, "technical_component", None
+        return None
+    quoted = _QUOTED_NAME_RE.match(text, start)
+    if quoted:
+        return quoted.end(), quoted.group("q1") or quoted.group("q2"), "technical_component", None
+    if noun == "version":
+        number = _NUMBER_RE.match(text, start)
+        if number:
+            return number.end(), number.group(0), "software_version", None
+    name = _CODEISH_NAME_RE.match(text, start)
+    if name:
+        value = name.group("name").rstrip(".")
+        body = value[1:]
+        if len(value) > 1 and (any(c.isupper() for c in body) or any(c.isdigit() or c == "_" for c in value)):
+            return start + len(value), value, "technical_component", None
+    return None
+
+
+def detect_entities(content: str, *, message_id: str | None = None) -> dict[str, Entity]:
+    """Find ambiguous references and typed entities in ``content`` (see the module docstring).
+
+    Returns an ordered ``{key: Entity}``; entities that carry a value get ``defined_in`` =
+    ``message_id`` (``wrap_message`` passes the message's ``chat_id``).
+    """
+    protected = protected_spans(content)
+    typed = _resolve_overlaps(_typed_hits(content, protected))
+    typed_at = {hit.start: hit for hit in typed}
+    typed_spans = [(hit.start, hit.end) for hit in typed]
+    inline_code = {start: end for start, end in code_spans(content) if content.startswith("`", start)}
+    consumed: set[_Hit] = set()
+    found: list[tuple[int, str, Entity]] = []
+
+    for m in _DETERMINER_NOUN_RE.finditer(content):
+        det, noun = m.group("det").lower(), m.group("noun").lower()
+        singular = _PLURALS.get(noun, noun)
+        plural = noun != singular
+        if (plural and det not in vocab.DETERMINERS_PLURAL) or (not plural and det not in vocab.DETERMINERS_SINGULAR):
+            continue
+        if overlaps(m.start(), m.end(), protected) or overlaps(m.start(), m.end(), typed_spans):
+            continue
+        key = f"{det}_{noun}"
+        definer = _definer(content, m.end(), singular, typed_at, inline_code)
+        if definer is None:
+            found.append((m.start(), key, Entity("ambiguous_reference", None, None)))
+            continue
+        _end, value, entity_type, hit = definer
+        if hit is not None:
+            consumed.add(hit)
+        found.append((m.start(), key, Entity(entity_type, value, message_id)))
+
+    for hit in typed:
+        if hit not in consumed:
+            found.append((hit.start, hit.key, Entity(hit.type, hit.value, message_id)))
+
+    entities: dict[str, Entity] = {}
+    for _start, key, entity in sorted(found, key=lambda item: item[0]):
+        kept = entities.get(key)
+        if kept is None or (
+            entity.value is not None
+            and (kept.value is None or (len(entity.value) > len(kept.value) and entity.value.startswith(kept.value)))
+        ):
+            entities[key] = entity
+    return entities
+
+
+def merge_entities(
+    detected: Mapping[str, Entity], provided: Mapping[str, Any] | None, *, defined_in: str | None = None
+) -> dict[str, Entity]:
+    """Combine detected entities with caller-provided ones; a provided entity always wins.
+
+    ``provided`` values may be ``Entity`` objects, strings (``user_defined`` values, defined in
+    ``defined_in``), ``None`` (declared but undefined) or mappings with ``type``/``value``/
+    ``defined_in``. Detected keys keep their order; new provided keys follow in their own order.
+    """
+    merged = dict(detected)
+    for key, value in (provided or {}).items():
+        if not isinstance(key, str):
+            raise TypeError(f"entity keys must be strings, not {type(key).__name__}")
+        merged[key] = as_entity(value, defined_in=defined_in)
+    return merged
+
+
+def find_undefined(wrapped: WrappedMessage) -> list[str]:
+    """Keys of the message's entities that have no value (``value`` is null), in order."""
+    return list(wrapped.undefined)
+
+
+def update_entity(
+    wrapped: WrappedMessage, entity_key: str, entity_value: str | None, entity_type: str | None = None
+) -> WrappedMessage:
+    """A copy of ``wrapped`` with one entity defined (or redefined).
+
+    The entity's type becomes ``entity_type`` or ``user_defined`` and ``defined_in`` the message's
+    ``chat_id``; ``entity_value=None`` marks the entity as undefined (and clears ``defined_in``).
+    """
+    if not isinstance(entity_key, str) or not entity_key:
+        raise ValueError("entity_key must be a non-empty string")
+    entity = Entity(
+        entity_type or "user_defined",
+        entity_value,
+        wrapped.chat_id if entity_value is not None else None,
+    )
+    entities = wrapped.entities.to_dict()
+    entities[entity_key] = entity
+    return dataclasses.replace(wrapped, entities=entities)

@@ -1,0 +1,28 @@
+"""The one GAP error: a text (markdown or JSON) that does not follow the format.
+
+Caller mistakes with Python values (a wrong role, an unknown platform) are plain ``ValueError`` /
+``TypeError``; ``GAPFormatError`` is for *text* that cannot be parsed, and says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+
+class GAPFormatError(ValueError):
+    """A GAP markdown block or JSON document is malformed.
+
+    ``line`` is the 1-based line number in the parsed text (markdown) when known; ``path`` is the
+    dotted location inside a JSON document (``message.source.role``) when known. Both also appear
+    in the message, so ``str(error)`` alone tells the reader where to look.
+    """
+
+    def __init__(self, message: str, *, line: int | None = None, path: str | None = None) -> None:
+        self.reason = message
+        self.line = line
+        self.path = path
+        where = []
+        if line is not None:
+            where.append(f"line {line}")
+        if path:
+            where.append(path)
+        prefix = f"{', '.join(where)}: " if where else ""
+        super().__init__(prefix + message)

@@ -1,0 +1,168 @@
+"""The spec's JSON structure: ``{"gap_version": ..., "message": {content, source, context, hints}}``.
+
+``to_json`` writes every field (nulls included), in the spec's order; ``from_json`` requires
+``gap_version`` (any ``0.1.x``) and ``message`` with ``content``, ``source.platform`` and
+``source.chat_id``; every other field may be missing and then takes its default (``role``
+"assistant", ``transform_hints`` the role's pronoun map). Unknown keys are ignored, so a newer
+writer's extra fields do not break an older reader. A wrong type is a ``GAPFormatError`` naming the
+dotted path of the field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from gtl_nb.gap.errors import GAPFormatError
+from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage, default_pronoun_map
+
+_MISSING = object()
+
+
+def check_version(version: object, *, path: str = "gap_version", line: int | None = None) -> None:
+    """Accept any ``0.1.x`` version string; anything else is a ``GAPFormatError``."""
+    if not isinstance(version, str):
+        raise GAPFormatError(f"expected a version string, got {version!r}", path=path, line=line)
+    parts = version.strip().split(".")
+    if parts[:2] != GAP_VERSION.split(".")[:2]:
+        raise GAPFormatError(
+            f"unsupported GAP version {version!r} (this reader understands {GAP_VERSION[:3]}.x)",
+            path=path,
+            line=line,
+        )
+
+
+def hints_to_dict(hints: TransformHints) -> dict[str, Any]:
+    """The ``transform_hints`` object of the spec."""
+    return {
+        "maintain_tense": hints.maintain_tense,
+        "preserve_perspective": hints.preserve_perspective,
+        "pronoun_map": hints.pronoun_map.to_dict(),
+    }
+
+
+def to_dict(wrapped: WrappedMessage) -> dict[str, Any]:
+    """The spec's JSON structure as plain Python data (``json.dumps``-ready)."""
+    return {
+        "gap_version": GAP_VERSION,
+        "message": {
+            "content": wrapped.content,
+            "source": {
+                "platform": wrapped.platform,
+                "model": wrapped.model,
+                "chat_id": wrapped.chat_id,
+                "timestamp": wrapped.timestamp,
+                "role": wrapped.role,
+            },
+            "context": {
+                "thread_id": wrapped.thread_id,
+                "parent_messages": list(wrapped.parent_messages),
+                "entities": {
+                    key: {"type": e.type, "value": e.value, "defined_in": e.defined_in}
+                    for key, e in wrapped.entities.items()
+                },
+            },
+            "transform_hints": hints_to_dict(wrapped.hints),
+        },
+    }
+
+
+def to_json(wrapped: WrappedMessage, *, indent: int | None = None) -> str:
+    """The message as GAP JSON text: compact (one line) by default, indented with ``indent``."""
+    separators = (",", ":") if indent is None else (",", ": ")
+    return json.dumps(to_dict(wrapped), ensure_ascii=False, indent=indent, separators=separators)
+
+
+def _field(obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+    """``obj[key]`` checked against ``kind``; a ``None`` default makes the field nullable."""
+    where = f"{path}.{key}" if path else key
+    if key not in obj:
+        if default is _MISSING:
+            raise GAPFormatError("required field is missing", path=where)
+        return default
+    value = obj[key]
+    if value is None and default is None:
+        return None
+    if not isinstance(value, kind):
+        kinds = (kind,) if isinstance(kind, type) else kind
+        expected = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        raise GAPFormatError(f"expected {expected}, got {json.dumps(value)[:60]}", path=where)
+    return value
+
+
+_JSON_NAMES = {str: "a string", dict: "an object", list: "an array"}
+
+
+def _string_map(obj: Mapping[str, Any], path: str) -> dict[str, str]:
+    for key, value in obj.items():
+        if not isinstance(value, str):
+            raise GAPFormatError(f"expected a string, got {json.dumps(value)[:60]}", path=f"{path}.{key}")
+    return dict(obj)
+
+
+def hints_from_dict(obj: Mapping[str, Any], role: str, path: str = "transform_hints") -> TransformHints:
+    """Read a ``transform_hints`` object; missing fields take the role's defaults."""
+    tense = _field(obj, "maintain_tense", path, str, None)
+    perspective = _field(obj, "preserve_perspective", path, str, None)
+    if "pronoun_map" in obj:
+        pronouns: Mapping[str, str] = _string_map(_field(obj, "pronoun_map", path, dict), f"{path}.pronoun_map")
+    else:
+        pronouns = default_pronoun_map(role)
+    return TransformHints(tense, perspective, pronouns)
+
+
+def from_dict(data: Any) -> WrappedMessage:
+    """Build a message from the spec's JSON structure (already decoded)."""
+    if not isinstance(data, Mapping):
+        raise GAPFormatError("a GAP document must be a JSON object")
+    check_version(_field(data, "gap_version", "", str))
+    message = _field(data, "message", "", dict)
+    content = _field(message, "content", "message", str)
+    source = _field(message, "source", "message", dict)
+    context = _field(message, "context", "message", dict, {}) or {}
+    role = _field(source, "role", "message.source", str, "assistant") or "assistant"
+    if role not in ("assistant", "user", "system"):
+        raise GAPFormatError(f"role must be assistant, user or system, got {role!r}", path="message.source.role")
+    parents = _field(context, "parent_messages", "message.context", list, []) or []
+    for index, parent in enumerate(parents):
+        if not isinstance(parent, str):
+            raise GAPFormatError("expected a string", path=f"message.context.parent_messages[{index}]")
+    entities: dict[str, Entity] = {}
+    raw_entities = _field(context, "entities", "message.context", dict, {}) or {}
+    for key, raw in raw_entities.items():
+        path = f"message.context.entities.{key}"
+        if not isinstance(raw, dict):
+            raise GAPFormatError("expected an object", path=path)
+        value = _field(raw, "value", path, str, None)
+        entity_type = _field(raw, "type", path, str, None)
+        if entity_type is None:
+            entity_type = "ambiguous_reference" if value is None else "user_defined"
+        entities[key] = Entity(
+            entity_type,
+            value,
+            _field(raw, "defined_in", path, str, None),
+        )
+    hints_obj = _field(message, "transform_hints", "message", dict, None)
+    hints = hints_from_dict(hints_obj or {}, role, "message.transform_hints")
+    return WrappedMessage(
+        content=content,
+        platform=_field(source, "platform", "message.source", str),
+        chat_id=_field(source, "chat_id", "message.source", str),
+        role=role,
+        model=_field(source, "model", "message.source", str, None),
+        timestamp=_field(source, "timestamp", "message.source", str, None),
+        thread_id=_field(context, "thread_id", "message.context", str, None),
+        parent_messages=tuple(parents),
+        entities=entities,
+        transform_hints=hints,
+    )
+
+
+def from_json(text: str | bytes) -> WrappedMessage:
+    """Parse GAP JSON text (see the module docstring for what is required)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise GAPFormatError(f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    return from_dict(data)

@@ -1,0 +1,136 @@
+"""Find the parts of a text that rewriting and detection must leave alone.
+
+Code (fenced blocks opened by three or more backticks or tildes, and inline code spans delimited by
+equal backtick runs, as CommonMark defines them), URLs, and — for pronoun rewriting — quoted text
+(``"..."`` on one line and ``“...”``). Spans are half-open ``(start, end)`` offsets, sorted, never
+overlapping.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterator
+
+_FENCE_OPEN = re.compile(r"^[ ]{0,3}(?P<fence>`{3,}|~{3,})[^\n]*$", re.MULTILINE)
+_BACKTICKS = re.compile(r"`+")
+# A URL, without the sentence punctuation that may follow it.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>()\[\]\"'`]*[^\s<>()\[\]\"'`.,;:!?]")
+_STRAIGHT_QUOTE = re.compile(r'"[^"\n]*"')
+_CURLY_QUOTE = re.compile(r"“[^”]*”")
+
+Span = tuple[int, int]
+
+
+def _fenced_blocks(text: str) -> list[Span]:
+    spans: list[Span] = []
+    pos = 0
+    while True:
+        opening = _FENCE_OPEN.search(text, pos)
+        if opening is None:
+            return spans
+        fence = opening.group("fence")
+        info = text[opening.end("fence") : opening.end()]
+        if fence[0] == "`" and "`" in info:
+            # A backtick fence's info string may not contain backticks (that is inline code).
+            pos = opening.end()
+            continue
+        closing = re.compile(rf"^[ ]{{0,3}}{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$", re.MULTILINE)
+        close = closing.search(text, opening.end())
+        end = len(text) if close is None else close.end()
+        spans.append((opening.start(), end))
+        pos = end
+
+
+def _inline_code(text: str, blocked: list[Span]) -> list[Span]:
+    """Backtick runs matched to the next run of the same length (outside ``blocked``)."""
+    runs = [m for m in _BACKTICKS.finditer(text) if not overlaps(m.start(), m.end(), blocked)]
+    spans: list[Span] = []
+    i = 0
+    while i < len(runs):
+        opener = runs[i]
+        length = len(opener.group(0))
+        for j in range(i + 1, len(runs)):
+            if len(runs[j].group(0)) == length:
+                spans.append((opener.start(), runs[j].end()))
+                i = j + 1
+                break
+        else:
+            i += 1  # an unmatched run is literal backticks
+    return spans
+
+
+def code_spans(text: str) -> list[Span]:
+    """Fenced code blocks and inline code spans."""
+    fenced = _fenced_blocks(text)
+    return _merge(fenced + _inline_code(text, fenced))
+
+
+def protected_spans(text: str, *, quotes: bool = False) -> list[Span]:
+    """Code, URLs and (with ``quotes=True``) quoted text, merged into sorted disjoint spans."""
+    spans = code_spans(text)
+    extra: list[Span] = []
+    patterns = [_URL, _STRAIGHT_QUOTE, _CURLY_QUOTE] if quotes else [_URL]
+    for pattern in patterns:
+        for match in pattern.finditer(text):
+            if not overlaps(match.start(), match.end(), spans):
+                extra.append(match.span())
+    return _merge(spans + extra)
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    merged: list[Span] = []
+    for start, end in sorted(spans):
+        if merged and start < merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def overlaps(start: int, end: int, spans: list[Span]) -> bool:
+    """Whether ``[start, end)`` touches any of the sorted disjoint ``spans``."""
+    index = bisect_right(spans, (start, 1 << 62)) - 1
+    if index >= 0 and spans[index][1] > start:
+        return True
+    return index + 1 < len(spans) and spans[index + 1][0] < end
+
+
+def free_segments(text: str, spans: list[Span]) -> list[Span]:
+    """The complement of ``spans`` in ``text``: the parts that may be read or rewritten."""
+    segments: list[Span] = []
+    pos = 0
+    for start, end in spans:
+        if start > pos:
+            segments.append((pos, start))
+        pos = max(pos, end)
+    if pos < len(text):
+        segments.append((pos, len(text)))
+    return segments
+
+
+class SpanSet:
+    """Disjoint half-open spans added one at a time, with O(log n) overlap checks."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: dict[int, int] = {}
+
+    def free(self, start: int, end: int) -> bool:
+        """Whether ``[start, end)`` overlaps none of the spans."""
+        index = bisect_left(self._starts, start)
+        if index < len(self._starts) and self._starts[index] < max(end, start + 1):
+            return False
+        return not (index > 0 and self._ends[self._starts[index - 1]] > start)
+
+    def add(self, start: int, end: int) -> bool:
+        """Add ``[start, end)`` if it is free; returns whether it was added."""
+        if not self.free(start, end):
+            return False
+        insort(self._starts, start)
+        self._ends[start] = end
+        return True
+
+    def __iter__(self) -> Iterator[Span]:
+        """The spans in order."""
+        return ((start, self._ends[start]) for start in self._starts)

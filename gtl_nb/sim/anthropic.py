@@ -1,0 +1,342 @@
+"""Anthropic Messages API simulator.
+
+Written from the recorded fixtures (``tests/fixtures/wire/anthropic``) and the wire-format digest:
+``POST /v1/messages`` with ``x-api-key`` and a required ``anthropic-version``; ``max_tokens`` required. The
+stream is SSE with ``event:`` lines whose name repeats the JSON ``type``: ``message_start`` (usage) →
+per block ``content_block_start`` / ``content_block_delta``… / ``content_block_stop`` (thinking with
+``thinking_delta`` + ``signature_delta``, text with ``text_delta``, tool_use with ``input_json_delta``
+fragments, ``partial_json: ""`` for empty input) → ``message_delta`` (stop_reason, cumulative usage) →
+``message_stop``; a ``ping`` after the first block starts. Like the real service, some payloads carry
+whitespace padding before their closing brace.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from gtl_nb.sim.answers import Answer
+from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+
+__all__ = ["AnthropicSim"]
+
+_DEFAULT_MODELS = ("claude-haiku-4-5-20251001", "claude-sonnet-4-5-20250929", "claude-opus-4-1-20250805")
+_RESET = "2025-01-01T00:01:00Z"
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
+    return ""
+
+
+def _error_body(type_: str, message: str, request_id: str = "req_011Sim0000000000000000") -> dict[str, Any]:
+    return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
+
+
+class AnthropicSim:
+    """``api.anthropic.com``: messages (streamed or not), model listing, token counting."""
+
+    name = "anthropic"
+    base_path = ""
+    overloaded_status = 529
+
+    def handle(self, req: SimRequest, ctx: SimContext) -> SimResponse:
+        """Route; the key (``x-api-key`` or Bearer) is checked first, then the version header."""
+        key = req.headers.get("x-api-key")
+        auth = req.headers.get("authorization", "")
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()  # recent SDKs send the API key as a Bearer token
+        if not key:
+            return self._error(401, "authentication_error", "x-api-key header is required")
+        if key != ctx.api_key:
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        if not req.headers.get("anthropic-version"):
+            return self._error(400, "invalid_request_error", "anthropic-version: header is required")
+        if req.method == "POST" and req.path == "/v1/messages":
+            return self._messages(req, ctx)
+        if req.method == "POST" and req.path == "/v1/messages/count_tokens":
+            body = req.json if isinstance(req.json, dict) else {}
+            return json_response(200, {"input_tokens": self._answer(body, ctx).tokens_in})
+        if req.method == "GET" and req.path == "/v1/models":
+            data = [self._model(m) for m in self._models(ctx)]
+            return json_response(
+                200,
+                {
+                    "data": data,
+                    "has_more": False,
+                    "first_id": data[0]["id"] if data else None,
+                    "last_id": data[-1]["id"] if data else None,
+                },
+            )
+        if req.method == "GET" and req.path.startswith("/v1/models/"):
+            model = req.path[len("/v1/models/") :]
+            if model in self._models(ctx):
+                return json_response(200, self._model(model))
+            return self._error(404, "not_found_error", f"model: {model}")
+        return self._error(404, "not_found_error", "Not Found")
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+
+    def _error(self, status: int, type_: str, message: str, headers: dict[str, str] | None = None) -> SimResponse:
+        return json_response(status, _error_body(type_, message), headers)
+
+    def _models(self, ctx: SimContext) -> list[str]:
+        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+
+    def _model(self, name: str) -> dict[str, Any]:
+        return {
+            "type": "model",
+            "id": name,
+            "display_name": name.replace("-", " ").title(),
+            "created_at": "2025-01-01T00:00:00Z",
+        }
+
+    def _headers(self, req: SimRequest, ctx: SimContext) -> dict[str, str]:
+        headers = {"request-id": ctx.make_id("req_", 24, req.body)}
+        for bucket, limit in (
+            ("requests", "1000"),
+            ("tokens", "540000"),
+            ("input-tokens", "450000"),
+            ("output-tokens", "90000"),
+        ):
+            headers[f"anthropic-ratelimit-{bucket}-limit"] = limit
+            headers[f"anthropic-ratelimit-{bucket}-remaining"] = limit
+            headers[f"anthropic-ratelimit-{bucket}-reset"] = _RESET
+        return headers
+
+    # -- the conversation ------------------------------------------------------------------------------------
+
+    def _answer(self, body: dict[str, Any], ctx: SimContext) -> Answer:
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        last = messages[-1] if messages else {}
+        results: list[str] = []
+        if last.get("role") == "user" and isinstance(last.get("content"), list):
+            for block in last["content"]:
+                if isinstance(block, dict) and block.get("type") == "tool_result":
+                    content = block.get("content")
+                    results.append(content if isinstance(content, str) else _text_of(content))
+        prompt = next(
+            (t for m in reversed(messages) if m.get("role") == "user" for t in [_text_of(m.get("content"))] if t),
+            "",
+        )
+        tools: list[dict[str, Any]] = []
+        choice = body.get("tool_choice") if isinstance(body.get("tool_choice"), dict) else {}
+        if last.get("role") == "user" and not results and choice.get("type") != "none":
+            tools = [
+                {
+                    "name": t.get("name"),
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema") or {"type": "object"},
+                }
+                for t in body.get("tools") or []
+                if isinstance(t, dict) and t.get("type") in (None, "custom") and t.get("name")
+            ]
+            if choice.get("type") == "tool":
+                tools = [t for t in tools if t["name"] == choice.get("name")] or tools
+        thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") in (
+            "enabled",
+            "adaptive",
+        )
+        limit = body.get("max_tokens")
+        return ctx.answer(
+            prompt,
+            tools,
+            tool_results=results,
+            thinking=thinking,
+            max_tokens=limit if isinstance(limit, int) else None,
+        )
+
+    def _stop_reason(self, answer: Answer) -> str:
+        if answer.tool_calls:
+            return "tool_use"
+        return "max_tokens" if answer.finish == "length" else "end_turn"
+
+    def _signature(self, req: SimRequest, ctx: SimContext) -> str:
+        rnd = ctx.rng("signature", req.body)
+        return base64.b64encode(bytes(rnd.randrange(256) for _ in range(120))).decode("ascii")
+
+    def _usage(self, answer: Answer, output_tokens: int) -> dict[str, Any]:
+        return {
+            "input_tokens": answer.tokens_in,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        }
+
+    # -- messages --------------------------------------------------------------------------------------------
+
+    def _messages(self, req: SimRequest, ctx: SimContext) -> SimResponse:
+        body = req.json
+        if not isinstance(body, dict):
+            return self._error(400, "invalid_request_error", "Invalid JSON in request body")
+        for required in ("model", "messages", "max_tokens"):
+            if required not in body:
+                return self._error(400, "invalid_request_error", f"{required}: Field required")
+        model = str(body["model"])
+        if ctx.options.get("models") and model not in ctx.options["models"]:
+            return self._error(404, "not_found_error", f"model: {model}")
+        answer = self._answer(body, ctx)
+        msg_id = ctx.make_id("msg_01", 22, req.body)
+        tool_ids = [ctx.make_id("toolu_01", 22, req.body, i) for i in range(len(answer.tool_calls))]
+        headers = self._headers(req, ctx)
+        if body.get("stream"):
+            chunks = self._stream(req, ctx, answer, msg_id, model, tool_ids)
+            return SimResponse(200, {"content-type": "text/event-stream; charset=utf-8", **headers}, chunks=chunks)
+        content: list[dict[str, Any]] = []
+        if answer.thinking:
+            content.append({"type": "thinking", "thinking": answer.thinking, "signature": self._signature(req, ctx)})
+        if answer.text:
+            content.append({"type": "text", "text": answer.text})
+        for call, tool_id in zip(answer.tool_calls, tool_ids, strict=True):
+            content.append({"type": "tool_use", "id": tool_id, "name": call["name"], "input": call["arguments"]})
+        payload = {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "content": content,
+            "stop_reason": self._stop_reason(answer),
+            "stop_sequence": None,
+            "usage": self._usage(answer, answer.tokens_out + answer.tokens_thinking),
+        }
+        return json_response(200, payload, headers)
+
+    def _stream(
+        self, req: SimRequest, ctx: SimContext, answer: Answer, msg_id: str, model: str, tool_ids: list[str]
+    ) -> list[bytes]:
+        rnd = ctx.rng("padding", req.body)
+
+        def event(name: str, obj: dict[str, Any]) -> bytes:
+            data = json.dumps({"type": name, **obj}, ensure_ascii=False, separators=(",", ":"))
+            data = data[:-1] + " " * rnd.choice((0, 1, 2, 4, 7, 15)) + "}"  # the service pads like this
+            return f"event: {name}\ndata: {data}\n\n".encode()
+
+        out = [
+            event(
+                "message_start",
+                {
+                    "message": {
+                        "model": model,
+                        "id": msg_id,
+                        "type": "message",
+                        "role": "assistant",
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": self._usage(answer, 1),
+                    }
+                },
+            )
+        ]
+        blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+        if answer.thinking:
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in answer.thinking_pieces]
+            deltas.append({"type": "signature_delta", "signature": self._signature(req, ctx)})
+            blocks.append(({"type": "thinking", "thinking": "", "signature": ""}, deltas))
+        if answer.text:
+            blocks.append(({"type": "text", "text": ""}, [{"type": "text_delta", "text": p} for p in answer.pieces]))
+        for call, tool_id in zip(answer.tool_calls, tool_ids, strict=True):
+            arguments = json.dumps(call["arguments"], ensure_ascii=False) if call["arguments"] else ""
+            pieces = [arguments[i : i + 12] for i in range(0, len(arguments), 12)] or [""]
+            blocks.append(
+                (
+                    {
+                        "type": "tool_use",
+                        "id": tool_id,
+                        "name": call["name"],
+                        "input": {},
+                        "caller": {"type": "direct"},
+                    },
+                    [{"type": "input_json_delta", "partial_json": p} for p in pieces],
+                )
+            )
+        for index, (start, deltas) in enumerate(blocks):
+            out.append(event("content_block_start", {"index": index, "content_block": start}))
+            if index == 0:
+                out.append(b'event: ping\ndata: {"type": "ping"}\n\n')
+            out.extend(event("content_block_delta", {"index": index, "delta": d}) for d in deltas)
+            out.append(event("content_block_stop", {"index": index}))
+        out.append(
+            event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": self._stop_reason(answer), "stop_sequence": None},
+                    "usage": {
+                        "input_tokens": answer.tokens_in,
+                        "cache_creation_input_tokens": 0,
+                        "cache_read_input_tokens": 0,
+                        "output_tokens": answer.tokens_out + answer.tokens_thinking,
+                    },
+                },
+            )
+        )
+        out.append(event("message_stop", {}))
+        return out
+
+    # -- faults ----------------------------------------------------------------------------------------------
+
+    def error_response(self, status: int, kind: str, retry_after: float | None) -> SimResponse:
+        """429 rate_limit_error (+ retry-after), 529 overloaded_error, 500 api_error; "quota": spend limit."""
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["retry-after"] = str(int(retry_after)) if float(retry_after).is_integer() else f"{retry_after:g}"
+        if kind == "quota":
+            body = _error_body(
+                "rate_limit_error",
+                "You have reached your specified workspace API usage limits. "
+                "You will regain access on 2025-02-01 at 00:00 UTC.",
+            )
+            body["error"]["details"] = {"error_code": "enforced_spend_limit_reached"}
+            headers["x-should-retry"] = "false"
+            return json_response(429 if status == 429 else status, body, headers)
+        if kind == "rate_limit" or status == 429:
+            headers["x-should-retry"] = "true"
+            return self._error(
+                status,
+                "rate_limit_error",
+                (
+                    "This request would exceed the rate limit for your organization of 50 requests per "
+                    "minute. For details, refer to: https://docs.claude.com/en/api/rate-limits. You can see "
+                    "the response headers for current usage. Please reduce the prompt length or the maximum "
+                    "tokens requested, or try again later. You may also contact sales at "
+                    "https://www.anthropic.com/contact-sales to discuss your options for a rate limit "
+                    "increase."
+                ),
+                headers,
+            )
+        if kind == "overloaded" or status == 529:
+            headers["x-should-retry"] = "true"
+            return self._error(status, "overloaded_error", "Overloaded", headers)
+        if status >= 500:
+            headers["x-should-retry"] = "true"
+            return self._error(status, "api_error", "Internal server error", headers)
+        type_ = {
+            400: "invalid_request_error",
+            401: "authentication_error",
+            402: "billing_error",
+            403: "permission_error",
+            404: "not_found_error",
+            413: "request_too_large",
+        }
+        return self._error(
+            status, type_.get(status, "invalid_request_error"), f"Simulated error (HTTP {status}).", headers
+        )
+
+    def stream_error_chunk(self, kind: str) -> bytes:
+        """``event: error`` inside the 200 stream, as the service sends it."""
+        type_, message = {
+            "rate_limit": ("rate_limit_error", "Rate limited"),
+            "overloaded": ("overloaded_error", "Overloaded"),
+        }.get(kind, ("api_error", "Internal server error"))
+        payload = json.dumps({"type": "error", "error": {"type": type_, "message": message}})
+        return f"event: error\ndata: {payload}\n\n".encode()
+
+    def malformed_chunk(self) -> bytes:
+        """A well-framed event whose JSON is cut short."""
+        return b'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"ty\n\n'

@@ -1,0 +1,69 @@
+"""``gtl sim PROVIDER`` — run one simulator in the foreground until Ctrl-C.
+
+    gtl sim openai --port 0 --seed 1 --pace 0.05
+
+prints the base URL to give the provider's SDK (one line on standard output, so scripts can read it) and
+serves until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from typing import Any
+
+from gtl_nb.sim.base import PROVIDERS
+from gtl_nb.sim.server import serve
+
+__all__ = ["add_subcommands", "run_sim"]
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register ``sim`` on the ``gtl`` command's subparsers (handler in ``handler``)."""
+    parser = subparsers.add_parser(
+        "sim",
+        help="serve an offline provider simulator on loopback",
+        description="Serve an offline simulator that speaks the provider's real wire format.",
+    )
+    parser.add_argument("provider", choices=sorted(PROVIDERS), help="which provider to simulate")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (default: 0, an ephemeral port)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic answers")
+    parser.add_argument("--pace", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--api-key", default=None, help="the key the simulator expects (default: sim-key)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="accept only these models (repeatable)",
+    )
+    parser.set_defaults(handler=run_sim)
+
+
+def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:
+    """Start the simulator, print its base URL, and block until Ctrl-C (or until ``stop`` is set)."""
+    options: dict[str, Any] = {}
+    if args.models:
+        options["models"] = args.models
+    sim = serve(
+        args.provider,
+        seed=args.seed,
+        pace=args.pace,
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        **options,
+    )
+    try:
+        print(sim.base_url, flush=True)
+        print(f"gtl sim: {args.provider} simulator listening; Ctrl-C to stop", file=sys.stderr, flush=True)
+        waiter = stop or threading.Event()
+        while not waiter.wait(0.5):  # a timed wait keeps Ctrl-C responsive on every platform
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.close()
+    return 0

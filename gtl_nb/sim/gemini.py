@@ -1,0 +1,372 @@
+"""Google Gemini (Developer API) simulator.
+
+Written from the recorded fixtures (``tests/fixtures/wire/gemini``) and the wire-format digest:
+``POST /v1beta/models/{model}:generateContent`` and ``:streamGenerateContent`` (``v1``, ``v1alpha``
+too). With ``?alt=sse`` the stream is SSE with ``data:`` lines and CRLF separators, no ``[DONE]``;
+without it, one JSON array streamed element by element (``[{…}`` LF ``,`` CRLF ``{…}`` LF ``]``).
+Every chunk repeats a ``usageMetadata`` snapshot; function calls arrive whole with ``args`` objects and no
+id; ``finishReason`` is on the last chunk (``STOP`` even after a function call). Thought parts
+(``thought: true``) and a ``thoughtSignature`` appear when ``thinkingConfig.includeThoughts`` is set.
+Key: ``x-goog-api-key`` header or ``?key=``; a wrong key is a 400 ``API_KEY_INVALID``, a missing one a 403.
+Request fields are read in camelCase or snake_case.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Any
+
+from gtl_nb.sim.answers import Answer, count_tokens
+from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+
+__all__ = ["GeminiSim"]
+
+_DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash")
+_METHOD_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
+_MODEL_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+)$")
+_QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
+_STATUS_NAMES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    501: "NOT_IMPLEMENTED",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _get(obj: Any, camel: str) -> Any:
+    """A proto-JSON field: camelCase or its snake_case spelling."""
+    if not isinstance(obj, dict):
+        return None
+    if camel in obj:
+        return obj[camel]
+    return obj.get(re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel))
+
+
+def _dumps(obj: Any) -> str:
+    # the service writes `"key": value` with no space after commas
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ": "))
+
+
+def _pretty(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=2)
+
+
+def _google_error(
+    status: int,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> SimResponse:
+    error: dict[str, Any] = {
+        "code": status,
+        "message": message,
+        "status": _STATUS_NAMES.get(status, "UNKNOWN"),
+    }
+    if details:
+        error["details"] = details
+    return SimResponse(
+        status,
+        {"content-type": "application/json; charset=UTF-8", **(headers or {})},
+        _pretty({"error": error}).encode("utf-8"),
+    )
+
+
+def _group(pieces: list[str], size: int = 3) -> list[str]:
+    """Gemini's chunks are larger than a word: join the answer's pieces a few at a time."""
+    return ["".join(pieces[i : i + size]) for i in range(0, len(pieces), size)]
+
+
+class GeminiSim:
+    """``generativelanguage.googleapis.com``: generateContent, streamGenerateContent, model listing."""
+
+    name = "gemini"
+    base_path = ""
+    overloaded_status = 503
+
+    def handle(self, req: SimRequest, ctx: SimContext) -> SimResponse:
+        """Route; the key is checked first."""
+        key = req.headers.get("x-goog-api-key") or req.query.get("key")
+        if not key:
+            return _google_error(
+                403,
+                "Method doesn't allow unregistered callers (callers without established "
+                "identity). Please use API Key or other form of API consumer identity to call "
+                "this API.",
+            )
+        if key != ctx.api_key:
+            return _google_error(
+                400,
+                "API key not valid. Please pass a valid API key.",
+                [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "API_KEY_INVALID",
+                        "domain": "googleapis.com",
+                        "metadata": {"service": "generativelanguage.googleapis.com"},
+                    },
+                    {
+                        "@type": "type.googleapis.com/google.rpc.LocalizedMessage",
+                        "locale": "en-US",
+                        "message": "API key not valid. Please pass a valid API key.",
+                    },
+                ],
+            )
+        method_match = _METHOD_PATH.match(req.path)
+        if method_match and req.method == "POST":
+            version, model, method = method_match.groups()
+            if method in ("generateContent", "streamGenerateContent"):
+                return self._generate(req, ctx, version, model, stream=method == "streamGenerateContent")
+            if method == "countTokens":
+                body = req.json if isinstance(req.json, dict) else {}
+                return json_response(200, {"totalTokens": self._answer(body, ctx).tokens_in})
+        if req.method == "GET" and re.match(r"^/(v1|v1beta|v1alpha)/models$", req.path):
+            return json_response(200, {"models": [self._model(m) for m in self._models(ctx)]})
+        model_match = _MODEL_PATH.match(req.path)
+        if model_match and req.method == "GET":
+            if model_match.group(2) in self._models(ctx):
+                return json_response(200, self._model(model_match.group(2)))
+            return _google_error(
+                404,
+                f"models/{model_match.group(2)} is not found for API version "
+                f"{model_match.group(1)}, or is not supported for generateContent.",
+            )
+        return _google_error(404, f"Method not found: {req.method} {req.path}")
+
+    # -- models ----------------------------------------------------------------------------------------------
+
+    def _models(self, ctx: SimContext) -> list[str]:
+        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+
+    def _model(self, name: str) -> dict[str, Any]:
+        return {
+            "name": f"models/{name}",
+            "version": "001",
+            "displayName": name.replace("-", " ").title(),
+            "description": f"Simulated {name}",
+            "inputTokenLimit": 1048576,
+            "outputTokenLimit": 65536,
+            "supportedGenerationMethods": ["generateContent", "countTokens"],
+            "temperature": 1,
+            "topP": 0.95,
+            "topK": 64,
+            "maxTemperature": 2,
+            "thinking": True,
+        }
+
+    # -- the conversation ------------------------------------------------------------------------------------
+
+    def _answer(self, body: dict[str, Any], ctx: SimContext) -> Answer:
+        contents = [c for c in _get(body, "contents") or [] if isinstance(c, dict)]
+        last = contents[-1] if contents else {}
+        last_is_user = last.get("role", "user") == "user"
+        results = [
+            _dumps(_get(p, "functionResponse").get("response", {}))
+            for p in last.get("parts") or []
+            if last_is_user and isinstance(_get(p, "functionResponse"), dict)
+        ]
+
+        def text(content: dict[str, Any]) -> str:
+            return "\n".join(
+                str(p["text"])
+                for p in content.get("parts") or []
+                if isinstance(p, dict) and isinstance(p.get("text"), str) and not p.get("thought")
+            )
+
+        prompt = next((t for c in reversed(contents) if c.get("role", "user") == "user" for t in [text(c)] if t), "")
+        tools: list[dict[str, Any]] = []
+        calling = _get(_get(body, "toolConfig"), "functionCallingConfig") or {}
+        if last_is_user and not results and _get(calling, "mode") != "NONE":
+            tools_field = _get(body, "tools") or []
+            for tool in [tools_field] if isinstance(tools_field, dict) else tools_field:  # a lone Tool is accepted
+                for decl in _get(tool, "functionDeclarations") or []:
+                    params = _get(decl, "parametersJsonSchema") or _get(decl, "parameters") or {"type": "object"}
+                    tools.append(
+                        {
+                            "name": decl.get("name"),
+                            "description": decl.get("description", ""),
+                            "parameters": params,
+                        }
+                    )
+            allowed = _get(calling, "allowedFunctionNames")
+            if allowed:
+                tools = [t for t in tools if t["name"] in allowed] or tools
+        config = _get(body, "generationConfig") or {}
+        thinking = bool(_get(_get(config, "thinkingConfig"), "includeThoughts"))
+        limit = _get(config, "maxOutputTokens")
+        return ctx.answer(
+            prompt,
+            tools,
+            tool_results=results,
+            thinking=thinking,
+            max_tokens=limit if isinstance(limit, int) else None,
+        )
+
+    def _signature(self, req: SimRequest, ctx: SimContext) -> str:
+        rnd = ctx.rng("thoughtSignature", req.body)
+        return base64.b64encode(bytes(rnd.randrange(256) for _ in range(96))).decode("ascii")
+
+    def _usage(self, answer: Answer, candidates: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {"promptTokenCount": answer.tokens_in}
+        if candidates:
+            usage["candidatesTokenCount"] = candidates
+        usage["totalTokenCount"] = answer.tokens_in + candidates + answer.tokens_thinking
+        usage["promptTokensDetails"] = [{"modality": "TEXT", "tokenCount": answer.tokens_in}]
+        if answer.tokens_thinking:
+            usage["thoughtsTokenCount"] = answer.tokens_thinking
+        return usage
+
+    def _finish_reason(self, answer: Answer) -> str:
+        return "MAX_TOKENS" if answer.finish == "length" else "STOP"
+
+    def _call_parts(self, answer: Answer, signature: str | None) -> list[dict[str, Any]]:
+        parts: list[dict[str, Any]] = []
+        for call in answer.tool_calls:
+            part: dict[str, Any] = {"functionCall": {"name": call["name"], "args": call["arguments"]}}
+            if signature and not parts:  # the signature rides on the first function-call part
+                part["thoughtSignature"] = signature
+            parts.append(part)
+        return parts
+
+    # -- generation ------------------------------------------------------------------------------------------
+
+    def _generate(self, req: SimRequest, ctx: SimContext, version: str, model: str, *, stream: bool) -> SimResponse:
+        body = req.json
+        if not isinstance(body, dict):
+            return _google_error(400, "Invalid JSON payload received. Unexpected token.")
+        if ctx.options.get("models") and model not in ctx.options["models"]:
+            return _google_error(
+                404,
+                f"models/{model} is not found for API version {version}, or is not "
+                "supported for generateContent. Call ListModels to see the list of available "
+                "models and their supported methods.",
+            )
+        answer = self._answer(body, ctx)
+        response_id = ctx.make_id("", 23, req.body)
+        signature = self._signature(req, ctx) if answer.thinking else None
+
+        def response(parts: list[dict[str, Any]], finish: bool, candidates: int) -> dict[str, Any]:
+            candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}
+            if finish:
+                candidate["finishReason"] = self._finish_reason(answer)
+            candidate["index"] = 0
+            return {
+                "candidates": [candidate],
+                "usageMetadata": self._usage(answer, candidates),
+                "modelVersion": model,
+                "responseId": response_id,
+            }
+
+        if not stream:
+            parts: list[dict[str, Any]] = []
+            if answer.thinking:
+                parts.append({"text": answer.thinking, "thought": True})
+            if answer.text:
+                parts.append({"text": answer.text})
+                if signature:
+                    parts[-1]["thoughtSignature"] = signature
+            parts.extend(self._call_parts(answer, signature))
+            payload = response(parts or [{"text": ""}], True, answer.tokens_out)
+            return SimResponse(
+                200, {"content-type": "application/json; charset=UTF-8"}, _pretty(payload).encode("utf-8")
+            )
+
+        items: list[tuple[list[dict[str, Any]], int]] = [  # (parts, candidatesTokenCount so far)
+            ([{"text": group, "thought": True}], 0) for group in _group(answer.thinking_pieces)
+        ]
+        first_content = len(items)
+        sent = ""
+        for group in _group(answer.pieces):
+            sent += group
+            items.append(([{"text": group}], min(count_tokens(sent), answer.tokens_out)))
+        if answer.tool_calls:
+            items.append((self._call_parts(answer, signature), answer.tokens_out))
+        if signature and not answer.tool_calls:  # the signature closes a text turn on an empty part
+            items.append(([{"text": "", "thoughtSignature": signature}], answer.tokens_out))
+        elif signature or len(items) == first_content:
+            items.append(([{"text": ""}], answer.tokens_out))
+        # the last chunk carries the finish reason and the final usage
+        objects = [
+            response(parts, i == len(items) - 1, answer.tokens_out if i == len(items) - 1 else candidates)
+            for i, (parts, candidates) in enumerate(items)
+        ]
+
+        if req.query.get("alt") == "sse":
+            chunks = [f"data: {_dumps(obj)}\r\n\r\n".encode() for obj in objects]
+            return SimResponse(200, {"content-type": "text/event-stream"}, chunks=chunks)
+        chunks = [
+            ("[" if i == 0 else "\n,\r\n").encode() + _pretty(obj).encode("utf-8") for i, obj in enumerate(objects)
+        ]
+        chunks.append(b"\n]")
+        return SimResponse(200, {"content-type": "application/json; charset=UTF-8"}, chunks=chunks)
+
+    # -- faults ----------------------------------------------------------------------------------------------
+
+    def error_response(self, status: int, kind: str, retry_after: float | None) -> SimResponse:
+        """google.rpc errors: 429 RESOURCE_EXHAUSTED (+ RetryInfo), 503 UNAVAILABLE, 500 INTERNAL."""
+        if status == 429 or kind in ("rate_limit", "quota"):
+            per = "PerDay" if kind == "quota" else "PerMinute"
+            details: list[dict[str, Any]] = [
+                {
+                    "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                    "violations": [
+                        {
+                            "quotaMetric": _QUOTA_METRIC,
+                            "quotaId": f"GenerateRequests{per}PerProjectPerModel-FreeTier",
+                            "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                            "quotaValue": "250" if kind == "quota" else "10",
+                        }
+                    ],
+                },
+                {
+                    "@type": "type.googleapis.com/google.rpc.Help",
+                    "links": [
+                        {
+                            "description": "Learn more about Gemini API quotas",
+                            "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                        }
+                    ],
+                },
+            ]
+            if retry_after is not None and kind != "quota":
+                delay = f"{int(retry_after)}s" if float(retry_after).is_integer() else f"{retry_after:g}s"
+                details.append({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": delay})
+            return _google_error(
+                429,
+                "You exceeded your current quota, please check your plan and billing "
+                "details. For more information on this error, head to: "
+                "https://ai.google.dev/gemini-api/docs/rate-limits.",
+                details,
+            )
+        if kind == "overloaded" or status == 503:
+            return _google_error(status, "The model is overloaded. Please try again later.")
+        if status >= 500:
+            return _google_error(
+                status,
+                "An internal error has occurred. Please retry or report in "
+                "https://developers.generativeai.google/guide/troubleshooting",
+            )
+        return _google_error(status, f"Simulated error (HTTP {status}).")
+
+    def stream_error_chunk(self, kind: str) -> bytes:
+        """An error object as an SSE event (the shape of Google's error bodies; not recorded in a stream)."""
+        status = 503 if kind == "overloaded" else (429 if kind == "rate_limit" else 500)
+        message = {
+            503: "The model is overloaded. Please try again later.",
+            429: "Resource has been exhausted (e.g. check quota).",
+            500: "An internal error has occurred.",
+        }[status]
+        error = {"error": {"code": status, "message": message, "status": _STATUS_NAMES[status]}}
+        return f"data: {_dumps(error)}\r\n\r\n".encode()
+
+    def malformed_chunk(self) -> bytes:
+        """A well-framed SSE event whose JSON is cut short."""
+        return b'data: {"candidates": [{"content": {"parts": [{"text": "bro\r\n\r\n'

@@ -1,0 +1,666 @@
+"""Chat Completions simulators: OpenAI, any OpenAI-compatible server, and Azure OpenAI.
+
+Written from the recorded fixtures (``tests/fixtures/wire/openai``, ``…/azure``) and the wire-format digest:
+
+* OpenAI: ``POST /v1/chat/completions``; SSE ``data:`` events only, ``data: [DONE]`` last; every chunk has
+  ``usage: null`` and an ``obfuscation`` padding field; the first chunk carries the role (and, in a tool-only
+  turn, the first tool-call fragment); tool arguments come as string fragments keyed by ``index``; a finish
+  chunk with ``delta: {}``; with ``stream_options.include_usage`` one more chunk with ``choices: []``.
+* Azure: ``/openai/deployments/{deployment}/chat/completions?api-version=…`` or the v1 surface
+  ``/openai/v1/chat/completions``; ``api-key`` header (or a Bearer token); the stream opens with a
+  ``prompt_filter_results`` prelude (``choices: []``, empty id/model/object), content chunks carry full
+  ``content_filter_results``, the others ``{}``; keys come out sorted; no obfuscation; usage only when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from gtl_nb.sim.answers import Answer
+from gtl_nb.sim.base import FIXED_EPOCH, SimContext, SimRequest, SimResponse, json_response
+
+__all__ = ["AzureSim", "OpenAICompatibleSim", "OpenAISim"]
+
+_DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini")
+_SSE_TYPE = "text/event-stream; charset=utf-8"
+_SAFE = {"filtered": False, "severity": "safe"}
+_FILTER_RESULTS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
+_AZURE_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_AZURE_DEPLOYMENT_PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+_AZURE_OVERLOADED = (
+    "That model is currently overloaded with other requests. You can retry your request, or contact us "
+    "through an Azure support request at: https://go.microsoft.com/fwlink/?linkid=2213926 if the error "
+    "persists."
+)
+
+
+def _compact(obj: Any, *, sort: bool = False) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), sort_keys=sort).encode("utf-8")
+
+
+def _text_of(content: Any) -> str:
+    """The text of a Chat Completions ``content`` (a string, a list of parts, or null)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def _retry_header(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
+
+
+def _error(message: str, type_: str | None, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class _ChatCompletionsSim:
+    """What OpenAI, OpenAI-compatible servers and Azure share: request reading and the answer's chunks."""
+
+    name = "openai"
+    base_path = "/v1"
+    overloaded_status = 503
+
+    # -- request reading ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _conversation(body: dict[str, Any]) -> tuple[str, list[str], bool]:
+        """(prompt text, tool results of the last turn, whether the last message is from the user)."""
+        messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+        results: list[str] = []
+        for message in reversed(messages):
+            if message.get("role") != "tool":
+                break
+            results.insert(0, _text_of(message.get("content")))
+        prompt = next((_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+        last_is_user = bool(messages) and messages[-1].get("role") == "user"
+        return prompt, results, last_is_user
+
+    @staticmethod
+    def _tools(body: dict[str, Any]) -> list[dict[str, Any]]:
+        choice = body.get("tool_choice")
+        tools = [
+            t["function"]
+            for t in body.get("tools") or []
+            if isinstance(t, dict) and t.get("type", "function") == "function" and isinstance(t.get("function"), dict)
+        ]
+        if choice == "none":
+            return []
+        if isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+            forced = choice["function"].get("name")
+            tools = [t for t in tools if t.get("name") == forced] or tools
+        return tools
+
+    def _answer(self, body: dict[str, Any], ctx: SimContext) -> Answer:
+        prompt, results, last_is_user = self._conversation(body)
+        tools = self._tools(body) if last_is_user else []
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        return ctx.answer(prompt, tools, tool_results=results, max_tokens=limit if isinstance(limit, int) else None)
+
+    def _finish(self, answer: Answer) -> str:
+        return "tool_calls" if answer.tool_calls else ("length" if answer.finish == "length" else "stop")
+
+    def _usage(self, answer: Answer) -> dict[str, Any]:
+        return {
+            "prompt_tokens": answer.tokens_in,
+            "completion_tokens": answer.tokens_out,
+            "total_tokens": answer.tokens_in + answer.tokens_out,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+
+    def _tool_call_ids(self, req: SimRequest, ctx: SimContext, answer: Answer) -> list[str]:
+        return [ctx.make_id("call_", 24, req.body, i) for i in range(len(answer.tool_calls))]
+
+    def _argument_fragments(self, arguments: dict[str, Any], ctx: SimContext, salt: object) -> list[str]:
+        text = json.dumps(arguments, ensure_ascii=False, separators=(",", ":"))
+        if len(text) <= 2:
+            return [text]
+        rnd = ctx.rng("args", salt)
+        out, i = [], 0
+        while i < len(text):
+            n = rnd.randint(1, 6)
+            out.append(text[i : i + n])
+            i += n
+        return out
+
+    def _deltas(self, req: SimRequest, ctx: SimContext, answer: Answer) -> Iterator[tuple[dict[str, Any], bool]]:
+        """The stream's deltas in order, each with a flag "carries text" (for Azure's content filter)."""
+        first: dict[str, Any] = {"role": "assistant", "content": None if answer.tool_calls else ""}
+        ids = self._tool_call_ids(req, ctx, answer)
+        fragments: list[tuple[int, dict[str, Any]]] = []
+        for k, call in enumerate(answer.tool_calls):
+            fragments.append(
+                (
+                    k,
+                    {
+                        "index": k,
+                        "id": ids[k],
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": ""},
+                    },
+                )
+            )
+            for piece in self._argument_fragments(call["arguments"], ctx, (req.body, k)):
+                fragments.append((k, {"index": k, "function": {"arguments": piece}}))
+        if fragments:  # in a tool-only turn the first fragment rides in the role chunk
+            first["tool_calls"] = [fragments.pop(0)[1]]
+        first["refusal"] = None
+        yield first, False
+        for piece in answer.pieces:
+            yield {"content": piece}, True
+        for _, fragment in fragments:
+            yield {"tool_calls": [fragment]}, False
+
+    def _non_stream_message(self, req: SimRequest, ctx: SimContext, answer: Answer) -> dict[str, Any]:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": answer.text if not answer.tool_calls else None,
+            "refusal": None,
+            "annotations": [],
+        }
+        if answer.tool_calls:
+            ids = self._tool_call_ids(req, ctx, answer)
+            message["tool_calls"] = [
+                {
+                    "id": ids[k],
+                    "type": "function",
+                    "function": {
+                        "name": c["name"],
+                        "arguments": json.dumps(c["arguments"], separators=(",", ":")),
+                    },
+                }
+                for k, c in enumerate(answer.tool_calls)
+            ]
+        return message
+
+    # -- validation shared by both flavours ---------------------------------------------------------------
+
+    def _invalid_body(self, req: SimRequest) -> dict[str, Any] | None:
+        if not isinstance(req.json, dict):
+            return _error(
+                "We could not parse the JSON body of your request. (HINT: This likely means you aren't "
+                "using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was "
+                "sent was not valid JSON. If you have trouble figuring out how to fix this, please contact "
+                "us through our help center at help.openai.com.)",
+                "invalid_request_error",
+                None,
+            )
+        if "messages" not in req.json:
+            return _error(
+                "Missing required parameter: 'messages'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+                "messages",
+            )
+        return None
+
+
+class OpenAISim(_ChatCompletionsSim):
+    """``api.openai.com`` Chat Completions, ``GET /v1/models``, Bearer auth."""
+
+    name = "openai"
+    check_key_default = True
+
+    # -- routing ---------------------------------------------------------------------------------------------
+
+    def handle(self, req: SimRequest, ctx: SimContext) -> SimResponse:
+        denied = self._check_auth(req, ctx)
+        if denied is not None:
+            return denied
+        if req.method == "POST" and req.path == "/v1/chat/completions":
+            return self._chat(req, ctx)
+        if req.method == "GET" and req.path == "/v1/models":
+            return json_response(200, {"object": "list", "data": [self._model(m) for m in self._models(ctx)]})
+        if req.method == "GET" and req.path.startswith("/v1/models/"):
+            model = req.path[len("/v1/models/") :]
+            if model in self._models(ctx):
+                return json_response(200, self._model(model))
+            return self._model_not_found(model)
+        return json_response(404, _error(f"Invalid URL ({req.method} {req.path})", "invalid_request_error", None))
+
+    def _check_auth(self, req: SimRequest, ctx: SimContext) -> SimResponse | None:
+        if not ctx.options.get("check_key", self.check_key_default):
+            return None
+        auth = req.headers.get("authorization", "")
+        key = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        if key == ctx.api_key:
+            return None
+        if not key:
+            message = (
+                "You didn't provide an API key. You need to provide your API key in an Authorization "
+                "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field "
+                "(with blank username) if you're accessing the API from your browser and are prompted for "
+                "a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys."
+            )
+        else:
+            masked = key[:8] + "*" * 3 + key[-4:] if len(key) > 12 else key[:2] + "***"
+            message = (
+                f"Incorrect API key provided: {masked}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys."
+            )
+        return json_response(
+            401,
+            _error(message, "invalid_request_error", "invalid_api_key"),
+            content_type="application/json; charset=utf-8",
+        )
+
+    def _models(self, ctx: SimContext) -> list[str]:
+        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+
+    def _model(self, name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": FIXED_EPOCH, "owned_by": "system"}
+
+    def _model_not_found(self, model: str) -> SimResponse:
+        return json_response(
+            404,
+            _error(
+                f"The model `{model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            ),
+        )
+
+    def _headers(self, req: SimRequest, ctx: SimContext) -> dict[str, str]:
+        return {
+            "x-request-id": ctx.make_id("req_", 32, req.body, alphabet="0123456789abcdef"),
+            "openai-processing-ms": "1",
+        }
+
+    # -- chat ------------------------------------------------------------------------------------------------
+
+    def _chat(self, req: SimRequest, ctx: SimContext) -> SimResponse:
+        problem = self._invalid_body(req)
+        if problem is not None:
+            return json_response(400, problem)
+        body: dict[str, Any] = req.json
+        model = body.get("model")
+        if not model:
+            return json_response(400, _error("you must provide a model parameter", "invalid_request_error", None))
+        if ctx.options.get("models") and model not in ctx.options["models"]:
+            return self._model_not_found(str(model))
+        answer = self._answer(body, ctx)
+        chat_id = ctx.make_id("chatcmpl-", 29, req.body)
+        if body.get("stream"):
+            options = body.get("stream_options") or {}
+            chunks = self._stream(
+                req,
+                ctx,
+                answer,
+                chat_id,
+                str(model),
+                include_usage=bool(options.get("include_usage")),
+                obfuscate=options.get("include_obfuscation", True) is not False,
+            )
+            headers = {"content-type": _SSE_TYPE, **self._headers(req, ctx)}
+            return SimResponse(200, headers, chunks=chunks)
+        payload = {
+            "id": chat_id,
+            "object": "chat.completion",
+            "created": FIXED_EPOCH,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": self._non_stream_message(req, ctx, answer),
+                    "logprobs": None,
+                    "finish_reason": self._finish(answer),
+                }
+            ],
+            "usage": self._usage(answer),
+            "service_tier": "default",
+            "system_fingerprint": "fp_sim0000001",
+        }
+        return json_response(200, payload, self._headers(req, ctx))
+
+    def _stream(
+        self,
+        req: SimRequest,
+        ctx: SimContext,
+        answer: Answer,
+        chat_id: str,
+        model: str,
+        *,
+        include_usage: bool,
+        obfuscate: bool,
+    ) -> list[bytes]:
+        rnd = ctx.rng("obfuscation", req.body)
+
+        def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None) -> bytes:
+            obj: dict[str, Any] = {
+                "id": chat_id,
+                "object": "chat.completion.chunk",
+                "created": FIXED_EPOCH,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": "fp_sim0000001",
+                "choices": choices,
+                "usage": usage,
+            }
+            if obfuscate:
+                obj["obfuscation"] = "".join(
+                    rnd.choice("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+                    for _ in range(rnd.randint(2, 16))
+                )
+            return b"data: " + _compact(obj) + b"\n\n"
+
+        out = [
+            chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}], None)
+            for delta, _ in self._deltas(req, ctx, answer)
+        ]
+        finish = self._finish(answer)
+        out.append(chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}], None))
+        if include_usage:
+            out.append(chunk([], self._usage(answer)))
+        out.append(b"data: [DONE]\n\n")
+        return out
+
+    # -- faults ----------------------------------------------------------------------------------------------
+
+    def error_response(self, status: int, kind: str, retry_after: float | None) -> SimResponse:
+        """OpenAI's envelope; 429 ``rate_limit_exceeded`` (retryable) vs ``insufficient_quota`` (not)."""
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["retry-after"] = _retry_header(retry_after)
+            headers["retry-after-ms"] = str(int(retry_after * 1000))
+        wait = f"{retry_after:g}s" if retry_after is not None else "20ms"
+        if kind == "quota":
+            body = _error(
+                "You exceeded your current quota, please check your plan and billing details. For more "
+                "information on this error, read the docs: "
+                "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                "insufficient_quota",
+                "insufficient_quota",
+            )
+        elif kind == "rate_limit" or status == 429:
+            body = _error(
+                "Rate limit reached for gpt-4o-mini in organization org-simulator on requests per min (RPM): "
+                f"Limit 3, Used 3, Requested 1. Please try again in {wait}. Visit "
+                "https://platform.openai.com/account/rate-limits to learn more.",
+                "requests",
+                "rate_limit_exceeded",
+            )
+            headers.setdefault("x-ratelimit-reset-requests", wait)
+        elif kind == "overloaded":
+            body = _error(
+                "That model is currently overloaded with other requests. You can retry your "
+                "request, or contact us through our help center at help.openai.com if the error "
+                "persists.",
+                "server_error",
+                None,
+            )
+        elif status >= 500:
+            body = _error(
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            )
+        else:
+            body = _error(f"Simulated error (HTTP {status}).", "invalid_request_error", None)
+        return json_response(status, body, headers)
+
+    def stream_error_chunk(self, kind: str) -> bytes:
+        """OpenAI sends ``data: {"error": …}`` inside a 200 stream."""
+        if kind == "rate_limit":
+            err = _error("Rate limit reached for requests. Please try again in 1s.", "requests", "rate_limit_exceeded")
+        elif kind == "overloaded":
+            err = _error(
+                "That model is currently overloaded with other requests. You can retry your "
+                "request, or contact us through our help center at help.openai.com if the error "
+                "persists.",
+                "server_error",
+                None,
+            )
+        else:
+            err = _error(
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            )
+        return b"data: " + _compact(err) + b"\n\n"
+
+    def malformed_chunk(self) -> bytes:
+        """A well-framed SSE event whose JSON is cut short."""
+        return b'data: {"id":"chatcmpl-broken","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"con\n\n'
+
+
+class OpenAICompatibleSim(OpenAISim):
+    """An OpenAI-compatible server (vLLM, LM Studio, …): same wire format, any key accepted by default.
+
+    ``serve("openai_compatible", check_key=True)`` makes it check the Bearer key like OpenAI.
+    """
+
+    name = "openai_compatible"
+    check_key_default = False
+
+
+class AzureSim(_ChatCompletionsSim):
+    """Azure OpenAI: the classic deployments surface (``api-version`` required) and the v1 surface."""
+
+    name = "azure"
+    base_path = ""
+
+    def handle(self, req: SimRequest, ctx: SimContext) -> SimResponse:
+        denied = self._check_auth(req, ctx)
+        if denied is not None:
+            return denied
+        match = _AZURE_DEPLOYMENT_PATH.match(req.path)
+        if match and req.method == "POST":
+            version = req.query.get("api-version")
+            if version is None:  # the service answers a missing api-version with a bare 404
+                return json_response(404, {"error": {"code": "404", "message": "Resource not found"}})
+            if not _AZURE_API_VERSION.match(version):
+                return json_response(400, {"error": {"code": "BadRequest", "message": "API version not supported"}})
+            return self._chat(req, ctx, match.group(1), version)
+        if req.path == "/openai/v1/chat/completions" and req.method == "POST":
+            model = req.json.get("model") if isinstance(req.json, dict) else None
+            return self._chat(req, ctx, str(model or ""), req.query.get("api-version", "v1"))
+        if req.method == "GET" and req.path in ("/openai/models", "/openai/v1/models"):
+            models = [self._model(m) for m in self._deployments(ctx)]
+            return json_response(200, {"data": models, "object": "list"})
+        return json_response(404, {"error": {"code": "404", "message": "Resource not found"}})
+
+    def _check_auth(self, req: SimRequest, ctx: SimContext) -> SimResponse | None:
+        key = req.headers.get("api-key")
+        auth = req.headers.get("authorization", "")
+        if key is None and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()  # the v1 surface and Entra ID tokens use Bearer
+        if key == ctx.api_key:
+            return None
+        if not key:
+            message = (
+                "Access denied due to missing subscription key. Make sure to include subscription key "
+                "when making requests to an API."
+            )
+        else:
+            message = (
+                "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
+                "to provide a valid key for an active subscription and use a correct regional API "
+                "endpoint for your resource."
+            )
+        return json_response(401, {"error": {"code": "401", "message": message}})
+
+    def _deployments(self, ctx: SimContext) -> list[str]:
+        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+
+    def _model(self, name: str) -> dict[str, Any]:
+        return {
+            "id": name,
+            "object": "model",
+            "created_at": FIXED_EPOCH,
+            "status": "succeeded",
+            "capabilities": {
+                "chat_completion": True,
+                "completion": False,
+                "embeddings": False,
+                "fine_tune": False,
+                "inference": True,
+            },
+            "lifecycle_status": "generally-available",
+        }
+
+    def _chat(self, req: SimRequest, ctx: SimContext, deployment: str, version: str) -> SimResponse:
+        problem = self._invalid_body(req)
+        if problem is not None:
+            return json_response(400, problem)
+        if not deployment or (ctx.options.get("models") and deployment not in ctx.options["models"]):
+            return json_response(
+                404,
+                {
+                    "error": {
+                        "code": "DeploymentNotFound",
+                        "message": "The API deployment for this resource does not exist. If you created the "
+                        "deployment within the last 5 minutes, please wait a moment and try again.",
+                    }
+                },
+            )
+        body: dict[str, Any] = req.json
+        answer = self._answer(body, ctx)
+        chat_id = ctx.make_id("chatcmpl-", 29, req.body)
+        headers = {
+            "apim-request-id": ctx.make_id("", 32, req.body, alphabet="0123456789abcdef"),
+            "x-ms-region": "Sim Region",
+        }
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            chunks = self._stream(req, ctx, answer, chat_id, deployment, include_usage)
+            return SimResponse(200, {"content-type": "text/event-stream", **headers}, chunks=chunks)
+        payload = {
+            "choices": [
+                {
+                    "content_filter_results": _FILTER_RESULTS if answer.text else {},
+                    "finish_reason": self._finish(answer),
+                    "index": 0,
+                    "logprobs": None,
+                    "message": self._non_stream_message(req, ctx, answer),
+                }
+            ],
+            "created": FIXED_EPOCH,
+            "id": chat_id,
+            "model": deployment,
+            "object": "chat.completion",
+            "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _FILTER_RESULTS}],
+            "system_fingerprint": "fp_sim0000001",
+            "usage": self._usage(answer),
+        }
+        return SimResponse(200, {"content-type": "application/json", **headers}, _compact(payload, sort=True))
+
+    def _stream(
+        self, req: SimRequest, ctx: SimContext, answer: Answer, chat_id: str, model: str, include_usage: bool
+    ) -> list[bytes]:
+        def event(obj: dict[str, Any]) -> bytes:
+            return b"data: " + _compact(obj, sort=True) + b"\n\n"
+
+        def chunk(choice: dict[str, Any]) -> bytes:
+            return event(
+                {
+                    "choices": [choice],
+                    "created": FIXED_EPOCH,
+                    "id": chat_id,
+                    "model": model,
+                    "object": "chat.completion.chunk",
+                    "system_fingerprint": "fp_sim0000001",
+                }
+            )
+
+        out = [
+            event(
+                {
+                    "choices": [],
+                    "created": 0,
+                    "id": "",
+                    "model": "",
+                    "object": "",
+                    "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _FILTER_RESULTS}],
+                }
+            )
+        ]
+        for delta, is_text in self._deltas(req, ctx, answer):
+            out.append(
+                chunk(
+                    {
+                        "content_filter_results": _FILTER_RESULTS if is_text else {},
+                        "delta": delta,
+                        "finish_reason": None,
+                        "index": 0,
+                        "logprobs": None,
+                    }
+                )
+            )
+        out.append(
+            chunk(
+                {
+                    "content_filter_results": {},
+                    "delta": {},
+                    "finish_reason": self._finish(answer),
+                    "index": 0,
+                    "logprobs": None,
+                }
+            )
+        )
+        if include_usage:
+            out.append(
+                event(
+                    {
+                        "choices": [],
+                        "created": FIXED_EPOCH,
+                        "id": chat_id,
+                        "model": model,
+                        "object": "chat.completion.chunk",
+                        "system_fingerprint": "fp_sim0000001",
+                        "usage": self._usage(answer),
+                    }
+                )
+            )
+        out.append(b"data: [DONE]\n\n")
+        return out
+
+    def error_response(self, status: int, kind: str, retry_after: float | None) -> SimResponse:
+        """Azure's envelope: 429 with the STRING code "429" and "retry after N seconds", no type."""
+        if status == 429 or kind in ("rate_limit", "quota"):
+            seconds = max(1, math.ceil(retry_after)) if retry_after is not None else 1
+            body: dict[str, Any] = {
+                "error": {
+                    "code": "429",
+                    "message": (
+                        "Requests to the ChatCompletions_Create Operation under Azure OpenAI API version "
+                        "2024-10-21 have exceeded call rate limit of your current OpenAI S0 pricing tier. "
+                        f"Please retry after {seconds} seconds. Please go here: "
+                        "https://aka.ms/oai/quotaincrease if you would like to further increase the default "
+                        "rate limit."
+                    ),
+                }
+            }
+            headers = {
+                "retry-after": str(seconds),
+                "retry-after-ms": str(int((retry_after or seconds) * 1000)),
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-remaining-tokens": "0",
+            }
+            return json_response(status, body, headers)
+        if status >= 500:
+            message = (
+                _AZURE_OVERLOADED
+                if kind == "overloaded"
+                else "The server had an error while processing your request. Sorry about that!"
+            )
+            return json_response(status, _error(message, "server_error", None))
+        return json_response(status, {"error": {"code": str(status), "message": f"Simulated error (HTTP {status})."}})
+
+    def stream_error_chunk(self, kind: str) -> bytes:
+        """An OpenAI-style error object as a ``data:`` payload inside the 200 stream (as recorded)."""
+        return b"data: " + _compact(_error(_AZURE_OVERLOADED, "server_error", None)) + b"\n\n"
+
+    def malformed_chunk(self) -> bytes:
+        """A well-framed SSE event whose JSON is cut short."""
+        return b'data: {"choices":[{"content_filter_results":{},"delta":{"content":"bro\n\n'

@@ -1,0 +1,345 @@
+"""Circuit breakers with a fake clock: every transition of the state diagram, and the board."""
+
+from __future__ import annotations
+
+import pytest
+
+from gtl_nb.engine.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
+from gtl_nb.protocol import ConfigurationError
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def make(clock: FakeClock, **settings) -> CircuitBreaker:
+    return CircuitBreaker("dep", BreakerConfig(**settings), clock=clock)
+
+
+def fail(breaker: CircuitBreaker, times: int) -> None:
+    for _ in range(times):
+        assert breaker.allow()
+        breaker.record_failure()
+
+
+# -- consecutive failures -------------------------------------------------------------------------
+
+
+def test_closed_breaker_allows_calls():
+    breaker = make(FakeClock())
+    assert breaker.state == "closed"
+    assert all(breaker.allow() for _ in range(100))
+
+
+def test_opens_after_n_consecutive_failures():
+    breaker = make(FakeClock(), failure_threshold=3, error_rate_threshold=0)
+    fail(breaker, 2)
+    assert breaker.state == "closed"
+    fail(breaker, 1)
+    assert breaker.state == "open"
+    assert not breaker.allow()
+    assert not breaker.would_allow()
+
+
+def test_a_success_ends_the_failure_streak():
+    breaker = make(FakeClock(), failure_threshold=3, error_rate_threshold=0)
+    fail(breaker, 2)
+    breaker.record_success()
+    fail(breaker, 2)
+    assert breaker.state == "closed"
+    assert breaker.snapshot()["consecutive_failures"] == 2
+
+
+def test_consecutive_rule_can_be_switched_off():
+    breaker = make(FakeClock(), failure_threshold=0, error_rate_threshold=0)
+    fail(breaker, 50)
+    assert breaker.state == "closed"
+
+
+# -- error rate over the sliding window ----------------------------------------------------------
+
+
+def test_opens_when_error_rate_reaches_threshold_with_enough_calls():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=0, error_rate_threshold=0.5, window=60, min_calls=4)
+    for ok in (True, False, True):
+        breaker.record_success() if ok else breaker.record_failure()
+        clock.advance(1)
+    assert breaker.state == "closed"  # 1 of 3: below min_calls anyway
+    breaker.record_failure()  # 2 of 4 = 50 %
+    assert breaker.state == "open"
+
+
+def test_error_rate_needs_min_calls():
+    breaker = make(FakeClock(), failure_threshold=0, error_rate_threshold=0.5, min_calls=5)
+    fail(breaker, 4)  # 100 % but only 4 calls
+    assert breaker.state == "closed"
+    fail(breaker, 1)
+    assert breaker.state == "open"
+
+
+def test_error_rate_below_threshold_stays_closed():
+    breaker = make(FakeClock(), failure_threshold=0, error_rate_threshold=0.5, min_calls=4)
+    for _ in range(10):
+        breaker.record_success()
+        breaker.record_success()
+        breaker.record_failure()  # one in three
+    assert breaker.state == "closed"
+    assert breaker.snapshot()["error_rate"] == pytest.approx(1 / 3)
+
+
+def test_failures_older_than_the_window_do_not_count():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=0, error_rate_threshold=0.5, window=10, min_calls=4)
+    fail(breaker, 3)
+    clock.advance(10)  # the three failures slide out (the window is the last 10 s, exclusive)
+    for _ in range(3):
+        breaker.record_success()
+    breaker.record_failure()  # 1 of 4 in the window
+    assert breaker.state == "closed"
+    snap = breaker.snapshot()
+    assert snap["calls_in_window"] == 4
+    assert snap["error_rate"] == pytest.approx(0.25)
+
+
+def test_failures_inside_the_window_still_count():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=0, error_rate_threshold=0.5, window=10, min_calls=4)
+    fail(breaker, 3)
+    clock.advance(9.9)
+    breaker.record_success()  # 3 of 4 in the window
+    assert breaker.state == "closed"  # a success never opens...
+    breaker.record_failure()  # ...but the next failure sees 4 of 5
+    assert breaker.state == "open"
+
+
+# -- cooldown and half-open probes ----------------------------------------------------------------
+
+
+def test_open_circuit_turns_half_open_after_cooldown():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=30)
+    fail(breaker, 1)
+    clock.advance(29.999)
+    assert breaker.state == "open"
+    assert not breaker.allow()
+    clock.advance(0.001)
+    assert breaker.state == "half_open"
+    assert breaker.would_allow()
+
+
+def test_half_open_lets_k_probes_through_at_a_time():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=5, half_open_probes=2)
+    fail(breaker, 1)
+    clock.advance(5)
+    assert breaker.allow()
+    assert breaker.would_allow()
+    assert breaker.allow()
+    assert not breaker.would_allow()
+    assert not breaker.allow()
+    assert breaker.snapshot()["probes_in_flight"] == 2
+
+
+def test_probe_success_closes_the_circuit_and_clears_history():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=2, cooldown=5)
+    fail(breaker, 2)
+    clock.advance(5)
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state == "closed"
+    snap = breaker.snapshot()
+    assert snap["consecutive_failures"] == 0
+    assert snap["calls_in_window"] == 0
+    assert snap["opened_at"] is None
+    fail(breaker, 1)  # the streak starts again from zero
+    assert breaker.state == "closed"
+
+
+def test_probe_failure_reopens_with_a_fresh_cooldown():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=10)
+    fail(breaker, 1)
+    clock.advance(12)
+    assert breaker.allow()
+    breaker.record_failure()
+    assert breaker.state == "open"
+    assert breaker.snapshot()["opened_at"] == clock.now
+    clock.advance(9)
+    assert not breaker.allow()
+    clock.advance(1)
+    assert breaker.allow()
+
+
+def test_release_returns_a_probe_slot_without_a_verdict():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=1, half_open_probes=1)
+    fail(breaker, 1)
+    clock.advance(1)
+    assert breaker.allow()
+    assert not breaker.allow()
+    breaker.release()
+    assert breaker.state == "half_open"
+    assert breaker.allow()
+
+
+def test_results_arriving_while_open_are_ignored():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=10)
+    fail(breaker, 1)
+    breaker.record_success()  # a call that started before the circuit opened
+    assert breaker.state == "open"
+    breaker.record_failure()
+    clock.advance(10)
+    assert breaker.state == "half_open"  # the late failure did not restart the cooldown
+
+
+def test_a_single_deployment_is_cooled_down_too():
+    clock = FakeClock()
+    board = BreakerBoard(BreakerConfig(failure_threshold=2, cooldown=30), clock=clock)
+    for _ in range(2):
+        assert board.get("only").allow()
+        board.get("only").record_failure()
+    assert not board.get("only").allow()
+    assert not board.would_allow("only")
+    assert board.states() == {"only": "open"}
+    clock.advance(30)
+    assert board.would_allow("only")
+
+
+# -- snapshot, listener, switches -----------------------------------------------------------------
+
+
+def test_snapshot_reports_state_counts_and_times():
+    clock = FakeClock(500.0)
+    breaker = make(clock, failure_threshold=2, cooldown=30)
+    breaker.record_success()
+    fail(breaker, 2)
+    clock.advance(10)
+    snap = breaker.snapshot()
+    assert snap == {
+        "deployment": "dep",
+        "state": "open",
+        "consecutive_failures": 2,
+        "calls_in_window": 3,
+        "error_rate": pytest.approx(2 / 3),
+        "opened_at": 500.0,
+        "retry_at": 530.0,
+        "retry_in": 20.0,
+        "probes_in_flight": 0,
+    }
+
+
+def test_state_changes_are_reported_to_the_listener():
+    clock = FakeClock()
+    changes = []
+    breaker = CircuitBreaker(
+        "east",
+        BreakerConfig(failure_threshold=1, cooldown=5),
+        clock=clock,
+        on_change=lambda *change: changes.append(change),
+    )
+    fail(breaker, 1)
+    clock.advance(5)
+    assert breaker.allow()
+    breaker.record_success()
+    assert changes == [
+        ("east", "closed", "open"),
+        ("east", "open", "half_open"),
+        ("east", "half_open", "closed"),
+    ]
+
+
+def test_a_listener_may_read_the_breaker_it_is_told_about():
+    clock = FakeClock()
+    seen = []
+    board = BreakerBoard(BreakerConfig(failure_threshold=1), clock=clock)
+    board.on_change = lambda name, old, new: seen.append(board.get(name).snapshot()["state"])
+    board.get("east").record_failure()
+    assert seen == ["open"]
+
+
+def test_would_allow_reserves_nothing():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=1, half_open_probes=1)
+    fail(breaker, 1)
+    clock.advance(1)
+    assert all(breaker.would_allow() for _ in range(10))
+    assert breaker.allow()
+    assert not breaker.would_allow()
+
+
+def test_disabled_breaker_always_allows():
+    breaker = make(FakeClock(), enabled=False, failure_threshold=1)
+    fail(breaker, 10)
+    assert breaker.state == "closed"
+    assert breaker.allow()
+    assert breaker.would_allow()
+
+
+def test_reset_closes_an_open_circuit():
+    breaker = make(FakeClock(), failure_threshold=1)
+    fail(breaker, 1)
+    breaker.reset()
+    assert breaker.state == "closed"
+    assert breaker.allow()
+
+
+# -- the board -------------------------------------------------------------------------------------
+
+
+def test_board_creates_one_breaker_per_deployment_on_demand():
+    board = BreakerBoard(BreakerConfig(failure_threshold=1), clock=FakeClock())
+    assert board.states() == {}
+    assert board.would_allow("never-seen")
+    assert board.states() == {}  # a health check creates nothing
+    assert board.get("a") is board["a"]
+    board.get("b").record_failure()
+    assert board.states() == {"a": "closed", "b": "open"}
+    assert set(board.snapshots()) == {"a", "b"}
+
+
+# -- configuration --------------------------------------------------------------------------------
+
+
+def test_config_defaults_are_documented_values():
+    config = BreakerConfig.from_dict({})
+    assert config == BreakerConfig()
+    assert (config.failure_threshold, config.error_rate_threshold, config.min_calls) == (5, 0.5, 10)
+    assert (config.window, config.cooldown, config.half_open_probes) == (60.0, 30.0, 1)
+
+
+def test_config_from_routing_breaker_table():
+    config = BreakerConfig.from_dict(
+        {"failure_threshold": 2, "error_rate_threshold": 0.25, "window": 30, "min_calls": 8, "cooldown": 2.5}
+    )
+    assert config.failure_threshold == 2
+    assert config.error_rate_threshold == 0.25
+    assert config.window == 30
+    assert config.cooldown == 2.5
+
+
+@pytest.mark.parametrize(
+    ("table", "fragment"),
+    [
+        ({"failure_treshold": 3}, "did you mean 'failure_threshold'"),
+        ({"cooldown": "30s"}, "cooldown must be a number"),
+        ({"failure_threshold": 2.5}, "must be an integer"),
+        ({"enabled": 1}, "true or false"),
+        ({"error_rate_threshold": 1.5}, "between 0 and 1"),
+        ({"half_open_probes": 0}, ">= 1"),
+        (5, "must be a table"),
+    ],
+)
+def test_config_rejects_bad_tables(table, fragment):
+    with pytest.raises(ConfigurationError, match=r"\[routing\.breaker\]") as info:
+        BreakerConfig.from_dict(table)
+    assert fragment in str(info.value)

@@ -1,0 +1,452 @@
+"""Routing, retries, failover, breakers, caching, coalescing and budgets — against the simulators.
+
+Each behaviour is driven by a simulator's fault script; sleeps of the retry policy are recorded
+instead of slept, and breaker time comes from an injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections import Counter
+
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.engine import Engine
+from gtl_nb.engine.config import load_config
+from gtl_nb.protocol import (
+    AuthenticationError,
+    BudgetExceededError,
+    CompletionRequest,
+    Done,
+    Error,
+    InvalidRequestError,
+    Message,
+    ProviderUnavailableError,
+    RateLimitError,
+    SessionStateMachine,
+    Status,
+    Token,
+    Transcript,
+    Usage,
+)
+from gtl_nb.providers.catalog import Catalog
+
+OPENAI = "gpt-4o-mini"
+
+
+def openai_conf(url: str) -> dict:
+    return {"type": "openai", "api_key": "sim-key", "base_url": url}
+
+
+class RecordedSleep:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def connect(providers: dict, **kw) -> gtl_nb.Client:
+    client = gtl_nb.connect(providers=providers, environ={}, ledger=kw.pop("ledger", False), **kw)
+    client.engine._sleep = RecordedSleep()
+    return client
+
+
+def statuses(completion, state: str) -> list[Status]:
+    return [e for e in completion.events if isinstance(e, Status) and e.state == state]
+
+
+def assert_legal(events) -> None:
+    machine = SessionStateMachine(events[0].session_id)
+    for event in events:
+        machine.advance(event)
+    machine.end_of_stream()
+
+
+# -- retries -----------------------------------------------------------------------------------
+
+
+def test_a_rate_limit_is_retried_after_retry_after_and_succeeds():
+    with sim.serve("openai", faults=[sim.Fault.http(429, retry_after=2)]) as s:
+        client = connect({"openai": openai_conf(s.base_url)})
+        answer = client.complete(OPENAI, "retry me")
+        assert len(s.requests) == 2
+    retrying = statuses(answer, "retrying")
+    assert len(retrying) == 1 and retrying[0].attempt == 2 and "RATE_LIMIT" in retrying[0].reason
+    assert client.engine._sleep.delays[0] >= 2  # never sooner than the server asked
+    assert_legal(answer.events)
+
+
+def test_backoff_grows_and_stops_at_max_attempts():
+    faults = [sim.Fault.http(503)] * 5
+    with sim.serve("openai", faults=faults) as s:
+        client = connect(
+            {"openai": openai_conf(s.base_url)},
+            routing={"retry": {"max_attempts": 4, "base_delay": 1, "max_delay": 100, "jitter": False}},
+        )
+        with pytest.raises(gtl_nb.protocol.OverloadedError):
+            client.complete(OPENAI, "x")
+        assert len(s.requests) == 4
+    assert client.engine._sleep.delays == [1, 2, 4]
+
+
+def test_retries_are_bounded_by_the_request_deadline():
+    with sim.serve("openai", faults=[sim.Fault.http(429, retry_after=30)]) as s:
+        client = connect({"openai": openai_conf(s.base_url)}, routing={"retry": {"deadline": 5}})
+        with pytest.raises(RateLimitError):
+            client.complete(OPENAI, "x")
+        assert len(s.requests) == 1
+    assert client.engine._sleep.delays == []
+
+
+def test_quota_exhausted_is_not_retried():
+    with sim.serve("openai", faults=[sim.Fault.http(429, kind="quota")]) as s:
+        client = connect({"openai": openai_conf(s.base_url)})
+        with pytest.raises(RateLimitError) as info:
+            client.complete(OPENAI, "x")
+        assert not info.value.retryable and len(s.requests) == 1
+
+
+# -- failover ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [sim.Fault.http(503), sim.Fault.http(500), sim.Fault.overloaded(), sim.Fault.http(429, retry_after=1)],
+    ids=["503", "500", "overloaded", "429"],
+)
+def test_retryable_failures_fail_over_to_the_next_provider(fault):
+    with sim.serve("openai", faults=fault) as a, sim.serve("anthropic") as b:
+        client = connect(
+            {"openai": openai_conf(a.base_url), "anthropic": {"api_key": "sim-key", "base_url": b.base_url}},
+            routing={"retry": {"max_attempts": 1}},
+        )
+        answer = client.complete(OPENAI, "hello", providers=["openai", "anthropic:claude-sonnet-4-5"])
+    assert answer.provider == "anthropic"
+    [failover] = statuses(answer, "failover")
+    assert failover.from_provider == "openai" and failover.to_provider == "anthropic"
+    assert_legal(answer.events)
+
+
+def test_connection_refused_fails_over():
+    dead = sim.serve("openai")
+    dead_url = dead.base_url
+    dead.close()
+    with sim.serve("anthropic") as b:
+        client = connect(
+            {"openai": openai_conf(dead_url), "anthropic": {"api_key": "sim-key", "base_url": b.base_url}},
+            routing={"retry": {"max_attempts": 1}},
+        )
+        answer = client.complete(OPENAI, "hi", providers=["openai", "anthropic:claude-sonnet-4-5"])
+    assert answer.provider == "anthropic"
+    assert "PROVIDER_UNAVAILABLE" in statuses(answer, "failover")[0].reason
+
+
+def test_a_stall_times_out_and_fails_over():
+    with sim.serve("openai", faults=sim.Fault.stall(after=2, seconds=5)) as a, sim.serve("anthropic") as b:
+        client = connect(
+            {"openai": openai_conf(a.base_url), "anthropic": {"api_key": "sim-key", "base_url": b.base_url}},
+            timeouts={"idle": 0.3, "first_byte": 2},
+        )
+        answer = client.complete(OPENAI, "hi", providers=["openai", "anthropic:claude-sonnet-4-5"])
+    assert answer.provider == "anthropic"
+    assert "TIMEOUT" in statuses(answer, "failover")[0].reason
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [(sim.Fault.http(401), AuthenticationError), (sim.Fault.http(400), InvalidRequestError)],
+    ids=["auth", "invalid"],
+)
+def test_caller_mistakes_never_fail_over(fault, error):
+    with sim.serve("openai", faults=fault) as a, sim.serve("anthropic") as b:
+        client = connect(
+            {"openai": openai_conf(a.base_url), "anthropic": {"api_key": "sim-key", "base_url": b.base_url}}
+        )
+        with pytest.raises(error):
+            client.complete(OPENAI, "hi", providers=["openai", "anthropic:claude-sonnet-4-5"])
+        assert len(b.requests) == 0
+
+
+def test_a_failure_mid_stream_discards_the_partial_answer_everywhere():
+    with sim.serve("openai", faults=sim.Fault.drop_after(4)) as a, sim.serve("anthropic") as b:
+        client = connect(
+            {"openai": openai_conf(a.base_url), "anthropic": {"api_key": "sim-key", "base_url": b.base_url}}
+        )
+        events = list(client.stream(OPENAI, "a long story", providers=["openai", "anthropic:claude-sonnet-4-5"]))
+        expected = connect({"anthropic": {"api_key": "sim-key", "base_url": b.base_url}}).complete(
+            "claude-sonnet-4-5", "a long story"
+        )
+    assert_legal(events)
+    index = next(i for i, e in enumerate(events) if isinstance(e, Status) and e.state == "failover")
+    assert any(isinstance(e, Token) for e in events[:index]), "the first provider streamed something first"
+    transcript = Transcript()
+    for event in events:
+        transcript.add(event)
+    assert transcript.text == expected.text
+    usages = [e for e in events[index:] if isinstance(e, Usage)]
+    assert len(usages) == 1 and isinstance(events[-1], Done) and events[-1].provider == "anthropic"
+
+
+def test_a_failure_mid_stream_with_nowhere_to_go_is_an_error_not_a_truncation():
+    with sim.serve("openai", faults=sim.Fault.drop_after(4)) as a:
+        client = connect({"openai": openai_conf(a.base_url)})
+        with pytest.raises(ProviderUnavailableError) as info:
+            client.complete(OPENAI, "a long story")
+        assert len(a.requests) == 1  # content had been sent: never retried (it would duplicate output)
+    partial = info.value.completion
+    assert partial.finish_reason is None and partial.error.code == "PROVIDER_UNAVAILABLE"
+
+
+# -- strategies --------------------------------------------------------------------------------
+
+
+def test_round_robin_across_deployments_of_the_same_model():
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        client = connect(
+            {"oa-1": openai_conf(a.base_url), "oa-2": openai_conf(b.base_url)}, routing={"strategy": "round_robin"}
+        )
+        providers = [client.complete(OPENAI, f"n{i}").provider for i in range(6)]
+        assert Counter(providers) == {"oa-1": 3, "oa-2": 3}
+        assert providers[0] != providers[1]
+        assert len(a.requests) == len(b.requests) == 3
+
+
+def test_weighted_routing_follows_the_weights():
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        client = connect(
+            {"big": {**openai_conf(a.base_url), "weight": 3}, "small": openai_conf(b.base_url)},
+            routing={"strategy": "weighted"},
+        )
+        providers = Counter(client.complete(OPENAI, f"n{i}").provider for i in range(8))
+    assert providers == {"big": 6, "small": 2}
+
+
+def test_lowest_cost_prefers_the_cheaper_model():
+    with sim.serve("openai") as a:
+        client = connect(
+            {"mini": {**openai_conf(a.base_url), "models": ["gpt-4o-mini", "gpt-4o"]}},
+            routing={"strategy": "lowest_cost"},
+        )
+        engine = client.engine
+        targets = [engine.router._target(engine.deployments["mini"], m) for m in ("gpt-4o", "gpt-4o-mini")]
+        ordered = engine.strategy.order(targets, "")
+        assert [t.model for t in ordered] == ["gpt-4o-mini", "gpt-4o"]
+
+
+def test_lowest_latency_learns_the_faster_deployment():
+    with sim.serve("openai", faults=sim.Fault.slow_first_token(0.3)) as slow, sim.serve("openai") as fast:
+        client = connect(
+            {"slow": openai_conf(slow.base_url), "fast": openai_conf(fast.base_url)},
+            routing={"strategy": "lowest_latency"},
+        )
+        first_two = {client.complete(OPENAI, f"warm {i}").provider for i in range(2)}
+        assert first_two == {"slow", "fast"}  # unmeasured deployments are tried first
+        assert [client.complete(OPENAI, f"n{i}").provider for i in range(3)] == ["fast"] * 3
+
+
+# -- circuit breakers (injected clock) ---------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(engine: Engine, request: CompletionRequest) -> list:
+    async def go():
+        return [e async for e in engine.stream(request)]
+
+    return asyncio.run(go())
+
+
+def test_breaker_opens_cools_down_and_closes_again():
+    clock = FakeClock()
+    with sim.serve("openai", faults=[sim.Fault.http(503)] * 2) as s:
+        config = load_config(providers={"openai": openai_conf(s.base_url)}, environ={})
+        engine = Engine(
+            dict(config.deployments),
+            catalog=Catalog.default(),
+            clock=clock,
+            sleep=RecordedSleep(),
+            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 1}},
+        )
+
+        def ask(i):
+            return run(
+                engine,
+                CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")]),
+            )
+
+        ask(1)
+        ask(2)
+        assert engine.breaker_states()["openai"]["state"] == "open"
+        refused = ask(3)
+        assert len(s.requests) == 2  # an open circuit sends nothing upstream
+        assert isinstance(refused[-1], Error) and "every circuit is open" in refused[-1].message
+        assert refused[-1].retry_after == pytest.approx(30)
+        clock.now += 31
+        assert engine.breaker_states()["openai"]["state"] in ("open", "half_open")
+        probe = ask(4)
+        assert isinstance(probe[-1], Done)
+        assert engine.breaker_states()["openai"]["state"] == "closed"
+
+
+def test_an_open_circuit_is_skipped_in_favour_of_a_healthy_deployment():
+    with sim.serve("openai", faults=sim.Fault.http(503)) as bad, sim.serve("openai") as good:
+        client = connect(
+            {"bad": openai_conf(bad.base_url), "good": openai_conf(good.base_url)},
+            routing={"breaker": {"failure_threshold": 1}, "retry": {"max_attempts": 1}},
+        )
+        first = client.complete(OPENAI, "x", providers=["bad", "good"])
+        assert first.provider == "good" and client.breakers()["bad"]["state"] == "open"
+        second = client.complete(OPENAI, "y", providers=["bad", "good"])
+        assert second.provider == "good" and not statuses(second, "failover")
+        assert len(bad.requests) == 1
+
+
+# -- caching and coalescing --------------------------------------------------------------------
+
+
+def test_identical_deterministic_requests_are_served_from_the_cache():
+    with sim.serve("openai") as s:
+        client = connect({"openai": openai_conf(s.base_url)}, cache={"enabled": True})
+        first = client.complete(OPENAI, "cache me", temperature=0)
+        second = client.complete(OPENAI, "cache me", temperature=0)
+        assert len(s.requests) == 1
+    assert second.text == first.text and second.session_id != first.session_id
+    assert statuses(second, "cached") and second.usage.cache_hit and second.cost == 0.0
+    assert second.usage.tokens_in == first.usage.tokens_in and second.usage.tokens_out == first.usage.tokens_out
+    assert sum(isinstance(e, Token) for e in second.events) > 1  # still a stream
+    assert all(e.session_id == second.session_id for e in second.events)
+
+
+def test_sampling_requests_are_cached_only_when_asked():
+    with sim.serve("openai") as s:
+        client = connect({"openai": openai_conf(s.base_url)}, cache={"enabled": True})
+        client.complete(OPENAI, "warm", temperature=0.7)
+        client.complete(OPENAI, "warm", temperature=0.7)
+        assert len(s.requests) == 2
+        client.complete(OPENAI, "opt in", temperature=0.7, cache=True)
+        client.complete(OPENAI, "opt in", temperature=0.7, cache=True)
+        assert len(s.requests) == 3
+        client.complete(OPENAI, "opt out", temperature=0, cache=False)
+        client.complete(OPENAI, "opt out", temperature=0, cache=False)
+        assert len(s.requests) == 5
+
+
+def test_identical_concurrent_requests_make_one_upstream_call(tmp_path):
+    with sim.serve("openai", pace=0.02) as s:
+        client = connect({"openai": openai_conf(s.base_url)}, ledger=tmp_path / "l.sqlite3")
+        results: list = [None] * 5
+
+        def ask(i):
+            results[i] = client.complete(OPENAI, "same question", temperature=0)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert len(s.requests) == 1
+    assert len({r.text for r in results}) == 1 and len({r.session_id for r in results}) == 5
+    frame = client.ledger.to_dataframe()
+    assert len(frame) == 5 and frame["coalesced"].sum() == 4 and (frame["status"] == "ok").all()
+    assert frame[frame["coalesced"]]["cost"].fillna(0).sum() == 0
+
+
+# -- budgets -----------------------------------------------------------------------------------
+
+
+def test_requests_per_minute_refuses_before_any_upstream_call(tmp_path):
+    with sim.serve("openai") as s:
+        client = connect(
+            {"openai": openai_conf(s.base_url)},
+            ledger=tmp_path / "l.sqlite3",
+            budgets={"requests_per_minute": 2},
+            user="bob",
+        )
+        client.complete(OPENAI, "1")
+        client.complete(OPENAI, "2")
+        with pytest.raises(RateLimitError) as info:
+            client.complete(OPENAI, "3")
+        assert len(s.requests) == 2
+    assert info.value.retryable and info.value.retry_after
+    frame = client.ledger.to_dataframe()
+    assert len(frame) == 3 and list(frame["error_code"].dropna()) == ["RATE_LIMIT"]
+
+
+def test_money_per_day_is_shared_by_processes_through_the_ledger(tmp_path):
+    ledger = tmp_path / "shared.sqlite3"
+    with sim.serve("openai") as s:
+        script = textwrap.dedent(
+            """
+            import sys, gtl_nb
+            c = gtl_nb.connect(providers={"openai": {"api_key": "sim-key", "base_url": sys.argv[1]}},
+                               ledger=sys.argv[2], user="carol", environ={})
+            print(c.complete("gpt-4o", "spend some money in another process").cost)
+            """
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", script, s.base_url, str(ledger)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ,
+            timeout=60,
+        )
+        spent = float(out.stdout.strip())
+        assert spent > 0
+        client = connect(
+            {"openai": openai_conf(s.base_url)}, ledger=ledger, user="carol", budgets={"usd_per_day": spent / 2}
+        )
+        with pytest.raises(BudgetExceededError, match="daily budget"):
+            client.complete(OPENAI, "one more")
+        assert len(s.requests) == 1
+        other = connect(
+            {"openai": openai_conf(s.base_url)}, ledger=ledger, user="dave", budgets={"usd_per_day": spent / 2}
+        )
+        assert other.complete(OPENAI, "someone else").text
+
+
+# -- context-length fallback -------------------------------------------------------------------
+
+
+def test_context_length_errors_move_to_the_configured_larger_model():
+    from gtl_nb.providers import registry
+
+    class Small:
+        name = "smallctx"
+        offline = True
+
+        def models(self):
+            return []
+
+        def generate(self, request):
+            if request.model == "tiny":
+                yield 0.0, Error(session_id=request.session_id, code="CONTEXT_LENGTH_EXCEEDED", message="too long")
+                return
+            yield 0.0, Token(session_id=request.session_id, text=f"answered by {request.model}")
+            yield 0.0, Usage(session_id=request.session_id, tokens_in=1, tokens_out=1, cost=0.0)
+            yield 0.0, Done(session_id=request.session_id)
+
+    registry.register("smallctx", Small())
+    client = connect(
+        {"ctx": {"type": "smallctx", "models": ["tiny", "huge"]}}, routing={"context_fallbacks": {"tiny": "huge"}}
+    )
+    answer = client.complete("tiny", "a very long prompt")
+    assert answer.text == "answered by huge"
+    assert "CONTEXT_LENGTH_EXCEEDED" in statuses(answer, "failover")[0].reason
+    plain = connect({"ctx": {"type": "smallctx", "models": ["tiny"]}})
+    with pytest.raises(gtl_nb.protocol.ContextLengthExceededError):
+        plain.complete("tiny", "a very long prompt")

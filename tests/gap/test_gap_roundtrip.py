@@ -1,0 +1,114 @@
+"""Lossless round trips, proven with hypothesis: markdown and JSON give back an equal message."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gtl_nb.gap import (
+    ROLES,
+    Entity,
+    GAPFormatError,
+    TransformHints,
+    WrappedMessage,
+    from_json,
+    from_markdown,
+    parse_all,
+    to_json,
+    to_markdown,
+)
+
+# Pieces that stress the formats: markers, the escape sequence, separators, quotes, line breaks,
+# the null and none words, unicode line separators and non-printables.
+TRICKY = [
+    "[GAP:START]", "[GAP:CONTENT]", "[GAP:END]", "[\\GAP:END]", "[\\\\GAP:START]", "\\", "\n", "\r\n", "\r",
+    "|", ":", ",", ";", "=", "(", ")", '"', "“”", "-", " ", "\t", "none", "Thread:", "From: x | Thread: y",
+    "\u2028", "\x85", "\xa0", "\x00", "é", "🙂", "`", "```", "{}", "[", "]", "#",
+]  # fmt: skip
+
+texts = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(TRICKY)), max_size=6).map("".join)
+optional_texts = st.none() | texts
+
+entities = st.dictionaries(
+    texts,
+    st.builds(Entity, type=texts, value=optional_texts, defined_in=optional_texts),
+    max_size=4,
+)
+hints = st.none() | st.builds(
+    TransformHints,
+    maintain_tense=optional_texts,
+    preserve_perspective=optional_texts,
+    pronoun_map=st.dictionaries(texts, texts, max_size=4),
+)
+messages = st.builds(
+    WrappedMessage,
+    content=texts,
+    platform=texts,
+    chat_id=texts,
+    role=st.sampled_from(ROLES),
+    model=optional_texts,
+    timestamp=optional_texts,
+    thread_id=optional_texts,
+    parent_messages=st.lists(texts, max_size=4).map(tuple),
+    entities=entities,
+    transform_hints=hints,
+)
+
+
+def same_order(first: WrappedMessage, second: WrappedMessage) -> bool:
+    return list(first.entities) == list(second.entities) and list(first.hints.pronoun_map) == list(
+        second.hints.pronoun_map
+    )
+
+
+@settings(max_examples=300)
+@given(messages)
+def test_markdown_round_trip_is_lossless(message):
+    parsed = from_markdown(to_markdown(message))
+    assert parsed == message
+    assert same_order(parsed, message)
+
+
+@settings(max_examples=300)
+@given(messages)
+def test_json_round_trip_is_lossless(message):
+    parsed = from_json(to_json(message))
+    assert parsed == message
+    assert same_order(parsed, message)
+
+
+@given(st.lists(messages, max_size=4), st.lists(texts.filter(lambda t: "[GAP:" not in t), min_size=5, max_size=5))
+def test_parse_all_finds_every_block_among_prose(blocks, prose):
+    # prose lines never contain a marker; every block is separated from the prose by line breaks
+    parts = [prose[0]]
+    for index, block in enumerate(blocks):
+        parts += [to_markdown(block), prose[(index + 1) % len(prose)]]
+    assert parse_all("\n".join(parts)) == blocks
+
+
+@given(messages)
+def test_markdown_header_lines_stay_on_one_line(message):
+    text = to_markdown(message)
+    header = text.split("\n[GAP:CONTENT]\n", 1)[0].split("\n")
+    assert header[0] == "[GAP:START]"
+    assert header[1].startswith("From: ") and " | Thread: " in header[1]
+    assert header[2].startswith(f"Context: {message.role} message from ")
+    assert header[3].startswith("Entities: ")
+    assert all(line.isprintable() for line in header)
+
+
+PIECES = [
+    "[GAP:START]\n", "[GAP:CONTENT]\n", "[GAP:END]\n", "From: ", "Context: ", "Entities: ", "Chat: ", "Parents: ",
+    "Hints: ", "Version: ", " | Thread: ", "user message from ", '"k" = ', '"', "-", "(", ")", ";", ",", "\n", "{",
+    "}", ":", "\\", " ", "0.1.0", '{"pronoun_map": ', '"\\u12"',
+]  # fmt: skip
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=3)), max_size=40).map("".join))
+def test_arbitrary_text_parses_or_raises_a_format_error(text):
+    for parse in (parse_all, from_json):
+        try:
+            parse(text)
+        except GAPFormatError as exc:
+            assert str(exc)

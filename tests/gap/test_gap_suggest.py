@@ -1,0 +1,131 @@
+"""suggest_definitions: history ranking, thread scoping, and a fake model behind ``ask``."""
+
+from __future__ import annotations
+
+import pytest
+
+from gtl_nb.gap import Suggestion, suggest_definitions, update_entity, wrap_message
+from gtl_nb.gap.suggest import build_prompt, parse_answer
+
+
+def msg(chat_id: str, content: str, *, thread: str | None = "t1", **kwargs):
+    return wrap_message(content, "claude.ai", chat_id, thread_id=thread, **kwargs)
+
+
+def test_nothing_to_suggest_when_everything_is_defined():
+    assert suggest_definitions(msg("m1", "We use Redis.")) == []
+
+
+def test_the_most_recent_database_ranks_first():
+    history = [msg("m1", "We started on MySQL 5.7."), msg("m2", "Then we moved to PostgreSQL 14.")]
+    current = msg("m3", "The database is slow.")
+    suggestions = suggest_definitions(current, history)
+    assert [(s.value, s.chat_id, s.score) for s in suggestions] == [
+        ("PostgreSQL 14", "m2", 0.72),
+        ("MySQL 5.7", "m1", 0.648),
+    ]
+    assert all(s.key == "the_database" and s.source == "history" and s.type == "database" for s in suggestions)
+
+
+def test_the_most_specific_type_ranks_above_a_merely_fitting_one():
+    history = [msg("m1", "The AuthService keeps sessions in Redis.")]
+    suggestions = suggest_definitions(msg("m2", "Restart the service."), history)
+    # "the service" is most specifically a technical component, but a database also fits
+    assert [(s.value, s.type) for s in suggestions] == [("AuthService", "technical_component"), ("Redis", "database")]
+    assert suggestions[0].score > suggestions[1].score
+
+
+def test_an_earlier_definition_of_the_same_key_wins():
+    earlier = update_entity(msg("m1", "Tune the system."), "the_system", "the billing cluster")
+    suggestions = suggest_definitions(msg("m2", "The system is down. We use Redis."), [earlier])
+    assert suggestions[0] == Suggestion("the_system", "the billing cluster", 0.9, "m1", "history", "user_defined")
+
+
+def test_the_message_itself_is_the_most_recent_source():
+    suggestions = suggest_definitions(msg("m2", "We use Django 5. The framework is great."), [msg("m1", "Flask app")])
+    assert [(s.value, s.chat_id) for s in suggestions] == [("Django 5", "m2"), ("Flask", "m1")]
+    assert suggestions[0].score == 0.8
+
+
+def test_frameworks_answer_the_framework_and_files_the_file():
+    history = [msg("m1", "Edit settings.py with Django and FastAPI.")]
+    suggestions = suggest_definitions(msg("m2", "Check the file and the framework."), history)
+    by_key: dict[str, list[str]] = {}
+    for s in suggestions:
+        by_key.setdefault(s.key, []).append(s.value)
+    assert by_key == {"the_file": ["settings.py"], "the_framework": ["Django", "FastAPI"]}
+    assert [s.key for s in suggestions] == ["the_file", "the_framework", "the_framework"]
+
+
+def test_other_threads_are_ignored_and_unthreaded_history_is_kept():
+    history = [msg("x1", "We use MongoDB.", thread="other"), msg("u1", "We use Redis.", thread=None)]
+    suggestions = suggest_definitions(msg("m2", "The database is full."), history)
+    assert [s.value for s in suggestions] == ["Redis"]
+
+
+def test_history_content_is_read_even_when_wrapped_without_detection():
+    history = [wrap_message("PostgreSQL 16 it is.", "chatgpt", "m1", thread_id="t1", detect=False)]
+    assert [s.value for s in suggest_definitions(msg("m2", "The database?"), history)] == ["PostgreSQL 16"]
+
+
+def test_duplicates_keep_their_best_score_and_limit_caps_each_key():
+    history = [msg(f"m{i}", f"Redis and MySQL {i}") for i in range(8)]
+    suggestions = suggest_definitions(msg("now", "The database."), history, limit=3)
+    assert len(suggestions) == 3
+    assert [s.value for s in suggestions].count("Redis") == 1
+    assert suggestions[0].value == "Redis" and suggestions[0].chat_id == "m7"
+
+
+def test_ask_gets_a_clear_prompt_and_its_answer_is_parsed_leniently():
+    prompts: list[str] = []
+
+    def fake_model(prompt: str) -> str:
+        prompts.append(prompt)
+        return (
+            "Sure! Here you go:\n"
+            "- **the_database**: `PostgreSQL 15`.\n"
+            "* that method = exponential backoff\n"
+            "the_server: unknown\n"
+            "unrelated: noise\n"
+        )
+
+    history = [msg("m1", "We retry with backoff on the Postgres primary.")]
+    current = msg("m2", "The database times out; that method fails; the server logs nothing.")
+    suggestions = suggest_definitions(current, history, ask=fake_model)
+
+    assert len(prompts) == 1
+    prompt = prompts[0]
+    for needle in ("the_database", "that_method", "the_server", "[m1] assistant on claude.ai:",
+                   "We retry with backoff", "The database times out", "`key: value`"):  # fmt: skip
+        assert needle in prompt
+    from_model = [s for s in suggestions if s.source == "model"]
+    assert [(s.key, s.value, s.chat_id, s.score) for s in from_model] == [
+        ("the_database", "PostgreSQL 15", None, 0.7),
+        ("that_method", "exponential backoff", None, 0.7),
+    ]
+    # history suggestions keep their place by score: Postgres (0.72) above the model's answer (0.7)
+    database = [s for s in suggestions if s.key == "the_database"]
+    assert [(s.value, s.source) for s in database] == [("Postgres", "history"), ("PostgreSQL 15", "model")]
+
+
+def test_ask_is_not_called_when_nothing_is_undefined():
+    def fail(prompt: str) -> str:
+        raise AssertionError("must not be asked")
+
+    assert suggest_definitions(msg("m1", "Redis."), ask=fail) == []
+
+
+def test_ask_must_return_text():
+    with pytest.raises(TypeError):
+        suggest_definitions(msg("m1", "The system."), ask=lambda prompt: None)  # type: ignore[arg-type,return-value]
+
+
+def test_parse_answer_matches_keys_and_phrases():
+    answer = "The System: Kafka\n1. the_cluster -> nothing\n2) `the_api` : REST v2\nthe_model: N/A"
+    assert parse_answer(answer, ["the_system", "the_api", "the_model"]) == {"the_system": "Kafka", "the_api": "REST v2"}
+
+
+def test_build_prompt_lists_known_entities():
+    current = update_entity(msg("m1", "The system uses the database."), "the_system", "billing")
+    prompt = build_prompt(current, [], ["the_database"])
+    assert "- the_system = billing" in prompt and '- the_database ("the database")' in prompt

@@ -1,0 +1,73 @@
+"""The ``gtl sim`` command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import httpx
+
+from gtl_nb.sim import cli
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="gtl")
+    cli.add_subcommands(root.add_subparsers(dest="command"))
+    return root
+
+
+def test_arguments_parse_with_their_defaults() -> None:
+    args = parser().parse_args(["sim", "openai", "--port", "0", "--seed", "1", "--pace", "0.05"])
+    assert (args.provider, args.port, args.seed, args.pace) == ("openai", 0, 1, 0.05)
+    assert args.handler is cli.run_sim and args.host == "127.0.0.1" and args.models is None
+
+
+def test_run_sim_prints_the_base_url_and_serves_until_stopped(monkeypatch: Any) -> None:
+    printed = threading.Event()
+    lines: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> int:
+            lines.append(text)
+            if text.startswith("http://"):
+                printed.set()
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Out())
+    stop = threading.Event()
+    args = parser().parse_args(["sim", "ollama", "--model", "llama3.2"])
+    worker = threading.Thread(target=lambda: cli.run_sim(args, stop=stop), daemon=True)
+    worker.start()
+    assert printed.wait(10)
+    base_url = next(line for line in lines if line.startswith("http://"))
+    assert httpx.get(base_url + "/api/tags").json()["models"][0]["name"] == "llama3.2:latest"
+    stop.set()
+    worker.join(10)
+    assert not worker.is_alive()
+
+
+def test_the_gtl_command_serves_until_interrupted() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gtl_nb", "sim", "openai", "--port", "0", "--seed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        base_url = proc.stdout.readline().strip()  # the readiness signal  # type: ignore[union-attr]
+        assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
+        models = httpx.get(base_url + "/models", headers={"authorization": "Bearer sim-key"})
+        assert models.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
