@@ -21,6 +21,7 @@ _LAZY_NAMES: dict[str, str] = {
     "connect": "gtl_nb.client",
     "Client": "gtl_nb.client",
     "Completion": "gtl_nb.client",
+    "Comparison": "gtl_nb.client",
     "CompletionRequest": "gtl_nb.protocol",
     "Message": "gtl_nb.protocol",
     "Tool": "gtl_nb.protocol",

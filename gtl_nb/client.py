@@ -23,10 +23,11 @@ from typing import Any
 
 import msgspec
 
-from gtl_nb.completion import Completion
+from gtl_nb.completion import Comparison, Completion
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.loop import LoopThread, shared_loop
+from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
 from gtl_nb.protocol.messages import (
@@ -40,8 +41,9 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.protocol.session import Transcript
 
-__all__ = ["Client", "Completion", "EventStream", "connect", "new_session_id"]
+__all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "new_session_id"]
 
+log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
 _NETWORK_SCHEMES = ("quic", "grpc", "ws", "wss", "sse", "http", "https", "stdio")
 
@@ -315,6 +317,57 @@ class Client:
         finally:
             if bar is not None:
                 bar.close()
+
+    def compare(
+        self,
+        models: Sequence[str],
+        messages: Any,
+        *,
+        on_event: Callable[[str, StreamEvent], Any] | None = None,
+        **kwargs: Any,
+    ) -> Comparison:
+        """Send the same prompt to several models at once; one result (or error) per model.
+
+        ``on_event(model, event)`` sees every model's events as they arrive (from the loop
+        thread), which is how the notebook grid streams all columns at the same time. A failing
+        model does not stop the others.
+        """
+        models = list(dict.fromkeys(models))
+        if not models:
+            raise InvalidRequestError("compare() needs at least one model")
+        requests: dict[str, CompletionRequest | GTLError] = {}
+        for model in models:
+            try:
+                request = self.request(model, messages, **kwargs)
+                self.engine.router.targets(request)
+                requests[model] = request
+            except GTLError as exc:
+                requests[model] = exc
+        return self._loop.run(self._run_compare(requests, on_event))
+
+    async def _run_compare(
+        self, requests: dict[str, CompletionRequest | GTLError], on_event: Callable[[str, StreamEvent], Any] | None
+    ) -> Comparison:
+        async def one(model: str, item: CompletionRequest | GTLError) -> Completion | Exception:
+            if isinstance(item, GTLError):
+                return item
+            transcript = Transcript(session_id=item.session_id)
+            async for event in self.engine.stream(item, user=self.user):
+                transcript.add(event)
+                if on_event is not None:
+                    try:
+                        on_event(model, event)
+                    except Exception:  # a display callback must not break the comparison
+                        log.exception("compare: on_event callback failed for %s", model)
+            if transcript.error is not None:
+                exc = error_from_event(transcript.error)
+                exc.completion = Completion.from_transcript(transcript)  # type: ignore[attr-defined]
+                return exc
+            provider = transcript.done.provider if transcript.done else None
+            return Completion.from_transcript(transcript, self.provider_type(provider))
+
+        results = await asyncio.gather(*(one(model, item) for model, item in requests.items()))
+        return Comparison(models=list(requests), results=dict(zip(requests, results, strict=True)))
 
     def as_ask(self, model: str | None = None, **kwargs: Any) -> Callable[[str], str]:
         """A plain ``prompt -> answer text`` function (for ``gap.suggest_definitions(ask=...)``)."""

@@ -42,8 +42,7 @@ class Completion:
         return cls(
             text=transcript.text,
             session_id=transcript.session_id,
-            provider=(done.provider if done else None)
-            or (transcript.error.provider if transcript.error else None),
+            provider=(done.provider if done else None) or (transcript.error.provider if transcript.error else None),
             model=done.model if done else None,
             finish_reason=done.finish_reason if done else None,
             tool_calls=list(transcript.tool_calls),
@@ -156,3 +155,100 @@ def _money(value: float | None) -> str:
     if value == 0:
         return "$0"
     return f"${value:.6f}" if value < 0.01 else f"${value:.4f}"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The same prompt answered by several models: a ``Completion`` or the error per model."""
+
+    models: list[str]
+    results: dict[str, Completion | Exception]
+
+    def completion(self, model: str) -> Completion | None:
+        result = self.results.get(model)
+        return result if isinstance(result, Completion) else None
+
+    def to_dataframe(self) -> Any:
+        """One row per model, ranked by latency, then cost, then answer length (pandas)."""
+        import pandas as pd
+
+        rows = []
+        for model in self.models:
+            result = self.results.get(model)
+            if isinstance(result, Completion):
+                usage = result.usage
+                rows.append(
+                    {
+                        "model": model,
+                        "provider": result.provider,
+                        "status": "ok",
+                        "error": None,
+                        "tokens_in": usage.tokens_in if usage else None,
+                        "tokens_out": usage.tokens_out if usage else None,
+                        "cost": result.cost,
+                        "ttft_s": result.ttft,
+                        "latency_s": result.latency,
+                        "length_chars": len(result.text),
+                        "finish_reason": result.finish_reason,
+                    }
+                )
+            else:
+                code = getattr(result, "code", type(result).__name__) if result is not None else "MISSING"
+                rows.append(
+                    {"model": model, "provider": getattr(result, "provider", None), "status": "error", "error": code}
+                )
+        frame = pd.DataFrame(
+            rows,
+            columns=[
+                "model",
+                "provider",
+                "status",
+                "error",
+                "tokens_in",
+                "tokens_out",
+                "cost",
+                "ttft_s",
+                "latency_s",
+                "length_chars",
+                "finish_reason",
+            ],
+        )
+        frame = frame.astype(
+            {
+                "tokens_in": "Int64",
+                "tokens_out": "Int64",
+                "length_chars": "Int64",
+                "cost": "float64",
+                "ttft_s": "float64",
+                "latency_s": "float64",
+            }
+        )
+        ok = frame["status"] == "ok"
+        for column in ("latency_s", "cost", "length_chars"):
+            frame[f"rank_{column.split('_')[0]}"] = frame[column].where(ok).rank(method="min").astype("Int64")
+        return frame.sort_values(
+            ["status", "latency_s", "cost"], ascending=[False, True, True], na_position="last"
+        ).reset_index(drop=True)
+
+    def _repr_markdown_(self) -> str:
+        parts = []
+        for model in self.models:
+            result = self.results.get(model)
+            if isinstance(result, Completion):
+                parts.append(f"### {model}\n\n{result._repr_markdown_()}")
+            else:
+                parts.append(f"### {model}\n\n**{getattr(result, 'code', 'ERROR')}**: {result}")
+        return "\n\n".join(parts)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/markdown": self._repr_markdown_(), "text/plain": str(self)}
+
+    def __str__(self) -> str:
+        lines = []
+        for model in self.models:
+            result = self.results.get(model)
+            lines.append(f"== {model} ==")
+            lines.append(
+                str(result) if isinstance(result, Completion) else f"[{getattr(result, 'code', 'ERROR')}] {result}"
+            )
+        return "\n".join(lines)

@@ -276,3 +276,23 @@ def test_completion_renders_as_markdown_and_text(client):
     bundle = answer._repr_mimebundle_()
     assert "echo (offline)" in bundle["text/markdown"]
     assert bundle["text/plain"].startswith('You said: "render"')
+
+
+def test_compare_runs_models_side_by_side_and_keeps_going_past_a_failure():
+    with gtl_nb.sim.running("openai", faults=gtl_nb.sim.Fault.http(401)) as url:
+        client = gtl_nb.connect(
+            providers={"openai": {"api_key": "sim-key", "base_url": url}, "echo": {}}, ledger=False, environ={}
+        )
+        seen: dict[str, int] = {}
+        comparison = client.compare(
+            ["echo", "gpt-4o-mini", "no-such-model"],
+            "compare me",
+            on_event=lambda model, event: seen.__setitem__(model, seen.get(model, 0) + 1),
+        )
+    assert comparison.completion("echo").text.startswith('You said: "compare me"')
+    assert comparison.results["gpt-4o-mini"].code == "AUTH_FAILED"
+    assert comparison.results["no-such-model"].code == "MODEL_NOT_FOUND"
+    assert seen["echo"] > 3 and seen["gpt-4o-mini"] >= 2
+    frame = comparison.to_dataframe()
+    assert next(iter(frame["model"])) == "echo" and list(frame["status"]) == ["ok", "error", "error"]
+    assert "AUTH_FAILED" in comparison._repr_mimebundle_()["text/markdown"]
