@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gtl_nb.engine.config import ENV_VARS
 from gtl_nb.protocol.errors import ConfigurationError, ModelNotFoundError
 from gtl_nb.protocol.messages import CompletionRequest
 from gtl_nb.providers.base import Deployment
@@ -30,15 +31,18 @@ from gtl_nb.providers.registry import provider_types
 
 OPEN_MODEL_TYPES = ("ollama", "openai_compatible")
 
-# Where each provider type's credentials come from, for "set X" hints.
-CREDENTIAL_HINTS = {
-    "openai": "OPENAI_API_KEY",
-    "azure": "AZURE_OPENAI_API_KEY and AZURE_OPENAI_ENDPOINT",
-    "anthropic": "ANTHROPIC_API_KEY",
-    "gemini": "GEMINI_API_KEY (or GOOGLE_API_KEY)",
-    "ollama": "OLLAMA_HOST",
-    "bedrock": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)",
-}
+
+def credential_hint(provider_type: str) -> str:
+    """What to set so ``provider_type`` is configured (from the configuration's variable table)."""
+    if provider_type == "bedrock":
+        return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)"
+    variables = ENV_VARS.get(provider_type, {})
+    needed = [" or ".join(variables[key]) for key in ("api_key", "base_url") if key in variables]
+    if provider_type not in ("azure", "ollama"):
+        needed = needed[:1]  # a base URL is only required by Azure (endpoint) and Ollama (host)
+    if provider_type == "ollama":
+        needed = needed[-1:]
+    return " and ".join(needed) or "its credentials"
 
 
 @dataclass(frozen=True)
@@ -117,8 +121,7 @@ class Router:
             names = ", ".join(d.name for d in of_type)
             raise ConfigurationError(f"{name!r} has several deployments ({names}); name one of them")
         if name in provider_types():
-            hint = CREDENTIAL_HINTS.get(name)
-            extra = f" (set {hint}, or pass providers={{{name!r}: {{...}}}})" if hint else ""
+            extra = f" (set {credential_hint(name)}, or pass providers={{{name!r}: {{...}}}})"
             raise ConfigurationError(f"provider {name!r} is not configured{extra}")
         known = ", ".join(sorted(self.deployments))
         raise ConfigurationError(f"unknown provider {name!r}; configured deployments: {known}")
@@ -143,7 +146,7 @@ class Router:
                 return self._target(matching[0], name)
         if candidates:
             provider_type = candidates[0]
-            hint = CREDENTIAL_HINTS.get(provider_type, "its credentials")
+            hint = credential_hint(provider_type)
             raise ConfigurationError(
                 f"model {name!r} is served by {provider_type}, "
                 f"but no {provider_type} provider is configured: "

@@ -1,0 +1,60 @@
+"""The ``gtl`` command, run as a real subprocess where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import gtl_nb
+from gtl_nb.cli import main
+
+
+def gtl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GTL_NB_CONFIG": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "gtl_nb", *args], capture_output=True, text=True, env=env, input=stdin, timeout=60
+    )
+
+
+def test_complete_streams_to_the_terminal_with_a_footer():
+    result = gtl("complete", "hello terminal", "--model", "echo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('You said: "hello terminal"')
+    assert "echo (offline)" in result.stdout.splitlines()[-1]
+
+
+def test_complete_json_prints_every_event_as_a_gtl_frame():
+    result = gtl("complete", "-", "--json", stdin="from stdin")
+    frames = [json.loads(line) for line in result.stdout.splitlines()]
+    assert frames[0]["type"] == "status" and frames[-1]["type"] == "done"
+    text = "".join(f["text"] for f in frames if f["type"] == "token")
+    assert text.startswith('You said: "from stdin"')
+    for frame in frames:
+        gtl_nb.protocol.decode(json.dumps(frame))
+
+
+def test_models_lists_providers_and_models():
+    result = gtl("models")
+    assert result.returncode == 0
+    assert "echo [echo] (offline)" in result.stdout
+
+
+def test_user_mistakes_are_one_line_and_exit_2(capsys):
+    assert main(["complete", "x", "--model", "gpt-4o"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gtl: error:") and "OPENAI_API_KEY" in err and "\n" not in err
+
+
+def test_provider_errors_show_their_gtl_code(tmp_path, capsys):
+    with gtl_nb.sim.running("openai") as url:
+        config = tmp_path / "gtl.toml"
+        config.write_text(f'[providers.openai]\napi_key = "wrong"\nbase_url = "{url}"\n')
+        assert main(["--config", str(config), "complete", "x", "--model", "gpt-4o-mini"]) == 2
+    assert "AUTH_FAILED [openai]" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 2
+    assert "complete" in capsys.readouterr().out
