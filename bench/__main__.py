@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bench import bench_codec
+from bench import bench_codec, bench_overhead
 
 
 def main() -> None:
     results: dict[str, float] = {}
-    for module in (bench_codec,):
+    for module in (bench_codec, bench_overhead):
         results.update(module.run())
     print("summary:", ", ".join(f"{k}={v:.2f}" for k, v in results.items()))
 

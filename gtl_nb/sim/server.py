@@ -78,6 +78,13 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        # Stream chunks are small writes: without TCP_NODELAY, Nagle's algorithm and the client's
+        # delayed ACK hold each one back by up to 40 ms, which real streaming servers avoid too.
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s " + format, self.server.sim.provider_name, *args)
 
