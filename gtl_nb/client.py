@@ -155,7 +155,7 @@ class Client:
         if not msgs:
             raise InvalidRequestError("messages is empty: pass a prompt string or a list of messages")
         try:
-            return CompletionRequest(
+            request = CompletionRequest(
                 session_id=session_id or new_session_id(),
                 model=model,
                 messages=msgs,
@@ -173,8 +173,17 @@ class Client:
                 reasoning=reasoning,
                 cache=cache,
             )
+            # Struct constructors do not check types; one typed round trip does, for clear errors
+            return msgspec.json.decode(msgspec.json.encode(request), type=CompletionRequest)
         except (TypeError, msgspec.ValidationError) as exc:
             raise InvalidRequestError(f"invalid request: {exc}") from None
+
+    def _check_route(self, request: CompletionRequest) -> None:
+        """Refuse, before any session starts, a request that no configured deployment can serve
+        or whose deployment lacks its credentials (the error names what to set)."""
+        for target in self.engine.router.targets(request):
+            if target.name in self.config.deployments:
+                self.config.require_credentials(target.name)
 
     @property
     def default_model(self) -> str:
@@ -205,7 +214,7 @@ class Client:
     ) -> EventStream:
         """Start a request; iterate the returned ``EventStream`` for events as they arrive."""
         request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
-        self.engine.router.targets(request)  # a routing mistake raises here, with its own class
+        self._check_route(request)  # a routing or credential mistake raises here, with its own class
         return EventStream(self, request, on_event)
 
     async def acomplete(
@@ -232,7 +241,7 @@ class Client:
     ) -> AsyncEventStream:
         """Async twin of ``stream``: ``async for event in client.astream(...)``."""
         request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
-        self.engine.router.targets(request)
+        self._check_route(request)
         return AsyncEventStream(self, request, on_event)
 
     def batch(
@@ -279,7 +288,7 @@ class Client:
                     request = self.request(**{**defaults, **item})
                 else:
                     raise InvalidRequestError(f"a batch item must be a str, dict or CompletionRequest, not {item!r}")
-                self.engine.router.targets(request)
+                self._check_route(request)
                 out.append(request)
             except GTLError as exc:
                 out.append(exc)
@@ -339,7 +348,7 @@ class Client:
         for model in models:
             try:
                 request = self.request(model, messages, **kwargs)
-                self.engine.router.targets(request)
+                self._check_route(request)
                 requests[model] = request
             except GTLError as exc:
                 requests[model] = exc

@@ -111,6 +111,9 @@ class ConfigurationError(GTLError, ValueError):
 
     code = "INVALID_REQUEST"
 
+    def __str__(self) -> str:  # a set-up mistake is read by a person: the message says it all
+        return self.message
+
 
 class RequestError(GTLError):
     """The request is wrong or not allowed; sending it again unchanged will not help."""

@@ -296,3 +296,14 @@ def test_compare_runs_models_side_by_side_and_keeps_going_past_a_failure():
     frame = comparison.to_dataframe()
     assert next(iter(frame["model"])) == "echo" and list(frame["status"]) == ["ok", "error", "error"]
     assert "AUTH_FAILED" in comparison._repr_mimebundle_()["text/markdown"]
+
+
+def test_a_deployment_without_its_key_is_refused_before_any_call():
+    client = gtl_nb.connect(providers={"openai": {}}, ledger=False, environ={})
+    with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+        client.complete("gpt-4o", "hi")
+
+
+def test_wrongly_typed_arguments_are_a_clear_error(client):
+    with pytest.raises(InvalidRequestError, match=r"\$\.temperature"):
+        client.complete("echo", "hi", temperature="hot")
