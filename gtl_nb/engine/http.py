@@ -23,7 +23,7 @@ import httpx
 
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
-from gtl_nb.providers.base import Deployment, HttpDialect, HttpRequest
+from gtl_nb.providers.base import Deployment, HttpDialect, HttpRequest, retry_after_seconds
 
 log = get_logger("engine.http")
 
@@ -139,7 +139,8 @@ class HttpRunner:
         try:
             if response.status_code >= 400:
                 body = await asyncio.wait_for(response.aread(), limits.idle)
-                yield dialect.decode_error(request, deployment, response.status_code, dict(response.headers), body)
+                headers = _seconds_retry_after(dict(response.headers), time.time())
+                yield dialect.decode_error(request, deployment, response.status_code, headers, body)
                 return
             decoder = dialect.response_decoder(request, deployment)
             chunks = response.aiter_bytes()  # decoded: providers gzip JSON bodies
@@ -169,6 +170,20 @@ class HttpRunner:
             yield decoder
         finally:
             await response.aclose()
+
+
+def _seconds_retry_after(headers: dict[str, str], now: float) -> dict[str, str]:
+    """Rewrite an HTTP-date ``Retry-After`` as seconds: dialects read no clock, the runner does."""
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            try:
+                float(value)
+            except ValueError:
+                seconds = retry_after_seconds({"retry-after": value}, now=now)
+                if seconds is not None:
+                    headers[key] = f"{seconds:.3f}"
+            break
+    return headers
 
 
 def _error(request: CompletionRequest, deployment: Deployment, code: str, message: str) -> Error:

@@ -153,7 +153,9 @@ def request(**kw) -> CompletionRequest:
 
 def engine_for(*deployments: Deployment, timeouts: Timeouts | None = None) -> Engine:
     return Engine(
-        {d.name: d for d in deployments}, timeouts=timeouts or Timeouts(connect=2, first_byte=0.5, idle=0.3)
+        {d.name: d for d in deployments},
+        timeouts=timeouts or Timeouts(connect=2, first_byte=0.5, idle=0.3),
+        routing={"retry": {"max_attempts": 1}},  # these tests are about one attempt each
     )
 
 
@@ -176,9 +178,7 @@ def server_factory():
 
 
 def test_a_good_stream(server_factory):
-    server = server_factory(
-        lambda c: c.sendall(HEAD + chunked(b"t:hel", b"lo\nt: world\nu\ndone\n") + b"0\r\n\r\n")
-    )
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:hel", b"lo\nt: world\nu\ndone\n") + b"0\r\n\r\n"))
     events = run(engine_for(lines("a", server.url)), request())
     assert "".join(e.text for e in events if isinstance(e, Token)) == "hello world"
     done = events[-1]
@@ -239,10 +239,7 @@ def test_an_error_status_goes_through_the_dialects_error_mapping(server_factory)
     events = run(engine_for(lines("a", server.url)), request())
     error = events[-1]
     assert (
-        isinstance(error, Error)
-        and error.code == "OVERLOADED"
-        and error.http_status == 503
-        and error.message == "busy"
+        isinstance(error, Error) and error.code == "OVERLOADED" and error.http_status == 503 and error.message == "busy"
     )
 
 
@@ -312,3 +309,24 @@ def test_cancelling_closes_the_upstream_response(server_factory):
 
     asyncio.run(main())
     assert closed.wait(5), "the upstream connection was left open after cancellation"
+
+
+def test_an_http_date_retry_after_reaches_the_dialect_as_seconds(server_factory):
+    import email.utils
+    import time as _time
+
+    when = email.utils.formatdate(_time.time() + 120, usegmt=True)
+    seen = {}
+
+    class Capturing(LineDialect):
+        def decode_error(self, request, deployment, status, headers, body):
+            seen.update(headers)
+            return super().decode_error(request, deployment, status, headers, body)
+
+    registry.register("lines-capture", Capturing())
+    server = server_factory(
+        lambda c: c.sendall(f"HTTP/1.1 503 Busy\r\nRetry-After: {when}\r\nContent-Length: 0\r\n\r\n".encode())
+    )
+    deployment = Deployment(name="a", type="lines-capture", base_url=server.url, models=("m",))
+    run(engine_for(deployment), request())
+    assert 100 < float(seen["retry-after"]) <= 121
