@@ -28,12 +28,13 @@ _LAZY_NAMES: dict[str, str] = {
     "ToolCall": "gtl_nb.protocol",
     "GTLError": "gtl_nb.protocol",
     "configure_logging": "gtl_nb.log",
+    "tool_from_function": "gtl_nb.tools",
     "load_ipython_extension": "gtl_nb.notebook",
     "unload_ipython_extension": "gtl_nb.notebook",
 }
 
 _SUBPACKAGES = frozenset(
-    {"protocol", "providers", "gap", "engine", "transports", "sim", "analysis", "notebook", "client", "cli"}
+    {"protocol", "providers", "gap", "engine", "sim", "analysis", "notebook", "client", "cli", "tools"}
 )
 
 __all__ = [*sorted(_LAZY_NAMES), "__version__", *sorted(_SUBPACKAGES)]

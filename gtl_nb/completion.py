@@ -8,6 +8,7 @@ and the provider's opaque ``provider_data`` kept for replay.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class Completion:
     failovers: list[str] = field(default_factory=list)
     events: Sequence[StreamEvent] = field(default_factory=list, repr=False)
     error: Error | None = None
+    created_at: float | None = None  # Unix time the answer finished (for GAP timestamps and logs)
 
     @classmethod
     def from_transcript(cls, transcript: Transcript, provider_type: str | None = None) -> Completion:
@@ -55,6 +57,7 @@ class Completion:
             failovers=[f"{s.from_provider} -> {s.to_provider}: {s.reason}" for s in transcript.failovers],
             events=list(transcript.events),
             error=transcript.error,
+            created_at=time.time(),
         )
 
     # -- derived ------------------------------------------------------------------------------

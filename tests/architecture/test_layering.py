@@ -26,6 +26,7 @@ RANKS: dict[str, int] = {
     "transports": 4,
     "completion": 5,  # the Completion result object, the client's vocabulary
     "progress": 5,  # the batch progress bar (a notebook widget or a terminal line)
+    "tools": 5,  # Python callables as GTL tools (schemas from signatures), used by the magics
     "client": 6,
     "gateway": 7,
     "analysis": 8,

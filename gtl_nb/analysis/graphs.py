@@ -1,0 +1,244 @@
+"""Context graphs (``gap.create_context_graph``) as DataFrames and as a matplotlib drawing.
+
+The graph itself and its basic queries live in ``gtl_nb.gap.graph`` (``undefined_entities``,
+``entity_cooccurrence``, ``reply_chain``, ``graph_to_dataframes``); this module turns their answers
+into tables and draws the graph with each kind of node in its own colour and shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from gtl_nb import gap
+from gtl_nb.analysis.plots import axes, pyplot
+
+__all__ = [
+    "NODE_STYLES",
+    "cooccurrence_table",
+    "draw_context_graph",
+    "entity_table",
+    "graph_summary",
+    "undefined_entities_table",
+]
+
+#: How each kind of node is drawn: legend label, marker and colour (entities split by definedness).
+NODE_STYLES: dict[str, dict[str, str]] = {
+    "message": {"label": "message", "shape": "o", "color": "#4c72b0"},
+    "missing": {"label": "missing parent", "shape": "X", "color": "#c44e52"},
+    "thread": {"label": "thread", "shape": "s", "color": "#55a868"},
+    "platform": {"label": "platform", "shape": "h", "color": "#8c8c8c"},
+    "entity": {"label": "entity (defined)", "shape": "^", "color": "#dd8452"},
+    "undefined": {"label": "entity (undefined)", "shape": "v", "color": "#f2c45a"},
+}
+EDGE_STYLES: dict[str, dict[str, Any]] = {
+    "reply_to": {"style": "solid", "width": 1.6, "alpha": 0.9},
+    "in_thread": {"style": "dashed", "width": 0.8, "alpha": 0.4},
+    "on_platform": {"style": "dotted", "width": 0.8, "alpha": 0.3},
+    "mentions": {"style": "dotted", "width": 1.0, "alpha": 0.6},
+    "defined_in": {"style": "dashdot", "width": 1.0, "alpha": 0.6},
+}
+
+
+def _style_key(data: dict[str, Any]) -> str:
+    kind = data.get("kind", "missing")
+    if kind == "entity" and data.get("value") is None:
+        return "undefined"
+    return kind if kind in NODE_STYLES else "missing"
+
+
+def _node_label(node: tuple[Any, ...]) -> str:
+    label = str(node[-1])
+    return label if len(label) <= 18 else label[:17] + "…"
+
+
+def graph_summary(graph: Any) -> pd.DataFrame:
+    """One row per thread (``thread_id`` ``<NA>`` for unthreaded messages).
+
+    Columns: ``messages``, ``platforms`` (sorted names), ``entities``, ``undefined``, ``missing_parents``
+    (ids referred to but absent), ``first`` and ``last`` (timestamps as given), all counts Int64.
+    """
+    rows: dict[Any, dict[str, Any]] = {}
+
+    def row(thread: Any) -> dict[str, Any]:
+        return rows.setdefault(
+            thread,
+            {"messages": 0, "platforms": set(), "entities": 0, "undefined": 0, "missing": set(), "times": []},
+        )
+
+    for node, data in graph.nodes(data=True):
+        kind = data.get("kind")
+        if kind == "message":
+            entry = row(data.get("thread_id"))
+            entry["messages"] += 1
+            entry["platforms"].add(data.get("platform"))
+            if data.get("timestamp"):
+                entry["times"].append(str(data["timestamp"]))
+            for _source, target, key in graph.out_edges(node, keys=True):
+                if key == "reply_to" and graph.nodes[target].get("kind") == "missing":
+                    entry["missing"].add(target[1])
+        elif kind == "entity":
+            entry = row(data.get("thread_id"))
+            entry["entities"] += 1
+            entry["undefined"] += data.get("value") is None
+    records = [
+        {
+            "thread_id": thread,
+            "messages": entry["messages"],
+            "platforms": ", ".join(sorted(p for p in entry["platforms"] if p)),
+            "entities": entry["entities"],
+            "undefined": entry["undefined"],
+            "missing_parents": len(entry["missing"]),
+            "first": min(entry["times"]) if entry["times"] else None,
+            "last": max(entry["times"]) if entry["times"] else None,
+        }
+        for thread, entry in sorted(rows.items(), key=lambda item: (item[0] is None, item[0] or ""))
+    ]
+    columns = ["thread_id", "messages", "platforms", "entities", "undefined", "missing_parents", "first", "last"]
+    frame = pd.DataFrame(records, columns=columns)
+    return frame.astype(
+        {
+            "thread_id": "string",
+            "messages": "Int64",
+            "platforms": "string",
+            "entities": "Int64",
+            "undefined": "Int64",
+            "missing_parents": "Int64",
+            "first": "string",
+            "last": "string",
+        }
+    )
+
+
+def _mentioned_by(graph: Any, node: tuple[Any, ...]) -> list[str]:
+    return sorted(source[1] for source, _target, key in graph.in_edges(node, keys=True) if key == "mentions")
+
+
+def entity_table(graph: Any) -> pd.DataFrame:
+    """Every entity: ``thread_id``, ``key``, ``type``, ``value``, ``defined``, ``defined_in``, ``mentions``
+    (how many messages mention it) and ``messages`` (their chat ids), sorted by thread then key."""
+    records = []
+    for node, data in graph.nodes(data=True):
+        if data.get("kind") != "entity":
+            continue
+        origins = [target[1] for _s, target, key in graph.out_edges(node, keys=True) if key == "defined_in"]
+        messages = _mentioned_by(graph, node)
+        records.append(
+            {
+                "thread_id": data.get("thread_id"),
+                "key": data.get("key"),
+                "type": data.get("type"),
+                "value": data.get("value"),
+                "defined": data.get("value") is not None,
+                "defined_in": origins[0] if origins else None,
+                "mentions": len(messages),
+                "messages": messages,
+            }
+        )
+    columns = ["thread_id", "key", "type", "value", "defined", "defined_in", "mentions", "messages"]
+    frame = pd.DataFrame(records, columns=columns)
+    frame = frame.astype(
+        {
+            "thread_id": "string",
+            "key": "string",
+            "type": "string",
+            "value": "string",
+            "defined": "boolean",
+            "defined_in": "string",
+            "mentions": "Int64",
+        }
+    )
+    order = frame.assign(_unthreaded=frame["thread_id"].isna()).sort_values(["_unthreaded", "thread_id", "key"])
+    return order.drop(columns="_unthreaded").reset_index(drop=True)
+
+
+def undefined_entities_table(graph: Any) -> pd.DataFrame:
+    """The entities no message defines (``gap.undefined_entities``): ``thread_id``, ``key``, ``type``,
+    ``mentions`` and ``messages``, in that function's order (thread, then key)."""
+    records = []
+    for node in gap.undefined_entities(graph):
+        data = graph.nodes[node]
+        messages = _mentioned_by(graph, node)
+        records.append(
+            {
+                "thread_id": node[1],
+                "key": node[2],
+                "type": data.get("type"),
+                "mentions": len(messages),
+                "messages": messages,
+            }
+        )
+    frame = pd.DataFrame(records, columns=["thread_id", "key", "type", "mentions", "messages"])
+    return frame.astype({"thread_id": "string", "key": "string", "type": "string", "mentions": "Int64"})
+
+
+def cooccurrence_table(graph: Any) -> pd.DataFrame:
+    """Pairs of entities mentioned by the same messages (``gap.entity_cooccurrence``).
+
+    Columns: ``thread_id``, ``entity_a``, ``entity_b`` (keys, ``a < b``) and ``weight`` (messages
+    mentioning both), heaviest first.
+    """
+    pairs = gap.entity_cooccurrence(graph)
+    records = []
+    for first, second, data in pairs.edges(data=True):
+        a, b = sorted((first, second), key=lambda n: n[2])
+        records.append({"thread_id": a[1], "entity_a": a[2], "entity_b": b[2], "weight": data.get("weight", 1)})
+    frame = pd.DataFrame(records, columns=["thread_id", "entity_a", "entity_b", "weight"])
+    frame = frame.astype({"thread_id": "string", "entity_a": "string", "entity_b": "string", "weight": "Int64"})
+    return frame.sort_values(
+        ["weight", "thread_id", "entity_a", "entity_b"], ascending=[False, True, True, True], na_position="last"
+    ).reset_index(drop=True)
+
+
+def draw_context_graph(
+    graph: Any,
+    ax: Any = None,
+    *,
+    labels: bool = True,
+    platforms: bool = True,
+    seed: int = 0,
+) -> Any:
+    """Draw a context graph: messages, missing parents, threads, platforms and entities (defined and
+    undefined) each in its own colour and shape, edge kinds in their own line styles, with a legend.
+
+    The layout is networkx's spring layout with a fixed ``seed`` (the same picture every run);
+    ``platforms=False`` leaves the platform nodes out. Returns the ``Axes``.
+    """
+    import networkx as nx
+
+    plt = pyplot()
+    ax = axes(ax, figsize=(9, 6))
+    shown = graph if platforms else graph.subgraph(n for n, d in graph.nodes(data=True) if d.get("kind") != "platform")
+    ax.set_axis_off()
+    ax.set_title("context graph")
+    if shown.number_of_nodes() == 0:
+        ax.text(0.5, 0.5, "empty graph", ha="center", va="center", transform=ax.transAxes)
+        return ax
+    position = nx.spring_layout(nx.Graph(shown), seed=seed)
+    for kind, style in EDGE_STYLES.items():
+        edges = [(u, v) for u, v, key in shown.edges(keys=True) if key == kind]
+        if edges:
+            nx.draw_networkx_edges(
+                shown, position, edgelist=edges, ax=ax, style=style["style"], width=style["width"],
+                alpha=style["alpha"], arrows=True, arrowsize=8, node_size=300,
+            )  # fmt: skip
+    handles = []
+    for key, style in NODE_STYLES.items():
+        nodes = [node for node, data in shown.nodes(data=True) if _style_key(data) == key]
+        if not nodes:
+            continue
+        collection = nx.draw_networkx_nodes(
+            shown, position, nodelist=nodes, ax=ax, node_shape=style["shape"], node_color=style["color"],
+            node_size=300, edgecolors="black", linewidths=0.5, label=style["label"],
+        )  # fmt: skip
+        collection.set_gid(f"gtl-{key}")
+        handles.append(
+            plt.Line2D([], [], linestyle="none", marker=style["shape"], markersize=9, markerfacecolor=style["color"],
+                       markeredgecolor="black", label=style["label"])
+        )  # fmt: skip
+    if labels:
+        names = {node: _node_label(node) for node in shown.nodes}
+        nx.draw_networkx_labels(shown, position, labels=names, ax=ax, font_size=7)
+    ax.legend(handles=handles, loc="best", fontsize=8, title="nodes")
+    return ax

@@ -1,0 +1,292 @@
+"""Option parsing for the magics: shell quoting (``shlex``), argparse grammars, one-line errors.
+
+``split`` turns a magic's line into words with the shell's quoting rules, so
+``--system "Be brief, and polite"`` is one value. The parsers never exit the kernel: a mistake is an
+``ArgumentError`` whose message is one line naming the option and where to read more. ``--token``
+is refused everywhere: a token typed in a cell would be saved in the notebook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import keyword
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from gtl_nb.notebook.template import render
+
+__all__ = [
+    "FORMATS",
+    "TOKEN_REFUSAL",
+    "ArgumentError",
+    "Parser",
+    "comma_list",
+    "gap_cell_parser",
+    "gtl_cell_parser",
+    "parse_assignments",
+    "parse_bool",
+    "refuse_secret_settings",
+    "refuse_secrets",
+    "split",
+    "variable_name",
+]
+
+FORMATS = ("markdown", "text", "json", "code")
+TOKEN_REFUSAL = (
+    "refusing --token: a token typed in a cell is saved in the notebook; set $GTL_TOKEN, put it in the "
+    "config file, or use `%gtl connect URL --token-env VAR` (or --ask-token for a password prompt)"
+)
+# Settings that hold secrets: refused as literal values, accepted as the name of an environment variable.
+SECRET_KEYS = ("api_key", "aws_secret_access_key", "aws_session_token", "token")
+
+
+class ArgumentError(ValueError):
+    """A mistake in a magic's options; the message is one line with the fix."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that raises ``ArgumentError`` instead of printing and exiting."""
+
+    def __init__(self, prog: str, description: str | None = None, epilog: str | None = None) -> None:
+        super().__init__(
+            prog=prog,
+            description=description,
+            epilog=epilog,
+            add_help=False,
+            allow_abbrev=False,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    def error(self, message: str) -> NoReturn:
+        raise ArgumentError(f"{self.prog}: {message} (`{self.prog} --help` lists the options)")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        raise ArgumentError(message or f"{self.prog}: invalid options")
+
+    def parse(self, words: Sequence[str]) -> argparse.Namespace | None:
+        """The parsed options, or ``None`` when ``-h``/``--help`` asked for the help text instead."""
+        if "-h" in words or "--help" in words:
+            return None
+        return self.parse_args(list(words))
+
+
+def split(line: str, namespace: Mapping[str, Any] | None = None) -> list[str]:
+    """The words of a magic's line, by shell quoting rules (never ``line.split(" ")``).
+
+    With ``namespace``, each word then gets the prompt's ``{name}`` substitution
+    (``gtl_nb.notebook.template``): split first, so ``--system {rules}`` stays one option however
+    many spaces ``rules`` holds. A literal ``--token`` is refused before anything is substituted.
+    """
+    try:
+        words = shlex.split(line, posix=True)
+    except ValueError as exc:
+        raise ArgumentError(
+            f"cannot read the options: {exc} (check the quotes in {line.strip()!r})"
+        ) from None
+    refuse_secrets(words)
+    if namespace is not None:
+        words = [render(word, namespace) for word in words]
+    return words
+
+
+def refuse_secrets(words: Sequence[str]) -> None:
+    """Refuse a literal ``--token`` (or ``--token=...``) anywhere in the words."""
+    for word in words:
+        if word == "--token" or word.startswith("--token="):
+            raise ArgumentError(TOKEN_REFUSAL)
+
+
+def comma_list(text: str) -> list[str]:
+    """``"a,b, c"`` -> ``["a", "b", "c"]`` (empty items dropped)."""
+    items = [item.strip() for item in text.split(",")]
+    if not any(items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return [item for item in items if item]
+
+
+def variable_name(text: str) -> str:
+    """A Python identifier that can name a notebook variable."""
+    if not text.isidentifier() or keyword.iskeyword(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid Python variable name")
+    return text
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
+    return value
+
+
+def parse_bool(text: str) -> bool:
+    """``on/off``, ``true/false``, ``yes/no``, ``1/0`` (any case)."""
+    lowered = text.strip().lower()
+    if lowered in ("on", "true", "yes", "1"):
+        return True
+    if lowered in ("off", "false", "no", "0"):
+        return False
+    raise ArgumentError(f"expected on or off, got {text!r}")
+
+
+def parse_assignments(words: Sequence[str], *, what: str) -> dict[str, str]:
+    """``key=value`` words -> a dict (in order); anything else is an ``ArgumentError``."""
+    out: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep or not key:
+            raise ArgumentError(f"{what}: expected key=value, got {word!r}")
+        out[key.strip()] = value
+    return out
+
+
+def format_choice(text: str) -> str:
+    lowered = text.lower()
+    if lowered not in FORMATS:
+        raise argparse.ArgumentTypeError(f"unknown format {text!r}; choose one of {', '.join(FORMATS)}")
+    return lowered
+
+
+# ----------------------------------------------------------------------------------------------
+# the grammars
+
+GTL_CELL_EPILOG = """\
+The cell is the prompt; {name} inserts a notebook variable ({{ and }} write literal braces).
+Default model: `%gtl config model=...`, then $GTL_NB_MODEL, then the configuration's default (echo).
+Examples:
+  %%gtl gpt-4o-mini --system "Answer in one sentence" --temperature 0.2
+  %%gtl --compare echo gpt-4o-mini claude-haiku-4-5
+  %%gtl --tools get_weather --max-steps 3
+"""
+
+
+def gtl_cell_parser() -> Parser:
+    """The options of ``%%gtl [MODEL] [options]``."""
+    p = Parser("%%gtl", "Send the cell to a model and show the answer as it streams.", GTL_CELL_EPILOG)
+    p.add_argument("model", nargs="*", metavar="MODEL", help="the model (at most one; see --compare)")
+    p.add_argument("--system", metavar="TEXT", help="system prompt")
+    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    p.add_argument("--max-tokens", type=positive_int, metavar="N", help="output token limit")
+    p.add_argument(
+        "--stream",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="stream tokens as they arrive (default)",
+    )
+    p.add_argument(
+        "--format", type=format_choice, default="markdown", help="markdown (default), text, json or code"
+    )
+    p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the result in VAR")
+    p.add_argument("--no-cache", action="store_true", help="do not answer from the response cache")
+    p.add_argument("--endpoint", metavar="URL", help="anything gtl_nb.connect accepts (default: embedded://)")
+    p.add_argument("--providers", type=comma_list, metavar="A,B", help="failover list of deployments")
+    p.add_argument(
+        "--chat",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="conversation mode: keep the history",
+    )
+    p.add_argument(
+        "--tools", type=comma_list, metavar="F,G", help="functions of the notebook the model may call"
+    )
+    p.add_argument(
+        "--max-steps", type=positive_int, default=5, metavar="N", help="tool rounds at most (default 5)"
+    )
+    p.add_argument("--tools-dry-run", action="store_true", help="show the tool calls without running them")
+    p.add_argument("--compare", nargs="+", metavar="MODEL", help="send the prompt to several models at once")
+    p.add_argument("--context", type=variable_name, metavar="VAR", help="a GAP message to send as context")
+    p.add_argument("-h", "--help", action="store_true", help="show this help")
+    return p
+
+
+GAP_CELL_EPILOG = """\
+The chat id is --id or nb-<execution count>; the parent is the previous message of the same thread.
+Examples:
+  %%gap --thread db --role user
+  %%gap --from-last --thread db --to claude.ai
+"""
+
+
+def gap_cell_parser() -> Parser:
+    """The options of ``%%gap`` (wrap the cell, or the last answer, as a GAP message)."""
+    p = Parser("%%gap", "Wrap the cell as a GAP message.", GAP_CELL_EPILOG)
+    p.add_argument(
+        "--platform", metavar="P", help="source platform (default: generic, or the answer's provider)"
+    )
+    p.add_argument("--thread", metavar="T", help="thread id")
+    p.add_argument("--role", choices=("assistant", "user", "system"), help="role (default: user for a cell)")
+    p.add_argument("--id", dest="chat_id", metavar="ID", help="chat id (default: nb-<execution count>)")
+    p.add_argument("--reply-to", metavar="ID", help="parent message (default: the thread's previous message)")
+    p.add_argument("--to", metavar="TARGET", help="also show the message transformed for TARGET")
+    p.add_argument("--model", metavar="M", help="the model that wrote the content")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--from-last", action="store_true", help="wrap the last %%gtl answer")
+    source.add_argument(
+        "--from", dest="from_var", type=variable_name, metavar="VAR", help="wrap a Completion"
+    )
+    p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the message in VAR")
+    p.add_argument("-h", "--help", action="store_true", help="show this help")
+    return p
+
+
+def usage_parser() -> Parser:
+    p = Parser("%gtl usage", "Cost and tokens from the usage ledger.")
+    p.add_argument("--by", choices=("provider", "model", "day"), default="provider")
+    return p
+
+
+def models_parser() -> Parser:
+    p = Parser("%gtl models", "The models this notebook can use.")
+    p.add_argument("--live", metavar="DEPLOYMENT", help="ask the provider itself for its models")
+    return p
+
+
+def connect_parser() -> Parser:
+    p = Parser("%gtl connect", "Connect the notebook to a GTL endpoint.")
+    p.add_argument("url", metavar="URL")
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding the token")
+    p.add_argument("--ask-token", action="store_true", help="ask for the token with a password prompt")
+    return p
+
+
+def entities_parser() -> Parser:
+    p = Parser("%gap entities", "Show and define the undefined entities of a GAP message.")
+    p.add_argument(
+        "words", nargs="*", metavar="VAR|KEY=VALUE", help="the message (default: the last) and values"
+    )
+    p.add_argument("--suggest-with", metavar="MODEL", help="ask MODEL for definitions")
+    p.add_argument("--apply", action="store_true", help="apply the best suggestion for each entity")
+    return p
+
+
+def graph_parser() -> Parser:
+    p = Parser("%gap graph", "Draw the context graph of this notebook's GAP messages.")
+    p.add_argument("--out", type=variable_name, metavar="VAR", help="store the networkx graph in VAR")
+    return p
+
+
+def export_parser() -> Parser:
+    p = Parser("%gap export", "Write this notebook's GAP messages as JSON lines.")
+    p.add_argument("path", metavar="PATH")
+    return p
+
+
+def help_text(parser: Parser) -> str:
+    return parser.format_help().rstrip()
+
+
+def refuse_secret_settings(settings: dict[str, str]) -> None:
+    """Refuse ``api_key=...`` and the like: name an environment variable instead (``api_key_env=VAR``)."""
+    for key in settings:
+        if key in SECRET_KEYS:
+            instead = (
+                "name an environment variable with api_key_env=VAR"
+                if key == "api_key"
+                else ("set it in the environment or in the config file")
+            )
+            raise ArgumentError(
+                f"refusing {key}=...: a secret typed in a cell is saved in the notebook; {instead}"
+            )

@@ -1,0 +1,199 @@
+"""The notebook's state: settings, clients, the conversation, the GAP messages and ``_gtl``.
+
+One ``NotebookSession`` lives per IPython shell (created by ``%load_ext gtl_nb``). It holds what the
+magics share between cells, in memory only: nothing here is written into the notebook, tokens least
+of all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gtl_nb.client import Client
+    from gtl_nb.completion import Completion
+    from gtl_nb.gap import WrappedMessage
+    from gtl_nb.protocol import Message
+
+__all__ = ["MODEL_ENV", "RESULT_NAME", "TOKEN_ENV", "NotebookSession", "Settings", "utc_now"]
+
+MODEL_ENV = "GTL_NB_MODEL"
+TOKEN_ENV = "GTL_TOKEN"
+RESULT_NAME = "_gtl"  # the last %%gtl result in the user namespace
+GAP_RESULT_NAME = "_gap"  # the last GAP message made by %%gap
+
+# provider type -> GAP platform whose conventions a model of that provider reads best
+PLATFORM_BY_PROVIDER_TYPE = {
+    "openai": "chatgpt",
+    "azure": "chatgpt",
+    "anthropic": "claude.ai",
+    "gemini": "gemini",
+}
+
+
+def utc_now() -> str:
+    """Now, UTC, ISO 8601 to the second (``2025-05-01T12:00:00Z``)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def platform_for(provider_type: str | None) -> str:
+    """The GAP platform of a provider type: openai/azure -> chatgpt, anthropic -> claude.ai, gemini -> gemini,
+    anything else -> generic."""
+    return PLATFORM_BY_PROVIDER_TYPE.get(provider_type or "", "generic")
+
+
+@dataclass
+class Settings:
+    """What ``%gtl config`` shows and sets."""
+
+    model: str | None = None  # None: $GTL_NB_MODEL, then the client's default (echo)
+    chat: bool = False
+    stream: bool = True
+    endpoint: str = "embedded://"
+    config_file: str | None = None  # None: $GTL_NB_CONFIG, then the user's config file
+
+
+@dataclass
+class NotebookSession:
+    """State shared by the magics of one shell."""
+
+    shell: Any
+    settings: Settings = field(default_factory=Settings)
+    providers: dict[str, dict[str, Any]] = field(default_factory=dict)  # from %gtl providers
+    history: list[Message] = field(default_factory=list)  # the conversation (chat mode)
+    gap_messages: list[WrappedMessage] = field(default_factory=list)  # this notebook's GAP messages
+    last_completion: Completion | None = None
+    _token: str | None = field(default=None, repr=False)
+    _clients: dict[str, Client] = field(default_factory=dict, repr=False)
+    _finished_at: dict[str, str] = field(default_factory=dict, repr=False)  # session id -> time
+
+    # -- clients ------------------------------------------------------------------------------
+
+    def client(self, endpoint: str | None = None) -> Client:
+        """The client for ``endpoint`` (default: the configured one), connected on first use."""
+        url = endpoint or self.settings.endpoint
+        client = self._clients.get(url)
+        if client is None:
+            import gtl_nb
+
+            options: dict[str, Any] = {}
+            if self.providers:
+                options["providers"] = {name: dict(values) for name, values in self.providers.items()}
+            if self.settings.config_file:
+                options["config"] = self.settings.config_file
+            token = self._token or os.environ.get(TOKEN_ENV) or None
+            client = gtl_nb.connect(url, token, **options)
+            self._clients[url] = client
+        return client
+
+    def connect(self, endpoint: str, token: str | None = None) -> Client:
+        """Switch the notebook to ``endpoint`` (a token is kept in memory only)."""
+        old_endpoint, old_token = self.settings.endpoint, self._token
+        self.settings.endpoint = endpoint
+        if token is not None:
+            self._token = token
+        self.drop_client(endpoint)
+        try:
+            return self.client()
+        except Exception:
+            self.settings.endpoint, self._token = old_endpoint, old_token
+            raise
+
+    def reconnect(self) -> Client:
+        """Close every client; the next use connects again with the current settings."""
+        self.close()
+        return self.client()
+
+    def drop_client(self, endpoint: str) -> None:
+        client = self._clients.pop(endpoint, None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        for url in list(self._clients):
+            self.drop_client(url)
+
+    # -- defaults -----------------------------------------------------------------------------
+
+    def default_model(self, client: Client) -> tuple[str, str]:
+        """The model for a cell that names none, and where it came from."""
+        if self.settings.model:
+            return self.settings.model, "%gtl config model=..."
+        if os.environ.get(MODEL_ENV):
+            return os.environ[MODEL_ENV], f"${MODEL_ENV}"
+        return client.default_model, "configuration default"
+
+    def provider_type_of(self, client: Client, model: str) -> str | None:
+        """The provider type a request for ``model`` goes to (best effort, from the public client API)."""
+        infos = client.providers()
+        by_name = {info.provider: info for info in infos}
+        prefix, sep, rest = model.partition(":")
+        if sep and rest:
+            if prefix in by_name:
+                return by_name[prefix].provider_type
+            if any(info.provider_type == prefix for info in infos):
+                return prefix
+        for info in infos:
+            if any(m.name == model for m in info.models):
+                return info.provider_type
+        catalog = getattr(client, "catalog", None)
+        configured = {info.provider_type for info in infos}
+        for provider_type in catalog.providers_for(model) if catalog is not None else ():
+            if provider_type in configured:
+                return provider_type
+        return None
+
+    # -- results ------------------------------------------------------------------------------
+
+    def remember(self, result: Any, out: str | None = None) -> None:
+        """``result`` becomes ``_gtl`` (and ``out``) in the user namespace."""
+        from gtl_nb.completion import Completion
+
+        if isinstance(result, Completion):
+            self.last_completion = result
+            self._finished_at.setdefault(result.session_id, utc_now())
+        self.shell.user_ns[RESULT_NAME] = result
+        if out:
+            self.shell.user_ns[out] = result
+
+    def finished_at(self, completion: Completion) -> str:
+        """When a completion finished (its ``created_at``; now, for one that has none)."""
+        if completion.created_at is not None:
+            when = datetime.fromtimestamp(completion.created_at, timezone.utc).replace(microsecond=0)
+            return when.isoformat().replace("+00:00", "Z")
+        return self._finished_at.get(completion.session_id) or utc_now()
+
+    def add_gap(self, wrapped: WrappedMessage, out: str | None = None) -> None:
+        """Record a GAP message of this notebook as ``_gap`` (and ``out``).
+
+        A message with the same chat id is replaced, and every notebook variable that held the old
+        version now holds the new one: messages are immutable, so defining an entity makes a new
+        version, and ``--context msg`` must send the one with the definitions.
+        """
+        for index, existing in enumerate(self.gap_messages):
+            if existing.chat_id == wrapped.chat_id:
+                self.gap_messages[index] = wrapped
+                self.rebind(existing, wrapped)
+                break
+        else:
+            self.gap_messages.append(wrapped)
+        self.shell.user_ns[GAP_RESULT_NAME] = wrapped
+        if out:
+            self.shell.user_ns[out] = wrapped
+
+    def rebind(self, old: Any, new: Any) -> None:
+        """Point every user variable that holds exactly ``old`` at ``new``."""
+        namespace = self.shell.user_ns
+        for name in [name for name, value in namespace.items() if value is old]:
+            namespace[name] = new
+
+    def previous_in_thread(self, thread_id: str | None, exclude: str | None = None) -> str | None:
+        """The chat id of the thread's last message other than ``exclude`` (messages without a thread
+        form one thread of their own)."""
+        for message in reversed(self.gap_messages):
+            if message.thread_id == thread_id and message.chat_id != exclude:
+                return message.chat_id
+        return None

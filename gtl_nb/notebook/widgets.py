@@ -1,0 +1,905 @@
+"""Live notebook views of streaming answers: ``StreamView``, ``ComparisonGrid`` and ``EntityEditor``.
+
+Each view works in three places:
+
+* **widget** — in a Jupyter kernel (JupyterLab 4, Notebook 7, ipywidgets 8): an ``ipywidgets.HTML``
+  per answer, redrawn as tokens arrive (coalesced by ``gtl_nb.notebook.throttle.Throttle`` to at
+  most one redraw per ``min_interval``);
+* **display** — an IPython shell without widgets (``live=False`` in a kernel): an IPython
+  ``DisplayHandle`` updated the same way;
+* **print** — terminal IPython or plain Python: the tokens are printed as they arrive, then the footer.
+
+How the final state reaches a saved notebook. ``display()`` shows the live area as one output whose
+bundle is the widget view plus an empty ``text/plain``. ``finish()`` turns that output into the empty
+``text/plain`` alone (``update_display_data``) and closes the widget, then displays the final answer as a
+*new* output: ``text/markdown`` (the answer and its footer) and ``text/plain``. So a saved notebook —
+and its HTML export, GitHub's rendering and terminal IPython — shows every answer with its footer,
+without needing widget state, and an nbval run (which ignores ``update_display_data``) records the
+same outputs: the live area's ``text/plain`` is empty both ways and the widget view is not compared.
+Footers print times as ``0.21 s``, so a sanitize pattern can mask them.
+
+DOM hooks (for browser tests): every answer's root element has class ``gtl-stream`` and
+``data-model="<model>"``; its text is in ``.gtl-text``; the final output's root also has ``gtl-final``.
+In the final output the text is rendered markdown, so compare it with whitespace normalised.
+
+Thread safety: ``on_event`` may be called from any thread (``Client.compare`` calls it from the
+engine's loop thread); state changes happen under a lock, live redraws only touch widget traits (comm
+messages), and all display outputs are published by ``display()`` and ``finish()`` in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from gtl_nb.completion import Comparison, Completion
+from gtl_nb.notebook.throttle import Throttle
+from gtl_nb.protocol.messages import Done, Error, Reasoning, Status, Token, ToolCallEvent, Usage
+
+__all__ = ["ComparisonGrid", "EntityEditor", "StreamView"]
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_TEXT_STYLE = "white-space: pre-wrap; word-break: break-word;"
+
+
+# ----------------------------------------------------------------------------------------------
+# where views draw
+
+
+def _shell() -> Any:
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython is a core dependency
+        return None
+    return get_ipython()
+
+
+def _frontend() -> str:
+    """``kernel`` (Jupyter), ``shell`` (an embedded IPython shell), ``terminal`` or ``none``."""
+    shell = _shell()
+    if shell is None:
+        return "none"
+    if getattr(shell, "kernel", None) is not None:
+        return "kernel"
+    if type(shell).__name__ == "TerminalInteractiveShell":
+        return "terminal"
+    return "shell"
+
+
+def _have_ipywidgets() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _resolve_mode(live: bool | None) -> str:
+    """``widget``, ``display`` or ``print`` for the ``live`` argument (see the module docstring)."""
+    where = _frontend()
+    if live is None:
+        live = where == "kernel" and _have_ipywidgets()
+    if live:
+        if not _have_ipywidgets():
+            raise ImportError("live widgets need ipywidgets: pip install ipywidgets")
+        return "widget"
+    return "display" if where in ("kernel", "shell") else "print"
+
+
+def _display(bundle: dict[str, Any], *, display_id: bool = False) -> Any:
+    from IPython.display import display
+
+    return display(bundle, raw=True, display_id=display_id or None)
+
+
+@dataclass(frozen=True)
+class _Frame:
+    """One live snapshot: an HTML fragment per answer, plain text, and what ``print`` mode needs."""
+
+    html: list[str]
+    plain: str
+    text: str = ""
+    resets: int = 0
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Final:
+    """The final state: the bundle to display, and the answer text and tail for ``print`` mode."""
+
+    bundle: dict[str, str]
+    frame: _Frame
+    text: str = ""
+    tail: str = ""
+
+
+class _WidgetSurface:
+    """ipywidgets: one ``HTML`` per answer (side by side when several) in one live output."""
+
+    def __init__(self, columns: int) -> None:
+        import ipywidgets as w
+
+        self.cells = [w.HTML(value="") for _ in range(columns)]
+        if columns == 1:
+            self.root: Any = self.cells[0]
+        else:
+            for cell in self.cells:
+                cell.layout = w.Layout(flex="1 1 0", min_width="0", margin="0 0.75em 0 0")
+            self.root = w.HBox(self.cells, layout=w.Layout(width="100%", align_items="flex-start"))
+        self.root.add_class("gtl-widget")
+        self.handle: Any = None
+
+    def view(self) -> dict[str, Any]:
+        return {WIDGET_VIEW: self.root._repr_mimebundle_()[WIDGET_VIEW]}
+
+    def show(self, frame: _Frame) -> None:
+        self.draw(frame)
+        self.handle = _display({**self.view(), "text/plain": ""}, display_id=True)
+
+    def draw(self, frame: _Frame) -> None:
+        for cell, fragment in zip(self.cells, frame.html, strict=False):
+            if cell.value != fragment:
+                cell.value = fragment
+
+    def close(self, final: _Final) -> None:
+        if self.handle is None:  # shown through _repr_mimebundle_: keep the widget, showing the final state
+            self.draw(final.frame)
+            return
+        self.handle.update({"text/plain": ""}, raw=True)
+        for widget in dict.fromkeys((*self.cells, self.root)):
+            _close_widget(widget)
+        _display(final.bundle)
+
+
+def _close_widget(widget: Any) -> None:
+    """Close a widget and the layout/style models it owns, so long sessions do not pile up models."""
+    for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
+        if part is not None and hasattr(part, "close"):
+            part.close()
+
+
+class _DisplaySurface:
+    """An IPython ``DisplayHandle`` updated with HTML (no widget frontend needed)."""
+
+    def __init__(self) -> None:
+        self.handle: Any = None
+
+    def show(self, frame: _Frame) -> None:
+        # Displayed as the empty text/plain it ends as: nbval ignores updates, and must record the
+        # same output as a saved notebook (where the updates were applied).
+        self.handle = _display({"text/plain": ""}, display_id=True)
+        self.draw(frame)
+
+    def draw(self, frame: _Frame) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/html": "".join(frame.html), "text/plain": ""}, raw=True)
+
+    def close(self, final: _Final) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+        _display(final.bundle)
+
+
+class _PrintSurface:
+    """stdout: print the answer's new text as it grows (``stream=True``), then the footer."""
+
+    def __init__(self, stream: bool) -> None:
+        self.stream = stream
+        self.printed = ""
+        self.resets = 0
+        self.notes = 0
+
+    @staticmethod
+    def _write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def show(self, frame: _Frame) -> None:
+        self.draw(frame)
+
+    def draw(self, frame: _Frame) -> None:
+        if not self.stream:
+            return
+        for note in frame.notes[self.notes :]:
+            self._write(("\n" if self.printed else "") + f"[{note}]\n")
+        self.notes = len(frame.notes)
+        if frame.resets != self.resets:
+            self.resets, self.printed = frame.resets, ""
+        if frame.text.startswith(self.printed) and len(frame.text) > len(self.printed):
+            self._write(frame.text[len(self.printed) :])
+            self.printed = frame.text
+
+    def close(self, final: _Final) -> None:
+        if self.stream and self.printed and final.text.startswith(self.printed):
+            # the answer is already on screen: finish it and add the footer
+            self._write(final.text[len(self.printed) :] + "\n" + (final.tail + "\n" if final.tail else ""))
+        else:
+            self._write(("\n" if self.printed else "") + final.bundle["text/plain"] + "\n")
+
+
+def _show_final(surface: Any, final: _Final) -> None:
+    """Show a view that finished before it was displayed: just its final output."""
+    if isinstance(surface, _PrintSurface):
+        surface.close(final)
+    else:
+        _display(final.bundle)
+
+
+def _surface(mode: str, columns: int, *, stream_prints: bool) -> Any:
+    if mode == "widget":
+        return _WidgetSurface(columns)
+    if mode == "display":
+        return _DisplaySurface()
+    return _PrintSurface(stream_prints)
+
+
+# ----------------------------------------------------------------------------------------------
+# the state of one answer
+
+
+def _seconds(ms: float | None) -> str | None:
+    return None if ms is None else f"{ms / 1000:.2f} s"
+
+
+@dataclass
+class _Answer:
+    """What one stream has shown so far, and (once finished) its final form."""
+
+    model: str
+    parts: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    status: str = "waiting"
+    notes: list[str] = field(default_factory=list)
+    error: tuple[str, str] | None = None
+    usage: Usage | None = None
+    done: Done | None = None
+    resets: int = 0
+    # set by finish()
+    finished: bool = False
+    final_text: str = ""
+    final_calls: list[str] = field(default_factory=list)
+    final_error: tuple[str, str] | None = None
+    footer: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.final_text if self.finished else "".join(self.parts)
+
+    def apply(self, event: Any) -> None:
+        """Fold one GTL event into the state (unknown events are ignored)."""
+        if isinstance(event, Token):
+            self.parts.append(event.text)
+            self.status = "streaming"
+        elif isinstance(event, Reasoning):
+            self.reasoning.append(event.text)
+            self.status = "thinking"
+        elif isinstance(event, ToolCallEvent):
+            self.calls.append(f"{event.function.name}({event.function.arguments})")
+        elif isinstance(event, Usage):
+            self.usage = event
+        elif isinstance(event, Done):
+            self.done = event
+            self.status = "done"
+        elif isinstance(event, Error):
+            self.error = (event.code, event.message)
+            self.status = "error"
+        elif isinstance(event, Status):
+            self._status(event)
+
+    def _status(self, event: Status) -> None:
+        if event.state == "failover":
+            # The protocol's failover reset: everything received so far is void.
+            self.parts.clear()
+            self.reasoning.clear()
+            self.calls.clear()
+            self.usage = None
+            self.resets += 1
+            note = f"failover: {event.from_provider or '?'} -> {event.to_provider or '?'}"
+            self.notes.append(note + (f": {event.reason}" if event.reason else ""))  # as Completion.footer()
+            self.status = "failover"
+        elif event.state == "retrying":
+            self.status = "retrying" + (f" (attempt {event.attempt})" if event.attempt else "")
+        else:
+            self.status = event.state
+
+    def finish(self, result: Any) -> None:
+        """Take the final state from a ``Completion`` or an exception."""
+        if isinstance(result, Completion):
+            completion: Completion | None = result
+            exc: BaseException | None = None
+        elif isinstance(result, BaseException):
+            completion, exc = getattr(result, "completion", None), result
+            if not isinstance(completion, Completion):
+                completion = None
+        else:
+            raise TypeError(f"finish() takes a Completion or an exception, not {type(result).__name__}")
+        if completion is not None:
+            self.final_text = completion.text
+            self.final_calls = [f"{c.name}({c.arguments})" for c in completion.tool_calls]
+            self.footer = completion.footer()
+            if completion.error is not None:
+                self.final_error = (completion.error.code, completion.error.message)
+        else:
+            self.final_text = "".join(self.parts)
+            self.final_calls = list(self.calls)
+            self.footer = " · ".join(self.notes)
+        if exc is not None and self.final_error is None:
+            code = getattr(exc, "code", None) or type(exc).__name__
+            self.final_error = (str(code), getattr(exc, "message", None) or str(exc))
+        if self.final_error is None and completion is None:
+            self.final_error = self.error
+        self.finished = True
+
+    # -- rendering ------------------------------------------------------------------------------
+
+    def live_footer(self) -> str:
+        parts = [self.status]
+        if self.usage is not None:
+            parts.append(f"{_count(self.usage.tokens_in)} in · {_count(self.usage.tokens_out)} out")
+        if self.done is not None:
+            for label, value in (("first token ", self.done.ttft_ms), ("", self.done.latency_ms)):
+                if _seconds(value):
+                    parts.append(f"{label}{_seconds(value)}")
+            if self.done.provider:
+                parts.append(self.done.provider)
+        parts.extend(self.notes)
+        return " · ".join(parts)
+
+    def live_html(self, heading: str | None) -> str:
+        """The live fragment: escaped text in ``.gtl-text``, status and notes in the footer."""
+        if self.finished:
+            return self._fragment(heading, self.final_text, [], self.final_calls, self.final_error, self.footer)
+        return self._fragment(heading, "".join(self.parts), self.reasoning, self.calls, self.error, self.live_footer())
+
+    def _fragment(
+        self,
+        heading: str | None,
+        text: str,
+        reasoning: list[str],
+        calls: list[str],
+        error: tuple[str, str] | None,
+        footer: str,
+    ) -> str:
+        classes = "gtl-stream" + (" gtl-error" if error else "") + (" gtl-final" if self.finished else "")
+        out = [f'<div class="{classes}" data-model="{_attr(self.model)}">']
+        if heading:
+            out.append(f'<div class="gtl-title"><b>{html.escape(heading)}</b></div>')
+        if reasoning:
+            shown = html.escape("".join(reasoning))
+            out.append(f'<div class="gtl-reasoning" style="{_TEXT_STYLE} opacity: 0.6;">{shown}</div>')
+        out.append(f'<div class="gtl-text" style="{_TEXT_STYLE}">{html.escape(text)}</div>')
+        for call in calls:
+            out.append(f'<div class="gtl-call"><code>{html.escape(call)}</code></div>')
+        if error:
+            code, message = error
+            out.append(f'<div class="gtl-error-line"><b>{html.escape(code)}</b>: {html.escape(message)}</div>')
+        out.append(f'<div class="gtl-footer" style="opacity: 0.7;"><small>{html.escape(footer)}</small></div>')
+        out.append("</div>")
+        return "".join(out)
+
+    def final_markdown(self, heading: str | None, style: str = "") -> str:
+        """The final answer as markdown inside ``gtl-stream gtl-final`` HTML blocks.
+
+        The blank lines after each opening tag end the HTML block (CommonMark), so the answer
+        inside is rendered as markdown.
+        """
+        style_attr = f' style="{style}"' if style else ""
+        lines = [f'<div class="gtl-stream gtl-final" data-model="{_attr(self.model)}"{style_attr}>']
+        if heading:
+            lines += ['<div class="gtl-title">', "", f"**{_md_inline(heading)}**", "", "</div>"]
+        body = self.final_text.strip("\n")
+        if not body and not self.final_calls and not self.final_error:
+            body = "_(empty answer)_"
+        lines += ['<div class="gtl-text">', "", body, "", "</div>"] if body else []
+        for call in self.final_calls:
+            lines += ['<div class="gtl-call">', "", f"`{call}`", "", "</div>"]
+        if self.final_error:
+            code, message = self.final_error
+            lines += ['<div class="gtl-error">', "", f"**{code}**: {_md_inline(message)}", "", "</div>"]
+        if self.footer:
+            lines += ['<div class="gtl-footer">', "", f"<sub>{html.escape(self.footer)}</sub>", "", "</div>"]
+        lines.append("</div>")
+        return "\n".join(lines)
+
+    def final_tail(self) -> str:
+        """What follows the text in plain form: tool calls, the error, ``-- footer``."""
+        lines = [f"[tool call] {call}" for call in self.final_calls]
+        if self.final_error:
+            lines.append(f"[{self.final_error[0]}] {self.final_error[1]}")
+        if self.footer:
+            lines.append(f"-- {self.footer}")
+        return "\n".join(lines)
+
+    def final_plain(self, heading: str | None) -> str:
+        head = [f"== {heading} =="] if heading else []
+        return "\n".join(part for part in [*head, self.final_text.strip("\n"), self.final_tail()] if part)
+
+    def live_plain(self, heading: str | None) -> str:
+        head = [f"== {heading} =="] if heading else []
+        return "\n".join([*head, "".join(self.parts), f"-- {self.live_footer()}"])
+
+
+def _count(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _attr(value: str) -> str:
+    return html.escape(value, quote=True)
+
+
+def _md_inline(text: str) -> str:
+    """Text safe on one markdown line (no HTML, no line breaks)."""
+    return html.escape(" ".join(text.split()), quote=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# StreamView
+
+
+class StreamView:
+    """Live view of one streaming answer. Thread-safe: on_event may be called from the engine's loop thread.
+
+    ``live=None`` picks ipywidgets in a Jupyter kernel, an IPython display handle in other IPython
+    shells, and printing to stdout in terminal IPython or plain Python; ``live=True`` forces widgets
+    and ``live=False`` forbids them. ``min_interval`` is the shortest time between two redraws.
+
+        view = StreamView("gpt-4o")
+        view.display()
+        try:
+            view.finish(client.stream("gpt-4o", prompt, on_event=view.on_event).result())
+        except Exception as exc:
+            view.finish(exc)
+    """
+
+    def __init__(self, title: str | None = None, *, min_interval: float = 0.25, live: bool | None = None) -> None:
+        self.title = title
+        self.mode = _resolve_mode(live)
+        self.result: Any = None
+        self._answer = _Answer(model=title or "")
+        self._lock = threading.Lock()
+        self._surface: Any = None
+        self._throttle = Throttle(self._draw, min_interval)
+
+    # -- public API -----------------------------------------------------------------------------
+
+    def display(self) -> None:
+        """Show the view now (a no-op when already shown)."""
+        with self._lock:
+            if self._surface is not None:
+                return
+            self._surface = _surface(self.mode, 1, stream_prints=True)
+            finished = self._answer.finished
+        if finished:
+            _show_final(self._surface, self._final())
+        else:
+            self._surface.show(self._frame())
+
+    def on_event(self, event: Any) -> None:
+        """Fold in one GTL event and ask for a (coalesced) redraw."""
+        with self._lock:
+            if self._answer.finished:
+                return
+            self._answer.apply(event)
+            if isinstance(event, Done) and event.model and not self.title:
+                self._answer.model = event.model
+        self._throttle.request()
+
+    def finish(self, result: Any) -> None:
+        """Show the final state of ``result`` (a ``Completion`` or an exception). Always draws; idempotent."""
+        with self._lock:
+            if self._answer.finished:
+                return
+            if not self.title and isinstance(result, Completion) and result.model:
+                self._answer.model = result.model
+            self._answer.finish(result)
+            self.result = result
+        self._throttle.close(self._draw_final)
+
+    @property
+    def text(self) -> str:
+        """The answer text so far (the final text once finished)."""
+        with self._lock:
+            return self._answer.text
+
+    @property
+    def finished(self) -> bool:
+        return self._answer.finished
+
+    @property
+    def redraws(self) -> int:
+        """How many draws ran so far (live ones plus the final one)."""
+        return self._throttle.draws
+
+    @property
+    def widget(self) -> Any:
+        """The ipywidgets widget (``None`` unless shown in widget mode)."""
+        surface = self._surface
+        return surface.root if isinstance(surface, _WidgetSurface) else None
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        with self._lock:
+            if self._answer.finished:
+                return dict(self._final().bundle)
+            bundle: dict[str, Any] = {
+                "text/markdown": self._live_markdown(),
+                "text/plain": self._answer.live_plain(self.title),
+            }
+            if self.mode == "widget":
+                if self._surface is None:
+                    self._surface = _WidgetSurface(1)  # shown by IPython through this bundle
+                    self._surface.draw(self._frame_unlocked())
+                if isinstance(self._surface, _WidgetSurface):
+                    bundle.update(self._surface.view())
+            return bundle
+
+    def __str__(self) -> str:
+        with self._lock:
+            if self._answer.finished:
+                return self._answer.final_plain(self.title)
+            return self._answer.live_plain(self.title)
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def _live_markdown(self) -> str:
+        text = "".join(self._answer.parts) or "_…_"
+        return f"{text}\n\n<sub>{html.escape(self._answer.live_footer())}</sub>"
+
+    def _frame_unlocked(self) -> _Frame:
+        answer = self._answer
+        return _Frame(
+            html=[answer.live_html(self.title)],
+            plain=answer.live_plain(self.title),
+            text="".join(answer.parts),
+            resets=answer.resets,
+            notes=tuple(answer.notes),
+        )
+
+    def _frame(self) -> _Frame:
+        with self._lock:
+            return self._frame_unlocked()
+
+    def _final(self) -> _Final:
+        answer = self._answer
+        return _Final(
+            bundle={"text/markdown": answer.final_markdown(self.title), "text/plain": answer.final_plain(self.title)},
+            frame=self._frame_unlocked(),
+            text=answer.final_text,
+            tail=answer.final_tail(),
+        )
+
+    def _draw(self) -> None:
+        surface = self._surface
+        if surface is not None:
+            surface.draw(self._frame())
+
+    def _draw_final(self) -> None:
+        surface = self._surface
+        if surface is not None:
+            with self._lock:
+                final = self._final()
+            surface.close(final)
+
+
+# ----------------------------------------------------------------------------------------------
+# ComparisonGrid
+
+
+class ComparisonGrid:
+    """One column per model, all streaming at once; ``finish(comparison)`` adds a ranked summary table.
+
+    Pass ``grid.on_event`` as ``Client.compare(..., on_event=grid.on_event)``; it is called from the
+    engine's loop thread.
+    """
+
+    def __init__(self, models: Sequence[str], *, min_interval: float = 0.25, live: bool | None = None) -> None:
+        self.models = list(dict.fromkeys(models))
+        if not self.models:
+            raise ValueError("ComparisonGrid needs at least one model")
+        self.mode = _resolve_mode(live)
+        self.comparison: Comparison | None = None
+        self.summary: Any = None  # the ranked pandas table, once finished
+        self._answers = {model: _Answer(model=model) for model in self.models}
+        self._lock = threading.Lock()
+        self._surface: Any = None
+        self._finished = False
+        self._throttle = Throttle(self._draw, min_interval)
+
+    def display(self) -> None:
+        """Show the grid now (a no-op when already shown)."""
+        with self._lock:
+            if self._surface is not None:
+                return
+            self._surface = _surface(self.mode, len(self.models), stream_prints=False)
+            finished = self._finished
+        if finished:
+            _show_final(self._surface, self._final())
+        else:
+            self._surface.show(self._frame())
+
+    def on_event(self, model: str, event: Any) -> None:
+        """One event of ``model``'s stream (the signature ``Client.compare`` uses)."""
+        with self._lock:
+            answer = self._answers.get(model)
+            if answer is None or self._finished:
+                return
+            answer.apply(event)
+        self._throttle.request()
+
+    def finish(self, comparison: Comparison) -> None:
+        """Draw every column's final state (answer, metrics or error) and the summary table."""
+        summary = _summary_frame(comparison)
+        with self._lock:
+            if self._finished:
+                return
+            for model, answer in self._answers.items():
+                result = comparison.results.get(model)
+                answer.finish(result if result is not None else KeyError(f"no result for {model}"))
+            self.comparison = comparison
+            self.summary = summary
+            self._finished = True
+        self._throttle.close(self._draw_final)
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def redraws(self) -> int:
+        return self._throttle.draws
+
+    def text(self, model: str) -> str:
+        """The current (or final) answer text of one column."""
+        with self._lock:
+            return self._answers[model].text
+
+    @property
+    def widget(self) -> Any:
+        surface = self._surface
+        return surface.root if isinstance(surface, _WidgetSurface) else None
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        with self._lock:
+            if self._finished:
+                return dict(self._final().bundle)
+            partial = (f"**{m}**: {html.escape(a.text) or '…'}" for m, a in self._answers.items())
+            bundle: dict[str, Any] = {
+                "text/markdown": "\n\n".join(partial),
+                "text/plain": "\n".join(a.live_plain(m) for m, a in self._answers.items()),
+            }
+            if self.mode == "widget":
+                if self._surface is None:
+                    self._surface = _WidgetSurface(len(self.models))
+                    self._surface.draw(self._frame_unlocked())
+                if isinstance(self._surface, _WidgetSurface):
+                    bundle.update(self._surface.view())
+            return bundle
+
+    def __str__(self) -> str:
+        with self._lock:
+            if self._finished:
+                return self._final().bundle["text/plain"]
+            return "\n".join(a.live_plain(m) for m, a in self._answers.items())
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def _frame_unlocked(self) -> _Frame:
+        answers = self._answers
+        return _Frame(
+            html=[answers[m].live_html(m) for m in self.models],
+            plain="\n".join(answers[m].live_plain(m) for m in self.models),
+        )
+
+    def _frame(self) -> _Frame:
+        with self._lock:
+            return self._frame_unlocked()
+
+    def _final(self) -> _Final:
+        columns = [self._answers[m].final_markdown(m, style="flex: 1 1 0; min-width: 0;") for m in self.models]
+        grid = "\n".join(
+            ['<div class="gtl-grid" style="display: flex; gap: 1.5em; align-items: flex-start;">', *columns, "</div>"]
+        )
+        plain = "\n".join(self._answers[m].final_plain(m) for m in self.models)
+        if self.summary is not None:
+            grid += "\n\n" + _markdown_table(self.summary)
+            plain += "\n\n" + self.summary.to_string(index=False)
+        return _Final(bundle={"text/markdown": grid, "text/plain": plain}, frame=self._frame_unlocked())
+
+    def _draw(self) -> None:
+        surface = self._surface
+        if surface is not None:
+            surface.draw(self._frame())
+
+    def _draw_final(self) -> None:
+        surface = self._surface
+        if surface is not None:
+            with self._lock:
+                final = self._final()
+            surface.close(final)
+
+
+def _summary_frame(comparison: Comparison) -> Any:
+    """``Comparison.to_dataframe()`` formatted for reading: times as ``0.21 s``, cost in dollars."""
+    frame = comparison.to_dataframe()
+    shown = frame[["model", "provider", "status", "error", "tokens_in", "tokens_out"]].copy()
+    shown["cost"] = [_money(value) for value in frame["cost"]]
+    shown["first token"] = [_seconds_or_blank(value) for value in frame["ttft_s"]]
+    shown["latency"] = [_seconds_or_blank(value) for value in frame["latency_s"]]
+    shown["length"] = frame["length_chars"]
+    for column in ("rank_latency", "rank_cost", "rank_length"):
+        if column in frame:
+            shown[column.replace("_", " ")] = frame[column]
+    return shown.astype(object).where(shown.notna(), "").astype(str)
+
+
+def _seconds_or_blank(value: Any) -> str:
+    return "" if value is None or value != value else f"{float(value):.2f} s"
+
+
+def _money(value: Any) -> str:
+    if value is None or value != value:
+        return ""
+    value = float(value)
+    if value == 0:
+        return "$0"
+    return f"${value:.6f}" if value < 0.01 else f"${value:.4f}"
+
+
+def _markdown_table(frame: Any) -> str:
+    """A GitHub-flavoured pipe table (no extra dependency such as tabulate)."""
+
+    def cell(value: Any) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+# ----------------------------------------------------------------------------------------------
+# EntityEditor
+
+
+class EntityEditor:
+    """One text field per undefined entity of a GAP message and an Apply button.
+
+    ``apply(values)`` (what the button does, with the fields' values) defines every entity given a
+    non-empty value, returns the updated ``WrappedMessage`` and calls ``on_apply`` with it.
+    ``suggestions`` (``gap.suggest_definitions`` output) pre-fill the fields with the best value.
+    """
+
+    def __init__(
+        self,
+        wrapped: Any,
+        on_apply: Callable[[Any], Any] | None = None,
+        *,
+        suggestions: Iterable[Any] | None = None,
+        live: bool | None = None,
+    ) -> None:
+        from gtl_nb import gap
+
+        self._gap = gap
+        self._wrapped = wrapped
+        self.on_apply = on_apply
+        self.keys: list[str] = list(gap.find_undefined(wrapped))
+        self.suggested: dict[str, str] = {}
+        for suggestion in suggestions or ():
+            if suggestion.key in self.keys:
+                self.suggested.setdefault(suggestion.key, suggestion.value)
+        self.mode = _resolve_mode(live)
+        self._lock = threading.Lock()
+        self._fields: dict[str, Any] = {}
+        self._status: Any = None
+        self._root: Any = None
+        self.applied: dict[str, str] = {}
+
+    @property
+    def wrapped(self) -> Any:
+        """The message with every definition applied so far."""
+        return self._wrapped
+
+    @property
+    def undefined(self) -> list[str]:
+        """The keys still undefined."""
+        return list(self._gap.find_undefined(self._wrapped))
+
+    @property
+    def widget(self) -> Any:
+        return self._root
+
+    def _build(self) -> Any:
+        import ipywidgets as w
+
+        if self._root is not None:
+            return self._root
+        rows = []
+        for key in self.keys:
+            field_ = w.Text(
+                value=self.suggested.get(key, ""),
+                description=key,
+                placeholder=f"what is {key.replace('_', ' ')}?",
+                layout=w.Layout(width="100%"),
+                style={"description_width": "initial"},
+            )
+            field_.add_class("gtl-entity")
+            self._fields[key] = field_
+            rows.append(field_)
+        button = w.Button(description="Apply", button_style="primary", icon="check")
+        button.add_class("gtl-apply")
+        button.on_click(lambda _button: self.apply())
+        self._status = w.HTML(value=self._status_html())
+        self._root = w.VBox([*rows, w.HBox([button, self._status])])
+        self._root.add_class("gtl-entity-editor")
+        return self._root
+
+    def display(self) -> None:
+        """Show the editor (widgets in a kernel; a markdown list and a hint elsewhere)."""
+        bundle = self._text_bundle()
+        if self.mode == "widget":
+            root = self._build()
+            _display({WIDGET_VIEW: root._repr_mimebundle_()[WIDGET_VIEW], **bundle})
+        elif self.mode == "display":
+            _display(bundle)
+        else:
+            sys.stdout.write(bundle["text/plain"] + "\n")
+
+    def apply(self, values: Mapping[str, str] | None = None) -> Any:
+        """Define the entities in ``values`` (default: the fields); return the updated message."""
+        with self._lock:
+            if values is None:
+                values = {key: field_.value for key, field_ in self._fields.items()}
+            else:
+                for key, value in values.items():
+                    if key in self._fields:
+                        self._fields[key].value = value
+            wrapped = self._wrapped
+            for key, value in values.items():
+                value = (value or "").strip()
+                if not value:
+                    continue
+                if key not in wrapped.entities:
+                    raise KeyError(f"the message has no entity {key!r}; its entities: {', '.join(wrapped.entities)}")
+                wrapped = self._gap.update_entity(wrapped, key, value)
+                self.applied[key] = value
+            self._wrapped = wrapped
+            if self._status is not None:
+                self._status.value = self._status_html()
+        if self.on_apply is not None:
+            self.on_apply(wrapped)
+        return wrapped
+
+    def _status_html(self) -> str:
+        left = self.undefined
+        if not self.keys:
+            return "<span>no undefined entities</span>"
+        if not left:
+            return '<span class="gtl-entities-done">all entities defined</span>'
+        return f"<span>undefined: {html.escape(', '.join(left))}</span>"
+
+    def _text_bundle(self) -> dict[str, str]:
+        entities = self._wrapped.entities
+        if not entities:
+            return {"text/markdown": "_No entities in this message._", "text/plain": "No entities in this message."}
+        md = ["| entity | type | value |", "| --- | --- | --- |"]
+        plain = []
+        for key, entity in entities.items():
+            value = _md_inline(entity.value).replace("|", "\\|") if entity.value is not None else "*(undefined)*"
+            md.append(f"| `{key}` | {entity.type} | {value} |")
+            plain.append(f"{key} ({entity.type}): {entity.value if entity.value is not None else '(undefined)'}")
+        left = self.undefined
+        if left:
+            hint = "Define them with `editor.apply({" + ", ".join(f'"{k}": "..."' for k in left) + "})`."
+            md += ["", hint]
+            plain.append(hint.replace("`", ""))
+        return {"text/markdown": "\n".join(md), "text/plain": "\n".join(plain)}
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        bundle: dict[str, Any] = self._text_bundle()
+        if self.mode == "widget":
+            bundle[WIDGET_VIEW] = self._build()._repr_mimebundle_()[WIDGET_VIEW]
+        return bundle

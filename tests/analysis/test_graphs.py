@@ -1,0 +1,112 @@
+"""Context-graph tables and drawing, on graphs from ``gap.create_context_graph``."""
+
+from __future__ import annotations
+
+import pytest
+
+from gtl_nb import analysis, gap
+
+
+@pytest.fixture
+def graph():
+    messages = [
+        gap.wrap_message(
+            "The system needs optimization. It runs PostgreSQL 14.5.",
+            "claude.ai",
+            "m1",
+            thread_id="t1",
+            timestamp="2024-05-01T12:00:00Z",
+        ),
+        gap.wrap_message(
+            "The system is slow and the module leaks memory",
+            "chatgpt",
+            "m2",
+            role="user",
+            thread_id="t1",
+            parent_messages=["m1"],
+            timestamp="2024-05-01T12:05:00Z",
+        ),
+        gap.wrap_message("The config is broken", "gemini", "m3", thread_id="t2", parent_messages=["gone"]),
+        gap.wrap_message("Plain words", "generic", "m4"),
+    ]
+    return gap.create_context_graph(messages)
+
+
+@pytest.fixture
+def plt(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as pyplot
+
+    pyplot.switch_backend("Agg")
+    yield pyplot
+    pyplot.close("all")
+
+
+def test_graph_summary_counts_each_thread(graph):
+    summary = analysis.graph_summary(graph)
+    assert list(summary["thread_id"].astype(object).where(summary["thread_id"].notna(), None)) == ["t1", "t2", None]
+    t1, t2, unthreaded = (row for _i, row in summary.iterrows())
+    assert (t1["messages"], t1["platforms"], t1["missing_parents"]) == (2, "chatgpt, claude.ai", 0)
+    assert (t1["first"], t1["last"]) == ("2024-05-01T12:00:00Z", "2024-05-01T12:05:00Z")
+    assert t1["undefined"] == len([n for n in gap.undefined_entities(graph) if n[1] == "t1"])
+    assert (t2["messages"], t2["missing_parents"]) == (1, 1)
+    assert unthreaded["messages"] == 1 and unthreaded["entities"] == 0
+    assert summary["messages"].dtype == "Int64"
+
+
+def test_undefined_entities_table_follows_gap(graph):
+    table = analysis.undefined_entities_table(graph)
+    assert list(zip(table["thread_id"], table["key"], strict=True)) == [
+        (n[1], n[2]) for n in gap.undefined_entities(graph)
+    ]
+    system = table[(table["thread_id"] == "t1") & (table["key"] == "the_system")].iloc[0]
+    assert system["mentions"] == 2 and system["messages"] == ["m1", "m2"]
+
+
+def test_entity_table_lists_defined_and_undefined_entities(graph):
+    table = analysis.entity_table(graph)
+    defined = table[table["defined"]]
+    assert not defined.empty and set(defined["defined_in"]) == {"m1"}
+    assert table["defined"].dtype == "boolean" and table["mentions"].dtype == "Int64"
+    keys = {(node[1], node[2]) for node, data in graph.nodes(data=True) if data.get("kind") == "entity"}
+    assert set(zip(table["thread_id"], table["key"], strict=True)) == keys
+
+
+def test_cooccurrence_table_matches_gap_weights(graph):
+    table = analysis.cooccurrence_table(graph)
+    pairs = gap.entity_cooccurrence(graph)
+    assert len(table) == pairs.number_of_edges() > 0
+    for _i, row in table.iterrows():
+        a = ("entity", row["thread_id"], row["entity_a"])
+        b = ("entity", row["thread_id"], row["entity_b"])
+        assert pairs[a][b]["weight"] == row["weight"]
+    assert list(table["weight"]) == sorted(table["weight"], reverse=True)
+
+
+def test_draw_context_graph_tells_each_kind_apart_with_a_legend(graph, plt):
+    ax = analysis.draw_context_graph(graph)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["message", "missing parent", "thread", "platform", "entity (defined)", "entity (undefined)"]
+    groups = {c.get_gid(): c for c in ax.collections if c.get_gid()}
+    assert set(groups) == {"gtl-message", "gtl-missing", "gtl-thread", "gtl-platform", "gtl-entity", "gtl-undefined"}
+    assert len(groups["gtl-message"].get_offsets()) == 4
+    assert len(groups["gtl-missing"].get_offsets()) == 1
+    assert len(groups["gtl-undefined"].get_offsets()) == len(gap.undefined_entities(graph))
+    colours = {tuple(c.get_facecolor()[0]) for c in groups.values()}
+    assert len(colours) == len(groups)  # every kind has its own colour
+    assert len(ax.texts) == graph.number_of_nodes()  # one label per node
+    assert ax.patches  # the edges (arrows)
+
+
+def test_draw_context_graph_without_platforms_and_on_given_axes(graph, plt):
+    _figure, given = plt.subplots()
+    ax = analysis.draw_context_graph(graph, ax=given, platforms=False, labels=False)
+    assert ax is given
+    gids = {c.get_gid() for c in ax.collections if c.get_gid()}
+    assert "gtl-platform" not in gids and "gtl-message" in gids
+    assert not ax.texts
+
+
+def test_an_empty_graph_draws_a_note(plt):
+    ax = analysis.draw_context_graph(gap.create_context_graph([]))
+    assert [t.get_text() for t in ax.texts] == ["empty graph"]

@@ -1,0 +1,82 @@
+"""Plots of the ledger draw the expected artists (matplotlib's Agg backend, no display)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gtl_nb import analysis
+
+
+@pytest.fixture
+def plt(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as pyplot
+
+    pyplot.switch_backend("Agg")  # in case another test imported pyplot first
+    yield pyplot
+    pyplot.close("all")
+
+
+def legend_texts(ax):
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def test_cost_over_time_draws_one_line_per_provider_with_a_legend(filled, plt):
+    ax = analysis.plot_cost_over_time(filled.frame)
+    assert sorted(legend_texts(ax)) == ["anthropic", "echo", "openai"]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    assert set(lines) == {"anthropic", "echo", "openai"}
+    assert lines["anthropic"].get_ydata()[0] == pytest.approx(sum(a.cost for a in filled.answers["anthropic"]))
+    assert ax.get_ylabel() == "cost (USD)"
+
+
+def test_cumulative_cost_never_decreases_and_uses_the_given_axes(filled, plt):
+    frame = filled.frame.copy()
+    frame.loc[frame.index[::2], "time"] -= pd.Timedelta(days=1)
+    _figure, given = plt.subplots()
+    ax = analysis.plot_cost_over_time(frame, by="model", cumulative=True, ax=given)
+    assert ax is given
+    for line in ax.get_lines():
+        ydata = np.asarray(line.get_ydata(), dtype=float)
+        assert len(ydata) == 2 and np.all(np.diff(ydata) >= 0)
+
+
+def test_latency_box_plot_has_one_box_per_provider(filled, plt):
+    ax = analysis.plot_latency_distribution(filled.frame)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["anthropic", "echo", "openai"]
+    medians = [line for line in ax.get_lines() if len(line.get_xdata()) == 2 and line.get_xdata()[0] != 0]
+    assert len(medians) >= 3
+    assert "latency" in ax.get_title()
+
+
+def test_ttft_histogram_overlays_the_groups(filled, plt):
+    ax = analysis.plot_latency_distribution(filled.frame, by="model", column="ttft_ms", kind="hist")
+    assert sorted(legend_texts(ax)) == ["claude-sonnet-4-5", "echo", "gpt-4o-mini"]
+    assert len(ax.patches) >= 3
+    assert ax.get_xlabel() == "ttft (ms)"
+
+
+def test_plots_of_nothing_say_so(filled, plt):
+    ax = analysis.plot_cost_over_time(filled.frame.iloc[:0])
+    assert [t.get_text() for t in ax.texts] == ["no requests"]
+    ax = analysis.plot_latency_distribution(filled.frame.iloc[:0])
+    assert [t.get_text() for t in ax.texts] == ["no timings"]
+
+
+def test_bad_plot_arguments_are_refused(filled, plt):
+    with pytest.raises(ValueError, match="latency_ms"):
+        analysis.plot_latency_distribution(filled.frame, column="cost")
+    with pytest.raises(ValueError, match="box"):
+        analysis.plot_latency_distribution(filled.frame, kind="violin")
+
+
+def test_a_missing_matplotlib_names_the_extra(filled, monkeypatch):
+    from gtl_nb.analysis import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(ImportError, match=r"pip install gtl-nb\[plot\]"):
+        plots.plot_cost_over_time(filled.frame)

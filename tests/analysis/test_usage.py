@@ -1,0 +1,173 @@
+"""Usage, cost and latency tables over a ledger filled by real requests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gtl_nb import analysis
+from gtl_nb.completion import Comparison, Completion
+
+
+def expected_usage(filled, deployment):
+    answers = filled.answers[deployment]
+    return {
+        "requests": len(answers) + filled.failed.get(deployment, 0),
+        "ok": len(answers),
+        "failed": filled.failed.get(deployment, 0),
+        "tokens_in": sum(a.tokens_in for a in answers),
+        "tokens_out": sum(a.tokens_out for a in answers),
+        "cost": sum(a.cost for a in answers),
+    }
+
+
+def test_usage_by_provider_sums_what_the_requests_reported(filled):
+    table = analysis.usage_table(filled.frame, by="provider").set_index("provider")
+    assert sorted(table.index) == ["anthropic", "echo", "openai"]
+    for deployment in ("openai", "anthropic", "echo"):
+        expected = expected_usage(filled, deployment)
+        row = table.loc[deployment]
+        for column in ("requests", "ok", "failed", "tokens_in", "tokens_out"):
+            assert row[column] == expected[column], (deployment, column)
+        assert row["tokens"] == expected["tokens_in"] + expected["tokens_out"]
+        assert row["cost"] == pytest.approx(expected["cost"])
+        assert row["cost_per_1k_tokens"] == pytest.approx(1000 * expected["cost"] / row["tokens"])
+        assert row["unpriced"] == 0
+    assert table.loc["anthropic", "cost"] > table.loc["openai", "cost"] > 0
+    assert table.loc["echo", "cost"] == 0
+
+
+def test_usage_table_dtypes_and_order(filled):
+    table = analysis.usage_table(filled.frame, by="provider")
+    assert table.dtypes.to_dict() == {
+        "provider": "string",
+        "requests": "Int64",
+        "ok": "Int64",
+        "failed": "Int64",
+        "tokens_in": "Int64",
+        "tokens_out": "Int64",
+        "tokens": "Int64",
+        "cost": "float64",
+        "unpriced": "Int64",
+        "cost_per_1k_tokens": "float64",
+    }
+    assert list(table["cost"]) == sorted(table["cost"], reverse=True)
+
+
+def test_usage_by_model_and_by_several_keys(filled):
+    by_model = analysis.usage_table(filled.frame, by="model").set_index("model")
+    assert set(by_model.index) == {"gpt-4o-mini", "claude-sonnet-4-5", "echo"}
+    assert by_model.loc["claude-sonnet-4-5", "tokens_out"] == expected_usage(filled, "anthropic")["tokens_out"]
+    both = analysis.usage_table(filled.frame, by=["provider", "model"])
+    assert list(both.columns[:2]) == ["provider", "model"]
+    assert set(zip(both["provider"], both["model"], strict=True)) == {
+        ("openai", "gpt-4o-mini"),
+        ("anthropic", "claude-sonnet-4-5"),
+        ("echo", "echo"),
+    }
+
+
+def test_usage_by_day_buckets_utc_days_in_time_order(filled):
+    frame = filled.frame.copy()
+    earlier = frame.index[:3]
+    frame.loc[earlier, "time"] = frame.loc[earlier, "time"] - pd.Timedelta(days=2)
+    table = analysis.usage_table(frame, by="day")
+    assert str(table["day"].dtype) == "datetime64[ns, UTC]"
+    assert len(table) == 2 and table["day"].is_monotonic_increasing
+    assert (table["day"] == table["day"].dt.normalize()).all()
+    assert list(table["requests"]) == [3, len(frame) - 3]
+    assert table["cost"].sum() == pytest.approx(filled.frame["cost"].sum())
+
+
+def test_unknown_costs_and_tokens_stay_unknown(filled):
+    frame = filled.frame.copy()
+    openai = frame.index[(frame["deployment"] == "openai") & (frame["status"] == "ok")]
+    frame.loc[openai[0], "cost"] = np.nan
+    frame.loc[frame["deployment"] == "echo", ["cost"]] = np.nan
+    frame.loc[frame["deployment"] == "echo", ["tokens_in", "tokens_out"]] = pd.NA
+    table = analysis.usage_table(frame, by="provider").set_index("provider")
+    assert table.loc["openai", "unpriced"] == 1
+    known = filled.frame.loc[openai[1:], "cost"].sum()
+    assert table.loc["openai", "cost"] == pytest.approx(known)
+    priced_tokens = (filled.frame.loc[openai[1:], "tokens_in"] + filled.frame.loc[openai[1:], "tokens_out"]).sum()
+    assert table.loc["openai", "cost_per_1k_tokens"] == pytest.approx(1000 * known / priced_tokens)
+    assert pd.isna(table.loc["echo", "cost"]) and pd.isna(table.loc["echo", "tokens"])
+    assert table.loc["echo", "unpriced"] == 4
+    assert list(table.index)[-1] == "echo"  # unknown cost sorts last
+
+
+def test_cost_per_1k_gives_cost_per_token_and_per_request(filled):
+    table = analysis.cost_per_1k(filled.frame, by="provider").set_index("provider")
+    expected = expected_usage(filled, "anthropic")
+    tokens = expected["tokens_in"] + expected["tokens_out"]
+    assert table.loc["anthropic", "cost_per_1k_tokens"] == pytest.approx(1000 * expected["cost"] / tokens)
+    assert table.loc["anthropic", "cost_per_request"] == pytest.approx(expected["cost"] / 4)
+    assert list(table.columns) == ["requests", "tokens", "cost", "cost_per_1k_tokens", "cost_per_request"]
+
+
+def test_latency_percentiles_match_numpy_per_group(filled):
+    table = analysis.latency_percentiles(filled.frame, by="provider").set_index("provider")
+    assert list(table.columns) == [
+        "requests",
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "latency_ms_p99",
+        "ttft_ms_p50",
+        "ttft_ms_p90",
+        "ttft_ms_p99",
+    ]
+    assert all(str(t) == "float64" for t in table.dtypes.iloc[1:])
+    for deployment, answers in filled.answers.items():
+        latencies = [a.latency_ms for a in answers]  # the witness: what each request reported
+        ttfts = [a.ttft_ms for a in answers]
+        assert table.loc[deployment, "requests"] == len(answers)
+        for p in (50, 90, 99):
+            assert table.loc[deployment, f"latency_ms_p{p}"] == pytest.approx(np.percentile(latencies, p), rel=0.05)
+            assert table.loc[deployment, f"ttft_ms_p{p}"] == pytest.approx(np.percentile(ttfts, p), rel=0.05)
+        assert table.loc[deployment, "latency_ms_p50"] <= table.loc[deployment, "latency_ms_p99"]
+
+
+def test_latency_percentiles_can_count_failed_requests_and_other_percentiles(filled):
+    everything = analysis.latency_percentiles(filled.frame, by="provider", percentiles=(25, 99.9), status=None)
+    row = everything.set_index("provider").loc["openai"]
+    assert row["requests"] == 5
+    assert "latency_ms_p99.9" in everything.columns and "ttft_ms_p25" in everything.columns
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        analysis.latency_percentiles(filled.frame, percentiles=(120,))
+
+
+def test_comparison_table_ranks_groups_by_latency_and_cost(filled):
+    table = analysis.comparison_table(filled.frame, by="provider")
+    assert list(table["rank_latency"]) == sorted(table["rank_latency"])
+    assert table["latency_ms_p50"].is_monotonic_increasing
+    rows = table.set_index("provider")
+    assert rows.loc["openai", "success_rate"] == pytest.approx(4 / 5)
+    assert rows.loc["echo", "success_rate"] == 1.0
+    cheapest = rows["cost_per_request"].idxmin()
+    assert rows.loc[cheapest, "rank_cost"] == 1
+    mean_out = np.mean([a.tokens_out for a in filled.answers["anthropic"]])
+    assert rows.loc["anthropic", "tokens_out_per_request"] == pytest.approx(mean_out)
+
+
+def test_comparison_table_of_a_comparison_is_its_ranked_frame():
+    answer = Completion(text="hi", session_id="s", provider="echo", model="echo", finish_reason="stop", latency_ms=5.0)
+    comparison = Comparison(models=["echo", "x"], results={"echo": answer, "x": KeyError("x")})
+    table = analysis.comparison_table(comparison)
+    assert list(table["model"]) == ["echo", "x"] and list(table["status"]) == ["ok", "error"]
+
+
+def test_empty_frames_give_empty_tables_with_their_columns(filled):
+    empty = filled.frame.iloc[:0]
+    assert analysis.usage_table(empty).empty
+    assert "cost_per_1k_tokens" in analysis.usage_table(empty).columns
+    assert "latency_ms_p50" in analysis.latency_percentiles(empty).columns
+
+
+def test_wrong_inputs_are_named(filled):
+    with pytest.raises(TypeError, match=r"client\.ledger\.to_dataframe\(\)"):
+        analysis.usage_table(None)
+    with pytest.raises(ValueError, match="lacks the ledger column"):
+        analysis.usage_table(pd.DataFrame({"x": [1]}))
+    with pytest.raises(ValueError, match="unknown grouping key 'colour'"):
+        analysis.usage_table(filled.frame, by="colour")

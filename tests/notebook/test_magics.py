@@ -1,0 +1,428 @@
+"""``%%gtl`` and ``%gtl`` on the offline ``echo`` model, in an in-process IPython shell.
+
+Every cell runs through ``shell.run_cell`` (as a notebook would), with its output captured: user
+mistakes must be one ``UsageError`` line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import gtl_nb
+from gtl_nb.completion import Completion
+from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension, widgets
+from gtl_nb.protocol import Token
+
+PROVIDER_ENV = (
+    "GTL_NB_MODEL", "GTL_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+    "GOOGLE_API_KEY", "OLLAMA_HOST", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE",
+)  # fmt: skip
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    """A shell with the extension freshly loaded, its own config file and ledger, no provider keys."""
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "gtl.toml"
+    config.write_text(f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n')
+    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
+    shell = InteractiveShell.instance()
+    unload_ipython_extension(shell)
+    load_ipython_extension(shell)
+    yield shell
+    unload_ipython_extension(shell)
+    for name in ("_gtl", "_gap", "answer", "x"):
+        shell.user_ns.pop(name, None)
+
+
+def run(shell, source):
+    """Run a cell as a notebook does; the result and all its text (stdout, stderr, displays)."""
+    with capture_output() as captured:
+        result = shell.run_cell(source, store_history=True)
+    parts = [captured.stdout, captured.stderr]
+    for output in captured.outputs:
+        parts += [output.data.get("text/plain", ""), output.data.get("text/markdown", "")]
+    return result, "\n".join(parts)
+
+
+def mistake(shell, source) -> str:
+    """Run a cell that must fail with one UsageError line; that line."""
+    result, text = run(shell, source)
+    assert isinstance(result.error_in_exec, UsageError), text
+    assert "Traceback" not in text
+    message = str(result.error_in_exec)
+    assert "\n" not in message
+    return message
+
+
+# -- loading ------------------------------------------------------------------------------------
+
+
+def test_load_ext_registers_both_magics_and_unload_removes_them(ip):
+    unload_ipython_extension(ip)
+    ip.extension_manager.loaded.discard("gtl_nb")
+    ip.run_line_magic("load_ext", "gtl_nb")
+    assert "gtl" in ip.magics_manager.magics["cell"] and "gtl" in ip.magics_manager.magics["line"]
+    assert "gap" in ip.magics_manager.magics["cell"] and "gap" in ip.magics_manager.magics["line"]
+    ip.run_line_magic("unload_ext", "gtl_nb")
+    assert "gtl" not in ip.magics_manager.magics["cell"]
+    load_ipython_extension(ip)
+
+
+def test_help_lists_subcommands_and_options(ip):
+    _, text = run(ip, "%gtl")
+    for sub in ("models", "usage", "config", "connect", "history", "reset"):
+        assert f"%gtl {sub}" in text
+    _, text = run(ip, "%%gtl --help\nignored")
+    options = (
+        "--system --temperature --max-tokens --no-stream --format --out --no-cache --endpoint --providers "
+        "--chat --tools --max-steps --tools-dry-run --compare --context"
+    )
+    for option in options.split():
+        assert option in text
+
+
+# -- asking -------------------------------------------------------------------------------------
+
+
+def test_a_cell_goes_to_echo_by_default_and_the_footer_says_offline(ip):
+    result, text = run(ip, "%%gtl\nWhat is GTL?")
+    assert result.success, text
+    answer = ip.user_ns["_gtl"]
+    assert isinstance(answer, Completion)
+    assert answer.text.startswith('You said: "What is GTL?"')
+    assert answer.provider == "echo"
+    assert "echo (offline)" in text
+    assert answer.text in text
+
+
+def test_the_default_model_comes_from_config_then_env_then_echo(ip, monkeypatch):
+    calls = []
+    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    original = client.stream
+
+    def spy(model, *args, **kwargs):
+        calls.append(model)
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(client, "stream", spy)
+    run(ip, "%%gtl\nhi")
+    monkeypatch.setenv("GTL_NB_MODEL", "echo:echo")
+    run(ip, "%%gtl\nhi")
+    run(ip, "%gtl config model=echo:echo-config")
+    run(ip, "%%gtl\nhi")
+    assert calls == ["echo", "echo:echo", "echo:echo-config"]
+    _, text = run(ip, "%gtl config")
+    assert "echo:echo-config" in text and "%gtl config model" in text
+
+
+def test_the_stream_view_gets_the_events_live_and_the_final_completion(ip, monkeypatch):
+    seen = []
+
+    class Spy(widgets.StreamView):
+        def on_event(self, event):
+            seen.append(("event", event))
+            super().on_event(event)
+
+        def finish(self, result):
+            seen.append(("finish", result))
+            super().finish(result)
+
+    monkeypatch.setattr(widgets, "StreamView", Spy)
+    result, _ = run(ip, "%%gtl echo\nStream this please")
+    assert result.success
+    tokens = [e for kind, e in seen if kind == "event" and isinstance(e, Token)]
+    assert len(tokens) > 3
+    assert seen[-1] == ("finish", ip.user_ns["_gtl"])
+    assert "".join(t.text for t in tokens) == ip.user_ns["_gtl"].text
+
+
+def test_no_stream_displays_the_completion_itself(ip, monkeypatch):
+    monkeypatch.setattr(widgets, "StreamView", None)  # must not be used
+    result, text = run(ip, "%%gtl --no-stream --out answer\nNo streaming")
+    assert result.success, text
+    answer = ip.user_ns["answer"]
+    assert answer is ip.user_ns["_gtl"]
+    assert answer._repr_markdown_() in text
+
+
+def test_stream_off_in_config_is_the_default_and_the_option_wins(ip, monkeypatch):
+    run(ip, "%gtl config stream=off")
+    monkeypatch.setattr(widgets, "StreamView", None)
+    result, _ = run(ip, "%%gtl\nquiet")
+    assert result.success
+    monkeypatch.undo()
+    result, _ = run(ip, "%%gtl --stream\nloud")
+    assert result.success
+
+
+def test_variables_are_inserted_and_other_braces_kept(ip):
+    ip.user_ns["x"] = {"city": "Oslo"}
+    result, text = run(ip, '%%gtl\nWeather in {x[city]}? Reply as {"temp": 1} with {{x}}')
+    assert result.success, text
+    assert ip.user_ns["_gtl"].text.startswith('You said: "Weather in Oslo? Reply as {"temp": 1} with {x}"')
+
+
+def test_an_unknown_variable_is_a_usage_error_naming_it(ip):
+    message = mistake(ip, "%%gtl\nTell me about {topic}")
+    assert "'topic'" in message and "{{" in message and "}}" in message
+
+
+def test_shell_quoting_keeps_a_quoted_system_prompt_whole(ip, monkeypatch):
+    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    sent = {}
+    original = client.stream
+
+    def spy(model, messages, **kwargs):
+        sent.update(kwargs)
+        return original(model, messages, **kwargs)
+
+    monkeypatch.setattr(client, "stream", spy)
+    result, text = run(ip, "%%gtl echo --system 'Be brief, and {x}' --temperature 0.2 --max-tokens 5\nhi")
+    assert not result.success  # {x} is undefined: the system prompt is a template too
+    ip.user_ns["x"] = "polite"
+    result, text = run(
+        ip, "%%gtl echo --system 'Be brief, and {x}' --temperature 0.2 --max-tokens 5 --no-cache\nhi"
+    )
+    assert result.success, text
+    assert sent["system"] == "Be brief, and polite"
+    assert sent["temperature"] == 0.2 and sent["max_tokens"] == 5 and sent["cache"] is False
+    assert ip.user_ns["_gtl"].truncated
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("%%gtl --temperature hot", "--temperature"),
+        ("%%gtl --max-tokens 0", "--max-tokens"),
+        ("%%gtl --format yaml", "yaml"),
+        ("%%gtl --bogus", "--bogus"),
+        ("%%gtl gpt-4o claude-haiku-4-5", "at most one MODEL"),
+        ("%%gtl --out 1abc", "1abc"),
+        ('%%gtl --system "unclosed', "quote"),
+        ("%%gtl echo --compare echo", "after --compare"),
+        ("%%gtl --compare echo echo:echo --tools f", "--tools"),
+        ("%%gtl --tools-dry-run", "--tools"),
+        ("%%gtl nosuchmodel", "unknown model 'nosuchmodel'"),
+        ("%%gtl nosuchmodel --no-stream", "unknown model 'nosuchmodel'"),
+        ("%%gtl --compare", "--compare"),
+        ("%%gtl gpt-4o-mini", "OPENAI_API_KEY"),
+    ],
+)
+def test_user_mistakes_are_one_line_with_the_fix(ip, line, fragment):
+    assert fragment in mistake(ip, f"{line}\nhello")
+
+
+def test_an_empty_cell_is_a_usage_error(ip):
+    assert "empty" in mistake(ip, "%%gtl echo\n   \n")
+
+
+def test_an_unknown_model_points_at_the_models_subcommand(ip):
+    assert "%gtl models" in mistake(ip, "%%gtl echoo\nhi")
+
+
+# -- formats ------------------------------------------------------------------------------------
+
+
+def test_format_code_inserts_a_new_cell_with_the_code(ip, monkeypatch):
+    inserted = []
+    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: inserted.append((text, replace)))
+    result, text = run(ip, "%%gtl --format code\nprint('hi')")
+    assert result.success, text
+    assert inserted == [(ip.user_ns["_gtl"].text, False)]
+    assert "```python" in text
+
+
+def test_format_json_and_text_show_the_answer_in_a_fenced_block(ip):
+    result, text = run(ip, "%%gtl --format text --no-stream\nplain please")
+    assert result.success
+    assert "```text\nYou said" in text
+    result, text = run(ip, "%%gtl --format json\nnot json")
+    assert result.success
+    assert "not valid JSON" in text
+    assert isinstance(ip.user_ns["_gtl"], Completion) and not ip.user_ns["_gtl"].text.startswith("```")
+
+
+def test_format_json_pretty_prints_valid_json(ip, monkeypatch):
+    from gtl_nb.notebook import magics
+
+    completion = Completion(text='```json\n{"a": [1, 2]}\n```', session_id="s", provider="p", model="m",
+                            finish_reason="stop")  # fmt: skip
+    shown = magics._shown(completion, "json")
+    assert shown.text == '```json\n{\n  "a": [\n    1,\n    2\n  ]\n}\n```'
+    assert magics._code_of("Here:\n```js\nlet a = 1;\n```\nDone") == "let a = 1;"
+
+
+# -- conversation mode ----------------------------------------------------------------------------
+
+
+def test_chat_mode_keeps_the_history_across_cells_and_reset_clears_it(ip):
+    run(ip, "%%gtl --chat\nfirst question")
+    run(ip, "%%gtl --chat\nsecond question")
+    session = ip.magics_manager.registry["GTLMagics"].session
+    assert [m.role for m in session.history] == ["user", "assistant", "user", "assistant"]
+    assert session.history[2].content == "second question"
+    assert session.history[3].content == ip.user_ns["_gtl"].text
+    _, text = run(ip, "%gtl history")
+    assert "first question" in text and "second question" in text
+    _, text = run(ip, "%gtl reset")
+    assert "4 messages" in text
+    assert session.history == []
+    _, text = run(ip, "%gtl history")
+    assert "no conversation" in text
+
+
+def test_chat_mode_from_config_and_cells_outside_it_leave_the_history_alone(ip):
+    run(ip, "%%gtl\nnot kept")
+    session = ip.magics_manager.registry["GTLMagics"].session
+    assert session.history == []
+    run(ip, "%gtl config chat=on")
+    run(ip, "%%gtl\nkept")
+    run(ip, "%%gtl --no-chat\nnot kept either")
+    assert [m.content for m in session.history if m.role == "user"] == ["kept"]
+
+
+def test_chat_history_is_sent_with_the_next_prompt(ip, monkeypatch):
+    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    sent = []
+    original = client.stream
+    monkeypatch.setattr(
+        client, "stream", lambda m, msgs, **kw: sent.append(list(msgs)) or original(m, msgs, **kw)
+    )
+    run(ip, "%gtl config chat=on")
+    run(ip, "%%gtl\none")
+    run(ip, "%%gtl\ntwo")
+    assert [m.content for m in sent[1]][:1] == ["one"]
+    assert [m.role for m in sent[1]] == ["user", "assistant", "user"]
+
+
+# -- subcommands ----------------------------------------------------------------------------------
+
+
+def test_models_lists_what_the_notebook_can_use(ip):
+    frame = ip.run_line_magic("gtl", "models")
+    assert list(frame.columns)[:4] == ["deployment", "type", "model", "offline"]
+    assert frame.to_dict("records")[0]["model"] == "echo"
+
+
+def test_usage_tables_come_from_the_ledger(ip):
+    run(ip, "%%gtl\none")
+    run(ip, "%%gtl\ntwo")
+    for by in ("provider", "model", "day"):
+        frame = ip.run_line_magic("gtl", f"usage --by {by}")
+        assert int(frame["requests"].sum()) == 2
+    assert "--by" in mistake(ip, "%gtl usage --by week")
+
+
+def test_config_shows_and_sets_and_refuses_unknown_settings(ip):
+    _, text = run(ip, "%gtl config chat=on stream=off")
+    assert "chat      on" in text and "stream    off" in text
+    assert "unknown setting 'colour'" in mistake(ip, "%gtl config colour=blue")
+    assert "on or off" in mistake(ip, "%gtl config chat=maybe")
+    assert "key=value" in mistake(ip, "%gtl config chat")
+
+
+def test_config_file_switches_the_configuration_and_a_bad_file_is_one_line(ip, tmp_path):
+    good = tmp_path / "team.toml"
+    good.write_text('[providers.local]\ntype = "echo"\n[ledger]\nenabled = false\n')
+    _, text = run(ip, f"%gtl config file={good}")
+    assert str(good) in text and "local (echo" in text
+    assert "ledger is off" in mistake(ip, "%gtl usage")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[providers.openai]\napi_kye = 1\n")
+    assert "api_kye" in mistake(ip, f"%gtl config file={bad}")
+    assert "local (echo" in run(ip, "%gtl config")[1]  # the good file is still in use
+
+
+def test_unknown_subcommand_is_a_usage_error(ip):
+    assert "%%gtl" in mistake(ip, "%gtl tell me a joke")
+
+
+# -- tokens and connect -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["%%gtl --token sk-123\nhi", "%%gtl --token=sk-123\nhi",
+                                    "%gtl connect embedded:// --token sk-123"])  # fmt: skip
+def test_a_literal_token_is_refused_with_a_reason(ip, source):
+    message = mistake(ip, source)
+    assert "refusing --token" in message and "saved in the notebook" in message
+    assert "sk-123" not in message
+
+
+def test_connect_to_a_network_url_is_one_clean_line(ip):
+    message = mistake(ip, "%gtl connect grpc://gateway.example:443")
+    assert "gateway" in message
+    assert "embedded://" in run(ip, "%gtl config")[1]  # still connected as before
+
+
+def test_tokens_come_from_the_environment_or_a_prompt_and_stay_out_of_the_notebook(ip, monkeypatch):
+    seen = []
+    real_connect = gtl_nb.connect
+
+    def spy(endpoint="embedded://", token=None, **kwargs):
+        seen.append((endpoint, token))
+        return real_connect(endpoint, token, **kwargs)
+
+    monkeypatch.setattr(gtl_nb, "connect", spy)
+    monkeypatch.setenv("GTL_TOKEN", "from-gtl-token")
+    run(ip, "%gtl connect embedded://")
+    monkeypatch.setenv("TEAM_TOKEN", "from-team-var")
+    _, text1 = run(ip, "%gtl connect embedded:// --token-env TEAM_TOKEN")
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": "from-prompt")
+    _, text2 = run(ip, "%gtl connect embedded:// --ask-token")
+    assert seen == [
+        ("embedded://", "from-gtl-token"),
+        ("embedded://", "from-team-var"),
+        ("embedded://", "from-prompt"),
+    ]
+    values = [repr(v) for v in ip.user_ns.values() if isinstance(v, str)]
+    assert not any("from-" in v for v in values)
+    assert "from-" not in text1 + text2
+    assert "NOPE_VAR" in mistake(ip, "%gtl connect embedded:// --token-env NOPE_VAR")
+
+
+def test_providers_are_configured_with_settings_never_with_literal_keys(ip):
+    assert "api_key_env" in mistake(ip, "%gtl providers openai api_key=sk-123")
+    assert "api_kye" in mistake(ip, "%gtl providers openai api_kye=X")
+    _, text = run(ip, "%gtl providers local type=echo models=echo-a,echo-b")
+    assert "local" in text
+    frame = ip.run_line_magic("gtl", "models")
+    assert "local" in set(frame["deployment"])
+    run(ip, "%gtl providers local --remove")
+    assert "local" not in set(ip.run_line_magic("gtl", "models")["deployment"])
+
+
+def test_the_magic_line_gets_the_same_substitution_word_by_word(ip, monkeypatch):
+    ip.user_ns["rules"] = "Be brief, and polite."
+    ip.user_ns["deployment"] = {"name": "local"}
+    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    sent = {}
+    original = client.stream
+    monkeypatch.setattr(client, "stream", lambda m, msgs, **kw: sent.update(kw) or original(m, msgs, **kw))
+    result, text = run(ip, "%%gtl echo --system {rules}\nhi")
+    assert result.success, text
+    assert sent["system"] == "Be brief, and polite."
+    _, text = run(ip, "%gtl providers {deployment[name]} type=echo")
+    assert "local" in text
+    assert "'nope'" in mistake(ip, "%%gtl {nope}\nhi")
+    assert "refusing --token" in mistake(ip, "%%gtl {rules} --token {rules}\nhi")
+
+
+def test_a_dry_run_answer_is_not_added_to_the_conversation(ip):
+    ip.run_cell("def lookup(key: str) -> str:\n    return key\n")
+    _, text = run(ip, "%%gtl --chat --tools lookup --tools-dry-run\nlook it up")
+    assert "not added to the conversation" in text
+    assert ip.magics_manager.registry["GTLMagics"].session.history == []
+    ip.user_ns.pop("lookup")
+
+
+def test_config_endpoint_reconnects_and_a_bad_one_keeps_the_old(ip):
+    _, text = run(ip, "%gtl config endpoint=embedded://")
+    assert "endpoint  embedded://" in text
+    assert "ws://" in mistake(ip, "%gtl config endpoint=ws://127.0.0.1:9")
+    assert "endpoint  embedded://" in run(ip, "%gtl config")[1]

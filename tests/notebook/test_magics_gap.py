@@ -1,0 +1,318 @@
+"""``%%gap`` / ``%gap``: cells and answers as GAP messages, context transfer, entities, graph, export."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import gtl_nb
+from gtl_nb import gap, sim
+from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension, widgets
+
+PROVIDER_ENV = (
+    "GTL_NB_MODEL", "GTL_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+    "GOOGLE_API_KEY", "OLLAMA_HOST", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sims():
+    servers = {"openai": sim.serve("openai", seed=4), "anthropic": sim.serve("anthropic", seed=5)}
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch, sims):
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SIM_KEY", "sim-key")
+    config = tmp_path / "gtl.toml"
+    config.write_text(
+        "".join(
+            f'[providers.{name}]\nbase_url = "{server.base_url}"\napi_key_env = "SIM_KEY"\n'
+            for name, server in sims.items()
+        )
+        + f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n'
+    )
+    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
+    shell = InteractiveShell.instance()
+    unload_ipython_extension(shell)
+    load_ipython_extension(shell)
+    yield shell
+    unload_ipython_extension(shell)
+    for name in ("_gtl", "_gap", "msg", "g", "answer"):
+        shell.user_ns.pop(name, None)
+
+
+def run(shell, source):
+    with capture_output() as captured:
+        result = shell.run_cell(source, store_history=True)
+    parts = [captured.stdout, captured.stderr]
+    for output in captured.outputs:
+        parts += [output.data.get("text/plain", ""), output.data.get("text/markdown", "")]
+    return result, "\n".join(parts)
+
+
+def mistake(shell, source) -> str:
+    result, text = run(shell, source)
+    assert isinstance(result.error_in_exec, UsageError), text
+    assert "Traceback" not in text
+    return str(result.error_in_exec)
+
+
+def session_of(shell):
+    return shell.magics_manager.registry["GTLMagics"].session
+
+
+def test_a_cell_is_wrapped_with_its_chat_id_time_role_and_thread(ip):
+    result, text = run(ip, "%%gap --thread db --out msg\nThe system needs optimization")
+    assert result.success, text
+    wrapped = ip.user_ns["_gap"]
+    assert ip.user_ns["msg"] is wrapped
+    assert isinstance(wrapped, gap.WrappedMessage)
+    assert wrapped.content == "The system needs optimization"
+    assert wrapped.chat_id == f"nb-{result.execution_count}"  # the In[n] of the cell that ran
+    assert (wrapped.role, wrapped.platform, wrapped.thread_id, wrapped.parent_messages) == (
+        "user",
+        "generic",
+        "db",
+        (),
+    )
+    stamp = datetime.fromisoformat(wrapped.timestamp.replace("Z", "+00:00"))
+    assert stamp.utcoffset() == timedelta(0)
+    assert abs(datetime.now(timezone.utc) - stamp) < timedelta(minutes=1)
+    assert wrapped.undefined == ("the_system",)
+    assert "[GAP:START]" in text and "the_system" in text and "%gap entities" in text
+
+
+def test_the_parent_is_the_previous_message_of_the_same_thread_unless_reply_to(ip):
+    run(ip, "%%gap --thread a --id a1\nfirst in a")
+    run(ip, "%%gap --thread b --id b1\nfirst in b")
+    run(ip, "%%gap --thread a --id a2\nsecond in a")
+    assert ip.user_ns["_gap"].parent_messages == ("a1",)
+    run(ip, "%%gap --thread b --id b2 --reply-to x9\nsecond in b")
+    assert ip.user_ns["_gap"].parent_messages == ("x9",)
+    run(ip, "%%gap --id loose\nno thread")
+    assert ip.user_ns["_gap"].parent_messages == ()
+    run(ip, "%%gap --id a1 --thread a\nfirst in a, edited")  # re-running a cell replaces its message
+    assert [m.chat_id for m in session_of(ip).gap_messages] == ["a1", "b1", "a2", "b2", "loose"]
+    assert session_of(ip).gap_messages[0].content == "first in a, edited"
+
+
+def test_options_set_platform_role_model_and_the_target_transform(ip):
+    result, text = run(
+        ip,
+        "%%gap --platform claude.ai --role assistant --id c1 --model m1 --to chatgpt\nI think my plan works",
+    )
+    assert result.success, text
+    wrapped = ip.user_ns["_gap"]
+    assert (wrapped.platform, wrapped.role, wrapped.chat_id, wrapped.model) == (
+        "claude.ai",
+        "assistant",
+        "c1",
+        "m1",
+    )
+    expected = gap.transform_for_platform(wrapped, "chatgpt")
+    assert expected.startswith("# Context")
+    assert expected in text
+    assert "the AI assistant thinks" in expected or "the AI assistant" in expected
+
+
+@pytest.mark.parametrize(
+    ("source", "fragment"),
+    [
+        ("%%gap --to myspace\nhello", "myspace"),
+        ("%%gap --role robot\nhello", "robot"),
+        ("%gap --from-last --from x", "not allowed"),
+        ("%%gap --from-last\nsome text", "leave the cell empty"),
+        ("%gap --from-last", "no answer yet"),
+        ("%gap --from nothing", "'nothing' is not defined"),
+        ("%gap entities", "no GAP message yet"),
+        ("%gap graph", "no GAP messages"),
+        ("%gap export out.jsonl", "no GAP messages"),
+        ("%gap dance", "unknown %gap subcommand"),
+        ("%%gap --token abc\nhi", "refusing --token"),
+    ],
+)
+def test_gap_mistakes_are_one_line(ip, source, fragment):
+    assert fragment in mistake(ip, source)
+
+
+@pytest.mark.parametrize(
+    ("model", "platform", "deployment"),
+    [
+        ("gpt-4o-mini", "chatgpt", "openai"),
+        ("claude-haiku-4-5", "claude.ai", "anthropic"),
+        ("echo", "generic", "echo"),
+    ],
+)
+def test_from_last_wraps_the_last_answer_with_its_provider_platform(ip, model, platform, deployment):
+    result, text = run(ip, f"%%gtl {model}\nThe database is slow, what should I do?")
+    assert result.success, text
+    answer = ip.user_ns["_gtl"]
+    result, text = run(ip, "%gap --from-last --thread t")
+    assert result.success, text
+    wrapped = ip.user_ns["_gap"]
+    assert wrapped.content == answer.text
+    assert (wrapped.platform, wrapped.role, wrapped.chat_id) == (platform, "assistant", answer.session_id)
+    assert wrapped.model == answer.model
+    assert wrapped.timestamp == session_of(ip).finished_at(answer)
+    assert wrapped.thread_id == "t"
+
+
+def test_from_var_wraps_a_completion_made_in_code(ip):
+    ip.user_ns["answer"] = gtl_nb.connect(ledger=False).complete("echo", "hello from code")
+    result, _ = run(ip, "%gap --from answer --to gemini")
+    assert result.success
+    wrapped = ip.user_ns["_gap"]
+    assert wrapped.content == ip.user_ns["answer"].text
+    assert wrapped.chat_id == ip.user_ns["answer"].session_id
+
+
+@pytest.mark.parametrize(
+    ("model", "server", "marker"),
+    [
+        ("claude-haiku-4-5", "anthropic", "[Context from GAP-wrapped message]"),
+        ("gpt-4o-mini", "openai", "# Context"),
+    ],
+)
+def test_context_sends_the_message_transformed_for_the_models_platform(ip, sims, model, server, marker):
+    run(ip, "%%gap --platform gemini --role assistant --id g1 --out msg\nThe system uses PostgreSQL 14.")
+    run(ip, "%gap entities the_system='PostgreSQL 14 cluster'")
+    result, text = run(ip, f"%%gtl {model} --context msg --system 'Be brief.'\nCarry on from there")
+    assert result.success, text
+    body = json.loads(sims[server].requests[-1].body)
+    system = body["system"] if server == "anthropic" else body["messages"][0]["content"]
+    system = system if isinstance(system, str) else " ".join(part["text"] for part in system)
+    expected = gap.transform_for_platform(
+        session_of(ip).gap_messages[-1], "claude.ai" if server == "anthropic" else "chatgpt"
+    )
+    assert marker in system and expected in system and "Be brief." in system
+    assert "PostgreSQL 14 cluster" in system
+
+
+def test_context_accepts_gap_json_text_and_refuses_other_values(ip):
+    wrapped = gap.wrap_message("The framework is old", "chatgpt", "x1")
+    ip.user_ns["msg"] = gap.to_json(wrapped)
+    result, _ = run(ip, "%%gtl echo --context msg\ngo")
+    assert result.success
+    ip.user_ns["msg"] = 42
+    assert "not a GAP message" in mistake(ip, "%%gtl echo --context msg\ngo")
+    assert "'nothing' is not defined" in mistake(ip, "%%gtl echo --context nothing\ngo")
+
+
+def test_entities_shows_the_undefined_and_key_value_defines_them(ip, monkeypatch):
+    editors = []
+
+    class Spy(widgets.EntityEditor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            editors.append(self)
+
+    monkeypatch.setattr(widgets, "EntityEditor", Spy)
+    run(ip, "%%gap --id m1\nThe system and the database are slow")
+    result, text = run(ip, "%gap entities")
+    assert result.success, text
+    assert editors[-1].keys == ["the_system", "the_database"]
+    assert "the_system" in text and "undefined" in text
+    # the editor's Apply updates the notebook's message
+    editors[-1].apply({"the_database": "PostgreSQL 14"})
+    assert session_of(ip).gap_messages[-1].entities["the_database"].value == "PostgreSQL 14"
+    assert ip.user_ns["_gap"].entities["the_database"].value == "PostgreSQL 14"
+    result, text = run(ip, "%gap entities the_system='the billing service'")
+    assert result.success
+    assert "no undefined entities in m1" in text
+    assert session_of(ip).gap_messages[-1].entities["the_system"].value == "the billing service"
+
+
+def test_entities_suggest_with_asks_that_model_and_apply_takes_the_best(ip, monkeypatch):
+    asked = []
+    client = session_of(ip).client()
+
+    def as_ask(model=None, **kwargs):
+        def ask(prompt):
+            asked.append((model, prompt))
+            return "the_system: PostgreSQL 14.5 cluster"
+
+        return ask
+
+    monkeypatch.setattr(client, "as_ask", as_ask)
+    run(ip, "%%gap --id m2\nThe system needs optimization")
+    result, text = run(ip, "%gap entities --suggest-with claude-haiku-4-5 --apply")
+    assert result.success, text
+    assert asked and asked[0][0] == "claude-haiku-4-5" and "the_system" in asked[0][1]
+    assert "PostgreSQL 14.5 cluster" in text
+    assert session_of(ip).gap_messages[-1].entities["the_system"].value == "PostgreSQL 14.5 cluster"
+
+
+def test_entities_of_a_variable_update_that_variable(ip):
+    ip.user_ns["msg"] = gap.wrap_message("The approach failed", "chatgpt", "v1")
+    result, _ = run(ip, "%gap entities msg the_approach='retry with backoff'")
+    assert result.success
+    assert ip.user_ns["msg"].entities["the_approach"].value == "retry with backoff"
+
+
+def test_graph_draws_the_notebooks_messages(ip, monkeypatch):
+    from gtl_nb import analysis
+
+    drawn = []
+    real = analysis.draw_context_graph
+    monkeypatch.setattr(
+        analysis, "draw_context_graph", lambda graph, ax=None: drawn.append(graph) or real(graph, ax=ax)
+    )
+    run(ip, "%%gap --thread a --id a1\nThe system is slow")
+    run(ip, "%%gap --thread a --id a2\nIt uses the database")
+    result, text = run(ip, "%gap graph --out g")
+    assert result.success, text
+    graph = ip.user_ns["g"]
+    assert drawn == [graph]
+    assert ("message", "a1") in graph and ("message", "a2") in graph
+    assert graph.has_edge(("message", "a2"), ("message", "a1"))
+    assert "Figure" in text or "image/png" in text
+
+
+def test_export_writes_one_gap_json_line_per_message(ip, tmp_path):
+    run(ip, "%%gap --thread a --id a1\nThe system is slow")
+    run(ip, "%%gap --thread a --id a2\nIt uses PostgreSQL 14")
+    path = tmp_path / "messages.jsonl"
+    result, text = run(ip, f"%gap export {path}")
+    assert result.success and "wrote 2 GAP messages" in text
+    lines = path.read_text().splitlines()
+    assert [gap.from_json(line) for line in lines] == session_of(ip).gap_messages
+    assert all(json.loads(line)["gap_version"] == gap.GAP_VERSION for line in lines)
+    assert "cannot write" in mistake(ip, f"%gap export {tmp_path / 'no' / 'such' / 'dir.jsonl'}")
+
+
+@pytest.mark.parametrize(
+    ("model", "platform"),
+    [
+        ("anthropic:claude-haiku-4-5", "claude.ai"),  # deployment prefix
+        ("openai:gpt-4o-mini", "chatgpt"),
+        ("claude-haiku-4-5", "claude.ai"),  # an alias the catalog resolves
+        ("gpt-4o-mini", "chatgpt"),  # a model a deployment lists
+        ("echo", "generic"),
+        ("gemini-2.5-flash", "generic"),  # no gemini deployment here: nothing to match
+    ],
+)
+def test_the_context_platform_follows_the_deployment_a_model_goes_to(ip, model, platform):
+    from gtl_nb.notebook.session import platform_for
+
+    session = session_of(ip)
+    assert platform_for(session.provider_type_of(session.client(), model)) == platform
+
+
+def test_gap_help_lists_the_options_and_subcommands(ip):
+    _, text = run(ip, "%gap")
+    for sub in ("entities", "graph", "export", "--from-last"):
+        assert sub in text
+    _, text = run(ip, "%gap --help")
+    for option in ("--platform", "--thread", "--role", "--id", "--reply-to", "--to", "--from-last", "--from"):
+        assert option in text

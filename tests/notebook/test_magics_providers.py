@@ -1,0 +1,307 @@
+"""``%%gtl`` against the provider simulators: provider errors, failover, compare, tools, cache, options.
+
+The deployments are configured the way a notebook user does it: a TOML file (``%gtl config file=``
+or ``$GTL_NB_CONFIG``) naming each simulator's URL and the environment variable holding its key.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+from gtl_nb import sim
+from gtl_nb.completion import Comparison, Completion
+from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension, widgets
+from gtl_nb.notebook.magics import GTLCellError
+from gtl_nb.protocol import RateLimitError, Token
+from gtl_nb.sim import Fault
+
+PROVIDER_ENV = (
+    "GTL_NB_MODEL", "GTL_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
+    "GOOGLE_API_KEY", "OLLAMA_HOST", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY", "AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sims():
+    servers = {
+        "good": sim.serve("openai", seed=1),
+        "quota": sim.serve("openai", Fault.http(429, kind="quota")),
+        "down": sim.serve("openai", Fault.http(500)),
+        "claude": sim.serve("anthropic", seed=2),
+    }
+    yield servers
+    for server in servers.values():
+        server.close()
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch, sims):
+    for name in PROVIDER_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SIM_KEY", "sim-key")
+    config = tmp_path / "gtl.toml"
+    deployments = "".join(
+        f'[providers.{name}]\ntype = "{"anthropic" if name == "claude" else "openai"}"\n'
+        f'base_url = "{server.base_url}"\napi_key_env = "SIM_KEY"\n'
+        for name, server in sims.items()
+    )
+    config.write_text(
+        deployments
+        + f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n'
+        + "[routing.retry]\nmax_attempts = 1\n"
+        + "[cache]\nenabled = true\n"
+    )
+    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
+    shell = InteractiveShell.instance()
+    unload_ipython_extension(shell)
+    load_ipython_extension(shell)
+    yield shell
+    unload_ipython_extension(shell)
+    for name in ("_gtl", "_gap", "answer", "both", "get_weather", "get_time"):
+        shell.user_ns.pop(name, None)
+
+
+def run(shell, source):
+    with capture_output() as captured:
+        result = shell.run_cell(source, store_history=True)
+    parts = [captured.stdout, captured.stderr]
+    for output in captured.outputs:
+        parts += [output.data.get("text/plain", ""), output.data.get("text/markdown", "")]
+    return result, "\n".join(parts)
+
+
+def last_body(server) -> dict:
+    return json.loads(server.requests[-1].body)
+
+
+def test_a_simulated_provider_answers_with_cost_and_the_options_reach_it(ip, sims):
+    result, text = run(
+        ip,
+        "%%gtl good:gpt-4o-mini --system 'Be brief.' --temperature 0.3 --max-tokens 50\nTell me about Bergen",
+    )
+    assert result.success, text
+    answer = ip.user_ns["_gtl"]
+    assert answer.provider == "good" and answer.cost and answer.cost > 0
+    assert "Tell me about Bergen" in answer.text
+    body = last_body(sims["good"])
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert body["temperature"] == 0.3
+    assert 50 in (body.get("max_tokens"), body.get("max_completion_tokens"))
+    assert body["stream"] is True
+    assert "good (gpt-4o-mini)" in text
+
+
+def test_no_stream_asks_the_provider_for_one_response(ip, sims):
+    result, _ = run(ip, "%%gtl good:gpt-4o-mini --no-stream\nwhole answer")
+    assert result.success
+    assert last_body(sims["good"]).get("stream") in (None, False)
+
+
+def test_a_provider_error_is_one_line_with_its_code_and_the_cell_fails(ip):
+    result, text = run(ip, "%%gtl quota:gpt-4o-mini --out answer\nhello")
+    assert isinstance(result.error_in_exec, GTLCellError)
+    assert "Traceback" not in text
+    assert "RATE_LIMIT [quota]: " in text
+    error = ip.user_ns["_gtl"]
+    assert isinstance(error, RateLimitError) and ip.user_ns["answer"] is error
+    assert isinstance(error.completion, Completion)
+
+
+def test_a_missing_key_is_a_usage_error_naming_the_variable(ip, tmp_path, monkeypatch):
+    monkeypatch.delenv("SIM_KEY")
+    result, text = run(ip, "%%gtl good:gpt-4o-mini\nhello")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "SIM_KEY" in str(result.error_in_exec)
+    assert "Traceback" not in text
+
+
+def test_providers_list_fails_over_to_the_next_deployment(ip, sims):
+    result, text = run(ip, "%%gtl gpt-4o-mini --providers down,good\nhello")
+    assert result.success, text
+    answer = ip.user_ns["_gtl"]
+    assert answer.provider == "good"
+    assert answer.failovers and "down -> good" in answer.failovers[0]
+    assert "failover" in text
+
+
+def test_no_cache_asks_again_where_the_cache_would_answer(ip, sims):
+    cell = "%%gtl good:gpt-4o-mini --temperature 0\nsame question"
+    run(ip, cell)
+    before = len(sims["good"].requests)
+    run(ip, cell)
+    assert len(sims["good"].requests) == before  # answered from the cache
+    assert ip.user_ns["_gtl"].usage.cache_hit
+    run(ip, cell.replace("--temperature 0", "--temperature 0 --no-cache"))
+    assert len(sims["good"].requests) == before + 1
+    assert not ip.user_ns["_gtl"].usage.cache_hit
+
+
+def test_compare_streams_every_model_and_a_failing_one_shows_its_code(ip, monkeypatch):
+    seen: dict[str, list] = {}
+
+    class Spy(widgets.ComparisonGrid):
+        def on_event(self, model, event):
+            seen.setdefault(model, []).append(event)
+            super().on_event(model, event)
+
+    monkeypatch.setattr(widgets, "ComparisonGrid", Spy)
+    result, text = run(
+        ip, "%%gtl --compare good:gpt-4o-mini quota:gpt-4o-mini claude-haiku-4-5 echo --out both\nhi"
+    )
+    assert result.success, text  # one failure does not fail the cell
+    comparison = ip.user_ns["_gtl"]
+    assert isinstance(comparison, Comparison) and ip.user_ns["both"] is comparison
+    assert isinstance(comparison.results["quota:gpt-4o-mini"], RateLimitError)
+    for model in ("good:gpt-4o-mini", "claude-haiku-4-5", "echo"):
+        assert isinstance(comparison.results[model], Completion)
+        assert any(isinstance(e, Token) for e in seen[model])
+        assert comparison.results[model].text.split(".")[0] in text
+    assert "RATE_LIMIT" in text
+    frame = comparison.to_dataframe()
+    assert (
+        dict(zip(frame["model"], frame["error"].fillna(""), strict=True))["quota:gpt-4o-mini"] == "RATE_LIMIT"
+    )
+
+
+def test_endpoint_option_uses_a_client_for_that_endpoint(ip):
+    result, _ = run(ip, "%%gtl echo --endpoint embedded://\nhi")
+    assert result.success
+    result, text = run(ip, "%%gtl echo --endpoint ftp://nowhere\nhi")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "ftp" in str(result.error_in_exec) and "Traceback" not in text
+
+
+def test_chat_history_reaches_the_provider(ip, sims):
+    run(ip, "%%gtl good:gpt-4o-mini --chat\nMy name is Ada.")
+    run(ip, "%%gtl good:gpt-4o-mini --chat\nWhat is my name?")
+    messages = last_body(sims["good"])["messages"]
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"]
+    assert messages[0]["content"] == "My name is Ada."
+
+
+def test_live_model_listing_asks_the_provider(ip):
+    frame = ip.run_line_magic("gtl", "models --live good")
+    assert "gpt-4o-mini" in set(frame["model"])
+    with capture_output():
+        result = ip.run_cell("%gtl models --live nowhere")
+    assert isinstance(result.error_in_exec, UsageError)
+
+
+def test_usage_by_provider_counts_each_deployment(ip):
+    run(ip, "%%gtl good:gpt-4o-mini\none")
+    run(ip, "%%gtl quota:gpt-4o-mini\ntwo")
+    frame = ip.run_line_magic("gtl", "usage --by provider")
+    key = frame.columns[0]
+    rows = {row[key]: row for row in frame.to_dict("records")}
+    assert set(rows) >= {"good", "quota"}
+    assert rows["good"]["cost"] > 0
+    assert rows["quota"]["failed"] == 1
+
+
+# -- tools ------------------------------------------------------------------------------------------
+
+TOOLS = '''
+def get_weather(city: str, days: int = 1) -> str:
+    """Weather forecast for a city.
+
+    Args:
+        city: the city name
+        days: how many days ahead
+    """
+    CALLS.append(("get_weather", city, days))
+    return f"sunny in {city}"
+
+def get_time(zone: str) -> str:
+    """The time in a time zone."""
+    CALLS.append(("get_time", zone))
+    return "12:00"
+CALLS = []
+'''
+
+
+def test_tools_run_the_models_calls_and_send_the_results_back(ip, sims):
+    ip.run_cell(TOOLS)
+    result, text = run(ip, "%%gtl good:gpt-4o-mini --tools get_weather,get_time\nUse get_weather for Oslo")
+    assert result.success, text
+    assert [c[0] for c in ip.user_ns["CALLS"]] == ["get_weather"]
+    answer = ip.user_ns["_gtl"]
+    assert answer.finish_reason == "stop" and "The tool returned" in answer.text
+    assert "get_weather(" in text and "sunny in" in text  # the call and its result are shown
+    first, second = (json.loads(r.body) for r in sims["good"].requests[-2:])
+    assert {t["function"]["name"] for t in first["tools"]} == {"get_weather", "get_time"}
+    schema = next(t for t in first["tools"] if t["function"]["name"] == "get_weather")["function"][
+        "parameters"
+    ]
+    assert schema["required"] == ["city"]
+    assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
+    assert second["messages"][2]["content"].startswith("sunny in")
+
+
+def test_tools_dry_run_shows_calls_without_running_them(ip, sims):
+    ip.run_cell(TOOLS)
+    before = len(sims["good"].requests)
+    result, text = run(ip, "%%gtl good:gpt-4o-mini --tools get_weather --tools-dry-run\nweather?")
+    assert result.success, text
+    assert ip.user_ns["CALLS"] == []
+    assert len(sims["good"].requests) == before + 1
+    assert "dry run" in text and "get_weather(" in text
+    assert ip.user_ns["_gtl"].tool_calls
+
+
+def test_max_steps_bounds_the_tool_rounds(ip):
+    ip.run_cell(TOOLS)
+    result, text = run(ip, "%%gtl echo --tools get_weather --max-steps 1\nweather?")
+    assert result.success
+    assert len(ip.user_ns["CALLS"]) == 1 and ip.user_ns["_gtl"].finish_reason == "stop"
+
+    # echo calls tools only right after a user message: turn each tool result into one, and it keeps asking
+    magics = ip.magics_manager.registry["GTLMagics"]
+    client = magics.session.client()
+    real_stream = client.stream
+    calls = {"n": 0}
+
+    def stubborn(model, messages, **kwargs):
+        calls["n"] += 1
+        messages = (
+            [*messages[:-1], {"role": "user", "content": "again"}]
+            if messages[-1].role == "tool"
+            else messages
+        )
+        return real_stream(model, messages, **kwargs)
+
+    client.stream = stubborn
+    try:
+        ip.user_ns["CALLS"].clear()
+        result, text = run(ip, "%%gtl echo --no-stream --tools get_weather --max-steps 2\nweather?")
+    finally:
+        del client.stream
+    assert result.success
+    assert calls["n"] == 3 and len(ip.user_ns["CALLS"]) == 2
+    assert "stopped after 2 tool round(s)" in text
+
+
+def test_tools_must_be_callables_of_the_notebook(ip):
+    cases = (("%%gtl --tools nope\nhi", "'nope' is not defined"), ("%%gtl --tools x\nhi", "not a function"))
+    for source, fragment in cases:
+        ip.user_ns["x"] = 5
+        with capture_output() as captured:
+            result = ip.run_cell(source)
+        assert isinstance(result.error_in_exec, UsageError)
+        assert fragment in str(result.error_in_exec)
+        assert "Traceback" not in captured.stdout + captured.stderr
+    ip.user_ns.pop("x")
+
+
+def test_a_tool_that_raises_sends_the_error_back_to_the_model(ip):
+    ip.run_cell("def broken(city: str):\n    raise RuntimeError('no network')\n")
+    result, text = run(ip, "%%gtl echo --tools broken\nweather?")
+    assert result.success
+    assert "RuntimeError: no network" in text
+    assert "error: RuntimeError: no network" in ip.user_ns["_gtl"].text
+    ip.user_ns.pop("broken")

@@ -1,0 +1,552 @@
+"""The live views: streaming, coalesced redraws, failover, errors, final outputs, threads, fallbacks."""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+
+import pytest
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+
+import gtl_nb
+from gtl_nb import gap, sim
+from gtl_nb.completion import Comparison, Completion
+from gtl_nb.notebook import widgets
+from gtl_nb.notebook.throttle import Throttle
+from gtl_nb.notebook.widgets import WIDGET_VIEW, ComparisonGrid, EntityEditor, StreamView
+from gtl_nb.protocol import (
+    Done,
+    Error,
+    GTLError,
+    InternalError,
+    OverloadedError,
+    ProviderTimeoutError,
+    RateLimitError,
+    Status,
+    Token,
+    Usage,
+)
+from gtl_nb.protocol.session import Transcript
+
+SID = "sess_test"
+
+
+class RecordingPublisher(DisplayPublisher):
+    """Keeps every display / update the views publish, as a kernel would send them."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.outputs: list[tuple[dict, dict | None, bool]] = []
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
+        self.outputs.append((dict(data), transient, update))
+
+
+@pytest.fixture
+def shell():
+    ip = InteractiveShell.instance()
+    saved = ip.display_pub
+    ip.display_pub = RecordingPublisher(shell=ip)
+    try:
+        yield ip
+    finally:
+        ip.display_pub = saved
+
+
+@pytest.fixture
+def echo_client():
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.01}}}, ledger=False, environ={})
+    yield client
+    client.close()
+
+
+def text_of(fragment: str) -> str:
+    """The text inside a live fragment's ``.gtl-text`` element."""
+    match = re.search(r'<div class="gtl-text"[^>]*>(.*?)</div>', fragment, re.S)
+    assert match, fragment
+    return html.unescape(match.group(1))
+
+
+def record_values(widget) -> list[str]:
+    values: list[str] = []
+    widget.observe(lambda change: values.append(change["new"]), "value")
+    return values
+
+
+def completion_of(*events) -> Completion:
+    transcript = Transcript(session_id=SID)
+    for event in events:
+        transcript.add(event)
+    return Completion.from_transcript(transcript, "echo")
+
+
+def tokens(*texts):
+    return [Token(session_id=SID, text=t) for t in texts]
+
+
+# -- the throttle --------------------------------------------------------------------------------
+
+
+def test_throttle_draws_the_first_request_at_once_and_folds_a_burst_into_one_trailing_draw():
+    drawn = threading.Event()
+    times: list[float] = []
+
+    def draw():
+        import time
+
+        times.append(time.monotonic())
+        if len(times) == 2:
+            drawn.set()
+
+    throttle = Throttle(draw, min_interval=0.05)
+    for _ in range(200):
+        throttle.request()
+    assert throttle.draws == 1  # the first one, immediately
+    assert drawn.wait(5), "the trailing draw never came"
+    assert throttle.draws == 2
+    assert times[1] - times[0] >= 0.045
+    throttle.close()
+    assert throttle.draws == 3
+
+
+def test_throttle_close_cancels_the_pending_draw_and_draws_the_final_state_once():
+    calls: list[str] = []
+    throttle = Throttle(lambda: calls.append("live"), min_interval=60)
+    throttle.request()
+    throttle.request()  # schedules a trailing draw a minute away
+    throttle.close(lambda: calls.append("final"))
+    throttle.close(lambda: calls.append("final again"))
+    throttle._fire()  # a timer that slipped through must not draw after the final state
+    throttle.request()
+    assert calls == ["live", "final"]
+
+
+# -- StreamView ------------------------------------------------------------------------------------
+
+
+def test_many_events_are_coalesced_into_a_few_redraws(shell):
+    view = StreamView("echo", min_interval=30, live=True)
+    view.display()
+    values = record_values(view.widget)
+    for event in tokens(*(f"w{i} " for i in range(1000))):
+        view.on_event(event)
+    assert view.redraws == 1  # the first token showed at once; the rest wait for the quiet period
+    assert text_of(values[-1]) == "w0 "
+    assert view.text == "".join(f"w{i} " for i in range(1000))
+    view.finish(completion_of(*tokens(*(f"w{i} " for i in range(1000))), Done(session_id=SID)))
+    assert view.redraws == 2  # ... and the final state was drawn anyway
+    final = shell.display_pub.outputs[-1][0]
+    assert "w999" in final["text/markdown"] and "w999" in final["text/plain"]
+
+
+def test_a_real_echo_stream_shows_partial_text_then_the_final_answer_with_its_footer(shell, echo_client):
+    view = StreamView("echo", min_interval=0.0, live=True)
+    view.display()
+    values = record_values(view.widget)
+    stream = echo_client.stream("echo", "tell me about widgets", on_event=view.on_event)
+    for _event in stream:
+        pass
+    result = stream.result()
+    view.finish(result)
+
+    partial = [text_of(v) for v in values]
+    assert any(p and p != result.text and result.text.startswith(p) for p in partial)
+    assert partial[-1] == result.text
+    first, *updates, final = shell.display_pub.outputs
+    # the live area: the widget view with an empty text/plain, later turned into the empty text/plain alone
+    assert set(first[0]) == {WIDGET_VIEW, "text/plain"} and first[0]["text/plain"] == ""
+    assert updates == [({"text/plain": ""}, first[1], True)]
+    # the final answer, as a new output with markdown and plain text
+    assert final[2] is False and set(final[0]) == {"text/markdown", "text/plain"}
+    assert result.text in final[0]["text/markdown"]
+    assert html.escape(result.footer()) in final[0]["text/markdown"]
+    assert "echo (offline)" in final[0]["text/markdown"]
+    assert final[0]["text/plain"].endswith("-- " + result.footer())
+    assert 'class="gtl-stream gtl-final" data-model="echo"' in final[0]["text/markdown"]
+    assert view.widget is not None and view.widget.comm is None  # closed: nothing left live
+    assert view.text == result.text
+
+
+def test_a_failover_clears_the_partial_text_and_notes_the_switch():
+    with (
+        sim.running("openai", faults=sim.Fault.drop_after(4), pace=0.01) as broken,
+        sim.running("anthropic", pace=0.01) as healthy,
+    ):
+        client = gtl_nb.connect(
+            providers={
+                "openai": {"api_key": "sim-key", "base_url": broken},
+                "anthropic": {"api_key": "sim-key", "base_url": healthy},
+            },
+            ledger=False,
+            environ={},
+        )
+        view = StreamView("gpt-4o-mini", min_interval=0.0, live=False)
+        seen: list[tuple[str, str]] = []
+
+        def on_event(event):
+            view.on_event(event)
+            if isinstance(event, Status) and event.state == "failover":
+                seen.append((view.text, str(view)))
+
+        try:
+            stream = client.stream(
+                "gpt-4o-mini", "hi", providers=["openai", "anthropic:claude-sonnet-4-5"], on_event=on_event
+            )
+            for _event in stream:
+                pass
+            result = stream.result()
+        finally:
+            client.close()
+    assert len(seen) == 1
+    text_after_failover, shown = seen[0]
+    assert text_after_failover == ""
+    assert "failover: openai -> anthropic" in shown
+    view.finish(result)
+    assert view.text == result.text
+    bundle = view._repr_mimebundle_()
+    assert "failover: openai -&gt; anthropic" in bundle["text/markdown"]
+    assert "failover: openai -> anthropic" in bundle["text/plain"]
+
+
+def test_a_synthetic_failover_resets_the_live_fragment():
+    view = StreamView("m", min_interval=0.0, live=False)
+    for event in tokens("old ", "text"):
+        view.on_event(event)
+    view.on_event(Status(session_id=SID, state="failover", from_provider="a", to_provider="b", reason="OVERLOADED"))
+    fragment = view._frame().html[0]
+    assert text_of(fragment) == ""
+    assert "failover: a -&gt; b: OVERLOADED" in fragment
+    view.on_event(Token(session_id=SID, text="new"))
+    assert view.text == "new"
+
+
+def test_an_error_event_shows_its_code_live_and_in_the_final_state():
+    view = StreamView("gpt-4o", min_interval=0.0, live=False)
+    view.on_event(Token(session_id=SID, text="partial"))
+    view.on_event(Error(session_id=SID, code="RATE_LIMIT", message="slow down", provider="openai"))
+    assert "<b>RATE_LIMIT</b>: slow down" in view._frame().html[0]
+    exc = RateLimitError("slow down", provider="openai")
+    view.finish(exc)
+    bundle = view._repr_mimebundle_()
+    assert "**RATE_LIMIT**: slow down" in bundle["text/markdown"]
+    assert "[RATE_LIMIT] slow down" in bundle["text/plain"]
+    assert "partial" in bundle["text/markdown"]  # what arrived before the error is kept
+
+
+def test_a_real_provider_error_shows_the_gtl_code(shell):
+    with sim.running("openai", faults=sim.Fault.http(401)) as url:
+        client = gtl_nb.connect(providers={"openai": {"api_key": "sim-key", "base_url": url}}, ledger=False, environ={})
+        view = StreamView("gpt-4o-mini", live=True)
+        view.display()
+        try:
+            stream = client.stream("gpt-4o-mini", "hi", on_event=view.on_event)
+            for _event in stream:
+                pass
+            with pytest.raises(GTLError) as caught:
+                stream.result()
+        finally:
+            client.close()
+    view.finish(caught.value)
+    final = shell.display_pub.outputs[-1][0]
+    assert f"**{caught.value.code}**" in final["text/markdown"]
+    assert f"[{caught.value.code}]" in final["text/plain"]
+
+
+def test_the_bundle_carries_the_widget_view_while_live_and_the_text_forms_always(shell):
+    view = StreamView("echo", live=True)
+    view.on_event(Token(session_id=SID, text="so far"))
+    live = view._repr_mimebundle_()
+    assert {WIDGET_VIEW, "text/markdown", "text/plain"} <= set(live)
+    assert "so far" in live["text/markdown"] and "so far" in live["text/plain"]
+    view.finish(completion_of(Token(session_id=SID, text="so far, done"), Done(session_id=SID, provider="echo")))
+    final = view._repr_mimebundle_()
+    assert set(final) == {"text/markdown", "text/plain"}
+    assert "so far, done" in final["text/markdown"]
+
+
+def test_final_markdown_keeps_times_in_maskable_form_and_no_ids(shell):
+    done = Done(session_id=SID, provider="echo", model="echo", ttft_ms=212.0, latency_ms=1400.0)
+    usage = Usage(session_id=SID, tokens_in=3, tokens_out=5, cost=0.0)
+    view = StreamView("echo", live=True)
+    view.display()
+    view.finish(completion_of(Token(session_id=SID, text="hi"), usage, done))
+    markdown = shell.display_pub.outputs[-1][0]["text/markdown"]
+    assert "first token 0.21 s · 1.40 s" in markdown
+    assert SID not in markdown and "model_id" not in markdown
+
+
+def test_finish_before_display_and_display_after_finish_show_the_final_state(shell):
+    view = StreamView("echo", live=True)
+    view.finish(completion_of(Token(session_id=SID, text="early"), Done(session_id=SID)))
+    assert shell.display_pub.outputs == []
+    view.display()
+    [(bundle, _transient, update)] = shell.display_pub.outputs
+    assert not update and "early" in bundle["text/markdown"]
+
+
+def test_display_mode_updates_a_display_handle_then_shows_the_final_answer(shell, echo_client):
+    view = StreamView("echo", min_interval=0.0, live=False)
+    assert view.mode == "display"
+    view.display()
+    result = echo_client.complete("echo", "a display handle", on_event=view.on_event)
+    view.finish(result)
+    outputs = shell.display_pub.outputs
+    first, final = outputs[0], outputs[-1]
+    assert first[0] == {"text/plain": ""} and not first[2]  # what nbval records; updates fill it in
+    live_updates = [o for o in outputs[1:-1] if o[0].get("text/html")]
+    assert live_updates and all(o[2] and o[1] == first[1] for o in live_updates)
+    assert outputs[-2] == ({"text/plain": ""}, first[1], True)
+    assert result.text in final[0]["text/markdown"] and not final[2]
+
+
+def test_without_ipython_the_view_prints_the_tokens_then_the_footer(monkeypatch, capsys, echo_client):
+    monkeypatch.setattr(widgets, "_frontend", lambda: "none")
+    view = StreamView("echo", min_interval=0.0)
+    assert view.mode == "print"
+    view.display()
+    stream = echo_client.stream("echo", "print me", on_event=view.on_event)
+    for _event in stream:
+        pass
+    result = stream.result()
+    view.finish(result)
+    out = capsys.readouterr().out
+    assert out == result.text + "\n-- " + result.footer() + "\n"
+
+
+def test_without_ipython_live_false_prints_an_error_with_its_code(monkeypatch, capsys):
+    monkeypatch.setattr(widgets, "_frontend", lambda: "none")
+    view = StreamView("gpt-4o", live=False)
+    view.display()
+    view.on_event(Error(session_id=SID, code="TIMEOUT", message="too slow"))
+    view.finish(ProviderTimeoutError("too slow"))
+    assert "[TIMEOUT] too slow" in capsys.readouterr().out
+
+
+def test_live_none_picks_widgets_only_in_a_kernel(monkeypatch):
+    for where, mode in (("kernel", "widget"), ("shell", "display"), ("terminal", "print"), ("none", "print")):
+        monkeypatch.setattr(widgets, "_frontend", lambda where=where: where)
+        assert StreamView().mode == mode
+        assert StreamView(live=False).mode == ("display" if where in ("kernel", "shell") else "print")
+
+
+def test_events_from_other_threads_are_safe_and_the_final_state_comes_last(shell):
+    view = StreamView("echo", min_interval=0.001, live=True)
+    view.display()
+    values = record_values(view.widget)
+    start = threading.Barrier(5)
+    errors: list[BaseException] = []
+
+    def feed(n: int) -> None:
+        try:
+            start.wait()
+            for i in range(300):
+                view.on_event(Token(session_id=SID, text=f"{n}:{i} "))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=feed, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(view.text.split()) == 1200
+    view.finish(completion_of(Token(session_id=SID, text="final words"), Done(session_id=SID)))
+    seen = len(values)
+    view.on_event(Token(session_id=SID, text="late"))  # after finish: ignored, nothing redrawn
+    assert len(values) == seen
+    assert view.text == "final words"
+    assert shell.display_pub.outputs[-1][0]["text/plain"].startswith("== echo ==\nfinal words")
+
+
+def test_finish_racing_with_a_stream_of_events_draws_the_final_state_last(shell):
+    view = StreamView("echo", min_interval=0.0005, live=True)
+    view.display()
+    order: list[str] = []
+    view.widget.observe(lambda change: order.append("live"), "value")
+    stop = threading.Event()
+
+    def feed() -> None:
+        while not stop.is_set():
+            view.on_event(Token(session_id=SID, text="x"))
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    try:
+        while "live" not in order:
+            threading.Event().wait(0.001)
+        view.finish(completion_of(Token(session_id=SID, text="the end"), Done(session_id=SID)))
+        order.append("final")
+    finally:
+        stop.set()
+        thread.join()
+    assert order[-1] == "final"
+    assert shell.display_pub.outputs[-1][0]["text/plain"].startswith("== echo ==\nthe end\n-- ")
+
+
+# -- ComparisonGrid -------------------------------------------------------------------------------------
+
+
+def test_the_grid_streams_every_column_at_once_and_ends_with_a_ranked_summary(shell):
+    with sim.running("openai", pace=0.02) as oa, sim.running("anthropic", pace=0.02) as an:
+        client = gtl_nb.connect(
+            providers={
+                "openai": {"api_key": "sim-key", "base_url": oa},
+                "anthropic": {"api_key": "sim-key", "base_url": an},
+                "echo": {"options": {"pace": 0.02}},
+            },
+            ledger=False,
+            environ={},
+        )
+        models = ["gpt-4o-mini", "claude-sonnet-4-5", "echo", "no-such-model"]
+        grid = ComparisonGrid(models, min_interval=0.0, live=True)
+        grid.display()
+        columns = {model: record_values(cell) for model, cell in zip(models, grid._surface.cells, strict=True)}
+        try:
+            comparison = client.compare(models, "compare us", on_event=grid.on_event)
+        finally:
+            client.close()
+    grid.finish(comparison)
+
+    for model in models[:3]:
+        answer = comparison.results[model]
+        partial = [text_of(v) for v in columns[model]]
+        assert any(p and p != answer.text and answer.text.startswith(p) for p in partial), model
+        assert all(f'data-model="{model}"' in v for v in columns[model])
+        assert grid.text(model) == answer.text
+    final = shell.display_pub.outputs[-1][0]
+    markdown, plain = final["text/markdown"], final["text/plain"]
+    for model in models[:3]:
+        assert f'class="gtl-stream gtl-final" data-model="{model}"' in markdown
+        assert comparison.results[model].text in markdown
+    assert "**MODEL_NOT_FOUND**" in markdown and "[MODEL_NOT_FOUND]" in plain
+    # the summary: one row per model, ranked, as a markdown table and in plain text
+    assert list(grid.summary["model"])[-1] == "no-such-model"
+    assert sorted(grid.summary["model"]) == sorted(models)
+    header = "| model | provider | status | error | tokens_in | tokens_out | cost |"
+    assert header in markdown
+    assert re.search(r"\| echo \| echo \| ok \|  \| \d+ \| \d+ \| \$0 \| \d+\.\d\d s \| \d+\.\d\d s \|", markdown)
+    assert "no-such-model" in plain.splitlines()[-1]
+
+
+def test_a_failed_column_shows_its_code_while_the_others_finish(shell):
+    grid = ComparisonGrid(["a", "b"], min_interval=0.0, live=True)
+    grid.display()
+    grid.on_event("a", Token(session_id=SID, text="fine"))
+    grid.on_event("b", Error(session_id=SID, code="OVERLOADED", message="busy"))
+    cells = [cell.value for cell in grid._surface.cells]
+    assert text_of(cells[0]) == "fine"
+    assert "<b>OVERLOADED</b>" in cells[1]
+    comparison = Comparison(
+        models=["a", "b"],
+        results={
+            "a": completion_of(Token(session_id=SID, text="fine"), Done(session_id=SID, provider="x")),
+            "b": OverloadedError("busy"),
+        },
+    )
+    grid.finish(comparison)
+    bundle = grid._repr_mimebundle_()
+    assert "**OVERLOADED**: busy" in bundle["text/markdown"]
+    assert "fine" in bundle["text/markdown"]
+
+
+def test_grid_events_from_the_loop_thread_and_others_are_safe(shell):
+    models = [f"m{i}" for i in range(4)]
+    grid = ComparisonGrid(models, min_interval=0.001, live=True)
+    grid.display()
+
+    def feed(model: str) -> None:
+        for i in range(200):
+            grid.on_event(model, Token(session_id=SID, text=f"{i} "))
+
+    threads = [threading.Thread(target=feed, args=(m,)) for m in models]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = "".join(f"{i} " for i in range(200))
+    assert all(grid.text(m) == expected for m in models)
+    grid.finish(Comparison(models=models, results={m: completion_of(*tokens(expected)) for m in models}))
+    assert grid.finished and grid.widget.comm is None
+
+
+def test_the_grid_without_ipython_prints_the_comparison_once(monkeypatch, capsys):
+    monkeypatch.setattr(widgets, "_frontend", lambda: "none")
+    grid = ComparisonGrid(["a", "b"], live=False)
+    grid.display()
+    grid.on_event("a", Token(session_id=SID, text="alpha"))
+    assert capsys.readouterr().out == ""
+    grid.finish(
+        Comparison(
+            models=["a", "b"],
+            results={"a": completion_of(*tokens("alpha")), "b": InternalError("boom")},
+        )
+    )
+    out = capsys.readouterr().out
+    assert "== a ==\nalpha" in out and "[INTERNAL] boom" in out and "rank latency" in out
+
+
+# -- EntityEditor ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wrapped():
+    message = gap.wrap_message("The system needs optimization and the config is wrong", "claude.ai", "m1")
+    assert gap.find_undefined(message) == ["the_system", "the_config"]
+    return message
+
+
+def test_the_editor_has_one_field_per_undefined_entity_and_the_button_applies_them(shell, wrapped):
+    applied = []
+    editor = EntityEditor(wrapped, on_apply=applied.append, live=True)
+    editor.display()
+    [(bundle, _transient, _update)] = shell.display_pub.outputs
+    assert {WIDGET_VIEW, "text/markdown", "text/plain"} <= set(bundle)
+    assert "`the_system`" in bundle["text/markdown"] and "(undefined)" in bundle["text/plain"]
+    assert sorted(editor._fields) == ["the_config", "the_system"]
+    editor._fields["the_system"].value = "PostgreSQL 14.5 cluster"
+    button = editor.widget.children[-1].children[0]
+    button.click()
+    assert applied and applied[-1].entities["the_system"].value == "PostgreSQL 14.5 cluster"
+    assert editor.wrapped.entities["the_system"].defined_in == "m1"
+    assert editor.undefined == ["the_config"]
+    assert "the_config" in editor._status.value
+    result = editor.apply({"the_config": "config.yaml"})
+    assert result is editor.wrapped and gap.find_undefined(result) == []
+    assert editor._fields["the_config"].value == "config.yaml"
+    assert "all entities defined" in editor._status.value
+
+
+def test_the_editor_without_widgets_applies_values_and_rejects_unknown_keys(monkeypatch, capsys, wrapped):
+    monkeypatch.setattr(widgets, "_frontend", lambda: "none")
+    editor = EntityEditor(wrapped)
+    editor.display()
+    assert 'editor.apply({"the_system": "...", "the_config": "..."})' in capsys.readouterr().out
+    updated = editor.apply({"the_system": "the billing service", "the_config": "  "})
+    assert updated.entities["the_system"].value == "the billing service"
+    assert editor.undefined == ["the_config"]
+    with pytest.raises(KeyError, match="no entity 'the_moon'"):
+        editor.apply({"the_moon": "cheese"})
+    assert "the billing service" in editor._repr_mimebundle_()["text/markdown"]
+
+
+def test_suggestions_prefill_the_fields(shell, wrapped):
+    suggestions = gap.suggest_definitions(wrapped, ask=lambda prompt: "the_system: the payments API")
+    editor = EntityEditor(wrapped, suggestions=suggestions, live=True)
+    editor.display()
+    assert editor._fields["the_system"].value == "the payments API"
+    assert editor.apply().entities["the_system"].value == "the payments API"
+
+
+def test_a_view_shown_through_its_bundle_draws_the_final_state_into_its_widget(shell):
+    view = StreamView("echo", min_interval=0.0, live=True)
+    view.on_event(Token(session_id=SID, text="half"))
+    bundle = view._repr_mimebundle_()  # what IPython does for a bare `view` at the end of a cell
+    assert WIDGET_VIEW in bundle and text_of(view.widget.value) == "half"
+    view.finish(completion_of(Token(session_id=SID, text="half and whole"), Done(session_id=SID)))
+    assert 'class="gtl-stream gtl-final"' in view.widget.value
+    assert text_of(view.widget.value) == "half and whole"
+    assert shell.display_pub.outputs == []  # nothing published behind the user's back
