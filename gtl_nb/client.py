@@ -396,6 +396,17 @@ class Client:
         """``(deployment, model)`` pairs the client can route to."""
         return [(info.provider, model.name) for info in self.providers() for model in info.models]
 
+    def route(
+        self, model: str | None = None, *, provider: str | None = None, providers: Sequence[str] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """Where a request for ``model`` would go: ``(deployment, provider type, model id)`` for each
+        candidate, in the order routing considers them (the first answers unless it fails).
+
+        Raises the same configuration or unknown-model error that sending the request would.
+        """
+        request = self.request(model, "?", provider=provider, providers=providers)
+        return [(t.name, t.deployment.type, t.model) for t in self.engine.router.targets(request)]
+
     def list_models(self, deployment: str) -> list[str]:
         """Ask the provider itself which models it offers (``GET /v1/models`` and the like)."""
         return self._loop.run(self.engine.list_models(deployment), timeout=120)

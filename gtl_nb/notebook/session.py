@@ -127,24 +127,14 @@ class NotebookSession:
         return client.default_model, "configuration default"
 
     def provider_type_of(self, client: Client, model: str) -> str | None:
-        """The provider type a request for ``model`` goes to (best effort, from the public client API)."""
-        infos = client.providers()
-        by_name = {info.provider: info for info in infos}
-        prefix, sep, rest = model.partition(":")
-        if sep and rest:
-            if prefix in by_name:
-                return by_name[prefix].provider_type
-            if any(info.provider_type == prefix for info in infos):
-                return prefix
-        for info in infos:
-            if any(m.name == model for m in info.models):
-                return info.provider_type
-        catalog = getattr(client, "catalog", None)
-        configured = {info.provider_type for info in infos}
-        for provider_type in catalog.providers_for(model) if catalog is not None else ():
-            if provider_type in configured:
-                return provider_type
-        return None
+        """The provider type a request for ``model`` goes to (``None`` when it cannot be routed)."""
+        from gtl_nb.protocol import GTLError
+
+        try:
+            candidates = client.route(model)
+        except GTLError:
+            return None
+        return candidates[0][1] if candidates else None
 
     # -- results ------------------------------------------------------------------------------
 

@@ -307,3 +307,14 @@ def test_a_deployment_without_its_key_is_refused_before_any_call():
 def test_wrongly_typed_arguments_are_a_clear_error(client):
     with pytest.raises(InvalidRequestError, match=r"\$\.temperature"):
         client.complete("echo", "hi", temperature="hot")
+
+
+def test_route_says_where_a_model_would_go():
+    with gtl_nb.sim.running("anthropic") as url:
+        client = gtl_nb.connect(
+            providers={"anthropic": {"api_key": "k", "base_url": url}, "echo": {}}, ledger=False, environ={}
+        )
+        assert client.route("echo") == [("echo", "echo", "echo")]
+        assert client.route("claude-sonnet-4-5")[0][:2] == ("anthropic", "anthropic")
+        with pytest.raises(ModelNotFoundError):
+            client.route("ecko")
