@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m gtl_nb.demo
+	$(PY) -m gtl_nb.notebook.runner --out out
 
 test: $(STAMP)
 	$(PY) -m ruff check gtl_nb tests bench
