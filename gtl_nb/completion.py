@@ -136,7 +136,8 @@ class Completion:
         return body.strip() or "_(empty answer)_"
 
     def _repr_markdown_(self) -> str:
-        return f"{self._body_markdown()}\n\n<sub>{self.footer()}</sub>"
+        # "&#36;": a "$" in the footer must not pair with one in the answer into a math formula
+        return f"{self._body_markdown()}\n\n<sub>{self.footer().replace('$', '&#36;')}</sub>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {"text/markdown": self._repr_markdown_(), "text/plain": str(self)}

@@ -9,18 +9,36 @@ provider simulators they start themselves), each in a fresh kernel of this very 
 ``python3`` kernelspec the user installed for another interpreter — and the executed ``.ipynb`` and an
 ``.html`` rendering land side by side. ``execute_notebook`` is also what regenerates the committed
 notebooks' outputs (``--in-place``).
+
+"Offline" is enforced, not hoped for: the kernels run without the user's gtl_nb configuration file,
+``$GTL_NB_MODEL``, ``$GTL_NB_CONFIG``, ``$GTL_TOKEN`` or any provider's key variable, and with a
+usage ledger of their own, so the outputs are those of the committed notebooks whatever is set up on
+the machine (``--user-config`` runs them with your settings instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_NOTEBOOKS", "execute_notebook", "find_notebooks_dir", "main", "render_html"]
+__all__ = [
+    "DEFAULT_NOTEBOOKS",
+    "execute_notebook",
+    "find_notebooks_dir",
+    "main",
+    "prune_widget_state",
+    "render_html",
+]
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 #: What ``make demo`` runs: the quickstart and the comparison of providers.
 DEFAULT_NOTEBOOKS = ("01-quickstart", "02-compare-providers")
@@ -32,7 +50,9 @@ def find_notebooks_dir(start: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError("no notebooks/ directory here or next to the gtl_nb package; run from the repository")
+    raise FileNotFoundError(
+        "no notebooks/ directory here or next to the gtl_nb package; run from the repository"
+    )
 
 
 def _kernel_manager() -> Any:
@@ -44,10 +64,76 @@ def _kernel_manager() -> Any:
     return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
 
 
-def execute_notebook(path: Path, *, timeout: int = 120, cwd: Path | None = None) -> Any:
+def prune_widget_state(notebook: Any) -> None:
+    """Keep only the saved widget models that an output still shows (and the models they refer to).
+
+    nbclient saves the state of every widget the kernel ever created; the live views of finished
+    answers are closed and their outputs replaced by the final text, so their state is dead weight.
+    What remains (an entity editor, say) lets JupyterLab draw the widget when the notebook is opened.
+    """
+    widgets = notebook.metadata.get("widgets", {})
+    state = widgets.get(WIDGET_STATE, {}).get("state", {})
+    wanted = [
+        output["data"][WIDGET_VIEW]["model_id"]
+        for cell in notebook.cells
+        for output in cell.get("outputs", [])
+        if WIDGET_VIEW in output.get("data", {})
+    ]
+    kept: set[str] = set()
+    while wanted:
+        model_id = wanted.pop()
+        if model_id in kept or model_id not in state:
+            continue
+        kept.add(model_id)
+        wanted.extend(_references(state[model_id]))
+    if kept:
+        widgets[WIDGET_STATE]["state"] = {key: value for key, value in state.items() if key in kept}
+    else:
+        notebook.metadata.pop("widgets", None)
+
+
+def _references(value: Any) -> list[str]:
+    """Model ids a widget's state refers to (``"IPY_MODEL_<id>"`` strings, at any depth)."""
+    if isinstance(value, str):
+        return [value[len("IPY_MODEL_") :]] if value.startswith("IPY_MODEL_") else []
+    if isinstance(value, dict):
+        return [ref for item in value.values() for ref in _references(item)]
+    if isinstance(value, list):
+        return [ref for item in value for ref in _references(item)]
+    return []
+
+
+# Variables that would send a notebook to a real provider, or change its default model.
+_PRIVATE_PREFIXES = (
+    "GTL_",
+    "OPENAI_",
+    "AZURE_OPENAI_",
+    "ANTHROPIC_",
+    "GEMINI_",
+    "GOOGLE_API",
+    "OLLAMA_",
+    "AWS_",
+)
+
+
+def offline_env(scratch: Path) -> dict[str, str]:
+    """This process's environment without gtl_nb settings or provider keys, user dirs under ``scratch``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(_PRIVATE_PREFIXES)}
+    for name in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+        path = scratch / name.lower()
+        path.mkdir(parents=True, exist_ok=True)
+        env[name] = str(path)
+    return env
+
+
+def execute_notebook(
+    path: Path, *, timeout: int = 120, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> Any:
     """Run every cell of ``path`` in a fresh kernel and return the executed ``NotebookNode``.
 
-    A cell that raises stops the run with ``nbclient.exceptions.CellExecutionError``.
+    A cell that raises stops the run with ``nbclient.exceptions.CellExecutionError``. ``env`` is the
+    kernel's environment (default: this process's). The saved widget state is pruned to the widgets
+    still shown (``prune_widget_state``).
     """
     import nbformat
     from nbclient import NotebookClient
@@ -60,7 +146,8 @@ def execute_notebook(path: Path, *, timeout: int = 120, cwd: Path | None = None)
         resources={"metadata": {"path": str(cwd or path.parent)}},
         record_timing=False,  # no per-cell timestamps in the saved notebooks
     )
-    client.execute()
+    client.execute(**({"env": env} if env is not None else {}))
+    prune_widget_state(notebook)
     return notebook
 
 
@@ -85,23 +172,39 @@ def _resolve(names: Sequence[str], notebooks: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m gtl_nb.notebook.runner", description="Execute gtl_nb's notebooks offline and render HTML."
+        prog="python -m gtl_nb.notebook.runner",
+        description="Execute gtl_nb's notebooks offline and render HTML.",
     )
-    parser.add_argument("names", nargs="*", help=f"notebooks to run (default: {', '.join(DEFAULT_NOTEBOOKS)})")
+    parser.add_argument(
+        "names", nargs="*", help=f"notebooks to run (default: {', '.join(DEFAULT_NOTEBOOKS)})"
+    )
     parser.add_argument("--all", action="store_true", help="run every notebook in notebooks/")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="where to write the results (default: out/)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("out"), help="where to write the results (default: out/)"
+    )
     parser.add_argument("--notebooks", type=Path, default=None, help="the notebooks directory")
     parser.add_argument("--timeout", type=int, default=120, help="seconds a cell may take (default: 120)")
     parser.add_argument(
         "--in-place", action="store_true", help="write the executed notebooks back over the sources (no HTML)"
     )
+    parser.add_argument(
+        "--user-config",
+        action="store_true",
+        help="use your gtl_nb configuration, keys and ledger (the notebooks may then call real providers)",
+    )
     args = parser.parse_args(argv)
 
     notebooks = args.notebooks or find_notebooks_dir()
-    if args.all:
-        paths = sorted(notebooks.glob("[0-9]*.ipynb"))
-    else:
-        paths = _resolve(args.names or DEFAULT_NOTEBOOKS, notebooks)
+    paths = (
+        sorted(notebooks.glob("[0-9]*.ipynb"))
+        if args.all
+        else _resolve(args.names or DEFAULT_NOTEBOOKS, notebooks)
+    )
+
+    needed = ("ipykernel", "nbclient", "nbconvert")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(f"running notebooks needs {', '.join(missing)}: pip install {' '.join(missing)}")
 
     import nbformat
     from nbclient.exceptions import CellExecutionError
@@ -110,11 +213,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for path in paths:
         started = time.monotonic()
-        try:
-            executed = execute_notebook(path, timeout=args.timeout)
-        except CellExecutionError as exc:
-            print(f"{path.name}: a cell failed\n{exc}", file=sys.stderr)
-            return 1
+        with tempfile.TemporaryDirectory(prefix="gtl_nb-runner-") as scratch:
+            env = None if args.user_config else offline_env(Path(scratch))
+            try:
+                executed = execute_notebook(path, timeout=args.timeout, env=env)
+            except CellExecutionError as exc:
+                print(f"{path.name}: a cell failed\n{exc}", file=sys.stderr)
+                return 1
         elapsed = time.monotonic() - started
         if args.in_place:
             nbformat.write(executed, path)

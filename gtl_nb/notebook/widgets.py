@@ -378,7 +378,9 @@ class _Answer:
         if error:
             code, message = error
             out.append(f'<div class="gtl-error-line"><b>{html.escape(code)}</b>: {html.escape(message)}</div>')
-        out.append(f'<div class="gtl-footer" style="opacity: 0.7;"><small>{html.escape(footer)}</small></div>')
+        out.append(
+            f'<div class="gtl-footer" style="opacity: 0.7;"><small>{_no_math(html.escape(footer))}</small></div>'
+        )
         out.append("</div>")
         return "".join(out)
 
@@ -402,7 +404,7 @@ class _Answer:
             code, message = self.final_error
             lines += ['<div class="gtl-error">', "", f"**{code}**: {_md_inline(message)}", "", "</div>"]
         if self.footer:
-            lines += ['<div class="gtl-footer">', "", f"<sub>{html.escape(self.footer)}</sub>", "", "</div>"]
+            lines += ['<div class="gtl-footer">', "", f"<sub>{_no_math(html.escape(self.footer))}</sub>", "", "</div>"]
         lines.append("</div>")
         return "\n".join(lines)
 
@@ -547,7 +549,7 @@ class StreamView:
 
     def _live_markdown(self) -> str:
         text = "".join(self._answer.parts) or "_…_"
-        return f"{text}\n\n<sub>{html.escape(self._answer.live_footer())}</sub>"
+        return f"{text}\n\n<sub>{_no_math(html.escape(self._answer.live_footer()))}</sub>"
 
     def _frame_unlocked(self) -> _Frame:
         answer = self._answer
@@ -753,7 +755,8 @@ def _markdown_table(frame: Any) -> str:
     """A GitHub-flavoured pipe table (no extra dependency such as tabulate)."""
 
     def cell(value: Any) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+        # "$" must not pair up into a math formula in the notebook's markdown renderer
+        return str(value).replace("|", "\\|").replace("\n", " ").replace("$", "\\$")
 
     header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
@@ -893,7 +896,8 @@ class EntityEditor:
             plain.append(f"{key} ({entity.type}): {entity.value if entity.value is not None else '(undefined)'}")
         left = self.undefined
         if left:
-            hint = "Define them with `editor.apply({" + ", ".join(f'"{k}": "..."' for k in left) + "})`."
+            example = " ".join(f'{k}="..."' for k in left)
+            hint = f"Define them with `%gap entities {example}` (or `apply({{...}})` on this editor)."
             md += ["", hint]
             plain.append(hint.replace("`", ""))
         return {"text/markdown": "\n".join(md), "text/plain": "\n".join(plain)}
@@ -903,3 +907,8 @@ class EntityEditor:
         if self.mode == "widget":
             bundle[WIDGET_VIEW] = self._build()._repr_mimebundle_()[WIDGET_VIEW]
         return bundle
+
+
+def _no_math(text: str) -> str:
+    """HTML text whose dollar signs cannot start a math formula (``$0.0012 … $0`` would pair up)."""
+    return text.replace("$", "&#36;")

@@ -161,7 +161,7 @@ def test_a_real_echo_stream_shows_partial_text_then_the_final_answer_with_its_fo
     # the final answer, as a new output with markdown and plain text
     assert final[2] is False and set(final[0]) == {"text/markdown", "text/plain"}
     assert result.text in final[0]["text/markdown"]
-    assert html.escape(result.footer()) in final[0]["text/markdown"]
+    assert html.escape(result.footer()).replace("$", "&#36;") in final[0]["text/markdown"]
     assert "echo (offline)" in final[0]["text/markdown"]
     assert final[0]["text/plain"].endswith("-- " + result.footer())
     assert 'class="gtl-stream gtl-final" data-model="echo"' in final[0]["text/markdown"]
@@ -428,7 +428,7 @@ def test_the_grid_streams_every_column_at_once_and_ends_with_a_ranked_summary(sh
     assert sorted(grid.summary["model"]) == sorted(models)
     header = "| model | provider | status | error | tokens_in | tokens_out | cost |"
     assert header in markdown
-    assert re.search(r"\| echo \| echo \| ok \|  \| \d+ \| \d+ \| \$0 \| \d+\.\d\d s \| \d+\.\d\d s \|", markdown)
+    assert re.search(r"\| echo \| echo \| ok \|  \| \d+ \| \d+ \| \\\$0 \| \d+\.\d\d s \| \d+\.\d\d s \|", markdown)
     assert "no-such-model" in plain.splitlines()[-1]
 
 
@@ -524,7 +524,7 @@ def test_the_editor_without_widgets_applies_values_and_rejects_unknown_keys(monk
     monkeypatch.setattr(widgets, "_frontend", lambda: "none")
     editor = EntityEditor(wrapped)
     editor.display()
-    assert 'editor.apply({"the_system": "...", "the_config": "..."})' in capsys.readouterr().out
+    assert '%gap entities the_system="..." the_config="..."' in capsys.readouterr().out
     updated = editor.apply({"the_system": "the billing service", "the_config": "  "})
     assert updated.entities["the_system"].value == "the billing service"
     assert editor.undefined == ["the_config"]
