@@ -145,6 +145,8 @@ def execute_notebook(
         timeout=timeout,
         resources={"metadata": {"path": str(cwd or path.parent)}},
         record_timing=False,  # no per-cell timestamps in the saved notebooks
+        # the kernel's own start-up and shutdown warnings are noise on a user's terminal
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     client.execute(**({"env": env} if env is not None else {}))
     prune_widget_state(notebook)
