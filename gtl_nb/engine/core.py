@@ -140,7 +140,7 @@ class Engine:
         usage: Usage | None = None
         end: Done | Error | None = None
         try:
-            async for event in self._run(request, record, refusal):
+            async for event in self._guarded(request, record, refusal):
                 if isinstance(event, Usage):
                     usage = event
                 elif isinstance(event, Status) and event.state == "failover":
@@ -155,6 +155,27 @@ class Engine:
         finally:
             if row is not None:
                 await self._ledger_finish(row, end, usage, record)
+
+    async def _guarded(
+        self, request: CompletionRequest, record: dict[str, Any], refusal: Error | None
+    ) -> AsyncIterator[StreamEvent]:
+        """``_run``, with a bug anywhere below turned into an ``INTERNAL`` error that still ends the
+        session (and its ledger row) properly instead of an exception that leaves both open."""
+        ended = False
+        try:
+            async for event in self._run(request, record, refusal):
+                ended = isinstance(event, (Done, Error))
+                yield event
+        except Exception as exc:
+            if ended:
+                raise
+            log.exception("session %s failed inside the engine", request.session_id)
+            yield Error(
+                session_id=request.session_id,
+                code="INTERNAL",
+                message=f"gtl_nb internal error: {type(exc).__name__}: {exc}",
+                provider=record["path"][-1] if record["path"] else None,
+            )
 
     def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Each deployment's circuit: state, failures, error rate, when it may be tried again."""

@@ -330,3 +330,31 @@ def test_an_http_date_retry_after_reaches_the_dialect_as_seconds(server_factory)
     deployment = Deployment(name="a", type="lines-capture", base_url=server.url, models=("m",))
     run(engine_for(deployment), request())
     assert 100 < float(seen["retry-after"]) <= 121
+
+
+def test_a_decoder_that_raises_ends_the_session_with_internal_error(server_factory, tmp_path):
+    from gtl_nb.engine.ledger import Ledger
+
+    class Exploding(LineDialect):
+        def response_decoder(self, request, deployment):
+            decoder = LineDecoder(request)
+
+            def feed(chunk):
+                raise ValueError("decoder bug")
+
+            decoder.feed = feed
+            return decoder
+
+    registry.register("lines-exploding", Exploding())
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:x\n") + b"0\r\n\r\n"))
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    engine = Engine(
+        {"a": Deployment(name="a", type="lines-exploding", base_url=server.url, models=("m",))},
+        ledger=ledger,
+        routing={"retry": {"max_attempts": 1}},
+    )
+    events = run(engine, request())
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "INTERNAL" and "decoder bug" in error.message
+    row = ledger.to_dataframe().iloc[0]
+    assert row["status"] == "error" and row["error_code"] == "INTERNAL"
