@@ -27,6 +27,8 @@ from gtl_nb.providers.base import Deployment, HttpDialect, HttpRequest, retry_af
 
 log = get_logger("engine.http")
 
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Timeouts:
@@ -53,8 +55,15 @@ class Timeouts:
 class HttpRunner:
     """Executes dialect requests on one pooled client (created lazily on the running loop)."""
 
-    def __init__(self, timeouts: Timeouts | None = None, *, max_connections: int = 100) -> None:
+    def __init__(
+        self,
+        timeouts: Timeouts | None = None,
+        *,
+        max_connections: int = 100,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    ) -> None:
         self.timeouts = timeouts or Timeouts()
+        self.max_response_bytes = max_response_bytes
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
         self._client: httpx.AsyncClient | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -144,6 +153,7 @@ class HttpRunner:
                 return
             decoder = dialect.response_decoder(request, deployment)
             chunks = response.aiter_bytes()  # decoded: providers gzip JSON bodies
+            received = 0
             timeout = limits.first_byte
             while True:
                 try:
@@ -163,6 +173,15 @@ class HttpRunner:
                     log.debug("connection lost mid-stream from %s: %s", deployment.name, exc)
                     break
                 timeout = limits.idle
+                received += len(chunk)
+                if received > self.max_response_bytes:  # a runaway body must not exhaust memory
+                    yield _error(
+                        request,
+                        deployment,
+                        "PROVIDER_UNAVAILABLE",
+                        f"response larger than {self.max_response_bytes} bytes; stopped reading it",
+                    )
+                    return
                 for event in decoder.feed(chunk):
                     yield event
             for event in decoder.close():

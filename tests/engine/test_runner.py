@@ -358,3 +358,12 @@ def test_a_decoder_that_raises_ends_the_session_with_internal_error(server_facto
     assert isinstance(error, Error) and error.code == "INTERNAL" and "decoder bug" in error.message
     row = ledger.to_dataframe().iloc[0]
     assert row["status"] == "error" and row["error_code"] == "INTERNAL"
+
+
+def test_a_runaway_response_body_is_cut_off(server_factory):
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:" + b"x" * 5000) + b"0\r\n\r\n"))
+    engine = engine_for(lines("a", server.url))
+    engine.http.max_response_bytes = 1024
+    events = run(engine, request())
+    error = events[-1]
+    assert isinstance(error, Error) and "larger than 1024 bytes" in error.message
