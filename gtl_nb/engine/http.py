@@ -155,9 +155,10 @@ class HttpRunner:
             chunks = response.aiter_bytes()  # decoded: providers gzip JSON bodies
             received = 0
             timeout = limits.first_byte
+            deadline = _ReadDeadline()
             while True:
                 try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), timeout)
+                    chunk = await deadline.read(chunks.__anext__(), timeout)
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
@@ -189,6 +190,40 @@ class HttpRunner:
             yield decoder
         finally:
             await response.aclose()
+
+
+class _ReadDeadline:
+    """A timeout on one read of a stream, for the task doing the reading.
+
+    ``asyncio.wait_for`` wraps every awaited read in a new task before Python 3.12 — for a
+    streamed answer, one task per chunk. This arms one timer per read instead and, when it fires,
+    cancels the reading task and turns that cancellation into ``asyncio.TimeoutError``.
+    """
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._expired = False
+
+    async def read(self, awaitable: Any, timeout: float | None) -> Any:
+        if timeout is None or self._task is None:
+            return await awaitable
+        handle = self._loop.call_later(timeout, self._expire)
+        try:
+            return await awaitable
+        except asyncio.CancelledError:
+            if not self._expired:
+                raise  # a real cancellation from the caller
+            uncancel = getattr(self._task, "uncancel", None)
+            if uncancel is not None:  # Python >= 3.11 counts cancellations
+                uncancel()
+            raise asyncio.TimeoutError from None
+        finally:
+            handle.cancel()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()  # type: ignore[union-attr]
 
 
 def _seconds_retry_after(headers: dict[str, str], now: float) -> dict[str, str]:
