@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 import re
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+import wire
 
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -23,12 +21,11 @@ from gtl_nb.protocol.messages import (
     Tool,
     ToolCall,
     ToolCallEvent,
-    Usage,
 )
 from gtl_nb.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicDialect
 from gtl_nb.providers.base import Deployment, HttpDialect
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "anthropic"
+FIXTURES = wire.fixture_dir("anthropic")
 SID = "sess-anthropic"
 DIALECT = AnthropicDialect()
 DEPLOYMENT = Deployment(name="claude-main", type="anthropic", api_key="sk-ant-test-key")
@@ -51,110 +48,21 @@ NONSTREAM_FIXTURES = ["nonstream-thinking-max-tokens", "nonstream-vision-base64"
 # helpers
 
 
-def request(messages: list[Message] | None = None, **fields: Any) -> CompletionRequest:
-    fields.setdefault("model", "claude-haiku-4-5")
-    return CompletionRequest(
-        session_id=SID, messages=messages or [Message(role="user", content="hi")], **fields
-    )
+request = wire.request_maker(session_id=SID, model="claude-haiku-4-5")
 
 
 def body_of(req: CompletionRequest, deployment: Deployment = DEPLOYMENT) -> dict[str, Any]:
     return json.loads(DIALECT.build_request(req, deployment, now=0.0).body)
 
 
-def split_whole(data: bytes) -> list[bytes]:
-    return [data]
+SPLITS = wire.named_splitters(7, 99)
 
 
-def split_bytes(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-def split_random(seed: int) -> Callable[[bytes], list[bytes]]:
-    def split(data: bytes) -> list[bytes]:
-        rng = random.Random(seed)
-        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 40)))
-        return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-
-    return split
-
-
-SPLITS = {
-    "whole": split_whole,
-    "bytes": split_bytes,
-    "random7": split_random(7),
-    "random99": split_random(99),
-}
-
-
-def decode(req: CompletionRequest, data: bytes, split: Callable[[bytes], list[bytes]] = split_whole):
-    decoder = DIALECT.response_decoder(req, DEPLOYMENT)
-    events: list[StreamEvent] = []
-    for piece in split(data):
-        events.extend(decoder.feed(piece))
-    events.extend(decoder.close())
-    check_sequence(events)
-    return events, decoder
-
-
-def check_sequence(events: list[StreamEvent]) -> None:
-    """The contract every decoder output obeys: one terminal event, last; one usage just before done."""
-    assert events, "a decoder must end with done or error"
-    assert isinstance(events[-1], (Done, Error))
-    assert not any(isinstance(e, (Done, Error)) for e in events[:-1])
-    assert all(e.session_id == SID for e in events)
-    usages = [e for e in events if isinstance(e, Usage)]
-    if isinstance(events[-1], Done):
-        assert len(usages) == 1 and events[-2] is usages[0]
-        assert usages[0].cost is None
-    else:
-        assert usages == []
-
-
-def summary(events: list[StreamEvent]) -> dict[str, Any]:
-    usage = next((e for e in events if isinstance(e, Usage)), None)
-    return {
-        "text": "".join(e.text for e in events if isinstance(e, Token)),
-        "reasoning": "".join(e.text for e in events if isinstance(e, Reasoning)),
-        "calls": [
-            (e.function.id, e.function.name, json.loads(e.function.arguments))
-            for e in events
-            if isinstance(e, ToolCallEvent)
-        ],
-        "usage": None
-        if usage is None
-        else (usage.tokens_in, usage.tokens_out, usage.cached_tokens_in, usage.reasoning_tokens_out),
-        "terminal": events[-1],
-    }
-
-
-def expected(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.expected.json").read_text())
-
-
-def recorded_request(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.request.json").read_text())
+decode = wire.checked_decoding(DIALECT, DEPLOYMENT, session_id=SID)
 
 
 def assert_matches_expected(events: list[StreamEvent], exp: dict[str, Any]) -> None:
-    got = summary(events)
-    assert got["text"] == exp["text"]
-    assert got["reasoning"] == exp.get("reasoning_text", "")
-    assert [(c[1], c[2]) for c in got["calls"]] == [(c["name"], c["arguments"]) for c in exp["tool_calls"]]
-    for (call_id, _, _), want in zip(got["calls"], exp["tool_calls"], strict=True):
-        if want["id"] is not None:
-            assert call_id == want["id"]
-    u = exp["usage"]
-    assert got["usage"] == (
-        u["input_tokens"],
-        u["output_tokens"],
-        u["cached_input_tokens"],
-        u["reasoning_tokens"],
-    )
-    done = got["terminal"]
-    assert isinstance(done, Done)
-    assert done.finish_reason == RAW_FINISH[exp["finish_reason"]]
-    assert done.provider == "claude-main"
+    wire.assert_matches_expected(events, exp, finish_reason=RAW_FINISH[exp["finish_reason"]], provider="claude-main")
 
 
 def normalized_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -180,14 +88,14 @@ def block_set(blocks: list[dict[str, Any]]) -> list[str]:
 @pytest.mark.parametrize("name", STREAM_FIXTURES)
 def test_stream_fixture_decodes_to_expected_events_at_any_split(name: str, split) -> None:
     events, _ = decode(request(stream=True, reasoning=True), (FIXTURES / f"{name}.sse").read_bytes(), split)
-    assert_matches_expected(events, expected(name))
+    assert_matches_expected(events, wire.expected(FIXTURES, name))
 
 
 @pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
 @pytest.mark.parametrize("name", NONSTREAM_FIXTURES)
 def test_nonstream_fixture_decodes_to_one_token_and_expected_usage(name: str, split) -> None:
     events, _ = decode(request(stream=False, reasoning=True), (FIXTURES / f"{name}.json").read_bytes(), split)
-    assert_matches_expected(events, expected(name))
+    assert_matches_expected(events, wire.expected(FIXTURES, name))
     assert len([e for e in events if isinstance(e, Token)]) == 1
 
 
@@ -200,19 +108,16 @@ def test_thinking_is_never_token_text_and_is_hidden_unless_reasoning_was_asked()
     data = (FIXTURES / "stream-thinking.sse").read_bytes()
     events, _ = decode(request(stream=True, reasoning=False), data)
     assert not any(isinstance(e, Reasoning) for e in events)
-    assert summary(events)["text"] == expected("stream-thinking")["text"]
+    assert wire.summarize(events)["text"] == wire.expected(FIXTURES, "stream-thinking")["text"]
 
 
 @pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
 def test_error_event_inside_a_200_stream_ends_with_a_retryable_overloaded_error(split) -> None:
-    exp = expected("error-midstream-overloaded")
+    exp = wire.expected(FIXTURES, "error-midstream-overloaded")
     events, _ = decode(request(), (FIXTURES / "error-midstream-overloaded.sse").read_bytes(), split)
-    assert summary(events)["text"] == exp["text"]
+    assert wire.summarize(events)["text"] == exp["text"]
     error = events[-1]
-    assert isinstance(error, Error)
-    assert error.code == exp["error"]["suggested_gtl_code"]
-    assert error.retryable is exp["error"]["retryable"]
-    assert exp["error"]["message_contains"] in error.message
+    wire.assert_error_as_expected(error, exp["error"])
     assert error.http_status == exp["error"]["http_status"]
     assert error.provider == "claude-main"
 
@@ -231,14 +136,12 @@ def test_error_event_inside_a_200_stream_ends_with_a_retryable_overloaded_error(
     ],
 )
 def test_error_fixture_maps_to_the_expected_gtl_code(name: str) -> None:
-    exp = expected(name)["error"]
+    exp = wire.expected(FIXTURES, name)["error"]
     headers_file = FIXTURES / f"{name}.response-headers.json"
     headers = json.loads(headers_file.read_text()) if headers_file.exists() else {}
     body = (FIXTURES / f"{name}.json").read_bytes()
     error = DIALECT.decode_error(request(), DEPLOYMENT, exp["http_status"], headers, body)
-    assert error.code == exp["suggested_gtl_code"]
-    assert error.retryable is exp["retryable"]
-    assert exp["message_contains"] in error.message
+    wire.assert_error_as_expected(error, exp)
     assert error.http_status == exp["http_status"]
     assert error.provider == "claude-main"
     assert error.session_id == SID
@@ -275,9 +178,7 @@ def test_rate_limit_carries_the_retry_after_header() -> None:
 
 
 def test_spend_limit_429_is_not_retryable() -> None:
-    error = err(
-        429, "rate_limit_error", "limit reached", details={"error_code": "enforced_spend_limit_reached"}
-    )
+    error = err(429, "rate_limit_error", "limit reached", details={"error_code": "enforced_spend_limit_reached"})
     assert error.code == "RATE_LIMIT" and error.retryable is False
 
 
@@ -297,7 +198,7 @@ def test_non_json_error_body_falls_back_to_the_status() -> None:
 
 
 def test_build_matches_recorded_plain_text_request() -> None:
-    rec = recorded_request("stream-text")
+    rec = wire.recorded_request(FIXTURES, "stream-text")
     req = request(
         [Message(role="user", content="Say just hello")],
         model=rec["model"],
@@ -313,7 +214,7 @@ def test_build_matches_recorded_plain_text_request() -> None:
 
 
 def test_build_matches_recorded_tool_definition() -> None:
-    rec = recorded_request("stream-parallel-tool-use-empty-input")
+    rec = wire.recorded_request(FIXTURES, "stream-parallel-tool-use-empty-input")
     tool = rec["tools"][0]
     req = request(
         [Message(role="user", content="Two names for a pet pelican")],
@@ -328,7 +229,7 @@ def test_build_matches_recorded_tool_definition() -> None:
 
 
 def test_build_matches_recorded_tool_use_and_tool_result_turns() -> None:
-    rec = recorded_request("stream-text-after-tool-results")
+    rec = wire.recorded_request(FIXTURES, "stream-text-after-tool-results")
     ids = [b["id"] for b in rec["messages"][1]["content"] if b["type"] == "tool_use"]
     messages = [
         Message(role="user", content="Two names for a pet pelican"),
@@ -346,7 +247,7 @@ def test_build_matches_recorded_tool_use_and_tool_result_turns() -> None:
 
 @pytest.mark.parametrize("name", ["stream-vision-base64", "nonstream-vision-base64", "nonstream-vision-url"])
 def test_build_matches_recorded_image_blocks(name: str) -> None:
-    rec = recorded_request(name)
+    rec = wire.recorded_request(FIXTURES, name)
     blocks = rec["messages"][0]["content"]
     text = next(b["text"] for b in blocks if b["type"] == "text")
     source = next(b["source"] for b in blocks if b["type"] == "image")
@@ -359,7 +260,7 @@ def test_build_matches_recorded_image_blocks(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["stream-thinking", "nonstream-thinking-max-tokens"])
 def test_build_matches_recorded_thinking_request(name: str) -> None:
-    rec = recorded_request(name)
+    rec = wire.recorded_request(FIXTURES, name)
     messages = [Message(role="user", content=rec["messages"][0]["content"])]
     if "system" in rec:
         messages.insert(0, Message(role="system", content=rec["system"]))
@@ -382,7 +283,7 @@ def test_build_matches_recorded_thinking_request(name: str) -> None:
 
 
 def test_build_matches_recorded_system_and_sampling_request() -> None:
-    rec = recorded_request("error-404-model-not-found")
+    rec = wire.recorded_request(FIXTURES, "error-404-model-not-found")
     req = request(
         [
             Message(role="system", content=rec["system"]),
@@ -400,11 +301,9 @@ def test_build_matches_recorded_system_and_sampling_request() -> None:
 
 
 def test_build_matches_recorded_tool_choice_and_client_tools() -> None:
-    rec = recorded_request("stream-server-tool-then-tool-use-fragments")
+    rec = wire.recorded_request(FIXTURES, "stream-server-tool-then-tool-use-fragments")
     client_tools = [t for t in rec["tools"] if "input_schema" in t]  # the server tool has no GTL form
-    tools = [
-        Tool(name=t["name"], description=t["description"], parameters=t["input_schema"]) for t in client_tools
-    ]
+    tools = [Tool(name=t["name"], description=t["description"], parameters=t["input_schema"]) for t in client_tools]
     req = request(
         [Message(role="user", content=rec["messages"][0]["content"][0]["text"])],
         model=rec["model"],
@@ -419,7 +318,7 @@ def test_build_matches_recorded_tool_choice_and_client_tools() -> None:
 
 
 def test_default_max_tokens_matches_recorded_sdk_default() -> None:
-    rec = recorded_request("error-400-invalid-request")
+    rec = wire.recorded_request(FIXTURES, "error-400-invalid-request")
     body = body_of(request([Message(role="user", content="What is 2+2?")], model=rec["model"], stream=False))
     assert body["max_tokens"] == rec["max_tokens"] == DEFAULT_MAX_TOKENS
     assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
@@ -545,9 +444,7 @@ def test_reasoning_enables_thinking_and_raises_max_tokens_above_the_budget() -> 
 
 
 def test_tool_result_round_trip_from_decoded_tool_calls() -> None:
-    events, _ = decode(
-        request(stream=True), (FIXTURES / "stream-parallel-tool-use-empty-input.sse").read_bytes()
-    )
+    events, _ = decode(request(stream=True), (FIXTURES / "stream-parallel-tool-use-empty-input.sse").read_bytes())
     calls = [e.function for e in events if isinstance(e, ToolCallEvent)]
     messages = [
         Message(role="user", content="Two names for a pet pelican"),
@@ -560,9 +457,7 @@ def test_tool_result_round_trip_from_decoded_tool_calls() -> None:
     assistant, results = body["messages"][1], body["messages"][2]
     assert assistant == {
         "role": "assistant",
-        "content": [
-            {"type": "tool_use", "id": c.id, "name": "pelican_name_generator", "input": {}} for c in calls
-        ],
+        "content": [{"type": "tool_use", "id": c.id, "name": "pelican_name_generator", "input": {}} for c in calls],
     }
     assert results["role"] == "user" and len(body["messages"]) == 3
     assert [b["type"] for b in results["content"]] == ["tool_result", "tool_result", "text"]
@@ -574,9 +469,7 @@ def test_tool_results_open_their_user_message_even_after_user_text() -> None:
     body = body_of(
         request(
             [
-                Message(
-                    role="assistant", tool_calls=[ToolCall(id="toolu_1", name="f", arguments='{"a": 1}')]
-                ),
+                Message(role="assistant", tool_calls=[ToolCall(id="toolu_1", name="f", arguments='{"a": 1}')]),
                 Message(role="user", content="also this"),
                 Message(role="tool", tool_call_id="toolu_1", content="42", images=["https://x.org/a.png"]),
             ]
@@ -606,11 +499,11 @@ def test_thinking_blocks_are_kept_and_replayed_first_in_the_assistant_turn() -> 
     assert blocks == [
         {
             "type": "thinking",
-            "thinking": expected("stream-thinking")["reasoning_text"],
+            "thinking": wire.expected(FIXTURES, "stream-thinking")["reasoning_text"],
             "signature": signature,
         }
     ]
-    answer = summary(events)["text"]
+    answer = wire.summarize(events)["text"]
     body = body_of(
         request(
             [
@@ -630,9 +523,7 @@ def test_nonstream_thinking_block_becomes_provider_data() -> None:
     thinking = body["content"][0]
     assert decoder.provider_data == {
         "anthropic": {
-            "content": [
-                {"type": "thinking", "thinking": thinking["thinking"], "signature": thinking["signature"]}
-            ]
+            "content": [{"type": "thinking", "thinking": thinking["thinking"], "signature": thinking["signature"]}]
         }
     }
 
@@ -656,9 +547,7 @@ def test_redacted_thinking_is_kept_for_replay() -> None:
         ("message_stop", {"type": "message_stop"}),
     )
     events, decoder = decode(request(reasoning=True), stream)
-    assert decoder.provider_data == {
-        "anthropic": {"content": [{"type": "redacted_thinking", "data": "EncryptedXYZ"}]}
-    }
+    assert decoder.provider_data == {"anthropic": {"content": [{"type": "redacted_thinking", "data": "EncryptedXYZ"}]}}
     assert not any(isinstance(e, (Token, Reasoning)) for e in events)
 
 
@@ -675,9 +564,7 @@ def test_provider_data_is_none_without_thinking() -> None:
     assert decoder.provider_data is None
 
 
-@pytest.mark.parametrize(
-    "cut", ["event: message_stop", "event: message_delta", 'data: {"type":"content_block_delta"']
-)
+@pytest.mark.parametrize("cut", ["event: message_stop", "event: message_delta", 'data: {"type":"content_block_delta"'])
 def test_stream_that_ends_before_message_stop_is_a_retryable_error(cut: str) -> None:
     data = (FIXTURES / "stream-text.sse").read_bytes()
     truncated = data[: data.index(cut.encode())]
@@ -694,11 +581,7 @@ def test_empty_body_is_a_retryable_error() -> None:
 
 
 def test_malformed_chunk_is_an_error_not_an_exception() -> None:
-    data = (
-        (FIXTURES / "stream-text.sse")
-        .read_bytes()
-        .replace(b'"text_delta","text":"Hello"}', b'"text_delta",', 1)
-    )
+    data = (FIXTURES / "stream-text.sse").read_bytes().replace(b'"text_delta","text":"Hello"}', b'"text_delta",', 1)
     events, _ = decode(request(), data)
     assert isinstance(events[-1], Error)
     assert events[-1].code == "PROVIDER_UNAVAILABLE"
@@ -752,7 +635,7 @@ def test_cache_tokens_count_as_input_and_cache_reads_as_cached() -> None:
         ),
         ("message_stop", {"type": "message_stop"}),
     )
-    usage = summary(decode(request(), stream)[0])["usage"]
+    usage = wire.summarize(decode(request(), stream)[0])["usage"]
     assert usage == (125, 7, 100, None)
 
 
@@ -793,16 +676,16 @@ def test_nonstream_tool_use_becomes_a_tool_call_and_server_tools_are_skipped() -
         ],
     }
     events, _ = decode(request(stream=False), json.dumps(message).encode())
-    got = summary(events)
+    got = wire.summarize(events)
     assert got["text"] == "Let me check."
-    assert got["calls"] == [("toolu_9", "get_weather", {"city": "Paris"})]
+    assert got["tool_calls"] == [{"id": "toolu_9", "name": "get_weather", "arguments": {"city": "Paris"}}]
     assert events[-1].finish_reason == "tool_calls"
 
 
 def test_streaming_decoder_accepts_a_json_body() -> None:
     body = (FIXTURES / "nonstream-vision-url.json").read_bytes()
     events, _ = decode(request(stream=True), body)
-    assert summary(events)["text"] == expected("nonstream-vision-url")["text"]
+    assert wire.summarize(events)["text"] == wire.expected(FIXTURES, "nonstream-vision-url")["text"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,20 +3,18 @@ error bodies, URLs per API flavour, the ``api-key`` header and the content-filte
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
-from pathlib import Path
 from typing import Any
 
 import pytest
+import wire
 
 from gtl_nb.protocol.errors import ConfigurationError
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Message, Token, ToolCallEvent, Usage
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Message, Token, Usage
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.openai import AZURE_API_VERSION, AzureDialect
 
-AZURE = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "azure"
+AZURE = wire.fixture_dir("azure")
 DIALECT = AzureDialect()
 DEPLOYMENT = Deployment(
     name="azure-east",
@@ -33,11 +31,7 @@ GTL_FINISH = {
 }
 
 
-def make_request(**kwargs: Any) -> CompletionRequest:
-    kwargs.setdefault("session_id", "s-1")
-    kwargs.setdefault("model", "gpt-4o")
-    kwargs.setdefault("messages", [Message(role="user", content="hi")])
-    return CompletionRequest(**kwargs)
+make_request = wire.request_maker(session_id="s-1", model="gpt-4o")
 
 
 def sse(chunks: list[Any], *, done: bool = True) -> bytes:
@@ -47,55 +41,33 @@ def sse(chunks: list[Any], *, done: bool = True) -> bytes:
     return (body + ("data: [DONE]\n\n" if done else "")).encode()
 
 
-def piece_sets(body: bytes, seed: int = 11) -> dict[str, list[bytes]]:
-    sets = {"whole": [body], "bytes": [body[i : i + 1] for i in range(len(body))]}
-    rng = random.Random(seed)
-    for n in range(3):
-        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 60)))
-        sets[f"random{n}"] = [body[a:b] for a, b in itertools.pairwise([0, *cuts, len(body)])]
-    return sets
+# how wire.piece_sets cuts this file's bodies at random
+SEED, MAX_CUTS = 11, 60
 
 
 def decode(pieces: list[bytes], request: CompletionRequest | None = None) -> list[Any]:
-    decoder = DIALECT.response_decoder(request or make_request(), DEPLOYMENT)
-    events: list[Any] = []
-    for piece in pieces:
-        events.extend(decoder.feed(piece))
-    return events + decoder.close()
+    return wire.feed_all(DIALECT.response_decoder(request or make_request(), DEPLOYMENT), pieces)
 
 
 def assert_matches(events: list[Any], expected: dict[str, Any]) -> None:
-    assert sum(isinstance(e, (Done, Error)) for e in events) == 1
-    assert isinstance(events[-1], Done) and isinstance(events[-2], Usage)
-    assert sum(isinstance(e, Usage) for e in events) == 1
-    assert all(e.session_id == "s-1" for e in events)
-    assert "".join(e.text for e in events if isinstance(e, Token)) == expected["text"]
-    calls = [
-        {"id": e.function.id, "name": e.function.name, "arguments": json.loads(e.function.arguments)}
-        for e in events
-        if isinstance(e, ToolCallEvent)
-    ]
-    assert calls == expected["tool_calls"]
+    wire.check_sequence(events, "s-1")
+    wire.assert_matches_expected(
+        events, expected, finish_reason=GTL_FINISH[expected["finish_reason"]], provider="azure-east", reasoning=False
+    )
     assert expected["usage"] is None  # Azure sent no usage chunk: every count is unknown, not 0
     assert events[-2] == Usage(session_id="s-1")
-    assert events[-1].finish_reason == GTL_FINISH[expected["finish_reason"]]
-    assert events[-1].provider == "azure-east"
 
 
 # ----------------------------------------------------------------------------------------------
 # recorded stream
 
 CHUNKS = json.loads((AZURE / "stream-text-then-tool-call.chunks.json").read_text())
-EXPECTED = json.loads((AZURE / "stream-text-then-tool-call.expected.json").read_text())
+EXPECTED = wire.expected(AZURE, "stream-text-then-tool-call")
 
 
 def test_whole_recording_replayed_as_one_stream_gives_the_expected_top_level_result() -> None:
-    results = []
-    for pieces in piece_sets(sse(CHUNKS)).values():
-        events = decode(pieces)
-        assert_matches(events, EXPECTED)
-        results.append(events)
-    assert all(events == results[0] for events in results)
+    events = wire.decode_every_way(decode, sse(CHUNKS), seed=SEED, max_cuts=MAX_CUTS)
+    assert_matches(events, EXPECTED)
 
 
 @pytest.mark.parametrize("which", [0, 1])
@@ -104,7 +76,7 @@ def test_each_recorded_stream_alone_gives_its_expected_result(which: int) -> Non
     first, last = expected["chunks"]
     chunks = CHUNKS[first : last + 1]
     assert chunks[0]["choices"] == [] and "prompt_filter_results" in chunks[0]  # starts with the prelude
-    for pieces in piece_sets(sse(chunks), seed=which).values():
+    for pieces in wire.piece_sets(sse(chunks), seed=which, max_cuts=MAX_CUTS).values():
         events = decode(pieces)
         assert_matches(events, expected)
         assert events[-1].model == "gpt-4o-2024-05-13"  # the prelude's empty model is not taken
@@ -129,41 +101,33 @@ def test_content_filter_finish_reason_maps_to_content_filter() -> None:
 
 
 MIDSTREAM = json.loads((AZURE / "error-midstream-server-error.json").read_text())
-MIDSTREAM_EXPECTED = json.loads((AZURE / "error-midstream-server-error.expected.json").read_text())["error"]
+MIDSTREAM_EXPECTED = wire.expected(AZURE, "error-midstream-server-error")["error"]
 
 
 @pytest.mark.parametrize("event_line", ["", "event: error\n"])
 def test_overload_error_inside_a_200_stream_is_a_retryable_overloaded_error(event_line: str) -> None:
     body = sse(CHUNKS[:3], done=False) + f"{event_line}data: {json.dumps(MIDSTREAM)}\n\n".encode()
-    for pieces in piece_sets(body).values():
+    for pieces in wire.piece_sets(body, seed=SEED, max_cuts=MAX_CUTS).values():
         events = decode(pieces)
+        wire.check_sequence(events, "s-1")
         assert [e.text for e in events if isinstance(e, Token)] == ["Hello"]
         error = events[-1]
-        assert sum(isinstance(e, (Done, Error)) for e in events) == 1 and isinstance(error, Error)
-        assert error.code == MIDSTREAM_EXPECTED["suggested_gtl_code"]
-        assert error.retryable is MIDSTREAM_EXPECTED["retryable"]
-        assert MIDSTREAM_EXPECTED["message_contains"] in error.message
+        wire.assert_error_as_expected(error, MIDSTREAM_EXPECTED)
         assert error.http_status is None
 
 
 RATE_LIMIT = (AZURE / "error-429-rate-limit.json").read_bytes()
-RATE_LIMIT_EXPECTED = json.loads((AZURE / "error-429-rate-limit.expected.json").read_text())["error"]
+RATE_LIMIT_EXPECTED = wire.expected(AZURE, "error-429-rate-limit")["error"]
 
 
 def test_azure_429_with_string_code_is_a_retryable_rate_limit_with_the_text_hint() -> None:
-    error = DIALECT.decode_error(
-        make_request(), DEPLOYMENT, RATE_LIMIT_EXPECTED["http_status"], {}, RATE_LIMIT
-    )
-    assert error.code == RATE_LIMIT_EXPECTED["suggested_gtl_code"]
-    assert error.retryable is RATE_LIMIT_EXPECTED["retryable"]
-    assert RATE_LIMIT_EXPECTED["message_contains"] in error.message
+    error = DIALECT.decode_error(make_request(), DEPLOYMENT, RATE_LIMIT_EXPECTED["http_status"], {}, RATE_LIMIT)
+    wire.assert_error_as_expected(error, RATE_LIMIT_EXPECTED)
     assert error.retry_after == 86400.0  # "Please retry after 86400 seconds"
     assert (error.http_status, error.provider) == (429, "azure-east")
 
 
-@pytest.mark.parametrize(
-    ("headers", "wait"), [({"retry-after-ms": "1500"}, 1.5), ({"Retry-After": "12"}, 12.0)]
-)
+@pytest.mark.parametrize(("headers", "wait"), [({"retry-after-ms": "1500"}, 1.5), ({"Retry-After": "12"}, 12.0)])
 def test_azure_retry_headers_win_over_the_message_text(headers: dict[str, str], wait: float) -> None:
     assert DIALECT.decode_error(make_request(), DEPLOYMENT, 429, headers, RATE_LIMIT).retry_after == wait
 
@@ -311,11 +275,7 @@ def test_models_request_urls_for_both_api_flavours() -> None:
     classic = DIALECT.models_request(DEPLOYMENT, now=0.0)
     assert classic.url == "https://myres.openai.azure.com/openai/models?api-version=2024-10-21"
     assert classic.method == "GET" and classic.headers["api-key"] == "azure-key-1"
-    v1 = Deployment(
-        name="az", type="azure", api_key="k", base_url="https://r.openai.azure.com", options={"api": "v1"}
-    )
+    v1 = Deployment(name="az", type="azure", api_key="k", base_url="https://r.openai.azure.com", options={"api": "v1"})
     assert DIALECT.models_request(v1, now=0.0).url == "https://r.openai.azure.com/openai/v1/models"
-    listing = {
-        "data": [{"id": "gpt-4o-2024-05-13", "capabilities": {"chat_completion": True}}, {"id": "dall-e-3"}]
-    }
+    listing = {"data": [{"id": "gpt-4o-2024-05-13", "capabilities": {"chat_completion": True}}, {"id": "dall-e-3"}]}
     assert DIALECT.parse_models(json.dumps(listing).encode()) == ["gpt-4o-2024-05-13", "dall-e-3"]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import random
 import struct
 import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
+import wire
 
 from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -27,12 +27,10 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.bedrock import DEFAULT_BASE_URL, BedrockDialect
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "bedrock"
+FIXTURES = wire.fixture_dir("bedrock")
 DIALECT = BedrockDialect()
 NOW = 1_700_000_000.0
-AWS = Deployment(
-    name="bedrock-east", type="bedrock", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret"
-)
+AWS = Deployment(name="bedrock-east", type="bedrock", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="secret")
 # wire-formats.md §7 stop-reason normalisation, written out independently of the adapter.
 GTL_FINISH = {
     "end_turn": "stop",
@@ -45,25 +43,14 @@ GTL_FINISH = {
 NOVA = "us.amazon.nova-micro-v1:0"
 
 
-def _request(**kwargs: Any) -> CompletionRequest:
-    kwargs.setdefault("session_id", "s1")
-    kwargs.setdefault("model", NOVA)
-    kwargs.setdefault("messages", [Message(role="user", content="hi")])
-    return CompletionRequest(**kwargs)
+_request = wire.request_maker(session_id="s1", model=NOVA)
 
 
 def _body(request: CompletionRequest, deployment: Deployment = AWS) -> dict[str, Any]:
     return json.loads(DIALECT.build_request(request, deployment, now=NOW).body)
 
 
-def _splits(data: bytes, mode: str) -> list[bytes]:
-    if mode == "whole":
-        return [data]
-    if mode == "bytes":
-        return [data[i : i + 1] for i in range(len(data))]
-    rng = random.Random(len(data))
-    cuts = sorted(rng.sample(range(1, len(data)), min(25, len(data) - 1)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+SPLITS = {"whole": wire.whole, "bytes": wire.byte_by_byte, "random": wire.random_splitter(25)}
 
 
 def _decoder(request: CompletionRequest):
@@ -71,35 +58,7 @@ def _decoder(request: CompletionRequest):
 
 
 def _decode(request: CompletionRequest, data: bytes, mode: str = "whole") -> list[Any]:
-    decoder = _decoder(request)
-    events: list[Any] = []
-    for piece in _splits(data, mode):
-        events.extend(decoder.feed(piece))
-    events.extend(decoder.close())
-    return events
-
-
-def _summary(events: list[Any]) -> dict[str, Any]:
-    usage = [e for e in events if isinstance(e, Usage)]
-    return {
-        "text": "".join(e.text for e in events if isinstance(e, Token)),
-        "reasoning": "".join(e.text for e in events if isinstance(e, Reasoning)),
-        "tool_calls": [
-            {"id": e.function.id, "name": e.function.name, "arguments": json.loads(e.function.arguments)}
-            for e in events
-            if isinstance(e, ToolCallEvent)
-        ],
-        "usage": (usage[0].tokens_in, usage[0].tokens_out, usage[0].cached_tokens_in) if usage else None,
-    }
-
-
-def _check_shape(events: list[Any]) -> None:
-    terminals = [e for e in events if isinstance(e, (Done, Error))]
-    assert len(terminals) == 1 and events[-1] is terminals[0]
-    assert all(e.session_id == "s1" for e in events)
-    if isinstance(events[-1], Done):
-        assert [type(e) for e in events[-2:]] == [Usage, Done]
-        assert sum(isinstance(e, Usage) for e in events) == 1
+    return wire.feed_all(_decoder(request), SPLITS[mode](data))
 
 
 # -- hand-built frames (independent of the adapter's decoder) ------------------------------------
@@ -154,50 +113,35 @@ END = _event("messageStop", {"stopReason": "end_turn"}) + _event(
 )
 @pytest.mark.parametrize("mode", ["whole", "bytes", "random"])
 def test_fixture_decodes_to_the_expected_answer(fixture: str, mode: str) -> None:
-    expected = json.loads((FIXTURES / (fixture.rsplit(".", 1)[0] + ".expected.json")).read_text())
+    expected = wire.expected(FIXTURES, Path(fixture).stem)
     stream = fixture.endswith(".eventstream")
     events = _decode(_request(stream=stream), (FIXTURES / fixture).read_bytes(), mode)
-    _check_shape(events)
-    summary = _summary(events)
-    assert summary["text"] == expected["text"]
-    assert summary["reasoning"] == ""
-    assert summary["tool_calls"] == expected["tool_calls"]
-    usage = expected["usage"]
-    assert summary["usage"] == (usage["input_tokens"], usage["output_tokens"], usage["cached_input_tokens"])
-    done = events[-1]
-    assert isinstance(done, Done)
-    assert done.finish_reason == GTL_FINISH[expected["finish_reason"]]
-    assert (done.provider, done.model) == ("bedrock-east", NOVA)
+    wire.check_sequence(events, "s1")
+    finish = GTL_FINISH[expected["finish_reason"]]
+    wire.assert_matches_expected(events, expected, finish_reason=finish, provider="bedrock-east", reasoning=False)
+    assert events[-1].model == NOVA
     if not stream and expected["text"]:
         assert sum(isinstance(e, Token) for e in events) == 1
 
 
 @pytest.mark.parametrize("mode", ["whole", "bytes", "random"])
 def test_exception_frame_in_a_200_stream_is_an_error(mode: str) -> None:
-    expected = json.loads((FIXTURES / "converse-stream-exception-in-stream.expected.json").read_text())[
-        "error"
-    ]
+    expected = wire.expected(FIXTURES, "converse-stream-exception-in-stream")["error"]
     data = (FIXTURES / "converse-stream-exception-in-stream.eventstream").read_bytes()
     events = _decode(_request(), data, mode)
-    _check_shape(events)
+    wire.check_sequence(events, "s1")
     assert len(events) == 1
     error = events[0]
-    assert error.code == expected["suggested_gtl_code"]
-    assert error.retryable is expected["retryable"]
-    assert expected["message_contains"] in error.message
+    wire.assert_error_as_expected(error, expected)
     assert expected["provider_type"] in error.message
 
 
 @pytest.mark.parametrize("fixture", ["error-400-invalid-model-stream", "error-503-throttled-invoke"])
 def test_error_fixture_maps_to_the_suggested_code(fixture: str) -> None:
-    expected = json.loads((FIXTURES / f"{fixture}.expected.json").read_text())["error"]
+    expected = wire.expected(FIXTURES, fixture)["error"]
     body = (FIXTURES / f"{fixture}.json").read_bytes()
-    error = DIALECT.decode_error(
-        _request(), AWS, expected["http_status"], {"content-type": "application/json"}, body
-    )
-    assert error.code == expected["suggested_gtl_code"]
-    assert error.retryable is expected["retryable"]
-    assert expected["message_contains"] in error.message
+    error = DIALECT.decode_error(_request(), AWS, expected["http_status"], {"content-type": "application/json"}, body)
+    wire.assert_error_as_expected(error, expected)
     assert (error.http_status, error.provider) == (expected["http_status"], "bedrock-east")
 
 
@@ -227,15 +171,9 @@ def _messages_from_recording(recorded: list[dict[str, Any]]) -> list[Message]:
         for block in message["content"]:
             if "toolResult" in block:
                 result = block["toolResult"]
-                out.append(
-                    Message(
-                        role="tool", tool_call_id=result["toolUseId"], content=result["content"][0]["text"]
-                    )
-                )
+                out.append(Message(role="tool", tool_call_id=result["toolUseId"], content=result["content"][0]["text"]))
         if texts or images or calls:
-            out.append(
-                Message(role=message["role"], content="".join(texts) or None, images=images, tool_calls=calls)
-            )
+            out.append(Message(role=message["role"], content="".join(texts) or None, images=images, tool_calls=calls))
     return out
 
 
@@ -252,7 +190,7 @@ def _messages_from_recording(recorded: list[dict[str, Any]]) -> list[Message]:
     ],
 )
 def test_build_request_matches_the_recorded_request(fixture: str) -> None:
-    recorded = json.loads((FIXTURES / f"{fixture}.request.json").read_text())
+    recorded = wire.recorded_request(FIXTURES, fixture)
     inference = recorded.get("inferenceConfig", {})
     tools = [
         Tool(
@@ -307,9 +245,7 @@ def test_model_id_is_percent_encoded_in_the_path(model: str, segment: str) -> No
 def test_region_and_base_url_choose_the_host() -> None:
     assert DEFAULT_BASE_URL.format(region="x") == "https://bedrock-runtime.x.amazonaws.com"
     west = Deployment(name="w", type="bedrock", region="eu-west-3", api_key="k")
-    assert DIALECT.build_request(_request(), west, now=NOW).url.startswith(
-        "https://bedrock-runtime.eu-west-3."
-    )
+    assert DIALECT.build_request(_request(), west, now=NOW).url.startswith("https://bedrock-runtime.eu-west-3.")
     local = Deployment(name="l", type="bedrock", base_url="http://127.0.0.1:9/", api_key="k")
     assert DIALECT.build_request(_request(), local, now=NOW).url == (
         "http://127.0.0.1:9/model/us.amazon.nova-micro-v1%3A0/converse-stream"
@@ -479,12 +415,8 @@ def test_reasoning_on_anthropic_models_asks_for_thinking() -> None:
 def _reasoning_stream() -> bytes:
     return (
         _event("messageStart", {"role": "assistant"})
-        + _event(
-            "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Think "}}}
-        )
-        + _event(
-            "contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "hard."}}}
-        )
+        + _event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Think "}}})
+        + _event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "hard."}}})
         + _event(
             "contentBlockDelta",
             {"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "SIG=="}}},
@@ -498,9 +430,9 @@ def _reasoning_stream() -> bytes:
 
 @pytest.mark.parametrize("asked", [True, False])
 def test_reasoning_content_is_reasoning_only_when_asked(asked: bool) -> None:
-    summary = _summary(_decode(_request(reasoning=asked), _reasoning_stream(), "bytes"))
+    summary = wire.summarize(_decode(_request(reasoning=asked), _reasoning_stream(), "bytes"))
     assert summary["text"] == "Answer."
-    assert summary["reasoning"] == ("Think hard." if asked else "")
+    assert summary["reasoning_text"] == ("Think hard." if asked else "")
 
 
 def test_reasoning_signature_is_kept_as_provider_data_and_replayed() -> None:
@@ -545,9 +477,7 @@ def test_nonstream_reasoning_block_is_reasoning_and_provider_data() -> None:
     events = decoder.feed(json.dumps(body).encode()) + decoder.close()
     assert [type(e) for e in events] == [Reasoning, Token, Usage, Done]
     assert (events[2].tokens_in, events[2].tokens_out, events[2].cached_tokens_in) == (15, 4, 10)
-    assert decoder.provider_data == {
-        "bedrock_reasoning": [{"reasoningText": {"text": "Hmm.", "signature": "S"}}]
-    }
+    assert decoder.provider_data == {"bedrock_reasoning": [{"reasoningText": {"text": "Hmm.", "signature": "S"}}]}
 
 
 def test_stream_usage_counts_cache_tokens_in_input() -> None:
@@ -727,7 +657,5 @@ def test_tool_result_status_is_sent_only_to_models_that_accept_it() -> None:
         ("anthropic.claude-3-haiku-20240307-v1:0", True),
         ("meta.llama3-1-8b-instruct-v1:0", False),
     ]:
-        result = _body(_request(model=model, messages=history, tools=[Tool(name="a")]))["messages"][2][
-            "content"
-        ][0]
+        result = _body(_request(model=model, messages=history, tools=[Tool(name="a")]))["messages"][2]["content"][0]
         assert ("status" in result["toolResult"]) is has_status

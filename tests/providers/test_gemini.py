@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 import re
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+import wire
 
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -28,7 +26,7 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.base import Deployment, HttpDialect
 from gtl_nb.providers.gemini import GeminiDialect
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "gemini"
+FIXTURES = wire.fixture_dir("gemini")
 SID = "sess-gemini"
 DIALECT = GeminiDialect()
 DEPLOYMENT = Deployment(name="gemini-main", type="gemini", api_key="AIza-test-key")
@@ -52,89 +50,17 @@ NONSTREAM_FIXTURES = ["nonstream-function-call", "nonstream-vision-inline"]
 # helpers
 
 
-def request(messages: list[Message] | None = None, **fields: Any) -> CompletionRequest:
-    fields.setdefault("model", "gemini-2.5-flash")
-    return CompletionRequest(
-        session_id=SID, messages=messages or [Message(role="user", content="hi")], **fields
-    )
+request = wire.request_maker(session_id=SID, model="gemini-2.5-flash")
 
 
 def body_of(req: CompletionRequest, deployment: Deployment = DEPLOYMENT) -> dict[str, Any]:
     return json.loads(DIALECT.build_request(req, deployment, now=0.0).body)
 
 
-def split_whole(data: bytes) -> list[bytes]:
-    return [data]
+SPLITS = wire.named_splitters(7, 99)
 
 
-def split_bytes(data: bytes) -> list[bytes]:
-    return [data[i : i + 1] for i in range(len(data))]
-
-
-def split_random(seed: int) -> Callable[[bytes], list[bytes]]:
-    def split(data: bytes) -> list[bytes]:
-        rng = random.Random(seed)
-        cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, 40)))
-        return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
-
-    return split
-
-
-SPLITS = {
-    "whole": split_whole,
-    "bytes": split_bytes,
-    "random7": split_random(7),
-    "random99": split_random(99),
-}
-
-
-def decode(req: CompletionRequest, data: bytes, split: Callable[[bytes], list[bytes]] = split_whole):
-    decoder = DIALECT.response_decoder(req, DEPLOYMENT)
-    events: list[StreamEvent] = []
-    for piece in split(data):
-        events.extend(decoder.feed(piece))
-    events.extend(decoder.close())
-    check_sequence(events)
-    return events, decoder
-
-
-def check_sequence(events: list[StreamEvent]) -> None:
-    """The contract every decoder output obeys: one terminal event, last; one usage just before done."""
-    assert events, "a decoder must end with done or error"
-    assert isinstance(events[-1], (Done, Error))
-    assert not any(isinstance(e, (Done, Error)) for e in events[:-1])
-    assert all(e.session_id == SID for e in events)
-    usages = [e for e in events if isinstance(e, Usage)]
-    if isinstance(events[-1], Done):
-        assert len(usages) == 1 and events[-2] is usages[0]
-        assert usages[0].cost is None
-    else:
-        assert usages == []
-
-
-def summary(events: list[StreamEvent]) -> dict[str, Any]:
-    usage = next((e for e in events if isinstance(e, Usage)), None)
-    return {
-        "text": "".join(e.text for e in events if isinstance(e, Token)),
-        "reasoning": "".join(e.text for e in events if isinstance(e, Reasoning)),
-        "calls": [
-            (e.function.id, e.function.name, json.loads(e.function.arguments))
-            for e in events
-            if isinstance(e, ToolCallEvent)
-        ],
-        "usage": None
-        if usage is None
-        else (usage.tokens_in, usage.tokens_out, usage.cached_tokens_in, usage.reasoning_tokens_out),
-        "terminal": events[-1],
-    }
-
-
-def expected(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.expected.json").read_text())
-
-
-def recorded_request(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / f"{name}.request.json").read_text())
+decode = wire.checked_decoding(DIALECT, DEPLOYMENT, session_id=SID)
 
 
 def gtl_finish(raw: str, has_calls: bool) -> str:
@@ -145,22 +71,10 @@ def gtl_finish(raw: str, has_calls: bool) -> str:
 
 
 def assert_matches_expected(events: list[StreamEvent], exp: dict[str, Any]) -> None:
-    got = summary(events)
-    assert got["text"] == exp["text"]
-    assert got["reasoning"] == exp.get("reasoning_text", "")
-    assert [(c[1], c[2]) for c in got["calls"]] == [(c["name"], c["arguments"]) for c in exp["tool_calls"]]
-    for (call_id, _, _), want in zip(got["calls"], exp["tool_calls"], strict=True):
-        assert call_id  # Gemini sends none: the decoder makes one
-        if want["id"] is not None:
-            assert call_id == want["id"]
-    assert len({c[0] for c in got["calls"]}) == len(got["calls"])
-    u = exp["usage"]
-    want = (u["input_tokens"], u["output_tokens"], u["cached_input_tokens"], u["reasoning_tokens"])
-    assert got["usage"] == want
-    done = got["terminal"]
-    assert isinstance(done, Done)
-    assert done.finish_reason == gtl_finish(exp["finish_reason"], bool(exp["tool_calls"]))
-    assert done.provider == "gemini-main"
+    """Against the recording, with the finish reason of :func:`gtl_finish` (Gemini sends no call ids: the
+    shared check holds the decoder's made-up ones to being present and distinct)."""
+    finish = gtl_finish(exp["finish_reason"], bool(exp["tool_calls"]))
+    wire.assert_matches_expected(events, exp, finish_reason=finish, provider="gemini-main")
 
 
 def camel(value: Any) -> Any:
@@ -175,10 +89,7 @@ def camel(value: Any) -> Any:
 def lower_types(schema: Any) -> Any:
     """OpenAPI-style ``"type": "OBJECT"`` → JSON Schema ``"object"``."""
     if isinstance(schema, dict):
-        return {
-            k: (v.lower() if k == "type" and isinstance(v, str) else lower_types(v))
-            for k, v in schema.items()
-        }
+        return {k: (v.lower() if k == "type" and isinstance(v, str) else lower_types(v)) for k, v in schema.items()}
     if isinstance(schema, list):
         return [lower_types(v) for v in schema]
     return schema
@@ -206,7 +117,7 @@ def tools_from(rec: dict[str, Any]) -> list[Tool]:
 def test_sse_fixture_decodes_to_expected_events_at_any_split(name: str, split) -> None:
     data = (FIXTURES / f"{name}.sse").read_bytes()
     events, _ = decode(request(stream=True, reasoning=True), data, split)
-    assert_matches_expected(events, expected(name))
+    assert_matches_expected(events, wire.expected(FIXTURES, name))
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["nonstream-decoder", "stream-decoder"])
@@ -215,7 +126,7 @@ def test_sse_fixture_decodes_to_expected_events_at_any_split(name: str, split) -
 def test_streamed_json_array_fixture_decodes_to_expected_events(name: str, split, stream: bool) -> None:
     data = (FIXTURES / f"{name}.json").read_bytes()
     events, _ = decode(request(stream=stream, reasoning=True), data, split)
-    assert_matches_expected(events, expected(name))
+    assert_matches_expected(events, wire.expected(FIXTURES, name))
 
 
 @pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
@@ -223,7 +134,7 @@ def test_streamed_json_array_fixture_decodes_to_expected_events(name: str, split
 def test_nonstream_fixture_decodes_to_expected_events(name: str, split) -> None:
     data = (FIXTURES / f"{name}.json").read_bytes()
     events, _ = decode(request(stream=False, reasoning=True), data, split)
-    assert_matches_expected(events, expected(name))
+    assert_matches_expected(events, wire.expected(FIXTURES, name))
     assert len([e for e in events if isinstance(e, Token)]) <= 1
 
 
@@ -242,14 +153,14 @@ def test_thought_parts_are_hidden_unless_reasoning_was_asked_and_never_tokens() 
     data = (FIXTURES / "stream-json-array-thinking.json").read_bytes()
     events, _ = decode(request(stream=True, reasoning=False), data)
     assert not any(isinstance(e, Reasoning) for e in events)
-    assert summary(events)["text"] == "Scoop"
+    assert wire.summarize(events)["text"] == "Scoop"
 
 
 def test_synthesized_call_ids_are_deterministic() -> None:
     data = (FIXTURES / "stream-sse-function-call.sse").read_bytes()
-    first = summary(decode(request(), data)[0])["calls"]
-    second = summary(decode(request(), data, split_bytes)[0])["calls"]
-    assert first == second and first[0][0].startswith("call_")
+    first = wire.summarize(decode(request(), data)[0])["tool_calls"]
+    second = wire.summarize(decode(request(), data, wire.byte_by_byte)[0])["tool_calls"]
+    assert first == second and first[0]["id"].startswith("call_")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,19 +177,17 @@ def test_synthesized_call_ids_are_deterministic() -> None:
     ],
 )
 def test_error_fixture_maps_to_the_expected_gtl_code(name: str) -> None:
-    exp = expected(name)["error"]
+    exp = wire.expected(FIXTURES, name)["error"]
     body = (FIXTURES / f"{name}.json").read_bytes()
     error = DIALECT.decode_error(request(), DEPLOYMENT, exp["http_status"], {}, body)
-    assert error.code == exp["suggested_gtl_code"]
-    assert error.retryable is exp["retryable"]
-    assert exp["message_contains"] in error.message
+    wire.assert_error_as_expected(error, exp)
     assert error.http_status == exp["http_status"]
     assert error.provider == "gemini-main"
     assert error.session_id == SID
 
 
 def test_models_list_fixture_gives_generate_content_models_without_prefix() -> None:
-    exp = expected("models-list")
+    exp = wire.expected(FIXTURES, "models-list")
     models = DIALECT.parse_models((FIXTURES / "models-list.json").read_bytes())
     assert models == exp["models_supporting_generateContent"]
     assert set(models) <= set(exp["models"])
@@ -299,7 +208,7 @@ def test_models_request_url_and_auth() -> None:
 
 
 def test_build_matches_recorded_text_request_with_system_instruction() -> None:
-    rec = recorded_request("stream-sse-text")
+    rec = wire.recorded_request(FIXTURES, "stream-sse-text")
     req = request(
         [
             Message(role="system", content=rec["systemInstruction"]["parts"][0]["text"]),
@@ -321,7 +230,7 @@ def test_build_matches_recorded_text_request_with_system_instruction() -> None:
 
 @pytest.mark.parametrize("name", ["error-404-model-not-found", "error-400-api-key-invalid"])
 def test_build_matches_recorded_generation_config(name: str) -> None:
-    rec = recorded_request(name)
+    rec = wire.recorded_request(FIXTURES, name)
     config = rec["generationConfig"]
     messages = [Message(role="user", content=rec["contents"][0]["parts"][0]["text"])]
     if "systemInstruction" in rec:
@@ -344,11 +253,9 @@ def test_build_matches_recorded_generation_config(name: str) -> None:
     ["stream-sse-function-call", "nonstream-function-call", "stream-sse-function-call-thought-signature"],
 )
 def test_build_matches_recorded_function_declarations(name: str) -> None:
-    rec = recorded_request(name)
+    rec = wire.recorded_request(FIXTURES, name)
     body = body_of(request([Message(role="user", content="q")], tools=tools_from(rec)))
-    recorded = camel(rec["tools"] if isinstance(rec["tools"], list) else [rec["tools"]])[0][
-        "functionDeclarations"
-    ]
+    recorded = camel(rec["tools"] if isinstance(rec["tools"], list) else [rec["tools"]])[0]["functionDeclarations"]
     built = body["tools"][0]["functionDeclarations"]
     assert [d["name"] for d in built] == [d["name"] for d in recorded]
     assert [d.get("description", "") for d in built] == [d.get("description") or "" for d in recorded]
@@ -358,7 +265,7 @@ def test_build_matches_recorded_function_declarations(name: str) -> None:
 
 
 def test_build_matches_recorded_function_call_and_response_turns() -> None:
-    rec = recorded_request("stream-sse-text-after-function-responses")
+    rec = wire.recorded_request(FIXTURES, "stream-sse-text-after-function-responses")
     messages: list[Message] = [Message(role="system", content="You are a helpful chatbot.")]
     for content in rec["contents"]:
         part = content["parts"][0]
@@ -367,20 +274,16 @@ def test_build_matches_recorded_function_call_and_response_turns() -> None:
         elif "functionCall" in part:
             call = part["functionCall"]
             arguments = json.dumps(call["args"])
-            messages.append(
-                Message(role="assistant", tool_calls=[ToolCall(call["id"], call["name"], arguments)])
-            )
+            messages.append(Message(role="assistant", tool_calls=[ToolCall(call["id"], call["name"], arguments)]))
         else:
             response = part["functionResponse"]
-            messages.append(
-                Message(role="tool", tool_call_id=response["id"], content=json.dumps(response["response"]))
-            )
+            messages.append(Message(role="tool", tool_call_id=response["id"], content=json.dumps(response["response"])))
     body = body_of(request(messages, model="gemini-2.0-flash", tools=tools_from(rec)))
     assert body["contents"] == rec["contents"]
 
 
 def test_build_matches_recorded_image_part() -> None:
-    rec = recorded_request("nonstream-vision-inline")
+    rec = wire.recorded_request(FIXTURES, "nonstream-vision-inline")
     parts = rec["contents"][0]["parts"]
     inline = next(p["inlineData"] for p in parts if "inlineData" in p)
     text = next(p["text"] for p in parts if "text" in p)
@@ -396,17 +299,13 @@ def test_build_matches_recorded_image_part() -> None:
     http = DIALECT.build_request(req, DEPLOYMENT, now=0.0)
     assert http.url.endswith("/v1beta/models/gemini-2.0-flash:generateContent")
     built = json.loads(http.body)["contents"][0]["parts"]
-    assert sorted(json.dumps(p, sort_keys=True) for p in built) == sorted(
-        json.dumps(p, sort_keys=True) for p in parts
-    )
+    assert sorted(json.dumps(p, sort_keys=True) for p in built) == sorted(json.dumps(p, sort_keys=True) for p in parts)
 
 
 @pytest.mark.parametrize("name", ["stream-json-array-thinking", "stream-json-array-function-call"])
 def test_build_matches_recorded_include_thoughts(name: str) -> None:
-    rec = recorded_request(name)
-    body = body_of(
-        request([Message(role="user", content=rec["contents"][0]["parts"][0]["text"])], reasoning=True)
-    )
+    rec = wire.recorded_request(FIXTURES, name)
+    body = body_of(request([Message(role="user", content=rec["contents"][0]["parts"][0]["text"])], reasoning=True))
     assert body["generationConfig"] == rec["generationConfig"]
     assert body["contents"] == rec["contents"]
 
@@ -418,7 +317,7 @@ def test_decoded_call_and_signature_replay_like_the_recorded_follow_up() -> None
         (FIXTURES / "stream-json-array-function-call.json").read_bytes(),
     )
     calls = [e.function for e in events if isinstance(e, ToolCallEvent)]
-    rec = camel(recorded_request("stream-json-array-after-function-response"))
+    rec = camel(wire.recorded_request(FIXTURES, "stream-json-array-after-function-response"))
     messages = [
         Message(role="user", content="Two names for a pet pelican"),
         Message(role="assistant", tool_calls=calls, provider_data=decoder.provider_data),
@@ -444,9 +343,7 @@ def test_decoded_call_and_signature_replay_like_the_recorded_follow_up() -> None
 def test_url_headers_and_auth() -> None:
     http = DIALECT.build_request(request(stream=False), DEPLOYMENT, now=0.0)
     assert http.method == "POST"
-    assert (
-        http.url == "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
-    )
+    assert http.url == "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent"
     assert http.headers["x-goog-api-key"] == "AIza-test-key"
     assert http.headers["content-type"] == "application/json"
     assert "AIza" not in http.url and http.stream is False
@@ -624,9 +521,7 @@ def test_function_call_signature_is_exposed_and_replayed_on_its_part() -> None:
     events, decoder = decode(request(), raw.encode())
     (call,) = [e.function for e in events if isinstance(e, ToolCallEvent)]
     assert decoder.provider_data == {
-        "gemini": {
-            "parts": [{"functionCall": {"name": "get_country", "id": call.id}, "thoughtSignature": signature}]
-        }
+        "gemini": {"parts": [{"functionCall": {"name": "get_country", "id": call.id}, "thoughtSignature": signature}]}
     }
     body = body_of(
         request(
@@ -685,7 +580,7 @@ def test_stream_without_a_finish_reason_is_a_retryable_error() -> None:
     assert isinstance(events[-1], Error)
     assert events[-1].code == "PROVIDER_UNAVAILABLE" and events[-1].retryable
     assert "ended early" in events[-1].message
-    assert summary(events)["text"] == "The capital of France"
+    assert wire.summarize(events)["text"] == "The capital of France"
 
 
 def test_stream_cut_inside_the_last_chunk_is_an_error_not_an_exception() -> None:
@@ -718,7 +613,7 @@ def test_blocked_prompt_ends_with_content_filter_done() -> None:
     events, _ = decode(request(), sse(blocked))
     assert [type(e) for e in events] == [Usage, Done]
     assert events[-1].finish_reason == "content_filter"
-    assert summary(events)["usage"] == (9, None, None, None)
+    assert wire.summarize(events)["usage"] == (9, None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -738,7 +633,7 @@ def test_blocked_prompt_ends_with_content_filter_done() -> None:
 def test_finish_reason_mapping(raw: str, finish: str) -> None:
     events, _ = decode(request(), sse(chunk([{"text": "a"}]), chunk([{"text": "b"}], raw)))
     assert events[-1].finish_reason == finish
-    assert summary(events)["text"] == "ab"
+    assert wire.summarize(events)["text"] == "ab"
 
 
 def test_error_object_inside_the_stream_is_an_error_event() -> None:
@@ -757,12 +652,12 @@ def test_cached_and_tool_use_prompt_tokens_are_reported() -> None:
         "totalTokenCount": 112,
     }
     events, _ = decode(request(), sse(chunk([{"text": "ok"}], "STOP", usageMetadata=usage)))
-    assert summary(events)["usage"] == (105, 7, 60, None)
+    assert wire.summarize(events)["usage"] == (105, 7, 60, None)
 
 
 def test_missing_usage_is_reported_as_none() -> None:
     events, _ = decode(request(), sse(chunk([{"text": "ok"}], "STOP")))
-    assert summary(events)["usage"] == (None, None, None, None)
+    assert wire.summarize(events)["usage"] == (None, None, None, None)
 
 
 def test_function_call_id_from_the_provider_is_kept_and_parallel_calls_stay_apart() -> None:
@@ -771,7 +666,10 @@ def test_function_call_id_from_the_provider_is_kept_and_parallel_calls_stay_apar
         {"functionCall": {"name": "b"}},
     ]
     events, _ = decode(request(), sse(chunk(parts, "STOP", responseId="r/1")))
-    assert summary(events)["calls"] == [("provider-id", "a", {"x": 1}), ("call_r1_1", "b", {})]
+    assert wire.summarize(events)["tool_calls"] == [
+        {"id": "provider-id", "name": "a", "arguments": {"x": 1}},
+        {"id": "call_r1_1", "name": "b", "arguments": {}},
+    ]
     assert events[-1].finish_reason == "tool_calls"
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import pytest
+import wire
 
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -15,7 +15,6 @@ from gtl_nb.protocol.messages import (
     Done,
     Error,
     Message,
-    Reasoning,
     Token,
     Tool,
     ToolCall,
@@ -25,62 +24,25 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.ollama import DEFAULT_BASE_URL, OllamaDialect
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "ollama"
+FIXTURES = wire.fixture_dir("ollama")
 DIALECT = OllamaDialect()
 LOCAL = Deployment(name="ollama-local", type="ollama")
 # wire-formats.md §7: Ollama's done_reason "stop" means tool_calls when calls were seen.
 GTL_FINISH = {"stop": "stop", "length": "length"}
 
 
-def _request(**kwargs: Any) -> CompletionRequest:
-    kwargs.setdefault("session_id", "s1")
-    kwargs.setdefault("model", "llama3.2")
-    kwargs.setdefault("messages", [Message(role="user", content="hi")])
-    return CompletionRequest(**kwargs)
+_request = wire.request_maker(session_id="s1", model="llama3.2")
 
 
 def _body(request: CompletionRequest, deployment: Deployment = LOCAL) -> dict[str, Any]:
     return json.loads(DIALECT.build_request(request, deployment, now=0.0).body)
 
 
-def _splits(data: bytes, mode: str) -> list[bytes]:
-    if mode == "whole":
-        return [data]
-    if mode == "bytes":
-        return [data[i : i + 1] for i in range(len(data))]
-    rng = random.Random(len(data))
-    cuts = sorted(rng.sample(range(1, len(data)), min(12, len(data) - 1)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+SPLITS = {"whole": wire.whole, "bytes": wire.byte_by_byte, "random": wire.random_splitter(12)}
 
 
 def _decode(request: CompletionRequest, data: bytes, mode: str = "whole") -> list[Any]:
-    decoder = DIALECT.response_decoder(request, LOCAL)
-    events: list[Any] = []
-    for piece in _splits(data, mode):
-        events.extend(decoder.feed(piece))
-    events.extend(decoder.close())
-    return events
-
-
-def _summary(events: list[Any]) -> dict[str, Any]:
-    calls = [e.function for e in events if isinstance(e, ToolCallEvent)]
-    usage = [e for e in events if isinstance(e, Usage)]
-    return {
-        "text": "".join(e.text for e in events if isinstance(e, Token)),
-        "reasoning": "".join(e.text for e in events if isinstance(e, Reasoning)),
-        "tool_calls": [(c.id, c.name, json.loads(c.arguments)) for c in calls],
-        "usage": (usage[0].tokens_in, usage[0].tokens_out, usage[0].cached_tokens_in) if usage else None,
-        "terminal": type(events[-1]).__name__,
-    }
-
-
-def _check_terminal_shape(events: list[Any]) -> None:
-    terminals = [e for e in events if isinstance(e, (Done, Error))]
-    assert len(terminals) == 1 and events[-1] is terminals[0]
-    assert all(e.session_id == "s1" for e in events)
-    if isinstance(events[-1], Done):
-        assert sum(isinstance(e, Usage) for e in events) == 1
-        assert isinstance(events[-2], Usage)
+    return wire.feed_all(DIALECT.response_decoder(request, LOCAL), SPLITS[mode](data))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -97,27 +59,14 @@ def _check_terminal_shape(events: list[Any]) -> None:
 )
 @pytest.mark.parametrize("mode", ["whole", "bytes", "random"])
 def test_fixture_decodes_to_the_expected_answer(fixture: str, stream: bool, mode: str) -> None:
-    expected = json.loads((FIXTURES / (fixture.rsplit(".", 1)[0] + ".expected.json")).read_text())
+    expected = wire.expected(FIXTURES, Path(fixture).stem)
     events = _decode(_request(stream=stream), (FIXTURES / fixture).read_bytes(), mode)
-    _check_terminal_shape(events)
-    summary = _summary(events)
-    assert summary["text"] == expected["text"]
-    assert summary["reasoning"] == ""
-    assert [(name, args) for _, name, args in summary["tool_calls"]] == [
-        (c["name"], c["arguments"]) for c in expected["tool_calls"]
-    ]
-    for (call_id, _, _), exp in zip(summary["tool_calls"], expected["tool_calls"], strict=True):
-        if exp["id"]:
-            assert call_id == exp["id"]
-        else:
-            assert call_id.startswith("call_")
-    usage = expected["usage"]
-    assert summary["usage"] == (usage["input_tokens"], usage["output_tokens"], usage["cached_input_tokens"])
-    done = events[-1]
-    assert isinstance(done, Done)
+    wire.check_sequence(events, "s1")
     wanted = "tool_calls" if expected["tool_calls"] else GTL_FINISH[expected["finish_reason"]]
-    assert done.finish_reason == wanted
-    assert done.provider == "ollama-local"
+    got = wire.assert_matches_expected(events, expected, finish_reason=wanted, provider="ollama-local", reasoning=False)
+    for call, exp in zip(got["tool_calls"], expected["tool_calls"], strict=True):
+        if not exp["id"]:
+            assert call["id"].startswith("call_")  # Ollama sent none: the decoder made it up
 
 
 def test_nonstream_pretty_body_gives_one_token_with_the_whole_text() -> None:
@@ -133,30 +82,24 @@ def test_nonstream_pretty_body_gives_one_token_with_the_whole_text() -> None:
 
 @pytest.mark.parametrize("mode", ["whole", "bytes", "random"])
 def test_midstream_error_line_ends_the_stream_with_an_error(mode: str) -> None:
-    expected = json.loads((FIXTURES / "error-midstream.expected.json").read_text())
+    expected = wire.expected(FIXTURES, "error-midstream")
     events = _decode(_request(), (FIXTURES / "error-midstream.ndjson").read_bytes(), mode)
-    _check_terminal_shape(events)
-    assert _summary(events)["text"] == expected["text"]
-    error = events[-1]
-    assert isinstance(error, Error)
-    assert error.code == expected["error"]["suggested_gtl_code"]
-    assert error.retryable is expected["error"]["retryable"]
-    assert expected["error"]["message_contains"] in error.message
+    wire.check_sequence(events, "s1")
+    assert wire.summarize(events)["text"] == expected["text"]
+    wire.assert_error_as_expected(events[-1], expected["error"])
     assert not any(isinstance(e, Usage) for e in events)
 
 
 def test_error_404_model_not_found_maps_to_model_not_found() -> None:
-    expected = json.loads((FIXTURES / "error-404-model-not-found.expected.json").read_text())["error"]
+    expected = wire.expected(FIXTURES, "error-404-model-not-found")["error"]
     body = (FIXTURES / "error-404-model-not-found.json").read_bytes()
     error = DIALECT.decode_error(_request(), LOCAL, 404, {"content-type": "application/json"}, body)
-    assert error.code == expected["suggested_gtl_code"]
-    assert error.retryable is expected["retryable"]
-    assert expected["message_contains"] in error.message
+    wire.assert_error_as_expected(error, expected)
     assert (error.http_status, error.provider, error.session_id) == (404, "ollama-local", "s1")
 
 
 def test_api_tags_lists_model_names_with_tags() -> None:
-    expected = json.loads((FIXTURES / "api-tags.expected.json").read_text())
+    expected = wire.expected(FIXTURES, "api-tags")
     assert DIALECT.parse_models((FIXTURES / "api-tags.json").read_bytes()) == expected["models"]
 
 
@@ -166,7 +109,7 @@ def test_api_tags_lists_model_names_with_tags() -> None:
 
 @pytest.mark.parametrize("fixture", ["chat-stream-tool-call", "chat-nonstream-tool-call"])
 def test_build_request_matches_the_recorded_request(fixture: str) -> None:
-    recorded = json.loads((FIXTURES / f"{fixture}.request.json").read_text())
+    recorded = wire.recorded_request(FIXTURES, fixture)
     fn = recorded["tools"][0]["function"]
     request = _request(
         model=recorded["model"],
@@ -275,9 +218,7 @@ def test_tool_call_round_trip_recovers_the_tool_name() -> None:
         "message": {
             "role": "assistant",
             "content": "",
-            "tool_calls": [
-                {"id": "call_abcdefgh", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}
-            ],
+            "tool_calls": [{"id": "call_abcdefgh", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}],
         },
         "done": False,
     }
@@ -333,9 +274,9 @@ def test_thinking_is_reasoning_only_when_asked_and_never_token(asked: bool) -> N
         {"message": {"role": "assistant", "content": "Yes."}, "done": False},
         FINAL,
     )
-    summary = _summary(_decode(_request(reasoning=asked), raw, "bytes"))
+    summary = wire.summarize(_decode(_request(reasoning=asked), raw, "bytes"))
     assert summary["text"] == "Yes."
-    assert summary["reasoning"] == ("Let me see." if asked else "")
+    assert summary["reasoning_text"] == ("Let me see." if asked else "")
 
 
 def test_parallel_tool_calls_without_ids_get_distinct_ids_in_order() -> None:
@@ -386,7 +327,7 @@ def test_nothing_comes_after_the_terminal_event() -> None:
 
 def test_utf8_split_inside_a_character_is_reassembled() -> None:
     raw = _lines({"message": {"content": "30°C ☀"}, "done": False}, FINAL)
-    assert _summary(_decode(_request(), raw, "bytes"))["text"] == "30°C ☀"
+    assert wire.summarize(_decode(_request(), raw, "bytes"))["text"] == "30°C ☀"
 
 
 @pytest.mark.parametrize(
@@ -408,9 +349,7 @@ def test_utf8_split_inside_a_character_is_reassembled() -> None:
         (500, {"error": "llama runner process has terminated"}, "INTERNAL", True),
     ],
 )
-def test_decode_error_maps_status_and_message(
-    status: int, body: dict[str, Any], code: str, retryable: bool
-) -> None:
+def test_decode_error_maps_status_and_message(status: int, body: dict[str, Any], code: str, retryable: bool) -> None:
     error = DIALECT.decode_error(_request(), LOCAL, status, {}, json.dumps(body).encode())
     assert (error.code, error.retryable, error.http_status) == (code, retryable, status)
     assert error.message == body["error"]

@@ -4,15 +4,13 @@ unit tests of the request mapping and the decoder's edge cases."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+import wire
 
 from gtl_nb.protocol.messages import (
     CompletionRequest,
@@ -29,8 +27,7 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.openai import DEFAULT_BASE_URL, OpenAIDialect, is_reasoning_model
 
-WIRE = Path(__file__).resolve().parents[1] / "fixtures" / "wire"
-OPENAI = WIRE / "openai"
+OPENAI = wire.fixture_dir("openai")
 DIALECT = OpenAIDialect()
 DEPLOYMENT = Deployment(name="openai-main", type="openai", api_key="sk-test-123")
 # the raw finish reasons of the expected files, mapped by hand to GTL's
@@ -46,11 +43,7 @@ GTL_FINISH = {
 # helpers
 
 
-def make_request(**kwargs: Any) -> CompletionRequest:
-    kwargs.setdefault("session_id", "s-1")
-    kwargs.setdefault("model", "gpt-4o-mini")
-    kwargs.setdefault("messages", [Message(role="user", content="hi")])
-    return CompletionRequest(**kwargs)
+make_request = wire.request_maker(session_id="s-1", model="gpt-4o-mini")
 
 
 def sse(*chunks: Any, done: bool = True) -> bytes:
@@ -61,78 +54,22 @@ def sse(*chunks: Any, done: bool = True) -> bytes:
     return "".join(parts).encode()
 
 
-def piece_sets(body: bytes, seed: int = 7) -> dict[str, list[bytes]]:
-    """The body whole, one byte at a time, and cut at random points (three seeded variants)."""
-    sets = {"whole": [body], "bytes": [body[i : i + 1] for i in range(len(body))]}
-    rng = random.Random(seed)
-    for n in range(3):
-        cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randint(1, 40))))
-        edges = [0, *cuts, len(body)]
-        sets[f"random{n}"] = [body[a:b] for a, b in itertools.pairwise(edges)]
-    return sets
+# how wire.piece_sets cuts this file's bodies at random
+SEED, MAX_CUTS = 7, 40
 
 
 def decode(pieces: list[bytes], request: CompletionRequest, deployment: Deployment = DEPLOYMENT) -> list[Any]:
-    decoder = DIALECT.response_decoder(request, deployment)
-    events: list[Any] = []
-    for piece in pieces:
-        events.extend(decoder.feed(piece))
-    events.extend(decoder.close())
-    return events
+    return wire.feed_all(DIALECT.response_decoder(request, deployment), pieces)
 
 
-def check_sequence(events: list[Any], session_id: str = "s-1") -> None:
-    """One terminal event last; a Done is preceded by exactly one Usage; every event is the session's."""
-    assert events and isinstance(events[-1], (Done, Error))
-    assert sum(isinstance(e, (Done, Error)) for e in events) == 1
-    assert all(e.session_id == session_id for e in events)
-    if isinstance(events[-1], Done):
-        assert sum(isinstance(e, Usage) for e in events) == 1
-        assert isinstance(events[-2], Usage)
+def all_splits(body: bytes, request: CompletionRequest) -> list[Any]:
+    """Decode every split of ``body``; they must agree. Returns the events."""
+    return wire.decode_every_way(lambda pieces: decode(pieces, request), body, seed=SEED, max_cuts=MAX_CUTS)
 
 
-def summarize(events: list[Any]) -> dict[str, Any]:
-    usage = next((e for e in events if isinstance(e, Usage)), None)
-    return {
-        "text": "".join(e.text for e in events if isinstance(e, Token)),
-        "reasoning_text": "".join(e.text for e in events if isinstance(e, Reasoning)),
-        "tool_calls": [
-            {"id": e.function.id, "name": e.function.name, "arguments": json.loads(e.function.arguments)}
-            for e in events
-            if isinstance(e, ToolCallEvent)
-        ],
-        "usage": None
-        if usage is None
-        else (usage.tokens_in, usage.tokens_out, usage.cached_tokens_in, usage.reasoning_tokens_out),
-        "terminal": events[-1],
-    }
-
-
-def expected_usage(expected: dict[str, Any]) -> tuple[Any, ...]:
-    usage = expected["usage"]
-    if usage is None:
-        return (None, None, None, None)
-    return (
-        usage["input_tokens"],
-        usage["output_tokens"],
-        usage["cached_input_tokens"],
-        usage["reasoning_tokens"],
-    )
-
-
-def assert_matches_expected(events: list[Any], expected: dict[str, Any], *, reasoning: bool = False) -> None:
-    check_sequence(events)
-    got = summarize(events)
-    assert got["text"] == expected["text"]
-    assert got["reasoning_text"] == (expected.get("reasoning_text", "") if reasoning else "")
-    assert got["tool_calls"] == expected["tool_calls"]
-    assert got["usage"] == expected_usage(expected)
-    assert isinstance(got["terminal"], Done)
-    assert got["terminal"].finish_reason == GTL_FINISH[expected["finish_reason"]]
-
-
-def load_expected(name: str, folder: Path = OPENAI) -> dict[str, Any]:
-    return json.loads((folder / f"{name}.expected.json").read_text())
+def assert_matches_expected(events: list[Any], expected: dict[str, Any]) -> None:
+    wire.check_sequence(events, "s-1")
+    wire.assert_matches_expected(events, expected, finish_reason=GTL_FINISH[expected["finish_reason"]], reasoning=False)
 
 
 def body_of(http_request: Any) -> dict[str, Any]:
@@ -155,26 +92,16 @@ NONSTREAM_FIXTURES = [
 @pytest.mark.parametrize("name", STREAM_FIXTURES)
 def test_recorded_stream_decodes_to_expected_events_however_it_is_split(name: str) -> None:
     body = (OPENAI / f"{name}.sse").read_bytes()
-    expected = load_expected(name)
-    results = {}
-    for label, pieces in piece_sets(body).items():
-        events = decode(pieces, make_request(stream=True))
-        assert_matches_expected(events, expected)
-        results[label] = events
-    assert all(events == results["whole"] for events in results.values())
+    events = all_splits(body, make_request(stream=True))
+    assert_matches_expected(events, wire.expected(OPENAI, name))
 
 
 @pytest.mark.parametrize("name", NONSTREAM_FIXTURES)
 def test_recorded_completion_decodes_to_expected_events_however_it_is_split(name: str) -> None:
     body = (OPENAI / f"{name}.json").read_bytes()
-    expected = load_expected(name)
-    results = []
-    for pieces in piece_sets(body).values():
-        events = decode(pieces, make_request(stream=False))
-        assert_matches_expected(events, expected)
-        assert sum(isinstance(e, Token) for e in events) <= 1  # one Token with the whole text
-        results.append(events)
-    assert all(events == results[0] for events in results)
+    events = all_splits(body, make_request(stream=False))
+    assert_matches_expected(events, wire.expected(OPENAI, name))
+    assert sum(isinstance(e, Token) for e in events) <= 1  # one Token with the whole text
 
 
 def test_done_names_the_deployment_and_the_model_the_provider_reported() -> None:
@@ -283,7 +210,7 @@ def _semantic(body: dict[str, Any]) -> dict[str, Any]:
     ],
 )
 def test_build_request_matches_the_recorded_request(name: str) -> None:
-    recorded = json.loads((OPENAI / f"{name}.request.json").read_text())
+    recorded = wire.recorded_request(OPENAI, name)
     built = DIALECT.build_request(_recorded_to_gtl(recorded), DEPLOYMENT, now=0.0)
     assert built.method == "POST"
     assert built.url == "https://api.openai.com/v1/chat/completions"
@@ -293,14 +220,14 @@ def test_build_request_matches_the_recorded_request(name: str) -> None:
 
 def test_reasoning_model_gets_developer_role_where_the_recorded_system_role_was_rejected() -> None:
     # o1-mini answered the recorded request (system role) with a 400 "does not support 'system'"
-    recorded = json.loads((OPENAI / "error-400-unsupported-system-role.request.json").read_text())
+    recorded = wire.recorded_request(OPENAI, "error-400-unsupported-system-role")
     body = body_of(DIALECT.build_request(_recorded_to_gtl(recorded), DEPLOYMENT, now=0.0))
     assert [m["role"] for m in body["messages"]] == ["developer", "user"]
     assert body["messages"][0]["content"] == "You are a helpful assistant."
 
 
 def test_extra_body_option_sends_provider_parameters_gtl_has_no_field_for() -> None:
-    recorded = json.loads((OPENAI / "error-400-param-not-supported.request.json").read_text())
+    recorded = wire.recorded_request(OPENAI, "error-400-param-not-supported")
     deployment = Deployment(
         name="o",
         type="openai",
@@ -315,8 +242,8 @@ def test_extra_body_option_sends_provider_parameters_gtl_has_no_field_for() -> N
 def test_tool_call_from_the_decoder_round_trips_into_the_next_request() -> None:
     events = decode([(OPENAI / "stream-tool-call-single.sse").read_bytes()], make_request())
     call = next(e for e in events if isinstance(e, ToolCallEvent)).function
-    first = json.loads((OPENAI / "stream-tool-call-single.request.json").read_text())
-    follow_up = json.loads((OPENAI / "stream-text-after-tool-result.request.json").read_text())
+    first = wire.recorded_request(OPENAI, "stream-tool-call-single")
+    follow_up = wire.recorded_request(OPENAI, "stream-text-after-tool-result")
     request = _recorded_to_gtl(first)
     request = CompletionRequest(
         session_id="s-2",
@@ -363,10 +290,7 @@ def test_no_api_key_sends_no_authorization_header() -> None:
 def test_url_uses_the_default_or_the_configured_base_url() -> None:
     assert DEFAULT_BASE_URL == "https://api.openai.com/v1"
     custom = Deployment(name="o", type="openai", api_key="k", base_url="https://proxy.example/v1/")
-    assert (
-        DIALECT.build_request(make_request(), custom, now=0.0).url
-        == "https://proxy.example/v1/chat/completions"
-    )
+    assert DIALECT.build_request(make_request(), custom, now=0.0).url == "https://proxy.example/v1/chat/completions"
 
 
 def test_sampling_parameters_and_stop_are_sent() -> None:
@@ -532,9 +456,9 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extr
 
 def test_stream_that_ends_before_done_and_before_a_finish_reason_is_a_retryable_error() -> None:
     body = sse(chunk({"role": "assistant", "content": ""}), chunk({"content": "Hel"}), done=False)
-    for pieces in piece_sets(body).values():
+    for pieces in wire.piece_sets(body, seed=SEED, max_cuts=MAX_CUTS).values():
         events = decode(pieces, make_request())
-        check_sequence(events)
+        wire.check_sequence(events, "s-1")
         assert [e.text for e in events if isinstance(e, Token)] == ["Hel"]
         error = events[-1]
         assert isinstance(error, Error) and error.code == "PROVIDER_UNAVAILABLE" and error.retryable
@@ -550,7 +474,7 @@ def test_stream_cut_in_the_middle_of_an_event_is_an_error() -> None:
 def test_finish_reason_then_clean_eof_without_done_is_accepted() -> None:
     body = sse(chunk({"content": "Hi"}), chunk({}, "stop"), done=False)
     events = decode([body], make_request())
-    check_sequence(events)
+    wire.check_sequence(events, "s-1")
     assert isinstance(events[-1], Done) and events[-1].finish_reason == "stop"
     assert events[-2] == Usage(session_id="s-1")  # no usage chunk: every count unknown
 
@@ -572,7 +496,7 @@ def test_chunk_that_is_not_an_object_is_an_error() -> None:
 def test_error_inside_a_200_stream_ends_it_with_a_mapped_error() -> None:
     error = {"error": {"message": "The server had an error processing your request.", "type": "server_error"}}
     events = decode([sse(chunk({"content": "par"}), error)], make_request())
-    check_sequence(events)
+    wire.check_sequence(events, "s-1")
     assert isinstance(events[0], Token)
     assert events[-1].code == "PROVIDER_UNAVAILABLE" and events[-1].retryable
     assert events[-1].message == "The server had an error processing your request."
@@ -669,7 +593,7 @@ def test_reasoning_text_is_dropped_unless_asked_and_never_becomes_a_token() -> N
 def test_json_answer_to_a_stream_request_is_decoded_as_a_completion() -> None:
     body = (OPENAI / "nonstream-vision-base64.json").read_bytes()
     events = decode([body[:1], body[1:]], make_request(stream=True))
-    assert summarize(events)["text"] == "This vegetable is a potato."
+    assert wire.summarize(events)["text"] == "This vegetable is a potato."
 
 
 def test_empty_or_non_json_completion_body_is_an_error() -> None:
@@ -700,12 +624,10 @@ ERROR_FIXTURES = [
 
 @pytest.mark.parametrize("name", ERROR_FIXTURES)
 def test_recorded_error_maps_to_the_expected_code(name: str) -> None:
-    expected = load_expected(name)["error"]
+    expected = wire.expected(OPENAI, name)["error"]
     body = (OPENAI / f"{name}.json").read_bytes()
     error = DIALECT.decode_error(make_request(), DEPLOYMENT, expected["http_status"], {}, body)
-    assert error.code == expected["suggested_gtl_code"]
-    assert error.retryable is expected["retryable"]
-    assert expected["message_contains"] in error.message
+    wire.assert_error_as_expected(error, expected)
     assert error.http_status == expected["http_status"]
     assert error.provider == "openai-main" and error.session_id == "s-1"
 
@@ -717,19 +639,12 @@ def test_rate_limit_wait_hint_comes_from_the_message_text() -> None:
 
 def test_rate_limit_headers_win_over_the_message_text() -> None:
     body = (OPENAI / "error-429-rate-limit-tokens.json").read_bytes()
-    assert (
-        DIALECT.decode_error(make_request(), DEPLOYMENT, 429, {"Retry-After-Ms": "2500"}, body).retry_after
-        == 2.5
-    )
-    assert (
-        DIALECT.decode_error(make_request(), DEPLOYMENT, 429, {"retry-after": "7"}, body).retry_after == 7.0
-    )
+    assert DIALECT.decode_error(make_request(), DEPLOYMENT, 429, {"Retry-After-Ms": "2500"}, body).retry_after == 2.5
+    assert DIALECT.decode_error(make_request(), DEPLOYMENT, 429, {"retry-after": "7"}, body).retry_after == 7.0
 
 
 def test_rate_limit_reset_header_is_the_last_resort_hint() -> None:
-    body = json.dumps(
-        {"error": {"message": "Rate limit reached", "type": "tokens", "code": "rate_limit_exceeded"}}
-    )
+    body = json.dumps({"error": {"message": "Rate limit reached", "type": "tokens", "code": "rate_limit_exceeded"}})
     headers = {"x-ratelimit-reset-tokens": "6m0s", "x-ratelimit-reset-requests": "20ms"}
     assert DIALECT.decode_error(make_request(), DEPLOYMENT, 429, headers, body.encode()).retry_after == 360.0
 
@@ -742,9 +657,7 @@ def test_insufficient_quota_429_is_not_retryable() -> None:
             "code": "insufficient_quota",
         }
     }
-    error = DIALECT.decode_error(
-        make_request(), DEPLOYMENT, 429, {"retry-after": "1"}, json.dumps(body).encode()
-    )
+    error = DIALECT.decode_error(make_request(), DEPLOYMENT, 429, {"retry-after": "1"}, json.dumps(body).encode())
     assert (error.code, error.retryable, error.retry_after) == ("RATE_LIMIT", False, None)
 
 
@@ -797,9 +710,7 @@ def test_http_errors_map_by_status_and_code(status: int, payload: Any, code: str
 
 
 def test_html_error_page_from_a_proxy_is_still_a_clear_error() -> None:
-    body = (
-        b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1>nginx</body></html>"
-    )
+    body = b"<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1>nginx</body></html>"
     error = DIALECT.decode_error(make_request(), DEPLOYMENT, 502, {"content-type": "text/html"}, body)
     assert error.code == "PROVIDER_UNAVAILABLE" and error.retryable and error.http_status == 502
     assert "HTTP 502" in error.message and "Bad Gateway" in error.message and "<" not in error.message

@@ -4,13 +4,11 @@ envelopes), the recorded Ollama ``/v1`` exchange, and reasoning replay."""
 
 from __future__ import annotations
 
-import itertools
 import json
-import random
-from pathlib import Path
 from typing import Any
 
 import pytest
+import wire
 
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import (
@@ -27,16 +25,12 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.openai import OpenAICompatibleDialect
 
-OLLAMA = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "ollama"
+OLLAMA = wire.fixture_dir("ollama")
 DIALECT = OpenAICompatibleDialect()
 DEPLOYMENT = Deployment(name="local-vllm", type="openai_compatible", base_url="http://127.0.0.1:8000/v1")
 
 
-def make_request(**kwargs: Any) -> CompletionRequest:
-    kwargs.setdefault("session_id", "s-1")
-    kwargs.setdefault("model", "qwen3-8b")
-    kwargs.setdefault("messages", [Message(role="user", content="hi")])
-    return CompletionRequest(**kwargs)
+make_request = wire.request_maker(session_id="s-1", model="qwen3-8b")
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -55,32 +49,18 @@ def sse(*chunks: Any, done: bool = True) -> bytes:
     return (body + ("data: [DONE]\n\n" if done else "")).encode()
 
 
-def piece_sets(body: bytes, seed: int = 3) -> dict[str, list[bytes]]:
-    sets = {"whole": [body], "bytes": [body[i : i + 1] for i in range(len(body))]}
-    rng = random.Random(seed)
-    for n in range(3):
-        cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randint(1, 30))))
-        sets[f"random{n}"] = [body[a:b] for a, b in itertools.pairwise([0, *cuts, len(body)])]
-    return sets
+# how wire.piece_sets cuts this file's bodies at random
+SEED, MAX_CUTS = 3, 30
 
 
 def decode(pieces: list[bytes], request: CompletionRequest | None = None) -> tuple[list[Any], Any]:
     decoder = DIALECT.response_decoder(request or make_request(), DEPLOYMENT)
-    events: list[Any] = []
-    for piece in pieces:
-        events.extend(decoder.feed(piece))
-    return events + decoder.close(), decoder
+    return wire.feed_all(decoder, pieces), decoder
 
 
 def all_splits(body: bytes, request: CompletionRequest | None = None) -> list[Any]:
     """Decode every split of ``body``; they must agree. Returns the events."""
-    results = [decode(pieces, request)[0] for pieces in piece_sets(body).values()]
-    assert all(events == results[0] for events in results)
-    return results[0]
-
-
-def texts(events: list[Any], kind: type) -> list[str]:
-    return [e.text for e in events if isinstance(e, kind)]
+    return wire.decode_every_way(lambda pieces: decode(pieces, request)[0], body, seed=SEED, max_cuts=MAX_CUTS)
 
 
 def body_of(built: Any) -> dict[str, Any]:
@@ -92,30 +72,16 @@ def body_of(built: Any) -> dict[str, Any]:
 
 
 FIXTURE = (OLLAMA / "openai-compat-v1-tool-call.json").read_bytes()
-EXPECTED = json.loads((OLLAMA / "openai-compat-v1-tool-call.expected.json").read_text())
-RECORDED_REQUEST = json.loads((OLLAMA / "openai-compat-v1-tool-call.request.json").read_text())
+EXPECTED = wire.expected(OLLAMA, "openai-compat-v1-tool-call")
+RECORDED_REQUEST = wire.recorded_request(OLLAMA, "openai-compat-v1-tool-call")
 
 
 @pytest.mark.parametrize("reasoning", [True, False])
 def test_recorded_ollama_v1_completion_decodes_to_the_expected_events(reasoning: bool) -> None:
     events = all_splits(FIXTURE, make_request(stream=False, reasoning=reasoning))
-    assert "".join(texts(events, Token)) == EXPECTED["text"]
-    assert "".join(texts(events, Reasoning)) == (EXPECTED["reasoning_text"] if reasoning else "")
-    calls = [
-        {"id": e.function.id, "name": e.function.name, "arguments": json.loads(e.function.arguments)}
-        for e in events
-        if isinstance(e, ToolCallEvent)
-    ]
-    assert calls == EXPECTED["tool_calls"]
-    usage = EXPECTED["usage"]
-    assert events[-2] == Usage(
-        session_id="s-1",
-        tokens_in=usage["input_tokens"],
-        tokens_out=usage["output_tokens"],
-        cached_tokens_in=usage["cached_input_tokens"],
-        reasoning_tokens_out=usage["reasoning_tokens"],
-    )
-    assert isinstance(events[-1], Done) and events[-1].finish_reason == EXPECTED["finish_reason"]
+    wire.check_sequence(events, "s-1")
+    # the raw finish reason, "tool_calls", is also GTL's name for it
+    wire.assert_matches_expected(events, EXPECTED, finish_reason=EXPECTED["finish_reason"], reasoning=reasoning)
     assert events[-1].model == "gpt-oss:20b"
 
 
@@ -129,9 +95,7 @@ def test_recorded_reasoning_is_kept_as_provider_data_whether_or_not_it_was_strea
 def _recorded_messages_to_gtl() -> list[Message]:
     out = []
     for m in RECORDED_REQUEST["messages"]:
-        data = (
-            {"openai_reasoning": {"field": "reasoning", "text": m["reasoning"]}} if "reasoning" in m else None
-        )
+        data = {"openai_reasoning": {"field": "reasoning", "text": m["reasoning"]}} if "reasoning" in m else None
         out.append(Message(role=m["role"], content=m["content"], provider_data=data))
     return out
 
@@ -199,9 +163,7 @@ def test_finish_reason_then_eof_without_done_is_a_normal_end() -> None:
 
 def test_eof_before_any_finish_reason_is_a_retryable_error() -> None:
     events = all_splits(sse(chunk({"content": "Hi"}), done=False))
-    assert (
-        isinstance(events[-1], Error) and events[-1].code == "PROVIDER_UNAVAILABLE" and events[-1].retryable
-    )
+    assert isinstance(events[-1], Error) and events[-1].code == "PROVIDER_UNAVAILABLE" and events[-1].retryable
 
 
 def test_usage_in_the_finish_chunk_is_read() -> None:
@@ -212,13 +174,11 @@ def test_usage_in_the_finish_chunk_is_read() -> None:
 
 @pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
 def test_reasoning_fields_become_reasoning_events_only_when_asked(field: str) -> None:
-    body = sse(
-        chunk({field: "Because"}), chunk({field: " so."}), chunk({"content": "Yes"}), chunk({}, "stop")
-    )
+    body = sse(chunk({field: "Because"}), chunk({field: " so."}), chunk({"content": "Yes"}), chunk({}, "stop"))
     asked = all_splits(body, make_request(reasoning=True))
-    assert texts(asked, Reasoning) == ["Because", " so."] and texts(asked, Token) == ["Yes"]
+    assert wire.texts(asked, Reasoning) == ["Because", " so."] and wire.texts(asked, Token) == ["Yes"]
     quiet = all_splits(body)
-    assert texts(quiet, Reasoning) == [] and texts(quiet, Token) == ["Yes"]
+    assert wire.texts(quiet, Reasoning) == [] and wire.texts(quiet, Token) == ["Yes"]
 
 
 def test_reasoning_sent_under_both_names_is_counted_once() -> None:
@@ -228,32 +188,22 @@ def test_reasoning_sent_under_both_names_is_counted_once() -> None:
         chunk({}, "stop"),
     )
     events, decoder = decode([body], make_request(reasoning=True))
-    assert texts(events, Reasoning) == ["r"]
+    assert wire.texts(events, Reasoning) == ["r"]
     assert decoder.provider_data == {"openai_reasoning": {"field": "reasoning_content", "text": "r"}}
 
 
 def test_tool_calls_without_index_are_kept_apart_by_id() -> None:
     body = sse(
-        chunk(
-            {
-                "tool_calls": [
-                    {"id": "a1", "type": "function", "function": {"name": "f", "arguments": '{"q": 1}'}}
-                ]
-            }
-        ),
-        chunk(
-            {"tool_calls": [{"id": "b2", "type": "function", "function": {"name": "g", "arguments": '{"q"'}}]}
-        ),
+        chunk({"tool_calls": [{"id": "a1", "type": "function", "function": {"name": "f", "arguments": '{"q": 1}'}}]}),
+        chunk({"tool_calls": [{"id": "b2", "type": "function", "function": {"name": "g", "arguments": '{"q"'}}]}),
         chunk({"tool_calls": [{"function": {"arguments": ": 2}"}}]}),
         chunk({}, "tool_calls"),
     )
     events = all_splits(body)
-    calls = [
-        (e.function.id, e.function.name, json.loads(e.function.arguments))
-        for e in events
-        if isinstance(e, ToolCallEvent)
+    assert wire.tool_calls(events) == [
+        {"id": "a1", "name": "f", "arguments": {"q": 1}},
+        {"id": "b2", "name": "g", "arguments": {"q": 2}},
     ]
-    assert calls == [("a1", "f", {"q": 1}), ("b2", "g", {"q": 2})]
 
 
 def test_tool_call_reported_with_finish_reason_stop_ends_as_tool_calls() -> None:
@@ -275,7 +225,7 @@ def test_server_that_ignores_stream_and_answers_json_is_decoded() -> None:
 def test_in_stream_error_with_an_http_status_code_is_classified_by_it() -> None:
     error = {"error": {"code": 502, "message": "Provider returned error"}}
     events = all_splits(sse(chunk({"content": "a"}), error, done=False))
-    assert texts(events, Token) == ["a"]
+    assert wire.texts(events, Token) == ["a"]
     assert events[-1].code == "PROVIDER_UNAVAILABLE" and events[-1].retryable
     limited = all_splits(sse({"error": {"code": 429, "message": "slow down"}}, done=False))
     assert limited[-1].code == "RATE_LIMIT" and limited[-1].retryable
@@ -284,7 +234,7 @@ def test_in_stream_error_with_an_http_status_code_is_classified_by_it() -> None:
 def test_sse_comments_and_keepalives_are_ignored() -> None:
     body = b": OPENROUTER PROCESSING\n\n" + sse(chunk({"content": "x"}), chunk({}, "stop"))
     events = all_splits(body)
-    assert texts(events, Token) == ["x"] and isinstance(events[-1], Done)
+    assert wire.texts(events, Token) == ["x"] and isinstance(events[-1], Done)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,9 +297,7 @@ def test_base_url_is_required() -> None:
 
 def test_api_key_is_optional() -> None:
     assert "Authorization" not in DIALECT.build_request(make_request(), DEPLOYMENT, now=0.0).headers
-    keyed = Deployment(
-        name="g", type="openai_compatible", base_url="https://api.groq.com/openai/v1", api_key="gsk"
-    )
+    keyed = Deployment(name="g", type="openai_compatible", base_url="https://api.groq.com/openai/v1", api_key="gsk")
     built = DIALECT.build_request(make_request(), keyed, now=0.0)
     assert built.headers["Authorization"] == "Bearer gsk"
     assert built.url == "https://api.groq.com/openai/v1/chat/completions"
@@ -359,9 +307,7 @@ def test_include_usage_is_sent_unless_the_server_rejects_it() -> None:
     assert body_of(DIALECT.build_request(make_request(), DEPLOYMENT, now=0.0))["stream_options"] == {
         "include_usage": True
     }
-    off = Deployment(
-        name="l", type="openai_compatible", base_url="http://h/v1", options={"stream_usage": False}
-    )
+    off = Deployment(name="l", type="openai_compatible", base_url="http://h/v1", options={"stream_usage": False})
     assert "stream_options" not in body_of(DIALECT.build_request(make_request(), off, now=0.0))
 
 
@@ -369,9 +315,7 @@ def test_model_names_are_not_assumed_to_be_openai_reasoning_models() -> None:
     request = make_request(model="o3-mini", max_tokens=10, messages=[Message(role="system", content="s")])
     body = body_of(DIALECT.build_request(request, DEPLOYMENT, now=0.0))
     assert body["max_tokens"] == 10 and body["messages"][0]["role"] == "system"
-    opted = Deployment(
-        name="r", type="openai_compatible", base_url="http://h/v1", options={"reasoning_model": True}
-    )
+    opted = Deployment(name="r", type="openai_compatible", base_url="http://h/v1", options={"reasoning_model": True})
     assert body_of(DIALECT.build_request(request, opted, now=0.0))["max_completion_tokens"] == 10
 
 
