@@ -78,6 +78,7 @@ from gtl_nb.providers.base import (
     error_event,
     header,
     parse_json_body,
+    parse_tool_choice,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
@@ -166,22 +167,12 @@ def _headers(deployment: Deployment, *, json_body: bool) -> dict[str, str]:
 
 def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
     """GTL ``tool_choice`` → Anthropic's object (``None`` leaves the provider default)."""
-    if choice is None:
+    parsed = parse_tool_choice(choice)
+    if parsed is None:
         return None
-    if isinstance(choice, dict):
-        function = choice.get("function")
-        name = function.get("name") if isinstance(function, dict) else choice.get("name")
-        if name:
-            return {"type": "tool", "name": name}
-        choice = choice.get("type")
-        if not isinstance(choice, str):
-            return None
-    word = choice.strip()
-    if word in ("auto", "none"):
-        return {"type": word}
-    if word in ("required", "any"):
-        return {"type": "any"}
-    return {"type": "tool", "name": word}
+    if parsed.mode == "tool":
+        return {"type": "tool", "name": parsed.name}
+    return {"type": "any" if parsed.mode == "required" else parsed.mode}
 
 
 def _image_block(url: str) -> dict[str, Any]:

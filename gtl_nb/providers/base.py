@@ -92,9 +92,7 @@ class HttpDialect(Protocol):
 
     name: ClassVar[str]
 
-    def build_request(
-        self, request: CompletionRequest, deployment: Deployment, *, now: float
-    ) -> HttpRequest: ...
+    def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest: ...
 
     def response_decoder(self, request: CompletionRequest, deployment: Deployment) -> ResponseDecoder: ...
 
@@ -183,9 +181,7 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
 _RETRY_TEXT = re.compile(r"(?i)(?:retry after|try again in)\s+([0-9]+(?:\.[0-9]+)?)\s*(ms|s|sec|seconds?)?")
 
 
-def retry_after_seconds(
-    headers: Mapping[str, str], *, now: float | None = None, message: str = ""
-) -> float | None:
+def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None, message: str = "") -> float | None:
     """Seconds to wait, from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date, which needs
     ``now``), or a "retry after N seconds" / "try again in 1.5s" hint in the message text."""
     value = header(headers, "retry-after-ms")
@@ -261,6 +257,42 @@ def split_data_url(url: str) -> tuple[str, str] | None:
         return None
     mime = head.split(";")[0] or "application/octet-stream"
     return mime, data
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """A request's ``tool_choice``, read once for every dialect: ``mode`` is ``auto``, ``none``,
+    ``required`` or ``tool`` (then ``name`` is the one tool the model must call)."""
+
+    mode: str
+    name: str | None = None
+
+
+_CHOICE_WORDS = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
+
+
+def parse_tool_choice(choice: str | Mapping[str, Any] | None) -> ToolChoice | None:
+    """GTL ``tool_choice`` → ``ToolChoice`` (``None``: leave the provider's default).
+
+    Accepted: ``"auto"``, ``"none"``, ``"required"`` (or ``"any"``), any other string as a tool's name,
+    OpenAI's ``{"type": "function", "function": {"name": ...}}``, ``{"name": ...}`` and
+    ``{"type": "auto" | "none" | "required" | "any"}``.
+    """
+    if choice is None:
+        return None
+    if isinstance(choice, Mapping):
+        function = choice.get("function")
+        name = function.get("name") if isinstance(function, Mapping) else choice.get("name")
+        if name:
+            return ToolChoice("tool", str(name))
+        word = choice.get("type")
+        if not isinstance(word, str):
+            return None
+        choice = word
+    word = choice.strip()
+    if word in _CHOICE_WORDS:
+        return ToolChoice(_CHOICE_WORDS[word])
+    return ToolChoice("tool", word) if word else None
 
 
 def arguments_text(fragments: str) -> str:

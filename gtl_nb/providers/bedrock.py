@@ -73,6 +73,7 @@ from gtl_nb.providers.base import (
     error_event,
     header,
     parse_json_body,
+    parse_tool_choice,
     retry_after_seconds,
     split_data_url,
 )
@@ -240,18 +241,13 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
 
 
 def _tool_choice(tool_choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    if tool_choice in (None, "auto"):
-        return {"auto": {}} if tool_choice == "auto" else None
-    if tool_choice in ("required", "any"):
-        return {"any": {}}
-    if isinstance(tool_choice, dict):
-        if tool_choice.get("type") in ("any", "required"):
-            return {"any": {}}
-        function = tool_choice.get("function")
-        name = function.get("name") if isinstance(function, dict) else tool_choice.get("name")
-        if name:
-            return {"tool": {"name": str(name)}}
-    return None
+    """GTL ``tool_choice`` → Converse ``toolChoice`` (``none`` is handled by leaving tools out)."""
+    parsed = parse_tool_choice(tool_choice)
+    if parsed is None or parsed.mode == "none":
+        return None
+    if parsed.mode == "tool":
+        return {"tool": {"name": parsed.name}}
+    return {"any": {}} if parsed.mode == "required" else {"auto": {}}
 
 
 def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:

@@ -32,6 +32,7 @@ from gtl_nb.protocol.messages import (
     ToolCallEvent,
     Usage,
 )
+from gtl_nb.providers.base import parse_tool_choice
 from gtl_nb.providers.schema_values import example_value
 from gtl_nb.providers.tokenizer import count_message_tokens, count_tokens, split_tokens
 
@@ -134,11 +135,7 @@ def _answer_text(request: CompletionRequest) -> str:
         return f"The tool returned {said}. " + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
     user = _last_user(request)
     quoted = user.content or "" if user is not None else ""
-    images = (
-        f" (with {len(user.images)} image{'s' if len(user.images) != 1 else ''})"
-        if user and user.images
-        else ""
-    )
+    images = f" (with {len(user.images)} image{'s' if len(user.images) != 1 else ''})" if user and user.images else ""
     return f'You said: "{quoted}"{images}. ' + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
 
 
@@ -153,9 +150,7 @@ def _trailing_tool_results(messages: list[Message]) -> list[Message]:
 
 def _reasoning_text(request: CompletionRequest) -> str:
     count = len(request.messages)
-    return (
-        f"The conversation has {count} message{'s' if count != 1 else ''}; echo quotes the last user message."
-    )
+    return f"The conversation has {count} message{'s' if count != 1 else ''}; echo quotes the last user message."
 
 
 def _limit(text: str, request: CompletionRequest) -> tuple[str, str]:
@@ -173,16 +168,13 @@ def _limit(text: str, request: CompletionRequest) -> tuple[str, str]:
 
 def _tool_calls(request: CompletionRequest) -> list[ToolCall]:
     tools = request.tools or []
-    if not tools or request.tool_choice == "none":
+    choice = parse_tool_choice(request.tool_choice)
+    if not tools or (choice is not None and choice.mode == "none"):
         return []
     if not request.messages or request.messages[-1].role != "user":
         return []
-    choice = request.tool_choice
-    wanted = (
-        choice.get("name") or choice.get("function", {}).get("name") if isinstance(choice, dict) else choice
-    )
-    if wanted not in (None, "auto", "required", "any"):
-        tools = [t for t in tools if t.name == wanted]
+    if choice is not None and choice.mode == "tool":
+        tools = [t for t in tools if t.name == choice.name]
     hint = (_last_user(request) or Message(role="user", content="")).content or "example"
     hint = " ".join(hint.split()[:4]) or "example"
     return [

@@ -84,6 +84,7 @@ from gtl_nb.providers.base import (
     code_for_status,
     error_event,
     parse_json_body,
+    parse_tool_choice,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
@@ -264,21 +265,13 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
 
 
 def _tool_config(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
-    if choice is None:
+    parsed = parse_tool_choice(choice)
+    if parsed is None:
         return None
-    if isinstance(choice, dict):
-        function = choice.get("function")
-        name = function.get("name") if isinstance(function, dict) else choice.get("name")
-        if name:
-            return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [name]}}
-        choice = choice.get("type")
-        if not isinstance(choice, str):
-            return None
-    word = choice.strip()
-    modes = {"auto": "AUTO", "none": "NONE", "required": "ANY", "any": "ANY"}
-    if word in modes:
-        return {"functionCallingConfig": {"mode": modes[word]}}
-    return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [word]}}
+    if parsed.mode == "tool":
+        return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [parsed.name]}}
+    modes = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
+    return {"functionCallingConfig": {"mode": modes[parsed.mode]}}
 
 
 def _generation_config(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from gtl_nb.providers.base import (
     code_for_status,
     error_event,
     parse_json_body,
+    parse_tool_choice,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
@@ -122,14 +123,9 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 
 def _chosen_tool(tool_choice: str | dict[str, Any] | None) -> str | None:
-    """The one tool a ``tool_choice`` names (OpenAI's or the bare ``{"name": ...}`` shape)."""
-    if not isinstance(tool_choice, dict):
-        return None
-    function = tool_choice.get("function")
-    if isinstance(function, dict) and function.get("name"):
-        return str(function["name"])
-    name = tool_choice.get("name")
-    return str(name) if name else None
+    """The one tool a ``tool_choice`` names, if it names one."""
+    parsed = parse_tool_choice(tool_choice)
+    return parsed.name if parsed is not None and parsed.mode == "tool" else None
 
 
 def _tools(request: CompletionRequest) -> list[dict[str, Any]] | None:
