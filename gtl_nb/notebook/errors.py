@@ -1,0 +1,84 @@
+"""How the magics fail: one line, never a traceback.
+
+* A user mistake (an unknown model, a missing key, a bad option, an undefined ``{name}``) becomes one
+  ``UsageError`` line that says how to fix it in the notebook (``mistake``).
+* A provider's error becomes a ``GTLCellError``: one line with its GTL code (``RATE_LIMIT [openai]: ...``)
+  that still fails the cell, so ``Run all`` stops (``cell_error`` picks between the two).
+
+``one_line_errors`` applies these rules around a whole magic call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from gtl_nb.notebook.args import ArgumentError
+from gtl_nb.notebook.template import TemplateError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gtl_nb.notebook.session import NotebookSession
+
+__all__ = ["GTLCellError", "cell_error", "client_for", "mistake", "one_line_errors"]
+
+
+class GTLCellError(Exception):
+    """A provider error in a cell: shown as one GTL error line, no traceback (``.error`` is the GTLError)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+def mistake(exc: BaseException) -> UsageError:
+    """A caller mistake from the client as a one-line ``UsageError`` that names the notebook's fix."""
+    from gtl_nb.protocol import ConfigurationError, InvalidRequestError, ModelNotFoundError
+
+    if isinstance(exc, ModelNotFoundError):
+        return UsageError(str(exc).replace("`gtl models`", "`%gtl models`"))
+    if isinstance(exc, (ConfigurationError, InvalidRequestError)):
+        message = getattr(exc, "message", "") or str(exc)
+        if "provider" in message and ("configured" in message or "missing" in message):
+            message += " (in a notebook: `%gtl providers NAME key=value ...` or `%gtl config file=PATH`)"
+        return UsageError(message)
+    return UsageError(str(exc))
+
+
+def cell_error(exc: Exception) -> Exception:
+    """A caller mistake (set-up, routing, a request refused before sending) -> ``UsageError``; a provider's
+    error -> ``GTLCellError``."""
+    from gtl_nb.protocol import ConfigurationError, InvalidRequestError, ModelNotFoundError
+
+    if isinstance(exc, (ConfigurationError, ModelNotFoundError)) or (
+        isinstance(exc, InvalidRequestError) and getattr(exc, "provider", None) is None
+    ):
+        return mistake(exc)
+    return GTLCellError(exc)
+
+
+@contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Around a magic call: bad options and templates, and GTL errors that escape before any request left
+    (set-up and routing mistakes), become a one-line ``UsageError``."""
+    from gtl_nb.protocol import GTLError
+
+    try:
+        yield
+    except (ArgumentError, TemplateError) as exc:
+        raise UsageError(str(exc)) from None
+    except GTLError as exc:
+        raise mistake(exc) from None
+
+
+def client_for(session: NotebookSession, endpoint: str | None) -> Any:
+    """The session's client for ``endpoint``; a bad config file or endpoint is a ``UsageError``."""
+    try:
+        return session.client(endpoint)
+    except ValueError as exc:  # ConfigurationError: a bad config file or endpoint
+        raise mistake(exc) from None

@@ -1,0 +1,310 @@
+"""``%%gap`` / ``%gap``: GAP messages from notebook cells.
+
+``%%gap`` wraps the cell (or, with ``--from-last`` / ``--from VAR``, a ``%%gtl`` answer) as a GAP
+message, threads it after the previous message of its thread, keeps it in the session and shows it as
+a ``GapView`` (``_gap`` is the last one). The subcommands work on the notebook's messages:
+``%gap entities`` defines undefined entities (by hand, or suggested by a model), ``%gap graph`` draws
+the context graph, ``%gap export`` writes them as JSON lines. ``%gap`` alone prints the list below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.display import display
+
+from gtl_nb.notebook import args as cli
+from gtl_nb.notebook.errors import cell_error, client_for
+from gtl_nb.notebook.output import show_bundle
+from gtl_nb.notebook.session import platform_for, utc_now
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gtl_nb.notebook.session import NotebookSession
+
+__all__ = ["GAP_HELP", "GapMagic", "GapView", "wrapped_variable"]
+
+GAP_HELP = """\
+%%gap [--platform P --thread T --role R --id ID --reply-to ID --to TARGET]   wrap the cell as a GAP message
+%gap --from-last [options]   wrap the last %%gtl answer (or --from VAR)
+%gap entities [VAR] [KEY=VALUE ...] [--suggest-with MODEL] [--apply]   define undefined entities
+%gap graph [--out VAR]       draw the context graph of this notebook's GAP messages
+%gap export PATH             write this notebook's GAP messages as JSON lines"""
+
+
+class GapMagic:
+    """Runs ``%%gap`` cells and ``%gap`` lines for one shell; the notebook's state is ``session``."""
+
+    def __init__(self, shell: Any, session: NotebookSession) -> None:
+        self.shell = shell
+        self.session = session
+
+    def run(self, line: str, cell: str | None) -> Any:
+        """A subcommand (``%gap entities ...``), the list of them (``%gap``), or a wrap: ``%%gap`` and a
+        line of options only (``%gap --from-last``)."""
+        words = cli.split(line, self.shell.user_ns)
+        if cell is None and words and not words[0].startswith("-"):
+            return self._line(words)
+        if cell is None and not words:
+            print(GAP_HELP)
+            return None
+        return self._wrap(words, cell or "")
+
+    # -- %%gap: wrap a message --------------------------------------------------------------------
+
+    def _wrap(self, words: list[str], cell: str) -> None:
+        from gtl_nb import gap
+
+        parser = cli.gap_cell_parser()
+        opts = parser.parse(words)
+        if opts is None or opts.help:
+            print(cli.help_text(parser))
+            return
+        content = cell.strip("\n")
+        if opts.from_last or opts.from_var:
+            if content.strip():
+                raise UsageError("%%gap --from-last/--from wraps an answer: leave the cell empty")
+            completion = self._completion_source(opts)
+            if isinstance(completion, str):
+                content, platform, model, chat_id, time, role = (
+                    completion,
+                    "generic",
+                    None,
+                    None,
+                    utc_now(),
+                    "user",
+                )
+            else:
+                content = completion.text
+                platform = platform_for(completion.provider_type)
+                model, chat_id = completion.model, completion.session_id
+                time, role = self.session.finished_at(completion), "assistant"
+        else:
+            if not content.strip():
+                raise UsageError("%%gap: the cell is empty; write the message under %%gap (or use --from-last)")
+            platform, model, chat_id, time, role = "generic", None, None, utc_now(), "user"
+        chat_id = opts.chat_id or chat_id or f"nb-{cell_number(self.shell)}"
+        parent = opts.reply_to or self.session.previous_in_thread(opts.thread, exclude=chat_id)
+        target = None
+        if opts.to:
+            target = opts.to.strip().lower()
+            if target not in gap.PLATFORMS:
+                raise UsageError(f"--to: unknown platform {opts.to!r}; choose one of {', '.join(gap.PLATFORMS)}")
+        try:
+            wrapped = gap.wrap_message(
+                content,
+                opts.platform or platform,
+                chat_id,
+                role=opts.role or role,
+                model=opts.model or model,
+                timestamp=time,
+                thread_id=opts.thread,
+                parent_messages=[parent] if parent else [],
+            )
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"%%gap: {exc}") from None
+        self.session.add_gap(wrapped, opts.out)
+        display(GapView(wrapped, target))
+
+    def _completion_source(self, opts: Any) -> Any:
+        """The answer ``--from-last`` / ``--from VAR`` names: a Completion, or text."""
+        from gtl_nb.completion import Completion
+
+        if opts.from_last:
+            if self.session.last_completion is None:
+                raise UsageError("--from-last: no answer yet; run a %%gtl cell first")
+            return self.session.last_completion
+        value = self.shell.user_ns.get(opts.from_var)
+        if value is None:
+            raise UsageError(f"--from: {opts.from_var!r} is not defined in the notebook")
+        value = getattr(value, "completion", value)  # a GTL error keeps the partial answer
+        if not isinstance(value, (Completion, str)):
+            raise UsageError(f"--from: {opts.from_var!r} is a {type(value).__name__}, not a Completion or text")
+        return value
+
+    # -- %gap subcommands -------------------------------------------------------------------------
+
+    def _line(self, words: list[str]) -> Any:
+        command, rest = words[0], words[1:]
+        handlers: dict[str, Callable[[list[str]], None]] = {
+            "entities": self._entities,
+            "graph": self._graph,
+            "export": self._export,
+        }
+        handler = handlers.get(command)
+        if handler is None:
+            raise UsageError(f"unknown %gap subcommand {command!r}; use entities, graph or export (or %%gap to wrap)")
+        return handler(rest)
+
+    def _entities(self, words: list[str]) -> None:
+        from gtl_nb import gap
+        from gtl_nb.protocol import GTLError
+
+        parser = cli.entities_parser()
+        opts = parser.parse(words)
+        if opts is None:
+            print(cli.help_text(parser))
+            return
+        names = [w for w in opts.words if "=" not in w]
+        values = cli.parse_assignments([w for w in opts.words if "=" in w], what="%gap entities")
+        if len(names) > 1:
+            raise UsageError(f"%gap entities takes one message variable, got {', '.join(names)}")
+        var = names[0] if names else None
+        if var is not None:
+            wrapped = wrapped_variable(self.shell.user_ns, var)
+        elif self.session.gap_messages:
+            wrapped = self.session.gap_messages[-1]
+        else:
+            raise UsageError("%gap entities: no GAP message yet; wrap one with %%gap (or name a variable)")
+
+        latest = [wrapped]
+
+        def store(updated: Any) -> None:
+            """A new version of the message: into the notebook's list and every variable that held it."""
+            previous, latest[0] = latest[0], updated
+            if var is None or any(m.chat_id == updated.chat_id for m in self.session.gap_messages):
+                self.session.add_gap(updated)
+            self.session.rebind(previous, updated)
+            if var is not None:
+                self.shell.user_ns[var] = updated
+
+        for key, value in values.items():
+            wrapped = gap.update_entity(wrapped, key, value or None)
+        if values:
+            store(wrapped)
+        undefined = gap.find_undefined(wrapped)
+        if not undefined:
+            print(f"no undefined entities in {wrapped.chat_id}")
+            if values:
+                display(GapView(wrapped, None))
+            return
+        suggestions = []
+        if opts.suggest_with:
+            history = [m for m in self.session.gap_messages if m.chat_id != wrapped.chat_id]
+            ask = client_for(self.session, None).as_ask(opts.suggest_with)
+            try:
+                suggestions = gap.suggest_definitions(wrapped, history, ask=ask)
+            except GTLError as exc:
+                raise cell_error(exc) from None
+            _show_suggestions(suggestions)
+        from gtl_nb.notebook.widgets import EntityEditor
+
+        editor = EntityEditor(wrapped, on_apply=store, suggestions=suggestions)  # fields pre-filled
+        if opts.apply and suggestions:
+            best: dict[str, str] = {}
+            for suggestion in suggestions:  # ranked best first within each key
+                best.setdefault(suggestion.key, suggestion.value)
+            editor.apply(best)  # calls store()
+        editor.display()
+
+    def _graph(self, words: list[str]) -> None:
+        from gtl_nb import gap
+
+        parser = cli.graph_parser()
+        opts = parser.parse(words)
+        if opts is None:
+            print(cli.help_text(parser))
+            return
+        if not self.session.gap_messages:
+            raise UsageError("%gap graph: no GAP messages in this notebook yet; wrap some with %%gap")
+        graph = gap.create_context_graph(self.session.gap_messages)
+        import matplotlib.pyplot as plt
+
+        from gtl_nb.analysis import draw_context_graph
+
+        figure, ax = plt.subplots(figsize=(9, 6))
+        draw_context_graph(graph, ax=ax)
+        display(figure)
+        plt.close(figure)  # shown once: the inline backend must not draw it again at the end of the cell
+        if opts.out:
+            self.shell.user_ns[opts.out] = graph
+
+    def _export(self, words: list[str]) -> None:
+        from gtl_nb import gap
+
+        parser = cli.export_parser()
+        opts = parser.parse(words)
+        if opts is None:
+            print(cli.help_text(parser))
+            return
+        messages = self.session.gap_messages
+        if not messages:
+            raise UsageError("%gap export: no GAP messages in this notebook yet; wrap some with %%gap")
+        path = Path(opts.path).expanduser()
+        try:
+            with path.open("w", encoding="utf-8") as handle:
+                for message in messages:
+                    handle.write(gap.to_json(message) + "\n")
+        except OSError as exc:
+            raise UsageError(f"%gap export: cannot write {path}: {exc.strerror or exc}") from None
+        print(f"wrote {len(messages)} GAP message{'s' if len(messages) != 1 else ''} to {path}")
+
+
+class GapView:
+    """A GAP message in the notebook: its GAP markdown, the undefined entities, and the text for a target."""
+
+    def __init__(self, wrapped: Any, target: str | None) -> None:
+        self.wrapped = wrapped
+        self.target = target
+
+    def _parts(self) -> tuple[str, str | None, list[str]]:
+        from gtl_nb import gap
+
+        transformed = gap.transform_for_platform(self.wrapped, self.target) if self.target else None
+        return gap.to_markdown(self.wrapped), transformed, list(self.wrapped.undefined)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        text, transformed, undefined = self._parts()
+        note = f"undefined entities: {', '.join(undefined)} (define them with `%gap entities`)" if undefined else ""
+        markdown = [f"```\n{text}\n```"]
+        plain = [text]
+        if note:
+            markdown.append(f"_{note}_")
+            plain.append(note)
+        if transformed is not None:
+            markdown.append(f"**For {self.target}:**\n\n```\n{transformed}\n```")
+            plain.append(f"-- for {self.target} --\n{transformed}")
+        return {"text/markdown": "\n\n".join(markdown), "text/plain": "\n\n".join(plain)}
+
+
+def wrapped_variable(namespace: Mapping[str, Any], name: str) -> Any:
+    """A GAP message from the notebook's namespace: a ``WrappedMessage``, or GAP JSON / markdown text
+    (``%gap entities VAR``, ``%%gtl --context VAR``)."""
+    from gtl_nb import gap
+
+    if name not in namespace:
+        raise UsageError(f"{name!r} is not defined; wrap a message first (`%%gap --out {name}`)")
+    value = namespace[name]
+    if isinstance(value, gap.WrappedMessage):
+        return value
+    if isinstance(value, str):
+        for parse in (gap.from_json, gap.from_markdown):
+            try:
+                return parse(value)
+            except (ValueError, TypeError):
+                continue
+    raise UsageError(
+        f"{name!r} is a {type(value).__name__}, not a GAP message; wrap it first (`%%gap --from {name} --out msg`)"
+    )
+
+
+def cell_number(shell: Any) -> int:
+    """The In[n] of the running cell: IPython counts it as ``displayhook.prompt_count`` (older versions
+    increment ``execution_count`` after a cell, newer ones before it)."""
+    count = getattr(getattr(shell, "displayhook", None), "prompt_count", None)
+    return count if isinstance(count, int) else shell.execution_count
+
+
+def _show_suggestions(suggestions: list[Any]) -> None:
+    if not suggestions:
+        print("no suggestions")
+        return
+    lines = ["| entity | value | score | from |", "| --- | --- | --- | --- |"]
+    plain = []
+    for s in suggestions:
+        origin = s.chat_id or s.source
+        lines.append(f"| {s.key} | {s.value} | {s.score:.2f} | {origin} |")
+        plain.append(f"{s.key} = {s.value}  ({s.score:.2f}, {origin})")
+    show_bundle("\n".join(lines), "\n".join(plain))

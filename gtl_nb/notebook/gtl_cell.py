@@ -1,0 +1,254 @@
+"""``%%gtl``: send the cell to a model and show the answer.
+
+From the cell's options to the request (system prompt, ``--format``, ``--context``, chat history), then
+either one model, streamed into a ``StreamView`` with the ``--tools`` loop, or ``--compare A B``, all
+models at once into a ``ComparisonGrid``. The result becomes ``_gtl`` (and ``--out VAR``); a provider
+error fails the cell with one ``GTLCellError`` line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.display import display
+
+from gtl_nb.notebook import args as cli
+from gtl_nb.notebook.args import ArgumentError
+from gtl_nb.notebook.errors import GTLCellError, client_for
+from gtl_nb.notebook.formats import FORMAT_INSTRUCTIONS, code_of, shown
+from gtl_nb.notebook.gap_magic import wrapped_variable
+from gtl_nb.notebook.output import clip, show_bundle
+from gtl_nb.notebook.session import platform_for
+from gtl_nb.notebook.template import render
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gtl_nb.notebook.session import NotebookSession
+
+__all__ = ["GtlCell", "check_cell_options"]
+
+
+class GtlCell:
+    """Runs ``%%gtl`` cells for one shell; the notebook's state is ``session``."""
+
+    def __init__(self, shell: Any, session: NotebookSession) -> None:
+        self.shell = shell
+        self.session = session
+
+    def run(self, line: str, cell: str) -> None:
+        """Ask the model(s) the ``%%gtl`` line names, with the cell (its ``{name}`` substituted) as prompt."""
+        parser = cli.gtl_cell_parser()
+        opts = parser.parse(cli.split(line, self.shell.user_ns))
+        if opts is None or opts.help:
+            print(cli.help_text(parser))
+            return
+        check_cell_options(opts)
+        ns = self.shell.user_ns
+        prompt = render(cell.strip("\n"), ns)
+        if not prompt.strip():
+            raise UsageError("the cell is empty: write the prompt in the cell, under the %%gtl line")
+        client = client_for(self.session, opts.endpoint)
+        chat = self.session.settings.chat if opts.chat is None else opts.chat
+        stream = self.session.settings.stream if opts.stream is None else opts.stream
+        models = opts.compare or [opts.model[0] if opts.model else self.session.default_model(client)[0]]
+
+        from gtl_nb.protocol import Message
+
+        system = self._system(opts, client, models)
+        history = list(self.session.history) if chat else []
+        messages = [*history, Message(role="user", content=prompt)]
+        request: dict[str, Any] = {"system": system, "stream": stream}
+        if opts.temperature is not None:
+            request["temperature"] = opts.temperature
+        if opts.max_tokens is not None:
+            request["max_tokens"] = opts.max_tokens
+        if opts.no_cache:
+            request["cache"] = False
+        if opts.providers:
+            request["providers"] = opts.providers
+        if opts.compare:
+            self._compare(client, opts.compare, messages, request, opts.out)
+            return
+        final, added = self._ask(client, models[0], messages, request, opts, stream)
+        self.session.remember(final, opts.out)
+        if chat and final.tool_calls:
+            print("not added to the conversation: its tool calls were not run")
+        elif chat:
+            self.session.history.extend([*added, final.message])
+        if opts.format == "code" and not final.tool_calls:
+            self.shell.set_next_input(code_of(final.text), replace=False)
+
+    def _system(self, opts: Any, client: Any, models: Sequence[str]) -> str | None:
+        """``--system``, the format's instruction and the ``--context`` message, as one system prompt."""
+        parts = []
+        if opts.system:
+            parts.append(opts.system)  # {name} was substituted with the rest of the line
+        if opts.format in FORMAT_INSTRUCTIONS:
+            parts.append(FORMAT_INSTRUCTIONS[opts.format])
+        if opts.context:
+            parts.append(self._context_text(opts.context, client, models))
+        return "\n\n".join(parts) or None
+
+    def _context_text(self, name: str, client: Any, models: Sequence[str]) -> str:
+        """The ``--context`` GAP message, transformed for the platform of the models' provider."""
+        from gtl_nb import gap
+
+        wrapped = wrapped_variable(self.shell.user_ns, name)
+        platforms = {platform_for(self.session.provider_type_of(client, model)) for model in models}
+        target = platforms.pop() if len(platforms) == 1 else "generic"
+        return gap.transform_for_platform(wrapped, target)
+
+    # -- one model, with the tool loop ------------------------------------------------------------
+
+    def _ask(
+        self, client: Any, model: str, messages: list[Any], request: dict[str, Any], opts: Any, stream: bool
+    ) -> tuple[Any, list[Any]]:
+        """Ask ``model``, running tool calls up to ``--max-steps`` rounds; the final Completion and the
+        messages this cell added to the conversation before the final answer."""
+        from gtl_nb.tools import run_tool_calls
+
+        tools, functions = self._tools(opts.tools or ())
+        if tools:
+            request = {**request, "tools": tools}
+        convo = list(messages)
+        start = len(messages) - 1  # the user's message is the first one this cell adds
+        rounds = 0
+        while True:
+            completion = self._one(client, model, convo, request, stream, opts)
+            if not (tools and completion.tool_calls):
+                return completion, convo[start:]
+            for call in completion.tool_calls:
+                _show_call(call, dry_run=opts.tools_dry_run)
+            if opts.tools_dry_run:
+                print(f"dry run: {len(completion.tool_calls)} tool call(s) shown, not run")
+                return completion, convo[start:]
+            if rounds >= opts.max_steps:
+                print(
+                    f"stopped after {rounds} tool round(s) (--max-steps {opts.max_steps}); the calls above were not run"
+                )
+                return completion, convo[start:]
+            results = run_tool_calls(completion.tool_calls, functions)
+            for result in results:
+                _show_result(result)
+            convo.extend([completion.message, *(result.message for result in results)])
+            rounds += 1
+
+    def _tools(self, names: Sequence[str]) -> tuple[list[Any], dict[str, Callable[..., Any]]]:
+        """The ``--tools`` functions of the notebook, as GTL tools and by name."""
+        from gtl_nb.tools import tool_from_function
+
+        tools, functions = [], {}
+        for name in names:
+            func = self.shell.user_ns.get(name)
+            if func is None:
+                raise UsageError(f"--tools: {name!r} is not defined in the notebook; define the function first")
+            if not callable(func):
+                raise UsageError(f"--tools: {name!r} is a {type(func).__name__}, not a function")
+            try:
+                tool = tool_from_function(func, name=name)
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"--tools: {exc}") from None
+            tools.append(tool)
+            functions[name] = func
+        return tools, functions
+
+    def _one(
+        self, client: Any, model: str, messages: list[Any], request: dict[str, Any], stream: bool, opts: Any
+    ) -> Any:
+        """One request: a live ``StreamView`` (or the Completion when not streaming); errors as one line.
+
+        ``client.stream`` raises set-up and routing mistakes before anything is sent (they become a
+        ``UsageError`` in ``gtl``); what goes wrong after that is the provider's, shown with its code.
+        """
+        from gtl_nb.protocol import GTLError
+
+        view = None
+        if stream:
+            from gtl_nb.notebook.widgets import StreamView
+
+            view = StreamView(title=model)
+        events = client.stream(model, messages, on_event=view.on_event if view else None, **request)
+        if view is not None:
+            view.display()
+        try:
+            for _ in events:
+                pass
+        except KeyboardInterrupt:
+            events.close()
+            if view is not None:
+                view.finish(_stream_error(events))
+            raise
+        try:
+            completion = events.result()
+        except GTLError as exc:
+            if view is not None:
+                view.finish(exc)
+            self._failed(exc, opts.out)
+        answer = shown(completion, opts.format)
+        if view is not None:
+            view.finish(answer)
+        else:
+            display(answer)
+        return completion
+
+    def _failed(self, exc: Exception, out: str | None) -> None:
+        """A provider error: ``_gtl`` is the exception (its ``.completion`` has what arrived)."""
+        self.session.remember(exc, out)
+        raise GTLCellError(exc) from None
+
+    # -- several models ---------------------------------------------------------------------------
+
+    def _compare(
+        self, client: Any, models: list[str], messages: list[Any], request: dict[str, Any], out: str | None
+    ) -> None:
+        """``--compare``: every model at once, one column each, then the summary table."""
+        from gtl_nb.notebook.widgets import ComparisonGrid
+
+        grid = ComparisonGrid(list(dict.fromkeys(models)))
+        grid.display()
+        comparison = client.compare(models, messages, on_event=grid.on_event, **request)
+        grid.finish(comparison)
+        self.session.remember(comparison, out)
+
+
+def check_cell_options(opts: Any) -> None:
+    """Refuse the ``%%gtl`` option combinations that cannot work, naming the fix."""
+    if len(opts.model) > 1:
+        named = ", ".join(repr(m) for m in opts.model)
+        raise ArgumentError(
+            f"%%gtl takes at most one MODEL, got {named}; quote the --system text, or use --compare A B"
+        )
+    if opts.compare:
+        if opts.model:
+            raise ArgumentError("give the models after --compare (`%%gtl --compare A B`), not before it")
+        if opts.tools:
+            raise ArgumentError("--tools runs with one model; drop --compare, or drop --tools")
+        if opts.chat:
+            raise ArgumentError("--chat keeps one model's conversation; --compare does not add to it")
+        if opts.format != "markdown":
+            raise ArgumentError("--format applies to one model's answer; --compare shows markdown only")
+    if opts.tools_dry_run and not opts.tools:
+        raise ArgumentError("--tools-dry-run needs --tools f,g (the functions whose calls to show)")
+
+
+def _show_call(call: Any, *, dry_run: bool) -> None:
+    label = "tool call (dry run, not run)" if dry_run else "tool call"
+    show_bundle(
+        f"**{label}** `{call.name}({clip(call.arguments)})`",
+        f"[{label}] {call.name}({clip(call.arguments)})",
+    )
+
+
+def _show_result(result: Any) -> None:
+    content = clip(result.content)
+    mark = "→" if result.ok else "→ **failed**:"
+    show_bundle(f"{mark} `{content}`", f"  -> {content}")
+
+
+def _stream_error(events: Any) -> Any:
+    """What to draw when the user interrupted: the stream's error, or what arrived."""
+    try:
+        return events.result()
+    except Exception as exc:
+        return exc

@@ -1,0 +1,256 @@
+"""``%gtl SUBCOMMAND``: what the notebook can use and how it is set up.
+
+``models`` and ``usage`` return a DataFrame (the cell's output); ``config``, ``providers`` and
+``connect`` change the session's settings and clients (a bad value is refused before anything changes,
+or rolled back); ``history`` and ``reset`` show and clear the chat-mode conversation. ``%gtl`` alone
+prints the list below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+from gtl_nb.notebook import args as cli
+from gtl_nb.notebook.errors import cell_error, client_for, mistake
+from gtl_nb.notebook.output import show_bundle
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gtl_nb.notebook.session import NotebookSession
+
+__all__ = ["GTL_HELP", "GtlCommands", "setting_value"]
+
+GTL_HELP = """\
+%%gtl [MODEL] [options]      send the cell to a model (`%%gtl --help` lists the options)
+%gtl models [--live DEPLOYMENT]   the models this notebook can use
+%gtl usage [--by provider|model|day]   cost and tokens from the usage ledger
+%gtl config [key=value ...]  show or set model=, chat=on|off, stream=on|off, endpoint=URL, file=PATH
+%gtl providers [NAME key=value ... | NAME --remove]   configure a provider deployment
+%gtl connect URL [--token-env VAR | --ask-token]   connect to a GTL endpoint
+%gtl history                 the conversation kept in chat mode
+%gtl reset                   forget the conversation"""
+
+
+class GtlCommands:
+    """Runs ``%gtl`` line magics for one shell; the notebook's state is ``session``."""
+
+    def __init__(self, shell: Any, session: NotebookSession) -> None:
+        self.shell = shell
+        self.session = session
+
+    def run(self, line: str) -> Any:
+        """Run the subcommand ``line`` names (the list of them for ``%gtl`` alone or ``help``)."""
+        words = cli.split(line, self.shell.user_ns)
+        if not words or words[0] in ("help", "-h", "--help"):
+            print(GTL_HELP)
+            return None
+        command, rest = words[0], words[1:]
+        handlers: dict[str, Callable[[list[str]], Any]] = {
+            "models": self._models,
+            "usage": self._usage,
+            "config": self._config,
+            "providers": self._providers,
+            "connect": self._connect,
+            "history": self._history,
+            "reset": self._reset,
+        }
+        handler = handlers.get(command)
+        if handler is None:
+            raise UsageError(
+                f"unknown %gtl subcommand {command!r}; use models, usage, config, providers, connect, "
+                "history or reset (to ask a model, start the cell with %%gtl)"
+            )
+        return handler(rest)
+
+    def _models(self, words: list[str]) -> Any:
+        parser = cli.models_parser()
+        opts = parser.parse(words)
+        if opts is None:
+            print(cli.help_text(parser))
+            return None
+        import pandas as pd
+
+        client = client_for(self.session, None)
+        if opts.live:
+            from gtl_nb.protocol import GTLError
+
+            try:
+                names = client.list_models(opts.live)
+            except GTLError as exc:
+                raise cell_error(exc) from None
+            return pd.DataFrame({"deployment": opts.live, "model": names})
+        rows = [
+            {
+                "deployment": info.provider,
+                "type": info.provider_type,
+                "model": model.name,
+                "offline": info.offline,
+                "context_window": model.context_window,
+                "cost_per_1k_input": model.cost_per_1k_input,
+                "cost_per_1k_output": model.cost_per_1k_output,
+            }
+            for info in client.providers()
+            for model in info.models
+        ]
+        return pd.DataFrame(rows)
+
+    def _usage(self, words: list[str]) -> Any:
+        parser = cli.usage_parser()
+        opts = parser.parse(words)
+        if opts is None:
+            print(cli.help_text(parser))
+            return None
+        client = client_for(self.session, None)
+        if client.ledger is None:
+            raise UsageError("the usage ledger is off ([ledger] enabled = false): there is no usage to show")
+        from gtl_nb.analysis import usage_table
+
+        return usage_table(client.ledger.to_dataframe(), by=opts.by)
+
+    def _config(self, words: list[str]) -> None:
+        settings = self.session.settings
+        if not words:
+            self._show_config()
+            return
+        changes = cli.parse_assignments(words, what="%gtl config")
+        known = ("model", "chat", "stream", "endpoint", "file")
+        for key in changes:
+            if key not in known:
+                raise UsageError(f"%gtl config: unknown setting {key!r}; known: {', '.join(known)}")
+        switches = {key: cli.parse_bool(changes[key]) for key in ("chat", "stream") if key in changes}
+        if "chat" in switches:  # every value is checked before any is applied
+            settings.chat = switches["chat"]
+        if "stream" in switches:
+            settings.stream = switches["stream"]
+        if "model" in changes:
+            settings.model = changes["model"].strip() or None
+        if "file" in changes:
+            old = settings.config_file
+            settings.config_file = os.path.expanduser(changes["file"]) if changes["file"].strip() else None
+            try:
+                self.session.reconnect()
+            except ValueError as exc:
+                settings.config_file = old
+                self.session.close()
+                raise mistake(exc) from None
+        if "endpoint" in changes:
+            self._switch_endpoint(changes["endpoint"].strip() or "embedded://", None)
+        self._show_config()
+
+    def _show_config(self) -> None:
+        settings = self.session.settings
+        client = client_for(self.session, None)
+        model, source = self.session.default_model(client)
+        deployments = ", ".join(
+            f"{info.provider} ({info.provider_type}{', offline' if info.offline else ''})"
+            for info in client.providers()
+        )
+        config_path = getattr(getattr(client, "config", None), "source_path", None)
+        rows = [
+            ("model", f"{model}  ({source})"),
+            ("chat", "on" if settings.chat else "off"),
+            ("stream", "on" if settings.stream else "off"),
+            ("endpoint", settings.endpoint),
+            (
+                "file",
+                str(config_path) if config_path else "none (set $GTL_NB_CONFIG or `%gtl config file=PATH`)",
+            ),
+            ("providers", deployments or "none"),
+        ]
+        print("\n".join(f"{key:<10}{value}" for key, value in rows))
+
+    def _providers(self, words: list[str]) -> None:
+        if not words:
+            client = client_for(self.session, None)
+            for info in client.providers():
+                kind = f"{info.provider_type}, offline" if info.offline else info.provider_type
+                print(f"{info.provider:<16}{kind:<22}{len(info.models)} model(s)")
+            return
+        name, rest = words[0], words[1:]
+        if "=" in name or name.startswith("-"):
+            raise UsageError("%gtl providers: start with the deployment's name (`%gtl providers openai base_url=...`)")
+        previous = self.session.providers.get(name)
+        if rest == ["--remove"]:
+            if previous is None:
+                raise UsageError(f"%gtl providers: {name!r} was not added with %gtl providers")
+            del self.session.providers[name]
+        else:
+            raw = cli.parse_assignments(rest, what="%gtl providers")
+            cli.refuse_secret_settings(raw)
+            if not raw:
+                raise UsageError(
+                    f"%gtl providers {name}: give its settings as key=value (base_url=, api_key_env=, ...)"
+                )
+            self.session.providers[name] = {key: setting_value(key, value) for key, value in raw.items()}
+        try:
+            client = self.session.reconnect()
+        except ValueError as exc:  # ConfigurationError names the bad key
+            if previous is None:
+                self.session.providers.pop(name, None)
+            else:
+                self.session.providers[name] = previous
+            self.session.close()
+            raise mistake(exc) from None
+        names = ", ".join(info.provider for info in client.providers())
+        print(f"providers: {names}")
+
+    def _connect(self, words: list[str]) -> None:
+        parser = cli.connect_parser()
+        opts = parser.parse(words)
+        if opts is None:
+            print(cli.help_text(parser))
+            return
+        token: str | None = None
+        if opts.token_env:
+            token = os.environ.get(opts.token_env)
+            if not token:
+                raise UsageError(f"%gtl connect: ${opts.token_env} is not set; set it before starting Jupyter")
+        elif opts.ask_token:
+            import getpass
+
+            token = getpass.getpass(f"token for {opts.url}: ") or None
+        self._switch_endpoint(opts.url, token)
+        print(f"connected to {opts.url}")
+
+    def _switch_endpoint(self, url: str, token: str | None) -> None:
+        try:
+            self.session.connect(url, token)
+        except ValueError as exc:  # ConfigurationError: unknown scheme, no gateway yet
+            raise mistake(exc) from None
+
+    def _history(self, words: list[str]) -> None:
+        history = self.session.history
+        if not history:
+            print("no conversation yet (chat mode keeps one: `%gtl config chat=on` or `%%gtl --chat`)")
+            return
+        plain, markdown = [], []
+        for message in history:
+            text = message.content or ""
+            for call in message.tool_calls:
+                text += f" [tool call] {call.name}({call.arguments})"
+            plain.append(f"{message.role}: {text}")
+            markdown.append(f"**{message.role}**: {text}")
+        show_bundle("\n\n".join(markdown), "\n".join(plain))
+
+    def _reset(self, words: list[str]) -> None:
+        count = len(self.session.history)
+        self.session.history.clear()
+        print(f"conversation cleared ({count} message{'s' if count != 1 else ''})")
+
+
+def setting_value(key: str, value: str) -> Any:
+    """A ``%gtl providers`` value: ``models`` is a comma list, JSON values as JSON, anything else text."""
+    if key == "models":
+        return cli.comma_list(value)
+    text = value.strip()
+    if text and (text[0] in "[{" or text in ("true", "false") or re.fullmatch(r"-?\d+(\.\d+)?", text)):
+        try:
+            return json.loads(text)
+        except ValueError:
+            pass
+    return value
