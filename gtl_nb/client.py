@@ -513,27 +513,48 @@ class _StreamBase:
 
 
 class EventStream(_StreamBase):
-    """Events of one session, as they arrive. Iterate once; ``close()`` (or ``break``) cancels."""
+    """Events of one session, as they arrive.
+
+    Iterate it once: leaving the loop early (``break``, an exception, Ctrl-C) cancels the session,
+    and so does ``close()`` — also from another thread while one is iterating. Either way the
+    session ends with exactly one ``CANCELLED`` error.
+    """
 
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
         self._queue: queue.Queue[StreamEvent] = queue.Queue()
         self._future = client._start(request, self._queue.put)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # on_event callbacks run under it and may call close()
+        self._reader: threading.Thread | None = None
+        self._ended = threading.Event()
+
+    def _record(self, event: StreamEvent) -> None:
+        with self._lock:
+            if self.finished:
+                return  # one terminal event per session, whoever records it
+            super()._record(event)
+            if self.finished:
+                self._ended.set()
 
     def __iter__(self) -> Iterator[StreamEvent]:
+        if self._reader is not None:
+            raise RuntimeError("an EventStream can be iterated once; keep the events you need from it")
+        self._reader = threading.current_thread()
         try:
             while not self.finished:
                 event = self._queue.get()
+                before = len(self.transcript.events)
                 self._record(event)
-                yield event
+                if len(self.transcript.events) > before:
+                    yield event
         finally:
             if not self.finished:
                 self._cancel()
 
     def _cancel(self) -> None:
+        """Cancel and collect the ``CANCELLED`` error the pump delivers (the caller reads the queue)."""
         self._future.cancel()
-        while not self.finished:  # collect the CANCELLED error the pump delivers
+        while not self.finished:
             try:
                 self._record(self._queue.get(timeout=5))
             except queue.Empty:  # pragma: no cover - the loop thread is wedged
@@ -541,9 +562,14 @@ class EventStream(_StreamBase):
 
     def close(self) -> None:
         """Stop the session (a ``CANCELLED`` error ends it) unless it already finished."""
-        with self._lock:
-            if not self.finished:
-                self._cancel()
+        if self.finished:
+            return
+        reader = self._reader
+        if reader is not None and reader is not threading.current_thread() and reader.is_alive():
+            self._future.cancel()  # the iterating thread reads the CANCELLED error itself
+            self._ended.wait(5)
+            return
+        self._cancel()
 
     def __enter__(self) -> EventStream:
         return self
@@ -565,20 +591,25 @@ class EventStream(_StreamBase):
 
 
 class AsyncEventStream(_StreamBase):
-    """Async iterator of one session's events (see ``Client.astream``)."""
+    """Async iterator of one session's events (see ``Client.astream``); iterate it once.
+
+    Leaving the loop early, ``await stream.aclose()`` or ``async with`` exiting cancels the session.
+    """
 
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
-        self._queue: asyncio.Queue[StreamEvent] | None = None
         self._future: Any = None
+        self._iterator: AsyncIterator[StreamEvent] | None = None
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._iterate()
+        if self._iterator is not None:
+            raise RuntimeError("an AsyncEventStream can be iterated once; keep the events you need from it")
+        self._iterator = self._iterate()
+        return self._iterator
 
     async def _iterate(self) -> AsyncIterator[StreamEvent]:
         caller = asyncio.get_running_loop()
-        self._queue = asyncio.Queue()
-        q = self._queue
+        q: asyncio.Queue[StreamEvent] = asyncio.Queue()
 
         def deliver(event: StreamEvent) -> None:
             caller.call_soon_threadsafe(q.put_nowait, event)
@@ -590,9 +621,25 @@ class AsyncEventStream(_StreamBase):
                 self._record(event)
                 yield event
         finally:
-            if not self.finished:
+            self._stop()
+
+    def _stop(self) -> None:
+        if not self.finished:
+            if self._future is not None:
                 self._future.cancel()
-                self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
+            self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
+
+    async def aclose(self) -> None:
+        """Stop the session (a ``CANCELLED`` error ends it) unless it already finished."""
+        if self._iterator is not None:
+            await self._iterator.aclose()  # type: ignore[attr-defined]
+        self._stop()
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -186,6 +186,20 @@ class CircuitBreaker:
                 return True
             return False
 
+    def acquire(self) -> str | None:
+        """Like ``allow`` but says what was granted: ``"probe"`` (a half-open slot to hand back with
+        ``release`` unless a verdict is recorded), ``"pass"`` (closed: nothing reserved) or ``None``."""
+        if not self.config.enabled:
+            return "pass"
+        with self._lock:
+            state = self._current(self.clock())
+            if state == "closed":
+                return "pass"
+            if state == "half_open" and self._probes < self.config.half_open_probes:
+                self._probes += 1
+                return "probe"
+            return None
+
     def record_success(self) -> None:
         """A call succeeded: counted in the window, ends a failure streak, closes a half-open circuit."""
         if not self.config.enabled:

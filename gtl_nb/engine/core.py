@@ -29,6 +29,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from typing import Any
 
 import msgspec
@@ -80,6 +81,9 @@ class _MemoryUsage:
     def record(self, when: float, user: str | None, usage: Usage | None) -> None:
         tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0) if usage else 0
         self.records.append((when, user, tokens, (usage.cost or 0.0) if usage else 0.0))
+        horizon = when - 86_400.0  # budgets look back one UTC day at most
+        while self.records and self.records[0][0] < horizon:
+            self.records.pop(0)
 
     def totals(self, user: str, since: float) -> tuple[int, int, float]:
         rows = [r for r in self.records if r[0] >= since and r[1] == user]
@@ -134,24 +138,27 @@ class Engine:
         The row is inserted (status ``started``) before any upstream call and completed once, before
         the terminal event is handed on — also when the caller stops listening early (``cancelled``).
         """
+        user = user or ""  # one spelling of "no user" for the ledger, budgets and the memory window
         refusal = await self._check_budget(request, user)
         row = await self._ledger_start(request, user)
         record: dict[str, Any] = {"path": [], "cache_hit": False, "coalesced": False}
         usage: Usage | None = None
         end: Done | Error | None = None
         try:
-            async for event in self._guarded(request, record, refusal):
-                if isinstance(event, Usage):
-                    usage = event
-                elif isinstance(event, Status) and event.state == "failover":
-                    usage = None
-                elif isinstance(event, (Done, Error)):
-                    end = event
-                    self._memory_usage.record(self.wall_clock(), user, usage)
-                    if row is not None:  # complete the row before the caller sees the end
-                        finished, row = row, None
-                        await self._ledger_finish(finished, end, usage, record)
-                yield event
+            async with aclosing(self._guarded(request, record, refusal)) as events:
+                async for event in events:
+                    if isinstance(event, Usage):
+                        usage = event
+                    elif isinstance(event, Status) and event.state == "failover":
+                        usage = None
+                    elif isinstance(event, (Done, Error)):
+                        end = event
+                        if self.ledger is None and self.budgets is not None:
+                            self._memory_usage.record(self.wall_clock(), user, usage)
+                        if row is not None:  # complete the row before the caller sees the end
+                            finished, row = row, None
+                            await self._ledger_finish(finished, end, usage, record)
+                    yield event
         finally:
             if row is not None:
                 await self._ledger_finish(row, end, usage, record)
@@ -163,9 +170,10 @@ class Engine:
         session (and its ledger row) properly instead of an exception that leaves both open."""
         ended = False
         try:
-            async for event in self._run(request, record, refusal):
-                ended = isinstance(event, (Done, Error))
-                yield event
+            async with aclosing(self._run(request, record, refusal)) as events:
+                async for event in events:
+                    ended = isinstance(event, (Done, Error))
+                    yield event
         except Exception as exc:
             if ended:
                 raise
@@ -184,13 +192,26 @@ class Engine:
     async def _ledger_start(self, request: CompletionRequest, user: str | None) -> int | None:
         if self.ledger is None:
             return None
+        insert = asyncio.ensure_future(
+            asyncio.to_thread(self.ledger.start, session_id=request.session_id, user=user, model=request.model)
+        )
         try:
-            return await asyncio.to_thread(
-                self.ledger.start, session_id=request.session_id, user=user, model=request.model
-            )
+            return await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            # cancelled while the row was being inserted: the insert still lands, so close it
+            insert.add_done_callback(self._finish_cancelled_insert)
+            raise
         except Exception:  # the ledger must never take a request down with it
             log.exception("ledger: could not record the start of %s", request.session_id)
             return None
+
+    def _finish_cancelled_insert(self, insert: asyncio.Future[int]) -> None:
+        if insert.cancelled() or insert.exception() is not None:
+            return
+        row = insert.result()
+        asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.ledger.finish(row, status="cancelled", error_code="CANCELLED")
+        )
 
     async def _ledger_finish(
         self, row: int, end: Done | Error | None, usage: Usage | None, record: dict[str, Any]
@@ -230,7 +251,7 @@ class Engine:
 
     def _usage_since(self, user: str, since: float) -> tuple[int, int, float]:
         if self.ledger is not None:
-            totals = self.ledger.totals(user=user or None, since=since)
+            totals = self.ledger.totals(user=user, since=since)
             return totals.requests, totals.tokens, totals.cost
         return self._memory_usage.totals(user, since)
 
@@ -286,25 +307,29 @@ class Engine:
             record["coalesced"] = True
             record["path"].append(targets[0].name)
             first: float | None = None
-            async for event in flight.follow(sid):
-                if isinstance(event, _CONTENT) and first is None:
-                    first = self.clock()
-                if isinstance(event, Done):
-                    event = msgspec.structs.replace(
-                        event, ttft_ms=_ms(first - started) if first else None, latency_ms=_ms(self.clock() - started)
-                    )
-                machine.advance(event)
-                yield event
+            async with aclosing(flight.follow(sid)) as events:
+                async for event in events:
+                    if isinstance(event, _CONTENT) and first is None:
+                        first = self.clock()
+                    if isinstance(event, Done):
+                        event = msgspec.structs.replace(
+                            event,
+                            ttft_ms=_ms(first - started) if first else None,
+                            latency_ms=_ms(self.clock() - started),
+                        )
+                    machine.advance(event)
+                    yield event
             return
         flight = Flight() if flight_key else None
         if flight is not None:
             self._flights[flight_key] = flight  # type: ignore[index]
             flight.publish(queued)
         try:
-            async for event in self._attempts(request, targets, record, machine, started, key):
-                if flight is not None:
-                    flight.publish(event)
-                yield event
+            async with aclosing(self._attempts(request, targets, record, machine, started, key)) as events:
+                async for event in events:
+                    if flight is not None:
+                        flight.publish(event)
+                    yield event
         finally:
             if flight is not None:
                 flight.close()
@@ -328,10 +353,17 @@ class Engine:
         started: float,
         key: str | None,
     ) -> AsyncIterator[StreamEvent]:
-        """Try the targets in order: breakers, retries with backoff, failover, the context fallback."""
+        """Try the targets in order: breakers, retries with backoff, failover, the context fallback.
+
+        A breaker's probe slot is held from ``acquire`` until a verdict is recorded, inside one
+        ``try``/``finally`` that hands it back on any exit (a consumer that stops reading, a cancel
+        during back-off). Success bookkeeping (breaker, latency, cache) happens *before* ``done`` is
+        yielded, so a consumer that stops at ``done`` loses none of it.
+        """
         sid = request.session_id
         deadline = self.retry.deadline_from(started)
         targets = list(targets)
+        tried = {(t.name, t.model) for t in targets}
         last_failure: tuple[Target, Error] | None = None
         refused: list[str] = []
         index = 0
@@ -339,74 +371,67 @@ class Engine:
             target = targets[index]
             index += 1
             breaker = self.breakers.get(target.name)
-            if not breaker.allow():
+            grant = breaker.acquire()
+            if grant is None:
                 refused.append(target.name)
                 continue
-            if last_failure is not None:
-                previous, failed = last_failure
-                status = Status(
-                    session_id=sid,
-                    state="failover",
-                    from_provider=previous.name,
-                    to_provider=target.name,
-                    reason=f"{failed.code}: {failed.message}",
-                )
-                machine.advance(status)
-                yield status
-            record["path"].append(target.name)
-            attempt = 0
-            while True:  # attempts at this target; the breaker slot is held for each one
-                attempt += 1
-                outcome: dict[str, Any] = {}
-                settled = False
-                try:
-                    async for event in self._one_attempt(request, target, machine, started, outcome):
-                        yield event
-                    done: Done | None = outcome.get("done")
-                    if done is not None:
-                        breaker.record_success()
-                        settled = True
-                        if done.ttft_ms is not None:
-                            self.strategy.observe_ttft(target.name, done.ttft_ms / 1000.0)
-                        if key is not None:
-                            answer = CachedAnswer.from_events(
-                                outcome["events"],
-                                deployment=target.name,
-                                model=target.model,
-                                stored_at=self.wall_clock(),
-                            )
-                            if answer is not None:
-                                self.cache.set(key, answer)
+            try:
+                if last_failure is not None:
+                    previous, failed = last_failure
+                    status = Status(
+                        session_id=sid,
+                        state="failover",
+                        from_provider=previous.name,
+                        to_provider=target.name,
+                        reason=f"{failed.code}: {failed.message}",
+                    )
+                    machine.advance(status)
+                    yield status
+                record["path"].append(target.name)
+                attempt = 0
+                while True:  # attempts at this target, each holding the breaker grant
+                    attempt += 1
+                    outcome: dict[str, Any] = {}
+                    async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as events:
+                        async for event in events:
+                            if isinstance(event, Done):
+                                breaker.record_success()
+                                grant = None
+                                self._remember_success(request, target, outcome, key)
+                            yield event
+                    if "done" in outcome:
                         return
-                    failed: Error = outcome["error"]
+                    failed = outcome["error"]
                     if failed.retryable:
                         breaker.record_failure()
-                    else:
-                        breaker.release()
-                    settled = True
-                finally:
-                    if not settled:
-                        breaker.release()  # cancelled mid-attempt: neither a success nor a failure
-                if not failed.retryable:
-                    fallback = self._context_fallback(failed, target)
-                    if fallback is None:
-                        yield failed
-                        return
-                    targets.insert(index, fallback)
+                        grant = None
+                    if not failed.retryable:
+                        fallback = self._context_fallback(failed, target)
+                        if fallback is None or (fallback.name, fallback.model) in tried:
+                            yield failed
+                            return
+                        tried.add((fallback.name, fallback.model))
+                        targets.insert(index, fallback)
+                        last_failure = (target, failed)
+                        break
                     last_failure = (target, failed)
-                    break
-                last_failure = (target, failed)
-                if outcome.get("content"):
-                    break  # never retry once content was sent: fail over, which discards it
-                delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
-                if delay is None or not breaker.allow():
-                    break
-                status = Status(
-                    session_id=sid, state="retrying", attempt=attempt + 1, reason=f"{failed.code}: {failed.message}"
-                )
-                machine.advance(status)
-                yield status
-                await self._sleep(delay)
+                    if outcome.get("content"):
+                        break  # never retry once content or usage was sent: fail over, which discards it
+                    delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
+                    if delay is None:
+                        break
+                    grant = breaker.acquire()
+                    if grant is None:
+                        break
+                    status = Status(
+                        session_id=sid, state="retrying", attempt=attempt + 1, reason=f"{failed.code}: {failed.message}"
+                    )
+                    machine.advance(status)
+                    yield status
+                    await self._sleep(delay)
+            finally:
+                if grant == "probe":
+                    breaker.release()  # no verdict: a caller mistake, or the session was cancelled
         if last_failure is not None:
             yield last_failure[1]
             return
@@ -419,6 +444,20 @@ class Engine:
             retryable=True,
             retry_after=wait,
         )
+
+    def _remember_success(
+        self, request: CompletionRequest, target: Target, outcome: dict[str, Any], key: str | None
+    ) -> None:
+        """What a successful attempt teaches: its own time to first token, and a cache entry stored
+        under the key of the deployment that actually answered."""
+        if outcome.get("ttft") is not None:
+            self.strategy.observe_ttft(target.name, outcome["ttft"])
+        if key is not None:
+            answer = CachedAnswer.from_events(
+                outcome["events"], deployment=target.name, model=target.model, stored_at=self.wall_clock()
+            )
+            if answer is not None:
+                self.cache.set(cache_key(target.name, target.model, request), answer)
 
     def _context_fallback(self, failed: Error, target: Target) -> Target | None:
         if failed.code != "CONTEXT_LENGTH_EXCEEDED":
@@ -444,6 +483,7 @@ class Engine:
         events: list[StreamEvent] = []
         outcome["events"] = events
         first: float | None = None
+        attempt_started = self.clock()
         attempt = self._attempt(request, target)
         try:
             async for event in attempt:
@@ -452,6 +492,7 @@ class Engine:
                     return
                 if isinstance(event, _CONTENT) and first is None:
                     first = self.clock()
+                    outcome["ttft"] = first - attempt_started  # this attempt's own, for lowest_latency
                 if isinstance(event, Done):
                     event = _stamp(event, target, started, first, self.clock())
                 try:
@@ -464,12 +505,13 @@ class Engine:
                         provider=target.name,
                     )
                     return
-                if isinstance(event, _CONTENT):
-                    outcome["content"] = True
+                if isinstance(event, (*_CONTENT, Usage)):
+                    outcome["content"] = True  # the caller has it: a retry would duplicate it
                 events.append(event)
-                yield event
                 if isinstance(event, Done):
                     outcome["done"] = event
+                yield event
+                if isinstance(event, Done):
                     return
         finally:
             await attempt.aclose()

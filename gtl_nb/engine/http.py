@@ -147,7 +147,18 @@ class HttpRunner:
             return
         try:
             if response.status_code >= 400:
-                body = await asyncio.wait_for(response.aread(), limits.idle)
+                try:
+                    body = await _read_capped(response, limits.idle, self.max_response_bytes)
+                except (asyncio.TimeoutError, httpx.HTTPError) as exc:
+                    yield _error(
+                        request,
+                        deployment,
+                        "PROVIDER_UNAVAILABLE",
+                        f"HTTP {response.status_code}, and its error body could not be read: "
+                        f"{type(exc).__name__} {exc}".rstrip(),
+                        http_status=response.status_code,
+                    )
+                    return
                 headers = _seconds_retry_after(dict(response.headers), time.time())
                 yield dialect.decode_error(request, deployment, response.status_code, headers, body)
                 return
@@ -156,13 +167,14 @@ class HttpRunner:
             received = 0
             timeout = limits.first_byte
             deadline = _ReadDeadline()
+            first_chunk = True
             while True:
                 try:
                     chunk = await deadline.read(chunks.__anext__(), timeout)
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
-                    which = "first-byte" if timeout is limits.first_byte else "idle"
+                    which = "first-byte" if first_chunk else "idle"
                     yield _error(
                         request,
                         deployment,
@@ -174,6 +186,7 @@ class HttpRunner:
                     log.debug("connection lost mid-stream from %s: %s", deployment.name, exc)
                     break
                 timeout = limits.idle
+                first_chunk = False
                 received += len(chunk)
                 if received > self.max_response_bytes:  # a runaway body must not exhaust memory
                     yield _error(
@@ -193,37 +206,37 @@ class HttpRunner:
 
 
 class _ReadDeadline:
-    """A timeout on one read of a stream, for the task doing the reading.
+    """A timeout on one read of a stream, for the task doing that read.
 
     ``asyncio.wait_for`` wraps every awaited read in a new task before Python 3.12 — for a
     streamed answer, one task per chunk. This arms one timer per read instead and, when it fires,
-    cancels the reading task and turns that cancellation into ``asyncio.TimeoutError``.
+    cancels the task doing the read (looked up per read: a stream may change hands between tasks)
+    and turns that cancellation into ``asyncio.TimeoutError``.
     """
 
-    def __init__(self) -> None:
-        self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
-        self._expired = False
-
     async def read(self, awaitable: Any, timeout: float | None) -> Any:
-        if timeout is None or self._task is None:
+        task = asyncio.current_task()
+        if timeout is None or task is None:
             return await awaitable
-        handle = self._loop.call_later(timeout, self._expire)
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(timeout, expire)
         try:
             return await awaitable
         except asyncio.CancelledError:
-            if not self._expired:
+            if not expired:
                 raise  # a real cancellation from the caller
-            uncancel = getattr(self._task, "uncancel", None)
-            if uncancel is not None:  # Python >= 3.11 counts cancellations
-                uncancel()
+            uncancel = getattr(task, "uncancel", None)
+            if uncancel is not None and uncancel() > 0:  # Python >= 3.11 counts cancellations
+                raise  # the caller cancelled in the same tick: theirs wins
             raise asyncio.TimeoutError from None
         finally:
             handle.cancel()
-
-    def _expire(self) -> None:
-        self._expired = True
-        self._task.cancel()  # type: ignore[union-attr]
 
 
 def _seconds_retry_after(headers: dict[str, str], now: float) -> dict[str, str]:
@@ -240,14 +253,33 @@ def _seconds_retry_after(headers: dict[str, str], now: float) -> dict[str, str]:
     return headers
 
 
-def _error(request: CompletionRequest, deployment: Deployment, code: str, message: str) -> Error:
+def _error(
+    request: CompletionRequest, deployment: Deployment, code: str, message: str, *, http_status: int | None = None
+) -> Error:
     return Error(
         session_id=request.session_id,
         code=code,  # type: ignore[arg-type]
         message=message,
         retryable=True,
         provider=deployment.name,
+        http_status=http_status,
     )
+
+
+async def _read_capped(response: httpx.Response, idle: float | None, limit: int) -> bytes:
+    """An error body, read within ``idle`` seconds and at most ``limit`` bytes (the rest is dropped)."""
+
+    async def read() -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            parts.append(chunk[: max(0, limit - size)])
+            size += len(chunk)
+            if size >= limit:
+                break
+        return b"".join(parts)
+
+    return await asyncio.wait_for(read(), idle)
 
 
 def _host(url: str) -> str:

@@ -492,19 +492,29 @@ class Ledger:
     def totals(
         self, user: str | None = None, since: float | None = None, *, until: float | None = None
     ) -> Totals:
-        """``(requests, tokens_in + tokens_out, cost)`` of rows started in ``[since, until)``.
+        """``(requests, tokens_in + tokens_out, cost)`` of rows started in ``[since, until)``, as
+        budgets count them.
 
-        Every row counts as a request, whatever its status (in-flight ones too); unknown token
-        counts count as 0; cost sums the known costs only (0.0 when none is known). ``user=None``
-        means every user; times are unix seconds.
+        Every row counts as a request (in-flight ones too) except requests refused locally by a
+        budget (``RATE_LIMIT``/``BUDGET_EXCEEDED`` that never reached a deployment) — otherwise a
+        client waiting the ``retry_after`` it was given would be refused again by its own refusals.
+        Tokens of cache hits and coalesced requests are not counted (nothing went upstream for
+        them); unknown token counts count as 0; cost sums the known costs only (0.0 when none is
+        known). ``user=None`` means every user; times are unix seconds.
         """
         filters: dict[str, Any] = {"since": since, "until": until}
         if user is not None:
             filters["user"] = user
         where, params = _where(filters)
+        refused = (
+            "(status = 'error' AND deployment IS NULL"
+            " AND COALESCE(error_code, '') IN ('RATE_LIMIT', 'BUDGET_EXCEEDED'))"
+        )
+        where = f"{where} AND NOT {refused}" if where else f" WHERE NOT {refused}"
         found = self._read(
             lambda conn: conn.execute(
-                "SELECT COUNT(*), COALESCE(SUM(COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0)), 0), "
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN cache_hit OR coalesced THEN 0 ELSE "
+                "COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0) END), 0), "
                 f"COALESCE(SUM(cost), 0.0) FROM {TABLE}{where}",
                 params,
             ).fetchone()

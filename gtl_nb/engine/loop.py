@@ -64,6 +64,9 @@ class LoopThread:
         future = self.submit(coro)
         try:
             return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # do not leave the work running on the loop after giving up on it
+            raise
         except KeyboardInterrupt:
             future.cancel()
             # Let the coroutine's clean-up (closing upstream responses, recording the cancel) run.
