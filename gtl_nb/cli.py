@@ -20,12 +20,8 @@ from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gtl", description="gtl_nb: every AI provider through one protocol."
-    )
-    parser.add_argument(
-        "--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)"
-    )
+    parser = argparse.ArgumentParser(prog="gtl", description="gtl_nb: every AI provider through one protocol.")
+    parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -36,9 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--system", "-s", help="system prompt")
     complete.add_argument("--temperature", "-t", type=float)
     complete.add_argument("--max-tokens", type=int)
-    complete.add_argument(
-        "--reasoning", action="store_true", help="show the model's reasoning when it has one"
-    )
+    complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
     complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")
     complete.set_defaults(handler=_complete)
 

@@ -51,9 +51,7 @@ _NUMPY_PARAM_RE = re.compile(r"^(?P<name>\*{0,2}\w+)\s*(:\s*.*)?$")
 _SPHINX_PARAM_RE = re.compile(r"^\s*:param\s+(?:[^:]*\s)?(?P<name>\w+)\s*:\s*(?P<text>.*)$")
 
 
-def tool_from_function(
-    func: Callable[..., Any], *, name: str | None = None, description: str | None = None
-) -> Tool:
+def tool_from_function(func: Callable[..., Any], *, name: str | None = None, description: str | None = None) -> Tool:
     """The ``Tool`` (name, description, JSON Schema of the parameters) that describes ``func``.
 
     ``name`` defaults to ``func.__name__`` and ``description`` to the docstring's first paragraph.
@@ -90,9 +88,7 @@ def tool_from_function(
     parameters: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         parameters["required"] = required
-    return Tool(
-        name=tool_name, description=description if description is not None else summary, parameters=parameters
-    )
+    return Tool(name=tool_name, description=description if description is not None else summary, parameters=parameters)
 
 
 def schema_for_annotation(annotation: Any) -> dict[str, Any]:
@@ -158,9 +154,7 @@ class ToolResult:
         return Message(role="tool", content=self.content, tool_call_id=self.call.id, name=self.call.name)
 
 
-def run_tool_calls(
-    calls: Sequence[ToolCall], functions: Mapping[str, Callable[..., Any]]
-) -> list[ToolResult]:
+def run_tool_calls(calls: Sequence[ToolCall], functions: Mapping[str, Callable[..., Any]]) -> list[ToolResult]:
     """Run each call with the function of its name; errors become results, never exceptions."""
     results: list[ToolResult] = []
     for call in calls:

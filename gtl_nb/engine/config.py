@@ -60,7 +60,15 @@ CONFIG_FILE_NAME = "config.toml"
 APP_DIR_NAME = "gtl_nb"
 
 SECTIONS = (
-    "providers", "routing", "cache", "budgets", "ledger", "gateway", "catalog", "defaults", "timeouts",
+    "providers",
+    "routing",
+    "cache",
+    "budgets",
+    "ledger",
+    "gateway",
+    "catalog",
+    "defaults",
+    "timeouts",
 )
 
 DEPLOYMENT_KEYS = (
@@ -173,8 +181,7 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
     "defaults": {
         "model": Field(_OPT_STR, None, "model used when a request names none (built-in: 'echo')"),
         "provider": Field(_OPT_STR, None, "deployment used when a request names none"),
-        "providers": Field((list, type(None)), None, "failover list used when a request names none",
-                           check=_str_list),
+        "providers": Field((list, type(None)), None, "failover list used when a request names none", check=_str_list),
         "system": Field(_OPT_STR, None, "system prompt prepended to requests without one"),
         "temperature": Field(_OPT_NUM, None, "sampling temperature"),
         "max_tokens": Field((int, type(None)), None, "output token limit"),
@@ -205,9 +212,7 @@ def _check_routing(table: Mapping[str, Any], source: str) -> None:
             f"[routing] context_fallbacks in {source} must map a model to a larger one "
             '(e.g. {"gpt-4o-mini" = "gpt-4.1"} or "deployment:model")'
         )
-    strategy_from_routing(
-        table, price_of=lambda _candidate: None, other_keys=("breaker", "retry", "context_fallbacks")
-    )
+    strategy_from_routing(table, price_of=lambda _candidate: None, other_keys=("breaker", "retry", "context_fallbacks"))
     BreakerConfig.from_dict(table.get("breaker"), where=f"[routing.breaker] in {source}")
     RetryPolicy.from_dict(table.get("retry"), where=f"[routing.retry] in {source}")
 
@@ -268,8 +273,9 @@ class Config:
         found = self.deployments.get(name)
         if found is None:
             known = ", ".join(sorted(self.deployments)) or "none"
-            raise ConfigurationError(f"no deployment named {name!r}{_did_you_mean(name, self.deployments)}; "
-                                     f"configured: {known}")
+            raise ConfigurationError(
+                f"no deployment named {name!r}{_did_you_mean(name, self.deployments)}; configured: {known}"
+            )
         return found
 
     def require_credentials(self, name: str) -> Deployment:
@@ -504,8 +510,15 @@ def _check_value(value: Any, spec: Field, where: str) -> None:
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a table", type(None): "empty"}
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+        type(None): "empty",
+    }
     shown = [names.get(kind, kind.__name__) for kind in kinds if not (kind is int and float in kinds)]
     return " or ".join(shown)
 
@@ -613,7 +626,7 @@ def _build_deployment(
             )
         raise ConfigurationError(
             f"[providers.{name}] needs a type (its name is not a provider type{_did_you_mean(name, known)}): "
-            f"add type = \"<type>\" (known types: {', '.join(sorted(known))})"
+            f'add type = "<type>" (known types: {", ".join(sorted(known))})'
         )
     values: dict[str, Any] = {key: spec[key] for key in spec if key in Deployment.__dataclass_fields__}
     hint = None
@@ -676,8 +689,10 @@ def _aws_credentials(
             if keys.get("aws_access_key_id") and keys.get("aws_secret_access_key"):
                 out.update(keys)
             elif explicit_profile or env.get("AWS_PROFILE"):
-                hint = (f"AWS profile {profile!r} has no aws_access_key_id/aws_secret_access_key in the "
-                        "shared credentials files (SSO and role profiles are not supported)")
+                hint = (
+                    f"AWS profile {profile!r} has no aws_access_key_id/aws_secret_access_key in the "
+                    "shared credentials files (SSO and role profiles are not supported)"
+                )
     if not values.get("region"):
         region = _profile_region(profile, env, home)
         if region:
@@ -746,9 +761,11 @@ def _missing_credentials(deployment: Deployment) -> list[str]:
 
 def _credential_hint(provider_type: str, key: str, where: str) -> str:
     if key == "credentials":  # bedrock
-        return ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with keys in "
-                f"~/.aws/credentials, or AWS_BEARER_TOKEN_BEDROCK), or aws_access_key_id and "
-                f"aws_secret_access_key in {where}")
+        return (
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with keys in "
+            f"~/.aws/credentials, or AWS_BEARER_TOKEN_BEDROCK), or aws_access_key_id and "
+            f"aws_secret_access_key in {where}"
+        )
     variables = " or ".join(ENV_VARS.get(provider_type, {}).get(key, ()))
     toml = f"{key} (or api_key_env)" if key == "api_key" else key
     return f"set {variables}, or {toml} in {where}" if variables else f"set {toml} in {where}"

@@ -217,7 +217,10 @@ def _probe_ps(pid: int) -> tuple[bool, str | None]:
     try:
         out = subprocess.run(
             ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)],
-            capture_output=True, text=True, timeout=5, check=False,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return True, None
@@ -274,11 +277,13 @@ def finish_fields(end: Done | Error, usage: Usage | None = None) -> dict[str, An
     """
     fields: dict[str, Any] = {}
     if isinstance(end, Done):
-        fields.update(status="ok", deployment=end.provider, model=end.model, ttft_ms=end.ttft_ms,
-                      latency_ms=end.latency_ms)
+        fields.update(
+            status="ok", deployment=end.provider, model=end.model, ttft_ms=end.ttft_ms, latency_ms=end.latency_ms
+        )
     else:
-        fields.update(status="cancelled" if end.code == "CANCELLED" else "error", error_code=end.code,
-                      deployment=end.provider)
+        fields.update(
+            status="cancelled" if end.code == "CANCELLED" else "error", error_code=end.code, deployment=end.provider
+        )
     if usage is not None:
         fields.update(
             tokens_in=usage.tokens_in,
@@ -375,9 +380,19 @@ class Ledger:
         when = self._clock() if now is None else float(now)
         pid, identity = _my_identity()
         values = (
-            when, _iso(when), session_id, user, deployment, provider_type, model,
-            int(bool(cache_hit)), int(bool(coalesced)), _path_json(failover_path),
-            pid, identity, self.hostname,
+            when,
+            _iso(when),
+            session_id,
+            user,
+            deployment,
+            provider_type,
+            model,
+            int(bool(cache_hit)),
+            int(bool(coalesced)),
+            _path_json(failover_path),
+            pid,
+            identity,
+            self.hostname,
         )
         return self._write(lambda conn: int(conn.execute(_INSERT, values).lastrowid or 0))
 
@@ -418,9 +433,24 @@ class Ledger:
             raise LedgerValueError(f"finish status must be one of {allowed}, not {status!r}")
         when = self._clock() if now is None else float(now)
         values = (
-            status, when, error_code, deployment, provider_type, model,
-            tokens_in, tokens_out, cached_tokens_in, reasoning_tokens_out, cost, ttft_ms, latency_ms, when,
-            _optional_bool(cache_hit), _optional_bool(coalesced), _path_json(failover_path), int(row_id),
+            status,
+            when,
+            error_code,
+            deployment,
+            provider_type,
+            model,
+            tokens_in,
+            tokens_out,
+            cached_tokens_in,
+            reasoning_tokens_out,
+            cost,
+            ttft_ms,
+            latency_ms,
+            when,
+            _optional_bool(cache_hit),
+            _optional_bool(coalesced),
+            _path_json(failover_path),
+            int(row_id),
         )
 
         def update(conn: sqlite3.Connection) -> str | None:
@@ -433,9 +463,7 @@ class Ledger:
         if previous == "missing":
             raise LedgerStateError(f"ledger row {row_id} does not exist")
         if previous is not None:
-            raise LedgerStateError(
-                f"ledger row {row_id} is already {previous}; it cannot be finished as {status}"
-            )
+            raise LedgerStateError(f"ledger row {row_id} is already {previous}; it cannot be finished as {status}")
 
     def recover(self) -> int:
         """Mark ``interrupted`` this host's ``started`` rows whose process is gone; return how many.
@@ -489,9 +517,7 @@ class Ledger:
         record["coalesced"] = bool(record["coalesced"])
         return record
 
-    def totals(
-        self, user: str | None = None, since: float | None = None, *, until: float | None = None
-    ) -> Totals:
+    def totals(self, user: str | None = None, since: float | None = None, *, until: float | None = None) -> Totals:
         """``(requests, tokens_in + tokens_out, cost)`` of rows started in ``[since, until)``, as
         budgets count them.
 
@@ -543,13 +569,9 @@ class Ledger:
         where, params = _where(filters)
         columns = [name for name in COLUMN_NAMES if name in DTYPES]
         rows = self._read(
-            lambda conn: conn.execute(
-                f"SELECT {', '.join(columns)} FROM {TABLE}{where} ORDER BY id", params
-            ).fetchall()
+            lambda conn: conn.execute(f"SELECT {', '.join(columns)} FROM {TABLE}{where} ORDER BY id", params).fetchall()
         )
-        return pd.DataFrame(
-            {name: _series(pd, name, [row[i] for row in rows]) for i, name in enumerate(columns)}
-        )
+        return pd.DataFrame({name: _series(pd, name, [row[i] for row in rows]) for i, name in enumerate(columns)})
 
     @property
     def schema_version(self) -> int:
@@ -603,9 +625,7 @@ class Ledger:
             if not self._memory:
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 if str(mode).lower() != "wal":  # e.g. a network file system without shared memory
-                    log.warning(
-                        "ledger %s: journal mode %s, not WAL; readers may wait for writers", self.path, mode
-                    )
+                    log.warning("ledger %s: journal mode %s, not WAL; readers may wait for writers", self.path, mode)
                 # In WAL mode NORMAL is safe against application crashes; only power loss may drop
                 # the last transactions.
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -617,6 +637,7 @@ class Ledger:
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""
         with self._lock:
+
             def attempt() -> T:
                 conn = self._writer()
                 conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not mid-transaction

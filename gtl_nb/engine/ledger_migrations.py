@@ -80,9 +80,7 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] | None = N
     before = user_version(conn)
     target = len(migrations)
     if before > target:
-        log.warning(
-            "ledger schema version %d is newer than this gtl_nb knows (%d); using it as is", before, target
-        )
+        log.warning("ledger schema version %d is newer than this gtl_nb knows (%d); using it as is", before, target)
         return before, before
     for index in range(before, target):
         log.debug("ledger migration %d: %s", index + 1, migrations[index].__name__)

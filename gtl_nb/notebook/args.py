@@ -81,9 +81,7 @@ def split(line: str, namespace: Mapping[str, Any] | None = None) -> list[str]:
     try:
         words = shlex.split(line, posix=True)
     except ValueError as exc:
-        raise ArgumentError(
-            f"cannot read the options: {exc} (check the quotes in {line.strip()!r})"
-        ) from None
+        raise ArgumentError(f"cannot read the options: {exc} (check the quotes in {line.strip()!r})") from None
     refuse_secrets(words)
     if namespace is not None:
         words = [render(word, namespace) for word in words]
@@ -176,9 +174,7 @@ def gtl_cell_parser() -> Parser:
         default=None,
         help="stream tokens as they arrive (default)",
     )
-    p.add_argument(
-        "--format", type=format_choice, default="markdown", help="markdown (default), text, json or code"
-    )
+    p.add_argument("--format", type=format_choice, default="markdown", help="markdown (default), text, json or code")
     p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the result in VAR")
     p.add_argument("--no-cache", action="store_true", help="do not answer from the response cache")
     p.add_argument("--endpoint", metavar="URL", help="anything gtl_nb.connect accepts (default: embedded://)")
@@ -189,12 +185,8 @@ def gtl_cell_parser() -> Parser:
         default=None,
         help="conversation mode: keep the history",
     )
-    p.add_argument(
-        "--tools", type=comma_list, metavar="F,G", help="functions of the notebook the model may call"
-    )
-    p.add_argument(
-        "--max-steps", type=positive_int, default=5, metavar="N", help="tool rounds at most (default 5)"
-    )
+    p.add_argument("--tools", type=comma_list, metavar="F,G", help="functions of the notebook the model may call")
+    p.add_argument("--max-steps", type=positive_int, default=5, metavar="N", help="tool rounds at most (default 5)")
     p.add_argument("--tools-dry-run", action="store_true", help="show the tool calls without running them")
     p.add_argument("--compare", nargs="+", metavar="MODEL", help="send the prompt to several models at once")
     p.add_argument("--context", type=variable_name, metavar="VAR", help="a GAP message to send as context")
@@ -213,9 +205,7 @@ Examples:
 def gap_cell_parser() -> Parser:
     """The options of ``%%gap`` (wrap the cell, or the last answer, as a GAP message)."""
     p = Parser("%%gap", "Wrap the cell as a GAP message.", GAP_CELL_EPILOG)
-    p.add_argument(
-        "--platform", metavar="P", help="source platform (default: generic, or the answer's provider)"
-    )
+    p.add_argument("--platform", metavar="P", help="source platform (default: generic, or the answer's provider)")
     p.add_argument("--thread", metavar="T", help="thread id")
     p.add_argument("--role", choices=("assistant", "user", "system"), help="role (default: user for a cell)")
     p.add_argument("--id", dest="chat_id", metavar="ID", help="chat id (default: nb-<execution count>)")
@@ -224,9 +214,7 @@ def gap_cell_parser() -> Parser:
     p.add_argument("--model", metavar="M", help="the model that wrote the content")
     source = p.add_mutually_exclusive_group()
     source.add_argument("--from-last", action="store_true", help="wrap the last %%gtl answer")
-    source.add_argument(
-        "--from", dest="from_var", type=variable_name, metavar="VAR", help="wrap a Completion"
-    )
+    source.add_argument("--from", dest="from_var", type=variable_name, metavar="VAR", help="wrap a Completion")
     p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the message in VAR")
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     return p
@@ -254,9 +242,7 @@ def connect_parser() -> Parser:
 
 def entities_parser() -> Parser:
     p = Parser("%gap entities", "Show and define the undefined entities of a GAP message.")
-    p.add_argument(
-        "words", nargs="*", metavar="VAR|KEY=VALUE", help="the message (default: the last) and values"
-    )
+    p.add_argument("words", nargs="*", metavar="VAR|KEY=VALUE", help="the message (default: the last) and values")
     p.add_argument("--suggest-with", metavar="MODEL", help="ask MODEL for definitions")
     p.add_argument("--apply", action="store_true", help="apply the best suggestion for each entity")
     return p
@@ -287,6 +273,4 @@ def refuse_secret_settings(settings: dict[str, str]) -> None:
                 if key == "api_key"
                 else ("set it in the environment or in the config file")
             )
-            raise ArgumentError(
-                f"refusing {key}=...: a secret typed in a cell is saved in the notebook; {instead}"
-            )
+            raise ArgumentError(f"refusing {key}=...: a secret typed in a cell is saved in the notebook; {instead}")

@@ -50,9 +50,7 @@ def find_notebooks_dir(start: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(
-        "no notebooks/ directory here or next to the gtl_nb package; run from the repository"
-    )
+    raise FileNotFoundError("no notebooks/ directory here or next to the gtl_nb package; run from the repository")
 
 
 def _kernel_manager() -> Any:
@@ -177,13 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m gtl_nb.notebook.runner",
         description="Execute gtl_nb's notebooks offline and render HTML.",
     )
-    parser.add_argument(
-        "names", nargs="*", help=f"notebooks to run (default: {', '.join(DEFAULT_NOTEBOOKS)})"
-    )
+    parser.add_argument("names", nargs="*", help=f"notebooks to run (default: {', '.join(DEFAULT_NOTEBOOKS)})")
     parser.add_argument("--all", action="store_true", help="run every notebook in notebooks/")
-    parser.add_argument(
-        "--out", type=Path, default=Path("out"), help="where to write the results (default: out/)"
-    )
+    parser.add_argument("--out", type=Path, default=Path("out"), help="where to write the results (default: out/)")
     parser.add_argument("--notebooks", type=Path, default=None, help="the notebooks directory")
     parser.add_argument("--timeout", type=int, default=120, help="seconds a cell may take (default: 120)")
     parser.add_argument(
@@ -197,11 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     notebooks = args.notebooks or find_notebooks_dir()
-    paths = (
-        sorted(notebooks.glob("[0-9]*.ipynb"))
-        if args.all
-        else _resolve(args.names or DEFAULT_NOTEBOOKS, notebooks)
-    )
+    paths = sorted(notebooks.glob("[0-9]*.ipynb")) if args.all else _resolve(args.names or DEFAULT_NOTEBOOKS, notebooks)
 
     needed = ("ipykernel", "nbclient", "nbconvert")
     missing = [name for name in needed if importlib.util.find_spec(name) is None]

@@ -86,16 +86,10 @@ def _decode_slow(data: bytes | str, strict_error: msgspec.ValidationError) -> Wi
 def normalise_aliases(obj: dict[str, Any]) -> dict[str, Any]:
     """Rename alias fields to canonical ones and unwrap OpenAI-style tool definitions."""
     out = {
-        _FIELD_ALIASES.get(k, k): v
-        for k, v in obj.items()
-        if not (k in _FIELD_ALIASES and _FIELD_ALIASES[k] in obj)
+        _FIELD_ALIASES.get(k, k): v for k, v in obj.items() if not (k in _FIELD_ALIASES and _FIELD_ALIASES[k] in obj)
     }
     if out.get("type") == "error":
-        out = {
-            _ERROR_ALIASES.get(k, k): v
-            for k, v in out.items()
-            if not (k in _ERROR_ALIASES and "message" in out)
-        }
+        out = {_ERROR_ALIASES.get(k, k): v for k, v in out.items() if not (k in _ERROR_ALIASES and "message" in out)}
     tools = out.get("tools")
     if isinstance(tools, list):
         out["tools"] = [normalise_tool(t) if isinstance(t, dict) else t for t in tools]

@@ -26,9 +26,7 @@ def client_hello(versions: Sequence[str] = SUPPORTED_VERSIONS, features: Iterabl
     return Hello(versions=list(versions), features=list(features))
 
 
-def negotiate(
-    offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES
-) -> Hello:
+def negotiate(offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES) -> Hello:
     """The server's answer to a client's ``hello``: the highest common version, common features."""
     offered = offer.versions or ([offer.version] if offer.version else [])
     common = set(offered) & set(supported)

@@ -447,9 +447,7 @@ class AnthropicDecoder:
         message = str(error.get("message") or "error event in Anthropic stream")
         code, retryable = classify_error(200, error.get("type"), message, error)
         self._finished = True
-        return error_event(
-            self._request, self._deployment, code, message, retryable=retryable, http_status=200
-        )
+        return error_event(self._request, self._deployment, code, message, retryable=retryable, http_status=200)
 
     def _finish(self) -> list[StreamEvent]:
         self._finished = True
@@ -578,8 +576,4 @@ class AnthropicDialect:
         """Model ids from a ``/v1/models`` page (newest first, as listed)."""
         data = parse_json_body(body)
         entries = data.get("data") if isinstance(data, dict) else None
-        return [
-            entry["id"]
-            for entry in entries or []
-            if isinstance(entry, dict) and isinstance(entry.get("id"), str)
-        ]
+        return [entry["id"] for entry in entries or [] if isinstance(entry, dict) and isinstance(entry.get("id"), str)]

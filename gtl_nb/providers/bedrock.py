@@ -319,9 +319,7 @@ def _usage(sid: str, usage: Any) -> Usage:
     cache_read, cache_write = count("cacheReadInputTokens"), count("cacheWriteInputTokens")
     if tokens_in is not None:
         tokens_in += (cache_read or 0) + (cache_write or 0)
-    return Usage(
-        session_id=sid, tokens_in=tokens_in, tokens_out=count("outputTokens"), cached_tokens_in=cache_read
-    )
+    return Usage(session_id=sid, tokens_in=tokens_in, tokens_out=count("outputTokens"), cached_tokens_in=cache_read)
 
 
 def _error_text(payload: bytes) -> str:
@@ -393,9 +391,7 @@ class BedrockDecoder:
                 return events
         if failure is not None:
             events.append(
-                self._error(
-                    "PROVIDER_UNAVAILABLE", f"malformed Bedrock event stream: {failure}", retryable=True
-                )
+                self._error("PROVIDER_UNAVAILABLE", f"malformed Bedrock event stream: {failure}", retryable=True)
             )
         return events
 
@@ -411,9 +407,7 @@ class BedrockDecoder:
         if self._stop_reason is None or not self._saw_metadata:
             missing = "messageStop" if self._stop_reason is None else "metadata"
             return [
-                self._error(
-                    "PROVIDER_UNAVAILABLE", f"Bedrock stream ended early, before {missing}", retryable=True
-                )
+                self._error("PROVIDER_UNAVAILABLE", f"Bedrock stream ended early, before {missing}", retryable=True)
             ]
         return self._finish(self._usage)
 
@@ -429,9 +423,7 @@ class BedrockDecoder:
             return [self._error("INTERNAL", f"Bedrock stream error: {text}", retryable=True)]
         payload = parse_json_body(frame.payload)
         if not isinstance(payload, dict):
-            return [
-                self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock event: payload is not a JSON object")
-            ]
+            return [self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock event: payload is not a JSON object")]
         event = frame.header(":event-type")
         if event == "contentBlockStart":
             start = payload.get("start") or {}
@@ -509,18 +501,14 @@ class BedrockDecoder:
 
     def _error(self, code: str, message: str, *, retryable: bool | None = None) -> Error:
         self._finished = True
-        return error_event(
-            self._request, self._deployment, code, message, retryable=retryable, http_status=200
-        )
+        return error_event(self._request, self._deployment, code, message, retryable=retryable, http_status=200)
 
     # -- non-streaming --------------------------------------------------------------------------
 
     def _converse(self, body: bytes) -> list[StreamEvent]:
         parsed = parse_json_body(body)
         if not isinstance(parsed, dict):
-            return [
-                self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock Converse response: not a JSON object")
-            ]
+            return [self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock Converse response: not a JSON object")]
         output = parsed.get("output") if isinstance(parsed.get("output"), dict) else {}
         message = output.get("message") if isinstance(output.get("message"), dict) else {}
         events: list[StreamEvent] = []
@@ -534,11 +522,7 @@ class BedrockDecoder:
             elif isinstance(block.get("toolUse"), dict):
                 tool = block["toolUse"]
                 arguments = tool.get("input")
-                args_text = (
-                    arguments
-                    if isinstance(arguments, str)
-                    else json.dumps(arguments or {}, ensure_ascii=False)
-                )
+                args_text = arguments if isinstance(arguments, str) else json.dumps(arguments or {}, ensure_ascii=False)
                 call = ToolCall(
                     id=str(tool.get("toolUseId") or f"call_{index}"),
                     name=str(tool.get("name") or ""),
@@ -645,10 +629,7 @@ class BedrockDialect:
 
     def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
         """``GET /foundation-models`` on the control plane (``options["control_plane_url"]`` overrides)."""
-        base = str(
-            deployment.options.get("control_plane_url")
-            or CONTROL_PLANE_URL.format(region=_region(deployment))
-        )
+        base = str(deployment.options.get("control_plane_url") or CONTROL_PLANE_URL.format(region=_region(deployment)))
         url = base.rstrip("/") + "/foundation-models"
         headers = {"Accept": "application/json", **deployment.headers}
         return HttpRequest(

@@ -326,9 +326,7 @@ class Catalog:
                     continue
                 found = self.entry(provider_type, item)
                 infos.append(found.info(name=item) if found is not None else ModelInfo(name=item))
-        return ProviderInfo(
-            provider=deployment_name, models=infos, offline=offline, provider_type=provider_type
-        )
+        return ProviderInfo(provider=deployment_name, models=infos, offline=offline, provider_type=provider_type)
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -393,9 +391,7 @@ def _check_spec(spec: Any, where: str) -> None:
             if not isinstance(value, str):
                 raise ConfigurationError(f"{where}: {key} must be a string, got {value!r}")
             if key == "capabilities_from" and ":" not in value:
-                raise ConfigurationError(
-                    f"{where}: capabilities_from must be '<provider type>:<model>', got {value!r}"
-                )
+                raise ConfigurationError(f"{where}: capabilities_from must be '<provider type>:<model>', got {value!r}")
         elif key == "aliases":
             if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
                 raise ConfigurationError(f"{where}: aliases must be a list of strings, got {value!r}")
@@ -556,7 +552,7 @@ def _name_index(models: Mapping[str, CatalogEntry]) -> dict[str, str]:
 
 def _candidates(model: str) -> list[str]:
     """The names tried for ``model``: itself, then each dated-id rewrite (module docstring)."""
-    base = model[len("models/"):] if model.startswith("models/") else model
+    base = model[len("models/") :] if model.startswith("models/") else model
     found = [model] if base == model else [model, base]
     for pattern in _DATED_SUFFIXES:
         stripped = pattern.sub("", base)

@@ -90,9 +90,7 @@ def decode_headers(data: bytes) -> dict[str, Any]:
             (width,) = struct.unpack_from(">H", data, pos)
             pos += 2
         if pos + width > end:
-            raise EventStreamError(
-                f"malformed event-stream header {name!r}: value runs past the header block"
-            )
+            raise EventStreamError(f"malformed event-stream header {name!r}: value runs past the header block")
         raw = data[pos : pos + width]
         pos += width
         headers[name] = _header_value(kind, raw)

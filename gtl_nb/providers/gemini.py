@@ -583,9 +583,7 @@ class GeminiDecoder:
                 reasoning_tokens_out=usage.get("thoughtsTokenCount"),
             )
         )
-        reason = finish_reason(
-            self._finish_reason, saw_function_call=self._call_count > 0, blocked=self._blocked
-        )
+        reason = finish_reason(self._finish_reason, saw_function_call=self._call_count > 0, blocked=self._blocked)
         events.append(
             Done(
                 session_id=self._sid,

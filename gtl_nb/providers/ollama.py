@@ -108,9 +108,7 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
             calls = []
             for call in message.tool_calls:
                 tool_names[call.id] = call.name
-                calls.append(
-                    {"id": call.id, "function": {"name": call.name, "arguments": _arguments_object(call)}}
-                )
+                calls.append({"id": call.id, "function": {"name": call.name, "arguments": _arguments_object(call)}})
             item["tool_calls"] = calls
         if message.role == "tool":
             name = tool_names.get(message.tool_call_id or "") or message.name
@@ -232,9 +230,7 @@ class OllamaDecoder:
         rest, self._buffer = self._buffer, b""
         events = self._line(rest)  # the done line may have no trailing newline
         if not self._finished:
-            events.append(
-                self._error("PROVIDER_UNAVAILABLE", "Ollama stream ended early, without a done:true line")
-            )
+            events.append(self._error("PROVIDER_UNAVAILABLE", "Ollama stream ended early, without a done:true line"))
         return events
 
     # -- one object -----------------------------------------------------------------------------
@@ -248,9 +244,7 @@ class OllamaDecoder:
             preview = raw[:80].decode("utf-8", "replace")
             return [self._error("PROVIDER_UNAVAILABLE", f"malformed NDJSON line from Ollama: {preview!r}")]
         if not isinstance(obj, dict):
-            return [
-                self._error("PROVIDER_UNAVAILABLE", "malformed NDJSON line from Ollama: not a JSON object")
-            ]
+            return [self._error("PROVIDER_UNAVAILABLE", "malformed NDJSON line from Ollama: not a JSON object")]
         return self._object(obj)
 
     def _object(self, obj: dict[str, Any]) -> list[StreamEvent]:
@@ -311,9 +305,7 @@ class OllamaDecoder:
 
     def _error(self, code: str, message: str, *, retryable: bool | None = None) -> Error:
         self._finished = True
-        return error_event(
-            self._request, self._deployment, code, message, retryable=retryable, http_status=200
-        )
+        return error_event(self._request, self._deployment, code, message, retryable=retryable, http_status=200)
 
 
 def _count(obj: dict[str, Any], key: str) -> int | None:
@@ -378,9 +370,7 @@ class OllamaDialect:
         """``GET {base}/api/tags``: the locally installed models."""
         headers = _headers(deployment, accept="application/json")
         headers.pop("Content-Type", None)
-        return HttpRequest(
-            method="GET", url=f"{_base_url(deployment)}/api/tags", headers=headers, stream=False
-        )
+        return HttpRequest(method="GET", url=f"{_base_url(deployment)}/api/tags", headers=headers, stream=False)
 
     def parse_models(self, body: bytes) -> list[str]:
         """Model names (with their tag, e.g. ``llama3.2:latest``) from ``/api/tags``."""

@@ -187,9 +187,7 @@ def chat_body(
     options = options or {}
     body: dict[str, Any] = {
         "model": model,
-        "messages": chat_messages(
-            request.messages, system_role=system_role, replay_reasoning=replay_reasoning
-        ),
+        "messages": chat_messages(request.messages, system_role=system_role, replay_reasoning=replay_reasoning),
         "stream": request.stream,
     }
     if request.stream and include_usage:

@@ -493,7 +493,5 @@ class ChatCompletionsDecoder:
         self._done = True
 
     def _fail(self, events: list[StreamEvent], message: str) -> None:
-        events.append(
-            error_event(self._request, self._deployment, "PROVIDER_UNAVAILABLE", message, retryable=True)
-        )
+        events.append(error_event(self._request, self._deployment, "PROVIDER_UNAVAILABLE", message, retryable=True))
         self._done = True

@@ -62,9 +62,7 @@ def get_provider(provider_type: str) -> Any:
     if provider_type in BUILTIN_PROVIDERS:
         factory = _load_target(BUILTIN_PROVIDERS[provider_type])
     else:
-        entry = plugin_entry_points().get(provider_type) or plugin_entry_points(refresh=True).get(
-            provider_type
-        )
+        entry = plugin_entry_points().get(provider_type) or plugin_entry_points(refresh=True).get(provider_type)
         if entry is None:
             known = ", ".join(provider_types())
             raise ConfigurationError(f"unknown provider type {provider_type!r}; known types: {known}")

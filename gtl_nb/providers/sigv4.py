@@ -128,9 +128,7 @@ def canonical_headers(headers: Mapping[str, str]) -> tuple[str, str]:
     return block, ";".join(names)
 
 
-def canonical_request(
-    method: str, url: str, headers: Mapping[str, str], payload_hash: str
-) -> tuple[str, str]:
+def canonical_request(method: str, url: str, headers: Mapping[str, str], payload_hash: str) -> tuple[str, str]:
     """``(canonical request, signed header names)``; ``headers`` must already include ``host``."""
     parts = urlsplit(url)
     block, signed = canonical_headers(headers)
@@ -188,11 +186,8 @@ def sign_headers(
     canonical, signed = canonical_request(method, url, to_sign, payload_hash)
     scope = credential_scope(date, region, service)
     key = signing_key(credentials.secret_access_key, date, region, service)
-    signature = hmac.new(
-        key, string_to_sign(timestamp, scope, canonical).encode("utf-8"), hashlib.sha256
-    ).hexdigest()
+    signature = hmac.new(key, string_to_sign(timestamp, scope, canonical).encode("utf-8"), hashlib.sha256).hexdigest()
     out["Authorization"] = (
-        f"{ALGORITHM} Credential={credentials.access_key_id}/{scope}, "
-        f"SignedHeaders={signed}, Signature={signature}"
+        f"{ALGORITHM} Credential={credentials.access_key_id}/{scope}, SignedHeaders={signed}, Signature={signature}"
     )
     return out

@@ -55,9 +55,7 @@ class SSEDecoder:
         if not line:
             if self._has_fields:
                 if self._data or self._event:
-                    events.append(
-                        SSEEvent("\n".join(self._data), self._event or "message", self._id, self._retry)
-                    )
+                    events.append(SSEEvent("\n".join(self._data), self._event or "message", self._id, self._retry))
                 self._data = []
                 self._event = ""
                 self._retry = None

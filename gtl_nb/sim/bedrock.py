@@ -199,9 +199,7 @@ def verify_sigv4(req: SimRequest, ctx: SimContext, service: str = "bedrock") -> 
         return _auth_error(400, "IncompleteSignatureException", "Credential is malformed.")
     key_id, date, region, scope_service, _ = scope
     if key_id != ctx.aws_access_key_id:
-        return _auth_error(
-            403, "UnrecognizedClientException", "The security token included in the request is invalid."
-        )
+        return _auth_error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
     timestamp = req.headers.get("x-amz-date", "")
     if not timestamp:
         return _auth_error(
@@ -210,9 +208,7 @@ def verify_sigv4(req: SimRequest, ctx: SimContext, service: str = "bedrock") -> 
             "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
         )
     if region != ctx.aws_region:
-        return _auth_error(
-            403, "InvalidSignatureException", "Credential should be scoped to a valid region. "
-        )
+        return _auth_error(403, "InvalidSignatureException", "Credential should be scoped to a valid region. ")
     if scope_service != service:
         return _auth_error(
             403, "InvalidSignatureException", f"Credential should be scoped to correct service: '{service}'. "
@@ -299,11 +295,7 @@ def _check_tool_config(config: Any) -> None:
             "must have length greater than or equal to 1"
         )
     for i, tool in enumerate(tools):
-        schema = (
-            ((tool.get("toolSpec") or {}).get("inputSchema") or {}).get("json")
-            if isinstance(tool, dict)
-            else None
-        )
+        schema = ((tool.get("toolSpec") or {}).get("inputSchema") or {}).get("json") if isinstance(tool, dict) else None
         if not isinstance(schema, dict) or schema.get("type") != "object":
             raise _Invalid(
                 f"The value at toolConfig.tools.{i}.toolSpec.inputSchema.json.type must be one of the "
@@ -350,16 +342,13 @@ def _check_messages(body: dict[str, Any], model: str) -> str | None:
             result = block.get("toolResult")
             if isinstance(result, dict) and "status" in result and not _accepts_tool_status(model):
                 raise _Invalid(
-                    "This model doesn't support the toolResult.status field. Remove toolResult.status and "
-                    "try again."
+                    "This model doesn't support the toolResult.status field. Remove toolResult.status and try again."
                 )
             if "image" in block:
                 image_mismatch = image_mismatch or _check_image(block["image"])
     _check_tool_config(body.get("toolConfig"))
     if uses_tools and not body.get("toolConfig"):
-        raise _Invalid(
-            "The toolConfig field must be defined when using toolUse and toolResult content blocks."
-        )
+        raise _Invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
     return image_mismatch
 
 
@@ -417,9 +406,7 @@ def _answer(body: dict[str, Any], ctx: SimContext) -> Answer:
             spec = tool.get("toolSpec") if isinstance(tool, dict) else None
             if isinstance(spec, dict) and spec.get("name"):
                 schema = (spec.get("inputSchema") or {}).get("json") or {"type": "object"}
-                tools.append(
-                    {"name": spec["name"], "description": spec.get("description", ""), "parameters": schema}
-                )
+                tools.append({"name": spec["name"], "description": spec.get("description", ""), "parameters": schema})
         named = ((config.get("toolChoice") or {}).get("tool") or {}).get("name")
         if named:
             tools = [t for t in tools if t["name"] == named] or tools
@@ -457,9 +444,7 @@ class BedrockSim:
             return denied
         match = _MODEL_PATH.match(req.path)
         if req.method == "POST" and match:
-            return self._converse(
-                req, ctx, unquote(match.group(1)), stream=match.group(2) == "converse-stream"
-            )
+            return self._converse(req, ctx, unquote(match.group(1)), stream=match.group(2) == "converse-stream")
         if req.method == "GET" and req.path == "/foundation-models":
             return self._foundation_models(req, ctx)
         return self._error(404, "UnknownOperationException", "Unknown operation", req, ctx)
@@ -504,14 +489,10 @@ class BedrockSim:
     def _converse(self, req: SimRequest, ctx: SimContext, model: str, *, stream: bool) -> SimResponse:
         body = req.json
         if not isinstance(body, dict):
-            return self._error(
-                400, "SerializationException", "Unexpected token in the request body.", req, ctx
-            )
+            return self._error(400, "SerializationException", "Unexpected token in the request body.", req, ctx)
         restricted = ctx.options.get("models")
         if restricted and model not in restricted:
-            return self._error(
-                400, "ValidationException", "The provided model identifier is invalid.", req, ctx
-            )
+            return self._error(400, "ValidationException", "The provided model identifier is invalid.", req, ctx)
         try:
             image_mismatch = _check_messages(body, model)
         except _Invalid as exc:
@@ -526,13 +507,8 @@ class BedrockSim:
                 chunks=[_exception_frame("validationException", image_mismatch)],
             )
         answer = _answer(body, ctx)
-        tool_ids = [
-            ctx.make_id("tooluse_", 22, req.body, i, alphabet=_ID_CHARS)
-            for i in range(len(answer.tool_calls))
-        ]
-        signature = base64.b64encode(
-            bytes(ctx.rng("signature", req.body).randrange(256) for _ in range(96))
-        ).decode()
+        tool_ids = [ctx.make_id("tooluse_", 22, req.body, i, alphabet=_ID_CHARS) for i in range(len(answer.tool_calls))]
+        signature = base64.b64encode(bytes(ctx.rng("signature", req.body).randrange(256) for _ in range(96))).decode()
         if stream:
             return SimResponse(
                 200,
@@ -541,15 +517,11 @@ class BedrockSim:
             )
         content: list[dict[str, Any]] = []
         if answer.thinking:
-            content.append(
-                {"reasoningContent": {"reasoningText": {"text": answer.thinking, "signature": signature}}}
-            )
+            content.append({"reasoningContent": {"reasoningText": {"text": answer.thinking, "signature": signature}}})
         if answer.text:
             content.append({"text": answer.text})
         for call, tool_id in zip(answer.tool_calls, tool_ids, strict=True):
-            content.append(
-                {"toolUse": {"toolUseId": tool_id, "name": call["name"], "input": call["arguments"]}}
-            )
+            content.append({"toolUse": {"toolUseId": tool_id, "name": call["name"], "input": call["arguments"]}})
         payload = {
             "metrics": {"latencyMs": self._latency(req, ctx)},
             "output": {"message": {"content": content, "role": "assistant"}},
@@ -608,9 +580,7 @@ class BedrockSim:
             index += 1
         if answer.text:
             for piece in answer.pieces:
-                frames.append(
-                    event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": piece}})
-                )
+                frames.append(event("contentBlockDelta", {"contentBlockIndex": index, "delta": {"text": piece}}))
             frames.append(event("contentBlockStop", {"contentBlockIndex": index}))
             index += 1
         for call, tool_id in zip(answer.tool_calls, tool_ids, strict=True):
@@ -624,9 +594,7 @@ class BedrockSim:
             index += 1
         frames.append(event("messageStop", {"stopReason": self._stop_reason(answer)}))
         frames.append(
-            event(
-                "metadata", {"metrics": {"latencyMs": self._latency(req, ctx)}, "usage": self._usage(answer)}
-            )
+            event("metadata", {"metrics": {"latencyMs": self._latency(req, ctx)}, "usage": self._usage(answer)})
         )
         return frames
 
@@ -650,9 +618,7 @@ class BedrockSim:
                     "modelLifecycle": {"status": "ACTIVE"},
                 }
             )
-        return json_response(
-            200, {"modelSummaries": summaries}, {"x-amzn-requestid": self._request_id(req, ctx)}
-        )
+        return json_response(200, {"modelSummaries": summaries}, {"x-amzn-requestid": self._request_id(req, ctx)})
 
     # -- faults ------------------------------------------------------------------------------------------
 
@@ -696,7 +662,5 @@ class BedrockSim:
             ":content-type": "application/json",
             ":message-type": "event",
         }
-        frame = encode_frame(
-            headers, _json_bytes({"contentBlockIndex": 0, "delta": {"text": "broken"}, "p": "ab"})
-        )
+        frame = encode_frame(headers, _json_bytes({"contentBlockIndex": 0, "delta": {"text": "broken"}, "p": "ab"}))
         return frame[:-4] + bytes(b ^ 0xFF for b in frame[-4:])

@@ -111,9 +111,7 @@ def test_pure_packages_import_no_io(package):
         "print(','.join(bad))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "", (
-        f"gtl_nb.{package} imported {result.stdout.strip()} (it must stay sans-I/O)"
-    )
+    assert result.stdout.strip() == "", f"gtl_nb.{package} imported {result.stdout.strip()} (it must stay sans-I/O)"
 
 
 def test_import_gtl_nb_is_light():

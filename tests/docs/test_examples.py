@@ -23,13 +23,9 @@ import pytest
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 NO_TEST = "<!-- no-test -->"
 RUN_LANGS = {"python", "py", "ipython", "python3"}
-FENCE = re.compile(
-    r"^(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S
-)
+FENCE = re.compile(r"^(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S)
 # Provider credentials the examples must never see (they run offline, on echo and the simulators).
-SECRET_VARS = re.compile(
-    r"^(OPENAI_|AZURE_OPENAI_|ANTHROPIC_|GEMINI_|GOOGLE_API|OLLAMA_|AWS_|GTL_)", re.IGNORECASE
-)
+SECRET_VARS = re.compile(r"^(OPENAI_|AZURE_OPENAI_|ANTHROPIC_|GEMINI_|GOOGLE_API|OLLAMA_|AWS_|GTL_)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -159,9 +155,7 @@ def test_examples_of_page_run_offline(page: Path, tmp_path: Path):
     if not blocks:
         pytest.skip(f"{page.name} has no runnable python blocks")
     done = run_page(page, tmp_path)
-    assert done.returncode == 0, (
-        f"{page.name}: an example failed\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
-    )
+    assert done.returncode == 0, f"{page.name}: an example failed\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
 
 
 if __name__ == "__main__":  # python tests/docs/test_examples.py docs/client.md: run one page, show its output

@@ -141,7 +141,9 @@ def test_deployment_weights_feed_the_routing_weights(home):
 
 
 def test_keyword_arguments_override_the_file_key_by_key(home, tmp_path):
-    path = write(tmp_path / "gtl.toml", """
+    path = write(
+        tmp_path / "gtl.toml",
+        """
         [providers.openai]
         api_key = "from-file"
         base_url = "http://127.0.0.1:1/v1"
@@ -152,7 +154,8 @@ def test_keyword_arguments_override_the_file_key_by_key(home, tmp_path):
         [routing.retry]
         max_attempts = 4
         base_delay = 1.5
-    """)
+    """,
+    )
     retry = {"retry": {"max_attempts": 1}}
     config = load(home, config=path, providers={"openai": {"api_key": "from-kwargs"}}, routing=retry)
     openai = config.deployments["openai"]
@@ -178,10 +181,8 @@ def test_the_type_defaults_to_the_deployment_name_and_names_can_repeat_a_type(ho
         home,
         providers={
             "azure-east": {"type": "azure", "api_key": "e", "base_url": "https://east.openai.azure.com"},
-            "azure-west": {"type": "azure", "api_key": "w", "base_url": "https://west.openai.azure.com",
-                           "weight": 3},
-            "openai": {"api_key": "o", "models": ["gpt-4o", "gpt-4o-mini"],
-                       "headers": {"OpenAI-Project": "p"}},
+            "azure-west": {"type": "azure", "api_key": "w", "base_url": "https://west.openai.azure.com", "weight": 3},
+            "openai": {"api_key": "o", "models": ["gpt-4o", "gpt-4o-mini"], "headers": {"OpenAI-Project": "p"}},
         },
     )
     assert config.deployments["azure-east"].type == config.deployments["azure-west"].type == "azure"
@@ -266,9 +267,7 @@ def test_an_unknown_deployment_key_names_the_key_the_place_and_the_close_match(h
         ({"gateway": {"prot": 1}}, "prot", "[gateway]", "port"),
     ],
 )
-def test_an_unknown_section_key_names_the_key_the_place_and_the_close_match(
-    home, sections, key, place, suggestion
-):
+def test_an_unknown_section_key_names_the_key_the_place_and_the_close_match(home, sections, key, place, suggestion):
     with pytest.raises(ConfigurationError) as info:
         load(home, **sections)
     message = str(info.value)
@@ -384,8 +383,11 @@ def test_unknown_deployment_name_suggests_configured_ones(home):
 
 
 def test_secrets_never_appear_in_the_repr(home):
-    config = load(home, {"AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ACCESS_KEY_ID": "AKID"},
-                  providers={"openai": {"api_key": "sk-very-secret"}, "bedrock": {"region": "us-east-1"}})
+    config = load(
+        home,
+        {"AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ACCESS_KEY_ID": "AKID"},
+        providers={"openai": {"api_key": "sk-very-secret"}, "bedrock": {"region": "us-east-1"}},
+    )
     text = repr(config)
     assert "sk-very-secret" not in text and "s3cr3t" not in text and "AKID" not in text
 
@@ -433,8 +435,7 @@ def test_aws_profile_selects_the_profile_and_its_region(home):
 
 
 def test_environment_keys_come_before_the_shared_file_and_region_variables_before_the_config(home):
-    env = {"AWS_ACCESS_KEY_ID": "ENVID", "AWS_SECRET_ACCESS_KEY": "ENVSECRET",
-           "AWS_DEFAULT_REGION": "ap-south-1"}
+    env = {"AWS_ACCESS_KEY_ID": "ENVID", "AWS_SECRET_ACCESS_KEY": "ENVSECRET", "AWS_DEFAULT_REGION": "ap-south-1"}
     bedrock = load(aws_home(home), env, providers={"bedrock": {}}).deployments["bedrock"]
     assert (bedrock.aws_access_key_id, bedrock.region) == ("ENVID", "ap-south-1")
 

@@ -60,7 +60,11 @@ def spawn(*args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, str(WORKER), *args],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
 
 
@@ -68,8 +72,9 @@ def spawn(*args: str) -> subprocess.Popen[str]:
 
 
 def test_start_inserts_a_started_row_with_the_writer_identity(ledger: Ledger):
-    row_id = ledger.start(session_id="sess_1", user="ada", deployment="oa", provider_type="openai",
-                          model="gpt-4o", now=T0)
+    row_id = ledger.start(
+        session_id="sess_1", user="ada", deployment="oa", provider_type="openai", model="gpt-4o", now=T0
+    )
     row = ledger.row(row_id)
     assert row is not None
     assert row["status"] == "started"
@@ -83,20 +88,59 @@ def test_start_inserts_a_started_row_with_the_writer_identity(ledger: Ledger):
 
 
 def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
-    row_id = ledger.start(session_id="sess_2", user="ada", deployment="primary", provider_type="openai",
-                          model="gpt-4o", coalesced=True, failover_path=["primary"], now=T0)
-    ledger.finish(row_id, status="error", error_code="RATE_LIMIT", deployment="backup",
-                  provider_type="anthropic", model="claude-x", tokens_in=120, tokens_out=45,
-                  cached_tokens_in=100, reasoning_tokens_out=7, cost=0.0125, ttft_ms=210.5,
-                  latency_ms=1500.25, cache_hit=True, failover_path=["primary", "backup"], now=T0 + 1.5)
+    row_id = ledger.start(
+        session_id="sess_2",
+        user="ada",
+        deployment="primary",
+        provider_type="openai",
+        model="gpt-4o",
+        coalesced=True,
+        failover_path=["primary"],
+        now=T0,
+    )
+    ledger.finish(
+        row_id,
+        status="error",
+        error_code="RATE_LIMIT",
+        deployment="backup",
+        provider_type="anthropic",
+        model="claude-x",
+        tokens_in=120,
+        tokens_out=45,
+        cached_tokens_in=100,
+        reasoning_tokens_out=7,
+        cost=0.0125,
+        ttft_ms=210.5,
+        latency_ms=1500.25,
+        cache_hit=True,
+        failover_path=["primary", "backup"],
+        now=T0 + 1.5,
+    )
     expected = {
-        "id": row_id, "time": T0, "time_utc": "2023-11-14T22:13:20.250Z", "end_time": T0 + 1.5,
-        "session_id": "sess_2", "user": "ada", "deployment": "backup", "provider_type": "anthropic",
-        "model": "claude-x", "status": "error", "error_code": "RATE_LIMIT", "tokens_in": 120,
-        "tokens_out": 45, "cached_tokens_in": 100, "reasoning_tokens_out": 7, "cost": 0.0125,
-        "ttft_ms": 210.5, "latency_ms": 1500.25, "cache_hit": True, "coalesced": True,
-        "failover_path": ["primary", "backup"], "pid": os.getpid(),
-        "proc_start": process_identity(os.getpid()), "hostname": ledger.hostname,
+        "id": row_id,
+        "time": T0,
+        "time_utc": "2023-11-14T22:13:20.250Z",
+        "end_time": T0 + 1.5,
+        "session_id": "sess_2",
+        "user": "ada",
+        "deployment": "backup",
+        "provider_type": "anthropic",
+        "model": "claude-x",
+        "status": "error",
+        "error_code": "RATE_LIMIT",
+        "tokens_in": 120,
+        "tokens_out": 45,
+        "cached_tokens_in": 100,
+        "reasoning_tokens_out": 7,
+        "cost": 0.0125,
+        "ttft_ms": 210.5,
+        "latency_ms": 1500.25,
+        "cache_hit": True,
+        "coalesced": True,
+        "failover_path": ["primary", "backup"],
+        "pid": os.getpid(),
+        "proc_start": process_identity(os.getpid()),
+        "hostname": ledger.hostname,
     }
     assert ledger.row(row_id) == expected
     # The same values through pandas, converted to the documented dtypes.
@@ -115,8 +159,9 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
 
 
 def test_finish_keeps_start_values_it_is_not_given(ledger: Ledger):
-    row_id = ledger.start(session_id="s", deployment="oa", provider_type="openai", model="m",
-                          failover_path=["oa"], coalesced=True, now=T0)
+    row_id = ledger.start(
+        session_id="s", deployment="oa", provider_type="openai", model="m", failover_path=["oa"], coalesced=True, now=T0
+    )
     ledger.finish(row_id, status="ok", now=T0 + 2)
     row = ledger.row(row_id)
     assert row is not None
@@ -179,12 +224,27 @@ def test_memory_ledger_works_and_leaves_no_file(tmp_path: Path, monkeypatch: pyt
 
 
 def test_finish_fields_map_gtl_events_to_outcomes():
-    usage = Usage(session_id="s", tokens_in=10, tokens_out=5, cached_tokens_in=2, reasoning_tokens_out=1,
-                  cost=0.25, cache_hit=True)
+    usage = Usage(
+        session_id="s",
+        tokens_in=10,
+        tokens_out=5,
+        cached_tokens_in=2,
+        reasoning_tokens_out=1,
+        cost=0.25,
+        cache_hit=True,
+    )
     done = Done(session_id="s", provider="oa", model="gpt", ttft_ms=12.0, latency_ms=80.0)
     assert finish_fields(done, usage) == {
-        "status": "ok", "deployment": "oa", "model": "gpt", "ttft_ms": 12.0, "latency_ms": 80.0,
-        "tokens_in": 10, "tokens_out": 5, "cached_tokens_in": 2, "reasoning_tokens_out": 1, "cost": 0.25,
+        "status": "ok",
+        "deployment": "oa",
+        "model": "gpt",
+        "ttft_ms": 12.0,
+        "latency_ms": 80.0,
+        "tokens_in": 10,
+        "tokens_out": 5,
+        "cached_tokens_in": 2,
+        "reasoning_tokens_out": 1,
+        "cost": 0.25,
         "cache_hit": True,
     }
     cancelled = Error(session_id="s", code="CANCELLED", message="bye")
@@ -196,12 +256,28 @@ def test_finish_fields_map_gtl_events_to_outcomes():
 # -- readers -----------------------------------------------------------------------------------
 
 EXPECTED_DTYPES = {
-    "id": "Int64", "time": "datetime64[ns, UTC]", "end_time": "datetime64[ns, UTC]",
-    "session_id": "string", "user": "string", "deployment": "string", "provider_type": "string",
-    "model": "string", "status": "string", "error_code": "string", "tokens_in": "Int64",
-    "tokens_out": "Int64", "cached_tokens_in": "Int64", "reasoning_tokens_out": "Int64",
-    "cost": "float64", "ttft_ms": "float64", "latency_ms": "float64", "cache_hit": "boolean",
-    "coalesced": "boolean", "failover_path": "object", "pid": "Int64", "proc_start": "string",
+    "id": "Int64",
+    "time": "datetime64[ns, UTC]",
+    "end_time": "datetime64[ns, UTC]",
+    "session_id": "string",
+    "user": "string",
+    "deployment": "string",
+    "provider_type": "string",
+    "model": "string",
+    "status": "string",
+    "error_code": "string",
+    "tokens_in": "Int64",
+    "tokens_out": "Int64",
+    "cached_tokens_in": "Int64",
+    "reasoning_tokens_out": "Int64",
+    "cost": "float64",
+    "ttft_ms": "float64",
+    "latency_ms": "float64",
+    "cache_hit": "boolean",
+    "coalesced": "boolean",
+    "failover_path": "object",
+    "pid": "Int64",
+    "proc_start": "string",
     "hostname": "string",
 }
 
@@ -248,8 +324,7 @@ def test_totals_count_every_row_and_sum_only_known_costs(ledger: Ledger):
     def add(user: str, when: float, status: str | None, tokens: tuple, cost: float | None) -> None:
         row_id = ledger.start(session_id="s", user=user, now=when)
         if status is not None:
-            ledger.finish(row_id, status=status, tokens_in=tokens[0], tokens_out=tokens[1], cost=cost,
-                          now=when)
+            ledger.finish(row_id, status=status, tokens_in=tokens[0], tokens_out=tokens[1], cost=cost, now=when)
 
     add("ada", T0, "ok", (10, 5), 0.5)
     add("ada", T0 + 10, "ok", (None, 7), None)  # unknown cost and input count
@@ -265,8 +340,13 @@ def test_totals_count_every_row_and_sum_only_known_costs(ledger: Ledger):
 
 def test_spend_today_sums_the_utc_day_of_now(ledger: Ledger):
     midnight = datetime(2024, 3, 10, tzinfo=timezone.utc).timestamp()
-    for when, cost in [(midnight - 1, 4.0), (midnight, 1.0), (midnight + 3600, 0.5),
-                       (midnight + 86399, 0.25), (midnight + 86400, 8.0)]:
+    for when, cost in [
+        (midnight - 1, 4.0),
+        (midnight, 1.0),
+        (midnight + 3600, 0.5),
+        (midnight + 86399, 0.25),
+        (midnight + 86400, 8.0),
+    ]:
         row_id = ledger.start(session_id="s", user="ada", now=when)
         ledger.finish(row_id, status="ok", cost=cost, now=when)
     other = ledger.start(session_id="s", user="bob", now=midnight + 60)
@@ -429,8 +509,9 @@ def test_threads_share_one_ledger_and_open_their_own(path: Path):
         except BaseException as exc:  # reported below: a thread's exception would vanish otherwise
             failures.append(exc)
 
-    threads = [threading.Thread(target=work, args=(f"t{i}", i >= threads_shared))
-               for i in range(threads_shared + threads_own)]
+    threads = [
+        threading.Thread(target=work, args=(f"t{i}", i >= threads_shared)) for i in range(threads_shared + threads_own)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -495,9 +576,12 @@ def test_reopening_marks_only_the_killed_process_rows_interrupted(path: Path):
         survivor_row = int(survivor.stdout.readline())
         # Rows another host wrote: their pids mean nothing here, even the victim's.
         for pid in (victim.pid, 999_999_999):
-            raw(path, "INSERT INTO requests (time, time_utc, session_id, status, pid, proc_start, hostname) "
-                      "VALUES (?, ?, 'remote', 'started', ?, 'linux:other:1', ?)",
-                (T0, "2023-11-14T22:13:20.250Z", pid, hostname + "-elsewhere"))
+            raw(
+                path,
+                "INSERT INTO requests (time, time_utc, session_id, status, pid, proc_start, hostname) "
+                "VALUES (?, ?, 'remote', 'started', ?, 'linux:other:1', ?)",
+                (T0, "2023-11-14T22:13:20.250Z", pid, hostname + "-elsewhere"),
+            )
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=10)
         assert victim.returncode == -signal.SIGKILL
@@ -525,9 +609,12 @@ def test_reopening_marks_only_the_killed_process_rows_interrupted(path: Path):
 def test_a_reused_pid_counts_as_a_gone_process(ledger: Ledger, path: Path):
     mine = ledger.start(session_id="mine")
     # A row written by an earlier process that had our pid (other start time / boot).
-    raw(path, "INSERT INTO requests (time, time_utc, session_id, status, pid, proc_start, hostname) "
-              "VALUES (?, ?, 'previous life', 'started', ?, 'linux:another-boot:42', ?)",
-        (T0, "2023-11-14T22:13:20.250Z", os.getpid(), ledger.hostname))
+    raw(
+        path,
+        "INSERT INTO requests (time, time_utc, session_id, status, pid, proc_start, hostname) "
+        "VALUES (?, ?, 'previous life', 'started', ?, 'linux:another-boot:42', ?)",
+        (T0, "2023-11-14T22:13:20.250Z", os.getpid(), ledger.hostname),
+    )
     assert ledger.recover() == 1
     statuses = dict(zip(ledger.to_dataframe()["session_id"], ledger.to_dataframe()["status"], strict=True))
     assert statuses == {"mine": "started", "previous life": "interrupted"}
@@ -540,8 +627,9 @@ def test_process_probe_tells_live_dead_and_reused_apart():
     assert process_alive(os.getpid(), me)
     assert process_alive(os.getpid(), None)  # unknown identity: a running pid is trusted
     assert not process_alive(os.getpid(), me + "-other")
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     gone = int(finished.stdout)
     if process_identity(gone) is None:  # the pid was not handed out again in between
         assert not process_alive(gone, None)

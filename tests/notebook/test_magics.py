@@ -186,9 +186,7 @@ def test_shell_quoting_keeps_a_quoted_system_prompt_whole(ip, monkeypatch):
     result, text = run(ip, "%%gtl echo --system 'Be brief, and {x}' --temperature 0.2 --max-tokens 5\nhi")
     assert not result.success  # {x} is undefined: the system prompt is a template too
     ip.user_ns["x"] = "polite"
-    result, text = run(
-        ip, "%%gtl echo --system 'Be brief, and {x}' --temperature 0.2 --max-tokens 5 --no-cache\nhi"
-    )
+    result, text = run(ip, "%%gtl echo --system 'Be brief, and {x}' --temperature 0.2 --max-tokens 5 --no-cache\nhi")
     assert result.success, text
     assert sent["system"] == "Be brief, and polite"
     assert sent["temperature"] == 0.2 and sent["max_tokens"] == 5 and sent["cache"] is False
@@ -291,9 +289,7 @@ def test_chat_history_is_sent_with_the_next_prompt(ip, monkeypatch):
     client = ip.magics_manager.registry["GTLMagics"].session.client()
     sent = []
     original = client.stream
-    monkeypatch.setattr(
-        client, "stream", lambda m, msgs, **kw: sent.append(list(msgs)) or original(m, msgs, **kw)
-    )
+    monkeypatch.setattr(client, "stream", lambda m, msgs, **kw: sent.append(list(msgs)) or original(m, msgs, **kw))
     run(ip, "%gtl config chat=on")
     run(ip, "%%gtl\none")
     run(ip, "%%gtl\ntwo")

@@ -151,9 +151,7 @@ def test_compare_streams_every_model_and_a_failing_one_shows_its_code(ip, monkey
             super().on_event(model, event)
 
     monkeypatch.setattr(widgets, "ComparisonGrid", Spy)
-    result, text = run(
-        ip, "%%gtl --compare good:gpt-4o-mini quota:gpt-4o-mini claude-haiku-4-5 echo --out both\nhi"
-    )
+    result, text = run(ip, "%%gtl --compare good:gpt-4o-mini quota:gpt-4o-mini claude-haiku-4-5 echo --out both\nhi")
     assert result.success, text  # one failure does not fail the cell
     comparison = ip.user_ns["_gtl"]
     assert isinstance(comparison, Comparison) and ip.user_ns["both"] is comparison
@@ -164,9 +162,7 @@ def test_compare_streams_every_model_and_a_failing_one_shows_its_code(ip, monkey
         assert comparison.results[model].text.split(".")[0] in text
     assert "RATE_LIMIT" in text
     frame = comparison.to_dataframe()
-    assert (
-        dict(zip(frame["model"], frame["error"].fillna(""), strict=True))["quota:gpt-4o-mini"] == "RATE_LIMIT"
-    )
+    assert dict(zip(frame["model"], frame["error"].fillna(""), strict=True))["quota:gpt-4o-mini"] == "RATE_LIMIT"
 
 
 def test_endpoint_option_uses_a_client_for_that_endpoint(ip):
@@ -235,9 +231,7 @@ def test_tools_run_the_models_calls_and_send_the_results_back(ip, sims):
     assert "get_weather(" in text and "sunny in" in text  # the call and its result are shown
     first, second = (json.loads(r.body) for r in sims["good"].requests[-2:])
     assert {t["function"]["name"] for t in first["tools"]} == {"get_weather", "get_time"}
-    schema = next(t for t in first["tools"] if t["function"]["name"] == "get_weather")["function"][
-        "parameters"
-    ]
+    schema = next(t for t in first["tools"] if t["function"]["name"] == "get_weather")["function"]["parameters"]
     assert schema["required"] == ["city"]
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
     assert second["messages"][2]["content"].startswith("sunny in")
@@ -268,11 +262,7 @@ def test_max_steps_bounds_the_tool_rounds(ip):
 
     def stubborn(model, messages, **kwargs):
         calls["n"] += 1
-        messages = (
-            [*messages[:-1], {"role": "user", "content": "again"}]
-            if messages[-1].role == "tool"
-            else messages
-        )
+        messages = [*messages[:-1], {"role": "user", "content": "again"}] if messages[-1].role == "tool" else messages
         return real_stream(model, messages, **kwargs)
 
     client.stream = stubborn

@@ -87,8 +87,7 @@ def test_parameters_without_defaults_are_required_and_annotations_give_types():
 
 def test_google_numpy_and_sphinx_docstrings_describe_parameters():
     assert (
-        tool_from_function(get_weather).parameters["properties"]["city"]["description"]
-        == 'the city name, e.g. "Oslo"'
+        tool_from_function(get_weather).parameters["properties"]["city"]["description"] == 'the city name, e.g. "Oslo"'
     )
     numpy = tool_from_function(numpy_style).parameters["properties"]
     assert numpy["x"] == {"description": "the first number"}  # unannotated: any value
@@ -104,9 +103,7 @@ def test_the_schema_is_valid_json_schema_and_accepts_a_real_call():
     for func in (get_weather, numpy_style, sphinx_style):
         schema = tool_from_function(func).parameters
         jsonschema.Draft202012Validator.check_schema(schema)
-    jsonschema.validate(
-        {"city": "Oslo", "days": 2, "unit": "fahrenheit"}, tool_from_function(get_weather).parameters
-    )
+    jsonschema.validate({"city": "Oslo", "days": 2, "unit": "fahrenheit"}, tool_from_function(get_weather).parameters)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"days": 2}, tool_from_function(get_weather).parameters)
 

@@ -78,9 +78,7 @@ class Page:
 
     def __init__(self, ws_url: str) -> None:
         self._stack = contextlib.ExitStack()
-        self._ws: ClientConnection = self._stack.enter_context(
-            connect(ws_url, max_size=None, open_timeout=10)
-        )
+        self._ws: ClientConnection = self._stack.enter_context(connect(ws_url, max_size=None, open_timeout=10))
         self._ids = itertools.count(1)
         self.console: list[str] = []  # console messages and uncaught exceptions, for failure reports
         self.call("Runtime.enable")
@@ -108,15 +106,11 @@ class Page:
         method = message.get("method")
         params = message.get("params", {})
         if method == "Runtime.consoleAPICalled":
-            text = " ".join(
-                str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", [])
-            )
+            text = " ".join(str(arg.get("value", arg.get("description", ""))) for arg in params.get("args", []))
             self.console.append(f"console.{params.get('type')}: {text}")
         elif method == "Runtime.exceptionThrown":
             details = params.get("exceptionDetails", {})
-            self.console.append(
-                f"exception: {details.get('exception', {}).get('description', details.get('text'))}"
-            )
+            self.console.append(f"exception: {details.get('exception', {}).get('description', details.get('text'))}")
 
     def evaluate(self, expression: str, timeout: float = 30.0) -> Any:
         """The JSON value of a JavaScript expression in the page (promises are awaited)."""
@@ -125,9 +119,7 @@ class Page:
         )
         if "exceptionDetails" in result:
             details = result["exceptionDetails"]
-            raise BrowserError(
-                f"JavaScript failed: {details.get('exception', {}).get('description', details)}"
-            )
+            raise BrowserError(f"JavaScript failed: {details.get('exception', {}).get('description', details)}")
         return result.get("result", {}).get("value")
 
     def navigate(self, url: str) -> None:
@@ -164,16 +156,12 @@ class Chromium:
         # the Debian wrapper script reads $HOME; keep the developer's out of it
         env = {**os.environ, "HOME": str(workdir)}
         with (workdir / "chromium.log").open("wb") as log:  # the child keeps its own descriptor
-            process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-            )
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         marker = profile / "DevToolsActivePort"
 
         def ready() -> bool:
             if process.poll() is not None:
-                raise BrowserError(
-                    f"chromium exited with {process.returncode}; see {workdir / 'chromium.log'}"
-                )
+                raise BrowserError(f"chromium exited with {process.returncode}; see {workdir / 'chromium.log'}")
             return marker.exists() and bool(marker.read_text().strip())
 
         try:

@@ -26,9 +26,7 @@ EXPECTED_NOTEBOOKS = (
     "04-gap-context-transfer",
 )
 # credentials and settings of the developer that must not reach a notebook's kernel
-_PRIVATE = re.compile(
-    r"^(OPENAI_|AZURE_OPENAI_|ANTHROPIC_|GEMINI_|GOOGLE_API|OLLAMA_|AWS_|GTL_|JUPYTER|IPYTHON)"
-)
+_PRIVATE = re.compile(r"^(OPENAI_|AZURE_OPENAI_|ANTHROPIC_|GEMINI_|GOOGLE_API|OLLAMA_|AWS_|GTL_|JUPYTER|IPYTHON)")
 
 
 def notebook_env(scratch: Path) -> dict[str, str]:
@@ -78,9 +76,7 @@ def nbval_command(python: str, notebooks: list[Path], scratch: Path, *extra: str
     ]
 
 
-def run_nbval(
-    python: str, notebooks: list[Path], scratch: Path, timeout: float = 300
-) -> subprocess.CompletedProcess:
+def run_nbval(python: str, notebooks: list[Path], scratch: Path, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run nbval with ``python`` on ``notebooks`` in a private environment under ``scratch``."""
     return subprocess.run(
         nbval_command(python, notebooks, scratch),

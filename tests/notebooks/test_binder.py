@@ -55,7 +55,5 @@ def test_a_venv_from_binder_requirements_runs_every_notebook_under_nbval(tmp_pat
     )
     assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
     done = run_nbval(python, NOTEBOOKS, tmp_path / "nbval", timeout=600)
-    assert done.returncode == 0, (
-        f"nbval in the binder venv failed:\n{done.stdout[-8000:]}\n{done.stderr[-2000:]}"
-    )
+    assert done.returncode == 0, f"nbval in the binder venv failed:\n{done.stdout[-8000:]}\n{done.stderr[-2000:]}"
     assert re.search(r"\d+ passed", done.stdout) and " failed" not in done.stdout

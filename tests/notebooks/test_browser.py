@@ -67,9 +67,7 @@ def prepare_notebook(root: Path, texts_path: Path) -> tuple[str, int]:
     cell = notebook.cells[parameters[0]]
     cell.source, replaced = re.subn(r"^paces = \{.*\}", f"paces = {BROWSER_PACES!r}", cell.source, flags=re.M)
     assert replaced == 1, "the parameters cell must set paces = {...} on one line"
-    target = next(
-        i for i, c in enumerate(notebook.cells) if c.cell_type == "code" and "--out comparison" in c.source
-    )
+    target = next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code" and "--out comparison" in c.source)
     for c in notebook.cells:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
@@ -188,17 +186,11 @@ class Samples:
 
     def partial(self, model: str) -> list[tuple[int, str]]:
         """(sample index, text) of every sample where ``model`` showed partial, non-empty text."""
-        return [
-            (i, f[model][1])
-            for i, f in enumerate(self.frames)
-            if model in f and not f[model][0] and f[model][1]
-        ]
+        return [(i, f[model][1]) for i, f in enumerate(self.frames) if model in f and not f[model][0] and f[model][1]]
 
 
 def run_and_sample(page: Page, path: str, target: int, models: list[str], texts_path: Path) -> Samples:
-    cells = wait_for(
-        lambda: page.evaluate(READY_JS % {"path": json.dumps(path)}), 120, "the notebook and its kernel"
-    )
+    cells = wait_for(lambda: page.evaluate(READY_JS % {"path": json.dumps(path)}), 120, "the notebook and its kernel")
     assert cells >= target
     page.evaluate(RUN_ALL_JS)
     samples = Samples()
@@ -262,9 +254,7 @@ def test_comparison_grid_streams_live_in_the_browser(app: str, tmp_path: Path, c
         partial = samples.partial(model)
         first_final = samples.first_final(model)
         assert partial, f"{model}: never showed partial text (samples: {len(samples.frames)})"
-        assert first_final is not None and partial[0][0] < first_final, (
-            f"{model}: partial text came after the final"
-        )
+        assert first_final is not None and partial[0][0] < first_final, f"{model}: partial text came after the final"
         for _, text in partial:  # the live view only ever shows a beginning of the answer
             assert texts[model].startswith(text), (model, text)
         assert any(len(text) < len(texts[model]) for _, text in partial), f"{model}: never seen mid-answer"

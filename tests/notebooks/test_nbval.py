@@ -34,22 +34,16 @@ def test_notebook_is_committed_with_its_outputs(path: Path):
     assert notebook.metadata.kernelspec.name == "python3"
     # saved widget state only for widgets an output still shows (the finished answers are plain outputs)
     state = notebook.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
-    views = [
-        out.data[WIDGET_VIEW] for cell in code for out in cell.outputs if WIDGET_VIEW in out.get("data", {})
-    ]
+    views = [out.data[WIDGET_VIEW] for cell in code for out in cell.outputs if WIDGET_VIEW in out.get("data", {})]
     shown = {view["model_id"] for view in views}
-    assert shown <= set(state), (
-        "a widget output without its saved state shows 'model not found' in JupyterLab"
-    )
+    assert shown <= set(state), "a widget output without its saved state shows 'model not found' in JupyterLab"
     pruned = copy.deepcopy(notebook)
     prune_widget_state(pruned)
     assert pruned.metadata == notebook.metadata, "saved state of closed widgets (regenerate with the runner)"
 
 
 def test_the_notebooks_use_the_magics_and_the_python_api_side_by_side():
-    sources = "\n".join(
-        cell.source for path in NOTEBOOKS for cell in read(path).cells if cell.cell_type == "code"
-    )
+    sources = "\n".join(cell.source for path in NOTEBOOKS for cell in read(path).cells if cell.cell_type == "code")
     for usage in (
         "%load_ext gtl_nb",
         "%%gtl\n",

@@ -174,9 +174,7 @@ def test_frame_decoder_recovers_after_an_oversized_frame_is_refused():
     decoder = FrameDecoder(max_frame_bytes=60)
     with pytest.raises(FrameTooLargeError):
         decoder.feed(b"z" * 61)
-    assert decoder.feed(b"\n" + encode_frame(Token(session_id="s", text="ok"))) == [
-        Token(session_id="s", text="ok")
-    ]
+    assert decoder.feed(b"\n" + encode_frame(Token(session_id="s", text="ok"))) == [Token(session_id="s", text="ok")]
 
 
 def test_stream_ending_inside_a_frame_is_an_error():

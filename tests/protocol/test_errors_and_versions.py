@@ -66,9 +66,7 @@ def test_caller_mistakes_and_remote_faults_are_different_families():
 
 
 def test_negotiation_picks_the_highest_common_version():
-    answer = negotiate(
-        Hello(versions=["1.0", "1.1"], features=["reasoning", "teleport"]), supported=("1.0", "1.1")
-    )
+    answer = negotiate(Hello(versions=["1.0", "1.1"], features=["reasoning", "teleport"]), supported=("1.0", "1.1"))
     assert answer.version == "1.1"
     assert answer.features == ["reasoning"]
     assert negotiate(client_hello()).version == "1.0"

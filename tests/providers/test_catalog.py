@@ -117,8 +117,7 @@ def test_catalog_covers_the_cloud_and_local_provider_types(catalog):
         assert catalog.model("anthropic", name) is not None
     for name in ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite"):
         assert catalog.model("gemini", name) is not None
-    for name in ("amazon.nova-lite-v1:0", "amazon.nova-micro-v1:0", "amazon.nova-pro-v1:0",
-                 "us.amazon.nova-lite-v1:0"):
+    for name in ("amazon.nova-lite-v1:0", "amazon.nova-micro-v1:0", "amazon.nova-pro-v1:0", "us.amazon.nova-lite-v1:0"):
         assert catalog.model("bedrock", name) is not None
 
 

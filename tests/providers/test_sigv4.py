@@ -53,9 +53,7 @@ def test_aws_documented_example_signing_key_and_signature() -> None:
     url = "https://iam.amazonaws.com/?Version=2010-05-08&Action=ListUsers"
     canonical, signed = canonical_request("GET", url, headers, sha256_hex(b""))
     assert signed == "content-type;host;x-amz-date"
-    assert (
-        sha256_hex(canonical.encode()) == "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59"
-    )
+    assert sha256_hex(canonical.encode()) == "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59"
     text = string_to_sign("20150830T123600Z", credential_scope("20150830", "us-east-1", "iam"), canonical)
     signature = hmac.new(key, text.encode(), hashlib.sha256).hexdigest()
     assert signature == "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
@@ -63,8 +61,7 @@ def test_aws_documented_example_signing_key_and_signature() -> None:
 
 def test_canonical_uri_encodes_the_model_id_segment_twice() -> None:
     assert (
-        canonical_uri("/model/us.amazon.nova-micro-v1%3A0/converse")
-        == "/model/us.amazon.nova-micro-v1%253A0/converse"
+        canonical_uri("/model/us.amazon.nova-micro-v1%3A0/converse") == "/model/us.amazon.nova-micro-v1%253A0/converse"
     )
     assert canonical_uri("") == "/"
     assert canonical_uri("/a/./b/../c") == "/a/c"
@@ -92,9 +89,7 @@ def _botocore_authorization(
     request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
     fixed = datetime.datetime.fromtimestamp(NOW, tz=datetime.timezone.utc).replace(tzinfo=None)
     with mock.patch("botocore.auth.get_current_datetime", return_value=fixed):
-        SigV4Auth(Credentials("AKIDEXAMPLE", "s3cr3t/Key+", session_token), "bedrock", region).add_auth(
-            request
-        )
+        SigV4Auth(Credentials("AKIDEXAMPLE", "s3cr3t/Key+", session_token), "bedrock", region).add_auth(request)
     return dict(request.headers.items())
 
 
@@ -117,9 +112,7 @@ def test_signature_equals_botocore_for_bedrock_runtime(model: str, token: str | 
         now=NOW,
     )
     # botocore signs every header it is given: give it ours, minus what SigV4 adds.
-    given = {
-        k: v for k, v in mine.items() if k not in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token")
-    }
+    given = {k: v for k, v in mine.items() if k not in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token")}
     theirs = _botocore_authorization("POST", url, given, body, token, region)
     assert mine["Authorization"] == theirs["Authorization"]
     assert mine["X-Amz-Date"] == theirs["X-Amz-Date"] == "20231114T221320Z"
@@ -143,10 +136,7 @@ def test_signature_equals_botocore_for_a_control_plane_get_on_a_custom_port() ->
         now=NOW,
     )
     given = {k: v for k, v in mine.items() if k not in ("Authorization", "X-Amz-Date")}
-    assert (
-        mine["Authorization"]
-        == _botocore_authorization("GET", url, given, b"", None, "us-west-2")["Authorization"]
-    )
+    assert mine["Authorization"] == _botocore_authorization("GET", url, given, b"", None, "us-west-2")["Authorization"]
 
 
 def test_signing_changes_with_time_secret_and_body() -> None:
@@ -154,9 +144,7 @@ def test_signing_changes_with_time_secret_and_body() -> None:
 
     def auth(secret: str = "a", now: float = NOW, body: bytes = b"{}") -> str:
         creds = AwsCredentials("AKID", secret)
-        signed = sign_headers(
-            "POST", url, {}, body, credentials=creds, region="us-east-1", service="bedrock", now=now
-        )
+        signed = sign_headers("POST", url, {}, body, credentials=creds, region="us-east-1", service="bedrock", now=now)
         return signed["Authorization"]
 
     assert len({auth(), auth(secret="b"), auth(now=NOW + 1), auth(body=b"{ }")}) == 4

@@ -42,8 +42,9 @@ DEPLOYMENTS = {
 }
 NAMED = {
     "anthropic": lambda body: body["tool_choice"] == {"type": "tool", "name": "get_weather"},
-    "gemini": lambda body: body["toolConfig"]["functionCallingConfig"]
-    == {"mode": "ANY", "allowedFunctionNames": ["get_weather"]},
+    "gemini": lambda body: (
+        body["toolConfig"]["functionCallingConfig"] == {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}
+    ),
     "bedrock": lambda body: body["toolConfig"]["toolChoice"] == {"tool": {"name": "get_weather"}},
     "ollama": lambda body: [t["function"]["name"] for t in body["tools"]] == ["get_weather"],
     "openai": lambda body: body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}},

@@ -156,18 +156,14 @@ def test_boto3_tool_result_turn_answers_with_text(sim: Any) -> None:
         *_user("Weather in Oslo?"),
         {
             "role": "assistant",
-            "content": [
-                {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Oslo"}}}
-            ],
+            "content": [{"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather", "input": {"city": "Oslo"}}}],
         },
         {
             "role": "user",
             "content": [{"toolResult": {"toolUseId": "tooluse_1", "content": [{"text": "12 C"}]}}],
         },
     ]
-    response = _client(sim.base_url).converse(
-        modelId=MODEL, messages=messages, toolConfig={"tools": [WEATHER]}
-    )
+    response = _client(sim.base_url).converse(modelId=MODEL, messages=messages, toolConfig={"tools": [WEATHER]})
     assert response["stopReason"] == "end_turn"
     assert response["output"]["message"]["content"][0]["text"].startswith("The tool returned: 12 C")
 
@@ -427,9 +423,7 @@ def test_dialect_tool_round_trip_against_the_simulator(sim: Any, model: str) -> 
         tools=[tool],
     )
     _, events = _run(_deployment(sim.base_url), follow_up)
-    assert "".join(e.text for e in events if isinstance(e, Token)).startswith(
-        "The tool returned: 12 C and sunny"
-    )
+    assert "".join(e.text for e in events if isinstance(e, Token)).startswith("The tool returned: 12 C and sunny")
 
 
 def test_dialect_reasoning_and_signature_replay(sim: Any) -> None:
@@ -484,9 +478,7 @@ def test_dialect_sees_each_fault_as_a_retryable_error(fresh_sim: Any, fault: Fau
 
 def test_restricted_models_reject_an_unknown_id_like_the_service() -> None:
     with serve("bedrock", models=["amazon.nova-micro-v1:0"]) as restricted:
-        status, [error] = _run(
-            _deployment(restricted.base_url), _request(model="us.does-not-exist-model-v1:0")
-        )
+        status, [error] = _run(_deployment(restricted.base_url), _request(model="us.does-not-exist-model-v1:0"))
     assert (status, error.code) == (400, "MODEL_NOT_FOUND")
     assert "The provided model identifier is invalid." in error.message
 
