@@ -18,7 +18,7 @@ import os
 import queue
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -513,11 +513,13 @@ class _StreamBase:
 
 
 class EventStream(_StreamBase):
-    """Events of one session, as they arrive.
+    """Events of one session, as they arrive (an iterator: ``for event in stream``, ``next(stream)``).
 
-    Iterate it once: leaving the loop early (``break``, an exception, Ctrl-C) cancels the session,
-    and so does ``close()`` — also from another thread while one is iterating. Either way the
-    session ends with exactly one ``CANCELLED`` error.
+    ``close()`` (or leaving a ``with`` block, or the stream being garbage-collected unfinished)
+    cancels the session, also from another thread while one is iterating; a ``KeyboardInterrupt``
+    while waiting for the next event cancels it too. Either way the session ends with exactly one
+    ``CANCELLED`` error. Leaving a ``for`` loop early does not cancel by itself: iterate on later,
+    or call ``close()``.
     """
 
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
@@ -536,9 +538,10 @@ class EventStream(_StreamBase):
             if self.finished:
                 self._ended.set()
 
-    def __iter__(self) -> Iterator[StreamEvent]:
-        if self._reader is not None:
-            raise RuntimeError("an EventStream can be iterated once; keep the events you need from it")
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> StreamEvent:
         self._reader = threading.current_thread()
         try:
             while not self.finished:
@@ -546,10 +549,13 @@ class EventStream(_StreamBase):
                 before = len(self.transcript.events)
                 self._record(event)
                 if len(self.transcript.events) > before:
-                    yield event
+                    return event
+        except KeyboardInterrupt:  # the notebook's "interrupt kernel" while waiting
+            self._cancel()
+            raise
         finally:
-            if not self.finished:
-                self._cancel()
+            self._reader = None
+        raise StopIteration
 
     def _cancel(self) -> None:
         """Cancel and collect the ``CANCELLED`` error the pump delivers (the caller reads the queue)."""
@@ -566,9 +572,9 @@ class EventStream(_StreamBase):
             return
         reader = self._reader
         if reader is not None and reader is not threading.current_thread() and reader.is_alive():
-            self._future.cancel()  # the iterating thread reads the CANCELLED error itself
-            self._ended.wait(5)
-            return
+            self._future.cancel()  # the thread waiting in __next__ reads the CANCELLED error itself
+            if self._ended.wait(5):
+                return
         self._cancel()
 
     def __enter__(self) -> EventStream:

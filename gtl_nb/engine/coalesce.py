@@ -1,10 +1,11 @@
 """In-flight coalescing: identical concurrent requests share one upstream call.
 
-The first request with a given key becomes the *leader* and publishes each event it yields to a
-``Flight``; later identical requests become *followers* that read the flight from its first event
-(whenever they join) and re-address every event to their own session. A follower's ``usage`` costs
-nothing (the leader paid); its ``done`` is stamped with its own timings. A flight that ends without
-a terminal event (the leader was cancelled) ends its followers with a retryable error.
+The first request with a given key becomes the *leader*: its upstream call runs in a task of its
+own (``Flight.task``) that publishes every event to a ``Flight``. The leader and every later
+identical request (*followers*) read the flight from its first event, whenever they join; followers
+re-address each event to their own session and pay nothing (their ``usage`` costs 0). A reader that
+leaves does not disturb the others; the upstream call is cancelled when its last reader has left.
+A flight that ends without a terminal event ends its remaining readers with a retryable error.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ class Flight:
         self.events: list[StreamEvent] = []
         self.closed = False
         self.followers = 0
+        self.readers = 0
+        self.task: asyncio.Future[None] | None = None
         self._changed = asyncio.Event()
 
     def publish(self, event: StreamEvent) -> None:
@@ -38,27 +41,40 @@ class Flight:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def follow(self, session_id: str) -> AsyncIterator[StreamEvent]:
-        """The flight's events re-addressed to ``session_id`` (the leader's ``queued`` is skipped)."""
-        self.followers += 1
+    async def follow(self, session_id: str, *, own: bool = False) -> AsyncIterator[StreamEvent]:
+        """The flight's events for ``session_id`` (the ``queued`` status is skipped: every reader
+        sent its own). ``own`` is the leader's session: its events are passed on unchanged."""
+        if not own:
+            self.followers += 1
+        self.readers += 1
+        ended = False
         index = 0
-        while True:
-            while index < len(self.events):
-                event = self.events[index]
-                index += 1
-                if isinstance(event, Status) and event.state == "queued":
-                    continue
-                if isinstance(event, Usage):
-                    event = msgspec.structs.replace(event, cost=0.0)
-                yield msgspec.structs.replace(event, session_id=session_id)
-                if isinstance(event, (Done, Error)):
+        try:
+            while True:
+                while index < len(self.events):
+                    event = self.events[index]
+                    index += 1
+                    if isinstance(event, Status) and event.state == "queued":
+                        continue
+                    if not own:
+                        if isinstance(event, Usage):
+                            event = msgspec.structs.replace(event, cost=0.0)
+                        event = msgspec.structs.replace(event, session_id=session_id)
+                    ended = isinstance(event, (Done, Error))
+                    yield event
+                    if ended:
+                        return
+                if self.closed:
+                    ended = True
+                    yield Error(
+                        session_id=session_id,
+                        code="PROVIDER_UNAVAILABLE",
+                        message="the upstream call this request shared ended without an answer",
+                        retryable=True,
+                    )
                     return
-            if self.closed:
-                yield Error(
-                    session_id=session_id,
-                    code="PROVIDER_UNAVAILABLE",
-                    message="the identical request this one was coalesced with was cancelled",
-                    retryable=True,
-                )
-                return
-            await self._changed.wait()
+                await self._changed.wait()
+        finally:
+            self.readers -= 1
+            if not ended and self.readers == 0 and self.task is not None and not self.task.done():
+                self.task.cancel()  # the last reader left: nobody wants the answer any more

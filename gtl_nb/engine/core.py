@@ -320,20 +320,38 @@ class Engine:
                     machine.advance(event)
                     yield event
             return
-        flight = Flight() if flight_key else None
-        if flight is not None:
-            self._flights[flight_key] = flight  # type: ignore[index]
-            flight.publish(queued)
-        try:
-            async with aclosing(self._attempts(request, targets, record, machine, started, key)) as events:
+        attempts = self._attempts(request, targets, record, machine, started, key)
+        if not flight_key:
+            async with aclosing(attempts) as events:
                 async for event in events:
-                    if flight is not None:
-                        flight.publish(event)
                     yield event
+            return
+        # The leader: the upstream call runs in a task of its own that publishes to the flight, so a
+        # reader leaving (the leader's caller included) never cuts the others off; the call is
+        # cancelled only when its last reader has gone.
+        flight = Flight()
+        self._flights[flight_key] = flight
+        flight.publish(queued)
+        flight.task = asyncio.ensure_future(self._fly(flight, flight_key, attempts, sid))
+        async with aclosing(flight.follow(sid, own=True)) as events:
+            async for event in events:
+                yield event
+
+    async def _fly(self, flight: Flight, flight_key: str, attempts: AsyncIterator[StreamEvent], sid: str) -> None:
+        """Run the leader's attempts, publishing every event to ``flight``."""
+        try:
+            async with aclosing(attempts) as events:  # type: ignore[type-var]
+                async for event in events:
+                    flight.publish(event)
+        except asyncio.CancelledError:
+            pass  # every reader left
+        except Exception as exc:  # a bug must still end every reader's session
+            log.exception("session %s failed inside the engine", sid)
+            flight.publish(Error(session_id=sid, code="INTERNAL", message=f"gtl_nb internal error: {exc!r}"))
         finally:
-            if flight is not None:
-                flight.close()
-                self._flights.pop(flight_key, None)  # type: ignore[arg-type]
+            flight.close()
+            if self._flights.get(flight_key) is flight:
+                del self._flights[flight_key]
 
     def _coalescing_key(self, request: CompletionRequest, target: Target) -> str | None:
         """Identical deterministic requests (or ones opted into caching) share one upstream call."""

@@ -122,6 +122,9 @@ def test_closing_a_stream_early_cancels_it(slow_client):
         received.append(event)
         if isinstance(event, Token) and len([e for e in received if isinstance(e, Token)]) == 2:
             break
+    assert not stream.finished  # leaving the loop alone does not cancel: next(stream) would go on
+    assert isinstance(next(stream), Token)
+    stream.close()
     assert stream.finished
     last = stream.transcript.events[-1]
     assert isinstance(last, Error) and last.code == "CANCELLED"

@@ -41,6 +41,7 @@ def test_ok_error_and_cancelled_requests_each_leave_one_row(ledger_path):
         for event in stream:
             if isinstance(event, Token):
                 break
+        stream.close()
         client.close()
         bad.close()
     frame = rows(ledger_path).set_index("session_id")

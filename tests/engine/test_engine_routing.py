@@ -450,3 +450,39 @@ def test_context_length_errors_move_to_the_configured_larger_model():
     plain = connect({"ctx": {"type": "smallctx", "models": ["tiny"]}})
     with pytest.raises(gtl_nb.protocol.ContextLengthExceededError):
         plain.complete("tiny", "a very long prompt")
+
+
+def test_a_coalesced_request_survives_the_caller_it_shared_with_leaving():
+    with sim.serve("openai", pace=0.02) as s:
+        client = connect({"openai": openai_conf(s.base_url)})
+        leader = client.stream(OPENAI, "one shared question", temperature=0)
+        reader = threading.Thread(target=lambda: list(leader))
+        reader.start()
+        while not any(isinstance(e, Token) for e in list(leader.transcript.events)):
+            threading.Event().wait(0.005)
+        follower_result: list = []
+        follower = threading.Thread(
+            target=lambda: follower_result.append(client.complete(OPENAI, "one shared question", temperature=0))
+        )
+        follower.start()
+        while not client.engine._flights or next(iter(client.engine._flights.values())).followers == 0:
+            threading.Event().wait(0.005)
+        leader.close()  # the caller that started the upstream call goes away
+        reader.join(10)
+        follower.join(30)
+        assert len(s.requests) == 1
+    assert leader.transcript.error.code == "CANCELLED"
+    assert follower_result and follower_result[0].finish_reason == "stop" and follower_result[0].text
+
+
+def test_the_shared_upstream_call_is_cancelled_when_its_last_reader_leaves():
+    with sim.serve("openai", pace=0.05) as s:
+        client = connect({"openai": openai_conf(s.base_url)})
+        stream = client.stream(OPENAI, "nobody will read this to the end", temperature=0)
+        next(e for e in stream if isinstance(e, Token))
+        stream.close()
+        for _ in range(200):
+            if not client.engine._flights:
+                break
+            threading.Event().wait(0.01)
+        assert not client.engine._flights
