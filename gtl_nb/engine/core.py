@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -73,21 +74,32 @@ ROUTING_SUBTABLES = ("breaker", "retry", "context_fallbacks")
 
 
 class _MemoryUsage:
-    """What budgets read when there is no ledger: this process's finished requests."""
+    """What budgets read when there is no ledger: this process's requests of the last day.
+
+    A request is counted when it starts (so concurrent ones see each other) and its tokens and cost
+    when it ends; requests refused by a budget are not counted at all."""
 
     def __init__(self) -> None:
-        self.records: list[tuple[float, str | None, int, float]] = []
+        self.records: deque[tuple[float, str, int, int, float]] = deque()
 
-    def record(self, when: float, user: str | None, usage: Usage | None) -> None:
-        tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0) if usage else 0
-        self.records.append((when, user, tokens, (usage.cost or 0.0) if usage else 0.0))
-        horizon = when - 86_400.0  # budgets look back one UTC day at most
+    def started(self, when: float, user: str) -> None:
+        self._add((when, user, 1, 0, 0.0))
+
+    def finished(self, when: float, user: str, usage: Usage | None) -> None:
+        if usage is not None:
+            tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0)
+            if not usage.cache_hit:
+                self._add((when, user, 0, tokens, usage.cost or 0.0))
+
+    def _add(self, record: tuple[float, str, int, int, float]) -> None:
+        self.records.append(record)
+        horizon = record[0] - 86_400.0  # budgets look back one UTC day at most
         while self.records and self.records[0][0] < horizon:
-            self.records.pop(0)
+            self.records.popleft()
 
     def totals(self, user: str, since: float) -> tuple[int, int, float]:
         rows = [r for r in self.records if r[0] >= since and r[1] == user]
-        return len(rows), sum(r[2] for r in rows), sum(r[3] for r in rows)
+        return sum(r[2] for r in rows), sum(r[3] for r in rows), sum(r[4] for r in rows)
 
 
 class Engine:
@@ -129,6 +141,7 @@ class Engine:
         budget_config = BudgetConfig.from_dict(budgets)
         self.budgets = BudgetGuard(budget_config, self._usage_since, clock_wall=wall_clock) if budgets else None
         self._flights: dict[str, Flight] = {}
+        self._budget_gate = asyncio.Lock()
 
     # -- public -------------------------------------------------------------------------------
 
@@ -139,8 +152,16 @@ class Engine:
         the terminal event is handed on — also when the caller stops listening early (``cancelled``).
         """
         user = user or ""  # one spelling of "no user" for the ledger, budgets and the memory window
-        refusal = await self._check_budget(request, user)
-        row = await self._ledger_start(request, user)
+        if self.budgets is None:
+            refusal, row = None, await self._ledger_start(request, user)
+        else:
+            # check and insert as one step per process, so concurrent requests (a batch) cannot all
+            # pass the check before any of them is counted
+            async with self._budget_gate:
+                refusal = await self._check_budget(request, user)
+                row = await self._ledger_start(request, user)
+                if refusal is None and self.ledger is None:
+                    self._memory_usage.started(self.wall_clock(), user)
         record: dict[str, Any] = {"path": [], "cache_hit": False, "coalesced": False}
         usage: Usage | None = None
         end: Done | Error | None = None
@@ -153,8 +174,8 @@ class Engine:
                         usage = None
                     elif isinstance(event, (Done, Error)):
                         end = event
-                        if self.ledger is None and self.budgets is not None:
-                            self._memory_usage.record(self.wall_clock(), user, usage)
+                        if self.ledger is None and self.budgets is not None and refusal is None:
+                            self._memory_usage.finished(self.wall_clock(), user, usage)
                         if row is not None:  # complete the row before the caller sees the end
                             finished, row = row, None
                             await self._ledger_finish(finished, end, usage, record)

@@ -213,3 +213,20 @@ def test_an_async_stream_is_iterated_once_and_can_be_closed():
 
     stream = asyncio.run(main())
     assert stream.transcript.error is not None and stream.transcript.error.code == "CANCELLED"
+
+
+@pytest.mark.parametrize("with_ledger", [True, False])
+def test_concurrent_requests_cannot_all_slip_under_requests_per_minute(tmp_path, with_ledger):
+    a, provider = deployment(f"edge_rpm_{with_ledger}", ok)
+    ledger = Ledger(tmp_path / "l.sqlite3") if with_ledger else None
+    engine = Engine({a.name: a}, ledger=ledger, sleep=no_sleep, budgets={"requests_per_minute": 2})
+
+    async def main():
+        async def one():
+            return [e async for e in engine.stream(request(), user="eve")][-1]
+
+        return await asyncio.gather(*(one() for _ in range(8)))
+
+    ends = asyncio.run(main())
+    assert sum(isinstance(e, Done) for e in ends) == 2
+    assert provider.calls == 2
