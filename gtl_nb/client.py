@@ -309,14 +309,7 @@ class Client:
                 result: Completion | GTLError = item
             else:
                 async with gate:
-                    transcript = Transcript(session_id=item.session_id)
-                    async for event in self.engine.stream(item, user=self.user):
-                        transcript.add(event)
-                    if transcript.error is not None:
-                        result = error_from_event(transcript.error)
-                    else:
-                        provider = transcript.done.provider if transcript.done else None
-                        result = Completion.from_transcript(transcript, self.provider_type(provider))
+                    result = await self._collect(item)
             if bar is not None:
                 bar.advance(ok=not isinstance(result, GTLError))
             return result
@@ -360,23 +353,35 @@ class Client:
         async def one(model: str, item: CompletionRequest | GTLError) -> Completion | Exception:
             if isinstance(item, GTLError):
                 return item
-            transcript = Transcript(session_id=item.session_id)
-            async for event in self.engine.stream(item, user=self.user):
-                transcript.add(event)
-                if on_event is not None:
-                    try:
-                        on_event(model, event)
-                    except Exception:  # a display callback must not break the comparison
-                        log.exception("compare: on_event callback failed for %s", model)
-            if transcript.error is not None:
-                exc = error_from_event(transcript.error)
-                exc.completion = Completion.from_transcript(transcript)  # type: ignore[attr-defined]
-                return exc
-            provider = transcript.done.provider if transcript.done else None
-            return Completion.from_transcript(transcript, self.provider_type(provider))
+            return await self._collect(item, (lambda event: on_event(model, event)) if on_event else None)
 
         results = await asyncio.gather(*(one(model, item) for model, item in requests.items()))
         return Comparison(models=list(requests), results=dict(zip(requests, results, strict=True)))
+
+    def _outcome(self, transcript: Transcript) -> Completion | GTLError:
+        """A finished session as its ``Completion``, or its error's exception carrying the partial one."""
+        done, error = transcript.done, transcript.error
+        provider = done.provider if done else (error.provider if error else None)
+        completion = Completion.from_transcript(transcript, self.provider_type(provider))
+        if error is None:
+            return completion
+        exc = error_from_event(error)
+        exc.completion = completion  # type: ignore[attr-defined]
+        return exc
+
+    async def _collect(
+        self, request: CompletionRequest, on_event: Callable[[StreamEvent], Any] | None = None
+    ) -> Completion | GTLError:
+        """Run one session on the loop thread to its end (for ``batch`` and ``compare``)."""
+        transcript = Transcript(session_id=request.session_id)
+        async for event in self.engine.stream(request, user=self.user):
+            transcript.add(event)
+            if on_event is not None:
+                try:
+                    on_event(event)
+                except Exception:  # a display callback must not break the run
+                    log.exception("on_event callback failed for %s", request.session_id)
+        return self._outcome(transcript)
 
     def as_ask(self, model: str | None = None, **kwargs: Any) -> Callable[[str], str]:
         """A plain ``prompt -> answer text`` function (for ``gap.suggest_definitions(ask=...)``)."""
@@ -497,19 +502,17 @@ class _StreamBase:
 
     def completion(self) -> Completion:
         """What arrived so far, as a ``Completion`` (complete once the stream finished)."""
-        done = self.transcript.done
-        provider = done.provider if done else (self.transcript.error.provider if self.transcript.error else None)
-        return Completion.from_transcript(self.transcript, self.client.provider_type(provider))
+        outcome = self.client._outcome(self.transcript)
+        return outcome if isinstance(outcome, Completion) else outcome.completion  # type: ignore[attr-defined]
 
     def result(self) -> Completion:
         """The ``Completion``; raises the session's error as its exception."""
-        if self.transcript.error is not None:
-            exc = error_from_event(self.transcript.error)
-            exc.completion = self.completion()  # type: ignore[attr-defined]
-            raise exc
-        if self.transcript.done is None:
+        if not self.finished:
             raise GTLError("the stream has not finished; iterate it to the end first")
-        return self.completion()
+        outcome = self.client._outcome(self.transcript)
+        if isinstance(outcome, GTLError):
+            raise outcome
+        return outcome
 
 
 class EventStream(_StreamBase):

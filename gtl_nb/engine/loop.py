@@ -73,9 +73,6 @@ class LoopThread:
             concurrent.futures.wait([future], timeout=_CLEANUP_GRACE_SECONDS)
             raise
 
-    def call_soon(self, callback: Any, *args: Any) -> None:
-        self.loop.call_soon_threadsafe(callback, *args)
-
     def stop(self) -> None:
         if self._loop is not None and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)

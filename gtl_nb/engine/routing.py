@@ -19,7 +19,6 @@ Rules (documented for users in docs/configuration.md):
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +167,3 @@ class Router:
         matches = difflib.get_close_matches(name, sorted(set(known)), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
         return f"unknown model {name!r}{hint} (`gtl models` lists what is available)"
-
-
-def describe_targets(targets: Sequence[Target]) -> str:
-    return " -> ".join(f"{t.name}:{t.model}" for t in targets)

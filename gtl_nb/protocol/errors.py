@@ -202,8 +202,6 @@ ERROR_CLASSES: dict[str, type[GTLError]] = {
     )
 }
 
-RETRYABLE_BY_DEFAULT = frozenset(code for code, cls in ERROR_CLASSES.items() if cls.default_retryable)
-
 
 def error_class(code: str) -> type[GTLError]:
     """The exception class of a protocol error code (``INTERNAL`` for an unknown one)."""

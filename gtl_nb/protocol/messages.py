@@ -222,7 +222,6 @@ class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
 
 StreamEvent = Status | Token | Reasoning | ToolCallEvent | Usage | Done | Error
 WireMessage = CompletionRequest | StreamEvent | ProviderInfo | Hello | Cancel
-TERMINAL_TYPES = (Done, Error)
 MESSAGE_TYPES: dict[str, type] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
