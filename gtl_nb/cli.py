@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
 
 
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--model", "-m", default=None, help="model or provider:model (default: echo)")
     complete.add_argument("--provider", help="deployment to use")
     complete.add_argument("--system", "-s", help="system prompt")
-    complete.add_argument("--temperature", "-t", type=float)
+    complete.add_argument("--temperature", "-t", type=finite_float, help="sampling temperature (0 = deterministic)")
     complete.add_argument("--max-tokens", type=int)
     complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
     complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")

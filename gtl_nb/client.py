@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import math
 import os
 import queue
 import secrets
@@ -24,7 +25,7 @@ from typing import Any
 import msgspec
 
 from gtl_nb.completion import Comparison, Completion
-from gtl_nb.engine.core import Engine
+from gtl_nb.engine.core import Engine, SessionEnd
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.loop import LoopThread, shared_loop
 from gtl_nb.log import get_logger
@@ -45,6 +46,7 @@ __all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "new_
 
 log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
+_END_WAIT = 5.0  # seconds to wait for the loop thread's last event after a cancel
 _NETWORK_SCHEMES = ("quic", "grpc", "ws", "wss", "sse", "http", "https", "stdio")
 
 
@@ -149,6 +151,17 @@ class Client:
     ) -> CompletionRequest:
         """Build (and validate) the ``CompletionRequest`` that ``complete``/``stream`` would send."""
         model = model or self.default_model
+        _check_arguments(
+            model=model,
+            provider=provider,
+            providers=providers,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            metadata=metadata,
+            response_format=response_format,
+            tool_choice=tool_choice,
+        )
         msgs = _messages(messages)
         if system is not None:
             msgs.insert(0, Message(role="system", content=system))
@@ -177,6 +190,11 @@ class Client:
             return msgspec.json.decode(msgspec.json.encode(request), type=CompletionRequest)
         except (TypeError, msgspec.ValidationError) as exc:
             raise InvalidRequestError(f"invalid request: {exc}") from None
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(
+                f"invalid request: the text contains {exc.object[exc.start : exc.end]!r}, an unpaired surrogate "
+                "that cannot be sent as UTF-8 (it often comes from decoding bytes with errors='surrogateescape')"
+            ) from None
 
     def _check_route(self, request: CompletionRequest) -> None:
         """Refuse, before any session starts, a request that no configured deployment can serve
@@ -466,13 +484,17 @@ async def _pump(
 ) -> None:
     """Run one session on the loop thread, handing each event to ``deliver``; never lose the end."""
     ended = False
+    recorded = SessionEnd()
     try:
-        async for event in engine.stream(request, user=user):
+        async for event in engine.stream(request, user=user, ending=recorded):
             ended = isinstance(event, (Done, Error))
             deliver(event)
     except asyncio.CancelledError:
         if not ended:
-            deliver(Error(session_id=request.session_id, code="CANCELLED", message="cancelled by the caller"))
+            # cancelled after the engine had ended the session (and its ledger row): say what the
+            # ledger says, so the caller and the ledger agree
+            cancelled = Error(session_id=request.session_id, code="CANCELLED", message="cancelled by the caller")
+            deliver(recorded.event or cancelled)
         raise
     except Exception as exc:  # a bug must still end the session
         if not ended:
@@ -565,7 +587,7 @@ class EventStream(_StreamBase):
         self._future.cancel()
         while not self.finished:
             try:
-                self._record(self._queue.get(timeout=5))
+                self._record(self._queue.get(timeout=_END_WAIT))
             except queue.Empty:  # pragma: no cover - the loop thread is wedged
                 self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
 
@@ -621,7 +643,10 @@ class AsyncEventStream(_StreamBase):
         q: asyncio.Queue[StreamEvent] = asyncio.Queue()
 
         def deliver(event: StreamEvent) -> None:
-            caller.call_soon_threadsafe(q.put_nowait, event)
+            try:
+                caller.call_soon_threadsafe(q.put_nowait, event)
+            except RuntimeError:  # the caller's loop has closed: nobody is listening any more
+                pass
 
         self._future = self.client._start(self.request, deliver)
         try:
@@ -629,6 +654,19 @@ class AsyncEventStream(_StreamBase):
                 event = await q.get()
                 self._record(event)
                 yield event
+        finally:
+            if not self.finished:
+                self._future.cancel()
+                await self._collect_end(q)
+
+    async def _collect_end(self, q: asyncio.Queue[StreamEvent]) -> None:
+        """After a cancel, record the end the loop thread delivers (``CANCELLED``, or the ``done`` the
+        engine had already recorded in the ledger), so the caller sees what the ledger says."""
+        try:
+            while not self.finished:
+                self._record(await asyncio.wait_for(q.get(), _END_WAIT))
+        except asyncio.TimeoutError:  # pragma: no cover - the loop thread is wedged
+            pass
         finally:
             self._stop()
 
@@ -655,16 +693,89 @@ class AsyncEventStream(_StreamBase):
 # input normalisation
 
 
+#: How deeply ``metadata``, ``response_format`` and tool schemas may nest (the codec's limit on frames).
+MAX_ARGUMENT_DEPTH = 64
+
+
+def _check_arguments(
+    *,
+    model: Any,
+    provider: Any,
+    providers: Any,
+    temperature: Any,
+    top_p: Any,
+    max_tokens: Any,
+    metadata: Any,
+    response_format: Any,
+    tool_choice: Any,
+) -> None:
+    """Refuse, with a message that says what to pass, arguments the typed round trip would accept
+    or report only as a foreign exception (NaN, a string for a list, nesting without end)."""
+    if not isinstance(model, str) or not model:
+        raise InvalidRequestError(f"model must be a model name such as 'echo' or 'openai:gpt-4o', not {model!r}")
+    if provider is not None and not isinstance(provider, str):
+        raise InvalidRequestError(f"provider must be one deployment name (a str), not {type(provider).__name__}")
+    if isinstance(providers, (str, bytes)):
+        raise InvalidRequestError(
+            f"providers must be a list of deployment or model names in failover order, e.g. providers=[{providers!r}]; "
+            f"to send to one deployment, pass provider={providers!r}"
+        )
+    if providers is not None and not all(isinstance(item, str) and item for item in _iterable(providers, "providers")):
+        raise InvalidRequestError("providers must be a list of deployment or model names (non-empty strings)")
+    for name, value in (("temperature", temperature), ("top_p", top_p)):
+        # other types are reported by the typed round trip below, with the field's path
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequestError(f"{name} must be a finite number, not {value!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise InvalidRequestError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+    for name, value in (("metadata", metadata), ("response_format", response_format), ("tool_choice", tool_choice)):
+        if nesting_depth(value, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
+            raise InvalidRequestError(f"{name} nests deeper than {MAX_ARGUMENT_DEPTH} levels; flatten it")
+
+
+def _iterable(value: Any, name: str) -> Iterable[Any]:
+    if isinstance(value, (dict, set)) or not isinstance(value, Iterable):
+        raise InvalidRequestError(f"{name} must be a list, not {type(value).__name__}")
+    return list(value)
+
+
+def nesting_depth(value: Any, stop_after: int) -> int:
+    """How deeply dicts, lists and tuples nest in ``value`` (a scalar is 0), counted without recursion
+    and giving up once past ``stop_after`` (so a pathological value costs little)."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        else:
+            continue
+        depth += 1
+        deepest = max(deepest, depth)
+        if deepest > stop_after:
+            return deepest
+        pending.extend((child, depth) for child in children)
+    return deepest
+
+
 def _messages(value: Any) -> list[Message]:
     if isinstance(value, str):
         return [Message(role="user", content=value)]
     if isinstance(value, (Message, dict)):
         value = [value]
+    elif value is not None and (isinstance(value, (bytes, set)) or not isinstance(value, Iterable)):
+        raise InvalidRequestError(
+            f"messages must be a prompt string, a message dict or a list of them, not {type(value).__name__}"
+        )
     out: list[Message] = []
     for item in value or ():
         if isinstance(item, Message):
             out.append(item)
         elif isinstance(item, dict):
+            if nesting_depth(item, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
+                raise InvalidRequestError(f"a message nests deeper than {MAX_ARGUMENT_DEPTH} levels")
             try:
                 out.append(msgspec.convert(_openai_message(item), Message))
             except msgspec.ValidationError as exc:
@@ -697,6 +808,8 @@ def _tools(tools: Iterable[Tool | dict[str, Any]]) -> list[Tool]:
         if isinstance(tool, Tool):
             out.append(tool)
             continue
+        if nesting_depth(tool, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
+            raise InvalidRequestError(f"a tool definition nests deeper than {MAX_ARGUMENT_DEPTH} levels")
         try:
             out.append(msgspec.convert(normalise_tool(tool), Tool))
         except msgspec.ValidationError as exc:

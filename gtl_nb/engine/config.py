@@ -25,6 +25,7 @@ import configparser
 import difflib
 import os
 import sys
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +44,15 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = [
     "CONFIG_ENV",
+    "CREDENTIAL_FIELDS",
     "DEPLOYMENT_KEYS",
     "ENV_VARS",
     "KEYLESS_TYPES",
     "OWNED_SECTIONS",
     "SECTION_SCHEMAS",
     "Config",
+    "CredentialWhitespaceWarning",
+    "clean_credential",
     "load_config",
     "ollama_url",
     "user_config_dir",
@@ -629,25 +633,38 @@ def _build_deployment(
             f'add type = "<type>" (known types: {", ".join(sorted(known))})'
         )
     values: dict[str, Any] = {key: spec[key] for key in spec if key in Deployment.__dataclass_fields__}
+    # where each value came from, so a bad credential is reported by its source, never by its value
+    sources = {key: f"{key} in [providers.{name}]" for key in values}
     hint = None
     if "api_key" not in values and "api_key_env" in spec:
         variable = spec["api_key_env"]
         if env.get(variable):
             values["api_key"] = env[variable]
+            sources["api_key"] = f"${variable} (named by api_key_env in [providers.{name}])"
         else:
             hint = f"api_key_env in [providers.{name}] names ${variable}, which is not set"
     for field_name, variables in ENV_VARS.get(provider_type, {}).items():
         if values.get(field_name) or (field_name == "api_key" and "api_key_env" in spec):
             continue
-        found = next((env[v] for v in variables if env.get(v)), None)
+        found = next((v for v in variables if env.get(v)), None)
         if found is not None:
-            values[field_name] = found
+            values[field_name] = env[found]
+            sources[field_name] = f"${found}"
     if provider_type == "ollama" and values.get("base_url"):
         values["base_url"] = ollama_url(values["base_url"])
     if provider_type == "bedrock":
-        aws_values, aws_hint = _aws_credentials(spec, values, env, home)
+        aws_values, aws_sources, aws_hint = _aws_credentials(spec, values, env, home)
         values.update(aws_values)
+        sources.update(aws_sources)
         hint = hint or aws_hint
+    for key in CREDENTIAL_FIELDS:
+        if isinstance(values.get(key), str):
+            values[key] = clean_credential(values[key], sources[key]) or None
+    if values.get("headers"):
+        values["headers"] = {
+            header: clean_credential(text, f"header {header!r} in [providers.{name}]")
+            for header, text in values["headers"].items()
+        }
     values["models"] = tuple(values.get("models", ()))
     values["headers"] = dict(values.get("headers", {}))
     values["options"] = dict(values.get("options", {}))
@@ -669,12 +686,46 @@ def ollama_url(value: str) -> str:
     return f"{scheme}://{host}{slash}{path}"
 
 
+#: Deployment fields that hold secrets: checked when configured (``clean_credential``), never shown.
+CREDENTIAL_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+
+
+def clean_credential(value: str, source: str) -> str:
+    """A credential as it can travel in an HTTP header, or a ``ConfigurationError`` naming its source.
+
+    Surrounding whitespace (a key file's trailing newline) is removed with a warning; any other
+    character outside visible ASCII cannot go in a header and is refused. The value itself is never
+    quoted: not in the warning, not in the error.
+    """
+    stripped = value.strip()
+    if stripped != value:
+        warnings.warn(
+            f"{source}: removed whitespace around the credential (a trailing newline from a key file?)",
+            CredentialWhitespaceWarning,
+            stacklevel=4,
+        )
+    bad = next((i for i, ch in enumerate(stripped) if not " " <= ch <= "~"), None)
+    if bad is not None:
+        kind = "a non-ASCII character" if ord(stripped[bad]) > 127 else "a control character"
+        raise ConfigurationError(
+            f"{source} contains {kind} at position {bad + 1} of {len(stripped)}, which cannot be sent in an "
+            "HTTP header; copy the credential again from the provider's console"
+        )
+    return stripped
+
+
+class CredentialWhitespaceWarning(UserWarning):
+    """A configured credential had whitespace around it, which was removed."""
+
+
 def _aws_credentials(
     spec: Mapping[str, Any], values: Mapping[str, Any], env: Mapping[str, str], home: Path
-) -> tuple[dict[str, Any], str | None]:
+) -> tuple[dict[str, Any], dict[str, str], str | None]:
     """Fill bedrock credentials and region: explicit keys, then (unless ``aws_profile`` is set
-    explicitly) AWS_* variables, then the shared credentials/config files for the profile."""
+    explicitly) AWS_* variables, then the shared credentials/config files for the profile.
+    Returns the values, where each came from, and a hint when the chain found nothing."""
     out: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     explicit_profile = spec.get("aws_profile")
     profile = explicit_profile or env.get("AWS_PROFILE") or env.get("AWS_DEFAULT_PROFILE") or "default"
     has_keys = bool(spec.get("aws_access_key_id") and spec.get("aws_secret_access_key"))
@@ -684,10 +735,12 @@ def _aws_credentials(
             out["aws_access_key_id"] = env["AWS_ACCESS_KEY_ID"]
             out["aws_secret_access_key"] = env["AWS_SECRET_ACCESS_KEY"]
             out["aws_session_token"] = env.get("AWS_SESSION_TOKEN") or None
+            sources.update({key: f"${key.upper()}" for key in _AWS_KEYS})
         else:
             keys = _profile_keys(profile, env, home)
             if keys.get("aws_access_key_id") and keys.get("aws_secret_access_key"):
                 out.update(keys)
+                sources.update({key: f"{key} of AWS profile {profile!r}" for key in keys})
             elif explicit_profile or env.get("AWS_PROFILE"):
                 hint = (
                     f"AWS profile {profile!r} has no aws_access_key_id/aws_secret_access_key in the "
@@ -697,7 +750,7 @@ def _aws_credentials(
         region = _profile_region(profile, env, home)
         if region:
             out["region"] = region
-    return out, hint
+    return out, sources, hint
 
 
 def _shared_file(env: Mapping[str, str], variable: str, default: str, home: Path) -> Path:

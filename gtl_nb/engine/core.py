@@ -102,6 +102,15 @@ class _MemoryUsage:
         return sum(r[2] for r in rows), sum(r[3] for r in rows), sum(r[4] for r in rows)
 
 
+class SessionEnd:
+    """Where ``Engine.stream`` puts a session's terminal event once it decided it (see ``stream``)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event: Done | Error | None = None
+
+
 class Engine:
     """Runs completion requests against configured deployments (see the module docstring)."""
 
@@ -145,11 +154,15 @@ class Engine:
 
     # -- public -------------------------------------------------------------------------------
 
-    async def stream(self, request: CompletionRequest, *, user: str | None = None) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, request: CompletionRequest, *, user: str | None = None, ending: SessionEnd | None = None
+    ) -> AsyncIterator[StreamEvent]:
         """The complete, validated event stream of ``request``, recorded as one ledger row.
 
         The row is inserted (status ``started``) before any upstream call and completed once, before
         the terminal event is handed on — also when the caller stops listening early (``cancelled``).
+        ``ending`` receives the terminal event as soon as the row is being completed with it, so a runner
+        cancelled in between reports that event rather than ``CANCELLED``.
         """
         user = user or ""  # one spelling of "no user" for the ledger, budgets and the memory window
         if self.budgets is None:
@@ -174,6 +187,8 @@ class Engine:
                         usage = None
                     elif isinstance(event, (Done, Error)):
                         end = event
+                        if ending is not None:
+                            ending.event = event
                         if self.ledger is None and self.budgets is not None and refusal is None:
                             self._memory_usage.finished(self.wall_clock(), user, usage)
                         if row is not None:  # complete the row before the caller sees the end
@@ -254,8 +269,11 @@ class Engine:
             fields["provider_type"] = deployment.type
         write = asyncio.ensure_future(asyncio.to_thread(self.ledger.finish, row, failover_path=path or None, **fields))
         try:
-            await asyncio.shield(write)  # a second cancellation must not lose the row's completion
+            await asyncio.shield(write)  # a cancellation must not lose the row's completion
         except asyncio.CancelledError:
+            # the write runs on in its thread; let it land before the caller hears of the end, so a
+            # reader right after sees the row finished (a second cancel stops this wait, not the write)
+            await asyncio.wait({write})
             raise
         except Exception:
             log.exception("ledger: could not complete row %s", row)

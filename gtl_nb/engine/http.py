@@ -3,7 +3,8 @@
 Dialects stay free of I/O and clocks; this module owns the network and the three timeouts:
 
 * ``connect`` — establishing the connection (``httpx.ConnectTimeout``),
-* ``first_byte`` — from sending the request to the response headers *and* the first body chunk,
+* ``first_byte`` — one deadline from sending the request to the first byte of the body (the
+  headers and the first chunk share it),
 * ``idle`` — the longest silence between two body chunks of a streamed answer.
 
 Each becomes a retryable ``TIMEOUT`` error event naming the timeout and its value. Connection
@@ -21,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from gtl_nb.log import get_logger
+from gtl_nb.log import get_logger, redact
 from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
 from gtl_nb.providers.base import Deployment, HttpDialect, HttpRequest, retry_after_seconds
 
@@ -112,12 +113,22 @@ class HttpRunner:
         limits = timeouts or self.timeouts
         description = dialect.build_request(request, deployment, now=time.time())
         client = self._get_client()
-        http_request = client.build_request(
-            description.method, description.url, headers=description.headers, content=description.body
-        )
+        try:
+            http_request = client.build_request(
+                description.method, description.url, headers=description.headers, content=description.body
+            )
+        except (UnicodeError, ValueError, httpx.HTTPError) as exc:
+            yield _unsendable(request, deployment, exc)
+            return
         log.debug("%s %s -> %s", description.method, _safe_url(description.url), deployment.name)
+        loop = asyncio.get_running_loop()
+        # ``first_byte`` is one deadline from sending the request to the first byte of the body
+        first_byte_deadline = None if limits.first_byte is None else loop.time() + limits.first_byte
         try:
             response = await asyncio.wait_for(client.send(http_request, stream=True), limits.first_byte)
+        except httpx.LocalProtocolError as exc:  # our own request is not valid HTTP: never retried
+            yield _unsendable(request, deployment, exc)
+            return
         except asyncio.TimeoutError:
             yield _error(
                 request,
@@ -165,7 +176,7 @@ class HttpRunner:
             decoder = dialect.response_decoder(request, deployment)
             chunks = response.aiter_bytes()  # decoded: providers gzip JSON bodies
             received = 0
-            timeout = limits.first_byte
+            timeout = None if first_byte_deadline is None else max(0.0, first_byte_deadline - loop.time())
             deadline = _ReadDeadline()
             first_chunk = True
             while True:
@@ -174,12 +185,12 @@ class HttpRunner:
                 except StopAsyncIteration:
                     break
                 except asyncio.TimeoutError:
-                    which = "first-byte" if first_chunk else "idle"
+                    which, limit = ("first-byte", limits.first_byte) if first_chunk else ("idle", limits.idle)
                     yield _error(
                         request,
                         deployment,
                         "TIMEOUT",
-                        f"stream stalled: {which} timeout ({timeout} s) exceeded",
+                        f"stream stalled: {which} timeout ({limit} s) exceeded",
                     )
                     return
                 except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
@@ -254,15 +265,36 @@ def _seconds_retry_after(headers: dict[str, str], now: float) -> dict[str, str]:
 
 
 def _error(
-    request: CompletionRequest, deployment: Deployment, code: str, message: str, *, http_status: int | None = None
+    request: CompletionRequest,
+    deployment: Deployment,
+    code: str,
+    message: str,
+    *,
+    http_status: int | None = None,
+    retryable: bool = True,
 ) -> Error:
     return Error(
         session_id=request.session_id,
         code=code,  # type: ignore[arg-type]
-        message=message,
-        retryable=True,
+        message=redact(message),  # an HTTP library's message may quote a header: never a key
+        retryable=retryable,
         provider=deployment.name,
         http_status=http_status,
+    )
+
+
+def _unsendable(request: CompletionRequest, deployment: Deployment, exc: BaseException) -> Error:
+    """Our request could not be put on the wire (an illegal header value, a bad URL): a configuration
+    fault, never retried. The HTTP library's message quotes the offending value, which may be a key,
+    so only the exception's type is kept."""
+    log.warning("request to %s could not be encoded as HTTP (%s)", deployment.name, type(exc).__name__)
+    return _error(
+        request,
+        deployment,
+        "INVALID_REQUEST",
+        f"the request to deployment {deployment.name!r} cannot be sent: a header or URL of its configuration "
+        f"is not valid HTTP ({type(exc).__name__}); check its credentials, headers and base_url",
+        retryable=False,
     )
 
 

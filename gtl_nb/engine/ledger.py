@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from gtl_nb.engine import ledger_migrations
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DATETIME, DTYPES, FINAL_STATUSES, LIST, TABLE
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import GTLError
+from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from gtl_nb.protocol.messages import Done, Error, Usage
 
 if TYPE_CHECKING:
@@ -55,6 +55,7 @@ __all__ = [
     "Ledger",
     "LedgerBusyError",
     "LedgerError",
+    "LedgerLocationError",
     "LedgerStateError",
     "LedgerValueError",
     "Totals",
@@ -88,6 +89,11 @@ class LedgerStateError(LedgerError):
 
 class LedgerValueError(LedgerError, ValueError):
     """A caller mistake in arguments: an unknown status or filter."""
+
+
+class LedgerLocationError(ConfigurationError, LedgerError):
+    """The ledger cannot live where it was asked to (no such directory, a file in the way, not
+    writable): a set-up mistake, named with what to pass instead."""
 
 
 class LedgerBusyError(LedgerError):
@@ -317,6 +323,21 @@ _FINISH = (
 )
 
 
+# The fallback when the details cannot be written: the outcome alone, so no ended request stays started.
+_FINISH_STATUS_ONLY = (
+    f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, latency_ms = (? - time) * 1000.0 "
+    "WHERE id = ? AND status = 'started'"
+)
+
+
+def _finish_row(conn: sqlite3.Connection, statement: str, values: Sequence[Any], row_id: int) -> str | None:
+    """Run a finishing UPDATE; ``None`` when it finished the row, else the row's status (or ``missing``)."""
+    if conn.execute(statement, values).rowcount == 1:
+        return None
+    found = conn.execute(f"SELECT status FROM {TABLE} WHERE id = ?", (row_id,)).fetchone()
+    return "missing" if found is None else str(found[0])
+
+
 class Ledger:
     """The usage ledger in one SQLite file (see the module docstring and ``docs/ledger.md``).
 
@@ -431,35 +452,38 @@ class Ledger:
         if status not in FINAL_STATUSES:
             allowed = ", ".join(FINAL_STATUSES)
             raise LedgerValueError(f"finish status must be one of {allowed}, not {status!r}")
+        row_id = int(row_id)
         when = self._clock() if now is None else float(now)
-        values = (
-            status,
-            when,
-            error_code,
-            deployment,
-            provider_type,
-            model,
-            tokens_in,
-            tokens_out,
-            cached_tokens_in,
-            reasoning_tokens_out,
-            cost,
-            ttft_ms,
-            latency_ms,
-            when,
-            _optional_bool(cache_hit),
-            _optional_bool(coalesced),
-            _path_json(failover_path),
-            int(row_id),
-        )
-
-        def update(conn: sqlite3.Connection) -> str | None:
-            if conn.execute(_FINISH, values).rowcount == 1:
-                return None
-            found = conn.execute(f"SELECT status FROM {TABLE} WHERE id = ?", (int(row_id),)).fetchone()
-            return "missing" if found is None else str(found[0])
-
-        previous = self._write(update)
+        try:
+            values = (
+                status,
+                when,
+                _text(error_code),
+                _text(deployment),
+                _text(provider_type),
+                _text(model),
+                _count(tokens_in, "tokens_in", row_id),
+                _count(tokens_out, "tokens_out", row_id),
+                _count(cached_tokens_in, "cached_tokens_in", row_id),
+                _count(reasoning_tokens_out, "reasoning_tokens_out", row_id),
+                _measure(cost, "cost", row_id),
+                _measure(ttft_ms, "ttft_ms", row_id),
+                _measure(latency_ms, "latency_ms", row_id),
+                when,
+                _optional_bool(cache_hit),
+                _optional_bool(coalesced),
+                _path_json(failover_path),
+                row_id,
+            )
+            previous = self._write(lambda conn: _finish_row(conn, _FINISH, values, row_id))
+        except (LedgerBusyError, LedgerStateError):
+            raise
+        except Exception as exc:
+            # Whatever went wrong with the details, the row must not stay ``started`` for a request
+            # that ended: record the outcome alone, and say what was lost.
+            log.warning("ledger row %s: could not record its details (%s); recording its status only", row_id, exc)
+            essentials = (status, when, _text(error_code), when, row_id)
+            previous = self._write(lambda conn: _finish_row(conn, _FINISH_STATUS_ONLY, essentials, row_id))
         if previous == "missing":
             raise LedgerStateError(f"ledger row {row_id} does not exist")
         if previous is not None:
@@ -701,13 +725,20 @@ def _create_private_file(path: Path) -> None:
 
     SQLite gives the ``-wal`` and ``-shm`` files the database file's permissions.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    advice = "pass ledger= a file path in a writable directory, or ledger=False to keep no ledger"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
+        raise LedgerLocationError(f"cannot create the ledger's directory {path.parent} ({reason}); {advice}") from None
+    if path.is_dir():
+        raise LedgerLocationError(f"the ledger path {path} is a directory; {advice}")
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return
     except OSError as exc:
-        raise LedgerError(f"cannot create the ledger file {path}: {exc}") from exc
+        raise LedgerLocationError(f"cannot create the ledger file {path} ({exc.strerror}); {advice}") from None
     os.close(fd)
 
 
@@ -744,6 +775,39 @@ def _path_json(path: Sequence[str] | str | None) -> str | None:
 
 def _path_list(text: str | None) -> list[str] | None:
     return None if text is None else list(json.loads(text))
+
+
+_INT64_MAX = 2**63 - 1  # SQLite's INTEGER range; a larger count raises OverflowError when bound
+
+
+def _count(value: Any, column: str, row_id: int) -> int | None:
+    """A token count as SQLite can store it; an implausible one (negative, beyond 64 bits, not an
+    integer) is stored as unknown, with a warning, rather than failing the row."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _INT64_MAX:
+        log.warning("ledger row %s: %s %.40r is not a plausible token count; stored as unknown", row_id, column, value)
+        return None
+    return value
+
+
+def _measure(value: Any, column: str, row_id: int) -> float | None:
+    """A cost or duration as a finite float; anything else is stored as unknown, with a warning."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        log.warning("ledger row %s: %s %.40r is not a finite number; stored as unknown", row_id, column, value)
+        return None
+    return number
+
+
+def _text(value: Any) -> str | None:
+    """A text column's value: ``None`` or ``str`` (other values are written as their ``str``)."""
+    return None if value is None else str(value)
 
 
 def _seconds(value: Any) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import keyword
+import math
 import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -110,6 +111,17 @@ def variable_name(text: str) -> str:
     return text
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (``nan`` and ``inf`` parse as floats but mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -166,7 +178,7 @@ def gtl_cell_parser() -> Parser:
     p = Parser("%%gtl", "Send the cell to a model and show the answer as it streams.", GTL_CELL_EPILOG)
     p.add_argument("model", nargs="*", metavar="MODEL", help="the model (at most one; see --compare)")
     p.add_argument("--system", metavar="TEXT", help="system prompt")
-    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature")
+    p.add_argument("--temperature", type=finite_float, metavar="T", help="sampling temperature")
     p.add_argument("--max-tokens", type=positive_int, metavar="N", help="output token limit")
     p.add_argument(
         "--stream",

@@ -367,3 +367,60 @@ def test_a_runaway_response_body_is_cut_off(server_factory):
     events = run(engine, request())
     error = events[-1]
     assert isinstance(error, Error) and "larger than 1024 bytes" in error.message
+
+
+# -- hardening: one first-byte deadline, and requests that cannot be put on the wire --------------
+
+
+def test_first_byte_is_one_deadline_for_headers_and_the_first_chunk(server_factory):
+    # headers at 0.3 s and the first chunk 0.3 s later: each alone is under first_byte = 0.5 s,
+    # together they are over it
+    release = threading.Event()
+
+    def slow_head_then_slow_body(conn):
+        release.wait(0.3)
+        conn.sendall(HEAD)
+        release.wait(0.3)
+        conn.sendall(chunked(b"t:late\ndone\n") + b"0\r\n\r\n")
+
+    server = server_factory(slow_head_then_slow_body)
+    try:
+        events = run(
+            engine_for(lines("a", server.url), timeouts=Timeouts(connect=2, first_byte=0.5, idle=5)), request()
+        )
+    finally:
+        release.set()
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "TIMEOUT", events
+    assert "first-byte timeout (0.5 s)" in error.message
+    assert not [e for e in events if isinstance(e, Token)]
+
+
+CANARY = "sk-canary-0123456789abcdef"
+
+
+class KeyedLineDialect(LineDialect):
+    """The line dialect, sending the deployment's key as a bearer token (as real dialects do)."""
+
+    name: ClassVar[str] = "keyed-lines"
+
+    def build_request(self, request, deployment, *, now):
+        headers = {"authorization": f"Bearer {deployment.api_key}"}
+        return HttpRequest("POST", f"{deployment.base_url}/chat", headers, b"hi")
+
+
+registry.register("keyed-lines", KeyedLineDialect())
+
+
+@pytest.mark.parametrize("key", [CANARY + "\n", CANARY + "\r\nx-injected: 1", CANARY + "é"])
+def test_a_key_that_cannot_go_in_a_header_is_a_configuration_fault_that_never_quotes_it(server_factory, key, caplog):
+    # keys are validated when configured; this is the runner's own line of defence for keys that
+    # reach it another way (a plugin's configuration, a deployment built by hand)
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"done\n") + b"0\r\n\r\n"))
+    deployment = Deployment(name="a", type="keyed-lines", base_url=server.url, models=("m",), api_key=key)
+    with caplog.at_level("DEBUG", logger="gtl_nb"):
+        events = run(engine_for(deployment), request())
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "INVALID_REQUEST" and not error.retryable, events
+    assert "cannot be sent" in error.message and "credentials" in error.message
+    assert "canary" not in repr(events) and "canary" not in caplog.text

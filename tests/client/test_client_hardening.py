@@ -1,0 +1,241 @@
+"""Bad arguments get a library error that says what to pass, and the caller and the ledger always agree
+on how a session ended — also when it is cancelled at the last moment or from a loop that has closed."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import gtl_nb
+from gtl_nb.engine.ledger import Ledger, LedgerLocationError
+from gtl_nb.protocol import Done, Error, Token
+from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def ledger_path(tmp_path):
+    return tmp_path / "ledger.sqlite3"
+
+
+@pytest.fixture
+def client(ledger_path):
+    opened = gtl_nb.connect(ledger=ledger_path, environ={})
+    yield opened
+    opened.close()
+
+
+def nested(depth: int) -> dict:
+    root: dict = {}
+    node = root
+    for _ in range(depth):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+BAD_ARGUMENTS = {
+    "messages an int": ({"messages": 5}, "messages must be a prompt string"),
+    "messages bytes": ({"messages": b"hi"}, "messages must be a prompt string"),
+    "a lone surrogate in the prompt": ({"messages": "caf\udce9"}, "unpaired surrogate"),
+    "a lone surrogate in the system prompt": ({"messages": "hi", "system": "\ud800"}, "unpaired surrogate"),
+    "a lone surrogate in metadata": ({"messages": "hi", "metadata": {"k": "\udfff"}}, "unpaired surrogate"),
+    "deeply nested metadata": ({"messages": "hi", "metadata": nested(5000)}, "metadata nests deeper than"),
+    "deeply nested response_format": ({"messages": "hi", "response_format": nested(200)}, "response_format nests"),
+    "a deeply nested tool schema": (
+        {"messages": "hi", "tools": [{"name": "t", "parameters": nested(300)}]},
+        "tool definition nests deeper",
+    ),
+    "a deeply nested message": ({"messages": [{"role": "user", "content": [nested(300)]}]}, "message nests deeper"),
+    "providers a string": ({"messages": "hi", "providers": "echo"}, "providers=['echo']"),
+    "providers with a number": ({"messages": "hi", "providers": ["echo", 3]}, "non-empty strings"),
+    "provider a list": ({"messages": "hi", "provider": ["echo"]}, "provider must be one deployment name"),
+    "temperature nan": ({"messages": "hi", "temperature": math.nan}, "temperature must be a finite number"),
+    "temperature inf": ({"messages": "hi", "temperature": math.inf}, "temperature must be a finite number"),
+    "top_p -inf": ({"messages": "hi", "top_p": -math.inf}, "top_p must be a finite number"),
+    "temperature a string": ({"messages": "hi", "temperature": "0.2"}, "$.temperature"),
+    "max_tokens zero": ({"messages": "hi", "max_tokens": 0}, "max_tokens must be a positive integer"),
+}
+
+
+@pytest.mark.parametrize("arguments, says", list(BAD_ARGUMENTS.values()), ids=list(BAD_ARGUMENTS))
+def test_bad_arguments_are_refused_with_a_library_error_before_anything_is_sent(client, ledger_path, arguments, says):
+    for call in (client.request, client.complete):
+        with pytest.raises(InvalidRequestError) as caught:
+            call("echo", **arguments)
+        assert says in str(caught.value)
+        assert "\n" not in str(caught.value)
+    assert Ledger(ledger_path).to_dataframe().empty  # nothing was sent, so nothing was recorded
+
+
+def test_nan_is_refused_by_the_command_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "gtl_nb.cli", "complete", "hi", "-m", "echo", "--temperature", "nan"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "XDG_DATA_HOME": str(tmp_path)},
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "expected a finite number, got 'nan'" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_nan_is_refused_by_the_magic(tmp_path, monkeypatch):
+    from IPython.core.error import UsageError
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension
+
+    config = tmp_path / "gtl.toml"
+    config.write_text(f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n')
+    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
+    shell = InteractiveShell.instance()
+    load_ipython_extension(shell)
+    try:
+        for value in ("nan", "inf", "-inf"):
+            result = shell.run_cell(f"%%gtl echo --temperature={value}\nhello", store_history=True)
+            assert isinstance(result.error_in_exec, UsageError)
+            assert "finite number" in str(result.error_in_exec)
+    finally:
+        unload_ipython_extension(shell)
+
+
+@pytest.mark.parametrize(
+    "where, says",
+    [
+        ("/proc/gtl-nb-nowhere/ledger.sqlite3", "cannot create the ledger's directory"),
+        ("{file}/ledger.sqlite3", "a file is in the way"),
+        ("{dir}", "is a directory"),
+    ],
+)
+def test_a_ledger_path_that_cannot_work_says_what_to_pass(tmp_path, where, says):
+    afile = tmp_path / "plain-file"
+    afile.write_text("x")
+    path = where.format(file=afile, dir=tmp_path)
+    with pytest.raises(LedgerLocationError) as caught:
+        gtl_nb.connect(ledger=path, environ={})
+    message = str(caught.value)
+    assert says in message and "ledger=False" in message
+    assert isinstance(caught.value, ConfigurationError)
+
+
+def test_leaving_astream_early_inside_asyncio_run_is_quiet_and_the_row_is_cancelled(ledger_path):
+    script = textwrap.dedent(
+        f"""
+        import asyncio, time
+        import gtl_nb
+        from gtl_nb import sim
+
+        with sim.running("openai", pace=0.05) as url:
+            client = gtl_nb.connect(
+                providers={{"openai": {{"api_key": "sim-key", "base_url": url}}}},
+                ledger={str(ledger_path)!r},
+                environ={{}},
+            )
+
+            async def main():
+                async for event in client.astream("gpt-4o-mini", "tell me a long story about loops"):
+                    if type(event).__name__ == "Token":
+                        break   # leave without aclose(): asyncio.run's shutdown closes the stream
+
+            asyncio.run(main())
+            client.close()
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::ResourceWarning", "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "never retrieved" not in done.stderr and "Event loop is closed" not in done.stderr, done.stderr
+    frame = Ledger(ledger_path).to_dataframe()
+    assert list(frame["status"]) == ["cancelled"]
+
+
+class SlowFinishLedger:
+    """A real ledger whose ``finish`` takes a while, so a cancel can arrive while the row is completed."""
+
+    def __init__(self, path: Path) -> None:
+        self.inner = Ledger(path)
+        self.finishing = threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def finish(self, *args, **kwargs):
+        self.finishing.set()
+        time.sleep(0.3)
+        return self.inner.finish(*args, **kwargs)
+
+
+def test_a_cancel_that_arrives_while_the_row_is_completed_reports_what_the_ledger_says(ledger_path):
+    ledger = SlowFinishLedger(ledger_path)
+    client = gtl_nb.connect(ledger=ledger, environ={})
+    try:
+        stream = client.stream("echo", "a short answer")
+        assert ledger.finishing.wait(10)  # the engine has ended the session and is writing its row
+        stream.close()
+    finally:
+        client.close()
+    row = Ledger(ledger_path).to_dataframe().iloc[0]
+    end = stream.transcript.events[-1]
+    assert row["status"] == "ok" and isinstance(end, Done), end
+    assert stream.result().text  # the caller has the whole answer the ledger paid for
+
+
+async def _cancel_async_during_finish(client, ledger):
+    stream = client.astream("echo", "a short answer")
+    iterator = stream.__aiter__()
+    await iterator.__anext__()
+    while not ledger.finishing.is_set():
+        await __import__("asyncio").sleep(0.01)
+    await stream.aclose()
+    return stream
+
+
+def test_an_async_cancel_while_the_row_is_completed_reports_what_the_ledger_says(ledger_path):
+    import asyncio
+
+    ledger = SlowFinishLedger(ledger_path)
+    client = gtl_nb.connect(ledger=ledger, environ={})
+    try:
+        stream = asyncio.run(_cancel_async_during_finish(client, ledger))
+    finally:
+        client.close()
+    row = Ledger(ledger_path).to_dataframe().iloc[0]
+    end = stream.transcript.events[-1]
+    assert row["status"] == "ok" and isinstance(end, Done), end
+
+
+def test_a_cancel_mid_stream_is_cancelled_for_both(ledger_path):
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.02}}}, ledger=ledger_path, environ={})
+    try:
+        stream = client.stream("echo", "a long enough answer to be cut short by the caller")
+        for event in stream:
+            if isinstance(event, Token):
+                break
+        stream.close()
+    finally:
+        client.close()
+    end = stream.transcript.events[-1]
+    assert isinstance(end, Error) and end.code == "CANCELLED"
+    assert list(Ledger(ledger_path).to_dataframe()["status"]) == ["cancelled"]
+
+
+def test_every_refusal_is_a_gtl_error():
+    # the families callers catch: none of the refusals above is a foreign exception
+    for arguments, _ in BAD_ARGUMENTS.values():
+        with gtl_nb.connect(ledger=False, environ={}) as client, pytest.raises(GTLError):
+            client.request("echo", **arguments)

@@ -1,0 +1,91 @@
+"""Credentials are checked when configured: whitespace around a key is removed with a warning that
+names where it came from; a key that cannot go in an HTTP header is a configuration error that names
+its source and never quotes it."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.engine.config import CredentialWhitespaceWarning, load_config
+from gtl_nb.protocol.errors import ConfigurationError
+
+CANARY = "sk-canary-credential-7f3e9a"
+
+
+def test_a_trailing_newline_is_removed_with_a_warning_naming_the_variable():
+    with pytest.warns(CredentialWhitespaceWarning, match=r"\$OPENAI_API_KEY") as caught:
+        config = load_config(environ={"OPENAI_API_KEY": CANARY + "\n"}, config={})
+    assert config.deployments["openai"].api_key == CANARY
+    assert CANARY not in str(caught[0].message)
+
+
+@pytest.mark.parametrize(
+    "kwargs, environ, source",
+    [
+        ({"providers": {"openai": {"api_key": f"  {CANARY}\r\n"}}}, {}, "api_key in [providers.openai]"),
+        (
+            {"config": {"providers": {"team": {"type": "anthropic", "api_key_env": "TEAM_KEY"}}}},
+            {"TEAM_KEY": f"\t{CANARY}\n"},
+            "$TEAM_KEY (named by api_key_env in [providers.team])",
+        ),
+        (
+            {"providers": {"bedrock": {"region": "us-east-1"}}},
+            {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE1234567\n", "AWS_SECRET_ACCESS_KEY": f"{CANARY}\n"},
+            "$AWS_ACCESS_KEY_ID",
+        ),
+    ],
+    ids=["keyword", "api_key_env", "aws"],
+)
+def test_each_source_is_named_in_the_warning(kwargs, environ, source):
+    with pytest.warns(CredentialWhitespaceWarning) as caught:
+        config = load_config(environ=environ, **kwargs)
+    messages = [str(w.message) for w in caught]
+    assert any(source in message for message in messages), messages
+    assert not any(CANARY in message for message in messages)
+    deployment = next(iter(config.deployments.values()))
+    secrets = [deployment.api_key, deployment.aws_secret_access_key, deployment.aws_access_key_id]
+    assert all(value is None or value == value.strip() for value in secrets)
+
+
+@pytest.mark.parametrize(
+    "bad, kind",
+    [
+        (CANARY + "é", "a non-ASCII character"),
+        ("\u200b" + CANARY, "a non-ASCII character"),  # a zero-width space pasted from a web page
+        (CANARY[:5] + "\n" + CANARY[5:], "a control character"),
+        (CANARY + "\x00", "a control character"),
+    ],
+)
+@pytest.mark.parametrize("via", ["keyword", "environment", "header"])
+def test_a_key_that_cannot_be_a_header_is_a_configuration_error_that_never_quotes_it(bad, kind, via, caplog):
+    if via == "keyword":
+        arguments, environ, source = {"providers": {"openai": {"api_key": bad}}}, {}, "api_key in [providers.openai]"
+    elif via == "environment":
+        arguments, environ, source = {}, {"ANTHROPIC_API_KEY": bad}, "$ANTHROPIC_API_KEY"
+    else:
+        headers = {"x-api-key": bad}
+        arguments = {
+            "providers": {"local": {"type": "openai_compatible", "base_url": "http://127.0.0.1:9", "headers": headers}}
+        }
+        environ, source = {}, "header 'x-api-key' in [providers.local]"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CredentialWhitespaceWarning)
+        with pytest.raises(ConfigurationError) as caught:
+            gtl_nb.connect(ledger=False, environ=environ, **arguments)
+    message = str(caught.value)
+    assert source in message and kind in message and "HTTP header" in message
+    assert "canary" not in message and "canary" not in repr(caught.value.args) and "canary" not in caplog.text
+
+
+def test_a_stripped_key_works_against_the_simulator_and_nothing_leaks(caplog):
+    with sim.running("openai", api_key=CANARY) as url:
+        with pytest.warns(CredentialWhitespaceWarning):
+            client = gtl_nb.connect(providers={"openai": {"api_key": CANARY + "\n", "base_url": url}}, ledger=False)
+        with client:
+            answer = client.complete("gpt-4o-mini", "hello")
+    assert answer.text
+    assert CANARY not in repr(client.config) and CANARY not in caplog.text
