@@ -7,7 +7,8 @@
     >>> wrapped = gap.update_entity(wrapped, "the_system", "PostgreSQL 14.5 cluster")
     >>> print(gap.transform_for_platform(wrapped, "chatgpt"))  # doctest: +SKIP
 
-Modules: ``model`` (the immutable values), ``markdown`` and ``jsonfmt`` (the two formats),
+Modules: ``model`` (the immutable values), ``markdown`` and ``jsonfmt`` (the two formats, within the
+size and depth limits of ``limits``),
 ``entities`` and ``vocabulary`` (detection), ``suggest``, ``pronouns``, ``platforms``, ``wrap``,
 ``graph`` (networkx; imported on use) and ``cli`` (``gtl gap``).
 
@@ -58,8 +59,8 @@ _LAZY: dict[str, str] = {
     "GAPFormatError": "errors",
 }
 _SUBMODULES = frozenset(
-    {"model", "errors", "markdown", "jsonfmt", "entities", "vocabulary", "spans", "suggest", "pronouns",
-     "platforms", "wrap", "graph", "cli"}
+    {"model", "errors", "limits", "markdown", "jsonfmt", "entities", "vocabulary", "spans", "suggest",
+     "pronouns", "platforms", "wrap", "graph", "cli"}
 )  # fmt: skip
 
 __all__ = [

@@ -98,10 +98,11 @@ _PRODUCT_NAME_RE = re.compile(
     "|".join(f"(?:{pattern})" for _key, pattern, _cs in (*vocab.DATABASES, *vocab.FRAMEWORKS, *vocab.SOFTWARE)),
     re.IGNORECASE,
 )
-_COMPONENT_RE = re.compile(
-    rf"{_BEFORE}(?P<name>(?:[A-Z][a-z0-9]+|[A-Z]{{2,}}(?=[A-Z][a-z]))+"
-    rf"(?:{'|'.join(vocab.COMPONENT_SUFFIXES)})){_AFTER}"
-)
+# CamelCase component names are found by scanning each word: a regular expression for "camel parts,
+# then a component word" nests repeats and backtracks badly on long runs of capitals.
+_WORD_RE = re.compile(r"\w+")
+_NOT_BEFORE_NAME = frozenset("./\\@#$-")  # with word characters: what may not touch a name (as _BEFORE)
+_JOINERS = frozenset("./\\-")  # followed by a word character, these glue a name to more (as _AFTER)
 _CALL_RE = re.compile(r"(?<![\w.])(?P<name>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)\(\)")
 
 _DETERMINER_NOUN_RE = re.compile(
@@ -126,6 +127,58 @@ def _version_key(version: str) -> str:
     return "v" + re.sub(r"[^0-9a-z]+", "_", version.lower()).strip("_")
 
 
+def _camel_parts(name: str, end: int) -> bool:
+    """Whether ``name[:end]`` is CamelCase parts: a capital and lower-case letters or digits ("User",
+    "V2"), or an acronym of two or more capitals before such a part ("HTTP" in "HTTPClient")."""
+    index = 0
+    while index < end:
+        if not name[index].isupper():
+            return False
+        after = index + 1
+        while after < end and (name[after].islower() or name[after].isdigit()):
+            after += 1
+        if after > index + 1:
+            index = after
+            continue
+        capitals = index
+        while capitals < len(name) and name[capitals].isupper():
+            capitals += 1
+        last = capitals - 1  # the last capital starts the next part, which must be "Xy..."
+        if last - index < 2 or last > end or capitals >= len(name) or not name[capitals].islower():
+            return False
+        index = last
+    return end > 0
+
+
+def _is_component_name(name: str) -> bool:
+    """An ASCII CamelCase name ending in a component word ("AuthService", "HTTPClient")."""
+    if not (name.isascii() and name.isalnum()):
+        return False
+    return any(
+        name.endswith(suffix) and _camel_parts(name, len(name) - len(suffix)) for suffix in vocab.COMPONENT_SUFFIXES
+    )
+
+
+def _component_spans(text: str) -> list[tuple[int, int]]:
+    """Whole words that are component names, not glued to a path, an address or a hyphenated word."""
+    spans = []
+    for word in _WORD_RE.finditer(text):
+        start, end = word.span()
+        if start > 0 and text[start - 1] in _NOT_BEFORE_NAME:
+            continue
+        if end < len(text) and (
+            text[end] == "@" or (text[end] in _JOINERS and end + 1 < len(text) and _is_word_char(text[end + 1]))
+        ):
+            continue
+        if _is_component_name(word.group()):
+            spans.append((start, end))
+    return spans
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what \w matches
+
+
 def _typed_hits(text: str, protected: list[tuple[int, int]]) -> list[_Hit]:
     """Every typed candidate span, before overlap resolution."""
     hits: list[_Hit] = []
@@ -143,9 +196,9 @@ def _typed_hits(text: str, protected: list[tuple[int, int]]) -> list[_Hit]:
         for m in regex.finditer(text):
             if not _PRODUCT_NAME_RE.fullmatch(m.group(0)):
                 hits.append(_Hit(m.start(), m.end(), m.group(0), "file_reference", m.group(0), 2))
-    for m in _COMPONENT_RE.finditer(text):
-        name = m.group("name")
-        hits.append(_Hit(m.start(), m.end(), _snake(name), "technical_component", name, 2))
+    for start, end in _component_spans(text):
+        name = text[start:end]
+        hits.append(_Hit(start, end, _snake(name), "technical_component", name, 2))
     for m in _CALL_RE.finditer(text):
         hits.append(_Hit(m.start(), m.end(), m.group("name").lower(), "technical_component", m.group(0), 2))
     return [hit for hit in hits if not overlaps(hit.start, hit.end, protected)]

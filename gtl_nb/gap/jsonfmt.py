@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gtl_nb.gap.errors import GAPFormatError
+from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep
 from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage, default_pronoun_map
 
 _MISSING = object()
@@ -87,17 +88,25 @@ def _field(obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type,
     if not isinstance(value, kind):
         kinds = (kind,) if isinstance(kind, type) else kind
         expected = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
-        raise GAPFormatError(f"expected {expected}, got {json.dumps(value)[:60]}", path=where)
+        raise GAPFormatError(f"expected {expected}, got {_shown(value)}", path=where)
     return value
 
 
 _JSON_NAMES = {str: "a string", dict: "an object", list: "an array"}
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """The start of ``value`` as JSON, for an error message (never raising)."""
+    try:
+        return json.dumps(value, ensure_ascii=False)[:limit]
+    except (TypeError, ValueError, RecursionError):  # from_dict may be handed any Python value
+        return f"a {type(value).__name__}"
+
+
 def _string_map(obj: Mapping[str, Any], path: str) -> dict[str, str]:
     for key, value in obj.items():
         if not isinstance(value, str):
-            raise GAPFormatError(f"expected a string, got {json.dumps(value)[:60]}", path=f"{path}.{key}")
+            raise GAPFormatError(f"expected a string, got {_shown(value)}", path=f"{path}.{key}")
     return dict(obj)
 
 
@@ -113,7 +122,16 @@ def hints_from_dict(obj: Mapping[str, Any], role: str, path: str = "transform_hi
 
 
 def from_dict(data: Any) -> WrappedMessage:
-    """Build a message from the spec's JSON structure (already decoded)."""
+    """Build a message from the spec's JSON structure (already decoded); a bad one is a ``GAPFormatError``."""
+    try:
+        return _from_dict(data)
+    except GAPFormatError:
+        raise
+    except (TypeError, ValueError) as exc:  # a value the message itself refuses
+        raise GAPFormatError(f"invalid message: {exc}") from None
+
+
+def _from_dict(data: Any) -> WrappedMessage:
     if not isinstance(data, Mapping):
         raise GAPFormatError("a GAP document must be a JSON object")
     check_version(_field(data, "gap_version", "", str))
@@ -160,9 +178,28 @@ def from_dict(data: Any) -> WrappedMessage:
 
 
 def from_json(text: str | bytes) -> WrappedMessage:
-    """Parse GAP JSON text (see the module docstring for what is required)."""
+    """Parse GAP JSON text (see the module docstring for what is required).
+
+    Bytes are decoded as JSON's own encodings (UTF-8, or UTF-16/32 with their byte order). Any text
+    gives a ``WrappedMessage`` or a ``GAPFormatError``, within the limits of ``gap.limits`` (size
+    and nesting depth); a value that is neither ``str`` nor bytes is a ``TypeError``.
+    """
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = _decode_bytes(bytes(text))
+    text = check_text(text, "a GAP JSON document")
+    if json_too_deep(text):
+        raise GAPFormatError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise GAPFormatError(f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
+    except RecursionError:  # the one boundary: a depth the scan missed must not escape as a foreign error
+        raise GAPFormatError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}") from None
     return from_dict(data)
+
+
+def _decode_bytes(data: bytes) -> str:
+    try:
+        return data.decode(json.detect_encoding(data))
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise GAPFormatError(f"not valid JSON text: {exc}") from None

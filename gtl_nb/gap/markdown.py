@@ -31,6 +31,7 @@ from typing import Any
 
 from gtl_nb.gap.errors import GAPFormatError
 from gtl_nb.gap.jsonfmt import check_version, hints_from_dict, hints_to_dict
+from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep
 from gtl_nb.gap.model import Entity, TransformHints, WrappedMessage
 
 START, CONTENT, END = "[GAP:START]", "[GAP:CONTENT]", "[GAP:END]"
@@ -284,6 +285,8 @@ def _parse_parents(cur: _Cursor, header: _Header) -> None:
 
 def _parse_hints(cur: _Cursor, header: _Header) -> None:
     cur.skip_space()
+    if json_too_deep(cur.text):
+        raise cur.error(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}")
     try:
         data, end = _DECODER.raw_decode(cur.text, cur.pos)
     except json.JSONDecodeError as exc:
@@ -362,8 +365,17 @@ def parse_all(text: str) -> list[WrappedMessage]:
     """Every GAP block in ``text``, in order; text outside blocks is ignored.
 
     Markers count only on a line of their own. A malformed block raises ``GAPFormatError`` naming
-    the line: a marker out of order, a block without ``[GAP:END]``, a bad header line.
+    the line: a marker out of order, a block without ``[GAP:END]``, a bad header line; so does a text
+    over the limits of ``gap.limits``. Nothing else is raised for any ``str``.
     """
+    text = check_text(text, "a GAP markdown text")
+    try:
+        return _parse_blocks(text)
+    except RecursionError:  # the one boundary: no input may escape as a foreign error
+        raise GAPFormatError("nested too deeply to parse") from None
+
+
+def _parse_blocks(text: str) -> list[WrappedMessage]:
     blocks: list[WrappedMessage] = []
     state = "outside"
     start_line = 0

@@ -30,7 +30,7 @@ message is left alone. Beyond the map:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gtl_nb.gap.model import ROLE_PRONOUN_MAPS, ROLES
 from gtl_nb.gap.spans import SpanSet, overlaps, protected_spans
@@ -97,7 +97,7 @@ _ED_BASE = frozenset(["embed", "imbed", "shed", "wed", "bed", "shred", "sled"])
 _COMPOUND_SUBJECT_RE = re.compile(r"\b(?:you|he|she|they|we|him|her|them|us)[ \t]+(?:and|or)[ \t]+$", re.I)
 _AUX_BEFORE_RE = re.compile(r"(?<![\w'’-])(?P<aux>[A-Za-z]+(?:['’]t)?)[ \t]+$")
 _ABBREVIATIONS = frozenset(["e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "approx", "no"])
-_LINE_PREFIX_RE = re.compile(r"[ \t]*(?:(?:[-*+]|\d+[.)]|#{1,6}|>+)[ \t]*)*")
+_LINE_PREFIX_MARKS = frozenset(" \t-*+#>")  # with "12." / "3)": what may open a line before its first word
 _WORD_FOLLOWS_RE = re.compile(r"[ \t]+[\w*_\"“(]")
 _NOUN_BEFORE_MINE = _words("the a an this that these those our your their his her its to we they you")
 
@@ -158,6 +158,38 @@ def _conjugate(verb: str) -> str | None:
 _WINDOW = 256  # how far back the context checks look (keeps long texts linear)
 
 
+def _is_line_prefix(line: str) -> bool:
+    """Whether ``line`` holds only list markers, heading marks, quote marks and blanks.
+
+    A plain scan: the regular expression for it (markers repeated under a repeat) backtracks
+    exponentially on a line such as ``>>>>>>>>>>>>>>>>>>>>>>>>>>>>>>x``.
+    """
+    index = 0
+    while index < len(line):
+        if line[index] in _LINE_PREFIX_MARKS:
+            index += 1
+            continue
+        digits = index
+        while digits < len(line) and line[digits].isdecimal():
+            digits += 1
+        if digits == index or digits == len(line) or line[digits] not in ".)":
+            return False
+        index = digits + 1
+    return True
+
+
+def _word_before(text: str, end: int, chars: Callable[[str], bool]) -> str:
+    """The run of characters for which ``chars`` holds that ends at ``end``."""
+    start = end
+    while start > 0 and chars(text[start - 1]):
+        start -= 1
+    return text[start:end]
+
+
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what \w matches
+
+
 def _window(text: str, pos: int) -> str:
     return text[max(0, pos - _WINDOW) : pos]
 
@@ -171,13 +203,13 @@ def _sentence_start(text: str, pos: int) -> bool:
     if before.endswith("\n"):
         return True
     line = before[before.rfind("\n") + 1 :]
-    if _LINE_PREFIX_RE.fullmatch(line):
+    if _is_line_prefix(line):
         return True
     if before[-1] in "!?":
         return True
     if before[-1] == ".":
-        word = re.search(r"([\w.]*)\.$", before)
-        return not (word and word.group(1).lower() in _ABBREVIATIONS)
+        word = _word_before(before, len(before) - 1, lambda char: _is_word_char(char) or char == ".")
+        return word.lower() not in _ABBREVIATIONS
     return False
 
 
@@ -187,7 +219,7 @@ def _roman_numeral(text: str, start: int, end: int) -> bool:
     if previous and previous.group(1) in _NUMBERED_NOUNS:
         return True
     line_before = text[text.rfind("\n", 0, start) + 1 : start]
-    return end < len(text) and text[end] in ".)" and _LINE_PREFIX_RE.fullmatch(line_before) is not None
+    return end < len(text) and text[end] in ".)" and _is_line_prefix(line_before)
 
 
 class _Rewriter:
@@ -255,8 +287,10 @@ def transform_pronouns(text: str, role: str, *, pronoun_map: Mapping[str, str] |
         elif match.group("object"):
             new = objective
         else:
-            previous = re.search(r"(\w+)[ \t]+$", _window(text, start))
-            noun_use = previous is not None and previous.group(1).lower() in _NOUN_BEFORE_MINE
+            window = _window(text, start).removesuffix("\n")  # as a regex's "$" would allow
+            spaced = window.rstrip(" \t")
+            previous = _word_before(spaced, len(spaced), _is_word_char) if len(spaced) < len(window) else ""
+            noun_use = previous.lower() in _NOUN_BEFORE_MINE
             new = None if noun_use else mine
         if new is None:
             continue

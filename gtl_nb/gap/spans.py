@@ -3,7 +3,8 @@
 Code (fenced blocks opened by three or more backticks or tildes, and inline code spans delimited by
 equal backtick runs, as CommonMark defines them), URLs, and — for pronoun rewriting — quoted text
 (``"..."`` on one line and ``“...”``). Spans are half-open ``(start, end)`` offsets, sorted, never
-overlapping.
+overlapping. Every scan here is linear in the length of the text: URLs and curly quotes are found
+by plain string scanning, since the regular expressions for them backtrack quadratically.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from collections.abc import Iterator
 
 _FENCE_OPEN = re.compile(r"^[ ]{0,3}(?P<fence>`{3,}|~{3,})[^\n]*$", re.MULTILINE)
 _BACKTICKS = re.compile(r"`+")
-# A URL, without the sentence punctuation that may follow it.
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s<>()\[\]\"'`]*[^\s<>()\[\]\"'`.,;:!?]")
 _STRAIGHT_QUOTE = re.compile(r'"[^"\n]*"')
-_CURLY_QUOTE = re.compile(r"“[^”]*”")
+# A URL is a scheme (a letter, then letters, digits, "+", "." or "-", at the start of a word), "://",
+# and a body of characters other than white space and <>()[]"'` that does not end in sentence
+# punctuation.
+_SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
+_URL_STOPS = frozenset("<>()[]\"'`")
+_URL_TRAILING = frozenset(".,;:!?")
 
 Span = tuple[int, int]
 
@@ -66,15 +70,70 @@ def code_spans(text: str) -> list[Span]:
     return _merge(fenced + _inline_code(text, fenced))
 
 
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"  # what \w matches
+
+
+def _scheme_start(text: str, lo: int, sep: int) -> int | None:
+    """The leftmost start (at or after ``lo``) of a URL scheme that ends where ``://`` is, at ``sep``."""
+    run = sep
+    while run > lo and text[run - 1] in _SCHEME_CHARS:
+        run -= 1
+    for start in range(run, sep):
+        if text[start].isascii() and text[start].isalpha() and (start == 0 or not _is_word_char(text[start - 1])):
+            return start
+    return None
+
+
+def _url_end(text: str, body: int) -> int | None:
+    """Where the URL whose body starts at ``body`` ends, or None when the body would be empty."""
+    end = body
+    while end < len(text) and text[end] not in _URL_STOPS and not text[end].isspace():
+        end += 1
+    while end > body and text[end - 1] in _URL_TRAILING:
+        end -= 1
+    return end if end > body else None
+
+
+def url_spans(text: str) -> list[Span]:
+    """Every URL (``scheme://...``) in ``text``, left to right, by one linear scan."""
+    spans: list[Span] = []
+    pos = 0
+    while (sep := text.find("://", pos)) >= 0:
+        start = _scheme_start(text, pos, sep)
+        end = _url_end(text, sep + 3) if start is not None else None
+        if start is None or end is None:
+            pos = sep + 1  # no URL here; a later one starts after this "://"
+            continue
+        spans.append((start, end))
+        pos = end
+    return spans
+
+
+def _curly_quotes(text: str) -> list[Span]:
+    """``“...”`` spans; an opening mark never closed ends the search (no later one can close)."""
+    spans: list[Span] = []
+    pos = 0
+    while (opening := text.find("“", pos)) >= 0:
+        closing = text.find("”", opening + 1)
+        if closing < 0:
+            break
+        spans.append((opening, closing + 1))
+        pos = closing + 1
+    return spans
+
+
+def _straight_quotes(text: str) -> list[Span]:
+    return [match.span() for match in _STRAIGHT_QUOTE.finditer(text)]
+
+
 def protected_spans(text: str, *, quotes: bool = False) -> list[Span]:
     """Code, URLs and (with ``quotes=True``) quoted text, merged into sorted disjoint spans."""
     spans = code_spans(text)
     extra: list[Span] = []
-    patterns = [_URL, _STRAIGHT_QUOTE, _CURLY_QUOTE] if quotes else [_URL]
-    for pattern in patterns:
-        for match in pattern.finditer(text):
-            if not overlaps(match.start(), match.end(), spans):
-                extra.append(match.span())
+    finders = [url_spans, _straight_quotes, _curly_quotes] if quotes else [url_spans]
+    for find in finders:
+        extra.extend(span for span in find(text) if not overlaps(span[0], span[1], spans))
     return _merge(spans + extra)
 
 

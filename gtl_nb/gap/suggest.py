@@ -19,7 +19,6 @@ are suggestions with ``source="model"``, ``chat_id=None`` and score ``MODEL_SCOR
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +39,7 @@ _ALL_TYPES = (
     "user_defined",
 )
 _NO_ANSWER = frozenset({"", "unknown", "none", "n/a", "na", "?", "unclear", "not specified", "null", "-", "not sure"})
-_ANSWER_LINE_RE = re.compile(r"^[\s>*•\-\d.)]*(?P<key>[^:=]+?)\s*[:=]\s*(?P<value>.+?)\s*$")
+_LIST_MARKS = frozenset(">*•-.)")  # with whitespace and digits: what may precede the key of an answer line
 _SNIPPET = 600
 
 
@@ -146,17 +145,33 @@ def _clean(text: str) -> str:
     return text.strip().strip("`*\"'“”").strip()
 
 
+def _answer_line(line: str) -> tuple[str, str] | None:
+    """``(key, value)`` of a ``key: value`` (or ``key = value``) line after list marks, else None.
+
+    Plain scanning, linear in the line: the key runs from the first character that is not a list
+    mark (keeping at least one) to the first ``:`` or ``=``; the value is the rest, not empty.
+    """
+    colon, equals = line.find(":"), line.find("=")
+    cut = min(colon, equals) if colon >= 0 and equals >= 0 else max(colon, equals)
+    if cut <= 0 or cut == len(line) - 1:
+        return None
+    start = 0
+    while start < cut - 1 and (line[start].isspace() or line[start].isdecimal() or line[start] in _LIST_MARKS):
+        start += 1
+    return line[start:cut], line[cut + 1 :]
+
+
 def parse_answer(answer: str, undefined: list[str]) -> dict[str, str]:
     """Read ``key: value`` lines leniently (bullets, backticks, bold, ``=``, spaces for ``_``)."""
     wanted = {key.lower(): key for key in undefined}
     wanted.update({key.replace("_", " ").lower(): key for key in undefined})
     found: dict[str, str] = {}
     for line in answer.splitlines():
-        match = _ANSWER_LINE_RE.match(line)
-        if match is None:
+        pair = _answer_line(line)
+        if pair is None:
             continue
-        key = wanted.get(_clean(match.group("key")).lower())
-        value = _clean(_clean(match.group("value")).rstrip("."))
+        key = wanted.get(_clean(pair[0]).lower())
+        value = _clean(_clean(pair[1]).rstrip("."))
         if key is None or key in found or _clean(value).lower() in _NO_ANSWER:
             continue
         found[key] = value

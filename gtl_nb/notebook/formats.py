@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from typing import Any
 
 __all__ = ["FORMAT_INSTRUCTIONS", "code_of", "shown"]
@@ -18,7 +17,28 @@ FORMAT_INSTRUCTIONS = {
     "json": "Answer with JSON only: no prose before or after it, no code fences.",
     "code": "Answer with the code only, in one fenced code block, with no explanation before or after it.",
 }
-_FENCE_RE = re.compile(r"```[ \t]*(?P<lang>[\w+#.-]*)[^\n]*\n(?P<body>.*?)\n?```", re.DOTALL)
+_FENCE = "```"
+_LANG_PUNCTUATION = frozenset("_+#.-")  # with letters and digits: what a fence's language name is made of
+
+
+def _first_fence(text: str) -> tuple[str, str] | None:
+    """``(language, body)`` of the first fenced block, or None.
+
+    Plain scanning, linear in the text: only the first fence can open a block (a later one on the
+    same line shares its end of line, and none follows an unclosed block), its info string runs to
+    the end of its line, and the body to the next fence (the line break before that not included).
+    """
+    opening = text.find(_FENCE)
+    newline = text.find("\n", opening + len(_FENCE)) if opening >= 0 else -1
+    closing = text.find(_FENCE, newline + 1) if newline >= 0 else -1
+    if closing < 0:
+        return None
+    end = closing - 1 if closing > newline + 1 and text[closing - 1] == "\n" else closing
+    info = text[opening + len(_FENCE) : newline].lstrip(" \t")
+    length = 0
+    while length < len(info) and (info[length].isalnum() or info[length] in _LANG_PUNCTUATION):
+        length += 1
+    return info[:length], text[newline + 1 : end]
 
 
 def shown(completion: Any, fmt: str) -> Any:
@@ -33,8 +53,8 @@ def shown(completion: Any, fmt: str) -> Any:
             print(f"the answer is not valid JSON ({exc}); shown as text")
             text = f"```text\n{completion.text}\n```"
     elif fmt == "code":
-        match = _FENCE_RE.search(completion.text)
-        language = (match.group("lang") if match else "") or "python"
+        fence = _first_fence(completion.text)
+        language = (fence[0] if fence else "") or "python"
         text = f"```{language}\n{code_of(completion.text)}\n```"
     else:
         text = f"```text\n{completion.text}\n```"
@@ -43,5 +63,5 @@ def shown(completion: Any, fmt: str) -> Any:
 
 def code_of(text: str) -> str:
     """The first fenced block's body, or the whole text when there is no fence."""
-    match = _FENCE_RE.search(text)
-    return (match.group("body") if match else text).strip("\n")
+    fence = _first_fence(text)
+    return (fence[1] if fence else text).strip("\n")

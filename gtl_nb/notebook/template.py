@@ -25,7 +25,7 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _INDEX = r"\[(?:-?\d+|'[^'\]]*'|\"[^\"\]]*\"|" + _IDENT + r")\]"
 _PLACEHOLDER = rf"\{{(?P<expr>{_IDENT}(?:\.{_IDENT}|{_INDEX})*)\}}"
 _TOKEN_RE = re.compile(rf"(?P<open2>\{{\{{)|(?P<close2>\}}\}})|{_PLACEHOLDER}|(?P<open>\{{)|(?P<close>\}})")
-_PART_RE = re.compile(rf"\.(?P<attr>{_IDENT})|\[(?P<index>[^\]]*)\]")
+_PART_RE = re.compile(rf"\.(?P<attr>{_IDENT})|\[(?P<index>[^\][]*)\]")  # no "[" inside: linear on "[[[["
 
 _ESCAPED, _LITERAL = "escaped", "literal"
 

@@ -4,8 +4,11 @@ This package never imports asyncio, sockets, httpx or IPython, and never reads a
 """
 
 from gtl_nb.protocol.codec import (
+    DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_FRAME_BYTES,
+    DecodedFrame,
     FrameDecoder,
+    FrameError,
     decode,
     encode,
     encode_frame,
@@ -63,6 +66,7 @@ from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS, client_hello, negoti
 from gtl_nb.protocol.session import SessionState, SessionStateMachine, SessionTracker, Transcript
 
 __all__ = [
+    "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_FRAME_BYTES",
     "ERROR_CLASSES",
     "PROTOCOL_VERSION",
@@ -75,9 +79,11 @@ __all__ = [
     "ConfigurationError",
     "ContentFilteredError",
     "ContextLengthExceededError",
+    "DecodedFrame",
     "Done",
     "Error",
     "FrameDecoder",
+    "FrameError",
     "FrameTooLargeError",
     "GTLError",
     "Hello",

@@ -9,20 +9,38 @@ implementations of the spec use (``sid`` for ``session_id``, ``msg`` for an erro
 and the OpenAI ``{"type": "function", "function": {...}}`` tool wrapper. Output always uses the
 canonical names.
 
-``FrameDecoder`` splits a byte stream into newline-delimited frames and refuses a frame larger
-than ``max_frame_bytes`` before buffering more of it.
+``FrameDecoder`` splits a byte stream into newline-delimited frames. A bad frame does not stop the
+stream: ``feed`` returns the good messages and a ``FrameError`` in place of each bad frame, in order.
+
+Limits. ``decode`` and ``FrameDecoder`` refuse a frame larger than ``max_bytes`` /
+``max_frame_bytes`` (default ``DEFAULT_MAX_FRAME_BYTES``, 8 MiB) with ``FrameTooLargeError``
+(``FrameDecoder`` before buffering more of it), and a message whose arrays and objects nest deeper
+than ``max_depth`` (default ``DEFAULT_MAX_DEPTH``, 64, the frame's own object counting as one) with
+``ProtocolError``. The depth is measured by a linear scan of the bytes, never by recursion: before
+the lenient path parses a frame generically, and after the strict parse for the messages that carry
+free-form JSON (``FREE_FORM_MESSAGES``: ``completion_request``, ``done``); the others have a fixed
+shallow shape, so the stream's hot path pays no scan. Unknown fields are skipped, however deep,
+up to the parser's own recursion limit (about 1,000), beyond which the frame is a ``ProtocolError``
+too. Whatever the input, ``decode``, ``encode`` and ``FrameDecoder`` raise only errors of
+``gtl_nb.protocol.errors`` (a text that is not valid UTF-8, or holds a lone surrogate, is a
+``ProtocolError``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from gtl_nb.protocol.errors import FrameTooLargeError, ProtocolError, UnknownMessageTypeError
-from gtl_nb.protocol.messages import MESSAGE_TYPES, Tool, WireMessage
+from gtl_nb.protocol.messages import MESSAGE_TYPES, CompletionRequest, Done, Tool, WireMessage
 
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_DEPTH = 64
+# The messages with fields that hold any JSON (metadata, tool parameters, provider_data): only their
+# depth can exceed the limit once decoded; every other message has a fixed, shallow shape.
+FREE_FORM_MESSAGES = frozenset({CompletionRequest, Done})
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[WireMessage] = msgspec.json.Decoder(WireMessage)
@@ -32,13 +50,30 @@ _ERROR_ALIASES = {"msg": "message"}
 
 
 def encode(message: WireMessage) -> bytes:
-    """Serialise one GTL message to compact JSON bytes (no trailing newline)."""
-    return _encoder.encode(message)
+    """Serialise one GTL message to compact JSON bytes (no trailing newline).
+
+    A message that cannot be written as JSON (a lone surrogate in a string, a value of a type JSON
+    has no form for, nesting too deep for the encoder) is a ``ProtocolError``.
+    """
+    try:
+        return _encoder.encode(message)
+    except (UnicodeEncodeError, msgspec.EncodeError, TypeError, ValueError, RecursionError) as exc:
+        config = getattr(message, "__struct_config__", None)
+        name = getattr(config, "tag", None) or type(message).__name__
+        raise ProtocolError(f"cannot encode the {name!r} message as JSON: {_reason(exc)}") from None
 
 
 def encode_frame(message: WireMessage) -> bytes:
     """Serialise one GTL message as a newline-terminated frame."""
-    return _encoder.encode(message) + b"\n"
+    return encode(message) + b"\n"
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnicodeError):
+        return "a string holds a lone surrogate, which UTF-8 cannot carry"
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return str(exc)
 
 
 def _snippet(data: bytes | str, limit: int = 120) -> str:
@@ -46,31 +81,94 @@ def _snippet(data: bytes | str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def decode(data: bytes | str) -> WireMessage:
+# Only brackets and quotes matter to the depth scan; every other byte is deleted first.
+_TO_PARENS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+def nesting_exceeds(data: bytes, limit: int) -> bool:
+    """Whether the JSON text ``data`` nests arrays/objects deeper than ``limit``, without parsing it.
+
+    Linear and recursion-free: escapes are removed, string contents dropped, and matched bracket
+    pairs removed innermost first, one level per pass, for at most ``limit`` passes.
+    """
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # the fast path: too few brackets to nest that deep
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = unescaped.translate(_TO_PARENS, _NOT_STRUCTURE)
+    outside = b"".join(skeleton.split(b'"')[::2])  # the even pieces lie outside strings
+    for _ in range(limit):
+        reduced = outside.replace(b"()", b"")
+        if len(reduced) == len(outside):
+            # No pairs left: what remains is unbalanced (not JSON), but deep openers would still recurse.
+            return outside.count(b"(") > limit
+        outside = reduced
+    return b"()" in outside
+
+
+def _as_bytes(data: object) -> bytes:
+    """The frame as bytes: ``str`` is encoded, bytes-likes copied; anything else is refused."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return bytes(data)
+    if isinstance(data, str):
+        try:
+            return data.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(f"malformed frame (a lone surrogate in the text): {_snippet(data)!r}") from None
+    raise ProtocolError(f"a frame must be bytes, a bytes-like object or str, not {type(data).__name__}")
+
+
+def decode(
+    data: bytes | bytearray | memoryview | str,
+    *,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+) -> WireMessage:
     """Parse and validate one GTL message.
 
     Raises ``ProtocolError`` (or its ``UnknownMessageTypeError`` subclass) with the bad field and
-    the frame in the message.
+    the frame in the message, ``FrameTooLargeError`` for a frame over ``max_bytes``, and nothing
+    else, whatever ``data`` holds (see the module docstring for the limits).
     """
+    frame = data if type(data) is bytes else _as_bytes(data)
+    if len(frame) > max_bytes:
+        raise FrameTooLargeError(f"frame of {len(frame)} bytes exceeds the maximum frame size of {max_bytes} bytes")
     try:
-        return _decoder.decode(data)
-    except msgspec.ValidationError as strict_error:
-        return _decode_slow(data, strict_error)
+        try:
+            message = _decoder.decode(frame)
+        except msgspec.ValidationError as strict_error:
+            _check_depth(frame, max_depth)  # before the generic parse builds every nested value
+            return _decode_slow(frame, strict_error)
     except msgspec.DecodeError as exc:
-        raise ProtocolError(f"malformed frame (not JSON: {exc}): {_snippet(data)!r}") from None
+        raise ProtocolError(f"malformed frame (not JSON: {exc}): {_snippet(frame)!r}") from None
+    except RecursionError:  # the one boundary: deeper than the parser can go is deeper than the limit
+        raise _too_deep(frame, max_depth) from None
+    if type(message) in FREE_FORM_MESSAGES:
+        _check_depth(frame, max_depth)
+    return message
 
 
-def _decode_slow(data: bytes | str, strict_error: msgspec.ValidationError) -> WireMessage:
+def _check_depth(frame: bytes, max_depth: int) -> None:
+    if nesting_exceeds(frame, max_depth):
+        raise _too_deep(frame, max_depth)
+
+
+def _too_deep(frame: bytes, max_depth: int) -> ProtocolError:
+    return ProtocolError(f"malformed frame (arrays/objects nested deeper than {max_depth}): {_snippet(frame)!r}")
+
+
+def _decode_slow(data: bytes, strict_error: msgspec.ValidationError) -> WireMessage:
     """Accept the spec's aliases; otherwise re-raise the strict error in GTL terms."""
-    try:
-        obj = msgspec.json.decode(data)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError(f"malformed frame (not JSON: {exc}): {_snippet(data)!r}") from None
+    obj = msgspec.json.decode(data)
     if not isinstance(obj, dict):
         raise ProtocolError(f"malformed frame (expected a JSON object): {_snippet(data)!r}")
     kind = obj.get("type")
     if kind is None:
         raise ProtocolError(f"malformed frame (missing field 'type'): {_snippet(data)!r}")
+    if not isinstance(kind, str):
+        raise ProtocolError(f"malformed frame (field 'type' is not a string): {_snippet(data)!r}")
     if kind not in MESSAGE_TYPES:
         known = ", ".join(sorted(MESSAGE_TYPES))
         raise UnknownMessageTypeError(f"unknown message type {kind!r} (known: {known}): {_snippet(data)!r}")
@@ -103,62 +201,109 @@ def normalise_tool(tool: dict[str, Any] | Tool) -> dict[str, Any] | Tool:
     return tool
 
 
-class FrameDecoder:
-    """Incremental decoder of newline-delimited GTL frames.
+@dataclass(frozen=True)
+class FrameError:
+    """A frame ``FrameDecoder`` could not decode, standing where its message would have been.
 
-    ``feed(chunk)`` returns the messages completed by ``chunk``. A frame longer than
-    ``max_frame_bytes`` raises ``FrameTooLargeError`` as soon as that is known, without buffering
-    the rest of it. ``close()`` raises if a partial frame is left over. Blank lines (keep-alives)
-    are skipped.
+    ``error`` is the library error that ``decode`` raised for it (a ``ProtocolError``: an
+    ``UnknownMessageTypeError``, a ``FrameTooLargeError``, ...); ``frame`` is the frame's 1-based
+    number in the stream (blank keep-alive lines are not counted).
     """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
-        self.max_frame_bytes = max_frame_bytes
-        self._buffer = bytearray()
-        self.frames_decoded = 0
+    error: ProtocolError
+    frame: int
 
-    def feed(self, chunk: bytes) -> list[WireMessage]:
-        out: list[WireMessage] = []
+    def __str__(self) -> str:
+        return f"frame {self.frame}: {self.error}"
+
+
+DecodedFrame = WireMessage | FrameError
+"""What ``FrameDecoder.feed`` returns for each frame: its message, or a ``FrameError``."""
+
+
+class FrameDecoder:
+    """Incremental decoder of newline-delimited GTL frames that never stops at a bad frame.
+
+    ``feed(chunk)`` returns one item per frame completed by ``chunk``, in stream order: the decoded
+    message, or a ``FrameError`` for a frame that is not a valid GTL message. A frame longer than
+    ``max_frame_bytes`` becomes a ``FrameError`` carrying ``FrameTooLargeError`` as soon as that is
+    known; the rest of it is skipped, not buffered, up to the next newline. Blank lines (keep-alives)
+    are skipped. ``feed`` takes ``bytes``, ``bytearray`` or ``memoryview``; any other value (``str``
+    included: a stream is bytes) is a ``ProtocolError``, the only thing ``feed`` raises.
+
+    ``close()`` ends the stream and returns a ``FrameError`` for a partial frame left over (or
+    nothing); the decoder is then empty and may be reused.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.max_depth = max_depth
+        self._buffer = bytearray()
+        self._skipping = False  # inside an oversized frame, already reported: drop bytes up to the newline
+        self.frames_decoded = 0
+        self.frames_refused = 0
+
+    def feed(self, chunk: bytes | bytearray | memoryview) -> list[DecodedFrame]:
+        """The messages (and ``FrameError`` items) of the frames that ``chunk`` completes."""
+        data = _chunk_bytes(chunk)
+        out: list[DecodedFrame] = []
         start = 0
-        while True:
-            newline = chunk.find(b"\n", start)
-            if newline < 0:
-                break
-            piece = chunk[start:newline]
-            if self._buffer:
-                self._check_size(len(self._buffer) + len(piece))
-                self._buffer += piece
-                frame = bytes(self._buffer)
-                self._buffer.clear()
-            else:
-                self._check_size(len(piece))
-                frame = piece
+        while (newline := data.find(b"\n", start)) >= 0:
+            self._take(data[start:newline], out, complete=True)
             start = newline + 1
-            if frame.strip():
-                out.append(decode(frame))
-                self.frames_decoded += 1
-        rest = len(chunk) - start
-        if rest:
-            self._check_size(len(self._buffer) + rest)
-            self._buffer += chunk[start:]
+        if start < len(data):
+            self._take(data[start:], out, complete=False)
         return out
 
-    def _check_size(self, size: int) -> None:
-        if size > self.max_frame_bytes:
+    def _take(self, piece: bytes, out: list[DecodedFrame], *, complete: bool) -> None:
+        """Add ``piece`` to the current frame; ``complete`` when a newline ended it."""
+        if self._skipping:
+            self._skipping = not complete
+            return
+        if len(self._buffer) + len(piece) > self.max_frame_bytes:
             self._buffer.clear()
-            raise FrameTooLargeError(
-                f"frame {self.frames_decoded + 1} exceeds the maximum frame size of {self.max_frame_bytes} bytes"
-            )
+            self._skipping = not complete
+            limit = self.max_frame_bytes
+            out.append(self._refuse(FrameTooLargeError(f"frame exceeds the maximum frame size of {limit} bytes")))
+            return
+        self._buffer += piece
+        if not complete:
+            return
+        frame = bytes(self._buffer)
+        self._buffer.clear()
+        if frame.strip():
+            out.append(self._decode(frame))
+
+    def _decode(self, frame: bytes) -> DecodedFrame:
+        try:
+            message = decode(frame, max_bytes=self.max_frame_bytes, max_depth=self.max_depth)
+        except ProtocolError as exc:
+            return self._refuse(exc)
+        self.frames_decoded += 1
+        return message
+
+    def _refuse(self, error: ProtocolError) -> FrameError:
+        self.frames_refused += 1
+        return FrameError(error, self.frames_decoded + self.frames_refused)
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete frame held back."""
         return len(self._buffer)
 
-    def close(self) -> None:
-        """Declare the end of the stream; a leftover partial frame is an error."""
-        if self._buffer.strip():
-            leftover = bytes(self._buffer)
-            self._buffer.clear()
-            raise ProtocolError(f"stream ended inside a frame: {_snippet(leftover)!r}")
+    def close(self) -> list[FrameError]:
+        """Declare the end of the stream: a ``FrameError`` for a partial frame left over, else nothing."""
+        leftover = bytes(self._buffer)
         self._buffer.clear()
+        self._skipping = False
+        if not leftover.strip():
+            return []
+        return [self._refuse(ProtocolError(f"stream ended inside a frame: {_snippet(leftover)!r}"))]
+
+
+def _chunk_bytes(chunk: object) -> bytes:
+    if isinstance(chunk, bytes):
+        return chunk
+    if isinstance(chunk, (bytearray, memoryview)):
+        return bytes(chunk)
+    raise ProtocolError(f"FrameDecoder.feed() takes bytes, bytearray or memoryview, not {type(chunk).__name__}")

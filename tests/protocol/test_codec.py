@@ -1,4 +1,4 @@
-"""The one codec: round trips, strictness, aliases, and the incremental frame decoder."""
+"""The one codec: round trips, strictness, aliases, limits, and the incremental frame decoder."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from strategies import any_message
 
 from gtl_nb.protocol import (
+    Cancel,
     CompletionRequest,
     Error,
     FrameDecoder,
+    FrameError,
     FrameTooLargeError,
     Message,
     ProtocolError,
@@ -42,7 +44,7 @@ def test_frame_decoder_reassembles_frames_split_at_arbitrary_points(messages, rn
     for cut in [*cuts, len(stream)]:
         out.extend(decoder.feed(stream[previous:cut]))
         previous = cut
-    decoder.close()
+    assert decoder.close() == []
     assert out == messages
 
 
@@ -162,26 +164,34 @@ def test_openai_tool_wrapper_is_accepted_on_input():
 
 def test_oversized_frame_is_refused_before_buffering_more():
     decoder = FrameDecoder(max_frame_bytes=100)
-    decoder.feed(b'{"type":"token","session_id":"s","text":"' + b"x" * 50)
-    with pytest.raises(FrameTooLargeError, match="maximum frame size of 100 bytes"):
-        decoder.feed(b"x" * 60)
+    assert decoder.feed(b'{"type":"token","session_id":"s","text":"' + b"x" * 50) == []
+    [refused] = decoder.feed(b"x" * 60)
+    assert isinstance(refused, FrameError) and isinstance(refused.error, FrameTooLargeError)
+    assert "maximum frame size of 100 bytes" in str(refused)
     assert decoder.pending_bytes == 0
-    with pytest.raises(FrameTooLargeError):
-        FrameDecoder(max_frame_bytes=10).feed(b"y" * 11)
+    assert decoder.feed(b"y" * 1000) == []  # the rest of the refused frame is skipped, not buffered
+    assert decoder.pending_bytes == 0
+    [small] = FrameDecoder(max_frame_bytes=10).feed(b"y" * 11)
+    assert isinstance(small.error, FrameTooLargeError)
 
 
 def test_frame_decoder_recovers_after_an_oversized_frame_is_refused():
     decoder = FrameDecoder(max_frame_bytes=60)
-    with pytest.raises(FrameTooLargeError):
-        decoder.feed(b"z" * 61)
-    assert decoder.feed(b"\n" + encode_frame(Token(session_id="s", text="ok"))) == [Token(session_id="s", text="ok")]
+    good = encode_frame(Token(session_id="s", text="ok"))
+    [refused] = decoder.feed(b"z" * 61)
+    assert isinstance(refused.error, FrameTooLargeError)
+    assert decoder.feed(b"zz\n" + good) == [Token(session_id="s", text="ok")]
+    # in one chunk too: the frames after an oversized one are not lost
+    items = FrameDecoder(max_frame_bytes=60).feed(good + b"z" * 200 + b"\n" + good)
+    assert [type(item) for item in items] == [Token, FrameError, Token]
 
 
-def test_stream_ending_inside_a_frame_is_an_error():
+def test_stream_ending_inside_a_frame_is_an_error_item():
     decoder = FrameDecoder()
     decoder.feed(b'{"type":"token"')
-    with pytest.raises(ProtocolError, match="ended inside a frame"):
-        decoder.close()
+    [truncated] = decoder.close()
+    assert isinstance(truncated.error, ProtocolError) and "ended inside a frame" in str(truncated)
+    assert decoder.close() == []  # the decoder is empty again
 
 
 def test_blank_lines_between_frames_are_keepalives():
@@ -204,5 +214,82 @@ def test_tool_call_event_offers_parsed_arguments():
 def test_random_garbage_between_valid_frames_reports_the_bad_frame():
     decoder = FrameDecoder()
     good = encode_frame(Token(session_id="s", text="a"))
-    with pytest.raises(ProtocolError, match="not JSON"):
-        decoder.feed(good + b"garbage\n" + good)
+    items = decoder.feed(good + b"garbage\n" + good)
+    assert items[0] == items[2] == Token(session_id="s", text="a")
+    assert isinstance(items[1], FrameError) and "not JSON" in str(items[1].error)
+
+
+# --- regressions: a bad frame cost its neighbours; foreign exceptions escaped ------------------
+
+
+def test_a_bad_frame_loses_none_of_the_good_frames_around_it():
+    good = encode_frame(Token(session_id="s", text="a"))
+    decoder = FrameDecoder()
+    items = decoder.feed(good + b"garbage\n" + good + good)
+    assert len(items) == 4
+    assert [item for i, item in enumerate(items) if i != 1] == [Token(session_id="s", text="a")] * 3
+    assert items[1] == FrameError(items[1].error, frame=2)
+    assert str(items[1]).startswith("frame 2: ")
+    assert decoder.frames_decoded == 3 and decoder.frames_refused == 1
+    assert decoder.close() == []
+
+
+@pytest.mark.parametrize(
+    "chunk", [bytearray(b'{"type":"cancel","session_id":"s"}\n'), memoryview(b'{"type":"cancel","session_id":"s"}\n')]
+)
+def test_frame_decoder_accepts_bytes_likes(chunk):
+    assert FrameDecoder().feed(chunk) == [Cancel(session_id="s")]
+
+
+@pytest.mark.parametrize("chunk", ['{"type":"cancel","session_id":"s"}\n', None, 42, ["x"]])
+def test_frame_decoder_refuses_other_values_with_a_library_error(chunk):
+    with pytest.raises(ProtocolError, match="takes bytes, bytearray or memoryview"):
+        FrameDecoder().feed(chunk)
+
+
+@pytest.mark.parametrize(
+    ("frame", "needle"),
+    [
+        (b'{"type": {}}', "'type' is not a string"),
+        (b'{"type": ["token"]}', "'type' is not a string"),
+        ('{"type":"token","session_id":"s","text":"\udc80"}', "lone surrogate"),
+        (b'{"type":"token","session_id":"s","text":"\\udc80"}', "not JSON"),
+        (b"[" * 1000 + b"]" * 1000, "nested deeper than 64"),
+        (b"[" * 100_000, "nested deeper than 64"),
+        (b'{"type":"completion_request","session_id":"s","model":"m","messages":[],"metadata":{"a":'
+         + b"[" * 1000 + b"]" * 1000 + b"}}", "nested deeper than 64"),
+        (None, "must be bytes"),
+    ],
+)  # fmt: skip
+def test_decode_raises_only_library_errors(frame, needle):
+    with pytest.raises(ProtocolError) as info:
+        decode(frame)
+    assert needle in str(info.value)
+
+
+def test_the_depth_limit_counts_arrays_and_objects_but_not_brackets_in_strings():
+    def request(metadata: bytes) -> bytes:
+        return b'{"type":"completion_request","session_id":"s","model":"m","messages":[],"metadata":' + metadata + b"}"
+
+    deepest = b'{"a":' * 62 + b"1" + b"}" * 62  # 62 + the metadata object's frame = 63 + the frame itself = 64
+    assert isinstance(decode(request(b'{"x":' + deepest + b"}")), CompletionRequest)
+    with pytest.raises(ProtocolError, match="nested deeper than 64"):
+        decode(request(b'{"x":[' + deepest + b"]}"))
+    brackets = b'"' + b"[{" * 5000 + b'\\"' + b"]" * 100 + b'"'
+    assert decode(request(b'{"x":' + brackets + b"}")).metadata["x"].startswith("[{[{")
+    assert isinstance(decode(request(b'{"x":[[1]]}'), max_depth=4), CompletionRequest)
+    with pytest.raises(ProtocolError):
+        decode(request(b'{"x":[[1]]}'), max_depth=3)
+
+
+def test_decode_refuses_a_frame_over_max_bytes():
+    frame = encode(Token(session_id="s", text="x" * 100))
+    with pytest.raises(FrameTooLargeError, match="maximum frame size of 50 bytes"):
+        decode(frame, max_bytes=50)
+
+
+def test_encode_of_a_lone_surrogate_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match="lone surrogate"):
+        encode(Token(session_id="s", text="a\ud800b"))
+    with pytest.raises(ProtocolError, match="lone surrogate"):
+        encode_frame(Message(role="user", content="\udfff"))  # type: ignore[arg-type]
