@@ -15,25 +15,22 @@ from __future__ import annotations
 import asyncio
 import getpass
 import math
-import os
 import queue
 import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from gtl_nb.backend import Backend, EmbeddedBackend
 from gtl_nb.completion import Comparison, Completion
-from gtl_nb.engine.core import Engine, SessionEnd
-from gtl_nb.engine.http import Timeouts
-from gtl_nb.engine.loop import LoopThread, shared_loop
+from gtl_nb.engine.loop import LoopThread
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
 from gtl_nb.protocol.messages import (
     CompletionRequest,
-    Done,
     Error,
     Message,
     ProviderInfo,
@@ -41,6 +38,9 @@ from gtl_nb.protocol.messages import (
     Tool,
 )
 from gtl_nb.protocol.session import Transcript
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "new_session_id"]
 
@@ -84,11 +84,20 @@ def connect(
             f"the {scheme}:// transport needs the gtl_nb gateway, which this version does not include yet; "
             "use connect('embedded://') (the default) to run the engine in this process"
         )
+    if "://" not in endpoint:
+        raise ConfigurationError(
+            f"{endpoint!r} has no scheme: a gateway address needs one (grpc://, https://, …, once the gateway "
+            "exists); use connect() or connect('embedded://') to run the engine in this process"
+        )
     raise ConfigurationError(f"unknown endpoint scheme {scheme!r} in {endpoint!r}; use embedded://")
 
 
 class Client:
-    """A connection to GTL (see ``connect``). Thread-safe; use one per notebook or application."""
+    """A connection to GTL (see ``connect``). Thread-safe; use one per notebook or application.
+
+    The client runs its sessions through a backend (``gtl_nb.backend``): the embedded engine unless
+    ``backend=`` gives another one, in which case the configuration arguments must be left out.
+    """
 
     def __init__(
         self,
@@ -99,32 +108,41 @@ class Client:
         ledger: Any = None,
         environ: Any = None,
         loop: LoopThread | None = None,
+        backend: Backend | None = None,
         **sections: Any,
     ) -> None:
-        from gtl_nb.engine.config import load_config
-        from gtl_nb.providers.catalog import Catalog
-        from gtl_nb.providers.registry import provider_types
+        if backend is None:
+            from gtl_nb.engine.settings import load_settings
+            from gtl_nb.providers.registry import provider_types
 
-        self.config = load_config(
-            config=config, providers=providers, environ=environ, known_types=provider_types(), **sections
-        )
-        catalog = Catalog.default()
-        if getattr(self.config, "catalog", None):
-            catalog = catalog.with_overrides(self.config.catalog)
-        self.catalog = catalog
-        self.user = user or _os_user()
-        self._loop = loop or shared_loop()
-        self.ledger = _open_ledger(ledger, self.config.ledger)
-        self.engine = Engine(
-            dict(self.config.deployments),
-            catalog=catalog,
-            timeouts=Timeouts.from_config(self.config.timeouts),
-            ledger=self.ledger,
-            routing=self.config.routing,
-            cache=self.config.cache,
-            budgets=self.config.budgets,
-        )
+            settings = load_settings(
+                config=config, providers=providers, environ=environ, known_types=provider_types(), **sections
+            )
+            engine_options = {} if ledger is None else {"ledger": ledger}
+            backend = EmbeddedBackend(settings, principal=user or _os_user(), loop=loop, **engine_options)
+        self.backend = backend
+        self.user = user or getattr(getattr(backend, "context", None), "principal", None) or _os_user()
+        self._loop = backend.loop
         self._closed = False
+
+    @property
+    def config(self) -> Any:
+        """The validated configuration of an embedded client (``None`` for a remote one)."""
+        settings = getattr(self.backend, "settings", None)
+        return None if settings is None else settings.config
+
+    @property
+    def ledger(self) -> Any:
+        """The embedded engine's usage ledger store (``None`` when none is kept). Prefer
+        ``client.usage()``, which works over every backend."""
+        engine = getattr(self.backend, "engine", None)
+        return None if engine is None else engine.ledger
+
+    @property
+    def catalog(self) -> Any:
+        """The model catalog prices come from (embedded)."""
+        engine = getattr(self.backend, "engine", None)
+        return None if engine is None else engine.catalog
 
     # -- requests -----------------------------------------------------------------------------
 
@@ -144,13 +162,24 @@ class Client:
         stop: str | Sequence[str] | None = None,
         response_format: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
-        reasoning: bool = False,
+        reasoning: bool | None = None,
         cache: bool | None = None,
         stream: bool = True,
         session_id: str | None = None,
     ) -> CompletionRequest:
-        """Build (and validate) the ``CompletionRequest`` that ``complete``/``stream`` would send."""
-        model = model or self.default_model
+        """Build (and validate) the ``CompletionRequest`` that ``complete``/``stream`` would send.
+
+        Arguments left out take the ``[defaults]`` of the configuration (``model``, ``provider``,
+        ``providers``, ``system`` — for a request without a system message —, ``temperature``,
+        ``max_tokens``, ``reasoning``).
+        """
+        defaults = self.backend.defaults
+        model = model or defaults.model
+        if provider is None and providers is None:
+            provider, providers = defaults.provider, defaults.providers
+        temperature = defaults.temperature if temperature is None else temperature
+        max_tokens = defaults.max_tokens if max_tokens is None else max_tokens
+        reasoning = defaults.reasoning if reasoning is None else reasoning
         _check_arguments(
             model=model,
             provider=provider,
@@ -163,6 +192,8 @@ class Client:
             tool_choice=tool_choice,
         )
         msgs = _messages(messages)
+        if system is None and defaults.system and not any(m.role == "system" for m in msgs):
+            system = defaults.system
         if system is not None:
             msgs.insert(0, Message(role="system", content=system))
         if not msgs:
@@ -199,14 +230,12 @@ class Client:
     def _check_route(self, request: CompletionRequest) -> None:
         """Refuse, before any session starts, a request that no configured deployment can serve
         or whose deployment lacks its credentials (the error names what to set)."""
-        for target in self.engine.router.targets(request):
-            if target.name in self.config.deployments:
-                self.config.require_credentials(target.name)
+        self.backend.check(request)
 
     @property
     def default_model(self) -> str:
-        defaults = getattr(self.config, "defaults", None) or {}
-        return (defaults.get("model") if isinstance(defaults, dict) else getattr(defaults, "model", None)) or "echo"
+        """The model a request gets when it names none (``[defaults] model``, built-in ``echo``)."""
+        return self.backend.defaults.model
 
     def complete(
         self,
@@ -392,13 +421,16 @@ class Client:
     ) -> Completion | GTLError:
         """Run one session on the loop thread to its end (for ``batch`` and ``compare``)."""
         transcript = Transcript(session_id=request.session_id)
-        async for event in self.engine.stream(request, user=self.user):
+
+        def deliver(event: StreamEvent) -> None:
             transcript.add(event)
             if on_event is not None:
                 try:
                     on_event(event)
                 except Exception:  # a display callback must not break the run
                     log.exception("on_event callback failed for %s", request.session_id)
+
+        await self.backend.session(request, deliver)
         return self._outcome(transcript)
 
     def as_ask(self, model: str | None = None, **kwargs: Any) -> Callable[[str], str]:
@@ -413,7 +445,7 @@ class Client:
 
     def providers(self) -> list[ProviderInfo]:
         """``provider_info`` for every configured deployment."""
-        return self.engine.provider_info()
+        return self.backend.providers()
 
     def models(self) -> list[tuple[str, str]]:
         """``(deployment, model)`` pairs the client can route to."""
@@ -428,19 +460,28 @@ class Client:
         Raises the same configuration or unknown-model error that sending the request would.
         """
         request = self.request(model, "?", provider=provider, providers=providers)
-        return [(t.name, t.deployment.type, t.model) for t in self.engine.router.targets(request)]
+        return self.backend.route(request)
 
     def list_models(self, deployment: str) -> list[str]:
         """Ask the provider itself which models it offers (``GET /v1/models`` and the like)."""
-        return self._loop.run(self.engine.list_models(deployment), timeout=120)
+        return self._loop.run(self.backend.list_models(deployment), timeout=120)
 
     def breakers(self) -> dict[str, dict[str, Any]]:
         """Each deployment's circuit breaker: state, failures, error rate, when it may be tried again."""
-        return self.engine.breaker_states()
+        return self._loop.run(self.backend.breakers(), timeout=30)
+
+    def usage(self, **filters: Any) -> pandas.DataFrame:
+        """The usage rows this client may see as a DataFrame (the columns of ``docs/ledger.md``).
+
+        ``filters`` narrow it like the ledger's readers do: ``user=``, ``status=``, ``since=``,
+        ``until=`` … Works the same over every backend; empty when no ledger is kept.
+        """
+        from gtl_nb.engine.ledger import frame_from_rows
+
+        return frame_from_rows(self._loop.run(self.backend.usage_rows(**filters), timeout=60))
 
     def provider_type(self, deployment: str | None) -> str | None:
-        found = self.engine.deployments.get(deployment or "")
-        return found.type if found else None
+        return self.backend.provider_type(deployment)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -448,7 +489,7 @@ class Client:
         if not self._closed:
             self._closed = True
             try:
-                self._loop.run(self.engine.aclose(), timeout=10)
+                self._loop.run(self.backend.aclose(), timeout=10)
             except Exception:  # pragma: no cover - closing is best effort
                 pass
 
@@ -459,47 +500,12 @@ class Client:
         self.close()
 
     def __repr__(self) -> str:
-        names = ", ".join(self.engine.deployments)
-        return f"<gtl_nb.Client embedded providers=[{names}]>"
+        return f"<gtl_nb.Client {self.backend.describe()}>"
 
     # -- internal -----------------------------------------------------------------------------
 
     def _start(self, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> Any:
-        return self._loop.submit(_pump(self.engine, request, deliver, self.user))
-
-
-def _open_ledger(choice: Any, section: dict[str, Any]) -> Any:
-    """The usage ledger the client records to, or ``None`` when disabled."""
-    if choice is False or (choice is None and not section.get("enabled", True)):
-        return None
-    if choice is not None and not isinstance(choice, (str, os.PathLike)):
-        return choice  # an open Ledger
-    from gtl_nb.engine.ledger import Ledger
-
-    return Ledger(choice if choice is not None else section.get("path"))
-
-
-async def _pump(
-    engine: Engine, request: CompletionRequest, deliver: Callable[[StreamEvent], None], user: str | None = None
-) -> None:
-    """Run one session on the loop thread, handing each event to ``deliver``; never lose the end."""
-    ended = False
-    recorded = SessionEnd()
-    try:
-        async for event in engine.stream(request, user=user, ending=recorded):
-            ended = isinstance(event, (Done, Error))
-            deliver(event)
-    except asyncio.CancelledError:
-        if not ended:
-            # cancelled after the engine had ended the session (and its ledger row): say what the
-            # ledger says, so the caller and the ledger agree
-            cancelled = Error(session_id=request.session_id, code="CANCELLED", message="cancelled by the caller")
-            deliver(recorded.event or cancelled)
-        raise
-    except Exception as exc:  # a bug must still end the session
-        if not ended:
-            deliver(Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
-        raise
+        return self._loop.submit(self.backend.session(request, deliver))
 
 
 class _StreamBase:

@@ -1,7 +1,7 @@
 """Usage, cost and latency tables from the ledger, plots, prompt mapping and context-graph analysis.
 
     >>> from gtl_nb import analysis
-    >>> frame = client.ledger.to_dataframe()                       # doctest: +SKIP
+    >>> frame = client.usage()                       # doctest: +SKIP
     >>> analysis.usage_table(frame, by="model")                    # doctest: +SKIP
     >>> analysis.latency_percentiles(frame, by="provider")         # doctest: +SKIP
     >>> analysis.plot_cost_over_time(frame)                        # doctest: +SKIP

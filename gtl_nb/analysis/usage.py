@@ -1,6 +1,6 @@
 """Tables of cost, tokens and latency from the usage ledger's DataFrame.
 
-Every function takes the frame ``client.ledger.to_dataframe()`` returns (the columns and dtypes of
+Every function takes the frame ``client.usage()`` returns (the columns and dtypes of
 ``docs/ledger.md``) and never reads SQLite itself, so a filtered or concatenated frame works too.
 
 Grouping keys (``by=``, a name or a list of names):
@@ -42,11 +42,11 @@ _NEEDED = ("time", "deployment", "model", "status", "tokens_in", "tokens_out", "
 
 def _check(frame: Any) -> pd.DataFrame:
     if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"expected the ledger's DataFrame (client.ledger.to_dataframe()), not {type(frame).__name__}")
+        raise TypeError(f"expected the ledger's DataFrame (client.usage()), not {type(frame).__name__}")
     missing = [column for column in _NEEDED if column not in frame.columns]
     if missing:
         raise ValueError(
-            f"the frame lacks the ledger column(s) {', '.join(missing)}; pass client.ledger.to_dataframe()"
+            f"the frame lacks the ledger column(s) {', '.join(missing)}; pass client.usage()"
         )
     return frame
 

@@ -27,6 +27,10 @@ Results that arrive while the circuit is open (calls started before it opened) a
 Time comes from an injected ``clock`` (monotonic seconds), so the breaker is tested without sleeping;
 ``opened_at`` / ``retry_at`` in ``snapshot()`` are values of that clock. A lock makes a breaker safe
 to read from another thread (a gateway's status endpoint) while the engine's loop updates it.
+
+``to_state()`` / ``CircuitBreaker.from_state()`` export and restore a breaker's state as plain JSON
+data, so a store shared by processes (``engine.stores.SqliteBreakerStore``) keeps it in a table and
+applies these same rules to it; its clock is then the wall clock, the one clock processes share.
 """
 
 from __future__ import annotations
@@ -71,6 +75,9 @@ class BreakerConfig:
     """Seconds the circuit stays open before it lets probes through."""
     half_open_probes: int = 1
     """Probe calls allowed at the same time while half-open."""
+    backend: str = "memory://"
+    """Where breaker state lives: ``memory://`` (this process) or ``sqlite:///path`` (the processes of
+    one machine share it)."""
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 0:
@@ -83,6 +90,9 @@ class BreakerConfig:
             raise ConfigurationError("breaker window must be > 0 and cooldown >= 0 seconds")
         if self.min_calls < 1 or self.half_open_probes < 1:
             raise ConfigurationError("breaker min_calls and half_open_probes must be >= 1")
+        from gtl_nb.engine.stores.urls import parse_store_url
+
+        parse_store_url(self.backend, where="breaker backend")
 
     @classmethod
     def from_dict(cls, table: Mapping[str, Any] | None, *, where: str = "[routing.breaker]") -> BreakerConfig:
@@ -97,7 +107,10 @@ class BreakerConfig:
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ConfigurationError(f"{where}: unknown key {key!r}{hint} (known: {', '.join(known)})")
             default = known[key].default
-            if isinstance(default, bool):
+            if isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ConfigurationError(f"{where}: {key} must be a string, got {value!r}")
+            elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ConfigurationError(f"{where}: {key} must be true or false, got {value!r}")
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -200,44 +213,36 @@ class CircuitBreaker:
                 return "probe"
             return None
 
-    def record_success(self) -> None:
-        """A call succeeded: counted in the window, ends a failure streak, closes a half-open circuit."""
+    def record_success(self) -> tuple[BreakerState, BreakerState] | None:
+        """A call succeeded: counted in the window, ends a failure streak, closes a half-open circuit.
+
+        Returns the change it caused, ``(old, new)``, or None."""
         if not self.config.enabled:
-            return
+            return None
         with self._lock:
             now = self.clock()
             state = self._current(now)
-            if state == "open":
-                return
             if state == "half_open":
                 self._close()
-                return
-            self._consecutive = 0
-            self._add(now, failed=False)
+            elif state == "closed":
+                self._consecutive = 0
+                self._add(now, failed=False)
+            return None if self._state == state else (state, self._state)
 
-    def record_failure(self) -> None:
-        """A call failed in a way that says the deployment is unwell (see "which failures count")."""
+    def record_failure(self) -> tuple[BreakerState, BreakerState] | None:
+        """A call failed in a way that says the deployment is unwell (see "which failures count").
+
+        Returns the change it caused, ``(old, new)``, or None."""
         if not self.config.enabled:
-            return
+            return None
         with self._lock:
             now = self.clock()
             state = self._current(now)
-            if state == "open":
-                return
             if state == "half_open":
                 self._open(now, "a probe failed")
-                return
-            self._consecutive += 1
-            self._add(now, failed=True)
-            cfg = self.config
-            if cfg.failure_threshold and self._consecutive >= cfg.failure_threshold:
-                self._open(now, f"{self._consecutive} consecutive failures")
-                return
-            calls = len(self._window)
-            if cfg.error_rate_threshold and calls >= cfg.min_calls:
-                rate = self._failures_in_window / calls
-                if rate >= cfg.error_rate_threshold:
-                    self._open(now, f"error rate {rate:.0%} over the last {cfg.window:g} s ({calls} calls)")
+            elif state == "closed":
+                self._count_failure(now)
+            return None if self._state == state else (state, self._state)
 
     def release(self) -> None:
         """Give back a half-open probe slot without a verdict (a cancelled call, or the caller's fault)."""
@@ -250,7 +255,60 @@ class CircuitBreaker:
         with self._lock:
             self._close()
 
+    # -- state as data ----------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """The breaker's state as JSON-ready data (times are values of its clock)."""
+        with self._lock:
+            return {
+                "state": self._state,
+                "consecutive": self._consecutive,
+                "window": [[at, failed] for at, failed in self._window],
+                "opened_at": self._opened_at,
+                "probes": self._probes,
+            }
+
+    @classmethod
+    def from_state(
+        cls,
+        state: Mapping[str, Any],
+        name: str = "",
+        config: BreakerConfig | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        on_change: StateListener | None = None,
+    ) -> CircuitBreaker:
+        """A breaker in the state ``to_state()`` exported (``ValueError`` when it is not such data)."""
+        breaker = cls(name, config, clock=clock, on_change=on_change)
+        try:
+            if state["state"] not in ("closed", "open", "half_open"):
+                raise ValueError(f"unknown breaker state {state['state']!r}")
+            breaker._state = state["state"]
+            breaker._consecutive = int(state["consecutive"])
+            breaker._window = deque((float(at), bool(failed)) for at, failed in state["window"])
+            breaker._failures_in_window = sum(failed for _, failed in breaker._window)
+            opened_at = state["opened_at"]
+            breaker._opened_at = None if opened_at is None else float(opened_at)
+            breaker._probes = int(state["probes"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not a breaker state: {state!r}") from exc
+        return breaker
+
     # -- internals (called with the lock held) ---------------------------------------------------
+
+    def _count_failure(self, now: float) -> None:
+        """A failure while closed: the two rules that may open the circuit."""
+        self._consecutive += 1
+        self._add(now, failed=True)
+        cfg = self.config
+        if cfg.failure_threshold and self._consecutive >= cfg.failure_threshold:
+            self._open(now, f"{self._consecutive} consecutive failures")
+            return
+        calls = len(self._window)
+        if cfg.error_rate_threshold and calls >= cfg.min_calls:
+            rate = self._failures_in_window / calls
+            if rate >= cfg.error_rate_threshold:
+                self._open(now, f"error rate {rate:.0%} over the last {cfg.window:g} s ({calls} calls)")
 
     def _current(self, now: float) -> BreakerState:
         if self._state == "open":

@@ -32,10 +32,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 
+from gtl_nb.engine.stores.base import ResponseCache
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import (
     CompletionRequest,
@@ -68,12 +69,17 @@ class CacheConfig:
     """Answers kept by the in-memory backend (least recently used ones are evicted)."""
     cache_nonzero_temperature: bool = False
     """Also cache requests that sample (temperature > 0 or unset) without a per-request ``cache = true``."""
-    backend: str = "memory"
-    """Which ``CacheBackend``: ``"memory"`` here; others are provided by the engine."""
+    backend: str = "memory://"
+    """Where answers live: ``memory://`` (this process, an LRU of ``max_entries``; ``"memory"`` is the
+    older spelling) or ``sqlite:///path`` (a file the processes of one machine share)."""
 
     def __post_init__(self) -> None:
         if self.ttl <= 0 or self.max_entries < 1:
             raise ConfigurationError("[cache] ttl must be > 0 seconds and max_entries >= 1")
+        if isinstance(self.backend, str):  # from_dict reports a wrong type itself
+            from gtl_nb.engine.stores.urls import parse_store_url
+
+            parse_store_url(self.backend, where="[cache] backend")
 
     @classmethod
     def from_dict(cls, table: Mapping[str, Any] | None, *, where: str = "[cache]") -> CacheConfig:
@@ -220,19 +226,10 @@ def replay(answer: CachedAnswer, session_id: str) -> list[StreamEvent]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Backends
+# Backends: the one cache interface is the async ``engine.stores.ResponseCache`` (``CacheBackend``
+# is its older name); ``MemoryCache`` is the synchronous LRU that ``MemoryResponseCache`` wraps.
 
-
-class CacheBackend(Protocol):
-    """Where cached answers live. ``ttl=None`` means the backend's default."""
-
-    def get(self, key: str) -> CachedAnswer | None: ...
-
-    def set(self, key: str, answer: CachedAnswer, ttl: float | None = None) -> None: ...
-
-    def delete(self, key: str) -> None: ...
-
-    def clear(self) -> None: ...
+CacheBackend = ResponseCache
 
 
 class MemoryCache:
@@ -306,8 +303,12 @@ class MemoryCache:
             }
 
 
-def make_cache(config: CacheConfig, *, clock: Callable[[], float] = time.monotonic) -> CacheBackend:
-    """The backend ``config.backend`` names (only ``"memory"`` is built here)."""
-    if config.backend == "memory":
+def make_cache(config: CacheConfig, *, clock: Callable[[], float] = time.monotonic) -> MemoryCache:
+    """The synchronous in-memory LRU for ``config`` (other backends are async stores: ``open_stores``)."""
+    from gtl_nb.engine.stores.urls import parse_store_url
+
+    if parse_store_url(config.backend, where="[cache] backend").scheme == "memory":
         return MemoryCache(config.max_entries, config.ttl, clock)
-    raise ConfigurationError(f"[cache] unknown backend {config.backend!r} (built in: 'memory')")
+    raise ConfigurationError(
+        f"[cache] backend {config.backend!r} is an async store: open it with engine.stores.open_stores"
+    )

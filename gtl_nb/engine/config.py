@@ -168,6 +168,7 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
     "ledger": {
         "enabled": Field((bool,), True, "record every response's usage and cost"),
         "path": Field(_OPT_STR, None, "SQLite file (default: gtl_nb.engine.ledger.default_ledger_path())"),
+        "url": Field(_OPT_STR, None, "store URL: sqlite:///relative/path, sqlite:////absolute/path or memory://"),
     },
     "gateway": {
         "host": Field((str,), "127.0.0.1", "interface the gateway listens on"),
@@ -271,6 +272,33 @@ class Config:
     deployment_timeouts: dict[str, Timeouts] = field(default_factory=dict)
     implied: tuple[str, ...] = ()
     credential_hints: dict[str, str] = field(default_factory=dict, repr=False)
+    specs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    """Each deployment's merged table as written (secrets included: never shown)."""
+    home: Path = field(default_factory=Path.home, repr=False)
+    known_types: frozenset[str] = field(default_factory=frozenset, repr=False)
+    environ: Mapping[str, str] | None = field(default=None, repr=False)
+    """The environment given to ``load_config`` (``None``: the live ``os.environ``)."""
+
+    def rebuild_deployment(self, name: str, environ: Mapping[str, str]) -> Deployment:
+        """``name`` built again from its table and the given environment (a rotated key is picked up)."""
+        deployment, _hint = _build_deployment(
+            name, self.specs[name], environ, self.home, set(self.known_types), warn=False
+        )
+        return deployment
+
+    def credential_sources(self, name: str) -> tuple[tuple[str, ...], tuple[Path, ...]]:
+        """The environment variables and files ``name``'s credentials may be read from."""
+        spec = self.specs.get(name, {})
+        kind = spec.get("type", name)
+        variables = [v for names in ENV_VARS.get(kind, {}).values() for v in names]
+        if "api_key_env" in spec:
+            variables.append(spec["api_key_env"])
+        files: tuple[Path, ...] = ()
+        if kind == "bedrock":
+            variables += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"]
+            variables += ["AWS_DEFAULT_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"]
+            files = (self.home / ".aws" / "credentials", self.home / ".aws" / "config")
+        return tuple(variables), files
 
     def deployment(self, name: str) -> Deployment:
         """The deployment called ``name``."""
@@ -380,6 +408,10 @@ def load_config(
         deployment_timeouts=per_deployment_timeouts,
         implied=tuple(implied),
         credential_hints=hints,
+        specs={name: dict(spec) for name, spec in specs.items()},
+        home=home_dir,
+        known_types=frozenset(known),
+        environ=None if environ is None else dict(environ),
     )
 
 
@@ -619,7 +651,7 @@ def _timeouts_dict(timeouts: Timeouts) -> dict[str, Any]:
 
 
 def _build_deployment(
-    name: str, spec: Mapping[str, Any], env: Mapping[str, str], home: Path, known: set[str]
+    name: str, spec: Mapping[str, Any], env: Mapping[str, str], home: Path, known: set[str], *, warn: bool = True
 ) -> tuple[Deployment, str | None]:
     provider_type = spec.get("type", name)
     if provider_type not in known:
@@ -659,10 +691,10 @@ def _build_deployment(
         hint = hint or aws_hint
     for key in CREDENTIAL_FIELDS:
         if isinstance(values.get(key), str):
-            values[key] = clean_credential(values[key], sources[key]) or None
+            values[key] = clean_credential(values[key], sources[key], warn=warn) or None
     if values.get("headers"):
         values["headers"] = {
-            header: clean_credential(text, f"header {header!r} in [providers.{name}]")
+            header: clean_credential(text, f"header {header!r} in [providers.{name}]", warn=warn)
             for header, text in values["headers"].items()
         }
     values["models"] = tuple(values.get("models", ()))
@@ -690,7 +722,7 @@ def ollama_url(value: str) -> str:
 CREDENTIAL_FIELDS = ("api_key", "aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 
 
-def clean_credential(value: str, source: str) -> str:
+def clean_credential(value: str, source: str, *, warn: bool = True) -> str:
     """A credential as it can travel in an HTTP header, or a ``ConfigurationError`` naming its source.
 
     Surrounding whitespace (a key file's trailing newline) is removed with a warning; any other
@@ -698,7 +730,7 @@ def clean_credential(value: str, source: str) -> str:
     quoted: not in the warning, not in the error.
     """
     stripped = value.strip()
-    if stripped != value:
+    if stripped != value and warn:  # said once, when the configuration loads; not at every re-read
         warnings.warn(
             f"{source}: removed whitespace around the credential (a trailing newline from a key file?)",
             CredentialWhitespaceWarning,

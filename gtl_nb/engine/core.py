@@ -2,10 +2,12 @@
 
 ``Engine.stream(request)`` is the one path every request takes, embedded or behind the gateway:
 
-1. **Budgets** — the user's requests/tokens per minute and money per UTC day are checked against
-   the ledger (shared by every process) before anything else: ``RATE_LIMIT`` / ``BUDGET_EXCEEDED``,
-   no upstream call.
-2. **Ledger** — one row is inserted (``started``) before any upstream call and completed once.
+1. **Budgets** — the principal's requests/tokens per minute and money per UTC day are reserved in
+   the ``BudgetCounter`` (one atomic check-and-count, shared by processes when the store is) before
+   anything else: ``RATE_LIMIT`` / ``BUDGET_EXCEEDED``, no upstream call; the estimate is settled
+   with the actual tokens and cost when the session ends.
+2. **Ledger** — one row is inserted (``started``) before any upstream call and completed once,
+   with the request context (principal, tenant, key id, trace id).
 3. **Routing** — the deployments that may answer (``routing.Router``), in the order the request
    gives (``providers=[...]``) or the configured strategy chooses (round-robin, weighted, lowest
    cost, lowest latency), open circuits last.
@@ -21,28 +23,47 @@
    ends with ``INTERNAL``); ``usage`` is priced from the catalog; ``done`` is stamped with the
    deployment, model, ``ttft_ms``, ``latency_ms`` and ``provider_data``; the session ends with
    exactly one ``done`` or ``error`` — a stream is never silently truncated.
+
+The engine reads its state only through the store interfaces (``engine.stores``), its clock, sleep
+and HTTP transport only as injected by ``engine.builder.build_engine`` (the one place that builds
+an engine), and announces what happens on ``engine.hooks`` (``Hooks``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from gtl_nb.engine.breaker import BreakerBoard, BreakerConfig
-from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, make_cache, replay
+from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, replay
 from gtl_nb.engine.coalesce import Flight
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.credentials import CredentialResolver
+from gtl_nb.engine.hooks import (
+    AttemptStarted,
+    BreakerChanged,
+    CacheHit,
+    FailedOver,
+    Hooks,
+    RequestFinished,
+    RequestStarted,
+    RetryScheduled,
+)
 from gtl_nb.engine.http import HttpRunner, Timeouts
-from gtl_nb.engine.ratelimit import BudgetConfig, BudgetGuard
-from gtl_nb.engine.retry import RetryPolicy
+from gtl_nb.engine.ledger import finish_fields
+from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.routing import Router, Target
-from gtl_nb.engine.strategies import strategy_from_routing
+from gtl_nb.engine.settings import RoutingSettings
+from gtl_nb.engine.stores import Reservation, Stores
+from gtl_nb.engine.strategies import make_strategy
+from gtl_nb.engine.transport import TransportError
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import (
     GTLError,
@@ -65,41 +86,14 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.protocol.session import SessionStateMachine
 from gtl_nb.providers.base import Deployment
+from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
 
 log = get_logger("engine")
 
 _CONTENT = (Token, Reasoning, ToolCallEvent)
-ROUTING_SUBTABLES = ("breaker", "retry", "context_fallbacks")
-
-
-class _MemoryUsage:
-    """What budgets read when there is no ledger: this process's requests of the last day.
-
-    A request is counted when it starts (so concurrent ones see each other) and its tokens and cost
-    when it ends; requests refused by a budget are not counted at all."""
-
-    def __init__(self) -> None:
-        self.records: deque[tuple[float, str, int, int, float]] = deque()
-
-    def started(self, when: float, user: str) -> None:
-        self._add((when, user, 1, 0, 0.0))
-
-    def finished(self, when: float, user: str, usage: Usage | None) -> None:
-        if usage is not None:
-            tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0)
-            if not usage.cache_hit:
-                self._add((when, user, 0, tokens, usage.cost or 0.0))
-
-    def _add(self, record: tuple[float, str, int, int, float]) -> None:
-        self.records.append(record)
-        horizon = record[0] - 86_400.0  # budgets look back one UTC day at most
-        while self.records and self.records[0][0] < horizon:
-            self.records.popleft()
-
-    def totals(self, user: str, since: float) -> tuple[int, int, float]:
-        rows = [r for r in self.records if r[0] >= since and r[1] == user]
-        return sum(r[2] for r in rows), sum(r[3] for r in rows), sum(r[4] for r in rows)
+#: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
+DEFAULT_OUTPUT_ESTIMATE = 256
 
 
 class SessionEnd:
@@ -111,75 +105,112 @@ class SessionEnd:
         self.event: Done | Error | None = None
 
 
+@dataclass
+class _SessionRecord:
+    """What a session's ledger row needs beyond its events: where it went and how it was served."""
+
+    path: list[str] = field(default_factory=list)
+    model: str | None = None  # the model asked of the last deployment tried, as that provider names it
+    cache_hit: bool = False
+    coalesced: bool = False
+
+
+@dataclass
+class _AttemptOutcome:
+    """How one attempt at one target ended, for the attempt loop."""
+
+    events: list[StreamEvent] = field(default_factory=list)
+    done: Done | None = None
+    error: Error | None = None
+    content: bool = False  # content or usage reached the caller: a retry would duplicate it
+    ttft: float | None = None  # this attempt's own time to first content, for lowest_latency
+
+
 class Engine:
-    """Runs completion requests against configured deployments (see the module docstring)."""
+    """Runs completion requests against configured deployments (see the module docstring).
+
+    Build one with ``engine.builder.build_engine``; the constructor takes the parts already built.
+    """
 
     def __init__(
         self,
-        deployments: dict[str, Deployment],
         *,
-        catalog: Any = None,
-        timeouts: Timeouts | None = None,
-        ledger: Any = None,
-        routing: dict[str, Any] | None = None,
-        cache: dict[str, Any] | None = None,
-        budgets: dict[str, Any] | None = None,
+        deployments: Mapping[str, Deployment],
+        catalog: Catalog | None,
+        runner: HttpRunner,
+        stores: Stores,
+        routing: RoutingSettings,
+        cache: CacheConfig,
+        budgets: BudgetConfig | None,
+        deployment_timeouts: Mapping[str, Timeouts],
+        credentials: CredentialResolver,
+        hooks: Hooks,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
     ) -> None:
-        routing = dict(routing or {})
-        self.deployments = deployments
+        self.deployments = dict(deployments)
         self.catalog = catalog
-        self.ledger = ledger
-        self.router = Router(deployments, catalog)
-        self.http = HttpRunner(timeouts)
+        self.router = Router(self.deployments, catalog)
+        self.http = runner
+        self.stores = stores
+        self.hooks = hooks
+        self.credentials = credentials
         self.clock = clock
         self.wall_clock = wall_clock
         self._sleep = sleep
-        self.breakers = BreakerBoard(BreakerConfig.from_dict(routing.get("breaker")), clock=clock)
-        self.retry = RetryPolicy.from_dict(routing.get("retry"), rng=rng)
-        self.strategy = strategy_from_routing(
-            routing, healthy=self.breakers.would_allow, price_of=self._price_of, other_keys=ROUTING_SUBTABLES
+        self.retry = routing.retry if rng is None else dataclasses.replace(routing.retry, rng=rng)
+        self._health: Mapping[str, dict[str, Any]] = {}
+        self.strategy = make_strategy(
+            routing.strategy, healthy=self._healthy, price_of=self._price_of, **dict(routing.strategy_options)
         )
-        self.context_fallbacks: dict[str, str] = dict(routing.get("context_fallbacks") or {})
-        self.cache_config = CacheConfig.from_dict(cache)
-        self.cache = make_cache(self.cache_config, clock=clock)
-        self._memory_usage = _MemoryUsage()
-        budget_config = BudgetConfig.from_dict(budgets)
-        self.budgets = BudgetGuard(budget_config, self._usage_since, clock_wall=wall_clock) if budgets else None
+        self.context_fallbacks: dict[str, str] = dict(routing.context_fallbacks)
+        self.cache_config = cache
+        self.budgets = budgets
+        self.deployment_timeouts = dict(deployment_timeouts)
         self._flights: dict[str, Flight] = {}
-        self._budget_gate = asyncio.Lock()
+        self._background: set[asyncio.Future[Any]] = set()
+
+    @property
+    def ledger(self) -> Any:
+        """The usage ledger store (``None`` when no ledger is kept)."""
+        return self.stores.ledger
 
     # -- public -------------------------------------------------------------------------------
 
     async def stream(
-        self, request: CompletionRequest, *, user: str | None = None, ending: SessionEnd | None = None
+        self,
+        request: CompletionRequest,
+        *,
+        context: RequestContext | None = None,
+        user: str | None = None,
+        ending: SessionEnd | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """The complete, validated event stream of ``request``, recorded as one ledger row.
 
-        The row is inserted (status ``started``) before any upstream call and completed once, before
-        the terminal event is handed on — also when the caller stops listening early (``cancelled``).
-        ``ending`` receives the terminal event as soon as the row is being completed with it, so a runner
-        cancelled in between reports that event rather than ``CANCELLED``.
+        ``context`` says who the request is for (``user=`` is the shorthand for a context with only a
+        principal). The row is inserted (status ``started``) before any upstream call and completed
+        once, before the terminal event is handed on — also when the caller stops listening early
+        (``cancelled``). ``ending`` receives the terminal event as soon as the row is being completed
+        with it, so a runner cancelled in between reports that event rather than ``CANCELLED``.
         """
-        user = user or ""  # one spelling of "no user" for the ledger, budgets and the memory window
-        if self.budgets is None:
-            refusal, row = None, await self._ledger_start(request, user)
-        else:
-            # check and insert as one step per process, so concurrent requests (a batch) cannot all
-            # pass the check before any of them is counted
-            async with self._budget_gate:
-                refusal = await self._check_budget(request, user)
-                row = await self._ledger_start(request, user)
-                if refusal is None and self.ledger is None:
-                    self._memory_usage.started(self.wall_clock(), user)
-        record: dict[str, Any] = {"path": [], "cache_hit": False, "coalesced": False}
+        if context is None:
+            context = RequestContext(principal=user or "")
+        try:
+            targets: list[Target] | GTLError = self.router.targets(request)  # routing resolved once
+        except GTLError as exc:
+            targets = exc
+        reservation, refusal = await self._reserve(request, context, targets)
+        model = targets[0].model if isinstance(targets, list) and targets else request.model
+        row = await self._ledger_start(request, context, model)
+        if self.hooks:
+            self.hooks.emit(RequestStarted(request.session_id, context, request.model))
+        record = _SessionRecord()
         usage: Usage | None = None
         end: Done | Error | None = None
         try:
-            async with aclosing(self._guarded(request, record, refusal)) as events:
+            async with aclosing(self._guarded(request, targets, record, refusal)) as events:
                 async for event in events:
                     if isinstance(event, Usage):
                         usage = event
@@ -189,24 +220,26 @@ class Engine:
                         end = event
                         if ending is not None:
                             ending.event = event
-                        if self.ledger is None and self.budgets is not None and refusal is None:
-                            self._memory_usage.finished(self.wall_clock(), user, usage)
-                        if row is not None:  # complete the row before the caller sees the end
-                            finished, row = row, None
-                            await self._ledger_finish(finished, end, usage, record)
+                        finished, row = row, None  # complete the row before the caller sees the end
+                        await self._finish(request, context, finished, end, usage, record, reservation)
+                        reservation = None
                     yield event
         finally:
-            if row is not None:
-                await self._ledger_finish(row, end, usage, record)
+            if row is not None or reservation is not None:
+                await self._finish(request, context, row, end, usage, record, reservation)
 
     async def _guarded(
-        self, request: CompletionRequest, record: dict[str, Any], refusal: Error | None
+        self,
+        request: CompletionRequest,
+        targets: list[Target] | GTLError,
+        record: _SessionRecord,
+        refusal: Error | None,
     ) -> AsyncIterator[StreamEvent]:
         """``_run``, with a bug anywhere below turned into an ``INTERNAL`` error that still ends the
         session (and its ledger row) properly instead of an exception that leaves both open."""
         ended = False
         try:
-            async with aclosing(self._run(request, record, refusal)) as events:
+            async with aclosing(self._run(request, targets, record, refusal)) as events:
                 async for event in events:
                     ended = isinstance(event, (Done, Error))
                     yield event
@@ -218,19 +251,49 @@ class Engine:
                 session_id=request.session_id,
                 code="INTERNAL",
                 message=f"gtl_nb internal error: {type(exc).__name__}: {exc}",
-                provider=record["path"][-1] if record["path"] else None,
+                provider=record.path[-1] if record.path else None,
             )
 
-    def breaker_states(self) -> dict[str, dict[str, Any]]:
+    async def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Each deployment's circuit: state, failures, error rate, when it may be tried again."""
-        return {name: self.breakers.get(name).snapshot() for name in self.deployments}
+        snapshots = await self.stores.breakers.snapshots(self.deployments)
+        return {name: {k: v for k, v in snap.items() if k != "allowed"} for name, snap in snapshots.items()}
 
-    async def _ledger_start(self, request: CompletionRequest, user: str | None) -> int | None:
-        if self.ledger is None:
+    # -- budgets and the ledger ---------------------------------------------------------------
+
+    async def _reserve(
+        self, request: CompletionRequest, context: RequestContext, targets: list[Target] | GTLError
+    ) -> tuple[Reservation | None, Error | None]:
+        """Count the request against the principal's budgets: the reservation, or the refusal."""
+        if self.budgets is None:
+            return None, None
+        limits = self.budgets.limits_for(context.principal)
+        if not limits.any:
+            return None, None
+        output = _output_estimate(request)
+        tokens = _estimate_input_tokens(request) + output
+        cost = 0.0
+        if isinstance(targets, list) and targets and self.catalog is not None:
+            first = targets[0]
+            cost = self.catalog.cost(first.deployment.type, first.model, tokens - output, output) or 0.0
+        try:
+            reservation = await self.stores.budgets.reserve(
+                context.principal,
+                limits,
+                now=self.wall_clock(),
+                tokens=tokens,
+                cost=cost,
+                session_id=request.session_id,
+            )
+        except GTLError as exc:
+            return None, exc.to_event(request.session_id)
+        return reservation, None
+
+    async def _ledger_start(self, request: CompletionRequest, context: RequestContext, model: str) -> int | None:
+        ledger = self.stores.ledger
+        if ledger is None:
             return None
-        insert = asyncio.ensure_future(
-            asyncio.to_thread(self.ledger.start, session_id=request.session_id, user=user, model=request.model)
-        )
+        insert = asyncio.ensure_future(ledger.start(session_id=request.session_id, context=context, model=model))
         try:
             return await asyncio.shield(insert)
         except asyncio.CancelledError:
@@ -242,57 +305,77 @@ class Engine:
             return None
 
     def _finish_cancelled_insert(self, insert: asyncio.Future[int]) -> None:
-        if insert.cancelled() or insert.exception() is not None:
+        if insert.cancelled() or insert.exception() is not None or self.stores.ledger is None:
             return
-        row = insert.result()
-        asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.ledger.finish(row, status="cancelled", error_code="CANCELLED")
-        )
+        finish = self.stores.ledger.finish(insert.result(), status="cancelled", error_code="CANCELLED")
+        task = asyncio.ensure_future(finish)
+        self._background.add(task)  # held until done: a task nobody references may be collected
+        task.add_done_callback(self._background.discard)
 
-    async def _ledger_finish(
-        self, row: int, end: Done | Error | None, usage: Usage | None, record: dict[str, Any]
+    async def _finish(
+        self,
+        request: CompletionRequest,
+        context: RequestContext,
+        row: int | None,
+        end: Done | Error | None,
+        usage: Usage | None,
+        record: _SessionRecord,
+        reservation: Reservation | None,
     ) -> None:
-        from gtl_nb.engine.ledger import finish_fields
-
+        """Complete the ledger row and settle the budget reservation (both survive a cancellation)."""
         if end is None:
             fields: dict[str, Any] = {"status": "cancelled", "error_code": "CANCELLED"}
             if usage is not None:
                 fields.update(tokens_in=usage.tokens_in, tokens_out=usage.tokens_out, cost=usage.cost)
         else:
             fields = finish_fields(end, usage)
-        path: list[str] = record["path"]
-        fields["coalesced"] = record["coalesced"]
-        fields["cache_hit"] = record["cache_hit"] or bool(fields.get("cache_hit"))
-        deployment = self.deployments.get(fields.get("deployment") or (path[-1] if path else ""))
+        fields["coalesced"] = record.coalesced
+        fields["cache_hit"] = record.cache_hit or bool(fields.get("cache_hit"))
+        fields["model"] = fields.get("model") or record.model  # the bare model, never "deployment:model"
+        deployment = self.deployments.get(fields.get("deployment") or (record.path[-1] if record.path else ""))
         if deployment is not None:
             fields["deployment"] = fields.get("deployment") or deployment.name
             fields["provider_type"] = deployment.type
-        write = asyncio.ensure_future(asyncio.to_thread(self.ledger.finish, row, failover_path=path or None, **fields))
+        work = []
+        if row is not None and self.stores.ledger is not None:
+            work.append(self._ledger_finish(row, record, fields))
+        if reservation is not None:
+            work.append(self._settle(reservation, usage))
+        if work:
+            write = asyncio.ensure_future(asyncio.gather(*work))
+            try:
+                await asyncio.shield(write)  # a cancellation must not lose the row's completion
+            except asyncio.CancelledError:
+                # the write runs on; let it land before the caller hears of the end, so a reader
+                # right after sees the row finished (a second cancel stops this wait, not the write)
+                await asyncio.wait({write})
+                raise
+        if self.hooks:
+            self.hooks.emit(_finished_event(request, context, fields, record))
+
+    async def _ledger_finish(self, row: int, record: _SessionRecord, fields: dict[str, Any]) -> None:
         try:
-            await asyncio.shield(write)  # a cancellation must not lose the row's completion
-        except asyncio.CancelledError:
-            # the write runs on in its thread; let it land before the caller hears of the end, so a
-            # reader right after sees the row finished (a second cancel stops this wait, not the write)
-            await asyncio.wait({write})
-            raise
+            await self.stores.ledger.finish(row, failover_path=record.path or None, **fields)  # type: ignore[union-attr]
         except Exception:
             log.exception("ledger: could not complete row %s", row)
 
-    async def _check_budget(self, request: CompletionRequest, user: str | None) -> Error | None:
-        """The refusal the user's budgets give, or ``None`` (read before the row of this request exists)."""
-        if self.budgets is None:
-            return None
+    async def _settle(self, reservation: Reservation, usage: Usage | None) -> None:
+        tokens = cost = None
+        if usage is not None and not usage.cache_hit:
+            tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0)
+            cost = usage.cost
+        elif usage is None or usage.cache_hit:
+            tokens, cost = 0, 0.0  # nothing was used upstream (refused, cancelled early, or a replay)
         try:
-            await asyncio.to_thread(self.budgets.check, user or "", self.wall_clock())
-        except GTLError as exc:
-            return exc.to_event(request.session_id)
-        return None
+            await self.stores.budgets.settle(reservation, tokens=tokens, cost=cost, now=self.wall_clock())
+        except Exception:
+            log.exception("budgets: could not settle the reservation of %s", reservation.principal)
 
-    def _usage_since(self, user: str, since: float) -> tuple[int, int, float]:
-        if self.ledger is not None:
-            totals = self.ledger.totals(user=user, since=since)
-            return totals.requests, totals.tokens, totals.cost
-        return self._memory_usage.totals(user, since)
+    # -- routing ------------------------------------------------------------------------------
+
+    def _healthy(self, deployment: str) -> bool:
+        snapshot = self._health.get(deployment)
+        return True if snapshot is None else bool(snapshot.get("allowed", True))
 
     def _price_of(self, target: Target) -> float | None:
         if self.catalog is None:
@@ -302,16 +385,21 @@ class Engine:
             return None
         return info.cost_per_1k_input + info.cost_per_1k_output
 
-    def _ordered(self, request: CompletionRequest) -> list[Target]:
-        targets = self.router.targets(request)
+    async def _ordered(self, request: CompletionRequest, targets: list[Target]) -> list[Target]:
+        health = await self.stores.breakers.snapshots({t.name for t in targets})
+        self._health = health  # read by the synchronous ordering below, before any other await
         if self.router.explicit(request) or len(targets) < 2:
             # the request's own order is the failover order; open circuits still go last
-            healthy = [t for t in targets if self.breakers.would_allow(t.name)]
+            healthy = [t for t in targets if self._healthy(t.name)]
             return healthy + [t for t in targets if t not in healthy]
         return self.strategy.order(targets, request.model)
 
     async def _run(
-        self, request: CompletionRequest, record: dict[str, Any], refusal: Error | None
+        self,
+        request: CompletionRequest,
+        targets: list[Target] | GTLError,
+        record: _SessionRecord,
+        refusal: Error | None,
     ) -> AsyncIterator[StreamEvent]:
         sid = request.session_id
         machine = SessionStateMachine(sid)
@@ -322,18 +410,20 @@ class Engine:
         if refusal is not None:
             yield refusal
             return
-        try:
-            targets = self._ordered(request)
-        except GTLError as exc:
-            yield exc.to_event(sid)
+        if isinstance(targets, GTLError):
+            yield targets.to_event(sid)
             return
+        targets = await self._ordered(request, targets)
         key = None
         if is_cacheable(request, self.cache_config):
             key = cache_key(targets[0].name, targets[0].model, request)
-            hit = self.cache.get(key)
+            hit = await self.stores.cache.get(key)
             if hit is not None:
-                record["cache_hit"] = True
-                record["path"].append(hit.deployment)
+                record.cache_hit = True
+                record.path.append(hit.deployment)
+                record.model = hit.model
+                if self.hooks:
+                    self.hooks.emit(CacheHit(sid, hit.deployment))
                 for event in replay(hit, sid):
                     if isinstance(event, Done):
                         event = msgspec.structs.replace(event, latency_ms=_ms(self.clock() - started))
@@ -343,8 +433,9 @@ class Engine:
         flight_key = key or self._coalescing_key(request, targets[0])
         flight = self._flights.get(flight_key) if flight_key else None
         if flight is not None:
-            record["coalesced"] = True
-            record["path"].append(targets[0].name)
+            record.coalesced = True
+            record.path.append(targets[0].name)
+            record.model = targets[0].model
             first: float | None = None
             async with aclosing(flight.follow(sid)) as events:
                 async for event in events:
@@ -405,7 +496,7 @@ class Engine:
         self,
         request: CompletionRequest,
         targets: list[Target],
-        record: dict[str, Any],
+        record: _SessionRecord,
         machine: SessionStateMachine,
         started: float,
         key: str | None,
@@ -418,6 +509,7 @@ class Engine:
         yielded, so a consumer that stops at ``done`` loses none of it.
         """
         sid = request.session_id
+        breakers = self.stores.breakers
         deadline = self.retry.deadline_from(started)
         targets = list(targets)
         tried = {(t.name, t.model) for t in targets}
@@ -427,40 +519,46 @@ class Engine:
         while index < len(targets):
             target = targets[index]
             index += 1
-            breaker = self.breakers.get(target.name)
-            grant = breaker.acquire()
+            grant = await breakers.acquire(target.name)
             if grant is None:
                 refused.append(target.name)
                 continue
             try:
                 if last_failure is not None:
                     previous, failed = last_failure
+                    reason = f"{failed.code}: {failed.message}"
                     status = Status(
                         session_id=sid,
                         state="failover",
                         from_provider=previous.name,
                         to_provider=target.name,
-                        reason=f"{failed.code}: {failed.message}",
+                        reason=reason,
                     )
                     machine.advance(status)
+                    if self.hooks:
+                        self.hooks.emit(FailedOver(sid, previous.name, target.name, reason))
                     yield status
-                record["path"].append(target.name)
+                record.path.append(target.name)
+                record.model = target.model
                 attempt = 0
                 while True:  # attempts at this target, each holding the breaker grant
                     attempt += 1
-                    outcome: dict[str, Any] = {}
+                    if self.hooks:
+                        self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt))
+                    outcome = _AttemptOutcome()
                     async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as events:
                         async for event in events:
                             if isinstance(event, Done):
-                                breaker.record_success()
+                                self._breaker_changed(target.name, await breakers.record_success(target.name))
                                 grant = None
-                                self._remember_success(request, target, outcome, key)
+                                await self._remember_success(request, target, outcome, key)
                             yield event
-                    if "done" in outcome:
+                    if outcome.done is not None:
                         return
-                    failed = outcome["error"]
+                    failed = outcome.error
+                    assert failed is not None
                     if failed.retryable:
-                        breaker.record_failure()
+                        self._breaker_changed(target.name, await breakers.record_failure(target.name))
                         grant = None
                     if not failed.retryable:
                         fallback = self._context_fallback(failed, target)
@@ -472,27 +570,31 @@ class Engine:
                         last_failure = (target, failed)
                         break
                     last_failure = (target, failed)
-                    if outcome.get("content"):
+                    if outcome.content:
                         break  # never retry once content or usage was sent: fail over, which discards it
                     delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
                     if delay is None:
                         break
-                    grant = breaker.acquire()
+                    grant = await breakers.acquire(target.name)
                     if grant is None:
                         break
-                    status = Status(
-                        session_id=sid, state="retrying", attempt=attempt + 1, reason=f"{failed.code}: {failed.message}"
-                    )
+                    reason = f"{failed.code}: {failed.message}"
+                    status = Status(session_id=sid, state="retrying", attempt=attempt + 1, reason=reason)
                     machine.advance(status)
+                    if self.hooks:
+                        self.hooks.emit(RetryScheduled(sid, target.name, attempt + 1, delay, reason))
                     yield status
                     await self._sleep(delay)
             finally:
                 if grant == "probe":
-                    breaker.release()  # no verdict: a caller mistake, or the session was cancelled
+                    # no verdict: a caller mistake, or the session was cancelled (shielded, so a
+                    # cancellation cannot leave the probe slot taken)
+                    await asyncio.shield(breakers.release(target.name))
         if last_failure is not None:
             yield last_failure[1]
             return
-        retry_in = [self.breakers.get(name).snapshot().get("retry_in") for name in refused]
+        snapshots = await breakers.snapshots(refused)
+        retry_in = [snapshots.get(name, {}).get("retry_in") for name in refused]
         wait = min((r for r in retry_in if r is not None), default=None)
         yield Error(
             session_id=sid,
@@ -502,19 +604,26 @@ class Engine:
             retry_after=wait,
         )
 
-    def _remember_success(
-        self, request: CompletionRequest, target: Target, outcome: dict[str, Any], key: str | None
+    def _breaker_changed(self, deployment: str, change: tuple[str, str] | None) -> None:
+        if change is not None and self.hooks:
+            self.hooks.emit(BreakerChanged(deployment, change[0], change[1]))
+
+    async def _remember_success(
+        self, request: CompletionRequest, target: Target, outcome: _AttemptOutcome, key: str | None
     ) -> None:
         """What a successful attempt teaches: its own time to first token, and a cache entry stored
         under the key of the deployment that actually answered."""
-        if outcome.get("ttft") is not None:
-            self.strategy.observe_ttft(target.name, outcome["ttft"])
+        if outcome.ttft is not None:
+            self.strategy.observe_ttft(target.name, outcome.ttft)
         if key is not None:
             answer = CachedAnswer.from_events(
-                outcome["events"], deployment=target.name, model=target.model, stored_at=self.wall_clock()
+                outcome.events, deployment=target.name, model=target.model, stored_at=self.wall_clock()
             )
             if answer is not None:
-                self.cache.set(cache_key(target.name, target.model, request), answer)
+                try:
+                    await self.stores.cache.set(cache_key(target.name, target.model, request), answer)
+                except Exception:  # a cache that cannot store must not fail the answer
+                    log.exception("cache: could not store the answer of %s", request.session_id)
 
     def _context_fallback(self, failed: Error, target: Target) -> Target | None:
         if failed.code != "CONTEXT_LENGTH_EXCEEDED":
@@ -533,29 +642,27 @@ class Engine:
         target: Target,
         machine: SessionStateMachine,
         started: float,
-        outcome: dict[str, Any],
+        outcome: _AttemptOutcome,
     ) -> AsyncIterator[StreamEvent]:
         """One call to one target: yields its validated events; leaves ``done`` or ``error`` in ``outcome``."""
         sid = request.session_id
-        events: list[StreamEvent] = []
-        outcome["events"] = events
         first: float | None = None
         attempt_started = self.clock()
         attempt = self._attempt(request, target)
         try:
             async for event in attempt:
                 if isinstance(event, Error):
-                    outcome["error"] = event
+                    outcome.error = event
                     return
                 if isinstance(event, _CONTENT) and first is None:
                     first = self.clock()
-                    outcome["ttft"] = first - attempt_started  # this attempt's own, for lowest_latency
+                    outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
                 if isinstance(event, Done):
                     event = _stamp(event, target, started, first, self.clock())
                 try:
                     machine.advance(event)
                 except SessionStateError as exc:
-                    outcome["error"] = Error(
+                    outcome.error = Error(
                         session_id=sid,
                         code="INTERNAL",
                         message=f"{target.name} broke the event order: {exc}",
@@ -563,16 +670,16 @@ class Engine:
                     )
                     return
                 if isinstance(event, (*_CONTENT, Usage)):
-                    outcome["content"] = True  # the caller has it: a retry would duplicate it
-                events.append(event)
+                    outcome.content = True  # the caller has it: a retry would duplicate it
+                outcome.events.append(event)
                 if isinstance(event, Done):
-                    outcome["done"] = event
+                    outcome.done = event
                 yield event
                 if isinstance(event, Done):
                     return
         finally:
             await attempt.aclose()
-        outcome["error"] = Error(
+        outcome.error = Error(
             session_id=sid, code="INTERNAL", message=f"{target.name} ended without done or error", provider=target.name
         )
 
@@ -608,10 +715,11 @@ class Engine:
             return [model.name for model in provider.models()]
         if not hasattr(provider, "models_request"):
             raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
-        description = provider.models_request(deployment, now=time.time())
+        deployment = self.credentials.resolve(deployment)
+        description = provider.models_request(deployment, now=self.wall_clock())
         try:
-            status, headers, body = await self.http.fetch(description)
-        except (asyncio.TimeoutError, OSError) as exc:
+            status, headers, body = await self.http.fetch(description, self.deployment_timeouts.get(deployment.name))
+        except (asyncio.TimeoutError, OSError, TransportError) as exc:
             raise ProviderUnavailableError(
                 f"cannot list models of {deployment.name}: {exc}", provider=deployment.name
             ) from None
@@ -628,7 +736,9 @@ class Engine:
             raise ProviderUnavailableError(f"unreadable model list from {deployment.name}: {exc}") from None
 
     async def aclose(self) -> None:
+        """Close the HTTP pool and the stores."""
         await self.http.aclose()
+        await self.stores.aclose()
 
     # -- one attempt at one deployment --------------------------------------------------------
 
@@ -647,27 +757,20 @@ class Engine:
                 provider = options(dict(target.deployment.options))
             for delay, event in provider.generate(sent):
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
                 yield self._priced(event, target)
             return
-        decoder: Any = None
-        pending: Done | None = None
         try:
-            async for item in self.http.run(provider, sent, target.deployment):
-                if not isinstance(item, (Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error)):
-                    decoder = item  # the runner hands over the decoder once the body is consumed
-                elif pending is not None:
-                    log.warning("%s: %s after done ignored", target.name, type(item).__name__)
-                elif isinstance(item, Done):
-                    pending = item  # held until provider_data is readable
-                else:
-                    yield self._priced(item, target)
-        except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
+            deployment = self.credentials.resolve(target.deployment)  # current keys: rotation needs no restart
+        except GTLError as exc:
             yield _with_provider(exc.to_event(sid), target)
             return
-        if pending is not None:
-            data = getattr(decoder, "provider_data", None)
-            yield msgspec.structs.replace(pending, provider_data=data) if data else pending
+        timeouts = self.deployment_timeouts.get(target.name)
+        try:
+            async for event in self.http.run(provider, sent, deployment, timeouts):
+                yield self._priced(event, target)
+        except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
+            yield _with_provider(exc.to_event(sid), target)
 
     def _priced(self, event: StreamEvent, target: Target) -> StreamEvent:
         if (
@@ -700,4 +803,33 @@ def _stamp(done: Done, target: Target, started: float, first: float | None, now:
         model=done.model or target.model,
         ttft_ms=round((first - started) * 1000.0, 3) if first is not None else None,
         latency_ms=round((now - started) * 1000.0, 3),
+    )
+
+
+def _output_estimate(request: CompletionRequest) -> int:
+    return request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
+
+
+def _estimate_input_tokens(request: CompletionRequest) -> int:
+    """A request's input tokens for a budget reservation, at about four characters per token (the
+    reservation adds ``max_tokens``, or ``DEFAULT_OUTPUT_ESTIMATE``, and is settled with the real figures)."""
+    characters = sum(len(message.content or "") for message in request.messages)
+    return characters // 4 + 1
+
+
+def _finished_event(
+    request: CompletionRequest, context: RequestContext, fields: Mapping[str, Any], record: _SessionRecord
+) -> RequestFinished:
+    return RequestFinished(
+        session_id=request.session_id,
+        context=context,
+        status=str(fields.get("status")),
+        error_code=fields.get("error_code"),
+        deployment=fields.get("deployment"),
+        model=fields.get("model"),
+        tokens_in=fields.get("tokens_in"),
+        tokens_out=fields.get("tokens_out"),
+        cost=fields.get("cost"),
+        latency_ms=fields.get("latency_ms"),
+        cache_hit=bool(fields.get("cache_hit") or record.cache_hit),
     )

@@ -1,8 +1,9 @@
-"""The HTTP runner: the one pooled ``httpx.AsyncClient`` that executes dialects' request descriptions.
+"""The HTTP runner: executes dialects' request descriptions over an ``HttpTransport``.
 
-Dialects stay free of I/O and clocks; this module owns the network and the three timeouts:
+Dialects stay free of I/O and clocks; the transport (``engine.transport``; pooled httpx by default)
+puts bytes on the wire; this module owns the three timeouts, the body cap and the decoding:
 
-* ``connect`` — establishing the connection (``httpx.ConnectTimeout``),
+* ``connect`` — establishing the connection (the transport's ``ConnectTimeout``),
 * ``first_byte`` — one deadline from sending the request to the first byte of the body (the
   headers and the first chunk share it),
 * ``idle`` — the longest silence between two body chunks of a streamed answer.
@@ -16,14 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import msgspec
 
+from gtl_nb.engine.transport import (
+    ConnectionLost,
+    ConnectTimeout,
+    HttpResponse,
+    HttpTransport,
+    TransportError,
+    UnsendableRequest,
+)
 from gtl_nb.log import get_logger, redact
-from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, StreamEvent
 from gtl_nb.providers.base import Deployment, HttpDialect, HttpRequest, retry_after_seconds
 
 log = get_logger("engine.http")
@@ -54,50 +63,45 @@ class Timeouts:
 
 
 class HttpRunner:
-    """Executes dialect requests on one pooled client (created lazily on the running loop)."""
+    """Executes dialect requests over an ``HttpTransport`` (pooled httpx unless another is given)."""
 
     def __init__(
         self,
         timeouts: Timeouts | None = None,
         *,
-        max_connections: int = 100,
+        transport: HttpTransport | None = None,
+        wall_clock: Callable[[], float] = time.time,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
-        self.timeouts = timeouts or Timeouts()
-        self.max_response_bytes = max_response_bytes
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=20)
-        self._client: httpx.AsyncClient | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
+        if transport is None:
+            from gtl_nb.engine.httpx_transport import HttpxTransport
 
-    def _get_client(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client.is_closed or self._client_loop is not loop:
-            # a pool belongs to the loop that opened its connections (the engine's loop thread)
-            self._client_loop = loop
-            self._client = httpx.AsyncClient(
-                limits=self._limits,
-                timeout=httpx.Timeout(None, connect=self.timeouts.connect),
-                follow_redirects=False,
-                trust_env=False,
-            )
-        return self._client
+            transport = HttpxTransport()
+        self.timeouts = timeouts or Timeouts()
+        self.transport = transport
+        self.wall_clock = wall_clock  # signing (SigV4) and HTTP-date Retry-After read it
+        self.max_response_bytes = max_response_bytes
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.transport.aclose()
 
     async def fetch(
         self, description: HttpRequest, timeouts: Timeouts | None = None
     ) -> tuple[int, dict[str, str], bytes]:
-        """Execute a plain (non-streamed) request description: status, headers, body."""
+        """Execute a plain (non-streamed) request description: status, headers, body (capped).
+
+        Raises ``asyncio.TimeoutError`` or a ``TransportError``; the caller translates them."""
         limits = timeouts or self.timeouts
-        client = self._get_client()
-        request = client.build_request(
-            description.method, description.url, headers=description.headers, content=description.body
-        )
-        response = await asyncio.wait_for(client.send(request), limits.first_byte)
-        return response.status_code, dict(response.headers), response.content
+
+        async def exchange() -> tuple[int, dict[str, str], bytes]:
+            response = await self.transport.send(description, connect_timeout=limits.connect)
+            try:
+                body = await _read_capped(response, None, self.max_response_bytes)
+            finally:
+                await response.aclose()
+            return response.status, dict(response.headers), body
+
+        return await asyncio.wait_for(exchange(), limits.first_byte)
 
     async def run(
         self,
@@ -105,28 +109,20 @@ class HttpRunner:
         request: CompletionRequest,
         deployment: Deployment,
         timeouts: Timeouts | None = None,
-    ) -> AsyncIterator[StreamEvent | Any]:
-        """Send ``request`` through ``dialect`` and yield the decoded events.
-
-        Yields the dialect decoder object itself last (so the engine can read ``provider_data``).
-        """
+    ) -> AsyncIterator[StreamEvent]:
+        """Send ``request`` through ``dialect`` and yield the decoded events; the decoder's opaque
+        replay state (``provider_data``) goes on the ``done`` event it ends with."""
         limits = timeouts or self.timeouts
-        description = dialect.build_request(request, deployment, now=time.time())
-        client = self._get_client()
-        try:
-            http_request = client.build_request(
-                description.method, description.url, headers=description.headers, content=description.body
-            )
-        except (UnicodeError, ValueError, httpx.HTTPError) as exc:
-            yield _unsendable(request, deployment, exc)
-            return
+        description = dialect.build_request(request, deployment, now=self.wall_clock())
         log.debug("%s %s -> %s", description.method, _safe_url(description.url), deployment.name)
         loop = asyncio.get_running_loop()
         # ``first_byte`` is one deadline from sending the request to the first byte of the body
         first_byte_deadline = None if limits.first_byte is None else loop.time() + limits.first_byte
         try:
-            response = await asyncio.wait_for(client.send(http_request, stream=True), limits.first_byte)
-        except httpx.LocalProtocolError as exc:  # our own request is not valid HTTP: never retried
+            response = await asyncio.wait_for(
+                self.transport.send(description, connect_timeout=limits.connect), limits.first_byte
+            )
+        except UnsendableRequest as exc:  # our own request is not valid HTTP: never retried
             yield _unsendable(request, deployment, exc)
             return
         except asyncio.TimeoutError:
@@ -137,7 +133,7 @@ class HttpRunner:
                 f"no response within the first-byte timeout ({limits.first_byte} s)",
             )
             return
-        except httpx.ConnectTimeout:
+        except ConnectTimeout:
             yield _error(
                 request,
                 deployment,
@@ -145,7 +141,7 @@ class HttpRunner:
                 f"connect timeout ({limits.connect} s) to {_host(description.url)}",
             )
             return
-        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        except TransportError as exc:
             yield _error(
                 request,
                 deployment,
@@ -153,32 +149,30 @@ class HttpRunner:
                 f"cannot reach {_host(description.url)}: {exc or type(exc).__name__}",
             )
             return
-        except httpx.HTTPError as exc:
-            yield _error(request, deployment, "PROVIDER_UNAVAILABLE", f"HTTP failure: {exc or type(exc).__name__}")
-            return
         try:
-            if response.status_code >= 400:
+            if response.status >= 400:
                 try:
                     body = await _read_capped(response, limits.idle, self.max_response_bytes)
-                except (asyncio.TimeoutError, httpx.HTTPError) as exc:
+                except (asyncio.TimeoutError, TransportError) as exc:
                     yield _error(
                         request,
                         deployment,
                         "PROVIDER_UNAVAILABLE",
-                        f"HTTP {response.status_code}, and its error body could not be read: "
+                        f"HTTP {response.status}, and its error body could not be read: "
                         f"{type(exc).__name__} {exc}".rstrip(),
-                        http_status=response.status_code,
+                        http_status=response.status,
                     )
                     return
-                headers = _seconds_retry_after(dict(response.headers), time.time())
-                yield dialect.decode_error(request, deployment, response.status_code, headers, body)
+                headers = _seconds_retry_after(dict(response.headers), self.wall_clock())
+                yield dialect.decode_error(request, deployment, response.status, headers, body)
                 return
             decoder = dialect.response_decoder(request, deployment)
-            chunks = response.aiter_bytes()  # decoded: providers gzip JSON bodies
+            chunks = response.chunks()
             received = 0
             timeout = None if first_byte_deadline is None else max(0.0, first_byte_deadline - loop.time())
             deadline = _ReadDeadline()
             first_chunk = True
+            pending: Done | None = None
             while True:
                 try:
                     chunk = await deadline.read(chunks.__anext__(), timeout)
@@ -193,7 +187,7 @@ class HttpRunner:
                         f"stream stalled: {which} timeout ({limit} s) exceeded",
                     )
                     return
-                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                except ConnectionLost as exc:  # the decoder reports the missing terminator
                     log.debug("connection lost mid-stream from %s: %s", deployment.name, exc)
                     break
                 timeout = limits.idle
@@ -208,10 +202,22 @@ class HttpRunner:
                     )
                     return
                 for event in decoder.feed(chunk):
-                    yield event
+                    if pending is not None:
+                        log.warning("%s: %s after done ignored", deployment.name, type(event).__name__)
+                    elif isinstance(event, Done):
+                        pending = event  # held until the body ends: provider_data is complete then
+                    else:
+                        yield event
             for event in decoder.close():
-                yield event
-            yield decoder
+                if pending is not None:
+                    log.warning("%s: %s after done ignored", deployment.name, type(event).__name__)
+                elif isinstance(event, Done):
+                    pending = event
+                else:
+                    yield event
+            if pending is not None:
+                data = getattr(decoder, "provider_data", None)
+                yield msgspec.structs.replace(pending, provider_data=data) if data else pending
         finally:
             await response.aclose()
 
@@ -293,18 +299,19 @@ def _unsendable(request: CompletionRequest, deployment: Deployment, exc: BaseExc
         deployment,
         "INVALID_REQUEST",
         f"the request to deployment {deployment.name!r} cannot be sent: a header or URL of its configuration "
-        f"is not valid HTTP ({type(exc).__name__}); check its credentials, headers and base_url",
+        f"is not valid HTTP ({exc or type(exc).__name__}); check its credentials, headers and base_url",
         retryable=False,
     )
 
 
-async def _read_capped(response: httpx.Response, idle: float | None, limit: int) -> bytes:
-    """An error body, read within ``idle`` seconds and at most ``limit`` bytes (the rest is dropped)."""
+async def _read_capped(response: HttpResponse, idle: float | None, limit: int) -> bytes:
+    """A body, read within ``idle`` seconds (``None``: no limit) and at most ``limit`` bytes (the
+    rest is dropped)."""
 
     async def read() -> bytes:
         parts: list[bytes] = []
         size = 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in response.chunks():
             parts.append(chunk[: max(0, limit - size)])
             size += len(chunk)
             if size >= limit:
@@ -315,11 +322,10 @@ async def _read_capped(response: httpx.Response, idle: float | None, limit: int)
 
 
 def _host(url: str) -> str:
-    try:
-        parsed = httpx.URL(url)
-        return f"{parsed.scheme}://{parsed.host}{':' + str(parsed.port) if parsed.port else ''}"
-    except Exception:  # pragma: no cover - defensive, a bad URL is reported by httpx earlier
-        return url
+    """``scheme://host[:port]`` of ``url`` (no path, no query: Gemini's ``?key=`` must never show)."""
+    scheme, _, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0]
+    return f"{scheme}://{authority.rsplit('@', 1)[-1]}"
 
 
 def _safe_url(url: str) -> str:

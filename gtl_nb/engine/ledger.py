@@ -11,16 +11,20 @@ Lifecycle of a row (``docs/ledger.md`` has the whole story)::
   Finishing a row that is not ``started`` (twice, or after recovery) raises ``LedgerStateError``
   and changes nothing: the first outcome wins.
 * Each row records the writer's hostname, pid and a process identity that survives pid reuse
-  (``process_identity``). Opening a ledger marks ``interrupted`` the rows of *this* host that are
-  still ``started`` although their process is gone; rows of other hosts are never judged.
+  (``process_identity``, from ``engine.processes`` and re-exported here). Opening a ledger marks
+  ``interrupted`` the rows of *this* host that are still ``started`` although their process is
+  gone; rows of other hosts are never judged.
 * Concurrency: WAL journal, ``busy_timeout``, and every write is one short ``BEGIN IMMEDIATE``
   transaction on the ledger's single writer connection (guarded by a lock, so every public method
   is thread-safe). Contention that outlasts SQLite's busy timeout is retried with jittered backoff,
   so "database is locked" never reaches the caller. Readers use their own short-lived connection
   and, in WAL mode, never block writers.
-* ``to_dataframe`` is the reader for analysis; ``totals`` and ``spend_today`` serve budgets.
+* ``rows`` returns rows as dicts, ``to_dataframe`` as pandas (``frame_from_rows`` builds that frame
+  from any ``UsageLedger``'s rows); ``totals`` and ``spend_today`` sum them for reports.
 
-The ledger is synchronous; the engine calls it from its loop through a worker thread.
+The ledger is synchronous; the engine reaches it through the async ``UsageLedger`` interface,
+implemented by ``engine.stores.SqliteUsageLedger`` (a worker thread per call) and, in memory, by
+``MemoryUsageLedger`` with the same rules (``clean_finish_fields``, ``row_filter``).
 """
 
 from __future__ import annotations
@@ -32,8 +36,6 @@ import os
 import platform
 import random
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 import weakref
@@ -44,6 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from gtl_nb.engine import ledger_migrations
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DATETIME, DTYPES, FINAL_STATUSES, LIST, TABLE
+from gtl_nb.engine.processes import own_identity, process_alive, process_identity
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from gtl_nb.protocol.messages import Done, Error, Usage
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     import pandas
 
 __all__ = [
+    "FINISH_FIELDS",
     "Ledger",
     "LedgerBusyError",
     "LedgerError",
@@ -59,10 +63,15 @@ __all__ = [
     "LedgerStateError",
     "LedgerValueError",
     "Totals",
+    "clean_finish_fields",
     "default_ledger_path",
     "finish_fields",
+    "frame_from_rows",
+    "iso_utc",
     "process_alive",
     "process_identity",
+    "refused_by_budget",
+    "row_filter",
 ]
 
 log = get_logger("engine.ledger")
@@ -72,6 +81,7 @@ _INHERITED: list[sqlite3.Connection] = []
 MEMORY = ":memory:"
 DAY = 86400.0
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+_REFUSALS = ("RATE_LIMIT", "BUDGET_EXCEEDED")  # the error codes of a request refused by a budget
 
 
 # ----------------------------------------------------------------------------------------------
@@ -140,138 +150,6 @@ def default_ledger_path(
 
 
 # ----------------------------------------------------------------------------------------------
-# process identity (crash recovery)
-
-
-def process_identity(pid: int) -> str | None:
-    """An identity of the running process ``pid`` that changes when the pid is reused.
-
-    Linux: ``linux:<boot id>:<start time in clock ticks>`` from ``/proc``; Windows: the creation
-    FILETIME; other POSIX systems: the start time ``ps -o lstart`` prints. None when the process
-    is not running or its identity cannot be read.
-    """
-    return _probe(pid)[1]
-
-
-def process_alive(pid: int, identity: str | None) -> bool:
-    """Whether ``pid`` still runs *as the process that recorded* ``identity``.
-
-    A pid that runs with a different identity was reused: the recorded process is gone. When
-    either identity is unknown, a running pid counts as alive (never interrupt a live request).
-    """
-    alive, current = _probe(pid)
-    if not alive:
-        return False
-    return identity is None or current is None or identity == current
-
-
-def _probe(pid: int) -> tuple[bool, str | None]:
-    """``(running, identity or None)`` for ``pid``; zombies count as not running."""
-    if pid <= 0:
-        return False, None
-    if sys.platform.startswith("linux"):
-        return _probe_linux(pid)
-    if sys.platform == "win32":
-        return _probe_windows(pid)
-    return _probe_ps(pid)
-
-
-_boot_id: str | None = None
-
-
-def _linux_boot_id() -> str:
-    global _boot_id
-    if _boot_id is None:
-        try:
-            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
-                _boot_id = f.read().strip()
-        except OSError:
-            _boot_id = "?"
-    return _boot_id
-
-
-def _probe_linux(pid: int) -> tuple[bool, str | None]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False, None
-    except OSError:  # /proc mounted with hidepid: fall back to a signal probe
-        return _signal_alive(pid), None
-    # The command name (field 2) is in parentheses and may itself contain ") ": split at the last one.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    if not fields or fields[0] in (b"Z", b"X", b"x"):
-        return False, None
-    return True, f"linux:{_linux_boot_id()}:{int(fields[19])}"  # field 22: starttime
-
-
-def _signal_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # POSIX only: signal 0 checks existence without delivering anything
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
-def _probe_ps(pid: int) -> tuple[bool, str | None]:
-    if not _signal_alive(pid):
-        return False, None
-    try:
-        out = subprocess.run(
-            ["ps", "-o", "stat=", "-o", "lstart=", "-p", str(pid)],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return True, None
-    if not out:
-        return _signal_alive(pid), None
-    state, _, started = out.partition(" ")
-    if state.startswith("Z"):
-        return False, None
-    return True, "ps:" + " ".join(started.split())
-
-
-def _probe_windows(pid: int) -> tuple[bool, str | None]:  # pragma: no cover - exercised on Windows only
-    import ctypes
-    from ctypes import wintypes
-
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
-    kernel32.OpenProcess.restype = wintypes.HANDLE
-    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
-    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-    if not handle:
-        return ctypes.get_last_error() == 5, None  # ERROR_ACCESS_DENIED: it exists
-    try:
-        code = wintypes.DWORD()
-        if kernel32.GetExitCodeProcess(handle, ctypes.byref(code)) and code.value != 259:  # STILL_ACTIVE
-            return False, None
-        times = [wintypes.FILETIME() for _ in range(4)]
-        if not kernel32.GetProcessTimes(handle, *(ctypes.byref(t) for t in times)):
-            return True, None
-        created = times[0]
-        return True, f"win:{(created.dwHighDateTime << 32) | created.dwLowDateTime}"
-    finally:
-        kernel32.CloseHandle(handle)
-
-
-_own_identity: dict[int, str | None] = {}
-
-
-def _my_identity() -> tuple[int, str | None]:
-    pid = os.getpid()  # re-read every time: a forked child has a new pid and identity
-    if pid not in _own_identity:
-        _own_identity[pid] = process_identity(pid)
-    return pid, _own_identity[pid]
-
-
-# ----------------------------------------------------------------------------------------------
 # from GTL events to finish() arguments
 
 
@@ -307,8 +185,8 @@ def finish_fields(end: Done | Error, usage: Usage | None = None) -> dict[str, An
 
 _INSERT = (
     f"INSERT INTO {TABLE} (time, time_utc, session_id, user, deployment, provider_type, model, status, "
-    "cache_hit, coalesced, failover_path, pid, proc_start, hostname) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, 'started', ?, ?, ?, ?, ?, ?)"
+    "cache_hit, coalesced, failover_path, pid, proc_start, hostname, tenant, key_id, trace_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 'started', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # One UPDATE completes a row; the status guard makes a second finish change nothing.
@@ -328,6 +206,49 @@ _FINISH_STATUS_ONLY = (
     f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, latency_ms = (? - time) * 1000.0 "
     "WHERE id = ? AND status = 'started'"
 )
+
+
+# The finish() fields in _FINISH's order (after status and end_time; latency_ms's default is bound between).
+_FINISH_DETAILS = (
+    "error_code",
+    "deployment",
+    "provider_type",
+    "model",
+    "tokens_in",
+    "tokens_out",
+    "cached_tokens_in",
+    "reasoning_tokens_out",
+    "cost",
+    "ttft_ms",
+    "latency_ms",
+    "cache_hit",
+    "coalesced",
+    "failover_path",
+)
+#: The keyword fields ``Ledger.finish`` (and ``UsageLedger.finish``) accept besides ``status`` and ``now``.
+FINISH_FIELDS: frozenset[str] = frozenset(_FINISH_DETAILS)
+
+
+def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``finish`` fields as a ledger stores them: text as ``str``, an implausible token count or a
+    non-finite number as unknown (``None``, with a warning), flags as bool, the path as a list.
+
+    Every ``UsageLedger`` applies it, so rows read back alike whatever stores them. It may raise on
+    values it cannot make sense of (a ``failover_path`` that is no sequence): then a ledger records
+    the row's status alone rather than leave it ``started``."""
+    clean: dict[str, Any] = {}
+    for name in ("error_code", "deployment", "provider_type", "model"):
+        clean[name] = _text(fields.get(name))
+    for name in ("tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out"):
+        clean[name] = _count(fields.get(name), name, row_id)
+    for name in ("cost", "ttft_ms", "latency_ms"):
+        clean[name] = _measure(fields.get(name), name, row_id)
+    for name in ("cache_hit", "coalesced"):
+        value = fields.get(name)
+        clean[name] = None if value is None else bool(value)
+    path = fields.get("failover_path")
+    clean["failover_path"] = _path_list(_path_json(path))
+    return clean
 
 
 def _finish_row(conn: sqlite3.Connection, statement: str, values: Sequence[Any], row_id: int) -> str | None:
@@ -395,14 +316,20 @@ class Ledger:
         cache_hit: bool = False,
         coalesced: bool = False,
         failover_path: Sequence[str] | None = None,
+        tenant: str | None = None,
+        key_id: str | None = None,
+        trace_id: str | None = None,
         now: float | None = None,
     ) -> int:
-        """Insert the row of a request about to be sent, status ``started``; return its id."""
+        """Insert the row of a request about to be sent, status ``started``; return its id.
+
+        ``user``, ``tenant``, ``key_id`` and ``trace_id`` are the request context's facts
+        (``engine.context.RequestContext``; ``user`` is its principal)."""
         when = self._clock() if now is None else float(now)
-        pid, identity = _my_identity()
+        pid, identity = own_identity()
         values = (
             when,
-            _iso(when),
+            iso_utc(when),
             session_id,
             user,
             deployment,
@@ -414,6 +341,9 @@ class Ledger:
             pid,
             identity,
             self.hostname,
+            _text(tenant),
+            _text(key_id),
+            _text(trace_id),
         )
         return self._write(lambda conn: int(conn.execute(_INSERT, values).lastrowid or 0))
 
@@ -455,24 +385,33 @@ class Ledger:
         row_id = int(row_id)
         when = self._clock() if now is None else float(now)
         try:
+            clean = clean_finish_fields(
+                row_id,
+                {
+                    "error_code": error_code,
+                    "deployment": deployment,
+                    "provider_type": provider_type,
+                    "model": model,
+                    "tokens_in": tokens_in,
+                    "tokens_out": tokens_out,
+                    "cached_tokens_in": cached_tokens_in,
+                    "reasoning_tokens_out": reasoning_tokens_out,
+                    "cost": cost,
+                    "ttft_ms": ttft_ms,
+                    "latency_ms": latency_ms,
+                    "cache_hit": cache_hit,
+                    "coalesced": coalesced,
+                    "failover_path": failover_path,
+                },
+            )
             values = (
                 status,
                 when,
-                _text(error_code),
-                _text(deployment),
-                _text(provider_type),
-                _text(model),
-                _count(tokens_in, "tokens_in", row_id),
-                _count(tokens_out, "tokens_out", row_id),
-                _count(cached_tokens_in, "cached_tokens_in", row_id),
-                _count(reasoning_tokens_out, "reasoning_tokens_out", row_id),
-                _measure(cost, "cost", row_id),
-                _measure(ttft_ms, "ttft_ms", row_id),
-                _measure(latency_ms, "latency_ms", row_id),
+                *(clean[name] for name in _FINISH_DETAILS[:-3]),
                 when,
-                _optional_bool(cache_hit),
-                _optional_bool(coalesced),
-                _path_json(failover_path),
+                _optional_bool(clean["cache_hit"]),
+                _optional_bool(clean["coalesced"]),
+                _path_json(clean["failover_path"]),
                 row_id,
             )
             previous = self._write(lambda conn: _finish_row(conn, _FINISH, values, row_id))
@@ -533,13 +472,17 @@ class Ledger:
                 f"SELECT {', '.join(COLUMN_NAMES)} FROM {TABLE} WHERE id = ?", (int(row_id),)
             ).fetchone()
         )
-        if found is None:
-            return None
-        record = dict(zip(COLUMN_NAMES, found, strict=True))
-        record["failover_path"] = _path_list(record["failover_path"])
-        record["cache_hit"] = bool(record["cache_hit"])
-        record["coalesced"] = bool(record["coalesced"])
-        return record
+        return None if found is None else _record(found)
+
+    def rows(self, **filters: Any) -> list[dict[str, Any]]:
+        """Every matching row as ``row()`` gives it, in id order; filters as ``to_dataframe``'s."""
+        where, params = _where(filters)
+        found = self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(COLUMN_NAMES)} FROM {TABLE}{where} ORDER BY id", params
+            ).fetchall()
+        )
+        return [_record(values) for values in found]
 
     def totals(self, user: str | None = None, since: float | None = None, *, until: float | None = None) -> Totals:
         """``(requests, tokens_in + tokens_out, cost)`` of rows started in ``[since, until)``, as
@@ -558,7 +501,7 @@ class Ledger:
         where, params = _where(filters)
         refused = (
             "(status = 'error' AND deployment IS NULL"
-            " AND COALESCE(error_code, '') IN ('RATE_LIMIT', 'BUDGET_EXCEEDED'))"
+            f" AND COALESCE(error_code, '') IN ({', '.join(repr(code) for code in _REFUSALS)}))"
         )
         where = f"{where} AND NOT {refused}" if where else f" WHERE NOT {refused}"
         found = self._read(
@@ -586,16 +529,7 @@ class Ledger:
         ``ledger_schema.DTYPES``: integers ``Int64``, floats ``float64``, flags ``boolean``, times
         ``datetime64[ns, UTC]``, text ``string``, ``failover_path`` a list (object).
         """
-        try:
-            import pandas as pd
-        except ImportError:  # pragma: no cover - pandas is a dependency, but be explicit
-            raise LedgerError("to_dataframe needs pandas: pip install pandas") from None
-        where, params = _where(filters)
-        columns = [name for name in COLUMN_NAMES if name in DTYPES]
-        rows = self._read(
-            lambda conn: conn.execute(f"SELECT {', '.join(columns)} FROM {TABLE}{where} ORDER BY id", params).fetchall()
-        )
-        return pd.DataFrame({name: _series(pd, name, [row[i] for row in rows]) for i, name in enumerate(columns)})
+        return frame_from_rows(self.rows(**filters))
 
     @property
     def schema_version(self) -> int:
@@ -756,7 +690,8 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
-def _iso(seconds: float) -> str:
+def iso_utc(seconds: float) -> str:
+    """Unix seconds as the ``time_utc`` column writes them: ``2024-05-01T12:00:00.250Z``."""
     stamp = datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds")
     return stamp.replace("+00:00", "Z")
 
@@ -843,8 +778,61 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def row_filter(filters: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
+    """The rows ``to_dataframe(**filters)`` selects, as a predicate over row dicts (the same filters,
+    the same ``LedgerValueError`` for an unknown one, SQL's rule that NULL matches no value)."""
+    tests: list[Callable[[Mapping[str, Any]], bool]] = []
+    for key, value in filters.items():
+        if key in ("since", "until"):
+            if value is not None:
+                bound = _seconds(value)
+                if key == "since":
+                    tests.append(lambda row, b=bound: row["time"] >= b)
+                else:
+                    tests.append(lambda row, b=bound: row["time"] < b)
+        elif key not in COLUMN_NAMES:
+            raise LedgerValueError(
+                f"unknown ledger filter {key!r}; use since, until or a column: {', '.join(COLUMN_NAMES)}"
+            )
+        elif value is None:
+            tests.append(lambda row, k=key: row[k] is None)
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            wanted = [v for v in value if v is not None]
+            tests.append(lambda row, k=key, w=wanted: row[k] is not None and row[k] in w)
+        else:
+            tests.append(lambda row, k=key, v=value: row[k] is not None and row[k] == v)
+    return lambda row: all(test(row) for test in tests)
+
+
+def refused_by_budget(row: Mapping[str, Any]) -> bool:
+    """Whether a row is a request a budget refused before it reached a deployment (``totals`` skips them)."""
+    return row["status"] == "error" and row["deployment"] is None and row["error_code"] in _REFUSALS
+
+
 def _bindable(value: Any) -> Any:
     return int(value) if isinstance(value, bool) else value
+
+
+def _record(values: Sequence[Any]) -> dict[str, Any]:
+    """A SELECT of every column as the dict readers get: ``failover_path`` a list, the flags bool."""
+    record = dict(zip(COLUMN_NAMES, values, strict=True))
+    record["failover_path"] = _path_list(record["failover_path"])
+    record["cache_hit"] = bool(record["cache_hit"])
+    record["coalesced"] = bool(record["coalesced"])
+    return record
+
+
+def frame_from_rows(rows: Iterable[Mapping[str, Any]]) -> pandas.DataFrame:
+    """The DataFrame ``Ledger.to_dataframe`` returns, built from row dicts (``UsageLedger.rows()``).
+
+    Columns and dtypes are ``ledger_schema.DTYPES`` whatever the rows hold (also for no rows), so a
+    frame from a remote store's rows equals the one a local file gives."""
+    try:
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is a dependency, but be explicit
+        raise LedgerError("to_dataframe needs pandas: pip install pandas") from None
+    rows = list(rows)
+    return pd.DataFrame({name: _series(pd, name, [row.get(name) for row in rows]) for name in DTYPES})
 
 
 def _series(pd: Any, name: str, values: Iterable[Any]) -> Any:
@@ -857,5 +845,6 @@ def _series(pd: Any, name: str, values: Iterable[Any]) -> Any:
     if dtype == "boolean":
         return pd.Series([None if v is None else bool(v) for v in values], dtype="boolean")
     if dtype == LIST:
-        return pd.Series([_path_list(v) for v in values], dtype="object")
+        paths = [_path_list(v) if isinstance(v, str) else None if v is None else list(v) for v in values]
+        return pd.Series(paths, dtype="object")
     return pd.Series(values, dtype=dtype)

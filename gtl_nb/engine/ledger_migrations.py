@@ -6,7 +6,9 @@ the write transaction its caller opened (SQLite DDL is transactional, so two pro
 new file at once cannot both apply a step: the second sees the version the first committed).
 
 To add a column later, append a function (``ALTER TABLE requests ADD COLUMN ...``, with a default
-or NULL) — never edit a released one — and describe the column in ``ledger_schema.COLUMNS``.
+or NULL) — never edit a released one — and describe the column in ``ledger_schema.COLUMNS``. A
+migration may also tidy values (version 3 strips routing prefixes from ``model``); it must then do
+the same whenever it runs, so it names what it relies on itself instead of importing it.
 """
 
 from __future__ import annotations
@@ -60,7 +62,34 @@ def _m001_create_requests(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX requests_started ON requests (hostname, pid) WHERE status = 'started'")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_m001_create_requests,)
+def _m002_request_context(conn: sqlite3.Connection) -> None:
+    """The request context's columns: ``tenant``, ``key_id``, ``trace_id`` (NULL for older rows)."""
+    for column in ("tenant", "key_id", "trace_id"):
+        conn.execute(f"ALTER TABLE requests ADD COLUMN {column} TEXT")
+
+
+# The provider types built in when migration 3 was written. Frozen on purpose: a migration must do
+# the same thing whenever it runs, whatever the registry holds by then.
+_M003_PROVIDER_TYPES = ("openai", "azure", "openai_compatible", "anthropic", "gemini", "ollama", "bedrock", "echo")
+
+
+def _m003_bare_models(conn: sqlite3.Connection) -> None:
+    """One model name per model: strip the routing prefix older releases stored for failed and
+    cancelled requests (``badoa:gpt-4o-mini`` -> ``gpt-4o-mini``).
+
+    Only a prefix that is the row's own deployment or a provider type is a routing prefix; any other
+    colon belongs to the model's name (``llama3.1:8b``) and is kept.
+    """
+    prefix = "substr(model, 1, instr(model, ':') - 1)"
+    types = ", ".join(f"'{name}'" for name in _M003_PROVIDER_TYPES)
+    conn.execute(
+        f"UPDATE requests SET model = substr(model, instr(model, ':') + 1) "
+        f"WHERE instr(model, ':') > 1 AND length(model) > instr(model, ':') "
+        f"AND ({prefix} = deployment OR {prefix} IN ({types}))"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_m001_create_requests, _m002_request_context, _m003_bare_models)
 
 
 def user_version(conn: sqlite3.Connection) -> int:

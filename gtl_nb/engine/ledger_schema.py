@@ -39,7 +39,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("user", "TEXT", "string", "who made the request (the client's or the gateway's user name)"),
     Column("deployment", "TEXT", "string", "the deployment that answered (the last one tried on failover)"),
     Column("provider_type", "TEXT", "string", "that deployment's provider type: openai, anthropic, ..."),
-    Column("model", "TEXT", "string", "the model asked of that deployment (as the provider named it)"),
+    Column(
+        "model",
+        "TEXT",
+        "string",
+        "the model asked of that deployment, bare: never prefixed with the deployment (that is its own column)",
+    ),
     Column("status", "TEXT", "string", "started, ok, error, cancelled or interrupted"),
     Column("error_code", "TEXT", "string", "the GTL error code (RATE_LIMIT, CANCELLED, ...) when not ok"),
     Column("tokens_in", "INTEGER", "Int64", "input tokens as the provider reported them; NULL = unknown"),
@@ -55,6 +60,10 @@ COLUMNS: tuple[Column, ...] = (
     Column("pid", "INTEGER", "Int64", "process id of the writer (crash recovery)"),
     Column("proc_start", "TEXT", "string", "the writer process's identity across pid reuse (see docs)"),
     Column("hostname", "TEXT", "string", "host of the writer; recovery only judges rows of its own host"),
+    # schema version 2: the request context (``engine.context.RequestContext``)
+    Column("tenant", "TEXT", "string", "the organisation of the principal (the gateway's token claim); NULL embedded"),
+    Column("key_id", "TEXT", "string", "which credential authenticated the caller (its id, never the key)"),
+    Column("trace_id", "TEXT", "string", "joins the row with audit records and logs of the same request"),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)

@@ -11,28 +11,49 @@ string ``"unlimited"`` lifts a default limit for that user):
   refused with a ``BudgetExceededError`` (not retryable) stating the limit, the spend and when the
   day resets. The daily budget is checked first: when it is spent, waiting a minute will not help.
 
-The counts come from ``usage_source(user, since_unix) -> (requests, tokens, cost_usd)``: what the
-user used at or after ``since_unix`` (the engine backs it with the SQLite ledger, so several
-processes share one set of limits). A request counts once the ledger has it, so requests running
-at the same moment can together pass a limit by a little; these are soft limits.
+**Reserve, then settle** (``engine.stores.BudgetCounter``, the engine's way). ``reserve`` checks a
+principal's limits and counts the request in one atomic step — in-process under a lock, in SQLite
+within one ``BEGIN IMMEDIATE`` transaction — so requests per minute are exact: with a limit of 25,
+exactly 25 requests pass however many processes and tasks ask at the same instant. The request's
+tokens and cost are counted as an *estimate* at once and replaced by the actual figures at
+``settle``. A refused request is not counted; every other one is, also for a principal without
+limits (another process sharing the counters, or a later configuration, may enforce some: as when
+budgets were read from the ledger, which records every request). ``refusal`` below is the one decision every
+``BudgetCounter`` makes, from the counted requests of the last minute and the money spent today.
 
-``retry_after`` is found by asking ``usage_source`` again with later ``since`` values: the usage at
-or after ``now - 60 + d`` is what will still be in the window ``d`` seconds from now, so a binary
-search over whole seconds finds the smallest sufficient ``d`` in about six queries (the worst case
-is 60 s). Unix time has no leap seconds, so a UTC day is exactly 86,400 s and starts at
+**Overshoot bound** (tokens per minute and USD per day). A request is admitted while the counted
+total is below the limit, as before; its estimate is then counted. The counted total therefore
+stays below ``limit + e`` (``e``: the estimate of the request admitted last), and what was really
+used differs from what was counted only by the requests still in flight, each by its ``actual -
+estimate``. So usage can exceed a limit by less than ``e + sum over requests in flight of
+(actual - estimate)`` — that is, by the last admitted request itself plus how much the others in
+flight were underestimated. Once they settle, the next ``reserve`` sees the actual figures.
+Requests per minute have no such slack: each counts exactly 1 when admitted.
+
+``BudgetGuard`` is the older, synchronous check: the counts come from ``usage_source(user,
+since_unix) -> (requests, tokens, cost_usd)`` (what the user used at or after ``since_unix``), and a
+request counts only once the source has it, so concurrent requests can together pass a limit.
+
+For ``BudgetGuard``, ``retry_after`` is found by asking ``usage_source`` again with later ``since``
+values: the usage at or after ``now - 60 + d`` is what will still be in the window ``d`` seconds
+from now, so a binary search over whole seconds finds the smallest sufficient ``d`` in about six
+queries (the worst case is 60 s); ``refusal`` computes the wait from the records it is given (a
+request reserved at ``t`` leaves the window after ``t + 60``, so the worst case there is 61 s).
+Unix time has no leap seconds, so a UTC day is exactly 86,400 s and starts at
 ``now - now % 86400``.
 """
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
-from gtl_nb.protocol.errors import BudgetExceededError, ConfigurationError, RateLimitError
+from gtl_nb.protocol.errors import BudgetExceededError, ConfigurationError, GTLError, RateLimitError
 
 UsageSource = Callable[[str, float], tuple[int, int, float]]  # (user, since_unix) -> requests, tokens, usd
 
@@ -62,6 +83,15 @@ class BudgetConfig:
 
     default: Limits = field(default_factory=Limits)
     users: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    backend: str | None = None
+    """Where the counters live: ``memory://`` or ``sqlite:///path``. ``None``: the SQLite ledger's own
+    file when the ledger is SQLite (processes that share a ledger share budgets), else memory."""
+
+    def __post_init__(self) -> None:
+        if self.backend is not None:
+            from gtl_nb.engine.stores.urls import parse_store_url
+
+            parse_store_url(self.backend, where="[budgets] backend")
 
     def limits_for(self, user: str) -> Limits:
         """The default limits with ``user``'s overrides applied."""
@@ -74,6 +104,11 @@ class BudgetConfig:
         if table is not None and not isinstance(table, Mapping):
             raise ConfigurationError(f"{where} must be a table, got {table!r}")
         table = dict(table or {})
+        backend = table.pop("backend", None)
+        if backend is not None:
+            from gtl_nb.engine.stores.urls import parse_store_url
+
+            parse_store_url(backend, where=where.replace("]", "] backend", 1))
         users = table.pop("users", {})
         if not isinstance(users, Mapping):
             raise ConfigurationError(f"{_nested(where, 'users')} must be a table of users, got {users!r}")
@@ -81,7 +116,7 @@ class BudgetConfig:
         overrides = {}
         for name, spec in users.items():
             overrides[str(name)] = _limits(spec, _nested(where, f"users.{name}"), allow_unlimited=True)
-        return cls(default=Limits(**default), users=overrides)
+        return cls(default=Limits(**default), users=overrides, backend=backend)
 
 
 def _nested(where: str, path: str) -> str:
@@ -95,7 +130,7 @@ def _nested(where: str, path: str) -> str:
 def _limits(table: Any, where: str, *, allow_unlimited: bool) -> dict[str, float | None]:
     if not isinstance(table, Mapping):
         raise ConfigurationError(f"{where} must be a table of limits, got {table!r}")
-    known = (*_LIMIT_KEYS, "users") if not allow_unlimited else _LIMIT_KEYS
+    known = (*_LIMIT_KEYS, "users", "backend") if not allow_unlimited else _LIMIT_KEYS
     parsed: dict[str, float | None] = {}
     for key, value in table.items():
         if key not in _LIMIT_KEYS:
@@ -169,25 +204,12 @@ class BudgetGuard:
         spent = self.usage_source(user, day_start)[2]
         if spent < limit:
             return
-        reset = day_start + DAY
-        when = datetime.fromtimestamp(reset, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        raise BudgetExceededError(
-            f"daily budget of ${limit:.2f} for user {user!r} is used up: ${spent:.4f} spent today; "
-            f"it resets at {when} (in {_duration(reset - now)})",
-            retryable=False,
-        )
+        raise _day_refusal(user, now, limit, spent)
 
     def _refuse(self, user: str, now: float, what: str, index: int, limit: int, used: int) -> None:
         if limit == 0:
-            message = f"user {user!r} may not send {what} (limit {what}_per_minute = 0)"
-            raise RateLimitError(message, retryable=False)
-        wait = self._wait(user, now, index, limit)
-        raise RateLimitError(
-            f"user {user!r} reached the limit of {limit} {what} per minute ({used} in the last 60 s); "
-            f"retry in {wait:g} s",
-            retryable=True,
-            retry_after=wait,
-        )
+            raise _blocked(user, what)
+        raise _rate_refusal(user, what, limit, used, self._wait(user, now, index, limit))
 
     def _wait(self, user: str, now: float, index: int, limit: int) -> float:
         """Whole seconds until the usage still in the window drops below ``limit`` (module docstring)."""
@@ -199,6 +221,99 @@ class BudgetGuard:
             else:
                 low = middle
         return float(high)
+
+
+# ----------------------------------------------------------------------------------------------
+# The decision every BudgetCounter makes
+
+
+class Spend(NamedTuple):
+    """One counted request of the last minute: when it was reserved and its tokens (estimate or actual)."""
+
+    time: float
+    tokens: int
+
+
+def horizon(now: float) -> float:
+    """The earliest reservation time the decision at ``now`` can need (a minute or the UTC day back)."""
+    return min(now - WINDOW, utc_day_start(now))
+
+
+def refusal(
+    principal: str, limits: Limits, *, now: float, minute: Iterable[Spend], spent_today: float
+) -> GTLError | None:
+    """Whether ``principal`` may send one more request at ``now``: ``None``, or the error to raise.
+
+    ``minute`` holds the principal's counted requests reserved at or after ``now - 60`` (older ones
+    are ignored), ``spent_today`` the USD counted for requests reserved since 00:00 UTC. A limit is
+    reached when the counted total is at or over it (the overshoot bound is in the module
+    docstring). The daily budget is checked first, then requests, then tokens per minute; the
+    messages and ``retry_after`` are ``BudgetGuard``'s.
+    """
+    if limits.usd_per_day is not None and spent_today >= limits.usd_per_day:
+        return _day_refusal(principal, now, limits.usd_per_day, spent_today)
+    rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
+    if rpm is None and tpm is None:
+        return None
+    recent = sorted((spend for spend in minute if spend.time >= now - WINDOW), key=lambda spend: spend.time)
+    for what, limit, amounts in (
+        ("requests", rpm, [1] * len(recent)),
+        ("tokens", tpm, [spend.tokens for spend in recent]),
+    ):
+        used = sum(amounts)
+        if limit is None or used < limit:
+            continue
+        if limit == 0:
+            return _blocked(principal, what)
+        return _rate_refusal(principal, what, limit, used, _wait([s.time for s in recent], amounts, now, limit))
+    return None
+
+
+def usage_report(*, now: float, minute: Iterable[Spend], spent_today: float) -> dict[str, float]:
+    """What ``BudgetCounter.usage`` returns, from the same inputs as ``refusal``."""
+    recent = [spend for spend in minute if spend.time >= now - WINDOW]
+    return {
+        "requests_last_minute": len(recent),
+        "tokens_last_minute": sum(spend.tokens for spend in recent),
+        "usd_today": spent_today,
+    }
+
+
+def _wait(times: list[float], amounts: list[int], now: float, limit: int) -> float:
+    """Whole seconds until the amounts still in the window sum below ``limit`` (``times`` sorted).
+
+    A request reserved at ``t`` is in the window up to and including ``t + 60``, so it has left
+    after ``d`` seconds when ``now + d > t + 60``."""
+    suffix = [0] * (len(amounts) + 1)  # suffix[i]: the amounts of requests i and later
+    for index in range(len(amounts) - 1, -1, -1):
+        suffix[index] = suffix[index + 1] + amounts[index]
+    for seconds in range(1, int(WINDOW) + 2):
+        first_kept = bisect.bisect_left(times, now - WINDOW + seconds)
+        if suffix[first_kept] < limit:
+            return float(seconds)
+    return WINDOW + 1  # not reached: every record has left the window by then
+
+
+def _day_refusal(user: str, now: float, limit: float, spent: float) -> BudgetExceededError:
+    reset = utc_day_start(now) + DAY
+    when = datetime.fromtimestamp(reset, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return BudgetExceededError(
+        f"daily budget of ${limit:.2f} for user {user!r} is used up: ${spent:.4f} spent today; "
+        f"it resets at {when} (in {_duration(reset - now)})",
+        retryable=False,
+    )
+
+
+def _blocked(user: str, what: str) -> RateLimitError:
+    return RateLimitError(f"user {user!r} may not send {what} (limit {what}_per_minute = 0)", retryable=False)
+
+
+def _rate_refusal(user: str, what: str, limit: int, used: int, wait: float) -> RateLimitError:
+    return RateLimitError(
+        f"user {user!r} reached the limit of {limit} {what} per minute ({used} in the last 60 s); retry in {wait:g} s",
+        retryable=True,
+        retry_after=wait,
+    )
 
 
 def utc_day_start(now: float) -> float:

@@ -106,11 +106,11 @@ class GtlCommands:
             print(cli.help_text(parser))
             return None
         client = client_for(self.session, None)
-        if client.ledger is None:
+        if client.config is not None and client.ledger is None:  # embedded, with the ledger switched off
             raise UsageError("the usage ledger is off ([ledger] enabled = false): there is no usage to show")
         from gtl_nb.analysis import usage_table
 
-        return usage_table(client.ledger.to_dataframe(), by=opts.by)
+        return usage_table(client.usage(), by=opts.by)
 
     def _config(self, words: list[str]) -> None:
         settings = self.session.settings

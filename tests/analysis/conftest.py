@@ -51,6 +51,6 @@ def filled(tmp_path_factory) -> Filled:
             client.close()
             bad.close()
     reader = gtl_nb.connect(ledger=path, environ={})
-    result.frame = reader.ledger.to_dataframe()
+    result.frame = reader.usage()
     reader.close()
     return result

@@ -32,7 +32,7 @@ def test_each_row_gets_its_answer_and_the_ledger_counts_the_batch(client, review
         assert out["answer"][index] == client.complete("echo", prompt).text  # echo is deterministic
         assert pd.isna(out["answer_error"][index])
     assert pd.isna(out["answer"][1])  # a missing value is not sent
-    usage = analysis.usage_table(client.ledger.to_dataframe(), by="model").set_index("model")
+    usage = analysis.usage_table(client.usage(), by="model").set_index("model")
     assert usage.loc["echo", "requests"] == 3 + 3  # the batch, then the three witnesses
 
 

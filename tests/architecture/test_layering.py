@@ -27,6 +27,7 @@ RANKS: dict[str, int] = {
     "completion": 5,  # the Completion result object, the client's vocabulary
     "progress": 5,  # the batch progress bar (a notebook widget or a terminal line)
     "tools": 5,  # Python callables as GTL tools (schemas from signatures), used by the magics
+    "backend": 5,  # the client's backend seam: the embedded engine now, a remote transport next
     "client": 6,
     "gateway": 7,
     "analysis": 8,

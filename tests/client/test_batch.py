@@ -8,6 +8,9 @@ import io
 import pytest
 
 import gtl_nb
+from gtl_nb.backend import EmbeddedBackend
+from gtl_nb.engine.hooks import Hooks, RequestFinished, RequestStarted
+from gtl_nb.engine.settings import load_settings
 from gtl_nb import sim
 from gtl_nb.client import Completion
 from gtl_nb.progress import Progress
@@ -32,27 +35,26 @@ def test_results_come_back_in_order_with_errors_in_place(client):
 
 
 def test_concurrency_is_bounded():
-    with sim.serve("openai", pace=0.01) as simulator:
-        client = gtl_nb.connect(
-            providers={"openai": {"api_key": "sim-key", "base_url": simulator.base_url}}, ledger=False, environ={}
-        )
-        active = {"now": 0, "max": 0}
-        original = client.engine.stream
+    hooks = Hooks()
+    active = {"now": 0, "max": 0}
 
-        async def counting(request, **kw):
+    def count(event):  # the engine's lifecycle hooks see every session start and end
+        if isinstance(event, RequestStarted):
             active["now"] += 1
             active["max"] = max(active["max"], active["now"])
-            try:
-                async for event in original(request, **kw):
-                    yield event
-            finally:
-                active["now"] -= 1
+        elif isinstance(event, RequestFinished):
+            active["now"] -= 1
 
-        client.engine.stream = counting
+    hooks.subscribe(count)
+    with sim.serve("openai", pace=0.01) as simulator:
+        settings = load_settings(
+            providers={"openai": {"api_key": "sim-key", "base_url": simulator.base_url}}, environ={}
+        )
+        client = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="batcher", ledger=False, hooks=hooks))
         results = client.batch([f"prompt {i}" for i in range(9)], model="gpt-4o-mini", concurrency=3, progress=False)
         client.close()
     assert all(isinstance(r, Completion) for r in results)
-    assert active["max"] == 3
+    assert active["max"] == 3 and active["now"] == 0
     assert len(simulator.requests) == 9
 
 

@@ -3,6 +3,7 @@ on how a session ended — also when it is cancelled at the last moment or from 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb.engine.ledger import Ledger, LedgerLocationError
+from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
 from gtl_nb.protocol import Done, Error, Token
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError
 
@@ -164,20 +166,18 @@ def test_leaving_astream_early_inside_asyncio_run_is_quiet_and_the_row_is_cancel
     assert list(frame["status"]) == ["cancelled"]
 
 
-class SlowFinishLedger:
-    """A real ledger whose ``finish`` takes a while, so a cancel can arrive while the row is completed."""
+class SlowFinishLedger(SqliteUsageLedger):
+    """The SQLite ledger store, with a ``finish`` that takes a while, so a cancel can arrive while the
+    row is being completed."""
 
     def __init__(self, path: Path) -> None:
-        self.inner = Ledger(path)
+        super().__init__(path)
         self.finishing = threading.Event()
 
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def finish(self, *args, **kwargs):
+    async def finish(self, *args, **kwargs):
         self.finishing.set()
-        time.sleep(0.3)
-        return self.inner.finish(*args, **kwargs)
+        await asyncio.sleep(0.3)
+        return await super().finish(*args, **kwargs)
 
 
 def test_a_cancel_that_arrives_while_the_row_is_completed_reports_what_the_ledger_says(ledger_path):
@@ -200,14 +200,12 @@ async def _cancel_async_during_finish(client, ledger):
     iterator = stream.__aiter__()
     await iterator.__anext__()
     while not ledger.finishing.is_set():
-        await __import__("asyncio").sleep(0.01)
+        await asyncio.sleep(0.01)
     await stream.aclose()
     return stream
 
 
 def test_an_async_cancel_while_the_row_is_completed_reports_what_the_ledger_says(ledger_path):
-    import asyncio
-
     ledger = SlowFinishLedger(ledger_path)
     client = gtl_nb.connect(ledger=ledger, environ={})
     try:

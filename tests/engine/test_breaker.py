@@ -343,3 +343,64 @@ def test_config_rejects_bad_tables(table, fragment):
     with pytest.raises(ConfigurationError, match=r"\[routing\.breaker\]") as info:
         BreakerConfig.from_dict(table)
     assert fragment in str(info.value)
+
+
+def test_config_backend_is_a_store_url():
+    assert BreakerConfig().backend == "memory://"
+    assert BreakerConfig.from_dict({"backend": "sqlite:///breakers.db"}).backend == "sqlite:///breakers.db"
+    with pytest.raises(ConfigurationError, match=r"\[routing\.breaker\]: backend must be a string"):
+        BreakerConfig.from_dict({"backend": 1})
+    with pytest.raises(ConfigurationError, match="redis:// stores come with scale-out"):
+        BreakerConfig.from_dict({"backend": "redis://cache"})
+
+
+# -- state as data, and the changes a verdict causes --------------------------------------------------
+
+
+def test_record_calls_return_the_change_they_caused():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=2, error_rate_threshold=0, cooldown=10)
+    assert breaker.record_failure() is None
+    assert breaker.record_failure() == ("closed", "open")
+    assert breaker.record_failure() is None  # ignored while open
+    clock.advance(10)
+    assert breaker.acquire() == "probe"
+    assert breaker.record_success() == ("half_open", "closed")
+    assert breaker.record_success() is None
+
+
+def test_a_cooldown_that_ends_inside_a_verdict_reports_from_half_open():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=10)
+    breaker.record_failure()
+    clock.advance(10)  # nobody looked: the verdict itself finds the cooldown over
+    assert breaker.record_failure() == ("half_open", "open")
+
+
+def test_state_exports_and_restores_with_the_same_behaviour():
+    clock = FakeClock()
+    original = make(clock, failure_threshold=3, error_rate_threshold=0.5, min_calls=4, half_open_probes=2)
+    for outcome in (True, False, True):
+        original.record_failure() if outcome else original.record_success()
+    state = original.to_state()
+    assert state == {
+        "state": "closed",
+        "consecutive": 1,
+        "window": [[1000.0, True], [1000.0, False], [1000.0, True]],
+        "opened_at": None,
+        "probes": 0,
+    }
+    restored = CircuitBreaker.from_state(state, "dep", original.config, clock=clock)
+    assert restored.snapshot() == original.snapshot()
+    assert restored.record_failure() == original.record_failure() == ("closed", "open")  # 3 of 4 failed
+    clock.advance(30)
+    assert original.acquire() == "probe"
+    again = CircuitBreaker.from_state(original.to_state(), "dep", original.config, clock=clock)
+    assert again.to_state() == original.to_state()
+    assert [again.acquire(), again.acquire()] == ["probe", None]  # one of two slots was already taken
+
+
+@pytest.mark.parametrize("state", [{}, {"state": "melted"}, {"state": "open", "consecutive": "x"}, []])
+def test_state_that_is_not_a_breakers_is_refused(state):
+    with pytest.raises(ValueError):
+        CircuitBreaker.from_state(state)

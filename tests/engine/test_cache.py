@@ -463,3 +463,36 @@ def test_replay_does_not_change_the_stored_answer():
     replay(answer, "n")
     assert answer == stored()
     assert answer.events[0].session_id == "old"
+
+
+@pytest.mark.parametrize("backend", ["memory", "memory://", "sqlite:///cache.db", "sqlite:////var/cache/gtl.db"])
+def test_cache_backend_is_a_store_url(backend):
+    assert CacheConfig.from_dict({"backend": backend}).backend == backend
+
+
+@pytest.mark.parametrize(
+    ("backend", "fragment"), [("redis://cache:6379", "come with scale-out"), ("disk", "unknown store 'disk'")]
+)
+def test_cache_backend_mistakes_are_configuration_errors(backend, fragment):
+    with pytest.raises(ConfigurationError, match=r"\[cache\] backend") as info:
+        CacheConfig.from_dict({"backend": backend})
+    assert fragment in str(info.value)
+
+
+def test_cached_answers_survive_a_round_trip_through_json():
+    answer = CachedAnswer(
+        events=[
+            Token(session_id="s", text="hi"),
+            Usage(session_id="s", tokens_in=1, tokens_out=1),
+            Done(session_id="s"),
+        ],
+        deployment="oa",
+        model="m",
+        stored_at=3.0,
+    )
+    assert msgspec.json.decode(msgspec.json.encode(answer), type=CachedAnswer) == answer
+
+
+def test_make_cache_sends_other_backends_to_the_async_stores():
+    with pytest.raises(ConfigurationError, match="open_stores"):
+        make_cache(CacheConfig(backend="sqlite:///cache.db"))

@@ -89,3 +89,19 @@ def test_a_stripped_key_works_against_the_simulator_and_nothing_leaks(caplog):
             answer = client.complete("gpt-4o-mini", "hello")
     assert answer.text
     assert CANARY not in repr(client.config) and CANARY not in caplog.text
+
+
+def test_a_rotated_key_in_the_environment_needs_no_restart(monkeypatch):
+    # the credential resolver reads the environment again at request time
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-old-rotated-away")
+    with sim.serve("openai", api_key="sk-new-after-rotation") as s:
+        monkeypatch.setenv("OPENAI_BASE_URL", s.base_url)
+        with gtl_nb.connect(ledger=False) as client:
+            with pytest.raises(gtl_nb.protocol.AuthenticationError):
+                client.complete("gpt-4o-mini", "hello")
+            monkeypatch.setenv("OPENAI_API_KEY", "sk-new-after-rotation")
+            assert client.complete("gpt-4o-mini", "hello").text
+    assert [r.headers["authorization"] for r in s.requests] == [
+        "Bearer sk-old-rotated-away",
+        "Bearer sk-new-after-rotation",
+    ]

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 import gtl_nb
-from gtl_nb.engine import Engine
+from engine_kit import make_engine
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.protocol import CompletionRequest, Done, Error, Message, Status, Token, Usage
 from gtl_nb.providers.base import Deployment
@@ -91,13 +91,13 @@ def test_a_consumer_leaving_at_the_failover_status_gives_back_the_probe_slot():
     a, _ = deployment("edge_a", overloaded)
     b, _ = deployment("edge_b", ok)
     clock = Clock()
-    engine = Engine(
+    engine = make_engine(
         {"edge_a": a, "edge_b": b},
         clock=clock,
         sleep=no_sleep,
         routing={"breaker": {"failure_threshold": 1, "cooldown": 10}, "retry": {"max_attempts": 1}},
     )
-    engine.breakers.get("edge_b").record_failure()
+    asyncio.run(engine.stores.breakers.record_failure("edge_b"))
     clock.now += 11  # edge_b is half-open: one probe allowed
 
     async def leave_at_failover():
@@ -108,21 +108,21 @@ def test_a_consumer_leaving_at_the_failover_status_gives_back_the_probe_slot():
         await stream.aclose()
 
     asyncio.run(leave_at_failover())
-    assert engine.breakers.get("edge_b").snapshot()["probes_in_flight"] == 0
+    assert asyncio.run(engine.stores.breakers.snapshots(["edge_b"]))["edge_b"]["probes_in_flight"] == 0
     assert isinstance(collect(engine, request(providers=["edge_b"]))[-1], Done)
 
 
 def test_success_bookkeeping_happens_before_done_is_handed_on():
     a, _provider = deployment("edge_done", ok)
     clock = Clock()
-    engine = Engine(
+    engine = make_engine(
         {"edge_done": a},
         clock=clock,
         sleep=no_sleep,
         cache={"enabled": True},
         routing={"breaker": {"failure_threshold": 1, "cooldown": 10}},
     )
-    engine.breakers.get("edge_done").record_failure()
+    asyncio.run(engine.stores.breakers.record_failure("edge_done"))
     clock.now += 11
 
     async def stop_at_done():
@@ -133,20 +133,23 @@ def test_success_bookkeeping_happens_before_done_is_handed_on():
         await stream.aclose()
 
     asyncio.run(stop_at_done())
-    assert engine.breakers.get("edge_done").state == "closed"
-    assert len(engine.cache) == 1
+    assert asyncio.run(engine.stores.breakers.snapshots(["edge_done"]))["edge_done"]["state"] == "closed"
+    replayed = collect(engine, request(temperature=0))  # the answer was stored before done was handed on
+    assert any(isinstance(e, Status) and e.state == "cached" for e in replayed)
 
 
 def test_usage_sent_before_a_failure_is_not_retried_into_an_illegal_stream():
     a, provider = deployment("edge_usage", usage_then_overloaded, ok)
-    engine = Engine({"edge_usage": a}, sleep=no_sleep)
+    engine = make_engine({"edge_usage": a}, sleep=no_sleep)
     events = collect(engine, request())
     assert isinstance(events[-1], Error) and events[-1].code == "OVERLOADED" and provider.calls == 1
 
 
 def test_a_context_fallback_cycle_ends_instead_of_looping():
     a, provider = deployment("edge_cycle", too_long)
-    engine = Engine({"edge_cycle": a}, sleep=no_sleep, routing={"context_fallbacks": {"m": "m-long", "m-long": "m"}})
+    engine = make_engine(
+        {"edge_cycle": a}, sleep=no_sleep, routing={"context_fallbacks": {"m": "m-long", "m-long": "m"}}
+    )
     events = collect(engine, request())
     assert isinstance(events[-1], Error) and events[-1].code == "CONTEXT_LENGTH_EXCEEDED"
     assert provider.calls == 2
@@ -156,7 +159,7 @@ def test_budget_refusals_do_not_count_against_the_budget(tmp_path):
     a, _ = deployment("edge_budget", ok)
     wall = Clock()
     ledger = Ledger(tmp_path / "l.sqlite3", clock=wall)
-    engine = Engine(
+    engine = make_engine(
         {"edge_budget": a}, ledger=ledger, wall_clock=wall, sleep=no_sleep, budgets={"requests_per_minute": 2}
     )
 
@@ -176,7 +179,7 @@ def test_budget_refusals_do_not_count_against_the_budget(tmp_path):
 def test_cache_hits_do_not_use_up_the_token_budget(tmp_path):
     a, provider = deployment("edge_tokens", ok)
     ledger = Ledger(tmp_path / "l.sqlite3")
-    engine = Engine(
+    engine = make_engine(
         {"edge_tokens": a}, ledger=ledger, sleep=no_sleep, cache={"enabled": True}, budgets={"tokens_per_minute": 15}
     )
     for _ in range(4):
@@ -218,8 +221,8 @@ def test_an_async_stream_is_iterated_once_and_can_be_closed():
 @pytest.mark.parametrize("with_ledger", [True, False])
 def test_concurrent_requests_cannot_all_slip_under_requests_per_minute(tmp_path, with_ledger):
     a, provider = deployment(f"edge_rpm_{with_ledger}", ok)
-    ledger = Ledger(tmp_path / "l.sqlite3") if with_ledger else None
-    engine = Engine({a.name: a}, ledger=ledger, sleep=no_sleep, budgets={"requests_per_minute": 2})
+    ledger = Ledger(tmp_path / "l.sqlite3") if with_ledger else False
+    engine = make_engine({a.name: a}, ledger=ledger, sleep=no_sleep, budgets={"requests_per_minute": 2})
 
     async def main():
         async def one():

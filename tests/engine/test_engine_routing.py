@@ -18,8 +18,10 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
-from gtl_nb.engine import Engine
-from gtl_nb.engine.config import load_config
+from gtl_nb.engine.core import Engine
+from gtl_nb.backend import EmbeddedBackend
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.settings import load_settings
 from gtl_nb.protocol import (
     AuthenticationError,
     BudgetExceededError,
@@ -36,7 +38,6 @@ from gtl_nb.protocol import (
     Transcript,
     Usage,
 )
-from gtl_nb.providers.catalog import Catalog
 
 OPENAI = "gpt-4o-mini"
 
@@ -54,8 +55,13 @@ class RecordedSleep:
 
 
 def connect(providers: dict, **kw) -> gtl_nb.Client:
-    client = gtl_nb.connect(providers=providers, environ={}, ledger=kw.pop("ledger", False), **kw)
-    client.engine._sleep = RecordedSleep()
+    """A client whose engine sleeps through a ``RecordedSleep`` (injected through the builder)."""
+    ledger = kw.pop("ledger", False)
+    principal = kw.pop("user", "tester")
+    settings = load_settings(providers=providers, environ={}, **kw)
+    sleep = RecordedSleep()
+    client = gtl_nb.Client(backend=EmbeddedBackend(settings, principal=principal, ledger=ledger, sleep=sleep))
+    client.recorded_sleep = sleep
     return client
 
 
@@ -80,7 +86,7 @@ def test_a_rate_limit_is_retried_after_retry_after_and_succeeds():
         assert len(s.requests) == 2
     retrying = statuses(answer, "retrying")
     assert len(retrying) == 1 and retrying[0].attempt == 2 and "RATE_LIMIT" in retrying[0].reason
-    assert client.engine._sleep.delays[0] >= 2  # never sooner than the server asked
+    assert client.recorded_sleep.delays[0] >= 2  # never sooner than the server asked
     assert_legal(answer.events)
 
 
@@ -94,7 +100,7 @@ def test_backoff_grows_and_stops_at_max_attempts():
         with pytest.raises(gtl_nb.protocol.OverloadedError):
             client.complete(OPENAI, "x")
         assert len(s.requests) == 4
-    assert client.engine._sleep.delays == [1, 2, 4]
+    assert client.recorded_sleep.delays == [1, 2, 4]
 
 
 def test_retries_are_bounded_by_the_request_deadline():
@@ -103,7 +109,7 @@ def test_retries_are_bounded_by_the_request_deadline():
         with pytest.raises(RateLimitError):
             client.complete(OPENAI, "x")
         assert len(s.requests) == 1
-    assert client.engine._sleep.delays == []
+    assert client.recorded_sleep.delays == []
 
 
 def test_quota_exhausted_is_not_retried():
@@ -235,7 +241,7 @@ def test_lowest_cost_prefers_the_cheaper_model():
             {"mini": {**openai_conf(a.base_url), "models": ["gpt-4o-mini", "gpt-4o"]}},
             routing={"strategy": "lowest_cost"},
         )
-        engine = client.engine
+        engine = client.backend.engine
         targets = [engine.router._target(engine.deployments["mini"], m) for m in ("gpt-4o", "gpt-4o-mini")]
         ordered = engine.strategy.order(targets, "")
         assert [t.model for t in ordered] == ["gpt-4o-mini", "gpt-4o"]
@@ -273,14 +279,12 @@ def run(engine: Engine, request: CompletionRequest) -> list:
 def test_breaker_opens_cools_down_and_closes_again():
     clock = FakeClock()
     with sim.serve("openai", faults=[sim.Fault.http(503)] * 2) as s:
-        config = load_config(providers={"openai": openai_conf(s.base_url)}, environ={})
-        engine = Engine(
-            dict(config.deployments),
-            catalog=Catalog.default(),
-            clock=clock,
-            sleep=RecordedSleep(),
+        settings = load_settings(
+            providers={"openai": openai_conf(s.base_url)},
+            environ={},
             routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 1}},
         )
+        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
 
         def ask(i):
             return run(
@@ -290,16 +294,16 @@ def test_breaker_opens_cools_down_and_closes_again():
 
         ask(1)
         ask(2)
-        assert engine.breaker_states()["openai"]["state"] == "open"
+        assert asyncio.run(engine.breaker_states())["openai"]["state"] == "open"
         refused = ask(3)
         assert len(s.requests) == 2  # an open circuit sends nothing upstream
         assert isinstance(refused[-1], Error) and "every circuit is open" in refused[-1].message
         assert refused[-1].retry_after == pytest.approx(30)
         clock.now += 31
-        assert engine.breaker_states()["openai"]["state"] in ("open", "half_open")
+        assert asyncio.run(engine.breaker_states())["openai"]["state"] in ("open", "half_open")
         probe = ask(4)
         assert isinstance(probe[-1], Done)
-        assert engine.breaker_states()["openai"]["state"] == "closed"
+        assert asyncio.run(engine.breaker_states())["openai"]["state"] == "closed"
 
 
 def test_an_open_circuit_is_skipped_in_favour_of_a_healthy_deployment():
@@ -360,7 +364,7 @@ def test_identical_concurrent_requests_make_one_upstream_call(tmp_path):
             t.join(30)
         assert len(s.requests) == 1
     assert len({r.text for r in results}) == 1 and len({r.session_id for r in results}) == 5
-    frame = client.ledger.to_dataframe()
+    frame = client.usage()
     assert len(frame) == 5 and frame["coalesced"].sum() == 4 and (frame["status"] == "ok").all()
     assert frame[frame["coalesced"]]["cost"].fillna(0).sum() == 0
 
@@ -382,7 +386,7 @@ def test_requests_per_minute_refuses_before_any_upstream_call(tmp_path):
             client.complete(OPENAI, "3")
         assert len(s.requests) == 2
     assert info.value.retryable and info.value.retry_after
-    frame = client.ledger.to_dataframe()
+    frame = client.usage()
     assert len(frame) == 3 and list(frame["error_code"].dropna()) == ["RATE_LIMIT"]
 
 
@@ -465,7 +469,7 @@ def test_a_coalesced_request_survives_the_caller_it_shared_with_leaving():
             target=lambda: follower_result.append(client.complete(OPENAI, "one shared question", temperature=0))
         )
         follower.start()
-        while not client.engine._flights or next(iter(client.engine._flights.values())).followers == 0:
+        while not client.backend.engine._flights or next(iter(client.backend.engine._flights.values())).followers == 0:
             threading.Event().wait(0.005)
         leader.close()  # the caller that started the upstream call goes away
         reader.join(10)
@@ -482,7 +486,7 @@ def test_the_shared_upstream_call_is_cancelled_when_its_last_reader_leaves():
         next(e for e in stream if isinstance(e, Token))
         stream.close()
         for _ in range(200):
-            if not client.engine._flights:
+            if not client.backend.engine._flights:
                 break
             threading.Event().wait(0.01)
-        assert not client.engine._flights
+        assert not client.backend.engine._flights

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -96,6 +97,9 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         model="gpt-4o",
         coalesced=True,
         failover_path=["primary"],
+        tenant="acme",
+        key_id="key_7",
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
         now=T0,
     )
     ledger.finish(
@@ -141,6 +145,9 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         "pid": os.getpid(),
         "proc_start": process_identity(os.getpid()),
         "hostname": ledger.hostname,
+        "tenant": "acme",
+        "key_id": "key_7",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
     }
     assert ledger.row(row_id) == expected
     # The same values through pandas, converted to the documented dtypes.
@@ -279,6 +286,9 @@ EXPECTED_DTYPES = {
     "pid": "Int64",
     "proc_start": "string",
     "hostname": "string",
+    "tenant": "string",
+    "key_id": "string",
+    "trace_id": "string",
 }
 
 
@@ -400,7 +410,7 @@ def test_a_later_migration_is_applied_to_an_existing_file(path: Path, monkeypatc
 
     monkeypatch.setattr(ledger_migrations, "MIGRATIONS", (*ledger_migrations.MIGRATIONS, add_region))
     with Ledger(path) as ledger:
-        assert ledger.schema_version == 2
+        assert ledger.schema_version == len(ledger_migrations.MIGRATIONS)  # the released ones + 1
         assert list(ledger.to_dataframe()["session_id"]) == ["old"]
     with Ledger(path):
         pass
@@ -655,3 +665,83 @@ def test_a_forked_child_writes_through_its_own_connection(ledger: Ledger):
     statuses = dict(zip(frame["session_id"], frame["status"], strict=True))
     assert statuses == {"parent-before": "ok", "child": "ok"}
     assert frame.set_index("session_id").loc["child", "pid"] == child
+
+
+# -- upgrading files of earlier releases -----------------------------------------------------------
+
+# written by the release before the request-context columns (schema version 1), with its own code
+V1_FIXTURE = Path(__file__).parent / "ledger_helpers" / "ledger_v1.sqlite3"
+
+
+def as_read(column: str, stored: object) -> object:
+    """A stored SQL value as ``Ledger.row`` returns it (the path a list, the flags bool)."""
+    if column == "failover_path":
+        return None if stored is None else json.loads(str(stored))
+    return bool(stored) if column in ("cache_hit", "coalesced") else stored
+
+
+def test_a_ledger_of_the_previous_release_opens_upgraded_with_its_rows_intact(tmp_path: Path):
+    path = tmp_path / "old.sqlite3"
+    path.write_bytes(V1_FIXTURE.read_bytes())
+    before = raw(path, "SELECT * FROM requests ORDER BY id")
+    assert raw(path, "PRAGMA user_version") == [(1,)] and len(before) == 7
+    with Ledger(path) as ledger:
+        assert ledger.schema_version == len(ledger_migrations.MIGRATIONS)
+        rows = ledger.rows()
+        new = ledger.start(session_id="after", user="ada", tenant="acme", key_id="k1", trace_id="t1", model="m")
+        ledger.finish(new, status="ok")
+        assert (ledger.row(new) or {})["tenant"] == "acme"
+        frame = ledger.to_dataframe()
+    assert [row[1] for row in raw(path, "PRAGMA table_info(requests)")] == list(COLUMN_NAMES)
+    old_columns = COLUMN_NAMES[: len(before[0])]
+    for old, upgraded in zip(before, rows, strict=True):
+        for name, value in zip(old_columns, old, strict=True):
+            if name == "model":
+                continue  # the one column migration 3 rewrites (next test)
+            assert upgraded[name] == as_read(name, value), (upgraded["session_id"], name)
+        assert (upgraded["tenant"], upgraded["key_id"], upgraded["trace_id"]) == (None, None, None)
+    assert {name: str(dtype) for name, dtype in frame.dtypes.items()} == EXPECTED_DTYPES
+
+
+def test_the_migration_gives_every_row_one_model_name(tmp_path: Path):
+    """Failed and cancelled requests of earlier releases stored ``deployment:model``, successful ones
+    the bare model: one model split into several rows of a usage table by model."""
+    path = tmp_path / "old.sqlite3"
+    path.write_bytes(V1_FIXTURE.read_bytes())
+    with Ledger(path) as ledger:
+        models = {row["session_id"]: (row["deployment"], row["model"]) for row in ledger.rows()}
+    assert models == {
+        "sess_ok": ("badoa", "gpt-4o-mini"),
+        "sess_failed": ("badoa", "gpt-4o-mini"),  # was badoa:gpt-4o-mini, badoa being its deployment
+        "sess_cancelled": ("badoa", "gpt-4o-mini"),
+        "sess_type_prefix": ("oa", "gpt-4o"),  # was openai:gpt-4o, openai being a provider type
+        "sess_ollama": ("local", "llama3.1:8b"),  # a colon in the model's own name stays
+        "sess_refused": (None, "llama3.1:8b"),  # was ollama:llama3.1:8b, refused before routing
+        "sess_other_prefix": ("oa", "other:gpt-4o"),  # neither its deployment nor a type: not ours to cut
+    }
+
+
+def test_the_model_migration_runs_once_and_leaves_new_rows_alone(path: Path):
+    with Ledger(path) as ledger:
+        row_id = ledger.start(session_id="s", deployment="oa", model="oa:gpt-4o")  # a model id with a colon
+    with Ledger(path) as ledger:
+        assert (ledger.row(row_id) or {})["model"] == "oa:gpt-4o"
+
+
+def test_rows_are_the_dicts_the_dataframe_is_built_from(ledger: Ledger):
+    first = ledger.start(session_id="a", user="ada", now=T0)
+    ledger.finish(first, status="ok", failover_path=["x", "y"], cache_hit=True, now=T0 + 1)
+    ledger.start(session_id="b", user="bob", now=T0 + 2)
+    rows = ledger.rows()
+    assert rows == [ledger.row(first), ledger.row(first + 1)]
+    assert [row["session_id"] for row in ledger.rows(user="bob")] == ["b"]
+    pd.testing.assert_frame_equal(ledger.to_dataframe(), ledger_module.frame_from_rows(rows))
+    pd.testing.assert_frame_equal(ledger.to_dataframe(status="ok"), ledger_module.frame_from_rows(rows[:1]))
+
+
+def test_process_probing_lives_in_its_own_module_and_is_still_exported_here():
+    from gtl_nb.engine import processes
+
+    assert ledger_module.process_identity is processes.process_identity
+    assert ledger_module.process_alive is processes.process_alive
+    assert processes.own_identity() == (os.getpid(), processes.process_identity(os.getpid()))

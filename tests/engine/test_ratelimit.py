@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from gtl_nb.engine.ratelimit import BudgetConfig, BudgetGuard, Limits, utc_day_start
+from gtl_nb.engine.ratelimit import BudgetConfig, BudgetGuard, Limits, Spend, refusal, usage_report, utc_day_start
 from gtl_nb.protocol import BudgetExceededError, ConfigurationError, RateLimitError
 
 NOON = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc).timestamp()
@@ -274,3 +274,46 @@ def test_config_errors_name_the_file_they_came_from():
         BudgetConfig.from_dict({"users": {"ann": {"rpm": 1}}}, where="[budgets] in gtl.toml")
     with pytest.raises(ConfigurationError, match=r"\[budgets\] in gtl\.toml must be a table"):
         BudgetConfig.from_dict(["x"], where="[budgets] in gtl.toml")  # type: ignore[arg-type]
+
+
+# -- the backend and the shared decision of every BudgetCounter ----------------------------------------
+
+
+def test_config_backend_is_a_store_url():
+    assert BudgetConfig.from_dict({"requests_per_minute": 1}).backend is None  # the ledger's file, or memory
+    config = BudgetConfig.from_dict({"backend": "sqlite:///budgets.db", "usd_per_day": 5})
+    assert (config.backend, config.default.usd_per_day) == ("sqlite:///budgets.db", 5.0)
+    assert BudgetConfig.from_dict({"backend": "memory://"}).backend == "memory://"
+    with pytest.raises(ConfigurationError, match=r"\[budgets\] backend in gtl\.toml: unknown store 'mem'"):
+        BudgetConfig.from_dict({"backend": "mem"}, where="[budgets] in gtl.toml")
+    with pytest.raises(ConfigurationError, match="redis:// stores come with scale-out"):
+        BudgetConfig(backend="redis://cache")
+    with pytest.raises(ConfigurationError, match="unknown key 'backend'"):
+        BudgetConfig.from_dict({"users": {"ann": {"backend": "memory://"}}})
+
+
+def test_refusal_matches_the_guard_on_the_same_usage():
+    """``refusal`` (every BudgetCounter's decision) and ``BudgetGuard`` refuse alike, with the same words."""
+    spends = [Spend(NOON - ago, tokens) for ago, tokens in ((50.5, 400), (30, 300), (10, 300))]
+    ledger = Ledger()
+    for spend in spends:
+        ledger.add("ann", spend.time, tokens=spend.tokens)
+    for limits in ({"requests_per_minute": 3}, {"tokens_per_minute": 1000}, {"tokens_per_minute": 600}):
+        with pytest.raises(RateLimitError) as guarded:
+            guard(ledger, **limits).check("ann", NOON)
+        decided = refusal("ann", Limits(**limits), now=NOON, minute=spends, spent_today=0.0)
+        assert isinstance(decided, RateLimitError)
+        assert (decided.message, decided.retry_after) == (guarded.value.message, guarded.value.retry_after)
+    assert refusal("ann", Limits(requests_per_minute=4), now=NOON, minute=spends, spent_today=0.0) is None
+
+
+def test_refusal_checks_the_day_first_and_ignores_spends_outside_the_window():
+    old = [Spend(NOON - 61, 10_000)]
+    assert refusal("ann", Limits(tokens_per_minute=1), now=NOON, minute=old, spent_today=0.0) is None
+    spent = refusal("ann", Limits(usd_per_day=2.0, requests_per_minute=0), now=NOON, minute=old, spent_today=2.0)
+    assert isinstance(spent, BudgetExceededError) and "resets at 2024-03-02 00:00 UTC" in spent.message
+    assert usage_report(now=NOON, minute=[*old, Spend(NOON, 5)], spent_today=1.5) == {
+        "requests_last_minute": 1,
+        "tokens_last_minute": 5,
+        "usd_today": 1.5,
+    }

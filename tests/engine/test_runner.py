@@ -14,6 +14,8 @@ from typing import ClassVar
 
 import pytest
 
+from engine_kit import make_engine
+
 from gtl_nb.engine import Engine, Timeouts
 from gtl_nb.protocol import (
     CompletionRequest,
@@ -152,7 +154,7 @@ def request(**kw) -> CompletionRequest:
 
 
 def engine_for(*deployments: Deployment, timeouts: Timeouts | None = None) -> Engine:
-    return Engine(
+    return make_engine(
         {d.name: d for d in deployments},
         timeouts=timeouts or Timeouts(connect=2, first_byte=0.5, idle=0.3),
         routing={"retry": {"max_attempts": 1}},  # these tests are about one attempt each
@@ -348,7 +350,7 @@ def test_a_decoder_that_raises_ends_the_session_with_internal_error(server_facto
     registry.register("lines-exploding", Exploding())
     server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:x\n") + b"0\r\n\r\n"))
     ledger = Ledger(tmp_path / "l.sqlite3")
-    engine = Engine(
+    engine = make_engine(
         {"a": Deployment(name="a", type="lines-exploding", base_url=server.url, models=("m",))},
         ledger=ledger,
         routing={"retry": {"max_attempts": 1}},
@@ -362,8 +364,7 @@ def test_a_decoder_that_raises_ends_the_session_with_internal_error(server_facto
 
 def test_a_runaway_response_body_is_cut_off(server_factory):
     server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:" + b"x" * 5000) + b"0\r\n\r\n"))
-    engine = engine_for(lines("a", server.url))
-    engine.http.max_response_bytes = 1024
+    engine = make_engine({"a": lines("a", server.url)}, routing={"retry": {"max_attempts": 1}}, max_response_bytes=1024)
     events = run(engine, request())
     error = events[-1]
     assert isinstance(error, Error) and "larger than 1024 bytes" in error.message

@@ -1,0 +1,132 @@
+"""The client's backend seam: what ``Client`` needs from whatever runs its sessions.
+
+``EmbeddedBackend`` runs the engine in this process on the loop thread; a remote backend (the
+gateway issue) will speak GTL over a transport. The client — and so every magic, widget, batch and
+``client.usage()`` — goes through this interface only and never reaches into an engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine, SessionEnd
+from gtl_nb.engine.loop import LoopThread, shared_loop
+from gtl_nb.engine.settings import RequestDefaults, Settings
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
+
+__all__ = ["Backend", "EmbeddedBackend"]
+
+Deliver = Callable[[StreamEvent], None]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs sessions for a ``Client`` and answers its questions about providers and usage."""
+
+    loop: LoopThread
+    defaults: RequestDefaults
+
+    async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
+        """Run one session on ``loop``, handing each event to ``deliver``: exactly one ``done`` or
+        ``error`` ends it, a ``CANCELLED`` error when the task running this is cancelled."""
+        ...
+
+    def check(self, request: CompletionRequest) -> None:
+        """Raise, before any session starts, the routing or credential error sending would meet."""
+        ...
+
+    def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
+        """``(deployment, provider type, model id)`` of each candidate, in routing order."""
+        ...
+
+    def providers(self) -> list[ProviderInfo]: ...
+
+    def provider_type(self, deployment: str | None) -> str | None: ...
+
+    async def list_models(self, deployment: str) -> list[str]: ...
+
+    async def breakers(self) -> dict[str, dict[str, Any]]: ...
+
+    async def usage_rows(self, **filters: Any) -> list[dict[str, Any]]:
+        """The usage-ledger rows the caller may see (``[]`` when no ledger is kept)."""
+        ...
+
+    def describe(self) -> str:
+        """A short description for ``repr(client)``."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class EmbeddedBackend:
+    """The engine in this process, on one background loop thread (``engine.loop``).
+
+    ``principal`` is who budgets and ledger rows are accounted to (``connect(user=...)``); the
+    keyword arguments go to ``build_engine`` (``ledger=``, ``clock=``, ``sleep=``,
+    ``http_transport=``, ``stores=``, ``hooks=``, ``credentials=``).
+    """
+
+    def __init__(self, settings: Settings, *, principal: str, loop: LoopThread | None = None, **engine: Any) -> None:
+        self.settings = settings
+        self.defaults = settings.defaults
+        self.loop = loop or shared_loop()
+        self.context = RequestContext(principal=principal)
+        self.engine: Engine = build_engine(settings, **engine)
+
+    async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
+        ended = False
+        recorded = SessionEnd()
+        try:
+            async for event in self.engine.stream(request, context=self.context, ending=recorded):
+                ended = isinstance(event, (Done, Error))
+                deliver(event)
+        except asyncio.CancelledError:
+            if not ended:
+                # cancelled after the engine had ended the session (and its ledger row): say what the
+                # ledger says, so the caller and the ledger agree
+                cancelled = Error(session_id=request.session_id, code="CANCELLED", message="cancelled by the caller")
+                deliver(recorded.event or cancelled)
+            raise
+        except Exception as exc:  # a bug must still end the session
+            if not ended:
+                deliver(Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
+            raise
+
+    def check(self, request: CompletionRequest) -> None:
+        for target in self.engine.router.targets(request):
+            if target.name in self.settings.deployments:
+                self.settings.require_credentials(target.name)
+
+    def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
+        return [(t.name, t.deployment.type, t.model) for t in self.engine.router.targets(request)]
+
+    def providers(self) -> list[ProviderInfo]:
+        return self.engine.provider_info()
+
+    def provider_type(self, deployment: str | None) -> str | None:
+        found = self.engine.deployments.get(deployment or "")
+        return found.type if found else None
+
+    async def list_models(self, deployment: str) -> list[str]:
+        return await self.engine.list_models(deployment)
+
+    async def breakers(self) -> dict[str, dict[str, Any]]:
+        return await self.engine.breaker_states()
+
+    async def usage_rows(self, **filters: Any) -> list[dict[str, Any]]:
+        ledger = self.engine.ledger
+        return [] if ledger is None else await ledger.rows(**filters)
+
+    def describe(self) -> str:
+        return f"embedded providers=[{', '.join(self.engine.deployments)}]"
+
+    @property
+    def deployment_names(self) -> Sequence[str]:
+        return tuple(self.engine.deployments)
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()

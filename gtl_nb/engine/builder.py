@@ -1,0 +1,94 @@
+"""The one place that assembles an engine: ``build_engine(settings, ...)``.
+
+The embedded client calls it now and the gateway will next; tests inject through its keyword
+arguments (a fake clock and sleep, another HTTP transport, stores, a credential resolver) rather
+than patching an engine's attributes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.credentials import ConfiguredCredentials, CredentialResolver, StaticCredentials
+from gtl_nb.engine.hooks import Hooks
+from gtl_nb.engine.http import HttpRunner
+from gtl_nb.engine.settings import Settings
+from gtl_nb.engine.stores import Stores
+from gtl_nb.engine.transport import HttpTransport
+from gtl_nb.providers.catalog import Catalog
+
+__all__ = ["build_engine"]
+
+
+def build_engine(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    rng: random.Random | None = None,
+    http_transport: HttpTransport | None = None,
+    stores: Stores | None = None,
+    ledger: Any = None,
+    catalog: Catalog | None = None,
+    credentials: CredentialResolver | None = None,
+    hooks: Hooks | None = None,
+    max_response_bytes: int | None = None,
+) -> Engine:
+    """An engine for ``settings``.
+
+    ``clock`` (monotonic seconds) drives timings, breakers and retries; ``wall_clock`` (unix seconds)
+    stamps ledger rows and budgets; ``sleep`` is awaited for every back-off and pacing delay.
+    ``stores`` defaults to what the settings select (``open_stores``); ``ledger`` overrides only the
+    ledger choice (a path, a URL, a store, a ``Ledger``, or ``False`` for none). ``catalog`` defaults
+    to the built-in model catalog with the settings' overrides. ``credentials`` defaults to
+    re-reading the environment per request (``ConfiguredCredentials``).
+    """
+    from gtl_nb.engine.stores.factory import open_stores
+
+    if catalog is None:
+        catalog = Catalog.default()
+        if settings.catalog_overrides:
+            catalog = catalog.with_overrides(settings.catalog_overrides)
+    if stores is None:
+        if ledger is None:
+            ledger = settings.ledger.url if settings.ledger.enabled else False
+        stores = open_stores(
+            ledger=None if ledger is False else ledger,
+            default_ledger=ledger is None,
+            cache=settings.cache,
+            budgets=settings.budgets,
+            breaker=settings.routing.breaker,
+            clock=clock,
+            wall_clock=wall_clock,
+        )
+    if credentials is None:
+        config = settings.config
+        credentials = (
+            StaticCredentials()
+            if config is None
+            else ConfiguredCredentials(config.rebuild_deployment, config.credential_sources, environ=config.environ)
+        )
+    runner_options = {} if max_response_bytes is None else {"max_response_bytes": max_response_bytes}
+    runner = HttpRunner(settings.timeouts, transport=http_transport, wall_clock=wall_clock, **runner_options)
+    return Engine(
+        deployments=settings.deployments,
+        catalog=catalog,
+        runner=runner,
+        stores=stores,
+        routing=settings.routing,
+        cache=settings.cache,
+        budgets=settings.budgets,
+        deployment_timeouts=settings.deployment_timeouts,
+        credentials=credentials,
+        hooks=hooks or Hooks(),
+        clock=clock,
+        wall_clock=wall_clock,
+        sleep=sleep,
+        rng=rng,
+    )

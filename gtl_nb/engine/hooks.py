@@ -1,0 +1,136 @@
+"""Lifecycle hooks: the engine announces what happens to each request as typed events.
+
+In-process subscribers (metrics, the audit log, tests) receive them synchronously on the engine's
+loop; a subscriber that raises is logged and never disturbs the request. Widgets keep reading the
+GTL events of their own stream (``status: failover``), which also reach a remote client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.log import get_logger
+
+__all__ = [
+    "AttemptStarted",
+    "BreakerChanged",
+    "CacheHit",
+    "EngineEvent",
+    "FailedOver",
+    "Hooks",
+    "RequestFinished",
+    "RequestStarted",
+    "RetryScheduled",
+]
+
+log = get_logger("engine.hooks")
+
+
+@dataclass(frozen=True)
+class RequestStarted:
+    """A request entered the engine (its ledger row, if any, exists)."""
+
+    session_id: str
+    context: RequestContext
+    model: str
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """A call to one deployment begins (``attempt`` counts from 1 per deployment)."""
+
+    session_id: str
+    deployment: str
+    model: str
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RetryScheduled:
+    """The same deployment will be tried again after ``delay`` seconds."""
+
+    session_id: str
+    deployment: str
+    attempt: int
+    delay: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class FailedOver:
+    """The request moves to another deployment; what was received so far is discarded."""
+
+    session_id: str
+    from_deployment: str
+    to_deployment: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BreakerChanged:
+    """A deployment's circuit changed state (``closed``, ``open``, ``half_open``)."""
+
+    deployment: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """The answer was replayed from the response cache."""
+
+    session_id: str
+    deployment: str
+
+
+@dataclass(frozen=True)
+class RequestFinished:
+    """The session ended (its ledger row is complete): status ``ok``, ``error`` or ``cancelled``."""
+
+    session_id: str
+    context: RequestContext
+    status: str
+    error_code: str | None
+    deployment: str | None
+    model: str | None
+    tokens_in: int | None
+    tokens_out: int | None
+    cost: float | None
+    latency_ms: float | None
+    cache_hit: bool
+
+
+EngineEvent = (
+    RequestStarted | AttemptStarted | RetryScheduled | FailedOver | BreakerChanged | CacheHit | RequestFinished
+)
+Subscriber = Callable[[EngineEvent], None]
+
+
+class Hooks:
+    """The engine's subscribers (``engine.hooks.subscribe(callback)`` returns the unsubscribe call)."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call ``callback(event)`` for every engine event from now on."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def emit(self, event: EngineEvent) -> None:
+        """Hand ``event`` to every subscriber; a failing subscriber is logged and skipped."""
+        for callback in tuple(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("engine hook %r failed on %s", callback, type(event).__name__)
+
+    def __bool__(self) -> bool:
+        return bool(self._subscribers)

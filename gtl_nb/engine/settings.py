@@ -1,0 +1,162 @@
+"""Typed settings: the validated configuration parsed once into dataclasses the engine reads.
+
+``load_config`` (``engine.config``) merges and validates the sources; ``Settings.from_config`` parses
+every table into the objects below, so nothing inside the engine parses a raw dict again. The
+builder (``engine.builder.build_engine``) takes a ``Settings``; the client, and next the gateway,
+build one with ``load_settings``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gtl_nb.engine.breaker import BreakerConfig
+from gtl_nb.engine.cache import CacheConfig
+from gtl_nb.engine.config import Config, load_config
+from gtl_nb.engine.http import Timeouts
+from gtl_nb.engine.ratelimit import BudgetConfig
+from gtl_nb.engine.retry import RetryPolicy
+from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.providers.base import Deployment
+
+__all__ = [
+    "LedgerSettings",
+    "RequestDefaults",
+    "RoutingSettings",
+    "Settings",
+    "load_settings",
+]
+
+BUILTIN_DEFAULT_MODEL = "echo"
+
+
+@dataclass(frozen=True)
+class RequestDefaults:
+    """``[defaults]``: what a request gets for each argument it leaves out."""
+
+    model: str = BUILTIN_DEFAULT_MODEL
+    provider: str | None = None
+    providers: tuple[str, ...] | None = None
+    system: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    reasoning: bool = False
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> RequestDefaults:
+        providers = table.get("providers")
+        return cls(
+            model=table.get("model") or BUILTIN_DEFAULT_MODEL,
+            provider=table.get("provider"),
+            providers=tuple(providers) if providers else None,
+            system=table.get("system"),
+            temperature=None if table.get("temperature") is None else float(table["temperature"]),
+            max_tokens=table.get("max_tokens"),
+            reasoning=bool(table.get("reasoning", False)),
+        )
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """``[routing]``: the strategy and its keys, ``[routing.breaker]``, ``[routing.retry]``, fallbacks."""
+
+    strategy: str = "failover"
+    strategy_options: Mapping[str, Any] = field(default_factory=dict)
+    """The strategy's own keys (``weights``, ``latency_alpha``), validated by ``make_strategy``."""
+    breaker: BreakerConfig = field(default_factory=BreakerConfig)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    context_fallbacks: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], weights: Mapping[str, float]) -> RoutingSettings:
+        options = {k: v for k, v in table.items() if k not in ("strategy", "breaker", "retry", "context_fallbacks")}
+        if weights:
+            options["weights"] = dict(weights)
+        return cls(
+            strategy=str(table.get("strategy", "failover")),
+            strategy_options=options,
+            breaker=BreakerConfig.from_dict(table.get("breaker")),
+            retry=RetryPolicy.from_dict(table.get("retry")),
+            context_fallbacks=dict(table.get("context_fallbacks") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class LedgerSettings:
+    """``[ledger]``: whether usage is recorded, and where (a path or a store URL; ``None``: the default file)."""
+
+    enabled: bool = True
+    url: str | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> LedgerSettings:
+        url, path = table.get("url"), table.get("path")
+        if url and path:
+            raise ConfigurationError("[ledger] has both url and path; path is the shorthand for sqlite:///<path>")
+        return cls(enabled=bool(table.get("enabled", True)), url=url or path)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the builder needs, typed (see the module docstring)."""
+
+    deployments: Mapping[str, Deployment]
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    deployment_timeouts: Mapping[str, Timeouts] = field(default_factory=dict)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    budgets: BudgetConfig | None = None
+    ledger: LedgerSettings = field(default_factory=LedgerSettings)
+    defaults: RequestDefaults = field(default_factory=RequestDefaults)
+    catalog_overrides: Mapping[str, Any] = field(default_factory=dict)
+    config: Config | None = field(default=None, repr=False, compare=False)
+    """The validated source configuration (credential hints, where it was read from)."""
+
+    @classmethod
+    def from_config(cls, config: Config) -> Settings:
+        """Parse a validated ``Config`` into typed settings."""
+        return cls(
+            deployments=dict(config.deployments),
+            timeouts=config.timeouts,
+            deployment_timeouts=dict(config.deployment_timeouts),
+            routing=RoutingSettings.from_table(config.routing, config.routing.get("weights") or {}),
+            cache=CacheConfig.from_dict(config.cache),
+            budgets=BudgetConfig.from_dict(config.budgets) if config.budgets else None,
+            ledger=LedgerSettings.from_table(config.ledger),
+            defaults=RequestDefaults.from_table(config.defaults),
+            catalog_overrides=dict(config.catalog),
+            config=config,
+        )
+
+    def require_credentials(self, name: str) -> Deployment:
+        """The deployment called ``name``, or a ``ConfigurationError`` saying what to set."""
+        if self.config is None:
+            found = self.deployments.get(name)
+            if found is None:
+                raise ConfigurationError(f"no deployment named {name!r}")
+            return found
+        return self.config.require_credentials(name)
+
+
+def load_settings(
+    *,
+    config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+    providers: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    known_types: Collection[str] | None = None,
+    home: str | Path | None = None,
+    **sections: Any,
+) -> Settings:
+    """``load_config`` then ``Settings.from_config`` (the arguments are ``load_config``'s; the provider
+    types default to every registered one, plugins included)."""
+    if known_types is None:
+        from gtl_nb.providers.registry import provider_types
+
+        known_types = provider_types()
+    return Settings.from_config(
+        load_config(config=config, providers=providers, environ=environ, known_types=known_types, home=home, **sections)
+    )

@@ -1,0 +1,120 @@
+"""``open_stores``: the four stores an engine runs on, chosen from settings.
+
+Store URLs (``engine.stores.urls``): ``memory://``, and ``sqlite:///relative/path`` or
+``sqlite:////absolute/path`` — the path follows the third slash, the usual convention;
+``redis://`` and ``postgresql://`` come with scale-out.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from typing import Any
+
+from gtl_nb.engine.breaker import BreakerConfig
+from gtl_nb.engine.cache import CacheConfig
+from gtl_nb.engine.ledger import Ledger, default_ledger_path
+from gtl_nb.engine.ratelimit import BudgetConfig
+from gtl_nb.engine.stores.base import BreakerStore, BudgetCounter, ResponseCache, Stores, UsageLedger
+from gtl_nb.engine.stores.memory import (
+    MemoryBreakerStore,
+    MemoryBudgetCounter,
+    MemoryResponseCache,
+    MemoryUsageLedger,
+)
+from gtl_nb.engine.stores.sqlite import SqliteBreakerStore, SqliteBudgetCounter, SqliteResponseCache, SqliteUsageLedger
+from gtl_nb.engine.stores.urls import ACCEPTED, parse_store_url
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = ["open_stores"]
+
+LedgerChoice = UsageLedger | Ledger | str | os.PathLike[str] | None
+
+
+def open_stores(
+    ledger: LedgerChoice = None,
+    *,
+    default_ledger: bool = False,
+    cache: CacheConfig | None = None,
+    budgets: BudgetConfig | None = None,
+    breaker: BreakerConfig | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
+) -> Stores:
+    """The ``Stores`` the settings select (opening SQLite files: blocking, call it before the loop runs).
+
+    ``ledger`` is a file path, a ``sqlite:///path`` or ``memory://`` URL, an object implementing
+    ``UsageLedger`` (used as it is), a synchronous ``Ledger`` (wrapped; its owner still closes it), or
+    ``None``: no ledger — unless ``default_ledger``, then the default file (``default_ledger_path()``).
+
+    ``cache.backend`` and ``breaker.backend`` are URLs (default ``memory://``). ``budgets.backend``
+    defaults to the ledger's own file when the ledger is a SQLite file — processes that share a
+    ledger share budgets, as before — and to ``memory://`` otherwise. ``clock`` (monotonic seconds)
+    drives the in-memory cache and breakers; ``wall_clock`` (unix seconds) stamps ledger rows and
+    drives the SQLite cache and breakers, whose times other processes must read alike.
+    """
+    cache = cache or CacheConfig()
+    breaker = breaker or BreakerConfig()
+    with ExitStack() as opened:  # a store that fails to open closes the ones opened before it
+        usage = _open_ledger(ledger, default_ledger, wall_clock)
+        if usage is not None and usage is not ledger:  # never close what the caller passed in
+            opened.callback(_close_quietly, usage)
+        counters = _open_budgets(budgets, usage)
+        opened.callback(_close_quietly, counters)
+        answers = _open_cache(cache, clock, wall_clock)
+        opened.callback(_close_quietly, answers)
+        circuits = _open_breakers(breaker, clock, wall_clock)
+        opened.pop_all()
+    return Stores(ledger=usage, budgets=counters, cache=answers, breakers=circuits)
+
+
+def _open_ledger(ledger: LedgerChoice, default_ledger: bool, wall_clock: Callable[[], float]) -> UsageLedger | None:
+    if ledger is None or ledger is False:
+        return SqliteUsageLedger(default_ledger_path(), clock=wall_clock) if default_ledger else None
+    if isinstance(ledger, Ledger):
+        return SqliteUsageLedger(ledger)
+    if isinstance(ledger, UsageLedger):
+        return ledger
+    if isinstance(ledger, str) and "://" in ledger:
+        url = parse_store_url(ledger, where="ledger")
+        if url.scheme == "memory":
+            return MemoryUsageLedger(clock=wall_clock)
+        return SqliteUsageLedger(url.path, clock=wall_clock)
+    if isinstance(ledger, (str, os.PathLike)):
+        return SqliteUsageLedger(ledger, clock=wall_clock)
+    raise ConfigurationError(
+        f"ledger must be a path, a store URL ({ACCEPTED}), a UsageLedger, a Ledger or None, got {ledger!r}"
+    )
+
+
+def _open_budgets(budgets: BudgetConfig | None, ledger: UsageLedger | None) -> BudgetCounter:
+    backend = budgets.backend if budgets is not None else None
+    if backend is None:
+        if isinstance(ledger, SqliteUsageLedger) and ledger.path is not None:
+            return SqliteBudgetCounter(ledger.path, ledger_rows=True)
+        return MemoryBudgetCounter()
+    url = parse_store_url(backend, where="[budgets] backend")
+    return MemoryBudgetCounter() if url.scheme == "memory" else SqliteBudgetCounter(url.path)  # type: ignore[arg-type]
+
+
+def _open_cache(config: CacheConfig, clock: Callable[[], float], wall_clock: Callable[[], float]) -> ResponseCache:
+    url = parse_store_url(config.backend, where="[cache] backend")
+    if url.scheme == "memory":
+        return MemoryResponseCache(config.max_entries, config.ttl, clock=clock)
+    return SqliteResponseCache(url.path, default_ttl=config.ttl, wall_clock=wall_clock)  # type: ignore[arg-type]
+
+
+def _open_breakers(config: BreakerConfig, clock: Callable[[], float], wall_clock: Callable[[], float]) -> BreakerStore:
+    url = parse_store_url(config.backend, where="[routing.breaker] backend")
+    if url.scheme == "memory":
+        return MemoryBreakerStore(config, clock=clock)
+    return SqliteBreakerStore(url.path, config, wall_clock=wall_clock)  # type: ignore[arg-type]
+
+
+def _close_quietly(store: Any) -> None:
+    """Close a store a failed ``open_stores`` opened (synchronously: no loop may be running)."""
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()

@@ -1,0 +1,537 @@
+"""The SQLite stores (``sqlite:///path``): state shared by the processes of one machine.
+
+``SqliteUsageLedger`` is the usage ledger (``engine.ledger.Ledger``) behind the async interface.
+``SqliteBudgetCounter``, ``SqliteResponseCache`` and ``SqliteBreakerStore`` each keep one table of
+their own, in a file of their own or in the ledger's file (budgets do by default, so processes that
+share a ledger share budgets). Every call runs in a worker thread; every read-decide-write is one
+``BEGIN IMMEDIATE`` transaction (``SqliteDatabase``), which is what makes ``reserve`` exact across
+processes and breaker updates atomic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from gtl_nb.engine.breaker import BreakerConfig, CircuitBreaker
+from gtl_nb.engine.cache import CachedAnswer
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.ledger import MEMORY, Ledger, LedgerStateError, Totals
+from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
+from gtl_nb.engine.stores.base import Reservation
+from gtl_nb.engine.stores.sqlite_db import SqliteDatabase
+from gtl_nb.log import get_logger
+
+__all__ = ["SqliteBreakerStore", "SqliteBudgetCounter", "SqliteResponseCache", "SqliteUsageLedger"]
+
+log = get_logger("engine.stores")
+
+T = TypeVar("T")
+_PRUNE_EVERY = 256  # writes between two sweeps of rows no reader needs any more
+
+
+async def _settled(work: asyncio.Future[T]) -> T:
+    """Await ``work`` (running in a thread); if the awaiting task is cancelled, let it land first."""
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait({work})  # a second cancel stops this wait, not the work
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# the usage ledger
+
+
+class SqliteUsageLedger:
+    """The SQLite ``Ledger`` as a ``UsageLedger``: each call runs in a worker thread.
+
+    ``SqliteUsageLedger(path)`` opens (and at ``aclose`` closes) the ledger file; ``None`` is the
+    default file. ``SqliteUsageLedger(ledger)`` wraps a ``Ledger`` its caller keeps and closes
+    (``owns=True`` hands it over). ``clock`` stamps rows written without ``now``.
+    """
+
+    def __init__(
+        self,
+        ledger: Ledger | str | os.PathLike[str] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        owns: bool | None = None,
+    ) -> None:
+        if isinstance(ledger, Ledger):
+            self.ledger = ledger
+            self._owns = bool(owns)
+        else:
+            self.ledger = Ledger(ledger, clock=clock)
+            self._owns = True if owns is None else owns
+        self._closed = False
+
+    @property
+    def path(self) -> Path | None:
+        """The ledger's file, or ``None`` for an in-memory ledger."""
+        return None if self.ledger.path == MEMORY else Path(self.ledger.path)
+
+    async def start(
+        self, *, session_id: str, context: RequestContext, model: str | None, now: float | None = None
+    ) -> int:
+        """Insert the row (status ``started``); a cancelled caller's row is still finished, ``cancelled``."""
+        self._check_open()
+        insert = asyncio.ensure_future(
+            asyncio.to_thread(
+                self.ledger.start,
+                session_id=session_id,
+                user=context.principal,
+                model=model,
+                tenant=context.tenant,
+                key_id=context.key_id,
+                trace_id=context.trace_id,
+                now=now,
+            )
+        )
+        try:
+            return await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            insert.add_done_callback(self._finish_cancelled_insert)  # the INSERT lands anyway
+            raise
+
+    async def finish(self, row_id: int, *, status: str, now: float | None = None, **fields: Any) -> None:
+        """Complete the row (``Ledger.finish``); a cancelled caller still waits until it is written."""
+        self._check_open()
+        write = asyncio.ensure_future(asyncio.to_thread(self.ledger.finish, row_id, status=status, now=now, **fields))
+        await _settled(write)
+
+    async def rows(self, **filters: Any) -> list[dict[str, Any]]:
+        """``Ledger.rows(**filters)``: dicts of every column, oldest first."""
+        self._check_open()
+        return await asyncio.to_thread(self.ledger.rows, **filters)
+
+    async def totals(
+        self, *, user: str | None = None, since: float | None = None, until: float | None = None
+    ) -> Totals:
+        """``Ledger.totals``."""
+        self._check_open()
+        return await asyncio.to_thread(self.ledger.totals, user, since, until=until)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Close now, without a loop (the ledger file only if this store opened it)."""
+        self._closed = True
+        if self._owns:
+            self.ledger.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerStateError(f"the ledger {self.ledger.path} is closed")
+
+    def _finish_cancelled_insert(self, insert: asyncio.Future[int]) -> None:
+        if insert.cancelled() or insert.exception() is not None:
+            return
+        row_id = insert.result()
+        finish = asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.ledger.finish(row_id, status="cancelled", error_code="CANCELLED")
+        )
+        finish.add_done_callback(_log_failure("could not finish the cancelled request's row"))
+
+
+def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
+    def report(future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("%s: %s", what, future.exception())
+
+    return report
+
+
+# ----------------------------------------------------------------------------------------------
+# budgets
+
+_BUDGET_TABLE = """
+CREATE TABLE IF NOT EXISTS budget_reservations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    principal TEXT NOT NULL,
+    time REAL NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0.0,
+    session_id TEXT
+)
+"""
+
+
+def _budget_setup(conn: sqlite3.Connection) -> None:
+    conn.execute(_BUDGET_TABLE)
+    conn.execute("CREATE INDEX IF NOT EXISTS budget_reservations_principal ON budget_reservations (principal, time)")
+    conn.execute("CREATE INDEX IF NOT EXISTS budget_reservations_time ON budget_reservations (time)")
+    conn.execute("CREATE INDEX IF NOT EXISTS budget_reservations_session ON budget_reservations (session_id)")
+
+
+class SqliteBudgetCounter:
+    """A ``BudgetCounter`` in a SQLite table (``budget_reservations``), exact across processes.
+
+    ``reserve`` reads the principal's minute and day, decides (``ratelimit.refusal``) and inserts the
+    reservation in one ``BEGIN IMMEDIATE`` transaction. Times are the ``now`` callers pass (wall-clock
+    unix seconds, the clock processes share).
+
+    ``ledger_rows=True`` (the default store, which lives in the usage ledger's file) also counts the
+    ledger rows of requests that made no reservation — those of processes or principals without
+    budgets, as budgets always did — so a process pays nothing for budgets it does not have, and
+    one that has them still sees everybody's use of the file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        ledger_rows: bool = False,
+        busy_timeout: float = 5.0,
+        retry_for: float = 60.0,
+    ) -> None:
+        self.db = SqliteDatabase(path, setup=_budget_setup, busy_timeout=busy_timeout, retry_for=retry_for)
+        self.ledger_rows = ledger_rows
+        self._writes = 0
+
+    async def reserve(
+        self,
+        principal: str,
+        limits: Limits,
+        *,
+        now: float,
+        tokens: int = 0,
+        cost: float = 0.0,
+        session_id: str | None = None,
+    ) -> Reservation:
+        """Check and count one request in one transaction; raise the refusal, which counts nothing.
+
+        A principal without limits is counted too: other processes sharing the file may enforce
+        limits for it (as they did when budgets were read from the ledger)."""
+        tokens, cost = int(tokens), float(cost)
+
+        def work(conn: sqlite3.Connection) -> int | Exception:
+            minute, spent = _budget_window(
+                conn,
+                principal,
+                now,
+                minute=limits.requests_per_minute is not None or limits.tokens_per_minute is not None,
+                day=limits.usd_per_day is not None,
+                ledger_rows=self.ledger_rows,
+            )
+            refused = refusal(principal, limits, now=now, minute=minute, spent_today=spent)
+            if refused is not None:
+                return refused
+            cursor = conn.execute(
+                "INSERT INTO budget_reservations (principal, time, tokens, cost, session_id) VALUES (?, ?, ?, ?, ?)",
+                (principal, now, tokens, cost, session_id),
+            )
+            self._prune(conn, now)
+            return int(cursor.lastrowid or 0)
+
+        attempt = asyncio.ensure_future(asyncio.to_thread(self.db.transaction, work))
+        try:
+            outcome = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(self._uncount)  # the request will not be sent: take it back
+            raise
+        if isinstance(outcome, Exception):
+            raise outcome
+        return Reservation(outcome, principal, tokens, cost, now)
+
+    async def settle(
+        self, reservation: Reservation, *, tokens: int | None, cost: float | None, now: float | None = None
+    ) -> None:
+        """Replace the estimate with the actual figures (``None``: keep the estimate)."""
+        if not reservation.id or (tokens is None and cost is None):
+            return
+        values = (None if tokens is None else int(tokens), None if cost is None else float(cost), int(reservation.id))
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE budget_reservations SET tokens = COALESCE(?, tokens), cost = COALESCE(?, cost) WHERE id = ?",
+                values,
+            )
+
+        await _settled(asyncio.ensure_future(asyncio.to_thread(self.db.transaction, work)))
+
+    async def usage(self, principal: str, *, now: float) -> dict[str, float]:
+        """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal``."""
+
+        def work(conn: sqlite3.Connection) -> tuple[list[Spend], float]:
+            return _budget_window(conn, principal, now, minute=True, day=True, ledger_rows=self.ledger_rows)
+
+        minute, spent = await asyncio.to_thread(self.db.transaction, work, write=False)
+        return usage_report(now=now, minute=minute, spent_today=spent)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.db.close)
+
+    def close(self) -> None:
+        """Close now, without a loop."""
+        self.db.close()
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 1:  # a day of slack for clocks of other processes
+            conn.execute("DELETE FROM budget_reservations WHERE time < ?", (horizon(now) - DAY,))
+
+    def _uncount(self, attempt: asyncio.Future[Any]) -> None:
+        if attempt.cancelled() or attempt.exception() is not None or not isinstance(attempt.result(), int):
+            return
+        row_id = attempt.result()
+        undo = asyncio.get_running_loop().run_in_executor(
+            None,
+            self.db.transaction,
+            lambda conn: conn.execute("DELETE FROM budget_reservations WHERE id = ?", (row_id,)),
+        )
+        undo.add_done_callback(_log_failure("could not take back a cancelled reservation"))
+
+
+# Ledger rows that budgets count: not refused by a budget, and not already counted by a reservation.
+_UNRESERVED_LEDGER_ROWS = (
+    "FROM requests WHERE user = ? AND time >= ? "
+    "AND NOT (status = 'error' AND deployment IS NULL "
+    "AND COALESCE(error_code, '') IN ('RATE_LIMIT', 'BUDGET_EXCEEDED')) "
+    "AND NOT EXISTS (SELECT 1 FROM budget_reservations r WHERE r.session_id = requests.session_id)"
+)
+_LEDGER_TOKENS = "CASE WHEN cache_hit OR coalesced THEN 0 ELSE COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0) END"
+
+
+def _budget_window(
+    conn: sqlite3.Connection, principal: str, now: float, *, minute: bool, day: bool, ledger_rows: bool = False
+) -> tuple[list[Spend], float]:
+    """The principal's spends of the last minute and USD of today (each read only when asked for);
+    with ``ledger_rows``, the ledger's rows without a reservation count too."""
+    spends: list[Spend] = []
+    spent = 0.0
+    if minute:
+        since = now - WINDOW
+        found = conn.execute(
+            "SELECT time, tokens FROM budget_reservations WHERE principal = ? AND time >= ?", (principal, since)
+        ).fetchall()
+        if ledger_rows:
+            found += conn.execute(
+                f"SELECT time, {_LEDGER_TOKENS} {_UNRESERVED_LEDGER_ROWS}", (principal, since)
+            ).fetchall()
+        spends = [Spend(float(at), int(tokens)) for at, tokens in found]
+    if day:
+        start = utc_day_start(now)
+        row = conn.execute(
+            "SELECT COALESCE(SUM(cost), 0.0) FROM budget_reservations WHERE principal = ? AND time >= ?",
+            (principal, start),
+        ).fetchone()
+        spent = float(row[0])
+        if ledger_rows:
+            spent += float(
+                conn.execute(
+                    f"SELECT COALESCE(SUM(cost), 0.0) {_UNRESERVED_LEDGER_ROWS}", (principal, start)
+                ).fetchone()[0]
+            )
+    return spends, spent
+
+
+# ----------------------------------------------------------------------------------------------
+# the response cache
+
+
+def _cache_setup(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS response_cache (key TEXT PRIMARY KEY, answer BLOB NOT NULL, expires REAL NOT NULL)"
+    )
+    conn.execute("CREATE INDEX IF NOT EXISTS response_cache_expires ON response_cache (expires)")
+
+
+_ANSWER = msgspec.json.Decoder(CachedAnswer)
+
+
+class SqliteResponseCache:
+    """A ``ResponseCache`` in a SQLite table: the key, the msgspec-encoded ``CachedAnswer``, and its
+    expiry in wall-clock unix seconds (``wall_clock``; processes share it). Expired rows are never
+    returned, and are deleted when read and in periodic sweeps. There is no entry limit: the table
+    holds at most what one ``ttl`` of traffic stores."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        default_ttl: float = 3600.0,
+        wall_clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+        retry_for: float = 60.0,
+    ) -> None:
+        self.db = SqliteDatabase(path, setup=_cache_setup, busy_timeout=busy_timeout, retry_for=retry_for)
+        self.default_ttl = default_ttl
+        self.wall_clock = wall_clock
+        self._writes = 0
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        now = self.wall_clock()
+
+        def read(conn: sqlite3.Connection) -> tuple[bytes, float] | None:
+            found = conn.execute("SELECT answer, expires FROM response_cache WHERE key = ?", (key,)).fetchone()
+            return None if found is None else (bytes(found[0]), float(found[1]))
+
+        found = await asyncio.to_thread(self.db.transaction, read, write=False)  # a hit takes no write lock
+        if found is None:
+            return None
+        data, expires = found
+        if expires <= now:
+            await self._delete_expired(key, now)
+            return None
+        try:
+            return _ANSWER.decode(data)
+        except msgspec.DecodeError:  # written by another version of gtl_nb: a miss, and gone
+            log.debug("cache entry %s could not be read; dropped", key)
+            await self.delete(key)
+            return None
+
+    async def set(self, key: str, answer: CachedAnswer, ttl: float | None = None) -> None:
+        ttl = self.default_ttl if ttl is None else ttl
+        if ttl <= 0:
+            await self.delete(key)
+            return
+        now = self.wall_clock()
+        data = msgspec.json.encode(answer)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO response_cache (key, answer, expires) VALUES (?, ?, ?)", (key, data, now + ttl)
+            )
+            self._writes += 1
+            if self._writes % _PRUNE_EVERY == 1:
+                conn.execute("DELETE FROM response_cache WHERE expires <= ?", (now,))
+
+        await asyncio.to_thread(self.db.transaction, work)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(
+            self.db.transaction, lambda conn: conn.execute("DELETE FROM response_cache WHERE key = ?", (key,))
+        )
+
+    async def clear(self) -> None:
+        await asyncio.to_thread(self.db.transaction, lambda conn: conn.execute("DELETE FROM response_cache"))
+
+    async def _delete_expired(self, key: str, now: float) -> None:
+        # only if still expired: another process may have stored a fresh answer meanwhile
+        statement = "DELETE FROM response_cache WHERE key = ? AND expires <= ?"
+        await asyncio.to_thread(self.db.transaction, lambda conn: conn.execute(statement, (key, now)))
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.db.close)
+
+    def close(self) -> None:
+        """Close now, without a loop."""
+        self.db.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# circuit breakers
+
+
+def _breaker_setup(conn: sqlite3.Connection) -> None:
+    conn.execute("CREATE TABLE IF NOT EXISTS breakers (deployment TEXT PRIMARY KEY, state TEXT NOT NULL)")
+
+
+class SqliteBreakerStore:
+    """A ``BreakerStore`` in a SQLite table: per deployment, ``CircuitBreaker.to_state()`` as JSON.
+
+    Each call loads the state, applies ``engine.breaker``'s rules and writes it back in one
+    ``BEGIN IMMEDIATE`` transaction, so the processes of one machine share every circuit. Times are
+    the ``wall_clock``'s (monotonic clocks differ between processes). A half-open probe slot whose
+    process never reported back (it died) is given back after ``probe_lease`` seconds."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        config: BreakerConfig | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        probe_lease: float = 300.0,
+        busy_timeout: float = 5.0,
+        retry_for: float = 60.0,
+    ) -> None:
+        self.db = SqliteDatabase(path, setup=_breaker_setup, busy_timeout=busy_timeout, retry_for=retry_for)
+        self.config = config or BreakerConfig()
+        self.wall_clock = wall_clock
+        self.probe_lease = probe_lease
+
+    async def acquire(self, deployment: str) -> str | None:
+        if not self.config.enabled:
+            return "pass"
+        return await self._update(deployment, lambda breaker: breaker.acquire())
+
+    async def record_success(self, deployment: str) -> tuple[str, str] | None:
+        if not self.config.enabled:
+            return None
+        return await self._update(deployment, lambda breaker: breaker.record_success())
+
+    async def record_failure(self, deployment: str) -> tuple[str, str] | None:
+        if not self.config.enabled:
+            return None
+        return await self._update(deployment, lambda breaker: breaker.record_failure())
+
+    async def release(self, deployment: str) -> None:
+        await self._update(deployment, lambda breaker: breaker.release())
+
+    async def snapshots(self, deployments: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Each deployment's ``snapshot()`` plus ``"allowed"``; times are wall-clock unix seconds."""
+        names = list(deployments)
+
+        def work(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+            now = self.wall_clock()
+            result = {}
+            for name in names:
+                breaker, _ = self._load(conn, name, now)
+                result[name] = {**breaker.snapshot(), "allowed": breaker.would_allow()}
+            return result
+
+        return await asyncio.to_thread(self.db.transaction, work, write=False)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.db.close)
+
+    def close(self) -> None:
+        """Close now, without a loop."""
+        self.db.close()
+
+    async def _update(self, deployment: str, operation: Callable[[CircuitBreaker], T]) -> T:
+        def work(conn: sqlite3.Connection) -> T:
+            now = self.wall_clock()  # read with the write lock held: processes apply changes in time order
+            breaker, probe_at = self._load(conn, deployment, now)
+            before = breaker.to_state()
+            result = operation(breaker)
+            after = breaker.to_state()
+            if after != before:
+                if result == "probe":
+                    probe_at = now  # the newest grant: the lease runs from the last sign of life
+                after["probe_at"] = probe_at if after["probes"] else None
+                text = json.dumps(after, separators=(",", ":"))
+                conn.execute("INSERT OR REPLACE INTO breakers (deployment, state) VALUES (?, ?)", (deployment, text))
+            return result
+
+        return await _settled(asyncio.ensure_future(asyncio.to_thread(self.db.transaction, work)))
+
+    def _load(self, conn: sqlite3.Connection, deployment: str, now: float) -> tuple[CircuitBreaker, float | None]:
+        """The deployment's breaker as stored, at the instant ``now``, and when its last probe was granted."""
+
+        def clock() -> float:
+            return now  # one instant per transaction
+
+        found = conn.execute("SELECT state FROM breakers WHERE deployment = ?", (deployment,)).fetchone()
+        if found is None:
+            return CircuitBreaker(deployment, self.config, clock=clock), None
+        try:
+            state = json.loads(found[0])
+            probe_at = state.get("probe_at")
+            if state.get("probes") and probe_at is not None and now - float(probe_at) > self.probe_lease:
+                log.info("circuit %s: probe slots held for over %g s were given back", deployment, self.probe_lease)
+                state["probes"], probe_at = 0, None
+            return CircuitBreaker.from_state(state, deployment, self.config, clock=clock), probe_at
+        except (ValueError, TypeError, AttributeError):
+            log.warning("circuit %s: unreadable stored state; starting closed", deployment)
+            return CircuitBreaker(deployment, self.config, clock=clock), None

@@ -1,0 +1,201 @@
+"""The ``BudgetCounter`` contract: reserve-then-settle, exact requests per minute, the overshoot bound."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from store_kit import run
+
+from gtl_nb.engine.ratelimit import Limits
+from gtl_nb.engine.stores import BudgetCounter, MemoryBudgetCounter, Reservation, SqliteBudgetCounter
+from gtl_nb.protocol import BudgetExceededError, RateLimitError
+
+NOON = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc).timestamp()
+MIDNIGHT = datetime(2024, 3, 2, 0, 0, tzinfo=timezone.utc).timestamp()
+
+
+@pytest.fixture
+def counter(backend: str, store_file: Path):
+    store: BudgetCounter = MemoryBudgetCounter() if backend == "memory" else SqliteBudgetCounter(store_file)
+    yield store
+    run(store.aclose())
+
+
+def test_it_is_a_budget_counter(counter: BudgetCounter):
+    assert isinstance(counter, BudgetCounter)
+
+
+def test_requests_per_minute_are_counted_and_the_refused_one_is_not(counter: BudgetCounter):
+    limits = Limits(requests_per_minute=3)
+
+    async def scenario() -> tuple[RateLimitError, dict[str, float]]:
+        for seconds_ago in (50.5, 30, 10):
+            await counter.reserve("ann", limits, now=NOON - seconds_ago)
+        with pytest.raises(RateLimitError) as refused:
+            await counter.reserve("ann", limits, now=NOON)
+        return refused.value, await counter.usage("ann", now=NOON)
+
+    error, usage = run(scenario())
+    assert (error.retryable, error.retry_after) == (True, 10.0)  # the request of 50.5 s ago leaves in 9.5 s
+    assert "reached the limit of 3 requests per minute (3 in the last 60 s); retry in 10 s" in error.message
+    assert usage["requests_last_minute"] == 3  # the refusal was not counted
+
+
+def test_waiting_the_retry_after_given_is_enough(counter: BudgetCounter):
+    limits = Limits(requests_per_minute=2)
+
+    async def scenario() -> None:
+        await counter.reserve("ann", limits, now=NOON)
+        await counter.reserve("ann", limits, now=NOON)  # both at the same instant
+        with pytest.raises(RateLimitError) as refused:
+            await counter.reserve("ann", limits, now=NOON)
+        wait = refused.value.retry_after
+        assert wait == 61.0  # a request reserved at t is in the window up to and including t + 60
+        with pytest.raises(RateLimitError):
+            await counter.reserve("ann", limits, now=NOON + wait - 1)
+        await counter.reserve("ann", limits, now=NOON + wait)
+
+    run(scenario())
+
+
+def test_concurrent_reserves_pass_exactly_the_limit(counter: BudgetCounter):
+    limits = Limits(requests_per_minute=5)
+
+    async def scenario() -> list[object]:
+        attempts = [counter.reserve("ann", limits, now=NOON, tokens=10) for _ in range(20)]
+        return await asyncio.gather(*attempts, return_exceptions=True)
+
+    outcomes = run(scenario())
+    assert sum(not isinstance(outcome, Exception) for outcome in outcomes) == 5
+    assert all(isinstance(outcome, RateLimitError) for outcome in outcomes if isinstance(outcome, Exception))
+
+
+def test_principals_are_counted_apart_and_unlimited_ones_too(counter: BudgetCounter):
+    async def scenario() -> tuple[dict[str, float], dict[str, float]]:
+        await counter.reserve("ann", Limits(requests_per_minute=1), now=NOON)
+        await counter.reserve("bob", Limits(requests_per_minute=1), now=NOON)
+        for _ in range(3):  # never refused, but counted: limits elsewhere (or later) must see them
+            reservation = await counter.reserve("cy", Limits(), now=NOON, tokens=5)
+            await counter.settle(reservation, tokens=50, cost=1.0)
+        with pytest.raises(BudgetExceededError):
+            await counter.reserve("cy", Limits(usd_per_day=2.0), now=NOON + 1)
+        return await counter.usage("bob", now=NOON), await counter.usage("cy", now=NOON)
+
+    bob, cy = run(scenario())
+    assert bob["requests_last_minute"] == 1
+    assert cy == {"requests_last_minute": 3, "tokens_last_minute": 150, "usd_today": 3.0}
+
+
+def test_a_zero_limit_blocks_without_a_retry(counter: BudgetCounter):
+    with pytest.raises(RateLimitError, match="may not send tokens") as refused:
+        run(counter.reserve("ann", Limits(tokens_per_minute=0), now=NOON))
+    assert refused.value.retryable is False and refused.value.retry_after is None
+
+
+def test_tokens_count_the_estimate_until_settled_then_the_actual(counter: BudgetCounter):
+    limits = Limits(tokens_per_minute=100)
+
+    async def scenario() -> list[float]:
+        seen = []
+        first = await counter.reserve("ann", limits, now=NOON - 30, tokens=40)
+        seen.append((await counter.usage("ann", now=NOON))["tokens_last_minute"])  # the estimate
+        await counter.settle(first, tokens=120, cost=None)  # actual A > estimate E
+        seen.append((await counter.usage("ann", now=NOON))["tokens_last_minute"])
+        with pytest.raises(RateLimitError) as refused:  # the next reserve sees the settled value
+            await counter.reserve("ann", limits, now=NOON, tokens=1)
+        seen.append(refused.value.retry_after)
+        second = await counter.reserve("ann", limits, now=NOON + 31, tokens=40)
+        await counter.settle(second, tokens=None, cost=None)  # unknown: the estimate stays
+        seen.append((await counter.usage("ann", now=NOON + 31))["tokens_last_minute"])
+        return seen
+
+    assert run(scenario()) == [40, 120, 31.0, 40]
+
+
+def test_overshoot_is_bounded_by_the_last_admission_and_the_underestimates_in_flight(counter: BudgetCounter):
+    """ratelimit's module docstring: usage < limit + e_last + sum over requests in flight of (actual - estimate)."""
+    limit, estimate, actual = 100, 30, 50
+    limits = Limits(tokens_per_minute=limit)
+
+    async def scenario() -> tuple[int, float]:
+        outcomes = await asyncio.gather(
+            *(counter.reserve("ann", limits, now=NOON, tokens=estimate) for _ in range(10)), return_exceptions=True
+        )
+        admitted = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+        for reservation in admitted:  # all of them were in flight together
+            await counter.settle(reservation, tokens=actual, cost=None)
+        return len(admitted), (await counter.usage("ann", now=NOON))["tokens_last_minute"]
+
+    admitted, used = run(scenario())
+    assert admitted == 4  # admitted at 0, 30, 60 and 90 counted tokens
+    assert used == admitted * actual > limit
+    assert used < limit + estimate + admitted * (actual - estimate)
+
+
+def test_the_daily_budget_is_spent_by_settled_costs_and_resets_at_utc_midnight(counter: BudgetCounter):
+    limits = Limits(usd_per_day=1.0, requests_per_minute=100)
+
+    async def scenario() -> BudgetExceededError:
+        reservation = await counter.reserve("ann", limits, now=NOON, cost=0.1)
+        await counter.settle(reservation, tokens=10, cost=1.5)
+        with pytest.raises(BudgetExceededError) as refused:
+            await counter.reserve("ann", limits, now=NOON + 3600)
+        assert (await counter.usage("ann", now=NOON))["usd_today"] == 1.5
+        await counter.reserve("ann", limits, now=MIDNIGHT)  # a new UTC day
+        assert (await counter.usage("ann", now=MIDNIGHT))["usd_today"] == 0.0
+        return refused.value
+
+    error = run(scenario())
+    assert error.retryable is False
+    assert "daily budget of $1.00 for user 'ann' is used up: $1.5000 spent today" in error.message
+    assert "resets at 2024-03-02 00:00 UTC (in 11 h 0 min)" in error.message
+
+
+def test_settling_an_unknown_reservation_changes_nothing(counter: BudgetCounter):
+    async def scenario() -> dict[str, float]:
+        await counter.reserve("ann", Limits(), now=NOON, tokens=5)
+        await counter.settle(Reservation(987_654, "ann", 5, 0.0, NOON), tokens=500, cost=5.0)
+        return await counter.usage("ann", now=NOON)
+
+    assert run(scenario())["tokens_last_minute"] == 5
+
+
+# -- the SQLite implementation's own promises ------------------------------------------------------
+
+
+def test_two_counters_on_one_file_share_the_counts(store_file: Path):
+    limits = Limits(requests_per_minute=2)
+
+    async def scenario() -> None:
+        first, second = SqliteBudgetCounter(store_file), SqliteBudgetCounter(store_file)
+        await first.reserve("ann", limits, now=NOON)
+        await second.reserve("ann", limits, now=NOON)
+        with pytest.raises(RateLimitError):
+            await first.reserve("ann", limits, now=NOON)
+        await first.aclose()
+        await second.aclose()
+
+    run(scenario())
+
+
+def test_a_cancelled_reserve_is_taken_back(store_file: Path):
+    limits = Limits(requests_per_minute=5)
+
+    async def scenario() -> float:
+        counter = SqliteBudgetCounter(store_file)
+        task = asyncio.ensure_future(counter.reserve("ann", limits, now=NOON))
+        await asyncio.sleep(0)  # the transaction is under way in its thread
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for _ in range(200):
+            used = (await counter.usage("ann", now=NOON))["requests_last_minute"]
+            if used == 0:
+                break
+            await asyncio.sleep(0.01)
+        await counter.aclose()
+        return used
+
+    assert run(scenario()) == 0

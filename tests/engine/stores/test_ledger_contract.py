@@ -1,0 +1,334 @@
+"""The ``UsageLedger`` contract: every implementation records, finishes, filters and totals rows alike."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from store_kit import T0, FakeClock, run
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.ledger import Ledger, LedgerStateError, LedgerValueError, frame_from_rows, process_identity
+from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DTYPES
+from gtl_nb.engine.stores import MemoryUsageLedger, SqliteUsageLedger, UsageLedger
+
+ADA = RequestContext(principal="ada", tenant="acme", key_id="key_7", trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
+BOB = RequestContext(principal="bob")
+
+
+@pytest.fixture
+def ledger(backend: str, store_file: Path, clock: FakeClock):
+    store: UsageLedger = (
+        MemoryUsageLedger(clock=clock) if backend == "memory" else SqliteUsageLedger(store_file, clock=clock)
+    )
+    yield store
+    asyncio.run(store.aclose())
+
+
+async def one_row(ledger: UsageLedger, row_id: int) -> dict[str, Any]:
+    rows = await ledger.rows(id=row_id)
+    assert len(rows) == 1
+    return rows[0]
+
+
+def test_it_is_a_usage_ledger(ledger: UsageLedger):
+    assert isinstance(ledger, UsageLedger)
+
+
+def test_start_inserts_a_started_row_with_the_request_context(ledger: UsageLedger):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="sess_1", context=ADA, model="gpt-4o", now=T0)
+        return await one_row(ledger, row_id)
+
+    row = run(scenario())
+    assert list(row) == list(COLUMN_NAMES)
+    assert (row["status"], row["time"], row["time_utc"], row["end_time"]) == (
+        "started",
+        T0,
+        "2023-11-14T22:13:20.250Z",
+        None,
+    )
+    assert (row["user"], row["tenant"], row["key_id"], row["trace_id"]) == (
+        "ada",
+        "acme",
+        "key_7",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
+    )
+    assert (row["session_id"], row["model"], row["deployment"]) == ("sess_1", "gpt-4o", None)
+    assert (row["cache_hit"], row["coalesced"], row["failover_path"]) == (False, False, None)
+    assert row["pid"] == os.getpid() and row["proc_start"] == process_identity(os.getpid())
+    assert row["hostname"]
+
+
+def test_every_finish_field_round_trips(ledger: UsageLedger):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=ADA, model="gpt-4o", now=T0)
+        await ledger.finish(
+            row_id,
+            status="error",
+            error_code="RATE_LIMIT",
+            deployment="backup",
+            provider_type="anthropic",
+            model="claude-x",
+            tokens_in=120,
+            tokens_out=45,
+            cached_tokens_in=100,
+            reasoning_tokens_out=7,
+            cost=0.0125,
+            ttft_ms=210.5,
+            latency_ms=1500.25,
+            cache_hit=True,
+            coalesced=True,
+            failover_path=["primary", "backup"],
+            now=T0 + 1.5,
+        )
+        return await one_row(ledger, row_id)
+
+    row = run(scenario())
+    assert {name: row[name] for name in COLUMN_NAMES if name not in ("id", "pid", "proc_start", "hostname")} == {
+        "time": T0,
+        "time_utc": "2023-11-14T22:13:20.250Z",
+        "end_time": T0 + 1.5,
+        "session_id": "s",
+        "user": "ada",
+        "deployment": "backup",
+        "provider_type": "anthropic",
+        "model": "claude-x",
+        "status": "error",
+        "error_code": "RATE_LIMIT",
+        "tokens_in": 120,
+        "tokens_out": 45,
+        "cached_tokens_in": 100,
+        "reasoning_tokens_out": 7,
+        "cost": 0.0125,
+        "ttft_ms": 210.5,
+        "latency_ms": 1500.25,
+        "cache_hit": True,
+        "coalesced": True,
+        "failover_path": ["primary", "backup"],
+        "tenant": "acme",
+        "key_id": "key_7",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+    }
+
+
+def test_finish_keeps_what_it_is_not_given_and_measures_latency_itself(ledger: UsageLedger, clock: FakeClock):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m")
+        clock.now += 2
+        await ledger.finish(row_id, status="ok", deployment="oa")
+        return await one_row(ledger, row_id)
+
+    row = run(scenario())
+    assert (row["model"], row["deployment"], row["end_time"]) == ("m", "oa", T0 + 2)
+    assert row["tokens_in"] is None and row["cost"] is None  # unknown stays unknown, never 0
+    assert row["latency_ms"] == 2000.0
+
+
+def test_a_row_is_finished_once_and_the_first_outcome_wins(ledger: UsageLedger):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m", now=T0)
+        await ledger.finish(row_id, status="ok", tokens_in=1, now=T0 + 1)
+        with pytest.raises(LedgerStateError, match="already ok"):
+            await ledger.finish(row_id, status="error", error_code="INTERNAL", tokens_in=99, now=T0 + 2)
+        with pytest.raises(LedgerStateError, match="does not exist"):
+            await ledger.finish(row_id + 100, status="ok")
+        return await one_row(ledger, row_id)
+
+    row = run(scenario())
+    assert (row["status"], row["tokens_in"], row["error_code"], row["end_time"]) == ("ok", 1, None, T0 + 1)
+
+
+@pytest.mark.parametrize("status", ["started", "done", ""])
+def test_finish_refuses_a_status_that_is_not_final(ledger: UsageLedger, status: str):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m")
+        with pytest.raises(LedgerValueError, match="finish status"):
+            await ledger.finish(row_id, status=status)
+        with pytest.raises(TypeError):
+            await ledger.finish(row_id, status="ok", colour="blue")
+        return await one_row(ledger, row_id)
+
+    assert run(scenario())["status"] == "started"
+
+
+def test_implausible_numbers_are_stored_as_unknown_and_the_row_still_finishes(ledger: UsageLedger):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m")
+        await ledger.finish(row_id, status="ok", tokens_in=-5, tokens_out=2**70, cost=float("nan"), ttft_ms="soon")
+        return await one_row(ledger, row_id)
+
+    row = run(scenario())
+    assert row["status"] == "ok"
+    assert (row["tokens_in"], row["tokens_out"], row["cost"], row["ttft_ms"]) == (None, None, None, None)
+
+
+def test_details_it_cannot_store_leave_the_outcome_recorded(ledger: UsageLedger):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m")
+        await ledger.finish(row_id, status="error", error_code="TIMEOUT", failover_path=5)  # not a sequence
+        return await one_row(ledger, row_id)
+
+    row = run(scenario())
+    assert (row["status"], row["error_code"], row["failover_path"]) == ("error", "TIMEOUT", None)
+
+
+def test_a_finish_whose_caller_is_cancelled_still_lands(ledger: UsageLedger):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m")
+        task = asyncio.ensure_future(ledger.finish(row_id, status="ok", tokens_in=3))
+        await asyncio.sleep(0)  # the finish has begun
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return await one_row(ledger, row_id)
+
+    row = run(scenario())
+    assert (row["status"], row["tokens_in"]) == ("ok", 3)
+
+
+def test_rows_filter_as_to_dataframe_does(ledger: UsageLedger):
+    async def scenario() -> dict[str, list[str]]:
+        for index, (context, status) in enumerate([(ADA, "ok"), (BOB, "error"), (ADA, "cancelled"), (BOB, "ok")]):
+            row_id = await ledger.start(session_id=f"s{index}", context=context, model="m", now=T0 + index)
+            await ledger.finish(row_id, status=status, cost=None if index == 1 else 0.5, now=T0 + index)
+        await ledger.start(session_id="s4", context=ADA, model="m", now=T0 + 4)
+
+        async def sessions(**filters: Any) -> list[str]:
+            return [row["session_id"] for row in await ledger.rows(**filters)]
+
+        return {
+            "all": await sessions(),
+            "ada": await sessions(user="ada"),
+            "tenant": await sessions(tenant="acme"),
+            "no tenant": await sessions(tenant=None),
+            "status list": await sessions(status=["error", "cancelled"]),
+            "unknown cost": await sessions(cost=None),
+            "window": await sessions(since=T0 + 1, until=T0 + 3),
+            "datetime": await sessions(since=datetime.fromtimestamp(T0 + 3, timezone.utc)),
+            "session": await sessions(session_id="s2"),
+            "flag": await sessions(cache_hit=False, status="started"),
+        }
+
+    assert run(scenario()) == {
+        "all": ["s0", "s1", "s2", "s3", "s4"],
+        "ada": ["s0", "s2", "s4"],
+        "tenant": ["s0", "s2", "s4"],
+        "no tenant": ["s1", "s3"],
+        "status list": ["s1", "s2"],
+        "unknown cost": ["s1", "s4"],
+        "window": ["s1", "s2"],
+        "datetime": ["s3", "s4"],
+        "session": ["s2"],
+        "flag": ["s4"],
+    }
+
+
+def test_an_unknown_filter_is_a_caller_mistake(ledger: UsageLedger):
+    with pytest.raises(LedgerValueError, match="unknown ledger filter 'colour'"):
+        run(ledger.rows(colour="blue"))
+    with pytest.raises(LedgerValueError, match="timezone-aware"):
+        run(ledger.rows(since=datetime(2024, 1, 1)))
+
+
+def test_totals_count_as_budgets_did(ledger: UsageLedger):
+    async def scenario() -> tuple[Any, ...]:
+        async def add(context: RequestContext, **fields: Any) -> None:
+            row_id = await ledger.start(session_id="s", context=context, model="m", now=T0)
+            await ledger.finish(row_id, now=T0, **fields)
+
+        await add(ADA, status="ok", tokens_in=10, tokens_out=5, cost=0.25)
+        await add(ADA, status="ok", tokens_in=100, tokens_out=100, cost=0.0, cache_hit=True)  # no tokens
+        await add(ADA, status="ok", tokens_in=100, coalesced=True)  # no tokens
+        await add(ADA, status="error", error_code="RATE_LIMIT")  # refused by a budget: not a request
+        await add(ADA, status="error", error_code="RATE_LIMIT", deployment="oa")  # the provider's: counted
+        await add(ADA, status="error", error_code="TIMEOUT", tokens_in=None, cost=None)
+        await add(BOB, status="ok", tokens_in=1, cost=1.0)
+        return (
+            await ledger.totals(user="ada"),
+            await ledger.totals(),
+            await ledger.totals(user="ada", since=T0 + 1),
+            await ledger.totals(user="ada", until=T0 + 1),
+        )
+
+    ada, everyone, later, until = run(scenario())
+    assert tuple(ada) == (5, 15, 0.25)
+    assert tuple(everyone) == (6, 16, 1.25)
+    assert tuple(later) == (0, 0, 0.0)
+    assert until == ada
+
+
+def test_frame_from_rows_has_the_documented_columns_and_dtypes(ledger: UsageLedger):
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        empty = await ledger.rows()
+        await ledger.start(session_id="in flight", context=ADA, model="m", now=T0)
+        row_id = await ledger.start(session_id="done", context=BOB, model="m", now=T0)
+        await ledger.finish(row_id, status="ok", tokens_in=3, failover_path=["a", "b"], now=T0 + 1)
+        return empty, await ledger.rows()
+
+    empty, rows = run(scenario())
+    for frame in (frame_from_rows(empty), frame_from_rows(rows)):
+        assert {name: str(dtype) for name, dtype in frame.dtypes.items()} == DTYPES
+    frame = frame_from_rows(rows)
+    assert list(frame["session_id"]) == ["in flight", "done"]
+    assert pd.isna(frame.loc[0, "end_time"]) and frame.loc[1, "tokens_in"] == 3
+    assert frame.loc[1, "end_time"] == pd.Timestamp("2023-11-14T22:13:21.250Z")
+    assert frame.loc[1, "failover_path"] == ["a", "b"] and frame.loc[0, "tenant"] == "acme"
+
+
+def test_a_closed_ledger_refuses_calls(ledger: UsageLedger):
+    run(ledger.aclose())
+    with pytest.raises(LedgerStateError, match="closed"):
+        run(ledger.start(session_id="s", context=BOB, model="m"))
+    with pytest.raises(LedgerStateError, match="closed"):
+        run(ledger.rows())
+
+
+# -- the SQLite implementation's own promises ------------------------------------------------------
+
+
+def test_the_sqlite_store_is_the_ledger_file_and_its_frame(store_file: Path):
+    async def scenario(store: SqliteUsageLedger) -> list[dict[str, Any]]:
+        row_id = await store.start(session_id="s", context=ADA, model="m", now=T0)
+        await store.finish(row_id, status="ok", cost=0.5, now=T0 + 1)
+        rows = await store.rows()
+        await store.aclose()
+        return rows
+
+    rows = run(scenario(SqliteUsageLedger(store_file)))
+    with Ledger(store_file) as reopened:
+        pd.testing.assert_frame_equal(reopened.to_dataframe(), frame_from_rows(rows))
+        assert reopened.rows() == rows
+
+
+def test_a_wrapped_ledger_stays_open_for_its_owner(store_file: Path):
+    with Ledger(store_file) as owned:
+        store = SqliteUsageLedger(owned)
+        assert store.path == store_file
+        run(store.start(session_id="s", context=BOB, model="m"))
+        run(store.aclose())
+        assert owned.totals().requests == 1  # still open
+        with pytest.raises(LedgerStateError):
+            run(store.rows())
+
+
+def test_a_cancelled_start_leaves_no_started_row(store_file: Path):
+    async def scenario(store: SqliteUsageLedger) -> list[dict[str, Any]]:
+        task = asyncio.ensure_future(store.start(session_id="s", context=BOB, model="m"))
+        await asyncio.sleep(0)  # the INSERT is under way in its thread
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        for _ in range(200):  # the insert lands, then its row is finished as cancelled
+            rows = await store.rows()
+            if rows and rows[0]["status"] != "started":
+                break
+            await asyncio.sleep(0.01)
+        await store.aclose()
+        return rows
+
+    rows = run(scenario(SqliteUsageLedger(store_file)))
+    assert [(row["status"], row["error_code"]) for row in rows] == [("cancelled", "CANCELLED")]

@@ -1,0 +1,652 @@
+"""Every documented configuration key has its effect — proven where it is observable (the request the
+simulator receives, the routing, the ledger, the events), never in the parsed configuration object.
+
+``docs/configuration.md`` is walked for its key tables; a documented key without a check here fails
+the first test, so a key cannot be documented without an effect being shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.backend import EmbeddedBackend
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.protocol import Done, Error, Message, Reasoning, Status, Token, Usage
+from gtl_nb.protocol.errors import (
+    BudgetExceededError,
+    ConfigurationError,
+    OverloadedError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    RateLimitError,
+)
+from gtl_nb.providers import registry
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+MODEL = "gpt-4o-mini"
+NOT_YET_SERVED = "gateway"  # documented as such; the gateway issue replaces the table
+
+
+def documented_keys() -> set[str]:
+    """``section.key`` for every row of every "Key" table under a ``[section]`` heading."""
+    keys: set[str] = set()
+    section = None
+    in_key_table = False
+    for line in DOCS.read_text().splitlines():
+        heading = re.match(r"#+ `\[([a-z_.<>]+)\]`", line)
+        if heading:
+            section = heading.group(1).replace("providers.<deployment>", "providers")
+            in_key_table = False
+            continue
+        if line.startswith("| Key |"):
+            in_key_table = True
+            continue
+        if not line.startswith("|"):
+            in_key_table = False
+            continue
+        if in_key_table and section and not line.startswith("| ---"):
+            first_cell = line.split("|")[1]
+            keys.update(f"{section}.{key}" for key in re.findall(r"`([a-z_]+)`", first_cell))
+    return keys
+
+
+class RecordedSleep:
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+class Clock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def client(providers=None, *, environ=None, ledger=False, home=None, **options) -> gtl_nb.Client:
+    """A client built the way ``connect`` builds one, with builder injections (``sleep=``, ``clock=``…)."""
+    builder = {k: options.pop(k) for k in ("sleep", "clock", "wall_clock") if k in options}
+    settings = load_settings(providers=providers, environ=environ or {}, home=home, **options)
+    made = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann", ledger=ledger, **builder))
+    made.recorded = builder.get("sleep")
+    return made
+
+
+def oa(server, **extra) -> dict:
+    return {"type": "openai", "api_key": "sim-key", "base_url": server.base_url, **extra}
+
+
+def body(server, index: int = -1) -> dict:
+    return server.requests[index].json
+
+
+# -- [providers.<deployment>] -----------------------------------------------------------------------
+
+
+def providers_type(tmp_path):
+    with sim.serve("openai") as s:
+        c = client({"mine": oa(s)})
+        answer = c.complete(MODEL, "hi")
+    assert answer.provider == "mine" and len(s.requests) == 1 and s.requests[0].path.endswith("/chat/completions")
+
+
+def providers_api_key(tmp_path):
+    with sim.serve("openai", api_key="team-key") as s:
+        client({"openai": {"api_key": "team-key", "base_url": s.base_url}}).complete(MODEL, "hi")
+    assert s.requests[0].headers["authorization"] == "Bearer team-key"
+
+
+def providers_api_key_env(tmp_path):
+    with sim.serve("openai", api_key="from-env") as s:
+        c = client(
+            {"openai": {"api_key_env": "TEAM_KEY", "base_url": s.base_url}},
+            environ={"TEAM_KEY": "from-env", "OPENAI_API_KEY": "personal"},
+        )
+        c.complete(MODEL, "hi")
+    assert s.requests[0].headers["authorization"] == "Bearer from-env"
+
+
+def providers_base_url(tmp_path):
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        client({"openai": oa(b)}).complete(MODEL, "hi")
+    assert not a.requests and len(b.requests) == 1
+
+
+def providers_api_version(tmp_path):
+    with sim.serve("azure") as s:
+        conf = {"type": "azure", "api_key": "sim-key", "base_url": s.base_url, "api_version": "2024-10-21"}
+        client({"az": conf}).complete("gpt-4o-mini", "hi", provider="az")
+    assert s.requests[0].query.get("api-version") == "2024-10-21"
+
+
+def _bedrock(s, **extra) -> dict:
+    return {"type": "bedrock", "base_url": s.base_url, **extra}
+
+
+def providers_region(tmp_path):
+    with sim.serve("bedrock", aws_region="eu-west-3") as s:
+        keys = {"aws_access_key_id": "AKIDSIMULATOR", "aws_secret_access_key": "sim-secret"}
+        client({"br": _bedrock(s, region="eu-west-3", **keys)}).complete("amazon.nova-lite-v1:0", "hi", provider="br")
+    assert "/eu-west-3/bedrock/aws4_request" in s.requests[0].headers["authorization"]
+
+
+def providers_aws_access_key_id(tmp_path):
+    with sim.serve("bedrock", aws_access_key_id="AKIDTEAM", aws_secret_access_key="team-secret") as s:
+        keys = {"aws_access_key_id": "AKIDTEAM", "aws_secret_access_key": "team-secret", "aws_session_token": "tok"}
+        answer = client({"br": _bedrock(s, region="us-east-1", **keys)}).complete(
+            "amazon.nova-lite-v1:0", "hi", provider="br"
+        )
+    headers = s.requests[0].headers
+    assert answer.text and "Credential=AKIDTEAM/" in headers["authorization"]  # the secret signed it
+    assert headers["x-amz-security-token"] == "tok"
+
+
+providers_aws_secret_access_key = providers_aws_session_token = providers_aws_access_key_id
+
+
+def providers_aws_profile(tmp_path):
+    aws = tmp_path / ".aws"
+    aws.mkdir()
+    (aws / "credentials").write_text("[team]\naws_access_key_id = AKIDPROFILE\naws_secret_access_key = prof-secret\n")
+    with sim.serve("bedrock", aws_access_key_id="AKIDPROFILE", aws_secret_access_key="prof-secret") as s:
+        c = client(
+            {"br": _bedrock(s, region="us-east-1", aws_profile="team")},
+            environ={"AWS_ACCESS_KEY_ID": "AKIDIGNORED", "AWS_SECRET_ACCESS_KEY": "x"},
+            home=tmp_path,
+        )
+        c.complete("amazon.nova-lite-v1:0", "hi", provider="br")
+    assert "Credential=AKIDPROFILE/" in s.requests[0].headers["authorization"]
+
+
+def providers_model(tmp_path):
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        c = client({"first": oa(a), "house": oa(b, model="house-model")})
+        assert c.route("house-model")[0][0] == "house"
+        c.complete("house-model", "hi")
+    assert body(b)["model"] == "house-model" and not a.requests
+
+
+def providers_models(tmp_path):
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        c = client({"first": oa(a), "listed": oa(b, models=["gpt-4o-mini"])})
+        c.complete(MODEL, "hi")
+    assert len(b.requests) == 1 and not a.requests
+
+
+def providers_headers(tmp_path):
+    with sim.serve("openai") as s:
+        client({"openai": oa(s, headers={"OpenAI-Project": "proj_x"})}).complete(MODEL, "hi")
+    assert s.requests[0].headers["openai-project"] == "proj_x"
+
+
+def providers_options(tmp_path):
+    with sim.serve("anthropic") as s:
+        conf = {"type": "anthropic", "api_key": "sim-key", "base_url": s.base_url, "options": {"max_tokens": 77}}
+        client({"anthropic": conf}).complete("claude-haiku-4-5", "hi")
+    assert body(s)["max_tokens"] == 77
+
+
+def providers_weight(tmp_path):
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        c = client({"big": oa(a, weight=3), "small": oa(b)}, routing={"strategy": "weighted"})
+        served = Counter(c.complete(MODEL, f"n{i}").provider for i in range(8))
+    assert served == {"big": 6, "small": 2}
+
+
+def providers_timeouts(tmp_path):
+    # the per-deployment first_byte reaches the HTTP runner (the global one would wait 60 s)
+    with sim.serve("openai", faults=sim.Fault.slow_first_token(2.0)) as s:
+        c = client({"slow": oa(s, timeouts={"first_byte": 0.3})}, routing={"retry": {"max_attempts": 1}})
+        with pytest.raises(ProviderTimeoutError, match=r"first-byte timeout \(0.3 s\)"):
+            c.complete(MODEL, "hi")
+
+
+# -- [routing] and its sub-tables ---------------------------------------------------------------------
+
+
+def routing_strategy(tmp_path):
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        c = client({"a": oa(a), "b": oa(b)}, routing={"strategy": "round_robin"})
+        order = [c.complete(MODEL, f"n{i}").provider for i in range(4)]
+    assert order in (["a", "b", "a", "b"], ["b", "a", "b", "a"])
+
+
+def routing_weights(tmp_path):
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        c = client({"a": oa(a), "b": oa(b)}, routing={"strategy": "weighted", "weights": {"a": 1, "b": 3}})
+        served = Counter(c.complete(MODEL, f"n{i}").provider for i in range(8))
+    assert served == {"a": 2, "b": 6}
+
+
+def routing_latency_alpha(tmp_path):
+    # a answered slowly (0.6 s) then fast; b once in 0.3 s. With alpha = 1 only a's newest answer
+    # counts (a is faster); with 0.3 its average is still about 0.42 s (b is faster)
+    for alpha, expected in ((1.0, "a"), (0.3, "b")):
+        with (
+            sim.serve("openai", faults=[sim.Fault.slow_first_token(0.6)]) as a,
+            sim.serve("openai", faults=[sim.Fault.slow_first_token(0.3)]) as b,
+        ):
+            c = client({"a": oa(a), "b": oa(b)}, routing={"strategy": "lowest_latency", "latency_alpha": alpha})
+            c.complete(MODEL, "slow", providers=["a"])
+            c.complete(MODEL, "fast", providers=["a"])
+            c.complete(MODEL, "medium", providers=["b"])
+            assert c.complete(MODEL, "which?").provider == expected, alpha
+
+
+class _SmallContext:
+    name = "cfgkeys_smallctx"
+    offline = True
+
+    def models(self):
+        return []
+
+    def generate(self, request):
+        sid = request.session_id
+        if request.model == "tiny":
+            yield 0.0, Error(session_id=sid, code="CONTEXT_LENGTH_EXCEEDED", message="too long")
+            return
+        yield 0.0, Token(session_id=sid, text=f"answered by {request.model}")
+        yield 0.0, Usage(session_id=sid, tokens_in=1, tokens_out=1, cost=0.0)
+        yield 0.0, Done(session_id=sid)
+
+
+def routing_context_fallbacks(tmp_path):
+    registry.register("cfgkeys_smallctx", _SmallContext())
+    c = client(
+        {"ctx": {"type": "cfgkeys_smallctx", "models": ["tiny", "huge"]}},
+        routing={"context_fallbacks": {"tiny": "huge"}},
+    )
+    assert c.complete("tiny", "a long prompt").text == "answered by huge"
+
+
+def _retrying(faults, **retry):
+    sleep = RecordedSleep()
+    with sim.serve("openai", faults=faults) as s:
+        c = client({"openai": oa(s)}, routing={"retry": retry}, sleep=sleep)
+        try:
+            c.complete(MODEL, "x")
+        except (OverloadedError, RateLimitError):
+            pass
+    return s, sleep
+
+
+def routing_retry_max_attempts(tmp_path):
+    s, _ = _retrying([sim.Fault.http(503)] * 9, max_attempts=4, jitter=False)
+    assert len(s.requests) == 4
+
+
+def routing_retry_base_delay(tmp_path):
+    _, sleep = _retrying([sim.Fault.http(503)] * 9, max_attempts=3, base_delay=0.25, jitter=False)
+    assert sleep.delays == [0.25, 0.5]
+
+
+def routing_retry_max_delay(tmp_path):
+    _, sleep = _retrying([sim.Fault.http(503)] * 9, max_attempts=5, base_delay=1, max_delay=3, jitter=False)
+    assert sleep.delays == [1, 2, 3, 3]
+
+
+def routing_retry_multiplier(tmp_path):
+    _, sleep = _retrying([sim.Fault.http(503)] * 9, max_attempts=4, base_delay=1, multiplier=3, jitter=False)
+    assert sleep.delays == [1, 3, 9]
+
+
+def routing_retry_jitter(tmp_path):
+    _, sleep = _retrying([sim.Fault.http(503)] * 9, max_attempts=6, base_delay=1, max_delay=1, jitter=True)
+    assert all(0 <= d <= 1 for d in sleep.delays) and len(set(sleep.delays)) > 1  # random, under the ceiling
+
+
+def routing_retry_deadline(tmp_path):
+    s, sleep = _retrying([sim.Fault.http(429, retry_after=30)], deadline=5)
+    assert len(s.requests) == 1 and sleep.delays == []
+
+
+def _breaker_client(faults, clock, **breaker):
+    s = sim.serve("openai", faults=faults)
+    c = client({"openai": oa(s)}, routing={"breaker": breaker, "retry": {"max_attempts": 1}}, clock=clock)
+    return s, c
+
+
+def _fail(c) -> str:
+    try:
+        c.complete(MODEL, "x")
+    except Exception as exc:
+        return str(exc)
+    return "ok"
+
+
+def routing_breaker_backend(tmp_path):
+    # two clients on one breaker file: what the first learned opens the circuit for the second
+    url = f"sqlite:///{tmp_path / 'breakers.sqlite3'}"
+    routing = {"breaker": {"failure_threshold": 1, "backend": url}, "retry": {"max_attempts": 1}}
+    with sim.serve("openai", faults=[sim.Fault.http(503)] * 3) as s:
+        first = client({"openai": oa(s)}, routing=routing)
+        second = client({"openai": oa(s)}, routing=routing)
+        _fail(first)
+        assert "every circuit is open" in _fail(second)
+    assert len(s.requests) == 1
+
+
+def routing_breaker_enabled(tmp_path):
+    s, c = _breaker_client([sim.Fault.http(503)] * 5, Clock(), enabled=False, failure_threshold=1)
+    with s:
+        for _ in range(4):
+            _fail(c)
+    assert len(s.requests) == 4  # never opened
+
+
+def routing_breaker_failure_threshold(tmp_path):
+    s, c = _breaker_client([sim.Fault.http(503)] * 5, Clock(), failure_threshold=2)
+    with s:
+        messages = [_fail(c) for _ in range(3)]
+    assert len(s.requests) == 2 and "every circuit is open" in messages[-1]
+
+
+def routing_breaker_error_rate_threshold(tmp_path):
+    faults = [sim.Fault.ok(), sim.Fault.http(503), sim.Fault.ok(), sim.Fault.http(503)]
+    s, c = _breaker_client(faults, Clock(), failure_threshold=0, error_rate_threshold=0.5, min_calls=4)
+    with s:
+        for _ in range(5):
+            _fail(c)
+    assert len(s.requests) == 4  # 2 of 4 failed: open
+
+
+def routing_breaker_window(tmp_path):
+    clock = Clock()
+    faults = [sim.Fault.http(503), sim.Fault.http(503), sim.Fault.ok(), sim.Fault.ok()]
+    s, c = _breaker_client(faults, clock, failure_threshold=0, error_rate_threshold=0.5, min_calls=3, window=10)
+    with s:
+        _fail(c), _fail(c)
+        clock.now += 11  # both failures leave the window
+        _fail(c), _fail(c), _fail(c)
+    assert len(s.requests) == 5  # never opened: the window never held 3 calls with half failed
+
+
+def routing_breaker_min_calls(tmp_path):
+    s, c = _breaker_client(
+        [sim.Fault.http(503)] * 9, Clock(), failure_threshold=0, error_rate_threshold=0.5, min_calls=3
+    )
+    with s:
+        for _ in range(5):
+            _fail(c)
+    assert len(s.requests) == 3
+
+
+def routing_breaker_cooldown(tmp_path):
+    clock = Clock()
+    s, c = _breaker_client([sim.Fault.http(503), sim.Fault.ok()], clock, failure_threshold=1, cooldown=7)
+    with s:
+        _fail(c)
+        assert "retry in 7 s" in _fail(c)
+        clock.now += 7.5
+        assert _fail(c) == "ok"
+
+
+def routing_breaker_half_open_probes(tmp_path):
+    clock = Clock()
+    s, c = _breaker_client([sim.Fault.http(503)], clock, failure_threshold=1, cooldown=1, half_open_probes=2)
+    with s:
+        _fail(c)
+        clock.now += 2
+        states = c.breakers()["openai"]
+        assert states["state"] == "half_open"
+    snap = asyncio.run(_probe_two(c))
+    assert snap == ["probe", "probe", None]
+
+
+async def _probe_two(c):
+    store = c.backend.engine.stores.breakers
+    return [await store.acquire("openai") for _ in range(3)]
+
+
+# -- [cache] --------------------------------------------------------------------------------------
+
+
+def cache_enabled(tmp_path):
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, cache={"enabled": True})
+        first, second = (c.complete(MODEL, "same", temperature=0) for _ in range(2))
+    assert len(s.requests) == 1 and second.text == first.text and second.usage.cache_hit
+
+
+def cache_ttl(tmp_path):
+    clock = Clock()
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, cache={"enabled": True, "ttl": 5}, clock=clock, wall_clock=clock)
+        c.complete(MODEL, "same", temperature=0)
+        clock.now += 6
+        c.complete(MODEL, "same", temperature=0)
+    assert len(s.requests) == 2
+
+
+def cache_max_entries(tmp_path):
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, cache={"enabled": True, "max_entries": 1})
+        for prompt in ("one", "two", "one"):
+            c.complete(MODEL, prompt, temperature=0)
+    assert len(s.requests) == 3  # "one" was evicted by "two"
+
+
+def cache_cache_nonzero_temperature(tmp_path):
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, cache={"enabled": True, "cache_nonzero_temperature": True})
+        for _ in range(2):
+            c.complete(MODEL, "same", temperature=0.7)
+    assert len(s.requests) == 1
+
+
+def cache_backend(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cache.sqlite3'}"
+    with sim.serve("openai") as s:
+        for _ in range(2):  # two clients, as two processes would be: the second is answered from the file
+            with client({"openai": oa(s)}, cache={"enabled": True, "backend": url}) as c:
+                c.complete(MODEL, "same", temperature=0)
+    assert len(s.requests) == 1
+
+
+# -- [budgets] --------------------------------------------------------------------------------------
+
+
+def budgets_requests_per_minute(tmp_path):
+    c = client(budgets={"requests_per_minute": 2})
+    c.complete("echo", "1"), c.complete("echo", "2")
+    with pytest.raises(RateLimitError, match="requests per minute"):
+        c.complete("echo", "3")
+
+
+def budgets_tokens_per_minute(tmp_path):
+    c = client(budgets={"tokens_per_minute": 60})
+    with pytest.raises(RateLimitError, match="tokens per minute"):
+        for i in range(10):
+            c.complete("echo", f"a prompt with several words in it, number {i}", max_tokens=20)
+
+
+def budgets_usd_per_day(tmp_path):
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, budgets={"usd_per_day": 0.0000001})
+        c.complete(MODEL, "spend a little")
+        with pytest.raises(BudgetExceededError):
+            c.complete(MODEL, "and more")
+
+
+def budgets_users(tmp_path):
+    c = client(budgets={"requests_per_minute": 1, "users": {"ann": {"requests_per_minute": "unlimited"}}})
+    for i in range(3):  # the client's principal is "ann"
+        c.complete("echo", str(i))
+
+
+def budgets_backend(tmp_path):
+    url = f"sqlite:///{tmp_path / 'budgets.sqlite3'}"
+    clock = Clock()
+    first = client(budgets={"requests_per_minute": 2, "backend": url}, wall_clock=clock)
+    second = client(budgets={"requests_per_minute": 2, "backend": url}, wall_clock=clock)
+    first.complete("echo", "1"), second.complete("echo", "2")
+    with pytest.raises(RateLimitError):  # the two clients share the count through the file
+        first.complete("echo", "3")
+
+
+# -- [ledger] --------------------------------------------------------------------------------------
+
+
+def ledger_enabled(tmp_path):
+    path = tmp_path / "l.sqlite3"
+    settings = load_settings(environ={}, ledger={"enabled": False, "path": str(path)})
+    c = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann"))
+    c.complete("echo", "hi")
+    assert c.usage().empty and c.ledger is None
+
+
+def ledger_path(tmp_path):
+    path = tmp_path / "l.sqlite3"
+    settings = load_settings(environ={}, ledger={"path": str(path)})
+    gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann")).complete("echo", "hi")
+    assert list(gtl_nb.connect(ledger=path, environ={}).usage()["status"]) == ["ok"]
+
+
+def ledger_url(tmp_path):
+    path = tmp_path / "u.sqlite3"
+    settings = load_settings(environ={}, ledger={"url": f"sqlite:///{path}"})
+    gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann")).complete("echo", "hi")
+    assert list(gtl_nb.connect(ledger=path, environ={}).usage()["user"]) == ["ann"]
+
+
+# -- [defaults] --------------------------------------------------------------------------------------
+
+
+def defaults_model(tmp_path):
+    with sim.serve("openai") as s:
+        client({"openai": oa(s)}, defaults={"model": MODEL}).complete(messages="hi")
+    assert body(s)["model"] == MODEL
+
+
+def defaults_provider(tmp_path):
+    with sim.serve("openai") as a, sim.serve("openai") as b:
+        client({"a": oa(a), "b": oa(b)}, defaults={"provider": "b"}).complete(MODEL, "hi")
+    assert len(b.requests) == 1 and not a.requests
+
+
+def defaults_providers(tmp_path):
+    with sim.serve("openai", faults=sim.Fault.http(503)) as a, sim.serve("openai") as b:
+        c = client({"a": oa(a), "b": oa(b)}, defaults={"providers": ["a", "b"]}, routing={"retry": {"max_attempts": 1}})
+        answer = c.complete(MODEL, "hi")
+    assert answer.provider == "b" and any(isinstance(e, Status) and e.state == "failover" for e in answer.events)
+
+
+def defaults_system(tmp_path):
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, defaults={"system": "Be brief."})
+        c.complete(MODEL, "hi")
+        c.complete(MODEL, [Message(role="system", content="Mine."), Message(role="user", content="hi")])
+    assert body(s, 0)["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert [m["content"] for m in body(s, 1)["messages"] if m["role"] == "system"] == ["Mine."]
+
+
+def defaults_temperature(tmp_path):
+    with sim.serve("openai") as s:
+        client({"openai": oa(s)}, defaults={"temperature": 0.3}).complete(MODEL, "hi")
+    assert body(s)["temperature"] == 0.3
+
+
+def defaults_max_tokens(tmp_path):
+    with sim.serve("openai") as s:
+        client({"openai": oa(s)}, defaults={"max_tokens": 42}).complete(MODEL, "hi")
+    assert 42 in (body(s).get("max_tokens"), body(s).get("max_completion_tokens"))
+
+
+def defaults_reasoning(tmp_path):
+    answer = client(defaults={"reasoning": True}).complete("echo", "think first")
+    assert any(isinstance(e, Reasoning) for e in answer.events)
+
+
+# -- [timeouts] ---------------------------------------------------------------------------------------
+
+
+def timeouts_connect(tmp_path):
+    # a listening socket that never accepts, its backlog full: connecting hangs until the timeout
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    fillers = []
+    try:
+        for _ in range(8):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(listener.getsockname())
+            fillers.append(filler)
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        c = client(
+            {"openai": {"type": "openai", "api_key": "k", "base_url": url}},
+            timeouts={"connect": 0.3},
+            routing={"retry": {"max_attempts": 1}},
+        )
+        with pytest.raises((ProviderTimeoutError, ProviderUnavailableError), match=r"connect timeout \(0.3 s\)"):
+            c.complete(MODEL, "hi")
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def timeouts_first_byte(tmp_path):
+    with sim.serve("openai", faults=sim.Fault.slow_first_token(2.0)) as s:
+        c = client({"openai": oa(s)}, timeouts={"first_byte": 0.3}, routing={"retry": {"max_attempts": 1}})
+        with pytest.raises(ProviderTimeoutError, match="first-byte"):
+            c.complete(MODEL, "hi")
+
+
+def timeouts_idle(tmp_path):
+    with sim.serve("openai", faults=sim.Fault.stall(after=1, seconds=2.0)) as s:
+        c = client({"openai": oa(s)}, timeouts={"idle": 0.3}, routing={"retry": {"max_attempts": 1}})
+        with pytest.raises(ProviderTimeoutError, match="idle"):
+            c.complete(MODEL, "hi")
+
+
+# -- the table ----------------------------------------------------------------------------------------
+
+EFFECTS: dict[str, Callable] = {
+    name.replace("_", ".", 1): check
+    for name, check in dict(globals()).items()
+    if callable(check)
+    and name.split("_", 1)[0] in ("providers", "routing", "cache", "budgets", "ledger", "defaults", "timeouts")
+    and not name.startswith("_")
+}
+# sub-tables: routing.retry.x and routing.breaker.x
+EFFECTS = {re.sub(r"^routing\.(retry|breaker)_", r"routing.\1.", key): check for key, check in EFFECTS.items()}
+
+
+def test_every_documented_key_has_a_check():
+    documented = documented_keys()
+    assert len(documented) > 40, "the key tables of docs/configuration.md were not found"
+    served = {key for key in documented if not key.startswith(NOT_YET_SERVED + ".")}
+    missing = sorted(served - set(EFFECTS))
+    assert not missing, f"documented keys without a proven effect: {missing}"
+    stale = sorted(set(EFFECTS) - documented)
+    assert not stale, f"checks for keys the docs do not list: {stale}"
+
+
+def test_the_gateway_keys_are_documented_as_not_yet_served():
+    text = DOCS.read_text()
+    section = text[text.index("## `[gateway]`") :].split("\n## ", 1)[0]
+    assert "Not yet served" in section
+
+
+def test_an_unknown_key_is_refused_with_its_close_match():
+    with pytest.raises(ConfigurationError, match="did you mean 'first_byte'"):
+        load_settings(environ={}, timeouts={"first_bite": 3})
+
+
+@pytest.mark.parametrize("key", sorted(EFFECTS))
+def test_the_key_has_its_effect(key, tmp_path):
+    EFFECTS[key](tmp_path)
