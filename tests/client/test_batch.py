@@ -8,11 +8,11 @@ import io
 import pytest
 
 import gtl_nb
+from gtl_nb import sim
 from gtl_nb.backend import EmbeddedBackend
+from gtl_nb.client import Completion
 from gtl_nb.engine.hooks import Hooks, RequestFinished, RequestStarted
 from gtl_nb.engine.settings import load_settings
-from gtl_nb import sim
-from gtl_nb.client import Completion
 from gtl_nb.progress import Progress
 from gtl_nb.protocol import GTLError, InvalidRequestError, ModelNotFoundError, RateLimitError
 

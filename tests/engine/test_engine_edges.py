@@ -8,9 +8,9 @@ import itertools
 import threading
 
 import pytest
+from engine_kit import make_engine
 
 import gtl_nb
-from engine_kit import make_engine
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.protocol import CompletionRequest, Done, Error, Message, Status, Token, Usage
 from gtl_nb.providers.base import Deployment

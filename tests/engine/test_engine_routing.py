@@ -18,9 +18,9 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
-from gtl_nb.engine.core import Engine
 from gtl_nb.backend import EmbeddedBackend
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.core import Engine
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.protocol import (
     AuthenticationError,

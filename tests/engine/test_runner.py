@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import ClassVar
 
 import pytest
-
 from engine_kit import make_engine
 
 from gtl_nb.engine import Engine, Timeouts
