@@ -8,17 +8,49 @@ gateway issue) will speak GTL over a transport. The client — and so every magi
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
+
+import msgspec
 
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, SessionEnd
 from gtl_nb.engine.loop import LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults, Settings
+from gtl_nb.protocol.errors import ContextLengthExceededError
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
 
-__all__ = ["Backend", "EmbeddedBackend"]
+__all__ = ["Backend", "ContextFallbackWarning", "CostWarning", "EmbeddedBackend", "estimate_prompt_tokens"]
+
+#: a prompt is refused before sending only when clearly over the window: the estimate is rough
+CLEARLY_OVER = 1.1
+
+
+class CostWarning(UserWarning):
+    """A request's estimated cost passes ``[defaults] warn_cost_usd`` (a warning, never a question:
+    kernels may run headless)."""
+
+
+class ContextFallbackWarning(UserWarning):
+    """A prompt too long for the model was sent to the configured ``context_fallbacks`` model."""
+
+
+def estimate_prompt_tokens(request: CompletionRequest) -> int:
+    """A rough count of a request's input tokens: about four characters per token over every text
+    part (system, messages, tool definitions), and 1,000 per image."""
+    characters = 0
+    images = 0
+    for message in request.messages:
+        characters += len(message.content or "")
+        images += len(message.images or ())
+        for call in message.tool_calls or ():
+            characters += len(call.name) + len(call.arguments)
+    for tool in request.tools or ():
+        characters += len(tool.name) + len(tool.description or "") + len(msgspec.json.encode(tool.parameters))
+    return characters // 4 + 1000 * images
+
 
 Deliver = Callable[[StreamEvent], None]
 
@@ -41,6 +73,12 @@ class Backend(Protocol):
 
     def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
         """``(deployment, provider type, model id)`` of each candidate, in routing order."""
+        ...
+
+    def fit(self, request: CompletionRequest) -> CompletionRequest:
+        """``request`` if its prompt fits the first candidate's context window; moved to the configured
+        context fallback if not; else a ``ContextLengthExceededError`` with the numbers. Warns
+        (``CostWarning``) when the estimated cost passes ``[defaults] warn_cost_usd``."""
         ...
 
     def providers(self) -> list[ProviderInfo]: ...
@@ -103,6 +141,44 @@ class EmbeddedBackend:
 
     def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
         return [(t.name, t.deployment.type, t.model) for t in self.engine.router.targets(request)]
+
+    def fit(self, request: CompletionRequest) -> CompletionRequest:
+        targets = self.engine.router.targets(request)
+        if not targets or self.engine.catalog is None:
+            return request
+        estimate = estimate_prompt_tokens(request)
+        target = targets[0]
+        info = self.engine.catalog.model(target.deployment.type, target.model)
+        window = info.context_window if info is not None else None
+        if window and estimate > window * CLEARLY_OVER:
+            fallback = self.engine.context_fallback_for(target)
+            if fallback is None:
+                raise ContextLengthExceededError(
+                    f"the prompt is about {estimate:,} tokens, {target.model}'s context window is {window:,}: "
+                    f"shorten it, pick a model with a larger window, or configure [routing] context_fallbacks",
+                    provider=target.name,
+                )
+            warnings.warn(
+                f"the prompt is about {estimate:,} tokens, over {target.model}'s {window:,}: sending it to "
+                f"{fallback.name}:{fallback.model} ([routing] context_fallbacks)",
+                ContextFallbackWarning,
+                stacklevel=4,
+            )
+            request = msgspec.structs.replace(request, model=f"{fallback.name}:{fallback.model}", provider=None)
+            target = fallback
+        threshold = self.defaults.warn_cost_usd
+        if threshold is not None:
+            output = request.max_tokens or 0
+            cost = self.engine.catalog.cost(target.deployment.type, target.model, estimate, output)
+            if cost is not None and cost > threshold:
+                warnings.warn(
+                    f"this request will cost about ${cost:.4f} (about {estimate:,} input tokens"
+                    f"{f' and up to {output:,} output tokens' if output else ''} on {target.model}), over "
+                    f"[defaults] warn_cost_usd = {threshold:g}",
+                    CostWarning,
+                    stacklevel=4,
+                )
+        return request
 
     def providers(self) -> list[ProviderInfo]:
         return self.engine.provider_info()

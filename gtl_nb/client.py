@@ -227,10 +227,13 @@ class Client:
                 "that cannot be sent as UTF-8 (it often comes from decoding bytes with errors='surrogateescape')"
             ) from None
 
-    def _check_route(self, request: CompletionRequest) -> None:
-        """Refuse, before any session starts, a request that no configured deployment can serve
-        or whose deployment lacks its credentials (the error names what to set)."""
+    def _check_route(self, request: CompletionRequest) -> CompletionRequest:
+        """Refuse, before any session starts, a request that no configured deployment can serve, whose
+        deployment lacks its credentials (the error names what to set) or whose prompt is clearly over
+        the model's context window; returns the request to send (moved to a context fallback, if one
+        is configured and needed)."""
         self.backend.check(request)
+        return self.backend.fit(request)
 
     @property
     def default_model(self) -> str:
@@ -261,7 +264,7 @@ class Client:
     ) -> EventStream:
         """Start a request; iterate the returned ``EventStream`` for events as they arrive."""
         request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
-        self._check_route(request)  # a routing or credential mistake raises here, with its own class
+        request = self._check_route(request)  # a routing or credential mistake raises here, with its own class
         return EventStream(self, request, on_event)
 
     async def acomplete(
@@ -288,7 +291,7 @@ class Client:
     ) -> AsyncEventStream:
         """Async twin of ``stream``: ``async for event in client.astream(...)``."""
         request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
-        self._check_route(request)
+        request = self._check_route(request)
         return AsyncEventStream(self, request, on_event)
 
     def batch(
@@ -335,8 +338,7 @@ class Client:
                     request = self.request(**{**defaults, **item})
                 else:
                     raise InvalidRequestError(f"a batch item must be a str, dict or CompletionRequest, not {item!r}")
-                self._check_route(request)
-                out.append(request)
+                out.append(self._check_route(request))
             except GTLError as exc:
                 out.append(exc)
         return out
@@ -388,8 +390,7 @@ class Client:
         for model in models:
             try:
                 request = self.request(model, messages, **kwargs)
-                self._check_route(request)
-                requests[model] = request
+                requests[model] = self._check_route(request)
             except GTLError as exc:
                 requests[model] = exc
         return self._loop.run(self._run_compare(requests, on_event))

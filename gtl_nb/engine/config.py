@@ -191,6 +191,7 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "temperature": Field(_OPT_NUM, None, "sampling temperature"),
         "max_tokens": Field((int, type(None)), None, "output token limit"),
         "reasoning": Field((bool,), False, "ask for reasoning events"),
+        "warn_cost_usd": Field(_OPT_NUM, None, "warn before sending a request estimated to cost more (USD)"),
     },
     "timeouts": {
         "connect": Field(_SECONDS, 10.0, "seconds to establish a connection", check=_seconds),

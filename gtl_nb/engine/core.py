@@ -628,6 +628,10 @@ class Engine:
     def _context_fallback(self, failed: Error, target: Target) -> Target | None:
         if failed.code != "CONTEXT_LENGTH_EXCEEDED":
             return None
+        return self.context_fallback_for(target)
+
+    def context_fallback_for(self, target: Target) -> Target | None:
+        """Where ``[routing] context_fallbacks`` sends a prompt too long for ``target``, if anywhere."""
         entry = self.context_fallbacks.get(target.model) or self.context_fallbacks.get(f"{target.name}:{target.model}")
         if not entry:
             return None

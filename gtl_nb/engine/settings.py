@@ -45,6 +45,8 @@ class RequestDefaults:
     temperature: float | None = None
     max_tokens: int | None = None
     reasoning: bool = False
+    warn_cost_usd: float | None = None
+    """Warn before sending a request whose estimated cost is above this many USD."""
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> RequestDefaults:
@@ -57,6 +59,7 @@ class RequestDefaults:
             temperature=None if table.get("temperature") is None else float(table["temperature"]),
             max_tokens=table.get("max_tokens"),
             reasoning=bool(table.get("reasoning", False)),
+            warn_cost_usd=None if table.get("warn_cost_usd") is None else float(table["warn_cost_usd"]),
         )
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import pytest
 
 import gtl_nb
+from gtl_nb import sim
+from gtl_nb.backend import ContextFallbackWarning
 from gtl_nb.engine.ledger import Ledger, LedgerLocationError
 from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
 from gtl_nb.protocol import Done, Error, Token
-from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError
+from gtl_nb.protocol.errors import ConfigurationError, ContextLengthExceededError, GTLError, InvalidRequestError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -236,3 +238,28 @@ def test_every_refusal_is_a_gtl_error():
     for arguments, _ in BAD_ARGUMENTS.values():
         with gtl_nb.connect(ledger=False, environ={}) as client, pytest.raises(GTLError):
             client.request("echo", **arguments)
+
+
+LONG_PROMPT = "token " * 200_000  # about 300,000 tokens by the four-characters rule
+
+
+def test_a_prompt_clearly_over_the_context_window_is_refused_before_sending():
+    with sim.running("openai") as url:
+        client = gtl_nb.connect(providers={"openai": {"api_key": "sim-key", "base_url": url}}, ledger=False, environ={})
+        with pytest.raises(ContextLengthExceededError, match=r"about 300,000 tokens.*context window is 128,000"):
+            client.complete("gpt-4o-mini", LONG_PROMPT)
+        assert client.complete("gpt-4o-mini", "a prompt that fits").text
+
+
+def test_a_prompt_over_the_window_goes_to_the_configured_context_fallback():
+    with sim.serve("openai") as simulator:
+        client = gtl_nb.connect(
+            providers={"openai": {"api_key": "sim-key", "base_url": simulator.base_url}},
+            routing={"context_fallbacks": {"gpt-4o-mini": "gpt-4.1"}},
+            ledger=False,
+            environ={},
+        )
+        with pytest.warns(ContextFallbackWarning, match="sending it to openai:gpt-4.1"):
+            answer = client.complete("gpt-4o-mini", LONG_PROMPT)
+    assert [r.json["model"] for r in simulator.requests] == ["gpt-4.1"]
+    assert answer.model == "gpt-4.1"

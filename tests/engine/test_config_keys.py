@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
-from gtl_nb.backend import EmbeddedBackend
+from gtl_nb.backend import CostWarning, EmbeddedBackend
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.protocol import Done, Error, Message, Reasoning, Status, Token, Usage
 from gtl_nb.protocol.errors import (
@@ -566,6 +567,18 @@ def defaults_max_tokens(tmp_path):
 def defaults_reasoning(tmp_path):
     answer = client(defaults={"reasoning": True}).complete("echo", "think first")
     assert any(isinstance(e, Reasoning) for e in answer.events)
+
+
+def defaults_warn_cost_usd(tmp_path):
+    prompt = "word " * 4000  # about 5,000 tokens of gpt-4o input: about $0.0125
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, defaults={"warn_cost_usd": 0.01})
+        with pytest.warns(CostWarning, match=r"cost about \$0\.01"):
+            c.complete("gpt-4o", prompt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CostWarning)
+            c.complete("gpt-4o", "a short one costs less than the threshold")
+    assert len(s.requests) == 2  # a warning, never a refusal
 
 
 # -- [timeouts] ---------------------------------------------------------------------------------------
