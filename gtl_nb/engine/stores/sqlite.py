@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -31,6 +31,9 @@ from gtl_nb.engine.stores.sqlite_db import SqliteDatabase
 from gtl_nb.log import get_logger
 
 __all__ = ["SqliteBreakerStore", "SqliteBudgetCounter", "SqliteResponseCache", "SqliteUsageLedger"]
+
+if TYPE_CHECKING:
+    import pandas
 
 log = get_logger("engine.stores")
 
@@ -119,6 +122,11 @@ class SqliteUsageLedger:
         """``Ledger.totals``."""
         self._check_open()
         return await asyncio.to_thread(self.ledger.totals, user, since, until=until)
+
+    def to_dataframe(self, **filters: Any) -> pandas.DataFrame:
+        """The rows as the documented DataFrame, read now (``Ledger.to_dataframe``; prefer
+        ``client.usage()``, which works over every backend)."""
+        return self.ledger.to_dataframe(**filters)
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
