@@ -46,7 +46,9 @@ else → other.
 Errors: ``billing_error`` (402, the provider account cannot pay) maps to ``FORBIDDEN``, not
 ``BUDGET_EXCEEDED``, which is reserved for gtl_nb's own budgets; ``api_error`` → ``INTERNAL``
 (retryable); a spend-limit 429 (``enforced_spend_limit_reached``) → ``RATE_LIMIT`` not retryable.
-An ``x-should-retry`` header, when present, decides ``retryable``.
+An ``x-should-retry`` header, when present, decides ``retryable``. Error bodies are read from a bounded
+prefix; a stream or body the decoder cannot read (not JSON, too deep, too large, an unexpected shape)
+ends with a retryable PROVIDER_UNAVAILABLE ``error`` (``GuardedDecoder``).
 """
 
 from __future__ import annotations
@@ -72,9 +74,13 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import (
     Deployment,
+    GuardedDecoder,
     HttpRequest,
+    arguments_object,
     arguments_text,
     code_for_status,
+    ends_response,
+    error_boundary,
     error_event,
     header,
     parse_json_body,
@@ -82,6 +88,13 @@ from gtl_nb.providers.base import (
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
+)
+from gtl_nb.providers.limits import (
+    MAX_EVENT_BYTES,
+    append_capped,
+    error_body_json,
+    error_body_text,
+    parse_json_object,
 )
 from gtl_nb.providers.sse import SSEDecoder, SSEEvent
 
@@ -116,14 +129,33 @@ _CONTEXT_TEXT = re.compile(r"(?i)prompt is too long|exceeds? (the )?context|cont
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
+def _text(value: Any) -> str:
+    """A text field of the wire: the string, or ``""`` for anything else."""
+    return value if isinstance(value, str) else ""
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """A JSON object field of the wire: the dict, or ``{}`` for anything else."""
+    return value if isinstance(value, dict) else {}
+
+
+def _index(value: Any) -> Any:
+    """A content block ``index`` usable as a key (an unhashable one is a block nobody can refer to)."""
+    return value if isinstance(value, (int, str)) or value is None else repr(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def finish_reason(stop_reason: str | None) -> FinishReason:
     """Anthropic ``stop_reason`` → GTL ``finish_reason`` (see the module docstring)."""
     return _FINISH.get(stop_reason or "", "other")
 
 
-def classify_error(status: int, error_type: str | None, message: str, error: Any = None) -> tuple[str, bool]:
+def classify_error(status: int, error_type: Any, message: str, error: Any = None) -> tuple[str, bool]:
     """The GTL code and retryability of an Anthropic error (``error`` is the raw error object)."""
-    if error_type in _TYPE_CODES:
+    if isinstance(error_type, str) and error_type in _TYPE_CODES:
         code, retryable = _TYPE_CODES[error_type], error_type in _RETRYABLE_TYPES
     elif status == 402:
         code, retryable = "FORBIDDEN", False
@@ -185,7 +217,7 @@ def _image_block(url: str) -> dict[str, Any]:
 
 def _tool_input(call: ToolCall) -> dict[str, Any]:
     try:
-        return call.parsed_arguments
+        return arguments_object(call)
     except ValueError as exc:  # JSONDecodeError is a ValueError too
         raise InvalidRequestError(f"tool call {call.id!r}: arguments are not a JSON object") from exc
 
@@ -270,7 +302,7 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
 # Response decoding
 
 
-class AnthropicDecoder:
+class AnthropicDecoder(GuardedDecoder):
     """Decodes one 2xx Messages API body: SSE when streaming, one message JSON otherwise.
 
     The mode is sniffed from the first byte (``{`` means a JSON body) so a proxy that ignores
@@ -278,8 +310,7 @@ class AnthropicDecoder:
     """
 
     def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
-        self._request = request
-        self._deployment = deployment
+        super().__init__(request, deployment)
         self._sid = request.session_id
         self._sse = SSEDecoder()
         self._mode: str | None = None if request.stream else "json"
@@ -300,26 +331,21 @@ class AnthropicDecoder:
 
     # -- feeding ----------------------------------------------------------------------------
 
-    def feed(self, chunk: bytes) -> list[StreamEvent]:
+    def _feed(self, chunk: bytes) -> list[StreamEvent]:
         """The events completed by ``chunk`` (a JSON body waits for ``close``)."""
-        if self._finished or not chunk:
+        if self._finished:
             return []
         if self._mode is None:
-            self._buffer += chunk
-            head = self._buffer.lstrip()
-            if not head:
+            chunk = chunk.lstrip()  # leading whitespace says nothing: drop it rather than buffer it
+            if not chunk:
                 return []
-            self._mode = "json" if head[:1] == b"{" else "sse"
-            if self._mode == "json":
-                return []
-            chunk = bytes(self._buffer)
-            self._buffer.clear()
+            self._mode = "json" if chunk[:1] == b"{" else "sse"
         if self._mode == "json":
-            self._buffer += chunk
+            append_capped(self._buffer, chunk)
             return []
         return self._dispatch(self._sse.feed(chunk))
 
-    def close(self) -> list[StreamEvent]:
+    def _close(self) -> list[StreamEvent]:
         """End of body: the remaining events, ending in ``done`` or ``error``."""
         if self._finished:
             return []
@@ -328,17 +354,12 @@ class AnthropicDecoder:
         if self._mode is None:
             return [self._fail("PROVIDER_UNAVAILABLE", "empty response body from Anthropic")]
         events = self._dispatch(self._sse.close())
-        if not self._finished:
+        if not self._finished and not ends_response(events):
             events.append(self._fail("PROVIDER_UNAVAILABLE", "stream ended early: no message_stop event"))
         return events
 
     def _dispatch(self, sse_events: list[SSEEvent]) -> list[StreamEvent]:
-        events: list[StreamEvent] = []
-        for sse in sse_events:
-            if self._finished:
-                break
-            events.extend(self._on_event(sse))
-        return events
+        return self._each(sse_events, self._on_event)
 
     def _fail(self, code: str, message: str, *, retryable: bool | None = None) -> Error:
         self._finished = True
@@ -347,28 +368,22 @@ class AnthropicDecoder:
     # -- streaming events -------------------------------------------------------------------
 
     def _on_event(self, sse: SSEEvent) -> list[StreamEvent]:
-        if not sse.data.strip():
+        if self._finished or not sse.data.strip():
             return []
-        try:
-            data = json.loads(sse.data)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            problem = f"malformed Anthropic {sse.event!r} event: data is not a JSON object"
-            return [self._fail("PROVIDER_UNAVAILABLE", problem)]
+        data = parse_json_object(sse.data, f"malformed Anthropic {sse.event!r} event")
         kind = data.get("type") or sse.event
         if kind == "message_start":
-            message = data.get("message") or {}
-            self._model = message.get("model") or self._model
+            message = _object(data.get("message"))
+            self._model = _text(message.get("model")) or self._model
             self._take_usage(message.get("usage"))
         elif kind == "content_block_start":
-            return self._block_start(data.get("index"), data.get("content_block") or {})
+            return self._block_start(data.get("index"), _object(data.get("content_block")))
         elif kind == "content_block_delta":
-            return self._block_delta(data.get("index"), data.get("delta") or {})
+            return self._block_delta(data.get("index"), _object(data.get("delta")))
         elif kind == "content_block_stop":
             return self._block_stop(data.get("index"))
         elif kind == "message_delta":
-            self._stop_reason = (data.get("delta") or {}).get("stop_reason") or self._stop_reason
+            self._stop_reason = _text(_object(data.get("delta")).get("stop_reason")) or self._stop_reason
             self._take_usage(data.get("usage"))
         elif kind == "message_stop":
             return self._finish()
@@ -379,34 +394,35 @@ class AnthropicDecoder:
     def _block_start(self, index: Any, block: dict[str, Any]) -> list[StreamEvent]:
         kind = block.get("type")
         slot: dict[str, Any] = {"type": kind}
-        self._blocks[index] = slot
+        self._blocks[_index(index)] = slot
         if kind == "tool_use":
             slot.update(id=block.get("id"), name=block.get("name"), args=[])  # placeholder input ignored
         elif kind == "thinking":
-            slot.update(thinking=[block.get("thinking") or ""], signature=[block.get("signature") or ""])
+            slot.update(thinking=[_text(block.get("thinking"))], signature=[_text(block.get("signature"))])
             return self._reasoning(block.get("thinking"))
         elif kind == "redacted_thinking":
             slot["data"] = block.get("data")
-        elif kind == "text" and block.get("text"):
+        elif kind == "text" and _text(block.get("text")):
             return [Token(session_id=self._sid, text=block["text"])]
         return []
 
     def _block_delta(self, index: Any, delta: dict[str, Any]) -> list[StreamEvent]:
-        slot = self._blocks.get(index, {})
+        slot = self._blocks.get(_index(index), {})
         kind = delta.get("type")
         if kind == "text_delta":
-            text = delta.get("text")
+            text = _text(delta.get("text"))
             return [Token(session_id=self._sid, text=text)] if text else []
         if kind == "thinking_delta":
-            slot.setdefault("thinking", []).append(delta.get("thinking") or "")
+            slot.setdefault("thinking", []).append(_text(delta.get("thinking")))
             return self._reasoning(delta.get("thinking"))
         if kind == "signature_delta":
-            slot.setdefault("signature", []).append(delta.get("signature") or "")
+            slot.setdefault("signature", []).append(_text(delta.get("signature")))
         elif kind == "input_json_delta" and slot.get("type") == "tool_use":
-            slot["args"].append(delta.get("partial_json") or "")
+            slot["args"].append(_text(delta.get("partial_json")))
         return []
 
     def _block_stop(self, index: Any) -> list[StreamEvent]:
+        index = _index(index)
         slot = self._blocks.pop(index, None)
         if slot is None:
             return []
@@ -424,23 +440,18 @@ class AnthropicDecoder:
         return []
 
     def _tool_call(self, call_id: Any, name: Any, arguments: str) -> StreamEvent:
-        try:
-            parsed = json.loads(arguments)
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            return self._fail("PROVIDER_UNAVAILABLE", f"tool call {name!r}: arguments are not a JSON object")
+        parse_json_object(arguments, f"tool call {str(name)[:80]!r}: arguments", limit=MAX_EVENT_BYTES)
         call = ToolCall(id=str(call_id or ""), name=str(name or ""), arguments=arguments)
         return ToolCallEvent(session_id=self._sid, function=call)
 
     def _reasoning(self, text: Any) -> list[StreamEvent]:
-        if text and self._request.reasoning:
+        if _text(text) and self._request.reasoning:
             return [Reasoning(session_id=self._sid, text=text)]
         return []
 
     def _take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):  # cumulative values: replace, never add
-            self._usage.update({k: usage[k] for k in _USAGE_KEYS if isinstance(usage.get(k), int)})
+            self._usage.update({k: usage[k] for k in _USAGE_KEYS if _is_count(usage.get(k))})
 
     def _stream_error(self, error: Any) -> Error:
         error = error if isinstance(error, dict) else {}
@@ -477,8 +488,8 @@ class AnthropicDecoder:
             return [self._fail("PROVIDER_UNAVAILABLE", problem)]
         if data.get("type") == "error":
             return [self._stream_error(data.get("error"))]
-        self._model = data.get("model")
-        self._stop_reason = data.get("stop_reason")
+        self._model = _text(data.get("model")) or None
+        self._stop_reason = _text(data.get("stop_reason")) or None
         self._take_usage(data.get("usage"))
         text: list[str] = []
         reasoning: list[str] = []
@@ -486,21 +497,19 @@ class AnthropicDecoder:
         for index, block in enumerate(data.get("content") or []):
             kind = block.get("type") if isinstance(block, dict) else None
             if kind == "text":
-                text.append(block.get("text") or "")
+                text.append(_text(block.get("text")))
             elif kind == "thinking":
-                reasoning.append(block.get("thinking") or "")
+                reasoning.append(_text(block.get("thinking")))
                 self._thinking[index] = {
                     "type": "thinking",
-                    "thinking": block.get("thinking") or "",
-                    "signature": block.get("signature") or "",
+                    "thinking": _text(block.get("thinking")),
+                    "signature": _text(block.get("signature")),
                 }
             elif kind == "redacted_thinking":
                 self._thinking[index] = {"type": "redacted_thinking", "data": block.get("data")}
             elif kind == "tool_use":
                 arguments = json.dumps(block.get("input") or {}, ensure_ascii=False)
                 calls.append(self._tool_call(block.get("id"), block.get("name"), arguments))
-                if self._finished:
-                    return [calls[-1]]
         events: list[StreamEvent] = []
         events.extend(self._reasoning("".join(reasoning)))
         if "".join(text):
@@ -532,6 +541,7 @@ class AnthropicDialect:
         """A fresh decoder for one 2xx response body to ``request``."""
         return AnthropicDecoder(request, deployment)
 
+    @error_boundary
     def decode_error(
         self,
         request: CompletionRequest,
@@ -540,15 +550,15 @@ class AnthropicDialect:
         headers: Mapping[str, str],
         body: bytes,
     ) -> Error:
-        """The ``error`` event for a non-2xx response."""
-        data = parse_json_body(body)
+        """The ``error`` event for a non-2xx response (only a bounded prefix of the body is read)."""
+        data = error_body_json(body)
         error = data.get("error") if isinstance(data, dict) else None
         if isinstance(error, dict):
             error_type = error.get("type")
             message = str(error.get("message") or error_type or f"HTTP {status}")
         else:
             error_type = None
-            message = body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status} from Anthropic"
+            message = error_body_text(body) or f"HTTP {status} from Anthropic"
         code, retryable = classify_error(status, error_type, message, error)
         should_retry = (header(headers, "x-should-retry") or "").strip().lower()
         if should_retry in ("true", "false"):

@@ -14,26 +14,45 @@ An **HTTP dialect** never performs I/O and never reads a clock:
 * ``decode_error(request, deployment, status, headers, body)`` maps a non-2xx response to an
   ``error`` event with the GTL code, ``retryable``, ``retry_after`` and ``http_status``.
 
+Every dialect decoder derives from ``GuardedDecoder``, the one boundary where a hostile body (bytes that break
+a parser, a limit of ``gtl_nb.providers.limits`` or an assumption of the dialect's code) becomes one retryable
+``error`` event, and every ``decode_error`` is wrapped by ``error_boundary``: neither lets a foreign exception
+out, whatever the provider sent.
+
 A **local generator** (``LocalProvider``) yields ``(delay_seconds, event)`` pairs; the engine
 sleeps the delays, so the generator stays pure and tests run at full speed with pace 0.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+
+import msgspec
 
 from gtl_nb.protocol.messages import (
     CompletionRequest,
+    Done,
     Error,
     ModelInfo,
     StreamEvent,
+    Token,
     ToolCall,
 )
+from gtl_nb.providers.limits import (
+    MAX_BODY_BYTES,
+    MalformedResponseError,
+    bounded_message,
+    parse_json,
+    parse_json_object,
+)
+
+Unit = TypeVar("Unit")
 
 
 @dataclass(frozen=True)
@@ -183,26 +202,35 @@ _RETRY_TEXT = re.compile(r"(?i)(?:retry after|try again in)\s+([0-9]+(?:\.[0-9]+
 
 def retry_after_seconds(headers: Mapping[str, str], *, now: float | None = None, message: str = "") -> float | None:
     """Seconds to wait, from ``retry-after-ms``, ``retry-after`` (seconds or HTTP date, which needs
-    ``now``), or a "retry after N seconds" / "try again in 1.5s" hint in the message text."""
+    ``now``), or a "retry after N seconds" / "try again in 1.5s" hint in the message text.
+
+    A value that is not a finite number (``inf``, ``1e999``, ``nan``) is no hint: it is ignored."""
     value = header(headers, "retry-after-ms")
     if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
+        wait = finite_seconds(value, unit=1000.0)
+        if wait is not None:
+            return wait
     value = header(headers, "retry-after")
     if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = _http_date(value)
-            if when is not None and now is not None:
-                return max(0.0, when - now)
+        wait = finite_seconds(value)
+        if wait is not None:
+            return wait
+        when = _http_date(value)
+        if when is not None and now is not None:
+            return max(0.0, when - now)
     match = _RETRY_TEXT.search(message or "")
     if match:
-        amount = float(match.group(1))
-        return amount / 1000.0 if (match.group(2) or "").lower() == "ms" else amount
+        return finite_seconds(match.group(1), unit=1000.0 if (match.group(2) or "").lower() == "ms" else 1.0)
     return None
+
+
+def finite_seconds(text: Any, *, unit: float = 1.0) -> float | None:
+    """``text`` (a count of ``1/unit`` seconds) as seconds, at least 0; ``None`` unless it is a finite number."""
+    try:
+        value = float(text) / unit
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
 
 
 def _http_date(value: str) -> float | None:
@@ -228,7 +256,7 @@ def error_event(
     return Error(
         session_id=request.session_id,
         code=code,  # type: ignore[arg-type]
-        message=message,
+        message=bounded_message(message),
         retryable=(
             is_retryable_code(code) or (http_status is not None and retryable_for_status(http_status))
             if retryable is None
@@ -240,11 +268,11 @@ def error_event(
     )
 
 
-def parse_json_body(body: bytes) -> Any:
-    """The body as JSON, or ``None`` when it is not JSON."""
+def parse_json_body(body: bytes, *, limit: int = MAX_BODY_BYTES) -> Any:
+    """The body as JSON, or ``None`` when it is not JSON (or breaks a limit of ``parse_json``)."""
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return parse_json(body, limit=limit)
+    except MalformedResponseError:
         return None
 
 
@@ -295,6 +323,15 @@ def parse_tool_choice(choice: str | Mapping[str, Any] | None) -> ToolChoice | No
     return ToolChoice("tool", word) if word else None
 
 
+def arguments_object(call: ToolCall) -> dict[str, Any]:
+    """A tool call's arguments as a dict (``{}`` for empty text), read like any provider JSON: the
+    arguments came from a model, and nested too deep they would crash the parser. ``ValueError``
+    (a ``MalformedResponseError``) when they are not a JSON object."""
+    if not call.arguments.strip():
+        return {}
+    return parse_json_object(call.arguments, f"tool call {call.id!r}: arguments")
+
+
 def arguments_text(fragments: str) -> str:
     """Assembled tool-call argument text; empty means ``{}``."""
     return fragments if fragments.strip() else "{}"
@@ -306,11 +343,12 @@ class ToolCallAssembler:
     def __init__(self) -> None:
         self._calls: dict[int, dict[str, Any]] = {}
 
-    def start(self, index: int, call_id: str | None = None, name: str | None = None) -> None:
+    def start(self, index: int, call_id: Any = None, name: Any = None) -> None:
+        """Open (or complete) call ``index``; an id or name that is not a non-empty string is ignored."""
         slot = self._calls.setdefault(index, {"id": None, "name": None, "args": []})
-        if call_id:
+        if call_id and isinstance(call_id, str):
             slot["id"] = call_id
-        if name:
+        if name and isinstance(name, str):
             slot["name"] = name
 
     def add(self, index: int, fragment: str | None) -> None:
@@ -333,3 +371,144 @@ class ToolCallAssembler:
 
     def __bool__(self) -> bool:
         return bool(self._calls)
+
+
+# ----------------------------------------------------------------------------------------------
+# The boundary between a provider's bytes and GTL events
+
+
+def is_carriable(event: StreamEvent) -> bool:
+    """True when ``event`` can travel as a GTL frame: every field of its declared type, its text encodable."""
+    if type(event) is Token:  # the bulk of a stream: its text came from ``parse_json`` (surrogates scrubbed)
+        return type(event.text) is str and type(event.session_id) is str
+    try:
+        msgspec.json.decode(msgspec.json.encode(event), type=type(event))
+    except Exception:  # ValidationError, UnicodeEncodeError, OverflowError, TypeError: all mean "no"
+        return False
+    return True
+
+
+def ends_response(events: list[StreamEvent]) -> bool:
+    """True when ``events`` end with a terminal event (``done`` or ``error``)."""
+    return bool(events) and isinstance(events[-1], (Done, Error))
+
+
+def _fault_message(exc: Exception) -> str:
+    if isinstance(exc, MalformedResponseError):
+        return exc.message
+    detail = str(exc)[:160]
+    return f"malformed response: unexpected {type(exc).__name__} while decoding it" + (f" ({detail})" if detail else "")
+
+
+class GuardedDecoder:
+    """The base of every dialect's ``ResponseDecoder``: where a hostile body becomes one ``error`` event.
+
+    A dialect implements ``_feed`` and ``_close`` (the contract of ``feed`` and ``close``) and hands each
+    unit of its wire (SSE event, NDJSON line, event-stream frame) to ``_each``. Whatever the body does to
+    the dialect's code (a ``MalformedResponseError`` from a parser or a limit, a ``TypeError``/``KeyError``/
+    ``AttributeError`` on a shape nobody expected, a ``RecursionError``), the response ends with one
+    ``PROVIDER_UNAVAILABLE`` error, retryable (the provider is at fault: the engine may fail over); the
+    events of the units before it are kept. The guard also holds the rest of the contract: nothing after
+    the terminal event, no event that cannot travel as a GTL frame, and ``close`` always ends with
+    ``done`` or ``error``.
+    """
+
+    def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
+        self._request = request
+        self._deployment = deployment
+        self._terminated = False
+
+    def feed(self, chunk: bytes) -> list[StreamEvent]:
+        """The events completed by ``chunk``."""
+        if self._terminated or not chunk:
+            return []
+        return self._guarded(self._feed, chunk)
+
+    def close(self) -> list[StreamEvent]:
+        """The events left at the end of the body, always ending with the terminal event."""
+        if self._terminated:
+            return []
+        events = self._guarded(self._close)
+        if not self._terminated:  # a dialect that forgot its terminal event must not hang the engine
+            events.append(self._fault(MalformedResponseError("the response ended without a terminal event")))
+            self._terminated = True
+        return events
+
+    def _feed(self, chunk: bytes) -> list[StreamEvent]:
+        raise NotImplementedError
+
+    def _close(self) -> list[StreamEvent]:
+        raise NotImplementedError
+
+    def _each(self, units: Iterable[Unit], handle: Callable[[Unit], list[StreamEvent]]) -> list[StreamEvent]:
+        """The events of ``units`` handled in order, up to the terminal event; a unit its handler cannot
+        read ends the response with an error after the events of the units before it."""
+        events: list[StreamEvent] = []
+        for unit in units:
+            try:
+                produced = handle(unit)
+            except Exception as exc:  # the boundary: any failure on outside input is the provider's fault
+                events.append(self._fault(exc))
+                break
+            events.extend(produced)
+            if ends_response(produced):
+                break
+        return events
+
+    def _guarded(self, step: Callable[..., list[StreamEvent]], *args: Any) -> list[StreamEvent]:
+        try:
+            events = step(*args)
+        except Exception as exc:  # the boundary for what happens outside ``_each`` (framing, buffering)
+            events = [self._fault(exc)]
+        return self._accepted(events)
+
+    def _accepted(self, events: list[StreamEvent]) -> list[StreamEvent]:
+        """``events`` up to the first terminal one; an event no GTL frame can carry ends the response."""
+        accepted: list[StreamEvent] = []
+        for event in events:
+            if not is_carriable(event):
+                kind = type(event).__name__
+                event = self._fault(MalformedResponseError(f"malformed response: a value of the wrong type in {kind}"))
+            accepted.append(event)
+            if isinstance(event, (Done, Error)):
+                self._terminated = True
+                break
+        return accepted
+
+    def _fault(self, exc: Exception) -> Error:
+        return error_event(self._request, self._deployment, "PROVIDER_UNAVAILABLE", _fault_message(exc), retryable=True)
+
+
+DecodeError = Callable[[Any, CompletionRequest, Deployment, int, Mapping[str, str], bytes], Error]
+
+
+def error_boundary(decode_error: DecodeError) -> DecodeError:
+    """Decorator of a dialect's ``decode_error``: whatever the body does to it, the answer is an ``error``.
+
+    An exception, or an event no GTL frame can carry, falls back to the HTTP status's own code.
+    """
+
+    @functools.wraps(decode_error)
+    def guarded(
+        self: Any,
+        request: CompletionRequest,
+        deployment: Deployment,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Error:
+        try:
+            error = decode_error(self, request, deployment, status, headers, body)
+        except Exception as exc:  # the boundary: an error body is outside input like any other
+            return _status_error(request, deployment, status, _fault_message(exc))
+        if not is_carriable(error):
+            return _status_error(request, deployment, status, "the error body holds a value of the wrong type")
+        return error
+
+    return guarded
+
+
+def _status_error(request: CompletionRequest, deployment: Deployment, status: int, problem: str) -> Error:
+    code = code_for_status(status)
+    message = f"HTTP {status} from {deployment.name} ({problem})"
+    return error_event(request, deployment, code, message, retryable=retryable_for_status(status), http_status=status)

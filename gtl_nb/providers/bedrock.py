@@ -43,6 +43,11 @@ reasoning blocks::
 
 and ``build_request`` replays those blocks as ``reasoningContent`` blocks at the start of that
 assistant message, as Anthropic models on Bedrock require in tool-use turns with thinking.
+
+Limits: frames are at most 16 MiB (the protocol's own limit), a non-streaming body at most
+``MAX_BODY_BYTES``; a frame or body the decoder cannot read (bad CRC, not JSON, too deep, an unexpected
+shape) ends the response with a retryable PROVIDER_UNAVAILABLE ``error`` (``GuardedDecoder``). Error
+bodies are read from a bounded prefix.
 """
 
 from __future__ import annotations
@@ -67,9 +72,13 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import (
     Deployment,
+    GuardedDecoder,
     HttpRequest,
     ToolCallAssembler,
+    arguments_object,
     code_for_status,
+    ends_response,
+    error_boundary,
     error_event,
     header,
     parse_json_body,
@@ -78,6 +87,13 @@ from gtl_nb.providers.base import (
     split_data_url,
 )
 from gtl_nb.providers.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
+from gtl_nb.providers.limits import (
+    MalformedResponseError,
+    append_capped,
+    error_body_json,
+    error_body_text,
+    parse_json_object,
+)
 from gtl_nb.providers.sigv4 import AwsCredentials, sign_headers
 
 DEFAULT_REGION = "us-east-1"
@@ -184,7 +200,7 @@ def _image_block(url: str) -> dict[str, Any]:
 
 def _tool_input(call: ToolCall) -> dict[str, Any]:
     try:
-        return call.parsed_arguments
+        return arguments_object(call)
     except ValueError as exc:
         raise InvalidRequestError(f"tool call {call.id!r} has arguments that are not a JSON object") from exc
 
@@ -307,6 +323,14 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
 # Response decoding
 
 
+def _block_index(payload: dict[str, Any]) -> int:
+    """A frame's ``contentBlockIndex`` (0 when absent); ``MalformedResponseError`` when it is no integer."""
+    index = payload.get("contentBlockIndex", 0)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise MalformedResponseError(f"malformed Bedrock event: contentBlockIndex {str(index)[:40]!r} is no integer")
+    return index
+
+
 def _usage(sid: str, usage: Any) -> Usage:
     """Bedrock ``usage`` → GTL: input includes cache reads and writes (wire-formats.md §7)."""
     usage = usage if isinstance(usage, dict) else {}
@@ -323,12 +347,13 @@ def _usage(sid: str, usage: Any) -> Usage:
 
 
 def _error_text(payload: bytes) -> str:
-    parsed = parse_json_body(payload)
+    """The message of an exception payload or error body (only a bounded prefix is read)."""
+    parsed = error_body_json(payload)
     if isinstance(parsed, dict):
         message = parsed.get("message") or parsed.get("Message")
         if message:
             return str(message)
-    return payload[:500].decode("utf-8", "replace").strip()
+    return error_body_text(payload)
 
 
 class _ReasoningBlock:
@@ -348,12 +373,11 @@ class _ReasoningBlock:
         return {"reasoningText": block}
 
 
-class BedrockDecoder:
+class BedrockDecoder(GuardedDecoder):
     """Decodes one ConverseStream event stream, or one Converse JSON body at close."""
 
     def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
-        self._request = request
-        self._deployment = deployment
+        super().__init__(request, deployment)
         self._sid = request.session_id
         self._frames = EventStreamDecoder()
         self._buffer = bytearray()  # non-streaming body
@@ -373,29 +397,27 @@ class BedrockDecoder:
             return None
         return {PROVIDER_DATA_KEY: [self._reasoning[i].as_block() for i in sorted(self._reasoning)]}
 
-    def feed(self, chunk: bytes) -> list[StreamEvent]:
+    def _feed(self, chunk: bytes) -> list[StreamEvent]:
         if self._finished:
             return []
         if not self._request.stream:
-            self._buffer += chunk
+            append_capped(self._buffer, chunk)
             return []
         failure: EventStreamError | None = None
         try:
             frames = self._frames.feed(chunk)
         except EventStreamError as exc:
             frames, failure = exc.frames, exc  # the frames before the bad one still count
-        events: list[StreamEvent] = []
-        for frame in frames:
-            events.extend(self._frame(frame))
-            if self._finished:
-                return events
+        events = self._each(frames, self._frame)
+        if self._finished or ends_response(events):
+            return events
         if failure is not None:
             events.append(
                 self._error("PROVIDER_UNAVAILABLE", f"malformed Bedrock event stream: {failure}", retryable=True)
             )
         return events
 
-    def close(self) -> list[StreamEvent]:
+    def _close(self) -> list[StreamEvent]:
         if self._finished:
             return []
         if not self._request.stream:
@@ -414,6 +436,8 @@ class BedrockDecoder:
     # -- streaming ------------------------------------------------------------------------------
 
     def _frame(self, frame: EventStreamMessage) -> list[StreamEvent]:
+        if self._finished:
+            return []
         kind = frame.header(":message-type")
         if kind == "exception":
             name = str(frame.header(":exception-type") or "exception")
@@ -421,21 +445,20 @@ class BedrockDecoder:
         if kind == "error":
             text = str(frame.header(":error-message") or frame.header(":error-code") or "event-stream error")
             return [self._error("INTERNAL", f"Bedrock stream error: {text}", retryable=True)]
-        payload = parse_json_body(frame.payload)
-        if not isinstance(payload, dict):
-            return [self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock event: payload is not a JSON object")]
+        payload = parse_json_object(frame.payload, "malformed Bedrock event payload")
         event = frame.header(":event-type")
         if event == "contentBlockStart":
             start = payload.get("start") or {}
             tool = start.get("toolUse") if isinstance(start, dict) else None
             if isinstance(tool, dict):
-                index = int(payload.get("contentBlockIndex", 0))
+                index = _block_index(payload)
                 self._tool_blocks.add(index)
                 self._tools.start(index, tool.get("toolUseId"), tool.get("name"))
         elif event == "contentBlockDelta":
-            return self._delta(int(payload.get("contentBlockIndex", 0)), payload.get("delta") or {})
+            delta = payload.get("delta")
+            return self._delta(_block_index(payload), delta if isinstance(delta, dict) else {})
         elif event == "contentBlockStop":
-            return self._block_stop(int(payload.get("contentBlockIndex", 0)))
+            return self._block_stop(_block_index(payload))
         elif event == "messageStop":
             self._stop_reason = str(payload.get("stopReason") or "end_turn")
             return [self._tool_event(call) for call in self._tools.pop_all()]
@@ -506,6 +529,7 @@ class BedrockDecoder:
     # -- non-streaming --------------------------------------------------------------------------
 
     def _converse(self, body: bytes) -> list[StreamEvent]:
+        """A non-streaming Converse body as events."""
         parsed = parse_json_body(body)
         if not isinstance(parsed, dict):
             return [self._error("PROVIDER_UNAVAILABLE", "malformed Bedrock Converse response: not a JSON object")]
@@ -514,7 +538,8 @@ class BedrockDecoder:
         events: list[StreamEvent] = []
         text: list[str] = []
         calls: list[StreamEvent] = []
-        for index, block in enumerate(message.get("content") or []):
+        content = message.get("content")
+        for index, block in enumerate(content if isinstance(content, list) else ()):
             if not isinstance(block, dict):
                 continue
             if isinstance(block.get("text"), str):
@@ -597,6 +622,7 @@ class BedrockDialect:
     def response_decoder(self, request: CompletionRequest, deployment: Deployment) -> BedrockDecoder:
         return BedrockDecoder(request, deployment)
 
+    @error_boundary
     def decode_error(
         self,
         request: CompletionRequest,
@@ -605,7 +631,7 @@ class BedrockDialect:
         headers: Mapping[str, str],
         body: bytes,
     ) -> Error:
-        parsed = parse_json_body(body)
+        parsed = error_body_json(body)  # only a bounded prefix of the body is read
         message = _error_text(body) or f"HTTP {status}"
         name = _error_type(headers, parsed)
         if name and name.lower() in _EXCEPTIONS:

@@ -24,7 +24,9 @@ type name       value
 
 ``EventStreamDecoder.feed(bytes)`` returns the frames completed by those bytes, however the bytes
 were split; ``close()`` raises when the body ended inside a frame. A CRC mismatch, an impossible
-length or a malformed header raises ``EventStreamError`` (the caller turns it into an ``error`` event).
+length or a malformed header raises ``EventStreamError``, a ``MalformedResponseError`` (the caller turns it
+into an ``error`` event). No buffer outgrows one frame: a prelude announcing more than
+``MAX_FRAME_LENGTH`` bytes is refused before they arrive.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+from gtl_nb.providers.limits import MalformedResponseError
 
 PRELUDE_LENGTH = 8
 MIN_FRAME_LENGTH = PRELUDE_LENGTH + 4 + 4  # prelude, its CRC, the message CRC
@@ -44,7 +48,7 @@ _FIXED_WIDTH: dict[int, int | None] = {0: 0, 1: 0, 2: 1, 3: 2, 4: 4, 5: 8, 6: No
 _INT_FORMATS = {2: ">b", 3: ">h", 4: ">i", 5: ">q", 8: ">q"}
 
 
-class EventStreamError(ValueError):
+class EventStreamError(MalformedResponseError):
     """The bytes are not a valid event stream (bad CRC, bad length, bad header, truncated frame).
 
     ``frames`` holds the valid frames the same ``feed`` call decoded before the bad one.

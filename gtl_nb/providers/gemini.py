@@ -53,7 +53,9 @@ responses end in ``done``; the caller sees an empty answer and the reason.
 Errors: 400 ``API_KEY_INVALID`` → AUTH_FAILED; "input token count … exceeds" →
 CONTEXT_LENGTH_EXCEEDED; 403 → FORBIDDEN; 404 → MODEL_NOT_FOUND; 429 → RATE_LIMIT, retryable
 unless a ``QuotaFailure`` names a per-day quota, ``retry_after`` from ``RetryInfo.retryDelay``;
-500 → INTERNAL, 503 → OVERLOADED, 504 → TIMEOUT (all retryable). Bodies may be array-wrapped.
+500 → INTERNAL, 503 → OVERLOADED, 504 → TIMEOUT (all retryable). Bodies may be array-wrapped. Error
+bodies are read from a bounded prefix; a stream or body the decoder cannot read (not JSON, too deep, too
+large, an unexpected shape) ends with a retryable PROVIDER_UNAVAILABLE ``error`` (``GuardedDecoder``).
 """
 
 from __future__ import annotations
@@ -80,15 +82,21 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import (
     Deployment,
+    GuardedDecoder,
     HttpRequest,
+    arguments_object,
     code_for_status,
+    ends_response,
+    error_boundary,
     error_event,
+    finite_seconds,
     parse_json_body,
     parse_tool_choice,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
 )
+from gtl_nb.providers.limits import append_capped, error_body_json, error_body_text, parse_json
 from gtl_nb.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -117,8 +125,8 @@ _FILTER_REASONS = frozenset(
         "IMAGE_RECITATION",
     }
 )
-_CONTEXT_TEXT = re.compile(r"(?i)input token count.*exceeds|exceeds the maximum number of tokens")
-_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)s\s*$")
+_CONTEXT_PHRASE = "input token count"
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -179,7 +187,7 @@ def _tool_response(content: str | None) -> dict[str, Any]:
     if content is None:
         return {"result": None}
     try:
-        value: Any = json.loads(content)
+        value: Any = parse_json(content, "tool result")  # a tool's output: depth and size limited too
     except ValueError:
         return {"result": content}
     return value if isinstance(value, dict) else {"result": value}
@@ -187,7 +195,7 @@ def _tool_response(content: str | None) -> dict[str, Any]:
 
 def _function_args(call: ToolCall) -> dict[str, Any]:
     try:
-        return call.parsed_arguments
+        return arguments_object(call)
     except ValueError as exc:
         raise InvalidRequestError(f"tool call {call.id!r}: arguments are not a JSON object") from exc
 
@@ -329,13 +337,26 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
 # Errors
 
 
-def _retry_delay(details: list[Any]) -> float | None:
-    for detail in details:
+def _retry_delay(details: Any) -> float | None:
+    for detail in details if isinstance(details, list) else ():
         if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo"):
-            match = _DURATION.match(str(detail.get("retryDelay", "")))
+            match = _DURATION.fullmatch(str(detail.get("retryDelay", "")).strip())
             if match:
-                return float(match.group(1))
+                return finite_seconds(match.group(1))
     return None
+
+
+def says_context_exceeded(message: str) -> bool:
+    """True for Gemini's context-length wording: "input token count … exceeds" on one line, or "exceeds
+    the maximum number of tokens". Plain substring searches: linear in the message, whatever it holds."""
+    lowered = message.lower()
+    if "exceeds the maximum number of tokens" in lowered:
+        return True
+    for line in lowered.split("\n"):
+        start = line.find(_CONTEXT_PHRASE)
+        if start >= 0 and line.find("exceeds", start + len(_CONTEXT_PHRASE)) >= 0:
+            return True
+    return False
 
 
 def _daily_quota(details: list[Any]) -> bool:
@@ -354,10 +375,10 @@ def classify_error(status: int, error: dict[str, Any]) -> tuple[str, bool]:
     rpc_status = error.get("status")
     message = str(error.get("message") or "")
     details = error.get("details") if isinstance(error.get("details"), list) else []
-    reasons = {d.get("reason") for d in details if isinstance(d, dict)}
+    reasons = {d.get("reason") for d in details if isinstance(d, dict) and isinstance(d.get("reason"), str)}
     if "API_KEY_INVALID" in reasons or status == 401 or rpc_status == "UNAUTHENTICATED":
         return "AUTH_FAILED", False
-    if _CONTEXT_TEXT.search(message):
+    if says_context_exceeded(message):
         return "CONTEXT_LENGTH_EXCEEDED", False
     if status == 403 or rpc_status == "PERMISSION_DENIED":
         return "FORBIDDEN", False
@@ -385,7 +406,21 @@ def _error_object(data: Any) -> dict[str, Any] | None:
 # Response decoding
 
 
-class GeminiDecoder:
+def _str(value: Any) -> str | None:
+    """A string field of the wire, or ``None`` for anything else (or an empty string)."""
+    return value if isinstance(value, str) and value else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _total(values: list[int | None]) -> int | None:
+    """The sum of the counts that were sent; ``None`` when none was."""
+    return None if all(v is None for v in values) else sum(v or 0 for v in values)
+
+
+class GeminiDecoder(GuardedDecoder):
     """Decodes one 2xx Gemini body: SSE, or JSON (one object or a streamed array) parsed at close.
 
     A non-streaming request gets one ``token`` with the whole text (and one ``reasoning``).
@@ -393,8 +428,7 @@ class GeminiDecoder:
     """
 
     def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
-        self._request = request
-        self._deployment = deployment
+        super().__init__(request, deployment)
         self._sid = request.session_id
         self._sse = SSEDecoder()
         self._mode: str | None = None if request.stream else "json"
@@ -416,26 +450,21 @@ class GeminiDecoder:
         """Thought signatures to replay (see the module docstring), or ``None``."""
         return {"gemini": {"parts": list(self._signatures)}} if self._signatures else None
 
-    def feed(self, chunk: bytes) -> list[StreamEvent]:
+    def _feed(self, chunk: bytes) -> list[StreamEvent]:
         """The events completed by ``chunk`` (JSON bodies wait for ``close``)."""
-        if self._finished or not chunk:
+        if self._finished:
             return []
         if self._mode is None:
-            self._buffer += chunk
-            head = self._buffer.lstrip()
-            if not head:
+            chunk = chunk.lstrip()  # leading whitespace says nothing: drop it rather than buffer it
+            if not chunk:
                 return []
-            self._mode = "json" if head[:1] in (b"{", b"[") else "sse"
-            if self._mode == "json":
-                return []
-            chunk = bytes(self._buffer)
-            self._buffer.clear()
+            self._mode = "json" if chunk[:1] in (b"{", b"[") else "sse"
         if self._mode == "json":
-            self._buffer += chunk
+            append_capped(self._buffer, chunk)
             return []
         return self._on_sse([event.data for event in self._sse.feed(chunk)])
 
-    def close(self) -> list[StreamEvent]:
+    def _close(self) -> list[StreamEvent]:
         """End of body: the remaining events, ending in ``done`` or ``error``."""
         if self._finished:
             return []
@@ -445,7 +474,7 @@ class GeminiDecoder:
             events = self._on_json(bytes(self._buffer))
         else:
             events = self._on_sse([event.data for event in self._sse.close()])
-        if self._finished:
+        if self._finished or ends_response(events):
             return events
         if self._finish_reason is None and not self._blocked:
             problem = "stream ended early: no chunk with a finishReason"
@@ -456,19 +485,12 @@ class GeminiDecoder:
     # -- chunks -----------------------------------------------------------------------------
 
     def _on_sse(self, payloads: list[str]) -> list[StreamEvent]:
-        events: list[StreamEvent] = []
-        for payload in payloads:
-            if self._finished:
-                break
-            if not payload.strip():
-                continue
-            try:
-                chunk = json.loads(payload)
-            except ValueError:
-                events.append(self._fail("PROVIDER_UNAVAILABLE", "malformed Gemini stream chunk: not JSON"))
-                break
-            events.extend(self._on_chunk(chunk))
-        return events
+        return self._each(payloads, self._on_payload)
+
+    def _on_payload(self, payload: str) -> list[StreamEvent]:
+        if self._finished or not payload.strip():
+            return []
+        return self._on_chunk(parse_json(payload, "malformed Gemini stream chunk"))
 
     def _on_json(self, body: bytes) -> list[StreamEvent]:
         data = parse_json_body(body)
@@ -489,7 +511,7 @@ class GeminiDecoder:
             return [self._stream_error(chunk["error"])]
         if isinstance(chunk.get("usageMetadata"), dict):
             self._usage = chunk["usageMetadata"]  # a snapshot: the last one wins, never summed
-        self._model = chunk.get("modelVersion") or self._model
+        self._model = _str(chunk.get("modelVersion")) or self._model
         feedback = chunk.get("promptFeedback")
         if isinstance(feedback, dict) and feedback.get("blockReason"):
             self._blocked = True
@@ -499,12 +521,14 @@ class GeminiDecoder:
         candidate = candidates[0]  # one candidate is requested (candidateCount defaults to 1)
         events: list[StreamEvent] = []
         response_id = _ID_UNSAFE.sub("", str(chunk.get("responseId") or ""))
-        for part in (candidate.get("content") or {}).get("parts") or []:
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        for part in parts if isinstance(parts, list) else ():
             if isinstance(part, dict):
                 events.extend(self._on_part(part, response_id))
             if self._finished:
                 break
-        if candidate.get("finishReason"):
+        if _str(candidate.get("finishReason")):
             self._finish_reason = candidate["finishReason"]
         return events
 
@@ -559,7 +583,7 @@ class GeminiDecoder:
             code,
             message,
             retryable=retryable,
-            retry_after=_retry_delay(error.get("details") or []),
+            retry_after=_retry_delay(error.get("details")),
             http_status=200,
         )
 
@@ -572,15 +596,15 @@ class GeminiDecoder:
             events.append(Token(session_id=self._sid, text="".join(self._text)))
         events.extend(self._calls)
         usage = self._usage or {}
-        prompt = [usage.get(k) for k in ("promptTokenCount", "toolUsePromptTokenCount")]
-        output = [usage.get(k) for k in ("candidatesTokenCount", "thoughtsTokenCount")]
+        prompt = [_count(usage.get(k)) for k in ("promptTokenCount", "toolUsePromptTokenCount")]
+        output = [_count(usage.get(k)) for k in ("candidatesTokenCount", "thoughtsTokenCount")]
         events.append(
             Usage(
                 session_id=self._sid,
-                tokens_in=None if all(v is None for v in prompt) else sum(v or 0 for v in prompt),
-                tokens_out=None if all(v is None for v in output) else sum(v or 0 for v in output),
-                cached_tokens_in=usage.get("cachedContentTokenCount"),
-                reasoning_tokens_out=usage.get("thoughtsTokenCount"),
+                tokens_in=_total(prompt),
+                tokens_out=_total(output),
+                cached_tokens_in=_count(usage.get("cachedContentTokenCount")),
+                reasoning_tokens_out=_count(usage.get("thoughtsTokenCount")),
             )
         )
         reason = finish_reason(self._finish_reason, saw_function_call=self._call_count > 0, blocked=self._blocked)
@@ -621,6 +645,7 @@ class GeminiDialect:
         """A fresh decoder for one 2xx response body to ``request``."""
         return GeminiDecoder(request, deployment)
 
+    @error_boundary
     def decode_error(
         self,
         request: CompletionRequest,
@@ -629,10 +654,10 @@ class GeminiDialect:
         headers: Mapping[str, str],
         body: bytes,
     ) -> Error:
-        """The ``error`` event for a non-2xx response."""
-        error = _error_object(parse_json_body(body))
+        """The ``error`` event for a non-2xx response (only a bounded prefix of the body is read)."""
+        error = _error_object(error_body_json(body))
         if error is None:
-            text = body.decode("utf-8", "replace").strip()[:500] or f"HTTP {status} from Gemini"
+            text = error_body_text(body) or f"HTTP {status} from Gemini"
             code, retryable = code_for_status(status), retryable_for_status(status)
             retry_after = retry_after_seconds(headers, message=text)
             return error_event(

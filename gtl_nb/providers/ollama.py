@@ -26,6 +26,10 @@ JSON object, parsed at ``close()``. The top-level ``response`` field of ``/api/g
 read as text too, so generate-shaped bodies decode the same way.
 
 Ollama returns no opaque state to replay, so ``decoder.provider_data`` is always ``None``.
+
+Limits: a line longer than ``MAX_EVENT_BYTES``, a non-streaming body over ``MAX_BODY_BYTES``, or a line
+the decoder cannot read (not JSON, too deep, an unexpected shape) ends the response with a retryable
+PROVIDER_UNAVAILABLE ``error`` (``GuardedDecoder``); error bodies are read from a bounded prefix.
 """
 
 from __future__ import annotations
@@ -49,14 +53,26 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import (
     Deployment,
+    GuardedDecoder,
     HttpRequest,
+    arguments_object,
     code_for_status,
+    ends_response,
+    error_boundary,
     error_event,
     parse_json_body,
     parse_tool_choice,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
+)
+from gtl_nb.providers.limits import (
+    MAX_BODY_BYTES,
+    MAX_EVENT_BYTES,
+    append_capped,
+    error_body_json,
+    error_body_text,
+    parse_json_object,
 )
 
 DEFAULT_BASE_URL = "http://localhost:11434"
@@ -82,7 +98,7 @@ def _headers(deployment: Deployment, *, accept: str) -> dict[str, str]:
 
 def _arguments_object(call: ToolCall) -> dict[str, Any]:
     try:
-        return call.parsed_arguments
+        return arguments_object(call)
     except ValueError as exc:
         raise InvalidRequestError(f"tool call {call.id!r} has arguments that are not a JSON object") from exc
 
@@ -193,14 +209,14 @@ def build_body(request: CompletionRequest) -> dict[str, Any]:
 # Response
 
 
-class OllamaDecoder:
+class OllamaDecoder(GuardedDecoder):
     """Decodes one ``/api/chat`` response body (NDJSON stream or one JSON object)."""
 
     def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
-        self._request = request
-        self._deployment = deployment
+        super().__init__(request, deployment)
         self._sid = request.session_id
-        self._buffer = b""
+        self._buffer = bytearray()  # the unfinished line (streaming) or the whole body
+        self._scanned = 0  # bytes of the buffer known to hold no newline
         self._finished = False
         self._tool_count = 0
 
@@ -209,42 +225,51 @@ class OllamaDecoder:
         """Always ``None``: Ollama returns no state that must be replayed."""
         return None
 
-    def feed(self, chunk: bytes) -> list[StreamEvent]:
+    def _feed(self, chunk: bytes) -> list[StreamEvent]:
         if self._finished:
+            return []
+        if not self._request.stream:
+            append_capped(self._buffer, chunk)  # one (possibly pretty-printed) object: parsed at close()
             return []
         self._buffer += chunk
-        if not self._request.stream:
-            return []  # one (possibly pretty-printed) object: parsed at close()
-        events: list[StreamEvent] = []
-        while not self._finished:
-            line, sep, rest = self._buffer.partition(b"\n")
-            if not sep:
-                break
-            self._buffer = rest
-            events.extend(self._line(line))
+        events = self._each(self._complete_lines(), self._line)
+        if len(self._buffer) > MAX_EVENT_BYTES and not ends_response(events):  # a line that never ends
+            problem = f"malformed NDJSON from Ollama: a line larger than {MAX_EVENT_BYTES} bytes"
+            events.append(self._error("PROVIDER_UNAVAILABLE", problem, retryable=True))
         return events
 
-    def close(self) -> list[StreamEvent]:
+    def _complete_lines(self) -> list[bytes]:
+        """The lines ``\\n`` ended so far, taken out of the buffer (each byte is searched once)."""
+        lines: list[bytes] = []
+        start = 0
+        end = self._buffer.find(b"\n", self._scanned)
+        while end >= 0:
+            lines.append(bytes(self._buffer[start:end]))
+            start = end + 1
+            end = self._buffer.find(b"\n", start)
+        del self._buffer[:start]
+        self._scanned = len(self._buffer)
+        return lines
+
+    def _close(self) -> list[StreamEvent]:
         if self._finished:
             return []
-        rest, self._buffer = self._buffer, b""
-        events = self._line(rest)  # the done line may have no trailing newline
-        if not self._finished:
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        limit = MAX_EVENT_BYTES if self._request.stream else MAX_BODY_BYTES
+        events = self._each([rest], lambda raw: self._line(raw, limit=limit))  # the done line may lack its newline
+        if not self._finished and not ends_response(events):
             events.append(self._error("PROVIDER_UNAVAILABLE", "Ollama stream ended early, without a done:true line"))
         return events
 
     # -- one object -----------------------------------------------------------------------------
 
-    def _line(self, raw: bytes) -> list[StreamEvent]:
-        if not raw.strip():
+    def _line(self, raw: bytes, *, limit: int = MAX_EVENT_BYTES) -> list[StreamEvent]:
+        if self._finished or not raw.strip():
             return []
-        try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            preview = raw[:80].decode("utf-8", "replace")
-            return [self._error("PROVIDER_UNAVAILABLE", f"malformed NDJSON line from Ollama: {preview!r}")]
-        if not isinstance(obj, dict):
-            return [self._error("PROVIDER_UNAVAILABLE", "malformed NDJSON line from Ollama: not a JSON object")]
+        obj = parse_json_object(
+            raw, lambda: f"malformed NDJSON line from Ollama {raw[:80].decode('utf-8', 'replace')!r}", limit=limit
+        )
         return self._object(obj)
 
     def _object(self, obj: dict[str, Any]) -> list[StreamEvent]:
@@ -264,14 +289,16 @@ class OllamaDecoder:
         response = obj.get("response")  # /api/generate shape
         if isinstance(response, str) and response:
             events.append(Token(session_id=self._sid, text=response))
-        for call in message.get("tool_calls") or []:
-            events.append(self._tool_call(call))
+        calls = message.get("tool_calls")
+        for call in calls if isinstance(calls, list) else ():
+            if isinstance(call, dict):
+                events.append(self._tool_call(call))
         if obj.get("done") is True:
             events.extend(self._finish(obj))
         return events
 
     def _tool_call(self, call: dict[str, Any]) -> ToolCallEvent:
-        function = call.get("function") or {}
+        function = call.get("function") if isinstance(call.get("function"), dict) else {}
         arguments = function.get("arguments")
         if isinstance(arguments, str):
             text = arguments if arguments.strip() else "{}"
@@ -286,7 +313,8 @@ class OllamaDecoder:
 
     def _finish(self, obj: dict[str, Any]) -> list[StreamEvent]:
         self._finished = True
-        reason = _FINISH_REASONS.get(obj.get("done_reason") or "stop", "other")
+        raw_reason = obj.get("done_reason")
+        reason = _FINISH_REASONS.get(raw_reason if isinstance(raw_reason, str) and raw_reason else "stop", "other")
         if reason == "stop" and self._tool_count:
             reason = "tool_calls"
         return [
@@ -299,7 +327,7 @@ class OllamaDecoder:
                 session_id=self._sid,
                 finish_reason=reason,  # type: ignore[arg-type]
                 provider=self._deployment.name,
-                model=obj.get("model") or self._request.model,
+                model=obj["model"] if isinstance(obj.get("model"), str) and obj["model"] else self._request.model,
             ),
         ]
 
@@ -335,6 +363,7 @@ class OllamaDialect:
     def response_decoder(self, request: CompletionRequest, deployment: Deployment) -> OllamaDecoder:
         return OllamaDecoder(request, deployment)
 
+    @error_boundary
     def decode_error(
         self,
         request: CompletionRequest,
@@ -343,13 +372,13 @@ class OllamaDialect:
         headers: Mapping[str, str],
         body: bytes,
     ) -> Error:
-        parsed = parse_json_body(body)
+        parsed = error_body_json(body)  # only a bounded prefix of the body is read
         message = ""
         if isinstance(parsed, dict) and "error" in parsed:
             error = parsed["error"]
             message = error if isinstance(error, str) else json.dumps(error)
         if not message:
-            message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+            message = error_body_text(body) or f"HTTP {status}"
         code = code_for_status(status)
         lowered = message.lower()
         if "not found" in lowered and ("pull" in lowered or "model" in lowered):

@@ -52,7 +52,7 @@ from urllib.parse import quote
 
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Error, Message, Tool, ToolCall
-from gtl_nb.providers.base import Deployment, HttpRequest
+from gtl_nb.providers.base import Deployment, HttpRequest, error_boundary
 from gtl_nb.providers.openai_chat import (
     PROVIDER_DATA_KEY,
     REASONING_FIELDS,
@@ -288,6 +288,7 @@ class _ChatCompletionsDialect:
         """A decoder for a 2xx response (SSE or JSON)."""
         return ChatCompletionsDecoder(request, deployment)
 
+    @error_boundary
     def decode_error(
         self,
         request: CompletionRequest,

@@ -36,6 +36,9 @@ Decoder (``ChatCompletionsDecoder``):
   before [DONE]"). A ``data:`` payload that is not a JSON object is an ``error`` naming the
   problem. ``data: {"error": …}`` (with or without ``event: error``) inside a 200 stream is an
   ``error`` classified like an HTTP error. Nothing is emitted after the terminal event.
+* Limits (``gtl_nb.providers.limits``): a chunk or a non-streaming body that is not JSON, is nested
+  too deep or too large, or breaks the decoder in any other way ends the response with a retryable
+  PROVIDER_UNAVAILABLE ``error`` (``GuardedDecoder``). Error bodies are read from a bounded prefix.
 
 ``provider_data`` (read by the engine after the terminal event, also put on ``Done``): ``None``
 unless the server sent non-standard reasoning text, then::
@@ -48,7 +51,6 @@ The ``openai_compatible`` dialect can replay it (deployment option ``replay_reas
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -65,14 +67,17 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import (
     Deployment,
+    GuardedDecoder,
     ToolCallAssembler,
     code_for_status,
+    ends_response,
     error_event,
     header,
     is_retryable_code,
     parse_json_body,
     retry_after_seconds,
 )
+from gtl_nb.providers.limits import append_capped, error_body_json, parse_json_object, snippet
 from gtl_nb.providers.sse import SSEDecoder, SSEEvent
 
 PROVIDER_DATA_KEY = "openai_reasoning"
@@ -147,18 +152,36 @@ def error_object(payload: Any) -> dict[str, Any] | None:
     return None
 
 
-_GO_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _GO_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_GO_DURATION_MAX_CHARS = 32  # "1h2m3.456s" is 10: a longer value is no duration
+_NUMBER_CHARS = frozenset("0123456789.")
 
 
 def _go_duration(text: str | None) -> float | None:
-    """Seconds of an OpenAI ``x-ratelimit-reset-*`` value such as ``6m0s``, ``1.5s`` or ``20ms``."""
-    if not text:
+    """Seconds of an OpenAI ``x-ratelimit-reset-*`` value such as ``6m0s``, ``1.5s`` or ``20ms``.
+
+    A scan of number-unit pairs (a regex search over a long run of digits would be quadratic)."""
+    if not text or len(text) > _GO_DURATION_MAX_CHARS:
         return None
-    parts = _GO_DURATION.findall(text.strip())
-    if not parts:
-        return None
-    return sum(float(amount) * _GO_UNITS[unit] for amount, unit in parts)
+    seconds: float | None = None
+    number = ""
+    pos = 0
+    while pos < len(text):
+        if text[pos] in _NUMBER_CHARS:
+            number += text[pos]
+            pos += 1
+            continue
+        unit = "ms" if text.startswith("ms", pos) else text[pos]
+        if unit in _GO_UNITS and _is_decimal(number):
+            seconds = (seconds or 0.0) + float(number) * _GO_UNITS[unit]
+        number = ""
+        pos += len(unit)
+    return seconds
+
+
+def _is_decimal(number: str) -> bool:
+    whole, dot, fraction = number.partition(".")
+    return whole.isdigit() and (not dot or fraction.isdigit())
 
 
 def _reset_hint(headers: Mapping[str, str], limit_type: str) -> float | None:
@@ -208,13 +231,6 @@ def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, boo
     return gtl_code, is_retryable_code(gtl_code)
 
 
-def _snippet(body: bytes, limit: int = 200) -> str:
-    text = body.decode("utf-8", "replace")
-    text = re.sub(r"<[^>]*>", " ", text)  # an HTML page from a proxy: keep its words only
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def error_from_response(
     request: CompletionRequest,
     deployment: Deployment,
@@ -222,11 +238,11 @@ def error_from_response(
     headers: Mapping[str, str],
     body: bytes,
 ) -> Error:
-    """A non-2xx Chat Completions response as an ``error`` event."""
-    err = error_object(parse_json_body(body))
+    """A non-2xx Chat Completions response as an ``error`` event (only a bounded prefix of the body is read)."""
+    err = error_object(error_body_json(body))
     if err is None:
         gtl_code = "PROVIDER_UNAVAILABLE" if status == 500 else code_for_status(status)
-        detail = _snippet(body)
+        detail = snippet(body)  # an HTML page from a proxy: its words only
         message = f"HTTP {status} from {deployment.name}: {detail or '(empty body)'}"
         retryable = is_retryable_code(gtl_code)
         retry_after = retry_after_seconds(headers) if retryable else None
@@ -273,12 +289,11 @@ def parse_models(body: bytes) -> list[str]:
 # The response decoder
 
 
-class ChatCompletionsDecoder:
+class ChatCompletionsDecoder(GuardedDecoder):
     """Incremental decoder of one 2xx Chat Completions response (see the module docstring)."""
 
     def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
-        self._request = request
-        self._deployment = deployment
+        super().__init__(request, deployment)
         self._session = request.session_id
         self._mode = "sniff" if request.stream else "json"  # sniff → "sse" or "json" on the first byte
         self._body = bytearray()
@@ -304,30 +319,21 @@ class ChatCompletionsDecoder:
 
     # -- input
 
-    def feed(self, chunk: bytes) -> list[StreamEvent]:
+    def _feed(self, chunk: bytes) -> list[StreamEvent]:
         """Events completed by ``chunk``."""
-        if self._done or not chunk:
+        if self._done:
             return []
         if self._mode == "sniff":
-            self._body += chunk
-            head = bytes(self._body).lstrip()
-            if not head:
+            chunk = chunk.lstrip()  # leading whitespace says nothing: drop it rather than buffer it
+            if not chunk:
                 return []
-            self._mode = "json" if head[:1] == b"{" else "sse"
-            if self._mode == "json":
-                return []
-            chunk, self._body = bytes(self._body), bytearray()
+            self._mode = "json" if chunk[:1] == b"{" else "sse"
         if self._mode == "json":
-            self._body += chunk
+            append_capped(self._body, chunk)
             return []
-        events: list[StreamEvent] = []
-        for sse_event in self._sse.feed(chunk):
-            self._on_sse(sse_event, events)
-            if self._done:
-                break
-        return events
+        return self._each(self._sse.feed(chunk), self._sse_unit)
 
-    def close(self) -> list[StreamEvent]:
+    def _close(self) -> list[StreamEvent]:
         """Events left at the end of the body, always ending with the terminal event."""
         if self._done:
             return []
@@ -337,10 +343,10 @@ class ChatCompletionsDecoder:
         elif self._mode == "sniff":
             self._fail(events, "stream ended before [DONE]: the response body was empty")
         else:
-            for sse_event in self._sse.close():  # an event the body ended without its blank line
-                self._on_sse(sse_event, events, at_eof=True)
-                if self._done:
-                    return events
+            # an event the body ended without its blank line
+            events = self._each(self._sse.close(), lambda sse_event: self._sse_unit(sse_event, at_eof=True))
+            if self._done or ends_response(events):
+                return events
             if self._finish_raw is not None:
                 self._finish(events)  # finish_reason then clean EOF: complete, only [DONE] is missing
             else:
@@ -349,6 +355,11 @@ class ChatCompletionsDecoder:
 
     # -- stream handling
 
+    def _sse_unit(self, sse_event: SSEEvent, *, at_eof: bool = False) -> list[StreamEvent]:
+        events: list[StreamEvent] = []
+        self._on_sse(sse_event, events, at_eof=at_eof)
+        return events
+
     def _on_sse(self, sse_event: SSEEvent, events: list[StreamEvent], *, at_eof: bool = False) -> None:
         data = sse_event.data.strip()
         if not data:
@@ -356,17 +367,9 @@ class ChatCompletionsDecoder:
         if data == "[DONE]":
             self._finish(events)
             return
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            if at_eof:  # the connection dropped inside the last event
-                self._fail(events, "stream ended before [DONE], inside an unfinished event")
-            else:
-                self._fail(events, f"malformed stream chunk (not JSON): {data[:120]!r}")
-            return
-        if not isinstance(payload, dict):
-            self._fail(events, f"malformed stream chunk (not a JSON object): {data[:120]!r}")
-            return
+        # the connection may have dropped inside the last event
+        what = "stream ended before [DONE], inside an unfinished event" if at_eof else "malformed stream chunk"
+        payload = parse_json_object(data, lambda: f"{what} {data[:120]!r}")
         err = payload.get("error")
         if err is None and sse_event.event == "error":
             err = payload  # "event: error" whose data is the error object itself
@@ -463,7 +466,7 @@ class ChatCompletionsDecoder:
             return
         payload = parse_json_body(body)
         if not isinstance(payload, dict):
-            self._fail(events, f"the response body is not a JSON object: {_snippet(body, 120)!r}")
+            self._fail(events, f"the response body is not a JSON object: {snippet(body, 120)!r}")
             return
         if payload.get("error"):
             obj = error_object(payload) or {"message": _text(payload["error"])}

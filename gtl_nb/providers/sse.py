@@ -4,11 +4,24 @@
 ``\\r\\n`` or ``\\r`` (Gemini uses CRLF), and a chunk may split anywhere, even inside a multi-byte
 character or between ``\\r`` and ``\\n``. Comment lines (``:``) are skipped. ``close()`` flushes
 an event that the stream ended without a blank line after.
+
+Linear in the bytes fed, however they are split: each byte is scanned for a line end once. An
+event whose lines add up to more than ``max_event_bytes`` (a line that never ends included)
+raises ``SSEError`` instead of growing a buffer without bound.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+from gtl_nb.providers.limits import MAX_EVENT_BYTES, MalformedResponseError
+
+_LINE_END = re.compile(rb"\r\n?|\n")
+
+
+class SSEError(MalformedResponseError):
+    """The stream breaks a limit of this parser (an event larger than ``max_event_bytes``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +35,11 @@ class SSEEvent:
 
 
 class SSEDecoder:
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._buffer = bytearray()  # the unfinished line
+        self._scanned = 0  # bytes of the buffer known to hold no line end
+        self._size = 0  # bytes of the current event's lines so far
         self._data: list[str] = []
         self._event = ""
         self._id: str | None = None
@@ -31,38 +47,41 @@ class SSEDecoder:
         self._has_fields = False
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
-        data = self._buffer + chunk
         events: list[SSEEvent] = []
+        if not self._buffer and b"\r" not in chunk:
+            # the common case (whole "data: ...\n\n" chunks, LF only): split in C, keep the tail
+            *lines, tail = chunk.split(b"\n")
+            for line in lines:
+                self._line(line, events)
+            self._buffer += tail
+            self._scanned = len(self._buffer)
+            self._check_size(len(self._buffer))
+            return events
+        self._buffer += chunk
         start = 0
-        length = len(data)
-        while start < length:
-            nl = data.find(b"\n", start)
-            cr = data.find(b"\r", start)
-            if cr >= 0 and (nl < 0 or cr < nl):
-                if cr + 1 == length:
-                    break  # a lone CR at the end: it may be the first half of CRLF
-                end, nxt = cr, cr + (2 if data[cr + 1 : cr + 2] == b"\n" else 1)
-            elif nl >= 0:
-                end, nxt = nl, nl + 1
-            else:
-                break
-            self._line(data[start:end].decode("utf-8", "replace"), events)
-            start = nxt
-        self._buffer = data[start:]
+        for match in _LINE_END.finditer(self._buffer, self._scanned):
+            if match.end() == len(self._buffer) and match.group() == b"\r":
+                break  # a CR at the end may be the first half of a CRLF: wait for the next byte
+            self._line(self._buffer[start : match.start()], events)
+            start = match.end()
+        del self._buffer[:start]
+        self._scanned = max(len(self._buffer) - 1, 0)  # a held-back CR is scanned again
+        self._check_size(len(self._buffer))
         return events
 
-    def _line(self, line: str, events: list[SSEEvent]) -> None:
+    def _check_size(self, pending: int) -> None:
+        if self._size + pending > self._max:
+            raise SSEError(f"server-sent event larger than {self._max} bytes")
+
+    def _line(self, raw: bytes | bytearray, events: list[SSEEvent]) -> None:
+        line = raw.decode("utf-8", "replace")
         if not line:
-            if self._has_fields:
-                if self._data or self._event:
-                    events.append(SSEEvent("\n".join(self._data), self._event or "message", self._id, self._retry))
-                self._data = []
-                self._event = ""
-                self._retry = None
-                self._has_fields = False
+            self._dispatch(events)
             return
         if line.startswith(":"):
-            return
+            return  # a comment (keep-alive): not part of any event
+        self._size += len(raw) + 1
+        self._check_size(0)
         name, sep, value = line.partition(":")
         if sep and value.startswith(" "):
             value = value[1:]
@@ -76,11 +95,22 @@ class SSEDecoder:
         elif name == "retry" and value.isdigit():
             self._retry = int(value)
 
+    def _dispatch(self, events: list[SSEEvent]) -> None:
+        """A blank line: the fields collected so far make an event (if any data or name came)."""
+        if self._has_fields and (self._data or self._event):
+            events.append(SSEEvent("\n".join(self._data), self._event or "message", self._id, self._retry))
+        self._data = []
+        self._event = ""
+        self._retry = None
+        self._has_fields = False
+        self._size = 0
+
     def close(self) -> list[SSEEvent]:
         """End of stream: dispatch a final event that lacked its blank line."""
         events: list[SSEEvent] = []
         if self._buffer:
-            self._line(self._buffer.rstrip(b"\r").decode("utf-8", "replace"), events)
-            self._buffer = b""
-        self._line("", events)
+            self._line(self._buffer.rstrip(b"\r"), events)
+            self._buffer.clear()
+            self._scanned = 0
+        self._line(b"", events)
         return events
