@@ -6,7 +6,8 @@ Sources, highest precedence first (docs/configuration.md is the user-facing desc
 2. the TOML file — ``config=`` (a path, or an already-parsed dict), else ``$GTL_NB_CONFIG``,
    else the user's config file (``user_config_path``; a missing default file is fine, a missing
    named file is an error);
-3. the providers' conventional environment variables (``ENV_VARS``), which fill only what is
+3. the providers' conventional environment variables (declared on each dialect class as
+   ``ProviderNeeds.env``), which fill only what is
    still missing; for ``bedrock`` the AWS chain continues with ``~/.aws/credentials`` and
    ``~/.aws/config``.
 
@@ -33,9 +34,9 @@ from typing import Any
 
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.protocol.errors import ConfigurationError
-from gtl_nb.providers.base import Deployment
+from gtl_nb.providers.base import Deployment, ProviderNeeds, needs_of
 from gtl_nb.providers.catalog import validate_overrides
-from gtl_nb.providers.registry import BUILTIN_PROVIDERS
+from gtl_nb.providers.registry import BUILTIN_PROVIDERS, get_provider
 
 try:  # Python >= 3.11
     import tomllib
@@ -46,15 +47,15 @@ __all__ = [
     "CONFIG_ENV",
     "CREDENTIAL_FIELDS",
     "DEPLOYMENT_KEYS",
-    "ENV_VARS",
-    "KEYLESS_TYPES",
     "OWNED_SECTIONS",
     "SECTION_SCHEMAS",
     "Config",
     "CredentialWhitespaceWarning",
     "clean_credential",
+    "env_vars",
     "load_config",
     "ollama_url",
+    "provider_needs",
     "user_config_dir",
     "user_config_path",
 ]
@@ -94,39 +95,28 @@ DEPLOYMENT_KEYS = (
     "timeouts",
 )
 
-# Provider types that work without a key.
-KEYLESS_TYPES = frozenset({"ollama", "openai_compatible", "echo"})
+# What each provider type needs (environment variables, required fields, the variables that imply it)
+# is declared on its dialect class (``providers.base.ProviderNeeds``); these read it.
 
-# Deployment field <- environment variables tried in order, per provider type.
-ENV_VARS: dict[str, dict[str, tuple[str, ...]]] = {
-    "openai": {"api_key": ("OPENAI_API_KEY",), "base_url": ("OPENAI_BASE_URL",)},
-    "azure": {
-        "api_key": ("AZURE_OPENAI_API_KEY",),
-        "base_url": ("AZURE_OPENAI_ENDPOINT",),
-        "api_version": ("OPENAI_API_VERSION",),
-    },
-    "anthropic": {"api_key": ("ANTHROPIC_API_KEY",), "base_url": ("ANTHROPIC_BASE_URL",)},
-    "gemini": {"api_key": ("GEMINI_API_KEY", "GOOGLE_API_KEY")},
-    "ollama": {"base_url": ("OLLAMA_HOST",)},
-    "bedrock": {
-        "api_key": ("AWS_BEARER_TOKEN_BEDROCK",),
-        "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
-    },
-}
 
-# When nothing is configured, these variables imply a deployment of the type (all of one group).
-_IMPLYING_ENV: dict[str, tuple[tuple[str, ...], ...]] = {
-    "openai": (("OPENAI_API_KEY",),),
-    "azure": (("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"),),
-    "anthropic": (("ANTHROPIC_API_KEY",),),
-    "gemini": (("GEMINI_API_KEY",), ("GOOGLE_API_KEY",)),
-    "ollama": (("OLLAMA_HOST",),),
-    "bedrock": (
-        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
-        ("AWS_BEARER_TOKEN_BEDROCK",),
-        ("AWS_PROFILE",),
-    ),
-}
+def known_types_in_order(known: Collection[str]) -> list[str]:
+    """Built-in types first (in the registry's order), then the others sorted."""
+    return [t for t in BUILTIN_PROVIDERS if t in known] + sorted(set(known) - set(BUILTIN_PROVIDERS))
+
+
+def provider_needs(provider_type: str) -> ProviderNeeds | None:
+    """The needs the dialect of ``provider_type`` declares (``None``: unknown type or none declared)."""
+    try:
+        return needs_of(get_provider(provider_type))
+    except ConfigurationError:
+        return None
+
+
+def env_vars(provider_type: str) -> Mapping[str, tuple[str, ...]]:
+    """Deployment field -> environment variables tried in order, for ``provider_type``."""
+    needs = provider_needs(provider_type)
+    return needs.env if needs is not None else {}
+
 
 _AWS_KEYS = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
 _OLLAMA_PORT = 11434
@@ -291,7 +281,7 @@ class Config:
         """The environment variables and files ``name``'s credentials may be read from."""
         spec = self.specs.get(name, {})
         kind = spec.get("type", name)
-        variables = [v for names in ENV_VARS.get(kind, {}).values() for v in names]
+        variables = [v for names in env_vars(kind).values() for v in names]
         if "api_key_env" in spec:
             variables.append(spec["api_key_env"])
         files: tuple[Path, ...] = ()
@@ -369,7 +359,9 @@ def load_config(
     specs: dict[str, dict[str, Any]] = dict(merged.get("providers", {}))
     implied: list[str] = []
     if not specs:
-        for provider_type, groups in _IMPLYING_ENV.items():
+        for provider_type in known_types_in_order(known):
+            needs = provider_needs(provider_type)
+            groups = needs.implied_by if needs is not None else ()
             if any(all(env.get(var) for var in group) for group in groups):
                 specs[provider_type] = {}
                 implied.append(provider_type)
@@ -676,7 +668,7 @@ def _build_deployment(
             sources["api_key"] = f"${variable} (named by api_key_env in [providers.{name}])"
         else:
             hint = f"api_key_env in [providers.{name}] names ${variable}, which is not set"
-    for field_name, variables in ENV_VARS.get(provider_type, {}).items():
+    for field_name, variables in env_vars(provider_type).items():
         if values.get(field_name) or (field_name == "api_key" and "api_key_env" in spec):
             continue
         found = next((v for v in variables if env.get(v)), None)
@@ -829,29 +821,22 @@ def _profile_region(profile: str, env: Mapping[str, str], home: Path) -> str | N
 
 
 def _missing_credentials(deployment: Deployment) -> list[str]:
-    kind = deployment.type
-    if kind in KEYLESS_TYPES or kind not in ENV_VARS:
-        return []  # keyless, or a plugin type whose needs we cannot know
-    if kind == "bedrock":
-        missing = []
-        if not deployment.api_key and not (deployment.aws_access_key_id and deployment.aws_secret_access_key):
-            missing.append("credentials")
-        if not deployment.region:
-            missing.append("region")
-        return missing
-    missing = [] if deployment.api_key else ["api_key"]
-    if kind == "azure" and not deployment.base_url:
-        missing.append("base_url")
-    return missing
+    """The names of the requirements ``deployment`` does not meet (its dialect's ``ProviderNeeds``)."""
+    needs = provider_needs(deployment.type)
+    if needs is None:
+        return []  # a plugin type that declares nothing: it cannot be checked
+    return [
+        requirement.name
+        for requirement in needs.requires
+        if not any(all(getattr(deployment, field_name, None) for field_name in group) for group in requirement.any_of)
+    ]
 
 
 def _credential_hint(provider_type: str, key: str, where: str) -> str:
-    if key == "credentials":  # bedrock
-        return (
-            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with keys in "
-            f"~/.aws/credentials, or AWS_BEARER_TOKEN_BEDROCK), or aws_access_key_id and "
-            f"aws_secret_access_key in {where}"
-        )
-    variables = " or ".join(ENV_VARS.get(provider_type, {}).get(key, ()))
+    needs = provider_needs(provider_type)
+    requirement = next((r for r in needs.requires if r.name == key), None) if needs is not None else None
+    if requirement is not None and requirement.hint:
+        return requirement.hint.format(where=where)
+    variables = " or ".join(env_vars(provider_type).get(key, ()))
     toml = f"{key} (or api_key_env)" if key == "api_key" else key
     return f"set {variables}, or {toml} in {where}" if variables else f"set {toml} in {where}"

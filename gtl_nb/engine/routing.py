@@ -22,7 +22,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from gtl_nb.engine.config import ENV_VARS
+from gtl_nb.engine.config import provider_needs
 from gtl_nb.protocol.errors import ConfigurationError, ModelNotFoundError
 from gtl_nb.protocol.messages import CompletionRequest
 from gtl_nb.providers.base import Deployment
@@ -32,16 +32,11 @@ OPEN_MODEL_TYPES = ("ollama", "openai_compatible")
 
 
 def credential_hint(provider_type: str) -> str:
-    """What to set so ``provider_type`` is configured (from the configuration's variable table)."""
-    if provider_type == "bedrock":
-        return "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or an AWS profile)"
-    variables = ENV_VARS.get(provider_type, {})
-    needed = [" or ".join(variables[key]) for key in ("api_key", "base_url") if key in variables]
-    if provider_type not in ("azure", "ollama"):
-        needed = needed[:1]  # a base URL is only required by Azure (endpoint) and Ollama (host)
-    if provider_type == "ollama":
-        needed = needed[-1:]
-    return " and ".join(needed) or "its credentials"
+    """What to set so ``provider_type`` is configured: the environment variables its dialect declares
+    as making it usable (``ProviderNeeds.implied_by``)."""
+    needs = provider_needs(provider_type)
+    groups = needs.implied_by if needs is not None else ()
+    return " or ".join(" and ".join(group) for group in groups) or "its credentials"
 
 
 @dataclass(frozen=True)

@@ -73,9 +73,11 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import (
+    API_KEY,
     Deployment,
     GuardedDecoder,
     HttpRequest,
+    ProviderNeeds,
     arguments_object,
     arguments_text,
     code_for_status,
@@ -525,6 +527,11 @@ class AnthropicDialect:
     """Anthropic Messages API (see the module docstring for every mapping decision)."""
 
     name: ClassVar[str] = "anthropic"
+    needs: ClassVar[ProviderNeeds] = ProviderNeeds(
+        env={"api_key": ("ANTHROPIC_API_KEY",), "base_url": ("ANTHROPIC_BASE_URL",)},
+        requires=(API_KEY,),
+        implied_by=(("ANTHROPIC_API_KEY",),),
+    )
 
     def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
         """The HTTP request for ``request`` (``now`` is unused: no request signing)."""

@@ -92,6 +92,45 @@ class Deployment:
         return f"Deployment(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r})"
 
 
+@dataclass(frozen=True)
+class Requirement:
+    """One thing a deployment must have: any one of ``any_of``'s field groups, every field of it set."""
+
+    name: str  # what the error calls it: "api_key", "base_url", "credentials", "region"
+    any_of: tuple[tuple[str, ...], ...]
+    hint: str | None = None  # how to provide it, when more than "set <variable> or <key>" is needed
+
+
+@dataclass(frozen=True)
+class ProviderNeeds:
+    """What a provider type needs from its configuration, declared on its dialect class as ``needs``.
+
+    The configuration reads it (so a plugin takes part in the hints and the checks like a built-in):
+    ``env`` fills deployment fields from environment variables (first set wins), ``requires`` is
+    checked before any call, ``implied_by`` lists the groups of variables whose presence alone makes
+    a deployment of this type usable when nothing is configured. A type without ``needs`` is not
+    checked.
+    """
+
+    env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    requires: tuple[Requirement, ...] = ()
+    implied_by: tuple[tuple[str, ...], ...] = ()
+
+    @property
+    def keyless(self) -> bool:
+        return not self.requires
+
+
+def needs_of(provider: Any) -> ProviderNeeds | None:
+    """The ``ProviderNeeds`` a dialect or generator declares, or ``None``."""
+    needs = getattr(provider, "needs", None)
+    return needs if isinstance(needs, ProviderNeeds) else None
+
+
+API_KEY = Requirement("api_key", (("api_key",),))
+BASE_URL = Requirement("base_url", (("base_url",),))
+
+
 class ResponseDecoder(Protocol):
     """Incremental decoder of one 2xx provider response body."""
 

@@ -74,6 +74,8 @@ from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
     HttpRequest,
+    ProviderNeeds,
+    Requirement,
     ToolCallAssembler,
     arguments_object,
     code_for_status,
@@ -605,6 +607,19 @@ class BedrockDialect:
     """The ``bedrock`` HTTP dialect (see the module docstring)."""
 
     name: ClassVar[str] = "bedrock"
+    needs: ClassVar[ProviderNeeds] = ProviderNeeds(
+        env={"api_key": ("AWS_BEARER_TOKEN_BEDROCK",), "region": ("AWS_REGION", "AWS_DEFAULT_REGION")},
+        requires=(
+            Requirement(
+                "credentials",
+                (("api_key",), ("aws_access_key_id", "aws_secret_access_key")),
+                "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE with keys in ~/.aws/credentials, "
+                "or AWS_BEARER_TOKEN_BEDROCK), or aws_access_key_id and aws_secret_access_key in {where}",
+            ),
+            Requirement("region", (("region",),)),
+        ),
+        implied_by=(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), ("AWS_BEARER_TOKEN_BEDROCK",), ("AWS_PROFILE",)),
+    )
 
     def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
         url = _base_url(deployment) + model_path(request.model, stream=request.stream)

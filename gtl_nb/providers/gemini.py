@@ -81,9 +81,11 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import (
+    API_KEY,
     Deployment,
     GuardedDecoder,
     HttpRequest,
+    ProviderNeeds,
     arguments_object,
     code_for_status,
     ends_response,
@@ -627,6 +629,11 @@ class GeminiDialect:
     """Google Gemini Developer API (see the module docstring for every mapping decision)."""
 
     name: ClassVar[str] = "gemini"
+    needs: ClassVar[ProviderNeeds] = ProviderNeeds(
+        env={"api_key": ("GEMINI_API_KEY", "GOOGLE_API_KEY")},
+        requires=(API_KEY,),
+        implied_by=(("GEMINI_API_KEY",), ("GOOGLE_API_KEY",)),
+    )
 
     def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
         """The HTTP request for ``request`` (``now`` is unused: no request signing)."""

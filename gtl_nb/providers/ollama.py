@@ -55,6 +55,7 @@ from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
     HttpRequest,
+    ProviderNeeds,
     arguments_object,
     code_for_status,
     ends_response,
@@ -349,6 +350,7 @@ class OllamaDialect:
     """The ``ollama`` HTTP dialect (see the module docstring)."""
 
     name: ClassVar[str] = "ollama"
+    needs: ClassVar[ProviderNeeds] = ProviderNeeds(env={"base_url": ("OLLAMA_HOST",)}, implied_by=(("OLLAMA_HOST",),))
 
     def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
         accept = "application/x-ndjson" if request.stream else "application/json"

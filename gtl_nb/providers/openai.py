@@ -52,7 +52,7 @@ from urllib.parse import quote
 
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Error, Message, Tool, ToolCall
-from gtl_nb.providers.base import Deployment, HttpRequest, error_boundary
+from gtl_nb.providers.base import API_KEY, BASE_URL, Deployment, HttpRequest, ProviderNeeds, error_boundary
 from gtl_nb.providers.openai_chat import (
     PROVIDER_DATA_KEY,
     REASONING_FIELDS,
@@ -318,6 +318,11 @@ class OpenAIDialect(_ChatCompletionsDialect):
     """OpenAI's own Chat Completions API."""
 
     name: ClassVar[str] = "openai"
+    needs: ClassVar[ProviderNeeds] = ProviderNeeds(
+        env={"api_key": ("OPENAI_API_KEY",), "base_url": ("OPENAI_BASE_URL",)},
+        requires=(API_KEY,),
+        implied_by=(("OPENAI_API_KEY",),),
+    )
     reasoning_system_role: ClassVar[str] = "developer"
 
     def _auth_headers(self, deployment: Deployment) -> dict[str, str]:
@@ -333,6 +338,15 @@ class AzureDialect(_ChatCompletionsDialect):
     """Azure OpenAI: classic per-deployment URLs with ``api-version``, or the v1 API."""
 
     name: ClassVar[str] = "azure"
+    needs: ClassVar[ProviderNeeds] = ProviderNeeds(
+        env={
+            "api_key": ("AZURE_OPENAI_API_KEY",),
+            "base_url": ("AZURE_OPENAI_ENDPOINT",),
+            "api_version": ("OPENAI_API_VERSION",),
+        },
+        requires=(API_KEY, BASE_URL),
+        implied_by=(("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"),),
+    )
 
     def _base_url(self, deployment: Deployment) -> str:
         if deployment.base_url:
@@ -379,6 +393,7 @@ class OpenAICompatibleDialect(_ChatCompletionsDialect):
     """Any server with an OpenAI-compatible ``/chat/completions`` at a configured ``base_url``."""
 
     name: ClassVar[str] = "openai_compatible"
+    needs: ClassVar[ProviderNeeds] = ProviderNeeds()  # a local server: no key required
     detects_reasoning_models: ClassVar[bool] = False
     replays_reasoning: ClassVar[bool] = True
 

@@ -10,8 +10,11 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
+from gtl_nb.engine import routing
 from gtl_nb.engine.config import CredentialWhitespaceWarning, load_config
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.providers import registry
+from gtl_nb.providers.base import API_KEY, ProviderNeeds
 
 CANARY = "sk-canary-credential-7f3e9a"
 
@@ -105,3 +108,25 @@ def test_a_rotated_key_in_the_environment_needs_no_restart(monkeypatch):
         "Bearer sk-old-rotated-away",
         "Bearer sk-new-after-rotation",
     ]
+
+
+class AcmeDialect:
+    """A plugin's dialect: it declares what it needs, and the configuration uses that."""
+
+    name = "acme"
+    needs = ProviderNeeds(
+        env={"api_key": ("ACME_API_KEY",), "base_url": ("ACME_URL",)},
+        requires=(API_KEY,),
+        implied_by=(("ACME_API_KEY",),),
+    )
+
+
+def test_a_plugin_declares_its_needs_and_takes_part_in_hints_and_checks():
+    registry.register("acme", AcmeDialect())
+    implied = load_config(environ={"ACME_API_KEY": "acme-key", "ACME_URL": "http://127.0.0.1:9"}, known_types=["acme"])
+    assert "acme" in implied.implied and implied.deployments["acme"].api_key == "acme-key"
+    assert implied.deployments["acme"].base_url == "http://127.0.0.1:9"
+    keyless = load_config(providers={"acme": {}}, environ={}, known_types=["acme"])
+    with pytest.raises(ConfigurationError, match=r"missing api_key: set ACME_API_KEY, or api_key \(or api_key_env\)"):
+        keyless.require_credentials("acme")
+    assert routing.credential_hint("acme") == "ACME_API_KEY"
