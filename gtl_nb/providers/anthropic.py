@@ -74,6 +74,7 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import (
     API_KEY,
+    BodySniffer,
     Deployment,
     GuardedDecoder,
     HttpRequest,
@@ -93,7 +94,6 @@ from gtl_nb.providers.base import (
 )
 from gtl_nb.providers.limits import (
     MAX_EVENT_BYTES,
-    append_capped,
     error_body_json,
     error_body_text,
     parse_json_object,
@@ -315,8 +315,7 @@ class AnthropicDecoder(GuardedDecoder):
         super().__init__(request, deployment)
         self._sid = request.session_id
         self._sse = SSEDecoder()
-        self._mode: str | None = None if request.stream else "json"
-        self._buffer = bytearray()
+        self._sniffer = BodySniffer(request.stream)
         self._blocks: dict[int, dict[str, Any]] = {}
         self._thinking: dict[int, dict[str, Any]] = {}
         self._usage: dict[str, int] = {}
@@ -337,23 +336,16 @@ class AnthropicDecoder(GuardedDecoder):
         """The events completed by ``chunk`` (a JSON body waits for ``close``)."""
         if self._finished:
             return []
-        if self._mode is None:
-            chunk = chunk.lstrip()  # leading whitespace says nothing: drop it rather than buffer it
-            if not chunk:
-                return []
-            self._mode = "json" if chunk[:1] == b"{" else "sse"
-        if self._mode == "json":
-            append_capped(self._buffer, chunk)
-            return []
-        return self._dispatch(self._sse.feed(chunk))
+        stream = self._sniffer.route(chunk)
+        return [] if stream is None else self._dispatch(self._sse.feed(stream))
 
     def _close(self) -> list[StreamEvent]:
         """End of body: the remaining events, ending in ``done`` or ``error``."""
         if self._finished:
             return []
-        if self._mode == "json":
-            return self._decode_message(bytes(self._buffer))
-        if self._mode is None:
+        if self._sniffer.mode == "json":
+            return self._decode_message(bytes(self._sniffer.body))
+        if self._sniffer.mode is None:
             return [self._fail("PROVIDER_UNAVAILABLE", "empty response body from Anthropic")]
         events = self._dispatch(self._sse.close())
         if not self._finished and not ends_response(events):

@@ -47,6 +47,7 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.limits import (
     MAX_BODY_BYTES,
     MalformedResponseError,
+    append_capped,
     bounded_message,
     parse_json,
     parse_json_object,
@@ -437,6 +438,35 @@ def _fault_message(exc: Exception) -> str:
         return exc.message
     detail = str(exc)[:160]
     return f"malformed response: unexpected {type(exc).__name__} while decoding it" + (f" ({detail})" if detail else "")
+
+
+class BodySniffer:
+    """Tells a buffered JSON body from an SSE stream by its first non-blank byte — the one copy of
+    that rule for every dialect whose endpoint may answer either way (a proxy that ignores
+    ``stream``, Gemini without ``alt=sse``).
+
+    ``route(chunk)`` returns the bytes to hand the SSE parser, or ``None`` when the chunk was kept
+    (a JSON body, capped at ``MAX_BODY_BYTES``) or said nothing (leading whitespace). ``mode`` is
+    ``None`` until decided, then ``"json"`` or ``"sse"``; ``body`` holds the JSON body.
+    """
+
+    __slots__ = ("body", "json_starts", "mode")
+
+    def __init__(self, streaming: bool, json_starts: bytes = b"{") -> None:
+        self.mode: str | None = None if streaming else "json"
+        self.json_starts = json_starts
+        self.body = bytearray()
+
+    def route(self, chunk: bytes) -> bytes | None:
+        if self.mode is None:
+            chunk = chunk.lstrip()  # leading whitespace says nothing: drop it rather than buffer it
+            if not chunk:
+                return None
+            self.mode = "json" if chunk[:1] in self.json_starts else "sse"
+        if self.mode == "json":
+            append_capped(self.body, chunk)
+            return None
+        return chunk
 
 
 class GuardedDecoder:

@@ -82,6 +82,7 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import (
     API_KEY,
+    BodySniffer,
     Deployment,
     GuardedDecoder,
     HttpRequest,
@@ -98,7 +99,7 @@ from gtl_nb.providers.base import (
     retryable_for_status,
     split_data_url,
 )
-from gtl_nb.providers.limits import append_capped, error_body_json, error_body_text, parse_json
+from gtl_nb.providers.limits import error_body_json, error_body_text, parse_json
 from gtl_nb.providers.sse import SSEDecoder
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
@@ -433,9 +434,8 @@ class GeminiDecoder(GuardedDecoder):
         super().__init__(request, deployment)
         self._sid = request.session_id
         self._sse = SSEDecoder()
-        self._mode: str | None = None if request.stream else "json"
+        self._sniffer = BodySniffer(request.stream, json_starts=b"{[")  # a JSON array without alt=sse
         self._collect = not request.stream
-        self._buffer = bytearray()
         self._text: list[str] = []
         self._thoughts: list[str] = []
         self._calls: list[StreamEvent] = []
@@ -456,24 +456,17 @@ class GeminiDecoder(GuardedDecoder):
         """The events completed by ``chunk`` (JSON bodies wait for ``close``)."""
         if self._finished:
             return []
-        if self._mode is None:
-            chunk = chunk.lstrip()  # leading whitespace says nothing: drop it rather than buffer it
-            if not chunk:
-                return []
-            self._mode = "json" if chunk[:1] in (b"{", b"[") else "sse"
-        if self._mode == "json":
-            append_capped(self._buffer, chunk)
-            return []
-        return self._on_sse([event.data for event in self._sse.feed(chunk)])
+        stream = self._sniffer.route(chunk)
+        return [] if stream is None else self._on_sse([event.data for event in self._sse.feed(stream)])
 
     def _close(self) -> list[StreamEvent]:
         """End of body: the remaining events, ending in ``done`` or ``error``."""
         if self._finished:
             return []
-        if self._mode is None:
+        if self._sniffer.mode is None:
             return [self._fail("PROVIDER_UNAVAILABLE", "empty response body from Gemini")]
-        if self._mode == "json":
-            events = self._on_json(bytes(self._buffer))
+        if self._sniffer.mode == "json":
+            events = self._on_json(bytes(self._sniffer.body))
         else:
             events = self._on_sse([event.data for event in self._sse.close()])
         if self._finished or ends_response(events):

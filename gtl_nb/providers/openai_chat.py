@@ -66,6 +66,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import (
+    BodySniffer,
     Deployment,
     GuardedDecoder,
     ToolCallAssembler,
@@ -77,7 +78,7 @@ from gtl_nb.providers.base import (
     parse_json_body,
     retry_after_seconds,
 )
-from gtl_nb.providers.limits import append_capped, error_body_json, parse_json_object, snippet
+from gtl_nb.providers.limits import error_body_json, parse_json_object, snippet
 from gtl_nb.providers.sse import SSEDecoder, SSEEvent
 
 PROVIDER_DATA_KEY = "openai_reasoning"
@@ -295,8 +296,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
     def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
         super().__init__(request, deployment)
         self._session = request.session_id
-        self._mode = "sniff" if request.stream else "json"  # sniff → "sse" or "json" on the first byte
-        self._body = bytearray()
+        self._sniffer = BodySniffer(request.stream)
         self._sse = SSEDecoder()
         self._tools = ToolCallAssembler()
         self._ids: dict[str, int] = {}  # tool-call id → index, for servers that omit index
@@ -323,24 +323,17 @@ class ChatCompletionsDecoder(GuardedDecoder):
         """Events completed by ``chunk``."""
         if self._done:
             return []
-        if self._mode == "sniff":
-            chunk = chunk.lstrip()  # leading whitespace says nothing: drop it rather than buffer it
-            if not chunk:
-                return []
-            self._mode = "json" if chunk[:1] == b"{" else "sse"
-        if self._mode == "json":
-            append_capped(self._body, chunk)
-            return []
-        return self._each(self._sse.feed(chunk), self._sse_unit)
+        stream = self._sniffer.route(chunk)
+        return [] if stream is None else self._each(self._sse.feed(stream), self._sse_unit)
 
     def _close(self) -> list[StreamEvent]:
         """Events left at the end of the body, always ending with the terminal event."""
         if self._done:
             return []
         events: list[StreamEvent] = []
-        if self._mode == "json":
+        if self._sniffer.mode == "json":
             self._on_json_body(events)
-        elif self._mode == "sniff":
+        elif self._sniffer.mode is None:
             self._fail(events, "stream ended before [DONE]: the response body was empty")
         else:
             # an event the body ended without its blank line
@@ -460,7 +453,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
     # -- non-streaming body
 
     def _on_json_body(self, events: list[StreamEvent]) -> None:
-        body = bytes(self._body)
+        body = bytes(self._sniffer.body)
         if not body.strip():
             self._fail(events, "the response body was empty")
             return
