@@ -27,10 +27,13 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("version_worker.py")
 #: the commit before "Seams before the gateway" (see the module docstring)
 BASELINE = "606af2e"
+#: the simulator's options for both workers (none needed: the model asked for is a real one)
+SIMULATOR_OPTIONS: dict[str, object] = {}
 
 
 def prepare(rev: str, where: Path) -> Path:
-    """A python whose ``gtl_nb`` is ``rev``'s source; returns its interpreter."""
+    """A python whose ``gtl_nb`` is ``rev``'s source (checked out in ``where/src``); its interpreter."""
+    where.mkdir(parents=True, exist_ok=True)
     source = where / "src"
     subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", str(source), rev], check=True, capture_output=True
@@ -80,13 +83,18 @@ class Worker:
         self.process.wait(30)
 
 
-def compare(rev: str, *, rounds: int = 7, count: int = 20) -> float:
+def compare(rev: str, *, new_rev: str | None = None, rounds: int = 7, count: int = 20) -> float:
+    """``new_rev`` (default: this tree) against ``rev``, per streamed answer; returns new / old."""
+    label = new_rev or "this tree"
     with tempfile.TemporaryDirectory(prefix="gtl-bench-versions-") as tmp:
         where = Path(tmp)
+        sources = [where / "old" / "src"] + ([where / "new" / "src"] if new_rev else [])
         try:
-            old_python = prepare(rev, where)
-            with gtl_nb.sim.serve("openai", seed=1) as simulator:
-                new = Worker(sys.executable, simulator.base_url, where / "new.sqlite3", "this tree")
+            old_python = prepare(rev, where / "old")
+            new_python = str(prepare(new_rev, where / "new")) if new_rev else sys.executable
+            # the simulator accepts any model name: both versions ask for the same one
+            with gtl_nb.sim.serve("openai", seed=1, **SIMULATOR_OPTIONS) as simulator:
+                new = Worker(new_python, simulator.base_url, where / "new.sqlite3", label)
                 old = Worker(str(old_python), simulator.base_url, where / "old.sqlite3", rev)
                 assert new.location != old.location, "both workers imported the same gtl_nb"
                 new.per_answer(count), old.per_answer(count)  # warm up both
@@ -96,12 +104,13 @@ def compare(rev: str, *, rounds: int = 7, count: int = 20) -> float:
                     best_old = min(best_old, old.per_answer(count))
                 new.close(), old.close()
         finally:
-            subprocess.run(
-                ["git", "-C", str(REPO), "worktree", "remove", "--force", str(where / "src")], capture_output=True
-            )
+            for source in sources:
+                subprocess.run(
+                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(source)], capture_output=True
+                )
     ratio = best_new / best_old
     print(
-        f"versions: this tree {best_new * 1000:.2f} ms per streamed answer, {rev} {best_old * 1000:.2f} ms "
+        f"versions: {label} {best_new * 1000:.2f} ms per streamed answer, {rev} {best_old * 1000:.2f} ms "
         f"({ratio:.3f}x; same simulator, one SQLite ledger row each, best of {rounds} interleaved rounds)"
     )
     return ratio
@@ -114,9 +123,10 @@ def run() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rev", nargs="?", default=BASELINE, help=f"the commit to compare with (default {BASELINE})")
+    parser.add_argument("--new", metavar="REV", help="measure this commit instead of the working tree")
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
-    compare(args.rev, rounds=args.rounds)
+    compare(args.rev, new_rev=args.new, rounds=args.rounds)
 
 
 if __name__ == "__main__":
