@@ -32,7 +32,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -41,7 +41,6 @@ from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import (
     CompletionRequest,
     Done,
-    Error,
     Reasoning,
     Status,
     StreamEvent,
@@ -49,6 +48,7 @@ from gtl_nb.protocol.messages import (
     ToolCallEvent,
     Usage,
 )
+from gtl_nb.protocol.session import Transcript
 
 KEY_VERSION = 1  # part of every key: bump it when the key's contents change
 
@@ -169,22 +169,16 @@ class CachedAnswer(msgspec.Struct, frozen=True):
     ) -> CachedAnswer | None:
         """The answer a session's events hold, or ``None`` if they did not end in ``done``.
 
-        Statuses are dropped and a ``failover`` discards what came before it, as a reader would."""
-        kept: list[AnswerEvent] = []
-        ended = False
+        Statuses are dropped and a ``failover`` discards what came before it: the protocol's own
+        reading (``Transcript``), not a copy of it."""
+        transcript = Transcript()
         for event in events:
-            if isinstance(event, Status):
-                if event.state == "failover":
-                    kept.clear()
-                continue
-            if isinstance(event, Error):
-                return None
-            kept.append(event)
-            if isinstance(event, Done):
-                ended = True
+            transcript.add(event)
+            if transcript.finished:
                 break
-        if not ended:
+        if transcript.done is None:
             return None
+        kept = cast("list[AnswerEvent]", transcript.answer_events)
         return cls(events=kept, deployment=deployment, model=model, stored_at=stored_at)
 
 

@@ -15,6 +15,16 @@ from gtl_nb.protocol.codec import (
     normalise_aliases,
     normalise_tool,
 )
+from gtl_nb.protocol.connection import DEFAULT_MAX_BAD_FRAMES, ConnectionState, GTLConnection
+from gtl_nb.protocol.connection_events import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    ConnectionEvent,
+    ConnectionTerminated,
+    HandshakeComplete,
+    ProtocolViolation,
+    Sentinel,
+)
 from gtl_nb.protocol.errors import (
     ERROR_CLASSES,
     AuthenticationError,
@@ -42,6 +52,7 @@ from gtl_nb.protocol.errors import (
     error_class,
     error_from_event,
 )
+from gtl_nb.protocol.frames import BadFrame, FrameReader
 from gtl_nb.protocol.messages import (
     PROTOCOL_VERSION,
     Cancel,
@@ -62,21 +73,28 @@ from gtl_nb.protocol.messages import (
     Usage,
     WireMessage,
 )
-from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS, client_hello, negotiate
+from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS, check_answer, client_hello, negotiate
 from gtl_nb.protocol.session import SessionState, SessionStateMachine, SessionTracker, Transcript
 
 __all__ = [
+    "CONNECTION_CLOSED",
+    "DEFAULT_MAX_BAD_FRAMES",
     "DEFAULT_MAX_DEPTH",
     "DEFAULT_MAX_FRAME_BYTES",
     "ERROR_CLASSES",
+    "NEED_DATA",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
     "AuthenticationError",
+    "BadFrame",
     "BudgetExceededError",
     "Cancel",
     "CancelledError",
     "CompletionRequest",
     "ConfigurationError",
+    "ConnectionEvent",
+    "ConnectionState",
+    "ConnectionTerminated",
     "ContentFilteredError",
     "ContextLengthExceededError",
     "DecodedFrame",
@@ -84,8 +102,11 @@ __all__ = [
     "Error",
     "FrameDecoder",
     "FrameError",
+    "FrameReader",
     "FrameTooLargeError",
+    "GTLConnection",
     "GTLError",
+    "HandshakeComplete",
     "Hello",
     "InternalError",
     "InvalidRequestError",
@@ -95,6 +116,7 @@ __all__ = [
     "OverloadedError",
     "PermissionDeniedError",
     "ProtocolError",
+    "ProtocolViolation",
     "ProviderInfo",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
@@ -102,6 +124,7 @@ __all__ = [
     "Reasoning",
     "RemoteError",
     "RequestError",
+    "Sentinel",
     "SessionState",
     "SessionStateError",
     "SessionStateMachine",
@@ -117,6 +140,7 @@ __all__ = [
     "Usage",
     "VersionMismatchError",
     "WireMessage",
+    "check_answer",
     "client_hello",
     "decode",
     "encode",

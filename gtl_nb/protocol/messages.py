@@ -110,7 +110,9 @@ class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", o
     model: str
     messages: list[Message]
     provider: str | None = None
-    stream: bool = True
+    # always written (a reader should not have to know the default); a factory default is one
+    # msgspec's omit_defaults does not drop, unlike the unset optional fields after it
+    stream: bool = msgspec.field(default_factory=lambda: True)
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -207,11 +209,19 @@ class ProviderInfo(msgspec.Struct, frozen=True, tag="provider_info", omit_defaul
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello", omit_defaults=True):
-    """Version negotiation: a client offers ``versions``; the server answers with one ``version``."""
+    """Version negotiation: a client offers ``versions``; the server answers with one ``version``.
+
+    ``token`` is the client's GhostToken on transports with no header to carry it (stdio, QUIC).
+    """
 
     versions: list[str] | None = None
     version: str | None = None
     features: list[str] = []
+    token: str | None = None
+
+    def __repr__(self) -> str:  # the token is a credential: never in a repr, hence a log or a traceback
+        token = "'[redacted]'" if self.token is not None else "None"
+        return f"Hello(versions={self.versions!r}, version={self.version!r}, features={self.features!r}, token={token})"
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel"):

@@ -1,6 +1,8 @@
 """Version negotiation: ``hello`` with the versions a client speaks, answered with one version.
 
 The highest version both sides support wins; having none in common is a ``VersionMismatchError``.
+Features are flags: the answer names those both sides know (a client that lists none accepts the
+server's). The client checks the answer with ``check_answer``; ``GTLConnection`` runs the exchange.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ def _key(version: str) -> tuple[int, ...]:
         raise VersionMismatchError(f"malformed protocol version {version!r} (expected MAJOR.MINOR)") from None
 
 
-def client_hello(versions: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES) -> Hello:
-    """The ``hello`` a client sends first."""
-    return Hello(versions=list(versions), features=list(features))
+def client_hello(
+    versions: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES, token: str | None = None
+) -> Hello:
+    """The ``hello`` a client sends first; ``token`` only where the transport has no header for it."""
+    return Hello(versions=list(versions), features=list(features), token=token)
 
 
 def negotiate(offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES) -> Hello:
@@ -38,3 +42,16 @@ def negotiate(offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, featu
     ours = list(features)
     shared = [f for f in ours if f in set(offer.features)] if offer.features else ours
     return Hello(version=version, features=shared)
+
+
+def check_answer(offer: Hello, answer: Hello) -> Hello:
+    """The client's check of the server's answer: the agreed version and features.
+
+    The version must be one the client offered (anything else is a ``VersionMismatchError``); a
+    feature the client did not offer is dropped rather than refused, so a newer server degrades.
+    """
+    offered = offer.versions or ([offer.version] if offer.version else [])
+    if answer.version is None or answer.version not in offered:
+        raise VersionMismatchError(f"the server answered version {answer.version!r}; the client offered {offered}")
+    features = [f for f in answer.features if f in set(offer.features)] if offer.features else list(answer.features)
+    return Hello(version=answer.version, features=features)

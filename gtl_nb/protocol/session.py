@@ -138,9 +138,13 @@ class Transcript:
     statuses: list[Status] = field(default_factory=list)
     failovers: list[Status] = field(default_factory=list)
     events: list[StreamEvent] = field(default_factory=list)
+    answer_events: list[StreamEvent] = field(default_factory=list)
+    """The events of the answer that counts: everything but statuses since the last failover."""
 
     def add(self, event: StreamEvent) -> None:
         self.events.append(event)
+        if not isinstance(event, Status):
+            self.answer_events.append(event)
         if isinstance(event, Token):
             self.tokens.append(event.text)
         elif isinstance(event, Reasoning):
@@ -153,6 +157,7 @@ class Transcript:
             self.statuses.append(event)
             if event.state == "failover":
                 self.failovers.append(event)
+                self.answer_events.clear()
                 self.tokens.clear()
                 self.reasoning.clear()
                 self.tool_calls.clear()

@@ -1,0 +1,496 @@
+"""A sans-I/O GTL connection in h11's shape: every transport is a thin loop around one of these.
+
+It reads no clock and opens no socket; timeouts and the socket belong to the transport::
+
+    conn = GTLConnection("client", token=...)        # or GTLConnection("server")
+    write(conn.data_to_send())                        # the client's hello is queued at construction
+    conn.receive_data(read())                         # b"" when the peer closed
+    while (event := conn.next_event()) is not NEED_DATA and event is not CONNECTION_CLOSED:
+        handle(event)                                 # may call conn.send(message) -> bytes to write
+    write(conn.data_to_send())                        # replies the protocol itself produced
+
+**Outgoing bytes** form one ordered stream with two doors: ``send(message)`` returns every byte now
+due (replies queued by the connection first, then the message's frame) and ``data_to_send()`` returns
+what is queued. Whichever is called, each byte comes out once and in order, so a transport that
+writes whatever either returns never reorders a reply and a message. The connection queues bytes of
+its own for: the hello exchange, the ``error`` that ends a session the client broke (server), the
+``cancel`` of a session the server broke (client), and the final connection-level ``error``.
+
+**The connection**::
+
+    HANDSHAKE ──hello exchanged──▶ OPEN ──close(), peer's EOF or connection error, Nth bad frame──▶ CLOSED
+        │  anything but hello, no common version                                                  ▲
+        └─────────────────────────────────────────────────────────────────────────────────────────┘
+
+The client's hello (``versions``, ``features``, ``token``) is queued when it is built; the server
+answers with the highest common version and the common features (``negotiation.negotiate``), or —
+with nothing in common — with a connection-level ``error`` (``session_id`` ``""``) the client reads
+before the end. Until the exchange completes neither side may send or receive anything else.
+
+**A session** (keyed by ``session_id``; many at once) starts with the client's ``completion_request``
+and ends with exactly one ``done`` or ``error``; the server's events in between are checked by a
+``SessionStateMachine`` on both sides (on send by the server, on receipt by the client)::
+
+    (none) ──completion_request──▶ LIVE ──cancel (client)──▶ LIVE, cancelled ──done|error──▶ (ended)
+                                     │ ─────────────────────done|error───────────────────────▲
+                                     └─bad frame / violation─▶ ABANDONED ──its terminal──▶ (ended)
+
+A ``cancel`` changes nothing in the order: the server's events stay legal until its one terminal
+event (a ``CANCELLED`` error, or a ``done`` that crossed the cancel). A cancel for a session that
+is not live is ignored on both sides (it may have crossed the end).
+
+**Bad frames.** A frame that does not decode, or a message out of order (an event for an unknown
+session, a second ``completion_request`` for a live id, an event after the end, a message of the
+wrong direction, a second hello), is one *bad frame*: ``next_event()`` reports a
+``ProtocolViolation`` and, when the frame's session is known (for an undecodable frame it is read
+from the frame's first bytes, see ``frames.py``), ends that session: the local side gets an
+``error`` event for it (``INVALID_REQUEST`` on a server — the client is at fault — ``INTERNAL`` on
+a client), the server also sends that ``error`` to the client, and the client sends the server a
+``cancel``. The session is then *abandoned*: its remaining traffic (the server's frames on a client,
+the application's ``send`` calls on a server) is dropped until its terminal event. The
+``max_bad_frames``-th bad frame ends the connection with a connection-level error.
+
+**The end.** Whatever ends the connection, every session still live gets one ``error`` event (the
+peer's connection-level error; ``PROVIDER_UNAVAILABLE`` on a client and ``CANCELLED`` on a server
+at the peer's EOF; the local error given to ``close``), then ``ConnectionTerminated``; after that
+``next_event()`` returns ``CONNECTION_CLOSED``. ``send`` then returns nothing for messages that
+expect no answer (events, cancels), and raises for a ``completion_request``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME_BYTES, encode
+from gtl_nb.protocol.connection_events import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    ConnectionEvent,
+    ConnectionTerminated,
+    HandshakeComplete,
+    ProtocolViolation,
+    Sentinel,
+)
+from gtl_nb.protocol.errors import (
+    ERROR_CLASSES,
+    ConfigurationError,
+    FrameTooLargeError,
+    GTLError,
+    ProtocolError,
+    SessionStateError,
+    VersionMismatchError,
+    error_from_event,
+)
+from gtl_nb.protocol.frames import BadFrame, FrameReader, ReadFrame
+from gtl_nb.protocol.messages import (
+    Cancel,
+    CompletionRequest,
+    Done,
+    Error,
+    Hello,
+    ProviderInfo,
+    Reasoning,
+    Status,
+    Token,
+    ToolCallEvent,
+    Usage,
+    WireMessage,
+)
+from gtl_nb.protocol.negotiation import FEATURES, SUPPORTED_VERSIONS, check_answer, client_hello, negotiate
+from gtl_nb.protocol.session import SessionStateMachine
+
+Role = Literal["client", "server"]
+DEFAULT_MAX_BAD_FRAMES = 3
+STREAM_EVENT_TYPES = (Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error)
+_RECENTLY_ENDED = 256  # ids remembered only to say "after its end" rather than "unknown"
+_EOF = object()  # the peer's end of stream, in the inbox after its last frame
+
+
+class ConnectionState(enum.Enum):
+    """Where a connection is (the module docstring draws the transitions)."""
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class GTLConnection:
+    """One end of a GTL connection: many sessions, the hello exchange, cancels, limits, no I/O.
+
+    ``role`` is ``"client"`` or ``"server"``. ``versions`` and ``features`` are what this end
+    supports; ``token`` (client only) travels in the hello for transports without headers.
+    ``max_frame_bytes`` bounds every frame both ways (``FrameTooLargeError``); ``max_bad_frames`` is
+    the number of bad frames from the peer that ends the connection. See the module docstring.
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        versions: Sequence[str] = SUPPORTED_VERSIONS,
+        features: Iterable[str] = FEATURES,
+        token: str | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_bad_frames: int = DEFAULT_MAX_BAD_FRAMES,
+    ) -> None:
+        if role not in ("client", "server"):
+            raise ConfigurationError(f"role must be 'client' or 'server', not {role!r}")
+        if token is not None and role == "server":
+            raise ConfigurationError("only a client sends a token in its hello")
+        if max_frame_bytes < 1 or max_bad_frames < 1:
+            raise ConfigurationError("max_frame_bytes and max_bad_frames must be at least 1")
+        self.role: Role = role
+        self.max_frame_bytes = max_frame_bytes
+        self.max_bad_frames = max_bad_frames
+        self.state = ConnectionState.HANDSHAKE
+        self.version: str | None = None
+        self.features: tuple[str, ...] = ()
+        self.bad_frames = 0
+        self._versions = tuple(versions)
+        self._features = tuple(features)
+        self._reader = FrameReader(max_frame_bytes, max_depth=max_depth)
+        self._inbox: deque[ReadFrame | object] = deque()  # decoded on receipt, applied by next_event
+        self._events: deque[ConnectionEvent] = deque()
+        self._out = bytearray()
+        self._live: dict[str, SessionStateMachine] = {}
+        self._cancelled: set[str] = set()
+        self._abandoned: set[str] = set()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._eof = False
+        self._offer: Hello | None = None
+        if role == "client":
+            self._offer = client_hello(self._versions, self._features, token)
+            self._out += self._frame(self._offer)
+
+    # -- the application's side ------------------------------------------------------------------
+
+    @property
+    def live_sessions(self) -> frozenset[str]:
+        """The sessions started and not yet ended (as this end sees them)."""
+        return frozenset(self._live)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection ended (its remaining events may still be waiting in ``next_event``)."""
+        return self.state is ConnectionState.CLOSED
+
+    def send(self, message: WireMessage) -> bytes:
+        """Frame ``message`` for the peer and return every byte now due, replies queued before it first.
+
+        Raises ``ProtocolError`` (``SessionStateError`` for an order problem, ``FrameTooLargeError``
+        over ``max_frame_bytes``) for a message this end may not send now; nothing changes then.
+        A cancel of a session that is not live, and anything but a ``completion_request`` after the
+        connection ended, add nothing.
+        """
+        if isinstance(message, Hello):
+            raise ProtocolError("the connection sends hello itself (see its versions, features and token)")
+        if self.state is ConnectionState.CLOSED:
+            if isinstance(message, CompletionRequest):
+                raise ProtocolError(f"cannot start session {message.session_id!r}: the connection is closed")
+            return self.data_to_send()
+        if self.state is ConnectionState.HANDSHAKE:
+            raise ProtocolError(f"cannot send {_kind(message)} before the hello exchange completed")
+        frame = self._frame(message)  # first: an unencodable message must change nothing
+        keep = self._client_sends(message) if self.role == "client" else self._server_sends(message)
+        if keep:
+            self._out += frame
+        return self.data_to_send()
+
+    def data_to_send(self) -> bytes:
+        """The bytes the connection queued on its own (hello, protocol replies), once each."""
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Hand over bytes read from the peer; ``b""`` means the peer closed its side.
+
+        Frames are decoded now and applied by ``next_event()``. Bytes arriving after the connection
+        ended are ignored; bytes after ``b""`` are a ``ProtocolError`` (a transport bug).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ProtocolError(f"receive_data() takes bytes, not {type(data).__name__}")
+        if self._eof:
+            if data:
+                raise ProtocolError("receive_data() called with data after the end of the stream")
+            return
+        if not data:
+            self._eof = True
+        if self.closed:
+            return
+        if data:
+            self._inbox.extend(self._reader.feed(bytes(data)))
+        else:
+            self._inbox.extend(self._reader.close())
+            self._inbox.append(_EOF)
+
+    def next_event(self) -> ConnectionEvent | Sentinel:
+        """The next event from the peer (or produced by the connection), ``NEED_DATA`` or ``CONNECTION_CLOSED``."""
+        while not self._events:
+            if self.closed:
+                return CONNECTION_CLOSED
+            if not self._inbox:
+                return NEED_DATA
+            self._apply(self._inbox.popleft())
+        return self._events.popleft()
+
+    def close(self, error: GTLError | None = None) -> bytes:
+        """End the connection from this side and return the last bytes to write.
+
+        With ``error`` the peer is told why (a connection-level ``error``); every live session gets
+        ``error`` (or ``CANCELLED``) locally, then ``ConnectionTerminated``. Closing twice is harmless.
+        """
+        if not self.closed:
+            if error is not None:
+                self._queue(_connection_error(error.code, error.message))
+
+            def ended(sid: str) -> Error:
+                if error is None:
+                    return Error(session_id=sid, code="CANCELLED", message="the connection was closed")
+                return error.to_event(sid)
+
+            self._terminate(error, by_peer=False, session_error=ended)
+        return self.data_to_send()
+
+    # -- what this end sends -----------------------------------------------------------------------
+
+    def _client_sends(self, message: WireMessage) -> bool:
+        if isinstance(message, CompletionRequest):
+            sid = message.session_id
+            if not sid:
+                raise ProtocolError("a completion_request needs a non-empty session_id")
+            if sid in self._live or sid in self._abandoned:
+                raise SessionStateError(f"session {sid!r} is still live on this connection")
+            self._live[sid] = SessionStateMachine(sid)
+            return True
+        if isinstance(message, Cancel):
+            if message.session_id not in self._live or message.session_id in self._cancelled:
+                return False  # ended (the cancel crossed its end), never started, or already cancelled
+            self._cancelled.add(message.session_id)
+            return True
+        raise ProtocolError(f"a client does not send {_kind(message)} messages (they go from server to client)")
+
+    def _server_sends(self, message: WireMessage) -> bool:
+        if isinstance(message, ProviderInfo):
+            return True
+        if not isinstance(message, STREAM_EVENT_TYPES):
+            raise ProtocolError(f"a server does not send {_kind(message)} messages (they go from client to server)")
+        sid = message.session_id
+        if sid in self._abandoned:  # the connection already ended it: the application's late events go nowhere
+            if isinstance(message, (Done, Error)):
+                self._abandoned.discard(sid)
+            return False
+        machine = self._live.get(sid)
+        if machine is None:
+            if not sid:
+                raise ProtocolError("an event needs a session_id; end the whole connection with close(error)")
+            raise SessionStateError(f"{_kind(message)} for {self._describe(sid)} session {sid!r}")
+        machine.advance(message)
+        if machine.ended:
+            self._forget(sid)
+        return True
+
+    # -- what the peer sent ------------------------------------------------------------------------
+
+    def _apply(self, item: ReadFrame | object) -> None:
+        if item is _EOF:
+            self._peer_closed()
+        elif isinstance(item, BadFrame):
+            if self.state is ConnectionState.HANDSHAKE:
+                self._fail(item.error)
+            else:
+                self._violation(item.error, item.session_id, kind=item.message_type)
+        elif isinstance(item, Error) and not item.session_id:
+            self._terminate(
+                error_from_event(item),
+                by_peer=True,
+                session_error=lambda sid: msgspec.structs.replace(item, session_id=sid),
+            )
+        elif self.state is ConnectionState.HANDSHAKE:
+            self._handshake(item)  # type: ignore[arg-type]
+        elif self.role == "server":
+            self._from_client(item)  # type: ignore[arg-type]
+        else:
+            self._from_server(item)  # type: ignore[arg-type]
+
+    def _handshake(self, message: WireMessage) -> None:
+        if not isinstance(message, Hello):
+            self._fail(ProtocolError(f"expected hello before anything else, got {_kind(message)}"))
+            return
+        try:
+            if self._offer is None:
+                agreed = negotiate(message, self._versions, self._features)
+            else:
+                agreed = check_answer(self._offer, message)
+        except VersionMismatchError as exc:
+            self._fail(exc)
+            return
+        if self._offer is None:
+            self._queue(agreed)  # the server's answer
+        self.state = ConnectionState.OPEN
+        self.version = agreed.version
+        self.features = tuple(agreed.features)
+        token = message.token if self.role == "server" else None
+        self._events.append(HandshakeComplete(agreed.version or "", self.features, message, token))
+
+    def _from_client(self, message: WireMessage) -> None:
+        if isinstance(message, CompletionRequest):
+            sid = message.session_id
+            if not sid:
+                self._violation(ProtocolError("a completion_request without a session_id"), None)
+            elif sid in self._live:
+                self._violation(SessionStateError(f"a second completion_request for live session {sid!r}"), sid)
+            else:
+                self._abandoned.discard(sid)  # the client may reuse an id once it has seen the end
+                self._live[sid] = SessionStateMachine(sid)
+                self._events.append(message)
+        elif isinstance(message, Cancel):
+            sid = message.session_id
+            if sid in self._live and sid not in self._cancelled:  # otherwise it crossed the end: ignore
+                self._cancelled.add(sid)
+                self._events.append(message)
+        elif isinstance(message, Hello):
+            self._violation(ProtocolError("a second hello"), None)
+        else:
+            sid = getattr(message, "session_id", None)
+            error = ProtocolError(f"{_kind(message)} goes from server to client; a client may not send it")
+            self._violation(error, sid, kind=_kind(message))
+
+    def _from_server(self, message: WireMessage) -> None:
+        if isinstance(message, STREAM_EVENT_TYPES):
+            sid, terminal = message.session_id, isinstance(message, (Done, Error))
+            if sid in self._abandoned:
+                if terminal:
+                    self._abandoned.discard(sid)
+                return
+            machine = self._live.get(sid)
+            if machine is None:
+                error = SessionStateError(f"{_kind(message)} for {self._describe(sid)} session {sid!r}")
+                self._violation(error, sid, kind=_kind(message))
+                return
+            try:
+                machine.advance(message)
+            except SessionStateError as exc:
+                self._violation(exc, sid, kind=_kind(message))
+                return
+            if machine.ended:
+                self._forget(sid)
+            self._events.append(message)
+        elif isinstance(message, ProviderInfo):
+            self._events.append(message)
+        elif isinstance(message, Hello):
+            self._violation(ProtocolError("a second hello"), None)
+        else:
+            sid = getattr(message, "session_id", None)
+            error = ProtocolError(f"{_kind(message)} goes from client to server; a server may not send it")
+            self._violation(error, sid, kind=_kind(message))
+
+    # -- bad frames and the end --------------------------------------------------------------------
+
+    def _violation(self, error: ProtocolError, sid: str | None, *, kind: str | None = None) -> None:
+        """One bad frame: report it, end its session, and end the connection at the limit."""
+        self.bad_frames += 1
+        self._events.append(ProtocolViolation(error, sid or None, self.bad_frames))
+        if sid:
+            if self.role == "client":
+                self._abandon_on_client(sid, error, peer_ended=kind in ("done", "error"))
+            else:
+                self._abandon_on_server(sid, error, request_like=kind in (None, "completion_request"))
+        if self.bad_frames >= self.max_bad_frames:
+            peer = "server" if self.role == "client" else "client"
+            last = error.message
+            self._fail(ProtocolError(f"{self.bad_frames} bad frames from the {peer}; closing (the last: {last})"))
+
+    def _abandon_on_client(self, sid: str, error: ProtocolError, *, peer_ended: bool) -> None:
+        if sid in self._live:
+            self._forget(sid)
+            self._events.append(self._fault(sid, error))
+        elif sid in self._abandoned:
+            if peer_ended:
+                self._abandoned.discard(sid)
+            return
+        if not peer_ended:  # the server may still be producing it: ask it to stop, drop what comes
+            self._abandoned.add(sid)
+            self._queue(Cancel(session_id=sid))
+
+    def _abandon_on_server(self, sid: str, error: ProtocolError, *, request_like: bool) -> None:
+        if sid in self._live:
+            self._forget(sid)
+            self._abandoned.add(sid)
+            event = self._fault(sid, error)
+            self._events.append(event)  # tells the application to stop working on it
+            self._queue(event)
+        elif request_like:  # most likely a request the client now waits on: answer it
+            self._queue(self._fault(sid, error))
+
+    def _fault(self, sid: str, error: GTLError) -> Error:
+        """The session's end when the peer broke the protocol: the server blames the request."""
+        code = "INVALID_REQUEST" if self.role == "server" else "INTERNAL"
+        return Error(session_id=sid, code=code, message=error.message)
+
+    def _fail(self, error: ProtocolError) -> None:
+        """This end gives up on the peer: tell it why, end every live session."""
+        self._queue(self._fault("", error))
+        self._terminate(error, by_peer=False, session_error=lambda sid: self._fault(sid, error))
+
+    def _peer_closed(self) -> None:
+        error: GTLError | None = None
+        if self.state is ConnectionState.HANDSHAKE and self.role == "client":
+            error = ProtocolError("the server closed the connection before answering hello")
+
+        def ended(sid: str) -> Error:
+            if self.role == "server":
+                return Error(session_id=sid, code="CANCELLED", message="the client closed the connection")
+            message = "the server closed the connection before the session ended"
+            return Error(session_id=sid, code="PROVIDER_UNAVAILABLE", message=message, retryable=True)
+
+        self._terminate(error, by_peer=True, session_error=ended)
+
+    def _terminate(self, error: GTLError | None, *, by_peer: bool, session_error: Callable[[str], Error]) -> None:
+        self._events.extend(session_error(sid) for sid in self._live)
+        self._live.clear()
+        self._cancelled.clear()
+        self._abandoned.clear()
+        self._inbox.clear()
+        self.state = ConnectionState.CLOSED
+        self._events.append(ConnectionTerminated(error, by_peer))
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    def _frame(self, message: WireMessage) -> bytes:
+        data = encode(message)
+        if len(data) > self.max_frame_bytes:
+            raise FrameTooLargeError(
+                f"{_kind(message)} frame of {len(data)} bytes exceeds the maximum frame size of "
+                f"{self.max_frame_bytes} bytes"
+            )
+        return data + b"\n"
+
+    def _queue(self, message: WireMessage) -> None:
+        self._out += encode(message) + b"\n"  # the connection's own replies are small: no size check
+
+    def _forget(self, sid: str) -> None:
+        del self._live[sid]
+        self._cancelled.discard(sid)
+        self._ended[sid] = None
+        if len(self._ended) > _RECENTLY_ENDED:
+            self._ended.popitem(last=False)
+
+    def _describe(self, sid: str) -> str:
+        return "ended" if sid in self._ended else "unknown"
+
+
+def _connection_error(code: str, message: str) -> Error:
+    """A connection-level ``error``: ``session_id`` ``""`` ends the whole connection."""
+    return Error(session_id="", code=code if code in ERROR_CLASSES else "INTERNAL", message=message)  # type: ignore[arg-type]
+
+
+def _kind(message: object) -> str:
+    config = getattr(type(message), "__struct_config__", None)
+    return str(getattr(config, "tag", None) or type(message).__name__)

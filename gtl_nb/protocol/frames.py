@@ -1,0 +1,137 @@
+"""Frames in, messages out — and, for a frame that does not decode, what it was about.
+
+``FrameReader`` wraps ``FrameDecoder`` (which does all the splitting, limits and decoding) and keeps
+the first ``HEAD_BYTES`` (at most ``max_frame_bytes``) of the frame being read. When the decoder
+refuses a frame, the reader looks in that head for the frame's ``"session_id"`` (or its alias
+``"sid"``) and ``"type"`` with a plain linear scan — no JSON parse, so a truncated, oversized or
+corrupted frame still names its session when the key and its string value survived in the first
+bytes. The result is a ``BadFrame``, which lets a connection end just that session instead of
+guessing. Because an oversized frame is refused once more than ``max_frame_bytes`` of it arrived,
+the head is always complete when it is read: what a bad frame reveals does not depend on how the
+stream was cut.
+
+The scan is a heuristic: it takes the first ``"key": "value"`` pair whose key is not inside a
+string, at any depth. GTL encoders write ``type`` and ``session_id`` first, so for frames from this
+package (and any encoder that keeps the spec's field order) it finds the right one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameError
+from gtl_nb.protocol.errors import ProtocolError
+from gtl_nb.protocol.messages import WireMessage
+
+HEAD_BYTES = 16 * 1024
+_BLANK = b" \t\r\n"
+
+
+@dataclass(frozen=True)
+class BadFrame:
+    """A frame that did not decode: the decoder's error and what its first bytes reveal.
+
+    ``session_id`` and ``message_type`` are ``None`` when they could not be read from the head.
+    """
+
+    error: ProtocolError
+    frame: int
+    session_id: str | None = None
+    message_type: str | None = None
+
+
+ReadFrame = WireMessage | BadFrame
+"""What ``FrameReader.feed`` returns per frame: its message, or a ``BadFrame``."""
+
+
+class FrameReader:
+    """``FrameDecoder`` plus recovery of the session of each bad frame (see the module docstring)."""
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+        self._decoder = FrameDecoder(max_frame_bytes, max_depth=max_depth)
+        self._head_bytes = min(HEAD_BYTES, max_frame_bytes)
+        self._head = bytearray()  # the first _head_bytes of the frame not yet completed
+
+    def feed(self, data: bytes) -> list[ReadFrame]:
+        """The messages and ``BadFrame`` items of the frames that ``data`` completes (or refuses)."""
+        out: list[ReadFrame] = []
+        start, size = 0, len(data)
+        while start < size:
+            newline = data.find(b"\n", start)
+            end = size if newline < 0 else newline + 1
+            # One line at a time, so a FrameError is known to belong to the line in hand.
+            segment = data[start:end]
+            for item in self._decoder.feed(segment):
+                out.append(self._bad(item, segment) if isinstance(item, FrameError) else item)
+            if newline < 0:
+                self._head += segment[: self._head_bytes - len(self._head)]
+            else:
+                self._head.clear()
+            start = end
+        return out
+
+    def close(self) -> list[BadFrame]:
+        """End of stream: a ``BadFrame`` for a partial frame left over, else nothing."""
+        bad = [self._bad(item, b"") for item in self._decoder.close()]
+        self._head.clear()
+        return bad
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return self._decoder.pending_bytes
+
+    def _bad(self, item: FrameError, segment: bytes) -> BadFrame:
+        head = bytes(self._head) + segment[: self._head_bytes - len(self._head)]
+        session_id = string_field(head, b"session_id") or string_field(head, b"sid")
+        return BadFrame(item.error, item.frame, session_id, string_field(head, b"type"))
+
+
+def string_field(data: bytes, key: bytes) -> str | None:
+    """The string value of the first ``"key": "..."`` pair in ``data`` (JSON text, perhaps broken).
+
+    ``None`` when the key is missing, its value is not a complete string, or the string is empty.
+    Linear in ``len(data)``.
+    """
+    quoted = b'"' + key + b'"'
+    start = 0
+    while (at := data.find(quoted, start)) >= 0:
+        start = at + len(quoted)
+        if at and data[at - 1] == 0x5C:  # \"key\" is text inside a string, not a key
+            continue
+        colon = _skip_blank(data, start)
+        if data[colon : colon + 1] != b":":
+            continue  # a string value that happens to equal the key
+        opening = _skip_blank(data, colon + 1)
+        if data[opening : opening + 1] != b'"':
+            return None
+        closing = _string_end(data, opening)
+        if closing < 0:
+            return None
+        try:
+            value = msgspec.json.decode(data[opening : closing + 1], type=str)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        return value or None
+    return None
+
+
+def _skip_blank(data: bytes, at: int) -> int:
+    while at < len(data) and data[at] in _BLANK:
+        at += 1
+    return at
+
+
+def _string_end(data: bytes, opening: int) -> int:
+    """The index of the quote closing the string opened at ``opening``, or -1."""
+    at = opening + 1
+    while (quote := data.find(b'"', at)) >= 0:
+        backslashes = 0
+        while data[quote - 1 - backslashes] == 0x5C:
+            backslashes += 1
+        if backslashes % 2 == 0:
+            return quote
+        at = quote + 1
+    return -1

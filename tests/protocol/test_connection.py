@@ -1,0 +1,547 @@
+"""GTLConnection, rule by rule: the hello exchange, sessions, cancel, limits, bad frames, the end."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import msgspec
+import pytest
+from connection_pair import ConnectionPair, drain
+
+from gtl_nb.protocol import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    AuthenticationError,
+    Cancel,
+    CompletionRequest,
+    ConfigurationError,
+    ConnectionState,
+    ConnectionTerminated,
+    Done,
+    Error,
+    FrameReader,
+    FrameTooLargeError,
+    GTLConnection,
+    HandshakeComplete,
+    Hello,
+    InvalidRequestError,
+    Message,
+    ProtocolError,
+    ProtocolViolation,
+    ProviderInfo,
+    SessionStateError,
+    Status,
+    Token,
+    Usage,
+    VersionMismatchError,
+    decode,
+    encode,
+)
+from gtl_nb.protocol.frames import string_field
+
+PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "gtl_nb" / "protocol"
+
+
+def request(sid: str, content: str = "hi") -> CompletionRequest:
+    return CompletionRequest(session_id=sid, model="m", messages=[Message(role="user", content=content)])
+
+
+def streaming(sid: str) -> Status:
+    return Status(session_id=sid, state="streaming")
+
+
+def frames(data: bytes) -> list[object]:
+    return [decode(line) for line in data.splitlines() if line]
+
+
+def opened(**server_options: object) -> ConnectionPair:
+    pair = ConnectionPair(server=GTLConnection("server", **server_options))  # type: ignore[arg-type]
+    pair.handshake()
+    return pair
+
+
+def of(events: list[object], kind: type) -> list[object]:
+    return [e for e in events if isinstance(e, kind)]
+
+
+# -- the hello exchange -------------------------------------------------------------------------
+
+
+def test_the_client_queues_its_hello_and_both_sides_agree_on_the_highest_common_version():
+    client = GTLConnection("client", versions=["1.0", "1.1"], features=["reasoning", "cancel"], token="tok")
+    sent = client.data_to_send()
+    assert frames(sent) == [Hello(versions=["1.0", "1.1"], features=["reasoning", "cancel"], token="tok")]
+    server = GTLConnection("server", versions=["1.0", "1.1", "2.0"], features=["cancel", "failover"])
+    pair = ConnectionPair(client, server)
+    pair.inject_to_server(sent)
+    client_events, server_events = pair.pump()
+    assert client_events == [HandshakeComplete("1.1", ("cancel",), client_events[0].peer_hello)]
+    (done,) = server_events
+    assert (done.version, done.features, done.token) == ("1.1", ("cancel",), "tok")
+    assert client.state is server.state is ConnectionState.OPEN
+    assert client.version == server.version == "1.1" and client.features == server.features == ("cancel",)
+
+
+def test_the_hello_token_never_shows_in_a_repr():
+    pair = ConnectionPair(GTLConnection("client", token="ghost-secret"))
+    _, (done,) = pair.pump()
+    assert done.token == "ghost-secret"
+    assert "ghost-secret" not in repr(done) and "ghost-secret" not in repr(done.peer_hello)
+
+
+def test_a_server_refuses_a_token_by_closing_with_the_reason():
+    pair = ConnectionPair(GTLConnection("client", token="wrong"))
+    _, (hello,) = pair.pump()
+    assert hello.token == "wrong"
+    pair.to_client.write(pair.server.close(AuthenticationError("unknown GhostToken")))
+    client_events, _ = pair.pump()
+    (end,) = client_events
+    assert isinstance(end.error, AuthenticationError) and end.by_peer and "unknown GhostToken" in str(end.error)
+
+
+def test_no_common_version_is_a_clear_error_the_client_reads_before_the_end():
+    pair = ConnectionPair(GTLConnection("client", versions=["2.0"]), GTLConnection("server", versions=["1.0"]))
+    client_events, server_events = pair.pump()
+    (server_end,) = server_events
+    assert isinstance(server_end.error, VersionMismatchError) and not server_end.by_peer
+    (client_end,) = client_events
+    assert isinstance(client_end, ConnectionTerminated) and client_end.by_peer
+    assert "no common GTL version: client offers ['2.0'], server supports ['1.0']" in str(client_end.error)
+    assert pair.client.next_event() is CONNECTION_CLOSED and pair.server.next_event() is CONNECTION_CLOSED
+
+
+def test_a_client_refuses_an_answer_with_a_version_it_did_not_offer():
+    client = GTLConnection("client", versions=["1.0"])
+    client.data_to_send()
+    client.receive_data(encode(Hello(version="1.1")) + b"\n")
+    (end,) = drain(client)
+    assert isinstance(end.error, VersionMismatchError) and "answered version '1.1'" in str(end.error)
+    assert frames(client.data_to_send())[0].session_id == ""  # the server is told why
+
+
+def test_nothing_but_hello_before_the_exchange_completes():
+    client = GTLConnection("client")
+    with pytest.raises(ProtocolError, match="before the hello exchange completed"):
+        client.send(request("s1"))
+    server = GTLConnection("server")
+    with pytest.raises(ProtocolError, match="before the hello exchange completed"):
+        server.send(streaming("s1"))
+    server.receive_data(encode(request("s1")) + b"\n")
+    (end,) = drain(server)
+    assert isinstance(end, ConnectionTerminated) and "expected hello before anything else" in str(end.error)
+    (reply,) = frames(server.data_to_send())
+    assert reply.session_id == "" and reply.code == "INVALID_REQUEST"
+
+
+def test_hello_is_the_connections_own_business():
+    pair = opened()
+    with pytest.raises(ProtocolError, match="sends hello itself"):
+        pair.client.send(Hello(versions=["1.0"]))
+    with pytest.raises(ConfigurationError):
+        GTLConnection("server", token="t")
+    with pytest.raises(ConfigurationError):
+        GTLConnection("proxy")  # type: ignore[arg-type]
+
+
+def test_a_second_hello_is_a_bad_frame():
+    pair = opened()
+    pair.inject_to_server(encode(Hello(versions=["1.0"])) + b"\n")
+    _, server_events = pair.pump()
+    assert [type(e) for e in server_events] == [ProtocolViolation]
+    assert "a second hello" in str(server_events[0].error)
+
+
+def test_the_server_closing_before_answering_hello_is_an_error():
+    pair = ConnectionPair()
+    pair.client.data_to_send()
+    pair.close_server()
+    (end,) = pair.client_events
+    assert "before answering hello" in str(end.error)
+
+
+# -- sessions -----------------------------------------------------------------------------------
+
+
+def test_many_sessions_interleave_and_each_arrives_in_order():
+    pair = opened()
+    for sid in ("a", "b", "c"):
+        pair.client_send(request(sid))
+    _, server_events = pair.pump()
+    assert [e.session_id for e in server_events] == ["a", "b", "c"]
+    script = [streaming("b"), streaming("a"), Token(session_id="a", text="1"), streaming("c")]
+    script += [
+        Token(session_id="b", text="2"),
+        Done(session_id="a"),
+        Error(session_id="c", code="TIMEOUT", message="x"),
+    ]
+    script += [Usage(session_id="b", tokens_in=1, tokens_out=1), Done(session_id="b")]
+    for event in script:
+        pair.server_send(event)
+    client_events, _ = pair.pump()
+    assert client_events == script
+    assert pair.client.live_sessions == pair.server.live_sessions == frozenset()
+
+
+def test_a_second_request_with_a_live_id_is_refused_locally():
+    pair = opened()
+    pair.client_send(request("s1"))
+    with pytest.raises(SessionStateError, match="still live"):
+        pair.client.send(request("s1"))
+    pair.pump()
+    pair.server_send(Error(session_id="s1", code="INTERNAL", message="x"))
+    pair.pump()
+    pair.client_send(request("s1"))  # an id may be reused once its session ended
+
+
+def test_a_second_request_with_a_live_id_from_the_peer_ends_that_session():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.inject_to_server(encode(request("s1")) + b"\n")
+    client_events, server_events = pair.pump()
+    violation, ended = server_events
+    assert isinstance(violation, ProtocolViolation) and violation.session_id == "s1"
+    assert "a second completion_request for live session 's1'" in str(violation.error)
+    assert ended == Error(session_id="s1", code="INVALID_REQUEST", message=violation.error.message)
+    assert client_events == [ended]  # the client's session ends with the same error
+    assert pair.server.send(Token(session_id="s1", text="late")) == b""  # the application's late events go nowhere
+
+
+def test_the_server_may_not_send_events_out_of_order():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    with pytest.raises(SessionStateError, match="unknown session 'nope'"):
+        pair.server.send(streaming("nope"))
+    with pytest.raises(SessionStateError, match="before the first status"):
+        pair.server.send(Token(session_id="s1", text="x"))
+    pair.server_send(streaming("s1"))  # the refused send changed nothing
+    pair.server_send(Done(session_id="s1"))
+    with pytest.raises(SessionStateError, match="ended session 's1'"):
+        pair.server.send(Token(session_id="s1", text="x"))
+    with pytest.raises(ProtocolError, match="close\\(error\\)"):
+        pair.server.send(Error(session_id="", code="INTERNAL", message="x"))
+
+
+def test_messages_of_the_wrong_direction_are_refused_locally():
+    pair = opened()
+    with pytest.raises(ProtocolError, match="a client does not send token"):
+        pair.client.send(Token(session_id="s1", text="x"))
+    with pytest.raises(ProtocolError, match="a server does not send completion_request"):
+        pair.server.send(request("s1"))
+    pair.server_send(ProviderInfo(provider="p"))
+    assert pair.pump()[0] == [ProviderInfo(provider="p")]
+
+
+def test_a_message_of_the_wrong_direction_from_the_peer_ends_its_session():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.inject_to_server(encode(Token(session_id="s1", text="x")) + b"\n")
+    client_events, server_events = pair.pump()
+    assert "token goes from server to client" in str(server_events[0].error)
+    assert server_events[1].session_id == "s1" and client_events == [server_events[1]]
+
+
+def test_an_event_for_an_unknown_or_ended_session_is_a_bad_frame():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.server_send(Error(session_id="s1", code="INTERNAL", message="x"))
+    pair.inject_to_client(encode(Token(session_id="s1", text="x")) + b"\n")
+    pair.inject_to_client(encode(streaming("ghost")) + b"\n")
+    client_events, _ = pair.pump()
+    first, second = of(client_events, ProtocolViolation)
+    assert "token for ended session 's1'" in str(first.error)
+    assert "status for unknown session 'ghost'" in str(second.error)
+
+
+# -- cancel ---------------------------------------------------------------------------------------
+
+
+def test_after_a_cancel_events_stay_legal_until_the_one_terminal_event():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.server_send(streaming("s1"))
+    pair.client_send(Cancel(session_id="s1"))
+    assert pair.client.send(Cancel(session_id="s1")) == b""  # said once
+    _, server_events = pair.pump()
+    assert server_events == [Cancel(session_id="s1")]
+    pair.server_send(Token(session_id="s1", text="in flight"))
+    pair.server_send(Error(session_id="s1", code="CANCELLED", message="cancelled"))
+    pair.pump()
+    session = [e for e in pair.client_events if getattr(e, "session_id", None) == "s1"]
+    assert [type(e) for e in session] == [Status, Token, Error] and session[-1].code == "CANCELLED"
+
+
+def test_a_done_that_crossed_the_cancel_ends_the_session_and_the_late_cancel_is_ignored():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.server_send(streaming("s1"))
+    pair.server_send(Done(session_id="s1"))  # on the wire while the client cancels
+    pair.client_send(Cancel(session_id="s1"))
+    client_events, server_events = pair.pump()
+    assert client_events == [streaming("s1"), Done(session_id="s1")]
+    assert server_events == []
+    assert pair.client.send(Cancel(session_id="s1")) == b""
+
+
+def test_the_server_reports_one_cancel_per_session_and_none_for_a_session_it_does_not_know():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    for sid in ("s1", "s1", "never"):
+        pair.inject_to_server(encode(Cancel(session_id=sid)) + b"\n")
+    _, server_events = pair.pump()
+    assert server_events == [Cancel(session_id="s1")]
+    assert pair.server.bad_frames == 0
+
+
+# -- frame size -----------------------------------------------------------------------------------
+
+
+def test_a_frame_over_the_limit_is_refused_on_send_and_changes_nothing():
+    pair = ConnectionPair(GTLConnection("client", max_frame_bytes=200), GTLConnection("server"))
+    pair.handshake()
+    with pytest.raises(FrameTooLargeError, match="exceeds the maximum frame size of 200 bytes"):
+        pair.client.send(request("s1", "x" * 300))
+    pair.client_send(request("s1"))
+
+
+def test_an_oversized_request_from_the_peer_is_answered_with_an_error_for_its_session():
+    pair = ConnectionPair(to_server_cuts=range(0, 5000, 97), server=GTLConnection("server", max_frame_bytes=300))
+    pair.handshake()
+    pair.client_send(request("s1", "x" * 1000))  # the client's own limit is larger
+    client_events, server_events = pair.pump()
+    (violation,) = server_events
+    assert isinstance(violation.error, FrameTooLargeError) and violation.session_id == "s1"
+    (ended,) = client_events
+    assert ended.session_id == "s1" and ended.code == "INVALID_REQUEST" and "maximum frame size" in ended.message
+    assert pair.client.live_sessions == frozenset() and pair.client.bad_frames == 0
+
+
+# -- bad frames -------------------------------------------------------------------------------------
+
+
+def test_a_broken_request_is_answered_with_an_error_for_its_session():
+    pair = opened()
+    frame = pair.client.send(request("s1"))
+    pair.inject_to_server(frame.replace(b'"messages":[', b'"messages":7,"x":['))
+    client_events, server_events = pair.pump()
+    assert [type(e) for e in server_events] == [ProtocolViolation]  # the application never saw the session
+    (ended,) = client_events
+    assert ended.session_id == "s1" and ended.code == "INVALID_REQUEST"
+    assert pair.client.live_sessions == frozenset() and pair.client.bad_frames == 0
+
+
+def test_an_undecodable_frame_for_a_live_session_ends_it_on_both_sides():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.client_send(request("s2"))
+    pair.pump()
+    pair.inject_to_server(b'{"type":"cancel","session_id":"s1",,,}\n')
+    client_events, server_events = pair.pump()
+    violation, ended = server_events
+    assert violation.session_id == "s1" and violation.bad_frames == 1
+    assert ended.session_id == "s1" and ended.code == "INVALID_REQUEST"
+    assert client_events == [ended]
+    assert pair.server.live_sessions == {"s2"} and pair.client.live_sessions == {"s2"}
+    assert pair.server.send(streaming("s1")) == b""
+    pair.server_send(Done(session_id="s1"))  # the application's late terminal closes the matter
+    with pytest.raises(SessionStateError):
+        pair.server.send(streaming("s1"))
+
+
+def test_a_bad_frame_from_the_server_ends_the_session_and_cancels_it():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.server_send(streaming("s1"))
+    pair.inject_to_client(b'{"type":"token","session_id":"s1","text":\xff}\n')
+    client_events, server_events = pair.pump()
+    _, violation, ended = client_events
+    assert violation.session_id == "s1" and ended.code == "INTERNAL" and ended.session_id == "s1"
+    assert server_events == [Cancel(session_id="s1")]
+    # the server's remaining events for s1 are dropped by the client, its terminal included
+    pair.server_send(Token(session_id="s1", text="late"))
+    pair.server_send(Error(session_id="s1", code="CANCELLED", message="cancelled"))
+    assert pair.pump() == ([], [])
+    assert pair.client.bad_frames == 1
+
+
+def test_a_broken_terminal_event_ends_the_session_without_a_cancel():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.inject_to_client(b'{"type":"done","session_id":"s1","finish_reason":"nope"}\n')
+    client_events, server_events = pair.pump()
+    assert [type(e) for e in client_events] == [ProtocolViolation, Error]
+    assert server_events == []
+
+
+def test_repeated_bad_frames_end_the_connection_and_every_session():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    for garbage in (b"garbage\n", b"{\n", b"[1,2]\n"):
+        pair.inject_to_server(garbage)
+    client_events, server_events = pair.pump()
+    assert [type(e) for e in server_events] == [ProtocolViolation] * 3 + [Error, ConnectionTerminated]
+    end = server_events[-1]
+    assert "3 bad frames from the client" in str(end.error) and not end.by_peer
+    assert server_events[3].session_id == "s1"
+    (ended, client_end) = client_events
+    assert ended.session_id == "s1" and ended.code == "INVALID_REQUEST"
+    assert client_end.by_peer and isinstance(client_end.error, InvalidRequestError)
+    assert pair.client.closed and pair.server.closed
+    with pytest.raises(ProtocolError, match="the connection is closed"):
+        pair.client.send(request("s2"))
+
+
+def test_the_limit_is_configurable():
+    pair = opened(max_bad_frames=1)
+    pair.inject_to_server(b"garbage\n")
+    _, server_events = pair.pump()
+    assert [type(e) for e in server_events] == [ProtocolViolation, ConnectionTerminated]
+
+
+# -- the end ------------------------------------------------------------------------------------------
+
+
+def test_end_of_stream_ends_every_live_session_on_both_sides():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.close_server()
+    ended, end = pair.client_events[-2:]
+    assert ended.session_id == "s1" and ended.code == "PROVIDER_UNAVAILABLE" and ended.retryable
+    assert end == ConnectionTerminated(None, by_peer=True)
+
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.close_client()
+    ended, end = pair.server_events[-2:]
+    assert ended.code == "CANCELLED" and end == ConnectionTerminated(None, by_peer=True)
+
+
+def test_a_partial_frame_at_the_end_is_a_bad_frame_of_its_session():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.client.receive_data(b'{"type":"token","session_id":"s1","te')
+    pair.client.receive_data(b"")
+    events = drain(pair.client)
+    assert [type(e) for e in events] == [ProtocolViolation, Error, ConnectionTerminated]
+    assert events[0].session_id == "s1" and "ended inside a frame" in str(events[0].error)
+
+
+def test_close_tells_the_peer_and_ends_local_sessions():
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    last = pair.server.close(InvalidRequestError("going away"))
+    assert frames(last) == [Error(session_id="", code="INVALID_REQUEST", message="going away")]
+    ended, end = drain(pair.server)
+    assert ended == Error(session_id="s1", code="INVALID_REQUEST", message="going away")
+    assert isinstance(end.error, InvalidRequestError) and not end.by_peer
+    assert pair.server.close() == b""
+    assert pair.server.send(Token(session_id="s1", text="x")) == b""  # nowhere to go, nothing raised
+    pair.to_client.write(last)
+    client_events, _ = pair.pump()
+    assert [type(e) for e in client_events] == [Error, ConnectionTerminated]
+    assert client_events[0] == Error(session_id="s1", code="INVALID_REQUEST", message="going away")
+
+
+def test_after_the_end_only_connection_closed_and_late_bytes_are_ignored():
+    server = GTLConnection("server")
+    server.receive_data(b"")
+    assert [type(e) for e in drain(server)] == [ConnectionTerminated]
+    assert server.next_event() is CONNECTION_CLOSED and server.next_event() is CONNECTION_CLOSED
+    with pytest.raises(ProtocolError, match="after the end of the stream"):
+        server.receive_data(b"x")
+    fresh = GTLConnection("server")
+    assert fresh.next_event() is NEED_DATA
+    fresh.close()
+    fresh.receive_data(b"late bytes\n")  # in flight when this side closed: ignored
+    assert [type(e) for e in drain(fresh)] == [ConnectionTerminated]
+
+
+def test_bytes_come_out_once_and_in_order_through_either_door():
+    pair = opened()
+    pair.inject_to_server(b'{"type":"completion_request","session_id":"s9",,}\n')  # the server queues an error
+    pair.to_server.write(pair.client.data_to_send())
+    for piece in pair.to_server.take():
+        pair.server.receive_data(piece)
+    drain(pair.server)
+    pair.client_send(request("s1"))
+    pair.to_server.write(pair.client.data_to_send())
+    for piece in pair.to_server.take():
+        pair.server.receive_data(piece)
+    drain(pair.server)
+    out = pair.server.send(streaming("s1"))  # the queued reply comes first, then the event
+    assert [type(m) for m in frames(out)] == [Error, Status]
+    assert pair.server.data_to_send() == b""
+
+
+# -- frames.py: what a bad frame reveals ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"type":"token","session_id":"s1",', "s1"),
+        (b'{ "session_id" :\t"a\\"b" }', 'a"b'),
+        (b'{"sid":"s2"', None),  # the alias is asked for separately
+        (b'{"text":"\\"session_id\\":\\"fake\\"","session_id":"real"}', "real"),
+        (b'{"x":["session_id"],"session_id":"after"}', "after"),
+        (b'{"session_id":5}', None),
+        (b'{"session_id":"unterminated', None),
+        (b'{"session_id":""}', None),
+        (b'{"session_id":"\\ud800"}', None),
+    ],
+)
+def test_string_field_reads_a_key_from_broken_json(data, expected):
+    assert string_field(data, b"session_id") == expected
+
+
+def test_the_frame_reader_names_the_session_of_a_bad_frame_split_anywhere():
+    frame = b'{"type":"completion_request","sid":"s7","model":1}\n'
+    for cut in range(len(frame)):
+        reader = FrameReader()
+        items = reader.feed(frame[:cut]) + reader.feed(frame[cut:])
+        (bad,) = items
+        assert (bad.session_id, bad.message_type) == ("s7", "completion_request")
+
+
+def test_the_frame_reader_names_the_session_of_an_oversized_frame():
+    reader = FrameReader(max_frame_bytes=64)
+    items = reader.feed(b'{"type":"token","session_id":"big",')
+    items += reader.feed(b'"text":"' + b"x" * 100 + b'"}\n' + encode(streaming("ok")) + b"\n")
+    bad, good = items
+    assert isinstance(bad.error, FrameTooLargeError) and bad.session_id == "big" and good == streaming("ok")
+
+
+# -- sans-I/O -----------------------------------------------------------------------------------------
+
+
+def test_the_protocol_package_reads_no_clock_and_does_no_io():
+    clock_calls = {"now", "utcnow", "today", "time", "monotonic", "perf_counter", "time_ns", "sleep"}
+    for path in PROTOCOL_DIR.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not imported & {"time", "asyncio", "socket", "datetime", "selectors"}, path.name
+        calls = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+        assert not calls & clock_calls, f"{path.name} reads the clock"
+
+
+def test_events_are_plain_values():
+    event = ProtocolViolation(ProtocolError("x"), "s1", 1)
+    assert event == ProtocolViolation(event.error, "s1", 1)
+    assert msgspec.json.decode(encode(Hello(versions=["1.0"], token="t")))["token"] == "t"
