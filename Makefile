@@ -1,28 +1,36 @@
 # Two entry points, each creating and reusing the local virtual environment .venv:
-#   make demo   -- the main job, offline on the built-in default
-#   make test   -- the whole test suite (ruff + pytest)
+#   make demo   -- the main job, offline on the built-in default: the package and its notebook extra only
+#   make test   -- the whole test suite (ruff + pytest): everything else too
+# Each has its own install stamp, so a `make test` after a `make demo` still installs what tests need.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench lint clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,gateway,plot]'
-	touch $(STAMP)
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[notebook]'
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,plot]'
+	touch $@
+
+demo: $(DEMO_STAMP)
 	$(PY) -m gtl_nb.demo
 	$(PY) -m gtl_nb.notebook.runner --out out
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m ruff check gtl_nb tests bench
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) -m bench
 
 clean:

@@ -12,8 +12,10 @@ print their GTL code and exit with status 1.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from gtl_nb.notebook.args import finite_float
@@ -32,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     complete.add_argument("--provider", help="deployment to use")
     complete.add_argument("--system", "-s", help="system prompt")
     complete.add_argument("--temperature", "-t", type=finite_float, help="sampling temperature (0 = deterministic)")
-    complete.add_argument("--max-tokens", type=int)
+    complete.add_argument(
+        "--max-tokens", type=int, metavar="N", help="most tokens to generate (a longer answer stops with 'length')"
+    )
     complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
     complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")
     complete.set_defaults(handler=_complete)
@@ -58,14 +62,36 @@ def _optional_subcommands(sub: Any) -> None:
 def _client(args: argparse.Namespace) -> Any:
     from gtl_nb.client import connect
 
+    if args.config is not None and not Path(args.config).expanduser().is_file():
+        raise ConfigurationError(f"--config {args.config}: no such file")
     return connect(config=args.config)
+
+
+# The engine words its set-up advice for Python callers; a shell user sets a variable or a TOML section.
+_PYTHON_ADVICE = re.compile(r"pass providers=\{'(?P<name>[\w.-]+)': \{\.\.\.\}\}(?: to gtl_nb\.connect)?")
+
+
+def _for_the_shell(message: str) -> str:
+    """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
+    message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
+    return message.replace("(named by config=)", "(named by --config)")
+
+
+def _read_prompt(prompt: str) -> str:
+    """The prompt argument, or standard input for ``-`` (less the newline ``echo`` and editors end it with)."""
+    if prompt != "-":
+        return prompt
+    text = sys.stdin.read()
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
 
 
 def _complete(args: argparse.Namespace) -> int:
     from gtl_nb.protocol.codec import encode
     from gtl_nb.protocol.messages import Reasoning, Status, Token
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    prompt = _read_prompt(args.prompt)
     client = _client(args)
     stream = client.stream(
         args.model,
@@ -111,9 +137,16 @@ def _models(args: argparse.Namespace) -> int:
                 if model.cost_per_1k_input is not None and model.cost_per_1k_output is not None
                 else "price unknown"
             )
-            window = f"{model.context_window:,} ctx" if model.context_window else "ctx ?"
+            window = _window(model.context_window, offline=info.offline)
             print(f"  {model.name:<40} {window:>14}  {price}")
     return 0
+
+
+def _window(tokens: int | None, *, offline: bool) -> str:
+    """The context-window column: local generators (echo) have none, which is not the same as unknown."""
+    if tokens:
+        return f"{tokens:,} ctx"
+    return "ctx n/a" if offline else "ctx ?"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(handler(args) or 0)
-    except (ConfigurationError, RequestError) as exc:
+    except ConfigurationError as exc:
+        print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
+        return 2
+    except RequestError as exc:
         print(f"gtl: error: {exc}", file=sys.stderr)
         return 2
     except GTLError as exc:

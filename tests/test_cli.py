@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import gtl_nb
-from gtl_nb.cli import main
+from gtl_nb.cli import build_parser, main
 
 
 def gtl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
@@ -58,3 +58,33 @@ def test_provider_errors_show_their_gtl_code(tmp_path, capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "complete" in capsys.readouterr().out
+
+
+def test_a_missing_provider_is_explained_in_shell_terms(capsys):
+    assert main(["complete", "hi", "-m", "claude-haiku-4-5"]) == 2
+    err = capsys.readouterr().err
+    assert "ANTHROPIC_API_KEY" in err and "[providers.anthropic]" in err and "--config" in err
+    assert "gtl_nb.connect" not in err and "providers={" not in err  # Python advice means nothing in a shell
+
+
+def test_a_missing_config_file_names_the_option(tmp_path, capsys):
+    assert main(["--config", str(tmp_path / "nope.toml"), "complete", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "nope.toml" in err and "--config" in err and "config=" not in err
+
+
+def test_a_prompt_from_stdin_loses_one_trailing_newline():
+    result = gtl("complete", "-", stdin="piped text\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('You said: "piped text". ')
+
+
+def test_every_complete_option_has_help_text():
+    complete = build_parser()._subparsers._group_actions[0].choices["complete"]
+    assert all(action.help for action in complete._actions), [a.dest for a in complete._actions if not a.help]
+
+
+def test_models_says_echo_has_no_context_window_rather_than_an_unknown_one():
+    result = gtl("models")
+    echo = next(line for line in result.stdout.splitlines() if line.startswith("  echo "))  # the model row
+    assert "ctx ?" not in echo and "n/a" in echo

@@ -7,7 +7,8 @@ split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per 
 
 * With tools (and ``tool_choice`` not ``"none"``), when the last message is the user's, it calls
   every offered tool (or the one ``tool_choice`` names) with arguments generated from each tool's
-  JSON Schema, so they validate; ``finish_reason`` is ``tool_calls``.
+  JSON Schema, so they validate, and plausible for what each property is called (a ``city`` takes the
+  place the prompt names, e.g. "Oslo"; see ``schema_values``); ``finish_reason`` is ``tool_calls``.
 * After tool results, it reports what the tools returned.
 * ``request.reasoning`` adds a short ``reasoning`` stream before the answer.
 * ``max_tokens`` truncates the answer (``finish_reason`` ``length``); ``stop`` sequences cut it.
@@ -175,13 +176,12 @@ def _tool_calls(request: CompletionRequest) -> list[ToolCall]:
         return []
     if choice is not None and choice.mode == "tool":
         tools = [t for t in tools if t.name == choice.name]
-    hint = (_last_user(request) or Message(role="user", content="")).content or "example"
-    hint = " ".join(hint.split()[:4]) or "example"
+    prompt = (_last_user(request) or Message(role="user", content="")).content or ""
     return [
         ToolCall(
             id=f"call_echo_{index}",
             name=tool.name,
-            arguments=json.dumps(example_value(tool.parameters, hint), ensure_ascii=False),
+            arguments=json.dumps(example_value(tool.parameters, prompt), ensure_ascii=False),
         )
         for index, tool in enumerate(tools)
     ]

@@ -4,12 +4,20 @@ Covers the subset tool definitions use: ``type`` (and lists of types), ``enum``,
 ``default``, ``examples``, ``properties`` / ``required``, ``items`` / ``minItems``, ``anyOf`` /
 ``oneOf`` / ``allOf`` (first branch / merged), ``minimum`` / ``maximum`` / ``exclusiveMinimum``,
 ``minLength`` / ``maxLength``, ``format`` (date, date-time, email, uri, uuid) and local ``$ref``
-into ``$defs`` / ``definitions``. ``hint`` text seeds string values so answers look related to
-the prompt.
+into ``$defs`` / ``definitions``.
+
+Strings are chosen by what their property is called, so a tool call reads like one a model would make:
+
+* a place (``city``, ``location``, ``country``…) takes the first capitalised name of the prompt that does
+  not open a sentence ("weather in **New York**?"), else a fixed example ("Paris", "France");
+* a request (``query``, ``q``, ``question``, ``text``…) takes the prompt itself, whitespace collapsed;
+* a few common fields (``name``, ``language``, ``timezone``…) take a fixed example;
+* any other string is ``"example <name>"``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _FORMATS = {
@@ -23,14 +31,45 @@ _FORMATS = {
     "ipv4": "127.0.0.1",
 }
 
+#: place-like properties -> the example used when the prompt names no place
+_PLACES = {
+    "city": "Paris",
+    "town": "Paris",
+    "location": "Paris",
+    "place": "Paris",
+    "destination": "Paris",
+    "origin": "London",
+    "country": "France",
+    "region": "Europe",
+}
+#: properties that carry the user's request itself
+_REQUESTS = {"query", "q", "search", "question", "text", "prompt", "topic", "message", "input", "keywords", "term"}
+#: common properties with one sensible fixed value
+_FIXED = {
+    "name": "Ada Lovelace",
+    "language": "English",
+    "lang": "en",
+    "locale": "en-US",
+    "currency": "EUR",
+    "timezone": "Europe/Paris",
+    "unit": "celsius",
+    "units": "metric",
+    "email": "user@example.com",
+    "url": "https://example.com/",
+}
+# Capitalised words that are not names even in mid-sentence.
+_NOT_NAMES = {"I", "I'm", "I'd", "I'll", "I've", "OK", "Please"}
+_WORD = re.compile(r"(?<![\w'’-])[^\W\d_][\w'’-]*")  # the look-behind: one start per word (no ReDoS)
+_SENTENCE_END = ".!?:;\n"
 
-def example_value(schema: Any, hint: str = "example", *, root: Any = None, depth: int = 0) -> Any:
-    """A value valid for ``schema``."""
+
+def example_value(schema: Any, prompt: str = "", *, name: str = "value", root: Any = None, depth: int = 0) -> Any:
+    """A value valid for ``schema``; ``prompt`` (the user's message) and ``name`` shape the strings."""
     root = schema if root is None else root
     if not isinstance(schema, dict) or depth > 12:
-        return hint
+        return _string({}, name, prompt)
     if "$ref" in schema:
-        return example_value(_resolve(root, schema["$ref"]), hint, root=root, depth=depth + 1)
+        return example_value(_resolve(root, schema["$ref"]), prompt, name=name, root=root, depth=depth + 1)
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -41,46 +80,53 @@ def example_value(schema: Any, hint: str = "example", *, root: Any = None, depth
         return schema["examples"][0]
     for key in ("anyOf", "oneOf"):
         if schema.get(key):
-            return example_value(schema[key][0], hint, root=root, depth=depth + 1)
+            return example_value(schema[key][0], prompt, name=name, root=root, depth=depth + 1)
     if schema.get("allOf"):
-        merged: dict[str, Any] = {}
-        for part in schema["allOf"]:
-            part = _resolve(root, part["$ref"]) if isinstance(part, dict) and "$ref" in part else part
-            for k, v in part.items():
-                if k in ("properties",) and k in merged:
-                    merged[k] = {**merged[k], **v}
-                elif k == "required" and k in merged:
-                    merged[k] = [*merged[k], *v]
-                else:
-                    merged[k] = v
-        return example_value(merged, hint, root=root, depth=depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None:
-        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+        return example_value(_merge(schema["allOf"], root), prompt, name=name, root=root, depth=depth + 1)
+    kind = _kind(schema)
     if kind == "object":
         properties = schema.get("properties", {})
         required = schema.get("required", list(properties))
         return {
-            name: example_value(properties.get(name, {}), _hint_for(name, hint), root=root, depth=depth + 1)
-            for name in required
+            key: example_value(properties.get(key, {}), prompt, name=key, root=root, depth=depth + 1)
+            for key in required
         }
     if kind == "array":
         count = max(1, int(schema.get("minItems", 1)))
         items = schema.get("items", {})
-        return [example_value(items, hint, root=root, depth=depth + 1) for _ in range(count)]
+        return [example_value(items, prompt, name=name, root=root, depth=depth + 1) for _ in range(count)]
     if kind in ("integer", "number"):
         return _number(schema, integer=kind == "integer")
     if kind == "boolean":
         return True
     if kind == "null":
         return None
-    return _string(schema, hint)
+    return _string(schema, name, prompt)
 
 
-def _hint_for(name: str, hint: str) -> str:
-    return hint if hint and hint != "example" else name
+def _kind(schema: dict[str, Any]) -> str:
+    """The schema's type, lower-cased (the first non-null of a list; guessed from its keywords if absent)."""
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if isinstance(kind, str):
+        return kind.lower()
+    return "object" if "properties" in schema else "array" if "items" in schema else "string"
+
+
+def _merge(parts: list[Any], root: Any) -> dict[str, Any]:
+    """``allOf`` as one schema: properties and required lists united, other keys the last one's."""
+    merged: dict[str, Any] = {}
+    for part in parts:
+        part = _resolve(root, part["$ref"]) if isinstance(part, dict) and "$ref" in part else part
+        for key, value in (part or {}).items():
+            if key == "properties" and key in merged:
+                merged[key] = {**merged[key], **value}
+            elif key == "required" and key in merged:
+                merged[key] = [*merged[key], *value]
+            else:
+                merged[key] = value
+    return merged
 
 
 def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
@@ -92,16 +138,45 @@ def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
     return int(value) if integer else float(value)
 
 
-def _string(schema: dict[str, Any], hint: str) -> str:
+def _string(schema: dict[str, Any], name: str, prompt: str) -> str:
     if schema.get("format") in _FORMATS:
         return _FORMATS[schema["format"]]
-    text = hint or "example"
+    text = _plausible(name, prompt)
     min_length = int(schema.get("minLength", 0))
     if len(text) < min_length:
         text = text + "x" * (min_length - len(text))
     if "maxLength" in schema:
         text = text[: int(schema["maxLength"])]
     return text
+
+
+def _plausible(name: str, prompt: str) -> str:
+    """The string a model would likely pass for a property called ``name`` given ``prompt``."""
+    key = name.lower().replace("-", "_")
+    last = key.rsplit("_", 1)[-1]  # "city_name" and "home_city" are cities too
+    if key in _PLACES or last in _PLACES:
+        return proper_name(prompt) or _PLACES.get(key, _PLACES.get(last, "Paris"))
+    if key in _REQUESTS or last in _REQUESTS:
+        return " ".join(prompt.split()) or f"example {name}"
+    if key in _FIXED:
+        return _FIXED[key]
+    return f"example {name.replace('_', ' ')}"
+
+
+def proper_name(prompt: str) -> str:
+    """The first run of capitalised words of ``prompt`` that does not open a sentence ("" when none)."""
+    run: list[str] = []
+    previous_end = 0
+    for match in _WORD.finditer(prompt):
+        word, gap = match.group(), prompt[previous_end : match.start()]
+        before = gap.rstrip()
+        opens_sentence = before[-1] in _SENTENCE_END if before else previous_end == 0
+        if word[0].isupper() and word not in _NOT_NAMES and not opens_sentence and (not run or gap == " "):
+            run.append(word)
+        elif run:
+            break
+        previous_end = match.end()
+    return " ".join(run)
 
 
 def _resolve(root: Any, ref: str) -> Any:

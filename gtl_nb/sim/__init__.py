@@ -6,18 +6,22 @@
 
 ``serve(provider, faults=None, *, seed=0, pace=0.0, api_key=None, ...)`` returns a :class:`Simulator`
 (``.base_url``, ``.requests``, ``.set_faults()``, ``.close()``); :class:`Fault` scripts errors, drops,
-stalls and malformed chunks. Standard library only, and independent of the rest of gtl_nb: the simulators
-are witnesses of the documented formats, not re-uses of the adapters under test.
+stalls and malformed chunks. Each simulator knows its provider's models and answers another name with the
+provider's real "model not found" error; ``serve(..., models=[...])`` replaces the list and
+``models=ANY_MODEL`` (``"*"``) accepts any name. Usage counts the whole request (:mod:`gtl_nb.sim.tokens`).
+Standard library only, and independent of the rest of gtl_nb: the simulators are witnesses of the documented
+formats, not re-uses of the adapters under test.
 """
 
 from __future__ import annotations
 
 from gtl_nb.sim.answers import Answer
-from gtl_nb.sim.base import PROVIDERS, ProviderSim, SimContext, SimRequest, SimResponse, UnknownProviderError
+from gtl_nb.sim.base import ANY_MODEL, PROVIDERS, ProviderSim, SimContext, SimRequest, SimResponse, UnknownProviderError
 from gtl_nb.sim.faults import Fault
 from gtl_nb.sim.server import Simulator, running, serve
 
 __all__ = [
+    "ANY_MODEL",
     "PROVIDERS",
     "Answer",
     "Fault",

@@ -2,17 +2,20 @@
 
 Rules (all derived from ``(seed, prompt)`` only, never from a clock or global random state):
 
-* The text quotes the start of the prompt (``You said: "…".``) and continues with filler words picked by a
-  generator seeded from ``(seed, prompt)``. After tool results it starts ``The tool returned: …`` instead.
-  The filler includes a few non-ASCII words so clients exercise UTF-8 decoding.
+* The text quotes the start of the prompt (``You said: "…".``) and continues with a few sentences about the
+  prompt's first content words ("…a simulated answer about streaming, chat and interfaces."), each chosen
+  from a small set of templates by a generator seeded from ``(seed, prompt)`` and the simulator's name.
+  After tool results it starts ``The tool returned: …`` instead. Some templates hold non-ASCII text
+  (``—``) so clients exercise UTF-8.
 * ``pieces``: the text split into stream pieces of a few characters up to a word (concatenation == text).
 * Tool calls: when ``tools`` are given (and no tool results), the model calls every tool whose name occurs in
   the prompt, in the order of ``tools``; if none is named, the first tool. The arguments fill the required
   properties of the tool's JSON Schema by type (enums take their first value, nested objects are recursed).
   The text is then empty.
-* Token counts: one token per started group of 4 characters (``count_tokens``), at least 1.
-  ``tokens_in`` counts the prompt, the tool definitions and the tool results; ``tokens_out`` the text and the
-  tool-call arguments; ``tokens_thinking`` the reasoning text (not included in ``tokens_out``).
+* Token counts: ``tokens_in`` is what the simulator estimated for the whole request (system prompt, every
+  turn, tools, images: :mod:`gtl_nb.sim.tokens`); output counts are one token per started group of 4
+  characters (``count_tokens``), at least 1: ``tokens_out`` the text and the tool-call arguments,
+  ``tokens_thinking`` the reasoning text (not included in ``tokens_out``).
 """
 
 from __future__ import annotations
@@ -20,53 +23,52 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Answer", "count_tokens", "make_answer", "sample_for_schema"]
 
-_FILLER = (
-    "the",
-    "simulator",
-    "answers",
-    "with",
-    "deterministic",
-    "words",
-    "so",
-    "tests",
-    "can",
-    "compare",
-    "bytes",
-    "across",
-    "runs",
-    "and",
-    "streams",
-    "arrive",
-    "in",
-    "small",
-    "pieces",
-    "café",
-    "naïve",
-    "résumé",
-    "over",
-    "a",
-    "loopback",
-    "socket",
-    "while",
-    "every",
-    "chunk",
-    "keeps",
-    "its",
-    "framing",
-    "exactly",
-    "as",
-    "recorded",
-    "provider",
-    "traffic",
-    "shows",
-    "it",
-    "→",
-    "done",
+# Words that say nothing about a prompt's topic (the answer talks about the others): function words, and the
+# scaffolding of a request ("explain in two sentences…").
+_STOPWORD_TEXT = """
+    a about above after again all also am an and any are as at be because been before being below between
+    both but by can could did do does doing done during each either else ever every few for from get gets give
+    got had has have having he her here hers him his how however i if in into is it its itself just know let
+    like make many may me might more most much must my need no nor not now of off often on once one only or
+    other our out over own please quite rather really said say same says see she should show since so some
+    such tell than that the their them then there these they thing things this those though through to too
+    two under until up upon us use used very want was way we well were what when where whether which while who
+    whom whose why will with within without would write yes yet you your yours
+    answer brief briefly call come compare define describe example explain find five four go going happen
+    happens hello help hey hi line lines list look made makes matter matters mean means name paragraph question
+    short simply sentence sentences summarise summarize take thank thanks think three try uses using word words work
+    works"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_WORD = re.compile(r"(?<![\w'-])[^\W\d_][\w'-]*")  # the look-behind: one start per word (no ReDoS)
+_OPENERS = (
+    "Here is a short simulated answer about {topic}.",
+    "This is a simulated reply about {topic}.",
+    "Here is what a simulated model says about {topic}.",
+)
+_MIDDLES = (
+    "The key point about {first} is what it changes in practice, so that is where an answer should start.",
+    "When it comes to {first}, a concrete example usually helps more than a definition.",
+    "Most questions about {first} come down to a few trade-offs that are worth stating plainly.",
+    "A good answer would start with {first} and then explain how {second} fits in.",
+)
+_CLOSERS = (
+    "A real provider would go into more detail; this one answers offline — same seed, same words.",
+    "Ask a follow-up about {second} to go further; the simulator will answer in the same way.",
+    "The text is generated offline, so every run with the same seed reads exactly the same.",
+)
+_AFTER_TOOLS = (
+    "Going by that result, here is a short simulated answer about {topic}.",
+    "With that result in hand, the answer about {topic} follows directly.",
+)
+_THOUGHTS = (
+    "They are asking about {topic}, so a short and direct answer fits best.",
+    "The question is about {topic}; start from {first} and keep the answer brief.",
 )
 
 _QUOTE_CHARS = 40
@@ -102,9 +104,35 @@ def _quote(text: str) -> str:
     return flat if len(flat) <= _QUOTE_CHARS else flat[:_QUOTE_CHARS].rstrip() + "…"
 
 
-def _filler(rnd: random.Random, n_words: int) -> str:
-    words = [rnd.choice(_FILLER) for _ in range(n_words)]
-    return " ".join(words).capitalize() + "."
+def _keywords(text: str, limit: int = 3) -> list[str]:
+    """The prompt's first few content words, in order, without repeats (names keep their capitals)."""
+    found: list[str] = []
+    previous_end = 0
+    for match in _WORD.finditer(text):
+        word, before = match.group().strip("'-"), text[previous_end : match.start()].rstrip()
+        opens_sentence = before[-1] in ".!?" if before else previous_end == 0
+        previous_end = match.end()
+        if opens_sentence:
+            word = word.lower()  # "Explain…" opening a sentence is not a name; "France" mid-sentence is
+        if len(word) > 2 and word.lower() not in _STOPWORDS and word not in found:
+            found.append(word)
+            if len(found) == limit:
+                break
+    return found
+
+
+def _slots(prompt_text: str) -> dict[str, str]:
+    """The words the templates talk about: ``topic`` (a phrase), ``first`` and ``second`` (single words)."""
+    words = _keywords(prompt_text)
+    if not words:
+        return {"topic": "your message", "first": "the question", "second": "the context"}
+    topic = words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+    return {"topic": topic, "first": words[0], "second": words[1] if len(words) > 1 else "the context"}
+
+
+def _sentences(rnd: random.Random, slots: dict[str, str], *pools: tuple[str, ...]) -> str:
+    """One template from each pool, filled in: sentences that read as an answer about the prompt."""
+    return " ".join(rnd.choice(pool).format(**slots) for pool in pools)
 
 
 def split_pieces(text: str, rnd: random.Random) -> list[str]:
@@ -194,19 +222,26 @@ def make_answer(
     tool_results: list[str] | None = None,
     thinking: bool = False,
     max_tokens: int | None = None,
+    tokens_in: int | None = None,
+    salt: str = "",
 ) -> Answer:
-    """Compute the answer; see the module docstring for the rules."""
+    """Compute the answer; see the module docstring for the rules.
+
+    ``tokens_in`` is the input count the simulator estimated from the whole request (see
+    :mod:`gtl_nb.sim.tokens`); without it, the prompt, tools and results are counted by :func:`count_tokens`.
+    ``salt`` (the simulator's provider name) varies the wording between simulators sharing a seed.
+    """
     tool_results = tool_results or []
-    rnd = _rng(seed, prompt_text, tuple(tool_results))
-    tokens_in = count_tokens(prompt_text)
-    if tools:
-        tokens_in += count_tokens(json.dumps(tools, sort_keys=True))
-    tokens_in += sum(count_tokens(r) for r in tool_results)
+    rnd = _rng(seed, prompt_text, tuple(tool_results), *([salt] if salt else []))
+    if tokens_in is None:
+        tokens_in = count_tokens(prompt_text) + sum(count_tokens(r) for r in tool_results)
+        tokens_in += count_tokens(json.dumps(tools, sort_keys=True)) if tools else 0
+    slots = _slots(prompt_text)
 
     thinking_text = ""
     if thinking:
-        think = _rng(seed, "thinking", prompt_text)  # its own generator: the answer text stays the same
-        thinking_text = f'The user wrote "{_quote(prompt_text)}". ' + _filler(think, think.randint(6, 10))
+        think = _rng(seed, "thinking", prompt_text, salt)  # its own generator: the answer text stays the same
+        thinking_text = f'The user wrote "{_quote(prompt_text)}". ' + _sentences(think, slots, _THOUGHTS)
 
     tool_calls: list[dict[str, Any]] = []
     text = ""
@@ -217,9 +252,10 @@ def make_answer(
             tool_calls.append({"name": tool["name"], "arguments": sample_for_schema(params)})
         finish = "tool_calls"
     elif tool_results:
-        text = f"The tool returned: {_quote('; '.join(tool_results))}. " + _filler(rnd, rnd.randint(5, 9))
+        said = _quote("; ".join(tool_results))
+        text = f"The tool returned: {said}. " + _sentences(rnd, slots, _AFTER_TOOLS, _CLOSERS)
     else:
-        text = f'You said: "{_quote(prompt_text)}". ' + _filler(rnd, rnd.randint(8, 16))
+        text = f'You said: "{_quote(prompt_text)}". ' + _sentences(rnd, slots, _OPENERS, _MIDDLES, _CLOSERS)
 
     pieces = split_pieces(text, rnd)
     if max_tokens is not None and text and count_tokens(text) > max_tokens:

@@ -18,10 +18,47 @@ from typing import Any
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
-__all__ = ["AnthropicSim"]
+__all__ = ["ANTHROPIC_MODELS", "AnthropicSim"]
 
-_DEFAULT_MODELS = ("claude-haiku-4-5-20251001", "claude-sonnet-4-5-20250929", "claude-opus-4-1-20250805")
+#: The models of the simulated account: dated ids and the aliases the API also accepts.
+ANTHROPIC_MODELS = (
+    "claude-haiku-4-5-20251001",
+    "claude-haiku-4-5",
+    "claude-sonnet-4-5-20250929",
+    "claude-sonnet-4-5",
+    "claude-sonnet-4-6",
+    "claude-opus-4-1-20250805",
+    "claude-opus-4-1",
+    "claude-opus-4-5-20251101",
+    "claude-opus-4-5",
+    "claude-opus-4-6",
+    "claude-sonnet-4-20250514",
+    "claude-sonnet-4-0",
+    "claude-opus-4-20250514",
+    "claude-opus-4-0",
+    "claude-3-7-sonnet-20250219",
+    "claude-3-7-sonnet-latest",
+    "claude-3-5-haiku-20241022",
+    "claude-3-5-haiku-latest",
+    "claude-haiku-5-5",
+    "claude-sonnet-5-5",
+    "claude-opus-5-5",
+)
+# Framing measured on the recorded usage: a few tokens per turn; a request with tools pays the tool-use system
+# prompt Anthropic documents (~350 tokens) and more; each tool_use / tool_result block is wrapped with its id.
+_RATES = Rates(
+    per_request=4,
+    per_message=3,
+    per_part=16,
+    with_tools=480,
+    per_tool=20,
+    per_property=4,
+    per_server_tool=1570,  # the tool-search tool, as recorded; other server tools are of the same order
+    with_thinking=28,
+    image=anthropic_image_tokens,
+)
 _RESET = "2025-01-01T00:01:00Z"
 
 
@@ -31,6 +68,56 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
     return ""
+
+
+def _input_tokens(body: dict[str, Any], thinking: bool) -> int:
+    """The system prompt, every turn's blocks, the tool definitions and the thinking switch."""
+    tally = Tally(thinking=thinking)
+    system = body.get("system")
+    tally.texts.append(system if isinstance(system, str) else _text_of(system))
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            tally.messages += 1
+            content = message.get("content")
+            if isinstance(content, str):
+                tally.texts.append(content)
+            for block in content if isinstance(content, list) else []:
+                if isinstance(block, dict):
+                    _tally_block(tally, block)
+    for tool in body.get("tools") or []:
+        if not isinstance(tool, dict) or tool.get("defer_loading"):
+            continue  # a deferred tool stays out of the prompt until a tool search loads it
+        if tool.get("type") in (None, "custom"):
+            tally.tools.append({**tool, "parameters": tool.get("input_schema")})
+        else:
+            tally.server_tools += 1
+    return tally.total(_RATES)
+
+
+def _tally_block(tally: Tally, block: dict[str, Any]) -> None:
+    """One content block: text, image, tool_use, tool_result (with its own blocks) or thinking."""
+    kind = block.get("type")
+    if kind == "text":
+        tally.texts.append(str(block.get("text", "")))
+    elif kind == "image":
+        source = block.get("source") if isinstance(block.get("source"), dict) else {}
+        data = source.get("data")
+        tally.image(b64_bytes(data) if source.get("type") == "base64" and isinstance(data, str) else None)
+    elif kind == "tool_use":
+        tally.parts += 1
+        tally.texts += [str(block.get("id", "")), str(block.get("name", ""))]
+        tally.values.append(block.get("input"))
+    elif kind == "tool_result":
+        tally.parts += 1
+        tally.texts.append(str(block.get("tool_use_id", "")))
+        content = block.get("content")
+        if isinstance(content, str):
+            tally.texts.append(content)
+        for inner in content if isinstance(content, list) else []:
+            if isinstance(inner, dict):
+                _tally_block(tally, inner)
+    elif kind == "thinking":
+        tally.texts.append(str(block.get("thinking", "")))
 
 
 def _error_body(type_: str, message: str, request_id: str = "req_011Sim0000000000000000") -> dict[str, Any]:
@@ -74,7 +161,7 @@ class AnthropicSim:
             )
         if req.method == "GET" and req.path.startswith("/v1/models/"):
             model = req.path[len("/v1/models/") :]
-            if model in self._models(ctx):
+            if ctx.accepts_model(model, ANTHROPIC_MODELS):
                 return json_response(200, self._model(model))
             return self._error(404, "not_found_error", f"model: {model}")
         return self._error(404, "not_found_error", "Not Found")
@@ -85,7 +172,7 @@ class AnthropicSim:
         return json_response(status, _error_body(type_, message), headers)
 
     def _models(self, ctx: SimContext) -> list[str]:
-        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+        return ctx.models(ANTHROPIC_MODELS)
 
     def _model(self, name: str) -> dict[str, Any]:
         return {
@@ -148,6 +235,7 @@ class AnthropicSim:
             tool_results=results,
             thinking=thinking,
             max_tokens=limit if isinstance(limit, int) else None,
+            tokens_in=_input_tokens(body, thinking),
         )
 
     def _stop_reason(self, answer: Answer) -> str:
@@ -179,7 +267,7 @@ class AnthropicSim:
             if required not in body:
                 return self._error(400, "invalid_request_error", f"{required}: Field required")
         model = str(body["model"])
-        if ctx.options.get("models") and model not in ctx.options["models"]:
+        if not ctx.accepts_model(model, ANTHROPIC_MODELS):
             return self._error(404, "not_found_error", f"model: {model}")
         answer = self._answer(body, ctx)
         msg_id = ctx.make_id("msg_01", 22, req.body)

@@ -8,6 +8,11 @@ script, calls ``handle(req, ctx)`` and writes the :class:`SimResponse` back, str
 Provider classes are constructed with no arguments, once per server; everything configurable arrives through
 the :class:`SimContext` (``ctx.options`` holds the extra keyword arguments given to ``serve()``).
 
+Models: each provider module holds its own list of the provider's models (the simulators import nothing of
+the rest of gtl_nb, the catalog included) and answers any other name with the provider's real "model not
+found" error. ``serve(..., models=[...])`` replaces that list; ``models="*"`` (:data:`ANY_MODEL`) accepts any
+name, for tests and benchmarks that use made-up ones.
+
 Registry: :data:`PROVIDERS` maps a provider name to a ``"module:Class"`` string resolved lazily by
 :func:`load_provider`, so a provider module that does not exist yet fails only when asked for.
 
@@ -28,6 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 from gtl_nb.sim.answers import Answer, make_answer
 
 __all__ = [
+    "ANY_MODEL",
     "DEFAULT_API_KEY",
     "DEFAULT_AWS_ACCESS_KEY_ID",
     "DEFAULT_AWS_REGION",
@@ -52,6 +58,9 @@ DEFAULT_AWS_REGION = "us-east-1"
 #: The simulators never read the clock for what they put on the wire (determinism: same seed and prompt give
 #: the same bytes); "created" timestamps are this fixed instant (2025-01-01T00:00:00Z).
 FIXED_EPOCH = 1735689600
+
+#: ``serve(provider, models=ANY_MODEL)``: accept any model name instead of the provider's own list.
+ANY_MODEL = "*"
 
 #: name -> "module:Class", resolved lazily by :func:`load_provider`.
 PROVIDERS: dict[str, str] = {
@@ -151,6 +160,8 @@ class SimContext:
 
     seed: int = 0
     pace: float = 0.0  # seconds between streamed chunks; applied by the core, not by providers
+    #: which simulator this is: it salts the answers, so two providers asked the same thing word it differently
+    provider: str = ""
     api_key: str = DEFAULT_API_KEY
     aws_access_key_id: str = DEFAULT_AWS_ACCESS_KEY_ID
     aws_secret_access_key: str = DEFAULT_AWS_SECRET_ACCESS_KEY
@@ -166,13 +177,15 @@ class SimContext:
         tool_results: list[str] | None = None,
         thinking: bool = False,
         max_tokens: int | None = None,
+        tokens_in: int | None = None,
     ) -> Answer:
         """The deterministic answer to ``prompt_text`` (see :mod:`gtl_nb.sim.answers`).
 
         ``tools`` are ``{"name", "description", "parameters": <JSON Schema>}`` dicts; pass them only when the
         model should call them (e.g. the last message is a user message). ``tool_results`` (texts of tool
         results answered in the last turn) make the answer a text that mentions them. ``thinking`` asks for
-        reasoning text too. ``max_tokens`` cuts the text (``Answer.finish == "length"``).
+        reasoning text too. ``max_tokens`` cuts the text (``Answer.finish == "length"``). ``tokens_in`` is the
+        whole request's input estimate (:mod:`gtl_nb.sim.tokens`).
         """
         return make_answer(
             self.seed,
@@ -181,7 +194,21 @@ class SimContext:
             tool_results=tool_results or [],
             thinking=thinking,
             max_tokens=max_tokens,
+            tokens_in=tokens_in,
+            salt=self.provider,
         )
+
+    def accepts_model(self, model: str, known: Iterable[str]) -> bool:
+        """Whether the simulated account has ``model``: the ``models=`` option, else the provider's ``known``.
+
+        ``models="*"`` accepts any name (for tests and benchmarks that use made-up ones).
+        """
+        return self.options.get("models") == ANY_MODEL or model in self.models(known)
+
+    def models(self, known: Iterable[str]) -> list[str]:
+        """The model list to serve: the ``models=`` option when it is a list, else the provider's ``known``."""
+        chosen = self.options.get("models")
+        return list(known) if not chosen or chosen == ANY_MODEL else list(chosen)
 
     def rng(self, *parts: object) -> random.Random:
         """A random generator seeded from the server seed and ``parts`` (for ids and signatures)."""

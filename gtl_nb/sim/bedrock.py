@@ -14,8 +14,8 @@ Routes (the bare ``http://127.0.0.1:PORT`` stands for ``https://bedrock-runtime.
   ``reasoningContent.text`` deltas and ends with a ``reasoningContent.signature`` delta.
 * ``GET /foundation-models``: the control plane's ListFoundationModels (served here too, for convenience).
 
-Validation answers 400 ``ValidationException`` with the service's messages: unknown model (when
-``serve(..., models=[...])`` restricts them) "The provided model identifier is invalid.", a conversation
+Validation answers 400 ``ValidationException`` with the service's messages: a model not in
+:data:`BEDROCK_MODELS` (or the ``models=`` list) "The provided model identifier is invalid.", a conversation
 that does not start with a user message or does not alternate, blank text blocks, toolUse/toolResult blocks
 without a ``toolConfig``, an empty ``toolConfig.tools`` or a tool schema whose type is not ``object``,
 ``toolResult.status`` sent to a model other than Claude or Nova (the API reference says only those accept it;
@@ -65,16 +65,29 @@ from urllib.parse import quote, unquote
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
-__all__ = ["BedrockSim", "encode_frame"]
+__all__ = ["BEDROCK_MODELS", "BedrockSim", "encode_frame"]
 
-_DEFAULT_MODELS = (
+#: The foundation models enabled in the simulated account; the cross-region inference profiles of each
+#: (``us.``, ``eu.``, ``apac.``, ``global.`` + id) and their ARNs are accepted too.
+BEDROCK_MODELS = (
     "amazon.nova-micro-v1:0",
     "amazon.nova-lite-v1:0",
+    "amazon.nova-pro-v1:0",
+    "anthropic.claude-3-haiku-20240307-v1:0",
     "anthropic.claude-3-5-haiku-20241022-v1:0",
     "anthropic.claude-3-7-sonnet-20250219-v1:0",
+    "anthropic.claude-haiku-4-5-20251001-v1:0",
+    "anthropic.claude-sonnet-4-5-20250929-v1:0",
+    "anthropic.claude-opus-4-1-20250805-v1:0",
     "meta.llama3-1-8b-instruct-v1:0",
+    "mistral.mistral-large-2407-v1:0",
 )
+_PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.")
+# Framing measured on the recorded usage (Amazon Nova): no per-turn overhead; a request with tools pays a
+# long hidden tool-use prompt (~420 tokens). Images follow the width x height / 750 rule.
+_RATES = Rates(per_part=4, with_tools=420, per_tool=4, per_property=3, image=anthropic_image_tokens)
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.coral.service/"
 _PADDING = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -423,7 +436,45 @@ def _answer(body: dict[str, Any], ctx: SimContext) -> Answer:
         tool_results=results,
         thinking=thinking,
         max_tokens=limit if isinstance(limit, int) else None,
+        tokens_in=_input_tokens(body),
     )
+
+
+def _input_tokens(body: dict[str, Any]) -> int:
+    """The system blocks, every message's blocks (text, image, toolUse, toolResult) and the tool specs."""
+    tally = Tally()
+    tally.texts += [str(b["text"]) for b in body.get("system") or [] if isinstance(b, dict) and "text" in b]
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            tally.messages += 1
+            for block in message.get("content") or []:
+                if isinstance(block, dict):
+                    _tally_block(tally, block)
+    config = body.get("toolConfig") if isinstance(body.get("toolConfig"), dict) else {}
+    for tool in config.get("tools") or []:
+        spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+        if isinstance(spec, dict):
+            tally.tools.append({**spec, "parameters": (spec.get("inputSchema") or {}).get("json")})
+    return tally.total(_RATES)
+
+
+def _tally_block(tally: Tally, block: dict[str, Any]) -> None:
+    """One content block: text, image (its bytes), toolUse or toolResult."""
+    if isinstance(block.get("text"), str):
+        tally.texts.append(block["text"])
+    image = block.get("image")
+    if isinstance(image, dict):
+        data = (image.get("source") or {}).get("bytes") if isinstance(image.get("source"), dict) else None
+        tally.image(b64_bytes(data) if isinstance(data, str) else None)
+    use = block.get("toolUse")
+    if isinstance(use, dict):
+        tally.parts += 1
+        tally.texts.append(str(use.get("name", "")))
+        tally.values.append(use.get("input"))
+    result = block.get("toolResult")
+    if isinstance(result, dict):
+        tally.parts += 1
+        tally.texts.append(_tool_result_text(result))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -482,7 +533,17 @@ class BedrockSim:
         return json_response(status, {"message": message}, headers)
 
     def _models(self, ctx: SimContext) -> list[str]:
-        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+        return ctx.models(BEDROCK_MODELS)
+
+    def _accepts(self, model: str, ctx: SimContext) -> bool:
+        """A listed model id, its cross-region inference profile, or the ARN of either."""
+        if ctx.accepts_model(model, BEDROCK_MODELS):
+            return True
+        if ctx.options.get("models"):
+            return False  # an explicit list is taken literally
+        model = model.rsplit("/", 1)[-1] if model.startswith("arn:") else model
+        base = next((model[len(p) :] for p in _PROFILE_PREFIXES if model.startswith(p)), model)
+        return base in BEDROCK_MODELS
 
     # -- Converse / ConverseStream -----------------------------------------------------------------------
 
@@ -490,8 +551,7 @@ class BedrockSim:
         body = req.json
         if not isinstance(body, dict):
             return self._error(400, "SerializationException", "Unexpected token in the request body.", req, ctx)
-        restricted = ctx.options.get("models")
-        if restricted and model not in restricted:
+        if not self._accepts(model, ctx):
             return self._error(400, "ValidationException", "The provided model identifier is invalid.", req, ctx)
         try:
             image_mismatch = _check_messages(body, model)

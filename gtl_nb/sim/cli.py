@@ -1,6 +1,6 @@
 """``gtl sim PROVIDER`` — run one simulator in the foreground until Ctrl-C.
 
-    gtl sim openai --port 0 --seed 1 --pace 0.05
+    gtl sim openai --port 0 --seed 1 --pace 0.05 [--model gpt-4o-mini …| --any-model]
 
 prints the base URL to give the provider's SDK (one line on standard output, so scripts can read it) and
 serves until interrupted.
@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from gtl_nb.sim.base import PROVIDERS
+from gtl_nb.sim.base import ANY_MODEL, PROVIDERS
 from gtl_nb.sim.server import serve
 
 __all__ = ["add_subcommands", "run_sim"]
@@ -32,12 +32,20 @@ def add_subcommands(subparsers: Any) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic answers")
     parser.add_argument("--pace", type=float, default=0.0, help="seconds between streamed chunks")
     parser.add_argument("--api-key", default=None, help="the key the simulator expects (default: sim-key)")
-    parser.add_argument(
+    models = parser.add_mutually_exclusive_group()
+    models.add_argument(
         "--model",
         action="append",
         dest="models",
         metavar="NAME",
-        help="accept only these models (repeatable)",
+        help="serve only these models (repeatable; default: the provider's own list)",
+    )
+    models.add_argument(
+        "--any-model",
+        action="store_const",
+        const=ANY_MODEL,
+        dest="models",
+        help="accept any model name instead of answering an unknown one with the provider's 'not found' error",
     )
     parser.set_defaults(handler=run_sim)
 

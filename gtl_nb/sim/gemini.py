@@ -14,16 +14,47 @@ Request fields are read in camelCase or snake_case.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
 from typing import Any
 
 from gtl_nb.sim.answers import Answer, count_tokens
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.tokens import Rates, Tally, b64_bytes, gemini_image_tokens
 
-__all__ = ["GeminiSim"]
+__all__ = ["GEMINI_MODELS", "GeminiSim"]
 
-_DEFAULT_MODELS = ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash")
+#: The text models of the simulated project (ListModels of the Gemini API, generateContent-capable).
+GEMINI_MODELS = (
+    "gemini-2.5-flash",
+    "gemini-2.5-pro",
+    "gemini-2.5-flash-lite",
+    "gemini-2.0-flash",
+    "gemini-2.0-flash-001",
+    "gemini-2.0-flash-lite",
+    "gemini-2.0-flash-lite-001",
+    "gemini-flash-latest",
+    "gemini-flash-lite-latest",
+    "gemini-pro-latest",
+    "gemini-3-pro-preview",
+    "gemini-3-flash-preview",
+    "gemini-3.1-pro-preview",
+    "gemini-3.1-flash-lite",
+    "gemini-3.1-flash-lite-preview",
+    "gemini-3.5-flash",
+    "gemini-3.5-flash-lite",
+)
+# Framing measured on the recorded usage: Gemini bills text, calls and responses with next to no overhead;
+# function declarations cost their words. Later models add a little: 2.5 (and the "-latest" aliases of its
+# time) a couple of tokens per request and ~17 of hidden tool instructions, 3.x ~12 of tool instructions.
+_RATES = Rates(per_tool=2, per_property=1, image=gemini_image_tokens)
+_FAMILY_RATES = (  # model-name prefix -> (per_request, with_tools); the first match wins
+    (("gemini-1", "gemini-2.0"), (0, 0)),
+    (("gemini-2.5", "gemini-flash-latest", "gemini-flash-lite-latest", "gemini-pro-latest"), (2, 17)),
+    (("gemini-",), (0, 12)),
+)
+_SIGNATURE_CHARS_PER_TOKEN = 6  # a thought signature replayed in the conversation is billed (compactly)
 _METHOD_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
 _MODEL_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+)$")
 _QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
@@ -80,6 +111,48 @@ def _google_error(
     )
 
 
+def _input_tokens(body: dict[str, Any], model: str) -> int:
+    """The system instruction, every content's parts (calls, responses, images) and the declarations."""
+    tally = Tally()
+    extra = 0
+    system = _get(body, "systemInstruction")
+    contents = [system] if isinstance(system, dict) else []
+    contents += [c for c in _get(body, "contents") or [] if isinstance(c, dict)]
+    for content in contents:
+        for part in content.get("parts") or []:
+            if isinstance(part, dict):
+                _tally_part(tally, part)
+                signature = _get(part, "thoughtSignature")
+                extra += len(signature) // _SIGNATURE_CHARS_PER_TOKEN if isinstance(signature, str) else 0
+    tools_field = _get(body, "tools") or []
+    for tool in [tools_field] if isinstance(tools_field, dict) else tools_field:
+        for decl in _get(tool, "functionDeclarations") or []:
+            if isinstance(decl, dict):
+                params = _get(decl, "parametersJsonSchema") or _get(decl, "parameters")
+                tally.tools.append({**decl, "parameters": params})
+    per_request, with_tools = next((r for prefixes, r in _FAMILY_RATES if model.startswith(prefixes)), (0, 12))
+    return tally.total(dataclasses.replace(_RATES, per_request=per_request, with_tools=with_tools)) + extra
+
+
+def _tally_part(tally: Tally, part: dict[str, Any]) -> None:
+    """One part: text, inline image, file reference, function call or function response."""
+    if isinstance(part.get("text"), str):
+        tally.texts.append(part["text"])
+    inline = _get(part, "inlineData")
+    if isinstance(inline, dict) and str(_get(inline, "mimeType") or "").startswith("image/"):
+        data = inline.get("data")
+        tally.image(b64_bytes(data) if isinstance(data, str) else None)
+    file_data = _get(part, "fileData")
+    if isinstance(file_data, dict) and str(_get(file_data, "mimeType") or "image/").startswith("image/"):
+        tally.image(None)
+    for key, payload in (("functionCall", "args"), ("functionResponse", "response")):
+        call = _get(part, key)
+        if isinstance(call, dict):
+            tally.parts += 1
+            tally.texts.append(str(call.get("name", "")))
+            tally.values.append(call.get(payload))
+
+
 def _group(pieces: list[str], size: int = 3) -> list[str]:
     """Gemini's chunks are larger than a word: join the answer's pieces a few at a time."""
     return ["".join(pieces[i : i + size]) for i in range(0, len(pieces), size)]
@@ -127,12 +200,12 @@ class GeminiSim:
                 return self._generate(req, ctx, version, model, stream=method == "streamGenerateContent")
             if method == "countTokens":
                 body = req.json if isinstance(req.json, dict) else {}
-                return json_response(200, {"totalTokens": self._answer(body, ctx).tokens_in})
+                return json_response(200, {"totalTokens": self._answer(body, ctx, model).tokens_in})
         if req.method == "GET" and re.match(r"^/(v1|v1beta|v1alpha)/models$", req.path):
             return json_response(200, {"models": [self._model(m) for m in self._models(ctx)]})
         model_match = _MODEL_PATH.match(req.path)
         if model_match and req.method == "GET":
-            if model_match.group(2) in self._models(ctx):
+            if ctx.accepts_model(model_match.group(2), GEMINI_MODELS):
                 return json_response(200, self._model(model_match.group(2)))
             return _google_error(
                 404,
@@ -144,7 +217,7 @@ class GeminiSim:
     # -- models ----------------------------------------------------------------------------------------------
 
     def _models(self, ctx: SimContext) -> list[str]:
-        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+        return ctx.models(GEMINI_MODELS)
 
     def _model(self, name: str) -> dict[str, Any]:
         return {
@@ -164,7 +237,7 @@ class GeminiSim:
 
     # -- the conversation ------------------------------------------------------------------------------------
 
-    def _answer(self, body: dict[str, Any], ctx: SimContext) -> Answer:
+    def _answer(self, body: dict[str, Any], ctx: SimContext, model: str = "") -> Answer:
         contents = [c for c in _get(body, "contents") or [] if isinstance(c, dict)]
         last = contents[-1] if contents else {}
         last_is_user = last.get("role", "user") == "user"
@@ -208,6 +281,7 @@ class GeminiSim:
             tool_results=results,
             thinking=thinking,
             max_tokens=limit if isinstance(limit, int) else None,
+            tokens_in=_input_tokens(body, model),
         )
 
     def _signature(self, req: SimRequest, ctx: SimContext) -> str:
@@ -242,14 +316,14 @@ class GeminiSim:
         body = req.json
         if not isinstance(body, dict):
             return _google_error(400, "Invalid JSON payload received. Unexpected token.")
-        if ctx.options.get("models") and model not in ctx.options["models"]:
+        if not ctx.accepts_model(model, GEMINI_MODELS):
             return _google_error(
                 404,
                 f"models/{model} is not found for API version {version}, or is not "
                 "supported for generateContent. Call ListModels to see the list of available "
                 "models and their supported methods.",
             )
-        answer = self._answer(body, ctx)
+        answer = self._answer(body, ctx, model)
         response_id = ctx.make_id("", 23, req.body)
         signature = self._signature(req, ctx) if answer.thinking else None
 

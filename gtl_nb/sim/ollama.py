@@ -5,8 +5,9 @@ Written from the recorded fixtures (``tests/fixtures/wire/ollama``), the wire-fo
 ``{"model", "created_at", "message", "done": false}`` object per line, tool calls whole (arguments objects,
 ``id: call_xxxxxxxx``, ``function.index``) one call per line, and a closing ``done: true`` line with
 ``done_reason`` and the count/duration metrics; ``{"stream": false}`` returns one JSON object. No
-authentication. Any model name is accepted unless ``serve("ollama", models=[...])`` restricts them, in which
-case an unknown one gets the real 404 ``model "x" not found, try pulling it first``.
+authentication. The models of :data:`OLLAMA_MODELS` are "pulled" (``serve("ollama", models=[...])`` replaces
+them, ``models="*"`` accepts any); another name gets the real 404 ``model "x" not found, try pulling it
+first``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,39 @@ import json
 from typing import Any
 
 from gtl_nb.sim.answers import Answer
-from gtl_nb.sim.base import FIXED_EPOCH, SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.base import ANY_MODEL, FIXED_EPOCH, SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
-__all__ = ["OllamaSim"]
+__all__ = ["OLLAMA_MODELS", "OllamaSim"]
 
-_DEFAULT_MODELS = ("llama3.2:latest", "qwen3:8b")
+#: The models pulled on the simulated server (``name:tag``; a bare name means ``:latest``).
+OLLAMA_MODELS = (
+    "llama3.2:latest",
+    "llama3.2:3b",
+    "llama3.1:latest",
+    "llama3.1:8b",
+    "qwen3:latest",
+    "qwen3:8b",
+    "qwen2.5:latest",
+    "qwen2.5:7b",
+    "mistral:latest",
+    "mistral:7b",
+    "gemma3:latest",
+    "gemma3:4b",
+    "gpt-oss:latest",
+    "gpt-oss:20b",
+)
+# Framing of a Llama 3 chat template, measured on the recorded usage: role headers around each turn; with
+# tools, the template adds instructions and the tool definitions as raw JSON (verbose: ~30 tokens a tool).
+_RATES = Rates(
+    per_request=5,
+    per_message=5,
+    per_part=4,
+    with_tools=100,
+    per_tool=30,
+    per_property=8,
+    image=anthropic_image_tokens,
+)
 _JSON_TYPE = "application/json; charset=utf-8"
 
 
@@ -41,6 +70,29 @@ def _full_name(model: str) -> str:
 
 def _text_of(content: Any) -> str:
     return content if isinstance(content, str) else ""
+
+
+def _input_tokens(body: dict[str, Any]) -> int:
+    """Every message (its text, images and tool calls) and the tool definitions, in a Llama-style template."""
+    tally = Tally()
+    for message in body.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        tally.messages += 1
+        tally.texts.append(_text_of(message.get("content")))
+        tally.parts += message.get("role") == "tool"
+        for image in message.get("images") or []:
+            tally.image(b64_bytes(image) if isinstance(image, str) else None)
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                tally.parts += 1
+                tally.texts.append(str(function.get("name", "")))
+                tally.values.append(function.get("arguments"))
+    tally.tools = [
+        t["function"] for t in body.get("tools") or [] if isinstance(t, dict) and isinstance(t.get("function"), dict)
+    ]
+    return tally.total(_RATES)
 
 
 class OllamaSim:
@@ -70,10 +122,10 @@ class OllamaSim:
     # -- models ----------------------------------------------------------------------------------------------
 
     def _models(self, ctx: SimContext) -> list[str]:
-        return [_full_name(m) for m in ctx.options.get("models") or _DEFAULT_MODELS]
+        return [_full_name(m) for m in ctx.models(OLLAMA_MODELS)]
 
     def _known(self, model: str, ctx: SimContext) -> bool:
-        return not ctx.options.get("models") or _full_name(model) in self._models(ctx)
+        return ctx.options.get("models") == ANY_MODEL or _full_name(model) in self._models(ctx)
 
     def _not_found(self, model: str) -> SimResponse:
         return json_response(
@@ -136,6 +188,7 @@ class OllamaSim:
             tool_results=results,
             thinking=bool(think) and think != "false",
             max_tokens=limit if isinstance(limit, int) and limit > 0 else None,
+            tokens_in=_input_tokens(body),
         )
 
     def _metrics(self, answer: Answer) -> dict[str, Any]:

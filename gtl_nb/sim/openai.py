@@ -14,6 +14,7 @@ Written from the recorded fixtures (``tests/fixtures/wire/openai``, ``…/azure`
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -22,10 +23,40 @@ from typing import Any
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import FIXED_EPOCH, SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.tokens import Rates, Tally, data_url_bytes, openai_image_tokens
 
-__all__ = ["AzureSim", "OpenAICompatibleSim", "OpenAISim"]
+__all__ = ["OPENAI_MODELS", "AzureSim", "OpenAICompatibleSim", "OpenAISim"]
 
-_DEFAULT_MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini")
+#: The chat models of the simulated OpenAI account (and the deployments of the simulated Azure resource).
+OPENAI_MODELS = (
+    "gpt-4o-mini",
+    "gpt-4o",
+    "gpt-4o-2024-08-06",
+    "gpt-4o-2024-11-20",
+    "gpt-4o-mini-2024-07-18",
+    "gpt-4.1",
+    "gpt-4.1-mini",
+    "gpt-4.1-nano",
+    "gpt-4-turbo",
+    "gpt-3.5-turbo",
+    "o1",
+    "o3",
+    "o3-mini",
+    "o4-mini",
+    "gpt-5",
+    "gpt-5-mini",
+    "gpt-5-nano",
+    "gpt-5.1",
+    "gpt-5.4",
+    "gpt-5.4-mini",
+    "gpt-5.4-nano",
+    "gpt-5.5",
+)
+#: what an OpenAI-compatible server lists when it was given no names (it accepts any)
+_COMPATIBLE_LISTED = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini")
+# Framing measured on the recorded usage: 3 tokens per message and 3 to prime the reply; tools are rendered
+# as a compact type declaration (a few tokens per function and per parameter).
+_RATES = Rates(per_request=3, per_message=3, per_part=5, with_tools=16, per_tool=7, per_property=3)
 _SSE_TYPE = "text/event-stream; charset=utf-8"
 _SAFE = {"filtered": False, "severity": "safe"}
 _FILTER_RESULTS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
@@ -49,6 +80,42 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text")
     return ""
+
+
+def _tally_message(tally: Tally, message: dict[str, Any]) -> None:
+    """Add one Chat Completions message to ``tally``: its text and image parts, name and tool calls."""
+    tally.messages += 1
+    content = message.get("content")
+    if isinstance(content, str):
+        tally.texts.append(content)
+    for part in content if isinstance(content, list) else []:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text":
+            tally.texts.append(str(part.get("text", "")))
+        elif part.get("type") == "image_url":
+            url = (part.get("image_url") or {}).get("url") if isinstance(part.get("image_url"), dict) else None
+            tally.image(data_url_bytes(url) if isinstance(url, str) else None)
+    if isinstance(message.get("name"), str):
+        tally.texts.append(message["name"])
+    if message.get("role") == "tool":
+        tally.parts += 1
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            tally.parts += 1
+            tally.texts.append(str(function.get("name", "")))
+            tally.values.append(_parsed(function.get("arguments")))
+
+
+def _parsed(arguments: Any) -> Any:
+    """Tool-call arguments as a value (their JSON text parsed when it parses)."""
+    if isinstance(arguments, str):
+        try:
+            return json.loads(arguments)
+        except ValueError:
+            return arguments
+    return arguments
 
 
 def _retry_header(seconds: float) -> str:
@@ -100,7 +167,26 @@ class _ChatCompletionsSim:
         prompt, results, last_is_user = self._conversation(body)
         tools = self._tools(body) if last_is_user else []
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        return ctx.answer(prompt, tools, tool_results=results, max_tokens=limit if isinstance(limit, int) else None)
+        return ctx.answer(
+            prompt,
+            tools,
+            tool_results=results,
+            max_tokens=limit if isinstance(limit, int) else None,
+            tokens_in=self._input_tokens(body),
+        )
+
+    def _input_tokens(self, body: dict[str, Any]) -> int:
+        """Every message (system and tool ones too), tool calls, images and the tool definitions."""
+        tally = Tally()
+        for message in body.get("messages") or []:
+            if isinstance(message, dict):
+                _tally_message(tally, message)
+        tally.tools = [
+            t["function"]
+            for t in body.get("tools") or []
+            if isinstance(t, dict) and isinstance(t.get("function"), dict)
+        ]
+        return tally.total(dataclasses.replace(_RATES, image=openai_image_tokens(str(body.get("model") or ""))))
 
     def _finish(self, answer: Answer) -> str:
         return "tool_calls" if answer.tool_calls else ("length" if answer.finish == "length" else "stop")
@@ -211,6 +297,8 @@ class OpenAISim(_ChatCompletionsSim):
 
     name = "openai"
     check_key_default = True
+    #: the account's models; None accepts any name (an OpenAI-compatible server serves whatever it loaded)
+    known_models: tuple[str, ...] | None = OPENAI_MODELS
 
     # -- routing ---------------------------------------------------------------------------------------------
 
@@ -224,7 +312,7 @@ class OpenAISim(_ChatCompletionsSim):
             return json_response(200, {"object": "list", "data": [self._model(m) for m in self._models(ctx)]})
         if req.method == "GET" and req.path.startswith("/v1/models/"):
             model = req.path[len("/v1/models/") :]
-            if model in self._models(ctx):
+            if self._accepts(model, ctx):
                 return json_response(200, self._model(model))
             return self._model_not_found(model)
         return json_response(404, _error(f"Invalid URL ({req.method} {req.path})", "invalid_request_error", None))
@@ -256,7 +344,12 @@ class OpenAISim(_ChatCompletionsSim):
         )
 
     def _models(self, ctx: SimContext) -> list[str]:
-        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+        return ctx.models(self.known_models or _COMPATIBLE_LISTED)
+
+    def _accepts(self, model: str, ctx: SimContext) -> bool:
+        if self.known_models is None and not ctx.options.get("models"):
+            return True
+        return ctx.accepts_model(model, self.known_models or ())
 
     def _model(self, name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": FIXED_EPOCH, "owned_by": "system"}
@@ -287,7 +380,7 @@ class OpenAISim(_ChatCompletionsSim):
         model = body.get("model")
         if not model:
             return json_response(400, _error("you must provide a model parameter", "invalid_request_error", None))
-        if ctx.options.get("models") and model not in ctx.options["models"]:
+        if not self._accepts(str(model), ctx):
             return self._model_not_found(str(model))
         answer = self._answer(body, ctx)
         chat_id = ctx.make_id("chatcmpl-", 29, req.body)
@@ -437,11 +530,13 @@ class OpenAISim(_ChatCompletionsSim):
 class OpenAICompatibleSim(OpenAISim):
     """An OpenAI-compatible server (vLLM, LM Studio, …): same wire format, any key accepted by default.
 
-    ``serve("openai_compatible", check_key=True)`` makes it check the Bearer key like OpenAI.
+    ``serve("openai_compatible", check_key=True)`` makes it check the Bearer key like OpenAI. Any model name is
+    accepted (such a server serves whatever was loaded into it) unless ``models=[...]`` names them.
     """
 
     name = "openai_compatible"
     check_key_default = False
+    known_models = None
 
 
 class AzureSim(_ChatCompletionsSim):
@@ -491,7 +586,7 @@ class AzureSim(_ChatCompletionsSim):
         return json_response(401, {"error": {"code": "401", "message": message}})
 
     def _deployments(self, ctx: SimContext) -> list[str]:
-        return list(ctx.options.get("models") or _DEFAULT_MODELS)
+        return ctx.models(OPENAI_MODELS)
 
     def _model(self, name: str) -> dict[str, Any]:
         return {
@@ -513,7 +608,7 @@ class AzureSim(_ChatCompletionsSim):
         problem = self._invalid_body(req)
         if problem is not None:
             return json_response(400, problem)
-        if not deployment or (ctx.options.get("models") and deployment not in ctx.options["models"]):
+        if not deployment or not ctx.accepts_model(deployment, OPENAI_MODELS):
             return json_response(
                 404,
                 {

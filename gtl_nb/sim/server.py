@@ -251,6 +251,7 @@ class Simulator:
         self.provider_name = provider
         self.provider: ProviderSim = load_provider(provider)
         self.context = SimContext(
+            provider=provider,
             seed=seed,
             pace=pace,
             api_key=api_key if api_key is not None else DEFAULT_API_KEY,

@@ -1,4 +1,4 @@
-"""Every ```python block of every page in docs/ runs, in order per page, offline.
+"""Every ```python block of every page in docs/ and of the README runs, in order per page, offline.
 
 A page's blocks share one IPython namespace (so a later block may use an earlier block's names, and
 ``%`` magics work as they would in a notebook), in a fresh interpreter with a temporary working
@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+ROOT = Path(__file__).resolve().parents[2]
+DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 NO_TEST = "<!-- no-test -->"
 RUN_LANGS = {"python", "py", "ipython", "python3"}
 FENCE = re.compile(r"^(?P<fence>```+|~~~+)[ \t]*(?P<info>[^\n`]*)\n(?P<body>.*?)^(?P=fence)[ \t]*$", re.M | re.S)
@@ -156,6 +158,17 @@ def test_examples_of_page_run_offline(page: Path, tmp_path: Path):
         pytest.skip(f"{page.name} has no runnable python blocks")
     done = run_page(page, tmp_path)
     assert done.returncode == 0, f"{page.name}: an example failed\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+
+
+def test_the_readme_examples_run_as_shown_on_a_fresh_machine(tmp_path: Path):
+    """No key, no network: every README block runs, and no answer is an error (a magic shows errors in
+    its output rather than failing the cell, so the output is checked too)."""
+    assert len(runnable(README)) >= 5  # the tour, and the notebook cells one by one
+    done = run_page(README, tmp_path)
+    assert done.returncode == 0, f"README.md: an example failed\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+    for code in ("INVALID_REQUEST", "AUTH_FAILED", "MODEL_NOT_FOUND", "PROVIDER_UNAVAILABLE", "Traceback"):
+        assert code not in done.stdout, f"README.md shows {code}:\n{done.stdout[-6000:]}"
+    assert "== anthropic:claude-haiku-4-5 ==" in done.stdout and "You said:" in done.stdout
 
 
 if __name__ == "__main__":  # python tests/docs/test_examples.py docs/client.md: run one page, show its output

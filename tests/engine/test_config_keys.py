@@ -171,7 +171,7 @@ def providers_aws_profile(tmp_path):
 
 
 def providers_model(tmp_path):
-    with sim.serve("openai") as a, sim.serve("openai") as b:
+    with sim.serve("openai") as a, sim.serve("openai", models=["house-model"]) as b:  # a private model
         c = client({"first": oa(a), "house": oa(b, model="house-model")})
         assert c.route("house-model")[0][0] == "house"
         c.complete("house-model", "hi")

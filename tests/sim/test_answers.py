@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from gtl_nb.sim.answers import count_tokens, make_answer, sample_for_schema
 
 WEATHER = {
@@ -106,3 +108,21 @@ def test_token_counts_follow_the_documented_rule() -> None:
     assert answer.tokens_in == 2  # 8 characters -> 2 tokens
     assert answer.tokens_out == count_tokens(answer.text)
     assert count_tokens("") == 1 and count_tokens("abcde") == 2
+
+
+def test_the_answer_reads_as_sentences_about_the_prompt() -> None:
+    prompt = "Explain in two sentences why streaming matters for chat interfaces."
+    for seed in range(6):
+        text = make_answer(seed, prompt, []).text
+        body = text.split('". ', 1)[1]  # after the quote of the prompt
+        assert "streaming" in body and "chat" in body  # it talks about what was asked
+        sentences = [s for s in body.split(". ") if s]
+        assert len(sentences) >= 3 and body.endswith(".")
+        assert all(s[0].isupper() for s in sentences)
+        words = body.lower().split()
+        assert all(a != b for a, b in itertools.pairwise(words)), body  # no "shows shows"
+
+
+def test_names_keep_their_capitals_and_a_bare_greeting_still_gets_an_answer() -> None:
+    assert "France" in make_answer(0, "What is the capital of France?", []).text
+    assert make_answer(0, "hi", []).text.count(".") >= 3

@@ -143,7 +143,7 @@ def test_slow_first_token_delays_the_first_chunk_not_the_headers(serve_sim: Any)
 
 
 def test_slow_first_token_also_delays_a_non_streamed_answer(serve_sim: Any) -> None:
-    s = serve_sim("ollama", sim.Fault.slow_first_token(0.2))
+    s = serve_sim("ollama", sim.Fault.slow_first_token(0.2), models=sim.ANY_MODEL)  # model "m": any name
     started = time.monotonic()
     response = httpx.post(s.base_url + "/api/chat", json={"model": "m", "stream": False, "messages": []})
     assert response.status_code == 200 and time.monotonic() - started >= 0.15

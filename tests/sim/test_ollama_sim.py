@@ -101,8 +101,10 @@ def test_num_predict_gives_done_reason_length(serve_sim: Any) -> None:
     assert reply.done_reason == "length"
 
 
-def test_any_model_by_default_and_a_404_when_restricted(serve_sim: Any) -> None:
-    assert client(serve_sim("ollama")).chat(model="whatever:7b", messages=USER).done
+def test_pulled_models_only_unless_any_model_and_a_404_when_restricted(serve_sim: Any) -> None:
+    with pytest.raises(ollama.ResponseError, match="not found, try pulling it first"):
+        client(serve_sim("ollama")).chat(model="whatever:7b", messages=USER)
+    assert client(serve_sim("ollama", models=sim.ANY_MODEL)).chat(model="whatever:7b", messages=USER).done
     s = serve_sim("ollama", models=["llama3.2"])
     assert client(s).chat(model="llama3.2:latest", messages=USER).done
     with pytest.raises(ollama.ResponseError) as info:
