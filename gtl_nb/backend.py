@@ -19,13 +19,15 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, SessionEnd
 from gtl_nb.engine.loop import LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults, Settings
-from gtl_nb.protocol.errors import ContextLengthExceededError
+from gtl_nb.protocol.errors import ContextLengthExceededError, GTLError
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
 
 __all__ = ["Backend", "ContextFallbackWarning", "CostWarning", "EmbeddedBackend", "estimate_prompt_tokens"]
 
 #: a prompt is refused before sending only when clearly over the window: the estimate is rough
 CLEARLY_OVER = 1.1
+#: seconds ``aclose`` waits for cancelled sessions to record their ends
+_CLOSE_WAIT = 10.0
 
 
 class CostWarning(UserWarning):
@@ -75,6 +77,11 @@ class Backend(Protocol):
         """``(deployment, provider type, model id)`` of each candidate, in routing order."""
         ...
 
+    def default_routing(self, model: str, *, named: bool) -> tuple[str | None, tuple[str, ...] | None]:
+        """The ``[defaults] provider`` / ``providers`` that apply to a request for ``model`` that names
+        no provider itself (``named``: the caller chose the model)."""
+        ...
+
     def fit(self, request: CompletionRequest) -> CompletionRequest:
         """``request`` if its prompt fits the first candidate's context window; moved to the configured
         context fallback if not; else a ``ContextLengthExceededError`` with the numbers. Warns
@@ -114,10 +121,14 @@ class EmbeddedBackend:
         self.loop = loop or shared_loop()
         self.context = RequestContext(principal=principal)
         self.engine: Engine = build_engine(settings, **engine)
+        self._sessions: set[asyncio.Task[Any]] = set()  # running on the loop thread
 
     async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
         ended = False
         recorded = SessionEnd()
+        task = asyncio.current_task()
+        if task is not None:
+            self._sessions.add(task)
         try:
             async for event in self.engine.stream(request, context=self.context, ending=recorded):
                 ended = isinstance(event, (Done, Error))
@@ -133,14 +144,39 @@ class EmbeddedBackend:
             if not ended:
                 deliver(Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
             raise
+        finally:
+            self._sessions.discard(task)  # type: ignore[arg-type]
 
     def check(self, request: CompletionRequest) -> None:
         for target in self.engine.router.targets(request):
             if target.name in self.settings.deployments:
-                self.settings.require_credentials(target.name)
+                # the credentials as the request will be sent with them (a key set since connect counts)
+                current = self.engine.credentials.resolve(target.deployment)
+                self.settings.require_credentials(target.name, current)
 
     def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
         return [(t.name, t.deployment.type, t.model) for t in self.engine.router.targets(request)]
+
+    def default_routing(self, model: str, *, named: bool) -> tuple[str | None, tuple[str, ...] | None]:
+        """The defaults never override what the caller chose: a ``deployment:model`` names its
+        deployment; ``[defaults] provider`` applies when that deployment serves the model (or nobody
+        is known to); ``[defaults] providers`` entries that name their own model apply only when the
+        caller named no model."""
+        defaults = self.defaults
+        router = self.engine.router
+        if router.names_deployment(model):
+            return None, None
+        provider = defaults.provider if defaults.provider and self._serves(defaults.provider, model) else None
+        providers = defaults.providers
+        if providers and named and any(entry.partition(":")[2] for entry in providers):
+            providers = None
+        return provider, providers
+
+    def _serves(self, deployment: str, model: str) -> bool:
+        try:
+            return deployment in {target.name for target in self.engine.router.candidates(model)}
+        except GTLError:  # a model routing does not know: the named deployment may serve it
+            return True
 
     def fit(self, request: CompletionRequest) -> CompletionRequest:
         targets = self.engine.router.targets(request)
@@ -205,4 +241,11 @@ class EmbeddedBackend:
         return tuple(self.engine.deployments)
 
     async def aclose(self) -> None:
+        """Cancel the sessions still running and let them finish their ledger rows, then close the
+        engine (its HTTP pool and stores)."""
+        running = [task for task in self._sessions if not task.done()]
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=_CLOSE_WAIT)
         await self.engine.aclose()

@@ -18,7 +18,7 @@ import math
 import queue
 import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -174,9 +174,10 @@ class Client:
         ``max_tokens``, ``reasoning``).
         """
         defaults = self.backend.defaults
+        named = bool(model)
         model = model or defaults.model
-        if provider is None and providers is None:
-            provider, providers = defaults.provider, defaults.providers
+        if provider is None and providers is None and isinstance(model, str):
+            provider, providers = self.backend.default_routing(model, named=named)
         temperature = defaults.temperature if temperature is None else temperature
         max_tokens = defaults.max_tokens if max_tokens is None else max_tokens
         reasoning = defaults.reasoning if reasoning is None else reasoning
@@ -232,6 +233,7 @@ class Client:
         deployment lacks its credentials (the error names what to set) or whose prompt is clearly over
         the model's context window; returns the request to send (moved to a context fallback, if one
         is configured and needed)."""
+        self._ensure_open()
         self.backend.check(request)
         return self.backend.fit(request)
 
@@ -508,6 +510,10 @@ class Client:
     def _start(self, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> Any:
         return self._loop.submit(self.backend.session(request, deliver))
 
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise ConfigurationError("this client is closed; gtl_nb.connect() gives a new one")
+
 
 class _StreamBase:
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
@@ -631,47 +637,60 @@ class EventStream(_StreamBase):
 class AsyncEventStream(_StreamBase):
     """Async iterator of one session's events (see ``Client.astream``); iterate it once.
 
-    Leaving the loop early, ``await stream.aclose()`` or ``async with`` exiting cancels the session.
+    ``await stream.aclose()``, ``async with`` exiting, cancelling the task that awaits the next
+    event, or the stream being dropped unfinished (``break`` out of ``async for client.astream(...)``
+    keeps no reference to it) cancels the session; it then ends with one ``CANCELLED`` error — or
+    with the ``done`` the engine had already recorded, so the caller and the ledger agree.
     """
 
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
         self._future: Any = None
-        self._iterator: AsyncIterator[StreamEvent] | None = None
+        self._queue: asyncio.Queue[StreamEvent] | None = None
+        self._iterated = False
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        if self._iterator is not None:
+    def __aiter__(self) -> AsyncEventStream:
+        # an object, not an async generator: a generator's frame would hold the stream in a cycle,
+        # so a ``break`` would not drop it and the session would run on, billed, to its end
+        if self._iterated:
             raise RuntimeError("an AsyncEventStream can be iterated once; keep the events you need from it")
-        self._iterator = self._iterate()
-        return self._iterator
+        self._iterated = True
+        return self
 
-    async def _iterate(self) -> AsyncIterator[StreamEvent]:
+    async def __anext__(self) -> StreamEvent:
+        if self._queue is None:
+            self._start_session()
+        if self.finished:
+            raise StopAsyncIteration
+        assert self._queue is not None
+        try:
+            event = await self._queue.get()
+        except asyncio.CancelledError:
+            self._future.cancel()  # the task reading the stream was cancelled: so is the session
+            await self._collect_end()  # its one terminal event, as the ledger records it
+            raise
+        self._record(event)
+        return event
+
+    def _start_session(self) -> None:
         caller = asyncio.get_running_loop()
-        q: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        self._queue = queue
 
         def deliver(event: StreamEvent) -> None:
             try:
-                caller.call_soon_threadsafe(q.put_nowait, event)
+                caller.call_soon_threadsafe(queue.put_nowait, event)
             except RuntimeError:  # the caller's loop has closed: nobody is listening any more
                 pass
 
         self._future = self.client._start(self.request, deliver)
-        try:
-            while not self.finished:
-                event = await q.get()
-                self._record(event)
-                yield event
-        finally:
-            if not self.finished:
-                self._future.cancel()
-                await self._collect_end(q)
 
-    async def _collect_end(self, q: asyncio.Queue[StreamEvent]) -> None:
+    async def _collect_end(self) -> None:
         """After a cancel, record the end the loop thread delivers (``CANCELLED``, or the ``done`` the
         engine had already recorded in the ledger), so the caller sees what the ledger says."""
         try:
-            while not self.finished:
-                self._record(await asyncio.wait_for(q.get(), _END_WAIT))
+            while not self.finished and self._queue is not None:
+                self._record(await asyncio.wait_for(self._queue.get(), _END_WAIT))
         except asyncio.TimeoutError:  # pragma: no cover - the loop thread is wedged
             pass
         finally:
@@ -685,15 +704,23 @@ class AsyncEventStream(_StreamBase):
 
     async def aclose(self) -> None:
         """Stop the session (a ``CANCELLED`` error ends it) unless it already finished."""
-        if self._iterator is not None:
-            await self._iterator.aclose()  # type: ignore[attr-defined]
-        self._stop()
+        if self.finished:
+            return
+        if self._future is None:  # never iterated: nothing ran
+            self._stop()
+            return
+        self._future.cancel()
+        await self._collect_end()
 
     async def __aenter__(self) -> AsyncEventStream:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+    def __del__(self) -> None:
+        if getattr(self, "_future", None) is not None and not self.finished:
+            self._future.cancel()  # dropped unfinished: its end reaches nobody, the ledger says cancelled
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,9 +3,12 @@
 The first request with a given key becomes the *leader*: its upstream call runs in a task of its
 own (``Flight.task``) that publishes every event to a ``Flight``. The leader and every later
 identical request (*followers*) read the flight from its first event, whenever they join; followers
-re-address each event to their own session and pay nothing (their ``usage`` costs 0). A reader that
-leaves does not disturb the others; the upstream call is cancelled when its last reader has left.
-A flight that ends without a terminal event ends its remaining readers with a retryable error.
+re-address each event to their own session and pay nothing (their ``usage`` costs 0) — unless the
+leader's caller left before the usage arrived: then the first follower to read it pays, so the call
+is on exactly one ledger row. A reader that leaves does not disturb the others; the upstream call
+is cancelled when its last reader has left, and the flight is then ``abandoned``: a request that
+arrives after that starts its own call instead of joining one that is ending. A flight that ends
+without a terminal event ends its remaining readers with a retryable error.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Flight:
         self.followers = 0
         self.readers = 0
         self.task: asyncio.Future[None] | None = None
+        self.payer: str | None = None  # the session whose row carries the call's cost
+        self.abandoned = False  # every reader left and the call is being cancelled
         self._changed = asyncio.Event()
 
     def publish(self, event: StreamEvent) -> None:
@@ -44,7 +49,9 @@ class Flight:
     async def follow(self, session_id: str, *, own: bool = False) -> AsyncIterator[StreamEvent]:
         """The flight's events for ``session_id`` (the ``queued`` status is skipped: every reader
         sent its own). ``own`` is the leader's session: its events are passed on unchanged."""
-        if not own:
+        if own:
+            self.payer = session_id
+        else:
             self.followers += 1
         self.readers += 1
         ended = False
@@ -58,7 +65,10 @@ class Flight:
                         continue
                     if not own:
                         if isinstance(event, Usage):
-                            event = msgspec.structs.replace(event, cost=0.0)
+                            if self.payer is None:
+                                self.payer = session_id  # the leader left: this reader pays
+                            elif self.payer != session_id:
+                                event = msgspec.structs.replace(event, cost=0.0)
                         event = msgspec.structs.replace(event, session_id=session_id)
                     ended = isinstance(event, (Done, Error))
                     yield event
@@ -76,5 +86,8 @@ class Flight:
                 await self._changed.wait()
         finally:
             self.readers -= 1
+            if not ended and self.payer == session_id:
+                self.payer = None  # left before the end: a follower still reading pays instead
             if not ended and self.readers == 0 and self.task is not None and not self.task.done():
+                self.abandoned = True
                 self.task.cancel()  # the last reader left: nobody wants the answer any more

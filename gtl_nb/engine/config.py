@@ -301,10 +301,11 @@ class Config:
             )
         return found
 
-    def require_credentials(self, name: str) -> Deployment:
+    def require_credentials(self, name: str, current: Deployment | None = None) -> Deployment:
         """The deployment called ``name``, or a ``ConfigurationError`` saying which environment
-        variable (and which TOML key) to set when it lacks the credentials its type needs."""
-        deployment = self.deployment(name)
+        variable (and which TOML key) to set when it lacks the credentials its type needs.
+        ``current`` is the deployment with its credentials as resolved now (a rotated key)."""
+        deployment = current if current is not None else self.deployment(name)
         missing = _missing_credentials(deployment)
         if not missing:
             return deployment

@@ -203,13 +203,15 @@ class Engine:
             targets = exc
         reservation, refusal = await self._reserve(request, context, targets)
         model = targets[0].model if isinstance(targets, list) and targets else request.model
-        row = await self._ledger_start(request, context, model)
-        if self.hooks:
-            self.hooks.emit(RequestStarted(request.session_id, context, request.model))
         record = _SessionRecord()
         usage: Usage | None = None
         end: Done | Error | None = None
+        row: int | None = None
         try:
+            # inside the try: a cancel during the insert still settles the reservation below
+            row = await self._ledger_start(request, context, model)
+            if self.hooks:
+                self.hooks.emit(RequestStarted(request.session_id, context, request.model))
             async with aclosing(self._guarded(request, targets, record, refusal)) as events:
                 async for event in events:
                     if isinstance(event, Usage):
@@ -220,12 +222,13 @@ class Engine:
                         end = event
                         if ending is not None:
                             ending.event = event
-                        finished, row = row, None  # complete the row before the caller sees the end
-                        await self._finish(request, context, finished, end, usage, record, reservation)
-                        reservation = None
+                        # complete the row (and settle) before the caller sees the end, exactly once
+                        finished, row = row, None
+                        held, reservation = reservation, None
+                        await self._finish(request, context, finished, end, usage, record, held)
                     yield event
         finally:
-            if row is not None or reservation is not None:
+            if end is None or row is not None or reservation is not None:  # ended without a terminal event
                 await self._finish(request, context, row, end, usage, record, reservation)
 
     async def _guarded(
@@ -341,17 +344,19 @@ class Engine:
             work.append(self._ledger_finish(row, record, fields))
         if reservation is not None:
             work.append(self._settle(reservation, usage))
-        if work:
-            write = asyncio.ensure_future(asyncio.gather(*work))
-            try:
-                await asyncio.shield(write)  # a cancellation must not lose the row's completion
-            except asyncio.CancelledError:
-                # the write runs on; let it land before the caller hears of the end, so a reader
-                # right after sees the row finished (a second cancel stops this wait, not the write)
-                await asyncio.wait({write})
-                raise
-        if self.hooks:
-            self.hooks.emit(_finished_event(request, context, fields, record))
+        try:
+            if work:
+                write = asyncio.ensure_future(asyncio.gather(*work))
+                try:
+                    await asyncio.shield(write)  # a cancellation must not lose the row's completion
+                except asyncio.CancelledError:
+                    # the write runs on; let it land before the caller hears of the end, so a reader
+                    # right after sees the row finished (a second cancel stops this wait, not the write)
+                    await asyncio.wait({write})
+                    raise
+        finally:
+            if self.hooks:  # subscribers hear of every end, a cancelled one included
+                self.hooks.emit(_finished_event(request, context, fields, record))
 
     async def _ledger_finish(self, row: int, record: _SessionRecord, fields: dict[str, Any]) -> None:
         try:
@@ -432,7 +437,7 @@ class Engine:
                 return
         flight_key = key or self._coalescing_key(request, targets[0])
         flight = self._flights.get(flight_key) if flight_key else None
-        if flight is not None:
+        if flight is not None and not flight.abandoned:
             record.coalesced = True
             record.path.append(targets[0].name)
             record.model = targets[0].model
@@ -519,7 +524,7 @@ class Engine:
         while index < len(targets):
             target = targets[index]
             index += 1
-            grant = await breakers.acquire(target.name)
+            grant = await self._acquire(target.name)
             if grant is None:
                 refused.append(target.name)
                 continue
@@ -575,7 +580,7 @@ class Engine:
                     delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
                     if delay is None:
                         break
-                    grant = await breakers.acquire(target.name)
+                    grant = await self._acquire(target.name)
                     if grant is None:
                         break
                     reason = f"{failed.code}: {failed.message}"
@@ -603,6 +608,24 @@ class Engine:
             retryable=True,
             retry_after=wait,
         )
+
+    async def _acquire(self, deployment: str) -> str | None:
+        """``BreakerStore.acquire``, safe against a cancel: a probe slot granted while the caller was
+        being cancelled is handed back rather than held until its lease runs out."""
+        breakers = self.stores.breakers
+        acquiring = asyncio.ensure_future(breakers.acquire(deployment))
+        try:
+            return await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+
+            def give_back(done: asyncio.Future[str | None]) -> None:
+                if not done.cancelled() and done.exception() is None and done.result() == "probe":
+                    task = asyncio.ensure_future(breakers.release(deployment))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
+
+            acquiring.add_done_callback(give_back)
+            raise
 
     def _breaker_changed(self, deployment: str, change: tuple[str, str] | None) -> None:
         if change is not None and self.hooks:

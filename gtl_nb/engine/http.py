@@ -329,5 +329,9 @@ def _host(url: str) -> str:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its query (Gemini's ``?key=`` must never be logged)."""
-    return url.split("?", 1)[0]
+    """The URL without its query (Gemini's ``?key=``) and without ``user:password@``: never logged."""
+    scheme, sep, rest = url.split("?", 1)[0].partition("://")
+    if not sep:
+        return scheme
+    authority, slash, path = rest.partition("/")
+    return f"{scheme}://{authority.rsplit('@', 1)[-1]}{slash}{path}"

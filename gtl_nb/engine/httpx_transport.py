@@ -60,13 +60,13 @@ class HttpxTransport:
                 content=request.body,
                 timeout=httpx.Timeout(None, connect=connect_timeout),
             )
-        except (UnicodeError, ValueError, httpx.HTTPError) as exc:
+        except (UnicodeError, ValueError, httpx.HTTPError, httpx.InvalidURL) as exc:
             raise UnsendableRequest(type(exc).__name__) from None
         try:
             response = await client.send(built, stream=True)
         except httpx.ConnectTimeout:
             raise ConnectTimeout(f"connect timeout ({connect_timeout} s)") from None
-        except httpx.LocalProtocolError as exc:  # e.g. an illegal header value: the message quotes it
+        except (httpx.LocalProtocolError, httpx.InvalidURL) as exc:  # an illegal header value: the message quotes it
             raise UnsendableRequest(type(exc).__name__) from None
         except httpx.HTTPError as exc:
             raise ConnectFailed(str(exc) or type(exc).__name__) from None

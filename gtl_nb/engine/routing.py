@@ -120,6 +120,10 @@ class Router:
         known = ", ".join(sorted(self.deployments))
         raise ConfigurationError(f"unknown provider {name!r}; configured deployments: {known}")
 
+    def names_deployment(self, model: str) -> bool:
+        """True when ``model`` is ``deployment:model`` (or ``provider_type:model``): it chose its deployment."""
+        return self._split(model)[0] is not None
+
     def _split(self, model: str) -> tuple[str | None, str]:
         prefix, sep, rest = model.partition(":")
         if sep and rest and (prefix in self.deployments or prefix in provider_types()):

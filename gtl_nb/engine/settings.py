@@ -135,14 +135,15 @@ class Settings:
             config=config,
         )
 
-    def require_credentials(self, name: str) -> Deployment:
-        """The deployment called ``name``, or a ``ConfigurationError`` saying what to set."""
+    def require_credentials(self, name: str, current: Deployment | None = None) -> Deployment:
+        """The deployment called ``name`` (or ``current``, its credentials as resolved now), or a
+        ``ConfigurationError`` saying what to set."""
         if self.config is None:
-            found = self.deployments.get(name)
+            found = current or self.deployments.get(name)
             if found is None:
                 raise ConfigurationError(f"no deployment named {name!r}")
             return found
-        return self.config.require_credentials(name)
+        return self.config.require_credentials(name, current)
 
 
 def load_settings(

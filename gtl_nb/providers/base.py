@@ -66,6 +66,10 @@ class HttpRequest:
     body: bytes = b""
     stream: bool = True
 
+    def __repr__(self) -> str:  # headers carry keys, bodies carry prompts: never shown
+        where = self.url.split("?", 1)[0]
+        return f"HttpRequest({self.method} {where}, {len(self.headers)} headers, {len(self.body)} bytes)"
+
 
 @dataclass(frozen=True)
 class Deployment:

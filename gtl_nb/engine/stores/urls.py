@@ -41,7 +41,8 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
             f"{where}: {base_scheme}:// stores come with scale-out and are not available yet; use {ACCEPTED}"
         )
     if not separator or scheme.lower() != "sqlite":
-        raise ConfigurationError(f"{where}: unknown store {url!r}; use {ACCEPTED}")
+        shown = f"{scheme}://…" if separator else repr(url[:40])  # a URL may carry user:password@
+        raise ConfigurationError(f"{where}: unknown store {shown}; use {ACCEPTED}")
     host, slash, path = rest.partition("/")
     if host or not slash or not path:
         raise ConfigurationError(

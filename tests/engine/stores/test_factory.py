@@ -46,7 +46,7 @@ def test_store_urls(url: str, expected: StoreURL):
     [
         ("redis://localhost:6379/0", "redis:// stores come with scale-out"),
         ("postgresql+psycopg://db/gtl", "postgresql:// stores come with scale-out"),
-        ("ftp://x", "unknown store 'ftp://x'; use memory:// or sqlite:///path"),
+        ("ftp://x", "unknown store ftp://…; use memory:// or sqlite:///path"),
         ("sqlite://host/file.db", "names no file"),
         ("sqlite:///", "names no file"),
         ("/plain/path.db", "unknown store"),
