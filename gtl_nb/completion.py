@@ -4,10 +4,16 @@ It applies the protocol's failover reset (a ``status: failover`` discards everyt
 renders as markdown with a footer in notebooks (``_repr_mimebundle_``) and as plain text in a
 terminal, and offers ``message`` — the assistant turn to append for the next request, with tool calls
 and the provider's opaque ``provider_data`` kept for replay.
+
+The module also holds what every notebook rendering of an answer shares: ``no_math_markdown`` and
+``no_math_html`` (a ``$`` in an answer, a footer or a table is a dollar, never LaTeX), ``code_span``
+and ``money`` (how a cost reads: ``$0.000953``).
 """
 
 from __future__ import annotations
 
+import html
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -63,6 +69,11 @@ class Completion:
     # -- derived ------------------------------------------------------------------------------
 
     @property
+    def cancelled(self) -> bool:
+        """True when the caller stopped the stream (``error.code == "CANCELLED"``); ``text`` is what arrived."""
+        return self.error is not None and self.error.code == "CANCELLED"
+
+    @property
     def truncated(self) -> bool:
         """True when the answer stopped at the token limit (``finish_reason == "length"``)."""
         return self.finish_reason == "length"
@@ -108,19 +119,20 @@ class Completion:
         if self.usage is not None:
             parts.append(f"{_count(self.usage.tokens_in)} in")
             parts.append(f"{_count(self.usage.tokens_out)} out")
-            parts.append(_money(self.usage.cost))
+            parts.append(money(self.usage.cost) or "cost unknown")
             if self.usage.cache_hit:
                 parts.append("cached")
         if self.ttft_ms is not None:
             parts.append(f"first token {self.ttft_ms / 1000:.2f} s")
         if self.latency_ms is not None:
             parts.append(f"{self.latency_ms / 1000:.2f} s")
-        who = self.provider or "?"
-        if self.model and self.model != who:
-            who += f" ({self.model})"
-        if self.provider_type == "echo":
-            who += " (offline)"
-        parts.append(who)
+        if self.provider is not None:  # a request that failed before any provider answered has none
+            who = self.provider
+            if self.model and self.model != who:
+                who += f" ({self.model})"
+            if self.provider_type == "echo":
+                who += " (offline)"
+            parts.append(who)
         if self.truncated:
             parts.append("truncated at max_tokens")
         if self.failovers:
@@ -128,16 +140,16 @@ class Completion:
         return " · ".join(parts)
 
     def _body_markdown(self) -> str:
-        body = self.text
+        body = no_math_markdown(self.text)
         for call in self.tool_calls:
-            body += f"\n\n`{call.name}({call.arguments})`"
+            body += f"\n\n{code_span(f'{call.name}({call.arguments})')}"
         if self.error is not None:
-            body += f"\n\n**{self.error.code}**: {self.error.message}"
+            body += f"\n\n**{self.error.code}**: {no_math_html(self.error.message)}"
         return body.strip() or "_(empty answer)_"
 
     def _repr_markdown_(self) -> str:
-        # "&#36;": a "$" in the footer must not pair with one in the answer into a math formula
-        return f"{self._body_markdown()}\n\n<sub>{self.footer().replace('$', '&#36;')}</sub>"
+        footer = self.footer()
+        return self._body_markdown() + (f"\n\n<sub>{no_math_html(footer)}</sub>" if footer else "")
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         return {"text/markdown": self._repr_markdown_(), "text/plain": str(self)}
@@ -153,12 +165,123 @@ def _count(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
 
 
-def _money(value: float | None) -> str:
-    if value is None:
-        return "cost unknown"
+def money(value: float | None) -> str:
+    """A cost in USD as it reads in footers and tables: ``$0``, ``$0.000953``, ``$1.2500``; ``""`` when unknown."""
+    if value is None or value != value:  # None or NaN: unknown
+        return ""
     if value == 0:
         return "$0"
-    return f"${value:.6f}" if value < 0.01 else f"${value:.4f}"
+    return f"${value:.6f}" if abs(value) < 0.01 else f"${value:.4f}"
+
+
+# -- markdown that keeps dollars dollars ----------------------------------------------------------
+#
+# JupyterLab, Notebook 7 and nbconvert's HTML pages run MathJax over the rendered output, and MathJax
+# pairs two "$" of one run of text into a formula whether the markdown escaped them ("\$", "&#36;")
+# or not. It never pairs a "$" standing in an element of its own, so that is how a dollar is written.
+
+DOLLAR = "<span>&#36;</span>"
+_FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
+
+
+def no_math_html(text: str) -> str:
+    """``text`` escaped for HTML, each ``$`` in an element of its own (never the start of a formula)."""
+    return html.escape(text, quote=False).replace("$", DOLLAR)
+
+
+def no_math_markdown(text: str) -> str:
+    """Markdown ``text`` whose dollar signs show as dollars, never as LaTeX.
+
+    Code is left as written (a dollar is literal there already): fenced blocks, indented blocks
+    after a blank line, and inline code spans. Elsewhere each ``$`` (or ``\\$``) becomes ``DOLLAR``.
+    ``\\(…\\)`` and ``\\[…\\]`` math still renders. One pass over the text.
+    """
+    out: list[str] = []
+    paragraph: list[str] = []
+    fence: str | None = None
+    indented = False
+
+    def flush() -> None:
+        if paragraph:
+            out.append(_escape_inline("".join(paragraph)))
+            paragraph.clear()
+
+    for line in text.splitlines(keepends=True):
+        if fence is not None:
+            out.append(line)
+            if _closes_fence(line, fence):
+                fence = None
+            continue
+        blank = not line.strip()
+        if indented and (blank or _indented(line)):
+            out.append(line)
+            continue
+        indented = False
+        opening = _FENCE_OPEN.match(line)
+        if opening or blank or (_indented(line) and not paragraph):
+            flush()
+            fence = opening.group(1) if opening else None
+            indented = not opening and not blank
+            out.append(line)
+            continue
+        paragraph.append(line)
+    flush()
+    return "".join(out)
+
+
+def code_span(text: str) -> str:
+    """``text`` as one inline code span, fenced by more backticks than it holds in a row."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _indented(line: str) -> bool:
+    return line.startswith(("    ", "\t"))
+
+
+def _closes_fence(line: str, fence: str) -> bool:
+    stripped = line.strip()
+    return len(line) - len(line.lstrip(" ")) <= 3 and stripped.startswith(fence) and not stripped.strip(fence[0])
+
+
+def _escape_inline(text: str) -> str:
+    """Dollars escaped outside code spans (a run of N backticks up to the next run of exactly N)."""
+    runs = [(m.start(), m.end()) for m in re.finditer(r"`+", text)]
+    closer: list[int | None] = [None] * len(runs)
+    following: dict[int, int] = {}  # run length -> index of the next run of that length
+    for index in range(len(runs) - 1, -1, -1):
+        length = runs[index][1] - runs[index][0]
+        closer[index] = following.get(length)
+        following[length] = index
+    pieces: list[str] = []
+    position = index = 0
+    while index < len(runs):
+        end = closer[index]
+        if end is None:  # no closing run: the backticks are plain text
+            index += 1
+            continue
+        pieces += [_escape_dollars(text[position : runs[index][0]]), text[runs[index][0] : runs[end][1]]]
+        position, index = runs[end][1], end + 1
+    pieces.append(_escape_dollars(text[position:]))
+    return "".join(pieces)
+
+
+def _escape_dollars(text: str) -> str:
+    if "$" not in text:
+        return text
+    out: list[str] = []
+    slashes = 0
+    for char in text:
+        if char == "$":
+            if slashes % 2:  # "\$" was the markdown escape: the element does its work now
+                out.pop()
+            out.append(DOLLAR)
+        else:
+            out.append(char)
+        slashes = slashes + 1 if char == "\\" else 0
+    return "".join(out)
 
 
 @dataclass(frozen=True)
@@ -185,7 +308,7 @@ class Comparison:
                     {
                         "model": model,
                         "provider": result.provider,
-                        "status": "ok",
+                        "status": "cancelled" if result.cancelled else "ok",
                         "error": None,
                         "tokens_in": usage.tokens_in if usage else None,
                         "tokens_out": usage.tokens_out if usage else None,
@@ -239,9 +362,10 @@ class Comparison:
         for model in self.models:
             result = self.results.get(model)
             if isinstance(result, Completion):
-                parts.append(f"### {model}\n\n{result._repr_markdown_()}")
+                parts.append(f"### {no_math_html(model)}\n\n{result._repr_markdown_()}")
             else:
-                parts.append(f"### {model}\n\n**{getattr(result, 'code', 'ERROR')}**: {result}")
+                error = no_math_html(str(result))
+                parts.append(f"### {no_math_html(model)}\n\n**{getattr(result, 'code', 'ERROR')}**: {error}")
         return "\n\n".join(parts)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:

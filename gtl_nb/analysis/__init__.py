@@ -1,12 +1,13 @@
 """Usage, cost and latency tables from the ledger, plots, prompt mapping and context-graph analysis.
 
     >>> from gtl_nb import analysis
-    >>> frame = client.usage()                       # doctest: +SKIP
+    >>> frame = client.usage()                                     # doctest: +SKIP
     >>> analysis.usage_table(frame, by="model")                    # doctest: +SKIP
     >>> analysis.latency_percentiles(frame, by="provider")         # doctest: +SKIP
     >>> analysis.plot_cost_over_time(frame)                        # doctest: +SKIP
 
-Modules: ``usage`` (tables; pandas), ``plots`` (matplotlib, the ``plot`` extra), ``batch``
+Modules: ``usage`` (tables; pandas), ``frames`` (``Table``: the DataFrame they return, with costs
+shown as money), ``plots`` (matplotlib, the ``plot`` extra), ``batch``
 (``map_prompt``), ``graphs`` (context graphs: tables and ``draw_context_graph``). Names resolve
 lazily, so ``import gtl_nb.analysis`` loads neither pandas nor matplotlib until a function is used.
 See ``docs/analysis.md``.
@@ -18,6 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _LAZY: dict[str, str] = {
+    "Table": "frames",
     "usage_table": "usage",
     "cost_per_1k": "usage",
     "latency_percentiles": "usage",
@@ -34,6 +36,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
+    "Table",
     "comparison_table",
     "cooccurrence_table",
     "cost_per_1k",
@@ -51,6 +54,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gtl_nb.analysis.batch import fill_template, map_prompt
+    from gtl_nb.analysis.frames import Table
     from gtl_nb.analysis.graphs import (
         cooccurrence_table,
         draw_context_graph,

@@ -8,6 +8,8 @@ from typing import Any
 
 import pandas as pd
 
+from gtl_nb.analysis.frames import Table
+
 __all__ = ["fill_template", "map_prompt"]
 
 # {{ and }} are literal braces; {name} is a column; any other brace (JSON, code) stays as typed.
@@ -63,8 +65,8 @@ def map_prompt(
     ``concurrency`` at once (``options`` such as ``system=``, ``temperature=``, ``max_tokens=`` are
     passed on; ``progress=True`` shows the batch's progress bar).
 
-    The result has ``out_column`` (default ``"answer"``: the answer text, ``<NA>`` for a skipped
-    or failed row) and ``<out_column>_error`` (the GTL error code, or ``<NA>``); ``metrics=True``
+    The result (a ``gtl_nb.analysis.Table``) has ``out_column`` (default ``"answer"``: the answer text,
+    ``<NA>`` for a skipped or failed row) and ``<out_column>_error`` (the GTL error code, or ``<NA>``); ``metrics=True``
     adds ``<out_column>_tokens_out``, ``_cost`` and ``_latency_s``.
     """
     if not isinstance(frame, pd.DataFrame):
@@ -102,7 +104,7 @@ def map_prompt(
         tokens[position] = result.tokens_out if result.tokens_out is not None else pd.NA
         costs[position] = result.cost if result.cost is not None else float("nan")
         latencies[position] = result.latency if result.latency is not None else float("nan")
-    mapped = frame.copy()
+    mapped = Table(frame.copy())  # the caller's columns as they were; the cost shown as money
     mapped[out] = pd.array(answers, dtype="string")
     mapped[f"{out}_error"] = pd.array(errors, dtype="string")
     if metrics:

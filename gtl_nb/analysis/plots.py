@@ -12,7 +12,7 @@ import pandas as pd
 
 from gtl_nb.analysis.usage import with_keys
 
-__all__ = ["plot_cost_over_time", "plot_latency_distribution", "pyplot"]
+__all__ = ["auto_freq", "plot_cost_over_time", "plot_latency_distribution", "pyplot"]
 
 
 def pyplot() -> Any:
@@ -44,32 +44,88 @@ def plot_cost_over_time(
     frame: pd.DataFrame,
     *,
     by: str | Sequence[str] = "provider",
-    freq: str = "D",
+    freq: str | None = None,
     cumulative: bool = False,
     ax: Any = None,
 ) -> Any:
-    """Cost (USD) per ``freq`` bucket (``"D"`` day, ``"h"`` hour, ``"W"`` week) in UTC, one line per group.
+    """Cost (USD) per ``freq`` bucket in UTC, one line per group; the time axis fits the data.
 
-    Unknown costs are left out of the sums; ``cumulative=True`` draws the running total.
+    ``freq`` is a pandas frequency (``"s"``, ``"min"``, ``"h"``, ``"D"``, ``"W"`` …); ``None`` picks the
+    coarsest that still splits the requests' time span into a few buckets, so a few minutes of requests
+    are drawn per minute and a month of them per day. Unknown costs are left out of the sums;
+    ``cumulative=True`` draws the running total.
     """
     work, keys = with_keys(frame, by)
     ax = axes(ax, figsize=(8, 4))
     ax.set_title("cumulative cost" if cumulative else "cost over time")
     ax.set_ylabel("cost (USD)")
-    ax.set_xlabel(f"time (UTC, per {freq})")
+    times = pd.to_datetime(work["time"], utc=True).dt.tz_localize(None)
+    freq = freq or auto_freq(times)
+    ax.set_xlabel(f"time (UTC, per {_FREQ_WORDS.get(freq, freq)})")
     if work.empty:
         ax.text(0.5, 0.5, "no requests", ha="center", va="center", transform=ax.transAxes)
         return ax
-    bucket = pd.to_datetime(work["time"], utc=True).dt.floor(freq).dt.tz_localize(None)
-    work = work.assign(_bucket=bucket, _cost=work["cost"].astype("float64").fillna(0.0))
+    work = work.assign(_bucket=_buckets(times, freq), _cost=work["cost"].astype("float64").fillna(0.0))
     for key, group in work.groupby(keys if len(keys) > 1 else keys[0], dropna=False, sort=True):
         series = group.groupby("_bucket")["_cost"].sum().sort_index()
         if cumulative:
             series = series.cumsum()
         ax.plot(series.index, series.to_numpy(), marker="o", label=_group_label(key))
     ax.legend(title=" / ".join(keys))
-    ax.figure.autofmt_xdate()
+    first, last = work["_bucket"].min(), work["_bucket"].max()
+    fit_time_axis(ax, first, last, _bucket_length(first, freq))
+    ax.set_ylim(bottom=0)  # a cost is never negative
     return ax
+
+
+#: ``plot_cost_over_time``'s automatic buckets, coarsest first, with their lengths
+AUTO_FREQS = {
+    "W": pd.Timedelta(weeks=1),
+    "D": pd.Timedelta(days=1),
+    "h": pd.Timedelta(hours=1),
+    "min": pd.Timedelta(minutes=1),
+    "s": pd.Timedelta(seconds=1),
+}
+_FREQ_WORDS = {"W": "week", "D": "day", "h": "hour", "min": "minute", "s": "second"}
+_MIN_BUCKETS = 3  # a span split into fewer buckets than this is drawn at the next finer frequency
+
+
+def auto_freq(times: pd.Series) -> str:
+    """The coarsest of ``AUTO_FREQS`` that splits the span of ``times`` into a few buckets."""
+    if times.empty:
+        return "D"
+    span = times.max() - times.min()
+    return next((freq for freq, length in AUTO_FREQS.items() if span >= _MIN_BUCKETS * length), "s")
+
+
+def _buckets(times: pd.Series, freq: str) -> pd.Series:
+    """Each time's bucket start."""
+    try:
+        return times.dt.floor(freq)
+    except ValueError:  # weeks, months: not fixed lengths, so buckets are calendar periods
+        return times.dt.to_period(freq).dt.start_time
+
+
+def _bucket_length(start: pd.Timestamp, freq: str) -> pd.Timedelta:
+    try:
+        period = pd.Period(start, freq=freq)
+    except ValueError:  # a frequency periods do not take ("ME"): a day is padding enough
+        return pd.Timedelta(days=1)
+    return period.end_time - period.start_time
+
+
+def fit_time_axis(ax: Any, first: pd.Timestamp, last: pd.Timestamp, step: pd.Timedelta) -> None:
+    """Limit the x axis to the data, half a bucket either side, with ticks labelled at its scale.
+
+    Without limits matplotlib widens a one-point date axis to years around it.
+    """
+    import matplotlib.dates as mdates
+
+    pad = step / 2
+    ax.set_xlim(first - pad, last + pad)
+    locator = mdates.AutoDateLocator()
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
 
 
 def plot_latency_distribution(

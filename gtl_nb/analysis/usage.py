@@ -16,6 +16,9 @@ Grouping keys (``by=``, a name or a list of names):
 Unknown values follow the ledger's rule: NULL means *unknown*, never zero. Sums add the known
 values and are ``<NA>`` / ``NaN`` when a group knows none; rows whose group key is unknown are kept
 in a group labelled ``<NA>``.
+
+Each table is a ``gtl_nb.analysis.Table``: a DataFrame with those numbers as data, shown with costs
+as money (``$0.000953``) and unknown values as empty cells.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+
+from gtl_nb.analysis.frames import Table
 
 __all__ = [
     "GROUP_KEYS",
@@ -45,9 +50,7 @@ def _check(frame: Any) -> pd.DataFrame:
         raise TypeError(f"expected the ledger's DataFrame (client.usage()), not {type(frame).__name__}")
     missing = [column for column in _NEEDED if column not in frame.columns]
     if missing:
-        raise ValueError(
-            f"the frame lacks the ledger column(s) {', '.join(missing)}; pass client.usage()"
-        )
+        raise ValueError(f"the frame lacks the ledger column(s) {', '.join(missing)}; pass client.usage()")
     return frame
 
 
@@ -119,7 +122,7 @@ def usage_table(frame: pd.DataFrame, by: str | Sequence[str] = "provider") -> pd
     priced_cost = grouped["_priced_cost"].agg(_sum).astype("float64")
     priced_tokens = grouped["_priced_tokens"].agg(_sum).astype("float64")
     table["cost_per_1k_tokens"] = (priced_cost / priced_tokens.where(priced_tokens > 0) * 1000).astype("float64")
-    table = table.reset_index()
+    table = Table(table.reset_index())
     if keys[0] in ("day", "hour"):
         return table.sort_values(keys, kind="stable").reset_index(drop=True)
     return table.sort_values("cost", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
@@ -160,7 +163,7 @@ def latency_percentiles(
         values = grouped[column]
         for p in percentiles:
             table[f"{column}_p{p:g}"] = values.quantile(p / 100).astype("float64")
-    return table.reset_index()
+    return Table(table.reset_index())
 
 
 def comparison_table(source: Any, by: str | Sequence[str] = "model") -> pd.DataFrame:
@@ -172,7 +175,7 @@ def comparison_table(source: Any, by: str | Sequence[str] = "model") -> pd.DataF
     sorted by ``rank_latency``.
     """
     if hasattr(source, "to_dataframe") and hasattr(source, "results"):
-        return source.to_dataframe()
+        return Table(source.to_dataframe())
     work, keys = with_keys(source, by)
     usage = usage_table(source, by)
     grouped = work.groupby(keys, dropna=False)

@@ -17,10 +17,12 @@ def load_ipython_extension(ipython: Any) -> None:
     """Register the magics on ``ipython`` (called by ``%load_ext gtl_nb``); loading twice is harmless."""
     if id(ipython) in _LOADED:
         return
-    from gtl_nb.notebook.magics import GTLMagics
+    from gtl_nb.notebook.magics import GTLMagics, reach_the_magic
 
     magics = GTLMagics(ipython)
     ipython.register_magics(magics)
+    if reach_the_magic not in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.append(reach_the_magic)
     _LOADED[id(ipython)] = magics
 
 
@@ -30,6 +32,10 @@ def unload_ipython_extension(ipython: Any) -> None:
     if magics is None:
         return
     magics.session.close()
+    from gtl_nb.notebook.magics import reach_the_magic
+
+    if reach_the_magic in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(reach_the_magic)
     manager = ipython.magics_manager
     for kind in ("line", "cell"):
         for name in ("gtl", "gap"):

@@ -26,10 +26,14 @@ __all__ = ["GTLCellError", "cell_error", "client_for", "mistake", "one_line_erro
 
 
 class GTLCellError(Exception):
-    """A provider error in a cell: shown as one GTL error line, no traceback (``.error`` is the GTLError)."""
+    """A cell that failed on the provider's side (or was cancelled): shown as one line, no traceback.
 
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
+    ``.error`` is what failed (the GTLError, or the cancelled ``Completion``); the line is ``message``,
+    by default the error's own (``RATE_LIMIT [openai]: ...``).
+    """
+
+    def __init__(self, error: Any, message: str | None = None) -> None:
+        super().__init__(message or str(error))
         self.error = error
 
     def _render_traceback_(self) -> list[str]:

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
-__all__ = ["FORMAT_INSTRUCTIONS", "code_of", "shown"]
+__all__ = ["FORMAT_INSTRUCTIONS", "code_of", "fenced", "shown"]
 
 FORMAT_INSTRUCTIONS = {
     "json": "Answer with JSON only: no prose before or after it, no code fences.",
@@ -48,17 +48,28 @@ def shown(completion: Any, fmt: str) -> Any:
     if fmt == "json":
         body = code_of(completion.text)
         try:
-            text = "```json\n" + json.dumps(json.loads(body), indent=2, ensure_ascii=False) + "\n```"
+            text = fenced(json.dumps(json.loads(body), indent=2, ensure_ascii=False), "json")
         except ValueError as exc:
             print(f"the answer is not valid JSON ({exc}); shown as text")
-            text = f"```text\n{completion.text}\n```"
+            text = fenced(completion.text, "text")
     elif fmt == "code":
         fence = _first_fence(completion.text)
         language = (fence[0] if fence else "") or "python"
-        text = f"```{language}\n{code_of(completion.text)}\n```"
+        text = fenced(code_of(completion.text), language)
     else:
-        text = f"```text\n{completion.text}\n```"
+        text = fenced(completion.text, "text")
     return dataclasses.replace(completion, text=text)
+
+
+def fenced(body: str, language: str = "") -> str:
+    """``body`` in a fenced code block whose fence no line of it can close (longer than its backtick runs)."""
+    longest = 0
+    run = 0
+    for char in body:
+        run = run + 1 if char == "`" else 0
+        longest = max(longest, run)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}{language}\n{body}\n{fence}"
 
 
 def code_of(text: str) -> str:

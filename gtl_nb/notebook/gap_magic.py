@@ -18,7 +18,8 @@ from IPython.display import display
 
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for
-from gtl_nb.notebook.output import show_bundle
+from gtl_nb.notebook.formats import fenced
+from gtl_nb.notebook.output import md_cell, show_bundle
 from gtl_nb.notebook.session import platform_for, utc_now
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -170,13 +171,12 @@ class GapMagic:
             if var is not None:
                 self.shell.user_ns[var] = updated
 
-        for key, value in values.items():
-            wrapped = gap.update_entity(wrapped, key, value or None)
         if values:
+            wrapped = define_entities(wrapped, values)
             store(wrapped)
         undefined = gap.find_undefined(wrapped)
         if not undefined:
-            print(f"no undefined entities in {wrapped.chat_id}")
+            print(f"no undefined entities {'left ' if values else ''}in {wrapped.chat_id}")
             if values:
                 display(GapView(wrapped, None))
             return
@@ -258,15 +258,42 @@ class GapView:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         text, transformed, undefined = self._parts()
         note = f"undefined entities: {', '.join(undefined)} (define them with `%gap entities`)" if undefined else ""
-        markdown = [f"```\n{text}\n```"]
+        markdown = [fenced(text)]
         plain = [text]
         if note:
             markdown.append(f"_{note}_")
             plain.append(note)
         if transformed is not None:
-            markdown.append(f"**For {self.target}:**\n\n```\n{transformed}\n```")
+            markdown.append(f"**For {self.target}:**\n\n{fenced(transformed)}")
             plain.append(f"-- for {self.target} --\n{transformed}")
         return {"text/markdown": "\n\n".join(markdown), "text/plain": "\n\n".join(plain)}
+
+
+def define_entities(wrapped: Any, values: Mapping[str, str]) -> Any:
+    """``wrapped`` with ``KEY=VALUE`` definitions applied, saying what was done: a key that is not an
+    entity of the message is added as a new one, with a warning (and the nearest entity's name)."""
+    import difflib
+
+    from gtl_nb import gap
+
+    known = list(wrapped.entities)
+    for key, value in values.items():
+        if key not in wrapped.entities:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            entities = ", ".join(known) or "none"
+            print(
+                f"warning: {key!r} is not an entity of {wrapped.chat_id} (its entities: {entities}){hint} "
+                f"- added it as a new entity"
+            )
+        wrapped = gap.update_entity(wrapped, key, value or None)
+    defined = [key for key, value in values.items() if value]
+    cleared = [key for key, value in values.items() if not value]
+    done = ([f"defined {', '.join(defined)}"] if defined else []) + (
+        [f"marked {', '.join(cleared)} undefined"] if cleared else []
+    )
+    print(f"{'; '.join(done)} in {wrapped.chat_id}")
+    return wrapped
 
 
 def wrapped_variable(namespace: Mapping[str, Any], name: str) -> Any:
@@ -305,6 +332,6 @@ def _show_suggestions(suggestions: list[Any]) -> None:
     plain = []
     for s in suggestions:
         origin = s.chat_id or s.source
-        lines.append(f"| {s.key} | {s.value} | {s.score:.2f} | {origin} |")
+        lines.append(f"| {md_cell(s.key)} | {md_cell(s.value)} | {s.score:.2f} | {md_cell(origin)} |")
         plain.append(f"{s.key} = {s.value}  ({s.score:.2f}, {origin})")
     show_bundle("\n".join(lines), "\n".join(plain))

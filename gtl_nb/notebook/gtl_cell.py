@@ -3,17 +3,20 @@
 From the cell's options to the request (system prompt, ``--format``, ``--context``, chat history), then
 either one model, streamed into a ``StreamView`` with the ``--tools`` loop, or ``--compare A B``, all
 models at once into a ``ComparisonGrid``. The result becomes ``_gtl`` (and ``--out VAR``); a provider
-error fails the cell with one ``GTLCellError`` line.
+error fails the cell with one ``GTLCellError`` line, and so does Ctrl-C (the kernel's interrupt) while
+an answer streams: ``_gtl`` is then the partial answer, a ``Completion`` whose ``cancelled`` is true.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from IPython.core.error import UsageError
 from IPython.display import display
 
+from gtl_nb.completion import code_span
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
 from gtl_nb.notebook.errors import GTLCellError, client_for
@@ -168,23 +171,22 @@ class GtlCell:
             from gtl_nb.notebook.widgets import StreamView
 
             view = StreamView(title=model)
+        started = time.monotonic()
         events = client.stream(model, messages, on_event=view.on_event if view else None, **request)
         if view is not None:
             view.display()
         try:
             for _ in events:
                 pass
-        except KeyboardInterrupt:
-            events.close()
-            if view is not None:
-                view.finish(_stream_error(events))
-            raise
-        try:
             completion = events.result()
+        except KeyboardInterrupt:  # Ctrl-C / "interrupt the kernel": the stream has cancelled itself
+            self._cancelled(events, view, time.monotonic() - started, opts.out)
         except GTLError as exc:
+            self._failed(exc, view, opts.out)
+        except BaseException as exc:
             if view is not None:
-                view.finish(exc)
-            self._failed(exc, opts.out)
+                view.finish(exc)  # never leave a live widget behind
+            raise
         answer = shown(completion, opts.format)
         if view is not None:
             view.finish(answer)
@@ -192,10 +194,24 @@ class GtlCell:
             display(answer)
         return completion
 
-    def _failed(self, exc: Exception, out: str | None) -> None:
-        """A provider error: ``_gtl`` is the exception (its ``.completion`` has what arrived)."""
+    def _failed(self, exc: Exception, view: Any, out: str | None) -> NoReturn:
+        """A provider error: ``_gtl`` is the exception (its ``.completion`` has what arrived); the cell
+        fails with its one line, and the view keeps only what arrived before it (so it is said once)."""
+        if view is not None:
+            view.finish(exc, show_error=False)
         self.session.remember(exc, out)
         raise GTLCellError(exc) from None
+
+    def _cancelled(self, events: Any, view: Any, seconds: float, out: str | None) -> NoReturn:
+        """The user interrupted the stream: keep what arrived as ``_gtl`` and fail the cell with one line
+        (failing, so "Run all" stops where the user stopped it)."""
+        events.close()  # a no-op once the stream has ended with its CANCELLED error
+        partial = events.completion()
+        if view is not None:
+            view.finish(partial, show_error=False)
+        self.session.remember(partial, out)
+        count = partial.tokens_out if partial.tokens_out is not None else len(events.transcript.tokens)
+        raise GTLCellError(partial, f"cancelled after {count} token{'s' if count != 1 else ''}, {seconds:.1f} s")
 
     # -- several models ---------------------------------------------------------------------------
 
@@ -207,7 +223,14 @@ class GtlCell:
 
         grid = ComparisonGrid(list(dict.fromkeys(models)))
         grid.display()
-        comparison = client.compare(models, messages, on_event=grid.on_event, **request)
+        started = time.monotonic()
+        try:
+            comparison = client.compare(models, messages, on_event=grid.on_event, **request)
+        except KeyboardInterrupt:  # the client cancelled every request; the columns keep what arrived
+            comparison = grid.interrupted()
+            grid.finish(comparison)
+            self.session.remember(comparison, out)
+            raise GTLCellError(comparison, f"cancelled after {time.monotonic() - started:.1f} s") from None
         grid.finish(comparison)
         self.session.remember(comparison, out)
 
@@ -234,21 +257,11 @@ def check_cell_options(opts: Any) -> None:
 
 def _show_call(call: Any, *, dry_run: bool) -> None:
     label = "tool call (dry run, not run)" if dry_run else "tool call"
-    show_bundle(
-        f"**{label}** `{call.name}({clip(call.arguments)})`",
-        f"[{label}] {call.name}({clip(call.arguments)})",
-    )
+    shown_call = f"{call.name}({clip(call.arguments)})"
+    show_bundle(f"**{label}** {code_span(shown_call)}", f"[{label}] {shown_call}")
 
 
 def _show_result(result: Any) -> None:
     content = clip(result.content)
     mark = "→" if result.ok else "→ **failed**:"
-    show_bundle(f"{mark} `{content}`", f"  -> {content}")
-
-
-def _stream_error(events: Any) -> Any:
-    """What to draw when the user interrupted: the stream's error, or what arrived."""
-    try:
-        return events.result()
-    except Exception as exc:
-        return exc
+    show_bundle(f"{mark} {code_span(content)}", f"  -> {content}")

@@ -8,6 +8,7 @@ prints the list below.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from gtl_nb.completion import code_span, no_math_markdown
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for, mistake
 from gtl_nb.notebook.output import show_bundle
 
 if TYPE_CHECKING:  # pragma: no cover
-    from gtl_nb.notebook.session import NotebookSession
+    from gtl_nb.notebook.session import NotebookSession, Settings
 
 __all__ = ["GTL_HELP", "GtlCommands", "setting_value"]
 
@@ -33,7 +35,8 @@ GTL_HELP = """\
 %gtl providers [NAME key=value ... | NAME --remove]   configure a provider deployment
 %gtl connect URL [--token-env VAR | --ask-token]   connect to a GTL endpoint
 %gtl history                 the conversation kept in chat mode
-%gtl reset                   forget the conversation"""
+%gtl reset                   forget the conversation
+%gtl help                    this list and the options of %%gtl"""
 
 
 class GtlCommands:
@@ -46,8 +49,11 @@ class GtlCommands:
     def run(self, line: str) -> Any:
         """Run the subcommand ``line`` names (the list of them for ``%gtl`` alone or ``help``)."""
         words = cli.split(line, self.shell.user_ns)
-        if not words or words[0] in ("help", "-h", "--help"):
+        if not words:
             print(GTL_HELP)
+            return None
+        if words[0] in ("help", "-h", "--help"):
+            print(GTL_HELP + "\n\n" + cli.help_text(cli.gtl_cell_parser()))
             return None
         command, rest = words[0], words[1:]
         handlers: dict[str, Callable[[list[str]], Any]] = {
@@ -63,7 +69,7 @@ class GtlCommands:
         if handler is None:
             raise UsageError(
                 f"unknown %gtl subcommand {command!r}; use models, usage, config, providers, connect, "
-                "history or reset (to ask a model, start the cell with %%gtl)"
+                "history, reset or help (to ask a model, start the cell with %%gtl)"
             )
         return handler(rest)
 
@@ -84,6 +90,8 @@ class GtlCommands:
             except GTLError as exc:
                 raise cell_error(exc) from None
             return pd.DataFrame({"deployment": opts.live, "model": names})
+        from gtl_nb.analysis import Table
+
         rows = [
             {
                 "deployment": info.provider,
@@ -91,13 +99,16 @@ class GtlCommands:
                 "model": model.name,
                 "offline": info.offline,
                 "context_window": model.context_window,
-                "cost_per_1k_input": model.cost_per_1k_input,
-                "cost_per_1k_output": model.cost_per_1k_output,
+                # prices as providers quote them, per 1M tokens (the catalog keeps them per 1k)
+                "input_per_1m": _per_million(model.cost_per_1k_input),
+                "output_per_1m": _per_million(model.cost_per_1k_output),
             }
             for info in client.providers()
             for model in info.models
         ]
-        return pd.DataFrame(rows)
+        columns = ["deployment", "type", "model", "offline", "context_window", "input_per_1m", "output_per_1m"]
+        frame = pd.DataFrame(rows, columns=columns)
+        return Table(frame.astype({"context_window": "Int64", "input_per_1m": "float64", "output_per_1m": "float64"}))
 
     def _usage(self, words: list[str]) -> Any:
         parser = cli.usage_parser()
@@ -113,7 +124,6 @@ class GtlCommands:
         return usage_table(client.usage(), by=opts.by)
 
     def _config(self, words: list[str]) -> None:
-        settings = self.session.settings
         if not words:
             self._show_config()
             return
@@ -123,24 +133,56 @@ class GtlCommands:
             if key not in known:
                 raise UsageError(f"%gtl config: unknown setting {key!r}; known: {', '.join(known)}")
         switches = {key: cli.parse_bool(changes[key]) for key in ("chat", "stream") if key in changes}
-        if "chat" in switches:  # every value is checked before any is applied
+        before = dataclasses.replace(self.session.settings)  # a refused line changes nothing
+        try:
+            self._apply_settings(changes, switches)
+        except UsageError:
+            self._restore_settings(before)
+            raise
+        self._show_config()
+
+    def _apply_settings(self, changes: dict[str, str], switches: dict[str, bool]) -> None:
+        """Apply ``%gtl config``'s values; the model is checked last, against the client they make."""
+        settings = self.session.settings
+        if "chat" in switches:
             settings.chat = switches["chat"]
         if "stream" in switches:
             settings.stream = switches["stream"]
-        if "model" in changes:
-            settings.model = changes["model"].strip() or None
         if "file" in changes:
-            old = settings.config_file
             settings.config_file = os.path.expanduser(changes["file"]) if changes["file"].strip() else None
             try:
                 self.session.reconnect()
             except ValueError as exc:
-                settings.config_file = old
-                self.session.close()
                 raise mistake(exc) from None
         if "endpoint" in changes:
             self._switch_endpoint(changes["endpoint"].strip() or "embedded://", None)
-        self._show_config()
+        if "model" in changes:
+            model = changes["model"].strip() or None
+            if model is not None:
+                self._check_model(model)
+            settings.model = model
+
+    def _check_model(self, model: str) -> None:
+        """Refuse a model routing does not know (with its "did you mean"), now rather than at the next
+        cell; a known model whose provider is not configured yet is accepted with a note."""
+        from gtl_nb.protocol import ConfigurationError, GTLError
+
+        try:
+            client_for(self.session, None).route(model)
+        except ConfigurationError as exc:  # the model is known; its deployment may be added next
+            print(f"note: {getattr(exc, 'message', None) or exc} (in a notebook: `%gtl providers NAME key=value ...`)")
+        except GTLError as exc:
+            raise mistake(exc) from None
+
+    def _restore_settings(self, before: Settings) -> None:
+        """Put the settings back as they were; clients reconnect with them on next use."""
+        changed = (before.config_file, before.endpoint) != (
+            self.session.settings.config_file,
+            self.session.settings.endpoint,
+        )
+        self.session.settings = before
+        if changed:
+            self.session.close()
 
     def _show_config(self) -> None:
         settings = self.session.settings
@@ -231,16 +273,21 @@ class GtlCommands:
         plain, markdown = [], []
         for message in history:
             text = message.content or ""
-            for call in message.tool_calls:
-                text += f" [tool call] {call.name}({call.arguments})"
-            plain.append(f"{message.role}: {text}")
-            markdown.append(f"**{message.role}**: {text}")
+            calls = [f"{call.name}({call.arguments})" for call in message.tool_calls]
+            plain.append(f"{message.role}: {text}" + "".join(f" [tool call] {call}" for call in calls))
+            shown_calls = "".join(f" {code_span(call)}" for call in calls)
+            markdown.append(f"**{message.role}**: {no_math_markdown(text)}{shown_calls}")
         show_bundle("\n\n".join(markdown), "\n".join(plain))
 
     def _reset(self, words: list[str]) -> None:
         count = len(self.session.history)
         self.session.history.clear()
         print(f"conversation cleared ({count} message{'s' if count != 1 else ''})")
+
+
+def _per_million(per_1k: float | None) -> float | None:
+    # round: 0.00015 * 1000 is 0.15000000000000002 in binary floating point
+    return None if per_1k is None else round(per_1k * 1000, 9)
 
 
 def setting_value(key: str, value: str) -> Any:

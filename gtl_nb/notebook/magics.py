@@ -1,6 +1,7 @@
 """``%load_ext gtl_nb``'s magics: the IPython registration of ``%%gtl`` / ``%gtl`` and ``%%gap`` / ``%gap``.
 
-This module registers the two magics and hands each call to the module that implements it:
+This module registers the two magics (and ``reach_the_magic``, the input transformer that lets a
+``%%gtl --help`` alone in a cell reach the magic) and hands each call to the module that implements it:
 
 * ``%%gtl`` (ask a model)                                  -> ``gtl_nb.notebook.gtl_cell``
 * ``%gtl models|usage|config|providers|connect|history|reset`` -> ``gtl_nb.notebook.gtl_commands``
@@ -13,7 +14,8 @@ is the reference; they keep three rules:
 * a user mistake (an unknown model, a missing key, a bad option, an undefined ``{name}``) is one
   ``UsageError`` line that says how to fix it, never a traceback (``gtl_nb.notebook.errors``);
 * a provider error is one line with its GTL code (``RATE_LIMIT [openai]: ...``), raised as a
-  ``GTLCellError`` so the cell still fails (``Run all`` stops) without a traceback;
+  ``GTLCellError`` so the cell still fails (``Run all`` stops) without a traceback; so is Ctrl-C while
+  an answer streams (``cancelled after 12 tokens, 1.2 s``, the partial answer kept as ``_gtl``);
 * the last result is ``_gtl`` in the user namespace (``_gap`` for GAP messages), and never a token.
 """
 
@@ -31,7 +33,25 @@ from gtl_nb.notebook.gtl_cell import GtlCell
 from gtl_nb.notebook.gtl_commands import GtlCommands
 from gtl_nb.notebook.session import NotebookSession
 
-__all__ = ["GTLCellError", "GTLMagics"]
+__all__ = ["GTLCellError", "GTLMagics", "reach_the_magic"]
+
+_OUR_CELL_MAGICS = ("%%gtl", "%%gap")
+
+
+def reach_the_magic(lines: list[str]) -> list[str]:
+    """An IPython input transformer: a ``%%gtl`` / ``%%gap`` cell with nothing under its line still runs
+    the magic (with an empty body), instead of IPython's "the cell body is empty".
+
+    So ``%%gtl --help`` alone shows the options, ``%%gap --from-last`` alone wraps the last answer, and
+    a ``%%gtl`` without a prompt says how to write one.
+    """
+    if not lines or not lines[0].startswith(_OUR_CELL_MAGICS) or any(line.strip() for line in lines[1:]):
+        return lines
+    name = lines[0].split(None, 1)[0]
+    if name not in _OUR_CELL_MAGICS:  # %%gtlx is another magic
+        return lines
+    first = lines[0] if lines[0].endswith("\n") else lines[0] + "\n"
+    return [first, "\n"]  # the body IPython hands over is then "\n", which it does not call empty
 
 
 @magics_class

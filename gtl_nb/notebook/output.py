@@ -1,14 +1,19 @@
 """Small outputs of the magics (tool calls, suggestions, the conversation) as markdown plus plain text.
 
 Both forms go into the notebook so nbconvert/HTML exports render the markdown and terminal IPython
-prints the text.
+prints the text. Text from a model or a user goes into the markdown through ``no_math_markdown`` (or
+``md_cell`` in a table), so its dollar signs stay dollars.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from IPython.display import display
 
-__all__ = ["clip", "show_bundle"]
+from gtl_nb.completion import no_math_markdown
+
+__all__ = ["clip", "md_cell", "show_bundle"]
 
 
 def show_bundle(markdown: str, plain: str) -> None:
@@ -19,3 +24,8 @@ def show_bundle(markdown: str, plain: str) -> None:
 def clip(text: str, limit: int = 500) -> str:
     """``text`` cut to ``limit`` characters, marked with `` …`` when cut."""
     return text if len(text) <= limit else text[:limit] + " …"
+
+
+def md_cell(value: Any) -> str:
+    """``value`` as the text of one markdown table cell (one line, ``|`` escaped, dollars kept dollars)."""
+    return no_math_markdown(" ".join(str(value).split())).replace("|", "\\|")

@@ -35,6 +35,7 @@ __all__ = [
     "main",
     "prune_widget_state",
     "render_html",
+    "static_outputs",
 ]
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
@@ -62,12 +63,35 @@ def _kernel_manager() -> Any:
     return KernelManager(kernel_name="python3", kernel_spec_manager=specs)
 
 
+STATIC_FORMS = ("text/markdown", "text/html")
+
+
+def static_outputs(notebook: Any) -> int:
+    """Drop the widget view from every output that carries a static form beside it; how many were dropped.
+
+    In a notebook executed headless no kernel stands behind a widget, and the widget view wins over
+    everything beside it: JupyterLab shows "Loading widget..." (or "model not found") in its place,
+    and nbconvert's HTML draws it with a script from a CDN, a blank area offline. The markdown or HTML
+    that gtl_nb's widgets (an ``EntityEditor``, say) carry beside the view is what such a notebook
+    should show. Other widgets, which carry only their ``repr`` as text, are left as they are.
+    """
+    dropped = 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data and any(data.get(form) for form in STATIC_FORMS):
+                del data[WIDGET_VIEW]
+                dropped += 1
+    return dropped
+
+
 def prune_widget_state(notebook: Any) -> None:
     """Keep only the saved widget models that an output still shows (and the models they refer to).
 
     nbclient saves the state of every widget the kernel ever created; the live views of finished
-    answers are closed and their outputs replaced by the final text, so their state is dead weight.
-    What remains (an entity editor, say) lets JupyterLab draw the widget when the notebook is opened.
+    answers are closed and their outputs replaced by the final text, and ``static_outputs`` leaves
+    gtl_nb's other widget outputs in their static form, so that state is dead weight. What remains
+    (another library's widget) lets JupyterLab draw it when the notebook is opened with a kernel.
     """
     widgets = notebook.metadata.get("widgets", {})
     state = widgets.get(WIDGET_STATE, {}).get("state", {})
@@ -130,8 +154,9 @@ def execute_notebook(
     """Run every cell of ``path`` in a fresh kernel and return the executed ``NotebookNode``.
 
     A cell that raises stops the run with ``nbclient.exceptions.CellExecutionError``. ``env`` is the
-    kernel's environment (default: this process's). The saved widget state is pruned to the widgets
-    still shown (``prune_widget_state``).
+    kernel's environment (default: this process's). Widget outputs are left in their static form
+    (``static_outputs``) and the saved widget state is pruned to the widgets still shown
+    (``prune_widget_state``).
     """
     import nbformat
     from nbclient import NotebookClient
@@ -147,6 +172,7 @@ def execute_notebook(
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
     client.execute(**({"env": env} if env is not None else {}))
+    static_outputs(notebook)
     prune_widget_state(notebook)
     return notebook
 

@@ -16,7 +16,11 @@ bundle is the widget view plus an empty ``text/plain``. ``finish()`` turns that 
 and its HTML export, GitHub's rendering and terminal IPython — shows every answer with its footer,
 without needing widget state, and an nbval run (which ignores ``update_display_data``) records the
 same outputs: the live area's ``text/plain`` is empty both ways and the widget view is not compared.
-Footers print times as ``0.21 s``, so a sanitize pattern can mask them.
+The live area is a placeholder that always ends empty; every output that keeps a widget view (an
+``EntityEditor``, a view shown as a cell's value) carries its text forms beside it, which is what
+``gtl_nb.notebook.runner`` keeps of it in a notebook executed headless (``static_outputs``).
+Footers print times as ``0.21 s``, so a sanitize pattern can mask them. A ``$`` is written as
+``completion.DOLLAR`` in every markdown and HTML form, so MathJax never reads two of them as a formula.
 
 DOM hooks (for browser tests): every answer's root element has class ``gtl-stream`` and
 ``data-model="<model>"``; its text is in ``.gtl-text``; the final output's root also has ``gtl-final``.
@@ -36,9 +40,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtl_nb.completion import Comparison, Completion
+from gtl_nb.completion import Comparison, Completion, code_span, no_math_html, no_math_markdown
+from gtl_nb.notebook.output import md_cell
 from gtl_nb.notebook.throttle import Throttle
-from gtl_nb.protocol.messages import Done, Error, Reasoning, Status, Token, ToolCallEvent, Usage
+from gtl_nb.protocol.messages import Done, Error, Reasoning, Status, Token
+from gtl_nb.protocol.session import Transcript
 
 __all__ = ["ComparisonGrid", "EntityEditor", "StreamView"]
 
@@ -109,9 +115,10 @@ class _Frame:
 
 @dataclass(frozen=True)
 class _Final:
-    """The final state: the bundle to display, and the answer text and tail for ``print`` mode."""
+    """The final state: the bundle to display (``None``: nothing to show), and the text and tail for
+    ``print`` mode."""
 
-    bundle: dict[str, str]
+    bundle: dict[str, str] | None
     frame: _Frame
     text: str = ""
     tail: str = ""
@@ -150,16 +157,17 @@ class _WidgetSurface:
             self.draw(final.frame)
             return
         self.handle.update({"text/plain": ""}, raw=True)
-        for widget in dict.fromkeys((*self.cells, self.root)):
-            _close_widget(widget)
-        _display(final.bundle)
+        _close_widgets(*self.cells, self.root)
+        if final.bundle is not None:
+            _display(final.bundle)
 
 
-def _close_widget(widget: Any) -> None:
-    """Close a widget and the layout/style models it owns, so long sessions do not pile up models."""
-    for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
-        if part is not None and hasattr(part, "close"):
-            part.close()
+def _close_widgets(*widgets: Any) -> None:
+    """Close widgets and the layout/style models they own, so long sessions do not pile up models."""
+    for widget in dict.fromkeys(widgets):
+        for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
+            if part is not None and hasattr(part, "close"):
+                part.close()
 
 
 class _DisplaySurface:
@@ -181,7 +189,8 @@ class _DisplaySurface:
     def close(self, final: _Final) -> None:
         if self.handle is not None:
             self.handle.update({"text/plain": ""}, raw=True)
-        _display(final.bundle)
+        if final.bundle is not None:
+            _display(final.bundle)
 
 
 class _PrintSurface:
@@ -214,7 +223,9 @@ class _PrintSurface:
             self.printed = frame.text
 
     def close(self, final: _Final) -> None:
-        if self.stream and self.printed and final.text.startswith(self.printed):
+        if final.bundle is None:
+            self._write("\n" if self.printed else "")
+        elif self.stream and self.printed and final.text.startswith(self.printed):
             # the answer is already on screen: finish it and add the footer
             self._write(final.text[len(self.printed) :] + "\n" + (final.tail + "\n" if final.tail else ""))
         else:
@@ -225,7 +236,7 @@ def _show_final(surface: Any, final: _Final) -> None:
     """Show a view that finished before it was displayed: just its final output."""
     if isinstance(surface, _PrintSurface):
         surface.close(final)
-    else:
+    elif final.bundle is not None:
         _display(final.bundle)
 
 
@@ -247,18 +258,12 @@ def _seconds(ms: float | None) -> str | None:
 
 @dataclass
 class _Answer:
-    """What one stream has shown so far, and (once finished) its final form."""
+    """What one stream has shown so far (a ``Transcript``: the protocol's failover reset is its), and
+    (once finished) its final form."""
 
     model: str
-    parts: list[str] = field(default_factory=list)
-    reasoning: list[str] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)
+    transcript: Transcript = field(default_factory=Transcript)
     status: str = "waiting"
-    notes: list[str] = field(default_factory=list)
-    error: tuple[str, str] | None = None
-    usage: Usage | None = None
-    done: Done | None = None
-    resets: int = 0
     # set by finish()
     finished: bool = False
     final_text: str = ""
@@ -268,56 +273,48 @@ class _Answer:
 
     @property
     def text(self) -> str:
-        return self.final_text if self.finished else "".join(self.parts)
+        return self.final_text if self.finished else self.transcript.text
+
+    @property
+    def calls(self) -> list[str]:
+        return [f"{call.name}({call.arguments})" for call in self.transcript.tool_calls]
+
+    @property
+    def notes(self) -> list[str]:
+        """One note per failover, worded as ``Completion.footer()`` words them."""
+        return [
+            f"failover: {s.from_provider or '?'} -> {s.to_provider or '?'}" + (f": {s.reason}" if s.reason else "")
+            for s in self.transcript.failovers
+        ]
+
+    @property
+    def error(self) -> tuple[str, str] | None:
+        error = self.transcript.error
+        return None if error is None else (error.code, error.message)
+
+    @property
+    def empty(self) -> bool:
+        """Finished with nothing to show: no text, no tool calls, no error line."""
+        return self.finished and not self.final_text.strip() and not self.final_calls and not self.final_error
 
     def apply(self, event: Any) -> None:
         """Fold one GTL event into the state (unknown events are ignored)."""
+        self.transcript.add(event)
         if isinstance(event, Token):
-            self.parts.append(event.text)
             self.status = "streaming"
         elif isinstance(event, Reasoning):
-            self.reasoning.append(event.text)
             self.status = "thinking"
-        elif isinstance(event, ToolCallEvent):
-            self.calls.append(f"{event.function.name}({event.function.arguments})")
-        elif isinstance(event, Usage):
-            self.usage = event
         elif isinstance(event, Done):
-            self.done = event
             self.status = "done"
         elif isinstance(event, Error):
-            self.error = (event.code, event.message)
             self.status = "error"
         elif isinstance(event, Status):
-            self._status(event)
+            self.status = _status_word(event)
 
-    def _status(self, event: Status) -> None:
-        if event.state == "failover":
-            # The protocol's failover reset: everything received so far is void.
-            self.parts.clear()
-            self.reasoning.clear()
-            self.calls.clear()
-            self.usage = None
-            self.resets += 1
-            note = f"failover: {event.from_provider or '?'} -> {event.to_provider or '?'}"
-            self.notes.append(note + (f": {event.reason}" if event.reason else ""))  # as Completion.footer()
-            self.status = "failover"
-        elif event.state == "retrying":
-            self.status = "retrying" + (f" (attempt {event.attempt})" if event.attempt else "")
-        else:
-            self.status = event.state
-
-    def finish(self, result: Any) -> None:
-        """Take the final state from a ``Completion`` or an exception."""
-        if isinstance(result, Completion):
-            completion: Completion | None = result
-            exc: BaseException | None = None
-        elif isinstance(result, BaseException):
-            completion, exc = getattr(result, "completion", None), result
-            if not isinstance(completion, Completion):
-                completion = None
-        else:
-            raise TypeError(f"finish() takes a Completion or an exception, not {type(result).__name__}")
+    def finish(self, result: Any, *, show_error: bool = True) -> None:
+        """Take the final state from a ``Completion`` or an exception; ``show_error=False`` leaves the
+        error line out (the caller reports the error itself)."""
+        completion, exc = _outcome(result)
         if completion is not None:
             self.final_text = completion.text
             self.final_calls = [f"{c.name}({c.arguments})" for c in completion.tool_calls]
@@ -325,42 +322,50 @@ class _Answer:
             if completion.error is not None:
                 self.final_error = (completion.error.code, completion.error.message)
         else:
-            self.final_text = "".join(self.parts)
-            self.final_calls = list(self.calls)
+            self.final_text = self.transcript.text
+            self.final_calls = self.calls
             self.footer = " · ".join(self.notes)
         if exc is not None and self.final_error is None:
             code = getattr(exc, "code", None) or type(exc).__name__
             self.final_error = (str(code), getattr(exc, "message", None) or str(exc))
         if self.final_error is None and completion is None:
             self.final_error = self.error
+        if not show_error:
+            self.final_error = None
+            if not self.final_text.strip() and not self.final_calls:
+                self.footer = ""  # nothing arrived: no output at all
         self.finished = True
 
     # -- rendering ------------------------------------------------------------------------------
 
     def live_footer(self) -> str:
         parts = [self.status]
-        if self.usage is not None:
-            parts.append(f"{_count(self.usage.tokens_in)} in · {_count(self.usage.tokens_out)} out")
-        if self.done is not None:
-            for label, value in (("first token ", self.done.ttft_ms), ("", self.done.latency_ms)):
+        usage, done = self.transcript.usage, self.transcript.done
+        if usage is not None:
+            parts.append(f"{_count(usage.tokens_in)} in · {_count(usage.tokens_out)} out")
+        if done is not None:
+            for label, value in (("first token ", done.ttft_ms), ("", done.latency_ms)):
                 if _seconds(value):
                     parts.append(f"{label}{_seconds(value)}")
-            if self.done.provider:
-                parts.append(self.done.provider)
+            if done.provider:
+                parts.append(done.provider)
         parts.extend(self.notes)
         return " · ".join(parts)
 
     def live_html(self, heading: str | None) -> str:
         """The live fragment: escaped text in ``.gtl-text``, status and notes in the footer."""
         if self.finished:
-            return self._fragment(heading, self.final_text, [], self.final_calls, self.final_error, self.footer)
-        return self._fragment(heading, "".join(self.parts), self.reasoning, self.calls, self.error, self.live_footer())
+            return self._fragment(heading, self.final_text, "", self.final_calls, self.final_error, self.footer)
+        transcript = self.transcript
+        return self._fragment(
+            heading, transcript.text, transcript.reasoning_text, self.calls, self.error, self.live_footer()
+        )
 
     def _fragment(
         self,
         heading: str | None,
         text: str,
-        reasoning: list[str],
+        reasoning: str,
         calls: list[str],
         error: tuple[str, str] | None,
         footer: str,
@@ -368,19 +373,16 @@ class _Answer:
         classes = "gtl-stream" + (" gtl-error" if error else "") + (" gtl-final" if self.finished else "")
         out = [f'<div class="{classes}" data-model="{_attr(self.model)}">']
         if heading:
-            out.append(f'<div class="gtl-title"><b>{html.escape(heading)}</b></div>')
+            out.append(f'<div class="gtl-title"><b>{no_math_html(heading)}</b></div>')
         if reasoning:
-            shown = html.escape("".join(reasoning))
+            shown = no_math_html(reasoning)
             out.append(f'<div class="gtl-reasoning" style="{_TEXT_STYLE} opacity: 0.6;">{shown}</div>')
-        out.append(f'<div class="gtl-text" style="{_TEXT_STYLE}">{html.escape(text)}</div>')
-        for call in calls:
-            out.append(f'<div class="gtl-call"><code>{html.escape(call)}</code></div>')
+        out.append(f'<div class="gtl-text" style="{_TEXT_STYLE}">{no_math_html(text)}</div>')
+        out += [f'<div class="gtl-call"><code>{html.escape(call)}</code></div>' for call in calls]
         if error:
             code, message = error
-            out.append(f'<div class="gtl-error-line"><b>{html.escape(code)}</b>: {html.escape(message)}</div>')
-        out.append(
-            f'<div class="gtl-footer" style="opacity: 0.7;"><small>{_no_math(html.escape(footer))}</small></div>'
-        )
+            out.append(f'<div class="gtl-error-line"><b>{html.escape(code)}</b>: {no_math_html(message)}</div>')
+        out.append(f'<div class="gtl-footer" style="opacity: 0.7;"><small>{no_math_html(footer)}</small></div>')
         out.append("</div>")
         return "".join(out)
 
@@ -397,14 +399,14 @@ class _Answer:
         body = self.final_text.strip("\n")
         if not body and not self.final_calls and not self.final_error:
             body = "_(empty answer)_"
-        lines += ['<div class="gtl-text">', "", body, "", "</div>"] if body else []
+        lines += ['<div class="gtl-text">', "", no_math_markdown(body), "", "</div>"] if body else []
         for call in self.final_calls:
-            lines += ['<div class="gtl-call">', "", f"`{call}`", "", "</div>"]
+            lines += ['<div class="gtl-call">', "", code_span(call), "", "</div>"]
         if self.final_error:
             code, message = self.final_error
             lines += ['<div class="gtl-error">', "", f"**{code}**: {_md_inline(message)}", "", "</div>"]
         if self.footer:
-            lines += ['<div class="gtl-footer">', "", f"<sub>{_no_math(html.escape(self.footer))}</sub>", "", "</div>"]
+            lines += ['<div class="gtl-footer">', "", f"<sub>{no_math_html(self.footer)}</sub>", "", "</div>"]
         lines.append("</div>")
         return "\n".join(lines)
 
@@ -423,7 +425,23 @@ class _Answer:
 
     def live_plain(self, heading: str | None) -> str:
         head = [f"== {heading} =="] if heading else []
-        return "\n".join([*head, "".join(self.parts), f"-- {self.live_footer()}"])
+        return "\n".join([*head, self.transcript.text, f"-- {self.live_footer()}"])
+
+
+def _status_word(event: Status) -> str:
+    if event.state == "retrying":
+        return "retrying" + (f" (attempt {event.attempt})" if event.attempt else "")
+    return event.state
+
+
+def _outcome(result: Any) -> tuple[Completion | None, BaseException | None]:
+    """``(completion, exception)`` of what ``finish()`` was given (an exception may carry a completion)."""
+    if isinstance(result, Completion):
+        return result, None
+    if isinstance(result, BaseException):
+        completion = getattr(result, "completion", None)
+        return (completion if isinstance(completion, Completion) else None), result
+    raise TypeError(f"finish() takes a Completion or an exception, not {type(result).__name__}")
 
 
 def _count(value: int | None) -> str:
@@ -435,82 +453,45 @@ def _attr(value: str) -> str:
 
 
 def _md_inline(text: str) -> str:
-    """Text safe on one markdown line (no HTML, no line breaks)."""
-    return html.escape(" ".join(text.split()), quote=False)
+    """Text safe on one markdown line (no HTML, no line breaks, no math)."""
+    return no_math_html(" ".join(text.split()))
 
 
 # ----------------------------------------------------------------------------------------------
-# StreamView
+# what both live views share
 
 
-class StreamView:
-    """Live view of one streaming answer. Thread-safe: on_event may be called from the engine's loop thread.
+class _LiveView:
+    """The surface, lock, throttle and drawing of a live view; subclasses say what to draw.
 
-    ``live=None`` picks ipywidgets in a Jupyter kernel, an IPython display handle in other IPython
-    shells, and printing to stdout in terminal IPython or plain Python; ``live=True`` forces widgets
-    and ``live=False`` forbids them. ``min_interval`` is the shortest time between two redraws.
-
-        view = StreamView("gpt-4o")
-        view.display()
-        try:
-            view.finish(client.stream("gpt-4o", prompt, on_event=view.on_event).result())
-        except Exception as exc:
-            view.finish(exc)
+    Subclasses set ``mode`` and implement ``finished``, ``_frame_unlocked``, ``_final`` and
+    ``_live_bundle``; ``_columns`` and ``_stream_prints`` choose the surface.
     """
 
-    def __init__(self, title: str | None = None, *, min_interval: float = 0.25, live: bool | None = None) -> None:
-        self.title = title
-        self.mode = _resolve_mode(live)
-        self.result: Any = None
-        self._answer = _Answer(model=title or "")
+    _stream_prints = False
+
+    def __init__(self, columns: int, mode: str, min_interval: float) -> None:
+        self.mode = mode
+        self._columns = columns
         self._lock = threading.Lock()
         self._surface: Any = None
         self._throttle = Throttle(self._draw, min_interval)
 
-    # -- public API -----------------------------------------------------------------------------
+    @property
+    def finished(self) -> bool:
+        raise NotImplementedError
 
     def display(self) -> None:
         """Show the view now (a no-op when already shown)."""
         with self._lock:
             if self._surface is not None:
                 return
-            self._surface = _surface(self.mode, 1, stream_prints=True)
-            finished = self._answer.finished
+            self._surface = _surface(self.mode, self._columns, stream_prints=self._stream_prints)
+            finished = self.finished
         if finished:
             _show_final(self._surface, self._final())
         else:
             self._surface.show(self._frame())
-
-    def on_event(self, event: Any) -> None:
-        """Fold in one GTL event and ask for a (coalesced) redraw."""
-        with self._lock:
-            if self._answer.finished:
-                return
-            self._answer.apply(event)
-            if isinstance(event, Done) and event.model and not self.title:
-                self._answer.model = event.model
-        self._throttle.request()
-
-    def finish(self, result: Any) -> None:
-        """Show the final state of ``result`` (a ``Completion`` or an exception). Always draws; idempotent."""
-        with self._lock:
-            if self._answer.finished:
-                return
-            if not self.title and isinstance(result, Completion) and result.model:
-                self._answer.model = result.model
-            self._answer.finish(result)
-            self.result = result
-        self._throttle.close(self._draw_final)
-
-    @property
-    def text(self) -> str:
-        """The answer text so far (the final text once finished)."""
-        with self._lock:
-            return self._answer.text
-
-    @property
-    def finished(self) -> bool:
-        return self._answer.finished
 
     @property
     def redraws(self) -> int:
@@ -525,15 +506,12 @@ class StreamView:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         with self._lock:
-            if self._answer.finished:
-                return dict(self._final().bundle)
-            bundle: dict[str, Any] = {
-                "text/markdown": self._live_markdown(),
-                "text/plain": self._answer.live_plain(self.title),
-            }
+            if self.finished:
+                return dict(self._final().bundle or {"text/plain": ""})
+            bundle = self._live_bundle()
             if self.mode == "widget":
                 if self._surface is None:
-                    self._surface = _WidgetSurface(1)  # shown by IPython through this bundle
+                    self._surface = _WidgetSurface(self._columns)  # shown by IPython through this bundle
                     self._surface.draw(self._frame_unlocked())
                 if isinstance(self._surface, _WidgetSurface):
                     bundle.update(self._surface.view())
@@ -541,38 +519,27 @@ class StreamView:
 
     def __str__(self) -> str:
         with self._lock:
-            if self._answer.finished:
-                return self._answer.final_plain(self.title)
-            return self._answer.live_plain(self.title)
+            if self.finished:
+                return (self._final().bundle or {}).get("text/plain", "")
+            return self._live_bundle()["text/plain"]
 
-    # -- drawing --------------------------------------------------------------------------------
-
-    def _live_markdown(self) -> str:
-        text = "".join(self._answer.parts) or "_…_"
-        return f"{text}\n\n<sub>{_no_math(html.escape(self._answer.live_footer()))}</sub>"
+    # -- for subclasses ---------------------------------------------------------------------------
 
     def _frame_unlocked(self) -> _Frame:
-        answer = self._answer
-        return _Frame(
-            html=[answer.live_html(self.title)],
-            plain=answer.live_plain(self.title),
-            text="".join(answer.parts),
-            resets=answer.resets,
-            notes=tuple(answer.notes),
-        )
+        raise NotImplementedError
+
+    def _final(self) -> _Final:
+        raise NotImplementedError
+
+    def _live_bundle(self) -> dict[str, Any]:
+        """The text forms of the live state (markdown and plain), under the lock."""
+        raise NotImplementedError
+
+    # -- drawing --------------------------------------------------------------------------------
 
     def _frame(self) -> _Frame:
         with self._lock:
             return self._frame_unlocked()
-
-    def _final(self) -> _Final:
-        answer = self._answer
-        return _Final(
-            bundle={"text/markdown": answer.final_markdown(self.title), "text/plain": answer.final_plain(self.title)},
-            frame=self._frame_unlocked(),
-            text=answer.final_text,
-            tail=answer.final_tail(),
-        )
 
     def _draw(self) -> None:
         surface = self._surface
@@ -588,10 +555,100 @@ class StreamView:
 
 
 # ----------------------------------------------------------------------------------------------
+# StreamView
+
+
+class StreamView(_LiveView):
+    """Live view of one streaming answer. Thread-safe: on_event may be called from the engine's loop thread.
+
+    ``live=None`` picks ipywidgets in a Jupyter kernel, an IPython display handle in other IPython
+    shells, and printing to stdout in terminal IPython or plain Python; ``live=True`` forces widgets
+    and ``live=False`` forbids them. ``min_interval`` is the shortest time between two redraws.
+
+        view = StreamView("gpt-4o")
+        view.display()
+        try:
+            view.finish(client.stream("gpt-4o", prompt, on_event=view.on_event).result())
+        except Exception as exc:
+            view.finish(exc)
+    """
+
+    _stream_prints = True
+
+    def __init__(self, title: str | None = None, *, min_interval: float = 0.25, live: bool | None = None) -> None:
+        super().__init__(1, _resolve_mode(live), min_interval)
+        self.title = title
+        self.result: Any = None
+        self._answer = _Answer(model=title or "")
+
+    def on_event(self, event: Any) -> None:
+        """Fold in one GTL event and ask for a (coalesced) redraw."""
+        with self._lock:
+            if self._answer.finished:
+                return
+            self._answer.apply(event)
+            if isinstance(event, Done) and event.model and not self.title:
+                self._answer.model = event.model
+        self._throttle.request()
+
+    def finish(self, result: Any, *, show_error: bool = True) -> None:
+        """Show the final state of ``result`` (a ``Completion`` or an exception). Always draws; idempotent.
+
+        ``show_error=False`` leaves the error out of the view (for a caller that reports it itself):
+        what arrived before it is shown with its footer, and when nothing arrived there is no output.
+        """
+        with self._lock:
+            if self._answer.finished:
+                return
+            if not self.title and isinstance(result, Completion) and result.model:
+                self._answer.model = result.model
+            self._answer.finish(result, show_error=show_error)
+            self.result = result
+        self._throttle.close(self._draw_final)
+
+    @property
+    def text(self) -> str:
+        """The answer text so far (the final text once finished)."""
+        with self._lock:
+            return self._answer.text
+
+    @property
+    def finished(self) -> bool:
+        return self._answer.finished
+
+    # -- drawing --------------------------------------------------------------------------------
+
+    def _live_bundle(self) -> dict[str, Any]:
+        answer = self._answer
+        text = no_math_markdown(answer.transcript.text) or "_…_"
+        return {
+            "text/markdown": f"{text}\n\n<sub>{no_math_html(answer.live_footer())}</sub>",
+            "text/plain": answer.live_plain(self.title),
+        }
+
+    def _frame_unlocked(self) -> _Frame:
+        answer = self._answer
+        return _Frame(
+            html=[answer.live_html(self.title)],
+            plain=answer.live_plain(self.title),
+            text=answer.transcript.text,
+            resets=len(answer.transcript.failovers),
+            notes=tuple(answer.notes),
+        )
+
+    def _final(self) -> _Final:
+        answer = self._answer
+        bundle = None
+        if not answer.empty:
+            bundle = {"text/markdown": answer.final_markdown(self.title), "text/plain": answer.final_plain(self.title)}
+        return _Final(bundle=bundle, frame=self._frame_unlocked(), text=answer.final_text, tail=answer.final_tail())
+
+
+# ----------------------------------------------------------------------------------------------
 # ComparisonGrid
 
 
-class ComparisonGrid:
+class ComparisonGrid(_LiveView):
     """One column per model, all streaming at once; ``finish(comparison)`` adds a ranked summary table.
 
     Pass ``grid.on_event`` as ``Client.compare(..., on_event=grid.on_event)``; it is called from the
@@ -599,29 +656,15 @@ class ComparisonGrid:
     """
 
     def __init__(self, models: Sequence[str], *, min_interval: float = 0.25, live: bool | None = None) -> None:
-        self.models = list(dict.fromkeys(models))
-        if not self.models:
+        models = list(dict.fromkeys(models))
+        if not models:
             raise ValueError("ComparisonGrid needs at least one model")
-        self.mode = _resolve_mode(live)
+        super().__init__(len(models), _resolve_mode(live), min_interval)
+        self.models = models
         self.comparison: Comparison | None = None
         self.summary: Any = None  # the ranked pandas table, once finished
         self._answers = {model: _Answer(model=model) for model in self.models}
-        self._lock = threading.Lock()
-        self._surface: Any = None
         self._finished = False
-        self._throttle = Throttle(self._draw, min_interval)
-
-    def display(self) -> None:
-        """Show the grid now (a no-op when already shown)."""
-        with self._lock:
-            if self._surface is not None:
-                return
-            self._surface = _surface(self.mode, len(self.models), stream_prints=False)
-            finished = self._finished
-        if finished:
-            _show_final(self._surface, self._final())
-        else:
-            self._surface.show(self._frame())
 
     def on_event(self, model: str, event: Any) -> None:
         """One event of ``model``'s stream (the signature ``Client.compare`` uses)."""
@@ -650,44 +693,35 @@ class ComparisonGrid:
     def finished(self) -> bool:
         return self._finished
 
-    @property
-    def redraws(self) -> int:
-        return self._throttle.draws
+    def interrupted(self) -> Comparison:
+        """What every column received so far, as a ``Comparison`` for ``finish``: the user stopped the
+        comparison, so a column that had not ended is a ``Completion`` marked cancelled."""
+        results: dict[str, Completion | Exception] = {}
+        with self._lock:
+            for model, answer in self._answers.items():
+                transcript = Transcript(session_id=answer.transcript.session_id)
+                for event in answer.transcript.events:
+                    transcript.add(event)
+                if not transcript.finished:
+                    transcript.add(Error(session_id=transcript.session_id, code="CANCELLED", message="cancelled"))
+                results[model] = Completion.from_transcript(transcript)
+        return Comparison(models=list(self.models), results=results)
 
     def text(self, model: str) -> str:
         """The current (or final) answer text of one column."""
         with self._lock:
             return self._answers[model].text
 
-    @property
-    def widget(self) -> Any:
-        surface = self._surface
-        return surface.root if isinstance(surface, _WidgetSurface) else None
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        with self._lock:
-            if self._finished:
-                return dict(self._final().bundle)
-            partial = (f"**{m}**: {html.escape(a.text) or '…'}" for m, a in self._answers.items())
-            bundle: dict[str, Any] = {
-                "text/markdown": "\n\n".join(partial),
-                "text/plain": "\n".join(a.live_plain(m) for m, a in self._answers.items()),
-            }
-            if self.mode == "widget":
-                if self._surface is None:
-                    self._surface = _WidgetSurface(len(self.models))
-                    self._surface.draw(self._frame_unlocked())
-                if isinstance(self._surface, _WidgetSurface):
-                    bundle.update(self._surface.view())
-            return bundle
-
-    def __str__(self) -> str:
-        with self._lock:
-            if self._finished:
-                return self._final().bundle["text/plain"]
-            return "\n".join(a.live_plain(m) for m, a in self._answers.items())
-
     # -- drawing --------------------------------------------------------------------------------
+
+    def _live_bundle(self) -> dict[str, Any]:
+        answers = self._answers
+        return {
+            "text/markdown": "\n\n".join(
+                f"**{_md_inline(m)}**: {no_math_markdown(a.text) or '…'}" for m, a in answers.items()
+            ),
+            "text/plain": "\n".join(a.live_plain(m) for m, a in answers.items()),
+        }
 
     def _frame_unlocked(self) -> _Frame:
         answers = self._answers
@@ -695,10 +729,6 @@ class ComparisonGrid:
             html=[answers[m].live_html(m) for m in self.models],
             plain="\n".join(answers[m].live_plain(m) for m in self.models),
         )
-
-    def _frame(self) -> _Frame:
-        with self._lock:
-            return self._frame_unlocked()
 
     def _final(self) -> _Final:
         columns = [self._answers[m].final_markdown(m, style="flex: 1 1 0; min-width: 0;") for m in self.models]
@@ -711,56 +741,36 @@ class ComparisonGrid:
             plain += "\n\n" + self.summary.to_string(index=False)
         return _Final(bundle={"text/markdown": grid, "text/plain": plain}, frame=self._frame_unlocked())
 
-    def _draw(self) -> None:
-        surface = self._surface
-        if surface is not None:
-            surface.draw(self._frame())
-
-    def _draw_final(self) -> None:
-        surface = self._surface
-        if surface is not None:
-            with self._lock:
-                final = self._final()
-            surface.close(final)
-
 
 def _summary_frame(comparison: Comparison) -> Any:
-    """``Comparison.to_dataframe()`` formatted for reading: times as ``0.21 s``, cost in dollars."""
-    frame = comparison.to_dataframe()
-    shown = frame[["model", "provider", "status", "error", "tokens_in", "tokens_out"]].copy()
-    shown["cost"] = [_money(value) for value in frame["cost"]]
-    shown["first token"] = [_seconds_or_blank(value) for value in frame["ttft_s"]]
-    shown["latency"] = [_seconds_or_blank(value) for value in frame["latency_s"]]
-    shown["length"] = frame["length_chars"]
-    for column in ("rank_latency", "rank_cost", "rank_length"):
-        if column in frame:
-            shown[column.replace("_", " ")] = frame[column]
-    return shown.astype(object).where(shown.notna(), "").astype(str)
+    """``Comparison.to_dataframe()`` as it reads (``gtl_nb.analysis.Table`` cells: times as ``0.21 s``,
+    cost as money, unknowns empty), with shorter headings."""
+    from gtl_nb.analysis.frames import Table
 
-
-def _seconds_or_blank(value: Any) -> str:
-    return "" if value is None or value != value else f"{float(value):.2f} s"
-
-
-def _money(value: Any) -> str:
-    if value is None or value != value:
-        return ""
-    value = float(value)
-    if value == 0:
-        return "$0"
-    return f"${value:.6f}" if value < 0.01 else f"${value:.4f}"
+    cells = Table(comparison.to_dataframe()).formatted()
+    columns = {
+        "model": "model",
+        "provider": "provider",
+        "status": "status",
+        "error": "error",
+        "tokens_in": "tokens_in",
+        "tokens_out": "tokens_out",
+        "cost": "cost",
+        "ttft_s": "first token",
+        "latency_s": "latency",
+        "length_chars": "length",
+        **{name: name.replace("_", " ") for name in ("rank_latency", "rank_cost", "rank_length")},
+    }
+    present = [name for name in columns if name in cells.columns]
+    return cells[present].rename(columns=columns)
 
 
 def _markdown_table(frame: Any) -> str:
     """A GitHub-flavoured pipe table (no extra dependency such as tabulate)."""
 
-    def cell(value: Any) -> str:
-        # "$" must not pair up into a math formula in the notebook's markdown renderer
-        return str(value).replace("|", "\\|").replace("\n", " ").replace("$", "\\$")
-
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    header = "| " + " | ".join(md_cell(c) for c in frame.columns) + " |"
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    rows = ["| " + " | ".join(md_cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
 
 
@@ -774,6 +784,10 @@ class EntityEditor:
     ``apply(values)`` (what the button does, with the fields' values) defines every entity given a
     non-empty value, returns the updated ``WrappedMessage`` and calls ``on_apply`` with it.
     ``suggestions`` (``gap.suggest_definitions`` output) pre-fill the fields with the best value.
+
+    Its output always carries the entity table as markdown and text beside the widget (what a saved
+    notebook shows where the widget cannot be drawn); once every entity is defined, the output
+    becomes that table alone.
     """
 
     def __init__(
@@ -799,6 +813,7 @@ class EntityEditor:
         self._fields: dict[str, Any] = {}
         self._status: Any = None
         self._root: Any = None
+        self._handle: Any = None  # the display of the editor, while it shows the widget
         self.applied: dict[str, str] = {}
 
     @property
@@ -841,12 +856,12 @@ class EntityEditor:
         return self._root
 
     def display(self) -> None:
-        """Show the editor (widgets in a kernel; a markdown list and a hint elsewhere)."""
+        """Show the editor (widgets in a kernel, while entities are undefined; the table elsewhere)."""
         bundle = self._text_bundle()
-        if self.mode == "widget":
+        if self.mode == "widget" and self.undefined:
             root = self._build()
-            _display({WIDGET_VIEW: root._repr_mimebundle_()[WIDGET_VIEW], **bundle})
-        elif self.mode == "display":
+            self._handle = _display({WIDGET_VIEW: root._repr_mimebundle_()[WIDGET_VIEW], **bundle}, display_id=True)
+        elif self.mode in ("widget", "display"):
             _display(bundle)
         else:
             sys.stdout.write(bundle["text/plain"] + "\n")
@@ -872,9 +887,18 @@ class EntityEditor:
             self._wrapped = wrapped
             if self._status is not None:
                 self._status.value = self._status_html()
+        if self._handle is not None and not self.undefined:
+            self._become_static()
         if self.on_apply is not None:
             self.on_apply(wrapped)
         return wrapped
+
+    def _become_static(self) -> None:
+        """Every entity is defined: the output becomes the table, and the widgets are closed."""
+        handle, self._handle = self._handle, None
+        handle.update(self._text_bundle(), raw=True)
+        root = self._root
+        _close_widgets(*self._fields.values(), *root.children[-1].children, root.children[-1], root)
 
     def _status_html(self) -> str:
         left = self.undefined
@@ -892,7 +916,7 @@ class EntityEditor:
         plain = []
         for key, entity in entities.items():
             value = _md_inline(entity.value).replace("|", "\\|") if entity.value is not None else "*(undefined)*"
-            md.append(f"| `{key}` | {entity.type} | {value} |")
+            md.append(f"| {code_span(key)} | {_md_inline(entity.type)} | {value} |")
             plain.append(f"{key} ({entity.type}): {entity.value if entity.value is not None else '(undefined)'}")
         left = self.undefined
         if left:
@@ -904,11 +928,6 @@ class EntityEditor:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         bundle: dict[str, Any] = self._text_bundle()
-        if self.mode == "widget":
+        if self.mode == "widget" and self.undefined:
             bundle[WIDGET_VIEW] = self._build()._repr_mimebundle_()[WIDGET_VIEW]
         return bundle
-
-
-def _no_math(text: str) -> str:
-    """HTML text whose dollar signs cannot start a math formula (``$0.0012 … $0`` would pair up)."""
-    return text.replace("$", "&#36;")

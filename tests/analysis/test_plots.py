@@ -26,7 +26,7 @@ def legend_texts(ax):
 
 
 def test_cost_over_time_draws_one_line_per_provider_with_a_legend(filled, plt):
-    ax = analysis.plot_cost_over_time(filled.frame)
+    ax = analysis.plot_cost_over_time(filled.frame, freq="D")
     assert sorted(legend_texts(ax)) == ["anthropic", "echo", "openai"]
     lines = {line.get_label(): line for line in ax.get_lines()}
     assert set(lines) == {"anthropic", "echo", "openai"}
@@ -38,11 +38,42 @@ def test_cumulative_cost_never_decreases_and_uses_the_given_axes(filled, plt):
     frame = filled.frame.copy()
     frame.loc[frame.index[::2], "time"] -= pd.Timedelta(days=1)
     _figure, given = plt.subplots()
-    ax = analysis.plot_cost_over_time(frame, by="model", cumulative=True, ax=given)
+    ax = analysis.plot_cost_over_time(frame, by="model", freq="D", cumulative=True, ax=given)
     assert ax is given
     for line in ax.get_lines():
         ydata = np.asarray(line.get_ydata(), dtype=float)
         assert len(ydata) == 2 and np.all(np.diff(ydata) >= 0)
+
+
+def shifted(frame, **offsets):
+    """``frame`` with its requests spread evenly over ``offsets`` (a Timedelta's keywords) from the first."""
+    spread = frame.copy()
+    step = pd.Timedelta(**offsets) / max(len(spread) - 1, 1)
+    spread["time"] = spread["time"].min() + step * np.arange(len(spread))
+    return spread
+
+
+def x_span(ax) -> pd.Timedelta:
+    import matplotlib.dates as mdates
+
+    left, right = (mdates.num2date(value) for value in ax.get_xlim())
+    return pd.Timedelta(right - left)
+
+
+def test_a_few_minutes_of_requests_are_drawn_per_minute_on_an_axis_of_minutes(filled, plt):
+    ax = analysis.plot_cost_over_time(shifted(filled.frame, minutes=5), cumulative=True)
+    assert ax.get_xlabel() == "time (UTC, per minute)"
+    assert pd.Timedelta(minutes=5) <= x_span(ax) <= pd.Timedelta(minutes=7)  # the data, half a bucket either side
+    plt.gcf().canvas.draw()
+    labels = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+    assert labels and all(":" in label for label in labels[1:]), labels  # hours and minutes
+
+
+def test_one_bucket_gets_an_axis_around_it_not_years(filled, plt):
+    ax = analysis.plot_cost_over_time(filled.frame, freq="h", cumulative=True)
+    assert x_span(ax) <= pd.Timedelta(hours=2)
+    ax = analysis.plot_cost_over_time(shifted(filled.frame, days=60), freq="W")  # calendar weeks work too
+    assert pd.Timedelta(days=60) <= x_span(ax) <= pd.Timedelta(days=75)
 
 
 def test_latency_box_plot_has_one_box_per_provider(filled, plt):

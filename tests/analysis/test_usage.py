@@ -165,9 +165,56 @@ def test_empty_frames_give_empty_tables_with_their_columns(filled):
 
 
 def test_wrong_inputs_are_named(filled):
-    with pytest.raises(TypeError, match=r"client\.ledger\.to_dataframe\(\)"):
+    with pytest.raises(TypeError, match=r"client\.usage\(\)"):
         analysis.usage_table(None)
     with pytest.raises(ValueError, match="lacks the ledger column"):
         analysis.usage_table(pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="unknown grouping key 'colour'"):
         analysis.usage_table(filled.frame, by="colour")
+
+
+# -- how the tables show --------------------------------------------------------------------------
+
+
+def test_tables_show_costs_as_money_and_unknowns_as_empty_cells_with_raw_numbers_in_the_data(filled):
+    frame = filled.frame.copy()
+    frame.loc[frame["deployment"] == "anthropic", "cost"] = np.nan  # unknown costs: a NaN group
+    frame.loc[frame["deployment"] == "anthropic", "tokens_in"] = pd.NA  # ... and an <NA> one
+    for table in (
+        analysis.usage_table(frame, by="provider"),
+        analysis.cost_per_1k(frame, by="model"),
+        analysis.comparison_table(frame, by="model"),
+    ):
+        assert isinstance(table, analysis.Table) and isinstance(table, pd.DataFrame)
+        assert table["cost_per_1k_tokens"].dtype == "float64"  # the data stays numbers
+        with pd.option_context("display.width", 400, "display.max_columns", 50):
+            text, page = repr(table), table._repr_html_()
+        for shown in (text, page):
+            assert "<NA>" not in shown and "&lt;NA&gt;" not in shown and "NaN" not in shown, shown
+        costs = [value for value in table["cost_per_1k_tokens"] if value == value and value > 0]
+        assert costs and all(f"${value:.6f}" in text for value in costs if value < 0.01), text
+    usage = analysis.usage_table(frame, by="provider").set_index("provider")
+    assert pd.isna(usage.loc["anthropic", "cost"]) and usage.loc["openai", "cost"] > 0
+    selection = analysis.usage_table(frame)[["provider", "cost"]]  # a part of a table shows the same way
+    assert isinstance(selection, analysis.Table) and "$" in repr(selection)
+
+
+def test_a_table_formats_by_column_name():
+    table = analysis.Table(
+        {
+            "model": ["a", None],
+            "cost": [0.000953, 0.0],
+            "rank_cost": pd.array([1, None], dtype="Int64"),
+            "input_per_1m": [0.15, 10.0],
+            "latency_s": [0.214, np.nan],
+            "success_rate": [0.75, 1.0],
+        }
+    )
+    assert table.formatted().to_dict("list") == {
+        "model": ["a", ""],
+        "cost": ["$0.000953", "$0"],
+        "rank_cost": ["1", ""],
+        "input_per_1m": ["$0.15", "$10.00"],
+        "latency_s": ["0.21 s", ""],
+        "success_rate": ["75%", "100%"],
+    }

@@ -1,63 +1,30 @@
-"""``%%gtl`` and ``%gtl`` on the offline ``echo`` model, in an in-process IPython shell.
-
-Every cell runs through ``shell.run_cell`` (as a notebook would), with its output captured: user
-mistakes must be one ``UsageError`` line, never a traceback.
-"""
+"""``%%gtl`` and ``%gtl`` on the offline ``echo`` model, in an in-process IPython shell (``conftest``)."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import threading
+from typing import Any
+
 import pytest
-from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import gtl_nb
+from gtl_nb.analysis import Table
 from gtl_nb.completion import Completion
 from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension, widgets
+from gtl_nb.notebook.errors import GTLCellError
 from gtl_nb.protocol import Token
 
-PROVIDER_ENV = (
-    "GTL_NB_MODEL", "GTL_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
-    "GOOGLE_API_KEY", "OLLAMA_HOST", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY", "AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE",
-)  # fmt: skip
+from .conftest import loaded_shell, mistake, run, session_of
 
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch):
     """A shell with the extension freshly loaded, its own config file and ledger, no provider keys."""
-    for name in PROVIDER_ENV:
-        monkeypatch.delenv(name, raising=False)
-    config = tmp_path / "gtl.toml"
-    config.write_text(f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n')
-    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
-    shell = InteractiveShell.instance()
-    unload_ipython_extension(shell)
-    load_ipython_extension(shell)
-    yield shell
-    unload_ipython_extension(shell)
-    for name in ("_gtl", "_gap", "answer", "x"):
-        shell.user_ns.pop(name, None)
-
-
-def run(shell, source):
-    """Run a cell as a notebook does; the result and all its text (stdout, stderr, displays)."""
-    with capture_output() as captured:
-        result = shell.run_cell(source, store_history=True)
-    parts = [captured.stdout, captured.stderr]
-    for output in captured.outputs:
-        parts += [output.data.get("text/plain", ""), output.data.get("text/markdown", "")]
-    return result, "\n".join(parts)
-
-
-def mistake(shell, source) -> str:
-    """Run a cell that must fail with one UsageError line; that line."""
-    result, text = run(shell, source)
-    assert isinstance(result.error_in_exec, UsageError), text
-    assert "Traceback" not in text
-    message = str(result.error_in_exec)
-    assert "\n" not in message
-    return message
+    yield from loaded_shell(tmp_path, monkeypatch)
 
 
 # -- loading ------------------------------------------------------------------------------------
@@ -87,6 +54,21 @@ def test_help_lists_subcommands_and_options(ip):
         assert option in text
 
 
+OPTIONS = ("--system", "--temperature", "--compare", "--context", "--tools-dry-run")
+
+
+@pytest.mark.parametrize("source", ["%%gtl --help", "%%gtl --help\n\n", "%%gtl gpt-4o -h", "%gtl help"])
+def test_help_alone_in_a_cell_and_gtl_help_show_the_cell_options(ip, source):
+    result, text = run(ip, source)
+    assert result.success, text
+    assert all(option in text for option in OPTIONS), text
+    assert "cell body is empty" not in text
+
+
+def test_a_gtl_cell_without_a_prompt_says_how_to_write_one(ip):
+    assert "write the prompt in the cell" in mistake(ip, "%%gtl echo")
+
+
 # -- asking -------------------------------------------------------------------------------------
 
 
@@ -103,7 +85,7 @@ def test_a_cell_goes_to_echo_by_default_and_the_footer_says_offline(ip):
 
 def test_the_default_model_comes_from_config_then_env_then_echo(ip, monkeypatch):
     calls = []
-    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    client = session_of(ip).client()
     original = client.stream
 
     def spy(model, *args, **kwargs):
@@ -174,7 +156,7 @@ def test_an_unknown_variable_is_a_usage_error_naming_it(ip):
 
 
 def test_shell_quoting_keeps_a_quoted_system_prompt_whole(ip, monkeypatch):
-    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    client = session_of(ip).client()
     sent = {}
     original = client.stream
 
@@ -262,7 +244,7 @@ def test_format_json_pretty_prints_valid_json(ip, monkeypatch):
 def test_chat_mode_keeps_the_history_across_cells_and_reset_clears_it(ip):
     run(ip, "%%gtl --chat\nfirst question")
     run(ip, "%%gtl --chat\nsecond question")
-    session = ip.magics_manager.registry["GTLMagics"].session
+    session = session_of(ip)
     assert [m.role for m in session.history] == ["user", "assistant", "user", "assistant"]
     assert session.history[2].content == "second question"
     assert session.history[3].content == ip.user_ns["_gtl"].text
@@ -277,7 +259,7 @@ def test_chat_mode_keeps_the_history_across_cells_and_reset_clears_it(ip):
 
 def test_chat_mode_from_config_and_cells_outside_it_leave_the_history_alone(ip):
     run(ip, "%%gtl\nnot kept")
-    session = ip.magics_manager.registry["GTLMagics"].session
+    session = session_of(ip)
     assert session.history == []
     run(ip, "%gtl config chat=on")
     run(ip, "%%gtl\nkept")
@@ -286,7 +268,7 @@ def test_chat_mode_from_config_and_cells_outside_it_leave_the_history_alone(ip):
 
 
 def test_chat_history_is_sent_with_the_next_prompt(ip, monkeypatch):
-    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    client = session_of(ip).client()
     sent = []
     original = client.stream
     monkeypatch.setattr(client, "stream", lambda m, msgs, **kw: sent.append(list(msgs)) or original(m, msgs, **kw))
@@ -396,7 +378,7 @@ def test_providers_are_configured_with_settings_never_with_literal_keys(ip):
 def test_the_magic_line_gets_the_same_substitution_word_by_word(ip, monkeypatch):
     ip.user_ns["rules"] = "Be brief, and polite."
     ip.user_ns["deployment"] = {"name": "local"}
-    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    client = session_of(ip).client()
     sent = {}
     original = client.stream
     monkeypatch.setattr(client, "stream", lambda m, msgs, **kw: sent.update(kw) or original(m, msgs, **kw))
@@ -413,7 +395,7 @@ def test_a_dry_run_answer_is_not_added_to_the_conversation(ip):
     ip.run_cell("def lookup(key: str) -> str:\n    return key\n")
     _, text = run(ip, "%%gtl --chat --tools lookup --tools-dry-run\nlook it up")
     assert "not added to the conversation" in text
-    assert ip.magics_manager.registry["GTLMagics"].session.history == []
+    assert session_of(ip).history == []
     ip.user_ns.pop("lookup")
 
 
@@ -422,3 +404,138 @@ def test_config_endpoint_reconnects_and_a_bad_one_keeps_the_old(ip):
     assert "endpoint  embedded://" in text
     assert "ws://" in mistake(ip, "%gtl config endpoint=ws://127.0.0.1:9")
     assert "endpoint  embedded://" in run(ip, "%gtl config")[1]
+
+
+# -- what the notebook shows ----------------------------------------------------------------------
+
+BUDGET = "We have a $5 budget; the model costs $0.15 per 1M tokens. Is that enough?"
+
+
+def shown_forms(shell, source):
+    """Run a cell; its result and every markdown and HTML form it displayed (updates included)."""
+    with capture_output() as captured:
+        result = shell.run_cell(source, store_history=True)
+    forms = [out.data[kind] for out in captured.outputs for kind in ("text/markdown", "text/html") if kind in out.data]
+    return result, forms
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        f"%%gtl\n{BUDGET}",
+        f"%%gtl --no-stream\n{BUDGET}",
+        f"%%gtl --compare echo echo:other\n{BUDGET}",
+        f"%%gtl --chat\n{BUDGET}",
+    ],
+    ids=["stream", "no-stream", "compare", "chat"],
+)
+def test_dollars_in_an_answer_are_dollars_in_every_markdown_output_never_math(ip, source):
+    result, forms = shown_forms(ip, source)
+    assert result.success
+    answers = [form for form in forms if "5 budget" in form]
+    assert answers, forms
+    for form in answers:
+        # a bare "$" could pair with the next one into a LaTeX formula in JupyterLab
+        assert "$" not in form, form
+        assert "<span>&#36;</span>5 budget" in form and "<span>&#36;</span>0.15 per 1M" in form
+    result = ip.user_ns["_gtl"]
+    texts = [result.text] if isinstance(result, Completion) else [c.text for c in result.results.values()]
+    assert all("$5 budget" in text and "$0.15 per 1M" in text for text in texts)  # the answer itself unchanged
+    if "--chat" in source:
+        _, forms = shown_forms(ip, "%gtl history")
+        assert forms and all("$" not in form for form in forms) and "<span>&#36;</span>5" in forms[0]
+
+
+def run_until_ctrl_c(shell, source: str, arrived: threading.Event) -> tuple[Any, str]:
+    """Run ``source`` while a thread presses Ctrl-C once ``arrived`` is set (by the test's hook): a real
+    SIGINT to this process, as Jupyter's "interrupt the kernel" sends, whatever the main thread waits on."""
+    finished = threading.Event()
+
+    def press() -> None:
+        if arrived.wait(10) and not finished.is_set():
+            os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press)
+    presser.start()
+    try:
+        return run(shell, source)
+    finally:
+        finished.set()  # never interrupt the test runner after the cell
+        arrived.set()
+        presser.join()
+
+
+def test_ctrl_c_while_streaming_keeps_the_partial_answer_and_says_so_in_one_line(ip, monkeypatch):
+    run(ip, "%gtl providers echo type=echo options='{\"pace\": 0.05}'")  # an answer that takes seconds
+    arrived = threading.Event()
+    original = widgets.StreamView.on_event
+
+    def on_event(view, event):
+        original(view, event)
+        if len(view.text.split()) >= 3:
+            arrived.set()
+
+    monkeypatch.setattr(widgets.StreamView, "on_event", on_event)
+    result, text = run_until_ctrl_c(ip, "%%gtl --out partial\nTell me a long story", arrived)
+    assert isinstance(result.error_in_exec, GTLCellError), text  # the cell fails, so "Run all" stops here
+    line = str(result.error_in_exec)
+    assert re.fullmatch(r"cancelled after \d+ tokens?, \d+\.\d s", line), line
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    assert text.count("cancelled") == 1 and "[CANCELLED]" not in text and "-- ?" not in text
+    answer = ip.user_ns["_gtl"]
+    assert isinstance(answer, Completion) and answer.cancelled and answer.error.code == "CANCELLED"
+    assert ip.user_ns["partial"] is answer
+    full = session_of(ip).client().complete("echo", "Tell me a long story").text
+    assert answer.text and full.startswith(answer.text) and answer.text != full
+    assert answer.text in text  # the partial answer stays on screen
+    usage = session_of(ip).client().usage()
+    assert "cancelled" in set(usage["status"])
+
+
+def test_ctrl_c_during_a_comparison_keeps_every_column_as_far_as_it_got(ip, monkeypatch):
+    run(ip, "%gtl providers echo type=echo options='{\"pace\": 0.05}'")
+    arrived = threading.Event()
+    original = widgets.ComparisonGrid.on_event
+
+    def on_event(grid, model, event):
+        original(grid, model, event)
+        if isinstance(event, Token):
+            arrived.set()
+
+    monkeypatch.setattr(widgets.ComparisonGrid, "on_event", on_event)
+    result, text = run_until_ctrl_c(ip, "%%gtl --compare echo echo:other\nTell me a long story", arrived)
+    assert isinstance(result.error_in_exec, GTLCellError), text
+    assert re.fullmatch(r"cancelled after \d+\.\d s", str(result.error_in_exec))
+    assert "Traceback" not in text
+    comparison = ip.user_ns["_gtl"]
+    assert all(isinstance(answer, Completion) and answer.cancelled for answer in comparison.results.values())
+    assert set(comparison.to_dataframe()["status"]) == {"cancelled"}
+
+
+def test_config_model_is_checked_at_once_with_the_same_did_you_mean(ip):
+    message = mistake(ip, "%gtl config model=gpt-4oo")
+    assert "unknown model 'gpt-4oo'" in message and "did you mean 'gpt-4o'" in message and "%gtl models" in message
+    assert session_of(ip).settings.model is None
+    assert "gpt-4oo" in mistake(ip, "%gtl config chat=on model=gpt-4oo")
+    assert session_of(ip).settings.chat is False  # nothing of a refused line is applied
+    # a model served by a deployment the catalog does not list is routed, so it is accepted
+    run(ip, "%gtl providers local type=ollama base_url=http://127.0.0.1:9")
+    result, text = run(ip, "%gtl config model=local:my-finetune:7b")
+    assert result.success, text
+    assert session_of(ip).settings.model == "local:my-finetune:7b"
+    # a known model whose provider is not set up yet: accepted, with what to do
+    result, text = run(ip, "%gtl config model=gpt-4o")
+    assert result.success and "OPENAI_API_KEY" in text
+    assert session_of(ip).settings.model == "gpt-4o"
+
+
+def test_models_show_prices_per_million_tokens_as_money(ip):
+    run(ip, "%gtl providers openai type=openai api_key_env=HOME")
+    table = ip.run_line_magic("gtl", "models")
+    assert isinstance(table, Table)
+    row = table[table["model"] == "gpt-4o-mini"].iloc[0]
+    assert row["input_per_1m"] == pytest.approx(0.15) and row["output_per_1m"] == pytest.approx(0.60)
+    shown = repr(table[["model", "input_per_1m", "output_per_1m"]])
+    assert re.search(r"gpt-4o-mini\s+\$0\.15\s+\$0\.60", shown), shown
+    assert "<NA>" not in repr(table) and "None" not in repr(table)
+    assert "$0.15" in table._repr_html_()

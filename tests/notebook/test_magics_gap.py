@@ -6,19 +6,12 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
 
 import gtl_nb
 from gtl_nb import gap, sim
-from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension, widgets
+from gtl_nb.notebook import widgets
 
-PROVIDER_ENV = (
-    "GTL_NB_MODEL", "GTL_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
-    "GOOGLE_API_KEY", "OLLAMA_HOST", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY", "AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE",
-)  # fmt: skip
+from .conftest import deployments, loaded_shell, mistake, run, session_of
 
 
 @pytest.fixture(scope="module")
@@ -31,45 +24,7 @@ def sims():
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch, sims):
-    for name in PROVIDER_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SIM_KEY", "sim-key")
-    config = tmp_path / "gtl.toml"
-    config.write_text(
-        "".join(
-            f'[providers.{name}]\nbase_url = "{server.base_url}"\napi_key_env = "SIM_KEY"\n'
-            for name, server in sims.items()
-        )
-        + f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n'
-    )
-    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
-    shell = InteractiveShell.instance()
-    unload_ipython_extension(shell)
-    load_ipython_extension(shell)
-    yield shell
-    unload_ipython_extension(shell)
-    for name in ("_gtl", "_gap", "msg", "g", "answer"):
-        shell.user_ns.pop(name, None)
-
-
-def run(shell, source):
-    with capture_output() as captured:
-        result = shell.run_cell(source, store_history=True)
-    parts = [captured.stdout, captured.stderr]
-    for output in captured.outputs:
-        parts += [output.data.get("text/plain", ""), output.data.get("text/markdown", "")]
-    return result, "\n".join(parts)
-
-
-def mistake(shell, source) -> str:
-    result, text = run(shell, source)
-    assert isinstance(result.error_in_exec, UsageError), text
-    assert "Traceback" not in text
-    return str(result.error_in_exec)
-
-
-def session_of(shell):
-    return shell.magics_manager.registry["GTLMagics"].session
+    yield from loaded_shell(tmp_path, monkeypatch, deployments(sims))
 
 
 def test_a_cell_is_wrapped_with_its_chat_id_time_role_and_thread(ip):
@@ -229,8 +184,20 @@ def test_entities_shows_the_undefined_and_key_value_defines_them(ip, monkeypatch
     assert ip.user_ns["_gap"].entities["the_database"].value == "PostgreSQL 14"
     result, text = run(ip, "%gap entities the_system='the billing service'")
     assert result.success
-    assert "no undefined entities in m1" in text
+    assert "defined the_system in m1" in text and "no undefined entities left in m1" in text
     assert session_of(ip).gap_messages[-1].entities["the_system"].value == "the billing service"
+
+
+def test_entities_warn_about_a_name_the_message_does_not_have_and_say_what_they_did(ip):
+    run(ip, "%%gap --id m1\nThe system is slow")
+    result, text = run(ip, "%gap entities nosuch=1 the_sytem='the billing service'")
+    assert result.success, text
+    assert "warning: 'nosuch' is not an entity of m1 (its entities: the_system)" in text
+    assert "did you mean 'the_system'?" in text  # the typo, named
+    assert "added it as a new entity" in text and "defined nosuch, the_sytem in m1" in text
+    assert "no undefined entities" not in text  # the_system is still undefined: the editor is shown
+    entities = session_of(ip).gap_messages[-1].entities
+    assert entities["nosuch"].value == "1" and entities["the_system"].value is None
 
 
 def test_entities_suggest_with_asks_that_model_and_apply_takes_the_best(ip, monkeypatch):

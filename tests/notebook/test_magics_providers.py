@@ -10,21 +10,15 @@ import json
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
 
 from gtl_nb import sim
 from gtl_nb.completion import Comparison, Completion
-from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension, widgets
+from gtl_nb.notebook import widgets
 from gtl_nb.notebook.magics import GTLCellError
 from gtl_nb.protocol import RateLimitError, Token
 from gtl_nb.sim import Fault
 
-PROVIDER_ENV = (
-    "GTL_NB_MODEL", "GTL_TOKEN", "OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY",
-    "GOOGLE_API_KEY", "OLLAMA_HOST", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY", "AWS_BEARER_TOKEN_BEDROCK", "AWS_PROFILE",
-)  # fmt: skip
+from .conftest import deployments, loaded_shell, mistake, run
 
 
 @pytest.fixture(scope="module")
@@ -42,38 +36,9 @@ def sims():
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch, sims):
-    for name in PROVIDER_ENV:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SIM_KEY", "sim-key")
-    config = tmp_path / "gtl.toml"
-    deployments = "".join(
-        f'[providers.{name}]\ntype = "{"anthropic" if name == "claude" else "openai"}"\n'
-        f'base_url = "{server.base_url}"\napi_key_env = "SIM_KEY"\n'
-        for name, server in sims.items()
-    )
-    config.write_text(
-        deployments
-        + f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n'
-        + "[routing.retry]\nmax_attempts = 1\n"
-        + "[cache]\nenabled = true\n"
-    )
-    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
-    shell = InteractiveShell.instance()
-    unload_ipython_extension(shell)
-    load_ipython_extension(shell)
-    yield shell
-    unload_ipython_extension(shell)
-    for name in ("_gtl", "_gap", "answer", "both", "get_weather", "get_time"):
-        shell.user_ns.pop(name, None)
-
-
-def run(shell, source):
-    with capture_output() as captured:
-        result = shell.run_cell(source, store_history=True)
-    parts = [captured.stdout, captured.stderr]
-    for output in captured.outputs:
-        parts += [output.data.get("text/plain", ""), output.data.get("text/markdown", "")]
-    return result, "\n".join(parts)
+    types = {name: "anthropic" if name == "claude" else "openai" for name in sims}
+    config = deployments(sims, types) + "[routing.retry]\nmax_attempts = 1\n" + "[cache]\nenabled = true\n"
+    yield from loaded_shell(tmp_path, monkeypatch, config)
 
 
 def last_body(server) -> dict:
@@ -111,6 +76,21 @@ def test_a_provider_error_is_one_line_with_its_code_and_the_cell_fails(ip):
     error = ip.user_ns["_gtl"]
     assert isinstance(error, RateLimitError) and ip.user_ns["answer"] is error
     assert isinstance(error.completion, Completion)
+
+
+def test_a_provider_error_is_said_once_and_what_arrived_before_it_stays(ip, sims):
+    result, text = run(ip, "%%gtl quota:gpt-4o-mini\nhello")
+    assert isinstance(result.error_in_exec, GTLCellError)
+    assert text.count("RATE_LIMIT") == 1, text  # the cell's error line, not also the view's
+    assert "-- " not in text  # no footer for an answer that never came
+    sims["good"].set_faults(Fault.drop_after(3))  # some text, then the connection drops
+    try:
+        result, text = run(ip, "%%gtl good:gpt-4o-mini\nhello again")
+    finally:
+        sims["good"].set_faults(None)
+    error = ip.user_ns["_gtl"]
+    assert isinstance(result.error_in_exec, GTLCellError) and error.completion.text
+    assert error.completion.text in text and text.count(error.code) == 1, text
 
 
 def test_a_missing_key_is_a_usage_error_naming_the_variable(ip, tmp_path, monkeypatch):
@@ -184,9 +164,7 @@ def test_chat_history_reaches_the_provider(ip, sims):
 def test_live_model_listing_asks_the_provider(ip):
     frame = ip.run_line_magic("gtl", "models --live good")
     assert "gpt-4o-mini" in set(frame["model"])
-    with capture_output():
-        result = ip.run_cell("%gtl models --live nowhere")
-    assert isinstance(result.error_in_exec, UsageError)
+    assert "nowhere" in mistake(ip, "%gtl models --live nowhere")
 
 
 def test_usage_by_provider_counts_each_deployment(ip):
@@ -278,14 +256,9 @@ def test_max_steps_bounds_the_tool_rounds(ip):
 
 def test_tools_must_be_callables_of_the_notebook(ip):
     cases = (("%%gtl --tools nope\nhi", "'nope' is not defined"), ("%%gtl --tools x\nhi", "not a function"))
+    ip.user_ns["x"] = 5
     for source, fragment in cases:
-        ip.user_ns["x"] = 5
-        with capture_output() as captured:
-            result = ip.run_cell(source)
-        assert isinstance(result.error_in_exec, UsageError)
-        assert fragment in str(result.error_in_exec)
-        assert "Traceback" not in captured.stdout + captured.stderr
-    ip.user_ns.pop("x")
+        assert fragment in mistake(ip, source)
 
 
 def test_a_tool_that_raises_sends_the_error_back_to_the_model(ip):

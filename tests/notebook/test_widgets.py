@@ -7,12 +7,10 @@ import re
 import threading
 
 import pytest
-from IPython.core.displaypub import DisplayPublisher
-from IPython.core.interactiveshell import InteractiveShell
 
 import gtl_nb
 from gtl_nb import gap, sim
-from gtl_nb.completion import Comparison, Completion
+from gtl_nb.completion import Comparison, Completion, no_math_html
 from gtl_nb.notebook import widgets
 from gtl_nb.notebook.throttle import Throttle
 from gtl_nb.notebook.widgets import WIDGET_VIEW, ComparisonGrid, EntityEditor, StreamView
@@ -31,28 +29,6 @@ from gtl_nb.protocol import (
 from gtl_nb.protocol.session import Transcript
 
 SID = "sess_test"
-
-
-class RecordingPublisher(DisplayPublisher):
-    """Keeps every display / update the views publish, as a kernel would send them."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.outputs: list[tuple[dict, dict | None, bool]] = []
-
-    def publish(self, data, metadata=None, source=None, *, transient=None, update=False, **kwargs):
-        self.outputs.append((dict(data), transient, update))
-
-
-@pytest.fixture
-def shell():
-    ip = InteractiveShell.instance()
-    saved = ip.display_pub
-    ip.display_pub = RecordingPublisher(shell=ip)
-    try:
-        yield ip
-    finally:
-        ip.display_pub = saved
 
 
 @pytest.fixture
@@ -161,7 +137,7 @@ def test_a_real_echo_stream_shows_partial_text_then_the_final_answer_with_its_fo
     # the final answer, as a new output with markdown and plain text
     assert final[2] is False and set(final[0]) == {"text/markdown", "text/plain"}
     assert result.text in final[0]["text/markdown"]
-    assert html.escape(result.footer()).replace("$", "&#36;") in final[0]["text/markdown"]
+    assert no_math_html(result.footer()) in final[0]["text/markdown"]
     assert "echo (offline)" in final[0]["text/markdown"]
     assert final[0]["text/plain"].endswith("-- " + result.footer())
     assert 'class="gtl-stream gtl-final" data-model="echo"' in final[0]["text/markdown"]
@@ -384,7 +360,7 @@ def test_finish_racing_with_a_stream_of_events_draws_the_final_state_last(shell)
         stop.set()
         thread.join()
     assert order[-1] == "final"
-    assert shell.display_pub.outputs[-1][0]["text/plain"].startswith("== echo ==\nthe end\n-- ")
+    assert shell.display_pub.outputs[-1][0]["text/plain"] == "== echo ==\nthe end"  # no provider, no "-- ?" footer
 
 
 # -- ComparisonGrid -------------------------------------------------------------------------------------
@@ -428,7 +404,9 @@ def test_the_grid_streams_every_column_at_once_and_ends_with_a_ranked_summary(sh
     assert sorted(grid.summary["model"]) == sorted(models)
     header = "| model | provider | status | error | tokens_in | tokens_out | cost |"
     assert header in markdown
-    assert re.search(r"\| echo \| echo \| ok \|  \| \d+ \| \d+ \| \\\$0 \| \d+\.\d\d s \| \d+\.\d\d s \|", markdown)
+    # the price is a dollar MathJax cannot pair with another into a formula
+    row = r"\| echo \| echo \| ok \|  \| \d+ \| \d+ \| <span>&#36;</span>0 \| \d+\.\d\d s \| \d+\.\d\d s \|"
+    assert re.search(row, markdown)
     assert "no-such-model" in plain.splitlines()[-1]
 
 
@@ -550,3 +528,71 @@ def test_a_view_shown_through_its_bundle_draws_the_final_state_into_its_widget(s
     assert 'class="gtl-stream gtl-final"' in view.widget.value
     assert text_of(view.widget.value) == "half and whole"
     assert shell.display_pub.outputs == []  # nothing published behind the user's back
+
+
+# -- static forms beside every widget --------------------------------------------------------------
+
+
+def static_form(bundle: dict) -> str:
+    return bundle.get("text/markdown") or bundle.get("text/html") or ""
+
+
+def test_every_output_that_keeps_a_widget_view_carries_a_static_form_beside_it(shell, wrapped, echo_client):
+    StreamView("echo", live=True).display()  # a live area left unfinished (the kernel died, say)
+    view = StreamView("echo", live=True)
+    view.display()
+    view.finish(echo_client.complete("echo", "finished"))
+    EntityEditor(wrapped, live=True).display()
+    grid = ComparisonGrid(["a", "b"], live=True)
+    grid.on_event("a", Token(session_id=SID, text="so far"))
+    bundles = [*shell.display_pub.saved(), grid._repr_mimebundle_()]
+    kept = [bundle for bundle in bundles if WIDGET_VIEW in bundle]
+    assert len(kept) == 3  # the unfinished live area, the editor, the grid shown as a value
+    unfinished, *others = kept
+    assert set(unfinished) == {WIDGET_VIEW, "text/plain"}  # a live area: a placeholder that ends empty
+    assert all(static_form(bundle).strip() for bundle in others)
+
+
+def test_the_editor_becomes_its_table_once_every_entity_is_defined(shell, wrapped):
+    editor = EntityEditor(wrapped, live=True)
+    editor.display()
+    editor.apply({"the_system": "the billing service"})
+    [saved] = shell.display_pub.saved()
+    assert WIDGET_VIEW in saved  # one entity left: the editor stays
+    editor.apply({"the_config": "config.yaml"})
+    [saved] = shell.display_pub.saved()
+    assert WIDGET_VIEW not in saved and "config.yaml" in saved["text/markdown"]
+    assert editor.widget.comm is None  # closed
+    shell.display_pub.outputs.clear()
+    EntityEditor(editor.wrapped, live=True).display()  # nothing to define: no widget at all
+    [(bundle, _transient, _update)] = shell.display_pub.outputs
+    assert WIDGET_VIEW not in bundle and "the billing service" in bundle["text/markdown"]
+
+
+def test_finish_without_the_error_keeps_what_arrived_and_shows_nothing_when_nothing_did(shell):
+    view = StreamView("gpt-4o", live=True)
+    view.display()
+    view.finish(RateLimitError("slow down", provider="openai"), show_error=False)
+    assert shell.display_pub.saved() == [{"text/plain": ""}]  # the live area, emptied; no final output
+    shell.display_pub.outputs.clear()
+    view = StreamView("gpt-4o", live=True)
+    view.display()
+    view.on_event(Token(session_id=SID, text="half an answer"))
+    partial = completion_of(
+        Token(session_id=SID, text="half an answer"), Error(session_id=SID, code="RATE_LIMIT", message="slow down")
+    )
+    view.finish(partial, show_error=False)
+    final = shell.display_pub.saved()[-1]
+    assert "half an answer" in final["text/markdown"] and "RATE_LIMIT" not in final["text/markdown"]
+    assert "-- ?" not in final["text/plain"]
+
+
+def test_dollars_in_live_and_final_forms_are_never_math(shell):
+    view = StreamView("gpt-4o", min_interval=0.0, live=False)  # display mode: text/html updates
+    view.display()
+    view.on_event(Token(session_id=SID, text="It costs $5, or $0.15 per 1M"))
+    view.finish(completion_of(Token(session_id=SID, text="It costs $5, or $0.15 per 1M"), Done(session_id=SID)))
+    forms = [static_form(data) for data, _transient, _update in shell.display_pub.outputs]
+    shown = [form for form in forms if "costs" in form]
+    assert len(shown) >= 2 and all("$" not in form for form in shown)
+    assert "$5" in view._repr_mimebundle_()["text/plain"]  # plain text is plain

@@ -268,3 +268,65 @@ def test_comparison_grid_streams_live_in_the_browser(app: str, tmp_path: Path, c
     # the summary table under the grid: one row per model, and prices shown as prices, not as LaTeX
     assert grid["math"] == 0, "dollar amounts in the grid were typeset as math: escape '$' in markdown"
     assert len(grid["rows"]) == 3 and all(any(m in row for row in grid["rows"]) for m in models), grid["rows"]
+
+
+# ----------------------------------------------------------------------------------------------
+# a notebook executed headless, opened in JupyterLab
+
+BUDGET = "We have a $5 budget; the model costs $0.15 per 1M tokens. Is that enough?"
+HEADLESS_CELLS = (
+    "%load_ext gtl_nb",
+    f"%%gtl\n{BUDGET}",
+    f"%%gtl --compare echo echo:other\n{BUDGET}",
+    f"%%gtl --no-stream\n{BUDGET}",
+    "%%gap --id m1\nThe system is slow since the upgrade.",
+    "%gap entities",
+    "%gtl usage",
+)
+
+# Per cell: typeset math elements, and the text of its outputs.
+OUTPUTS_JS = """
+Array.from(document.querySelectorAll('.jp-Notebook .jp-Cell')).map((cell) => ({
+  math: cell.querySelectorAll('mjx-container, .MathJax').length,
+  text: Array.from(cell.querySelectorAll('.jp-OutputArea-output')).map((o) => o.textContent).join(' | '),
+}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_notebook_executed_headless_reads_right_in_jupyterlab(tmp_path: Path):
+    """Dollars in answers and tables are dollars (no LaTeX), and the entity editor is its table, not
+    "Loading widget..." (the notebook is opened, not run: no kernel stands behind its outputs)."""
+    require_chromium()
+    from gtl_nb.notebook.runner import execute_notebook, offline_env
+
+    root = tmp_path / "root"
+    root.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells = [nbformat.v4.new_code_cell(source) for source in HEADLESS_CELLS]
+    path = root / "headless.ipynb"
+    nbformat.write(notebook, path)
+    nbformat.write(execute_notebook(path, env=offline_env(tmp_path / "scratch")), path)
+
+    server = JupyterServer("lab", root, tmp_path)
+    write_user_settings(server)
+    with server, Chromium.launch(tmp_path) as browser:
+        page = browser.new_page(server.notebook_url("headless.ipynb"))
+        wait_for(lambda: page.evaluate(READY_JS % {"path": json.dumps("headless.ipynb")}), 120, "the notebook")
+
+        def rendered() -> list[dict] | None:
+            cells = page.evaluate(OUTPUTS_JS)
+            return cells if len(cells) == len(HEADLESS_CELLS) and "the_system" in cells[5]["text"] else None
+
+        cells = wait_for(rendered, 60, "the outputs")
+        time.sleep(2)  # MathJax typesets after rendering: give it the time to do so wrongly
+        cells = page.evaluate(OUTPUTS_JS)
+    for source, cell in zip(HEADLESS_CELLS, cells, strict=True):
+        assert cell["math"] == 0, f"{source!r}: a '$' was typeset as math"
+        assert "Loading widget" not in cell["text"] and "Error displaying widget" not in cell["text"], source
+    for cell in cells[1:4]:
+        assert "$5 budget" in cell["text"] and "$0.15 per 1M" in cell["text"]
+    assert "(undefined)" in cells[5]["text"] and "%gap entities the_system=" in cells[5]["text"]
+    assert "$0" in cells[6]["text"]

@@ -87,3 +87,42 @@ def test_prune_widget_state_keeps_shown_widgets_and_what_they_refer_to():
     notebook.cells[0].outputs = []
     prune_widget_state(notebook)
     assert "widgets" not in notebook.metadata
+
+
+def test_static_outputs_drop_the_widget_view_where_a_static_form_stands_beside_it():
+    from gtl_nb.notebook.runner import WIDGET_VIEW, static_outputs
+
+    editor = {WIDGET_VIEW: {"model_id": "a"}, "text/markdown": "| entity |", "text/plain": "entity"}
+    slider = {WIDGET_VIEW: {"model_id": "b"}, "text/plain": "IntSlider(value=5)"}  # another library's widget
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("x", outputs=[nbformat.v4.new_output("display_data", data=dict(data))])
+        for data in (editor, slider)
+    ]
+    assert static_outputs(notebook) == 1
+    assert [set(cell.outputs[0].data) for cell in notebook.cells] == [
+        {"text/markdown", "text/plain"},
+        {WIDGET_VIEW, "text/plain"},
+    ]
+
+
+def test_a_notebook_executed_headless_shows_its_entity_editor_as_a_table_everywhere(tmp_path: Path):
+    from gtl_nb.notebook.runner import WIDGET_VIEW, execute_notebook, offline_env, render_html
+
+    path = tmp_path / "entities.ipynb"
+    notebook = nbformat.v4.new_notebook()
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.cells = [
+        nbformat.v4.new_code_cell("%load_ext gtl_nb"),
+        nbformat.v4.new_code_cell("%%gap --id m1\nThe system is slow since the upgrade."),
+        nbformat.v4.new_code_cell("%gap entities"),
+    ]
+    nbformat.write(notebook, path)
+    executed = execute_notebook(path, env=offline_env(tmp_path / "scratch"))
+
+    [editor] = executed.cells[2].outputs
+    # JupyterLab shows "Loading widget..." for a widget view without a kernel behind it: none is left
+    assert WIDGET_VIEW not in editor.data and "widgets" not in executed.metadata
+    assert "`the_system`" in editor.data["text/markdown"] and "(undefined)" in editor.data["text/markdown"]
+    page = render_html(executed)  # offline HTML: the table, no widget script to fetch from a CDN
+    assert "the_system" in page and "widget-view+json" not in page and "embed-amd" not in page
