@@ -108,3 +108,21 @@ def test_a_process_killed_mid_stream_leaves_one_interrupted_row(ledger_path):
     frame = rows(ledger_path)  # opening the ledger recovers rows of dead processes
     assert len(frame) == 1
     assert frame.iloc[0]["status"] == "interrupted"
+
+
+def test_one_model_name_per_row_whatever_the_outcome(ledger_path):
+    # a failed request named with its deployment prefix is recorded with the bare model, as a
+    # successful one is, and the deployment in its own column
+    with sim.running("openai") as url:
+        providers = {
+            "goodoa": {"type": "openai", "api_key": "sim-key", "base_url": url},
+            "badoa": {"type": "openai", "api_key": "wrong-key", "base_url": url},
+        }
+        client = gtl_nb.connect(providers=providers, ledger=ledger_path, environ={})
+        client.complete("goodoa:gpt-4o-mini", "hello")
+        with pytest.raises(AuthenticationError):
+            client.complete("badoa:gpt-4o-mini", "hello")
+        client.close()
+    frame = rows(ledger_path)
+    assert list(frame["model"]) == ["gpt-4o-mini", "gpt-4o-mini"]
+    assert list(frame["deployment"]) == ["goodoa", "badoa"]
