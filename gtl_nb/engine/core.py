@@ -84,7 +84,7 @@ from gtl_nb.protocol.messages import (
     ToolCallEvent,
     Usage,
 )
-from gtl_nb.protocol.session import SessionStateMachine
+from gtl_nb.protocol.session import SessionStateMachine, is_failover
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
@@ -216,8 +216,8 @@ class Engine:
                 async for event in events:
                     if isinstance(event, Usage):
                         usage = event
-                    elif isinstance(event, Status) and event.state == "failover":
-                        usage = None
+                    elif is_failover(event):
+                        usage = None  # the protocol's reset: the usage of an abandoned attempt is void
                     elif isinstance(event, (Done, Error)):
                         end = event
                         if ending is not None:

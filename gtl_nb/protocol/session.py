@@ -124,6 +124,12 @@ class SessionTracker:
             raise SessionStateError(f"connection closed with sessions still open: {names}")
 
 
+def is_failover(event: StreamEvent) -> bool:
+    """True for the ``status: failover`` that voids everything a session received before it (the
+    protocol's failover reset; ``Transcript`` applies it, and every reader asks this one function)."""
+    return isinstance(event, Status) and event.state == "failover"
+
+
 @dataclass
 class Transcript:
     """What one session produced so far, with the failover reset applied."""
@@ -155,7 +161,7 @@ class Transcript:
             self.usage = event
         elif isinstance(event, Status):
             self.statuses.append(event)
-            if event.state == "failover":
+            if is_failover(event):
                 self.failovers.append(event)
                 self.answer_events.clear()
                 self.tokens.clear()
