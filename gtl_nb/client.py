@@ -47,7 +47,7 @@ __all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "new_
 log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
 _END_WAIT = 5.0  # seconds to wait for the loop thread's last event after a cancel
-_NETWORK_SCHEMES = ("quic", "grpc", "ws", "wss", "sse", "http", "https", "stdio")
+_NETWORK_SCHEMES = ("quic", "grpc", "ws", "wss", "sse", "http", "https")
 
 
 def new_session_id() -> str:
@@ -75,10 +75,32 @@ def connect(
     ``user`` (default: the OS user) is who budgets and ledger rows are accounted to. ``ledger`` is
     the SQLite file of the usage ledger (a path, an open ``Ledger``, or ``False`` for none; default:
     the ``[ledger]`` section, then the user's data directory).
+
+    ``"stdio:///path/to/gtl.toml"`` (or ``"stdio://"`` for the usual file, or
+    ``"stdio://?command=..."``) starts a gateway as a child process and runs every session there
+    (docs/gateway.md); ``token`` goes in its ``hello``, ``user`` becomes its principal.
     """
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
     if scheme == "embedded":
         return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)
+    if scheme == "stdio":
+        local = {"providers": providers, "config": config, "ledger": ledger, "environ": environ, **options}
+        given = [name for name, value in local.items() if value is not None]
+        if given:
+            raise ConfigurationError(
+                f"connect({endpoint!r}) takes no {given[0]}=: the gateway reads its own configuration "
+                "(stdio:///path/to/gtl.toml names the file)"
+            )
+        from gtl_nb.transports.stdio import stdio_backend
+
+        backend = stdio_backend(endpoint, token=token, user=user)
+        client = Client(backend=backend, user=user)
+        try:
+            backend.loop.run(backend.start(), timeout=backend.open_timeout + 5)
+        except BaseException:
+            client.close()
+            raise
+        return client
     if scheme in _NETWORK_SCHEMES:
         raise ConfigurationError(
             f"the {scheme}:// transport needs the gtl_nb gateway, which this version does not include yet; "

@@ -1,0 +1,31 @@
+"""``gtl serve``: the gateway as a subcommand of the ``gtl`` command (``cli._optional_subcommands``).
+
+``gtl serve --stdio --config FILE`` and ``gtl --config FILE serve --stdio`` mean the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from gtl_nb.gateway.main import add_arguments, run
+
+__all__ = ["add_subcommands"]
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register ``serve`` on the ``gtl`` command's subparsers (handler in ``handler``)."""
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the gateway (gtl serve --stdio: one connection on standard input and output)",
+        description="Run the gtl_nb gateway.",
+    )
+    add_arguments(parser, config=False)
+    # its own name: a subcommand's default would overwrite the global --config given before it
+    parser.add_argument("--config", dest="serve_config", help="TOML configuration file (as gtl --config)")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    args.config = args.serve_config or getattr(args, "config", None)
+    return run(args)

@@ -1,0 +1,33 @@
+"""The gateway on stdio: one connection over standard input and output, for the life of the process.
+
+The client (``connect("stdio://...")``) starts this process, so there is exactly one connection; when
+it ends — the client closed its end of the pipe, or went away — every session is cancelled, its
+ledger row completed, and the process exits.
+"""
+
+from __future__ import annotations
+
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.settings import Settings
+from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
+from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.protocol.connection import GTLConnection
+from gtl_nb.transports.framed import FramedConnection
+from gtl_nb.transports.stdio import open_server_channel
+
+__all__ = ["serve_stdio"]
+
+
+async def serve_stdio(settings: Settings, *, authenticate: Authenticate, frames_fd: int, in_fd: int = 0) -> None:
+    """Serve one GTL connection on ``in_fd`` / ``frames_fd`` (see ``transports.stdio.take_stdout``)."""
+    options = GatewaySettings.from_settings(settings)
+    connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes)
+    engine = build_engine(settings)
+    try:
+        channel = await open_server_channel(frames_fd, in_fd=in_fd)
+        try:
+            await GatewayConnection(engine, FramedConnection(connection, channel), authenticate=authenticate).run()
+        finally:
+            await channel.aclose()
+    finally:
+        await engine.aclose()

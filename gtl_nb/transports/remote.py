@@ -1,0 +1,207 @@
+"""``RemoteBackend``: the client's ``Backend`` (``gtl_nb.backend``) over a GTL connection to a gateway.
+
+It needs only a *dialer* — an async callable returning a fresh ``Channel`` — so every transport
+uses it: ``stdio`` dials by starting the gateway as a child process. The connection runs on the
+client's loop thread (``backend.loop``) and is opened when first needed; after it drops, the next
+request (or ``providers()``) opens a new one. Sessions on a dropped connection end with a retryable
+``PROVIDER_UNAVAILABLE`` error; they are not re-sent (the gateway may already have called a provider).
+
+What the protocol cannot carry yet, this backend answers locally (see docs/gateway.md):
+
+* ``check``, ``route`` and ``fit`` do nothing: the gateway routes, and its answer (an ``error`` event
+  with the same code the embedded client raises) comes back as the session's end;
+* ``providers()`` and ``provider_type()`` come from the gateway's provider list, ``list_models`` from
+  the models in it (not a live listing by the provider);
+* ``usage_rows`` is ``[]`` and ``breakers`` is ``{}``: GTL v1.0 has no message to ask for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gtl_nb.engine.loop import LoopThread, shared_loop
+from gtl_nb.engine.settings import RequestDefaults
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
+from gtl_nb.protocol.connection import GTLConnection
+from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, ProviderUnavailableError
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
+from gtl_nb.providers.registry import provider_types
+from gtl_nb.transports.channel import Channel
+from gtl_nb.transports.framed import FramedConnection
+from gtl_nb.transports.link import OPEN_TIMEOUT, ClientLink, Deliver
+
+__all__ = ["Dialer", "RemoteBackend"]
+
+Dialer = Callable[[], Awaitable[Channel]]
+"""Opens a new byte stream to the gateway; raises ``GTLError`` or ``OSError`` when it cannot."""
+
+
+class RemoteBackend:
+    """Runs a client's sessions on a gateway (see the module docstring).
+
+    ``label`` names the gateway in messages and ``repr(client)``; ``token`` travels in ``hello``;
+    ``defaults`` are the request defaults the client applies (the protocol does not carry the
+    gateway's yet).
+    """
+
+    def __init__(
+        self,
+        dial: Dialer,
+        *,
+        label: str,
+        token: str | None = None,
+        loop: LoopThread | None = None,
+        defaults: RequestDefaults | None = None,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        open_timeout: float = OPEN_TIMEOUT,
+    ) -> None:
+        self.loop = loop or shared_loop()
+        self.defaults = defaults or RequestDefaults()
+        self.label = label
+        self.open_timeout = open_timeout
+        self._dial = dial
+        self._token = token
+        self._max_frame_bytes = max_frame_bytes
+        self._link: ClientLink | None = None
+        self._opening: asyncio.Task[ClientLink] | None = None
+        self._providers: list[ProviderInfo] = []
+        self._closed = False
+
+    def __repr__(self) -> str:  # never the token
+        return f"<RemoteBackend {self.label}>"
+
+    @property
+    def channel(self) -> Channel | None:
+        """The byte stream of the current connection (``None`` before the first one)."""
+        return None if self._link is None else self._link.framed.channel
+
+    async def start(self) -> None:
+        """Open the connection now (``connect()`` does, so a gateway that cannot start fails there)."""
+        await self._current()
+
+    # -- sessions ------------------------------------------------------------------------------------
+
+    async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
+        sid = request.session_id
+        ended = False
+
+        def once(event: StreamEvent) -> None:  # whatever happens below, one terminal event gets through
+            nonlocal ended
+            if not ended:
+                ended = isinstance(event, (Done, Error))
+                deliver(event)
+
+        try:
+            link = await self._current()
+            await link.session(request, once)
+        except asyncio.CancelledError:
+            once(Error(session_id=sid, code="CANCELLED", message="cancelled by the caller"))
+            raise
+        except GTLError as exc:  # no connection: the gateway could not be started or refused us
+            once(exc.to_event(sid))
+        except Exception as exc:  # a bug must still end the session
+            once(Error(session_id=sid, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
+            raise
+
+    async def _current(self) -> ClientLink:
+        """The open connection, opening one (once, for every caller waiting) when there is none."""
+        if self._closed:
+            raise InvalidRequestError(f"this client is closed; connect to the {self.label} again")
+        link = self._link
+        if link is not None and not link.closed:
+            return link
+        if self._opening is None or self._opening.done():
+            self._opening = asyncio.get_running_loop().create_task(self._open(), name=f"gtl-open-{self.label}")
+            self._opening.add_done_callback(_retrieve)
+        return await asyncio.shield(self._opening)
+
+    async def _open(self) -> ClientLink:
+        try:
+            channel = await self._dial()
+        except FileNotFoundError as exc:
+            raise ConfigurationError(f"cannot start the {self.label}: {exc.strerror}: {exc.filename}") from None
+        except OSError as exc:
+            raise ProviderUnavailableError(f"cannot reach the {self.label}: {exc}") from None
+        connection = GTLConnection("client", token=self._token, max_frame_bytes=self._max_frame_bytes)
+        link = ClientLink(FramedConnection(connection, channel, reader_waits=False), label=self.label)
+        await link.open(self.open_timeout)
+        self._link = link
+        self._providers = list(link.providers)
+        return link
+
+    # -- questions about providers (answered from the gateway's provider list) ----------------------------
+
+    def check(self, request: CompletionRequest) -> None:
+        """Nothing to check here: the gateway routes, and its error ends the session."""
+
+    def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
+        """``[]``: routing happens on the gateway, which the protocol cannot ask yet."""
+        return []
+
+    def default_routing(self, model: str, *, named: bool) -> tuple[str | None, tuple[str, ...] | None]:
+        """``EmbeddedBackend.default_routing``'s rule, judged from the gateway's provider list: a
+        ``deployment:model`` keeps its deployment; ``[defaults] provider`` applies when it serves the
+        model (or no deployment lists it); ``providers`` entries naming their own model apply only when
+        the caller named no model."""
+        prefix, sep, rest = model.partition(":")
+        deployments = {info.provider for info in self._providers}
+        if sep and rest and (prefix in deployments or prefix in provider_types()):
+            return None, None
+        provider = self.defaults.provider
+        serving = {info.provider for info in self._providers if any(m.name == model for m in info.models)}
+        if provider and serving and provider not in serving:
+            provider = None
+        providers = self.defaults.providers
+        if providers and named and any(entry.partition(":")[2] for entry in providers):
+            providers = None
+        return provider or None, providers
+
+    def fit(self, request: CompletionRequest) -> CompletionRequest:
+        """``request`` as it is: the gateway applies context windows and fallbacks."""
+        return request
+
+    def providers(self) -> list[ProviderInfo]:
+        """The gateway's ``provider_info`` list (connecting first when no connection is open)."""
+        link = self._link
+        if (link is None or link.closed) and not self.loop.in_loop_thread:
+            self.loop.run(self._current(), timeout=self.open_timeout + 5)
+        return list(self._providers)
+
+    def provider_type(self, deployment: str | None) -> str | None:
+        for info in self._providers:
+            if info.provider == deployment:
+                return info.provider_type
+        return None
+
+    async def list_models(self, deployment: str) -> list[str]:
+        await self._current()
+        for info in self._providers:
+            if info.provider == deployment:
+                return [model.name for model in info.models]
+        known = ", ".join(info.provider for info in self._providers) or "none"
+        raise ConfigurationError(f"the {self.label} has no deployment named {deployment!r} (it has: {known})")
+
+    async def breakers(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    async def usage_rows(self, **filters: Any) -> list[dict[str, Any]]:
+        return []
+
+    def describe(self) -> str:
+        return f"remote {self.label} providers=[{', '.join(info.provider for info in self._providers)}]"
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+            await asyncio.wait({self._opening})
+        if self._link is not None:
+            await self._link.aclose()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Mark an opening's failure as seen (every waiter already got it, or none was left)."""
+    if not task.cancelled():
+        task.exception()

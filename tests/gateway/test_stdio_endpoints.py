@@ -1,0 +1,64 @@
+"""What each ``stdio://`` endpoint starts, and the mistakes ``connect`` refuses before starting anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+import gtl_nb
+from gtl_nb.protocol import ConfigurationError
+from gtl_nb.transports.stdio import parse_stdio
+
+GATEWAY = [sys.executable, "-m", "gtl_nb.gateway", "--stdio"]
+
+
+def test_the_bare_endpoint_runs_the_gateway_with_the_usual_configuration():
+    target = parse_stdio("stdio://")
+    assert (target.argv, target.config, target.builtin) == (GATEWAY, None, True)
+
+
+def test_a_path_names_the_gateways_configuration(tmp_path, monkeypatch):
+    assert parse_stdio("stdio:///etc/gtl%20nb/gtl.toml").argv == [*GATEWAY, "--config", "/etc/gtl nb/gtl.toml"]
+    monkeypatch.chdir(tmp_path)
+    relative = parse_stdio("stdio://team.toml")
+    assert relative.config == str(tmp_path / "team.toml")
+    assert parse_stdio("stdio://team.toml", principal="alice").argv[-2:] == ["--principal", "alice"]
+
+
+def test_a_command_runs_as_written():
+    target = parse_stdio("stdio://?command=ssh%20gw.example%20gtl%20serve%20--stdio%20--config%20%27a%20b.toml%27")
+    assert target.argv == ["ssh", "gw.example", "gtl", "serve", "--stdio", "--config", "a b.toml"]
+    assert not target.builtin
+    assert "ssh gw.example" in target.label
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "principal", "message"),
+    [
+        ("stdio://?cmd=x", None, "unknown option 'cmd'"),
+        ("stdio://x.toml?command=gtl", None, "both a config path and command="),
+        ("stdio://?command=", None, "command= is empty"),
+        ("stdio://?command=%22unclosed", None, "cannot split"),
+        ("stdio://?command=gtl", "alice", "add --principal to it"),
+        ("tcp://x", None, "not a stdio endpoint"),
+    ],
+)
+def test_malformed_endpoints_are_refused(endpoint, principal, message):
+    with pytest.raises(ConfigurationError, match=message):
+        parse_stdio(endpoint, principal=principal)
+
+
+def test_connect_refuses_local_configuration_for_a_gateway(tmp_path: Path):
+    with pytest.raises(ConfigurationError, match="takes no providers="):
+        gtl_nb.connect("stdio://", providers={"openai": {"api_key": "k"}})
+    with pytest.raises(ConfigurationError, match="takes no ledger="):
+        gtl_nb.connect("stdio://", ledger=False)
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        gtl_nb.connect(f"stdio://{tmp_path / 'missing.toml'}")
+
+
+def test_a_command_that_does_not_exist_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="cannot start"):
+        gtl_nb.connect("stdio://?command=/nonexistent/gtl-gateway%20--stdio")
