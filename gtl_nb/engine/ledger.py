@@ -34,7 +34,6 @@ import json
 import math
 import os
 import platform
-import random
 import sqlite3
 import threading
 import time
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from gtl_nb.engine import ledger_migrations
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DATETIME, DTYPES, FINAL_STATUSES, LIST, TABLE
 from gtl_nb.engine.processes import own_identity, process_alive, process_identity
+from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from gtl_nb.protocol.messages import Done, Error, Usage
@@ -80,7 +80,6 @@ T = TypeVar("T")
 _INHERITED: list[sqlite3.Connection] = []
 MEMORY = ":memory:"
 DAY = 86400.0
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _REFUSALS = ("RATE_LIMIT", "BUDGET_EXCEEDED")  # the error codes of a request refused by a budget
 
 
@@ -631,23 +630,13 @@ class Ledger:
 
     def _retrying(self, operation: Callable[[], T]) -> T:
         """Run ``operation``, retrying with jittered backoff while SQLite reports busy/locked."""
-        deadline = time.monotonic() + self._retry_for
-        delay = 0.002
-        while True:
-            try:
-                return operation()
-            except sqlite3.Error as exc:
-                if not _is_busy(exc):
-                    raise LedgerError(f"ledger {self.path}: {exc}") from exc
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LedgerBusyError(
-                        f"ledger {self.path} stayed busy for {self._retry_for:g} s; another process holds "
-                        "its write lock"
-                    ) from None
-                log.debug("ledger %s busy (%s); retrying", self.path, exc)
-                time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
-                delay = min(delay * 2, 0.1)
+        return retry_while_busy(
+            operation,
+            retry_for=self._retry_for,
+            what=f"ledger {self.path}",
+            error=LedgerError,
+            busy_error=LedgerBusyError,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -655,39 +644,18 @@ class Ledger:
 
 
 def _create_private_file(path: Path) -> None:
-    """Create the directory and an empty file readable by the owner only, unless they exist.
-
-    SQLite gives the ``-wal`` and ``-shm`` files the database file's permissions.
-    """
-    advice = "pass ledger= a file path in a writable directory, or ledger=False to keep no ledger"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        reason = "a file is in the way" if isinstance(exc, (FileExistsError, NotADirectoryError)) else exc.strerror
-        raise LedgerLocationError(f"cannot create the ledger's directory {path.parent} ({reason}); {advice}") from None
-    if path.is_dir():
-        raise LedgerLocationError(f"the ledger path {path} is a directory; {advice}")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise LedgerLocationError(f"cannot create the ledger file {path} ({exc.strerror}); {advice}") from None
-    os.close(fd)
+    create_private_file(
+        path,
+        what="ledger",
+        advice="pass ledger= a file path in a writable directory, or ledger=False to keep no ledger",
+        error=LedgerLocationError,
+    )
 
 
 def _reset_lock(ref: weakref.ref[Ledger]) -> None:
     ledger = ref()
     if ledger is not None:
         ledger._lock = threading.RLock()
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    if isinstance(code, int):
-        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
 
 
 def iso_utc(seconds: float) -> str:

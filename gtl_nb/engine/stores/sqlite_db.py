@@ -11,23 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import sqlite3
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import ConfigurationError, GTLError
+from gtl_nb.protocol.errors import GTLError
 
 __all__ = ["SqliteDatabase", "StoreBusyError", "StoreError"]
 
 log = get_logger("engine.stores")
 
 T = TypeVar("T")
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 _INHERITED: list[sqlite3.Connection] = []  # a parent's connections, kept referenced in a forked child
 
 
@@ -122,44 +120,10 @@ class SqliteDatabase:
         return conn
 
     def _retrying(self, operation: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self._retry_for
-        delay = 0.002
-        while True:
-            try:
-                return operation()
-            except sqlite3.Error as exc:
-                if not _is_busy(exc):
-                    raise StoreError(f"store {self.path}: {exc}") from exc
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StoreBusyError(
-                        f"store {self.path} stayed busy for {self._retry_for:g} s; another process holds its write lock"
-                    ) from None
-                time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
-                delay = min(delay * 2, 0.1)
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-    if isinstance(code, int):
-        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    text = str(exc).lower()
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+        return retry_while_busy(
+            operation, retry_for=self._retry_for, what=f"store {self.path}", error=StoreError, busy_error=StoreBusyError
+        )
 
 
 def _create_private_file(path: Path) -> None:
-    """Create the directory and an empty file readable by the owner only, unless they exist
-    (SQLite gives its ``-wal`` and ``-shm`` files the database file's permissions)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot create the directory of the store file {path} ({exc})") from None
-    if path.is_dir():
-        raise ConfigurationError(f"the store file {path} is a directory")
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    except FileExistsError:
-        return
-    except OSError as exc:
-        raise ConfigurationError(f"cannot create the store file {path} ({exc.strerror or exc})") from None
-    os.close(fd)
+    create_private_file(path, what="store file")
