@@ -471,8 +471,16 @@ def _read_file(
     return _parse(user_config_path(environ=env, home=home, platform=platform), required=False, named_by="")
 
 
+#: A configuration file larger than this is refused unread (a configuration is a few KB).
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+#: How deeply inline tables and arrays may nest in a configuration file (tomllib recurses).
+MAX_CONFIG_DEPTH = 32
+
+
 def _parse(path: Path, *, required: bool, named_by: str) -> tuple[dict[str, Any], Path | None, str]:
     try:
+        if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigurationError(f"configuration file {str(path)!r} is larger than {MAX_CONFIG_BYTES} bytes")
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         if required:
@@ -481,10 +489,32 @@ def _parse(path: Path, *, required: bool, named_by: str) -> tuple[dict[str, Any]
         return {}, None, str(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"cannot read configuration file {str(path)!r}: {exc}") from None
+    if _brackets_nest_deeper(text, MAX_CONFIG_DEPTH):
+        raise ConfigurationError(
+            f"configuration file {str(path)!r} nests tables or arrays deeper than {MAX_CONFIG_DEPTH} levels"
+        )
     try:
         return tomllib.loads(text), path, str(path)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"configuration file {str(path)!r} is not valid TOML: {exc}") from None
+    except RecursionError:  # a nesting the pre-check could not see (brackets inside strings hide nothing)
+        raise ConfigurationError(f"configuration file {str(path)!r} nests too deeply") from None
+
+
+def _brackets_nest_deeper(text: str, limit: int) -> bool:
+    """A linear, conservative check: ``{`` and ``[`` opened and not yet closed, strings ignored
+    roughly (a bracket inside a string may count, which can only refuse, never let through)."""
+    if text.count("{") + text.count("[") <= limit:
+        return False
+    depth = 0
+    for char in text:
+        if char in "{[":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in "}]":
+            depth = max(0, depth - 1)
+    return False
 
 
 # ----------------------------------------------------------------------------------------------

@@ -130,3 +130,14 @@ def test_a_plugin_declares_its_needs_and_takes_part_in_hints_and_checks():
     with pytest.raises(ConfigurationError, match=r"missing api_key: set ACME_API_KEY, or api_key \(or api_key_env\)"):
         keyless.require_credentials("acme")
     assert routing.credential_hint("acme") == "ACME_API_KEY"
+
+
+def test_a_configuration_file_nested_without_end_is_a_configuration_error(tmp_path):
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[routing]\nweights = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n")
+    with pytest.raises(ConfigurationError, match="deeper than 32 levels"):
+        load_config(config=deep, environ={})
+    huge = tmp_path / "huge.toml"
+    huge.write_text("# " + "x" * (5 * 1024 * 1024) + "\n")
+    with pytest.raises(ConfigurationError, match="larger than"):
+        load_config(config=huge, environ={})
