@@ -113,7 +113,7 @@ def test_a_rotated_key_in_the_environment_needs_no_restart(monkeypatch):
 class AcmeDialect:
     """A plugin's dialect: it declares what it needs, and the configuration uses that."""
 
-    name = "acme"
+    name = "needs_demo"
     needs = ProviderNeeds(
         env={"api_key": ("ACME_API_KEY",), "base_url": ("ACME_URL",)},
         requires=(API_KEY,),
@@ -121,15 +121,16 @@ class AcmeDialect:
     )
 
 
-def test_a_plugin_declares_its_needs_and_takes_part_in_hints_and_checks():
-    registry.register("acme", AcmeDialect())
-    implied = load_config(environ={"ACME_API_KEY": "acme-key", "ACME_URL": "http://127.0.0.1:9"}, known_types=["acme"])
-    assert "acme" in implied.implied and implied.deployments["acme"].api_key == "acme-key"
-    assert implied.deployments["acme"].base_url == "http://127.0.0.1:9"
-    keyless = load_config(providers={"acme": {}}, environ={}, known_types=["acme"])
+def test_a_plugin_declares_its_needs_and_takes_part_in_hints_and_checks(monkeypatch):
+    monkeypatch.setitem(registry._instances, "needs_demo", AcmeDialect())  # gone after the test
+    env = {"ACME_API_KEY": "acme-key", "ACME_URL": "http://127.0.0.1:9"}
+    implied = load_config(environ=env, known_types=["needs_demo"])
+    assert "needs_demo" in implied.implied and implied.deployments["needs_demo"].api_key == "acme-key"
+    assert implied.deployments["needs_demo"].base_url == "http://127.0.0.1:9"
+    keyless = load_config(providers={"needs_demo": {}}, environ={}, known_types=["needs_demo"])
     with pytest.raises(ConfigurationError, match=r"missing api_key: set ACME_API_KEY, or api_key \(or api_key_env\)"):
-        keyless.require_credentials("acme")
-    assert routing.credential_hint("acme") == "ACME_API_KEY"
+        keyless.require_credentials("needs_demo")
+    assert routing.credential_hint("needs_demo") == "ACME_API_KEY"
 
 
 def test_a_configuration_file_nested_without_end_is_a_configuration_error(tmp_path):
