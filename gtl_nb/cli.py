@@ -5,6 +5,7 @@
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
     gtl gap wrap|transform|parse|graph ...
     gtl serve --stdio [--config FILE] [--principal NAME]
+    gtl certs DIRECTORY [--name NAME ...]
 
 Errors a user can fix print one line (``gtl: error: …``) and exit with status 2; provider errors
 print their GTL code and exit with status 1.
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _optional_subcommands(sub: Any) -> None:
     """Commands that live with their packages (``gtl sim``, ``gtl gap``, ``gtl serve``)."""
-    for module_name in ("gtl_nb.sim.cli", "gtl_nb.gap.cli", "gtl_nb.gateway.cli"):
+    for module_name in ("gtl_nb.sim.cli", "gtl_nb.gap.cli", "gtl_nb.gateway.cli", "gtl_nb.gateway.certs"):
         try:
             module = __import__(module_name, fromlist=["add_subcommands"])
         except ImportError:
