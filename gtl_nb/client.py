@@ -47,7 +47,7 @@ __all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "new_
 log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
 _END_WAIT = 5.0  # seconds to wait for the loop thread's last event after a cancel
-_NETWORK_SCHEMES = ("quic", "grpc", "ws", "wss", "sse", "http", "https")
+_NETWORK_SCHEMES = ("quic", "grpc", "wss", "https")
 
 
 def new_session_id() -> str:
@@ -79,11 +79,14 @@ def connect(
     ``"stdio:///path/to/gtl.toml"`` (or ``"stdio://"`` for the usual file, or
     ``"stdio://?command=..."``) starts a gateway as a child process and runs every session there
     (docs/gateway.md); ``token`` goes in its ``hello``, ``user`` becomes its principal.
+    ``"http://HOST:PORT"`` and ``"sse://HOST:PORT"`` run every session on a gateway started with
+    ``gtl serve --http HOST:PORT``, ``"ws://HOST:PORT"`` runs them over one WebSocket to it; ``token``
+    goes in ``Authorization: Bearer``.
     """
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
     if scheme == "embedded":
         return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)
-    if scheme == "stdio":
+    if scheme in ("stdio", "http", "sse", "ws"):
         local = {"providers": providers, "config": config, "ledger": ledger, "environ": environ, **options}
         given = [name for name, value in local.items() if value is not None]
         if given:
@@ -91,9 +94,19 @@ def connect(
                 f"connect({endpoint!r}) takes no {given[0]}=: the gateway reads its own configuration "
                 "(stdio:///path/to/gtl.toml names the file)"
             )
-        from gtl_nb.transports.stdio import stdio_backend
+        backend: Backend
+        if scheme == "stdio":
+            from gtl_nb.transports.stdio import stdio_backend
 
-        backend = stdio_backend(endpoint, token=token, user=user)
+            backend = stdio_backend(endpoint, token=token, user=user)
+        elif scheme == "ws":  # the gateway accounts sessions to its token's principal
+            from gtl_nb.transports.ws import ws_backend
+
+            backend = ws_backend(endpoint, token=token)
+        else:
+            from gtl_nb.transports.http import http_backend
+
+            backend = http_backend(endpoint, token=token)
         client = Client(backend=backend, user=user)
         try:
             backend.loop.run(backend.start(), timeout=backend.open_timeout + 5)

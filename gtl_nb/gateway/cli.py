@@ -17,7 +17,7 @@ def add_subcommands(subparsers: Any) -> None:
     """Register ``serve`` on the ``gtl`` command's subparsers (handler in ``handler``)."""
     parser = subparsers.add_parser(
         "serve",
-        help="run the gateway (gtl serve --stdio: one connection on standard input and output)",
+        help="run the gateway (--stdio: one connection on standard input and output; --http HOST:PORT)",
         description="Run the gtl_nb gateway.",
     )
     add_arguments(parser, config=False)

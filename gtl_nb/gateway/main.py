@@ -21,8 +21,12 @@ __all__ = ["add_arguments", "main", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
     """The gateway's options (``config=False`` when the parent command already has ``--config``)."""
+    parser.add_argument("--stdio", action="store_true", help="serve one connection on standard input and output")
     parser.add_argument(
-        "--stdio", action="store_true", help="serve one connection on standard input and output (the only one yet)"
+        "--http", metavar="HOST:PORT", help="serve HTTP, SSE and discovery on one TCP port (port 0: any free port)"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="let a plaintext --http listener bind to an address beyond loopback"
     )
     if config:
         parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
@@ -41,12 +45,50 @@ def run(args: argparse.Namespace) -> int:
     from gtl_nb.gateway.stdio import serve_stdio
     from gtl_nb.transports.stdio import take_stdout
 
+    if getattr(args, "http", None):
+        return _run_http(args)
     if not args.stdio:
-        raise ConfigurationError("choose a transport: --stdio (the network transports come later)")
+        raise ConfigurationError("choose a transport: --stdio or --http HOST:PORT")
     frames_fd = take_stdout()  # first: nothing may print on the frames
     settings = load_settings(config=args.config)
     authenticate = DevAuth.from_settings(GatewaySettings.from_settings(settings).auth, principal=args.principal)
     asyncio.run(_until_signalled(serve_stdio(settings, authenticate=authenticate, frames_fd=frames_fd)))
+    return 0
+
+
+def _run_http(args: argparse.Namespace) -> int:
+    """``--http HOST:PORT``: prints ``listening on http://HOST:PORT`` on standard error once it accepts."""
+    from gtl_nb.engine.builder import build_engine
+    from gtl_nb.engine.settings import load_settings
+    from gtl_nb.gateway.devauth import DevAuth
+    from gtl_nb.gateway.http import bind, serve_http
+    from gtl_nb.gateway.settings import GatewaySettings
+
+    host, sep, port = args.http.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigurationError(f"--http takes HOST:PORT (127.0.0.1:8080), not {args.http!r}")
+    host = host.strip("[]")
+    settings = load_settings(config=args.config)
+    options = GatewaySettings.from_settings(settings)
+    authenticate = DevAuth.from_settings(options.auth, principal=args.principal)
+    try:
+        sock = bind(host, int(port), insecure=args.insecure)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot listen on {args.http}: {exc.strerror or exc}") from None
+
+    def ready(base: str) -> None:
+        print(f"gtl gateway: listening on {base}", file=sys.stderr, flush=True)
+
+    async def serve() -> None:
+        engine = build_engine(settings)
+        try:
+            await serve_http(
+                engine, sock, authenticate=authenticate, max_body_bytes=options.max_frame_bytes, ready=ready
+            )
+        finally:
+            await engine.aclose()
+
+    asyncio.run(serve())  # uvicorn handles SIGINT and SIGTERM: running sessions are cancelled, rows completed
     return 0
 
 

@@ -1,0 +1,165 @@
+"""The HTTP client transport: ``connect("http://HOST:PORT")`` and ``connect("sse://HOST:PORT")``.
+
+Each session is one ``POST`` to the gateway (``/v1/gtl`` with NDJSON frames back, or ``/v1/gtl/sse``
+with server-sent events); the token goes in ``Authorization: Bearer``. The provider list comes from
+``GET /v1/gtl/providers``, fetched by ``start()`` (so a gateway that is not there fails in
+``connect``). Cancelling a session closes its response, which the gateway takes as a cancel: the
+engine cancels upstream and the ledger row says cancelled. The provider questions the protocol cannot
+carry are answered as ``RemoteBackend`` answers them (docs/gateway.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+
+from gtl_nb.engine.loop import LoopThread
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode, encode
+from gtl_nb.protocol.errors import (
+    ConfigurationError,
+    GTLError,
+    ProtocolError,
+    ProviderUnavailableError,
+    error_from_event,
+)
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
+from gtl_nb.transports.link import Deliver
+from gtl_nb.transports.remote import RemoteBackend
+
+__all__ = ["HttpBackend", "http_backend"]
+
+SCHEMES = ("http", "sse")
+
+
+class HttpBackend(RemoteBackend):
+    """A ``Backend`` whose sessions are HTTP requests to a gateway (see the module docstring)."""
+
+    def __init__(
+        self, base_url: str, *, sse: bool = False, token: str | None = None, loop: LoopThread | None = None
+    ) -> None:
+        label = f"{'sse' if sse else 'http'} gateway ({base_url})"
+        super().__init__(_no_dial, label=label, token=token, loop=loop)
+        self.base_url = base_url
+        self.sse = sse
+        self._http: Any = None
+        self._fetched = False
+
+    def __repr__(self) -> str:  # never the token
+        return f"<HttpBackend {self.label}>"
+
+    @property
+    def channel(self) -> None:
+        return None
+
+    def _client(self) -> Any:
+        import httpx
+
+        if self._http is None:
+            headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
+            timeout = httpx.Timeout(self.open_timeout, read=None)
+            self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+        return self._http
+
+    async def start(self) -> None:
+        await self._fetch_providers()
+
+    async def _fetch_providers(self) -> None:
+        import httpx
+
+        try:
+            response = await self._client().get("/v1/gtl/providers")
+        except httpx.HTTPError as exc:
+            raise ProviderUnavailableError(f"cannot reach the {self.label}: {exc}") from None
+        if response.status_code != 200:
+            raise _failure(response.status_code, response.content, self.label)
+        self._providers = msgspec.json.decode(response.content, type=list[ProviderInfo])
+        self._fetched = True
+
+    def providers(self) -> list[ProviderInfo]:
+        if not self._fetched and not self.loop.in_loop_thread:
+            self.loop.run(self._fetch_providers(), timeout=self.open_timeout + 5)
+        return list(self._providers)
+
+    async def list_models(self, deployment: str) -> list[str]:
+        if not self._fetched:
+            await self._fetch_providers()
+        for info in self._providers:
+            if info.provider == deployment:
+                return [model.name for model in info.models]
+        known = ", ".join(info.provider for info in self._providers) or "none"
+        raise ConfigurationError(f"the {self.label} has no deployment named {deployment!r} (it has: {known})")
+
+    async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
+        import httpx
+
+        sid = request.session_id
+        ended = False
+
+        def once(event: StreamEvent) -> None:
+            nonlocal ended
+            if not ended:
+                ended = isinstance(event, (Done, Error))
+                deliver(event)
+
+        body = encode(msgspec.structs.replace(request, stream=True))
+        path = "/v1/gtl/sse" if self.sse else "/v1/gtl"
+        try:
+            if self._closed:
+                raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
+            headers = {"content-type": "application/json"}
+            async with self._client().stream("POST", path, content=body, headers=headers) as response:
+                if response.status_code != 200:
+                    raise _failure(response.status_code, await response.aread(), self.label)
+                async for line in response.aiter_lines():
+                    frame = _frame_of(line, sse=self.sse)
+                    if frame:
+                        once(decode(frame, max_bytes=DEFAULT_MAX_FRAME_BYTES))  # type: ignore[arg-type]
+            if not ended:
+                raise ProviderUnavailableError(f"the {self.label} ended the response before the session ended")
+        except asyncio.CancelledError:  # leaving the block closed the response: the gateway cancels
+            once(Error(session_id=sid, code="CANCELLED", message="cancelled by the caller"))
+            raise
+        except GTLError as exc:
+            once(exc.to_event(sid))
+        except httpx.HTTPError as exc:
+            once(ProviderUnavailableError(f"lost the {self.label}: {exc}").to_event(sid))
+
+    def describe(self) -> str:
+        return f"remote {self.label} providers=[{', '.join(info.provider for info in self._providers)}]"
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._http is not None:
+            await self._http.aclose()
+
+
+def _frame_of(line: str, *, sse: bool) -> str:
+    if not sse:
+        return line.strip()
+    return line[5:].strip() if line.startswith("data:") else ""
+
+
+def _failure(status: int, body: bytes, label: str) -> GTLError:
+    """The error a refused request carries in its body, or one naming the status."""
+    try:
+        event = decode(body)
+    except ProtocolError:
+        return ProviderUnavailableError(f"the {label} answered HTTP {status}")
+    if isinstance(event, Error):
+        return error_from_event(event)
+    return ProviderUnavailableError(f"the {label} answered HTTP {status}")
+
+
+async def _no_dial() -> Any:
+    raise ProviderUnavailableError("an HTTP gateway has no byte stream to dial")
+
+
+def http_backend(endpoint: str, *, token: str | None = None, loop: LoopThread | None = None) -> HttpBackend:
+    """The backend of ``http://HOST:PORT`` or ``sse://HOST:PORT`` (an ``sse://`` gateway is served over http)."""
+    scheme, _, rest = endpoint.partition("://")
+    address = rest.split("/", 1)[0].split("?", 1)[0]
+    if scheme not in SCHEMES or not address:
+        raise ConfigurationError(f"{endpoint!r} is not an HTTP endpoint (http://HOST:PORT or sse://HOST:PORT)")
+    return HttpBackend(f"http://{address}", sse=scheme == "sse", token=token, loop=loop)

@@ -1,0 +1,84 @@
+"""A ``Channel`` over a message-oriented connection (a WebSocket): one GTL frame per message.
+
+Reads hand each message to the connection with a newline after it (docs/transports.md); writes split
+the bytes the connection produced into frames and send each as one text message, in order, from one
+sender task. ``drain()`` waits while more than ``HIGH_WATER`` messages are queued, so a peer that is
+not reading stops the engine rather than growing the queue. A closed peer reads as ``b""``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+__all__ = ["HIGH_WATER", "MessageChannel"]
+
+HIGH_WATER = 64
+"""Messages queued before ``drain()`` waits."""
+
+
+class MessageChannel:
+    """``recv()`` returns the next message (``None`` once closed); ``send(text)`` sends one."""
+
+    def __init__(
+        self,
+        recv: Callable[[], Awaitable[str | bytes | None]],
+        send: Callable[[str], Awaitable[None]],
+        close: Callable[[], Awaitable[None]],
+        *,
+        peer: str | None = None,
+    ) -> None:
+        self.peer = peer
+        self._recv = recv
+        self._send = send
+        self._close = close
+        self._pending = b""
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._sender: asyncio.Task[None] | None = None
+        self._sent = asyncio.Event()
+        self.broken = False
+
+    async def read(self) -> bytes:
+        try:
+            message = await self._recv()
+        except Exception:  # the library's closed-connection errors: the end of the stream
+            message = None
+        if message is None:
+            return b""
+        data = message.encode() if isinstance(message, str) else message
+        return data + b"\n"
+
+    def write(self, data: bytes) -> None:
+        if not data or self.broken:
+            return
+        *frames, self._pending = (self._pending + data).split(b"\n")
+        for frame in frames:
+            if frame:
+                self._queue.put_nowait(frame.decode())
+        if self._sender is None:
+            self._sender = asyncio.get_running_loop().create_task(self._pump(), name="gtl-ws-sender")
+
+    async def _pump(self) -> None:
+        while (text := await self._queue.get()) is not None:
+            try:
+                await self._send(text)
+            except Exception:
+                self.broken = True
+                return
+            finally:
+                self._sent.set()
+
+    async def drain(self) -> None:
+        while self._queue.qsize() > HIGH_WATER and not self.broken and self._sender is not None:
+            self._sent.clear()
+            await self._sent.wait()
+
+    async def aclose(self) -> None:
+        if self._sender is not None and not self._sender.done():
+            self._queue.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._sender), 3.0)
+            self._sender.cancel()
+        with contextlib.suppress(Exception):
+            await self._close()

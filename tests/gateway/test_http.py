@@ -1,0 +1,190 @@
+"""The gateway over HTTP: sessions through ``connect("http://...")`` / ``sse://``, raw endpoints, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import httpx
+import pytest
+
+import gtl_nb
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway.devauth import DevAuth
+from gtl_nb.gateway.http import bind, serve_http
+from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.protocol import AuthenticationError, GTLError, Token
+from gtl_nb.protocol.errors import ConfigurationError
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
+
+REQUEST = {
+    "type": "completion_request",
+    "session_id": "s1",
+    "model": "echo",
+    "messages": [{"role": "user", "content": "hi"}],
+}
+
+
+@contextmanager
+def gateway(config: Path, *, token: str | None = None) -> Iterator[str]:
+    """An HTTP gateway on a loop thread of this process; on exit it has stopped and its rows are complete."""
+    settings = load_settings(config=str(config))
+    options = GatewaySettings.from_settings(settings)
+    environ = {"GTL_NB_DEV_TOKEN": token} if token else {}
+    authenticate = DevAuth.from_settings("token" if token else "none", principal="http-test", environ=environ)
+    sock = bind("127.0.0.1", 0)
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    base: list[str] = []
+    task: list[asyncio.Task[None]] = []
+
+    async def main() -> None:
+        engine = build_engine(settings)
+        task.append(asyncio.current_task())  # type: ignore[arg-type]
+
+        def on_ready(url: str) -> None:
+            base.append(url)
+            ready.set()
+
+        try:
+            await serve_http(
+                engine, sock, authenticate=authenticate, max_body_bytes=options.max_frame_bytes, ready=on_ready
+            )
+        finally:
+            await engine.aclose()
+
+    def run() -> None:
+        with suppress(asyncio.CancelledError):
+            loop.run_until_complete(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        yield base[0]
+    finally:
+        loop.call_soon_threadsafe(task[0].cancel)
+        thread.join(15)
+        loop.close()
+
+
+@pytest.fixture(scope="module")
+def base_url(base_config: Path) -> Iterator[str]:
+    with gateway(base_config) as url:
+        yield url
+
+
+@pytest.mark.parametrize("scheme", ["http", "sse"])
+def test_streaming_text_through_connect(base_url, scheme):
+    address = base_url.partition("://")[2]
+    with gtl_nb.connect(f"{scheme}://{address}") as client:
+        assert client.complete("echo", "Hello over HTTP").text.count("Hello over HTTP") == 1
+        tokens = [event.text for event in client.stream(f"openai:{MODEL}", "Say something") if isinstance(event, Token)]
+        assert len(tokens) > 1
+        assert client.complete(f"openai:{MODEL}", "Say something").text == "".join(tokens)
+        assert "openai" in [info.provider for info in client.providers()]
+
+
+def test_a_bad_provider_key_is_auth_failed(base_url):
+    with gtl_nb.connect(base_url) as client, pytest.raises(AuthenticationError) as caught:
+        client.complete(f"badkey:{MODEL}", "refused")
+    assert caught.value.code == "AUTH_FAILED"
+
+
+def test_non_streamed_answer_is_one_json_object(base_url):
+    response = httpx.post(f"{base_url}/v1/gtl", json={**REQUEST, "stream": False})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["session_id"] == "s1"
+    assert body["events"][-1]["type"] == "done"
+    assert "hi" in "".join(event.get("text", "") for event in body["events"] if event["type"] == "token")
+
+
+def test_streamed_answer_is_ndjson_frames(base_url):
+    with httpx.stream("POST", f"{base_url}/v1/gtl", json=REQUEST) as response:
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        frames = [json.loads(line) for line in response.iter_lines() if line]
+    assert frames[-1]["type"] == "done" and all(frame["session_id"] == "s1" for frame in frames)
+
+
+def test_sse_answer_is_events(base_url):
+    with httpx.stream("POST", f"{base_url}/v1/gtl/sse", json=REQUEST) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines = list(response.iter_lines())
+    assert "event: done" in lines
+
+
+def test_refusals_have_their_statuses(base_url):
+    assert httpx.post(f"{base_url}/v1/gtl", content=b"{not json").status_code == 400
+    big = {**REQUEST, "messages": [{"role": "user", "content": "x" * (80 * 1024)}]}
+    response = httpx.post(f"{base_url}/v1/gtl", json=big)
+    assert response.status_code == 413
+    assert response.json()["code"] == "INVALID_REQUEST"
+
+
+def test_discovery_and_health(base_url):
+    assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{base_url}/readyz").status_code == 200
+    found = httpx.get(f"{base_url}/.well-known/gtl").json()
+    assert found["transports"]["http"] == f"{base_url}/v1/gtl"
+    assert "1.0" in found["versions"]
+
+
+def test_a_bad_dev_token_is_401(base_config):
+    with gateway(base_config, token="right-token") as url:
+        response = httpx.post(f"{url}/v1/gtl", json=REQUEST, headers={"authorization": "Bearer wrong"})
+        assert response.status_code == 401 and response.json()["code"] == "AUTH_FAILED"
+        with pytest.raises(AuthenticationError):
+            gtl_nb.connect(url, token="wrong")
+        with gtl_nb.connect(url, token="right-token") as client:
+            assert client.complete("echo", "let in").text.count("let in") == 1
+
+
+def test_a_client_leaving_mid_stream_leaves_a_cancelled_row(write_config, tmp_path, sims, relay_to):
+    ledger = tmp_path / "rows.sqlite"
+    relay = relay_to(sims.slow)
+    config = write_config(
+        ledger=ledger, providers={"slow": {"type": "openai", "api_key": SIM_KEY, "base_url": relay.url + "/v1"}}
+    )
+    with gateway(config) as url, gtl_nb.connect(url) as client:
+        stream = client.stream(f"slow:{MODEL}", LONG_PROMPT)
+        for event in stream:
+            if isinstance(event, Token):
+                break
+        stream.close()
+        sid = stream.session_id
+        assert relay.cut.wait(10)  # the gateway closed the upstream response while it still runs
+    rows = [row for row in Ledger(ledger).rows() if row["session_id"] == sid]
+    assert [row["status"] for row in rows] == ["cancelled"]
+
+
+def test_plaintext_binds_to_loopback_only():
+    with pytest.raises(ConfigurationError):
+        bind("0.0.0.0", 0)
+
+
+def test_gtl_serve_http_answers_curl_style_requests(base_config):
+    command = [sys.executable, "-m", "gtl_nb.gateway", "--http", "127.0.0.1:0", "--config", str(base_config)]
+    child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        line = child.stderr.readline()  # the readiness line
+        assert "listening on http://127.0.0.1:" in line
+        url = line.rsplit(" ", 1)[1].strip()
+        assert httpx.post(f"{url}/v1/gtl", json={**REQUEST, "stream": False}).json()["events"][-1]["type"] == "done"
+    finally:
+        child.terminate()
+        assert child.wait(15) in (0, -15)  # uvicorn ends on SIGTERM by re-raising it once it has shut down
+
+
+def test_unknown_schemes_are_still_refused():
+    with pytest.raises(GTLError):
+        gtl_nb.connect("grpc://127.0.0.1:1")
