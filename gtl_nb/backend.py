@@ -16,11 +16,11 @@ import msgspec
 
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, SessionEnd
+from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.engine.loop import LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults, Settings
 from gtl_nb.protocol.errors import ContextLengthExceededError, GTLError
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
+from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo, StreamEvent
 
 __all__ = ["Backend", "ContextFallbackWarning", "CostWarning", "EmbeddedBackend", "estimate_prompt_tokens"]
 
@@ -124,26 +124,11 @@ class EmbeddedBackend:
         self._sessions: set[asyncio.Task[Any]] = set()  # running on the loop thread
 
     async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
-        ended = False
-        recorded = SessionEnd()
         task = asyncio.current_task()
         if task is not None:
             self._sessions.add(task)
         try:
-            async for event in self.engine.stream(request, context=self.context, ending=recorded):
-                ended = isinstance(event, (Done, Error))
-                deliver(event)
-        except asyncio.CancelledError:
-            if not ended:
-                # cancelled after the engine had ended the session (and its ledger row): say what the
-                # ledger says, so the caller and the ledger agree
-                cancelled = Error(session_id=request.session_id, code="CANCELLED", message="cancelled by the caller")
-                deliver(recorded.event or cancelled)
-            raise
-        except Exception as exc:  # a bug must still end the session
-            if not ended:
-                deliver(Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
-            raise
+            await run_session(self.engine, request, self.context, deliver)
         finally:
             self._sessions.discard(task)  # type: ignore[arg-type]
 

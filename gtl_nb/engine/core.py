@@ -105,6 +105,47 @@ class SessionEnd:
         self.event: Done | Error | None = None
 
 
+async def run_session(
+    engine: Engine,
+    request: CompletionRequest,
+    context: RequestContext,
+    send: Callable[[StreamEvent], None],
+    *,
+    drain: Callable[[], Awaitable[None]] | None = None,
+    finish: Callable[[StreamEvent], None] | None = None,
+    cancelled_by: str = "the caller",
+) -> None:
+    """Run one session of ``engine``, handing each event to ``send`` — the one session runner of every
+    front end (the embedded backend, the gateway's connections).
+
+    ``drain``, when given, is awaited after each event, so a slow reader holds the engine back rather
+    than letting events pile up. Exactly one terminal event goes out whatever happens, through
+    ``finish`` (default ``send``) when the stream did not deliver it: a cancel sends ``CANCELLED`` — or
+    the end the engine had already recorded in the ledger, so the reader and the ledger agree — and a
+    bug sends ``INTERNAL`` and is re-raised.
+    """
+    end = finish or send
+    recorded = SessionEnd()
+    ended = False
+    try:
+        async with aclosing(engine.stream(request, context=context, ending=recorded)) as events:
+            async for event in events:
+                send(event)
+                ended = isinstance(event, (Done, Error))
+                if drain is not None:
+                    await drain()
+    except asyncio.CancelledError:
+        if not ended:
+            cancelled = Error(session_id=request.session_id, code="CANCELLED", message=f"cancelled by {cancelled_by}")
+            end(recorded.event or cancelled)
+        raise
+    except Exception as exc:
+        if not ended:
+            message = f"gtl_nb internal error: {type(exc).__name__}: {exc}"
+            end(Error(session_id=request.session_id, code="INTERNAL", message=message))
+        raise
+
+
 @dataclass
 class _SessionRecord:
     """What a session's ledger row needs beyond its events: where it went and how it was served."""

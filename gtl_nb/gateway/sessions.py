@@ -26,10 +26,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
-from contextlib import aclosing
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, SessionEnd
+from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection_events import (
     ConnectionEvent,
@@ -38,7 +37,7 @@ from gtl_nb.protocol.connection_events import (
     ProtocolViolation,
 )
 from gtl_nb.protocol.errors import AuthenticationError, GTLError
-from gtl_nb.protocol.messages import Cancel, CompletionRequest, Done, Error, StreamEvent
+from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, StreamEvent
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
 
@@ -138,29 +137,24 @@ class GatewayConnection:
     # -- one session -------------------------------------------------------------------------------
 
     async def _session(self, request: CompletionRequest, context: RequestContext) -> None:
-        sid = request.session_id
-        recorded = SessionEnd()
-        ended = False
         try:
-            async with aclosing(self.engine.stream(request, context=context, ending=recorded)) as events:
-                async for event in events:
-                    self.framed.send_nowait(event)
-                    ended = isinstance(event, (Done, Error))
-                    await self.framed.drain()  # waits while the client is not reading
-        except asyncio.CancelledError:
-            if not ended:
-                cancelled = Error(session_id=sid, code="CANCELLED", message="cancelled by the client")
-                self._end(recorded.event or cancelled)
-            raise
-        except Exception as exc:  # a bug, or an event this connection cannot carry: still one terminal event
-            log.exception("session %s failed in the gateway", sid)
-            if not ended:
-                message = f"the gateway could not send this session: {type(exc).__name__}: {exc}"
-                self._end(Error(session_id=sid, code="INTERNAL", message=message))
+            # the drain waits while the client is not reading; a terminal event the stream could not
+            # deliver goes out through _end, which never waits
+            await run_session(
+                self.engine,
+                request,
+                context,
+                self.framed.send_nowait,
+                drain=self.framed.drain,
+                finish=self._end,
+                cancelled_by="the client",
+            )
+        except Exception:  # a bug, or an event this connection cannot carry: already ended with INTERNAL
+            log.exception("session %s failed in the gateway", request.session_id)
         finally:
             task = asyncio.current_task()
-            if self._tasks.get(sid) is task:
-                del self._tasks[sid]
+            if self._tasks.get(request.session_id) is task:
+                del self._tasks[request.session_id]
             self._cancelled.discard(task)  # type: ignore[arg-type]
 
     def _end(self, event: StreamEvent) -> None:
