@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from gtl_nb.engine import ledger_migrations
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DATETIME, DTYPES, FINAL_STATUSES, LIST, TABLE
 from gtl_nb.engine.processes import own_identity, process_alive, process_identity
-from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy
+from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy, run_transaction
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from gtl_nb.protocol.messages import Done, Error, Usage
@@ -594,21 +594,7 @@ class Ledger:
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""
         with self._lock:
-
-            def attempt() -> T:
-                conn = self._writer()
-                conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not mid-transaction
-                try:
-                    result = work(conn)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        with contextlib.suppress(sqlite3.Error):
-                            conn.execute("ROLLBACK")
-                    raise
-                return result
-
-            return self._retrying(attempt)
+            return self._retrying(lambda: run_transaction(self._writer(), work))
 
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` on a reader connection of its own (WAL readers never block writers)."""

@@ -3,6 +3,7 @@ holds the write lock (the usage ledger and the SQLite stores both use these)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -14,7 +15,7 @@ from typing import TypeVar
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 
-__all__ = ["create_private_file", "is_busy", "retry_while_busy"]
+__all__ = ["create_private_file", "is_busy", "retry_while_busy", "run_transaction"]
 
 log = get_logger("engine.sqlite")
 T = TypeVar("T")
@@ -82,3 +83,20 @@ def retry_while_busy(
             log.debug("%s busy (%s); retrying", what, exc)
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
             delay = min(delay * 2, 0.1)
+
+
+def run_transaction(
+    conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], begin: str = "BEGIN IMMEDIATE"
+) -> T:
+    """``work`` in one transaction on ``conn`` (``BEGIN IMMEDIATE`` takes the write lock now, not
+    mid-transaction), committed, or rolled back on any exception."""
+    conn.execute(begin)
+    try:
+        result = work(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return result

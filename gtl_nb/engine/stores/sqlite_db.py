@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy
+from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy, run_transaction
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError
 
@@ -67,17 +67,7 @@ class SqliteDatabase:
         read-decide-write is one step, or for ``write=False`` a plain (deferred) read."""
 
         def attempt() -> T:
-            conn = self._connection()
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                result = work(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            return result
+            return run_transaction(self._connection(), work, "BEGIN IMMEDIATE" if write else "BEGIN")
 
         with self._lock:
             return self._retrying(attempt)
