@@ -19,7 +19,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,plot]'
+	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,grpc,quic,plot]'
 	touch $@
 
 demo: $(DEMO_STAMP)

@@ -47,7 +47,6 @@ __all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "new_
 log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
 _END_WAIT = 5.0  # seconds to wait for the loop thread's last event after a cancel
-_NETWORK_SCHEMES = ("quic", "grpc", "wss", "https")
 
 
 def new_session_id() -> str:
@@ -86,45 +85,29 @@ def connect(
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
     if scheme == "embedded":
         return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)
-    if scheme in ("stdio", "http", "sse", "ws"):
-        local = {"providers": providers, "config": config, "ledger": ledger, "environ": environ, **options}
-        given = [name for name, value in local.items() if value is not None]
-        if given:
-            raise ConfigurationError(
-                f"connect({endpoint!r}) takes no {given[0]}=: the gateway reads its own configuration "
-                "(stdio:///path/to/gtl.toml names the file)"
-            )
-        backend: Backend
-        if scheme == "stdio":
-            from gtl_nb.transports.stdio import stdio_backend
-
-            backend = stdio_backend(endpoint, token=token, user=user)
-        elif scheme == "ws":  # the gateway accounts sessions to its token's principal
-            from gtl_nb.transports.ws import ws_backend
-
-            backend = ws_backend(endpoint, token=token)
-        else:
-            from gtl_nb.transports.http import http_backend
-
-            backend = http_backend(endpoint, token=token)
-        client = Client(backend=backend, user=user)
-        try:
-            backend.loop.run(backend.start(), timeout=backend.open_timeout + 5)
-        except BaseException:
-            client.close()
-            raise
-        return client
-    if scheme in _NETWORK_SCHEMES:
-        raise ConfigurationError(
-            f"the {scheme}:// transport needs the gtl_nb gateway, which this version does not include yet; "
-            "use connect('embedded://') (the default) to run the engine in this process"
-        )
     if "://" not in endpoint:
         raise ConfigurationError(
-            f"{endpoint!r} has no scheme: a gateway address needs one (grpc://, https://, …, once the gateway "
-            "exists); use connect() or connect('embedded://') to run the engine in this process"
+            f"{endpoint!r} has no scheme: a gateway address needs one (grpc://HOST:PORT, https://HOST:PORT, …); "
+            "use connect() or connect('embedded://') to run the engine in this process"
         )
-    raise ConfigurationError(f"unknown endpoint scheme {scheme!r} in {endpoint!r}; use embedded://")
+    verify = options.pop("verify", True)
+    local = {"providers": providers, "config": config, "ledger": ledger, "environ": environ, **options}
+    given = [name for name, value in local.items() if value is not None]
+    if given:
+        raise ConfigurationError(
+            f"connect({endpoint!r}) takes no {given[0]}=: the gateway reads its own configuration "
+            "(stdio:///path/to/gtl.toml names the file)"
+        )
+    from gtl_nb.transports.endpoints import backend_for
+
+    backend: Backend = backend_for(endpoint, token=token, user=user, verify=verify)
+    client = Client(backend=backend, user=user)
+    try:
+        backend.loop.run(backend.start(), timeout=backend.open_timeout + 5)  # type: ignore[attr-defined]
+    except BaseException:
+        client.close()
+        raise
+    return client
 
 
 class Client:

@@ -163,3 +163,15 @@ def http_backend(endpoint: str, *, token: str | None = None, loop: LoopThread | 
     if scheme not in SCHEMES or not address:
         raise ConfigurationError(f"{endpoint!r} is not an HTTP endpoint (http://HOST:PORT or sse://HOST:PORT)")
     return HttpBackend(f"http://{address}", sse=scheme == "sse", token=token, loop=loop)
+
+
+def http_endpoint(
+    endpoint: str,
+    *,
+    token: str | None = None,
+    user: str | None = None,
+    verify: object = True,
+    loop: LoopThread | None = None,
+) -> HttpBackend:
+    """``transports.endpoints`` factory of ``http://`` and ``sse://`` (sessions count to the token's principal)."""
+    return http_backend(endpoint, token=token, loop=loop)

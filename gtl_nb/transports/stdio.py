@@ -162,3 +162,15 @@ def stdio_backend(
         return await spawn(target.argv, env=env, peer="stdio")
 
     return RemoteBackend(dial, label=target.label, token=token, loop=loop, defaults=defaults)
+
+
+def stdio_endpoint(
+    endpoint: str,
+    *,
+    token: str | None = None,
+    user: str | None = None,
+    verify: object = True,
+    loop: LoopThread | None = None,
+) -> RemoteBackend:
+    """``transports.endpoints`` factory of ``stdio://`` (``verify`` does not apply to a child process)."""
+    return stdio_backend(endpoint, token=token, user=user, loop=loop)

@@ -40,3 +40,15 @@ def ws_backend(endpoint: str, *, token: str | None = None, loop: LoopThread | No
         return MessageChannel(recv, socket.send, socket.close, peer=address)
 
     return RemoteBackend(dial, label=f"ws gateway ({url})", token=token, loop=loop)
+
+
+def ws_endpoint(
+    endpoint: str,
+    *,
+    token: str | None = None,
+    user: str | None = None,
+    verify: object = True,
+    loop: LoopThread | None = None,
+) -> RemoteBackend:
+    """``transports.endpoints`` factory of ``ws://`` (the gateway accounts sessions to its token's principal)."""
+    return ws_backend(endpoint, token=token, loop=loop)

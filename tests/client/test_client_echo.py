@@ -23,6 +23,7 @@ from gtl_nb.protocol import (
     Tool,
     Usage,
 )
+from gtl_nb.protocol.errors import GTLError
 from gtl_nb.providers.tokenizer import count_tokens
 
 
@@ -269,9 +270,9 @@ def test_providers_lists_echo_as_offline(client):
     assert [m.name for m in infos["echo"].models] == ["echo"]
 
 
-def test_network_endpoints_are_refused_with_a_reason():
-    with pytest.raises(ConfigurationError, match="gateway"):
-        gtl_nb.connect("quic://localhost:4433")
+def test_a_gateway_that_is_not_there_is_an_error_naming_it():
+    with pytest.raises(GTLError, match=r"127\.0\.0\.1:1"):
+        gtl_nb.connect("ws://127.0.0.1:1")
 
 
 def test_completion_renders_as_markdown_and_text(client):

@@ -185,6 +185,6 @@ def test_gtl_serve_http_answers_curl_style_requests(base_config):
         assert child.wait(15) in (0, -15)  # uvicorn ends on SIGTERM by re-raising it once it has shut down
 
 
-def test_unknown_schemes_are_still_refused():
-    with pytest.raises(GTLError):
-        gtl_nb.connect("grpc://127.0.0.1:1")
+def test_unknown_schemes_are_refused_with_the_known_ones():
+    with pytest.raises(GTLError, match=r"unknown endpoint scheme 'gopher'.*grpc://"):
+        gtl_nb.connect("gopher://127.0.0.1:1")

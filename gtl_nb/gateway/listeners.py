@@ -1,0 +1,152 @@
+"""What every listener of the gateway is given: its address and TLS files, the limits, the shutdown signal.
+
+A listener is one ``async def serve_<transport>(engine, listener, *, authenticate, limits, shutdown,
+ready)`` coroutine (``gateway.http``, ``gateway.grpc``, ``gateway.quic``) with one contract:
+
+* it binds ``listener.host``/``listener.port`` (port 0: any free port) and calls ``ready(url)`` once
+  it accepts connections — ``url`` is what a client passes to ``gtl_nb.connect`` (``https://…``,
+  ``grpc://…``, ``quic://…``), with the real port;
+* it runs until ``shutdown.stopping`` is set, then stops accepting, lets running sessions finish for
+  up to ``shutdown.grace`` seconds, ends the rest with a ``CANCELLED`` error (every ledger row
+  completed) and returns;
+* cancelling it is the same without the grace period.
+
+Limits apply to every transport alike (``Limits``); where a transport cannot enforce one, its module
+says so and why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = [
+    "LISTENER_SCHEMES",
+    "TRANSPORTS",
+    "Limits",
+    "ListenerSettings",
+    "Ready",
+    "Shutdown",
+    "TlsFiles",
+    "is_loopback",
+]
+
+TRANSPORTS = ("http", "grpc", "quic")
+"""The listener tables of ``[gateway]``: ``http`` serves HTTP, SSE, WebSocket, discovery and health."""
+
+LISTENER_SCHEMES = {"http": ("http", "https"), "grpc": ("grpc", "grpcs"), "quic": ("quic", "quic")}
+"""Transport -> (scheme without TLS, scheme with TLS) of the URL ``ready`` reports."""
+
+Ready = Callable[[str], None]
+"""Called once with the URL a client connects to, when the listener accepts connections."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (or ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A server certificate chain and its private key (PEM files, as ``gtl certs`` writes them)."""
+
+    cert: Path
+    key: Path
+
+    def server_context(self, *, alpn: tuple[str, ...] = ()) -> ssl.SSLContext:
+        """A TLS 1.2+ server context with these files (a ``ConfigurationError`` says what is wrong)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"cannot load the TLS certificate {self.cert} and key {self.key}: {exc}") from None
+        if alpn:
+            context.set_alpn_protocols(list(alpn))
+        return context
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """One ``[gateway.<transport>]`` table: where to listen and with which TLS files."""
+
+    transport: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: TlsFiles | None = None
+    insecure: bool = False
+    """Let a plaintext listener bind beyond loopback (``--insecure``)."""
+
+    def __post_init__(self) -> None:
+        if self.transport not in TRANSPORTS:
+            raise ConfigurationError(f"unknown gateway transport {self.transport!r} (known: {', '.join(TRANSPORTS)})")
+        if self.transport == "quic" and self.tls is None:
+            raise ConfigurationError(
+                "[gateway.quic] needs tls_cert and tls_key: QUIC always runs over TLS 1.3 "
+                "(`gtl certs DIR` makes a development pair)"
+            )
+        if self.tls is None and not self.insecure and not is_loopback(self.host):
+            raise ConfigurationError(
+                f"[gateway.{self.transport}] would serve plaintext on {self.host}: a listener without TLS binds to "
+                "loopback only (127.0.0.1, ::1); give it tls_cert and tls_key, or insecure = true (--insecure) "
+                "on purpose"
+            )
+
+    @property
+    def scheme(self) -> str:
+        """The URL scheme clients use for this listener."""
+        plain, secure = LISTENER_SCHEMES[self.transport]
+        return secure if self.tls is not None else plain
+
+    def url(self, port: int | None = None) -> str:
+        """``scheme://host:port`` (the bound ``port`` when given)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port if port is None else port}"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The gateway's limits (``[gateway]``), the same on every transport."""
+
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    """Largest frame (or HTTP request body, or gRPC message) accepted."""
+    max_sessions_per_connection: int = 256
+    """Sessions one connection may run at once; one more ends at once with a retryable ``OVERLOADED``."""
+    max_connections_per_address: int = 256
+    """Open connections from one client address; one more is refused (HTTP 429, gRPC RESOURCE_EXHAUSTED, …)."""
+    header_timeout: float = 10.0
+    """Seconds a new connection has to send its request head (HTTP) or its hello (the other transports)."""
+    idle_timeout: float = 300.0
+    """Seconds a connection with no running session may stay silent before it is closed."""
+
+
+@dataclass
+class Shutdown:
+    """Tells listeners to stop (``begin()``, on SIGTERM) and how long running sessions may take."""
+
+    grace: float = 30.0
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def begin(self) -> None:
+        """Stop accepting; running sessions get ``grace`` seconds to finish."""
+        self.stopping.set()
+
+    @property
+    def is_stopping(self) -> bool:
+        return self.stopping.is_set()
+
+    async def wait(self) -> None:
+        """Return once shutdown began."""
+        await self.stopping.wait()
