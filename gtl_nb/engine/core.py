@@ -113,7 +113,7 @@ async def run_session(
     *,
     drain: Callable[[], Awaitable[None]] | None = None,
     finish: Callable[[StreamEvent], None] | None = None,
-    cancelled_by: str = "the caller",
+    cancelled_by: str | Callable[[], str] = "the caller",
 ) -> None:
     """Run one session of ``engine``, handing each event to ``send`` — the one session runner of every
     front end (the embedded backend, the gateway's connections).
@@ -122,7 +122,8 @@ async def run_session(
     than letting events pile up. Exactly one terminal event goes out whatever happens, through
     ``finish`` (default ``send``) when the stream did not deliver it: a cancel sends ``CANCELLED`` — or
     the end the engine had already recorded in the ledger, so the reader and the ledger agree — and a
-    bug sends ``INTERNAL`` and is re-raised.
+    bug sends ``INTERNAL`` and is re-raised. ``cancelled_by`` names who cancelled in that error (a
+    callable is asked when the cancel happens: a gateway knows then whether the client or a shutdown did).
     """
     end = finish or send
     recorded = SessionEnd()
@@ -136,7 +137,8 @@ async def run_session(
                     await drain()
     except asyncio.CancelledError:
         if not ended:
-            cancelled = Error(session_id=request.session_id, code="CANCELLED", message=f"cancelled by {cancelled_by}")
+            who = cancelled_by() if callable(cancelled_by) else cancelled_by
+            cancelled = Error(session_id=request.session_id, code="CANCELLED", message=f"cancelled by {who}")
             end(recorded.event or cancelled)
         raise
     except Exception as exc:

@@ -15,6 +15,17 @@ whatever the transport under ``framed``:
 * **Cancel.** A ``cancel`` cancels the session's task: the engine closes the upstream response and
   completes the ledger row as cancelled, and the client gets one ``CANCELLED`` error (or the
   ``done``/``error`` the engine had already recorded, so the client and the ledger agree).
+* **Queries.** A ``query`` (usage rows, breakers, a live model list: ``gateway.queries``) is answered
+  by its own task, at most ``MAX_QUERIES`` at once per connection (one more is answered ``OVERLOADED``).
+* **Limits** (``gateway.listeners.Limits``). A client that has not completed hello within
+  ``header_timeout`` seconds, or whose connection runs no session and sends nothing for
+  ``idle_timeout`` seconds, is closed (a dropped idle connection is reopened by the client's next
+  request).
+* **Shutdown** (``gateway.listeners.Shutdown``). Once ``shutdown.stopping`` is set, a new
+  ``completion_request`` ends at once with a retryable ``PROVIDER_UNAVAILABLE`` ("shutting down");
+  running sessions may finish for ``shutdown.grace`` seconds, after which they are cancelled
+  (``CANCELLED``, "cancelled by the gateway shutting down"); the connection closes as soon as it runs
+  no session, so ``run`` returns.
 * **The end.** When the connection ends — the client closed it, broke the protocol too often, or
   ``run`` was cancelled — every session's task is cancelled and awaited, so each ledger row is
   complete before ``run`` returns. A session the connection itself ended (a bad frame) is cancelled
@@ -24,11 +35,15 @@ whatever the transport under ``framed``:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import time
 from collections.abc import Callable
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.gateway.listeners import Limits, Shutdown
+from gtl_nb.gateway.queries import answer_query
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection_events import (
     ConnectionEvent,
@@ -36,8 +51,8 @@ from gtl_nb.protocol.connection_events import (
     HandshakeComplete,
     ProtocolViolation,
 )
-from gtl_nb.protocol.errors import AuthenticationError, GTLError
-from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, StreamEvent
+from gtl_nb.protocol.errors import AuthenticationError, GTLError, ProviderUnavailableError
+from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Error, Query, StreamEvent
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
 
@@ -46,6 +61,8 @@ __all__ = ["DEFAULT_MAX_SESSIONS", "Authenticate", "GatewayConnection"]
 log = get_logger("gateway")
 DEFAULT_MAX_SESSIONS = 256
 """Sessions one connection may run at once."""
+MAX_QUERIES = 8
+"""Queries one connection may have answered at once."""
 
 Authenticate = Callable[[str | None], RequestContext]
 """The client's hello token → the context its sessions run under; raises ``AuthenticationError``."""
@@ -60,15 +77,29 @@ class GatewayConnection:
         framed: FramedConnection,
         *,
         authenticate: Authenticate,
-        max_sessions: int = DEFAULT_MAX_SESSIONS,
+        max_sessions: int | None = None,
+        limits: Limits | None = None,
+        shutdown: Shutdown | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine = engine
         self.framed = framed
-        self.max_sessions = max_sessions
+        self.limits = limits or Limits()
+        self.max_sessions = max_sessions if max_sessions is not None else self.limits.max_sessions_per_connection
+        self.shutdown = shutdown
         self.context: RequestContext | None = None
         self._authenticate = authenticate
+        self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[asyncio.Task[None]] = set()
+        self._last_activity = clock()
+        self._greeted = False
+        self._cancel_reason = "the client"
+        self._idle = asyncio.Event()  # set whenever no session runs
+        self._idle.set()
+        self._reading: asyncio.Future[None] | None = None
+        self._queries: set[asyncio.Task[None]] = set()
+        self._closed_here = False
 
     @property
     def live_sessions(self) -> int:
@@ -77,15 +108,29 @@ class GatewayConnection:
 
     async def run(self) -> None:
         """Serve the connection until it ends; every session's ledger row is complete on return."""
+        self._reading = asyncio.ensure_future(self._read())
+        watchers = [asyncio.ensure_future(self._watch_time())]
+        if self.shutdown is not None:
+            watchers.append(asyncio.ensure_future(self._watch_shutdown(self.shutdown)))
         try:
-            async for event in self.framed.events():
-                self._handle(event)
+            await self._reading
+        except asyncio.CancelledError:
+            if not self._closed_here:  # run() itself was cancelled
+                raise
         finally:
+            for watcher in [*watchers, *self._queries]:
+                watcher.cancel()
+            await asyncio.gather(*watchers, *self._queries, return_exceptions=True)
             tasks = list(self._tasks.values())
             for task in tasks:
                 self._cancel(task)
             await asyncio.gather(*tasks, return_exceptions=True)  # no drain: a client that stopped reading
             # must not keep the gateway; closing the channel sends what it can
+
+    async def _read(self) -> None:
+        async for event in self.framed.events():
+            self._last_activity = self._clock()
+            self._handle(event)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -94,6 +139,8 @@ class GatewayConnection:
             self._welcome(event)
         elif isinstance(event, CompletionRequest):
             self._start(event)
+        elif isinstance(event, Query):
+            self._ask(event)
         elif isinstance(event, (Cancel, Error)):
             # a client's cancel, or the connection ending a session itself (a bad frame, the end)
             task = self._tasks.get(event.session_id)
@@ -105,6 +152,7 @@ class GatewayConnection:
             log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
 
     def _welcome(self, event: HandshakeComplete) -> None:
+        self._greeted = True
         try:
             context = self._authenticate(event.token)
         except AuthenticationError as exc:
@@ -121,12 +169,45 @@ class GatewayConnection:
         if self.context is None:  # cannot happen: a refused client's connection is closed
             self._end(AuthenticationError("the client is not authenticated").to_event(sid))
             return
+        if self.shutdown is not None and self.shutdown.is_stopping:
+            error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
+            self._end(error.to_event(sid))
+            return
         if len(self._tasks) >= self.max_sessions:
             message = f"this connection already runs {len(self._tasks)} sessions; start more when some have ended"
             self._end(Error(session_id=sid, code="OVERLOADED", message=message, retryable=True))
             return
         task = asyncio.get_running_loop().create_task(self._session(request, self.context), name=f"gtl-{sid}")
         self._tasks[sid] = task
+        self._idle.clear()
+
+    def _ask(self, query: Query) -> None:
+        if self.context is None:  # cannot happen: a refused client's connection is closed
+            return
+        if len(self._queries) >= MAX_QUERIES:
+            error = Error(
+                session_id=query.query_id, code="OVERLOADED", message="too many queries at once", retryable=True
+            )
+            self._reply(Answer(query_id=query.query_id, error=error))
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._answer(query, self.context), name=f"gtl-query-{query.query_id}"
+        )
+        self._queries.add(task)
+        task.add_done_callback(self._queries.discard)
+
+    async def _answer(self, query: Query, context: RequestContext) -> None:
+        limit = self.framed.connection.max_frame_bytes
+        self._reply(await answer_query(self.engine, context, query, max_bytes=limit))
+
+    def _reply(self, answer: Answer) -> None:
+        try:
+            self.framed.send_nowait(answer)
+        except GTLError as exc:  # too large after all, or the connection ended meanwhile
+            if self.framed.closed:
+                return
+            error = Error(session_id=answer.query_id, code="INTERNAL", message=f"the answer could not be sent: {exc}")
+            self.framed.send_nowait(Answer(query_id=answer.query_id, error=error))
 
     def _cancel(self, task: asyncio.Task[None]) -> None:
         """Cancel a session's task once (a second cancel could cut short its ledger row's completion)."""
@@ -147,7 +228,7 @@ class GatewayConnection:
                 self.framed.send_nowait,
                 drain=self.framed.drain,
                 finish=self._end,
-                cancelled_by="the client",
+                cancelled_by=lambda: self._cancel_reason,
             )
         except Exception:  # a bug, or an event this connection cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)
@@ -156,6 +237,9 @@ class GatewayConnection:
             if self._tasks.get(request.session_id) is task:
                 del self._tasks[request.session_id]
             self._cancelled.discard(task)  # type: ignore[arg-type]
+            if not self._tasks:
+                self._last_activity = self._clock()
+                self._idle.set()
 
     def _end(self, event: StreamEvent) -> None:
         """Send a session's terminal event without waiting (nothing is sent once the connection ended it)."""
@@ -163,3 +247,50 @@ class GatewayConnection:
             self.framed.send_nowait(event)
         except GTLError as exc:
             log.debug("could not end session %s: %s", event.session_id, exc)
+
+    # -- time limits and shutdown ------------------------------------------------------------------
+
+    async def _watch_time(self) -> None:
+        """Close a connection that never said hello, or sat idle (no session, no frame) too long."""
+        limits = self.limits
+        deadline = self._clock() + limits.header_timeout
+        while not self._greeted:
+            if self.framed.closed:
+                return
+            if self._clock() >= deadline:
+                log.info("client %s sent no hello within %g s", self.framed.channel.peer, limits.header_timeout)
+                self._close(ProviderUnavailableError(f"no hello within {limits.header_timeout:g} s"))
+                return
+            await asyncio.sleep(min(1.0, max(0.01, deadline - self._clock())))
+        while not self.framed.closed:
+            await self._idle.wait()
+            quiet_until = self._last_activity + limits.idle_timeout
+            if self._clock() >= quiet_until:
+                if self._tasks:
+                    continue
+                log.info("closing idle connection from %s", self.framed.channel.peer)
+                self._close(None)
+                return
+            await asyncio.sleep(min(5.0, max(0.01, quiet_until - self._clock())))
+
+    async def _watch_shutdown(self, shutdown: Shutdown) -> None:
+        """Refuse new sessions once shutdown began; after the grace period cancel the rest; then close."""
+        await shutdown.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), shutdown.grace)
+        if self._tasks:
+            self._cancel_reason = "the gateway shutting down"
+            tasks = list(self._tasks.values())
+            for task in tasks:
+                self._cancel(task)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._close(None)
+
+    def _close(self, error: GTLError | None) -> None:
+        """End the connection from the gateway's side: the peer is told, the reader stops, ``run`` returns."""
+        if self.framed.closed:
+            return
+        self.framed.close_nowait(error)
+        self._closed_here = True
+        if self._reading is not None and not self._reading.done():
+            self._reading.cancel()  # it may be waiting for bytes that will never come

@@ -55,6 +55,7 @@ from gtl_nb.protocol.errors import (
 from gtl_nb.protocol.frames import BadFrame, FrameReader
 from gtl_nb.protocol.messages import (
     PROTOCOL_VERSION,
+    Answer,
     Cancel,
     CompletionRequest,
     Done,
@@ -63,6 +64,7 @@ from gtl_nb.protocol.messages import (
     Message,
     ModelInfo,
     ProviderInfo,
+    Query,
     Reasoning,
     Status,
     StreamEvent,
@@ -85,6 +87,7 @@ __all__ = [
     "NEED_DATA",
     "PROTOCOL_VERSION",
     "SUPPORTED_VERSIONS",
+    "Answer",
     "AuthenticationError",
     "BadFrame",
     "BudgetExceededError",
@@ -120,6 +123,7 @@ __all__ = [
     "ProviderInfo",
     "ProviderTimeoutError",
     "ProviderUnavailableError",
+    "Query",
     "RateLimitError",
     "Reasoning",
     "RemoteError",

@@ -18,8 +18,8 @@ Limits. ``decode`` and ``FrameDecoder`` refuse a frame larger than ``max_bytes``
 than ``max_depth`` (default ``DEFAULT_MAX_DEPTH``, 64, the frame's own object counting as one) with
 ``ProtocolError``. The depth is measured by a linear scan of the bytes, never by recursion: before
 the lenient path parses a frame generically, and after the strict parse for the messages that carry
-free-form JSON (``FREE_FORM_MESSAGES``: ``completion_request``, ``done``); the others have a fixed
-shallow shape, so the stream's hot path pays no scan. Unknown fields are skipped, however deep,
+free-form JSON (``FREE_FORM_MESSAGES``: ``completion_request``, ``done``, ``query``, ``answer``); the
+others have a fixed shallow shape, so the stream's hot path pays no scan. Unknown fields are skipped, however deep,
 up to the parser's own recursion limit (about 1,000), beyond which the frame is a ``ProtocolError``
 too. Whatever the input, ``decode``, ``encode`` and ``FrameDecoder`` raise only errors of
 ``gtl_nb.protocol.errors`` (a text that is not valid UTF-8, or holds a lone surrogate, is a
@@ -34,13 +34,13 @@ from typing import Any
 import msgspec
 
 from gtl_nb.protocol.errors import FrameTooLargeError, ProtocolError, UnknownMessageTypeError
-from gtl_nb.protocol.messages import MESSAGE_TYPES, CompletionRequest, Done, Tool, WireMessage
+from gtl_nb.protocol.messages import MESSAGE_TYPES, Answer, CompletionRequest, Done, Query, Tool, WireMessage
 
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 64
 # The messages with fields that hold any JSON (metadata, tool parameters, provider_data): only their
 # depth can exceed the limit once decoded; every other message has a fixed, shallow shape.
-FREE_FORM_MESSAGES = frozenset({CompletionRequest, Done})
+FREE_FORM_MESSAGES = frozenset({CompletionRequest, Done, Query, Answer})
 
 _encoder = msgspec.json.Encoder()
 _decoder: msgspec.json.Decoder[WireMessage] = msgspec.json.Decoder(WireMessage)

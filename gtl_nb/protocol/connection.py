@@ -39,6 +39,11 @@ A ``cancel`` changes nothing in the order: the server's events stay legal until 
 event (a ``CANCELLED`` error, or a ``done`` that crossed the cancel). A cancel for a session that
 is not live is ignored on both sides (it may have crossed the end).
 
+**Queries** (feature ``query``, an extension of GTL 1.0): a client may send ``query`` (a fresh
+``query_id`` each) once the server agreed to the feature; the server answers each pending one with
+exactly one ``answer``. An answer nobody asked for is a bad frame; when the connection ends, every
+pending query gets an ``answer`` whose ``error`` is the connection's end.
+
 **Bad frames.** A frame that does not decode, or a message out of order (an event for an unknown
 session, a second ``completion_request`` for a live id, an event after the end, a message of the
 wrong direction, a second hello), is one *bad frame*: ``next_event()`` reports a
@@ -88,12 +93,14 @@ from gtl_nb.protocol.errors import (
 )
 from gtl_nb.protocol.frames import BadFrame, FrameReader, ReadFrame
 from gtl_nb.protocol.messages import (
+    Answer,
     Cancel,
     CompletionRequest,
     Done,
     Error,
     Hello,
     ProviderInfo,
+    Query,
     Reasoning,
     Status,
     Token,
@@ -162,6 +169,7 @@ class GTLConnection:
         self._cancelled: set[str] = set()
         self._abandoned: set[str] = set()
         self._ended: OrderedDict[str, None] = OrderedDict()
+        self._queries: set[str] = set()  # asked and not yet answered
         self._eof = False
         self._offer: Hello | None = None
         if role == "client":
@@ -274,10 +282,22 @@ class GTLConnection:
                 return False  # ended (the cancel crossed its end), never started, or already cancelled
             self._cancelled.add(message.session_id)
             return True
+        if isinstance(message, Query):
+            if not message.query_id or message.query_id in self._queries:
+                raise SessionStateError(f"query {message.query_id!r} needs an id no pending query has")
+            if "query" not in self.features:
+                raise ProtocolError("the server did not agree to the query feature (an older gateway)")
+            self._queries.add(message.query_id)
+            return True
         raise ProtocolError(f"a client does not send {_kind(message)} messages (they go from server to client)")
 
     def _server_sends(self, message: WireMessage) -> bool:
         if isinstance(message, ProviderInfo):
+            return True
+        if isinstance(message, Answer):
+            if message.query_id not in self._queries:
+                raise SessionStateError(f"answer to query {message.query_id!r}, which is not pending")
+            self._queries.discard(message.query_id)
             return True
         if not isinstance(message, STREAM_EVENT_TYPES):
             raise ProtocolError(f"a server does not send {_kind(message)} messages (they go from client to server)")
@@ -355,6 +375,12 @@ class GTLConnection:
             if sid in self._live and sid not in self._cancelled:  # otherwise it crossed the end: ignore
                 self._cancelled.add(sid)
                 self._events.append(message)
+        elif isinstance(message, Query):
+            if not message.query_id or message.query_id in self._queries:
+                self._violation(ProtocolError(f"query {message.query_id!r} reuses a pending id"), None)
+            else:
+                self._queries.add(message.query_id)
+                self._events.append(message)
         elif isinstance(message, Hello):
             self._violation(ProtocolError("a second hello"), None)
         else:
@@ -384,6 +410,12 @@ class GTLConnection:
             self._events.append(message)
         elif isinstance(message, ProviderInfo):
             self._events.append(message)
+        elif isinstance(message, Answer):
+            if message.query_id in self._queries:
+                self._queries.discard(message.query_id)
+                self._events.append(message)
+            else:
+                self._violation(ProtocolError(f"answer to query {message.query_id!r}, which is not pending"), None)
         elif isinstance(message, Hello):
             self._violation(ProtocolError("a second hello"), None)
         else:
@@ -454,6 +486,9 @@ class GTLConnection:
 
     def _terminate(self, error: GTLError | None, *, by_peer: bool, session_error: Callable[[str], Error]) -> None:
         self._events.extend(session_error(sid) for sid in self._live)
+        if self.role == "client":  # every pending question gets its answer: the connection's end
+            self._events.extend(Answer(query_id=qid, error=session_error(qid)) for qid in sorted(self._queries))
+        self._queries.clear()
         self._live.clear()
         self._cancelled.clear()
         self._abandoned.clear()

@@ -230,8 +230,30 @@ class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
     session_id: str
 
 
+class Query(msgspec.Struct, frozen=True, tag="query", omit_defaults=True):
+    """A question to the server that is not a completion (an extension of GTL 1.0, feature ``query``).
+
+    ``name`` says what is asked — ``usage`` (the caller's ledger rows; ``params`` are its filters),
+    ``breakers`` (circuit-breaker states), ``models`` (a deployment's live model list, ``params``
+    ``{"deployment": ...}``) — and the server answers with one ``answer`` carrying the same ``query_id``.
+    """
+
+    query_id: str
+    name: str
+    params: dict[str, Any] = {}
+
+
+class Answer(msgspec.Struct, frozen=True, tag="answer", omit_defaults=True):
+    """The server's reply to one ``query``: ``result`` (a JSON object), or ``error`` (its ``session_id``
+    is the ``query_id``) when the query was refused or failed."""
+
+    query_id: str
+    result: dict[str, Any] | None = None
+    error: Error | None = None
+
+
 StreamEvent = Status | Token | Reasoning | ToolCallEvent | Usage | Done | Error
-WireMessage = CompletionRequest | StreamEvent | ProviderInfo | Hello | Cancel
+WireMessage = CompletionRequest | StreamEvent | ProviderInfo | Hello | Cancel | Query | Answer
 MESSAGE_TYPES: dict[str, type] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]
     for cls in (
@@ -246,5 +268,7 @@ MESSAGE_TYPES: dict[str, type] = {
         ProviderInfo,
         Hello,
         Cancel,
+        Query,
+        Answer,
     )
 }

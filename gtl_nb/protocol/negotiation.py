@@ -13,7 +13,8 @@ from gtl_nb.protocol.errors import VersionMismatchError
 from gtl_nb.protocol.messages import PROTOCOL_VERSION, Hello
 
 SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_VERSION,)
-FEATURES: tuple[str, ...] = ("reasoning", "cancel", "provider_data", "failover", "tool_calls")
+FEATURES: tuple[str, ...] = ("reasoning", "cancel", "provider_data", "failover", "tool_calls", "query")
+"""``query``: the server answers ``query`` messages (usage rows, breakers, live model lists)."""
 
 
 def _key(version: str) -> tuple[int, ...]:

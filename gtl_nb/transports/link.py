@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import STREAM_EVENT_TYPES
@@ -31,8 +32,14 @@ from gtl_nb.protocol.connection_events import (
     HandshakeComplete,
     ProtocolViolation,
 )
-from gtl_nb.protocol.errors import GTLError, ProviderUnavailableError, RequestError, VersionMismatchError
-from gtl_nb.protocol.messages import Cancel, CompletionRequest, Done, Error, ProviderInfo, StreamEvent
+from gtl_nb.protocol.errors import (
+    GTLError,
+    ProviderUnavailableError,
+    RequestError,
+    VersionMismatchError,
+    error_from_event,
+)
+from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
 from gtl_nb.transports.conventions import is_providers_end
 from gtl_nb.transports.framed import FramedConnection
 
@@ -79,6 +86,8 @@ class ClientLink:
         self.error: GTLError | None = None
         """Why the connection ended, when it ended with an error."""
         self._slots: dict[str, _Slot] = {}
+        self._questions: dict[str, asyncio.Future[Answer]] = {}
+        self._asked = 0
         self._ready = asyncio.Event()
         self._ended = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -137,6 +146,34 @@ class ClientLink:
             if self._slots.get(sid) is slot:
                 del self._slots[sid]
 
+    @property
+    def answers_queries(self) -> bool:
+        """Whether the gateway agreed to the ``query`` feature (an older one did not)."""
+        return "query" in self.framed.connection.features
+
+    async def query(self, name: str, params: dict[str, Any] | None = None, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Ask the gateway ``name`` (``usage``, ``breakers``, ``models``) and return its result, or raise
+        the ``GTLError`` it answered with (``PROVIDER_UNAVAILABLE`` when the connection ends first)."""
+        if self.closed:
+            raise ProviderUnavailableError(f"the connection to the {self.label} is closed")
+        self._asked += 1
+        qid = f"q{self._asked}"
+        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+        self._questions[qid] = future
+        try:
+            self.framed.send_nowait(Query(query_id=qid, name=name, params=params or {}))
+            await self.framed.drain()
+            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
+        except asyncio.TimeoutError:
+            raise ProviderUnavailableError(
+                f"the {self.label} did not answer the {name} query in {timeout:g} s"
+            ) from None
+        finally:
+            self._questions.pop(qid, None)
+        if answer.error is not None:
+            raise error_from_event(answer.error)
+        return answer.result or {}
+
     async def abort(self, error: GTLError) -> None:
         """End the connection now: the gateway is told why, every session gets ``error``."""
         if not self.framed.closed:
@@ -168,6 +205,9 @@ class ClientLink:
         finally:
             for slot in list(self._slots.values()):
                 slot.put(self._gone(slot.session_id, cancelling=slot.cancelling))
+            for qid, future in list(self._questions.items()):
+                if not future.done():
+                    future.set_result(Answer(query_id=qid, error=self._gone(qid)))
             try:
                 await self.framed.channel.aclose()
             finally:
@@ -193,6 +233,10 @@ class ClientLink:
             if slot.cancelling and isinstance(event, Error) and self.framed.closed:
                 event = self._gone(slot.session_id, cancelling=True)
             slot.put(event)
+        elif isinstance(event, Answer):
+            future = self._questions.get(event.query_id)
+            if future is not None and not future.done():
+                future.set_result(event)
         elif isinstance(event, ConnectionTerminated):
             self.error = event.error
             if event.error is not None:

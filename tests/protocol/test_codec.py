@@ -80,6 +80,8 @@ def test_wire_names_are_the_specs():
         "provider_info",
         "hello",
         "cancel",
+        "query",  # an extension of the spec (feature "query"), docs/transports.md
+        "answer",
     }
 
 

@@ -228,7 +228,9 @@ def test_every_session_ends_exactly_once_on_both_sides_and_arrives_as_sent(plan)
 def test_bad_frames_end_their_sessions_and_enough_of_them_the_connection(plan):
     run = both_ways(plan)
     for sid in run.started:
-        assert ends_exactly_once(run.client_session(sid)), run.client_session(sid)
+        # a damaged frame may name a session after its end: reported as a violation, not a second end
+        ended = [e for e in run.client_session(sid) if not isinstance(e, ProtocolViolation)]
+        assert ends_exactly_once(ended), run.client_session(sid)
         if sid in run.sent or run.server_ends[sid]:  # the server saw the request
             assert run.server_ends[sid] == 1
     for connection in (run.pair.client, run.pair.server):

@@ -223,7 +223,7 @@ def test_restricted_frames_are_subsets_of_frame_with_the_same_numbers():
         for case in frame_type.DESCRIPTOR.oneofs_by_name["message"].fields:
             assert case.number == full[case.name].number and case.message_type is full[case.name].message_type
     directions = {
-        pb.ClientFrame: {"hello", "completion_request", "cancel", "error"},
+        pb.ClientFrame: {"hello", "completion_request", "cancel", "error", "query"},
         pb.ServerFrame: {
             "hello",
             "status",
@@ -234,6 +234,7 @@ def test_restricted_frames_are_subsets_of_frame_with_the_same_numbers():
             "done",
             "error",
             "provider_info",
+            "answer",
         },
         pb.StreamEvent: {"status", "token", "reasoning", "tool_call", "usage", "done", "error"},
     }

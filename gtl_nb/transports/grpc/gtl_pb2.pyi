@@ -82,7 +82,7 @@ ERROR_CODE_BUDGET_EXCEEDED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 
 class Frame(_message.Message):
-    __slots__ = ("completion_request", "status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello", "cancel")
+    __slots__ = ("completion_request", "status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello", "cancel", "query", "answer")
     COMPLETION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,8 @@ class Frame(_message.Message):
     PROVIDER_INFO_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
     completion_request: CompletionRequest
     status: Status
     token: Token
@@ -105,22 +107,26 @@ class Frame(_message.Message):
     provider_info: ProviderInfo
     hello: Hello
     cancel: Cancel
-    def __init__(self, completion_request: _Optional[_Union[CompletionRequest, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    query: Query
+    answer: Answer
+    def __init__(self, completion_request: _Optional[_Union[CompletionRequest, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
-    __slots__ = ("completion_request", "error", "hello", "cancel")
+    __slots__ = ("completion_request", "error", "hello", "cancel", "query")
     COMPLETION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
     completion_request: CompletionRequest
     error: Error
     hello: Hello
     cancel: Cancel
-    def __init__(self, completion_request: _Optional[_Union[CompletionRequest, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ...) -> None: ...
+    query: Query
+    def __init__(self, completion_request: _Optional[_Union[CompletionRequest, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello")
+    __slots__ = ("status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello", "answer")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +136,7 @@ class ServerFrame(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_INFO_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
     status: Status
     token: Token
     reasoning: Reasoning
@@ -139,7 +146,8 @@ class ServerFrame(_message.Message):
     error: Error
     provider_info: ProviderInfo
     hello: Hello
-    def __init__(self, status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ...) -> None: ...
+    answer: Answer
+    def __init__(self, status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
     __slots__ = ("status", "token", "reasoning", "tool_call", "usage", "done", "error")
@@ -408,3 +416,23 @@ class Cancel(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class Query(_message.Message):
+    __slots__ = ("query_id", "name", "params_json")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    name: str
+    params_json: str
+    def __init__(self, query_id: _Optional[str] = ..., name: _Optional[str] = ..., params_json: _Optional[str] = ...) -> None: ...
+
+class Answer(_message.Message):
+    __slots__ = ("query_id", "result_json", "error")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    result_json: str
+    error: Error
+    def __init__(self, query_id: _Optional[str] = ..., result_json: _Optional[str] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

@@ -48,6 +48,8 @@ PROTO_TYPES: dict[type, type[ProtoMessage]] = {
     m.ProviderInfo: pb.ProviderInfo,
     m.Hello: pb.Hello,
     m.Cancel: pb.Cancel,
+    m.Query: pb.Query,
+    m.Answer: pb.Answer,
 }
 """Every Struct of ``protocol/messages.py`` (wire messages and the values inside them) and its proto."""
 
