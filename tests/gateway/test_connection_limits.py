@@ -1,0 +1,155 @@
+"""The gateway core's time limits, graceful shutdown and queries, in-process over a held channel.
+
+(``test_backpressure.py`` has the channel; the transports' own tests show the same over sockets.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway.listeners import Limits, Shutdown
+from gtl_nb.gateway.sessions import GatewayConnection
+from gtl_nb.protocol import (
+    Answer,
+    CompletionRequest,
+    Done,
+    Error,
+    GTLConnection,
+    Message,
+    Query,
+    Token,
+)
+from gtl_nb.transports.framed import FramedConnection
+from tests.gateway.test_backpressure import HeldChannel, settle, take
+
+
+def request(sid: str, text: str = "hello") -> CompletionRequest:
+    return CompletionRequest(session_id=sid, model="echo", messages=[Message(role="user", content=text)])
+
+
+async def paced(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+def gateway_over(channel: HeldChannel, *, limits: Limits, shutdown: Shutdown | None = None, pace: float = 0.0):
+    options = {"providers": {"echo": {"options": {"pace": pace}}}} if pace else {}
+    engine = build_engine(load_settings(config=options), ledger=False)
+    gateway = GatewayConnection(
+        engine,
+        FramedConnection(GTLConnection("server"), channel),
+        authenticate=lambda token: RequestContext(principal="tester"),
+        limits=limits,
+        shutdown=shutdown,
+    )
+    return engine, gateway
+
+
+def test_a_client_that_never_says_hello_is_closed_after_the_header_timeout():
+    async def main() -> None:
+        channel = HeldChannel()
+        engine, gateway = gateway_over(channel, limits=Limits(header_timeout=0.2))
+        await asyncio.wait_for(gateway.run(), 5)  # returns by itself
+        assert b"no hello within 0.2 s" in bytes(channel.written)
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_an_idle_connection_is_closed_and_a_busy_one_is_not():
+    async def main() -> None:
+        channel = HeldChannel()
+        engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=0.3))
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        channel.inbox.put_nowait(client.send(request("s1")))
+        await asyncio.sleep(0.2)
+        assert not running.done()
+        await asyncio.wait_for(running, 5)  # 0.3 s after the session ended, with nothing from the client
+        events = take(channel, client)  # (the listener closes the socket after run() returns: the client's EOF)
+        assert [type(e) for e in events if isinstance(e, (Done, Error))] == [Done]
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_shutdown_refuses_new_sessions_lets_running_ones_finish_then_cancels_the_rest():
+    async def main() -> None:
+        channel = HeldChannel()
+        shutdown = Shutdown(grace=1.5)
+        engine, gateway = gateway_over(channel, limits=Limits(), shutdown=shutdown, pace=0.02)
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        long = "word " * 400  # seconds of tokens at the pace; "hi" takes a fraction of one
+        channel.inbox.put_nowait(client.send(request("short", "hi")) + client.send(request("long", long)))
+        await asyncio.sleep(0.1)
+        shutdown.begin()
+        await settle()
+        channel.inbox.put_nowait(client.send(request("late")))
+        await asyncio.wait_for(running, 5)
+        ends = {e.session_id: e for e in take(channel, client) if isinstance(e, (Done, Error))}
+        assert isinstance(ends["short"], Done)
+        assert ends["late"].code == "PROVIDER_UNAVAILABLE" and "shutting down" in ends["late"].message
+        assert ends["long"].code == "CANCELLED" and ends["long"].message == "cancelled by the gateway shutting down"
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_queries_are_answered_and_refused_with_their_errors():
+    async def main() -> None:
+        channel = HeldChannel()
+        engine, gateway = gateway_over(channel, limits=Limits())
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        asks = [
+            Query(query_id="a", name="models", params={"deployment": "echo"}),
+            Query(query_id="b", name="usage"),
+            Query(query_id="c", name="usage", params={"filters": {"user": "someone-else"}}),
+            Query(query_id="d", name="weather"),
+            Query(query_id="e", name="breakers"),
+        ]
+        channel.inbox.put_nowait(b"".join(client.send(q) for q in asks))
+        for _ in range(50):
+            await settle()
+        answers = {a.query_id: a for a in take(channel, client) if isinstance(a, Answer)}
+        assert answers["a"].result == {"models": ["echo"]}
+        assert answers["b"].result == {"rows": [], "next": None}  # no ledger kept here
+        assert answers["c"].error is not None and answers["c"].error.code == "FORBIDDEN"
+        assert answers["d"].error is not None and "unknown query 'weather'" in answers["d"].error.message
+        assert "breakers" in (answers["e"].result or {})
+        channel.inbox.put_nowait(b"")
+        await asyncio.wait_for(running, 5)
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_token_event_is_what_the_echo_model_streams():  # guards the helper above: echo must stream
+    async def main() -> None:
+        channel = HeldChannel()
+        engine, gateway = gateway_over(channel, limits=Limits())
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        channel.inbox.put_nowait(client.send(request("s")))
+        await settle()
+        assert any(isinstance(e, Token) for e in take(channel, client))
+        channel.inbox.put_nowait(b"")
+        await asyncio.wait_for(running, 5)
+        await engine.aclose()
+
+    asyncio.run(main())
