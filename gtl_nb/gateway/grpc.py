@@ -1,0 +1,411 @@
+"""The gateway over gRPC: ``gtl.proto``'s ``GTL`` service on one TCP port (``serve_grpc``).
+
+``serve_grpc`` follows the listener contract of ``gateway.listeners``. Its three calls:
+
+* ``Session`` (bidirectional) — one GTL connection per call: ``GatewayConnection`` over a
+  ``GrpcStreamChannel`` (``transports/grpc/stream.py``), so hello, many sessions, cancels, bad frames
+  and back-pressure work as on every other transport. The call's initial metadata announces the frame
+  limit (``gtl-max-frame-bytes``).
+* ``Complete`` (unary) — one session through ``engine.core.run_session``; the ``CompletionResult``
+  holds every event, the last one its ``done`` or ``error``.
+* ``ListProviders`` (unary) — ``engine.provider_info()``.
+
+**Tokens** travel in the call metadata, ``authorization: Bearer <token>``; on ``Session`` hello's
+token counts when the metadata has none. A token ``authenticate`` refuses is status
+``UNAUTHENTICATED`` on the unary calls; on ``Session`` the connection ends with GTL's connection-level
+``AUTH_FAILED`` error, then the same status. Every refusal's details start with the GTL code
+(``"AUTH_FAILED: …"``, ``stream.status_details``), so a client rebuilds the same error class.
+
+**Limits** (``Limits``), and who enforces each:
+
+=============================== =================================================================
+``max_frame_bytes``             each JSON frame of a ``Session``: ``GTLConnection`` (a larger one
+                                ends its session with ``INVALID_REQUEST``; the client refuses it
+                                before sending, from the announced limit). ``Complete``: a request
+                                over the limit is ``RESOURCE_EXHAUSTED`` / ``INVALID_REQUEST``. gRPC's
+                                ``max_receive_message_length`` (the limit + ``MESSAGE_SLACK``) bounds
+                                memory: a message beyond it ends the call with ``RESOURCE_EXHAUSTED``
+``max_sessions_per_connection`` ``GatewayConnection``, per ``Session`` call (``OVERLOADED``)
+``max_connections_per_address`` open ``Session`` calls per client IP (``context.peer()``); one more
+                                is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``
+``header_timeout``              gRPC's ``grpc.server_handshake_timeout_ms`` (TLS and the HTTP/2
+                                preface); the hello of a ``Session``: ``GatewayConnection``
+``idle_timeout``                gRPC's ``grpc.max_connection_idle_ms`` (an HTTP/2 connection with no
+                                call); a ``Session`` that runs nothing: ``GatewayConnection``
+=============================== =================================================================
+
+gRPC keepalive pings (every ``KEEPALIVE_SECONDS``, answered within ``KEEPALIVE_TIMEOUT``) find a client
+that vanished without closing its socket; its sessions are then cancelled and their rows completed.
+
+**Compression.** gRPC accepts gzip-compressed requests by itself. Answers are compressed only for a
+call whose metadata asks for it (``gtl-compression: gzip``, which ``grpc://…?compression=gzip`` sends);
+nothing is ever compressed by default.
+
+**Shutdown.** Once ``shutdown.stopping`` is set the server takes no new call (gRPC answers
+``UNAVAILABLE``), running calls may finish for ``shutdown.grace`` seconds, and then their work is
+cancelled: each session ends with a ``CANCELLED`` error the client receives and its ledger row is
+complete before ``serve_grpc`` returns. Cancelling ``serve_grpc`` does the same without the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+import msgspec
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, TlsFiles
+from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.connection import GTLConnection
+from gtl_nb.protocol.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    GTLError,
+    InvalidRequestError,
+    OverloadedError,
+    ProtocolError,
+    ProviderUnavailableError,
+)
+from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
+from gtl_nb.transports.framed import FramedConnection
+from gtl_nb.transports.grpc import gtl_pb2 as pb
+from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
+from gtl_nb.transports.grpc.mapping import from_proto, to_frame, to_proto
+from gtl_nb.transports.grpc.stream import (
+    COMPRESSION_KEY,
+    MAX_FRAME_KEY,
+    MESSAGE_SLACK,
+    GrpcStreamChannel,
+    status_details,
+)
+
+__all__ = ["GTLServicer", "serve_grpc", "server_options"]
+
+log = get_logger("gateway.grpc")
+
+SERVICE = "gtl.v1.GTL"
+KEEPALIVE_SECONDS = 60
+KEEPALIVE_TIMEOUT = 20
+CANCEL_WAIT = 5.0
+LATE_MARGIN = 1.0
+"""Seconds a Session's connection gets, after the grace, to end its own sessions."""
+"""Seconds the cancelled calls of a shutdown get to send their last events before gRPC aborts them."""
+
+
+def server_options(limits: Limits) -> list[tuple[str, int]]:
+    """The gRPC server options that apply ``limits`` (see the module docstring)."""
+    return [
+        ("grpc.max_receive_message_length", limits.max_frame_bytes + MESSAGE_SLACK),
+        ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
+        ("grpc.server_handshake_timeout_ms", _ms(limits.header_timeout)),
+        ("grpc.max_connection_idle_ms", _ms(limits.idle_timeout)),
+        ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT * 1000),
+        # the client pings every 30 s to find a dead gateway; allow that (gRPC's default refuses it)
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+class GTLServicer(pb_grpc.GTLServicer):
+    """The ``GTL`` service over one engine (see the module docstring).
+
+    The handlers take and return serialized messages (``methods()``), so a malformed message is
+    read by the mapping — a bad frame or ``INVALID_REQUEST`` — rather than failing inside gRPC.
+    """
+
+    def __init__(self, engine: Engine, *, authenticate: Authenticate, limits: Limits) -> None:
+        self.engine = engine
+        self.limits = limits
+        self.stopping = Shutdown()
+        """This listener's own signal, begun by ``stop``: with the grace of the gateway's shutdown, or
+        none when ``serve_grpc`` is cancelled (each connection then ends its sessions at once, saying why)."""
+        self._authenticate = authenticate
+        self._connections: Counter[str] = Counter()  # open Session calls per client address
+        self._calls: set[asyncio.Task[Any]] = set()  # the tasks running our calls (gRPC's own)
+        self._work: dict[asyncio.Task[Any], bool] = {}  # what each call runs (-> is it a Session's connection)
+
+    def methods(self) -> dict[str, grpc.RpcMethodHandler]:
+        """The method handlers, bytes in and out."""
+        return {
+            "Session": grpc.stream_stream_rpc_method_handler(self.Session),
+            "Complete": grpc.unary_unary_rpc_method_handler(self.Complete),
+            "ListProviders": grpc.unary_unary_rpc_method_handler(self.ListProviders),
+        }
+
+    def attach(self, server: grpc.aio.Server) -> None:
+        """Serve the ``GTL`` service on ``server``."""
+        methods = self.methods()
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, methods),))
+        server.add_registered_method_handlers(SERVICE, methods)
+
+    # -- the calls -----------------------------------------------------------------------------------
+
+    async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        """One GTL connection: ``GatewayConnection`` over the call."""
+        async with self._call(context):
+            peer = _peer(context.peer())
+            address = _address(peer)
+            most = self.limits.max_connections_per_address
+            if self._connections[address] >= most:
+                log.warning("refused a connection from %s: it has %d open", address, most)
+                refusal = OverloadedError(f"{address} already has {most} open connections to this gateway")
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            self._connections[address] += 1
+            try:
+                await self._session(context, peer)
+            finally:
+                self._connections[address] -= 1
+                if self._connections[address] <= 0:
+                    del self._connections[address]
+
+    async def _session(self, context: grpc.aio.ServicerContext, peer: str) -> None:
+        bearer = _bearer(context)
+        try:
+            await context.send_initial_metadata(((MAX_FRAME_KEY, str(self.limits.max_frame_bytes)),))
+        except Exception:  # the client is gone already
+            return
+        channel = GrpcStreamChannel(
+            context.read, context.write, role="server", peer=peer, where="client",
+            max_json_bytes=self.limits.max_frame_bytes,
+        )  # fmt: skip
+        refused: list[AuthenticationError] = []
+
+        def authenticate(token: str | None) -> RequestContext:
+            try:
+                return self._authenticate(bearer if bearer is not None else token)
+            except AuthenticationError as exc:
+                refused.append(exc)
+                raise
+
+        connection = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes)
+        gateway = GatewayConnection(
+            self.engine,
+            FramedConnection(connection, channel),
+            authenticate=authenticate,
+            max_sessions=self.limits.max_sessions_per_connection,
+            limits=self.limits,
+            shutdown=self.stopping,
+        )
+        try:
+            await self._work_on(gateway.run(), connection=True)
+        finally:
+            await channel.aclose()
+        if refused:  # the client read the AUTH_FAILED error first; the status tells any other reader
+            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+            context.set_details(status_details(refused[0]))
+
+    async def Complete(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """One session; every event in one ``CompletionResult``."""
+        async with self._call(context) as compressing:
+            if compressing:  # grpc.aio compresses a unary answer only when the headers went out first
+                await context.send_initial_metadata(())
+            who = await self._context_of(context)
+            message = await self._request_of(request, context)
+            events: list[StreamEvent] = []
+
+            def cancelled_by() -> str:
+                return "the gateway shutting down" if self.stopping.is_stopping else "the client"
+
+            await self._work_on(run_session(self.engine, message, who, events.append, cancelled_by=cancelled_by))
+            return _result(events).SerializeToString()
+
+    async def ListProviders(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Every deployment's ``provider_info``."""
+        async with self._call(context) as compressing:
+            if compressing:
+                await context.send_initial_metadata(())
+            await self._context_of(context)
+            infos = [to_proto(info) for info in self.engine.provider_info()]
+            return pb.ListProvidersResponse(providers=infos).SerializeToString()  # type: ignore[arg-type]
+
+    # -- what every call does ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _call(self, context: grpc.aio.ServicerContext) -> AsyncIterator[bool]:
+        """Refuse a call once shutdown began; count it while it runs; honour its compression wish
+        (yields whether its answers are compressed: gRPC applies that when the headers go out)."""
+        if self.stopping.is_stopping:
+            refusal = ProviderUnavailableError("the gateway is shutting down; connect again")
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, refusal)
+        compressing = _metadata(context, COMPRESSION_KEY) == "gzip"
+        if compressing:
+            context.set_compression(grpc.Compression.Gzip)
+        task = asyncio.current_task()
+        assert task is not None
+        self._calls.add(task)
+        try:
+            yield compressing
+        finally:
+            self._calls.discard(task)
+
+    async def _work_on(self, work: Coroutine[Any, Any, None], *, connection: bool = False) -> None:
+        """Run a call's work as a task the shutdown can cancel; cancelling the call cancels it too."""
+        task = asyncio.ensure_future(work)
+        self._work[task] = connection
+        try:
+            await asyncio.wait({task})  # returns, not raises, when the shutdown cancelled the task
+        except asyncio.CancelledError:  # the call was cancelled: the client went away
+            task.cancel()
+            await asyncio.wait({task})
+            raise
+        finally:
+            del self._work[task]
+        if not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+    async def _context_of(self, context: grpc.aio.ServicerContext) -> RequestContext:
+        try:
+            who = self._authenticate(_bearer(context))
+        except AuthenticationError as exc:
+            log.warning("refused a call from %s: %s", _peer(context.peer()), exc.message)
+            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, exc)
+        return dataclasses.replace(who, peer=_peer(context.peer()))
+
+    async def _request_of(self, data: bytes, context: grpc.aio.ServicerContext) -> CompletionRequest:
+        limit = self.limits.max_frame_bytes
+        if len(data) > limit:
+            refusal = InvalidRequestError(f"the request of {len(data)} bytes exceeds the maximum frame size of {limit}")
+            await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+        try:
+            message = from_proto(pb.CompletionRequest.FromString(data), max_json_bytes=limit)
+        except ProtocolError as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, InvalidRequestError(exc.message))
+        except Exception as exc:  # protobuf's own failures on outside bytes
+            error = InvalidRequestError(f"malformed gtl.v1.CompletionRequest: {type(exc).__name__}")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
+        if not message.session_id:  # no connection to keep ids apart: any unique id will do
+            message = msgspec.structs.replace(message, session_id=uuid.uuid4().hex)
+        return message  # type: ignore[no-any-return]
+
+    # -- shutdown ------------------------------------------------------------------------------------
+
+    async def stop(self, server: grpc.aio.Server, grace: float) -> None:
+        """Take no new call; let running ones finish for ``grace`` s; cancel the rest; wait for them."""
+        self.stopping.grace = grace
+        self.stopping.begin()
+        stopping = asyncio.ensure_future(server.stop(grace + CANCEL_WAIT))  # gRPC aborts what is left then
+        try:
+            if self._calls and grace > 0:
+                await asyncio.wait(set(self._calls), timeout=grace)
+            # each session still running sends its CANCELLED error and completes its ledger row; a
+            # Session's GatewayConnection does that itself when the grace ends (saying why), so its
+            # call gets a moment before it is cancelled from here
+            for task in [task for task, connection in self._work.items() if not connection]:
+                task.cancel()
+            if self._calls:
+                await asyncio.wait(set(self._calls), timeout=LATE_MARGIN)
+            for task in list(self._work):
+                task.cancel()
+            if self._calls:
+                await asyncio.wait(set(self._calls), timeout=CANCEL_WAIT)
+        finally:
+            await stopping
+
+
+async def serve_grpc(
+    engine: Engine,
+    listener: ListenerSettings,
+    *,
+    authenticate: Authenticate,
+    limits: Limits,
+    shutdown: Shutdown,
+    ready: Ready,
+) -> None:
+    """Serve the ``GTL`` service on ``listener`` until ``shutdown`` (or cancellation; see the module docstring)."""
+    servicer = GTLServicer(engine, authenticate=authenticate, limits=limits)
+    server = grpc.aio.server(options=server_options(limits))
+    servicer.attach(server)
+    port = _bind(server, listener)
+    await server.start()
+    graceful = False
+    try:
+        ready(listener.url(port))
+        await shutdown.wait()
+        graceful = True
+    finally:
+        await servicer.stop(server, shutdown.grace if graceful else 0.0)
+
+
+def _bind(server: grpc.aio.Server, listener: ListenerSettings) -> int:
+    """Add the listener's port to ``server``; the port bound (port 0 picks one)."""
+    host = f"[{listener.host}]" if ":" in listener.host else listener.host
+    address = f"{host}:{listener.port}"
+    try:
+        if listener.tls is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, _credentials(listener.tls))
+    except RuntimeError as exc:
+        raise ConfigurationError(f"[gateway.grpc] cannot listen on {address}: {exc}") from None
+    if not port:
+        raise ConfigurationError(f"[gateway.grpc] cannot listen on {address}")
+    return int(port)
+
+
+def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:
+    tls.server_context()  # a ConfigurationError naming the files when they do not load
+    try:
+        key, cert = tls.key.read_bytes(), tls.cert.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the TLS files {tls.cert} and {tls.key}: {exc.strerror}") from None
+    return grpc.ssl_server_credentials([(key, cert)])
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, error: GTLError) -> Any:
+    """End the call with ``code`` and the GTL code in its details (never returns)."""
+    await context.abort(code, status_details(error))
+
+
+def _result(events: list[StreamEvent]) -> pb.CompletionResult:
+    """The events as a ``CompletionResult``; an event gRPC cannot carry ends it with ``INTERNAL``."""
+    frames = []
+    for event in events:
+        try:
+            frames.append(to_frame(event, pb.StreamEvent))
+        except ProtocolError as exc:
+            log.warning("session %s: a %s cannot be sent over gRPC: %s", event.session_id, type(event).__name__, exc)
+            ended = Error(session_id=event.session_id, code="INTERNAL", message="the gateway cannot send an event")
+            frames.append(to_frame(ended, pb.StreamEvent))
+            break
+    return pb.CompletionResult(events=frames)  # type: ignore[arg-type]
+
+
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    for item in context.invocation_metadata() or ():
+        if item[0] == key:
+            value = item[1]
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _bearer(context: grpc.aio.ServicerContext) -> str | None:
+    """The token of ``authorization: Bearer <token>``, or ``None``."""
+    header = _metadata(context, "authorization")
+    return header[7:].strip() if header and header[:7].lower() == "bearer " else None
+
+
+def _peer(peer: str | None) -> str:
+    """``ipv4:127.0.0.1:5000`` -> ``127.0.0.1:5000``; ``ipv6:%5B::1%5D:5000`` -> ``[::1]:5000``."""
+    text = unquote(peer or "unknown")
+    kind, sep, rest = text.partition(":")
+    return rest if sep and kind in ("ipv4", "ipv6") else text
+
+
+def _address(peer: str) -> str:
+    """The client's address without its port (what ``max_connections_per_address`` counts)."""
+    host, sep, port = peer.rpartition(":")
+    return host.strip("[]") if sep and port.isdigit() else peer
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))

@@ -1,0 +1,185 @@
+"""The gRPC client transport: ``connect("grpc://HOST:PORT")`` (plaintext) or ``"grpcs://HOST:PORT"`` (TLS).
+
+Every session runs over one ``Session`` call of ``gtl.proto`` (``GrpcStreamChannel``): many sessions,
+cancels and a lost gateway behave as on every other transport, through ``RemoteBackend``. Each dial
+opens a fresh ``grpc.aio`` channel, so after a drop the next request connects again by itself.
+
+* **Token**: ``authorization: Bearer <token>`` call metadata (not ``hello``: gRPC has headers).
+* **TLS** (``grpcs://``): ``verify=True`` trusts gRPC's default roots, ``verify="ca.pem"`` a CA file
+  (``gtl certs`` writes one). ``verify=False`` is refused: gRPC has no way to skip verification. A
+  certificate the client refuses (another CA, a name it does not list) is a ``ConfigurationError``
+  quoting the TLS library's reason, as on the other TLS transports.
+* **Compression**: ``?compression=gzip`` compresses what the client sends and asks the gateway to
+  compress its answers (``gtl-compression: gzip``); the default is none.
+* **A gateway that cannot be reached** (refused, gone, no answer within ``DIAL_TIMEOUT``) raises
+  ``OSError`` from the dialer, which ``RemoteBackend`` turns into a retryable ``PROVIDER_UNAVAILABLE``
+  naming the address; a gateway that dies mid-stream ends every live session the same way as soon as
+  gRPC sees the connection close (keepalive pings find a peer that vanished silently).
+* **Refusals** before the stream starts (too many connections, shutting down) raise the ``GTLError``
+  the status's details name (``stream.status_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+
+from gtl_nb.engine.loop import LoopThread
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
+from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.transports.channel import CLOSE_WAIT, Channel
+from gtl_nb.transports.endpoints import split_endpoint
+from gtl_nb.transports.grpc.stream import (
+    COMPRESSION_KEY,
+    MAX_FRAME_KEY,
+    MESSAGE_SLACK,
+    SESSION_METHOD,
+    GrpcStreamChannel,
+    status_error,
+)
+from gtl_nb.transports.remote import RemoteBackend
+
+__all__ = ["DIAL_TIMEOUT", "channel_options", "grpc_endpoint"]
+
+DIAL_TIMEOUT = 5.0
+"""Seconds to wait for the gateway to accept the ``Session`` call."""
+COMPRESSIONS = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
+_CERTIFICATE_REFUSED = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
+"""What gRPC's details say when this client refused the gateway's certificate (a set-up mistake, not retried)."""
+_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN})
+
+
+def channel_options(max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list[tuple[str, int]]:
+    """The ``grpc.aio`` channel options of a client."""
+    return [
+        ("grpc.max_receive_message_length", max_frame_bytes + MESSAGE_SLACK),  # gRPC's default is 4 MiB
+        ("grpc.max_send_message_length", -1),  # the gateway's announced limit applies (stream.py)
+        ("grpc.keepalive_time_ms", 30_000),  # find a gateway that vanished without closing the socket
+        ("grpc.keepalive_timeout_ms", 10_000),
+        # each dial connects afresh: a subchannel shared through gRPC's global pool would still be
+        # backing off from the gateway that went away, and fail the next request at once
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+
+
+def grpc_endpoint(
+    endpoint: str,
+    *,
+    token: str | None = None,
+    user: str | None = None,
+    verify: Any = True,
+    loop: LoopThread | None = None,
+) -> RemoteBackend:
+    """``transports.endpoints`` factory of ``grpc://`` and ``grpcs://``: a ``RemoteBackend`` over gRPC.
+
+    ``user`` is not sent: the gateway accounts sessions to its token's principal.
+    """
+    scheme, address = split_endpoint(endpoint, ("grpc", "grpcs"))
+    compression = _compression(endpoint)
+    credentials = _credentials(verify) if scheme == "grpcs" else None
+    where = f"grpc gateway ({scheme}://{address})"
+    metadata: list[tuple[str, str]] = []
+    if token is not None:
+        metadata.append(("authorization", f"Bearer {token}"))
+    if compression is grpc.Compression.Gzip:
+        metadata.append((COMPRESSION_KEY, "gzip"))
+
+    async def dial() -> Channel:
+        return await open_session(
+            address, credentials=credentials, metadata=metadata, compression=compression, where=where
+        )
+
+    return RemoteBackend(dial, label=where, loop=loop)
+
+
+async def open_session(
+    address: str,
+    *,
+    credentials: grpc.ChannelCredentials | None = None,
+    metadata: list[tuple[str, str]] | None = None,
+    compression: grpc.Compression | None = None,
+    where: str = "grpc gateway",
+) -> GrpcStreamChannel:
+    """Open a ``Session`` call to ``address`` and wrap it; ``OSError`` when the gateway cannot be reached."""
+    options = channel_options()
+    if credentials is None:
+        channel = grpc.aio.insecure_channel(address, options=options, compression=compression)
+    else:
+        channel = grpc.aio.secure_channel(address, credentials, options=options, compression=compression)
+    try:
+        call = channel.stream_stream(SESSION_METHOD)(metadata=tuple(metadata or ()))
+        try:
+            initial = await asyncio.wait_for(call.initial_metadata(), DIAL_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise OSError(f"{address} did not answer within {DIAL_TIMEOUT:g} s") from None
+        if call.done():  # ended before it started: not reachable, or refused
+            code, details = await call.code(), await call.details()
+            text = details or code.name
+            if credentials is not None and any(mark in text for mark in _CERTIFICATE_REFUSED):
+                raise ConfigurationError(
+                    f"the TLS certificate of {address} was refused ({text.rpartition('last error: ')[2]}); pass "
+                    "the gateway's CA file (verify=...) and connect by a name its certificate lists"
+                )
+            if code in _UNREACHABLE:
+                raise ConnectionError(f"{address}: {text}")
+            raise status_error(code, details, where=where)
+    except BaseException:
+        await channel.close()
+        raise
+    announced = dict(initial or ()).get(MAX_FRAME_KEY)
+
+    async def close() -> None:
+        try:
+            await call.done_writing()
+            await asyncio.wait_for(call.code(), CLOSE_WAIT)  # the gateway ends its sessions and rows first
+        except Exception:
+            pass
+        finally:
+            await channel.close()
+
+    return GrpcStreamChannel(
+        call.read,
+        call.write,
+        role="client",
+        peer=address,
+        where=where,
+        peer_max_frame_bytes=int(announced) if isinstance(announced, str) and announced.isdigit() else None,
+        close=close,
+    )
+
+
+def _compression(endpoint: str) -> grpc.Compression | None:
+    """``?compression=gzip`` (or ``none``); any other query key is a mistake worth saying."""
+    query = parse_qs(urlsplit(endpoint).query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"compression"})
+    if unknown:
+        raise ConfigurationError(f"unknown option {unknown[0]!r} in {endpoint!r} (grpc:// takes compression=gzip)")
+    values = query.get("compression")
+    if not values:
+        return None
+    if values[-1] not in COMPRESSIONS:
+        raise ConfigurationError(f"compression={values[-1]!r} in {endpoint!r}: gRPC offers gzip or none")
+    return COMPRESSIONS[values[-1]]
+
+
+def _credentials(verify: Any) -> grpc.ChannelCredentials:
+    """TLS credentials for ``verify``: ``True`` (default roots) or a CA file path."""
+    if verify is True:
+        return grpc.ssl_channel_credentials()
+    if verify is False:
+        raise ConfigurationError(
+            "grpcs:// cannot skip certificate verification (gRPC has no such option); pass the gateway's CA "
+            'file instead: connect("grpcs://HOST:PORT", verify="ca.pem") (`gtl certs DIR` writes one)'
+        )
+    if isinstance(verify, (str, os.PathLike)):
+        try:
+            with open(verify, "rb") as file:
+                roots = file.read()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the CA file {os.fspath(verify)}: {exc.strerror}") from None
+        return grpc.ssl_channel_credentials(root_certificates=roots)
+    raise ConfigurationError(f"verify= takes True or the path of a CA file, not {type(verify).__name__}")

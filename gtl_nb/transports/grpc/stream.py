@@ -1,0 +1,393 @@
+"""GTL over one gRPC bidirectional stream: the ``Channel`` both halves of the gRPC transport run on.
+
+``GTLConnection`` speaks newline-separated JSON frames; the ``Session`` call of ``gtl.proto`` carries
+one protobuf frame per gRPC message (``ClientFrame`` from the client, ``ServerFrame`` from the
+gateway). ``GrpcStreamChannel`` converts between the two, so ``FramedConnection`` with
+``GatewayConnection`` (gateway) or ``ClientLink`` (client) does all the protocol work — hello, many
+sessions, cancels, bad frames, one terminal event per session — exactly as on every other transport.
+
+* **Writes.** The bytes the connection produced are split into frames; each is decoded, wrapped with
+  ``mapping.to_frame`` and serialized at once (so a frame that cannot be carried is known in the
+  writer's own step), then one sender task writes the messages to the call in order, each write
+  waiting on gRPC's flow control. ``drain()`` waits while more than ``HIGH_WATER`` messages are
+  queued, so a peer that stops reading holds every session at its next drain (the per-session
+  back-pressure of ``FramedConnection``) once gRPC's own window (a few megabytes) is full.
+* **Reads.** Each message is parsed (``FromString``), mapped (``from_proto``) and handed to the
+  connection as one JSON frame plus ``\\n``. A message that does not parse or map becomes a *bad
+  frame*: a deliberately unterminated JSON object whose ``type`` and ``session_id`` stand where the
+  connection's frame reader looks for them (``protocol/frames.py``), so the connection ends that
+  session and counts the frame toward ``max_bad_frames``, as for a bad JSON frame. Its error message
+  quotes the mapping's reason, which names the field, never the value. The end of the stream, a
+  cancelled call and a broken one read as ``b""``.
+* **A frame this end cannot send** (a value the proto cannot carry, ``mapping``): the gateway sends
+  an ``INTERNAL`` error for that session (or an ``answer`` with that error for a query) in its place
+  and drops the session's later frames; the client hands its own connection an ``INVALID_REQUEST``
+  error for the request (or query), as if the gateway had answered — nothing reached the gateway.
+* **The gateway's limit.** The gateway announces its frame limit in the call's initial metadata
+  (``MAX_FRAME_KEY``); the client refuses a larger frame the same way, so one oversized request ends
+  only its own session and the stream carries on.
+* **How the call ended** (client). A call that ended with a status other than OK is handed to the
+  connection as a connection-level ``error`` (``status_error``): every live session gets it.
+
+The gateway puts the GTL code first in a status's details (``status_details``: ``"AUTH_FAILED: …"``),
+so ``status_error`` rebuilds the same ``GTLError`` class on the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import grpc
+import msgspec
+
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode, encode
+from gtl_nb.protocol.errors import (
+    ERROR_CLASSES,
+    CancelledError,
+    GTLError,
+    InvalidRequestError,
+    OverloadedError,
+    ProtocolError,
+    ProviderUnavailableError,
+    error_class,
+)
+from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, WireMessage
+from gtl_nb.transports.channel import CLOSE_WAIT
+from gtl_nb.transports.grpc import gtl_pb2 as pb
+from gtl_nb.transports.grpc.mapping import FRAME_ONEOF, from_proto, to_frame
+
+__all__ = [
+    "COMPRESSION_KEY",
+    "HIGH_WATER",
+    "MAX_FRAME_KEY",
+    "MESSAGE_SLACK",
+    "SESSION_METHOD",
+    "GrpcStreamChannel",
+    "status_details",
+    "status_error",
+]
+
+log = get_logger("transports.grpc")
+
+SESSION_METHOD = "/gtl.v1.GTL/Session"
+"""The full name of the bidirectional call (``gtl.proto``: ``service GTL``, ``rpc Session``)."""
+MAX_FRAME_KEY = "gtl-max-frame-bytes"
+"""Initial metadata of a ``Session`` call: the largest JSON frame the gateway accepts."""
+COMPRESSION_KEY = "gtl-compression"
+"""Call metadata asking the gateway to compress its answers (value ``gzip``)."""
+HIGH_WATER = 32
+"""Messages queued before ``drain()`` waits."""
+MESSAGE_SLACK = 64 * 1024
+"""Bytes a gRPC message may exceed ``max_frame_bytes`` by: a frame's protobuf form is about as long
+as its JSON form, so the exact limit is left to the JSON check and gRPC only bounds the memory."""
+
+Role = Literal["client", "server"]
+Receive = Callable[[], Awaitable[Any]]
+"""The next message of the call as bytes; ``grpc.aio.EOF`` (or ``None``) at its end."""
+Send = Callable[[bytes], Awaitable[None]]
+
+_FRAME_TYPES = {"client": (pb.ClientFrame, pb.ServerFrame), "server": (pb.ServerFrame, pb.ClientFrame)}
+"""role -> (what this end sends, what it receives)."""
+
+# -- statuses ------------------------------------------------------------------------------------------
+
+_STATUS_CODES = {
+    grpc.StatusCode.UNAUTHENTICATED: "AUTH_FAILED",
+    grpc.StatusCode.PERMISSION_DENIED: "FORBIDDEN",
+    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_REQUEST",
+    grpc.StatusCode.FAILED_PRECONDITION: "INVALID_REQUEST",
+    grpc.StatusCode.OUT_OF_RANGE: "INVALID_REQUEST",
+    grpc.StatusCode.NOT_FOUND: "INVALID_REQUEST",
+    grpc.StatusCode.UNIMPLEMENTED: "INVALID_REQUEST",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "TIMEOUT",
+    grpc.StatusCode.CANCELLED: "CANCELLED",
+}
+"""Statuses without a GTL code in their details; anything else not here is ``PROVIDER_UNAVAILABLE``."""
+
+
+def status_details(error: GTLError) -> str:
+    """The details of a gRPC status standing for ``error``: ``"CODE: message"``."""
+    return f"{error.code}: {error.message}"
+
+
+def status_error(code: grpc.StatusCode, details: str | None, *, where: str) -> GTLError:
+    """The ``GTLError`` a non-OK status stands for; ``where`` names the gateway in the message.
+
+    Details that start with a GTL code (``status_details``) give that class. Otherwise the status
+    decides: ``RESOURCE_EXHAUSTED`` is ``INVALID_REQUEST`` for a message over the peer's size limit
+    and ``OVERLOADED`` otherwise; ``UNAVAILABLE`` and the statuses not in the table are a retryable
+    ``PROVIDER_UNAVAILABLE``.
+    """
+    text = details or code.name
+    prefix, sep, rest = text.partition(": ")
+    if sep and prefix in ERROR_CLASSES:
+        return error_class(prefix)(rest)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if "larger than max" in text:
+            return InvalidRequestError(f"the {where} refused a message larger than its limit ({text})")
+        return OverloadedError(f"the {where} is overloaded ({text})")
+    if code is grpc.StatusCode.CANCELLED:
+        return CancelledError(f"the {where} cancelled the call ({text})")
+    gtl_code = _STATUS_CODES.get(code)
+    if gtl_code is None:
+        return ProviderUnavailableError(f"the stream to the {where} broke: {code.name}: {text}")
+    return error_class(gtl_code)(f"the {where} answered {code.name}: {text}")
+
+
+# -- the channel ---------------------------------------------------------------------------------------
+
+
+class GrpcStreamChannel:
+    """A ``Channel`` over one ``Session`` call (see the module docstring).
+
+    ``receive``/``send`` are the call's own (``context.read``/``context.write`` on the gateway,
+    ``call.read``/``call.write`` on the client; messages are raw bytes). ``role`` says which frames
+    go which way. ``peer_max_frame_bytes`` (client) is the gateway's announced limit. ``close`` runs
+    after the last message was written (the client half-closes, waits for the status and closes its
+    gRPC channel). ``where`` names the other end in error messages.
+    """
+
+    def __init__(
+        self,
+        receive: Receive,
+        send: Send,
+        *,
+        role: Role,
+        peer: str | None = None,
+        where: str = "peer",
+        peer_max_frame_bytes: int | None = None,
+        max_json_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.peer = peer
+        self.role = role
+        self.where = where
+        self.peer_max_frame_bytes = peer_max_frame_bytes
+        self.broken = False
+        """Whether a write found the call ended (nothing more is sent)."""
+        self._receive = receive
+        self._send = send
+        self._close = close
+        self._max_json_bytes = max_json_bytes
+        self._outgoing, self._incoming = _FRAME_TYPES[role]
+        self._pending = b""  # an incomplete frame of a write (the connection writes whole frames)
+        self._outbox: deque[bytes] = deque()  # serialized messages the sender has not written yet
+        self._sender: asyncio.Task[None] | None = None
+        self._stopping_sender = False
+        self._queued = asyncio.Event()  # the sender has work (or should stop)
+        self._room = asyncio.Event()  # the outbox went down to HIGH_WATER (or the call broke)
+        self._inbox: deque[bytes] = deque()  # frames for read(): received, or refusals made here
+        self._receiving: asyncio.Future[Any] | None = None
+        self._reader: asyncio.Future[None] | None = None  # what read() waits on
+        self._finished = False  # the call's end was read
+        self._closed = False
+        self._dropping: set[str] = set()  # sessions the gateway ended in place of a frame it could not send
+
+    # -- reads ---------------------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """The next frame(s) for the connection; ``b""`` once the call ended."""
+        while not self._inbox:
+            if self._finished:
+                return b""
+            if self._receiving is None:
+                # the receive runs as a task of its own: gRPC raises CancelledError for a call
+                # cancelled under us, which must not be taken for this reader being cancelled,
+                # and a refusal made by write() must be able to wake the reader meanwhile
+                self._receiving = asyncio.ensure_future(self._receive())
+                self._receiving.add_done_callback(self._received)
+            self._reader = asyncio.get_running_loop().create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+        return self._inbox.popleft()
+
+    def _received(self, received: asyncio.Future[Any]) -> None:
+        if self._receiving is received:
+            self._receiving = None
+        self._take(received)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.set_result(None)
+
+    def _take(self, received: asyncio.Future[Any]) -> None:
+        """Turn what one receive gave into frames for the connection (or the end)."""
+        if received.cancelled():
+            self._finished = True
+            return
+        error = received.exception()
+        if error is not None:
+            self._finished = True
+            if self.role == "client" and isinstance(error, grpc.aio.AioRpcError):
+                ended = status_error(error.code(), error.details(), where=self.where)
+                self._inbox.append(encode(ended.to_event("")) + b"\n")  # session_id "": the whole connection
+            return
+        data = received.result()
+        if data is None or data is grpc.aio.EOF:
+            self._finished = True
+            return
+        self._inbox.append(self._frame_of(data))
+
+    def _frame_of(self, data: bytes) -> bytes:
+        """One message as a JSON frame, or as a bad frame naming its session when it cannot be read."""
+        try:
+            frame = self._incoming.FromString(data)
+        except Exception as exc:  # any protobuf failure on outside bytes is one bad frame
+            return _bad_frame(f"malformed {self._incoming.DESCRIPTOR.name}: {type(exc).__name__}")
+        case = frame.WhichOneof(FRAME_ONEOF)
+        try:
+            return encode(from_proto(frame, max_json_bytes=self._max_json_bytes)) + b"\n"
+        except ProtocolError as exc:
+            inner = getattr(frame, case) if case else None
+            session_id = getattr(inner, "session_id", None) if inner is not None else None
+            return _bad_frame(exc.message, case, session_id)
+
+    # -- writes --------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """Queue the frames in ``data`` as gRPC messages (never blocks; dropped once the call ended)."""
+        if not data or self.broken or self._closed:
+            return
+        *frames, self._pending = (self._pending + data).split(b"\n")
+        for frame in frames:
+            if frame.strip():
+                self._put(frame)
+        if self._outbox:
+            self._queued.set()
+            if self._sender is None:
+                self._sender = asyncio.get_running_loop().create_task(self._pump(), name="gtl-grpc-sender")
+
+    def _put(self, frame: bytes) -> None:
+        try:
+            message = decode(frame, max_bytes=len(frame))
+        except ProtocolError as exc:  # our own connection wrote it: cannot happen
+            log.error("dropped a frame this end could not read back: %s", exc.message)
+            return
+        session_id = getattr(message, "session_id", "")
+        if session_id in self._dropping:
+            if isinstance(message, (Done, Error)):
+                self._dropping.discard(session_id)
+            return
+        limit = self.peer_max_frame_bytes
+        if limit is not None and len(frame) > limit and self.role == "client":
+            size = f"the {_kind(message)} frame of {len(frame)} bytes exceeds the maximum frame size of {limit} bytes"
+            self._refuse(message, f"{size} that the {self.where} accepts")
+            return
+        try:
+            data = to_frame(message, self._outgoing, max_json_bytes=self._max_json_bytes).SerializeToString()
+        except ProtocolError as exc:
+            if self.role == "client":
+                self._refuse(message, f"the {_kind(message)} cannot be sent over gRPC: {exc.message}")
+                return
+            replacement = self._replacement(message, exc)
+            if replacement is None:
+                return
+            data = replacement
+        self._outbox.append(data)
+
+    def _refuse(self, message: WireMessage, reason: str) -> None:
+        """Client: answer a request (or query) the gateway will never see, as the gateway would have."""
+        session_id, query_id = getattr(message, "session_id", ""), getattr(message, "query_id", "")
+        if isinstance(message, CompletionRequest):
+            self._answer(Error(session_id=session_id, code="INVALID_REQUEST", message=reason))
+        elif query_id:
+            self._answer(
+                Answer(query_id=query_id, error=Error(session_id=query_id, code="INVALID_REQUEST", message=reason))
+            )
+        else:
+            log.warning("dropped a %s: %s", _kind(message), reason)
+
+    def _replacement(self, message: WireMessage, exc: ProtocolError) -> bytes | None:
+        """Gateway: what goes out instead of a message gRPC cannot carry (``None``: nothing)."""
+        kind = _kind(message)
+        log.warning("a %s cannot be sent over gRPC: %s", kind, exc.message)
+        reason = f"the gateway cannot send a {kind} over gRPC"
+        session_id, query_id = getattr(message, "session_id", ""), getattr(message, "query_id", "")
+        if session_id:
+            if not isinstance(message, (Done, Error)):
+                self._dropping.add(session_id)  # its later events would follow its end
+            replacement: Any = Error(session_id=session_id, code="INTERNAL", message=reason)
+        elif query_id:  # a question must still be answered
+            replacement = Answer(query_id=query_id, error=Error(session_id=query_id, code="INTERNAL", message=reason))
+        else:
+            return None  # provider_info or a connection-level error: nothing waits for it
+        return bytes(to_frame(replacement, self._outgoing).SerializeToString())
+
+    def _answer(self, message: Any) -> None:
+        """Hand the local connection ``message`` as if the peer had sent it."""
+        self._inbox.append(encode(message) + b"\n")
+        self._wake()
+
+    async def _pump(self) -> None:
+        """The one writer of the call: the outbox in order, each write waiting on gRPC's flow control."""
+        while True:
+            while self._outbox:
+                try:
+                    await self._send(self._outbox[0])
+                except asyncio.CancelledError:
+                    if self._stopping_sender:
+                        raise
+                    self._break()  # gRPC raises CancelledError for a call cancelled under us
+                    return
+                except Exception:  # the call ended: reads report it
+                    self._break()
+                    return
+                self._outbox.popleft()
+                if len(self._outbox) <= HIGH_WATER:
+                    self._room.set()
+            if self._closed:
+                return
+            self._queued.clear()
+            await self._queued.wait()
+
+    def _break(self) -> None:
+        self.broken = True
+        self._outbox.clear()
+        self._room.set()
+
+    async def drain(self) -> None:
+        """Wait while more than ``HIGH_WATER`` messages wait for the sender."""
+        while len(self._outbox) > HIGH_WATER and not self.broken:
+            self._room.clear()
+            await self._room.wait()
+
+    async def aclose(self) -> None:
+        """Send what is queued (within ``CLOSE_WAIT`` seconds), then close this side (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        sender = self._sender
+        if sender is not None and not sender.done():
+            self._queued.set()  # it returns once the outbox is empty
+            await asyncio.wait({sender}, timeout=CLOSE_WAIT)  # a peer not reading gives up the rest
+            if not sender.done():
+                self._stopping_sender = True
+                sender.cancel()
+                await asyncio.wait({sender})
+        if self._close is not None:
+            with contextlib.suppress(Exception):
+                await self._close()
+        if self._receiving is not None and not self._receiving.done():
+            self._receiving.cancel()
+
+
+def _bad_frame(reason: str, case: str | None = None, session_id: str | None = None) -> bytes:
+    """Bytes the connection's frame reader refuses as one bad frame of ``session_id`` (see the module docstring)."""
+    data = b'{"grpc_frame_refused":' + msgspec.json.encode(reason)
+    if case:
+        data += b',"type":' + msgspec.json.encode(case)
+    if session_id:
+        data += b',"session_id":' + msgspec.json.encode(session_id)
+    return data + b"\n"  # no closing brace: never valid JSON, whatever the reason says
+
+
+def _kind(message: object) -> str:
+    return str(getattr(type(message).__struct_config__, "tag", None) or type(message).__name__)
