@@ -1,10 +1,14 @@
 """``RemoteBackend``: the client's ``Backend`` (``gtl_nb.backend``) over a GTL connection to a gateway.
 
-It needs only a *dialer* — an async callable returning a fresh ``Channel`` — so every transport
-uses it: ``stdio`` dials by starting the gateway as a child process. The connection runs on the
-client's loop thread (``backend.loop``) and is opened when first needed; after it drops, the next
-request (or ``providers()``) opens a new one. Sessions on a dropped connection end with a retryable
-``PROVIDER_UNAVAILABLE`` error; they are not re-sent (the gateway may already have called a provider).
+It holds one ``Link`` at a time — the client's end of one connection: ``open()``, ``session()``,
+``closed``, ``providers``, ``abort()``, ``aclose()``. Transports give it either a *dialer* — an async
+callable returning a fresh ``Channel``, on which the backend runs a ``ClientLink`` (``stdio`` dials by
+starting the gateway as a child process, ``ws`` by opening a socket) — or ``open_link``, an async
+callable returning a link of their own (``quic``, whose sessions each have a stream rather than
+sharing one byte stream). The connection runs on the client's loop thread (``backend.loop``) and is
+opened when first needed; after it drops, the next request (or ``providers()``) opens a new one.
+Sessions on a dropped connection end with a retryable ``PROVIDER_UNAVAILABLE`` error; they are not
+re-sent (the gateway may already have called a provider).
 
 What the protocol cannot carry yet, this backend answers locally (see docs/gateway.md):
 
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from gtl_nb.engine.loop import LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults
@@ -32,24 +36,58 @@ from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.framed import FramedConnection
 from gtl_nb.transports.link import OPEN_TIMEOUT, ClientLink, Deliver
 
-__all__ = ["Dialer", "RemoteBackend"]
+__all__ = ["Dialer", "Link", "LinkOpener", "RemoteBackend"]
 
 Dialer = Callable[[], Awaitable[Channel]]
 """Opens a new byte stream to the gateway; raises ``GTLError`` or ``OSError`` when it cannot."""
 
 
+class Link(Protocol):
+    """The client's end of one connection to a gateway (``ClientLink`` is the one over a ``Channel``)."""
+
+    providers: list[ProviderInfo]
+    """The gateway's provider list, complete once ``open`` returned."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection ended (no new session can start on it)."""
+        ...
+
+    async def open(self, timeout: float) -> None:
+        """Connect and say hello; return once the provider list is in, or raise why not."""
+        ...
+
+    async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
+        """Run one session, delivering its events, exactly one of them ``done`` or ``error``."""
+        ...
+
+    async def abort(self, error: GTLError) -> None:
+        """End the connection now; every live session gets ``error``."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close politely; live sessions end ``CANCELLED``."""
+        ...
+
+
+LinkOpener = Callable[[], Awaitable[Link]]
+"""Makes a new, not yet opened ``Link``; raises ``GTLError`` or ``OSError`` when it cannot."""
+
+
 class RemoteBackend:
     """Runs a client's sessions on a gateway (see the module docstring).
 
-    ``label`` names the gateway in messages and ``repr(client)``; ``token`` travels in ``hello``;
+    Give ``dial`` or ``open_link``. ``label`` names the gateway in messages and ``repr(client)``;
+    ``token`` travels in ``hello`` (of the dialled connections; a link opener sends its own);
     ``defaults`` are the request defaults the client applies (the protocol does not carry the
     gateway's yet).
     """
 
     def __init__(
         self,
-        dial: Dialer,
+        dial: Dialer | None = None,
         *,
+        open_link: LinkOpener | None = None,
         label: str,
         token: str | None = None,
         loop: LoopThread | None = None,
@@ -61,11 +99,14 @@ class RemoteBackend:
         self.defaults = defaults or RequestDefaults()
         self.label = label
         self.open_timeout = open_timeout
+        if (dial is None) == (open_link is None):
+            raise ConfigurationError("RemoteBackend needs either dial or open_link")
         self._dial = dial
+        self._open_link = open_link
         self._token = token
         self._max_frame_bytes = max_frame_bytes
-        self._link: ClientLink | None = None
-        self._opening: asyncio.Task[ClientLink] | None = None
+        self._link: Link | None = None
+        self._opening: asyncio.Task[Link] | None = None
         self._providers: list[ProviderInfo] = []
         self._closed = False
 
@@ -73,9 +114,17 @@ class RemoteBackend:
         return f"<RemoteBackend {self.label}>"
 
     @property
-    def channel(self) -> Channel | None:
-        """The byte stream of the current connection (``None`` before the first one)."""
-        return None if self._link is None else self._link.framed.channel
+    def link(self) -> Link | None:
+        """The current connection's link (``None`` before the first one)."""
+        return self._link
+
+    @property
+    def channel(self) -> Any:
+        """What carries the current connection (``None`` before the first one): its ``Channel`` for a dialled
+        link, else the link's own ``channel`` (QUIC: the connection) — the same object while it lasts."""
+        link = self._link
+        framed = getattr(link, "framed", None)
+        return framed.channel if framed is not None else getattr(link, "channel", None)
 
     async def start(self) -> None:
         """Open the connection now (``connect()`` does, so a gateway that cannot start fails there)."""
@@ -105,7 +154,7 @@ class RemoteBackend:
             once(Error(session_id=sid, code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
             raise
 
-    async def _current(self) -> ClientLink:
+    async def _current(self) -> Link:
         """The open connection, opening one (once, for every caller waiting) when there is none."""
         if self._closed:
             raise InvalidRequestError(f"this client is closed; connect to the {self.label} again")
@@ -117,19 +166,23 @@ class RemoteBackend:
             self._opening.add_done_callback(_retrieve)
         return await asyncio.shield(self._opening)
 
-    async def _open(self) -> ClientLink:
+    async def _open(self) -> Link:
         try:
-            channel = await self._dial()
+            link = await self._open_link() if self._open_link is not None else await self._dial_link()
         except FileNotFoundError as exc:
             raise ConfigurationError(f"cannot start the {self.label}: {exc.strerror}: {exc.filename}") from None
         except OSError as exc:
             raise ProviderUnavailableError(f"cannot reach the {self.label}: {exc}") from None
-        connection = GTLConnection("client", token=self._token, max_frame_bytes=self._max_frame_bytes)
-        link = ClientLink(FramedConnection(connection, channel, reader_waits=False), label=self.label)
         await link.open(self.open_timeout)
         self._link = link
         self._providers = list(link.providers)
         return link
+
+    async def _dial_link(self) -> ClientLink:
+        assert self._dial is not None
+        channel = await self._dial()
+        connection = GTLConnection("client", token=self._token, max_frame_bytes=self._max_frame_bytes)
+        return ClientLink(FramedConnection(connection, channel, reader_waits=False), label=self.label)
 
     # -- questions about providers (answered from the gateway's provider list) ----------------------------
 

@@ -1,0 +1,463 @@
+"""The gateway over QUIC: ``serve_quic`` (the contract of ``gateway.listeners``), aioquic underneath.
+
+One UDP port, TLS 1.3 with the listener's certificate, ALPN ``gtl/1``. Per connection
+(``transports.quic.wire`` has the stream roles and codes):
+
+* **The control stream** (the client's first bidirectional stream) runs a server ``GTLConnection``:
+  the hello exchange, whose token goes to ``authenticate`` (a refusal is a connection-level
+  ``AUTH_FAILED`` error on that stream, then the connection closes with the same code), then the
+  provider list. No hello within ``limits.header_timeout`` seconds: the connection is closed.
+* **Each later stream is one session**: its ``completion_request`` runs with ``run_session`` (exactly
+  one terminal event, the ledger's ending) and the events go back on the stream, which ends (FIN)
+  with the terminal event. A ``cancel`` frame, a reset of the stream or a stop-sending request
+  cancels the session. A stream that opens before hello, or carries anything but one request (then
+  perhaps one cancel), gets an ``INVALID_REQUEST`` error and is closed; the third such stream closes
+  the connection. A session beyond ``limits.max_sessions_per_connection`` ends at once with a
+  retryable ``OVERLOADED`` error.
+* **Back-pressure**: each session awaits its own stream's drain after every event (``QuicPeer.drain``),
+  so a client that reads one session slowly holds that session's engine stream only.
+* **Limits**: ``max_frame_bytes`` per frame; ``max_connections_per_address`` (counted once the
+  handshake proved the address; one more is closed with ``OVERLOADED``); ``header_timeout`` for the
+  handshake and hello together; QUIC's idle timeout is ``limits.idle_timeout`` (the client's pings and
+  shorter offer usually make it 3 s: ``transports.quic.config``), and a connection that runs no session
+  for ``limits.idle_timeout`` seconds is closed.
+* **Shutdown**: once ``shutdown.stopping`` is set, new connections are closed with
+  ``PROVIDER_UNAVAILABLE`` after their handshake and new sessions refused with it; running sessions
+  get ``shutdown.grace`` seconds, then are cancelled (each client reads ``CANCELLED``, each ledger row
+  completes); then every connection closes and ``serve_quic`` returns. Cancelling it skips the grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.connection import GTLConnection
+from gtl_nb.protocol.connection_events import (
+    CONNECTION_CLOSED,
+    NEED_DATA,
+    ConnectionTerminated,
+    HandshakeComplete,
+    ProtocolViolation,
+)
+from gtl_nb.protocol.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    GTLError,
+    InternalError,
+    InvalidRequestError,
+    OverloadedError,
+    ProviderUnavailableError,
+)
+from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, StreamEvent
+from gtl_nb.protocol.session import SessionStateMachine
+from gtl_nb.transports.conventions import PROVIDERS_END
+from gtl_nb.transports.quic.config import FLUSH_WAIT, server_configuration
+from gtl_nb.transports.quic.peer import QuicPeer
+from gtl_nb.transports.quic.wire import (
+    ALPN,
+    CONTROL_STREAM_ID,
+    STREAM_DONE,
+    RequestStream,
+    StreamViolation,
+    close_code,
+    frame,
+    is_terminal,
+)
+
+__all__ = ["MAX_BAD_STREAMS", "serve_quic"]
+
+log = get_logger("gateway.quic")
+MAX_BAD_STREAMS = 3
+"""Bad streams (and bad control frames) after which a connection is closed."""
+
+
+async def serve_quic(
+    engine: Engine,
+    listener: ListenerSettings,
+    *,
+    authenticate: Authenticate,
+    limits: Limits,
+    shutdown: Shutdown,
+    ready: Ready,
+) -> None:
+    """Serve GTL over QUIC on ``listener`` until shutdown (see the module docstring)."""
+    from aioquic.asyncio.server import QuicServer
+
+    if listener.tls is None:
+        raise ConfigurationError("[gateway.quic] needs tls_cert and tls_key: QUIC always runs over TLS 1.3")
+    configuration = server_configuration(listener.tls.cert, listener.tls.key, idle_timeout=limits.idle_timeout)
+    gateway = _Gateway(engine, authenticate=authenticate, limits=limits, shutdown=shutdown)
+    loop = asyncio.get_running_loop()
+    try:
+        transport, server = await loop.create_datagram_endpoint(
+            lambda: QuicServer(configuration=configuration, create_protocol=gateway.accept),
+            local_addr=(listener.host, listener.port),
+        )
+    except OSError as exc:
+        raise ConfigurationError(
+            f"[gateway.quic] cannot listen on udp {listener.host}:{listener.port}: {exc.strerror or exc}"
+        ) from None
+    try:
+        ready(listener.url(transport.get_extra_info("sockname")[1]))
+        await shutdown.wait()
+        await gateway.stop(shutdown.grace)
+    except asyncio.CancelledError:
+        await gateway.stop(0.0)
+        raise
+    finally:
+        server.close()
+
+
+class _Gateway:
+    """Every connection of one listener, the sessions they run, and the limits across them."""
+
+    def __init__(self, engine: Engine, *, authenticate: Authenticate, limits: Limits, shutdown: Shutdown) -> None:
+        self.engine = engine
+        self.authenticate = authenticate
+        self.limits = limits
+        self.shutdown = shutdown
+        self.connections: set[_Connection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self._per_address: Counter[str] = Counter()
+        self._stopped = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped or self.shutdown.is_stopping
+
+    def accept(self, quic: Any, **_: Any) -> QuicPeer:
+        """aioquic's ``create_protocol``: a new connection's peer, served by a ``_Connection``."""
+        peer = QuicPeer(quic)
+        self.connections.add(_Connection(self, peer))
+        return peer
+
+    def arrived(self, host: str) -> GTLError | None:
+        """Count a connection from ``host``; the reason to refuse it, if any."""
+        self._per_address[host] += 1
+        if self.stopping:
+            return ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
+        if self._per_address[host] > self.limits.max_connections_per_address:
+            limit = self.limits.max_connections_per_address
+            return OverloadedError(f"{limit} connections from your address are open already; reuse one")
+        return None
+
+    def left(self, connection: _Connection) -> None:
+        self.connections.discard(connection)
+        if connection.counted and connection.host is not None:
+            self._per_address[connection.host] -= 1
+            if self._per_address[connection.host] <= 0:
+                del self._per_address[connection.host]
+
+    async def stop(self, grace: float) -> None:
+        """Refuse what is new, give running sessions ``grace`` seconds, cancel the rest, close everything."""
+        self._stopped = True
+        if self.tasks and grace > 0:
+            log.info("shutting down: %d sessions may finish within %g s", len(self.tasks), grace)
+            await asyncio.wait(set(self.tasks), timeout=grace)
+        running = {connection: list(connection.running) for connection in self.connections}
+        for connection in running:
+            connection.cancel_sessions("the gateway shutting down")
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        error = ProviderUnavailableError("the gateway is shutting down")
+        closing = [connection.close(error, flush=streams) for connection, streams in running.items()]
+        await asyncio.gather(*closing, return_exceptions=True)
+
+
+class _Connection:
+    """One client connection: its control stream, its session streams, its timers."""
+
+    def __init__(self, gateway: _Gateway, peer: QuicPeer) -> None:
+        self.gateway = gateway
+        self.peer = peer
+        self.limits = gateway.limits
+        self.control = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes)
+        self.context: RequestContext | None = None
+        self.host: str | None = None
+        self.where = "?"
+        self.counted = False  # in the gateway's count of connections per address
+        self.running: dict[int, _Session] = {}
+        self.bad_streams = 0
+        self.cancel_reason = "the client"
+        self._closing: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        peer.on_address = self._arrived
+        peer.on_handshake = self._handshake
+        peer.on_stream = self._stream
+        peer.on_terminated = self._terminated
+
+    # -- the connection's life ---------------------------------------------------------------------
+
+    def _arrived(self, address: Any) -> None:
+        self.host = str(address[0])
+        self.where = f"[{self.host}]:{address[1]}" if ":" in self.host else f"{self.host}:{address[1]}"
+        self._arm(self.limits.header_timeout, self._no_hello)  # the handshake and hello together
+
+    def _handshake(self, alpn: str | None) -> None:
+        # counted once the handshake proved the address (a spoofed one never gets this far)
+        assert self.host is not None
+        self.counted = True
+        refusal = self.gateway.arrived(self.host)
+        if refusal is None and alpn != ALPN:
+            refusal = InvalidRequestError(f"this gateway speaks ALPN {ALPN}, not {alpn!r}")
+        if refusal is not None:
+            log.info("refused a connection from %s: %s", self.where, refusal.message)
+            self.close(refusal)
+
+    def _no_hello(self) -> None:
+        if self.context is None:
+            log.info("client %s sent no hello within %g s", self.where, self.limits.header_timeout)
+            self.close(ProviderUnavailableError(f"no hello within {self.limits.header_timeout:g} s"))
+
+    def _idle(self) -> None:
+        if not self.running:
+            log.info("closing the idle connection from %s", self.where)
+            self.close(None)
+
+    def _arm(self, delay: float, callback: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(delay, callback)
+
+    def _terminated(self, event: Any) -> None:
+        """QUIC ended the connection (the client closed it, went silent, or our own close completed)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self.cancel_sessions(self.cancel_reason)
+        self.gateway.left(self)
+
+    def cancel_sessions(self, reason: str) -> None:
+        self.cancel_reason = reason
+        for session in list(self.running.values()):
+            session.cancel()
+
+    def close(self, error: GTLError | None, *, flush: Iterable[int] = ()) -> asyncio.Future[None]:
+        """End the connection: say why on the control stream, end the sessions, then close QUIC once the
+        last frames — those of the running sessions and of the streams in ``flush`` — were acknowledged."""
+        if self._closing is None:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.peer.write(CONTROL_STREAM_ID, self.control.close(error), end=True)
+            sessions = list(self.running.values())
+            streams = [CONTROL_STREAM_ID, *flush, *(session.stream_id for session in sessions)]
+            self.cancel_sessions(self.cancel_reason)
+            self._closing = asyncio.ensure_future(self._close(error, sessions, streams))
+        return self._closing
+
+    async def _close(self, error: GTLError | None, sessions: list[_Session], streams: list[int]) -> None:
+        await asyncio.gather(*(session.task for session in sessions if session.task), return_exceptions=True)
+        await self.peer.flushed(streams, FLUSH_WAIT)  # the last frames (CANCELLED, AUTH_FAILED) reach the client
+        if self.peer.terminated is None:
+            self.peer.close_with(*close_code(error))
+
+    # -- streams -------------------------------------------------------------------------------------
+
+    def _stream(self, stream_id: int) -> Any:
+        if self._closing is not None:
+            return None
+        if stream_id == CONTROL_STREAM_ID:
+            return _ControlStream(self)
+        if stream_id % 4 == 0:  # a client-initiated bidirectional stream
+            return _Session(self, stream_id)
+        self.peer.stop(stream_id, STREAM_DONE)
+        self.bad(InvalidRequestError("GTL over QUIC uses bidirectional streams only"))
+        return None
+
+    def welcome(self, event: HandshakeComplete) -> None:
+        try:
+            context = self.gateway.authenticate(event.token)
+        except AuthenticationError as exc:
+            log.warning("refused client %s: %s", self.where, exc.message)
+            self.close(exc)
+            return
+        except Exception:  # a bug in the hook must not leave the connection half-open
+            log.exception("authenticating client %s failed", self.where)
+            self.close(InternalError("the gateway could not check the client's token"))
+            return
+        self.context = dataclasses.replace(context, peer=self.where)
+        for info in self.gateway.engine.provider_info():
+            self.peer.write(CONTROL_STREAM_ID, self.control.send(info))
+        self.peer.write(CONTROL_STREAM_ID, self.control.send(PROVIDERS_END))
+        self._arm(self.limits.idle_timeout, self._idle)
+
+    def start(self, session: _Session, request: CompletionRequest) -> None:
+        sid = request.session_id
+        if self.context is None:
+            error = InvalidRequestError("a session stream opened before the hello exchange on the control stream")
+            session.refuse(error.to_event(sid))
+            self.bad(error)
+        elif self.gateway.stopping:
+            session.refuse(ProviderUnavailableError("the gateway is shutting down; try again").to_event(sid))
+        elif len(self.running) >= self.limits.max_sessions_per_connection:
+            message = f"this connection already runs {len(self.running)} sessions; start more when some have ended"
+            session.refuse(Error(session_id=sid, code="OVERLOADED", message=message, retryable=True))
+        else:
+            if self._timer is not None:
+                self._timer.cancel()
+            self.running[session.stream_id] = session
+            session.run(request, self.context)
+
+    def ended(self, session: _Session) -> None:
+        if self.running.pop(session.stream_id, None) is not None and not self.running and self._closing is None:
+            self._arm(self.limits.idle_timeout, self._idle)
+
+    def violation(self, session: _Session, violation: StreamViolation) -> None:
+        log.warning("client %s sent a bad stream: %s", self.where, violation.error.message)
+        session.refuse(InvalidRequestError(violation.error.message).to_event(violation.session_id or ""))
+        self.bad(violation.error)
+
+    def bad(self, error: GTLError) -> None:
+        self.bad_streams += 1
+        if self.bad_streams >= MAX_BAD_STREAMS:
+            self.close(
+                InvalidRequestError(
+                    f"{self.bad_streams} bad streams from the client; closing (the last: {error.message})"
+                )
+            )
+
+
+class _ControlStream:
+    """The control stream's listener: bytes into the server ``GTLConnection``, its answers back out."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self.connection = connection
+
+    def data_received(self, data: bytes, end: bool) -> None:
+        connection, control = self.connection, self.connection.control
+        if data:
+            control.receive_data(data)
+        if end:
+            control.receive_data(b"")
+        while (event := control.next_event()) is not NEED_DATA and event is not CONNECTION_CLOSED:
+            if isinstance(event, HandshakeComplete):
+                connection.welcome(event)
+            elif isinstance(event, CompletionRequest):  # sessions have streams of their own
+                error = InvalidRequestError("a completion_request goes on a stream of its own, not the control stream")
+                connection.peer.write(CONTROL_STREAM_ID, control.send(error.to_event(event.session_id)))
+                connection.bad(error)
+            elif isinstance(event, ProtocolViolation):
+                log.warning("client %s broke the protocol: %s", connection.where, event.error)
+            elif isinstance(event, ConnectionTerminated):
+                connection.close(None if event.by_peer else event.error)
+        if not control.closed:
+            connection.peer.write(CONTROL_STREAM_ID, control.data_to_send())
+
+    def reset_received(self, code: int) -> None:
+        self.connection.close(None)
+
+    def stop_received(self, code: int) -> None:
+        self.connection.close(None)
+
+
+class _Session:
+    """One session stream: its request, the task running it, its events written back in order."""
+
+    def __init__(self, connection: _Connection, stream_id: int) -> None:
+        self.connection = connection
+        self.peer = connection.peer
+        self.stream_id = stream_id
+        self.max_frame_bytes = connection.limits.max_frame_bytes
+        self.reader = RequestStream(self.max_frame_bytes)
+        self.machine: SessionStateMachine | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.done = False  # the terminal event went out (or the stream was refused)
+        self.client_done = False  # the client ended or reset its side
+        self._cancelled = False
+
+    # -- what the client sends ---------------------------------------------------------------------
+
+    def data_received(self, data: bytes, end: bool) -> None:
+        self.client_done = self.client_done or end
+        if self.done:
+            self._forget_when_over()
+            return
+        for item in self.reader.feed(data, end):
+            if isinstance(item, CompletionRequest):
+                self.connection.start(self, item)
+            elif isinstance(item, Cancel):
+                self.cancel()
+            else:
+                self.connection.violation(self, item)
+
+    def reset_received(self, code: int) -> None:
+        self.client_done = True
+        self.cancel()  # the client gave up on the session
+        if self.task is None:
+            self.peer.forget(self.stream_id)
+        self._forget_when_over()
+
+    def stop_received(self, code: int) -> None:
+        self.cancel()
+
+    def _forget_when_over(self) -> None:
+        if self.done and self.client_done:
+            self.peer.forget(self.stream_id)  # both sides have ended: late bytes are dropped
+
+    def cancel(self) -> None:
+        """Cancel the session's task once (a second cancel could cut short its ledger row's completion)."""
+        if self.task is not None and not self._cancelled:
+            self._cancelled = True
+            self.task.cancel()
+
+    # -- what the gateway sends --------------------------------------------------------------------
+
+    def run(self, request: CompletionRequest, context: RequestContext) -> None:
+        self.machine = SessionStateMachine(request.session_id)
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(request, context), name=f"gtl-quic-{request.session_id}"
+        )
+        self.connection.gateway.tasks.add(self.task)
+
+    async def _run(self, request: CompletionRequest, context: RequestContext) -> None:
+        try:
+            await run_session(
+                self.connection.gateway.engine,
+                request,
+                context,
+                self.send,
+                drain=self.drain,
+                finish=self.finish,
+                cancelled_by=lambda: self.connection.cancel_reason,
+            )
+        except Exception:  # a bug, or an event this stream cannot carry: already ended with INTERNAL
+            log.exception("session %s failed in the gateway", request.session_id)
+        finally:
+            self.connection.gateway.tasks.discard(self.task)  # type: ignore[arg-type]
+            self.connection.ended(self)
+
+    def send(self, event: StreamEvent) -> None:
+        """Write one event (the terminal one with FIN); raises for an event out of order or too large."""
+        if self.done:
+            return
+        assert self.machine is not None
+        data = frame(event, self.max_frame_bytes)
+        self.machine.advance(event)
+        self.done = is_terminal(event)
+        self.peer.write(self.stream_id, data, end=self.done)
+        self._forget_when_over()
+
+    async def drain(self) -> None:
+        await self.peer.drain(self.stream_id)
+
+    def finish(self, event: StreamEvent) -> None:
+        """The terminal event ``run_session`` decided itself (a cancel, a bug): never raises."""
+        try:
+            self.send(event)
+        except GTLError as exc:
+            log.debug("could not end session %s: %s", event.session_id, exc)
+
+    def refuse(self, event: Error) -> None:
+        """End the stream with ``event`` without running anything (and cancel what runs, if anything)."""
+        self.cancel()
+        if not self.done:
+            self.done = True
+            self.peer.write(self.stream_id, frame(event), end=True)
+        self.peer.stop(self.stream_id, STREAM_DONE)  # what else the client sends is not read
