@@ -80,16 +80,24 @@ def connect(
     (docs/gateway.md); ``token`` goes in its ``hello``, ``user`` becomes its principal.
     ``"http://HOST:PORT"`` and ``"sse://HOST:PORT"`` run every session on a gateway started with
     ``gtl serve --http HOST:PORT``, ``"ws://HOST:PORT"`` runs them over one WebSocket to it; ``token``
-    goes in ``Authorization: Bearer``.
+    goes in ``Authorization: Bearer``. ``sses://`` and ``wss://`` are their TLS forms; ``verify=`` is
+    ``True`` (the system's trust store), a CA file (``gtl certs`` writes ``ca.pem``) or ``False``.
+    ``"https://HOST:PORT"`` and a bare ``"HOST:PORT"`` read the gateway's ``/.well-known/gtl`` and use
+    the best transport it offers (QUIC, gRPC, WebSocket, SSE, HTTP, in that order); ``client.transport``
+    says which (docs/transports.md).
     """
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
     if scheme == "embedded":
         return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)
     if "://" not in endpoint:
-        raise ConfigurationError(
-            f"{endpoint!r} has no scheme: a gateway address needs one (grpc://HOST:PORT, https://HOST:PORT, …); "
-            "use connect() or connect('embedded://') to run the engine in this process"
-        )
+        from gtl_nb.transports.discovery import is_host_port
+
+        if not is_host_port(endpoint):  # a bare HOST:PORT goes to discovery; anything else is a mistake
+            raise ConfigurationError(
+                f"{endpoint!r} is not a gateway address: give HOST:PORT (the best transport the gateway offers) "
+                "or a scheme (https://HOST:PORT, grpc://HOST:PORT, …); use connect() or connect('embedded://') "
+                "to run the engine in this process"
+            )
     verify = options.pop("verify", True)
     local = {"providers": providers, "config": config, "ledger": ledger, "environ": environ, **options}
     given = [name for name, value in local.items() if value is not None]
@@ -142,6 +150,14 @@ class Client:
         self.user = user or getattr(getattr(backend, "context", None), "principal", None) or _os_user()
         self._loop = backend.loop
         self._closed = False
+
+    @property
+    def transport(self) -> str:
+        """The scheme sessions travel over: ``"embedded"``, or the gateway transport in use (``"stdio"``,
+        ``"wss"``, ``"grpc"``, …) — for ``https://`` and a bare ``HOST:PORT``, the one discovery chose."""
+        if isinstance(self.backend, EmbeddedBackend):
+            return "embedded"
+        return str(getattr(self.backend, "transport", None) or type(self.backend).__name__)
 
     @property
     def config(self) -> Any:

@@ -161,17 +161,16 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "url": Field(_OPT_STR, None, "store URL: sqlite:///relative/path, sqlite:////absolute/path or memory://"),
     },
     "gateway": {
-        "host": Field((str,), "127.0.0.1", "interface the gateway listens on"),
-        "port": Field((int,), 8787, "TCP port of the HTTP/SSE/WebSocket endpoints"),
         "auth": Field((str,), "none", "client authentication", choices=("none", "token", "jwt")),
-        "jwt_secret_env": Field((str,), "GTL_NB_JWT_SECRET", "environment variable holding the JWT secret"),
-        "vault_path": Field(_OPT_STR, None, "encrypted provider-key vault file"),
-        "vault_key_env": Field((str,), "GTL_NB_VAULT_KEY", "environment variable holding the vault key"),
-        "audit_log": Field(_OPT_STR, None, "append-only audit log file"),
-        "cors_origins": Field((list,), [], "origins allowed by CORS", check=_str_list),
         "max_frame_bytes": Field((int, type(None)), None, "largest accepted frame (default: the codec's)"),
-        "metrics": Field((bool,), True, "serve /metrics"),
-        "openai_compatible": Field((bool,), True, "serve the OpenAI-compatible /v1/chat/completions facade"),
+        "max_sessions_per_connection": Field((int,), 256, "sessions one connection may run at once"),
+        "max_connections_per_address": Field((int,), 256, "open connections from one client address"),
+        "header_timeout": Field(_NUM, 10.0, "seconds a new connection has to send its request head or hello"),
+        "idle_timeout": Field(_NUM, 300.0, "seconds a connection without a running session may stay silent"),
+        "shutdown_grace": Field(_NUM, 30.0, "seconds running streams get to finish after SIGTERM"),
+        "http": Field((dict,), None, "the HTTP/SSE/WebSocket listener", check=lambda v, w: _check_listener(v, w)),
+        "grpc": Field((dict,), None, "the gRPC listener", check=lambda v, w: _check_listener(v, w)),
+        "quic": Field((dict,), None, "the QUIC listener", check=lambda v, w: _check_listener(v, w)),
     },
     "defaults": {
         "model": Field(_OPT_STR, None, "model used when a request names none (built-in: 'echo')"),
@@ -189,6 +188,38 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "idle": Field(_SECONDS, 60.0, "longest silence between two chunks of a stream", check=_seconds),
     },
 }
+
+
+LISTENER_FIELDS: dict[str, Field] = {
+    "host": Field((str,), "127.0.0.1", "interface to listen on"),
+    "port": Field((int,), None, "port (0: any free port)"),
+    "tls_cert": Field(_OPT_STR, None, "PEM certificate chain (gtl certs writes server.pem)"),
+    "tls_key": Field(_OPT_STR, None, "PEM private key of tls_cert"),
+    "insecure": Field((bool,), False, "let a plaintext listener bind beyond loopback"),
+}
+"""The keys of ``[gateway.http]``, ``[gateway.grpc]`` and ``[gateway.quic]``."""
+
+RETIRED_GATEWAY_KEYS: dict[str, str] = {
+    "host": "listeners have their own tables now: write host under [gateway.http] (or [gateway.grpc], [gateway.quic])",
+    "port": "listeners have their own tables now: write port under [gateway.http] (or [gateway.grpc], [gateway.quic])",
+    "jwt_secret_env": 'it was a placeholder nothing read; GhostToken settings are not served yet (auth = "token" is)',
+    "vault_path": "it was a placeholder nothing read; the provider-key vault is not served yet",
+    "vault_key_env": "it was a placeholder nothing read; the provider-key vault is not served yet",
+    "audit_log": "it was a placeholder nothing read; the audit log is not served yet",
+    "cors_origins": "it was a placeholder nothing read; the gateway serves no browser origins yet",
+    "metrics": "it was a placeholder nothing read; metrics are not served yet",
+    "openai_compatible": "it was a placeholder nothing read; the OpenAI-compatible endpoint is not served yet",
+}
+"""Keys ``[gateway]`` documented before the gateway existed, and what replaced them."""
+
+
+def _check_listener(table: Any, where: str) -> None:
+    _check_table(table, LISTENER_FIELDS, where)
+    if ("tls_cert" in table) != ("tls_key" in table):
+        raise ConfigurationError(f"{where} needs tls_cert and tls_key together")
+    port = table.get("port")
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigurationError(f"{where}: port must be 0..65535, got {port}")
 
 
 def _check_routing(table: Mapping[str, Any], source: str) -> None:
@@ -541,6 +572,12 @@ def _validate_source(data: Mapping[str, Any], where: str) -> None:
                     raise
                 raise ConfigurationError(f"{exc.message} (in {where})") from None
         else:
+            if name == "gateway":
+                for key in value:
+                    if key in RETIRED_GATEWAY_KEYS:
+                        raise ConfigurationError(
+                            f"[gateway] {key} in {where} is not a key any more: {RETIRED_GATEWAY_KEYS[key]}"
+                        )
             _check_table(value, SECTION_SCHEMAS[name], f"[{name}] in {where}")
 
 

@@ -1,19 +1,40 @@
-"""The gateway over HTTP: one session per request, on one TCP port (Starlette on uvicorn).
+"""The gateway over HTTP: one session per request, a WebSocket for many, on one TCP port (Starlette on uvicorn).
 
-Endpoints (docs/gateway.md):
+``serve_http(engine, listener, ...)`` follows the listener contract of ``gateway.listeners``. Endpoints
+(docs/gateway.md):
 
 * ``POST /v1/gtl`` — the body is one ``completion_request``. ``stream: true`` answers with a chunked
   ``application/x-ndjson`` body of GTL frames, one per line, ending with the session's ``done`` or
-  ``error``; ``stream: false`` answers with one JSON object ``{"session_id": ..., "events": [...]}``.
+  ``error``; ``stream: false`` answers with one JSON object ``{"session_id": ..., "events": [...]}``
+  whose status says how the session ended (``STATUS_OF_CODE``).
 * ``POST /v1/gtl/sse`` — the same session as server-sent events (``event: <type>``, ``data: <frame>``).
+* ``GET /v1/gtl/ws`` — a WebSocket carrying one GTL connection (``GatewayConnection``), many sessions.
 * ``GET /v1/gtl/providers`` — the gateway's ``provider_info`` list as a JSON array.
-* ``GET /healthz`` (the process answers), ``GET /readyz`` (the engine is built), ``GET /.well-known/gtl``
-  (the transport URLs this listener offers and the protocol versions).
+* ``GET /healthz``, ``GET /readyz``, ``GET /.well-known/gtl`` (every transport this gateway offers,
+  with the URL a client passes to ``gtl_nb.connect``, and the protocol versions).
 
-The token is ``Authorization: Bearer <token>``, checked by the same ``authenticate`` hook as stdio;
-a refused token is ``401`` with an ``AUTH_FAILED`` error body. A body over ``max_frame_bytes`` is
-``413``; a body that is not a ``completion_request`` is ``400``. Once a session runs, the status is
-``200`` and the session's own ``error`` (a provider's ``AUTH_FAILED``, …) is its last event.
+Before a session runs, a refusal is a status with one GTL ``error`` as the body: ``401`` for a token
+the gateway does not accept, ``413`` for a body over ``max_frame_bytes``, ``400`` for a body that is
+not a ``completion_request``, ``429`` for one connection too many from an address, ``503`` once the
+gateway is shutting down, ``408`` (then the connection closes) for a request head that took longer
+than ``header_timeout``.
+
+**Limits** (``gateway.listeners.Limits``): a body over ``max_frame_bytes`` is refused; a request head
+must arrive within ``header_timeout`` seconds of the connection opening (after TLS, whose handshake
+has the same deadline) or of its first byte on a kept-alive connection (``_HttpProtocol``); a
+kept-alive connection may wait ``idle_timeout`` seconds for its next request; an address may hold
+``max_connections_per_address`` connections at once (the next one gets one ``429`` and is closed); a
+WebSocket connection runs at most ``max_sessions_per_connection`` sessions (``GatewayConnection``).
+
+**Shutdown** (``shutdown.begin()``): the port stops accepting, idle keep-alive connections close, a
+request that still arrives gets ``503``; running NDJSON/SSE streams and WebSocket sessions have
+``shutdown.grace`` seconds, then end with ``CANCELLED`` and their ledger rows complete. uvicorn's own
+server loop (and its signal handlers) is not used: the listener is ``loop.create_server`` with
+uvicorn's protocols, and whoever runs the gateway owns the signals.
+
+**Compression** is negotiated, never forced: NDJSON and SSE bodies are gzip-encoded when the request
+says ``Accept-Encoding: gzip``, each event flushed (``Z_SYNC_FLUSH``) so the client decodes it as
+soon as it arrives; the WebSocket offers permessage-deflate. ``compression=False`` turns both off.
 
 A client that disconnects mid-stream cancels the session: the engine closes the upstream response and
 completes the ledger row as cancelled.
@@ -22,17 +43,26 @@ completes the ledger row as cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import gzip as gzip_module
+import math
 import socket
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
-from typing import Any
+import string
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
+import h11
 import msgspec
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, SessionEnd
-from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, is_loopback
+from gtl_nb.gateway.queries import answer_query
+from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import decode, encode
 from gtl_nb.protocol.errors import (
@@ -41,77 +71,426 @@ from gtl_nb.protocol.errors import (
     FrameTooLargeError,
     GTLError,
     InvalidRequestError,
+    OverloadedError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
 )
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, StreamEvent
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Query, StreamEvent
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
 
-__all__ = ["bind", "build_app", "serve_http", "session_events"]
+__all__ = ["PATHS", "STATUS_OF_CODE", "accepts_gzip", "bind", "build_app", "discovery_document", "serve_http"]
 
 log = get_logger("gateway.http")
 NDJSON = "application/x-ndjson"
+PATHS = {
+    "http": "/v1/gtl",
+    "sse": "/v1/gtl/sse",
+    "ws": "/v1/gtl/ws",
+    "providers": "/v1/gtl/providers",
+    "query": "/v1/gtl/query",
+}
+"""Where each endpoint lives (the discovery document repeats it)."""
+OFFER_ORDER = ("quic", "grpc", "ws", "sse", "http")
+"""The order transports are listed in the discovery document: the spec's, best first."""
+CLOSE_WAIT = 5.0
+"""Seconds the last step of a shutdown waits for cancelled sessions and closing connections."""
+
+STATUS_OF_CODE: dict[str, int] = {
+    "INVALID_REQUEST": 400,
+    "CONTEXT_LENGTH_EXCEEDED": 400,
+    "MODEL_NOT_FOUND": 404,
+    "FORBIDDEN": 403,
+    "CONTENT_FILTERED": 422,
+    "BUDGET_EXCEEDED": 429,
+    "RATE_LIMIT": 429,
+    "AUTH_FAILED": 502,  # a provider refused the gateway's key: the caller's own token was accepted (else 401)
+    "PROVIDER_UNAVAILABLE": 502,
+    "OVERLOADED": 503,
+    "CANCELLED": 503,  # only a shutdown cancels a non-streamed session whose caller is still there
+    "TIMEOUT": 504,
+    "INTERNAL": 500,
+}
+"""The status of a non-streamed ``POST /v1/gtl`` whose session ended with this error code (``done``: 200)."""
 
 
-async def session_events(
-    engine: Engine, request: CompletionRequest, context: RequestContext
-) -> AsyncIterator[StreamEvent]:
-    """One session's events over ``engine.stream``, ending with exactly one ``done`` or ``error``.
-
-    Closing or cancelling the iterator cancels the session (the ledger row says cancelled)."""
-    recorded = SessionEnd()
-    ended = False
-    try:
-        async with aclosing(engine.stream(request, context=context, ending=recorded)) as events:
-            async for event in events:
-                ended = isinstance(event, (Done, Error))
-                yield event
-    except Exception as exc:  # a bug must still end the session
-        log.exception("session %s failed in the gateway", request.session_id)
-        if not ended:
-            yield Error(session_id=request.session_id, code="INTERNAL", message=f"{type(exc).__name__}: {exc}")
+# -- compression -------------------------------------------------------------------------------------
 
 
-def _error_response(exc: GTLError, status: int, session_id: str = "") -> Any:
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` value admits gzip (``gzip;q=0`` refuses it, ``*`` admits it)."""
+    if not header:
+        return False
+    star = False
+    for item in header.split(","):
+        name, _, params = item.partition(";")
+        name = name.strip().lower()
+        quality = 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    quality = float(value.strip())
+                except ValueError:
+                    quality = 0.0
+        if name in ("gzip", "x-gzip"):
+            return quality > 0
+        if name == "*":
+            star = quality > 0
+    return star
+
+
+class _GzipStream:
+    """One gzip body written event by event; each piece is flushed so the client can decode it at once."""
+
+    def __init__(self) -> None:
+        # a 4 KiB window and memLevel 5 (32 KiB per stream, not zlib's 256 KiB): events repeat each other
+        # within a few hundred bytes, so a larger window buys nothing for the memory of many streams
+        self._compressor = zlib.compressobj(6, zlib.DEFLATED, 16 + 12, 5)
+
+    def compress(self, data: bytes) -> bytes:
+        return self._compressor.compress(data) + self._compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        return self._compressor.flush(zlib.Z_FINISH)
+
+
+# -- the sessions a listener runs ------------------------------------------------------------------
+
+
+class _Running:
+    """One HTTP session's task, and who cancelled it (for its ``CANCELLED`` message)."""
+
+    __slots__ = ("cancelled", "reason", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.reason = "the client"
+        self.cancelled = False
+
+    def cancel(self, reason: str) -> None:
+        """Cancel once (a second cancel could cut short the completion of the ledger row)."""
+        if self.task is not None and not self.task.done() and not self.cancelled:
+            self.cancelled = True
+            self.reason = reason
+            self.task.cancel()
+
+    async def wait(self) -> None:
+        if self.task is not None:
+            await asyncio.gather(self.task, return_exceptions=True)
+
+
+class _Sessions:
+    """The HTTP sessions and WebSocket connections of one listener, so a shutdown can wait for them or end them."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._running: set[_Running] = set()
+        self._sockets = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(
+        self,
+        request: CompletionRequest,
+        context: RequestContext,
+        send: Callable[[StreamEvent], None],
+        drain: Callable[[], Awaitable[Any]] | None = None,
+    ) -> _Running:
+        """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens)."""
+        running = _Running()
+
+        async def run() -> None:
+            try:
+                await run_session(self.engine, request, context, send, drain=drain, cancelled_by=lambda: running.reason)
+            except Exception:  # a bug: run_session already ended the session with INTERNAL
+                log.exception("session %s failed in the gateway", request.session_id)
+            finally:
+                self._running.discard(running)
+                self._update()
+
+        running.task = asyncio.get_running_loop().create_task(run(), name=f"gtl-http-{request.session_id}")
+        self._running.add(running)
+        self._update()
+        return running
+
+    @contextlib.contextmanager
+    def socket(self) -> Any:
+        """Count a WebSocket connection while it runs."""
+        self._sockets += 1
+        self._update()
+        try:
+            yield
+        finally:
+            self._sockets -= 1
+            self._update()
+
+    def cancel_all(self, reason: str) -> None:
+        """Cancel every HTTP session (WebSocket connections end their own, see ``GatewayConnection``)."""
+        for running in list(self._running):
+            running.cancel(reason)
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing runs; ``False`` when ``timeout`` passed first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _update(self) -> None:
+        if self._running or self._sockets:
+            self._idle.clear()
+        else:
+            self._idle.set()
+
+
+# -- connections: per-address cap and request-head deadline -------------------------------------------
+
+
+class _ConnectionGuard:
+    """Open connections per client address; a connection beyond ``cap`` is answered 429 and closed.
+
+    A connection is counted from accept (after TLS) to close, whatever it carries — requests, a
+    WebSocket — so it is keyed by its transport, which survives the WebSocket upgrade.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._counts: dict[str, int] = {}
+        self._open: dict[Any, str] = {}
+        self._refused: set[tuple[str, int]] = set()
+        self._peers: dict[Any, tuple[str, int]] = {}
+
+    def opened(self, transport: Any, peer: tuple[str, int] | None) -> None:
+        if transport in self._open:
+            return
+        address = peer[0] if peer else ""
+        count = self._counts.get(address, 0) + 1
+        self._counts[address] = count
+        self._open[transport] = address
+        if peer is not None:
+            self._peers[transport] = (peer[0], peer[1])
+            if count > self.cap:
+                self._refused.add(self._peers[transport])
+                log.info("refusing a connection from %s: %d already open (the cap)", address, count - 1)
+
+    def closed(self, transport: Any) -> None:
+        address = self._open.pop(transport, None)
+        if address is None:
+            return
+        self._refused.discard(self._peers.pop(transport, ("", -1)))
+        left = self._counts.get(address, 1) - 1
+        if left > 0:
+            self._counts[address] = left
+        else:
+            self._counts.pop(address, None)
+
+    def refused(self, client: Any) -> bool:
+        """Whether the connection of an ASGI scope's ``client`` was one too many."""
+        return client is not None and (client[0], client[1]) in self._refused
+
+    def count(self, address: str) -> int:
+        return self._counts.get(address, 0)
+
+
+class _HttpProtocol(H11Protocol):
+    """uvicorn's h11 protocol with the listener's limits: the per-address count, and a deadline per request head.
+
+    uvicorn bounds the wait *between* keep-alive requests (``timeout_keep_alive``), but neither of its
+    HTTP/1.1 protocols bounds how long a request head may take to arrive: a client sending one byte a
+    second holds a connection for ever. Here a timer starts when a connection opens, and again when
+    the first bytes of a later request arrive, and is stopped once h11 has the whole head (its state
+    for the client leaves ``IDLE``). When it fires, the client gets ``408`` and the connection closes.
+    """
+
+    guard: ClassVar[_ConnectionGuard]
+    header_timeout: ClassVar[float]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.guard.opened(transport, self.client)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and self.conn.their_state is h11.IDLE:
+            self._arm_head_timer()  # the first bytes of a request on a kept-alive connection
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._stop_head_timer()  # the head is complete (or the connection is past heads: closed, upgraded)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        self.guard.closed(self.transport)
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._stop_head_timer()
+        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        log.info("closing the connection from %s: no request head within %g s", peer, self.header_timeout)
+        error = ProviderTimeoutError(f"the request head did not arrive within {self.header_timeout:g} s")
+        body = encode(error.to_event(""))
+        head = (
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
+        )
+        self.transport.write(head + body)
+        self.transport.close()
+
+
+def _protocol_classes(guard: _ConnectionGuard, header_timeout: float) -> tuple[type[Any], type[Any]]:
+    """This listener's HTTP and WebSocket protocol classes (both report closed connections to ``guard``)."""
+    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
+
+    if AutoWebSocketsProtocol is None:
+        raise ConfigurationError("[gateway.http] needs websockets: pip install 'gtl_nb[gateway]'")
+    base: type[Any] = AutoWebSocketsProtocol  # type: ignore[assignment]
+
+    class WebSocketProtocol(base):  # type: ignore[misc, valid-type]
+        """After an upgrade the transport reports its end here, no longer to ``_HttpProtocol``."""
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            try:
+                super().connection_lost(exc)
+            finally:
+                guard.closed(self.transport)
+
+    http = type("GatewayHttpProtocol", (_HttpProtocol,), {"guard": guard, "header_timeout": header_timeout})
+    return http, WebSocketProtocol
+
+
+# -- responses -----------------------------------------------------------------------------------------
+
+
+def _error_response(exc: GTLError, status: int, session_id: str = "", headers: dict[str, str] | None = None) -> Any:
     from starlette.responses import Response
 
-    return Response(encode(exc.to_event(session_id)), status_code=status, media_type="application/json")
+    return Response(
+        encode(exc.to_event(session_id)), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def _refuse(scope: Any, receive: Any, send: Any, status: int, error: GTLError) -> None:
+    """Answer a request or a WebSocket upgrade with ``status`` and one GTL error, then close."""
+    body = encode(error.to_event(""))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if error.retry_after is not None:
+        headers.append((b"retry-after", str(math.ceil(error.retry_after)).encode()))
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await send({"type": "websocket.close", "code": 1013})  # try again later
+        return
+    await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Gate:
+    """ASGI middleware in front of the routes: one connection too many from an address, or a shutdown."""
+
+    def __init__(self, app: Any, guard: _ConnectionGuard, shutdown: Shutdown) -> None:
+        self.app = app
+        self.guard = guard
+        self.shutdown = shutdown
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            if self.guard.refused(scope.get("client")):
+                error = OverloadedError(
+                    f"this address already has {self.guard.cap} connections open to the gateway; reuse one",
+                    retry_after=1.0,
+                )
+                await _refuse(scope, receive, send, 429, error)
+                return
+            if self.shutdown.is_stopping:
+                error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
+                await _refuse(scope, receive, send, 503, error)
+                return
+        await self.app(scope, receive, send)
 
 
 class _SessionResponse:
-    """An ASGI response that streams a session and cancels it when the client disconnects."""
+    """Streams one session (NDJSON or SSE, gzip when asked) and cancels it when the client disconnects."""
 
-    def __init__(self, events: AsyncIterator[StreamEvent], media_type: str, render: Callable[[StreamEvent], bytes]):
-        self.events = events
+    def __init__(
+        self,
+        sessions: _Sessions,
+        request: CompletionRequest,
+        context: RequestContext,
+        *,
+        media_type: str,
+        render: Callable[[StreamEvent], bytes],
+        gzip: bool,
+    ) -> None:
+        self.sessions = sessions
+        self.request = request
+        self.context = context
         self.media_type = media_type
         self.render = render
+        self.gzip = gzip
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        async def pump() -> None:
-            async with aclosing(self.events) as events:  # type: ignore[type-var]
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 200,
-                        "headers": [(b"content-type", self.media_type.encode()), (b"cache-control", b"no-store")],
-                    }
-                )
-                async for event in events:
-                    await send({"type": "http.response.body", "body": self.render(event), "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        outbox: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        # drain = every event written: the engine reads no further ahead of a slow client than one event
+        running = self.sessions.start(self.request, self.context, outbox.put_nowait, drain=outbox.join)
+        compressor = _GzipStream() if self.gzip else None
+        headers = [
+            (b"content-type", self.media_type.encode()),
+            (b"cache-control", b"no-store"),
+            (b"vary", b"accept-encoding"),
+        ]
+        if compressor is not None:
+            headers.append((b"content-encoding", b"gzip"))
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+        async def pump() -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            while True:
+                event = await outbox.get()
+                chunk = self.render(event)
+                if compressor is not None:
+                    chunk = compressor.compress(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                outbox.task_done()
+                if isinstance(event, (Done, Error)):
+                    break
+            await send({"type": "http.response.body", "body": compressor.finish() if compressor else b""})
 
         pumping = asyncio.ensure_future(pump())
-        watching = asyncio.ensure_future(watch())
+        watching = asyncio.ensure_future(_disconnected(receive))
         try:
             await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            if not pumping.done():  # the client left (or the server is going down without grace)
+                running.cancel("the client" if watching.done() else "the gateway shutting down")
+            await running.wait()  # the ledger row is complete before the response task ends
             for task in (pumping, watching):
                 task.cancel()
             await asyncio.gather(pumping, watching, return_exceptions=True)
         if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
             log.info("client went away mid-stream: %s", pumping.exception())
+
+
+async def _disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Return when the client disconnects (the request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _ndjson(event: StreamEvent) -> bytes:
@@ -123,18 +502,68 @@ def _sse(event: StreamEvent) -> bytes:
     return b"event: " + tag.encode() + b"\ndata: " + encode(event) + b"\n\n"
 
 
-def build_app(engine: Engine, *, authenticate: Authenticate, max_body_bytes: int, base_url: Callable[[], str]) -> Any:
-    """The Starlette application of one gateway listener."""
+def _bearer(header: str | None) -> str | None:
+    return header[7:].strip() if header and header[:7].lower() == "bearer " else None
+
+
+# -- the discovery document ------------------------------------------------------------------------------
+
+_HOST_CHARACTERS = frozenset(string.ascii_letters + string.digits + ".-_:[]")
+
+
+def _request_host(header: str | None, fallback: str) -> str:
+    """The ``host[:port]`` the client used (its ``Host`` header), or ``fallback`` for a missing or odd one."""
+    if header and len(header) <= 255 and set(header) <= _HOST_CHARACTERS:
+        return header
+    return fallback
+
+
+def _with_host(url: str, hostname: str) -> str:
+    """``url`` with a wildcard host (``0.0.0.0``, ``::``) replaced by the name the client reached us by."""
+    parts = urlsplit(url)
+    if parts.hostname not in ("0.0.0.0", "::", ""):
+        return url
+    host = f"[{hostname}]" if ":" in hostname else hostname
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def discovery_document(host: str, *, tls: bool, offers: dict[str, str]) -> dict[str, Any]:
+    """``GET /.well-known/gtl``: every transport offered, best first, each with its ``connect()`` URL."""
+    schemes = {"http": "https", "sse": "sses", "ws": "wss"} if tls else {"http": "http", "sse": "sse", "ws": "ws"}
+    hostname = urlsplit(f"//{host}").hostname or host
+    urls = {name: _with_host(url, hostname) for name, url in offers.items() if name not in schemes}
+    urls.update({name: f"{scheme}://{host}" for name, scheme in schemes.items()})
+    ordered = {name: urls[name] for name in OFFER_ORDER if name in urls}
+    ordered.update({name: url for name, url in urls.items() if name not in ordered})
+    return {"protocol": "gtl", "versions": list(SUPPORTED_VERSIONS), "transports": ordered, "paths": dict(PATHS)}
+
+
+# -- the application --------------------------------------------------------------------------------------
+
+
+def build_app(
+    engine: Engine,
+    *,
+    authenticate: Authenticate,
+    limits: Limits,
+    shutdown: Shutdown,
+    sessions: _Sessions | None = None,
+    base_url: Callable[[], str],
+    offers: Callable[[], dict[str, str]] | None = None,
+    compression: bool = True,
+) -> Any:
+    """The Starlette application of one gateway listener (``serve_http`` puts the connection gate in front)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
 
+    sessions = sessions or _Sessions(engine)
+    max_body_bytes = limits.max_frame_bytes
+
     def context_of(request: Request) -> RequestContext:
-        header = request.headers.get("authorization")
-        token = header[7:].strip() if header and header[:7].lower() == "bearer " else None
-        context = authenticate(token)
+        context = authenticate(_bearer(request.headers.get("authorization")))
         peer = f"{request.client.host}:{request.client.port}" if request.client else None
         return dataclasses.replace(context, peer=peer)
 
@@ -156,26 +585,46 @@ def build_app(engine: Engine, *, authenticate: Authenticate, max_body_bytes: int
         try:
             context = context_of(request)
         except AuthenticationError as exc:
-            return _error_response(exc, 401)
+            return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
         try:
             message = await read_request(request)
         except FrameTooLargeError as exc:
             return _error_response(InvalidRequestError(exc.message), 413)
         except GTLError as exc:
             return _error_response(InvalidRequestError(exc.message), 400)
-        events = session_events(engine, message, context)
-        if sse:
-            return _SessionResponse(events, "text/event-stream", _sse)
-        if message.stream:
-            return _SessionResponse(events, NDJSON, _ndjson)
-        collected: list[bytes] = []
-        async with aclosing(events) as stream:  # type: ignore[type-var]
-            async for event in stream:
-                collected.append(encode(event))
-        body = (
-            b'{"session_id":' + msgspec.json.encode(message.session_id) + b',"events":[' + b",".join(collected) + b"]}"
-        )
-        return Response(body, media_type="application/json")
+        gzip = compression and accepts_gzip(request.headers.get("accept-encoding"))
+        if sse or message.stream:
+            media, render = ("text/event-stream", _sse) if sse else (NDJSON, _ndjson)
+            return _SessionResponse(sessions, message, context, media_type=media, render=render, gzip=gzip)
+        return await collected(request, message, context, gzip=gzip)
+
+    async def collected(request: Request, message: CompletionRequest, context: RequestContext, *, gzip: bool) -> Any:
+        """``stream: false``: the whole session in one JSON object, its status from how it ended."""
+        events: list[StreamEvent] = []
+        running = sessions.start(message, context, events.append)
+        watching = asyncio.ensure_future(_disconnected(request.receive))
+        try:
+            await asyncio.wait({running.task, watching}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+        finally:
+            if watching.done():
+                running.cancel("the client")
+            elif not running.task.done():  # type: ignore[union-attr]
+                running.cancel("the gateway shutting down")
+            await running.wait()
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        body = b'{"session_id":' + msgspec.json.encode(message.session_id) + b',"events":['
+        body += b",".join(encode(event) for event in events) + b"]}"
+        status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store"}
+        last = events[-1] if events else None
+        if isinstance(last, Error):
+            status = STATUS_OF_CODE.get(last.code, 500)
+            if last.retry_after is not None and math.isfinite(last.retry_after):
+                headers["retry-after"] = str(max(0, math.ceil(last.retry_after)))
+        if gzip and len(body) > 1024:
+            body = gzip_module.compress(body, compresslevel=6, mtime=0)
+            headers["content-encoding"] = "gzip"
+        return Response(body, status_code=status, media_type="application/json", headers=headers)
 
     async def post_gtl(request: Request) -> Any:
         return await completion(request, sse=False)
@@ -187,8 +636,26 @@ def build_app(engine: Engine, *, authenticate: Authenticate, max_body_bytes: int
         try:
             context_of(request)
         except AuthenticationError as exc:
-            return _error_response(exc, 401)
+            return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
         return Response(msgspec.json.encode(engine.provider_info()), media_type="application/json")
+
+    async def post_query(request: Request) -> Any:
+        """``POST /v1/gtl/query``: one ``query`` frame in, its ``answer`` frame out (200 whatever it says)."""
+        try:
+            context = context_of(request)
+        except AuthenticationError as exc:
+            return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return _error_response(InvalidRequestError(f"the body exceeds the maximum of {max_body_bytes} bytes"), 413)
+        try:
+            query = decode(body, max_bytes=max_body_bytes)
+        except GTLError as exc:
+            return _error_response(InvalidRequestError(exc.message), 400)
+        if not isinstance(query, Query):
+            return _error_response(InvalidRequestError(f"the body must be a query, not {type(query).__name__}"), 400)
+        answer = await answer_query(engine, context, query, max_bytes=max_body_bytes)
+        return Response(encode(answer), media_type="application/json", headers={"cache-control": "no-store"})
 
     async def healthz(request: Request) -> Any:
         return JSONResponse({"status": "ok"})
@@ -198,29 +665,17 @@ def build_app(engine: Engine, *, authenticate: Authenticate, max_body_bytes: int
 
     async def discovery(request: Request) -> Any:
         base = base_url()
-        host = base.partition("://")[2]
-        return JSONResponse(
-            {
-                "protocol": "gtl",
-                "versions": list(SUPPORTED_VERSIONS),
-                "transports": {
-                    "http": f"{base}/v1/gtl",
-                    "sse": f"{base}/v1/gtl/sse",
-                    "ws": f"ws://{host}/v1/gtl/ws",
-                },
-                "client_endpoints": [f"http://{host}", f"sse://{host}", f"ws://{host}"],
-            }
-        )
+        host = _request_host(request.headers.get("host"), base.partition("://")[2])
+        document = discovery_document(host, tls=base.startswith("https:"), offers=offers() if offers else {})
+        return JSONResponse(document, headers={"cache-control": "no-store"})
 
     async def websocket(socket_: WebSocket) -> None:
         """``/v1/gtl/ws``: one GTL connection, many sessions; the header's token counts as hello's."""
-        from gtl_nb.gateway.sessions import GatewayConnection
         from gtl_nb.protocol.connection import GTLConnection
         from gtl_nb.transports.framed import FramedConnection
         from gtl_nb.transports.messages import MessageChannel
 
-        header = socket_.headers.get("authorization")
-        bearer = header[7:].strip() if header and header[:7].lower() == "bearer " else None
+        bearer = _bearer(socket_.headers.get("authorization"))
         await socket_.accept()
 
         async def recv() -> str | bytes | None:
@@ -235,19 +690,26 @@ def build_app(engine: Engine, *, authenticate: Authenticate, max_body_bytes: int
         peer = f"{socket_.client.host}:{socket_.client.port}" if socket_.client else None
         channel = MessageChannel(recv, socket_.send_text, close, peer=peer)
         framed = FramedConnection(GTLConnection("server", max_frame_bytes=max_body_bytes), channel)
-        try:
-            await GatewayConnection(
-                engine, framed, authenticate=lambda token: authenticate(bearer if bearer is not None else token)
-            ).run()
-        finally:
-            await channel.aclose()
+        with sessions.socket():
+            try:
+                await GatewayConnection(
+                    engine,
+                    framed,
+                    authenticate=lambda token: authenticate(bearer if bearer is not None else token),
+                    max_sessions=limits.max_sessions_per_connection,
+                    limits=limits,
+                    shutdown=shutdown,
+                ).run()
+            finally:
+                await channel.aclose()
 
     return Starlette(
         routes=[
-            WebSocketRoute("/v1/gtl/ws", websocket),
-            Route("/v1/gtl", post_gtl, methods=["POST"]),
-            Route("/v1/gtl/sse", post_sse, methods=["POST"]),
-            Route("/v1/gtl/providers", providers, methods=["GET"]),
+            WebSocketRoute(PATHS["ws"], websocket),
+            Route(PATHS["http"], post_gtl, methods=["POST"]),
+            Route(PATHS["sse"], post_sse, methods=["POST"]),
+            Route(PATHS["providers"], providers, methods=["GET"]),
+            Route(PATHS["query"], post_query, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/.well-known/gtl", discovery, methods=["GET"]),
@@ -255,38 +717,120 @@ def build_app(engine: Engine, *, authenticate: Authenticate, max_body_bytes: int
     )
 
 
+# -- the listener ------------------------------------------------------------------------------------------
+
+
 def bind(host: str, port: int, *, insecure: bool = False) -> socket.socket:
     """The listening socket; a plaintext listener binds to loopback only unless ``insecure``."""
-    if not insecure and host not in ("127.0.0.1", "::1", "localhost"):
+    if not insecure and not is_loopback(host):
         raise ConfigurationError(
             f"a plaintext listener binds to loopback only (127.0.0.1, ::1); add --insecure to listen on {host}"
         )
-    return socket.create_server((host, port))
+    address = host.strip("[]")
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    return socket.create_server((address, port), family=family)
 
 
 async def serve_http(
     engine: Engine,
-    sock: socket.socket,
+    listener: ListenerSettings,
     *,
     authenticate: Authenticate,
-    max_body_bytes: int,
-    ready: Callable[[str], None] | None = None,
+    limits: Limits,
+    shutdown: Shutdown,
+    ready: Ready,
+    offers: Callable[[], dict[str, str]] | None = None,
+    compression: bool = True,
 ) -> None:
-    """Serve ``sock`` until cancelled; ``ready(base_url)`` is called once it accepts requests."""
-    import uvicorn
+    """Serve HTTP, SSE, WebSocket and discovery on ``listener`` (https/wss with its TLS files) until shutdown.
 
-    host, port = sock.getsockname()[:2]
-    base = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    app = build_app(engine, authenticate=authenticate, max_body_bytes=max_body_bytes, base_url=lambda: base)
-    config = uvicorn.Config(app, http="h11", lifespan="off", log_config=None, access_log=False, ws="auto")
-    server = uvicorn.Server(config)
-    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    Follows ``gateway.listeners``: ``ready(url)`` once it accepts; after ``shutdown.begin()`` it stops
+    accepting, refuses new requests (``503``), lets running streams and WebSocket sessions finish for
+    ``shutdown.grace`` seconds, ends the rest with ``CANCELLED`` and returns with every ledger row
+    complete. Cancelling it does the same at once. ``offers()`` gives the other listeners' client URLs
+    for ``/.well-known/gtl``. ``compression=False`` never gzips and does not offer permessage-deflate.
+    uvicorn runs without its signal handlers: whoever runs the gateway owns the signals.
+    """
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    sock = bind(listener.host, listener.port, insecure=listener.insecure or listener.tls is not None)
     try:
-        if ready is not None:
-            ready(base)  # the socket listens already: a request now waits in its backlog
-        await asyncio.shield(serving)
-    finally:
-        if not serving.done():
-            server.should_exit = True
-            await asyncio.wait({serving}, timeout=5)
-            serving.cancel()
+        tls = listener.tls.server_context(alpn=("http/1.1",)) if listener.tls is not None else None
+        url = listener.url(sock.getsockname()[1])
+        sessions = _Sessions(engine)
+        guard = _ConnectionGuard(limits.max_connections_per_address)
+        app = build_app(
+            engine,
+            authenticate=authenticate,
+            limits=limits,
+            shutdown=shutdown,
+            sessions=sessions,
+            base_url=lambda: url,
+            offers=offers,
+            compression=compression,
+        )
+        http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout)
+        config = uvicorn.Config(
+            _Gate(app, guard, shutdown),
+            http=http_protocol,
+            ws=ws_protocol,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,  # the per-address cap and the ledger's peer are the real peer's
+            server_header=False,
+            timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]
+            ws_max_size=limits.max_frame_bytes + 1024,  # GTLConnection refuses a frame over the limit itself
+            ws_per_message_deflate=compression,
+        )
+        config.load()
+        state = ServerState()
+        # our own create_server rather than uvicorn.Server: no signal handlers, no polling loop, and the
+        # TLS handshake gets the header deadline too (uvicorn leaves asyncio's 60 s)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: http_protocol(config=config, server_state=state, app_state={}),
+            sock=sock,
+            ssl=tls,
+            ssl_handshake_timeout=limits.header_timeout if tls is not None else None,
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        ready(url)
+        await shutdown.wait()
+        log.info("%s: shutting down, running sessions get %g s", url, shutdown.grace)
+        server.close()  # stop accepting: a new connection is refused by the operating system
+        # idle keep-alive connections close now, busy ones after their response; WebSockets end their own
+        _shut(connection for connection in state.connections if isinstance(connection, _HttpProtocol))
+        if not await sessions.wait_idle(shutdown.grace):
+            sessions.cancel_all("the gateway shutting down")  # WebSocket connections cancel their own
+            await sessions.wait_idle(CLOSE_WAIT)
+    finally:  # also the way out when cancelled: no grace, sessions end now
+        server.close()
+        sessions.cancel_all("the gateway shutting down")
+        _shut(state.connections)  # WebSockets close (1012): their connections cancel what still runs
+        await _settle(state.tasks)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), CLOSE_WAIT)
+
+
+def _shut(connections: Any) -> None:
+    """uvicorn's ``shutdown()`` on each connection (a WebSocket already closing raises: it is closing anyway)."""
+    for connection in list(connections):
+        try:
+            connection.shutdown()
+        except Exception as exc:
+            log.debug("shutting a connection down: %s", exc)
+
+
+async def _settle(tasks: set[asyncio.Task[None]]) -> None:
+    """Let the connections' request tasks end (``CLOSE_WAIT`` at most), then cancel what is left."""
+    pending = set(tasks)
+    if pending:
+        _, pending = await asyncio.wait(pending, timeout=CLOSE_WAIT)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_WAIT)

@@ -1,4 +1,4 @@
-"""The gateway's command line: ``python -m gtl_nb.gateway --stdio [--config FILE] [--principal NAME]``.
+"""The gateway's command line: ``python -m gtl_nb.gateway [--config FILE] [--stdio | --http/--grpc/--quic HOST:PORT]``.
 
 ``add_arguments`` and ``run`` are shared with ``gtl serve`` (``gateway.cli``). Errors a user can fix
 print one line on standard error and exit with status 2; standard output carries only frames.
@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
@@ -22,11 +24,18 @@ __all__ = ["add_arguments", "main", "run"]
 def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
     """The gateway's options (``config=False`` when the parent command already has ``--config``)."""
     parser.add_argument("--stdio", action="store_true", help="serve one connection on standard input and output")
+    for transport, what in (("http", "HTTP, SSE, WebSocket and discovery"), ("grpc", "gRPC"), ("quic", "QUIC")):
+        parser.add_argument(
+            f"--{transport}",
+            metavar="HOST:PORT",
+            help=f"serve {what} there (port 0: any free port); overrides [gateway.{transport}] host and port",
+        )
     parser.add_argument(
-        "--http", metavar="HOST:PORT", help="serve HTTP, SSE and discovery on one TCP port (port 0: any free port)"
+        "--tls-cert", metavar="FILE", help="PEM certificate for the listeners given on the command line"
     )
+    parser.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     parser.add_argument(
-        "--insecure", action="store_true", help="let a plaintext --http listener bind to an address beyond loopback"
+        "--insecure", action="store_true", help="let a plaintext listener bind to an address beyond loopback"
     )
     if config:
         parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
@@ -41,67 +50,113 @@ def run(args: argparse.Namespace) -> int:
     """Serve as ``args`` say; raises ``ConfigurationError`` for a set-up mistake (after which nothing was served)."""
     from gtl_nb.engine.settings import load_settings
     from gtl_nb.gateway.devauth import DevAuth
+    from gtl_nb.gateway.listeners import Shutdown
     from gtl_nb.gateway.settings import GatewaySettings
     from gtl_nb.gateway.stdio import serve_stdio
     from gtl_nb.transports.stdio import take_stdout
 
-    if getattr(args, "http", None):
-        return _run_http(args)
-    if not args.stdio:
-        raise ConfigurationError("choose a transport: --stdio or --http HOST:PORT")
-    frames_fd = take_stdout()  # first: nothing may print on the frames
+    if args.stdio:
+        if any(getattr(args, name, None) for name in ("http", "grpc", "quic")):
+            raise ConfigurationError("--stdio serves one connection on this process's pipes: give no listener with it")
+        frames_fd = take_stdout()  # first: nothing may print on the frames
+        settings = load_settings(config=args.config)
+        options = GatewaySettings.from_settings(settings)
+        authenticate = DevAuth.from_settings(options.auth, principal=args.principal)
+
+        async def serve_pipes() -> None:
+            shutdown = Shutdown(grace=options.shutdown_grace)
+            _on_signals(shutdown)
+            await serve_stdio(settings, authenticate=authenticate, frames_fd=frames_fd, shutdown=shutdown)
+
+        asyncio.run(serve_pipes())
+        return 0
     settings = load_settings(config=args.config)
-    authenticate = DevAuth.from_settings(GatewaySettings.from_settings(settings).auth, principal=args.principal)
-    asyncio.run(_until_signalled(serve_stdio(settings, authenticate=authenticate, frames_fd=frames_fd)))
-    return 0
-
-
-def _run_http(args: argparse.Namespace) -> int:
-    """``--http HOST:PORT``: prints ``listening on http://HOST:PORT`` on standard error once it accepts."""
-    from gtl_nb.engine.builder import build_engine
-    from gtl_nb.engine.settings import load_settings
-    from gtl_nb.gateway.devauth import DevAuth
-    from gtl_nb.gateway.http import bind, serve_http
-    from gtl_nb.gateway.settings import GatewaySettings
-
-    host, sep, port = args.http.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigurationError(f"--http takes HOST:PORT (127.0.0.1:8080), not {args.http!r}")
-    host = host.strip("[]")
-    settings = load_settings(config=args.config)
-    options = GatewaySettings.from_settings(settings)
+    options = _with_command_line(GatewaySettings.from_settings(settings), args)
     authenticate = DevAuth.from_settings(options.auth, principal=args.principal)
-    try:
-        sock = bind(host, int(port), insecure=args.insecure)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot listen on {args.http}: {exc.strerror or exc}") from None
+    return _serve_listeners(settings, options, authenticate)
 
-    def ready(base: str) -> None:
-        print(f"gtl gateway: listening on {base}", file=sys.stderr, flush=True)
 
-    async def serve() -> None:
-        engine = build_engine(settings)
-        try:
-            await serve_http(
-                engine, sock, authenticate=authenticate, max_body_bytes=options.max_frame_bytes, ready=ready
-            )
-        finally:
-            await engine.aclose()
+def _with_command_line(options: Any, args: argparse.Namespace) -> Any:
+    """``options`` with the listeners of ``--http``/``--grpc``/``--quic`` added or moved (and the
+    HTTP listener on 127.0.0.1:8787 when neither the file nor the command line names one)."""
+    from gtl_nb.gateway.listeners import ListenerSettings, TlsFiles
 
-    asyncio.run(serve())  # uvicorn handles SIGINT and SIGTERM: running sessions are cancelled, rows completed
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigurationError("--tls-cert and --tls-key go together")
+    tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    listeners = {listener.transport: listener for listener in options.listeners}
+    for transport in ("http", "grpc", "quic"):
+        address = getattr(args, transport, None)
+        if not address:
+            continue
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ConfigurationError(f"--{transport} takes HOST:PORT (127.0.0.1:8787), not {address!r}")
+        known = listeners.get(transport)
+        listeners[transport] = ListenerSettings(
+            transport=transport,
+            host=host.strip("[]") or "127.0.0.1",
+            port=int(port),
+            tls=tls or (known.tls if known is not None else None),
+            insecure=args.insecure or (known.insecure if known is not None else False),
+        )
+    if args.insecure:
+        listeners = {
+            name: dataclasses.replace(listener, insecure=True) if not listener.insecure else listener
+            for name, listener in listeners.items()
+        }
+    if not listeners:
+        from gtl_nb.gateway.settings import DEFAULT_PORTS
+
+        listeners["http"] = ListenerSettings(transport="http", port=DEFAULT_PORTS["http"])
+    return dataclasses.replace(options, listeners=tuple(listeners.values()))
+
+
+def _serve_listeners(settings: Any, options: Any, authenticate: Any) -> int:
+    """Run the listeners; each prints ``gtl gateway: listening on URL`` on standard error once it accepts,
+    then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully."""
+    from gtl_nb.gateway.listeners import Shutdown
+    from gtl_nb.gateway.server import serve
+
+    announced: set[str] = set()
+
+    def announce(listener: Any, url: str) -> None:
+        print(f"gtl gateway: listening on {url}", file=sys.stderr, flush=True)
+        announced.add(listener.transport)
+        if len(announced) == len(options.listeners):
+            print("gtl gateway: ready", file=sys.stderr, flush=True)
+
+    async def serve_all() -> None:
+        shutdown = Shutdown(grace=options.shutdown_grace)
+        task = asyncio.current_task()
+        _on_signals(shutdown, force=task.cancel if task is not None else None)
+        await serve(settings, options, authenticate=authenticate, shutdown=shutdown, announce=announce)
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(serve_all())
     return 0
 
 
-async def _until_signalled(serving: Coroutine[Any, Any, None]) -> None:
-    """Run ``serving``; SIGTERM and SIGHUP cancel it, so sessions end and ledger rows complete."""
-    task = asyncio.ensure_future(serving)
+def _on_signals(shutdown: Any, *, force: Callable[[], Any] | None = None) -> None:
+    """SIGTERM, SIGHUP and SIGINT begin a graceful shutdown; a second one (with ``force``) stops at once."""
     loop = asyncio.get_running_loop()
-    for signum in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)):
+
+    def handle() -> None:
+        if shutdown.is_stopping and force is not None:
+            force()
+        elif not shutdown.is_stopping:
+            print(
+                f"gtl gateway: shutting down (running sessions get {shutdown.grace:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            shutdown.begin()
+
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        signum = getattr(signal, name, None)
         if signum is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+                loop.add_signal_handler(signum, handle)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,6 +15,9 @@ same ``GTLError`` the embedded client would raise, or ``INTERNAL`` for a bug (lo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -23,9 +26,9 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError, PermissionDeniedError
-from gtl_nb.protocol.messages import Answer, Query
+from gtl_nb.protocol.messages import Answer, Error, Query
 
-__all__ = ["QUERY_NAMES", "answer_query"]
+__all__ = ["MAX_QUERIES", "QUERY_NAMES", "QueryDesk", "answer_query"]
 
 log = get_logger("gateway.queries")
 QUERY_NAMES = ("usage", "breakers", "models")
@@ -80,3 +83,54 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
         room -= size
     following = offset + len(page)
     return {"rows": page, "next": following if following < len(rows) else None}
+
+
+MAX_QUERIES = 8
+"""Queries one connection may have answered at once."""
+
+
+class QueryDesk:
+    """One connection's queries: each answered by its own task, at most ``MAX_QUERIES`` at once (one more
+    is answered ``OVERLOADED``), every answer handed to ``send`` — which may raise ``GTLError`` (too large
+    after all, the connection closed), in which case an ``INTERNAL`` answer is tried instead."""
+
+    def __init__(self, engine: Engine, send: Callable[[Answer], None], *, max_bytes: int) -> None:
+        self.engine = engine
+        self.max_bytes = max_bytes
+        self._send = send
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def ask(self, query: Query, context: RequestContext) -> None:
+        """Start answering ``query`` for a client whose sessions run under ``context``."""
+        if len(self._tasks) >= MAX_QUERIES:
+            error = Error(
+                session_id=query.query_id, code="OVERLOADED", message="too many queries at once", retryable=True
+            )
+            self._reply(Answer(query_id=query.query_id, error=error))
+            return
+        task = asyncio.get_running_loop().create_task(self._answer(query, context), name=f"gtl-query-{query.query_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, query: Query, context: RequestContext) -> None:
+        self._reply(await answer_query(self.engine, context, query, max_bytes=self.max_bytes))
+
+    def _reply(self, answer: Answer) -> None:
+        try:
+            self._send(answer)
+        except GTLError as exc:
+            error = Error(session_id=answer.query_id, code="INTERNAL", message=f"the answer could not be sent: {exc}")
+            with contextlib.suppress(GTLError):  # the connection is gone: nobody is left to tell
+                self._send(Answer(query_id=answer.query_id, error=error))
+
+    async def aclose(self) -> None:
+        """Cancel the queries still being answered and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def cancel_all(self) -> None:
+        """Cancel the queries still being answered (without waiting)."""
+        for task in list(self._tasks):
+            task.cancel()

@@ -38,6 +38,7 @@ from typing import Any
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown
+from gtl_nb.gateway.queries import QueryDesk
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
@@ -57,7 +58,7 @@ from gtl_nb.protocol.errors import (
     OverloadedError,
     ProviderUnavailableError,
 )
-from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, StreamEvent
+from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, Query, StreamEvent
 from gtl_nb.protocol.session import SessionStateMachine
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.quic.config import FLUSH_WAIT, server_configuration
@@ -189,6 +190,7 @@ class _Connection:
         self.cancel_reason = "the client"
         self._closing: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.desk = QueryDesk(gateway.engine, self._send_control, max_bytes=self.limits.max_frame_bytes)
         peer.on_address = self._arrived
         peer.on_handshake = self._handshake
         peer.on_stream = self._stream
@@ -238,6 +240,17 @@ class _Connection:
         self.cancel_reason = reason
         for session in list(self.running.values()):
             session.cancel()
+        self.desk.cancel_all()
+
+    def ask(self, query: Query) -> None:
+        """Answer a ``query`` from the control stream (``gateway.queries``)."""
+        if self.context is not None and self._closing is None:
+            self.desk.ask(query, self.context)
+
+    def _send_control(self, message: Any) -> None:
+        if self._closing is not None or self.control.closed:
+            raise ProviderUnavailableError("the connection is closing")
+        self.peer.write(CONTROL_STREAM_ID, self.control.send(message))
 
     def close(self, error: GTLError | None, *, flush: Iterable[int] = ()) -> asyncio.Future[None]:
         """End the connection: say why on the control stream, end the sessions, then close QUIC once the
@@ -339,6 +352,8 @@ class _ControlStream:
         while (event := control.next_event()) is not NEED_DATA and event is not CONNECTION_CLOSED:
             if isinstance(event, HandshakeComplete):
                 connection.welcome(event)
+            elif isinstance(event, Query):
+                connection.ask(event)
             elif isinstance(event, CompletionRequest):  # sessions have streams of their own
                 error = InvalidRequestError("a completion_request goes on a stream of its own, not the control stream")
                 connection.peer.write(CONTROL_STREAM_ID, control.send(error.to_event(event.session_id)))

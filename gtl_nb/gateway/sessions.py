@@ -43,7 +43,7 @@ from collections.abc import Callable
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, Shutdown
-from gtl_nb.gateway.queries import answer_query
+from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection_events import (
     ConnectionEvent,
@@ -52,17 +52,15 @@ from gtl_nb.protocol.connection_events import (
     ProtocolViolation,
 )
 from gtl_nb.protocol.errors import AuthenticationError, GTLError, ProviderUnavailableError
-from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Error, Query, StreamEvent
+from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, Query, StreamEvent
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "Authenticate", "GatewayConnection"]
+__all__ = ["DEFAULT_MAX_SESSIONS", "MAX_QUERIES", "Authenticate", "GatewayConnection"]
 
 log = get_logger("gateway")
 DEFAULT_MAX_SESSIONS = 256
 """Sessions one connection may run at once."""
-MAX_QUERIES = 8
-"""Queries one connection may have answered at once."""
 
 Authenticate = Callable[[str | None], RequestContext]
 """The client's hello token → the context its sessions run under; raises ``AuthenticationError``."""
@@ -93,12 +91,12 @@ class GatewayConnection:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[asyncio.Task[None]] = set()
         self._last_activity = clock()
-        self._greeted = False
+        self._hello = asyncio.Event()  # set once the hello exchange completed
         self._cancel_reason = "the client"
         self._idle = asyncio.Event()  # set whenever no session runs
         self._idle.set()
         self._reading: asyncio.Future[None] | None = None
-        self._queries: set[asyncio.Task[None]] = set()
+        self._desk = QueryDesk(engine, framed.send_nowait, max_bytes=framed.connection.max_frame_bytes)
         self._closed_here = False
 
     @property
@@ -118,9 +116,10 @@ class GatewayConnection:
             if not self._closed_here:  # run() itself was cancelled
                 raise
         finally:
-            for watcher in [*watchers, *self._queries]:
+            for watcher in watchers:
                 watcher.cancel()
-            await asyncio.gather(*watchers, *self._queries, return_exceptions=True)
+            await asyncio.gather(*watchers, return_exceptions=True)
+            await self._desk.aclose()
             tasks = list(self._tasks.values())
             for task in tasks:
                 self._cancel(task)
@@ -152,7 +151,7 @@ class GatewayConnection:
             log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
 
     def _welcome(self, event: HandshakeComplete) -> None:
-        self._greeted = True
+        self._hello.set()
         try:
             context = self._authenticate(event.token)
         except AuthenticationError as exc:
@@ -182,32 +181,8 @@ class GatewayConnection:
         self._idle.clear()
 
     def _ask(self, query: Query) -> None:
-        if self.context is None:  # cannot happen: a refused client's connection is closed
-            return
-        if len(self._queries) >= MAX_QUERIES:
-            error = Error(
-                session_id=query.query_id, code="OVERLOADED", message="too many queries at once", retryable=True
-            )
-            self._reply(Answer(query_id=query.query_id, error=error))
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._answer(query, self.context), name=f"gtl-query-{query.query_id}"
-        )
-        self._queries.add(task)
-        task.add_done_callback(self._queries.discard)
-
-    async def _answer(self, query: Query, context: RequestContext) -> None:
-        limit = self.framed.connection.max_frame_bytes
-        self._reply(await answer_query(self.engine, context, query, max_bytes=limit))
-
-    def _reply(self, answer: Answer) -> None:
-        try:
-            self.framed.send_nowait(answer)
-        except GTLError as exc:  # too large after all, or the connection ended meanwhile
-            if self.framed.closed:
-                return
-            error = Error(session_id=answer.query_id, code="INTERNAL", message=f"the answer could not be sent: {exc}")
-            self.framed.send_nowait(Answer(query_id=answer.query_id, error=error))
+        if self.context is not None:  # (always: a refused client's connection is closed)
+            self._desk.ask(query, self.context)
 
     def _cancel(self, task: asyncio.Task[None]) -> None:
         """Cancel a session's task once (a second cancel could cut short its ledger row's completion)."""
@@ -253,15 +228,13 @@ class GatewayConnection:
     async def _watch_time(self) -> None:
         """Close a connection that never said hello, or sat idle (no session, no frame) too long."""
         limits = self.limits
-        deadline = self._clock() + limits.header_timeout
-        while not self._greeted:
-            if self.framed.closed:
-                return
-            if self._clock() >= deadline:
+        try:
+            await asyncio.wait_for(self._hello.wait(), limits.header_timeout)
+        except asyncio.TimeoutError:
+            if not self.framed.closed:
                 log.info("client %s sent no hello within %g s", self.framed.channel.peer, limits.header_timeout)
                 self._close(ProviderUnavailableError(f"no hello within {limits.header_timeout:g} s"))
-                return
-            await asyncio.sleep(min(1.0, max(0.01, deadline - self._clock())))
+            return
         while not self.framed.closed:
             await self._idle.wait()
             quiet_until = self._last_activity + limits.idle_timeout

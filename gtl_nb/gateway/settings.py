@@ -1,26 +1,85 @@
-"""The gateway's own settings: the ``[gateway]`` table of the validated configuration, typed."""
+"""The gateway's own settings: the ``[gateway]`` table of the validated configuration, typed.
+
+``[gateway]`` holds the limits every transport applies and one table per listener::
+
+    [gateway]
+    max_frame_bytes = 1048576
+    shutdown_grace = 30
+
+    [gateway.http]            # HTTP, SSE, WebSocket, discovery, /healthz, /readyz
+    port = 8787
+    tls_cert = "certs/server.pem"
+    tls_key = "certs/server.key"
+
+    [gateway.grpc]
+    port = 8788
+
+``engine.config`` validates the keys (and names the new home of a retired one); this module turns
+them into ``ListenerSettings`` and ``Limits`` (``gateway.listeners``). Relative TLS paths are read
+from the configuration file's folder.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from gtl_nb.engine.settings import Settings
+from gtl_nb.gateway.listeners import TRANSPORTS, Limits, ListenerSettings, TlsFiles
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 
-__all__ = ["GatewaySettings"]
+__all__ = ["DEFAULT_PORTS", "GatewaySettings"]
+
+DEFAULT_PORTS = {"http": 8787, "grpc": 8788, "quic": 8789}
+"""Each listener's port when its table names none (QUIC's is a UDP port)."""
 
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """What the gateway reads from ``[gateway]`` so far (the other keys belong to transports to come)."""
+    """``[gateway]``, typed: authentication mode, limits, listeners and the shutdown grace period."""
 
     auth: str = "none"
-    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    limits: Limits = field(default_factory=Limits)
+    listeners: tuple[ListenerSettings, ...] = ()
+    shutdown_grace: float = 30.0
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return self.limits.max_frame_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> GatewaySettings:
-        table = settings.config.gateway if settings.config is not None else {}
+        config = settings.config
+        table: dict[str, Any] = dict(config.gateway) if config is not None else {}
+        base = config.source_path.parent if config is not None and config.source_path is not None else Path.cwd()
+        limits = Limits(
+            max_frame_bytes=int(table.get("max_frame_bytes") or DEFAULT_MAX_FRAME_BYTES),
+            max_sessions_per_connection=int(table.get("max_sessions_per_connection") or 256),
+            max_connections_per_address=int(table.get("max_connections_per_address") or 256),
+            header_timeout=float(table.get("header_timeout") or 10.0),
+            idle_timeout=float(table.get("idle_timeout") or 300.0),
+        )
+        listeners = tuple(
+            _listener(transport, table[transport], base) for transport in TRANSPORTS if table.get(transport) is not None
+        )
         return cls(
             auth=str(table.get("auth") or "none"),
-            max_frame_bytes=int(table.get("max_frame_bytes") or DEFAULT_MAX_FRAME_BYTES),
+            limits=limits,
+            listeners=listeners,
+            shutdown_grace=float(table.get("shutdown_grace", 30.0)),
         )
+
+
+def _listener(transport: str, table: dict[str, Any], base: Path) -> ListenerSettings:
+    tls = None
+    if table.get("tls_cert"):
+        tls = TlsFiles(cert=base / Path(table["tls_cert"]).expanduser(), key=base / Path(table["tls_key"]).expanduser())
+    port = table.get("port")
+    return ListenerSettings(
+        transport=transport,
+        host=str(table.get("host") or "127.0.0.1"),
+        port=DEFAULT_PORTS[transport] if port is None else int(port),
+        tls=tls,
+        insecure=bool(table.get("insecure", False)),
+    )

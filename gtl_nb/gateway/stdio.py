@@ -7,8 +7,12 @@ ledger row completed, and the process exits.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.settings import Settings
+from gtl_nb.gateway.listeners import Shutdown
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.connection import GTLConnection
@@ -18,15 +22,29 @@ from gtl_nb.transports.stdio import open_server_channel
 __all__ = ["serve_stdio"]
 
 
-async def serve_stdio(settings: Settings, *, authenticate: Authenticate, frames_fd: int, in_fd: int = 0) -> None:
-    """Serve one GTL connection on ``in_fd`` / ``frames_fd`` (see ``transports.stdio.take_stdout``)."""
+async def serve_stdio(
+    settings: Settings,
+    *,
+    authenticate: Authenticate,
+    frames_fd: int,
+    in_fd: int = 0,
+    shutdown: Shutdown | None = None,
+) -> None:
+    """Serve one GTL connection on ``in_fd`` / ``frames_fd`` (see ``transports.stdio.take_stdout``).
+
+    The ``[gateway]`` limits apply, but for ``idle_timeout``: the client that started this process
+    owns it, so a quiet pipe is not a reason to exit. ``shutdown`` (SIGTERM) lets running sessions
+    finish within its grace period."""
     options = GatewaySettings.from_settings(settings)
+    limits = dataclasses.replace(options.limits, idle_timeout=math.inf)
     connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes)
     engine = build_engine(settings)
     try:
         channel = await open_server_channel(frames_fd, in_fd=in_fd)
         try:
-            await GatewayConnection(engine, FramedConnection(connection, channel), authenticate=authenticate).run()
+            framed = FramedConnection(connection, channel)
+            gateway = GatewayConnection(engine, framed, authenticate=authenticate, limits=limits, shutdown=shutdown)
+            await gateway.run()
         finally:
             await channel.aclose()
     finally:

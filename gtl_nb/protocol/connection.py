@@ -154,6 +154,9 @@ class GTLConnection:
             raise ConfigurationError("max_frame_bytes and max_bad_frames must be at least 1")
         self.role: Role = role
         self.max_frame_bytes = max_frame_bytes
+        self.send_limit = max_frame_bytes
+        """The largest frame ``send`` produces: ``max_frame_bytes``, or the server's smaller limit once its
+        hello answer named one."""
         self.max_bad_frames = max_bad_frames
         self.state = ConnectionState.HANDSHAKE
         self.version: str | None = None
@@ -352,7 +355,10 @@ class GTLConnection:
             self._fail(exc)
             return
         if self._offer is None:
-            self._queue(agreed)  # the server's answer
+            agreed = msgspec.structs.replace(agreed, max_frame_bytes=self.max_frame_bytes)
+            self._queue(agreed)  # the server's answer, with the largest frame it accepts
+        elif message.max_frame_bytes is not None and 0 < message.max_frame_bytes < self.send_limit:
+            self.send_limit = message.max_frame_bytes  # a larger request is refused here, not by the server
         self.state = ConnectionState.OPEN
         self.version = agreed.version
         self.features = tuple(agreed.features)
@@ -500,10 +506,10 @@ class GTLConnection:
 
     def _frame(self, message: WireMessage) -> bytes:
         data = encode(message)
-        if len(data) > self.max_frame_bytes:
+        if len(data) > self.send_limit:
             raise FrameTooLargeError(
                 f"{_kind(message)} frame of {len(data)} bytes exceeds the maximum frame size of "
-                f"{self.max_frame_bytes} bytes"
+                f"{self.send_limit} bytes"
             )
         return data + b"\n"
 

@@ -218,10 +218,16 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", omit_defaults=True):
     version: str | None = None
     features: list[str] = []
     token: str | None = None
+    max_frame_bytes: int | None = None
+    """In the server's answer: the largest frame it accepts, so a client refuses a larger request itself
+    (an extension of GTL 1.0; a peer that does not know it skips it)."""
 
     def __repr__(self) -> str:  # the token is a credential: never in a repr, hence a log or a traceback
         token = "'[redacted]'" if self.token is not None else "None"
-        return f"Hello(versions={self.versions!r}, version={self.version!r}, features={self.features!r}, token={token})"
+        return (
+            f"Hello(versions={self.versions!r}, version={self.version!r}, features={self.features!r}, "
+            f"token={token}, max_frame_bytes={self.max_frame_bytes!r})"
+        )
 
 
 class Cancel(msgspec.Struct, frozen=True, tag="cancel"):

@@ -41,6 +41,7 @@ class _Server(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 512  # a provider takes many connections at once (socketserver's default is 5)
 
     def __init__(self, address: tuple[str, int], sim: Simulator) -> None:
         self.sim = sim

@@ -4,18 +4,35 @@ Every entry names a factory ``(endpoint, *, token, user, verify, loop) -> Backen
 imported only when its scheme is used (gRPC and QUIC need their extras). ``user`` matters to ``stdio``
 only (it becomes the child gateway's principal); a network gateway accounts sessions to its token's
 principal. ``verify`` is for the TLS schemes: ``True`` (the system's trust store), a CA file
-(``gtl certs`` writes ``ca.pem``), or ``False`` (no verification; for a throw-away test only).
+(``gtl certs`` writes ``ca.pem``), or ``False`` (no verification; for a throw-away test only);
+``tls_context(verify)`` turns it into the client's ``ssl.SSLContext``.
+
+``https://HOST:PORT`` and a bare ``HOST:PORT`` go to discovery (``transports.discovery``), which reads
+the gateway's ``/.well-known/gtl`` and picks the best transport it offers. Every backend made here
+carries ``transport``: the scheme its sessions travel over (``Client.transport``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["TLS_SCHEMES", "Endpoint", "backend_for", "schemes", "split_endpoint"]
+__all__ = [
+    "TLS_SCHEMES",
+    "Endpoint",
+    "backend_for",
+    "certificate_refused",
+    "parse_endpoint",
+    "schemes",
+    "split_endpoint",
+    "tls_context",
+]
 
 
 @dataclass(frozen=True)
@@ -29,7 +46,7 @@ class Endpoint:
 _ENDPOINTS: dict[str, Endpoint] = {
     "stdio": Endpoint("gtl_nb.transports.stdio:stdio_endpoint"),
     "http": Endpoint("gtl_nb.transports.http:http_endpoint", "gateway"),
-    "https": Endpoint("gtl_nb.transports.http:http_endpoint", "gateway"),
+    "https": Endpoint("gtl_nb.transports.discovery:discovery_endpoint", "gateway"),
     "sse": Endpoint("gtl_nb.transports.http:http_endpoint", "gateway"),
     "sses": Endpoint("gtl_nb.transports.http:http_endpoint", "gateway"),
     "ws": Endpoint("gtl_nb.transports.ws:ws_endpoint", "gateway"),
@@ -39,8 +56,50 @@ _ENDPOINTS: dict[str, Endpoint] = {
     "quic": Endpoint("gtl_nb.transports.quic:quic_endpoint", "quic"),
 }
 
+_DISCOVERY = Endpoint("gtl_nb.transports.discovery:discovery_endpoint", "gateway")
+"""A bare ``HOST:PORT`` (no scheme)."""
+
 TLS_SCHEMES = frozenset({"https", "sses", "wss", "grpcs", "quic"})
 """Schemes whose connection is always TLS (``verify=`` applies)."""
+
+
+def tls_context(verify: Any) -> ssl.SSLContext:
+    """The client's TLS context for ``verify``: ``True`` (the system's trust store), a CA file (PEM), ``False``
+    (no verification at all) or an ``ssl.SSLContext`` of the caller's own."""
+    if isinstance(verify, ssl.SSLContext):
+        return verify
+    if verify is True:
+        return ssl.create_default_context()
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(verify, (str, os.PathLike)):
+        try:
+            return ssl.create_default_context(cafile=os.fspath(verify))
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigurationError(f"verify={os.fspath(verify)!r} is not a readable CA file (PEM): {why}") from None
+    raise ConfigurationError(
+        f"verify= takes True (the system's trust store), a CA file path or False, not {type(verify).__name__}"
+    )
+
+
+def certificate_refused(exc: BaseException, label: str) -> ConfigurationError | None:
+    """The error to raise when ``exc`` (or what caused it) is a refused server certificate, else ``None``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            why = current.verify_message or current.reason or "certificate verify failed"
+            return ConfigurationError(
+                f"the {label} presented a certificate this client does not accept ({why}): pass verify= the CA "
+                "file that signed it (`gtl certs` writes ca.pem), and connect by a name the certificate lists"
+            )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def schemes() -> tuple[str, ...]:
@@ -58,12 +117,33 @@ def split_endpoint(endpoint: str, schemes_: tuple[str, ...] | None = None) -> tu
     return scheme, address
 
 
+def parse_endpoint(endpoint: str, schemes: tuple[str, ...]) -> tuple[str, str, bool]:
+    """``(scheme, host:port, compression)`` of a gateway URL in one of ``schemes``; the one query option is
+    ``compression=none`` (no gzip, no permessage-deflate)."""
+    scheme, _, rest = endpoint.partition("://")
+    location, _, query = rest.partition("?")
+    address = location.split("/", 1)[0]
+    if scheme not in schemes or not address:
+        forms = " or ".join(f"{name}://HOST:PORT" for name in schemes)
+        raise ConfigurationError(f"{endpoint!r} is not a gateway address ({forms})")
+    compression = True
+    for item in filter(None, query.split("&")):
+        key, _, value = item.partition("=")
+        if key != "compression" or value not in ("none", "auto"):
+            raise ConfigurationError(
+                f"{endpoint!r}: the only query option is compression=none (responses uncompressed), not {item!r}"
+            )
+        compression = value != "none"
+    return scheme, address, compression
+
+
 def backend_for(
     endpoint: str, *, token: str | None = None, user: str | None = None, verify: Any = True, loop: Any = None
 ) -> Any:
-    """The ``Backend`` of ``endpoint``'s scheme (raises ``ConfigurationError`` for an unknown one)."""
-    scheme = endpoint.split("://", 1)[0]
-    entry = _ENDPOINTS.get(scheme)
+    """The ``Backend`` of ``endpoint``'s scheme (raises ``ConfigurationError`` for an unknown one); a bare
+    ``HOST:PORT`` goes to discovery."""
+    scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
+    entry = _ENDPOINTS.get(scheme) if scheme else _DISCOVERY
     if entry is None:
         known = ", ".join(f"{name}://" for name in ("embedded", *_ENDPOINTS))
         raise ConfigurationError(f"unknown endpoint scheme {scheme!r} in {endpoint!r} (known: {known})")
@@ -76,4 +156,8 @@ def backend_for(
         raise ConfigurationError(
             f"the {scheme}:// transport needs {exc.name}: pip install 'gtl_nb[{entry.extra}]'"
         ) from None
-    return getattr(module, function)(endpoint, token=token, user=user, verify=verify, loop=loop)
+    backend = getattr(module, function)(endpoint, token=token, user=user, verify=verify, loop=loop)
+    if scheme and getattr(backend, "transport", None) is None:
+        with contextlib.suppress(AttributeError):  # a backend that names its transport itself keeps its name
+            backend.transport = scheme
+    return backend

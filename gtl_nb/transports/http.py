@@ -1,4 +1,5 @@
-"""The HTTP client transport: ``connect("http://HOST:PORT")`` and ``connect("sse://HOST:PORT")``.
+"""The HTTP client transport: ``connect("http://HOST:PORT")``, ``sse://``, and their TLS forms ``sses://``
+(and ``https://`` once discovery chose plain HTTP, ``transports.discovery``).
 
 Each session is one ``POST`` to the gateway (``/v1/gtl`` with NDJSON frames back, or ``/v1/gtl/sse``
 with server-sent events); the token goes in ``Authorization: Bearer``. The provider list comes from
@@ -6,6 +7,11 @@ with server-sent events); the token goes in ``Authorization: Bearer``. The provi
 ``connect``). Cancelling a session closes its response, which the gateway takes as a cancel: the
 engine cancels upstream and the ledger row says cancelled. The provider questions the protocol cannot
 carry are answered as ``RemoteBackend`` answers them (docs/gateway.md).
+
+Responses may come gzip-encoded (httpx asks for it and decodes each piece as it arrives, so a
+stream stays live); ``?compression=none`` on the URL asks for them uncompressed. TLS follows
+``verify`` (``transports.endpoints.tls_context``); a refused certificate is a ``ConfigurationError``
+saying so.
 """
 
 from __future__ import annotations
@@ -24,25 +30,39 @@ from gtl_nb.protocol.errors import (
     ProviderUnavailableError,
     error_from_event,
 )
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
+from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
+from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context
 from gtl_nb.transports.link import Deliver
 from gtl_nb.transports.remote import RemoteBackend
 
-__all__ = ["HttpBackend", "http_backend"]
+__all__ = ["SCHEMES", "HttpBackend", "http_backend"]
 
-SCHEMES = ("http", "sse")
+SCHEMES = ("http", "https", "sse", "sses")
+_TLS = ("https", "sses")
 
 
 class HttpBackend(RemoteBackend):
     """A ``Backend`` whose sessions are HTTP requests to a gateway (see the module docstring)."""
 
     def __init__(
-        self, base_url: str, *, sse: bool = False, token: str | None = None, loop: LoopThread | None = None
+        self,
+        base_url: str,
+        *,
+        sse: bool = False,
+        token: str | None = None,
+        loop: LoopThread | None = None,
+        verify: Any = True,
+        compression: bool = True,
     ) -> None:
-        label = f"{'sse' if sse else 'http'} gateway ({base_url})"
-        super().__init__(_no_dial, label=label, token=token, loop=loop)
+        secure = base_url.startswith("https:")
+        scheme = ("sses" if secure else "sse") if sse else ("https" if secure else "http")
+        super().__init__(_no_dial, label=f"{scheme} gateway ({base_url})", token=token, loop=loop)
         self.base_url = base_url
         self.sse = sse
+        self.transport = scheme
+        """The scheme sessions travel over (``Client.transport``)."""
+        self.compression = compression
+        self._ssl = tls_context(verify) if secure else None
         self._http: Any = None
         self._fetched = False
 
@@ -58,12 +78,17 @@ class HttpBackend(RemoteBackend):
 
         if self._http is None:
             headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
+            if not self.compression:
+                headers["accept-encoding"] = "identity"
             timeout = httpx.Timeout(self.open_timeout, read=None)
-            self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
+            options: dict[str, Any] = {"verify": self._ssl} if self._ssl is not None else {}
+            self._http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, **options)
         return self._http
 
     async def start(self) -> None:
-        await self._fetch_providers()
+        """Fetch the provider list (once: discovery may have fetched it already)."""
+        if not self._fetched:
+            await self._fetch_providers()
 
     async def _fetch_providers(self) -> None:
         import httpx
@@ -71,25 +96,50 @@ class HttpBackend(RemoteBackend):
         try:
             response = await self._client().get("/v1/gtl/providers")
         except httpx.HTTPError as exc:
-            raise ProviderUnavailableError(f"cannot reach the {self.label}: {exc}") from None
+            raise self._unreachable(exc) from None
         if response.status_code != 200:
             raise _failure(response.status_code, response.content, self.label)
         self._providers = msgspec.json.decode(response.content, type=list[ProviderInfo])
         self._fetched = True
+
+    def _unreachable(self, exc: Exception) -> GTLError:
+        return certificate_refused(exc, self.label) or ProviderUnavailableError(
+            f"cannot reach the {self.label}: {exc or type(exc).__name__}"
+        )
 
     def providers(self) -> list[ProviderInfo]:
         if not self._fetched and not self.loop.in_loop_thread:
             self.loop.run(self._fetch_providers(), timeout=self.open_timeout + 5)
         return list(self._providers)
 
-    async def list_models(self, deployment: str) -> list[str]:
-        if not self._fetched:
-            await self._fetch_providers()
-        for info in self._providers:
-            if info.provider == deployment:
-                return [model.name for model in info.models]
-        known = ", ".join(info.provider for info in self._providers) or "none"
-        raise ConfigurationError(f"the {self.label} has no deployment named {deployment!r} (it has: {known})")
+    answers_queries = True
+    """The gateway's ``POST /v1/gtl/query`` answers ``query`` frames (``usage``, ``breakers``, ``models``)."""
+
+    async def _current(self) -> Any:
+        """The HTTP backend is its own link: each session and each query is a request of its own."""
+        if self._closed:
+            raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
+        return self
+
+    async def query(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask the gateway ``name`` (as ``ClientLink.query``), one ``POST /v1/gtl/query``."""
+        import httpx
+
+        body = encode(Query(query_id="q1", name=name, params=params or {}))
+        try:
+            response = await self._client().post(
+                "/v1/gtl/query", content=body, headers={"content-type": "application/json"}
+            )
+        except httpx.HTTPError as exc:
+            raise self._unreachable(exc) from None
+        if response.status_code != 200:
+            raise _failure(response.status_code, response.content, self.label)
+        answer = decode(response.content, max_bytes=DEFAULT_MAX_FRAME_BYTES)
+        if not isinstance(answer, Answer):
+            raise ProviderUnavailableError(f"the {self.label} answered the {name} query with {type(answer).__name__}")
+        if answer.error is not None:
+            raise error_from_event(answer.error)
+        return answer.result or {}
 
     async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
         import httpx
@@ -124,7 +174,8 @@ class HttpBackend(RemoteBackend):
         except GTLError as exc:
             once(exc.to_event(sid))
         except httpx.HTTPError as exc:
-            once(ProviderUnavailableError(f"lost the {self.label}: {exc}").to_event(sid))
+            refused = certificate_refused(exc, self.label)
+            once((refused or ProviderUnavailableError(f"lost the {self.label}: {exc}")).to_event(sid))
 
     def describe(self) -> str:
         return f"remote {self.label} providers=[{', '.join(info.provider for info in self._providers)}]"
@@ -156,13 +207,16 @@ async def _no_dial() -> Any:
     raise ProviderUnavailableError("an HTTP gateway has no byte stream to dial")
 
 
-def http_backend(endpoint: str, *, token: str | None = None, loop: LoopThread | None = None) -> HttpBackend:
-    """The backend of ``http://HOST:PORT`` or ``sse://HOST:PORT`` (an ``sse://`` gateway is served over http)."""
-    scheme, _, rest = endpoint.partition("://")
-    address = rest.split("/", 1)[0].split("?", 1)[0]
-    if scheme not in SCHEMES or not address:
-        raise ConfigurationError(f"{endpoint!r} is not an HTTP endpoint (http://HOST:PORT or sse://HOST:PORT)")
-    return HttpBackend(f"http://{address}", sse=scheme == "sse", token=token, loop=loop)
+def http_backend(
+    endpoint: str, *, token: str | None = None, loop: LoopThread | None = None, verify: Any = True
+) -> HttpBackend:
+    """The backend of ``http://``, ``https://``, ``sse://`` or ``sses://HOST:PORT`` (an ``sse://`` gateway is
+    served over http, ``sses://`` over https)."""
+    scheme, address, compression = parse_endpoint(endpoint, SCHEMES)
+    base = f"{'https' if scheme in _TLS else 'http'}://{address}"
+    return HttpBackend(
+        base, sse=scheme.startswith("sse"), token=token, loop=loop, verify=verify, compression=compression
+    )
 
 
 def http_endpoint(
@@ -173,5 +227,6 @@ def http_endpoint(
     verify: object = True,
     loop: LoopThread | None = None,
 ) -> HttpBackend:
-    """``transports.endpoints`` factory of ``http://`` and ``sse://`` (sessions count to the token's principal)."""
-    return http_backend(endpoint, token=token, loop=loop)
+    """``transports.endpoints`` factory of ``http://``, ``sse://`` and ``sses://`` (sessions count to the token's
+    principal)."""
+    return http_backend(endpoint, token=token, loop=loop, verify=verify)

@@ -32,16 +32,11 @@ from gtl_nb.protocol.connection_events import (
     HandshakeComplete,
     ProtocolViolation,
 )
-from gtl_nb.protocol.errors import (
-    GTLError,
-    ProviderUnavailableError,
-    RequestError,
-    VersionMismatchError,
-    error_from_event,
-)
+from gtl_nb.protocol.errors import GTLError, ProviderUnavailableError, RequestError, VersionMismatchError
 from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
 from gtl_nb.transports.conventions import is_providers_end
 from gtl_nb.transports.framed import FramedConnection
+from gtl_nb.transports.questions import Questions
 
 __all__ = ["CANCEL_WAIT", "OPEN_TIMEOUT", "ClientLink", "Deliver"]
 
@@ -86,8 +81,7 @@ class ClientLink:
         self.error: GTLError | None = None
         """Why the connection ended, when it ended with an error."""
         self._slots: dict[str, _Slot] = {}
-        self._questions: dict[str, asyncio.Future[Answer]] = {}
-        self._asked = 0
+        self.questions = Questions(label)
         self._ready = asyncio.Event()
         self._ended = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -151,28 +145,17 @@ class ClientLink:
         """Whether the gateway agreed to the ``query`` feature (an older one did not)."""
         return "query" in self.framed.connection.features
 
-    async def query(self, name: str, params: dict[str, Any] | None = None, *, timeout: float = 60.0) -> dict[str, Any]:
+    async def query(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         """Ask the gateway ``name`` (``usage``, ``breakers``, ``models``) and return its result, or raise
         the ``GTLError`` it answered with (``PROVIDER_UNAVAILABLE`` when the connection ends first)."""
         if self.closed:
             raise ProviderUnavailableError(f"the connection to the {self.label} is closed")
-        self._asked += 1
-        qid = f"q{self._asked}"
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._questions[qid] = future
-        try:
-            self.framed.send_nowait(Query(query_id=qid, name=name, params=params or {}))
+
+        async def send(query: Query) -> None:
+            self.framed.send_nowait(query)
             await self.framed.drain()
-            answer = await asyncio.wait_for(asyncio.shield(future), timeout)
-        except asyncio.TimeoutError:
-            raise ProviderUnavailableError(
-                f"the {self.label} did not answer the {name} query in {timeout:g} s"
-            ) from None
-        finally:
-            self._questions.pop(qid, None)
-        if answer.error is not None:
-            raise error_from_event(answer.error)
-        return answer.result or {}
+
+        return await self.questions.ask(send, name, params)
 
     async def abort(self, error: GTLError) -> None:
         """End the connection now: the gateway is told why, every session gets ``error``."""
@@ -205,9 +188,7 @@ class ClientLink:
         finally:
             for slot in list(self._slots.values()):
                 slot.put(self._gone(slot.session_id, cancelling=slot.cancelling))
-            for qid, future in list(self._questions.items()):
-                if not future.done():
-                    future.set_result(Answer(query_id=qid, error=self._gone(qid)))
+            self.questions.fail_all(self._gone)
             try:
                 await self.framed.channel.aclose()
             finally:
@@ -234,9 +215,7 @@ class ClientLink:
                 event = self._gone(slot.session_id, cancelling=True)
             slot.put(event)
         elif isinstance(event, Answer):
-            future = self._questions.get(event.query_id)
-            if future is not None and not future.done():
-                future.set_result(event)
+            self.questions.answered(event)
         elif isinstance(event, ConnectionTerminated):
             self.error = event.error
             if event.error is not None:

@@ -30,6 +30,8 @@ class MessageChannel:
         peer: str | None = None,
     ) -> None:
         self.peer = peer
+        self.extensions: tuple[str, ...] = ()
+        """The WebSocket extensions the two ends agreed on (``("permessage-deflate",)``), when known."""
         self._recv = recv
         self._send = send
         self._close = close

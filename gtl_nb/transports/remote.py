@@ -10,13 +10,13 @@ opened when first needed; after it drops, the next request (or ``providers()``) 
 Sessions on a dropped connection end with a retryable ``PROVIDER_UNAVAILABLE`` error; they are not
 re-sent (the gateway may already have called a provider).
 
-What the protocol cannot carry yet, this backend answers locally (see docs/gateway.md):
+``usage_rows``, ``breakers`` and ``list_models`` are asked of the gateway with ``query`` messages
+(feature ``query``; from a gateway without it: ``[]``, ``{}`` and the models of its provider list).
+What the protocol does not carry, this backend answers locally (see docs/gateway.md):
 
 * ``check``, ``route`` and ``fit`` do nothing: the gateway routes, and its answer (an ``error`` event
   with the same code the embedded client raises) comes back as the session's end;
-* ``providers()`` and ``provider_type()`` come from the gateway's provider list, ``list_models`` from
-  the models in it (not a live listing by the provider);
-* ``usage_rows`` is ``[]`` and ``breakers`` is ``{}``: GTL v1.0 has no message to ask for them.
+* ``providers()`` and ``provider_type()`` come from the gateway's provider list.
 """
 
 from __future__ import annotations
@@ -229,7 +229,11 @@ class RemoteBackend:
         return None
 
     async def list_models(self, deployment: str) -> list[str]:
-        await self._current()
+        """The deployment's live model list, asked of the gateway (an older gateway: its provider list)."""
+        link = await self._current()
+        if self._answers_queries(link):
+            result = await link.query("models", {"deployment": deployment})  # type: ignore[attr-defined]
+            return [str(name) for name in result.get("models", [])]
         for info in self._providers:
             if info.provider == deployment:
                 return [model.name for model in info.models]
@@ -237,10 +241,30 @@ class RemoteBackend:
         raise ConfigurationError(f"the {self.label} has no deployment named {deployment!r} (it has: {known})")
 
     async def breakers(self) -> dict[str, dict[str, Any]]:
-        return {}
+        """The gateway's circuit breakers (``{}`` from a gateway that does not answer queries)."""
+        link = await self._current()
+        if not self._answers_queries(link):
+            return {}
+        result = await link.query("breakers")  # type: ignore[attr-defined]
+        return dict(result.get("breakers", {}))
 
     async def usage_rows(self, **filters: Any) -> list[dict[str, Any]]:
-        return []
+        """The caller's rows of the gateway's ledger, fetched page by page (``[]`` from an older gateway)."""
+        link = await self._current()
+        if not self._answers_queries(link):
+            return []
+        rows: list[dict[str, Any]] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = await link.query("usage", {"filters": filters, "offset": offset})  # type: ignore[attr-defined]
+            rows.extend(page.get("rows", []))
+            following = page.get("next")
+            offset = following if isinstance(following, int) and following > offset else None
+        return rows
+
+    @staticmethod
+    def _answers_queries(link: Link) -> bool:
+        return bool(getattr(link, "answers_queries", False))
 
     def describe(self) -> str:
         return f"remote {self.label} providers=[{', '.join(info.provider for info in self._providers)}]"

@@ -1,45 +1,85 @@
-"""The WebSocket client transport: ``connect("ws://HOST:PORT")``, many sessions over one socket.
+"""The WebSocket client transport: ``connect("ws://HOST:PORT")`` or ``wss://``, many sessions over one socket.
 
 Each WebSocket text message is one GTL frame (``transports.messages``); the socket is the gateway's
 ``/v1/gtl/ws``. The token travels in ``Authorization: Bearer`` and in ``hello``. Sessions, cancels and
 a lost gateway behave as over stdio, through ``RemoteBackend``; after the socket drops, the next request
 opens a new one.
+
+The client offers permessage-deflate (the gateway accepts it unless told not to); ``?compression=none``
+on the URL does not offer it. ``wss://`` verifies the gateway's certificate as ``verify`` says
+(``transports.endpoints.tls_context``); a refused certificate is a ``ConfigurationError`` saying so.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from gtl_nb.engine.loop import LoopThread
-from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
-from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode
+from gtl_nb.protocol.errors import GTLError, ProtocolError, ProviderUnavailableError, error_from_event
+from gtl_nb.protocol.messages import Error
 from gtl_nb.transports.channel import Channel
+from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context
 from gtl_nb.transports.messages import MessageChannel
 from gtl_nb.transports.remote import RemoteBackend
 
-__all__ = ["PATH", "ws_backend"]
+__all__ = ["PATH", "SCHEMES", "ws_backend"]
 
 PATH = "/v1/gtl/ws"
+SCHEMES = ("ws", "wss")
 
 
-def ws_backend(endpoint: str, *, token: str | None = None, loop: LoopThread | None = None) -> RemoteBackend:
-    """A ``RemoteBackend`` whose connection is a WebSocket to ``ws://HOST:PORT``."""
-    scheme, _, rest = endpoint.partition("://")
-    address = rest.split("/", 1)[0].split("?", 1)[0]
-    if scheme != "ws" or not address:
-        raise ConfigurationError(f"{endpoint!r} is not a WebSocket endpoint (ws://HOST:PORT)")
-    url = f"ws://{address}{PATH}"
+def ws_backend(
+    endpoint: str, *, token: str | None = None, loop: LoopThread | None = None, verify: Any = True
+) -> RemoteBackend:
+    """A ``RemoteBackend`` whose connection is a WebSocket to ``ws://HOST:PORT`` or ``wss://HOST:PORT``."""
+    scheme, address, compression = parse_endpoint(endpoint, SCHEMES)
+    url = f"{scheme}://{address}{PATH}"
+    label = f"{scheme} gateway ({url})"
+    context = tls_context(verify) if scheme == "wss" else None
 
     async def dial() -> Channel:
         from websockets.asyncio.client import connect
+        from websockets.exceptions import InvalidStatus, WebSocketException
 
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        socket = await connect(url, additional_headers=headers, max_size=DEFAULT_MAX_FRAME_BYTES + 1024)
+        options: dict[str, Any] = {"ssl": context} if context is not None else {}
+        try:
+            socket = await connect(
+                url,
+                additional_headers=headers,
+                max_size=DEFAULT_MAX_FRAME_BYTES + 1024,
+                compression="deflate" if compression else None,
+                **options,
+            )
+        except InvalidStatus as exc:  # refused before the upgrade: the body is one GTL error
+            raise _refusal(exc.response.status_code, exc.response.body, label) from None
+        except OSError as exc:
+            raise certificate_refused(exc, label) or exc from None  # RemoteBackend reports the rest
+        except WebSocketException as exc:
+            raise ProviderUnavailableError(f"the {label} did not accept a WebSocket: {exc}") from None
 
         async def recv() -> str | bytes | None:
             return await socket.recv()
 
-        return MessageChannel(recv, socket.send, socket.close, peer=address)
+        channel = MessageChannel(recv, socket.send, socket.close, peer=address)
+        channel.extensions = tuple(str(extension.name) for extension in socket.protocol.extensions)
+        return channel
 
-    return RemoteBackend(dial, label=f"ws gateway ({url})", token=token, loop=loop)
+    backend = RemoteBackend(dial, label=label, token=token, loop=loop)
+    backend.transport = scheme  # type: ignore[attr-defined]
+    return backend
+
+
+def _refusal(status: int, body: bytes | None, label: str) -> GTLError:
+    """The GTL error a refused upgrade carries (429 one connection too many, 503 shutting down, …)."""
+    try:
+        event = decode(body or b"")
+    except ProtocolError:
+        return ProviderUnavailableError(f"the {label} refused the WebSocket with HTTP {status}")
+    if isinstance(event, Error):
+        return error_from_event(event)
+    return ProviderUnavailableError(f"the {label} refused the WebSocket with HTTP {status}")
 
 
 def ws_endpoint(
@@ -50,5 +90,6 @@ def ws_endpoint(
     verify: object = True,
     loop: LoopThread | None = None,
 ) -> RemoteBackend:
-    """``transports.endpoints`` factory of ``ws://`` (the gateway accounts sessions to its token's principal)."""
-    return ws_backend(endpoint, token=token, loop=loop)
+    """``transports.endpoints`` factory of ``ws://`` and ``wss://`` (the gateway accounts sessions to its
+    token's principal)."""
+    return ws_backend(endpoint, token=token, loop=loop, verify=verify)

@@ -104,7 +104,7 @@ def test_sections_defined_here_come_back_with_every_documented_key(home):
     config = load(home)
     for section in ("ledger", "gateway", "defaults"):
         assert set(getattr(config, section)) == set(SECTION_SCHEMAS[section])
-    assert config.ledger["enabled"] is True and config.gateway["port"] == 8787
+    assert config.ledger["enabled"] is True and config.gateway["shutdown_grace"] == 30.0
     assert config.timeouts == Timeouts(connect=10.0, first_byte=60.0, idle=60.0)
     # the engine modules that read these apply their own defaults
     assert config.routing == {} and config.cache == {} and config.budgets == {} and config.catalog == {}
@@ -256,6 +256,26 @@ def test_an_unknown_deployment_key_names_the_key_the_place_and_the_close_match(h
 
 
 @pytest.mark.parametrize(
+    ("key", "new_home"),
+    [("port", "[gateway.http]"), ("host", "[gateway.http]"), ("vault_path", "vault"), ("metrics", "metrics")],
+)
+def test_a_retired_gateway_key_says_what_replaced_it(home, key, new_home):
+    with pytest.raises(ConfigurationError) as info:
+        load(home, gateway={key: 1})
+    message = str(info.value)
+    assert f"[gateway] {key}" in message and "not a key any more" in message and new_home in message
+
+
+@pytest.mark.parametrize(
+    ("listener", "expected"),
+    [({"tls_cert": "a.pem"}, "together"), ({"port": 70000}, "0..65535"), ({"insecure": "yes"}, "true or false")],
+)
+def test_listener_tables_are_checked_when_loaded(home, listener, expected):
+    with pytest.raises(ConfigurationError, match=expected):
+        load(home, gateway={"grpc": listener})
+
+
+@pytest.mark.parametrize(
     ("sections", "key", "place", "suggestion"),
     [
         ({"routing": {"stratgy": "weighted"}}, "stratgy", "[routing]", "strategy"),
@@ -264,7 +284,8 @@ def test_an_unknown_deployment_key_names_the_key_the_place_and_the_close_match(h
         ({"cache": {"ttll": 3}}, "ttll", "[cache]", "ttl"),
         ({"budgets": {"usd_per_dya": 3}}, "usd_per_dya", "[budgets]", "usd_per_day"),
         ({"ledger": {"pth": "x"}}, "pth", "[ledger]", "path"),
-        ({"gateway": {"prot": 1}}, "prot", "[gateway]", "port"),
+        ({"gateway": {"idle_timout": 1}}, "idle_timout", "[gateway]", "idle_timeout"),
+        ({"gateway": {"http": {"prot": 1}}}, "prot", "[gateway]", "port"),
     ],
 )
 def test_an_unknown_section_key_names_the_key_the_place_and_the_close_match(home, sections, key, place, suggestion):

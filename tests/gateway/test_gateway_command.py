@@ -6,16 +6,50 @@ import argparse
 import subprocess
 import sys
 
-from gtl_nb.gateway import cli
+from gtl_nb.gateway import cli, main
+from gtl_nb.gateway.listeners import ListenerSettings
+from gtl_nb.gateway.settings import GatewaySettings
 
 
-def test_the_gateway_needs_a_transport():
-    done = subprocess.run(
-        [sys.executable, "-m", "gtl_nb.gateway"], capture_output=True, text=True, timeout=30, check=False
-    )
-    assert done.returncode == 2
-    assert "--stdio" in done.stderr
-    assert done.stdout == ""
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    main.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_without_a_listener_anywhere_the_gateway_serves_http_on_loopback_8787(tmp_path):
+    options = main._with_command_line(GatewaySettings(), parse())
+    [listener] = options.listeners
+    assert (listener.transport, listener.host, listener.port, listener.tls) == ("http", "127.0.0.1", 8787, None)
+
+
+def test_command_line_listeners_join_or_move_the_configured_ones(tmp_path):
+    configured = GatewaySettings(listeners=(ListenerSettings("grpc", port=9000),))
+    options = main._with_command_line(configured, parse("--http", "127.0.0.1:0", "--quic", "[::1]:0", *tls(tmp_path)))
+    by_name = {listener.transport: listener for listener in options.listeners}
+    assert by_name["grpc"].port == 9000 and by_name["grpc"].tls is None
+    assert by_name["http"].url() == "https://127.0.0.1:0" and by_name["quic"].url() == "quic://[::1]:0"
+
+
+def tls(tmp_path) -> list[str]:
+    return ["--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key")]
+
+
+def test_listener_mistakes_are_one_line_with_status_2(tmp_path):
+    cases = [
+        (["--http", "nonsense"], "HOST:PORT"),
+        (["--http", "0.0.0.0:0"], "loopback only"),
+        (["--quic", "127.0.0.1:0"], "tls_cert"),
+        (["--stdio", "--http", "127.0.0.1:0"], "no listener with it"),
+        (["--http", "127.0.0.1:0", "--tls-cert", "x.pem"], "go together"),
+    ]
+    for argv, expected in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "gtl_nb.gateway", *argv], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert done.returncode == 2, (argv, done.stderr)
+        assert done.stderr.startswith("gtl gateway: error:") and expected in done.stderr, (argv, done.stderr)
+        assert done.stdout == ""
 
 
 def test_a_configuration_mistake_is_one_line_on_standard_error_and_nothing_on_the_frames(tmp_path):

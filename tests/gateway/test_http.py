@@ -10,7 +10,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.devauth import DevAuth
 from gtl_nb.gateway.http import bind, serve_http
+from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown, TlsFiles
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol import AuthenticationError, GTLError, Token
 from gtl_nb.protocol.errors import ConfigurationError
@@ -34,47 +37,98 @@ REQUEST = {
 }
 
 
+@dataclass
+class Served:
+    """A running HTTP listener: its URL, its loop, and how to stop it from the test's thread."""
+
+    url: str
+    loop: asyncio.AbstractEventLoop
+    shutdown: Shutdown
+    engine: Any
+    stopped: threading.Event
+
+    def begin_shutdown(self) -> None:
+        """``shutdown.begin()`` on the listener's loop (what the gateway does on SIGTERM)."""
+        self.loop.call_soon_threadsafe(self.shutdown.begin)
+
+    def call(self, coroutine: Any, timeout: float = 10) -> Any:
+        """Run ``coroutine`` on the listener's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+
 @contextmanager
-def gateway(config: Path, *, token: str | None = None) -> Iterator[str]:
-    """An HTTP gateway on a loop thread of this process; on exit it has stopped and its rows are complete."""
+def serving(
+    config: Path,
+    *,
+    token: str | None = None,
+    tls: TlsFiles | None = None,
+    limits: Limits | None = None,
+    offers: dict[str, str] | None = None,
+    compression: bool = True,
+    grace: float = 30.0,
+) -> Iterator[Served]:
+    """``serve_http`` on a loop thread of this process, as ``gateway.server`` runs it. On exit the listener is
+    cancelled (unless it already stopped after ``begin_shutdown``): it has stopped and its rows are complete."""
     settings = load_settings(config=str(config))
     options = GatewaySettings.from_settings(settings)
     environ = {"GTL_NB_DEV_TOKEN": token} if token else {}
     authenticate = DevAuth.from_settings("token" if token else "none", principal="http-test", environ=environ)
-    sock = bind("127.0.0.1", 0)
+    listener = ListenerSettings("http", host="127.0.0.1", port=0, tls=tls)
+    limits = limits or Limits(max_frame_bytes=options.max_frame_bytes)
+    shutdown = Shutdown(grace=grace)
     loop = asyncio.new_event_loop()
     ready = threading.Event()
-    base: list[str] = []
-    task: list[asyncio.Task[None]] = []
+    stopped = threading.Event()
+    found: dict[str, Any] = {}
 
     async def main() -> None:
         engine = build_engine(settings)
-        task.append(asyncio.current_task())  # type: ignore[arg-type]
+        found["engine"] = engine
+        found["task"] = asyncio.current_task()
 
         def on_ready(url: str) -> None:
-            base.append(url)
+            found["url"] = url
             ready.set()
 
         try:
             await serve_http(
-                engine, sock, authenticate=authenticate, max_body_bytes=options.max_frame_bytes, ready=on_ready
+                engine,
+                listener,
+                authenticate=authenticate,
+                limits=limits,
+                shutdown=shutdown,
+                ready=on_ready,
+                offers=(lambda: dict(offers)) if offers is not None else None,
+                compression=compression,
             )
         finally:
             await engine.aclose()
+            ready.set()
 
     def run() -> None:
-        with suppress(asyncio.CancelledError):
-            loop.run_until_complete(main())
+        try:
+            with suppress(asyncio.CancelledError):
+                loop.run_until_complete(main())
+        finally:
+            stopped.set()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    assert ready.wait(10)
+    assert ready.wait(10) and "url" in found, "the listener did not start"
     try:
-        yield base[0]
+        yield Served(found["url"], loop, shutdown, found["engine"], stopped)
     finally:
-        loop.call_soon_threadsafe(task[0].cancel)
-        thread.join(15)
+        if not stopped.is_set():
+            loop.call_soon_threadsafe(found["task"].cancel)
+        thread.join(20)
         loop.close()
+
+
+@contextmanager
+def gateway(config: Path, *, token: str | None = None, **options: Any) -> Iterator[str]:
+    """``serving(...)``'s URL, for tests that need nothing else."""
+    with serving(config, token=token, **options) as served:
+        yield served.url
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +189,23 @@ def test_discovery_and_health(base_url):
     assert httpx.get(f"{base_url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{base_url}/readyz").status_code == 200
     found = httpx.get(f"{base_url}/.well-known/gtl").json()
-    assert found["transports"]["http"] == f"{base_url}/v1/gtl"
-    assert "1.0" in found["versions"]
+    address = base_url.partition("://")[2]
+    assert found["protocol"] == "gtl" and "1.0" in found["versions"]
+    # only this listener is offered, best first, each as the URL connect() takes
+    assert list(found["transports"].items()) == [
+        ("ws", f"ws://{address}"),
+        ("sse", f"sse://{address}"),
+        ("http", f"http://{address}"),
+    ]
+    assert found["paths"]["http"] == "/v1/gtl"
+
+
+def test_non_streamed_status_says_how_the_session_ended(base_url):
+    refused = httpx.post(f"{base_url}/v1/gtl", json={**REQUEST, "stream": False, "model": f"badkey:{MODEL}"})
+    assert refused.status_code == 502  # the provider refused the gateway's key; the caller's token was fine
+    assert refused.json()["events"][-1]["code"] == "AUTH_FAILED"
+    unknown = httpx.post(f"{base_url}/v1/gtl", json={**REQUEST, "stream": False, "model": "no-such-model"})
+    assert unknown.status_code == 404 and unknown.json()["events"][-1]["code"] == "MODEL_NOT_FOUND"
 
 
 def test_a_bad_dev_token_is_401(base_config):

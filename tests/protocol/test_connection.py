@@ -314,13 +314,25 @@ def test_a_frame_over_the_limit_is_refused_on_send_and_changes_nothing():
 def test_an_oversized_request_from_the_peer_is_answered_with_an_error_for_its_session():
     pair = ConnectionPair(to_server_cuts=range(0, 5000, 97), server=GTLConnection("server", max_frame_bytes=300))
     pair.handshake()
-    pair.client_send(request("s1", "x" * 1000))  # the client's own limit is larger
+    pair.client.send_limit = 10_000  # a client that did not read the limit in the server's hello answer
+    pair.client_send(request("s1", "x" * 1000))
     client_events, server_events = pair.pump()
     (violation,) = server_events
     assert isinstance(violation.error, FrameTooLargeError) and violation.session_id == "s1"
     (ended,) = client_events
     assert ended.session_id == "s1" and ended.code == "INVALID_REQUEST" and "maximum frame size" in ended.message
     assert pair.client.live_sessions == frozenset() and pair.client.bad_frames == 0
+
+
+def test_a_client_refuses_a_request_over_the_limit_the_server_announced():
+    pair = ConnectionPair(server=GTLConnection("server", max_frame_bytes=300))
+    pair.handshake()
+    assert pair.client.send_limit == 300 and pair.client.max_frame_bytes > 300  # reading stays at its own limit
+    with pytest.raises(FrameTooLargeError, match="maximum frame size of 300 bytes"):
+        pair.client.send(request("s1", "x" * 1000))
+    pair.client_send(request("s2", "small"))  # nothing changed: the connection carries on
+    _, server_events = pair.pump()
+    assert [event.session_id for event in server_events] == ["s2"]
 
 
 # -- bad frames -------------------------------------------------------------------------------------

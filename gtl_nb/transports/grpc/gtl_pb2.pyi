@@ -400,16 +400,18 @@ class ProviderInfo(_message.Message):
     def __init__(self, provider: _Optional[str] = ..., models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., offline: _Optional[bool] = ..., provider_type: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("versions", "version", "features", "token")
+    __slots__ = ("versions", "version", "features", "token", "max_frame_bytes")
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     versions: StringList
     version: str
     features: _containers.RepeatedScalarFieldContainer[str]
     token: str
-    def __init__(self, versions: _Optional[_Union[StringList, _Mapping]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ...) -> None: ...
+    max_frame_bytes: int
+    def __init__(self, versions: _Optional[_Union[StringList, _Mapping]] = ..., version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., token: _Optional[str] = ..., max_frame_bytes: _Optional[int] = ...) -> None: ...
 
 class Cancel(_message.Message):
     __slots__ = ("session_id",)

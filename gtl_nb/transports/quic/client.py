@@ -29,9 +29,10 @@ from gtl_nb.protocol.errors import (
     GTLError,
     ProviderUnavailableError,
 )
-from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, ProviderInfo, StreamEvent
+from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Error, ProviderInfo, StreamEvent
 from gtl_nb.transports.conventions import is_providers_end
 from gtl_nb.transports.link import CANCEL_WAIT, OPEN_TIMEOUT, Deliver
+from gtl_nb.transports.questions import Questions
 from gtl_nb.transports.quic.config import CONNECT_TIMEOUT, IDLE_TIMEOUT, PING_INTERVAL, client_configuration
 from gtl_nb.transports.quic.peer import QuicPeer
 from gtl_nb.transports.quic.wire import (
@@ -116,6 +117,8 @@ class _Control:
                     self.link.providers.append(event)
             elif isinstance(event, HandshakeComplete):
                 self.link.version = event.version
+            elif isinstance(event, Answer):
+                self.link.questions.answered(event)
             elif isinstance(event, ConnectionTerminated):
                 self.link.control_ended(event.error)
         if not connection.closed:
@@ -157,6 +160,8 @@ class QuicLink:
         self._ended = asyncio.Event()
         self._transport: asyncio.DatagramTransport | None = None
         self._control_id = 0
+        self._control: GTLConnection | None = None
+        self.questions = Questions(self.label)
 
     def __repr__(self) -> str:  # never the token
         return f"<QuicLink {self.label}>"
@@ -224,7 +229,7 @@ class QuicLink:
         if alpn != ALPN:
             raise ProviderUnavailableError(f"the {self.label} does not speak {ALPN} (ALPN {alpn!r})")
         peer.on_terminated = self._terminated
-        control = GTLConnection("client", token=self._token, max_frame_bytes=self.max_frame_bytes)
+        control = self._control = GTLConnection("client", token=self._token, max_frame_bytes=self.max_frame_bytes)
         self._control_id = peer.open_stream(_Control(self, control))
         peer.write(self._control_id, control.data_to_send())
         peer.start_pings(PING_INTERVAL)
@@ -302,6 +307,18 @@ class QuicLink:
             message = f"cancelled by the caller; the {self.label} did not confirm within {CANCEL_WAIT:g} s"
             session.put(Error(session_id=session.session_id, code="CANCELLED", message=message))
 
+    async def query(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Ask the gateway ``name`` on the control stream (as ``ClientLink.query``)."""
+        control = self._control
+        if self.closed or control is None:
+            raise ProviderUnavailableError(f"the connection to the {self.label} is closed")
+        return await self.questions.ask(lambda query: self.write_control(control.send(query)), name, params)
+
+    @property
+    def answers_queries(self) -> bool:
+        """Whether the gateway agreed to the ``query`` feature."""
+        return self._control is not None and "query" in self._control.features
+
     def peer_reset(self, stream_id: int) -> None:
         if self.peer is not None:
             self.peer.reset(stream_id, STREAM_CANCEL)
@@ -363,6 +380,7 @@ class QuicLink:
     def _end_sessions(self, ending: object) -> None:
         for session in list(self._sessions.values()):
             session.put(ending(session.session_id, session.cancelling))  # type: ignore[operator]
+        self.questions.fail_all(lambda qid: ending(qid, False))  # type: ignore[operator]
 
     def _close_reason(self) -> GTLError:
         peer = self.peer

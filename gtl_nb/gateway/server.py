@@ -1,0 +1,133 @@
+"""One gateway process serving every configured listener with one engine (``gtl serve``).
+
+``serve(settings, gateway, authenticate=..., shutdown=..., announce=...)`` builds the engine once
+(``engine.builder.build_engine``, exactly as the embedded client does), starts each listener of
+``gateway.listeners`` (``gateway.listeners`` describes their contract), announces each client URL as
+it starts accepting, and returns when every listener has stopped — after ``shutdown.begin()`` once
+their running sessions finished or the grace period ended them — with every ledger row complete.
+
+A listener that cannot start (its port is taken, its TLS files do not load, its extra is not
+installed) stops the others and raises ``ConfigurationError`` naming it: a gateway never runs with
+part of its configuration silently missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.settings import Settings
+from gtl_nb.gateway.listeners import ListenerSettings, Shutdown
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import ConfigurationError, GTLError
+
+__all__ = ["LISTENER_FUNCTIONS", "serve"]
+
+log = get_logger("gateway.server")
+
+LISTENER_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "http": ("gtl_nb.gateway.http:serve_http", "gateway"),
+    "grpc": ("gtl_nb.gateway.grpc:serve_grpc", "grpc"),
+    "quic": ("gtl_nb.gateway.quic:serve_quic", "quic"),
+}
+"""Transport -> (its ``serve_*`` coroutine function, the extra that installs its library)."""
+
+Announce = Callable[[ListenerSettings, str], None]
+
+
+def _serve_function(transport: str) -> Callable[..., Awaitable[None]]:
+    target, extra = LISTENER_FUNCTIONS[transport]
+    module_name, _, name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        if (exc.name or "").startswith("gtl_nb"):
+            raise
+        raise ConfigurationError(
+            f"[gateway.{transport}] needs {exc.name}, which is not installed: pip install 'gtl_nb[{extra}]'"
+        ) from None
+    return getattr(module, name)  # type: ignore[no-any-return]
+
+
+async def serve(
+    settings: Settings,
+    gateway: GatewaySettings,
+    *,
+    authenticate: Authenticate,
+    shutdown: Shutdown,
+    announce: Announce | None = None,
+    engine: Any = None,
+) -> None:
+    """Serve every listener of ``gateway`` until they stop (see the module docstring)."""
+    if not gateway.listeners:
+        raise ConfigurationError("no listener to serve: add a [gateway.http], [gateway.grpc] or [gateway.quic] table")
+    functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
+    own_engine = engine is None
+    engine = engine if engine is not None else build_engine(settings)
+    urls: dict[str, str] = {}
+
+    def offers() -> dict[str, str]:
+        return dict(urls)
+
+    def ready_of(listener: ListenerSettings) -> Callable[[str], None]:
+        def ready(url: str) -> None:
+            urls[listener.transport] = url
+            log.info("listening on %s", url)
+            if announce is not None:
+                announce(listener, url)
+
+        return ready
+
+    tasks: dict[asyncio.Task[None], ListenerSettings] = {}
+    try:
+        for listener in gateway.listeners:
+            options: dict[str, Any] = {
+                "authenticate": authenticate,
+                "limits": gateway.limits,
+                "shutdown": shutdown,
+                "ready": ready_of(listener),
+            }
+            if listener.transport == "http":
+                options["offers"] = offers
+            coroutine = functions[listener.transport](engine, listener, **options)
+            task = asyncio.ensure_future(coroutine)
+            tasks[task] = listener
+        await _until_all_stop(tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if own_engine:
+            await engine.aclose()
+
+
+async def _until_all_stop(tasks: dict[asyncio.Task[None], ListenerSettings]) -> None:
+    """Wait for every listener; the first one that fails stops the rest and its error is raised."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.cancelled():
+                continue
+            error = task.exception()
+            if error is None:
+                continue
+            listener = tasks[task]
+            for other in pending:
+                other.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*pending, return_exceptions=True)
+            if isinstance(error, OSError):
+                raise ConfigurationError(
+                    f"[gateway.{listener.transport}] cannot listen on {listener.host}:{listener.port}: "
+                    f"{error.strerror or error}"
+                ) from None
+            if isinstance(error, GTLError):
+                raise error
+            raise error

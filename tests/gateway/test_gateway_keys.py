@@ -1,0 +1,268 @@
+"""Every documented ``[gateway]`` key has its effect, shown on a real gateway (a child process on
+loopback), never in the parsed configuration.
+
+``docs/configuration.md``'s gateway tables are walked; a documented key without a check here fails
+the first test (the rest of the configuration is proven in tests/engine/test_config_keys.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import gtl_nb
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
+from gtl_nb.gateway.local import start_gateway
+from gtl_nb.protocol import Error, Token
+from gtl_nb.protocol.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    GTLError,
+    InvalidRequestError,
+    OverloadedError,
+)
+from tests.gateway.conftest import LONG_PROMPT, MODEL, base_providers, write_toml
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+
+
+def documented_gateway_keys() -> set[str]:
+    """``gateway.key`` and ``gateway.<listener>.key`` for every row of the gateway key tables."""
+    keys: set[str] = set()
+    sections: list[str] = []
+    in_table = False
+    for line in DOCS.read_text().splitlines():
+        if line.startswith("#"):
+            sections = re.findall(r"`\[(gateway[a-z_.]*)\]`", line)
+            in_table = False
+        elif line.startswith("| Key |"):
+            in_table = True
+        elif not line.startswith("|"):
+            in_table = False
+        elif in_table and sections and not line.startswith("| ---"):
+            key = line.split("|")[1].strip().strip("`")
+            keys.update(f"{section}.{key}" for section in sections)
+    return keys
+
+
+@pytest.fixture
+def config(tmp_path, sims) -> Callable[..., Path]:
+    """``config(gateway={...}, http={...}, grpc=..., quic=...)``: a gateway file with the simulators."""
+
+    def write(gateway: dict | None = None, **listeners: dict) -> Path:
+        tables = {f"providers.{name}": spec for name, spec in base_providers(sims).items()}
+        tables["ledger"] = {"path": str(tmp_path / "ledger.sqlite")}
+        tables["routing.retry"] = {"max_attempts": 1}
+        tables["gateway"] = dict(gateway or {})
+        for transport, table in listeners.items():
+            tables[f"gateway.{transport}"] = table
+        return write_toml(tmp_path / "gtl.toml", tables)
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> DevCertificates:
+    return make_dev_certificates(tmp_path_factory.mktemp("certs"), ["127.0.0.1", "localhost"])
+
+
+def _stdio_config(tmp_path, **gateway) -> Path:
+    return write_toml(tmp_path / "stdio.toml", {"gateway": gateway, "ledger": {"enabled": False}})
+
+
+# -- [gateway] ---------------------------------------------------------------------------------------
+
+
+def gateway_auth(tmp_path, **_):
+    path = _stdio_config(tmp_path, auth="token")
+    previous = os.environ.get("GTL_NB_DEV_TOKEN")
+    os.environ["GTL_NB_DEV_TOKEN"] = "dev-token-for-the-test"  # the child gateway inherits it
+    try:
+        with pytest.raises(AuthenticationError):
+            gtl_nb.connect(f"stdio://{path}", token="not-the-token")
+        remote = gtl_nb.connect(f"stdio://{path}", token="dev-token-for-the-test")
+        assert remote.complete("echo", "hi").text
+        remote.close()
+    finally:
+        if previous is None:
+            os.environ.pop("GTL_NB_DEV_TOKEN", None)
+        else:
+            os.environ["GTL_NB_DEV_TOKEN"] = previous
+
+
+def gateway_max_frame_bytes(tmp_path, **_):
+    remote = gtl_nb.connect(f"stdio://{_stdio_config(tmp_path, max_frame_bytes=4000)}")
+    try:
+        with pytest.raises(InvalidRequestError, match="maximum frame size of 4000 bytes"):
+            remote.complete("echo", "x" * 6000)
+        assert remote.complete("echo", "a small one still works").text
+    finally:
+        remote.close()
+
+
+def gateway_max_sessions_per_connection(tmp_path, config, **_):
+    path = config(gateway={"max_sessions_per_connection": 2})
+    with gtl_nb.connect(f"stdio://{path}") as client:
+
+        async def three() -> list[object]:
+            calls = [client.acomplete(f"slow:{MODEL}", LONG_PROMPT) for _ in range(2)]
+            calls.append(client.acomplete("echo", "the third"))
+            return await asyncio.gather(*calls, return_exceptions=True)
+
+        first, second, third = asyncio.run(three())
+        assert isinstance(third, OverloadedError) and third.retryable
+        assert first.text and second.text  # type: ignore[union-attr]
+
+
+def gateway_max_connections_per_address(tmp_path, config, **_):
+    with start_gateway(config(gateway={"max_connections_per_address": 2})) as served:
+        url = served.url("ws")
+        kept = [gtl_nb.connect(url), gtl_nb.connect(url)]
+        try:
+            with pytest.raises(GTLError):
+                gtl_nb.connect(url)
+            kept.pop().close()
+            with gtl_nb.connect(url) as again:  # a place was freed
+                assert again.complete("echo", "in again").text
+        finally:
+            for client in kept:
+                client.close()
+
+
+def gateway_header_timeout(tmp_path, config, **_):
+    with start_gateway(config(gateway={"header_timeout": 0.5})) as served:
+        port = served.ports["http"]
+        with socket.create_connection(("127.0.0.1", port)) as silent:
+            silent.sendall(b"POST /v1/gtl HTTP/1.1\r\nHost: x\r\n")  # and never the rest of the head
+            silent.settimeout(10)
+            started = time.monotonic()
+            assert silent.recv(65536) is not None  # a 408 or the end: either way, closed soon
+            while silent.recv(65536):
+                pass
+            assert time.monotonic() - started < 5
+
+
+def gateway_idle_timeout(tmp_path, config, **_):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with start_gateway(config(gateway={"idle_timeout": 0.5})) as served:
+        with connect(served.url("ws") + "/v1/gtl/ws") as socket_:
+            socket_.send('{"type":"hello","versions":["1.0"]}')
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    socket_.recv(timeout=10)
+            assert time.monotonic() - started < 5
+        with gtl_nb.connect(served.url("ws")) as client:  # a client whose connection idled out reconnects
+            assert client.complete("echo", "one").text
+            time.sleep(1.0)
+            assert client.complete("echo", "two, on a new connection").text
+
+
+def gateway_shutdown_grace(tmp_path, config, **_):
+    served = start_gateway(config(gateway={"shutdown_grace": 0.5}))
+    try:
+        with gtl_nb.connect(served.url("ws")) as client:
+            stream = iter(client.stream(f"slow:{MODEL}", LONG_PROMPT))
+            assert any(isinstance(event, Token) for event in stream)
+            started = time.monotonic()
+            served.process.send_signal(signal.SIGTERM)
+            *_, last = stream  # a stream ends with its error event (it does not raise)
+            assert isinstance(last, Error) and last.code == "CANCELLED" and "shutting down" in last.message
+            assert time.monotonic() - started < 5
+        assert served.process.wait(10) == 0
+    finally:
+        served.kill()
+    rows = Ledger(tmp_path / "ledger.sqlite").rows()
+    assert [row["status"] for row in rows] == ["cancelled"]
+
+
+# -- the listener tables -----------------------------------------------------------------------------
+
+
+def listeners_where_they_are_told(tmp_path, config, certs, **_):
+    """``host`` and ``port`` of each listener (a port taken from a bound socket, then freed)."""
+    ports = {}
+    for kind, transport in ((socket.SOCK_STREAM, "http"), (socket.SOCK_STREAM, "grpc"), (socket.SOCK_DGRAM, "quic")):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports[transport] = probe.getsockname()[1]
+    tls = {"tls_cert": str(certs.certificate), "tls_key": str(certs.key)}
+    path = config(
+        http={"host": "127.0.0.1", "port": ports["http"]},
+        grpc={"host": "127.0.0.1", "port": ports["grpc"]},
+        quic={"host": "127.0.0.1", "port": ports["quic"], **tls},
+    )
+    with start_gateway(path) as served:
+        assert served.ports == ports
+        for scheme in ("http", "ws", "grpc", "quic"):
+            extra = {"verify": str(certs.ca)} if scheme == "quic" else {}
+            with gtl_nb.connect(served.url(scheme), **extra) as client:
+                assert client.complete("echo", f"over {scheme}").text
+
+
+def listeners_with_tls(tmp_path, config, certs, **_):
+    """``tls_cert`` and ``tls_key``: https/wss/sses on the HTTP port, grpcs, and QUIC."""
+    tls = {"tls_cert": str(certs.certificate), "tls_key": str(certs.key)}
+    path = config(http={"port": 0, **tls}, grpc={"port": 0, **tls}, quic={"port": 0, **tls})
+    with start_gateway(path) as served:
+        assert served.url("http").startswith("https://") and served.url("grpc").startswith("grpcs://")
+        for scheme in ("sses", "wss", "grpcs", "quic"):
+            with gtl_nb.connect(served.url(scheme), verify=str(certs.ca)) as client:
+                assert client.complete("echo", f"over {scheme}").text
+
+
+def listeners_insecure(tmp_path, config, **_):
+    """Without ``insecure`` a plaintext listener beyond loopback is refused before anything binds; with
+    it, the gateway goes as far as binding (to an address this machine does not have: nothing is exposed)."""
+    for transport in ("http", "grpc"):
+        with pytest.raises(ConfigurationError, match="loopback only"):
+            start_gateway(config(**{transport: {"host": "192.0.2.1", "port": 0}}), http=None)
+        with pytest.raises(ConfigurationError, match=r"cannot listen on 192\.0\.2\.1"):
+            start_gateway(config(**{transport: {"host": "192.0.2.1", "port": 0, "insecure": True}}), http=None)
+    with pytest.raises(ConfigurationError, match="QUIC always runs over TLS"):  # insecure never means plaintext QUIC
+        start_gateway(config(quic={"port": 0, "insecure": True}), http=None)
+
+
+# -- the table ---------------------------------------------------------------------------------------
+
+LISTENERS = ("http", "grpc", "quic")
+EFFECTS: dict[str, Callable[..., None]] = {
+    "gateway.auth": gateway_auth,
+    "gateway.max_frame_bytes": gateway_max_frame_bytes,
+    "gateway.max_sessions_per_connection": gateway_max_sessions_per_connection,
+    "gateway.max_connections_per_address": gateway_max_connections_per_address,
+    "gateway.header_timeout": gateway_header_timeout,
+    "gateway.idle_timeout": gateway_idle_timeout,
+    "gateway.shutdown_grace": gateway_shutdown_grace,
+    **{
+        f"gateway.{t}.{key}": listeners_where_they_are_told
+        for t in ("http", "grpc", "quic")
+        for key in ("host", "port")
+    },
+    **{f"gateway.{t}.{key}": listeners_with_tls for t in ("http", "grpc", "quic") for key in ("tls_cert", "tls_key")},
+    **{f"gateway.{t}.insecure": listeners_insecure for t in ("http", "grpc", "quic")},
+}
+
+
+def test_every_documented_gateway_key_has_a_check():
+    documented = documented_gateway_keys()
+    assert "gateway.max_frame_bytes" in documented and "gateway.quic.port" in documented, documented
+    assert sorted(documented - set(EFFECTS)) == [], "documented gateway keys without a proven effect"
+    assert sorted(set(EFFECTS) - documented) == [], "checks for gateway keys the docs do not list"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check", sorted(set(EFFECTS.values()), key=lambda f: f.__name__), ids=lambda f: f.__name__)
+def test_the_key_has_its_effect(check, tmp_path, config, certs):
+    check(tmp_path=tmp_path, config=config, certs=certs)

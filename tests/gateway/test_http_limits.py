@@ -1,0 +1,239 @@
+"""The HTTP listener's limits, compression and graceful shutdown, on real loopback sockets.
+
+* a request head that trickles in is cut at ``header_timeout`` (uvicorn alone waits for it for ever);
+* one connection more than ``max_connections_per_address`` is answered 429 (HTTP and WebSocket alike);
+* gzip is used only when asked for, and a gzip stream still delivers each event as it is produced;
+* permessage-deflate is agreed on a WebSocket unless either end turns it off;
+* a shutdown lets running streams finish, refuses new work, and ends what outlives the grace period
+  with ``CANCELLED`` — every ledger row complete.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.gateway.listeners import Limits
+from gtl_nb.protocol import Done, Error, Token
+from gtl_nb.protocol.errors import OverloadedError, ProviderUnavailableError
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
+from tests.gateway.test_http import serving
+
+REQUEST = {"type": "completion_request", "session_id": "s1", "messages": [{"role": "user", "content": "Say something"}]}
+HEALTH = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n"
+
+
+@pytest.fixture(scope="module")
+def paced() -> Iterator[SimpleNamespace]:
+    """``brisk``: 10 ms between chunks (a short answer takes under a second); ``crawl``: 100 ms (seconds)."""
+    brisk = sim.serve("openai", seed=3, api_key=SIM_KEY, pace=0.01)
+    crawl = sim.serve("openai", seed=3, api_key=SIM_KEY, pace=0.1)
+    yield SimpleNamespace(brisk=brisk, crawl=crawl)
+    brisk.close()
+    crawl.close()
+
+
+@pytest.fixture
+def paced_config(write_config, paced, tmp_path: Path) -> Path:
+    providers = {
+        "brisk": {"type": "openai", "api_key": SIM_KEY, "base_url": paced.brisk.base_url},
+        "crawl": {"type": "openai", "api_key": SIM_KEY, "base_url": paced.crawl.base_url},
+    }
+    return write_config(providers=providers, ledger=tmp_path / "rows.sqlite")
+
+
+def _address(url: str) -> tuple[str, int]:
+    host, _, port = url.partition("://")[2].rpartition(":")
+    return host, int(port)
+
+
+def _trickle(sock: socket.socket, data: bytes, interval: float) -> tuple[bytes, float]:
+    """Send ``data`` one byte every ``interval`` seconds, reading between bytes, until the server closes;
+    returns what it sent and how long after the first byte it closed."""
+    sock.settimeout(interval)
+    answer, started, sent = b"", time.monotonic(), 0
+    while time.monotonic() - started < 10:
+        try:
+            piece = sock.recv(4096)
+        except TimeoutError:
+            piece = None
+        except ConnectionResetError:
+            piece = b""
+        if piece == b"":
+            return answer, time.monotonic() - started
+        answer += piece or b""
+        if sent < len(data) and not answer:  # once the server answered, nothing more is sent (it would reset)
+            sock.sendall(data[sent : sent + 1])
+            sent += 1
+    raise AssertionError("the server kept the connection open for 10 s")
+
+
+def _ask(sock: socket.socket, request: bytes = HEALTH) -> bytes:
+    """One request on a kept-alive raw connection; returns the response (head and body)."""
+    sock.settimeout(5)
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")).split(b":")[1]
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return head + b"\r\n\r\n" + body
+
+
+def test_a_trickling_request_head_is_cut_at_the_header_timeout(base_config):
+    limits = Limits(max_frame_bytes=64 * 1024, header_timeout=0.5, idle_timeout=30)
+    with serving(base_config, limits=limits) as served:
+        # a new connection sending its head a byte every 0.1 s (the whole head would take 4 s)
+        with socket.create_connection(_address(served.url)) as sock:
+            answer, after = _trickle(sock, HEALTH, 0.1)
+        assert answer.startswith(b"HTTP/1.1 408") and b'"code":"TIMEOUT"' in answer
+        assert 0.4 < after < 2.0
+        # a kept-alive connection may sit idle longer than the header timeout (idle_timeout governs that);
+        # the deadline starts with the first byte of its next request
+        with socket.create_connection(_address(served.url)) as sock:
+            assert _ask(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(0.8)  # idle between requests: longer than header_timeout, not cut
+            answer, after = _trickle(sock, HEALTH, 0.1)
+        assert answer.startswith(b"HTTP/1.1 408") and 0.4 < after < 2.0
+        assert httpx.get(f"{served.url}/healthz").status_code == 200  # prompt clients are not affected
+
+
+def test_one_connection_too_many_from_an_address_is_answered_429(base_config):
+    limits = Limits(max_frame_bytes=64 * 1024, max_connections_per_address=2)
+    with serving(base_config, limits=limits) as served:
+        first = socket.create_connection(_address(served.url))
+        second = socket.create_connection(_address(served.url))
+        try:
+            assert _ask(first).startswith(b"HTTP/1.1 200") and _ask(second).startswith(b"HTTP/1.1 200")
+            refused = httpx.get(f"{served.url}/healthz")
+            assert refused.status_code == 429 and refused.headers["connection"] == "close"
+            assert refused.json()["code"] == "OVERLOADED" and refused.json()["retryable"] is True
+            with pytest.raises(OverloadedError):
+                gtl_nb.connect(served.url)
+            with pytest.raises(OverloadedError):  # the WebSocket upgrade is refused the same way
+                gtl_nb.connect(served.url.replace("http://", "ws://"))
+            first.close()
+            _ask(second)  # answered after the server has seen the first connection close
+            assert httpx.get(f"{served.url}/healthz").status_code == 200
+        finally:
+            first.close()
+            second.close()
+
+
+def _gzip_stream(url: str, path: str, body: dict, encoding: str) -> tuple[httpx.Headers, bytes, float]:
+    """POST and read the raw body, decompressing each piece as it arrives; returns the headers, the decoded
+    body and the seconds from the first token to the end of the body."""
+    decoder = zlib.decompressobj(31)
+    text, first_token = b"", None
+    with httpx.stream("POST", url + path, json=body, headers={"accept-encoding": encoding}) as response:
+        gzip = response.headers.get("content-encoding") == "gzip"
+        for raw in response.iter_raw():
+            text += decoder.decompress(raw) if gzip else raw
+            if first_token is None and b'"type":"token"' in text:
+                first_token = time.monotonic()
+        ended = time.monotonic()
+    assert first_token is not None
+    if gzip:
+        assert decoder.eof  # a complete gzip member, trailer included
+    return response.headers, text, ended - first_token
+
+
+@pytest.mark.parametrize("path", ["/v1/gtl", "/v1/gtl/sse"])
+def test_gzip_when_asked_and_the_first_token_still_arrives_at_once(paced_config, path):
+    body = {**REQUEST, "model": f"brisk:{MODEL}"}
+    with serving(paced_config) as served:
+        headers, text, rest = _gzip_stream(served.url, path, body, "gzip")
+        assert headers["content-encoding"] == "gzip" and headers["vary"] == "accept-encoding"
+        assert b'"type":"done"' in text
+        # ~60 chunks 10 ms apart: the first token was decoded while the stream still had most of its way to go
+        assert rest > 0.3
+        echo = {**REQUEST, "model": "echo"}
+        headers, _, _ = _gzip_stream(served.url, path, echo, "identity")  # not asked for: not compressed
+        assert "content-encoding" not in headers
+        with gtl_nb.connect(served.url) as client:  # httpx asks for gzip by itself and decodes it
+            assert client.complete("echo", "Say something").text.count("Say something") == 1
+
+
+def test_permessage_deflate_is_agreed_and_either_end_can_turn_it_off(base_config):
+    with serving(base_config) as served:
+        address = served.url.replace("http://", "ws://")
+        with gtl_nb.connect(address) as client:
+            assert client.complete("echo", "deflated").text.count("deflated") == 1
+            assert client.backend.channel.extensions == ("permessage-deflate",)
+        with gtl_nb.connect(address + "?compression=none") as client:
+            assert client.complete("echo", "plain").text.count("plain") == 1
+            assert client.backend.channel.extensions == ()
+    with serving(base_config, compression=False) as served:
+        with gtl_nb.connect(served.url.replace("http://", "ws://")) as client:
+            client.complete("echo", "plain")
+            assert client.backend.channel.extensions == ()
+        response = httpx.post(
+            f"{served.url}/v1/gtl", json={**REQUEST, "model": "echo"}, headers={"accept-encoding": "gzip"}
+        )
+        assert response.status_code == 200 and "content-encoding" not in response.headers
+
+
+def _first_token(stream: gtl_nb.EventStream) -> None:
+    for event in stream:
+        if isinstance(event, Token):
+            return
+    raise AssertionError(f"the session ended before its first token: {stream.transcript.events[-1]}")
+
+
+def _last(stream: gtl_nb.EventStream) -> Done | Error:
+    events = list(stream)
+    return events[-1] if events else stream.transcript.events[-1]  # type: ignore[return-value]
+
+
+def test_shutdown_lets_streams_finish_refuses_new_work_then_cancels_the_rest(paced_config, tmp_path):
+    with serving(paced_config, grace=2.5) as served:
+        over_http = gtl_nb.connect(served.url)
+        over_ws = gtl_nb.connect(served.url.replace("http://", "ws://"))
+        try:
+            finishing = over_http.stream(f"brisk:{MODEL}", "Say something")  # under a second
+            outlasting = over_http.stream(f"crawl:{MODEL}", LONG_PROMPT)  # about 7 s
+            outlasting_ws = over_ws.stream(f"crawl:{MODEL}", LONG_PROMPT)
+            for stream in (finishing, outlasting, outlasting_ws):
+                _first_token(stream)
+            started = time.monotonic()
+            served.begin_shutdown()
+            with pytest.raises(ProviderUnavailableError):  # no new connection, or a 503 "shutting down"
+                gtl_nb.connect(served.url)
+            refused = _last(over_ws.stream("echo", "too late"))  # the open WebSocket takes no new session
+            assert isinstance(refused, Error) and "shutting down" in refused.message
+            assert isinstance(_last(finishing), Done)
+            ends = {}
+            threads = [
+                threading.Thread(target=lambda s=s: ends.__setitem__(s.session_id, _last(s)))
+                for s in (outlasting, outlasting_ws)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(15)
+            for end in ends.values():
+                assert isinstance(end, Error) and end.code == "CANCELLED" and "shutting down" in end.message
+            assert served.stopped.wait(15)  # serve_http returned by itself
+            assert 2.0 < time.monotonic() - started < 8.0  # the grace period, then the cancels
+        finally:
+            over_http.close()
+            over_ws.close()
+    rows = {row["session_id"]: row["status"] for row in Ledger(tmp_path / "rows.sqlite").rows()}
+    assert rows[finishing.session_id] == "ok"
+    assert rows[outlasting.session_id] == rows[outlasting_ws.session_id] == "cancelled"
+    assert "started" not in rows.values()

@@ -1,0 +1,105 @@
+"""The HTTP listener over TLS: ``https://``, ``sses://`` and ``wss://`` through ``gtl_nb.connect`` with a
+``gtl certs`` CA, and the refusals — an unknown CA, a name the certificate does not list, plaintext
+beyond loopback."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import gtl_nb
+from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
+from gtl_nb.gateway.listeners import Limits, ListenerSettings, TlsFiles
+from gtl_nb.protocol import Token
+from gtl_nb.protocol.errors import ConfigurationError
+from tests.gateway.conftest import MODEL
+from tests.gateway.test_http import serving
+
+SCHEMES = ("https", "sses", "wss")
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
+    return make_dev_certificates(tmp_path_factory.mktemp("certs"))
+
+
+@pytest.fixture(scope="module")
+def tls_url(base_config: Path, certificates: DevCertificates) -> Iterator[str]:
+    with serving(base_config, tls=TlsFiles(certificates.certificate, certificates.key)) as served:
+        yield served.url
+
+
+def test_the_listener_reports_https_and_offers_the_tls_forms(tls_url, certificates):
+    assert tls_url.startswith("https://127.0.0.1:")
+    address = tls_url.partition("://")[2]
+    trust = ssl.create_default_context(cafile=str(certificates.ca))
+    found = httpx.get(f"{tls_url}/.well-known/gtl", verify=trust).json()
+    assert found["transports"] == {"ws": f"wss://{address}", "sse": f"sses://{address}", "http": tls_url}
+    with pytest.raises(httpx.HTTPError):  # the port speaks TLS only
+        httpx.get(f"http://{address}/healthz")
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_sessions_over_tls_with_the_gtl_certs_ca(tls_url, certificates, scheme):
+    address = tls_url.partition("://")[2]
+    with gtl_nb.connect(f"{scheme}://{address}", verify=str(certificates.ca)) as client:
+        # https:// discovers; with only this listener offered the best transport is the secure WebSocket
+        assert client.transport == ("wss" if scheme == "https" else scheme)
+        assert client.complete("echo", "Hello over TLS").text.count("Hello over TLS") == 1
+        tokens = [event.text for event in client.stream(f"openai:{MODEL}", "Say something") if isinstance(event, Token)]
+        assert len(tokens) > 1
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_a_certificate_from_another_ca_is_refused_clearly(tls_url, tmp_path, scheme):
+    other = make_dev_certificates(tmp_path / "other")
+    address = tls_url.partition("://")[2]
+    for verify in (str(other.ca), True):  # another CA, and the system's trust store, which knows neither
+        with pytest.raises(ConfigurationError, match="does not accept") as refused:
+            gtl_nb.connect(f"{scheme}://{address}", verify=verify)
+        assert "unable to get local issuer certificate" in str(refused.value)
+        assert "verify=" in str(refused.value)
+
+
+def test_a_name_the_certificate_does_not_list_is_refused(base_config, tmp_path):
+    files = make_dev_certificates(tmp_path / "named", names=("gateway.example",))
+    with serving(base_config, tls=TlsFiles(files.certificate, files.key)) as served:
+        address = served.url.partition("://")[2]
+        for scheme in SCHEMES:
+            with pytest.raises(ConfigurationError, match=r"mismatch, certificate is not valid for '127\.0\.0\.1'"):
+                gtl_nb.connect(f"{scheme}://{address}", verify=str(files.ca))
+        with gtl_nb.connect(f"wss://{address}", verify=False) as client:  # the documented escape hatch
+            assert client.complete("echo", "unverified").text
+
+
+def test_a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout(base_config, certificates):
+    tls = TlsFiles(certificates.certificate, certificates.key)
+    with serving(base_config, tls=tls, limits=Limits(max_frame_bytes=64 * 1024, header_timeout=0.5)) as served:
+        host, _, port = served.url.partition("://")[2].rpartition(":")
+        with socket.create_connection((host, int(port))) as silent:
+            silent.settimeout(5)
+            started = time.monotonic()
+            try:
+                assert silent.recv(1024) == b""
+            except ConnectionResetError:
+                pass
+            assert time.monotonic() - started < 3
+
+
+def test_a_missing_ca_file_is_a_configuration_error(tls_url, tmp_path):
+    with pytest.raises(ConfigurationError, match="not a readable CA file"):
+        gtl_nb.connect(tls_url.replace("https://", "sses://"), verify=str(tmp_path / "missing.pem"))
+
+
+def test_plaintext_beyond_loopback_is_refused(certificates):
+    with pytest.raises(ConfigurationError, match="loopback"):
+        ListenerSettings("http", host="0.0.0.0", port=0)
+    # with TLS files (or insecure = true, on purpose) any address is allowed
+    assert ListenerSettings("http", host="0.0.0.0", tls=TlsFiles(certificates.certificate, certificates.key))
+    assert ListenerSettings("http", host="0.0.0.0", insecure=True).url(8787) == "http://0.0.0.0:8787"
