@@ -14,6 +14,8 @@ from IPython.utils.capture import capture_output
 import gtl_nb
 from gtl_nb.analysis import Table
 from gtl_nb.completion import Completion
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.gateway.local import start_gateway
 from gtl_nb.notebook import load_ipython_extension, unload_ipython_extension, widgets
 from gtl_nb.notebook.errors import GTLCellError
 from gtl_nb.protocol import Token
@@ -539,3 +541,21 @@ def test_models_show_prices_per_million_tokens_as_money(ip):
     assert re.search(r"gpt-4o-mini\s+\$0\.15\s+\$0\.60", shown), shown
     assert "<NA>" not in repr(table) and "None" not in repr(table)
     assert "$0.15" in table._repr_html_()
+
+
+def test_the_magics_run_on_a_gateway_and_usage_shows_its_rows(ip, tmp_path):
+    """``%gtl connect`` to a gateway (a child process with its own ledger): ``%%gtl`` runs there,
+    ``%%gtl --endpoint`` picks a client for one cell, and ``%gtl usage`` reads the gateway's ledger."""
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[ledger]\npath = "{tmp_path / "gateway-ledger.sqlite3"}"\n')
+    with start_gateway(config) as gateway:
+        url = gateway.url("ws")
+        _, text = run(ip, f"%gtl connect {url}")
+        assert f"connected to {url}" in text
+        run(ip, "%%gtl echo\nover the gateway")
+        run(ip, f"%%gtl echo --endpoint {gateway.url('http')}\none cell over plain HTTP")
+        frame = ip.run_line_magic("gtl", "usage --by model")
+        assert int(frame["requests"].sum()) == 2  # both rows are the gateway's, none the notebook's own
+        assert "endpoint  ws://" in run(ip, "%gtl config")[1]
+    rows = Ledger(tmp_path / "gateway-ledger.sqlite3").rows()
+    assert len(rows) == 2 and not (tmp_path / "ledger.sqlite3").exists()

@@ -25,6 +25,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from gtl_nb.engine.ledger import Ledger
+
 from . import browser as browser_module
 from .browser import INSTALL_HINT, Chromium, Page, chromium_problem, wait_for
 from .conftest import NOTEBOOKS_DIR
@@ -56,10 +58,21 @@ def require_chromium() -> None:
 # the notebook copy
 
 
-def prepare_notebook(root: Path, texts_path: Path) -> tuple[str, int]:
+GATEWAY_CELL = """from gtl_nb.gateway.local import start_gateway
+
+# the same providers through a gateway process with its own ledger: every magic below runs there
+gateway_config = workdir / "gateway.toml"
+gateway_config.write_text((workdir / "gtl_nb.toml").read_text().replace(str(ledger), str(workdir / "gateway.sqlite3")))
+gateway = start_gateway(gateway_config, http="127.0.0.1:0")
+endpoint = gateway.url("ws")"""
+
+
+def prepare_notebook(root: Path, texts_path: Path, *, gateway: bool = False) -> tuple[str, int]:
     """Copy 02 into ``root``: outputs cleared, browser paces, a last cell writing each model's text.
 
-    Returns the notebook's file name and the index of the cell whose grid is sampled.
+    With ``gateway``, the magics run on a gateway process (``start_gateway``, then ``%gtl connect
+    ws://…``) whose ledger is ``gateway.sqlite3`` beside the notebook's. Returns the notebook's file
+    name and the index of the cell whose grid is sampled.
     """
     notebook = nbformat.read(NOTEBOOKS_DIR / NOTEBOOK, as_version=4)
     parameters = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
@@ -67,6 +80,12 @@ def prepare_notebook(root: Path, texts_path: Path) -> tuple[str, int]:
     cell = notebook.cells[parameters[0]]
     cell.source, replaced = re.subn(r"^paces = \{.*\}", f"paces = {BROWSER_PACES!r}", cell.source, flags=re.M)
     assert replaced == 1, "the parameters cell must set paces = {...} on one line"
+    if gateway:
+        load = next(i for i, c in enumerate(notebook.cells) if c.source.strip() == "%load_ext gtl_nb")
+        notebook.cells[load + 1 : load + 1] = [
+            nbformat.v4.new_code_cell(GATEWAY_CELL),
+            nbformat.v4.new_code_cell("%gtl connect {endpoint}"),
+        ]
     target = next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code" and "--out comparison" in c.source)
     for c in notebook.cells:
         if c.cell_type == "code":
@@ -74,7 +93,13 @@ def prepare_notebook(root: Path, texts_path: Path) -> tuple[str, int]:
     notebook.cells.append(
         nbformat.v4.new_code_cell(
             "import json as _json, pathlib as _pathlib\n"
-            f"_pathlib.Path({str(texts_path)!r}).write_text("
+            + (
+                f"_pathlib.Path({str(texts_path.with_name('gateway.json'))!r}).write_text("
+                "_json.dumps({'ledger': str(workdir / 'gateway.sqlite3'), 'stopped': gateway.stop()}))\n"
+                if gateway
+                else ""
+            )
+            + f"_pathlib.Path({str(texts_path)!r}).write_text("
             "_json.dumps({m: r.text for m, r in comparison.results.items()}))"
         )
     )
@@ -223,18 +248,19 @@ def test_without_chromium_the_browser_test_skips_locally_and_fails_in_ci(monkeyp
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("app", ["lab", "notebook"])
-def test_comparison_grid_streams_live_in_the_browser(app: str, tmp_path: Path, capsys: pytest.CaptureFixture):
+@pytest.mark.parametrize(("app", "via"), [("lab", "embedded"), ("notebook", "embedded"), ("lab", "gateway")])
+def test_comparison_grid_streams_live_in_the_browser(app: str, via: str, tmp_path: Path, capsys: pytest.CaptureFixture):
+    """The grid streams live whether the engine runs in the kernel or on a gateway it talks to."""
     require_chromium()
     root = tmp_path / "root"
     root.mkdir()
     texts_path = tmp_path / "texts.json"
-    name, target = prepare_notebook(root, texts_path)
+    name, target = prepare_notebook(root, texts_path, gateway=via == "gateway")
     models = ["openai:gpt-4o-mini", "anthropic:claude-haiku-4-5", "gemini:gemini-2.5-flash"]
 
     server = JupyterServer(app, root, tmp_path)
     write_user_settings(server)
-    shot = tmp_path / f"02-compare-providers-{app}.png"
+    shot = tmp_path / f"02-compare-providers-{app}-{via}.png"
     with server, Chromium.launch(tmp_path) as browser:
         page = browser.new_page(server.notebook_url(name))
         try:
@@ -268,6 +294,11 @@ def test_comparison_grid_streams_live_in_the_browser(app: str, tmp_path: Path, c
     # the summary table under the grid: one row per model, and prices shown as prices, not as LaTeX
     assert grid["math"] == 0, "dollar amounts in the grid were typeset as math: escape '$' in markdown"
     assert len(grid["rows"]) == 3 and all(any(m in row for row in grid["rows"]) for m in models), grid["rows"]
+    if via == "gateway":  # the answers were the gateway's: its ledger has the comparison's rows
+        served = json.loads(texts_path.with_name("gateway.json").read_text())
+        assert served["stopped"] == 0, "the gateway did not shut down cleanly"
+        providers = {row["deployment"] for row in Ledger(served["ledger"]).rows() if row["status"] == "ok"}
+        assert {"openai", "anthropic", "gemini"} <= providers, providers
 
 
 # ----------------------------------------------------------------------------------------------
