@@ -4,11 +4,18 @@ the audit log.
 ``principal`` is the ``user=`` given to ``connect()`` when embedded (the operating-system user by
 default) and the token's ``sub`` behind the gateway; it is never read from request fields or
 ``metadata``, which the caller controls.
+
+Behind the gateway a GhostToken also carries what the principal may do (``gateway.tokens``):
+``scopes``, and the allow-lists ``allowed_models`` / ``allowed_deployments`` with ``provider_keys``.
+Their defaults grant no scope and restrict nothing; only the gateway checks them (embedded, the
+caller already holds the keys).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 __all__ = ["RequestContext"]
 
@@ -27,3 +34,13 @@ class RequestContext:
     """Joins ledger rows, audit records and logs of one request (W3C trace id when one came in)."""
     peer: str | None = None
     """The caller's network address behind the gateway; ``None`` when embedded."""
+    scopes: frozenset[str] = frozenset()
+    """What the principal may do (``gateway.tokens.SCOPES``); none unless a token granted them."""
+    allowed_models: frozenset[str] | None = None
+    """Models the principal may use (a trailing ``*`` matches a prefix); ``None``: no restriction."""
+    allowed_deployments: frozenset[str] | None = None
+    """Deployments the principal may use; ``None``: no restriction."""
+    # a read-only mapping, left out of the hash (a mapping has none) and of the repr (a misused claim
+    # could hold a real key)
+    provider_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)
+    """Deployment → the name of the stored provider key its requests use (the token's claim)."""

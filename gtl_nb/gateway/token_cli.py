@@ -1,0 +1,202 @@
+"""``gtl token``: development GhostTokens (``cli._optional_subcommands`` registers it).
+
+    gtl token mint --sub NAME --scope chat:write [--scope ...] --ttl 8h [--provider-key DEPLOYMENT=KEY_NAME ...]
+                   [--model M ...] [--deployment D ...] [--tenant T]
+    gtl token list [--json]
+    gtl token revoke JTI
+
+Every command reads ``[gateway.jwt]`` of the configuration (``--config``, then ``$GTL_NB_CONFIG``, then
+the user's file): ``mint`` signs with its HS256 secret and prints the token on standard output and
+nothing else; the token store (``revocations``) records what was minted — never the token — and
+holds the revocations the gateway checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = ["add_subcommands", "parse_duration"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``"90"``, ``"90s"``, ``"30m"``, ``"8h"``, ``"2d"`` or ``"1w"``; ``ConfigurationError`` otherwise."""
+    spoken = text.strip().lower()
+    number, unit = (spoken[:-1], spoken[-1]) if spoken[-1:] in _UNITS else (spoken, "s")
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if not (value > 0 and value != float("inf")):
+        raise ConfigurationError(f"--ttl {text!r}: give a duration such as 90s, 30m, 8h or 2d")
+    return value * _UNITS[unit]
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register ``token`` (with ``mint``, ``list``, ``revoke``) on the ``gtl`` command's subparsers."""
+    parser = subparsers.add_parser(
+        "token",
+        help="mint, list and revoke development GhostTokens",
+        description="Development GhostTokens, signed with [gateway.jwt]'s HS256 secret (docs/tokens.md).",
+    )
+    # its own name: a subcommand's default would overwrite the global --config given before it
+    parser.add_argument("--config", dest="token_config", help="TOML configuration file (as gtl --config)")
+    actions = parser.add_subparsers(dest="token_command", metavar="ACTION")
+
+    mint = actions.add_parser("mint", help="print a new token on standard output")
+    mint.add_argument("--sub", required=True, help="the principal the token stands for")
+    mint.add_argument("--scope", action="append", default=[], help="a scope to grant (repeat; docs/tokens.md)")
+    mint.add_argument("--ttl", default="8h", help="lifetime: 90s, 30m, 8h, 2d (default 8h)")
+    mint.add_argument(
+        "--provider-key",
+        action="append",
+        default=[],
+        metavar="DEPLOYMENT=KEY_NAME",
+        help="the stored provider key a deployment's requests use (repeat); limits the token to these deployments",
+    )
+    mint.add_argument("--model", action="append", help="a model the token may use (repeat; a trailing * is a prefix)")
+    mint.add_argument("--deployment", action="append", help="a deployment the token may use (repeat)")
+    mint.add_argument("--tenant", help="the organisation the principal belongs to")
+    mint.set_defaults(handler=_mint)
+
+    listing = actions.add_parser("list", help="the tokens minted here and whether each is revoked")
+    listing.add_argument("--json", action="store_true", help="one JSON object per token")
+    listing.set_defaults(handler=_list)
+
+    revoke = actions.add_parser("revoke", help="deny a token by its jti (the gateway sees it within seconds)")
+    revoke.add_argument("jti", help="the token's id (gtl token list shows it)")
+    revoke.set_defaults(handler=_revoke)
+
+    parser.set_defaults(handler=lambda args: _usage(parser))
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    """The ``TokenPolicy`` of the configuration's ``[gateway.jwt]``."""
+    try:
+        from gtl_nb.gateway.tokens import TokenPolicy
+    except ImportError:
+        raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
+    from gtl_nb.engine.config import load_config
+
+    path = getattr(args, "token_config", None) or getattr(args, "config", None)
+    if path is not None and not Path(path).expanduser().is_file():
+        raise ConfigurationError(f"--config {path}: no such file")
+    config = load_config(config=path)
+    table = config.gateway.get("jwt")
+    if not table:
+        raise ConfigurationError("gtl token needs a [gateway.jwt] table in the configuration (docs/tokens.md)")
+    base = config.source_path.parent if config.source_path is not None else Path.cwd()
+    return TokenPolicy.from_table(table, base, os.environ)
+
+
+def _store(policy: Any) -> Any:
+    from gtl_nb.gateway.tokens import SqliteTokenStore
+
+    return SqliteTokenStore(policy.store_path, refresh=policy.refresh)
+
+
+def _pairs(values: list[str]) -> dict[str, str]:
+    from gtl_nb.gateway.tokens import looks_like_a_key
+
+    pairs: dict[str, str] = {}
+    for value in values:
+        deployment, sep, key_name = value.partition("=")
+        if not sep or not deployment.strip() or not key_name.strip():
+            raise ConfigurationError("--provider-key takes DEPLOYMENT=KEY_NAME, e.g. openai=team-key")
+        if looks_like_a_key(key_name):  # never echoed: it may be the key itself
+            raise ConfigurationError(
+                f"--provider-key {deployment.strip()}=…: that looks like a key itself; give the name the gateway "
+                "stores the key under, never the key"
+            )
+        pairs[deployment.strip()] = key_name.strip()
+    return pairs
+
+
+def _mint(args: argparse.Namespace) -> int:
+    from gtl_nb.gateway.tokens import mint_token
+
+    lifetime = parse_duration(args.ttl)
+    provider_keys = _pairs(args.provider_key) if args.provider_key else None
+    if not args.scope:
+        raise ConfigurationError("give at least one --scope (e.g. --scope chat:write --scope models:read)")
+    policy = _policy(args)
+    with _store(policy) as store:
+        token = mint_token(
+            policy,
+            subject=args.sub,
+            scopes=args.scope,
+            lifetime=lifetime,
+            provider_keys=provider_keys,
+            allowed_models=args.model,
+            allowed_deployments=args.deployment,
+            tenant=args.tenant,
+            registry=store,
+        )
+    sys.stdout.write(token + "\n")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    policy = _policy(args)
+    now = time.time()
+    with _store(policy) as store:
+        store.prune(now - policy.leeway)
+        tokens, revoked = store.minted(), store.revoked()
+    rows = [
+        {
+            "jti": token.jti,
+            "subject": token.subject,
+            "scopes": list(token.scopes),
+            "tenant": token.tenant,
+            "expires": _when(token.expires_at),
+            "state": "revoked" if token.jti in revoked else ("expired" if token.expires_at <= now else "active"),
+        }
+        for token in tokens
+    ]
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    if not rows:
+        print("no tokens minted here (gtl token mint makes one)")
+        return 0
+    print(f"{'JTI':<24} {'SUBJECT':<16} {'STATE':<8} {'EXPIRES (UTC)':<17} SCOPES")
+    for row in rows:
+        print(f"{row['jti']:<24} {row['subject']:<16} {row['state']:<8} {row['expires']:<17} {' '.join(row['scopes'])}")
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    jti = args.jti.strip()
+    if not jti or len(jti) > 256 or not jti.isprintable():
+        raise ConfigurationError("give the token's jti, as gtl token list shows it")
+    policy = _policy(args)
+    now = time.time()
+    with _store(policy) as store:
+        expires = store.expiry_of(jti)
+        # a token minted elsewhere expires at the latest max_lifetime after it was issued, and it
+        # cannot have been issued later than now (plus leeway): keep the entry that long
+        until = (expires if expires is not None else now + policy.max_lifetime + policy.leeway) + policy.leeway
+        store.revoke(jti, until)
+    origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
+    print(f"revoked {jti} until {_when(until)} UTC{origin}")
+    return 0
+
+
+def _when(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")

@@ -1,0 +1,849 @@
+"""GhostTokens (``gateway.tokens``, ``gtl token``): every refusal with a real signed token, the key
+sources (HS256 secret, PEM, JWKS rotating by kid), scopes and allow-lists, revocation, minting, the
+configuration table, the command, and canaries: no secret or token in a message, a repr or a log."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given
+from hypothesis import strategies as st
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway import token_cli
+from gtl_nb.gateway.tokens import (
+    DEV_ISSUER,
+    EXPIRED,
+    REFUSED,
+    REQUIRED_CLAIMS,
+    SCOPE_NAMES,
+    SCOPES,
+    MemoryRevocationList,
+    MintedToken,
+    RevocationList,
+    SqliteTokenStore,
+    TokenAuthenticator,
+    TokenPolicy,
+    TokenRefusedError,
+    TokenRegistry,
+    VerificationKey,
+    check_allowed,
+    has_scope,
+    mint_token,
+    require_scope,
+)
+from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError, InternalError, PermissionDeniedError
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "CANARY-secret-7f3a9c2e1d8b4a6f0e5c3b2a1d9e8f7c6b5a4d3e2f1a0b9c"
+ISSUER = "https://issuer.test"
+NOW = 1_800_000_000.0
+
+
+class Clock:
+    """A settable Unix clock."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def ec_keys() -> list[ec.EllipticCurvePrivateKey]:
+    return [ec.generate_private_key(ec.SECP256R1()) for _ in range(3)]
+
+
+def claims(**changes: Any) -> dict[str, Any]:
+    base = {
+        "iss": ISSUER,
+        "sub": "alice",
+        "aud": "gtl",
+        "iat": int(NOW),
+        "exp": int(NOW) + 3600,
+        "jti": "jti-1",
+        "scopes": ["chat:write", "models:read"],
+    }
+    base.update(changes)
+    return {name: value for name, value in base.items() if value is not None}
+
+
+def hs(payload: dict[str, Any], headers: dict[str, Any] | None = None, secret: str = SECRET) -> str:
+    return jwt.encode(payload, secret, algorithm="HS256", headers=headers)
+
+
+def raw_hs(payload: bytes, header: dict[str, Any] | None = None) -> str:
+    """An HS256 token over exactly these payload bytes (for payloads PyJWT would not write)."""
+    head = _b64(json.dumps(header or {"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = head + b"." + _b64(payload)
+    signature = hmac.new(SECRET.encode(), signing_input, hashlib.sha256).digest()
+    return (signing_input + b"." + _b64(signature)).decode()
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def hs_policy(**changes: Any) -> TokenPolicy:
+    return TokenPolicy(issuer=ISSUER, secret=SECRET.encode(), **changes)
+
+
+def authenticator(policy: TokenPolicy | None = None, clock: Clock | None = None, revocations=None):
+    return TokenAuthenticator(policy or hs_policy(), revocations or MemoryRevocationList(), clock or Clock())
+
+
+def refusal(auth: TokenAuthenticator, token: Any) -> TokenRefusedError:
+    with pytest.raises(TokenRefusedError) as caught:
+        auth(token)
+    return caught.value
+
+
+def public_pem(key: Any) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def write_jwks(path: Path, keys: dict[str, Any]) -> Path:
+    """Write a JWKS of ``kid → private key`` (their public halves), replacing the file atomically."""
+    entries = []
+    for kid, key in keys.items():
+        algorithm = RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else ECAlgorithm
+        entry = algorithm.to_jwk(key.public_key(), as_dict=True)
+        entries.append({**entry, "kid": kid, "use": "sig"})
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps({"keys": entries}), encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# accepted tokens
+
+
+def test_a_minted_hs256_token_gives_the_request_context():
+    policy = hs_policy()
+    token = mint_token(
+        policy,
+        subject="alice",
+        scopes=["chat:write", "models:read"],
+        lifetime=3600,
+        provider_keys={"openai": "team-key"},
+        allowed_models=["gpt-4o*"],
+        tenant="acme",
+        now=NOW,
+    )
+    context = authenticator(policy)(token)
+    assert context.principal == "alice"
+    assert context.tenant == "acme"
+    assert context.key_id and context.key_id != token
+    assert context.scopes == frozenset({"chat:write", "models:read"})
+    assert dict(context.provider_keys) == {"openai": "team-key"}
+    assert context.allowed_deployments == frozenset({"openai"})  # the deployments it holds keys for
+    assert context.allowed_models == frozenset({"gpt-4o*"})
+    with pytest.raises(TypeError):
+        context.provider_keys["openai"] = "other"  # type: ignore[index]
+    hash(context)  # still usable as a key
+    assert "team-key" not in repr(context)  # a misused claim could hold a real key
+
+
+def test_rs256_with_a_pem_public_key(tmp_path, rsa_key):
+    (tmp_path / "issuer.pem").write_bytes(public_pem(rsa_key))
+    policy = TokenPolicy.from_table({"issuer": ISSUER, "public_key_file": "issuer.pem"}, tmp_path, {})
+    assert policy.algorithms == ("RS256",)
+    token = mint_token(rsa_key, subject="bob", scopes=["chat:write"], lifetime=600, issuer=ISSUER, now=NOW)
+    assert jwt.get_unverified_header(token)["alg"] == "RS256"
+    assert authenticator(policy)(token).principal == "bob"
+
+
+def test_es256_jwks_with_two_keys_rotates_by_kid(tmp_path, ec_keys):
+    k1, k2, k3 = ec_keys
+    jwks = write_jwks(tmp_path / "jwks.json", {"k1": k1, "k2": k2})
+    policy = TokenPolicy.from_table({"issuer": ISSUER, "jwks_file": "jwks.json", "refresh": 5}, tmp_path, {})
+    assert policy.algorithms == ("ES256",)
+    clock = Clock()
+    auth = authenticator(policy, clock)
+
+    def token(key: Any, kid: str | None) -> str:
+        return mint_token(key, subject=f"by-{kid}", scopes=[], lifetime=3600, issuer=ISSUER, kid=kid, now=NOW)
+
+    assert auth(token(k1, "k1")).principal == "by-k1"
+    assert auth(token(k2, "k2")).principal == "by-k2"
+    assert refusal(auth, token(k3, "k3")).reason == "unknown-kid"
+    assert refusal(auth, token(k1, None)).reason == "missing-kid"
+    assert refusal(auth, token(k1, "k2")).reason == "bad-signature"  # signed by k1, claims k2's kid
+
+    write_jwks(jwks, {"k2": k2, "k3": k3})  # rotation: k1 retired, k3 added
+    clock.now += 1  # within refresh: the known keys still serve
+    assert auth(token(k1, "k1")).principal == "by-k1"
+    clock.now += 5
+    assert refusal(auth, token(k1, "k1")).reason == "unknown-kid"
+    assert auth(token(k3, "k3")).principal == "by-k3"
+    assert auth(token(k2, "k2")).principal == "by-k2"
+
+    (tmp_path / "jwks.json").write_text("{half a file", encoding="utf-8")  # a broken write keeps the keys
+    clock.now += 5
+    assert auth(token(k3, "k3")).principal == "by-k3"
+
+
+def test_a_token_within_the_leeway_is_accepted():
+    clock = Clock(NOW + 3600 + 20)  # 20 s past exp, leeway 30
+    assert authenticator(hs_policy(), clock)(hs(claims())).principal == "alice"
+    clock.now = NOW - 20  # issued 20 s "in the future": clock skew
+    assert authenticator(hs_policy(), clock)(hs(claims())).principal == "alice"
+
+
+# ----------------------------------------------------------------------------------------------
+# refusals
+
+
+def test_no_token_is_refused_with_advice():
+    auth = authenticator()
+    for offered in (None, ""):
+        error = refusal(auth, offered)
+        assert error.reason == "missing" and "token=" in error.message
+        assert isinstance(error, AuthenticationError) and error.code == "AUTH_FAILED"
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE"])
+def test_alg_none_is_refused(alg):
+    token = jwt.encode(claims(), None, algorithm="none")
+    head = _b64(json.dumps({"alg": alg, "typ": "JWT"}).encode()).decode()
+    token = head + token[token.index(".") :]
+    error = refusal(authenticator(), token)
+    assert error.reason == "alg-none" and error.message == REFUSED
+
+
+def test_an_algorithm_off_the_policy_is_refused(rsa_key):
+    auth = authenticator()  # HS256 only
+    assert refusal(auth, jwt.encode(claims(), rsa_key, algorithm="RS256")).reason == "alg-not-accepted"
+    assert refusal(auth, jwt.encode(claims(), SECRET * 2, algorithm="HS512")).reason == "alg-not-accepted"
+
+
+def test_algorithm_confusion_an_rsa_public_key_as_hmac_secret(rsa_key):
+    """The attacker knows the RS256 public key and signs HS256 with its PEM as the secret."""
+    pem = public_pem(rsa_key)
+    head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = head + b"." + _b64(json.dumps(claims(sub="mallory")).encode())
+    forged = (signing_input + b"." + _b64(hmac.new(pem, signing_input, hashlib.sha256).digest())).decode()
+
+    rs_only = TokenPolicy(
+        issuer=ISSUER, algorithms=("RS256",), public_keys=(VerificationKey("RS256", rsa_key.public_key()),)
+    )
+    assert refusal(authenticator(rs_only), forged).reason == "alg-not-accepted"
+    both = TokenPolicy(
+        issuer=ISSUER,
+        algorithms=("HS256", "RS256"),
+        secret=SECRET.encode(),
+        public_keys=(VerificationKey("RS256", rsa_key.public_key()),),
+    )
+    # HS256 is verified with the secret only, never with the public key
+    assert refusal(authenticator(both), forged).reason == "bad-signature"
+    assert authenticator(both)(jwt.encode(claims(), rsa_key, algorithm="RS256")).principal == "alice"
+
+
+def test_a_kid_of_another_algorithm_is_refused(tmp_path, rsa_key, ec_keys):
+    write_jwks(tmp_path / "jwks.json", {"rsa": rsa_key, "ec": ec_keys[0]})
+    policy = TokenPolicy.from_table({"issuer": ISSUER, "jwks_file": "jwks.json"}, tmp_path, {})
+    assert set(policy.algorithms) == {"RS256", "ES256"}
+    token = mint_token(ec_keys[0], subject="x", scopes=[], lifetime=60, issuer=ISSUER, kid="rsa", now=NOW)
+    assert refusal(authenticator(policy), token).reason == "alg-key-mismatch"
+
+
+def test_expired_and_not_yet_valid():
+    clock = Clock(NOW + 3600 + 31)
+    error = refusal(authenticator(clock=clock), hs(claims()))
+    assert error.reason == "expired" and error.message == EXPIRED
+    clock.now = NOW
+    assert refusal(authenticator(clock=clock), hs(claims(nbf=int(NOW) + 60))).reason == "not-yet-valid"
+    assert refusal(authenticator(clock=clock), hs(claims(iat=int(NOW) + 60))).reason == "not-yet-valid"
+    assert refusal(authenticator(clock=clock), hs(claims(nbf=int(NOW) + 60))).message == REFUSED
+
+
+def test_a_lifetime_beyond_the_policy_is_refused():
+    long_lived = claims(exp=int(NOW) + 31 * 86400)
+    assert refusal(authenticator(), hs(long_lived)).reason == "lifetime-too-long"
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"aud": "other"}, "wrong-audience"),
+        ({"aud": ["other", "more"]}, "wrong-audience"),
+        ({"aud": 7}, "bad-claim"),
+        ({"iss": "https://elsewhere.test"}, "wrong-issuer"),
+        ({"exp": "tomorrow"}, "bad-claim"),
+        ({"iat": True}, "bad-claim"),
+        ({"sub": "ali\nce"}, "bad-claim"),
+        ({"jti": 12}, "bad-claim"),
+        ({"tenant": ""}, "bad-claim"),
+        ({"provider_keys": ["openai"]}, "bad-claim"),
+        ({"provider_keys": {"openai": 3}}, "bad-claim"),
+        ({"allowed_models": "gpt-4o"}, "bad-claim"),
+        ({"scopes": "chat:write"}, "bad-scopes"),
+        ({"scopes": ["chat:write", 1]}, "bad-scopes"),
+        ({"scopes": [["chat:write"]]}, "bad-scopes"),
+    ],
+)
+def test_wrong_claims_are_refused(changes, reason):
+    error = refusal(authenticator(), hs(claims(**changes)))
+    assert error.reason == reason and error.message == REFUSED
+
+
+def test_a_list_audience_naming_gtl_is_accepted():
+    assert authenticator()(hs(claims(aud=["other", "gtl"]))).principal == "alice"
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED_CLAIMS))
+def test_a_missing_required_claim_is_refused(name):
+    assert refusal(authenticator(), hs(claims(**{name: None}))).reason == "missing-claim"
+
+
+def test_a_policy_may_require_more_claims():
+    policy = hs_policy(required_claims=REQUIRED_CLAIMS | {"tenant"})
+    assert refusal(authenticator(policy), hs(claims())).reason == "missing-claim"
+    assert authenticator(policy)(hs(claims(tenant="acme"))).tenant == "acme"
+
+
+def test_tampered_payload_and_signature_are_refused():
+    token = hs(claims())
+    head, payload, signature = token.split(".")
+    forged_payload = _b64(json.dumps(claims(sub="admin", scopes=list(SCOPE_NAMES))).encode()).decode()
+    assert refusal(authenticator(), f"{head}.{forged_payload}.{signature}").reason == "bad-signature"
+    middle = len(signature) // 2
+    flipped = signature[:middle] + ("A" if signature[middle] != "A" else "B") + signature[middle + 1 :]
+    assert refusal(authenticator(), f"{head}.{payload}.{flipped}").reason == "bad-signature"
+    assert (
+        refusal(authenticator(), hs(claims(), secret="another-secret-of-at-least-32-bytes!!")).reason == "bad-signature"
+    )
+
+
+@pytest.mark.parametrize("header", ["jku", "x5u", "jwk", "x5c"])
+def test_a_token_naming_its_own_key_is_refused(header):
+    value: Any = {"kty": "oct", "k": "AAAA"} if header == "jwk" else "https://attacker.test/keys"
+    error = refusal(authenticator(), hs(claims(), headers={header: value}))
+    assert error.reason == "key-in-header" and error.message == REFUSED
+
+
+def test_critical_and_unusual_headers_are_refused():
+    assert refusal(authenticator(), hs(claims(), headers={"crit": ["exp"]})).reason == "critical-header"
+    assert refusal(authenticator(), hs(claims(), headers={"typ": "dpop+jwt"})).reason == "wrong-type"
+
+
+def test_an_oversized_token_is_refused_before_parsing():
+    error = refusal(authenticator(), "x" * 8193)  # not even a JWT: the size speaks first
+    assert error.reason == "oversized" and "8192" in error.message
+    big = hs(claims(padding="p" * 9000))
+    assert refusal(authenticator(), big).reason == "oversized"
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["not a token", "a.b", "a.b.c.d", "éé.éé.éé", "eyJhbGciOiJIUzI1NiJ9=.e30.sig", "!!!.e30.abc", "e30.e30.e30"],
+)
+def test_malformed_tokens_are_refused(token):
+    assert refusal(authenticator(), token).reason == "malformed"
+
+
+def test_payloads_a_json_parser_could_misread_are_refused():
+    duplicate = b'{"iss":"%s","sub":"alice","sub":"admin","aud":"gtl","iat":%d,"exp":%d,"jti":"j"}' % (
+        ISSUER.encode(),
+        int(NOW),
+        int(NOW) + 60,
+    )
+    assert refusal(authenticator(), raw_hs(duplicate)).reason == "malformed-claims"
+    not_a_number = json.dumps(claims()).replace(str(int(NOW) + 3600), "NaN").encode()
+    assert refusal(authenticator(), raw_hs(not_a_number)).reason == "malformed-claims"
+    deep = json.dumps(claims(extra=[[[[[[[[[["deep"]]]]]]]]]])).encode()
+    assert refusal(authenticator(), raw_hs(deep)).reason == "malformed-claims"
+    assert refusal(authenticator(), raw_hs(b"[1, 2]")).reason == "malformed-claims"
+    huge = json.dumps(claims()).replace(str(int(NOW) + 3600), "1" + "0" * 400).encode()
+    assert refusal(authenticator(), raw_hs(huge)).reason == "bad-claim"  # never an OverflowError
+
+
+_FUZZED = authenticator()
+_GOOD = hs(claims())
+
+
+@given(st.text(max_size=300))
+def test_any_text_is_refused_with_the_documented_error(text):
+    with pytest.raises(TokenRefusedError):
+        _FUZZED(text)
+
+
+@given(st.integers(min_value=0), st.sampled_from("AZaz09-_.=!é"))
+def test_any_one_character_change_is_refused(position, char):
+    index = position % len(_GOOD)
+    mutated = _GOOD[:index] + char + _GOOD[index + 1 :]
+    if mutated != _GOOD:
+        with pytest.raises(TokenRefusedError):
+            _FUZZED(mutated)
+
+
+def test_a_revoked_jti_is_refused():
+    revocations = MemoryRevocationList()
+    auth = authenticator(revocations=revocations)
+    assert auth(hs(claims())).key_id == "jti-1"
+    revocations.revoke("jti-1", NOW + 3600 + 30)
+    error = refusal(auth, hs(claims()))
+    assert error.reason == "revoked" and error.message == REFUSED
+    assert auth(hs(claims(jti="jti-2"))).key_id == "jti-2"
+
+
+def test_an_unreadable_revocation_list_fails_closed():
+    class Broken(MemoryRevocationList):
+        def is_revoked(self, jti: str) -> bool:
+            raise InternalError("disk on fire")
+
+    error = refusal(authenticator(revocations=Broken()), hs(claims()))
+    assert error.reason == "store-unavailable" and error.retryable
+
+
+# ----------------------------------------------------------------------------------------------
+# scopes and allow-lists
+
+
+def test_every_operation_needs_its_scope():
+    assert SCOPES["completion"] == "chat:write" and SCOPES["tools.execute"] == "tools:execute"
+    assert {"session:read", "session:write", "session:admin", "models:read", "usage:read", "usage:admin"} <= SCOPE_NAMES
+    for operation, scope in SCOPES.items():
+        require_scope(RequestContext(principal="p", scopes=frozenset({scope})), operation)
+        with pytest.raises(PermissionDeniedError) as caught:
+            require_scope(RequestContext(principal="p", scopes=SCOPE_NAMES - {scope} - _implying(scope)), operation)
+        assert caught.value.code == "FORBIDDEN" and scope in caught.value.message
+    with pytest.raises(ValueError):
+        require_scope(RequestContext(), "launch.missiles")
+
+
+def _implying(scope: str) -> set[str]:
+    return {"session:admin"} if scope.startswith("session:") else {"usage:admin"} if scope == "usage:read" else set()
+
+
+def test_administrator_scopes_imply_the_narrow_ones():
+    admin = RequestContext(principal="root", scopes=frozenset({"session:admin", "usage:admin"}))
+    assert has_scope(admin, "session:read") and has_scope(admin, "session:write") and has_scope(admin, "usage:read")
+    assert not has_scope(RequestContext(scopes=frozenset({"usage:read"})), "usage:admin")
+    assert not has_scope(RequestContext(), "chat:write")  # the default context grants nothing
+
+
+def test_the_docs_table_is_the_scopes_table():
+    text = (REPO / "docs" / "tokens.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| `([\w.]+)` \| `(\w+:\w+)` \|", text, flags=re.MULTILINE))
+    assert rows == dict(SCOPES)
+
+
+def test_allow_lists():
+    context = RequestContext(
+        principal="p",
+        allowed_deployments=frozenset({"openai", "local"}),
+        allowed_models=frozenset({"gpt-4o*", "local:llama3"}),
+    )
+    check_allowed(context, "openai", "gpt-4o-mini")
+    check_allowed(context, "local", "llama3")
+    for deployment, model, word in [
+        ("anthropic", "claude", "deployment"),
+        ("openai", "o3", "model"),
+        ("openai", "llama3", "model"),
+    ]:
+        with pytest.raises(PermissionDeniedError) as caught:
+            check_allowed(context, deployment, model)
+        assert caught.value.code == "FORBIDDEN" and word in caught.value.message
+    check_allowed(RequestContext(principal="embedded"), "anything", "any-model")  # None restricts nothing
+
+
+def test_deployments_without_provider_keys_follow_the_policy():
+    no_keys = hs(claims())
+    assert authenticator()(no_keys).allowed_deployments == frozenset()  # none unless configured
+    with pytest.raises(PermissionDeniedError):
+        check_allowed(authenticator()(no_keys), "openai", "gpt-4o")
+    assert authenticator(hs_policy(default_deployments=frozenset({"echo"})))(no_keys).allowed_deployments == {"echo"}
+    assert authenticator(hs_policy(default_deployments=None))(no_keys).allowed_deployments is None
+    narrowed = hs(claims(allowed_deployments=["echo", "openai"], provider_keys={"openai": "k", "anthropic": "k2"}))
+    assert authenticator()(narrowed).allowed_deployments == {"openai"}
+    only_claim = hs(claims(allowed_deployments=["openai"]))
+    assert authenticator(hs_policy(default_deployments=None))(only_claim).allowed_deployments == {"openai"}
+
+
+# ----------------------------------------------------------------------------------------------
+# revocation stores and the registry
+
+
+def test_the_memory_list_prunes():
+    revocations = MemoryRevocationList()
+    revocations.revoke("a", 100.0)
+    revocations.revoke("b", 200.0)
+    assert isinstance(revocations, RevocationList)
+    assert revocations.prune(150.0) == 1
+    assert not revocations.is_revoked("a") and revocations.is_revoked("b")
+
+
+def test_the_sqlite_store_is_private_shared_and_cheap(tmp_path):
+    clock = Clock()
+    path = tmp_path / "state" / "tokens.sqlite3"
+    gateway = SqliteTokenStore(path, clock=clock, refresh=5)
+    operator = SqliteTokenStore(path, clock=clock, refresh=5)  # `gtl token revoke` in another process
+    assert isinstance(gateway, RevocationList) and isinstance(gateway, TokenRegistry)
+    if os.name == "posix":
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not gateway.is_revoked("j1")
+    operator.revoke("j1", NOW + 100)
+    assert operator.is_revoked("j1")  # its own revocation at once
+    assert not gateway.is_revoked("j1")  # the gateway answers from memory until refresh has passed
+    clock.now += 5
+    assert gateway.is_revoked("j1")
+    operator.revoke("j1", NOW + 50)  # an earlier time never shortens a revocation
+    assert operator.revoked() == {"j1": NOW + 100}
+    assert gateway.prune(NOW + 101) == 1
+    assert not gateway.is_revoked("j1")
+    gateway.close()
+    operator.close()
+    with SqliteTokenStore(path, clock=clock) as reopened:
+        assert reopened.revoked() == {}
+        assert "tokens.sqlite3" in repr(reopened)
+
+
+def test_the_registry_records_minted_tokens_without_the_token(tmp_path):
+    clock = Clock()
+    with SqliteTokenStore(tmp_path / "tokens.sqlite3", clock=clock) as store:
+        token = mint_token(
+            hs_policy(), subject="carol", scopes=["chat:write"], lifetime=60, tenant="acme", registry=store, now=NOW
+        )
+        [minted] = store.minted()
+        jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+        assert minted == MintedToken(jti, "carol", ("chat:write",), NOW, NOW + 60, "acme")
+        assert store.expiry_of(jti) == NOW + 60 and store.expiry_of("unknown") is None
+        clock.now = NOW + 61
+        assert store.prune(clock.now) == 1 and store.minted() == []
+    assert token.encode() not in (tmp_path / "tokens.sqlite3").read_bytes()
+
+
+def test_revocation_through_the_store_reaches_the_authenticator(tmp_path):
+    clock = Clock()
+    policy = hs_policy(refresh=2)
+    with SqliteTokenStore(tmp_path / "t.sqlite3", clock=clock, refresh=policy.refresh) as store:
+        token = mint_token(policy, subject="dave", scopes=["chat:write"], lifetime=600, registry=store, now=NOW)
+        auth = TokenAuthenticator(policy, store, clock)
+        jti = auth(token).key_id
+        store.revoke(jti, NOW + 600 + policy.leeway)
+        assert refusal(auth, token).reason == "revoked"
+
+
+# ----------------------------------------------------------------------------------------------
+# minting
+
+
+def test_minting_checks_what_it_signs(rsa_key):
+    with pytest.raises(ConfigurationError, match="chat:write"):
+        mint_token(hs_policy(), subject="x", scopes=["chat:wirte"], lifetime=60)
+    with pytest.raises(ConfigurationError, match="max_lifetime"):
+        mint_token(hs_policy(), subject="x", scopes=[], lifetime=31 * 86400)
+    with pytest.raises(ConfigurationError, match="positive"):
+        mint_token(hs_policy(), subject="x", scopes=[], lifetime=0)
+    with pytest.raises(ConfigurationError, match="names"):
+        mint_token(hs_policy(), subject="", scopes=[], lifetime=60)
+    rs_only = TokenPolicy(
+        issuer=ISSUER, algorithms=("RS256",), public_keys=(VerificationKey("RS256", rsa_key.public_key()),)
+    )
+    with pytest.raises(ConfigurationError, match="HS256"):
+        mint_token(rs_only, subject="x", scopes=[], lifetime=60)
+    with pytest.raises(ConfigurationError, match="32 bytes"):
+        mint_token("short", subject="x", scopes=[], lifetime=60)
+
+
+def test_minting_with_a_bare_secret_and_a_timedelta():
+    token = mint_token(SECRET, subject="eve", scopes=["usage:read"], lifetime=datetime.timedelta(hours=1), now=NOW)
+    payload = jwt.decode(
+        token,
+        SECRET,
+        algorithms=["HS256"],
+        audience="gtl",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )
+    assert payload["iss"] == DEV_ISSUER and payload["exp"] - payload["iat"] == 3600
+    policy = TokenPolicy(issuer=DEV_ISSUER, secret=SECRET.encode())
+    assert authenticator(policy)(token).scopes == {"usage:read"}
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def test_from_table_reads_every_key(tmp_path):
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)
+    table = {
+        "issuer": ISSUER,
+        "audience": "gtl-prod",
+        "algorithms": ["HS256"],
+        "secret_file": "secret",
+        "leeway": 10,
+        "max_lifetime": 86400,
+        "max_token_bytes": 4096,
+        "required_claims": ["tenant"],
+        "default_deployments": ["echo"],
+        "revocations": "state/tokens.sqlite3",
+        "refresh": 1,
+    }
+    policy = TokenPolicy.from_table(table, tmp_path, {})
+    assert policy.secret == SECRET.encode()
+    assert (policy.audience, policy.leeway, policy.max_lifetime, policy.max_token_bytes) == (
+        "gtl-prod",
+        10,
+        86400,
+        4096,
+    )
+    assert policy.required_claims == REQUIRED_CLAIMS | {"tenant"}
+    assert policy.default_deployments == {"echo"} and policy.refresh == 1
+    assert policy.store_path == tmp_path / "state" / "tokens.sqlite3"
+    env_policy = TokenPolicy.from_table(
+        {"issuer": ISSUER, "secret_env": "GTL_JWT", "default_deployments": ["*"]}, tmp_path, {"GTL_JWT": SECRET}
+    )
+    assert env_policy.algorithms == ("HS256",) and env_policy.default_deployments is None
+    assert env_policy.store_path.name == "tokens.sqlite3"
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"secret_env": "GTL_JWT"}, "needs issuer"),
+        ({"issuer": ISSUER}, "accepts no algorithm"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "algorithms": ["none"]}, "never accepted"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "algorithms": ["RS256"]}, "no public_key_file"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "leeway": 3600}, "leeway"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "leeway": "soon"}, "leeway must be"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "max_lifetime": 10**400}, "max_lifetime must be"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "refresh": float("nan")}, "refresh must be"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "required_claims": "tenant"}, "list"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "audiance": "x"}, "did you mean 'audience'"),
+        ({"issuer": ISSUER, "secret_env": "UNSET_VARIABLE"}, "$UNSET_VARIABLE is not set"),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "secret_file": "s"}, "choose one"),
+        ({"issuer": ISSUER, "public_key_file": "a.pem", "jwks_file": "b.json"}, "choose one"),
+        ({"issuer": ISSUER, "public_key_file": "missing.pem"}, "no such file"),
+    ],
+)
+def test_configuration_mistakes(tmp_path, table, words):
+    with pytest.raises(ConfigurationError) as caught:
+        TokenPolicy.from_table(table, tmp_path, {"GTL_JWT": SECRET})
+    assert words in str(caught.value)
+
+
+def test_weak_or_misplaced_secrets_are_refused(tmp_path, rsa_key):
+    with pytest.raises(ConfigurationError, match="shorter than 32 bytes"):
+        TokenPolicy.from_table({"issuer": ISSUER, "secret_env": "GTL_JWT"}, tmp_path, {"GTL_JWT": "short"})
+    pem = public_pem(rsa_key).decode()
+    with pytest.raises(ConfigurationError, match="PEM or SSH key"):
+        TokenPolicy.from_table({"issuer": ISSUER, "secret_env": "GTL_JWT"}, tmp_path, {"GTL_JWT": pem})
+    shared = tmp_path / "shared"
+    shared.write_text(SECRET)
+    shared.chmod(0o644)
+    if os.name == "posix":
+        with pytest.raises(ConfigurationError, match="chmod 600"):
+            TokenPolicy.from_table({"issuer": ISSUER, "secret_file": "shared"}, tmp_path, {})
+
+
+def test_key_files_that_are_refused(tmp_path, rsa_key):
+    private = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    (tmp_path / "private.pem").write_bytes(private)
+    with pytest.raises(ConfigurationError, match="private key"):
+        TokenPolicy.from_table({"issuer": ISSUER, "public_key_file": "private.pem"}, tmp_path, {})
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    (tmp_path / "weak.pem").write_bytes(public_pem(weak))
+    with pytest.raises(ConfigurationError, match="2048"):
+        TokenPolicy.from_table({"issuer": ISSUER, "public_key_file": "weak.pem"}, tmp_path, {})
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    (tmp_path / "p384.pem").write_bytes(public_pem(p384))
+    with pytest.raises(ConfigurationError, match="P-256"):
+        TokenPolicy.from_table({"issuer": ISSUER, "public_key_file": "p384.pem"}, tmp_path, {})
+    jwk = RSAAlgorithm.to_jwk(rsa_key, as_dict=True)  # the private key as a JWK
+    (tmp_path / "leaky.json").write_text(json.dumps({"keys": [{**jwk, "kid": "k"}]}))
+    with pytest.raises(ConfigurationError, match="private") as caught:
+        TokenPolicy.from_table({"issuer": ISSUER, "jwks_file": "leaky.json"}, tmp_path, {})
+    assert jwk["d"] not in str(caught.value)
+    (tmp_path / "oct.json").write_text(json.dumps({"keys": [{"kty": "oct", "k": SECRET, "kid": "s"}]}))
+    with pytest.raises(ConfigurationError, match="symmetric"):
+        TokenPolicy.from_table({"issuer": ISSUER, "jwks_file": "oct.json"}, tmp_path, {})
+    (tmp_path / "nokid.json").write_text(
+        json.dumps({"keys": [RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True)]})
+    )
+    with pytest.raises(ConfigurationError, match="kid"):
+        TokenPolicy.from_table({"issuer": ISSUER, "jwks_file": "nokid.json"}, tmp_path, {})
+    (tmp_path / "none.json").write_text(json.dumps({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": "AA", "kid": "e"}]}))
+    with pytest.raises(ConfigurationError, match="no RS256 or ES256"):
+        TokenPolicy.from_table({"issuer": ISSUER, "jwks_file": "none.json"}, tmp_path, {})
+
+
+# ----------------------------------------------------------------------------------------------
+# canaries: no secret, no token in a message, a repr or a log
+
+
+def test_no_secret_or_token_reaches_a_message_a_repr_or_a_log(tmp_path, caplog, rsa_key):
+    caplog.set_level(logging.DEBUG, logger="gtl_nb")
+    policy = hs_policy()
+    auth = authenticator(policy)
+    good = hs(claims())
+    tokens = [
+        good,
+        hs(claims(), headers={"jku": "https://attacker.test"}),
+        hs(claims(aud="other")),
+        hs(claims(sub="admin"), secret=SECRET[::-1]),
+        hs(claims(exp=int(NOW) - 3600)),
+        hs(claims(scopes="chat:write")),
+        good[:-4] + "AAAA",
+        jwt.encode(claims(), rsa_key, algorithm="RS256"),
+        "x" * 9000,
+    ]
+    texts = [repr(policy), repr(auth), str(policy)]
+    for token in tokens:
+        try:
+            context = auth(token)
+        except TokenRefusedError as exc:
+            texts += [str(exc), repr(exc), exc.message, str(exc.to_event("s"))]
+        else:
+            texts += [repr(context), str(context)]
+    for table, environ in [
+        ({"issuer": ISSUER, "secret": SECRET}, {}),
+        ({"issuer": ISSUER, "secret_env": SECRET}, {}),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT"}, {"GTL_JWT": SECRET[:20]}),
+        ({"issuer": ISSUER, "secret_file": SECRET}, {}),
+        ({"issuer": ISSUER, "secret_env": "GTL_JWT", "algorithms": ["RS256"]}, {"GTL_JWT": SECRET}),
+    ]:
+        with pytest.raises(ConfigurationError) as caught:
+            TokenPolicy.from_table(table, tmp_path, environ)
+        texts.append(str(caught.value))
+    texts += [record.getMessage() for record in caplog.records]
+    assert any("GhostToken refused" in record.getMessage() for record in caplog.records)
+    assert any("GhostToken accepted" in record.getMessage() for record in caplog.records)
+    for text in texts:
+        assert SECRET not in text and SECRET[:20] not in text and SECRET[::-1] not in text
+        assert "[redacted]" not in text  # nothing needed the log filter's help
+        for token in tokens:
+            assert token not in text and token.split(".")[-1] not in text
+
+
+# ----------------------------------------------------------------------------------------------
+# the command
+
+
+@pytest.fixture
+def gtl(tmp_path, monkeypatch):
+    """``gtl`` with ``token`` registered and ``[gateway.jwt]`` known (until the lead wires both in)."""
+    from gtl_nb import cli
+    from gtl_nb.engine import config
+
+    if "jwt" not in config.SECTION_SCHEMAS["gateway"]:
+        monkeypatch.setitem(config.SECTION_SCHEMAS["gateway"], "jwt", config.Field((dict,), None, "GhostTokens"))
+    original = cli._optional_subcommands
+
+    def with_tokens(sub: Any) -> None:
+        original(sub)
+        if "token" not in sub.choices:
+            token_cli.add_subcommands(sub)
+
+    monkeypatch.setattr(cli, "_optional_subcommands", with_tokens)
+    monkeypatch.setenv("GTL_TEST_TOKEN_SECRET", SECRET)
+    path = tmp_path / "gtl.toml"
+    path.write_text(
+        '[gateway.jwt]\nissuer = "https://issuer.test"\nsecret_env = "GTL_TEST_TOKEN_SECRET"\n'
+        'revocations = "tokens.sqlite3"\n',
+        encoding="utf-8",
+    )
+
+    def run(*argv: str) -> int:
+        return cli.main(["--config", str(path), *argv])
+
+    run.config = path  # type: ignore[attr-defined]
+    return run
+
+
+def test_gtl_token_mint_list_revoke(gtl, capsys, tmp_path):
+    argv = ["token", "mint", "--sub", "alice", "--scope", "chat:write", "--scope", "models:read", "--ttl", "8h"]
+    assert gtl(*argv, "--provider-key", "openai=team-key", "--model", "gpt-4o*", "--tenant", "acme") == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and err == ""
+    token = out.strip()
+    policy = TokenPolicy.from_table(
+        {"issuer": ISSUER, "secret_env": "GTL_TEST_TOKEN_SECRET", "revocations": "tokens.sqlite3"},
+        tmp_path,
+        {"GTL_TEST_TOKEN_SECRET": SECRET},
+    )
+    with SqliteTokenStore(policy.store_path, refresh=0) as store:
+        auth = TokenAuthenticator(policy, store)
+        context = auth(token)
+        assert (context.principal, context.tenant, dict(context.provider_keys)) == (
+            "alice",
+            "acme",
+            {"openai": "team-key"},
+        )
+
+        assert gtl("token", "list") == 0
+        listing = capsys.readouterr().out
+        assert context.key_id in listing and "alice" in listing and "active" in listing and token not in listing
+        assert gtl("token", "revoke", context.key_id) == 0
+        assert context.key_id in capsys.readouterr().out
+        assert refusal(auth, token).reason == "revoked"
+        assert gtl("token", "list", "--json") == 0
+        [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert row["state"] == "revoked" and row["scopes"] == ["chat:write", "models:read"]
+        assert gtl("token", "revoke", "minted-elsewhere") == 0
+        assert "max_lifetime" in capsys.readouterr().out
+        assert store.is_revoked("minted-elsewhere")
+
+
+def test_gtl_token_mistakes(gtl, capsys):
+    assert gtl("token", "mint", "--sub", "a", "--scope", "chat:wirte") == 2
+    assert "did you mean 'chat:write'" in capsys.readouterr().err
+    assert gtl("token", "mint", "--sub", "a", "--scope", "chat:write", "--ttl", "soon") == 2
+    assert "--ttl" in capsys.readouterr().err
+    leaked = "sk-" + "CANARYKEY" * 4
+    assert gtl("token", "mint", "--sub", "a", "--scope", "chat:write", "--provider-key", f"openai={leaked}") == 2
+    out, err = capsys.readouterr()
+    assert "looks like a key" in err and leaked not in err and out == ""
+    assert gtl("token", "mint", "--sub", "a", "--scope", "chat:write", "--ttl", "90d") == 2
+    assert "max_lifetime" in capsys.readouterr().err
+    assert gtl("token") == 2
+
+
+def test_gtl_token_without_a_jwt_table(tmp_path, monkeypatch, capsys, gtl):
+    from gtl_nb import cli
+
+    empty = tmp_path / "empty.toml"
+    empty.write_text("", encoding="utf-8")
+    assert cli.main(["--config", str(empty), "token", "list"]) == 2
+    assert "[gateway.jwt]" in capsys.readouterr().err
+
+
+def test_parse_duration():
+    assert [token_cli.parse_duration(text) for text in ("90", "90s", "30m", "8h", "2d", "1w", "1.5h")] == [
+        90,
+        90,
+        1800,
+        28800,
+        172800,
+        604800,
+        5400,
+    ]
+    for text in ("", "h", "-1h", "0", "nanh", "infh", "8 hours"):
+        with pytest.raises(ConfigurationError):
+            token_cli.parse_duration(text)

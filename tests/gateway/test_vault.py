@@ -1,0 +1,672 @@
+"""The provider-key vault: the file format and its crypto, the master key, atomic and serialised
+writes, the credential resolver of a running gateway, ``gtl keys``, and keys that never leak."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import os
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gtl_nb import sim
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway.vault import (
+    KeyInfo,
+    MasterKey,
+    MasterKeySource,
+    Vault,
+    check_key_name,
+    generate_master_key,
+)
+from gtl_nb.gateway.vault_credentials import VaultCredentials, VaultSettings, default_vault_path
+from gtl_nb.protocol import CompletionRequest, Done, Message
+from gtl_nb.protocol.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    GTLError,
+    PermissionDeniedError,
+)
+from gtl_nb.providers.base import Deployment
+
+# Two canaries: one shaped like a provider key (the log filter would redact it, so it alone could hide a
+# leak from a log test) and one the filter does not recognise.
+CANARY = "sk-canary-7d1e0c5b9a3f4e21b8c6"
+PLAIN_CANARY = "vaultcanary9f8e7d6c5b4a39281706"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class FakeClock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def master_text() -> str:
+    return generate_master_key()
+
+
+@pytest.fixture
+def master(master_text: str) -> MasterKey:
+    return MasterKey.from_text(master_text, "$TEST_VAULT_KEY")
+
+
+@pytest.fixture
+def vault(tmp_path: Path, master: MasterKey) -> Vault:
+    return Vault(tmp_path / "vault" / "vault.json", master, wall_clock=lambda: 1_700_000_000.0)
+
+
+def filled(vault: Vault) -> Vault:
+    vault.add("team-openai", CANARY, "openai")
+    vault.add("shared", PLAIN_CANARY)
+    return vault
+
+
+def rewrite(path: Path, change: Any) -> None:
+    """Edit the vault file as an attacker with write access would: parse, change, write back."""
+    envelope = json.loads(path.read_text())
+    change(envelope)
+    path.write_text(json.dumps(envelope, indent=2) + "\n")
+
+
+def private_key_file(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# The vault file
+
+
+def test_round_trip(vault: Vault, master_text: str):
+    info = vault.add("team-openai", f"  {CANARY}\n", "openai")  # a pasted newline is removed
+    assert info == KeyInfo("team-openai", "openai", hashlib.sha256(CANARY.encode()).hexdigest()[:8], info.created)
+    assert info.created == "2023-11-14T22:13:20Z" and info.rotated is None
+    vault.add("shared", PLAIN_CANARY)
+    assert [i.name for i in vault.list()] == ["shared", "team-openai"]
+    again = Vault(vault.path, MasterKey.from_text(master_text, "$OTHER_NAME"))  # as another process would
+    assert again.get("team-openai") == CANARY and again.get("shared") == PLAIN_CANARY
+    assert again.snapshot().generation == 2
+
+    replaced = vault.add("team-openai", PLAIN_CANARY + "x", replace=True)
+    assert replaced.created == info.created and replaced.rotated == info.created and replaced.deployment == "openai"
+    assert vault.get("team-openai") == PLAIN_CANARY + "x"
+    with pytest.raises(ConfigurationError, match="already has a key named 'shared'"):
+        vault.add("shared", "other")
+    assert vault.remove("shared").name == "shared"
+    assert [i.name for i in vault.list()] == ["team-openai"]
+    with pytest.raises(ConfigurationError, match=r"no key named 'shared' \(stored: team-openai\)"):
+        vault.get("shared")
+
+
+def test_a_missing_vault_is_empty_and_the_first_write_creates_it_private(vault: Vault):
+    assert vault.list() == () and not vault.path.exists()
+    vault.add("k1", "secret-one")
+    assert stat.S_IMODE(vault.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(vault.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(vault.path.with_name("vault.json.lock").stat().st_mode) == 0o600
+    envelope = json.loads(vault.path.read_text())
+    assert set(envelope) == {"format", "version", "key_id", "generation", "keys", "mac"}
+    assert envelope["format"] == "gtl-nb-vault" and envelope["version"] == 1
+    assert envelope["key_id"] == vault.master.key_id and envelope["generation"] == 1
+
+
+def test_every_write_uses_fresh_nonces(vault: Vault):
+    vault.add("k1", "secret-one")
+    first = json.loads(vault.path.read_text())["keys"]["k1"]
+    vault.add("k2", "secret-two")
+    second = json.loads(vault.path.read_text())["keys"]["k1"]
+    assert first["nonce"] != second["nonce"] and first["ciphertext"] != second["ciphertext"]
+    assert len(base64.b64decode(first["nonce"])) == 12
+
+
+def test_names_are_checked_and_a_key_shaped_name_is_refused_unquoted(vault: Vault):
+    for bad in ("", "-lead", "has space", "x" * 65, "ünï"):
+        with pytest.raises(ConfigurationError, match="not allowed"):
+            vault.add(bad, "secret")
+    with pytest.raises(ConfigurationError, match="looks like a provider key") as caught:
+        check_key_name(CANARY)
+    assert CANARY not in str(caught.value)
+    with pytest.raises(ConfigurationError, match="empty"):
+        vault.add("k", "  \n")
+    with pytest.raises(ConfigurationError, match="control character") as caught:
+        vault.add("k", PLAIN_CANARY + "\x01x")
+    assert PLAIN_CANARY not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Damage and tampering
+
+
+def test_every_single_bit_flip_is_an_error(vault: Vault):
+    filled(vault)
+    good = vault.path.read_bytes()
+    for index in range(len(good)):
+        for bit in (0x01, 0x20):
+            damaged = bytearray(good)
+            damaged[index] ^= bit
+            vault.path.write_bytes(bytes(damaged))
+            with pytest.raises(ConfigurationError) as caught:
+                vault.list()
+            assert str(vault.path) in str(caught.value)
+    vault.path.write_bytes(good)
+    assert len(vault.list()) == 2
+
+
+def test_a_truncated_file_is_an_error_naming_the_file(vault: Vault):
+    filled(vault)
+    good = vault.path.read_bytes()
+    for size in (0, 1, len(good) // 2, len(good) - 3):
+        vault.path.write_bytes(good[:size])
+        with pytest.raises(ConfigurationError, match="damaged or truncated") as caught:
+            vault.list()
+        assert str(vault.path) in str(caught.value)
+
+
+def test_a_record_moved_to_another_name_does_not_decrypt(vault: Vault):
+    filled(vault)
+
+    def swap(envelope: dict[str, Any]) -> None:
+        keys = envelope["keys"]
+        for field in ("nonce", "ciphertext", "fingerprint", "deployment"):
+            keys["shared"][field] = keys["team-openai"][field]
+
+    rewrite(vault.path, swap)
+    with pytest.raises(ConfigurationError, match="key 'shared' fails its authentication check"):
+        vault.get("team-openai")
+
+
+def test_edited_metadata_does_not_decrypt(vault: Vault):
+    filled(vault)
+    rewrite(vault.path, lambda e: e["keys"]["team-openai"].update(deployment="evil"))
+    with pytest.raises(ConfigurationError, match="key 'team-openai' fails its authentication check"):
+        vault.list()
+
+
+def test_a_removed_or_restored_record_breaks_the_files_mac(vault: Vault):
+    filled(vault)
+    before = json.loads(vault.path.read_text())
+    rewrite(vault.path, lambda e: e["keys"].pop("shared"))
+    with pytest.raises(ConfigurationError, match="changed outside gtl keys"):
+        vault.list()
+    vault.path.write_text(json.dumps(before))
+    vault.remove("shared")  # a record of an older file copied back in: every record decrypts, the mac does not
+    rewrite(vault.path, lambda e: e["keys"].update(shared=before["keys"]["shared"]))
+    with pytest.raises(ConfigurationError, match="changed outside gtl keys"):
+        vault.list()
+
+
+def test_other_files_are_clear_errors(vault: Vault):
+    vault.path.parent.mkdir(parents=True)
+    cases = {
+        b"[" * 100_000: "nested too deeply",
+        b"\xff\xfe": "not valid JSON",
+        b'{"format": "something else"}': "is not a gtl_nb vault file",
+        b'{"format": "gtl-nb-vault", "version": 2}': "format version 2, written by a newer gtl_nb",
+        b'{"format": "gtl-nb-vault", "version": 1}': "its fields are not those of a vault file",
+    }
+    for content, problem in cases.items():
+        vault.path.write_bytes(content)
+        with pytest.raises(ConfigurationError, match=problem):
+            vault.list()
+
+
+def test_the_wrong_master_key_names_both_key_ids_and_no_key(vault: Vault, master_text: str):
+    filled(vault)
+    other_text = generate_master_key()
+    other = MasterKey.from_text(other_text, "$OTHER_KEY")
+    with pytest.raises(ConfigurationError) as caught:
+        Vault(vault.path, other).list()
+    message = str(caught.value)
+    assert vault.master.key_id in message and other.key_id in message and "$OTHER_KEY" in message
+    assert str(vault.path) in message
+    assert other_text not in message and master_text not in message
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing: atomic and serialised
+
+
+def test_a_failed_write_leaves_the_old_vault_and_no_temporary_file(vault: Vault, monkeypatch: pytest.MonkeyPatch):
+    filled(vault)
+    good = vault.path.read_bytes()
+
+    def crash(*_args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("gtl_nb.gateway.vault.os.replace", crash)
+    with pytest.raises(ConfigurationError, match=r"cannot write the vault .* \(No space left"):
+        vault.add("third", "secret-three")
+    monkeypatch.undo()
+    assert vault.path.read_bytes() == good and [i.name for i in vault.list()] == ["shared", "team-openai"]
+    assert sorted(p.name for p in vault.path.parent.iterdir()) == ["vault.json", "vault.json.lock"]
+
+
+def test_a_process_killed_mid_write_leaves_the_old_vault(vault: Vault, master_text: str):
+    filled(vault)
+    good = vault.path.read_bytes()
+    script = (
+        "import os, sys\n"
+        "from gtl_nb.gateway import vault as v\n"
+        "v.os.fsync = lambda fd: os._exit(9)\n"  # dies after writing the new file, before renaming it
+        "key = v.MasterKey.from_text(sys.argv[2], 'k')\n"
+        "v.Vault(sys.argv[1], key).add('third', 'secret-three')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(vault.path), master_text], capture_output=True)
+    assert done.returncode == 9
+    assert vault.path.read_bytes() == good and len(vault.list()) == 2
+    vault.add("third", "secret-three")  # the lock is free again; a stray temporary file is harmless
+    assert len(vault.list()) == 3
+
+
+def test_concurrent_writers_lose_nothing(vault: Vault, master: MasterKey):
+    vault.add("seed", "secret-seed")
+    errors: list[BaseException] = []
+
+    def add(index: int) -> None:
+        try:
+            Vault(vault.path, master).add(f"k{index}", f"secret-{index}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    snapshot = vault.snapshot()
+    assert len(snapshot.entries) == 13 and snapshot.generation == 13
+
+
+# ----------------------------------------------------------------------------------------------
+# The master key
+
+
+def test_master_key_rotation(vault: Vault, master: MasterKey):
+    filled(vault)
+    new_text = generate_master_key()
+    new = MasterKey.from_text(new_text, "$NEW")
+    with pytest.raises(ConfigurationError, match="is the vault's current master key"):
+        vault.rotate_master(master)
+    assert vault.rotate_master(new) == 2
+    assert vault.master is new and vault.get("team-openai") == CANARY
+    with pytest.raises(ConfigurationError, match="written with the master key whose id is"):
+        Vault(vault.path, master).list()
+    assert Vault(vault.path, MasterKey.from_text(new_text, "x")).get("shared") == PLAIN_CANARY
+    with pytest.raises(ConfigurationError, match="written with the master key"):  # the old key cannot rotate it
+        Vault(vault.path, master).rotate_master(MasterKey.from_text(generate_master_key(), "y"))
+
+
+def test_master_key_text_forms(master_text: str):
+    raw = base64.urlsafe_b64decode(master_text)
+    standard = base64.b64encode(raw).decode()
+    unpadded = master_text.rstrip("=")
+    ids = {MasterKey.from_text(text, "s").key_id for text in (master_text, standard, unpadded, f" {master_text}\n")}
+    assert len(ids) == 1 and len(ids.pop()) == 16
+    for bad in ("", "not base64 at all!", base64.b64encode(b"short").decode(), PLAIN_CANARY):
+        with pytest.raises(ConfigurationError, match=r"\$K is not a vault master key") as caught:
+            MasterKey.from_text(bad, "$K")
+        assert PLAIN_CANARY not in str(caught.value)
+    key = MasterKey.from_text(master_text, "$K")
+    assert master_text not in repr(key) and master_text not in str(key)
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(key)
+
+
+def test_master_key_sources(tmp_path: Path, master_text: str):
+    with pytest.raises(ConfigurationError, match=r"\$MISSING is not set"):
+        MasterKeySource(env="MISSING", environ={}).load()
+    assert MasterKeySource(env="K", environ={"K": master_text}).load().source == "$K"
+    for mode in (0o600, 0o400):
+        path = private_key_file(tmp_path / f"key{mode:o}", master_text, mode)
+        assert MasterKeySource(file=path).load().key_id == MasterKey.from_text(master_text, "x").key_id
+    with pytest.raises(ConfigurationError, match="cannot read the vault master key file"):
+        MasterKeySource(file=tmp_path / "absent").load()
+    with pytest.raises(ConfigurationError, match="is not a regular file"):
+        MasterKeySource(file=tmp_path).load()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
+def test_a_master_key_file_others_can_read_is_refused(tmp_path: Path, master_text: str, mode: int):
+    path = private_key_file(tmp_path / "vault.key", master_text, mode)
+    with pytest.raises(ConfigurationError) as caught:
+        MasterKeySource(file=path).load()
+    message = str(caught.value)
+    assert f"mode {mode:04o}" in message and f"chmod 600 {path}" in message and master_text not in message
+
+
+# ----------------------------------------------------------------------------------------------
+# The resolver
+
+
+def openai() -> Deployment:
+    return Deployment(name="openai", type="openai", base_url="https://api.example")
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, master_text: str) -> Path:
+    return private_key_file(tmp_path / "vault.key", master_text)
+
+
+def resolver(vault: Vault, key_file: Path, clock: FakeClock, **kwargs: Any) -> VaultCredentials:
+    keys = kwargs.pop("keys", {"openai": "team-openai"})
+    return VaultCredentials(vault.path, MasterKeySource(file=key_file), keys, clock=clock, check_interval=5, **kwargs)
+
+
+def test_the_resolver_gives_the_mapped_key_and_falls_back_for_others(vault: Vault, key_file: Path):
+    filled(vault)
+    credentials = resolver(vault, key_file, FakeClock())
+    resolved = credentials.resolve(openai())
+    assert resolved.api_key == CANARY and resolved.base_url == "https://api.example"
+    other = Deployment(name="anthropic", type="anthropic", api_key="from-config")
+    assert credentials.resolve(other) is other
+    assert credentials.resolve_for(openai(), None).api_key == CANARY
+    assert credentials.resolve_for(openai(), "shared").api_key == PLAIN_CANARY
+
+
+def test_the_token_choosing_a_missing_or_foreign_key(vault: Vault, key_file: Path):
+    filled(vault)
+    vault.add("azure-only", "secret-azure", "azure-east")
+    credentials = resolver(vault, key_file, FakeClock())
+    with pytest.raises(AuthenticationError, match="stored key 'gone' for deployment 'openai'") as missing:
+        credentials.resolve_for(openai(), "gone")
+    assert missing.value.code == "AUTH_FAILED" and missing.value.provider == "openai"
+    with pytest.raises(PermissionDeniedError, match="'azure-only' is for deployment 'azure-east', not 'openai'"):
+        credentials.resolve_for(openai(), "azure-only")
+
+
+def test_a_wrong_table_stops_the_gateway_before_it_starts(vault: Vault, key_file: Path):
+    filled(vault)
+    with pytest.raises(ConfigurationError, match=r"stored key 'nope', which the vault .* does not have"):
+        resolver(vault, key_file, FakeClock(), keys={"openai": "nope"})
+    with pytest.raises(ConfigurationError, match="'team-openai' is for deployment 'openai', not 'azure'"):
+        resolver(vault, key_file, FakeClock(), keys={"azure": "team-openai"})
+    with pytest.raises(ConfigurationError, match="names deployment 'typo', which is not configured"):
+        resolver(vault, key_file, FakeClock(), keys={"typo": "shared"}, deployments=["openai"])
+    vault.path.write_bytes(b"{")
+    with pytest.raises(ConfigurationError, match="damaged or truncated"):
+        resolver(vault, key_file, FakeClock())
+
+
+def test_a_running_gateway_picks_up_a_changed_vault_without_a_restart(vault: Vault, key_file: Path):
+    filled(vault)
+    clock = FakeClock()
+    credentials = resolver(vault, key_file, clock)
+    assert credentials.resolve(openai()).api_key == CANARY
+    vault.add("team-openai", "sk-rotated-0123456789abcdef", replace=True)
+    clock.now = 4.9
+    assert credentials.resolve(openai()).api_key == CANARY  # checked at most once per check_interval
+    clock.now = 5.0
+    assert credentials.resolve(openai()).api_key == "sk-rotated-0123456789abcdef"
+    vault.remove("shared")  # removing a key revokes it for the tokens that chose it
+    credentials.refresh()
+    with pytest.raises(AuthenticationError):
+        credentials.resolve_for(openai(), "shared")
+    assert credentials.generation == 4 and credentials.last_error is None
+
+
+def test_an_unusable_change_keeps_the_loaded_keys_and_says_why_once(
+    vault: Vault, key_file: Path, caplog: pytest.LogCaptureFixture
+):
+    filled(vault)
+    good = vault.path.read_bytes()
+    credentials = resolver(vault, key_file, FakeClock())
+    caplog.set_level(logging.WARNING, logger="gtl_nb")
+    vault.path.write_bytes(good[:-40])
+    for _ in range(3):
+        credentials.refresh()
+        assert credentials.resolve_for(openai(), "shared").api_key == PLAIN_CANARY
+    assert "damaged or truncated" in (credentials.last_error or "")
+    warnings = [r for r in caplog.records if "keeps the 2 keys" in r.getMessage()]
+    assert len(warnings) == 1 and str(vault.path) in warnings[0].getMessage()
+    vault.path.write_bytes(good)
+    credentials.refresh()
+    assert credentials.last_error is None
+
+
+def test_a_running_gateway_never_goes_back_to_an_older_file(vault: Vault, key_file: Path):
+    filled(vault)
+    older = vault.path.read_bytes()  # generation 2, with "shared"
+    credentials = resolver(vault, key_file, FakeClock())
+    vault.remove("shared")
+    credentials.refresh()
+    vault.path.write_bytes(older)  # an attacker (or a careless restore) puts the revoked key back
+    credentials.refresh()
+    assert "went back from generation 3 to 2" in (credentials.last_error or "")
+    with pytest.raises(AuthenticationError):
+        credentials.resolve_for(openai(), "shared")
+
+
+def test_a_master_key_rotation_reaches_a_running_gateway_through_its_key_file(vault: Vault, key_file: Path):
+    filled(vault)
+    credentials = resolver(vault, key_file, FakeClock())
+    new_text = generate_master_key()
+    vault.rotate_master(MasterKey.from_text(new_text, "new"))
+    credentials.refresh()  # the vault is under the new key, the key file still holds the old one
+    assert "written with the master key" in (credentials.last_error or "")
+    assert credentials.resolve(openai()).api_key == CANARY
+    replacement = private_key_file(key_file.with_name("next.key"), new_text)
+    os.replace(replacement, key_file)
+    vault.add("team-openai", "sk-after-rotation-0123456789", replace=True)
+    credentials.refresh()
+    assert credentials.last_error is None
+    assert credentials.resolve(openai()).api_key == "sk-after-rotation-0123456789"
+
+
+def test_the_engine_sends_the_vaults_key(vault: Vault, key_file: Path):
+    secret = "sim-vault-key-0123456789abcdef"
+    vault.add("team-openai", secret, "openai")
+    server = sim.serve("openai", seed=3, api_key=secret)
+    try:
+        settings = load_settings(
+            providers={"openai": {"base_url": server.base_url, "api_key_env": "GTL_TEST_UNSET"}}, environ={}
+        )
+        credentials = resolver(vault, key_file, FakeClock(), deployments=settings.deployments)
+        engine = build_engine(settings, ledger=False, credentials=credentials)
+        request = CompletionRequest(
+            session_id="s1", model="openai:gpt-4o-mini", messages=[Message(role="user", content="hi")]
+        )
+
+        async def run() -> list[Any]:
+            try:
+                return [event async for event in engine.stream(request)]
+            finally:
+                await engine.aclose()
+
+        events = asyncio.run(run())
+    finally:
+        server.close()
+    assert isinstance(events[-1], Done), events[-1]
+
+
+def test_vault_settings_from_the_configuration_table(tmp_path: Path):
+    defaults = VaultSettings.from_table(None, base=tmp_path, environ={"XDG_DATA_HOME": str(tmp_path / "data")})
+    assert defaults.path == tmp_path / "data" / "gtl_nb" / "vault.json"
+    assert defaults.master == MasterKeySource() and defaults.keys == {} and defaults.check_interval == 1.0
+    table = {
+        "path": "secrets/vault.json",
+        "master_key_file": "vault.key",
+        "master_key_env": "IGNORED_WHEN_A_FILE_IS_GIVEN",
+        "check_interval": 0.25,
+        "keys": {"openai": "team-openai"},
+    }
+    settings = VaultSettings.from_table(table, base=tmp_path)
+    assert settings.path == tmp_path / "secrets" / "vault.json" and settings.master.file == tmp_path / "vault.key"
+    assert settings.keys == {"openai": "team-openai"} and settings.check_interval == 0.25
+    assert default_vault_path({"XDG_DATA_HOME": "/srv/data"}) == Path("/srv/data/gtl_nb/vault.json")
+    for bad, problem in (
+        ({"pth": "x"}, "unknown key 'pth'"),
+        ({"path": ""}, "path must be a non-empty string"),
+        ({"check_interval": -1}, "check_interval"),
+        ({"keys": {"openai": 3}}, "keys must map"),
+        ({"keys": {"openai": "bad name"}}, "not allowed"),
+    ):
+        with pytest.raises(ConfigurationError, match=problem):
+            VaultSettings.from_table(bad, base=tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# gtl keys
+
+
+def keys(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gtl_nb.gateway.keys_cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=30,
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, master_text: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GTL_NB_")}
+    env.update(GTL_TEST_VAULT_KEY=master_text, XDG_DATA_HOME=str(tmp_path / "data"))
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "config")
+    return env
+
+
+def test_gtl_keys_add_list_remove_rotate(tmp_path: Path, cli_env: dict[str, str], master_text: str):
+    where = ["--vault", str(tmp_path / "v.json"), "--key-env", "GTL_TEST_VAULT_KEY"]
+    added = keys("add", "team-openai", "--deployment", "openai", *where, env=cli_env, stdin=CANARY + "\n")
+    assert added.returncode == 0, added.stderr
+    assert "added key 'team-openai' for deployment openai" in added.stdout
+    assert keys("add", "shared", *where, env=cli_env, stdin=PLAIN_CANARY).returncode == 0
+    empty = keys("add", "empty", *where, env=cli_env, stdin="\n")
+    assert empty.returncode == 2 and "no secret for key 'empty' on standard input" in empty.stderr
+
+    listed = keys("list", *where, env=cli_env)
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines()[0].split() == ["NAME", "DEPLOYMENT", "FINGERPRINT", "CREATED", "ROTATED"]
+    assert [line.split()[0] for line in listed.stdout.splitlines()[1:]] == ["shared", "team-openai"]
+    rows = [json.loads(line) for line in keys("list", "--json", *where, env=cli_env).stdout.splitlines()]
+    assert rows[1] == {**rows[1], "name": "team-openai", "deployment": "openai"}
+
+    removed = keys("remove", "shared", *where, env=cli_env)
+    assert removed.returncode == 0 and "removed key 'shared'" in removed.stdout
+    missing = keys("remove", "shared", *where, env=cli_env)
+    assert missing.returncode == 2 and "no key named 'shared'" in missing.stderr
+
+    new_key = tmp_path / "new.key"
+    made = keys("genkey", "--out", str(new_key), env=cli_env)
+    assert made.returncode == 0 and stat.S_IMODE(new_key.stat().st_mode) == 0o600
+    assert keys("genkey", "--out", str(new_key), env=cli_env).returncode == 2  # never overwritten
+    rotated = keys("rotate", *where, "--new-key-file", str(new_key), env=cli_env)
+    assert rotated.returncode == 0 and "encrypted 1 key(s)" in rotated.stdout, rotated.stderr
+    stale = keys("list", *where, env=cli_env)
+    assert stale.returncode == 2 and "written with the master key whose id is" in stale.stderr
+    fresh = keys("list", "--vault", str(tmp_path / "v.json"), "--key-file", str(new_key), env=cli_env)
+    assert fresh.returncode == 0 and "team-openai" in fresh.stdout
+    everything = [added, listed, removed, rotated, stale, fresh, empty, missing]
+    for done in everything:
+        assert CANARY not in done.stdout + done.stderr and PLAIN_CANARY not in done.stdout + done.stderr
+        assert master_text not in done.stdout + done.stderr
+
+
+def test_gtl_keys_uses_the_default_vault_and_variable(tmp_path: Path, cli_env: dict[str, str], master_text: str):
+    cli_env["GTL_NB_VAULT_KEY"] = master_text
+    assert keys("add", "k", env=cli_env, stdin="secret-k").returncode == 0
+    assert (tmp_path / "data" / "gtl_nb" / "vault.json").is_file()
+    printed = keys("genkey", env=cli_env)
+    assert MasterKey.from_text(printed.stdout, "printed").key_id
+    del cli_env["GTL_NB_VAULT_KEY"]
+    refused = keys("list", env=cli_env)
+    assert refused.returncode == 2 and "$GTL_NB_VAULT_KEY is not set" in refused.stderr
+
+
+def test_the_command_line_has_no_way_to_pass_a_secret():
+    import argparse
+
+    from gtl_nb.gateway.keys_cli import add_subcommands
+
+    parser = argparse.ArgumentParser()
+    add_subcommands(parser.add_subparsers())
+    with pytest.raises(SystemExit):
+        parser.parse_args(["keys", "add", "name", "--secret", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["keys", "add", "name", "extra-positional-secret"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Canaries: a key never leaks
+
+
+def _failures(vault: Vault, key_file: Path, master_text: str) -> Iterator[BaseException]:
+    """Every failure the vault and the resolver can raise, with the canaries stored."""
+    good = vault.path.read_bytes()
+    attempts = [
+        lambda: vault.path.write_bytes(good[: len(good) // 2]),
+        lambda: rewrite(vault.path, lambda e: e["keys"]["shared"].update(nonce=e["keys"]["team-openai"]["nonce"])),
+        lambda: rewrite(vault.path, lambda e: e["keys"].pop("shared")),
+        lambda: rewrite(vault.path, lambda e: e.update(key_id="0" * 16)),
+    ]
+    for damage in attempts:
+        vault.path.write_bytes(good)
+        damage()
+        with pytest.raises(GTLError) as caught:
+            vault.list()
+        yield caught.value
+    vault.path.write_bytes(good)
+    credentials = resolver(vault, key_file, FakeClock())
+    for call in (
+        lambda: credentials.resolve_for(openai(), "gone"),
+        lambda: credentials.resolve_for(Deployment(name="other", type="openai"), "team-openai"),
+        lambda: Vault(vault.path, MasterKey.from_text(generate_master_key(), "x")).list(),
+        lambda: MasterKey.from_text(PLAIN_CANARY, "$K"),
+        lambda: vault.add("team-openai", CANARY),
+        lambda: vault.add(CANARY, CANARY),
+        lambda: vault.add("x", f"{CANARY}\n{PLAIN_CANARY}"),
+    ):
+        with pytest.raises(GTLError) as caught:
+            call()
+        yield caught.value
+
+
+def test_canaries_never_leak(vault: Vault, key_file: Path, master_text: str, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.DEBUG, logger="gtl_nb")
+    filled(vault)
+    seen: list[str] = [vault.path.read_bytes().decode("latin-1")]
+    credentials = resolver(vault, key_file, FakeClock())
+    resolved = credentials.resolve(openai())
+    assert resolved.api_key == CANARY  # the one place the secret goes: the deployment sent upstream
+    assert credentials.resolve_for(openai(), "shared").api_key == PLAIN_CANARY  # the log filter does not know it
+    snapshot = vault.snapshot()
+    seen += [repr(x) for x in (vault, vault.master, snapshot, *snapshot.entries.values(), credentials, resolved)]
+    seen += [str(x) for x in vault.list()]
+    vault.rotate_master(MasterKey.from_text(generate_master_key(), "new"))
+    seen.append(vault.path.read_bytes().decode("latin-1"))
+    vault.rotate_master(MasterKey.from_text(master_text, "back"))
+    for error in _failures(vault, key_file, master_text):
+        seen += [str(error), repr(error), error.message]
+        if error.__cause__ is not None or error.__context__ is not None:
+            seen.append(repr(error.__cause__ or error.__context__))
+    for record in caplog.records:
+        seen += [record.getMessage(), str(record.msg), repr(record.args)]
+    assert len(caplog.records) >= 3  # the test saw the log lines it claims to check
+    for text in seen:
+        for canary in (CANARY, PLAIN_CANARY, master_text, master_text.rstrip("=")):
+            assert canary not in text, text
