@@ -171,6 +171,9 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "http": Field((dict,), None, "the HTTP/SSE/WebSocket listener", check=lambda v, w: _check_listener(v, w)),
         "grpc": Field((dict,), None, "the gRPC listener", check=lambda v, w: _check_listener(v, w)),
         "quic": Field((dict,), None, "the QUIC listener", check=lambda v, w: _check_listener(v, w)),
+        # read by gateway.tokens and gateway.vault_credentials, which check their own keys (never echoing a value)
+        "jwt": Field((object,), None, "GhostToken verification (docs/tokens.md)", check=lambda v, w: _table_only(v, w)),
+        "vault": Field((object,), None, "the provider-key vault (docs/vault.md)", check=lambda v, w: _table_only(v, w)),
     },
     "defaults": {
         "model": Field(_OPT_STR, None, "model used when a request names none (built-in: 'echo')"),
@@ -202,15 +205,21 @@ LISTENER_FIELDS: dict[str, Field] = {
 RETIRED_GATEWAY_KEYS: dict[str, str] = {
     "host": "listeners have their own tables now: write host under [gateway.http] (or [gateway.grpc], [gateway.quic])",
     "port": "listeners have their own tables now: write port under [gateway.http] (or [gateway.grpc], [gateway.quic])",
-    "jwt_secret_env": 'it was a placeholder nothing read; GhostToken settings are not served yet (auth = "token" is)',
-    "vault_path": "it was a placeholder nothing read; the provider-key vault is not served yet",
-    "vault_key_env": "it was a placeholder nothing read; the provider-key vault is not served yet",
+    "jwt_secret_env": "GhostToken settings have their own table now: write secret_env under [gateway.jwt]",
+    "vault_path": "the vault has its own table now: write path under [gateway.vault]",
+    "vault_key_env": "the vault has its own table now: write master_key_env under [gateway.vault]",
     "audit_log": "it was a placeholder nothing read; the audit log is not served yet",
     "cors_origins": "it was a placeholder nothing read; the gateway serves no browser origins yet",
     "metrics": "it was a placeholder nothing read; metrics are not served yet",
     "openai_compatible": "it was a placeholder nothing read; the OpenAI-compatible endpoint is not served yet",
 }
 """Keys ``[gateway]`` documented before the gateway existed, and what replaced them."""
+
+
+def _table_only(value: Any, where: str) -> None:
+    """A table whose keys its reader checks; anything else is refused without quoting it (it may be a secret)."""
+    if not isinstance(value, Mapping):
+        raise ConfigurationError(f"{where} must be a table, not a {type(value).__name__}")
 
 
 def _check_listener(table: Any, where: str) -> None:

@@ -44,3 +44,18 @@ class RequestContext:
     # could hold a real key)
     provider_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)
     """Deployment → the name of the stored provider key its requests use (the token's claim)."""
+
+    def allows(self, deployment: str, model: str) -> bool:
+        """Whether the allow-lists let this principal use ``model`` on ``deployment``: deployments are
+        named exactly; an ``allowed_models`` entry matches the model or ``deployment:model``, exactly or
+        — ending in ``*`` — by prefix."""
+        if self.allowed_deployments is not None and deployment not in self.allowed_deployments:
+            return False
+        if self.allowed_models is None:
+            return True
+        qualified = f"{deployment}:{model}"
+        return any(_matches(entry, model) or _matches(entry, qualified) for entry in self.allowed_models)
+
+
+def _matches(entry: str, name: str) -> bool:
+    return name.startswith(entry[:-1]) if entry.endswith("*") else name == entry

@@ -32,6 +32,8 @@ an engine), and announces what happens on ``engine.hooks`` (``Hooks``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import dataclasses
 import random
 import time
@@ -66,8 +68,10 @@ from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import (
+    AuthenticationError,
     GTLError,
     InvalidRequestError,
+    PermissionDeniedError,
     ProviderUnavailableError,
     SessionStateError,
     error_from_event,
@@ -92,6 +96,8 @@ from gtl_nb.providers.registry import get_provider, is_local
 log = get_logger("engine")
 
 _CONTENT = (Token, Reasoning, ToolCallEvent)
+_REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("gtl_request_context")
+"""The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
 #: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
 DEFAULT_OUTPUT_ESTIMATE = 256
 
@@ -114,6 +120,7 @@ async def run_session(
     drain: Callable[[], Awaitable[None]] | None = None,
     finish: Callable[[StreamEvent], None] | None = None,
     cancelled_by: str | Callable[[], str] = "the caller",
+    refused: GTLError | None = None,
 ) -> None:
     """Run one session of ``engine``, handing each event to ``send`` — the one session runner of every
     front end (the embedded backend, the gateway's connections).
@@ -124,12 +131,13 @@ async def run_session(
     the end the engine had already recorded in the ledger, so the reader and the ledger agree — and a
     bug sends ``INTERNAL`` and is re-raised. ``cancelled_by`` names who cancelled in that error (a
     callable is asked when the cancel happens: a gateway knows then whether the client or a shutdown did).
+    ``refused`` goes to ``Engine.stream``: the session is that error (a gateway's permission check).
     """
     end = finish or send
     recorded = SessionEnd()
     ended = False
     try:
-        async with aclosing(engine.stream(request, context=context, ending=recorded)) as events:
+        async with aclosing(engine.stream(request, context=context, ending=recorded, refused=refused)) as events:
             async for event in events:
                 send(event)
                 ended = isinstance(event, (Done, Error))
@@ -229,8 +237,12 @@ class Engine:
         context: RequestContext | None = None,
         user: str | None = None,
         ending: SessionEnd | None = None,
+        refused: GTLError | None = None,
     ) -> AsyncIterator[StreamEvent]:
         """The complete, validated event stream of ``request``, recorded as one ledger row.
+
+        ``refused``: the caller may not make this request at all (a gateway's scope check); the session
+        is that error, recorded as its row like any other end, with no provider called and no budget used.
 
         ``context`` says who the request is for (``user=`` is the shorthand for a context with only a
         principal). The row is inserted (status ``started``) before any upstream call and completed
@@ -241,10 +253,13 @@ class Engine:
         if context is None:
             context = RequestContext(principal=user or "")
         try:
-            targets: list[Target] | GTLError = self.router.targets(request)  # routing resolved once
+            targets: list[Target] | GTLError = self._allowed(self.router.targets(request), context)  # resolved once
         except GTLError as exc:
             targets = exc
-        reservation, refusal = await self._reserve(request, context, targets)
+        if refused is not None:
+            targets = refused
+        scope = _REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
+        reservation, refusal = (None, None) if refused is not None else await self._reserve(request, context, targets)
         model = targets[0].model if isinstance(targets, list) and targets else request.model
         record = _SessionRecord()
         usage: Usage | None = None
@@ -271,8 +286,21 @@ class Engine:
                         await self._finish(request, context, finished, end, usage, record, held)
                     yield event
         finally:
+            with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
+                _REQUEST_CONTEXT.reset(scope)
             if end is None or row is not None or reservation is not None:  # ended without a terminal event
                 await self._finish(request, context, row, end, usage, record, reservation)
+
+    @staticmethod
+    def _allowed(targets: list[Target], context: RequestContext) -> list[Target]:
+        """The targets the context's allow-lists permit (a token's); ``FORBIDDEN`` when none is left."""
+        if context.allowed_deployments is None and context.allowed_models is None:
+            return targets
+        permitted = [target for target in targets if context.allows(target.name, target.model)]
+        if targets and not permitted:
+            names = ", ".join(f"{target.name}:{target.model}" for target in targets)
+            raise PermissionDeniedError(f"this token may not use {names}")
+        return permitted
 
     async def _guarded(
         self,
@@ -479,6 +507,9 @@ class Engine:
                     yield event
                 return
         flight_key = key or self._coalescing_key(request, targets[0])
+        context = _REQUEST_CONTEXT.get(None)
+        if flight_key and context is not None and context.provider_keys:  # share a call only on the same key
+            flight_key += "|keys:" + ",".join(f"{k}={v}" for k, v in sorted(context.provider_keys.items()))
         flight = self._flights.get(flight_key) if flight_key else None
         if flight is not None and not flight.abandoned:
             record.coalesced = True
@@ -812,6 +843,18 @@ class Engine:
 
     # -- one attempt at one deployment --------------------------------------------------------
 
+    def _credentials_for(self, target: Target) -> Deployment:
+        """The deployment with its current key — the stored key the request's token chose for it
+        (``provider_keys``), through a resolver that can choose (``resolve_for``, the gateway's vault)."""
+        context = _REQUEST_CONTEXT.get(None)
+        chosen = context.provider_keys.get(target.name) if context is not None else None
+        if chosen is None:
+            return self.credentials.resolve(target.deployment)
+        choose = getattr(self.credentials, "resolve_for", None)
+        if choose is None:  # never fall back to another key than the one the token names
+            raise AuthenticationError(f"the token names a stored key for {target.name!r}, but no key vault is set up")
+        return choose(target.deployment, chosen)  # type: ignore[no-any-return]
+
     async def _attempt(self, request: CompletionRequest, target: Target) -> AsyncIterator[StreamEvent]:
         sid = request.session_id
         sent = msgspec.structs.replace(request, model=target.model, provider=target.name, providers=None)
@@ -831,7 +874,7 @@ class Engine:
                 yield self._priced(event, target)
             return
         try:
-            deployment = self.credentials.resolve(target.deployment)  # current keys: rotation needs no restart
+            deployment = self._credentials_for(target)  # current keys: rotation needs no restart
         except GTLError as exc:
             yield _with_provider(exc.to_event(sid), target)
             return

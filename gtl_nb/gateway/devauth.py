@@ -6,7 +6,7 @@
 * ``"token"`` — the client's ``hello`` must carry the token held in ``$GTL_NB_DEV_TOKEN`` (a secret is
   never a file value), compared in constant time; anything else ends the connection with
   ``AUTH_FAILED``;
-* ``"jwt"`` — not served yet: the gateway refuses to start rather than run unchecked.
+* ``"jwt"`` — GhostTokens (``gateway.tokens``; ``gateway.auth.build_authenticator`` chooses).
 
 The principal is the gateway's ``--principal NAME`` (default: the operating-system user running the
 gateway, which is what the embedded client accounts to). Real tokens will carry it as ``sub``.
@@ -50,16 +50,18 @@ class DevAuth:
             if not token:
                 raise ConfigurationError(f'[gateway] auth = "token" needs the token in ${DEV_TOKEN_ENV}')
             return cls(who, token)
-        raise ConfigurationError(
-            f'[gateway] auth = "{mode}" is not served yet; use "none" or "token" (with ${DEV_TOKEN_ENV})'
-        )
+        raise ConfigurationError(f'[gateway] auth = "{mode}" is not a development mode; use "none" or "token"')
 
     def __call__(self, offered: str | None) -> RequestContext:
         """The context of a client whose hello carried ``offered``; ``AuthenticationError`` when refused."""
         if self.token is not None and not hmac.compare_digest((offered or "").encode(), self.token.encode()):
             reason = "no token" if offered is None else "a token it does not accept"
             raise AuthenticationError(f"the gateway was sent {reason}; connect() with the gateway's development token")
-        return RequestContext(principal=self.principal, key_id="dev-token" if self.token is not None else None)
+        from gtl_nb.gateway.scopes import SCOPE_NAMES
+
+        # one trusted user: every scope (with scopes enforced, a development gateway must keep working)
+        key_id = "dev-token" if self.token is not None else None
+        return RequestContext(principal=self.principal, key_id=key_id, scopes=frozenset(SCOPE_NAMES))
 
 
 def _os_user() -> str:

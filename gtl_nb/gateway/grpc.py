@@ -64,6 +64,7 @@ import msgspec
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, TlsFiles
+from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
@@ -102,10 +103,17 @@ LATE_MARGIN = 1.0
 """Seconds the cancelled calls of a shutdown get to send their last events before gRPC aborts them."""
 
 
+MAX_METADATA_BYTES = 64 * 1024
+"""Largest call metadata accepted (the token travels there)."""
+
+
 def server_options(limits: Limits) -> list[tuple[str, int]]:
     """The gRPC server options that apply ``limits`` (see the module docstring)."""
     return [
         ("grpc.max_receive_message_length", limits.max_frame_bytes + MESSAGE_SLACK),
+        # an oversized token is refused by the token check (AUTH_FAILED), not by gRPC's 8 KiB default
+        ("grpc.max_metadata_size", MAX_METADATA_BYTES),
+        ("grpc.absolute_max_metadata_size", MAX_METADATA_BYTES),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
         ("grpc.server_handshake_timeout_ms", _ms(limits.header_timeout)),
         ("grpc.max_connection_idle_ms", _ms(limits.idle_timeout)),
@@ -216,7 +224,10 @@ class GTLServicer(pb_grpc.GTLServicer):
             def cancelled_by() -> str:
                 return "the gateway shutting down" if self.stopping.is_stopping else "the client"
 
-            await self._work_on(run_session(self.engine, message, who, events.append, cancelled_by=cancelled_by))
+            refused = completion_refusal(who)
+            await self._work_on(
+                run_session(self.engine, message, who, events.append, cancelled_by=cancelled_by, refused=refused)
+            )
             return _result(events).SerializeToString()
 
     async def ListProviders(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -224,8 +235,8 @@ class GTLServicer(pb_grpc.GTLServicer):
         async with self._call(context) as compressing:
             if compressing:
                 await context.send_initial_metadata(())
-            await self._context_of(context)
-            infos = [to_proto(info) for info in self.engine.provider_info()]
+            who = await self._context_of(context)
+            infos = [to_proto(info) for info in visible_providers(self.engine, who)]
             return pb.ListProvidersResponse(providers=infos).SerializeToString()  # type: ignore[arg-type]
 
     # -- what every call does ------------------------------------------------------------------------

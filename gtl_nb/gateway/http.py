@@ -61,6 +61,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, is_loopback
+from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.log import get_logger
@@ -92,6 +93,9 @@ PATHS = {
 """Where each endpoint lives (the discovery document repeats it)."""
 OFFER_ORDER = ("quic", "grpc", "ws", "sse", "http")
 """The order transports are listed in the discovery document: the spec's, best first."""
+MAX_HEAD_BYTES = 64 * 1024
+"""Largest request head (h11's default is 16 KiB): an oversized token is then refused by the token
+check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""
 CLOSE_WAIT = 5.0
 """Seconds the last step of a shutdown waits for cancelled sessions and closing connections."""
 
@@ -201,7 +205,15 @@ class _Sessions:
 
         async def run() -> None:
             try:
-                await run_session(self.engine, request, context, send, drain=drain, cancelled_by=lambda: running.reason)
+                await run_session(
+                    self.engine,
+                    request,
+                    context,
+                    send,
+                    drain=drain,
+                    cancelled_by=lambda: running.reason,
+                    refused=completion_refusal(context),
+                )
             except Exception:  # a bug: run_session already ended the session with INTERNAL
                 log.exception("session %s failed in the gateway", request.session_id)
             finally:
@@ -634,10 +646,10 @@ def build_app(
 
     async def providers(request: Request) -> Any:
         try:
-            context_of(request)
+            context = context_of(request)
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
-        return Response(msgspec.json.encode(engine.provider_info()), media_type="application/json")
+        return Response(msgspec.json.encode(visible_providers(engine, context)), media_type="application/json")
 
     async def post_query(request: Request) -> Any:
         """``POST /v1/gtl/query``: one ``query`` frame in, its ``answer`` frame out (200 whatever it says)."""
@@ -783,6 +795,7 @@ async def serve_http(
             timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]
             ws_max_size=limits.max_frame_bytes + 1024,  # GTLConnection refuses a frame over the limit itself
             ws_per_message_deflate=compression,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
         config.load()
         state = ServerState()

@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> No
 def run(args: argparse.Namespace) -> int:
     """Serve as ``args`` say; raises ``ConfigurationError`` for a set-up mistake (after which nothing was served)."""
     from gtl_nb.engine.settings import load_settings
-    from gtl_nb.gateway.devauth import DevAuth
+    from gtl_nb.gateway.auth import build_authenticator, build_credentials, check_exposure
     from gtl_nb.gateway.listeners import Shutdown
     from gtl_nb.gateway.settings import GatewaySettings
     from gtl_nb.gateway.stdio import serve_stdio
@@ -61,19 +61,23 @@ def run(args: argparse.Namespace) -> int:
         frames_fd = take_stdout()  # first: nothing may print on the frames
         settings = load_settings(config=args.config)
         options = GatewaySettings.from_settings(settings)
-        authenticate = DevAuth.from_settings(options.auth, principal=args.principal)
+        authenticate = build_authenticator(settings, options, principal=args.principal)
+        credentials = build_credentials(settings, options)
 
         async def serve_pipes() -> None:
             shutdown = Shutdown(grace=options.shutdown_grace)
             _on_signals(shutdown)
-            await serve_stdio(settings, authenticate=authenticate, frames_fd=frames_fd, shutdown=shutdown)
+            await serve_stdio(
+                settings, authenticate=authenticate, frames_fd=frames_fd, shutdown=shutdown, credentials=credentials
+            )
 
         asyncio.run(serve_pipes())
         return 0
     settings = load_settings(config=args.config)
     options = _with_command_line(GatewaySettings.from_settings(settings), args)
-    authenticate = DevAuth.from_settings(options.auth, principal=args.principal)
-    return _serve_listeners(settings, options, authenticate)
+    check_exposure(options)
+    authenticate = build_authenticator(settings, options, principal=args.principal)
+    return _serve_listeners(settings, options, authenticate, build_credentials(settings, options))
 
 
 def _with_command_line(options: Any, args: argparse.Namespace) -> Any:
@@ -112,7 +116,7 @@ def _with_command_line(options: Any, args: argparse.Namespace) -> Any:
     return dataclasses.replace(options, listeners=tuple(listeners.values()))
 
 
-def _serve_listeners(settings: Any, options: Any, authenticate: Any) -> int:
+def _serve_listeners(settings: Any, options: Any, authenticate: Any, credentials: Any = None) -> int:
     """Run the listeners; each prints ``gtl gateway: listening on URL`` on standard error once it accepts,
     then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully."""
     from gtl_nb.gateway.listeners import Shutdown
@@ -130,7 +134,9 @@ def _serve_listeners(settings: Any, options: Any, authenticate: Any) -> int:
         shutdown = Shutdown(grace=options.shutdown_grace)
         task = asyncio.current_task()
         _on_signals(shutdown, force=task.cancel if task is not None else None)
-        await serve(settings, options, authenticate=authenticate, shutdown=shutdown, announce=announce)
+        await serve(
+            settings, options, authenticate=authenticate, shutdown=shutdown, announce=announce, credentials=credentials
+        )
 
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(serve_all())

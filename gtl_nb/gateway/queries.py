@@ -2,12 +2,14 @@
 
 ``answer_query(engine, context, query, max_bytes=...)`` returns the one ``Answer`` (never raises):
 
-* ``usage`` — the caller's own ledger rows (``context.principal``), oldest first. ``params``:
-  ``filters`` (the ledger's filters: ``since``, ``until``, ``status``, ``model``, … — a ``user`` other
-  than the caller's is refused until GhostToken scopes exist) and ``offset``. Rows are paged to fit
+* ``usage`` — the caller's own ledger rows (``context.principal``; scope ``usage:read``), oldest
+  first. ``params``: ``filters`` (the ledger's filters: ``since``, ``until``, ``status``, ``model``,
+  ``user`` …), ``all_users: true`` for everyone's, and ``offset``; another ``user`` or everyone's
+  needs ``usage:admin``. Rows are paged to fit
   the connection's frame limit: the result is ``{"rows": [...], "next": offset_or_null}``.
-* ``breakers`` — ``{"breakers": {deployment: state}}``, the engine's circuit breakers.
-* ``models`` — ``{"models": [...]}``, a deployment's live model list (``params``: ``deployment``).
+* ``breakers`` — ``{"breakers": {deployment: state}}``, the engine's circuit breakers (``models:read``).
+* ``models`` — ``{"models": [...]}``, a deployment's live model list (``params``: ``deployment``;
+  ``models:read``), narrowed to what the token's allow-lists let it use.
 
 A refused or failed query answers with an ``error`` (its ``session_id`` is the ``query_id``): the
 same ``GTLError`` the embedded client would raise, or ``INTERNAL`` for a bug (logged here).
@@ -24,8 +26,9 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
+from gtl_nb.gateway.permissions import require, usage_scope
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError, PermissionDeniedError
+from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError
 from gtl_nb.protocol.messages import Answer, Error, Query
 
 __all__ = ["MAX_QUERIES", "QUERY_NAMES", "QueryDesk", "answer_query"]
@@ -42,12 +45,15 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
         if query.name == "usage":
             result = await _usage(engine, context, query.params, max_bytes=max_bytes)
         elif query.name == "breakers":
+            require(context, "breakers.read")
             result = {"breakers": await engine.breaker_states()}
         elif query.name == "models":
+            require(context, "models.list")
             deployment = query.params.get("deployment")
             if not isinstance(deployment, str) or not deployment:
                 raise InvalidRequestError('the models query needs params {"deployment": NAME}')
-            result = {"models": await engine.list_models(deployment)}
+            names = await engine.list_models(deployment)
+            result = {"models": [name for name in names if context.allows(deployment, name)]}
         else:
             raise InvalidRequestError(f"unknown query {query.name!r}; the gateway answers: {', '.join(QUERY_NAMES)}")
     except GTLError as exc:
@@ -66,13 +72,13 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
     offset = params.get("offset", 0)
     if not isinstance(filters, dict) or not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise InvalidRequestError('the usage query takes params {"filters": {...}, "offset": N}')
-    asked = filters.get("user", context.principal)
-    if asked != context.principal:
-        raise PermissionDeniedError("a client may read its own usage rows only")
+    everyone = params.get("all_users") is True
+    asked = None if everyone else filters.get("user", context.principal)
+    usage_scope(context, asked)  # one's own rows: usage:read; anyone else's or everyone's: usage:admin
     ledger = engine.ledger
     if ledger is None:
         return {"rows": [], "next": None}
-    rows = await ledger.rows(**{**filters, "user": context.principal})
+    rows = await ledger.rows(**(filters if asked is None or "user" in filters else {**filters, "user": asked}))
     page: list[dict[str, Any]] = []
     room = max(max_bytes - _ANSWER_OVERHEAD, 1024)
     for row in rows[offset:]:

@@ -38,6 +38,7 @@ from typing import Any
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown
+from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import QueryDesk
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.log import get_logger
@@ -296,7 +297,7 @@ class _Connection:
             self.close(InternalError("the gateway could not check the client's token"))
             return
         self.context = dataclasses.replace(context, peer=self.where)
-        for info in self.gateway.engine.provider_info():
+        for info in visible_providers(self.gateway.engine, self.context):
             self.peer.write(CONTROL_STREAM_ID, self.control.send(info))
         self.peer.write(CONTROL_STREAM_ID, self.control.send(PROVIDERS_END))
         self._arm(self.limits.idle_timeout, self._idle)
@@ -441,6 +442,7 @@ class _Session:
                 drain=self.drain,
                 finish=self.finish,
                 cancelled_by=lambda: self.connection.cancel_reason,
+                refused=completion_refusal(context),
             )
         except Exception:  # a bug, or an event this stream cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)

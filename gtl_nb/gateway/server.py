@@ -63,13 +63,15 @@ async def serve(
     shutdown: Shutdown,
     announce: Announce | None = None,
     engine: Any = None,
+    credentials: Any = None,
 ) -> None:
-    """Serve every listener of ``gateway`` until they stop (see the module docstring)."""
+    """Serve every listener of ``gateway`` until they stop (see the module docstring); ``credentials``
+    is the engine's credential resolver (the vault's, ``gateway.auth.build_credentials``)."""
     if not gateway.listeners:
         raise ConfigurationError("no listener to serve: add a [gateway.http], [gateway.grpc] or [gateway.quic] table")
     functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
     own_engine = engine is None
-    engine = engine if engine is not None else build_engine(settings)
+    engine = engine if engine is not None else build_engine(settings, credentials=credentials)
     urls: dict[str, str] = {}
 
     def offers() -> dict[str, str]:

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, Shutdown
+from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection_events import (
@@ -159,7 +160,7 @@ class GatewayConnection:
             self.framed.close_nowait(exc)
             return
         self.context = dataclasses.replace(context, peer=self.framed.channel.peer)
-        for info in self.engine.provider_info():
+        for info in visible_providers(self.engine, self.context):
             self.framed.send_nowait(info)
         self.framed.send_nowait(PROVIDERS_END)
 
@@ -204,6 +205,7 @@ class GatewayConnection:
                 drain=self.framed.drain,
                 finish=self._end,
                 cancelled_by=lambda: self._cancel_reason,
+                refused=completion_refusal(context),
             )
         except Exception:  # a bug, or an event this connection cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)

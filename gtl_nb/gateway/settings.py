@@ -21,6 +21,7 @@ from the configuration file's folder.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class GatewaySettings:
     limits: Limits = field(default_factory=Limits)
     listeners: tuple[ListenerSettings, ...] = ()
     shutdown_grace: float = 30.0
+    jwt: Mapping[str, Any] | None = field(default=None, repr=False)
+    """``[gateway.jwt]`` as written (``gateway.tokens.TokenPolicy.from_table`` reads it)."""
+    vault: Mapping[str, Any] | None = field(default=None, repr=False)
+    """``[gateway.vault]`` as written (``gateway.vault_credentials.VaultSettings.from_table`` reads it)."""
 
     @property
     def max_frame_bytes(self) -> int:
@@ -68,6 +73,8 @@ class GatewaySettings:
             limits=limits,
             listeners=listeners,
             shutdown_grace=float(table.get("shutdown_grace", 30.0)),
+            jwt=table.get("jwt"),
+            vault=table.get("vault"),
         )
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import math
 
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.credentials import CredentialResolver
 from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.listeners import Shutdown
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
@@ -29,6 +30,7 @@ async def serve_stdio(
     frames_fd: int,
     in_fd: int = 0,
     shutdown: Shutdown | None = None,
+    credentials: CredentialResolver | None = None,
 ) -> None:
     """Serve one GTL connection on ``in_fd`` / ``frames_fd`` (see ``transports.stdio.take_stdout``).
 
@@ -38,7 +40,7 @@ async def serve_stdio(
     options = GatewaySettings.from_settings(settings)
     limits = dataclasses.replace(options.limits, idle_timeout=math.inf)
     connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes)
-    engine = build_engine(settings)
+    engine = build_engine(settings, credentials=credentials)
     try:
         channel = await open_server_channel(frames_fd, in_fd=in_fd)
         try:

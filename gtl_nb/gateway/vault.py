@@ -38,7 +38,8 @@ running gateway refuses a lower ``generation`` than the one it has loaded.
 
 The master key is 32 random bytes in (URL-safe) base64, from an environment variable
 (``GTL_NB_VAULT_KEY`` by default) or a file only its owner may read; never from the configuration
-file. Writes take an exclusive lock (``<vault>.lock``), write a private temporary file in the same
+file (``gateway.vault_master`` loads it and derives the keys; this module re-exports its names).
+Writes take an exclusive lock (``<vault>.lock``), write a private temporary file in the same
 directory, ``fsync`` it and ``os.replace`` it over the vault, so a crash leaves the old vault or
 the new one, never half of either.
 
@@ -57,7 +58,6 @@ import hmac
 import json
 import os
 import secrets
-import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -67,11 +67,16 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gtl_nb.engine.config import clean_credential
+from gtl_nb.gateway.vault_master import (
+    DEFAULT_MASTER_KEY_ENV,
+    MasterKey,
+    MasterKeySource,
+    file_stamp,
+    generate_master_key,
+)
+from gtl_nb.gateway.vault_master import MASTER_KEY_BYTES as MASTER_KEY_BYTES
 from gtl_nb.log import get_logger, redact
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.providers.limits import nesting_exceeds
@@ -98,146 +103,15 @@ log = get_logger("gateway.vault")
 
 FORMAT = "gtl-nb-vault"
 VERSION = 1
-DEFAULT_MASTER_KEY_ENV = "GTL_NB_VAULT_KEY"
-MASTER_KEY_BYTES = 32
 NONCE_BYTES = 12
 MAX_VAULT_BYTES = 8 * 1024 * 1024  # thousands of keys fit; anything larger is not a vault
 MAX_SECRET_CHARS = 16 * 1024
 MAX_NAME_CHARS = 64
 MAX_DEPLOYMENT_CHARS = 128
-_MAX_KEY_FILE_BYTES = 4096
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _ENVELOPE_FIELDS = frozenset({"format", "version", "key_id", "generation", "keys", "mac"})
 _RECORD_FIELDS = frozenset({"deployment", "fingerprint", "created", "rotated", "nonce", "ciphertext"})
 _ADVICE_RESTORE = "restore it from a backup"
-
-
-# ----------------------------------------------------------------------------------------------
-# The master key
-
-
-def generate_master_key() -> str:
-    """A new random master key, as the URL-safe base64 text that ``GTL_NB_VAULT_KEY`` or a key file holds."""
-    return base64.urlsafe_b64encode(secrets.token_bytes(MASTER_KEY_BYTES)).decode("ascii")
-
-
-class MasterKey:
-    """The vault's master key and the keys derived from it. Its ``repr`` shows the key id and where
-    the key came from, never the key."""
-
-    __slots__ = ("_mac_key", "_record_key", "key_id", "source")
-
-    def __init__(self, material: bytes, source: str = "the master key") -> None:
-        if len(material) != MASTER_KEY_BYTES:
-            raise ConfigurationError(f"{source} is not a vault master key: it must be {MASTER_KEY_BYTES} bytes")
-        self.source = source
-        """Where the key came from (``$GTL_NB_VAULT_KEY``, ``master key file /etc/…``), for messages."""
-        self._record_key = AESGCM(_derive(material, b"records"))
-        self._mac_key = _derive(material, b"manifest")
-        self.key_id = _derive(material, b"key id")[:8].hex()
-        """16 hex digits naming this key in the vault file; derived one-way, so it reveals nothing."""
-
-    @classmethod
-    def from_text(cls, text: str, source: str) -> MasterKey:
-        """A key written as base64 (URL-safe or standard, padding optional), or a ``ConfigurationError``
-        naming ``source`` (never the text)."""
-        cleaned = text.strip().replace("+", "-").replace("/", "_").rstrip("=")
-        try:
-            material = base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
-        except (binascii.Error, ValueError):
-            material = b""
-        if len(material) != MASTER_KEY_BYTES:
-            raise ConfigurationError(
-                f"{source} is not a vault master key: it must be {MASTER_KEY_BYTES} bytes in base64 "
-                "(gtl keys genkey makes one)"
-            )
-        return cls(material, source)
-
-    def __repr__(self) -> str:
-        return f"MasterKey(key_id={self.key_id!r}, source={self.source!r})"
-
-    __str__ = __repr__
-
-    def __reduce__(self) -> Any:  # a pickle would carry the key: refuse rather than leak it
-        raise TypeError("a vault master key cannot be pickled")
-
-
-def _derive(material: bytes, purpose: bytes) -> bytes:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"gtl-nb vault v1 " + purpose)
-    return hkdf.derive(material)
-
-
-@dataclass(frozen=True)
-class MasterKeySource:
-    """Where the master key is read from: a file (when ``file`` is set) or the environment variable ``env``.
-
-    A file must be readable by its owner only (mode 0600 or 0400); anything else is refused with the
-    ``chmod`` to run. ``stamp()`` changes when the file does, so a running gateway can read a
-    replaced key file again (the environment of a running process does not change).
-    """
-
-    env: str = DEFAULT_MASTER_KEY_ENV
-    file: Path | None = None
-    environ: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
-    """The environment to read ``env`` from (``None``: the live ``os.environ``)."""
-
-    def describe(self) -> str:
-        return f"the master key file {self.file}" if self.file is not None else f"${self.env}"
-
-    def load(self) -> MasterKey:
-        """The master key, or a ``ConfigurationError`` saying what to set (never quoting a key)."""
-        if self.file is not None:
-            return MasterKey.from_text(_read_key_file(self.file), self.describe())
-        environ = os.environ if self.environ is None else self.environ
-        text = environ.get(self.env)
-        if not text:
-            raise ConfigurationError(
-                f"no vault master key: ${self.env} is not set; set it to a key from gtl keys genkey, "
-                "or name a key file (master_key_file in [gateway.vault], --key-file)"
-            )
-        return MasterKey.from_text(text, self.describe())
-
-    def stamp(self) -> tuple[int, ...] | None:
-        """Changes when the key file is replaced or rewritten (``None`` for the environment)."""
-        return file_stamp(self.file) if self.file is not None else None
-
-
-def _read_key_file(path: Path) -> str:
-    """The key file's text, after checking (on the open file, so it cannot be swapped in between) that
-    it is a regular file nobody but its owner may read or write."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not hang the gateway
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the vault master key file {path} ({exc.strerror or exc})") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ConfigurationError(f"the vault master key file {path} is not a regular file")
-    if os.name == "posix" and info.st_mode & 0o077:
-        os.close(fd)
-        raise ConfigurationError(
-            f"the vault master key file {path} can be read or written by other users "
-            f"(mode {stat.S_IMODE(info.st_mode):04o}); make it private to the gateway's user: chmod 600 {path}"
-        )
-    with os.fdopen(fd, "rb") as handle:
-        try:
-            data = handle.read(_MAX_KEY_FILE_BYTES + 1)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read the vault master key file {path} ({exc.strerror or exc})") from None
-    try:
-        return data.decode("ascii")
-    except UnicodeDecodeError:
-        return ""  # not base64 either: from_text words the error
-
-
-def file_stamp(path: Path) -> tuple[int, ...] | None:
-    """``(device, inode, size, mtime_ns)`` of ``path``, or ``None`` when it cannot be seen: what changes when
-    the file is rewritten or replaced."""
-    try:
-        info = os.stat(path)
-    except OSError:
-        return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
 
 # ----------------------------------------------------------------------------------------------

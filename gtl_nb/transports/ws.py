@@ -16,7 +16,13 @@ from typing import Any
 
 from gtl_nb.engine.loop import LoopThread
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode
-from gtl_nb.protocol.errors import GTLError, ProtocolError, ProviderUnavailableError, error_from_event
+from gtl_nb.protocol.errors import (
+    AuthenticationError,
+    GTLError,
+    ProtocolError,
+    ProviderUnavailableError,
+    error_from_event,
+)
 from gtl_nb.protocol.messages import Error
 from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context
@@ -73,6 +79,8 @@ def ws_backend(
 
 def _refusal(status: int, body: bytes | None, label: str) -> GTLError:
     """The GTL error a refused upgrade carries (429 one connection too many, 503 shutting down, …)."""
+    if status == 431:  # the head is too large for the WebSocket parser: only the token can make it so
+        return AuthenticationError(f"the {label} refused the request head as too large (HTTP 431): the token is")
     try:
         event = decode(body or b"")
     except ProtocolError:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway.scopes import SCOPE_NAMES
 from gtl_nb.gateway.sessions import GatewayConnection
 from gtl_nb.protocol import (
     CONNECTION_CLOSED,
@@ -85,7 +86,7 @@ async def serving(max_sessions: int = 256) -> AsyncIterator[tuple[HeldChannel, G
     gateway = GatewayConnection(
         engine,
         FramedConnection(GTLConnection("server"), channel),
-        authenticate=lambda token: RequestContext(principal="tester"),
+        authenticate=lambda token: RequestContext(principal="tester", scopes=SCOPE_NAMES),
         max_sessions=max_sessions,
     )
     task = asyncio.ensure_future(gateway.run())

@@ -11,6 +11,7 @@ from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.listeners import Limits, Shutdown
+from gtl_nb.gateway.scopes import SCOPE_NAMES
 from gtl_nb.gateway.sessions import GatewayConnection
 from gtl_nb.protocol import (
     Answer,
@@ -34,13 +35,20 @@ async def paced(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
-def gateway_over(channel: HeldChannel, *, limits: Limits, shutdown: Shutdown | None = None, pace: float = 0.0):
+def gateway_over(
+    channel: HeldChannel,
+    *,
+    limits: Limits,
+    shutdown: Shutdown | None = None,
+    pace: float = 0.0,
+    scopes: frozenset[str] = SCOPE_NAMES,
+):
     options = {"providers": {"echo": {"options": {"pace": pace}}}} if pace else {}
     engine = build_engine(load_settings(config=options), ledger=False)
     gateway = GatewayConnection(
         engine,
         FramedConnection(GTLConnection("server"), channel),
-        authenticate=lambda token: RequestContext(principal="tester"),
+        authenticate=lambda token: RequestContext(principal="tester", scopes=scopes),
         limits=limits,
         shutdown=shutdown,
     )
@@ -107,7 +115,9 @@ def test_shutdown_refuses_new_sessions_lets_running_ones_finish_then_cancels_the
 def test_queries_are_answered_and_refused_with_their_errors():
     async def main() -> None:
         channel = HeldChannel()
-        engine, gateway = gateway_over(channel, limits=Limits())
+        engine, gateway = gateway_over(
+            channel, limits=Limits(), scopes=frozenset({"chat:write", "models:read", "usage:read"})
+        )
         running = asyncio.ensure_future(gateway.run())
         client = GTLConnection("client")
         channel.inbox.put_nowait(client.data_to_send())

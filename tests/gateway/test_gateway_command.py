@@ -63,7 +63,7 @@ def test_a_configuration_mistake_is_one_line_on_standard_error_and_nothing_on_th
         check=False,
     )
     assert done.returncode == 2
-    assert done.stderr.startswith("gtl gateway: error:") and "not served yet" in done.stderr
+    assert done.stderr.startswith("gtl gateway: error:") and "[gateway.jwt] needs issuer" in done.stderr
     assert done.stdout == ""
 
 

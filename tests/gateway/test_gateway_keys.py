@@ -224,12 +224,20 @@ def listeners_with_tls(tmp_path, config, certs, **_):
 
 def listeners_insecure(tmp_path, config, **_):
     """Without ``insecure`` a plaintext listener beyond loopback is refused before anything binds; with
-    it, the gateway goes as far as binding (to an address this machine does not have: nothing is exposed)."""
+    it (and GhostTokens: a gateway checking no token never leaves loopback), the gateway goes as far as
+    binding — to an address this machine does not have, so nothing is exposed."""
+    jwt = {"issuer": "gtl-test", "secret_env": "GTL_TEST_JWT_SECRET"}
+    env = {"GTL_TEST_JWT_SECRET": "s" * 48}
     for transport in ("http", "grpc"):
         with pytest.raises(ConfigurationError, match="loopback only"):
             start_gateway(config(**{transport: {"host": "192.0.2.1", "port": 0}}), http=None)
-        with pytest.raises(ConfigurationError, match=r"cannot listen on 192\.0\.2\.1"):
+        with pytest.raises(ConfigurationError, match="checks no GhostToken"):
             start_gateway(config(**{transport: {"host": "192.0.2.1", "port": 0, "insecure": True}}), http=None)
+        exposed = config(
+            gateway={"auth": "jwt"}, jwt=jwt, **{transport: {"host": "192.0.2.1", "port": 0, "insecure": True}}
+        )
+        with pytest.raises(ConfigurationError, match=r"cannot listen on 192\.0\.2\.1"):
+            start_gateway(exposed, http=None, env=env)
     with pytest.raises(ConfigurationError, match="QUIC always runs over TLS"):  # insecure never means plaintext QUIC
         start_gateway(config(quic={"port": 0, "insecure": True}), http=None)
 

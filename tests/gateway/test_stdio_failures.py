@@ -112,6 +112,6 @@ def test_the_development_token_is_checked(write_config, open_client, monkeypatch
     assert (row["user"], row["key_id"]) == ("alice", "dev-token")
 
 
-def test_a_jwt_gateway_refuses_to_start_unchecked(write_config):
-    with pytest.raises(ProviderUnavailableError, match="not served yet"):
+def test_a_jwt_gateway_without_its_table_refuses_to_start_unchecked(write_config):
+    with pytest.raises(ProviderUnavailableError, match=r"\[gateway\.jwt\] needs issuer"):
         gtl_nb.connect(f"stdio://{write_config(gateway={'auth': 'jwt'})}")

@@ -1,0 +1,83 @@
+"""How ``gtl serve`` checks its callers and finds its provider keys, from ``[gateway]``.
+
+* ``build_authenticator`` — ``auth = "jwt"``: GhostTokens (``gateway.tokens``: ``[gateway.jwt]``, the
+  revocation list beside the ledger); ``"token"`` and ``"none"``: the development stand-in
+  (``gateway.devauth``).
+* ``build_credentials`` — with a ``[gateway.vault]`` table, the engine's keys come from the encrypted
+  vault (``gateway.vault_credentials``), a token's ``provider_keys`` choosing among them, the usual
+  configured credentials for the deployments the vault does not serve; without one, ``None`` (the
+  builder's default).
+* ``check_exposure`` — a gateway that checks no token (``auth = "none"``) listens on loopback only,
+  TLS or not: anyone who can reach the port would spend its provider keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gtl_nb.engine.credentials import ConfiguredCredentials, CredentialResolver
+from gtl_nb.engine.settings import Settings
+from gtl_nb.gateway.devauth import DevAuth
+from gtl_nb.gateway.listeners import is_loopback
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = ["build_authenticator", "build_credentials", "check_exposure"]
+
+
+def _base_dir(settings: Settings) -> Path:
+    config = settings.config
+    return config.source_path.parent if config is not None and config.source_path is not None else Path.cwd()
+
+
+def build_authenticator(
+    settings: Settings,
+    options: GatewaySettings,
+    *,
+    principal: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Authenticate:
+    """The ``authenticate`` hook of ``[gateway] auth`` (a ``ConfigurationError`` says what is missing)."""
+    environ = os.environ if environ is None else environ
+    if options.auth != "jwt":
+        return DevAuth.from_settings(options.auth, principal=principal, environ=environ)
+    if principal is not None:
+        raise ConfigurationError('--principal is for the development modes; with auth = "jwt" the token names it')
+    from gtl_nb.gateway.tokens import SqliteTokenStore, TokenAuthenticator, TokenPolicy
+
+    policy = TokenPolicy.from_table(options.jwt or {}, _base_dir(settings), environ)
+    return TokenAuthenticator(policy, SqliteTokenStore(policy.store_path, refresh=policy.refresh))
+
+
+def build_credentials(settings: Settings, options: GatewaySettings) -> CredentialResolver | None:
+    """The vault's credential resolver when ``[gateway.vault]`` is configured, else ``None``."""
+    if options.vault is None:
+        return None
+    from gtl_nb.gateway.vault_credentials import VaultCredentials, VaultSettings
+
+    config = settings.config
+    environ: Any = config.environ if config is not None and config.environ is not None else os.environ
+    vault = VaultSettings.from_table(options.vault, base=_base_dir(settings), environ=environ)
+    fallback = (
+        ConfiguredCredentials(config.rebuild_deployment, config.credential_sources, environ=config.environ)
+        if config is not None
+        else None
+    )
+    return VaultCredentials.from_settings(vault, fallback=fallback, deployments=settings.deployments)
+
+
+def check_exposure(options: GatewaySettings) -> None:
+    """Refuse to serve beyond loopback without checking tokens (see the module docstring)."""
+    if options.auth == "jwt":
+        return
+    for listener in options.listeners:
+        if not is_loopback(listener.host):
+            raise ConfigurationError(
+                f'[gateway] auth = "{options.auth}" checks no GhostToken, so [gateway.{listener.transport}] may not '
+                f'listen on {listener.host}: anyone reaching it would spend the provider keys; use auth = "jwt" '
+                "([gateway.jwt], docs/tokens.md) or a loopback address"
+            )

@@ -1,0 +1,244 @@
+"""Verification: ``TokenAuthenticator`` turns a token into the ``RequestContext`` its connection runs
+under, or refuses it with ``TokenRefusedError``.
+
+The steps run in order, each refusing before the next costs anything: size (before any parsing) →
+shape (three base64url segments) → header (``alg`` on the allow-list, no ``jku``/``x5u``/``jwk``/``x5c``,
+no ``crit``/``b64``, a known ``kid``) → signature with a key whose type matches the algorithm → claims
+(required, typed, issuer, audience, time window, lifetime) → revocation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import MappingProxyType
+from typing import Any
+
+import jwt
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway.tokens.claims import MAX_ITEMS, MAX_NAME, is_name, is_time, json_object
+from gtl_nb.gateway.tokens.keys import KeyRing
+from gtl_nb.gateway.tokens.policy import TokenPolicy
+from gtl_nb.gateway.tokens.store import RevocationList
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import AuthenticationError, GTLError
+
+log = get_logger("gateway.tokens")
+
+FORBIDDEN_HEADERS = ("jku", "x5u", "jwk", "x5c")
+"""Header parameters that name or carry a key: the gateway never lets a token choose its own key."""
+_ACCEPTED_TYPES = ("jwt", "at+jwt", "application/at+jwt")
+_BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+class TokenRefusedError(AuthenticationError):
+    """A GhostToken the gateway refused. ``message`` is what the client may hear; ``reason`` is a fixed
+    word for the server's log and the tests (never a value from the token)."""
+
+    def __init__(self, message: str, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"TokenRefusedError(reason={self.reason!r})"
+
+
+REFUSED = "the gateway refused the token; ask the gateway's administrator for a valid GhostToken"
+"""The one message for every refusal that could teach an attacker something (signature, claims, keys)."""
+EXPIRED = "the GhostToken has expired; get a new one"
+MISSING = "the gateway needs a GhostToken: connect(..., token=...) with one its administrator gave you"
+
+
+class _Refusal(Exception):
+    """Internal: why a token was refused; turned into ``TokenRefusedError`` at the boundary."""
+
+    def __init__(self, reason: str, message: str = REFUSED, *, detail: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.message, self.detail = reason, message, detail
+
+
+class TokenAuthenticator:
+    """The gateway's ``Authenticate`` for GhostTokens: ``authenticator(token) -> RequestContext``.
+
+    ``revocations`` is checked for every token that passed everything else; ``clock`` (Unix
+    seconds, ``time.time`` by default) judges ``exp``, ``nbf`` and ``iat``, and paces the JWKS re-reads.
+    """
+
+    def __init__(
+        self, policy: TokenPolicy, revocations: RevocationList, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.policy = policy
+        self.revocations = revocations
+        self.clock = clock
+        self._keys = KeyRing(policy, clock)
+        self._jws = jwt.PyJWS(algorithms=list(policy.algorithms))
+
+    def __repr__(self) -> str:
+        return f"TokenAuthenticator(issuer={self.policy.issuer!r}, algorithms={list(self.policy.algorithms)})"
+
+    def __call__(self, token: str | None) -> RequestContext:
+        """The context of the client that offered ``token``; ``TokenRefusedError`` when refused."""
+        try:
+            claims = self._verify(token)
+            context = self._context(claims)
+        except _Refusal as refusal:
+            log.info("GhostToken refused: %s%s", refusal.reason, refusal.detail)
+            raise TokenRefusedError(refusal.message, refusal.reason) from None
+        if self._revoked(context.key_id or ""):
+            log.info("GhostToken refused: revoked (sub=%r, jti=%r)", context.principal, context.key_id)
+            raise TokenRefusedError(REFUSED, "revoked")
+        log.debug(
+            "GhostToken accepted: sub=%r, jti=%r, scopes=%s", context.principal, context.key_id, sorted(context.scopes)
+        )
+        return context
+
+    def _revoked(self, jti: str) -> bool:
+        try:
+            return self.revocations.is_revoked(jti)
+        except GTLError as exc:  # fail closed, but say it may pass later
+            log.error("cannot check the revocation list: %s", exc)
+            raise TokenRefusedError(
+                "the gateway could not check the token against its revocation list; try again",
+                "store-unavailable",
+                retryable=True,
+            ) from None
+
+    # the steps, in order: each refuses before the next one costs anything
+
+    def _verify(self, token: str | None) -> dict[str, Any]:
+        if token is None or token == "":
+            raise _Refusal("missing", MISSING)
+        if not isinstance(token, str):
+            raise _Refusal("malformed")
+        limit = self.policy.max_token_bytes
+        if len(token) > limit:  # before anything is decoded (for ASCII, characters are bytes)
+            raise _Refusal("oversized", f"the token is longer than {limit} bytes; the gateway does not read it")
+        # three unpadded base64url segments (RFC 7515 §7.1), checked before any is decoded
+        if token.count(".") != 2 or not _BASE64URL.issuperset(token):
+            raise _Refusal("malformed")
+        header = self._header(token)
+        key = self._key(header)
+        try:
+            payload = self._jws.decode_complete(token, key=key, algorithms=[header["alg"]])["payload"]
+        except Exception:  # PyJWT's messages are never passed on: one refusal for every signature problem
+            raise _Refusal("bad-signature") from None
+        claims = json_object(payload)
+        if claims is None:
+            raise _Refusal("malformed-claims")
+        self._check_claims(claims)
+        return claims
+
+    def _header(self, token: str) -> dict[str, Any]:
+        try:
+            raw = jwt.utils.base64url_decode(token.split(".", 1)[0])
+        except Exception:
+            raise _Refusal("malformed") from None
+        header = json_object(raw)
+        if header is None:
+            raise _Refusal("malformed")
+        alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise _Refusal("malformed")
+        if alg.lower() == "none":
+            raise _Refusal("alg-none")
+        if alg not in self.policy.algorithms:
+            raise _Refusal("alg-not-accepted")
+        if any(name in header for name in FORBIDDEN_HEADERS):
+            raise _Refusal("key-in-header")  # a token never chooses the key that verifies it
+        if "crit" in header or "b64" in header:
+            raise _Refusal("critical-header")  # no extension is understood, so none may be critical
+        typ = header.get("typ")
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYPES):
+            raise _Refusal("wrong-type")
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or len(kid) > MAX_NAME):
+            raise _Refusal("malformed")
+        return header
+
+    def _key(self, header: dict[str, Any]) -> Any:
+        """The verifying key for ``header``: its type always matches the algorithm (HS256: the secret
+        bytes; RS256: an RSA public key; ES256: a P-256 public key), so no key serves two algorithms."""
+        alg = header["alg"]
+        if alg == "HS256":
+            return self.policy.secret
+        keys = self._keys.keys()
+        if any(key.kid is not None for key in keys):  # a key set: the kid chooses, and must be in it
+            kid = header.get("kid")
+            if kid is None:
+                raise _Refusal("missing-kid")
+            chosen = next((key for key in keys if key.kid == kid), None)
+            if chosen is None:
+                raise _Refusal("unknown-kid")
+        else:  # one PEM key, which has no kid
+            chosen = next((key for key in keys if key.algorithm == alg), None)
+        if chosen is None or chosen.algorithm != alg:
+            raise _Refusal("alg-key-mismatch")
+        return chosen.key
+
+    def _check_claims(self, claims: dict[str, Any]) -> None:
+        policy = self.policy
+        missing = sorted(name for name in policy.required_claims if claims.get(name) is None)
+        if missing:
+            raise _Refusal("missing-claim", detail=f" ({', '.join(missing)})")
+        if claims["iss"] != policy.issuer:
+            raise _Refusal("wrong-issuer")
+        audience = claims["aud"]
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences):
+            raise _Refusal("bad-claim", detail=" (aud)")
+        if policy.audience not in audiences:
+            raise _Refusal("wrong-audience")
+        for name in ("sub", "jti"):
+            if not is_name(claims[name]):
+                raise _Refusal("bad-claim", detail=f" ({name})")
+        times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
+        for name, value in times.items():
+            if value is not None and not is_time(value):
+                raise _Refusal("bad-claim", detail=f" ({name})")
+        who = f" (sub={claims['sub']!r}, jti={claims['jti']!r})"
+        now, leeway = self.clock(), policy.leeway
+        exp, iat, nbf = times["exp"], times["iat"], times["nbf"]
+        if exp is not None and now > exp + leeway:
+            raise _Refusal("expired", EXPIRED, detail=who)
+        if (nbf is not None and now + leeway < nbf) or (iat is not None and now + leeway < iat):
+            raise _Refusal("not-yet-valid", detail=who)
+        if exp is not None and iat is not None and exp - iat > policy.max_lifetime:
+            raise _Refusal("lifetime-too-long", detail=who)
+
+    def _context(self, claims: dict[str, Any]) -> RequestContext:
+        scopes = _string_list(claims.get("scopes"), "scopes")
+        models = _string_list(claims.get("allowed_models"), "allowed_models")
+        deployments = _string_list(claims.get("allowed_deployments"), "allowed_deployments")
+        tenant = claims.get("tenant")
+        if tenant is not None and not is_name(tenant):
+            raise _Refusal("bad-claim", detail=" (tenant)")
+        keys = claims.get("provider_keys")
+        if keys is not None and not (
+            isinstance(keys, dict)
+            and len(keys) <= MAX_ITEMS
+            and all(is_name(name) and is_name(value) for name, value in keys.items())
+        ):
+            raise _Refusal("bad-claim", detail=" (provider_keys)")
+        # what the token may use: its provider_keys' deployments, else the policy's default ones,
+        # narrowed by its own allowed_deployments
+        usable = frozenset(keys) if keys is not None else self.policy.default_deployments
+        if deployments is not None:
+            usable = frozenset(deployments) if usable is None else usable & frozenset(deployments)
+        return RequestContext(
+            principal=claims["sub"],
+            tenant=tenant,
+            key_id=claims["jti"],
+            scopes=frozenset(scopes or ()),
+            allowed_models=None if models is None else frozenset(models),
+            allowed_deployments=usable,
+            provider_keys=MappingProxyType(dict(keys or {})),
+        )
+
+
+def _string_list(value: Any, name: str) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) > MAX_ITEMS or not all(is_name(item) for item in value):
+        raise _Refusal("bad-scopes" if name == "scopes" else "bad-claim", detail=f" ({name})")
+    return value
