@@ -86,6 +86,9 @@ def connect(
     the best transport it offers (QUIC, gRPC, WebSocket, SSE, HTTP, in that order); ``client.transport``
     says which (docs/transports.md).
     """
+    if "://" in endpoint:  # URL schemes are case-insensitive: HTTP://host is http://host
+        scheme, rest = endpoint.split("://", 1)
+        endpoint = f"{scheme.lower()}://{rest}"
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
     if scheme == "embedded":
         return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)

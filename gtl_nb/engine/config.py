@@ -162,11 +162,30 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
     },
     "gateway": {
         "auth": Field((str,), "none", "client authentication", choices=("none", "token", "jwt")),
-        "max_frame_bytes": Field((int, type(None)), None, "largest accepted frame (default: the codec's)"),
-        "max_sessions_per_connection": Field((int,), 256, "sessions one connection may run at once"),
-        "max_connections_per_address": Field((int,), 256, "open connections from one client address"),
-        "header_timeout": Field(_NUM, 10.0, "seconds a new connection has to send its request head or hello"),
-        "idle_timeout": Field(_NUM, 300.0, "seconds a connection without a running session may stay silent"),
+        "max_frame_bytes": Field(
+            (int, type(None)),
+            None,
+            "largest accepted frame (default: the codec's)",
+            check=lambda v, w: _at_least(v, w, 4096),
+        ),
+        "max_sessions_per_connection": Field(
+            (int,), 256, "sessions one connection may run at once", check=lambda v, w: _at_least(v, w, 1)
+        ),
+        "max_connections_per_address": Field(
+            (int,), 256, "open connections from one client address", check=lambda v, w: _at_least(v, w, 1)
+        ),
+        "header_timeout": Field(
+            _NUM,
+            10.0,
+            "seconds a new connection has to send its request head or hello",
+            check=lambda v, w: _at_least(v, w, 0.001),
+        ),
+        "idle_timeout": Field(
+            _NUM,
+            300.0,
+            "seconds a connection without a running session may stay silent",
+            check=lambda v, w: _at_least(v, w, 0.001),
+        ),
         "shutdown_grace": Field(_NUM, 30.0, "seconds running streams get to finish after SIGTERM"),
         "http": Field((dict,), None, "the HTTP/SSE/WebSocket listener", check=lambda v, w: _check_listener(v, w)),
         "grpc": Field((dict,), None, "the gRPC listener", check=lambda v, w: _check_listener(v, w)),
@@ -216,6 +235,11 @@ RETIRED_GATEWAY_KEYS: dict[str, str] = {
 """Keys ``[gateway]`` documented before the gateway existed, and what replaced them."""
 
 
+def _at_least(value: Any, where: str, least: float) -> None:
+    if value is not None and value < least:
+        raise ConfigurationError(f"{where} must be at least {least:g}, got {value!r}")
+
+
 def _table_only(value: Any, where: str) -> None:
     """A table whose keys its reader checks; anything else is refused without quoting it (it may be a secret)."""
     if not isinstance(value, Mapping):
@@ -223,6 +247,9 @@ def _table_only(value: Any, where: str) -> None:
 
 
 def _check_listener(table: Any, where: str) -> None:
+    head, _, name = where.rpartition(": ")  # "[gateway] in FILE: http" -> "[gateway.http] in FILE"
+    if head.startswith("[gateway]") and name:
+        where = head.replace("[gateway]", f"[gateway.{name}]", 1)
     _check_table(table, LISTENER_FIELDS, where)
     if ("tls_cert" in table) != ("tls_key" in table):
         raise ConfigurationError(f"{where} needs tls_cert and tls_key together")

@@ -66,7 +66,7 @@ from gtl_nb.engine.settings import RoutingSettings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
-from gtl_nb.log import get_logger
+from gtl_nb.log import get_logger, redact
 from gtl_nb.protocol.errors import (
     AuthenticationError,
     GTLError,
@@ -830,7 +830,9 @@ class Engine:
             ) from None
         if status >= 400:
             request = CompletionRequest(session_id="models", model="", messages=[])
-            raise error_from_event(provider.decode_error(request, deployment, status, headers, body))
+            raise error_from_event(
+                _scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)
+            )
         try:
             return provider.parse_models(body)
         except ValueError as exc:
@@ -881,9 +883,11 @@ class Engine:
         timeouts = self.deployment_timeouts.get(target.name)
         try:
             async for event in self.http.run(provider, sent, deployment, timeouts):
+                if isinstance(event, Error):  # a provider may quote the key it refused: never pass it on
+                    event = _scrubbed(event, deployment)
                 yield self._priced(event, target)
         except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
-            yield _with_provider(exc.to_event(sid), target)
+            yield _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
 
     def _priced(self, event: StreamEvent, target: Target) -> StreamEvent:
         if (
@@ -899,6 +903,17 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
+
+
+def _scrubbed(event: Error, deployment: Deployment) -> Error:
+    """``event`` with the deployment's secrets, and anything shaped like a credential, out of its message
+    ("Incorrect API key provided: sk-…" reaches a gateway's clients and the ledger otherwise)."""
+    message = event.message
+    for secret in (deployment.api_key, deployment.aws_secret_access_key, deployment.aws_session_token):
+        if secret and len(secret) >= 8 and secret in message:
+            message = message.replace(secret, "[redacted]")
+    message = redact(message)
+    return event if message == event.message else msgspec.structs.replace(event, message=message)
 
 
 def _with_provider(event: Error, target: Target) -> Error:

@@ -26,6 +26,7 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
+from gtl_nb.engine.ledger import LedgerValueError, row_filter
 from gtl_nb.gateway.permissions import require, usage_scope
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError
@@ -56,10 +57,13 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
             result = {"models": [name for name in names if context.allows(deployment, name)]}
         else:
             raise InvalidRequestError(f"unknown query {query.name!r}; the gateway answers: {', '.join(QUERY_NAMES)}")
+    except LedgerValueError as exc:  # a filter the ledger does not know: the caller's mistake
+        return Answer(query_id=query.query_id, error=InvalidRequestError(exc.message).to_event(query.query_id))
     except GTLError as exc:
         return Answer(query_id=query.query_id, error=exc.to_event(query.query_id))
-    except ValueError as exc:  # a ledger filter it does not know, a value of the wrong kind
-        return Answer(query_id=query.query_id, error=InvalidRequestError(str(exc)).to_event(query.query_id))
+    except (ValueError, TypeError, KeyError) as exc:  # a ledger filter it does not know, a value of the wrong kind
+        message = f"the {query.name} query's params are not usable: {type(exc).__name__}: {exc}"[:500]
+        return Answer(query_id=query.query_id, error=InvalidRequestError(message).to_event(query.query_id))
     except Exception as exc:
         log.exception("query %s (%s) failed in the gateway", query.query_id, query.name)
         error = InternalError(f"the {query.name} query failed: {type(exc).__name__}")
@@ -75,6 +79,7 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
     everyone = params.get("all_users") is True
     asked = None if everyone else filters.get("user", context.principal)
     usage_scope(context, asked)  # one's own rows: usage:read; anyone else's or everyone's: usage:admin
+    row_filter(filters)  # the ledger's own check of the filters (names and values), with or without a ledger
     ledger = engine.ledger
     if ledger is None:
         return {"rows": [], "next": None}
@@ -83,8 +88,10 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
     room = max(max_bytes - _ANSWER_OVERHEAD, 1024)
     for row in rows[offset:]:
         size = len(msgspec.json.encode(row)) + 1
-        if page and size > room:
-            break
+        if size > room:
+            if page:
+                break
+            row, size = _shortened(row), room  # a row too large for a page alone: shortened, so paging moves on
         page.append(row)
         room -= size
     following = offset + len(page)
@@ -140,3 +147,9 @@ class QueryDesk:
         """Cancel the queries still being answered (without waiting)."""
         for task in list(self._tasks):
             task.cancel()
+
+
+def _shortened(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with its long text fields cut (marked ``"truncated": true``)."""
+    cut = {key: value[:256] if isinstance(value, str) else value for key, value in row.items()}
+    return {**cut, "truncated": True}

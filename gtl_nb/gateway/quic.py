@@ -40,7 +40,7 @@ from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import QueryDesk
-from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.gateway.sessions import Authenticate, cancel_started, fitted
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.connection_events import (
@@ -298,7 +298,7 @@ class _Connection:
             return
         self.context = dataclasses.replace(context, peer=self.where)
         for info in visible_providers(self.gateway.engine, self.context):
-            self.peer.write(CONTROL_STREAM_ID, self.control.send(info))
+            self.peer.write(CONTROL_STREAM_ID, self.control.send(fitted(info, self.limits.max_frame_bytes)))
         self.peer.write(CONTROL_STREAM_ID, self.control.send(PROVIDERS_END))
         self._arm(self.limits.idle_timeout, self._idle)
 
@@ -421,7 +421,7 @@ class _Session:
         """Cancel the session's task once (a second cancel could cut short its ledger row's completion)."""
         if self.task is not None and not self._cancelled:
             self._cancelled = True
-            self.task.cancel()
+            cancel_started(self.task)
 
     # -- what the gateway sends --------------------------------------------------------------------
 

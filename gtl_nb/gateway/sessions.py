@@ -39,6 +39,9 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
+
+import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
@@ -46,6 +49,7 @@ from gtl_nb.gateway.listeners import Limits, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.log import get_logger
+from gtl_nb.protocol.codec import encode
 from gtl_nb.protocol.connection_events import (
     ConnectionEvent,
     ConnectionTerminated,
@@ -53,11 +57,11 @@ from gtl_nb.protocol.connection_events import (
     ProtocolViolation,
 )
 from gtl_nb.protocol.errors import AuthenticationError, GTLError, ProviderUnavailableError
-from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, Query, StreamEvent
+from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, ProviderInfo, Query, StreamEvent
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "MAX_QUERIES", "Authenticate", "GatewayConnection"]
+__all__ = ["DEFAULT_MAX_SESSIONS", "MAX_QUERIES", "Authenticate", "GatewayConnection", "cancel_started"]
 
 log = get_logger("gateway")
 DEFAULT_MAX_SESSIONS = 256
@@ -65,6 +69,30 @@ DEFAULT_MAX_SESSIONS = 256
 
 Authenticate = Callable[[str | None], RequestContext]
 """The client's hello token → the context its sessions run under; raises ``AuthenticationError``."""
+
+
+def fitted(info: ProviderInfo, max_bytes: int) -> ProviderInfo:
+    """``info`` cut to fit one frame: a deployment listing more models than a frame holds is sent with
+    the models that fit (logged), so the provider list always reaches the client."""
+    if len(encode(info)) < max_bytes:
+        return info
+    models = list(info.models)
+    while models and len(encode(msgspec.structs.replace(info, models=models))) >= max_bytes:
+        models.pop()
+    log.warning(
+        "the provider list of %s was cut to %d of %d models to fit max_frame_bytes",
+        info.provider,
+        len(models),
+        len(info.models),
+    )
+    return msgspec.structs.replace(info, models=models)
+
+
+def cancel_started(task: asyncio.Task[Any]) -> None:
+    """Cancel a session's task after it took its first step. A task cancelled before it ever ran never
+    runs its body — no terminal event, no ``finally``, a session slot held for ever — so the cancel is
+    queued behind the task's first step (the loop runs callbacks in order)."""
+    asyncio.get_running_loop().call_soon(task.cancel)
 
 
 class GatewayConnection:
@@ -161,7 +189,7 @@ class GatewayConnection:
             return
         self.context = dataclasses.replace(context, peer=self.framed.channel.peer)
         for info in visible_providers(self.engine, self.context):
-            self.framed.send_nowait(info)
+            self.framed.send_nowait(fitted(info, self.framed.connection.max_frame_bytes))
         self.framed.send_nowait(PROVIDERS_END)
 
     def _start(self, request: CompletionRequest) -> None:
@@ -189,7 +217,7 @@ class GatewayConnection:
         """Cancel a session's task once (a second cancel could cut short its ledger row's completion)."""
         if task not in self._cancelled:
             self._cancelled.add(task)
-            task.cancel()
+            cancel_started(task)
 
     # -- one session -------------------------------------------------------------------------------
 

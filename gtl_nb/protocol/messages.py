@@ -16,7 +16,7 @@ Extensions the spec leaves implicit, all optional on the wire:
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -41,6 +41,14 @@ ErrorCode = Literal[
 
 PROTOCOL_VERSION = "1.0"
 
+
+
+MAX_ID_LENGTH = 256
+"""Longest ``session_id`` or ``query_id`` a peer may send (ids end up in ledger rows and every event)."""
+MAX_NAME_LENGTH = 512
+"""Longest model or deployment name a request may carry."""
+Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
+Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
 
 class ToolCall(msgspec.Struct, frozen=True):
     """One complete function call: ``arguments`` is the JSON text of an object."""
@@ -106,10 +114,10 @@ class ModelInfo(msgspec.Struct, frozen=True):
 class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", omit_defaults=True):
     """Ask for a completion. ``providers`` is the ordered failover list."""
 
-    session_id: str
-    model: str
+    session_id: Id
+    model: Name
     messages: list[Message]
-    provider: str | None = None
+    provider: Name | None = None
     # always written (a reader should not have to know the default); a factory default is one
     # msgspec's omit_defaults does not drop, unlike the unset optional fields after it
     stream: bool = msgspec.field(default_factory=lambda: True)
@@ -233,7 +241,7 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", omit_defaults=True):
 class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
     """Stop a running session; it ends with a ``CANCELLED`` error."""
 
-    session_id: str
+    session_id: Id
 
 
 class Query(msgspec.Struct, frozen=True, tag="query", omit_defaults=True):
@@ -244,8 +252,8 @@ class Query(msgspec.Struct, frozen=True, tag="query", omit_defaults=True):
     ``{"deployment": ...}``) — and the server answers with one ``answer`` carrying the same ``query_id``.
     """
 
-    query_id: str
-    name: str
+    query_id: Id
+    name: Name
     params: dict[str, Any] = {}
 
 

@@ -151,9 +151,47 @@ async def read_document(base_url: str, *, verify: Any = True, timeout: float = B
     return document
 
 
-def offered_urls(document: Document) -> list[tuple[str, str]]:
-    """``(transport, url)`` of every offer this client knows, in ``ORDER``."""
-    return [(name, document.transports[name]) for name in ORDER if name in document.transports]
+OFFER_SCHEMES: dict[str, tuple[str, ...]] = {
+    "quic": ("quic",),
+    "grpc": ("grpc", "grpcs"),
+    "ws": ("ws", "wss"),
+    "sse": ("sse", "sses"),
+    "http": ("http", "https"),
+}
+"""The schemes an offer of each transport may name: network schemes only — never ``stdio://``, whose
+URL is a command the client would run."""
+_TLS = frozenset({"quic", "grpcs", "wss", "sses", "https"})
+
+
+def offered_urls(document: Document, base_url: str | None = None) -> list[tuple[str, str]]:
+    """``(transport, url)`` of every offer this client knows and trusts, in ``ORDER``.
+
+    A document is the gateway's word about itself, so an offer must point back at the same host, with a
+    scheme of its transport; a document read over TLS offers TLS only (a plaintext offer would hand the
+    token to whoever sits on the path). Anything else is skipped (and logged)."""
+    offers = []
+    host = _host_of(base_url) if base_url else None
+    secure = base_url is not None and base_url.startswith("https:")
+    for name in ORDER:
+        url = document.transports.get(name)
+        if url is None:
+            continue
+        scheme = url.partition("://")[0].lower()
+        trusted = scheme in OFFER_SCHEMES[name] and (host is None or _host_of(url) == host)
+        if not trusted or (secure and scheme not in _TLS):
+            kind = "TLS " if secure else ""
+            log.warning("discovery: skipped the %s offer %r: not a %sURL of %s", name, url, kind, host)
+            continue
+        offers.append((name, url))
+    return offers
+
+
+def _host_of(url: str) -> str:
+    """The host of ``scheme://host:port/...``, lower-case, without brackets."""
+    authority = url.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    if authority.startswith("["):  # an IPv6 literal
+        return authority[1:].split("]", 1)[0].lower()
+    return authority.split(":", 1)[0].lower()
 
 
 async def _start(name: str, url: str, *, token: str | None, user: str | None, verify: Any, loop: LoopThread) -> Any:
@@ -247,7 +285,7 @@ async def discover(
             failures.append(f"{base}: {exc.message}")
             continue
         return await choose(
-            offered_urls(document),
+            offered_urls(document, base),
             token=token,
             user=user,
             verify=verify,

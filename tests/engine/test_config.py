@@ -285,7 +285,7 @@ def test_listener_tables_are_checked_when_loaded(home, listener, expected):
         ({"budgets": {"usd_per_dya": 3}}, "usd_per_dya", "[budgets]", "usd_per_day"),
         ({"ledger": {"pth": "x"}}, "pth", "[ledger]", "path"),
         ({"gateway": {"idle_timout": 1}}, "idle_timout", "[gateway]", "idle_timeout"),
-        ({"gateway": {"http": {"prot": 1}}}, "prot", "[gateway]", "port"),
+        ({"gateway": {"http": {"prot": 1}}}, "prot", "[gateway.http]", "port"),
     ],
 )
 def test_an_unknown_section_key_names_the_key_the_place_and_the_close_match(home, sections, key, place, suggestion):

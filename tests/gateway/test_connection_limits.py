@@ -15,6 +15,7 @@ from gtl_nb.gateway.scopes import SCOPE_NAMES
 from gtl_nb.gateway.sessions import GatewayConnection
 from gtl_nb.protocol import (
     Answer,
+    Cancel,
     CompletionRequest,
     Done,
     Error,
@@ -129,6 +130,8 @@ def test_queries_are_answered_and_refused_with_their_errors():
             Query(query_id="c", name="usage", params={"filters": {"user": "someone-else"}}),
             Query(query_id="d", name="weather"),
             Query(query_id="e", name="breakers"),
+            Query(query_id="f", name="usage", params={"filters": {"foo": 1}}),
+            Query(query_id="g", name="usage", params={"filters": {"since": {"$gt": 1}}}),
         ]
         channel.inbox.put_nowait(b"".join(client.send(q) for q in asks))
         for _ in range(50):
@@ -139,6 +142,8 @@ def test_queries_are_answered_and_refused_with_their_errors():
         assert answers["c"].error is not None and answers["c"].error.code == "FORBIDDEN"
         assert answers["d"].error is not None and "unknown query 'weather'" in answers["d"].error.message
         assert "breakers" in (answers["e"].result or {})
+        for bad in ("f", "g"):  # the caller's mistakes, not the gateway's
+            assert answers[bad].error is not None and answers[bad].error.code == "INVALID_REQUEST", answers[bad]
         channel.inbox.put_nowait(b"")
         await asyncio.wait_for(running, 5)
         await engine.aclose()
@@ -163,3 +168,44 @@ def test_a_token_event_is_what_the_echo_model_streams():  # guards the helper ab
         await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_a_cancel_right_behind_its_request_still_ends_the_session_and_frees_its_slot():
+    """Request and cancel in one read: the session's task is cancelled before it ever ran. It must still
+    end with one terminal event and give its place back (a connection limited to 2 sessions takes more)."""
+
+    async def main() -> None:
+        channel = HeldChannel()
+        engine, gateway = gateway_over(channel, limits=Limits(max_sessions_per_connection=2))
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        burst = b""
+        for i in range(4):
+            burst += client.send(request(f"s{i}")) + client.send(Cancel(session_id=f"s{i}"))
+        channel.inbox.put_nowait(burst)
+        await settle()
+        ends = {e.session_id: e for e in take(channel, client) if isinstance(e, (Done, Error))}
+        assert set(ends) == {"s0", "s1", "s2", "s3"}
+        assert gateway.live_sessions == 0
+        channel.inbox.put_nowait(client.send(request("after")))
+        await settle()
+        assert [type(e) for e in take(channel, client) if isinstance(e, (Done, Error))] == [Done]
+        channel.inbox.put_nowait(b"")
+        await asyncio.wait_for(running, 5)
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_provider_list_larger_than_a_frame_is_cut_to_fit_not_dropped():
+    from gtl_nb.gateway.sessions import fitted
+    from gtl_nb.protocol import ModelInfo, ProviderInfo, encode
+
+    info = ProviderInfo(provider="big", models=[ModelInfo(name=f"model-{i:04d}") for i in range(400)])
+    cut = fitted(info, 4096)
+    assert len(encode(cut)) < 4096 and cut.models == info.models[: len(cut.models)] and cut.models
+    small = ProviderInfo(provider="small", models=info.models[:3])
+    assert fitted(small, 4096) is small

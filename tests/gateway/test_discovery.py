@@ -3,8 +3,12 @@ best transport that works, within a budget."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import socket
+import threading
 import time
+import urllib.parse
 
 import pytest
 
@@ -13,7 +17,7 @@ from gtl_nb.engine.loop import shared_loop
 from gtl_nb.gateway.listeners import Limits
 from gtl_nb.protocol import AuthenticationError
 from gtl_nb.protocol.errors import ConfigurationError, ProviderUnavailableError
-from gtl_nb.transports.discovery import BUDGET, choose, document_urls
+from gtl_nb.transports.discovery import BUDGET, Document, choose, document_urls, offered_urls
 from tests.gateway.test_http import gateway, serving
 
 
@@ -100,3 +104,59 @@ def test_what_is_not_host_port_is_a_clear_error(endpoint):
 def test_the_embedded_client_says_so():
     with gtl_nb.connect(ledger=False) as client:
         assert client.transport == "embedded"
+
+
+class _Document(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.document`` at every path (a hostile or careless gateway's discovery document)."""
+
+    def do_GET(self) -> None:
+        body = json.dumps(self.server.document).encode()  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_document_cannot_make_the_client_run_a_command_or_send_its_token_elsewhere(tmp_path):
+    marker = tmp_path / "ran"
+    command = urllib.parse.quote(f"sh -c 'touch {marker}'")
+    stranger = socket.create_server(("127.0.0.2", 0))  # a listener on another host: must never see the token
+    stranger.settimeout(0.5)
+    documents = {
+        "ws": f"stdio://?command={command}",
+        "sse": f"sse://127.0.0.2:{stranger.getsockname()[1]}",
+        "grpc": "embedded://",
+    }
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Document)
+    server.document = {"protocol": "gtl", "versions": ["1.0"], "transports": documents}  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(ProviderUnavailableError, match="no transport"):
+            gtl_nb.connect(f"127.0.0.1:{server.server_port}", token="secret-token")
+        assert not marker.exists()
+        with pytest.raises(socket.timeout):
+            stranger.accept()
+    finally:
+        server.shutdown()
+        stranger.close()
+
+
+def test_offers_must_name_the_documents_host_and_over_tls_a_tls_scheme():
+    document = Document(
+        protocol="gtl",
+        transports={
+            "quic": "quic://gw.example:9",
+            "grpc": "grpc://gw.example:8",
+            "ws": "ws://elsewhere.example:7",
+            "sse": "sses://gw.example:6",
+        },
+    )
+    assert offered_urls(document, "https://gw.example:443") == [
+        ("quic", "quic://gw.example:9"),
+        ("sse", "sses://gw.example:6"),
+    ]
+    assert [name for name, _ in offered_urls(document, "http://GW.example:80")] == ["quic", "grpc", "sse"]

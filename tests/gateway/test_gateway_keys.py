@@ -100,10 +100,10 @@ def gateway_auth(tmp_path, **_):
 
 
 def gateway_max_frame_bytes(tmp_path, **_):
-    remote = gtl_nb.connect(f"stdio://{_stdio_config(tmp_path, max_frame_bytes=4000)}")
+    remote = gtl_nb.connect(f"stdio://{_stdio_config(tmp_path, max_frame_bytes=5000)}")
     try:
-        with pytest.raises(InvalidRequestError, match="maximum frame size of 4000 bytes"):
-            remote.complete("echo", "x" * 6000)
+        with pytest.raises(InvalidRequestError, match="maximum frame size of 5000 bytes"):
+            remote.complete("echo", "x" * 8000)
         assert remote.complete("echo", "a small one still works").text
     finally:
         remote.close()

@@ -295,3 +295,16 @@ def test_encode_of_a_lone_surrogate_is_a_protocol_error():
         encode(Token(session_id="s", text="a\ud800b"))
     with pytest.raises(ProtocolError, match="lone surrogate"):
         encode_frame(Message(role="user", content="\udfff"))  # type: ignore[arg-type]
+
+
+def test_ids_and_names_have_a_length_limit():
+    """An 8 MB session id would be copied into every event and the ledger row: ids and names are bounded."""
+    long_id = "s" * 257
+    frame = json.dumps({"type": "completion_request", "session_id": long_id, "model": "echo", "messages": []})
+    with pytest.raises(ProtocolError, match="length"):
+        decode(frame.encode())
+    with pytest.raises(ProtocolError, match="length"):
+        decode(json.dumps({"type": "cancel", "session_id": long_id}).encode())
+    with pytest.raises(ProtocolError, match="length"):
+        decode(json.dumps({"type": "completion_request", "session_id": "s", "model": "m" * 513, "messages": []}).encode())
+    assert decode(json.dumps({"type": "cancel", "session_id": "s" * 256}).encode())

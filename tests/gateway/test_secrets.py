@@ -1,0 +1,98 @@
+"""Secrets never leave the gateway: a provider that quotes the key it refused, a canary key, and every
+place a key could surface — the client's error on each transport, the non-streamed HTTP body, the
+``models`` query's error, the ledger, and the gateway's own output at DEBUG."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+import gtl_nb
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.gateway.local import LocalGateway, start_gateway
+from gtl_nb.protocol.errors import GTLError
+from tests.gateway.conftest import write_toml
+
+CANARY = "canary-provider-key-7f3a9c1e5b2d4f60"  # not shaped like any known key: only exact scrubbing catches it
+
+
+class _Quoting(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-shaped provider that refuses every key and quotes it back in full (some do)."""
+
+    def _refuse(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        self.rfile.read(length)
+        key = self.headers.get("authorization", "")[7:]
+        error = {
+            "message": f"Incorrect API key provided: {key}.",
+            "type": "invalid_request_error",
+            "code": "invalid_api_key",
+        }
+        body = json.dumps({"error": error}).encode()
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_POST = _refuse
+    do_GET = _refuse
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def leaky_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGateway]:
+    provider = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quoting)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    directory = tmp_path_factory.mktemp("secrets")
+    tables = {
+        "providers.leaky": {
+            "type": "openai",
+            "api_key": CANARY,
+            "base_url": f"http://127.0.0.1:{provider.server_port}/v1",
+        },
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(directory / "ledger.sqlite")},
+        "gateway.http": {"port": 0},
+    }
+    gateway = start_gateway(write_toml(directory / "gtl.toml", tables), env={"GTL_NB_LOG": "DEBUG"})
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("scheme", ["http", "sse", "ws"])
+def test_a_quoted_key_is_scrubbed_from_what_clients_see(leaky_gateway, scheme):
+    with gtl_nb.connect(leaky_gateway.url(scheme)) as client:
+        with pytest.raises(GTLError) as refused:
+            client.complete("leaky:gpt-4o-mini", "hello")
+        assert refused.value.code == "AUTH_FAILED"
+        assert CANARY not in str(refused.value) and "[redacted]" in str(refused.value)
+        with pytest.raises(GTLError) as listing:
+            client.list_models("leaky")
+        assert CANARY not in str(listing.value)
+
+
+def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
+    request = {
+        "type": "completion_request",
+        "session_id": "s-secret",
+        "model": "leaky:gpt-4o-mini",
+        "stream": False,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    answer = httpx.post(leaky_gateway.url("http") + "/v1/gtl", json=request, timeout=30)
+    assert answer.status_code == 502 and CANARY not in answer.text
+    assert leaky_gateway.stop() == 0
+    rows = Ledger(leaky_gateway.config.parent / "ledger.sqlite").rows()  # type: ignore[union-attr]
+    assert rows and CANARY not in json.dumps(rows)
+    assert CANARY not in "".join(leaky_gateway.output)
