@@ -4,8 +4,11 @@
     gtl models
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
     gtl gap wrap|transform|parse|graph ...
-    gtl serve --stdio [--config FILE] [--principal NAME]
+    gtl serve [--config FILE] [--stdio | --http/--grpc/--quic HOST:PORT] [--tls-cert F --tls-key F]
     gtl certs DIRECTORY [--name NAME ...]
+    gtl token mint|list|revoke ...      GhostTokens (docs/tokens.md)
+    gtl keys add|list|remove|rotate|genkey ...   the provider-key vault (docs/vault.md)
+    gtl audit verify|tail ...           the gateway's audit log (docs/operations.md)
 
 Errors a user can fix print one line (``gtl: error: …``) and exit with status 2; provider errors
 print their GTL code and exit with status 1.
@@ -52,8 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _optional_subcommands(sub: Any) -> None:
-    """Commands that live with their packages (``gtl sim``, ``gtl gap``, ``gtl serve``)."""
-    for module_name in ("gtl_nb.sim.cli", "gtl_nb.gap.cli", "gtl_nb.gateway.cli", "gtl_nb.gateway.certs"):
+    """Commands that live with their packages (``gtl sim``, ``gtl gap``, ``gtl serve``, ``gtl token``, …)."""
+    for module_name in (
+        "gtl_nb.sim.cli",
+        "gtl_nb.gap.cli",
+        "gtl_nb.gateway.cli",
+        "gtl_nb.gateway.certs",
+        "gtl_nb.gateway.token_cli",
+        "gtl_nb.gateway.keys_cli",
+        "gtl_nb.gateway.audit_cli",
+    ):
         try:
             module = __import__(module_name, fromlist=["add_subcommands"])
         except ImportError:

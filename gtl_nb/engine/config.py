@@ -193,6 +193,8 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         # read by gateway.tokens and gateway.vault_credentials, which check their own keys (never echoing a value)
         "jwt": Field((object,), None, "GhostToken verification (docs/tokens.md)", check=lambda v, w: _table_only(v, w)),
         "vault": Field((object,), None, "the provider-key vault (docs/vault.md)", check=lambda v, w: _table_only(v, w)),
+        "audit": Field((object,), None, "the audit log (docs/operations.md)", check=lambda v, w: _table_only(v, w)),
+        "metrics": Field((object,), None, "GET /metrics (docs/operations.md)", check=lambda v, w: _table_only(v, w)),
     },
     "defaults": {
         "model": Field(_OPT_STR, None, "model used when a request names none (built-in: 'echo')"),
@@ -227,9 +229,9 @@ RETIRED_GATEWAY_KEYS: dict[str, str] = {
     "jwt_secret_env": "GhostToken settings have their own table now: write secret_env under [gateway.jwt]",
     "vault_path": "the vault has its own table now: write path under [gateway.vault]",
     "vault_key_env": "the vault has its own table now: write master_key_env under [gateway.vault]",
-    "audit_log": "it was a placeholder nothing read; the audit log is not served yet",
+    "audit_log": "the audit log has its own table now: write path under [gateway.audit]",
     "cors_origins": "it was a placeholder nothing read; the gateway serves no browser origins yet",
-    "metrics": "it was a placeholder nothing read; metrics are not served yet",
+    "metrics": "metrics have their own table now: write enabled (and require_token) under [gateway.metrics]",
     "openai_compatible": "it was a placeholder nothing read; the OpenAI-compatible endpoint is not served yet",
 }
 """Keys ``[gateway]`` documented before the gateway existed, and what replaced them."""
@@ -610,7 +612,7 @@ def _validate_source(data: Mapping[str, Any], where: str) -> None:
         else:
             if name == "gateway":
                 for key in value:
-                    if key in RETIRED_GATEWAY_KEYS:
+                    if key in RETIRED_GATEWAY_KEYS and not isinstance(value[key], Mapping):  # metrics: now a table
                         raise ConfigurationError(
                             f"[gateway] {key} in {where} is not a key any more: {RETIRED_GATEWAY_KEYS[key]}"
                         )

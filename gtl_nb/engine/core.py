@@ -960,4 +960,6 @@ def _finished_event(
         cost=fields.get("cost"),
         latency_ms=fields.get("latency_ms"),
         cache_hit=bool(fields.get("cache_hit") or record.cache_hit),
+        ttft_ms=fields.get("ttft_ms"),
+        provider_type=fields.get("provider_type"),
     )

@@ -100,6 +100,8 @@ class RequestFinished:
     cost: float | None
     latency_ms: float | None
     cache_hit: bool
+    ttft_ms: float | None = None
+    provider_type: str | None = None
 
 
 EngineEvent = (

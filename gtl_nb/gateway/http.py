@@ -10,34 +10,41 @@
 * ``POST /v1/gtl/sse`` — the same session as server-sent events (``event: <type>``, ``data: <frame>``).
 * ``GET /v1/gtl/ws`` — a WebSocket carrying one GTL connection (``GatewayConnection``), many sessions.
 * ``GET /v1/gtl/providers`` — the gateway's ``provider_info`` list as a JSON array.
+* ``POST /v1/gtl/query`` — one ``query`` frame in, its ``answer`` frame out.
 * ``GET /healthz``, ``GET /readyz``, ``GET /.well-known/gtl`` (every transport this gateway offers,
   with the URL a client passes to ``gtl_nb.connect``, and the protocol versions).
 
 Before a session runs, a refusal is a status with one GTL ``error`` as the body: ``401`` for a token
 the gateway does not accept, ``413`` for a body over ``max_frame_bytes``, ``400`` for a body that is
-not a ``completion_request``, ``429`` for one connection too many from an address, ``503`` once the
-gateway is shutting down, ``408`` (then the connection closes) for a request head that took longer
-than ``header_timeout``.
+not a ``completion_request`` (or a request that is not HTTP/1.1 at all), ``404`` and ``405`` for a
+path or method nobody here serves (``INVALID_REQUEST``, naming the endpoints; the OpenAI- and
+Anthropic-compatible routes answer under their own paths in their own shape), ``429`` for one
+connection too many from an address, ``503`` once the gateway is shutting down, ``408`` (then the
+connection closes) for a request that arrives too slowly (below).
 
-**Limits** (``gateway.listeners.Limits``): a body over ``max_frame_bytes`` is refused; a request head
-must arrive within ``header_timeout`` seconds of the connection opening (after TLS, whose handshake
-has the same deadline) or of its first byte on a kept-alive connection (``_HttpProtocol``); a
-kept-alive connection may wait ``idle_timeout`` seconds for its next request; an address may hold
-``max_connections_per_address`` connections at once (the next one gets one ``429`` and is closed); a
-WebSocket connection runs at most ``max_sessions_per_connection`` sessions (``GatewayConnection``).
+**Limits** (``gateway.listeners.Limits``): a body is read a piece at a time and refused as soon as it
+passes ``max_frame_bytes``; a request must arrive within ``header_timeout`` seconds of the connection
+opening (after TLS, whose handshake has the same deadline) or of its first byte on a kept-alive
+connection, plus one second for every ``MIN_REQUEST_RATE`` (32 KiB) received (``_HttpProtocol``): a
+head, or a body, sent a byte a second is cut at ``header_timeout``, a body arriving at 32 KiB/s or
+faster never is (a request is held at most ``header_timeout`` + (``max_frame_bytes`` + 64 KiB) / 32 KiB/s:
+4 min 28 s with the defaults). A kept-alive connection may wait ``idle_timeout`` seconds for its next
+request; an address may hold ``max_connections_per_address`` connections at once (the next one gets
+one ``429`` and is closed); a WebSocket connection runs at most ``max_sessions_per_connection``
+sessions (``GatewayConnection``).
 
 **Shutdown** (``shutdown.begin()``): the port stops accepting, idle keep-alive connections close, a
-request that still arrives gets ``503``; running NDJSON/SSE streams and WebSocket sessions have
-``shutdown.grace`` seconds, then end with ``CANCELLED`` and their ledger rows complete. uvicorn's own
-server loop (and its signal handlers) is not used: the listener is ``loop.create_server`` with
-uvicorn's protocols, and whoever runs the gateway owns the signals.
+request whose body is still arriving, or that arrives now, gets ``503``; running NDJSON/SSE streams and
+WebSocket sessions have ``shutdown.grace`` seconds, then end with ``CANCELLED`` and their ledger rows
+complete. uvicorn's own server loop (and its signal handlers) is not used: the listener is
+``loop.create_server`` with uvicorn's protocols, and whoever runs the gateway owns the signals.
 
 **Compression** is negotiated, never forced: NDJSON and SSE bodies are gzip-encoded when the request
 says ``Accept-Encoding: gzip``, each event flushed (``Z_SYNC_FLUSH``) so the client decodes it as
 soon as it arrives; the WebSocket offers permessage-deflate. ``compression=False`` turns both off.
 
 A client that disconnects mid-stream cancels the session: the engine closes the upstream response and
-completes the ledger row as cancelled.
+completes the ledger row as cancelled. One that disconnects mid-body is one ``INFO`` line.
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ import socket
 import string
 import zlib
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -60,6 +68,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import answer_query
@@ -71,6 +80,7 @@ from gtl_nb.protocol.errors import (
     ConfigurationError,
     FrameTooLargeError,
     GTLError,
+    InternalError,
     InvalidRequestError,
     OverloadedError,
     ProviderTimeoutError,
@@ -93,11 +103,32 @@ PATHS = {
 """Where each endpoint lives (the discovery document repeats it)."""
 OFFER_ORDER = ("quic", "grpc", "ws", "sse", "http")
 """The order transports are listed in the discovery document: the spec's, best first."""
+_ENDPOINTS = ", ".join(
+    [
+        f"POST {PATHS['http']}",
+        f"POST {PATHS['sse']}",
+        f"GET {PATHS['ws']} (WebSocket)",
+        f"GET {PATHS['providers']}",
+        f"POST {PATHS['query']}",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /.well-known/gtl",
+    ]
+)
+"""What a ``404`` names: the GTL endpoints of this listener."""
 MAX_HEAD_BYTES = 64 * 1024
 """Largest request head (h11's default is 16 KiB): an oversized token is then refused by the token
 check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""
 CLOSE_WAIT = 5.0
 """Seconds the last step of a shutdown waits for cancelled sessions and closing connections."""
+MIN_REQUEST_RATE = 32 * 1024
+"""Bytes a second a request must keep arriving at once ``header_timeout`` has passed: each byte received
+moves its deadline on by ``1 / MIN_REQUEST_RATE`` s. A 256 kbit/s uplink keeps up with it; a client sending
+a byte a second is cut at ``header_timeout``."""
+_ARRIVING = (h11.IDLE, h11.SEND_BODY)
+"""h11's states for a client whose request is still arriving (its head, then its body)."""
+_CUT = "gtl_nb.cut"
+"""The scope key ``_HttpProtocol._cut`` sets on a request it answered itself: the application logs nothing more."""
 
 STATUS_OF_CODE: dict[str, int] = {
     "INVALID_REQUEST": 400,
@@ -306,65 +337,114 @@ class _ConnectionGuard:
 
 
 class _HttpProtocol(H11Protocol):
-    """uvicorn's h11 protocol with the listener's limits: the per-address count, and a deadline per request head.
+    """uvicorn's h11 protocol with the listener's limits: the per-address count, a deadline per request, and a
+    GTL error for what it refuses itself.
 
     uvicorn bounds the wait *between* keep-alive requests (``timeout_keep_alive``), but neither of its
-    HTTP/1.1 protocols bounds how long a request head may take to arrive: a client sending one byte a
-    second holds a connection for ever. Here a timer starts when a connection opens, and again when
-    the first bytes of a later request arrive, and is stopped once h11 has the whole head (its state
-    for the client leaves ``IDLE``). When it fires, the client gets ``408`` and the connection closes.
+    HTTP/1.1 protocols bounds how long a request may take to arrive: a client sending its head, or its
+    body, one byte a second holds a connection for ever. Here a deadline starts when a connection opens,
+    and again when the first bytes of a later request arrive: ``header_timeout`` seconds, moved on by one
+    second for every ``MIN_REQUEST_RATE`` bytes received (counted up to ``max_request_bytes``). It stops
+    once h11 has the whole request — its state for the client is past ``IDLE`` and ``SEND_BODY`` — or the
+    connection is upgraded. When it passes, the client gets ``408`` and the connection closes; a shutdown
+    answers a body still arriving with ``503`` the same way (``_cut``), and a request h11 cannot parse gets
+    ``400``.
     """
 
     guard: ClassVar[_ConnectionGuard]
     header_timeout: ClassVar[float]
+    max_request_bytes: ClassVar[int]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._request_started = 0.0
+        self._request_bytes = 0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self.guard.opened(transport, self.client)
-        self._arm_head_timer()
+        self._start_deadline()
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and self.conn.their_state is h11.IDLE:
-            self._arm_head_timer()  # the first bytes of a request on a kept-alive connection
+        if self._deadline_timer is None and self.conn.their_state is h11.IDLE:
+            self._start_deadline()  # the first bytes of a request on a kept-alive connection
+        if self._deadline_timer is not None:
+            self._request_bytes += len(data)
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._stop_head_timer()  # the head is complete (or the connection is past heads: closed, upgraded)
+        if self.conn.their_state not in _ARRIVING or self.transport.get_protocol() is not self:
+            self._stop_deadline()  # the request is whole (or the connection is past requests: closed, upgraded)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_head_timer()
+        self._stop_deadline()
         self.guard.closed(self.transport)
         super().connection_lost(exc)
 
-    def _arm_head_timer(self) -> None:
-        self._stop_head_timer()
-        self._head_timer = self.loop.call_later(self.header_timeout, self._head_timed_out)
+    def shutdown(self) -> None:
+        """uvicorn's graceful close, except that a request whose body is still arriving is answered ``503`` now.
 
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        Left alone it would run into the end of the shutdown and be cancelled there: a plain ``500`` and a
+        ``CancelledError`` traceback.
+        """
+        if self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.SEND_RESPONSE:
+            error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
+            self._cut(503, error, "the gateway is shutting down while its request body arrives")
+            return
+        super().shutdown()
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (uvicorn's own answer is plain text)."""
+        self._cut(400, InvalidRequestError("the request is not valid HTTP/1.1"), "the request is not valid HTTP/1.1")
+
+    def _start_deadline(self) -> None:
+        self._stop_deadline()
+        self._request_started = self.loop.time()
+        self._request_bytes = 0
+        self._deadline_timer = self.loop.call_later(self.header_timeout, self._deadline_passed)
+
+    def _stop_deadline(self) -> None:
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
+    def _deadline_passed(self) -> None:
+        self._deadline_timer = None
+        # the timer is set once and looked at when it fires: counting bytes costs nothing per read
+        earned = min(self._request_bytes, self.max_request_bytes) / MIN_REQUEST_RATE
+        remaining = self._request_started + self.header_timeout + earned - self.loop.time()
+        if remaining > 0:
+            self._deadline_timer = self.loop.call_later(remaining, self._deadline_passed)
+            return
+        if self.conn.their_state is h11.IDLE:
+            what = f"no whole request head within {self.header_timeout:g} s"
+        else:
+            rate = MIN_REQUEST_RATE // 1024
+            what = f"the request body did not arrive in time ({self.header_timeout:g} s, plus 1 s per {rate} KiB)"
+        self._cut(408, ProviderTimeoutError(what), what)
+
+    def _cut(self, status: int, error: GTLError, why: str) -> None:
+        """Answer the request still arriving with ``status`` and one GTL error, then close the connection.
+
+        Once a response of ours has begun there is no answering: the connection just closes. The
+        application reading the body sees a disconnect and, finding the request marked, logs nothing more.
+        """
         if self.transport.is_closing():
             return
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
-        log.info("closing the connection from %s: no request head within %g s", peer, self.header_timeout)
-        error = ProviderTimeoutError(f"the request head did not arrive within {self.header_timeout:g} s")
-        body = encode(error.to_event(""))
-        head = (
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
-        )
-        self.transport.write(head + body)
+        log.info("closing the connection from %s: %s", peer, why)
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no response of ours has begun
+            self.transport.write(_raw_response(status, error))
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            cycle.scope[_CUT] = status  # type: ignore[literal-required]
+            cycle.disconnected = True  # whatever the application still sends goes nowhere
+            cycle.message_event.set()
         self.transport.close()
 
 
-def _protocol_classes(guard: _ConnectionGuard, header_timeout: float) -> tuple[type[Any], type[Any]]:
+def _protocol_classes(
+    guard: _ConnectionGuard, header_timeout: float, max_request_bytes: int
+) -> tuple[type[Any], type[Any]]:
     """This listener's HTTP and WebSocket protocol classes (both report closed connections to ``guard``)."""
     from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
 
@@ -381,11 +461,22 @@ def _protocol_classes(guard: _ConnectionGuard, header_timeout: float) -> tuple[t
             finally:
                 guard.closed(self.transport)
 
-    http = type("GatewayHttpProtocol", (_HttpProtocol,), {"guard": guard, "header_timeout": header_timeout})
+    settings = {"guard": guard, "header_timeout": header_timeout, "max_request_bytes": max_request_bytes}
+    http = type("GatewayHttpProtocol", (_HttpProtocol,), settings)
     return http, WebSocketProtocol
 
 
 # -- responses -----------------------------------------------------------------------------------------
+
+
+def _raw_response(status: int, error: GTLError) -> bytes:
+    """A whole response carrying one GTL error, closing the connection, for the protocol to write itself."""
+    body = encode(error.to_event(""))
+    head = (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
 
 
 def _error_response(exc: GTLError, status: int, session_id: str = "", headers: dict[str, str] | None = None) -> Any:
@@ -394,6 +485,11 @@ def _error_response(exc: GTLError, status: int, session_id: str = "", headers: d
     return Response(
         encode(exc.to_event(session_id)), status_code=status, media_type="application/json", headers=headers
     )
+
+
+def _body_refusal(exc: GTLError) -> Any:
+    """A body that is too large (``413``) or not the frame the endpoint takes (``400``)."""
+    return _error_response(InvalidRequestError(exc.message), 413 if isinstance(exc, FrameTooLargeError) else 400)
 
 
 async def _refuse(scope: Any, receive: Any, send: Any, status: int, error: GTLError) -> None:
@@ -553,6 +649,22 @@ def discovery_document(host: str, *, tls: bool, offers: dict[str, str]) -> dict[
 # -- the application --------------------------------------------------------------------------------------
 
 
+def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authenticate: Authenticate) -> list[Any]:
+    """``GET /metrics`` when metrics are on (``[gateway.metrics]``); reading them needs ``models:read``."""
+    if metrics is None:
+        return []
+    from gtl_nb.gateway.metrics import metrics_route
+
+    async def refresh() -> None:
+        await metrics.refresh_breakers(engine)
+
+    return [
+        metrics_route(
+            metrics, require_token=require_token, authenticate=authenticate, scope="models:read", refresh=refresh
+        )
+    ]
+
+
 def build_app(
     engine: Engine,
     *,
@@ -563,10 +675,14 @@ def build_app(
     base_url: Callable[[], str],
     offers: Callable[[], dict[str, str]] | None = None,
     compression: bool = True,
+    metrics: Any = None,
+    metrics_require_token: bool = True,
 ) -> Any:
-    """The Starlette application of one gateway listener (``serve_http`` puts the connection gate in front)."""
+    """The Starlette application of one gateway listener (``serve_http`` puts the connection gate in front);
+    with ``metrics`` (``gateway.metrics.Metrics``) it also serves ``GET /metrics``."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
@@ -579,7 +695,9 @@ def build_app(
         peer = f"{request.client.host}:{request.client.port}" if request.client else None
         return dataclasses.replace(context, peer=peer)
 
-    async def read_request(request: Request) -> CompletionRequest:
+    async def read_frame(request: Request, kind: type[Any], name: str) -> Any:
+        """The body, one GTL frame of type ``kind``; read a piece at a time and refused (``FrameTooLargeError``)
+        as soon as it passes ``max_body_bytes``, so an endless chunked body costs no more memory than that."""
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
             raise FrameTooLargeError(f"the body of {length} bytes exceeds the maximum of {max_body_bytes} bytes")
@@ -589,8 +707,8 @@ def build_app(
             if len(body) > max_body_bytes:
                 raise FrameTooLargeError(f"the body exceeds the maximum of {max_body_bytes} bytes")
         message = decode(bytes(body), max_bytes=max_body_bytes)
-        if not isinstance(message, CompletionRequest):
-            raise InvalidRequestError(f"the body must be a completion_request, not {type(message).__name__}")
+        if not isinstance(message, kind):
+            raise InvalidRequestError(f"the body must be a {name}, not {type(message).__name__}")
         return message
 
     async def completion(request: Request, *, sse: bool) -> Any:
@@ -599,11 +717,9 @@ def build_app(
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
         try:
-            message = await read_request(request)
-        except FrameTooLargeError as exc:
-            return _error_response(InvalidRequestError(exc.message), 413)
+            message: CompletionRequest = await read_frame(request, CompletionRequest, "completion_request")
         except GTLError as exc:
-            return _error_response(InvalidRequestError(exc.message), 400)
+            return _body_refusal(exc)
         gzip = compression and accepts_gzip(request.headers.get("accept-encoding"))
         if sse or message.stream:
             media, render = ("text/event-stream", _sse) if sse else (NDJSON, _ndjson)
@@ -657,20 +773,43 @@ def build_app(
             context = context_of(request)
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            return _error_response(InvalidRequestError(f"the body exceeds the maximum of {max_body_bytes} bytes"), 413)
         try:
-            query = decode(body, max_bytes=max_body_bytes)
+            query: Query = await read_frame(request, Query, "query")
         except GTLError as exc:
-            return _error_response(InvalidRequestError(exc.message), 400)
-        if not isinstance(query, Query):
-            return _error_response(InvalidRequestError(f"the body must be a query, not {type(query).__name__}"), 400)
+            return _body_refusal(exc)
         answer = await answer_query(engine, context, query, max_bytes=max_body_bytes)
         return Response(encode(answer), media_type="application/json", headers={"cache-control": "no-store"})
 
     async def healthz(request: Request) -> Any:
         return JSONResponse({"status": "ok"})
+
+    async def not_found(request: Request, exc: Exception) -> Any:
+        """A path nobody here serves (the compatible endpoints answer under their own paths, in their own shape)."""
+        where = f"{request.method} {request.url.path}"
+        return _error_response(InvalidRequestError(f"no endpoint at {where}; this gateway serves {_ENDPOINTS}"), 404)
+
+    async def not_allowed(request: Request, exc: Exception) -> Any:
+        allow = (exc.headers or {}).get("Allow", "") if isinstance(exc, HTTPException) else ""
+        path = request.url.path
+        use = " or ".join(f"{method.strip()} {path}" for method in allow.split(",") if method.strip())
+        error = InvalidRequestError(f"{request.method} {path} is not served; use {use or 'another method'}")
+        return _error_response(error, 405, headers={"allow": allow} if allow else None)
+
+    async def internal(request: Request, exc: Exception) -> Any:
+        """A bug: uvicorn still logs its traceback, the client reads a GTL error rather than plain text."""
+        return _error_response(InternalError("the gateway failed to answer this request"), 500)
+
+    async def client_gone(request: Request, exc: Exception) -> Any:
+        """The client left before its body was whole (or ``_HttpProtocol._cut`` cut it off, and said so)."""
+        if _CUT not in request.scope:
+            peer = f"{request.client.host}:{request.client.port}" if request.client else "?"
+            log.info("client %s disconnected mid-body (%s %s)", peer, request.method, request.url.path)
+        return Response(status_code=400)  # goes nowhere: the connection is gone
+
+    async def no_socket(socket_: WebSocket) -> None:
+        """A WebSocket upgrade to any other path: refused as an HTTP request to it would be."""
+        error = InvalidRequestError(f"no WebSocket endpoint at {socket_.url.path}; this gateway serves {_ENDPOINTS}")
+        await _refuse(socket_.scope, socket_.receive, socket_.send, 404, error)
 
     async def readyz(request: Request) -> Any:
         return JSONResponse({"status": "ready"})
@@ -725,7 +864,13 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/.well-known/gtl", discovery, methods=["GET"]),
-        ]
+            # OpenAI- and Anthropic-compatible endpoints, on the same sessions (docs/gateway.md)
+            *compat_routes(engine, authenticate=authenticate, sessions=sessions, limits=limits),
+            *_metrics_routes(engine, metrics, require_token=metrics_require_token, authenticate=authenticate),
+            WebSocketRoute("/{path:path}", no_socket),  # last: only what no route above takes
+        ],
+        # the router's own 404 and 405, and a bug's 500, as GTL errors (a handler's own answers are untouched)
+        exception_handlers={404: not_found, 405: not_allowed, 500: internal, ClientDisconnect: client_gone},
     )
 
 
@@ -753,6 +898,8 @@ async def serve_http(
     ready: Ready,
     offers: Callable[[], dict[str, str]] | None = None,
     compression: bool = True,
+    metrics: Any = None,
+    metrics_require_token: bool = True,
 ) -> None:
     """Serve HTTP, SSE, WebSocket and discovery on ``listener`` (https/wss with its TLS files) until shutdown.
 
@@ -781,8 +928,12 @@ async def serve_http(
             base_url=lambda: url,
             offers=offers,
             compression=compression,
+            metrics=metrics,
+            metrics_require_token=metrics_require_token,
         )
-        http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout)
+        # a request counts towards its deadline at most its largest head and body (then it is refused anyway)
+        request_bytes = MAX_HEAD_BYTES + limits.max_frame_bytes
+        http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout, request_bytes)
         config = uvicorn.Config(
             _Gate(app, guard, shutdown),
             http=http_protocol,

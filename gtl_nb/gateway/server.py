@@ -72,6 +72,7 @@ async def serve(
     functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
     own_engine = engine is None
     engine = engine if engine is not None else build_engine(settings, credentials=credentials)
+    audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
     urls: dict[str, str] = {}
 
     def offers() -> dict[str, str]:
@@ -97,6 +98,8 @@ async def serve(
             }
             if listener.transport == "http":
                 options["offers"] = offers
+                if metrics is not None:
+                    options["metrics"], options["metrics_require_token"] = metrics
             coroutine = functions[listener.transport](engine, listener, **options)
             task = asyncio.ensure_future(coroutine)
             tasks[task] = listener
@@ -105,8 +108,31 @@ async def serve(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if audit is not None:  # after the listeners: the cancelled sessions' records are in
+            await asyncio.to_thread(audit.close)
+        if metrics is not None:
+            metrics[0].detach()
         if own_engine:
             await engine.aclose()
+
+
+def _operations(gateway: GatewaySettings, engine: Any) -> tuple[Any, Any]:
+    """The audit log and ``(metrics, require_token)`` that ``[gateway.audit]`` and ``[gateway.metrics]`` ask
+    for (``None`` each when not configured), subscribed to the engine's hooks."""
+    audit = metrics = None
+    if gateway.audit is not None:
+        from gtl_nb.gateway.audit import AuditLog, AuditSettings
+
+        audit_settings = AuditSettings.from_table(gateway.audit, base=gateway.base)
+        if audit_settings.enabled:
+            audit = AuditLog.for_engine(audit_settings, engine)
+    if gateway.metrics is not None:
+        from gtl_nb.gateway.metrics import Metrics, MetricsSettings
+
+        metrics_settings = MetricsSettings.from_table(gateway.metrics)
+        if metrics_settings.enabled:
+            metrics = (Metrics.for_engine(engine), metrics_settings.require_token)
+    return audit, metrics
 
 
 async def _until_all_stop(tasks: dict[asyncio.Task[None], ListenerSettings]) -> None:

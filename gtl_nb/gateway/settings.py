@@ -48,6 +48,12 @@ class GatewaySettings:
     """``[gateway.jwt]`` as written (``gateway.tokens.TokenPolicy.from_table`` reads it)."""
     vault: Mapping[str, Any] | None = field(default=None, repr=False)
     """``[gateway.vault]`` as written (``gateway.vault_credentials.VaultSettings.from_table`` reads it)."""
+    audit: Mapping[str, Any] | None = None
+    """``[gateway.audit]`` as written (``gateway.audit.AuditSettings.from_table``); none: no audit log."""
+    metrics: Mapping[str, Any] | None = None
+    """``[gateway.metrics]`` as written (``gateway.metrics.MetricsSettings.from_table``); none: no ``/metrics``."""
+    base: Path = field(default_factory=Path.cwd)
+    """The configuration file's folder: relative paths in the tables start there."""
 
     @property
     def max_frame_bytes(self) -> int:
@@ -75,6 +81,9 @@ class GatewaySettings:
             shutdown_grace=float(table.get("shutdown_grace", 30.0)),
             jwt=table.get("jwt"),
             vault=table.get("vault"),
+            audit=table.get("audit"),
+            metrics=table.get("metrics"),
+            base=base,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -183,6 +184,35 @@ def test_refusals_have_their_statuses(base_url):
     response = httpx.post(f"{base_url}/v1/gtl", json=big)
     assert response.status_code == 413
     assert response.json()["code"] == "INVALID_REQUEST"
+
+
+def test_unknown_paths_methods_and_malformed_http_are_gtl_errors(base_url):
+    """Every refusal of the listener is one GTL ``error`` as a JSON body, not Starlette's or uvicorn's plain text."""
+    missing = httpx.get(f"{base_url}/v2/nothing")
+    assert missing.status_code == 404 and missing.headers["content-type"] == "application/json"
+    assert missing.json()["type"] == "error" and missing.json()["code"] == "INVALID_REQUEST"
+    assert "/v1/gtl/sse" in missing.json()["message"] and "/.well-known/gtl" in missing.json()["message"]
+    wrong = httpx.get(f"{base_url}/v1/gtl")
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["code"] == "INVALID_REQUEST" and "POST /v1/gtl" in wrong.json()["message"]
+    assert httpx.delete(f"{base_url}/healthz").json()["code"] == "INVALID_REQUEST"
+    host, _, port = base_url.partition("://")[2].rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        malformed = sock.recv(4096)
+    assert malformed.startswith(b"HTTP/1.1 400") and b"application/json" in malformed
+    assert json.loads(malformed.partition(b"\r\n\r\n")[2])["code"] == "INVALID_REQUEST"
+    with socket.create_connection((host, int(port)), timeout=5) as sock:  # a WebSocket to nowhere
+        sock.sendall(
+            b"GET /v2/nothing HTTP/1.1\r\nhost: gateway\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
+            b"sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+        )
+        upgrade = sock.recv(4096)
+    assert upgrade.startswith(b"HTTP/1.1 404") and b'"code":"INVALID_REQUEST"' in upgrade
+    # the compatible endpoints keep their own answers: only paths nobody serves get the GTL error
+    assert httpx.get(f"{base_url}/v1/models").status_code == 200
+    unsupported = httpx.post(f"{base_url}/v1/embeddings", json={"input": "x"})
+    assert unsupported.status_code == 404 and isinstance(unsupported.json()["error"], dict)
 
 
 def test_discovery_and_health(base_url):

@@ -1,15 +1,19 @@
 """The HTTP listener's limits, compression and graceful shutdown, on real loopback sockets.
 
-* a request head that trickles in is cut at ``header_timeout`` (uvicorn alone waits for it for ever);
+* a request head that trickles in is cut at ``header_timeout`` (uvicorn alone waits for it for ever), and so
+  is a body, while one arriving steadily may take longer; a body over the limit is refused before it ends;
 * one connection more than ``max_connections_per_address`` is answered 429 (HTTP and WebSocket alike);
 * gzip is used only when asked for, and a gzip stream still delivers each event as it is produced;
 * permessage-deflate is agreed on a WebSocket unless either end turns it off;
 * a shutdown lets running streams finish, refuses new work, and ends what outlives the grace period
-  with ``CANCELLED`` — every ledger row complete.
+  with ``CANCELLED`` — every ledger row complete; a body still arriving is answered 503 at once, and a client
+  leaving mid-body is one log line.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import threading
 import time
@@ -237,3 +241,117 @@ def test_shutdown_lets_streams_finish_refuses_new_work_then_cancels_the_rest(pac
     assert rows[finishing.session_id] == "ok"
     assert rows[outlasting.session_id] == rows[outlasting_ws.session_id] == "cancelled"
     assert "started" not in rows.values()
+
+
+# -- request bodies: bounded in size and in time, cut cleanly at shutdown ---------------------------------
+
+
+def _head(path: str, *headers: str) -> bytes:
+    """A complete request head for ``POST path`` with ``headers`` (each ``"name: value"``)."""
+    return "\r\n".join([f"POST {path} HTTP/1.1", "host: gateway", *headers, "", ""]).encode()
+
+
+def _response(sock: socket.socket, timeout: float = 5) -> bytes:
+    """What the server sends until it closes the connection, or has sent a whole head and JSON body."""
+    sock.settimeout(timeout)
+    data = b""
+    while True:
+        try:
+            piece = sock.recv(65536)
+        except ConnectionResetError:
+            piece = b""
+        if not piece:
+            return data
+        data += piece
+        head, _, body = data.rpartition(b"\r\n\r\n")
+        if head.startswith(b"HTTP/1.1 ") and b"content-length" in head and body.endswith(b"}"):
+            return data
+
+
+def _continued(sock: socket.socket, head: bytes) -> None:
+    """Send ``head`` (which says ``expect: 100-continue``) and wait for the ``100 Continue``: the application
+    has started reading the body (a synchronisation point, not a sleep)."""
+    sock.settimeout(5)
+    sock.sendall(head)
+    assert sock.recv(4096).startswith(b"HTTP/1.1 100 ")
+
+
+@pytest.mark.parametrize("path", ["/v1/gtl", "/v1/gtl/query"])
+def test_a_body_over_the_limit_is_refused_before_it_ends(base_config, path):
+    """The body is read a piece at a time and refused once it passes ``max_frame_bytes`` — not first read whole
+    (``/v1/gtl/query`` held a 400 MB chunked body in memory before answering 413)."""
+    limits = Limits(max_frame_bytes=64 * 1024)
+    with serving(base_config, limits=limits) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(_head(path, "transfer-encoding: chunked", "content-type: application/json"))
+        for _ in range(4):  # 128 KiB, and no last chunk: the body has not ended
+            sock.sendall(b"8000\r\n" + b" " * 0x8000 + b"\r\n")
+        answer = _response(sock)
+    assert answer.startswith(b"HTTP/1.1 413") and b'"code":"INVALID_REQUEST"' in answer
+
+
+@pytest.mark.parametrize("path", ["/v1/gtl", "/v1/gtl/sse", "/v1/gtl/query"])
+def test_a_trickling_request_body_is_cut_at_the_header_timeout(base_config, path):
+    """A whole head, then the body a byte every 0.1 s: cut with 408 as a trickling head is."""
+    limits = Limits(max_frame_bytes=64 * 1024, header_timeout=0.5, idle_timeout=30)
+    with serving(base_config, limits=limits) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(_head(path, "content-length: 1000"))
+        answer, after = _trickle(sock, b" " * 1000, 0.1)
+    assert answer.startswith(b"HTTP/1.1 408") and b'"code":"TIMEOUT"' in answer
+    assert b"connection: close" in answer.lower()
+    assert 0.3 < after < 2.0
+
+
+def test_a_body_arriving_steadily_may_take_longer_than_the_header_timeout(base_config):
+    """Each piece received extends the deadline: 192 KiB at about 160 KiB/s takes over a second (twice
+    ``header_timeout``) and is answered, not cut."""
+    limits = Limits(max_frame_bytes=256 * 1024, header_timeout=0.5, idle_timeout=30)
+    body = json.dumps({**REQUEST, "model": "echo", "stream": False}).encode().ljust(192 * 1024)
+    with serving(base_config, limits=limits) as served, socket.create_connection(_address(served.url)) as sock:
+        started = time.monotonic()
+        sock.sendall(_head("/v1/gtl", f"content-length: {len(body)}", "content-type: application/json"))
+        for offset in range(0, len(body), 8 * 1024):
+            sock.sendall(body[offset : offset + 8 * 1024])
+            time.sleep(0.05)  # the pace of a slow uplink, not a wait for the server
+        answer = _response(sock)
+        assert time.monotonic() - started > 1.0
+    assert answer.startswith(b"HTTP/1.1 200") and b'"type":"done"' in answer
+
+
+def test_a_shutdown_answers_bodies_still_arriving_with_503(base_config, caplog):
+    """SIGTERM while two bodies are half sent: each client gets ``503`` and a GTL error at once (not a plain
+    ``500`` five seconds later), and no traceback is logged."""
+    caplog.set_level(logging.INFO)
+    with serving(base_config, grace=10) as served:
+        socks = [socket.create_connection(_address(served.url)) for _ in range(2)]
+        try:
+            for sock, path in zip(socks, ["/v1/gtl", "/v1/gtl/query"], strict=True):
+                _continued(sock, _head(path, "content-length: 1000", "expect: 100-continue"))
+                sock.sendall(b'{"type":')
+            started = time.monotonic()
+            served.begin_shutdown()
+            answers = [_response(sock) for sock in socks]
+            assert served.stopped.wait(10)
+            took = time.monotonic() - started
+        finally:
+            for sock in socks:
+                sock.close()
+    for answer in answers:
+        assert answer.startswith(b"HTTP/1.1 503") and b'"code":"PROVIDER_UNAVAILABLE"' in answer, answer
+        assert b"shutting down" in answer
+    assert took < 2.0  # no grace to wait for: nothing was running
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING or record.exc_info]
+
+
+def test_a_client_leaving_mid_body_is_one_info_line(base_config, caplog):
+    caplog.set_level(logging.INFO)
+    with serving(base_config) as served:
+        with socket.create_connection(_address(served.url)) as sock:
+            _continued(sock, _head("/v1/gtl", "content-length: 1000", "expect: 100-continue"))
+            sock.sendall(b'{"type":')
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not [r for r in caplog.records if "mid-body" in r.getMessage()]:
+            time.sleep(0.01)  # polling for the server's log line
+        assert httpx.get(f"{served.url}/healthz").status_code == 200
+    lines = [record for record in caplog.records if "mid-body" in record.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO and lines[0].name == "gtl_nb.gateway.http"
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING or record.exc_info]

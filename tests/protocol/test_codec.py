@@ -306,5 +306,7 @@ def test_ids_and_names_have_a_length_limit():
     with pytest.raises(ProtocolError, match="length"):
         decode(json.dumps({"type": "cancel", "session_id": long_id}).encode())
     with pytest.raises(ProtocolError, match="length"):
-        decode(json.dumps({"type": "completion_request", "session_id": "s", "model": "m" * 513, "messages": []}).encode())
+        decode(
+            json.dumps({"type": "completion_request", "session_id": "s", "model": "m" * 513, "messages": []}).encode()
+        )
     assert decode(json.dumps({"type": "cancel", "session_id": "s" * 256}).encode())

@@ -1,0 +1,1070 @@
+"""The gateway's audit log: one hash-chained JSON line per finished request, fed by the engine's hooks.
+
+**What a record says** (``kind: "request"``): when, who (principal, tenant, key id — a token's
+``jti``, never the token — and peer address), which deployment, provider type and model, tokens in
+and out, cost, status and error code, duration and time to first token, the trace and session ids,
+the failover path with the error code that moved the request on, and the number of retries. Error
+*messages* are never written (a provider's message can quote part of a key), and neither are prompts
+or answers unless ``verbosity = "full"``. Two other kinds exist: ``dropped`` (how many records the
+writer could not keep: a full queue or a failed write) and ``recovery`` (what the writer repaired
+after a crash). One record per request: it is written when ``RequestFinished`` arrives, and the
+earlier hooks (attempts, retries, failovers, a cache hit) only add to it.
+
+**The chain.** Every line is ``{..., "prev": "<hash of the previous record>", "hash": "<hash>"}``,
+where ``hash`` is the SHA-256 of the line's own bytes up to (without) ``,"hash":…`` plus the closing
+brace — the exact bytes written, so verifying never re-serialises. ``seq`` counts records from 1.
+The first record's ``prev`` is 64 zeros. The chain's head is **checkpointed** in
+``<path>.checkpoint`` (written atomically: a temporary file, then a rename) after every batch: the
+last ``seq`` and hash, the current file's name, how many files were rotated, and where the retained
+part of the chain starts (retention removes the oldest files and moves that start on). ``verify``
+walks every retained file against the checkpoint and reports an edited record (its hash no longer
+matches), a deleted one (a gap in ``seq`` or a broken link), a truncated file (a record cut short,
+or fewer records than the checkpoint counts), a removed rotated file, and a checkpoint that does not
+match the log (replaced or stale).
+
+**Rotation and retention.** Before a line would take the current file past ``max_bytes`` the file
+is renamed ``<path>.<n>`` with ``n`` counting up from 1 (the highest number is the newest — the
+reverse of ``logging``'s convention, so a rotation is one rename and names never shift), and a new
+current file is started. Rotated files beyond ``backups``, and those older than ``retention_days``,
+are removed oldest first, after the checkpoint has moved the chain's start past them.
+
+**Off the request path.** The hook subscriber runs on the engine's loop and only builds a small
+dict and puts it on a bounded queue; one writer thread appends batches (at most ``BATCH`` records),
+flushes them — and ``fsync``s them when ``fsync`` is set — then writes the checkpoint. A full queue
+drops the record (counted, logged, and written as a ``dropped`` record later) rather than slowing
+requests down. ``close()`` writes everything queued before it returns: nothing is lost on a clean
+shutdown.
+
+**On a crash** the records still queued are lost (they were never written); the lines already
+written survive a process crash (each batch reaches the operating system before the checkpoint), and
+with ``fsync`` a power cut too. The checkpoint can lag the log by one batch, and the last line can
+be cut short: ``verify`` reports both as what a crash leaves, and the next start adopts the complete
+lines, drops the partial one and writes a ``recovery`` record that says what it repaired. Anything
+a crash cannot explain (an edited, missing or out-of-order record, a log shorter than its
+checkpoint) stops the gateway from starting: the evidence is left as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import math
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import msgspec
+
+from gtl_nb.engine.hooks import (
+    AttemptStarted,
+    CacheHit,
+    EngineEvent,
+    FailedOver,
+    Hooks,
+    RequestFinished,
+    RequestStarted,
+    RetryScheduled,
+)
+from gtl_nb.engine.sqlite_files import create_private_file
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = [
+    "AUDIT_KEYS",
+    "BATCH",
+    "GENESIS",
+    "AuditLog",
+    "AuditSettings",
+    "Checkpoint",
+    "Problem",
+    "VerifyReport",
+    "checkpoint_path",
+    "default_audit_path",
+    "read_records",
+    "rotated_files",
+    "segment_path",
+    "verify",
+]
+
+log = get_logger("gateway.audit")
+
+FORMAT_VERSION = 1
+GENESIS = "0" * 64
+"""The ``prev`` of the very first record."""
+BATCH = 256
+"""Most records written between two checkpoints: after a crash the log is at most this far ahead."""
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_BACKUPS = 10
+DEFAULT_QUEUE_SIZE = 10_000
+MIN_MAX_BYTES = 1024
+PRUNE_EVERY = 3600.0
+"""Seconds between retention checks when no rotation happens (a quiet gateway still prunes)."""
+VERBOSITIES = ("metadata", "full")
+_MAX_TEXT = 256  # identifiers written to a record are cut here: a caller chooses session ids and model names
+_MAX_PENDING = 65_536  # sessions followed at once; more means RequestFinished went missing somewhere
+
+AUDIT_KEYS: Mapping[str, str] = MappingProxyType(
+    {
+        "enabled": "write the audit log (default true once the [gateway.audit] table exists)",
+        "path": "the current log file (default: audit.jsonl beside the usage ledger); rotated files add .1, .2, …",
+        "max_bytes": f"rotate before the current file grows past this many bytes (default {DEFAULT_MAX_BYTES})",
+        "backups": f"rotated files kept (default {DEFAULT_BACKUPS}; 0 keeps none)",
+        "retention_days": "rotated files older than this many days are removed (default: only backups limits them)",
+        "verbosity": '"metadata" (default): no prompt or answer is written; "full": both are',
+        "fsync": "force each batch to disk before its checkpoint (default true)",
+        "queue_size": f"records waiting for the writer before new ones are dropped (default {DEFAULT_QUEUE_SIZE})",
+    }
+)
+"""The keys of ``[gateway.audit]`` and what each means (docs/operations.md has the same list)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Settings
+
+
+def default_audit_path(environ: Mapping[str, str] | None = None) -> Path:
+    """``audit.jsonl`` in the user data directory, beside the usage ledger."""
+    from gtl_nb.engine.ledger import default_ledger_path
+
+    return default_ledger_path(environ).parent / "audit.jsonl"
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """``[gateway.audit]``, typed (``AUDIT_KEYS`` says what each field means)."""
+
+    path: Path
+    enabled: bool = True
+    max_bytes: int = DEFAULT_MAX_BYTES
+    backups: int = DEFAULT_BACKUPS
+    retention_days: float | None = None
+    verbosity: str = "metadata"
+    fsync: bool = True
+    queue_size: int = DEFAULT_QUEUE_SIZE
+
+    @classmethod
+    def from_table(
+        cls, table: Mapping[str, Any] | None, *, base: Path, environ: Mapping[str, str] | None = None
+    ) -> AuditSettings:
+        """The settings of a ``[gateway.audit]`` table, checked key by key; no table means no audit log.
+        A relative ``path`` starts at ``base`` (the configuration file's folder)."""
+        where = "[gateway.audit]"
+        if table is None:
+            return cls(path=default_audit_path(environ), enabled=False)
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(f"{where} must be a table")
+        unknown = sorted(str(key) for key in table if key not in AUDIT_KEYS)
+        if unknown:
+            raise ConfigurationError(f"unknown key {unknown[0]!r} in {where} (known: {', '.join(AUDIT_KEYS)})")
+        for key in ("enabled", "fsync"):
+            if key in table and not isinstance(table[key], bool):
+                raise ConfigurationError(f"{where} {key} must be true or false")
+        path = table.get("path")
+        if path is not None and (not isinstance(path, str) or not path):
+            raise ConfigurationError(f"{where} path must be a non-empty string")
+        max_bytes = _integer(table, "max_bytes", DEFAULT_MAX_BYTES, MIN_MAX_BYTES, where)
+        backups = _integer(table, "backups", DEFAULT_BACKUPS, 0, where)
+        queue_size = _integer(table, "queue_size", DEFAULT_QUEUE_SIZE, 1, where)
+        days = table.get("retention_days")
+        if days is not None and (
+            isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) or days <= 0
+        ):
+            raise ConfigurationError(f"{where} retention_days must be a positive number of days")
+        verbosity = table.get("verbosity", "metadata")
+        if verbosity not in VERBOSITIES:
+            raise ConfigurationError(f'{where} verbosity must be "metadata" or "full"')
+        return cls(
+            path=base / Path(path).expanduser() if path else default_audit_path(environ),
+            enabled=table.get("enabled", True),
+            max_bytes=max_bytes,
+            backups=backups,
+            retention_days=None if days is None else float(days),
+            verbosity=verbosity,
+            fsync=table.get("fsync", True),
+            queue_size=queue_size,
+        )
+
+
+def _integer(table: Mapping[str, Any], key: str, default: int, least: int, where: str) -> int:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigurationError(f"{where} {key} must be a whole number of at least {least}")
+    return value
+
+
+# ----------------------------------------------------------------------------------------------
+# The chain: sealing a record into a line, and reading it back
+
+_HASH_KEY = b',"hash":"'
+_SUFFIX = len(_HASH_KEY) + 64 + 2  # ,"hash":"<64 hex>"}
+_HEX = frozenset("0123456789abcdef")
+
+
+def _seal(record: Mapping[str, Any], prev: str) -> tuple[bytes, str]:
+    """The line for ``record`` chained after ``prev``, and its hash."""
+    body = json.dumps({**record, "prev": prev}, separators=(",", ":"), allow_nan=False).encode("ascii")
+    digest = hashlib.sha256(body).hexdigest()
+    return body[:-1] + _HASH_KEY + digest.encode("ascii") + b'"}\n', digest
+
+
+@dataclass(frozen=True)
+class _Sealed:
+    """One line read back: what it claims (``seq``, ``prev``, ``stored``) and the hash of its bytes."""
+
+    seq: int
+    prev: str
+    stored: str
+    computed: str
+
+
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and set(value) <= _HEX
+
+
+def _unseal(raw: bytes) -> _Sealed | None:
+    """``raw`` (one line without its newline) read back, or ``None`` when it is not a sealed record."""
+    if len(raw) <= _SUFFIX or raw[-_SUFFIX : -_SUFFIX + len(_HASH_KEY)] != _HASH_KEY or not raw.endswith(b'"}'):
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    seq, prev, stored = record.get("seq"), record.get("prev"), record.get("hash")
+    if isinstance(seq, bool) or not isinstance(seq, int) or not _is_hash(prev) or not _is_hash(stored):
+        return None
+    body = raw[:-_SUFFIX] + b"}"
+    return _Sealed(seq=seq, prev=prev, stored=stored, computed=hashlib.sha256(body).hexdigest())
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: names, the checkpoint
+
+
+def checkpoint_path(path: Path) -> Path:
+    """Where the chain's head of the log at ``path`` is checkpointed."""
+    return path.with_name(path.name + ".checkpoint")
+
+
+def segment_path(path: Path, number: int) -> Path:
+    """The ``number``-th rotated file of the log at ``path`` (1 is the oldest ever)."""
+    return path.with_name(f"{path.name}.{number}")
+
+
+def rotated_files(path: Path) -> dict[int, Path]:
+    """The rotated files of the log at ``path`` that exist, by number."""
+    prefix = path.name + "."
+    found: dict[int, Path] = {}
+    with contextlib.suppress(FileNotFoundError):
+        for entry in path.parent.iterdir():
+            tail = entry.name[len(prefix) :] if entry.name.startswith(prefix) else ""
+            if tail.isascii() and tail.isdigit() and int(tail) > 0:
+                found[int(tail)] = entry
+    return found
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The chain's head and where its retained part starts."""
+
+    count: int = 0
+    """The ``seq`` of the last record written (records ever written)."""
+    head: str = GENESIS
+    """That record's hash."""
+    file: str = ""
+    """The current file's name."""
+    rotations: int = 0
+    """The number of the newest rotated file (0: none yet)."""
+    first_segment: int = 1
+    """The number of the oldest rotated file kept (``rotations + 1`` or more when none is kept)."""
+    base_seq: int = 0
+    """The ``seq`` just before the first record kept (0 until retention removes a file)."""
+    base_prev: str = GENESIS
+    """The ``prev`` of the first record kept."""
+
+    def encode(self) -> bytes:
+        return json.dumps({"version": FORMAT_VERSION, **self.__dict__}, indent=1).encode("ascii") + b"\n"
+
+    @classmethod
+    def read(cls, path: Path) -> Checkpoint | None:
+        """The checkpoint at ``path``; ``None`` when there is none; ``ValueError`` when it is not one."""
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(str(getattr(exc, "strerror", None) or exc)) from None
+        if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+            raise ValueError("not a checkpoint of this format")
+        try:
+            point = cls(**{key: data[key] for key in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"a field is missing ({exc})") from None
+        numbers = (point.count, point.rotations, point.first_segment, point.base_seq)
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+            raise ValueError("a count is not a whole number")
+        if not (_is_hash(point.head) and _is_hash(point.base_prev) and isinstance(point.file, str)):
+            raise ValueError("a hash is malformed")
+        return point
+
+
+def _write_atomic(path: Path, data: bytes, *, fsync: bool) -> None:
+    """Replace ``path`` with ``data`` in one rename (a reader sees the old file or the new one, never half)."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        if fsync:
+            os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    if fsync:
+        _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (POSIX; a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------------------------
+# Verification
+
+CRASH_KINDS = frozenset({"torn", "ahead"})
+"""Problems an abrupt stop leaves (the next start repairs them); every other kind is tampering or damage."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with an audit log, and where."""
+
+    kind: str
+    """``edited``, ``deleted``, ``truncated``, ``unreadable``, ``missing_file``, ``checkpoint``; or what a
+    crash leaves: ``torn`` (the last line cut short) and ``ahead`` (records the checkpoint lags behind)."""
+    message: str
+    file: str | None = None
+    line: int | None = None
+    seq: int | None = None
+    offset: int | None = None
+    """For ``torn``: the byte offset where the partial line starts."""
+
+    @property
+    def after_crash(self) -> bool:
+        """True for what an abrupt stop of the writer leaves (``CRASH_KINDS``)."""
+        return self.kind in CRASH_KINDS
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` found: ``ok`` when the chain is intact and matches its checkpoint."""
+
+    path: Path
+    records: int
+    files: tuple[str, ...]
+    problems: tuple[Problem, ...]
+    last_seq: int | None = None
+    last_hash: str | None = None
+    checkpoint: Checkpoint | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        """A few lines for a person: the verdict, then each problem and where it is."""
+        files = f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}"
+        head = f"audit log {self.path}: {self.records} record{'s' if self.records != 1 else ''} in {files}"
+        if self.ok:
+            tip = f"; head {self.last_hash[:16]}… at record {self.last_seq}" if self.last_hash else ""
+            return f"{head}; the chain is intact and matches its checkpoint{tip}"
+        lines = [f"{head}; {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}:"]
+        lines.extend(f"  - {problem.message}" for problem in self.problems)
+        if all(problem.after_crash for problem in self.problems):
+            lines.append(
+                "  (what an abrupt stop leaves: the gateway repairs it, and records that, when it next starts)"
+            )
+        return "\n".join(lines)
+
+
+class _Walk:
+    """The state of one verification pass over the chain."""
+
+    def __init__(self, checkpoint: Checkpoint | None, first_known: bool) -> None:
+        self.checkpoint = checkpoint
+        start = checkpoint or Checkpoint()
+        self.expect_seq: int | None = start.base_seq + 1 if first_known else None
+        self.expect_prev: str | None = start.base_prev if first_known else None
+        self.problems: list[Problem] = []
+        self.records = 0
+        self.last_seq: int | None = None
+        self.last_hash: str | None = None
+        self.hash_at_count: str | None = None
+        self.torn: Problem | None = None
+
+    def lost_track(self) -> None:
+        """After a gap already reported, take the next record as it comes (one problem, not two)."""
+        self.expect_seq = self.expect_prev = None
+
+    def line(self, name: str, number: int, offset: int, raw: bytes) -> None:
+        if self.torn is not None:  # a cut-short line with records after it: a damaged file, not a crash
+            torn, self.torn = self.torn, None
+            message = f"{torn.file} line {torn.line} is cut short (a truncated file)"
+            self.problems.append(Problem("truncated", message, torn.file, torn.line))
+            self.lost_track()
+        if not raw.endswith(b"\n"):
+            self.torn = Problem(
+                "torn",
+                f"{name} line {number} is cut short after {len(raw)} bytes (the writer stopped mid-line)",
+                name,
+                number,
+                offset=offset,
+            )
+            return
+        sealed = _unseal(raw[:-1])
+        if sealed is None:
+            self.problems.append(Problem("unreadable", f"{name} line {number} is not an audit record", name, number))
+            self.lost_track()
+            return
+        where = f"{name} line {number} (record {sealed.seq})"
+        if sealed.computed != sealed.stored:
+            self.problems.append(
+                Problem("edited", f"{where} was changed: its hash does not match its content", name, number, sealed.seq)
+            )
+        elif self.expect_seq is not None and sealed.seq > self.expect_seq:
+            missing = sealed.seq - self.expect_seq
+            span = f"record {self.expect_seq}" if missing == 1 else f"records {self.expect_seq}-{sealed.seq - 1}"
+            self.problems.append(Problem("deleted", f"{span} missing before {where}", name, number, sealed.seq))
+        elif self.expect_seq is not None and sealed.seq < self.expect_seq:
+            self.problems.append(
+                Problem("edited", f"{where} is out of order (record {self.expect_seq} expected)", name, number)
+            )
+        elif self.expect_prev is not None and sealed.prev != self.expect_prev:
+            self.problems.append(
+                Problem(
+                    "edited",
+                    f"{where} does not chain to the record before it: that record was changed or removed",
+                    name,
+                    number,
+                    sealed.seq,
+                )
+            )
+        self.expect_seq, self.expect_prev = sealed.seq + 1, sealed.stored
+        self.last_seq, self.last_hash = sealed.seq, sealed.stored
+        self.records += 1
+        if self.checkpoint is not None and sealed.seq == self.checkpoint.count:
+            self.hash_at_count = sealed.stored
+
+    def finish(self, path: Path) -> None:
+        if self.torn is not None:
+            self.problems.append(self.torn)
+        point = self.checkpoint
+        if point is None:
+            return
+        name = checkpoint_path(path).name
+        if point.file and point.file != path.name:
+            self.problems.append(Problem("checkpoint", f"{name} belongs to {point.file}, not {path.name}", name))
+        last = point.base_seq if self.last_seq is None else self.last_seq
+        if last < point.count:
+            self.problems.append(
+                Problem(
+                    "truncated",
+                    f"the log ends at record {last} but {name} counts {point.count}: "
+                    f"the last {point.count - last} record(s) were removed (a truncated or deleted file)",
+                    name,
+                )
+            )
+        elif last == point.count and (self.last_hash if self.last_seq is not None else point.base_prev) != point.head:
+            self.problems.append(
+                Problem(
+                    "checkpoint",
+                    f"the last record does not match {name} (the checkpoint was replaced, or the record rewritten)",
+                    name,
+                )
+            )
+        elif last > point.count:
+            known = self.hash_at_count if point.count > point.base_seq else point.base_prev
+            if known != point.head:
+                message = f"record {point.count} does not match the head in {name} (the checkpoint was replaced)"
+                self.problems.append(Problem("checkpoint", message, name))
+            elif last - point.count > BATCH:
+                message = (
+                    f"{last - point.count} records follow the head in {name}, more than one batch: "
+                    "the checkpoint was replaced with an older one"
+                )
+                self.problems.append(Problem("checkpoint", message, name))
+            else:
+                self.problems.append(
+                    Problem(
+                        "ahead",
+                        f"{last - point.count} record(s) after the head in {name}: written just before the "
+                        "writer stopped abruptly — or the checkpoint was replaced with an older one",
+                        name,
+                    )
+                )
+
+
+def verify(path: str | os.PathLike[str]) -> VerifyReport:
+    """Check the audit log whose current file is ``path`` (its rotated files and checkpoint beside it)."""
+    path = Path(path)
+    problems: list[Problem] = []
+    point: Checkpoint | None = None
+    cp_name = checkpoint_path(path).name
+    try:
+        point = Checkpoint.read(checkpoint_path(path))
+    except ValueError as exc:
+        problems.append(Problem("checkpoint", f"{cp_name} is unreadable ({exc})", cp_name))
+    present = rotated_files(path)
+    current_has_data = path.is_file() and path.stat().st_size > 0
+    if point is None and not problems:
+        if not present and not current_has_data:
+            return VerifyReport(path=path, records=0, files=(), problems=())
+        problems.append(
+            Problem("checkpoint", f"{cp_name} is missing: the head of the chain cannot be checked", cp_name)
+        )
+    first = point.first_segment if point is not None else min(present, default=1)
+    walk = _Walk(point, first_known=point is not None or first == 1)
+    walk.problems.extend(problems)
+    rotations = point.rotations if point is not None else 0
+    top = max(rotations, max(present, default=0))
+    files: list[str] = []
+    for number in range(first, top + 1):
+        segment = segment_path(path, number)
+        if number not in present:
+            walk.problems.append(
+                Problem("missing_file", f"the rotated file {segment.name} is missing (removed?)", segment.name)
+            )
+            walk.lost_track()
+            continue
+        if number > rotations:
+            walk.problems.append(
+                Problem("ahead", f"{segment.name} is newer than {cp_name} (rotated just before a stop)", segment.name)
+            )
+        files.append(segment.name)
+        _walk_file(segment, walk)
+    if path.is_file():
+        files.append(path.name)
+        _walk_file(path, walk)
+    walk.finish(path)
+    return VerifyReport(
+        path=path,
+        records=walk.records,
+        files=tuple(files),
+        problems=tuple(walk.problems),
+        last_seq=walk.last_seq,
+        last_hash=walk.last_hash,
+        checkpoint=point,
+    )
+
+
+def _walk_file(path: Path, walk: _Walk) -> None:
+    offset = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            walk.line(path.name, number, offset, raw)
+            offset += len(raw)
+
+
+def _first_link(path: Path) -> tuple[int, str] | None:
+    """``(seq - 1, prev)`` of the first record in ``path``: where a chain starting there joins the one before."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.readline()
+    except FileNotFoundError:
+        return None
+    sealed = _unseal(raw.rstrip(b"\n")) if raw.endswith(b"\n") else None
+    return None if sealed is None else (sealed.seq - 1, sealed.prev)
+
+
+# ----------------------------------------------------------------------------------------------
+# The files, as the writer thread sees them
+
+
+class _ChainFiles:
+    """Appends sealed records to the log, rotates, prunes and checkpoints. Used by one thread at a time:
+    the constructor (recovery) runs before the writer thread starts, everything else on that thread."""
+
+    def __init__(self, settings: AuditSettings, wall_clock: Callable[[], float]) -> None:
+        self.path = settings.path
+        self.settings = settings
+        self.wall_clock = wall_clock
+        self._lock_fd = _lock(self.path)
+        try:
+            self.point, self.recovered = self._recover()
+            create_private_file(self.path, what="audit log", error=ConfigurationError)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        except BaseException:
+            _unlock(self._lock_fd)
+            raise
+        self._size = os.fstat(self._fd).st_size
+        self._last_prune = -math.inf
+        self.prune()
+
+    # -- start-up
+
+    def _recover(self) -> tuple[Checkpoint, dict[str, Any] | None]:
+        """The checkpoint to continue from, and the ``recovery`` record to write first (if a crash needed one)."""
+        cp_file = checkpoint_path(self.path)
+        if not cp_file.exists() and not rotated_files(self.path) and not _has_data(self.path):
+            point = Checkpoint(file=self.path.name)  # a new log: its checkpoint exists before its first record
+            _write_atomic(cp_file, point.encode(), fsync=self.settings.fsync)
+            return point, None
+        report = verify(self.path)
+        if report.ok and report.checkpoint is not None:
+            return report.checkpoint, None
+        if not all(problem.after_crash for problem in report.problems) or report.checkpoint is None:
+            raise ConfigurationError(
+                f"the audit log {self.path} failed verification, so the gateway will not write to it:\n"
+                f"{report.describe()}\n"
+                f"keep the files as evidence (gtl audit verify --log {self.path}); to start a new log, move "
+                f"{self.path.name}* out of {self.path.parent}"
+            )
+        torn_bytes = 0
+        for problem in report.problems:
+            if problem.kind == "torn" and problem.file is not None and problem.offset is not None:
+                target = self.path.with_name(problem.file)
+                torn_bytes += target.stat().st_size - problem.offset
+                os.truncate(target, problem.offset)
+        old = report.checkpoint
+        point = Checkpoint(
+            count=report.last_seq if report.last_seq is not None else old.count,
+            head=report.last_hash if report.last_hash is not None else old.head,
+            file=self.path.name,
+            rotations=max(old.rotations, max(rotated_files(self.path), default=0)),
+            first_segment=old.first_segment,
+            base_seq=old.base_seq,
+            base_prev=old.base_prev,
+        )
+        _write_atomic(cp_file, point.encode(), fsync=self.settings.fsync)
+        recovery = {"kind": "recovery", "torn_bytes": torn_bytes, "adopted": point.count - old.count}
+        log.warning(
+            "audit log %s: repaired after an abrupt stop (%d partial bytes dropped, %d records checkpointed)",
+            self.path,
+            torn_bytes,
+            point.count - old.count,
+        )
+        return point, recovery
+
+    # -- writing
+
+    def append(self, records: list[dict[str, Any]]) -> int:
+        """Seal and write ``records`` in order, then checkpoint; returns how many could not be written."""
+        lost = 0
+        chunk: list[bytes] = []
+        point, size = self.point, self._size
+        for record in records:
+            line, digest = _seal({"v": FORMAT_VERSION, "seq": point.count + 1, **record}, point.head)
+            if size > 0 and size + len(line) > self.settings.max_bytes:
+                if self._write(chunk):
+                    self.point = point
+                else:
+                    lost += len(chunk)
+                chunk = []
+                self._rotate()
+                point, size = self.point, self._size
+                line, digest = _seal({"v": FORMAT_VERSION, "seq": point.count + 1, **record}, point.head)
+            chunk.append(line)
+            size += len(line)
+            point = _replace(point, count=point.count + 1, head=digest)
+        if self._write(chunk):
+            self.point = point
+        else:
+            lost += len(chunk)
+        self._checkpoint()
+        if self.wall_clock() - self._last_prune >= PRUNE_EVERY:
+            self.prune()
+        return lost
+
+    def _write(self, lines: list[bytes]) -> bool:
+        """Append ``lines`` to the current file; on failure cut the file back to where it was (False)."""
+        if not lines:
+            return True
+        data = b"".join(lines)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self.settings.fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            log.error("audit log %s: cannot write %d record(s) (%s)", self.path, len(lines), exc.strerror or exc)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            return False
+        self._size += len(data)
+        return True
+
+    def _checkpoint(self) -> None:
+        try:
+            _write_atomic(checkpoint_path(self.path), self.point.encode(), fsync=self.settings.fsync)
+        except OSError as exc:
+            log.error("audit log %s: cannot write the checkpoint (%s)", self.path, exc.strerror or exc)
+
+    def _rotate(self) -> None:
+        """Rename the current file to the next ``<path>.<n>`` and start a new one (a failed rename is
+        logged and the current file grows on: records matter more than file sizes)."""
+        number = self.point.rotations + 1
+        os.close(self._fd)  # before the rename, which Windows refuses on an open file
+        try:
+            os.replace(self.path, segment_path(self.path, number))
+        except OSError as exc:
+            log.error("audit log %s: cannot rotate (%s)", self.path, exc.strerror or exc)
+            number = 0
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        if number:
+            self.point = _replace(self.point, rotations=number)
+            self._checkpoint()
+            self.prune()
+
+    def prune(self) -> None:
+        """Remove rotated files beyond ``backups`` or older than ``retention_days``, oldest first; the
+        checkpoint moves the chain's start past them before any is removed."""
+        self._last_prune = self.wall_clock()
+        present = rotated_files(self.path)
+        kept = [n for n in sorted(present) if self.point.first_segment <= n <= self.point.rotations]
+        cutoff = (
+            None if self.settings.retention_days is None else self._last_prune - self.settings.retention_days * 86400
+        )
+        victims: list[int] = []
+        for position, number in enumerate(kept):
+            over_count = len(kept) - position > self.settings.backups
+            too_old = cutoff is not None and _mtime(present[number]) < cutoff
+            if not (over_count or too_old):
+                break  # a prefix only: the chain that remains has no hole
+            victims.append(number)
+        stale = [n for n in present if n < self.point.first_segment]  # left by a stop in the middle of a prune
+        if victims:
+            first = victims[-1] + 1
+            start = _first_link(segment_path(self.path, first)) if first <= self.point.rotations else None
+            start = start or _first_link(self.path) or (self.point.count, self.point.head)
+            self.point = _replace(self.point, first_segment=first, base_seq=start[0], base_prev=start[1])
+            self._checkpoint()
+        for number in [*stale, *victims]:
+            try:
+                present[number].unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("audit log: cannot remove %s (%s)", present[number].name, exc.strerror or exc)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.settings.fsync:
+                os.fsync(self._fd)
+        os.close(self._fd)
+        _unlock(self._lock_fd)
+
+
+def _replace(point: Checkpoint, **changes: Any) -> Checkpoint:
+    return Checkpoint(**{**point.__dict__, **changes})
+
+
+def _has_data(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return math.inf
+
+
+def _lock(path: Path) -> int | None:
+    """Hold ``<path>.lock``: two writers would fork the chain. ``None`` where ``fcntl`` is missing."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: one gateway per log is the operator's to ensure
+        return None
+    lock_file = path.with_name(path.name + ".lock")
+    create_private_file(lock_file, what="audit lock file", error=ConfigurationError)
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigurationError(
+            f"another process is writing the audit log {path}; give each gateway its own"
+        ) from None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing releases the lock
+
+
+# ----------------------------------------------------------------------------------------------
+# The log: the hook subscriber and the writer thread
+
+
+@dataclass
+class _Pending:
+    """What the earlier hooks said about a session still running."""
+
+    started: float
+    requested_model: str | None = None
+    path: list[str] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+    retries: int = 0
+    prompt: Any = None
+
+
+_STOP = object()
+
+
+class AuditLog:
+    """The audit log of one gateway: subscribe it to the engine's hooks, ``close()`` it at shutdown.
+
+    ``wall_clock`` stamps records and judges retention; ``clock`` (monotonic) measures durations the
+    engine did not report; ``provider_types`` maps deployment names to provider types (``for_engine``
+    fills it). Opening checks the existing log (``verify``) and raises ``ConfigurationError`` when it
+    was tampered with or another process writes it.
+    """
+
+    def __init__(
+        self,
+        settings: AuditSettings,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        provider_types: Mapping[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.path = settings.path
+        self._wall_clock = wall_clock
+        self._clock = clock
+        self._provider_types = dict(provider_types or {})
+        self._full = settings.verbosity == "full"
+        self._pending: dict[str, _Pending] = {}
+        self._queue: queue.Queue[Any] = queue.Queue(settings.queue_size)
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._closed = False
+        self._unsubscribe: list[Callable[[], None]] = []
+        self._files = _ChainFiles(settings, wall_clock)
+        if self._files.recovered is not None:
+            self._queue.put_nowait(self._files.recovered | {"time": _iso(wall_clock())})
+        self._thread = threading.Thread(target=self._run, name="gtl-audit-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_engine(cls, settings: AuditSettings, engine: Any, **options: Any) -> AuditLog:
+        """An audit log that knows ``engine``'s deployments, subscribed to its hooks."""
+        types = {name: deployment.type for name, deployment in engine.deployments.items()}
+        audit = cls(settings, provider_types=types, **options)
+        audit.attach(engine.hooks)
+        return audit
+
+    def attach(self, hooks: Hooks) -> Callable[[], None]:
+        """Subscribe to ``hooks`` (``close()`` unsubscribes); returns the unsubscribe call."""
+        unsubscribe = hooks.subscribe(self)
+        self._unsubscribe.append(unsubscribe)
+        return unsubscribe
+
+    # -- the subscriber (the engine's loop)
+
+    def __call__(self, event: EngineEvent) -> None:
+        """Take one engine event; only ``RequestFinished`` produces a record."""
+        if isinstance(event, RequestFinished):
+            pending = self._pending.pop(event.session_id, None)
+            self._enqueue(self._record(event, pending))
+            return
+        if isinstance(event, RequestStarted):
+            if len(self._pending) >= _MAX_PENDING:
+                self._pending.pop(next(iter(self._pending)))
+            self._pending[event.session_id] = _Pending(
+                started=self._clock(),
+                requested_model=_short(event.model),
+                prompt=_prompt_of(event) if self._full else None,
+            )
+            return
+        session_id = getattr(event, "session_id", None)
+        pending = self._pending.get(session_id) if session_id is not None else None
+        if pending is None:
+            return
+        if isinstance(event, AttemptStarted):
+            if not pending.path or pending.path[-1] != event.deployment:
+                pending.path.append(_short(event.deployment))
+        elif isinstance(event, RetryScheduled):
+            pending.retries += 1
+        elif isinstance(event, FailedOver):
+            pending.reasons.append(_code_of(event.reason))
+        elif isinstance(event, CacheHit):
+            pending.path = [_short(event.deployment)]
+
+    def _record(self, event: RequestFinished, pending: _Pending | None) -> dict[str, Any]:
+        context = event.context
+        duration = event.latency_ms
+        if duration is None and pending is not None:
+            duration = round((self._clock() - pending.started) * 1000.0, 3)
+        deployment = _short(event.deployment)
+        record: dict[str, Any] = {
+            "kind": "request",
+            "time": _iso(self._wall_clock()),
+            "session_id": _short(event.session_id),
+            "trace_id": _short(context.trace_id),
+            "principal": _short(context.principal),
+            "tenant": _short(context.tenant),
+            "key_id": _short(context.key_id),
+            "peer": _short(context.peer),
+            "deployment": deployment,
+            "provider": _short(getattr(event, "provider_type", None) or self._provider_types.get(deployment or "")),
+            "model": _short(event.model),
+            "requested_model": pending.requested_model if pending is not None else None,
+            "status": event.status,
+            "error_code": event.error_code,
+            "tokens_in": event.tokens_in,
+            "tokens_out": event.tokens_out,
+            "cost": _finite(event.cost),
+            "duration_ms": _finite(duration),
+            "ttft_ms": _finite(getattr(event, "ttft_ms", None)),  # a field the hook may carry (docs/operations.md)
+            "cache_hit": event.cache_hit,
+            "failover_path": pending.path if pending is not None else [],
+            "failover_reasons": pending.reasons if pending is not None else [],
+            "retries": pending.retries if pending is not None else 0,
+        }
+        if self._full:
+            record["prompt"] = pending.prompt if pending is not None else None
+            answer = getattr(event, "answer", None)
+            record["answer"] = answer if isinstance(answer, str) else None
+        return record
+
+    def _enqueue(self, record: dict[str, Any]) -> None:
+        if self._closed:
+            self._count_dropped(1, "the audit log is closed")
+            return
+        try:
+            self._queue.put_nowait(record)
+        except queue.Full:
+            self._count_dropped(1, "the writer's queue is full")
+
+    def _count_dropped(self, count: int, why: str) -> None:
+        with self._dropped_lock:
+            first = self._dropped == 0
+            self._dropped += count
+        if first and not self._closed:
+            log.warning("audit log %s: dropping records (%s); a 'dropped' record will count them", self.path, why)
+        elif first:
+            log.warning("audit log %s: a record arrived after close() and is lost", self.path)
+
+    @property
+    def dropped(self) -> int:
+        """Records lost and not yet accounted for by a ``dropped`` record."""
+        with self._dropped_lock:
+            return self._dropped
+
+    # -- the writer thread
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH - 1:  # room for a ``dropped`` record: never more than BATCH per checkpoint
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            stop = any(item is _STOP for item in batch)
+            records = [item for item in batch if item is not _STOP]
+            try:
+                self._write(records)
+            except Exception:  # a bug must not stop the thread: the next batch may still be written
+                log.exception("audit log %s: the writer failed", self.path)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+        try:
+            self._files.close()
+        except OSError as exc:
+            log.error("audit log %s: closing failed (%s)", self.path, exc.strerror or exc)
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        with self._dropped_lock:
+            dropped, self._dropped = self._dropped, 0
+        if dropped:
+            records.insert(0, {"kind": "dropped", "time": _iso(self._wall_clock()), "count": dropped})
+        lost = self._files.append(records)
+        if lost:
+            with self._dropped_lock:
+                self._dropped += lost
+
+    # -- the end
+
+    def flush(self) -> None:
+        """Wait until every record queued so far is written and checkpointed."""
+        if self._thread.is_alive():
+            self._queue.join()
+
+    def close(self) -> None:
+        """Unsubscribe, write everything queued, checkpoint and close the files (idempotent)."""
+        if self._closed:
+            return
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._closed = True
+        self._queue.put(_STOP)  # waits for room: a clean shutdown loses nothing
+        self._thread.join()
+        if self._dropped:
+            log.warning("audit log %s: %d record(s) were lost at shutdown", self.path, self._dropped)
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _iso(seconds: float) -> str:
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _short(value: str | None) -> str | None:
+    return None if value is None else str(value)[:_MAX_TEXT]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _code_of(reason: str) -> str:
+    """The error code at the front of a hook's ``reason`` ("CODE: message"); the message is never kept."""
+    code = reason.partition(":")[0].strip()
+    return code if code and len(code) <= 40 and code.replace("_", "").isalpha() and code.isupper() else "OTHER"
+
+
+def _prompt_of(event: RequestStarted) -> Any:
+    """The request's messages, for ``verbosity = "full"``, when the hook carries the request (a field
+    ``RequestStarted`` may grow: docs/operations.md); ``None`` otherwise."""
+    messages = getattr(getattr(event, "request", None), "messages", None)
+    return None if messages is None else msgspec.to_builtins(messages)
+
+
+def read_records(path: Path, *, last: int | None = None) -> Iterator[dict[str, Any]]:
+    """The records of one log file, oldest first (the last ``last`` only), as dicts; unreadable lines skipped."""
+    with path.open("rb") as handle:
+        lines = handle.readlines()
+    for raw in lines if last is None else lines[-last:] if last > 0 else []:
+        with contextlib.suppress(ValueError):
+            record = json.loads(raw)
+            if isinstance(record, dict):
+                yield record

@@ -1,0 +1,118 @@
+"""The Anthropic-compatible endpoint: ``POST /v1/messages``, and a clear 404 for the rest of that API.
+
+``POST /v1/messages`` maps the body to a GTL request (``anthropic_request``), runs it as one session
+of the listener (``runner``) and answers a ``message`` object or, with ``stream: true``, the
+Messages event stream (``anthropic_response``). The key is ``x-api-key: <GhostToken>`` or
+``Authorization: Bearer <GhostToken>`` (``intake``); ``anthropic-version`` and ``anthropic-beta``
+are accepted whatever they say. Paths under ``/v1/messages/`` (token counting, batches) answer 404.
+
+Errors are Anthropic's ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with the
+status the SDK turns into its own exception class (``ERRORS``; docs/gateway.md has the same table),
+plus ``x-should-retry`` and, when known, ``retry-after``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from gtl_nb.engine.core import Engine
+from gtl_nb.gateway.compat import intake
+from gtl_nb.gateway.compat.anthropic_request import messages_request
+from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
+from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply
+from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError
+from gtl_nb.protocol.messages import Error
+
+__all__ = ["ERRORS", "AnthropicEndpoints", "error_object", "error_reply"]
+
+ERRORS: Mapping[str, tuple[int, str]] = MappingProxyType(
+    {
+        # GTL code: (status, error.type)
+        "INVALID_REQUEST": (400, "invalid_request_error"),
+        "CONTEXT_LENGTH_EXCEEDED": (400, "invalid_request_error"),  # Anthropic's own "prompt is too long" is a 400
+        "CONTENT_FILTERED": (400, "invalid_request_error"),
+        "FORBIDDEN": (403, "permission_error"),
+        "MODEL_NOT_FOUND": (404, "not_found_error"),
+        "RATE_LIMIT": (429, "rate_limit_error"),
+        "BUDGET_EXCEEDED": (429, "rate_limit_error"),
+        "INTERNAL": (500, "api_error"),
+        # a provider refused the gateway's key: the caller's own key was accepted (else the 401 below)
+        "AUTH_FAILED": (502, "api_error"),
+        "PROVIDER_UNAVAILABLE": (502, "api_error"),
+        "CANCELLED": (503, "api_error"),  # only a shutdown cancels a session whose caller waits
+        "TIMEOUT": (504, "timeout_error"),
+        "OVERLOADED": (529, "overloaded_error"),  # Anthropic's own status for it
+    }
+)
+"""How a GTL error code is answered: the status picks the SDK's exception class (400 ``BadRequestError``,
+403 ``PermissionDeniedError``, 404 ``NotFoundError``, 429 ``RateLimitError``, 500/502 ``InternalServerError``,
+503 ``ServiceUnavailableError``, 504 ``GatewayTimeoutError``, 529 ``OverloadedError``). Before a session
+runs: a refused key is ``401`` ``authentication_error`` (``AuthenticationError``), a body over
+``max_frame_bytes`` is ``413`` ``request_too_large`` (``ContentTooLargeError``), a body that is not a
+request ``400``."""
+
+
+def error_object(error: Error, *, kind: str | None = None) -> dict[str, Any]:
+    """Anthropic's inner error object for a GTL ``error``."""
+    return {"type": kind or ERRORS.get(error.code, ERRORS["INTERNAL"])[1], "message": error.message}
+
+
+def error_reply(error: Error, *, status: int | None = None, kind: str | None = None) -> Reply:
+    """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given."""
+    status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
+    body: dict[str, Any] = {"type": "error", "error": error_object(error, kind=kind)}
+    headers = error_headers(error)
+    if error.session_id:
+        body["request_id"] = headers["request-id"] = error.session_id
+    return json_reply(status, body, headers)
+
+
+def refusal(exc: GTLError) -> Reply:
+    """The answer for an error raised before a session ran (the key, the body)."""
+    if isinstance(exc, AuthenticationError):
+        return error_reply(exc.to_event(), status=401, kind="authentication_error")
+    if isinstance(exc, FrameTooLargeError):
+        return error_reply(exc.to_event(), status=413, kind="request_too_large")
+    return error_reply(exc.to_event())
+
+
+class AnthropicEndpoints:
+    """The Anthropic-compatible handlers of one listener."""
+
+    def __init__(self, engine: Engine, *, authenticate: Authenticate, sessions: SessionRunner, max_bytes: int) -> None:
+        self.engine = engine
+        self.authenticate = authenticate
+        self.sessions = sessions
+        self.max_bytes = max_bytes
+
+    async def messages(self, request: Any) -> Any:
+        """``POST /v1/messages``."""
+        session_id = f"msg_{uuid.uuid4().hex}"
+        try:
+            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+            message = messages_request(await intake.read_json(request, self.max_bytes), session_id)
+        except GTLError as exc:
+            return refusal(exc)
+        if message.stream:
+            encoder = MessageEncoder(session_id, model=message.model, error_object=error_object)
+            return StreamedSession(
+                self.sessions, message, context, encoder=encoder, refuse=error_reply, headers={"request-id": session_id}
+            )
+        transcript = await collect(self.sessions, message, context, request.receive)
+        if transcript.done is None:
+            error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
+            return error_reply(error)
+        return json_reply(200, message_object(transcript, model=message.model), {"request-id": session_id})
+
+    async def unsupported(self, request: Any) -> Any:
+        """``/v1/messages/…`` (token counting, batches): 404, and why."""
+        message = (
+            f"this gateway does not serve {request.url.path}: GTL has no message for it; "
+            "it serves POST /v1/messages, POST /v1/chat/completions and GET /v1/models"
+        )
+        return error_reply(Error(session_id="", code="MODEL_NOT_FOUND", message=message))

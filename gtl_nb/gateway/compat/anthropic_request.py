@@ -1,0 +1,217 @@
+"""An Anthropic Messages request body → a GTL ``CompletionRequest`` (the reverse of the client dialect).
+
+Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
+
+* ``model`` is GTL's model string as is; ``max_tokens`` is required, as Anthropic requires it.
+* ``system`` (a string, or ``text`` blocks joined with blank lines) → one leading ``system`` message.
+* ``messages``: content is a string or blocks. In a ``user`` turn, ``text`` blocks (joined with
+  newlines) and ``image`` blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL) make
+  one user message, and each ``tool_result`` (``tool_use_id``; string or text/image content) becomes a
+  GTL tool result placed before it, in order; ``is_error: true`` prefixes the result with ``Error:``.
+  In an ``assistant`` turn, ``text`` blocks → the content and ``tool_use`` blocks (``input`` object)
+  → GTL tool calls. ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a
+  provider's reasoning through its own ``provider_data``, which this format does not carry).
+  Documents, server-tool and other blocks are refused (400).
+* ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused),
+  ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
+  ``none``), ``temperature``, ``top_p``, ``stop_sequences`` and ``stream`` pass through.
+* ``top_k``, ``metadata``, ``thinking``, ``service_tier`` and ``cache_control`` markers are accepted
+  and ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from gtl_nb.gateway.compat import fields
+from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall
+
+__all__ = ["messages_request"]
+
+_CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+
+
+def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest:
+    """The GTL request of a Messages body; ``FieldError`` names the first parameter that is wrong."""
+    model = fields.text(body, "model", "model", required=True)
+    raw_messages = fields.items(body, "messages", "messages", required=True)
+    max_tokens = fields.integer(body, "max_tokens", "max_tokens", required=True)
+    assert model is not None and raw_messages is not None
+    if not model:
+        raise FieldError("model", "the model must not be empty")
+    messages: list[Message] = []
+    system = _system(body.get("system"))
+    if system:
+        messages.append(Message(role="system", content=system))
+    for index, raw in enumerate(raw_messages):
+        messages.extend(_turn(raw, f"messages.{index}"))
+    stop = fields.items(body, "stop_sequences", "stop_sequences")
+    if stop is not None and not all(isinstance(item, str) for item in stop):
+        raise FieldError("stop_sequences", "expected an array of strings")
+    return CompletionRequest(
+        session_id=session_id,
+        model=model,
+        messages=messages,
+        stream=bool(fields.boolean(body, "stream", "stream")),
+        max_tokens=max_tokens,
+        temperature=fields.number(body, "temperature", "temperature"),
+        top_p=fields.number(body, "top_p", "top_p"),
+        stop=list(stop) if stop else None,
+        tools=_tools(fields.items(body, "tools", "tools")),
+        tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),
+    )
+
+
+def _system(raw: Any) -> str | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    if not isinstance(raw, list):
+        raise FieldError("system", "expected a string or an array of text blocks")
+    texts = []
+    for index, block in enumerate(raw):
+        kind = _kind(block, f"system.{index}")
+        if kind != "text":
+            raise FieldError(f"system.{index}.type", f"only text blocks are accepted in system, not {kind!r}")
+        texts.append(_str(block, "text", f"system.{index}.text"))
+    return "\n\n".join(texts)
+
+
+def _kind(block: Any, where: str) -> str:
+    if not isinstance(block, dict):
+        raise FieldError(where, "each content block must be an object")
+    kind = fields.text(block, "type", f"{where}.type", required=True)
+    return str(kind)
+
+
+def _str(block: dict[str, Any], key: str, where: str) -> str:
+    value = fields.text(block, key, where, required=True)
+    assert value is not None
+    return value
+
+
+def _blocks(content: Any, where: str) -> list[tuple[str, dict[str, Any], str]]:
+    """``(type, block, path)`` of each content block; a string is one text block."""
+    if isinstance(content, str):
+        return [("text", {"type": "text", "text": content}, where)]
+    if not isinstance(content, list):
+        raise FieldError(where, "expected a string or an array of content blocks")
+    return [(_kind(block, f"{where}.{index}"), block, f"{where}.{index}") for index, block in enumerate(content)]
+
+
+def _turn(raw: Any, where: str) -> list[Message]:
+    """The GTL messages of one Anthropic turn (a user turn with tool results is several)."""
+    if not isinstance(raw, dict):
+        raise FieldError(where, "each message must be an object")
+    role = fields.text(raw, "role", f"{where}.role", required=True)
+    if raw.get("content") is None:
+        raise FieldError(f"{where}.content", "this field is required")
+    blocks = _blocks(raw["content"], f"{where}.content")
+    if role == "assistant":
+        return [_assistant(blocks)]
+    if role == "user":
+        return _user(blocks)
+    raise FieldError(f"{where}.role", f"unsupported role {role!r}; use user or assistant (system is a parameter)")
+
+
+def _assistant(blocks: list[tuple[str, dict[str, Any], str]]) -> Message:
+    texts: list[str] = []
+    calls: list[ToolCall] = []
+    for kind, block, where in blocks:
+        if kind == "text":
+            texts.append(_str(block, "text", f"{where}.text"))
+        elif kind == "tool_use":
+            tool_input = fields.obj(block, "input", f"{where}.input") or {}
+            calls.append(
+                ToolCall(
+                    id=_str(block, "id", f"{where}.id"),
+                    name=_str(block, "name", f"{where}.name"),
+                    arguments=msgspec.json.encode(tool_input).decode(),
+                )
+            )
+        elif kind not in ("thinking", "redacted_thinking"):
+            raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported in an assistant turn")
+    text = "".join(texts)
+    return Message(role="assistant", content=text or (None if calls else ""), tool_calls=calls)
+
+
+def _user(blocks: list[tuple[str, dict[str, Any], str]]) -> list[Message]:
+    results: list[Message] = []
+    texts: list[str] = []
+    images: list[str] = []
+    for kind, block, where in blocks:
+        if kind == "text":
+            texts.append(_str(block, "text", f"{where}.text"))
+        elif kind == "image":
+            images.append(_image(block, where))
+        elif kind == "tool_result":
+            results.append(_tool_result(block, where))
+        else:
+            raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported; use text, image and tool_result")
+    if texts or images or not results:
+        results.append(Message(role="user", content="\n".join(texts) if texts else None, images=images))
+    return results
+
+
+def _image(block: dict[str, Any], where: str) -> str:
+    source = fields.obj(block, "source", f"{where}.source", required=True)
+    assert source is not None
+    kind = fields.text(source, "type", f"{where}.source.type", required=True)
+    if kind == "base64":
+        media_type = _str(source, "media_type", f"{where}.source.media_type")
+        return f"data:{media_type};base64,{_str(source, 'data', f'{where}.source.data')}"
+    if kind == "url":
+        return _str(source, "url", f"{where}.source.url")
+    raise FieldError(f"{where}.source.type", f"image sources are base64 or url, not {kind!r}")
+
+
+def _tool_result(block: dict[str, Any], where: str) -> Message:
+    call_id = _str(block, "tool_use_id", f"{where}.tool_use_id")
+    content = block.get("content")
+    texts: list[str] = []
+    images: list[str] = []
+    if content is not None:
+        for kind, part, here in _blocks(content, f"{where}.content"):
+            if kind == "text":
+                texts.append(_str(part, "text", f"{here}.text"))
+            elif kind == "image":
+                images.append(_image(part, here))
+            else:
+                raise FieldError(f"{here}.type", f"a tool result holds text and image blocks, not {kind!r}")
+    text = "\n".join(texts)
+    if fields.boolean(block, "is_error", f"{where}.is_error"):
+        text = f"Error: {text}" if text else "Error"
+    return Message(role="tool", content=text, images=images, tool_call_id=call_id)
+
+
+def _tools(raw: list[Any] | None) -> list[Tool] | None:
+    if not raw:
+        return None
+    tools = []
+    for index, item in enumerate(raw):
+        where = f"tools.{index}"
+        if not isinstance(item, dict):
+            raise FieldError(where, "each tool must be an object")
+        if item.get("type") not in (None, "custom"):
+            raise FieldError(
+                f"{where}.type", f"server tools ({item.get('type')!r}) are not supported; only custom tools"
+            )
+        name = _str(item, "name", f"{where}.name")
+        description = fields.text(item, "description", f"{where}.description") or ""
+        schema = fields.obj(item, "input_schema", f"{where}.input_schema", required=True)
+        assert schema is not None
+        tools.append(Tool(name=name, description=description, parameters=schema))
+    return tools
+
+
+def _tool_choice(raw: dict[str, Any] | None) -> str | dict[str, Any] | None:
+    if raw is None:
+        return None
+    kind = fields.text(raw, "type", "tool_choice.type", required=True)
+    if kind == "tool":
+        return {"type": "function", "function": {"name": _str(raw, "name", "tool_choice.name")}}
+    if kind in _CHOICES:
+        return _CHOICES[kind]
+    raise FieldError("tool_choice.type", f"expected auto, any, tool or none, not {kind!r}")

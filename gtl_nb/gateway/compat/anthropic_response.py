@@ -1,0 +1,155 @@
+"""A GTL session's answer → an Anthropic ``message`` object, or the Messages stream's server-sent events.
+
+* ``id`` is the GTL session id (``msg_…``), also the ledger row's ``session_id`` and the
+  ``request-id`` header; ``model`` is the model the request named.
+* Text → a ``text`` block; each GTL tool call → a ``tool_use`` block (``input`` is the parsed
+  arguments; arguments that are not a JSON object arrive as ``{"_unparsed_arguments": "<text>"}``, so
+  nothing the model wrote is lost). In a stream: ``message_start``, then per block
+  ``content_block_start`` / ``content_block_delta`` (``text_delta``, or one ``input_json_delta`` with
+  the whole arguments: GTL hands a call over whole) / ``content_block_stop``, then ``message_delta``
+  (``stop_reason``, ``usage``) and ``message_stop``.
+* ``stop_reason``: GTL ``stop`` → ``end_turn``, ``length`` → ``max_tokens``, ``tool_calls`` →
+  ``tool_use``, ``content_filter`` → ``refusal``, ``other`` → ``end_turn``; ``stop_sequence`` is
+  null (GTL does not say which sequence matched).
+* ``usage``: ``input_tokens`` = GTL ``tokens_in`` minus its cached tokens (Anthropic counts cache
+  reads apart), ``cache_read_input_tokens`` = the cached tokens when reported, ``output_tokens`` =
+  ``tokens_out``; an unreported count is 0. A stream's ``message_start`` says 0 for both — the counts
+  are known only at the end — and ``message_delta`` carries the real ones (the SDK takes both).
+* An error after the answer began is an ``error`` event (the SDK raises it) and the stream ends there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from gtl_nb.protocol.messages import Done, Error, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
+from gtl_nb.protocol.session import Transcript
+
+__all__ = ["MessageEncoder", "message_object", "stop_reason", "tool_input", "usage_object"]
+
+_STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
+
+
+def stop_reason(done: Done) -> str:
+    """Anthropic's ``stop_reason`` for a GTL ``done``."""
+    return _STOP.get(done.finish_reason, "end_turn")
+
+
+def usage_object(usage: Usage | None) -> dict[str, Any]:
+    """Anthropic's ``usage`` object (zeros where nothing was reported)."""
+    if usage is None:
+        return {"input_tokens": 0, "output_tokens": 0}
+    cached = usage.cached_tokens_in or 0
+    result: dict[str, Any] = {
+        "input_tokens": max(0, (usage.tokens_in or 0) - cached),
+        "output_tokens": usage.tokens_out or 0,
+    }
+    if usage.cached_tokens_in is not None:
+        result["cache_read_input_tokens"] = usage.cached_tokens_in
+    return result
+
+
+def tool_input(call: ToolCall) -> dict[str, Any]:
+    """A call's arguments as the object Anthropic's ``input`` is (see the module docstring)."""
+    if not call.arguments.strip():
+        return {}
+    try:
+        value = msgspec.json.decode(call.arguments)
+    except msgspec.DecodeError:
+        value = None
+    return value if isinstance(value, dict) else {"_unparsed_arguments": call.arguments}
+
+
+def _tool_block(call: ToolCall, tool_input: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input}
+
+
+def message_object(transcript: Transcript, *, model: str) -> dict[str, Any]:
+    """The ``message`` object of a session that ended with ``done``."""
+    done = transcript.done
+    assert done is not None
+    content: list[dict[str, Any]] = []
+    if transcript.text:
+        content.append({"type": "text", "text": transcript.text})
+    content += [_tool_block(call, tool_input(call)) for call in transcript.tool_calls]
+    return {
+        "id": transcript.session_id,
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop_reason(done),
+        "stop_sequence": None,
+        "usage": usage_object(transcript.usage),
+    }
+
+
+def _event(name: str, payload: dict[str, Any]) -> bytes:
+    return b"event: " + name.encode() + b"\ndata: " + msgspec.json.encode({"type": name, **payload}) + b"\n\n"
+
+
+class MessageEncoder:
+    """A session's events as the Messages stream (``runner.EventEncoder``)."""
+
+    def __init__(self, session_id: str, *, model: str, error_object: Callable[[Error], dict[str, Any]]) -> None:
+        self.session_id = session_id
+        self.model = model
+        self._error_object = error_object
+        self._blocks = 0  # blocks started so far: the next block's index
+        self._text_open = False
+        self._usage: Usage | None = None
+
+    def open(self) -> bytes:
+        message = {
+            "id": self.session_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": usage_object(None),
+        }
+        return _event("message_start", {"message": message})
+
+    def encode(self, event: StreamEvent) -> bytes:
+        if isinstance(event, Token):
+            if not event.text:
+                return b""
+            out = b"" if self._text_open else self._start({"type": "text", "text": ""})
+            self._text_open = True
+            delta = {"type": "text_delta", "text": event.text}
+            return out + _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
+        if isinstance(event, ToolCallEvent):
+            call = event.function
+            out = self._close() + self._start(_tool_block(call, {}))  # the input arrives as the delta
+            delta = {"type": "input_json_delta", "partial_json": msgspec.json.encode(tool_input(call)).decode()}
+            out += _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
+            return out + _event("content_block_stop", {"index": self._blocks - 1})
+        if isinstance(event, Usage):
+            self._usage = event
+            return b""
+        if isinstance(event, Done):
+            delta = {"stop_reason": stop_reason(event), "stop_sequence": None}
+            out = self._close() + _event("message_delta", {"delta": delta, "usage": usage_object(self._usage)})
+            return out + _event("message_stop", {})
+        if isinstance(event, Error):
+            return _event("error", {"error": self._error_object(event)})
+        return b""  # statuses and reasoning (never asked for) have no event here
+
+    def interrupt(self, message: str) -> bytes:
+        error = Error(session_id=self.session_id, code="PROVIDER_UNAVAILABLE", message=message)
+        return _event("error", {"error": self._error_object(error)})
+
+    def _start(self, block: dict[str, Any]) -> bytes:
+        self._blocks += 1
+        return _event("content_block_start", {"index": self._blocks - 1, "content_block": block})
+
+    def _close(self) -> bytes:
+        if not self._text_open:
+            return b""
+        self._text_open = False
+        return _event("content_block_stop", {"index": self._blocks - 1})

@@ -1,0 +1,116 @@
+"""Reading a foreign JSON body field by field: each reader returns the value or raises ``FieldError``.
+
+The compatible endpoints take bodies written for another API, so a mistake is reported the way that
+API would: a 400 naming the offending parameter by its path (``messages[2].content[0].type``). The
+readers check types only; what a value means is the GTL engine's business.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gtl_nb.protocol.errors import InvalidRequestError
+
+__all__ = [
+    "FieldError",
+    "boolean",
+    "integer",
+    "items",
+    "number",
+    "obj",
+    "text",
+]
+
+
+class FieldError(InvalidRequestError):
+    """An ``INVALID_REQUEST`` about one parameter of the body; ``param`` is its path."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(f"{param}: {message}")
+        self.param = param
+
+
+def _missing(body: Mapping[str, Any], key: str, where: str, required: bool) -> bool:
+    if body.get(key) is not None:
+        return False
+    if required:
+        raise FieldError(where, "this field is required")
+    return True
+
+
+def text(body: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str | None:
+    """A string field (``None`` when absent or ``null``)."""
+    if _missing(body, key, where, required):
+        return None
+    value = body[key]
+    if not isinstance(value, str):
+        raise FieldError(where, f"expected a string, not {_kind(value)}")
+    return value
+
+
+def number(body: Mapping[str, Any], key: str, where: str) -> float | None:
+    """A number field (an integer is taken as a float; a boolean is not a number)."""
+    if _missing(body, key, where, False):
+        return None
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FieldError(where, f"expected a number, not {_kind(value)}")
+    return float(value)
+
+
+def integer(body: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> int | None:
+    """A positive integer field."""
+    if _missing(body, key, where, required):
+        return None
+    value = body[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FieldError(where, f"expected an integer, not {_kind(value)}")
+    if value < 1:
+        raise FieldError(where, f"expected an integer of at least 1, not {value}")
+    return value
+
+
+def boolean(body: Mapping[str, Any], key: str, where: str) -> bool | None:
+    """A boolean field."""
+    if _missing(body, key, where, False):
+        return None
+    value = body[key]
+    if not isinstance(value, bool):
+        raise FieldError(where, f"expected true or false, not {_kind(value)}")
+    return value
+
+
+def obj(body: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> dict[str, Any] | None:
+    """A JSON object field."""
+    if _missing(body, key, where, required):
+        return None
+    value = body[key]
+    if not isinstance(value, dict):
+        raise FieldError(where, f"expected an object, not {_kind(value)}")
+    return value
+
+
+def items(body: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> list[Any] | None:
+    """A JSON array field."""
+    if _missing(body, key, where, required):
+        return None
+    value = body[key]
+    if not isinstance(value, list):
+        raise FieldError(where, f"expected an array, not {_kind(value)}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    """The JSON name of a value's type, for an error message (never the value: it may be anything)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"

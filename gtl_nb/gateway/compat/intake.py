@@ -1,0 +1,67 @@
+"""What a compatible endpoint does before a session: find the caller's key, authenticate it, read the body.
+
+The GhostToken is the API key: ``Authorization: Bearer <token>`` (what the OpenAI SDK sends) or
+``x-api-key: <token>`` (what the Anthropic SDK sends; it sends ``Authorization: Bearer`` when given an
+``auth_token`` instead). Either is checked by the listener's own ``authenticate``, exactly as the
+token of ``POST /v1/gtl``. Neither the key nor a part of it is ever put in a log line or an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, nesting_exceeds
+from gtl_nb.protocol.errors import FrameTooLargeError, InvalidRequestError
+
+__all__ = ["api_key", "authenticated", "bearer", "read_json"]
+
+
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, or ``None``."""
+    value = headers.get("authorization")
+    return value[7:].strip() if value and value[:7].lower() == "bearer " else None
+
+
+def api_key(headers: Mapping[str, str]) -> str | None:
+    """The token of ``x-api-key`` (Anthropic's header), else of ``Authorization: Bearer``."""
+    value = headers.get("x-api-key")
+    return value.strip() if value else bearer(headers)
+
+
+def authenticated(authenticate: Authenticate, token: str | None, request: Any) -> RequestContext:
+    """The caller's ``RequestContext`` with its network address; ``AuthenticationError`` when refused."""
+    context = authenticate(token)
+    peer = f"{request.client.host}:{request.client.port}" if request.client else None
+    return dataclasses.replace(context, peer=peer)
+
+
+async def read_json(request: Any, max_bytes: int) -> dict[str, Any]:
+    """The request body as a JSON object, at most ``max_bytes`` long (``FrameTooLargeError`` beyond).
+
+    The size is checked from ``Content-Length`` before anything is read, then while reading (a chunked
+    body has no length); the nesting depth before parsing, so a hostile body cannot exhaust the parser.
+    """
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise FrameTooLargeError(f"the body of {length} bytes exceeds the gateway's maximum of {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise FrameTooLargeError(f"the body exceeds the gateway's maximum of {max_bytes} bytes")
+    data = bytes(body)
+    if nesting_exceeds(data, DEFAULT_MAX_DEPTH):
+        raise InvalidRequestError(f"the body nests deeper than {DEFAULT_MAX_DEPTH} levels")
+    try:
+        value = msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequestError("the body must be a JSON object")
+    return value

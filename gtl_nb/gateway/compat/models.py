@@ -1,0 +1,52 @@
+"""``GET /v1/models``: the gateway's models, as the OpenAI or the Anthropic SDK lists them.
+
+Every model of every deployment (``engine.provider_info()``) is listed as ``deployment:model`` — the
+form that always reaches that deployment — and also under its bare name when exactly one deployment
+lists it, so the bare name is unambiguous. The shape follows the caller: the Anthropic SDK sends an
+``anthropic-version`` header and gets ``{"data": [{"type": "model", …}], "has_more", "first_id",
+"last_id"}``; anyone else gets OpenAI's ``{"object": "list", "data": [{"id", "object": "model",
+"created", "owned_by"}]}`` (``owned_by`` is the deployment).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from gtl_nb.protocol.messages import ProviderInfo
+
+__all__ = ["anthropic_listing", "find_model", "model_ids", "openai_listing"]
+
+
+def model_ids(infos: list[ProviderInfo]) -> list[tuple[str, str]]:
+    """``(model id, deployment)`` of every listed model: ``deployment:model`` ids, then unambiguous bare ones."""
+    listed = [(info.provider, model.name) for info in infos for model in info.models]
+    served_by = Counter(name for _, name in dict.fromkeys(listed))
+    ids = [(f"{deployment}:{name}", deployment) for deployment, name in dict.fromkeys(listed)]
+    ids += [(name, deployment) for deployment, name in dict.fromkeys(listed) if served_by[name] == 1]
+    return ids
+
+
+def openai_listing(infos: list[ProviderInfo]) -> dict[str, Any]:
+    """OpenAI's model list."""
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": owner} for name, owner in model_ids(infos)]
+    return {"object": "list", "data": data}
+
+
+def anthropic_listing(infos: list[ProviderInfo]) -> dict[str, Any]:
+    """Anthropic's model list (one page: the gateway lists everything at once)."""
+    data = [
+        {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+        for name, _ in model_ids(infos)
+    ]
+    return {
+        "data": data,
+        "has_more": False,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
+
+
+def find_model(infos: list[ProviderInfo], model: str) -> tuple[str, str] | None:
+    """``(id, deployment)`` of one listed model id, or ``None``."""
+    return next((pair for pair in model_ids(infos) if pair[0] == model), None)

@@ -1,0 +1,153 @@
+"""The OpenAI-compatible endpoints: ``POST /v1/chat/completions``, and a clear 404 for what GTL cannot serve.
+
+``POST /v1/chat/completions`` maps the body to a GTL request (``openai_request``), runs it as one
+session of the listener (``runner``) and answers a ``chat.completion`` object or, with ``stream:
+true``, ``chat.completion.chunk`` events ending with ``data: [DONE]`` (``openai_response``). The key
+is ``Authorization: Bearer <GhostToken>`` (``intake``).
+
+``/v1/embeddings``, ``/v1/responses`` and ``/v1/completions`` (and what lies under them) answer
+``404`` in OpenAI's error shape: GTL has no message for embeddings, the Responses API's stored
+conversations or bare-prompt completions, so there is nothing to translate them into.
+
+Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}``, with the status the SDK
+turns into its own exception class (``ERRORS``; docs/gateway.md has the same table). Every error
+also says ``x-should-retry`` (the GTL error's ``retryable``), which the SDK obeys before its own
+rules, and ``retry-after`` when the error has one.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+import msgspec
+
+from gtl_nb.engine.core import Engine
+from gtl_nb.gateway.compat import intake
+from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.gateway.compat.openai_request import chat_request
+from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
+from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply
+from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError
+from gtl_nb.protocol.messages import Error
+
+__all__ = ["ERRORS", "UNSUPPORTED", "OpenAIEndpoints", "error_body", "error_reply"]
+
+ERRORS: Mapping[str, tuple[int, str, str | None]] = MappingProxyType(
+    {
+        # GTL code: (status, error.type, error.code)
+        "INVALID_REQUEST": (400, "invalid_request_error", None),
+        "CONTEXT_LENGTH_EXCEEDED": (400, "invalid_request_error", "context_length_exceeded"),
+        "CONTENT_FILTERED": (400, "invalid_request_error", "content_filter"),
+        "FORBIDDEN": (403, "request_forbidden", "forbidden"),
+        "MODEL_NOT_FOUND": (404, "invalid_request_error", "model_not_found"),
+        "RATE_LIMIT": (429, "requests", "rate_limit_exceeded"),
+        "BUDGET_EXCEEDED": (429, "insufficient_quota", "insufficient_quota"),
+        "INTERNAL": (500, "server_error", None),
+        # a provider refused the gateway's key: the caller's own key was accepted (else the 401 below)
+        "AUTH_FAILED": (502, "server_error", "upstream_authentication_failed"),
+        "PROVIDER_UNAVAILABLE": (502, "server_error", "provider_unavailable"),
+        "OVERLOADED": (503, "server_error", "overloaded"),
+        "CANCELLED": (503, "server_error", "cancelled"),  # only a shutdown cancels a session whose caller waits
+        "TIMEOUT": (504, "server_error", "timeout"),
+    }
+)
+"""How a GTL error code is answered: the status picks the SDK's exception class (400 ``BadRequestError``,
+403 ``PermissionDeniedError``, 404 ``NotFoundError``, 429 ``RateLimitError``, 5xx ``InternalServerError``).
+Before a session runs: a refused key is ``401`` ``invalid_api_key`` (``AuthenticationError``), a body
+over ``max_frame_bytes`` is ``400`` ``request_too_large``, a body that is not a request ``400``."""
+
+UNSUPPORTED: Mapping[str, str] = MappingProxyType(
+    {
+        "embeddings": "GTL has no message for embeddings, so this gateway cannot serve /v1/embeddings",
+        "responses": "GTL has no message for the Responses API (stored responses and conversations), so this "
+        "gateway cannot serve /v1/responses",
+        "completions": "GTL has no message for legacy prompt completions, so this gateway cannot serve /v1/completions",
+    }
+)
+"""The OpenAI paths answered ``404`` (with what lies under them), and why."""
+
+_SERVED = "; it serves POST /v1/chat/completions, POST /v1/messages and GET /v1/models"
+
+
+def error_body(error: Error, *, param: str | None = None, code: str | None = None) -> bytes:
+    """OpenAI's error object for a GTL ``error`` (``code`` overrides the table's)."""
+    _, kind, table_code = ERRORS.get(error.code, ERRORS["INTERNAL"])
+    body = {"error": {"message": error.message, "type": kind, "param": param, "code": code or table_code}}
+    return msgspec.json.encode(body)
+
+
+def error_reply(
+    error: Error,
+    *,
+    status: int | None = None,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given."""
+    status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
+    extra = {**error_headers(error), **(headers or {})}
+    if error.session_id:
+        extra["x-request-id"] = error.session_id
+    return Reply(status, error_body(error, param=param, code=code), {"cache-control": "no-store", **extra})
+
+
+def refusal(exc: GTLError) -> Reply:
+    """The answer for an error raised before a session ran (the key, the body)."""
+    if isinstance(exc, AuthenticationError):
+        return error_reply(exc.to_event(), status=401, code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+    if isinstance(exc, FrameTooLargeError):
+        return error_reply(exc.to_event(), status=400, code="request_too_large")
+    return error_reply(exc.to_event(), param=exc.param if isinstance(exc, FieldError) else None)
+
+
+class OpenAIEndpoints:
+    """The OpenAI-compatible handlers of one listener."""
+
+    def __init__(self, engine: Engine, *, authenticate: Authenticate, sessions: SessionRunner, max_bytes: int) -> None:
+        self.engine = engine
+        self.authenticate = authenticate
+        self.sessions = sessions
+        self.max_bytes = max_bytes
+
+    async def chat_completions(self, request: Any) -> Any:
+        """``POST /v1/chat/completions``."""
+        session_id = f"chatcmpl-{uuid.uuid4().hex}"
+        try:
+            context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request)
+            chat = chat_request(await intake.read_json(request, self.max_bytes), session_id)
+        except GTLError as exc:
+            return refusal(exc)
+        model, created = chat.request.model, int(time.time())
+        if chat.request.stream:
+            encoder = ChunkEncoder(
+                session_id, model=model, created=created, include_usage=chat.include_usage, error_body=error_body
+            )
+            return StreamedSession(
+                self.sessions,
+                chat.request,
+                context,
+                encoder=encoder,
+                refuse=error_reply,
+                headers={"x-request-id": session_id},
+            )
+        transcript = await collect(self.sessions, chat.request, context, request.receive)
+        if transcript.done is None:
+            error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
+            return error_reply(error)
+        return json_reply(
+            200, completion_object(transcript, model=model, created=created), {"x-request-id": session_id}
+        )
+
+    async def unsupported(self, request: Any) -> Any:
+        """``/v1/embeddings``, ``/v1/responses``, ``/v1/completions``: 404, and why."""
+        name = request.url.path.removeprefix("/v1/").split("/", 1)[0]
+        message = UNSUPPORTED.get(name, f"this gateway does not serve {request.url.path}") + _SERVED
+        error = Error(session_id="", code="MODEL_NOT_FOUND", message=message)
+        return error_reply(error, status=404, code="unsupported_endpoint")

@@ -1,0 +1,218 @@
+"""An OpenAI Chat Completions request body → a GTL ``CompletionRequest`` (the reverse of the client dialect).
+
+Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
+
+* ``model`` is GTL's model string as is: ``deployment:model`` or a bare model the gateway routes.
+* ``messages``: ``system`` and ``developer`` → ``system``; ``user`` content is a string or an array of
+  ``text`` parts (joined with newlines) and ``image_url`` parts (``data:`` or ``https:`` URLs → the
+  message's ``images``); ``assistant`` content and ``tool_calls`` (``{id, function: {name,
+  arguments}}``) → an assistant message with GTL tool calls; ``tool`` (``tool_call_id``, content) → a
+  tool result. ``name`` is kept. Audio and file parts, the legacy ``function`` role and
+  ``function_call`` are refused (400) rather than silently dropped.
+* ``tools`` (``type: function`` only), ``tool_choice`` (``none``/``auto``/``required`` or
+  ``{"type": "function", "function": {"name": …}}``, both GTL's own forms), ``temperature``,
+  ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array),
+  ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
+  usage chunk. ``n`` other than 1 is refused: a session has one answer.
+* Anything else (``seed``, ``user``, ``logprobs``, penalties, ``parallel_tool_calls``, ``store``,
+  ``metadata``…) is accepted and ignored, as a proxy in front of a model that lacks it would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from gtl_nb.gateway.compat import fields
+from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall
+
+__all__ = ["ChatRequest", "chat_request"]
+
+_TOOL_CHOICE_WORDS = frozenset({"none", "auto", "required"})
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """The GTL request, and what the answer's shape depends on."""
+
+    request: CompletionRequest
+    include_usage: bool
+
+
+def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
+    """The GTL request of a Chat Completions body; ``FieldError`` names the first parameter that is wrong."""
+    model = fields.text(body, "model", "model", required=True)
+    raw_messages = fields.items(body, "messages", "messages", required=True)
+    assert model is not None and raw_messages is not None
+    if not model:
+        raise FieldError("model", "the model must not be empty")
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise FieldError("n", "the gateway answers with one choice; n must be 1")
+    for legacy in ("functions", "function_call"):
+        if body.get(legacy) is not None:
+            raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
+    stream = bool(fields.boolean(body, "stream", "stream"))
+    options = fields.obj(body, "stream_options", "stream_options") or {}
+    include_usage = stream and bool(fields.boolean(options, "include_usage", "stream_options.include_usage"))
+    max_tokens = fields.integer(body, "max_completion_tokens", "max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = fields.integer(body, "max_tokens", "max_tokens")
+    request = CompletionRequest(
+        session_id=session_id,
+        model=model,
+        messages=[_message(raw, f"messages[{index}]") for index, raw in enumerate(raw_messages)],
+        stream=stream,
+        max_tokens=max_tokens,
+        temperature=fields.number(body, "temperature", "temperature"),
+        top_p=fields.number(body, "top_p", "top_p"),
+        stop=_stop(body.get("stop")),
+        tools=_tools(fields.items(body, "tools", "tools")),
+        tool_choice=_tool_choice(body.get("tool_choice")),
+        response_format=fields.obj(body, "response_format", "response_format"),
+    )
+    return ChatRequest(request, include_usage)
+
+
+def _message(raw: Any, where: str) -> Message:
+    if not isinstance(raw, dict):
+        raise FieldError(where, "each message must be an object")
+    role = fields.text(raw, "role", f"{where}.role", required=True)
+    name = fields.text(raw, "name", f"{where}.name")
+    if role in ("system", "developer"):
+        return Message(role="system", content=_text_only(raw.get("content"), f"{where}.content"), name=name)
+    if role == "user":
+        content, images = _user_content(raw.get("content"), f"{where}.content")
+        return Message(role="user", content=content, images=images, name=name)
+    if role == "assistant":
+        if raw.get("function_call") is not None:
+            raise FieldError(f"{where}.function_call", "the legacy function_call is not supported; use tool_calls")
+        calls = [
+            _tool_call(call, f"{where}.tool_calls[{index}]")
+            for index, call in enumerate(fields.items(raw, "tool_calls", f"{where}.tool_calls") or [])
+        ]
+        content = _text_only(raw.get("content"), f"{where}.content", refusals=True)
+        return Message(role="assistant", content=content or (None if calls else ""), tool_calls=calls, name=name)
+    if role == "tool":
+        call_id = fields.text(raw, "tool_call_id", f"{where}.tool_call_id", required=True)
+        return Message(role="tool", content=_text_only(raw.get("content"), f"{where}.content"), tool_call_id=call_id)
+    raise FieldError(f"{where}.role", f"unsupported role {role!r}; use system, developer, user, assistant or tool")
+
+
+def _parts(content: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
+    """``(type, part)`` of each content part; a string is one text part."""
+    if isinstance(content, str):
+        return [("text", {"text": content})]
+    if not isinstance(content, list):
+        raise FieldError(where, "expected a string or an array of content parts")
+    parts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict):
+            raise FieldError(f"{where}[{index}]", "each content part must be an object")
+        kind = fields.text(part, "type", f"{where}[{index}].type", required=True)
+        parts.append((str(kind), part))
+    return parts
+
+
+def _part_text(part: dict[str, Any], key: str, where: str) -> str:
+    value = fields.text(part, key, where, required=True)
+    assert value is not None
+    return value
+
+
+def _text_only(content: Any, where: str, *, refusals: bool = False) -> str | None:
+    """The text of content that takes text parts only (system, assistant, tool messages)."""
+    if content is None:
+        return None
+    texts = []
+    for index, (kind, part) in enumerate(_parts(content, where)):
+        if kind == "text":
+            texts.append(_part_text(part, "text", f"{where}[{index}].text"))
+        elif kind == "refusal" and refusals:
+            texts.append(_part_text(part, "refusal", f"{where}[{index}].refusal"))
+        else:
+            raise FieldError(f"{where}[{index}].type", f"a {kind!r} part is not accepted here; only text is")
+    return "\n".join(texts)
+
+
+def _user_content(content: Any, where: str) -> tuple[str | None, list[str]]:
+    """A user message's text and image URLs."""
+    if content is None:
+        raise FieldError(where, "a user message needs content")
+    texts: list[str] = []
+    images: list[str] = []
+    for index, (kind, part) in enumerate(_parts(content, where)):
+        here = f"{where}[{index}]"
+        if kind == "text":
+            texts.append(_part_text(part, "text", f"{here}.text"))
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image  # an older form: the URL itself
+            if not isinstance(url, str) or not url:
+                raise FieldError(f"{here}.image_url.url", "an image part needs a URL (https: or data:)")
+            images.append(url)
+        else:
+            raise FieldError(f"{here}.type", f"{kind!r} parts are not supported; use text and image_url")
+    return ("\n".join(texts) if texts else None), images
+
+
+def _tool_call(raw: Any, where: str) -> ToolCall:
+    if not isinstance(raw, dict):
+        raise FieldError(where, "each tool call must be an object")
+    call_id = fields.text(raw, "id", f"{where}.id", required=True)
+    function = fields.obj(raw, "function", f"{where}.function", required=True)
+    assert call_id is not None and function is not None
+    name = fields.text(function, "name", f"{where}.function.name", required=True)
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):  # some clients send the object rather than its JSON text
+        arguments = msgspec.json.encode(arguments).decode()
+    elif arguments is not None and not isinstance(arguments, str):
+        raise FieldError(f"{where}.function.arguments", "expected the JSON text of an object")
+    return ToolCall(id=call_id, name=str(name), arguments=arguments or "{}")
+
+
+def _tools(raw: list[Any] | None) -> list[Tool] | None:
+    if not raw:
+        return None
+    tools = []
+    for index, item in enumerate(raw):
+        where = f"tools[{index}]"
+        if not isinstance(item, dict):
+            raise FieldError(where, "each tool must be an object")
+        if item.get("type", "function") != "function":
+            raise FieldError(f"{where}.type", f"only function tools are supported, not {item.get('type')!r}")
+        function = fields.obj(item, "function", f"{where}.function", required=True)
+        assert function is not None
+        name = fields.text(function, "name", f"{where}.function.name", required=True)
+        description = fields.text(function, "description", f"{where}.function.description") or ""
+        parameters = fields.obj(function, "parameters", f"{where}.function.parameters")
+        if parameters is None:
+            tools.append(Tool(name=str(name), description=description))
+        else:
+            tools.append(Tool(name=str(name), description=description, parameters=parameters))
+    return tools
+
+
+def _tool_choice(raw: Any) -> str | dict[str, Any] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw in _TOOL_CHOICE_WORDS:
+        return raw
+    if isinstance(raw, dict):
+        function = raw.get("function")
+        if raw.get("type") == "function" and isinstance(function, dict) and isinstance(function.get("name"), str):
+            return {"type": "function", "function": {"name": function["name"]}}
+    raise FieldError("tool_choice", 'expected "none", "auto", "required" or {"type": "function", "function": {"name"}}')
+
+
+def _stop(raw: Any) -> list[str] | None:
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        return list(raw) or None
+    raise FieldError("stop", "expected a string or an array of strings")

@@ -1,0 +1,138 @@
+"""A GTL session's answer → an OpenAI ``chat.completion`` object, or ``chat.completion.chunk`` server-sent events.
+
+* The answer's ``id`` is the GTL session id (``chatcmpl-…``), which is also the ledger row's
+  ``session_id`` and the ``x-request-id`` header; ``model`` is the model the request named.
+* Text → ``message.content`` / ``delta.content``; each GTL tool call → ``message.tool_calls[i]``, or in
+  a stream one delta with ``index``, ``id``, ``type`` and the function's name and empty arguments, then
+  one with the arguments (GTL hands a call over whole, so there is no finer piece to pass on).
+* ``finish_reason``: GTL's ``stop``, ``length``, ``tool_calls`` and ``content_filter`` are OpenAI's
+  own; ``other`` (a provider's reason OpenAI has no word for) becomes ``stop``.
+* ``usage``: ``prompt_tokens`` = GTL ``tokens_in`` (cached tokens included, as OpenAI counts),
+  ``completion_tokens`` = ``tokens_out``, their sum, and the cached and reasoning details when the
+  provider reported them. A count the provider did not report is ``0`` (GTL never estimates); no usage
+  at all leaves ``usage`` null. A stream carries it in one last chunk (``choices: []``) when the request
+  said ``stream_options.include_usage``.
+* A stream ends with ``data: [DONE]``; an error after the answer began is ``data: {"error": {…}}``
+  (which the SDK raises as ``APIError``) and the stream ends without ``[DONE]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from gtl_nb.protocol.messages import Done, Error, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
+from gtl_nb.protocol.session import Transcript
+
+__all__ = ["ChunkEncoder", "completion_object", "finish_reason", "usage_object"]
+
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "content_filter": "content_filter"}
+
+
+def finish_reason(done: Done) -> str:
+    """OpenAI's ``finish_reason`` for a GTL ``done``."""
+    return _FINISH.get(done.finish_reason, "stop")
+
+
+def usage_object(usage: Usage | None) -> dict[str, Any] | None:
+    """OpenAI's ``usage`` object for a GTL ``usage`` event (``None``: nothing was reported)."""
+    if usage is None or (usage.tokens_in is None and usage.tokens_out is None):
+        return None
+    prompt = usage.tokens_in or 0
+    completion = usage.tokens_out or 0
+    result: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if usage.cached_tokens_in is not None:
+        result["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens_in}
+    if usage.reasoning_tokens_out is not None:
+        result["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens_out}
+    return result
+
+
+def _tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def completion_object(transcript: Transcript, *, model: str, created: int) -> dict[str, Any]:
+    """The ``chat.completion`` object of a session that ended with ``done``."""
+    done = transcript.done
+    assert done is not None
+    message: dict[str, Any] = {"role": "assistant", "content": transcript.text or None, "refusal": None}
+    if transcript.tool_calls:
+        message["tool_calls"] = [_tool_call(call) for call in transcript.tool_calls]
+    elif message["content"] is None:
+        message["content"] = ""  # an answer with neither text nor calls is empty text, not absent text
+    return {
+        "id": transcript.session_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(done)}],
+        "usage": usage_object(transcript.usage),
+    }
+
+
+class ChunkEncoder:
+    """A session's events as ``chat.completion.chunk`` server-sent events (``runner.EventEncoder``)."""
+
+    def __init__(
+        self, session_id: str, *, model: str, created: int, include_usage: bool, error_body: Callable[[Error], bytes]
+    ) -> None:
+        self.session_id = session_id
+        self.model = model
+        self.created = created
+        self.include_usage = include_usage
+        self._error_body = error_body
+        self._calls = 0
+        self._usage: Usage | None = None
+
+    def open(self) -> bytes:
+        return self._chunk([self._choice({"role": "assistant", "content": ""})])
+
+    def encode(self, event: StreamEvent) -> bytes:
+        if isinstance(event, Token):
+            return self._chunk([self._choice({"content": event.text})]) if event.text else b""
+        if isinstance(event, ToolCallEvent):
+            index = self._calls
+            self._calls += 1
+            call = event.function
+            head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            body = {"index": index, "function": {"arguments": call.arguments}}
+            return self._chunk([self._choice({"tool_calls": [head]})]) + self._chunk(
+                [self._choice({"tool_calls": [body]})]
+            )
+        if isinstance(event, Usage):
+            self._usage = event  # sent after the finish chunk, as OpenAI does
+            return b""
+        if isinstance(event, Done):
+            out = self._chunk([self._choice({}, finish_reason(event))])
+            if self.include_usage:
+                out += self._chunk([], usage=usage_object(self._usage))
+            return out + b"data: [DONE]\n\n"
+        if isinstance(event, Error):
+            return b"data: " + self._error_body(event) + b"\n\n"
+        return b""  # statuses and reasoning (never asked for) have no place in a chunk
+
+    def interrupt(self, message: str) -> bytes:
+        error = Error(session_id=self.session_id, code="PROVIDER_UNAVAILABLE", message=message)
+        return b"data: " + self._error_body(error) + b"\n\n"
+
+    def _choice(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+    def _chunk(self, choices: list[dict[str, Any]], **usage: Any) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self.session_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = usage.get("usage")  # null on every chunk but the last, as OpenAI sends it
+        return b"data: " + msgspec.json.encode(chunk) + b"\n\n"

@@ -1,0 +1,42 @@
+"""A whole JSON answer of a compatible endpoint, and the headers an error carries for the SDKs' retry logic."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from gtl_nb.protocol.messages import Error
+
+__all__ = ["Reply", "error_headers", "json_reply"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One whole HTTP answer: status, JSON body and extra headers. An ASGI application, so a route may
+    return it as its response."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+def json_reply(status: int, value: Any, headers: dict[str, str] | None = None) -> Reply:
+    """``value`` as a JSON answer."""
+    return Reply(status, msgspec.json.encode(value), {"cache-control": "no-store", **(headers or {})})
+
+
+def error_headers(error: Error) -> dict[str, str]:
+    """``x-should-retry`` (both SDKs obey it before their own status rules) and ``retry-after``."""
+    headers = {"x-should-retry": "true" if error.retryable else "false"}
+    if error.retry_after is not None and math.isfinite(error.retry_after):
+        headers["retry-after"] = str(max(0, math.ceil(error.retry_after)))
+    return headers

@@ -1,0 +1,87 @@
+"""The compatible endpoints as Starlette routes of the HTTP listener (``compat_routes``), and ``/v1/models``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.routing import Route
+
+from gtl_nb.engine.core import Engine
+from gtl_nb.gateway.compat import anthropic, intake, openai
+from gtl_nb.gateway.compat.models import anthropic_listing, find_model, openai_listing
+from gtl_nb.gateway.compat.reply import Reply, json_reply
+from gtl_nb.gateway.compat.runner import SessionRunner
+from gtl_nb.gateway.listeners import Limits
+from gtl_nb.gateway.permissions import visible_providers
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.protocol.errors import GTLError, ModelNotFoundError
+
+__all__ = ["compat_routes"]
+
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def compat_routes(
+    engine: Engine, *, authenticate: Authenticate, sessions: SessionRunner, limits: Limits
+) -> list[Route]:
+    """The OpenAI- and Anthropic-compatible routes, on the listener's ``authenticate`` and session runner."""
+    chat = openai.OpenAIEndpoints(
+        engine, authenticate=authenticate, sessions=sessions, max_bytes=limits.max_frame_bytes
+    )
+    messages = anthropic.AnthropicEndpoints(
+        engine, authenticate=authenticate, sessions=sessions, max_bytes=limits.max_frame_bytes
+    )
+    listing = _Models(engine, authenticate)
+    routes = [
+        Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        Route("/v1/messages", messages.messages, methods=["POST"]),
+        Route("/v1/messages/{rest:path}", messages.unsupported, methods=_ANY_METHOD),
+        Route("/v1/models", listing.list, methods=["GET"]),
+        Route("/v1/models/{model:path}", listing.retrieve, methods=["GET"]),
+    ]
+    for name in openai.UNSUPPORTED:
+        routes.append(Route(f"/v1/{name}", chat.unsupported, methods=_ANY_METHOD))
+        routes.append(Route(f"/v1/{name}/{{rest:path}}", chat.unsupported, methods=_ANY_METHOD))
+    return routes
+
+
+class _Models:
+    """``GET /v1/models`` and ``GET /v1/models/{id}``, shaped for whichever SDK asks (``compat.models``)."""
+
+    def __init__(self, engine: Engine, authenticate: Authenticate) -> None:
+        self.engine = engine
+        self.authenticate = authenticate
+
+    async def list(self, request: Any) -> Any:
+        styled = _is_anthropic(request)
+        try:
+            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+        except GTLError as exc:
+            return _refusal(exc, styled)
+        infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
+        return json_reply(200, anthropic_listing(infos) if styled else openai_listing(infos))
+
+    async def retrieve(self, request: Any) -> Any:
+        styled = _is_anthropic(request)
+        try:
+            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+            found = find_model(visible_providers(self.engine, context), request.path_params["model"])
+            if found is None:
+                raise ModelNotFoundError(f"this gateway lists no model {request.path_params['model']!r}")
+        except GTLError as exc:
+            return _refusal(exc, styled)
+        name, owner = found
+        if styled:
+            return json_reply(
+                200, {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+            )
+        return json_reply(200, {"id": name, "object": "model", "created": 0, "owned_by": owner})
+
+
+def _is_anthropic(request: Any) -> bool:
+    """The Anthropic SDK always sends ``anthropic-version``; the OpenAI SDK never does."""
+    return "anthropic-version" in request.headers
+
+
+def _refusal(exc: GTLError, anthropic_style: bool) -> Reply:
+    return anthropic.refusal(exc) if anthropic_style else openai.refusal(exc)

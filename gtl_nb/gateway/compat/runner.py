@@ -1,0 +1,184 @@
+"""Running one GTL session for a compatible endpoint: collected whole, or streamed as server-sent events.
+
+Both run on the HTTP listener's own session runner (``gateway.http._Sessions``), so a shutdown waits
+for these sessions and cancels them as it does the GTL endpoints' — and a client that disconnects
+cancels its session (the engine closes the upstream response, the ledger row says ``cancelled``).
+
+**Streaming.** The status line waits for the session's first answer event (text, a tool call, usage,
+the end): an error before any of the answer — an unknown model, a refused provider key, a rate limit
+— is then an HTTP error in the format's own shape, so an SDK raises its own exception class even for
+``stream=True``. Once the answer has begun, the status is ``200`` and a later error is an error event
+inside the stream. A ``failover`` after the answer began (the engine moved to another deployment,
+which voids what was sent) cannot be expressed in either format: the stream ends with an error event
+saying so and the session is cancelled, so the ledger does not record an answer the client never got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway.compat.reply import Reply
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Status, StreamEvent
+from gtl_nb.protocol.session import Transcript, is_failover
+
+__all__ = ["EventEncoder", "Running", "SessionRunner", "StreamedSession", "collect"]
+
+log = get_logger("gateway.compat")
+
+FAILOVER_CANCEL = "the gateway (a failover after the answer began, which a compatible stream cannot carry)"
+"""Who cancelled a session whose stream had to end at a failover (its ledger row's reason)."""
+
+
+class Running(Protocol):
+    """One running session of the listener's runner."""
+
+    task: asyncio.Task[None] | None
+
+    def cancel(self, reason: str) -> None: ...
+
+    async def wait(self) -> None: ...
+
+
+class SessionRunner(Protocol):
+    """The listener's session runner (``gateway.http._Sessions``): ``start`` runs one session as a task."""
+
+    def start(
+        self,
+        request: CompletionRequest,
+        context: RequestContext,
+        send: Callable[[StreamEvent], None],
+        drain: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Running: ...
+
+
+class EventEncoder(Protocol):
+    """Turns a session's events into one format's server-sent events (``openai_wire``, ``anthropic_wire``)."""
+
+    def open(self) -> bytes:
+        """What the stream starts with, once the answer has begun (OpenAI's role chunk, ``message_start``)."""
+        ...
+
+    def encode(self, event: StreamEvent) -> bytes:
+        """The bytes of one event (``b""`` for an event the format has no place for)."""
+        ...
+
+    def interrupt(self, message: str) -> bytes:
+        """An error event that ends the stream early (no terminator after it)."""
+        ...
+
+
+async def _disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Return when the client disconnects (the request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect(
+    sessions: SessionRunner, request: CompletionRequest, context: RequestContext, receive: Callable[[], Awaitable[Any]]
+) -> Transcript:
+    """Run one session to its end and return what it produced (the failover reset applied).
+
+    A client that disconnects first cancels the session; so does a shutdown that cancels this task.
+    """
+    transcript = Transcript(session_id=request.session_id)
+    running = sessions.start(request, context, transcript.add)
+    watching = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait({running.task, watching}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+    finally:
+        if watching.done():
+            running.cancel("the client")
+        elif running.task is not None and not running.task.done():
+            running.cancel("the gateway shutting down")
+        await running.wait()  # the ledger row is complete before the answer goes out
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+    return transcript
+
+
+class StreamedSession:
+    """An ASGI response that runs one session and streams it through an ``EventEncoder`` (module docstring)."""
+
+    def __init__(
+        self,
+        sessions: SessionRunner,
+        request: CompletionRequest,
+        context: RequestContext,
+        *,
+        encoder: EventEncoder,
+        refuse: Callable[[Error], Reply],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.request = request
+        self.context = context
+        self.encoder = encoder
+        self.refuse = refuse
+        self.headers = headers or {}
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        outbox: asyncio.Queue[StreamEvent] = asyncio.Queue()
+        # drain = every event written: the engine reads no further ahead of a slow client than one event
+        running = self.sessions.start(self.request, self.context, outbox.put_nowait, drain=outbox.join)
+        pumping = asyncio.ensure_future(self._pump(outbox, send, running))
+        watching = asyncio.ensure_future(_disconnected(receive))
+        try:
+            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pumping.done():  # the client left (or the server is going down without grace)
+                running.cancel("the client" if watching.done() else "the gateway shutting down")
+            await running.wait()  # the ledger row is complete before the response task ends
+            for task in (pumping, watching):
+                task.cancel()
+            await asyncio.gather(pumping, watching, return_exceptions=True)
+        if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+            log.info("client went away mid-stream: %s", pumping.exception())
+
+    async def _pump(self, outbox: asyncio.Queue[StreamEvent], send: Any, running: Running) -> None:
+        started = False
+        while True:
+            event = await outbox.get()
+            try:
+                if not started:
+                    if isinstance(event, Status):
+                        continue  # queued, retrying, a failover before any answer: nothing to tell yet
+                    if isinstance(event, Error):
+                        await self.refuse(event)(None, None, send)
+                        return
+                    await self._start(send)
+                    started = True
+                if is_failover(event):
+                    reason = event.reason or "the deployment failed"  # type: ignore[union-attr]
+                    message = (
+                        f"the answer broke off after it began ({reason}); the gateway moved to another deployment, "
+                        "which would start the answer again, and this format cannot take back what was sent: ask again"
+                    )
+                    await self._write(send, self.encoder.interrupt(message))
+                    running.cancel(FAILOVER_CANCEL)
+                    break
+                chunk = self.encoder.encode(event)
+                if chunk:
+                    await self._write(send, chunk)
+                if isinstance(event, (Done, Error)):
+                    break
+            finally:
+                outbox.task_done()
+        await send({"type": "http.response.body", "body": b""})
+
+    async def _start(self, send: Any) -> None:
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-store"),
+            (b"x-accel-buffering", b"no"),  # a reverse proxy in front must not hold events back
+        ]
+        headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers.items()]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await self._write(send, self.encoder.open())
+
+    @staticmethod
+    async def _write(send: Any, chunk: bytes) -> None:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})

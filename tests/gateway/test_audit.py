@@ -1,0 +1,565 @@
+"""The audit log: records fed by a real engine's hooks, the hash chain and what ``verify`` catches,
+rotation and retention, crash recovery, the writer's queue, verbosity, ``gtl audit`` — and canaries
+that never reach a record or a log line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gtl_nb import sim
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.hooks import Hooks, RequestFinished, RequestStarted
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway import audit_cli
+from gtl_nb.gateway.audit import (
+    BATCH,
+    AuditLog,
+    AuditSettings,
+    Checkpoint,
+    checkpoint_path,
+    read_records,
+    rotated_files,
+    segment_path,
+    verify,
+)
+from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.messages import CompletionRequest, Message
+
+KEY_CANARY = "sk-canary-PROVIDERKEY-5d1e9c0b7a"  # a fake provider key the simulators accept
+PROMPT_CANARY = "PROMPT-CANARY-3b9f61"
+TOKEN_CANARY = "gtl.TOKEN-CANARY.c4e1a7f0"  # stands for a GhostToken: never written anywhere
+NOW = 1_750_000_000.0
+CONTEXT = RequestContext(
+    principal="ann",
+    tenant="acme",
+    key_id="jti-0001",
+    trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+    peer="127.0.0.1:50123",
+    scopes=frozenset({"chat:write"}),
+)
+
+
+# -- a real engine --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[SimpleNamespace]:
+    """``good`` answers; ``flaky`` answers every request with 503 (retried, then failed over)."""
+    good = sim.serve("openai", seed=3, api_key=KEY_CANARY)
+    flaky = sim.serve("openai", sim.Fault.http(503), seed=3, api_key=KEY_CANARY)
+    yield SimpleNamespace(good=good, flaky=flaky)
+    good.close()
+    flaky.close()
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+def make_engine(upstream: SimpleNamespace, hooks: Hooks | None = None) -> Engine:
+    providers = {
+        "echo": {"type": "echo"},
+        "openai": {"type": "openai", "api_key": KEY_CANARY, "base_url": upstream.good.base_url},
+        "flaky": {"type": "openai", "api_key": KEY_CANARY, "base_url": upstream.flaky.base_url},
+        "badkey": {"type": "openai", "api_key": "sk-wrong-key-0000000000", "base_url": upstream.good.base_url},
+    }
+    settings = load_settings(providers=providers, environ={})
+    return build_engine(settings, ledger=False, hooks=hooks, sleep=_no_sleep)
+
+
+def request(session_id: str, model: str, **fields: Any) -> CompletionRequest:
+    content = f"Say hello. {PROMPT_CANARY}"
+    metadata = {"authorization": f"Bearer {TOKEN_CANARY}"}  # what a careless logger would copy
+    return CompletionRequest(
+        session_id=session_id,
+        model=model,
+        messages=[Message(role="user", content=content)],
+        metadata=metadata,
+        **fields,
+    )
+
+
+MIXED = [
+    request("ok-1", "echo"),
+    request("failover-1", "gpt-4o-mini", providers=["flaky", "openai"], max_tokens=20),
+    request("error-1", "gpt-4o-mini", provider="badkey"),
+    request("missing-1", "no-such-model-xyz"),
+]
+
+
+def drive(engine: Engine, requests: list[CompletionRequest], context: RequestContext = CONTEXT) -> list[Any]:
+    """Run each request to its end; the last event of each."""
+
+    async def main() -> list[Any]:
+        ends = []
+        for message in requests:
+            last = None
+            async for event in engine.stream(message, context=context):
+                last = event
+            ends.append(last)
+        await engine.aclose()
+        return ends
+
+    return asyncio.run(main())
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    """Every record of the log at ``path``, oldest first (rotated files, then the current one)."""
+    found = rotated_files(path)
+    files = [found[number] for number in sorted(found)] + ([path] if path.exists() else [])
+    return [record for file in files for record in read_records(file)]
+
+
+def all_bytes(directory: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(directory.iterdir()) if path.is_file())
+
+
+def test_one_record_per_request_from_a_real_engine(tmp_path, upstream):
+    log_path = tmp_path / "audit.jsonl"
+    engine = make_engine(upstream)
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine, wall_clock=lambda: NOW)
+    ends = drive(engine, MIXED)
+    audit.close()
+    assert [type(end).__name__ for end in ends] == ["Done", "Done", "Error", "Error"]
+
+    written = records(log_path)
+    assert [r["session_id"] for r in written] == ["ok-1", "failover-1", "error-1", "missing-1"]  # once each
+    assert [r["seq"] for r in written] == [1, 2, 3, 4]
+    ok, failover, error, missing = written
+    for record in written:
+        assert record["kind"] == "request"
+        assert record["time"] == "2025-06-15T15:06:40.000Z"
+        assert (record["principal"], record["tenant"], record["key_id"]) == ("ann", "acme", "jti-0001")
+        assert (record["peer"], record["trace_id"]) == (CONTEXT.peer, CONTEXT.trace_id)
+        assert record["duration_ms"] is not None and record["duration_ms"] >= 0
+        assert "prompt" not in record and "answer" not in record
+    assert ok["status"] == "ok" and (ok["deployment"], ok["provider"], ok["model"]) == ("echo", "echo", "echo")
+    assert ok["tokens_in"] > 0 and ok["tokens_out"] > 0 and ok["failover_path"] == ["echo"]
+
+    assert failover["status"] == "ok" and failover["deployment"] == "openai" and failover["provider"] == "openai"
+    assert failover["failover_path"] == ["flaky", "openai"]
+    assert failover["failover_reasons"] == ["OVERLOADED"]
+    assert failover["retries"] >= 1 and failover["cost"] > 0 and failover["tokens_out"] > 0
+
+    assert (error["status"], error["error_code"], error["deployment"]) == ("error", "AUTH_FAILED", "badkey")
+    assert error["tokens_in"] is None and error["retries"] == 0
+    assert (missing["status"], missing["error_code"], missing["deployment"]) == ("error", "MODEL_NOT_FOUND", None)
+    assert missing["requested_model"] == "no-such-model-xyz"
+    assert verify(log_path).ok
+
+
+def test_canaries_reach_no_record_and_no_log_line_at_the_default_verbosity(tmp_path, upstream, caplog):
+    caplog.set_level(logging.DEBUG)
+    log_path = tmp_path / "audit" / "audit.jsonl"
+    engine = make_engine(upstream)
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine)
+    drive(engine, MIXED)
+    audit.close()
+    written = all_bytes(log_path.parent)
+    assert len(records(log_path)) == len(MIXED)
+    for canary in (KEY_CANARY, PROMPT_CANARY, TOKEN_CANARY):
+        assert canary.encode() not in written
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    for canary in (KEY_CANARY, TOKEN_CANARY):
+        assert canary not in logged
+
+
+@dataclass(frozen=True)
+class StartedWithRequest(RequestStarted):
+    """``RequestStarted`` with the request, as the hook may carry it (docs/operations.md)."""
+
+    request: CompletionRequest | None = None
+
+
+@dataclass(frozen=True)
+class FinishedWithAnswer(RequestFinished):
+    """``RequestFinished`` with the answer and the time to first token (docs/operations.md)."""
+
+    answer: str | None = None
+    ttft_ms: float | None = None
+
+
+def finished(session_id: str, principal: str = "ann", **fields: Any) -> RequestFinished:
+    values: dict[str, Any] = dict(
+        session_id=session_id,
+        context=RequestContext(principal=principal, key_id="jti-0001"),
+        status="ok",
+        error_code=None,
+        deployment="echo",
+        model="echo",
+        tokens_in=4,
+        tokens_out=27,
+        cost=0.0,
+        latency_ms=1.5,
+        cache_hit=False,
+    )
+    values.update(fields)
+    kind = FinishedWithAnswer if {"answer", "ttft_ms"} & set(fields) else RequestFinished
+    return kind(**values)
+
+
+@pytest.mark.parametrize("verbosity", ["metadata", "full"])
+def test_prompts_and_answers_only_at_full_verbosity_and_the_token_never(tmp_path, verbosity):
+    log_path = tmp_path / "audit.jsonl"
+    message = request("s1", "echo")
+    with AuditLog(AuditSettings(path=log_path, verbosity=verbosity, fsync=False)) as audit:
+        audit(StartedWithRequest(session_id="s1", context=CONTEXT, model="echo", request=message))
+        audit(finished("s1", answer=f"Hello! {PROMPT_CANARY}", ttft_ms=12.5))
+    (record,) = records(log_path)
+    assert record["ttft_ms"] == 12.5
+    written = all_bytes(tmp_path)
+    assert TOKEN_CANARY.encode() not in written  # request metadata is never written, at any verbosity
+    if verbosity == "metadata":
+        assert PROMPT_CANARY.encode() not in written and "prompt" not in record
+    else:
+        assert record["prompt"] == [{"role": "user", "content": f"Say hello. {PROMPT_CANARY}"}]
+        assert record["answer"] == f"Hello! {PROMPT_CANARY}"
+
+
+def test_reasons_keep_the_error_code_and_never_the_message(tmp_path):
+    from gtl_nb.engine.hooks import AttemptStarted, FailedOver, RetryScheduled
+
+    log_path = tmp_path / "audit.jsonl"
+    with AuditLog(AuditSettings(path=log_path, fsync=False)) as audit:
+        audit(RequestStarted(session_id="s1", context=CONTEXT, model="gpt-4o-mini"))
+        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=1))
+        audit(RetryScheduled(session_id="s1", deployment="a", attempt=2, delay=0.1, reason=f"TIMEOUT: {KEY_CANARY}"))
+        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=2))
+        audit(FailedOver(session_id="s1", from_deployment="a", to_deployment="b", reason=f"AUTH_FAILED: {KEY_CANARY}"))
+        audit(AttemptStarted(session_id="s1", deployment="b", model="m", attempt=1))
+        audit(FailedOver(session_id="s1", from_deployment="b", to_deployment="c", reason=KEY_CANARY))
+        audit(finished("s1", deployment="c"))
+    (record,) = records(log_path)
+    assert record["failover_path"] == ["a", "b"] and record["retries"] == 1
+    assert record["failover_reasons"] == ["AUTH_FAILED", "OTHER"]
+    assert KEY_CANARY.encode() not in all_bytes(tmp_path)
+
+
+# -- the chain and verify ---------------------------------------------------------------------------
+
+
+def write_log(path: Path, count: int, *, start: int = 0, **options: Any) -> AuditSettings:
+    """``count`` request records appended to the log at ``path`` (opened and closed once)."""
+    settings = AuditSettings(path=path, fsync=False, **options)
+    with AuditLog(settings, wall_clock=lambda: NOW) as audit:
+        for index in range(start, start + count):
+            audit(finished(f"s{index}"))
+    return settings
+
+
+def kinds(path: Path) -> list[str]:
+    return [problem.kind for problem in verify(path).problems]
+
+
+def rewrite(path: Path, change: Any) -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(change(lines)))
+
+
+@pytest.fixture
+def chain(tmp_path) -> Path:
+    """A log of 12 records in 6 files (2 records each: 5 rotated, the current one)."""
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 12, max_bytes=1200)
+    assert sorted(rotated_files(path)) == [1, 2, 3, 4, 5]
+    report = verify(path)
+    assert report.ok, report.describe()
+    assert report.records == 12 and report.files[-1] == "audit.jsonl" and report.last_seq == 12
+    return path
+
+
+def test_each_line_hashes_its_own_bytes_and_links_to_the_one_before(chain):
+    first, second = records(chain)[:2]
+    assert first["prev"] == "0" * 64 and second["prev"] == first["hash"]
+    point = Checkpoint.read(checkpoint_path(chain))
+    assert point is not None and (point.count, point.head, point.file) == (12, records(chain)[-1]["hash"], chain.name)
+
+
+def test_an_edited_record_is_found_with_its_file_and_line(chain):
+    rewrite(chain, lambda lines: [lines[0].replace(b'"principal":"ann"', b'"principal":"bob"'), *lines[1:]])
+    report = verify(chain)
+    (problem,) = report.problems
+    assert (problem.kind, problem.file, problem.line, problem.seq) == ("edited", "audit.jsonl", 1, 11)
+    assert "audit.jsonl line 1 (record 11)" in report.describe()
+
+
+def test_an_edited_record_with_its_hash_recomputed_breaks_the_link_after_it(chain):
+    import hashlib
+
+    segment = segment_path(chain, 3)
+    line = segment.read_bytes().splitlines(keepends=True)[0]
+    body = line.rstrip(b"\n").replace(b'"tokens_out":27', b'"tokens_out":2')
+    cut = body.rindex(b',"hash":"')
+    forged = body[:cut] + b',"hash":"' + hashlib.sha256(body[:cut] + b"}").hexdigest().encode() + b'"}\n'
+    rewrite(segment, lambda lines: [forged, *lines[1:]])
+    (problem,) = verify(chain).problems
+    assert (problem.kind, problem.file, problem.line) == ("edited", segment.name, 2)
+    assert "does not chain" in problem.message
+
+
+def test_a_deleted_record_is_found(chain):
+    rewrite(segment_path(chain, 2), lambda lines: lines[1:])
+    (problem,) = verify(chain).problems
+    assert (problem.kind, problem.file, problem.line) == ("deleted", "audit.jsonl.2", 1)
+    assert "record 3 missing" in problem.message
+
+
+def test_a_truncated_file_is_found(chain):
+    rewrite(chain, lambda lines: [lines[0], lines[1][:40]])  # cut in the middle of the last record
+    assert sorted(kinds(chain)) == ["torn", "truncated"]
+    rewrite(chain, lambda lines: lines[:1])  # the last record gone, at a line boundary
+    assert kinds(chain) == ["truncated"]
+    chain.write_bytes(b"")
+    assert kinds(chain) == ["truncated"]
+    assert "the last 2 record(s) were removed" in verify(chain).describe()
+
+
+def test_a_rotated_file_cut_short_is_not_mistaken_for_a_crash(chain):
+    rewrite(segment_path(chain, 2), lambda lines: [lines[0], lines[1][:-30]])
+    assert "truncated" in kinds(chain) and not verify(chain).ok
+
+
+@pytest.mark.parametrize("number", [1, 3, 5])
+def test_a_removed_rotated_file_is_found(chain, number):
+    segment_path(chain, number).unlink()
+    report = verify(chain)
+    assert report.problems[0].kind == "missing_file" and report.problems[0].file == f"audit.jsonl.{number}"
+    assert not report.ok
+
+
+def test_a_replaced_checkpoint_is_found(tmp_path, chain):
+    cp = checkpoint_path(chain)
+    older = cp.read_bytes()
+    write_log(chain, 3, start=12, max_bytes=1200)
+    assert verify(chain).ok
+    point = Checkpoint.read(cp)
+    cp.write_bytes(older)  # an older checkpoint put back
+    report = verify(chain)
+    assert not report.ok and {p.kind for p in report.problems} == {"ahead"}  # and the files rotated since
+    assert "checkpoint was replaced with an older one" in report.describe()
+
+    assert point is not None
+    cp.write_bytes(Checkpoint(**{**point.__dict__, "head": "ab" * 32}).encode())  # a forged head
+    assert kinds(chain) == ["checkpoint"]
+
+    other = tmp_path / "other" / "audit.jsonl"
+    write_log(other, 3, start=100)
+    cp.write_bytes(checkpoint_path(other).read_bytes())  # another log's checkpoint
+    assert "checkpoint" in kinds(chain)
+    cp.write_bytes(b'{"version": 1, "count": "many"}')
+    assert kinds(chain)[0] == "checkpoint"
+    cp.unlink()
+    assert kinds(chain)[0] == "checkpoint" and "missing" in verify(chain).describe()
+
+
+def test_an_old_checkpoint_far_behind_is_not_excused_as_a_crash(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 2)
+    older = checkpoint_path(path).read_bytes()
+    write_log(path, BATCH + 5, start=2)
+    checkpoint_path(path).write_bytes(older)
+    assert kinds(path) == ["checkpoint"]
+
+
+def test_an_empty_place_verifies_as_an_empty_log(tmp_path):
+    report = verify(tmp_path / "audit.jsonl")
+    assert report.ok and report.records == 0
+
+
+# -- rotation, retention ---------------------------------------------------------------------------
+
+
+def test_rotation_keeps_backups_files_and_the_chain_verifies(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 20, max_bytes=1200, backups=3)
+    assert sorted(rotated_files(path)) == [7, 8, 9]
+    assert all(file.stat().st_size <= 1200 for file in [path, *rotated_files(path).values()])
+    report = verify(path)
+    assert report.ok, report.describe()
+    assert report.records == 8 and [r["seq"] for r in records(path)] == list(range(13, 21))
+    point = Checkpoint.read(checkpoint_path(path))
+    assert point is not None and (point.first_segment, point.base_seq, point.rotations) == (7, 12, 9)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_backups_zero_keeps_only_the_current_file(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 9, max_bytes=1200, backups=0)
+    assert rotated_files(path) == {} and verify(path).ok and len(records(path)) == 1
+
+
+def test_retention_removes_rotated_files_older_than_retention_days(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 12, max_bytes=1200, backups=100)
+    old = NOW - 3 * 86400
+    for number in (1, 2, 3):
+        os.utime(segment_path(path, number), (old, old))
+    for number in (4, 5):
+        os.utime(segment_path(path, number), (NOW - 3600, NOW - 3600))
+    settings = AuditSettings(path=path, fsync=False, max_bytes=1200, backups=100, retention_days=2)
+    AuditLog(settings, wall_clock=lambda: NOW).close()  # retention runs when the log opens
+    assert sorted(rotated_files(path)) == [4, 5]
+    assert verify(path).ok and [r["seq"] for r in records(path)] == list(range(7, 13))
+
+
+# -- crashes, the writer, the lock ----------------------------------------------------------------------
+
+
+def test_a_torn_last_line_is_a_crash_artefact_repaired_and_recorded_on_the_next_start(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 3)
+    partial = b'{"v":1,"seq":4,"kind":"request","time":"2025'
+    with path.open("ab") as handle:
+        handle.write(partial)  # the writer died mid-line
+    report = verify(path)
+    assert kinds(path) == ["torn"] and report.problems[0].after_crash
+    assert "abrupt stop" in report.describe()
+    write_log(path, 1, start=3)
+    assert verify(path).ok
+    recovery = records(path)[3]
+    assert (recovery["kind"], recovery["torn_bytes"], recovery["adopted"]) == ("recovery", len(partial), 0)
+    assert records(path)[-1]["session_id"] == "s3"
+
+
+def test_records_written_after_the_last_checkpoint_are_adopted_on_the_next_start(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 3)
+    checkpointed = checkpoint_path(path).read_bytes()
+    write_log(path, 2, start=3)
+    checkpoint_path(path).write_bytes(checkpointed)  # as if the writer died before its last checkpoint
+    assert kinds(path) == ["ahead"]
+    write_log(path, 1, start=5)
+    assert verify(path).ok
+    assert [r.get("adopted") for r in records(path) if r["kind"] == "recovery"] == [2]
+
+
+def test_a_tampered_log_is_left_alone_and_the_writer_refuses_to_start(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 3)
+    rewrite(path, lambda lines: [lines[0], lines[2]])
+    before = path.read_bytes()
+    with pytest.raises(ConfigurationError, match="failed verification") as refused:
+        AuditLog(AuditSettings(path=path, fsync=False))
+    assert "record 2 missing" in str(refused.value)
+    assert path.read_bytes() == before
+
+
+def test_a_second_writer_on_the_same_log_is_refused(tmp_path):
+    settings = AuditSettings(path=tmp_path / "audit.jsonl", fsync=False)
+    with AuditLog(settings), pytest.raises(ConfigurationError, match="another process"):
+        AuditLog(settings)
+    AuditLog(settings).close()  # free again once the first one closed
+
+
+def test_close_writes_everything_queued_with_fsync_on(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(AuditSettings(path=path, max_bytes=64 * 1024))
+    for index in range(600):  # more than two batches
+        audit(finished(f"s{index}"))
+    audit.close()
+    audit.close()  # idempotent
+    assert [r["session_id"] for r in records(path)] == [f"s{i}" for i in range(600)]
+    assert verify(path).ok
+
+
+def test_a_full_queue_drops_records_and_says_how_many_in_the_chain(tmp_path, monkeypatch, caplog):
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(AuditSettings(path=path, fsync=False, queue_size=1))
+    entered, release = threading.Event(), threading.Event()
+    append = audit._files.append
+
+    def held(batch: list[dict[str, Any]]) -> int:
+        entered.set()
+        release.wait(10)
+        return append(batch)
+
+    monkeypatch.setattr(audit._files, "append", held)
+    audit(finished("s0"))
+    assert entered.wait(10)  # the writer holds s0; the queue has room for one more
+    audit(finished("s1"))
+    audit(finished("s2"))  # dropped
+    audit(finished("s3"))  # dropped
+    assert audit.dropped == 2
+    release.set()
+    audit.close()
+    written = records(path)
+    assert [(r["kind"], r.get("session_id"), r.get("count")) for r in written] == [
+        ("request", "s0", None),
+        ("dropped", None, 2),
+        ("request", "s1", None),
+    ]
+    assert verify(path).ok and "dropping records" in caplog.text
+    assert audit.dropped == 0  # accounted for by the dropped record
+    audit(finished("late"))  # after close: counted, never written
+    assert audit.dropped == 1
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def test_settings_from_the_table(tmp_path):
+    settings = AuditSettings.from_table(
+        {"path": "logs/audit.jsonl", "max_bytes": 4096, "backups": 2, "retention_days": 30, "verbosity": "full"},
+        base=tmp_path,
+    )
+    assert settings.path == tmp_path / "logs" / "audit.jsonl" and settings.enabled
+    assert (settings.max_bytes, settings.backups, settings.retention_days, settings.verbosity) == (
+        4096,
+        2,
+        30.0,
+        "full",
+    )
+    assert not AuditSettings.from_table(None, base=tmp_path).enabled
+    assert AuditSettings.from_table({}, base=tmp_path, environ={"XDG_DATA_HOME": str(tmp_path)}).path.name == (
+        "audit.jsonl"
+    )
+    for table, words in [
+        ({"verbosty": "full"}, "unknown key 'verbosty'"),
+        ({"verbosity": "everything"}, "verbosity"),
+        ({"max_bytes": 10}, "max_bytes"),
+        ({"backups": -1}, "backups"),
+        ({"retention_days": 0}, "retention_days"),
+        ({"fsync": "yes"}, "fsync"),
+    ]:
+        with pytest.raises(ConfigurationError, match=words):
+            AuditSettings.from_table(table, base=tmp_path)
+
+
+# -- gtl audit ---------------------------------------------------------------------------------------
+
+
+def gtl_audit(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="gtl")
+    audit_cli.add_subcommands(parser.add_subparsers())
+    args = parser.parse_args(["audit", *argv])
+    return args.handler(args)
+
+
+def test_gtl_audit_verify_exits_1_with_what_is_wrong_and_where(chain, capsys):
+    assert gtl_audit("verify", "--log", str(chain)) == 0
+    assert "chain is intact" in capsys.readouterr().out
+    segment_path(chain, 2).unlink()
+    assert gtl_audit("verify", "--log", str(chain)) == 1
+    assert "the rotated file audit.jsonl.2 is missing" in capsys.readouterr().err
+    with pytest.raises(ConfigurationError, match="no audit log"):
+        gtl_audit("verify", "--log", str(chain.parent / "nothing.jsonl"))
+
+
+def test_gtl_audit_tail_prints_the_last_records_across_a_rotation(chain, capsysbinary):
+    assert gtl_audit("tail", "--log", str(chain), "-n", "3") == 0
+    printed = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+    assert [record["seq"] for record in printed] == [10, 11, 12]

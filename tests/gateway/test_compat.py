@@ -1,0 +1,542 @@
+"""The OpenAI- and Anthropic-compatible endpoints, driven by the official ``openai`` and ``anthropic`` SDKs.
+
+One in-process gateway (``serving`` of test_http) fronts every provider's simulator — OpenAI, Anthropic,
+Gemini, Bedrock, Ollama — and each SDK, pointed at it, must get the very answer the embedded client gets
+from the same simulators for the same request. Errors must come back as each SDK's own exception class,
+and every completion request must leave exactly one ledger row, under the answer's id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.gateway.compat.models import model_ids
+from gtl_nb.protocol import ModelInfo, ProviderInfo, Tool
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
+from tests.gateway.test_http import serving
+
+PROVIDERS = ["openai", "anthropic", "gemini", "bedrock", "ollama"]
+MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-sonnet-4-5",
+    "gemini": "gemini-2.5-flash",
+    "bedrock": "amazon.nova-lite-v1:0",
+    "ollama": "llama3.1:8b",
+}
+SYSTEM = "Be brief."
+PROMPT = "Tell me about the harbour of Bergen"
+WEATHER = Tool(
+    name="get_weather",
+    description="Weather for a city",
+    parameters={
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 1}},
+        "required": ["city", "days"],
+    },
+)
+OPENAI_TOOL = {
+    "type": "function",
+    "function": {"name": WEATHER.name, "description": WEATHER.description, "parameters": WEATHER.parameters},
+}
+ANTHROPIC_TOOL = {"name": WEATHER.name, "description": WEATHER.description, "input_schema": WEATHER.parameters}
+# a 1x1 PNG
+PIXEL = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    )
+).decode()
+PIXEL_URL = f"data:image/png;base64,{PIXEL}"
+TOKEN = "compat-dev-token"
+
+
+def deployment(provider: str, url: str) -> dict[str, Any]:
+    """The deployment settings of a provider's simulator, exactly as a real deployment would be configured."""
+    if provider == "ollama":
+        return {"base_url": url}
+    if provider == "bedrock":
+        keys = {"aws_access_key_id": "AKIDSIMULATOR", "aws_secret_access_key": "sim-secret"}
+        return {"base_url": url, "region": "us-east-1", **keys}
+    return {"api_key": SIM_KEY, "base_url": url}
+
+
+@pytest.fixture(scope="module")
+def backends() -> Iterator[dict[str, sim.Simulator]]:
+    simulators = {name: sim.serve(name, seed=3) for name in PROVIDERS}
+    yield simulators
+    for simulator in simulators.values():
+        simulator.close()
+
+
+@pytest.fixture(scope="module")
+def providers(backends: dict[str, sim.Simulator]) -> dict[str, dict[str, Any]]:
+    return {name: deployment(name, simulator.base_url) for name, simulator in backends.items()}
+
+
+@pytest.fixture(scope="module")
+def ledger_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compat") / "ledger.sqlite"
+
+
+@pytest.fixture(scope="module")
+def base_url(providers: dict[str, dict[str, Any]], ledger_path: Path) -> Iterator[str]:
+    """The gateway in front of every simulator (no token), 64 KiB bodies at most."""
+    tables: dict[str, dict[str, Any]] = {f"providers.{name}": settings for name, settings in providers.items()}
+    tables["ledger"] = {"path": str(ledger_path)}
+    tables["gateway"] = {"max_frame_bytes": 64 * 1024}
+    with serving(write_toml(ledger_path.parent / "gtl.toml", tables)) as served:
+        yield served.url
+
+
+@pytest.fixture(scope="module")
+def embedded(providers: dict[str, dict[str, Any]]) -> Iterator[gtl_nb.Client]:
+    """The embedded client on the same simulators: what the gateway's answers must equal."""
+    client = gtl_nb.connect(providers=providers, environ={})
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def oai(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="anything: auth is none", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def claude(base_url: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=base_url, api_key="anything: auth is none", max_retries=0)
+
+
+def target(provider: str) -> str:
+    return f"{provider}:{MODELS[provider]}"
+
+
+def chat(prompt: str = PROMPT) -> list[dict[str, Any]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+
+
+def rows_of(ledger: Path, session_id: str) -> list[dict[str, Any]]:
+    return [row for row in Ledger(ledger).rows() if row["session_id"] == session_id]
+
+
+# -- the OpenAI SDK ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_sdk_gets_the_embedded_answer(provider, oai, embedded, ledger_path, backends):
+    expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
+    answer = oai.chat.completions.create(model=target(provider), messages=chat(), temperature=0.2, max_tokens=500)
+    assert SYSTEM in backends[provider].requests[-1].body.decode()  # the system message went upstream too
+    assert answer.object == "chat.completion" and answer.model == target(provider)
+    assert answer.choices[0].message.content == expected.text
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.usage.prompt_tokens == expected.usage.tokens_in
+    assert answer.usage.completion_tokens == expected.usage.tokens_out
+    assert answer._request_id == answer.id  # x-request-id: the GTL session id, the ledger row's
+    assert [row["status"] for row in rows_of(ledger_path, answer.id)] == ["ok"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_sdk_streams_the_embedded_answer(provider, oai, embedded, ledger_path):
+    expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
+    chunks = list(
+        oai.chat.completions.create(
+            model=target(provider), messages=chat(), stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert all(chunk.object == "chat.completion.chunk" and chunk.id == chunks[0].id for chunk in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == expected.text
+    assert len([chunk for chunk in chunks if chunk.choices and chunk.choices[0].delta.content]) > 1
+    assert chunks[-2].choices[0].finish_reason == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == expected.usage.tokens_out
+    assert all(chunk.usage is None for chunk in chunks[:-1])
+    assert [row["status"] for row in rows_of(ledger_path, chunks[0].id)] == ["ok"]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_async_openai_sdk_gets_the_embedded_answer(provider, base_url, embedded):
+    expected = embedded.complete(target(provider), PROMPT, system=SYSTEM).text
+
+    async def both() -> tuple[str, str]:
+        async with openai.AsyncOpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as client:
+            whole = await client.chat.completions.create(model=target(provider), messages=chat())
+            pieces = []
+            async for chunk in await client.chat.completions.create(
+                model=target(provider), messages=chat(), stream=True
+            ):
+                pieces.extend(choice.delta.content or "" for choice in chunk.choices)
+            return whole.choices[0].message.content, "".join(pieces)
+
+    assert asyncio.run(both()) == (expected, expected)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_sdk_tool_call_round_trip(provider, oai, embedded):
+    question = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    first = embedded.complete(target(provider), question, tools=[WEATHER])
+    # streamed: the call comes as deltas (index, id, name, then the arguments), which the SDK reassembles
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in oai.chat.completions.create(
+        model=target(provider), messages=question, tools=[OPENAI_TOOL], stream=True
+    ):
+        for delta_call in chunk.choices[0].delta.tool_calls or [] if chunk.choices else []:
+            call = calls.setdefault(delta_call.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += delta_call.id or ""
+            call["name"] += (delta_call.function.name or "") if delta_call.function else ""
+            call["arguments"] += (delta_call.function.arguments or "") if delta_call.function else ""
+        finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+    assert finish == "tool_calls" and [call["name"] for call in calls.values()] == ["get_weather"]
+    assert json.loads(calls[0]["arguments"]) == first.tool_calls[0].parsed_arguments
+    # not streamed: the same call, then the tool's result goes back and the answer uses it
+    answer = oai.chat.completions.create(
+        model=target(provider), messages=question, tools=[OPENAI_TOOL], tool_choice="required"
+    )
+    assert answer.choices[0].finish_reason == "tool_calls"
+    call = answer.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == json.loads(
+        calls[0]["arguments"]
+    )
+    history = [
+        *question,
+        answer.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+    ]
+    follow = oai.chat.completions.create(model=target(provider), messages=history, tools=[OPENAI_TOOL])
+    expected = embedded.complete(
+        target(provider),
+        [*question, first.message, {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "sunny, 21 C"}],
+        tools=[WEATHER],
+    )
+    assert follow.choices[0].finish_reason == "stop"
+    assert follow.choices[0].message.content == expected.text and "sunny, 21 C" in expected.text
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_openai_sdk_image_part_reaches_the_provider(provider, oai, embedded, backends):
+    content = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": PIXEL_URL}},
+    ]
+    answer = oai.chat.completions.create(model=target(provider), messages=[{"role": "user", "content": content}])
+    assert PIXEL in backends[provider].requests[-1].body.decode()  # the image went upstream, in the provider's format
+    asked = {"role": "user", "content": "What is in this picture?", "images": [PIXEL_URL]}
+    expected = embedded.complete(target(provider), [asked])
+    assert answer.choices[0].message.content == expected.text
+
+
+def test_openai_sdk_lists_the_gateways_models(oai):
+    listed = {model.id: model.owned_by for model in oai.models.list()}
+    assert {"openai", "anthropic", "gemini", "bedrock", "echo"} <= set(listed.values())
+    assert listed["openai:gpt-4o-mini"] == "openai" and listed["echo:echo"] == "echo"
+    assert listed["gpt-4o-mini"] == "openai"  # one deployment lists it: the bare name is unambiguous
+    assert oai.models.retrieve("openai:gpt-4o-mini").owned_by == "openai"
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("nobody:lists-this")
+
+
+def test_a_bare_model_id_is_listed_only_when_one_deployment_lists_it():
+    infos = [ProviderInfo("east", [ModelInfo("m1"), ModelInfo("m2")]), ProviderInfo("west", [ModelInfo("m2")])]
+    assert model_ids(infos) == [("east:m1", "east"), ("east:m2", "east"), ("west:m2", "west"), ("m1", "east")]
+
+
+# -- the Anthropic SDK -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_anthropic_sdk_gets_the_embedded_answer(provider, claude, embedded, ledger_path, backends):
+    expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
+    message = claude.messages.create(
+        model=target(provider), max_tokens=500, system=SYSTEM, messages=[{"role": "user", "content": PROMPT}]
+    )
+    assert SYSTEM in backends[provider].requests[-1].body.decode()
+    assert message.type == "message" and message.role == "assistant" and message.model == target(provider)
+    assert [block.type for block in message.content] == ["text"] and message.content[0].text == expected.text
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens == expected.usage.tokens_out
+    assert message._request_id == message.id
+    with claude.messages.stream(
+        model=target(provider), max_tokens=500, system=SYSTEM, messages=[{"role": "user", "content": PROMPT}]
+    ) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(pieces) == expected.text and len(pieces) > 1
+    assert final.content[0].text == expected.text and final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == expected.usage.tokens_out
+    assert final.usage.input_tokens == expected.usage.tokens_in - (expected.usage.cached_tokens_in or 0)
+    for answered in (message.id, final.id):
+        assert [row["status"] for row in rows_of(ledger_path, answered)] == ["ok"]
+
+
+def test_anthropic_stream_events_come_in_the_documented_order(claude):
+    with claude.messages.create(
+        model=target("gemini"), max_tokens=100, messages=[{"role": "user", "content": "Hi"}], stream=True
+    ) as events:
+        kinds = [event.type for event in events]
+    assert kinds[:2] == ["message_start", "content_block_start"] and kinds[-3:] == [
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert set(kinds[2:-3]) == {"content_block_delta"}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_anthropic_sdk_tool_use_round_trip(provider, claude, embedded):
+    question = [{"role": "user", "content": "What is the weather in Oslo?"}]
+    first = embedded.complete(target(provider), question, tools=[WEATHER])
+    with claude.messages.stream(
+        model=target(provider), max_tokens=500, messages=question, tools=[ANTHROPIC_TOOL], tool_choice={"type": "any"}
+    ) as stream:
+        streamed = stream.get_final_message()
+    assert streamed.stop_reason == "tool_use"
+    assert [(block.type, block.name) for block in streamed.content] == [("tool_use", "get_weather")]
+    assert streamed.content[0].input == first.tool_calls[0].parsed_arguments
+    message = claude.messages.create(model=target(provider), max_tokens=500, messages=question, tools=[ANTHROPIC_TOOL])
+    use = message.content[-1]
+    assert message.stop_reason == "tool_use" and use.type == "tool_use" and use.input == streamed.content[0].input
+    history = [
+        *question,
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in message.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny, 21 C"}]},
+    ]
+    follow = claude.messages.create(model=target(provider), max_tokens=500, messages=history, tools=[ANTHROPIC_TOOL])
+    expected = embedded.complete(
+        target(provider),
+        [*question, first.message, {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "sunny, 21 C"}],
+        tools=[WEATHER],
+    )
+    assert follow.stop_reason == "end_turn" and follow.content[0].text == expected.text
+    assert "sunny, 21 C" in expected.text  # the tool's result reached the provider
+
+
+def test_anthropic_sdk_image_block_reaches_the_provider(claude, backends):
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
+    content = [image, {"type": "text", "text": "What is in this picture?"}]
+    claude.messages.create(model=target("gemini"), max_tokens=100, messages=[{"role": "user", "content": content}])
+    assert PIXEL in backends["gemini"].requests[-1].body.decode()
+
+
+def test_anthropic_sdk_lists_the_gateways_models(claude):
+    ids = [model.id for model in claude.models.list()]
+    assert "openai:gpt-4o-mini" in ids and "gpt-4o-mini" in ids and "echo" in ids
+
+
+# -- errors in each SDK's own classes ----------------------------------------------------------------------
+
+
+def test_an_unknown_model_is_not_found(oai, claude, ledger_path):
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.chat.completions.create(model="openai:no-such-model", messages=chat())
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError) as streamed:  # streamed too: the status waits for the first answer event
+        list(oai.chat.completions.create(model="openai:no-such-model", messages=chat(), stream=True))
+    with pytest.raises(anthropic.NotFoundError) as refused:
+        claude.messages.create(model="openai:no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert refused.value.body["error"]["type"] == "not_found_error"
+    for error in (caught.value, streamed.value, refused.value):  # each is one session: one row, status error
+        session_id = error.response.headers.get("x-request-id") or error.response.headers["request-id"]
+        assert [row["status"] for row in rows_of(ledger_path, session_id)] == ["error"]
+
+
+def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), n=2)
+    assert caught.value.param == "n"
+    audio = [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]
+    with pytest.raises(openai.BadRequestError, match="input_audio"):
+        oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": audio}])
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens: this field is required"):
+        claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
+
+
+def test_an_oversized_body_is_refused_in_each_format(oai, claude):
+    big = "x" * (80 * 1024)  # over the gateway's 64 KiB
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(big))
+    assert caught.value.code == "request_too_large" and "65536" in caught.value.message
+    with pytest.raises(anthropic.APIStatusError) as refused:
+        claude.messages.create(model=target("openai"), max_tokens=10, messages=[{"role": "user", "content": big}])
+    assert refused.value.status_code == 413 and refused.value.body["error"]["type"] == "request_too_large"
+
+
+def test_what_gtl_has_no_message_for_is_a_clear_not_found(oai, claude):
+    with pytest.raises(openai.NotFoundError, match="GTL has no message for embeddings"):
+        oai.embeddings.create(model="text-embedding-3-small", input="hello")
+    with pytest.raises(openai.NotFoundError, match="/v1/responses"):
+        oai.responses.create(model=target("openai"), input="hello")
+    with pytest.raises(openai.NotFoundError, match="/v1/completions"):
+        oai.completions.create(model=target("openai"), prompt="hello")
+    with pytest.raises(anthropic.NotFoundError, match="count_tokens"):
+        claude.messages.count_tokens(model=target("openai"), messages=[{"role": "user", "content": "hello"}])
+
+
+# -- a gateway that checks tokens, and providers that refuse -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, sim.Simulator, Path]]:
+    """A gateway with ``auth = "token"``, a ``limited`` deployment whose simulator takes scripted faults, a
+    ``badkey`` one the simulator refuses, and no retries (a 429 reaches the caller at once)."""
+    directory = tmp_path_factory.mktemp("guarded")
+    simulator = sim.serve("openai", seed=3, api_key=SIM_KEY)
+    tables = {
+        "providers.limited": {"type": "openai", "api_key": SIM_KEY, "base_url": simulator.base_url},
+        "providers.badkey": {"type": "openai", "api_key": "not-the-key", "base_url": simulator.base_url},
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(directory / "ledger.sqlite")},
+    }
+    with serving(write_toml(directory / "gtl.toml", tables), token=TOKEN) as served:
+        yield served.url, simulator, directory / "ledger.sqlite"
+    simulator.close()
+
+
+def test_a_refused_token_is_an_authentication_error(guarded):
+    url = guarded[0]
+    wrong_openai = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-token", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        wrong_openai.chat.completions.create(model=f"limited:{MODEL}", messages=chat())
+    assert caught.value.code == "invalid_api_key" and "wrong-token" not in caught.value.message
+    with pytest.raises(openai.AuthenticationError):
+        wrong_openai.models.list()
+    wrong_claude = anthropic.Anthropic(base_url=url, api_key="wrong-token", max_retries=0)
+    with pytest.raises(anthropic.AuthenticationError) as refused:
+        wrong_claude.messages.create(
+            model=f"limited:{MODEL}", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
+    assert refused.value.body["error"]["type"] == "authentication_error"
+    # the dev token is the API key: as a Bearer token (OpenAI), x-api-key or a Bearer auth_token (Anthropic)
+    let_in = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN)
+    assert let_in.chat.completions.create(model=f"limited:{MODEL}", messages=chat()).choices[0].message.content
+    question = [{"role": "user", "content": "x"}]
+    for client in (
+        anthropic.Anthropic(base_url=url, api_key=TOKEN),
+        anthropic.Anthropic(base_url=url, auth_token=TOKEN),
+    ):
+        assert client.messages.create(model=f"limited:{MODEL}", max_tokens=50, messages=question).content
+
+
+def test_a_provider_rate_limit_is_a_rate_limit_error(guarded):
+    url, simulator, ledger = guarded
+    oai = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
+    claude = anthropic.Anthropic(base_url=url, api_key=TOKEN, max_retries=0)
+    calls = [
+        lambda: oai.chat.completions.create(model=f"limited:{MODEL}", messages=chat()),
+        lambda: list(oai.chat.completions.create(model=f"limited:{MODEL}", messages=chat(), stream=True)),
+        lambda: claude.messages.create(
+            model=f"limited:{MODEL}", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        ),
+    ]
+    classes = [openai.RateLimitError, openai.RateLimitError, anthropic.RateLimitError]
+    for call, error_class in zip(calls, classes, strict=True):
+        simulator.set_faults([sim.Fault.http(429, retry_after=7)])
+        with pytest.raises(error_class) as caught:
+            call()
+        headers = caught.value.response.headers
+        assert headers["retry-after"] == "7" and headers["x-should-retry"] == "true"
+        session_id = headers.get("x-request-id") or headers["request-id"]
+        assert [row["status"] for row in rows_of(ledger, session_id)] == ["error"]
+
+
+def test_a_provider_refusing_the_gateways_key_is_a_server_error(guarded):
+    oai = openai.OpenAI(base_url=f"{guarded[0]}/v1", api_key=TOKEN, max_retries=0)
+    with pytest.raises(openai.InternalServerError) as caught:
+        oai.chat.completions.create(model=f"badkey:{MODEL}", messages=chat())
+    # the caller's own key was fine: not a 401, and retrying will not help
+    assert caught.value.status_code == 502 and caught.value.response.headers["x-should-retry"] == "false"
+
+
+# -- ledger rows and disconnects -----------------------------------------------------------------------------
+
+
+def test_a_client_leaving_mid_stream_cancels_the_session(write_config, tmp_path, sims, relay_to):
+    ledger = tmp_path / "rows.sqlite"
+    relay = relay_to(sims.slow)
+    config = write_config(
+        ledger=ledger, providers={"slow": {"type": "openai", "api_key": SIM_KEY, "base_url": relay.url + "/v1"}}
+    )
+    with serving(config) as served:
+        oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        stream = oai.chat.completions.create(model=f"slow:{MODEL}", messages=chat(LONG_PROMPT), stream=True)
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+        stream.close()
+        assert relay.cut.wait(10)  # the gateway closed the upstream response while it still ran
+        session_id = chunk.id
+        with anthropic.Anthropic(base_url=served.url, api_key="unused").messages.stream(
+            model=f"slow:{MODEL}", max_tokens=500, messages=[{"role": "user", "content": LONG_PROMPT}]
+        ) as events:
+            next(iter(events.text_stream))
+            message_id = events.current_message_snapshot.id
+    # the listener has stopped: every row is complete
+    assert [row["status"] for row in rows_of(ledger, session_id)] == ["cancelled"]
+    assert [row["status"] for row in rows_of(ledger, message_id)] == ["cancelled"]
+
+
+def test_every_request_leaves_exactly_one_row(oai, claude, ledger_path):
+    before = len(Ledger(ledger_path).rows())
+    ids = [
+        oai.chat.completions.create(model=target("openai"), messages=chat()).id,
+        claude.messages.create(model=target("gemini"), max_tokens=50, messages=[{"role": "user", "content": "x"}]).id,
+    ]
+    with oai.chat.completions.create(model=target("anthropic"), messages=chat(), stream=True) as left_early:
+        ids.append(next(iter(left_early)).id)
+    with claude.messages.stream(
+        model=target("ollama"), max_tokens=50, messages=[{"role": "user", "content": "x"}]
+    ) as s:
+        ids.append(s.get_final_message().id)
+    with pytest.raises(openai.NotFoundError) as caught:
+        oai.chat.completions.create(model="openai:no-such-model", messages=chat())
+    ids.append(caught.value.response.headers["x-request-id"])
+    rows = Ledger(ledger_path).rows()
+    assert len(rows) - before == len(ids) == len(set(ids))
+    assert all(len(rows_of(ledger_path, session_id)) == 1 for session_id in ids)
+
+
+def test_a_failover_after_the_answer_began_ends_the_stream_with_an_error(tmp_path):
+    """Two deployments serve the model; each drops its stream after a few chunks. The engine fails over
+    after the answer began, which neither format can express: the stream ends with the format's error
+    event, and the session is cancelled, so the ledger does not record an answer the client never got."""
+    simulator = sim.serve("openai", seed=3, api_key=SIM_KEY)
+    twin = {"type": "openai", "api_key": SIM_KEY, "base_url": simulator.base_url, "models": [MODEL]}
+    tables = {
+        "providers.first": twin,
+        "providers.second": twin,
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+    }
+    try:
+        with serving(write_toml(tmp_path / "gtl.toml", tables)) as served:
+            oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+            simulator.set_faults([sim.Fault.drop_after(3), sim.Fault.drop_after(3)])
+            chunks = []
+            with pytest.raises(openai.APIError, match="broke off after it began"):
+                for chunk in oai.chat.completions.create(model=MODEL, messages=chat(LONG_PROMPT), stream=True):
+                    chunks.append(chunk)
+            assert any(chunk.choices and chunk.choices[0].delta.content for chunk in chunks)
+            claude = anthropic.Anthropic(base_url=served.url, api_key="unused", max_retries=0)
+            simulator.set_faults([sim.Fault.drop_after(3), sim.Fault.drop_after(3)])
+            streaming = claude.messages.stream(
+                model=MODEL, max_tokens=500, messages=[{"role": "user", "content": LONG_PROMPT}]
+            )
+            with pytest.raises(anthropic.APIStatusError, match="broke off after it began"), streaming as stream:
+                for _ in stream.text_stream:
+                    message_id = stream.current_message_snapshot.id
+    finally:
+        simulator.close()
+    for session_id in (chunks[0].id, message_id):
+        assert [row["status"] for row in rows_of(tmp_path / "ledger.sqlite", session_id)] == ["cancelled"]

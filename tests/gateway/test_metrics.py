@@ -1,0 +1,283 @@
+"""The gateway's Prometheus metrics: fed by a real engine's hooks (a failover, errors, a cache hit),
+bounded labels under a thousand random model names, the session gauge, ``GET /metrics`` with and
+without a token — and canaries that never reach the exposition."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
+
+from gtl_nb import sim
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.hooks import BreakerChanged, Hooks, RequestFinished
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway.metrics import Metrics, MetricsSettings, known_models, metrics_route
+from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
+from gtl_nb.protocol.messages import CompletionRequest, Message
+
+KEY_CANARY = "sk-canary-PROVIDERKEY-9a8b7c6d5e"  # a fake provider key the simulators accept
+PROMPT_CANARY = "PROMPT-CANARY-e27d10"
+TOKEN_CANARY = "gtl.TOKEN-CANARY.81f0c2aa"  # stands for a GhostToken
+CONTEXT = RequestContext(principal="ann-the-analyst", tenant="acme", key_id="jti-0002", peer="127.0.0.1:40000")
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[SimpleNamespace]:
+    """``good`` answers any model name; ``flaky`` answers every request with 503."""
+    good = sim.serve("openai", seed=5, api_key=KEY_CANARY, models=sim.ANY_MODEL)
+    flaky = sim.serve("openai", sim.Fault.http(503), seed=5, api_key=KEY_CANARY)
+    yield SimpleNamespace(good=good, flaky=flaky)
+    good.close()
+    flaky.close()
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+def make_engine(upstream: SimpleNamespace, **sections: Any) -> Engine:
+    providers = {
+        "echo": {"type": "echo"},
+        "openai": {"type": "openai", "api_key": KEY_CANARY, "base_url": upstream.good.base_url},
+        "flaky": {"type": "openai", "api_key": KEY_CANARY, "base_url": upstream.flaky.base_url},
+        "badkey": {"type": "openai", "api_key": "sk-wrong-key-0000000000", "base_url": upstream.good.base_url},
+    }
+    settings = load_settings(providers=providers, environ={}, **sections)
+    return build_engine(settings, ledger=False, hooks=Hooks(), sleep=_no_sleep)
+
+
+def request(session_id: str, model: str, **fields: Any) -> CompletionRequest:
+    message = Message(role="user", content=f"Say hello. {PROMPT_CANARY}")
+    metadata = {"authorization": f"Bearer {TOKEN_CANARY}"}
+    return CompletionRequest(session_id=session_id, model=model, messages=[message], metadata=metadata, **fields)
+
+
+def drive(engine: Engine, requests: list[CompletionRequest], *, concurrency: int = 1) -> None:
+    async def one(message: CompletionRequest) -> None:
+        async for _ in engine.stream(message, context=CONTEXT):
+            pass
+
+    async def main() -> None:
+        for start in range(0, len(requests), concurrency):
+            await asyncio.gather(*(one(message) for message in requests[start : start + concurrency]))
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def value(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def label_values(metrics: Metrics) -> dict[str, set[str]]:
+    """Every value each label takes in the registry."""
+    seen: dict[str, set[str]] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            for label, text in sample.labels.items():
+                if label != "le":
+                    seen.setdefault(label, set()).add(text)
+    return seen
+
+
+def test_a_real_engine_feeds_every_request_metric(upstream):
+    engine = make_engine(upstream, cache={"enabled": True})
+    metrics = Metrics.for_engine(engine)
+    drive(
+        engine,
+        [
+            request("ok-1", "echo"),
+            request("failover-1", "gpt-4o-mini", providers=["flaky", "openai"], max_tokens=20),
+            request("error-1", "gpt-4o-mini", provider="badkey"),
+            request("missing-1", "no-such-model-xyz"),
+            request("cached-1", "echo", temperature=0),
+            request("cached-2", "echo", temperature=0),
+        ],
+    )
+    assert value(metrics, "gtl_requests_total", provider="echo", model="echo", status="ok") == 3
+    assert value(metrics, "gtl_requests_total", provider="openai", model="gpt-4o-mini", status="ok") == 1
+    assert value(metrics, "gtl_requests_total", provider="badkey", model="gpt-4o-mini", status="error") == 1
+    assert value(metrics, "gtl_requests_total", provider="none", model="none", status="error") == 1
+    assert value(metrics, "gtl_errors_total", code="AUTH_FAILED") == 1
+    assert value(metrics, "gtl_errors_total", code="MODEL_NOT_FOUND") == 1
+    assert value(metrics, "gtl_retries_total", provider="flaky") >= 1
+    assert value(metrics, "gtl_failovers_total", from_provider="flaky", to_provider="openai") == 1
+    assert value(metrics, "gtl_cache_hits_total", provider="echo") == 1
+
+    assert value(metrics, "gtl_tokens_total", provider="openai", model="gpt-4o-mini", direction="out") > 0
+    echo_out = value(metrics, "gtl_tokens_total", provider="echo", model="echo", direction="out")
+    assert echo_out > 0 and echo_out % 2 == 0  # two echo answers counted, the cached replay not
+    assert value(metrics, "gtl_cost_usd_total", provider="openai", model="gpt-4o-mini") > 0
+    assert value(metrics, "gtl_request_duration_seconds_count", provider="echo", model="echo") == 3
+    assert value(metrics, "gtl_request_duration_seconds_count", provider="none", model="none") == 1
+
+
+def test_breaker_states_from_hooks_and_from_the_engine(upstream):
+    engine = make_engine(upstream)
+    metrics = Metrics.for_engine(engine)
+    engine.hooks.emit(BreakerChanged(deployment="flaky", old="closed", new="open"))
+    assert value(metrics, "gtl_breaker_state", deployment="flaky") == 2
+    engine.hooks.emit(BreakerChanged(deployment="flaky", old="open", new="half_open"))
+    assert value(metrics, "gtl_breaker_state", deployment="flaky") == 1
+    engine.hooks.emit(BreakerChanged(deployment="somewhere-else", old="closed", new="open"))
+    assert "somewhere-else" not in label_values(metrics)["deployment"]
+    asyncio.run(metrics.refresh_breakers(engine))  # the engine's own view: every circuit closed
+    assert value(metrics, "gtl_breaker_state", deployment="flaky") == 0
+    assert label_values(metrics)["deployment"] == {"echo", "openai", "flaky", "badkey"}
+
+
+@dataclass(frozen=True)
+class FinishedWithTtft(RequestFinished):
+    """``RequestFinished`` with the time to first token, as the hook may carry it (docs/operations.md)."""
+
+    ttft_ms: float | None = None
+
+
+def test_time_to_first_token_when_the_hook_carries_it():
+    metrics = Metrics({"openai": ["gpt-4o-mini"]})
+    metrics(
+        FinishedWithTtft(
+            session_id="s1",
+            context=CONTEXT,
+            status="ok",
+            error_code=None,
+            deployment="openai",
+            model="gpt-4o-mini",
+            tokens_in=3,
+            tokens_out=5,
+            cost=0.001,
+            latency_ms=900.0,
+            cache_hit=False,
+            ttft_ms=120.0,
+        )
+    )
+    assert value(metrics, "gtl_time_to_first_token_seconds_count", provider="openai", model="gpt-4o-mini") == 1
+    assert value(metrics, "gtl_time_to_first_token_seconds_sum", provider="openai", model="gpt-4o-mini") == 0.12
+    assert (
+        value(metrics, "gtl_time_to_first_token_seconds_bucket", provider="openai", model="gpt-4o-mini", le="0.1") == 0
+    )
+
+
+def test_labels_stay_bounded_when_requests_name_a_thousand_random_models(upstream):
+    engine = make_engine(upstream)
+    metrics = Metrics.for_engine(engine)
+    rng = random.Random(7)
+    names = ["".join(rng.choices(string.ascii_lowercase + string.digits, k=16)) for _ in range(1000)]
+    messages = [request(f"r{i}", f"openai:{name}", max_tokens=3, stream=False) for i, name in enumerate(names)]
+    drive(engine, messages, concurrency=50)
+    assert value(metrics, "gtl_requests_total", provider="openai", model="other", status="ok") == 1000
+    seen = label_values(metrics)
+    assert not seen["model"] & set(names)
+    assert seen["model"] <= {"other"} | set().union(*known_models(engine).values())
+    series = sum(len(family.samples) for family in metrics.registry.collect())
+    assert series < 150, f"{series} series after 1000 distinct model names"
+
+
+def test_a_model_the_deployment_knows_keeps_its_name_and_strangers_are_other():
+    metrics = Metrics({"openai": ["gpt-4o"], "echo": ["echo"]})
+    assert metrics.model_label("openai", "gpt-4o") == "gpt-4o"
+    assert metrics.model_label("openai", "echo") == "other"  # known elsewhere, not on this deployment
+    assert metrics.provider_label("not-configured") == "other" and metrics.provider_label(None) == "none"
+
+
+def test_open_sessions_per_transport():
+    metrics = Metrics()
+    metrics.session_opened("ws")
+    metrics.session_opened("ws")
+    metrics.session_opened("grpc")
+    metrics.session_closed("ws")
+    metrics.session_opened(f"carrier-pigeon-{TOKEN_CANARY}")
+    assert value(metrics, "gtl_open_sessions", transport="ws") == 1
+    assert value(metrics, "gtl_open_sessions", transport="grpc") == 1
+    assert value(metrics, "gtl_open_sessions", transport="quic") == 0
+    assert value(metrics, "gtl_open_sessions", transport="other") == 1
+
+
+def test_each_metrics_object_has_its_own_registry_and_the_global_one_stays_clean():
+    first, second = Metrics({"echo": ["echo"]}), Metrics({"echo": ["echo"]})
+    first.session_opened("stdio")
+    assert value(first, "gtl_open_sessions", transport="stdio") == 1
+    assert value(second, "gtl_open_sessions", transport="stdio") == 0
+    assert REGISTRY.get_sample_value("gtl_open_sessions", {"transport": "stdio"}) is None
+
+
+# -- GET /metrics ------------------------------------------------------------------------------------
+
+
+def authenticate(token: str | None) -> RequestContext:
+    if token == TOKEN_CANARY:
+        return RequestContext(principal="prometheus", key_id="jti-prom", scopes=frozenset({"usage:admin"}))
+    if token == "no-scopes":
+        return RequestContext(principal="someone", key_id="jti-other")
+    raise AuthenticationError("the token was not accepted")
+
+
+@pytest.fixture
+def served(upstream) -> SimpleNamespace:
+    """Metrics after a few real requests, and a client factory for apps serving them."""
+    engine = make_engine(upstream)
+    metrics = Metrics.for_engine(engine)
+    refreshed: list[bool] = []
+    drive(engine, [request("ok-1", "echo"), request("error-1", "gpt-4o-mini", provider="badkey")])
+
+    async def refresh() -> None:
+        refreshed.append(True)
+
+    def client(**options: Any) -> TestClient:
+        route = metrics_route(metrics, authenticate=authenticate, refresh=refresh, **options)
+        return TestClient(Starlette(routes=[route]))
+
+    return SimpleNamespace(metrics=metrics, client=client, refreshed=refreshed)
+
+
+def test_metrics_route_with_a_token(served):
+    client = served.client(require_token=True)
+    assert client.get("/metrics").status_code == 401
+    refused = client.get("/metrics", headers={"authorization": "Bearer wrong"})
+    assert refused.status_code == 401 and refused.json()["code"] == "AUTH_FAILED"
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert not served.refreshed  # nothing is read for a refused caller
+    answer = client.get("/metrics", headers={"authorization": f"Bearer {TOKEN_CANARY}"})
+    assert answer.status_code == 200 and served.refreshed == [True]
+    assert answer.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'gtl_requests_total{model="echo",provider="echo",status="ok"} 1.0' in answer.text
+    assert 'gtl_errors_total{code="AUTH_FAILED"} 1.0' in answer.text
+    assert "# TYPE gtl_request_duration_seconds histogram" in answer.text
+    for canary in (TOKEN_CANARY, KEY_CANARY, PROMPT_CANARY, CONTEXT.principal, CONTEXT.key_id):
+        assert canary not in answer.text
+
+
+def test_metrics_route_scope_and_without_a_token(served):
+    scoped = served.client(require_token=True, scope="usage:admin")
+    assert scoped.get("/metrics", headers={"authorization": "Bearer no-scopes"}).status_code == 403
+    assert scoped.get("/metrics", headers={"authorization": f"Bearer {TOKEN_CANARY}"}).status_code == 200
+    open_ = served.client(require_token=False)
+    answer = open_.get("/metrics")
+    assert answer.status_code == 200 and "gtl_open_sessions" in answer.text
+    openmetrics = open_.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.rstrip().endswith("# EOF")
+    assert open_.post("/metrics").status_code == 405
+
+
+def test_metrics_settings_from_the_table():
+    assert not MetricsSettings.from_table(None).enabled
+    settings = MetricsSettings.from_table({"require_token": False})
+    assert settings.enabled and not settings.require_token
+    assert MetricsSettings.from_table({}).require_token
+    with pytest.raises(ConfigurationError, match="unknown key 'requre_token'"):
+        MetricsSettings.from_table({"requre_token": True})
+    with pytest.raises(ConfigurationError, match="true or false"):
+        MetricsSettings.from_table({"enabled": "yes"})

@@ -1,0 +1,45 @@
+"""The audit log and ``/metrics`` wired into ``gtl serve``: one request through a real gateway process
+shows in the metrics and leaves one audit record whose chain ``gtl audit verify`` accepts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+
+import gtl_nb
+from gtl_nb.gateway.local import start_gateway
+from tests.gateway.conftest import write_toml
+
+
+def test_a_request_is_counted_in_metrics_and_audited_once(tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "gateway.http": {"port": 0},
+            "gateway.audit": {"path": str(audit), "fsync": False},
+            "gateway.metrics": {"require_token": False},
+        },
+    )
+    with start_gateway(config) as gateway:
+        with gtl_nb.connect(gateway.url("ws")) as client:
+            answer = client.complete("echo", "count me, audit me")
+        scraped = httpx.get(gateway.url("http") + "/metrics", timeout=10)
+        assert scraped.status_code == 200
+        assert 'gtl_requests_total{model="echo",provider="echo",status="ok"} 1.0' in scraped.text
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    mine = [record for record in records if record.get("session_id") == answer.session_id]
+    assert len(mine) == 1 and mine[0]["status"] == "ok"
+    assert "count me" not in audit.read_text()  # prompts stay out at the default verbosity
+    verified = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "audit", "verify", "--log", str(audit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
