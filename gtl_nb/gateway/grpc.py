@@ -44,7 +44,11 @@ nothing is ever compressed by default.
 **Shutdown.** Once ``shutdown.stopping`` is set the server takes no new call (gRPC answers
 ``UNAVAILABLE``), running calls may finish for ``shutdown.grace`` seconds, and then their work is
 cancelled: each session ends with a ``CANCELLED`` error the client receives and its ledger row is
-complete before ``serve_grpc`` returns. Cancelling ``serve_grpc`` does the same without the grace.
+complete before ``serve_grpc`` returns. Cancelling ``serve_grpc`` does the same without the grace —
+also when a graceful stop is under way (the gateway's second signal): what is left of the grace is
+skipped, and ``serve_grpc`` raises ``CancelledError`` once every session ended. The grace of a
+``Session``'s connection is kept here, not by its ``GatewayConnection`` (``_SessionShutdown``), so
+that cancellation can cut it short.
 """
 
 from __future__ import annotations
@@ -98,9 +102,12 @@ SERVICE = "gtl.v1.GTL"
 KEEPALIVE_SECONDS = 60
 KEEPALIVE_TIMEOUT = 20
 CANCEL_WAIT = 5.0
+"""Seconds the cancelled calls of a shutdown get to send their last events before gRPC aborts them."""
 LATE_MARGIN = 1.0
 """Seconds a Session's connection gets, after the grace, to end its own sessions."""
-"""Seconds the cancelled calls of a shutdown get to send their last events before gRPC aborts them."""
+IDLE_POLL = 0.1
+"""Seconds between looks at a stopping ``Session``'s running sessions (``_SessionShutdown``): how late,
+at most, a connection closes after its last session ended within the grace."""
 
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -124,6 +131,30 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
     ]
 
 
+class _SessionShutdown(Shutdown):
+    """One ``Session`` connection's view of its listener's shutdown.
+
+    It stops (new sessions are refused) with the listener — the same ``stopping`` event — but has no
+    grace of its own: ``wait`` returns once the connection runs no session (it then closes) or once
+    ``grace_over`` is set, at the end of the listener's grace or at once when ``serve_grpc`` is
+    cancelled; ``GatewayConnection`` then cancels what still runs, "cancelled by the gateway shutting
+    down", and closes. A connection handed the grace itself would wait it out whatever came next.
+    """
+
+    def __init__(self, listener: Shutdown, grace_over: asyncio.Event) -> None:
+        super().__init__(grace=0.0, stopping=listener.stopping)
+        self.grace_over = grace_over
+        self.connection: GatewayConnection | None = None
+
+    async def wait(self) -> None:
+        """Return once stopping began and either the connection is idle or the grace is over."""
+        await self.stopping.wait()
+        # GatewayConnection has no public idle signal: look at its session count (only while stopping)
+        while not self.grace_over.is_set() and (self.connection is None or self.connection.live_sessions):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.grace_over.wait(), IDLE_POLL)
+
+
 class GTLServicer(pb_grpc.GTLServicer):
     """The ``GTL`` service over one engine (see the module docstring).
 
@@ -137,6 +168,8 @@ class GTLServicer(pb_grpc.GTLServicer):
         self.stopping = Shutdown()
         """This listener's own signal, begun by ``stop``: with the grace of the gateway's shutdown, or
         none when ``serve_grpc`` is cancelled (each connection then ends its sessions at once, saying why)."""
+        self.grace_over = asyncio.Event()
+        """Set by ``stop`` when the grace ended or was cut short: every ``Session`` ends what it still runs."""
         self._authenticate = authenticate
         self._connections: Counter[str] = Counter()  # open Session calls per client address
         self._calls: set[asyncio.Task[Any]] = set()  # the tasks running our calls (gRPC's own)
@@ -196,14 +229,16 @@ class GTLServicer(pb_grpc.GTLServicer):
                 raise
 
         connection = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes)
+        shutdown = _SessionShutdown(self.stopping, self.grace_over)
         gateway = GatewayConnection(
             self.engine,
             FramedConnection(connection, channel),
             authenticate=authenticate,
             max_sessions=self.limits.max_sessions_per_connection,
             limits=self.limits,
-            shutdown=self.stopping,
+            shutdown=shutdown,
         )
+        shutdown.connection = gateway
         try:
             await self._work_on(gateway.run(), connection=True)
         finally:
@@ -301,26 +336,44 @@ class GTLServicer(pb_grpc.GTLServicer):
     # -- shutdown ------------------------------------------------------------------------------------
 
     async def stop(self, server: grpc.aio.Server, grace: float) -> None:
-        """Take no new call; let running ones finish for ``grace`` s; cancel the rest; wait for them."""
+        """Take no new call; let running ones finish for ``grace`` s; cancel the rest; wait for them.
+
+        Cancelled meanwhile (the gateway's second signal), it skips what is left of the grace and of its
+        waits, still ends every session (its ``CANCELLED`` error sent, its ledger row complete), then
+        raises ``CancelledError``.
+        """
         self.stopping.grace = grace
         self.stopping.begin()
         stopping = asyncio.ensure_future(server.stop(grace + CANCEL_WAIT))  # gRPC aborts what is left then
+        cancelled = False
+        if grace > 0:
+            cancelled = not await self._calls_end(grace)
+        # each session still running sends its CANCELLED error and completes its ledger row; a Session's
+        # GatewayConnection does that itself once told the grace is over (saying why), so its call gets a
+        # moment before it is cancelled from here
+        self.grace_over.set()
+        for task in [task for task, connection in self._work.items() if not connection]:
+            task.cancel()
+        cancelled = not await self._calls_end(LATE_MARGIN) or cancelled
+        for task in list(self._work):
+            task.cancel()
+        cancelled = not await self._calls_end(CANCEL_WAIT) or cancelled
+        if cancelled:
+            await server.stop(0)  # a call that has not ended by now is aborted, not given gRPC's grace
+        await stopping
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _calls_end(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the running calls to end; ``False`` when cancelled meanwhile (the
+        wait is cut short, not the shutdown: ``stop`` goes on to end what still runs)."""
+        if not self._calls:
+            return True
         try:
-            if self._calls and grace > 0:
-                await asyncio.wait(set(self._calls), timeout=grace)
-            # each session still running sends its CANCELLED error and completes its ledger row; a
-            # Session's GatewayConnection does that itself when the grace ends (saying why), so its
-            # call gets a moment before it is cancelled from here
-            for task in [task for task, connection in self._work.items() if not connection]:
-                task.cancel()
-            if self._calls:
-                await asyncio.wait(set(self._calls), timeout=LATE_MARGIN)
-            for task in list(self._work):
-                task.cancel()
-            if self._calls:
-                await asyncio.wait(set(self._calls), timeout=CANCEL_WAIT)
-        finally:
-            await stopping
+            await asyncio.wait(set(self._calls), timeout=timeout)
+        except asyncio.CancelledError:
+            return False
+        return True
 
 
 async def serve_grpc(

@@ -12,10 +12,12 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-__all__ = ["HIGH_WATER", "MessageChannel"]
+__all__ = ["HIGH_WATER", "SEND_WAIT", "MessageChannel"]
 
 HIGH_WATER = 64
 """Messages queued before ``drain()`` waits."""
+SEND_WAIT = 3.0
+"""Seconds ``aclose()`` lets the queued messages go out before it closes the connection."""
 
 
 class MessageChannel:
@@ -77,10 +79,15 @@ class MessageChannel:
             await self._sent.wait()
 
     async def aclose(self) -> None:
-        if self._sender is not None and not self._sender.done():
-            self._queue.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._sender), 3.0)
-            self._sender.cancel()
-        with contextlib.suppress(Exception):
-            await self._close()
+        """Send what is queued (``SEND_WAIT`` s at most), then close the connection. The sender task ends
+        either way — also when this is cancelled (a closing loop), which would otherwise leave it pending."""
+        sender = self._sender
+        try:
+            if sender is not None and not sender.done():
+                self._queue.put_nowait(None)
+                await asyncio.wait({sender}, timeout=SEND_WAIT)  # (a cancelled sender just ends the wait)
+        finally:
+            if sender is not None:
+                sender.cancel()
+            with contextlib.suppress(Exception):
+                await self._close()

@@ -8,10 +8,12 @@ opens a new one.
 The client offers permessage-deflate (the gateway accepts it unless told not to); ``?compression=none``
 on the URL does not offer it. ``wss://`` verifies the gateway's certificate as ``verify`` says
 (``transports.endpoints.tls_context``); a refused certificate is a ``ConfigurationError`` saying so.
+A client the program never closed is closed when the interpreter exits (``LoopThread.close_at_exit``).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gtl_nb.engine.loop import LoopThread
@@ -68,12 +70,21 @@ def ws_backend(
         async def recv() -> str | bytes | None:
             return await socket.recv()
 
-        channel = MessageChannel(recv, socket.send, socket.close, peer=address)
+        async def close() -> None:
+            try:
+                await socket.close()  # the closing handshake: up to websockets' close_timeout
+            except asyncio.CancelledError:  # given up on (a closing loop): the socket must not stay open
+                socket.transport.abort()
+                raise
+
+        channel = MessageChannel(recv, socket.send, close, peer=address)
         channel.extensions = tuple(str(extension.name) for extension in socket.protocol.extensions)
         return channel
 
     backend = RemoteBackend(dial, label=label, token=token, loop=loop)
     backend.transport = scheme  # type: ignore[attr-defined]
+    # a program that ends without client.close() still closes the socket (its tasks would be left pending)
+    backend.loop.close_at_exit(backend)
     return backend
 
 

@@ -548,6 +548,30 @@ def test_a_stream_beyond_the_grace_is_cancelled_and_its_row_completed(write_conf
     assert [row["status"] for row in rows] == ["cancelled"]
 
 
+def test_cancelling_serve_grpc_during_the_grace_ends_its_sessions_at_once(write_config, tmp_path):
+    """The gateway's second signal: a graceful stop with a long grace is under way when ``serve_grpc`` is
+    cancelled; the running stream ends within moments, not after the grace."""
+    ledger = tmp_path / "rows.sqlite"
+    with grpc_gateway(write_config(ledger=ledger), grace=60) as running, gtl_nb.connect(running.url) as client:
+        stream = client.stream(f"slow:{MODEL}", LONG_PROMPT)
+        for event in stream:
+            if isinstance(event, Token):
+                break
+        running.begin_shutdown()
+        with pytest.raises(ProviderUnavailableError):  # refused by serve_grpc's stop: the grace has begun
+            gtl_nb.connect(running.url)
+        cancelled_at = time.monotonic()
+        running.cancel()
+        last = list(stream)[-1]
+        seconds = time.monotonic() - cancelled_at
+        assert isinstance(last, m.Error) and last.code == "CANCELLED", last
+        assert "the gateway shutting down" in last.message
+        assert seconds < 2.0, f"the stream ran {seconds:.1f} s after serve_grpc was cancelled"
+        assert running.stopped(5)
+    rows = [row for row in Ledger(ledger).rows() if row["session_id"] == stream.session_id]
+    assert [row["status"] for row in rows] == ["cancelled"]
+
+
 def test_the_status_details_rebuild_the_gtl_error():
     assert isinstance(status_error(grpc.StatusCode.UNAVAILABLE, "gone", where="x"), ProviderUnavailableError)
     assert status_error(grpc.StatusCode.UNAVAILABLE, "gone", where="x").retryable

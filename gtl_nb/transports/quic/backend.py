@@ -35,6 +35,9 @@ def quic_backend(
 
     backend = RemoteBackend(open_link=open_link, label=label, token=token, loop=loop)
     backend.transport = "quic"  # type: ignore[attr-defined]  # Client.transport
+    # a program that ends without client.close() still closes the connection (its ping task would be left
+    # pending, its socket open)
+    backend.loop.close_at_exit(backend)
     return backend
 
 
