@@ -337,12 +337,16 @@ class Engine:
 
     async def _reserve(
         self, request: CompletionRequest, context: RequestContext, targets: list[Target] | GTLError
-    ) -> tuple[Reservation | None, Error | None]:
-        """Count the request against the principal's budgets: the reservation, or the refusal."""
+    ) -> tuple[tuple[Reservation, ...] | None, Error | None]:
+        """Count the request against the principal's budgets and its tenant's shared ones: the
+        reservations, or the refusal (a tenant refusing gives the principal's reservation back)."""
         if self.budgets is None:
             return None, None
-        limits = self.budgets.limits_for(context.principal)
-        if not limits.any:
+        counted = [(context.principal, self.budgets.limits_for(context.principal))]
+        if context.tenant:
+            counted.append((f"tenant:{context.tenant}", self.budgets.limits_for_tenant(context.tenant)))
+        counted = [(key, limits) for key, limits in counted if limits.any]
+        if not counted:
             return None, None
         output = _output_estimate(request)
         tokens = _estimate_input_tokens(request) + output
@@ -350,18 +354,19 @@ class Engine:
         if isinstance(targets, list) and targets and self.catalog is not None:
             first = targets[0]
             cost = self.catalog.cost(first.deployment.type, first.model, tokens - output, output) or 0.0
-        try:
-            reservation = await self.stores.budgets.reserve(
-                context.principal,
-                limits,
-                now=self.wall_clock(),
-                tokens=tokens,
-                cost=cost,
-                session_id=request.session_id,
-            )
-        except GTLError as exc:
-            return None, exc.to_event(request.session_id)
-        return reservation, None
+        held: list[Reservation] = []
+        for key, limits in counted:
+            try:
+                held.append(
+                    await self.stores.budgets.reserve(
+                        key, limits, now=self.wall_clock(), tokens=tokens, cost=cost, session_id=request.session_id
+                    )
+                )
+            except GTLError as exc:
+                for reservation in held:  # nothing was used: the earlier counters get their room back
+                    await self._settle(reservation, None)
+                return None, exc.to_event(request.session_id)
+        return tuple(held), None
 
     async def _ledger_start(self, request: CompletionRequest, context: RequestContext, model: str) -> int | None:
         ledger = self.stores.ledger
@@ -394,9 +399,9 @@ class Engine:
         end: Done | Error | None,
         usage: Usage | None,
         record: _SessionRecord,
-        reservation: Reservation | None,
+        reservation: tuple[Reservation, ...] | None,
     ) -> None:
-        """Complete the ledger row and settle the budget reservation (both survive a cancellation)."""
+        """Complete the ledger row and settle the budget reservations (both survive a cancellation)."""
         if end is None:
             fields: dict[str, Any] = {"status": "cancelled", "error_code": "CANCELLED"}
             if usage is not None:
@@ -413,8 +418,8 @@ class Engine:
         work = []
         if row is not None and self.stores.ledger is not None:
             work.append(self._ledger_finish(row, record, fields))
-        if reservation is not None:
-            work.append(self._settle(reservation, usage))
+        for held in reservation or ():
+            work.append(self._settle(held, usage))
         try:
             if work:
                 write = asyncio.ensure_future(asyncio.gather(*work))

@@ -83,6 +83,9 @@ class BudgetConfig:
 
     default: Limits = field(default_factory=Limits)
     users: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    tenants: Mapping[str, Mapping[str, float | None]] = field(default_factory=dict)
+    """``[budgets.tenants.<name>]``: limits the members of a tenant (a token's ``tenant`` claim) share, on top
+    of each member's own; a tenant without a table has none."""
     backend: str | None = None
     """Where the counters live: ``memory://`` or ``sqlite:///path``. ``None``: the SQLite ledger's own
     file when the ledger is SQLite (processes that share a ledger share budgets), else memory."""
@@ -98,6 +101,11 @@ class BudgetConfig:
         override = self.users.get(user)
         return replace(self.default, **override) if override else self.default
 
+    def limits_for_tenant(self, tenant: str | None) -> Limits:
+        """The limits ``tenant``'s members share (none unless ``[budgets.tenants.<tenant>]`` sets some)."""
+        shared = self.tenants.get(tenant) if tenant else None
+        return Limits(**shared) if shared else Limits()
+
     @classmethod
     def from_dict(cls, table: Mapping[str, Any] | None, *, where: str = "[budgets]") -> BudgetConfig:
         """Build from a ``[budgets]`` table; unknown keys and bad values are ``ConfigurationError``."""
@@ -112,11 +120,17 @@ class BudgetConfig:
         users = table.pop("users", {})
         if not isinstance(users, Mapping):
             raise ConfigurationError(f"{_nested(where, 'users')} must be a table of users, got {users!r}")
+        tenants = table.pop("tenants", {})
+        if not isinstance(tenants, Mapping):
+            raise ConfigurationError(f"{_nested(where, 'tenants')} must be a table of tenants, got {tenants!r}")
         default = _limits(table, where, allow_unlimited=False)
         overrides = {}
         for name, spec in users.items():
             overrides[str(name)] = _limits(spec, _nested(where, f"users.{name}"), allow_unlimited=True)
-        return cls(default=Limits(**default), users=overrides, backend=backend)
+        shared = {}
+        for name, spec in tenants.items():
+            shared[str(name)] = _limits(spec, _nested(where, f"tenants.{name}"), allow_unlimited=False)
+        return cls(default=Limits(**default), users=overrides, tenants=shared, backend=backend)
 
 
 def _nested(where: str, path: str) -> str:
@@ -130,7 +144,7 @@ def _nested(where: str, path: str) -> str:
 def _limits(table: Any, where: str, *, allow_unlimited: bool) -> dict[str, float | None]:
     if not isinstance(table, Mapping):
         raise ConfigurationError(f"{where} must be a table of limits, got {table!r}")
-    known = (*_LIMIT_KEYS, "users", "backend") if not allow_unlimited else _LIMIT_KEYS
+    known = (*_LIMIT_KEYS, "users", "tenants", "backend") if not allow_unlimited else _LIMIT_KEYS
     parsed: dict[str, float | None] = {}
     for key, value in table.items():
         if key not in _LIMIT_KEYS:

@@ -20,9 +20,10 @@ import gtl_nb
 from gtl_nb import sim
 from gtl_nb.backend import CostWarning, EmbeddedBackend
 from gtl_nb.engine.settings import load_settings
-from gtl_nb.protocol import Done, Error, Message, Reasoning, Status, Token, Usage
+from gtl_nb.protocol import CompletionRequest, Done, Error, Message, Reasoning, Status, Token, Usage
 from gtl_nb.protocol.errors import (
     BudgetExceededError,
+    ConfigurationError,
     OverloadedError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -485,6 +486,25 @@ def budgets_users(tmp_path):
         c.complete("echo", str(i))
 
 
+def budgets_tenants(tmp_path):
+    from gtl_nb.engine.builder import build_engine
+    from gtl_nb.engine.context import RequestContext
+
+    settings = load_settings(
+        config={"budgets": {"tenants": {"acme": {"requests_per_minute": 1}}}, "ledger": {"enabled": False}}
+    )
+    engine = build_engine(settings, ledger=False)
+    request = CompletionRequest(session_id="t", model="echo", messages=[Message(role="user", content="hi")])
+
+    async def last_event(principal: str) -> object:
+        context = RequestContext(principal=principal, tenant="acme")
+        return [event async for event in engine.stream(request, context=context)][-1]
+
+    assert isinstance(asyncio.run(last_event("ann")), Done)
+    refused = asyncio.run(last_event("bob"))  # another member: the tenant's one request is used
+    assert isinstance(refused, Error) and refused.code == "RATE_LIMIT"
+
+
 def budgets_backend(tmp_path):
     url = f"sqlite:///{tmp_path / 'budgets.sqlite3'}"
     clock = Clock()
@@ -631,8 +651,7 @@ EFFECTS: dict[str, Callable] = {
     name.replace("_", ".", 1): check
     for name, check in dict(globals()).items()
     if callable(check)
-    and name.split("_", 1)[0]
-    in ("providers", "routing", "cache", "budgets", "ledger", "defaults", "timeouts")
+    and name.split("_", 1)[0] in ("providers", "routing", "cache", "budgets", "ledger", "defaults", "timeouts")
     and not name.startswith("_")
 }
 # sub-tables: routing.retry.x and routing.breaker.x
@@ -647,3 +666,13 @@ def test_every_documented_key_has_a_check():
     assert not missing, f"documented keys without a proven effect: {missing}"
     stale = sorted(set(EFFECTS) - served)
     assert not stale, f"checks for keys the docs do not list: {stale}"
+
+
+def test_an_unknown_key_is_refused_with_its_close_match():
+    with pytest.raises(ConfigurationError, match="did you mean 'first_byte'"):
+        load_settings(environ={}, timeouts={"first_bite": 3})
+
+
+@pytest.mark.parametrize("key", sorted(EFFECTS))
+def test_the_key_has_its_effect(key, tmp_path):
+    EFFECTS[key](tmp_path)
