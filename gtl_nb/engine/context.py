@@ -34,6 +34,8 @@ class RequestContext:
     """Joins ledger rows, audit records and logs of one request (W3C trace id when one came in)."""
     peer: str | None = None
     """The caller's network address behind the gateway; ``None`` when embedded."""
+    transport: str | None = None
+    """The scheme the request came over behind the gateway (``ws``, ``grpc``, …; metrics count by it)."""
     scopes: frozenset[str] = frozenset()
     """What the principal may do (``gateway.tokens.SCOPES``); none unless a token granted them."""
     allowed_models: frozenset[str] | None = None

@@ -237,6 +237,7 @@ class GTLServicer(pb_grpc.GTLServicer):
             max_sessions=self.limits.max_sessions_per_connection,
             limits=self.limits,
             shutdown=shutdown,
+            transport="grpc",
         )
         shutdown.connection = gateway
         try:
@@ -315,7 +316,7 @@ class GTLServicer(pb_grpc.GTLServicer):
         except AuthenticationError as exc:
             log.warning("refused a call from %s: %s", _peer(context.peer()), exc.message)
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, exc)
-        return dataclasses.replace(who, peer=_peer(context.peer()))
+        return dataclasses.replace(who, peer=_peer(context.peer()), transport="grpc")
 
     async def _request_of(self, data: bytes, context: grpc.aio.ServicerContext) -> CompletionRequest:
         limit = self.limits.max_frame_bytes

@@ -713,7 +713,7 @@ def build_app(
 
     async def completion(request: Request, *, sse: bool) -> Any:
         try:
-            context = context_of(request)
+            context = dataclasses.replace(context_of(request), transport="sse" if sse else "http")
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
         try:
@@ -850,6 +850,7 @@ def build_app(
                     max_sessions=limits.max_sessions_per_connection,
                     limits=limits,
                     shutdown=shutdown,
+                    transport="ws",
                 ).run()
             finally:
                 await channel.aclose()

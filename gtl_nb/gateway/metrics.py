@@ -211,6 +211,9 @@ class Metrics:
             if len(self._started) >= _MAX_PENDING:
                 self._started.pop(next(iter(self._started)))
             self._started[event.session_id] = self._clock()
+            transport = event.context.transport
+            if transport:  # a gateway session: open until its RequestFinished
+                self.session_opened(transport)
         elif isinstance(event, RetryScheduled):
             self.retries.labels(self.provider_label(event.deployment)).inc()
         elif isinstance(event, FailedOver):
@@ -224,6 +227,8 @@ class Metrics:
 
     def _finished(self, event: RequestFinished) -> None:
         started = self._started.pop(event.session_id, None)
+        if event.context.transport:
+            self.session_closed(event.context.transport)
         provider = self.provider_label(event.deployment)
         model = self.model_label(event.deployment, event.model)
         status = event.status if event.status in STATUSES else OTHER

@@ -296,7 +296,7 @@ class _Connection:
             log.exception("authenticating client %s failed", self.where)
             self.close(InternalError("the gateway could not check the client's token"))
             return
-        self.context = dataclasses.replace(context, peer=self.where)
+        self.context = dataclasses.replace(context, peer=self.where, transport="quic")
         for info in visible_providers(self.gateway.engine, self.context):
             self.peer.write(CONTROL_STREAM_ID, self.control.send(fitted(info, self.limits.max_frame_bytes)))
         self.peer.write(CONTROL_STREAM_ID, self.control.send(PROVIDERS_END))

@@ -108,12 +108,15 @@ class GatewayConnection:
         limits: Limits | None = None,
         shutdown: Shutdown | None = None,
         clock: Callable[[], float] = time.monotonic,
+        transport: str | None = None,
     ) -> None:
         self.engine = engine
         self.framed = framed
         self.limits = limits or Limits()
         self.max_sessions = max_sessions if max_sessions is not None else self.limits.max_sessions_per_connection
         self.shutdown = shutdown
+        self.transport = transport
+        """The scheme this connection came over (``stdio``, ``ws``, ``grpc``): the request context says it."""
         self.context: RequestContext | None = None
         self._authenticate = authenticate
         self._clock = clock
@@ -187,7 +190,7 @@ class GatewayConnection:
             log.warning("refused client %s: %s", self.framed.channel.peer, exc.message)
             self.framed.close_nowait(exc)
             return
-        self.context = dataclasses.replace(context, peer=self.framed.channel.peer)
+        self.context = dataclasses.replace(context, peer=self.framed.channel.peer, transport=self.transport)
         for info in visible_providers(self.engine, self.context):
             self.framed.send_nowait(fitted(info, self.framed.connection.max_frame_bytes))
         self.framed.send_nowait(PROVIDERS_END)

@@ -45,7 +45,9 @@ async def serve_stdio(
         channel = await open_server_channel(frames_fd, in_fd=in_fd)
         try:
             framed = FramedConnection(connection, channel)
-            gateway = GatewayConnection(engine, framed, authenticate=authenticate, limits=limits, shutdown=shutdown)
+            gateway = GatewayConnection(
+                engine, framed, authenticate=authenticate, limits=limits, shutdown=shutdown, transport="stdio"
+            )
             await gateway.run()
         finally:
             await channel.aclose()

@@ -20,6 +20,9 @@ def test_a_request_is_counted_in_metrics_and_audited_once(tmp_path):
         tmp_path / "gtl.toml",
         {
             "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "providers.echo": {},
+            "providers.slowecho": {"type": "echo"},
+            "providers.slowecho.options": {"pace": 0.05},
             "gateway.http": {"port": 0},
             "gateway.audit": {"path": str(audit), "fsync": False},
             "gateway.metrics": {"require_token": False},
@@ -28,9 +31,16 @@ def test_a_request_is_counted_in_metrics_and_audited_once(tmp_path):
     with start_gateway(config) as gateway:
         with gtl_nb.connect(gateway.url("ws")) as client:
             answer = client.complete("echo", "count me, audit me")
+            stream = client.stream("slowecho:echo", "a session still open while /metrics is read")
+            next(iter(stream))
+            during = httpx.get(gateway.url("http") + "/metrics", timeout=10).text
+            stream.close()
         scraped = httpx.get(gateway.url("http") + "/metrics", timeout=10)
         assert scraped.status_code == 200
         assert 'gtl_requests_total{model="echo",provider="echo",status="ok"} 1.0' in scraped.text
+        assert 'gtl_requests_total{model="echo",provider="slowecho",status="cancelled"} 1.0' in scraped.text
+        assert 'gtl_open_sessions{transport="ws"} 1.0' in during  # one open session, counted by transport
+        assert 'gtl_open_sessions{transport="ws"} 0.0' in scraped.text
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     mine = [record for record in records if record.get("session_id") == answer.session_id]
     assert len(mine) == 1 and mine[0]["status"] == "ok"
