@@ -1,6 +1,6 @@
 """Secrets never leave the gateway: a provider that quotes the key it refused, a canary key, and every
 place a key could surface — the client's error on each transport, the non-streamed HTTP body, the
-``models`` query's error, the ledger, and the gateway's own output at DEBUG."""
+``models`` query's error, the ledger, ``/metrics``, the audit log, and the gateway's own output at DEBUG."""
 
 from __future__ import annotations
 
@@ -61,6 +61,8 @@ def leaky_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGat
         "routing.retry": {"max_attempts": 1},
         "ledger": {"path": str(directory / "ledger.sqlite")},
         "gateway.http": {"port": 0},
+        "gateway.audit": {"path": str(directory / "audit.jsonl"), "fsync": False},
+        "gateway.metrics": {"require_token": False},
     }
     gateway = start_gateway(write_toml(directory / "gtl.toml", tables), env={"GTL_NB_LOG": "DEBUG"})
     try:
@@ -92,7 +94,12 @@ def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
     }
     answer = httpx.post(leaky_gateway.url("http") + "/v1/gtl", json=request, timeout=30)
     assert answer.status_code == 502 and CANARY not in answer.text
+    metrics = httpx.get(leaky_gateway.url("http") + "/metrics", timeout=30)
+    assert "gtl_requests_total" in metrics.text and CANARY not in metrics.text
     assert leaky_gateway.stop() == 0
+    audit = (leaky_gateway.config.parent / "audit.jsonl").read_text()  # type: ignore[union-attr]
+    assert '"status": "error"' in audit or '"status":"error"' in audit
+    assert CANARY not in audit
     rows = Ledger(leaky_gateway.config.parent / "ledger.sqlite").rows()  # type: ignore[union-attr]
     assert rows and CANARY not in json.dumps(rows)
     assert CANARY not in "".join(leaky_gateway.output)
