@@ -510,6 +510,22 @@ class Client:
         """Each deployment's circuit breaker: state, failures, error rate, when it may be tried again."""
         return self._loop.run(self.backend.breakers(), timeout=30)
 
+    def sessions(self, *, all_users: bool = False) -> list[dict[str, Any]]:
+        """Your sessions running on the gateway, over any connection (``all_users``: everyone's, with the
+        ``session:admin`` scope). Embedded there is no one else: refused with a ``ConfigurationError``."""
+        ask = getattr(self.backend, "sessions", None)
+        if ask is None:
+            raise ConfigurationError("sessions() asks a gateway; this client runs the engine in this process")
+        return self._loop.run(ask(all_users=all_users), timeout=60)  # type: ignore[no-any-return]
+
+    def cancel_session(self, session_id: str) -> int:
+        """Cancel one of your sessions running on the gateway (from any connection; anyone's with
+        ``session:admin``); how many were cancelled."""
+        cancel = getattr(self.backend, "cancel_session", None)
+        if cancel is None:
+            raise ConfigurationError("cancel_session() asks a gateway; this client runs the engine in this process")
+        return self._loop.run(cancel(session_id), timeout=60)  # type: ignore[no-any-return]
+
     def usage(self, **filters: Any) -> pandas.DataFrame:
         """The usage rows this client may see as a DataFrame (the columns of ``docs/ledger.md``).
 

@@ -7,6 +7,11 @@
   ``user`` …), ``all_users: true`` for everyone's, and ``offset``; another ``user`` or everyone's
   needs ``usage:admin``. Rows are paged to fit
   the connection's frame limit: the result is ``{"rows": [...], "next": offset_or_null}``.
+* ``sessions`` — ``{"sessions": [...]}``, the caller's sessions running on this gateway, over any
+  connection (``session:read``); ``params`` ``all_users: true`` for everyone's (``session:admin``).
+* ``cancel`` — cancel a running session by ``params`` ``session_id``, from any connection: one's own
+  (``session:write``), anyone's (``session:admin``); ``{"cancelled": N}``. A session of another user
+  is ``FORBIDDEN`` without ``session:admin`` — whether it exists is not told.
 * ``breakers`` — ``{"breakers": {deployment: state}}``, the engine's circuit breakers (``models:read``).
 * ``models`` — ``{"models": [...]}``, a deployment's live model list (``params``: ``deployment``;
   ``models:read``), narrowed to what the token's allow-lists let it use.
@@ -27,6 +32,7 @@ import msgspec
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.ledger import LedgerValueError, row_filter
+from gtl_nb.gateway.live import live_sessions
 from gtl_nb.gateway.permissions import require, usage_scope
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError
@@ -35,7 +41,7 @@ from gtl_nb.protocol.messages import Answer, Error, Query
 __all__ = ["MAX_QUERIES", "QUERY_NAMES", "QueryDesk", "answer_query"]
 
 log = get_logger("gateway.queries")
-QUERY_NAMES = ("usage", "breakers", "models")
+QUERY_NAMES = ("usage", "sessions", "cancel", "breakers", "models")
 _ANSWER_OVERHEAD = 4096
 """Bytes kept free in a page of rows for the answer's own fields."""
 
@@ -45,6 +51,10 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
     try:
         if query.name == "usage":
             result = await _usage(engine, context, query.params, max_bytes=max_bytes)
+        elif query.name == "sessions":
+            result = _sessions(engine, context, query.params)
+        elif query.name == "cancel":
+            result = _cancel(engine, context, query.params)
         elif query.name == "breakers":
             require(context, "breakers.read")
             result = {"breakers": await engine.breaker_states()}
@@ -112,6 +122,7 @@ class QueryDesk:
         self.max_bytes = max_bytes
         self._send = send
         self._tasks: set[asyncio.Task[None]] = set()
+        live_sessions(engine)  # from the first connection on, every session is known to the sessions query
 
     def ask(self, query: Query, context: RequestContext) -> None:
         """Start answering ``query`` for a client whose sessions run under ``context``."""
@@ -153,3 +164,27 @@ def _shortened(row: dict[str, Any]) -> dict[str, Any]:
     """``row`` with its long text fields cut (marked ``"truncated": true``)."""
     cut = {key: value[:256] if isinstance(value, str) else value for key, value in row.items()}
     return {**cut, "truncated": True}
+
+
+def _sessions(engine: Engine, context: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    everyone = params.get("all_users") is True
+    require(context, "session.admin" if everyone else "session.read")
+    return {"sessions": [entry.describe() for entry in live_sessions(engine).visible_to(context, everyone=everyone)]}
+
+
+def _cancel(engine: Engine, context: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
+    session_id = params.get("session_id")
+    if not isinstance(session_id, str) or not session_id:
+        raise InvalidRequestError('the cancel query needs params {"session_id": ID}')
+    require(context, "session.cancel")
+    entries = live_sessions(engine).find(session_id)
+    if any(entry.principal != context.principal for entry in entries):
+        require(context, "session.admin")  # another user's session: only an administrator may touch it
+    elif not entries:
+        raise InvalidRequestError(f"no session {session_id!r} of yours is running on this gateway")
+    cancelled = 0
+    for entry in entries:
+        if entry.task is not None and not entry.task.done():
+            entry.task.get_loop().call_soon(entry.task.cancel)  # after its first step: see sessions.cancel_started
+            cancelled += 1
+    return {"cancelled": cancelled}

@@ -22,6 +22,7 @@ from typing import Any
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.listeners import ListenerSettings, Shutdown
+from gtl_nb.gateway.live import live_sessions
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.log import get_logger
@@ -73,6 +74,7 @@ async def serve(
     own_engine = engine is None
     engine = engine if engine is not None else build_engine(settings, credentials=credentials)
     audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
+    live_sessions(engine)  # every session, on every listener, is known to the sessions and cancel queries
     urls: dict[str, str] = {}
 
     def offers() -> dict[str, str]:

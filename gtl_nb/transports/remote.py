@@ -262,6 +262,22 @@ class RemoteBackend:
             offset = following if isinstance(following, int) and following > offset else None
         return rows
 
+    async def sessions(self, *, all_users: bool = False) -> list[dict[str, Any]]:
+        """The caller's sessions running on the gateway, over any connection (``all_users``: everyone's)."""
+        link = await self._current()
+        if not self._answers_queries(link):
+            raise InvalidRequestError(f"the {self.label} does not answer queries (an older gateway)")
+        result = await link.query("sessions", {"all_users": True} if all_users else {})  # type: ignore[attr-defined]
+        return list(result.get("sessions", []))
+
+    async def cancel_session(self, session_id: str) -> int:
+        """Cancel a session running on the gateway, from this connection; how many were cancelled."""
+        link = await self._current()
+        if not self._answers_queries(link):
+            raise InvalidRequestError(f"the {self.label} does not answer queries (an older gateway)")
+        result = await link.query("cancel", {"session_id": session_id})  # type: ignore[attr-defined]
+        return int(result.get("cancelled", 0))
+
     @staticmethod
     def _answers_queries(link: Link) -> bool:
         return bool(getattr(link, "answers_queries", False))

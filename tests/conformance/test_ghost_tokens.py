@@ -22,9 +22,10 @@ import gtl_nb
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.gateway.local import LocalGateway
 from gtl_nb.gateway.tokens import SqliteTokenStore, mint_token
+from gtl_nb.protocol import Error
 from gtl_nb.protocol.errors import AuthenticationError, PermissionDeniedError
 from tests.conformance.conftest import SCHEMES, gateway_config, start
-from tests.gateway.conftest import MODEL, write_toml
+from tests.gateway.conftest import LONG_PROMPT, MODEL, write_toml
 
 pytestmark = pytest.mark.parametrize("scheme", SCHEMES)
 
@@ -168,3 +169,29 @@ def test_usage_is_ones_own_unless_usage_admin(scheme, guarded, certs):
             client.usage(user="somebody-else")
     with connect(scheme, guarded, certs, token([*EVERYTHING, "usage:admin"], subject=f"admin-{scheme}")) as admin:
         assert f"own-{scheme}" in set(admin.usage(user=f"own-{scheme}")["user"])
+
+
+def test_a_token_of_one_user_cannot_reach_another_users_session(scheme, guarded, certs):
+    if scheme == "stdio":
+        pytest.skip("stdio: each client starts a gateway of its own, so no other connection shares its sessions")
+    sessions = [*EVERYTHING, "session:read", "session:write"]
+    with (
+        connect(scheme, guarded, certs, token(sessions, subject=f"owner-{scheme}")) as owner,
+        connect(scheme, guarded, certs, token(sessions, subject=f"other-{scheme}")) as other,
+        connect(scheme, guarded, certs, token(sessions, subject=f"owner-{scheme}")) as owner_elsewhere,
+    ):
+        stream = owner.stream(f"slow:{MODEL}", LONG_PROMPT)
+        events = iter(stream)
+        next(events)
+        sid = stream.session_id
+        assert sid not in {s["session_id"] for s in other.sessions()}
+        with pytest.raises(PermissionDeniedError, match="session:admin"):
+            other.cancel_session(sid)
+        with pytest.raises(PermissionDeniedError, match="session:admin"):
+            other.sessions(all_users=True)
+        assert sid in {s["session_id"] for s in owner_elsewhere.sessions()}  # the owner, on another connection
+        assert owner_elsewhere.cancel_session(sid) == 1
+        *_, last = events
+        assert isinstance(last, Error) and last.code == "CANCELLED"
+    with connect(scheme, guarded, certs, token([*EVERYTHING, "session:admin"], subject=f"admin-{scheme}")) as admin:
+        assert isinstance(admin.sessions(all_users=True), list)

@@ -1,0 +1,97 @@
+"""The sessions running on a gateway, whoever started them and over whichever transport.
+
+``live_sessions(engine)`` is the one registry of an engine (made on first use, subscribed to its hooks):
+``RequestStarted`` is emitted inside the task that runs the session, so the registry keeps that task;
+``RequestFinished`` forgets it. The ``sessions`` and ``cancel`` queries (``gateway.queries``) read it:
+a caller sees and cancels its own sessions (``session:read``, ``session:write``) and, with
+``session:admin``, anyone's — so a token of one user can never reach another user's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.hooks import EngineEvent, RequestFinished, RequestStarted
+
+__all__ = ["LiveSession", "LiveSessions", "live_sessions"]
+
+
+@dataclass
+class LiveSession:
+    """One running session: who, over what, since when, and the task that runs it."""
+
+    session_id: str
+    principal: str
+    transport: str | None
+    model: str | None
+    started: float
+    task: asyncio.Task[Any] | None
+
+    def describe(self) -> dict[str, Any]:
+        """What a ``sessions`` query shows of it (never the task)."""
+        return {
+            "session_id": self.session_id,
+            "user": self.principal,
+            "transport": self.transport,
+            "model": self.model,
+            "started": self.started,
+        }
+
+
+class LiveSessions:
+    """The running sessions of one engine (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, list[LiveSession]] = {}  # ids are the clients': two may share one
+
+    def __call__(self, event: EngineEvent) -> None:
+        if isinstance(event, RequestStarted):
+            task = asyncio.current_task() if _in_loop() else None
+            live = LiveSession(
+                event.session_id, event.context.principal, event.context.transport, event.model, time.time(), task
+            )
+            self._running.setdefault(event.session_id, []).append(live)
+        elif isinstance(event, RequestFinished):
+            entries = self._running.get(event.session_id, [])
+            for entry in entries:
+                if entry.principal == event.context.principal:
+                    entries.remove(entry)
+                    break
+            if not entries:
+                self._running.pop(event.session_id, None)
+
+    def visible_to(self, context: RequestContext, *, everyone: bool) -> list[LiveSession]:
+        """The caller's own sessions, or (``everyone``) all of them, oldest first."""
+        found = [entry for entries in self._running.values() for entry in entries]
+        if not everyone:
+            found = [entry for entry in found if entry.principal == context.principal]
+        return sorted(found, key=lambda entry: entry.started)
+
+    def find(self, session_id: str) -> list[LiveSession]:
+        return list(self._running.get(session_id, []))
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+_REGISTRIES: weakref.WeakKeyDictionary[Engine, LiveSessions] = weakref.WeakKeyDictionary()
+
+
+def live_sessions(engine: Engine) -> LiveSessions:
+    """The registry of ``engine``'s running sessions (subscribed to its hooks on first use)."""
+    registry = _REGISTRIES.get(engine)
+    if registry is None:
+        registry = _REGISTRIES[engine] = LiveSessions()
+        engine.hooks.subscribe(registry)
+    return registry
