@@ -53,6 +53,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip as gzip_module
+import logging
 import math
 import socket
 import string
@@ -649,6 +650,14 @@ def discovery_document(host: str, *, tls: bool, offers: dict[str, str]) -> dict[
 # -- the application --------------------------------------------------------------------------------------
 
 
+def _quiet_invalid_requests(record: logging.LogRecord) -> bool:
+    """Drop uvicorn's warning for a malformed request (logged at debug here instead)."""
+    if record.getMessage().startswith("Invalid HTTP request received"):
+        log.debug("a client sent a malformed HTTP request (it was answered 400)")
+        return False
+    return True
+
+
 def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authenticate: Authenticate) -> list[Any]:
     """``GET /metrics`` when metrics are on (``[gateway.metrics]``); reading them needs ``models:read``."""
     if metrics is None:
@@ -932,6 +941,9 @@ async def serve_http(
             metrics=metrics,
             metrics_require_token=metrics_require_token,
         )
+        # uvicorn warns "Invalid HTTP request received." for every malformed request — a client's TLS hello
+        # on this plaintext port during discovery, say; the client already got its 400: keep it to debug
+        logging.getLogger("uvicorn.error").addFilter(_quiet_invalid_requests)
         # a request counts towards its deadline at most its largest head and body (then it is refused anyway)
         request_bytes = MAX_HEAD_BYTES + limits.max_frame_bytes
         http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout, request_bytes)
