@@ -62,7 +62,7 @@ from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.routing import Router, Target
-from gtl_nb.engine.settings import RoutingSettings
+from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
@@ -222,6 +222,73 @@ class Engine:
         self.deployment_timeouts = dict(deployment_timeouts)
         self._flights: dict[str, Flight] = {}
         self._background: set[asyncio.Future[Any]] = set()
+
+    def reload(
+        self,
+        settings: Settings,
+        *,
+        catalog: Catalog | None = None,
+        credentials: CredentialResolver | None = None,
+    ) -> None:
+        """Apply ``settings`` in place between requests: deployments, routing (strategy, retry, breaker
+        thresholds, context fallbacks), prices and catalog overrides, timeouts, budget limits, credentials.
+
+        Everything is built first, so a mistake (an unknown strategy, a bad override) raises
+        ``ConfigurationError`` with nothing changed; then every attribute is swapped in one synchronous
+        step, so no request sees half of each. A running session keeps the targets (deployments, keys, base
+        URLs) it resolved when it started. ``catalog`` defaults to the built-in one with the settings'
+        overrides and ``credentials`` to re-reading the new configuration's sources, as ``build_engine`` does.
+
+        The stores are not replaced: the ledger, cache, budget counters and breaker backend stay as opened
+        (their backends need a restart). When ``[routing.breaker]``'s thresholds changed, in-process circuits
+        restart closed under the new ones (a breaker keeps its config from creation); shared SQLite circuits
+        keep their state and are judged by the new thresholds from now on.
+        """
+        from gtl_nb.engine.breaker import BreakerBoard
+        from gtl_nb.engine.credentials import ConfiguredCredentials, StaticCredentials
+
+        if catalog is None:
+            catalog = Catalog.default()
+            if settings.catalog_overrides:
+                catalog = catalog.with_overrides(settings.catalog_overrides)
+        if credentials is None:
+            config = settings.config
+            credentials = (
+                StaticCredentials()
+                if config is None
+                else ConfiguredCredentials(config.rebuild_deployment, config.credential_sources, environ=config.environ)
+            )
+        routing = settings.routing
+        deployments = dict(settings.deployments)
+        strategy = make_strategy(
+            routing.strategy, healthy=self._healthy, price_of=self._price_of, **dict(routing.strategy_options)
+        )
+        retry = dataclasses.replace(routing.retry, rng=self.retry.rng)  # an injected rng stays (tests' seeds)
+        breakers = self.stores.breakers
+        board = getattr(breakers, "board", None)
+        current = board.config if isinstance(board, BreakerBoard) else getattr(breakers, "config", None)
+        # the backend is the store's, opened at start: only the thresholds change here
+        breaker_config = (
+            routing.breaker if current is None else dataclasses.replace(routing.breaker, backend=current.backend)
+        )
+        new_board = None
+        if isinstance(board, BreakerBoard) and board.config != breaker_config:
+            new_board = BreakerBoard(breaker_config, clock=board.clock, on_change=board.on_change)
+        # -- from here on nothing can fail and nothing awaits: one step for every request that starts next
+        self.deployments = deployments
+        self.catalog = catalog
+        self.router = Router(self.deployments, catalog)
+        self.credentials = credentials
+        self.retry = retry
+        self.strategy = strategy
+        self.context_fallbacks = dict(routing.context_fallbacks)
+        self.budgets = settings.budgets
+        self.deployment_timeouts = dict(settings.deployment_timeouts)
+        self.http.timeouts = settings.timeouts
+        if new_board is not None:
+            breakers.board = new_board  # type: ignore[attr-defined]
+        elif board is None and hasattr(breakers, "config"):
+            breakers.config = breaker_config  # type: ignore[attr-defined]
 
     @property
     def ledger(self) -> Any:

@@ -1,6 +1,7 @@
 """``gtl serve``: the gateway as a subcommand of the ``gtl`` command (``cli._optional_subcommands``).
 
 ``gtl serve --stdio --config FILE`` and ``gtl --config FILE serve --stdio`` mean the same.
+``gtl reload`` (``gateway.reload_cli``) makes a running gateway reload its configuration.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ __all__ = ["add_subcommands"]
 
 
 def add_subcommands(subparsers: Any) -> None:
-    """Register ``serve`` on the ``gtl`` command's subparsers (handler in ``handler``)."""
+    """Register ``serve`` (and ``reload``) on the ``gtl`` command's subparsers (handler in ``handler``)."""
     parser = subparsers.add_parser(
         "serve",
         help="run the gateway (--stdio: one connection on standard input and output; --http HOST:PORT)",
@@ -24,6 +25,9 @@ def add_subcommands(subparsers: Any) -> None:
     # its own name: a subcommand's default would overwrite the global --config given before it
     parser.add_argument("--config", dest="serve_config", help="TOML configuration file (as gtl --config)")
     parser.set_defaults(handler=_serve)
+    from gtl_nb.gateway.reload_cli import add_reload_subcommand
+
+    add_reload_subcommand(subparsers)  # gtl reload: the running gateway's other half
 
 
 def _serve(args: argparse.Namespace) -> int:

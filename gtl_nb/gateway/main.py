@@ -2,6 +2,8 @@
 
 ``add_arguments`` and ``run`` are shared with ``gtl serve`` (``gateway.cli``). Errors a user can fix
 print one line on standard error and exit with status 2; standard output carries only frames.
+SIGTERM and SIGINT shut down gracefully; SIGHUP reloads the configuration file (``gateway.reload``)
+when serving listeners, and shuts down a ``--stdio`` gateway as before (it serves one connection).
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> No
     )
     if config:
         parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
+    parser.add_argument(
+        "--pidfile", metavar="FILE", help="write the gateway's process id there while it runs (for gtl reload)"
+    )
     parser.add_argument(
         "--principal",
         metavar="NAME",
@@ -71,13 +77,42 @@ def run(args: argparse.Namespace) -> int:
                 settings, authenticate=authenticate, frames_fd=frames_fd, shutdown=shutdown, credentials=credentials
             )
 
-        asyncio.run(serve_pipes())
+        with _pidfile(getattr(args, "pidfile", None)):
+            asyncio.run(serve_pipes())
         return 0
     settings = load_settings(config=args.config)
     options = _with_command_line(GatewaySettings.from_settings(settings), args)
     check_exposure(options)
     authenticate = build_authenticator(settings, options, principal=args.principal)
-    return _serve_listeners(settings, options, authenticate, build_credentials(settings, options))
+    with _pidfile(getattr(args, "pidfile", None)):
+        return _serve_listeners(
+            settings,
+            options,
+            authenticate,
+            build_credentials(settings, options),
+            config=args.config,
+            principal=args.principal,
+        )
+
+
+@contextlib.contextmanager
+def _pidfile(path: str | None) -> Iterator[None]:
+    """Write this process's id to ``path`` (if given) while the body runs; remove it after, if still ours."""
+    if not path:
+        yield
+        return
+    file = Path(path).expanduser()
+    try:
+        file.write_text(f"{os.getpid()}\n", encoding="ascii")
+    except OSError as exc:
+        raise ConfigurationError(f"--pidfile {path}: cannot write it: {exc.strerror or exc}") from None
+    try:
+        yield
+    finally:
+        # another gateway may have taken the file over since: never remove its id
+        with contextlib.suppress(OSError):
+            if file.read_text(encoding="ascii").strip() == str(os.getpid()):
+                file.unlink()
 
 
 def _with_command_line(options: Any, args: argparse.Namespace) -> Any:
@@ -116,11 +151,24 @@ def _with_command_line(options: Any, args: argparse.Namespace) -> Any:
     return dataclasses.replace(options, listeners=tuple(listeners.values()))
 
 
-def _serve_listeners(settings: Any, options: Any, authenticate: Any, credentials: Any = None) -> int:
+def _serve_listeners(
+    settings: Any,
+    options: Any,
+    authenticate: Any,
+    credentials: Any = None,
+    *,
+    config: str | None = None,
+    principal: str | None = None,
+) -> int:
     """Run the listeners; each prints ``gtl gateway: listening on URL`` on standard error once it accepts,
-    then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully."""
+    then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully; SIGHUP
+    reloads ``config`` (the file the gateway started with) and prints one ``gtl gateway: reload…`` line."""
+    from gtl_nb.engine.builder import build_engine
     from gtl_nb.gateway.listeners import Shutdown
+    from gtl_nb.gateway.reload import Reloader, SwappableAuthenticator
     from gtl_nb.gateway.server import serve
+
+    hook = SwappableAuthenticator(authenticate)  # the listeners hold this one; a reload swaps its target
 
     announced: set[str] = set()
 
@@ -133,19 +181,81 @@ def _serve_listeners(settings: Any, options: Any, authenticate: Any, credentials
     async def serve_all() -> None:
         shutdown = Shutdown(grace=options.shutdown_grace)
         task = asyncio.current_task()
-        _on_signals(shutdown, force=task.cancel if task is not None else None)
-        await serve(
-            settings, options, authenticate=authenticate, shutdown=shutdown, announce=announce, credentials=credentials
-        )
+        # built here rather than by serve(): the reloader needs the very engine the listeners run
+        engine = build_engine(settings, credentials=credentials)
+        try:
+            reloader = Reloader(engine, config=config, settings=settings, authenticate=hook, principal=principal)
+            _on_signals(shutdown, force=task.cancel if task is not None else None, reload=_reloading(reloader))
+            await serve(
+                settings,
+                options,
+                authenticate=hook,
+                shutdown=shutdown,
+                announce=announce,
+                engine=engine,
+                credentials=credentials,
+            )
+        finally:
+            await engine.aclose()
 
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(serve_all())
     return 0
 
 
-def _on_signals(shutdown: Any, *, force: Callable[[], Any] | None = None) -> None:
-    """SIGTERM, SIGHUP and SIGINT begin a graceful shutdown; a second one (with ``force``) stops at once."""
+def _reloading(reloader: Any) -> Callable[[], None]:
+    """SIGHUP's handler: reload in a task, one at a time (a SIGHUP during a reload runs one more after it).
+
+    The file is read and validated in a worker thread; the swap runs on the loop, between requests.
+    Whatever goes wrong, the gateway keeps serving what it had and says why in one line."""
+    state = {"running": False, "again": False}
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload_once() -> None:
+        try:
+            while True:
+                state["again"] = False
+                try:
+                    prepared = await asyncio.to_thread(reloader.prepare)
+                    line = reloader.apply(prepared)
+                except Exception as exc:  # a bad file, or a bug: either way the old configuration keeps serving
+                    why = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
+                    why = " ".join(why.split())  # one line, whatever the message
+                    print(f"gtl gateway: reload refused, still serving the previous configuration: {why}", **_ERR)
+                else:
+                    print(f"gtl gateway: {line}", **_ERR)
+                if not state["again"]:
+                    return
+        finally:
+            state["running"] = False
+
+    def handle() -> None:
+        if state["running"]:
+            state["again"] = True
+            return
+        state["running"] = True
+        task = asyncio.ensure_future(reload_once())
+        tasks.add(task)  # a reference, so the task is not collected mid-reload
+        task.add_done_callback(tasks.discard)
+
+    return handle
+
+
+_ERR: dict[str, Any] = {"file": sys.stderr, "flush": True}
+
+
+def _on_signals(
+    shutdown: Any, *, force: Callable[[], Any] | None = None, reload: Callable[[], None] | None = None
+) -> None:
+    """SIGTERM and SIGINT begin a graceful shutdown; a second one (with ``force``) stops at once. SIGHUP calls
+    ``reload`` when given (not once shutting down), else shuts down like the others."""
     loop = asyncio.get_running_loop()
+
+    def hang_up() -> None:
+        if reload is None:
+            handle()
+        elif not shutdown.is_stopping:
+            reload()
 
     def handle() -> None:
         if shutdown.is_stopping and force is not None:
@@ -162,7 +272,7 @@ def _on_signals(shutdown: Any, *, force: Callable[[], Any] | None = None) -> Non
         signum = getattr(signal, name, None)
         if signum is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, handle)
+                loop.add_signal_handler(signum, hang_up if name == "SIGHUP" else handle)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

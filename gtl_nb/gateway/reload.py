@@ -1,0 +1,178 @@
+"""Reloading a running gateway's configuration without a restart (SIGHUP, ``gtl reload``).
+
+``Reloader.prepare()`` re-reads the file the gateway was started with and builds everything the new
+configuration needs — settings, catalog, credentials and, with ``auth = "jwt"``, a new
+``TokenAuthenticator`` — raising ``ConfigurationError`` before anything changed. ``Reloader.apply()``
+then swaps it all in one synchronous step on the event loop: ``Engine.reload`` (deployments, routing,
+prices, timeouts, budget limits, credentials) and the target of the ``SwappableAuthenticator`` the
+listeners hold, so the next connection's token is checked by the new policy.
+
+Sessions already running finish on the deployments they resolved when they started; connections
+already authenticated keep their context. What a reload cannot change in place — the listener
+tables, ``[gateway.limits]``, the auth mode, the ledger and the other stores' backends, the audit
+log, ``/metrics``, the vault — is reported in the reload's line as "restart to apply".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.settings import Settings, load_settings
+from gtl_nb.gateway.auth import build_authenticator, build_credentials
+from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = ["PreparedReload", "Reloader", "SwappableAuthenticator"]
+
+
+class SwappableAuthenticator:
+    """The ``authenticate`` hook the listeners hold: it calls ``target``, which a reload replaces.
+
+    The listeners keep this one object for their lifetime, so a new token policy reaches every
+    listener by one assignment; a check already running finishes with the authenticator it started on.
+    """
+
+    def __init__(self, target: Authenticate) -> None:
+        self.target = target
+
+    def __call__(self, token: str | None) -> RequestContext:
+        return self.target(token)
+
+    def swap(self, target: Authenticate) -> Authenticate:
+        """Make ``target`` check the next tokens; returns the one it replaces."""
+        previous, self.target = self.target, target
+        return previous
+
+    def __repr__(self) -> str:
+        return f"SwappableAuthenticator({self.target!r})"
+
+
+@dataclass(frozen=True)
+class PreparedReload:
+    """A validated new configuration, built and ready to apply (``Reloader.prepare``)."""
+
+    settings: Settings
+    options: GatewaySettings
+    catalog: Any
+    credentials: Any
+    authenticate: Authenticate | None
+    """The new token checker (``auth = "jwt"`` both before and after), else ``None``: unchanged."""
+    restart: tuple[str, ...]
+    """The tables that changed but apply only at a restart."""
+
+
+def _catalog(settings: Settings) -> Any:
+    from gtl_nb.providers.catalog import Catalog
+
+    catalog = Catalog.default()
+    return catalog.with_overrides(settings.catalog_overrides) if settings.catalog_overrides else catalog
+
+
+def _fixed_tables(settings: Settings, options: GatewaySettings) -> dict[str, Any]:
+    """What a reload cannot change in place, by the name its line gives it."""
+    listeners = {listener.transport: listener for listener in options.listeners}
+    tables: dict[str, Any] = {f"[gateway.{name}]": listener for name, listener in sorted(listeners.items())}
+    budgets = settings.budgets
+    tables.update(
+        {
+            "[gateway] auth": options.auth,
+            "[gateway.limits]": options.limits,
+            "[gateway] shutdown_grace": options.shutdown_grace,
+            "[gateway.audit]": options.audit,
+            "[gateway.metrics]": options.metrics,
+            "[gateway.vault]": options.vault,
+            "[ledger]": settings.ledger,
+            "[cache]": settings.cache,
+            "[budgets] backend": budgets.backend if budgets is not None else None,
+            "[routing.breaker] backend": settings.routing.breaker.backend,
+        }
+    )
+    return tables
+
+
+class Reloader:
+    """Reloads one gateway's configuration (see the module docstring).
+
+    ``config`` is the ``--config`` the gateway was started with (``None``: found again as at start),
+    ``settings`` what it was started with, ``authenticate`` the swappable hook its listeners hold.
+    """
+
+    def __init__(
+        self,
+        engine: Any,
+        *,
+        config: str | os.PathLike[str] | None,
+        settings: Settings,
+        authenticate: SwappableAuthenticator,
+        principal: str | None = None,
+        load: Callable[..., Settings] = load_settings,
+    ) -> None:
+        self.engine = engine
+        self.config = config
+        self.settings = settings
+        self.options = GatewaySettings.from_settings(settings)  # as the file says: the command line's listeners aside
+        # what runs until a restart: later reloads compare with it, not with a file that was never applied
+        self._fixed = _fixed_tables(settings, self.options)
+        self.authenticate = authenticate
+        self.principal = principal
+        self._load = load
+
+    def prepare(self) -> PreparedReload:
+        """Read and validate the configuration, building every part; ``ConfigurationError`` on any mistake.
+
+        Touches nothing that runs (file reads and builds only), so it may run in a worker thread."""
+        try:
+            settings = self._load(config=self.config)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the configuration: {exc.strerror or exc}") from None
+        options = GatewaySettings.from_settings(settings)
+        catalog = _catalog(settings)
+        # the vault is opened once (not reloadable); a new resolver over it would be a second opening
+        credentials = build_credentials(settings, options) if self.options.vault is None else self.engine.credentials
+        authenticate = None
+        if options.auth == "jwt" and self.options.auth == "jwt":
+            authenticate = build_authenticator(settings, options, principal=self.principal)
+        before, after = self._fixed, _fixed_tables(settings, options)
+        restart = tuple(name for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name))
+        return PreparedReload(settings, options, catalog, credentials, authenticate, restart)
+
+    def apply(self, prepared: PreparedReload) -> str:
+        """Swap ``prepared`` in (synchronously, between requests); returns the line that says what changed."""
+        old = self.settings
+        # the engine validates its part before changing anything; the token checker can no longer fail
+        self.engine.reload(prepared.settings, catalog=prepared.catalog, credentials=prepared.credentials)
+        if prepared.authenticate is not None:
+            self.authenticate.swap(prepared.authenticate)
+        self.settings = prepared.settings
+        changes = _summary(old, prepared.settings, token_policy=prepared.authenticate is not None)
+        line = f"reloaded the configuration: {changes}"
+        if prepared.restart:
+            line += f"; changed but not reloadable, restart to apply: {', '.join(prepared.restart)}"
+        return line
+
+    def reload(self) -> str:
+        """``prepare`` then ``apply`` (for callers already off the event loop's hot path)."""
+        return self.apply(self.prepare())
+
+
+def _summary(old: Settings, new: Settings, *, token_policy: bool) -> str:
+    """``2 deployments (+b, -c, ~a)``, the routing strategy, and the token policy when it was rebuilt."""
+    added = sorted(new.deployments.keys() - old.deployments.keys())
+    removed = sorted(old.deployments.keys() - new.deployments.keys())
+    changed = sorted(
+        name
+        for name in new.deployments.keys() & old.deployments.keys()
+        if new.deployments[name] != old.deployments[name]
+    )
+    marks = [f"+{name}" for name in added] + [f"-{name}" for name in removed] + [f"~{name}" for name in changed]
+    count = len(new.deployments)
+    parts = [f"{count} deployment{'s' if count != 1 else ''}" + (f" ({', '.join(marks)})" if marks else "")]
+    parts.append(f"routing {new.routing.strategy}")
+    if token_policy:
+        parts.append("token policy renewed")
+    return ", ".join(parts)

@@ -1,0 +1,244 @@
+"""Reloading a running gateway (SIGHUP, ``gtl reload``): deployments, routing and the token policy change in
+place; a bad file changes nothing; sessions already running finish on what they started with.
+
+Each test runs a gateway child process (``start_gateway``, plain HTTP on a free loopback port), rewrites
+its configuration file, sends SIGHUP and waits for the one ``gtl gateway: reload…`` line it prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import gtl_nb
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway.local import LocalGateway, start_gateway
+from gtl_nb.gateway.reload import Reloader, SwappableAuthenticator
+from gtl_nb.gateway.reload_cli import gateway_pid
+from gtl_nb.gateway.tokens import mint_token
+from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
+from gtl_nb.protocol.messages import Done, Token
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
+
+RELOAD_LINE = "gtl gateway: reload"
+ISSUER = "gtl-reload-test"
+
+
+def reload_and_wait(gateway: LocalGateway, *, timeout: float = 30.0) -> str:
+    """SIGHUP the gateway, then its next ``gtl gateway: reload…`` line (the reload is done when it prints)."""
+    seen = len(gateway.output)
+    gateway.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in gateway.output[seen:]:
+            if line.startswith(RELOAD_LINE):
+                return line
+        assert gateway.running, "".join(gateway.output)
+        time.sleep(0.02)  # the stderr reader thread appends the line: nothing to wait on but the list
+    raise AssertionError(f"no reload line within {timeout} s: {''.join(gateway.output[seen:])}")
+
+
+def tables(tmp_path: Path, providers: dict[str, dict[str, Any]], **more: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        **{f"providers.{name}": table for name, table in providers.items()},
+        "ledger": {"path": tmp_path / "ledger.sqlite"},
+        "gateway": {"shutdown_grace": 2},
+        **more,
+    }
+
+
+def test_a_reload_adds_a_deployment_and_a_running_stream_finishes(tmp_path: Path, sims: SimpleNamespace) -> None:
+    slow = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.slow.base_url}
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"slow": slow}))
+    with start_gateway(config) as gateway:
+        pid = gateway.process.pid
+        url = gateway.url("ws")
+        with gtl_nb.connect(url) as before:
+            assert "fast" not in {info.provider for info in before.providers()}
+            stream = iter(before.stream(f"slow:{MODEL}", LONG_PROMPT))
+            first = next(event for event in stream if isinstance(event, Token))  # the session is under way
+
+            write_toml(
+                config,
+                tables(
+                    tmp_path,
+                    {"slow": slow, "fast": fast},
+                    defaults={"model": f"fast:{MODEL}"},
+                    routing={"strategy": "round_robin"},
+                    **{"routing.retry": {"max_attempts": 2}},
+                ),
+            )
+            line = reload_and_wait(gateway)
+            assert line.startswith("gtl gateway: reloaded the configuration: ") and "deployments (+fast)" in line, line
+            assert "routing round_robin" in line and "restart to apply" not in line, line
+
+            with gtl_nb.connect(url) as after:
+                assert {"fast", "slow"} <= {info.provider for info in after.providers()}
+                assert after.complete(f"fast:{MODEL}", "Say something").text
+
+            rest = list(stream)  # the stream begun before the reload ends as it would have
+            assert isinstance(rest[-1], Done), rest[-1]
+            text = first.text + "".join(event.text for event in rest if isinstance(event, Token))
+            assert len(text) > 40
+        assert gateway.running and gateway.process.pid == pid  # reloaded, not restarted
+
+
+def test_a_broken_file_changes_nothing_and_the_gateway_keeps_answering(tmp_path: Path, sims: SimpleNamespace) -> None:
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}))
+    with start_gateway(config) as gateway:
+        url = gateway.url("ws")
+        with gtl_nb.connect(url) as client:
+            served = sorted(info.provider for info in client.providers())
+        assert "fast" in served
+        good = config.read_text(encoding="utf-8")
+        broken = {
+            "not TOML": good + "\n[providers.more\nbase_url = \n",
+            "an unknown strategy": good + '\n[routing]\nstrategy = "fastest_please"\n',
+        }
+        for case, text in broken.items():
+            config.write_text(text, encoding="utf-8")
+            seen = len(gateway.output)
+            line = reload_and_wait(gateway)
+            assert line.startswith("gtl gateway: reload refused, still serving the previous configuration: "), (
+                case,
+                line,
+            )
+            assert line.count("\n") == 1 and len(gateway.output) - seen == 1, (case, gateway.output[seen:])
+            with gtl_nb.connect(url) as client:
+                assert sorted(info.provider for info in client.providers()) == served
+                assert client.complete(f"fast:{MODEL}", "still there?").text
+        assert "fastest_please" in "".join(gateway.output)  # the refusal said what was wrong
+
+
+def test_a_reload_with_a_new_secret_refuses_old_tokens_and_accepts_new_ones(
+    tmp_path: Path, sims: SimpleNamespace
+) -> None:
+    secrets = {"a": "first-secret-of-reload-test-0123456789abcdef", "b": "second-secret-of-reload-test-9876543210fedc"}
+    for name, secret in secrets.items():
+        (tmp_path / f"secret-{name}").write_text(secret + "\n", encoding="utf-8")
+        (tmp_path / f"secret-{name}").chmod(0o600)
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+
+    def configure(secret: str) -> Path:
+        jwt = {
+            "issuer": ISSUER,
+            "secret_file": f"secret-{secret}",
+            "default_deployments": ["*"],
+            "revocations": tmp_path / "tokens.sqlite3",
+        }
+        return write_toml(
+            tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}, **{"gateway.jwt": jwt}, gateway={"auth": "jwt"})
+        )
+
+    def token(secret: str) -> str:
+        return mint_token(secrets[secret], subject="alice", scopes=["chat:write"], lifetime=600, issuer=ISSUER)
+
+    config = configure("a")
+    with start_gateway(config) as gateway:
+        url = gateway.url("ws")
+        old = token("a")
+        with gtl_nb.connect(url, token=old) as client:
+            assert client.complete(f"fast:{MODEL}", "before").text
+            configure("b")
+            line = reload_and_wait(gateway)
+            assert "token policy renewed" in line, line
+            # a connection already checked keeps its context
+            assert client.complete(f"fast:{MODEL}", "same connection").text
+        with pytest.raises(AuthenticationError):
+            gtl_nb.connect(url, token=old)
+        with gtl_nb.connect(url, token=token("b")) as client:
+            assert client.complete(f"fast:{MODEL}", "after").text
+
+
+def test_gtl_reload_signals_the_gateway_named_by_its_pidfile(tmp_path: Path, sims: SimpleNamespace) -> None:
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}))
+    pidfile = tmp_path / "gateway.pid"
+    gateway = LocalGateway(
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gtl_nb", "serve", "--config", str(config), "--http", "127.0.0.1:0"),
+                "--pidfile",
+                str(pidfile),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        ),
+        config,
+    )
+    with gateway:
+        assert gateway_pid(pidfile=pidfile) == gateway.process.pid
+        seen = len(gateway.output)
+        done = subprocess.run(
+            [sys.executable, "-m", "gtl_nb", "reload", "--pidfile", str(pidfile)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        deadline = time.monotonic() + 30
+        while not any(line.startswith(RELOAD_LINE) for line in gateway.output[seen:]):
+            assert time.monotonic() < deadline and gateway.running, gateway.output[seen:]
+            time.sleep(0.02)
+        assert "reloaded the configuration: 2 deployments, routing failover" in "".join(gateway.output[seen:])
+    assert not pidfile.exists()  # removed at the gateway's exit
+
+
+def test_gtl_reload_explains_a_missing_gateway(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="is the gateway running"):
+        gateway_pid(pidfile=tmp_path / "none.pid")
+    (tmp_path / "junk.pid").write_text("not a pid\n", encoding="ascii")
+    with pytest.raises(ConfigurationError, match="holds no process id"):
+        gateway_pid(pidfile=tmp_path / "junk.pid")
+    with pytest.raises(ConfigurationError, match="process id"):
+        gateway_pid(pid=0)
+    assert gateway_pid(pid=os.getpid()) == os.getpid()
+
+
+def test_the_engine_takes_every_reloadable_part_and_names_the_rest(tmp_path: Path, sims: SimpleNamespace) -> None:
+    """In process: routing, breaker thresholds, timeouts, budgets and prices change in place; listeners, limits
+    and the ledger are named "restart to apply" and stay as they were."""
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}))
+    settings = load_settings(config=config)
+    engine = build_engine(settings)
+    board = engine.stores.breakers.board
+    reloader = Reloader(engine, config=config, settings=settings, authenticate=SwappableAuthenticator(lambda _: None))
+    changed = tables(
+        tmp_path,
+        {"fast": {**fast, "base_url": sims.slow.base_url}},
+        ledger={"path": tmp_path / "another.sqlite"},
+        gateway={"shutdown_grace": 5, "max_sessions_per_connection": 3},
+        routing={"strategy": "lowest_cost"},
+        timeouts={"connect": 3},
+        budgets={"requests_per_minute": 7},
+        **{"routing.breaker": {"failure_threshold": 2}, f'catalog.openai."{MODEL}"': {"cost_per_1k_input": 1.5}},
+    )
+    write_toml(config, changed)
+    line = reloader.reload()
+    assert "(~fast)" in line and "routing lowest_cost" in line, line
+    assert line.endswith("restart to apply: [gateway.limits], [gateway] shutdown_grace, [ledger]"), line
+    assert engine.deployments["fast"].base_url.startswith(sims.slow.base_url.rstrip("/"))
+    assert type(engine.strategy).__name__.lower().startswith("lowestcost")
+    assert engine.http.timeouts.connect == 3
+    assert engine.budgets is not None and engine.budgets.limits_for("anyone").requests_per_minute == 7
+    assert engine.catalog.model("openai", MODEL).cost_per_1k_input == 1.5
+    # in-process circuits restart closed under the new thresholds; the stores themselves stay
+    assert engine.stores.breakers.board is not board and engine.stores.breakers.board.config.failure_threshold == 2
+    assert engine.ledger.path == Path(settings.ledger.url)
+    asyncio.run(engine.aclose())
