@@ -74,6 +74,7 @@ from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, 
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
+from gtl_nb.gateway.streaming import collect_session, stream_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import decode, encode
 from gtl_nb.protocol.errors import (
@@ -581,25 +582,7 @@ class _SessionResponse:
                     break
             await send({"type": "http.response.body", "body": compressor.finish() if compressor else b""})
 
-        pumping = asyncio.ensure_future(pump())
-        watching = asyncio.ensure_future(_disconnected(receive))
-        try:
-            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not pumping.done():  # the client left (or the server is going down without grace)
-                running.cancel("the client" if watching.done() else "the gateway shutting down")
-            await running.wait()  # the ledger row is complete before the response task ends
-            for task in (pumping, watching):
-                task.cancel()
-            await asyncio.gather(pumping, watching, return_exceptions=True)
-        if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
-            log.info("client went away mid-stream: %s", pumping.exception())
-
-
-async def _disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
-    """Return when the client disconnects (the request body has been read already)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+        await stream_session(pump(), running, receive)
 
 
 def _ndjson(event: StreamEvent) -> bytes:
@@ -738,18 +721,7 @@ def build_app(
     async def collected(request: Request, message: CompletionRequest, context: RequestContext, *, gzip: bool) -> Any:
         """``stream: false``: the whole session in one JSON object, its status from how it ended."""
         events: list[StreamEvent] = []
-        running = sessions.start(message, context, events.append)
-        watching = asyncio.ensure_future(_disconnected(request.receive))
-        try:
-            await asyncio.wait({running.task, watching}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
-        finally:
-            if watching.done():
-                running.cancel("the client")
-            elif not running.task.done():  # type: ignore[union-attr]
-                running.cancel("the gateway shutting down")
-            await running.wait()
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
+        await collect_session(sessions, message, context, events.append, request.receive)
         body = b'{"session_id":' + msgspec.json.encode(message.session_id) + b',"events":['
         body += b",".join(encode(event) for event in events) + b"]}"
         status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store"}

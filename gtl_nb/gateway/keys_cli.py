@@ -21,13 +21,12 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gtl_nb.protocol.errors import ConfigurationError, GTLError
+from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["add_subcommands", "main"]
+__all__ = ["add_subcommands"]
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -223,26 +222,3 @@ def _read_secret(name: str) -> str:
     if not text.strip():
         raise ConfigurationError(f"no secret for key {name!r} on standard input")
     return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gtl_nb.gateway.keys_cli ACTION ...``: ``gtl keys`` without the rest of ``gtl``."""
-    parser = argparse.ArgumentParser(prog="gtl", description="gtl_nb: the gateway's provider-key vault.")
-    parser.add_argument("--config", help="TOML configuration file")
-    add_subcommands(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    args = parser.parse_args(["keys", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args) or 0)
-    except ConfigurationError as exc:
-        print(f"gtl: error: {exc}", file=sys.stderr)
-        return 2
-    except GTLError as exc:
-        print(f"gtl: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ngtl: cancelled", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -18,12 +18,7 @@ from gtl_nb.gateway.scopes import require_scope
 from gtl_nb.protocol.errors import GTLError
 from gtl_nb.protocol.messages import ModelInfo, ProviderInfo
 
-__all__ = ["completion_refusal", "require", "usage_scope", "visible_providers"]
-
-
-def require(context: RequestContext, operation: str) -> None:
-    """``PermissionDeniedError`` (``FORBIDDEN``) naming the scope ``operation`` needs, when the caller lacks it."""
-    require_scope(context, operation)
+__all__ = ["completion_refusal", "usage_scope", "visible_providers"]
 
 
 def completion_refusal(context: RequestContext) -> GTLError | None:

@@ -33,7 +33,8 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.ledger import LedgerValueError, row_filter
 from gtl_nb.gateway.live import live_sessions
-from gtl_nb.gateway.permissions import require, usage_scope
+from gtl_nb.gateway.permissions import usage_scope
+from gtl_nb.gateway.scopes import require_scope
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError
 from gtl_nb.protocol.messages import Answer, Error, Query
@@ -56,10 +57,10 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
         elif query.name == "cancel":
             result = _cancel(engine, context, query.params)
         elif query.name == "breakers":
-            require(context, "breakers.read")
+            require_scope(context, "breakers.read")
             result = {"breakers": await engine.breaker_states()}
         elif query.name == "models":
-            require(context, "models.list")
+            require_scope(context, "models.list")
             deployment = query.params.get("deployment")
             if not isinstance(deployment, str) or not deployment:
                 raise InvalidRequestError('the models query needs params {"deployment": NAME}')
@@ -168,7 +169,7 @@ def _shortened(row: dict[str, Any]) -> dict[str, Any]:
 
 def _sessions(engine: Engine, context: RequestContext, params: dict[str, Any]) -> dict[str, Any]:
     everyone = params.get("all_users") is True
-    require(context, "session.admin" if everyone else "session.read")
+    require_scope(context, "session.admin" if everyone else "session.read")
     return {"sessions": [entry.describe() for entry in live_sessions(engine).visible_to(context, everyone=everyone)]}
 
 
@@ -176,10 +177,10 @@ def _cancel(engine: Engine, context: RequestContext, params: dict[str, Any]) -> 
     session_id = params.get("session_id")
     if not isinstance(session_id, str) or not session_id:
         raise InvalidRequestError('the cancel query needs params {"session_id": ID}')
-    require(context, "session.cancel")
+    require_scope(context, "session.cancel")
     entries = live_sessions(engine).find(session_id)
     if any(entry.principal != context.principal for entry in entries):
-        require(context, "session.admin")  # another user's session: only an administrator may touch it
+        require_scope(context, "session.admin")  # another user's session: only an administrator may touch it
     elif not entries:
         raise InvalidRequestError(f"no session {session_id!r} of yours is running on this gateway")
     cancelled = 0

@@ -532,7 +532,7 @@ def test_vault_settings_from_the_configuration_table(tmp_path: Path):
 
 def keys(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "gtl_nb.gateway.keys_cli", *args],
+        [sys.executable, "-m", "gtl_nb", "keys", *args],
         input=stdin,
         capture_output=True,
         text=True,

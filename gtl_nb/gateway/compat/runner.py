@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.compat.reply import Reply
+from gtl_nb.gateway.streaming import Running, SessionRunner, collect_session, stream_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Status, StreamEvent
 from gtl_nb.protocol.session import Transcript, is_failover
@@ -31,28 +32,6 @@ log = get_logger("gateway.compat")
 
 FAILOVER_CANCEL = "the gateway (a failover after the answer began, which a compatible stream cannot carry)"
 """Who cancelled a session whose stream had to end at a failover (its ledger row's reason)."""
-
-
-class Running(Protocol):
-    """One running session of the listener's runner."""
-
-    task: asyncio.Task[None] | None
-
-    def cancel(self, reason: str) -> None: ...
-
-    async def wait(self) -> None: ...
-
-
-class SessionRunner(Protocol):
-    """The listener's session runner (``gateway.http._Sessions``): ``start`` runs one session as a task."""
-
-    def start(
-        self,
-        request: CompletionRequest,
-        context: RequestContext,
-        send: Callable[[StreamEvent], None],
-        drain: Callable[[], Awaitable[Any]] | None = None,
-    ) -> Running: ...
 
 
 class EventEncoder(Protocol):
@@ -71,12 +50,6 @@ class EventEncoder(Protocol):
         ...
 
 
-async def _disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
-    """Return when the client disconnects (the request body has been read already)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 async def collect(
     sessions: SessionRunner, request: CompletionRequest, context: RequestContext, receive: Callable[[], Awaitable[Any]]
 ) -> Transcript:
@@ -85,18 +58,7 @@ async def collect(
     A client that disconnects first cancels the session; so does a shutdown that cancels this task.
     """
     transcript = Transcript(session_id=request.session_id)
-    running = sessions.start(request, context, transcript.add)
-    watching = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait({running.task, watching}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
-    finally:
-        if watching.done():
-            running.cancel("the client")
-        elif running.task is not None and not running.task.done():
-            running.cancel("the gateway shutting down")
-        await running.wait()  # the ledger row is complete before the answer goes out
-        watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
+    await collect_session(sessions, request, context, transcript.add, receive)
     return transcript
 
 
@@ -124,19 +86,7 @@ class StreamedSession:
         outbox: asyncio.Queue[StreamEvent] = asyncio.Queue()
         # drain = every event written: the engine reads no further ahead of a slow client than one event
         running = self.sessions.start(self.request, self.context, outbox.put_nowait, drain=outbox.join)
-        pumping = asyncio.ensure_future(self._pump(outbox, send, running))
-        watching = asyncio.ensure_future(_disconnected(receive))
-        try:
-            await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not pumping.done():  # the client left (or the server is going down without grace)
-                running.cancel("the client" if watching.done() else "the gateway shutting down")
-            await running.wait()  # the ledger row is complete before the response task ends
-            for task in (pumping, watching):
-                task.cancel()
-            await asyncio.gather(pumping, watching, return_exceptions=True)
-        if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
-            log.info("client went away mid-stream: %s", pumping.exception())
+        await stream_session(self._pump(outbox, send, running), running, receive)
 
     async def _pump(self, outbox: asyncio.Queue[StreamEvent], send: Any, running: Running) -> None:
         started = False

@@ -1,0 +1,93 @@
+"""Running one HTTP request's session while watching its client — shared by the GTL endpoints
+(``gateway.http``) and the compatible ones (``gateway.compat``).
+
+* ``collect_session`` runs a session to its end for a one-shot answer; a client that disconnects first
+  cancels it (``"the client"``), and so does a shutdown that cancels the waiting task.
+* ``stream_session`` runs a response writer (``pump``) beside the session; whichever side ends first,
+  the other is stopped, and the session's ledger row is complete before the response task returns.
+
+Both work on the listener's session runner (``SessionRunner``, ``gateway.http._Sessions``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.messages import CompletionRequest, StreamEvent
+
+__all__ = ["Running", "SessionRunner", "collect_session", "disconnected", "stream_session"]
+
+log = get_logger("gateway.http")
+
+
+class Running(Protocol):
+    """One running session of the listener's runner."""
+
+    task: asyncio.Task[None] | None
+
+    def cancel(self, reason: str) -> None: ...
+
+    async def wait(self) -> None: ...
+
+
+class SessionRunner(Protocol):
+    """The listener's session runner (``gateway.http._Sessions``): ``start`` runs one session as a task."""
+
+    def start(
+        self,
+        request: CompletionRequest,
+        context: RequestContext,
+        send: Callable[[StreamEvent], None],
+        drain: Callable[[], Awaitable[Any]] | None = None,
+    ) -> Running: ...
+
+
+async def disconnected(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Return when the client disconnects (the request body has been read already)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def collect_session(
+    sessions: SessionRunner,
+    request: CompletionRequest,
+    context: RequestContext,
+    deliver: Callable[[StreamEvent], None],
+    receive: Callable[[], Awaitable[Any]],
+) -> None:
+    """Run one session to its end, handing each event to ``deliver`` (see the module docstring)."""
+    running = sessions.start(request, context, deliver)
+    watching = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait({running.task, watching}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+    finally:
+        if watching.done():
+            running.cancel("the client")
+        elif running.task is not None and not running.task.done():
+            running.cancel("the gateway shutting down")
+        await running.wait()  # the ledger row is complete before the answer goes out
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
+
+
+async def stream_session(
+    pump: Coroutine[Any, Any, None], running: Running, receive: Callable[[], Awaitable[Any]]
+) -> None:
+    """Write the response with ``pump`` while the client stays (see the module docstring)."""
+    pumping = asyncio.ensure_future(pump)
+    watching = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not pumping.done():  # the client left (or the server is going down without grace)
+            running.cancel("the client" if watching.done() else "the gateway shutting down")
+        await running.wait()  # the ledger row is complete before the response task ends
+        for task in (pumping, watching):
+            task.cancel()
+        await asyncio.gather(pumping, watching, return_exceptions=True)
+    if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
+        log.info("client went away mid-stream: %s", pumping.exception())
