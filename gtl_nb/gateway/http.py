@@ -73,6 +73,7 @@ from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import answer_query
+from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.gateway.streaming import collect_session, stream_session
 from gtl_nb.log import get_logger
@@ -642,7 +643,7 @@ def _quiet_invalid_requests(record: logging.LogRecord) -> bool:
 
 
 def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authenticate: Authenticate) -> list[Any]:
-    """``GET /metrics`` when metrics are on (``[gateway.metrics]``); reading them needs ``models:read``."""
+    """``GET /metrics`` when metrics are on (``[gateway.metrics]``); reading them needs ``metrics:read``."""
     if metrics is None:
         return []
     from gtl_nb.gateway.metrics import metrics_route
@@ -652,7 +653,11 @@ def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authen
 
     return [
         metrics_route(
-            metrics, require_token=require_token, authenticate=authenticate, scope="models:read", refresh=refresh
+            metrics,
+            require_token=require_token,
+            authenticate=authenticate,
+            scope=SCOPES["metrics.read"],
+            refresh=refresh,
         )
     ]
 

@@ -20,6 +20,7 @@ SCOPES: Mapping[str, str] = MappingProxyType(
         "breakers.read": "models:read",  # the circuit breakers' states (which deployments answer)
         "usage.read": "usage:read",  # one's own ledger rows
         "usage.admin": "usage:admin",  # everyone's ledger rows
+        "metrics.read": "metrics:read",  # GET /metrics: aggregate figures, for a Prometheus scraper
         "tools.execute": "tools:execute",  # reserved: server-side tool execution is not served yet
     }
 )

@@ -8,9 +8,11 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 import gtl_nb
 from gtl_nb.gateway.local import start_gateway
+from gtl_nb.protocol.errors import PermissionDeniedError
 from tests.gateway.conftest import write_toml
 
 
@@ -53,3 +55,37 @@ def test_a_request_is_counted_in_metrics_and_audited_once(tmp_path):
         check=False,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_a_scraper_token_needs_metrics_read_and_nothing_else(tmp_path, monkeypatch):
+    """``/metrics`` with ``require_token``: the ``metrics:read`` scope alone opens it; a user's
+    ``chat:write``/``models:read`` token is refused with 403, and the scraper's token runs no completion."""
+    from gtl_nb.gateway.tokens.mint import mint_token
+
+    secret = "s" * 40
+    monkeypatch.setenv("GTL_TEST_SCRAPE_SECRET", secret)
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "providers.echo": {},
+            "gateway": {"auth": "jwt"},
+            "gateway.jwt": {"issuer": "gtl-test", "secret_env": "GTL_TEST_SCRAPE_SECRET"},
+            "gateway.http": {"port": 0},
+            "gateway.metrics": {"require_token": True},
+        },
+    )
+
+    def token(*scopes: str) -> str:
+        return mint_token(secret, subject="scraper", scopes=scopes, lifetime=600, issuer="gtl-test")
+
+    with start_gateway(config) as gateway:
+        url = gateway.url("http") + "/metrics"
+        scraper = {"authorization": f"Bearer {token('metrics:read')}"}
+        assert httpx.get(url, headers=scraper, timeout=10).status_code == 200
+        user = {"authorization": f"Bearer {token('chat:write', 'models:read', 'usage:read')}"}
+        refused = httpx.get(url, headers=user, timeout=10)
+        assert refused.status_code == 403 and "metrics:read" in refused.text
+        scraping = gtl_nb.connect(gateway.url("ws"), token=token("metrics:read"))
+        with scraping as client, pytest.raises(PermissionDeniedError, match="chat:write"):
+            client.complete("echo", "a scraper may not chat")
