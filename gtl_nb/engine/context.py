@@ -42,6 +42,8 @@ class RequestContext:
     """Models the principal may use (a trailing ``*`` matches a prefix); ``None``: no restriction."""
     allowed_deployments: frozenset[str] | None = None
     """Deployments the principal may use; ``None``: no restriction."""
+    expires_at: float | None = None
+    """When the credential behind this context stops being valid (Unix seconds; a GhostToken's ``exp``)."""
     # a read-only mapping, left out of the hash (a mapping has none) and of the repr (a misused claim
     # could hold a real key)
     provider_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)

@@ -69,7 +69,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, TlsFiles
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
-from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
+from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.errors import (
@@ -220,13 +220,7 @@ class GTLServicer(pb_grpc.GTLServicer):
             max_json_bytes=self.limits.max_frame_bytes,
         )  # fmt: skip
         refused: list[AuthenticationError] = []
-
-        def authenticate(token: str | None) -> RequestContext:
-            try:
-                return self._authenticate(bearer if bearer is not None else token)
-            except AuthenticationError as exc:
-                refused.append(exc)
-                raise
+        authenticate = HeaderTokenFirst(self._authenticate, bearer, refused.append)
 
         connection = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes)
         shutdown = _SessionShutdown(self.stopping, self.grace_over)

@@ -74,7 +74,7 @@ from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, 
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.scopes import SCOPES
-from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
+from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
 from gtl_nb.gateway.streaming import collect_session, stream_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import decode, encode
@@ -832,7 +832,7 @@ def build_app(
                 await GatewayConnection(
                     engine,
                     framed,
-                    authenticate=lambda token: authenticate(bearer if bearer is not None else token),
+                    authenticate=HeaderTokenFirst(authenticate, bearer),
                     max_sessions=limits.max_sessions_per_connection,
                     limits=limits,
                     shutdown=shutdown,

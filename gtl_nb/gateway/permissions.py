@@ -1,8 +1,9 @@
 """What a caller may do on the gateway, asked in one place by every listener (the scope table is
 ``gateway.tokens.SCOPES``; docs/tokens.md).
 
-* ``completion_refusal(context)`` — ``None``, or the ``FORBIDDEN`` error a session becomes (it still
-  leaves its ledger row: ``run_session(..., refused=...)``) when the token lacks ``chat:write``;
+* ``completion_refusal(context, authenticate)`` — ``None``, or the error a session becomes (it still
+  leaves its ledger row: ``run_session(..., refused=...)``): ``AUTH_FAILED`` when the token expired or
+  was revoked after its connection opened, ``FORBIDDEN`` when it lacks ``chat:write``;
   which deployments and models it may use the engine checks against the context's allow-lists.
 * ``visible_providers(engine, context)`` — the provider list a caller is shown: none without
   ``models:read``, and only the deployments and models its allow-lists let it use.
@@ -21,9 +22,15 @@ from gtl_nb.protocol.messages import ModelInfo, ProviderInfo
 __all__ = ["completion_refusal", "usage_scope", "visible_providers"]
 
 
-def completion_refusal(context: RequestContext) -> GTLError | None:
-    """Why this caller may not start a completion at all, or ``None``."""
+def completion_refusal(context: RequestContext, authenticate: object = None) -> GTLError | None:
+    """Why this caller may not start a completion at all, or ``None``.
+
+    ``authenticate`` is the connection's authenticator: when it can ``recheck`` a context (GhostTokens
+    can), a token that expired or was revoked after the connection opened is refused here."""
+    recheck = getattr(authenticate, "recheck", None)
     try:
+        if recheck is not None:
+            recheck(context)
         require_scope(context, "completion")
     except GTLError as exc:
         return exc

@@ -442,7 +442,7 @@ class _Session:
                 drain=self.drain,
                 finish=self.finish,
                 cancelled_by=lambda: self.connection.cancel_reason,
-                refused=completion_refusal(context),
+                refused=completion_refusal(context, self.connection.gateway.authenticate),
             )
         except Exception:  # a bug, or an event this stream cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)

@@ -43,6 +43,12 @@ class SwappableAuthenticator:
     def __call__(self, token: str | None) -> RequestContext:
         return self.target(token)
 
+    def recheck(self, context: RequestContext) -> None:
+        """Ask the current authenticator again about an open connection's context (when it can)."""
+        recheck = getattr(self.target, "recheck", None)
+        if recheck is not None:
+            recheck(context)
+
     def swap(self, target: Authenticate) -> Authenticate:
         """Make ``target`` check the next tokens; returns the one it replaces."""
         previous, self.target = self.target, target

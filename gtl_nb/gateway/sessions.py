@@ -61,14 +61,53 @@ from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, ProviderI
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
 
-__all__ = ["DEFAULT_MAX_SESSIONS", "MAX_QUERIES", "Authenticate", "GatewayConnection", "cancel_started"]
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "MAX_QUERIES",
+    "Authenticate",
+    "GatewayConnection",
+    "HeaderTokenFirst",
+    "cancel_started",
+]
 
 log = get_logger("gateway")
 DEFAULT_MAX_SESSIONS = 256
 """Sessions one connection may run at once."""
 
 Authenticate = Callable[[str | None], RequestContext]
-"""The client's hello token → the context its sessions run under; raises ``AuthenticationError``."""
+"""The client's hello token → the context its sessions run under; raises ``AuthenticationError``.
+
+An authenticator may also offer ``recheck(context)``, raising when the token behind an open
+connection's context has since expired or been revoked (``gateway.permissions.completion_refusal``)."""
+
+
+class HeaderTokenFirst:
+    """``authenticate`` for a connection whose transport carried a token in its headers: that token
+    counts instead of hello's. ``refused`` (optional) hears each refusal before it is raised."""
+
+    def __init__(
+        self,
+        authenticate: Authenticate,
+        bearer: str | None,
+        refused: Callable[[AuthenticationError], None] | None = None,
+    ) -> None:
+        self.authenticate = authenticate
+        self.bearer = bearer
+        self.refused = refused
+
+    def __call__(self, token: str | None) -> RequestContext:
+        try:
+            return self.authenticate(self.bearer if self.bearer is not None else token)
+        except AuthenticationError as exc:
+            if self.refused is not None:
+                self.refused(exc)
+            raise
+
+    def recheck(self, context: RequestContext) -> None:
+        """Ask the wrapped authenticator again (when it can)."""
+        recheck = getattr(self.authenticate, "recheck", None)
+        if recheck is not None:
+            recheck(context)
 
 
 def fitted(info: ProviderInfo, max_bytes: int) -> ProviderInfo:
@@ -236,7 +275,7 @@ class GatewayConnection:
                 drain=self.framed.drain,
                 finish=self._end,
                 cancelled_by=lambda: self._cancel_reason,
-                refused=completion_refusal(context),
+                refused=completion_refusal(context, self._authenticate),
             )
         except Exception:  # a bug, or an event this connection cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)

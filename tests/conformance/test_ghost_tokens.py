@@ -134,6 +134,23 @@ def test_a_revoked_token_is_refused_on_the_next_connection(scheme, guarded, cert
         client.complete("echo", "after it")  # a connection-less transport (HTTP) is refused here
 
 
+def test_a_token_revoked_while_its_connection_is_open_starts_nothing_more(scheme, guarded, certs):
+    subject = f"revoked-open-{scheme}"
+    credential = token(subject=subject)
+    claims = pyjwt.decode(credential, options={"verify_signature": False})
+    with connect(scheme, guarded, certs, credential) as client:
+        assert client.complete("echo", "before the revocation").text
+        SqliteTokenStore(guarded.config.parent / "tokens.db").revoke(claims["jti"], claims["exp"])
+        with pytest.raises(AuthenticationError):
+            client.complete("echo", "on the same connection, after it")
+    rows = [r for r in Ledger(guarded.config.parent / "ledger.sqlite").rows() if r["user"] == subject]
+    outcomes = [(r["status"], r["error_code"]) for r in rows]
+    if scheme in ("http", "sse"):  # each request authenticates: refused like any bad token, before a session
+        assert outcomes == [("ok", None)]
+    else:  # the open connection's next session is refused, and leaves its row
+        assert outcomes == [("ok", None), ("error", "AUTH_FAILED")]
+
+
 def test_scopes_are_enforced_per_operation_and_a_refusal_leaves_its_row(scheme, guarded, certs):
     with connect(scheme, guarded, certs, token(["models:read"], subject=f"reader-{scheme}")) as client:
         assert client.providers()  # models:read: the provider list

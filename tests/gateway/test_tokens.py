@@ -26,6 +26,9 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway import token_cli
+from gtl_nb.gateway.permissions import completion_refusal
+from gtl_nb.gateway.reload import SwappableAuthenticator
+from gtl_nb.gateway.sessions import HeaderTokenFirst
 from gtl_nb.gateway.tokens import (
     DEV_ISSUER,
     EXPIRED,
@@ -407,6 +410,28 @@ def test_a_revoked_jti_is_refused():
     error = refusal(auth, hs(claims()))
     assert error.reason == "revoked" and error.message == REFUSED
     assert auth(hs(claims(jti="jti-2"))).key_id == "jti-2"
+
+
+def test_an_open_connections_context_is_rechecked_for_expiry_and_revocation():
+    """A connection authenticates once; each completion it starts asks ``recheck`` again."""
+    clock, revocations = Clock(), MemoryRevocationList()
+    auth = authenticator(clock=clock, revocations=revocations)
+    context = auth(hs(claims()))
+    assert context.expires_at == NOW + 3600
+    auth.recheck(context)  # still valid: nothing raised
+    assert completion_refusal(context, auth) is None
+    clock.now = NOW + 3600
+    with pytest.raises(TokenRefusedError) as expired:
+        auth.recheck(context)
+    assert expired.value.reason == "expired" and expired.value.code == "AUTH_FAILED"
+    clock.now = NOW + 10
+    revocations.revoke("jti-1", NOW + 3600 + 30)
+    refused = completion_refusal(context, auth)
+    assert isinstance(refused, TokenRefusedError) and refused.reason == "revoked"
+    with pytest.raises(TokenRefusedError):
+        SwappableAuthenticator(auth).recheck(context)  # the reloadable hook asks its target
+    with pytest.raises(TokenRefusedError):
+        HeaderTokenFirst(auth, None).recheck(context)  # so does a header token's wrapper
 
 
 def test_an_unreadable_revocation_list_fails_closed():

@@ -93,6 +93,23 @@ class TokenAuthenticator:
         )
         return context
 
+    def recheck(self, context: RequestContext) -> None:
+        """Refuse a context whose token has expired or been revoked since its connection was accepted.
+
+        A connection authenticates once, but may live for hours: each completion it starts asks again,
+        from memory (the clock and the revocation set), so ``gtl token revoke`` reaches open connections.
+        """
+        if context.expires_at is not None and self.clock() >= context.expires_at:
+            log.info("GhostToken refused on an open connection: expired (sub=%r)", context.principal)
+            raise TokenRefusedError(EXPIRED, "expired")
+        if context.key_id and self._revoked(context.key_id):
+            log.info(
+                "GhostToken refused on an open connection: revoked (sub=%r, jti=%r)",
+                context.principal,
+                context.key_id,
+            )
+            raise TokenRefusedError(REFUSED, "revoked")
+
     def _revoked(self, jti: str) -> bool:
         try:
             return self.revocations.is_revoked(jti)
@@ -233,6 +250,7 @@ class TokenAuthenticator:
             allowed_models=None if models is None else frozenset(models),
             allowed_deployments=usable,
             provider_keys=MappingProxyType(dict(keys or {})),
+            expires_at=float(claims["exp"]) if isinstance(claims.get("exp"), (int, float)) else None,
         )
 
 
