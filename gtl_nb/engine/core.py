@@ -54,6 +54,7 @@ from gtl_nb.engine.hooks import (
     CacheHit,
     FailedOver,
     Hooks,
+    Reloaded,
     RequestFinished,
     RequestStarted,
     RetryScheduled,
@@ -289,6 +290,7 @@ class Engine:
             breakers.board = new_board  # type: ignore[attr-defined]
         elif board is None and hasattr(breakers, "config"):
             breakers.config = breaker_config  # type: ignore[attr-defined]
+        self.hooks.emit(Reloaded(self))  # metrics and the audit log learn the new deployments' labels
 
     @property
     def ledger(self) -> Any:

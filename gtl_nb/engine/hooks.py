@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.log import get_logger
@@ -20,6 +21,7 @@ __all__ = [
     "EngineEvent",
     "FailedOver",
     "Hooks",
+    "Reloaded",
     "RequestFinished",
     "RequestStarted",
     "RetryScheduled",
@@ -104,8 +106,23 @@ class RequestFinished:
     provider_type: str | None = None
 
 
+@dataclass(frozen=True)
+class Reloaded:
+    """The engine took a new configuration (``Engine.reload``): a subscriber that labels or names
+    things by deployment reads ``engine.deployments`` again."""
+
+    engine: Any
+
+
 EngineEvent = (
-    RequestStarted | AttemptStarted | RetryScheduled | FailedOver | BreakerChanged | CacheHit | RequestFinished
+    RequestStarted
+    | AttemptStarted
+    | RetryScheduled
+    | FailedOver
+    | BreakerChanged
+    | CacheHit
+    | RequestFinished
+    | Reloaded
 )
 Subscriber = Callable[[EngineEvent], None]
 

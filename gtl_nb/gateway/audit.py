@@ -69,6 +69,7 @@ from gtl_nb.engine.hooks import (
     EngineEvent,
     FailedOver,
     Hooks,
+    Reloaded,
     RequestFinished,
     RequestStarted,
     RetryScheduled,
@@ -884,6 +885,10 @@ class AuditLog:
 
     def __call__(self, event: EngineEvent) -> None:
         """Take one engine event; only ``RequestFinished`` produces a record."""
+        if isinstance(event, Reloaded):  # records name the provider type of the deployments now configured
+            types = {name: deployment.type for name, deployment in event.engine.deployments.items()}
+            self._provider_types = {**self._provider_types, **types}
+            return
         if isinstance(event, RequestFinished):
             pending = self._pending.pop(event.session_id, None)
             self._enqueue(self._record(event, pending))

@@ -26,7 +26,7 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["build_authenticator", "build_credentials", "check_exposure"]
+__all__ = ["build_authenticator", "build_credentials", "check_exposure", "configured_fallback"]
 
 
 def _base_dir(settings: Settings) -> Path:
@@ -62,12 +62,16 @@ def build_credentials(settings: Settings, options: GatewaySettings) -> Credentia
     config = settings.config
     environ: Any = config.environ if config is not None and config.environ is not None else os.environ
     vault = VaultSettings.from_table(options.vault, base=_base_dir(settings), environ=environ)
-    fallback = (
-        ConfiguredCredentials(config.rebuild_deployment, config.credential_sources, environ=config.environ)
-        if config is not None
-        else None
-    )
+    fallback = configured_fallback(settings)
     return VaultCredentials.from_settings(vault, fallback=fallback, deployments=settings.deployments)
+
+
+def configured_fallback(settings: Settings) -> CredentialResolver | None:
+    """The configuration's own credential sources, for the deployments the vault's key table does not name."""
+    config = settings.config
+    if config is None:
+        return None
+    return ConfiguredCredentials(config.rebuild_deployment, config.credential_sources, environ=config.environ)
 
 
 def check_exposure(options: GatewaySettings) -> None:

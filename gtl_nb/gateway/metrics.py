@@ -33,6 +33,7 @@ that histogram stays empty.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -48,6 +49,7 @@ from gtl_nb.engine.hooks import (
     EngineEvent,
     FailedOver,
     Hooks,
+    Reloaded,
     RequestFinished,
     RequestStarted,
     RetryScheduled,
@@ -224,6 +226,19 @@ class Metrics:
             self.cache_hits.labels(self.provider_label(event.deployment)).inc()
         elif isinstance(event, BreakerChanged):
             self.breaker_state(event.deployment, event.new)
+        elif isinstance(event, Reloaded):
+            self.learn(known_models(event.engine))
+
+    def learn(self, models: Mapping[str, Iterable[str]]) -> None:
+        """Take a reloaded configuration's deployments and models as the labels' bounds: a new
+        deployment gets its own label (and a closed breaker gauge), a removed one's gauge goes."""
+        fresh = {name: frozenset(names) for name, names in models.items()}
+        for gone in self._models.keys() - fresh.keys():
+            with contextlib.suppress(KeyError):
+                self.breakers.remove(gone)
+        for added in fresh.keys() - self._models.keys():
+            self.breakers.labels(added).set(0)
+        self._models = fresh
 
     def _finished(self, event: RequestFinished) -> None:
         started = self._started.pop(event.session_id, None)

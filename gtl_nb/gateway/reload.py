@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.credentials import StaticCredentials
 from gtl_nb.engine.settings import Settings, load_settings
-from gtl_nb.gateway.auth import build_authenticator, build_credentials
+from gtl_nb.gateway.auth import build_authenticator, build_credentials, configured_fallback
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
@@ -138,8 +139,13 @@ class Reloader:
             raise ConfigurationError(f"cannot read the configuration: {exc.strerror or exc}") from None
         options = GatewaySettings.from_settings(settings)
         catalog = _catalog(settings)
-        # the vault is opened once (not reloadable); a new resolver over it would be a second opening
-        credentials = build_credentials(settings, options) if self.options.vault is None else self.engine.credentials
+        # the vault is opened once (not reloadable): the open one is rebound to the new file's fallback
+        # credentials, so a deployment the reload adds finds its key as a new start would
+        if self.options.vault is None:
+            credentials = build_credentials(settings, options)
+        else:
+            fallback = configured_fallback(settings) or StaticCredentials()
+            credentials = self.engine.credentials.rebound(fallback, deployments=settings.deployments)
         authenticate = None
         if options.auth == "jwt" and self.options.auth == "jwt":
             authenticate = build_authenticator(settings, options, principal=self.principal)

@@ -45,6 +45,7 @@ rotation needs no restart either: the gateway reads the key file again when it c
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import os
@@ -233,6 +234,17 @@ class VaultCredentials:
         if key_name is None:
             return self.resolve(deployment)
         return self._with_key(deployment, key_name, chosen_by_token=True)
+
+    def rebound(self, fallback: CredentialResolver, deployments: Collection[str] | None = None) -> VaultCredentials:
+        """This open vault over a reloaded configuration: ``fallback`` (built from the new file) serves
+        the deployments the key table does not name, a reload's new ones among them. Nothing is read
+        again (the master key may have come from a prompt); ``deployments`` re-checks the key table, so
+        a reload that drops a deployment the table names is refused."""
+        twin = copy.copy(self)
+        twin._fallback = fallback
+        twin._lock = threading.Lock()
+        twin._check_table(deployments)
+        return twin
 
     def refresh(self) -> None:
         """Look for a changed vault now, whatever the interval (the next check is an interval away)."""

@@ -8,6 +8,7 @@ its configuration file, sends SIGHUP and waits for the one ``gtl gateway: reload
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 import gtl_nb
@@ -92,6 +94,26 @@ def test_a_reload_adds_a_deployment_and_a_running_stream_finishes(tmp_path: Path
             text = first.text + "".join(event.text for event in rest if isinstance(event, Token))
             assert len(text) > 40
         assert gateway.running and gateway.process.pid == pid  # reloaded, not restarted
+
+
+def test_metrics_and_the_audit_log_label_a_deployment_added_by_a_reload(tmp_path: Path, sims: SimpleNamespace) -> None:
+    """A deployment a reload adds has its own metrics label and breaker gauge (not ``other``), and its
+    audit records name its provider type, as if the gateway had started with it."""
+    slow = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.slow.base_url}
+    audit = tmp_path / "audit.jsonl"
+    operations = {"gateway.metrics": {"require_token": False}, "gateway.audit": {"path": audit, "fsync": False}}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"slow": slow}, **operations))
+    with start_gateway(config) as gateway:
+        write_toml(config, tables(tmp_path, {"slow": slow, "fresh": {"type": "echo"}}, **operations))
+        assert "+fresh" in reload_and_wait(gateway)
+        with gtl_nb.connect(gateway.url("ws")) as client:
+            answer = client.complete("fresh:echo", "Say something")
+        scraped = httpx.get(gateway.url("http") + "/metrics", timeout=10).text
+    assert 'gtl_breaker_state{deployment="fresh"} 0.0' in scraped
+    assert 'provider="fresh",status="ok"' in scraped and 'provider="other"' not in scraped
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    mine = [record for record in records if record.get("session_id") == answer.session_id]
+    assert [record["provider"] for record in mine] == ["echo"]
 
 
 def test_a_broken_file_changes_nothing_and_the_gateway_keeps_answering(tmp_path: Path, sims: SimpleNamespace) -> None:

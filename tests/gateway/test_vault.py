@@ -670,3 +670,36 @@ def test_canaries_never_leak(vault: Vault, key_file: Path, master_text: str, cap
     for text in seen:
         for canary in (CANARY, PLAIN_CANARY, master_text, master_text.rstrip("=")):
             assert canary not in text, text
+
+
+def test_a_reload_that_adds_a_deployment_gives_it_the_new_files_key(vault: Vault, key_file: Path, tmp_path: Path):
+    """With a vault, a reload rebinds the open vault to the new file's own credentials: the vault's
+    deployment keeps its stored key, and one the reload adds gets the key its table names."""
+    from gtl_nb.gateway.auth import build_credentials
+    from gtl_nb.gateway.reload import Reloader, SwappableAuthenticator
+    from gtl_nb.gateway.settings import GatewaySettings
+
+    filled(vault)
+    config = tmp_path / "gtl.toml"
+    vault_table = (
+        f'[gateway.vault]\npath = "{vault.path}"\nmaster_key_file = "{key_file}"\n'
+        '[gateway.vault.keys]\nopenai = "team-openai"\n'
+    )
+    openai_table = '[providers.openai]\nbase_url = "https://api.example"\napi_key_env = "GTL_TEST_UNSET"\n'
+    config.write_text(openai_table + vault_table)
+    settings = load_settings(config=config, environ={})
+    credentials = build_credentials(settings, GatewaySettings.from_settings(settings))
+    engine = build_engine(settings, ledger=False, credentials=credentials)
+    reloader = Reloader(engine, config=config, settings=settings, authenticate=SwappableAuthenticator(lambda _: None))
+    added = '[providers.later]\ntype = "anthropic"\napi_key = "key-from-the-reloaded-file"\n'
+    config.write_text(openai_table + added + vault_table)
+    try:
+        assert "+later" in reloader.reload()
+        assert engine.credentials.resolve(engine.deployments["later"]).api_key == "key-from-the-reloaded-file"
+        assert engine.credentials.resolve(engine.deployments["openai"]).api_key == CANARY
+        config.write_text(vault_table)  # the key table names a deployment this file drops: refused, nothing changes
+        with pytest.raises(ConfigurationError, match="keys names deployment 'openai'"):
+            reloader.reload()
+        assert "later" in engine.deployments
+    finally:
+        asyncio.run(engine.aclose())
