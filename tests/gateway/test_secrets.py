@@ -1,11 +1,13 @@
 """Secrets never leave the gateway: a provider that quotes the key it refused, a canary key, and every
 place a key could surface — the client's error on each transport, the non-streamed HTTP body, the
-``models`` query's error, the ledger, ``/metrics``, the audit log, and the gateway's own output at DEBUG."""
+``models`` query's error, the ledger, ``/metrics``, the audit log, the gateway's own output at DEBUG, and what
+it prints when it dies: a fatal signal's stack dump, a failed start."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 from collections.abc import Iterator
 
@@ -15,7 +17,7 @@ import pytest
 import gtl_nb
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.gateway.local import LocalGateway, start_gateway
-from gtl_nb.protocol.errors import GTLError
+from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from tests.gateway.conftest import write_toml
 
 CANARY = "canary-provider-key-7f3a9c1e5b2d4f60"  # not shaped like any known key: only exact scrubbing catches it
@@ -103,3 +105,63 @@ def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
     rows = Ledger(leaky_gateway.config.parent / "ledger.sqlite").rows()  # type: ignore[union-attr]
     assert rows and CANARY not in json.dumps(rows)
     assert CANARY not in "".join(leaky_gateway.output)
+
+
+def _keyed_tables(directory, port: int, api_key: str) -> dict[str, dict[str, object]]:
+    return {
+        "providers.keyed": {"type": "openai", "api_key": api_key, "base_url": f"http://127.0.0.1:{port}/v1"},
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(directory / "ledger.sqlite")},
+        "gateway.http": {"port": 0},
+    }
+
+
+@pytest.mark.parametrize("bad", ["\nX-Injected: 1", "\u00e9"], ids=["newline", "non-ascii"])
+def test_a_key_no_header_can_carry_stops_the_start_without_being_quoted(tmp_path, bad):
+    """A key with a character no HTTP header may carry (a stray newline from a pasted file): the
+    gateway refuses to start, naming the table and the position, never the key."""
+    with pytest.raises(ConfigurationError) as refused:
+        start_gateway(write_toml(tmp_path / "gtl.toml", _keyed_tables(tmp_path, 9, CANARY + bad)))
+    assert "[providers.keyed]" in str(refused.value) and CANARY not in str(refused.value)
+
+
+def test_crash_output_holds_no_key(tmp_path):
+    """What a dying gateway prints: a fatal signal's stack dump (faulthandler) while a request is under
+    way, and a start that fails (its port taken) — neither quotes the configured key."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    provider = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quoting)
+    threading.Thread(target=provider.serve_forever, daemon=True).start()
+    config = write_toml(tmp_path / "gtl.toml", _keyed_tables(tmp_path, provider.server_port, CANARY))
+    try:
+        gateway = start_gateway(config, env={"GTL_NB_LOG": "DEBUG", "PYTHONFAULTHANDLER": "1"})
+        with gtl_nb.connect(gateway.url("ws")) as client, pytest.raises(GTLError):
+            client.complete("keyed:gpt-4o-mini", "hello")
+        gateway.process.send_signal(signal.SIGABRT)
+        gateway.process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while "Fatal Python error" not in "".join(gateway.output) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the reader thread drains stderr after the exit
+        dump = "".join(gateway.output)
+        assert "Fatal Python error" in dump and CANARY not in dump
+    finally:
+        provider.shutdown()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        tables = _keyed_tables(tmp_path, 9, CANARY)
+        tables["gateway.http"] = {"port": taken.getsockname()[1]}
+        failed = subprocess.run(
+            [sys.executable, "-m", "gtl_nb", "serve", "--config", str(write_toml(tmp_path / "taken.toml", tables))],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "GTL_NB_LOG": "DEBUG"},
+            check=False,
+        )
+    assert failed.returncode != 0 and "address" in (failed.stdout + failed.stderr).lower()
+    assert CANARY not in failed.stdout + failed.stderr
