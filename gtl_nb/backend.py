@@ -122,6 +122,8 @@ class EmbeddedBackend:
         self.context = RequestContext(principal=principal)
         self.engine: Engine = build_engine(settings, **engine)
         self._sessions: set[asyncio.Task[Any]] = set()  # running on the loop thread
+        # a program that never closes its client still ends its rows and closes its HTTP pool at exit
+        self.loop.close_at_exit(self)
 
     async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
         task = asyncio.current_task()

@@ -75,7 +75,8 @@ def build_engine(
             else ConfiguredCredentials(config.rebuild_deployment, config.credential_sources, environ=config.environ)
         )
     runner_options = {} if max_response_bytes is None else {"max_response_bytes": max_response_bytes}
-    runner = HttpRunner(settings.timeouts, transport=http_transport, wall_clock=wall_clock, **runner_options)
+    transport = http_transport if http_transport is not None else settings.upstream.transport()
+    runner = HttpRunner(settings.timeouts, transport=transport, wall_clock=wall_clock, **runner_options)
     return Engine(
         deployments=settings.deployments,
         catalog=catalog,

@@ -74,6 +74,7 @@ SECTIONS = (
     "catalog",
     "defaults",
     "timeouts",
+    "upstream",
 )
 
 DEPLOYMENT_KEYS = (
@@ -206,6 +207,15 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "reasoning": Field((bool,), False, "ask for reasoning events"),
         "warn_cost_usd": Field(_OPT_NUM, None, "warn before sending a request estimated to cost more (USD)"),
     },
+    "upstream": {
+        "client": Field((str,), "aiohttp", "the HTTP client for provider calls", choices=("aiohttp", "httpx")),
+        "max_connections": Field(
+            (int,), 0, "open connections to providers in all (0: no limit)", check=lambda v, w: _at_least(v, w, 0)
+        ),
+        "max_connections_per_host": Field(
+            (int,), 0, "open connections to one provider host (0: no limit)", check=lambda v, w: _at_least(v, w, 0)
+        ),
+    },
     "timeouts": {
         "connect": Field(_SECONDS, 10.0, "seconds to establish a connection", check=_seconds),
         "first_byte": Field(_SECONDS, 60.0, "seconds from sending to the first body byte", check=_seconds),
@@ -328,6 +338,8 @@ class Config:
     defaults: dict[str, Any]
     timeouts: Timeouts
     source_path: Path | None = None
+    upstream: dict[str, Any] = field(default_factory=dict)
+    """``[upstream]``: the HTTP client the engine calls providers with, and its pool's bounds."""
     weights: dict[str, float] = field(default_factory=dict)
     deployment_timeouts: dict[str, Timeouts] = field(default_factory=dict)
     implied: tuple[str, ...] = ()
@@ -467,6 +479,7 @@ def load_config(
         defaults=section_values["defaults"],
         timeouts=timeouts,
         source_path=source_path,
+        upstream=section_values["upstream"],
         weights=weights,
         deployment_timeouts=per_deployment_timeouts,
         implied=tuple(implied),

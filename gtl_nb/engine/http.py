@@ -63,7 +63,7 @@ class Timeouts:
 
 
 class HttpRunner:
-    """Executes dialect requests over an ``HttpTransport`` (pooled httpx unless another is given)."""
+    """Executes dialect requests over an ``HttpTransport`` (pooled aiohttp unless another is given)."""
 
     def __init__(
         self,
@@ -74,9 +74,9 @@ class HttpRunner:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if transport is None:
-            from gtl_nb.engine.httpx_transport import HttpxTransport
+            from gtl_nb.engine.aiohttp_transport import AiohttpTransport
 
-            transport = HttpxTransport()
+            transport = AiohttpTransport()
         self.timeouts = timeouts or Timeouts()
         self.transport = transport
         self.wall_clock = wall_clock  # signing (SigV4) and HTTP-date Retry-After read it

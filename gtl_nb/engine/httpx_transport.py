@@ -33,7 +33,7 @@ class _HttpxResponse:
 class HttpxTransport:
     """Pooled HTTP/1.1 over httpx; the pool is created lazily on the loop that uses it."""
 
-    def __init__(self, *, max_connections: int = 100, max_keepalive_connections: int = 20) -> None:
+    def __init__(self, *, max_connections: int | None = 100, max_keepalive_connections: int | None = 20) -> None:
         self._limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
         )

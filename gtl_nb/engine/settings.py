@@ -28,6 +28,7 @@ __all__ = [
     "RequestDefaults",
     "RoutingSettings",
     "Settings",
+    "UpstreamSettings",
     "load_settings",
 ]
 
@@ -89,6 +90,37 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True)
+class UpstreamSettings:
+    """``[upstream]``: the HTTP client provider calls go through and its pool's bounds (0: none)."""
+
+    client: str = "aiohttp"
+    max_connections: int = 0
+    max_connections_per_host: int = 0
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any]) -> UpstreamSettings:
+        return cls(
+            client=table.get("client", cls.client),
+            max_connections=int(table.get("max_connections", cls.max_connections)),
+            max_connections_per_host=int(table.get("max_connections_per_host", cls.max_connections_per_host)),
+        )
+
+    def transport(self) -> Any:
+        """A new ``HttpTransport`` of this kind (``engine.transport``)."""
+        if self.client == "httpx":
+            from gtl_nb.engine.httpx_transport import HttpxTransport
+
+            # httpx counts keep-alive connections separately; without a bound of ours, keep them all
+            limit = self.max_connections or None
+            return HttpxTransport(max_connections=limit, max_keepalive_connections=limit)
+        from gtl_nb.engine.aiohttp_transport import AiohttpTransport
+
+        return AiohttpTransport(
+            max_connections=self.max_connections, max_connections_per_host=self.max_connections_per_host
+        )
+
+
+@dataclass(frozen=True)
 class LedgerSettings:
     """``[ledger]``: whether usage is recorded, and where (a path or a store URL; ``None``: the default file)."""
 
@@ -116,6 +148,7 @@ class Settings:
     ledger: LedgerSettings = field(default_factory=LedgerSettings)
     defaults: RequestDefaults = field(default_factory=RequestDefaults)
     catalog_overrides: Mapping[str, Any] = field(default_factory=dict)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     config: Config | None = field(default=None, repr=False, compare=False)
     """The validated source configuration (credential hints, where it was read from)."""
 
@@ -132,6 +165,7 @@ class Settings:
             ledger=LedgerSettings.from_table(config.ledger),
             defaults=RequestDefaults.from_table(config.defaults),
             catalog_overrides=dict(config.catalog),
+            upstream=UpstreamSettings.from_table(config.upstream),
             config=config,
         )
 

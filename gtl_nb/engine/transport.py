@@ -2,9 +2,10 @@
 
 The engine's runner (``engine.http.HttpRunner``) owns timeouts, body caps and decoding; a transport
 only puts a dialect's ``HttpRequest`` on the wire and hands back the status, the headers and the body
-as an async iterator of chunks. ``HttpxTransport`` (``engine.httpx_transport``) is the default; the
-speed work can measure another client by passing it to ``build_engine(http_transport=...)`` without
-touching the engine.
+as an async iterator of chunks. ``AiohttpTransport`` (``engine.aiohttp_transport``) is the default and
+``HttpxTransport`` (``engine.httpx_transport``) the alternative, chosen by ``[upstream] client``;
+another client can be measured by passing it to ``build_engine(http_transport=...)`` without touching
+the engine.
 
 A transport reports failures with the exceptions below (never its library's own), so the runner can
 tell a refused connection from one lost mid-body, and a request that is not valid HTTP (an illegal

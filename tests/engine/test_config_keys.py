@@ -645,13 +645,58 @@ def timeouts_idle(tmp_path):
             c.complete(MODEL, "hi")
 
 
+# -- [upstream] ---------------------------------------------------------------------------------------
+
+
+def upstream_client(tmp_path):
+    from gtl_nb.engine.aiohttp_transport import AiohttpTransport
+    from gtl_nb.engine.httpx_transport import HttpxTransport
+
+    with sim.serve("openai") as s:
+        for name, kind in (("httpx", HttpxTransport), ("aiohttp", AiohttpTransport)):
+            c = client({"openai": oa(s)}, upstream={"client": name})
+            assert isinstance(c.backend.engine.http.transport, kind)
+            assert c.complete(MODEL, "hi").text
+            c.close()
+
+
+def _second_request_waits_for_the_first(limit: dict) -> None:
+    """With one connection allowed, a second request waits for the first stream's connection, and that
+    wait counts against its first-byte timeout; without the bound both run at once."""
+    with sim.serve("openai", pace=0.1) as s:
+        for bounded in (True, False):
+            c = client(
+                {"openai": oa(s)},
+                upstream=limit if bounded else {},
+                timeouts={"first_byte": 0.5},
+                routing={"retry": {"max_attempts": 1}},
+            )
+            first = iter(c.stream(MODEL, "a long answer, please " * 20))
+            next(first)  # the first stream holds its connection
+            if bounded:
+                with pytest.raises(ProviderTimeoutError, match="first-byte"):
+                    c.complete(MODEL, "and another")
+            else:
+                assert c.complete(MODEL, "and another").text
+            c.close()
+
+
+def upstream_max_connections(tmp_path):
+    _second_request_waits_for_the_first({"max_connections": 1})
+
+
+def upstream_max_connections_per_host(tmp_path):
+    _second_request_waits_for_the_first({"max_connections_per_host": 1})
+
+
 # -- the table ----------------------------------------------------------------------------------------
 
 EFFECTS: dict[str, Callable] = {
     name.replace("_", ".", 1): check
     for name, check in dict(globals()).items()
     if callable(check)
-    and name.split("_", 1)[0] in ("providers", "routing", "cache", "budgets", "ledger", "defaults", "timeouts")
+    and name.split("_", 1)[0]
+    in ("providers", "routing", "cache", "budgets", "ledger", "defaults", "timeouts", "upstream")
     and not name.startswith("_")
 }
 # sub-tables: routing.retry.x and routing.breaker.x
