@@ -26,6 +26,7 @@ import msgspec
 from gtl_nb.backend import Backend, EmbeddedBackend
 from gtl_nb.completion import Comparison, Completion
 from gtl_nb.engine.loop import LoopThread
+from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
@@ -615,8 +616,8 @@ class EventStream(_StreamBase):
 
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
-        self._queue: queue.Queue[StreamEvent] = queue.Queue()
-        self._future = client._start(request, self._queue.put)
+        self._handoff = EventHandoff()
+        self._future = client._start(request, self._handoff.deliver)
         self._lock = threading.RLock()  # on_event callbacks run under it and may call close()
         self._reader: threading.Thread | None = None
         self._ended = threading.Event()
@@ -636,7 +637,7 @@ class EventStream(_StreamBase):
         self._reader = threading.current_thread()
         try:
             while not self.finished:
-                event = self._queue.get()
+                event = self._handoff.next()
                 before = len(self.transcript.events)
                 self._record(event)
                 if len(self.transcript.events) > before:
@@ -653,7 +654,7 @@ class EventStream(_StreamBase):
         self._future.cancel()
         while not self.finished:
             try:
-                self._record(self._queue.get(timeout=_END_WAIT))
+                self._record(self._handoff.next(timeout=_END_WAIT))
             except queue.Empty:  # pragma: no cover - the loop thread is wedged
                 self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
 
@@ -699,7 +700,7 @@ class AsyncEventStream(_StreamBase):
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
         self._future: Any = None
-        self._queue: asyncio.Queue[StreamEvent] | None = None
+        self._handoff: AsyncEventHandoff | None = None
         self._iterated = False
 
     def __aiter__(self) -> AsyncEventStream:
@@ -711,13 +712,13 @@ class AsyncEventStream(_StreamBase):
         return self
 
     async def __anext__(self) -> StreamEvent:
-        if self._queue is None:
+        if self._handoff is None:
             self._start_session()
         if self.finished:
             raise StopAsyncIteration
-        assert self._queue is not None
+        assert self._handoff is not None
         try:
-            event = await self._queue.get()
+            event = await self._handoff.next()
         except asyncio.CancelledError:
             self._future.cancel()  # the task reading the stream was cancelled: so is the session
             await self._collect_end()  # its one terminal event, as the ledger records it
@@ -726,24 +727,15 @@ class AsyncEventStream(_StreamBase):
         return event
 
     def _start_session(self) -> None:
-        caller = asyncio.get_running_loop()
-        queue: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        self._queue = queue
-
-        def deliver(event: StreamEvent) -> None:
-            try:
-                caller.call_soon_threadsafe(queue.put_nowait, event)
-            except RuntimeError:  # the caller's loop has closed: nobody is listening any more
-                pass
-
-        self._future = self.client._start(self.request, deliver)
+        self._handoff = AsyncEventHandoff(asyncio.get_running_loop())
+        self._future = self.client._start(self.request, self._handoff.deliver)
 
     async def _collect_end(self) -> None:
         """After a cancel, record the end the loop thread delivers (``CANCELLED``, or the ``done`` the
         engine had already recorded in the ledger), so the caller sees what the ledger says."""
         try:
-            while not self.finished and self._queue is not None:
-                self._record(await asyncio.wait_for(self._queue.get(), _END_WAIT))
+            while not self.finished and self._handoff is not None:
+                self._record(await asyncio.wait_for(self._handoff.next(), _END_WAIT))
         except asyncio.TimeoutError:  # pragma: no cover - the loop thread is wedged
             pass
         finally:

@@ -28,6 +28,7 @@ RANKS: dict[str, int] = {
     "progress": 5,  # the batch progress bar (a notebook widget or a terminal line)
     "tools": 5,  # Python callables as GTL tools (schemas from signatures), used by the magics
     "backend": 5,  # the client's backend seam: the embedded engine now, a remote transport next
+    "handoff": 5,  # events from the loop thread to a stream's reader, in batches
     "client": 6,
     "gateway": 7,
     "analysis": 8,
@@ -94,7 +95,7 @@ def test_module_imports_only_lower_layers(path):
 
 
 PURE_PACKAGES = ["protocol", "providers", "gap"]
-IMPURE = ["asyncio", "socket", "httpx", "IPython"]
+IMPURE = ["asyncio", "socket", "httpx", "aiohttp", "IPython"]
 
 
 @pytest.mark.parametrize("package", PURE_PACKAGES)
@@ -118,7 +119,7 @@ def test_pure_packages_import_no_io(package):
 def test_import_gtl_nb_is_light():
     script = (
         "import sys, gtl_nb\n"
-        "heavy = [m for m in ('asyncio', 'httpx', 'pandas', 'IPython', 'networkx', 'ipywidgets', 'msgspec')"
+        "heavy = [m for m in ('asyncio', 'httpx', 'aiohttp', 'pandas', 'IPython', 'networkx', 'ipywidgets', 'msgspec')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
         "gtl_nb.gap, gtl_nb.protocol\n"
