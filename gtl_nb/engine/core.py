@@ -567,7 +567,11 @@ class Engine:
         key = None
         if is_cacheable(request, self.cache_config):
             key = cache_key(targets[0].name, targets[0].model, request)
-            hit = await self.stores.cache.get(key)
+            try:
+                hit = await self.stores.cache.get(key)
+            except Exception as exc:  # a shared cache that is down is a miss, never a failed request
+                log.warning("cache: lookup failed, answering without it: %s", exc)
+                hit = None
             if hit is not None:
                 record.cache_hit = True
                 record.path.append(hit.deployment)

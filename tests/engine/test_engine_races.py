@@ -236,3 +236,29 @@ def test_subscribers_hear_the_end_of_a_session_cancelled_while_its_row_is_comple
     asyncio.run(main())
     assert heard.count("RequestFinished") == 1 and isinstance(RequestFinished, type)
     assert os.path.exists(tmp_path / "l.sqlite3")
+
+
+def test_a_shared_cache_that_is_down_is_a_miss_not_a_failed_request(caplog):
+    """A cache backend that raises (a Redis that went away) on every lookup and store: the request is
+    answered from the provider, and the warning says why the cache was skipped."""
+
+    class Down(MemoryResponseCache):
+        async def get(self, key):
+            raise ConnectionError("the cache server is unreachable")
+
+        async def set(self, key, answer, ttl=None):
+            raise ConnectionError("the cache server is unreachable")
+
+    stores = Stores(ledger=None, budgets=MemoryBudgetCounter(), cache=Down(), breakers=MemoryBreakerStore())
+    engine = make_engine({"echo": Deployment(name="echo", type="echo")}, stores=stores, cache={"enabled": True})
+
+    async def main():
+        try:
+            return [event async for event in engine.stream(request("s1", temperature=0))]
+        finally:
+            await engine.aclose()
+
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        events = asyncio.run(main())
+    assert isinstance(events[-1], Done), events[-1]
+    assert "cache: lookup failed" in caplog.text
