@@ -287,3 +287,22 @@ def test_gtl_serve_http_answers_curl_style_requests(base_config):
 def test_unknown_schemes_are_refused_with_the_known_ones():
     with pytest.raises(GTLError, match=r"unknown endpoint scheme 'gopher'.*grpc://"):
         gtl_nb.connect("gopher://127.0.0.1:1")
+
+
+def test_accepted_connections_turn_nagle_off():
+    """The listener's accepted sockets get TCP_NODELAY (asyncio skips sockets whose protocol number is 0,
+    as ``socket.create_server``'s are): with Nagle on, each kept-alive request after the first waited for
+    the client's delayed ACK, ~40 ms."""
+    import socket as socket_module
+    from types import SimpleNamespace
+
+    from gtl_nb.gateway.http import _no_delay, bind
+
+    listener = bind("127.0.0.1", 0)
+    with listener, socket_module.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) == 0
+            _no_delay(SimpleNamespace(get_extra_info=lambda name: accepted if name == "socket" else None))
+            assert accepted.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) != 0
+        assert client  # the client end stays open until the check is done
