@@ -75,7 +75,7 @@ from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
-from gtl_nb.gateway.streaming import collect_session, stream_session
+from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import decode, encode
 from gtl_nb.protocol.errors import (
@@ -575,9 +575,8 @@ class _SessionResponse:
         self.gzip = gzip
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        outbox: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        # drain = every event written: the engine reads no further ahead of a slow client than one event
-        running = self.sessions.start(self.request, self.context, outbox.put_nowait, drain=outbox.join)
+        outbox = EventOutbox()  # a slow client holds the engine back once its high-water mark is reached
+        running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
         compressor = _GzipStream() if self.gzip else None
         headers = [
             (b"content-type", self.media_type.encode()),
@@ -589,15 +588,14 @@ class _SessionResponse:
 
         async def pump() -> None:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
-            while True:
-                event = await outbox.get()
-                chunk = self.render(event)
+            ended = False
+            while not ended:
+                events = await outbox.take()
+                ended = isinstance(events[-1], (Done, Error))  # the terminal event is always a batch's last
+                chunk = b"".join(self.render(event) for event in events)
                 if compressor is not None:
                     chunk = compressor.compress(chunk)
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                outbox.task_done()
-                if isinstance(event, (Done, Error)):
-                    break
             await send({"type": "http.response.body", "body": compressor.finish() if compressor else b""})
 
         await stream_session(pump(), running, receive)

@@ -5,6 +5,9 @@
   cancels it (``"the client"``), and so does a shutdown that cancels the waiting task.
 * ``stream_session`` runs a response writer (``pump``) beside the session; whichever side ends first,
   the other is stopped, and the session's ledger row is complete before the response task returns.
+* ``EventOutbox`` carries the events from the session to the writer in batches: what one upstream
+  chunk decodes into goes out in one write, and a slow client holds the engine back once
+  ``high_water`` events wait unwritten.
 
 Both work on the listener's session runner (``SessionRunner``, ``gateway.http._Sessions``).
 """
@@ -12,6 +15,7 @@ Both work on the listener's session runner (``SessionRunner``, ``gateway.http._S
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -19,7 +23,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.messages import CompletionRequest, StreamEvent
 
-__all__ = ["Running", "SessionRunner", "collect_session", "disconnected", "stream_session"]
+__all__ = ["EventOutbox", "Running", "SessionRunner", "collect_session", "disconnected", "stream_session"]
 
 log = get_logger("gateway.http")
 
@@ -44,6 +48,47 @@ class SessionRunner(Protocol):
         send: Callable[[StreamEvent], None],
         drain: Callable[[], Awaitable[Any]] | None = None,
     ) -> Running: ...
+
+
+class EventOutbox:
+    """A session's events on their way to the response writer, taken in batches.
+
+    The session calls ``put`` for each event and awaits ``drain``, which returns at once unless
+    ``high_water`` events wait unwritten — then a slow client holds the engine back. The writer's
+    ``take`` returns everything waiting: handing events over one at a time cost a task switch per token,
+    and a write per token.
+    """
+
+    __slots__ = ("_events", "_high_water", "_ready", "_room")
+
+    def __init__(self, high_water: int = 64) -> None:
+        self._events: deque[StreamEvent] = deque()
+        self._high_water = high_water
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def put(self, event: StreamEvent) -> None:
+        """Queue one event for the writer (never waits: ``drain`` is the session's pause)."""
+        self._events.append(event)
+        self._ready.set()
+        if len(self._events) >= self._high_water:
+            self._room.clear()
+
+    async def drain(self) -> None:
+        """Return once fewer than ``high_water`` events wait."""
+        if not self._room.is_set():
+            await self._room.wait()
+
+    async def take(self) -> list[StreamEvent]:
+        """Every event waiting, oldest first; waits for at least one."""
+        while not self._events:
+            self._ready.clear()
+            await self._ready.wait()
+        batch = list(self._events)
+        self._events.clear()
+        self._room.set()
+        return batch
 
 
 async def disconnected(receive: Callable[[], Awaitable[Any]]) -> None:

@@ -15,13 +15,12 @@ saying so and the session is cancelled, so the ledger does not record an answer 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.compat.reply import Reply
-from gtl_nb.gateway.streaming import Running, SessionRunner, collect_session, stream_session
+from gtl_nb.gateway.streaming import EventOutbox, Running, SessionRunner, collect_session, stream_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Status, StreamEvent
 from gtl_nb.protocol.session import Transcript, is_failover
@@ -83,16 +82,16 @@ class StreamedSession:
         self.headers = headers or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        outbox: asyncio.Queue[StreamEvent] = asyncio.Queue()
-        # drain = every event written: the engine reads no further ahead of a slow client than one event
-        running = self.sessions.start(self.request, self.context, outbox.put_nowait, drain=outbox.join)
+        outbox = EventOutbox()  # a slow client holds the engine back once its high-water mark is reached
+        running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
         await stream_session(self._pump(outbox, send, running), running, receive)
 
-    async def _pump(self, outbox: asyncio.Queue[StreamEvent], send: Any, running: Running) -> None:
+    async def _pump(self, outbox: EventOutbox, send: Any, running: Running) -> None:
         started = False
-        while True:
-            event = await outbox.get()
-            try:
+        ended = False
+        while not ended:
+            pieces: list[bytes] = []  # what this batch of events writes, in one send
+            for event in await outbox.take():
                 if not started:
                     if isinstance(event, Status):
                         continue  # queued, retrying, a failover before any answer: nothing to tell yet
@@ -107,16 +106,17 @@ class StreamedSession:
                         f"the answer broke off after it began ({reason}); the gateway moved to another deployment, "
                         "which would start the answer again, and this format cannot take back what was sent: ask again"
                     )
-                    await self._write(send, self.encoder.interrupt(message))
+                    pieces.append(self.encoder.interrupt(message))
                     running.cancel(FAILOVER_CANCEL)
+                    ended = True
                     break
-                chunk = self.encoder.encode(event)
-                if chunk:
-                    await self._write(send, chunk)
+                pieces.append(self.encoder.encode(event))
                 if isinstance(event, (Done, Error)):
+                    ended = True
                     break
-            finally:
-                outbox.task_done()
+            chunk = b"".join(pieces)
+            if chunk:
+                await self._write(send, chunk)
         await send({"type": "http.response.body", "body": b""})
 
     async def _start(self, send: Any) -> None:
