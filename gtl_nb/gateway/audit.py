@@ -52,7 +52,6 @@ import hashlib
 import json
 import math
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -74,6 +73,7 @@ from gtl_nb.engine.hooks import (
     RequestStarted,
     RetryScheduled,
 )
+from gtl_nb.engine.lingering import LingeringQueue
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
@@ -829,7 +829,6 @@ class _Pending:
     prompt: Any = None
 
 
-_STOP = object()
 
 
 class AuditLog:
@@ -856,14 +855,19 @@ class AuditLog:
         self._provider_types = dict(provider_types or {})
         self._full = settings.verbosity == "full"
         self._pending: dict[str, _Pending] = {}
-        self._queue: queue.Queue[Any] = queue.Queue(settings.queue_size)
+        # woken only when idle: a busy writer takes a batch every few ms instead of a wake-up per record
+        self._queue: LingeringQueue[dict[str, Any]] = LingeringQueue(maxsize=settings.queue_size)
+        self._queued = 0  # records handed to the writer (the loop thread counts them)
+        self._written = 0  # of which the writer has finished (written, or counted as lost)
+        self._progress = threading.Condition()
         self._dropped = 0
         self._dropped_lock = threading.Lock()
         self._closed = False
         self._unsubscribe: list[Callable[[], None]] = []
         self._files = _ChainFiles(settings, wall_clock)
         if self._files.recovered is not None:
-            self._queue.put_nowait(self._files.recovered | {"time": _iso(wall_clock())})
+            self._queue.put(self._files.recovered | {"time": _iso(wall_clock())})
+            self._queued += 1
         self._thread = threading.Thread(target=self._run, name="gtl-audit-writer", daemon=True)
         self._thread.start()
 
@@ -957,9 +961,9 @@ class AuditLog:
         if self._closed:
             self._count_dropped(1, "the audit log is closed")
             return
-        try:
-            self._queue.put_nowait(record)
-        except queue.Full:
+        if self._queue.put(record):
+            self._queued += 1
+        else:
             self._count_dropped(1, "the writer's queue is full")
 
     def _count_dropped(self, count: int, why: str) -> None:
@@ -980,23 +984,20 @@ class AuditLog:
     # -- the writer thread
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch = [self._queue.get()]
-            while len(batch) < BATCH - 1:  # room for a ``dropped`` record: never more than BATCH per checkpoint
+        while True:
+            # room for a ``dropped`` record: never more than BATCH per checkpoint
+            records = self._queue.take(BATCH - 1)
+            if records:
                 try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            stop = any(item is _STOP for item in batch)
-            records = [item for item in batch if item is not _STOP]
-            try:
-                self._write(records)
-            except Exception:  # a bug must not stop the thread: the next batch may still be written
-                log.exception("audit log %s: the writer failed", self.path)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+                    self._write(records)
+                except Exception:  # a bug must not stop the thread: the next batch may still be written
+                    log.exception("audit log %s: the writer failed", self.path)
+                finally:
+                    with self._progress:
+                        self._written += len(records)
+                        self._progress.notify_all()
+            elif self._queue.closed:
+                break
         try:
             self._files.close()
         except OSError as exc:
@@ -1016,8 +1017,11 @@ class AuditLog:
 
     def flush(self) -> None:
         """Wait until every record queued so far is written and checkpointed."""
-        if self._thread.is_alive():
-            self._queue.join()
+        target = self._queued
+        with self._progress:
+            while self._written < target and self._thread.is_alive():
+                self._queue.wake()  # no lingering: write now
+                self._progress.wait(0.1)
 
     def close(self) -> None:
         """Unsubscribe, write everything queued, checkpoint and close the files (idempotent)."""
@@ -1026,7 +1030,7 @@ class AuditLog:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._closed = True
-        self._queue.put(_STOP)  # waits for room: a clean shutdown loses nothing
+        self._queue.close()  # the writer empties the queue first: a clean shutdown loses nothing
         self._thread.join()
         if self._dropped:
             log.warning("audit log %s: %d record(s) were lost at shutdown", self.path, self._dropped)

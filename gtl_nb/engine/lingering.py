@@ -1,0 +1,98 @@
+"""``LingeringQueue``: hand work to a background writer thread without waking it for every item.
+
+A ``queue.Queue`` notifies its consumer on every ``put``: for a writer that runs once per request (the
+ledger's, the audit log's) that is a thread wake-up, and a fight for the GIL with the event loop, per
+request — 8 % of the gateway's CPU in a profile at concurrency 1. Here the consumer is woken only
+when it sleeps: while work keeps arriving it polls every ``linger`` seconds instead, taking whatever
+came meanwhile as one batch; after ``idle_after`` seconds without work it sleeps until the next
+``put``. So a busy writer costs ``1 / linger`` wake-ups a second whatever the request rate, an idle one
+none, and an item waits at most ``linger`` seconds before its batch is taken.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+__all__ = ["LingeringQueue"]
+
+T = TypeVar("T")
+
+
+class LingeringQueue(Generic[T]):
+    """Many producers (any thread), one consumer thread (``take``)."""
+
+    def __init__(
+        self,
+        *,
+        maxsize: int = 0,
+        linger: float = 0.005,
+        idle_after: float = 0.5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.maxsize = maxsize
+        self.linger = linger
+        self.idle_after = idle_after
+        self._clock = clock
+        self._items: deque[T] = deque()
+        self._wake = threading.Event()
+        self._sleeping = True  # the consumer waits without a timeout: a put must wake it
+        self._last_work = clock()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: T) -> bool:
+        """Queue ``item``; ``False`` (and nothing queued) when ``maxsize`` items already wait."""
+        if self.maxsize and len(self._items) >= self.maxsize:
+            return False
+        self._items.append(item)  # appending to a deque is atomic: no lock on the request path
+        # read after the append: a consumer that set _sleeping before this read looks at the items
+        # again before it waits, so the item is seen either way
+        if self._sleeping:
+            self._sleeping = False
+            self._wake.set()
+        return True
+
+    def wake(self) -> None:
+        """Make a waiting ``take`` look now (a flush, say)."""
+        self._sleeping = False
+        self._wake.set()
+
+    def close(self) -> None:
+        """No more waiting: ``take`` hands out what is left, then returns ``[]`` at once (the consumer's
+        signal to stop). ``put`` still queues, for a consumer that drains once more."""
+        self.closed = True
+        self.wake()
+
+    def take(self, most: int, *, timeout: float | None = None) -> list[T]:
+        """Up to ``most`` items, oldest first, waiting for at least one — or ``[]`` after ``timeout``
+        seconds (``None``: as long as it takes) or a ``wake``, and at once when the queue is closed."""
+        deadline = None if timeout is None else self._clock() + timeout
+        while not self._items:
+            if self.closed:
+                return []
+            now = self._clock()
+            if deadline is not None and now >= deadline:
+                return []
+            if now - self._last_work < self.idle_after:
+                wait = self.linger  # busy: poll, nobody wakes us
+            else:
+                self._sleeping = True
+                if self._items:  # arrived while we decided to sleep
+                    self._sleeping = False
+                    break
+                wait = None
+            if deadline is not None:
+                wait = max(0.0, deadline - now) if wait is None else min(wait, max(0.0, deadline - now))
+            if self._wake.wait(wait):
+                self._wake.clear()
+                if not self._items:
+                    return []  # woken with nothing to do: a stop, or a flush
+        batch = [self._items.popleft() for _ in range(min(most, len(self._items)))]
+        self._last_work = self._clock()
+        return batch
