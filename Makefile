@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench bench-peers bench-scale bench-smoke lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,grpc,quic,plot]'
+	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,grpc,quic,plot,redis,postgres,otel]'
 	touch $@
 
 demo: $(DEMO_STAMP)
@@ -30,8 +30,31 @@ test: $(TEST_STAMP)
 	$(PY) -m ruff check gtl_nb tests bench
 	$(PY) -m pytest -q
 
+# Benchmarks (docs/benchmarks.md): `bench` the full suite (~15 min, writes docs/benchmarks.md), with LiteLLM
+# when .venv-peers has it; `bench-peers` installs LiteLLM's proxy there first, then runs the suite;
+# `bench-smoke` the whole pipeline in under a minute (what CI runs); `bench-scale` 10,000 concurrent
+# streams in one gateway process (needs RLIMIT_NOFILE >= 65536; never in CI).
+PEERS_VENV := .venv-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed-peers
+LITELLM_SPEC ?= litellm[proxy]==1.106.*
+
 bench: $(TEST_STAMP)
 	$(PY) -m bench
 
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet '$(LITELLM_SPEC)'
+	touch $@
+
+bench-peers: $(TEST_STAMP) $(PEERS_STAMP)
+	$(PY) -m bench --peers on
+
+bench-smoke: $(TEST_STAMP)
+	$(PY) -m bench --smoke
+
+bench-scale: $(TEST_STAMP)
+	$(PY) -m bench.scale
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .ruff_cache

@@ -64,6 +64,7 @@ def _optional_subcommands(sub: Any) -> None:
         "gtl_nb.gateway.token_cli",
         "gtl_nb.gateway.keys_cli",
         "gtl_nb.gateway.audit_cli",
+        "gtl_nb.engine.ledger_cli",
     ):
         try:
             module = __import__(module_name, fromlist=["add_subcommands"])

@@ -66,6 +66,7 @@ def build_engine(
             breaker=settings.routing.breaker,
             clock=clock,
             wall_clock=wall_clock,
+            ledger_retention=settings.ledger.retention,
         )
     if credentials is None:
         config = settings.config

@@ -160,6 +160,18 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "enabled": Field((bool,), True, "record every response's usage and cost"),
         "path": Field(_OPT_STR, None, "SQLite file (default: gtl_nb.engine.ledger.default_ledger_path())"),
         "url": Field(_OPT_STR, None, "store URL: sqlite:///relative/path, sqlite:////absolute/path or memory://"),
+        "retention_days": Field(
+            _OPT_NUM,
+            None,
+            "delete finished rows older than this many days (at least 1; default: keep every row)",
+            check=lambda v, w: _at_least(v, w, 1),
+        ),
+        "max_rows": Field(
+            (int, type(None)),
+            None,
+            "keep at most this many rows, deleting the oldest finished ones (default: no limit)",
+            check=lambda v, w: _at_least(v, w, 1),
+        ),
     },
     "gateway": {
         "auth": Field((str,), "none", "client authentication", choices=("none", "token", "jwt")),
@@ -196,6 +208,9 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "vault": Field((object,), None, "the provider-key vault (docs/vault.md)", check=lambda v, w: _table_only(v, w)),
         "audit": Field((object,), None, "the audit log (docs/operations.md)", check=lambda v, w: _table_only(v, w)),
         "metrics": Field((object,), None, "GET /metrics (docs/operations.md)", check=lambda v, w: _table_only(v, w)),
+        "tracing": Field(
+            (object,), None, "OpenTelemetry traces (docs/operations.md)", check=lambda v, w: _table_only(v, w)
+        ),
     },
     "defaults": {
         "model": Field(_OPT_STR, None, "model used when a request names none (built-in: 'echo')"),

@@ -23,8 +23,11 @@ Lifecycle of a row (``docs/ledger.md`` has the whole story)::
   from any ``UsageLedger``'s rows); ``totals`` and ``spend_today`` sum them for reports.
 
 The ledger is synchronous; the engine reaches it through the async ``UsageLedger`` interface,
-implemented by ``engine.stores.SqliteUsageLedger`` (a worker thread per call) and, in memory, by
-``MemoryUsageLedger`` with the same rules (``clean_finish_fields``, ``row_filter``).
+implemented by ``engine.stores.SqliteUsageLedger`` (writes queued for one writer thread per file,
+``engine.ledger_writer``, which group-commits them with the statements and value builders below)
+and, in memory, by ``MemoryUsageLedger`` with the same rules (``clean_finish_fields``,
+``row_filter``). Every read through a ``Ledger`` first waits for the writes this process queued
+for the same file (``register_pending_writes``), so readers see what was written before them.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FINISH_FIELDS",
+    "FINISH_STATUS_ONLY",
+    "FINISH_UPDATE",
+    "INSERT_FINISHED",
+    "INSERT_STARTED",
     "Ledger",
     "LedgerBusyError",
     "LedgerError",
@@ -66,12 +73,17 @@ __all__ = [
     "clean_finish_fields",
     "default_ledger_path",
     "finish_fields",
+    "finish_values",
+    "finished_row_values",
     "frame_from_rows",
     "iso_utc",
     "process_alive",
     "process_identity",
     "refused_by_budget",
+    "register_pending_writes",
     "row_filter",
+    "started_values",
+    "unregister_pending_writes",
 ]
 
 log = get_logger("engine.ledger")
@@ -182,10 +194,20 @@ def finish_fields(end: Done | Error, usage: Usage | None = None) -> dict[str, An
 # ----------------------------------------------------------------------------------------------
 # the ledger
 
-_INSERT = (
+#: Insert a row at ``start()``: status ``started``, no outcome yet.
+INSERT_STARTED = (
     f"INSERT INTO {TABLE} (time, time_utc, session_id, user, deployment, provider_type, model, status, "
     "cache_hit, coalesced, failover_path, pid, proc_start, hostname, tenant, key_id, trace_id) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, 'started', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+#: Insert a row that is finished already: the writer's one statement when a request's start and
+#: finish are written together (``finished_row_values`` builds the parameters).
+INSERT_FINISHED = (
+    f"INSERT INTO {TABLE} (time, time_utc, end_time, session_id, user, deployment, provider_type, model, "
+    "status, error_code, tokens_in, tokens_out, cached_tokens_in, reasoning_tokens_out, cost, ttft_ms, "
+    "latency_ms, cache_hit, coalesced, failover_path, pid, proc_start, hostname, tenant, key_id, trace_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # One UPDATE completes a row; the status guard makes a second finish change nothing.
@@ -198,10 +220,13 @@ _FINISH = (
     "failover_path = COALESCE(?, failover_path) "
     "WHERE id = ? AND status = 'started'"
 )
+#: The finishing UPDATE (parameters: ``finish_values``).
+FINISH_UPDATE = _FINISH
 
 
-# The fallback when the details cannot be written: the outcome alone, so no ended request stays started.
-_FINISH_STATUS_ONLY = (
+#: The fallback when the details cannot be written: the outcome alone, so no ended request stays
+#: started. Parameters: status, end time, error code, end time again, row id.
+FINISH_STATUS_ONLY = (
     f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, latency_ms = (? - time) * 1000.0 "
     "WHERE id = ? AND status = 'started'"
 )
@@ -250,6 +275,97 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
     return clean
 
 
+def started_values(
+    when: float,
+    *,
+    session_id: str | None,
+    user: str | None,
+    model: str | None,
+    hostname: str,
+    deployment: str | None = None,
+    provider_type: str | None = None,
+    cache_hit: bool = False,
+    coalesced: bool = False,
+    failover_path: Sequence[str] | None = None,
+    tenant: Any = None,
+    key_id: Any = None,
+    trace_id: Any = None,
+) -> tuple[Any, ...]:
+    """The parameters of ``INSERT_STARTED``: a request's start as the writing process records it
+    (its pid and process identity are read here)."""
+    pid, identity = own_identity()
+    return (
+        when,
+        iso_utc(when),
+        session_id,
+        user,
+        deployment,
+        provider_type,
+        model,
+        int(bool(cache_hit)),
+        int(bool(coalesced)),
+        _path_json(failover_path),
+        pid,
+        identity,
+        hostname,
+        _text(tenant),
+        _text(key_id),
+        _text(trace_id),
+    )
+
+
+def finish_values(row_id: int, status: str, when: float, clean: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The parameters of ``FINISH_UPDATE`` for fields cleaned by ``clean_finish_fields``."""
+    return (
+        status,
+        when,
+        *(clean[name] for name in _FINISH_DETAILS[:-3]),
+        when,
+        _optional_bool(clean["cache_hit"]),
+        _optional_bool(clean["coalesced"]),
+        _path_json(clean["failover_path"]),
+        row_id,
+    )
+
+
+def finished_row_values(
+    started: Sequence[Any], status: str, when: float, clean: Mapping[str, Any] | None, error_code: Any = None
+) -> tuple[Any, ...]:
+    """The parameters of ``INSERT_FINISHED``: ``started_values`` completed exactly as ``FINISH_UPDATE``
+    would complete that row (a field given as None keeps the start's value; latency defaults to the
+    time since the start). ``clean=None`` records the outcome alone (status, end time, ``error_code``),
+    as ``FINISH_STATUS_ONLY`` does."""
+    if clean is None:
+        clean = dict.fromkeys(_FINISH_DETAILS)
+        clean["error_code"] = _text(error_code)
+    began = started[0]
+    latency = clean["latency_ms"]
+    path = clean["failover_path"]
+    return (
+        began,
+        started[1],
+        when,
+        started[2],
+        started[3],
+        started[4] if clean["deployment"] is None else clean["deployment"],
+        started[5] if clean["provider_type"] is None else clean["provider_type"],
+        started[6] if clean["model"] is None else clean["model"],
+        status,
+        clean["error_code"],
+        clean["tokens_in"],
+        clean["tokens_out"],
+        clean["cached_tokens_in"],
+        clean["reasoning_tokens_out"],
+        clean["cost"],
+        clean["ttft_ms"],
+        (when - began) * 1000.0 if latency is None else latency,
+        started[7] if clean["cache_hit"] is None else int(bool(clean["cache_hit"])),
+        started[8] if clean["coalesced"] is None else int(bool(clean["coalesced"])),
+        started[9] if path is None else _path_json(path),
+        *started[10:],
+    )
+
+
 def _finish_row(conn: sqlite3.Connection, statement: str, values: Sequence[Any], row_id: int) -> str | None:
     """Run a finishing UPDATE; ``None`` when it finished the row, else the row's status (or ``missing``)."""
     if conn.execute(statement, values).rowcount == 1:
@@ -295,6 +411,9 @@ class Ledger:
             os.register_at_fork(after_in_child=lambda: _reset_lock(ref))
         if not self._memory:
             _create_private_file(Path(self.path))
+        #: Names this ledger's database in the process (the file's real path), so the queued writes
+        #: of every ``Ledger`` and writer on one file are found by each reader of it.
+        self.key = f"{MEMORY}{id(self)}" if self._memory else os.path.realpath(self.path)
         try:
             self._write(ledger_migrations.migrate)
             self.recover()
@@ -325,26 +444,22 @@ class Ledger:
         ``user``, ``tenant``, ``key_id`` and ``trace_id`` are the request context's facts
         (``engine.context.RequestContext``; ``user`` is its principal)."""
         when = self._clock() if now is None else float(now)
-        pid, identity = own_identity()
-        values = (
+        values = started_values(
             when,
-            iso_utc(when),
-            session_id,
-            user,
-            deployment,
-            provider_type,
-            model,
-            int(bool(cache_hit)),
-            int(bool(coalesced)),
-            _path_json(failover_path),
-            pid,
-            identity,
-            self.hostname,
-            _text(tenant),
-            _text(key_id),
-            _text(trace_id),
+            session_id=session_id,
+            user=user,
+            model=model,
+            hostname=self.hostname,
+            deployment=deployment,
+            provider_type=provider_type,
+            cache_hit=cache_hit,
+            coalesced=coalesced,
+            failover_path=failover_path,
+            tenant=tenant,
+            key_id=key_id,
+            trace_id=trace_id,
         )
-        return self._write(lambda conn: int(conn.execute(_INSERT, values).lastrowid or 0))
+        return self._write(lambda conn: int(conn.execute(INSERT_STARTED, values).lastrowid or 0))
 
     def finish(
         self,
@@ -403,16 +518,7 @@ class Ledger:
                     "failover_path": failover_path,
                 },
             )
-            values = (
-                status,
-                when,
-                *(clean[name] for name in _FINISH_DETAILS[:-3]),
-                when,
-                _optional_bool(clean["cache_hit"]),
-                _optional_bool(clean["coalesced"]),
-                _path_json(clean["failover_path"]),
-                row_id,
-            )
+            values = finish_values(row_id, status, when, clean)
             previous = self._write(lambda conn: _finish_row(conn, _FINISH, values, row_id))
         except (LedgerBusyError, LedgerStateError):
             raise
@@ -421,7 +527,7 @@ class Ledger:
             # that ended: record the outcome alone, and say what was lost.
             log.warning("ledger row %s: could not record its details (%s); recording its status only", row_id, exc)
             essentials = (status, when, _text(error_code), when, row_id)
-            previous = self._write(lambda conn: _finish_row(conn, _FINISH_STATUS_ONLY, essentials, row_id))
+            previous = self._write(lambda conn: _finish_row(conn, FINISH_STATUS_ONLY, essentials, row_id))
         if previous == "missing":
             raise LedgerStateError(f"ledger row {row_id} does not exist")
         if previous is not None:
@@ -531,6 +637,22 @@ class Ledger:
         return frame_from_rows(self.rows(**filters))
 
     @property
+    def busy_timeout(self) -> float:
+        """SQLite's own wait for another connection's lock, in seconds."""
+        return self._busy_timeout
+
+    @property
+    def retry_for(self) -> float:
+        """How long a write retries beyond ``busy_timeout`` before ``LedgerBusyError``, in seconds."""
+        return self._retry_for
+
+    def vacuum(self) -> None:
+        """Rewrite the file so the space of deleted rows goes back to the file system. It holds the
+        write lock while it runs (other writers wait, within their ``retry_for``)."""
+        with self._lock:
+            self._retrying(lambda: self._writer().execute("VACUUM"))
+
+    @property
     def schema_version(self) -> int:
         """How many migrations the file has had (``PRAGMA user_version``)."""
         return self._read(ledger_migrations.user_version)
@@ -591,13 +713,22 @@ class Ledger:
             raise
         return conn
 
+    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction on the writer connection,
+        retried while another process holds the lock (``LedgerBusyError`` after ``retry_for``)."""
+        return self._write(work)
+
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""
         with self._lock:
             return self._retrying(lambda: run_transaction(self._writer(), work))
 
     def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``work`` on a reader connection of its own (WAL readers never block writers)."""
+        """Run ``work`` on a reader connection of its own (WAL readers never block writers), after
+        the writes this process queued for the file before the call are committed."""
+        flush = _PENDING_WRITES.get(self.key)
+        if flush is not None:  # read-your-writes: a queued row is in the file before we look
+            flush()
         if self._memory:  # an in-memory database exists only in its one connection
             with self._lock:
                 return self._retrying(lambda: work(self._writer()))
@@ -623,6 +754,33 @@ class Ledger:
             error=LedgerError,
             busy_error=LedgerBusyError,
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# writes queued in this process (engine.ledger_writer): every reader flushes them first
+
+_PENDING_WRITES: dict[str, Callable[[], None]] = {}
+
+
+def register_pending_writes(key: str, flush: Callable[[], None]) -> None:
+    """Make every read of the ledger ``key`` (``Ledger.key``) in this process call ``flush`` first:
+    ``flush`` returns once the writes queued before it was called are committed."""
+    _PENDING_WRITES[key] = flush
+
+
+def unregister_pending_writes(key: str, flush: Callable[[], None]) -> None:
+    """Undo ``register_pending_writes`` (only if ``flush`` is still the one registered for ``key``)."""
+    if _PENDING_WRITES.get(key) == flush:
+        del _PENDING_WRITES[key]
+
+
+def _forget_pending_writes() -> None:
+    # A forked child has none of its parent's writer threads: waiting on them would never end.
+    _PENDING_WRITES.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pending_writes)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from gtl_nb.engine.breaker import BreakerConfig
 from gtl_nb.engine.cache import CacheConfig
 from gtl_nb.engine.config import Config, load_config
 from gtl_nb.engine.http import Timeouts
+from gtl_nb.engine.ledger_retention import Retention
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.retry import RetryPolicy
 from gtl_nb.protocol.errors import ConfigurationError
@@ -122,17 +123,21 @@ class UpstreamSettings:
 
 @dataclass(frozen=True)
 class LedgerSettings:
-    """``[ledger]``: whether usage is recorded, and where (a path or a store URL; ``None``: the default file)."""
+    """``[ledger]``: whether usage is recorded, where (a path or a store URL; ``None``: the default
+    file), and how long finished rows are kept (``retention``; ``None``: every row, the default)."""
 
     enabled: bool = True
     url: str | None = None
+    retention: Retention | None = None
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> LedgerSettings:
         url, path = table.get("url"), table.get("path")
         if url and path:
             raise ConfigurationError("[ledger] has both url and path; path is the shorthand for sqlite:///<path>")
-        return cls(enabled=bool(table.get("enabled", True)), url=url or path)
+        days, rows = table.get("retention_days"), table.get("max_rows")
+        retention = None if days is None and rows is None else Retention(days=days, max_rows=rows)
+        return cls(enabled=bool(table.get("enabled", True)), url=url or path, retention=retention)
 
 
 @dataclass(frozen=True)

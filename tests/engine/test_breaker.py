@@ -350,8 +350,8 @@ def test_config_backend_is_a_store_url():
     assert BreakerConfig.from_dict({"backend": "sqlite:///breakers.db"}).backend == "sqlite:///breakers.db"
     with pytest.raises(ConfigurationError, match=r"\[routing\.breaker\]: backend must be a string"):
         BreakerConfig.from_dict({"backend": 1})
-    with pytest.raises(ConfigurationError, match="redis:// stores come with scale-out"):
-        BreakerConfig.from_dict({"backend": "redis://cache"})
+    with pytest.raises(ConfigurationError, match="postgresql:// holds the usage ledger only"):
+        BreakerConfig.from_dict({"backend": "postgresql://db/gtl"})
 
 
 # -- state as data, and the changes a verdict causes --------------------------------------------------

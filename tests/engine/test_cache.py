@@ -471,7 +471,7 @@ def test_cache_backend_is_a_store_url(backend):
 
 
 @pytest.mark.parametrize(
-    ("backend", "fragment"), [("redis://cache:6379", "come with scale-out"), ("disk", "unknown store 'disk'")]
+    ("backend", "fragment"), [("postgresql://db/gtl", "holds the usage ledger only"), ("disk", "unknown store 'disk'")]
 )
 def test_cache_backend_mistakes_are_configuration_errors(backend, fragment):
     with pytest.raises(ConfigurationError, match=r"\[cache\] backend") as info:

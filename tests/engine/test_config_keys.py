@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -538,6 +539,40 @@ def ledger_url(tmp_path):
     settings = load_settings(environ={}, ledger={"url": f"sqlite:///{path}"})
     gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann")).complete("echo", "hi")
     assert list(gtl_nb.connect(ledger=path, environ={}).usage()["user"]) == ["ann"]
+
+
+def _old_rows(path, ages_in_days: list[float]) -> None:
+    """Finished rows written ``ages_in_days`` ago, by another writer (as older sessions would have)."""
+    from gtl_nb.engine.ledger import Ledger
+
+    now = time.time()
+    with Ledger(path) as old:
+        for number, age in enumerate(ages_in_days):
+            row = old.start(session_id=f"old-{number}", user="ann", model="echo", now=now - age * 86400)
+            old.finish(row, status="ok", now=now - age * 86400 + 1)
+
+
+def ledger_retention_days(tmp_path):
+    path = tmp_path / "r.sqlite3"
+    _old_rows(path, [10, 3])
+    settings = load_settings(environ={}, ledger={"path": str(path), "retention_days": 5})
+    c = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann"))
+    c.complete("echo", "hi")  # opening the ledger applies retention
+    c.close()
+    sessions = list(gtl_nb.connect(ledger=path, environ={}).usage()["session_id"])
+    assert "old-0" not in sessions and "old-1" in sessions and len(sessions) == 2
+
+
+def ledger_max_rows(tmp_path):
+    path = tmp_path / "m.sqlite3"
+    _old_rows(path, [9, 8, 7])
+    settings = load_settings(environ={}, ledger={"path": str(path), "max_rows": 2})
+    c = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann"))
+    c.complete("echo", "hi")
+    c.close()
+    sessions = list(gtl_nb.connect(ledger=path, environ={}).usage()["session_id"])
+    # pruned when the ledger opened (then at most hourly): the two newest rows were kept, the new one added
+    assert sessions[:2] == ["old-1", "old-2"] and len(sessions) == 3
 
 
 # -- [defaults] --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import gtl_nb
 from gtl_nb import sim
 from gtl_nb.backend import EmbeddedBackend
 from gtl_nb.engine.breaker import BreakerConfig
+from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.hooks import Hooks, RequestFinished
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.settings import load_settings
@@ -74,9 +75,11 @@ def test_a_cancel_while_acquiring_a_probe_slot_gives_the_slot_back(tmp_path):
     assert snapshot["probes_in_flight"] == 0 and snapshot["allowed"]
 
 
-def test_a_cancel_during_the_ledger_insert_settles_the_budget_reservation(tmp_path):
+def test_a_cancel_while_the_ledger_start_waits_for_room_settles_the_budget_reservation(tmp_path):
+    """The ledger's writer cannot commit (another process holds the write lock) and its queue is full,
+    so the request's start waits for room; cancelled there, it holds no budget and leaves one row."""
     path = tmp_path / "ledger.sqlite3"
-    ledger = SqliteUsageLedger(Ledger(path, busy_timeout=0.05), owns=True)
+    ledger = SqliteUsageLedger(Ledger(path, busy_timeout=0.05), owns=True, max_pending=1)
     budgets = MemoryBudgetCounter()
     stores = Stores(ledger=ledger, budgets=budgets, cache=MemoryResponseCache(), breakers=MemoryBreakerStore())
     engine = make_engine(
@@ -85,7 +88,10 @@ def test_a_cancel_during_the_ledger_insert_settles_the_budget_reservation(tmp_pa
 
     async def main():
         other = sqlite3.connect(path, isolation_level=None)
-        other.execute("BEGIN IMMEDIATE")
+        other.execute("BEGIN IMMEDIATE")  # the writer cannot commit, so its queue stays full
+        bob = RequestContext(principal="bob")
+        await ledger.start(session_id="taken", context=bob, model="m")
+        await ledger.start(session_id="queued", context=bob, model="m")  # the queue is full now
         task = asyncio.ensure_future(anext(engine.stream(request("s1", max_tokens=50000), user="alice")))
         await asyncio.sleep(0.3)
         task.cancel()
@@ -93,7 +99,7 @@ def test_a_cancel_during_the_ledger_insert_settles_the_budget_reservation(tmp_pa
         with pytest.raises(asyncio.CancelledError):
             await task
         await asyncio.sleep(0.3)
-        return await budgets.usage("alice", now=time.time()), [r["status"] for r in await ledger.rows()]
+        return await budgets.usage("alice", now=time.time()), [r["status"] for r in await ledger.rows(user="alice")]
 
     usage, statuses = asyncio.run(main())
     assert usage["tokens_last_minute"] == 0  # nothing was sent: the estimate is not held

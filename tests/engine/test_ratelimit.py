@@ -286,8 +286,8 @@ def test_config_backend_is_a_store_url():
     assert BudgetConfig.from_dict({"backend": "memory://"}).backend == "memory://"
     with pytest.raises(ConfigurationError, match=r"\[budgets\] backend in gtl\.toml: unknown store 'mem'"):
         BudgetConfig.from_dict({"backend": "mem"}, where="[budgets] in gtl.toml")
-    with pytest.raises(ConfigurationError, match="redis:// stores come with scale-out"):
-        BudgetConfig(backend="redis://cache")
+    with pytest.raises(ConfigurationError, match="postgresql:// holds the usage ledger only"):
+        BudgetConfig(backend="postgresql://db/gtl")
     with pytest.raises(ConfigurationError, match="unknown key 'backend'"):
         BudgetConfig.from_dict({"users": {"ann": {"backend": "memory://"}}})
 

@@ -3,8 +3,11 @@ and circuit-breaker state.
 
 The engine sees only these protocols; ``open_stores`` picks the implementations from URLs in the
 configuration (``memory://``, ``sqlite:///relative/path``, ``sqlite:////absolute/path``; ``redis://``
-and ``postgresql://`` come with scale-out). Every implementation runs the same contract test suite
-(``tests/engine/stores/``).
+for what gateway replicas share, ``postgresql://`` for their ledger). Every implementation runs the
+same contract test suite (``tests/engine/stores/``).
+
+Shared by gateway replicas: ``RedisBudgetCounter``, ``RedisResponseCache`` and ``RedisBreakerStore``
+(``redis://``, the ``redis`` extra) and ``PostgresUsageLedger`` (``postgresql://``, the ``postgres`` extra).
 
 ========================  =====================================  ==================================
 interface                 memory://                              sqlite:///path
@@ -42,6 +45,8 @@ if TYPE_CHECKING:
         MemoryResponseCache,
         MemoryUsageLedger,
     )
+    from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
+    from gtl_nb.engine.stores.redis import RedisBreakerStore, RedisBudgetCounter, RedisResponseCache
     from gtl_nb.engine.stores.sqlite import (
         SqliteBreakerStore,
         SqliteBudgetCounter,
@@ -57,6 +62,8 @@ _LAZY = {
     **dict.fromkeys(
         ("SqliteBreakerStore", "SqliteBudgetCounter", "SqliteResponseCache", "SqliteUsageLedger"), "sqlite"
     ),
+    **dict.fromkeys(("RedisBreakerStore", "RedisBudgetCounter", "RedisResponseCache"), "redis"),
+    "PostgresUsageLedger": "postgres_ledger",
 }
 
 __all__ = [
@@ -66,6 +73,10 @@ __all__ = [
     "MemoryBudgetCounter",
     "MemoryResponseCache",
     "MemoryUsageLedger",
+    "PostgresUsageLedger",
+    "RedisBreakerStore",
+    "RedisBudgetCounter",
+    "RedisResponseCache",
     "Reservation",
     "ResponseCache",
     "SqliteBreakerStore",

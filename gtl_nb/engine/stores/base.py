@@ -22,7 +22,8 @@ class UsageLedger(Protocol):
     async def start(
         self, *, session_id: str, context: RequestContext, model: str | None, now: float | None = None
     ) -> int:
-        """Insert the row of a request about to be sent; return its id."""
+        """Record the start of a request about to be sent; return a handle for ``finish`` (not
+        necessarily the row's id: a writer off the request path assigns that later)."""
         ...
 
     async def finish(self, row_id: int, *, status: str, now: float | None = None, **fields: Any) -> None:

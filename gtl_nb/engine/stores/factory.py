@@ -1,8 +1,11 @@
 """``open_stores``: the four stores an engine runs on, chosen from settings.
 
 Store URLs (``engine.stores.urls``): ``memory://``, and ``sqlite:///relative/path`` or
-``sqlite:////absolute/path`` — the path follows the third slash, the usual convention;
-``redis://`` and ``postgresql://`` come with scale-out.
+``sqlite:////absolute/path`` — the path follows the third slash, the usual convention; and
+``redis://host:port/db`` (``rediss://`` with TLS) for the budgets, the cache and the breakers that
+gateway replicas share (``engine.stores.redis``; the ledger does not live in Redis); and
+``postgresql://user:password@host/database`` for the usage ledger that replicas share
+(``engine.stores.postgres_ledger``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from gtl_nb.engine.breaker import BreakerConfig
 from gtl_nb.engine.cache import CacheConfig
 from gtl_nb.engine.ledger import Ledger, default_ledger_path
+from gtl_nb.engine.ledger_retention import Retention
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.stores.base import BreakerStore, BudgetCounter, ResponseCache, Stores, UsageLedger
 from gtl_nb.engine.stores.memory import (
@@ -24,6 +28,7 @@ from gtl_nb.engine.stores.memory import (
     MemoryResponseCache,
     MemoryUsageLedger,
 )
+from gtl_nb.engine.stores.postgres_pool import is_postgres_url
 from gtl_nb.engine.stores.sqlite import SqliteBreakerStore, SqliteBudgetCounter, SqliteResponseCache, SqliteUsageLedger
 from gtl_nb.engine.stores.urls import ACCEPTED, parse_store_url
 from gtl_nb.protocol.errors import ConfigurationError
@@ -42,6 +47,7 @@ def open_stores(
     breaker: BreakerConfig | None = None,
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
+    ledger_retention: Retention | None = None,
 ) -> Stores:
     """The ``Stores`` the settings select (opening SQLite files: blocking, call it before the loop runs).
 
@@ -49,7 +55,8 @@ def open_stores(
     ``UsageLedger`` (used as it is), a synchronous ``Ledger`` (wrapped; its owner still closes it), or
     ``None``: no ledger — unless ``default_ledger``, then the default file (``default_ledger_path()``).
 
-    ``cache.backend`` and ``breaker.backend`` are URLs (default ``memory://``). ``budgets.backend``
+    ``cache.backend`` and ``breaker.backend`` are URLs (default ``memory://``; a ``redis://`` URL needs
+    the ``redis`` extra, and connects on first use, not here). ``budgets.backend``
     defaults to the ledger's own file when the ledger is a SQLite file — processes that share a
     ledger share budgets, as before — and to ``memory://`` otherwise. ``clock`` (monotonic seconds)
     drives the in-memory cache and breakers; ``wall_clock`` (unix seconds) stamps ledger rows and
@@ -58,7 +65,7 @@ def open_stores(
     cache = cache or CacheConfig()
     breaker = breaker or BreakerConfig()
     with ExitStack() as opened:  # a store that fails to open closes the ones opened before it
-        usage = _open_ledger(ledger, default_ledger, wall_clock)
+        usage = _open_ledger(ledger, default_ledger, wall_clock, ledger_retention)
         if usage is not None and usage is not ledger:  # never close what the caller passed in
             opened.callback(_close_quietly, usage)
         counters = _open_budgets(budgets, usage)
@@ -70,20 +77,33 @@ def open_stores(
     return Stores(ledger=usage, budgets=counters, cache=answers, breakers=circuits)
 
 
-def _open_ledger(ledger: LedgerChoice, default_ledger: bool, wall_clock: Callable[[], float]) -> UsageLedger | None:
+def _open_ledger(
+    ledger: LedgerChoice, default_ledger: bool, wall_clock: Callable[[], float], retention: Retention | None
+) -> UsageLedger | None:
     if ledger is None or ledger is False:
-        return SqliteUsageLedger(default_ledger_path(), clock=wall_clock) if default_ledger else None
+        if not default_ledger:
+            return None
+        return SqliteUsageLedger(default_ledger_path(), clock=wall_clock, retention=retention)
     if isinstance(ledger, Ledger):
-        return SqliteUsageLedger(ledger)
+        return SqliteUsageLedger(ledger, retention=retention)
     if isinstance(ledger, UsageLedger):
         return ledger
+    if isinstance(ledger, str) and is_postgres_url(ledger):
+        from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
+
+        return PostgresUsageLedger(ledger, clock=wall_clock)
     if isinstance(ledger, str) and "://" in ledger:
         url = parse_store_url(ledger, where="ledger")
         if url.scheme == "memory":
             return MemoryUsageLedger(clock=wall_clock)
-        return SqliteUsageLedger(url.path, clock=wall_clock)
+        if url.scheme == "redis":
+            raise ConfigurationError(
+                "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
+                "use postgresql://…, sqlite:///path or memory://"
+            )
+        return SqliteUsageLedger(url.path, clock=wall_clock, retention=retention)
     if isinstance(ledger, (str, os.PathLike)):
-        return SqliteUsageLedger(ledger, clock=wall_clock)
+        return SqliteUsageLedger(ledger, clock=wall_clock, retention=retention)
     raise ConfigurationError(
         f"ledger must be a path, a store URL ({ACCEPTED}), a UsageLedger, a Ledger or None, got {ledger!r}"
     )
@@ -96,6 +116,10 @@ def _open_budgets(budgets: BudgetConfig | None, ledger: UsageLedger | None) -> B
             return SqliteBudgetCounter(ledger.path, ledger_rows=True)
         return MemoryBudgetCounter()
     url = parse_store_url(backend, where="[budgets] backend")
+    if url.scheme == "redis":
+        from gtl_nb.engine.stores.redis_budget import RedisBudgetCounter
+
+        return RedisBudgetCounter(url.url)  # type: ignore[arg-type]
     return MemoryBudgetCounter() if url.scheme == "memory" else SqliteBudgetCounter(url.path)  # type: ignore[arg-type]
 
 
@@ -103,6 +127,10 @@ def _open_cache(config: CacheConfig, clock: Callable[[], float], wall_clock: Cal
     url = parse_store_url(config.backend, where="[cache] backend")
     if url.scheme == "memory":
         return MemoryResponseCache(config.max_entries, config.ttl, clock=clock)
+    if url.scheme == "redis":
+        from gtl_nb.engine.stores.redis_cache import RedisResponseCache
+
+        return RedisResponseCache(url.url, default_ttl=config.ttl, wall_clock=wall_clock)  # type: ignore[arg-type]
     return SqliteResponseCache(url.path, default_ttl=config.ttl, wall_clock=wall_clock)  # type: ignore[arg-type]
 
 
@@ -110,6 +138,10 @@ def _open_breakers(config: BreakerConfig, clock: Callable[[], float], wall_clock
     url = parse_store_url(config.backend, where="[routing.breaker] backend")
     if url.scheme == "memory":
         return MemoryBreakerStore(config, clock=clock)
+    if url.scheme == "redis":
+        from gtl_nb.engine.stores.redis_breakers import RedisBreakerStore
+
+        return RedisBreakerStore(url.url, config, wall_clock=wall_clock)  # type: ignore[arg-type]
     return SqliteBreakerStore(url.path, config, wall_clock=wall_clock)  # type: ignore[arg-type]
 
 

@@ -1,9 +1,10 @@
 """The SQLite stores (``sqlite:///path``): state shared by the processes of one machine.
 
-``SqliteUsageLedger`` is the usage ledger (``engine.ledger.Ledger``) behind the async interface.
+``SqliteUsageLedger`` is the usage ledger (``engine.ledger.Ledger``) behind the async interface,
+its writes queued for one writer thread per file (``engine.ledger_writer``).
 ``SqliteBudgetCounter``, ``SqliteResponseCache`` and ``SqliteBreakerStore`` each keep one table of
 their own, in a file of their own or in the ledger's file (budgets do by default, so processes that
-share a ledger share budgets). Every call runs in a worker thread; every read-decide-write is one
+share a ledger share budgets). Each of their calls runs in a worker thread; every read-decide-write is one
 ``BEGIN IMMEDIATE`` transaction (``SqliteDatabase``), which is what makes ``reserve`` exact across
 processes and breaker updates atomic.
 """
@@ -24,7 +25,18 @@ import msgspec
 from gtl_nb.engine.breaker import BreakerConfig, CircuitBreaker
 from gtl_nb.engine.cache import CachedAnswer
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.ledger import MEMORY, Ledger, LedgerStateError, Totals
+from gtl_nb.engine.ledger import (
+    FINISH_FIELDS,
+    MEMORY,
+    Ledger,
+    LedgerBusyError,
+    LedgerStateError,
+    LedgerValueError,
+    Totals,
+)
+from gtl_nb.engine.ledger_retention import Retention
+from gtl_nb.engine.ledger_schema import FINAL_STATUSES
+from gtl_nb.engine.ledger_writer import MAX_PENDING, LedgerWriter, acquire_writer, flush_rows_of, release_writer
 from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
 from gtl_nb.engine.stores.base import Reservation
 from gtl_nb.engine.stores.sqlite_db import SqliteDatabase
@@ -55,11 +67,19 @@ async def _settled(work: asyncio.Future[T]) -> T:
 
 
 class SqliteUsageLedger:
-    """The SQLite ``Ledger`` as a ``UsageLedger``: each call runs in a worker thread.
+    """The SQLite ``Ledger`` as a ``UsageLedger``, its writes off the request path.
+
+    ``start`` and ``finish`` queue the row's write for this process's writer thread of the file
+    (``engine.ledger_writer``: one per file, group commits) and return without waiting for the disk;
+    ``start`` returns a row handle for ``finish``, not the row's id. Reads (``rows``, ``totals``,
+    ``to_dataframe``) run in a worker thread and first wait for the writes queued before them.
 
     ``SqliteUsageLedger(path)`` opens (and at ``aclose`` closes) the ledger file; ``None`` is the
     default file. ``SqliteUsageLedger(ledger)`` wraps a ``Ledger`` its caller keeps and closes
-    (``owns=True`` hands it over). ``clock`` stamps rows written without ``now``.
+    (``owns=True`` hands it over). ``clock`` stamps rows written without ``now`` and drives
+    ``retention`` (``engine.ledger_retention``; ``None``: keep every row). ``max_pending`` bounds the
+    queue: beyond it a ``start`` waits for room, up to the ledger's ``retry_for``, then raises
+    ``LedgerBusyError``.
     """
 
     def __init__(
@@ -68,6 +88,8 @@ class SqliteUsageLedger:
         *,
         clock: Callable[[], float] = time.time,
         owns: bool | None = None,
+        retention: Retention | None = None,
+        max_pending: int = MAX_PENDING,
     ) -> None:
         if isinstance(ledger, Ledger):
             self.ledger = ledger
@@ -75,6 +97,14 @@ class SqliteUsageLedger:
         else:
             self.ledger = Ledger(ledger, clock=clock)
             self._owns = True if owns is None else owns
+        self._clock = clock
+        self._options: dict[str, Any] = {"retention": retention, "max_pending": max_pending, "clock": clock}
+        try:
+            self._writer = acquire_writer(self.ledger, **self._options)
+        except BaseException:
+            if self._owns:
+                self.ledger.close()
+            raise
         self._closed = False
 
     @property
@@ -85,41 +115,49 @@ class SqliteUsageLedger:
     async def start(
         self, *, session_id: str, context: RequestContext, model: str | None, now: float | None = None
     ) -> int:
-        """Insert the row (status ``started``); a cancelled caller's row is still finished, ``cancelled``."""
+        """Queue the row (status ``started``) and return its handle, without waiting for the disk
+        (unless the queue is full: then wait for room)."""
         self._check_open()
-        insert = asyncio.ensure_future(
-            asyncio.to_thread(
-                self.ledger.start,
-                session_id=session_id,
-                user=context.principal,
-                model=model,
-                tenant=context.tenant,
-                key_id=context.key_id,
-                trace_id=context.trace_id,
-                now=now,
-            )
-        )
-        try:
-            return await asyncio.shield(insert)
-        except asyncio.CancelledError:
-            insert.add_done_callback(self._finish_cancelled_insert)  # the INSERT lands anyway
-            raise
+        when = self._clock() if now is None else float(now)
+        row = {
+            "session_id": session_id,
+            "user": context.principal,
+            "model": model,
+            "tenant": context.tenant,
+            "key_id": context.key_id,
+            "trace_id": context.trace_id,
+        }
+        handle = self._live_writer().start(when, **row)
+        if handle is None:
+            handle = await self._start_when_room(when, row)
+        return handle
 
     async def finish(self, row_id: int, *, status: str, now: float | None = None, **fields: Any) -> None:
-        """Complete the row (``Ledger.finish``); a cancelled caller still waits until it is written."""
+        """Queue the row's outcome (``Ledger.finish``'s fields); raise at once for a wrong status or
+        field, and for a handle that is finished already or unknown (the first outcome wins)."""
         self._check_open()
-        write = asyncio.ensure_future(asyncio.to_thread(self.ledger.finish, row_id, status=status, now=now, **fields))
-        await _settled(write)
+        unknown = set(fields) - FINISH_FIELDS
+        if unknown:
+            raise TypeError(f"finish() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        if status not in FINAL_STATUSES:
+            raise LedgerValueError(f"finish status must be one of {', '.join(FINAL_STATUSES)}, not {status!r}")
+        when = self._clock() if now is None else float(now)
+        self._live_writer().finish(int(row_id), status, when, fields)
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed to the file."""
+        self._check_open()
+        await asyncio.to_thread(self._live_writer().flush)
 
     async def rows(self, **filters: Any) -> list[dict[str, Any]]:
-        """``Ledger.rows(**filters)``: dicts of every column, oldest first."""
+        """``Ledger.rows(**filters)``: dicts of every column, oldest first (queued writes included)."""
         self._check_open()
         return await asyncio.to_thread(self.ledger.rows, **filters)
 
     async def totals(
         self, *, user: str | None = None, since: float | None = None, until: float | None = None
     ) -> Totals:
-        """``Ledger.totals``."""
+        """``Ledger.totals`` (queued writes included)."""
         self._check_open()
         return await asyncio.to_thread(self.ledger.totals, user, since, until=until)
 
@@ -132,8 +170,11 @@ class SqliteUsageLedger:
         await asyncio.to_thread(self.close)
 
     def close(self) -> None:
-        """Close now, without a loop (the ledger file only if this store opened it)."""
+        """Write what is queued and close, without a loop (the ledger file only if this store opened it)."""
+        if self._closed:
+            return
         self._closed = True
+        release_writer(self._writer)
         if self._owns:
             self.ledger.close()
 
@@ -141,14 +182,26 @@ class SqliteUsageLedger:
         if self._closed:
             raise LedgerStateError(f"the ledger {self.ledger.path} is closed")
 
-    def _finish_cancelled_insert(self, insert: asyncio.Future[int]) -> None:
-        if insert.cancelled() or insert.exception() is not None:
-            return
-        row_id = insert.result()
-        finish = asyncio.get_running_loop().run_in_executor(
-            None, lambda: self.ledger.finish(row_id, status="cancelled", error_code="CANCELLED")
-        )
-        finish.add_done_callback(_log_failure("could not finish the cancelled request's row"))
+    def _live_writer(self) -> LedgerWriter:
+        if self._writer.forked:  # a forked child: its parent's writer thread does not exist here
+            self._writer = acquire_writer(self.ledger, **self._options)
+        return self._writer
+
+    async def _start_when_room(self, when: float, row: dict[str, Any]) -> int:
+        """Back-pressure: wait (in a worker thread) until the writer has room, within ``retry_for``."""
+        writer = self._live_writer()
+        deadline = time.monotonic() + self.ledger.retry_for
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LedgerBusyError(
+                    f"the ledger {self.ledger.path} is {writer.pending()} write(s) behind for "
+                    f"{self.ledger.retry_for:g} s; see the log"
+                )
+            await asyncio.to_thread(writer.wait_for_room, remaining)
+            handle = writer.start(when, **row)
+            if handle is not None:
+                return handle
 
 
 def _log_failure(what: str) -> Callable[[asyncio.Future[Any]], None]:
@@ -191,7 +244,9 @@ class SqliteBudgetCounter:
     ``ledger_rows=True`` (the default store, which lives in the usage ledger's file) also counts the
     ledger rows of requests that made no reservation — those of processes or principals without
     budgets, as budgets always did — so a process pays nothing for budgets it does not have, and
-    one that has them still sees everybody's use of the file.
+    one that has them still sees everybody's use of the file. Before it reads them it waits for
+    the principal's rows this process's ledger writer still holds (``ledger_writer.flush_rows_of``;
+    nothing to wait for when none are queued), so queued rows count as written ones did.
     """
 
     def __init__(
@@ -241,7 +296,7 @@ class SqliteBudgetCounter:
             self._prune(conn, now)
             return int(cursor.lastrowid or 0)
 
-        attempt = asyncio.ensure_future(asyncio.to_thread(self.db.transaction, work))
+        attempt = asyncio.ensure_future(asyncio.to_thread(self._counted, principal, work))
         try:
             outcome = await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -273,7 +328,7 @@ class SqliteBudgetCounter:
         def work(conn: sqlite3.Connection) -> tuple[list[Spend], float]:
             return _budget_window(conn, principal, now, minute=True, day=True, ledger_rows=self.ledger_rows)
 
-        minute, spent = await asyncio.to_thread(self.db.transaction, work, write=False)
+        minute, spent = await asyncio.to_thread(self._counted, principal, work, write=False)
         return usage_report(now=now, minute=minute, spent_today=spent)
 
     async def aclose(self) -> None:
@@ -282,6 +337,12 @@ class SqliteBudgetCounter:
     def close(self) -> None:
         """Close now, without a loop."""
         self.db.close()
+
+    def _counted(self, principal: str, work: Callable[[sqlite3.Connection], T], *, write: bool = True) -> T:
+        """``work`` in a transaction, after the principal's queued ledger rows are written (worker thread)."""
+        if self.ledger_rows:
+            flush_rows_of(self.db.path, principal)
+        return self.db.transaction(work, write=write)
 
     def _prune(self, conn: sqlite3.Connection, now: float) -> None:
         self._writes += 1

@@ -3,29 +3,61 @@
 * ``memory://`` — this process's memory (``"memory"`` is accepted too: the cache's older spelling);
 * ``sqlite:///relative/path`` and ``sqlite:////absolute/path`` — a SQLite file, shared by the
   processes of one machine (the usual SQLAlchemy convention: the path follows the third slash);
-* ``redis://`` and ``postgresql://`` are refused with a clear message: they come with scale-out.
+* ``redis://[user:password@]host[:port][/db]`` and ``rediss://…`` (TLS) — a Redis server that
+  gateway replicas share (budgets, the response cache, circuit breakers). The query may set the
+  client's timeouts and pool (``socket_timeout``, ``socket_connect_timeout``, ``max_connections``,
+  ``health_check_interval``, ``client_name``, the ``ssl_*`` options of redis-py) and
+  ``key_prefix`` (default ``gtl:``), which lets several deployments share one server;
+* ``postgresql://`` is the usage ledger's (``engine.stores.postgres_ledger``, opened by the factory);
+  for the other stores it is refused with a message that says so.
+
+A Redis URL may carry a password: ``shown_url`` is the form to put in messages and logs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["ACCEPTED", "StoreURL", "parse_store_url"]
+__all__ = ["ACCEPTED", "DEFAULT_KEY_PREFIX", "REDIS_OPTIONS", "StoreURL", "parse_store_url", "shown_url"]
 
-ACCEPTED = "memory:// or sqlite:///path (sqlite:////absolute/path)"
-_SCALE_OUT = ("redis", "rediss", "postgresql", "postgres")
+ACCEPTED = "memory:// or sqlite:///path (sqlite:////absolute/path), or redis://host:port/db (rediss:// for TLS)"
+_SCALE_OUT = ("postgresql", "postgres")
+_REDIS = ("redis", "rediss")
+DEFAULT_KEY_PREFIX = "gtl:"
+
+# The query options a Redis store URL may set: the number ones are checked here, so a typo is a
+# configuration error at start-up rather than a failure at the first request.
+_NUMBER_OPTIONS = {
+    "socket_timeout": float,
+    "socket_connect_timeout": float,
+    "max_connections": int,
+    "health_check_interval": int,
+    "db": int,
+}
+_TEXT_OPTIONS = (
+    "key_prefix",
+    "client_name",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+)
+REDIS_OPTIONS = frozenset((*_NUMBER_OPTIONS, *_TEXT_OPTIONS))
 
 
 @dataclass(frozen=True)
 class StoreURL:
-    """A parsed store URL: ``scheme`` is ``"memory"`` or ``"sqlite"``; ``path`` is the SQLite file."""
+    """A parsed store URL: ``scheme`` is ``"memory"``, ``"sqlite"`` or ``"redis"`` (``rediss://`` too);
+    ``path`` is the SQLite file; ``url`` the whole Redis URL (never in ``repr``: it may hold a password)."""
 
     scheme: str
     path: Path | None = None
+    url: str | None = field(default=None, repr=False)
 
 
 def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
@@ -38,8 +70,10 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
     base_scheme = scheme.split("+", 1)[0].lower()  # postgresql+psycopg://
     if separator and base_scheme in _SCALE_OUT:
         raise ConfigurationError(
-            f"{where}: {base_scheme}:// stores come with scale-out and are not available yet; use {ACCEPTED}"
+            f"{where}: {base_scheme}:// holds the usage ledger only ([ledger] url); use {ACCEPTED}"
         )
+    if separator and scheme.lower() in _REDIS:
+        return _parse_redis(url, where)
     if not separator or scheme.lower() != "sqlite":
         shown = f"{scheme}://…" if separator else repr(url[:40])  # a URL may carry user:password@
         raise ConfigurationError(f"{where}: unknown store {shown}; use {ACCEPTED}")
@@ -49,3 +83,59 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
             f"{where}: {url!r} names no file; write sqlite:///relative/path or sqlite:////absolute/path"
         )
     return StoreURL("sqlite", Path(unquote(path)).expanduser())
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password, and the values of query options we do not know (a ``password=``
+    perhaps), replaced by ``***``: the form for messages and logs."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"{url.partition('://')[0]}://…"
+    query = "&".join(
+        f"{name}={value if name in REDIS_OPTIONS else '***'}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    if not parts.netloc:
+        return url  # nothing after the scheme: no password either
+    if parts.password is None:
+        netloc = parts.netloc
+    else:
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 address keeps its brackets
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}{'' if port is None else f':{port}'}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _parse_redis(url: str, where: str) -> StoreURL:
+    """Check a ``redis://`` or ``rediss://`` URL: a host, a numeric port and database, known options."""
+    shown = shown_url(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"{where}: {shown!r} is not a valid Redis URL (bad port?)") from None
+    if not parts.hostname:
+        raise ConfigurationError(f"{where}: {shown!r} names no host; write redis://host:6379/0")
+    if port == 0:
+        raise ConfigurationError(f"{where}: {shown!r}: port 0 is not a Redis server's port")
+    database = unquote(parts.path).strip("/")
+    if database and not database.isdigit():
+        raise ConfigurationError(f"{where}: {shown!r}: the path must be a database number (redis://host:6379/0)")
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in REDIS_OPTIONS:
+            known = ", ".join(sorted(REDIS_OPTIONS))
+            raise ConfigurationError(f"{where}: {shown!r}: unknown option {name!r} (known: {known})")
+        kind = _NUMBER_OPTIONS.get(name)
+        if kind is not None:
+            try:
+                number = kind(value)
+            except ValueError:
+                raise ConfigurationError(f"{where}: {shown!r}: {name} must be a number, got {value!r}") from None
+            if number < 0 or (name == "max_connections" and number < 1):
+                raise ConfigurationError(f"{where}: {shown!r}: {name} must be a positive number, got {value!r}")
+        elif name == "key_prefix" and not value:
+            raise ConfigurationError(f"{where}: {shown!r}: key_prefix must not be empty")
+    return StoreURL("redis", url=url)

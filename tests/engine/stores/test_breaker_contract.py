@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -12,19 +13,28 @@ from store_kit import T0, FakeClock, run
 
 from gtl_nb.engine.breaker import BreakerConfig
 from gtl_nb.engine.stores import BreakerStore, MemoryBreakerStore, SqliteBreakerStore
+from gtl_nb.engine.stores.redis_breakers import RedisBreakerStore
 
 CONFIG = BreakerConfig(failure_threshold=2, error_rate_threshold=0, cooldown=30.0, half_open_probes=1)
 
 
-def open_store(backend: str, path: Path, clock: FakeClock, config: BreakerConfig = CONFIG) -> BreakerStore:
+def open_store(
+    backend: str, path: Path, clock: FakeClock, config: BreakerConfig = CONFIG, redis_url: str = ""
+) -> BreakerStore:
     if backend == "memory":
         return MemoryBreakerStore(config, clock=clock)
+    if backend == "redis":
+        return RedisBreakerStore(redis_url, config, wall_clock=clock)
     return SqliteBreakerStore(path, config, wall_clock=clock)
 
 
+def redis_url_of(backend: str, request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue("redis_url")) if backend == "redis" else ""
+
+
 @pytest.fixture
-def store(backend: str, store_file: Path, clock: FakeClock):
-    opened = open_store(backend, store_file, clock)
+def store(backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest):
+    opened = open_store(backend, store_file, clock, redis_url=redis_url_of(backend, request))
     yield opened
     run(opened.aclose())
 
@@ -94,9 +104,13 @@ def test_snapshots_say_state_counts_times_and_whether_a_call_is_allowed(store: B
     assert (probing["state"], probing["probes_in_flight"], probing["allowed"]) == ("half_open", 1, False)
 
 
-def test_a_disabled_breaker_lets_everything_through(backend: str, store_file: Path, clock: FakeClock):
+def test_a_disabled_breaker_lets_everything_through(
+    backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest
+):
+    url = redis_url_of(backend, request)
+
     async def scenario() -> list[Any]:
-        store = open_store(backend, store_file, clock, BreakerConfig(enabled=False))
+        store = open_store(backend, store_file, clock, BreakerConfig(enabled=False), redis_url=url)
         seen = [await store.record_failure("oa") for _ in range(10)]
         seen.append(await store.acquire("oa"))
         await store.aclose()
@@ -130,9 +144,18 @@ def test_processes_on_one_machine_share_a_circuit(store_file: Path, clock: FakeC
     assert json.loads(text)["state"] == "half_open"
 
 
-def test_a_probe_slot_of_a_process_that_never_reported_is_given_back(store_file: Path, clock: FakeClock):
+@pytest.mark.parametrize("shared", ["sqlite", "redis"])
+def test_a_probe_slot_of_a_process_that_never_reported_is_given_back(
+    shared: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest
+):
+    url = redis_url_of(shared, request)
+
     async def scenario() -> list[Any]:
-        store = SqliteBreakerStore(store_file, CONFIG, wall_clock=clock, probe_lease=120.0)
+        store: SqliteBreakerStore | RedisBreakerStore = (
+            RedisBreakerStore(url, CONFIG, wall_clock=clock, probe_lease=120.0)
+            if shared == "redis"
+            else SqliteBreakerStore(store_file, CONFIG, wall_clock=clock, probe_lease=120.0)
+        )
         await store.record_failure("oa")
         await store.record_failure("oa")
         clock.now += 30
@@ -160,3 +183,83 @@ def test_unreadable_stored_state_starts_closed(store_file: Path, clock: FakeCloc
         return grant
 
     assert run(scenario()) == "pass"
+
+
+# -- the Redis implementation's own promises: replicas share every circuit -------------------------
+
+
+def raw(url: str):
+    """A plain redis-py client, to look at what the store wrote."""
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def test_a_breaker_opened_through_one_replica_is_open_through_the_other(
+    replica_urls: tuple[str, str], clock: FakeClock
+):
+    async def scenario() -> list[Any]:
+        one = RedisBreakerStore(replica_urls[0], CONFIG, wall_clock=clock)
+        two = RedisBreakerStore(replica_urls[1], CONFIG, wall_clock=clock)
+        await one.record_failure("oa")
+        seen = [await two.record_failure("oa")]  # the second failure, through the other replica
+        seen += [await one.acquire("oa"), await two.acquire("oa"), (await one.snapshots(["oa"]))["oa"]["state"]]
+        clock.now += 30
+        seen += [await two.acquire("oa"), await one.record_success("oa"), await two.acquire("oa")]
+        await one.aclose()
+        await two.aclose()
+        return seen
+
+    assert run(scenario()) == [("closed", "open"), None, None, "open", "probe", ("half_open", "closed"), "pass"]
+
+
+def test_exactly_one_half_open_probe_across_replicas(replica_urls: tuple[str, str], clock: FakeClock):
+    async def scenario() -> list[Any]:
+        one = RedisBreakerStore(replica_urls[0], CONFIG, wall_clock=clock)
+        two = RedisBreakerStore(replica_urls[1], CONFIG, wall_clock=clock)
+        await one.record_failure("oa")
+        await one.record_failure("oa")
+        clock.now += 30  # the cooldown is over: the next acquire may probe
+        grants = await asyncio.gather(*((one, two)[i % 2].acquire("oa") for i in range(40)))
+        await one.aclose()
+        await two.aclose()
+        return grants
+
+    grants = run(scenario())
+    assert grants.count("probe") == 1 and grants.count(None) == 39
+
+
+def test_concurrent_failures_from_both_replicas_are_all_counted(replica_urls: tuple[str, str], clock: FakeClock):
+    config = BreakerConfig(failure_threshold=1000, error_rate_threshold=0, window=600.0)
+
+    async def scenario() -> dict[str, Any]:
+        one = RedisBreakerStore(replica_urls[0], config, wall_clock=clock)
+        two = RedisBreakerStore(replica_urls[1], config, wall_clock=clock)
+        await asyncio.gather(*((one, two)[i % 2].record_failure("oa") for i in range(200)))
+        snapshot = (await two.snapshots(["oa"]))["oa"]
+        await one.aclose()
+        await two.aclose()
+        return snapshot
+
+    snapshot = run(scenario())  # no update lost to another replica's at the same instant
+    assert (snapshot["state"], snapshot["consecutive_failures"], snapshot["calls_in_window"]) == ("closed", 200, 200)
+
+
+def test_unreadable_redis_state_starts_closed_and_state_expires(redis_url: str, clock: FakeClock):
+    client = raw(redis_url)
+
+    async def scenario() -> list[Any]:
+        store = RedisBreakerStore(redis_url, CONFIG, wall_clock=clock)
+        await store.record_failure("a:b")
+        stored = json.loads(client.get("gtl:breaker:a%3Ab"))
+        assert 86_400_000 < client.pttl("gtl:breaker:a%3Ab") <= (60 + 300 + 86_400) * 1000  # expires on its own
+        client.set("gtl:breaker:a%3Ab", b'{"state": "melted"}')
+        seen = [stored["consecutive"], await store.acquire("a:b"), await store.record_failure("a:b")]
+        seen.append(json.loads(client.get("gtl:breaker:a%3Ab"))["consecutive"])  # written over
+        await store.aclose()
+        return seen
+
+    try:
+        assert run(scenario()) == [1, "pass", None, 1]
+    finally:
+        client.close()

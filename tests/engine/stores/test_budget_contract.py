@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,15 +14,24 @@ from store_kit import run
 
 from gtl_nb.engine.ratelimit import Limits
 from gtl_nb.engine.stores import BudgetCounter, MemoryBudgetCounter, Reservation, SqliteBudgetCounter
+from gtl_nb.engine.stores.redis_budget import KEEP_SECONDS, RedisBudgetCounter
 from gtl_nb.protocol import BudgetExceededError, RateLimitError
 
 NOON = datetime(2024, 3, 1, 12, 0, tzinfo=timezone.utc).timestamp()
 MIDNIGHT = datetime(2024, 3, 2, 0, 0, tzinfo=timezone.utc).timestamp()
 
 
+def open_counter(backend: str, store_file: Path, request: pytest.FixtureRequest) -> BudgetCounter:
+    if backend == "memory":
+        return MemoryBudgetCounter()
+    if backend == "sqlite":
+        return SqliteBudgetCounter(store_file)
+    return RedisBudgetCounter(request.getfixturevalue("redis_url"))
+
+
 @pytest.fixture
-def counter(backend: str, store_file: Path):
-    store: BudgetCounter = MemoryBudgetCounter() if backend == "memory" else SqliteBudgetCounter(store_file)
+def counter(backend: str, store_file: Path, request: pytest.FixtureRequest):
+    store = open_counter(backend, store_file, request)
     yield store
     run(store.aclose())
 
@@ -181,13 +193,14 @@ def test_two_counters_on_one_file_share_the_counts(store_file: Path):
     run(scenario())
 
 
-def test_a_cancelled_reserve_is_taken_back(store_file: Path):
+@pytest.mark.parametrize("shared", ["sqlite", "redis"])
+def test_a_cancelled_reserve_is_taken_back(shared: str, store_file: Path, request: pytest.FixtureRequest):
     limits = Limits(requests_per_minute=5)
+    counter = open_counter(shared, store_file, request)
 
     async def scenario() -> float:
-        counter = SqliteBudgetCounter(store_file)
         task = asyncio.ensure_future(counter.reserve("ann", limits, now=NOON))
-        await asyncio.sleep(0)  # the transaction is under way in its thread
+        await asyncio.sleep(0)  # the transaction (or the script) is under way
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         for _ in range(200):
@@ -199,3 +212,140 @@ def test_a_cancelled_reserve_is_taken_back(store_file: Path):
         return used
 
     assert run(scenario()) == 0
+
+
+# -- the Redis implementation's own promises: replicas share one exact count -----------------------
+
+
+def test_two_replicas_admit_exactly_the_limit_between_them(replica_urls: tuple[str, str]):
+    """50 reserves at one instant, alternating between two replicas' counters, against a limit of 20."""
+    limits = Limits(requests_per_minute=20)
+
+    async def scenario() -> tuple[list[object], dict[str, float], dict[str, float]]:
+        one, two = RedisBudgetCounter(replica_urls[0]), RedisBudgetCounter(replica_urls[1])
+        assert await one.redis.client() is not await two.redis.client()  # separate clients and pools
+        attempts = [(one, two)[i % 2].reserve("ann", limits, now=NOON, tokens=3) for i in range(50)]
+        outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+        seen = await one.usage("ann", now=NOON), await two.usage("ann", now=NOON)
+        await one.aclose()
+        await two.aclose()
+        return outcomes, *seen
+
+    outcomes, by_one, by_two = run(scenario())
+    assert sum(isinstance(outcome, Reservation) for outcome in outcomes) == 20
+    assert all(isinstance(outcome, (Reservation, RateLimitError)) for outcome in outcomes)
+    assert by_one == by_two == {"requests_last_minute": 20, "tokens_last_minute": 60, "usd_today": 0.0}
+
+
+_REPLICA = """
+import asyncio, sys
+from gtl_nb.engine.ratelimit import Limits
+from gtl_nb.engine.stores.redis_budget import RedisBudgetCounter
+
+async def main(url, attempts, limit, now):
+    counter = RedisBudgetCounter(url)
+    sys.stdout.write("ready\\n"); sys.stdout.flush()
+    sys.stdin.readline()
+    tries = [counter.reserve("ann", Limits(requests_per_minute=limit), now=now) for _ in range(attempts)]
+    outcomes = await asyncio.gather(*tries, return_exceptions=True)
+    await counter.aclose()
+    print(sum(not isinstance(outcome, Exception) for outcome in outcomes))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])))
+"""
+
+
+def test_replica_processes_share_the_limit(redis_url: str):
+    """Three processes, 20 reserves each at one instant, against a limit of 25: 25 pass in total."""
+    repo = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _REPLICA, redis_url, "20", "25", repr(NOON)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(3)
+    ]
+    try:
+        for worker in workers:
+            assert worker.stdout is not None and worker.stdout.readline().strip() == "ready"
+        for worker in workers:  # release them together
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        admitted = []
+        for worker in workers:
+            out, err = worker.communicate(timeout=60)
+            assert worker.returncode == 0, err
+            admitted.append(int(out.strip()))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    assert sum(admitted) == 25, admitted
+    counter = RedisBudgetCounter(redis_url)
+    assert run(counter.usage("ann", now=NOON))["requests_last_minute"] == 25
+    run(counter.aclose())
+
+
+def raw(url: str):
+    """A plain redis-py client, to look at what the stores wrote."""
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def test_every_key_expires_on_its_own_and_old_reservations_are_forgotten(redis_url: str):
+    async def scenario() -> None:
+        counter = RedisBudgetCounter(redis_url)
+        first = await counter.reserve("ann", Limits(), now=NOON, tokens=5, cost=0.25)
+        await counter.settle(first, tokens=7, cost=0.5)
+        await counter.reserve("ann", Limits(), now=NOON + 3 * 86_400)  # three days later
+        await counter.aclose()
+
+    run(scenario())
+    client = raw(redis_url)
+    try:
+        keys = sorted(key.decode() for key in client.keys("gtl:budget:*"))
+        assert keys == [
+            "gtl:budget:{ann}:day:1709251200",  # 2024-03-01: the first reservation's day
+            "gtl:budget:{ann}:spends",
+            "gtl:budget:{ann}:times",
+        ]
+        assert all(0 < client.ttl(key) <= KEEP_SECONDS for key in keys)
+        assert client.zcard("gtl:budget:{ann}:times") == 1 and client.hlen("gtl:budget:{ann}:spends") == 1
+        assert client.get("gtl:budget:{ann}:day:1709251200") == b"500000000"  # the settled cost, in nano-USD
+    finally:
+        client.close()
+
+
+def test_principals_with_odd_names_keep_apart(redis_url: str):
+    async def scenario() -> list[dict[str, float]]:
+        counter = RedisBudgetCounter(redis_url)
+        await counter.reserve("tenant:acme", Limits(requests_per_minute=1), now=NOON)
+        await counter.reserve("tenant:acme}:x", Limits(requests_per_minute=1), now=NOON)
+        seen = [await counter.usage(name, now=NOON) for name in ("tenant:acme", "tenant:acme}:x", "tenant")]
+        await counter.aclose()
+        return seen
+
+    assert [usage["requests_last_minute"] for usage in run(scenario())] == [1, 1, 0]
+
+
+def test_the_key_prefix_separates_deployments_on_one_server(redis_url: str):
+    limits = Limits(requests_per_minute=1)
+
+    async def scenario() -> None:
+        staging, production = (RedisBudgetCounter(f"{redis_url}?key_prefix={name}:") for name in ("stg", "prd"))
+        await staging.reserve("ann", limits, now=NOON)
+        await production.reserve("ann", limits, now=NOON)  # its own count
+        with pytest.raises(RateLimitError):
+            await staging.reserve("ann", limits, now=NOON)
+        await staging.aclose()
+        await production.aclose()
+
+    run(scenario())

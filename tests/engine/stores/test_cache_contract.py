@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from store_kit import FakeClock, run
 
 from gtl_nb.engine.cache import CachedAnswer
 from gtl_nb.engine.stores import MemoryResponseCache, ResponseCache, SqliteResponseCache
+from gtl_nb.engine.stores.redis_cache import RedisResponseCache
 from gtl_nb.protocol.messages import Done, Reasoning, Token, ToolCall, ToolCallEvent, Usage
 
 ANSWER = CachedAnswer(
@@ -28,13 +30,17 @@ ANSWER = CachedAnswer(
 OTHER = CachedAnswer(events=[Done(session_id="t")], deployment="an", model="claude")
 
 
+def open_cache(backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest) -> ResponseCache:
+    if backend == "memory":
+        return MemoryResponseCache(16, 60.0, clock=clock)
+    if backend == "sqlite":
+        return SqliteResponseCache(store_file, default_ttl=60.0, wall_clock=clock)
+    return RedisResponseCache(request.getfixturevalue("redis_url"), default_ttl=60.0, wall_clock=clock)
+
+
 @pytest.fixture
-def cache(backend: str, store_file: Path, clock: FakeClock):
-    store: ResponseCache = (
-        MemoryResponseCache(16, 60.0, clock=clock)
-        if backend == "memory"
-        else SqliteResponseCache(store_file, default_ttl=60.0, wall_clock=clock)
-    )
+def cache(backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest):
+    store = open_cache(backend, store_file, clock, request)
     yield store
     run(store.aclose())
 
@@ -146,3 +152,100 @@ def test_an_unreadable_entry_is_a_miss_and_is_dropped(store_file: Path, clock: F
 
     assert run(scenario()) is None
     assert rows(store_file) == []
+
+
+# -- the Redis implementation's own promises -------------------------------------------------------
+
+
+def raw(url: str):
+    """A plain redis-py client, to look at what the cache wrote."""
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+def test_replicas_share_answers(replica_urls: tuple[str, str], clock: FakeClock):
+    async def scenario() -> list[CachedAnswer | None]:
+        one = RedisResponseCache(replica_urls[0], wall_clock=clock)
+        two = RedisResponseCache(replica_urls[1], wall_clock=clock)
+        await one.set("k", ANSWER)
+        seen = [await two.get("k")]
+        await two.delete("k")
+        seen.append(await one.get("k"))
+        await one.aclose()
+        await two.aclose()
+        return seen
+
+    assert run(scenario()) == [ANSWER, None]
+
+
+def test_redis_expires_the_entry_itself_and_the_value_is_json(redis_url: str, clock: FakeClock):
+    async def scenario() -> None:
+        cache = RedisResponseCache(redis_url, default_ttl=60.0, wall_clock=clock)
+        await cache.set("k", ANSWER, ttl=5)
+        await cache.aclose()
+
+    run(scenario())
+    client = raw(redis_url)
+    try:
+        assert 0 < client.pttl("gtl:cache:k") <= 5000  # Redis deletes it when the TTL is over
+        stored = json.loads(client.get("gtl:cache:k"))  # JSON, never pickle
+        assert stored["expires"] == clock.now + 5
+        assert stored["answer"]["deployment"] == "oa" and stored["answer"]["events"][1]["text"] == "Hel"
+    finally:
+        client.close()
+
+
+def test_an_unreadable_redis_entry_is_a_miss_and_is_dropped(redis_url: str, clock: FakeClock):
+    client = raw(redis_url)
+    try:
+        for value in (b"\x80\x04\x95pickled", b'{"not": "an answer"}'):
+            client.set("gtl:cache:k", value)
+            cache = RedisResponseCache(redis_url, wall_clock=clock)
+            assert run(cache.get("k")) is None
+            run(cache.aclose())
+            assert client.exists("gtl:cache:k") == 0
+    finally:
+        client.close()
+
+
+def test_an_answer_over_the_size_limit_is_not_stored_and_drops_the_older_one(redis_url: str, clock: FakeClock):
+    events = [Token(session_id="s", text="x" * 5000), Done(session_id="s")]
+    big = CachedAnswer(events=events, deployment="oa", model="m")
+
+    async def scenario() -> list[CachedAnswer | None]:
+        cache = RedisResponseCache(redis_url, wall_clock=clock, max_value_bytes=4096)
+        await cache.set("k", OTHER)
+        before = await cache.get("k")
+        await cache.set("k", big)
+        after = await cache.get("k")
+        await cache.aclose()
+        return [before, after]
+
+    assert run(scenario()) == [OTHER, None]
+
+
+def test_clear_deletes_only_this_caches_answers(redis_url: str, clock: FakeClock):
+    client = raw(redis_url)
+    client.set("unrelated", b"kept")
+    client.set("gtl:budget:{ann}:times", b"kept")
+
+    async def scenario() -> list[CachedAnswer | None]:
+        ours = RedisResponseCache(redis_url, wall_clock=clock)
+        other = RedisResponseCache(f"{redis_url}?key_prefix=*other:", wall_clock=clock)  # a glob character
+        for number in range(1200):  # more than one SCAN step and one UNLINK batch
+            await ours.set(f"k{number}", OTHER)
+        await other.set("k1", ANSWER)
+        await other.clear()
+        seen = [await ours.get("k1199"), await other.get("k1")]
+        await ours.clear()
+        seen.append(await ours.get("k1199"))
+        await ours.aclose()
+        await other.aclose()
+        return seen
+
+    try:
+        assert run(scenario()) == [OTHER, None, None]
+        assert sorted(client.keys("*")) == [b"gtl:budget:{ann}:times", b"unrelated"]
+    finally:
+        client.close()

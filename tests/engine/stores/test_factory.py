@@ -44,8 +44,8 @@ def test_store_urls(url: str, expected: StoreURL):
 @pytest.mark.parametrize(
     ("url", "fragment"),
     [
-        ("redis://localhost:6379/0", "redis:// stores come with scale-out"),
-        ("postgresql+psycopg://db/gtl", "postgresql:// stores come with scale-out"),
+        ("redis://cache/zero", "the path must be a database number"),
+        ("postgresql+psycopg://db/gtl", "postgresql:// holds the usage ledger only"),
         ("ftp://x", "unknown store ftp://…; use memory:// or sqlite:///path"),
         ("sqlite://host/file.db", "names no file"),
         ("sqlite:///", "names no file"),
@@ -136,10 +136,10 @@ def test_ledger_objects_are_used_as_given(tmp_path: Path):
     close(in_memory)
 
 
-def test_scale_out_backends_are_refused_clearly(tmp_path: Path):
-    with pytest.raises(ConfigurationError, match="redis:// stores come with scale-out"):
-        open_stores("redis://cache:6379")
-    with pytest.raises(ConfigurationError, match=r"\[budgets\] backend: postgresql:// stores come with scale-out"):
+def test_a_store_in_the_wrong_backend_is_refused_clearly(tmp_path: Path):
+    with pytest.raises(ConfigurationError, match="the usage ledger does not live in Redis"):
+        open_stores("redis://cache:6379/0")
+    with pytest.raises(ConfigurationError, match=r"\[budgets\] backend: postgresql:// holds the usage ledger only"):
         BudgetConfig.from_dict({"backend": "postgresql://db/gtl"})
     with pytest.raises(ConfigurationError, match="ledger must be a path"):
         open_stores(42)  # type: ignore[arg-type]

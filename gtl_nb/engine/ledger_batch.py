@@ -1,0 +1,173 @@
+"""One group commit of the ledger writer: the queued starts and finishes of many requests, written
+inside the one transaction its caller holds (``engine.ledger_writer`` runs it; ``docs/ledger.md``,
+"How rows are written").
+
+A request whose start and finish are both in the batch is one INSERT of the finished row; a finish
+whose start was committed by an earlier batch is the usual guarded UPDATE. Whatever one request's
+values do to its statement, the others are written: a statement refused for its values leaves the
+transaction open (SQLite rolls back that statement only), so the request falls back to its outcome
+alone, then to text SQLite can store, and is dropped — loudly — only when even that fails. The
+file's own failures (``sqlite3.OperationalError``: disk full, read-only, I/O error, locked)
+propagate, and the caller retries the whole batch.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gtl_nb.engine.ledger import (
+    FINISH_STATUS_ONLY,
+    FINISH_UPDATE,
+    INSERT_FINISHED,
+    INSERT_STARTED,
+    clean_finish_fields,
+    finish_values,
+    finished_row_values,
+    started_values,
+)
+from gtl_nb.engine.ledger_schema import TABLE
+from gtl_nb.log import get_logger
+
+__all__ = ["Finish", "Start", "write_batch"]
+
+log = get_logger("engine.ledger")
+
+
+@dataclass(slots=True, eq=False)
+class Finish:
+    """A queued ``finish``: the request's outcome, its fields as the caller gave them (cleaned when
+    written, off the request path), when it ended, and whose request it was."""
+
+    handle: int
+    seq: int
+    status: str
+    when: float
+    fields: dict[str, Any]
+    user: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Start:
+    """A queued ``start``; ``finish`` is set when the request ended before the row was written."""
+
+    handle: int
+    seq: int
+    when: float
+    session_id: str | None
+    user: str | None
+    model: str | None
+    tenant: Any = None
+    key_id: Any = None
+    trace_id: Any = None
+    finish: Finish | None = None
+
+
+def write_batch(
+    conn: sqlite3.Connection, ops: Iterable[Start | Finish], rowids: Mapping[int, int], hostname: str
+) -> dict[int, int]:
+    """Write ``ops`` in order on ``conn``, inside the caller's transaction.
+
+    ``rowids`` maps the handles of rows committed ``started`` by earlier batches to their row ids.
+    Returns the same map for the rows this batch leaves ``started`` (valid once it commits)."""
+    started: dict[int, int] = {}
+    for op in ops:
+        if isinstance(op, Start):
+            row_id = _insert(conn, op, hostname)
+            if row_id is not None and op.finish is None:
+                started[op.handle] = row_id
+            continue
+        row_id = started.get(op.handle, rowids.get(op.handle))
+        if row_id is None:  # its start could not be written: already logged
+            log.warning("ledger: the outcome %s of a request whose row was never written is lost", op.status)
+            continue
+        _update(conn, op, row_id)
+    return started
+
+
+def _insert(conn: sqlite3.Connection, op: Start, hostname: str) -> int | None:
+    values = started_values(
+        op.when,
+        session_id=op.session_id,
+        user=op.user,
+        model=op.model,
+        hostname=hostname,
+        tenant=op.tenant,
+        key_id=op.key_id,
+        trace_id=op.trace_id,
+    )
+    attempts: list[tuple[str, Sequence[Any]]] = [(INSERT_STARTED, values)]
+    end = op.finish
+    if end is not None:
+        essentials = finished_row_values(values, end.status, end.when, None, end.fields.get("error_code"))
+        attempts = [(INSERT_FINISHED, essentials)]
+        clean = _clean(end, f"session {op.session_id}")
+        if clean is not None:
+            attempts.insert(0, (INSERT_FINISHED, finished_row_values(values, end.status, end.when, clean)))
+    cursor = _first_that_works(conn, attempts, f"session {op.session_id}")
+    if cursor is None:
+        log.error("ledger: the row of session %s could not be written at all; it is lost", op.session_id)
+        return None
+    return int(cursor.lastrowid or 0)
+
+
+def _update(conn: sqlite3.Connection, op: Finish, row_id: int) -> None:
+    essentials = (op.status, op.when, _text(op.fields.get("error_code")), op.when, row_id)
+    attempts: list[tuple[str, Sequence[Any]]] = [(FINISH_STATUS_ONLY, essentials)]
+    clean = _clean(op, f"row {row_id}")
+    if clean is not None:
+        attempts.insert(0, (FINISH_UPDATE, finish_values(row_id, op.status, op.when, clean)))
+    cursor = _first_that_works(conn, attempts, f"row {row_id}")
+    if cursor is None:
+        log.error("ledger row %s: its outcome %s could not be written at all; it stays started", row_id, op.status)
+    elif cursor.rowcount != 1:
+        # Only a hand-made change can get here (the row deleted, or finished by another tool): the
+        # writer finishes each row once, and recovery never judges the rows of a live process.
+        found = conn.execute(f"SELECT status FROM {TABLE} WHERE id = ?", (row_id,)).fetchone()
+        now = "no longer exists" if found is None else f"is already {found[0]}"
+        log.warning(
+            "ledger row %s %s; its outcome %s was not recorded (the first outcome wins)", row_id, now, op.status
+        )
+
+
+def _clean(op: Finish, what: str) -> dict[str, Any] | None:
+    try:
+        return clean_finish_fields(op.handle, op.fields)
+    except Exception as exc:  # values it cannot make sense of: the outcome alone is recorded
+        log.warning("ledger %s: could not record its details (%s); recording its status only", what, exc)
+        return None
+
+
+def _first_that_works(
+    conn: sqlite3.Connection, attempts: list[tuple[str, Sequence[Any]]], what: str
+) -> sqlite3.Cursor | None:
+    """Run the first statement that succeeds, then the last one again with text SQLite can store;
+    ``None`` when none did. A failure that ended the transaction is raised (the batch is retried)."""
+    last = len(attempts) - 1
+    for index, (statement, params) in enumerate([*attempts, (attempts[-1][0], _storable(attempts[-1][1]))]):
+        try:
+            return conn.execute(statement, params)
+        except sqlite3.OperationalError:
+            raise  # the file's trouble (full, read-only, I/O), not this request's values: retry the batch
+        except Exception as exc:
+            if not conn.in_transaction:
+                raise
+            if index == last:
+                log.warning("ledger %s: %s; storing its text with the unstorable characters escaped", what, exc)
+            elif index < last:
+                log.warning("ledger %s: could not record its details (%s); recording its status only", what, exc)
+    return None
+
+
+def _storable(params: Sequence[Any]) -> tuple[Any, ...]:
+    """``params`` with every string encodable as UTF-8 (a lone surrogate becomes ``\\udc80``)."""
+    return tuple(
+        value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
+        for value in params
+    )
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)

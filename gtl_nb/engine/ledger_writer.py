@@ -1,0 +1,425 @@
+"""The ledger's writer: one thread per ledger file per process takes the rows off the request path.
+
+``SqliteUsageLedger.start`` and ``finish`` put an operation on the writer's queue and return at
+once; ``start`` returns a *row handle* (a negative int, so it is never mistaken for a row id). The
+thread wakes as soon as something is queued, takes everything queued (up to ``max_batch``) and
+writes it in ONE transaction — a group commit — then sleeps again: no artificial delay, so the
+window a SIGKILL can lose is the batch being written plus what was queued while it was written.
+A request that ended before its start was written is one INSERT of the finished row.
+
+Guarantees (``docs/ledger.md``, "How rows are written"):
+
+* **Nothing is dropped quietly.** A failed commit (disk full, locked beyond ``retry_for``) is
+  logged and the same batch retried, with backoff, until it lands; one request's unstorable values
+  never fail the others (``engine.ledger_batch``).
+* **Read-your-writes.** Every read through a ``Ledger`` of the same file in this process first waits
+  for the writes queued before it (``flush``, through ``ledger.register_pending_writes``), and so
+  does the budget counter that reads the ledger's rows (``flush_rows_of``).
+* **Bounded memory.** At most ``max_pending`` operations wait; a ``start`` beyond that waits for
+  room (back-pressure). A ``finish`` is always accepted: there is at most one per started request.
+* **Exactly one outcome.** A handle is finished once; the second ``finish`` raises
+  ``LedgerStateError`` at once, from memory (the first outcome wins).
+* **Drained at the end.** ``close`` (the last user's ``aclose``) and interpreter exit (``atexit``)
+  write everything queued before they return, waiting up to ``retry_for`` for a failing file.
+
+A forked child never touches its parent's writer (its thread does not exist there): it starts its
+own on first use, and the parent's queued rows stay the parent's to write.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from itertools import chain
+from typing import Any
+
+from gtl_nb.engine.ledger import (
+    MEMORY,
+    Ledger,
+    LedgerBusyError,
+    LedgerStateError,
+    register_pending_writes,
+    unregister_pending_writes,
+)
+from gtl_nb.engine.ledger_batch import Finish, Start, write_batch
+from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
+from gtl_nb.log import get_logger
+
+__all__ = ["MAX_BATCH", "MAX_PENDING", "LedgerWriter", "acquire_writer", "flush_rows_of", "release_writer"]
+
+log = get_logger("engine.ledger")
+
+MAX_PENDING = 10_000  # queued operations before a start waits: a few MB at most
+MAX_BATCH = 1_000  # operations per transaction: the write lock is held for milliseconds, not seconds
+_REPORT_EVERY = 30.0  # seconds between two log lines about the same failing commit
+
+
+class LedgerWriter:
+    """The writer thread of one ledger database (see the module docstring).
+
+    ``ledger`` is the connection it writes through (closed with the writer when ``owns_ledger``).
+    ``clock`` is wall-clock unix seconds, for retention; ``prune_every`` the seconds between two
+    prunes; ``wait_for`` bounds how long ``flush`` and ``close`` wait for a failing file (default:
+    the ledger's ``retry_for``)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        owns_ledger: bool = False,
+        max_pending: int = MAX_PENDING,
+        max_batch: int = MAX_BATCH,
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+        prune_every: float = PRUNE_EVERY,
+        wait_for: float | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.max_pending = max(1, max_pending)
+        self.max_batch = max(1, max_batch)
+        self.wait_for = ledger.retry_for if wait_for is None else wait_for
+        self.forked = False  # set in a forked child: this object is its parent's
+        self._owns_ledger = owns_ledger
+        self._clock = clock
+        self._prune_every = prune_every
+        self._retention = retention if retention is not None and retention.enabled else None
+        self._next_prune = -float("inf")  # the first prune runs when the writer starts
+        lock = threading.Lock()
+        self._lock = lock
+        self._wake = threading.Condition(lock)  # the thread: something to do
+        self._room = threading.Condition(lock)  # starts waiting for the queue to shrink
+        self._done = threading.Condition(lock)  # flushes waiting for a commit
+        self._queue: deque[Start | Finish] = deque()
+        self._queued_starts: dict[int, Start] = {}  # starts not yet taken: a finish merges into them
+        self._open: dict[int, str | None] = {}  # handle -> user of every started, unfinished request
+        self._inflight: list[Start | Finish] = []  # the batch being written
+        self._rowids: dict[int, int] = {}  # the writer thread's own: handle -> row id of rows left started
+        self._next_handle = -1
+        self._seq = 0  # changes queued so far
+        self._committed = 0  # every change numbered up to this one is written (or reported lost)
+        self._idle = False
+        self._closing = False
+        self._abandoned = False
+        self._thread = threading.Thread(target=self._run, name=f"gtl_nb ledger writer {ledger.path}", daemon=True)
+        self._thread.start()
+
+    # -- the request path (any thread) ---------------------------------------------------------
+
+    def start(
+        self,
+        when: float,
+        *,
+        session_id: str | None,
+        user: str | None,
+        model: str | None,
+        tenant: Any = None,
+        key_id: Any = None,
+        trace_id: Any = None,
+    ) -> int | None:
+        """Queue a request's start; its row handle, or ``None`` when the queue is full (wait for
+        ``wait_for_room`` and try again)."""
+        with self._lock:
+            if self._closing:
+                raise LedgerStateError(f"the ledger {self.ledger.path} is closed")
+            if len(self._queue) >= self.max_pending:
+                return None
+            self._seq += 1
+            handle = self._next_handle
+            self._next_handle -= 1
+            op = Start(handle, self._seq, when, session_id, user, model, tenant, key_id, trace_id)
+            self._queue.append(op)
+            self._queued_starts[handle] = op
+            self._open[handle] = user
+            if self._idle:
+                self._wake.notify()
+        return handle
+
+    def finish(self, handle: int, status: str, when: float, fields: dict[str, Any]) -> None:
+        """Queue a request's outcome (``status`` and ``fields`` are checked by the caller); raise
+        ``LedgerStateError`` for a handle that is not open — finished already, or never started."""
+        with self._lock:
+            if self._closing:
+                raise LedgerStateError(f"the ledger {self.ledger.path} is closed")
+            if handle not in self._open:
+                if self._next_handle < handle < 0:
+                    raise LedgerStateError(
+                        f"ledger row handle {handle} is already finished; it cannot be finished as {status} "
+                        "(the first outcome wins)"
+                    )
+                raise LedgerStateError(f"ledger row handle {handle} does not exist")
+            self._seq += 1
+            end = Finish(handle, self._seq, status, when, fields, self._open.pop(handle))
+            queued = self._queued_starts.pop(handle, None)
+            if queued is not None:
+                queued.finish = end  # not written yet: one INSERT of the finished row
+                return
+            self._queue.append(end)
+            if self._idle:
+                self._wake.notify()
+
+    def wait_for_room(self, timeout: float | None = None) -> bool:
+        """Block until a ``start`` would be accepted (or the writer closes); False after ``timeout``."""
+        with self._lock:
+            return self._room.wait_for(lambda: len(self._queue) < self.max_pending or self._closing, timeout)
+
+    # -- readers ----------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Return once everything queued before the call is committed; ``LedgerBusyError`` if that
+        takes longer than ``timeout`` (default ``wait_for``: the file keeps failing, see the log).
+        A no-op on the writer's own thread (its reads come between its commits)."""
+        if threading.current_thread() is self._thread:
+            return
+        with self._lock:
+            target = self._seq
+            if self._committed >= target:
+                return
+            limit = self.wait_for if timeout is None else timeout
+            if not self._done.wait_for(lambda: self._committed >= target, limit):
+                behind = len(self._queue) + len(self._inflight)
+                raise LedgerBusyError(
+                    f"the ledger {self.ledger.path} has not taken {behind} queued write(s) for {limit:g} s; see the log"
+                )
+
+    def flush_user(self, user: str | None) -> None:
+        """``flush``, if any write still queued or being written is a row of ``user``."""
+        with self._lock:
+            waiting = any(op.user == user for op in chain(self._queue, self._inflight))
+        if waiting:
+            self.flush()
+
+    def pending(self) -> int:
+        """How many operations are queued or being written."""
+        with self._lock:
+            return len(self._queue) + len(self._inflight)
+
+    # -- retention --------------------------------------------------------------------------------
+
+    def set_retention(self, retention: Retention | None) -> None:
+        """Prune by ``retention`` from now on, starting with a prune as soon as the writer is free."""
+        with self._lock:
+            self._retention = retention if retention is not None and retention.enabled else None
+            self._next_prune = -float("inf")
+            self._wake.notify()
+
+    # -- the end ----------------------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether it refuses new work (it may still be writing what it holds)."""
+        return self._closing
+
+    def stop_taking(self) -> None:
+        """Refuse new starts and finishes from now on, and let the thread end once it has written
+        what it holds (``close`` also waits for that)."""
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+            self._room.notify_all()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything queued, then stop the thread (and close the ledger it owns). New starts
+        and finishes are refused from now on. After ``timeout`` (default ``wait_for``) of a failing
+        file the queued writes are given up, with an error naming how many."""
+        self.stop_taking()
+        if threading.current_thread() is self._thread:
+            return  # it ends (and closes its ledger) once it has written what it holds
+        self._thread.join(self.wait_for if timeout is None else timeout)
+        unregister_pending_writes(self.ledger.key, self.flush)  # readers waited for the drain until now
+        if self._thread.is_alive():
+            self._abandoned = True
+            log.error(
+                "ledger %s: %d queued write(s) could not be written and are lost", self.ledger.path, self.pending()
+            )
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not (self._queue or self._closing or self._prune_due()):
+                    self._idle = True
+                    self._wake.wait(self._prune_every if self._retention is not None else None)
+                    self._idle = False
+                prune_now = self._prune_due()
+                if not self._queue and self._closing and not prune_now:
+                    break
+            if prune_now:
+                self._prune()
+            with self._lock:
+                batch = self._take()
+                bound = self._queue[0].seq - 1 if self._queue else self._seq
+            if batch:
+                self._commit(batch)
+            with self._lock:
+                self._inflight = []
+                self._committed = max(self._committed, bound)
+                self._done.notify_all()
+        if self._owns_ledger:
+            self.ledger.close()
+
+    def _take(self) -> list[Start | Finish]:
+        """The next batch, removed from the queue (caller holds the lock)."""
+        count = min(len(self._queue), self.max_batch)
+        batch = [self._queue.popleft() for _ in range(count)]
+        for op in batch:
+            if isinstance(op, Start):
+                self._queued_starts.pop(op.handle, None)  # written now: a later finish is an UPDATE
+        self._inflight = batch
+        if count:
+            self._room.notify_all()
+        return batch
+
+    def _commit(self, batch: list[Start | Finish]) -> None:
+        """Write ``batch`` in one transaction, retrying (and saying so) until it lands."""
+        hostname = self.ledger.hostname
+        delay, failing_since, reported = 0.05, 0.0, 0.0
+        while True:
+            try:
+                started = self.ledger.transaction(lambda conn: write_batch(conn, batch, self._rowids, hostname))
+                break
+            except LedgerStateError as exc:  # the ledger was closed under us: nobody can write these
+                log.error("ledger %s: %d queued write(s) lost: %s", self.ledger.path, len(batch), exc)
+                return
+            except Exception as exc:
+                now = time.monotonic()
+                if self._abandoned:
+                    return
+                if not failing_since:
+                    failing_since = now
+                if now - reported >= _REPORT_EVERY:
+                    reported = now
+                    log.warning(
+                        "ledger %s: could not write %d queued operation(s) (%s); retrying, nothing is dropped",
+                        self.ledger.path,
+                        len(batch),
+                        exc,
+                    )
+                time.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 2.0)
+        if failing_since:
+            log.warning(
+                "ledger %s: writes succeed again after %.1f s", self.ledger.path, time.monotonic() - failing_since
+            )
+        for op in batch:
+            if isinstance(op, Finish):
+                self._rowids.pop(op.handle, None)
+        self._rowids.update(started)
+
+    def _prune_due(self) -> bool:
+        return self._retention is not None and self._clock() >= self._next_prune
+
+    def _prune(self) -> None:
+        now = self._clock()
+        with self._lock:  # a set_retention from now on asks for another prune
+            retention = self._retention
+            self._next_prune = now + self._prune_every
+        if retention is None:
+            return
+        try:
+            prune(self.ledger, retention, now=now)
+        except Exception as exc:  # retention must never stop the rows being written
+            log.warning(
+                "ledger %s: pruning failed (%s); trying again in %g s", self.ledger.path, exc, self._prune_every
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# one writer per file per process
+
+_WRITERS: dict[str, LedgerWriter] = {}
+_USERS: dict[str, int] = {}
+_REGISTRY = threading.Lock()
+
+
+def acquire_writer(
+    ledger: Ledger,
+    *,
+    retention: Retention | None = None,
+    max_pending: int = MAX_PENDING,
+    clock: Callable[[], float] = time.time,
+) -> LedgerWriter:
+    """This process's writer for ``ledger``'s file, started on first use; pair with ``release_writer``.
+
+    A file's writer writes through a ``Ledger`` of its own; an in-memory ledger's writes through
+    ``ledger`` itself (its database exists only in that connection). A ``retention`` replaces the
+    writer's (the newest configuration wins); ``max_pending`` and ``clock`` are the first user's."""
+    key = ledger.key
+    with _REGISTRY:
+        writer = _WRITERS.get(key)
+        if writer is None or writer.closed or writer.forked:
+            memory = ledger.path == MEMORY
+            own = (
+                ledger if memory else Ledger(ledger.path, busy_timeout=ledger.busy_timeout, retry_for=ledger.retry_for)
+            )
+            writer = LedgerWriter(
+                own, owns_ledger=not memory, max_pending=max_pending, retention=retention, clock=clock
+            )
+            _WRITERS[key] = writer
+            _USERS[key] = 0
+            register_pending_writes(key, writer.flush)
+        elif retention is not None:
+            writer.set_retention(retention)
+        _USERS[key] += 1
+    return writer
+
+
+def release_writer(writer: LedgerWriter) -> None:
+    """One user fewer; the last one drains the writer and stops it."""
+    if writer.forked:
+        return
+    key = writer.ledger.key
+    with _REGISTRY:
+        if _WRITERS.get(key) is not writer:
+            last = not writer.closed
+        else:
+            _USERS[key] -= 1
+            last = _USERS[key] <= 0
+            if last:
+                writer.stop_taking()  # under the registry lock: no one acquires it from now on
+    if not last:
+        return
+    writer.close()  # still registered while it drains: the budget counter waits for its rows too
+    with _REGISTRY:
+        if _WRITERS.get(key) is writer:
+            del _WRITERS[key], _USERS[key]
+
+
+def flush_rows_of(path: str | os.PathLike[str], user: str | None) -> None:
+    """Wait until the rows of ``user`` this process queued for the ledger file ``path`` are written
+    (nothing to wait for when no writer of that file runs here)."""
+    writer = _WRITERS.get(os.path.realpath(path))
+    if writer is not None and not writer.forked:
+        writer.flush_user(user)
+
+
+def _drain_all(writers: Iterable[LedgerWriter] | None = None) -> None:
+    """At interpreter exit: write what every writer still holds."""
+    with _REGISTRY:
+        found = list(_WRITERS.values()) if writers is None else list(writers)
+        _WRITERS.clear()
+        _USERS.clear()
+    for writer in found:
+        try:
+            writer.close()
+        except Exception as exc:  # pragma: no cover - exit must go on
+            log.error("ledger %s: could not drain its writer at exit: %s", writer.ledger.path, exc)
+
+
+def _forget_after_fork() -> None:
+    global _REGISTRY
+    for writer in _WRITERS.values():
+        writer.forked = True
+    _WRITERS.clear()
+    _USERS.clear()
+    _REGISTRY = threading.Lock()  # the parent may have held it at the fork
+
+
+atexit.register(_drain_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)

@@ -1,0 +1,1023 @@
+"""The usage ledger in PostgreSQL (``postgresql://``): one ``requests`` table that gateway replicas share.
+
+Same columns, statuses and rules as the SQLite ledger (``docs/ledger.md``; the table's PostgreSQL
+shape is in ``engine.stores.postgres_schema``), the same ``UsageLedger`` contract, and writes off
+the request path as the SQLite writer does them:
+
+* **Writes.** ``start`` and ``finish`` put the write on a bounded queue and return at once; ``start``
+  returns a row *handle* (a negative int, never mistaken for a row id). One writer task per ledger
+  takes everything queued (up to ``max_batch``) and writes it in ONE transaction — a group commit,
+  in pipeline mode. A request that ended before its start was written is one INSERT of the finished
+  row. Beyond ``max_pending`` queued writes a ``start`` waits for room (back-pressure).
+* **Read-your-writes.** ``rows``, ``totals`` and ``to_dataframe`` first wait until every write this
+  ledger queued before them is committed in PostgreSQL.
+* **Idempotent rows.** Every row carries its writer's ``replica`` id and its number there
+  (``replica_seq``), unique together; inserts do nothing on conflict and a finish updates only a row
+  still ``started``. A write replayed (from the spool, after a crash) changes nothing.
+* **Leases, not process ids.** Each ledger registers its replica id in ``ledger_leases`` with a lease
+  it renews every ``renew`` seconds (default 5) and that runs out ``lease`` seconds after the last
+  renewal (default 15), judged by the database's clock, so hosts' clocks never matter. Every replica,
+  at each renewal, marks ``interrupted`` the ``started`` rows of every replica whose lease ran out:
+  one UPDATE guarded by ``status = 'started'``, so two replicas doing it at once mark each row once.
+  Such a row is flagged ``recovered``: if its writer was only cut off (a network partition longer
+  than the lease) its real outcome, arriving later, replaces the guess. A clean ``aclose`` marks its
+  own unfinished rows ``interrupted`` and gives its lease back.
+* **PostgreSQL unreachable.** Writes go to a local spool (``engine.stores.postgres_spool``; default
+  file ``postgres-spool-<database>.sqlite3`` beside the default SQLite ledger) instead, in order; the
+  lease keeper probes the server (backoff up to ``renew``) and, once it answers, the writer drains the
+  spool oldest first, one transaction per chunk, before it writes anything new of its own. Nothing
+  is lost and nothing doubled. ``degraded`` and ``degraded_reason`` say so (for ``/readyz``); reads
+  raise ``PostgresUnavailableError`` meanwhile (they could not include the spooled rows).
+
+The pool and both tasks live on a loop thread of the ledger's own (``postgres_pool.PostgresLoop``):
+callers on any loop — the engine's, a test's ``asyncio.run``, a notebook — reach it safely, and a
+caller's loop ending never cancels a write. A forked child must open its own ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import math
+import os
+import platform
+import secrets
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.ledger import (
+    DAY,
+    FINISH_FIELDS,
+    LedgerBusyError,
+    LedgerStateError,
+    LedgerValueError,
+    Totals,
+    clean_finish_fields,
+    default_ledger_path,
+    frame_from_rows,
+    iso_utc,
+)
+from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
+from gtl_nb.engine.processes import own_identity
+from gtl_nb.engine.stores.postgres_pool import (
+    CONNECT_TIMEOUT,
+    PostgresLoop,
+    PostgresUnavailableError,
+    describe,
+    is_unreachable,
+    parse_postgres_url,
+    require_psycopg,
+)
+from gtl_nb.engine.stores.postgres_schema import LEASES, LEDGER_MIGRATIONS, migrate, quoted
+from gtl_nb.engine.stores.postgres_spool import Spool, SpoolEntry
+from gtl_nb.log import get_logger
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["MAX_BATCH", "MAX_PENDING", "SPOOL_CHUNK", "PostgresUsageLedger"]
+
+log = get_logger("engine.stores")
+
+MAX_PENDING = 10_000  # queued writes before a start waits: a few MB at most
+MAX_BATCH = 500  # writes per transaction
+SPOOL_CHUNK = 500  # spooled writes replayed per transaction
+_GC_EVERY = 720  # renewals between two sweeps of old leases (an hour at the default 5 s)
+_REFUSALS = ("RATE_LIMIT", "BUDGET_EXCEEDED")  # a request refused by a budget (totals skip them)
+
+# ----------------------------------------------------------------------------------------------
+# SQL
+
+_START_COLUMNS = (
+    "time",
+    "time_utc",
+    "session_id",
+    "user",
+    "model",
+    "pid",
+    "proc_start",
+    "hostname",
+    "tenant",
+    "key_id",
+    "trace_id",
+    "replica",
+    "replica_seq",
+)
+_OUTCOME_COLUMNS = (
+    "end_time",
+    "status",
+    "error_code",
+    "deployment",
+    "provider_type",
+    "tokens_in",
+    "tokens_out",
+    "cached_tokens_in",
+    "reasoning_tokens_out",
+    "cost",
+    "ttft_ms",
+    "latency_ms",
+    "cache_hit",
+    "coalesced",
+    "failover_path",
+)
+
+
+def _insert(columns: Iterable[str]) -> str:
+    names = list(columns)
+    values = ", ".join("%(failover_path)s::jsonb" if name == "failover_path" else f"%({name})s" for name in names)
+    return (
+        f"INSERT INTO {TABLE} ({', '.join(quoted(name) for name in names)}) VALUES ({values}) "
+        "ON CONFLICT (replica, replica_seq) DO NOTHING"
+    )
+
+
+# One statement for rows started and rows finished already, so a batch inserts them in queue order
+# (the ids then follow the order of the starts, as in SQLite).
+_INSERT = _insert((*_START_COLUMNS, *_OUTCOME_COLUMNS))
+_STARTED = {
+    **dict.fromkeys(_OUTCOME_COLUMNS),
+    "status": "started",
+    "cache_hit": False,
+    "coalesced": False,
+}
+# One UPDATE completes a row: measures as given, who answered and the flags only when given; a row
+# the lease keeper guessed ``interrupted`` (``recovered``) takes its real outcome.
+_FINISH = (
+    f"UPDATE {TABLE} SET status = %(status)s, end_time = %(end_time)s, error_code = %(error_code)s, "
+    "deployment = COALESCE(%(deployment)s, deployment), provider_type = COALESCE(%(provider_type)s, provider_type), "
+    "model = COALESCE(%(model)s, model), tokens_in = %(tokens_in)s, tokens_out = %(tokens_out)s, "
+    "cached_tokens_in = %(cached_tokens_in)s, reasoning_tokens_out = %(reasoning_tokens_out)s, cost = %(cost)s, "
+    "ttft_ms = %(ttft_ms)s, latency_ms = COALESCE(%(latency_ms)s, (%(end_time)s - time) * 1000.0), "
+    "cache_hit = COALESCE(%(cache_hit)s, cache_hit), coalesced = COALESCE(%(coalesced)s, coalesced), "
+    "failover_path = COALESCE(%(failover_path)s::jsonb, failover_path), recovered = false "
+    "WHERE replica = %(replica)s AND replica_seq = %(replica_seq)s AND (status = 'started' OR recovered)"
+)
+
+_RENEW = (
+    f"INSERT INTO {LEASES} (replica, hostname, pid, lease_until) "
+    "VALUES (%s, %s, %s, clock_timestamp() + make_interval(secs => %s)) "
+    "ON CONFLICT (replica) DO UPDATE SET lease_until = EXCLUDED.lease_until"
+)
+# The rows of a replica whose spooled writes another process drains: it gets one lease period to
+# come back and renew (if it is alive), then its unfinished rows are judged like any others.
+_ADOPT = (
+    f"INSERT INTO {LEASES} (replica, lease_until) VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "
+    "ON CONFLICT (replica) DO NOTHING"
+)
+# Exactly once per row however many replicas run it at once: the second waits for the first's row
+# locks, then finds the rows no longer 'started'.
+_JUDGE = (
+    f"UPDATE {TABLE} AS r SET status = 'interrupted', end_time = extract(epoch FROM clock_timestamp()), "
+    f"recovered = true FROM {LEASES} AS l "
+    "WHERE r.replica = l.replica AND r.status = 'started' AND l.lease_until < clock_timestamp() "
+    "RETURNING r.replica"
+)
+_FORGET_LEASES = (
+    f"DELETE FROM {LEASES} AS l WHERE l.lease_until < clock_timestamp() - interval '1 day' "
+    f"AND NOT EXISTS (SELECT 1 FROM {TABLE} AS r WHERE r.replica = l.replica AND r.status = 'started')"
+)
+_RELEASE_ROWS = (
+    f"UPDATE {TABLE} SET status = 'interrupted', end_time = %s, recovered = true "
+    "WHERE replica = %s AND status = 'started'"
+)
+_RELEASE_LEASE = f"DELETE FROM {LEASES} WHERE replica = %s"
+_SELECT = f"SELECT {', '.join(quoted(name) for name in COLUMN_NAMES)} FROM {TABLE}"
+_TOKENS = "CASE WHEN cache_hit OR coalesced THEN 0 ELSE COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0) END"
+_NOT_REFUSED = (
+    "NOT (status = 'error' AND deployment IS NULL "
+    f"AND COALESCE(error_code, '') IN ({', '.join(repr(code) for code in _REFUSALS)}))"
+)
+_KIND = {column.name: column.sql for column in COLUMNS}
+_Entry = tuple[int, str, dict[str, Any]]  # one write: its number in the queue, its kind, its SQL parameters
+
+
+# ----------------------------------------------------------------------------------------------
+# the queued writes
+
+
+@dataclass(slots=True, eq=False)
+class _Finish:
+    """A queued ``finish``: the outcome as the caller gave it (cleaned by the writer, off the request path)."""
+
+    seq: int
+    number: int
+    status: str
+    when: float
+    fields: dict[str, Any]
+
+
+@dataclass(slots=True, eq=False)
+class _Start:
+    """A queued ``start``; ``finish`` is set when the request ended before the row was written."""
+
+    seq: int
+    number: int
+    when: float
+    session_id: str | None
+    user: str | None
+    model: str | None
+    tenant: Any
+    key_id: Any
+    trace_id: Any
+    finish: _Finish | None = None
+
+
+class PostgresUsageLedger:
+    """The usage ledger in PostgreSQL (see the module docstring).
+
+    ``url`` is ``postgresql://user:password@host:5432/database`` (``postgres_pool.parse_postgres_url``
+    lists the query options); the keyword arguments override its options. ``replica`` prefixes this
+    writer's id (the host name by default; a random part keeps ids unique). ``clock`` stamps rows
+    written without ``now``. Opening makes one attempt to reach the server (``connect_timeout``): a
+    server that does not answer leaves the ledger ``degraded``, spooling, not failed.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        spool_path: str | os.PathLike[str] | None = None,
+        replica: str | None = None,
+        lease: float | None = None,
+        renew: float | None = None,
+        max_pending: int = MAX_PENDING,
+        max_batch: int = MAX_BATCH,
+        wait_for: float = 60.0,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self._url = parse_postgres_url(url, where="ledger")
+        self._psycopg, self._psycopg_pool = require_psycopg()
+        options = self._url.options
+        self._lease = float(lease if lease is not None else options["lease"])
+        self._renew = float(renew if renew is not None else options["renew"])
+        if not 0 < self._renew < self._lease:
+            raise LedgerValueError(
+                f"renew ({self._renew:g} s) must be positive and shorter than lease ({self._lease:g} s)"
+            )
+        self.hostname = platform.node() or "localhost"
+        name = replica or options["replica"] or self.hostname
+        #: This writer's id in ``ledger_leases`` and in its rows' ``replica`` column.
+        self.replica = f"{name}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._clock = clock
+        self._max_pending = max(1, max_pending)
+        self._max_batch = max(1, max_batch)
+        self._wait_for = wait_for
+        self._connect_timeout = connect_timeout
+        self._pool_max = int(options["pool_max"])
+        chosen = spool_path or options["spool_path"]
+        self.spool_path = (
+            Path(chosen).expanduser()
+            if chosen
+            else default_ledger_path().parent / f"postgres-spool-{self._url.digest}.sqlite3"
+        )
+        self._spool = Spool(self.spool_path)
+        # -- the request path (any thread), under _lock
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._queue: deque[_Start | _Finish] = deque()
+        self._queued_starts: dict[int, _Start] = {}  # starts not yet taken: a finish merges into them
+        self._open: set[int] = set()  # numbers of started, unfinished requests
+        self._next_number = 1  # replica_seq of the next row; its handle is -number
+        self._seq = 0  # writes queued so far
+        self._idle = False
+        self._closing = False
+        self._closed = False
+        # -- the writer (the ledger's loop only)
+        self._processed = 0  # every write numbered up to this one is in PostgreSQL or the spool
+        self._durable = 0  # every write numbered up to this one is in PostgreSQL
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._inflight: list[_Entry] = []
+        self._mine_spooled = False  # writes of this replica wait in the spool: new ones go after them
+        self._backlog = self._spool.count() > 0  # anyone's writes wait in the spool
+        self._ready = False  # schema migrated and lease taken
+        self._problem: str | None = None  # why PostgreSQL cannot be used now
+        self._problem_since = 0.0
+        self._renewed = -math.inf  # monotonic time of the last renewal
+        self._pid, self._identity = own_identity()
+        self._pool: Any = None
+        self._loop = PostgresLoop(name=f"gtl_nb postgres ledger {self.replica}")
+        try:
+            self._wake = self._loop.run(self._make_event())
+            self._loop.run(self._open_pool(), timeout=connect_timeout + 30)
+        except BaseException:
+            self._loop.stop()
+            self._spool.close()
+            raise
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    # -- what callers see -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The database's URL without its password."""
+        return self._url.shown
+
+    @property
+    def degraded(self) -> bool:
+        """Whether rows do not reach PostgreSQL now (unreachable) or are still being drained from the spool."""
+        return self._problem is not None or self._backlog
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """What ``/readyz`` should say about the ledger, or ``None`` when all is well."""
+        if self._problem is not None:
+            since = datetime.fromtimestamp(self._problem_since, timezone.utc).strftime("%H:%M:%S UTC")
+            return (
+                f"PostgreSQL {self._url.shown} cannot be used since {since} ({self._problem}); "
+                f"ledger rows are spooled in {self.spool_path}"
+            )
+        if self._backlog:
+            return f"ledger rows spooled in {self.spool_path} are being written to PostgreSQL {self._url.shown}"
+        return None
+
+    @property
+    def spooled(self) -> int:
+        """How many writes wait in the spool file (of every process that shares it)."""
+        return self._spool.count()
+
+    async def start(
+        self, *, session_id: str, context: RequestContext, model: str | None, now: float | None = None
+    ) -> int:
+        """Queue the row (status ``started``) and return its handle, without waiting for the database
+        (unless the queue is full: then wait for room, up to ``wait_for``)."""
+        self._check_open()
+        when = self._clock() if now is None else float(now)
+        row = (when, session_id, context.principal, model, context.tenant, context.key_id, context.trace_id)
+        handle = self._queue_start(*row)
+        if handle is None:
+            handle = await self._start_when_room(row)
+        return handle
+
+    async def finish(self, row_id: int, *, status: str, now: float | None = None, **fields: Any) -> None:
+        """Queue the row's outcome (``Ledger.finish``'s fields); raise at once for a wrong status or
+        field, and for a handle that is finished already or unknown (the first outcome wins)."""
+        self._check_open()
+        unknown = set(fields) - FINISH_FIELDS
+        if unknown:
+            raise TypeError(f"finish() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+        if status not in FINAL_STATUSES:
+            raise LedgerValueError(f"finish status must be one of {', '.join(FINAL_STATUSES)}, not {status!r}")
+        when = self._clock() if now is None else float(now)
+        self._queue_finish(-int(row_id), status, when, fields)
+
+    async def flush(self) -> None:
+        """Wait until every write queued so far is committed in PostgreSQL."""
+        self._check_open()
+        await self._loop.call(self._until_durable(self._seq))
+
+    async def rows(self, **filters: Any) -> list[dict[str, Any]]:
+        """Matching rows as dicts of every documented column, in id order (queued writes included);
+        filters as ``Ledger.to_dataframe``'s."""
+        self._check_open()
+        where, params = _where(filters)
+        return await self._loop.call(self._rows(self._seq, where, params))
+
+    async def totals(
+        self, *, user: str | None = None, since: float | None = None, until: float | None = None
+    ) -> Totals:
+        """As ``Ledger.totals``: every row but budget refusals; no tokens of cache hits or coalesced ones."""
+        self._check_open()
+        return await self._loop.call(self._totals(self._seq, user, since, until))
+
+    async def spend_today(self, user: str | None = None, now: float | None = None) -> float:
+        """USD spent by ``user`` (None: everyone) on requests started in the UTC day of ``now``."""
+        when = self._clock() if now is None else float(now)
+        day = math.floor(when / DAY) * DAY
+        return (await self.totals(user=user, since=day, until=day + DAY)).cost
+
+    def to_dataframe(self, **filters: Any) -> pandas.DataFrame:
+        """The rows as the documented DataFrame (``frame_from_rows``), from a thread without a running loop."""
+        self._check_open()
+        where, params = _where(filters)
+        return frame_from_rows(self._loop.run(self._rows(self._seq, where, params), timeout=self._wait_for + 30))
+
+    async def recover(self) -> int:
+        """Mark ``interrupted`` the started rows of every replica whose lease ran out; how many (the
+        lease keeper does this at every renewal)."""
+        self._check_open()
+        return await self._loop.call(self._judge_now())
+
+    async def aclose(self) -> None:
+        """Write what is queued (to PostgreSQL, else the spool), give the lease back and close."""
+        await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """``aclose`` from a thread without a running loop (and at interpreter exit)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = self._closing = True
+            self._room.notify_all()
+        try:
+            self._loop.run(self._shutdown(), timeout=self._wait_for + 30)
+        except Exception as exc:
+            log.error("ledger %s: closing failed (%s)", self._url.shown, exc)
+        finally:
+            self._loop.stop()
+            self._spool.close()
+
+    def __repr__(self) -> str:
+        return f"<gtl_nb PostgresUsageLedger {self._url.shown} replica={self.replica}>"
+
+    # -- the request path -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LedgerStateError(f"the ledger {self._url.shown} is closed")
+
+    def _queue_start(
+        self, when: float, session_id: str, user: str | None, model: str | None, *context: Any
+    ) -> int | None:
+        with self._lock:
+            if self._closing:
+                raise LedgerStateError(f"the ledger {self._url.shown} is closed")
+            if len(self._queue) >= self._max_pending:
+                return None
+            self._seq += 1
+            number = self._next_number
+            self._next_number += 1
+            op = _Start(self._seq, number, when, session_id, user, model, *context)
+            self._queue.append(op)
+            self._queued_starts[number] = op
+            self._open.add(number)
+            wake, self._idle = self._idle, False
+        if wake:
+            self._loop.wake(self._wake.set)
+        return -number
+
+    def _queue_finish(self, number: int, status: str, when: float, fields: dict[str, Any]) -> None:
+        with self._lock:
+            if self._closing:
+                raise LedgerStateError(f"the ledger {self._url.shown} is closed")
+            if number not in self._open:
+                if 0 < number < self._next_number:
+                    raise LedgerStateError(
+                        f"ledger row handle {-number} is already finished; it cannot be finished as {status} "
+                        "(the first outcome wins)"
+                    )
+                raise LedgerStateError(f"ledger row handle {-number} does not exist")
+            self._open.discard(number)
+            self._seq += 1
+            end = _Finish(self._seq, number, status, when, fields)
+            queued = self._queued_starts.pop(number, None)
+            if queued is not None:  # not taken yet: one INSERT of the finished row
+                queued.finish = end
+                return
+            self._queue.append(end)
+            wake, self._idle = self._idle, False
+        if wake:
+            self._loop.wake(self._wake.set)
+
+    async def _start_when_room(self, row: tuple[Any, ...]) -> int:
+        deadline = time.monotonic() + self._wait_for
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LedgerBusyError(
+                    f"the ledger {self._url.shown} is {len(self._queue)} write(s) behind for {self._wait_for:g} s"
+                )
+            await asyncio.to_thread(self._wait_for_room, remaining)
+            handle = self._queue_start(*row)
+            if handle is not None:
+                return handle
+
+    def _wait_for_room(self, timeout: float) -> None:
+        with self._lock:
+            self._room.wait_for(lambda: len(self._queue) < self._max_pending or self._closing, timeout)
+
+    # -- the ledger's loop: opening -----------------------------------------------------------------
+
+    @staticmethod
+    async def _make_event() -> asyncio.Event:
+        return asyncio.Event()
+
+    async def _open_pool(self) -> None:
+        self._pool = self._psycopg_pool.AsyncConnectionPool(
+            self._url.conninfo,
+            min_size=1,
+            max_size=max(2, self._pool_max),
+            open=False,
+            kwargs={"autocommit": True, "application_name": f"gtl_nb ledger {self.replica}"[:63]},
+            timeout=self._connect_timeout,
+            # give up a reconnection series early: the next request starts a new one from a short delay
+            reconnect_timeout=max(2 * self._connect_timeout, 10.0),
+            name=f"gtl_nb-ledger-{self.replica}",
+        )
+        await self._pool.open(wait=False)
+        try:
+            await self._prepare()
+        except Exception as exc:
+            self._failed(exc, "opening")
+        self._writer = asyncio.ensure_future(self._write_loop())
+        self._keeper = asyncio.ensure_future(self._keep_lease())
+
+    async def _prepare(self) -> None:
+        """Migrate the schema, take the lease, judge the leases that ran out (first contact)."""
+        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+            await migrate(conn, "ledger", LEDGER_MIGRATIONS)
+            async with conn.transaction():
+                await self._take_lease(conn)
+                await conn.execute(_FORGET_LEASES)
+            await self._judge(conn)
+        self._ready = True
+
+    async def _take_lease(self, conn: Any) -> None:
+        began = time.monotonic()
+        await conn.execute(_RENEW, (self.replica, self.hostname, self._pid, self._lease))
+        self._renewed = began
+
+    # -- the ledger's loop: the lease keeper ----------------------------------------------------------
+
+    async def _keep_lease(self) -> None:
+        """Renew the lease and judge the others every ``renew`` s; while PostgreSQL cannot be used,
+        probe it more often (from 0.25 s, doubling up to ``renew``) and wake the writer when it answers."""
+        failures = renewals = 0
+        while True:
+            await asyncio.sleep(self._renew if failures == 0 else min(self._renew, 0.25 * 2 ** (failures - 1)))
+            try:
+                if not self._ready:
+                    await self._prepare()
+                else:
+                    async with self._pool.connection(timeout=self._connect_timeout) as conn:
+                        await self._take_lease(conn)
+                        await self._judge(conn)
+                        renewals += 1
+                        if renewals % _GC_EVERY == 0:
+                            await conn.execute(_FORGET_LEASES)
+            except Exception as exc:
+                failures += 1
+                self._failed(exc, "renewing its lease")
+                continue
+            failures = 0
+            self._recovered()
+
+    async def _judge(self, conn: Any) -> int:
+        cursor = await conn.execute(_JUDGE)
+        replicas = [row[0] for row in await cursor.fetchall()]
+        if replicas:
+            log.warning(
+                "ledger %s: %d request(s) of %d replica(s) whose lease ran out marked interrupted",
+                self._url.shown,
+                len(replicas),
+                len(set(replicas)),
+            )
+        return len(replicas)
+
+    async def _judge_now(self) -> int:
+        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+            return await self._judge(conn)
+
+    def _failed(self, exc: BaseException, doing: str) -> None:
+        """PostgreSQL cannot be used: say so once, spool from now on, fail the readers waiting."""
+        reason = describe(exc)
+        if not is_unreachable(exc):
+            reason = f"{type(exc).__name__}: {reason}"
+        if self._problem is None:
+            self._problem_since = time.time()
+            log.warning(
+                "ledger %s: PostgreSQL cannot be used (%s while %s); rows go to the spool %s until it can",
+                self._url.shown,
+                reason,
+                doing,
+                self.spool_path,
+            )
+        elif reason != self._problem:
+            log.info("ledger %s: still failing (%s while %s)", self._url.shown, reason, doing)
+        self._problem = reason
+        self._settle_waiters()
+
+    def _recovered(self) -> None:
+        if self._problem is not None:
+            log.warning(
+                "ledger %s: PostgreSQL answers again after %.1f s; draining the spool",
+                self._url.shown,
+                time.time() - self._problem_since,
+            )
+            self._problem = None
+            self._wake.set()
+
+    @property
+    def _healthy(self) -> bool:
+        return self._ready and self._problem is None
+
+    # -- the ledger's loop: the writer ------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._take()
+                bound = self._queue[0].seq - 1 if self._queue else self._seq
+            try:
+                if batch:
+                    await self._store(batch, bound)
+                    continue
+                if self._backlog and self._healthy:
+                    await self._drain()
+                    continue
+            except Exception:  # a bug, or a spool file gone bad: say so, and keep the writer alive
+                log.exception("ledger %s: the writer failed (%d write(s) at stake)", self._url.shown, len(batch))
+                self._inflight = []
+                await asyncio.sleep(0.5)
+                continue
+            with self._lock:
+                if self._queue:
+                    continue
+                if self._closing:
+                    return
+                self._idle = True
+                self._wake.clear()
+            await self._wake.wait()
+
+    def _take(self) -> list[_Start | _Finish]:
+        """The next batch, removed from the queue (caller holds the lock)."""
+        count = min(len(self._queue), self._max_batch)
+        batch = [self._queue.popleft() for _ in range(count)]
+        for op in batch:
+            if isinstance(op, _Start):
+                self._queued_starts.pop(op.number, None)  # taken now: a later finish is an UPDATE
+        if count:
+            self._room.notify_all()
+        return batch
+
+    async def _store(self, batch: list[_Start | _Finish], bound: int) -> None:
+        """Write ``batch`` to PostgreSQL, or to the spool when it cannot be used (or this replica's
+        earlier writes still wait there: order matters)."""
+        entries = [self._entry(op) for op in batch]
+        self._inflight = entries
+        if self._healthy and not self._mine_spooled:
+            try:
+                missed = await self._commit(entries)
+            except Exception as exc:
+                if is_unreachable(exc):
+                    self._failed(exc, "writing")
+                else:  # one write's own error: write the others one by one
+                    log.warning("ledger %s: a batch failed (%s); writing it row by row", self._url.shown, describe(exc))
+                    entries = await self._commit_each(entries)
+            else:
+                entries = []
+                if missed:  # only a change by hand can do this: the writer finishes each row once
+                    log.warning(
+                        "ledger %s: %d outcome(s) found their row no longer started (finished or deleted by "
+                        "hand?); the first outcome wins",
+                        self._url.shown,
+                        missed,
+                    )
+        if entries:
+            await self._spool_entries(entries)
+            self._mine_spooled = self._backlog = True
+        elif not self._mine_spooled:
+            self._durable = max(self._durable, bound)  # everything up to here is in PostgreSQL
+        self._inflight = []
+        self._processed = bound
+        self._settle_waiters()
+
+    def _entry(self, op: _Start | _Finish) -> _Entry:
+        """``(seq, kind, SQL parameters)`` of one write, as it is committed or spooled."""
+        if isinstance(op, _Finish):
+            params = self._outcome(op)
+            return op.seq, "finish", params
+        params = {
+            "time": op.when,
+            "time_utc": iso_utc(op.when),
+            "session_id": _text(op.session_id),
+            "user": _text(op.user),
+            "model": _text(op.model),
+            "pid": self._pid,
+            "proc_start": self._identity,
+            "hostname": self.hostname,
+            "tenant": _text(op.tenant),
+            "key_id": _text(op.key_id),
+            "trace_id": _text(op.trace_id),
+            "replica": self.replica,
+            "replica_seq": op.number,
+        }
+        if op.finish is None:
+            return op.seq, "start", {**params, **_STARTED}
+        outcome = self._outcome(op.finish)
+        # the row as the finishing UPDATE would leave it: given values, else the start's
+        if outcome["model"] is None:
+            outcome["model"] = params["model"]
+        if outcome["latency_ms"] is None:
+            outcome["latency_ms"] = (outcome["end_time"] - op.when) * 1000.0
+        outcome["cache_hit"] = bool(outcome["cache_hit"])
+        outcome["coalesced"] = bool(outcome["coalesced"])
+        return op.seq, "finished", {**params, **outcome}
+
+    def _outcome(self, op: _Finish) -> dict[str, Any]:
+        """The finishing parameters; details that cannot be made sense of leave the outcome alone."""
+        try:
+            clean: dict[str, Any] = clean_finish_fields(op.number, op.fields)
+        except Exception as exc:  # as the SQLite ledger: an ended request never stays started
+            log.warning("ledger row %s: could not record its details (%s); recording its status only", -op.number, exc)
+            clean = dict.fromkeys(FINISH_FIELDS)
+            clean["error_code"] = _text(op.fields.get("error_code"))
+        path = clean["failover_path"]
+        return {
+            "status": op.status,
+            "end_time": op.when,
+            "error_code": _text(clean["error_code"]),
+            "deployment": _text(clean["deployment"]),
+            "provider_type": _text(clean["provider_type"]),
+            "model": _text(clean["model"]),
+            "tokens_in": clean["tokens_in"],
+            "tokens_out": clean["tokens_out"],
+            "cached_tokens_in": clean["cached_tokens_in"],
+            "reasoning_tokens_out": clean["reasoning_tokens_out"],
+            "cost": clean["cost"],
+            "ttft_ms": clean["ttft_ms"],
+            "latency_ms": clean["latency_ms"],
+            "cache_hit": clean["cache_hit"],
+            "coalesced": clean["coalesced"],
+            "failover_path": None if path is None else _json_list(path),
+            "replica": self.replica,
+            "replica_seq": op.number,
+        }
+
+    async def _commit(self, entries: list[_Entry], *, adopt: Iterable[str] = ()) -> int:
+        """Write ``entries`` in one transaction (pipelined); return how many finishes found no started row."""
+        inserts = [params for _, kind, params in entries if kind != "finish"]
+        finishes = [params for _, kind, params in entries if kind == "finish"]
+        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+            async with conn.pipeline(), conn.transaction():  # one round trip for the whole batch
+                cursor = conn.cursor()
+                if time.monotonic() - self._renewed > self._renew:  # the keeper is late: renew with the rows
+                    await self._take_lease(conn)
+                for replica in adopt:
+                    await cursor.execute(_ADOPT, (replica, self._lease))
+                # inserts first: a finish in the same batch refers to a row started in an earlier one
+                if inserts:
+                    await cursor.executemany(_INSERT, inserts)
+                if finishes:
+                    await cursor.executemany(_FINISH, finishes)
+            return len(finishes) - max(0, cursor.rowcount) if finishes else 0
+
+    async def _commit_each(self, entries: list[_Entry]) -> list[_Entry]:
+        """Write ``entries`` one transaction each; a write refused for its own values is logged and
+        dropped. Returns the entries not written because PostgreSQL became unreachable (to spool)."""
+        for index, entry in enumerate(entries):
+            try:
+                await self._commit([entry])
+            except Exception as exc:
+                if is_unreachable(exc):
+                    self._failed(exc, "writing")
+                    return entries[index:]
+                log.error(
+                    "ledger %s: the %s of row %s of %s could not be written (%s); it is lost",
+                    self._url.shown,
+                    entry[1],
+                    entry[2]["replica_seq"],
+                    entry[2]["replica"],
+                    describe(exc),
+                )
+        return []
+
+    async def _spool_entries(self, entries: list[_Entry]) -> None:
+        """Append to the spool, retrying (and saying so) until the local disk takes them."""
+        delay = 0.05
+        while True:
+            try:
+                self._spool.append(self.replica, entries)
+                return
+            except Exception as exc:
+                log.error(
+                    "ledger spool %s: cannot append %d write(s) (%s); retrying", self.spool_path, len(entries), exc
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _drain(self) -> None:
+        """Replay the oldest chunk of the spool into PostgreSQL, then delete it from the spool."""
+        chunk: list[SpoolEntry] = self._spool.head(SPOOL_CHUNK)
+        if not chunk:
+            self._backlog = self._mine_spooled = False
+            self._durable = max(self._durable, self._processed)
+            self._settle_waiters()
+            log.info("ledger %s: the spool is drained", self._url.shown)
+            return
+        entries = [(entry.op_seq, entry.kind, _clean_params(entry.params)) for entry in chunk]
+        foreign = sorted({entry.replica for entry in chunk} - {self.replica})
+        try:
+            await self._commit(entries, adopt=foreign)
+        except Exception as exc:
+            if is_unreachable(exc):
+                self._failed(exc, "draining the spool")
+                return
+            log.warning("ledger %s: a spooled chunk failed (%s); writing it row by row", self._url.shown, describe(exc))
+            if await self._commit_each(entries):
+                return  # unreachable again: the chunk stays in the spool
+        self._spool.remove(chunk)
+        first = self._spool.first_of(self.replica)
+        self._mine_spooled = first is not None
+        self._durable = max(self._durable, self._processed if first is None else first - 1)
+        self._settle_waiters()
+
+    # -- the ledger's loop: readers ---------------------------------------------------------------
+
+    async def _until_durable(self, target: int) -> None:
+        """Return once every write numbered up to ``target`` is in PostgreSQL (read-your-writes)."""
+        if self._durable >= target:
+            return
+        if not self._healthy:
+            raise self._unavailable()
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, waiter))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self._wait_for)
+        except asyncio.TimeoutError:
+            raise LedgerBusyError(
+                f"the ledger {self._url.shown} has not written its queued rows for {self._wait_for:g} s; see the log"
+            ) from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            self._waiters = [(t, w) for t, w in self._waiters if w is not waiter]
+
+    def _settle_waiters(self) -> None:
+        if not self._waiters:
+            return
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for target, waiter in self._waiters:
+            if waiter.done():
+                continue
+            if self._durable >= target:
+                waiter.set_result(None)
+            elif not self._healthy:
+                waiter.set_exception(self._unavailable())
+            else:
+                keep.append((target, waiter))
+        self._waiters = keep
+
+    def _unavailable(self) -> PostgresUnavailableError:
+        return PostgresUnavailableError(
+            f"the ledger cannot be read now: {self.degraded_reason or 'PostgreSQL is not reachable yet'}"
+        )
+
+    async def _fetch(self, target: int, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        await self._until_durable(target)
+        psycopg = self._psycopg
+        try:
+            async with self._pool.connection(timeout=self._connect_timeout) as conn:
+                cursor = await conn.execute(sql, params)
+                return await cursor.fetchall()
+        except (psycopg.DataError, psycopg.errors.UndefinedFunction) as exc:
+            raise LedgerValueError(f"a ledger filter has a value of the wrong type: {describe(exc)}") from None
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise PostgresUnavailableError(
+                    f"the ledger {self._url.shown} cannot be read now: {describe(exc)}"
+                ) from None
+            raise
+
+    async def _rows(self, target: int, where: str, params: list[Any]) -> list[dict[str, Any]]:
+        found = await self._fetch(target, f"{_SELECT}{where} ORDER BY id", params)
+        return [_record(values) for values in found]
+
+    async def _totals(self, target: int, user: str | None, since: float | None, until: float | None) -> Totals:
+        filters: dict[str, Any] = {"since": since, "until": until}
+        if user is not None:
+            filters["user"] = user
+        where, params = _where(filters)
+        where = f"{where} AND {_NOT_REFUSED}" if where else f" WHERE {_NOT_REFUSED}"
+        sql = f"SELECT COUNT(*), COALESCE(SUM({_TOKENS}), 0), COALESCE(SUM(cost), 0.0) FROM {TABLE}{where}"
+        found = (await self._fetch(target, sql, params))[0]
+        return Totals(int(found[0]), int(found[1]), float(found[2]))
+
+    # -- the ledger's loop: closing ----------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._writer), self._wait_for)
+        except asyncio.TimeoutError:
+            log.error(
+                "ledger %s: the writer did not finish in %g s; spooling what it holds", self._url.shown, self._wait_for
+            )
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            with self._lock:
+                left = [self._entry(op) for op in self._take_all()]
+            await self._spool_entries([*self._inflight, *left])  # idempotent: a committed one replays as nothing
+            self._mine_spooled = True
+        except Exception:
+            log.exception("ledger %s: the writer failed", self._url.shown)
+        self._keeper.cancel()
+        await asyncio.gather(self._keeper, return_exceptions=True)
+        if self._healthy and not self._mine_spooled:
+            try:
+                async with self._pool.connection(timeout=self._connect_timeout) as conn, conn.transaction():
+                    # the handles of these rows are gone with this ledger: nobody can finish them now
+                    await conn.execute(_RELEASE_ROWS, (self._clock(), self.replica))
+                    await conn.execute(_RELEASE_LEASE, (self.replica,))
+            except Exception as exc:  # the lease runs out by itself and another replica judges the rows
+                log.warning("ledger %s: could not give back its lease (%s)", self._url.shown, describe(exc))
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(LedgerStateError(f"the ledger {self._url.shown} is closed"))
+        await self._pool.close(timeout=5.0)
+
+    def _take_all(self) -> list[_Start | _Finish]:
+        ops = list(self._queue)
+        self._queue.clear()
+        self._queued_starts.clear()
+        return ops
+
+
+def _close_at_exit(ref: weakref.ref[PostgresUsageLedger]) -> None:
+    ledger = ref()
+    if ledger is not None:
+        ledger.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# values
+
+
+def _text(value: Any) -> str | None:
+    """A text value PostgreSQL can store: NUL (which it refuses) becomes U+FFFD, a lone surrogate
+    (which UTF-8 cannot encode) its escape — the row is written rather than lost."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _json_list(path: Iterable[Any]) -> str:
+    import json
+
+    return json.dumps([_text(step) for step in path])
+
+
+def _clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Spooled parameters as they were before JSON (which keeps every value but escapes)."""
+    return {name: _text(value) if isinstance(value, str) else value for name, value in params.items()}
+
+
+def _record(values: Iterable[Any]) -> dict[str, Any]:
+    record = dict(zip(COLUMN_NAMES, values, strict=True))
+    path = record["failover_path"]
+    record["failover_path"] = None if path is None else list(path)
+    record["cache_hit"] = bool(record["cache_hit"])
+    record["coalesced"] = bool(record["coalesced"])
+    return record
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise LedgerValueError("since/until datetimes must be timezone-aware (UTC is safest)")
+        return value.timestamp()
+    return float(value)
+
+
+def _bindable(name: str, value: Any) -> Any:
+    """A filter value as the column compares it (SQLite's affinity: a number matches text as its text)."""
+    if name in ("cache_hit", "coalesced"):
+        return bool(value)
+    if isinstance(value, bool):
+        value = int(value)
+    if _KIND.get(name) == "TEXT" and not isinstance(value, str):
+        return str(value)
+    return value
+
+
+def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """A WHERE clause from keyword filters (``Ledger.to_dataframe``'s); names from the schema, values bound."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for key, value in filters.items():
+        if key in ("since", "until"):
+            if value is not None:
+                clauses.append("time >= %s" if key == "since" else "time < %s")
+                params.append(_seconds(value))
+            continue
+        if key not in COLUMN_NAMES:
+            raise LedgerValueError(
+                f"unknown ledger filter {key!r}; use since, until or a column: {', '.join(COLUMN_NAMES)}"
+            )
+        column = "failover_path::text" if key == "failover_path" else quoted(key)
+        if value is None:
+            clauses.append(f"{column} IS NULL")
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            values = [_bindable(key, v) for v in value]
+            clauses.append(f"{column} IN ({', '.join(['%s'] * len(values))})" if values else "false")
+            params.extend(values)
+        else:
+            clauses.append(f"{column} = %s")
+            params.append(_bindable(key, value))
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

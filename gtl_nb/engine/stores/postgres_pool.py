@@ -1,0 +1,242 @@
+"""Connections of the PostgreSQL stores: the URL, the driver, the pool and its loop, the errors.
+
+* **URL.** ``postgresql://[user[:password]@]host[:port]/database[?options]`` (``postgres://`` and
+  ``postgresql+psycopg://`` too). The query may hold libpq's own parameters (``sslmode``,
+  ``connect_timeout``, ``application_name``, ``options``, …), passed to libpq as they are, and ours,
+  which are taken out first (``OPTIONS``): ``spool_path``, ``replica``, ``lease``, ``renew``,
+  ``pool_max``. A password never reaches a message or a log: ``shown_url`` hides it.
+* **Driver.** psycopg 3 and psycopg_pool (the ``postgres`` extra); without them, opening a store
+  raises a ``ConfigurationError`` that says what to install.
+* **Loop.** asyncio connections belong to the loop that opened them, and the engine's callers come
+  from many loops (the engine's loop thread, a test's ``asyncio.run``, a notebook). A PostgreSQL
+  store therefore runs its pool and its writer on a loop thread of its own (``engine.loop.LoopThread``)
+  and callers reach it through ``PostgresLoop.call``: their loop ending never cancels a write.
+* **Errors.** The server being down, restarting or refusing connections is ``PostgresUnavailableError``
+  (retryable); ``is_unreachable`` tells those failures from a statement's own error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import math
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from gtl_nb.engine.loop import LoopThread
+from gtl_nb.engine.stores.sqlite_db import StoreError
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "INSTALL_HINT",
+    "OPTIONS",
+    "PostgresLoop",
+    "PostgresURL",
+    "PostgresUnavailableError",
+    "is_postgres_url",
+    "is_unreachable",
+    "parse_postgres_url",
+    "require_psycopg",
+    "shown_url",
+]
+
+log = get_logger("engine.stores")
+
+T = TypeVar("T")
+
+INSTALL_HINT = "pip install 'gtl-nb[postgres]'"
+SCHEMES = ("postgresql", "postgres")
+CONNECT_TIMEOUT = 5.0
+"""Seconds to open a connection, or to wait for one from the pool, before the server counts as unreachable."""
+_POOL_MAX = 4  # the writer, the lease keeper and a couple of readers: rows are written in batches
+_LIBPQ_SECRETS = frozenset({"password", "sslpassword", "passfile"})
+
+#: Our own query options (libpq would refuse them), with their type and default.
+OPTIONS: dict[str, tuple[type, Any]] = {
+    "spool_path": (str, None),
+    "replica": (str, None),
+    "lease": (float, 15.0),
+    "renew": (float, 5.0),
+    "pool_max": (int, _POOL_MAX),
+}
+
+
+class PostgresUnavailableError(StoreError):
+    """PostgreSQL could not be reached, or dropped the connection (retryable: it may come back)."""
+
+    default_retryable = True
+
+
+def require_psycopg() -> tuple[ModuleType, ModuleType]:
+    """``(psycopg, psycopg_pool)``, or a ``ConfigurationError`` saying to install the ``postgres`` extra."""
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError:
+        raise ConfigurationError(
+            f"postgresql:// stores need psycopg 3 and psycopg_pool, which are not installed: {INSTALL_HINT}"
+        ) from None
+    return psycopg, psycopg_pool
+
+
+# ----------------------------------------------------------------------------------------------
+# URLs
+
+
+@dataclass(frozen=True)
+class PostgresURL:
+    """A parsed ``postgresql://`` URL: ``conninfo`` for libpq (never in ``repr``: it may hold a
+    password), ``shown`` for messages, and our own ``options`` (``OPTIONS``), typed."""
+
+    conninfo: str = field(repr=False)
+    shown: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        """A short name of the database (host, port, database, user; no password): names its spool file."""
+        parts = urlsplit(self.conninfo)
+        key = f"{parts.hostname}:{parts.port}:{parts.path}:{parts.username}"
+        return hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()[:12]
+
+
+def is_postgres_url(url: object) -> bool:
+    """Whether ``url`` names a PostgreSQL database (``postgresql://``, ``postgres://``, ``postgresql+psycopg://``)."""
+    if not isinstance(url, str):
+        return False
+    scheme, separator, _ = url.partition("://")
+    return bool(separator) and scheme.split("+", 1)[0].lower() in SCHEMES
+
+
+def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
+    """Check ``url`` and split our options from libpq's; a ``ConfigurationError`` prefixed with
+    ``where`` says what is wrong (never quoting the password)."""
+    if not is_postgres_url(url):
+        raise ConfigurationError(f"{where}: expected a postgresql://user@host:5432/database URL, got {url!r:.60}")
+    assert isinstance(url, str)
+    shown = shown_url(url)
+    scheme, _, rest = url.partition("://")
+    try:
+        parts = urlsplit(f"postgresql://{rest}")
+        parts.port  # noqa: B018 - parses the port: a bad one raises ValueError here, not at the first write
+    except ValueError:
+        raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL (bad port?)") from None
+    if scheme.lower().partition("+")[2] not in ("", "psycopg"):
+        raise ConfigurationError(f"{where}: {shown!r}: only the psycopg driver is supported (postgresql+psycopg://)")
+    options: dict[str, Any] = {name: default for name, (_, default) in OPTIONS.items()}
+    kept: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in OPTIONS:
+            kept.append((name, value))
+            continue
+        kind = OPTIONS[name][0]
+        try:
+            typed = kind(value)
+        except ValueError:
+            raise ConfigurationError(f"{where}: {shown!r}: {name} must be a number, got {value!r}") from None
+        if kind is str and not typed:
+            raise ConfigurationError(f"{where}: {shown!r}: {name} must not be empty")
+        if kind is not str and not (math.isfinite(typed) and typed > 0):
+            raise ConfigurationError(f"{where}: {shown!r}: {name} must be a positive number, got {value!r}")
+        options[name] = typed
+    if options["renew"] >= options["lease"]:
+        raise ConfigurationError(f"{where}: {shown!r}: renew ({options['renew']:g} s) must be shorter than lease")
+    if not any(name == "connect_timeout" for name, _ in kept):
+        kept.append(("connect_timeout", str(int(CONNECT_TIMEOUT))))
+    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(kept, quote_via=quote), ""))
+    psycopg, _ = require_psycopg()
+    try:
+        psycopg.conninfo.conninfo_to_dict(conninfo)  # libpq's own check of its parameters
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {_first_line(exc)}") from None
+    return PostgresURL(conninfo, shown, options)
+
+
+def shown_url(url: str) -> str:
+    """``url`` with its password (in the authority or as a ``password=`` option) replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"{url.partition('://')[0]}://…"
+    query = "&".join(
+        f"{name}={'***' if name in _LIBPQ_SECRETS else value}"
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:  # an IPv6 address keeps its brackets
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}{'' if port is None else f':{port}'}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+# ----------------------------------------------------------------------------------------------
+# errors
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the server cannot be used now (down, restarting, connection lost or
+    refused, pool exhausted) rather than a mistake in one statement."""
+    psycopg, psycopg_pool = require_psycopg()
+    if isinstance(exc, (psycopg_pool.PoolTimeout, psycopg_pool.PoolClosed, OSError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return True
+    # the server going down mid-transaction: "terminating connection due to administrator command"
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return sqlstate.startswith(("08", "57P"))
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason for logs and ``/readyz`` (libpq's messages span lines and never hold a password)."""
+    return _first_line(exc) or type(exc).__name__
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else ""
+    return line if len(line) <= 300 else line[:300] + "…"
+
+
+# ----------------------------------------------------------------------------------------------
+# the store's own loop
+
+
+class PostgresLoop:
+    """The loop thread a PostgreSQL store runs its pool and tasks on, and the bridge to it.
+
+    ``call(coro)`` awaits ``coro`` on that loop from any other loop (cancelling the caller cancels
+    the work); ``run(coro)`` waits for it from a thread without a running loop."""
+
+    def __init__(self, name: str) -> None:
+        self._thread = LoopThread(name=name)
+        self.loop = self._thread.loop
+
+    @property
+    def in_loop(self) -> bool:
+        return self._thread.in_loop_thread
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    async def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        return self._thread.run(coro, timeout=timeout)
+
+    def wake(self, callback: Any) -> None:
+        """Run ``callback()`` on the loop soon (from any thread)."""
+        self.loop.call_soon_threadsafe(callback)
+
+    def stop(self) -> None:
+        """Cancel what still runs on the loop and end its thread (blocking, a few seconds at most)."""
+        self._thread.stop()

@@ -1,0 +1,212 @@
+"""``RedisBreakerStore``: circuit breakers every gateway replica shares.
+
+One string per deployment, ``<prefix>breaker:<deployment>``, holding ``CircuitBreaker.to_state()``
+as JSON (times in wall-clock unix seconds, which replicas share) plus when the last half-open
+probe was granted. ``engine.breaker`` keeps the rules — this store never re-states them: each
+change reads the state, applies the rule in Python and writes the new state with a Lua
+compare-and-set that succeeds only if the key still holds exactly what was read. When another
+replica changed it meanwhile, the change is applied again to what that replica wrote. So every
+transition is atomic across replicas, and the last half-open probe slot goes to exactly one of
+them. A call that changes nothing (a closed circuit letting a request through, an open one
+refusing) is one ``GET``. The writes of one deployment take turns within a process, so a
+compare-and-set only ever races the other replicas' (a few), never this process's own hundreds of
+concurrent calls — which would spend their attempts failing against each other.
+
+Every write carries a random token, so a compare-and-set that landed although its reply was lost
+(redis-py sends it once more) is recognised, not applied twice. A probe slot whose replica never
+reported back (it died) is given back after ``probe_lease`` seconds, as in the SQLite store. A
+breaker nobody touched for a day expires: it starts closed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from gtl_nb.engine.breaker import BreakerConfig, CircuitBreaker
+from gtl_nb.engine.ratelimit import DAY
+from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
+from gtl_nb.log import get_logger
+
+__all__ = ["RedisBreakerStore"]
+
+log = get_logger("engine.stores")
+
+T = TypeVar("T")
+
+MAX_ATTEMPTS = 100
+"""Compare-and-set attempts before giving up: each failed one means another replica made progress."""
+
+# KEYS: the breaker.  ARGV: what was read ('' = nothing), the new state, milliseconds to keep it.
+_SWAP = LuaScript(
+    """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+)
+
+
+class RedisBreakerStore:
+    """A ``BreakerStore`` in Redis (module docstring). ``config`` may be replaced while running (the
+    engine does on reconfiguration): every call reads the current one."""
+
+    def __init__(
+        self,
+        url: str,
+        config: BreakerConfig | None = None,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        probe_lease: float = 300.0,
+    ) -> None:
+        self.redis = RedisConnector(url, what="[routing.breaker] backend")
+        self.config = config or BreakerConfig()
+        self.wall_clock = wall_clock
+        self.probe_lease = probe_lease
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"RedisBreakerStore({self.redis.shown!r})"
+
+    def _key(self, deployment: str) -> str:
+        return f"{self.redis.prefix}breaker:{key_part(deployment)}"
+
+    async def acquire(self, deployment: str) -> str | None:
+        if not self.config.enabled:
+            return "pass"
+        return await self._update(deployment, lambda breaker: breaker.acquire())
+
+    async def record_success(self, deployment: str) -> tuple[str, str] | None:
+        if not self.config.enabled:
+            return None
+        return await self._update(deployment, lambda breaker: breaker.record_success())
+
+    async def record_failure(self, deployment: str) -> tuple[str, str] | None:
+        if not self.config.enabled:
+            return None
+        return await self._update(deployment, lambda breaker: breaker.record_failure())
+
+    async def release(self, deployment: str) -> None:
+        await self._update(deployment, lambda breaker: breaker.release())
+
+    async def snapshots(self, deployments: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Each deployment's ``snapshot()`` plus ``"allowed"``; times are wall-clock unix seconds."""
+        names = list(dict.fromkeys(deployments))
+        if not names:
+            return {}
+        keys = [self._key(name) for name in names]
+        found = await self.redis.run("reading breakers", lambda client: client.mget(keys))
+        now = self.wall_clock()
+        result = {}
+        for name, data in zip(names, found, strict=True):
+            breaker, _, _ = self._load(name, data, now)
+            result[name] = {**breaker.snapshot(), "allowed": breaker.would_allow()}
+        return result
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    def close(self) -> None:
+        """Close without a loop."""
+        self.redis.close()
+
+    async def _update(self, deployment: str, operation: Callable[[CircuitBreaker], T]) -> T:
+        """Apply ``operation`` to the stored breaker and store the result, atomically (module docstring).
+
+        A call that changes nothing is one ``GET``. Writes of one deployment take turns within this
+        process (so compare-and-set only races other replicas', not this process's own hundred
+        concurrent calls), and a lost race waits a random moment before the next try."""
+        key = self._key(deployment)
+        token = uuid.uuid4().hex
+        step = self._step(deployment, operation, token)
+        data = await self.redis.run("reading a breaker", lambda client: client.get(key))
+        result, text, _ = step(data)
+        if text is None:
+            return result
+        lock = self._lock(deployment)
+        waited = lock.locked()
+        async with lock:
+            written: list[T] = []  # outcomes of the writes we sent, should a reply be lost
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt or waited:  # what was read before may be stale by now
+                    data = await self.redis.run("reading a breaker", lambda client: client.get(key))
+                    result, text, landed = step(data)
+                    if written and landed:
+                        return written[-1]  # our earlier write landed; its reply did not reach us
+                    if text is None:
+                        return result
+                written.append(result)
+                swap_args = [b"" if data is None else data, text, self._keep()]
+                swapped = await self.redis.run(
+                    "updating a breaker",
+                    lambda client, swap_args=swap_args: _SWAP(client, [key], swap_args),  # bound here, not late
+                )
+                if int(swapped) == 1:
+                    return result
+                await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))  # another replica wrote
+        raise RedisUnavailableError(
+            f"circuit {deployment}: the breaker changed under {MAX_ATTEMPTS} attempts in a row at {self.redis.shown}"
+        )
+
+    def _step(
+        self, deployment: str, operation: Callable[[CircuitBreaker], T], token: str
+    ) -> Callable[[bytes | None], tuple[T, str | None, bool]]:
+        """``step(stored)``: the operation's result, the state to write (``None``: nothing changed),
+        and whether ``stored`` is a write of this very call (carries ``token``)."""
+
+        def step(data: bytes | None) -> tuple[T, str | None, bool]:
+            now = self.wall_clock()  # after the read: a replica applies changes in the order it sees them
+            breaker, probe_at, last_token = self._load(deployment, data, now)
+            before = breaker.to_state()
+            result = operation(breaker)
+            after = breaker.to_state()
+            if after == before:
+                return result, None, last_token == token
+            if result == "probe":
+                probe_at = now  # the newest grant: the lease runs from the last sign of life
+            after["probe_at"] = probe_at if after["probes"] else None
+            after["token"] = token
+            return result, json.dumps(after, separators=(",", ":")), last_token == token
+
+        return step
+
+    def _keep(self) -> str:
+        """Milliseconds a breaker's key outlives its last change."""
+        return str(int((max(self.config.window, self.config.cooldown) + self.probe_lease + DAY) * 1000))
+
+    def _lock(self, deployment: str) -> asyncio.Lock:
+        """This loop's lock for writes of ``deployment`` (an asyncio lock belongs to one loop)."""
+        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
+        lock = locks.get(deployment)
+        if lock is None:
+            lock = locks[deployment] = asyncio.Lock()
+        return lock
+
+    def _load(self, deployment: str, data: bytes | None, now: float) -> tuple[CircuitBreaker, float | None, str | None]:
+        """The breaker as stored, at the instant ``now``; when its last probe was granted; the write's token."""
+
+        def clock() -> float:
+            return now  # one instant per step
+
+        if data is None:
+            return CircuitBreaker(deployment, self.config, clock=clock), None, None
+        try:
+            state = json.loads(data)
+            probe_at = state.get("probe_at")
+            if state.get("probes") and probe_at is not None and now - float(probe_at) > self.probe_lease:
+                log.info("circuit %s: probe slots held for over %g s were given back", deployment, self.probe_lease)
+                state["probes"], probe_at = 0, None
+            breaker = CircuitBreaker.from_state(state, deployment, self.config, clock=clock)
+            return breaker, probe_at, state.get("token")
+        except (ValueError, TypeError, AttributeError):
+            log.warning("circuit %s: unreadable stored state; starting closed", deployment)
+            return CircuitBreaker(deployment, self.config, clock=clock), None, None

@@ -1,0 +1,277 @@
+"""``RedisBudgetCounter``: per-principal budgets that every gateway replica shares, exact across them.
+
+Per principal (its name percent-encoded inside a ``{…}`` hash tag, so a Redis Cluster keeps its
+keys in one slot), under the URL's key prefix (``gtl:`` by default)::
+
+    gtl:budget:{ann}:times      sorted set   reservation id -> reservation time (unix seconds)
+    gtl:budget:{ann}:spends     hash         reservation id -> "<tokens> <nano-USD>"
+    gtl:budget:{ann}:day:<d>    string       nano-USD counted for the UTC day starting at <d>
+
+``reserve`` is one Lua script, so it is atomic across replicas: it forgets reservations no
+decision needs any more (older than a minute or the UTC day, with a day of slack, as the memory
+counter), reads the principal's last minute and today's spend, decides exactly as
+``ratelimit.refusal`` does, and either counts the request or answers with what it read — from
+which ``refusal`` builds the error, with its message and ``retry_after``. ``settle`` (a script too)
+replaces the estimate and moves the day's total by the difference. Money is counted in whole
+nano-dollars (integers: Redis adds them exactly); ``usage`` reports dollars.
+
+Every key expires on its own two days after its principal's last reservation: an idle principal
+leaves nothing behind. Reservation ids are made here (random), so a reserve that redis-py sends
+again after a dropped reply is recognised and not counted twice; a reserve whose caller is
+cancelled is taken back once it lands, as the SQLite counter does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
+from gtl_nb.engine.stores.base import Reservation
+from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
+from gtl_nb.log import get_logger
+
+__all__ = ["RedisBudgetCounter"]
+
+log = get_logger("engine.stores")
+
+NANOS = 1_000_000_000  # nano-dollars per dollar
+KEEP_SECONDS = int(2 * DAY + 2 * WINDOW)  # how long a principal's keys outlive its last reservation
+
+# The minute's spends as a flat list {time, tokens, time, tokens, ...} (strings: exact doubles).
+_READ_MINUTE = """
+local function read_minute(times, spends, since)
+  local found = redis.call('ZRANGEBYSCORE', times, since, '+inf', 'WITHSCORES')
+  local result, ids = {}, {}
+  for i = 1, #found, 2 do ids[#ids + 1] = found[i] end
+  local records = {}
+  for first = 1, #ids, 1000 do  -- in slices: unpack() has a limit on how many values it spreads
+    local slice = redis.call('HMGET', spends, unpack(ids, first, math.min(first + 999, #ids)))
+    for i = 1, #slice do records[first + i - 1] = slice[i] end
+  end
+  for i = 1, #ids do
+    local record = records[i] or '0 0'
+    result[#result + 1] = found[2 * i]
+    result[#result + 1] = string.sub(record, 1, string.find(record, ' ') - 1)
+  end
+  return result
+end
+"""
+
+# KEYS: times, spends, day.  ARGV: id, now, tokens, nanos, minute start, forget before, check limits
+# (1/0), requests per minute, tokens per minute, USD per day ('' = none), seconds to keep the keys.
+# Returns {1} (counted) or {0, nanos spent today, time, tokens, time, tokens, ...} (refused).
+_RESERVE = LuaScript(
+    _READ_MINUTE
+    + """
+local times, spends, day = KEYS[1], KEYS[2], KEYS[3]
+local id = ARGV[1]
+if redis.call('HEXISTS', spends, id) == 1 then return {1} end  -- a retry of a reserve that landed
+local stale = redis.call('ZRANGEBYSCORE', times, '-inf', '(' .. ARGV[6])
+if #stale > 0 then
+  for first = 1, #stale, 1000 do
+    redis.call('HDEL', spends, unpack(stale, first, math.min(first + 999, #stale)))
+  end
+  redis.call('ZREMRANGEBYSCORE', times, '-inf', '(' .. ARGV[6])
+end
+if ARGV[7] == '1' then
+  local spent = redis.call('GET', day) or '0'
+  local usd, rpm, tpm = tonumber(ARGV[10]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  local refused = usd ~= nil and tonumber(spent) / 1e9 >= usd
+  local minute = {}
+  if rpm ~= nil or tpm ~= nil then
+    minute = read_minute(times, spends, ARGV[5])
+    local tokens = 0
+    for i = 2, #minute, 2 do tokens = tokens + tonumber(minute[i]) end
+    refused = refused or (rpm ~= nil and #minute / 2 >= rpm) or (tpm ~= nil and tokens >= tpm)
+  end
+  if refused then
+    local answer = {0, spent}
+    for i = 1, #minute do answer[#answer + 1] = minute[i] end
+    return answer
+  end
+end
+redis.call('ZADD', times, ARGV[2], id)
+redis.call('HSET', spends, id, ARGV[3] .. ' ' .. ARGV[4])
+redis.call('EXPIRE', times, ARGV[11])
+redis.call('EXPIRE', spends, ARGV[11])
+if ARGV[4] ~= '0' then
+  redis.call('INCRBY', day, ARGV[4])
+  redis.call('EXPIRE', day, ARGV[11])
+end
+return {1}
+"""
+)
+
+# KEYS: times, spends, day of the reservation.  ARGV: id, tokens ('' = keep), nanos ('' = keep), keep.
+# Replacing is idempotent: settling twice with the same figures changes nothing more.
+_SETTLE = LuaScript(
+    """
+local record = redis.call('HGET', KEYS[2], ARGV[1])
+if not record then return 0 end
+local space = string.find(record, ' ')
+local tokens, nanos = string.sub(record, 1, space - 1), string.sub(record, space + 1)
+if ARGV[2] ~= '' then tokens = ARGV[2] end
+if ARGV[3] ~= '' then
+  local change = tonumber(ARGV[3]) - tonumber(nanos)
+  if change ~= 0 then
+    redis.call('INCRBY', KEYS[3], string.format('%d', change))
+    redis.call('EXPIRE', KEYS[3], ARGV[4])
+  end
+  nanos = ARGV[3]
+end
+redis.call('HSET', KEYS[2], ARGV[1], tokens .. ' ' .. nanos)
+return 1
+"""
+)
+
+# KEYS: times, spends, day of the reservation.  ARGV: id.  Takes a reservation back (cancelled caller).
+_UNCOUNT = LuaScript(
+    """
+local record = redis.call('HGET', KEYS[2], ARGV[1])
+if not record then return 0 end
+local nanos = tonumber(string.sub(record, string.find(record, ' ') + 1))
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+if nanos ~= 0 then redis.call('INCRBY', KEYS[3], string.format('%d', -nanos)) end
+return 1
+"""
+)
+
+# KEYS: times, spends, day.  ARGV: minute start.  Returns {nanos spent today, time, tokens, ...}.
+_USAGE = LuaScript(
+    _READ_MINUTE
+    + """
+local answer = {redis.call('GET', KEYS[3]) or '0'}
+local minute = read_minute(KEYS[1], KEYS[2], ARGV[1])
+for i = 1, #minute do answer[#answer + 1] = minute[i] end
+return answer
+"""
+)
+
+
+def _nanos(cost: float) -> int:
+    return round(float(cost) * NANOS)
+
+
+def _spends(flat: list[Any]) -> list[Spend]:
+    """``[time, tokens, time, tokens, ...]`` as the scripts return them (bytes) -> ``Spend``s."""
+    return [Spend(float(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+
+
+class RedisBudgetCounter:
+    """A ``BudgetCounter`` in Redis, exact across the replicas that share the server (module docstring).
+
+    ``url`` is a ``redis://`` or ``rediss://`` URL (``engine.stores.urls``). Times are the ``now``
+    callers pass: wall-clock unix seconds, which replicas share."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = RedisConnector(url, what="[budgets] backend")
+        self._background: set[asyncio.Future[Any]] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisBudgetCounter({self.redis.shown!r})"
+
+    def _keys(self, principal: str, at: float) -> list[str]:
+        base = f"{self.redis.prefix}budget:{{{key_part(principal)}}}"
+        return [f"{base}:times", f"{base}:spends", f"{base}:day:{int(utc_day_start(at))}"]
+
+    async def reserve(
+        self,
+        principal: str,
+        limits: Limits,
+        *,
+        now: float,
+        tokens: int = 0,
+        cost: float = 0.0,
+        session_id: str | None = None,
+    ) -> Reservation:
+        """Check and count one request in one script; raise the refusal, which counts nothing.
+
+        A principal without limits is counted too: other replicas, or a later configuration, may
+        enforce some. ``session_id`` is not needed: Redis counts no ledger rows."""
+        tokens, cost = int(tokens), float(cost)
+        reservation = Reservation(uuid.uuid4().hex, principal, tokens, cost, now)
+        keys = self._keys(principal, now)
+
+        def optional(limit: float | None) -> str:
+            return "" if limit is None else repr(limit)
+
+        args = [
+            reservation.id,
+            repr(float(now)),
+            str(tokens),
+            str(_nanos(cost)),
+            repr(now - WINDOW),  # the very double refusal() compares with
+            repr(horizon(now) - DAY),  # a day of slack for clocks of other replicas
+            "1" if limits.any else "0",
+            optional(limits.requests_per_minute),
+            optional(limits.tokens_per_minute),
+            optional(limits.usd_per_day),
+            str(KEEP_SECONDS),
+        ]
+        attempt = asyncio.ensure_future(self.redis.run("reserving", lambda client: _RESERVE(client, keys, args)))
+        try:
+            outcome = await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(lambda done: self._uncount(done, reservation, keys))
+            raise
+        if int(outcome[0]) == 1:
+            return reservation
+        refused = refusal(principal, limits, now=now, minute=_spends(outcome[2:]), spent_today=int(outcome[1]) / NANOS)
+        if refused is None:  # cannot happen: the script decides as refusal() does, on the same numbers
+            raise RedisUnavailableError(f"Redis at {self.redis.shown} refused a request that the limits allow")
+        raise refused
+
+    async def settle(
+        self, reservation: Reservation, *, tokens: int | None, cost: float | None, now: float | None = None
+    ) -> None:
+        """Replace the estimate with the actual figures (``None``: keep the estimate); an unknown
+        reservation (another counter's, or one forgotten after two days) changes nothing."""
+        if tokens is None and cost is None:
+            return
+        keys = self._keys(reservation.principal, reservation.time)
+        args = [
+            str(reservation.id),
+            "" if tokens is None else str(int(tokens)),
+            "" if cost is None else str(_nanos(cost)),
+            str(KEEP_SECONDS),
+        ]
+        write = asyncio.ensure_future(self.redis.run("settling", lambda client: _SETTLE(client, keys, args)))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:  # as the SQLite counter: a cancelled caller's settle still lands
+            await asyncio.wait({write})
+            raise
+
+    async def usage(self, principal: str, *, now: float) -> dict[str, float]:
+        """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal``."""
+        keys = self._keys(principal, now)
+        found = await self.redis.run("reading usage", lambda client: _USAGE(client, keys, [repr(now - WINDOW)]))
+        return usage_report(now=now, minute=_spends(found[1:]), spent_today=int(found[0]) / NANOS)
+
+    async def aclose(self) -> None:
+        if self._background:  # take-backs under way: let them land before the pool closes
+            await asyncio.wait(set(self._background))
+        await self.redis.aclose()
+
+    def close(self) -> None:
+        """Close without a loop."""
+        self.redis.close()
+
+    def _uncount(self, attempt: asyncio.Future[Any], reservation: Reservation, keys: list[str]) -> None:
+        """The reserve of a cancelled caller landed: take it back (the request will not be sent)."""
+        if attempt.cancelled() or attempt.exception() is not None or int(attempt.result()[0]) != 1:
+            return
+        undo = asyncio.ensure_future(
+            self.redis.run("taking back a reservation", lambda client: _UNCOUNT(client, keys, [reservation.id]))
+        )
+        self._background.add(undo)
+        undo.add_done_callback(self._background.discard)
+        undo.add_done_callback(_log_failure)
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("could not take back a cancelled reservation: %s", future.exception())

@@ -1,0 +1,318 @@
+"""Connections of the Redis stores: one client and connection pool per URL per process, shared.
+
+The budget counter, the response cache and the breaker store of one URL share one
+``redis.asyncio`` client. asyncio connections belong to the event loop that opened them, so
+"per process" is, exactly, per URL and per running loop: the engine has one loop (its loop thread)
+and so one pool; a test running scenarios under several ``asyncio.run`` gets one per loop. A pool
+is created on the first call a store makes on a loop and closed when the last store using it there
+closes, or when the loop ends (``asyncio.run`` and ``LoopThread.stop`` cancel the tasks left; a
+small keeper task per pool closes it then, while the loop still runs).
+
+Timeouts (each can be set in the URL's query): 1 s to connect, 2 s for a reply, at most 64
+connections per pool and 5 s to wait for a free one; a command that fails on a dropped connection
+is sent once more (every store's writes are idempotent, so a retry never counts twice).
+
+When the server is unreachable or fails, a store raises ``RedisUnavailableError`` (a ``StoreError``,
+retryable) naming the server without its password; the engine turns it into the request's error.
+(A fallback to local limits comes with the rest of scale-out.) Without the ``redis`` extra,
+opening a Redis store raises a ``ConfigurationError`` saying what to install.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+from gtl_nb.engine.stores.sqlite_db import StoreError
+from gtl_nb.engine.stores.urls import DEFAULT_KEY_PREFIX, parse_store_url, shown_url
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "REPLY_TIMEOUT",
+    "LuaScript",
+    "RedisConnector",
+    "RedisUnavailableError",
+    "key_part",
+    "require_redis",
+    "split_url",
+    "sync_client",
+    "translated",
+]
+
+log = get_logger("engine.stores")
+
+T = TypeVar("T")
+
+CONNECT_TIMEOUT = 1.0
+"""Seconds to open a connection (``socket_connect_timeout`` in the URL overrides it)."""
+REPLY_TIMEOUT = 2.0
+"""Seconds to wait for a reply (``socket_timeout``): every store command is one short step."""
+MAX_CONNECTIONS = 64
+"""Connections per pool (``max_connections``); a caller past them waits for one to be free."""
+POOL_WAIT = 5.0
+"""Seconds a caller waits for a free connection before the store reports Redis as unavailable."""
+
+INSTALL_HINT = "pip install 'gtl-nb[redis]'"
+
+
+class RedisUnavailableError(StoreError):
+    """Redis could not be reached, or failed to do what a store asked (retryable: it may come back)."""
+
+    default_retryable = True
+
+
+def require_redis() -> ModuleType:
+    """``redis.asyncio``, or a ``ConfigurationError`` that says to install the ``redis`` extra."""
+    try:
+        import redis.asyncio
+    except ImportError:
+        raise ConfigurationError(
+            f"redis:// stores need the redis-py client, which is not installed: {INSTALL_HINT}"
+        ) from None
+    return redis.asyncio
+
+
+def key_part(text: str) -> str:
+    """``text`` made safe inside a key: percent-encoded, so ``:``, ``{`` and ``}`` (a Redis Cluster
+    hash tag) in a principal's or deployment's name cannot run into another key."""
+    return quote(text, safe="")
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """The URL redis-py opens (without our own options) and the key prefix the URL asks for."""
+    parts = urlsplit(url)
+    prefix = DEFAULT_KEY_PREFIX
+    kept = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name == "key_prefix":
+            prefix = value
+        else:
+            kept.append((name, value))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment)), prefix
+
+
+@contextlib.contextmanager
+def translated(shown: str, what: str) -> Iterator[None]:
+    """Turn redis-py's errors into ``RedisUnavailableError`` naming the server (never its password)."""
+    import redis.exceptions
+
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise RedisUnavailableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}") from None
+    except redis.exceptions.RedisError as exc:
+        raise RedisUnavailableError(f"Redis at {shown} failed ({what}): {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
+# ----------------------------------------------------------------------------------------------
+# the shared clients
+
+
+@dataclass(eq=False)
+class _Shared:
+    """One URL's client on one event loop, and the connectors using it."""
+
+    key: tuple[str, int]
+    loop: asyncio.AbstractEventLoop
+    client: Any
+    pool: Any
+    users: set[RedisConnector] = field(default_factory=set)
+    keeper: asyncio.Task[None] | None = None
+
+    async def keep(self) -> None:
+        """Wait until cancelled (by the last connector's ``aclose`` or the loop's end), then close."""
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            with _registry_lock:
+                if _registry.get(self.key) is self:
+                    del _registry[self.key]
+            await self._close()
+
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):  # closing: nobody is left to hear how it failed
+            closer = getattr(self.client, "aclose", None) or self.client.close
+            await closer()
+        with contextlib.suppress(Exception):
+            await self.pool.disconnect()
+
+
+_registry: dict[tuple[str, int], _Shared] = {}
+_registry_lock = threading.Lock()  # stores on several loops (threads) may open pools at once
+
+
+def _forget_parent_pools() -> None:
+    """In a forked child: the parent's connections are not ours to use (or to close)."""
+    _registry.clear()
+    _sync_clients.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_pools)
+
+
+class RedisConnector:
+    """A store's handle on the shared client of its URL (see the module docstring).
+
+    Made without a loop (stores are opened before the engine's loop runs); ``client()`` gives the
+    running loop's client, opening it on first use. ``aclose`` lets go of it (the last user closes it).
+    """
+
+    def __init__(self, url: str, *, what: str) -> None:
+        require_redis()
+        parse_store_url(url, where=what)  # a store made without open_stores gets the same checks
+        self.url = url
+        self.what = what
+        self.shown = shown_url(url)
+        self.client_url, self.prefix = split_url(url)
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"RedisConnector({self.shown!r})"
+
+    async def client(self) -> Any:
+        """The ``redis.asyncio.Redis`` this process shares for the URL on the running loop."""
+        if self._closed:
+            raise StoreError(f"the {self.what} store at {self.shown} is closed")
+        loop = asyncio.get_running_loop()
+        key = (self.client_url, id(loop))  # stores with different key prefixes share the pool too
+        with _registry_lock:
+            shared = _registry.get(key)
+            if shared is None or shared.loop is not loop:  # an id reused by a newer loop
+                shared = self._open(key, loop)
+                _registry[key] = shared
+            shared.users.add(self)
+        return shared.client
+
+    async def run(self, what: str, operation: Callable[[Any], Awaitable[T]]) -> T:
+        """``await operation(client)``, with redis-py's errors translated (``RedisUnavailableError``)."""
+        client = await self.client()
+        with translated(self.shown, what):
+            return await operation(client)
+
+    async def aclose(self) -> None:
+        """Stop using the shared client; close it if this was its last user on this loop."""
+        self._closed = True
+        for shared in self._release():
+            if shared.keeper is None or shared.keeper.done():
+                continue
+            try:
+                here = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if shared.loop is here:
+                shared.keeper.cancel()
+                await asyncio.wait({shared.keeper})
+            elif not shared.loop.is_closed():
+                shared.loop.call_soon_threadsafe(shared.keeper.cancel)
+
+    def close(self) -> None:
+        """Close without a loop (a store ``open_stores`` gives back after a failure): as ``aclose``."""
+        self._closed = True
+        for shared in self._release():
+            if shared.keeper is not None and not shared.loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to do
+                    shared.loop.call_soon_threadsafe(shared.keeper.cancel)
+
+    def _release(self) -> list[_Shared]:
+        """Leave every pool this connector used; the ones left without users."""
+        unused = []
+        with _registry_lock:
+            for key, shared in list(_registry.items()):
+                if self in shared.users:
+                    shared.users.discard(self)
+                    if not shared.users:
+                        del _registry[key]
+                        unused.append(shared)
+        return unused
+
+    def _open(self, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> _Shared:
+        """A client and pool for this URL on ``loop`` (no connection yet: redis-py connects on use)."""
+        module = require_redis()
+        from redis.asyncio.retry import Retry
+        from redis.backoff import EqualJitterBackoff
+
+        try:  # the URL's own query options win over these defaults (redis-py's rule)
+            pool = module.BlockingConnectionPool.from_url(
+                self.client_url,
+                socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=REPLY_TIMEOUT,
+                max_connections=MAX_CONNECTIONS,
+                timeout=POOL_WAIT,
+                health_check_interval=30,
+                retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigurationError(f"{self.what}: {self.shown!r} cannot be used ({exc})") from None
+        shared = _Shared(key, loop, module.Redis(connection_pool=pool), pool)
+        shared.keeper = loop.create_task(shared.keep(), name=f"gtl_nb redis pool {self.shown}")
+        return shared
+
+
+# ----------------------------------------------------------------------------------------------
+# Lua scripts
+
+
+class LuaScript:
+    """A Lua script run with ``EVALSHA``, loaded with ``SCRIPT LOAD`` when the server does not know it
+    (after a restart or a fail-over, the script cache is empty). Redis runs a script atomically."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+
+    async def __call__(self, client: Any, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        import redis.exceptions
+
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+# ----------------------------------------------------------------------------------------------
+# the synchronous client (token revocations are checked outside any event loop)
+
+_sync_clients: dict[str, Any] = {}
+_sync_lock = threading.Lock()
+
+
+def sync_client(url: str) -> tuple[Any, str]:
+    """The process's synchronous ``redis.Redis`` for ``url`` (thread-safe, one pool) and its key prefix."""
+    require_redis()
+    import redis
+    from redis.backoff import EqualJitterBackoff
+    from redis.retry import Retry
+
+    client_url, prefix = split_url(url)
+    with _sync_lock:
+        client = _sync_clients.get(client_url)
+        if client is None:
+            try:
+                client = redis.Redis.from_url(
+                    client_url,
+                    socket_connect_timeout=CONNECT_TIMEOUT,
+                    socket_timeout=REPLY_TIMEOUT,
+                    health_check_interval=30,
+                    retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1),
+                )
+            except (ValueError, TypeError) as exc:
+                raise ConfigurationError(f"{shown_url(url)!r} cannot be used ({exc})") from None
+            _sync_clients[client_url] = client
+    return client, prefix

@@ -1,0 +1,432 @@
+"""Audit records in PostgreSQL: where replicas keep the audit log they share, one hash chain each.
+
+The records are the file log's (``gateway.audit``: what a record says, sealed the same way: the
+SHA-256 of the line's own bytes without its ``"hash"``), but the chain is **per replica run**: each
+``PostgresAuditSink`` starts a chain of its own, named by its ``replica`` id (host, pid and a
+random part), so replicas never wait for each other to link a record. Each record is one row of
+``audit_records`` keyed by ``(replica, seq)``; ``line`` is the exact sealed JSON the hash covers
+(the record also names its replica, so a row moved to another chain no longer verifies). The head
+of each chain — the last ``seq`` and its hash, what the file log's checkpoint holds — is the chain's
+row in ``audit_chains``, updated in the same transaction as the records it counts.
+
+**Writing.** ``AuditLog``'s writer thread calls ``append(records)`` with each batch (the same
+interface as the file log's writer, ``_ChainFiles``): the records are sealed here, in order, and
+written in one transaction. When PostgreSQL cannot be reached the sealed lines go to a local spool
+file (JSON lines, the file log's format, fsynced) and are written, oldest first and exactly once
+(the primary key makes a replay change nothing), before the next batch once it answers; a spool
+left by a stopped process is drained when the next sink on that file opens. Nothing is lost.
+
+**Verifying.** ``verify_postgres(url)`` is ``gtl audit verify`` for the database: every chain is
+walked in ``seq`` order, and an edited record (its hash no longer matches), a deleted one (a gap, or
+a record that does not link to the one before), a record in the wrong chain, records removed from
+the end (fewer than the head counts) and a head that does not match its last record are reported,
+each with its chain and ``seq``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gtl_nb.engine.ledger import default_ledger_path
+from gtl_nb.engine.sqlite_files import create_private_file
+from gtl_nb.engine.stores.postgres_pool import (
+    CONNECT_TIMEOUT,
+    PostgresLoop,
+    describe,
+    is_unreachable,
+    parse_postgres_url,
+    require_psycopg,
+)
+from gtl_nb.engine.stores.postgres_schema import AUDIT_MIGRATIONS, migrate
+from gtl_nb.gateway.audit import FORMAT_VERSION, GENESIS, Problem, _seal, _unseal
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import ConfigurationError
+
+__all__ = ["PostgresAuditReport", "PostgresAuditSink", "verify_postgres"]
+
+log = get_logger("gateway.audit")
+
+_INSERT = (
+    "INSERT INTO audit_records (replica, seq, time, kind, session_id, trace_id, principal, line) "
+    "VALUES (%(replica)s, %(seq)s, %(time)s, %(kind)s, %(session_id)s, %(trace_id)s, %(principal)s, %(line)s) "
+    "ON CONFLICT (replica, seq) DO NOTHING"
+)
+# The head moves forward only: a replayed spool never takes it back.
+_HEAD = (
+    "INSERT INTO audit_chains (replica, hostname, pid, count, head) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT (replica) DO UPDATE SET count = EXCLUDED.count, head = EXCLUDED.head "
+    "WHERE audit_chains.count < EXCLUDED.count"
+)
+_FIRST_RETRY = 0.5  # seconds before the first new attempt at an unreachable database, doubling up to
+_LAST_RETRY = 30.0  # this: a batch never waits for a connection timeout while the database is known to be away
+_TEXT_LIMIT = 256  # the indexed columns are copies of the record's own (cut as the file log cuts them)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A sealed record on its way to the database: its chain, number, hash and exact text."""
+
+    replica: str
+    seq: int
+    digest: str
+    text: str
+    record: dict[str, Any]
+
+    def params(self) -> dict[str, Any]:
+        def cut(name: str) -> str | None:
+            value = self.record.get(name)
+            return None if value is None else str(value)[:_TEXT_LIMIT]
+
+        return {
+            "replica": self.replica,
+            "seq": self.seq,
+            "time": cut("time"),
+            "kind": cut("kind"),
+            "session_id": cut("session_id"),
+            "trace_id": cut("trace_id"),
+            "principal": cut("principal"),
+            "line": self.text,
+        }
+
+
+class PostgresAuditSink:
+    """The audit records of one gateway replica in PostgreSQL (see the module docstring).
+
+    Plug it into ``AuditLog`` where the file writer goes (``recovered``, ``append``, ``close``).
+    ``replica`` prefixes the chain's id (the host name by default). ``spool_path`` is the local file
+    for records written while the database is away (default: ``audit-spool-<database>.jsonl`` beside
+    the default ledger). Opening migrates the tables; an unreachable database is not an error (the
+    records wait in the spool), a database that refuses the migration is.
+    """
+
+    recovered: dict[str, Any] | None = None  # what AuditLog writes first after a repair: nothing to repair
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        replica: str | None = None,
+        spool_path: str | os.PathLike[str] | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        fsync: bool = True,
+    ) -> None:
+        self._url = parse_postgres_url(url, where="[gateway.audit] url")
+        self._psycopg, self._psycopg_pool = require_psycopg()
+        self.hostname = platform.node() or "localhost"
+        name = replica or self._url.options["replica"] or self.hostname
+        #: This run's chain: its id in ``audit_chains`` and in its records.
+        self.replica = f"{name}:{os.getpid()}:{secrets.token_hex(4)}"
+        chosen = spool_path or self._url.options["spool_path"]
+        self.spool_path = (
+            Path(chosen).expanduser()
+            if chosen
+            else default_ledger_path().parent / f"audit-spool-{self._url.digest}.jsonl"
+        )
+        create_private_file(self.spool_path, what="audit spool", error=ConfigurationError)
+        self._fsync = fsync
+        self._timeout = connect_timeout
+        self._count = 0
+        self._head = GENESIS
+        self._lock = threading.Lock()  # append and close may come from different threads
+        self._problem: str | None = None
+        self._retry_at = 0.0  # monotonic: while PostgreSQL is away, when to try it again
+        self._retry_delay = _FIRST_RETRY
+        self._loop = PostgresLoop(name=f"gtl_nb postgres audit {self.replica}")
+        self._pool: Any = None
+        try:
+            self._loop.run(self._open(), timeout=connect_timeout + 30)
+        except BaseException:
+            self._loop.stop()
+            raise
+        self._drain()
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why records wait in the spool now, or ``None`` (for ``/readyz``)."""
+        if self._problem is None:
+            return None
+        return f"audit records wait in {self.spool_path}: PostgreSQL {self._url.shown} cannot be used ({self._problem})"
+
+    # -- AuditLog's writer interface
+
+    def append(self, records: list[dict[str, Any]]) -> int:
+        """Seal ``records`` into this replica's chain and write them (to the spool when PostgreSQL is
+        away); returns how many were lost — 0 unless even the local disk refused them."""
+        with self._lock:
+            lines = [self._seal(record) for record in records]
+            if not lines:
+                return 0
+            self._drain()
+            if self._problem is None and self._spool_empty():
+                try:
+                    self._loop.run(self._write(lines), timeout=self._timeout + 60)
+                    return 0
+                except Exception as exc:
+                    self._failed(exc)
+            return self._spool(lines)
+
+    def close(self) -> None:
+        """Write what the spool holds if the database answers, then close (idempotent)."""
+        with self._lock:
+            if self._pool is None:
+                return
+            self._drain()
+            with contextlib.suppress(Exception):
+                self._loop.run(self._pool.close(timeout=5.0), timeout=10)
+            self._pool = None
+            self._loop.stop()
+
+    # -- sealing and writing
+
+    def _seal(self, record: dict[str, Any]) -> _Line:
+        body = {"v": FORMAT_VERSION, "replica": self.replica, "seq": self._count + 1, **record}
+        raw, digest = _seal(body, self._head)
+        self._count += 1
+        self._head = digest
+        return _Line(self.replica, self._count, digest, raw.decode("ascii").rstrip("\n"), record)
+
+    async def _open(self) -> None:
+        self._pool = self._psycopg_pool.AsyncConnectionPool(
+            self._url.conninfo,
+            min_size=1,
+            max_size=2,
+            open=False,
+            kwargs={"autocommit": True, "application_name": f"gtl_nb audit {self.replica}"[:63]},
+            timeout=self._timeout,
+            reconnect_timeout=max(2 * self._timeout, 10.0),
+            name=f"gtl_nb-audit-{self.replica}",
+        )
+        await self._pool.open(wait=False)
+        try:
+            async with self._pool.connection(timeout=self._timeout) as conn:
+                await migrate(conn, "audit", AUDIT_MIGRATIONS)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                await self._pool.close(timeout=5.0)
+                raise ConfigurationError(
+                    f"[gateway.audit] cannot set up the audit tables in PostgreSQL {self._url.shown}: {describe(exc)}"
+                ) from None
+            self._failed(exc)
+
+    async def _write(self, lines: list[_Line]) -> None:
+        """Insert ``lines`` and move each chain's head, in one transaction."""
+        heads: dict[str, _Line] = {}
+        for line in lines:
+            if line.replica not in heads or heads[line.replica].seq < line.seq:
+                heads[line.replica] = line
+        async with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
+            if self._problem is not None:  # tables not created yet: the server was away at opening
+                await migrate(conn, "audit", AUDIT_MIGRATIONS)
+            cursor = conn.cursor()
+            await cursor.executemany(_INSERT, [line.params() for line in lines])
+            for replica, last in heads.items():
+                pid = os.getpid() if replica == self.replica else None
+                await cursor.execute(_HEAD, (replica, self.hostname, pid, last.seq, last.digest))
+
+    def _failed(self, exc: BaseException) -> None:
+        reason = describe(exc)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(2 * self._retry_delay, _LAST_RETRY)
+        if self._problem is None:
+            log.warning(
+                "audit: PostgreSQL %s cannot be used (%s); records wait in %s", self._url.shown, reason, self.spool_path
+            )
+        self._problem = reason
+
+    # -- the spool
+
+    def _spool_empty(self) -> bool:
+        try:
+            return self.spool_path.stat().st_size == 0
+        except FileNotFoundError:
+            return True
+
+    def _spool(self, lines: list[_Line]) -> int:
+        data = "".join(line.text + "\n" for line in lines).encode("ascii")
+        try:
+            with self.spool_path.open("ab") as handle:
+                handle.write(data)
+                handle.flush()
+                if self._fsync:
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            log.error("audit: cannot spool %d record(s) in %s (%s)", len(lines), self.spool_path, exc.strerror or exc)
+            return len(lines)
+        return 0
+
+    def _drain(self) -> None:
+        """Write the spooled lines (this run's and a stopped one's) oldest first; empty the spool."""
+        if self._spool_empty() or time.monotonic() < self._retry_at:
+            return
+        try:
+            raw = self.spool_path.read_bytes()
+        except OSError:
+            return
+        lines = [line for line in (_spooled(text) for text in raw.split(b"\n")) if line is not None]
+        try:
+            self._loop.run(self._write(lines), timeout=self._timeout + 60)
+        except Exception as exc:
+            self._failed(exc)
+            return
+        # every append holds the lock this runs under: nothing was added since the read
+        with open(self.spool_path, "r+b") as handle:
+            handle.truncate()
+        if self._problem is not None:
+            log.warning("audit: PostgreSQL %s answers again; %d spooled record(s) written", self._url.shown, len(lines))
+        self._problem = None
+        self._retry_delay = _FIRST_RETRY
+
+
+def _spooled(text: bytes) -> _Line | None:
+    """A spooled line read back (``None`` for a blank or cut-short one: the crash it shows is logged)."""
+    if not text.strip():
+        return None
+    sealed = _unseal(text)
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if sealed is None or not isinstance(record, dict) or not isinstance(record.get("replica"), str):
+        log.warning("audit: a spooled record is unreadable (cut short by a crash?) and is skipped")
+        return None
+    return _Line(record["replica"], sealed.seq, sealed.stored, text.decode("ascii"), record)
+
+
+# ----------------------------------------------------------------------------------------------
+# verification
+
+
+@dataclass(frozen=True)
+class PostgresAuditReport:
+    """What ``verify_postgres`` found: ``ok`` when every chain is intact and matches its head."""
+
+    url: str
+    chains: int
+    records: int
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        """A few lines for a person: the verdict, then each problem and where it is."""
+        head = f"audit records in {self.url}: {self.records} in {self.chains} chain{'s' if self.chains != 1 else ''}"
+        if self.ok:
+            return f"{head}; every chain is intact and matches its head"
+        lines = [f"{head}; {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}:"]
+        lines.extend(f"  - {problem.message}" for problem in self.problems)
+        return "\n".join(lines)
+
+
+def verify_postgres(url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> PostgresAuditReport:
+    """Check every replica's chain in the database at ``url`` (what ``gtl audit verify`` does for a file)."""
+    parsed = parse_postgres_url(url, where="audit verify")
+    psycopg, _ = require_psycopg()
+    with psycopg.connect(parsed.conninfo, connect_timeout=max(1, int(connect_timeout))) as conn:
+        # one snapshot for heads and records: replicas writing meanwhile cannot make them disagree
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        if not conn.execute("SELECT to_regclass('audit_records') IS NOT NULL").fetchone()[0]:
+            return PostgresAuditReport(parsed.shown, 0, 0, ())
+        heads = {
+            replica: (int(count), head)
+            for replica, count, head in conn.execute("SELECT replica, count, head FROM audit_chains")
+        }
+        problems: list[Problem] = []
+        records = 0
+        walks: dict[str, _ChainWalk] = {}
+        with conn.cursor(name="audit_walk") as cursor:  # server-side: a large table is streamed, not loaded
+            cursor.itersize = 2000
+            cursor.execute("SELECT replica, seq, line FROM audit_records ORDER BY replica, seq")
+            for replica, seq, line in cursor:
+                walk = walks.get(replica)
+                if walk is None:
+                    walk = walks[replica] = _ChainWalk(replica, problems.append)
+                walk.line(int(seq), line)
+                records += 1
+        conn.rollback()
+    for replica in sorted(set(heads) | set(walks)):
+        walk = walks.get(replica) or _ChainWalk(replica, problems.append)
+        walk.finish(heads.get(replica))
+    return PostgresAuditReport(parsed.shown, len(set(heads) | set(walks)), records, tuple(problems))
+
+
+class _ChainWalk:
+    """One pass over one replica's chain, in ``seq`` order."""
+
+    def __init__(self, replica: str, report: Callable[[Problem], None]) -> None:
+        self.replica = replica
+        self.report = report
+        self.expect_seq = 1
+        self.expect_prev = GENESIS
+        self.last_seq = 0
+        self.last_hash = GENESIS
+
+    def problem(self, kind: str, message: str, seq: int | None = None) -> None:
+        self.report(Problem(kind, f"chain {self.replica}: {message}", file=self.replica, seq=seq))
+
+    def line(self, seq: int, text: str) -> None:
+        sealed = _unseal(text.encode("utf-8", "backslashreplace"))
+        where = f"record {seq}"
+        if sealed is None:
+            self.problem("unreadable", f"{where} is not an audit record", seq)
+        elif sealed.computed != sealed.stored:
+            self.problem("edited", f"{where} was changed: its hash does not match its content", seq)
+        elif sealed.seq != seq or _replica_of(text) != self.replica:
+            self.problem("edited", f"{where} says it is record {sealed.seq} of another place: it was moved", seq)
+        elif seq > self.expect_seq:
+            missing = (
+                f"record {self.expect_seq}" if seq - self.expect_seq == 1 else f"records {self.expect_seq}-{seq - 1}"
+            )
+            self.problem("deleted", f"{missing} missing before {where}", seq)
+        elif sealed.prev != self.expect_prev:
+            self.problem("edited", f"{where} does not chain to the record before it: that one was changed", seq)
+        self.expect_seq = seq + 1
+        self.expect_prev = sealed.stored if sealed is not None else ""
+        self.last_seq, self.last_hash = seq, self.expect_prev
+
+    def finish(self, head: tuple[int, str] | None) -> None:
+        if head is None:
+            self.problem("checkpoint", "its head is missing from audit_chains (removed?)")
+            return
+        count, digest = head
+        if self.last_seq < count:
+            self.problem(
+                "truncated",
+                f"the chain ends at record {self.last_seq} but its head counts {count}: "
+                f"the last {count - self.last_seq} record(s) were removed",
+            )
+        elif self.last_seq > count:
+            self.problem("checkpoint", f"{self.last_seq - count} record(s) follow its head (the head was set back)")
+        elif self.last_hash != digest:
+            self.problem("checkpoint", "its last record does not match its head (one of them was rewritten)")
+
+
+def _replica_of(text: str) -> Any:
+    try:
+        return json.loads(text).get("replica")
+    except (ValueError, AttributeError):
+        return None
+
+
+def records_of(url: str, replica: str | None = None) -> Iterable[dict[str, Any]]:
+    """The records (as dicts) in the database, chain by chain in ``seq`` order; one chain with ``replica``."""
+    parsed = parse_postgres_url(url, where="audit")
+    psycopg, _ = require_psycopg()
+    with psycopg.connect(parsed.conninfo, autocommit=True) as conn:
+        sql = "SELECT line FROM audit_records"
+        found = conn.execute(
+            f"{sql} WHERE replica = %s ORDER BY seq" if replica else f"{sql} ORDER BY replica, seq",
+            (replica,) if replica else None,
+        ).fetchall()
+    return [json.loads(line) for (line,) in found]

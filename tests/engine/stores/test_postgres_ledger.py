@@ -1,0 +1,398 @@
+"""The PostgreSQL usage ledger against a real PostgreSQL 15 (``tests/postgres_server.py``): the ledger
+contract, the schema and its migrations, replicas writing at once, leases, and the spool when the
+server is away."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import inspect
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import test_ledger_contract as contract
+from store_kit import T0, FakeClock, run
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.ledger_schema import COLUMN_NAMES
+from gtl_nb.engine.stores import UsageLedger
+from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
+from gtl_nb.engine.stores.postgres_pool import PostgresUnavailableError, parse_postgres_url, shown_url
+from gtl_nb.engine.stores.postgres_schema import OWN_COLUMNS
+from gtl_nb.protocol.errors import ConfigurationError
+
+REPO = Path(__file__).resolve().parents[3]
+ADA = RequestContext(principal="ada", tenant="acme")
+
+
+def _load_kit() -> ModuleType:
+    """``tests/postgres_server.py``, loaded once by path (its session server is shared by every module)."""
+    name = "gtl_nb_tests_postgres_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "postgres_server.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+kit = _load_kit()
+postgres_server = kit.postgres_server
+postgres_url = kit.postgres_url
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Path:
+    return tmp_path / "spool" / "ledger-spool.sqlite3"
+
+
+@pytest.fixture
+def ledger(postgres_url: str, clock: FakeClock, spool: Path) -> Iterator[PostgresUsageLedger]:
+    """The PostgreSQL ledger as the contract tests' ``ledger``."""
+    store = PostgresUsageLedger(postgres_url, clock=clock, spool_path=spool)
+    yield store
+    asyncio.run(store.aclose())
+
+
+# -- the UsageLedger contract, rerun against PostgreSQL ------------------------------------------------
+
+for _name, _test in vars(contract).items():
+    if _name.startswith("test_") and "ledger" in inspect.signature(_test).parameters:
+        globals()[_name] = _test
+
+
+def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Ask the database directly, as an administrator would."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(sql, params or None).fetchall()
+
+
+# -- schema and migrations ---------------------------------------------------------------------------
+
+
+def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url: str, spool: Path):
+    def open_one() -> PostgresUsageLedger:
+        return PostgresUsageLedger(postgres_url, spool_path=spool)
+
+    async def two_at_once() -> list[PostgresUsageLedger]:  # both find an empty database
+        return list(await asyncio.gather(asyncio.to_thread(open_one), asyncio.to_thread(open_one)))
+
+    ledgers = run(two_at_once())
+    try:
+        columns = query(
+            postgres_url,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = 'requests' ORDER BY ordinal_position",
+        )
+        assert [name for name, _ in columns] == [*COLUMN_NAMES, *OWN_COLUMNS]
+        types = dict(columns)
+        assert (types["time"], types["tokens_in"], types["cache_hit"], types["failover_path"]) == (
+            "double precision",
+            "bigint",
+            "boolean",
+            "jsonb",
+        )
+        assert query(postgres_url, "SELECT component, version FROM gtl_schema_version") == [("ledger", 2)]
+        assert not ledgers[0].degraded and ledgers[0].degraded_reason is None
+        assert ledgers[0].replica != ledgers[1].replica
+    finally:
+        for ledger in ledgers:
+            ledger.close()
+    reopened = open_one()  # a migrated database: nothing to do
+    reopened.close()
+    assert query(postgres_url, "SELECT version FROM gtl_schema_version") == [(2,)]
+
+
+def test_text_postgresql_cannot_store_is_written_escaped_rather_than_lost(ledger: PostgresUsageLedger):
+    async def scenario() -> dict[str, Any]:
+        handle = await ledger.start(session_id="nul\x00here", context=ADA, model="bad\udc80model")
+        await ledger.finish(handle, status="error", error_code="X\x00", failover_path=["a\udc80"])
+        return await contract.only_row(ledger)
+
+    row = run(scenario())
+    assert (row["session_id"], row["model"], row["error_code"]) == ("nul\ufffdhere", "bad\\udc80model", "X\ufffd")
+    assert row["failover_path"] == ["a\\udc80"] and row["status"] == "error"
+
+
+def test_a_late_outcome_replaces_the_interrupted_guess_of_a_lease(ledger: PostgresUsageLedger, postgres_url: str):
+    async def scenario() -> dict[str, Any]:
+        handle = await ledger.start(session_id="s", context=ADA, model="m", now=T0)
+        await ledger.flush()
+        # what another replica does when this one's lease ran out (a partition longer than the lease)
+        query(postgres_url, "UPDATE requests SET status = 'interrupted', end_time = 1, recovered = true RETURNING id")
+        await ledger.finish(handle, status="ok", tokens_in=5, now=T0 + 1)
+        return await contract.only_row(ledger)
+
+    row = run(scenario())
+    assert (row["status"], row["tokens_in"], row["end_time"]) == ("ok", 5, T0 + 1)
+
+
+def test_to_dataframe_and_spend_today_read_what_was_queued(ledger: PostgresUsageLedger):
+    async def scenario() -> float:
+        handle = await ledger.start(session_id="s", context=ADA, model="m", now=T0)
+        await ledger.finish(handle, status="ok", cost=0.5, failover_path=["a"], now=T0 + 1)
+        return await ledger.spend_today("ada", now=T0)
+
+    assert run(scenario()) == 0.5
+    frame = ledger.to_dataframe(user="ada")  # from a thread without a loop, right after the writes
+    assert list(frame["session_id"]) == ["s"] and frame.loc[0, "failover_path"] == ["a"]
+    assert str(frame["end_time"].dtype) == "datetime64[ns, UTC]"
+
+
+# -- replicas ----------------------------------------------------------------------------------------
+
+
+def test_two_replicas_writing_at_once_lose_no_row(postgres_url: str, tmp_path: Path):
+    one = PostgresUsageLedger(postgres_url, spool_path=tmp_path / "one.sqlite3", replica="one")
+    two = PostgresUsageLedger(postgres_url, spool_path=tmp_path / "two.sqlite3", replica="two")
+    per_replica = 300
+
+    async def request(store: UsageLedger, index: int) -> None:
+        handle = await store.start(session_id=f"{index}", context=RequestContext(principal=f"u{index % 7}"), model="m")
+        await asyncio.sleep(0)  # the upstream call: others start meanwhile
+        await store.finish(handle, status="ok" if index % 3 else "error", tokens_in=index, tokens_out=1)
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], Any]:
+        await asyncio.gather(*(request(one if i % 2 else two, i) for i in range(2 * per_replica)))
+        await two.flush()
+        return await one.rows(), await two.rows(status="ok"), await one.totals()
+
+    try:
+        rows, ok_rows, totals = run(scenario())
+    finally:
+        one.close()
+        two.close()
+    assert sorted(int(row["session_id"]) for row in rows) == list(range(2 * per_replica))  # each once
+    assert {row["status"] for row in rows} == {"ok", "error"}
+    assert all(row["tokens_in"] == int(row["session_id"]) and row["end_time"] is not None for row in rows)
+    assert len(ok_rows) == sum(1 for i in range(2 * per_replica) if i % 3)
+    assert tuple(totals)[:2] == (2 * per_replica, sum(range(2 * per_replica)) + 2 * per_replica)
+    assert len({row["id"] for row in rows}) == 2 * per_replica
+    by_replica = query(postgres_url, "SELECT split_part(replica, ':', 1), count(*) FROM requests GROUP BY 1 ORDER BY 1")
+    assert by_replica == [("one", per_replica), ("two", per_replica)]
+
+
+_DYING_REPLICA = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
+
+    ledger = PostgresUsageLedger(sys.argv[1], spool_path=sys.argv[2], replica="dying", lease=4.0, renew=0.4)
+
+    async def main():
+        context = RequestContext(principal="ada")
+        for name in ("in flight 1", "in flight 2", "done"):
+            handle = await ledger.start(session_id=name, context=context, model="m")
+        await ledger.finish(handle, status="ok", tokens_in=1)
+        await ledger.flush()
+
+    asyncio.run(main())
+    print("ready", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def test_the_rows_of_a_replica_whose_lease_ran_out_are_interrupted_once(postgres_url: str, tmp_path: Path):
+    dying = subprocess.Popen(
+        [sys.executable, "-c", _DYING_REPLICA, postgres_url, str(tmp_path / "dying.sqlite3")],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    # long leases and rare renewals: only the explicit recover() calls below judge
+    judges = []
+    try:
+        assert dying.stdout is not None and dying.stdout.readline().strip() == "ready"
+        for name in ("judge-a", "judge-b"):
+            judges.append(
+                PostgresUsageLedger(
+                    postgres_url, spool_path=tmp_path / f"{name}.sqlite3", replica=name, lease=120, renew=60
+                )
+            )
+        assert run(judges[0].recover()) == 0  # the lease is still good: its rows are left alone
+        dying.send_signal(signal.SIGKILL)  # no goodbye: the lease is never given back
+        dying.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        expired = "SELECT count(*) FROM ledger_leases WHERE replica LIKE 'dying:%%' AND lease_until < clock_timestamp()"
+        while query(postgres_url, expired) != [(1,)]:
+            assert time.monotonic() < deadline, "the dying replica's lease never ran out"
+            time.sleep(0.2)
+
+        async def both() -> list[int]:
+            return list(await asyncio.gather(judges[0].recover(), judges[1].recover()))
+
+        counts = run(both())
+        rows = run(judges[1].rows())
+    finally:
+        if dying.poll() is None:
+            dying.kill()
+            dying.wait()
+        for judge in judges:
+            judge.close()
+    assert sorted(counts) == [0, 2]  # one UPDATE each, every row marked once
+    assert {row["session_id"]: row["status"] for row in rows} == {
+        "in flight 1": "interrupted",
+        "in flight 2": "interrupted",
+        "done": "ok",
+    }
+    assert all(row["end_time"] is not None for row in rows)
+
+
+def test_a_clean_close_gives_the_lease_back_and_interrupts_what_it_never_finished(postgres_url: str, spool: Path):
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    run(ledger.start(session_id="never finished", context=ADA, model="m"))
+    run(ledger.aclose())
+    assert query(postgres_url, "SELECT status FROM requests") == [("interrupted",)]
+    assert query(postgres_url, "SELECT count(*) FROM ledger_leases") == [(0,)]
+
+
+# -- PostgreSQL away: the spool ------------------------------------------------------------------------
+
+
+def _unreachable_url(postgres_url: str) -> str:
+    """The same database on a port nothing listens on, with a password that must never be shown."""
+    parts = urlsplit(postgres_url)
+    return urlunsplit(parts._replace(netloc=f"postgres:s3cret@127.0.0.1:{kit.free_port()}"))
+
+
+def test_an_unreachable_server_spools_and_another_process_drains_the_spool_once(postgres_url: str, spool: Path):
+    away = PostgresUsageLedger(_unreachable_url(postgres_url), spool_path=spool, connect_timeout=2)
+    assert away.degraded
+    reason = away.degraded_reason or ""
+    assert "cannot be used" in reason and str(spool) in reason and "s3cret" not in reason
+
+    async def while_away() -> None:
+        done = await away.start(session_id="done", context=ADA, model="m", now=T0)
+        await away.start(session_id="in flight", context=ADA, model="m", now=T0)
+        await away.finish(done, status="ok", cost=0.25, now=T0 + 1)
+        with pytest.raises(PostgresUnavailableError, match="cannot be read"):
+            await away.rows()
+
+    run(while_away())
+    assert away.spooled >= 2
+    away.close()  # its writes stay in the spool
+    copy = spool.with_name("copy.sqlite3")
+    shutil.copy(spool, copy)  # the spool as it was before any drain: replayed below
+
+    def drain_with(path: Path) -> list[dict[str, Any]]:
+        ledger = PostgresUsageLedger(postgres_url, spool_path=path, lease=1.0, renew=0.5)
+        try:
+            deadline = time.monotonic() + 60
+            while ledger.degraded:
+                assert time.monotonic() < deadline, ledger.degraded_reason
+                time.sleep(0.05)
+            assert ledger.spooled == 0
+            return run(ledger.rows())
+        finally:
+            ledger.close()
+
+    rows = drain_with(spool)
+    assert [(row["session_id"], row["cost"]) for row in rows] == [("done", 0.25), ("in flight", None)]
+    assert rows[0]["status"] == "ok" and rows[1]["status"] in ("started", "interrupted")  # judged when its lease ends
+    replayed = drain_with(copy)  # as after a crash between PostgreSQL's COMMIT and the spool's DELETE
+    assert [row["id"] for row in replayed] == [row["id"] for row in rows]  # nothing doubled
+    # the drainer gave the away replica a lease; once it ran out, its unfinished row was judged
+    judge = PostgresUsageLedger(postgres_url, spool_path=spool.with_name("judge.sqlite3"))
+    try:
+        deadline = time.monotonic() + 60
+        while query(postgres_url, "SELECT status FROM requests WHERE session_id = 'in flight'") != [("interrupted",)]:
+            assert time.monotonic() < deadline, "the away replica's row was never judged"
+            run(judge.recover())
+            time.sleep(0.1)
+    finally:
+        judge.close()
+
+
+def test_postgresql_stopped_and_restarted_under_load_loses_and_doubles_nothing(
+    postgres_server: Any, postgres_url: str, spool: Path
+):
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool, lease=3.0, renew=1.0, connect_timeout=2)
+    finished: list[str] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        index = 0
+        while not stop.is_set():
+            handle = await ledger.start(session_id=f"r{index}", context=ADA, model="m")
+            await asyncio.sleep(0.002)
+            await ledger.finish(handle, status="ok", tokens_in=index)
+            finished.append(f"r{index}")
+            index += 1
+
+    async def scenario() -> tuple[bool, str, int]:
+        writer = asyncio.ensure_future(load())
+        while len(finished) < 100:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(postgres_server.stop, "fast")
+        try:
+            before = len(finished)
+            deadline = time.monotonic() + 60
+            while not (ledger.degraded and len(finished) > before + 100 and ledger.spooled > 0):
+                assert time.monotonic() < deadline, "the ledger never noticed the server had gone"
+                await asyncio.sleep(0.05)
+            seen = (ledger.degraded, ledger.degraded_reason or "", ledger.spooled)
+        finally:
+            await asyncio.to_thread(postgres_server.restart)
+        after = len(finished)
+        while len(finished) < after + 100:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await writer
+        deadline = time.monotonic() + 60
+        while ledger.degraded:
+            assert time.monotonic() < deadline, ledger.degraded_reason
+            await asyncio.sleep(0.05)
+        return seen
+
+    try:
+        degraded, reason, spooled = run(scenario())
+        rows = run(ledger.rows())
+    finally:
+        ledger.close()
+    assert degraded and "cannot be used" in reason and spooled > 0
+    assert [row["session_id"] for row in rows] == finished  # every row once, in order
+    assert {row["status"] for row in rows} == {"ok"}
+    assert all(row["tokens_in"] == int(row["session_id"][1:]) for row in rows)
+
+
+# -- URLs ------------------------------------------------------------------------------------------------
+
+
+def test_urls_keep_libpq_options_take_ours_out_and_never_show_a_password():
+    pytest.importorskip("psycopg")  # libpq checks its own options
+    parsed = parse_postgres_url(
+        "postgresql+psycopg://gtl:pw@db.example:5433/ledger?sslmode=require&lease=20&renew=2&spool_path=/s&replica=r1"
+    )
+    assert parsed.options == {"spool_path": "/s", "replica": "r1", "lease": 20.0, "renew": 2.0, "pool_max": 4}
+    assert "sslmode=require" in parsed.conninfo and "lease" not in parsed.conninfo
+    assert "connect_timeout=5" in parsed.conninfo and parsed.conninfo.startswith("postgresql://gtl:pw@")
+    assert "pw" not in parsed.shown and "pw" not in repr(parsed)
+    assert (
+        shown_url("postgresql://u@h/d?password=x&sslmode=disable") == "postgresql://u@h/d?password=***&sslmode=disable"
+    )
+    for bad, message in [
+        ("postgresql://h/d?lease=soon", "lease must be a number"),
+        ("postgresql://h/d?lease=5&renew=5", "renew"),
+        ("postgresql://h/d?pool_max=0", "pool_max must be a positive"),
+        ("postgresql://h:99999/d", "bad port"),
+        ("postgresql+asyncpg://h/d", "only the psycopg driver"),
+        ("postgresql://h/d?nonsense_option=1", "not a valid PostgreSQL URL"),
+        ("sqlite:///x", "expected a postgresql://"),
+    ]:
+        with pytest.raises(ConfigurationError, match=message):
+            parse_postgres_url(bad)

@@ -1,0 +1,93 @@
+"""The ``RevocationList`` contract (the GhostToken deny-list) against memory, SQLite and Redis, and
+the Redis list's promise: a token revoked through one gateway replica is refused by every replica."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store_kit import T0, FakeClock
+
+from gtl_nb.gateway.tokens import MemoryRevocationList, RevocationList, SqliteTokenStore
+from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList, RevocationStoreError
+from gtl_nb.protocol.errors import GTLError
+
+
+@pytest.fixture
+def revocations(backend: str, tmp_path: Path, clock: FakeClock, request: pytest.FixtureRequest):
+    if backend == "memory":
+        yield MemoryRevocationList()
+    elif backend == "sqlite":
+        store = SqliteTokenStore(tmp_path / "tokens.sqlite3", clock=clock, refresh=5.0)
+        yield store
+        store.close()
+    else:
+        yield RedisRevocationList(request.getfixturevalue("redis_url"), clock=clock, refresh=5.0)
+
+
+def test_it_is_a_revocation_list(revocations: RevocationList):
+    assert isinstance(revocations, RevocationList)
+
+
+def test_a_revoked_token_is_refused_and_others_are_not(revocations: RevocationList):
+    revocations.revoke("jti-1", T0 + 3600)
+    assert revocations.is_revoked("jti-1") is True
+    assert revocations.is_revoked("jti-2") is False
+
+
+def test_prune_forgets_what_expired_and_keeps_the_later_of_two_revocations(revocations: RevocationList):
+    revocations.revoke("short", T0 + 10)
+    revocations.revoke("long", T0 + 100)
+    revocations.revoke("long", T0 + 20)  # an earlier time does not shorten the entry
+    assert revocations.prune(T0 + 50) == 1
+    assert (revocations.is_revoked("short"), revocations.is_revoked("long")) == (False, True)
+    assert revocations.prune(T0 + 100) == 1
+    assert revocations.is_revoked("long") is False
+
+
+# -- the Redis list's own promises --------------------------------------------------------------------
+
+
+def test_a_token_revoked_through_one_replica_is_refused_by_the_other(replica_urls: tuple[str, str], clock: FakeClock):
+    one = RedisRevocationList(replica_urls[0], clock=clock, refresh=5.0)
+    two = RedisRevocationList(replica_urls[1], clock=clock, refresh=5.0)
+    assert two.is_revoked("jti-1") is False  # read now: the next look is due in 5 s
+    one.revoke("jti-1", T0 + 3600)
+    seen = [one.is_revoked("jti-1"), two.is_revoked("jti-1")]  # at once through one; the other within 5 s
+    clock.now += 5
+    seen.append(two.is_revoked("jti-1"))
+    assert seen == [True, False, True]
+    assert two.revoked() == {"jti-1": T0 + 3600}
+
+
+def test_an_emptied_server_is_noticed_at_the_next_look(redis_url: str, clock: FakeClock):
+    import redis
+
+    revocations = RedisRevocationList(redis_url, clock=clock, refresh=1.0)
+    revocations.revoke("jti-1", T0 + 3600)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()  # as a Redis restarted without persistence: version key and set are gone
+    finally:
+        client.close()
+    clock.now += 1
+    assert revocations.is_revoked("jti-1") is False
+
+
+def test_an_unreachable_redis_fails_closed(redis_url: str, clock: FakeClock):
+    """The authenticator refuses a token it cannot check: ``is_revoked`` raises a ``GTLError``."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    revocations = RedisRevocationList(f"redis://:hunter2@127.0.0.1:{port}/0", clock=clock)
+    failures: list[Any] = []
+    for call in (lambda: revocations.is_revoked("jti-1"), lambda: revocations.revoke("jti-1", T0 + 10)):
+        with pytest.raises(RevocationStoreError) as info:
+            call()
+        failures.append(info.value)
+    for error in failures:
+        assert isinstance(error, GTLError) and error.retryable is True
+        assert "unreachable" in error.message and "hunter2" not in error.message
