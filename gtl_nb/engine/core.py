@@ -36,6 +36,7 @@ import contextlib
 import contextvars
 import dataclasses
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -165,6 +166,8 @@ class _SessionRecord:
     model: str | None = None  # the model asked of the last deployment tried, as that provider names it
     cache_hit: bool = False
     coalesced: bool = False
+    answer: list[str] | None = None  # the answer's text pieces, kept only when a hook subscriber wants it
+    finish_reason: str | None = None
 
 
 @dataclass
@@ -320,7 +323,9 @@ class Engine:
         with it, so a runner cancelled in between reports that event rather than ``CANCELLED``.
         """
         if context is None:
-            context = RequestContext(principal=user or "")
+            context = RequestContext(principal=user or "", trace_id=secrets.token_hex(16))
+        elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
+            context = dataclasses.replace(context, trace_id=secrets.token_hex(16))
         try:
             targets: list[Target] | GTLError = self._allowed(self.router.targets(request), context)  # resolved once
         except GTLError as exc:
@@ -330,7 +335,7 @@ class Engine:
         scope = _REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
         reservation, refusal = (None, None) if refused is not None else await self._reserve(request, context, targets)
         model = targets[0].model if isinstance(targets, list) and targets else request.model
-        record = _SessionRecord()
+        record = _SessionRecord(answer=[] if self.hooks.want_answers else None)
         usage: Usage | None = None
         end: Done | Error | None = None
         row: int | None = None
@@ -338,15 +343,22 @@ class Engine:
             # inside the try: a cancel during the insert still settles the reservation below
             row = await self._ledger_start(request, context, model)
             if self.hooks:
-                self.hooks.emit(RequestStarted(request.session_id, context, request.model))
+                self.hooks.emit(RequestStarted(request.session_id, context, request.model, request))
             async with aclosing(self._guarded(request, targets, record, refusal)) as events:
                 async for event in events:
-                    if isinstance(event, Usage):
+                    if isinstance(event, Token):
+                        if record.answer is not None:
+                            record.answer.append(event.text)
+                    elif isinstance(event, Usage):
                         usage = event
                     elif is_failover(event):
                         usage = None  # the protocol's reset: the usage of an abandoned attempt is void
+                        if record.answer is not None:
+                            record.answer.clear()
                     elif isinstance(event, (Done, Error)):
                         end = event
+                        if isinstance(event, Done):
+                            record.finish_reason = event.finish_reason
                         if ending is not None:
                             ending.event = event
                         # complete the row (and settle) before the caller sees the end, exactly once
@@ -1040,4 +1052,6 @@ def _finished_event(
         cache_hit=bool(fields.get("cache_hit") or record.cache_hit),
         ttft_ms=fields.get("ttft_ms"),
         provider_type=fields.get("provider_type"),
+        finish_reason=record.finish_reason,
+        answer=None if record.answer is None else "".join(record.answer),
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.log import get_logger
+from gtl_nb.protocol.messages import CompletionRequest
 
 __all__ = [
     "AttemptStarted",
@@ -37,6 +38,8 @@ class RequestStarted:
     session_id: str
     context: RequestContext
     model: str
+    request: CompletionRequest | None = None
+    """The request itself (its sampling parameters, its messages): for tracing and a full audit log."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,9 @@ class RequestFinished:
     cache_hit: bool
     ttft_ms: float | None = None
     provider_type: str | None = None
+    finish_reason: str | None = None
+    answer: str | None = None
+    """The answer's text, only while a subscriber asked for it (``Hooks.want_answers``)."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +138,7 @@ class Hooks:
 
     def __init__(self) -> None:
         self._subscribers: list[Subscriber] = []
+        self.want_answers = False  # a subscriber that records answers (traces with content) sets it
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call ``callback(event)`` for every engine event from now on."""

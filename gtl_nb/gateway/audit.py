@@ -882,6 +882,8 @@ class AuditLog:
     def attach(self, hooks: Hooks) -> Callable[[], None]:
         """Subscribe to ``hooks`` (``close()`` unsubscribes); returns the unsubscribe call."""
         unsubscribe = hooks.subscribe(self)
+        if self._full:
+            hooks.want_answers = True  # the engine then keeps each answer's text for its RequestFinished
         self._unsubscribe.append(unsubscribe)
         return unsubscribe
 
@@ -1062,8 +1064,7 @@ def _code_of(reason: str) -> str:
 
 
 def _prompt_of(event: RequestStarted) -> Any:
-    """The request's messages, for ``verbosity = "full"``, when the hook carries the request (a field
-    ``RequestStarted`` may grow: docs/operations.md); ``None`` otherwise."""
+    """The request's messages, for ``verbosity = "full"`` (``RequestStarted.request``)."""
     messages = getattr(getattr(event, "request", None), "messages", None)
     return None if messages is None else msgspec.to_builtins(messages)
 

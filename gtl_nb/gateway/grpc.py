@@ -29,7 +29,10 @@ token counts when the metadata has none. A token ``authenticate`` refuses is sta
 ``max_connections_per_address`` open ``Session`` calls per client IP (``context.peer()``); one more
                                 is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``
 ``header_timeout``              gRPC's ``grpc.server_handshake_timeout_ms`` (TLS and the HTTP/2
-                                preface); the hello of a ``Session``: ``GatewayConnection``
+                                preface); the hello of a ``Session``: ``GatewayConnection``; the
+                                request message of ``Complete`` and ``ListProviders``: here, within
+                                ``header_timeout`` plus 1 s per 32 KiB it may hold (``DEADLINE_EXCEEDED``
+                                / ``TIMEOUT``), and a call that ends without one is ``INVALID_ARGUMENT``
 ``idle_timeout``                gRPC's ``grpc.max_connection_idle_ms`` (an HTTP/2 connection with no
                                 call); a ``Session`` that runs nothing: ``GatewayConnection``
 =============================== =================================================================
@@ -79,6 +82,7 @@ from gtl_nb.protocol.errors import (
     InvalidRequestError,
     OverloadedError,
     ProtocolError,
+    ProviderTimeoutError,
     ProviderUnavailableError,
 )
 from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
@@ -112,6 +116,11 @@ at most, a connection closes after its last session ended within the grace."""
 
 MAX_METADATA_BYTES = 64 * 1024
 """Largest call metadata accepted (the token travels there)."""
+MIN_MESSAGE_RATE = 32 * 1024
+"""Bytes a second the request message of a unary call must arrive at, past ``header_timeout``: the HTTP
+listener's body rate (``gateway.http.MIN_REQUEST_RATE``). gRPC shows no partial message, so the deadline is
+the one for the largest message it takes: ``header_timeout`` + (``max_frame_bytes`` + ``MESSAGE_SLACK``) /
+this rate."""
 
 
 def server_options(limits: Limits) -> list[tuple[str, int]]:
@@ -124,6 +133,8 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),  # a port in use is an error, not a second server sharing it
         ("grpc.server_handshake_timeout_ms", _ms(limits.header_timeout)),
         ("grpc.max_connection_idle_ms", _ms(limits.idle_timeout)),
+        # calls at once on one HTTP/2 connection: a client opening streams without end holds no more than this
+        ("grpc.max_concurrent_streams", limits.max_sessions_per_connection),
         ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT * 1000),
         # the client pings every 30 s to find a dead gateway; allow that (gRPC's default refuses it)
@@ -160,6 +171,10 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     The handlers take and return serialized messages (``methods()``), so a malformed message is
     read by the mapping — a bad frame or ``INVALID_REQUEST`` — rather than failing inside gRPC.
+    ``Complete`` and ``ListProviders`` are unary on the wire but served as request streams: grpc.aio
+    never answers a unary call whose request stream ends without a message (nor one whose message
+    never comes) and holds it for as long as the connection lives; read here, its one message has a
+    deadline and its absence an answer (``_request_bytes``).
     """
 
     def __init__(self, engine: Engine, *, authenticate: Authenticate, limits: Limits) -> None:
@@ -179,8 +194,8 @@ class GTLServicer(pb_grpc.GTLServicer):
         """The method handlers, bytes in and out."""
         return {
             "Session": grpc.stream_stream_rpc_method_handler(self.Session),
-            "Complete": grpc.unary_unary_rpc_method_handler(self.Complete),
-            "ListProviders": grpc.unary_unary_rpc_method_handler(self.ListProviders),
+            "Complete": grpc.stream_unary_rpc_method_handler(self.Complete),
+            "ListProviders": grpc.stream_unary_rpc_method_handler(self.ListProviders),
         }
 
     def attach(self, server: grpc.aio.Server) -> None:
@@ -242,13 +257,13 @@ class GTLServicer(pb_grpc.GTLServicer):
             context.set_code(grpc.StatusCode.UNAUTHENTICATED)
             context.set_details(status_details(refused[0]))
 
-    async def Complete(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def Complete(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
         """One session; every event in one ``CompletionResult``."""
         async with self._call(context) as compressing:
             if compressing:  # grpc.aio compresses a unary answer only when the headers went out first
                 await context.send_initial_metadata(())
             who = await self._context_of(context)
-            message = await self._request_of(request, context)
+            message = await self._request_of(await self._request_bytes(context), context)
             events: list[StreamEvent] = []
 
             def cancelled_by() -> str:
@@ -260,12 +275,13 @@ class GTLServicer(pb_grpc.GTLServicer):
             )
             return _result(events).SerializeToString()
 
-    async def ListProviders(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def ListProviders(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
         """Every deployment's ``provider_info``."""
         async with self._call(context) as compressing:
             if compressing:
                 await context.send_initial_metadata(())
             who = await self._context_of(context)
+            await self._request_bytes(context)  # empty (ListProvidersRequest has no field), but it must come
             infos = [to_proto(info) for info in visible_providers(self.engine, who)]
             return pb.ListProvidersResponse(providers=infos).SerializeToString()  # type: ignore[arg-type]
 
@@ -311,6 +327,20 @@ class GTLServicer(pb_grpc.GTLServicer):
             log.warning("refused a call from %s: %s", _peer(context.peer()), exc.message)
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, exc)
         return dataclasses.replace(who, peer=_peer(context.peer()), transport="grpc")
+
+    async def _request_bytes(self, context: grpc.aio.ServicerContext) -> bytes:
+        """The one request message of a unary call, arrived within its deadline (see ``MIN_MESSAGE_RATE``)."""
+        largest = self.limits.max_frame_bytes + MESSAGE_SLACK
+        deadline = self.limits.header_timeout + largest / MIN_MESSAGE_RATE
+        try:
+            data = await asyncio.wait_for(context.read(), deadline)
+        except asyncio.TimeoutError:
+            refusal = ProviderTimeoutError(f"the request message did not arrive within {deadline:g} s")
+            await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, refusal)
+        if data is grpc.aio.EOF or data is None:
+            refusal = InvalidRequestError("the call ended without its request message")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, refusal)
+        return bytes(data)
 
     async def _request_of(self, data: bytes, context: grpc.aio.ServicerContext) -> CompletionRequest:
         limit = self.limits.max_frame_bytes

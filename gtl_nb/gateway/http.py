@@ -76,6 +76,7 @@ from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
+from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import decode, encode
 from gtl_nb.protocol.errors import (
@@ -396,6 +397,19 @@ class _HttpProtocol(H11Protocol):
             return
         super().shutdown()
 
+    def on_response_complete(self) -> None:
+        """uvicorn's keep-alive, except after answering a request whose body is still arriving (a ``413``, a
+        refusal before the body was read): the connection closes, once the answer is written.
+
+        Kept open, it would read and throw away whatever the client still sends until the request's
+        deadline passed (``header_timeout`` + 1 s per 32 KiB: 4 min with the defaults), a connection's slot
+        held all the while.
+        """
+        super().on_response_complete()
+        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+            self._stop_deadline()
+            self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
         """A request h11 cannot parse (uvicorn's own answer is plain text)."""
         self._cut(400, InvalidRequestError("the request is not valid HTTP/1.1"), "the request is not valid HTTP/1.1")
@@ -650,9 +664,15 @@ def discovery_document(host: str, *, tls: bool, offers: dict[str, str]) -> dict[
 
 
 def _quiet_invalid_requests(record: logging.LogRecord) -> bool:
-    """Drop uvicorn's warning for a malformed request (logged at debug here instead)."""
-    if record.getMessage().startswith("Invalid HTTP request received"):
+    """Drop uvicorn's warning for a malformed request, and its traceback for a WebSocket text message that is
+    not UTF-8 (the client is answered 400, or closed with 1007): a client must not be able to fill the log with
+    tracebacks. Each is logged at debug here instead."""
+    message = record.getMessage()
+    if message.startswith("Invalid HTTP request received"):
         log.debug("a client sent a malformed HTTP request (it was answered 400)")
+        return False
+    if message.startswith("Invalid UTF-8 sequence received from client"):
+        log.debug("a client sent a WebSocket text message that is not UTF-8 (closed with 1007)")
         return False
     return True
 
@@ -705,7 +725,7 @@ def build_app(
     def context_of(request: Request) -> RequestContext:
         context = authenticate(_bearer(request.headers.get("authorization")))
         peer = f"{request.client.host}:{request.client.port}" if request.client else None
-        return dataclasses.replace(context, peer=peer)
+        return dataclasses.replace(context, peer=peer, trace_id=trace_id_from(request.headers.get("traceparent")))
 
     async def read_frame(request: Request, kind: type[Any], name: str) -> Any:
         """The body, one GTL frame of type ``kind``; read a piece at a time and refused (``FrameTooLargeError``)
@@ -934,7 +954,8 @@ async def serve_http(
             metrics_require_token=metrics_require_token,
         )
         # uvicorn warns "Invalid HTTP request received." for every malformed request — a client's TLS hello
-        # on this plaintext port during discovery, say; the client already got its 400: keep it to debug
+        # on this plaintext port during discovery, say — and logs a traceback for a WebSocket text message that
+        # is not UTF-8; the client already got its answer: keep both to debug
         logging.getLogger("uvicorn.error").addFilter(_quiet_invalid_requests)
         # a request counts towards its deadline at most its largest head and body (then it is refused anyway)
         request_bytes = MAX_HEAD_BYTES + limits.max_frame_bytes
@@ -962,6 +983,10 @@ async def serve_http(
             sock=sock,
             ssl=tls,
             ssl_handshake_timeout=limits.header_timeout if tls is not None else None,
+            # asyncio's default backlog (100) overflows with a burst of connections — one client opening its
+            # share at once — and the kernel then drops the handshakes' last ACKs: other clients' requests
+            # arrive seconds late and can be cut at header_timeout (408). Let the kernel queue what it allows.
+            backlog=socket.SOMAXCONN,
         )
     except BaseException:
         sock.close()

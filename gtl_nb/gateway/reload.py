@@ -92,6 +92,7 @@ def _fixed_tables(settings: Settings, options: GatewaySettings) -> dict[str, Any
             "[gateway] shutdown_grace": options.shutdown_grace,
             "[gateway.audit]": options.audit,
             "[gateway.metrics]": options.metrics,
+            "[gateway.tracing]": options.tracing,
             "[gateway.vault]": options.vault,
             "[ledger]": settings.ledger,
             "[cache]": settings.cache,

@@ -73,6 +73,7 @@ async def serve(
     functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
     own_engine = engine is None
     engine = engine if engine is not None else build_engine(settings, credentials=credentials)
+    tracing = _tracing(gateway, engine)  # [gateway.tracing]: a missing extra stops the start, before the audit log
     audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
     live_sessions(engine)  # every session, on every listener, is known to the sessions and cancel queries
     urls: dict[str, str] = {}
@@ -114,6 +115,8 @@ async def serve(
             await asyncio.to_thread(audit.close)
         if metrics is not None:
             metrics[0].detach()
+        if tracing is not None:  # after the listeners: every session's span has ended; flushes the exporter
+            await asyncio.to_thread(tracing.close)
         if own_engine:
             await engine.aclose()
 
@@ -135,6 +138,27 @@ def _operations(gateway: GatewaySettings, engine: Any) -> tuple[Any, Any]:
         if metrics_settings.enabled:
             metrics = (Metrics.for_engine(engine), metrics_settings.require_token)
     return audit, metrics
+
+
+def _tracing(gateway: GatewaySettings, engine: Any) -> Any:
+    """The request tracer ``[gateway.tracing]`` asks for (``None`` when off, the default), subscribed to the
+    engine's hooks; OpenTelemetry is imported only here, and its absence is a ``ConfigurationError``."""
+    from gtl_nb.gateway.settings import TracingSettings
+
+    settings = TracingSettings.from_table(gateway.tracing)
+    if not settings.enabled:
+        return None
+    from gtl_nb.engine.tracing import RequestTracer, build_tracer_provider
+
+    try:
+        provider = build_tracer_provider(
+            settings.exporter, endpoint=settings.endpoint, service_name=settings.service_name
+        )
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"[gateway.tracing] {exc.message}") from None
+    return RequestTracer.for_engine(
+        engine, tracer_provider=provider, capture_content=settings.capture_content, owns_provider=True
+    )
 
 
 async def _until_all_stop(tasks: dict[asyncio.Task[None], ListenerSettings]) -> None:

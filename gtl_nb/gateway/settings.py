@@ -25,12 +25,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from gtl_nb.engine.settings import Settings
+from gtl_nb.engine.tracing import EXPORTERS  # a module that imports OpenTelemetry only when a tracer is built
 from gtl_nb.gateway.listeners import TRANSPORTS, Limits, ListenerSettings, TlsFiles
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
+from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["DEFAULT_PORTS", "GatewaySettings"]
+__all__ = ["DEFAULT_PORTS", "TRACING_KEYS", "GatewaySettings", "TracingSettings"]
 
 DEFAULT_PORTS = {"http": 8787, "grpc": 8788, "quic": 8789}
 """Each listener's port when its table names none (QUIC's is a UDP port)."""
@@ -52,6 +55,8 @@ class GatewaySettings:
     """``[gateway.audit]`` as written (``gateway.audit.AuditSettings.from_table``); none: no audit log."""
     metrics: Mapping[str, Any] | None = None
     """``[gateway.metrics]`` as written (``gateway.metrics.MetricsSettings.from_table``); none: no ``/metrics``."""
+    tracing: Mapping[str, Any] | None = None
+    """``[gateway.tracing]`` as written (``TracingSettings.from_table``); none: no traces."""
     base: Path = field(default_factory=Path.cwd)
     """The configuration file's folder: relative paths in the tables start there."""
 
@@ -83,6 +88,7 @@ class GatewaySettings:
             vault=table.get("vault"),
             audit=table.get("audit"),
             metrics=table.get("metrics"),
+            tracing=table.get("tracing"),
             base=base,
         )
 
@@ -99,3 +105,75 @@ def _listener(transport: str, table: dict[str, Any], base: Path) -> ListenerSett
         tls=tls,
         insecure=bool(table.get("insecure", False)),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# [gateway.tracing]
+
+TRACING_KEYS: Mapping[str, str] = {
+    "enabled": "send an OpenTelemetry span per request (default false; needs pip install 'gtl_nb[otel]')",
+    "exporter": '"otlp" (default: OTLP over HTTP), "console" (JSON lines on standard error) or "none" '
+    "(the process's global tracer provider)",
+    "endpoint": "the OTLP/HTTP collector, such as http://collector:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT)",
+    "service_name": "the service.name resource attribute (default: OTEL_SERVICE_NAME, then gtl_nb)",
+    "capture_content": "also record prompts and answers on the spans (default false)",
+}
+"""The keys of ``[gateway.tracing]`` and what each means (docs/configuration.md has the same list)."""
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """``[gateway.tracing]``, typed (``TRACING_KEYS`` says what each field means); off by default."""
+
+    enabled: bool = False
+    exporter: str = "otlp"
+    endpoint: str | None = None
+    service_name: str | None = None
+    capture_content: bool = False
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any] | None) -> TracingSettings:
+        """The settings of a ``[gateway.tracing]`` table, checked key by key; no table means no traces.
+        Values are never quoted in an error (an endpoint may carry a password)."""
+        where = "[gateway.tracing]"
+        if table is None:
+            return cls()
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(f"{where} must be a table")
+        unknown = sorted(str(key) for key in table if key not in TRACING_KEYS)
+        if unknown:
+            raise ConfigurationError(f"unknown key {unknown[0]!r} in {where} (known: {', '.join(TRACING_KEYS)})")
+        for key in ("enabled", "capture_content"):
+            if key in table and not isinstance(table[key], bool):
+                raise ConfigurationError(f"{where} {key} must be true or false")
+        exporter = table.get("exporter", "otlp")
+        if exporter not in EXPORTERS:
+            raise ConfigurationError(f"{where} exporter must be one of {', '.join(repr(e) for e in EXPORTERS)}")
+        for key in ("endpoint", "service_name"):
+            if key in table and (not isinstance(table[key], str) or not table[key].strip()):
+                raise ConfigurationError(f"{where} {key} must be a non-empty string")
+        endpoint = table.get("endpoint")
+        if endpoint is not None:
+            _check_endpoint(endpoint, exporter, where)
+        return cls(
+            enabled=table.get("enabled", False),
+            exporter=exporter,
+            endpoint=endpoint,
+            service_name=table.get("service_name"),
+            capture_content=table.get("capture_content", False),
+        )
+
+
+def _check_endpoint(endpoint: str, exporter: str, where: str) -> None:
+    if exporter != "otlp":
+        raise ConfigurationError(f'{where} endpoint is for exporter = "otlp" only')
+    try:
+        parts = urlsplit(endpoint)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{where} endpoint must be an http:// or https:// URL")
+    if parts.username or parts.password:
+        # a collector's token belongs in OTEL_EXPORTER_OTLP_HEADERS, never in this file
+        raise ConfigurationError(f"{where} endpoint must not hold a user or password: use OTEL_EXPORTER_OTLP_HEADERS")

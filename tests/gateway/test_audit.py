@@ -230,6 +230,22 @@ def test_prompts_and_answers_only_at_full_verbosity_and_the_token_never(tmp_path
         assert record["answer"] == f"Hello! {PROMPT_CANARY}"
 
 
+def test_full_verbosity_records_what_a_real_engine_was_asked_and_answered(tmp_path, upstream):
+    """The engine's own hooks carry the request and, when a subscriber wants it, the answer's text (after
+    a failover, only the answer that was kept)."""
+    log_path = tmp_path / "audit.jsonl"
+    engine = make_engine(upstream)
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False, verbosity="full"), engine)
+    ends = drive(engine, MIXED[:2])
+    audit.close()
+    assert [type(end).__name__ for end in ends] == ["Done", "Done"]
+    echo, failover = records(log_path)
+    assert echo["prompt"] == [{"role": "user", "content": f"Say hello. {PROMPT_CANARY}"}]
+    assert PROMPT_CANARY in echo["answer"]  # echo repeats the prompt
+    assert failover["answer"] and failover["failover_path"] == ["flaky", "openai"]
+    assert TOKEN_CANARY not in log_path.read_text()
+
+
 def test_reasons_keep_the_error_code_and_never_the_message(tmp_path):
     from gtl_nb.engine.hooks import AttemptStarted, FailedOver, RetryScheduled
 

@@ -8,6 +8,7 @@ the first test (the rest of the configuration is proven in tests/engine/test_con
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -31,6 +32,10 @@ from gtl_nb.protocol.errors import (
     OverloadedError,
 )
 from tests.gateway.conftest import LONG_PROMPT, MODEL, base_providers, write_toml
+from tests.gateway.test_tracing import (
+    OtlpReceiver,
+    run_gateway_reading_stderr,
+)
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -242,6 +247,69 @@ def listeners_insecure(tmp_path, config, **_):
         start_gateway(config(quic={"port": 0, "insecure": True}), http=None)
 
 
+# -- [gateway.tracing] -------------------------------------------------------------------------------
+
+
+def tracing_enabled_endpoint_service_name(tmp_path, config, **_):
+    """``enabled``, ``endpoint`` (a bare collector address) and ``service_name``: a span per request at
+    that collector; without ``enabled`` none, even with an ``OTEL_*`` variable naming the collector."""
+    collector = OtlpReceiver()
+    try:
+        on = config(tracing={"enabled": True, "endpoint": collector.url, "service_name": "gw-under-test"})
+        with start_gateway(on) as served, gtl_nb.connect(served.url("ws")) as client:
+            assert client.complete("echo", "traced").text
+        (span,) = collector.spans()  # the gateway stopped gracefully: its exporter was flushed
+        assert span.name == "chat echo" and span.resource["service.name"] == "gw-under-test"
+        assert collector.paths == {"/v1/traces"}
+        collector.clear()
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url + "/v1/traces"}
+        off = config(tracing={"endpoint": collector.url})
+        with start_gateway(off, env=env) as served, gtl_nb.connect(served.url("ws")) as client:
+            assert client.complete("echo", "not traced").text
+        assert collector.bodies == []
+    finally:
+        collector.close()
+
+
+def tracing_exporter(tmp_path, config, **_):
+    """``console``: one JSON line per span on standard error; ``none``: no exporter of the gateway's own
+    (spans go to the global provider, none here), so the collector an ``OTEL_*`` variable names gets nothing."""
+    lines = run_gateway_reading_stderr(config(tracing={"enabled": True, "exporter": "console"}), "to the console")
+    spans = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [span["name"] for span in spans] == ["chat echo"]
+    assert spans[0]["attributes"]["gen_ai.provider.name"] == "echo"
+    collector = OtlpReceiver()
+    try:
+        env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url + "/v1/traces"}
+        global_only = config(tracing={"enabled": True, "exporter": "none"})
+        with start_gateway(global_only, env=env) as served, gtl_nb.connect(served.url("ws")) as client:
+            assert client.complete("echo", "to the global provider").text
+        assert collector.bodies == []
+    finally:
+        collector.close()
+
+
+def tracing_capture_content(tmp_path, config, **_):
+    """``capture_content``: the prompt and the answer on the span when true, neither by default."""
+    marker = "the-secret-plan-41"
+    collector = OtlpReceiver()
+    try:
+        for capture in (True, False):
+            table = {"enabled": True, "endpoint": collector.url, "capture_content": capture}
+            with start_gateway(config(tracing=table)) as served, gtl_nb.connect(served.url("ws")) as client:
+                answer = client.complete("echo", f"Tell me {marker}").text
+            (span,) = collector.spans()
+            if capture:
+                assert marker in span.attributes["gen_ai.input.messages"]
+                assert json.loads(span.attributes["gen_ai.output.messages"])[0]["parts"][0]["content"] == answer
+            else:
+                assert not any(key.startswith(("gen_ai.input", "gen_ai.output")) for key in span.attributes)
+                assert marker.encode() not in b"".join(collector.bodies)
+            collector.clear()
+    finally:
+        collector.close()
+
+
 # -- the table ---------------------------------------------------------------------------------------
 
 LISTENERS = ("http", "grpc", "quic")
@@ -260,6 +328,11 @@ EFFECTS: dict[str, Callable[..., None]] = {
     },
     **{f"gateway.{t}.{key}": listeners_with_tls for t in ("http", "grpc", "quic") for key in ("tls_cert", "tls_key")},
     **{f"gateway.{t}.insecure": listeners_insecure for t in ("http", "grpc", "quic")},
+    "gateway.tracing.enabled": tracing_enabled_endpoint_service_name,
+    "gateway.tracing.endpoint": tracing_enabled_endpoint_service_name,
+    "gateway.tracing.service_name": tracing_enabled_endpoint_service_name,
+    "gateway.tracing.exporter": tracing_exporter,
+    "gateway.tracing.capture_content": tracing_capture_content,
 }
 
 

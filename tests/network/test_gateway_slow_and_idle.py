@@ -1,0 +1,319 @@
+"""Slow, half-open and idle clients against a running gateway: each is cut within a bound, in bounded memory,
+while a well-behaved client is served.
+
+The bounds come from the gateway's limits (``conftest.LIMITS``: ``header_timeout`` 1 s, ``idle_timeout`` 3 s),
+plus what the libraries underneath add: uvicorn waits ``WS_CLOSE_WAIT`` seconds for a WebSocket client to
+answer its close frame before it drops the socket; a gRPC unary call's request message has
+``header_timeout`` + its largest size at 32 KiB/s (``gateway.grpc.MIN_MESSAGE_RATE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import socket
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from gtl_nb.gateway.grpc import MIN_MESSAGE_RATE
+from gtl_nb.protocol import messages as m
+from gtl_nb.transports.grpc import gtl_pb2 as pb
+from gtl_nb.transports.grpc.mapping import from_proto, to_frame
+from gtl_nb.transports.grpc.stream import MESSAGE_SLACK, SESSION_METHOD
+from gtl_nb.transports.quic.wire import CLOSE_CODES
+from gtl_nb.transports.quic.wire import frame as quic_frame
+from tests.network.conftest import (
+    CAP,
+    COMPLETE,
+    H2_PREFACE,
+    HEADER_TIMEOUT,
+    IDLE_TIMEOUT,
+    LONG_PROMPT,
+    MAX_FRAME,
+    Attack,
+    RssWatch,
+    Target,
+    assert_serves,
+    attacker,
+    dial,
+    gtl_errors,
+    h2_call,
+    h2_frame,
+    h2_headers,
+    http_request,
+    quic_peer,
+    vanish,
+    wait_closed,
+    ws_frame,
+    ws_hello,
+    ws_messages,
+    ws_upgrade,
+)
+
+WS_CLOSE_WAIT = 10.0
+"""uvicorn's WebSocket close timeout: how long a closed WebSocket waits for the client's close frame."""
+MARGIN = 2.0
+"""Seconds allowed beyond each bound (a loaded machine, the gateway's timers)."""
+UNARY_DEADLINE = HEADER_TIMEOUT + (MAX_FRAME + MESSAGE_SLACK) / MIN_MESSAGE_RATE
+HEALTH = http_request("GET", "/healthz")
+REQUEST = b'{"type":"completion_request","session_id":"s1","model":"echo","messages":[{"role":"user","content":"x"}]}'
+
+
+def _request(session_id: str, model: str = "echo", prompt: str = "hi") -> m.CompletionRequest:
+    return m.CompletionRequest(session_id=session_id, model=model, messages=[m.Message(role="user", content=prompt)])
+
+
+def _row_status(target: Target, session_id: str, timeout: float) -> str | None:
+    """The ledger status of ``session_id`` once it is no longer ``started`` (``None``: no row within ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = [row["status"] for row in target.rows() if row["session_id"] == session_id]
+        if statuses and statuses[-1] != "started":
+            return str(statuses[-1])
+        time.sleep(0.1)  # polling the gateway's ledger file
+    return None
+
+
+# -- slow-drip and silent clients -----------------------------------------------------------------------------------
+
+
+def test_slow_and_silent_clients_are_cut_within_their_bounds(gateway):
+    source = attacker()
+
+    def http_head_drip() -> None:
+        with dial(gateway, source) as sock:
+            closed = wait_closed(sock, 10, drip=HEALTH, interval=0.2)
+        assert closed.status == 408 and closed.after < HEADER_TIMEOUT + MARGIN, closed
+
+    def http_body_drip() -> None:
+        with dial(gateway, source) as sock:
+            sock.sendall(http_request("POST", "/v1/gtl", b"", "content-length: 5000", length=False))
+            closed = wait_closed(sock, 10, drip=b" " * 5000, interval=0.2)
+        assert closed.status == 408 and closed.after < HEADER_TIMEOUT + MARGIN, closed
+
+    def ws_silent() -> None:  # upgraded, then no hello; the client never answers the close frame either
+        with ws_upgrade(gateway, source) as sock:
+            started = time.monotonic()
+            closed = wait_closed(sock, WS_CLOSE_WAIT + HEADER_TIMEOUT + 2 * MARGIN)
+        errors = gtl_errors(ws_messages(closed.data))
+        assert errors and "no hello" in errors[0].message
+        assert closed.how != "open" and time.monotonic() - started < WS_CLOSE_WAIT + HEADER_TIMEOUT + MARGIN
+
+    def ws_fragment_drip() -> None:  # hello, then one message whose fragments never end
+        with ws_upgrade(gateway, source) as sock:
+            sock.sendall(ws_hello() + ws_frame(b'{"type":', fin=False))
+            started = time.monotonic()
+            for _ in range(int((IDLE_TIMEOUT + WS_CLOSE_WAIT + MARGIN) / 0.2)):
+                try:
+                    sock.sendall(ws_frame(b" ", opcode=0, fin=False))
+                except OSError:
+                    break
+                if wait_closed(sock, 0.2).how != "open":
+                    break
+            assert time.monotonic() - started < IDLE_TIMEOUT + WS_CLOSE_WAIT + 2 * MARGIN
+
+    def grpc_preface_drip() -> None:
+        with dial(gateway, source, "grpc") as sock:
+            closed = wait_closed(sock, 10, drip=H2_PREFACE, interval=0.2)
+        assert closed.how != "open" and closed.after < HEADER_TIMEOUT + MARGIN, closed
+
+    def grpc_message_never_comes() -> None:  # a unary call whose request message never arrives
+        outcome = h2_call(gateway, source, h2_headers(1, COMPLETE), limit=UNARY_DEADLINE + 2 * MARGIN)
+        assert outcome.status == grpc.StatusCode.DEADLINE_EXCEEDED.value[0], outcome
+        assert outcome.after < UNARY_DEADLINE + MARGIN
+
+    def grpc_ended_without_message() -> None:  # a unary call whose request stream ends empty: answered at once
+        outcome = h2_call(gateway, source, h2_headers(1, COMPLETE) + h2_frame(0, 1, 1), limit=5)
+        assert outcome.status == grpc.StatusCode.INVALID_ARGUMENT.value[0] and outcome.after < 1, outcome
+
+    def quic_silent() -> None:  # handshaken, then no hello
+        async def main() -> Any:
+            async with quic_peer(gateway, source, hello=False) as raw:
+                await asyncio.wait_for(raw.peer.wait_closed(), HEADER_TIMEOUT + MARGIN)
+                return raw.peer.terminated
+
+        terminated = asyncio.run(main())
+        assert terminated.error_code == CLOSE_CODES["PROVIDER_UNAVAILABLE"] and "no hello" in terminated.reason_phrase
+
+    attacks = [http_head_drip] * 10 + [http_body_drip] * 10 + [ws_silent] * 5 + [ws_fragment_drip] * 2
+    attacks += [grpc_preface_drip] * 5 + [grpc_message_never_comes] * 5 + [grpc_ended_without_message, quic_silent]
+    with RssWatch(gateway) as memory, Attack(*attacks) as attack:
+        while any(thread.is_alive() for thread in attack.threads):
+            assert_serves(gateway)  # served all along, not only once
+        attack.join()
+    memory.assert_bounded()
+
+
+# -- half-open connections ------------------------------------------------------------------------------------------
+
+
+def test_half_open_connections_are_closed_and_their_sessions_end(gateway):
+    source = attacker()
+
+    def http_shut_after_request() -> None:
+        # a whole request, then the client shuts its write side: uvicorn takes the end of input for a client
+        # that left, so the connection closes (unanswered) and the session, if it started, ends
+        for data in (http_request("POST", "/v1/gtl", REQUEST), b"POST /v1/gtl HTTP/1.1\r\nhost: x\r\ncontent-le"):
+            with dial(gateway, source) as sock:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+                closed = wait_closed(sock, 5)
+            assert closed.how != "open" and closed.after < MARGIN, closed
+
+    def http_left_open_unread() -> None:  # a request sent, its answer never read, the socket left open
+        with dial(gateway, source) as sock:
+            sock.sendall(http_request("POST", "/v1/gtl", REQUEST))
+            time.sleep(IDLE_TIMEOUT + MARGIN)  # the client does nothing at all meanwhile
+            closed = wait_closed(sock, 5)
+        assert b'"type":"done"' in closed.data and closed.how == "eof" and closed.after < 1
+
+    def ws_shut_mid_session() -> None:
+        session = b'{"type":"completion_request","session_id":"ws-half","model":"paced:echo","messages":[]}'
+        body = session.replace(b"[]", b'[{"role":"user","content":"' + LONG_PROMPT.encode() + b'"}]')
+        with ws_upgrade(gateway, source) as sock:
+            sock.sendall(ws_hello() + ws_frame(body))
+            sock.settimeout(5)
+            while b'"type":"token"' not in sock.recv(65536):
+                pass
+            sock.shutdown(socket.SHUT_WR)
+            closed = wait_closed(sock, WS_CLOSE_WAIT + MARGIN)
+        assert closed.how != "open"
+        assert _row_status(gateway, "ws-half", 5) == "cancelled"
+
+    def grpc_half_closed_session() -> None:
+        host, port = gateway.address("grpc")
+        frames: queue.Queue[Any] = queue.Queue()
+        frames.put(to_frame(m.Hello(versions=["1.0"]), pb.ClientFrame).SerializeToString())
+        frames.put(to_frame(_request("grpc-half", "paced:echo", LONG_PROMPT), pb.ClientFrame).SerializeToString())
+        with grpc.insecure_channel(f"{host}:{port}") as channel:
+            call = channel.stream_stream(SESSION_METHOD)(iter(frames.get, None), timeout=30)
+            started = None
+            for reply in call:
+                if isinstance(from_proto(pb.ServerFrame.FromString(reply)), m.Token) and started is None:
+                    started = time.monotonic()
+                    frames.put(None)  # half-close: the client sends nothing more
+            assert started is not None and time.monotonic() - started < MARGIN
+        assert _row_status(gateway, "grpc-half", 5) == "cancelled"
+
+    def quic_vanished_mid_session() -> None:  # no CONNECTION_CLOSE: the gateway notices by QUIC's idle timeout
+        async def main() -> None:
+            async with quic_peer(gateway, source) as raw:
+                stream = raw.open(quic_frame(_request("quic-gone", "paced:echo", LONG_PROMPT)))
+                await stream.wait_for(lambda: b'"type":"token"' in stream.data)
+                vanish(raw)
+
+        asyncio.run(main())
+        assert _row_status(gateway, "quic-gone", IDLE_TIMEOUT + 2 * MARGIN) == "cancelled"
+
+    attacks = [http_shut_after_request, http_left_open_unread, ws_shut_mid_session]
+    with RssWatch(gateway) as memory, Attack(*attacks, grpc_half_closed_session, quic_vanished_mid_session) as attack:
+        while any(thread.is_alive() for thread in attack.threads):
+            assert_serves(gateway)
+        attack.join()
+    memory.assert_bounded()
+    assert "started" not in {row["status"] for row in gateway.rows()}
+
+
+# -- idle connections up to twice the per-address limit -------------------------------------------------------------
+
+
+def test_idle_tcp_connections_up_to_twice_the_per_address_limit(gateway):
+    source = attacker()
+
+    def http_idle() -> None:
+        started = time.monotonic()  # no silent connection can be cut before started + HEADER_TIMEOUT
+        silent = [dial(gateway, source) for _ in range(CAP)]  # each cut at header_timeout (408)
+        try:
+            for _ in range(CAP):  # one too many each, while the silent ones are open: answered 429, then closed
+                with dial(gateway, source) as sock:
+                    sock.sendall(HEALTH)
+                    closed = wait_closed(sock, 5)
+                if time.monotonic() < started + HEADER_TIMEOUT:
+                    assert closed.status == 429, closed
+                else:  # (a slow machine: the first silent ones may be gone, their slots free again)
+                    assert closed.status in (200, 429), closed
+                assert closed.how != "open"
+            for sock in silent:
+                closed = wait_closed(sock, HEADER_TIMEOUT + MARGIN)
+                assert closed.status == 408 and closed.how != "open"
+            assert time.monotonic() - started < HEADER_TIMEOUT + 2 * MARGIN
+        finally:
+            for sock in silent:
+                sock.close()
+
+    def grpc_idle() -> None:
+        silent = [dial(gateway, source, "grpc") for _ in range(CAP)]  # not even the HTTP/2 preface
+        prefaced = [dial(gateway, source, "grpc") for _ in range(CAP)]  # preface and settings, then no call
+        for sock in prefaced:
+            sock.sendall(H2_PREFACE + h2_frame(4, 0, 0))
+        try:
+            for sock in silent:
+                assert wait_closed(sock, HEADER_TIMEOUT + MARGIN).how != "open"
+            for sock in prefaced:
+                assert wait_closed(sock, IDLE_TIMEOUT + MARGIN).how != "open"
+        finally:
+            for sock in silent + prefaced:
+                sock.close()
+
+    with RssWatch(gateway) as memory, Attack(http_idle, grpc_idle) as attack:
+        while any(thread.is_alive() for thread in attack.threads):
+            assert_serves(gateway)
+        attack.join()
+    memory.assert_bounded()
+
+
+def test_idle_quic_connections_up_to_twice_the_per_address_limit(gateway):
+    """(Apart from the TCP ones: 200 handshakes keep the gateway's loop busy for a second or more, which would
+    make the 1 s head deadline above a race.)"""
+    source = attacker()
+
+    def quic_idle() -> None:
+        """Handshaken, then no hello: each is closed, for no hello at ``header_timeout`` or at once when the
+        address already had ``CAP`` open. (How many overlap depends on the machine's speed: the gateway closes
+        the first ones while later ones still dial, so the refusals are checked against what this side saw.)"""
+
+        async def main() -> list[tuple[int, int, float]]:
+            async with contextlib.AsyncExitStack() as stack:
+                peers: list[Any] = []
+                seen: list[tuple[int, float]] = []  # (connections of ours still open, handshake time)
+                for _ in range(2 * CAP):
+                    raw = await stack.enter_async_context(quic_peer(gateway, source, hello=False))
+                    seen.append((sum(peer.terminated is None for peer in peers), time.monotonic()))
+                    peers.append(raw.peer)
+                waits = [asyncio.wait_for(peer.wait_closed(), HEADER_TIMEOUT + 2 * MARGIN) for peer in peers]
+                await asyncio.gather(*waits)
+                return [(peer.terminated.error_code, open_, at) for peer, (open_, at) in zip(peers, seen, strict=True)]
+
+        ended = asyncio.run(main())
+        assert {code for code, _, _ in ended} <= {CLOSE_CODES["OVERLOADED"], CLOSE_CODES["PROVIDER_UNAVAILABLE"]}
+        for code, open_, _ in ended:
+            if open_ >= CAP + 5:  # the gateway counts at least what this side still sees open
+                assert code == CLOSE_CODES["OVERLOADED"], (open_, code)
+        assert any(code == CLOSE_CODES["OVERLOADED"] for code, _, _ in ended) or max(o for _, o, _ in ended) < CAP
+
+    with RssWatch(gateway) as memory, Attack(quic_idle) as attack:
+        while any(thread.is_alive() for thread in attack.threads):
+            assert_serves(gateway)
+        attack.join()
+    memory.assert_bounded()
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_connection_closed_by_the_gateway_frees_its_slot(gateway, transport):
+    """After the idle attack's address was cut everywhere, it is served again (nothing leaked in the counts)."""
+    source = attacker()
+    for _ in range(2):
+        socks = [dial(gateway, source, transport) for _ in range(CAP)]
+        for sock in socks:
+            sock.close()
+    time.sleep(0.5)  # the gateway reads each close
+    if transport == "http":
+        with dial(gateway, source) as sock:
+            sock.sendall(http_request("GET", "/healthz", b"", "connection: close"))
+            assert wait_closed(sock, 5).status == 200
+    else:
+        assert h2_call(gateway, source, h2_headers(1, COMPLETE) + h2_frame(0, 1, 1), limit=5).status is not None
