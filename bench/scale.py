@@ -1,0 +1,314 @@
+"""``make bench-scale``: N concurrent long-lived streaming sessions held by ONE gateway process.
+
+    python -m bench.scale [--sessions 10000] [--hold 60] [--pace 5] [--rate 500] [--clients 4]
+
+Issue 13's target: 10,000 sessions, each on its own client connection (half SSE, half WebSocket, the
+clients spread over source addresses 127.0.0.2–127.0.0.9) and with its own upstream stream (the fake
+upstream paced: the first token at once, then one every ``pace`` seconds), all open together for
+``hold`` seconds; zero errors, zero lost events, under 100 KB of gateway memory per open session, and
+the time to first token p99 while they run. Sessions start at ``rate`` a second, so the stream length is
+chosen to keep the first one open until ``hold`` seconds after the last one started.
+
+It raises ``RLIMIT_NOFILE`` to at least 65,536 for itself and its children (or stops, saying so), ends
+by itself within ten minutes (clients that are still running then are counted as errors), and is
+never run in CI. The gateway is configured as ``bench.suite`` does (tokens, ledger, audit on) with the
+per-address connection cap raised to fit the sessions, and — when this tree's configuration has an
+``[upstream]`` table — no bound on the upstream connection pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import gateway_setup
+from bench.procstat import rss_bytes, tree_usage
+from bench.servers import REPO, Gateway, Upstream
+from bench.stats import median, percentile
+
+ADDRESSES = [f"127.0.0.{n}" for n in range(2, 10)]
+NOFILE = 65_536
+WALL_LIMIT = 600.0
+"""The whole run ends within this many seconds."""
+
+
+def raise_nofile(wanted: int = NOFILE) -> int:
+    """Raise the open-file limit (children inherit it); stop with a clear message when it cannot be."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+    except (ValueError, OSError) as exc:
+        raise SystemExit(
+            f"bench-scale needs RLIMIT_NOFILE >= {wanted} (now soft {soft}, hard {hard}) and could not raise it "
+            f"({exc}); run `ulimit -n {wanted}` as a user allowed to, or as root"
+        ) from exc
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def check_addresses() -> None:
+    """Each source address must be bindable (127.0.0.0/8 is all loopback on Linux)."""
+    for address in ADDRESSES:
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, 0))
+            except OSError as exc:
+                raise SystemExit(f"cannot bind source address {address}: {exc}") from exc
+
+
+def upstream_supported() -> bool:
+    """Whether this tree's configuration has the ``[upstream]`` table (the pool's bounds)."""
+    from gtl_nb.engine import config
+
+    return "upstream" in getattr(config, "SECTIONS", ())
+
+
+class Sampler:
+    """Samples the gateway's RSS and CPU once a second in a thread, until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, int, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            usage = tree_usage(self.pid, [self.pid])
+            self.samples.append((time.monotonic(), usage.rss, usage.cpu))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def between(self, start: float, end: float) -> list[tuple[float, int, float]]:
+        return [s for s in self.samples if start <= s[0] <= end]
+
+
+def start_client(config: dict[str, Any]) -> subprocess.Popen[str]:
+    """One ``bench.scale_client`` process running ``config``'s sessions."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.scale_client"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
+    )
+    assert process.stdin is not None
+    process.stdin.write(json.dumps(config) + "\n")
+    process.stdin.flush()
+    return process
+
+
+def start_clients(args: argparse.Namespace, port: int, token: str, tokens: int, timeout: float) -> list[Any]:
+    """``args.clients`` client processes sharing the sessions and the start rate."""
+    clients = []
+    per_client = math.ceil(args.sessions / args.clients)
+    for number in range(args.clients):
+        first = number * per_client
+        count = min(per_client, args.sessions - first)
+        if count <= 0:
+            break
+        config = {
+            "host": "127.0.0.1",
+            "port": port,
+            "token": token,
+            "sessions": count,
+            "first": first,
+            "rate": args.rate / args.clients,
+            "tokens": tokens,
+            "timeout": timeout,
+            "compression": not args.no_compression,
+            "addresses": ADDRESSES,
+        }
+        clients.append(start_client(config))
+    return clients
+
+
+def start_probe(args: argparse.Namespace, port: int, token: str) -> subprocess.Popen[str]:
+    """Two new short sessions a second while every session is open: their time to first token is the
+    gateway's under that load (the ramp's own first tokens measure the ramp, not the hold)."""
+    count = max(4, int(args.hold - 10) * 2)
+    return start_client(
+        {
+            "host": "127.0.0.1",
+            "port": port,
+            "token": token,
+            "sessions": count,
+            "first": 10**9,  # ids apart from the held sessions'
+            "rate": 2.0,
+            "tokens": 2,
+            "timeout": args.hold + args.pace * 2 + 30,
+            "compression": not args.no_compression,
+            "addresses": ADDRESSES,
+        }
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    began = time.monotonic()
+    # the gateway holds a client and an upstream socket per session, plus its files
+    limit = raise_nofile(max(args.min_nofile, 2 * args.sessions + 1024))
+    check_addresses()
+    ramp = args.sessions / args.rate
+    tokens = max(2, math.ceil((ramp + args.hold) / args.pace) + 1)
+    stream_seconds = (tokens - 1) * args.pace
+    timeout = min(WALL_LIMIT - 120, ramp + stream_seconds + 60)
+    print(
+        f"scale: {args.sessions} sessions (half SSE, half WebSocket) from {ADDRESSES[0]}–{ADDRESSES[-1]}, "
+        f"started at {args.rate:g}/s over {ramp:.0f} s, each {tokens} tokens {args.pace:g} s apart "
+        f"({stream_seconds:.0f} s), all open together ≥ {args.hold:g} s; RLIMIT_NOFILE {limit}",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="gtl-scale-") as tmp:
+        directory = Path(tmp)
+        upstream = Upstream(pace=args.pace, extra_args=["--backlog", "65535"])
+        limits = {"max_connections_per_address": args.sessions + 64, "idle_timeout": 600}
+        upstream_table = {"max_connections": 0, "max_connections_per_host": 0} if upstream_supported() else None
+        files = gateway_setup.prepare(
+            directory / "gateway", upstream.port, grpc=False, quic=False, limits=limits, upstream=upstream_table
+        )
+        # the engine's idle deadline between chunks must outlast the pace
+        with files.config.open("a", encoding="utf-8") as config:
+            config.write(f"\n[timeouts]\nidle = {args.pace * 3 + 30:g}\nfirst_byte = 120\n")
+        gateway = Gateway(files, log=directory / "gateway.log")
+        sampler = Sampler(gateway.pid)
+        clients: list[Any] = []
+        try:
+            time.sleep(2)  # two RSS samples of the idle gateway
+            baseline = rss_bytes(gateway.pid)
+            cpu_before = tree_usage(gateway.pid, [gateway.pid]).cpu
+            clients = start_clients(args, gateway.port("http"), files.token, tokens, timeout)
+            for client in clients:
+                assert client.stdout is not None
+                client.stdout.readline()  # {"started": n}
+            all_started = time.monotonic()
+            print(f"scale: all sessions started after {all_started - began:.0f} s", flush=True)
+            probe = start_probe(args, gateway.port("http"), files.token)
+            clients.append(probe)
+            summaries = []
+            for client in clients:
+                assert client.stdout is not None
+                summary: dict[str, Any] = {}
+                while "sessions" not in summary:  # past the probe's {"started": n}
+                    line = _readline(client, max(1.0, began + WALL_LIMIT - 30 - time.monotonic()))
+                    summary = json.loads(line) if line else {"sessions": 0, "errors": {"client gave no summary": 1}}
+                summaries.append(summary)
+            cpu_after = tree_usage(gateway.pid, [gateway.pid]).cpu
+        finally:
+            for client in clients:
+                if client.poll() is None:
+                    client.kill()
+                    client.wait()
+            sampler.stop()
+            gateway.stop()
+            upstream.stop()
+            log_file = directory / "gateway.log"
+            gateway_log = log_file.read_text(errors="replace") if log_file.exists() else ""
+    # while every session is open: from the last start to the first possible end
+    held = sampler.between(all_started + 2, all_started + args.hold - 2)
+    plateau = median([rss for _, rss, _ in held]) if held else math.nan
+    hold_cpu = (held[-1][2] - held[0][2]) / (held[-1][0] - held[0][0]) if len(held) >= 2 else math.nan
+    errors: dict[str, int] = {}
+    for summary in summaries:
+        for kind, count in summary.get("errors", {}).items():
+            errors[kind] = errors.get(kind, 0) + count
+    probed, summaries = summaries[-1], summaries[:-1]
+    for kind, count in probed.get("errors", {}).items():
+        errors["probe: " + kind] = errors.get("probe: " + kind, 0) + count
+    ttfts = sorted(t for s in summaries for t in s.get("ttft_ms", []))
+    probe_ttfts = probed.get("ttft_ms", [])
+    result = {
+        "sessions": args.sessions,
+        "ramp_s": args.sessions / args.rate,
+        "probe_sessions": probed.get("sessions", 0),
+        "probe_ttft_p50_ms": percentile(probe_ttfts, 50) if probe_ttfts else None,
+        "probe_ttft_p99_ms": percentile(probe_ttfts, 99) if probe_ttfts else None,
+        "ok": sum(s.get("ok", 0) for s in summaries),
+        "errors": errors,
+        "lost_tokens": sum(s.get("lost_tokens", 0) for s in summaries),
+        "extra_tokens": sum(s.get("extra_tokens", 0) for s in summaries),
+        "ttft_p50_ms": percentile(ttfts, 50) if ttfts else None,
+        "ttft_p99_ms": percentile(ttfts, 99) if ttfts else None,
+        "rss_baseline_mib": baseline / 2**20,
+        "rss_plateau_mib": plateau / 2**20,
+        "kib_per_session": (plateau - baseline) / args.sessions / 1024,
+        "gateway_cores_while_held": hold_cpu,
+        "gateway_cpu_s": cpu_after - cpu_before,
+        "wall_s": time.monotonic() - began,
+        "gateway_errors_logged": sum(1 for line in gateway_log.splitlines() if "error" in line.lower()),
+    }
+    return result
+
+
+def _readline(process: subprocess.Popen[str], timeout: float) -> str:
+    """A line from the process within ``timeout`` seconds ('' when it has none by then)."""
+    found: list[str] = []
+    reader = threading.Thread(target=lambda: found.append(process.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(timeout)
+    return found[0] if found else ""
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1f}"
+
+
+def report(result: dict[str, Any]) -> str:
+    ok = result["ok"] == result["sessions"] and not result["errors"] and not result["lost_tokens"]
+    return "\n".join(
+        [
+            f"scale: {result['ok']}/{result['sessions']} sessions ended with every token and done "
+            f"({'zero errors, zero lost events' if ok else 'FAILED'}) in {result['wall_s']:.0f} s",
+            f"scale: errors {result['errors'] or 'none'}; lost tokens {result['lost_tokens']}, "
+            f"extra {result['extra_tokens']}",
+            f"scale: time to first token while every session is open ({result['probe_sessions']} probe sessions): "
+            f"p50 {_ms(result['probe_ttft_p50_ms'])} ms, p99 {_ms(result['probe_ttft_p99_ms'])} ms",
+            f"scale: time to first token during the {result['ramp_s']:.0f} s ramp: "
+            f"p50 {_ms(result['ttft_p50_ms'])} ms, p99 {_ms(result['ttft_p99_ms'])} ms",
+            f"scale: gateway RSS {result['rss_baseline_mib']:.0f} MiB idle, {result['rss_plateau_mib']:.0f} MiB with "
+            f"every session open: {result['kib_per_session']:.1f} KiB per session (target < 100 KB)",
+            f"scale: gateway CPU while held {result['gateway_cores_while_held']:.2f} cores; "
+            f"{result['gateway_errors_logged']} error lines in its log",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--hold", type=float, default=60.0, help="seconds every session is open together")
+    parser.add_argument("--pace", type=float, default=5.0, help="seconds between a stream's tokens upstream")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=200.0,
+        help="sessions started per second, in all (below what the gateway can start)",
+    )
+    parser.add_argument("--clients", type=int, default=4, help="client processes")
+    parser.add_argument("--no-compression", action="store_true", help="no gzip (SSE) or permessage-deflate (WS)")
+    parser.add_argument(
+        "--min-nofile",
+        type=int,
+        default=NOFILE,
+        help=f"the open-file limit to insist on (default {NOFILE}; lower only for a trial with few sessions)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = run(args)
+    print(report(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0 if result["ok"] == args.sessions and not result["lost_tokens"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The benchmark suite still works end to end: ``python -m bench --smoke`` (what ``make bench-smoke`` runs).
+
+No figure is asserted — timing never belongs in a test — only that the whole pipeline ran: the fake
+upstream, the gateway started with ``gtl serve`` (tokens, ledger and audit on), the load client, every
+path measured with zero errors, and the report printed. The smoke run leaves ``docs/benchmarks.md``
+alone and takes well under a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PATHS = {"direct", "gtl-openai", "gtl-sse", "gtl-ws", "gtl-grpc", "gtl-quic"}
+
+
+@pytest.mark.timeout(90)
+def test_smoke_run_measures_every_path_without_errors(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    docs = REPO / "docs" / "benchmarks.md"
+    before = docs.read_bytes() if docs.exists() else None
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    summaries = result["summaries"]
+    assert {s["path"] for s in summaries} == PATHS
+    for summary in summaries:
+        where = f"{summary['path']} {summary['label']} c={summary['concurrency']}"
+        assert summary["requests"] > 0, where
+        assert summary["errors"] == {}, f"{where}: {summary['errors']}"
+
+    # each path ran each cell of the smoke grid
+    def cell(summary: dict) -> tuple[bool, int, int]:
+        return summary["stream"], summary["tokens"], summary["concurrency"]
+
+    cells = {cell(s) for s in summaries}
+    assert all(sum(1 for s in summaries if cell(s) == c) == len(PATHS) for c in cells)
+    assert "### Targets of issue 13" in done.stdout
+    assert "Codec and frame decoder" in done.stdout
+    assert (docs.read_bytes() if docs.exists() else None) == before, "the smoke run must not rewrite the docs"
