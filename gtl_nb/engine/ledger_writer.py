@@ -2,10 +2,12 @@
 
 ``SqliteUsageLedger.start`` and ``finish`` put an operation on the writer's queue and return at
 once; ``start`` returns a *row handle* (a negative int, so it is never mistaken for a row id). The
-thread wakes as soon as something is queued, takes everything queued (up to ``max_batch``) and
-writes it in ONE transaction — a group commit — then sleeps again: no artificial delay, so the
-window a SIGKILL can lose is the batch being written plus what was queued while it was written.
-A request that ended before its start was written is one INSERT of the finished row.
+thread takes everything queued (up to ``max_batch``) and writes it in ONE transaction — a group
+commit. An idle writer is woken by the next operation; a busy one (work within the last
+``IDLE_AFTER`` seconds) is not woken per operation — that cost a thread wake-up and a GIL handover
+per request — but looks again every ``LINGER`` seconds. So the window a SIGKILL can lose is at most
+``LINGER`` plus the batch being written. A request that ended before its start was written is one
+INSERT of the finished row.
 
 Guarantees (``docs/ledger.md``, "How rows are written"):
 
@@ -56,6 +58,8 @@ log = get_logger("engine.ledger")
 
 MAX_PENDING = 10_000  # queued operations before a start waits: a few MB at most
 MAX_BATCH = 1_000  # operations per transaction: the write lock is held for milliseconds, not seconds
+LINGER = 0.005  # seconds between a busy writer's looks at its queue (nobody wakes it meanwhile)
+IDLE_AFTER = 0.5  # seconds without work after which the writer sleeps until an operation wakes it
 _REPORT_EVERY = 30.0  # seconds between two log lines about the same failing commit
 
 
@@ -103,6 +107,7 @@ class LedgerWriter:
         self._seq = 0  # changes queued so far
         self._committed = 0  # every change numbered up to this one is written (or reported lost)
         self._idle = False
+        self._last_work = -float("inf")  # monotonic time of the last commit: the writer starts idle
         self._closing = False
         self._abandoned = False
         self._thread = threading.Thread(target=self._run, name=f"gtl_nb ledger writer {ledger.path}", daemon=True)
@@ -179,6 +184,7 @@ class LedgerWriter:
             target = self._seq
             if self._committed >= target:
                 return
+            self._wake.notify()  # a lingering writer looks now: a reader is waiting
             limit = self.wait_for if timeout is None else timeout
             if not self._done.wait_for(lambda: self._committed >= target, limit):
                 behind = len(self._queue) + len(self._inflight)
@@ -243,6 +249,9 @@ class LedgerWriter:
         while True:
             with self._lock:
                 while not (self._queue or self._closing or self._prune_due()):
+                    if time.monotonic() - self._last_work < IDLE_AFTER:
+                        self._wake.wait(LINGER)  # busy: look again soon; _idle stays False, nobody notifies
+                        continue
                     self._idle = True
                     self._wake.wait(self._prune_every if self._retention is not None else None)
                     self._idle = False
@@ -256,6 +265,7 @@ class LedgerWriter:
                 bound = self._queue[0].seq - 1 if self._queue else self._seq
             if batch:
                 self._commit(batch)
+                self._last_work = time.monotonic()
             with self._lock:
                 self._inflight = []
                 self._committed = max(self._committed, bound)
