@@ -63,9 +63,8 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import h11
 import msgspec
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
@@ -121,7 +120,7 @@ _ENDPOINTS = ", ".join(
 )
 """What a ``404`` names: the GTL endpoints of this listener."""
 MAX_HEAD_BYTES = 64 * 1024
-"""Largest request head (h11's default is 16 KiB): an oversized token is then refused by the token
+"""Largest request head (h11's default was 16 KiB): an oversized token is then refused by the token
 check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""
 CLOSE_WAIT = 5.0
 """Seconds the last step of a shutdown waits for cancelled sessions and closing connections."""
@@ -129,8 +128,8 @@ MIN_REQUEST_RATE = 32 * 1024
 """Bytes a second a request must keep arriving at once ``header_timeout`` has passed: each byte received
 moves its deadline on by ``1 / MIN_REQUEST_RATE`` s. A 256 kbit/s uplink keeps up with it; a client sending
 a byte a second is cut at ``header_timeout``."""
-_ARRIVING = (h11.IDLE, h11.SEND_BODY)
-"""h11's states for a client whose request is still arriving (its head, then its body)."""
+_WAITING, _HEAD, _BODY, _WHOLE = "waiting", "head", "body", "whole"
+"""Where a connection's current request is: not begun, its head arriving, its body arriving, all of it in."""
 _CUT = "gtl_nb.cut"
 """The scope key ``_HttpProtocol._cut`` sets on a request it answered itself: the application logs nothing more."""
 
@@ -340,19 +339,20 @@ class _ConnectionGuard:
         return self._counts.get(address, 0)
 
 
-class _HttpProtocol(H11Protocol):
-    """uvicorn's h11 protocol with the listener's limits: the per-address count, a deadline per request, and a
-    GTL error for what it refuses itself.
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol over httptools (llhttp, compiled) with the listener's limits: the
+    per-address count, a bounded request head, a deadline per request, and a GTL error for what it
+    refuses itself. (It replaced uvicorn's h11 protocol, pure Python, which was 16 % of the gateway's
+    CPU per request: docs/benchmarks.md.)
 
     uvicorn bounds the wait *between* keep-alive requests (``timeout_keep_alive``), but neither of its
     HTTP/1.1 protocols bounds how long a request may take to arrive: a client sending its head, or its
     body, one byte a second holds a connection for ever. Here a deadline starts when a connection opens,
     and again when the first bytes of a later request arrive: ``header_timeout`` seconds, moved on by one
     second for every ``MIN_REQUEST_RATE`` bytes received (counted up to ``max_request_bytes``). It stops
-    once h11 has the whole request — its state for the client is past ``IDLE`` and ``SEND_BODY`` — or the
-    connection is upgraded. When it passes, the client gets ``408`` and the connection closes; a shutdown
-    answers a body still arriving with ``503`` the same way (``_cut``), and a request h11 cannot parse gets
-    ``400``.
+    once the whole request has arrived, or the connection is upgraded. When it passes, the client gets
+    ``408`` and the connection closes; a shutdown answers a body still arriving with ``503`` the same way
+    (``_cut``); a head longer than ``MAX_HEAD_BYTES`` gets ``431`` and a request llhttp cannot parse ``400``.
     """
 
     guard: ClassVar[_ConnectionGuard]
@@ -364,6 +364,8 @@ class _HttpProtocol(H11Protocol):
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._request_started = 0.0
         self._request_bytes = 0
+        self._phase = _WAITING  # where the client's current request is (module constants)
+        self._head_bytes = 0  # bytes of the current request's head received so far
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
@@ -372,13 +374,35 @@ class _HttpProtocol(H11Protocol):
         self._start_deadline()
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline_timer is None and self.conn.their_state is h11.IDLE:
+        if self._phase is _WHOLE:
+            self._phase = _WAITING  # bytes after a whole request: the next one begins
+        if self._deadline_timer is None and self._phase is _WAITING:
             self._start_deadline()  # the first bytes of a request on a kept-alive connection
         if self._deadline_timer is not None:
             self._request_bytes += len(data)
+        if self._phase is not _BODY:
+            self._head_bytes += len(data)  # reset when the head is complete (on_headers_complete)
         super().data_received(data)
-        if self.conn.their_state not in _ARRIVING or self.transport.get_protocol() is not self:
+        if (self._phase is _WAITING or self._phase is _HEAD) and self._head_bytes > MAX_HEAD_BYTES:
+            # llhttp has no limit of its own on a head: one still incomplete after this many bytes is refused
+            what = f"the request head is longer than {MAX_HEAD_BYTES // 1024} KiB"
+            self._cut(431, InvalidRequestError(what), what)
+            return
+        if self._phase is _WHOLE or self.transport.get_protocol() is not self:
             self._stop_deadline()  # the request is whole (or the connection is past requests: closed, upgraded)
+
+    def on_message_begin(self) -> None:
+        self._phase = _HEAD
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._phase = _BODY
+        self._head_bytes = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._phase = _WHOLE
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
@@ -391,7 +415,7 @@ class _HttpProtocol(H11Protocol):
         Left alone it would run into the end of the shutdown and be cancelled there: a plain ``500`` and a
         ``CancelledError`` traceback.
         """
-        if self.conn.their_state is h11.SEND_BODY and self.conn.our_state is h11.SEND_RESPONSE:
+        if self._phase is _BODY and not self._response_begun():
             error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
             self._cut(503, error, "the gateway is shutting down while its request body arrives")
             return
@@ -405,14 +429,23 @@ class _HttpProtocol(H11Protocol):
         deadline passed (``header_timeout`` + 1 s per 32 KiB: 4 min with the defaults), a connection's slot
         held all the while.
         """
+        body_arriving = self._phase is _BODY
         super().on_response_complete()
-        if self.conn.their_state is h11.SEND_BODY and not self.transport.is_closing():
+        if body_arriving and not self.transport.is_closing():
             self._stop_deadline()
             self.transport.close()
 
     def send_400_response(self, msg: str) -> None:
-        """A request h11 cannot parse (uvicorn's own answer is plain text)."""
+        """A request llhttp cannot parse (uvicorn's own answer is plain text)."""
         self._cut(400, InvalidRequestError("the request is not valid HTTP/1.1"), "the request is not valid HTTP/1.1")
+
+    def _response_begun(self) -> bool:
+        """Whether an answer to the current request has begun (a new request's head has none yet; the
+        ``cycle`` left over is the previous request's)."""
+        if self._phase is _WAITING or self._phase is _HEAD:
+            return False
+        cycle = self.cycle
+        return cycle is not None and cycle.response_started
 
     def _start_deadline(self) -> None:
         self._stop_deadline()
@@ -433,7 +466,7 @@ class _HttpProtocol(H11Protocol):
         if remaining > 0:
             self._deadline_timer = self.loop.call_later(remaining, self._deadline_passed)
             return
-        if self.conn.their_state is h11.IDLE:
+        if self._phase is not _BODY:
             what = f"no whole request head within {self.header_timeout:g} s"
         else:
             rate = MIN_REQUEST_RATE // 1024
@@ -450,7 +483,7 @@ class _HttpProtocol(H11Protocol):
             return
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.info("closing the connection from %s: %s", peer, why)
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no response of ours has begun
+        if not self._response_begun():
             self.transport.write(_raw_response(status, error))
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
@@ -972,7 +1005,6 @@ async def serve_http(
             timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]
             ws_max_size=limits.max_frame_bytes + 1024,  # GTLConnection refuses a frame over the limit itself
             ws_per_message_deflate=compression,
-            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         )
         config.load()
         state = ServerState()

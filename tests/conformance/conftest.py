@@ -210,3 +210,24 @@ class Relay:
             except OSError:
                 pass
             sock.close()
+
+
+def settled_rows(
+    path: Path, keep: Callable[[dict[str, Any]], bool], count: int, timeout: float = 5.0
+) -> list[dict[str, Any]]:
+    """The rows of ``path`` that ``keep`` selects, once ``count`` of them are there and finished.
+
+    The gateway writes its ledger from a writer thread (group commits, every few ms under load): a
+    client holds its answer a moment before the row is on disk for another process to read. Read in
+    this process, through the gateway (``client.usage()``), a row is there at once."""
+    import time
+
+    from gtl_nb.engine.ledger import Ledger
+
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [row for row in Ledger(path).rows() if keep(row)]
+        settled = len(rows) >= count and all(row["status"] != "started" for row in rows)
+        if settled or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.01)

@@ -31,6 +31,7 @@ from tests.conformance.conftest import (
     Relay,
     connect_to,
     gateway_config,
+    settled_rows,
     start,
 )
 from tests.gateway.conftest import LONG_PROMPT, MODEL
@@ -76,7 +77,7 @@ def same_answer(remote: gtl_nb.Completion, local: gtl_nb.Completion) -> None:
 
 
 def rows_of(served: LocalGateway, session_id: str) -> list[dict[str, Any]]:
-    return [row for row in Ledger(served.config.parent / "ledger.sqlite").rows() if row["session_id"] == session_id]
+    return settled_rows(served.config.parent / "ledger.sqlite", lambda row: row["session_id"] == session_id, 1)
 
 
 # -- answers -------------------------------------------------------------------------------------------

@@ -19,12 +19,11 @@ import jwt as pyjwt
 import pytest
 
 import gtl_nb
-from gtl_nb.engine.ledger import Ledger
 from gtl_nb.gateway.local import LocalGateway
 from gtl_nb.gateway.tokens import SqliteTokenStore, mint_token
 from gtl_nb.protocol import Error
 from gtl_nb.protocol.errors import AuthenticationError, PermissionDeniedError
-from tests.conformance.conftest import SCHEMES, gateway_config, start
+from tests.conformance.conftest import SCHEMES, gateway_config, settled_rows, start
 from tests.gateway.conftest import LONG_PROMPT, MODEL, write_toml
 
 pytestmark = pytest.mark.parametrize("scheme", SCHEMES)
@@ -96,9 +95,7 @@ def test_a_valid_token_is_served_and_its_principal_accounted(scheme, guarded, ce
     with connect(scheme, guarded, certs, token(subject=f"ana-{scheme}")) as client:
         answer = client.complete("echo", "with a GhostToken")
         assert answer.text
-        [row] = [
-            r for r in Ledger(guarded.config.parent / "ledger.sqlite").rows() if r["session_id"] == answer.session_id
-        ]
+        [row] = settled_rows(guarded.config.parent / "ledger.sqlite", lambda r: r["session_id"] == answer.session_id, 1)
         assert row["user"] == f"ana-{scheme}" and row["status"] == "ok" and row["key_id"]
 
 
@@ -143,7 +140,8 @@ def test_a_token_revoked_while_its_connection_is_open_starts_nothing_more(scheme
         SqliteTokenStore(guarded.config.parent / "tokens.db").revoke(claims["jti"], claims["exp"])
         with pytest.raises(AuthenticationError):
             client.complete("echo", "on the same connection, after it")
-    rows = [r for r in Ledger(guarded.config.parent / "ledger.sqlite").rows() if r["user"] == subject]
+    expected = 1 if scheme in ("http", "sse") else 2
+    rows = settled_rows(guarded.config.parent / "ledger.sqlite", lambda r: r["user"] == subject, expected)
     outcomes = [(r["status"], r["error_code"]) for r in rows]
     if scheme in ("http", "sse"):  # each request authenticates: refused like any bad token, before a session
         assert outcomes == [("ok", None)]
@@ -158,7 +156,7 @@ def test_scopes_are_enforced_per_operation_and_a_refusal_leaves_its_row(scheme, 
             client.complete("echo", "no chat:write")
         with pytest.raises(PermissionDeniedError, match="usage:read"):
             client.usage()
-    rows = [r for r in Ledger(guarded.config.parent / "ledger.sqlite").rows() if r["user"] == f"reader-{scheme}"]
+    rows = settled_rows(guarded.config.parent / "ledger.sqlite", lambda r: r["user"] == f"reader-{scheme}", 1)
     assert [(r["status"], r["error_code"]) for r in rows] == [("error", "FORBIDDEN")]
     with connect(scheme, guarded, certs, token(["chat:write"], subject=f"writer-{scheme}")) as client:
         assert client.providers() == []  # no models:read: nothing listed, completions still served
