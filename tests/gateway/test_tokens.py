@@ -434,6 +434,31 @@ def test_an_open_connections_context_is_rechecked_for_expiry_and_revocation():
         HeaderTokenFirst(auth, None).recheck(context)  # so does a header token's wrapper
 
 
+def test_a_verified_token_is_remembered_but_still_expires_and_can_be_revoked():
+    clock, revocations = Clock(), MemoryRevocationList()
+    auth = authenticator(clock=clock, revocations=revocations)
+    token = hs(claims())
+    verified = []
+    original = auth._verify
+    auth._verify = lambda t: (verified.append(t), original(t))[1]  # type: ignore[method-assign]
+    first = auth(token)
+    clock.now = NOW + 30
+    assert auth(token) is first and len(verified) == 1  # remembered: the signature is not checked again
+    clock.now = NOW + 61
+    assert auth(token).key_id == first.key_id and len(verified) == 2  # remembered for at most VERIFIED_FOR s
+    revocations.revoke("jti-1", NOW + 3600 + 30)
+    with pytest.raises(TokenRefusedError) as revoked:
+        auth(token)  # the revocation list is asked on every call, remembered or not
+    assert revoked.value.reason == "revoked"
+    short = hs(claims(jti="jti-short", exp=int(NOW) + 100))
+    clock.now = NOW + 90
+    auth(short)
+    clock.now = NOW + 100 + 31  # past exp and the 30 s leeway
+    with pytest.raises(TokenRefusedError) as expired:
+        auth(short)  # never remembered past its exp: checked again, with the leeway
+    assert expired.value.reason == "expired"
+
+
 def test_an_unreadable_revocation_list_fails_closed():
     class Broken(MemoryRevocationList):
         def is_revoked(self, jti: str) -> bool:

@@ -10,6 +10,7 @@ no ``crit``/``b64``, a known ``kid``) → signature with a key whose type matche
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
@@ -48,6 +49,10 @@ REFUSED = "the gateway refused the token; ask the gateway's administrator for a 
 """The one message for every refusal that could teach an attacker something (signature, claims, keys)."""
 EXPIRED = "the GhostToken has expired; get a new one"
 MISSING = "the gateway needs a GhostToken: connect(..., token=...) with one its administrator gave you"
+VERIFIED_CACHE = 4096
+"""Tokens remembered as verified (the least recently used are forgotten first)."""
+VERIFIED_FOR = 60.0
+"""Seconds a verified token is remembered (never past its ``exp``)."""
 
 
 class _Refusal(Exception):
@@ -63,6 +68,12 @@ class TokenAuthenticator:
 
     ``revocations`` is checked for every token that passed everything else; ``clock`` (Unix
     seconds, ``time.time`` by default) judges ``exp``, ``nbf`` and ``iat``, and paces the JWKS re-reads.
+
+    A token that passed is remembered (up to ``VERIFIED_CACHE`` of them, each for at most
+    ``VERIFIED_FOR`` seconds and never past its ``exp``): an HTTP client sends its token with every
+    request, and checking its signature again each time was 5 % of the gateway's CPU. The revocation
+    list is still asked on every call; a key removed from the JWKS stops a remembered token within
+    ``VERIFIED_FOR`` seconds.
     """
 
     def __init__(
@@ -73,18 +84,25 @@ class TokenAuthenticator:
         self.clock = clock
         self._keys = KeyRing(policy, clock)
         self._jws = jwt.PyJWS(algorithms=list(policy.algorithms))
+        self._verified: OrderedDict[str, tuple[RequestContext, float]] = OrderedDict()
 
     def __repr__(self) -> str:
         return f"TokenAuthenticator(issuer={self.policy.issuer!r}, algorithms={list(self.policy.algorithms)})"
 
     def __call__(self, token: str | None) -> RequestContext:
         """The context of the client that offered ``token``; ``TokenRefusedError`` when refused."""
-        try:
-            claims = self._verify(token)
-            context = self._context(claims)
-        except _Refusal as refusal:
-            log.info("GhostToken refused: %s%s", refusal.reason, refusal.detail)
-            raise TokenRefusedError(refusal.message, refusal.reason) from None
+        now = self.clock()
+        remembered = self._verified.get(token) if isinstance(token, str) else None
+        if remembered is not None and now < remembered[1]:
+            context = remembered[0]
+        else:
+            try:
+                claims = self._verify(token)
+                context = self._context(claims)
+            except _Refusal as refusal:
+                log.info("GhostToken refused: %s%s", refusal.reason, refusal.detail)
+                raise TokenRefusedError(refusal.message, refusal.reason) from None
+            self._remember(token, context, now)
         if self._revoked(context.key_id or ""):
             log.info("GhostToken refused: revoked (sub=%r, jti=%r)", context.principal, context.key_id)
             raise TokenRefusedError(REFUSED, "revoked")
@@ -92,6 +110,17 @@ class TokenAuthenticator:
             "GhostToken accepted: sub=%r, jti=%r, scopes=%s", context.principal, context.key_id, sorted(context.scopes)
         )
         return context
+
+    def _remember(self, token: Any, context: RequestContext, now: float) -> None:
+        until = now + VERIFIED_FOR
+        if context.expires_at is not None:
+            until = min(until, context.expires_at)
+        if not isinstance(token, str) or until <= now:
+            return
+        self._verified[token] = (context, until)
+        self._verified.move_to_end(token)
+        while len(self._verified) > VERIFIED_CACHE:
+            self._verified.popitem(last=False)
 
     def recheck(self, context: RequestContext) -> None:
         """Refuse a context whose token has expired or been revoked since its connection was accepted.
