@@ -34,6 +34,7 @@ from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, Pro
 from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context
 from gtl_nb.transports.link import Deliver
 from gtl_nb.transports.remote import RemoteBackend
+from gtl_nb.transports.stream_reading import SessionStreamReader, stream_fault
 
 __all__ = ["SCHEMES", "HttpBackend", "http_backend"]
 
@@ -162,10 +163,23 @@ class HttpBackend(RemoteBackend):
             async with self._client().stream("POST", path, content=body, headers=headers) as response:
                 if response.status_code != 200:
                     raise _failure(response.status_code, await response.aread(), self.label)
-                async for line in response.aiter_lines():
-                    frame = _frame_of(line, sse=self.sse)
-                    if frame:
-                        once(decode(frame, max_bytes=DEFAULT_MAX_FRAME_BYTES))  # type: ignore[arg-type]
+                # only this session's stream events, in a legal order, each frame within the limit
+                reading = SessionStreamReader(sid)
+                payloads = SseData(DEFAULT_MAX_FRAME_BYTES) if self.sse else None
+                async for chunk in response.aiter_bytes():
+                    try:
+                        data = chunk if payloads is None else payloads.feed(chunk)
+                    except ProtocolError as exc:
+                        once(stream_fault(sid, exc))
+                        return
+                    events, violation = reading.feed(data)
+                    for event in events:
+                        once(event)
+                    if violation is not None:
+                        once(stream_fault(sid, violation))
+                        return
+                    if reading.ended:
+                        break
             if not ended:
                 raise ProviderUnavailableError(f"the {self.label} ended the response before the session ended")
         except asyncio.CancelledError:  # leaving the block closed the response: the gateway cancels
@@ -186,10 +200,30 @@ class HttpBackend(RemoteBackend):
             await self._http.aclose()
 
 
-def _frame_of(line: str, *, sse: bool) -> str:
-    if not sse:
-        return line.strip()
-    return line[5:].strip() if line.startswith("data:") else ""
+class SseData:
+    """The ``data:`` payloads of a server-sent event stream, as NDJSON frames, fed a chunk at a time.
+
+    A line longer than ``max_line`` (a frame's limit, plus the field name) is a ``ProtocolError``: the
+    partial line is the only buffer, and it stays bounded."""
+
+    def __init__(self, max_line: int) -> None:
+        self._partial = bytearray()
+        self._max_line = max_line + 64
+
+    def feed(self, chunk: bytes) -> bytes:
+        if b"\n" not in chunk:  # the common small-chunk case appends, never re-copies the partial line
+            self._partial += chunk
+            self._check()
+            return b""
+        data = bytes(self._partial) + chunk if self._partial else chunk
+        *lines, rest = data.split(b"\n")
+        self._partial = bytearray(rest)
+        self._check()
+        return b"".join(line[5:].strip() + b"\n" for line in lines if line.startswith(b"data:"))
+
+    def _check(self) -> None:
+        if len(self._partial) > self._max_line:
+            raise ProtocolError(f"a server-sent event line longer than {self._max_line} bytes")
 
 
 def _failure(status: int, body: bytes, label: str) -> GTLError:

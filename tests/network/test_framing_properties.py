@@ -215,11 +215,6 @@ def test_a_hostile_answer_ends_the_session_once_and_raises_nothing(sse, data):
     assert len(ends) == 1 and delivered[-1] is ends[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: transports/http.py HttpBackend.session delivers any decoded frame — another session's "
-    "events, provider_info, hello — to the caller and checks no event order (WebSocket, gRPC and QUIC do)",
-)
 @pytest.mark.parametrize("sse", [False, True], ids=["ndjson", "sse"])
 @given(data=st.data())
 def test_a_hostile_answer_delivers_only_this_sessions_events(sse, data):
