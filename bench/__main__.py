@@ -1,7 +1,8 @@
 """``python -m bench``: the benchmark suite of issue 13 (``make bench``, ``bench-smoke``, ``bench-peers``).
 
 Runs, in order: the codec against the standard library (``bench_codec``), the embedded client against
-bare httpx (``bench_overhead``; not in ``--smoke``), and the gateway suite (``bench.suite``: direct,
+bare httpx (``bench_overhead``) and against bare aiohttp at concurrency 1 and 20 with 1,000 concurrent
+streams (``bench_embedded``; neither in ``--smoke``), and the gateway suite (``bench.suite``: direct,
 the gateway's OpenAI-compatible endpoint, SSE, WebSocket, gRPC, QUIC, and LiteLLM when
 ``.venv-peers`` has it). Prints the markdown report and writes it into ``docs/benchmarks.md``.
 
@@ -16,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import bench_codec, bench_overhead
+from bench import bench_codec, bench_embedded, bench_overhead
 from bench.paths import Workload
 from bench.report import markdown, write_docs
 from bench.suite import Options, run, write_json
@@ -74,10 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     options = options_from(args)
     codec = bench_codec.run()
+    embedded = None
     if not (args.smoke or args.skip_embedded):
         bench_overhead.run()
+        embedded = bench_embedded.report(bench_embedded.measure(rounds=3 if args.short else 5))
     result = run(options)
     report = markdown(result, codec)
+    if embedded is not None:
+        report += "\n### The embedded client (what a notebook uses)\n\n" + embedded + "\n"
     print()
     print(report)
     if args.json:
