@@ -453,6 +453,15 @@ class Engine:
         ledger = self.stores.ledger
         if ledger is None:
             return None
+        start_nowait = getattr(ledger, "start_nowait", None)
+        if start_nowait is not None:  # a ledger that queues (SQLite's writer): no task, nothing to cancel
+            try:
+                handle = start_nowait(session_id=request.session_id, context=context, model=model)
+            except Exception:  # the ledger must never take a request down with it
+                log.exception("ledger: could not record the start of %s", request.session_id)
+                return None
+            if handle is not None:
+                return handle
         insert = asyncio.ensure_future(ledger.start(session_id=request.session_id, context=context, model=model))
         try:
             return await asyncio.shield(insert)
@@ -498,7 +507,14 @@ class Engine:
             fields["provider_type"] = deployment.type
         work = []
         if row is not None and self.stores.ledger is not None:
-            work.append(self._ledger_finish(row, record, fields))
+            finish_nowait = getattr(self.stores.ledger, "finish_nowait", None)
+            if finish_nowait is not None:  # queued at once: no task, and a cancellation cannot lose it
+                try:
+                    finish_nowait(row, failover_path=record.path or None, **fields)
+                except Exception:
+                    log.exception("ledger: could not complete row %s", row)
+            else:
+                work.append(self._ledger_finish(row, record, fields))
         for held in reservation or ():
             work.append(self._settle(held, usage))
         try:

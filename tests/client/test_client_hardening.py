@@ -171,6 +171,8 @@ class SlowFinishLedger(SqliteUsageLedger):
     """The SQLite ledger store, with a ``finish`` that takes a while, so a cancel can arrive while the
     row is being completed."""
 
+    finish_nowait = None  # a ledger whose completion waits (the engine's fast path is off)
+
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.finishing = threading.Event()

@@ -211,6 +211,8 @@ def test_an_invalid_base_url_is_an_unsendable_request_not_an_internal_error():
 
 def test_subscribers_hear_the_end_of_a_session_cancelled_while_its_row_is_completed(tmp_path):
     class SlowFinish(SqliteUsageLedger):
+        finish_nowait = None  # a ledger whose completion waits (the engine's fast path is off)
+
         async def finish(self, *args, **kwargs):
             await asyncio.sleep(0.2)
             return await super().finish(*args, **kwargs)

@@ -117,6 +117,21 @@ class SqliteUsageLedger:
     ) -> int:
         """Queue the row (status ``started``) and return its handle, without waiting for the disk
         (unless the queue is full: then wait for room)."""
+        handle, when, row = self._try_start(session_id, context, model, now)
+        if handle is None:
+            handle = await self._start_when_room(when, row)
+        return handle
+
+    def start_nowait(
+        self, *, session_id: str, context: RequestContext, model: str | None, now: float | None = None
+    ) -> int | None:
+        """``start`` without a coroutine: the handle, or ``None`` when the queue is full (then
+        ``start``, which waits for room). The engine's fast path: no task, nothing to cancel."""
+        return self._try_start(session_id, context, model, now)[0]
+
+    def _try_start(
+        self, session_id: str, context: RequestContext, model: str | None, now: float | None
+    ) -> tuple[int | None, float, dict[str, Any]]:
         self._check_open()
         when = self._clock() if now is None else float(now)
         row = {
@@ -127,14 +142,19 @@ class SqliteUsageLedger:
             "key_id": context.key_id,
             "trace_id": context.trace_id,
         }
-        handle = self._live_writer().start(when, **row)
-        if handle is None:
-            handle = await self._start_when_room(when, row)
-        return handle
+        return self._live_writer().start(when, **row), when, row
 
     async def finish(self, row_id: int, *, status: str, now: float | None = None, **fields: Any) -> None:
         """Queue the row's outcome (``Ledger.finish``'s fields); raise at once for a wrong status or
         field, and for a handle that is finished already or unknown (the first outcome wins)."""
+        self._queue_finish(row_id, status, now, fields)
+
+    def finish_nowait(self, row_id: int, *, status: str, now: float | None = None, **fields: Any) -> None:
+        """``finish`` without a coroutine (a finish is always accepted: it never waits). The engine
+        prefers it to ``finish``: a subclass that changes ``finish`` changes or disables this too."""
+        self._queue_finish(row_id, status, now, fields)
+
+    def _queue_finish(self, row_id: int, status: str, now: float | None, fields: dict[str, Any]) -> None:
         self._check_open()
         unknown = set(fields) - FINISH_FIELDS
         if unknown:
