@@ -2,8 +2,9 @@
 
 Reads hand each message to the connection with a newline after it (docs/transports.md); writes split
 the bytes the connection produced into frames and send each as one text message, in order, from one
-sender task. ``drain()`` waits while more than ``HIGH_WATER`` messages are queued, so a peer that is
-not reading stops the engine rather than growing the queue. A closed peer reads as ``b""``.
+sender task. ``drain()`` waits while more than ``HIGH_WATER_BYTES`` are queued, so a peer that is
+not reading stops the engine rather than growing the queue (counted in bytes, not messages: 64 frames
+of 8 MiB held half a gigabyte). A closed peer reads as ``b""``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-__all__ = ["HIGH_WATER", "SEND_WAIT", "MessageChannel"]
+__all__ = ["HIGH_WATER_BYTES", "SEND_WAIT", "MessageChannel"]
 
-HIGH_WATER = 64
-"""Messages queued before ``drain()`` waits."""
+HIGH_WATER_BYTES = 1024 * 1024
+"""Bytes queued (not yet handed to the connection) before ``drain()`` waits."""
 SEND_WAIT = 3.0
 """Seconds ``aclose()`` lets the queued messages go out before it closes the connection."""
 
@@ -38,7 +39,9 @@ class MessageChannel:
         self._send = send
         self._close = close
         self._pending = b""
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, int] | None] = asyncio.Queue()
+        self.queued_bytes = 0
+        """Bytes of the messages queued and not yet sent."""
         self._sender: asyncio.Task[None] | None = None
         self._sent = asyncio.Event()
         self.broken = False
@@ -59,22 +62,25 @@ class MessageChannel:
         *frames, self._pending = (self._pending + data).split(b"\n")
         for frame in frames:
             if frame:
-                self._queue.put_nowait(frame.decode())
+                self.queued_bytes += len(frame)
+                self._queue.put_nowait((frame.decode(), len(frame)))
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._pump(), name="gtl-ws-sender")
 
     async def _pump(self) -> None:
-        while (text := await self._queue.get()) is not None:
+        while (item := await self._queue.get()) is not None:
+            text, size = item
             try:
                 await self._send(text)
             except Exception:
                 self.broken = True
                 return
             finally:
+                self.queued_bytes -= size
                 self._sent.set()
 
     async def drain(self) -> None:
-        while self._queue.qsize() > HIGH_WATER and not self.broken and self._sender is not None:
+        while self.queued_bytes > HIGH_WATER_BYTES and not self.broken and self._sender is not None:
             self._sent.clear()
             await self._sent.wait()
 

@@ -3,7 +3,8 @@
 Each WebSocket text message is one GTL frame (``transports.messages``); the socket is the gateway's
 ``/v1/gtl/ws``. The token travels in ``Authorization: Bearer`` and in ``hello``. Sessions, cancels and
 a lost gateway behave as over stdio, through ``RemoteBackend``; after the socket drops, the next request
-opens a new one.
+opens a new one. A gateway stopped at once (a second SIGTERM) closes the socket with 1012 after cancelling
+its sessions: they end ``CANCELLED``, as their ledger rows say, not as a lost connection.
 
 The client offers permessage-deflate (the gateway accepts it unless told not to); ``?compression=none``
 on the URL does not offer it. ``wss://`` verifies the gateway's certificate as ``verify`` says
@@ -17,7 +18,7 @@ import asyncio
 from typing import Any
 
 from gtl_nb.engine.loop import LoopThread
-from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode, encode
 from gtl_nb.protocol.errors import (
     AuthenticationError,
     GTLError,
@@ -35,6 +36,11 @@ __all__ = ["PATH", "SCHEMES", "ws_backend"]
 
 PATH = "/v1/gtl/ws"
 SCHEMES = ("ws", "wss")
+SHUTDOWN_END = encode(
+    Error(session_id="", code="CANCELLED", message="cancelled by the gateway shutting down (WebSocket close 1012)")
+)
+"""The connection-level ``error`` a socket closed with 1012 (service restart) reads as: each live session ends
+``CANCELLED``, as the gateway recorded it, rather than as a lost connection."""
 
 
 def ws_backend(
@@ -48,7 +54,8 @@ def ws_backend(
 
     async def dial() -> Channel:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import InvalidStatus, WebSocketException
+        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+        from websockets.frames import CloseCode
 
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         options: dict[str, Any] = {"ssl": context} if context is not None else {}
@@ -67,8 +74,19 @@ def ws_backend(
         except WebSocketException as exc:
             raise ProviderUnavailableError(f"the {label} did not accept a WebSocket: {exc}") from None
 
+        told_shutdown = False
+
         async def recv() -> str | bytes | None:
-            return await socket.recv()
+            nonlocal told_shutdown
+            try:
+                return await socket.recv()
+            except ConnectionClosed as exc:
+                # the gateway's listener closes with 1012 when it is stopped at once: it has cancelled every
+                # session of the socket (their rows say so), it just had no time to say it — say it here, once
+                if exc.rcvd is None or exc.rcvd.code != CloseCode.SERVICE_RESTART or told_shutdown:
+                    raise
+                told_shutdown = True
+                return SHUTDOWN_END
 
         async def close() -> None:
             try:
