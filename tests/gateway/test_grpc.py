@@ -48,7 +48,7 @@ from gtl_nb.protocol.negotiation import FEATURES
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame, to_proto
-from gtl_nb.transports.grpc.stream import HIGH_WATER, SESSION_METHOD, GrpcStreamChannel, status_error
+from gtl_nb.transports.grpc.stream import HIGH_WATER_BYTES, SESSION_METHOD, GrpcStreamChannel, status_error
 from tests.gateway.conftest import LONG_PROMPT, MODEL
 
 # -- an in-process gateway -----------------------------------------------------------------------------
@@ -603,7 +603,9 @@ def test_drain_waits_while_the_call_takes_no_more_messages():
             sent.append(data)
 
         channel = GrpcStreamChannel(asyncio.Event().wait, send, role="server")
-        channel.write(frames_of(*(m.Token(session_id="s", text=str(i)) for i in range(HIGH_WATER + 5))))
+        filler = "x" * 64 * 1024  # 20 messages of 64 KiB: past the bytes the outbox holds before drain waits
+        count = HIGH_WATER_BYTES // len(filler) + 4
+        channel.write(frames_of(*(m.Token(session_id="s", text=f"{i} {filler}") for i in range(count))))
         draining = asyncio.ensure_future(channel.drain())
         await settle()
         assert not draining.done() and not sent  # the session would wait here
@@ -611,7 +613,7 @@ def test_drain_waits_while_the_call_takes_no_more_messages():
         await asyncio.wait_for(draining, 5)
         await channel.aclose()
         assert [from_proto(pb.ServerFrame.FromString(data)).text for data in sent] == [
-            str(i) for i in range(HIGH_WATER + 5)
+            f"{i} {filler}" for i in range(count)
         ]
 
     asyncio.run(run())

@@ -9,8 +9,9 @@ sessions, cancels, bad frames, one terminal event per session — exactly as on 
 * **Writes.** The bytes the connection produced are split into frames; each is decoded, wrapped with
   ``mapping.to_frame`` and serialized at once (so a frame that cannot be carried is known in the
   writer's own step), then one sender task writes the messages to the call in order, each write
-  waiting on gRPC's flow control. ``drain()`` waits while more than ``HIGH_WATER`` messages are
-  queued, so a peer that stops reading holds every session at its next drain (the per-session
+  waiting on gRPC's flow control. ``drain()`` waits while more than ``HIGH_WATER_BYTES`` are
+  queued (bytes, not messages: a count of messages let a stalled peer pin 32 frames of 8 MiB), so a
+  peer that stops reading holds every session at its next drain (the per-session
   back-pressure of ``FramedConnection``) once gRPC's own window (a few megabytes) is full.
 * **Reads.** Each message is parsed (``FromString``), mapped (``from_proto``) and handed to the
   connection as one JSON frame plus ``\\n``. A message that does not parse or map becomes a *bad
@@ -63,7 +64,7 @@ from gtl_nb.transports.grpc.mapping import FRAME_ONEOF, from_proto, to_frame
 
 __all__ = [
     "COMPRESSION_KEY",
-    "HIGH_WATER",
+    "HIGH_WATER_BYTES",
     "MAX_FRAME_KEY",
     "MESSAGE_SLACK",
     "SESSION_METHOD",
@@ -80,8 +81,8 @@ MAX_FRAME_KEY = "gtl-max-frame-bytes"
 """Initial metadata of a ``Session`` call: the largest JSON frame the gateway accepts."""
 COMPRESSION_KEY = "gtl-compression"
 """Call metadata asking the gateway to compress its answers (value ``gzip``)."""
-HIGH_WATER = 32
-"""Messages queued before ``drain()`` waits."""
+HIGH_WATER_BYTES = 1024 * 1024
+"""Bytes of serialized messages queued before ``drain()`` waits."""
 MESSAGE_SLACK = 64 * 1024
 """Bytes a gRPC message may exceed ``max_frame_bytes`` by: a frame's protobuf form is about as long
 as its JSON form, so the exact limit is left to the JSON check and gRPC only bounds the memory."""
@@ -177,10 +178,11 @@ class GrpcStreamChannel:
         self._outgoing, self._incoming = _FRAME_TYPES[role]
         self._pending = b""  # an incomplete frame of a write (the connection writes whole frames)
         self._outbox: deque[bytes] = deque()  # serialized messages the sender has not written yet
+        self._outbox_bytes = 0
         self._sender: asyncio.Task[None] | None = None
         self._stopping_sender = False
         self._queued = asyncio.Event()  # the sender has work (or should stop)
-        self._room = asyncio.Event()  # the outbox went down to HIGH_WATER (or the call broke)
+        self._room = asyncio.Event()  # the outbox went down to HIGH_WATER_BYTES (or the call broke)
         self._inbox: deque[bytes] = deque()  # frames for read(): received, or refusals made here
         self._receiving: asyncio.Future[Any] | None = None
         self._reader: asyncio.Future[None] | None = None  # what read() waits on
@@ -292,6 +294,7 @@ class GrpcStreamChannel:
                 return
             data = replacement
         self._outbox.append(data)
+        self._outbox_bytes += len(data)
 
     def _refuse(self, message: WireMessage, reason: str) -> None:
         """Client: answer a request (or query) the gateway will never see, as the gateway would have."""
@@ -340,8 +343,8 @@ class GrpcStreamChannel:
                 except Exception:  # the call ended: reads report it
                     self._break()
                     return
-                self._outbox.popleft()
-                if len(self._outbox) <= HIGH_WATER:
+                self._outbox_bytes -= len(self._outbox.popleft())
+                if self._outbox_bytes <= HIGH_WATER_BYTES:
                     self._room.set()
             if self._closed:
                 return
@@ -351,11 +354,12 @@ class GrpcStreamChannel:
     def _break(self) -> None:
         self.broken = True
         self._outbox.clear()
+        self._outbox_bytes = 0
         self._room.set()
 
     async def drain(self) -> None:
-        """Wait while more than ``HIGH_WATER`` messages wait for the sender."""
-        while len(self._outbox) > HIGH_WATER and not self.broken:
+        """Wait while more than ``HIGH_WATER_BYTES`` wait for the sender."""
+        while self._outbox_bytes > HIGH_WATER_BYTES and not self.broken:
             self._room.clear()
             await self._room.wait()
 
