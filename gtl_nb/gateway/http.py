@@ -866,6 +866,14 @@ def build_app(
         await _refuse(socket_.scope, socket_.receive, socket_.send, 404, error)
 
     async def readyz(request: Request) -> Any:
+        """``ready``, or ``degraded`` with what and why (still 200: the gateway serves, a shared store is
+        away — the PostgreSQL ledger spooling its rows locally until it is back)."""
+        degraded = {}
+        reason = getattr(engine.stores.ledger, "degraded_reason", None)
+        if reason:
+            degraded["ledger"] = reason
+        if degraded:
+            return JSONResponse({"status": "degraded", "degraded": degraded})
         return JSONResponse({"status": "ready"})
 
     async def discovery(request: Request) -> Any:

@@ -396,3 +396,25 @@ def test_urls_keep_libpq_options_take_ours_out_and_never_show_a_password():
     ]:
         with pytest.raises(ConfigurationError, match=message):
             parse_postgres_url(bad)
+
+
+def test_readyz_says_the_ledger_is_degraded_while_postgresql_is_away(tmp_path):
+    """A gateway whose PostgreSQL ledger cannot be reached still serves (rows go to the local spool),
+    and ``/readyz`` says what is degraded and why — without the database's password."""
+    import httpx
+
+    from gtl_nb.gateway.local import start_gateway
+    from tests.gateway.conftest import write_toml
+
+    spool = tmp_path / "spool.sqlite3"
+    url = f"postgresql://gtl:secret-canary-pw@127.0.0.1:1/gtl?spool_path={spool}&connect_timeout=1"
+    config = write_toml(
+        tmp_path / "gtl.toml", {"ledger": {"url": url}, "providers.echo": {}, "gateway.http": {"port": 0}}
+    )
+    with start_gateway(config) as gateway:
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+        answer = httpx.post(gateway.url("http") + "/v1/chat/completions", json=body, timeout=30)
+        assert answer.status_code == 200
+        ready = httpx.get(gateway.url("http") + "/readyz", timeout=10)
+        assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+        assert "spool" in ready.json()["degraded"]["ledger"] and "secret-canary-pw" not in ready.text
