@@ -26,7 +26,7 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["build_authenticator", "build_credentials", "check_exposure", "configured_fallback"]
+__all__ = ["build_authenticator", "build_credentials", "check_exposure", "configured_fallback", "revocation_list"]
 
 
 def _base_dir(settings: Settings) -> Path:
@@ -47,10 +47,21 @@ def build_authenticator(
         return DevAuth.from_settings(options.auth, principal=principal, environ=environ)
     if principal is not None:
         raise ConfigurationError('--principal is for the development modes; with auth = "jwt" the token names it')
-    from gtl_nb.gateway.tokens import SqliteTokenStore, TokenAuthenticator, TokenPolicy
+    from gtl_nb.gateway.tokens import TokenAuthenticator, TokenPolicy
 
     policy = TokenPolicy.from_table(options.jwt or {}, _base_dir(settings), environ)
-    return TokenAuthenticator(policy, SqliteTokenStore(policy.store_path, refresh=policy.refresh))
+    return TokenAuthenticator(policy, revocation_list(policy))
+
+
+def revocation_list(policy: Any) -> Any:
+    """The revocation list ``[gateway.jwt] revocations`` names: Redis, shared by replicas, or the SQLite file."""
+    if policy.revocations_url is not None:
+        from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList
+
+        return RedisRevocationList(policy.revocations_url, refresh=policy.refresh)
+    from gtl_nb.gateway.tokens import SqliteTokenStore
+
+    return SqliteTokenStore(policy.store_path, refresh=policy.refresh)
 
 
 def build_credentials(settings: Settings, options: GatewaySettings) -> CredentialResolver | None:

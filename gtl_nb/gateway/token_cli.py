@@ -193,6 +193,10 @@ def _revoke(args: argparse.Namespace) -> int:
         # cannot have been issued later than now (plus leeway): keep the entry that long
         until = (expires if expires is not None else now + policy.max_lifetime + policy.leeway) + policy.leeway
         store.revoke(jti, until)
+    if policy.revocations_url is not None:  # the replicas' shared list
+        from gtl_nb.gateway.auth import revocation_list
+
+        revocation_list(policy).revoke(jti, until)
     origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
     print(f"revoked {jti} until {_when(until)} UTC{origin}")
     return 0

@@ -77,7 +77,7 @@ def mint_token(
         "iat": issued,
         "nbf": issued,
         "exp": issued + math.ceil(seconds),
-        "jti": secrets.token_urlsafe(16),
+        "jti": secrets.token_hex(16),  # hex: never starts with "-", which `gtl token revoke` would take for an option
         "scopes": scope_list,
     }
     optional = {

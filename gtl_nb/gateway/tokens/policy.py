@@ -41,7 +41,8 @@ TABLE_KEYS: Mapping[str, str] = MappingProxyType(
         "max_token_bytes": f"larger tokens are refused unread (default {DEFAULT_MAX_TOKEN_BYTES})",
         "required_claims": "claims required beyond iss, sub, aud, exp, iat and jti",
         "default_deployments": 'deployments a token without provider_keys may use (default none; "*": all)',
-        "revocations": "SQLite file of revoked and minted tokens (default: tokens.sqlite3 beside the ledger)",
+        "revocations": "SQLite file of revoked and minted tokens (default: tokens.sqlite3 beside the ledger), "
+        "or a redis:// URL whose revocation list every replica shares",
         "refresh": f"seconds between looks at the revocation list and the JWKS file (default {DEFAULT_REFRESH:g})",
     }
 )
@@ -72,6 +73,8 @@ class TokenPolicy:
     """Deployments a token without ``provider_keys`` may use; ``None`` (``"*"``): every one."""
     revocations: Path | None = None
     """The token store's file (``default_token_store_path()`` when ``None``)."""
+    revocations_url: str | None = None
+    """A ``redis://`` URL: the revocation list gateway replicas share (minted tokens stay in the file)."""
     refresh: float = DEFAULT_REFRESH
     secret_source: str = field(default="the secret", compare=False)
     """Where the secret came from (``$NAME`` or a file), for messages; never the secret."""
@@ -140,7 +143,15 @@ class TokenPolicy:
         )
         algorithms = reader.strings("algorithms")
         default_deployments = reader.strings("default_deployments") or []
-        revocations = reader.path("revocations")
+        revocations_value = reader.string("revocations")
+        revocations_url = None
+        if revocations_value is not None and revocations_value.split("://", 1)[0].lower() in ("redis", "rediss"):
+            from gtl_nb.engine.stores.urls import parse_store_url
+
+            parse_store_url(revocations_value, where="[gateway.jwt] revocations")  # a typo fails at start-up
+            revocations_url, revocations = revocations_value, None
+        else:
+            revocations = reader.path("revocations")
         return cls(
             issuer=reader.string("issuer", required=True) or "",
             audience=reader.string("audience") or DEFAULT_AUDIENCE,
@@ -154,6 +165,7 @@ class TokenPolicy:
             max_token_bytes=int(reader.number("max_token_bytes", DEFAULT_MAX_TOKEN_BYTES, integer=True)),
             default_deployments=None if "*" in default_deployments else frozenset(default_deployments),
             revocations=revocations,
+            revocations_url=revocations_url,
             refresh=reader.number("refresh", DEFAULT_REFRESH),
             secret_source=source,
         )

@@ -91,3 +91,57 @@ def test_an_unreachable_redis_fails_closed(redis_url: str, clock: FakeClock):
     for error in failures:
         assert isinstance(error, GTLError) and error.retryable is True
         assert "unreachable" in error.message and "hunter2" not in error.message
+
+
+def test_two_gateway_replicas_share_a_revocation_list_in_redis(tmp_path, redis_url, monkeypatch):
+    """``[gateway.jwt] revocations = "redis://…"``: ``gtl token revoke`` on one machine reaches every
+    replica, which refuses the token on its next connection."""
+    import subprocess
+    import sys
+
+    import gtl_nb
+    from gtl_nb.gateway.local import start_gateway
+    from gtl_nb.gateway.tokens import mint_token
+    from gtl_nb.protocol.errors import AuthenticationError
+    from tests.gateway.conftest import write_toml
+
+    secret = "r" * 40
+    monkeypatch.setenv("GTL_TEST_REPLICA_SECRET", secret)
+    jwt = {
+        "issuer": "replicas",
+        "secret_env": "GTL_TEST_REPLICA_SECRET",
+        "revocations": redis_url,
+        "refresh": 0,
+        "default_deployments": ["*"],
+    }
+    configs = [
+        write_toml(
+            tmp_path / f"replica{n}.toml",
+            {
+                "ledger": {"path": str(tmp_path / f"ledger{n}.sqlite")},
+                "providers.echo": {},
+                "gateway": {"auth": "jwt"},
+                "gateway.jwt": jwt,
+                "gateway.http": {"port": 0},
+            },
+        )
+        for n in (1, 2)
+    ]
+    token = mint_token(secret, subject="ana", scopes=["chat:write"], lifetime=600, issuer="replicas")
+    claims = __import__("jwt").decode(token, options={"verify_signature": False})
+    with start_gateway(configs[0]) as first, start_gateway(configs[1]) as second:
+        for gateway in (first, second):
+            with gtl_nb.connect(gateway.url("http"), token=token) as client:
+                assert client.complete("echo", "before").text
+        revoked = subprocess.run(
+            [sys.executable, "-m", "gtl_nb", "--config", str(configs[0]), "token", "revoke", claims["jti"]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**__import__("os").environ, "GTL_TEST_REPLICA_SECRET": secret},
+            check=False,
+        )
+        assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+        for gateway in (first, second):
+            with pytest.raises(AuthenticationError), gtl_nb.connect(gateway.url("http"), token=token) as client:
+                client.complete("echo", "after")
