@@ -26,6 +26,7 @@ from gtl_nb.gateway.compat.models import model_ids
 from gtl_nb.protocol import ModelInfo, ProviderInfo, Tool
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
 from tests.gateway.test_http import serving
+from tests.ledger_wait import rows_when
 
 PROVIDERS = ["openai", "anthropic", "gemini", "bedrock", "ollama"]
 MODELS = {
@@ -127,7 +128,7 @@ def chat(prompt: str = PROMPT) -> list[dict[str, Any]]:
 
 
 def rows_of(ledger: Path, session_id: str) -> list[dict[str, Any]]:
-    return [row for row in Ledger(ledger).rows() if row["session_id"] == session_id]
+    return rows_when(ledger, session_id=session_id)
 
 
 # -- the OpenAI SDK ---------------------------------------------------------------------------------------
@@ -502,8 +503,9 @@ def test_every_request_leaves_exactly_one_row(oai, claude, ledger_path):
     with pytest.raises(openai.NotFoundError) as caught:
         oai.chat.completions.create(model="openai:no-such-model", messages=chat())
     ids.append(caught.value.response.headers["x-request-id"])
-    rows = Ledger(ledger_path).rows()
-    assert len(rows) - before == len(ids) == len(set(ids))
+    rows = rows_when(ledger_path, before + len(ids))
+    mine = [row for row in rows if row["session_id"] in set(ids)]
+    assert len(mine) == len(ids) == len(set(ids)) and len(rows) - before == len(ids)
     assert all(len(rows_of(ledger_path, session_id)) == 1 for session_id in ids)
 
 

@@ -26,7 +26,6 @@ import pytest
 
 import gtl_nb
 from gtl_nb.engine.builder import build_engine
-from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.certs import make_dev_certificates
 from gtl_nb.gateway.devauth import DevAuth
@@ -50,6 +49,7 @@ from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame, to_proto
 from gtl_nb.transports.grpc.stream import HIGH_WATER_BYTES, SESSION_METHOD, GrpcStreamChannel, status_error
 from tests.gateway.conftest import LONG_PROMPT, MODEL
+from tests.ledger_wait import rows_when
 
 # -- an in-process gateway -----------------------------------------------------------------------------
 
@@ -219,7 +219,7 @@ def test_a_cancel_reaches_the_upstream_and_the_ledger(write_config, tmp_path, si
         assert isinstance(stream.transcript.events[-1], m.Error)
         assert stream.transcript.events[-1].code == "CANCELLED"
         assert relay.cut.wait(5), "the gateway did not hang up on the provider"
-        rows = [row for row in Ledger(ledger).rows() if row["session_id"] == stream.session_id]
+        rows = rows_when(ledger, session_id=stream.session_id)
         assert [row["status"] for row in rows] == ["cancelled"]  # complete before the client was told
 
 
@@ -522,7 +522,7 @@ def test_shutdown_lets_a_running_stream_finish_and_refuses_new_ones(write_config
         events = list(stream)
         assert isinstance(events[-1], m.Done)
         assert running.stopped(10)  # once the stream ended, not after the 20 s grace
-    rows = [row for row in Ledger(ledger).rows() if row["session_id"] == stream.session_id]
+    rows = rows_when(ledger, session_id=stream.session_id)
     assert [row["status"] for row in rows] == ["ok"]
 
 
@@ -544,7 +544,7 @@ def test_a_stream_beyond_the_grace_is_cancelled_and_its_row_completed(write_conf
         with pytest.raises(CancelledError):
             stream.result()
         assert running.stopped(10)
-    rows = [row for row in Ledger(ledger).rows() if row["session_id"] == stream.session_id]
+    rows = rows_when(ledger, session_id=stream.session_id)
     assert [row["status"] for row in rows] == ["cancelled"]
 
 
@@ -568,7 +568,7 @@ def test_cancelling_serve_grpc_during_the_grace_ends_its_sessions_at_once(write_
         assert "the gateway shutting down" in last.message
         assert seconds < 2.0, f"the stream ran {seconds:.1f} s after serve_grpc was cancelled"
         assert running.stopped(5)
-    rows = [row for row in Ledger(ledger).rows() if row["session_id"] == stream.session_id]
+    rows = rows_when(ledger, session_id=stream.session_id)
     assert [row["status"] for row in rows] == ["cancelled"]
 
 

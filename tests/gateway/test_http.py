@@ -20,7 +20,6 @@ import pytest
 
 import gtl_nb
 from gtl_nb.engine.builder import build_engine
-from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.devauth import DevAuth
 from gtl_nb.gateway.http import bind, serve_http
@@ -29,6 +28,7 @@ from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol import AuthenticationError, GTLError, Token
 from gtl_nb.protocol.errors import ConfigurationError
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
+from tests.ledger_wait import rows_when
 
 REQUEST = {
     "type": "completion_request",
@@ -262,7 +262,7 @@ def test_a_client_leaving_mid_stream_leaves_a_cancelled_row(write_config, tmp_pa
         stream.close()
         sid = stream.session_id
         assert relay.cut.wait(10)  # the gateway closed the upstream response while it still runs
-    rows = [row for row in Ledger(ledger).rows() if row["session_id"] == sid]
+    rows = rows_when(ledger, session_id=sid)
     assert [row["status"] for row in rows] == ["cancelled"]
 
 

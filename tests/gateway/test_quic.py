@@ -21,7 +21,6 @@ from aioquic.quic.connection import QuicConnection
 
 import gtl_nb
 from gtl_nb.engine.builder import build_engine
-from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
 from gtl_nb.gateway.devauth import DevAuth
@@ -45,6 +44,7 @@ from gtl_nb.transports.quic.config import client_configuration
 from gtl_nb.transports.quic.peer import QuicPeer
 from gtl_nb.transports.quic.wire import CLOSE_CODES, STREAM_CANCEL, frame
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, base_providers, gateway_tables, write_toml
+from tests.ledger_wait import rows_when
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -160,7 +160,7 @@ def first_token(stream: Iterator[Any]) -> None:
 
 
 def rows(ledger: Path, session_id: str) -> list[dict[str, Any]]:
-    return [row for row in Ledger(ledger).rows() if row["session_id"] == session_id]
+    return rows_when(ledger, session_id=session_id)
 
 
 # -- a raw QUIC peer ----------------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ def test_a_slow_reader_holds_its_own_session_only(served, certs, quic_config):
             assert isinstance(other.frames()[-1], Done)  # it streamed for a second beside the held session
             assert 0 < len(held.data) <= window and not held.ended.is_set()
             # the held session's engine stopped pulling: without back-pressure echo would have finished long ago
-            assert [row["status"] for row in rows(ledger, "held")] == ["started"]
+            assert [row["status"] for row in rows_when(ledger, session_id="held", settled=False)] == ["started"]
             quic.held.discard(held_id)
             peer.transmit()
             await asyncio.wait_for(held.ended.wait(), 20)

@@ -13,7 +13,6 @@ from urllib.parse import quote
 import pytest
 
 import gtl_nb
-from gtl_nb.engine.ledger import Ledger
 from gtl_nb.protocol import (
     AuthenticationError,
     Error,
@@ -23,6 +22,7 @@ from gtl_nb.protocol import (
     decode,
 )
 from gtl_nb.transports.stdio import gateway_command
+from tests.ledger_wait import rows_when
 
 MODEL = "gpt-4o-mini"
 LONG_PROMPT = "Explain streaming, cancellation, pipes, gateways, ledgers and simulators, one by one, at length."
@@ -49,8 +49,7 @@ def test_a_cancel_reaches_the_upstream_simulator(write_config, open_client, sims
     error = stream.transcript.error
     assert error is not None and (error.code, error.message) == ("CANCELLED", "cancelled by the client")  # gateway's
     assert relay.cut.wait(5), "the gateway left the upstream response open after the cancel"
-    # the gateway completed the row before it sent the CANCELLED error
-    (row,) = Ledger(tmp_path / "rows.sqlite").rows(session_id=stream.session_id)
+    (row,) = rows_when(tmp_path / "rows.sqlite", session_id=stream.session_id)
     assert (row["status"], row["error_code"]) == ("cancelled", "CANCELLED")
 
 
@@ -108,7 +107,7 @@ def test_the_development_token_is_checked(write_config, open_client, monkeypatch
             gtl_nb.connect(f"stdio://{config}", token=token)
     client = open_client(config, token="let-me-in", user="alice")
     answer = client.complete("echo", "who am I?")
-    (row,) = Ledger(tmp_path / "rows.sqlite").rows(session_id=answer.session_id)
+    (row,) = rows_when(tmp_path / "rows.sqlite", session_id=answer.session_id)
     assert (row["user"], row["key_id"]) == ("alice", "dev-token")
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import gtl_nb
-from gtl_nb.engine.ledger import Ledger
 from gtl_nb.protocol import AuthenticationError, Token
 from tests.gateway.conftest import LONG_PROMPT, MODEL
 from tests.gateway.test_http import gateway
+from tests.ledger_wait import rows_when
 
 
 def test_sessions_over_one_websocket(base_config):
@@ -35,4 +35,4 @@ def test_a_bad_dev_token_is_refused_and_a_cancel_leaves_a_cancelled_row(write_co
                     break
             stream.close()
             sid = stream.session_id
-    assert [row["status"] for row in Ledger(ledger).rows() if row["session_id"] == sid] == ["cancelled"]
+    assert [row["status"] for row in rows_when(ledger, session_id=sid)] == ["cancelled"]
