@@ -25,6 +25,8 @@ from gtl_nb.providers.base import HttpRequest
 __all__ = ["AiohttpTransport"]
 
 _READ_SIZE = 64 * 1024
+_TOKEN_CHARACTERS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""What a header name may contain (RFC 9110's ``token``)."""
 
 
 class _AiohttpResponse:
@@ -150,8 +152,10 @@ def _check_headers(headers: Mapping[str, str]) -> None:
     """Refuse a header aiohttp would send although no HTTP peer should take it: non-ASCII (aiohttp
     encodes it as UTF-8) or a line break or NUL (header injection). The message names no value."""
     for name, value in headers.items():
-        if not (name.isascii() and value.isascii()) or any(bad in value for bad in "\r\n\0"):
-            raise UnsendableRequest(f"an illegal value in the {name!r} header" if name.isascii() else "a header name")
+        if not name or not _TOKEN_CHARACTERS.issuperset(name):
+            raise UnsendableRequest("an illegal header name")  # (names come from the configuration)
+        if not value.isascii() or any(bad in value for bad in "\r\n\0"):
+            raise UnsendableRequest(f"an illegal value in the {name!r} header")
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:

@@ -990,13 +990,14 @@ class AuditLog:
             # room for a ``dropped`` record: never more than BATCH per checkpoint
             records = self._queue.take(BATCH - 1)
             if records:
+                taken = len(records)  # (_write may add a ``dropped`` record to the list: not one of ours)
                 try:
                     self._write(records)
                 except Exception:  # a bug must not stop the thread: the next batch may still be written
                     log.exception("audit log %s: the writer failed", self.path)
                 finally:
                     with self._progress:
-                        self._written += len(records)
+                        self._written += taken
                         self._progress.notify_all()
             elif self._queue.closed:
                 break

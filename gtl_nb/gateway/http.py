@@ -365,7 +365,9 @@ class _HttpProtocol(HttpToolsProtocol):
         self._request_started = 0.0
         self._request_bytes = 0
         self._phase = _WAITING  # where the client's current request is (module constants)
-        self._head_bytes = 0  # bytes of the current request's head received so far
+        self._head_bytes = 0  # bytes received since the current request's head began (an incomplete head's size)
+        self._head_size = 0  # the parsed head's size: its URL and header lines
+        self._completed = False  # a request became whole during the current read
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
@@ -376,8 +378,10 @@ class _HttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._phase is _WHOLE:
             self._phase = _WAITING  # bytes after a whole request: the next one begins
-        if self._deadline_timer is None and self._phase is _WAITING:
-            self._start_deadline()  # the first bytes of a request on a kept-alive connection
+        if self._deadline_timer is None and self._phase is _WAITING and not self._answering():
+            # the first bytes of a request on a kept-alive connection (a pipelined one's deadline starts
+            # when the answer before it is complete: on_response_complete)
+            self._start_deadline()
         if self._deadline_timer is not None:
             self._request_bytes += len(data)
         if self._phase is not _BODY:
@@ -388,21 +392,45 @@ class _HttpProtocol(HttpToolsProtocol):
             what = f"the request head is longer than {MAX_HEAD_BYTES // 1024} KiB"
             self._cut(431, InvalidRequestError(what), what)
             return
-        if self._phase is _WHOLE or self.transport.get_protocol() is not self:
-            self._stop_deadline()  # the request is whole (or the connection is past requests: closed, upgraded)
+        if self._completed or self._phase is _WHOLE or self.transport.get_protocol() is not self:
+            # a request became whole in this read (or the connection is past requests: closed, upgraded)
+            self._completed = False
+            self._stop_deadline()
+            if self._phase is _HEAD and not self._answering():
+                self._start_deadline()  # a next request's head came in the same read
 
     def on_message_begin(self) -> None:
         self._phase = _HEAD
+        self._head_size = 0
         super().on_message_begin()
 
+    def on_url(self, url: bytes) -> None:
+        self._head_size += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self._head_size > MAX_HEAD_BYTES:  # whole, but over the limit (it may have come in several reads)
+            what = f"the request head is longer than {MAX_HEAD_BYTES // 1024} KiB"
+            self._cut(431, InvalidRequestError(what), what)  # (judged as a head: no cycle of its own yet)
+            self._phase = _BODY
+            return
         self._phase = _BODY
         self._head_bytes = 0
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():  # (a head refused with 431 has no cycle to take its body)
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
         self._phase = _WHOLE
-        super().on_message_complete()
+        self._completed = True
+        if not self.transport.is_closing():
+            super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
@@ -415,7 +443,7 @@ class _HttpProtocol(HttpToolsProtocol):
         Left alone it would run into the end of the shutdown and be cancelled there: a plain ``500`` and a
         ``CancelledError`` traceback.
         """
-        if self._phase is _BODY and not self._response_begun():
+        if self._phase is _BODY and self._may_answer():
             error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
             self._cut(503, error, "the gateway is shutting down while its request body arrives")
             return
@@ -429,23 +457,33 @@ class _HttpProtocol(HttpToolsProtocol):
         deadline passed (``header_timeout`` + 1 s per 32 KiB: 4 min with the defaults), a connection's slot
         held all the while.
         """
-        body_arriving = self._phase is _BODY
+        # the body of the request just answered (a pipelined request queued behind it has a cycle of its own)
+        cycle = self.cycle
+        body_arriving = self._phase is _BODY and cycle is not None and cycle.response_complete
         super().on_response_complete()
         if body_arriving and not self.transport.is_closing():
             self._stop_deadline()
             self.transport.close()
+        elif self._deadline_timer is None and self._phase is _HEAD:
+            self._start_deadline()  # a pipelined request's head began arriving while this answer was sent
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (uvicorn's own answer is plain text)."""
         self._cut(400, InvalidRequestError("the request is not valid HTTP/1.1"), "the request is not valid HTTP/1.1")
 
-    def _response_begun(self) -> bool:
-        """Whether an answer to the current request has begun (a new request's head has none yet; the
-        ``cycle`` left over is the previous request's)."""
-        if self._phase is _WAITING or self._phase is _HEAD:
-            return False
+    def _answering(self) -> bool:
+        """Whether an answer is on its way and not complete (an earlier request's, while a pipelined one
+        arrives)."""
         cycle = self.cycle
-        return cycle is not None and cycle.response_started
+        return cycle is not None and not cycle.response_complete
+
+    def _may_answer(self) -> bool:
+        """Whether a response of ours may go on the wire now for the current request: none has begun for it,
+        and no earlier request's answer is still being written (bytes must not land inside it)."""
+        cycle = self.cycle
+        if self._phase is _WAITING or self._phase is _HEAD:  # ``cycle`` is the previous request's
+            return cycle is None or cycle.response_complete
+        return cycle is None or not cycle.response_started
 
     def _start_deadline(self) -> None:
         self._stop_deadline()
@@ -483,7 +521,7 @@ class _HttpProtocol(HttpToolsProtocol):
             return
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.info("closing the connection from %s: %s", peer, why)
-        if not self._response_begun():
+        if self._may_answer():
             self.transport.write(_raw_response(status, error))
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:

@@ -424,3 +424,22 @@ def test_a_key_that_cannot_go_in_a_header_is_a_configuration_fault_that_never_qu
     assert isinstance(error, Error) and error.code == "INVALID_REQUEST" and not error.retryable, events
     assert "cannot be sent" in error.message and "credentials" in error.message
     assert "canary" not in repr(events) and "canary" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["x-key:injected", "bad name", "", "x-ü"])
+def test_a_header_name_no_http_peer_takes_is_refused_before_sending(server_factory, name):
+    from gtl_nb.engine.aiohttp_transport import AiohttpTransport
+    from gtl_nb.engine.transport import UnsendableRequest
+    from gtl_nb.providers.base import HttpRequest
+
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"done\n") + b"0\r\n\r\n"))
+
+    async def send() -> None:
+        transport = AiohttpTransport()
+        try:
+            await transport.send(HttpRequest("POST", server.url + "/x", {name: "v"}, b"{}"), connect_timeout=5)
+        finally:
+            await transport.aclose()
+
+    with pytest.raises(UnsendableRequest, match="header name"):
+        asyncio.run(send())

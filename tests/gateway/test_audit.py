@@ -579,3 +579,19 @@ def test_gtl_audit_tail_prints_the_last_records_across_a_rotation(chain, capsysb
     assert gtl_audit("tail", "--log", str(chain), "-n", "3") == 0
     printed = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
     assert [record["seq"] for record in printed] == [10, 11, 12]
+
+
+def test_flush_waits_for_every_record_queued_before_it_even_after_drops(tmp_path):
+    """A ``dropped`` record the writer adds is not one of the queued records: ``flush`` still waits for those."""
+    log = AuditLog(AuditSettings(path=tmp_path / "audit.jsonl", fsync=False, queue_size=1))
+    try:
+        log._enqueue({"kind": "test", "n": 1, "time": "t"})
+        log._enqueue({"kind": "test", "n": 2, "time": "t"})  # the queue is full: dropped, and counted
+        log.flush()
+        log._enqueue({"kind": "test", "n": 3, "time": "t"})
+        log.flush()
+        written = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+        assert [record.get("n") for record in written if record["kind"] == "test"] == [1, 3]
+        assert [record["count"] for record in written if record["kind"] == "dropped"] == [1]
+    finally:
+        log.close()

@@ -355,3 +355,54 @@ def test_a_client_leaving_mid_body_is_one_info_line(base_config, caplog):
     lines = [record for record in caplog.records if "mid-body" in record.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO and lines[0].name == "gtl_nb.gateway.http"
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING or record.exc_info]
+
+
+def test_a_pipelined_request_whose_body_arrives_later_is_answered(base_config):
+    """A GET and, behind it on the same connection, a POST whose body is still arriving when the GET is
+    answered: the connection stays open for the POST (only a refused request's own body closes it)."""
+    body = json.dumps({**REQUEST, "model": "echo", "stream": False}).encode()
+    limits = Limits(max_frame_bytes=64 * 1024, header_timeout=5, idle_timeout=30)
+    with serving(base_config, limits=limits) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(HEALTH + _head("/v1/gtl", f"content-length: {len(body)}", "content-type: application/json"))
+        sock.sendall(body[:10])
+        time.sleep(0.3)  # the GET has been answered by now
+        sock.sendall(body[10:])
+        sock.settimeout(10)
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 2 and b'"type":"done"' not in received:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            received += piece
+    assert received.count(b"HTTP/1.1 200") == 2 and b'"type":"done"' in received
+
+
+def test_a_head_over_the_limit_in_several_reads_on_a_kept_alive_connection_is_431(base_config):
+    """The head's size is counted as llhttp parses it, so a 150 KiB head is refused however it is cut."""
+    with serving(base_config) as served, socket.create_connection(_address(served.url)) as sock:
+        assert _ask(sock).startswith(b"HTTP/1.1 200")
+        head = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\nx-padding: " + b"a" * (150 * 1024) + b"\r\n\r\n"
+        sock.sendall(head[: 64 * 1024])
+        time.sleep(0.1)
+        sock.sendall(head[64 * 1024 :])
+        assert _response(sock).startswith(b"HTTP/1.1 431")
+
+
+def test_a_pipelined_head_arriving_while_an_answer_streams_does_not_cut_it(paced_config):
+    """A streamed answer, and the first bytes of a next request behind it: the answer is written whole;
+    only then does the next request's head deadline start (and cut it: it never completes)."""
+    limits = Limits(max_frame_bytes=64 * 1024, header_timeout=0.5, idle_timeout=30)
+    request = json.dumps({**REQUEST, "model": "brisk:gpt-4o-mini"}).encode()
+    with serving(paced_config, limits=limits) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(_head("/v1/gtl/sse", f"content-length: {len(request)}", "content-type: application/json"))
+        sock.sendall(request + b"GET /healthz HTTP/1.1\r\nho")  # a pipelined head, never finished
+        sock.settimeout(30)
+        received = b""
+        while b"HTTP/1.1 408" not in received:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            received += piece
+    answer, _, after = received.partition(b"event: done")
+    assert b"event: done" in received and b"408" not in answer  # nothing written inside the stream
+    assert b"HTTP/1.1 408" in after

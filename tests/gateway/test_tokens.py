@@ -420,7 +420,9 @@ def test_an_open_connections_context_is_rechecked_for_expiry_and_revocation():
     assert context.expires_at == NOW + 3600
     auth.recheck(context)  # still valid: nothing raised
     assert completion_refusal(context, auth) is None
-    clock.now = NOW + 3600
+    clock.now = NOW + 3600 + 10  # past exp, within the 30 s leeway: accepted at connect, so at each completion too
+    auth.recheck(context)
+    clock.now = NOW + 3600 + 31
     with pytest.raises(TokenRefusedError) as expired:
         auth.recheck(context)
     assert expired.value.reason == "expired" and expired.value.code == "AUTH_FAILED"

@@ -128,7 +128,7 @@ class TokenAuthenticator:
         A connection authenticates once, but may live for hours: each completion it starts asks again,
         from memory (the clock and the revocation set), so ``gtl token revoke`` reaches open connections.
         """
-        if context.expires_at is not None and self.clock() >= context.expires_at:
+        if context.expires_at is not None and self.clock() > context.expires_at + self.policy.leeway:
             log.info("GhostToken refused on an open connection: expired (sub=%r)", context.principal)
             raise TokenRefusedError(EXPIRED, "expired")
         if context.key_id and self._revoked(context.key_id):
