@@ -629,6 +629,7 @@ class EventStream(_StreamBase):
             super()._record(event)
             if self.finished:
                 self._ended.set()
+                self._handoff.wake_readers()  # a reader blocked for an event another thread took
 
     def __iter__(self) -> EventStream:
         return self
@@ -638,6 +639,8 @@ class EventStream(_StreamBase):
         try:
             while not self.finished:
                 event = self._handoff.next()
+                if event is None:
+                    continue  # woken: the stream ended while close() read its end
                 before = len(self.transcript.events)
                 self._record(event)
                 if len(self.transcript.events) > before:
@@ -654,7 +657,9 @@ class EventStream(_StreamBase):
         self._future.cancel()
         while not self.finished:
             try:
-                self._record(self._handoff.next(timeout=_END_WAIT))
+                event = self._handoff.next(timeout=_END_WAIT)
+                if event is not None:
+                    self._record(event)
             except queue.Empty:  # pragma: no cover - the loop thread is wedged
                 self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
 

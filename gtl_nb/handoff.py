@@ -67,12 +67,21 @@ class EventHandoff:
         self._ready: deque[StreamEvent] = deque()  # the reader's own
         self.deliver = Batcher(self._batches.put).deliver
 
-    def next(self, timeout: float | None = None) -> StreamEvent:
+    def next(self, timeout: float | None = None) -> StreamEvent | None:
         """The next event, waiting up to ``timeout`` seconds (``None``: as long as it takes);
-        ``queue.Empty`` when none came in time."""
+        ``queue.Empty`` when none came in time, ``None`` when ``wake_readers`` ended the wait."""
         if not self._ready:
-            self._ready.extend(self._batches.get(timeout=timeout))
+            batch = self._batches.get(timeout=timeout)
+            if not batch:
+                return None
+            self._ready.extend(batch)
         return self._ready.popleft()
+
+    def wake_readers(self, count: int = 2) -> None:
+        """End the wait of up to ``count`` threads blocked in ``next`` (they get ``None``): the stream
+        ended while another thread — one calling ``close()`` — consumed its last events."""
+        for _ in range(count):
+            self._batches.put([])
 
 
 class AsyncEventHandoff:

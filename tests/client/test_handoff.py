@@ -77,3 +77,30 @@ def test_the_async_reader_on_another_loop():
 
     events = asyncio.run(main())
     assert [getattr(event, "text", None) for event in events] == ["p", "q", None]
+
+
+def test_close_from_one_thread_while_another_starts_reading_never_strands_the_reader():
+    """``close()`` reads the session's end itself when no reader is waiting yet; a reader that starts at
+    the same moment must not wait for an event the closer already took."""
+    import threading
+
+    import gtl_nb
+
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.02}}}, ledger=False, environ={})
+    try:
+        for _ in range(15):
+            stream = client.stream("echo", "a long enough answer to still be running when it is closed")
+            events = iter(stream)
+            next(events)
+            read: list[object] = []
+            closer = threading.Thread(target=stream.close, daemon=True)
+            reader = threading.Thread(target=lambda: read.extend(events), daemon=True)  # noqa: B023
+            closer.start()
+            reader.start()
+            reader.join(10)
+            closer.join(10)
+            assert not reader.is_alive() and not closer.is_alive()
+            assert stream.finished and stream.transcript.error is not None
+            assert stream.transcript.error.code == "CANCELLED"
+    finally:
+        client.close()
