@@ -369,7 +369,7 @@ def test_a_pipelined_request_whose_body_arrives_later_is_answered(base_config):
         sock.sendall(body[10:])
         sock.settimeout(10)
         received = b""
-        while received.count(b"HTTP/1.1 200") < 2 and b'"type":"done"' not in received:
+        while received.count(b"HTTP/1.1 200") < 2 or b'"type":"done"' not in received:
             piece = sock.recv(65536)
             if not piece:
                 break
