@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from gtl_nb.engine.breaker import BreakerConfig, CircuitBreaker
 from gtl_nb.engine.ratelimit import DAY
 from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
+from gtl_nb.engine.stores.shared_breakers import RulesOverState
 from gtl_nb.log import get_logger
 
 __all__ = ["RedisBreakerStore"]
@@ -54,7 +55,7 @@ return 1
 )
 
 
-class RedisBreakerStore:
+class RedisBreakerStore(RulesOverState):
     """A ``BreakerStore`` in Redis (module docstring). ``config`` may be replaced while running (the
     engine does on reconfiguration): every call reads the current one."""
 
@@ -79,24 +80,6 @@ class RedisBreakerStore:
 
     def _key(self, deployment: str) -> str:
         return f"{self.redis.prefix}breaker:{key_part(deployment)}"
-
-    async def acquire(self, deployment: str) -> str | None:
-        if not self.config.enabled:
-            return "pass"
-        return await self._update(deployment, lambda breaker: breaker.acquire())
-
-    async def record_success(self, deployment: str) -> tuple[str, str] | None:
-        if not self.config.enabled:
-            return None
-        return await self._update(deployment, lambda breaker: breaker.record_success())
-
-    async def record_failure(self, deployment: str) -> tuple[str, str] | None:
-        if not self.config.enabled:
-            return None
-        return await self._update(deployment, lambda breaker: breaker.record_failure())
-
-    async def release(self, deployment: str) -> None:
-        await self._update(deployment, lambda breaker: breaker.release())
 
     async def snapshots(self, deployments: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Each deployment's ``snapshot()`` plus ``"allowed"``; times are wall-clock unix seconds."""

@@ -39,6 +39,7 @@ from gtl_nb.engine.ledger_schema import FINAL_STATUSES
 from gtl_nb.engine.ledger_writer import MAX_PENDING, LedgerWriter, acquire_writer, flush_rows_of, release_writer
 from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
 from gtl_nb.engine.stores.base import Reservation
+from gtl_nb.engine.stores.shared_breakers import RulesOverState
 from gtl_nb.engine.stores.sqlite_db import SqliteDatabase
 from gtl_nb.log import get_logger
 
@@ -526,7 +527,7 @@ def _breaker_setup(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE TABLE IF NOT EXISTS breakers (deployment TEXT PRIMARY KEY, state TEXT NOT NULL)")
 
 
-class SqliteBreakerStore:
+class SqliteBreakerStore(RulesOverState):
     """A ``BreakerStore`` in a SQLite table: per deployment, ``CircuitBreaker.to_state()`` as JSON.
 
     Each call loads the state, applies ``engine.breaker``'s rules and writes it back in one
@@ -548,24 +549,6 @@ class SqliteBreakerStore:
         self.config = config or BreakerConfig()
         self.wall_clock = wall_clock
         self.probe_lease = probe_lease
-
-    async def acquire(self, deployment: str) -> str | None:
-        if not self.config.enabled:
-            return "pass"
-        return await self._update(deployment, lambda breaker: breaker.acquire())
-
-    async def record_success(self, deployment: str) -> tuple[str, str] | None:
-        if not self.config.enabled:
-            return None
-        return await self._update(deployment, lambda breaker: breaker.record_success())
-
-    async def record_failure(self, deployment: str) -> tuple[str, str] | None:
-        if not self.config.enabled:
-            return None
-        return await self._update(deployment, lambda breaker: breaker.record_failure())
-
-    async def release(self, deployment: str) -> None:
-        await self._update(deployment, lambda breaker: breaker.release())
 
     async def snapshots(self, deployments: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Each deployment's ``snapshot()`` plus ``"allowed"``; times are wall-clock unix seconds."""
