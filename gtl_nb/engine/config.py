@@ -200,6 +200,17 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             check=lambda v, w: _at_least(v, w, 0.001),
         ),
         "shutdown_grace": Field(_NUM, 30.0, "seconds running streams get to finish after SIGTERM"),
+        "trusted_proxies": Field(
+            (list, type(None)),
+            None,
+            "reverse proxies (addresses or CIDR networks) whose X-Forwarded-For/-Proto are believed",
+        ),
+        "advertise": Field(
+            (dict, type(None)),
+            None,
+            "discovery URLs of the gRPC and QUIC listeners as clients reach them (behind a proxy)",
+            check=lambda v, w: _check_advertise(v, w),
+        ),
         "http": Field((dict,), None, "the HTTP/SSE/WebSocket listener", check=lambda v, w: _check_listener(v, w)),
         "grpc": Field((dict,), None, "the gRPC listener", check=lambda v, w: _check_listener(v, w)),
         "quic": Field((dict,), None, "the QUIC listener", check=lambda v, w: _check_listener(v, w)),
@@ -265,6 +276,19 @@ RETIRED_GATEWAY_KEYS: dict[str, str] = {
 def _at_least(value: Any, where: str, least: float) -> None:
     if value is not None and value < least:
         raise ConfigurationError(f"{where} must be at least {least:g}, got {value!r}")
+
+
+def _check_advertise(value: Any, where: str) -> None:
+    """``advertise = { grpc = "grpcs://gw.example.com:443", quic = "quic://gw.example.com:8789" }``."""
+    schemes = {"grpc": ("grpc", "grpcs"), "quic": ("quic",)}
+    for name, url in value.items():
+        if name not in schemes:
+            raise ConfigurationError(
+                f"{where}.{name}: only grpc and quic are advertised "
+                "(HTTP, SSE and WebSocket are offered at the Host the client sent)"
+            )
+        if not isinstance(url, str) or url.partition("://")[0] not in schemes[name] or not url.partition("://")[2]:
+            raise ConfigurationError(f"{where}.{name} must be a URL like {schemes[name][-1]}://host:port")
 
 
 def _table_only(value: Any, where: str) -> None:

@@ -209,10 +209,11 @@ class GTLServicer(pb_grpc.GTLServicer):
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """One GTL connection: ``GatewayConnection`` over the call."""
         async with self._call(context):
-            peer = _peer(context.peer())
+            peer = self._client_of(context)
             address = _address(peer)
             most = self.limits.max_connections_per_address
-            if self._connections[address] >= most:
+            proxied = self.limits.trusted_proxies.trusts(_address(_peer(context.peer())))
+            if self._connections[address] >= most and not (proxied and peer == _peer(context.peer())):
                 log.warning("refused a connection from %s: it has %d open", address, most)
                 refusal = OverloadedError(f"{address} already has {most} open connections to this gateway")
                 await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
@@ -326,7 +327,17 @@ class GTLServicer(pb_grpc.GTLServicer):
         except AuthenticationError as exc:
             log.warning("refused a call from %s: %s", _peer(context.peer()), exc.message)
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, exc)
-        return dataclasses.replace(who, peer=_peer(context.peer()), transport="grpc")
+        return dataclasses.replace(who, peer=self._client_of(context), transport="grpc")
+
+    def _client_of(self, context: grpc.aio.ServicerContext) -> str:
+        """The call's peer, or the client a trusted proxy forwarded (``x-forwarded-for``, ``gateway.proxies``)."""
+        peer = _peer(context.peer())
+        trusted = self.limits.trusted_proxies
+        if not trusted:
+            return peer
+        forwarded = [value for key, value in (context.invocation_metadata() or ()) if key == "x-forwarded-for"]
+        client = trusted.client(_address(peer), ",".join(str(value) for value in forwarded) or None)
+        return peer if client == _address(peer) else client or peer
 
     async def _request_bytes(self, context: grpc.aio.ServicerContext) -> bytes:
         """The one request message of a unary call, arrived within its deadline (see ``MIN_MESSAGE_RATE``)."""

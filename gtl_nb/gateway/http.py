@@ -71,6 +71,7 @@ from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
@@ -300,8 +301,9 @@ class _ConnectionGuard:
     WebSocket — so it is keyed by its transport, which survives the WebSocket upgrade.
     """
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, trusted: TrustedProxies | None = None) -> None:
         self.cap = cap
+        self.trusted = trusted or TrustedProxies()
         self._counts: dict[str, int] = {}
         self._open: dict[Any, str] = {}
         self._refused: set[tuple[str, int]] = set()
@@ -316,7 +318,7 @@ class _ConnectionGuard:
         self._open[transport] = address
         if peer is not None:
             self._peers[transport] = (peer[0], peer[1])
-            if count > self.cap:
+            if count > self.cap and not self.trusted.trusts(address):  # a proxy carries every client
                 self._refused.add(self._peers[transport])
                 log.info("refusing a connection from %s: %d already open (the cap)", address, count - 1)
 
@@ -636,7 +638,29 @@ class _Gate:
                 error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
                 await _refuse(scope, receive, send, 503, error)
                 return
+            if self.guard.trusted:
+                scope = _forwarded(scope, self.guard.trusted)
         await self.app(scope, receive, send)
+
+
+def _forwarded(scope: Any, trusted: TrustedProxies) -> Any:
+    """``scope`` with the client and scheme a trusted proxy forwarded (``gateway.proxies``), else as it is."""
+    client = scope.get("client")
+    if client is None or not trusted.trusts(client[0]):
+        return scope
+    forwarded_for = forwarded_proto = None
+    for name, value in scope.get("headers", ()):
+        if name == b"x-forwarded-for":  # several lines are one list, in order
+            text = value.decode("latin-1")
+            forwarded_for = text if forwarded_for is None else f"{forwarded_for},{text}"
+        elif name == b"x-forwarded-proto":
+            forwarded_proto = value.decode("latin-1")
+    host = trusted.client(client[0], forwarded_for)
+    secure = scope.get("scheme") in ("https", "wss")
+    proto = trusted.scheme(client[0], forwarded_proto, "https" if secure else "http")
+    scheme = ("wss" if proto == "https" else "ws") if scope["type"] == "websocket" else proto
+    # the port is the proxy's connection's, meaningless for the client: 0 says "not known"
+    return {**scope, "client": (host, 0) if host != client[0] else client, "scheme": scheme}
 
 
 class _SessionResponse:
@@ -795,8 +819,9 @@ def build_app(
 
     def context_of(request: Request) -> RequestContext:
         context = authenticate(_bearer(request.headers.get("authorization")))
-        peer = f"{request.client.host}:{request.client.port}" if request.client else None
-        return dataclasses.replace(context, peer=peer, trace_id=trace_id_from(request.headers.get("traceparent")))
+        return dataclasses.replace(
+            context, peer=peer_text(request.client), trace_id=trace_id_from(request.headers.get("traceparent"))
+        )
 
     async def read_frame(request: Request, kind: type[Any], name: str) -> Any:
         """The body, one GTL frame of type ``kind``; read a piece at a time and refused (``FrameTooLargeError``)
@@ -917,7 +942,8 @@ def build_app(
     async def discovery(request: Request) -> Any:
         base = base_url()
         host = _request_host(request.headers.get("host"), base.partition("://")[2])
-        document = discovery_document(host, tls=base.startswith("https:"), offers=offers() if offers else {})
+        secure = base.startswith("https:") or request.url.scheme == "https"  # a trusted proxy's TLS too
+        document = discovery_document(host, tls=secure, offers=offers() if offers else {})
         return JSONResponse(document, headers={"cache-control": "no-store"})
 
     async def websocket(socket_: WebSocket) -> None:
@@ -938,8 +964,7 @@ def build_app(
         async def close() -> None:
             await socket_.close()
 
-        peer = f"{socket_.client.host}:{socket_.client.port}" if socket_.client else None
-        channel = MessageChannel(recv, socket_.send_text, close, peer=peer)
+        channel = MessageChannel(recv, socket_.send_text, close, peer=peer_text(socket_.client))
         framed = FramedConnection(GTLConnection("server", max_frame_bytes=max_body_bytes), channel)
         with sessions.socket():
             try:
@@ -1019,7 +1044,7 @@ async def serve_http(
         tls = listener.tls.server_context(alpn=("http/1.1",)) if listener.tls is not None else None
         url = listener.url(sock.getsockname()[1])
         sessions = _Sessions(engine)
-        guard = _ConnectionGuard(limits.max_connections_per_address)
+        guard = _ConnectionGuard(limits.max_connections_per_address, limits.trusted_proxies)
         app = build_app(
             engine,
             authenticate=authenticate,

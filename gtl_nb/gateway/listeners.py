@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
 
@@ -130,6 +131,8 @@ class Limits:
     """Seconds a new connection has to send its request head (HTTP) or its hello (the other transports)."""
     idle_timeout: float = 300.0
     """Seconds a connection with no running session may stay silent before it is closed."""
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    """Peers whose ``X-Forwarded-For``/``-Proto`` are believed and whose connections are not capped."""
 
 
 @dataclass

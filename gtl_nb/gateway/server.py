@@ -79,7 +79,7 @@ async def serve(
     urls: dict[str, str] = {}
 
     def offers() -> dict[str, str]:
-        return dict(urls)
+        return {**urls, **{name: url for name, url in gateway.advertise.items() if name in urls}}
 
     def ready_of(listener: ListenerSettings) -> Callable[[str], None]:
         def ready(url: str) -> None:

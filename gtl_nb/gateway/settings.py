@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 from gtl_nb.engine.settings import Settings
 from gtl_nb.engine.tracing import EXPORTERS  # a module that imports OpenTelemetry only when a tracer is built
 from gtl_nb.gateway.listeners import TRANSPORTS, Limits, ListenerSettings, TlsFiles
+from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
 
@@ -47,6 +48,9 @@ class GatewaySettings:
     limits: Limits = field(default_factory=Limits)
     listeners: tuple[ListenerSettings, ...] = ()
     shutdown_grace: float = 30.0
+    advertise: Mapping[str, str] = field(default_factory=dict)
+    """``[gateway] advertise``: the gRPC/QUIC URLs discovery offers instead of the listeners' own
+    (behind a proxy, clients must not be sent around it)."""
     jwt: Mapping[str, Any] | None = field(default=None, repr=False)
     """``[gateway.jwt]`` as written (``gateway.tokens.TokenPolicy.from_table`` reads it)."""
     vault: Mapping[str, Any] | None = field(default=None, repr=False)
@@ -75,6 +79,7 @@ class GatewaySettings:
             max_connections_per_address=int(table.get("max_connections_per_address") or 256),
             header_timeout=float(table.get("header_timeout") or 10.0),
             idle_timeout=float(table.get("idle_timeout") or 300.0),
+            trusted_proxies=TrustedProxies.parse(table.get("trusted_proxies")),
         )
         listeners = tuple(
             _listener(transport, table[transport], base) for transport in TRANSPORTS if table.get(transport) is not None
@@ -84,6 +89,7 @@ class GatewaySettings:
             limits=limits,
             listeners=listeners,
             shutdown_grace=float(table.get("shutdown_grace", 30.0)),
+            advertise=dict(table.get("advertise") or {}),
             jwt=table.get("jwt"),
             vault=table.get("vault"),
             audit=table.get("audit"),

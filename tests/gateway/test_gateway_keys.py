@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 import gtl_nb
@@ -126,6 +127,56 @@ def gateway_max_sessions_per_connection(tmp_path, config, **_):
         first, second, third = asyncio.run(three())
         assert isinstance(third, OverloadedError) and third.retryable
         assert first.text and second.text  # type: ignore[union-attr]
+
+
+def _healthz_from(url: str, source: str) -> tuple[socket.socket, bytes]:
+    """A kept-alive connection from ``source`` and its answer to ``GET /healthz``."""
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0))
+    sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock, sock.recv(4096)
+
+
+def gateway_trusted_proxies(tmp_path, config, **_):
+    path = config(gateway={"max_connections_per_address": 2, "trusted_proxies": ["127.0.0.1"]})
+    with start_gateway(path) as served:
+        url = served.url("http")
+        opened = []
+        try:
+            for source, allowed in (("127.0.0.1", 4), ("127.0.0.2", 2)):
+                answers = []
+                for _ in range(allowed + (source != "127.0.0.1")):
+                    sock, answer = _healthz_from(url, source)
+                    opened.append(sock)
+                    answers.append(answer.split(b"\r\n", 1)[0])
+                if source == "127.0.0.1":  # the proxy's connections are not capped
+                    assert answers == [b"HTTP/1.1 200 OK"] * allowed
+                else:  # anyone else's are
+                    assert answers == [b"HTTP/1.1 200 OK"] * allowed + [b"HTTP/1.1 429 Too Many Requests"]
+        finally:
+            for sock in opened:
+                sock.close()
+        forwarded = {"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.9"}
+        through_proxy = httpx.get(url + "/.well-known/gtl", headers=forwarded, timeout=10).json()
+        assert through_proxy["transports"]["ws"].startswith("wss://")
+        untrusted = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+        with untrusted:
+            assert (
+                untrusted.get(url + "/.well-known/gtl", headers=forwarded)
+                .json()["transports"]["ws"]
+                .startswith("ws://")
+            )
+
+
+def gateway_advertise(tmp_path, config, **_):
+    advertised = {"grpc": "grpcs://gw.example.com:443", "quic": "quic://gw.example.com:8789"}
+    path = config(gateway={"advertise": advertised}, http={"port": 0}, grpc={"port": 0})
+    with start_gateway(path) as served:
+        document = httpx.get(served.url("http") + "/.well-known/gtl", timeout=10).json()
+    assert document["transports"]["grpc"] == advertised["grpc"]
+    assert "quic" not in document["transports"], "a listener this gateway does not run is not offered"
+    with pytest.raises(ConfigurationError, match="advertise"):
+        start_gateway(config(gateway={"advertise": {"ws": "ws://elsewhere"}}))
 
 
 def gateway_max_connections_per_address(tmp_path, config, **_):
@@ -321,6 +372,8 @@ EFFECTS: dict[str, Callable[..., None]] = {
     "gateway.header_timeout": gateway_header_timeout,
     "gateway.idle_timeout": gateway_idle_timeout,
     "gateway.shutdown_grace": gateway_shutdown_grace,
+    "gateway.trusted_proxies": gateway_trusted_proxies,
+    "gateway.advertise": gateway_advertise,
     **{
         f"gateway.{t}.{key}": listeners_where_they_are_told
         for t in ("http", "grpc", "quic")

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, nesting_exceeds
@@ -38,9 +39,10 @@ def api_key(headers: Mapping[str, str]) -> str | None:
 def authenticated(authenticate: Authenticate, token: str | None, request: Any) -> RequestContext:
     """The caller's ``RequestContext`` with its network address; ``AuthenticationError`` when refused."""
     context = authenticate(token)
-    peer = f"{request.client.host}:{request.client.port}" if request.client else None
     # a caller's W3C traceparent gives the request its trace id; without one the engine makes one
-    return dataclasses.replace(context, peer=peer, trace_id=trace_id_from(request.headers.get("traceparent")))
+    return dataclasses.replace(
+        context, peer=peer_text(request.client), trace_id=trace_id_from(request.headers.get("traceparent"))
+    )
 
 
 async def read_json(request: Any, max_bytes: int) -> dict[str, Any]:
