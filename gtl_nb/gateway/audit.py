@@ -42,6 +42,13 @@ be cut short: ``verify`` reports both as what a crash leaves, and the next start
 lines, drops the partial one and writes a ``recovery`` record that says what it repaired. Anything
 a crash cannot explain (an edited, missing or out-of-order record, a log shorter than its
 checkpoint) stops the gateway from starting: the evidence is left as it is.
+
+**Where records go.** The file log above (``path``), PostgreSQL (``url``: one chain per gateway run,
+``gateway.audit_postgres``), or both at once: the writer thread hands every batch to each destination
+(an ``AuditSink``), and each keeps a chain of its own, so one failing never holds back the other.
+``AuditLog.degraded_reason`` says, in one line, which destination cannot keep records as it should
+(PostgreSQL away and records waiting in the local spool, a disk refusing the file log's writes);
+``audit_log_of(engine)`` finds the log subscribed to an engine (what ``/readyz`` asks).
 """
 
 from __future__ import annotations
@@ -54,11 +61,13 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -75,6 +84,7 @@ from gtl_nb.engine.hooks import (
 )
 from gtl_nb.engine.lingering import LingeringQueue
 from gtl_nb.engine.sqlite_files import create_private_file
+from gtl_nb.engine.stores.postgres_pool import is_postgres_url, parse_postgres_url, shown_url
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
@@ -84,9 +94,12 @@ __all__ = [
     "GENESIS",
     "AuditLog",
     "AuditSettings",
+    "AuditSink",
     "Checkpoint",
     "Problem",
     "VerifyReport",
+    "audit_log_of",
+    "check_audit_url",
     "checkpoint_path",
     "default_audit_path",
     "read_records",
@@ -109,18 +122,31 @@ MIN_MAX_BYTES = 1024
 PRUNE_EVERY = 3600.0
 """Seconds between retention checks when no rotation happens (a quiet gateway still prunes)."""
 VERBOSITIES = ("metadata", "full")
+RETRY_EVERY = 1.0
+"""Seconds between the writer's looks at a degraded destination while no record arrives (it drains
+PostgreSQL's spool once the server answers, so ``degraded_reason`` clears without traffic)."""
+URL_FORMS = "postgresql://user:password@host:5432/database (or postgres://, postgresql+psycopg://)"
+_LEDGER_ONLY_OPTIONS = ("lease", "renew", "pool_max")  # the PostgreSQL ledger's URL options: no meaning here
+_REPLICA_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+_SCHEME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")  # RFC 3986
 _MAX_TEXT = 256  # identifiers written to a record are cut here: a caller chooses session ids and model names
 _MAX_PENDING = 65_536  # sessions followed at once; more means RequestFinished went missing somewhere
 
 AUDIT_KEYS: Mapping[str, str] = MappingProxyType(
     {
         "enabled": "write the audit log (default true once the [gateway.audit] table exists)",
-        "path": "the current log file (default: audit.jsonl beside the usage ledger); rotated files add .1, .2, …",
+        "path": "the current log file (default: audit.jsonl beside the usage ledger, unless url is set); "
+        "rotated files add .1, .2, …",
+        "url": f"send the records to PostgreSQL, one chain per gateway run: {URL_FORMS}; "
+        "with path as well, both are written",
+        "replica": "names this gateway's chains in PostgreSQL (default: the host name; a run adds :pid:random)",
+        "spool_path": "where records wait while PostgreSQL is away (default: audit-spool-<database>.jsonl "
+        "beside the usage ledger)",
         "max_bytes": f"rotate before the current file grows past this many bytes (default {DEFAULT_MAX_BYTES})",
         "backups": f"rotated files kept (default {DEFAULT_BACKUPS}; 0 keeps none)",
         "retention_days": "rotated files older than this many days are removed (default: only backups limits them)",
         "verbosity": '"metadata" (default): no prompt or answer is written; "full": both are',
-        "fsync": "force each batch to disk before its checkpoint (default true)",
+        "fsync": "force each batch (and each spooled one) to disk before its checkpoint (default true)",
         "queue_size": f"records waiting for the writer before new ones are dropped (default {DEFAULT_QUEUE_SIZE})",
     }
 )
@@ -140,9 +166,13 @@ def default_audit_path(environ: Mapping[str, str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """``[gateway.audit]``, typed (``AUDIT_KEYS`` says what each field means)."""
+    """``[gateway.audit]``, typed (``AUDIT_KEYS`` says what each field means).
 
-    path: Path
+    ``path`` is the file log (``None``: no file), ``url`` the PostgreSQL database (``None``: none); at
+    least one is set when the log is enabled, and with both every record goes to each. ``url`` may hold
+    a password: it is left out of ``repr``, and ``shown_url`` is the form for messages."""
+
+    path: Path | None = None
     enabled: bool = True
     max_bytes: int = DEFAULT_MAX_BYTES
     backups: int = DEFAULT_BACKUPS
@@ -150,13 +180,32 @@ class AuditSettings:
     verbosity: str = "metadata"
     fsync: bool = True
     queue_size: int = DEFAULT_QUEUE_SIZE
+    url: str | None = field(default=None, repr=False)
+    replica: str | None = None
+    spool_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and self.path is None and self.url is None:
+            raise ConfigurationError("[gateway.audit] needs a path (the file log) or a url (PostgreSQL), or both")
+
+    @property
+    def shown_url(self) -> str | None:
+        """``url`` with its password replaced by ``***`` (``None`` without a database)."""
+        return None if self.url is None else shown_url(self.url)
+
+    @property
+    def where(self) -> str:
+        """The destinations, for messages: the file, the database (never its password), or both."""
+        places = [str(place) for place in (self.path, self.shown_url) if place is not None]
+        return " and ".join(places) or "(nowhere)"
 
     @classmethod
     def from_table(
         cls, table: Mapping[str, Any] | None, *, base: Path, environ: Mapping[str, str] | None = None
     ) -> AuditSettings:
         """The settings of a ``[gateway.audit]`` table, checked key by key; no table means no audit log.
-        A relative ``path`` starts at ``base`` (the configuration file's folder)."""
+        A relative ``path`` or ``spool_path`` starts at ``base`` (the configuration file's folder).
+        With ``url`` and no ``path`` the records go to PostgreSQL only."""
         where = "[gateway.audit]"
         if table is None:
             return cls(path=default_audit_path(environ), enabled=False)
@@ -168,9 +217,8 @@ class AuditSettings:
         for key in ("enabled", "fsync"):
             if key in table and not isinstance(table[key], bool):
                 raise ConfigurationError(f"{where} {key} must be true or false")
-        path = table.get("path")
-        if path is not None and (not isinstance(path, str) or not path):
-            raise ConfigurationError(f"{where} path must be a non-empty string")
+        path = _text(table, "path", where)
+        spool = _text(table, "spool_path", where)
         max_bytes = _integer(table, "max_bytes", DEFAULT_MAX_BYTES, MIN_MAX_BYTES, where)
         backups = _integer(table, "backups", DEFAULT_BACKUPS, 0, where)
         queue_size = _integer(table, "queue_size", DEFAULT_QUEUE_SIZE, 1, where)
@@ -182,8 +230,20 @@ class AuditSettings:
         verbosity = table.get("verbosity", "metadata")
         if verbosity not in VERBOSITIES:
             raise ConfigurationError(f'{where} verbosity must be "metadata" or "full"')
+        url = table.get("url")
+        options = check_audit_url(url, f"{where} url") if url is not None else {}
+        replica = _replica(table.get("replica"), where)
+        for key, value in (("replica", replica), ("spool_path", spool)):
+            if value is not None and url is None:
+                raise ConfigurationError(f"{where} {key} belongs to the PostgreSQL audit log: set url as well")
+            if value is not None and options.get(key) is not None:
+                raise ConfigurationError(f"{where} {key} is given twice, as a key and in the url: keep one")
+        if path:
+            file: Path | None = base / Path(path).expanduser()
+        else:
+            file = None if url is not None else default_audit_path(environ)
         return cls(
-            path=base / Path(path).expanduser() if path else default_audit_path(environ),
+            path=file,
             enabled=table.get("enabled", True),
             max_bytes=max_bytes,
             backups=backups,
@@ -191,7 +251,53 @@ class AuditSettings:
             verbosity=verbosity,
             fsync=table.get("fsync", True),
             queue_size=queue_size,
+            url=url,
+            replica=replica,
+            spool_path=base / Path(spool).expanduser() if spool else None,
         )
+
+
+def _text(table: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = table.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigurationError(f"{where} {key} must be a non-empty string")
+    return value
+
+
+def _replica(value: Any, where: str) -> str | None:
+    """``replica``: a short name of letters, digits, ``.``, ``-`` and ``_`` (it goes into every chain's id)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not set(value) <= _REPLICA_CHARACTERS:
+        raise ConfigurationError(f"{where} replica must be 1 to 64 letters, digits, '.', '-' or '_'")
+    return value
+
+
+def check_audit_url(url: Any, where: str = "[gateway.audit] url") -> dict[str, Any]:
+    """Check ``url``, the audit log's database (``where`` names the setting in messages, which never
+    quote the password); returns its ``replica`` and ``spool_path`` options (``None`` when not given)."""
+    if not isinstance(url, str) or not url:
+        raise ConfigurationError(f"{where} must be a string: {URL_FORMS}")
+    scheme, separator, _ = url.partition("://")
+    if not separator:
+        raise ConfigurationError(f"{where} is not a URL; accepted: {URL_FORMS}; a file log is set with path")
+    if not is_postgres_url(url):
+        # quoted only when it looks like a scheme: a mistyped URL may have its password before "://"
+        plausible = scheme[:1].isalpha() and len(scheme) <= 20 and set(scheme) <= _SCHEME_CHARACTERS
+        named = f"{scheme}://" if plausible else "its scheme"
+        raise ConfigurationError(
+            f"{where}: {named} is not a database the audit log can use; accepted: {URL_FORMS}; "
+            "a file log is set with path"
+        )
+    try:
+        query = urlsplit(url).query
+    except ValueError:
+        query = ""  # parse_postgres_url says what is wrong with it
+    for name, _ in parse_qsl(query, keep_blank_values=True):
+        if name in _LEDGER_ONLY_OPTIONS:
+            raise ConfigurationError(f"{where}: {name} is an option of the PostgreSQL ledger, not of the audit log")
+    parsed = parse_postgres_url(url, where=where)
+    return {key: parsed.options.get(key) for key in ("replica", "spool_path")}
 
 
 def _integer(table: Mapping[str, Any], key: str, default: int, least: int, where: str) -> int:
@@ -603,7 +709,9 @@ class _ChainFiles:
     the constructor (recovery) runs before the writer thread starts, everything else on that thread."""
 
     def __init__(self, settings: AuditSettings, wall_clock: Callable[[], float]) -> None:
-        self.path = settings.path
+        if settings.path is None:
+            raise ValueError("the file log needs settings.path")
+        self.path: Path = settings.path
         self.settings = settings
         self.wall_clock = wall_clock
         self._lock_fd = _lock(self.path)
@@ -616,7 +724,18 @@ class _ChainFiles:
             raise
         self._size = os.fstat(self._fd).st_size
         self._last_prune = -math.inf
+        self._write_problem: str | None = None  # the last write's failure, until one succeeds
+        self._checkpoint_problem: str | None = None
         self.prune()
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why the file log cannot keep records now (the disk refused the last write), or ``None``."""
+        problem = self._write_problem or self._checkpoint_problem
+        return None if problem is None else f"audit log {self.path}: {problem}"
+
+    def retry(self) -> None:
+        """Nothing waits here between batches: a failed write is counted and the next batch tries again."""
 
     # -- start-up
 
@@ -706,10 +825,12 @@ class _ChainFiles:
                 os.fsync(self._fd)
         except OSError as exc:
             log.error("audit log %s: cannot write %d record(s) (%s)", self.path, len(lines), exc.strerror or exc)
+            self._write_problem = f"cannot write records ({exc.strerror or exc})"
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._size)
             return False
         self._size += len(data)
+        self._write_problem = None
         return True
 
     def _checkpoint(self) -> None:
@@ -717,6 +838,9 @@ class _ChainFiles:
             _write_atomic(checkpoint_path(self.path), self.point.encode(), fsync=self.settings.fsync)
         except OSError as exc:
             log.error("audit log %s: cannot write the checkpoint (%s)", self.path, exc.strerror or exc)
+            self._checkpoint_problem = f"cannot write the checkpoint ({exc.strerror or exc})"
+        else:
+            self._checkpoint_problem = None
 
     def _rotate(self) -> None:
         """Rename the current file to the next ``<path>.<n>`` and start a new one (a failed rename is
@@ -829,6 +953,35 @@ class _Pending:
     prompt: Any = None
 
 
+class AuditSink(Protocol):
+    """One destination of the records: the file log (``_ChainFiles``) or PostgreSQL
+    (``audit_postgres.PostgresAuditSink``). The writer thread is its only caller once it runs."""
+
+    recovered: dict[str, Any] | None
+    """A ``recovery`` record to write first (what opening repaired after a crash), or ``None``."""
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why records cannot be kept as they should now (one line), or ``None``."""
+
+    def append(self, records: list[dict[str, Any]]) -> int:
+        """Seal ``records`` into this destination's chain and keep them; how many were lost."""
+
+    def retry(self) -> None:
+        """Called every ``RETRY_EVERY`` seconds without records while degraded: try to recover."""
+
+    def close(self) -> None:
+        """Keep what is pending, then let go of files and connections (idempotent)."""
+
+
+_LOGS: weakref.WeakKeyDictionary[Any, AuditLog] = weakref.WeakKeyDictionary()
+
+
+def audit_log_of(engine: Any) -> AuditLog | None:
+    """The open audit log ``AuditLog.for_engine`` subscribed to ``engine``, or ``None`` (``/readyz`` reads
+    its ``degraded_reason``)."""
+    audit = _LOGS.get(engine)
+    return None if audit is None or audit.closed else audit
 
 
 class AuditLog:
@@ -836,8 +989,10 @@ class AuditLog:
 
     ``wall_clock`` stamps records and judges retention; ``clock`` (monotonic) measures durations the
     engine did not report; ``provider_types`` maps deployment names to provider types (``for_engine``
-    fills it). Opening checks the existing log (``verify``) and raises ``ConfigurationError`` when it
-    was tampered with or another process writes it.
+    fills it). Opening checks the existing file log (``verify``) and raises ``ConfigurationError`` when
+    it was tampered with or another process writes it; with ``settings.url`` it opens the PostgreSQL
+    chain too (an unreachable server is not an error: records wait in the spool, ``degraded_reason``
+    says so; a server that refuses the tables is).
     """
 
     def __init__(
@@ -850,6 +1005,7 @@ class AuditLog:
     ) -> None:
         self.settings = settings
         self.path = settings.path
+        self.where = settings.where
         self._wall_clock = wall_clock
         self._clock = clock
         self._provider_types = dict(provider_types or {})
@@ -864,20 +1020,45 @@ class AuditLog:
         self._dropped_lock = threading.Lock()
         self._closed = False
         self._unsubscribe: list[Callable[[], None]] = []
-        self._files = _ChainFiles(settings, wall_clock)
-        if self._files.recovered is not None:
-            self._queue.put(self._files.recovered | {"time": _iso(wall_clock())})
-            self._queued += 1
+        #: The file log's writer (``None`` when records go to PostgreSQL only).
+        self._files = _ChainFiles(settings, wall_clock) if settings.path is not None else None
+        try:
+            database = _open_database(settings) if settings.url is not None else None
+        except BaseException:
+            if self._files is not None:
+                self._files.close()
+            raise
+        self._sinks: list[AuditSink] = [sink for sink in (self._files, database) if sink is not None]
+        self._lost = [0] * len(self._sinks)  # per destination: records it lost, for its next ``dropped`` record
+        for index, sink in enumerate(self._sinks):
+            if sink.recovered is not None:  # the writer thread is not running yet: this thread may write
+                self._lost[index] = sink.append([sink.recovered | {"time": _iso(wall_clock())}])
         self._thread = threading.Thread(target=self._run, name="gtl-audit-writer", daemon=True)
         self._thread.start()
 
     @classmethod
     def for_engine(cls, settings: AuditSettings, engine: Any, **options: Any) -> AuditLog:
-        """An audit log that knows ``engine``'s deployments, subscribed to its hooks."""
+        """An audit log that knows ``engine``'s deployments, subscribed to its hooks (and found by
+        ``audit_log_of(engine)`` until it is closed)."""
         types = {name: deployment.type for name, deployment in engine.deployments.items()}
         audit = cls(settings, provider_types=types, **options)
         audit.attach(engine.hooks)
+        _LOGS[engine] = audit
         return audit
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+        return self._closed
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``None`` when every destination keeps its records; else one line saying which cannot and why
+        (PostgreSQL away with the records waiting in the local spool, a disk refusing the file log)."""
+        reasons = [reason for sink in self._sinks if (reason := sink.degraded_reason)]
+        if not self._closed and not self._thread.is_alive():
+            reasons.append("the audit writer thread stopped")
+        return "; ".join(reasons) or None
 
     def attach(self, hooks: Hooks) -> Callable[[], None]:
         """Subscribe to ``hooks`` (``close()`` unsubscribes); returns the unsubscribe call."""
@@ -973,48 +1154,69 @@ class AuditLog:
             first = self._dropped == 0
             self._dropped += count
         if first and not self._closed:
-            log.warning("audit log %s: dropping records (%s); a 'dropped' record will count them", self.path, why)
+            log.warning("audit log %s: dropping records (%s); a 'dropped' record will count them", self.where, why)
         elif first:
-            log.warning("audit log %s: a record arrived after close() and is lost", self.path)
+            log.warning("audit log %s: a record arrived after close() and is lost", self.where)
 
     @property
     def dropped(self) -> int:
-        """Records lost and not yet accounted for by a ``dropped`` record."""
+        """Records lost (by the queue, or by a destination) and not yet accounted for by a ``dropped`` record."""
         with self._dropped_lock:
-            return self._dropped
+            return self._dropped + max(self._lost, default=0)
 
     # -- the writer thread
 
     def _run(self) -> None:
         while True:
-            # room for a ``dropped`` record: never more than BATCH per checkpoint
-            records = self._queue.take(BATCH - 1)
+            # a degraded destination (PostgreSQL away) gets another try now and then, traffic or not
+            waiting = any(sink.degraded_reason for sink in self._sinks)
+            records = self._queue.take(BATCH, timeout=RETRY_EVERY if waiting else None)
             if records:
-                taken = len(records)  # (_write may add a ``dropped`` record to the list: not one of ours)
                 try:
                     self._write(records)
                 except Exception:  # a bug must not stop the thread: the next batch may still be written
-                    log.exception("audit log %s: the writer failed", self.path)
+                    log.exception("audit log %s: the writer failed", self.where)
                 finally:
                     with self._progress:
-                        self._written += taken
+                        self._written += len(records)
                         self._progress.notify_all()
             elif self._queue.closed:
                 break
-        try:
-            self._files.close()
-        except OSError as exc:
-            log.error("audit log %s: closing failed (%s)", self.path, exc.strerror or exc)
+            else:
+                self._retry()
+        for sink in self._sinks:  # PostgreSQL's close writes what its spool holds, if the server answers
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("audit log %s: closing failed (%s)", self.where, getattr(exc, "strerror", None) or exc)
 
     def _write(self, records: list[dict[str, Any]]) -> None:
+        """Hand ``records`` to every destination; each keeps count of what it lost, for its own chain."""
         with self._dropped_lock:
             dropped, self._dropped = self._dropped, 0
-        if dropped:
-            records.insert(0, {"kind": "dropped", "time": _iso(self._wall_clock()), "count": dropped})
-        lost = self._files.append(records)
-        if lost:
-            with self._dropped_lock:
-                self._dropped += lost
+        for index, sink in enumerate(self._sinks):
+            count = dropped + self._lost[index]
+            if count:
+                # a batch of its own: whether this one was kept is then known exactly
+                notice = {"kind": "dropped", "time": _iso(self._wall_clock()), "count": count}
+                self._lost[index] = count if self._append(sink, [notice]) else 0
+            self._lost[index] += self._append(sink, records)
+
+    def _append(self, sink: AuditSink, records: list[dict[str, Any]]) -> int:
+        """``sink.append(records)``; a failure of one destination loses its records, never the others'."""
+        try:
+            return sink.append(records)
+        except Exception:
+            log.exception("audit log %s: a destination failed to take %d record(s)", self.where, len(records))
+            return len(records)
+
+    def _retry(self) -> None:
+        for sink in self._sinks:
+            if sink.degraded_reason:
+                try:
+                    sink.retry()
+                except Exception:
+                    log.exception("audit log %s: retrying a destination failed", self.where)
 
     # -- the end
 
@@ -1035,14 +1237,24 @@ class AuditLog:
         self._closed = True
         self._queue.close()  # the writer empties the queue first: a clean shutdown loses nothing
         self._thread.join()
-        if self._dropped:
-            log.warning("audit log %s: %d record(s) were lost at shutdown", self.path, self._dropped)
+        if self.dropped:
+            log.warning("audit log %s: %d record(s) were lost at shutdown", self.where, self.dropped)
 
     def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_database(settings: AuditSettings) -> AuditSink:
+    """The PostgreSQL destination of ``settings.url`` (imported here: a file-only gateway needs no psycopg)."""
+    from gtl_nb.gateway.audit_postgres import PostgresAuditSink
+
+    assert settings.url is not None
+    return PostgresAuditSink(
+        settings.url, replica=settings.replica, spool_path=settings.spool_path, fsync=settings.fsync
+    )
 
 
 def _iso(seconds: float) -> str:

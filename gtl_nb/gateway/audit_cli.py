@@ -1,11 +1,16 @@
 """``gtl audit``: check and read the gateway's audit log (docs/operations.md).
 
-    gtl audit verify [--log FILE]               the chain, every retained file and the checkpoint
-    gtl audit tail [--log FILE] [-n N] [-f]     the last records, as JSON lines (-f: keep following)
+    gtl audit verify [--log FILE] [--url URL]          the file log's chain, files and checkpoint; every
+                                                       replica's chain in PostgreSQL
+    gtl audit tail [--log FILE | --url URL [--replica NAME]] [-n N] [-f]
+                                                       the last records, as JSON lines (-f: keep following a file)
 
-Without ``--log`` the log is ``[gateway.audit] path`` of the configuration (``--config FILE``, as
-``gtl --config``), then ``audit.jsonl`` in the user data directory. ``verify`` exits with 0 when the
-log is intact, 1 when it is not (each problem on a line: what and where), 2 when there is no log there.
+Without ``--log`` or ``--url`` the places are those of ``[gateway.audit]`` in the configuration
+(``--config FILE``, as ``gtl --config``): its ``path`` (``audit.jsonl`` in the user data directory when
+the table has neither ``path`` nor ``url``) and its ``url``. ``verify`` exits with 0 when every place is
+intact, 1 when one is not (each problem on a line: what and where), 2 when there is nothing there to
+check or the database cannot be reached. A password in a URL is never printed; libpq also reads it
+from ``PGPASSWORD`` or ``~/.pgpass``, which keeps it off the command line.
 """
 
 from __future__ import annotations
@@ -31,44 +36,79 @@ def add_subcommands(subparsers: Any) -> None:
     audit = subparsers.add_parser(
         "audit",
         help="check (verify) or read (tail) the gateway's audit log",
-        description="Check or read the gateway's hash-chained audit log.",
+        description="Check or read the gateway's hash-chained audit log (a file, or PostgreSQL).",
     )
     actions = audit.add_subparsers(dest="audit_action", metavar="ACTION", required=True)
     common = argparse.ArgumentParser(add_help=False)
     # their own names: `gtl --log LEVEL` is the log verbosity, and a subcommand's default would
     # overwrite the global --config given before it
-    common.add_argument("--log", dest="audit_log", metavar="FILE", help="the log's current file")
+    common.add_argument("--log", dest="audit_log", metavar="FILE", help="the file log's current file")
+    common.add_argument(
+        "--url", dest="audit_url", metavar="URL", help="the PostgreSQL database: postgresql://user@host/database"
+    )
     common.add_argument("--config", dest="audit_config", metavar="FILE", help="TOML configuration (as gtl --config)")
 
     check = actions.add_parser(
         "verify",
         parents=[common],
-        help="check the chain and the checkpoint (exit 1 with what is wrong and where)",
-        description="Check every retained file of the audit log against its hash chain and checkpoint.",
+        help="check the chains and their heads (exit 1 with what is wrong and where)",
+        description="Check the file log against its hash chain and checkpoint, and each replica's chain in "
+        "PostgreSQL against its head.",
     )
     check.set_defaults(handler=_verify)
 
     tail = actions.add_parser("tail", parents=[common], help="print the last records as JSON lines")
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="how many records (default 10)")
-    tail.add_argument("-f", "--follow", action="store_true", help="keep printing records as they are written")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing records as they are written (a file)")
+    tail.add_argument("--replica", metavar="NAME", help="with --url: only this replica's chains (its name or chain id)")
     tail.set_defaults(handler=_tail)
 
 
 def _verify(args: argparse.Namespace) -> int:
     from gtl_nb.gateway.audit import checkpoint_path, verify
 
-    path = _log_path(args)
-    if not path.exists() and not checkpoint_path(path).exists():
-        raise ConfigurationError(f"no audit log at {path} (give its current file with --log)")
-    report = verify(path)
-    print(report.describe(), file=sys.stdout if report.ok else sys.stderr)
-    return 0 if report.ok else 1
+    path, url = _places(args)
+    intact = True
+    if path is not None:
+        if not path.exists() and not checkpoint_path(path).exists():
+            raise ConfigurationError(f"no audit log at {path} (give its current file with --log)")
+        report = verify(path)
+        print(report.describe(), file=sys.stdout if report.ok else sys.stderr)
+        intact = report.ok
+    if url is not None:
+        from gtl_nb.gateway.audit_postgres import verify_postgres
+
+        database = _reading(verify_postgres, url)
+        if not database.chains:
+            raise ConfigurationError(f"no audit records in {database.url} (no gateway has written there yet)")
+        print(database.describe(), file=sys.stdout if database.ok else sys.stderr)
+        intact = intact and database.ok
+    return 0 if intact else 1
 
 
 def _tail(args: argparse.Namespace) -> int:
+    path, url = _places(args)
+    if args.replica and url is None:
+        raise ConfigurationError("--replica names a chain in PostgreSQL: give --url (or [gateway.audit] url)")
+    if path is not None and url is not None:
+        raise ConfigurationError("[gateway.audit] writes a file and PostgreSQL: say which to read, --log or --url")
+    if url is not None:
+        if args.follow:
+            raise ConfigurationError("--follow reads a file log; for PostgreSQL run tail again (or query it)")
+        from gtl_nb.gateway.audit_postgres import last_records
+
+        lines = _reading(last_records, url, max(0, args.lines), replica=args.replica)
+        out = sys.stdout.buffer
+        out.writelines(line.encode("utf-8") + b"\n" for line in lines)
+        out.flush()
+        return 0
+    assert path is not None
+    return _tail_file(path, args)
+
+
+def _tail_file(path: Path, args: argparse.Namespace) -> int:
     from gtl_nb.gateway.audit import rotated_files
 
-    path = _log_path(args)
     if not path.exists():
         raise ConfigurationError(f"no audit log at {path} (give its current file with --log)")
     count = max(0, args.lines)
@@ -89,6 +129,16 @@ def _tail(args: argparse.Namespace) -> int:
     if args.follow:
         _follow(path, out)
     return 0
+
+
+def _reading(read: Any, url: str, *args: Any, **kwargs: Any) -> Any:
+    """``read(url, ...)``, with an unreachable database as a one-line error (exit 2), never its password."""
+    from gtl_nb.engine.stores.postgres_pool import PostgresUnavailableError
+
+    try:
+        return read(url, *args, **kwargs)
+    except PostgresUnavailableError as exc:
+        raise ConfigurationError(exc.message) from None
 
 
 def _follow(path: Path, out: Any) -> None:
@@ -122,10 +172,16 @@ def _follow(path: Path, out: Any) -> None:
         handle.close()
 
 
-def _log_path(args: argparse.Namespace) -> Path:
-    """``--log``, else ``[gateway.audit] path`` of the configuration, else the default file."""
-    if args.audit_log:
-        return Path(args.audit_log).expanduser()
+def _places(args: argparse.Namespace) -> tuple[Path | None, str | None]:
+    """``(file, database URL)`` to read: ``--log`` and ``--url`` when given (either or both), else
+    ``[gateway.audit]`` ``path`` and ``url`` of the configuration (the default file when it names neither)."""
+    if args.audit_log or args.audit_url:
+        path = Path(args.audit_log).expanduser() if args.audit_log else None
+        if args.audit_url is not None:
+            from gtl_nb.gateway.audit import check_audit_url
+
+            check_audit_url(args.audit_url, "--url")  # the same check, and message, as the configuration's
+        return path, args.audit_url
     from gtl_nb.engine.config import load_config
     from gtl_nb.gateway.audit import AuditSettings
 
@@ -134,4 +190,5 @@ def _log_path(args: argparse.Namespace) -> Path:
         raise ConfigurationError(f"--config {config_file}: no such file")
     config = load_config(config=config_file)
     base = config.source_path.parent if config.source_path is not None else Path.cwd()
-    return AuditSettings.from_table(config.gateway.get("audit"), base=base).path
+    settings = AuditSettings.from_table(config.gateway.get("audit"), base=base)
+    return settings.path, settings.url

@@ -13,14 +13,18 @@ row in ``audit_chains``, updated in the same transaction as the records it count
 interface as the file log's writer, ``_ChainFiles``): the records are sealed here, in order, and
 written in one transaction. When PostgreSQL cannot be reached the sealed lines go to a local spool
 file (JSON lines, the file log's format, fsynced) and are written, oldest first and exactly once
-(the primary key makes a replay change nothing), before the next batch once it answers; a spool
-left by a stopped process is drained when the next sink on that file opens. Nothing is lost.
+(the primary key makes a replay change nothing), before the next batch once it answers — or, with
+no traffic, at the writer's next ``retry`` — and a spool left by a stopped process is drained when the
+next sink on that file opens. The processes of one host may share a spool file (the default one is
+per database): each append and each drain holds an exclusive lock on it, so a drain never empties
+lines another process added meanwhile. ``close`` tries the database once more. Nothing is lost.
 
 **Verifying.** ``verify_postgres(url)`` is ``gtl audit verify`` for the database: every chain is
 walked in ``seq`` order, and an edited record (its hash no longer matches), a deleted one (a gap, or
 a record that does not link to the one before), a record in the wrong chain, records removed from
 the end (fewer than the head counts) and a head that does not match its last record are reported,
-each with its chain and ``seq``.
+each with its chain and ``seq``; ``PostgresAuditReport.per_chain`` says how each chain fared.
+``last_records`` is ``gtl audit tail --url``.
 """
 
 from __future__ import annotations
@@ -32,16 +36,18 @@ import platform
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gtl_nb.engine.ledger import default_ledger_path
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
     PostgresLoop,
+    PostgresUnavailableError,
+    PostgresURL,
     describe,
     is_unreachable,
     parse_postgres_url,
@@ -52,7 +58,7 @@ from gtl_nb.gateway.audit import FORMAT_VERSION, GENESIS, Problem, _seal, _unsea
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["PostgresAuditReport", "PostgresAuditSink", "verify_postgres"]
+__all__ = ["ChainReport", "PostgresAuditReport", "PostgresAuditSink", "last_records", "records_of", "verify_postgres"]
 
 log = get_logger("gateway.audit")
 
@@ -102,7 +108,8 @@ class _Line:
 class PostgresAuditSink:
     """The audit records of one gateway replica in PostgreSQL (see the module docstring).
 
-    Plug it into ``AuditLog`` where the file writer goes (``recovered``, ``append``, ``close``).
+    ``AuditLog`` plugs it in beside (or instead of) the file log: it is an ``audit.AuditSink``
+    (``recovered``, ``append``, ``retry``, ``close``, ``degraded_reason``).
     ``replica`` prefixes the chain's id (the host name by default). ``spool_path`` is the local file
     for records written while the database is away (default: ``audit-spool-<database>.jsonl`` beside
     the default ledger). Opening migrates the tables; an unreachable database is not an error (the
@@ -175,12 +182,21 @@ class PostgresAuditSink:
                     self._failed(exc)
             return self._spool(lines)
 
+    def retry(self) -> None:
+        """While PostgreSQL is away, try it again (when the back-off allows) and write the spool if it
+        answers: what the writer thread calls when no record arrives."""
+        with self._lock:
+            if self._pool is not None:
+                self._drain()
+
     def close(self) -> None:
-        """Write what the spool holds if the database answers, then close (idempotent)."""
+        """Write what the spool holds if the database answers (one more try, back-off or not), then
+        close (idempotent)."""
         with self._lock:
             if self._pool is None:
                 return
-            self._drain()
+            if not self._spool_empty():
+                self._drain(now=True)
             with contextlib.suppress(Exception):
                 self._loop.run(self._pool.close(timeout=5.0), timeout=10)
             self._pool = None
@@ -228,7 +244,8 @@ class PostgresAuditSink:
             if self._problem is not None:  # tables not created yet: the server was away at opening
                 await migrate(conn, "audit", AUDIT_MIGRATIONS)
             cursor = conn.cursor()
-            await cursor.executemany(_INSERT, [line.params() for line in lines])
+            if lines:  # none: a probe of a server that was away
+                await cursor.executemany(_INSERT, [line.params() for line in lines])
             for replica, last in heads.items():
                 pid = os.getpid() if replica == self.replica else None
                 await cursor.execute(_HEAD, (replica, self.hostname, pid, last.seq, last.digest))
@@ -254,7 +271,7 @@ class PostgresAuditSink:
     def _spool(self, lines: list[_Line]) -> int:
         data = "".join(line.text + "\n" for line in lines).encode("ascii")
         try:
-            with self.spool_path.open("ab") as handle:
+            with _locked(self.spool_path, "ab") as handle:
                 handle.write(data)
                 handle.flush()
                 if self._fsync:
@@ -264,27 +281,46 @@ class PostgresAuditSink:
             return len(lines)
         return 0
 
-    def _drain(self) -> None:
-        """Write the spooled lines (this run's and a stopped one's) oldest first; empty the spool."""
-        if self._spool_empty() or time.monotonic() < self._retry_at:
+    def _drain(self, *, now: bool = False) -> None:
+        """Write the spooled lines (this run's, another process's, a stopped one's) oldest first and
+        empty the spool; with an empty spool while PostgreSQL is away, see whether it answers again.
+        Waits for the back-off unless ``now``."""
+        if self._problem is None and self._spool_empty():
+            return
+        if not now and time.monotonic() < self._retry_at:
             return
         try:
-            raw = self.spool_path.read_bytes()
-        except OSError:
+            # held until the spool is emptied: another process's append waits rather than be truncated away
+            with _locked(self.spool_path, "r+b") as handle:
+                raw = handle.read()
+                lines = [line for line in (_spooled(text) for text in raw.split(b"\n")) if line is not None]
+                try:
+                    self._loop.run(self._write(lines), timeout=self._timeout + 60)
+                except Exception as exc:
+                    self._failed(exc)
+                    return
+                handle.truncate(0)
+        except OSError as exc:
+            log.error("audit: cannot read the spool %s (%s)", self.spool_path, exc.strerror or exc)
             return
-        lines = [line for line in (_spooled(text) for text in raw.split(b"\n")) if line is not None]
-        try:
-            self._loop.run(self._write(lines), timeout=self._timeout + 60)
-        except Exception as exc:
-            self._failed(exc)
-            return
-        # every append holds the lock this runs under: nothing was added since the read
-        with open(self.spool_path, "r+b") as handle:
-            handle.truncate()
         if self._problem is not None:
             log.warning("audit: PostgreSQL %s answers again; %d spooled record(s) written", self._url.shown, len(lines))
         self._problem = None
         self._retry_delay = _FIRST_RETRY
+
+
+@contextlib.contextmanager
+def _locked(path: Path, mode: str) -> Iterator[IO[bytes]]:
+    """``path`` opened in ``mode`` and, where ``fcntl`` exists, locked against the other processes of
+    this host that share the spool (closing releases the lock)."""
+    with open(path, mode) as handle:
+        try:
+            import fcntl
+        except ImportError:  # Windows: one gateway per spool file is the operator's to ensure
+            pass
+        else:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield handle
 
 
 def _spooled(text: bytes) -> _Line | None:
@@ -307,6 +343,33 @@ def _spooled(text: bytes) -> _Line | None:
 
 
 @dataclass(frozen=True)
+class ChainReport:
+    """How one replica's chain fared in ``verify_postgres``."""
+
+    replica: str
+    """The chain's id: the replica's name, the process id and a random part."""
+    hostname: str | None
+    records: int
+    last_seq: int
+    head: str | None
+    """The hash in ``audit_chains`` (``None`` when that row is missing)."""
+    problems: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def describe(self) -> str:
+        """One line: the chain, where it was written, how many records, and the verdict."""
+        host = f" (host {self.hostname})" if self.hostname else ""
+        size = f"{self.records} record{'s' if self.records != 1 else ''}"
+        if self.ok:
+            tip = f", head {self.head[:16]}… at record {self.last_seq}" if self.head and self.last_seq else ""
+            return f"chain {self.replica}{host}: {size}{tip}: intact"
+        return f"chain {self.replica}{host}: {size}: {self.problems} problem{'s' if self.problems != 1 else ''}"
+
+
+@dataclass(frozen=True)
 class PostgresAuditReport:
     """What ``verify_postgres`` found: ``ok`` when every chain is intact and matches its head."""
 
@@ -314,34 +377,37 @@ class PostgresAuditReport:
     chains: int
     records: int
     problems: tuple[Problem, ...]
+    per_chain: tuple[ChainReport, ...] = ()
+    """Each replica's chain, by id."""
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def describe(self) -> str:
-        """A few lines for a person: the verdict, then each problem and where it is."""
+        """A few lines for a person: the verdict, a line per chain, then each problem and where it is."""
         head = f"audit records in {self.url}: {self.records} in {self.chains} chain{'s' if self.chains != 1 else ''}"
+        chains = [f"  {chain.describe()}" for chain in self.per_chain]
         if self.ok:
-            return f"{head}; every chain is intact and matches its head"
+            return "\n".join([f"{head}; every chain is intact and matches its head", *chains])
         lines = [f"{head}; {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}:"]
         lines.extend(f"  - {problem.message}" for problem in self.problems)
+        lines.extend(chains)
         return "\n".join(lines)
 
 
 def verify_postgres(url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> PostgresAuditReport:
-    """Check every replica's chain in the database at ``url`` (what ``gtl audit verify`` does for a file)."""
+    """Check every replica's chain in the database at ``url`` (what ``gtl audit verify`` does for a file).
+    An unreachable server raises ``PostgresUnavailableError`` naming it (never its password)."""
     parsed = parse_postgres_url(url, where="audit verify")
     psycopg, _ = require_psycopg()
-    with psycopg.connect(parsed.conninfo, connect_timeout=max(1, int(connect_timeout))) as conn:
+    with _connect(parsed, connect_timeout) as conn:
         # one snapshot for heads and records: replicas writing meanwhile cannot make them disagree
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         if not conn.execute("SELECT to_regclass('audit_records') IS NOT NULL").fetchone()[0]:
             return PostgresAuditReport(parsed.shown, 0, 0, ())
-        heads = {
-            replica: (int(count), head)
-            for replica, count, head in conn.execute("SELECT replica, count, head FROM audit_chains")
-        }
+        chains = conn.execute("SELECT replica, count, head, hostname FROM audit_chains")
+        heads = {replica: (int(count), head, hostname) for replica, count, head, hostname in chains}
         problems: list[Problem] = []
         records = 0
         walks: dict[str, _ChainWalk] = {}
@@ -355,10 +421,22 @@ def verify_postgres(url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> Po
                 walk.line(int(seq), line)
                 records += 1
         conn.rollback()
+    per_chain = []
     for replica in sorted(set(heads) | set(walks)):
         walk = walks.get(replica) or _ChainWalk(replica, problems.append)
-        walk.finish(heads.get(replica))
-    return PostgresAuditReport(parsed.shown, len(set(heads) | set(walks)), records, tuple(problems))
+        found = heads.get(replica)
+        walk.finish(found[:2] if found is not None else None)
+        per_chain.append(
+            ChainReport(
+                replica=replica,
+                hostname=found[2] if found is not None else None,
+                records=walk.records,
+                last_seq=walk.last_seq,
+                head=found[1] if found is not None else None,
+                problems=walk.problems,
+            )
+        )
+    return PostgresAuditReport(parsed.shown, len(per_chain), records, tuple(problems), tuple(per_chain))
 
 
 class _ChainWalk:
@@ -371,11 +449,15 @@ class _ChainWalk:
         self.expect_prev = GENESIS
         self.last_seq = 0
         self.last_hash = GENESIS
+        self.records = 0
+        self.problems = 0
 
     def problem(self, kind: str, message: str, seq: int | None = None) -> None:
+        self.problems += 1
         self.report(Problem(kind, f"chain {self.replica}: {message}", file=self.replica, seq=seq))
 
     def line(self, seq: int, text: str) -> None:
+        self.records += 1
         sealed = _unseal(text.encode("utf-8", "backslashreplace"))
         where = f"record {seq}"
         if sealed is None:
@@ -419,11 +501,41 @@ def _replica_of(text: str) -> Any:
         return None
 
 
+def _connect(parsed: PostgresURL, connect_timeout: float, *, autocommit: bool = False) -> Any:
+    """A psycopg connection to ``parsed``; ``PostgresUnavailableError`` (never quoting the password) when
+    the server cannot be reached or refuses us."""
+    psycopg, _ = require_psycopg()
+    try:
+        return psycopg.connect(parsed.conninfo, connect_timeout=max(1, int(connect_timeout)), autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise PostgresUnavailableError(f"PostgreSQL {parsed.shown} cannot be used: {describe(exc)}") from None
+
+
+def last_records(
+    url: str, count: int, *, replica: str | None = None, connect_timeout: float = CONNECT_TIMEOUT
+) -> list[str]:
+    """The exact lines of the last ``count`` records, oldest first, ordered by time (then chain and
+    ``seq``); only the chains of ``replica`` (a chain's id, or the name it starts with) when given."""
+    parsed = parse_postgres_url(url, where="audit tail")
+    if count <= 0:
+        return []
+    with _connect(parsed, connect_timeout, autocommit=True) as conn:
+        if not conn.execute("SELECT to_regclass('audit_records') IS NOT NULL").fetchone()[0]:
+            return []
+        where, params = "", []
+        if replica:  # the chain's id, or every chain of the replica of that name (id = name:pid:random)
+            where, params = "WHERE replica = %s OR starts_with(replica, %s)", [replica, f"{replica}:"]
+        found = conn.execute(
+            f"SELECT line FROM audit_records {where} ORDER BY time DESC NULLS LAST, replica DESC, seq DESC LIMIT %s",
+            [*params, count],
+        ).fetchall()
+    return [line for (line,) in reversed(found)]
+
+
 def records_of(url: str, replica: str | None = None) -> Iterable[dict[str, Any]]:
     """The records (as dicts) in the database, chain by chain in ``seq`` order; one chain with ``replica``."""
     parsed = parse_postgres_url(url, where="audit")
-    psycopg, _ = require_psycopg()
-    with psycopg.connect(parsed.conninfo, autocommit=True) as conn:
+    with _connect(parsed, CONNECT_TIMEOUT, autocommit=True) as conn:
         sql = "SELECT line FROM audit_records"
         found = conn.execute(
             f"{sql} WHERE replica = %s ORDER BY seq" if replica else f"{sql} ORDER BY replica, seq",

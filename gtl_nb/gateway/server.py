@@ -123,20 +123,22 @@ async def serve(
 
 def _operations(gateway: GatewaySettings, engine: Any) -> tuple[Any, Any]:
     """The audit log and ``(metrics, require_token)`` that ``[gateway.audit]`` and ``[gateway.metrics]`` ask
-    for (``None`` each when not configured), subscribed to the engine's hooks."""
+    for (``None`` each when not configured), subscribed to the engine's hooks. The audit log (its files,
+    its PostgreSQL connection and writer thread) is opened last, so nothing after it can fail and leave
+    it open; ``gateway.audit.audit_log_of(engine)`` finds it (``/readyz`` reads its ``degraded_reason``)."""
     audit = metrics = None
-    if gateway.audit is not None:
-        from gtl_nb.gateway.audit import AuditLog, AuditSettings
-
-        audit_settings = AuditSettings.from_table(gateway.audit, base=gateway.base)
-        if audit_settings.enabled:
-            audit = AuditLog.for_engine(audit_settings, engine)
     if gateway.metrics is not None:
         from gtl_nb.gateway.metrics import Metrics, MetricsSettings
 
         metrics_settings = MetricsSettings.from_table(gateway.metrics)
         if metrics_settings.enabled:
             metrics = (Metrics.for_engine(engine), metrics_settings.require_token)
+    if gateway.audit is not None:
+        from gtl_nb.gateway.audit import AuditLog, AuditSettings
+
+        audit_settings = AuditSettings.from_table(gateway.audit, base=gateway.base)
+        if audit_settings.enabled:
+            audit = AuditLog.for_engine(audit_settings, engine)
     return audit, metrics
 
 

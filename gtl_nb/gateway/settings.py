@@ -55,8 +55,9 @@ class GatewaySettings:
     """``[gateway.jwt]`` as written (``gateway.tokens.TokenPolicy.from_table`` reads it)."""
     vault: Mapping[str, Any] | None = field(default=None, repr=False)
     """``[gateway.vault]`` as written (``gateway.vault_credentials.VaultSettings.from_table`` reads it)."""
-    audit: Mapping[str, Any] | None = None
-    """``[gateway.audit]`` as written (``gateway.audit.AuditSettings.from_table``); none: no audit log."""
+    audit: Mapping[str, Any] | None = field(default=None, repr=False)
+    """``[gateway.audit]`` as written (``gateway.audit.AuditSettings.from_table``); none: no audit log.
+    Out of ``repr``: its ``url`` may hold the database's password."""
     metrics: Mapping[str, Any] | None = None
     """``[gateway.metrics]`` as written (``gateway.metrics.MetricsSettings.from_table``); none: no ``/metrics``."""
     tracing: Mapping[str, Any] | None = None

@@ -1,0 +1,376 @@
+"""The PostgreSQL audit log wired into the gateway (``[gateway.audit] url``), against a real PostgreSQL 15
+(``tests/postgres_server.py``): a real gateway writes one record per request — failed and refused ones
+too — to its chain, ``gtl audit verify --url`` accepts it and then names a row edited in SQL, no key,
+token or password reaches a row or a message, the table's keys and their errors, ``degraded_reason``
+while the server is away and after the spool drained, and a clean close that loses nothing."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import http.server
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.hooks import RequestFinished
+from gtl_nb.engine.settings import load_settings
+from gtl_nb.gateway import audit_cli
+from gtl_nb.gateway.audit import AuditLog, AuditSettings, audit_log_of, verify
+from gtl_nb.gateway.local import start_gateway
+from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.messages import CompletionRequest, Message
+from tests.gateway.conftest import write_toml
+
+REPO = Path(__file__).resolve().parents[2]
+KEY_CANARY = "canary-audit-provider-key-8e2b4d6f0a1c"  # the quoting provider sends it back in its error
+PASSWORD_CANARY = "pw-canary-41d7"  # the test server trusts loopback: any password connects
+SECRET = "audit-jwt-secret-" + "s" * 32
+
+
+def _load_kit() -> ModuleType:
+    """``tests/postgres_server.py`` under the name every module loads it by: one server per test process."""
+    name = "gtl_nb_tests_postgres_server"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "postgres_server.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+kit = _load_kit()
+postgres_server = kit.postgres_server
+postgres_url = kit.postgres_url
+
+
+@pytest.fixture
+def secret_url(postgres_url: str) -> str:
+    """The test database's URL with a password in it, the way an operator writes one."""
+    return postgres_url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD_CANARY}@", 1)
+
+
+def sql(url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Ask the database directly, as an administrator (or an intruder) would."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params or None)
+        return cursor.fetchall() if cursor.description else []
+
+
+def gtl_audit(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="gtl")
+    audit_cli.add_subcommands(parser.add_subparsers())
+    args = parser.parse_args(["audit", *argv])
+    return int(args.handler(args))
+
+
+class _Quoting(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-shaped provider that refuses every request and quotes the key it was sent."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        sent = self.headers.get("authorization", "").removeprefix("Bearer ")
+        body = json.dumps({"error": {"message": f"bad key {sent}", "type": "invalid_request_error"}}).encode()
+        self.send_response(401)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def quoting_provider() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quoting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def _jti(token: str) -> str:
+    payload = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["jti"])
+
+
+def _post(gateway: Any, token: str, session_id: str, model: str) -> httpx.Response:
+    request = {
+        "type": "completion_request",
+        "session_id": session_id,
+        "model": model,
+        "stream": False,
+        "messages": [{"role": "user", "content": "audit this"}],
+    }
+    headers = {"authorization": f"Bearer {token}"}
+    return httpx.post(gateway.url("http") + "/v1/gtl", json=request, headers=headers, timeout=30)
+
+
+# -- a real gateway ------------------------------------------------------------------------------------
+
+
+def test_a_gateway_writes_one_record_per_request_to_postgresql_and_verify_catches_an_edit(
+    tmp_path, secret_url, postgres_url, quoting_provider, monkeypatch
+):
+    from gtl_nb.gateway.tokens.mint import mint_token
+
+    monkeypatch.setenv("GTL_TEST_AUDIT_SECRET", SECRET)
+    audit_file = tmp_path / "audit.jsonl"
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "providers.echo": {},
+            "providers.leaky": {"type": "openai", "api_key": KEY_CANARY, "base_url": quoting_provider},
+            "routing.retry": {"max_attempts": 1},
+            "gateway": {"auth": "jwt"},
+            "gateway.jwt": {
+                "issuer": "gtl-test",
+                "secret_env": "GTL_TEST_AUDIT_SECRET",
+                "default_deployments": ["*"],
+            },
+            "gateway.http": {"port": 0},
+            # both destinations: the database, and the local file as well
+            "gateway.audit": {
+                "url": secret_url,
+                "path": str(audit_file),
+                "replica": "gw-one",
+                "spool_path": str(tmp_path / "spool.jsonl"),
+                "fsync": False,
+            },
+        },
+    )
+    token = mint_token(SECRET, subject="ann", scopes=["chat:write"], lifetime=600, issuer="gtl-test")
+    gateway = start_gateway(config, env={"GTL_NB_LOG": "DEBUG"})
+    try:
+        assert _post(gateway, token, "pg-ok", "echo").status_code == 200
+        assert _post(gateway, token, "pg-failed", "leaky:gpt-4o-mini").status_code >= 400  # AUTH_FAILED upstream
+        assert _post(gateway, token, "pg-refused", "no-such-model-xyz").status_code >= 400  # no route
+    finally:
+        assert gateway.stop() == 0  # graceful: the writer drains into PostgreSQL before the exit
+
+    rows = sql(postgres_url, "SELECT replica, seq, line FROM audit_records ORDER BY seq")
+    records = {json.loads(line)["session_id"]: json.loads(line) for _, _, line in rows}
+    assert sorted(records) == ["pg-failed", "pg-ok", "pg-refused"]  # one record per request, nothing else
+    (replica,) = {replica for replica, _, _ in rows}
+    assert replica.startswith("gw-one:") and [seq for _, seq, _ in rows] == [1, 2, 3]
+    assert records["pg-ok"]["status"] == "ok" and records["pg-ok"]["provider"] == "echo"
+    assert (records["pg-failed"]["status"], records["pg-failed"]["error_code"]) == ("error", "AUTH_FAILED")
+    assert records["pg-refused"]["status"] == "error" and records["pg-refused"]["error_code"]
+    assert {record["principal"] for record in records.values()} == {"ann"}
+    assert {record["key_id"] for record in records.values()} == {_jti(token)}  # the token's id, never the token
+    written = json.dumps(rows) + json.dumps(sql(postgres_url, "SELECT * FROM audit_chains"), default=str)
+    file_text = audit_file.read_text()
+    for canary in (KEY_CANARY, token, PASSWORD_CANARY, "audit this"):
+        assert canary not in written and canary not in file_text
+    assert KEY_CANARY not in "".join(gateway.output) and PASSWORD_CANARY not in "".join(gateway.output)
+    assert [json.loads(line)["session_id"] for line in file_text.splitlines()] == ["pg-ok", "pg-failed", "pg-refused"]
+    assert verify(audit_file).ok  # the file's own chain
+
+    def gtl(*argv: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "gtl_nb", "audit", "verify", *argv]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+    passed = gtl("--url", secret_url)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert f"chain {replica}" in passed.stdout and "3 records" in passed.stdout and "intact" in passed.stdout
+    assert PASSWORD_CANARY not in passed.stdout + passed.stderr and "***" in passed.stdout
+    from_config = gtl("--config", str(config))  # [gateway.audit]: the file and the database
+    assert from_config.returncode == 0, from_config.stdout + from_config.stderr
+    assert "matches its checkpoint" in from_config.stdout and "every chain is intact" in from_config.stdout
+
+    (seq,) = sql(
+        postgres_url,
+        'UPDATE audit_records SET line = replace(line, \'"status":"error"\', \'"status":"ok"\') '
+        "WHERE session_id = 'pg-failed' RETURNING seq",
+    )[0]
+    caught = gtl("--url", secret_url)
+    assert caught.returncode == 1
+    assert f"chain {replica}: record {seq} was changed: its hash does not match its content" in caught.stderr
+    assert PASSWORD_CANARY not in caught.stdout + caught.stderr
+
+
+# -- configuration -------------------------------------------------------------------------------------
+
+
+def test_the_url_keys_read_from_the_table(tmp_path):
+    url = f"postgresql://audit:{PASSWORD_CANARY}@db.internal:5432/gtl"
+    only = AuditSettings.from_table({"url": url, "replica": "gw-1", "spool_path": "spool/a.jsonl"}, base=tmp_path)
+    assert only.path is None and only.url == url  # no path: PostgreSQL only, no default file
+    assert (only.replica, only.spool_path) == ("gw-1", tmp_path / "spool" / "a.jsonl")
+    assert only.shown_url == "postgresql://audit:***@db.internal:5432/gtl"
+    assert PASSWORD_CANARY not in repr(only) and PASSWORD_CANARY not in only.where
+    both = AuditSettings.from_table({"url": url, "path": "audit.jsonl"}, base=tmp_path)
+    assert both.path == tmp_path / "audit.jsonl" and both.url == url
+    assert AuditSettings.from_table({}, base=tmp_path).url is None  # the file log, as before
+    with pytest.raises(ConfigurationError, match="needs a path"):
+        AuditSettings(path=None)
+    assert PASSWORD_CANARY not in repr(GatewaySettings(audit={"url": url}))  # the table as written, too
+
+
+@pytest.mark.parametrize(
+    ("table", "words"),
+    [
+        ({"url": f"mysql://root:{PASSWORD_CANARY}@db/gtl"}, "mysql:// is not a database the audit log can use"),
+        ({"url": f"redis://:{PASSWORD_CANARY}@cache:6379/0"}, "accepted: postgresql://"),
+        ({"url": f"admin:{PASSWORD_CANARY}@db/gtl"}, "is not a URL"),
+        ({"url": f"admin:{PASSWORD_CANARY}@db://x"}, "its scheme is not a database"),
+        ({"url": f"postgresql://u:{PASSWORD_CANARY}@db:port/gtl"}, "not a valid PostgreSQL URL"),
+        ({"url": f"postgresql://u:{PASSWORD_CANARY}@db/gtl?lease=30"}, "lease is an option of the PostgreSQL ledger"),
+        ({"url": 5}, "url must be a string"),
+        ({"replica": "gw-1"}, "replica belongs to the PostgreSQL audit log"),
+        ({"url": "postgresql://db/gtl", "replica": "gw one"}, "replica must be 1 to 64 letters"),
+        ({"url": "postgresql://db/gtl?replica=a", "replica": "b"}, "replica is given twice"),
+        ({"url": "postgresql://db/gtl", "spool_path": ""}, "spool_path must be a non-empty string"),
+    ],
+)
+def test_a_bad_url_table_is_a_configuration_error_that_never_quotes_the_password(tmp_path, table, words):
+    with pytest.raises(ConfigurationError, match=words) as refused:
+        AuditSettings.from_table(table, base=tmp_path)
+    assert PASSWORD_CANARY not in str(refused.value)
+
+
+# -- degraded while PostgreSQL is away, and the clean close ----------------------------------------------
+
+
+def _finished(session_id: str) -> RequestFinished:
+    return RequestFinished(
+        session_id=session_id,
+        context=RequestContext(principal="ann", key_id="jti-1"),
+        status="ok",
+        error_code=None,
+        deployment="echo",
+        model="echo",
+        tokens_in=3,
+        tokens_out=5,
+        cost=0.0,
+        latency_ms=1.0,
+        cache_hit=False,
+    )
+
+
+def _ask(engine: Any, session_id: str) -> None:
+    async def main() -> None:
+        request = CompletionRequest(session_id=session_id, model="echo", messages=[Message(role="user", content="hi")])
+        async for _ in engine.stream(request, context=RequestContext(principal="ann")):
+            pass
+
+    asyncio.run(main())
+
+
+def test_degraded_reason_while_postgresql_is_away_and_none_once_the_spool_drained(
+    tmp_path, postgres_server, secret_url, postgres_url
+):
+    from gtl_nb.gateway.audit_postgres import verify_postgres
+
+    engine = build_engine(load_settings(providers={"echo": {"type": "echo"}}, environ={}), ledger=False)
+    spool = tmp_path / "spool.jsonl"
+    settings = AuditSettings(url=secret_url, spool_path=spool, fsync=False)
+    audit = AuditLog.for_engine(settings, engine)
+    stopped = False
+    try:
+        assert audit_log_of(engine) is audit and audit.degraded_reason is None  # what /readyz reads
+        _ask(engine, "before")
+        audit.flush()
+        postgres_server.stop("fast")
+        stopped = True
+        _ask(engine, "while-away")
+        audit.flush()
+        reason = audit.degraded_reason or ""
+        assert "audit records wait in" in reason and str(spool) in reason and "cannot be used" in reason
+        assert PASSWORD_CANARY not in reason and "\n" not in reason
+        assert spool.stat().st_size > 0
+        postgres_server.restart()
+        stopped = False
+        deadline = time.monotonic() + 60
+        while audit.degraded_reason is not None:  # no new request: the writer's retry drains the spool
+            assert time.monotonic() < deadline, audit.degraded_reason
+            time.sleep(0.2)
+        assert spool.stat().st_size == 0
+    finally:
+        if stopped:
+            postgres_server.restart()
+        audit.close()
+        asyncio.run(engine.aclose())
+    assert audit_log_of(engine) is None  # closed
+    report = verify_postgres(postgres_url)
+    assert report.ok and report.records == 2, report.describe()
+    lines = [json.loads(line) for (line,) in sql(postgres_url, "SELECT line FROM audit_records ORDER BY seq")]
+    assert [line["session_id"] for line in lines] == ["before", "while-away"]
+
+
+def test_close_writes_everything_queued_to_postgresql_and_a_failing_file_holds_nothing_back(
+    tmp_path, postgres_url, caplog
+):
+    from gtl_nb.gateway.audit_postgres import verify_postgres
+
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(AuditSettings(path=path, url=postgres_url, spool_path=tmp_path / "spool.jsonl", fsync=False))
+    assert audit._files is not None
+    refusing = {"on": True}
+    append = audit._files.append
+
+    def disk_full(records: list[dict[str, Any]]) -> int:
+        if refusing["on"]:
+            raise OSError(28, "No space left on device")
+        return append(records)
+
+    audit._files.append = disk_full  # type: ignore[method-assign]
+    audit(_finished("lost-in-file"))
+    audit.flush()
+    refusing["on"] = False
+    for index in range(600):  # more than two batches, closed at once
+        audit(_finished(f"s{index}"))
+    audit.close()
+    database = [json.loads(line) for (line,) in sql(postgres_url, "SELECT line FROM audit_records ORDER BY seq")]
+    assert [r["session_id"] for r in database] == ["lost-in-file", *(f"s{i}" for i in range(600))]
+    assert verify_postgres(postgres_url).ok
+    in_file = [json.loads(line) for line in path.read_text().splitlines()]
+    assert (in_file[0]["kind"], in_file[0]["count"]) == ("dropped", 1)  # the file's own chain says what it lost
+    assert [r["session_id"] for r in in_file[1:]] == [f"s{i}" for i in range(600)]
+    assert verify(path).ok and "a destination failed" in caplog.text
+
+
+# -- gtl audit with --url ------------------------------------------------------------------------------
+
+
+def test_gtl_audit_tail_and_verify_read_postgresql(tmp_path, postgres_url, secret_url, capsysbinary):
+    with pytest.raises(ConfigurationError, match="no audit records"):
+        gtl_audit("verify", "--url", secret_url)
+    for replica in ("left", "right"):
+        settings = AuditSettings(url=postgres_url, replica=replica, spool_path=tmp_path / f"{replica}.jsonl")
+        with AuditLog(settings) as audit:
+            for index in range(3):
+                audit(_finished(f"{replica}-{index}"))
+    assert gtl_audit("tail", "--url", secret_url, "-n", "2", "--replica", "left") == 0
+    tail = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
+    assert [record["session_id"] for record in tail] == ["left-1", "left-2"]
+    assert gtl_audit("verify", "--url", secret_url) == 0
+    out = capsysbinary.readouterr().out.decode()
+    assert "6 in 2 chains" in out and out.count("3 records") == 2 and PASSWORD_CANARY not in out
+    with pytest.raises(ConfigurationError, match="give --url"):
+        gtl_audit("tail", "--log", str(tmp_path / "audit.jsonl"), "--replica", "left")
+    with pytest.raises(ConfigurationError, match="--follow reads a file log"):
+        gtl_audit("tail", "--url", secret_url, "-f")
+    away = f"postgresql://postgres:{PASSWORD_CANARY}@127.0.0.1:{kit.free_port()}/gtl?connect_timeout=2"
+    with pytest.raises(ConfigurationError, match="cannot be used") as unreachable:
+        gtl_audit("verify", "--url", away)
+    assert PASSWORD_CANARY not in str(unreachable.value)
