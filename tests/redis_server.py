@@ -1,9 +1,11 @@
 """A real ``redis-server`` for tests: its own process on a free loopback port, its files in a
 temporary folder, no persistence, stopped at the end.
 
-``RedisServer.start(folder)`` returns a running server (``url``, ``port``); ``stop()`` ends it.
-``find_redis_server()`` is the binary (``$REDIS_SERVER``, else on ``PATH``, else the Debian path),
-or ``None``. Used by the store tests' fixtures; the gateway-replica tests can use it alike.
+``RedisServer.start(folder)`` returns a running server (``url``, ``port``); ``stop()`` ends it and
+``restart()`` starts it again on the same port (an outage and a return). ``password=`` makes it
+require one (``requirepass``; ``url`` carries it), ``appendonly=True`` keeps its data across a
+restart. ``find_redis_server()`` is the binary (``$REDIS_SERVER``, else on ``PATH``, else the Debian
+path), or ``None``. Used by the store tests' fixtures; the gateway-replica tests can use it alike.
 """
 
 from __future__ import annotations
@@ -52,13 +54,25 @@ class RedisServer:
     process: subprocess.Popen[bytes]
     port: int
     folder: Path
+    binary: str = "redis-server"
+    password: str | None = None
+    appendonly: bool = False
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     @classmethod
-    def start(cls, folder: Path, *, binary: str | None = None, attempts: int = 3) -> RedisServer:
+    def start(
+        cls,
+        folder: Path,
+        *,
+        binary: str | None = None,
+        attempts: int = 3,
+        password: str | None = None,
+        appendonly: bool = False,
+    ) -> RedisServer:
         """Start a server with its files in ``folder``; retried on another port if one was taken meanwhile."""
         binary = binary or find_redis_server()
         if binary is None:
@@ -67,26 +81,25 @@ class RedisServer:
         problem = ""
         for _ in range(attempts):
             port = free_port()
-            log = folder / f"redis-{port}.log"
-            command = [
-                binary,
-                "--port", str(port),
-                "--bind", "127.0.0.1",
-                "--protected-mode", "yes",
-                "--dir", str(folder),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "no",
-                "--logfile", str(log),
-                "--databases", "16",
-            ]  # fmt: skip
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-            server = cls(process, port, folder)
+            process = _launch(binary, port, folder, password, appendonly)
+            server = cls(process, port, folder, binary, password, appendonly)
             if server._wait_ready():
                 return server
             server.stop()
-            problem = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+            problem = server._log_tail()
         raise RedisServerError(f"redis-server did not start on a loopback port; its log ends with:\n{problem}")
+
+    def restart(self) -> None:
+        """Start the stopped server again on its port (with ``appendonly``, with the data it had)."""
+        self.stop()
+        self.process = _launch(self.binary, self.port, self.folder, self.password, self.appendonly)
+        if not self._wait_ready():
+            self.stop()
+            raise RedisServerError(f"redis-server did not start again on port {self.port}:\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        log = self.folder / f"redis-{self.port}.log"
+        return log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
 
     def _wait_ready(self) -> bool:
         """Whether the server answers PING before ``START_SECONDS`` (or exited first)."""
@@ -100,11 +113,12 @@ class RedisServer:
         return False
 
     def ping(self) -> bool:
-        """Whether the server answers ``PING`` (spoken in RESP by hand: no client library needed)."""
+        """Whether the server answers ``PING`` (spoken in RESP by hand: no client library needed); a
+        server with a password answers ``NOAUTH``, which says as much."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as conn:
                 conn.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return conn.recv(64).startswith(b"+PONG")
+                return conn.recv(64).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -118,3 +132,22 @@ class RedisServer:
                 self.process.kill()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.process.wait(timeout=10)
+
+
+def _launch(binary: str, port: int, folder: Path, password: str | None, appendonly: bool) -> subprocess.Popen[bytes]:
+    """``redis-server`` on ``port``, its files (log, append-only file) in ``folder``."""
+    command = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--protected-mode", "yes",
+        "--dir", str(folder),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--daemonize", "no",
+        "--logfile", str(folder / f"redis-{port}.log"),
+        "--databases", "16",
+    ]  # fmt: skip
+    if password:
+        command += ["--requirepass", password]
+    return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

@@ -780,6 +780,7 @@ def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authen
 
     async def refresh() -> None:
         await metrics.refresh_breakers(engine)
+        metrics.store_states(_degraded(engine, authenticate))
 
     return [
         metrics_route(
@@ -790,6 +791,34 @@ def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authen
             refresh=refresh,
         )
     ]
+
+
+def _degraded(engine: Engine, authenticate: Authenticate) -> dict[str, str]:
+    """``/readyz``'s ``degraded``: part -> the one-line ``degraded_reason`` of each part that has one now.
+
+    The engine's stores (``ledger``, ``budgets``, ``cache``, ``breakers``) and its registry of
+    requests in flight shared across replicas (``coalescing``), the token revocation list of the
+    authenticator (``revocations``: behind a reload's ``SwappableAuthenticator`` too) and the audit
+    log the server opened for the engine (``audit``, ``audit.audit_log_of``)."""
+    from gtl_nb.gateway.audit import audit_log_of
+
+    target = getattr(authenticate, "target", authenticate)
+    stores = engine.stores
+    parts: dict[str, Any] = {
+        "ledger": stores.ledger,
+        "budgets": stores.budgets,
+        "cache": stores.cache,
+        "breakers": stores.breakers,
+        "coalescing": getattr(engine, "flights", None),
+        "revocations": getattr(target, "revocations", None),
+        "audit": audit_log_of(engine),
+    }
+    degraded = {}
+    for name, part in parts.items():
+        reason = getattr(part, "degraded_reason", None) if part is not None else None
+        if reason:
+            degraded[name] = str(reason)
+    return degraded
 
 
 def build_app(
@@ -929,12 +958,9 @@ def build_app(
         await _refuse(socket_.scope, socket_.receive, socket_.send, 404, error)
 
     async def readyz(request: Request) -> Any:
-        """``ready``, or ``degraded`` with what and why (still 200: the gateway serves, a shared store is
-        away — the PostgreSQL ledger spooling its rows locally until it is back)."""
-        degraded = {}
-        reason = getattr(engine.stores.ledger, "degraded_reason", None)
-        if reason:
-            degraded["ledger"] = reason
+        """``ready``, or ``degraded`` with what and why (still 200: the gateway serves while a shared store
+        is away — the PostgreSQL ledger spooling its rows, Redis stores falling back to local ones)."""
+        degraded = _degraded(engine, authenticate)
         if degraded:
             return JSONResponse({"status": "degraded", "degraded": degraded})
         return JSONResponse({"status": "ready"})

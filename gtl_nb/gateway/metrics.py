@@ -17,6 +17,8 @@ metric                              labels                     meaning
 ``gtl_retries_total``               provider                   retries of the same deployment
 ``gtl_failovers_total``             from_provider, to_provider moves to another deployment
 ``gtl_cache_hits_total``            provider                   answers replayed from the response cache
+``gtl_store_degraded``              store                      1 while a shared store is away (``/readyz``
+                                                               says why), else 0; one of ``STORES``
 =================================== ========================== =============================================
 
 ``provider`` is the deployment's name — GTL's ``provider`` field, as in ``done`` and the ledger.
@@ -64,13 +66,24 @@ from gtl_nb.protocol.errors import (
     PermissionDeniedError,
 )
 
-__all__ = ["BREAKER_VALUES", "METRICS_KEYS", "OTHER", "TRANSPORTS", "Metrics", "MetricsSettings", "metrics_route"]
+__all__ = [
+    "BREAKER_VALUES",
+    "METRICS_KEYS",
+    "OTHER",
+    "STORES",
+    "TRANSPORTS",
+    "Metrics",
+    "MetricsSettings",
+    "metrics_route",
+]
 
 log = get_logger("gateway.metrics")
 
 OTHER = "other"
 NONE = "none"
 TRANSPORTS = ("stdio", "http", "sse", "ws", "grpc", "quic")
+STORES = ("ledger", "budgets", "cache", "breakers", "coalescing", "revocations", "audit")
+"""The parts ``/readyz`` may call degraded: the ``store`` label of ``gtl_store_degraded``."""
 """The ``transport`` label's values (another name counts as ``other``)."""
 STATUSES = ("ok", "error", "cancelled")
 BREAKER_VALUES: Mapping[str, int] = {"closed": 0, "half_open": 1, "open": 2}
@@ -166,6 +179,9 @@ class Metrics:
         )
         self.cache_hits = Counter(
             "gtl_cache_hits", "Answers replayed from the response cache.", ("provider",), registry=r
+        )
+        self.degraded = Gauge(
+            "gtl_store_degraded", "1 while a shared store is away (see /readyz), else 0.", ("store",), registry=r
         )
         for deployment in self._models:
             self.breakers.labels(deployment).set(0)
@@ -283,6 +299,11 @@ class Metrics:
             return
         for deployment, snapshot in states.items():
             self.breaker_state(deployment, str(snapshot.get("state")))
+
+    def store_states(self, degraded: Mapping[str, str]) -> None:
+        """Set ``gtl_store_degraded`` of every part in ``STORES`` from ``/readyz``'s ``degraded`` mapping."""
+        for store in STORES:
+            self.degraded.labels(store).set(1 if store in degraded else 0)
 
     def session_opened(self, transport: str) -> None:
         """A listener started serving a session over ``transport``."""

@@ -142,7 +142,13 @@ class Cluster:
             "gateway.vault.keys": {"openai": "team-openai", "flaky": "team-openai"},
             "gateway.http": {"port": 0},
             "gateway.grpc": {"port": 0},
-            "gateway.audit": {"path": str(directory / "audit.jsonl"), "fsync": False},
+            "gateway.audit": {  # a file of its own, and a hash chain per replica in the shared database
+                "path": str(directory / "audit.jsonl"),
+                "url": self.database_url,
+                "replica": f"replica-{index}",
+                "spool_path": str(directory / "audit-spool.sqlite3"),
+                "fsync": False,
+            },
         }
         return write_toml(directory / "gtl.toml", tables)
 
@@ -226,14 +232,15 @@ def _vault(folder: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def running_cluster(folder: Path) -> Iterator[Cluster]:
-    """Start every piece of a cluster in ``folder``; stop them all at the end."""
+def running_cluster(folder: Path, *, pace: float = 0.01) -> Iterator[Cluster]:
+    """Start every piece of a cluster in ``folder``; stop them all at the end. ``pace``: seconds between
+    the upstream's streamed chunks."""
     _require_servers()
     redis = RedisServer.start(folder / "redis")
     postgres = PostgresServer.start()
     try:
         database_url = postgres.create_database("gtl_scaleout")
-        upstream = sim.serve("openai", api_key=UPSTREAM_KEY, pace=0.01)
+        upstream = sim.serve("openai", api_key=UPSTREAM_KEY, pace=pace)
         flaky = sim.serve("openai", sim.Fault.http(500), api_key=UPSTREAM_KEY)
         vault, vault_key = _vault(folder)
         cluster = Cluster(folder, redis, postgres, database_url, upstream, flaky, vault, vault_key)

@@ -22,6 +22,7 @@ from gtl_nb.protocol.messages import Done
 from tests.scaleout.conftest import (
     BUDGET_RPM,
     BUDGET_USER,
+    REPLICAS,
     SECRET,
     UPSTREAM_KEY,
     Cluster,
@@ -254,3 +255,23 @@ def test_the_teams_usage_through_the_gateway_and_straight_from_postgres(cluster:
         direct.close()
     assert set(session_ids) <= set(frame["session_id"])
     assert UPSTREAM_KEY not in frame.to_csv() and SECRET not in frame.to_csv()
+
+
+def test_every_replica_keeps_its_own_audit_chain_in_postgresql(cluster: Cluster):
+    with gtl_nb.connect(cluster.http_url, token=token("audited")) as client:
+        answers = [client.complete("openai:gpt-4o", f"audited {i}") for i in range(6)]
+    cluster.settled_rows([answer.session_id for answer in answers])
+    verified = wait_until(
+        lambda: (done := cluster.gtl("audit", "verify", "--url", cluster.database_url)).returncode == 0 and done,
+        timeout=10,
+        what="gtl audit verify --url to pass",
+        every=0.5,
+    )
+    assert sum("replica-" in line for line in verified.stdout.splitlines()) >= REPLICAS, verified.stdout
+    import psycopg
+
+    with psycopg.connect(cluster.database_url) as connection:
+        rows = connection.execute("SELECT line FROM audit_records WHERE kind = 'request'").fetchall()
+    audited = {answer.session_id for answer in answers}
+    assert sum(any(sid in row[0] for sid in audited) for row in rows) == len(audited)
+    assert not any(UPSTREAM_KEY in row[0] or SECRET in row[0] for row in rows)

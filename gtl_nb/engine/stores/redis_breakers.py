@@ -16,11 +16,17 @@ Every write carries a random token, so a compare-and-set that landed although it
 (redis-py sends it once more) is recognised, not applied twice. A probe slot whose replica never
 reported back (it died) is given back after ``probe_lease`` seconds, as in the SQLite store. A
 breaker nobody touched for a day expires: it starts closed again.
+
+While Redis cannot be used (``redis_fallback``: one warning, then a background probe every second),
+each call goes to a ``BreakerBoard`` of this process with the same rules and configuration — its
+breakers start closed, as after a day without use — and when Redis answers again, calls go back to
+the shared state, which is as the replicas left it. A request never fails because Redis is down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -29,9 +35,10 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from gtl_nb.engine.breaker import BreakerConfig, CircuitBreaker
+from gtl_nb.engine.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
 from gtl_nb.engine.ratelimit import DAY
 from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
+from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.shared_breakers import RulesOverState
 from gtl_nb.log import get_logger
 
@@ -57,7 +64,8 @@ return 1
 
 class RedisBreakerStore(RulesOverState):
     """A ``BreakerStore`` in Redis (module docstring). ``config`` may be replaced while running (the
-    engine does on reconfiguration): every call reads the current one."""
+    engine does on reconfiguration): every call reads the current one. ``degraded_reason`` is
+    ``None`` while Redis answers, else why breakers are local (for ``/readyz``)."""
 
     def __init__(
         self,
@@ -74,9 +82,27 @@ class RedisBreakerStore(RulesOverState):
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = (
             weakref.WeakKeyDictionary()
         )
+        self.outage = RedisOutage(
+            self.redis,
+            store="breakers",
+            meanwhile=lambda: "circuit breakers are kept by this replica alone",
+            back="circuit breakers are shared again",
+        )
+        self._local: BreakerBoard | None = None  # made at the first outage
 
     def __repr__(self) -> str:
         return f"RedisBreakerStore({self.redis.shown!r})"
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``None`` while Redis answers, else one line: what failed and that breakers are local."""
+        return self.outage.degraded_reason
+
+    def local_board(self) -> BreakerBoard:
+        """The breakers of this process while Redis is down (made again when ``config`` was replaced)."""
+        if self._local is None or self._local.config is not self.config:
+            self._local = BreakerBoard(self.config, clock=self.wall_clock)
+        return self._local
 
     def _key(self, deployment: str) -> str:
         return f"{self.redis.prefix}breaker:{key_part(deployment)}"
@@ -86,8 +112,13 @@ class RedisBreakerStore(RulesOverState):
         names = list(dict.fromkeys(deployments))
         if not names:
             return {}
+        if not self.outage.usable():
+            return self._local_snapshots(names)
         keys = [self._key(name) for name in names]
-        found = await self.redis.run("reading breakers", lambda client: client.mget(keys))
+        try:
+            found = await self.outage.call("reading breakers", lambda client: client.mget(keys))
+        except RedisUnavailableError:
+            return self._local_snapshots(names)
         now = self.wall_clock()
         result = {}
         for name, data in zip(names, found, strict=True):
@@ -95,7 +126,12 @@ class RedisBreakerStore(RulesOverState):
             result[name] = {**breaker.snapshot(), "allowed": breaker.would_allow()}
         return result
 
+    def _local_snapshots(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        breakers = [self.local_board().get(name) for name in names]
+        return {breaker.name: {**breaker.snapshot(), "allowed": breaker.would_allow()} for breaker in breakers}
+
     async def aclose(self) -> None:
+        await self.outage.aclose()
         await self.redis.aclose()
 
     def close(self) -> None:
@@ -103,6 +139,15 @@ class RedisBreakerStore(RulesOverState):
         self.redis.close()
 
     async def _update(self, deployment: str, operation: Callable[[CircuitBreaker], T]) -> T:
+        """``operation`` on the shared breaker (``_shared_update``), or on the local one while Redis is down."""
+        if self.outage.usable():
+            # Redis is down (the outage noted it), or the breaker changed under MAX_ATTEMPTS writes of
+            # other replicas: either way this call is decided locally rather than failing its request
+            with contextlib.suppress(RedisUnavailableError):
+                return await self._shared_update(deployment, operation)
+        return operation(self.local_board().get(deployment))
+
+    async def _shared_update(self, deployment: str, operation: Callable[[CircuitBreaker], T]) -> T:
         """Apply ``operation`` to the stored breaker and store the result, atomically (module docstring).
 
         A call that changes nothing is one ``GET``. Writes of one deployment take turns within this
@@ -111,7 +156,7 @@ class RedisBreakerStore(RulesOverState):
         key = self._key(deployment)
         token = uuid.uuid4().hex
         step = self._step(deployment, operation, token)
-        data = await self.redis.run("reading a breaker", lambda client: client.get(key))
+        data = await self.outage.call("reading a breaker", lambda client: client.get(key))
         result, text, _ = step(data)
         if text is None:
             return result
@@ -121,7 +166,7 @@ class RedisBreakerStore(RulesOverState):
             written: list[T] = []  # outcomes of the writes we sent, should a reply be lost
             for attempt in range(MAX_ATTEMPTS):
                 if attempt or waited:  # what was read before may be stale by now
-                    data = await self.redis.run("reading a breaker", lambda client: client.get(key))
+                    data = await self.outage.call("reading a breaker", lambda client: client.get(key))
                     result, text, landed = step(data)
                     if written and landed:
                         return written[-1]  # our earlier write landed; its reply did not reach us
@@ -129,7 +174,7 @@ class RedisBreakerStore(RulesOverState):
                         return result
                 written.append(result)
                 swap_args = [b"" if data is None else data, text, self._keep()]
-                swapped = await self.redis.run(
+                swapped = await self.outage.call(
                     "updating a breaker",
                     lambda client, swap_args=swap_args: _SWAP(client, [key], swap_args),  # bound here, not late
                 )

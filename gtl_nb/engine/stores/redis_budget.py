@@ -19,25 +19,44 @@ Every key expires on its own two days after its principal's last reservation: an
 leaves nothing behind. Reservation ids are made here (random), so a reserve that redis-py sends
 again after a dropped reply is recognised and not counted twice; a reserve whose caller is
 cancelled is taken back once it lands, as the SQLite counter does.
+
+When Redis cannot be used (``redis_fallback``), requests are not refused for it: ``reserve``,
+``settle`` and ``usage`` go to a ``MemoryBudgetCounter`` of this process, with every limit divided
+by the number of live replicas last seen (``replicas``; ``local_limits`` says how it rounds), one
+warning logged when that starts and one info line when Redis answers again; from then on new
+requests are counted in Redis again. A reservation made locally is settled locally (its id is the
+memory counter's integer, a Redis one is a hex string), never sent to Redis later. The settlement of
+a reservation made in Redis that cannot reach it is kept (up to ``MAX_OWED``, in memory) and sent
+when Redis answers again — settling is idempotent — so the day's spend in Redis is not left at the
+estimate. What the local counter saw is not added to Redis afterwards: during the minute after an
+outage, a principal may get up to one local share more than its limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
 from gtl_nb.engine.stores.base import Reservation
+from gtl_nb.engine.stores.memory import MemoryBudgetCounter
 from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
+from gtl_nb.engine.stores.redis_fallback import RedisOutage
+from gtl_nb.engine.stores.replicas import ReplicaRegistry
+from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
 
-__all__ = ["RedisBudgetCounter"]
+__all__ = ["MAX_OWED", "RedisBudgetCounter", "local_limits"]
 
 log = get_logger("engine.stores")
 
 NANOS = 1_000_000_000  # nano-dollars per dollar
 KEEP_SECONDS = int(2 * DAY + 2 * WINDOW)  # how long a principal's keys outlive its last reservation
+MAX_OWED = 10_000
+"""Settlements kept for Redis while it is down; past them the oldest are dropped (and counted in a log line)."""
 
 # The minute's spends as a flat list {time, tokens, time, tokens, ...} (strings: exact doubles).
 _READ_MINUTE = """
@@ -160,18 +179,69 @@ def _spends(flat: list[Any]) -> list[Spend]:
     return [Spend(float(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
 
 
+def local_limits(limits: Limits, replicas: int) -> Limits:
+    """``limits`` for one of ``replicas`` replicas counting alone while Redis is down.
+
+    Requests and tokens per minute are divided and rounded down — the replicas together never admit
+    more than the limit — but never below 1, so a replica can still serve (with 3 replicas a limit
+    of 10 is 3 each, a limit of 2 is 1 each: then up to 3 together). A limit of 0 stays 0 (it
+    blocks). Dollars per day are divided exactly."""
+    if replicas <= 1 or not limits.any:
+        return limits
+
+    def share(limit: int | None) -> int | None:
+        if limit is None or limit <= 0:
+            return limit
+        return max(1, int(limit) // replicas)
+
+    usd = limits.usd_per_day
+    return Limits(
+        requests_per_minute=share(limits.requests_per_minute),
+        tokens_per_minute=share(limits.tokens_per_minute),
+        usd_per_day=None if usd is None else usd / replicas,
+    )
+
+
 class RedisBudgetCounter:
     """A ``BudgetCounter`` in Redis, exact across the replicas that share the server (module docstring).
 
     ``url`` is a ``redis://`` or ``rediss://`` URL (``engine.stores.urls``). Times are the ``now``
-    callers pass: wall-clock unix seconds, which replicas share."""
+    callers pass: wall-clock unix seconds, which replicas share. ``degraded_reason`` is ``None``
+    while Redis answers, else why limits are counted locally (for ``/readyz``)."""
 
     def __init__(self, url: str) -> None:
         self.redis = RedisConnector(url, what="[budgets] backend")
+        self.outage = RedisOutage(
+            self.redis,
+            store="budgets",
+            meanwhile=self._meanwhile,
+            back="limits are counted in Redis again",
+            on_recovered=self._pay_owed,
+        )
+        self.replicas = ReplicaRegistry(self.redis, outage=self.outage)
+        self.local = MemoryBudgetCounter()
+        """Where requests are counted while Redis is down (each limit divided: ``local_limits``)."""
+        self._owed: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
+        self._dropped = 0  # settlements dropped from a full ``_owed`` during this outage
         self._background: set[asyncio.Future[Any]] = set()
 
     def __repr__(self) -> str:
         return f"RedisBudgetCounter({self.redis.shown!r})"
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``None`` while Redis answers, else one line: what failed and that limits are counted locally."""
+        return self.outage.degraded_reason
+
+    @property
+    def owed(self) -> int:
+        """Settlements of Redis reservations waiting for Redis to answer again."""
+        return len(self._owed)
+
+    def _meanwhile(self) -> str:
+        count = self.replicas.count
+        divided = "as configured (no other replica was seen)" if count <= 1 else f"divided by {count} live replicas"
+        return f"budgets are counted by this replica alone, each limit {divided}"
 
     def _keys(self, principal: str, at: float) -> list[str]:
         base = f"{self.redis.prefix}budget:{{{key_part(principal)}}}"
@@ -190,8 +260,18 @@ class RedisBudgetCounter:
         """Check and count one request in one script; raise the refusal, which counts nothing.
 
         A principal without limits is counted too: other replicas, or a later configuration, may
-        enforce some. ``session_id`` is not needed: Redis counts no ledger rows."""
-        tokens, cost = int(tokens), float(cost)
+        enforce some. ``session_id`` is not needed: Redis counts no ledger rows. While Redis is down,
+        the local counter decides, on ``local_limits``."""
+        self.replicas.keep_beating()
+        if self.outage.usable():
+            with contextlib.suppress(RedisUnavailableError):  # the outage noted it: count locally
+                return await self._reserve_in_redis(principal, limits, now=now, tokens=int(tokens), cost=float(cost))
+        shared = local_limits(limits, self.replicas.count)
+        return await self.local.reserve(principal, shared, now=now, tokens=tokens, cost=cost)
+
+    async def _reserve_in_redis(
+        self, principal: str, limits: Limits, *, now: float, tokens: int, cost: float
+    ) -> Reservation:
         reservation = Reservation(uuid.uuid4().hex, principal, tokens, cost, now)
         keys = self._keys(principal, now)
 
@@ -211,7 +291,7 @@ class RedisBudgetCounter:
             optional(limits.usd_per_day),
             str(KEEP_SECONDS),
         ]
-        attempt = asyncio.ensure_future(self.redis.run("reserving", lambda client: _RESERVE(client, keys, args)))
+        attempt = asyncio.ensure_future(self.outage.call("reserving", lambda client: _RESERVE(client, keys, args)))
         try:
             outcome = await asyncio.shield(attempt)
         except asyncio.CancelledError:
@@ -221,14 +301,18 @@ class RedisBudgetCounter:
             return reservation
         refused = refusal(principal, limits, now=now, minute=_spends(outcome[2:]), spent_today=int(outcome[1]) / NANOS)
         if refused is None:  # cannot happen: the script decides as refusal() does, on the same numbers
-            raise RedisUnavailableError(f"Redis at {self.redis.shown} refused a request that the limits allow")
+            raise StoreError(f"Redis at {self.redis.shown} refused a request that the limits allow")
         raise refused
 
     async def settle(
         self, reservation: Reservation, *, tokens: int | None, cost: float | None, now: float | None = None
     ) -> None:
         """Replace the estimate with the actual figures (``None``: keep the estimate); an unknown
-        reservation (another counter's, or one forgotten after two days) changes nothing."""
+        reservation (another counter's, or one forgotten after two days) changes nothing. A local
+        reservation is settled locally; a Redis one while Redis is down is owed (module docstring)."""
+        if isinstance(reservation.id, int):  # the memory counter's id: made while Redis was down
+            await self.local.settle(reservation, tokens=tokens, cost=cost, now=now)
+            return
         if tokens is None and cost is None:
             return
         keys = self._keys(reservation.principal, reservation.time)
@@ -238,27 +322,79 @@ class RedisBudgetCounter:
             "" if cost is None else str(_nanos(cost)),
             str(KEEP_SECONDS),
         ]
-        write = asyncio.ensure_future(self.redis.run("settling", lambda client: _SETTLE(client, keys, args)))
+        if not self.outage.usable():
+            self._owe(reservation.id, keys, args)
+            return
+        write = asyncio.ensure_future(self.outage.call("settling", lambda client: _SETTLE(client, keys, args)))
         try:
             await asyncio.shield(write)
         except asyncio.CancelledError:  # as the SQLite counter: a cancelled caller's settle still lands
             await asyncio.wait({write})
+            if not write.cancelled() and isinstance(write.exception(), RedisUnavailableError):
+                self._owe(reservation.id, keys, args)
             raise
+        except RedisUnavailableError:
+            self._owe(reservation.id, keys, args)
 
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
-        """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal``."""
-        keys = self._keys(principal, now)
-        found = await self.redis.run("reading usage", lambda client: _USAGE(client, keys, [repr(now - WINDOW)]))
-        return usage_report(now=now, minute=_spends(found[1:]), spent_today=int(found[0]) / NANOS)
+        """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal`` (while
+        Redis is down, what this replica counted locally)."""
+        self.replicas.keep_beating()
+        if self.outage.usable():
+            keys = self._keys(principal, now)
+            with contextlib.suppress(RedisUnavailableError):
+                found = await self.outage.call(
+                    "reading usage", lambda client: _USAGE(client, keys, [repr(now - WINDOW)])
+                )
+                return usage_report(now=now, minute=_spends(found[1:]), spent_today=int(found[0]) / NANOS)
+        return await self.local.usage(principal, now=now)
 
     async def aclose(self) -> None:
-        if self._background:  # take-backs under way: let them land before the pool closes
+        await self.replicas.aclose()
+        await self.outage.aclose()
+        if self._background:  # take-backs and owed settlements under way: let them land before the pool closes
             await asyncio.wait(set(self._background))
+        if self._owed:
+            log.warning("budgets: %d settlements could not be sent to Redis at %s", len(self._owed), self.redis.shown)
         await self.redis.aclose()
 
     def close(self) -> None:
         """Close without a loop."""
         self.redis.close()
+
+    def _owe(self, reservation_id: str, keys: list[str], args: list[str]) -> None:
+        """Keep a settlement Redis could not take, to send when it answers (the newest figures win)."""
+        self._owed.pop(reservation_id, None)
+        self._owed[reservation_id] = (keys, args)
+        while len(self._owed) > MAX_OWED:
+            self._owed.popitem(last=False)
+            self._dropped += 1
+
+    def _pay_owed(self) -> None:
+        """Redis answers again: send the owed settlements in the background (``on_recovered``)."""
+        if self._dropped:
+            log.warning(
+                "budgets: %d settlements were dropped while Redis was down (over %d kept)", self._dropped, MAX_OWED
+            )
+            self._dropped = 0
+        if not self._owed:
+            return
+        task = asyncio.get_running_loop().create_task(self._send_owed())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _send_owed(self) -> None:
+        sent = 0
+        while self._owed:
+            reservation_id, (keys, args) = next(iter(self._owed.items()))
+            try:
+                await self.outage.call("settling", lambda client, keys=keys, args=args: _SETTLE(client, keys, args))
+            except StoreError:
+                return  # down again (noted) or closed: the rest wait for the next recovery
+            if self._owed.get(reservation_id) == (keys, args):  # unless a newer settlement replaced it meanwhile
+                del self._owed[reservation_id]
+            sent += 1
+        log.info("budgets: %d settlements made while Redis was down were sent to it", sent)
 
     def _uncount(self, attempt: asyncio.Future[Any], reservation: Reservation, keys: list[str]) -> None:
         """The reserve of a cancelled caller landed: take it back (the request will not be sent)."""

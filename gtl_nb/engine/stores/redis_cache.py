@@ -8,10 +8,17 @@ traffic; the expiry inside the value (``wall_clock`` seconds) is checked as well
 clock is obeyed as with the SQLite cache. An answer whose JSON is larger than ``max_value_bytes``
 is not stored (and any older answer under its key is dropped): a huge answer must not fill the
 server's memory for everyone.
+
+While Redis cannot be used (``redis_fallback``), ``get`` answers a miss and ``set``/``delete`` do
+nothing, without raising — a cache never fails a request — and without a log line per request: one
+warning when the outage starts, one info line when Redis answers again, and no call waits on the
+dead server in between (a background probe asks every second). ``clear``, an operator's explicit
+request, still raises ``RedisUnavailableError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -20,7 +27,8 @@ from typing import Any
 import msgspec
 
 from gtl_nb.engine.cache import CachedAnswer
-from gtl_nb.engine.stores.redis_client import RedisConnector
+from gtl_nb.engine.stores.redis_client import RedisConnector, RedisUnavailableError
+from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.log import get_logger
 
 __all__ = ["MAX_VALUE_BYTES", "RedisResponseCache"]
@@ -49,7 +57,8 @@ def _glob_escaped(text: str) -> str:
 
 class RedisResponseCache:
     """A ``ResponseCache`` in Redis (module docstring): ``url`` is a ``redis://`` or ``rediss://`` URL;
-    ``default_ttl`` applies to ``set`` without one."""
+    ``default_ttl`` applies to ``set`` without one. ``degraded_reason`` is ``None`` while Redis
+    answers, else why every lookup is a miss (for ``/readyz``)."""
 
     def __init__(
         self,
@@ -63,15 +72,32 @@ class RedisResponseCache:
         self.default_ttl = default_ttl
         self.wall_clock = wall_clock
         self.max_value_bytes = max_value_bytes
+        self.outage = RedisOutage(
+            self.redis,
+            store="cache",
+            meanwhile=lambda: "every lookup is a miss and nothing is stored",
+            back="answers are cached again",
+        )
 
     def __repr__(self) -> str:
         return f"RedisResponseCache({self.redis.shown!r})"
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``None`` while Redis answers, else one line: what failed and that the cache is skipped."""
+        return self.outage.degraded_reason
 
     def _key(self, key: str) -> str:
         return f"{self.redis.prefix}cache:{key}"
 
     async def get(self, key: str) -> CachedAnswer | None:
-        data = await self.redis.run("reading the cache", lambda client: client.get(self._key(key)))
+        """The answer stored under ``key``, or ``None`` (also while Redis is down)."""
+        if not self.outage.usable():
+            return None
+        try:
+            data = await self.outage.call("reading the cache", lambda client: client.get(self._key(key)))
+        except RedisUnavailableError:
+            return None
         if data is None:
             return None
         try:
@@ -97,10 +123,16 @@ class RedisResponseCache:
             await self.delete(key)  # an older answer under this key must not outlive the newer one
             return
         milliseconds = max(1, math.ceil(ttl * 1000))
-        await self.redis.run("writing the cache", lambda client: client.set(self._key(key), data, px=milliseconds))
+        if self.outage.usable():
+            with contextlib.suppress(RedisUnavailableError):  # noted by the outage: not stored, never an error
+                await self.outage.call(
+                    "writing the cache", lambda client: client.set(self._key(key), data, px=milliseconds)
+                )
 
     async def delete(self, key: str) -> None:
-        await self.redis.run("deleting from the cache", lambda client: client.delete(self._key(key)))
+        if self.outage.usable():
+            with contextlib.suppress(RedisUnavailableError):
+                await self.outage.call("deleting from the cache", lambda client: client.delete(self._key(key)))
 
     async def clear(self) -> None:
         """Delete every answer under this URL's key prefix (other data in the server is left alone)."""
@@ -116,9 +148,10 @@ class RedisResponseCache:
             if batch:
                 await client.unlink(*batch)
 
-        await self.redis.run("clearing the cache", work)
+        await self.outage.call("clearing the cache", work)
 
     async def aclose(self) -> None:
+        await self.outage.aclose()
         await self.redis.aclose()
 
     def close(self) -> None:

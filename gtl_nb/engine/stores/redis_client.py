@@ -8,14 +8,17 @@ is created on the first call a store makes on a loop and closed when the last st
 closes, or when the loop ends (``asyncio.run`` and ``LoopThread.stop`` cancel the tasks left; a
 small keeper task per pool closes it then, while the loop still runs).
 
-Timeouts (each can be set in the URL's query): 1 s to connect, 2 s for a reply, at most 64
-connections per pool and 5 s to wait for a free one; a command that fails on a dropped connection
-is sent once more (every store's writes are idempotent, so a retry never counts twice).
+Timeouts (each can be set in the URL's query): 0.5 s to connect, 1 s for a reply, at most 64
+connections per pool and 1 s to wait for a free one; a command that fails on a dropped connection
+is sent once more (every store's writes are idempotent, so a retry never counts twice). They are
+short on purpose: every store command is one short step, and a request that meets a server dying
+under it should be held for about a second, not many, before its store falls back.
 
-When the server is unreachable or fails, a store raises ``RedisUnavailableError`` (a ``StoreError``,
-retryable) naming the server without its password; the engine turns it into the request's error.
-(A fallback to local limits comes with the rest of scale-out.) Without the ``redis`` extra,
-opening a Redis store raises a ``ConfigurationError`` saying what to install.
+When the server is unreachable or fails, ``run`` raises ``RedisUnavailableError`` (a ``StoreError``,
+retryable) naming the server without its password. The stores do not pass it on to requests: each
+serves from a local fallback until Redis answers again (``redis_fallback``; the budget counter's
+limits divided among the live replicas, ``replicas``). Without the ``redis`` extra, opening a Redis
+store raises a ``ConfigurationError`` saying what to install.
 """
 
 from __future__ import annotations
@@ -53,14 +56,16 @@ log = get_logger("engine.stores")
 
 T = TypeVar("T")
 
-CONNECT_TIMEOUT = 1.0
+CONNECT_TIMEOUT = 0.5
 """Seconds to open a connection (``socket_connect_timeout`` in the URL overrides it)."""
-REPLY_TIMEOUT = 2.0
+REPLY_TIMEOUT = 1.0
 """Seconds to wait for a reply (``socket_timeout``): every store command is one short step."""
 MAX_CONNECTIONS = 64
 """Connections per pool (``max_connections``); a caller past them waits for one to be free."""
-POOL_WAIT = 5.0
+POOL_WAIT = 1.0
 """Seconds a caller waits for a free connection before the store reports Redis as unavailable."""
+RETRY_BACKOFF = (0.05, 0.2)
+"""Base and cap (seconds) of the pause before a command is sent again on a fresh connection."""
 
 INSTALL_HINT = "pip install 'gtl-nb[redis]'"
 
@@ -255,7 +260,7 @@ class RedisConnector:
                 max_connections=MAX_CONNECTIONS,
                 timeout=POOL_WAIT,
                 health_check_interval=30,
-                retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1),
+                retry=Retry(EqualJitterBackoff(cap=RETRY_BACKOFF[1], base=RETRY_BACKOFF[0]), 1),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"{self.what}: {self.shown!r} cannot be used ({exc})") from None
@@ -310,7 +315,7 @@ def sync_client(url: str) -> tuple[Any, str]:
                     socket_connect_timeout=CONNECT_TIMEOUT,
                     socket_timeout=REPLY_TIMEOUT,
                     health_check_interval=30,
-                    retry=Retry(EqualJitterBackoff(cap=0.5, base=0.05), 1),
+                    retry=Retry(EqualJitterBackoff(cap=RETRY_BACKOFF[1], base=RETRY_BACKOFF[0]), 1),
                 )
             except (ValueError, TypeError) as exc:
                 raise ConfigurationError(f"{shown_url(url)!r} cannot be used ({exc})") from None

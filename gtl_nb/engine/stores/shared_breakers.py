@@ -12,8 +12,6 @@ from gtl_nb.engine.breaker import BreakerConfig, CircuitBreaker
 __all__ = ["RulesOverState"]
 
 
-
-
 class RulesOverState:
     """Mixin: ``acquire``/``record_success``/``record_failure``/``release`` through ``self._update``."""
 

@@ -9,10 +9,22 @@ moved: a token revoked through any replica (or ``gtl token revoke`` pointed at t
 refused by all within ``refresh`` seconds, at the cost of one ``GET`` per replica per ``refresh``.
 A version key that vanished (a Redis restarted without persistence) counts as moved too.
 
-When Redis cannot be reached, ``revoke``, ``prune`` and a due refresh raise ``RevocationStoreError``
-(a ``GTLError``): ``TokenAuthenticator`` then refuses the token, retryably — it fails closed
-rather than let a revoked token through. Run Redis with persistence (``appendonly yes``) so a
-restart does not forget revocations. ``expires_at`` and ``refresh`` use ``clock``.
+When Redis cannot be reached:
+
+* once the set was read, ``is_revoked`` keeps answering from the last set read (one warning is
+  logged, ``degraded_reason`` says so for ``/readyz``, and the next look is at most every
+  ``max(refresh, 1 s)``, so a dead server does not hold up each token check): every token revoked
+  before the outage stays refused, and the gateway keeps serving. What it cannot know is a
+  revocation written to Redis by a replica that still reaches it; that one is refused from the
+  first look after Redis answers again (logged at info). It cannot be written through this replica
+  meanwhile either: ``revoke`` raises.
+* before the set was ever read (Redis down when the gateway started), ``is_revoked`` raises
+  ``RevocationStoreError`` (a ``GTLError``) and ``TokenAuthenticator`` refuses the token,
+  retryably: with nothing known it fails closed rather than let a revoked token through.
+
+``revoke``, ``prune`` and ``revoked`` always raise ``RevocationStoreError`` when Redis cannot be
+reached: an operator is told. Run Redis with persistence (``appendonly yes``) so a restart does not
+forget revocations. ``expires_at`` and ``refresh`` use ``clock``.
 """
 
 from __future__ import annotations
@@ -21,14 +33,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from gtl_nb.engine.stores.redis_client import sync_client, translated
+from gtl_nb.engine.stores.redis_fallback import RETRY_SECONDS, one_line
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.engine.stores.urls import parse_store_url, shown_url
 from gtl_nb.gateway.tokens.store import DEFAULT_REFRESH
+from gtl_nb.log import get_logger
 
 __all__ = ["RedisRevocationList", "RevocationStoreError"]
+
+log = get_logger("gateway.tokens")
 
 
 class RevocationStoreError(StoreError):
@@ -73,9 +90,38 @@ class RedisRevocationList:
         self._version: bytes | None = None
         self._loaded = False
         self._checked: float | None = None
+        self._read_at: float | None = None  # ``clock`` time of the last set read
+        self._problem: str | None = None  # while Redis cannot be reached: why
+        # read the list now, at start: a replica that starts (or restarts) and then loses Redis before
+        # its first token would otherwise have no list to answer from and refuse every token
+        with self._lock:
+            self._checked = self._clock()
+            self._look()
 
     def __repr__(self) -> str:
         return f"RedisRevocationList({self.shown!r})"
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``None`` while Redis answers, else one line: what failed and what tokens are checked against.
+
+        While Redis is down, asking is also a look when one is due (at most every second): a gateway
+        that receives no token would otherwise never notice Redis is back."""
+        if self._problem is None:
+            return None
+        with self._lock:
+            self._look_if_due(self._clock())
+            problem = self._problem
+            return None if problem is None else f"{problem}; {self._meanwhile()}"
+
+    def _meanwhile(self) -> str:
+        if not self._loaded:
+            return "every token is refused until it answers (no revocation list was read yet)"
+        when = _utc(self._read_at)
+        return (
+            f"tokens are checked against the {len(self._revoked)} revocations read at {when} "
+            "(one revoked elsewhere meanwhile is refused once Redis answers)"
+        )
 
     def revoke(self, jti: str, expires_at: float) -> None:
         """Deny ``jti`` until ``expires_at`` for every replica (an earlier revocation's later time is kept)."""
@@ -90,18 +136,51 @@ class RedisRevocationList:
             self._prune(now)
             self._reload()
             self._checked = now
+            self._answered()
 
     def is_revoked(self, jti: str) -> bool:
-        """From memory; the set is re-read when another replica changed it (at most every ``refresh`` s)."""
+        """From memory; the set is re-read when another replica changed it (at most every ``refresh`` s).
+
+        While Redis cannot be reached, from the last set read; ``RevocationStoreError`` when none
+        was ever read (module docstring)."""
         now = self._clock()
         with self._lock:
-            # a clock that went backwards also looks again, rather than trusting the set for that long
-            if self._checked is None or now < self._checked or now - self._checked >= self._refresh:
-                version = self._call("reading the revocation list", lambda client: client.get(self._version_key))
-                if not self._loaded or version != self._version:
-                    self._reload()
-                self._checked = now
+            self._look_if_due(now)
+            if not self._loaded:
+                raise RevocationStoreError(
+                    f"{self._problem or 'the revocation list was not read'}; the token cannot be checked"
+                )
             return jti in self._revoked
+
+    def _look_if_due(self, now: float) -> None:
+        """Look at Redis when ``refresh`` seconds passed — at least a second while it is away: each look
+        may wait for a connect timeout (caller holds the lock)."""
+        every = self._refresh if self._problem is None else max(self._refresh, RETRY_SECONDS)
+        # a clock that went backwards also looks again, rather than trusting the set for that long
+        if self._checked is None or now < self._checked or now - self._checked >= every:
+            self._checked = now
+            self._look()
+
+    def _look(self) -> None:
+        """Re-read the set if its version moved; note Redis going away or coming back (caller holds the lock)."""
+        try:
+            version = self._call("reading the revocation list", lambda client: client.get(self._version_key))
+            if not self._loaded or version != self._version:
+                self._reload()
+        except RevocationStoreError as exc:
+            if self._problem is None:
+                self._problem = one_line(exc.message)
+                log.warning("token revocations: %s; %s", self._problem, self._meanwhile())
+            else:
+                self._problem = one_line(exc.message)
+            return
+        self._answered()
+
+    def _answered(self) -> None:
+        """Redis answered: the list is current again (logged when it had not been)."""
+        if self._problem is not None:
+            self._problem = None
+            log.info("token revocations: Redis at %s answers again; the revocation list is current", self.shown)
 
     def prune(self, now: float) -> int:
         """Forget the entries whose ``expires_at`` has passed (for every replica); how many."""
@@ -137,6 +216,7 @@ class RedisRevocationList:
         self._revoked = frozenset(_text(jti) for jti in members)
         self._version = version
         self._loaded = True
+        self._read_at = self._clock()
 
     def _call(self, what: str, operation: Callable[[Any], Any]) -> Any:
         try:
@@ -148,3 +228,9 @@ class RedisRevocationList:
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
+
+
+def _utc(when: float | None) -> str:
+    if when is None:
+        return "?"
+    return datetime.fromtimestamp(when, timezone.utc).strftime("%H:%M:%S UTC")

@@ -187,34 +187,40 @@ def test_without_redis_py_opening_a_redis_store_says_what_to_install(monkeypatch
         RedisBreakerStore("redis://cache:6379/0")
 
 
-def test_an_unreachable_server_is_a_clear_retryable_store_error_without_the_password(redis_server: Any):
+def test_an_unreachable_server_is_a_local_fallback_and_a_clear_reason_without_the_password(redis_server: Any):
+    """No request fails because Redis is away (``test_redis_fallback`` has the rest): budgets count
+    locally, the cache misses, breakers are local; each store says why, and ``clear`` (an operator's
+    call) still raises a clear retryable error — never with the password."""
     port = free_port()
     url = f"redis://:hunter2@127.0.0.1:{port}/0"
     clock = FakeClock()
 
-    async def scenario() -> list[GTLError]:
-        errors = []
+    async def scenario() -> tuple[list[Any], list[str | None], GTLError]:
         counter, cache, breakers = (
             RedisBudgetCounter(url),
             RedisResponseCache(url, wall_clock=clock),
             RedisBreakerStore(url, wall_clock=clock),
         )
-        for call in (
-            lambda: counter.reserve("ann", Limits(requests_per_minute=1), now=NOW),
-            lambda: cache.get("k"),
-            lambda: breakers.acquire("oa"),
-        ):
-            with pytest.raises(RedisUnavailableError) as info:
-                await call()
-            errors.append(info.value)
+        answers = [
+            await counter.reserve("ann", Limits(requests_per_minute=1), now=NOW),
+            await cache.get("k"),
+            await breakers.acquire("oa"),
+        ]
+        reasons = [store.degraded_reason for store in (counter, cache, breakers)]
+        with pytest.raises(RedisUnavailableError) as info:
+            await cache.clear()
         for store in (counter, cache, breakers):
             await store.aclose()
-        return errors
+        return answers, reasons, info.value
 
-    for error in run(scenario()):
-        assert error.retryable is True and isinstance(error, StoreError)
-        assert f"Redis at redis://:***@127.0.0.1:{port}/0 is unreachable" in error.message
-        assert "hunter2" not in error.message and "hunter2" not in str(error)
+    answers, reasons, error = run(scenario())
+    assert answers[0].principal == "ann" and answers[1] is None and answers[2] == "pass"
+    for reason in reasons:
+        assert reason is not None and f"Redis at redis://:***@127.0.0.1:{port}/0 is unreachable" in reason
+        assert "hunter2" not in reason
+    assert error.retryable is True and isinstance(error, StoreError)
+    assert f"Redis at redis://:***@127.0.0.1:{port}/0 is unreachable" in error.message
+    assert "hunter2" not in error.message and "hunter2" not in str(error)
 
 
 # -- through the engine -----------------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""``RedisOutage``: how a Redis store notices that its server is gone, and that it is back.
+
+Each Redis store (budgets, cache, breakers) holds one, and keeps a local fallback of its own (a
+``MemoryBudgetCounter``, no cache, a ``BreakerBoard``). While Redis answers, ``usable()`` is true
+and costs nothing. The first call that fails (``failed``) logs ONE warning — naming the server as
+``shown_url`` does, never with its password, and what the store does meanwhile — and from then on
+``usable()`` is false, so requests are served from the fallback at once: a dead server does not add
+a connect timeout to every request. Meanwhile a background task sends a ``PING`` every ``retry``
+seconds (1 s) — with or without traffic, so ``/readyz`` turns ready again on its own — and the first
+answer (``answered``) logs one info line; the store uses Redis again from its next call.
+``degraded_reason`` is the one line ``/readyz`` shows while it is down.
+
+Everything runs on the event loop of the store's caller (one engine loop): no lock is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from gtl_nb.engine.stores.redis_client import RedisConnector, RedisUnavailableError
+from gtl_nb.engine.stores.sqlite_db import StoreError
+from gtl_nb.log import get_logger
+
+__all__ = ["RETRY_SECONDS", "RedisOutage", "one_line"]
+
+log = get_logger("engine.stores")
+
+T = TypeVar("T")
+
+RETRY_SECONDS = 1.0
+"""While Redis is down, how often a background ``PING`` asks whether it is back."""
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, without a final full stop (for ``/readyz`` and a log line, where more
+    follows it): redis-py's messages may span several."""
+    return " ".join(text.split()).rstrip(".")
+
+
+class RedisOutage:
+    """Whether one store's Redis works now, and the probe that notices its return (module docstring).
+
+    ``store`` names the store in messages (``"budgets"``); ``meanwhile()`` says what it does while
+    Redis is down, ``back`` what it does again once Redis answers; ``on_recovered`` runs (on the
+    loop) when it does — the budget counter sends the settlements it owes then."""
+
+    def __init__(
+        self,
+        connector: RedisConnector,
+        *,
+        store: str,
+        meanwhile: Callable[[], str],
+        back: str,
+        retry: float = RETRY_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        on_recovered: Callable[[], None] | None = None,
+    ) -> None:
+        self.connector = connector
+        self.store = store
+        self.meanwhile = meanwhile
+        self.back = back
+        self.retry = retry
+        self.clock = clock
+        self.on_recovered = on_recovered
+        self._problem: str | None = None  # the last failure's message while Redis is down, else None
+        self._since = 0.0  # wall-clock seconds of the first failure (shown in /readyz)
+        self._down_at = 0.0  # monotonic, the same instant (for the "back after" line)
+        self._probe: asyncio.Task[None] | None = None
+
+    @property
+    def down(self) -> bool:
+        """Whether the store serves from its local fallback now."""
+        return self._problem is not None
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``None`` while Redis answers, else one line: what failed, since when, and what happens meanwhile."""
+        if self._problem is None:
+            return None
+        since = datetime.fromtimestamp(self._since, timezone.utc).strftime("%H:%M:%S UTC")
+        return f"{self._problem} (since {since}); {self.meanwhile()}"
+
+    def usable(self) -> bool:
+        """Whether to ask Redis now: false while it is down (and the probe runs on this loop)."""
+        if self._problem is None:
+            return True
+        if not self._probing():  # a probe of a loop that ended, or none yet
+            self._start_probe()
+        return False
+
+    async def call(self, what: str, operation: Callable[[Any], Awaitable[T]]) -> T:
+        """``connector.run(what, operation)``, its outcome noted (``failed``/``answered``);
+        ``RedisUnavailableError`` is raised on, for the store to fall back."""
+        try:
+            result = await self.connector.run(what, operation)
+        except RedisUnavailableError as exc:
+            self.failed(exc)
+            raise
+        self.answered()
+        return result
+
+    def failed(self, error: StoreError) -> None:
+        """Redis failed a call: from now on, the fallback (the first failure of an outage is logged)."""
+        problem = one_line(error.message)
+        if self._problem is None:
+            self._since, self._down_at = time.time(), self.clock()
+            log.warning(
+                "%s: %s; %s until it answers (asking every %g s)",
+                self.store,
+                problem,
+                self.meanwhile(),
+                self.retry,
+            )
+        self._problem = problem
+        with contextlib.suppress(RuntimeError):  # no loop runs (cannot happen in a store's call): usable() starts it
+            if not self._probing():
+                self._start_probe()
+
+    def answered(self) -> None:
+        """Redis answered a call: back to it (logged once, when it had been down)."""
+        if self._problem is None:
+            return
+        self._problem = None
+        log.info(
+            "%s: Redis at %s answers again after %.1f s; %s",
+            self.store,
+            self.connector.shown,
+            self.clock() - self._down_at,
+            self.back,
+        )
+        if self.on_recovered is not None:
+            self.on_recovered()
+
+    async def aclose(self) -> None:
+        """Stop a probe under way (on the loop it runs on)."""
+        probe, self._probe = self._probe, None
+        if probe is not None and not probe.done():
+            probe.cancel()
+            with contextlib.suppress(RuntimeError):  # it belongs to another loop: that loop's end cancels it
+                await asyncio.wait({probe})
+
+    def _probing(self) -> bool:
+        """Whether a probe runs on this loop (one of a loop that ended never finishes: ignore it)."""
+        probe = self._probe
+        return probe is not None and not probe.done() and probe.get_loop() is asyncio.get_running_loop()
+
+    def _start_probe(self) -> None:
+        self._probe = asyncio.get_running_loop().create_task(
+            self._probe_until_back(), name=f"gtl_nb redis probe {self.connector.shown}"
+        )
+
+    async def _probe_until_back(self) -> None:
+        """``PING`` every ``retry`` seconds until Redis answers (then ``answered``) or the store closes."""
+        while self._problem is not None:
+            await asyncio.sleep(self.retry)
+            if self._problem is None:  # a call of the store got through meanwhile
+                return
+            try:
+                await self.connector.run("checking whether Redis is back", lambda client: client.ping())
+            except RedisUnavailableError as exc:
+                if self._problem is not None:  # still down: the reason may have changed
+                    self._problem = one_line(exc.message)
+            except StoreError:
+                return  # the store was closed
+            else:
+                self.answered()

@@ -1,0 +1,148 @@
+"""``ReplicaRegistry``: how many gateway processes share a Redis budget store, known without a round trip.
+
+Under the URL's key prefix (``gtl:`` by default)::
+
+    gtl:replicas    sorted set   replica id -> when it last said it is alive (unix seconds)
+
+Every process whose budgets live in Redis beats every ``HEARTBEAT_SECONDS`` (5 s) from a background
+task on its loop, started by its first reservation: one script adds or refreshes its own entry,
+forgets the entries silent for ``EXPIRY_SECONDS`` (15 s: three missed beats) and returns how many
+are left. ``count`` is the last number read while Redis answered, at least 1 (this process): the
+number a replica divides each limit by while Redis is down (``redis_budget``) — when Redis is down
+the set cannot be read, and the last count is the best knowledge there is. No request waits on the
+registry. A process that closes its store removes its entry at once; one that died drops out after
+the expiry, and the set itself expires when no replica beats any more.
+
+Times are each replica's own wall clock: clocks a few seconds apart are well within the expiry. A
+replica's id is ``host/pid/random``: readable in ``ZRANGE``, and a forked child gets its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError
+from gtl_nb.engine.stores.redis_fallback import RedisOutage
+from gtl_nb.engine.stores.sqlite_db import StoreError
+from gtl_nb.log import get_logger
+
+__all__ = ["EXPIRY_SECONDS", "HEARTBEAT_SECONDS", "ReplicaRegistry", "replica_id"]
+
+log = get_logger("engine.stores")
+
+HEARTBEAT_SECONDS = 5.0
+"""How often a replica says it is alive."""
+EXPIRY_SECONDS = 15.0
+"""How long a replica counts as alive after its last beat."""
+LEAVE_TIMEOUT = 1.0
+"""Seconds a closing store waits to take its entry out (a dead server must not hold up shutdown)."""
+
+# KEYS: the set.  ARGV: replica id, now, forget before, seconds the set outlives the last beat.
+_BEAT = LuaScript(
+    """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return redis.call('ZCARD', KEYS[1])
+"""
+)
+
+_own_id: tuple[int, str] | None = None
+
+
+def replica_id() -> str:
+    """This process's replica id, ``host/pid/random`` (made again in a forked child)."""
+    global _own_id
+    pid = os.getpid()
+    if _own_id is None or _own_id[0] != pid:
+        _own_id = (pid, f"{socket.gethostname()}/{pid}/{secrets.token_hex(4)}")
+    return _own_id[1]
+
+
+class ReplicaRegistry:
+    """This process's entry among the live replicas of one Redis, and their last known ``count``.
+
+    ``outage`` (the budget counter's) hears how each beat went, so a Redis that dies while no request
+    runs is noticed too, and its return."""
+
+    def __init__(
+        self,
+        connector: RedisConnector,
+        *,
+        outage: RedisOutage | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        interval: float = HEARTBEAT_SECONDS,
+        expiry: float = EXPIRY_SECONDS,
+        replica: str | None = None,
+    ) -> None:
+        self.connector = connector
+        self.outage = outage
+        self.wall_clock = wall_clock
+        self.interval = interval
+        self.expiry = expiry
+        self.id = replica or replica_id()
+        self.key = f"{connector.prefix}replicas"
+        self.count = 1
+        """Live replicas at the last beat Redis answered (this one included), at least 1."""
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"ReplicaRegistry({self.id!r}, count={self.count})"
+
+    def keep_beating(self) -> None:
+        """Make sure the heartbeat runs on the running loop (a few attribute checks when it does)."""
+        task = self._task
+        if self._closed or (task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()):
+            return
+        self._task = asyncio.get_running_loop().create_task(self._beat_forever(), name=f"gtl_nb replica {self.id}")
+
+    async def beat(self) -> int:
+        """Say this replica is alive and read how many are; ``RedisUnavailableError`` when Redis is down."""
+        now = self.wall_clock()
+        args = [self.id, repr(float(now)), repr(float(now) - self.expiry), str(int(self.expiry * 4) + 1)]
+        found = await self._run("counting the live replicas", lambda client: _BEAT(client, [self.key], args))
+        self.count = max(1, int(found))
+        return self.count
+
+    async def aclose(self) -> None:
+        """Stop beating and take this replica's entry out (when it ever beat and Redis answers)."""
+        self._closed = True
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(RuntimeError):  # a task of another loop: its loop's end cancels it
+                await asyncio.wait({task})
+        if self.outage is not None and self.outage.down:
+            return
+        with contextlib.suppress(StoreError, asyncio.TimeoutError):
+            await asyncio.wait_for(
+                self.connector.run("leaving the live replicas", lambda client: client.zrem(self.key, self.id)),
+                LEAVE_TIMEOUT,
+            )
+
+    async def _beat_forever(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except RedisUnavailableError:
+                pass  # the outage heard of it (and logged it once); the last count stays
+            except StoreError:
+                return  # the store was closed
+            except Exception:  # a bug must not end the heartbeat silently, nor kill the loop's task
+                log.exception("the replica heartbeat failed")
+            await asyncio.sleep(self.interval)
+
+    def _run(self, what: str, operation: Callable[[Any], Awaitable[Any]]) -> Awaitable[Any]:
+        if self.outage is not None:
+            return self.outage.call(what, operation)
+        return self.connector.run(what, operation)

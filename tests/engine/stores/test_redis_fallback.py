@@ -1,0 +1,261 @@
+"""The Redis stores while their server is away: budgets counted locally under a share of each limit,
+breakers kept locally, the cache skipped, revocations answered from the last list read — one warning
+each, a ``degraded_reason`` naming the server without its password — and back to Redis when it
+answers again. Every scenario stops and restarts a real ``redis-server`` of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from store_kit import run
+
+from gtl_nb.engine.breaker import BreakerConfig
+from gtl_nb.engine.cache import CachedAnswer
+from gtl_nb.engine.ratelimit import Limits, utc_day_start
+from gtl_nb.engine.stores.memory import MemoryBudgetCounter
+from gtl_nb.engine.stores.redis import RedisBreakerStore, RedisBudgetCounter, RedisResponseCache
+from gtl_nb.engine.stores.redis_budget import local_limits
+from gtl_nb.engine.stores.replicas import ReplicaRegistry
+from gtl_nb.protocol.errors import RateLimitError
+
+CANARY = "canary-pw-5d1e"  # the server's password: it must appear in no message
+
+
+@pytest.fixture
+def server(redis_server: Any, tmp_path: Path) -> Iterator[Any]:
+    """A ``redis-server`` of this test alone (so it may be stopped), with a password and an append-only
+    file (its data survives a restart). ``redis_server`` first: it skips or fails without redis-server."""
+    kit = sys.modules["gtl_nb_tests_redis_server"]  # loaded by conftest.py
+    started = kit.RedisServer.start(tmp_path / "redis", password=CANARY, appendonly=True)
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def raw(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
+
+
+async def until(done: Callable[[], bool], poke: Callable[[], Awaitable[Any]], seconds: float = 15.0) -> None:
+    """Call ``poke`` (a request, which starts a due probe) until ``done()``; fail after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, "Redis was not noticed back in time"
+        await poke()
+        await asyncio.sleep(0.02)
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()]
+
+
+# -- the share of each limit ------------------------------------------------------------------------
+
+
+def test_local_limits_divide_and_round_down_but_never_below_one():
+    limits = Limits(requests_per_minute=10, tokens_per_minute=1000, usd_per_day=3.0)
+    assert local_limits(limits, 1) is limits
+    assert local_limits(limits, 3) == Limits(requests_per_minute=3, tokens_per_minute=333, usd_per_day=1.0)
+    assert local_limits(Limits(requests_per_minute=2), 3) == Limits(requests_per_minute=1)  # not 0: still serves
+    assert local_limits(Limits(requests_per_minute=0), 3) == Limits(requests_per_minute=0)  # 0 still blocks
+    assert local_limits(Limits(), 5) == Limits()
+
+
+# -- the live replicas -----------------------------------------------------------------------------------
+
+
+def test_replicas_count_each_other_and_forget_the_silent_and_the_closed(server: Any):
+    from gtl_nb.engine.stores.redis_client import RedisConnector
+
+    now = [1_000_000.0]
+    one, two = (RedisConnector(server.url, what="test") for _ in range(2))
+    first = ReplicaRegistry(one, replica="one", wall_clock=lambda: now[0])
+    second = ReplicaRegistry(two, replica="two", wall_clock=lambda: now[0])
+
+    async def scenario() -> list[int]:
+        counts = [await first.beat(), await second.beat()]
+        first.keep_beating()  # a task: aclose takes the entry out only of a replica that beat on its own
+        await asyncio.sleep(0.05)
+        await first.aclose()
+        counts.append(await second.beat())
+        client = await two.client()
+        await client.zadd(second.key, {"silent": now[0] - 20})  # a replica that died 20 s ago
+        counts.append(await second.beat())
+        await one.aclose()
+        await two.aclose()
+        return counts
+
+    assert run(scenario()) == [1, 2, 1, 1]
+
+
+# -- budgets -------------------------------------------------------------------------------------------
+
+
+def test_budgets_fall_back_to_a_share_of_each_limit_and_go_back_to_redis(server: Any, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="gtl_nb")
+    counter = RedisBudgetCounter(server.url)
+    counter.outage.retry = 0.05  # probe often: the test need not wait a second per look
+    limits = Limits(requests_per_minute=9)
+    client = raw(server.url)
+    now = time.time()
+
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        first = await counter.reserve("ann", limits, now=now, cost=0.5)  # counted in Redis
+        client.zadd("gtl:replicas", {"fake-a": time.time(), "fake-b": time.time()})  # two more replicas
+        seen["replicas"] = await counter.replicas.beat()
+        server.stop()
+        outcomes: list[Any] = []
+        for _ in range(5):  # a third of 9 each: 3 served, then refused by the limit — never by Redis
+            try:
+                outcomes.append(await counter.reserve("ann", limits, now=now + 1))
+            except RateLimitError as refused:
+                outcomes.append(refused)
+        seen["outcomes"] = outcomes
+        seen["reason"] = counter.degraded_reason
+        await counter.settle(outcomes[0], tokens=10, cost=0.01)  # a local reservation: settled locally
+        await counter.settle(first, tokens=100, cost=0.25)  # a Redis one: owed until Redis answers
+        seen["owed"] = counter.owed
+        seen["usage_down"] = await counter.usage("ann", now=now + 1)
+        server.restart()
+        await until(lambda: counter.degraded_reason is None, lambda: counter.usage("ann", now=now + 2))
+        await until(lambda: counter.owed == 0, lambda: asyncio.sleep(0.02))
+        seen["back"] = await counter.reserve("ann", limits, now=now + 2)
+        seen["usage_back"] = await counter.usage("ann", now=now + 2)
+        await counter.aclose()
+        return seen
+
+    try:
+        seen = run(scenario())
+        day = f"gtl:budget:{{ann}}:day:{int(utc_day_start(now))}"
+        in_redis = (client.zcard("gtl:budget:{ann}:times"), int(client.get(day)))
+    finally:
+        client.close()
+    assert seen["replicas"] == 3
+    served = [outcome for outcome in seen["outcomes"] if not isinstance(outcome, Exception)]
+    assert len(served) == 3 and all(isinstance(r.id, int) for r in served)  # the memory counter's ids
+    assert all(isinstance(outcome, RateLimitError) for outcome in seen["outcomes"][3:])
+    reason = seen["reason"]
+    assert reason.startswith(f"Redis at redis://:***@127.0.0.1:{server.port}/0 is unreachable")
+    assert "divided by 3 live replicas" in reason and "\n" not in reason
+    assert seen["owed"] == 1 and seen["usage_down"]["requests_last_minute"] == 3
+    assert isinstance(seen["back"].id, str)  # counted in Redis again
+    assert seen["usage_back"]["requests_last_minute"] == 2  # the first and the last: local ones never went there
+    assert seen["usage_back"]["usd_today"] == pytest.approx(0.25)  # the owed settlement landed
+    assert in_redis == (2, 250_000_000)
+    warnings = messages(caplog, logging.WARNING, "budgets:")
+    assert len(warnings) == 1 and "divided by 3 live replicas" in warnings[0]
+    assert len(messages(caplog, logging.INFO, "answers again")) == 1
+    assert CANARY not in caplog.text and CANARY not in reason
+
+
+def test_a_dead_redis_adds_no_wait_to_requests_between_probes(server: Any):
+    """After the first failure, requests are counted locally at once; a probe runs in the background."""
+    counter = RedisBudgetCounter(server.url)
+    server.stop()
+
+    async def scenario() -> float:
+        await counter.reserve("ann", Limits(), now=time.time())  # notices the outage
+        started = time.monotonic()
+        for _ in range(200):
+            await counter.reserve("ann", Limits(), now=time.time())
+        elapsed = time.monotonic() - started
+        await counter.aclose()
+        return elapsed
+
+    assert run(scenario()) < 1.0
+    assert isinstance(counter.local, MemoryBudgetCounter)
+
+
+# -- breakers and the cache ------------------------------------------------------------------------------
+
+
+def test_breakers_are_kept_locally_while_redis_is_down(server: Any, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="gtl_nb")
+    breakers = RedisBreakerStore(server.url, BreakerConfig(failure_threshold=2))
+    breakers.outage.retry = 0.05
+
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {"before": await breakers.acquire("oa")}
+        server.stop()
+        seen["changes"] = [await breakers.record_failure("oa"), await breakers.record_failure("oa")]
+        seen["open"] = await breakers.acquire("oa")
+        seen["snapshot"] = (await breakers.snapshots(["oa"]))["oa"]
+        seen["reason"] = breakers.degraded_reason
+        server.restart()
+        await until(lambda: breakers.degraded_reason is None, lambda: asyncio.sleep(0.02))  # no traffic needed
+        seen["shared"] = await breakers.acquire("oa")  # Redis's state: never opened there
+        await breakers.aclose()
+        return seen
+
+    seen = run(scenario())
+    assert seen["before"] == "pass" and seen["changes"] == [None, ("closed", "open")]
+    assert seen["open"] is None and seen["snapshot"]["state"] == "open" and seen["snapshot"]["allowed"] is False
+    assert "kept by this replica alone" in seen["reason"] and CANARY not in seen["reason"]
+    assert seen["shared"] == "pass"
+    assert len(messages(caplog, logging.WARNING, "breakers:")) == 1
+    assert CANARY not in caplog.text
+
+
+def test_the_cache_is_skipped_without_an_error_or_a_log_line_per_request(server: Any, caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.INFO, logger="gtl_nb")
+    cache = RedisResponseCache(server.url)
+    cache.outage.retry = 0.05
+    answer = CachedAnswer(events=[], deployment="oa", model="m", stored_at=0.0)
+
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        server.stop()
+        for number in range(50):  # never raises, whatever the call
+            await cache.set(f"k{number}", answer)
+            assert await cache.get(f"k{number}") is None
+            await cache.delete(f"k{number}")
+        seen["reason"] = cache.degraded_reason
+        server.restart()
+        await until(lambda: cache.degraded_reason is None, lambda: cache.get("k"))
+        await cache.set("k", answer)
+        seen["back"] = await cache.get("k")
+        await cache.aclose()
+        return seen
+
+    seen = run(scenario())
+    assert "every lookup is a miss" in seen["reason"]
+    assert seen["back"] == answer
+    assert len(messages(caplog, logging.WARNING, "cache")) == 1  # one for the outage, not one per request
+    assert len(messages(caplog, logging.INFO, "answers again")) == 1
+
+
+# -- revocations -------------------------------------------------------------------------------------
+
+
+def test_revocations_answer_from_the_last_list_read_while_redis_is_down(server: Any, caplog: pytest.LogCaptureFixture):
+    from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList, RevocationStoreError
+
+    caplog.set_level(logging.INFO, logger="gtl_nb")
+    now = [time.time()]
+    revocations = RedisRevocationList(server.url, clock=lambda: now[0], refresh=5.0)
+    revocations.revoke("jti-gone", now[0] + 3600)
+    server.stop()
+    now[0] += 5
+    answers = [revocations.is_revoked("jti-gone"), revocations.is_revoked("jti-fine")]  # no error: from memory
+    reason = revocations.degraded_reason
+    with pytest.raises(RevocationStoreError):
+        revocations.revoke("jti-new", now[0] + 3600)  # an operator is told
+    server.restart()
+    now[0] += 5
+    back = revocations.degraded_reason  # asking is a look: /readyz notices Redis is back without a token
+    assert answers == [True, False] and revocations.is_revoked("jti-gone") is True
+    assert reason is not None and "1 revocations read at" in reason and CANARY not in reason
+    assert back is None
+    assert len(messages(caplog, logging.WARNING, "token revocations:")) == 1
+    assert len(messages(caplog, logging.INFO, "answers again")) == 1
