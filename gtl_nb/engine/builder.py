@@ -19,6 +19,7 @@ from gtl_nb.engine.hooks import Hooks
 from gtl_nb.engine.http import HttpRunner
 from gtl_nb.engine.settings import Settings
 from gtl_nb.engine.stores import Stores
+from gtl_nb.engine.stores.flights import FlightRegistry, open_flights
 from gtl_nb.engine.transport import HttpTransport
 from gtl_nb.providers.catalog import Catalog
 
@@ -39,6 +40,7 @@ def build_engine(
     credentials: CredentialResolver | None = None,
     hooks: Hooks | None = None,
     max_response_bytes: int | None = None,
+    flights: FlightRegistry | None = None,
 ) -> Engine:
     """An engine for ``settings``.
 
@@ -47,7 +49,8 @@ def build_engine(
     ``stores`` defaults to what the settings select (``open_stores``); ``ledger`` overrides only the
     ledger choice (a path, a URL, a store, a ``Ledger``, or ``False`` for none). ``catalog`` defaults
     to the built-in model catalog with the settings' overrides. ``credentials`` defaults to
-    re-reading the environment per request (``ConfiguredCredentials``).
+    re-reading the environment per request (``ConfiguredCredentials``). ``flights`` (where identical
+    in-flight requests find one another) defaults to what ``[cache] coalescing`` selects (``open_flights``).
     """
     from gtl_nb.engine.stores.factory import open_stores
 
@@ -93,4 +96,5 @@ def build_engine(
         wall_clock=wall_clock,
         sleep=sleep,
         rng=rng,
+        flights=flights if flights is not None else open_flights(settings.cache),
     )

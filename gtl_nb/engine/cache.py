@@ -72,14 +72,32 @@ class CacheConfig:
     backend: str = "memory://"
     """Where answers live: ``memory://`` (this process, an LRU of ``max_entries``; ``"memory"`` is the
     older spelling) or ``sqlite:///path`` (a file the processes of one machine share)."""
+    coalescing: str = "auto"
+    """Where identical in-flight requests find one another: ``auto`` (through ``backend`` when it is a
+    ``redis://`` URL, else in this process), ``memory://`` (this process only) or a ``redis://`` URL
+    (replicas share one upstream call: ``engine.stores.redis_flights``)."""
 
     def __post_init__(self) -> None:
         if self.ttl <= 0 or self.max_entries < 1:
             raise ConfigurationError("[cache] ttl must be > 0 seconds and max_entries >= 1")
-        if isinstance(self.backend, str):  # from_dict reports a wrong type itself
-            from gtl_nb.engine.stores.urls import parse_store_url
+        from gtl_nb.engine.stores.urls import parse_store_url
 
+        if isinstance(self.backend, str):  # from_dict reports a wrong type itself
             parse_store_url(self.backend, where="[cache] backend")
+        if isinstance(self.coalescing, str) and self.coalescing != "auto":
+            scheme = parse_store_url(self.coalescing, where="[cache] coalescing").scheme
+            if scheme not in ("memory", "redis"):
+                raise ConfigurationError(
+                    "[cache] coalescing: use auto, memory:// (this process) or redis://host:port/db (replicas)"
+                )
+
+    def coalescing_url(self) -> str | None:
+        """The Redis URL identical in-flight requests are shared through, or ``None`` (this process only)."""
+        from gtl_nb.engine.stores.urls import parse_store_url
+
+        chosen = self.backend if self.coalescing == "auto" else self.coalescing
+        url = parse_store_url(chosen, where="[cache] coalescing")
+        return url.url if url.scheme == "redis" else None
 
     @classmethod
     def from_dict(cls, table: Mapping[str, Any] | None, *, where: str = "[cache]") -> CacheConfig:

@@ -3,22 +3,33 @@
 The first request with a given key becomes the *leader*: its upstream call runs in a task of its
 own (``Flight.task``) that publishes every event to a ``Flight``. The leader and every later
 identical request (*followers*) read the flight from its first event, whenever they join; followers
-re-address each event to their own session and pay nothing (their ``usage`` costs 0) — unless the
-leader's caller left before the usage arrived: then the first follower to read it pays, so the call
-is on exactly one ledger row. A reader that leaves does not disturb the others; the upstream call
-is cancelled when its last reader has left, and the flight is then ``abandoned``: a request that
-arrives after that starts its own call instead of joining one that is ending. A flight that ends
+re-address each event to their own session and pay nothing (their ``usage`` costs 0).
+
+**Who pays.** Exactly one reader's ``usage`` keeps the cost, so the call is on exactly one ledger
+row: the leader's, unless the leader's caller left before reading the usage — then the first
+follower to read it pays. A reader that has read the usage pays even if it leaves before the end
+(its row is finished with the usage it saw). When the flight is shared with other replicas
+(``engine.stores.flights``), ``Flight.claim`` asks them first: the replica whose reader claims the
+call first pays, the others' readers see cost 0.
+
+**Leaving.** A reader that leaves does not disturb the others; when the last reader has left, the
+upstream call is cancelled and the flight is ``abandoned`` (a request that arrives after that
+starts its own call instead of joining one that is ending) — unless ``on_idle`` says readers on
+other replicas still want it; then the shared lead decides later (``abandon``). A flight that ends
 without a terminal event ends its remaining readers with a retryable error.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import msgspec
 
 from gtl_nb.protocol.messages import Done, Error, Status, StreamEvent, Usage
+
+ELSEWHERE = "\x00elsewhere"
+"""``Flight.paid_by`` when another replica's reader pays for the call (never a session id)."""
 
 
 class Flight:
@@ -30,8 +41,14 @@ class Flight:
         self.followers = 0
         self.readers = 0
         self.task: asyncio.Future[None] | None = None
-        self.payer: str | None = None  # the session whose row carries the call's cost
+        self.payer: str | None = None  # the session with the right to pay (the leader while it reads)
+        self.paid_by: str | None = None  # the session whose row carries the cost, once one read the usage
         self.abandoned = False  # every reader left and the call is being cancelled
+        self.remote = False  # the events come from a call another replica runs
+        self.claim: Callable[[], Awaitable[bool]] | None = None
+        """Asks the other replicas sharing the call whether this one pays (``None``: in-process only)."""
+        self.on_idle: Callable[[], bool] | None = None
+        """Called when the last local reader left; ``True`` keeps the call running (readers elsewhere)."""
         self._changed = asyncio.Event()
 
     def publish(self, event: StreamEvent) -> None:
@@ -42,13 +59,38 @@ class Flight:
         self.closed = True
         self._wake()
 
+    def abandon(self) -> None:
+        """Nobody wants the answer any more: cancel the call; later requests start their own."""
+        self.abandoned = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
     def _wake(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    async def _pays(self, session_id: str) -> bool:
+        """Whether ``session_id``'s ``usage`` keeps the cost (decided once per flight: module docstring)."""
+        if self.paid_by is not None:
+            return self.paid_by == session_id
+        if self.payer is not None and self.payer != session_id:
+            return False
+        self.paid_by = session_id  # taken before the await: a second reader cannot take it meanwhile
+        if self.claim is None:
+            return True
+        try:
+            won = await self.claim()
+        except BaseException:
+            self.paid_by = None  # cancelled while asking: another reader may still pay
+            raise
+        if not won:
+            self.paid_by = ELSEWHERE
+        return won
+
     async def follow(self, session_id: str, *, own: bool = False) -> AsyncIterator[StreamEvent]:
         """The flight's events for ``session_id`` (the ``queued`` status is skipped: every reader
-        sent its own). ``own`` is the leader's session: its events are passed on unchanged."""
+        sent its own). ``own`` is the session the flight was started for: its events already carry
+        its session id, and it has the first right to pay."""
         if own:
             self.payer = session_id
         else:
@@ -63,12 +105,9 @@ class Flight:
                     index += 1
                     if isinstance(event, Status) and event.state == "queued":
                         continue
+                    if isinstance(event, Usage) and not await self._pays(session_id):
+                        event = msgspec.structs.replace(event, cost=0.0)
                     if not own:
-                        if isinstance(event, Usage):
-                            if self.payer is None:
-                                self.payer = session_id  # the leader left: this reader pays
-                            elif self.payer != session_id:
-                                event = msgspec.structs.replace(event, cost=0.0)
                         event = msgspec.structs.replace(event, session_id=session_id)
                     ended = isinstance(event, (Done, Error))
                     yield event
@@ -87,7 +126,7 @@ class Flight:
         finally:
             self.readers -= 1
             if not ended and self.payer == session_id:
-                self.payer = None  # left before the end: a follower still reading pays instead
-            if not ended and self.readers == 0 and self.task is not None and not self.task.done():
-                self.abandoned = True
-                self.task.cancel()  # the last reader left: nobody wants the answer any more
+                self.payer = None  # left before the end: a follower still reading pays instead (if unpaid)
+            orphaned = not ended and self.readers == 0 and self.task is not None and not self.task.done()
+            if orphaned and (self.on_idle is None or not self.on_idle()):
+                self.abandon()  # the last reader left: nobody wants the answer any more (here or elsewhere)

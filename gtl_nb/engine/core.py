@@ -13,7 +13,8 @@
    cost, lowest latency), open circuits last.
 4. **Cache and coalescing** — a cacheable request is answered from the cache when it can (status
    ``cached``, ``cache_hit``, original counts, cost 0); N identical concurrent requests share one
-   upstream call (``coalesce.Flight``).
+   upstream call (``coalesce.Flight``) — across replicas too, when the ``FlightRegistry`` is shared
+   (``engine.stores.flights``): one replica runs the call, the others read its events.
 5. **Attempts** — each deployment is tried behind its circuit breaker; a retryable failure before
    any content is retried with backoff and jitter (status ``retrying``, honouring ``retry_after``,
    within the request's deadline); then the next deployment is tried after a ``failover`` status,
@@ -41,7 +42,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
@@ -66,6 +67,7 @@ from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.routing import Router, Target
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
+from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, FlightLost, FlightRegistry, LocalFlights
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
 from gtl_nb.log import get_logger, redact
@@ -204,6 +206,7 @@ class Engine:
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        flights: FlightRegistry | None = None,
     ) -> None:
         self.deployments = dict(deployments)
         self.catalog = catalog
@@ -225,6 +228,8 @@ class Engine:
         self.budgets = budgets
         self.deployment_timeouts = dict(deployment_timeouts)
         self._flights: dict[str, Flight] = {}
+        self.flights: FlightRegistry = flights if flights is not None else LocalFlights()
+        """Who runs the call of a coalescing key: this process, or one replica for all (``[cache] coalescing``)."""
         self._background: set[asyncio.Future[Any]] = set()
 
     def reload(
@@ -621,18 +626,8 @@ class Engine:
             record.coalesced = True
             record.path.append(targets[0].name)
             record.model = targets[0].model
-            first: float | None = None
-            async with aclosing(flight.follow(sid)) as events:
+            async with aclosing(self._read_flight(flight, sid, machine, started)) as events:
                 async for event in events:
-                    if isinstance(event, _CONTENT) and first is None:
-                        first = self.clock()
-                    if isinstance(event, Done):
-                        event = msgspec.structs.replace(
-                            event,
-                            ttft_ms=_ms(first - started) if first else None,
-                            latency_ms=_ms(self.clock() - started),
-                        )
-                    machine.advance(event)
                     yield event
             return
         attempts = self._attempts(request, targets, record, machine, started, key)
@@ -641,32 +636,103 @@ class Engine:
                 async for event in events:
                     yield event
             return
-        # The leader: the upstream call runs in a task of its own that publishes to the flight, so a
-        # reader leaving (the leader's caller included) never cuts the others off; the call is
-        # cancelled only when its last reader has gone.
+        # The first of its kind here: the call (or the reading of another replica's) runs in a task of
+        # its own that publishes to the flight, so a reader leaving (this one included) never cuts the
+        # others off; the call is cancelled only when its last reader has gone.
         flight = Flight()
         self._flights[flight_key] = flight
         flight.publish(queued)
         flight.task = asyncio.ensure_future(self._fly(flight, flight_key, attempts, sid))
-        async with aclosing(flight.follow(sid, own=True)) as events:
+        async with aclosing(self._read_flight(flight, sid, machine, started, own=(record, targets[0]))) as events:
             async for event in events:
                 yield event
 
+    async def _read_flight(
+        self,
+        flight: Flight,
+        sid: str,
+        machine: SessionStateMachine,
+        started: float,
+        *,
+        own: tuple[_SessionRecord, Target] | None = None,
+    ) -> AsyncIterator[StreamEvent]:
+        """``flight``'s events for session ``sid``, timed and checked as its own. ``own``: the record and
+        first target of the session the flight was started for — while this replica runs the call, its
+        attempts already checked and stamped the events; when another replica runs it, the session is
+        recorded as coalesced, like any follower."""
+        first: float | None = None
+        async with aclosing(flight.follow(sid, own=own is not None)) as events:
+            async for event in events:
+                if own is not None:
+                    if not flight.remote:
+                        yield event
+                        continue
+                    record, target = own
+                    if not record.coalesced:
+                        record.coalesced = True
+                        record.path.append(target.name)
+                        record.model = target.model
+                if isinstance(event, _CONTENT) and first is None:
+                    first = self.clock()
+                if isinstance(event, Done):
+                    event = msgspec.structs.replace(
+                        event,
+                        ttft_ms=_ms(first - started) if first else None,
+                        latency_ms=_ms(self.clock() - started),
+                    )
+                machine.advance(event)
+                yield event
+
     async def _fly(self, flight: Flight, flight_key: str, attempts: AsyncIterator[StreamEvent], sid: str) -> None:
-        """Run the leader's attempts, publishing every event to ``flight``."""
+        """Run the call of ``flight_key`` here, or read the one another replica runs (``self.flights``
+        decides), publishing every event to ``flight``."""
+        lead: FlightLead | None = None
         try:
+            role: FlightLead | FlightFollow = await self.flights.join(flight_key)
+            if not role.leads:
+                if await self._follow_remote(flight, cast(FlightFollow, role), sid):
+                    return  # (``attempts`` never started: nothing to close)
+                role = LOCAL_LEAD  # lost before its first event: run the call here, unshared
+            lead = shared = cast(FlightLead, role)
+            flight.remote, flight.claim = False, lead.claim
+            flight.on_idle = lambda: shared.idle(flight)  # readers on other replicas may keep it running
             async with aclosing(attempts) as events:  # type: ignore[type-var]
                 async for event in events:
                     flight.publish(event)
+                    shared.publish(event)
         except asyncio.CancelledError:
             pass  # every reader left
         except Exception as exc:  # a bug must still end every reader's session
             log.exception("session %s failed inside the engine", sid)
-            flight.publish(Error(session_id=sid, code="INTERNAL", message=f"gtl_nb internal error: {exc!r}"))
+            error = Error(session_id=sid, code="INTERNAL", message=f"gtl_nb internal error: {exc!r}")
+            flight.publish(error)
+            if lead is not None:
+                lead.publish(error)
         finally:
             flight.close()
+            if lead is not None:
+                lead.finish()
             if self._flights.get(flight_key) is flight:
                 del self._flights[flight_key]
+
+    async def _follow_remote(self, flight: Flight, follow: FlightFollow, sid: str) -> bool:
+        """Publish the events of the call another replica runs, re-addressed to ``sid``. ``False`` when
+        it was lost before its first event (this replica then runs the call itself); lost later, the
+        readers end with a retryable error."""
+        flight.remote, flight.claim, flight.on_idle = True, follow.claim, None
+        published = False
+        try:
+            async with aclosing(follow.events()) as events:  # type: ignore[type-var]
+                async for event in events:
+                    flight.publish(msgspec.structs.replace(event, session_id=sid))
+                    published = True
+        except FlightLost as lost:
+            if not published:
+                log.info("coalescing: %s; running the call here", lost)
+                return False
+            message = f"the upstream call this request shared was lost: {lost}"
+            flight.publish(Error(session_id=sid, code="PROVIDER_UNAVAILABLE", message=message, retryable=True))
+        return True
 
     def _coalescing_key(self, request: CompletionRequest, target: Target) -> str | None:
         """Identical deterministic requests (or ones opted into caching) share one upstream call."""
@@ -945,8 +1011,9 @@ class Engine:
             raise ProviderUnavailableError(f"unreadable model list from {deployment.name}: {exc}") from None
 
     async def aclose(self) -> None:
-        """Close the HTTP pool and the stores."""
+        """Close the HTTP pool, the flight registry and the stores."""
         await self.http.aclose()
+        await self.flights.aclose()
         await self.stores.aclose()
 
     # -- one attempt at one deployment --------------------------------------------------------

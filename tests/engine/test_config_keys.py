@@ -456,6 +456,38 @@ def cache_backend(tmp_path):
     assert len(s.requests) == 1
 
 
+def cache_coalescing(tmp_path):
+    import importlib.util
+    import threading
+
+    from tests.redis_server import RedisServer, find_redis_server
+
+    if find_redis_server() is None or importlib.util.find_spec("redis") is None:
+        pytest.skip("needs redis-server and redis-py (tests/engine/stores/test_redis_flights.py runs under CI)")
+    server = RedisServer.start(tmp_path / "redis")
+    try:
+        with sim.serve("openai", pace=0.02) as s:
+            # two clients, as two gateway replicas would be: their identical requests share one call
+            replicas = [
+                client({"openai": oa(s)}, cache={"coalescing": f"{server.url}?client_name=r{i}"}) for i in (1, 2)
+            ]
+            answers: list = []
+
+            def ask(index: int) -> None:
+                answers.append(replicas[index % 2].complete(MODEL, "same", temperature=0).text)
+
+            threads = [threading.Thread(target=ask, args=(index,)) for index in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            for made in replicas:
+                made.close()
+    finally:
+        server.stop()
+    assert len(s.requests) == 1 and len(answers) == 4 and len(set(answers)) == 1
+
+
 # -- [budgets] --------------------------------------------------------------------------------------
 
 

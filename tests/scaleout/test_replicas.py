@@ -143,7 +143,6 @@ def test_a_budget_is_exact_across_replicas(cluster: Cluster):
     assert len(served) >= 2, f"the admitted requests reached several replicas: {served}"
 
 
-@pytest.mark.xfail(strict=True, reason="cross-replica coalescing lands with the Redis flight store")
 def test_identical_requests_on_different_replicas_share_one_upstream_call(cluster: Cluster):
     """Coalescing across replicas: concurrent identical deterministic requests, one call upstream."""
     prompt = "Explain coalescing across replicas, slowly and at length, please."
