@@ -200,6 +200,12 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             check=lambda v, w: _at_least(v, w, 0.001),
         ),
         "shutdown_grace": Field(_NUM, 30.0, "seconds running streams get to finish after SIGTERM"),
+        "event_loop": Field(
+            (str,),
+            "auto",
+            "the event loop: uvloop when installed (auto), uvloop, or asyncio",
+            choices=("auto", "uvloop", "asyncio"),
+        ),
         "trusted_proxies": Field(
             (list, type(None)),
             None,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from gtl_nb.gateway import event_loop
 from gtl_nb.protocol.errors import ConfigurationError
 
 __all__ = ["add_arguments", "main", "run"]
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             )
 
         with _pidfile(getattr(args, "pidfile", None)):
-            asyncio.run(serve_pipes())
+            event_loop.run(serve_pipes(), options.event_loop)
         return 0
     settings = load_settings(config=args.config)
     options = _with_command_line(GatewaySettings.from_settings(settings), args)
@@ -169,6 +170,7 @@ def _serve_listeners(
     from gtl_nb.gateway.server import serve
 
     hook = SwappableAuthenticator(authenticate)  # the listeners hold this one; a reload swaps its target
+    loop = event_loop.loop_name(options.event_loop)  # a missing uvloop that was asked for stops here
 
     announced: set[str] = set()
 
@@ -176,7 +178,7 @@ def _serve_listeners(
         print(f"gtl gateway: listening on {url}", file=sys.stderr, flush=True)
         announced.add(listener.transport)
         if len(announced) == len(options.listeners):
-            print("gtl gateway: ready", file=sys.stderr, flush=True)
+            print(f"gtl gateway: ready (event loop {loop})", file=sys.stderr, flush=True)
 
     async def serve_all() -> None:
         shutdown = Shutdown(grace=options.shutdown_grace)
@@ -199,7 +201,7 @@ def _serve_listeners(
             await engine.aclose()
 
     with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(serve_all())
+        event_loop.run(serve_all(), options.event_loop)
     return 0
 
 

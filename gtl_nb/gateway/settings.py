@@ -48,6 +48,8 @@ class GatewaySettings:
     limits: Limits = field(default_factory=Limits)
     listeners: tuple[ListenerSettings, ...] = ()
     shutdown_grace: float = 30.0
+    event_loop: str = "auto"
+    """``[gateway] event_loop``: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``."""
     advertise: Mapping[str, str] = field(default_factory=dict)
     """``[gateway] advertise``: the gRPC/QUIC URLs discovery offers instead of the listeners' own
     (behind a proxy, clients must not be sent around it)."""
@@ -91,6 +93,7 @@ class GatewaySettings:
             listeners=listeners,
             shutdown_grace=float(table.get("shutdown_grace", 30.0)),
             advertise=dict(table.get("advertise") or {}),
+            event_loop=str(table.get("event_loop") or "auto"),
             jwt=table.get("jwt"),
             vault=table.get("vault"),
             audit=table.get("audit"),

@@ -168,6 +168,19 @@ def gateway_trusted_proxies(tmp_path, config, **_):
             )
 
 
+def gateway_event_loop(tmp_path, config, **_):
+    for choice, expected in (
+        ("asyncio", "gtl gateway: ready (event loop asyncio)"),
+        ("uvloop", "gtl gateway: ready (event loop uvloop "),
+    ):
+        with start_gateway(config(gateway={"event_loop": choice})) as served:
+            assert any(line.startswith(expected) for line in served.output), served.output
+            with gtl_nb.connect(served.url("ws")) as client:
+                assert client.complete("echo", f"on {choice}").text
+    with pytest.raises(ConfigurationError, match="event_loop"):
+        start_gateway(config(gateway={"event_loop": "trio"}))
+
+
 def gateway_advertise(tmp_path, config, **_):
     advertised = {"grpc": "grpcs://gw.example.com:443", "quic": "quic://gw.example.com:8789"}
     path = config(gateway={"advertise": advertised}, http={"port": 0}, grpc={"port": 0})
@@ -374,6 +387,7 @@ EFFECTS: dict[str, Callable[..., None]] = {
     "gateway.shutdown_grace": gateway_shutdown_grace,
     "gateway.trusted_proxies": gateway_trusted_proxies,
     "gateway.advertise": gateway_advertise,
+    "gateway.event_loop": gateway_event_loop,
     **{
         f"gateway.{t}.{key}": listeners_where_they_are_told
         for t in ("http", "grpc", "quic")
