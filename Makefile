@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench bench-peers bench-scale bench-smoke lint clean
+.PHONY: demo test bench bench-peers bench-scale bench-smoke bench-stores lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,11 @@ bench-smoke: $(TEST_STAMP)
 
 bench-scale: $(TEST_STAMP)
 	$(PY) -m bench.scale
+
+# What sharing costs (~5 min; writes its section of docs/benchmarks.md): the gateway on Redis and PostgreSQL
+# against memory and SQLite, in one run; needs redis-server and PostgreSQL 15 (bench/bench_stores.py).
+bench-stores: $(TEST_STAMP)
+	$(PY) -m bench.bench_stores
 
 clean:
 	rm -rf $(VENV) $(PEERS_VENV) .pytest_cache .ruff_cache

@@ -3,7 +3,8 @@
 No figure is asserted — timing never belongs in a test — only that the whole pipeline ran: the fake
 upstream, the gateway started with ``gtl serve`` (tokens, ledger and audit on), the load client, every
 path measured with zero errors, and the report printed. The smoke run leaves ``docs/benchmarks.md``
-alone and takes well under a minute.
+alone and takes well under a minute. The second case does the same for ``python -m bench.bench_stores
+--smoke`` (``make bench-stores``: the gateway on Redis and PostgreSQL against its one-process stores).
 """
 
 from __future__ import annotations
@@ -51,4 +52,51 @@ def test_smoke_run_measures_every_path_without_errors(tmp_path: Path) -> None:
     assert all(sum(1 for s in summaries if cell(s) == c) == len(PATHS) for c in cells)
     assert "### Targets of issue 13" in done.stdout
     assert "Codec and frame decoder" in done.stdout
+    assert (docs.read_bytes() if docs.exists() else None) == before, "the smoke run must not rewrite the docs"
+
+
+@pytest.mark.timeout(60)
+def test_stores_smoke_run_measures_every_configuration(tmp_path: Path) -> None:
+    """``python -m bench.bench_stores --smoke`` (``make bench-stores`` in small): a real redis-server and
+    PostgreSQL, one gateway per store configuration, every cell measured without errors, the report
+    printed, the docs left alone. No figure is asserted."""
+    from bench.stores_servers import missing
+
+    why = missing()
+    if why is not None:
+        if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+            pytest.fail(f"{why}; CI must run the stores bench smoke (.ci/run installs them)", pytrace=False)
+        pytest.skip(why)
+    out = tmp_path / "stores.json"
+    docs = REPO / "docs" / "benchmarks.md"
+    before = docs.read_bytes() if docs.exists() else None
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_stores", "--smoke", "--json", str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    configs = set(result["options"]["configs"])
+    assert {"sqlite", "memory", "redis", "postgres", "redis+pg"} <= configs
+    summaries = result["summaries"]
+    assert {s["config"] for s in summaries} == configs
+    for summary in summaries:
+        where = f"{summary['config']} {summary['label']} c={summary['concurrency']}"
+        assert summary["requests"] > 0 and summary["errors"] == {}, f"{where}: {summary['errors']}"
+        for key in ("rps", "p50", "gateway_ms", "redis_ms", "postgres_ms", "rss_mib"):
+            assert isinstance(summary[key], (int, float)), f"{where}: {key}"
+    assert {s["label"] for s in summaries} == {"whole 16", "stream 16"}
+    assert all(s["redis_per_request"] for s in summaries if "redis" in s["config"])
+    assert {"postgres", "redis+pg"} <= set(result["postgres"])
+    assert {row["what"] for row in result["window"]} == {"budget", "breaker"}
+    for heading in (
+        "### Per request, against the baseline",
+        "### Round trips to the stores",
+        "### Sizing from this run",
+    ):
+        assert heading in done.stdout
     assert (docs.read_bytes() if docs.exists() else None) == before, "the smoke run must not rewrite the docs"

@@ -82,7 +82,9 @@ def _one_row_each(cluster: Cluster, session_ids: list[str], timeout: float = 30.
 
 def test_a_replica_killed_mid_stream(cluster: Cluster):
     streams = [Stream() for _ in range(9)]
-    threads = [threading.Thread(target=_stream, args=(cluster, s, f"{LONG_PROMPT} ({i})")) for i, s in enumerate(streams)]
+    threads = [
+        threading.Thread(target=_stream, args=(cluster, s, f"{LONG_PROMPT} ({i})")) for i, s in enumerate(streams)
+    ]
     for thread in threads:
         thread.start()
     for stream in streams:
