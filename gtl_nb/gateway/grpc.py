@@ -72,6 +72,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, TlsFiles
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
@@ -337,7 +338,9 @@ class GTLServicer(pb_grpc.GTLServicer):
             return peer
         forwarded = [value for key, value in (context.invocation_metadata() or ()) if key == "x-forwarded-for"]
         client = trusted.client(_address(peer), ",".join(str(value) for value in forwarded) or None)
-        return peer if client == _address(peer) else client or peer
+        if client is None or client == _address(peer):
+            return peer
+        return peer_text((client, 0)) or peer  # an IPv6 client in brackets: its last group is not a port
 
     async def _request_bytes(self, context: grpc.aio.ServicerContext) -> bytes:
         """The one request message of a unary call, arrived within its deadline (see ``MIN_MESSAGE_RATE``)."""

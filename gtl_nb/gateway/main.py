@@ -223,9 +223,9 @@ def _reloading(reloader: Any) -> Callable[[], None]:
                 except Exception as exc:  # a bad file, or a bug: either way the old configuration keeps serving
                     why = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
                     why = " ".join(why.split())  # one line, whatever the message
-                    print(f"gtl gateway: reload refused, still serving the previous configuration: {why}", **_ERR)
+                    _say(f"gtl gateway: reload refused, still serving the previous configuration: {why}")
                 else:
-                    print(f"gtl gateway: {line}", **_ERR)
+                    _say(f"gtl gateway: {line}")
                 if not state["again"]:
                     return
         finally:
@@ -243,7 +243,10 @@ def _reloading(reloader: Any) -> Callable[[], None]:
     return handle
 
 
-_ERR: dict[str, Any] = {"file": sys.stderr, "flush": True}
+def _say(line: str) -> None:
+    """One line on standard error, where nobody may be reading any more (a closed pipe is not an error)."""
+    with contextlib.suppress(OSError, ValueError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _on_signals(
@@ -263,12 +266,13 @@ def _on_signals(
         if shutdown.is_stopping and force is not None:
             force()
         elif not shutdown.is_stopping:
-            print(
-                f"gtl gateway: shutting down (running sessions get {shutdown.grace:g} s)",
-                file=sys.stderr,
-                flush=True,
-            )
-            shutdown.begin()
+            shutdown.begin()  # first: a closed standard error must not cancel the shutdown
+            with contextlib.suppress(OSError, ValueError):
+                print(
+                    f"gtl gateway: shutting down (running sessions get {shutdown.grace:g} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     for name in ("SIGTERM", "SIGHUP", "SIGINT"):
         signum = getattr(signal, name, None)

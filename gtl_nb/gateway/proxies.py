@@ -53,9 +53,10 @@ class TrustedProxies:
             if not isinstance(item, str):
                 raise ConfigurationError(f"{where}: {item!r} is not an address or a network")
             try:
-                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+                network = ipaddress.ip_network(item.strip(), strict=False)
             except ValueError:
                 raise ConfigurationError(f"{where}: {item!r} is not an IP address or a CIDR network") from None
+            networks.append(_unmapped(network))
         return cls(tuple(networks))
 
     def __bool__(self) -> bool:
@@ -89,6 +90,16 @@ class TrustedProxies:
             if proto in ("http", "https"):
                 return proto
         return default
+
+
+def _unmapped(network: Network) -> Network:
+    """``::ffff:10.0.0.0/104`` as ``10.0.0.0/8``: peers are compared in IPv4 form (``_address``)."""
+    mapped = ipaddress.ip_network("::ffff:0:0/96")
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(mapped):
+        base = network.network_address.ipv4_mapped
+        assert base is not None
+        return ipaddress.ip_network(f"{base}/{max(network.prefixlen - 96, 0)}", strict=False)
+    return network
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

@@ -145,11 +145,12 @@ def split_pieces(text: str, rnd: random.Random) -> list[str]:
             j += 1
         while j < len(text) and not text[j].isspace():
             j += 1
-        length = j - i
-        if length > 4 and (length > 9 or rnd.random() < 0.4):
-            length = rnd.randint(2, min(length - 1, 8))  # cut mid-word, as real tokenizers do
-        pieces.append(text[i : i + length])
-        i += length
+        while i < j:  # the word's pieces (its end is found once: a long word stays linear)
+            length = j - i
+            if length > 4 and (length > 9 or rnd.random() < 0.4):
+                length = rnd.randint(2, min(length - 1, 8))  # cut mid-word, as real tokenizers do
+            pieces.append(text[i : i + length])
+            i += length
     return pieces
 
 

@@ -278,11 +278,32 @@ def test_the_env_example_holds_no_value():
 def test_the_manifests_parse_and_kustomize_lists_them():
     kinds = sorted(doc["kind"] for doc in _manifests())
     assert kinds == sorted(
-        ["Namespace", "ConfigMap", "Deployment", "Service", "Service", "PodDisruptionBudget", *["Secret"] * 5]
+        [
+            "Namespace",
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "Service",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+            *["Secret"] * 5,
+        ]
     )
     kustomization = _yaml().safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
     assert all((K8S / name).is_file() for name in kustomization["resources"])
     assert "secrets.example.yaml" not in kustomization["resources"]  # Secrets are made from files, by hand
+
+
+def test_only_the_proxy_reaches_the_ports_whose_forwarding_headers_are_believed():
+    policy = _one("NetworkPolicy")
+    deployment = _one("Deployment")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    tcp_rules = [rule for rule in policy["spec"]["ingress"] if any(p["protocol"] == "TCP" for p in rule["ports"])]
+    assert tcp_rules and all(rule.get("from") for rule in tcp_rules), "HTTP and gRPC only from the proxy's pods"
+    assert {p["port"] for rule in tcp_rules for p in rule["ports"]} == {8787, 8788}
 
 
 def test_the_manifests_pass_the_kubernetes_schemas():

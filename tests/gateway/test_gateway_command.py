@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
+
+import pytest
 
 from gtl_nb.gateway import cli, main
 from gtl_nb.gateway.listeners import ListenerSettings
@@ -75,3 +78,31 @@ def test_gtl_serve_takes_the_config_before_or_after_the_subcommand():
         args = parser.parse_args(argv)
         assert (args.stdio, args.serve_config or args.config, args.principal) == (True, "a.toml", None)
         assert args.handler is cli._serve
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_sigterm_stops_the_gateway_when_nobody_reads_its_standard_error_any_more(tmp_path, loop):
+    """A supervisor's log pipe that closed must not turn SIGTERM into a no-op (the shutdown line's
+    print used to raise BrokenPipeError before the shutdown began)."""
+    from tests.gateway.conftest import write_toml
+
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {"ledger": {"path": str(tmp_path / "ledger.sqlite")}, "gateway": {"shutdown_grace": 1, "event_loop": loop}},
+    )
+    command = [sys.executable, "-m", "gtl_nb.gateway", "--config", str(config), "--http", "127.0.0.1:0"]
+    child = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stderr is not None
+        for line in child.stderr:
+            if line.startswith("gtl gateway: ready"):
+                break
+        child.stderr.close()  # the reader goes away
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(15) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()

@@ -60,3 +60,9 @@ def test_peer_text():
     assert peer_text(("203.0.113.9", 0)) == "203.0.113.9"
     assert peer_text(("::1", 5000)) == "[::1]:5000"
     assert peer_text(None) is None
+
+
+def test_a_network_written_in_ipv4_mapped_form_trusts_its_peers():
+    mapped = TrustedProxies.parse(["::ffff:10.0.0.5", "::ffff:192.168.0.0/112"])
+    assert mapped.trusts("::ffff:10.0.0.5") and mapped.trusts("10.0.0.5")
+    assert mapped.trusts("192.168.3.4") and not mapped.trusts("192.169.0.1")

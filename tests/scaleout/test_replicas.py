@@ -65,6 +65,19 @@ def test_every_transport_passes_through_nginx(cluster: Cluster, scheme: str):
     assert {row["status"] for row in rows} == {"ok"}
 
 
+def test_a_long_grpc_session_through_nginx_is_not_cut_at_a_body_limit(cluster: Cluster):
+    """One gRPC Session call is one HTTP/2 request body for nginx: many completions exceed 1 MiB."""
+    padding = "x" * 30_000
+    with gtl_nb.connect(cluster.grpc_url, token=token()) as client:
+        answers = [client.complete("openai:gpt-4o", f"{padding} {i}", max_tokens=8) for i in range(40)]
+    assert len(answers) == 40 and all(answer.text for answer in answers)
+
+
+def test_readiness_is_asked_of_each_replica_not_through_nginx(cluster: Cluster):
+    assert httpx.get(cluster.http_url + "/readyz", timeout=10).status_code == 404
+    assert all(httpx.get(r.url("http") + "/readyz", timeout=10).json()["status"] == "ready" for r in cluster.replicas)
+
+
 def test_the_official_sdks_through_nginx(cluster: Cluster):
     import anthropic
     import openai

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import random
 
-from gtl_nb.sim.answers import count_tokens, make_answer, sample_for_schema
+from gtl_nb.sim.answers import count_tokens, make_answer, sample_for_schema, split_pieces
 
 WEATHER = {
     "name": "get_weather",
@@ -126,3 +127,12 @@ def test_the_answer_reads_as_sentences_about_the_prompt() -> None:
 def test_names_keep_their_capitals_and_a_bare_greeting_still_gets_an_answer() -> None:
     assert "France" in make_answer(0, "What is the capital of France?", []).text
     assert make_answer(0, "hi", []).text.count(".") >= 3
+
+
+def test_a_very_long_word_is_split_in_one_pass():
+    """A 1,000,000-character word (a pasted blob) is cut into pieces that join back to it; the old
+    splitter rescanned the rest of the word for every piece (quadratic: hours for this input)."""
+    text = "x" * 1_000_000 + " tail"
+    pieces = split_pieces(text, random.Random(7))
+    assert "".join(pieces) == text
+    assert max(len(piece) for piece in pieces) <= 9
