@@ -11,13 +11,33 @@ row in ``audit_chains``, updated in the same transaction as the records it count
 
 **Writing.** ``AuditLog``'s writer thread calls ``append(records)`` with each batch (the same
 interface as the file log's writer, ``_ChainFiles``): the records are sealed here, in order, and
-written in one transaction. When PostgreSQL cannot be reached the sealed lines go to a local spool
-file (JSON lines, the file log's format, fsynced) and are written, oldest first and exactly once
-(the primary key makes a replay change nothing), before the next batch once it answers — or, with
-no traffic, at the writer's next ``retry`` — and a spool left by a stopped process is drained when the
-next sink on that file opens. The processes of one host may share a spool file (the default one is
-per database): each append and each drain holds an exclusive lock on it, so a drain never empties
-lines another process added meanwhile. ``close`` tries the database once more. Nothing is lost.
+written in one transaction. Every wait on the database is bounded: a batch (getting a connection,
+the statements, the commit) gets ``write_timeout`` seconds (``WRITE_TIMEOUT``), the connections carry
+a ``statement_timeout`` of as much and TCP keepalives, so a server that stopped answering (frozen,
+a dead host) is treated as an unreachable one. When PostgreSQL cannot be used the sealed lines go to
+a local spool file (JSON lines, the file log's format, fsynced) and are written, oldest first and
+exactly once (the primary key makes a replay change nothing; a head only moves forward), before the
+next batch once it answers — or, with no traffic, at the writer's next ``retry`` — and a spool left
+by a stopped process is drained when the next sink on that file opens.
+
+A record is part of the chain once it is in the database or in the spool: a spool write that fails
+(a full disk) is cut back to where it was and its records are reported lost, and the next record
+takes their place in the chain — ``AuditLog`` then writes a ``dropped`` record counting them, as for
+the file log. (Only when the failed write to PostgreSQL may have committed — the server stopped
+answering mid-batch — are their numbers kept: ``verify`` then shows them missing, after which the
+``dropped`` record says why.)
+
+**The shared spool.** The processes of one host may share a spool file (the default one is per
+database). Appending holds an exclusive ``flock`` on it for the write only. A drain holds it only to
+*take* the spool's lines: it renames the file to ``<spool>.<time>.<random>.draining`` (the next
+append starts a new spool), keeps that file locked while it writes the lines to PostgreSQL — with no
+lock on the spool itself, so other processes append meanwhile — and removes it once they are
+written. When the write fails the file stays where it is, unlocked, and the next drain (of any
+process) writes it first: files are taken oldest first, and a ``.draining`` file whose process died
+(its lock is gone) is adopted by the next drain or the next sink that opens. While PostgreSQL is
+away a drain first probes it and takes nothing until it answers. ``close`` tries the database once
+more: a server that does not answer holds it ``write_timeout`` (twice if it stops answering in the
+middle of the drain) plus a few seconds to close the pool. Nothing written to the spool is lost.
 
 **Verifying.** ``verify_postgres(url)`` is ``gtl audit verify`` for the database: every chain is
 walked in ``seq`` order, and an edited record (its hash no longer matches), a deleted one (a gap, or
@@ -29,7 +49,9 @@ each with its chain and ``seq``; ``PostgresAuditReport.per_chain`` says how each
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import glob
 import json
 import os
 import platform
@@ -39,7 +61,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from gtl_nb.engine.ledger import default_ledger_path
 from gtl_nb.engine.sqlite_files import create_private_file
@@ -58,9 +80,26 @@ from gtl_nb.gateway.audit import FORMAT_VERSION, GENESIS, Problem, _seal, _unsea
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["ChainReport", "PostgresAuditReport", "PostgresAuditSink", "last_records", "records_of", "verify_postgres"]
+try:
+    import fcntl
+except ImportError:  # Windows: one gateway per spool file is the operator's to ensure
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "WRITE_TIMEOUT",
+    "ChainReport",
+    "PostgresAuditReport",
+    "PostgresAuditSink",
+    "last_records",
+    "records_of",
+    "verify_postgres",
+]
 
 log = get_logger("gateway.audit")
+
+WRITE_TIMEOUT = 5.0
+"""Seconds one batch (or one chunk of the spool) may take in PostgreSQL — a connection, the statements,
+the commit — before the server counts as unreachable and the records go to the spool."""
 
 _INSERT = (
     "INSERT INTO audit_records (replica, seq, time, kind, session_id, trace_id, principal, line) "
@@ -76,6 +115,11 @@ _HEAD = (
 _FIRST_RETRY = 0.5  # seconds before the first new attempt at an unreachable database, doubling up to
 _LAST_RETRY = 30.0  # this: a batch never waits for a connection timeout while the database is known to be away
 _TEXT_LIMIT = 256  # the indexed columns are copies of the record's own (cut as the file log cuts them)
+_DRAIN_CHUNK = 1000  # spooled records per transaction: a long outage's spool is not one huge write
+_POOL_CLOSE = 2.0  # seconds closing the pool may take (its workers may wait on a server that does not answer)
+_DRAINING = ".draining"  # the suffix of a spool taken by a drain
+# libpq's keepalives (unless the URL sets them): a vanished host is noticed by the socket too
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3}
 
 
 @dataclass(frozen=True)
@@ -112,8 +156,9 @@ class PostgresAuditSink:
     (``recovered``, ``append``, ``retry``, ``close``, ``degraded_reason``).
     ``replica`` prefixes the chain's id (the host name by default). ``spool_path`` is the local file
     for records written while the database is away (default: ``audit-spool-<database>.jsonl`` beside
-    the default ledger). Opening migrates the tables; an unreachable database is not an error (the
-    records wait in the spool), a database that refuses the migration is.
+    the default ledger). ``write_timeout`` bounds each batch's time in the database (a server that
+    takes longer counts as unreachable). Opening migrates the tables; an unreachable database is not
+    an error (the records wait in the spool), a database that refuses the migration is.
     """
 
     recovered: dict[str, Any] | None = None  # what AuditLog writes first after a repair: nothing to repair
@@ -125,6 +170,7 @@ class PostgresAuditSink:
         replica: str | None = None,
         spool_path: str | os.PathLike[str] | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
         fsync: bool = True,
     ) -> None:
         self._url = parse_postgres_url(url, where="[gateway.audit] url")
@@ -142,20 +188,24 @@ class PostgresAuditSink:
         create_private_file(self.spool_path, what="audit spool", error=ConfigurationError)
         self._fsync = fsync
         self._timeout = connect_timeout
-        self._count = 0
+        self._write_timeout = write_timeout
+        self._count = 0  # the chain so far: records kept (in the database or the spool) and the last hash
         self._head = GENESIS
         self._lock = threading.Lock()  # append and close may come from different threads
         self._problem: str | None = None
+        self._migrated = False  # whether the tables are known to exist (else the next write creates them)
         self._retry_at = 0.0  # monotonic: while PostgreSQL is away, when to try it again
         self._retry_delay = _FIRST_RETRY
         self._loop = PostgresLoop(name=f"gtl_nb postgres audit {self.replica}")
         self._pool: Any = None
         try:
-            self._loop.run(self._open(), timeout=connect_timeout + 30)
+            self._run(self._open(), connect_timeout + write_timeout)
+        except _NoAnswer as exc:  # a server that hangs is one that is away
+            self._failed(exc)
         except BaseException:
             self._loop.stop()
             raise
-        self._drain()
+        self._drain(everything=True)  # what a stopped process left, too
 
     @property
     def degraded_reason(self) -> str | None:
@@ -168,19 +218,30 @@ class PostgresAuditSink:
 
     def append(self, records: list[dict[str, Any]]) -> int:
         """Seal ``records`` into this replica's chain and write them (to the spool when PostgreSQL is
-        away); returns how many were lost — 0 unless even the local disk refused them."""
+        away); returns how many were lost — 0 unless even the local disk refused them. Lost records
+        are not part of the chain (the next record takes their place), unless they may have reached
+        the database (see the module docstring). Takes ``write_timeout`` at most (plus a drain of
+        the spool, a chunk of the same bound at a time)."""
         with self._lock:
-            lines = [self._seal(record) for record in records]
+            lines = self._sealed(records)
             if not lines:
                 return 0
             self._drain()
+            maybe_sent = False
             if self._problem is None and self._spool_empty():
                 try:
-                    self._loop.run(self._write(lines), timeout=self._timeout + 60)
-                    return 0
+                    self._run(self._write(lines))
                 except Exception as exc:
                     self._failed(exc)
-            return self._spool(lines)
+                    # without a connection nothing was sent; otherwise the COMMIT may have been
+                    maybe_sent = not isinstance(exc, self._psycopg_pool.PoolTimeout)
+                else:
+                    self._keep(lines)
+                    return 0
+            lost = self._spool(lines)
+            if not lost or maybe_sent:
+                self._keep(lines)
+            return lost
 
     def retry(self) -> None:
         """While PostgreSQL is away, try it again (when the back-off allows) and write the spool if it
@@ -191,25 +252,54 @@ class PostgresAuditSink:
 
     def close(self) -> None:
         """Write what the spool holds if the database answers (one more try, back-off or not), then
-        close (idempotent)."""
+        close (idempotent). A server that does not answer holds it ``write_timeout`` (twice at most)
+        plus a few seconds."""
         with self._lock:
             if self._pool is None:
                 return
-            if not self._spool_empty():
-                self._drain(now=True)
+            if self._spooled():
+                self._drain(now=True, everything=True)
             with contextlib.suppress(Exception):
-                self._loop.run(self._pool.close(timeout=5.0), timeout=10)
+                self._loop.run(self._pool.close(timeout=_POOL_CLOSE), timeout=_POOL_CLOSE + 1)
             self._pool = None
             self._loop.stop()
 
     # -- sealing and writing
 
-    def _seal(self, record: dict[str, Any]) -> _Line:
-        body = {"v": FORMAT_VERSION, "replica": self.replica, "seq": self._count + 1, **record}
-        raw, digest = _seal(body, self._head)
-        self._count += 1
-        self._head = digest
-        return _Line(self.replica, self._count, digest, raw.decode("ascii").rstrip("\n"), record)
+    def _sealed(self, records: list[dict[str, Any]]) -> list[_Line]:
+        """``records`` sealed after the chain's head (which moves only once they are kept: ``_keep``)."""
+        count, head, lines = self._count, self._head, []
+        for record in records:
+            count += 1
+            raw, head = _seal({"v": FORMAT_VERSION, "replica": self.replica, "seq": count, **record}, head)
+            lines.append(_Line(self.replica, count, head, raw.decode("ascii").rstrip("\n"), record))
+        return lines
+
+    def _keep(self, lines: list[_Line]) -> None:
+        self._count, self._head = lines[-1].seq, lines[-1].digest
+
+    def _run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run ``coro`` on the pool's loop for ``timeout`` seconds at most (``write_timeout``); a server
+        that does not answer by then is ``_NoAnswer`` (the work is cancelled on the loop)."""
+        timeout = self._write_timeout if timeout is None else timeout
+        try:
+            return self._loop.run(coro, timeout=timeout)
+        except concurrent.futures.TimeoutError:  # TimeoutError itself from 3.11
+            raise _NoAnswer(f"no answer within {timeout:g} s") from None
+
+    def _connection_options(self) -> dict[str, Any]:
+        """What every connection of the pool gets besides the URL's own: TCP keepalives and a bound on
+        unacknowledged data (unless the URL sets them)."""
+        given = self._psycopg.conninfo.conninfo_to_dict(self._url.conninfo)
+        options: dict[str, Any] = dict(_KEEPALIVES)
+        if self._psycopg.pq.version() >= 120000:  # libpq 12 knows tcp_user_timeout
+            options["tcp_user_timeout"] = max(1000, int(self._write_timeout * 1000))
+        return {name: value for name, value in options.items() if name not in given}
+
+    async def _configure(self, conn: Any) -> None:
+        """A new connection: statements end after ``write_timeout`` on the server's side too."""
+        timeout = f"{max(1, int(self._write_timeout * 1000))}ms"
+        await conn.execute("SELECT set_config('statement_timeout', %s, false)", (timeout,))
 
     async def _open(self) -> None:
         self._pool = self._psycopg_pool.AsyncConnectionPool(
@@ -217,7 +307,12 @@ class PostgresAuditSink:
             min_size=1,
             max_size=2,
             open=False,
-            kwargs={"autocommit": True, "application_name": f"gtl_nb audit {self.replica}"[:63]},
+            kwargs={
+                "autocommit": True,
+                "application_name": f"gtl_nb audit {self.replica}"[:63],
+                **self._connection_options(),
+            },
+            configure=self._configure,
             timeout=self._timeout,
             reconnect_timeout=max(2 * self._timeout, 10.0),
             name=f"gtl_nb-audit-{self.replica}",
@@ -226,9 +321,10 @@ class PostgresAuditSink:
         try:
             async with self._pool.connection(timeout=self._timeout) as conn:
                 await migrate(conn, "audit", AUDIT_MIGRATIONS)
+            self._migrated = True
         except Exception as exc:
             if not is_unreachable(exc):
-                await self._pool.close(timeout=5.0)
+                await self._pool.close(timeout=_POOL_CLOSE)
                 raise ConfigurationError(
                     f"[gateway.audit] cannot set up the audit tables in PostgreSQL {self._url.shown}: {describe(exc)}"
                 ) from None
@@ -241,7 +337,7 @@ class PostgresAuditSink:
             if line.replica not in heads or heads[line.replica].seq < line.seq:
                 heads[line.replica] = line
         async with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
-            if self._problem is not None:  # tables not created yet: the server was away at opening
+            if not self._migrated:  # the server was away at opening
                 await migrate(conn, "audit", AUDIT_MIGRATIONS)
             cursor = conn.cursor()
             if lines:  # none: a probe of a server that was away
@@ -249,6 +345,7 @@ class PostgresAuditSink:
             for replica, last in heads.items():
                 pid = os.getpid() if replica == self.replica else None
                 await cursor.execute(_HEAD, (replica, self.hostname, pid, last.seq, last.digest))
+        self._migrated = True
 
     def _failed(self, exc: BaseException) -> None:
         reason = describe(exc)
@@ -268,59 +365,248 @@ class PostgresAuditSink:
         except FileNotFoundError:
             return True
 
+    def _taken_files(self) -> list[Path]:
+        """The spools drains took (in flight, or left to write again), oldest first."""
+        pattern = f"{glob.escape(self.spool_path.name)}.*{_DRAINING}"
+        return sorted(self.spool_path.parent.glob(pattern))
+
+    def _spooled(self) -> bool:
+        """Whether records wait anywhere: in the spool, or in a file a drain took."""
+        return not self._spool_empty() or bool(self._taken_files())
+
     def _spool(self, lines: list[_Line]) -> int:
+        """Append ``lines`` to the spool (fsynced); on failure cut it back to where it was and return
+        how many were lost."""
         data = "".join(line.text + "\n" for line in lines).encode("ascii")
         try:
-            with _locked(self.spool_path, "ab") as handle:
-                handle.write(data)
-                handle.flush()
-                if self._fsync:
-                    os.fsync(handle.fileno())
+            with _locked(self.spool_path) as fd:
+                size = os.fstat(fd).st_size
+                if size and _last_byte(fd, size) != b"\n":  # a line a crash cut short: it must not swallow ours
+                    data = b"\n" + data
+                try:
+                    _write_all(fd, data)
+                    if self._fsync:
+                        os.fsync(fd)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, size)  # no partial line left to glue the next record onto
+                    raise
         except OSError as exc:
             log.error("audit: cannot spool %d record(s) in %s (%s)", len(lines), self.spool_path, exc.strerror or exc)
             return len(lines)
         return 0
 
-    def _drain(self, *, now: bool = False) -> None:
+    def _take(self) -> list[_Taken]:
+        """The spooled lines to write, oldest first, each file locked by this drain: the files earlier
+        drains left (their process stopped, or their write failed), then the spool itself, renamed
+        away under its lock (held only for the rename)."""
+        taken: list[_Taken] = []
+        try:
+            for path in self._taken_files():
+                adopted = _Taken.adopt(path)
+                if adopted is not None:
+                    taken.append(adopted)
+            mine = self.spool_path.with_name(
+                f"{self.spool_path.name}.{time.time_ns():020d}.{secrets.token_hex(4)}{_DRAINING}"
+            )
+            if fcntl is None:  # Windows renames no open file (and there is no lock to keep)
+                if not self._spool_empty():
+                    os.replace(self.spool_path, mine)
+                    _new_spool(self.spool_path)
+                    taken.append(_Taken(mine, os.open(mine, os.O_RDWR | _BINARY)))
+            else:
+                fd = _lock_spool(self.spool_path)
+                try:
+                    if os.fstat(fd).st_size:
+                        os.replace(self.spool_path, mine)
+                        _new_spool(self.spool_path)  # the next append writes there
+                        taken.append(_Taken(mine, fd))  # still locked: no other drain adopts it meanwhile
+                        fd = -1
+                finally:
+                    if fd >= 0:
+                        os.close(fd)
+        except BaseException:
+            for held in taken:
+                held.release(written=False)
+            raise
+        return taken
+
+    def _drain(self, *, now: bool = False, everything: bool = False) -> None:
         """Write the spooled lines (this run's, another process's, a stopped one's) oldest first and
-        empty the spool; with an empty spool while PostgreSQL is away, see whether it answers again.
-        Waits for the back-off unless ``now``."""
-        if self._problem is None and self._spool_empty():
+        empty the spool; while PostgreSQL is away, first see whether it answers again (nothing is taken
+        from the spool until it does). Waits for the back-off unless ``now``; looks for the files
+        other drains left only when the spool holds something, PostgreSQL is away or ``everything``.
+        No lock on the spool is held while PostgreSQL is written (see the module docstring)."""
+        waiting = self._spooled() if everything else not self._spool_empty()
+        if self._problem is None and not waiting:
             return
         if not now and time.monotonic() < self._retry_at:
             return
+        if self._problem is not None:
+            try:
+                self._run(self._write([]))  # a probe (and the tables, when it was away at opening)
+            except Exception as exc:
+                self._failed(exc)
+                return
         try:
-            # held until the spool is emptied: another process's append waits rather than be truncated away
-            with _locked(self.spool_path, "r+b") as handle:
-                raw = handle.read()
-                lines = [line for line in (_spooled(text) for text in raw.split(b"\n")) if line is not None]
-                try:
-                    self._loop.run(self._write(lines), timeout=self._timeout + 60)
-                except Exception as exc:
-                    self._failed(exc)
-                    return
-                handle.truncate(0)
+            taken = self._take()
+            lines = [line for held in taken for line in held.lines()]
         except OSError as exc:
             log.error("audit: cannot read the spool %s (%s)", self.spool_path, exc.strerror or exc)
             return
+        try:
+            for start in range(0, len(lines), _DRAIN_CHUNK):
+                self._run(self._write(lines[start : start + _DRAIN_CHUNK]))
+        except Exception as exc:
+            self._failed(exc)
+            for held in taken:  # left for the next drain, which writes them first (a replay changes nothing)
+                held.release(written=False)
+            return
+        for held in taken:
+            held.release(written=True)
         if self._problem is not None:
             log.warning("audit: PostgreSQL %s answers again; %d spooled record(s) written", self._url.shown, len(lines))
         self._problem = None
         self._retry_delay = _FIRST_RETRY
 
 
-@contextlib.contextmanager
-def _locked(path: Path, mode: str) -> Iterator[IO[bytes]]:
-    """``path`` opened in ``mode`` and, where ``fcntl`` exists, locked against the other processes of
-    this host that share the spool (closing releases the lock)."""
-    with open(path, mode) as handle:
+_BINARY = getattr(os, "O_BINARY", 0)
+
+
+class _NoAnswer(TimeoutError):
+    """PostgreSQL did not finish within ``write_timeout``: it counts as unreachable."""
+
+
+@dataclass
+class _Taken:
+    """A spool file a drain took: its path and an open descriptor (holding its lock where ``flock`` exists)."""
+
+    path: Path
+    fd: int
+
+    @classmethod
+    def adopt(cls, path: Path) -> _Taken | None:
+        """``path``, locked, unless a live drain holds it (or it is gone)."""
         try:
-            import fcntl
-        except ImportError:  # Windows: one gateway per spool file is the operator's to ensure
-            pass
-        else:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        yield handle
+            fd = os.open(path, os.O_RDWR | _BINARY)
+        except FileNotFoundError:
+            return None
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)  # a drain of a live process is writing it
+                    return None
+                if not _names(path, fd):  # written and removed while we were opening it
+                    os.close(fd)
+                    return None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd)
+
+    def lines(self) -> list[_Line]:
+        return [line for line in (_spooled(text) for text in _read_all(self.fd).split(b"\n")) if line is not None]
+
+    def release(self, *, written: bool) -> None:
+        """Remove the file once its lines are in the database; else leave it (unlocked) for the next drain."""
+        if self.fd < 0:
+            return
+        if written and fcntl is None:
+            os.close(self.fd)  # Windows removes no open file
+            self.fd = -1
+        if written:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # written again by the next drain: a replay changes nothing
+                log.error("audit: cannot remove the written spool %s (%s)", self.path, exc.strerror or exc)
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
+            self.fd = -1
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[int]:
+    """The spool at ``path`` (created if missing), open for appending and reading and, where ``fcntl``
+    exists, locked against the other processes of this host that share it (closing releases the lock)."""
+    fd = _lock_spool(path)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _lock_spool(path: Path) -> int:
+    """A descriptor of the spool ``path`` names now, with its lock held. A drain renames the spool under
+    this lock: the file a waiting process opened may be gone from ``path`` by the time it is free, and
+    waiting for it would mean waiting for that drain's writes to PostgreSQL — so the lock is polled, and
+    ``path`` opened again whenever it no longer names the file held open."""
+    delay = 0.001
+    for reopened in range(1000):
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | _BINARY, 0o600)
+        if fcntl is None:
+            return fd
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    locked = True
+                except BlockingIOError:
+                    locked = False
+                if reopened == 999:  # a file system whose inode numbers cannot be compared: wait for it
+                    if not locked:
+                        fcntl.flock(fd, fcntl.LOCK_EX)
+                    return fd
+                if not _names(path, fd):
+                    break  # renamed away by a drain: open the new spool
+                if locked:
+                    return fd
+                time.sleep(delay)
+                delay = min(2 * delay, 0.02)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise AssertionError("unreachable")  # the last round returns
+
+
+def _new_spool(path: Path) -> None:
+    """An empty spool where a drain took the last one (an append creates it anyway: this one is for
+    whoever looks at the folder)."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _BINARY, 0o600))
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` is still the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    parts = []
+    while chunk := os.read(fd, 1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _last_byte(fd: int, size: int) -> bytes:
+    os.lseek(fd, size - 1, os.SEEK_SET)
+    return os.read(fd, 1)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _spooled(text: bytes) -> _Line | None:

@@ -2,16 +2,22 @@
 (``tests/postgres_server.py``): a real gateway writes one record per request — failed and refused ones
 too — to its chain, ``gtl audit verify --url`` accepts it and then names a row edited in SQL, no key,
 token or password reaches a row or a message, the table's keys and their errors, ``degraded_reason``
-while the server is away and after the spool drained, and a clean close that loses nothing."""
+while the server is away and after the spool drained, a clean close that loses nothing (and stays
+short when the server stopped answering), and a spool write the disk refused, counted by a
+``dropped`` record."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import base64
+import contextlib
+import errno
 import http.server
 import importlib.util
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -347,6 +353,112 @@ def test_close_writes_everything_queued_to_postgresql_and_a_failing_file_holds_n
     assert (in_file[0]["kind"], in_file[0]["count"]) == ("dropped", 1)  # the file's own chain says what it lost
     assert [r["session_id"] for r in in_file[1:]] == [f"s{i}" for i in range(600)]
     assert verify(path).ok and "a destination failed" in caplog.text
+
+
+def quick_sinks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``[gateway.audit] url`` opens gives up on a server after 1 s (connecting, or writing a batch)."""
+    from gtl_nb.gateway import audit_postgres
+
+    class Quick(audit_postgres.PostgresAuditSink):
+        def __init__(self, url: str, **options: Any) -> None:
+            super().__init__(url, connect_timeout=1.0, write_timeout=1.0, **options)
+
+    monkeypatch.setattr(audit_postgres, "PostgresAuditSink", Quick)
+
+
+def test_a_spool_write_the_disk_refused_is_counted_by_a_dropped_record_and_the_chain_verifies(
+    tmp_path, postgres_url, monkeypatch
+):
+    from gtl_nb.gateway import audit_postgres
+    from gtl_nb.gateway.audit_postgres import PostgresAuditSink, records_of, verify_postgres
+
+    quick_sinks(monkeypatch)
+    away_url = f"postgresql://postgres@127.0.0.1:{kit.free_port()}/{postgres_url.rsplit('/', 1)[1]}"
+    spool = tmp_path / "spool.jsonl"
+    audit = AuditLog(AuditSettings(url=away_url, spool_path=spool, fsync=False))
+    refusing = {"on": False}
+    write_all = audit_postgres._write_all
+
+    def disk_full(fd: int, data: bytes) -> None:  # half a line reaches the disk, then it is full
+        if not refusing["on"]:
+            return write_all(fd, data)
+        os.write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_postgres, "_write_all", disk_full)
+    try:
+        audit(_finished("first"))
+        audit.flush()
+        refusing["on"] = True
+        audit(_finished("lost"))
+        audit.flush()
+        assert audit.dropped == 1
+        refusing["on"] = False
+        audit(_finished("after"))
+        audit.flush()
+        assert audit.dropped == 0  # counted in the chain by a "dropped" record
+    finally:
+        audit.close()
+    PostgresAuditSink(postgres_url, spool_path=spool).close()  # writes what the spool holds
+    report = verify_postgres(postgres_url)
+    assert report.ok and report.records == 3, report.describe()
+    (chain,) = report.per_chain
+    kept = records_of(postgres_url, chain.replica)
+    assert [(r["seq"], r["kind"], r.get("session_id"), r.get("count")) for r in kept] == [
+        (1, "request", "first", None),
+        (2, "dropped", None, 1),
+        (3, "request", "after", None),
+    ]
+
+
+@contextlib.contextmanager
+def frozen(server: Any) -> Iterator[None]:
+    """PostgreSQL stopped with SIGSTOP: connections stay open, nothing answers."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("finds the server's processes in /proc")
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def test_close_with_postgresql_frozen_is_short_and_loses_nothing(tmp_path, postgres_server, postgres_url, monkeypatch):
+    from gtl_nb.gateway.audit_postgres import PostgresAuditSink, records_of, verify_postgres
+
+    quick_sinks(monkeypatch)
+    spool = tmp_path / "spool.jsonl"
+    audit = AuditLog(AuditSettings(url=postgres_url, spool_path=spool, fsync=False))
+    audit(_finished("before"))
+    audit.flush()
+    with frozen(postgres_server):
+        for index in range(600):  # three batches
+            audit(_finished(f"s{index}"))
+        started = time.monotonic()
+        audit.close()
+        took = time.monotonic() - started
+    # a batch waits write_timeout, the next ones go to the spool (back-off), close tries once more
+    # (write_timeout), then the pool and the loop close within a few seconds
+    assert took < 2 * 1.0 + 5.0, took
+    assert audit.dropped == 0 and spool.stat().st_size > 0  # kept in the spool
+    PostgresAuditSink(postgres_url, spool_path=spool).close()
+    report = verify_postgres(postgres_url)
+    assert report.ok and report.records == 601, report.describe()
+    (chain,) = report.per_chain
+    assert [r["session_id"] for r in records_of(postgres_url, chain.replica)] == [
+        "before",
+        *(f"s{i}" for i in range(600)),
+    ]
 
 
 # -- gtl audit with --url ------------------------------------------------------------------------------

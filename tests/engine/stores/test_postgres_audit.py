@@ -1,18 +1,28 @@
 """Audit records in PostgreSQL (``gateway.audit_postgres``) against a real PostgreSQL 15: one chain per
-replica, verification that finds every kind of tampering, and the spool while the server is away."""
+replica, verification that finds every kind of tampering, the spool while the server is away, a spool
+write the disk cuts short, and a server that stops answering (SIGSTOP) without holding the writer, its
+close, or the other processes sharing the spool."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import json
+import os
+import signal
+import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from gtl_nb.gateway import audit_postgres
 from gtl_nb.gateway.audit import GENESIS, _seal
 from gtl_nb.gateway.audit_postgres import PostgresAuditSink, records_of, verify_postgres
 
@@ -173,3 +183,230 @@ def test_records_written_while_postgresql_is_away_are_spooled_and_written_once(p
 def test_an_empty_database_verifies_as_empty(postgres_url: str):
     report = verify_postgres(postgres_url)
     assert report.ok and (report.chains, report.records) == (0, 0)
+
+
+# -- a spool write the disk cuts short ----------------------------------------------------------------
+
+
+def _disk_full_after(monkeypatch: pytest.MonkeyPatch, written: int) -> dict[str, bool]:
+    """The spool's next writes put ``written`` bytes on disk, then fail as a full disk does (while ``on``)."""
+    switch = {"on": True}
+    write_all = audit_postgres._write_all
+
+    def cut_short(fd: int, data: bytes) -> None:
+        if not switch["on"]:
+            return write_all(fd, data)
+        os.write(fd, data[:written])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit_postgres, "_write_all", cut_short)
+    return switch
+
+
+def test_a_spool_write_cut_short_loses_only_its_records_and_the_chain_stays_whole(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    parts = urlsplit(postgres_url)
+    away_url = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{kit.free_port()}"))
+    spool = tmp_path / "spool.jsonl"
+    away = PostgresAuditSink(away_url, replica="away", spool_path=spool, connect_timeout=1, fsync=False)
+    assert away.append([record(1)]) == 0
+    size = spool.stat().st_size
+    disk = _disk_full_after(monkeypatch, 40)
+    assert away.append([record(2), record(3)]) == 2  # reported lost ...
+    assert spool.stat().st_size == size  # ... and cut back: no partial line to swallow the next record
+    disk["on"] = False
+    assert away.append([record(4)]) == 0
+    assert away.append([record(5)]) == 0
+    assert [json.loads(line)["seq"] for line in spool.read_bytes().splitlines()] == [1, 2, 3]  # 2 and 3 not sealed
+    away.close()
+
+    PostgresAuditSink(postgres_url, replica="back", spool_path=spool).close()  # drains what "away" left
+    report = verify_postgres(postgres_url)
+    assert report.ok and report.records == 3, report.describe()  # the chain skips nothing: no gap, no edit
+    assert [r["session_id"] for r in records_of(postgres_url, away.replica)] == ["s1", "s4", "s5"]
+
+
+@pytest.mark.parametrize("committed", [False, True], ids=["not-committed", "committed"])
+def test_a_lost_batch_that_may_have_reached_postgresql_keeps_its_numbers(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committed: bool
+):
+    """The connection breaks during a batch (the COMMIT may or may not have happened) and the disk
+    refuses the spool: the records are lost, and their numbers stay taken — verify shows a gap (or
+    nothing, when they were committed), never an edited record."""
+    sink = PostgresAuditSink(postgres_url, replica="r", spool_path=tmp_path / "spool.jsonl", fsync=False)
+    assert sink.append([record(1)]) == 0
+    write = sink._write
+
+    async def broken(lines: list[Any]) -> None:
+        if committed:
+            await write(lines)
+        raise OSError(errno.ECONNRESET, "server closed the connection unexpectedly")
+
+    monkeypatch.setattr(sink, "_write", broken)
+    disk = _disk_full_after(monkeypatch, 10)
+    assert sink.append([record(2)]) == 1
+    monkeypatch.setattr(sink, "_write", write)
+    disk["on"] = False
+    assert sink.append([record(3)]) == 0  # spooled (back-off), then written by close
+    sink.close()
+    report = verify_postgres(postgres_url)
+    kinds = [(problem.kind, problem.message) for problem in report.problems]
+    if committed:
+        assert report.ok and report.records == 3, report.describe()
+    else:
+        assert kinds == [("deleted", f"chain {sink.replica}: record 2 missing before record 3")]
+    assert [r["seq"] for r in records_of(postgres_url, sink.replica)] == ([1, 2, 3] if committed else [1, 3])
+
+
+# -- a server that stops answering --------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def frozen(server: Any) -> Iterator[None]:
+    """PostgreSQL stopped (SIGSTOP): its sockets stay open and the kernel still accepts connections,
+    but nothing answers — a hung host, a VM paused, a server stuck on its disk."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("finds the server's processes in /proc")
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def test_a_frozen_postgresql_holds_append_and_close_for_write_timeout_at_most(
+    postgres_server: Any, postgres_url: str, tmp_path: Path
+):
+    spool = tmp_path / "spool.jsonl"
+    sink = PostgresAuditSink(postgres_url, replica="f", spool_path=spool, write_timeout=1.0, fsync=False)
+    assert sink.append([record(1)]) == 0  # a pooled connection exists now
+    with frozen(postgres_server):
+        started = time.monotonic()
+        assert sink.append([record(2)]) == 0  # spooled after write_timeout
+        assert time.monotonic() - started < 2.5
+        assert "no answer within 1 s" in (sink.degraded_reason or "")
+        started = time.monotonic()
+        assert sink.append([record(3)]) == 0  # backing off: straight to the spool
+        assert time.monotonic() - started < 0.5
+        started = time.monotonic()
+        sink.close()  # one more try (write_timeout), then the pool and the loop, bounded
+        assert time.monotonic() - started < 1.0 + 5.0
+    PostgresAuditSink(postgres_url, replica="g", spool_path=spool).close()
+    report = verify_postgres(postgres_url)
+    assert report.ok and report.records == 3, report.describe()
+    assert not list(tmp_path.glob("spool.jsonl.*"))  # every taken spool written and removed
+
+
+_OTHER_PROCESS = """
+import json, sys, time
+from gtl_nb.gateway.audit_postgres import PostgresAuditSink
+sink = PostgresAuditSink(sys.argv[1], replica="other", spool_path=sys.argv[2], connect_timeout=1, fsync=False)
+started = time.monotonic()
+lost = sink.append([{"kind": "request", "time": "2024-05-01T12:00:00.000Z", "session_id": "other"}])
+appended = time.monotonic() - started
+started = time.monotonic()
+sink.close()
+print(json.dumps({"lost": lost, "append": appended, "close": time.monotonic() - started}))
+"""
+
+
+def test_processes_sharing_a_spool_never_wait_for_a_drain_writing_to_postgresql(
+    postgres_server: Any, postgres_url: str, tmp_path: Path
+):
+    """One process drains the spool into a server that stopped answering; another process appends to
+    the same spool meanwhile (and tries to drain it, into a server it cannot reach) without waiting for it."""
+    spool = tmp_path / "spool.jsonl"
+    parts = urlsplit(postgres_url)
+    away_url = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{kit.free_port()}"))
+    away = PostgresAuditSink(away_url, replica="away", spool_path=spool, connect_timeout=1, fsync=False)
+    assert away.append([record(1)]) == 0  # the spool holds a record
+    drainer = PostgresAuditSink(postgres_url, replica="drainer", spool_path=spool, write_timeout=60, fsync=False)
+    # (opening drained it: spool one more)
+    assert away.append([record(2)]) == 0
+    outcome: list[int] = []
+    with frozen(postgres_server):
+        writing = threading.Thread(target=lambda: outcome.append(drainer.append([record(3)])))
+        writing.start()  # takes the spool, then waits for the frozen server
+        deadline = time.monotonic() + 10
+        while not list(tmp_path.glob("spool.jsonl.*.draining")):
+            assert time.monotonic() < deadline, "the drain did not take the spool"
+            time.sleep(0.01)
+        other = subprocess.run(
+            [sys.executable, "-c", _OTHER_PROCESS, away_url, str(spool)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
+        assert writing.is_alive()  # the drain still waits for PostgreSQL ...
+    assert other.returncode == 0, other.stderr
+    times = json.loads(other.stdout)
+    assert times["lost"] == 0 and times["append"] < 1.0 and times["close"] < 3.0, times  # ... the other did not
+    writing.join(timeout=30)
+    assert outcome == [0]
+    drainer.close()
+    away.close()
+    PostgresAuditSink(postgres_url, replica="last", spool_path=spool).close()
+    report = verify_postgres(postgres_url)
+    assert report.ok, report.describe()
+    sessions = sorted(
+        json.loads(line)["session_id"] for (line,) in execute(postgres_url, "SELECT line FROM audit_records")
+    )
+    assert sessions == ["other", "s1", "s2", "s3"]  # each once
+    assert not list(tmp_path.glob("spool.jsonl.*"))
+
+
+def test_taken_spools_a_drain_leaves_are_written_by_the_next_and_a_live_drains_is_left_alone(
+    postgres_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    fcntl = pytest.importorskip("fcntl")
+    parts = urlsplit(postgres_url)
+    away_url = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{kit.free_port()}"))
+    spool = tmp_path / "spool.jsonl"
+    away = PostgresAuditSink(away_url, replica="away", spool_path=spool, connect_timeout=1, fsync=False)
+    assert away.append([record(1), record(2)]) == 0
+    stopped = tmp_path / "spool.jsonl.00000000000000000001.dead0000.draining"  # a drain whose process died
+    spool.rename(stopped)
+    assert away.append([record(3)]) == 0
+    live = tmp_path / "spool.jsonl.00000000000000000002.live0000.draining"  # a drain still writing it
+    spool.rename(live)
+    held = os.open(live, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        assert away.append([record(4)]) == 0
+        sink = PostgresAuditSink(postgres_url, replica="next", spool_path=spool, fsync=False)  # adopts the dead one
+        assert not stopped.exists() and live.exists()
+        assert [r["session_id"] for r in records_of(postgres_url, away.replica)] == ["s1", "s2", "s4"]
+
+        write = sink._write
+
+        async def refused(lines: list[Any]) -> None:
+            if lines:
+                raise OSError(errno.ECONNRESET, "server closed the connection unexpectedly")
+            await write(lines)
+
+        assert away.append([record(5)]) == 0
+        monkeypatch.setattr(sink, "_write", refused)
+        assert sink.append([record(6)]) == 0  # the drain fails: its file stays, the record is spooled
+        left = sorted(tmp_path.glob("spool.jsonl.*.draining"))
+        assert len(left) == 2 and live in left
+        monkeypatch.setattr(sink, "_write", write)
+    finally:
+        os.close(held)  # the live drain "died" too
+    sink.close()  # writes every file left, oldest first, and the spool
+    away.close()
+    assert not list(tmp_path.glob("spool.jsonl.*")) and spool.read_bytes() == b""
+    report = verify_postgres(postgres_url)
+    assert report.ok and report.records == 6, report.describe()
+    assert [r["session_id"] for r in records_of(postgres_url, away.replica)] == [f"s{i}" for i in range(1, 6)]
