@@ -10,7 +10,13 @@ row: the leader's, unless the leader's caller left before reading the usage — 
 follower to read it pays. A reader that has read the usage pays even if it leaves before the end
 (its row is finished with the usage it saw). When the flight is shared with other replicas
 (``engine.stores.flights``), ``Flight.claim`` asks them first: the replica whose reader claims the
-call first pays, the others' readers see cost 0.
+call first pays, the others' readers see cost 0. A claim may land in the shared store while its
+answer is on the way back, so once asked, the answer always counts: the claim runs on its own (a
+cancelled reader does not cancel it), the other readers here that reach the usage meanwhile wait
+for its answer, and a claim won stays this replica's — its claimant pays even when its caller left
+while waiting (its row gets the paid usage, then the cancellation goes on); a claimant cancelled
+twice stops waiting and the next reader here pays, without asking again. A claim that raises
+counts as won (at least one payer rather than none).
 
 **Leaving.** A reader that leaves does not disturb the others; when the last reader has left, the
 upstream call is cancelled and the flight is ``abandoned`` (a request that arrives after that
@@ -43,6 +49,8 @@ class Flight:
         self.task: asyncio.Future[None] | None = None
         self.payer: str | None = None  # the session with the right to pay (the leader while it reads)
         self.paid_by: str | None = None  # the session whose row carries the cost, once one read the usage
+        self._asking: asyncio.Future[None] | None = None  # the claim under way (its answer decides)
+        self._won = False  # this replica's claim won: a reader here pays without asking again
         self.abandoned = False  # every reader left and the call is being cancelled
         self.remote = False  # the events come from a call another replica runs
         self.claim: Callable[[], Awaitable[bool]] | None = None
@@ -71,21 +79,43 @@ class Flight:
 
     async def _pays(self, session_id: str) -> bool:
         """Whether ``session_id``'s ``usage`` keeps the cost (decided once per flight: module docstring)."""
-        if self.paid_by is not None:
-            return self.paid_by == session_id
-        if self.payer is not None and self.payer != session_id:
-            return False
-        self.paid_by = session_id  # taken before the await: a second reader cannot take it meanwhile
-        if self.claim is None:
-            return True
+        while True:
+            if self.paid_by is not None:
+                return self.paid_by == session_id
+            if self.payer is not None and self.payer != session_id:
+                return False
+            if self._asking is not None:  # another reader's claim is under way: its answer decides
+                await asyncio.shield(self._asking)
+                continue
+            if self.claim is None or self._won:
+                self.paid_by = session_id
+                return True
+            asking = self._asking = asyncio.ensure_future(self._ask(self.claim))
+            try:
+                await asyncio.shield(asking)  # a cancel must not lose the answer: the claim may have landed
+            except asyncio.CancelledError:
+                # the caller left while the answer was on its way; a second cancel stops this wait,
+                # not the claim (whose answer then goes to the next reader here)
+                await asyncio.wait({asking})
+                if self.paid_by is not None or not self._won or (self.payer not in (None, session_id)):
+                    raise
+                self.paid_by = session_id  # won: this row carries the cost, the cancellation goes on after it
+                _cancel_again()
+                return True
+
+    async def _ask(self, claim: Callable[[], Awaitable[bool]]) -> None:
+        """Ask the other replicas whether this one pays, and keep the answer (whoever still waits for it)."""
         try:
-            won = await self.claim()
-        except BaseException:
-            self.paid_by = None  # cancelled while asking: another reader may still pay
-            raise
-        if not won:
-            self.paid_by = ELSEWHERE
-        return won
+            try:
+                won = await claim()
+            except Exception:
+                won = True  # nobody could say: pay here (rather no payer at all)
+            if won:
+                self._won = True
+            else:
+                self.paid_by = ELSEWHERE
+        finally:
+            self._asking = None
 
     async def follow(self, session_id: str, *, own: bool = False) -> AsyncIterator[StreamEvent]:
         """The flight's events for ``session_id`` (the ``queued`` status is skipped: every reader
@@ -130,3 +160,15 @@ class Flight:
             orphaned = not ended and self.readers == 0 and self.task is not None and not self.task.done()
             if orphaned and (self.on_idle is None or not self.on_idle()):
                 self.abandon()  # the last reader left: nobody wants the answer any more (here or elsewhere)
+
+
+def _cancel_again() -> None:
+    """Cancel the running task again: a reader that swallowed its cancellation to hand on the paid usage
+    is stopped at its caller's next wait, as one cancellation (``uncancel`` first keeps the count)."""
+    task = asyncio.current_task()
+    if task is None:
+        return
+    uncancel = getattr(task, "uncancel", None)  # Python 3.11+
+    if uncancel is not None:
+        uncancel()
+    task.cancel()

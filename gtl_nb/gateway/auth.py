@@ -26,7 +26,15 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["build_authenticator", "build_credentials", "check_exposure", "configured_fallback", "revocation_list"]
+__all__ = [
+    "build_authenticator",
+    "build_credentials",
+    "check_exposure",
+    "close_revocations",
+    "configured_fallback",
+    "kept_revocations",
+    "revocation_list",
+]
 
 
 def _base_dir(settings: Settings) -> Path:
@@ -40,8 +48,12 @@ def build_authenticator(
     *,
     principal: str | None = None,
     environ: Mapping[str, str] | None = None,
+    current: Authenticate | None = None,
 ) -> Authenticate:
-    """The ``authenticate`` hook of ``[gateway] auth`` (a ``ConfigurationError`` says what is missing)."""
+    """The ``authenticate`` hook of ``[gateway] auth`` (a ``ConfigurationError`` says what is missing).
+
+    ``current`` (a reload): the running gateway's hook; its revocation list is kept when the new
+    policy names the same one (``revocation_list``)."""
     environ = os.environ if environ is None else environ
     if options.auth != "jwt":
         return DevAuth.from_settings(options.auth, principal=principal, environ=environ)
@@ -50,11 +62,24 @@ def build_authenticator(
     from gtl_nb.gateway.tokens import TokenAuthenticator, TokenPolicy
 
     policy = TokenPolicy.from_table(options.jwt or {}, _base_dir(settings), environ)
-    return TokenAuthenticator(policy, revocation_list(policy))
+    revocations = revocation_list(policy, current=current)
+    try:
+        return TokenAuthenticator(policy, revocations)
+    except BaseException:
+        if revocations is not kept_revocations(policy, current):
+            close_revocations(revocations)
+        raise
 
 
-def revocation_list(policy: Any) -> Any:
-    """The revocation list ``[gateway.jwt] revocations`` names: Redis, shared by replicas, or the SQLite file."""
+def revocation_list(policy: Any, *, current: Authenticate | None = None) -> Any:
+    """The revocation list ``[gateway.jwt] revocations`` names: Redis, shared by replicas, or the SQLite file.
+
+    With ``current`` (the running gateway's hook, on a reload), its own list when it is the same
+    one (``kept_revocations``): a reload neither forgets the set it read nor reads it again (while
+    Redis is down it could not, and a list never read refuses every token)."""
+    kept = kept_revocations(policy, current)
+    if kept is not None:
+        return kept
     if policy.revocations_url is not None:
         from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList
 
@@ -62,6 +87,28 @@ def revocation_list(policy: Any) -> Any:
     from gtl_nb.gateway.tokens import SqliteTokenStore
 
     return SqliteTokenStore(policy.store_path, refresh=policy.refresh)
+
+
+def kept_revocations(policy: Any, current: Authenticate | None) -> Any:
+    """``current``'s revocation list when ``policy`` names the same one, else ``None``: the same Redis
+    URL (whatever ``refresh``: the reload sets the new one on it), or the same SQLite file read every
+    ``refresh`` seconds as before."""
+    old_policy = getattr(current, "policy", None)
+    kept = getattr(current, "revocations", None)
+    if old_policy is None or kept is None:
+        return None
+    if policy.revocations_url is not None:
+        return kept if old_policy.revocations_url == policy.revocations_url and hasattr(kept, "refresh") else None
+    if old_policy.revocations_url is None and old_policy.store_path == policy.store_path:
+        return kept if old_policy.refresh == policy.refresh else None
+    return None
+
+
+def close_revocations(revocations: Any) -> None:
+    """Let go of a revocation list nobody checks against any more (its watcher thread, its file)."""
+    close = getattr(revocations, "close", None)
+    if close is not None:
+        close()
 
 
 def build_credentials(settings: Settings, options: GatewaySettings) -> CredentialResolver | None:

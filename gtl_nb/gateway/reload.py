@@ -7,6 +7,12 @@ then swaps it all in one synchronous step on the event loop: ``Engine.reload`` (
 prices, timeouts, budget limits, credentials) and the target of the ``SwappableAuthenticator`` the
 listeners hold, so the next connection's token is checked by the new policy.
 
+The new authenticator keeps the running revocation list when ``[gateway.jwt] revocations`` names the
+same one (a Redis list takes the new ``refresh``): a reload while Redis is down keeps answering from
+the set read before, where a new list could read nothing and would refuse every token. A
+``revocations`` that names a new Redis list which cannot be read yet leaves the whole token policy as
+it was, and the reload's line says so ("token policy not renewed"); the rest is applied.
+
 Sessions already running finish on the deployments they resolved when they started; connections
 already authenticated keep their context. What a reload cannot change in place — the listener
 tables, ``[gateway.limits]``, the auth mode, the ledger and the other stores' backends, the audit
@@ -23,7 +29,13 @@ from typing import Any
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.credentials import StaticCredentials
 from gtl_nb.engine.settings import Settings, load_settings
-from gtl_nb.gateway.auth import build_authenticator, build_credentials, configured_fallback
+from gtl_nb.gateway.auth import (
+    build_authenticator,
+    build_credentials,
+    close_revocations,
+    configured_fallback,
+    kept_revocations,
+)
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
@@ -71,6 +83,8 @@ class PreparedReload:
     """The new token checker (``auth = "jwt"`` both before and after), else ``None``: unchanged."""
     restart: tuple[str, ...]
     """The tables that changed but apply only at a restart."""
+    not_renewed: str | None = None
+    """Why the token policy was not renewed (its new revocation list cannot be read), else ``None``."""
 
 
 def _catalog(settings: Settings) -> Any:
@@ -147,30 +161,74 @@ class Reloader:
         else:
             fallback = configured_fallback(settings) or StaticCredentials()
             credentials = self.engine.credentials.rebound(fallback, deployments=settings.deployments)
-        authenticate = None
+        authenticate, not_renewed = None, None
         if options.auth == "jwt" and self.options.auth == "jwt":
-            authenticate = build_authenticator(settings, options, principal=self.principal)
+            current = self.authenticate.target
+            # the same revocation list is kept (``kept_revocations``): one that Redis cannot give now
+            # would refuse every token until it answers, so a new one that cannot be read is not taken
+            authenticate = build_authenticator(settings, options, principal=self.principal, current=current)
+            not_renewed = _unread_revocations(authenticate, current)
+            if not_renewed is not None:
+                close_revocations(authenticate.revocations)  # type: ignore[attr-defined]
+                authenticate = None
         before, after = self._fixed, _fixed_tables(settings, options)
         restart = tuple(name for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name))
-        return PreparedReload(settings, options, catalog, credentials, authenticate, restart)
+        return PreparedReload(settings, options, catalog, credentials, authenticate, restart, not_renewed)
 
     def apply(self, prepared: PreparedReload) -> str:
         """Swap ``prepared`` in (synchronously, between requests); returns the line that says what changed."""
         old = self.settings
         # the engine validates its part before changing anything; the token checker can no longer fail
-        self.engine.reload(prepared.settings, catalog=prepared.catalog, credentials=prepared.credentials)
+        try:
+            self.engine.reload(prepared.settings, catalog=prepared.catalog, credentials=prepared.credentials)
+        except BaseException:
+            self.discard(prepared)
+            raise
         if prepared.authenticate is not None:
-            self.authenticate.swap(prepared.authenticate)
+            previous = self.authenticate.swap(prepared.authenticate)
+            _hand_over_revocations(previous, prepared.authenticate)
         self.settings = prepared.settings
         changes = _summary(old, prepared.settings, token_policy=prepared.authenticate is not None)
         line = f"reloaded the configuration: {changes}"
+        if prepared.not_renewed is not None:
+            line += f"; token policy not renewed, the previous one still checks tokens: {prepared.not_renewed}"
         if prepared.restart:
             line += f"; changed but not reloadable, restart to apply: {', '.join(prepared.restart)}"
         return line
 
+    def discard(self, prepared: PreparedReload) -> None:
+        """Let go of what ``prepare`` built for a reload that is not applied (a new revocation list's watcher)."""
+        new = getattr(prepared.authenticate, "revocations", None)
+        if new is not None and new is not getattr(self.authenticate.target, "revocations", None):
+            close_revocations(new)
+
     def reload(self) -> str:
         """``prepare`` then ``apply`` (for callers already off the event loop's hot path)."""
         return self.apply(self.prepare())
+
+
+def _unread_revocations(new: Any, current: Any) -> str | None:
+    """Why ``new``'s revocation list cannot serve (a new Redis list that could not be read), else ``None``."""
+    revocations = getattr(new, "revocations", None)
+    if revocations is None or getattr(revocations, "loaded", True):
+        return None
+    if revocations is kept_revocations(new.policy, current):  # never read, as before the reload: no worse
+        return None
+    problem = getattr(revocations, "problem", None) or "it could not be read"
+    return (
+        f"[gateway.jwt] revocations names a new revocation list, not read yet ({problem}); reload again once it answers"
+    )
+
+
+def _hand_over_revocations(previous: Any, new: Any) -> None:
+    """After a swap: a kept revocation list takes the new ``refresh``; one no longer used is closed."""
+    old_list, new_list = getattr(previous, "revocations", None), getattr(new, "revocations", None)
+    if old_list is None or new_list is None:
+        return
+    if new_list is not old_list:
+        close_revocations(old_list)
+    elif hasattr(new_list, "refresh") and new_list.refresh != new.policy.refresh:
+        new_list.refresh = new.policy.refresh
 
 
 def _summary(old: Settings, new: Settings, *, token_policy: bool) -> str:

@@ -101,3 +101,74 @@ def test_the_last_reader_leaving_cancels_the_call_unless_readers_elsewhere_want_
 
     assert asyncio.run(scenario(keep=False)) == (True, True)
     assert asyncio.run(scenario(keep=True)) == (False, False)
+
+
+class _Payer:
+    """The payer claim two replicas share (``SET NX`` on one key): the first claim wins, claiming
+    again answers the same; ``reply`` seconds pass between a claim landing and its answer."""
+
+    def __init__(self, reply: float = 0.0) -> None:
+        self.holder: str | None = None
+        self.reply = reply
+        self.asked: list[str] = []
+        self.landed = asyncio.Event()
+
+    def claim_for(self, replica: str):
+        async def claim() -> bool:
+            self.asked.append(replica)
+            if self.holder is None:
+                self.holder = replica
+            self.landed.set()
+            await asyncio.sleep(self.reply)  # the answer is on its way back
+            return self.holder == replica
+
+        return claim
+
+
+def test_a_claim_won_while_its_reader_is_cancelled_still_leaves_one_paying_row():
+    """Replica A's only reader leaves while its claim's answer is on the way: the claim landed, so B's
+    reader sees it taken (cost 0) — A's reader must carry the cost: its row gets the paid usage
+    before the cancellation goes on."""
+    payer = _Payer(reply=0.05)
+
+    async def scenario():
+        here, there = published(Flight()), published(Flight())
+        here.claim, there.claim = payer.claim_for("a"), payer.claim_for("b")
+        seen: list = []
+
+        async def lead() -> None:
+            async with aclosing(here.follow("lead", own=True)) as events:
+                async for event in events:
+                    seen.append(event)
+
+        task = asyncio.ensure_future(lead())
+        await payer.landed.wait()
+        task.cancel()  # the caller disconnects during the claim's round trip
+        outcome = (await asyncio.gather(task, return_exceptions=True))[0]
+        return seen, outcome, await read(there, "b1")
+
+    seen, outcome, elsewhere = asyncio.run(scenario())
+    assert isinstance(outcome, asyncio.CancelledError)  # the cancellation still ends the session
+    assert costs(elsewhere) == [0.0]
+    assert costs(seen) == [0.5]  # exactly one row pays: the cancelled one, with the usage it was handed
+
+
+def test_readers_here_wait_for_a_claim_under_way_and_one_of_them_pays_if_the_claimant_left():
+    """The claimant is cancelled twice (it stops waiting for the answer): the claim still won for this
+    replica, so the next reader here pays — without asking again."""
+    payer = _Payer(reply=0.05)
+
+    async def scenario():
+        flight = published(Flight())
+        flight.claim = payer.claim_for("a")
+        leader = asyncio.ensure_future(read(flight, "lead", own=True))
+        await payer.landed.wait()
+        leader.cancel()
+        await asyncio.sleep(0)
+        leader.cancel()  # a second cancel: it stops waiting for the claim's answer
+        await asyncio.gather(leader, return_exceptions=True)
+        return await read(flight, "f1"), await read(flight, "f2")
+
+    first, second = asyncio.run(scenario())
+    assert costs(first) == [0.5] and costs(second) == [0.0]
+    assert payer.asked == ["a"]  # asked once: the answer it had not waited for still counted

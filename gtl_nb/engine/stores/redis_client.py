@@ -15,10 +15,13 @@ short on purpose: every store command is one short step, and a request that meet
 under it should be held for about a second, not many, before its store falls back.
 
 When the server is unreachable or fails, ``run`` raises ``RedisUnavailableError`` (a ``StoreError``,
-retryable) naming the server without its password. The stores do not pass it on to requests: each
-serves from a local fallback until Redis answers again (``redis_fallback``; the budget counter's
-limits divided among the live replicas, ``replicas``). Without the ``redis`` extra, opening a Redis
-store raises a ``ConfigurationError`` saying what to install.
+retryable) naming the server without its password; when every connection of the pool stayed in use
+for the whole wait, ``RedisBusyError`` (a ``RedisUnavailableError``: a store that does not tell the
+two apart treats a busy pool as a failure; one that does may go on without calling it an outage).
+The stores do not pass it on to requests: each serves from a local fallback until Redis answers
+again (``redis_fallback``; the budget counter's limits divided among the live replicas, ``replicas``).
+Without the ``redis`` extra, opening a Redis store raises a ``ConfigurationError`` saying what to
+install.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "REPLY_TIMEOUT",
     "LuaScript",
+    "RedisBusyError",
     "RedisConnector",
     "RedisUnavailableError",
     "key_part",
@@ -74,6 +78,11 @@ class RedisUnavailableError(StoreError):
     """Redis could not be reached, or failed to do what a store asked (retryable: it may come back)."""
 
     default_retryable = True
+
+
+class RedisBusyError(RedisUnavailableError):
+    """No connection of the pool was free within the wait (``POOL_WAIT``): Redis may be fine, this
+    process asks it too much at once."""
 
 
 def require_redis() -> ModuleType:
@@ -114,9 +123,23 @@ def translated(shown: str, what: str) -> Iterator[None]:
     try:
         yield
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        if _pool_exhausted(exc):
+            raise RedisBusyError(f"Redis at {shown}: no free connection ({what}): {_reason(exc)}") from None
         raise RedisUnavailableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}") from None
     except redis.exceptions.RedisError as exc:
         raise RedisUnavailableError(f"Redis at {shown} failed ({what}): {_reason(exc)}") from None
+
+
+def _pool_exhausted(exc: BaseException) -> bool:
+    """Whether redis-py gave up waiting for a free connection of the pool (no server was asked):
+    ``MaxConnectionsError`` (a non-blocking pool, redis-py 6+), or the ``ConnectionError`` the blocking
+    pool raises when its wait times out."""
+    import redis.exceptions
+
+    exhausted = getattr(redis.exceptions, "MaxConnectionsError", None)
+    if exhausted is not None and isinstance(exc, exhausted):
+        return True
+    return isinstance(exc, redis.exceptions.ConnectionError) and str(exc).startswith("No connection available")
 
 
 def _reason(exc: BaseException) -> str:

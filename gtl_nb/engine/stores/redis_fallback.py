@@ -5,10 +5,20 @@ Each Redis store (budgets, cache, breakers) holds one, and keeps a local fallbac
 and costs nothing. The first call that fails (``failed``) logs ONE warning — naming the server as
 ``shown_url`` does, never with its password, and what the store does meanwhile — and from then on
 ``usable()`` is false, so requests are served from the fallback at once: a dead server does not add
-a connect timeout to every request. Meanwhile a background task sends a ``PING`` every ``retry``
-seconds (1 s) — with or without traffic, so ``/readyz`` turns ready again on its own — and the first
-answer (``answered``) logs one info line; the store uses Redis again from its next call.
+a connect timeout to every request. Meanwhile a background task probes every ``retry`` seconds
+(1 s) — with or without traffic, so ``/readyz`` turns ready again on its own — and the first answer
+(``answered``) logs one info line; the store uses Redis again from its next call.
 ``degraded_reason`` is the one line ``/readyz`` shows while it is down.
+
+The probe is a small write (``SET <prefix>probe`` with a short expiry), not a ``PING``: a Redis that
+answers but refuses writes — out of memory under ``noeviction``, a read-only replica after a
+fail-over — is still down for the stores, which all write. A failure within ``RELAPSE`` seconds of
+Redis answering again (a store's command that keeps failing while Redis itself works) is the same
+outage: no new warning (nor a second info line), and the probe waits twice as long after each such
+return, up to ``MAX_RETRY`` seconds. So there is one warning per outage, flapping or not.
+
+A store may say that a busy pool (``RedisBusyError``: no free connection within the wait) is not an
+outage (``busy_is_outage=False``): the call fails, Redis is not declared down.
 
 Everything runs on the event loop of the store's caller (one engine loop): no lock is needed.
 """
@@ -22,18 +32,24 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from gtl_nb.engine.stores.redis_client import RedisConnector, RedisUnavailableError
+from gtl_nb.engine.stores.redis_client import RedisBusyError, RedisConnector, RedisUnavailableError
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
 
-__all__ = ["RETRY_SECONDS", "RedisOutage", "one_line"]
+__all__ = ["MAX_RETRY", "RELAPSE", "RETRY_SECONDS", "RedisOutage", "one_line"]
 
 log = get_logger("engine.stores")
 
 T = TypeVar("T")
 
 RETRY_SECONDS = 1.0
-"""While Redis is down, how often a background ``PING`` asks whether it is back."""
+"""While Redis is down, how often a background probe asks whether it is back."""
+RELAPSE = 30.0
+"""Seconds after Redis answered again during which a new failure is the same outage (module docstring)."""
+MAX_RETRY = 30.0
+"""The longest pause between probes, after returns that failed again at once."""
+PROBE_TTL_MS = 10_000
+"""How long the probe's key lives (milliseconds): it is written again at each probe."""
 
 
 def one_line(text: str) -> str:
@@ -47,7 +63,8 @@ class RedisOutage:
 
     ``store`` names the store in messages (``"budgets"``); ``meanwhile()`` says what it does while
     Redis is down, ``back`` what it does again once Redis answers; ``on_recovered`` runs (on the
-    loop) when it does — the budget counter sends the settlements it owes then."""
+    loop) when it does — the budget counter sends the settlements it owes then. ``busy_is_outage``:
+    whether a busy pool (``RedisBusyError``) counts as Redis failing."""
 
     def __init__(
         self,
@@ -59,6 +76,7 @@ class RedisOutage:
         retry: float = RETRY_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         on_recovered: Callable[[], None] | None = None,
+        busy_is_outage: bool = True,
     ) -> None:
         self.connector = connector
         self.store = store
@@ -67,9 +85,12 @@ class RedisOutage:
         self.retry = retry
         self.clock = clock
         self.on_recovered = on_recovered
+        self.busy_is_outage = busy_is_outage
         self._problem: str | None = None  # the last failure's message while Redis is down, else None
         self._since = 0.0  # wall-clock seconds of the first failure (shown in /readyz)
         self._down_at = 0.0  # monotonic, the same instant (for the "back after" line)
+        self._back_at: float | None = None  # monotonic, when Redis last answered again after an outage
+        self._relapses = 0  # returns of this outage that failed again within RELAPSE seconds
         self._probe: asyncio.Task[None] | None = None
 
     @property
@@ -99,7 +120,8 @@ class RedisOutage:
         try:
             result = await self.connector.run(what, operation)
         except RedisUnavailableError as exc:
-            self.failed(exc)
+            if self.busy_is_outage or not isinstance(exc, RedisBusyError):
+                self.failed(exc)
             raise
         self.answered()
         return result
@@ -107,7 +129,11 @@ class RedisOutage:
     def failed(self, error: StoreError) -> None:
         """Redis failed a call: from now on, the fallback (the first failure of an outage is logged)."""
         problem = one_line(error.message)
-        if self._problem is None:
+        if self._problem is None and self._back_at is not None and self.clock() - self._back_at < RELAPSE:
+            self._relapses += 1  # the same outage again (module docstring): still since its start, no warning
+            log.debug("%s: %s again right after Redis answered; asking less often", self.store, problem)
+        elif self._problem is None:
+            self._relapses = 0
             self._since, self._down_at = time.time(), self.clock()
             log.warning(
                 "%s: %s; %s until it answers (asking every %g s)",
@@ -126,13 +152,15 @@ class RedisOutage:
         if self._problem is None:
             return
         self._problem = None
-        log.info(
-            "%s: Redis at %s answers again after %.1f s; %s",
-            self.store,
-            self.connector.shown,
-            self.clock() - self._down_at,
-            self.back,
-        )
+        self._back_at = self.clock()
+        if self._relapses == 0:  # a return after a relapse was said already
+            log.info(
+                "%s: Redis at %s answers again after %.1f s; %s",
+                self.store,
+                self.connector.shown,
+                self._back_at - self._down_at,
+                self.back,
+            )
         if self.on_recovered is not None:
             self.on_recovered()
 
@@ -155,13 +183,14 @@ class RedisOutage:
         )
 
     async def _probe_until_back(self) -> None:
-        """``PING`` every ``retry`` seconds until Redis answers (then ``answered``) or the store closes."""
+        """Probe every ``retry`` seconds (longer after relapses) until Redis takes a write (then
+        ``answered``) or the store closes."""
         while self._problem is not None:
-            await asyncio.sleep(self.retry)
+            await asyncio.sleep(min(self.retry * 2 ** min(self._relapses, 16), max(self.retry, MAX_RETRY)))
             if self._problem is None:  # a call of the store got through meanwhile
                 return
             try:
-                await self.connector.run("checking whether Redis is back", lambda client: client.ping())
+                await self.connector.run("checking whether Redis is back", self._write_probe)
             except RedisUnavailableError as exc:
                 if self._problem is not None:  # still down: the reason may have changed
                     self._problem = one_line(exc.message)
@@ -169,3 +198,13 @@ class RedisOutage:
                 return  # the store was closed
             else:
                 self.answered()
+
+    async def _write_probe(self, client: Any) -> None:
+        """A write, as every store makes: refused while Redis is out of memory or read-only. A user whose
+        ACL may not write the key still gets a ``PING`` through (its store's own calls then tell)."""
+        import redis.exceptions
+
+        try:
+            await client.set(f"{self.connector.prefix}probe", b"1", px=PROBE_TTL_MS)
+        except redis.exceptions.NoPermissionError:
+            await client.ping()

@@ -19,22 +19,32 @@ random id, so a new call for the same request never mixes with the records of an
 ``<prefix>flight:{h}:t:readers``      a sorted set of the replicas reading the call, scored by
                                       when their membership lapses (Redis's own clock)
 ``<prefix>flight:{h}:t:payer``        which replica's reader claimed the call's cost (``payer_ttl``)
+``<prefix>flights:wake:w``            a stream of one entry (``w`` random per replica): written to
+                                      wake that replica's reader when it follows one call more
 ====================================  ==============================================================
 
 **Protocol.** ``join`` runs one script: take the lock, or learn who holds it. The winner leads: the
 engine runs the call and ``publish``es each event; a writer task batches them into ``XADD``\\ s off
-the request path, renews the lock and, after the terminal event, lets the stream linger for late
-readers and releases the lock. A loser joins the holder's flight (a script that checks the lock
-still names it, else tries again) and reads its stream from the first entry with ``XREAD BLOCK``,
-touching its membership every lease/3.
+the request path — by a script that appends only while the lock is its own, and renews it — renews
+the lock when nothing was written for lease/3 and, after the terminal event, lets the stream linger
+for late readers and releases the lock. A loser joins the holder's flight (a script that checks the
+lock still names it, else tries again) and reads its stream from the first entry, touching its
+membership every lease/3. A replica reads the streams of all the calls it follows with one task and
+one ``XREAD BLOCK`` over all of them (and its wake stream, so a call followed meanwhile is read at
+once): one connection however many calls it follows. Multi-key ``XREAD`` needs the keys on one
+server, as every command of these stores does (the client is not a Redis Cluster client).
 
 **Who pays.** Each replica's reader that would pay in-process (``Flight``'s rule) claims the call
 with ``SET NX`` on the payer key; the first claim wins, every other replica's rows see cost 0, so
 exactly one ledger row across the replicas carries the cost. Normally the leader's replica wins (its
 reader sees the usage first). When the leader's caller left, the leader's replica keeps the call
 running while another replica's reader is a live member of ``readers``: that reader then claims and
-pays. Two rows could pay only if a second claim came more than ``payer_ttl`` after the first, or if
-Redis failed between another replica's claim and the leader's (which pays when Redis cannot say).
+pays. A claim that landed counts even when its reader's caller left while the answer was on its
+way (``Flight`` keeps the answer: that row, or the next reader there, pays). Two rows could pay only
+if a second claim came more than ``payer_ttl`` after the first, or if Redis could not answer a
+claim: the reader that asked pays then, wherever it is — two rows pay if another replica's claim had
+landed, but not paying could leave no row paying at all (its leader's caller may have left), and
+a double charge is the smaller error.
 
 **Failures** (every wait is bounded):
 
@@ -44,14 +54,22 @@ Redis failed between another replica's claim and the leader's (which pays when R
 * the stream's first entries were trimmed or expired (a reader joined very late): ``FlightLost`` too;
 * the leader's replica shuts down (``aclose``): the calls it shares end for their readers elsewhere at
   once, with a retryable ``PROVIDER_UNAVAILABLE`` error;
+* the leader's replica stalled longer than the lease (its lock lapsed; another replica may lead a
+  new call for the same request by then): its next append or renewal says so (the append script
+  then writes nothing), and it stops sharing — its own callers still get the answer, nothing more
+  goes to the stream, the lock (anyone's now) is left alone; its readers elsewhere end as when a
+  leader dies;
 * Redis fails: flights are coalesced in-process only (``join`` leads locally at once, never raises)
-  until a background ``PING`` finds it back (``redis_fallback.RedisOutage``: one warning per outage,
+  until a background probe finds it back (``redis_fallback.RedisOutage``: one warning per outage,
   ``degraded_reason`` for ``/readyz``); a leader stops sharing (and pays), a reader stops with
-  ``FlightLost``.
+  ``FlightLost``;
+* no connection of the pool is free within its wait (``RedisBusyError``): not an outage — a flight
+  being joined runs here, unshared; a leader's writer tries again (for at most a lease), a reader
+  touches its membership at the next turn.
 
-Readers wait in ``XREAD BLOCK`` holding a connection, so the flights use a pool of their own (the
-URL's ``client_name`` with ``-flights`` appended): they never take the connections that budgets,
-the cache and the breakers need.
+The flights use a pool of their own (the URL's ``client_name`` with ``-flights`` appended): the
+reader's blocked ``XREAD`` and the writers never take the connections that budgets, the cache and
+the breakers need.
 """
 
 from __future__ import annotations
@@ -69,7 +87,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import msgspec
 
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightLost, LocalLead
-from gtl_nb.engine.stores.redis_client import REPLY_TIMEOUT, LuaScript, RedisConnector, RedisUnavailableError
+from gtl_nb.engine.stores.redis_client import (
+    REPLY_TIMEOUT,
+    LuaScript,
+    RedisBusyError,
+    RedisConnector,
+    RedisUnavailableError,
+)
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
@@ -97,6 +121,8 @@ BATCH = 256
 CLOSE_GRACE = 1.0
 """Seconds ``aclose`` gives writers to release their flights."""
 _STORE_FAILED = "the store shared with the other replicas stopped answering"  # callers never see its address
+LAPSE_WARNING_EVERY = 60.0
+"""Seconds between two warnings about leads whose lock lapsed."""
 _JOIN_TRIES = 3  # the lock changed hands between two scripts this often: lead here instead
 _READ_COUNT = 64  # stream entries per XREAD
 
@@ -114,6 +140,18 @@ local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[3]), ARGV[2])
 redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[3]))
+return 1
+""")
+
+# Append entries (ARGV[5], ARGV[6]: the first's s and e; and so on) while the lock is ours, renewing it:
+# a leader whose lock lapsed (it stalled) never writes into a call that may be led elsewhere by now.
+_APPEND = LuaScript("""
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+for i = 5, #ARGV, 2 do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 's', ARGV[i], 'e', ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 """)
 
@@ -212,9 +250,14 @@ class RedisFlights:
             meanwhile=lambda: "identical requests are shared within this process only",
             back="identical requests are shared across replicas again",
             clock=clock,
+            busy_is_outage=False,  # a pool busy for a moment: that flight runs here, Redis is fine
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._leads: set[_Lead] = set()  # calls this replica runs now
+        self._reader: _Reader | None = None  # reads every call followed here (on the loop it runs on)
+        self._clock = clock
+        self._lapses = 0  # leases lost since the last warning about them
+        self._lapse_warned: float | None = None  # when that warning was logged
 
     def __repr__(self) -> str:
         return f"RedisFlights({self.redis.shown!r})"
@@ -246,6 +289,8 @@ class RedisFlights:
                     "joining a flight", _JOIN, [names.lock, readers], [holder, member, _ms(self.lease)]
                 ):
                     return _Follow(self, names, holder, member)
+        except RedisBusyError:
+            pass  # no free connection now: this flight runs here, the next one may be shared again
         except RedisUnavailableError:
             pass  # noted by the outage: in-process only until Redis answers again
         except Exception:  # sharing is an optimisation: a request never fails for it
@@ -257,6 +302,9 @@ class RedisFlights:
         not when the lease lapses), give the writers ``CLOSE_GRACE`` seconds, then close the connection."""
         for lead in list(self._leads):
             lead.finish()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop(FlightLost("the replica reading the shared call is shutting down"))
         tasks = set(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=CLOSE_GRACE)
@@ -269,14 +317,38 @@ class RedisFlights:
 
     # -- for the roles ----------------------------------------------------------------------------
 
-    async def _script(self, what: str, script: LuaScript, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        return await self.outage.call(what, lambda client: script(client, keys, args))
+    async def _script(
+        self, what: str, script: LuaScript, keys: Sequence[str], args: Sequence[str | int | bytes]
+    ) -> Any:
+        return await self.outage.call(what, lambda client: script(client, keys, args))  # type: ignore[arg-type]
 
     def noted(self, exc: Exception) -> None:
         """A role's Redis call failed: a Redis failure is the outage's to log, a closed store is no news;
         anything else is logged here."""
         if not isinstance(exc, StoreError):
             log.warning("coalescing: sharing a flight through %s failed: %r", self.redis.shown, exc)
+
+    def reader(self) -> _Reader:
+        """The reader of the calls followed on the running loop (a new one on a new loop)."""
+        reader = self._reader
+        if reader is None or reader.loop is not asyncio.get_running_loop():
+            reader = self._reader = _Reader(self)
+        return reader
+
+    def lapsed(self) -> None:
+        """A lead's lock lapsed: one warning a minute at most, counting the others (a stalled replica
+        may lose many at once)."""
+        self._lapses += 1
+        now = self._clock()
+        if self._lapse_warned is not None and now - self._lapse_warned < LAPSE_WARNING_EVERY:
+            return
+        log.warning(
+            "coalescing: %d shared call(s) lost their lock (this replica did not renew it within %g s): their "
+            "callers here still get the answer, their readers on other replicas end with a retryable error",
+            self._lapses,
+            self.lease,
+        )
+        self._lapses, self._lapse_warned = 0, now
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work, name=name)
@@ -368,30 +440,46 @@ class _Lead:
     async def _write(self) -> None:
         owner = self._owner
         loop = asyncio.get_running_loop()
-        renew_at = loop.time() + owner.renew_every
+        renew_at = check_at = loop.time() + owner.renew_every
+        busy_since: float | None = None  # no free connection since then (module docstring)
         try:
             while True:
                 if not (self._frames or self._finishing or self._check_idle):
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), max(0.0, renew_at - loop.time()))
+                        await asyncio.wait_for(self._wake.wait(), max(0.0, min(renew_at, check_at) - loop.time()))
                 self._wake.clear()
-                if self._frames:
-                    await self._flush()
-                if self._finishing:
-                    await self._release()
-                    return
-                if loop.time() >= renew_at:
-                    await owner._script(
-                        "renewing a flight's lock",
-                        _RENEW,
-                        [self._lock, self._events],
-                        [self._token, _ms(owner.lease), _ms(owner.linger)],
-                    )
-                    renew_at = loop.time() + owner.renew_every
-                    self._check_idle = self._watched is not None  # readers elsewhere may have left since
-                if self._check_idle:
-                    self._check_idle = False
-                    await self._idle_check()
+                try:
+                    if self._frames:
+                        if not await self._flush():
+                            self._lost()
+                            return
+                        renew_at = loop.time() + owner.renew_every  # the append renewed the lock
+                    if self._finishing:
+                        await self._release()
+                        return
+                    now = loop.time()
+                    if now >= renew_at:
+                        if not await owner._script(
+                            "renewing a flight's lock",
+                            _RENEW,
+                            [self._lock, self._events],
+                            [self._token, _ms(owner.lease), _ms(owner.linger)],
+                        ):
+                            self._lost()
+                            return
+                        renew_at = now + owner.renew_every
+                    if now >= check_at:
+                        check_at = now + owner.renew_every
+                        self._check_idle = self._watched is not None  # readers elsewhere may have left since
+                    if self._check_idle:
+                        self._check_idle = False
+                        await self._idle_check()
+                except RedisBusyError:
+                    busy_since = loop.time() if busy_since is None else busy_since
+                    if loop.time() - busy_since >= owner.lease:
+                        raise
+                    continue  # the pool's own wait paced this; what was not written is still queued
+                busy_since = None
         except Exception as exc:
             self._broken = True
             owner.noted(exc)
@@ -399,23 +487,30 @@ class _Lead:
             if watched is not None and watched.readers == 0:
                 watched.abandon()  # nobody here reads it and nobody elsewhere can: stop the call
 
-    async def _flush(self) -> None:
+    def _lost(self) -> None:
+        """The lock lapsed (this replica stalled longer than the lease): stop sharing (module docstring)."""
+        self._broken = True
+        self._frames.clear()
+        self._owner.lapsed()
+        watched = self._watched
+        if watched is not None and watched.readers == 0:
+            watched.abandon()  # kept only for readers elsewhere, who cannot follow it any more
+
+    async def _flush(self) -> bool:
+        """Append the frames published so far; ``False`` if the lock is not ours any more (nothing written)."""
         frames, self._frames = self._frames, []
-        entries = []
-        for start in range(0, len(frames), BATCH):
-            chunk = frames[start : start + BATCH]
-            entries.append({"s": str(self._written), "e": b"".join(chunk)})
-            self._written += len(chunk)
+        written = self._written
         owner = self._owner
-
-        async def write(client: Any) -> None:
-            pipe = client.pipeline(transaction=False)
-            for fields in entries:
-                pipe.xadd(self._events, fields, maxlen=owner.max_entries, approximate=True)
-            pipe.pexpire(self._events, _ms(owner.linger))
-            await pipe.execute()
-
-        await owner.outage.call("sharing a flight's events", write)
+        args: list[str | int | bytes] = [self._token, _ms(owner.lease), _ms(owner.linger), owner.max_entries]
+        for start in range(0, len(frames), BATCH):
+            args += [str(written + start), b"".join(frames[start : start + BATCH])]
+        try:
+            mine = await owner._script("sharing a flight's events", _APPEND, [self._lock, self._events], args)
+        except RedisBusyError:
+            self._frames[:0] = frames  # nothing was sent: written at the next try, in order
+            raise
+        self._written = written + len(frames)
+        return bool(mine)
 
     async def _idle_check(self) -> None:
         """No local reader: cancel the call unless a replica elsewhere still reads it."""
@@ -423,9 +518,12 @@ class _Lead:
         if flight is None or flight.readers > 0 or flight.task is None or flight.task.done():
             self._watched = None
             return
-        readers = await self._owner._script(
-            "counting a flight's readers", _IDLE, [self._lock, self._readers], [self._token]
-        )
+        try:
+            readers = await self._owner._script(
+                "counting a flight's readers", _IDLE, [self._lock, self._readers], [self._token]
+            )
+        except RedisBusyError:
+            return  # counted again at the next renewal
         if flight.readers == 0 and not readers:
             self._watched = None
             flight.abandon()
@@ -434,8 +532,9 @@ class _Lead:
         if not self._ended:  # cancelled or failed without an answer: readers elsewhere end now, not at the lease
             self._frames.append(encode_frame(_ended_early("the shared call ended without an answer")))
             self._ended = True
-        if self._frames:  # published while the last batch was being written: the terminal event among them
-            await self._flush()
+        if self._frames and not await self._flush():  # the terminal event among them
+            self._lost()
+            return
         owner = self._owner
         await owner._script(
             "releasing a flight", _RELEASE, [self._lock, self._events], [self._token, _ms(owner.linger)]
@@ -461,7 +560,8 @@ class _Follow:
         self._payer = names.payer(token)
 
     async def claim(self) -> bool:
-        """Whether this replica pays; when Redis cannot say, it does not (the leader's replica does)."""
+        """Whether this replica pays; when Redis cannot say, it does (module docstring: rather two payers
+        than none — the leader's caller may have left, and nobody else would pay)."""
         try:
             return bool(
                 await self._owner._script(
@@ -470,29 +570,19 @@ class _Follow:
             )
         except Exception as exc:
             self._owner.noted(exc)
-            return False
+            return True
 
     async def events(self) -> AsyncIterator[StreamEvent]:
         owner = self._owner
         loop = asyncio.get_running_loop()
-        block = _ms(owner.block)
-        last: bytes | str = b"0-0"
+        inbox = await owner.reader().follow(self._events)
         expected = 0  # the index the next entry must start at: anything else is a gap
         touch_at = loop.time() + owner.renew_every
         lock_gone = False
         try:
             while True:
-                try:
-                    reply = await owner.outage.call(
-                        "reading a flight's events",
-                        lambda client, since=last: client.xread({self._events: since}, count=_READ_COUNT, block=block),
-                    )
-                except Exception as exc:
-                    owner.noted(exc)
-                    raise FlightLost(_STORE_FAILED) from None
-                entries = _entries(reply)
-                for entry_id, fields in entries:
-                    last = entry_id
+                entries = await inbox.take(owner.block)
+                for _, fields in entries:
                     if _number(fields.get(b"s")) != expected:
                         raise FlightLost("the first events of the shared call are gone (trimmed or expired)")
                     for frame in (fields.get(b"e") or b"").split(b"\n"):
@@ -517,11 +607,14 @@ class _Follow:
                         [self._lock, self._readers],
                         [self._token, self._member, _ms(owner.lease)],
                     )
+                except RedisBusyError:
+                    pass  # touched at the next turn: the membership lasts a lease, three turns
                 except Exception as exc:
                     owner.noted(exc)
                     raise FlightLost(_STORE_FAILED) from None
                 touch_at = loop.time() + owner.renew_every
         finally:
+            inbox.close()
             with contextlib.suppress(RuntimeError):  # no loop any more (finalised late): membership lapses
                 owner._spawn(self._leave(), f"gtl_nb flight leave {self._member}")
 
@@ -530,16 +623,170 @@ class _Follow:
             await self._owner.outage.call("leaving a flight", lambda client: client.zrem(self._readers, self._member))
 
 
-def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
-    """The entries of an ``XREAD`` reply for one stream (RESP2 lists or RESP3 maps)."""
+class _Inbox:
+    """What the reader got for one follower of one stream, until it takes it."""
+
+    def __init__(self, reader: _Reader, stream: str) -> None:
+        self.reader = reader
+        self.stream = stream
+        self.last: tuple[int, int] = (0, 0)  # the id of the last entry delivered (0-0: from the first)
+        self.entries: list[tuple[bytes, dict[bytes, bytes]]] = []
+        self.error: FlightLost | None = None
+        self._ready = asyncio.Event()
+
+    def deliver(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        fresh = [(entry_id, fields) for entry_id, fields in entries if _stream_id(entry_id) > self.last]
+        if fresh:
+            self.last = _stream_id(fresh[-1][0])
+            self.entries.extend(fresh)
+            self._ready.set()
+
+    def fail(self, error: FlightLost) -> None:
+        self.error = error
+        self._ready.set()
+
+    async def take(self, timeout: float) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The entries delivered since the last take, waiting up to ``timeout`` seconds for some
+        (``[]`` if none came); ``FlightLost`` once the reader failed and everything was taken."""
+        if not self.entries and self.error is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready.wait(), timeout)
+        self._ready.clear()
+        if not self.entries and self.error is not None:
+            raise self.error
+        entries, self.entries = self.entries, []
+        return entries
+
+    def close(self) -> None:
+        self.reader.leave(self)
+
+
+class _Reader:
+    """Reads the streams of every call this replica follows, on one event loop: one task, one ``XREAD
+    BLOCK`` over all of them and a wake stream of its own (module docstring). It ends when nobody
+    follows anything, and starts again with the next follower."""
+
+    def __init__(self, owner: RedisFlights) -> None:
+        self.owner = owner
+        self.loop = asyncio.get_running_loop()
+        self._wake = f"{owner.redis.prefix}flights:wake:{secrets.token_hex(8)}"
+        self._woke: bytes | str = b"0-0"  # the wake stream's last entry read
+        self._inboxes: dict[str, set[_Inbox]] = {}
+        self._reading: dict[str, tuple[int, int]] = {}  # the streams the XREAD under way reads, from where
+        self._waking = False  # a wake was sent since that XREAD started
+        self._task: asyncio.Task[None] | None = None
+        self._stopped: FlightLost | None = None
+
+    async def follow(self, stream: str) -> _Inbox:
+        """An inbox for ``stream``, read from its first entry on."""
+        inbox = _Inbox(self, stream)
+        if self._stopped is not None:
+            inbox.fail(self._stopped)
+            return inbox
+        self._inboxes.setdefault(stream, set()).add(inbox)
+        if self._task is None or self._task.done():
+            self._task = self.owner._spawn(self._read(), f"gtl_nb flights reader {self._wake[-16:]}")
+        elif self._reading.get(stream, (1, 0)) > inbox.last and not self._waking:
+            self._waking = True  # the XREAD under way does not read this stream from its first: end it now
+            try:
+                await self.owner.outage.call("waking the flights' reader", self._poke)
+            except Exception:
+                pass  # it ends within ``block`` anyway
+            except BaseException:
+                self.leave(inbox)  # cancelled meanwhile: nobody will take what it gets
+                raise
+        return inbox
+
+    def leave(self, inbox: _Inbox) -> None:
+        inboxes = self._inboxes.get(inbox.stream)
+        if inboxes is not None:
+            inboxes.discard(inbox)
+            if not inboxes:
+                del self._inboxes[inbox.stream]
+
+    def stop(self, error: FlightLost) -> None:
+        """End every follower's reading with ``error`` (the registry closes)."""
+        self._stopped = error
+        self._fail(error)
+        task = self._task
+        if task is not None and not task.done() and task.get_loop() is _running_loop():
+            task.cancel()
+
+    async def _poke(self, client: Any) -> None:
+        pipe = client.pipeline(transaction=False)
+        pipe.xadd(self._wake, {"w": b"1"}, maxlen=1, approximate=False)
+        pipe.pexpire(self._wake, _ms(self.owner.linger))
+        await pipe.execute()
+
+    async def _read(self) -> None:
+        try:
+            await self._read_while_followed()
+        except Exception as exc:  # a bug must not leave the followers waiting for entries that never come
+            self.owner.noted(exc)
+        finally:
+            self._fail(FlightLost(_STORE_FAILED))  # anyone still following (none after a normal end)
+
+    async def _read_while_followed(self) -> None:
+        owner = self.owner
+        block = _ms(owner.block)
+        while self._inboxes and self._stopped is None:
+            reading = {stream: min(inbox.last for inbox in inboxes) for stream, inboxes in self._inboxes.items()}
+            since: dict[str, bytes | str] = {stream: "{}-{}".format(*last) for stream, last in reading.items()}
+            since[self._wake] = self._woke
+            self._reading, self._waking = reading, False
+            try:
+                reply = await owner.outage.call(
+                    "reading flights' events",
+                    lambda client, streams=since: client.xread(streams, count=_READ_COUNT, block=block),
+                )
+            except RedisBusyError:
+                await asyncio.sleep(0.05)  # the pool's wait paced it already; the followers keep waiting
+                continue
+            except Exception as exc:
+                owner.noted(exc)
+                return  # every follower ends with FlightLost
+            finally:
+                self._reading = {}
+            for stream, entries in _streams(reply):
+                if stream == self._wake:
+                    if entries:
+                        self._woke = entries[-1][0]
+                    continue
+                for inbox in list(self._inboxes.get(stream, ())):
+                    if inbox.last >= reading.get(stream, inbox.last):  # read from where it stands, or before
+                        inbox.deliver(entries)
+
+    def _fail(self, error: FlightLost) -> None:
+        inboxes, self._inboxes = self._inboxes, {}
+        for followers in inboxes.values():
+            for inbox in followers:
+                inbox.fail(error)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    """A stream entry id (``ms-seq``) as numbers, for comparing."""
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _streams(reply: Any) -> list[tuple[str, list[tuple[bytes, dict[bytes, bytes]]]]]:
+    """Each stream's entries of an ``XREAD`` reply (RESP2 lists or RESP3 maps)."""
     if not reply:
         return []
-    streams = reply.values() if isinstance(reply, dict) else [item[1] for item in reply]
-    found: list[tuple[bytes, dict[bytes, bytes]]] = []
-    for entries in streams:
+    items = reply.items() if isinstance(reply, dict) else [(item[0], item[1]) for item in reply]
+    found = []
+    for name, entries in items:
         if entries and isinstance(entries[0], list):
             entries = entries[0]  # RESP3 wraps a stream's entries once more
-        found.extend((entry_id, dict(fields or {})) for entry_id, fields in entries)
+        found.append((_text(name) or "", [(entry_id, dict(fields or {})) for entry_id, fields in entries]))
     return found
 
 

@@ -2,19 +2,26 @@
 
 A ``RevocationList`` (``tokens.store``) whose entries live in one sorted set, ``<prefix>revoked``
 (``jti`` -> when the entry may be forgotten, unix seconds), beside a version key
-``<prefix>revoked:version`` that every change sets to a new random value. Like ``SqliteTokenStore``,
-``is_revoked`` answers from a set in memory — it runs for every connection and every completion —
-and at most every ``refresh`` seconds asks Redis for the version, re-reading the set only when it
-moved: a token revoked through any replica (or ``gtl token revoke`` pointed at the same Redis) is
-refused by all within ``refresh`` seconds, at the cost of one ``GET`` per replica per ``refresh``.
-A version key that vanished (a Redis restarted without persistence) counts as moved too.
+``<prefix>revoked:version`` that every change sets to a new random value. ``is_revoked`` runs for
+every connection and every completion, on the gateway's event loop, so it answers from a set in
+memory and never talks to Redis. A daemon thread per list (the watcher) does: every ``refresh``
+seconds (real time; at least ``MIN_INTERVAL`` apart) it asks Redis for the version and re-reads the
+set only when it moved. A token revoked through any replica (or ``gtl token revoke`` pointed at the
+same Redis) is thus refused by all within ``refresh`` seconds (plus the look itself), at the cost of
+one ``GET`` per replica per ``refresh``. A version key that vanished (a Redis restarted without
+persistence) counts as moved too. ``close`` stops the watcher (a reload that drops the list does).
+
+The list is read once at construction: the constructor waits for the watcher's first read, but at
+most ``FIRST_READ_WAIT`` seconds (the connect timeout), so a gateway starting against a blackholed
+Redis is not held up; the read goes on in the watcher, and the list counts as never read until it
+succeeds.
 
 When Redis cannot be reached:
 
 * once the set was read, ``is_revoked`` keeps answering from the last set read (one warning is
-  logged, ``degraded_reason`` says so for ``/readyz``, and the next look is at most every
-  ``max(refresh, 1 s)``, so a dead server does not hold up each token check): every token revoked
-  before the outage stays refused, and the gateway keeps serving. What it cannot know is a
+  logged, ``degraded_reason`` says so for ``/readyz``, and the watcher looks again every
+  ``max(refresh, 1 s)``, with or without traffic, so ``/readyz`` turns ready on its own): every token
+  revoked before the outage stays refused, and the gateway keeps serving. What it cannot know is a
   revocation written to Redis by a replica that still reaches it; that one is refused from the
   first look after Redis answers again (logged at info). It cannot be written through this replica
   meanwhile either: ``revoke`` raises.
@@ -22,9 +29,13 @@ When Redis cannot be reached:
   ``RevocationStoreError`` (a ``GTLError``) and ``TokenAuthenticator`` refuses the token,
   retryably: with nothing known it fails closed rather than let a revoked token through.
 
-``revoke``, ``prune`` and ``revoked`` always raise ``RevocationStoreError`` when Redis cannot be
-reached: an operator is told. Run Redis with persistence (``appendonly yes``) so a restart does not
-forget revocations. ``expires_at`` and ``refresh`` use ``clock``.
+A frozen Redis (one that accepts connections but never answers) holds up only the watcher, for a
+reply timeout per look: never a request. ``revoke``, ``prune`` and ``revoked`` are for ``gtl
+token`` (never on a gateway's loop): they talk to Redis synchronously and raise
+``RevocationStoreError`` when it cannot be reached, so an operator is told. Run Redis with
+persistence (``appendonly yes``) so a restart does not forget revocations. ``clock`` stamps the
+reads (``degraded_reason`` shows when the set was read) and ``revoke``'s prune; the watcher's pace
+is real time.
 """
 
 from __future__ import annotations
@@ -32,11 +43,12 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from gtl_nb.engine.stores.redis_client import sync_client, translated
+from gtl_nb.engine.stores.redis_client import CONNECT_TIMEOUT, sync_client, translated
 from gtl_nb.engine.stores.redis_fallback import RETRY_SECONDS, one_line
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.engine.stores.urls import parse_store_url, shown_url
@@ -46,6 +58,11 @@ from gtl_nb.log import get_logger
 __all__ = ["RedisRevocationList", "RevocationStoreError"]
 
 log = get_logger("gateway.tokens")
+
+FIRST_READ_WAIT = CONNECT_TIMEOUT
+"""Seconds the constructor waits for the first read (the watcher goes on after, when it must)."""
+MIN_INTERVAL = 0.05
+"""The watcher's shortest pause between looks (``refresh = 0`` looks this often)."""
 
 
 class RevocationStoreError(StoreError):
@@ -84,49 +101,150 @@ class RedisRevocationList:
         self._key = f"{prefix}revoked"
         self._version_key = f"{prefix}revoked:version"
         self._clock = clock
-        self._refresh = refresh
-        self._lock = threading.Lock()
-        self._revoked: frozenset[str] = frozenset()
+        self._refresh = float(refresh)
+        # Redis is talked to under this lock (the watcher's looks, revoke, prune): a read that began
+        # before a revocation can never overwrite the set read after it. ``is_revoked`` and
+        # ``degraded_reason`` never take it: they read the fields below, each replaced whole.
+        self._io = threading.Lock()
+        self._revoked: frozenset[str] | None = None  # None: never read
         self._version: bytes | None = None
-        self._loaded = False
-        self._checked: float | None = None
         self._read_at: float | None = None  # ``clock`` time of the last set read
         self._problem: str | None = None  # while Redis cannot be reached: why
+        self._closed = False
+        self._wake = threading.Event()
+        self._first = threading.Event()  # the watcher's first look is over (read or failed)
+        self._watcher = threading.Thread(
+            target=self._watch,
+            args=(weakref.ref(self), self._wake, self._first),
+            name=f"gtl_nb revocations {self.shown}",
+            daemon=True,
+        )
+        self._watcher.start()
         # read the list now, at start: a replica that starts (or restarts) and then loses Redis before
-        # its first token would otherwise have no list to answer from and refuse every token
-        with self._lock:
-            self._checked = self._clock()
-            self._look()
+        # its first token would otherwise have no list to answer from and refuse every token; but a
+        # blackholed Redis holds the start up for one connect timeout at most (module docstring)
+        self._first.wait(FIRST_READ_WAIT)
 
     def __repr__(self) -> str:
         return f"RedisRevocationList({self.shown!r})"
 
     @property
+    def refresh(self) -> float:
+        """Seconds between the watcher's looks while Redis answers; setting it wakes the watcher."""
+        return self._refresh
+
+    @refresh.setter
+    def refresh(self, seconds: float) -> None:
+        self._refresh = float(seconds)
+        self._wake.set()
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a set was ever read (until then every token is refused)."""
+        return self._revoked is not None
+
+    def close(self) -> None:
+        """Stop the watcher (without waiting for a look under way); ``is_revoked`` still answers from
+        the last set read, and ``revoke`` still works."""
+        self._closed = True
+        self._wake.set()
+
+    def __enter__(self) -> RedisRevocationList:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
     def degraded_reason(self) -> str | None:
         """``None`` while Redis answers, else one line: what failed and what tokens are checked against.
 
-        While Redis is down, asking is also a look when one is due (at most every second): a gateway
-        that receives no token would otherwise never notice Redis is back."""
-        if self._problem is None:
-            return None
-        with self._lock:
-            self._look_if_due(self._clock())
-            problem = self._problem
-            return None if problem is None else f"{problem}; {self._meanwhile()}"
+        State only, never a look at Redis (``/readyz`` and ``/metrics`` read it on the event loop):
+        the watcher notices Redis coming back."""
+        revoked, problem = self._revoked, self.problem
+        return None if problem is None else f"{problem}; {self._meanwhile(revoked)}"
 
-    def _meanwhile(self) -> str:
-        if not self._loaded:
+    @property
+    def problem(self) -> str | None:
+        """Why the list is not current (one line: Redis is unreachable, or has not answered yet), else ``None``."""
+        problem = self._problem
+        if problem is None and self._revoked is None:
+            problem = f"Redis at {self.shown} has not answered yet (reading the revocation list)"
+        return problem
+
+    def _meanwhile(self, revoked: frozenset[str] | None) -> str:
+        if revoked is None:
             return "every token is refused until it answers (no revocation list was read yet)"
         when = _utc(self._read_at)
         return (
-            f"tokens are checked against the {len(self._revoked)} revocations read at {when} "
+            f"tokens are checked against the {len(revoked)} revocations read at {when} "
             "(one revoked elsewhere meanwhile is refused once Redis answers)"
         )
 
+    def is_revoked(self, jti: str) -> bool:
+        """From memory, never from Redis: the set the watcher last read (module docstring).
+
+        ``RevocationStoreError`` when none was ever read."""
+        revoked = self._revoked
+        if revoked is None:
+            raise RevocationStoreError(f"{self.problem}; the token cannot be checked")
+        return jti in revoked
+
+    def look(self) -> None:
+        """Look at Redis now, in the caller's thread: re-read the set if its version moved, and note
+        Redis going away or coming back. The watcher calls it every ``refresh`` seconds; a test may
+        call it to skip the wait. Never on an event loop: it may wait for a reply timeout."""
+        with self._io:
+            try:
+                version = self._call("reading the revocation list", lambda client: client.get(self._version_key))
+                if self._revoked is None or version != self._version:
+                    self._reload()
+            except RevocationStoreError as exc:
+                problem = one_line(exc.message)
+                if self._problem is None:
+                    log.warning("token revocations: %s; %s", problem, self._meanwhile(self._revoked))
+                self._problem = problem
+                return
+            self._answered()
+
+    @staticmethod
+    def _watch(ref: weakref.ref[RedisRevocationList], wake: threading.Event, first: threading.Event) -> None:
+        """The watcher: the first read, then a look every ``refresh`` s (``max(refresh, 1 s)`` while
+        Redis is away) until ``close``. It holds the list weakly between looks: a list nobody holds
+        any more (and so nobody closed) stops it too."""
+        me = ref()
+        try:
+            if me is not None:
+                me._look_logged()
+        finally:
+            first.set()
+        while me is not None and not me._closed:
+            every = max(me._refresh if me._problem is None else max(me._refresh, RETRY_SECONDS), MIN_INTERVAL)
+            del me
+            wake.wait(every)
+            wake.clear()
+            me = ref()
+            if me is not None and not me._closed:
+                me._look_logged()
+
+    def _look_logged(self) -> None:
+        try:
+            self.look()
+        except Exception:  # a bug, not an outage (look handles those): say so, and keep watching
+            log.exception("token revocations: looking at the list failed")
+
+    def _answered(self) -> None:
+        """Redis answered: the list is current again (logged when it had not been; caller holds ``_io``)."""
+        if self._problem is not None:
+            self._problem = None
+            log.info("token revocations: Redis at %s answers again; the revocation list is current", self.shown)
+
     def revoke(self, jti: str, expires_at: float) -> None:
-        """Deny ``jti`` until ``expires_at`` for every replica (an earlier revocation's later time is kept)."""
+        """Deny ``jti`` until ``expires_at`` for every replica (an earlier revocation's later time is kept).
+
+        Synchronous (``gtl token revoke``): never call it on an event loop."""
         now = self._clock()
-        with self._lock:
+        with self._io:
             self._call(
                 "revoking a token",
                 lambda client: client.eval(
@@ -135,56 +253,11 @@ class RedisRevocationList:
             )
             self._prune(now)
             self._reload()
-            self._checked = now
             self._answered()
-
-    def is_revoked(self, jti: str) -> bool:
-        """From memory; the set is re-read when another replica changed it (at most every ``refresh`` s).
-
-        While Redis cannot be reached, from the last set read; ``RevocationStoreError`` when none
-        was ever read (module docstring)."""
-        now = self._clock()
-        with self._lock:
-            self._look_if_due(now)
-            if not self._loaded:
-                raise RevocationStoreError(
-                    f"{self._problem or 'the revocation list was not read'}; the token cannot be checked"
-                )
-            return jti in self._revoked
-
-    def _look_if_due(self, now: float) -> None:
-        """Look at Redis when ``refresh`` seconds passed — at least a second while it is away: each look
-        may wait for a connect timeout (caller holds the lock)."""
-        every = self._refresh if self._problem is None else max(self._refresh, RETRY_SECONDS)
-        # a clock that went backwards also looks again, rather than trusting the set for that long
-        if self._checked is None or now < self._checked or now - self._checked >= every:
-            self._checked = now
-            self._look()
-
-    def _look(self) -> None:
-        """Re-read the set if its version moved; note Redis going away or coming back (caller holds the lock)."""
-        try:
-            version = self._call("reading the revocation list", lambda client: client.get(self._version_key))
-            if not self._loaded or version != self._version:
-                self._reload()
-        except RevocationStoreError as exc:
-            if self._problem is None:
-                self._problem = one_line(exc.message)
-                log.warning("token revocations: %s; %s", self._problem, self._meanwhile())
-            else:
-                self._problem = one_line(exc.message)
-            return
-        self._answered()
-
-    def _answered(self) -> None:
-        """Redis answered: the list is current again (logged when it had not been)."""
-        if self._problem is not None:
-            self._problem = None
-            log.info("token revocations: Redis at %s answers again; the revocation list is current", self.shown)
 
     def prune(self, now: float) -> int:
         """Forget the entries whose ``expires_at`` has passed (for every replica); how many."""
-        with self._lock:
+        with self._io:
             count = self._prune(now)
             self._reload()
             return count
@@ -204,7 +277,7 @@ class RedisRevocationList:
         return int(gone)
 
     def _reload(self) -> None:
-        """Read the set and its version together (one transaction: no change can fall between)."""
+        """Read the set and its version together (one transaction: no change can fall between; caller holds ``_io``)."""
 
         def read(client: Any) -> list[Any]:
             pipe = client.pipeline(transaction=True)
@@ -213,10 +286,9 @@ class RedisRevocationList:
             return list(pipe.execute())
 
         version, members = self._call("reading the revocation list", read)
-        self._revoked = frozenset(_text(jti) for jti in members)
         self._version = version
-        self._loaded = True
         self._read_at = self._clock()
+        self._revoked = frozenset(_text(jti) for jti in members)  # last: readers see a complete read
 
     def _call(self, what: str, operation: Callable[[Any], Any]) -> Any:
         try:

@@ -241,21 +241,119 @@ def test_the_cache_is_skipped_without_an_error_or_a_log_line_per_request(server:
 def test_revocations_answer_from_the_last_list_read_while_redis_is_down(server: Any, caplog: pytest.LogCaptureFixture):
     from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList, RevocationStoreError
 
+    def eventually(done: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 15.0
+        while not done():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.02)
+
     caplog.set_level(logging.INFO, logger="gtl_nb")
-    now = [time.time()]
-    revocations = RedisRevocationList(server.url, clock=lambda: now[0], refresh=5.0)
-    revocations.revoke("jti-gone", now[0] + 3600)
-    server.stop()
-    now[0] += 5
-    answers = [revocations.is_revoked("jti-gone"), revocations.is_revoked("jti-fine")]  # no error: from memory
-    reason = revocations.degraded_reason
-    with pytest.raises(RevocationStoreError):
-        revocations.revoke("jti-new", now[0] + 3600)  # an operator is told
-    server.restart()
-    now[0] += 5
-    back = revocations.degraded_reason  # asking is a look: /readyz notices Redis is back without a token
-    assert answers == [True, False] and revocations.is_revoked("jti-gone") is True
-    assert reason is not None and "1 revocations read at" in reason and CANARY not in reason
-    assert back is None
+    now = time.time()
+    with RedisRevocationList(server.url, refresh=0.2) as revocations:
+        revocations.revoke("jti-gone", now + 3600)
+        server.stop()
+        # the list's watcher notices, without a token: /readyz turns degraded on its own
+        eventually(lambda: revocations.degraded_reason is not None, "the outage was not noticed")
+        answers = [revocations.is_revoked("jti-gone"), revocations.is_revoked("jti-fine")]  # no error: from memory
+        reason = revocations.degraded_reason
+        with pytest.raises(RevocationStoreError):
+            revocations.revoke("jti-new", now + 3600)  # an operator is told
+        server.restart()
+        eventually(lambda: revocations.degraded_reason is None, "Redis was not noticed back")  # and ready again
+        assert answers == [True, False] and revocations.is_revoked("jti-gone") is True
+        assert reason is not None and "1 revocations read at" in reason and CANARY not in reason
     assert len(messages(caplog, logging.WARNING, "token revocations:")) == 1
     assert len(messages(caplog, logging.INFO, "answers again")) == 1
+
+
+# -- a Redis that answers but refuses -------------------------------------------------------------------
+
+
+def _outage(url: str) -> Any:
+    from gtl_nb.engine.stores.redis_client import RedisConnector
+    from gtl_nb.engine.stores.redis_fallback import RedisOutage
+
+    connector = RedisConnector(url, what="test")
+    return RedisOutage(connector, store="teststore", meanwhile=lambda: "kept here", back="shared again", retry=0.05)
+
+
+async def _watch(outage: Any, operation: Callable[[Any], Awaitable[Any]], seconds: float) -> int:
+    """Call ``operation`` through ``outage`` whenever it is usable, for ``seconds``: how often it failed."""
+    from gtl_nb.engine.stores.redis_client import RedisUnavailableError
+
+    failures = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if outage.usable():
+            try:
+                await outage.call("writing", operation)
+            except RedisUnavailableError:
+                failures += 1
+        await asyncio.sleep(0.01)
+    return failures
+
+
+@pytest.mark.parametrize("refusal", ["oom", "readonly"])
+def test_a_redis_that_answers_ping_but_refuses_writes_is_one_outage_not_one_a_second(
+    server: Any, caplog: pytest.LogCaptureFixture, refusal: str
+):
+    """Out of memory under ``noeviction``, or a replica after a fail-over: ``PING`` answers, every write
+    is refused. The probe writes, so the store stays on its fallback until writes work again."""
+    caplog.set_level(logging.INFO, logger="gtl_nb")
+    outage = _outage(server.url)
+    client = raw(server.url)
+
+    async def scenario() -> tuple[int, bool, bool]:
+        await outage.call("writing", lambda redis: redis.set("gtl:k", "v"))
+        if refusal == "oom":
+            client.config_set("maxmemory-policy", "noeviction")
+            client.set("ballast", "x" * 2_000_000)
+            client.config_set("maxmemory", "1mb")
+        else:
+            client.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that is not there: read-only
+        try:
+            failures = await _watch(outage, lambda redis: redis.set("gtl:k", "v"), 1.0)
+            still = outage.down
+        finally:
+            if refusal == "oom":
+                client.config_set("maxmemory", "0")
+            else:
+                client.execute_command("REPLICAOF", "NO", "ONE")
+        await until(lambda: not outage.down, lambda: asyncio.sleep(0.02))
+        await outage.aclose()
+        await outage.connector.aclose()
+        return failures, still, outage.down
+
+    try:
+        failures, still, down = run(scenario())
+    finally:
+        client.close()
+    assert failures == 1 and still, f"{failures} failures in a second: it went back and forth"
+    assert not down
+    assert len(messages(caplog, logging.WARNING, "teststore:")) == 1
+    assert len(messages(caplog, logging.INFO, "answers again")) == 1  # once writes work again
+
+
+def test_a_failure_that_returns_right_after_redis_answered_again_is_the_same_outage(
+    server: Any, caplog: pytest.LogCaptureFixture
+):
+    """A store's command that keeps failing while Redis itself works (a probe's write succeeds): each
+    return is followed by the same failure. One warning for all of it, and the probe backs off."""
+    caplog.set_level(logging.INFO, logger="gtl_nb")
+    outage = _outage(server.url)
+    client = raw(server.url)
+    client.set("gtl:text", "not a list")
+
+    async def scenario() -> int:
+        failures = await _watch(outage, lambda redis: redis.lpush("gtl:text", "x"), 1.5)  # WRONGTYPE, every time
+        await outage.aclose()
+        await outage.connector.aclose()
+        return failures
+
+    try:
+        failures = run(scenario())
+    finally:
+        client.close()
+    assert 2 <= failures <= 6, f"{failures} failures in 1.5 s, probing every 0.05 s: the probe did not back off"
+    assert len(messages(caplog, logging.WARNING, "teststore:")) == 1
+    assert len(messages(caplog, logging.INFO, "answers again")) <= 1

@@ -32,7 +32,7 @@ from gtl_nb.engine.cache import CacheConfig, cache_key
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.settings import load_settings
-from gtl_nb.engine.stores.flights import LocalFlights, open_flights
+from gtl_nb.engine.stores.flights import LocalFlights, LocalLead, open_flights
 from gtl_nb.engine.stores.redis_flights import RedisFlights, _Names
 from gtl_nb.protocol import CompletionRequest, Done, Error, Message, StreamEvent, Token, Usage
 from gtl_nb.protocol.errors import ConfigurationError
@@ -515,3 +515,199 @@ def test_no_provider_key_nor_a_keys_name_reaches_redis(redis_url):
     assert b"flight:{" in everything and b":events" in everything  # the flight was in Redis meanwhile
     for secret in (CANARY_KEY, CANARY_NAME, "sk-not-this-one"):
         assert secret.encode() not in everything, f"{secret} reached Redis"
+
+
+# -- races and limits -------------------------------------------------------------------------------
+
+
+def test_a_leader_whose_caller_leaves_during_its_claims_round_trip_still_leaves_one_paying_row(
+    upstream, redis_url, monkeypatch
+):
+    """The leader's claim lands in Redis, its caller disconnects before the answer is back: the other
+    replica's reader sees the claim taken (cost 0), so the leader's row must carry the cost."""
+    from gtl_nb.engine.stores import redis_flights
+
+    landed = asyncio.Event()
+    claim = redis_flights._Lead.claim
+
+    async def slow_answer(self: Any) -> bool:
+        won = await claim(self)  # the SET NX is in Redis ...
+        landed.set()
+        await asyncio.sleep(0.3)  # ... and its answer still on the way back
+        return won
+
+    monkeypatch.setattr(redis_flights._Lead, "claim", slow_answer)
+
+    async def scenario():
+        one, two = replica(upstream, redis_url, "one"), replica(upstream, redis_url, "two")
+        try:
+            lead: list[StreamEvent] = []
+            follow: list[StreamEvent] = []
+
+            async def read(engine: Engine, sid: str, into: list[StreamEvent], who: str) -> None:
+                async for event in engine.stream(ask(sid), context=RequestContext(principal=who)):
+                    into.append(event)
+
+            leading = asyncio.ensure_future(read(one, "lead", lead, "ann"))
+            while not any(isinstance(event, Token) for event in lead):
+                await asyncio.sleep(0.01)
+            following = asyncio.ensure_future(read(two, "follow", follow, "bob"))
+            while not any(isinstance(event, Token) for event in follow):
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(landed.wait(), 30)
+            leading.cancel()  # the leader's client disconnects during the claim's round trip
+            await asyncio.gather(leading, return_exceptions=True)
+            await asyncio.wait_for(following, 30)
+            return follow, await rows(one, two)
+        finally:
+            await close(one, two)
+
+    follow, ledger = asyncio.run(scenario())
+    assert calls(upstream) == 1 and isinstance(follow[-1], Done)
+    paying = [(row["session_id"], row["cost"]) for row in ledger if row["cost"]]
+    assert [session for session, _ in paying] == ["lead"], [(row["session_id"], row["cost"]) for row in ledger]
+
+
+def test_a_claim_redis_cannot_answer_is_paid_by_the_reader_that_asked(redis_url, monkeypatch):
+    """Whichever role asks, a claim Redis cannot answer pays here: possibly twice, never nobody."""
+    from gtl_nb.engine.stores.redis_client import RedisUnavailableError
+
+    async def scenario():
+        one, two = RedisFlights(f"{redis_url}?client_name=one"), RedisFlights(f"{redis_url}?client_name=two")
+        try:
+            lead, follow = await one.join("k"), await two.join("k")
+            assert lead.leads and not follow.leads
+
+            async def unanswered(*args: Any) -> Any:
+                raise RedisUnavailableError("Redis at redis://x is unreachable (claiming a flight's cost): gone")
+
+            for registry in (one, two):
+                monkeypatch.setattr(registry, "_script", unanswered)
+            return await lead.claim(), await follow.claim()
+        finally:
+            lead.finish()
+            await one.aclose()
+            await two.aclose()
+
+    assert asyncio.run(scenario()) == (True, True)
+
+
+def test_one_replica_follows_more_flights_than_its_pool_has_connections(redis_url, caplog):
+    """Readers do not hold a connection each: a replica with a pool of 3 follows 12 calls of another,
+    one upstream call each, and never takes its busy pool for Redis being down."""
+    count = 12
+
+    def question(number: int) -> CompletionRequest:
+        return ask(f"s{number}", prompt=f"{PROMPT}, number {number}")
+
+    with sim.serve("openai", pace=0.05) as slow:
+
+        async def scenario():
+            settings = load_settings(
+                providers={"openai": {"api_key": "sim-key", "base_url": slow.base_url}}, environ={}
+            )
+            one = replica(slow, redis_url, "one")
+            flights = RedisFlights(f"{redis_url}?client_name=two&max_connections=3", lease=LEASE)
+            two = build_engine(settings, ledger="memory://", flights=flights)
+            started = [asyncio.Event() for _ in range(count)]
+
+            async def read(engine: Engine, number: int, leads: bool) -> StreamEvent:
+                if not leads:
+                    await started[number].wait()
+                last: StreamEvent | None = None
+                async for event in engine.stream(question(number), user="ann"):
+                    last = event
+                    if leads and isinstance(event, Token):
+                        started[number].set()
+                assert last is not None
+                return last
+
+            try:
+                ends = await asyncio.wait_for(
+                    asyncio.gather(
+                        *(read(one, n, True) for n in range(count)), *(read(two, n, False) for n in range(count))
+                    ),
+                    60,
+                )
+                return ends, two.flights.degraded_reason, await rows(two)
+            finally:
+                await close(one, two)
+
+        with caplog.at_level(logging.INFO, logger="gtl_nb"):
+            ends, reason, followers = asyncio.run(scenario())
+        upstream_calls = calls(slow)
+    assert all(isinstance(end, Done) for end in ends), [end for end in ends if not isinstance(end, Done)]
+    assert upstream_calls == count  # every follower shared its leader's call
+    assert all(row["coalesced"] for row in followers)
+    assert reason is None
+    assert not [
+        r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "coalescing" in r.getMessage()
+    ]
+
+
+def test_a_busy_pool_runs_the_flight_here_without_declaring_redis_down(redis_url, caplog, monkeypatch):
+    from gtl_nb.engine.stores import redis_client
+
+    monkeypatch.setattr(redis_client, "POOL_WAIT", 0.2)  # how long a caller waits for a free connection
+    flights = RedisFlights(f"{redis_url}?client_name=busy&max_connections=1")
+
+    async def scenario():
+        try:
+            holding = asyncio.ensure_future(flights.redis.run("holding", lambda client: client.blpop(["nothing"], 0.6)))
+            await asyncio.sleep(0.1)  # the pool's one connection is taken
+            role = await flights.join("k")
+            reason = flights.degraded_reason
+            await holding
+            again = await flights.join("k2")  # and shared again once a connection is free
+            if again.leads:
+                again.finish()
+            return role, reason, again
+        finally:
+            await flights.aclose()
+
+    with caplog.at_level(logging.INFO, logger="gtl_nb"):
+        role, reason, again = asyncio.run(scenario())
+    assert isinstance(role, LocalLead) and reason is None
+    assert not isinstance(again, LocalLead)
+    assert not [r.getMessage() for r in caplog.records if "coalescing" in r.getMessage()]
+
+
+def test_a_leader_that_lost_its_lease_stops_sharing_and_leaves_the_new_lock_alone(redis_url):
+    """The leader's replica stalls longer than the lease; another replica leads a new call meanwhile. The
+    old leader's later events never reach its stream, and its end does not delete the new holder's lock."""
+    import redis
+
+    async def scenario():
+        one, two = RedisFlights(f"{redis_url}?client_name=one", lease=0.5), RedisFlights(f"{redis_url}?client_name=two")
+        try:
+            old = await one.join("k")
+            assert old.leads
+            old.publish(Token(session_id="lead", text="before the stall"))
+            while old._frames:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
+            time.sleep(0.8)  # the whole replica stalls: its lock lapses
+            new = await two.join("k")
+            assert new.leads  # the lock was free: a new call for the same request
+            for number in range(3):
+                old.publish(Token(session_id="lead", text=f"after the stall {number}"))
+                await asyncio.sleep(0.2)
+            old.publish(Done(session_id="lead"))
+            old.finish()
+            await asyncio.wait_for(old._task, 5)
+            client = redis.Redis.from_url(redis_url)
+            try:
+                names = _Names("gtl:", "k")
+                entries = client.xrange(names.events(old._token))
+                holder = client.get(names.lock)
+            finally:
+                client.close()
+            new.finish()
+            return entries, holder, new._token
+        finally:
+            await one.aclose()
+            await two.aclose()
+
+    entries, holder, token = asyncio.run(scenario())
+    assert b"".join(fields[b"e"] for _, fields in entries).count(b"after the stall") == 0, entries
+    assert holder == token.encode()

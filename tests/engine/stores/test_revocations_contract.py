@@ -3,6 +3,7 @@ the Redis list's promise: a token revoked through one gateway replica is refused
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ def revocations(backend: str, tmp_path: Path, clock: FakeClock, request: pytest.
         yield store
         store.close()
     else:
-        yield RedisRevocationList(request.getfixturevalue("redis_url"), clock=clock, refresh=5.0)
+        with RedisRevocationList(request.getfixturevalue("redis_url"), clock=clock, refresh=5.0) as shared:
+            yield shared
 
 
 def test_it_is_a_revocation_list(revocations: RevocationList):
@@ -50,29 +52,45 @@ def test_prune_forgets_what_expired_and_keeps_the_later_of_two_revocations(revoc
 
 
 def test_a_token_revoked_through_one_replica_is_refused_by_the_other(replica_urls: tuple[str, str], clock: FakeClock):
-    one = RedisRevocationList(replica_urls[0], clock=clock, refresh=5.0)
-    two = RedisRevocationList(replica_urls[1], clock=clock, refresh=5.0)
-    assert two.is_revoked("jti-1") is False  # read now: the next look is due in 5 s
-    one.revoke("jti-1", T0 + 3600)
-    seen = [one.is_revoked("jti-1"), two.is_revoked("jti-1")]  # at once through one; the other within 5 s
-    clock.now += 5
-    seen.append(two.is_revoked("jti-1"))
-    assert seen == [True, False, True]
-    assert two.revoked() == {"jti-1": T0 + 3600}
+    with (
+        RedisRevocationList(replica_urls[0], clock=clock, refresh=5.0) as one,
+        RedisRevocationList(replica_urls[1], clock=clock, refresh=5.0) as two,
+    ):
+        assert two.is_revoked("jti-1") is False  # read at construction: the watcher's next look is in 5 s
+        one.revoke("jti-1", T0 + 3600)
+        seen = [one.is_revoked("jti-1"), two.is_revoked("jti-1")]  # at once through one; the other at its look
+        two.look()  # what its watcher does every 5 s
+        seen.append(two.is_revoked("jti-1"))
+        assert seen == [True, False, True]
+        assert two.revoked() == {"jti-1": T0 + 3600}
+
+
+def test_the_watcher_brings_a_revocation_made_elsewhere_within_refresh(replica_urls: tuple[str, str]):
+    """Nobody calls ``look``: the list's own thread reads the change, with or without traffic."""
+    with (
+        RedisRevocationList(replica_urls[0], refresh=0.1) as one,
+        RedisRevocationList(replica_urls[1], refresh=0.1) as two,
+    ):
+        assert two.loaded and two.is_revoked("jti-1") is False
+        one.revoke("jti-1", time.time() + 3600)
+        deadline = time.monotonic() + 5.0  # 0.1 s and a look, on a loaded machine: generous
+        while not two.is_revoked("jti-1"):
+            assert time.monotonic() < deadline, "the other replica's watcher did not read the revocation"
+            time.sleep(0.02)
 
 
 def test_an_emptied_server_is_noticed_at_the_next_look(redis_url: str, clock: FakeClock):
     import redis
 
-    revocations = RedisRevocationList(redis_url, clock=clock, refresh=1.0)
-    revocations.revoke("jti-1", T0 + 3600)
-    client = redis.Redis.from_url(redis_url)
-    try:
-        client.flushdb()  # as a Redis restarted without persistence: version key and set are gone
-    finally:
-        client.close()
-    clock.now += 1
-    assert revocations.is_revoked("jti-1") is False
+    with RedisRevocationList(redis_url, clock=clock, refresh=5.0) as revocations:
+        revocations.revoke("jti-1", T0 + 3600)
+        client = redis.Redis.from_url(redis_url)
+        try:
+            client.flushdb()  # as a Redis restarted without persistence: version key and set are gone
+        finally:
+            client.close()
+        revocations.look()  # the watcher's next look
+        assert revocations.is_revoked("jti-1") is False
 
 
 def test_an_unreachable_redis_fails_closed(redis_url: str, clock: FakeClock):
@@ -83,11 +101,15 @@ def test_an_unreachable_redis_fails_closed(redis_url: str, clock: FakeClock):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     revocations = RedisRevocationList(f"redis://:hunter2@127.0.0.1:{port}/0", clock=clock)
+    with pytest.raises(RevocationStoreError):  # whether the first read failed yet or is still under way
+        revocations.is_revoked("jti-1")
+    revocations.look()  # it has failed now (on a loaded machine, maybe after the constructor's wait)
     failures: list[Any] = []
     for call in (lambda: revocations.is_revoked("jti-1"), lambda: revocations.revoke("jti-1", T0 + 10)):
         with pytest.raises(RevocationStoreError) as info:
             call()
         failures.append(info.value)
+    revocations.close()
     for error in failures:
         assert isinstance(error, GTLError) and error.retryable is True
         assert "unreachable" in error.message and "hunter2" not in error.message
@@ -142,6 +164,13 @@ def test_two_gateway_replicas_share_a_revocation_list_in_redis(tmp_path, redis_u
             check=False,
         )
         assert revoked.returncode == 0, revoked.stdout + revoked.stderr
-        for gateway in (first, second):
-            with pytest.raises(AuthenticationError), gtl_nb.connect(gateway.url("http"), token=token) as client:
-                client.complete("echo", "after")
+        for gateway in (first, second):  # refresh = 0: each replica's watcher looks every 0.05 s
+            deadline = time.monotonic() + 10.0
+            while True:
+                try:
+                    with gtl_nb.connect(gateway.url("http"), token=token) as client:
+                        client.complete("echo", "after")
+                except AuthenticationError:
+                    break
+                assert time.monotonic() < deadline, "a replica still accepts the revoked token"
+                time.sleep(0.05)

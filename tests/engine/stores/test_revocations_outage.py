@@ -1,0 +1,242 @@
+"""The shared revocation list (``[gateway.jwt] revocations = "redis://…"``) while its Redis is away:
+a frozen Redis (SIGSTOP: connections accepted, no reply) holds up no token check, no ``/healthz``,
+no ``/readyz`` and not a gateway's start — the list's own thread talks to Redis — and a reload
+while Redis is down keeps the set read before (valid tokens pass, revoked ones stay refused).
+
+Every scenario runs a ``redis-server`` of its own (it is stopped or frozen); the gateway ones run
+``gtl serve`` as a child process (``start_gateway``). The bounds on time are generous (0.5 s where a
+blocked loop used to take 2 s): they catch a blocking call, not a slow machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gtl_nb.gateway.local import LocalGateway, start_gateway
+from gtl_nb.gateway.tokens import mint_token
+from gtl_nb.gateway.tokens.redis_revocations import FIRST_READ_WAIT, RedisRevocationList, RevocationStoreError
+from tests.gateway.conftest import write_toml
+
+SECRET = "outage-secret-0123456789abcdef0123456789"
+SECRET_ENV = "GTL_TEST_OUTAGE_SECRET"
+ISSUER = "gtl-outage-test"
+PROMPT_BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+BOUND = 0.5  # seconds: no request may take this long because Redis is frozen
+
+
+@pytest.fixture
+def server(redis_server: Any, tmp_path: Path) -> Iterator[Any]:
+    """A ``redis-server`` of this test alone (it is frozen or stopped), with an append-only file.
+    ``redis_server`` first: it skips or fails without redis-server."""
+    kit = sys.modules["gtl_nb_tests_redis_server"]  # loaded by conftest.py
+    started = kit.RedisServer.start(tmp_path / "redis", appendonly=True)
+    try:
+        yield started
+    finally:
+        thaw(started)
+        started.stop()
+
+
+def freeze(server: Any) -> None:
+    os.kill(server.process.pid, signal.SIGSTOP)
+
+
+def thaw(server: Any) -> None:
+    if server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+def eventually(done: Callable[[], bool], what: str, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def dead_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+# -- the list itself -------------------------------------------------------------------------------
+
+
+def test_a_frozen_redis_holds_up_neither_the_start_nor_a_token_check(server: Any):
+    freeze(server)
+    started = time.monotonic()
+    revocations = RedisRevocationList(server.url, refresh=0.1)
+    took = time.monotonic() - started
+    try:
+        assert took < FIRST_READ_WAIT + BOUND  # one connect timeout at most, not a reply timeout and a retry
+        assert not revocations.loaded
+        started = time.monotonic()
+        with pytest.raises(RevocationStoreError):  # never read: refused (retryably), and at once
+            revocations.is_revoked("jti-1")
+        assert revocations.degraded_reason is not None
+        assert time.monotonic() - started < BOUND
+        thaw(server)
+        eventually(lambda: revocations.loaded and revocations.degraded_reason is None, "the list was never read")
+        assert revocations.is_revoked("jti-1") is False
+    finally:
+        revocations.close()
+
+
+def test_a_list_read_before_redis_froze_answers_from_memory_at_once(server: Any):
+    with RedisRevocationList(server.url, refresh=0.1) as revocations:
+        revocations.revoke("jti-gone", time.time() + 3600)
+        freeze(server)
+        slowest = 0.0
+        until = time.monotonic() + 3.0  # the watcher meanwhile waits for replies that never come
+        while time.monotonic() < until:
+            started = time.monotonic()
+            answers = (revocations.is_revoked("jti-gone"), revocations.is_revoked("jti-fine"))
+            _ = revocations.degraded_reason  # /readyz and /metrics read it on the event loop
+            slowest = max(slowest, time.monotonic() - started)
+            assert answers == (True, False)
+            time.sleep(0.01)
+        assert slowest < BOUND
+        # the watcher's look gives up after a reply timeout and a retry (~2 s): then it says so
+        eventually(lambda: revocations.degraded_reason is not None, "the frozen Redis was not noticed")
+        reason = revocations.degraded_reason
+        assert reason is not None and "1 revocations read at" in reason
+        thaw(server)
+        eventually(lambda: revocations.degraded_reason is None, "Redis was not noticed back")
+
+
+# -- a gateway -------------------------------------------------------------------------------------------
+
+
+def gateway_tables(tmp_path: Path, revocations: str, refresh: float) -> dict[str, dict[str, Any]]:
+    return {
+        "providers.echo": {},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+        "gateway": {"auth": "jwt", "shutdown_grace": 1},
+        "gateway.jwt": {
+            "issuer": ISSUER,
+            "secret_env": SECRET_ENV,
+            "default_deployments": ["*"],
+            "revocations": revocations,
+            "refresh": refresh,
+        },
+    }
+
+
+def token(subject: str) -> str:
+    return mint_token(SECRET, subject=subject, scopes=("chat:write", "models:read"), lifetime=600, issuer=ISSUER)
+
+
+def jti_of(minted: str) -> str:
+    return str(__import__("jwt").decode(minted, options={"verify_signature": False})["jti"])
+
+
+def ask(client: httpx.Client, base: str, bearer: str) -> httpx.Response:
+    return client.post(f"{base}/v1/chat/completions", json=PROMPT_BODY, headers={"authorization": f"Bearer {bearer}"})
+
+
+def accepted(response: httpx.Response) -> bool:
+    return response.status_code == 200
+
+
+def refused_as_revoked(response: httpx.Response) -> bool:
+    """Refused, and not because the list could not be read (that one is retryable and says so)."""
+    return response.status_code == 401 and "could not check" not in response.text
+
+
+def reload_and_wait(gateway: LocalGateway, timeout: float = 30.0) -> str:
+    seen = len(gateway.output)
+    gateway.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in gateway.output[seen:]:
+            if line.startswith("gtl gateway: reload"):
+                return line
+        assert gateway.running, "".join(gateway.output)
+        time.sleep(0.02)
+    raise AssertionError(f"no reload line within {timeout} s: {''.join(gateway.output[seen:])}")
+
+
+def test_a_gateway_answers_at_once_while_its_redis_is_frozen(server: Any, tmp_path: Path):
+    config = write_toml(tmp_path / "gtl.toml", gateway_tables(tmp_path, server.url, refresh=0.2))
+    bearer = token("ann")
+    with start_gateway(config, env={SECRET_ENV: SECRET}) as gateway, httpx.Client(timeout=30) as client:
+        base = gateway.url("http")
+        assert accepted(ask(client, base, bearer))
+        freeze(server)
+        slowest = {"/healthz": 0.0, "/v1/models": 0.0, "/v1/chat/completions": 0.0}
+        until = time.monotonic() + 4.0  # several of the watcher's looks, each waiting ~2 s for nothing
+        while time.monotonic() < until:
+            for path in slowest:
+                started = time.monotonic()
+                if path == "/healthz":
+                    response = client.get(f"{base}{path}")
+                elif path == "/v1/models":
+                    response = client.get(f"{base}{path}", headers={"authorization": f"Bearer {bearer}"})
+                else:
+                    response = ask(client, base, bearer)
+                slowest[path] = max(slowest[path], time.monotonic() - started)
+                assert response.status_code == 200, (path, response.text)
+            time.sleep(0.05)
+
+        def degraded() -> bool:
+            started = time.monotonic()
+            ready = client.get(f"{base}/readyz").json()
+            slowest["/readyz"] = max(slowest.get("/readyz", 0.0), time.monotonic() - started)
+            return "revocations read at" in ready.get("degraded", {}).get("revocations", "")
+
+        eventually(degraded, "/readyz did not say the list is as last read")
+        assert all(seconds < BOUND for seconds in slowest.values()), slowest
+        thaw(server)
+
+
+def test_a_reload_while_redis_is_down_keeps_the_revocations_read_before(server: Any, tmp_path: Path):
+    """Valid tokens still pass and a revoked one stays refused — through a reload that changes
+    ``refresh`` and through one that names another (unreachable) Redis, which is not taken."""
+    tables = gateway_tables(tmp_path, server.url, refresh=0.2)
+    config = write_toml(tmp_path / "gtl.toml", tables)
+    good, revoked = token("ann"), token("bob")
+    with start_gateway(config, env={SECRET_ENV: SECRET}) as gateway, httpx.Client(timeout=30) as client:
+        base = gateway.url("http")
+        assert accepted(ask(client, base, revoked))
+        with RedisRevocationList(server.url) as operator:  # as gtl token revoke does
+            operator.revoke(jti_of(revoked), time.time() + 3600)
+        eventually(lambda: refused_as_revoked(ask(client, base, revoked)), "the revocation did not reach the gateway")
+        server.stop()
+
+        def outage_seen() -> bool:
+            assert accepted(ask(client, base, good))  # from the set read before
+            return "revocations" in client.get(f"{base}/readyz").json().get("degraded", {})
+
+        eventually(outage_seen, "the outage was not seen")
+
+        tables["gateway.jwt"]["refresh"] = 0.3  # an operator's edit while Redis is down: same list
+        write_toml(config, tables)
+        line = reload_and_wait(gateway)
+        assert "token policy renewed" in line, line
+        for _ in range(3):  # and again after a few of the list's (failing) looks
+            assert accepted(ask(client, base, good))
+            assert refused_as_revoked(ask(client, base, revoked))
+            time.sleep(0.3)
+
+        tables["gateway.jwt"]["revocations"] = f"redis://127.0.0.1:{dead_port()}/0"  # a list it cannot read
+        tables["gateway.jwt"]["issuer"] = "another-issuer"  # part of the token policy: not taken either
+        write_toml(config, tables)
+        line = reload_and_wait(gateway)
+        assert "token policy not renewed" in line and "reload again once it answers" in line, line
+        assert "token policy renewed" not in line, line
+        assert accepted(ask(client, base, good))
+        assert refused_as_revoked(ask(client, base, revoked))
+
+        server.restart()  # the list kept through the reloads reads Redis again
+        eventually(lambda: "degraded" not in client.get(f"{base}/readyz").json(), "Redis was not noticed back")
+        assert accepted(ask(client, base, good)) and refused_as_revoked(ask(client, base, revoked))
