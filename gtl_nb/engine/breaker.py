@@ -28,14 +28,26 @@ Time comes from an injected ``clock`` (monotonic seconds), so the breaker is tes
 ``opened_at`` / ``retry_at`` in ``snapshot()`` are values of that clock. A lock makes a breaker safe
 to read from another thread (a gateway's status endpoint) while the engine's loop updates it.
 
+**The error-rate window is bucketed.** Results are not kept one by one: the window is cut into
+``WINDOW_BUCKETS`` (20) buckets of ``window / 20`` seconds, aligned on the clock (bucket ``k`` holds
+the results of ``[k·w, (k+1)·w)``), each holding its number of calls and of failures. The rate is taken
+over the current bucket and the 19 before it, so a result counts for at least ``window · 19/20`` and at
+most ``window`` seconds (57 to 60 s by default) — never longer than the window, sometimes up to one
+bucket shorter. The state is therefore small and of bounded size whatever the traffic (20 buckets,
+not one entry per call), which is what a store shared by processes reads and writes on every request.
+The consecutive-failure rule, the cooldown and the half-open probes are exact.
+
 ``to_state()`` / ``CircuitBreaker.from_state()`` export and restore a breaker's state as plain JSON
 data, so a store shared by processes (``engine.stores.SqliteBreakerStore``) keeps it in a table and
 applies these same rules to it; its clock is then the wall clock, the one clock processes share.
+``from_state`` also reads the state of earlier versions, which listed every call of the window as
+``[time, failed]``: those calls are put in their buckets.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 import threading
 import time
 from collections import deque
@@ -51,6 +63,9 @@ log = get_logger("engine.breaker")
 BreakerState = Literal["closed", "open", "half_open"]
 Clock = Callable[[], float]
 StateListener = Callable[[str, str, str], None]  # (deployment, old state, new state)
+
+WINDOW_BUCKETS = 20
+"""Buckets the error-rate window is kept in, each ``window / WINDOW_BUCKETS`` seconds long (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -68,7 +83,8 @@ class BreakerConfig:
     error_rate_threshold: float = 0.5
     """Failed fraction of the calls in the window at or above which the circuit opens (0: rule off)."""
     window: float = 60.0
-    """Length in seconds of the sliding window the error rate is computed over."""
+    """Length in seconds of the sliding window the error rate is computed over, kept in
+    ``WINDOW_BUCKETS`` buckets: a result counts for between 19/20 of it and all of it."""
     min_calls: int = 10
     """Calls the window must hold before its error rate can open the circuit."""
     cooldown: float = 30.0
@@ -141,7 +157,8 @@ class CircuitBreaker:
         self._lock = threading.RLock()  # re-entrant: an on_change listener may read the breaker
         self._state: BreakerState = "closed"
         self._consecutive = 0
-        self._window: deque[tuple[float, bool]] = deque()  # (time, failed) of recent results
+        self._window: deque[list[int]] = deque()  # [bucket, calls, failures] of recent results, oldest first
+        self._calls_in_window = 0
         self._failures_in_window = 0
         self._opened_at: float | None = None
         self._probes = 0  # reserved half-open slots
@@ -170,7 +187,7 @@ class CircuitBreaker:
             now = self.clock()
             state = self._current(now)
             self._prune(now)
-            calls = len(self._window)
+            calls = self._calls_in_window
             retry_at = self._retry_at()
             return {
                 "deployment": self.name,
@@ -258,12 +275,18 @@ class CircuitBreaker:
     # -- state as data ----------------------------------------------------------------------------
 
     def to_state(self) -> dict[str, Any]:
-        """The breaker's state as JSON-ready data (times are values of its clock)."""
+        """The breaker's state as JSON-ready data (times are values of its clock).
+
+        ``buckets`` is the error-rate window, ``[bucket, calls, failures]`` oldest first (bucket ``k``
+        starts at ``k * bucket_width`` seconds of the clock); ``bucket_width`` is a string (``repr`` of
+        the float), so that a JSON encoder that rounds numbers (Redis's Lua one keeps 14 digits) leaves
+        it exact."""
         with self._lock:
             return {
                 "state": self._state,
                 "consecutive": self._consecutive,
-                "window": [[at, failed] for at, failed in self._window],
+                "buckets": [list(bucket) for bucket in self._window],
+                "bucket_width": repr(self._width()),
                 "opened_at": self._opened_at,
                 "probes": self._probes,
             }
@@ -278,19 +301,31 @@ class CircuitBreaker:
         clock: Clock = time.monotonic,
         on_change: StateListener | None = None,
     ) -> CircuitBreaker:
-        """A breaker in the state ``to_state()`` exported (``ValueError`` when it is not such data)."""
+        """A breaker in the state ``to_state()`` exported (``ValueError`` when it is not such data).
+
+        Also reads the state of earlier versions (``window``: every call as ``[time, failed]``), and
+        buckets of another ``bucket_width`` (a changed ``window``), putting their calls in this
+        configuration's buckets."""
         breaker = cls(name, config, clock=clock, on_change=on_change)
         try:
             if state["state"] not in ("closed", "open", "half_open"):
                 raise ValueError(f"unknown breaker state {state['state']!r}")
             breaker._state = state["state"]
             breaker._consecutive = int(state["consecutive"])
-            breaker._window = deque((float(at), bool(failed)) for at, failed in state["window"])
-            breaker._failures_in_window = sum(failed for _, failed in breaker._window)
+            width = breaker._width()
+            buckets = state.get("buckets")
+            if buckets is None:  # an earlier version's: every call of the window
+                for at, failed in state["window"]:
+                    breaker._count(math.floor(float(at) / width), 1, int(bool(failed)))
+            else:
+                stored = float(state["bucket_width"])
+                for bucket, calls, failures in buckets:
+                    index = int(bucket) if stored == width else math.floor(int(bucket) * stored / width)
+                    breaker._count(index, int(calls), int(failures))
             opened_at = state["opened_at"]
             breaker._opened_at = None if opened_at is None else float(opened_at)
             breaker._probes = int(state["probes"])
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise ValueError(f"not a breaker state: {state!r}") from exc
         return breaker
 
@@ -304,7 +339,7 @@ class CircuitBreaker:
         if cfg.failure_threshold and self._consecutive >= cfg.failure_threshold:
             self._open(now, f"{self._consecutive} consecutive failures")
             return
-        calls = len(self._window)
+        calls = self._calls_in_window
         if cfg.error_rate_threshold and calls >= cfg.min_calls:
             rate = self._failures_in_window / calls
             if rate >= cfg.error_rate_threshold:
@@ -321,17 +356,44 @@ class CircuitBreaker:
     def _retry_at(self) -> float | None:
         return None if self._opened_at is None else self._opened_at + self.config.cooldown
 
+    def _width(self) -> float:
+        """Seconds of one bucket of the error-rate window."""
+        return self.config.window / WINDOW_BUCKETS
+
     def _add(self, now: float, *, failed: bool) -> None:
-        self._window.append((now, failed))
-        self._failures_in_window += failed
         self._prune(now)
+        self._count(math.floor(now / self._width()), 1, int(failed))
+
+    def _count(self, index: int, calls: int, failures: int) -> None:
+        """Add ``calls`` and ``failures`` to bucket ``index`` (made if missing; the buckets stay in order)."""
+        window = self._window
+        self._calls_in_window += calls
+        self._failures_in_window += failures
+        if window and window[-1][0] == index:  # the usual case: the current bucket
+            last = window[-1]
+            last[1] += calls
+            last[2] += failures
+            return
+        if not window or window[-1][0] < index:
+            window.append([index, calls, failures])
+            return
+        for position, bucket in enumerate(window):  # an earlier bucket: a result reported late (at most 20)
+            if bucket[0] == index:
+                bucket[1] += calls
+                bucket[2] += failures
+                return
+            if bucket[0] > index:
+                window.insert(position, [index, calls, failures])
+                return
 
     def _prune(self, now: float) -> None:
-        horizon = now - self.config.window
+        """Drop the buckets that have left the window: all but the current one and the 19 before it."""
+        horizon = math.floor(now / self._width()) - WINDOW_BUCKETS
         window = self._window
         while window and window[0][0] <= horizon:
-            _, failed = window.popleft()
-            self._failures_in_window -= failed
+            _, calls, failures = window.popleft()
+            self._calls_in_window -= calls
+            self._failures_in_window -= failures
 
     def _open(self, now: float, reason: str) -> None:
         self._opened_at = now
@@ -341,6 +403,7 @@ class CircuitBreaker:
     def _close(self) -> None:
         self._consecutive = 0
         self._window.clear()
+        self._calls_in_window = 0
         self._failures_in_window = 0
         self._opened_at = None
         self._probes = 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gtl_nb.engine.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
+from gtl_nb.engine.breaker import WINDOW_BUCKETS, BreakerBoard, BreakerConfig, CircuitBreaker
 from gtl_nb.protocol import ConfigurationError
 
 
@@ -386,7 +386,8 @@ def test_state_exports_and_restores_with_the_same_behaviour():
     assert state == {
         "state": "closed",
         "consecutive": 1,
-        "window": [[1000.0, True], [1000.0, False], [1000.0, True]],
+        "buckets": [[333, 3, 2]],  # bucket 333 of 3 s: [999, 1002); 3 calls, 2 failed
+        "bucket_width": "3.0",
         "opened_at": None,
         "probes": 0,
     }
@@ -404,3 +405,68 @@ def test_state_exports_and_restores_with_the_same_behaviour():
 def test_state_that_is_not_a_breakers_is_refused(state):
     with pytest.raises(ValueError):
         CircuitBreaker.from_state(state)
+
+
+def test_the_state_stays_small_however_many_calls_the_window_holds():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=0, error_rate_threshold=0.5, window=60, min_calls=10)
+    for index in range(30_000):  # 500 calls a second for a minute
+        clock.now = 1000.0 + index / 500
+        breaker.record_failure() if index % 4 == 0 else breaker.record_success()
+    state = breaker.to_state()
+    assert len(state["buckets"]) == WINDOW_BUCKETS
+    snap = breaker.snapshot()
+    assert snap["calls_in_window"] == sum(calls for _, calls, _ in state["buckets"])
+    assert 57 * 500 - 1 <= snap["calls_in_window"] <= 60 * 500  # between 19/20 of the window and all of it
+    assert snap["error_rate"] == pytest.approx(0.25, abs=0.001)
+    assert breaker.state == "closed"
+
+
+def test_a_result_counts_for_at_least_19_20_of_the_window_and_never_longer_than_it():
+    for offset in (0.0, 0.25, 0.49, 0.5, 0.99):  # where in its bucket (of 0.5 s) the failure fell
+        clock = FakeClock(1000.0 + offset)
+        breaker = make(clock, failure_threshold=0, error_rate_threshold=0.5, window=10, min_calls=1)
+        breaker.record_success()
+        clock.advance(9.5 - 1e-9)  # 19/20 of the window later: still counted
+        assert breaker.snapshot()["calls_in_window"] == 1, offset
+        clock.advance(0.5 + 1e-9)  # the whole window later: gone, wherever it fell in its bucket
+        assert breaker.snapshot()["calls_in_window"] == 0, offset
+
+
+def test_state_of_an_earlier_version_listing_every_call_is_read_into_buckets():
+    clock = FakeClock(1010.0)
+    config = BreakerConfig(failure_threshold=5, error_rate_threshold=0.5, window=10, min_calls=4)
+    old = {
+        "state": "closed",
+        "consecutive": 2,
+        "window": [[999.0, False], [1003.2, True], [1003.4, False], [1009.9, True]],
+        "opened_at": None,
+        "probes": 0,
+        "probe_at": None,  # what the stores added
+        "token": "x",
+    }
+    breaker = CircuitBreaker.from_state(old, "dep", config, clock=clock)
+    snap = breaker.snapshot()  # the call at 999 has left the window
+    assert (snap["consecutive_failures"], snap["calls_in_window"], snap["error_rate"]) == (2, 3, pytest.approx(2 / 3))
+    assert breaker.to_state()["buckets"] == [[2006, 2, 1], [2019, 1, 1]]
+    assert breaker.record_failure() == ("closed", "open")  # 3 of 4 failed
+
+
+def test_buckets_of_another_width_are_moved_into_this_configurations():
+    clock = FakeClock(1000.0)
+    wide = make(clock, failure_threshold=0, error_rate_threshold=0.5, window=60, min_calls=1)
+    wide.record_failure()  # bucket 333 of 3 s: [999, 1002)
+    narrow = CircuitBreaker.from_state(wide.to_state(), "dep", BreakerConfig(window=30, min_calls=1), clock=clock)
+    assert narrow.to_state()["buckets"] == [[666, 1, 1]]  # [999, 1000.5) in buckets of 1.5 s
+    assert narrow.snapshot()["calls_in_window"] == 1
+
+
+def test_a_result_reported_late_goes_to_its_own_bucket():
+    clock = FakeClock(1000.0)
+    late = make(clock, failure_threshold=0, error_rate_threshold=0.5, window=10, min_calls=1)
+    late.record_success()  # bucket 2000
+    clock.now = 1002.0
+    late.record_success()  # bucket 2004
+    clock.now = 1001.0  # another process's clock, a little behind
+    late.record_failure()  # bucket 2002: between the two
+    assert late.to_state()["buckets"] == [[2000, 1, 0], [2002, 1, 1], [2004, 1, 0]]

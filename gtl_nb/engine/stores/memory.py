@@ -10,11 +10,12 @@ safe from other threads (a notebook reading usage while the engine's loop writes
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import math
 import platform
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -178,15 +179,129 @@ def _copy(row: Mapping[str, Any]) -> dict[str, Any]:
 # budgets
 
 
+NANOS = 1_000_000_000
+"""Nano-dollars per dollar: money is counted in whole nano-dollars, integers that add up exactly (as in Redis)."""
+
+
+def nanos(cost: float) -> int:
+    """``cost`` (USD) in whole nano-dollars."""
+    return round(float(cost) * NANOS)
+
+
+def limits_reached(limits: Limits, *, requests: int, tokens: int, spent_today: float) -> bool:
+    """Whether ``ratelimit.refusal`` refuses on these totals (the minute's requests and tokens, the
+    day's USD): the cheap test a counter makes before it gathers what the refusal's message and
+    ``retry_after`` need (the minute's reservations one by one)."""
+    if limits.usd_per_day is not None and spent_today >= limits.usd_per_day:
+        return True
+    if limits.requests_per_minute is not None and requests >= limits.requests_per_minute:
+        return True
+    return limits.tokens_per_minute is not None and tokens >= limits.tokens_per_minute
+
+
+def _time(record: list[Any]) -> float:
+    return float(record[1])
+
+
+class _Counts:
+    """One principal's reservations, oldest first, and running totals: of its minute, and per UTC day.
+
+    ``records`` are ``[id, time, tokens, nano-USD]`` in time order (lists: settle rewrites them); those
+    before ``head`` are forgotten. ``records[cut:]`` are those reserved at or after ``since`` (the
+    start of the newest minute a reserve asked about), and ``requests``/``tokens`` are their totals.
+    Every record enters and leaves the totals once: a check costs O(1), amortised, however many the
+    minute holds. (Caller holds the counter's lock.)"""
+
+    __slots__ = ("cut", "days", "head", "records", "requests", "since", "tokens")
+
+    def __init__(self) -> None:
+        self.records: list[list[Any]] = []
+        self.head = 0
+        self.cut = 0
+        self.since = -math.inf
+        self.requests = 0
+        self.tokens = 0
+        self.days: dict[float, int] = {}  # UTC day start -> nano-USD counted for requests reserved that day
+
+    def advance(self, since: float) -> None:
+        """Start the totals' minute at ``since`` if that is later: subtract what left it."""
+        if since <= self.since:
+            return
+        records, cut = self.records, self.cut
+        while cut < len(records) and records[cut][1] < since:
+            self.requests -= 1
+            self.tokens -= records[cut][2]
+            cut += 1
+        self.cut, self.since = cut, since
+
+    def forget(self, before: float, by_id: dict[int, Any]) -> None:
+        """Forget the records older than ``before`` (outside the totals: ``before`` < ``since``)."""
+        records, head = self.records, self.head
+        while head < self.cut and records[head][1] < before:
+            del by_id[records[head][0]]
+            head += 1
+        if head > 64 and 2 * head > len(records):  # drop the forgotten ones: O(1) amortised
+            del records[:head]
+            self.cut -= head
+            head = 0
+        self.head = head
+
+    def minute(self, since: float) -> tuple[int, int]:
+        """Requests and tokens reserved at or after ``since`` (its reserve's minute)."""
+        requests, tokens = self.requests, self.tokens
+        if since < self.since:  # this clock is behind the newest one seen: add the few in between
+            first = bisect.bisect_left(self.records, since, self.head, self.cut, key=_time)
+            for record in self.records[first : self.cut]:
+                requests += 1
+                tokens += record[2]
+        return requests, tokens
+
+    def spends(self, since: float) -> list[Spend]:
+        """The reservations at or after ``since``, one by one (for a refusal, and ``usage``)."""
+        first = bisect.bisect_left(self.records, since, self.head, len(self.records), key=_time)
+        return [Spend(record[1], record[2]) for record in self.records[first:]]
+
+    def add(self, record: list[Any]) -> None:
+        """Count a new reservation (usually the newest: appended; else put in its place)."""
+        records, at = self.records, record[1]
+        if not records or records[-1][1] <= at:
+            records.append(record)
+        else:
+            records.insert(bisect.bisect_right(records, at, self.head, len(records), key=_time), record)
+        if at >= self.since:
+            self.requests += 1
+            self.tokens += record[2]
+        else:  # behind the totals' minute: placed before cut, not counted
+            self.cut += 1
+        day = utc_day_start(at)
+        if day not in self.days:
+            for old in [old for old in self.days if old < day - 2 * DAY]:
+                del self.days[old]
+        self.days[day] = self.days.get(day, 0) + record[3]
+
+    def settle(self, record: list[Any], tokens: int | None, cost: int | None) -> None:
+        """Replace a record's figures, and the totals that count it."""
+        if tokens is not None:
+            if record[1] >= self.since:
+                self.tokens += tokens - record[2]
+            record[2] = tokens
+        if cost is not None:
+            day = utc_day_start(record[1])
+            if day in self.days:
+                self.days[day] += cost - record[3]
+            record[3] = cost
+
+
 class MemoryBudgetCounter:
-    """A ``BudgetCounter`` for one process: each principal's reservations of the last day in a deque."""
+    """A ``BudgetCounter`` for one process: each principal's reservations of the last two days, with
+    running totals of its minute and of each UTC day's money (``_Counts``), so a check costs the same
+    whatever the principal's traffic. Money is counted in whole nano-dollars (``NANOS``), as in Redis."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        # principal -> [id, time, tokens, cost] records, oldest first (lists: settle rewrites them)
-        self._records: dict[str, deque[list[Any]]] = {}
-        self._by_id: dict[int, list[Any]] = {}
+        self._counts: dict[str, _Counts] = {}
+        self._by_id: dict[int, tuple[list[Any], _Counts]] = {}  # reservation id -> its record, its principal's
 
     async def reserve(
         self,
@@ -198,64 +313,54 @@ class MemoryBudgetCounter:
         cost: float = 0.0,
         session_id: str | None = None,
     ) -> Reservation:
-        """Check and count one request in one step (``ratelimit.refusal`` decides).
+        """Check and count one request in one step (``ratelimit.refusal`` decides, on the running totals;
+        only a refusal reads the minute's reservations one by one, for its ``retry_after``).
 
         A principal without limits is counted too: limits that apply later (a changed configuration)
         must see what was used."""
+        tokens = int(tokens)
         with self._lock:
-            records = self._prune(principal, now)
+            counts = self._counts.get(principal)
+            if counts is None:
+                counts = self._counts[principal] = _Counts()
+            since = now - WINDOW
+            counts.advance(since)
+            counts.forget(horizon(now) - DAY, self._by_id)  # a day of slack for a clock that steps back
             if limits.any:
-                minute, spent = _window(records, now)
-                refused = refusal(principal, limits, now=now, minute=minute, spent_today=spent)
-                if refused is not None:
-                    raise refused
-            record = [next(self._ids), now, int(tokens), float(cost)]
-            records.append(record)
-            self._by_id[record[0]] = record
-        return Reservation(record[0], principal, int(tokens), float(cost), now)
+                requests, used = counts.minute(since)
+                spent = counts.days.get(utc_day_start(now), 0) / NANOS
+                if limits_reached(limits, requests=requests, tokens=used, spent_today=spent):
+                    refused = refusal(principal, limits, now=now, minute=counts.spends(since), spent_today=spent)
+                    if refused is not None:
+                        raise refused
+            record = [next(self._ids), now, tokens, nanos(cost)]
+            counts.add(record)
+            self._by_id[record[0]] = (record, counts)
+        return Reservation(record[0], principal, tokens, float(cost), now)
 
     async def settle(
         self, reservation: Reservation, *, tokens: int | None, cost: float | None, now: float | None = None
     ) -> None:
         """Replace the reservation's estimate with the actual figures (``None``: keep the estimate)."""
         with self._lock:
-            record = self._by_id.get(int(reservation.id))
-            if record is None:  # unknown, or older than any window
+            found = self._by_id.get(int(reservation.id))
+            if found is None:  # unknown, or older than any window
                 return
-            if tokens is not None:
-                record[2] = int(tokens)
-            if cost is not None:
-                record[3] = float(cost)
+            record, counts = found
+            counts.settle(record, None if tokens is None else int(tokens), None if cost is None else nanos(cost))
 
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
         """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal``."""
         with self._lock:
-            minute, spent = _window(self._records.get(principal, ()), now)
+            counts = self._counts.get(principal)
+            if counts is None:
+                return usage_report(now=now, minute=(), spent_today=0.0)
+            minute = counts.spends(now - WINDOW)
+            spent = counts.days.get(utc_day_start(now), 0) / NANOS
         return usage_report(now=now, minute=minute, spent_today=spent)
 
     async def aclose(self) -> None:
         return None
-
-    def _prune(self, principal: str, now: float) -> deque[list[Any]]:
-        """The principal's records, without those no decision needs any more (caller holds the lock)."""
-        records = self._records.setdefault(principal, deque())
-        oldest = horizon(now) - DAY  # a day of slack for a clock that steps back
-        while records and records[0][1] < oldest:
-            del self._by_id[records.popleft()[0]]
-        return records
-
-
-def _window(records: Iterable[list[Any]], now: float) -> tuple[list[Spend], float]:
-    """The minute's spends and the day's USD of ``[id, time, tokens, cost]`` records."""
-    day = utc_day_start(now)
-    minute: list[Spend] = []
-    spent = 0.0
-    for _, at, tokens, cost in records:
-        if at >= now - WINDOW:
-            minute.append(Spend(at, tokens))
-        if at >= day:
-            spent += cost
-    return minute, spent
 
 
 # ----------------------------------------------------------------------------------------------

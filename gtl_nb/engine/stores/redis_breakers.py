@@ -2,20 +2,32 @@
 
 One string per deployment, ``<prefix>breaker:<deployment>``, holding ``CircuitBreaker.to_state()``
 as JSON (times in wall-clock unix seconds, which replicas share) plus when the last half-open
-probe was granted. ``engine.breaker`` keeps the rules — this store never re-states them: each
-change reads the state, applies the rule in Python and writes the new state with a Lua
-compare-and-set that succeeds only if the key still holds exactly what was read. When another
-replica changed it meanwhile, the change is applied again to what that replica wrote. So every
-transition is atomic across replicas, and the last half-open probe slot goes to exactly one of
-them. A call that changes nothing (a closed circuit letting a request through, an open one
-refusing) is one ``GET``. The writes of one deployment take turns within a process, so a
-compare-and-set only ever races the other replicas' (a few), never this process's own hundreds of
-concurrent calls — which would spend their attempts failing against each other.
+probe was granted — a few hundred bytes whatever the traffic: the error-rate window is 20 buckets
+of counts (``engine.breaker``), not a list of calls. Every request costs one round trip per call
+and writes only what it changes:
 
-Every write carries a random token, so a compare-and-set that landed although its reply was lost
-(redis-py sends it once more) is recognised, not applied twice. A probe slot whose replica never
-reported back (it died) is given back after ``probe_lease`` seconds, as in the SQLite store. A
-breaker nobody touched for a day expires: it starts closed again.
+* **A closed circuit's verdicts** (``record_success``, ``record_failure``) are one Lua script that
+  applies the closed circuit's rules to the stored JSON and writes it back, atomically: end or
+  extend the failure streak, count the call in its bucket (dropping the buckets that left the
+  window), and for a failure the two reasons to open. These few rules are restated in Lua
+  (``_CLOSED``), the one place outside ``engine.breaker``; ``tests/engine/stores`` checks that both
+  decide alike on random sequences. On anything else — no state yet, a circuit not closed, state of
+  an earlier version or of another ``window`` — the script changes nothing and says so, and the
+  call takes the general path below.
+* **Everything else** (an open circuit turning half-open, probes, their verdicts, ``release``) reads
+  the state, applies ``engine.breaker``'s rules in Python and writes the new state with a Lua
+  compare-and-set that succeeds only if the key still holds exactly what was read. When another
+  replica changed it meanwhile, the change is applied again to what that replica wrote. So every
+  transition is atomic across replicas, and the last half-open probe slot goes to exactly one of
+  them. A call that changes nothing (a closed circuit letting a request through, an open one
+  refusing) is one ``GET`` and writes nothing. These writes of one deployment take turns within a
+  process, so a compare-and-set only ever races the other replicas' (a few), never this process's
+  own hundreds of concurrent calls — which would spend their attempts failing against each other.
+
+Every write carries a random token, so a write that landed although its reply was lost (redis-py
+sends it once more) is recognised, not applied twice. A probe slot whose replica never reported back
+(it died) is given back after ``probe_lease`` seconds, as in the SQLite store. A breaker nobody
+touched for a day expires: it starts closed again.
 
 While Redis cannot be used (``redis_fallback``: one warning, then a background probe every second),
 each call goes to a ``BreakerBoard`` of this process with the same rules and configuration — its
@@ -28,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import random
 import time
 import uuid
@@ -35,11 +48,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from gtl_nb.engine.breaker import BreakerBoard, BreakerConfig, CircuitBreaker
+from gtl_nb.engine.breaker import WINDOW_BUCKETS, BreakerBoard, BreakerConfig, CircuitBreaker
 from gtl_nb.engine.ratelimit import DAY
 from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
-from gtl_nb.engine.stores.shared_breakers import RulesOverState
+from gtl_nb.engine.stores.shared_breakers import RulesOverState, stored_json
 from gtl_nb.log import get_logger
 
 __all__ = ["RedisBreakerStore"]
@@ -50,6 +63,74 @@ T = TypeVar("T")
 
 MAX_ATTEMPTS = 100
 """Compare-and-set attempts before giving up: each failed one means another replica made progress."""
+
+_FAST_BUCKETS = 10**13
+"""Bucket numbers the Lua path handles: its JSON encoder keeps 14 significant digits (a window of a
+few milliseconds would pass it; such a breaker takes the general path)."""
+
+# A closed circuit's verdict (module docstring): engine.breaker's rules for a closed circuit, restated.
+# KEYS: the breaker.  ARGV: 1 '1' a failure / '0' a success, 2 the current bucket, 3 bucket_width as
+# to_state() writes it, 4 now, 5 this call's token, 6 milliseconds to keep the key, 7 failure_threshold,
+# 8 error_rate_threshold, 9 min_calls, 10 WINDOW_BUCKETS.
+# Returns {'slow'} (not a closed circuit in this version's format: nothing written), {'ok'},
+# {'opened', consecutive failures, calls in the window, failures in the window}, or {'again', state}
+# (the token is this call's: a retry of a script that ran, whose reply was lost).
+_CLOSED = LuaScript(
+    """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return {'slow'} end
+local function decide()
+  local s = cjson.decode(raw)
+  if type(s) ~= 'table' then return nil end
+  if s.token == ARGV[5] then return {'again', tostring(s.state)} end
+  if s.state ~= 'closed' or s.bucket_width ~= ARGV[3] or s.probes ~= 0 or type(s.consecutive) ~= 'number'
+    or type(s.buckets) ~= 'table' then
+    return nil
+  end
+  local failed = ARGV[1] == '1'
+  local bad = failed and 1 or 0
+  local current = tonumber(ARGV[2])
+  local horizon = current - tonumber(ARGV[10])
+  local kept, calls, failures, placed = {}, 0, 0, false
+  for _, bucket in ipairs(s.buckets) do
+    local index, c, f = bucket[1], bucket[2], bucket[3]
+    if type(index) ~= 'number' or type(c) ~= 'number' or type(f) ~= 'number' then return nil end
+    if index > horizon then  -- the buckets that left the window are dropped
+      if not placed and index > current then  -- buckets ahead of this clock: the new one goes before
+        kept[#kept + 1] = {current, 1, bad}
+        calls, failures, placed = calls + 1, failures + bad, true
+      elseif not placed and index == current then
+        c, f, placed = c + 1, f + bad, true
+      end
+      kept[#kept + 1] = {index, c, f}
+      calls, failures = calls + c, failures + f
+    end
+  end
+  if not placed then
+    kept[#kept + 1] = {current, 1, bad}
+    calls, failures = calls + 1, failures + bad
+  end
+  s.buckets = kept
+  s.consecutive = failed and s.consecutive + 1 or 0
+  s.token = ARGV[5]
+  local answer = {'ok'}
+  if failed then
+    local threshold, rate, least = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+    if (threshold > 0 and s.consecutive >= threshold)
+      or (rate > 0 and calls >= least and failures / calls >= rate) then
+      s.state, s.opened_at, s.probes, s.probe_at = 'open', ARGV[4], 0, cjson.null
+      answer = {'opened', s.consecutive, calls, failures}
+    end
+  end
+  s.window = nil  -- written first, as an empty list (an empty Lua table would be encoded as {})
+  return answer, '{"window":[],' .. string.sub(cjson.encode(s), 2)
+end
+local ok, answer, text = pcall(decide)
+if not ok or answer == nil then return {'slow'} end
+if text then redis.call('SET', KEYS[1], text, 'PX', ARGV[6]) end
+return answer
+"""
+)
 
 # KEYS: the breaker.  ARGV: what was read ('' = nothing), the new state, milliseconds to keep it.
 _SWAP = LuaScript(
@@ -147,6 +228,55 @@ class RedisBreakerStore(RulesOverState):
                 return await self._shared_update(deployment, operation)
         return operation(self.local_board().get(deployment))
 
+    async def _record(self, deployment: str, *, failed: bool) -> tuple[str, str] | None:
+        """A verdict: one script while the circuit is closed (``_CLOSED``), else the general path."""
+        if self.outage.usable():
+            with contextlib.suppress(RedisUnavailableError):  # as _update: decided locally
+                done, change = await self._closed_verdict(deployment, failed)
+                if done:
+                    return change
+                return await self._shared_update(deployment, _verdict(failed))
+        return _verdict(failed)(self.local_board().get(deployment))
+
+    async def _closed_verdict(self, deployment: str, failed: bool) -> tuple[bool, tuple[str, str] | None]:
+        """``(True, change)`` when the ``_CLOSED`` script recorded the verdict, ``(False, None)`` when the
+        circuit is not one it handles (nothing was written)."""
+        config = self.config
+        now = self.wall_clock()
+        width = config.window / WINDOW_BUCKETS
+        current = math.floor(now / width)
+        if abs(current) >= _FAST_BUCKETS:
+            return False, None
+        key = self._key(deployment)
+        args = [
+            "1" if failed else "0",
+            str(current),
+            repr(width),
+            repr(now),
+            uuid.uuid4().hex,
+            self._keep(),
+            str(config.failure_threshold),
+            repr(float(config.error_rate_threshold)),
+            str(config.min_calls),
+            str(WINDOW_BUCKETS),
+        ]
+        answer = await self.outage.call("recording a verdict", lambda client: _CLOSED(client, [key], args))
+        kind = _text(answer[0])
+        if kind == "slow":
+            return False, None
+        if kind == "again":  # our script ran; its reply was lost and redis-py sent it again
+            opened = failed and _text(answer[1]) == "open"
+            return True, ("closed", "open") if opened else None
+        if kind == "opened":
+            consecutive, calls, failures = (int(value) for value in answer[1:4])
+            if config.failure_threshold and consecutive >= config.failure_threshold:
+                reason = f"{consecutive} consecutive failures"
+            else:
+                reason = f"error rate {failures / calls:.0%} over the last {config.window:g} s ({calls} calls)"
+            log.info("circuit %s: closed -> open (%s)", deployment, reason)
+            return True, ("closed", "open")
+        return True, None
+
     async def _shared_update(self, deployment: str, operation: Callable[[CircuitBreaker], T]) -> T:
         """Apply ``operation`` to the stored breaker and store the result, atomically (module docstring).
 
@@ -203,7 +333,7 @@ class RedisBreakerStore(RulesOverState):
                 probe_at = now  # the newest grant: the lease runs from the last sign of life
             after["probe_at"] = probe_at if after["probes"] else None
             after["token"] = token
-            return result, json.dumps(after, separators=(",", ":")), last_token == token
+            return result, stored_json(after), last_token == token
 
         return step
 
@@ -238,3 +368,11 @@ class RedisBreakerStore(RulesOverState):
         except (ValueError, TypeError, AttributeError):
             log.warning("circuit %s: unreadable stored state; starting closed", deployment)
             return CircuitBreaker(deployment, self.config, clock=clock), None, None
+
+
+def _verdict(failed: bool) -> Callable[[CircuitBreaker], tuple[str, str] | None]:
+    return CircuitBreaker.record_failure if failed else CircuitBreaker.record_success
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

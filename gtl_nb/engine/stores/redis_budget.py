@@ -4,16 +4,32 @@ Per principal (its name percent-encoded inside a ``{…}`` hash tag, so a Redis 
 keys in one slot), under the URL's key prefix (``gtl:`` by default)::
 
     gtl:budget:{ann}:times      sorted set   reservation id -> reservation time (unix seconds)
-    gtl:budget:{ann}:spends     hash         reservation id -> "<tokens> <nano-USD>"
+    gtl:budget:{ann}:spends     hash         reservation id -> "<tokens> <nano-USD>", and the minute's
+                                             running totals: =since, =requests, =tokens, =members
     gtl:budget:{ann}:day:<d>    string       nano-USD counted for the UTC day starting at <d>
 
-``reserve`` is one Lua script, so it is atomic across replicas: it forgets reservations no
-decision needs any more (older than a minute or the UTC day, with a day of slack, as the memory
-counter), reads the principal's last minute and today's spend, decides exactly as
-``ratelimit.refusal`` does, and either counts the request or answers with what it read — from
-which ``refusal`` builds the error, with its message and ``retry_after``. ``settle`` (a script too)
-replaces the estimate and moves the day's total by the difference. Money is counted in whole
-nano-dollars (integers: Redis adds them exactly); ``usage`` reports dollars.
+``reserve`` is one Lua script, so it is atomic across replicas, and it costs the same however many
+reservations the principal's minute holds (amortised): it does not read the minute. The hash keeps
+running totals — ``=requests`` and ``=tokens`` count the reservations at or after ``=since`` (the
+start of the newest minute asked about) — and each reserve first moves ``=since`` up to its own
+minute's start, subtracting the reservations that left the minute since the last one (each leaves
+once), then decides exactly as ``ratelimit.refusal`` does on those totals and today's spend, and
+counts the request (adding it to the totals). Only a refusal reads the minute one by one, to answer
+with what ``refusal`` needs for the error's message and ``retry_after`` (and it decides again on that
+exact read, which also resets the totals). A reserve whose clock is behind ``=since`` (another
+replica's, a few milliseconds ahead) adds the few reservations in between. ``settle`` (a script too)
+replaces the estimate, moves the totals by the difference while the reservation is in them, and the
+day's total. Money is counted in whole nano-dollars (integers: Redis adds them exactly); ``usage``
+reports dollars (it reads the minute: it is not on the request path).
+
+``=members`` is how many reservations the set held when the totals were last right: when it is
+missing or differs (keys written by an earlier version of gtl_nb, which kept no totals, or by hand),
+the reserve counts the minute afresh once. Requests per minute are therefore exact, as before.
+(While replicas of an earlier version write the same keys — a rolling upgrade — their settlements
+move no totals, and one of their reserves that also forgets a day-old reservation leaves the count
+unchanged: the totals can be off by those until the next refusal, which recounts.) Reservations
+older than a minute or the UTC day, with a day of slack, are forgotten as they go, as in the memory
+counter.
 
 Every key expires on its own two days after its principal's last reservation: an idle principal
 leaves nothing behind. Reservation ids are made here (random), so a reserve that redis-py sends
@@ -58,10 +74,11 @@ KEEP_SECONDS = int(2 * DAY + 2 * WINDOW)  # how long a principal's keys outlive 
 MAX_OWED = 10_000
 """Settlements kept for Redis while it is down; past them the oldest are dropped (and counted in a log line)."""
 
-# The minute's spends as a flat list {time, tokens, time, tokens, ...} (strings: exact doubles).
+# The minute's spends as a flat list {time, tokens, time, tokens, ...} (strings: exact doubles), from
+# ``since`` (a score) up to ``upto`` (a score, "(" before it for exclusive; by default +inf).
 _READ_MINUTE = """
-local function read_minute(times, spends, since)
-  local found = redis.call('ZRANGEBYSCORE', times, since, '+inf', 'WITHSCORES')
+local function read_minute(times, spends, since, upto)
+  local found = redis.call('ZRANGEBYSCORE', times, since, upto or '+inf', 'WITHSCORES')
   local result, ids = {}, {}
   for i = 1, #found, 2 do ids[#ids + 1] = found[i] end
   local records = {}
@@ -76,6 +93,12 @@ local function read_minute(times, spends, since)
   end
   return result
 end
+
+local function sum_tokens(minute)
+  local tokens = 0
+  for i = 2, #minute, 2 do tokens = tokens + tonumber(minute[i]) end
+  return tokens
+end
 """
 
 # KEYS: times, spends, day.  ARGV: id, now, tokens, nanos, minute start, forget before, check limits
@@ -85,34 +108,61 @@ _RESERVE = LuaScript(
     _READ_MINUTE
     + """
 local times, spends, day = KEYS[1], KEYS[2], KEYS[3]
-local id = ARGV[1]
+local id, since = ARGV[1], ARGV[5]
 if redis.call('HEXISTS', spends, id) == 1 then return {1} end  -- a retry of a reserve that landed
-local stale = redis.call('ZRANGEBYSCORE', times, '-inf', '(' .. ARGV[6])
+-- the running totals of the reservations at or after =since (module docstring)
+local kept = redis.call('HMGET', spends, '=since', '=requests', '=tokens', '=members')
+local members = redis.call('ZCARD', times)
+local start, requests, tokens = kept[1], tonumber(kept[2]), tonumber(kept[3])
+if not start or not requests or not tokens or tonumber(kept[4]) ~= members then
+  local minute = read_minute(times, spends, since)  -- none kept, or not of this set: count afresh
+  start, requests, tokens = since, #minute / 2, sum_tokens(minute)
+elseif tonumber(since) > tonumber(start) then  -- the minute moved on: subtract what left it
+  local left = read_minute(times, spends, start, '(' .. since)
+  start, requests, tokens = since, requests - #left / 2, tokens - sum_tokens(left)
+end
+local stale = redis.call('ZRANGEBYSCORE', times, '-inf', '(' .. ARGV[6])  -- all before =since
 if #stale > 0 then
   for first = 1, #stale, 1000 do
     redis.call('HDEL', spends, unpack(stale, first, math.min(first + 999, #stale)))
   end
   redis.call('ZREMRANGEBYSCORE', times, '-inf', '(' .. ARGV[6])
+  members = members - #stale
+end
+local function keep_totals()
+  redis.call('HSET', spends, '=since', start, '=requests', string.format('%d', requests),
+    '=tokens', string.format('%d', tokens), '=members', string.format('%d', members))
 end
 if ARGV[7] == '1' then
   local spent = redis.call('GET', day) or '0'
   local usd, rpm, tpm = tonumber(ARGV[10]), tonumber(ARGV[8]), tonumber(ARGV[9])
-  local refused = usd ~= nil and tonumber(spent) / 1e9 >= usd
-  local minute = {}
-  if rpm ~= nil or tpm ~= nil then
-    minute = read_minute(times, spends, ARGV[5])
-    local tokens = 0
-    for i = 2, #minute, 2 do tokens = tokens + tonumber(minute[i]) end
-    refused = refused or (rpm ~= nil and #minute / 2 >= rpm) or (tpm ~= nil and tokens >= tpm)
+  local function reached(count, sum)
+    return (usd ~= nil and tonumber(spent) / 1e9 >= usd) or (rpm ~= nil and count >= rpm)
+      or (tpm ~= nil and sum >= tpm)
   end
-  if refused then
-    local answer = {0, spent}
-    for i = 1, #minute do answer[#answer + 1] = minute[i] end
-    return answer
+  local count, sum = requests, tokens
+  if tonumber(since) < tonumber(start) then  -- this clock is behind =since: add the few in between
+    local between = read_minute(times, spends, since, '(' .. start)
+    count, sum = count + #between / 2, sum + sum_tokens(between)
+  end
+  if reached(count, sum) then  -- only a refusal reads the minute, and decides on that exact read
+    local minute = read_minute(times, spends, since)
+    start, requests, tokens = since, #minute / 2, sum_tokens(minute)
+    if reached(requests, tokens) then
+      keep_totals()
+      local answer = {0, spent}
+      for i = 1, #minute do answer[#answer + 1] = minute[i] end
+      return answer
+    end
   end
 end
 redis.call('ZADD', times, ARGV[2], id)
 redis.call('HSET', spends, id, ARGV[3] .. ' ' .. ARGV[4])
+members = members + 1
+if tonumber(ARGV[2]) >= tonumber(start) then
+  requests, tokens = requests + 1, tokens + tonumber(ARGV[3])
+end
+keep_totals()
 redis.call('EXPIRE', times, ARGV[11])
 redis.call('EXPIRE', spends, ARGV[11])
 if ARGV[4] ~= '0' then
@@ -131,7 +181,17 @@ local record = redis.call('HGET', KEYS[2], ARGV[1])
 if not record then return 0 end
 local space = string.find(record, ' ')
 local tokens, nanos = string.sub(record, 1, space - 1), string.sub(record, space + 1)
-if ARGV[2] ~= '' then tokens = ARGV[2] end
+if ARGV[2] ~= '' then
+  local change = tonumber(ARGV[2]) - tonumber(tokens)
+  if change ~= 0 then  -- the minute's running total counts it while it is at or after =since
+    local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
+    local kept = redis.call('HMGET', KEYS[2], '=since', '=tokens')
+    if at and kept[1] and kept[2] and tonumber(at) >= tonumber(kept[1]) then
+      redis.call('HSET', KEYS[2], '=tokens', string.format('%d', tonumber(kept[2]) + change))
+    end
+  end
+  tokens = ARGV[2]
+end
 if ARGV[3] ~= '' then
   local change = tonumber(ARGV[3]) - tonumber(nanos)
   if change ~= 0 then
@@ -150,9 +210,19 @@ _UNCOUNT = LuaScript(
     """
 local record = redis.call('HGET', KEYS[2], ARGV[1])
 if not record then return 0 end
-local nanos = tonumber(string.sub(record, string.find(record, ' ') + 1))
+local space = string.find(record, ' ')
+local tokens, nanos = tonumber(string.sub(record, 1, space - 1)), tonumber(string.sub(record, space + 1))
+local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then  -- and out of the running totals (module docstring)
+  local kept = redis.call('HMGET', KEYS[2], '=since', '=requests', '=tokens', '=members')
+  if kept[1] and kept[2] and kept[3] and kept[4] then
+    local requests, sum = tonumber(kept[2]), tonumber(kept[3])
+    if tonumber(at) >= tonumber(kept[1]) then requests, sum = requests - 1, sum - tokens end
+    redis.call('HSET', KEYS[2], '=requests', string.format('%d', requests), '=tokens', string.format('%d', sum),
+      '=members', string.format('%d', tonumber(kept[4]) - 1))
+  end
+end
 if nanos ~= 0 then redis.call('INCRBY', KEYS[3], string.format('%d', -nanos)) end
 return 1
 """

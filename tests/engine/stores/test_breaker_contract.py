@@ -263,3 +263,143 @@ def test_unreadable_redis_state_starts_closed_and_state_expires(redis_url: str, 
         assert run(scenario()) == [1, "pass", None, 1]
     finally:
         client.close()
+
+
+# -- the state is small, and earlier versions' state is read ---------------------------------------
+
+
+OLD_STATE = {  # as an earlier version wrote it: every call of the window
+    "state": "closed",
+    "consecutive": 1,
+    "window": [[T0 - 100.0, True], [T0 - 10.0, False], [T0 - 5.0, True]],
+    "opened_at": None,
+    "probes": 0,
+    "probe_at": None,
+    "token": "old",
+}
+
+
+@pytest.mark.parametrize("shared", ["sqlite", "redis"])
+def test_state_of_an_earlier_version_is_read_and_the_state_stays_small(
+    shared: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest
+):
+    url = redis_url_of(shared, request)
+    config = BreakerConfig(failure_threshold=0, error_rate_threshold=0.5, min_calls=4, window=60.0)
+
+    def stored() -> dict[str, Any]:
+        if shared == "redis":
+            client = raw(url)
+            try:
+                return json.loads(client.get("gtl:breaker:oa"))
+            finally:
+                client.close()
+        conn = sqlite3.connect(store_file)
+        try:
+            return json.loads(conn.execute("SELECT state FROM breakers WHERE deployment = 'oa'").fetchone()[0])
+        finally:
+            conn.close()
+
+    async def scenario() -> list[Any]:
+        store: SqliteBreakerStore | RedisBreakerStore = (
+            RedisBreakerStore(url, config, wall_clock=clock)
+            if shared == "redis"
+            else SqliteBreakerStore(store_file, config, wall_clock=clock)
+        )
+        if shared == "redis":
+            client = raw(url)
+            client.set("gtl:breaker:oa", json.dumps(OLD_STATE))
+            client.close()
+        else:
+            await store.snapshots(["oa"])  # makes the table
+            conn = sqlite3.connect(store_file)
+            with conn:
+                conn.execute("INSERT INTO breakers VALUES ('oa', ?)", (json.dumps(OLD_STATE),))
+            conn.close()
+        before = (await store.snapshots(["oa"]))["oa"]  # the call 100 s ago has left the window
+        seen = [before["calls_in_window"], before["consecutive_failures"]]
+        for _ in range(5000):
+            clock.now += 0.01
+            await store.record_success("oa")
+        seen.append(await store.record_failure("oa"))
+        after = (await store.snapshots(["oa"]))["oa"]
+        seen += [after["calls_in_window"], after["consecutive_failures"]]
+        await store.aclose()
+        return seen
+
+    assert run(scenario()) == [2, 1, None, 5002, 1]  # the call 10 s before the start has left too
+    state = stored()
+    assert state["window"] == [] and len(state["buckets"]) <= 20  # readers of earlier versions see no calls
+    assert len(json.dumps(state)) < 700
+
+
+def _random_steps(seed: int, count: int) -> list[tuple[str, float]]:
+    import random
+
+    chance = random.Random(seed)
+    verbs = ["acquire", "record_success", "record_failure", "release", "wait"]
+    return [
+        (chance.choices(verbs, weights=[3, 4, 3, 1, 2])[0], chance.choice([0.1, 0.7, 2.5, 9.0])) for _ in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seed", "config"),
+    [
+        (1, BreakerConfig(failure_threshold=3, error_rate_threshold=0.5, min_calls=4, window=10.0, cooldown=3.0)),
+        (2, BreakerConfig(failure_threshold=0, error_rate_threshold=0.3, min_calls=6, window=5.0, cooldown=1.0)),
+        (3, BreakerConfig(failure_threshold=2, error_rate_threshold=0, window=60.0, cooldown=2.0, half_open_probes=2)),
+    ],
+    ids=["both-rules", "error-rate", "streak"],
+)
+def test_redis_decides_as_the_rules_in_memory_on_random_calls(
+    seed: int, config: BreakerConfig, redis_url: str, clock: FakeClock
+):
+    """The closed circuit's Lua script restates engine.breaker's rules: both must decide alike."""
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        memory = MemoryBreakerStore(config, clock=clock)
+        shared = RedisBreakerStore(redis_url, config, wall_clock=clock)
+        seen: tuple[list[Any], list[Any]] = ([], [])
+        for verb, wait in _random_steps(seed, 600):
+            if verb == "wait":
+                clock.now += wait
+                continue
+            for store, answers in ((memory, seen[0]), (shared, seen[1])):
+                answers.append((verb, await getattr(store, verb)("oa")))
+            snapshots = [(await store.snapshots(["oa"]))["oa"] for store in (memory, shared)]
+            seen[0].append(snapshots[0])
+            seen[1].append(snapshots[1])
+        await shared.aclose()
+        return seen
+
+    in_memory, in_redis = run(scenario())
+    assert in_redis == in_memory
+    assert sum(1 for step in in_memory if step == ("record_failure", ("closed", "open"))) >= 2
+
+
+def test_a_closed_circuits_verdict_is_one_script_and_a_pass_one_read(redis_url: str, clock: FakeClock):
+    client = raw(redis_url)
+
+    def calls() -> dict[str, int]:
+        return {name: int(stats["calls"]) for name, stats in client.info("commandstats").items()}
+
+    async def scenario() -> list[dict[str, int]]:
+        store = RedisBreakerStore(redis_url, CONFIG, wall_clock=clock)
+        await store.record_success("oa")  # the first: no state yet, written by the general path
+        await store.record_failure("oa")  # loads the script
+        counted = []
+        for verb in ("acquire", "record_success", "record_failure"):
+            client.config_resetstat()
+            await getattr(store, verb)("oa")
+            counted.append(
+                {name: n for name, n in calls().items() if not name.startswith(("cmdstat_config", "cmdstat_info"))}
+            )
+        await store.aclose()
+        return counted
+
+    try:
+        acquire, success, failure = run(scenario())
+    finally:
+        client.close()
+    assert acquire == {"cmdstat_get": 1}  # nothing written
+    assert success == failure == {"cmdstat_evalsha": 1, "cmdstat_get": 1, "cmdstat_set": 1}  # within the script

@@ -318,7 +318,12 @@ def test_every_key_expires_on_its_own_and_old_reservations_are_forgotten(redis_u
             "gtl:budget:{ann}:times",
         ]
         assert all(0 < client.ttl(key) <= KEEP_SECONDS for key in keys)
-        assert client.zcard("gtl:budget:{ann}:times") == 1 and client.hlen("gtl:budget:{ann}:spends") == 1
+        assert client.zcard("gtl:budget:{ann}:times") == 1
+        spends = client.hgetall("gtl:budget:{ann}:spends")
+        assert [field for field in spends if not field.startswith(b"=")] == client.zrange(
+            "gtl:budget:{ann}:times", 0, -1
+        )
+        assert (spends[b"=requests"], spends[b"=tokens"], spends[b"=members"]) == (b"1", b"0", b"1")  # the newest
         assert client.get("gtl:budget:{ann}:day:1709251200") == b"500000000"  # the settled cost, in nano-USD
     finally:
         client.close()
@@ -349,3 +354,180 @@ def test_the_key_prefix_separates_deployments_on_one_server(redis_url: str):
         await production.aclose()
 
     run(scenario())
+
+
+# -- every counter decides as ratelimit.refusal does on the whole minute -----------------------------
+
+
+def _random_budget_steps(seed: int, count: int) -> list[tuple[str, float, int, float, Limits]]:
+    """Reserves (now and then with a clock a little behind), settlements and usage reads over two hours."""
+    import random
+
+    chance = random.Random(seed)
+    choices = [
+        Limits(requests_per_minute=6),
+        Limits(tokens_per_minute=400),
+        Limits(usd_per_day=30.0, requests_per_minute=9),
+        Limits(),
+    ]
+    steps, now = [], NOON
+    for _ in range(count):
+        now += chance.choice([0.0, 0.5, 2.0, 7.5, 20.0, 65.0]) if chance.random() < 0.9 else -chance.choice([0.25, 3.0])
+        verb = chance.choices(["reserve", "settle", "usage"], weights=[6, 3, 1])[0]
+        steps.append(
+            (verb, now, chance.choice([0, 10, 60, 150]), chance.choice([0.0, 0.25, 1.5]), chance.choice(choices))
+        )
+    return steps
+
+
+class _Reference:
+    """The old way: every reservation kept, the whole minute and day read at each check."""
+
+    def __init__(self) -> None:
+        from gtl_nb.engine.ratelimit import Spend, refusal, utc_day_start
+
+        self.records: list[list[float]] = []
+        self.spend, self.refusal, self.day = Spend, refusal, utc_day_start
+
+    def decide(self, limits: Limits, now: float) -> Exception | None:
+        minute = [self.spend(at, tokens) for at, tokens, _ in self.records if at >= now - 60]
+        spent = sum(cost for at, _, cost in self.records if self.day(at) == self.day(now))
+        return self.refusal("ann", limits, now=now, minute=minute, spent_today=spent)
+
+    def usage(self, now: float) -> dict[str, float]:
+        minute = [(at, tokens) for at, tokens, _ in self.records if at >= now - 60]
+        spent = sum(cost for at, _, cost in self.records if self.day(at) == self.day(now))
+        return {
+            "requests_last_minute": len(minute),
+            "tokens_last_minute": sum(t for _, t in minute),
+            "usd_today": spent,
+        }
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_every_check_decides_as_the_whole_minute_would(counter: BudgetCounter, seed: int):
+    """Running totals (memory, Redis) and sums (SQLite) against the old full read, step by step."""
+    reference = _Reference()
+
+    async def scenario() -> tuple[list[object], list[object]]:
+        import random
+
+        pick = random.Random(seed)
+        seen: list[object] = []
+        expected: list[object] = []
+        admitted: list[tuple[Reservation, list[float]]] = []
+        for verb, now, tokens, cost, limits in _random_budget_steps(seed, 400):
+            if verb == "reserve":
+                refused = reference.decide(limits, now)
+                expected.append(None if refused is None else (type(refused).__name__, refused.message))
+                try:
+                    reservation = await counter.reserve("ann", limits, now=now, tokens=tokens, cost=cost)
+                except (RateLimitError, BudgetExceededError) as exc:
+                    seen.append((type(exc).__name__, exc.message))
+                else:
+                    seen.append(None)
+                    record = [now, tokens, cost]
+                    reference.records.append(record)
+                    admitted.append((reservation, record))
+            elif verb == "settle" and admitted:
+                reservation, record = pick.choice(admitted)
+                actual_tokens = pick.choice([None, tokens])
+                actual_cost = pick.choice([None, cost])
+                await counter.settle(reservation, tokens=actual_tokens, cost=actual_cost)
+                record[1] = record[1] if actual_tokens is None else actual_tokens
+                record[2] = record[2] if actual_cost is None else actual_cost
+            elif verb == "usage":
+                seen.append(await counter.usage("ann", now=now))
+                expected.append(reference.usage(now))
+        assert getattr(counter, "degraded_reason", None) is None  # Redis answered every call itself
+        return seen, expected
+
+    seen, expected = run(scenario())
+    assert seen == expected
+    assert 20 < sum(outcome is not None and not isinstance(outcome, dict) for outcome in seen) < 300
+
+
+def _fill(url: str, principal: str, count: int, first: float, last: float) -> None:
+    """Reservations written straight into the keys, without running totals (as an earlier version left them)."""
+    client = raw(url)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for index in range(count):
+            pipe.zadd(f"gtl:budget:{{{principal}}}:times", {f"old-{index}": first + (last - first) * index / count})
+            pipe.hset(f"gtl:budget:{{{principal}}}:spends", f"old-{index}", "10 0")
+        pipe.execute()
+    finally:
+        client.close()
+
+
+def test_a_check_reads_no_reservation_of_the_minute_one_by_one(redis_url: str):
+    """5,000 reservations in the minute, kept by an earlier version: counted once, then never read again."""
+    _fill(redis_url, "ann", 5000, NOON - 50, NOON)
+    client = raw(redis_url)
+    limits = Limits(requests_per_minute=5100, tokens_per_minute=10**9)
+
+    async def scenario() -> tuple[dict[str, float], dict[str, int]]:
+        counter = RedisBudgetCounter(redis_url)
+        await counter.reserve("ann", limits, now=NOON + 0.001, tokens=10)  # counts the 5,000 once
+        client.config_resetstat()
+        for index in range(9):  # none of the 5,000 leaves the minute yet
+            await counter.reserve("ann", limits, now=NOON + 1 + index, tokens=10)
+        stats = {name: int(value["calls"]) for name, value in client.info("commandstats").items()}
+        for index in range(9, 30):  # now they leave, about 100 a second: each read once, as it leaves
+            await counter.reserve("ann", limits, now=NOON + 1 + index, tokens=10)
+        usage = await counter.usage("ann", now=NOON + 30)
+        await counter.aclose()
+        return usage, stats
+
+    try:
+        usage, stats = run(scenario())
+    finally:
+        client.close()
+    assert stats["cmdstat_hmget"] == 9  # the running totals alone; reading the minute is 1 per 1,000
+    assert stats["cmdstat_zrangebyscore"] == 18  # what left the minute, what is a day old: nothing
+    in_minute = sum(1 for index in range(5000) if NOON - 50 + 50 * index / 5000 >= NOON + 30 - 60)
+    assert usage == {
+        "requests_last_minute": in_minute + 31,
+        "tokens_last_minute": (in_minute + 31) * 10,
+        "usd_today": 0.0,
+    }
+
+
+def test_keys_of_an_earlier_version_are_counted_exactly(redis_url: str):
+    _fill(redis_url, "ann", 30, NOON - 59, NOON - 1)
+    limits = Limits(requests_per_minute=32)
+
+    async def scenario() -> tuple[list[bool], float | None]:
+        counter = RedisBudgetCounter(redis_url)
+        admitted = []
+        for _ in range(3):
+            try:
+                await counter.reserve("ann", limits, now=NOON)
+                admitted.append(True)
+            except RateLimitError as exc:
+                admitted.append(False)
+                wait = exc.retry_after
+        await counter.aclose()
+        return admitted, wait
+
+    assert run(scenario()) == ([True, True, False], 2.0)  # the oldest, at NOON - 59, is counted up to NOON + 1
+
+
+def test_a_clock_a_little_behind_counts_the_reservations_it_has_not_seen_leave(counter: BudgetCounter):
+    limits = Limits(requests_per_minute=2)
+
+    async def scenario() -> list[bool]:
+        await counter.reserve("ann", limits, now=NOON - 60.2)
+        await counter.reserve("bob", limits, now=NOON)  # another principal: nothing of ann's moves
+        await counter.reserve("ann", limits, now=NOON - 0.1)  # the first is 59.9 s old: still counted
+        outcomes = []
+        for now in (NOON, NOON - 0.3, NOON + 0.5):  # 60.2, 59.9, 60.7 s after the first
+            try:
+                await counter.reserve("ann", limits, now=now)
+                outcomes.append(True)
+            except RateLimitError:
+                outcomes.append(False)
+        return outcomes
+
+    # at NOON the first has left (60.2 s); at NOON - 0.3, a clock behind, it is back in its minute
+    assert run(scenario()) == [True, False, False]

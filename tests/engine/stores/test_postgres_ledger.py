@@ -127,6 +127,31 @@ def test_text_postgresql_cannot_store_is_written_escaped_rather_than_lost(ledger
     assert row["failover_path"] == ["a\\udc80"] and row["status"] == "error"
 
 
+def test_values_are_written_as_given_whatever_they_hold(ledger: PostgresUsageLedger):
+    """A batch is one query with its values written in as literals: quotes, percent signs, backslashes,
+    semicolons and odd floats must come back exactly."""
+    odd = "it's %s %% 50% \\ back; DROP TABLE requests; --"
+
+    async def scenario() -> list[dict[str, Any]]:
+        first = await ledger.start(session_id=odd, context=RequestContext(principal=odd, tenant="t'"), model=odd)
+        second = await ledger.start(session_id="two", context=ADA, model=None, now=T0 + 0.1)
+        await ledger.flush()  # the starts are written: the outcomes are one UPDATE of both
+        await ledger.finish(first, status="ok", tokens_in=2**40, cost=1e-300, ttft_ms=0.1 + 0.2, failover_path=[odd])
+        await ledger.finish(second, status="error", error_code=odd, latency_ms=-0.0)
+        return await ledger.rows()
+
+    first, second = run(scenario())
+    assert (first["session_id"], first["user"], first["tenant"], first["model"]) == (odd, odd, "t'", odd)
+    assert (first["tokens_in"], first["cost"], first["ttft_ms"], first["failover_path"]) == (
+        2**40,
+        1e-300,
+        0.1 + 0.2,
+        [odd],
+    )
+    assert (second["status"], second["error_code"], second["model"], second["latency_ms"]) == ("error", odd, None, 0.0)
+    assert second["time"] == T0 + 0.1
+
+
 def test_a_late_outcome_replaces_the_interrupted_guess_of_a_lease(ledger: PostgresUsageLedger, postgres_url: str):
     async def scenario() -> dict[str, Any]:
         handle = await ledger.start(session_id="s", context=ADA, model="m", now=T0)
@@ -150,6 +175,38 @@ def test_to_dataframe_and_spend_today_read_what_was_queued(ledger: PostgresUsage
     frame = ledger.to_dataframe(user="ada")  # from a thread without a loop, right after the writes
     assert list(frame["session_id"]) == ["s"] and frame.loc[0, "failover_path"] == ["a"]
     assert str(frame["end_time"].dtype) == "datetime64[ns, UTC]"
+
+
+def test_a_busy_writer_is_not_woken_per_write_yet_reads_and_close_see_every_write(postgres_url: str, spool: Path):
+    """Lingering, as the SQLite writer: after a commit, writes for the next IDLE_AFTER seconds wake nothing
+    (the writer looks every LINGER); a read still sees all of them, and close writes the rest."""
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    wakes: list[object] = []
+    wake = ledger._loop.wake
+    ledger._loop.wake = lambda callback: (wakes.append(callback), wake(callback))[1]  # type: ignore[method-assign]
+
+    async def some(count: int, status: str) -> None:
+        for index in range(count):
+            handle = await ledger.start(session_id=f"{status}-{index}", context=ADA, model="m")
+            await ledger.finish(handle, status=status)
+
+    async def scenario() -> tuple[int, int, list[dict[str, Any]]]:
+        await some(1, "ok")
+        first = len(wakes)  # an idle writer is woken
+        await ledger.flush()  # a commit: busy from now on
+        await some(20, "ok")
+        rows = await ledger.rows()  # read-your-writes: the reader wakes the writer
+        await some(5, "error")
+        return first, len(wakes), rows
+
+    try:
+        first, later, rows = run(scenario())
+    finally:
+        ledger.close()  # writes the 5 still queued
+    assert first >= 1 and later == first
+    assert len(rows) == 21 and {row["status"] for row in rows} == {"ok"}
+    found = query(postgres_url, "SELECT status, count(*) FROM requests GROUP BY status ORDER BY status")
+    assert found == [("error", 5), ("ok", 21)]
 
 
 # -- replicas ----------------------------------------------------------------------------------------
