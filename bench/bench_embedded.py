@@ -2,70 +2,89 @@
 
 Both paths talk to the bench's own fast upstream (``bench.upstream``, one process of its own) and
 stream a 16-token answer; the embedded path runs the whole engine with the ledger ON (a SQLite file).
-Measured in alternating rounds, medians reported:
+The bare path is ``aiohttp`` on an asyncio loop running in a thread of its own, as a notebook
+kernel's loop does; the embedded client's async calls are awaited on that same loop. Measured in
+alternating rounds (the order swaps every round), medians reported:
 
-* **concurrency 1** — wall time per request, embedded ``client.complete`` against bare ``aiohttp``
-  (target: at most 1.2x);
-* **concurrency 20** — this process's CPU per request (all threads: the engine's loop thread, the
-  ledger writer), 20 ``acomplete`` at once against 20 bare requests at once (target: at most 1.5x);
+* **concurrency 1, sync** — wall time per request: ``client.complete`` from the main thread against
+  the bare request submitted from the main thread to the caller's loop (both cross one thread);
+* **concurrency 1, async** — wall time per request: ``await client.acomplete`` against ``await`` of
+  the bare request, each on the caller's loop (the embedded call crosses to the engine's loop and
+  back, the bare one does not);
+* **concurrency 20** — this process's CPU per request (all threads: the caller's loop, the engine's
+  loop thread, the ledger writer), 20 ``acomplete`` at once against 20 bare requests at once;
 * **1,000 concurrent streams** from one client, the upstream pacing each stream's chunks so they are
   all open together: errors (target: zero) and wall time.
 
-Run: ``python -m bench.bench_embedded [--rounds N] [--streams N]``; ``python -m bench`` runs it too.
+Targets: at most 1.2x at concurrency 1, at most 1.5x CPU at concurrency 20, zero errors.
+
+``--callgrind`` counts instructions per request instead (valgrind's callgrind, every thread of this
+process, the upstream not included): repeatable to about 1 %, where the timings above move by 30 %.
+
+Run: ``python -m bench.bench_embedded [--rounds N] [--streams N] [--callgrind [--requests N]]``;
+``python -m bench`` runs the timed part too.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 import gtl_nb
+from bench.callgrind import _total_instructions
 from bench.servers import Upstream
+from gtl_nb.client import new_session_id
+from gtl_nb.protocol.messages import Error, StreamEvent
 
 BODY = b'{"model":"gpt-4o-mini","stream":true,"max_tokens":16,"messages":[{"role":"user","content":"hi"}]}'
 HEADERS = {"content-type": "application/json", "authorization": "Bearer bench"}
+MODEL = "fast:gpt-4o-mini"
+
+Call = Callable[[], Awaitable[Any]]
 
 
-class _Bare:
-    """Bare aiohttp on a loop of its own thread (as the engine's is), driven from the caller's thread."""
+class _CallerLoop:
+    """The caller's asyncio loop on a thread of its own (a notebook kernel's), holding the bare client."""
 
     def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.session: aiohttp.ClientSession = self._run(self._open())
+        self.session: aiohttp.ClientSession = self.run(self._open())
 
     async def _open(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
-    def _run(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+    def run(self, coro: Awaitable[Any]) -> Any:
+        """Run ``coro`` on the caller's loop and wait for it (from another thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()  # type: ignore[arg-type]
 
-    async def one(self) -> None:
+    async def bare(self) -> None:
+        """One bare request, its streamed body read to the end (on the caller's loop)."""
         async with self.session.post(self.url, data=BODY, headers=HEADERS) as response:
             async for _ in response.content.iter_any():
                 pass
 
-    def request(self) -> None:
-        self._run(self.one())
-
-    def many(self, count: int) -> None:
-        async def all_at_once() -> None:
-            await asyncio.gather(*(self.one() for _ in range(count)))
-
-        self._run(all_at_once())
+    def bare_from_thread(self) -> None:
+        self.run(self.bare())
 
     def close(self) -> None:
-        self._run(self.session.close())
+        self.run(self.session.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
@@ -74,20 +93,42 @@ def _client(port: int, ledger: Path) -> gtl_nb.Client:
     return gtl_nb.connect(providers=providers, ledger=ledger, environ={})
 
 
-def _embedded_many(client: gtl_nb.Client, count: int) -> list[Any]:
-    async def all_at_once() -> list[Any]:
-        calls = (client.acomplete("fast:gpt-4o-mini", "hi", max_tokens=16) for _ in range(count))
-        return await asyncio.gather(*calls, return_exceptions=True)
-
-    return asyncio.run(all_at_once())
+def _embedded(client: gtl_nb.Client) -> Call:
+    return lambda: client.acomplete(MODEL, "hi", max_tokens=16)
 
 
-def _per_call(action: Callable[[], object], calls: int, *, cpu: bool) -> float:
-    clock = time.process_time if cpu else time.perf_counter
-    start = clock()
+def _sync_call(client: gtl_nb.Client) -> Callable[[], object]:
+    return lambda: client.complete(MODEL, "hi", max_tokens=16)
+
+
+async def _one_at_a_time(call: Call, calls: int) -> float:
+    """Seconds per call, ``calls`` awaited one after another."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        await call()
+    return (time.perf_counter() - start) / calls
+
+
+async def _together(call: Call, count: int, *, errors: bool = False) -> list[Any]:
+    return await asyncio.gather(*(call() for _ in range(count)), return_exceptions=errors)
+
+
+async def _in_groups(call: Call, group: int, groups: int) -> None:
+    for _ in range(groups):
+        await _together(call, group)
+
+
+def _per_call(action: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
     for _ in range(calls):
         action()
-    return (clock() - start) / calls
+    return (time.perf_counter() - start) / calls
+
+
+def _cpu_per_call(caller: _CallerLoop, call: Call, group: int, groups: int) -> float:
+    start = time.process_time()
+    caller.run(_in_groups(call, group, groups))
+    return (time.process_time() - start) / (group * groups)
 
 
 def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str, Any]:
@@ -97,58 +138,175 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
     try:
         with tempfile.TemporaryDirectory() as tmp:
             client = _client(upstream.port, Path(tmp) / "bench.sqlite3")
-            bare = _Bare(upstream.port)
+            caller = _CallerLoop(upstream.port)
+            embedded, embedded_sync = _embedded(client), _sync_call(client)
             for _ in range(20):  # warm both: connections, imports, the ledger file
-                client.complete("fast:gpt-4o-mini", "hi", max_tokens=16)
-                bare.request()
-            one = {"bare": [], "embedded": []}
-            twenty = {"bare": [], "embedded": []}
-            for _ in range(rounds):
-                one["bare"].append(_per_call(bare.request, calls, cpu=False))
-                one["embedded"].append(
-                    _per_call(lambda: client.complete("fast:gpt-4o-mini", "hi", max_tokens=16), calls, cpu=False)
-                )
-                twenty["bare"].append(_per_call(lambda: bare.many(20), calls // 20, cpu=True) / 20)
-                twenty["embedded"].append(_per_call(lambda: _embedded_many(client, 20), calls // 20, cpu=True) / 20)
-            bare.close()
+                embedded_sync()
+                caller.run(embedded())
+                caller.bare_from_thread()
+            phases: dict[str, dict[str, Callable[[], float]]] = {
+                "c1_sync": {
+                    "bare": lambda: _per_call(caller.bare_from_thread, calls),
+                    "embedded": lambda: _per_call(embedded_sync, calls),
+                },
+                "c1_async": {
+                    "bare": lambda: caller.run(_one_at_a_time(caller.bare, calls)),
+                    "embedded": lambda: caller.run(_one_at_a_time(embedded, calls)),
+                },
+                "c20_cpu": {
+                    "bare": lambda: _cpu_per_call(caller, caller.bare, 20, calls // 20),
+                    "embedded": lambda: _cpu_per_call(caller, embedded, 20, calls // 20),
+                },
+            }
+            samples: dict[str, dict[str, list[float]]] = {phase: {"bare": [], "embedded": []} for phase in phases}
+            for round_ in range(rounds):
+                for phase, paths in phases.items():
+                    order = ["bare", "embedded"] if round_ % 2 == 0 else ["embedded", "bare"]
+                    for path in order:
+                        samples[phase][path].append(paths[path]())
+            caller.close()
             client.close()
             many = _client(paced.port, Path(tmp) / "many.sqlite3")
             started = time.perf_counter()
-            outcomes = _embedded_many(many, streams)
+            outcomes = asyncio.run(_together(_embedded(many), streams, errors=True))
             held = time.perf_counter() - started
             errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
             many.close()
     finally:
         upstream.stop()
         paced.stop()
-    median = {name: statistics.median(values) * 1000 for name, values in one.items()}
-    cpu = {name: statistics.median(values) * 1000 for name, values in twenty.items()}
-    return {
-        "c1_ms": median,
-        "c1_ratio": median["embedded"] / median["bare"],
-        "c20_cpu_ms": cpu,
-        "c20_cpu_ratio": cpu["embedded"] / cpu["bare"],
-        "streams": streams,
-        "stream_errors": len(errors),
-        "first_error": repr(errors[0])[:200] if errors else None,
-        "streams_seconds": held,
-    }
+    figures: dict[str, Any] = {}
+    for phase, paths in samples.items():
+        medians = {path: statistics.median(values) * 1000 for path, values in paths.items()}
+        figures[f"{phase}_ms"] = medians
+        figures[f"{phase}_ratio"] = medians["embedded"] / medians["bare"]
+    # the names earlier runs used: the sync row is the "concurrency 1" figure of the first reports
+    figures["c1_ms"], figures["c1_ratio"] = figures["c1_sync_ms"], figures["c1_sync_ratio"]
+    figures.update(
+        streams=streams,
+        stream_errors=len(errors),
+        first_error=repr(errors[0])[:200] if errors else None,
+        streams_seconds=held,
+    )
+    return figures
 
 
 def report(figures: dict[str, Any]) -> str:
-    c1, c20 = figures["c1_ms"], figures["c20_cpu_ms"]
+    def row(label: str, phase: str, target: str) -> str:
+        ms = figures[f"{phase}_ms"]
+        return f"| {label} | {ms['bare']:.3f} | {ms['embedded']:.3f} | {figures[f'{phase}_ratio']:.2f}x | {target} |"
+
     return "\n".join(
         [
             "| embedded client, 16-token stream, ledger on | bare aiohttp | embedded | ratio | target |",
             "| --- | --- | --- | --- | --- |",
-            f"| wall per request, concurrency 1 (ms) | {c1['bare']:.3f} | {c1['embedded']:.3f} | "
-            f"{figures['c1_ratio']:.2f}x | <= 1.2x |",
-            f"| CPU per request, concurrency 20 (ms) | {c20['bare']:.3f} | {c20['embedded']:.3f} | "
-            f"{figures['c20_cpu_ratio']:.2f}x | <= 1.5x |",
+            row("wall per request, concurrency 1, `complete` from a thread (ms)", "c1_sync", "<= 1.2x"),
+            row("wall per request, concurrency 1, `await acomplete` on the caller's loop (ms)", "c1_async", "<= 1.2x"),
+            row("CPU per request, concurrency 20, `acomplete` (ms)", "c20_cpu", "<= 1.5x"),
             f"| {figures['streams']} concurrent streams from one client | | "
             f"{figures['stream_errors']} errors in {figures['streams_seconds']:.1f} s | | zero errors |",
         ]
     )
+
+
+# -- instruction counts -------------------------------------------------------------------------
+
+#: what ``--callgrind`` counts, in this order: (name, concurrency, how the embedded client is called)
+COUNTED = (
+    ("bare, awaited on the caller's loop", 1, "bare"),
+    ("embedded `await acomplete`", 1, "acomplete"),
+    ("embedded `complete` from a thread", 1, "complete"),
+    ("the engine alone: sessions back to back on its loop, nothing handed over", 1, "engine"),
+    ("bare, 20 at once", 20, "bare"),
+    ("embedded `acomplete`, 20 at once", 20, "acomplete"),
+)
+
+
+async def _engine_alone(client: gtl_nb.Client, count: int) -> None:
+    """``count`` sessions one after another on the engine's loop thread (where this runs): what the
+    engine and its ledger cost without the client around them (no request building, no hand-over)."""
+    request = client.request(MODEL, "hi", max_tokens=16)
+    ends: list[StreamEvent] = []
+    for _ in range(count):
+        await client.backend.session(msgspec.structs.replace(request, session_id=new_session_id()), ends.append)
+    failed = [event for event in ends if isinstance(event, Error)]
+    if failed:
+        raise RuntimeError(f"the engine alone: {failed[0]}")
+
+
+def _callgrind_control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], capture_output=True, timeout=120, check=False)
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"callgrind wrote no {path.name}")
+        time.sleep(0.1)
+    time.sleep(0.5)  # let valgrind finish writing it
+
+
+def _counted_worker(requests: int, out: Path) -> None:
+    """Runs under valgrind (``--callgrind``): each of ``COUNTED`` warmed up, then counted alone,
+    one dump each (``out.1``, ``out.2`` …)."""
+    pid = str(os.getpid())
+    upstream = Upstream()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            client = _client(upstream.port, Path(tmp) / "bench.sqlite3")
+            caller = _CallerLoop(upstream.port)
+            calls: dict[str, Callable[[int, int], object]] = {
+                "bare": lambda group, groups: caller.run(_in_groups(caller.bare, group, groups)),
+                "acomplete": lambda group, groups: caller.run(_in_groups(_embedded(client), group, groups)),
+                "complete": lambda group, groups: [_sync_call(client)() for _ in range(group * groups)],
+                "engine": lambda group, groups: client.backend.loop.run(_engine_alone(client, group * groups)),
+            }
+            for number, (_, group, how) in enumerate(COUNTED, start=1):
+                calls[how](group, max(1, 20 // group))
+                _callgrind_control("--instr=on", pid)
+                _callgrind_control("--zero", pid)
+                calls[how](group, requests // group)
+                _callgrind_control("--dump", pid)
+                _wait_for(out.with_name(f"{out.name}.{number}"))
+            caller.close()
+            client.close()
+    finally:
+        upstream.stop()
+
+
+def count_instructions(requests: int = 300) -> dict[str, float]:
+    """Instructions per request of each of ``COUNTED``, every thread of a process under callgrind."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    with tempfile.TemporaryDirectory(prefix="gtl-callgrind-") as tmp:
+        out = Path(tmp) / "callgrind.out"
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            "-m",
+            "bench.bench_embedded",
+            "--counted-worker",
+            str(out),
+            "--requests",
+            str(requests),
+        ]
+        subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        counts = {}
+        for number, (name, _, _) in enumerate(COUNTED, start=1):
+            counts[name] = _total_instructions(out.with_name(f"{out.name}.{number}")) / requests
+        return counts
+
+
+def report_instructions(counts: dict[str, float]) -> str:
+    bare = {group: counts[name] for name, group, how in COUNTED if how == "bare"}
+    lines = ["| instructions per request (callgrind) | M | ÷ bare at the same concurrency |", "| --- | --- | --- |"]
+    for name, group, _ in COUNTED:
+        lines.append(f"| {name} | {counts[name] / 1e6:.3f} | {counts[name] / bare[group]:.2f}x |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -156,11 +314,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--callgrind", action="store_true", help="count instructions per request instead")
+    parser.add_argument("--requests", type=int, default=300, help="requests counted per path (--callgrind)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--counted-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    figures = measure(args.rounds, args.calls, args.streams)
-    print(report(figures))
-    if figures["first_error"]:
-        print("first error:", figures["first_error"])
+    if args.counted_worker:
+        _counted_worker(args.requests, args.counted_worker)
+        return
+    if args.callgrind:
+        figures: dict[str, Any] = count_instructions(args.requests)
+        print(report_instructions(figures))
+    else:
+        figures = measure(args.rounds, args.calls, args.streams)
+        print(report(figures))
+        if figures["first_error"]:
+            print("first error:", figures["first_error"])
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ gateway issue) will speak GTL over a transport. The client — and so every magi
 from __future__ import annotations
 
 import asyncio
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -21,6 +22,8 @@ from gtl_nb.engine.loop import LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults, Settings
 from gtl_nb.protocol.errors import ContextLengthExceededError, GTLError
 from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo, StreamEvent
+from gtl_nb.providers.base import Deployment
+from gtl_nb.providers.catalog import Catalog
 
 __all__ = ["Backend", "ContextFallbackWarning", "CostWarning", "EmbeddedBackend", "estimate_prompt_tokens"]
 
@@ -122,6 +125,9 @@ class EmbeddedBackend:
         self.context = RequestContext(principal=principal)
         self.engine: Engine = build_engine(settings, **engine)
         self._sessions: set[asyncio.Task[Any]] = set()  # running on the loop thread
+        # per request, ``check`` and ``fit`` ask what rarely changes: remember the answers
+        self._checked: dict[str, Deployment] = {}  # each deployment as resolved when its credentials passed
+        self._context_window = functools.lru_cache(maxsize=256)(self._catalog_window)
         # a program that never closes its client still ends its rows and closes its HTTP pool at exit
         self.loop.close_at_exit(self)
 
@@ -139,7 +145,8 @@ class EmbeddedBackend:
             if target.name in self.settings.deployments:
                 # the credentials as the request will be sent with them (a key set since connect counts)
                 current = self.engine.credentials.resolve(target.deployment)
-                self.settings.require_credentials(target.name, current)
+                if self._checked.get(target.name) is not current:  # resolved anew (a rotated key): check anew
+                    self._checked[target.name] = self.settings.require_credentials(target.name, current)
 
     def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
         return [(t.name, t.deployment.type, t.model) for t in self.engine.router.targets(request)]
@@ -171,8 +178,7 @@ class EmbeddedBackend:
             return request
         estimate = estimate_prompt_tokens(request)
         target = targets[0]
-        info = self.engine.catalog.model(target.deployment.type, target.model)
-        window = info.context_window if info is not None else None
+        window = self._context_window(self.engine.catalog, target.deployment.type, target.model)
         if window and estimate > window * CLEARLY_OVER:
             fallback = self.engine.context_fallback_for(target)
             if fallback is None:
@@ -202,6 +208,11 @@ class EmbeddedBackend:
                     stacklevel=4,
                 )
         return request
+
+    @staticmethod
+    def _catalog_window(catalog: Catalog, provider_type: str, model: str) -> int | None:
+        info = catalog.model(provider_type, model)
+        return info.context_window if info is not None else None
 
     def providers(self) -> list[ProviderInfo]:
         return self.engine.provider_info()

@@ -25,7 +25,7 @@ import msgspec
 
 from gtl_nb.backend import Backend, EmbeddedBackend
 from gtl_nb.completion import Comparison, Completion
-from gtl_nb.engine.loop import LoopThread
+from gtl_nb.engine.loop import LoopThread, Work
 from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
@@ -266,6 +266,12 @@ class Client:
                 "that cannot be sent as UTF-8 (it often comes from decoding bytes with errors='surrogateescape')"
             ) from None
 
+    def _prepare(self, model: str | None, messages: Any, kwargs: dict[str, Any]) -> CompletionRequest:
+        """The request ``complete``/``stream`` and their twins send: ``request=`` or one built from the
+        arguments, checked — a routing or credential mistake raises here, with its own class."""
+        request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
+        return self._check_route(request)
+
     def _check_route(self, request: CompletionRequest) -> CompletionRequest:
         """Refuse, before any session starts, a request that no configured deployment can serve, whose
         deployment lacks its credentials (the error names what to set) or whose prompt is clearly over
@@ -289,10 +295,14 @@ class Client:
         **kwargs: Any,
     ) -> Completion:
         """Run a request to the end and return its ``Completion``; an ``error`` raises its exception."""
-        events = self.stream(model, messages, on_event=on_event, **kwargs)
-        for _ in events:
-            pass
-        return events.result()
+        if on_event is not None:  # the callback sees each event as it arrives
+            events = self.stream(model, messages, on_event=on_event, **kwargs)
+            for _ in events:
+                pass
+            return events.result()
+        # nobody watches the events: the loop thread collects the answer and hands it over once
+        request = self._prepare(model, messages, kwargs)
+        return _completion_or_raise(self._loop.run(self._answer(request)))
 
     def stream(
         self,
@@ -303,9 +313,7 @@ class Client:
         **kwargs: Any,
     ) -> EventStream:
         """Start a request; iterate the returned ``EventStream`` for events as they arrive."""
-        request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
-        request = self._check_route(request)  # a routing or credential mistake raises here, with its own class
-        return EventStream(self, request, on_event)
+        return EventStream(self, self._prepare(model, messages, kwargs), on_event)
 
     async def acomplete(
         self,
@@ -316,10 +324,14 @@ class Client:
         **kwargs: Any,
     ) -> Completion:
         """Async twin of ``complete``."""
-        stream = self.astream(model, messages, on_event=on_event, **kwargs)
-        async for _ in stream:
-            pass
-        return stream.result()
+        if on_event is not None:  # the callback sees each event as it arrives, on the caller's loop
+            stream = self.astream(model, messages, on_event=on_event, **kwargs)
+            async for _ in stream:
+                pass
+            return stream.result()
+        # one wake-up of the loop thread to start, one of the caller's loop for the whole answer
+        request = self._prepare(model, messages, kwargs)
+        return _completion_or_raise(await self._loop.call(self._answer(request), grace=_END_WAIT))
 
     def astream(
         self,
@@ -330,9 +342,7 @@ class Client:
         **kwargs: Any,
     ) -> AsyncEventStream:
         """Async twin of ``stream``: ``async for event in client.astream(...)``."""
-        request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
-        request = self._check_route(request)
-        return AsyncEventStream(self, request, on_event)
+        return AsyncEventStream(self, self._prepare(model, messages, kwargs), on_event)
 
     def batch(
         self,
@@ -457,6 +467,19 @@ class Client:
         exc.completion = completion  # type: ignore[attr-defined]
         return exc
 
+    async def _answer(self, request: CompletionRequest) -> Completion | GTLError:
+        """Run one session to its end on the loop thread and build its outcome there (for ``complete``
+        and ``acomplete``): the caller is woken once, for the whole answer. A session cancelled by
+        someone else (``close()`` from another thread, the loop stopping) still ends in its outcome:
+        the ``CANCELLED`` error, as the ledger records it."""
+        transcript = Transcript(session_id=request.session_id)
+        try:
+            await self.backend.session(request, transcript.add)
+        except asyncio.CancelledError:
+            if not transcript.finished:  # pragma: no cover - a backend ends every cancelled session
+                raise
+        return self._outcome(transcript)
+
     async def _collect(
         self, request: CompletionRequest, on_event: Callable[[StreamEvent], Any] | None = None
     ) -> Completion | GTLError:
@@ -561,8 +584,8 @@ class Client:
 
     # -- internal -----------------------------------------------------------------------------
 
-    def _start(self, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> Any:
-        return self._loop.submit(self.backend.session(request, deliver))
+    def _start(self, request: CompletionRequest, deliver: Callable[[StreamEvent], None]) -> Work[None]:
+        return self._loop.spawn(self.backend.session(request, deliver))
 
     def _ensure_open(self) -> None:
         if self._closed:
@@ -617,7 +640,7 @@ class EventStream(_StreamBase):
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
         self._handoff = EventHandoff()
-        self._future = client._start(request, self._handoff.deliver)
+        self._work = client._start(request, self._handoff.deliver)
         self._lock = threading.RLock()  # on_event callbacks run under it and may call close()
         self._reader: threading.Thread | None = None
         self._ended = threading.Event()
@@ -654,7 +677,7 @@ class EventStream(_StreamBase):
 
     def _cancel(self) -> None:
         """Cancel and collect the ``CANCELLED`` error the pump delivers (the caller reads the queue)."""
-        self._future.cancel()
+        self._work.cancel()
         while not self.finished:
             try:
                 event = self._handoff.next(timeout=_END_WAIT)
@@ -669,7 +692,7 @@ class EventStream(_StreamBase):
             return
         reader = self._reader
         if reader is not None and reader is not threading.current_thread() and reader.is_alive():
-            self._future.cancel()  # the thread waiting in __next__ reads the CANCELLED error itself
+            self._work.cancel()  # the thread waiting in __next__ reads the CANCELLED error itself
             if self._ended.wait(5):
                 return
         self._cancel()
@@ -684,7 +707,7 @@ class EventStream(_StreamBase):
         if not getattr(self, "transcript", None) or self.finished:
             return
         try:
-            self._future.cancel()
+            self._work.cancel()
         except Exception:  # pragma: no cover
             pass
 
@@ -704,7 +727,7 @@ class AsyncEventStream(_StreamBase):
 
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
-        self._future: Any = None
+        self._work: Work[None] | None = None
         self._handoff: AsyncEventHandoff | None = None
         self._iterated = False
 
@@ -725,7 +748,7 @@ class AsyncEventStream(_StreamBase):
         try:
             event = await self._handoff.next()
         except asyncio.CancelledError:
-            self._future.cancel()  # the task reading the stream was cancelled: so is the session
+            self._work.cancel()  # the task reading the stream was cancelled: so is the session
             await self._collect_end()  # its one terminal event, as the ledger records it
             raise
         self._record(event)
@@ -733,7 +756,7 @@ class AsyncEventStream(_StreamBase):
 
     def _start_session(self) -> None:
         self._handoff = AsyncEventHandoff(asyncio.get_running_loop())
-        self._future = self.client._start(self.request, self._handoff.deliver)
+        self._work = self.client._start(self.request, self._handoff.deliver)
 
     async def _collect_end(self) -> None:
         """After a cancel, record the end the loop thread delivers (``CANCELLED``, or the ``done`` the
@@ -748,18 +771,18 @@ class AsyncEventStream(_StreamBase):
 
     def _stop(self) -> None:
         if not self.finished:
-            if self._future is not None:
-                self._future.cancel()
+            if self._work is not None:
+                self._work.cancel()
             self._record(Error(session_id=self.session_id, code="CANCELLED", message="cancelled by the caller"))
 
     async def aclose(self) -> None:
         """Stop the session (a ``CANCELLED`` error ends it) unless it already finished."""
         if self.finished:
             return
-        if self._future is None:  # never iterated: nothing ran
+        if self._work is None:  # never iterated: nothing ran
             self._stop()
             return
-        self._future.cancel()
+        self._work.cancel()
         await self._collect_end()
 
     async def __aenter__(self) -> AsyncEventStream:
@@ -769,8 +792,14 @@ class AsyncEventStream(_StreamBase):
         await self.aclose()
 
     def __del__(self) -> None:
-        if getattr(self, "_future", None) is not None and not self.finished:
-            self._future.cancel()  # dropped unfinished: its end reaches nobody, the ledger says cancelled
+        if getattr(self, "_work", None) is not None and not self.finished:
+            self._work.cancel()  # dropped unfinished: its end reaches nobody, the ledger says cancelled
+
+
+def _completion_or_raise(outcome: Completion | GTLError) -> Completion:
+    if isinstance(outcome, GTLError):
+        raise outcome
+    return outcome
 
 
 # ----------------------------------------------------------------------------------------------

@@ -63,7 +63,8 @@ class EventHandoff:
     __slots__ = ("_batches", "_ready", "deliver")
 
     def __init__(self) -> None:
-        self._batches: queue.Queue[Batch] = queue.Queue()  # its waits can be interrupted (Ctrl-C)
+        # compiled, a fraction of ``queue.Queue``'s cost per batch; its waits can be interrupted (Ctrl-C)
+        self._batches: queue.SimpleQueue[Batch] = queue.SimpleQueue()
         self._ready: deque[StreamEvent] = deque()  # the reader's own
         self.deliver = Batcher(self._batches.put).deliver
 

@@ -265,3 +265,17 @@ def test_a_prompt_over_the_window_goes_to_the_configured_context_fallback():
             answer = client.complete("gpt-4o-mini", LONG_PROMPT)
     assert [r.json["model"] for r in simulator.requests] == ["gpt-4.1"]
     assert answer.model == "gpt-4.1"
+
+
+def test_the_credential_check_sees_a_key_removed_or_set_after_an_earlier_request_passed(monkeypatch):
+    # the check remembers a deployment that passed only as long as it resolves to the same credentials
+    monkeypatch.setenv("OPENAI_API_KEY", "sim-key")
+    with sim.running("openai") as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        with gtl_nb.connect(ledger=False) as client:
+            assert client.complete("gpt-4o-mini", "hello").text
+            monkeypatch.delenv("OPENAI_API_KEY")
+            with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
+                client.complete("gpt-4o-mini", "hello")
+            monkeypatch.setenv("OPENAI_API_KEY", "sim-key")
+            assert client.complete("gpt-4o-mini", "hello").text

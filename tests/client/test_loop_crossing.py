@@ -1,0 +1,219 @@
+"""How a call crosses to the engine's loop thread and back: ``complete``/``acomplete`` without an
+``on_event`` hand the whole answer over once, cancelling still ends the session, and the loop thread
+runs on the event loop ``GTL_NB_EVENT_LOOP`` chooses."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import importlib.util
+import signal
+import threading
+import time
+
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.engine.loop import LoopThread, loop_factory
+from gtl_nb.protocol import AuthenticationError, CancelledError, ConfigurationError
+
+HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
+
+
+@pytest.fixture
+def loop_thread():
+    thread = LoopThread(name="test-crossing")
+    yield thread
+    thread.stop()
+
+
+def test_call_returns_the_result_or_raises_the_error_on_the_callers_loop(loop_thread):
+    async def on_the_loop_thread() -> str:
+        assert loop_thread.in_loop_thread
+        return "answer"
+
+    async def failing() -> None:
+        raise ValueError("from the loop thread")
+
+    async def main() -> str:
+        with pytest.raises(ValueError, match="from the loop thread"):
+            await loop_thread.call(failing())
+        return await loop_thread.call(on_the_loop_thread())
+
+    assert asyncio.run(main()) == "answer"
+
+
+def test_cancelling_the_caller_cancels_the_work_and_waits_for_its_clean_up(loop_thread):
+    cleaned = threading.Event()
+
+    async def long_work() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # a clean-up that takes a while (a session recording its end)
+            cleaned.set()
+            raise
+
+    async def main() -> None:
+        task = asyncio.ensure_future(loop_thread.call(long_work()))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned.is_set()  # the caller saw the cancel only once the clean-up had run
+
+    asyncio.run(main())
+
+
+def test_run_gives_up_after_its_timeout_and_cancels_the_work(loop_thread):
+    cancelled = threading.Event()
+
+    async def long_work() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(concurrent.futures.TimeoutError):
+        loop_thread.run(long_work(), timeout=0.05)
+    assert cancelled.wait(5)
+
+
+def test_spawned_work_is_cancelled_from_any_thread_and_a_late_cancel_does_no_harm():
+    thread = LoopThread(name="test-spawn")
+    ended = threading.Event()
+    work = thread.spawn(asyncio.sleep(30), lambda task: ended.set() if task.cancelled() else None)
+    canceller = threading.Thread(target=work.cancel)
+    canceller.start()
+    canceller.join()
+    assert ended.wait(5)
+    with pytest.raises(concurrent.futures.CancelledError):
+        work.outcome(cancelled=concurrent.futures.CancelledError)
+    with pytest.raises(TypeError, match="a coroutine is required"):
+        thread.spawn(lambda: None)  # type: ignore[arg-type]
+    thread.stop()
+    work.cancel()  # the loop has closed: nothing to do, nothing raised
+
+
+def test_call_from_the_loop_thread_itself_is_refused(loop_thread):
+    async def inner() -> None:
+        pass
+
+    async def outer() -> None:
+        with pytest.raises(RuntimeError, match="await it directly"):
+            await loop_thread.call(inner())
+
+    loop_thread.run(outer())
+
+
+def test_acomplete_wakes_the_callers_loop_once_for_the_whole_answer():
+    client = gtl_nb.connect(environ={}, ledger=False)
+    try:
+
+        async def main() -> str:
+            loop = asyncio.get_running_loop()
+            wakes = []
+            original = loop.call_soon_threadsafe
+
+            def counting(*args, **kwargs):
+                wakes.append(args[0])
+                return original(*args, **kwargs)
+
+            loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+            answer = await client.acomplete("echo", "a whole answer, handed over once", max_tokens=30)
+            assert len(wakes) == 1
+            return answer.text
+
+        assert asyncio.run(main()).startswith("You said")
+    finally:
+        client.close()
+
+
+def test_acomplete_and_complete_raise_the_sessions_error_with_its_class():
+    with sim.running("openai") as url:
+        client = gtl_nb.connect(providers={"openai": {"api_key": "nope", "base_url": url}}, environ={}, ledger=False)
+        try:
+            with pytest.raises(AuthenticationError) as raised:
+                client.complete("gpt-4o-mini", "hello")
+            assert raised.value.completion.error.code == "AUTH_FAILED"  # type: ignore[attr-defined]
+            with pytest.raises(AuthenticationError):
+                asyncio.run(client.acomplete("gpt-4o-mini", "hello"))
+        finally:
+            client.close()
+
+
+def test_cancelling_acomplete_leaves_a_cancelled_row_by_the_time_the_caller_hears_of_it(tmp_path):
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.05}}}, ledger=tmp_path / "l.sqlite3", environ={})
+    try:
+
+        async def main() -> None:
+            task = asyncio.ensure_future(client.acomplete("echo", "a long answer that nobody waits for"))
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert list(client.usage()["status"]) == ["cancelled"]
+    finally:
+        client.close()
+
+
+def test_keyboard_interrupt_in_complete_cancels_the_session(tmp_path):
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.05}}}, ledger=tmp_path / "l.sqlite3", environ={})
+    main = threading.main_thread().ident
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    try:
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            client.complete("echo", "interrupt me: this answer has many words and takes seconds to stream")
+        assert time.monotonic() - started < 2  # not after the whole answer
+        assert list(client.usage()["status"]) == ["cancelled"]
+    finally:
+        timer.cancel()
+        client.close()
+
+
+def test_closing_the_client_ends_a_complete_waiting_in_another_thread_as_cancelled(tmp_path):
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.05}}}, ledger=tmp_path / "l.sqlite3", environ={})
+    outcome: list[BaseException] = []
+
+    def wait_for_the_answer() -> None:
+        try:
+            client.complete("echo", "a long answer that the client's closing cuts short")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=wait_for_the_answer)
+    waiting.start()
+    time.sleep(0.2)
+    client.close()
+    waiting.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], CancelledError)
+    assert outcome[0].completion.error.code == "CANCELLED"  # type: ignore[attr-defined]
+
+
+@pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed")
+def test_the_loop_thread_runs_uvloop_when_asked_or_when_auto_finds_it():
+    for choice in ("auto", "uvloop"):
+        thread = LoopThread(name="test-uvloop", event_loop=choice)
+        try:
+            assert type(thread.loop).__module__.startswith("uvloop")
+        finally:
+            thread.stop()
+
+
+def test_the_loop_thread_runs_asyncio_by_default_and_when_asked():
+    for thread in (LoopThread(name="test-default"), LoopThread(name="test-asyncio", event_loop="asyncio")):
+        try:
+            assert type(thread.loop).__module__.startswith("asyncio")
+        finally:
+            thread.stop()
+
+
+def test_an_unknown_event_loop_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="GTL_NB_EVENT_LOOP must be one of auto, uvloop, asyncio"):
+        loop_factory("trio")
