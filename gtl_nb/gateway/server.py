@@ -76,6 +76,9 @@ async def serve(
     tracing = _tracing(gateway, engine)  # [gateway.tracing]: a missing extra stops the start, before the audit log
     audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
     live_sessions(engine)  # every session, on every listener, is known to the sessions and cancel queries
+    join = getattr(engine.stores.budgets, "join_replicas", None)
+    if join is not None:  # shared budgets: the other replicas count this one before it serves anything
+        join()
     urls: dict[str, str] = {}
 
     def offers() -> dict[str, str]:

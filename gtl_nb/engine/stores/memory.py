@@ -14,6 +14,7 @@ import bisect
 import itertools
 import math
 import platform
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -181,6 +182,10 @@ def _copy(row: Mapping[str, Any]) -> dict[str, Any]:
 
 NANOS = 1_000_000_000
 """Nano-dollars per dollar: money is counted in whole nano-dollars, integers that add up exactly (as in Redis)."""
+TIDY_SECONDS = 600.0
+"""How often (in the callers' time) a ``MemoryBudgetCounter`` starts a pass over its principals to forget the idle."""
+TIDY_STEP = 64
+"""Principals one reserve looks at while such a pass runs: the pass costs O(1) per reserve, amortised."""
 
 
 def nanos(cost: float) -> int:
@@ -210,9 +215,11 @@ class _Counts:
     before ``head`` are forgotten. ``records[cut:]`` are those reserved at or after ``since`` (the
     start of the newest minute a reserve asked about), and ``requests``/``tokens`` are their totals.
     Every record enters and leaves the totals once: a check costs O(1), amortised, however many the
-    minute holds. (Caller holds the counter's lock.)"""
+    minute holds. ``seed`` is ``None`` or ``(time, UTC day start, requests, tokens, nano-USD)``: usage
+    counted elsewhere (``MemoryBudgetCounter.seed``), in the minute after ``time`` and in its day.
+    (Caller holds the counter's lock.)"""
 
-    __slots__ = ("cut", "days", "head", "records", "requests", "since", "tokens")
+    __slots__ = ("cut", "days", "head", "records", "requests", "seed", "since", "tokens")
 
     def __init__(self) -> None:
         self.records: list[list[Any]] = []
@@ -222,6 +229,7 @@ class _Counts:
         self.requests = 0
         self.tokens = 0
         self.days: dict[float, int] = {}  # UTC day start -> nano-USD counted for requests reserved that day
+        self.seed: tuple[float, float, int, int, int] | None = None
 
     def advance(self, since: float) -> None:
         """Start the totals' minute at ``since`` if that is later: subtract what left it."""
@@ -247,19 +255,51 @@ class _Counts:
         self.head = head
 
     def minute(self, since: float) -> tuple[int, int]:
-        """Requests and tokens reserved at or after ``since`` (its reserve's minute)."""
+        """Requests and tokens reserved at or after ``since`` (its reserve's minute), the seed's included."""
         requests, tokens = self.requests, self.tokens
         if since < self.since:  # this clock is behind the newest one seen: add the few in between
             first = bisect.bisect_left(self.records, since, self.head, self.cut, key=_time)
             for record in self.records[first : self.cut]:
                 requests += 1
                 tokens += record[2]
+        seed = self.seed
+        if seed is not None and seed[0] >= since:
+            requests += seed[2]
+            tokens += seed[3]
         return requests, tokens
 
+    def spent(self, day: float) -> int:
+        """Nano-USD counted for the UTC day starting at ``day``, the seed's included."""
+        seed = self.seed
+        spent = self.days.get(day, 0)
+        return spent + seed[4] if seed is not None and seed[1] == day else spent
+
     def spends(self, since: float) -> list[Spend]:
-        """The reservations at or after ``since``, one by one (for a refusal, and ``usage``)."""
+        """The reservations at or after ``since``, one by one (for a refusal, and ``usage``); the seed's
+        requests as that many at its time, the first with its tokens."""
         first = bisect.bisect_left(self.records, since, self.head, len(self.records), key=_time)
-        return [Spend(record[1], record[2]) for record in self.records[first:]]
+        found = [Spend(record[1], record[2]) for record in self.records[first:]]
+        seed = self.seed
+        if seed is not None and seed[0] >= since and seed[2] > 0:
+            found += [Spend(seed[0], seed[3])] + [Spend(seed[0], 0)] * (seed[2] - 1)
+        return found
+
+    def idle(self, now: float, before: float, by_id: dict[int, Any]) -> bool:
+        """Move the totals to ``now``'s minute, forget the records older than ``before`` (at most that
+        minute's start) and the seed and day totals no check at ``now`` needs; whether nothing is left."""
+        self.advance(now - WINDOW)
+        self.forget(before, by_id)
+        records, head = self.records, self.head
+        if head:  # give the memory of the forgotten ones back now
+            del records[:head]
+            self.cut -= head
+            self.head = 0
+        yesterday = utc_day_start(now) - DAY  # a day of slack, as ``reserve`` keeps, for a clock that steps back
+        for day in [day for day in self.days if day < yesterday]:
+            del self.days[day]
+        if self.seed is not None and self.seed[0] < before and self.seed[1] < yesterday:
+            self.seed = None
+        return not records and self.seed is None and not any(self.days.values())
 
     def add(self, record: list[Any]) -> None:
         """Count a new reservation (usually the newest: appended; else put in its place)."""
@@ -295,13 +335,36 @@ class _Counts:
 class MemoryBudgetCounter:
     """A ``BudgetCounter`` for one process: each principal's reservations of the last two days, with
     running totals of its minute and of each UTC day's money (``_Counts``), so a check costs the same
-    whatever the principal's traffic. Money is counted in whole nano-dollars (``NANOS``), as in Redis."""
+    whatever the principal's traffic. Money is counted in whole nano-dollars (``NANOS``), as in Redis.
+
+    A principal is forgotten once nothing of it matters to a check any more: every ``TIDY_SECONDS``
+    (of the ``now`` callers pass) a pass looks at every principal, ``TIDY_STEP`` of them per reserve,
+    and drops those without a reservation since the start of yesterday (nor a seed, nor money counted
+    today or yesterday). So an idle principal holds no memory for more than about two days.
+
+    ``seed`` counts usage made elsewhere (``RedisBudgetCounter`` starting to count locally), as if
+    reserved at one instant."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._counts: dict[str, _Counts] = {}
         self._by_id: dict[int, tuple[list[Any], _Counts]] = {}  # reservation id -> its record, its principal's
+        self._tidying: list[str] = []  # the principals the current pass has still to look at
+        self.tidy_at = -math.inf
+        """The callers' time from which the next pass over the principals is due (-inf while one runs)."""
+        self.latest = -math.inf
+        """The latest ``now`` a reserve was given."""
+
+    @property
+    def principals(self) -> int:
+        """How many principals the counter holds something of."""
+        return len(self._counts)
+
+    @property
+    def reservations(self) -> int:
+        """How many reservations it holds (settle can still find)."""
+        return len(self._by_id)
 
     async def reserve(
         self,
@@ -320,6 +383,10 @@ class MemoryBudgetCounter:
         must see what was used."""
         tokens = int(tokens)
         with self._lock:
+            if now >= self.tidy_at:
+                self._tidy(now, horizon(now) - DAY)
+            if now > self.latest:
+                self.latest = now
             counts = self._counts.get(principal)
             if counts is None:
                 counts = self._counts[principal] = _Counts()
@@ -328,7 +395,7 @@ class MemoryBudgetCounter:
             counts.forget(horizon(now) - DAY, self._by_id)  # a day of slack for a clock that steps back
             if limits.any:
                 requests, used = counts.minute(since)
-                spent = counts.days.get(utc_day_start(now), 0) / NANOS
+                spent = counts.spent(utc_day_start(now)) / NANOS
                 if limits_reached(limits, requests=requests, tokens=used, spent_today=spent):
                     refused = refusal(principal, limits, now=now, minute=counts.spends(since), spent_today=spent)
                     if refused is not None:
@@ -356,8 +423,98 @@ class MemoryBudgetCounter:
             if counts is None:
                 return usage_report(now=now, minute=(), spent_today=0.0)
             minute = counts.spends(now - WINDOW)
-            spent = counts.days.get(utc_day_start(now), 0) / NANOS
+            spent = counts.spent(utc_day_start(now)) / NANOS
         return usage_report(now=now, minute=minute, spent_today=spent)
+
+    def seed(self, principal: str, *, at: float, requests: int, tokens: int, cost: float) -> None:
+        """Count ``requests`` requests, ``tokens`` tokens and ``cost`` USD of ``principal`` made elsewhere
+        at ``at``: in every check of the minute after ``at`` (and in a refusal's ``retry_after``, as
+        reservations made at ``at``), and in the day of ``at``; ``usage`` reports them too. It replaces
+        the principal's earlier seed; it is never settled."""
+        with self._lock:
+            counts = self._counts.get(principal)
+            if counts is None:
+                counts = self._counts[principal] = _Counts()
+            counts.seed = (float(at), utc_day_start(at), max(0, int(requests)), max(0, int(tokens)), nanos(cost))
+
+    def forget_seeds(self) -> None:
+        """Drop every principal's seed (the usage made elsewhere is counted there again)."""
+        with self._lock:
+            for counts in self._counts.values():
+                counts.seed = None
+
+    def names(self) -> list[str]:
+        """The principals the counter holds something of."""
+        with self._lock:
+            return list(self._counts)
+
+    def outbox(self, principal: str, *, since: float, day: float) -> tuple[int, list[tuple[int, float, int]], int]:
+        """What ``principal`` used here, to hand over to another counter: the newest reservation id (0:
+        none), the reservations at or after ``since`` as ``(id, time, tokens)``, and the nano-USD counted
+        for the UTC day starting at ``day`` (its seed not included). ``handed_over`` forgets them."""
+        with self._lock:
+            counts = self._counts.get(principal)
+            if counts is None:
+                return 0, [], 0
+            records = counts.records[counts.head :]
+            newest = max((record[0] for record in records), default=0)
+            minute = [(record[0], record[1], record[2]) for record in records if record[1] >= since]
+            return newest, minute, counts.days.get(day, 0)
+
+    def handed_over(self, principal: str, newest: int, *, day: float, nanos: int) -> None:
+        """Forget what ``outbox`` gave (now counted elsewhere): ``principal``'s reservations up to id
+        ``newest`` — a later ``settle`` of one changes nothing — and ``nanos`` of the day starting at
+        ``day`` (earlier days go too); the principal goes when nothing else is left."""
+        with self._lock:
+            counts = self._counts.get(principal)
+            if counts is None:
+                return
+            kept = []
+            for record in counts.records[counts.head :]:
+                if record[0] <= newest:
+                    self._by_id.pop(record[0], None)
+                else:  # reserved since (Redis failed again meanwhile): stays
+                    kept.append(record)
+            counts.records, counts.head = kept, 0
+            counts.cut = bisect.bisect_left(kept, counts.since, key=_time)
+            counts.requests = len(kept) - counts.cut
+            counts.tokens = sum(record[2] for record in kept[counts.cut :])
+            if day in counts.days:
+                counts.days[day] -= nanos
+            for old in [old for old in counts.days if old < day]:
+                del counts.days[old]
+            if not kept and counts.seed is None and not any(counts.days.values()):
+                del self._counts[principal]
+                if not self._counts:  # give back the tables too (a dict never shrinks on its own)
+                    self._counts, self._by_id = {}, {}
+
+    def tidy(self, now: float) -> bool:
+        """One step of the pass over the principals (the class docstring), starting one if it is due
+        at ``now``: whether the pass goes on. ``reserve`` takes the steps; a counter that gets none
+        (``RedisBudgetCounter``'s while Redis answers) may take them here."""
+        with self._lock:
+            return self._tidy(now, horizon(now) - DAY)
+
+    def _tidy(self, now: float, before: float) -> bool:
+        """``tidy`` (the caller holds the lock)."""
+        if not self._tidying:
+            if now < self.tidy_at:
+                return False
+            self._tidying = list(self._counts)
+        for _ in range(min(TIDY_STEP, len(self._tidying))):
+            principal = self._tidying.pop()
+            counts = self._counts.get(principal)
+            if counts is not None and counts.idle(now, before, self._by_id):
+                del self._counts[principal]
+        if self._tidying:
+            self.tidy_at = -math.inf
+            return True
+        self.tidy_at = now + TIDY_SECONDS
+        for name in ("_counts", "_by_id"):  # a dict never shrinks on its own: copy one far larger than needed
+            table = getattr(self, name)
+            if sys.getsizeof(table) > 200 * len(table) + 4096:  # a full one takes about 40 to 80 bytes an entry
+                setattr(self, name, dict(table))
+        return False
 
     async def aclose(self) -> None:
         return None

@@ -7,6 +7,7 @@ keys in one slot), under the URL's key prefix (``gtl:`` by default)::
     gtl:budget:{ann}:spends     hash         reservation id -> "<tokens> <nano-USD>", and the minute's
                                              running totals: =since, =requests, =tokens, =members
     gtl:budget:{ann}:day:<d>    string       nano-USD counted for the UTC day starting at <d>
+    gtl:budget:{ann}:handed:<h> string       the mark of a hand-over (below), for an hour
 
 ``reserve`` is one Lua script, so it is atomic across replicas, and it costs the same however many
 reservations the principal's minute holds (amortised): it does not read the minute. The hash keeps
@@ -41,11 +42,61 @@ When Redis cannot be used (``redis_fallback``), requests are not refused for it:
 by the number of live replicas last seen (``replicas``; ``local_limits`` says how it rounds), one
 warning logged when that starts and one info line when Redis answers again; from then on new
 requests are counted in Redis again. A reservation made locally is settled locally (its id is the
-memory counter's integer, a Redis one is a hex string), never sent to Redis later. The settlement of
+memory counter's integer, a Redis one is a hex string); what the local counter counted is added to
+Redis when it answers again (below). The settlement of
 a reservation made in Redis that cannot reach it is kept (up to ``MAX_OWED``, in memory) and sent
 when Redis answers again — settling is idempotent — so the day's spend in Redis is not left at the
-estimate. What the local counter saw is not added to Redis afterwards: during the minute after an
-outage, a principal may get up to one local share more than its limit.
+estimate.
+
+**What a principal already used counts locally too.** Every reserve that Redis answers also returns
+the principal's usage as the check saw it — requests and tokens of its minute, this one included,
+and the nano-dollars of its UTC day — and the replica remembers the last of it per principal with
+limits (``MAX_SEEN`` principals, least recently reserved forgotten first). At a principal's first
+local reserve of an outage, its local counter starts from this replica's share of that usage
+(``local_seed``): each amount divided by the live replicas ``n``, rounded up, counted in the minute
+after the moment Redis reported it (as if reserved then: it leaves the window 60 s later) and in
+that UTC day. The local limit is ``local_limits``' share ``S`` (``L // n`` but at least 1 for
+requests and tokens, ``L / n`` for dollars).
+
+**The bound.** Take a principal, a limit ``L`` and a window ``W`` — any 60 s for requests and
+tokens per minute, the UTC day for dollars — during which ``n`` replicas are live, each dividing by
+``n``. Let ``D_i`` be what Redis counted in ``W`` after replica ``i`` last heard the principal's
+usage from it, before ``i`` counted locally — all that Redis counted in ``W``, if it heard nothing
+of ``W`` (it never served the principal then, or forgot it). Then the requests the replicas admit in
+``W``, in Redis and locally together, number at most::
+
+    max(L, n) + (D_1 + ... + D_n) / n
+
+(``n * S <= L`` unless ``L < n``, when each replica still admits 1.) Tokens and dollars have the
+usual overshoot on top (``ratelimit``): per replica, the estimate of the last request it admitted
+locally, and the underestimates in flight. So when every replica's last word from Redis was current
+— the principal's requests spread over the replicas, as a load balancer does — the cluster stays
+within the limit; each replica whose word was behind adds ``1/n`` of what Redis counted after it:
+at most one local share while Redis counted at most the limit. The worst case is a principal served by
+one replica before the outage and by all ``n`` during it: ``L + (n - 1) * L / n``. No rule can do
+better without refusing principals a replica has never seen: to it, a principal that spent its
+budget through another replica looks exactly like one that spent nothing. (The proof: each replica
+admits locally at most ``S`` minus its seed, its seed is at least ``1/n`` of what Redis counted in
+``W`` before its last word, and ``n * S <= max(L, n)``.) ``n`` is each replica's count at the last
+beat: a replica joins within about a second of its store being on a loop (``replicas``), so a
+replica started in the last second, or one that started while Redis was down (it applies the whole
+limit), is not counted yet; a replica that died is counted for 15 s more, which only makes shares
+smaller.
+
+**When Redis answers again**, the seeds go and what each replica counted locally is added to Redis
+(``_ADD_LOCAL``): per principal, its local reservations of the last minute (as reservations of their
+own, at their times, with their tokens) and the nano-dollars it counted locally that UTC day —
+before the principal's next request on that replica is counted in Redis, and for every other
+principal in the background — once (each hand-over leaves a mark for an hour: a script redis-py
+sends again does nothing twice). From then on Redis refuses as if it had counted those requests
+itself, so the bound holds for windows that run past the outage too, and across any number of
+outages — but replicas see Redis answer at different moments (each probes on its own: every second,
+less often after relapses), and until one has handed over, Redis may admit up to what that one
+counted locally more than it will a moment later. A principal's local usage then leaves the memory
+counter (a later ``settle`` of a local reservation changes nothing: its estimate stays counted);
+what could not be handed over (Redis failed again) stays, counts at the next outage, and is handed
+over at the next return. The memory counter forgets idle principals on its own
+(``MemoryBudgetCounter``), so an outage leaves nothing behind for long.
 """
 
 from __future__ import annotations
@@ -54,6 +105,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any
 
 from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
@@ -65,7 +117,7 @@ from gtl_nb.engine.stores.replicas import ReplicaRegistry
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
 
-__all__ = ["MAX_OWED", "RedisBudgetCounter", "local_limits"]
+__all__ = ["MAX_OWED", "MAX_SEEN", "RedisBudgetCounter", "local_limits", "local_seed"]
 
 log = get_logger("engine.stores")
 
@@ -73,6 +125,8 @@ NANOS = 1_000_000_000  # nano-dollars per dollar
 KEEP_SECONDS = int(2 * DAY + 2 * WINDOW)  # how long a principal's keys outlive its last reservation
 MAX_OWED = 10_000
 """Settlements kept for Redis while it is down; past them the oldest are dropped (and counted in a log line)."""
+MAX_SEEN = 4096
+"""Principals whose last usage Redis reported is remembered (the least recently reserved are forgotten first)."""
 
 # The minute's spends as a flat list {time, tokens, time, tokens, ...} (strings: exact doubles), from
 # ``since`` (a score) up to ``upto`` (a score, "(" before it for exclusive; by default +inf).
@@ -103,7 +157,9 @@ end
 
 # KEYS: times, spends, day.  ARGV: id, now, tokens, nanos, minute start, forget before, check limits
 # (1/0), requests per minute, tokens per minute, USD per day ('' = none), seconds to keep the keys.
-# Returns {1} (counted) or {0, nanos spent today, time, tokens, time, tokens, ...} (refused).
+# Returns {1, requests, tokens, nanos spent today} (counted: the minute's totals with this one, as the
+# check saw them — without a check, the running totals), {1} (a retry of a reserve that landed) or
+# {0, nanos spent today, time, tokens, time, tokens, ...} (refused).
 _RESERVE = LuaScript(
     _READ_MINUTE
     + """
@@ -133,6 +189,7 @@ local function keep_totals()
   redis.call('HSET', spends, '=since', start, '=requests', string.format('%d', requests),
     '=tokens', string.format('%d', tokens), '=members', string.format('%d', members))
 end
+local count, sum = requests, tokens  -- this reserve's minute, before it (what the replica remembers)
 if ARGV[7] == '1' then
   local spent = redis.call('GET', day) or '0'
   local usd, rpm, tpm = tonumber(ARGV[10]), tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -140,7 +197,6 @@ if ARGV[7] == '1' then
     return (usd ~= nil and tonumber(spent) / 1e9 >= usd) or (rpm ~= nil and count >= rpm)
       or (tpm ~= nil and sum >= tpm)
   end
-  local count, sum = requests, tokens
   if tonumber(since) < tonumber(start) then  -- this clock is behind =since: add the few in between
     local between = read_minute(times, spends, since, '(' .. start)
     count, sum = count + #between / 2, sum + sum_tokens(between)
@@ -148,6 +204,7 @@ if ARGV[7] == '1' then
   if reached(count, sum) then  -- only a refusal reads the minute, and decides on that exact read
     local minute = read_minute(times, spends, since)
     start, requests, tokens = since, #minute / 2, sum_tokens(minute)
+    count, sum = requests, tokens
     if reached(requests, tokens) then
       keep_totals()
       local answer = {0, spent}
@@ -165,11 +222,14 @@ end
 keep_totals()
 redis.call('EXPIRE', times, ARGV[11])
 redis.call('EXPIRE', spends, ARGV[11])
+local today
 if ARGV[4] ~= '0' then
-  redis.call('INCRBY', day, ARGV[4])
+  today = redis.call('INCRBY', day, ARGV[4])
   redis.call('EXPIRE', day, ARGV[11])
+else
+  today = redis.call('GET', day) or '0'
 end
-return {1}
+return {1, count + 1, sum + tonumber(ARGV[3]), today}
 """
 )
 
@@ -228,6 +288,42 @@ return 1
 """
 )
 
+# KEYS: times, spends, day, the hand-over's mark.  ARGV: seconds to keep the keys, nanos counted
+# locally that day, then id, time, tokens of each reservation counted locally in the last minute.  Adds
+# them (no nanos of their own: the day's are added whole), once per mark (kept an hour: a reply lost and
+# the script sent again): returns 1, or 0 when it had been.
+_ADD_LOCAL = LuaScript(
+    """
+local times, spends, day = KEYS[1], KEYS[2], KEYS[3]
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', 3600) then return 0 end
+local kept = redis.call('HMGET', spends, '=since', '=requests', '=tokens', '=members')
+local members = redis.call('ZCARD', times)
+local totals = kept[1] and kept[2] and kept[3] and tonumber(kept[4]) == members
+local requests, tokens = tonumber(kept[2]), tonumber(kept[3])
+for i = 3, #ARGV - 2, 3 do
+  local id, at, used = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('ZADD', times, at, id) == 1 then
+    members = members + 1
+    if totals and tonumber(at) >= tonumber(kept[1]) then  -- in the running totals' minute
+      requests, tokens = requests + 1, tokens + tonumber(used)
+    end
+  end
+  redis.call('HSET', spends, id, used .. ' 0')
+end
+if totals then
+  redis.call('HSET', spends, '=requests', string.format('%d', requests), '=tokens', string.format('%d', tokens),
+    '=members', string.format('%d', members))
+end
+redis.call('EXPIRE', times, ARGV[1])
+redis.call('EXPIRE', spends, ARGV[1])
+if ARGV[2] ~= '0' then
+  redis.call('INCRBY', day, ARGV[2])
+  redis.call('EXPIRE', day, ARGV[1])
+end
+return 1
+"""
+)
+
 # KEYS: times, spends, day.  ARGV: minute start.  Returns {nanos spent today, time, tokens, ...}.
 _USAGE = LuaScript(
     _READ_MINUTE
@@ -247,6 +343,20 @@ def _nanos(cost: float) -> int:
 def _spends(flat: list[Any]) -> list[Spend]:
     """``[time, tokens, time, tokens, ...]`` as the scripts return them (bytes) -> ``Spend``s."""
     return [Spend(float(flat[i]), int(flat[i + 1])) for i in range(0, len(flat) - 1, 2)]
+
+
+def _share(amount: int, replicas: int) -> int:
+    """``amount / replicas`` rounded up."""
+    return -(-int(amount) // max(1, replicas))
+
+
+def local_seed(seen: tuple[float, int, int, int], replicas: int) -> tuple[float, int, int, int]:
+    """What a replica's local counter starts at for a principal, from ``seen`` — ``(time, requests,
+    tokens, nano-USD)``: what Redis last reported to this replica for the principal's minute up to
+    ``time`` and for that UTC day — with ``replicas`` live: each amount divided, rounded up (module
+    docstring)."""
+    at, requests, tokens, spent = seen
+    return at, _share(requests, replicas), _share(tokens, replicas), _share(spent, replicas)
 
 
 def local_limits(limits: Limits, replicas: int) -> Limits:
@@ -286,21 +396,40 @@ class RedisBudgetCounter:
             store="budgets",
             meanwhile=self._meanwhile,
             back="limits are counted in Redis again",
-            on_recovered=self._pay_owed,
+            on_recovered=self._recovered,
         )
         self.replicas = ReplicaRegistry(self.redis, outage=self.outage)
         self.local = MemoryBudgetCounter()
         """Where requests are counted while Redis is down (each limit divided: ``local_limits``)."""
+        self._seen: OrderedDict[str, tuple[float, int, int, int]] = OrderedDict()
+        """Principal -> what Redis last reported of its usage (``local_seed``), the most recent last."""
+        self._seeded: set[str] = set()  # principals whose local counter started from ``_seen`` in this outage
+        self._unsent: set[str] = set()  # principals whose local usage is still to be added to Redis
+        self._sending: dict[str, asyncio.Future[None]] = {}  # principal -> its hand-over under way
         self._owed: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
         self._dropped = 0  # settlements dropped from a full ``_owed`` during this outage
         self._background: set[asyncio.Future[Any]] = set()
+        with contextlib.suppress(RuntimeError):  # opened on a running loop: among the live replicas at once
+            self.join_replicas()
 
     def __repr__(self) -> str:
         return f"RedisBudgetCounter({self.redis.shown!r})"
 
+    def join_replicas(self) -> None:
+        """Start this replica's heartbeat on the running loop (``RuntimeError`` without one), so the
+        others count it from now on, before it serves a request (module docstring). Opening the store on
+        a running loop does it, and so does every call: ``reserve``, ``usage``, ``degraded_reason``."""
+        asyncio.get_running_loop()
+        self.replicas.keep_beating()
+
     @property
     def degraded_reason(self) -> str | None:
-        """``None`` while Redis answers, else one line: what failed and that limits are counted locally."""
+        """``None`` while Redis answers, else one line: what failed and that limits are counted locally.
+
+        Read on a running loop (``/readyz``, which a load balancer asks before it sends traffic), it
+        starts the heartbeat too (``join_replicas``)."""
+        with contextlib.suppress(RuntimeError):
+            self.join_replicas()
         return self.outage.degraded_reason
 
     @property
@@ -334,9 +463,20 @@ class RedisBudgetCounter:
         the local counter decides, on ``local_limits``."""
         self.replicas.keep_beating()
         if self.outage.usable():
+            if now >= self.local.tidy_at:  # what an outage left that could not be handed over, once idle
+                self.local.tidy(now)
             with contextlib.suppress(RedisUnavailableError):  # the outage noted it: count locally
+                if self._unsent and principal in self._unsent:  # what it used locally first
+                    await self._hand_over(principal)
                 return await self._reserve_in_redis(principal, limits, now=now, tokens=int(tokens), cost=float(cost))
-        shared = local_limits(limits, self.replicas.count)
+        replicas = self.replicas.count
+        shared = local_limits(limits, replicas)
+        if shared.any and principal not in self._seeded:  # its first local reserve of this outage
+            self._seeded.add(principal)
+            seen = self._seen.get(principal)
+            if seen is not None:
+                at, requests, spent_tokens, spent = local_seed(seen, replicas)
+                self.local.seed(principal, at=at, requests=requests, tokens=spent_tokens, cost=spent / NANOS)
         return await self.local.reserve(principal, shared, now=now, tokens=tokens, cost=cost)
 
     async def _reserve_in_redis(
@@ -368,8 +508,13 @@ class RedisBudgetCounter:
             attempt.add_done_callback(lambda done: self._uncount(done, reservation, keys))
             raise
         if int(outcome[0]) == 1:
+            if len(outcome) == 4 and limits.any:
+                self._remember(principal, (now, int(outcome[1]), int(outcome[2]), int(outcome[3])))
             return reservation
-        refused = refusal(principal, limits, now=now, minute=_spends(outcome[2:]), spent_today=int(outcome[1]) / NANOS)
+        minute = _spends(outcome[2:])
+        if limits.any:
+            self._remember(principal, (now, len(minute), sum(spend.tokens for spend in minute), int(outcome[1])))
+        refused = refusal(principal, limits, now=now, minute=minute, spent_today=int(outcome[1]) / NANOS)
         if refused is None:  # cannot happen: the script decides as refusal() does, on the same numbers
             raise StoreError(f"Redis at {self.redis.shown} refused a request that the limits allow")
         raise refused
@@ -408,11 +553,13 @@ class RedisBudgetCounter:
 
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
         """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal`` (while
-        Redis is down, what this replica counted locally)."""
+        Redis is down, what this replica counted locally, from its share of what Redis had counted)."""
         self.replicas.keep_beating()
         if self.outage.usable():
             keys = self._keys(principal, now)
             with contextlib.suppress(RedisUnavailableError):
+                if self._unsent and principal in self._unsent:
+                    await self._hand_over(principal)
                 found = await self.outage.call(
                     "reading usage", lambda client: _USAGE(client, keys, [repr(now - WINDOW)])
                 )
@@ -440,8 +587,90 @@ class RedisBudgetCounter:
             self._owed.popitem(last=False)
             self._dropped += 1
 
+    def _remember(self, principal: str, seen: tuple[float, int, int, int]) -> None:
+        """Keep what Redis reported of ``principal``'s usage (``local_seed``), in an LRU of ``MAX_SEEN``."""
+        remembered = self._seen
+        remembered[principal] = seen
+        remembered.move_to_end(principal)
+        if len(remembered) > MAX_SEEN:
+            remembered.popitem(last=False)
+
+    def _recovered(self) -> None:
+        """Redis answers again (``on_recovered``): the seeds go (Redis counts that usage itself), what
+        was counted locally is added to Redis (module docstring), the owed settlements are sent."""
+        self._seeded.clear()
+        self.local.forget_seeds()
+        self._unsent.update(self.local.names())
+        if self._unsent:
+            self._in_background(self._hand_over_all())
+        self._pay_owed()
+
+    def _in_background(self, work: Any) -> asyncio.Future[Any]:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    def _hand_over(self, principal: str) -> Awaitable[None]:
+        """Add what ``principal`` used locally to Redis (one hand-over at a time per principal; one
+        that is under way is waited for). ``RedisUnavailableError`` when Redis fails again."""
+        sending = self._sending.get(principal)
+        if sending is None:
+            sending = self._sending[principal] = self._in_background(self._send_local(principal))
+            sending.add_done_callback(lambda done: self._sending.pop(principal, None))
+            sending.add_done_callback(_retrieved)
+        return asyncio.shield(sending)
+
+    async def _send_local(self, principal: str) -> None:
+        try:
+            await self._send_local_now(principal)
+        except StoreError:
+            raise  # Redis failed again (noted), or the store closed: it stays to send
+        except Exception:  # a bug: that principal's local usage stays local, requests go on
+            log.exception("budgets: could not add what %r used while Redis was down to it", principal)
+            self._unsent.discard(principal)
+
+    async def _send_local_now(self, principal: str) -> None:
+        latest = self.local.latest
+        day = utc_day_start(latest)
+        newest, minute, nanos = self.local.outbox(principal, since=latest - WINDOW, day=day)
+        if minute or nanos:
+            handing = uuid.uuid4().hex
+            args = [str(KEEP_SECONDS), str(nanos)]
+            for number, at, tokens in minute:
+                args += [f"{handing}:{number}", repr(at), str(tokens)]
+            keys = self._keys(principal, day)
+            keys.append(f"{keys[0].removesuffix(':times')}:handed:{handing}")
+            await self.outage.call("adding what was counted locally", lambda client: _ADD_LOCAL(client, keys, args))
+            seen = self._seen.get(principal)
+            if seen is not None:  # what Redis holds now, as far as this replica knows (all of it at the latest)
+                at = max(seen[0], latest)
+                spent = seen[3] if utc_day_start(seen[0]) == utc_day_start(at) else 0
+                if utc_day_start(at) == day:
+                    spent += nanos
+                tokens = seen[2] + sum(record[2] for record in minute)
+                self._seen[principal] = (at, seen[1] + len(minute), tokens, spent)
+        self.local.handed_over(principal, newest, day=day, nanos=nanos)
+        self._unsent.discard(principal)
+
+    async def _hand_over_all(self) -> None:
+        """Hand over every principal's local usage, one after the other, until done or Redis fails again."""
+        count = 0
+        for principal in list(self._unsent):
+            if self.outage.down:
+                return  # the rest wait for the next return
+            if principal not in self._unsent:  # a request of it handed it over meanwhile
+                continue
+            try:
+                await self._hand_over(principal)
+            except StoreError:
+                return  # down again (noted), or closed
+            count += 1
+        if count:
+            log.info("budgets: what %d principals used while Redis was down was added to Redis", count)
+
     def _pay_owed(self) -> None:
-        """Redis answers again: send the owed settlements in the background (``on_recovered``)."""
+        """Send the owed settlements in the background."""
         if self._dropped:
             log.warning(
                 "budgets: %d settlements were dropped while Redis was down (over %d kept)", self._dropped, MAX_OWED
@@ -476,6 +705,12 @@ class RedisBudgetCounter:
         self._background.add(undo)
         undo.add_done_callback(self._background.discard)
         undo.add_done_callback(_log_failure)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a hand-over as seen (the callers that waited for it have had it)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:

@@ -4,14 +4,17 @@ Under the URL's key prefix (``gtl:`` by default)::
 
     gtl:replicas    sorted set   replica id -> when it last said it is alive (unix seconds)
 
-Every process whose budgets live in Redis beats every ``HEARTBEAT_SECONDS`` (5 s) from a background
-task on its loop, started by its first reservation: one script adds or refreshes its own entry,
-forgets the entries silent for ``EXPIRY_SECONDS`` (15 s: three missed beats) and returns how many
-are left. ``count`` is the last number read while Redis answered, at least 1 (this process): the
-number a replica divides each limit by while Redis is down (``redis_budget``) — when Redis is down
-the set cannot be read, and the last count is the best knowledge there is. No request waits on the
-registry. A process that closes its store removes its entry at once; one that died drops out after
-the expiry, and the set itself expires when no replica beats any more.
+Every process whose budgets live in Redis beats every ``HEARTBEAT_SECONDS`` (5 s) — the second beat
+one second after the first (``FIRST_PAUSE``) — from a background task on its loop, started as soon as
+its budget store is used on a loop (``RedisBudgetCounter.join_replicas``: opened there, ``/readyz``,
+a reservation), not only at its first reservation, so a replica is counted before it serves: one script
+adds or refreshes its own entry, forgets the entries silent for ``EXPIRY_SECONDS`` (15 s: three
+missed beats) and returns how many are left. ``count`` is the last number read while Redis
+answered, at least 1 (this process): the number a replica divides each limit by while Redis is down
+(``redis_budget``) — when Redis is down the set cannot be read, and the last count is the best
+knowledge there is. No request waits on the registry. A process that closes its store removes its
+entry at once; one that died drops out after the expiry, and the set itself expires when no replica
+beats any more.
 
 Times are each replica's own wall clock: clocks a few seconds apart are well within the expiry. A
 replica's id is ``host/pid/random``: readable in ``ZRANGE``, and a forked child gets its own.
@@ -39,6 +42,9 @@ log = get_logger("engine.stores")
 
 HEARTBEAT_SECONDS = 5.0
 """How often a replica says it is alive."""
+FIRST_PAUSE = 1.0
+"""Seconds between a replica's first beat and its second: replicas started together count one another
+after about a second, not a whole ``HEARTBEAT_SECONDS``."""
 EXPIRY_SECONDS = 15.0
 """How long a replica counts as alive after its last beat."""
 LEAVE_TIMEOUT = 1.0
@@ -131,6 +137,7 @@ class ReplicaRegistry:
             )
 
     async def _beat_forever(self) -> None:
+        pause = min(self.interval, FIRST_PAUSE)
         while True:
             try:
                 await self.beat()
@@ -140,7 +147,10 @@ class ReplicaRegistry:
                 return  # the store was closed
             except Exception:  # a bug must not end the heartbeat silently, nor kill the loop's task
                 log.exception("the replica heartbeat failed")
-            await asyncio.sleep(self.interval)
+            if self._closed:  # closed during the beat (whose client may have swallowed the cancellation)
+                return
+            await asyncio.sleep(pause)
+            pause = self.interval
 
     def _run(self, what: str, operation: Callable[[Any], Awaitable[Any]]) -> Awaitable[Any]:
         if self.outage is not None:
