@@ -68,6 +68,7 @@ from gtl_nb.engine.routing import Router, Target
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, FlightLost, FlightRegistry, LocalFlights
+from gtl_nb.engine.stores.memory import MemoryBreakerStore, MemoryBudgetCounter
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
 from gtl_nb.log import get_logger, redact
@@ -100,10 +101,13 @@ from gtl_nb.providers.registry import get_provider, is_local
 log = get_logger("engine")
 
 _CONTENT = (Token, Reasoning, ToolCallEvent)
+_ANSWER = (*_CONTENT, Usage)  # what a retry would send the caller a second time
 _REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("gtl_request_context")
 """The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
 #: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
 DEFAULT_OUTPUT_ESTIMATE = 256
+_TARGETS_MEMO = 1024
+"""Bare model names whose targets ``Engine._targets`` remembers at most (then it starts again)."""
 
 
 class SessionEnd:
@@ -121,7 +125,7 @@ async def run_session(
     context: RequestContext,
     send: Callable[[StreamEvent], None],
     *,
-    drain: Callable[[], Awaitable[None]] | None = None,
+    drain: Callable[[], Awaitable[None] | None] | None = None,
     finish: Callable[[StreamEvent], None] | None = None,
     cancelled_by: str | Callable[[], str] = "the caller",
     refused: GTLError | None = None,
@@ -129,12 +133,14 @@ async def run_session(
     """Run one session of ``engine``, handing each event to ``send`` — the one session runner of every
     front end (the embedded backend, the gateway's connections).
 
-    ``drain``, when given, is awaited after each event, so a slow reader holds the engine back rather
-    than letting events pile up. Exactly one terminal event goes out whatever happens, through
-    ``finish`` (default ``send``) when the stream did not deliver it: a cancel sends ``CANCELLED`` — or
-    the end the engine had already recorded in the ledger, so the reader and the ledger agree — and a
-    bug sends ``INTERNAL`` and is re-raised. ``cancelled_by`` names who cancelled in that error (a
-    callable is asked when the cancel happens: a gateway knows then whether the client or a shutdown did).
+    ``drain``, when given, is called after each event and what it returns awaited, so a slow reader
+    holds the engine back rather than letting events pile up; it returns ``None`` when there is room
+    (then nothing is awaited: no coroutine is made per event). Exactly one terminal event goes out
+    whatever happens, through ``finish`` (default ``send``) when the stream did not deliver it: a
+    cancel sends ``CANCELLED`` — or the end the engine had already recorded in the ledger, so the
+    reader and the ledger agree — and a bug sends ``INTERNAL`` and is re-raised. ``cancelled_by`` names
+    who cancelled in that error (a callable is asked when the cancel happens: a gateway knows then
+    whether the client or a shutdown did).
     ``refused`` goes to ``Engine.stream``: the session is that error (a gateway's permission check).
     """
     end = finish or send
@@ -146,7 +152,9 @@ async def run_session(
                 send(event)
                 ended = isinstance(event, (Done, Error))
                 if drain is not None:
-                    await drain()
+                    waiting = drain()
+                    if waiting is not None:
+                        await waiting
     except asyncio.CancelledError:
         if not ended:
             who = cancelled_by() if callable(cancelled_by) else cancelled_by
@@ -176,7 +184,7 @@ class _SessionRecord:
 class _AttemptOutcome:
     """How one attempt at one target ended, for the attempt loop."""
 
-    events: list[StreamEvent] = field(default_factory=list)
+    events: list[StreamEvent] | None = None  # kept only when the answer goes to the cache
     done: Done | None = None
     error: Error | None = None
     content: bool = False  # content or usage reached the caller: a retry would duplicate it
@@ -211,6 +219,7 @@ class Engine:
         self.deployments = dict(deployments)
         self.catalog = catalog
         self.router = Router(self.deployments, catalog)
+        self._bare_targets: dict[str, tuple[Target, ...]] = {}  # the router's answers by bare model name
         self.http = runner
         self.stores = stores
         self.hooks = hooks
@@ -287,6 +296,7 @@ class Engine:
         self.deployments = deployments
         self.catalog = catalog
         self.router = Router(self.deployments, catalog)
+        self._bare_targets = {}
         self.credentials = credentials
         self.retry = retry
         self.strategy = strategy
@@ -332,7 +342,7 @@ class Engine:
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = dataclasses.replace(context, trace_id=secrets.token_hex(16))
         try:
-            targets: list[Target] | GTLError = self._allowed(self.router.targets(request), context)  # resolved once
+            targets: list[Target] | GTLError = self._allowed(self._targets(request), context)  # resolved once
         except GTLError as exc:
             targets = exc
         if refused is not None:
@@ -376,6 +386,25 @@ class Engine:
                 _REQUEST_CONTEXT.reset(scope)
             if end is None or row is not None or reservation is not None:  # ended without a terminal event
                 await self._finish(request, context, row, end, usage, record, reservation)
+
+    def _targets(self, request: CompletionRequest) -> list[Target]:
+        """``router.targets(request)``, remembered for a bare model name (the common request).
+
+        Resolving a name asks the catalog about every provider type (~12 µs a request). For a bare
+        name — no ``provider``/``providers``, no ``deployment:`` prefix — the answer depends only on
+        the deployments and the catalog, which change only by ``reload`` (which starts a new memo).
+        Failures are not remembered; the memo is emptied when it holds ``_TARGETS_MEMO`` names (they
+        come from callers)."""
+        model = request.model
+        if request.providers or request.provider or ":" in model:
+            return self.router.targets(request)
+        known = self._bare_targets.get(model)
+        if known is None:
+            known = tuple(self.router.targets(request))
+            if len(self._bare_targets) >= _TARGETS_MEMO:
+                self._bare_targets.clear()
+            self._bare_targets[model] = known
+        return list(known)
 
     @staticmethod
     def _allowed(targets: list[Target], context: RequestContext) -> list[Target]:
@@ -520,10 +549,15 @@ class Engine:
                     log.exception("ledger: could not complete row %s", row)
             else:
                 work.append(self._ledger_finish(row, record, fields))
-        for held in reservation or ():
-            work.append(self._settle(held, usage))
+        # in-process counters never wait: settled directly, a cancellation cannot come in between
+        settle_now = not work and _never_waits(self.stores.budgets)
+        if not settle_now:
+            work.extend(self._settle(held, usage) for held in reservation or ())
         try:
-            if work:
+            if settle_now:
+                for held in reservation or ():
+                    await self._settle(held, usage)
+            elif work:
                 write = asyncio.ensure_future(asyncio.gather(*work))
                 try:
                     await asyncio.shield(write)  # a cancellation must not lose the row's completion
@@ -569,6 +603,8 @@ class Engine:
         return info.cost_per_1k_input + info.cost_per_1k_output
 
     async def _ordered(self, request: CompletionRequest, targets: list[Target]) -> list[Target]:
+        if len(targets) == 1:
+            return targets  # open or not, it is the only one: no circuit to read (its breaker still decides)
         health = await self.stores.breakers.snapshots({t.name for t in targets})
         self._health = health  # read by the synchronous ordering below, before any other await
         if self.router.explicit(request) or len(targets) < 2:
@@ -796,7 +832,7 @@ class Engine:
                     attempt += 1
                     if self.hooks:
                         self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt))
-                    outcome = _AttemptOutcome()
+                    outcome = _AttemptOutcome(events=[] if key is not None else None)
                     async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as events:
                         async for event in events:
                             if isinstance(event, Done):
@@ -859,6 +895,8 @@ class Engine:
         """``BreakerStore.acquire``, safe against a cancel: a probe slot granted while the caller was
         being cancelled is handed back rather than held until its lease runs out."""
         breakers = self.stores.breakers
+        if _never_waits(breakers):
+            return await breakers.acquire(deployment)  # no suspension, so no cancel can come in between
         acquiring = asyncio.ensure_future(breakers.acquire(deployment))
         try:
             return await asyncio.shield(acquiring)
@@ -884,7 +922,7 @@ class Engine:
         under the key of the deployment that actually answered."""
         if outcome.ttft is not None:
             self.strategy.observe_ttft(target.name, outcome.ttft)
-        if key is not None:
+        if key is not None and outcome.events is not None:
             answer = CachedAnswer.from_events(
                 outcome.events, deployment=target.name, model=target.model, stored_at=self.wall_clock()
             )
@@ -922,16 +960,18 @@ class Engine:
         first: float | None = None
         attempt_started = self.clock()
         attempt = self._attempt(request, target)
+        kept = outcome.events
         try:
             async for event in attempt:
-                if isinstance(event, Error):
-                    outcome.error = event
-                    return
-                if isinstance(event, _CONTENT) and first is None:
+                done = isinstance(event, Done)
+                if done:
+                    event = _stamp(event, target, started, first, self.clock())
+                elif first is None and isinstance(event, _CONTENT):
                     first = self.clock()
                     outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
-                if isinstance(event, Done):
-                    event = _stamp(event, target, started, first, self.clock())
+                elif isinstance(event, Error):
+                    outcome.error = event
+                    return
                 try:
                     machine.advance(event)
                 except SessionStateError as exc:
@@ -942,14 +982,15 @@ class Engine:
                         provider=target.name,
                     )
                     return
-                if isinstance(event, (*_CONTENT, Usage)):
+                if not outcome.content and isinstance(event, _ANSWER):
                     outcome.content = True  # the caller has it: a retry would duplicate it
-                outcome.events.append(event)
-                if isinstance(event, Done):
+                if kept is not None:
+                    kept.append(event)
+                if done:
                     outcome.done = event
-                yield event
-                if isinstance(event, Done):
+                    yield event
                     return
+                yield event
         finally:
             await attempt.aclose()
         outcome.error = Error(
@@ -1056,9 +1097,11 @@ class Engine:
         timeouts = self.deployment_timeouts.get(target.name)
         try:
             async for event in self.http.run(provider, sent, deployment, timeouts):
-                if isinstance(event, Error):  # a provider may quote the key it refused: never pass it on
+                if isinstance(event, Usage):
+                    event = self._priced(event, target)
+                elif isinstance(event, Error):  # a provider may quote the key it refused: never pass it on
                     event = _scrubbed(event, deployment)
-                yield self._priced(event, target)
+                yield event
         except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
             yield _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
 
@@ -1076,6 +1119,13 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
+
+
+def _never_waits(store: Any) -> bool:
+    """Whether ``store`` answers every call without suspending (the in-process breakers and budget
+    counters). Such a call is awaited directly: nothing can cancel it half-way, so it needs neither a
+    task of its own nor a shield, which cost more than the call itself."""
+    return type(store) in (MemoryBreakerStore, MemoryBudgetCounter)
 
 
 def _scrubbed(event: Error, deployment: Deployment) -> Error:

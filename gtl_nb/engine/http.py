@@ -16,6 +16,7 @@ decoder as end-of-body, which reports the missing terminator.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -114,40 +115,32 @@ class HttpRunner:
         replay state (``provider_data``) goes on the ``done`` event it ends with."""
         limits = timeouts or self.timeouts
         description = dialect.build_request(request, deployment, now=self.wall_clock())
-        log.debug("%s %s -> %s", description.method, _safe_url(description.url), deployment.name)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s %s -> %s", description.method, _safe_url(description.url), deployment.name)
         loop = asyncio.get_running_loop()
-        # ``first_byte`` is one deadline from sending the request to the first byte of the body
+        # ``first_byte`` is one deadline from sending the request to the first byte of the body; one
+        # timer keeps it and then the idle one (``asyncio.wait_for`` would add a task per request)
+        deadline = _ReadDeadline(loop)
         first_byte_deadline = None if limits.first_byte is None else loop.time() + limits.first_byte
+        failed: Error | None = None
         try:
-            response = await asyncio.wait_for(
+            response = await deadline.read(
                 self.transport.send(description, connect_timeout=limits.connect), limits.first_byte
             )
         except UnsendableRequest as exc:  # our own request is not valid HTTP: never retried
-            yield _unsendable(request, deployment, exc)
-            return
+            failed = _unsendable(request, deployment, exc)
         except asyncio.TimeoutError:
-            yield _error(
-                request,
-                deployment,
-                "TIMEOUT",
-                f"no response within the first-byte timeout ({limits.first_byte} s)",
-            )
-            return
+            message = f"no response within the first-byte timeout ({limits.first_byte} s)"
+            failed = _error(request, deployment, "TIMEOUT", message)
         except ConnectTimeout:
-            yield _error(
-                request,
-                deployment,
-                "TIMEOUT",
-                f"connect timeout ({limits.connect} s) to {_host(description.url)}",
-            )
-            return
+            message = f"connect timeout ({limits.connect} s) to {_host(description.url)}"
+            failed = _error(request, deployment, "TIMEOUT", message)
         except TransportError as exc:
-            yield _error(
-                request,
-                deployment,
-                "PROVIDER_UNAVAILABLE",
-                f"cannot reach {_host(description.url)}: {exc or type(exc).__name__}",
-            )
+            message = f"cannot reach {_host(description.url)}: {exc or type(exc).__name__}"
+            failed = _error(request, deployment, "PROVIDER_UNAVAILABLE", message)
+        if failed is not None:
+            deadline.close()
+            yield failed
             return
         try:
             if response.status >= 400:
@@ -170,7 +163,6 @@ class HttpRunner:
             chunks = response.chunks()
             received = 0
             timeout = None if first_byte_deadline is None else max(0.0, first_byte_deadline - loop.time())
-            deadline = _ReadDeadline()
             first_chunk = True
             pending: Done | None = None
             while True:
@@ -219,41 +211,76 @@ class HttpRunner:
                 data = getattr(decoder, "provider_data", None)
                 yield msgspec.structs.replace(pending, provider_data=data) if data else pending
         finally:
+            deadline.close()
             await response.aclose()
 
 
 class _ReadDeadline:
-    """A timeout on one read of a stream, for the task doing that read.
+    """A timeout on each read of a stream, for the task doing that read.
 
     ``asyncio.wait_for`` wraps every awaited read in a new task before Python 3.12 — for a
-    streamed answer, one task per chunk. This arms one timer per read instead and, when it fires,
-    cancels the task doing the read (looked up per read: a stream may change hands between tasks)
-    and turns that cancellation into ``asyncio.TimeoutError``.
+    streamed answer, one task per chunk. This keeps one timer for the whole stream instead: each
+    read only moves the due time on, and the timer, when it fires early, re-arms itself for the
+    time now due (a timer per read cost a timer set and cancelled per chunk). When a read is still
+    waiting at its due time, the timer cancels the task doing that read (looked up per read: a
+    stream may change hands between tasks) and the read turns that cancellation into
+    ``asyncio.TimeoutError``. Between reads — while the consumer holds the stream — nothing is timed.
     """
 
+    __slots__ = ("_armed", "_due", "_expired", "_handle", "_loop", "_task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed = 0.0  # when the timer fires
+        self._due = 0.0  # when the current read times out
+        self._task: asyncio.Task[Any] | None = None  # the task reading now, ``None`` between reads
+        self._expired = False
+
     async def read(self, awaitable: Any, timeout: float | None) -> Any:
-        task = asyncio.current_task()
+        # (the loop given: asking for the running one costs a getpid() system call in Python 3.11)
+        task = asyncio.current_task(self._loop)
         if timeout is None or task is None:
             return await awaitable
-        expired = False
-
-        def expire() -> None:
-            nonlocal expired
-            expired = True
-            task.cancel()
-
-        handle = asyncio.get_running_loop().call_later(timeout, expire)
+        self._due = due = self._loop.time() + timeout
+        if self._handle is None or due < self._armed:  # (an idle timeout shorter than the first-byte one)
+            self._arm(due)
+        self._task = task
         try:
             return await awaitable
         except asyncio.CancelledError:
-            if not expired:
+            if not self._expired:
                 raise  # a real cancellation from the caller
+            self._expired = False
             uncancel = getattr(task, "uncancel", None)
             if uncancel is not None and uncancel() > 0:  # Python >= 3.11 counts cancellations
                 raise  # the caller cancelled in the same tick: theirs wins
             raise asyncio.TimeoutError from None
         finally:
-            handle.cancel()
+            self._task = None
+
+    def close(self) -> None:
+        """Stop the timer (the stream is over)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed = when
+        self._handle = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        task = self._task
+        if task is None:
+            return  # between reads: the next read arms the timer again
+        if self._loop.time() < self._due:
+            self._arm(self._due)  # a later read moved the due time on
+            return
+        self._expired = True
+        task.cancel()
 
 
 def _seconds_retry_after(headers: dict[str, str], now: float) -> dict[str, str]:

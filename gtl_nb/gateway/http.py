@@ -55,6 +55,7 @@ import dataclasses
 import gzip as gzip_module
 import logging
 import math
+import secrets
 import socket
 import string
 import zlib
@@ -214,7 +215,7 @@ class _Running:
             self.task.cancel()
 
     async def wait(self) -> None:
-        if self.task is not None:
+        if self.task is not None and not self.task.done():
             await asyncio.gather(self.task, return_exceptions=True)
 
 
@@ -233,7 +234,7 @@ class _Sessions:
         request: CompletionRequest,
         context: RequestContext,
         send: Callable[[StreamEvent], None],
-        drain: Callable[[], Awaitable[Any]] | None = None,
+        drain: Callable[[], Awaitable[Any] | None] | None = None,
     ) -> _Running:
         """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens)."""
         running = _Running()
@@ -663,6 +664,63 @@ def _forwarded(scope: Any, trusted: TrustedProxies) -> Any:
     return {**scope, "client": (host, 0) if host != client[0] else client, "scheme": scheme}
 
 
+_HOT_PATHS = frozenset({PATHS["http"], PATHS["sse"], "/v1/chat/completions"})
+"""The routes ``_HotRoutes`` calls without Starlette's router (``POST`` only): most of what a gateway serves."""
+
+
+class _HotRoutes:
+    """The listener's application: ``POST`` to a ``_HOT_PATHS`` route calls its endpoint directly, anything
+    else goes through the Starlette application.
+
+    Between uvicorn and an endpoint Starlette puts its error middleware, two exception-handling
+    wrappers and a pattern match per route until one fits — more Python per request than the
+    endpoint's own work before the session starts. Here the endpoint gets the same ``Request`` and
+    its response is sent the same way, and errors end as they would there: ``ClientDisconnect``
+    answered by the application's handler (``client_gone``), any other exception by the ``500``
+    handler when no response has begun, then raised again for uvicorn to log. A request with a
+    ``root_path`` (the router would strip it first) takes the long way too.
+    """
+
+    def __init__(self, app: Any, hot: dict[str, Any], *, client_gone: Any, internal: Any) -> None:
+        from starlette.requests import ClientDisconnect, Request
+
+        self.app = app
+        self.hot = hot
+        self.client_gone = client_gone
+        self.internal = internal
+        self._request = Request
+        self._disconnect = ClientDisconnect
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        endpoint = self.hot.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if endpoint is None or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sender(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        request = self._request(scope, receive, sender)
+        try:
+            try:
+                response = await endpoint(request)
+                await response(scope, receive, sender)
+            except self._disconnect as exc:
+                if started:  # as Starlette says it
+                    raise RuntimeError("Caught handled exception, but response already started.") from exc
+                response = await self.client_gone(request, exc)
+                await response(scope, receive, sender)
+        except Exception as exc:
+            if not started:
+                response = await self.internal(self._request(scope), exc)
+                await response(scope, receive, send)
+            raise
+
+
 class _SessionResponse:
     """Streams one session (NDJSON or SSE, gzip when asked) and cancels it when the client disconnects."""
 
@@ -703,9 +761,9 @@ class _SessionResponse:
                 ended = isinstance(events[-1], (Done, Error))  # the terminal event is always a batch's last
                 chunk = b"".join(self.render(event) for event in events)
                 if compressor is not None:
-                    chunk = compressor.compress(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": compressor.finish() if compressor else b""})
+                    chunk = compressor.compress(chunk) + (compressor.finish() if ended else b"")
+                # the last batch ends the body too: one write for both
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
 
         await stream_session(pump(), running, receive)
 
@@ -714,9 +772,15 @@ def _ndjson(event: StreamEvent) -> bytes:
     return encode(event) + b"\n"
 
 
+_SSE_FIELDS: dict[type, bytes] = {}
+"""``event: <type>\ndata: `` for each message class, made once (its tag is fixed)."""
+
+
 def _sse(event: StreamEvent) -> bytes:
-    tag = str(event.__struct_config__.tag)
-    return b"event: " + tag.encode() + b"\ndata: " + encode(event) + b"\n\n"
+    head = _SSE_FIELDS.get(type(event))
+    if head is None:
+        head = _SSE_FIELDS[type(event)] = b"event: " + str(event.__struct_config__.tag).encode() + b"\ndata: "
+    return head + encode(event) + b"\n\n"
 
 
 def _bearer(header: str | None) -> str | None:
@@ -834,8 +898,9 @@ def build_app(
     metrics: Any = None,
     metrics_require_token: bool = True,
 ) -> Any:
-    """The Starlette application of one gateway listener (``serve_http`` puts the connection gate in front);
-    with ``metrics`` (``gateway.metrics.Metrics``) it also serves ``GET /metrics``."""
+    """The application of one gateway listener: Starlette's, with the busiest routes called directly
+    (``_HotRoutes``; ``serve_http`` puts the connection gate in front); with ``metrics``
+    (``gateway.metrics.Metrics``) it also serves ``GET /metrics``."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
@@ -846,11 +911,12 @@ def build_app(
     sessions = sessions or _Sessions(engine)
     max_body_bytes = limits.max_frame_bytes
 
-    def context_of(request: Request) -> RequestContext:
+    def context_of(request: Request, **more: Any) -> RequestContext:
+        """The caller's context (``AuthenticationError`` when refused): its address, its trace id (its
+        ``traceparent``'s, else a new one, as the engine would make), and ``more`` fields, in one replace."""
         context = authenticate(_bearer(request.headers.get("authorization")))
-        return dataclasses.replace(
-            context, peer=peer_text(request.client), trace_id=trace_id_from(request.headers.get("traceparent"))
-        )
+        trace_id = trace_id_from(request.headers.get("traceparent")) or secrets.token_hex(16)
+        return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id, **more)
 
     async def read_frame(request: Request, kind: type[Any], name: str) -> Any:
         """The body, one GTL frame of type ``kind``; read a piece at a time and refused (``FrameTooLargeError``)
@@ -870,7 +936,7 @@ def build_app(
 
     async def completion(request: Request, *, sse: bool) -> Any:
         try:
-            context = dataclasses.replace(context_of(request), transport="sse" if sse else "http")
+            context = context_of(request, transport="sse" if sse else "http")
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
         try:
@@ -1006,24 +1072,27 @@ def build_app(
             finally:
                 await channel.aclose()
 
-    return Starlette(
-        routes=[
-            WebSocketRoute(PATHS["ws"], websocket),
-            Route(PATHS["http"], post_gtl, methods=["POST"]),
-            Route(PATHS["sse"], post_sse, methods=["POST"]),
-            Route(PATHS["providers"], providers, methods=["GET"]),
-            Route(PATHS["query"], post_query, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/.well-known/gtl", discovery, methods=["GET"]),
-            # OpenAI- and Anthropic-compatible endpoints, on the same sessions (docs/gateway.md)
-            *compat_routes(engine, authenticate=authenticate, sessions=sessions, limits=limits),
-            *_metrics_routes(engine, metrics, require_token=metrics_require_token, authenticate=authenticate),
-            WebSocketRoute("/{path:path}", no_socket),  # last: only what no route above takes
-        ],
+    routes = [
+        WebSocketRoute(PATHS["ws"], websocket),
+        Route(PATHS["http"], post_gtl, methods=["POST"]),
+        Route(PATHS["sse"], post_sse, methods=["POST"]),
+        Route(PATHS["providers"], providers, methods=["GET"]),
+        Route(PATHS["query"], post_query, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/.well-known/gtl", discovery, methods=["GET"]),
+        # OpenAI- and Anthropic-compatible endpoints, on the same sessions (docs/gateway.md)
+        *compat_routes(engine, authenticate=authenticate, sessions=sessions, limits=limits),
+        *_metrics_routes(engine, metrics, require_token=metrics_require_token, authenticate=authenticate),
+        WebSocketRoute("/{path:path}", no_socket),  # last: only what no route above takes
+    ]
+    app = Starlette(
+        routes=routes,
         # the router's own 404 and 405, and a bug's 500, as GTL errors (a handler's own answers are untouched)
         exception_handlers={404: not_found, 405: not_allowed, 500: internal, ClientDisconnect: client_gone},
     )
+    hot = {route.path: route.endpoint for route in routes if isinstance(route, Route) and route.path in _HOT_PATHS}
+    return _HotRoutes(app, hot, client_gone=client_gone, internal=internal)
 
 
 # -- the listener ------------------------------------------------------------------------------------------

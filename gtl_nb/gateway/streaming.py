@@ -15,7 +15,6 @@ Both work on the listener's session runner (``SessionRunner``, ``gateway.http._S
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
@@ -46,48 +45,58 @@ class SessionRunner(Protocol):
         request: CompletionRequest,
         context: RequestContext,
         send: Callable[[StreamEvent], None],
-        drain: Callable[[], Awaitable[Any]] | None = None,
+        drain: Callable[[], Awaitable[Any] | None] | None = None,
     ) -> Running: ...
 
 
 class EventOutbox:
     """A session's events on their way to the response writer, taken in batches.
 
-    The session calls ``put`` for each event and awaits ``drain``, which returns at once unless
+    The session calls ``put`` for each event and awaits what ``drain`` returns, nothing unless
     ``high_water`` events wait unwritten — then a slow client holds the engine back. The writer's
     ``take`` returns everything waiting: handing events over one at a time cost a task switch per token,
     and a write per token.
     """
 
-    __slots__ = ("_events", "_high_water", "_ready", "_room")
+    __slots__ = ("_events", "_high_water", "_paused", "_room", "_taker")
 
     def __init__(self, high_water: int = 64) -> None:
-        self._events: deque[StreamEvent] = deque()
+        self._events: list[StreamEvent] = []
         self._high_water = high_water
-        self._ready = asyncio.Event()
+        self._taker: asyncio.Future[None] | None = None  # the writer's wait for an event, while it waits
+        # a plain flag in front of the event, so the check after every event calls nothing
+        self._paused = False
         self._room = asyncio.Event()
         self._room.set()
 
     def put(self, event: StreamEvent) -> None:
         """Queue one event for the writer (never waits: ``drain`` is the session's pause)."""
-        self._events.append(event)
-        self._ready.set()
-        if len(self._events) >= self._high_water:
+        events = self._events
+        events.append(event)
+        taker = self._taker
+        if taker is not None:
+            self._taker = None
+            if not taker.done():  # (a writer cancelled while it waited)
+                taker.set_result(None)
+        if len(events) >= self._high_water and not self._paused:
+            self._paused = True
             self._room.clear()
 
-    async def drain(self) -> None:
-        """Return once fewer than ``high_water`` events wait."""
-        if not self._room.is_set():
-            await self._room.wait()
+    def drain(self) -> Awaitable[Any] | None:
+        """What to await until fewer than ``high_water`` events wait; ``None`` when fewer do now (the
+        session runner then awaits nothing: this is asked after every event)."""
+        return self._room.wait() if self._paused else None
 
     async def take(self) -> list[StreamEvent]:
         """Every event waiting, oldest first; waits for at least one."""
         while not self._events:
-            self._ready.clear()
-            await self._ready.wait()
-        batch = list(self._events)
-        self._events.clear()
-        self._room.set()
+            self._taker = asyncio.get_running_loop().create_future()
+            await self._taker
+        batch = self._events
+        self._events = []
+        if self._paused:
+            self._paused = False
+            self._room.set()
         return batch
 
 
@@ -107,16 +116,21 @@ async def collect_session(
     """Run one session to its end, handing each event to ``deliver`` (see the module docstring)."""
     running = sessions.start(request, context, deliver)
     watching = asyncio.ensure_future(disconnected(receive))
+
+    def client_left(watcher: asyncio.Task[None]) -> None:
+        watcher.exception()  # (retrieved: a receive that failed says the client is gone too)
+        running.cancel("the client")  # (after the session ended: nothing to cancel)
+
+    watching.add_done_callback(client_left)
     try:
-        await asyncio.wait({running.task, watching}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+        # waited on, never cancelled with this task: a shutdown cancels the session below, with its reason
+        await asyncio.wait((running.task,))  # type: ignore[arg-type]
     finally:
-        if watching.done():
-            running.cancel("the client")
-        elif running.task is not None and not running.task.done():
-            running.cancel("the gateway shutting down")
-        await running.wait()  # the ledger row is complete before the answer goes out
+        watching.remove_done_callback(client_left)
         watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
+        if running.task is not None and not running.task.done():
+            running.cancel("the gateway shutting down")
+            await running.wait()  # the ledger row is complete before the answer goes out
 
 
 async def stream_session(
@@ -126,13 +140,16 @@ async def stream_session(
     pumping = asyncio.ensure_future(pump)
     watching = asyncio.ensure_future(disconnected(receive))
     try:
-        await asyncio.wait({pumping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((pumping, watching), return_when=asyncio.FIRST_COMPLETED)
     finally:
+        if watching.done():
+            watching.exception()  # (retrieved: a receive that failed says the client is gone too)
         if not pumping.done():  # the client left (or the server is going down without grace)
             running.cancel("the client" if watching.done() else "the gateway shutting down")
+        watching.cancel()  # nothing to wait for: it only reads the disconnect
         await running.wait()  # the ledger row is complete before the response task ends
-        for task in (pumping, watching):
-            task.cancel()
-        await asyncio.gather(pumping, watching, return_exceptions=True)
+        if not pumping.done():
+            pumping.cancel()
+            await asyncio.gather(pumping, return_exceptions=True)
     if pumping.done() and not pumping.cancelled() and pumping.exception() is not None:
         log.info("client went away mid-stream: %s", pumping.exception())

@@ -33,6 +33,8 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 
+_CONTENT_TYPES = frozenset((Token, Reasoning, ToolCallEvent))
+
 
 class SessionState(enum.Enum):
     NEW = "new"
@@ -56,6 +58,8 @@ class SessionStateMachine:
 
     def advance(self, event: StreamEvent) -> SessionState:
         state = self.state
+        if state is SessionState.OPEN and type(event) in _CONTENT_TYPES:
+            return state  # the bulk of every stream, so asked first
         if state is SessionState.ENDED:
             raise SessionStateError(f"session {self.session_id!r}: {_kind(event)} after the terminal event")
         if isinstance(event, Status):

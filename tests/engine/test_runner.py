@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -367,6 +368,69 @@ def test_a_runaway_response_body_is_cut_off(server_factory):
     events = run(engine, request())
     error = events[-1]
     assert isinstance(error, Error) and "larger than 1024 bytes" in error.message
+
+
+# -- one timer per stream (``_ReadDeadline``): moved on by each read, re-armed when it fires early ----
+
+
+def test_an_idle_timeout_shorter_than_the_first_byte_one_still_holds(server_factory):
+    # the timer armed for the first byte (5 s) must be brought forward for the idle timeout (0.3 s)
+    release = threading.Event()
+
+    def stall_after_one(conn):
+        conn.sendall(HEAD + chunked(b"t:first\n"))
+        release.wait(5)
+
+    server = server_factory(stall_after_one)
+    timeouts = Timeouts(connect=2, first_byte=5, idle=0.3)
+    try:
+        started = time.monotonic()
+        events = run(engine_for(lines("a", server.url), timeouts=timeouts), request())
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "TIMEOUT" and "idle timeout (0.3 s)" in error.message
+    assert took < 3  # the idle timeout, not the first-byte one
+    assert [e.text for e in events if isinstance(e, Token)] == ["first"]
+
+
+def test_a_stream_that_keeps_coming_is_never_cut_by_the_timer(server_factory):
+    # chunks every 0.1 s for well over the idle timeout: the timer fires at due times already passed
+    # by later reads, re-arms itself, and never cuts the stream
+    def trickle(conn):
+        conn.sendall(HEAD)
+        for index in range(12):
+            conn.sendall(chunked(b"t:%d\n" % index))
+            time.sleep(0.1)
+        conn.sendall(chunked(b"done\n") + b"0\r\n\r\n")
+
+    server = server_factory(trickle)
+    events = run(engine_for(lines("a", server.url), timeouts=Timeouts(connect=2, first_byte=2, idle=0.3)), request())
+    assert isinstance(events[-1], Done), events[-1]
+    assert [e.text for e in events if isinstance(e, Token)] == [str(index) for index in range(12)]
+
+
+def test_a_slow_reader_between_reads_is_not_timed(server_factory):
+    # the whole answer arrives at once; the consumer holds the stream longer than the idle timeout
+    # after each token: only the reads are timed, not the consumer
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:a\n", b"t:b\n", b"t:c\n", b"done\n") + b"0\r\n\r\n"))
+    engine = engine_for(lines("a", server.url), timeouts=Timeouts(connect=2, first_byte=2, idle=0.2))
+
+    async def slowly() -> list:
+        events = []
+        try:
+            async for event in engine.stream(request()):
+                events.append(event)
+                if isinstance(event, Token):
+                    await asyncio.sleep(0.35)
+        finally:
+            await engine.aclose()
+        return events
+
+    events = asyncio.run(slowly())
+    assert isinstance(events[-1], Done), events[-1]
+    assert [e.text for e in events if isinstance(e, Token)] == ["a", "b", "c"]
 
 
 # -- hardening: one first-byte deadline, and requests that cannot be put on the wire --------------

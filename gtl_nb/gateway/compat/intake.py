@@ -9,6 +9,7 @@ token of ``POST /v1/gtl``. Neither the key nor a part of it is ever put in a log
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,10 +40,10 @@ def api_key(headers: Mapping[str, str]) -> str | None:
 def authenticated(authenticate: Authenticate, token: str | None, request: Any) -> RequestContext:
     """The caller's ``RequestContext`` with its network address; ``AuthenticationError`` when refused."""
     context = authenticate(token)
-    # a caller's W3C traceparent gives the request its trace id; without one the engine makes one
-    return dataclasses.replace(
-        context, peer=peer_text(request.client), trace_id=trace_id_from(request.headers.get("traceparent"))
-    )
+    # a caller's W3C traceparent gives the request its trace id; without one a new one, made here as the
+    # engine would make it (one dataclasses.replace of the context for both, not a second in the engine)
+    trace_id = trace_id_from(request.headers.get("traceparent")) or secrets.token_hex(16)
+    return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id)
 
 
 async def read_json(request: Any, max_bytes: int) -> dict[str, Any]:

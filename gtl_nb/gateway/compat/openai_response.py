@@ -90,13 +90,18 @@ class ChunkEncoder:
         self._error_body = error_body
         self._calls = 0
         self._usage: Usage | None = None
+        self._text_frame: tuple[bytes, bytes] | None = None
 
     def open(self) -> bytes:
         return self._chunk([self._choice({"role": "assistant", "content": ""})])
 
     def encode(self, event: StreamEvent) -> bytes:
         if isinstance(event, Token):
-            return self._chunk([self._choice({"content": event.text})]) if event.text else b""
+            # the bulk of a stream: the chunk around the text is the same every time (``_text_frame``)
+            if not event.text:
+                return b""
+            head, tail = self._text_frame or self._frame_text()
+            return head + msgspec.json.encode(event.text) + tail
         if isinstance(event, ToolCallEvent):
             index = self._calls
             self._calls += 1
@@ -121,6 +126,16 @@ class ChunkEncoder:
     def interrupt(self, message: str) -> bytes:
         error = Error(session_id=self.session_id, code="PROVIDER_UNAVAILABLE", message=message)
         return b"data: " + self._error_body(error) + b"\n\n"
+
+    def _frame_text(self) -> tuple[bytes, bytes]:
+        """The bytes of a text chunk before and after its JSON-encoded text: ``_chunk`` of a content
+        delta, cut around a marker (at its last place: the text is the last field that varies, and the
+        caller's model name, before it, could hold the marker too), so the two make exactly that chunk."""
+        marker = msgspec.json.encode("\x00gtl-text\x00")
+        whole = self._chunk([self._choice({"content": "\x00gtl-text\x00"})])
+        head, _, tail = whole.rpartition(marker)
+        self._text_frame = (head, tail)
+        return self._text_frame
 
     def _choice(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}

@@ -99,9 +99,12 @@ class StreamedSession:
                         await self.refuse(event)(None, None, send)
                         return
                     await self._start(send)
+                    pieces.append(self.encoder.open())  # written with the batch: one write, not two
                     started = True
-                if is_failover(event):
-                    reason = event.reason or "the deployment failed"  # type: ignore[union-attr]
+                if isinstance(event, Status):  # (asked first: most events are not, and need no call to tell)
+                    if not is_failover(event):
+                        continue  # a status has no place in the format
+                    reason = event.reason or "the deployment failed"
                     message = (
                         f"the answer broke off after it began ({reason}); the gateway moved to another deployment, "
                         "which would start the answer again, and this format cannot take back what was sent: ask again"
@@ -115,9 +118,10 @@ class StreamedSession:
                     ended = True
                     break
             chunk = b"".join(pieces)
-            if chunk:
+            if ended:  # the last events and the end of the body in one write
+                await send({"type": "http.response.body", "body": chunk})
+            elif chunk:
                 await self._write(send, chunk)
-        await send({"type": "http.response.body", "body": b""})
 
     async def _start(self, send: Any) -> None:
         headers = [
@@ -127,7 +131,6 @@ class StreamedSession:
         ]
         headers += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers.items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await self._write(send, self.encoder.open())
 
     @staticmethod
     async def _write(send: Any, chunk: bytes) -> None:

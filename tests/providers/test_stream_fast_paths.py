@@ -1,0 +1,134 @@
+"""The shortcuts the streamed-answer decoders take for the commonest chunk give what the long way gives.
+
+* ``SSEDecoder.feed`` reads a chunk that is exactly one ``data: …\\n\\n`` event without splitting it
+  into lines: the events (and the errors) must be those of the line-by-line parser, however the same
+  bytes are cut.
+* ``openai_chat._chunk_object`` parses a chunk's JSON with msgspec first: the value, or the error,
+  must be ``parse_json_object``'s.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gtl_nb.providers.limits import MalformedResponseError, parse_json_object
+from gtl_nb.providers.openai_chat import _chunk_object
+from gtl_nb.providers.sse import SSEDecoder, SSEError, SSEEvent
+
+# -- SSE ------------------------------------------------------------------------------------------------
+
+_TEXT = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=40)
+_LINE = st.one_of(
+    _TEXT.map(lambda text: f"data: {text}".encode()),
+    _TEXT.map(lambda text: f"data:{text}".encode()),  # no space after the colon
+    _TEXT.map(lambda text: f"event: {text}".encode()),
+    _TEXT.map(lambda text: f"id: {text}".encode()),
+    st.integers(0, 9999).map(lambda number: f"retry: {number}".encode()),
+    _TEXT.map(lambda text: f": {text}".encode()),  # a comment
+    st.binary(max_size=12).map(lambda raw: b"data: " + raw.replace(b"\n", b"").replace(b"\r", b"")),
+)
+# an event: its lines, then the blank line
+_EVENT = st.lists(_LINE, min_size=0, max_size=3).map(lambda lines: b"".join(line + b"\n" for line in lines) + b"\n")
+
+
+def _feed_all(pieces: list[bytes]) -> list[SSEEvent]:
+    decoder = SSEDecoder()
+    events: list[SSEEvent] = []
+    for piece in pieces:
+        events += decoder.feed(piece)
+    return events + decoder.close()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENT, max_size=8), st.data())
+def test_an_event_per_chunk_reads_as_the_same_bytes_cut_anywhere_else(events: list[bytes], data: st.DataObject) -> None:
+    body = b"".join(events)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
+    elsewhere = [body[start:end] for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+    assert _feed_all(events) == _feed_all(elsewhere) == _feed_all([bytes([byte]) for byte in body])
+
+
+def test_the_shortcut_keeps_the_last_event_id_and_names_the_event_message() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"id: 7\ndata: a\n\n") == [SSEEvent("a", "message", "7", None)]
+    assert decoder.feed(b"data: b\n\n") == [SSEEvent("b", "message", "7", None)]  # the id stays, as the spec says
+
+
+def test_the_shortcut_waits_for_an_event_already_begun() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"event: delta\n") == []
+    assert decoder.feed(b"data: x\n\n") == [SSEEvent("x", "delta")]
+    decoder = SSEDecoder()
+    assert decoder.feed(b"da") == []  # an unfinished line in the buffer: the chunk continues it
+    assert decoder.feed(b"data: x\n\n") == []  # one line "dadata: x", a field nobody knows
+    assert _feed_all([b"da", b"ta: x\n\n"]) == [SSEEvent("x")]
+
+
+def test_an_event_over_the_limit_is_refused_on_the_shortcut_too() -> None:
+    limit = 100
+    fits = b"data: " + b"x" * (limit - 7) + b"\n\n"  # its line and line end: exactly the limit
+    assert SSEDecoder(max_event_bytes=limit).feed(fits)[0].data == "x" * (limit - 7)
+    with pytest.raises(SSEError):
+        SSEDecoder(max_event_bytes=limit).feed(b"data: " + b"x" * (limit - 6) + b"\n\n")
+    with pytest.raises(SSEError):  # the long way says the same
+        SSEDecoder(max_event_bytes=limit).feed(b"data: " + b"x" * (limit - 6) + b"\n\n" + b": more\n")
+
+
+# -- a chunk's JSON -------------------------------------------------------------------------------------
+
+_DOCUMENTS = [
+    '{"choices":[{"index":0,"delta":{"content":"hi"}}]}',
+    '{"a":1,"a":2}',
+    '{"a":NaN}',
+    '{"a":Infinity}',
+    '{"a":1e400}',
+    '{"a":-0.0,"b":1.5e300,"c":0.1}',
+    '{"a":' + "9" * 4300 + "}",
+    '{"a":' + "9" * 4301 + "}",
+    '{"a":"\\ud800"}',  # an escaped lone surrogate: scrubbed to U+FFFD
+    '{"a":"\\u00e9\\n"}',
+    '\ufeff{"a":1}',  # a byte-order mark
+    '{"a":"\ufffd"}',
+    "[1,2]",
+    '"text"',
+    "{",
+    "{}",
+    '{"a":1} trailing',
+    "[" * 70 + "]" * 70,
+    '{"deep":' + "[" * 63 + "]" * 63 + "}",
+    '{"deep":' + "[" * 64 + "]" * 64 + "}",
+    '{"s":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}',
+]
+
+
+def _outcome(parse, text: str):  # type: ignore[no-untyped-def]
+    try:
+        return ("value", parse(text))
+    except MalformedResponseError as exc:
+        return ("error", exc.message)
+
+
+@pytest.mark.parametrize("document", _DOCUMENTS)
+def test_a_chunk_reads_as_parse_json_object_reads_it(document: str) -> None:
+    what = "malformed stream chunk"
+    expected = _outcome(lambda text: parse_json_object(text, lambda: f"{what} {text[:120]!r}"), document)
+    assert _outcome(lambda text: _chunk_object(text, what), document) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+        max_leaves=12,
+    )
+)
+def test_any_json_value_reads_the_same(value: object) -> None:
+    import json
+
+    document = json.dumps({"v": value}, ensure_ascii=False)
+    assert _outcome(lambda text: _chunk_object(text, "x"), document) == _outcome(
+        lambda text: parse_json_object(text, lambda: f"x {text[:120]!r}"), document
+    )
