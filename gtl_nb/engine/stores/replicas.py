@@ -147,7 +147,9 @@ class ReplicaRegistry:
                 return  # the store was closed
             except Exception:  # a bug must not end the heartbeat silently, nor kill the loop's task
                 log.exception("the replica heartbeat failed")
-            if self._closed:  # closed during the beat (whose client may have swallowed the cancellation)
+            if self._closed or _cancel_was_swallowed():
+                # closed, or cancelled (the loop ending) during the beat, whose client may have swallowed
+                # the cancellation: a task that carried on would hold asyncio.run's end forever
                 return
             await asyncio.sleep(pause)
             pause = self.interval
@@ -156,3 +158,10 @@ class ReplicaRegistry:
         if self.outage is not None:
             return self.outage.call(what, operation)
         return self.connector.run(what, operation)
+
+
+def _cancel_was_swallowed() -> bool:
+    """Whether this task was asked to cancel and is still running (Python >= 3.11 counts the requests)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
