@@ -49,6 +49,7 @@ __all__ = [
     "RedisBusyError",
     "RedisConnector",
     "RedisUnavailableError",
+    "cancel_was_swallowed",
     "key_part",
     "require_redis",
     "split_url",
@@ -83,6 +84,16 @@ class RedisUnavailableError(StoreError):
 class RedisBusyError(RedisUnavailableError):
     """No connection of the pool was free within the wait (``POOL_WAIT``): Redis may be fine, this
     process asks it too much at once."""
+
+
+def cancel_was_swallowed() -> bool:
+    """Whether the running task was asked to cancel and is still running. redis-py's asyncio client
+    can swallow a ``CancelledError`` that arrives mid-command; a background loop that carried on
+    would then hold ``asyncio.run``'s end forever, so each loop asks this after its Redis calls
+    (Python >= 3.11 counts the requests; older versions answer ``False``)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
 
 
 def require_redis() -> ModuleType:

@@ -32,7 +32,12 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from gtl_nb.engine.stores.redis_client import RedisBusyError, RedisConnector, RedisUnavailableError
+from gtl_nb.engine.stores.redis_client import (
+    RedisBusyError,
+    RedisConnector,
+    RedisUnavailableError,
+    cancel_was_swallowed,
+)
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
 
@@ -198,6 +203,8 @@ class RedisOutage:
                 return  # the store was closed
             else:
                 self.answered()
+            if cancel_was_swallowed():
+                return  # cancelled during the probe (the loop ending) and the client swallowed it
 
     async def _write_probe(self, client: Any) -> None:
         """A write, as every store makes: refused while Redis is out of memory or read-only. A user whose

@@ -93,6 +93,7 @@ from gtl_nb.engine.stores.redis_client import (
     RedisBusyError,
     RedisConnector,
     RedisUnavailableError,
+    cancel_was_swallowed,
 )
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.sqlite_db import StoreError
@@ -444,6 +445,8 @@ class _Lead:
         busy_since: float | None = None  # no free connection since then (module docstring)
         try:
             while True:
+                if cancel_was_swallowed():  # a Redis call swallowed our cancellation: end as cancelled
+                    raise asyncio.CancelledError
                 if not (self._frames or self._finishing or self._check_idle):
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), max(0.0, min(renew_at, check_at) - loop.time()))
@@ -581,6 +584,8 @@ class _Follow:
         lock_gone = False
         try:
             while True:
+                if cancel_was_swallowed():  # a Redis call swallowed the caller's cancellation
+                    raise asyncio.CancelledError
                 entries = await inbox.take(owner.block)
                 for _, fields in entries:
                     if _number(fields.get(b"s")) != expected:
@@ -729,7 +734,7 @@ class _Reader:
     async def _read_while_followed(self) -> None:
         owner = self.owner
         block = _ms(owner.block)
-        while self._inboxes and self._stopped is None:
+        while self._inboxes and self._stopped is None and not cancel_was_swallowed():
             reading = {stream: min(inbox.last for inbox in inboxes) for stream, inboxes in self._inboxes.items()}
             since: dict[str, bytes | str] = {stream: "{}-{}".format(*last) for stream, last in reading.items()}
             since[self._wake] = self._woke

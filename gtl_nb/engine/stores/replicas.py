@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError
+from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, cancel_was_swallowed
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
@@ -147,7 +147,7 @@ class ReplicaRegistry:
                 return  # the store was closed
             except Exception:  # a bug must not end the heartbeat silently, nor kill the loop's task
                 log.exception("the replica heartbeat failed")
-            if self._closed or _cancel_was_swallowed():
+            if self._closed or cancel_was_swallowed():
                 # closed, or cancelled (the loop ending) during the beat, whose client may have swallowed
                 # the cancellation: a task that carried on would hold asyncio.run's end forever
                 return
@@ -158,10 +158,3 @@ class ReplicaRegistry:
         if self.outage is not None:
             return self.outage.call(what, operation)
         return self.connector.run(what, operation)
-
-
-def _cancel_was_swallowed() -> bool:
-    """Whether this task was asked to cancel and is still running (Python >= 3.11 counts the requests)."""
-    task = asyncio.current_task()
-    cancelling = getattr(task, "cancelling", None)
-    return bool(cancelling()) if cancelling is not None else False

@@ -358,3 +358,45 @@ def test_a_failure_that_returns_right_after_redis_answered_again_is_the_same_out
     assert 2 <= failures <= 6, f"{failures} failures in 1.5 s, probing every 0.05 s: the probe did not back off"
     assert len(messages(caplog, logging.WARNING, "teststore:")) == 1
     assert len(messages(caplog, logging.INFO, "answers again")) <= 1
+
+
+class _SwallowingConnector:
+    """A connector whose commands swallow a cancellation, as redis-py's asyncio client can mid-command."""
+
+    shown = "redis://127.0.0.1:1/0"
+    prefix = "gtl:"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def run(self, what: str, operation: Any) -> Any:
+        from gtl_nb.engine.stores.redis_client import RedisUnavailableError
+
+        self.calls += 1
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # swallowed
+        raise RedisUnavailableError("Redis is still down")
+
+
+def test_a_probe_cancelled_while_the_client_swallows_the_cancellation_still_ends():
+    """Otherwise the probe would go on forever and hold asyncio.run's end (as a CI run once hung)."""
+    from gtl_nb.engine.stores.redis_client import RedisUnavailableError
+    from gtl_nb.engine.stores.redis_fallback import RedisOutage
+
+    connector = _SwallowingConnector()
+
+    async def scenario() -> None:
+        outage = RedisOutage(connector, store="budgets", meanwhile=lambda: "local", back="Redis", retry=0.01)  # type: ignore[arg-type]
+        outage.failed(RedisUnavailableError("connection refused"))
+        probe = outage._probe
+        assert probe is not None
+        while connector.calls == 0:
+            await asyncio.sleep(0.005)
+        probe.cancel()
+        done, _ = await asyncio.wait({probe}, timeout=5)
+        assert done == {probe}, "the probe carried on after its cancellation was swallowed"
+        assert connector.calls == 1
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
