@@ -19,14 +19,19 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 import yarl
 
-from gtl_nb.engine.transport import ConnectFailed, ConnectionLost, ConnectTimeout, UnsendableRequest
+from gtl_nb.engine.transport import (
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    UnsendableRequest,
+    check_request_headers,
+    check_request_url,
+)
 from gtl_nb.providers.base import HttpRequest
 
 __all__ = ["AiohttpTransport"]
 
 _READ_SIZE = 64 * 1024
-_TOKEN_CHARACTERS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-"""What a header name may contain (RFC 9110's ``token``)."""
 
 
 class _AiohttpResponse:
@@ -106,7 +111,7 @@ class AiohttpTransport:
         return self._session
 
     async def send(self, request: HttpRequest, *, connect_timeout: float | None) -> _AiohttpResponse:
-        _check_headers(request.headers)
+        check_request_headers(request.headers)
         url = _exact_url(request.url)
         session = self._get_session()
         timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
@@ -140,22 +145,11 @@ class AiohttpTransport:
 def _exact_url(url: str) -> yarl.URL:
     """``url`` as the dialect built it: already percent-encoded (a SigV4 signature covers the exact
     path, which yarl would otherwise re-quote), and free of whitespace and control characters."""
-    if not url.isascii() or any(ord(char) <= 0x20 or char == "\x7f" for char in url):
-        raise UnsendableRequest("an illegal character in the URL")
+    check_request_url(url)
     try:
         return yarl.URL(url, encoded=True)
     except (ValueError, TypeError) as exc:
         raise UnsendableRequest(type(exc).__name__) from None
-
-
-def _check_headers(headers: Mapping[str, str]) -> None:
-    """Refuse a header aiohttp would send although no HTTP peer should take it: non-ASCII (aiohttp
-    encodes it as UTF-8) or a line break or NUL (header injection). The message names no value."""
-    for name, value in headers.items():
-        if not name or not _TOKEN_CHARACTERS.issuperset(name):
-            raise UnsendableRequest("an illegal header name")  # (names come from the configuration)
-        if not value.isascii() or any(bad in value for bad in "\r\n\0"):
-            raise UnsendableRequest(f"an illegal value in the {name!r} header")
 
 
 def _buffered(content: aiohttp.StreamReader) -> bytes:

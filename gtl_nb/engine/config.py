@@ -240,7 +240,9 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "warn_cost_usd": Field(_OPT_NUM, None, "warn before sending a request estimated to cost more (USD)"),
     },
     "upstream": {
-        "client": Field((str,), "aiohttp", "the HTTP client for provider calls", choices=("aiohttp", "httpx")),
+        "client": Field(
+            (str,), "aiohttp", "the HTTP client for provider calls", choices=("aiohttp", "httptools", "httpx")
+        ),
         "max_connections": Field(
             (int,), 0, "open connections to providers in all (0: no limit)", check=lambda v, w: _at_least(v, w, 0)
         ),

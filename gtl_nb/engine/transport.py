@@ -27,6 +27,8 @@ __all__ = [
     "HttpTransport",
     "TransportError",
     "UnsendableRequest",
+    "check_request_headers",
+    "check_request_url",
 ]
 
 
@@ -79,3 +81,25 @@ class HttpTransport(Protocol):
     async def aclose(self) -> None:
         """Close pooled connections."""
         ...
+
+
+_TOKEN_CHARACTERS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+"""What a header name may contain (RFC 9110's ``token``)."""
+
+
+def check_request_headers(headers: Mapping[str, str]) -> None:
+    """Refuse a header no HTTP peer should take, before anything is sent: a name that is not an RFC 9110
+    token, a non-ASCII value, or a line break or NUL in a value (header injection). The message names
+    the header, never its value (a key may be in it)."""
+    for name, value in headers.items():
+        if not name or not _TOKEN_CHARACTERS.issuperset(name):
+            raise UnsendableRequest("an illegal header name")  # (names come from the configuration)
+        if not value.isascii() or "\r" in value or "\n" in value or "\0" in value:
+            raise UnsendableRequest(f"an illegal value in the {name!r} header")
+
+
+def check_request_url(url: str) -> None:
+    """Refuse a URL with a non-ASCII, whitespace or control character (the dialects percent-encode
+    what they put in one); the message never quotes it (Gemini's ``?key=``)."""
+    if not url.isascii() or any(ord(char) <= 0x20 or char == "\x7f" for char in url):
+        raise UnsendableRequest("an illegal character in the URL")

@@ -153,11 +153,30 @@ def request(**kw) -> CompletionRequest:
     )
 
 
+CLIENTS = ("httptools", "aiohttp")
+_client = {"name": CLIENTS[0]}
+
+
+@pytest.fixture(autouse=True, params=CLIENTS)
+def upstream_client(request: pytest.FixtureRequest) -> str:
+    """Every test here runs once per upstream HTTP client (``[upstream] client``): the runner's
+    behaviour must not depend on which one carries the bytes."""
+    _client["name"] = request.param
+    return request.param
+
+
+def transport() -> object:
+    from gtl_nb.engine.settings import UpstreamSettings
+
+    return UpstreamSettings(client=_client["name"]).transport()
+
+
 def engine_for(*deployments: Deployment, timeouts: Timeouts | None = None) -> Engine:
     return make_engine(
         {d.name: d for d in deployments},
         timeouts=timeouts or Timeouts(connect=2, first_byte=0.5, idle=0.3),
         routing={"retry": {"max_attempts": 1}},  # these tests are about one attempt each
+        http_transport=transport(),
     )
 
 
@@ -354,6 +373,7 @@ def test_a_decoder_that_raises_ends_the_session_with_internal_error(server_facto
         {"a": Deployment(name="a", type="lines-exploding", base_url=server.url, models=("m",))},
         ledger=ledger,
         routing={"retry": {"max_attempts": 1}},
+        http_transport=transport(),
     )
     events = run(engine, request())
     error = events[-1]
@@ -364,7 +384,12 @@ def test_a_decoder_that_raises_ends_the_session_with_internal_error(server_facto
 
 def test_a_runaway_response_body_is_cut_off(server_factory):
     server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:" + b"x" * 5000) + b"0\r\n\r\n"))
-    engine = make_engine({"a": lines("a", server.url)}, routing={"retry": {"max_attempts": 1}}, max_response_bytes=1024)
+    engine = make_engine(
+        {"a": lines("a", server.url)},
+        routing={"retry": {"max_attempts": 1}},
+        max_response_bytes=1024,
+        http_transport=transport(),
+    )
     events = run(engine, request())
     error = events[-1]
     assert isinstance(error, Error) and "larger than 1024 bytes" in error.message
@@ -492,18 +517,17 @@ def test_a_key_that_cannot_go_in_a_header_is_a_configuration_fault_that_never_qu
 
 @pytest.mark.parametrize("name", ["x-key:injected", "bad name", "", "x-ü"])
 def test_a_header_name_no_http_peer_takes_is_refused_before_sending(server_factory, name):
-    from gtl_nb.engine.aiohttp_transport import AiohttpTransport
     from gtl_nb.engine.transport import UnsendableRequest
     from gtl_nb.providers.base import HttpRequest
 
     server = server_factory(lambda c: c.sendall(HEAD + chunked(b"done\n") + b"0\r\n\r\n"))
 
     async def send() -> None:
-        transport = AiohttpTransport()
+        client = transport()
         try:
-            await transport.send(HttpRequest("POST", server.url + "/x", {name: "v"}, b"{}"), connect_timeout=5)
+            await client.send(HttpRequest("POST", server.url + "/x", {name: "v"}, b"{}"), connect_timeout=5)
         finally:
-            await transport.aclose()
+            await client.aclose()
 
     with pytest.raises(UnsendableRequest, match="header name"):
         asyncio.run(send())
