@@ -371,6 +371,7 @@ class _HttpProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received since the current request's head began (an incomplete head's size)
         self._head_size = 0  # the parsed head's size: its URL and header lines
         self._completed = False  # a request became whole during the current read
+        self._keep_alive_held: Any = None  # the cycle whose keep-alive waits for its body (on_headers_complete)
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
@@ -423,7 +424,14 @@ class _HttpProtocol(HttpToolsProtocol):
             return
         self._phase = _BODY
         self._head_bytes = 0
+        before = self.cycle
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not before and cycle is not None and cycle.keep_alive:
+            # until the body is whole (on_message_complete), an answer would close the connection
+            # (on_response_complete): uvicorn then says "connection: close", so no client reuses it
+            cycle.keep_alive = False
+            self._keep_alive_held = cycle
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():  # (a head refused with 431 has no cycle to take its body)
@@ -432,6 +440,9 @@ class _HttpProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._phase = _WHOLE
         self._completed = True
+        held, self._keep_alive_held = self._keep_alive_held, None
+        if held is not None and not held.response_started:
+            held.keep_alive = True  # the body arrived before any answer: the connection may be kept
         if not self.transport.is_closing():
             super().on_message_complete()
 
@@ -454,7 +465,9 @@ class _HttpProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         """uvicorn's keep-alive, except after answering a request whose body is still arriving (a ``413``, a
-        refusal before the body was read): the connection closes, once the answer is written.
+        refusal before the body was read): the connection closes, once the answer is written (and the
+        answer said ``connection: close``: ``on_headers_complete`` holds a request's keep-alive until its
+        body is whole).
 
         Kept open, it would read and throw away whatever the client still sends until the request's
         deadline passed (``header_timeout`` + 1 s per 32 KiB: 4 min with the defaults), a connection's slot
