@@ -241,7 +241,7 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
     },
     "upstream": {
         "client": Field(
-            (str,), "aiohttp", "the HTTP client for provider calls", choices=("aiohttp", "httptools", "httpx")
+            (str,), "httptools", "the HTTP client for provider calls", choices=("httptools", "aiohttp", "httpx")
         ),
         "max_connections": Field(
             (int,), 0, "open connections to providers in all (0: no limit)", check=lambda v, w: _at_least(v, w, 0)

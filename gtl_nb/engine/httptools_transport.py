@@ -380,7 +380,8 @@ class HttptoolsTransport:
         self.max_connections_per_host = max_connections_per_host
         self.idle_timeout = idle_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: dict[_Key, list[_Connection]] = {}
+        # idle connections per host, oldest first (a dict: a closed one leaves in O(1))
+        self._idle: dict[_Key, dict[_Connection, None]] = {}
         self._open: dict[_Key, int] = {}
         self._open_total = 0
         self._waiters: deque[tuple[_Key, asyncio.Future[None]]] = deque()
@@ -454,7 +455,7 @@ class HttptoolsTransport:
         while True:
             idle = self._idle.get(key)
             while idle:
-                connection = idle.pop()  # the most recently used: warmest, least likely timed out
+                connection, _ = idle.popitem()  # the most recently used: warmest, least likely timed out
                 transport = connection.transport
                 if connection.closed or transport is None or transport.is_closing():
                     continue
@@ -517,7 +518,7 @@ class HttptoolsTransport:
             connection.close()
             return
         connection.idle_since = self._loop.time()
-        self._idle.setdefault(connection.key, []).append(connection)
+        self._idle.setdefault(connection.key, {})[connection] = None
         self._wake_one(connection.key)
 
     def _discard(self, connection: _Connection) -> None:
@@ -527,8 +528,8 @@ class HttptoolsTransport:
         connection.counted = False
         key = connection.key
         idle = self._idle.get(key)
-        if idle and connection in idle:
-            idle.remove(connection)
+        if idle:
+            idle.pop(connection, None)
         count = self._open.get(key, 0) - 1
         if count > 0:
             self._open[key] = count

@@ -94,7 +94,7 @@ class RoutingSettings:
 class UpstreamSettings:
     """``[upstream]``: the HTTP client provider calls go through and its pool's bounds (0: none)."""
 
-    client: str = "aiohttp"
+    client: str = "httptools"
     max_connections: int = 0
     max_connections_per_host: int = 0
 

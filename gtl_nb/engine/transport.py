@@ -2,8 +2,8 @@
 
 The engine's runner (``engine.http.HttpRunner``) owns timeouts, body caps and decoding; a transport
 only puts a dialect's ``HttpRequest`` on the wire and hands back the status, the headers and the body
-as an async iterator of chunks. ``AiohttpTransport`` (``engine.aiohttp_transport``) is the default and
-``HttpxTransport`` (``engine.httpx_transport``) the alternative, chosen by ``[upstream] client``;
+as an async iterator of chunks. ``HttptoolsTransport`` (``engine.httptools_transport``) is the default;
+``AiohttpTransport`` and ``HttpxTransport`` are the alternatives, chosen by ``[upstream] client``;
 another client can be measured by passing it to ``build_engine(http_transport=...)`` without touching
 the engine.
 
