@@ -30,16 +30,19 @@ are removed oldest first, after the checkpoint has moved the chain's start past 
 
 **Off the request path.** The hook subscriber runs on the engine's loop and only builds a small
 dict and puts it on a bounded queue; one writer thread appends batches (at most ``BATCH`` records),
-flushes them — and ``fsync``s them when ``fsync`` is set — then writes the checkpoint. A full queue
+flushes them — and ``fsync``s them when ``fsync`` is set — and writes the checkpoint every
+``CHECKPOINT_EVERY`` seconds while records keep coming, within that time of the last one, and
+whenever ``BATCH`` records would otherwise follow it (``flush()`` and ``close()`` write it too). A full queue
 drops the record (counted, logged, and written as a ``dropped`` record later) rather than slowing
 requests down. ``close()`` writes everything queued before it returns: nothing is lost on a clean
 shutdown.
 
 **On a crash** the records still queued are lost (they were never written); the lines already
 written survive a process crash (each batch reaches the operating system before the checkpoint), and
-with ``fsync`` a power cut too. The checkpoint can lag the log by one batch, and the last line can
-be cut short: ``verify`` reports both as what a crash leaves, and the next start adopts the complete
-lines, drops the partial one and writes a ``recovery`` record that says what it repaired. Anything
+with ``fsync`` a power cut too. The checkpoint can lag the log by up to ``BATCH`` records (those
+of the last ``CHECKPOINT_EVERY`` seconds), and the last line can be cut short: ``verify`` reports both
+as what a crash leaves, and the next start adopts the complete lines, drops the partial one and
+writes a ``recovery`` record that says what it repaired. Anything
 a crash cannot explain (an edited, missing or out-of-order record, a log shorter than its
 checkpoint) stops the gateway from starting: the evidence is left as it is.
 
@@ -115,6 +118,10 @@ GENESIS = "0" * 64
 """The ``prev`` of the very first record."""
 BATCH = 256
 """Most records written between two checkpoints: after a crash the log is at most this far ahead."""
+CHECKPOINT_EVERY = 0.05
+"""Seconds between checkpoints while records keep coming (and at most this long after the last one):
+a checkpoint costs a file write, a rename and two ``fsync``s — per 5 ms batch, 4 % of the gateway's
+CPU at concurrency 1 (docs/benchmarks.md)."""
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 10
 DEFAULT_QUEUE_SIZE = 10_000
@@ -723,6 +730,8 @@ class _ChainFiles:
             _unlock(self._lock_fd)
             raise
         self._size = os.fstat(self._fd).st_size
+        self._saved_count = self.point.count  # the count in the checkpoint file (``_recover`` wrote it)
+        self._saved_at = time.monotonic()
         self._last_prune = -math.inf
         self._write_problem: str | None = None  # the last write's failure, until one succeeds
         self._checkpoint_problem: str | None = None
@@ -785,11 +794,20 @@ class _ChainFiles:
     # -- writing
 
     def append(self, records: list[dict[str, Any]]) -> int:
-        """Seal and write ``records`` in order, then checkpoint; returns how many could not be written."""
+        """Seal and write ``records`` in order, checkpointing when due (``CHECKPOINT_EVERY``, or ``BATCH``
+        records past the last checkpoint); returns how many could not be written."""
         lost = 0
         chunk: list[bytes] = []
         point, size = self.point, self._size
         for record in records:
+            if point.count - self._saved_count >= BATCH:  # the log may never run further ahead than this
+                if self._write(chunk):
+                    self.point = point
+                else:
+                    lost += len(chunk)
+                chunk = []
+                self._checkpoint()
+                point, size = self.point, self._size
             line, digest = _seal({"v": FORMAT_VERSION, "seq": point.count + 1, **record}, point.head)
             if size > 0 and size + len(line) > self.settings.max_bytes:
                 if self._write(chunk):
@@ -807,10 +825,16 @@ class _ChainFiles:
             self.point = point
         else:
             lost += len(chunk)
-        self._checkpoint()
+        if time.monotonic() - self._saved_at >= CHECKPOINT_EVERY:
+            self.sync()
         if self.wall_clock() - self._last_prune >= PRUNE_EVERY:
             self.prune()
         return lost
+
+    def sync(self) -> None:
+        """Write the checkpoint if records were written since the last one."""
+        if self.point.count != self._saved_count or self._checkpoint_problem is not None:
+            self._checkpoint()
 
     def _write(self, lines: list[bytes]) -> bool:
         """Append ``lines`` to the current file; on failure cut the file back to where it was (False)."""
@@ -834,13 +858,16 @@ class _ChainFiles:
         return True
 
     def _checkpoint(self) -> None:
+        point = self.point
         try:
-            _write_atomic(checkpoint_path(self.path), self.point.encode(), fsync=self.settings.fsync)
+            _write_atomic(checkpoint_path(self.path), point.encode(), fsync=self.settings.fsync)
         except OSError as exc:
             log.error("audit log %s: cannot write the checkpoint (%s)", self.path, exc.strerror or exc)
             self._checkpoint_problem = f"cannot write the checkpoint ({exc.strerror or exc})"
         else:
             self._checkpoint_problem = None
+            self._saved_count = point.count
+        self._saved_at = time.monotonic()  # (a failed write is tried again at the next due time)
 
     def _rotate(self) -> None:
         """Rename the current file to the next ``<path>.<n>`` and start a new one (a failed rename is
@@ -894,6 +921,7 @@ class _ChainFiles:
         with contextlib.suppress(OSError):
             if self.settings.fsync:
                 os.fsync(self._fd)
+        self.sync()  # after the records' own fsync: the checkpoint never counts what may not be on disk
         os.close(self._fd)
         _unlock(self._lock_fd)
 
@@ -970,6 +998,10 @@ class AuditSink(Protocol):
     def retry(self) -> None:
         """Called every ``RETRY_EVERY`` seconds without records while degraded: try to recover."""
 
+    def sync(self) -> None:
+        """Bring what marks the chain's head up to date (the file log's checkpoint), when records stop
+        coming for a moment or a ``flush()`` asks."""
+
     def close(self) -> None:
         """Keep what is pending, then let go of files and connections (idempotent)."""
 
@@ -1015,6 +1047,9 @@ class AuditLog:
         self._queue: LingeringQueue[dict[str, Any]] = LingeringQueue(maxsize=settings.queue_size)
         self._queued = 0  # records handed to the writer (the loop thread counts them)
         self._written = 0  # of which the writer has finished (written, or counted as lost)
+        self._synced = 0  # of which the destinations have checkpointed (``AuditSink.sync``)
+        self._unsynced = False  # the writer wrote records since its last sync (the writer's own)
+        self._sync_requested = False  # a flush() waits for the next sync
         self._progress = threading.Condition()
         self._dropped = 0
         self._dropped_lock = threading.Lock()
@@ -1170,7 +1205,10 @@ class AuditLog:
         while True:
             # a degraded destination (PostgreSQL away) gets another try now and then, traffic or not
             waiting = any(sink.degraded_reason for sink in self._sinks)
-            records = self._queue.take(BATCH, timeout=RETRY_EVERY if waiting else None)
+            timeout = RETRY_EVERY if waiting else None
+            if self._unsynced:  # the checkpoint follows the last records within CHECKPOINT_EVERY
+                timeout = CHECKPOINT_EVERY if timeout is None else min(timeout, CHECKPOINT_EVERY)
+            records = self._queue.take(BATCH, timeout=timeout)
             if records:
                 try:
                     self._write(records)
@@ -1180,9 +1218,14 @@ class AuditLog:
                     with self._progress:
                         self._written += len(records)
                         self._progress.notify_all()
+                self._unsynced = True
+                if self._sync_requested and not len(self._queue):
+                    self._sync()
             elif self._queue.closed:
                 break
             else:
+                if self._unsynced or self._sync_requested:
+                    self._sync()
                 self._retry()
         for sink in self._sinks:  # PostgreSQL's close writes what its spool holds, if the server answers
             try:
@@ -1210,6 +1253,20 @@ class AuditLog:
             log.exception("audit log %s: a destination failed to take %d record(s)", self.where, len(records))
             return len(records)
 
+    def _sync(self) -> None:
+        """Every destination's ``sync``; then a waiting ``flush()`` may return."""
+        self._sync_requested = False
+        written = self._written
+        for sink in self._sinks:
+            try:
+                sink.sync()
+            except Exception:
+                log.exception("audit log %s: a destination failed to checkpoint", self.where)
+        self._unsynced = False
+        with self._progress:
+            self._synced = written
+            self._progress.notify_all()
+
     def _retry(self) -> None:
         for sink in self._sinks:
             if sink.degraded_reason:
@@ -1224,7 +1281,8 @@ class AuditLog:
         """Wait until every record queued so far is written and checkpointed."""
         target = self._queued
         with self._progress:
-            while self._written < target and self._thread.is_alive():
+            self._sync_requested = True
+            while self._synced < target and self._thread.is_alive():
                 self._queue.wake()  # no lingering: write now
                 self._progress.wait(0.1)
 

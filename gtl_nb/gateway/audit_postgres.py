@@ -243,6 +243,9 @@ class PostgresAuditSink:
                 self._keep(lines)
             return lost
 
+    def sync(self) -> None:
+        """Nothing to do: each batch is committed with its chain's head."""
+
     def retry(self) -> None:
         """While PostgreSQL is away, try it again (when the back-off allows) and write the spool if it
         answers: what the writer thread calls when no record arrives."""

@@ -95,7 +95,7 @@ def test_module_imports_only_lower_layers(path):
 
 
 PURE_PACKAGES = ["protocol", "providers", "gap"]
-IMPURE = ["asyncio", "socket", "httpx", "aiohttp", "IPython"]
+IMPURE = ["asyncio", "socket", "httpx", "aiohttp", "httptools", "IPython"]
 
 
 @pytest.mark.parametrize("package", PURE_PACKAGES)

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -595,3 +596,57 @@ def test_flush_waits_for_every_record_queued_before_it_even_after_drops(tmp_path
         assert [record["count"] for record in written if record["kind"] == "dropped"] == [1]
     finally:
         log.close()
+
+
+# -- the checkpoint: written when due, not per batch ----------------------------------------------------
+
+
+def test_the_checkpoint_is_written_when_due_not_per_batch_and_never_lags_more_than_a_batch(tmp_path, monkeypatch):
+    """A checkpoint costs a write, a rename and two fsyncs: it follows the records every
+    ``CHECKPOINT_EVERY`` seconds, and after ``BATCH`` records at most, whatever the clock says."""
+    from gtl_nb.gateway import audit as module
+
+    path = tmp_path / "audit.jsonl"
+    files = module._ChainFiles(AuditSettings(path=path, fsync=False), lambda: NOW)
+    written: list[int] = []
+    real = module._write_atomic
+
+    def counting(target: Path, data: bytes, *, fsync: bool) -> None:
+        real(target, data, fsync=fsync)
+        written.append(json.loads(data)["count"])
+
+    monkeypatch.setattr(module, "_write_atomic", counting)
+    monkeypatch.setattr(module, "CHECKPOINT_EVERY", 3600.0)  # never due by time in this test
+    record = {"kind": "test", "time": "t"}
+    try:
+        for _ in range(100):  # 100 batches of 7: one checkpoint per BATCH records, not one per batch
+            files.append([dict(record) for _ in range(7)])
+            lag = files.point.count - (written[-1] if written else 0)
+            assert lag <= BATCH
+            report = verify(path)
+            assert report.ok or [p.kind for p in report.problems] == ["ahead"]  # what a crash here would leave
+        assert written == [BATCH * n for n in range(1, 700 // BATCH + 1)]
+        files.sync()
+        assert written[-1] == 700 and verify(path).ok
+        files.sync()
+        assert len(written) == 700 // BATCH + 1  # nothing new: not written again
+    finally:
+        files.close()
+
+
+def test_the_checkpoint_catches_up_when_records_stop_and_at_flush_and_close(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(AuditSettings(path=path, fsync=False))
+    try:
+        audit(finished("s1"))
+        deadline = time.monotonic() + 10
+        while Checkpoint.read(checkpoint_path(path)).count != 1:  # without a flush: within CHECKPOINT_EVERY
+            assert time.monotonic() < deadline, "the checkpoint never followed the last record"
+            threading.Event().wait(0.01)
+        audit(finished("s2"))
+        audit.flush()
+        assert Checkpoint.read(checkpoint_path(path)).count == 2 and verify(path).ok
+        audit(finished("s3"))
+    finally:
+        audit.close()
+    assert Checkpoint.read(checkpoint_path(path)).count == 3 and verify(path).ok
