@@ -146,7 +146,11 @@ def _first_that_works(
     """Run the first statement that succeeds, then the last one again with text SQLite can store;
     ``None`` when none did. A failure that ended the transaction is raised (the batch is retried)."""
     last = len(attempts) - 1
-    for index, (statement, params) in enumerate([*attempts, (attempts[-1][0], _storable(attempts[-1][1]))]):
+    for index in range(last + 2):
+        if index <= last:
+            statement, params = attempts[index]
+        else:  # the escaped text is made only when every statement failed (it walks every value)
+            statement, params = attempts[last][0], _storable(attempts[last][1])
         try:
             return conn.execute(statement, params)
         except sqlite3.OperationalError:
