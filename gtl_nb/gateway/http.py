@@ -709,29 +709,40 @@ class _HotRoutes:
         if endpoint is None or scope.get("root_path"):
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def sender(message: Any) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
+        sender, started = _watched(send)
         request = self._request(scope, receive, sender)
         try:
             try:
                 response = await endpoint(request)
                 await response(scope, receive, sender)
             except self._disconnect as exc:
-                if started:  # as Starlette says it
+                if started():  # as Starlette says it
                     raise RuntimeError("Caught handled exception, but response already started.") from exc
                 response = await self.client_gone(request, exc)
                 await response(scope, receive, sender)
         except Exception as exc:
-            if not started:
+            if not started():
                 response = await self.internal(self._request(scope), exc)
                 await response(scope, receive, send)
             raise
+
+
+def _watched(send: Any) -> tuple[Any, Callable[[], bool]]:
+    """``send`` and a question: has a response begun? uvicorn's own ``send`` (a bound method of its
+    request's cycle) knows already — asked there, no wrapper runs per message; any other ``send`` is
+    wrapped to watch for ``http.response.start``."""
+    cycle = getattr(send, "__self__", None)
+    if isinstance(getattr(cycle, "response_started", None), bool):
+        return send, lambda: bool(cycle.response_started)
+    started = False
+
+    async def sender(message: Any) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+        await send(message)
+
+    return sender, lambda: started
 
 
 class _SessionResponse:
