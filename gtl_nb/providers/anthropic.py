@@ -82,6 +82,7 @@ from gtl_nb.providers.base import (
     arguments_object,
     arguments_text,
     code_for_status,
+    encode_body,
     ends_response,
     error_boundary,
     error_event,
@@ -532,7 +533,7 @@ class AnthropicDialect:
             method="POST",
             url=f"{_base_url(deployment)}/v1/messages",
             headers=_headers(deployment, json_body=True),
-            body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+            body=encode_body(body),
             stream=request.stream,
         )
 

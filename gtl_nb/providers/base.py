@@ -312,6 +312,19 @@ def error_event(
     )
 
 
+_BODY_ENCODER = msgspec.json.Encoder()
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    """A request body as compact UTF-8 JSON (what ``json.dumps(body, ensure_ascii=False,
+    separators=(",", ":"))`` writes, at a fraction of its cost; a value JSON cannot carry —
+    an object of no JSON type — is a ``TypeError`` as there)."""
+    try:
+        return _BODY_ENCODER.encode(body)
+    except msgspec.EncodeError as exc:
+        raise TypeError(str(exc)) from None
+
+
 def parse_json_body(body: bytes, *, limit: int = MAX_BODY_BYTES) -> Any:
     """The body as JSON, or ``None`` when it is not JSON (or breaks a limit of ``parse_json``)."""
     try:

@@ -89,6 +89,7 @@ from gtl_nb.providers.base import (
     ProviderNeeds,
     arguments_object,
     code_for_status,
+    encode_body,
     ends_response,
     error_boundary,
     error_event,
@@ -637,7 +638,7 @@ class GeminiDialect:
             method="POST",
             url=url,
             headers=_headers(deployment, json_body=True),
-            body=json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+            body=encode_body(body),
             stream=request.stream,
         )
 

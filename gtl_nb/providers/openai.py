@@ -44,7 +44,6 @@ servers (Groq) reject unknown message fields and DeepSeek rejects ``reasoning_co
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -52,7 +51,15 @@ from urllib.parse import quote
 
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Error, Message, Tool, ToolCall
-from gtl_nb.providers.base import API_KEY, BASE_URL, Deployment, HttpRequest, ProviderNeeds, error_boundary
+from gtl_nb.providers.base import (
+    API_KEY,
+    BASE_URL,
+    Deployment,
+    HttpRequest,
+    ProviderNeeds,
+    encode_body,
+    error_boundary,
+)
 from gtl_nb.providers.openai_chat import (
     PROVIDER_DATA_KEY,
     REASONING_FIELDS,
@@ -215,7 +222,7 @@ def chat_body(
 
 
 def _encode(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return encode_body(body)
 
 
 # ----------------------------------------------------------------------------------------------
