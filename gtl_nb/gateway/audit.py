@@ -798,33 +798,24 @@ class _ChainFiles:
         records past the last checkpoint); returns how many could not be written."""
         lost = 0
         chunk: list[bytes] = []
-        point, size = self.point, self._size
+        count, head, size = self.point.count, self.point.head, self._size
         for record in records:
-            if point.count - self._saved_count >= BATCH:  # the log may never run further ahead than this
-                if self._write(chunk):
-                    self.point = point
-                else:
-                    lost += len(chunk)
+            if count - self._saved_count >= BATCH:  # the log may never run further ahead than this
+                lost += self._commit(chunk, count, head)
                 chunk = []
                 self._checkpoint()
-                point, size = self.point, self._size
-            line, digest = _seal({"v": FORMAT_VERSION, "seq": point.count + 1, **record}, point.head)
+                count, head, size = self.point.count, self.point.head, self._size
+            line, digest = _seal({"v": FORMAT_VERSION, "seq": count + 1, **record}, head)
             if size > 0 and size + len(line) > self.settings.max_bytes:
-                if self._write(chunk):
-                    self.point = point
-                else:
-                    lost += len(chunk)
+                lost += self._commit(chunk, count, head)
                 chunk = []
                 self._rotate()
-                point, size = self.point, self._size
-                line, digest = _seal({"v": FORMAT_VERSION, "seq": point.count + 1, **record}, point.head)
+                count, head, size = self.point.count, self.point.head, self._size
+                line, digest = _seal({"v": FORMAT_VERSION, "seq": count + 1, **record}, head)
             chunk.append(line)
             size += len(line)
-            point = _replace(point, count=point.count + 1, head=digest)
-        if self._write(chunk):
-            self.point = point
-        else:
-            lost += len(chunk)
+            count, head = count + 1, digest
+        lost += self._commit(chunk, count, head)
         if time.monotonic() - self._saved_at >= CHECKPOINT_EVERY:
             self.sync()
         if self.wall_clock() - self._last_prune >= PRUNE_EVERY:
@@ -835,6 +826,15 @@ class _ChainFiles:
         """Write the checkpoint if records were written since the last one."""
         if self.point.count != self._saved_count or self._checkpoint_problem is not None:
             self._checkpoint()
+
+    def _commit(self, chunk: list[bytes], count: int, head: str) -> int:
+        """Write ``chunk`` (sealed up to record ``count`` with hash ``head``): the chain's head moves
+        there when it was written; returns how many records were lost (all of the chunk, or none)."""
+        if not self._write(chunk):
+            return len(chunk)
+        if chunk:
+            self.point = _replace(self.point, count=count, head=head)
+        return 0
 
     def _write(self, lines: list[bytes]) -> bool:
         """Append ``lines`` to the current file; on failure cut the file back to where it was (False)."""
