@@ -1,6 +1,6 @@
 """The HTTP runner: executes dialects' request descriptions over an ``HttpTransport``.
 
-Dialects stay free of I/O and clocks; the transport (``engine.transport``; pooled httpx by default)
+Dialects stay free of I/O and clocks; the transport (``engine.transport``; the httptools client by default)
 puts bytes on the wire; this module owns the three timeouts, the body cap and the decoding:
 
 * ``connect`` — establishing the connection (the transport's ``ConnectTimeout``),
@@ -64,7 +64,7 @@ class Timeouts:
 
 
 class HttpRunner:
-    """Executes dialect requests over an ``HttpTransport`` (pooled aiohttp unless another is given)."""
+    """Executes dialect requests over an ``HttpTransport`` (the pooled httptools client unless another is given)."""
 
     def __init__(
         self,
@@ -75,9 +75,9 @@ class HttpRunner:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if transport is None:
-            from gtl_nb.engine.aiohttp_transport import AiohttpTransport
+            from gtl_nb.engine.httptools_transport import HttptoolsTransport
 
-            transport = AiohttpTransport()
+            transport = HttptoolsTransport()
         self.timeouts = timeouts or Timeouts()
         self.transport = transport
         self.wall_clock = wall_clock  # signing (SigV4) and HTTP-date Retry-After read it

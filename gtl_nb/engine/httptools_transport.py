@@ -11,17 +11,22 @@ and ``"httpx"`` stay available.
 What it does, precisely:
 
 * **Pool.** Idle connections are kept per ``(scheme, host, port)`` for ``idle_timeout`` seconds (15,
-  aiohttp's default). ``max_connections`` bounds open connections in all and
-  ``max_connections_per_host`` those to one host (0: no bound); a request waiting for a free one waits
-  in order of arrival, within its connect timeout. A connection goes back to the pool as soon as its
-  response has arrived whole — the body the caller has not read yet stays buffered in the response —
-  unless the server said ``Connection: close``; a response abandoned mid-body closes its connection.
-* **A pooled connection the server closed.** If a reused connection ends before any byte of the
-  response came back (the server dropped it while idle), the request is sent once more on a new
-  connection; a failure of that one is the caller's ``ConnectFailed``.
-* **Limits.** Response heads are capped (``MAX_HEAD_BYTES``, ``MAX_HEADERS``); reading pauses while
-  ``PAUSE_BYTES`` of body wait unread; compressed bodies are inflated as the caller reads, at most
-  ``MAX_INFLATED`` bytes per piece, so a compression bomb cannot grow past the runner's body cap.
+  aiohttp's default; a timer closes those past it). ``max_connections`` bounds open connections in
+  all and ``max_connections_per_host`` those to one host (0: no bound); when only the overall bound
+  stands in the way, another host's oldest idle connection is closed to make room. A request waiting
+  for a free connection is woken in order of arrival and waits within its connect timeout. A
+  connection goes back to the pool as soon as its response has arrived whole — the body the caller
+  has not read yet stays buffered in the response — unless the server said ``Connection: close``; a
+  response abandoned mid-body closes its connection.
+* **A pooled connection the server closed.** A ``GET`` (or another idempotent request) whose reused
+  connection ends before any byte of the response (the server dropped it while idle) is sent once more
+  on a new connection. A ``POST`` is not — the server may have acted on it — and is the caller's
+  ``ConnectFailed``, as with aiohttp: the engine's retry policy decides.
+* **Limits.** Response heads are capped (``MAX_HEAD_BYTES``, ``MAX_HEADERS``), counted as the bytes
+  arrive (llhttp buffers a header line until it ends); trailers are dropped; reading pauses while
+  ``PAUSE_BYTES`` of body wait unread; compressed bodies are inflated one piece of at most
+  ``MAX_INFLATED`` bytes per read of the caller, so a compression bomb cannot grow past the runner's
+  body cap.
 * **Errors** map onto the seam's exceptions (``engine.transport``): no message quotes a header value
   (a key may be in one) or the URL's query (Gemini's ``?key=``).
 """
@@ -33,7 +38,8 @@ import contextlib
 import ssl
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -59,6 +65,7 @@ MAX_INFLATED = 256 * 1024
 """Most bytes one piece of a compressed body inflates to (the rest waits for the next read)."""
 IDLE_TIMEOUT = 15.0
 _URL_CACHE_SIZE = 256
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 
 _Key = tuple[str, str, int]  # (scheme, host, port)
 
@@ -113,7 +120,7 @@ class _Exchange:
         self.status = 0
         self.headers: dict[str, str] = {}
         self.header_names: list[bytes] = []
-        self.head_bytes = 0
+        self.head_bytes = 0  # bytes fed to the parser while the head was not complete
         self.body: deque[bytes] = deque()
         self.buffered = 0
         self.complete = False
@@ -155,11 +162,21 @@ class _Connection(asyncio.Protocol):
             self.close()
             return
         exchange.received = True
+        heading = not exchange.head.done()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            # a callback's own exception (a head too large) arrives wrapped: say what it was
+            # a callback's own exception (too many headers) arrives wrapped: say what it was
             self._fail(exc.__context__ if isinstance(exc.__context__, _HeadTooLarge) else exc)
+            return
+        except httptools.HttpParserUpgrade:
+            self._fail(_HeadTooLarge("a protocol upgrade nobody asked for"))
+            return
+        if heading and not exchange.head.done():
+            # llhttp keeps an unfinished header line itself: count what it was given, not what it parsed
+            exchange.head_bytes += len(data)
+            if exchange.head_bytes > MAX_HEAD_BYTES:
+                self._fail(_HeadTooLarge("the response head is too large"))
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
@@ -179,11 +196,13 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         exchange = self.exchange
         assert exchange is not None
-        exchange.head_bytes += len(name) + len(value) + 4
-        if exchange.head_bytes > MAX_HEAD_BYTES or len(exchange.headers) >= MAX_HEADERS:
-            raise _HeadTooLarge("the response head is too large")
-        # lower-case names, as the dialects and the runner look them up; a repeated header: the last wins
-        exchange.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if exchange.head.done():
+            return  # a trailer (after a chunked body): never mixed into the response's headers
+        if len(exchange.headers) >= MAX_HEADERS:
+            raise _HeadTooLarge("the response head has too many headers")
+        # lower-case names, as the dialects and the runner look them up; a repeated header: the last
+        # wins; values as aiohttp reads them (UTF-8, without trailing blanks)
+        exchange.headers[name.decode("latin-1").lower()] = value.decode("utf-8", "replace").rstrip(" \t")
 
     def on_headers_complete(self) -> None:
         exchange = self.exchange
@@ -191,7 +210,6 @@ class _Connection(asyncio.Protocol):
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim response (103 Early Hints): the real one follows
             exchange.headers = {}
-            exchange.head_bytes = 0
             return
         exchange.status = status
         if not exchange.head.done():
@@ -226,7 +244,7 @@ class _Connection(asyncio.Protocol):
         exchange.buffered -= size
         if self.paused and exchange.buffered <= PAUSE_BYTES // 4 and self.exchange is exchange:
             self.paused = False
-            if self.transport is not None:
+            if self.transport is not None and not self.closed:
                 self.transport.resume_reading()
 
     def close(self) -> None:
@@ -241,7 +259,7 @@ class _Connection(asyncio.Protocol):
         exchange.complete = True
         self.exchange = None
         exchange.wake()
-        if self.paused and self.transport is not None:
+        if self.paused and self.transport is not None and not self.closed:  # (uvloop raises on a closed one)
             self.paused = False
             self.transport.resume_reading()
         if self.parser.should_keep_alive() and not self.closed:
@@ -295,16 +313,17 @@ class _Response:
                 connection.consumed(exchange, len(data))
                 if self._inflater is None:
                     yield data
-                else:
-                    for piece in self._inflater.feed(data):
+                else:  # one bounded piece per step: the caller's cap stops a bomb between pieces
+                    for piece in self._inflater.pieces(data):
                         yield piece
                 continue
             if exchange.failure is not None:
                 raise exchange.failure
             if exchange.complete:
                 if self._inflater is not None:
-                    for piece in self._inflater.flush():
-                        yield piece
+                    rest = self._inflater.flush()
+                    if rest:
+                        yield rest
                 return
             waiter = exchange.waiter = asyncio.get_running_loop().create_future()
             try:
@@ -322,40 +341,32 @@ class _Response:
 class _Inflater:
     """gzip or deflate (zlib-wrapped, or raw as some servers send it) undone in bounded pieces."""
 
-    __slots__ = ("_decoder", "_may_go_raw")
+    __slots__ = ("_decoder", "_encoding")
 
     def __init__(self, encoding: str) -> None:
-        # 47: zlib or gzip, told apart by the header; deflate without a header is retried raw below
-        self._decoder = zlib.decompressobj(47 if encoding != "deflate" else 15)
-        self._may_go_raw = encoding == "deflate"
+        self._encoding = encoding
+        self._decoder: Any = None  # made at the first byte (deflate: wrapped or raw, told by that byte)
 
-    def feed(self, data: bytes) -> list[bytes]:
-        try:
-            pieces = self._drain(data)
-        except zlib.error as exc:
-            if not self._may_go_raw:
-                raise ConnectionLost(f"the compressed body is corrupt ({exc})") from None
-            self._decoder = zlib.decompressobj(-15)
-            self._may_go_raw = False
-            try:
-                pieces = self._drain(data)
-            except zlib.error as again:
-                raise ConnectionLost(f"the compressed body is corrupt ({again})") from None
-        self._may_go_raw = False  # the first bytes decoded: this decoder is the right one
-        return pieces
-
-    def _drain(self, data: bytes) -> list[bytes]:
-        pieces = []
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """``data`` inflated, ``MAX_INFLATED`` bytes at most per piece, each made when asked for."""
+        if self._decoder is None:
+            self._decoder = zlib.decompressobj(_window_bits(self._encoding, data[0]))
         while data:
-            piece = self._decoder.decompress(data, MAX_INFLATED)
-            if piece:
-                pieces.append(piece)
+            try:
+                piece = self._decoder.decompress(data, MAX_INFLATED)
+            except zlib.error as exc:
+                raise ConnectionLost(f"the compressed body is corrupt ({exc})") from None
             data = self._decoder.unconsumed_tail
-        return pieces
+            if piece:
+                yield piece
 
-    def flush(self) -> list[bytes]:
-        rest = self._decoder.flush()
-        return [rest] if rest else []
+    def flush(self) -> bytes:
+        if self._decoder is None:
+            return b""
+        try:
+            return self._decoder.flush()
+        except zlib.error as exc:
+            raise ConnectionLost(f"the compressed body is corrupt ({exc})") from None
 
 
 class HttptoolsTransport:
@@ -389,6 +400,7 @@ class HttptoolsTransport:
         self._ssl = ssl_context  # None: the system's trust store (ssl.create_default_context), made at first use
         self._closed = False
         self._generation = 0
+        self._reaper: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return (
@@ -407,26 +419,29 @@ class HttptoolsTransport:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._adopt(loop)
-        if self._closed:
-            raise ConnectFailed("the HTTP client is closed")
-        for attempt in (1, 2):
-            connection = await self._acquire(target, connect_timeout, loop)
+        self._closed = False  # (a transport closed by aclose opens new connections again, as aiohttp's)
+        fresh = False
+        while True:
+            connection = await self._acquire(target, connect_timeout, loop, fresh=fresh)
             exchange = _Exchange(loop.create_future())
             connection.send(data, exchange)
             try:
                 await exchange.head
             except _Unanswered as exc:
-                # a reused connection the server had closed while idle: once more, on a new one
-                if attempt == 1 and connection.reused and not exc.received:
+                # a reused connection the server had closed while idle: once more on a new one, when
+                # sending twice is harmless (module docstring)
+                if not fresh and connection.reused and not exc.received and request.method in _IDEMPOTENT:
+                    fresh = True
                     continue
                 raise ConnectFailed(str(exc)) from None
             except BaseException:
                 connection.close()  # cancelled (the first-byte timeout): the answer would come unasked
                 raise
             return _Response(connection, exchange)
-        raise AssertionError("unreachable")
 
     async def aclose(self) -> None:
+        """Close the idle connections and wake every waiting request (with ``ConnectFailed``); a later
+        ``send`` opens new connections."""
         self._closed = True
         for connections in self._idle.values():
             for connection in list(connections):
@@ -436,6 +451,9 @@ class HttptoolsTransport:
             if not waiter.done():
                 waiter.set_result(None)
         self._waiters.clear()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
 
     # -- the pool
 
@@ -445,15 +463,17 @@ class HttptoolsTransport:
         self._idle, self._open, self._open_total, self._waiters = {}, {}, 0, deque()
         self._generation += 1
         self._loop = loop
-        self._closed = False
+        self._reaper = None  # (a timer of the old loop fires there, finds another generation, and stops)
 
     async def _acquire(
-        self, target: _Target, connect_timeout: float | None, loop: asyncio.AbstractEventLoop
+        self, target: _Target, connect_timeout: float | None, loop: asyncio.AbstractEventLoop, *, fresh: bool
     ) -> _Connection:
+        """An idle connection to ``target`` (unless ``fresh``), else a new one when there is room, else
+        the first free one in order of arrival — within ``connect_timeout`` (``ConnectTimeout``)."""
         key = target.key
         deadline = None if connect_timeout is None else loop.time() + connect_timeout
         while True:
-            idle = self._idle.get(key)
+            idle = None if fresh else self._idle.get(key)
             while idle:
                 connection, _ = idle.popitem()  # the most recently used: warmest, least likely timed out
                 transport = connection.transport
@@ -464,27 +484,55 @@ class HttptoolsTransport:
                     continue
                 connection.reused = True
                 return connection
+            if not self._has_room(key):
+                self._close_idle_elsewhere(key)  # another host's idle connection gives its place up
             if self._has_room(key):
                 return await self._connect(target, deadline, loop)
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._waiters.append((key, waiter))
-            try:
-                remaining = None if deadline is None else max(0.0, deadline - loop.time())
-                await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
-                raise ConnectTimeout(f"no free connection within the connect timeout ({connect_timeout} s)") from None
-            finally:
-                if not waiter.done():
-                    waiter.cancel()
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove((key, waiter))
+            await self._wait_for_room(key, deadline, connect_timeout, loop)
             if self._closed:
-                raise ConnectFailed("the HTTP client is closed")
+                raise ConnectFailed("the HTTP client was closed")
+
+    async def _wait_for_room(
+        self, key: _Key, deadline: float | None, connect_timeout: float | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        """Wait to be woken (``_wake_one``) until ``deadline``. A timer fails the wait: no task and no
+        ``wait_for``, whose 3.11 version can swallow a cancellation that arrives as the wait ends."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        entry = (key, waiter)
+        self._waiters.append(entry)
+        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+        try:
+            await waiter
+        except _Expired:
+            raise ConnectTimeout(f"no free connection within the connect timeout ({connect_timeout} s)") from None
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake_one(key)  # woken, then cancelled before going on: the next waiter's turn
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
 
     def _has_room(self, key: _Key) -> bool:
         if self.max_connections and self._open_total >= self.max_connections:
             return False
         return not (self.max_connections_per_host and self._open.get(key, 0) >= self.max_connections_per_host)
+
+    def _close_idle_elsewhere(self, key: _Key) -> None:
+        """Close the oldest idle connection to another host when that makes room for ``key`` (the
+        overall bound, not the per-host one, stands in the way)."""
+        if not self.max_connections or self._open_total < self.max_connections:
+            return
+        if self.max_connections_per_host and self._open.get(key, 0) >= self.max_connections_per_host:
+            return
+        for other, connections in self._idle.items():
+            if other != key and connections:
+                oldest = next(iter(connections))
+                self._discard(oldest)  # its place is free now, before its transport has finished closing
+                oldest.close()
+                return
 
     async def _connect(self, target: _Target, deadline: float | None, loop: asyncio.AbstractEventLoop) -> _Connection:
         key = target.key
@@ -496,20 +544,26 @@ class HttptoolsTransport:
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
-        try:
-            opening = loop.create_connection(
+        opening = loop.create_task(
+            loop.create_connection(
                 lambda: connection, target.host, key[2], ssl=context, server_hostname=target.server_hostname
             )
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            await asyncio.wait_for(opening, remaining)
+        )
+        expired: list[bool] = []
+        timer = None if deadline is None else loop.call_at(deadline, _cancel_for_time, opening, expired)
+        try:
+            await opening  # a cancellation of ours cancels it too (and is never swallowed)
         except BaseException as exc:
             connection.close()
             self._discard(connection)
-            if isinstance(exc, asyncio.TimeoutError):
+            if expired and isinstance(exc, asyncio.CancelledError):
                 raise ConnectTimeout(f"connect timeout to {target.host_header}") from None
             if isinstance(exc, (OSError, ssl.SSLError, ValueError)):
                 raise ConnectFailed(f"{_os_reason(exc)} ({target.host_header})") from None
             raise
+        finally:
+            if timer is not None:
+                timer.cancel()
         return connection
 
     def _release(self, connection: _Connection) -> None:
@@ -519,7 +573,22 @@ class HttptoolsTransport:
             return
         connection.idle_since = self._loop.time()
         self._idle.setdefault(connection.key, {})[connection] = None
+        if self._reaper is None:
+            self._reaper = self._loop.call_later(self.idle_timeout, self._reap, self._generation)
         self._wake_one(connection.key)
+
+    def _reap(self, generation: int) -> None:
+        """Close the idle connections past ``idle_timeout``; look again while any is left."""
+        if generation != self._generation or self._loop is None:
+            return
+        self._reaper = None
+        limit = self._loop.time() - self.idle_timeout
+        for connections in list(self._idle.values()):
+            for connection in [c for c in connections if c.idle_since <= limit]:
+                self._discard(connection)
+                connection.close()
+        if any(self._idle.values()):
+            self._reaper = self._loop.call_later(self.idle_timeout / 2, self._reap, generation)
 
     def _discard(self, connection: _Connection) -> None:
         """A connection closed (or never opened): out of the pool, its place free (once)."""
@@ -539,15 +608,34 @@ class HttptoolsTransport:
         self._wake_one(key)
 
     def _wake_one(self, key: _Key) -> None:
-        """Wake the first waiter that can go on now (an idle connection to its host, or room)."""
-        if not self._waiters:
-            return
+        """Wake the first waiter that can go on now (an idle connection to its host, or room — made by
+        closing another host's idle connection if need be)."""
         for waiting_key, waiter in self._waiters:
             if waiter.done():
                 continue
-            if self._idle.get(waiting_key) or self._has_room(waiting_key):
+            if self._idle.get(waiting_key) or self._has_room(waiting_key) or self._could_make_room(waiting_key):
                 waiter.set_result(None)
                 return
+
+    def _could_make_room(self, key: _Key) -> bool:
+        if self.max_connections_per_host and self._open.get(key, 0) >= self.max_connections_per_host:
+            return False
+        return any(connections for other, connections in self._idle.items() if other != key)
+
+
+class _Expired(Exception):
+    """A pool wait ran out of time."""
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())
+
+
+def _cancel_for_time(task: asyncio.Task[Any], expired: list[bool]) -> None:
+    if not task.done():
+        expired.append(True)
+        task.cancel()
 
 
 def _request_bytes(request: HttpRequest, target: _Target) -> bytes:
@@ -577,6 +665,14 @@ def _request_bytes(request: HttpRequest, target: _Target) -> bytes:
     return head + body if body else head
 
 
+def _window_bits(encoding: str, first: int) -> int:
+    """zlib's ``wbits`` for a body: gzip or zlib told apart by their headers (47); for ``deflate``,
+    zlib-wrapped when the first byte names the deflate method (8) in its low bits, else raw (-15)."""
+    if encoding != "deflate":
+        return 47
+    return 15 if first & 0x0F == 8 else -15
+
+
 def _until_close(exchange: _Exchange) -> bool:
     """Whether the body runs until the connection closes (no length, not chunked)."""
     headers = exchange.headers
@@ -593,5 +689,3 @@ def _reason(exc: BaseException | None, default: str) -> str:
 
 def _os_reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
-
-

@@ -144,7 +144,11 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_without_an_error(
     run(scenario)
 
 
-def test_a_reused_connection_dropped_as_the_request_arrives_is_retried_once_on_a_new_one():
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_reused_connection_dropped_unanswered_is_retried_on_a_new_one_only_when_harmless(method):
+    """A GET is sent again on a new connection; a POST is not (the server may have acted on it): the
+    caller's ConnectFailed, and the engine's retry policy decides, as with aiohttp."""
+
     async def scenario() -> None:
         async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await server.read_request(reader)
@@ -155,13 +159,26 @@ def test_a_reused_connection_dropped_as_the_request_arrives_is_retried_once_on_a
 
         server = await Server(handler).start()
         transport = HttptoolsTransport()
+
+        async def ask() -> bytes:
+            response = await transport.send(HttpRequest(method, server.url(), {}, b""), connect_timeout=5)
+            try:
+                return b"".join([chunk async for chunk in response.chunks()])
+            finally:
+                await response.aclose()
+
         try:
-            assert (await fetch(transport, server.url()))[2] == b"first"
-            assert (await fetch(transport, server.url()))[2] == b"first"  # from a second connection
+            assert await ask() == b"first"
+            if method == "GET":
+                assert await ask() == b"first"  # from a second connection
+                assert server.accepted == 2 and len(server.requests) == 3
+            else:
+                with pytest.raises(ConnectFailed, match="closed before a response"):
+                    await ask()
+                assert server.accepted == 1 and len(server.requests) == 2  # sent once
         finally:
             await transport.aclose()
             await server.close()
-        assert server.accepted == 2
 
     run(scenario)
 
@@ -441,5 +458,180 @@ def test_https_with_a_trusted_certificate_and_a_refused_untrusted_one(tmp_path: 
             await trusted.aclose()
             await untrusted.aclose()
             await server.close()
+
+    run(scenario)
+
+
+# -- found by review: each once a defect -------------------------------------------------------------
+
+
+def test_an_idle_connection_to_one_host_makes_room_for_another_under_the_overall_bound():
+    async def scenario() -> None:
+        first = await Server(keep_answering(lambda: first, answer(b"a"))).start()
+        second = await Server(keep_answering(lambda: second, answer(b"b"))).start()
+        transport = HttptoolsTransport(max_connections=1)
+        try:
+            assert (await fetch(transport, first.url()))[2] == b"a"  # its connection stays idle
+            response = await transport.send(request(second.url()), connect_timeout=1)
+            assert b"".join([chunk async for chunk in response.chunks()]) == b"b"
+            await response.aclose()
+        finally:
+            await transport.aclose()
+            await first.close()
+            await second.close()
+
+    run(scenario)
+
+
+def test_idle_connections_past_the_idle_timeout_are_closed_by_a_timer():
+    async def scenario() -> None:
+        server = await Server(keep_answering(lambda: server, answer(b"ok"))).start()
+        transport = HttptoolsTransport(idle_timeout=0.1)
+        try:
+            await fetch(transport, server.url())
+            assert transport._open_total == 1
+            await asyncio.sleep(0.4)
+            assert transport._open_total == 0 and not any(transport._idle.values())
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_waiter_woken_then_cancelled_passes_its_turn_on():
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await server.read_request(reader)
+                await release.wait()
+                writer.write(answer(b"ok"))
+                await writer.drain()
+
+        server = await Server(handler).start()
+        transport = HttptoolsTransport(max_connections=1)
+        try:
+            busy = asyncio.ensure_future(fetch(transport, server.url()))
+            await asyncio.sleep(0.05)
+            woken_then_cancelled = asyncio.ensure_future(fetch(transport, server.url()))
+            patient = asyncio.ensure_future(fetch(transport, server.url()))
+            await asyncio.sleep(0.05)
+            release.set()
+            await busy  # its connection is free: the first waiter is woken ...
+            woken_then_cancelled.cancel()  # ... and cancelled before it could take it
+            assert (await asyncio.wait_for(patient, 2))[2] == b"ok"
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_compression_bomb_is_inflated_only_as_far_as_it_is_read():
+    import tracemalloc
+
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024))
+
+    async def scenario() -> None:
+        server = await Server(keep_answering(lambda: server, answer(bomb, b"Content-Encoding: gzip"))).start()
+        transport = HttptoolsTransport()
+        try:
+            response = await transport.send(request(server.url()), connect_timeout=5)
+            while response._exchange.buffered < len(bomb) and not response._exchange.complete:
+                await asyncio.sleep(0.01)  # the whole compressed body has arrived
+            tracemalloc.start()
+            chunks = response.chunks()
+            first = await chunks.__anext__()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert len(first) <= module.MAX_INFLATED and peak < 4 * module.MAX_INFLATED
+            await chunks.aclose()
+            await response.aclose()
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_head_that_never_ends_is_cut_at_the_cap_as_it_arrives():
+    async def scenario() -> None:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+            for _ in range(64):  # 4 MiB of one header value, never ended
+                writer.write(b"v" * 65536)
+                await writer.drain()
+            await reader.read()
+
+        server = await Server(handler).start()
+        transport = HttptoolsTransport()
+        try:
+            with pytest.raises(ConnectFailed, match="too large"):
+                await asyncio.wait_for(transport.send(request(server.url()), connect_timeout=5), 10)
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_trailers_upgrades_header_values_and_deflate_split_at_its_first_byte():
+    raw_deflate = zlib.compressobj(wbits=-15)
+    deflated = raw_deflate.compress(b"data: hello\n\n") + raw_deflate.flush()
+
+    async def scenario() -> None:
+        replies = iter(
+            [
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"2\r\nok\r\n0\r\nContent-Type: evil/override\r\nX-Trailer: t\r\n\r\n",
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+                answer(b"x", "X-Err: café  ".encode()),
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: deflate\r\nContent-Length: %d\r\n\r\n" % len(deflated),
+            ]
+        )
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await server.read_request(reader)
+                reply = next(replies)
+                writer.write(reply)
+                if b"deflate" in reply:
+                    writer.write(deflated[:1])  # the first byte alone: raw or wrapped is told from it
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                    writer.write(deflated[1:])
+                await writer.drain()
+
+        server = await Server(handler).start()
+        transport = HttptoolsTransport()
+        try:
+            _, headers, body = await fetch(transport, server.url())
+            assert body == b"ok" and headers["content-type"] == "text/event-stream" and "x-trailer" not in headers
+            with pytest.raises(ConnectFailed, match="upgrade"):
+                await transport.send(request(server.url()), connect_timeout=5)
+            assert (await fetch(transport, server.url()))[1]["x-err"] == "café"
+            assert (await fetch(transport, server.url()))[2] == b"data: hello\n\n"
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_closed_transport_opens_new_connections_for_later_requests():
+    async def scenario() -> None:
+        server = await Server(keep_answering(lambda: server, answer(b"ok"))).start()
+        transport = HttptoolsTransport()
+        try:
+            await fetch(transport, server.url())
+            await transport.aclose()
+            assert (await fetch(transport, server.url()))[2] == b"ok"
+        finally:
+            await transport.aclose()
+            await server.close()
+        assert server.accepted == 2
 
     run(scenario)
