@@ -372,6 +372,7 @@ class _HttpProtocol(HttpToolsProtocol):
         self._head_size = 0  # the parsed head's size: its URL and header lines
         self._completed = False  # a request became whole during the current read
         self._keep_alive_held: Any = None  # the cycle whose keep-alive waits for its body (on_headers_complete)
+        self._close_after_answer = False  # a shutdown found a request queued behind an answer being written
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
@@ -461,6 +462,11 @@ class _HttpProtocol(HttpToolsProtocol):
             error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
             self._cut(503, error, "the gateway is shutting down while its request body arrives")
             return
+        if self._phase is _BODY and self.pipeline:
+            # an earlier request's answer is still being written: it ends whole, then the connection closes
+            # (the request behind it never started: its client may send it elsewhere)
+            self._close_after_answer = True
+            return
         super().shutdown()
 
     def on_response_complete(self) -> None:
@@ -477,7 +483,7 @@ class _HttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         body_arriving = self._phase is _BODY and cycle is not None and cycle.response_complete
         super().on_response_complete()
-        if body_arriving and not self.transport.is_closing():
+        if (body_arriving or self._close_after_answer) and not self.transport.is_closing():
             self._stop_deadline()
             self.transport.close()
         elif self._deadline_timer is None and self._phase is _HEAD:
@@ -499,6 +505,8 @@ class _HttpProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self._phase is _WAITING or self._phase is _HEAD:  # ``cycle`` is the previous request's
             return cycle is None or cycle.response_complete
+        if self.pipeline:  # ``cycle`` waits behind an earlier request whose answer is being written
+            return False
         return cycle is None or not cycle.response_started
 
     def _start_deadline(self) -> None:

@@ -428,3 +428,23 @@ def test_a_pipelined_head_arriving_while_an_answer_streams_does_not_cut_it(paced
     answer, _, after = received.partition(b"event: done")
     assert b"event: done" in received and b"408" not in answer  # nothing written inside the stream
     assert b"HTTP/1.1 408" in after
+
+
+def test_a_shutdown_never_answers_a_pipelined_body_inside_the_answer_streaming_before_it(paced_config):
+    """A stream, and behind it on the same connection a request whose body is still arriving when the
+    gateway shuts down: the stream is written whole; no ``503`` lands inside it (the connection closes)."""
+    request = json.dumps({**REQUEST, "model": "crawl:gpt-4o-mini"}).encode()
+    with serving(paced_config, grace=30) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(_head("/v1/gtl/sse", f"content-length: {len(request)}", "content-type: application/json"))
+        sock.sendall(request + _head("/v1/gtl", "content-length: 1000", "content-type: application/json") + b"{")
+        sock.settimeout(30)
+        received = sock.recv(65536)  # the stream has begun
+        served.begin_shutdown()
+        while True:
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            received += piece
+    answer, done, _ = received.partition(b"event: done")
+    assert done and b"HTTP/1.1 503" not in answer, received[-600:]  # the stream ended whole, nothing inside it
+
