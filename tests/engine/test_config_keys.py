@@ -717,10 +717,14 @@ def timeouts_idle(tmp_path):
 
 def upstream_client(tmp_path):
     from gtl_nb.engine.aiohttp_transport import AiohttpTransport
+    from gtl_nb.engine.httptools_transport import HttptoolsTransport
     from gtl_nb.engine.httpx_transport import HttpxTransport
 
     with sim.serve("openai") as s:
-        for name, kind in (("httpx", HttpxTransport), ("aiohttp", AiohttpTransport)):
+        default = client({"openai": oa(s)})
+        assert isinstance(default.backend.engine.http.transport, HttptoolsTransport)
+        default.close()
+        for name, kind in (("httpx", HttpxTransport), ("aiohttp", AiohttpTransport), ("httptools", HttptoolsTransport)):
             c = client({"openai": oa(s)}, upstream={"client": name})
             assert isinstance(c.backend.engine.http.transport, kind)
             assert c.complete(MODEL, "hi").text
