@@ -1,6 +1,6 @@
 """Where the gateway's CPU goes: py-spy on ``gtl serve`` under a concurrency-1 streaming load.
 
-    python -m bench.profile_gateway [--seconds 20] [--path gtl-openai] [--tokens 16] [--raw FILE]
+    python -m bench.profile_gateway [--seconds 20] [--path gtl-openai] [--tokens 16] [--whole] [--raw FILE]
     python -m bench.profile_gateway --summarise FILE     # a saved py-spy raw profile
 
 Starts the fake upstream and the gateway (tokens, ledger, audit on, as ``bench.suite`` does), runs the
@@ -95,7 +95,7 @@ def summarise(text: str, top: int = 10) -> str:
     return "\n".join(lines)
 
 
-def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False) -> str:
+def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False, whole: bool = False) -> str:
     """Run the load and py-spy together; the raw profile's text."""
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(py_spy).exists():
@@ -131,7 +131,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False)
             recording: list[threading.Thread] = []
             phase = {
                 "path": specs[path].to_json(),
-                "stream": True,
+                "stream": not whole,
                 "tokens": tokens,
                 "concurrency": 1,
                 "duration": seconds,
@@ -145,7 +145,8 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False)
                 raise RuntimeError(f"errors under profile: {result['errors']}")
             if not raw.exists():
                 raise RuntimeError(f"py-spy wrote nothing: {recorder[0].stderr if recorder else ''}")
-            print(f"profiled {result['requests']} streams of {tokens} tokens over {path} ({result['rps']:.0f}/s)")
+            kind = "whole answers" if whole else "streams"
+            print(f"profiled {result['requests']} {kind} of {tokens} tokens over {path} ({result['rps']:.0f}/s)")
             return raw.read_text()
         finally:
             client.close()
@@ -166,11 +167,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="sample only the thread holding the GIL (Python CPU; without it a thread in fsync counts as busy)",
     )
+    parser.add_argument("--whole", action="store_true", help="whole answers (stream: false) instead of streams")
     args = parser.parse_args(argv)
     if args.summarise:
         print(summarise(args.summarise.read_text()))
         return
-    text = record(args.path, args.seconds, args.tokens, args.rate, args.gil)
+    text = record(args.path, args.seconds, args.tokens, args.rate, args.gil, args.whole)
     if args.raw:
         args.raw.write_text(text)
     print(summarise(text))
