@@ -59,7 +59,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -74,6 +73,7 @@ from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, 
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
+from gtl_nb.ids import unique_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.errors import (
@@ -369,7 +369,7 @@ class GTLServicer(pb_grpc.GTLServicer):
             error = InvalidRequestError(f"malformed gtl.v1.CompletionRequest: {type(exc).__name__}")
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, error)
         if not message.session_id:  # no connection to keep ids apart: any unique id will do
-            message = msgspec.structs.replace(message, session_id=uuid.uuid4().hex)
+            message = msgspec.structs.replace(message, session_id=unique_hex())
         return message  # type: ignore[no-any-return]
 
     # -- shutdown ------------------------------------------------------------------------------------

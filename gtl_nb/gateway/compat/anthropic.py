@@ -13,7 +13,6 @@ plus ``x-should-retry`` and, when known, ``retry-after``.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -25,6 +24,7 @@ from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_obj
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError
 from gtl_nb.protocol.messages import Error
 
@@ -92,7 +92,7 @@ class AnthropicEndpoints:
 
     async def messages(self, request: Any) -> Any:
         """``POST /v1/messages``."""
-        session_id = f"msg_{uuid.uuid4().hex}"
+        session_id = f"msg_{unique_hex()}"
         try:
             context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
             message = messages_request(await intake.read_json(request, self.max_bytes), session_id)

@@ -18,7 +18,6 @@ rules, and ``retry-after`` when the error has one.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -33,6 +32,7 @@ from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_objec
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError
 from gtl_nb.protocol.messages import Error
 
@@ -118,7 +118,7 @@ class OpenAIEndpoints:
 
     async def chat_completions(self, request: Any) -> Any:
         """``POST /v1/chat/completions``."""
-        session_id = f"chatcmpl-{uuid.uuid4().hex}"
+        session_id = f"chatcmpl-{unique_hex()}"
         try:
             context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request)
             chat = chat_request(await intake.read_json(request, self.max_bytes), session_id)
