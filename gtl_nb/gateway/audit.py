@@ -14,7 +14,7 @@ earlier hooks (attempts, retries, failovers, a cache hit) only add to it.
 where ``hash`` is the SHA-256 of the line's own bytes up to (without) ``,"hash":…`` plus the closing
 brace — the exact bytes written, so verifying never re-serialises. ``seq`` counts records from 1.
 The first record's ``prev`` is 64 zeros. The chain's head is **checkpointed** in
-``<path>.checkpoint`` (written atomically: a temporary file, then a rename) after every batch: the
+``<path>.checkpoint`` (written atomically: a temporary file, then a rename) when due (below): the
 last ``seq`` and hash, the current file's name, how many files were rotated, and where the retained
 part of the chain starts (retention removes the oldest files and moves that start on). ``verify``
 walks every retained file against the checkpoint and reports an edited record (its hash no longer
@@ -744,7 +744,10 @@ class _ChainFiles:
         return None if problem is None else f"audit log {self.path}: {problem}"
 
     def retry(self) -> None:
-        """Nothing waits here between batches: a failed write is counted and the next batch tries again."""
+        """A failed write is counted and the next batch tries again; a failed checkpoint is written
+        again here (the writer calls this while the log is degraded, records or not)."""
+        if self._checkpoint_problem is not None:
+            self.sync()
 
     # -- start-up
 
@@ -800,7 +803,7 @@ class _ChainFiles:
         chunk: list[bytes] = []
         count, head, size = self.point.count, self.point.head, self._size
         for record in records:
-            if count - self._saved_count >= BATCH:  # the log may never run further ahead than this
+            if count - self._saved_count >= BATCH and self._checkpoint_problem is None:  # never further ahead
                 lost += self._commit(chunk, count, head)
                 chunk = []
                 self._checkpoint()
@@ -1049,7 +1052,7 @@ class AuditLog:
         self._written = 0  # of which the writer has finished (written, or counted as lost)
         self._synced = 0  # of which the destinations have checkpointed (``AuditSink.sync``)
         self._unsynced = False  # the writer wrote records since its last sync (the writer's own)
-        self._sync_requested = False  # a flush() waits for the next sync
+        self._sync_target = 0  # a flush() waits until this many are synced
         self._progress = threading.Condition()
         self._dropped = 0
         self._dropped_lock = threading.Lock()
@@ -1068,6 +1071,7 @@ class AuditLog:
         for index, sink in enumerate(self._sinks):
             if sink.recovered is not None:  # the writer thread is not running yet: this thread may write
                 self._lost[index] = sink.append([sink.recovered | {"time": _iso(wall_clock())}])
+                sink.sync()  # checkpointed now: an idle gateway's log verifies without waiting for traffic
         self._thread = threading.Thread(target=self._run, name="gtl-audit-writer", daemon=True)
         self._thread.start()
 
@@ -1219,12 +1223,12 @@ class AuditLog:
                         self._written += len(records)
                         self._progress.notify_all()
                 self._unsynced = True
-                if self._sync_requested and not len(self._queue):
+                if self._synced < self._sync_target:  # a flush waits: checkpoint now, under load too
                     self._sync()
             elif self._queue.closed:
                 break
             else:
-                if self._unsynced or self._sync_requested:
+                if self._unsynced or self._synced < self._sync_target:
                     self._sync()
                 self._retry()
         for sink in self._sinks:  # PostgreSQL's close writes what its spool holds, if the server answers
@@ -1255,7 +1259,6 @@ class AuditLog:
 
     def _sync(self) -> None:
         """Every destination's ``sync``; then a waiting ``flush()`` may return."""
-        self._sync_requested = False
         written = self._written
         for sink in self._sinks:
             try:
@@ -1278,10 +1281,11 @@ class AuditLog:
     # -- the end
 
     def flush(self) -> None:
-        """Wait until every record queued so far is written and checkpointed."""
+        """Wait until every record queued so far is written and checkpointed (a destination that cannot
+        keep them says so in ``degraded_reason``: records lost, or a checkpoint the disk refused)."""
         target = self._queued
         with self._progress:
-            self._sync_requested = True
+            self._sync_target = max(self._sync_target, target)
             while self._synced < target and self._thread.is_alive():
                 self._queue.wake()  # no lingering: write now
                 self._progress.wait(0.1)

@@ -650,3 +650,71 @@ def test_the_checkpoint_catches_up_when_records_stop_and_at_flush_and_close(tmp_
     finally:
         audit.close()
     assert Checkpoint.read(checkpoint_path(path)).count == 3 and verify(path).ok
+
+
+def test_flush_returns_while_records_keep_coming(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(AuditSettings(path=path, fsync=False, queue_size=100_000))
+    stop = threading.Event()
+
+    def produce() -> None:
+        index = 0
+        while not stop.is_set():
+            audit(finished(f"load{index}"))
+            index += 1
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    try:
+        threading.Event().wait(0.1)
+        audit(finished("mine"))
+        flusher = threading.Thread(target=audit.flush)
+        flusher.start()
+        flusher.join(5)
+        assert not flusher.is_alive(), "flush waited for the load to stop"
+        assert Checkpoint.read(checkpoint_path(path)).count >= 1
+    finally:
+        stop.set()
+        producer.join()
+        audit.close()
+    assert verify(path).ok
+
+
+def test_the_recovery_record_is_checkpointed_without_waiting_for_traffic(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 3)
+    checkpointed = checkpoint_path(path).read_bytes()
+    write_log(path, 2, start=3)
+    checkpoint_path(path).write_bytes(checkpointed)  # as if the writer died before its last checkpoint
+    audit = AuditLog(AuditSettings(path=path, fsync=False))
+    try:
+        assert verify(path).ok  # the recovery record is written and checkpointed: nothing "ahead"
+    finally:
+        audit.close()
+
+
+def test_a_checkpoint_the_disk_refused_is_written_again_when_it_takes_it(tmp_path, monkeypatch):
+    from gtl_nb.gateway import audit as module
+
+    path = tmp_path / "audit.jsonl"
+    refusals = [OSError(28, "No space left on device")]
+    real = module._write_atomic
+
+    def flaky(target: Path, data: bytes, *, fsync: bool) -> None:
+        if refusals and target == checkpoint_path(path):
+            raise refusals.pop()
+        real(target, data, fsync=fsync)
+
+    audit = AuditLog(AuditSettings(path=path, fsync=False))
+    monkeypatch.setattr(module, "_write_atomic", flaky)
+    monkeypatch.setattr(module, "RETRY_EVERY", 0.05)
+    try:
+        audit(finished("s1"))
+        audit.flush()
+        deadline = time.monotonic() + 10
+        while Checkpoint.read(checkpoint_path(path)).count != 1 or audit.degraded_reason:
+            assert time.monotonic() < deadline, audit.degraded_reason
+            threading.Event().wait(0.02)
+        assert verify(path).ok
+    finally:
+        audit.close()
