@@ -373,6 +373,7 @@ class _HttpProtocol(HttpToolsProtocol):
         self._completed = False  # a request became whole during the current read
         self._keep_alive_held: Any = None  # the cycle whose keep-alive waits for its body (on_headers_complete)
         self._close_after_answer = False  # a shutdown found a request queued behind an answer being written
+        self._running_cycle: Any = None  # the cycle whose application runs (the one a pipelined request waits on)
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
@@ -428,6 +429,8 @@ class _HttpProtocol(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
+        if cycle is not before and cycle is not None and not self.pipeline:
+            self._running_cycle = cycle  # it runs now (a pipelined one starts in on_response_complete)
         if cycle is not before and cycle is not None and cycle.keep_alive:
             # until the body is whole (on_message_complete), an answer would close the connection
             # (on_response_complete): uvicorn then says "connection: close", so no client reuses it
@@ -464,8 +467,12 @@ class _HttpProtocol(HttpToolsProtocol):
             return
         if self._phase is _BODY and self.pipeline:
             # an earlier request's answer is still being written: it ends whole, then the connection closes
-            # (the request behind it never started: its client may send it elsewhere)
+            # (the request behind it never started: its client may send it elsewhere); an answer not begun
+            # yet says so (``connection: close``), and uvicorn closes after it
             self._close_after_answer = True
+            answering = self._running_cycle
+            if answering is not None and not answering.response_started:
+                answering.keep_alive = False
             return
         super().shutdown()
 
@@ -482,12 +489,20 @@ class _HttpProtocol(HttpToolsProtocol):
         # the body of the request just answered (a pipelined request queued behind it has a cycle of its own)
         cycle = self.cycle
         body_arriving = self._phase is _BODY and cycle is not None and cycle.response_complete
+        if self._close_after_answer and not self.transport.is_closing():
+            self._stop_deadline()
+            self.transport.close()  # before uvicorn starts the request queued behind (it never will)
+        upcoming = self.pipeline[-1][0] if self.pipeline else None  # uvicorn starts it now, if it can
         super().on_response_complete()
-        if (body_arriving or self._close_after_answer) and not self.transport.is_closing():
+        if upcoming is not None and not self.transport.is_closing():
+            self._running_cycle = upcoming
+        if body_arriving and not self.transport.is_closing():
             self._stop_deadline()
             self.transport.close()
-        elif self._deadline_timer is None and self._phase is _HEAD:
-            self._start_deadline()  # a pipelined request's head began arriving while this answer was sent
+        elif self._deadline_timer is None and (self._phase is _HEAD or self._phase is _BODY):
+            # a pipelined request's head, or its body, is still arriving now that the answer before it is
+            # sent: its deadline starts (until now it waited its turn)
+            self._start_deadline()
 
     def send_400_response(self, msg: str) -> None:
         """A request llhttp cannot parse (uvicorn's own answer is plain text)."""

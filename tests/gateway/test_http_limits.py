@@ -22,6 +22,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -448,3 +449,56 @@ def test_a_shutdown_never_answers_a_pipelined_body_inside_the_answer_streaming_b
     answer, done, _ = received.partition(b"event: done")
     assert done and b"HTTP/1.1 503" not in answer, received[-600:]  # the stream ended whole, nothing inside it
 
+
+
+def _until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
+    """What arrives until the gateway closes the connection (``True``) or ``seconds`` pass (``False``)."""
+    sock.settimeout(0.2)
+    data, deadline = b"", time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            piece = sock.recv(65536)
+        except TimeoutError:
+            continue
+        except ConnectionResetError:
+            return data, True
+        if not piece:
+            return data, True
+        data += piece
+    return data, False
+
+
+def test_a_pipelined_body_that_stops_arriving_is_cut_at_the_header_timeout(base_config):
+    """A GET, and behind it a POST whose body stops after one byte: once the GET is answered, the POST's
+    deadline runs (it held the connection for ever before)."""
+    limits = Limits(max_frame_bytes=64 * 1024, header_timeout=0.5, idle_timeout=30)
+    with serving(base_config, limits=limits) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(HEALTH + _head("/v1/gtl", "content-length: 100", "content-type: application/json") + b"{")
+        data, closed = _until_closed(sock, 10)
+    assert closed and data.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in data
+
+
+@pytest.fixture(scope="module")
+def sleepy() -> Iterator[Any]:
+    server = sim.serve("openai", sim.Fault.slow_first_token(2.0), seed=3, api_key=SIM_KEY)
+    yield server
+    server.close()
+
+
+def test_a_shutdown_with_a_pipelined_body_arriving_has_the_answer_before_it_announce_the_close(
+    write_config, sleepy, tmp_path
+):
+    """The answer the pipelined request waits behind has not begun when the gateway starts shutting down:
+    it is sent whole and says ``connection: close``, then the connection closes."""
+    providers = {"sleepy": {"type": "openai", "api_key": SIM_KEY, "base_url": sleepy.base_url}}
+    config = write_config(providers=providers, ledger=tmp_path / "rows.sqlite")
+    request = json.dumps({**REQUEST, "model": "sleepy:gpt-4o-mini", "stream": False}).encode()
+    with serving(config, grace=30) as served, socket.create_connection(_address(served.url)) as sock:
+        first = _head("/v1/gtl", f"content-length: {len(request)}", "content-type: application/json") + request
+        sock.sendall(first + _head("/v1/gtl", "content-length: 1000", "content-type: application/json") + b"{")
+        time.sleep(0.2)
+        served.begin_shutdown()
+        data, closed = _until_closed(sock, 30)
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    assert closed and head.startswith(b"http/1.1 200") and b"\r\nconnection: close" in head
+    assert data.count(b"HTTP/1.1 ") == 1
