@@ -732,10 +732,37 @@ _DEPLOYMENT_FIELDS: dict[str, Field] = {
     "model": Field((str,)),
     "models": Field((list,), check=_str_list),
     "headers": Field((dict,), check=lambda v, w: _str_dict(v, w)),
-    "options": Field((dict,)),
+    "options": Field((dict,), check=lambda v, w: _json_value(v, w)),
     "weight": Field(_NUM),
     "timeouts": Field((dict,), check=lambda v, w: _check_table(v, SECTION_SCHEMAS["timeouts"], w)),
 }
+
+
+def _json_value(value: Any, where: str, depth: int = 0) -> None:
+    """Provider options go into request bodies (``extra_body``): only what JSON carries as it is —
+    strings, finite numbers, booleans, null, arrays and tables with string keys. A TOML date, ``nan`` or
+    ``inf`` would be sent as something else (a string, ``null``) or refused by the provider."""
+    if depth > 32:
+        raise ConfigurationError(f"{where} nests deeper than 32 levels")
+    if value is None or isinstance(value, (str, bool, int)):
+        return
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigurationError(f"{where} is {value}: a provider option must be a finite number")
+        return
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigurationError(f"{where} has a key that is not a string: {key!r}")
+            _json_value(item, f"{where}.{key}", depth + 1)
+        return
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            _json_value(item, f"{where}[{index}]", depth + 1)
+        return
+    raise ConfigurationError(
+        f"{where} is a {type(value).__name__}: a provider option must be a string, number, boolean, array or table"
+    )
 
 
 def _str_dict(value: Mapping[str, Any], where: str) -> None:

@@ -316,9 +316,11 @@ _BODY_ENCODER = msgspec.json.Encoder()
 
 
 def encode_body(body: Mapping[str, Any]) -> bytes:
-    """A request body as compact UTF-8 JSON (what ``json.dumps(body, ensure_ascii=False,
-    separators=(",", ":"))`` writes, at a fraction of its cost; a value JSON cannot carry —
-    an object of no JSON type — is a ``TypeError`` as there)."""
+    """A request body as compact UTF-8 JSON: for JSON's own types what ``json.dumps(body,
+    ensure_ascii=False, separators=(",", ":"))`` writes, at a fraction of its cost. msgspec's rules
+    otherwise: a non-finite float is ``null``, a date, ``Decimal``, ``UUID`` or ``bytes`` a string;
+    an object it cannot encode is a ``TypeError``. (Request fields arrive validated, and
+    configuration options are checked to be plain JSON when loaded: ``engine.config``.)"""
     try:
         return _BODY_ENCODER.encode(body)
     except msgspec.EncodeError as exc:

@@ -541,3 +541,24 @@ def test_every_toml_example_in_the_configuration_guide_is_valid(home):
         data = tomllib.loads(text)
         config = load(home, config=data)
         assert isinstance(config, Config)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("nan", "finite number"),
+        ("-inf", "finite number"),
+        ("1979-05-27T07:32:00Z", "datetime"),
+        ("[1, {a = inf}]", "finite number"),
+    ],
+)
+def test_provider_options_must_be_plain_json_as_they_go_into_request_bodies(home, tmp_path, value, message):
+    path = write(
+        tmp_path / "gtl.toml",
+        f'[providers.o]\ntype = "openai"\napi_key = "k"\noptions = {{ extra_body = {{ seed = {value} }} }}\n',
+    )
+    with pytest.raises(ConfigurationError, match=rf"extra_body\.seed.*{message}"):
+        load(home, config=path)
+    options = 'options = { extra_body = { seed = 7, stop = ["x"], deep = { t = 0.5, n = "s", b = true } } }'
+    fine = write(tmp_path / "fine.toml", f'[providers.o]\ntype = "openai"\napi_key = "k"\n{options}\n')
+    assert load(home, config=fine).deployments["o"].options["extra_body"]["seed"] == 7
