@@ -19,6 +19,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[2] / "gtl_nb"
 # DESIGN.md's list, top to bottom: each layer only imports the layers above it (lower rank).
 RANKS: dict[str, int] = {
     "log": 0,  # the redacting logger: a leaf every layer may use
+    "ids": 0,  # unique ids without a system call each: a leaf
     "protocol": 1,
     "providers": 2,
     "gap": 2,
