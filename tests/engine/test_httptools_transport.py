@@ -95,6 +95,19 @@ def keep_answering(server_of: Callable[[], Server], reply: bytes) -> Handler:
     return handler
 
 
+def answering_once_released(server_of: Callable[[], Server], release: asyncio.Event) -> Handler:
+    """Each request answered ``ok`` once ``release`` is set (a connection held busy until then)."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server_of().read_request(reader)
+            await release.wait()
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    return handler
+
+
 def run(scenario: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
@@ -378,15 +391,7 @@ def test_a_response_abandoned_mid_body_closes_its_connection():
 def test_the_pool_bounds_open_connections_and_a_waiting_request_times_out_within_the_connect_timeout():
     async def scenario() -> None:
         release = asyncio.Event()
-
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                await release.wait()
-                writer.write(answer(b"ok"))
-                await writer.drain()
-
-        server = await Server(handler).start()
+        server = await Server(answering_once_released(lambda: server, release)).start()
         transport = HttptoolsTransport(max_connections=1)
         try:
             first = asyncio.ensure_future(fetch(transport, server.url()))
@@ -502,15 +507,7 @@ def test_idle_connections_past_the_idle_timeout_are_closed_by_a_timer():
 def test_a_waiter_woken_then_cancelled_passes_its_turn_on():
     async def scenario() -> None:
         release = asyncio.Event()
-
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while True:
-                await server.read_request(reader)
-                await release.wait()
-                writer.write(answer(b"ok"))
-                await writer.drain()
-
-        server = await Server(handler).start()
+        server = await Server(answering_once_released(lambda: server, release)).start()
         transport = HttptoolsTransport(max_connections=1)
         try:
             busy = asyncio.ensure_future(fetch(transport, server.url()))
