@@ -19,8 +19,10 @@ import importlib.util
 import itertools
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -177,6 +179,30 @@ _shared: PostgresServer | None = None
 _users = 0
 _shared_lock = threading.Lock()
 _databases = itertools.count(1)
+
+
+@contextlib.contextmanager
+def frozen(server: PostgresServer) -> Iterator[None]:
+    """PostgreSQL stopped with SIGSTOP: its sockets stay open and the kernel still accepts connections,
+    but nothing answers — a hung host, a VM paused, a server stuck on its disk. (Linux: its processes
+    are found in /proc.)"""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("finds the server's processes in /proc")
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    pids.append(int(entry.name))
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 def _in_ci() -> bool:

@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import errno
 import http.server
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -411,26 +409,7 @@ def test_a_spool_write_the_disk_refused_is_counted_by_a_dropped_record_and_the_c
     ]
 
 
-@contextlib.contextmanager
-def frozen(server: Any) -> Iterator[None]:
-    """PostgreSQL stopped with SIGSTOP: connections stay open, nothing answers."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("finds the server's processes in /proc")
-    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
-    pids = [postmaster]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    pids.append(int(entry.name))
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+frozen = kit.frozen  # PostgreSQL stopped with SIGSTOP (tests/postgres_server.py)
 
 
 def test_close_with_postgresql_frozen_is_short_and_loses_nothing(tmp_path, postgres_server, postgres_url, monkeypatch):

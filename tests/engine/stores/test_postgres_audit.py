@@ -5,17 +5,14 @@ close, or the other processes sharing the spool."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -262,27 +259,7 @@ def test_a_lost_batch_that_may_have_reached_postgresql_keeps_its_numbers(
 # -- a server that stops answering --------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def frozen(server: Any) -> Iterator[None]:
-    """PostgreSQL stopped (SIGSTOP): its sockets stay open and the kernel still accepts connections,
-    but nothing answers — a hung host, a VM paused, a server stuck on its disk."""
-    if not sys.platform.startswith("linux"):
-        pytest.skip("finds the server's processes in /proc")
-    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
-    pids = [postmaster]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
-                    pids.append(int(entry.name))
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
+frozen = kit.frozen  # PostgreSQL stopped with SIGSTOP (tests/postgres_server.py)
 
 
 def test_a_frozen_postgresql_holds_append_and_close_for_write_timeout_at_most(
