@@ -108,7 +108,6 @@ class _Exchange:
         "failure",
         "head",
         "head_bytes",
-        "header_names",
         "headers",
         "received",
         "status",
@@ -119,7 +118,6 @@ class _Exchange:
         self.head = head
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.header_names: list[bytes] = []
         self.head_bytes = 0  # bytes fed to the parser while the head was not complete
         self.body: deque[bytes] = deque()
         self.buffered = 0
@@ -149,7 +147,6 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.reused = False
         self.paused = False
-        self._pending_name = b""
 
     # -- asyncio.Protocol
 
@@ -167,16 +164,16 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             # a callback's own exception (too many headers) arrives wrapped: say what it was
-            self._fail(exc.__context__ if isinstance(exc.__context__, _HeadTooLarge) else exc)
+            self._fail(exc.__context__ if isinstance(exc.__context__, _BadResponse) else exc)
             return
         except httptools.HttpParserUpgrade:
-            self._fail(_HeadTooLarge("a protocol upgrade nobody asked for"))
+            self._fail(_BadResponse("a protocol upgrade nobody asked for"))
             return
         if heading and not exchange.head.done():
             # llhttp keeps an unfinished header line itself: count what it was given, not what it parsed
             exchange.head_bytes += len(data)
             if exchange.head_bytes > MAX_HEAD_BYTES:
-                self._fail(_HeadTooLarge("the response head is too large"))
+                self._fail(_BadResponse("the response head is too large"))
 
     def eof_received(self) -> bool:
         return False  # close the transport: connection_lost follows
@@ -199,7 +196,7 @@ class _Connection(asyncio.Protocol):
         if exchange.head.done():
             return  # a trailer (after a chunked body): never mixed into the response's headers
         if len(exchange.headers) >= MAX_HEADERS:
-            raise _HeadTooLarge("the response head has too many headers")
+            raise _BadResponse("the response head has too many headers")
         # lower-case names, as the dialects and the runner look them up; a repeated header: the last
         # wins; values as aiohttp reads them (UTF-8, without trailing blanks)
         exchange.headers[name.decode("latin-1").lower()] = value.decode("utf-8", "replace").rstrip(" \t")
@@ -281,8 +278,8 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-class _HeadTooLarge(Exception):
-    pass
+class _BadResponse(Exception):
+    """A response this client will not take (a head too large, an upgrade nobody asked for)."""
 
 
 class _Unanswered(ConnectFailed):
@@ -682,7 +679,7 @@ def _until_close(exchange: _Exchange) -> bool:
 def _reason(exc: BaseException | None, default: str) -> str:
     if exc is None:
         return default
-    if isinstance(exc, (_HeadTooLarge, httptools.HttpParserError)):
+    if isinstance(exc, (_BadResponse, httptools.HttpParserError)):
         return f"a malformed response ({exc})"
     return f"{default} ({_os_reason(exc)})"
 
