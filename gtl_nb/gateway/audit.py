@@ -102,6 +102,7 @@ __all__ = [
     "Problem",
     "VerifyReport",
     "audit_log_of",
+    "being_written",
     "check_audit_url",
     "checkpoint_path",
     "default_audit_path",
@@ -502,10 +503,16 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def describe(self) -> str:
-        """A few lines for a person: the verdict, then each problem and where it is."""
+    def describe(self, *, live: bool = False) -> str:
+        """A few lines for a person: the verdict, then each problem and where it is. ``live``: a running
+        gateway writes the log (``being_written``), so what a crash would leave is its newest records."""
         files = f"{len(self.files)} file{'s' if len(self.files) != 1 else ''}"
         head = f"audit log {self.path}: {self.records} record{'s' if self.records != 1 else ''} in {files}"
+        if live and self.problems and all(problem.after_crash for problem in self.problems):
+            return (
+                f"{head}; the chain is intact; a running gateway is writing it, and its newest records are not "
+                f"checkpointed yet (they are within {CHECKPOINT_EVERY * 1000:.0f} ms)"
+            )
         if self.ok:
             tip = f"; head {self.last_hash[:16]}… at record {self.last_seq}" if self.last_hash else ""
             return f"{head}; the chain is intact and matches its checkpoint{tip}"
@@ -953,14 +960,38 @@ def _lock(path: Path) -> int | None:
     lock_file = path.with_name(path.name + ".lock")
     create_private_file(lock_file, what="audit lock file", error=ConfigurationError)
     fd = os.open(lock_file, os.O_RDWR)
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except OSError:
+            if attempt + 1 < LOCK_TRIES:  # ``being_written`` holds it shared for an instant: try again
+                time.sleep(0.01)
+    os.close(fd)
+    raise ConfigurationError(f"another process is writing the audit log {path}; give each gateway its own")
+
+
+LOCK_TRIES = 20
+
+
+def being_written(path: str | os.PathLike[str]) -> bool:
+    """Whether a running gateway writes the log at ``path`` now (it holds ``<path>.lock``). Asked by
+    ``gtl audit verify``: the newest records of a live log may not be checkpointed yet."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        import fcntl
+    except ImportError:
+        return False
+    try:
+        fd = os.open(Path(path).with_name(Path(path).name + ".lock"), os.O_RDONLY)
     except OSError:
-        os.close(fd)
-        raise ConfigurationError(
-            f"another process is writing the audit log {path}; give each gateway its own"
-        ) from None
-    return fd
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True  # a writer holds it exclusively
+    finally:
+        os.close(fd)  # (releases the shared lock, if taken)
+    return False
 
 
 def _unlock(fd: int | None) -> None:

@@ -718,3 +718,36 @@ def test_a_checkpoint_the_disk_refused_is_written_again_when_it_takes_it(tmp_pat
         assert verify(path).ok
     finally:
         audit.close()
+
+
+def test_gtl_audit_verify_on_a_log_a_running_gateway_writes_is_intact(tmp_path, monkeypatch, capsys):
+    """Its newest records may not be checkpointed yet: that is not a crash, and exit 0 says the chain is
+    intact (a monitor running ``verify`` must not fire on a live log); once it stops, a lag is a crash."""
+    from gtl_nb.gateway import audit as module
+
+    monkeypatch.setattr(module, "CHECKPOINT_EVERY", 3600.0)  # the writer never checkpoints by time here
+    path = tmp_path / "audit.jsonl"
+    audit = AuditLog(AuditSettings(path=path, fsync=False))
+    try:
+        audit(finished("s1"))
+        audit.flush()
+        audit(finished("s2"))
+        deadline = time.monotonic() + 10
+        while len(records(path)) < 2:  # written, not checkpointed
+            assert time.monotonic() < deadline
+            threading.Event().wait(0.01)
+        assert module.being_written(path)
+        assert [p.kind for p in verify(path).problems] == ["ahead"]
+        assert gtl_audit("verify", "--log", str(path)) == 0
+        out = capsys.readouterr().out
+        assert "the chain is intact" in out and "a running gateway is writing it" in out
+    finally:
+        audit.close()
+    assert not module.being_written(path)
+    checkpointed = checkpoint_path(path).read_bytes()
+    audit = AuditLog(AuditSettings(path=path, fsync=False))
+    audit(finished("s3"))
+    audit.close()
+    checkpoint_path(path).write_bytes(checkpointed)  # as after a crash: the checkpoint lags the log
+    assert gtl_audit("verify", "--log", str(path)) == 1
+    assert "what an abrupt stop leaves" in capsys.readouterr().err
