@@ -504,7 +504,7 @@ class HttptoolsTransport:
             raise ConnectTimeout(f"no free connection within the connect timeout ({connect_timeout} s)") from None
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._wake_one(key)  # woken, then cancelled before going on: the next waiter's turn
+                self._wake_one()  # woken, then cancelled before going on: the next waiter's turn
             raise
         finally:
             if timer is not None:
@@ -513,16 +513,22 @@ class HttptoolsTransport:
                 self._waiters.remove(entry)
 
     def _has_room(self, key: _Key) -> bool:
-        if self.max_connections and self._open_total >= self.max_connections:
-            return False
-        return not (self.max_connections_per_host and self._open.get(key, 0) >= self.max_connections_per_host)
+        return not self._all_full() and not self._host_full(key)
+
+    def _all_full(self) -> bool:
+        return bool(self.max_connections) and self._open_total >= self.max_connections
+
+    def _host_full(self, key: _Key) -> bool:
+        return bool(self.max_connections_per_host) and self._open.get(key, 0) >= self.max_connections_per_host
+
+    def _could_make_room(self, key: _Key) -> bool:
+        """Whether closing another host's idle connection would let ``key`` open one."""
+        return not self._host_full(key) and any(c for other, c in self._idle.items() if other != key)
 
     def _close_idle_elsewhere(self, key: _Key) -> None:
         """Close the oldest idle connection to another host when that makes room for ``key`` (the
         overall bound, not the per-host one, stands in the way)."""
-        if not self.max_connections or self._open_total < self.max_connections:
-            return
-        if self.max_connections_per_host and self._open.get(key, 0) >= self.max_connections_per_host:
+        if not self._all_full() or self._host_full(key):
             return
         for other, connections in self._idle.items():
             if other != key and connections:
@@ -572,7 +578,7 @@ class HttptoolsTransport:
         self._idle.setdefault(connection.key, {})[connection] = None
         if self._reaper is None:
             self._reaper = self._loop.call_later(self.idle_timeout, self._reap, self._generation)
-        self._wake_one(connection.key)
+        self._wake_one()
 
     def _reap(self, generation: int) -> None:
         """Close the idle connections past ``idle_timeout``; look again while any is left."""
@@ -602,9 +608,9 @@ class HttptoolsTransport:
         else:
             self._open.pop(key, None)
         self._open_total = max(0, self._open_total - 1)
-        self._wake_one(key)
+        self._wake_one()
 
-    def _wake_one(self, key: _Key) -> None:
+    def _wake_one(self) -> None:
         """Wake the first waiter that can go on now (an idle connection to its host, or room — made by
         closing another host's idle connection if need be)."""
         for waiting_key, waiter in self._waiters:
@@ -613,11 +619,6 @@ class HttptoolsTransport:
             if self._idle.get(waiting_key) or self._has_room(waiting_key) or self._could_make_room(waiting_key):
                 waiter.set_result(None)
                 return
-
-    def _could_make_room(self, key: _Key) -> bool:
-        if self.max_connections_per_host and self._open.get(key, 0) >= self.max_connections_per_host:
-            return False
-        return any(connections for other, connections in self._idle.items() if other != key)
 
 
 class _Expired(Exception):

@@ -114,17 +114,14 @@ class UpstreamSettings:
             # httpx counts keep-alive connections separately; without a bound of ours, keep them all
             limit = self.max_connections or None
             return HttpxTransport(max_connections=limit, max_keepalive_connections=limit)
-        if self.client == "httptools":
-            from gtl_nb.engine.httptools_transport import HttptoolsTransport
+        bounds = {"max_connections": self.max_connections, "max_connections_per_host": self.max_connections_per_host}
+        if self.client == "aiohttp":
+            from gtl_nb.engine.aiohttp_transport import AiohttpTransport
 
-            return HttptoolsTransport(
-                max_connections=self.max_connections, max_connections_per_host=self.max_connections_per_host
-            )
-        from gtl_nb.engine.aiohttp_transport import AiohttpTransport
+            return AiohttpTransport(**bounds)
+        from gtl_nb.engine.httptools_transport import HttptoolsTransport
 
-        return AiohttpTransport(
-            max_connections=self.max_connections, max_connections_per_host=self.max_connections_per_host
-        )
+        return HttptoolsTransport(**bounds)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,8 @@ MIN_MAX_BYTES = 1024
 PRUNE_EVERY = 3600.0
 """Seconds between retention checks when no rotation happens (a quiet gateway still prunes)."""
 VERBOSITIES = ("metadata", "full")
+LOCK_TRIES = 20
+"""Tries, 10 ms apart, at taking the log's lock (``being_written`` holds it shared for an instant)."""
 RETRY_EVERY = 1.0
 """Seconds between the writer's looks at a degraded destination while no record arrives (it drains
 PostgreSQL's spool once the server answers, so ``degraded_reason`` clears without traffic)."""
@@ -957,7 +959,7 @@ def _lock(path: Path) -> int | None:
         import fcntl
     except ImportError:  # Windows: one gateway per log is the operator's to ensure
         return None
-    lock_file = path.with_name(path.name + ".lock")
+    lock_file = _lock_path(path)
     create_private_file(lock_file, what="audit lock file", error=ConfigurationError)
     fd = os.open(lock_file, os.O_RDWR)
     for attempt in range(LOCK_TRIES):
@@ -971,7 +973,8 @@ def _lock(path: Path) -> int | None:
     raise ConfigurationError(f"another process is writing the audit log {path}; give each gateway its own")
 
 
-LOCK_TRIES = 20
+def _lock_path(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
 
 
 def being_written(path: str | os.PathLike[str]) -> bool:
@@ -982,7 +985,7 @@ def being_written(path: str | os.PathLike[str]) -> bool:
     except ImportError:
         return False
     try:
-        fd = os.open(Path(path).with_name(Path(path).name + ".lock"), os.O_RDONLY)
+        fd = os.open(_lock_path(Path(path)), os.O_RDONLY)
     except OSError:
         return False
     try:

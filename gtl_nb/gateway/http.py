@@ -429,13 +429,14 @@ class _HttpProtocol(HttpToolsProtocol):
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not before and cycle is not None and not self.pipeline:
-            self._running_cycle = cycle  # it runs now (a pipelined one starts in on_response_complete)
-        if cycle is not before and cycle is not None and cycle.keep_alive:
-            # until the body is whole (on_message_complete), an answer would close the connection
-            # (on_response_complete): uvicorn then says "connection: close", so no client reuses it
-            cycle.keep_alive = False
-            self._keep_alive_held = cycle
+        if cycle is not before and cycle is not None:  # a new request (not an upgrade)
+            if not self.pipeline:
+                self._running_cycle = cycle  # it runs now (a pipelined one starts in on_response_complete)
+            if cycle.keep_alive:
+                # until the body is whole (on_message_complete), an answer would close the connection
+                # (on_response_complete): uvicorn then says "connection: close", so no client reuses it
+                cycle.keep_alive = False
+                self._keep_alive_held = cycle
 
     def on_body(self, body: bytes) -> None:
         if not self.transport.is_closing():  # (a head refused with 431 has no cycle to take its body)
