@@ -70,6 +70,7 @@ def build_engine(
             clock=clock,
             wall_clock=wall_clock,
             ledger_retention=settings.ledger.retention,
+            ledger_group_commit=settings.ledger.group_commit,
         )
     if credentials is None:
         config = settings.config

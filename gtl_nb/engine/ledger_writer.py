@@ -5,8 +5,9 @@ once; ``start`` returns a *row handle* (a negative int, so it is never mistaken 
 thread takes everything queued (up to ``max_batch``) and writes it in ONE transaction — a group
 commit. An idle writer is woken by the next operation; a busy one (work within the last
 ``IDLE_AFTER`` seconds) is not woken per operation — that cost a thread wake-up and a GIL handover
-per request — but looks again every ``LINGER`` seconds. So the window a SIGKILL can lose is at most
-``LINGER`` plus the batch being written. A request that ended before its start was written is one
+per request — but looks again every ``group_commit`` seconds (``[ledger] group_commit_ms``, default
+``GROUP_COMMIT``). So the window a SIGKILL can lose is at most ``group_commit`` plus the batch being
+written. A request that ended before its start was written is one
 INSERT of the finished row.
 
 Guarantees (``docs/ledger.md``, "How rows are written"):
@@ -50,15 +51,23 @@ from gtl_nb.engine.ledger import (
 )
 from gtl_nb.engine.ledger_batch import Finish, Start, write_batch
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
+from gtl_nb.engine.lingering import GROUP_COMMIT
 from gtl_nb.log import get_logger
 
-__all__ = ["MAX_BATCH", "MAX_PENDING", "LedgerWriter", "acquire_writer", "flush_rows_of", "release_writer"]
+__all__ = [
+    "GROUP_COMMIT",
+    "MAX_BATCH",
+    "MAX_PENDING",
+    "LedgerWriter",
+    "acquire_writer",
+    "flush_rows_of",
+    "release_writer",
+]
 
 log = get_logger("engine.ledger")
 
 MAX_PENDING = 10_000  # queued operations before a start waits: a few MB at most
 MAX_BATCH = 1_000  # operations per transaction: the write lock is held for milliseconds, not seconds
-LINGER = 0.005  # seconds between a busy writer's looks at its queue (nobody wakes it meanwhile)
 IDLE_AFTER = 0.5  # seconds without work after which the writer sleeps until an operation wakes it
 _REPORT_EVERY = 30.0  # seconds between two log lines about the same failing commit
 
@@ -69,7 +78,8 @@ class LedgerWriter:
     ``ledger`` is the connection it writes through (closed with the writer when ``owns_ledger``).
     ``clock`` is wall-clock unix seconds, for retention; ``prune_every`` the seconds between two
     prunes; ``wait_for`` bounds how long ``flush`` and ``close`` wait for a failing file (default:
-    the ledger's ``retry_for``)."""
+    the ledger's ``retry_for``); ``group_commit`` the seconds a busy writer gathers operations into
+    one commit (``GROUP_COMMIT``)."""
 
     def __init__(
         self,
@@ -82,8 +92,10 @@ class LedgerWriter:
         clock: Callable[[], float] = time.time,
         prune_every: float = PRUNE_EVERY,
         wait_for: float | None = None,
+        group_commit: float = GROUP_COMMIT,
     ) -> None:
         self.ledger = ledger
+        self.group_commit = group_commit
         self.max_pending = max(1, max_pending)
         self.max_batch = max(1, max_batch)
         self.wait_for = ledger.retry_for if wait_for is None else wait_for
@@ -250,7 +262,7 @@ class LedgerWriter:
             with self._lock:
                 while not (self._queue or self._closing or self._prune_due()):
                     if time.monotonic() - self._last_work < IDLE_AFTER:
-                        self._wake.wait(LINGER)  # busy: look again soon; _idle stays False, nobody notifies
+                        self._wake.wait(self.group_commit)  # busy: look again soon; _idle stays False, nobody notifies
                         continue
                     self._idle = True
                     self._wake.wait(self._prune_every if self._retention is not None else None)
@@ -353,12 +365,14 @@ def acquire_writer(
     retention: Retention | None = None,
     max_pending: int = MAX_PENDING,
     clock: Callable[[], float] = time.time,
+    group_commit: float = GROUP_COMMIT,
 ) -> LedgerWriter:
     """This process's writer for ``ledger``'s file, started on first use; pair with ``release_writer``.
 
     A file's writer writes through a ``Ledger`` of its own; an in-memory ledger's writes through
     ``ledger`` itself (its database exists only in that connection). A ``retention`` replaces the
-    writer's (the newest configuration wins); ``max_pending`` and ``clock`` are the first user's."""
+    writer's and so does ``group_commit`` (the newest configuration wins); ``max_pending`` and ``clock``
+    are the first user's."""
     key = ledger.key
     with _REGISTRY:
         writer = _WRITERS.get(key)
@@ -368,13 +382,20 @@ def acquire_writer(
                 ledger if memory else Ledger(ledger.path, busy_timeout=ledger.busy_timeout, retry_for=ledger.retry_for)
             )
             writer = LedgerWriter(
-                own, owns_ledger=not memory, max_pending=max_pending, retention=retention, clock=clock
+                own,
+                owns_ledger=not memory,
+                max_pending=max_pending,
+                retention=retention,
+                clock=clock,
+                group_commit=group_commit,
             )
             _WRITERS[key] = writer
             _USERS[key] = 0
             register_pending_writes(key, writer.flush)
-        elif retention is not None:
-            writer.set_retention(retention)
+        else:
+            writer.group_commit = group_commit  # read by the writer at its next look
+            if retention is not None:
+                writer.set_retention(retention)
         _USERS[key] += 1
     return writer
 

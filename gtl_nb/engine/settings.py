@@ -19,6 +19,7 @@ from gtl_nb.engine.cache import CacheConfig
 from gtl_nb.engine.config import Config, load_config
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.ledger_retention import Retention
+from gtl_nb.engine.lingering import GROUP_COMMIT
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.retry import RetryPolicy
 from gtl_nb.protocol.errors import ConfigurationError
@@ -127,11 +128,13 @@ class UpstreamSettings:
 @dataclass(frozen=True)
 class LedgerSettings:
     """``[ledger]``: whether usage is recorded, where (a path or a store URL; ``None``: the default
-    file), and how long finished rows are kept (``retention``; ``None``: every row, the default)."""
+    file), how long finished rows are kept (``retention``; ``None``: every row, the default), and how
+    many seconds a busy writer gathers rows into one commit (``group_commit``)."""
 
     enabled: bool = True
     url: str | None = None
     retention: Retention | None = None
+    group_commit: float = GROUP_COMMIT
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> LedgerSettings:
@@ -140,7 +143,13 @@ class LedgerSettings:
             raise ConfigurationError("[ledger] has both url and path; path is the shorthand for sqlite:///<path>")
         days, rows = table.get("retention_days"), table.get("max_rows")
         retention = None if days is None and rows is None else Retention(days=days, max_rows=rows)
-        return cls(enabled=bool(table.get("enabled", True)), url=url or path, retention=retention)
+        window = table.get("group_commit_ms")
+        return cls(
+            enabled=bool(table.get("enabled", True)),
+            url=url or path,
+            retention=retention,
+            group_commit=GROUP_COMMIT if window is None else window / 1000,
+        )
 
 
 @dataclass(frozen=True)

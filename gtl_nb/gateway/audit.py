@@ -85,7 +85,7 @@ from gtl_nb.engine.hooks import (
     RequestStarted,
     RetryScheduled,
 )
-from gtl_nb.engine.lingering import LingeringQueue
+from gtl_nb.engine.lingering import GROUP_COMMIT, LingeringQueue
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url, parse_postgres_url, shown_url
 from gtl_nb.log import get_logger
@@ -158,6 +158,8 @@ AUDIT_KEYS: Mapping[str, str] = MappingProxyType(
         "verbosity": '"metadata" (default): no prompt or answer is written; "full": both are',
         "fsync": "force each batch (and each spooled one) to disk before its checkpoint (default true)",
         "queue_size": f"records waiting for the writer before new ones are dropped (default {DEFAULT_QUEUE_SIZE})",
+        "group_commit_ms": f"milliseconds a busy writer gathers records into one write and fsync (1 to 1000; "
+        f"default {GROUP_COMMIT * 1000:g}): the most a SIGKILL can lose",
     }
 )
 """The keys of ``[gateway.audit]`` and what each means (docs/operations.md has the same list)."""
@@ -190,6 +192,7 @@ class AuditSettings:
     verbosity: str = "metadata"
     fsync: bool = True
     queue_size: int = DEFAULT_QUEUE_SIZE
+    group_commit: float = GROUP_COMMIT
     url: str | None = field(default=None, repr=False)
     replica: str | None = None
     spool_path: Path | None = None
@@ -232,6 +235,9 @@ class AuditSettings:
         max_bytes = _integer(table, "max_bytes", DEFAULT_MAX_BYTES, MIN_MAX_BYTES, where)
         backups = _integer(table, "backups", DEFAULT_BACKUPS, 0, where)
         queue_size = _integer(table, "queue_size", DEFAULT_QUEUE_SIZE, 1, where)
+        window = table.get("group_commit_ms", GROUP_COMMIT * 1000)
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 1 <= window <= 1000:
+            raise ConfigurationError(f"{where} group_commit_ms must be a number of milliseconds from 1 to 1000")
         days = table.get("retention_days")
         if days is not None and (
             isinstance(days, bool) or not isinstance(days, (int, float)) or not math.isfinite(days) or days <= 0
@@ -261,6 +267,7 @@ class AuditSettings:
             verbosity=verbosity,
             fsync=table.get("fsync", True),
             queue_size=queue_size,
+            group_commit=window / 1000,
             url=url,
             replica=replica,
             spool_path=base / Path(spool).expanduser() if spool else None,
@@ -1081,7 +1088,9 @@ class AuditLog:
         self._full = settings.verbosity == "full"
         self._pending: dict[str, _Pending] = {}
         # woken only when idle: a busy writer takes a batch every few ms instead of a wake-up per record
-        self._queue: LingeringQueue[dict[str, Any]] = LingeringQueue(maxsize=settings.queue_size)
+        self._queue: LingeringQueue[dict[str, Any]] = LingeringQueue(
+            maxsize=settings.queue_size, linger=settings.group_commit
+        )
         self._queued = 0  # records handed to the writer (the loop thread counts them)
         self._written = 0  # of which the writer has finished (written, or counted as lost)
         self._synced = 0  # of which the destinations have checkpointed (``AuditSink.sync``)

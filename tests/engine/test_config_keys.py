@@ -607,6 +607,30 @@ def ledger_max_rows(tmp_path):
     assert sessions[:2] == ["old-1", "old-2"] and len(sessions) == 3
 
 
+def ledger_group_commit_ms(tmp_path):
+    from unittest import mock
+
+    from gtl_nb.engine.ledger_writer import LedgerWriter
+
+    commits: list[int] = []
+    commit = LedgerWriter._commit
+
+    def counted(self, batch):
+        commits.append(len(batch))
+        commit(self, batch)
+
+    settings = load_settings(environ={}, ledger={"path": str(tmp_path / "g.sqlite3"), "group_commit_ms": 1000})
+    with mock.patch.object(LedgerWriter, "_commit", counted):
+        c = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann"))
+        c.complete("echo", "hi")
+        assert c.usage()["status"].tolist() == ["ok"]  # (a read flushes: the writer is busy from here on)
+        before = len(commits)
+        for _ in range(5):
+            c.complete("echo", "hi")  # each a few ms: one commit each at a 5 ms window
+        c.close()  # drains the queue
+    assert len(commits) - before <= 2, commits  # the five rows waited for the window (or the close)
+
+
 # -- [defaults] --------------------------------------------------------------------------------------
 
 

@@ -91,6 +91,36 @@ def test_a_request_that_ended_before_its_start_was_written_is_one_insert(path: P
     ledger.close()
 
 
+def test_a_busy_writer_gathers_a_window_of_work_into_one_commit(path: Path):
+    ledger = GatedLedger(path)
+    writer = LedgerWriter(ledger, group_commit=1.0)
+    try:
+        ledger.trace()
+        start(writer, "wakes the idle writer")
+        writer.flush()  # committed at once: the writer is busy now, looking again in a second
+        for number in range(5):
+            start(writer, f"later-{number}", when=T0 + number)
+            time.sleep(0.02)  # one commit each at the old 5 ms window
+        writer.flush()  # a reader wakes a lingering writer at once
+    finally:
+        writer.close()
+    begins = [s for s in ledger.statements if s.startswith("BEGIN")]
+    assert len(begins) == 2, ledger.statements  # the five later rows in one commit
+    assert len(by_session(ledger)) == 6
+    ledger.close()
+
+
+@pytest.mark.parametrize("window", [0, 0.5, 1001, "20", True])
+def test_group_commit_ms_is_a_number_of_milliseconds_from_1_to_1000(window: object):
+    from gtl_nb.engine.settings import load_settings
+    from gtl_nb.protocol.errors import ConfigurationError
+
+    assert load_settings(environ={}).ledger.group_commit == 0.02
+    assert load_settings(environ={}, ledger={"group_commit_ms": 250}).ledger.group_commit == 0.25
+    with pytest.raises(ConfigurationError, match=r"\[ledger\].*group_commit_ms"):
+        load_settings(environ={}, ledger={"group_commit_ms": window})
+
+
 def test_a_merged_row_equals_the_row_an_update_would_have_finished(path: Path):
     ledger = GatedLedger(path)
     writer = LedgerWriter(ledger)

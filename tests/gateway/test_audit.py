@@ -551,9 +551,33 @@ def test_settings_from_the_table(tmp_path):
         ({"backups": -1}, "backups"),
         ({"retention_days": 0}, "retention_days"),
         ({"fsync": "yes"}, "fsync"),
+        ({"group_commit_ms": 0}, "group_commit_ms"),
+        ({"group_commit_ms": 5000}, "group_commit_ms"),
+        ({"group_commit_ms": True}, "group_commit_ms"),
     ]:
         with pytest.raises(ConfigurationError, match=words):
             AuditSettings.from_table(table, base=tmp_path)
+
+
+def test_the_writer_gathers_records_for_group_commit_ms(tmp_path, monkeypatch):
+    assert AuditSettings.from_table({}, base=tmp_path).group_commit == 0.02
+    settings = AuditSettings.from_table({"path": "a.jsonl", "fsync": False, "group_commit_ms": 1000}, base=tmp_path)
+    assert settings.group_commit == 1.0
+    audit = AuditLog(settings)
+    batches: list[int] = []
+    write = audit._write
+    monkeypatch.setattr(audit, "_write", lambda records: (batches.append(len(records)), write(records))[1])
+    try:
+        audit._enqueue({"kind": "test", "n": 0, "time": "t"})
+        audit.flush()  # written at once (the writer was idle); busy now, it looks again in a second
+        before = len(batches)
+        for number in range(5):
+            audit._enqueue({"kind": "test", "n": number + 1, "time": "t"})
+            time.sleep(0.02)  # a write each at the old 5 ms window
+        audit.flush()
+        assert len(batches) - before == 1 and batches[-1] == 5
+    finally:
+        audit.close()
 
 
 # -- gtl audit ---------------------------------------------------------------------------------------

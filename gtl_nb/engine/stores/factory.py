@@ -20,6 +20,7 @@ from gtl_nb.engine.breaker import BreakerConfig
 from gtl_nb.engine.cache import CacheConfig
 from gtl_nb.engine.ledger import Ledger, default_ledger_path
 from gtl_nb.engine.ledger_retention import Retention
+from gtl_nb.engine.lingering import GROUP_COMMIT
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.stores.base import BreakerStore, BudgetCounter, ResponseCache, Stores, UsageLedger
 from gtl_nb.engine.stores.memory import (
@@ -48,6 +49,7 @@ def open_stores(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     ledger_retention: Retention | None = None,
+    ledger_group_commit: float = GROUP_COMMIT,
 ) -> Stores:
     """The ``Stores`` the settings select (opening SQLite files: blocking, call it before the loop runs).
 
@@ -61,11 +63,12 @@ def open_stores(
     ledger share budgets, as before — and to ``memory://`` otherwise. ``clock`` (monotonic seconds)
     drives the in-memory cache and breakers; ``wall_clock`` (unix seconds) stamps ledger rows and
     drives the SQLite cache and breakers, whose times other processes must read alike.
+    ``ledger_group_commit``: the seconds the ledger's writer gathers rows into one commit.
     """
     cache = cache or CacheConfig()
     breaker = breaker or BreakerConfig()
     with ExitStack() as opened:  # a store that fails to open closes the ones opened before it
-        usage = _open_ledger(ledger, default_ledger, wall_clock, ledger_retention)
+        usage = _open_ledger(ledger, default_ledger, wall_clock, ledger_retention, ledger_group_commit)
         if usage is not None and usage is not ledger:  # never close what the caller passed in
             opened.callback(_close_quietly, usage)
         counters = _open_budgets(budgets, usage)
@@ -78,20 +81,26 @@ def open_stores(
 
 
 def _open_ledger(
-    ledger: LedgerChoice, default_ledger: bool, wall_clock: Callable[[], float], retention: Retention | None
+    ledger: LedgerChoice,
+    default_ledger: bool,
+    wall_clock: Callable[[], float],
+    retention: Retention | None,
+    group_commit: float,
 ) -> UsageLedger | None:
     if ledger is None or ledger is False:
         if not default_ledger:
             return None
-        return SqliteUsageLedger(default_ledger_path(), clock=wall_clock, retention=retention)
+        return SqliteUsageLedger(
+            default_ledger_path(), clock=wall_clock, retention=retention, group_commit=group_commit
+        )
     if isinstance(ledger, Ledger):
-        return SqliteUsageLedger(ledger, retention=retention)
+        return SqliteUsageLedger(ledger, retention=retention, group_commit=group_commit)
     if isinstance(ledger, UsageLedger):
         return ledger
     if isinstance(ledger, str) and is_postgres_url(ledger):
         from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
 
-        return PostgresUsageLedger(ledger, clock=wall_clock)
+        return PostgresUsageLedger(ledger, clock=wall_clock, group_commit=group_commit)
     if isinstance(ledger, str) and "://" in ledger:
         url = parse_store_url(ledger, where="ledger")
         if url.scheme == "memory":
@@ -101,9 +110,9 @@ def _open_ledger(
                 "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
                 "use postgresql://…, sqlite:///path or memory://"
             )
-        return SqliteUsageLedger(url.path, clock=wall_clock, retention=retention)
+        return SqliteUsageLedger(url.path, clock=wall_clock, retention=retention, group_commit=group_commit)
     if isinstance(ledger, (str, os.PathLike)):
-        return SqliteUsageLedger(ledger, clock=wall_clock, retention=retention)
+        return SqliteUsageLedger(ledger, clock=wall_clock, retention=retention, group_commit=group_commit)
     raise ConfigurationError(
         f"ledger must be a path, a store URL ({ACCEPTED}), a UsageLedger, a Ledger or None, got {ledger!r}"
     )

@@ -13,8 +13,9 @@ the request path as the SQLite writer does them:
 * **Lingering**, as the SQLite writer does (``engine.ledger_writer``): an idle writer is woken by the
   next write; a busy one (a commit within the last ``IDLE_AFTER`` seconds) is not woken per write —
   a wake-up of the ledger's loop thread, and its fight with the event loop for the GIL, per request —
-  but looks again every ``LINGER`` seconds (5 ms) and takes what came meanwhile as one batch. A write
-  waits at most ``LINGER`` before its batch is taken, which is also what a SIGKILL can lose beyond
+  but looks again every ``group_commit`` seconds (``[ledger] group_commit_ms``, 20 ms by default) and
+  takes what came meanwhile as one batch. A write waits at most ``group_commit`` before its batch is
+  taken, which is also what a SIGKILL can lose beyond
   the batch being written; a reader (read-your-writes) and ``aclose`` wake a lingering writer at once.
 * **Read-your-writes.** ``rows``, ``totals`` and ``to_dataframe`` first wait until every write this
   ledger queued before them is committed in PostgreSQL.
@@ -73,7 +74,7 @@ from gtl_nb.engine.ledger import (
     iso_utc,
 )
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
-from gtl_nb.engine.ledger_writer import IDLE_AFTER, LINGER
+from gtl_nb.engine.ledger_writer import GROUP_COMMIT, IDLE_AFTER
 from gtl_nb.engine.processes import own_identity
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
@@ -271,7 +272,8 @@ class PostgresUsageLedger:
     lists the query options); the keyword arguments override its options. ``replica`` prefixes this
     writer's id (the host name by default; a random part keeps ids unique). ``clock`` stamps rows
     written without ``now``. Opening makes one attempt to reach the server (``connect_timeout``): a
-    server that does not answer leaves the ledger ``degraded``, spooling, not failed.
+    server that does not answer leaves the ledger ``degraded``, spooling, not failed. ``group_commit``:
+    the seconds a busy writer gathers rows into one transaction.
     """
 
     def __init__(
@@ -287,7 +289,9 @@ class PostgresUsageLedger:
         max_batch: int = MAX_BATCH,
         wait_for: float = 60.0,
         connect_timeout: float = CONNECT_TIMEOUT,
+        group_commit: float = GROUP_COMMIT,
     ) -> None:
+        self.group_commit = group_commit
         self._url = parse_postgres_url(url, where="ledger")
         self._psycopg, self._psycopg_pool = require_psycopg()
         options = self._url.options
@@ -674,7 +678,7 @@ class PostgresUsageLedger:
                 self._idle = not lingering  # lingering: writes do not wake us, we look again soon
                 self._wake.clear()
             if lingering:
-                timer = loop.call_later(LINGER, self._wake.set)
+                timer = loop.call_later(self.group_commit, self._wake.set)
                 try:
                     await self._wake.wait()
                 finally:

@@ -36,7 +36,14 @@ from gtl_nb.engine.ledger import (
 )
 from gtl_nb.engine.ledger_retention import Retention
 from gtl_nb.engine.ledger_schema import FINAL_STATUSES
-from gtl_nb.engine.ledger_writer import MAX_PENDING, LedgerWriter, acquire_writer, flush_rows_of, release_writer
+from gtl_nb.engine.ledger_writer import (
+    GROUP_COMMIT,
+    MAX_PENDING,
+    LedgerWriter,
+    acquire_writer,
+    flush_rows_of,
+    release_writer,
+)
 from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
 from gtl_nb.engine.stores.base import Reservation
 from gtl_nb.engine.stores.memory import limits_reached
@@ -81,7 +88,7 @@ class SqliteUsageLedger:
     (``owns=True`` hands it over). ``clock`` stamps rows written without ``now`` and drives
     ``retention`` (``engine.ledger_retention``; ``None``: keep every row). ``max_pending`` bounds the
     queue: beyond it a ``start`` waits for room, up to the ledger's ``retry_for``, then raises
-    ``LedgerBusyError``.
+    ``LedgerBusyError``. ``group_commit``: the seconds a busy writer gathers rows into one commit.
     """
 
     def __init__(
@@ -92,6 +99,7 @@ class SqliteUsageLedger:
         owns: bool | None = None,
         retention: Retention | None = None,
         max_pending: int = MAX_PENDING,
+        group_commit: float = GROUP_COMMIT,
     ) -> None:
         if isinstance(ledger, Ledger):
             self.ledger = ledger
@@ -100,7 +108,12 @@ class SqliteUsageLedger:
             self.ledger = Ledger(ledger, clock=clock)
             self._owns = True if owns is None else owns
         self._clock = clock
-        self._options: dict[str, Any] = {"retention": retention, "max_pending": max_pending, "clock": clock}
+        self._options: dict[str, Any] = {
+            "retention": retention,
+            "max_pending": max_pending,
+            "clock": clock,
+            "group_commit": group_commit,
+        }
         try:
             self._writer = acquire_writer(self.ledger, **self._options)
         except BaseException:
