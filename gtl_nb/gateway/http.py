@@ -1090,10 +1090,11 @@ def build_app(
         """``/v1/gtl/ws``: one GTL connection, many sessions; the header's token counts as hello's."""
         from gtl_nb.protocol.connection import GTLConnection
         from gtl_nb.transports.framed import FramedConnection
-        from gtl_nb.transports.messages import MessageChannel
+        from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 
         bearer = _bearer(socket_.headers.get("authorization"))
-        await socket_.accept()
+        joins = NDJSON_SUBPROTOCOL in socket_.scope.get("subprotocols", ())  # several frames a message
+        await socket_.accept(subprotocol=NDJSON_SUBPROTOCOL if joins else None)
 
         async def recv() -> str | bytes | None:
             message = await socket_.receive()
@@ -1104,7 +1105,7 @@ def build_app(
         async def close() -> None:
             await socket_.close()
 
-        channel = MessageChannel(recv, socket_.send_text, close, peer=peer_text(socket_.client))
+        channel = MessageChannel(recv, socket_.send_text, close, peer=peer_text(socket_.client), joins_frames=joins)
         framed = FramedConnection(GTLConnection("server", max_frame_bytes=max_body_bytes), channel)
         with sessions.socket():
             try:

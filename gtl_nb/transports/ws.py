@@ -1,10 +1,12 @@
 """The WebSocket client transport: ``connect("ws://HOST:PORT")`` or ``wss://``, many sessions over one socket.
 
-Each WebSocket text message is one GTL frame (``transports.messages``); the socket is the gateway's
-``/v1/gtl/ws``. The token travels in ``Authorization: Bearer`` and in ``hello``. Sessions, cancels and
-a lost gateway behave as over stdio, through ``RemoteBackend``; after the socket drops, the next request
-opens a new one. A gateway stopped at once (a second SIGTERM) closes the socket with 1012 after cancelling
-its sessions: they end ``CANCELLED``, as their ledger rows say, not as a lost connection.
+The client offers the ``gtl.ndjson`` subprotocol: a gateway that accepts it may put several GTL frames,
+newline-separated, in one text message (``transports.messages``); otherwise each message is one frame.
+The socket is the gateway's ``/v1/gtl/ws``. The token travels in ``Authorization: Bearer`` and in
+``hello``. Sessions, cancels and a lost gateway behave as over stdio, through ``RemoteBackend``; after
+the socket drops, the next request opens a new one. A gateway stopped at once (a second SIGTERM) closes
+the socket with 1012 after cancelling its sessions: they end ``CANCELLED``, as their ledger rows say,
+not as a lost connection.
 
 The client offers permessage-deflate (the gateway accepts it unless told not to); ``?compression=none``
 on the URL does not offer it. ``wss://`` verifies the gateway's certificate as ``verify`` says
@@ -29,7 +31,7 @@ from gtl_nb.protocol.errors import (
 from gtl_nb.protocol.messages import Error
 from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context
-from gtl_nb.transports.messages import MessageChannel
+from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 from gtl_nb.transports.remote import RemoteBackend
 
 __all__ = ["PATH", "SCHEMES", "ws_backend"]
@@ -65,6 +67,7 @@ def ws_backend(
                 additional_headers=headers,
                 max_size=DEFAULT_MAX_FRAME_BYTES + 1024,
                 compression="deflate" if compression else None,
+                subprotocols=[NDJSON_SUBPROTOCOL],  # type: ignore[list-item]
                 **options,
             )
         except InvalidStatus as exc:  # refused before the upgrade: the body is one GTL error
@@ -95,7 +98,8 @@ def ws_backend(
                 socket.transport.abort()
                 raise
 
-        channel = MessageChannel(recv, socket.send, close, peer=address)
+        joins = socket.subprotocol == NDJSON_SUBPROTOCOL
+        channel = MessageChannel(recv, socket.send, close, peer=address, joins_frames=joins)
         channel.extensions = tuple(str(extension.name) for extension in socket.protocol.extensions)
         return channel
 

@@ -94,15 +94,16 @@ class CountingChannel(messages.MessageChannel):
         close: Callable[[], Awaitable[None]],
         *,
         peer: str | None = None,
+        joins_frames: bool = False,
     ) -> None:
         self.written = 0
         self.handed = 0
 
         async def counted(text: str) -> None:
-            await send(text)  # returns once the WebSocket wrote the frame to its transport
-            self.handed += len(text)
+            await send(text)  # returns once the WebSocket wrote the message to its transport
+            self.handed += len(text) - text.count("\n")  # (frames joined into one message: their bytes)
 
-        super().__init__(recv, counted, close, peer=peer)
+        super().__init__(recv, counted, close, peer=peer, joins_frames=joins_frames)
         CountingChannel.made.append(self)
 
     def write(self, data: bytes) -> None:

@@ -36,3 +36,34 @@ def test_a_bad_dev_token_is_refused_and_a_cancel_leaves_a_cancelled_row(write_co
             stream.close()
             sid = stream.session_id
     assert [row["status"] for row in rows_when(ledger, session_id=sid)] == ["cancelled"]
+
+
+@pytest.mark.parametrize("offered", [True, False])
+def test_frames_share_a_message_only_with_a_client_that_offered_gtl_ndjson(base_config, offered):
+    """A client that offers the ``gtl.ndjson`` subprotocol may get several newline-separated frames in
+    one message (a provider read's events together); any other client gets exactly one per message."""
+    import json
+
+    from websockets.sync.client import connect as ws_connect
+
+    from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL
+
+    with gateway(base_config) as url:
+        with ws_connect(
+            url.replace("http://", "ws://") + "/v1/gtl/ws", subprotocols=[NDJSON_SUBPROTOCOL] if offered else None
+        ) as socket_:
+            assert socket_.subprotocol == (NDJSON_SUBPROTOCOL if offered else None)
+            socket_.send(json.dumps({"type": "hello", "versions": ["1.0"]}))
+            request = {"type": "completion_request", "session_id": "s1", "model": f"openai:{MODEL}", "stream": True}
+            socket_.send(json.dumps({**request, "messages": [{"role": "user", "content": "Say something"}]}))
+            messages: list[str] = []
+            while not messages or json.loads(messages[-1].split("\n")[-1])["type"] not in ("done", "error"):
+                messages.append(socket_.recv(timeout=30))
+    frames = [json.loads(line) for message in messages for line in message.split("\n")]
+    kinds = [frame["type"] for frame in frames]
+    assert kinds[0] == "hello" and kinds[-1] == "done" and kinds.count("token") > 1
+    assert "".join(frame["text"] for frame in frames if frame["type"] == "token")
+    if offered:
+        assert len(messages) < len(frames)  # the simulator's chunks arrive together: their frames share messages
+    else:
+        assert all("\n" not in message for message in messages)

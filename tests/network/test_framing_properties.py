@@ -35,7 +35,7 @@ from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc.mapping import FRAME_TYPES, from_proto, parse_frame, to_frame, to_proto
 from gtl_nb.transports.grpc.stream import GrpcStreamChannel
 from gtl_nb.transports.http import HttpBackend
-from gtl_nb.transports.messages import MessageChannel
+from gtl_nb.transports.messages import JOIN_BYTES, MessageChannel
 from gtl_nb.transports.quic.wire import EventStream, RequestStream, StreamViolation
 
 SID = "s1"
@@ -258,6 +258,52 @@ def test_each_websocket_message_is_read_as_its_lines(messages):
         assert piece == raw + b"\n"  # a newline inside a message splits it: each line is a frame of its own
         items = FrameReader(64 * 1024).feed(piece)
         assert len(items) == len([line for line in raw.split(b"\n") if line.strip()])
+
+
+frame_texts = st.one_of(
+    st.text(alphabet=st.characters(blacklist_characters="\n", blacklist_categories=("Cs",)), min_size=1, max_size=30),
+    st.integers(JOIN_BYTES // 3, JOIN_BYTES + 10).map(lambda size: "x" * size),  # a few fill a message, or one alone
+)
+
+
+@given(st.lists(frame_texts, max_size=12), st.lists(st.integers(1, 8), max_size=6), st.booleans())
+def test_written_frames_go_out_whole_and_in_order_one_or_several_a_message(frames, cuts, joins):
+    """However the connection's bytes are cut into writes, every frame is sent once, whole, in order:
+    alone in a message, or — when the peer agreed (``gtl.ndjson``) — joined by newlines with the frames
+    waiting behind it, a message holding at most ``JOIN_BYTES`` of them unless one frame is longer."""
+    data = b"".join(frame.encode() + b"\n" for frame in frames)
+
+    async def main() -> list[str]:
+        sent: list[str] = []
+
+        async def send(text: str) -> None:
+            sent.append(text)
+
+        async def nothing(*_: Any) -> None:
+            return None
+
+        async def never() -> str | bytes | None:
+            return None
+
+        channel = MessageChannel(never, send, nothing, joins_frames=joins)
+        position = 0
+        for cut in cuts:  # some writes in one loop turn, then the sender gets a turn
+            channel.write(data[position : position + cut * 7])
+            position += cut * 7
+            await asyncio.sleep(0)
+        channel.write(data[position:])
+        await channel.aclose()
+        assert channel.queued_bytes == 0
+        return sent
+
+    sent = asyncio.run(main())
+    assert [line for message in sent for line in message.split("\n")] == frames
+    for message in sent:
+        lines = message.split("\n")
+        if not joins:
+            assert len(lines) == 1
+        elif len(lines) > 1:
+            assert sum(len(line.encode()) for line in lines) < JOIN_BYTES
 
 
 # -- QUIC: the stream framing ------------------------------------------------------------------------------------
