@@ -3,7 +3,9 @@
 Both paths talk to the bench's own fast upstream (``bench.upstream``, one process of its own) and
 stream a 16-token answer; the embedded path runs the whole engine with the ledger ON (a SQLite file).
 The bare path is ``aiohttp`` on an asyncio loop running in a thread of its own, as a notebook
-kernel's loop does; the embedded client's async calls are awaited on that same loop. Measured in
+kernel's loop does; the embedded client's async calls are awaited on that same loop. A bare ``httpx``
+call — the baseline issue 13 measured with — is reported beside it (``httpx``); the ratios and the
+verdict are against aiohttp, the faster of the two here. Measured in
 alternating rounds (the order swaps every round), medians reported:
 
 * **concurrency 1, sync** — wall time per request: ``client.complete`` from the main thread against
@@ -43,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 import msgspec
 
 import gtl_nb
@@ -66,9 +69,13 @@ class _CallerLoop:
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.session: aiohttp.ClientSession = self.run(self._open())
+        self.httpx: httpx.AsyncClient = self.run(self._open_httpx())
 
     async def _open(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def _open_httpx(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
 
     def run(self, coro: Awaitable[Any]) -> Any:
         """Run ``coro`` on the caller's loop and wait for it (from another thread)."""
@@ -80,10 +87,20 @@ class _CallerLoop:
             async for _ in response.content.iter_any():
                 pass
 
+    async def bare_httpx(self) -> None:
+        """The same request with httpx (the baseline issue 13 measured with)."""
+        async with self.httpx.stream("POST", self.url, content=BODY, headers=HEADERS) as response:
+            async for _ in response.aiter_raw():
+                pass
+
     def bare_from_thread(self) -> None:
         self.run(self.bare())
 
+    def bare_httpx_from_thread(self) -> None:
+        self.run(self.bare_httpx())
+
     def close(self) -> None:
+        self.run(self.httpx.aclose())
         self.run(self.session.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
 
@@ -144,24 +161,30 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
                 embedded_sync()
                 caller.run(embedded())
                 caller.bare_from_thread()
+                caller.bare_httpx_from_thread()
             phases: dict[str, dict[str, Callable[[], float]]] = {
                 "c1_sync": {
                     "bare": lambda: _per_call(caller.bare_from_thread, calls),
+                    "httpx": lambda: _per_call(caller.bare_httpx_from_thread, calls),
                     "embedded": lambda: _per_call(embedded_sync, calls),
                 },
                 "c1_async": {
                     "bare": lambda: caller.run(_one_at_a_time(caller.bare, calls)),
+                    "httpx": lambda: caller.run(_one_at_a_time(caller.bare_httpx, calls)),
                     "embedded": lambda: caller.run(_one_at_a_time(embedded, calls)),
                 },
                 "c20_cpu": {
                     "bare": lambda: _cpu_per_call(caller, caller.bare, 20, calls // 20),
+                    "httpx": lambda: _cpu_per_call(caller, caller.bare_httpx, 20, calls // 20),
                     "embedded": lambda: _cpu_per_call(caller, embedded, 20, calls // 20),
                 },
             }
-            samples: dict[str, dict[str, list[float]]] = {phase: {"bare": [], "embedded": []} for phase in phases}
+            samples: dict[str, dict[str, list[float]]] = {
+                phase: {path: [] for path in paths} for phase, paths in phases.items()
+            }
             for round_ in range(rounds):
                 for phase, paths in phases.items():
-                    order = ["bare", "embedded"] if round_ % 2 == 0 else ["embedded", "bare"]
+                    order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
                     for path in order:
                         samples[phase][path].append(paths[path]())
             caller.close()
@@ -180,6 +203,7 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
         medians = {path: statistics.median(values) * 1000 for path, values in paths.items()}
         figures[f"{phase}_ms"] = medians
         figures[f"{phase}_ratio"] = medians["embedded"] / medians["bare"]
+        figures[f"{phase}_httpx_ratio"] = medians["embedded"] / medians["httpx"]
     # the names earlier runs used: the sync row is the "concurrency 1" figure of the first reports
     figures["c1_ms"], figures["c1_ratio"] = figures["c1_sync_ms"], figures["c1_sync_ratio"]
     figures.update(
@@ -194,17 +218,19 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
 def report(figures: dict[str, Any]) -> str:
     def row(label: str, phase: str, target: str) -> str:
         ms = figures[f"{phase}_ms"]
-        return f"| {label} | {ms['bare']:.3f} | {ms['embedded']:.3f} | {figures[f'{phase}_ratio']:.2f}x | {target} |"
+        ratios = f"{figures[f'{phase}_ratio']:.2f}x | {figures[f'{phase}_httpx_ratio']:.2f}x"
+        return f"| {label} | {ms['bare']:.3f} | {ms['httpx']:.3f} | {ms['embedded']:.3f} | {ratios} | {target} |"
 
     return "\n".join(
         [
-            "| embedded client, 16-token stream, ledger on | bare aiohttp | embedded | ratio | target |",
-            "| --- | --- | --- | --- | --- |",
+            "| embedded client, 16-token stream, ledger on | bare aiohttp | bare httpx | embedded "
+            "| ÷ aiohttp | ÷ httpx | target |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
             row("wall per request, concurrency 1, `complete` from a thread (ms)", "c1_sync", "<= 1.2x"),
             row("wall per request, concurrency 1, `await acomplete` on the caller's loop (ms)", "c1_async", "<= 1.2x"),
             row("CPU per request, concurrency 20, `acomplete` (ms)", "c20_cpu", "<= 1.5x"),
-            f"| {figures['streams']} concurrent streams from one client | | "
-            f"{figures['stream_errors']} errors in {figures['streams_seconds']:.1f} s | | zero errors |",
+            f"| {figures['streams']} concurrent streams from one client | | | "
+            f"{figures['stream_errors']} errors in {figures['streams_seconds']:.1f} s | | | zero errors |",
         ]
     )
 
