@@ -270,8 +270,7 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
     for name in ("cache_hit", "coalesced"):
         value = fields.get(name)
         clean[name] = None if value is None else bool(value)
-    path = fields.get("failover_path")
-    clean["failover_path"] = _path_list(_path_json(path))
+    clean["failover_path"] = _path_steps(fields.get("failover_path"))
     return clean
 
 
@@ -812,12 +811,18 @@ def _optional_bool(value: bool | None) -> int | None:
     return None if value is None else int(bool(value))
 
 
-def _path_json(path: Sequence[str] | str | None) -> str | None:
+def _path_steps(path: Sequence[str] | str | None) -> list[str] | None:
+    """The failover path as the list of text a row stores (raises for a path that is no sequence)."""
     if path is None:
         return None
     if isinstance(path, str):  # one deployment, not a sequence of characters
-        path = [path]
-    return json.dumps([str(step) for step in path])
+        return [path]
+    return [str(step) for step in path]
+
+
+def _path_json(path: Sequence[str] | str | None) -> str | None:
+    steps = _path_steps(path)
+    return None if steps is None else json.dumps(steps)
 
 
 def _path_list(text: str | None) -> list[str] | None:

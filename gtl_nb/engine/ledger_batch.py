@@ -14,9 +14,10 @@ propagate, and the caller retries the whole batch.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 from gtl_nb.engine.ledger import (
     FINISH_STATUS_ONLY,
@@ -98,11 +99,11 @@ def _insert(conn: sqlite3.Connection, op: Start, hostname: str) -> int | None:
         key_id=op.key_id,
         trace_id=op.trace_id,
     )
-    attempts: list[tuple[str, Sequence[Any]]] = [(INSERT_STARTED, values)]
+    attempts: list[tuple[str, Sequence[Any] | Callable[[], Sequence[Any]]]] = [(INSERT_STARTED, values)]
     end = op.finish
     if end is not None:
-        essentials = finished_row_values(values, end.status, end.when, None, end.fields.get("error_code"))
-        attempts = [(INSERT_FINISHED, essentials)]
+        essentials = partial(finished_row_values, values, end.status, end.when, None, end.fields.get("error_code"))
+        attempts = [(INSERT_FINISHED, essentials)]  # made only when the full row was refused
         clean = _clean(end, f"session {op.session_id}")
         if clean is not None:
             attempts.insert(0, (INSERT_FINISHED, finished_row_values(values, end.status, end.when, clean)))
@@ -115,7 +116,7 @@ def _insert(conn: sqlite3.Connection, op: Start, hostname: str) -> int | None:
 
 def _update(conn: sqlite3.Connection, op: Finish, row_id: int) -> None:
     essentials = (op.status, op.when, _text(op.fields.get("error_code")), op.when, row_id)
-    attempts: list[tuple[str, Sequence[Any]]] = [(FINISH_STATUS_ONLY, essentials)]
+    attempts: list[tuple[str, Sequence[Any] | Callable[[], Sequence[Any]]]] = [(FINISH_STATUS_ONLY, essentials)]
     clean = _clean(op, f"row {row_id}")
     if clean is not None:
         attempts.insert(0, (FINISH_UPDATE, finish_values(row_id, op.status, op.when, clean)))
@@ -141,16 +142,20 @@ def _clean(op: Finish, what: str) -> dict[str, Any] | None:
 
 
 def _first_that_works(
-    conn: sqlite3.Connection, attempts: list[tuple[str, Sequence[Any]]], what: str
+    conn: sqlite3.Connection, attempts: list[tuple[str, Sequence[Any] | Callable[[], Sequence[Any]]]], what: str
 ) -> sqlite3.Cursor | None:
     """Run the first statement that succeeds, then the last one again with text SQLite can store;
-    ``None`` when none did. A failure that ended the transaction is raised (the batch is retried)."""
+    ``None`` when none did. Parameters may be given as a function that makes them (a fallback is
+    then made only when it is needed). A failure that ended the transaction is raised (the batch is
+    retried)."""
     last = len(attempts) - 1
     for index in range(last + 2):
         if index <= last:
-            statement, params = attempts[index]
+            statement, made = attempts[index]
+            params = made() if callable(made) else made
+            attempts[index] = (statement, params)  # the escaped retry below starts from the last one's
         else:  # the escaped text is made only when every statement failed (it walks every value)
-            statement, params = attempts[last][0], _storable(attempts[last][1])
+            statement, params = attempts[last][0], _storable(cast(Sequence[Any], attempts[last][1]))
         try:
             return conn.execute(statement, params)
         except sqlite3.OperationalError:

@@ -376,6 +376,22 @@ def test_one_requests_unstorable_text_does_not_fail_the_others(path: Path, caplo
     assert rows[1]["error_code"] == "TIMEOUT" and "escaped" in caplog.text
 
 
+def test_a_merged_row_whose_details_are_refused_is_written_with_its_outcome_alone(
+    path: Path, caplog: pytest.LogCaptureFixture
+):
+    with Ledger(path) as ledger:
+        writer = LedgerWriter(ledger)
+        try:
+            handle = start(writer, "details refused")
+            writer.finish(handle, "ok", T0 + 2, {"model": "bad\udc80model", "tokens_in": 4})  # (merged or not)
+            writer.flush()
+        finally:
+            writer.close()
+        [row] = ledger.rows()
+    assert (row["session_id"], row["status"], row["model"], row["tokens_in"]) == ("details refused", "ok", "m", None)
+    assert row["end_time"] == T0 + 2 and "recording its status only" in caplog.text
+
+
 # -- one writer per file per process -----------------------------------------------------------------
 
 
