@@ -6,7 +6,7 @@ The bare path is ``aiohttp`` on an asyncio loop running in a thread of its own, 
 kernel's loop does; the embedded client's async calls are awaited on that same loop. A bare ``httpx``
 call — the baseline issue 13 measured with — is reported beside it (``httpx``); the ratios and the
 verdict are against aiohttp, the faster of the two here. Measured in
-alternating rounds (the order swaps every round), medians reported:
+interleaved rounds (the order rotates every round), medians reported:
 
 * **concurrency 1, sync** — wall time per request: ``client.complete`` from the main thread against
   the bare request submitted from the main thread to the caller's loop (both cross one thread);
@@ -75,7 +75,8 @@ class _CallerLoop:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
     async def _open_httpx(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(limits=httpx.Limits(max_connections=None, max_keepalive_connections=None))
+        unbounded = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        return httpx.AsyncClient(limits=unbounded, trust_env=False)  # no proxy from the environment: as aiohttp
 
     def run(self, coro: Awaitable[Any]) -> Any:
         """Run ``coro`` on the caller's loop and wait for it (from another thread)."""
@@ -184,7 +185,7 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
             }
             for round_ in range(rounds):
                 for phase, paths in phases.items():
-                    order = list(paths) if round_ % 2 == 0 else list(reversed(paths))
+                    order = list(paths)[round_ % len(paths) :] + list(paths)[: round_ % len(paths)]  # rotated
                     for path in order:
                         samples[phase][path].append(paths[path]())
             caller.close()

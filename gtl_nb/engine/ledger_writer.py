@@ -51,7 +51,7 @@ from gtl_nb.engine.ledger import (
 )
 from gtl_nb.engine.ledger_batch import Finish, Start, write_batch
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
-from gtl_nb.engine.lingering import GROUP_COMMIT
+from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.log import get_logger
 
 __all__ = [
@@ -95,7 +95,7 @@ class LedgerWriter:
         group_commit: float = GROUP_COMMIT,
     ) -> None:
         self.ledger = ledger
-        self.group_commit = group_commit
+        self.group_commit = checked_window(group_commit)
         self.max_pending = max(1, max_pending)
         self.max_batch = max(1, max_batch)
         self.wait_for = ledger.retry_for if wait_for is None else wait_for
@@ -144,6 +144,7 @@ class LedgerWriter:
             if self._closing:
                 raise LedgerStateError(f"the ledger {self.ledger.path} is closed")
             if len(self._queue) >= self.max_pending:
+                self._wake.notify()  # a lingering writer looks now: a start is waiting for room
                 return None
             self._seq += 1
             handle = self._next_handle
@@ -365,14 +366,14 @@ def acquire_writer(
     retention: Retention | None = None,
     max_pending: int = MAX_PENDING,
     clock: Callable[[], float] = time.time,
-    group_commit: float = GROUP_COMMIT,
+    group_commit: float | None = None,
 ) -> LedgerWriter:
     """This process's writer for ``ledger``'s file, started on first use; pair with ``release_writer``.
 
     A file's writer writes through a ``Ledger`` of its own; an in-memory ledger's writes through
     ``ledger`` itself (its database exists only in that connection). A ``retention`` replaces the
-    writer's and so does ``group_commit`` (the newest configuration wins); ``max_pending`` and ``clock``
-    are the first user's."""
+    writer's and so does a ``group_commit`` (the newest configuration wins; ``None``: the writer keeps
+    its own, ``GROUP_COMMIT`` for a new one); ``max_pending`` and ``clock`` are the first user's."""
     key = ledger.key
     with _REGISTRY:
         writer = _WRITERS.get(key)
@@ -387,13 +388,14 @@ def acquire_writer(
                 max_pending=max_pending,
                 retention=retention,
                 clock=clock,
-                group_commit=group_commit,
+                group_commit=GROUP_COMMIT if group_commit is None else group_commit,
             )
             _WRITERS[key] = writer
             _USERS[key] = 0
             register_pending_writes(key, writer.flush)
         else:
-            writer.group_commit = group_commit  # read by the writer at its next look
+            if group_commit is not None:
+                writer.group_commit = checked_window(group_commit)  # read by the writer at its next look
             if retention is not None:
                 writer.set_retention(retention)
         _USERS[key] += 1

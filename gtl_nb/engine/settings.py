@@ -19,7 +19,6 @@ from gtl_nb.engine.cache import CacheConfig
 from gtl_nb.engine.config import Config, load_config
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.ledger_retention import Retention
-from gtl_nb.engine.lingering import GROUP_COMMIT
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.retry import RetryPolicy
 from gtl_nb.protocol.errors import ConfigurationError
@@ -129,12 +128,13 @@ class UpstreamSettings:
 class LedgerSettings:
     """``[ledger]``: whether usage is recorded, where (a path or a store URL; ``None``: the default
     file), how long finished rows are kept (``retention``; ``None``: every row, the default), and how
-    many seconds a busy writer gathers rows into one commit (``group_commit``)."""
+    many seconds a busy writer gathers rows into one commit (``group_commit``; ``None``: not configured,
+    ``GROUP_COMMIT`` — so a second user of the file does not undo another's setting)."""
 
     enabled: bool = True
     url: str | None = None
     retention: Retention | None = None
-    group_commit: float = GROUP_COMMIT
+    group_commit: float | None = None
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> LedgerSettings:
@@ -148,7 +148,7 @@ class LedgerSettings:
             enabled=bool(table.get("enabled", True)),
             url=url or path,
             retention=retention,
-            group_commit=GROUP_COMMIT if window is None else window / 1000,
+            group_commit=None if window is None else window / 1000,
         )
 
 

@@ -93,6 +93,7 @@ from gtl_nb.protocol.errors import (
 )
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Query, StreamEvent
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
+from gtl_nb.transports.messages import JOIN_BYTES
 
 __all__ = ["PATHS", "STATUS_OF_CODE", "accepts_gzip", "bind", "build_app", "discovery_document", "serve_http"]
 
@@ -1218,7 +1219,8 @@ async def serve_http(
             proxy_headers=False,  # the per-address cap and the ledger's peer are the real peer's
             server_header=False,
             timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]
-            ws_max_size=limits.max_frame_bytes + 1024,  # GTLConnection refuses a frame over the limit itself
+            # a message may hold JOIN_BYTES of frames (gtl.ndjson); GTLConnection refuses a frame over the limit itself
+            ws_max_size=max(limits.max_frame_bytes, JOIN_BYTES) + 1024,
             ws_per_message_deflate=compression,
         )
         config.load()

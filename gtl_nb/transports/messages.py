@@ -25,7 +25,7 @@ NDJSON_SUBPROTOCOL = "gtl.ndjson"
 """The WebSocket subprotocol that lets a text message carry several frames, each but the last followed
 by a newline. A peer that does not offer it gets one frame per message."""
 JOIN_BYTES = 64 * 1024
-"""Most bytes of frames joined into one message (a frame longer than this is sent alone)."""
+"""Most bytes of a message of joined frames, newlines included (a frame longer than this goes alone)."""
 
 HIGH_WATER_BYTES = 1024 * 1024
 """Bytes queued (not yet handed to the connection) before ``drain()`` waits."""
@@ -96,12 +96,13 @@ class MessageChannel:
                 continue
             frame = frames.popleft()
             size = len(frame)
-            if self.joins_frames and frames and size + len(frames[0]) < JOIN_BYTES:
-                joined = [frame]
-                while frames and size + len(frames[0]) < JOIN_BYTES:  # (counting frames, not the newlines)
+            if self.joins_frames and frames and size + 1 + len(frames[0]) <= JOIN_BYTES:
+                joined, length = [frame], size  # length: the message's bytes, newlines included
+                while frames and length + 1 + len(frames[0]) <= JOIN_BYTES:
                     frame = frames.popleft()
                     joined.append(frame)
                     size += len(frame)
+                    length += 1 + len(frame)
                 frame = b"\n".join(joined)
             try:
                 await self._send(frame.decode())

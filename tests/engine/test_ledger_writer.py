@@ -115,7 +115,7 @@ def test_group_commit_ms_is_a_number_of_milliseconds_from_1_to_1000(window: obje
     from gtl_nb.engine.settings import load_settings
     from gtl_nb.protocol.errors import ConfigurationError
 
-    assert load_settings(environ={}).ledger.group_commit == 0.02
+    assert load_settings(environ={}).ledger.group_commit is None  # the writer's own: GROUP_COMMIT, 20 ms
     assert load_settings(environ={}, ledger={"group_commit_ms": 250}).ledger.group_commit == 0.25
     with pytest.raises(ConfigurationError, match=r"\[ledger\].*group_commit_ms"):
         load_settings(environ={}, ledger={"group_commit_ms": window})
@@ -390,6 +390,43 @@ def test_a_merged_row_whose_details_are_refused_is_written_with_its_outcome_alon
         [row] = ledger.rows()
     assert (row["session_id"], row["status"], row["model"], row["tokens_in"]) == ("details refused", "ok", "m", None)
     assert row["end_time"] == T0 + 2 and "recording its status only" in caplog.text
+
+
+def test_a_configured_window_is_kept_by_a_later_user_that_configured_none(path: Path):
+    first = SqliteUsageLedger(path, group_commit=0.001)
+    second = SqliteUsageLedger(path)  # the same file, the same writer: it does not undo the first's setting
+    try:
+        assert first._writer is second._writer and first._writer.group_commit == 0.001
+        third = SqliteUsageLedger(path, group_commit=0.05)  # a configuration that says one: the newest wins
+        assert first._writer.group_commit == 0.05
+        asyncio.run(third.aclose())
+    finally:
+        asyncio.run(second.aclose())
+        asyncio.run(first.aclose())
+
+
+@pytest.mark.parametrize("window", [0, -1, float("nan"), float("inf"), True, "0.02"])
+def test_a_window_made_in_code_is_checked_too(path: Path, window: object):
+    from gtl_nb.engine.lingering import LingeringQueue
+
+    with pytest.raises(ValueError, match="group commit window"):
+        LedgerWriter(Ledger(MEMORY), group_commit=window)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="group commit window"):
+        LingeringQueue(linger=window)  # type: ignore[arg-type]
+
+
+def test_a_start_that_finds_the_queue_full_wakes_a_lingering_writer(path: Path):
+    with Ledger(path) as ledger:
+        writer = LedgerWriter(ledger, max_pending=3, group_commit=30.0)
+        try:
+            start(writer, "wakes the idle writer")
+            writer.flush()  # busy now: it would look again only in 30 s
+            for number in range(3):
+                start(writer, f"fills-{number}")
+            assert writer.start(T0, session_id="one too many", user="ada", model="m") is None
+            assert writer.wait_for_room(10)  # the refused start woke the writer: room long before its 30 s look
+        finally:
+            writer.close()
 
 
 # -- one writer per file per process -----------------------------------------------------------------

@@ -580,6 +580,47 @@ def test_the_writer_gathers_records_for_group_commit_ms(tmp_path, monkeypatch):
         audit.close()
 
 
+def test_a_window_longer_than_the_checkpoint_interval_is_not_cut_short(tmp_path, monkeypatch):
+    """Records arriving steadily are written once per ``group_commit_ms`` even when it is longer than
+    ``CHECKPOINT_EVERY`` (the checkpoint's wait must not cut every window to 50 ms)."""
+    table = {"path": "a.jsonl", "fsync": False, "group_commit_ms": 500}
+    audit = AuditLog(AuditSettings.from_table(table, base=tmp_path))
+    batches: list[int] = []
+    write = audit._write
+    monkeypatch.setattr(audit, "_write", lambda records: (batches.append(len(records)), write(records))[1])
+    try:
+        for number in range(60):  # 1.2 s of records, one every 20 ms
+            audit._enqueue({"kind": "test", "n": number, "time": "t"})
+            time.sleep(0.02)
+        audit.flush()
+    finally:
+        audit.close()
+    assert sum(batches) == 60
+    assert len(batches) <= 6, batches  # ~1.2 s / 0.5 s windows, the first record's own and the flush's (24 at 50 ms)
+
+
+def test_a_half_full_queue_wakes_a_lingering_writer(tmp_path, monkeypatch):
+    # a window of 30 s (longer than a configuration may ask for): the writer looks again only then
+    audit = AuditLog(AuditSettings(path=tmp_path / "a.jsonl", fsync=False, queue_size=10, group_commit=30.0))
+    written: list[int] = []
+    write = audit._write
+    monkeypatch.setattr(audit, "_write", lambda records: (written.append(len(records)), write(records))[1])
+    try:
+        audit._enqueue({"kind": "test", "n": 0, "time": "t"})  # wakes the idle writer: written at once
+        deadline = time.monotonic() + 10
+        while not written:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for number in range(1, 6):  # the fifth fills half the queue: the busy writer is woken
+            audit._enqueue({"kind": "test", "n": number, "time": "t"})
+        while sum(written) < 6:
+            assert time.monotonic() < deadline, written  # long before its next look, 30 s on
+            time.sleep(0.01)
+    finally:
+        audit.close()
+    assert audit.dropped == 0
+
+
 # -- gtl audit ---------------------------------------------------------------------------------------
 
 

@@ -48,17 +48,16 @@ def test_frames_share_a_message_only_with_a_client_that_offered_gtl_ndjson(base_
 
     from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL
 
-    with gateway(base_config) as url:
-        with ws_connect(
-            url.replace("http://", "ws://") + "/v1/gtl/ws", subprotocols=[NDJSON_SUBPROTOCOL] if offered else None
-        ) as socket_:
-            assert socket_.subprotocol == (NDJSON_SUBPROTOCOL if offered else None)
-            socket_.send(json.dumps({"type": "hello", "versions": ["1.0"]}))
-            request = {"type": "completion_request", "session_id": "s1", "model": f"openai:{MODEL}", "stream": True}
-            socket_.send(json.dumps({**request, "messages": [{"role": "user", "content": "Say something"}]}))
-            messages: list[str] = []
-            while not messages or json.loads(messages[-1].split("\n")[-1])["type"] not in ("done", "error"):
-                messages.append(socket_.recv(timeout=30))
+    with gateway(base_config) as url, ws_connect(
+        url.replace("http://", "ws://") + "/v1/gtl/ws", subprotocols=[NDJSON_SUBPROTOCOL] if offered else None
+    ) as socket_:
+        assert socket_.subprotocol == (NDJSON_SUBPROTOCOL if offered else None)
+        socket_.send(json.dumps({"type": "hello", "versions": ["1.0"]}))
+        request = {"type": "completion_request", "session_id": "s1", "model": f"openai:{MODEL}", "stream": True}
+        socket_.send(json.dumps({**request, "messages": [{"role": "user", "content": "Say something"}]}))
+        messages: list[str] = []
+        while not messages or json.loads(messages[-1].split("\n")[-1])["type"] not in ("done", "error"):
+            messages.append(socket_.recv(timeout=30))
     frames = [json.loads(line) for message in messages for line in message.split("\n")]
     kinds = [frame["type"] for frame in frames]
     assert kinds[0] == "hello" and kinds[-1] == "done" and kinds.count("token") > 1
@@ -67,3 +66,17 @@ def test_frames_share_a_message_only_with_a_client_that_offered_gtl_ndjson(base_
         assert len(messages) < len(frames)  # the simulator's chunks arrive together: their frames share messages
     else:
         assert all("\n" not in message for message in messages)
+
+
+def test_joined_frames_fit_a_gateway_whose_frame_limit_is_small(write_config):
+    """The client joins the requests it sends as well: a message of several frames, each within a small
+    ``max_frame_bytes``, is read frame by frame — the socket's message limit is at least a joined
+    message's, and the per-frame limit still holds."""
+    config = write_config(gateway={"max_frame_bytes": 8192})
+    with gateway(config) as url, gtl_nb.connect(url.replace("http://", "ws://")) as client:
+        prompts = [f"{'x' * 3000} {i}" for i in range(12)]  # ~3 KB frames, sent in the same loop turns
+        results = client.batch(prompts, model="echo", progress=False)
+        assert all(isinstance(result, gtl_nb.Completion) for result in results), results[:2]
+        with pytest.raises(gtl_nb.GTLError, match="frame"):
+            client.complete("echo", "y" * 9000)  # one frame over the limit: that session ends, not the socket
+        assert client.complete("echo", "still here").text

@@ -20,7 +20,6 @@ from gtl_nb.engine.breaker import BreakerConfig
 from gtl_nb.engine.cache import CacheConfig
 from gtl_nb.engine.ledger import Ledger, default_ledger_path
 from gtl_nb.engine.ledger_retention import Retention
-from gtl_nb.engine.lingering import GROUP_COMMIT
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.stores.base import BreakerStore, BudgetCounter, ResponseCache, Stores, UsageLedger
 from gtl_nb.engine.stores.memory import (
@@ -49,7 +48,7 @@ def open_stores(
     clock: Callable[[], float] = time.monotonic,
     wall_clock: Callable[[], float] = time.time,
     ledger_retention: Retention | None = None,
-    ledger_group_commit: float = GROUP_COMMIT,
+    ledger_group_commit: float | None = None,
 ) -> Stores:
     """The ``Stores`` the settings select (opening SQLite files: blocking, call it before the loop runs).
 
@@ -63,7 +62,8 @@ def open_stores(
     ledger share budgets, as before — and to ``memory://`` otherwise. ``clock`` (monotonic seconds)
     drives the in-memory cache and breakers; ``wall_clock`` (unix seconds) stamps ledger rows and
     drives the SQLite cache and breakers, whose times other processes must read alike.
-    ``ledger_group_commit``: the seconds the ledger's writer gathers rows into one commit.
+    ``ledger_group_commit``: the seconds the ledger's writer gathers rows into one commit (``None``: the
+    default, ``GROUP_COMMIT``).
     """
     cache = cache or CacheConfig()
     breaker = breaker or BreakerConfig()
@@ -85,7 +85,7 @@ def _open_ledger(
     default_ledger: bool,
     wall_clock: Callable[[], float],
     retention: Retention | None,
-    group_commit: float,
+    group_commit: float | None,
 ) -> UsageLedger | None:
     if ledger is None or ledger is False:
         if not default_ledger:

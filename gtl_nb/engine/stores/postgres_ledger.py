@@ -74,7 +74,8 @@ from gtl_nb.engine.ledger import (
     iso_utc,
 )
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
-from gtl_nb.engine.ledger_writer import GROUP_COMMIT, IDLE_AFTER
+from gtl_nb.engine.ledger_writer import IDLE_AFTER
+from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.processes import own_identity
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
@@ -289,9 +290,9 @@ class PostgresUsageLedger:
         max_batch: int = MAX_BATCH,
         wait_for: float = 60.0,
         connect_timeout: float = CONNECT_TIMEOUT,
-        group_commit: float = GROUP_COMMIT,
+        group_commit: float | None = None,
     ) -> None:
-        self.group_commit = group_commit
+        self.group_commit = GROUP_COMMIT if group_commit is None else checked_window(group_commit)
         self._url = parse_postgres_url(url, where="ledger")
         self._psycopg, self._psycopg_pool = require_psycopg()
         options = self._url.options

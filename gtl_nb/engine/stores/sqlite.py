@@ -37,7 +37,6 @@ from gtl_nb.engine.ledger import (
 from gtl_nb.engine.ledger_retention import Retention
 from gtl_nb.engine.ledger_schema import FINAL_STATUSES
 from gtl_nb.engine.ledger_writer import (
-    GROUP_COMMIT,
     MAX_PENDING,
     LedgerWriter,
     acquire_writer,
@@ -88,7 +87,8 @@ class SqliteUsageLedger:
     (``owns=True`` hands it over). ``clock`` stamps rows written without ``now`` and drives
     ``retention`` (``engine.ledger_retention``; ``None``: keep every row). ``max_pending`` bounds the
     queue: beyond it a ``start`` waits for room, up to the ledger's ``retry_for``, then raises
-    ``LedgerBusyError``. ``group_commit``: the seconds a busy writer gathers rows into one commit.
+    ``LedgerBusyError``. ``group_commit``: the seconds a busy writer gathers rows into one commit
+    (``None``: the file's writer keeps its own, ``GROUP_COMMIT`` for a new one).
     """
 
     def __init__(
@@ -99,7 +99,7 @@ class SqliteUsageLedger:
         owns: bool | None = None,
         retention: Retention | None = None,
         max_pending: int = MAX_PENDING,
-        group_commit: float = GROUP_COMMIT,
+        group_commit: float | None = None,
     ) -> None:
         if isinstance(ledger, Ledger):
             self.ledger = ledger

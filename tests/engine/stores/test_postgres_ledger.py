@@ -341,7 +341,7 @@ def test_an_unreachable_server_spools_and_another_process_drains_the_spool_once(
             await away.rows()
 
     run(while_away())
-    deadline = time.monotonic() + 10  # the writer spools its queue on its next look (it lingers ~5 ms)
+    deadline = time.monotonic() + 10  # the writer spools its queue on its next look (it lingers `group_commit`, 20 ms)
     while away.spooled < 2:
         assert time.monotonic() < deadline, f"only {away.spooled} write(s) reached the spool"
         time.sleep(0.01)
