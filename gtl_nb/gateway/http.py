@@ -70,7 +70,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
-from gtl_nb.gateway.corked import CorkedTransport
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
@@ -379,7 +378,6 @@ class _HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
-        transport = CorkedTransport(transport, self.loop)  # an answer's head and body in one write
         super().connection_made(transport)
         self.guard.opened(transport, self.client)
         self._start_deadline()
