@@ -92,6 +92,8 @@ from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame, to_proto
 from gtl_nb.transports.grpc.stream import (
+    BATCH_KEY,
+    BATCH_VALUE,
     COMPRESSION_KEY,
     MAX_FRAME_KEY,
     MESSAGE_SLACK,
@@ -228,13 +230,15 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     async def _session(self, context: grpc.aio.ServicerContext, peer: str) -> None:
         bearer = _bearer(context)
+        batches = _metadata(context, BATCH_KEY) == BATCH_VALUE  # several frames per message (ServerFrame.more)
+        initial = [(MAX_FRAME_KEY, str(self.limits.max_frame_bytes))] + ([(BATCH_KEY, BATCH_VALUE)] if batches else [])
         try:
-            await context.send_initial_metadata(((MAX_FRAME_KEY, str(self.limits.max_frame_bytes)),))
+            await context.send_initial_metadata(tuple(initial))
         except Exception:  # the client is gone already
             return
         channel = GrpcStreamChannel(
             context.read, context.write, role="server", peer=peer, where="client",
-            max_json_bytes=self.limits.max_frame_bytes,
+            max_json_bytes=self.limits.max_frame_bytes, batches=batches,
         )  # fmt: skip
         refused: list[AuthenticationError] = []
         authenticate = HeaderTokenFirst(self._authenticate, bearer, refused.append)

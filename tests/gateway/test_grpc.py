@@ -655,3 +655,39 @@ def test_a_call_that_ends_with_a_status_ends_every_session_with_its_error():
         assert ended.code == "PROVIDER_UNAVAILABLE" and ended.retryable and "Socket closed" in ended.message
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("asks", [True, False])
+def test_frames_share_a_message_only_with_a_client_that_asked(base_config, asks):
+    """A raw ``Session`` call: with ``gtl-frames: batch`` the gateway says so in its initial metadata
+    and sends a session's events in fewer messages than frames (``ServerFrame.more``); a client that
+    did not ask gets one frame per message, as before."""
+    from gtl_nb.transports.grpc.stream import BATCH_KEY, BATCH_VALUE
+
+    async def session(target: str) -> tuple[dict[str, Any], list[pb.ServerFrame]]:
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = channel.stream_stream(SESSION_METHOD)(metadata=((BATCH_KEY, BATCH_VALUE),) if asks else ())
+            initial = dict(await call.initial_metadata())
+            request = m.CompletionRequest(
+                session_id="s1", model=f"openai:{MODEL}", messages=[m.Message(role="user", content="Say something")]
+            )
+            for message in (m.Hello(versions=["1.0"]), request):
+                await call.write(to_frame(message, pb.ClientFrame).SerializeToString())
+            received: list[pb.ServerFrame] = []
+            while not received or (received[-1].more or [received[-1]])[-1].WhichOneof("message") not in (
+                "done",
+                "error",
+            ):
+                data = await call.read()
+                assert data is not grpc.aio.EOF
+                received.append(pb.ServerFrame.FromString(data))
+            await call.done_writing()
+            return initial, received
+
+    with grpc_gateway(base_config) as gateway:
+        initial, received = asyncio.run(session(gateway.address))
+    frames = [frame for message in received for frame in (message, *message.more)]
+    kinds = [frame.WhichOneof("message") for frame in frames]
+    assert kinds[0] == "hello" and kinds[-1] == "done" and kinds.count("token") > 1
+    assert (initial.get(BATCH_KEY) == BATCH_VALUE) is asks
+    assert (len(received) < len(frames)) is asks  # the simulator's chunks arrive together

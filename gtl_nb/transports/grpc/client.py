@@ -34,6 +34,8 @@ from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.transports.channel import CLOSE_WAIT, Channel
 from gtl_nb.transports.endpoints import split_endpoint
 from gtl_nb.transports.grpc.stream import (
+    BATCH_KEY,
+    BATCH_VALUE,
     COMPRESSION_KEY,
     MAX_FRAME_KEY,
     MESSAGE_SLACK,
@@ -82,7 +84,7 @@ def grpc_endpoint(
     compression = _compression(endpoint)
     credentials = _credentials(verify) if scheme == "grpcs" else None
     where = f"grpc gateway ({scheme}://{address})"
-    metadata: list[tuple[str, str]] = []
+    metadata: list[tuple[str, str]] = [(BATCH_KEY, BATCH_VALUE)]  # several frames per message, when it can
     if token is not None:
         metadata.append(("authorization", f"Bearer {token}"))
     if compression is grpc.Compression.Gzip:

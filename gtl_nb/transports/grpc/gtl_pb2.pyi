@@ -126,7 +126,7 @@ class ClientFrame(_message.Message):
     def __init__(self, completion_request: _Optional[_Union[CompletionRequest, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ...) -> None: ...
 
 class ServerFrame(_message.Message):
-    __slots__ = ("status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello", "answer")
+    __slots__ = ("status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello", "answer", "more")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class ServerFrame(_message.Message):
     PROVIDER_INFO_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     status: Status
     token: Token
     reasoning: Reasoning
@@ -147,7 +148,8 @@ class ServerFrame(_message.Message):
     provider_info: ProviderInfo
     hello: Hello
     answer: Answer
-    def __init__(self, status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[ServerFrame]
+    def __init__(self, status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ..., more: _Optional[_Iterable[_Union[ServerFrame, _Mapping]]] = ...) -> None: ...
 
 class StreamEvent(_message.Message):
     __slots__ = ("status", "token", "reasoning", "tool_call", "usage", "done", "error")

@@ -81,6 +81,13 @@ MAX_FRAME_KEY = "gtl-max-frame-bytes"
 """Initial metadata of a ``Session`` call: the largest JSON frame the gateway accepts."""
 COMPRESSION_KEY = "gtl-compression"
 """Call metadata asking the gateway to compress its answers (value ``gzip``)."""
+BATCH_KEY, BATCH_VALUE = "gtl-frames", "batch"
+"""Call metadata a client sends to take several frames per gRPC message (``ServerFrame.more``); the
+gateway answers with the same pair in its initial metadata when it will send them."""
+BATCH_BYTES = 64 * 1024
+"""Most bytes of a gRPC message of several frames (a frame longer than this goes alone)."""
+_MORE_TAG = bytes([(pb.ServerFrame.DESCRIPTOR.fields_by_name["more"].number << 3) | 2])
+"""``ServerFrame.more``'s key: a serialized frame followed by entries of it is one longer frame."""
 HIGH_WATER_BYTES = 1024 * 1024
 """Bytes of serialized messages queued before ``drain()`` waits."""
 MESSAGE_SLACK = 64 * 1024
@@ -164,8 +171,11 @@ class GrpcStreamChannel:
         peer_max_frame_bytes: int | None = None,
         max_json_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         close: Callable[[], Awaitable[None]] | None = None,
+        batches: bool = False,
     ) -> None:
         self.peer = peer
+        self.batches = batches and role == "server"
+        """Whether the frames waiting for the sender go out together (``ServerFrame.more``)."""
         self.role = role
         self.where = where
         self.peer_max_frame_bytes = peer_max_frame_bytes
@@ -239,11 +249,18 @@ class GrpcStreamChannel:
         self._inbox.append(self._frame_of(data))
 
     def _frame_of(self, data: bytes) -> bytes:
-        """One message as a JSON frame, or as a bad frame naming its session when it cannot be read."""
+        """One message as its JSON frame(s) — a ``ServerFrame`` may carry more after its own — or as a
+        bad frame naming its session when it cannot be read."""
         try:
             frame = self._incoming.FromString(data)
         except Exception as exc:  # any protobuf failure on outside bytes is one bad frame
             return _bad_frame(f"malformed {self._incoming.DESCRIPTOR.name}: {type(exc).__name__}")
+        more = getattr(frame, "more", None)
+        if not more:
+            return self._json_of(frame)
+        return b"".join([self._json_of(frame), *(self._json_of(extra) for extra in more)])
+
+    def _json_of(self, frame: Any) -> bytes:
         case = frame.WhichOneof(FRAME_ONEOF)
         try:
             return encode(from_proto(frame, max_json_bytes=self._max_json_bytes)) + b"\n"
@@ -330,11 +347,13 @@ class GrpcStreamChannel:
         self._wake()
 
     async def _pump(self) -> None:
-        """The one writer of the call: the outbox in order, each write waiting on gRPC's flow control."""
+        """The one writer of the call: the outbox in order, each write waiting on gRPC's flow control
+        (with ``batches``, every message waiting in one write, up to ``BATCH_BYTES``)."""
         while True:
             while self._outbox:
+                message, size = self._next_message()
                 try:
-                    await self._send(self._outbox[0])
+                    await self._send(message)
                 except asyncio.CancelledError:
                     if self._stopping_sender:
                         raise
@@ -343,13 +362,32 @@ class GrpcStreamChannel:
                 except Exception:  # the call ended: reads report it
                     self._break()
                     return
-                self._outbox_bytes -= len(self._outbox.popleft())
+                self._outbox_bytes -= size
                 if self._outbox_bytes <= HIGH_WATER_BYTES:
                     self._room.set()
             if self._closed:
                 return
             self._queued.clear()
             await self._queued.wait()
+
+    def _next_message(self) -> tuple[bytes, int]:
+        """The next gRPC message off the outbox and the outbox bytes it takes: one frame, or with
+        ``batches`` the frames behind it appended as ``more`` entries (serialized frames concatenate)."""
+        outbox = self._outbox
+        first = outbox.popleft()
+        if not self.batches or not outbox or len(first) + len(outbox[0]) + 6 > BATCH_BYTES:
+            return first, len(first)
+        parts, size, length = [first], len(first), len(first)
+        while outbox:
+            extra = outbox[0]
+            entry = _MORE_TAG + _varint(len(extra))
+            if length + len(entry) + len(extra) > BATCH_BYTES:
+                break
+            outbox.popleft()
+            parts += (entry, extra)
+            size += len(extra)
+            length += len(entry) + len(extra)
+        return b"".join(parts), size
 
     def _break(self) -> None:
         self.broken = True
@@ -395,3 +433,13 @@ def _bad_frame(reason: str, case: str | None = None, session_id: str | None = No
 
 def _kind(message: object) -> str:
     return str(getattr(type(message).__struct_config__, "tag", None) or type(message).__name__)
+
+
+def _varint(value: int) -> bytes:
+    """``value`` as a protobuf base-128 varint (a length prefix)."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

@@ -1,0 +1,83 @@
+"""Several frames per gRPC message (``ServerFrame.more``): sent only to a client that asked for them.
+
+The gateway's ``GrpcStreamChannel`` with ``batches`` appends the serialized frames waiting behind the
+first as ``more`` entries of one ``ServerFrame`` (at most ``BATCH_BYTES``); a client's channel reads
+them back as the same frames, in order. Without the ask, one frame per message, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gtl_nb.protocol.codec import encode
+from gtl_nb.protocol.messages import Token
+from gtl_nb.transports.grpc import gtl_pb2 as pb
+from gtl_nb.transports.grpc.stream import BATCH_BYTES, GrpcStreamChannel
+
+
+def frames_of(texts: list[str]) -> list[bytes]:
+    return [encode(Token(session_id="s1", text=text)) + b"\n" for text in texts]
+
+
+async def sent_by_gateway(frames: list[bytes], *, batches: bool) -> list[bytes]:
+    """The gRPC messages a gateway's channel sends for ``frames`` written in one loop turn."""
+    sent: list[bytes] = []
+
+    async def send(data: bytes) -> None:
+        sent.append(data)
+
+    async def receive() -> Any:
+        return None
+
+    channel = GrpcStreamChannel(receive, send, role="server", batches=batches)
+    channel.write(b"".join(frames))
+    await channel.aclose()
+    return sent
+
+
+async def read_by_client(messages: list[bytes]) -> bytes:
+    """What a client's channel hands its connection for ``messages``, joined."""
+    pending = list(messages)
+
+    async def receive() -> Any:
+        return pending.pop(0) if pending else None
+
+    async def send(data: bytes) -> None:
+        return None
+
+    channel = GrpcStreamChannel(receive, send, role="client")
+    reads = []
+    while piece := await channel.read():
+        reads.append(piece)
+    await channel.aclose()
+    return b"".join(reads)
+
+
+def test_the_frames_waiting_go_in_one_message_and_read_back_in_order():
+    frames = frames_of([f"token {number}" for number in range(5)])
+    [message] = asyncio.run(sent_by_gateway(frames, batches=True))
+    parsed = pb.ServerFrame.FromString(message)
+    assert parsed.WhichOneof("message") == "token" and [extra.token.text for extra in parsed.more] == [
+        f"token {number}" for number in range(1, 5)
+    ]
+    assert asyncio.run(read_by_client([message])) == b"".join(frames)
+
+
+def test_without_the_ask_each_frame_is_a_message_of_its_own():
+    frames = frames_of(["a", "b", "c"])
+    sent = asyncio.run(sent_by_gateway(frames, batches=False))
+    assert len(sent) == 3 and not any(pb.ServerFrame.FromString(message).more for message in sent)
+
+
+@given(st.lists(st.integers(0, BATCH_BYTES + 100), min_size=1, max_size=8))
+def test_every_frame_arrives_once_in_order_and_messages_stay_within_the_bound(sizes):
+    frames = frames_of(["x" * size for size in sizes])
+    sent = asyncio.run(sent_by_gateway(frames, batches=True))
+    assert asyncio.run(read_by_client(sent)) == b"".join(frames)
+    for message in sent:
+        if pb.ServerFrame.FromString(message).more:
+            assert len(message) <= BATCH_BYTES
