@@ -290,9 +290,12 @@ def test_idle_quic_connections_up_to_twice_the_per_address_limit(gateway):
 
         ended = asyncio.run(main())
         assert {code for code, _, _ in ended} <= {CLOSE_CODES["OVERLOADED"], CLOSE_CODES["PROVIDER_UNAVAILABLE"]}
-        for code, open_, _ in ended:
-            if open_ >= CAP + 5:  # the gateway counts at least what this side still sees open
-                assert code == CLOSE_CODES["OVERLOADED"], (open_, code)
+        for index, (code, open_, at) in enumerate(ended):
+            # the gateway counts at least what this side still sees open, less those whose hello deadline
+            # had passed by then (the gateway may have closed them already; a slow loop here hears it late)
+            expired = sum(1 for _, _, earlier in ended[:index] if earlier <= at - HEADER_TIMEOUT)
+            if open_ - expired >= CAP + 5:
+                assert code == CLOSE_CODES["OVERLOADED"], (open_, expired, code)
         assert any(code == CLOSE_CODES["OVERLOADED"] for code, _, _ in ended) or max(o for _, o, _ in ended) < CAP
 
     with RssWatch(gateway) as memory, Attack(quic_idle) as attack:
