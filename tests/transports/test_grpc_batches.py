@@ -8,6 +8,7 @@ them back as the same frames, in order. Without the ask, one frame per message, 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from hypothesis import given
@@ -81,3 +82,29 @@ def test_every_frame_arrives_once_in_order_and_messages_stay_within_the_bound(si
     for message in sent:
         if pb.ServerFrame.FromString(message).more:
             assert len(message) <= BATCH_BYTES
+
+
+def batch_of(frames: list[bytes], *extras: bytes) -> bytes:
+    """A ``ServerFrame`` message: the first of ``frames`` with the rest, then raw ``extras``, as ``more``."""
+    protos = [pb.ServerFrame(token=pb.Token(session_id="s1", text=json.loads(f)["text"])) for f in frames]
+    message = protos[0]
+    message.more.extend(protos[1:])
+    return message.SerializeToString() + b"".join(extras)
+
+
+def test_a_batch_longer_than_a_gateway_sends_is_one_bad_frame_and_is_not_expanded():
+    message = batch_of(frames_of(["a", "b"])) + b"\x72\x00" * (BATCH_BYTES // 2)  # 32,768 empty frames
+    read = asyncio.run(read_by_client([message]))
+    assert read.count(b"\n") == 1 and b"longer than" in read
+
+
+def test_a_bad_or_nested_entry_ends_the_batch_after_the_frames_before_it():
+    good = frames_of(["a", "b"])
+    nested = pb.ServerFrame(token=pb.Token(session_id="s2", text="c"))
+    nested.more.add(token=pb.Token(session_id="s3", text="d"))
+    entry = nested.SerializeToString()
+    for extra in (b"\x72\x00" * 100, b"\x72" + bytes([len(entry)]) + entry):  # empty frames; a nested one
+        read = asyncio.run(read_by_client([batch_of(good, extra, *([b"\x72\x00"] * 5))]))
+        lines = read.splitlines()
+        assert lines[:2] == [frame.rstrip(b"\n") for frame in good] and len(lines) == 3  # then one bad frame
+        assert lines[2].startswith(b'{"grpc_frame_refused":')

@@ -222,6 +222,9 @@ def test_restricted_frames_are_subsets_of_frame_with_the_same_numbers():
     for frame_type in FRAME_TYPES:
         for case in frame_type.DESCRIPTOR.oneofs_by_name["message"].fields:
             assert case.number == full[case.name].number and case.message_type is full[case.name].message_type
+        for field in frame_type.DESCRIPTOR.fields:  # outside the oneof too (ServerFrame.more)
+            same = pb.Frame.DESCRIPTOR.fields_by_name.get(field.name)
+            assert same is not None and same.number == field.number and same.type == field.type, field.name
     directions = {
         pb.ClientFrame: {"hello", "completion_request", "cancel", "error", "query"},
         pb.ServerFrame: {

@@ -82,7 +82,7 @@ ERROR_CODE_BUDGET_EXCEEDED: ErrorCode
 ERROR_CODE_INTERNAL: ErrorCode
 
 class Frame(_message.Message):
-    __slots__ = ("completion_request", "status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello", "cancel", "query", "answer")
+    __slots__ = ("completion_request", "status", "token", "reasoning", "tool_call", "usage", "done", "error", "provider_info", "hello", "cancel", "query", "answer", "more")
     COMPLETION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class Frame(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
     completion_request: CompletionRequest
     status: Status
     token: Token
@@ -109,7 +110,8 @@ class Frame(_message.Message):
     cancel: Cancel
     query: Query
     answer: Answer
-    def __init__(self, completion_request: _Optional[_Union[CompletionRequest, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ...) -> None: ...
+    more: _containers.RepeatedCompositeFieldContainer[Frame]
+    def __init__(self, completion_request: _Optional[_Union[CompletionRequest, _Mapping]] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., token: _Optional[_Union[Token, _Mapping]] = ..., reasoning: _Optional[_Union[Reasoning, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallEvent, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., provider_info: _Optional[_Union[ProviderInfo, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., answer: _Optional[_Union[Answer, _Mapping]] = ..., more: _Optional[_Iterable[_Union[Frame, _Mapping]]] = ...) -> None: ...
 
 class ClientFrame(_message.Message):
     __slots__ = ("completion_request", "error", "hello", "cancel", "query")

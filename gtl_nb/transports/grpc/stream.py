@@ -258,7 +258,17 @@ class GrpcStreamChannel:
         more = getattr(frame, "more", None)
         if not more:
             return self._json_of(frame)
-        return b"".join([self._json_of(frame), *(self._json_of(extra) for extra in more)])
+        if len(data) > BATCH_BYTES:  # a gateway batches at most this much: refuse before expanding it
+            return _bad_frame(f"a ServerFrame carrying more frames is longer than {BATCH_BYTES} bytes")
+        frames = [self._json_of(frame)]
+        for extra in more:
+            if extra.more:
+                frames.append(_bad_frame("a frame in ServerFrame.more carries more frames itself"))
+                break
+            frames.append(self._json_of(extra))
+            if frames[-1].startswith(_BAD_FRAME_START):
+                break  # one bad frame ends the message: the rest is not worth expanding
+        return b"".join(frames)
 
     def _json_of(self, frame: Any) -> bytes:
         case = frame.WhichOneof(FRAME_ONEOF)
@@ -375,13 +385,14 @@ class GrpcStreamChannel:
         ``batches`` the frames behind it appended as ``more`` entries (serialized frames concatenate)."""
         outbox = self._outbox
         first = outbox.popleft()
-        if not self.batches or not outbox or len(first) + len(outbox[0]) + 6 > BATCH_BYTES:
+        most = min(BATCH_BYTES, self._max_json_bytes)  # never more than the frame limit it announced
+        if not self.batches or not outbox or len(first) + len(outbox[0]) + 6 > most:
             return first, len(first)
         parts, size, length = [first], len(first), len(first)
         while outbox:
             extra = outbox[0]
             entry = _MORE_TAG + _varint(len(extra))
-            if length + len(entry) + len(extra) > BATCH_BYTES:
+            if length + len(entry) + len(extra) > most:
                 break
             outbox.popleft()
             parts += (entry, extra)
@@ -421,9 +432,12 @@ class GrpcStreamChannel:
             self._receiving.cancel()
 
 
+_BAD_FRAME_START = b'{"grpc_frame_refused":'
+
+
 def _bad_frame(reason: str, case: str | None = None, session_id: str | None = None) -> bytes:
     """Bytes the connection's frame reader refuses as one bad frame of ``session_id`` (see the module docstring)."""
-    data = b'{"grpc_frame_refused":' + msgspec.json.encode(reason)
+    data = _BAD_FRAME_START + msgspec.json.encode(reason)
     if case:
         data += b',"type":' + msgspec.json.encode(case)
     if session_id:
