@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gtl_nb.engine.http import Timeouts
+from gtl_nb.engine.lingering import GROUP_COMMIT
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.providers.base import Deployment, ProviderNeeds, needs_of
 from gtl_nb.providers.catalog import validate_overrides
@@ -156,11 +157,11 @@ _SECONDS = (int, float, bool, type(None))  # `false` (or None) disables a timeou
 GROUP_COMMIT_MS = Field(
     _OPT_NUM,
     None,
-    "milliseconds a busy writer gathers records into one write (1 to 1000; default 20): longer costs less "
-    "CPU per request, and is the most a SIGKILL can lose",
+    f"milliseconds a busy writer gathers rows into one commit (1 to 1000; default {GROUP_COMMIT * 1000:g}): "
+    "longer costs less CPU per request, and is the most a SIGKILL can lose",
     check=lambda v, w: _between(v, w, 1, 1000),
 )
-"""``group_commit_ms`` of ``[ledger]`` and ``[gateway.audit]``."""
+"""``[ledger] group_commit_ms`` (``[gateway.audit]`` reads its own the same way, in ``gateway.audit``)."""
 
 # Sections whose keys this module owns. [routing], [cache] and [budgets] belong to the engine
 # modules that use them and are validated by their readers (``OWNED_SECTIONS``).

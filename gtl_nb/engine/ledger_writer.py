@@ -6,9 +6,9 @@ thread takes everything queued (up to ``max_batch``) and writes it in ONE transa
 commit. An idle writer is woken by the next operation; a busy one (work within the last
 ``IDLE_AFTER`` seconds) is not woken per operation — that cost a thread wake-up and a GIL handover
 per request — but looks again every ``group_commit`` seconds (``[ledger] group_commit_ms``, default
-``GROUP_COMMIT``). So the window a SIGKILL can lose is at most ``group_commit`` plus the batch being
-written. A request that ended before its start was written is one
-INSERT of the finished row.
+``lingering.GROUP_COMMIT``). So the window a SIGKILL can lose is at most ``group_commit`` plus the
+batch being written. A request that ended before its start was written is one INSERT of the finished
+row.
 
 Guarantees (``docs/ledger.md``, "How rows are written"):
 
@@ -54,15 +54,7 @@ from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.log import get_logger
 
-__all__ = [
-    "GROUP_COMMIT",
-    "MAX_BATCH",
-    "MAX_PENDING",
-    "LedgerWriter",
-    "acquire_writer",
-    "flush_rows_of",
-    "release_writer",
-]
+__all__ = ["MAX_BATCH", "MAX_PENDING", "LedgerWriter", "acquire_writer", "flush_rows_of", "release_writer"]
 
 log = get_logger("engine.ledger")
 

@@ -2,11 +2,11 @@
 
 A ``queue.Queue`` notifies its consumer on every ``put``: for a writer that runs once per request (the
 ledger's, the audit log's) that is a thread wake-up, and a fight for the GIL with the event loop, per
-request — 8 % of the gateway's CPU in a profile at concurrency 1. Here the consumer is woken only
-when it sleeps: while work keeps arriving it polls every ``linger`` seconds (default ``GROUP_COMMIT``)
-instead, taking whatever came meanwhile as one batch; after ``idle_after`` seconds without work it sleeps until the next
-``put``. So a busy writer costs ``1 / linger`` wake-ups a second whatever the request rate, an idle one
-none, and an item waits at most ``linger`` seconds before its batch is taken.
+request — 8 % of the gateway's CPU in a profile at concurrency 1. Here the consumer is woken only when
+it sleeps: while work keeps arriving it polls every ``linger`` seconds (default ``GROUP_COMMIT``)
+instead, taking whatever came meanwhile as one batch; after ``idle_after`` seconds without work it
+sleeps until the next ``put``. So a busy writer costs ``1 / linger`` wake-ups a second whatever the
+request rate, an idle one none, and an item waits at most ``linger`` seconds before its batch is taken.
 """
 
 from __future__ import annotations

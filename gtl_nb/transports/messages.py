@@ -94,16 +94,13 @@ class MessageChannel:
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            frame = frames.popleft()
-            size = len(frame)
-            if self.joins_frames and frames and size + 1 + len(frames[0]) <= JOIN_BYTES:
-                joined, length = [frame], size  # length: the message's bytes, newlines included
-                while frames and length + 1 + len(frames[0]) <= JOIN_BYTES:
-                    frame = frames.popleft()
-                    joined.append(frame)
-                    size += len(frame)
-                    length += 1 + len(frame)
-                frame = b"\n".join(joined)
+            joined = [frames.popleft()]
+            size = length = len(joined[0])  # size: the frames' bytes; length: the message's, newlines included
+            while self.joins_frames and frames and length + 1 + len(frames[0]) <= JOIN_BYTES:
+                joined.append(frames.popleft())
+                size += len(joined[-1])
+                length += 1 + len(joined[-1])
+            frame = joined[0] if len(joined) == 1 else b"\n".join(joined)
             try:
                 await self._send(frame.decode())
             except Exception:

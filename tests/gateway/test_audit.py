@@ -452,12 +452,17 @@ def test_a_torn_last_line_is_a_crash_artefact_repaired_and_recorded_on_the_next_
     assert records(path)[-1]["session_id"] == "s3"
 
 
-def test_records_written_after_the_last_checkpoint_are_adopted_on_the_next_start(tmp_path):
-    path = tmp_path / "audit.jsonl"
+def ahead_of_its_checkpoint(path: Path) -> Path:
+    """A log of five records whose checkpoint says three: as if the writer died before its last checkpoint."""
     write_log(path, 3)
     checkpointed = checkpoint_path(path).read_bytes()
     write_log(path, 2, start=3)
-    checkpoint_path(path).write_bytes(checkpointed)  # as if the writer died before its last checkpoint
+    checkpoint_path(path).write_bytes(checkpointed)
+    return path
+
+
+def test_records_written_after_the_last_checkpoint_are_adopted_on_the_next_start(tmp_path):
+    path = ahead_of_its_checkpoint(tmp_path / "audit.jsonl")
     assert kinds(path) == ["ahead"]
     write_log(path, 1, start=5)
     assert verify(path).ok
@@ -746,11 +751,7 @@ def test_flush_returns_while_records_keep_coming(tmp_path):
 
 
 def test_the_recovery_record_is_checkpointed_without_waiting_for_traffic(tmp_path):
-    path = tmp_path / "audit.jsonl"
-    write_log(path, 3)
-    checkpointed = checkpoint_path(path).read_bytes()
-    write_log(path, 2, start=3)
-    checkpoint_path(path).write_bytes(checkpointed)  # as if the writer died before its last checkpoint
+    path = ahead_of_its_checkpoint(tmp_path / "audit.jsonl")
     audit = AuditLog(AuditSettings(path=path, fsync=False))
     try:
         assert verify(path).ok  # the recovery record is written and checkpointed: nothing "ahead"

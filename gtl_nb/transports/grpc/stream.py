@@ -386,19 +386,16 @@ class GrpcStreamChannel:
         outbox = self._outbox
         first = outbox.popleft()
         most = min(BATCH_BYTES, self._max_json_bytes)  # never more than the frame limit it announced
-        if not self.batches or not outbox or len(first) + len(outbox[0]) + 6 > most:
-            return first, len(first)
         parts, size, length = [first], len(first), len(first)
-        while outbox:
-            extra = outbox[0]
-            entry = _MORE_TAG + _varint(len(extra))
-            if length + len(entry) + len(extra) > most:
+        while self.batches and outbox:
+            entry = _MORE_TAG + _varint(len(outbox[0]))
+            if length + len(entry) + len(outbox[0]) > most:
                 break
-            outbox.popleft()
+            extra = outbox.popleft()
             parts += (entry, extra)
             size += len(extra)
             length += len(entry) + len(extra)
-        return b"".join(parts), size
+        return (first if len(parts) == 1 else b"".join(parts)), size
 
     def _break(self) -> None:
         self.broken = True
