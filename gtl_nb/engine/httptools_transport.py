@@ -36,21 +36,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import AsyncIterator, Mapping
 
 import httptools
 
+from gtl_nb.engine.http_parts import (
+    MAX_INFLATED,  # noqa: F401  (the tests read the bound here, where the client applies it)
+    URL_CACHE_SIZE,
+    Expired,
+    Inflater,
+    Key,
+    RequestTarget,
+    cancel_for_time,
+    expire,
+    os_reason,
+)
 from gtl_nb.engine.transport import (
     ConnectFailed,
     ConnectionLost,
     ConnectTimeout,
     UnsendableRequest,
     check_request_headers,
-    check_request_url,
 )
 from gtl_nb.providers.base import HttpRequest
 
@@ -61,41 +68,8 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 256
 PAUSE_BYTES = 256 * 1024
 """Body bytes buffered unread before the connection stops reading (resumed at a quarter of it)."""
-MAX_INFLATED = 256 * 1024
-"""Most bytes one piece of a compressed body inflates to (the rest waits for the next read)."""
 IDLE_TIMEOUT = 15.0
-_URL_CACHE_SIZE = 256
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-
-_Key = tuple[str, str, int]  # (scheme, host, port)
-
-
-class _Target:
-    """What sending to one URL needs, parsed once per URL (a deployment sends to the same few)."""
-
-    __slots__ = ("host", "host_header", "key", "path", "server_hostname")
-
-    def __init__(self, url: str) -> None:
-        check_request_url(url)
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as exc:
-            raise UnsendableRequest(type(exc).__name__) from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise UnsendableRequest("the URL is not http:// or https:// with a host")
-        if parts.username is not None or parts.password is not None:
-            raise UnsendableRequest("the URL carries credentials")
-        host = parts.hostname
-        default = 443 if scheme == "https" else 80
-        port = default if port is None else port
-        shown_host = f"[{host}]" if ":" in host else host
-        self.key: _Key = (scheme, host, port)
-        self.host = host
-        self.host_header = shown_host if port == default else f"{shown_host}:{port}"
-        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        self.server_hostname = host if scheme == "https" else None
 
 
 class _Exchange:
@@ -135,7 +109,7 @@ class _Exchange:
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: httptools parses what arrives into the current ``_Exchange``."""
 
-    def __init__(self, pool: HttptoolsTransport, key: _Key, generation: int) -> None:
+    def __init__(self, pool: HttptoolsTransport, key: Key, generation: int) -> None:
         self.pool = pool
         self.key = key
         self.generation = generation  # the pool's loop it was counted in (``HttptoolsTransport._adopt``)
@@ -299,7 +273,7 @@ class _Response:
         self.status = exchange.status
         self.headers: Mapping[str, str] = exchange.headers
         encoding = exchange.headers.get("content-encoding", "").strip().lower()
-        self._inflater = _Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+        self._inflater = Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         exchange, connection = self._exchange, self._connection
@@ -335,37 +309,6 @@ class _Response:
         exchange.body.clear()
 
 
-class _Inflater:
-    """gzip or deflate (zlib-wrapped, or raw as some servers send it) undone in bounded pieces."""
-
-    __slots__ = ("_decoder", "_encoding")
-
-    def __init__(self, encoding: str) -> None:
-        self._encoding = encoding
-        self._decoder: Any = None  # made at the first byte (deflate: wrapped or raw, told by that byte)
-
-    def pieces(self, data: bytes) -> Iterator[bytes]:
-        """``data`` inflated, ``MAX_INFLATED`` bytes at most per piece, each made when asked for."""
-        if self._decoder is None:
-            self._decoder = zlib.decompressobj(_window_bits(self._encoding, data[0]))
-        while data:
-            try:
-                piece = self._decoder.decompress(data, MAX_INFLATED)
-            except zlib.error as exc:
-                raise ConnectionLost(f"the compressed body is corrupt ({exc})") from None
-            data = self._decoder.unconsumed_tail
-            if piece:
-                yield piece
-
-    def flush(self) -> bytes:
-        if self._decoder is None:
-            return b""
-        try:
-            return self._decoder.flush()
-        except zlib.error as exc:
-            raise ConnectionLost(f"the compressed body is corrupt ({exc})") from None
-
-
 class HttptoolsTransport:
     """Pooled HTTP/1.1 over httptools (module docstring); the pool belongs to the loop that uses it.
 
@@ -389,11 +332,11 @@ class HttptoolsTransport:
         self.idle_timeout = idle_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         # idle connections per host, oldest first (a dict: a closed one leaves in O(1))
-        self._idle: dict[_Key, dict[_Connection, None]] = {}
-        self._open: dict[_Key, int] = {}
+        self._idle: dict[Key, dict[_Connection, None]] = {}
+        self._open: dict[Key, int] = {}
         self._open_total = 0
-        self._waiters: deque[tuple[_Key, asyncio.Future[None]]] = deque()
-        self._targets: dict[str, _Target] = {}
+        self._waiters: deque[tuple[Key, asyncio.Future[None]]] = deque()
+        self._targets: dict[str, RequestTarget] = {}
         self._ssl = ssl_context  # None: the system's trust store (ssl.create_default_context), made at first use
         self._closed = False
         self._generation = 0
@@ -408,8 +351,8 @@ class HttptoolsTransport:
     async def send(self, request: HttpRequest, *, connect_timeout: float | None) -> _Response:
         target = self._targets.get(request.url)
         if target is None:
-            target = _Target(request.url)
-            if len(self._targets) >= _URL_CACHE_SIZE:
+            target = RequestTarget(request.url)
+            if len(self._targets) >= URL_CACHE_SIZE:
                 self._targets.clear()
             self._targets[request.url] = target
         data = _request_bytes(request, target)
@@ -463,7 +406,7 @@ class HttptoolsTransport:
         self._reaper = None  # (a timer of the old loop fires there, finds another generation, and stops)
 
     async def _acquire(
-        self, target: _Target, connect_timeout: float | None, loop: asyncio.AbstractEventLoop, *, fresh: bool
+        self, target: RequestTarget, connect_timeout: float | None, loop: asyncio.AbstractEventLoop, *, fresh: bool
     ) -> _Connection:
         """An idle connection to ``target`` (unless ``fresh``), else a new one when there is room, else
         the first free one in order of arrival — within ``connect_timeout`` (``ConnectTimeout``)."""
@@ -490,17 +433,17 @@ class HttptoolsTransport:
                 raise ConnectFailed("the HTTP client was closed")
 
     async def _wait_for_room(
-        self, key: _Key, deadline: float | None, connect_timeout: float | None, loop: asyncio.AbstractEventLoop
+        self, key: Key, deadline: float | None, connect_timeout: float | None, loop: asyncio.AbstractEventLoop
     ) -> None:
         """Wait to be woken (``_wake_one``) until ``deadline``. A timer fails the wait: no task and no
         ``wait_for``, whose 3.11 version can swallow a cancellation that arrives as the wait ends."""
         waiter: asyncio.Future[None] = loop.create_future()
         entry = (key, waiter)
         self._waiters.append(entry)
-        timer = None if deadline is None else loop.call_at(deadline, _expire, waiter)
+        timer = None if deadline is None else loop.call_at(deadline, expire, waiter)
         try:
             await waiter
-        except _Expired:
+        except Expired:
             raise ConnectTimeout(f"no free connection within the connect timeout ({connect_timeout} s)") from None
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
@@ -512,20 +455,20 @@ class HttptoolsTransport:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(entry)
 
-    def _has_room(self, key: _Key) -> bool:
+    def _has_room(self, key: Key) -> bool:
         return not self._all_full() and not self._host_full(key)
 
     def _all_full(self) -> bool:
         return bool(self.max_connections) and self._open_total >= self.max_connections
 
-    def _host_full(self, key: _Key) -> bool:
+    def _host_full(self, key: Key) -> bool:
         return bool(self.max_connections_per_host) and self._open.get(key, 0) >= self.max_connections_per_host
 
-    def _could_make_room(self, key: _Key) -> bool:
+    def _could_make_room(self, key: Key) -> bool:
         """Whether closing another host's idle connection would let ``key`` open one."""
         return not self._host_full(key) and any(c for other, c in self._idle.items() if other != key)
 
-    def _close_idle_elsewhere(self, key: _Key) -> None:
+    def _close_idle_elsewhere(self, key: Key) -> None:
         """Close the oldest idle connection to another host when that makes room for ``key`` (the
         overall bound, not the per-host one, stands in the way)."""
         if not self._all_full() or self._host_full(key):
@@ -537,7 +480,9 @@ class HttptoolsTransport:
                 oldest.close()
                 return
 
-    async def _connect(self, target: _Target, deadline: float | None, loop: asyncio.AbstractEventLoop) -> _Connection:
+    async def _connect(
+        self, target: RequestTarget, deadline: float | None, loop: asyncio.AbstractEventLoop
+    ) -> _Connection:
         key = target.key
         self._open[key] = self._open.get(key, 0) + 1
         self._open_total += 1
@@ -553,7 +498,7 @@ class HttptoolsTransport:
             )
         )
         expired: list[bool] = []
-        timer = None if deadline is None else loop.call_at(deadline, _cancel_for_time, opening, expired)
+        timer = None if deadline is None else loop.call_at(deadline, cancel_for_time, opening, expired)
         try:
             await opening  # a cancellation of ours cancels it too (and is never swallowed)
         except BaseException as exc:
@@ -562,7 +507,7 @@ class HttptoolsTransport:
             if expired and isinstance(exc, asyncio.CancelledError):
                 raise ConnectTimeout(f"connect timeout to {target.host_header}") from None
             if isinstance(exc, (OSError, ssl.SSLError, ValueError)):
-                raise ConnectFailed(f"{_os_reason(exc)} ({target.host_header})") from None
+                raise ConnectFailed(f"{os_reason(exc)} ({target.host_header})") from None
             raise
         finally:
             if timer is not None:
@@ -621,22 +566,7 @@ class HttptoolsTransport:
                 return
 
 
-class _Expired(Exception):
-    """A pool wait ran out of time."""
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(_Expired())
-
-
-def _cancel_for_time(task: asyncio.Task[Any], expired: list[bool]) -> None:
-    if not task.done():
-        expired.append(True)
-        task.cancel()
-
-
-def _request_bytes(request: HttpRequest, target: _Target) -> bytes:
+def _request_bytes(request: HttpRequest, target: RequestTarget) -> bytes:
     """The request's head and body, as one write."""
     headers = request.headers
     check_request_headers(headers)
@@ -663,14 +593,6 @@ def _request_bytes(request: HttpRequest, target: _Target) -> bytes:
     return head + body if body else head
 
 
-def _window_bits(encoding: str, first: int) -> int:
-    """zlib's ``wbits`` for a body: gzip or zlib told apart by their headers (47); for ``deflate``,
-    zlib-wrapped when the first byte names the deflate method (8) in its low bits, else raw (-15)."""
-    if encoding != "deflate":
-        return 47
-    return 15 if first & 0x0F == 8 else -15
-
-
 def _until_close(exchange: _Exchange) -> bool:
     """Whether the body runs until the connection closes (no length, not chunked)."""
     headers = exchange.headers
@@ -682,8 +604,4 @@ def _reason(exc: BaseException | None, default: str) -> str:
         return default
     if isinstance(exc, (_BadResponse, httptools.HttpParserError)):
         return f"a malformed response ({exc})"
-    return f"{default} ({_os_reason(exc)})"
-
-
-def _os_reason(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or type(exc).__name__
+    return f"{default} ({os_reason(exc)})"

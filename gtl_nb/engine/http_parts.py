@@ -1,0 +1,118 @@
+"""What the project's own HTTP clients share: a request's target parsed once, bounded inflation of a
+compressed body, a pool wait's timer, and the words for an OS error (``httptools_transport``,
+``h2_transport``)."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from gtl_nb.engine.transport import ConnectionLost, UnsendableRequest, check_request_url
+
+__all__ = [
+    "MAX_INFLATED",
+    "URL_CACHE_SIZE",
+    "Expired",
+    "Inflater",
+    "Key",
+    "RequestTarget",
+    "cancel_for_time",
+    "expire",
+    "os_reason",
+]
+
+MAX_INFLATED = 256 * 1024
+"""Most bytes one piece of a compressed body inflates to (the rest waits for the next read)."""
+URL_CACHE_SIZE = 256
+"""Parsed targets kept per client (a deployment sends to the same few URLs)."""
+
+Key = tuple[str, str, int]  # (scheme, host, port)
+
+
+class RequestTarget:
+    """What sending to one URL needs, parsed once per URL (a deployment sends to the same few)."""
+
+    __slots__ = ("host", "host_header", "key", "path", "server_hostname")
+
+    def __init__(self, url: str) -> None:
+        check_request_url(url)
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise UnsendableRequest(type(exc).__name__) from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise UnsendableRequest("the URL is not http:// or https:// with a host")
+        if parts.username is not None or parts.password is not None:
+            raise UnsendableRequest("the URL carries credentials")
+        host = parts.hostname
+        default = 443 if scheme == "https" else 80
+        port = default if port is None else port
+        shown_host = f"[{host}]" if ":" in host else host
+        self.key: Key = (scheme, host, port)
+        self.host = host
+        self.host_header = shown_host if port == default else f"{shown_host}:{port}"
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.server_hostname = host if scheme == "https" else None
+
+
+class Inflater:
+    """gzip or deflate (zlib-wrapped, or raw as some servers send it) undone in bounded pieces."""
+
+    __slots__ = ("_decoder", "_encoding")
+
+    def __init__(self, encoding: str) -> None:
+        self._encoding = encoding
+        self._decoder: Any = None  # made at the first byte (deflate: wrapped or raw, told by that byte)
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """``data`` inflated, ``MAX_INFLATED`` bytes at most per piece, each made when asked for."""
+        if self._decoder is None:
+            self._decoder = zlib.decompressobj(window_bits(self._encoding, data[0]))
+        while data:
+            try:
+                piece = self._decoder.decompress(data, MAX_INFLATED)
+            except zlib.error as exc:
+                raise ConnectionLost(f"the compressed body is corrupt ({exc})") from None
+            data = self._decoder.unconsumed_tail
+            if piece:
+                yield piece
+
+    def flush(self) -> bytes:
+        if self._decoder is None:
+            return b""
+        try:
+            return self._decoder.flush()
+        except zlib.error as exc:
+            raise ConnectionLost(f"the compressed body is corrupt ({exc})") from None
+
+
+def window_bits(encoding: str, first: int) -> int:
+    """zlib's ``wbits`` for a body: gzip or zlib told apart by their headers (47); for ``deflate``,
+    zlib-wrapped when the first byte names the deflate method (8) in its low bits, else raw (-15)."""
+    if encoding != "deflate":
+        return 47
+    return 15 if first & 0x0F == 8 else -15
+
+
+class Expired(Exception):
+    """A pool wait ran out of time."""
+
+
+def expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(Expired())
+
+
+def cancel_for_time(task: asyncio.Task[Any], expired: list[bool]) -> None:
+    if not task.done():
+        expired.append(True)
+        task.cancel()
+
+
+def os_reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or type(exc).__name__
