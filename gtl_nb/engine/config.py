@@ -252,7 +252,10 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
     },
     "upstream": {
         "client": Field(
-            (str,), "httptools", "the HTTP client for provider calls", choices=("httptools", "aiohttp", "httpx")
+            (str,),
+            "httptools",
+            "the HTTP client for provider calls (h2: HTTP/2, many streams on one connection)",
+            choices=("httptools", "aiohttp", "httpx", "h2"),
         ),
         "max_connections": Field(
             (int,), 0, "open connections to providers in all (0: no limit)", check=lambda v, w: _at_least(v, w, 0)

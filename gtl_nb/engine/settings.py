@@ -119,6 +119,15 @@ class UpstreamSettings:
             from gtl_nb.engine.aiohttp_transport import AiohttpTransport
 
             return AiohttpTransport(**bounds)
+        if self.client == "h2":
+            try:
+                from gtl_nb.engine.h2_transport import H2Transport
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"[upstream] client = \"h2\" needs {exc.name or 'h2'}, which is not installed: "
+                    "pip install 'gtl_nb[http2]'"
+                ) from None
+            return H2Transport(**bounds)
         from gtl_nb.engine.httptools_transport import HttptoolsTransport
 
         return HttptoolsTransport(**bounds)

@@ -1,0 +1,700 @@
+"""``H2Transport``: provider calls multiplexed over HTTP/2 (``[upstream] client = "h2"``), a client of
+our own over the ``h2`` state machine.
+
+Why: over HTTP/1.1 every open stream holds a connection, so a gateway holding N streaming sessions needs
+2N descriptors (N clients, N upstream); over HTTP/2 one connection carries many streams, so it needs N
+and a handful. httpx's HTTP/2 was measured first and not kept: each of its streams waits its turn for
+the connection's read lock and reads the socket itself, so with thousands of paced streams an event
+waits behind every other stream's read (docs/benchmarks.md). Here one protocol object reads for all
+of a connection's streams and hands each event to its stream.
+
+What it does, precisely:
+
+* **Connections.** ``https://`` asks for ``h2`` by ALPN; a server that does not agree fails the call
+  (``ConnectFailed``, saying so). ``http://`` speaks HTTP/2 with prior knowledge (h2c): the server must
+  support it, as local servers rarely do — this client is for providers and gateways that speak
+  HTTP/2. A connection carries up to the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` streams (its
+  first streams start once those settings arrive); when every connection to a host is full another is opened,
+  within ``max_connections`` and ``max_connections_per_host`` (0: no bound); beyond those a request
+  waits for a free stream in order of arrival, within its connect timeout. Requests that arrive while
+  a connection is being opened wait for it rather than each opening their own, and share its failure.
+  A connection without streams for ``idle_timeout`` seconds is closed. After a ``GOAWAY`` no new
+  stream starts on the connection; the streams the server says it did not take fail as
+  ``ConnectFailed`` (never processed: the engine's retry policy may send them again).
+* **Flow control.** Received data is acknowledged as the caller reads it, so an unread stream buffers
+  at most its window (``STREAM_WINDOW``); the connection's window is ``CONNECTION_WINDOW``. A request
+  body larger than the peer's window is sent as the window opens.
+* **Limits.** A response's header list is bounded by HPACK's decoder (64 KiB) and by ``MAX_HEADERS``;
+  server push is refused; compressed bodies are inflated in bounded pieces (``http_parts.Inflater``).
+* **Errors** map onto the seam's exceptions (``engine.transport``); no message quotes a header value or
+  the URL's query. A stream the caller abandons is reset (``CANCEL``); its connection carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from gtl_nb.engine.http_parts import (
+    URL_CACHE_SIZE,
+    Expired,
+    Inflater,
+    Key,
+    RequestTarget,
+    cancel_for_time,
+    expire,
+    os_reason,
+)
+from gtl_nb.engine.transport import ConnectFailed, ConnectionLost, ConnectTimeout, check_request_headers
+from gtl_nb.providers.base import HttpRequest
+
+__all__ = ["H2Transport"]
+
+STREAM_WINDOW = 256 * 1024
+"""Bytes a stream's server may send ahead of the caller's reading."""
+CONNECTION_WINDOW = 16 * 1024 * 1024
+"""Bytes all of a connection's streams together may have unread."""
+MAX_HEADERS = 256
+IDLE_TIMEOUT = 15.0
+_CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"})
+"""Request headers HTTP/2 forbids (RFC 9113 8.2.2); ``host`` becomes ``:authority``."""
+_PASSIVE_EVENTS = (
+    h2.events.InformationalResponseReceived,
+    h2.events.TrailersReceived,
+    h2.events.SettingsAcknowledged,
+    h2.events.PingReceived,
+    h2.events.PingAckReceived,
+    h2.events.PriorityUpdated,
+    h2.events.AlternativeServiceAvailable,
+    h2.events.UnknownFrameReceived,
+)
+
+
+class _Stream:
+    """One request's stream: its response's head, body pieces and end (or failure), and what is left
+    of its request body to send."""
+
+    __slots__ = ("body", "complete", "failure", "head", "headers", "id", "status", "unacknowledged", "upload", "waiter")
+
+    def __init__(self, head: asyncio.Future[None]) -> None:
+        self.id = 0
+        self.head = head
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body: deque[bytes] = deque()
+        self.unacknowledged = 0  # flow-controlled bytes received and not yet read by the caller
+        self.complete = False
+        self.failure: Exception | None = None
+        self.upload: memoryview | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, failure: Exception, unanswered: str) -> None:
+        """End the stream with ``failure`` once its head arrived, else with ``_Unanswered(unanswered)``."""
+        if self.complete or self.failure is not None:
+            return
+        if self.head.done():
+            self.failure = failure
+            self.wake()
+        else:
+            self.head.set_exception(_Unanswered(unanswered))
+
+
+class _Unanswered(ConnectFailed):
+    """The stream ended before its response's head: the request was not answered."""
+
+
+class _H2Connection(asyncio.Protocol):
+    """One HTTP/2 connection: the ``h2`` state machine turns what arrives into its streams' events."""
+
+    def __init__(self, pool: H2Transport, key: Key, generation: int, tls: bool) -> None:
+        self.pool = pool
+        self.key = key
+        self.generation = generation
+        self.tls = tls
+        self.counted = True  # it holds a place in the pool's counts until it closes
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, _Stream] = {}
+        self.reserved = 0  # requests waiting for this connection to open, each promised a stream
+        self.followers: list[asyncio.Future[None]] = []  # their wake-ups
+        self.ready = False  # connected, and the server's settings (its stream limit) known
+        self.refusal: str | None = None  # why it could not open (ALPN)
+        self.draining = False  # a GOAWAY arrived (or we are closing): no new streams
+        self.settings_received = False
+        self.closed = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.tls:
+            ssl_object = transport.get_extra_info("ssl_object")
+            chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if chosen != "h2":
+                self.refusal = f"the server does not speak HTTP/2 (ALPN chose {chosen or 'nothing'})"
+                self.close()
+                return
+        self.h2.local_settings = h2.settings.Settings(
+            client=True,
+            initial_values={
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,  # the server may not open streams
+            },
+        )
+        self.h2.initiate_connection()
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65_535)
+        self._flush()  # streams start once the server's settings arrive (``settle``)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except (h2.exceptions.ProtocolError, ValueError) as exc:  # (hpack's errors arrive as ProtocolError)
+            self._flush()  # the GOAWAY h2 prepared
+            self._fail_streams(ConnectionLost(f"an HTTP/2 protocol error ({type(exc).__name__})"))
+            self.close()
+            return
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport: connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ready = False
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        reason = f"the connection closed ({os_reason(exc)})" if exc is not None else "the connection closed"
+        self.settle(ConnectFailed(self.refusal or reason))
+        self._fail_streams(ConnectionLost(reason + " mid-body"), reason)
+        self.pool._discard(self)
+
+    # -- events
+
+    def _dispatch(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is None:  # a stream we reset: hand its window back at once
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return
+            if not event.data:  # padding only: nothing for the caller to read, so nothing to wait for
+                self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                return
+            stream.body.append(event.data)
+            stream.unacknowledged += event.flow_controlled_length
+            stream.wake()
+        elif isinstance(event, h2.events.ResponseReceived):
+            self._head(event)
+        elif isinstance(event, h2.events.StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.complete = True
+                stream.wake()
+                if stream.upload:  # the server answered before the body was sent: stop sending it
+                    stream.upload = None
+                    self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
+                self._end(stream)
+        elif isinstance(event, h2.events.StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                code = _code_name(event.error_code)
+                stream.fail(
+                    ConnectionLost(f"the server reset the stream ({code})"), f"the server refused the stream ({code})"
+                )
+                self._end(stream)
+        elif isinstance(event, h2.events.WindowUpdated):
+            targets = list(self.streams.values()) if event.stream_id == 0 else [self.streams.get(event.stream_id)]
+            for stream in targets:
+                if stream is not None and stream.upload:
+                    self._send_body(stream)
+        elif isinstance(event, h2.events.RemoteSettingsChanged):
+            if not self.settings_received:
+                self.settings_received = True
+                self.settle(None)
+            self.pool._wake(self.key, everyone=True)  # room for more streams, perhaps
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._goaway(event)
+        elif not isinstance(event, _PASSIVE_EVENTS):
+            pass  # (a later h2 release's event: nothing this client asked for)
+
+    def _head(self, event: h2.events.ResponseReceived) -> None:
+        stream = self.streams.get(event.stream_id)
+        if stream is None or stream.head.done():
+            return
+        if len(event.headers) > MAX_HEADERS + 1:
+            self._refuse(stream, "too many headers")
+            return
+        headers: dict[str, str] = {}
+        status = 0
+        for name, value in event.headers:
+            if name == b":status":
+                if not (len(value) == 3 and value.isdigit()):
+                    self._refuse(stream, "a status that is not three digits")
+                    return
+                status = int(value)
+            elif not name.startswith(b":"):
+                # lower-case already (HTTP/2); values as the HTTP/1.1 client reads them
+                headers[name.decode("latin-1")] = value.decode("utf-8", "replace").rstrip(" \t")
+        stream.status = status
+        stream.headers = headers
+        stream.head.set_result(None)
+
+    def _refuse(self, stream: _Stream, what: str) -> None:
+        self._abandon(stream)
+        stream.fail(ConnectionLost(f"a malformed response ({what})"), f"a malformed response ({what})")
+        self._end(stream)
+
+    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        """No new streams; the streams the server did not take fail as unanswered (safe to resend)."""
+        self.draining = True
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        if any(stream_id <= last for stream_id in self.streams):
+            # h2 closes its state machine at a GOAWAY and would refuse the frames of the streams the
+            # server goes on answering (python-hyper/h2 issue 1199): reopen it; ``draining`` keeps new
+            # streams off this connection
+            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        code = _code_name(event.error_code)
+        for stream in [s for s in self.streams.values() if s.id > last]:
+            stream.fail(ConnectionLost(f"the server went away ({code})"), f"the server went away ({code})")
+            self._end(stream)
+        if not self.streams:
+            self.close()
+        self.pool._wake(self.key, everyone=True)  # waiters may open another connection
+
+    # -- ours
+
+    def usable(self) -> bool:
+        return not (self.closed or self.draining or self.refusal)
+
+    def room(self) -> int:
+        """Streams this connection could still start (counting those promised to waiting requests);
+        unknown, so 1, until the server's settings arrive: requests wait for them on this connection
+        rather than each opening another."""
+        if not self.settings_received:
+            return 1
+        return self.h2.remote_settings.max_concurrent_streams - len(self.streams) - self.reserved
+
+    def settle(self, failure: Exception | None) -> None:
+        """The connection is ready (``failure`` None: the server's settings arrived) or never will be:
+        wake the requests waiting for it (once)."""
+        self.ready = failure is None and not self.closed
+        followers, self.followers = self.followers, []
+        for follower in followers:
+            if follower.done():
+                continue
+            if failure is None:
+                follower.set_result(None)
+            else:
+                follower.set_exception(failure)
+
+    def start(self, stream: _Stream, headers: list[tuple[bytes, bytes]], body: bytes | None) -> None:
+        """Open ``stream`` with ``headers`` and send ``body`` as far as the windows allow."""
+        try:
+            stream_id = self.h2.get_next_available_stream_id()
+            self.h2.send_headers(stream_id, headers, end_stream=not body)
+        except h2.exceptions.NoAvailableStreamIDError:
+            self.draining = True  # (after 2^30 streams) the next request opens a new connection
+            raise _Unanswered("the connection has used all its stream ids") from None
+        except h2.exceptions.ProtocolError as exc:
+            raise _Unanswered(f"the stream could not start ({type(exc).__name__})") from None
+        stream.id = stream_id
+        self.streams[stream_id] = stream
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if body:
+            stream.upload = memoryview(body)
+            self._send_body(stream)
+        self._flush()
+
+    def consumed(self, stream: _Stream) -> None:
+        """The caller read what ``stream`` had buffered: give the server its window back."""
+        size, stream.unacknowledged = stream.unacknowledged, 0
+        if size and not self.closed:
+            self.h2.acknowledge_received_data(size, stream.id)
+            self._flush()
+
+    def cancel(self, stream: _Stream) -> None:
+        """The caller no longer wants ``stream`` (abandoned mid-body, or cancelled): reset it."""
+        if self.streams.get(stream.id) is stream:
+            self._abandon(stream)
+            self._end(stream)
+            self._flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.draining = True
+            if self.transport is not None:
+                self.transport.abort()  # connection_lost follows (and fails what is still open)
+
+    def _abandon(self, stream: _Stream) -> None:
+        stream.upload = None
+        if not self.closed:
+            with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
+
+    def _send_body(self, stream: _Stream) -> None:
+        upload = stream.upload
+        while upload:
+            try:
+                size = min(self.h2.local_flow_control_window(stream.id), self.h2.max_outbound_frame_size)
+            except h2.exceptions.StreamClosedError:
+                stream.upload = None
+                return
+            if size <= 0:
+                break  # the rest when the server opens its window (WindowUpdated)
+            piece, upload = upload[:size], upload[size:]
+            self.h2.send_data(stream.id, bytes(piece), end_stream=not upload)
+        stream.upload = upload or None
+
+    def _end(self, stream: _Stream) -> None:
+        """``stream`` is over for this connection: its place is free."""
+        if self.streams.pop(stream.id, None) is None:
+            return
+        if not self.streams and not self.reserved:
+            if self.draining:
+                self.close()
+            elif self.idle_timer is None and self.pool._loop is not None:
+                self.idle_timer = self.pool._loop.call_later(self.pool.idle_timeout, self._idle_timeout)
+        self.pool._wake(self.key, everyone=False)
+
+    def _idle_timeout(self) -> None:
+        self.idle_timer = None
+        if not self.streams and not self.reserved:
+            self.close()
+
+    def _fail_streams(self, failure: Exception, unanswered: str = "the connection failed") -> None:
+        streams, self.streams = list(self.streams.values()), {}
+        for stream in streams:
+            stream.fail(failure, unanswered)
+
+    def _flush(self) -> None:
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+
+class _H2Response:
+    """``engine.transport.HttpResponse`` over one stream."""
+
+    __slots__ = ("_connection", "_inflater", "_stream", "headers", "status")
+
+    def __init__(self, connection: _H2Connection, stream: _Stream) -> None:
+        self._connection = connection
+        self._stream = stream
+        self.status = stream.status
+        self.headers: Mapping[str, str] = stream.headers
+        encoding = stream.headers.get("content-encoding", "").strip().lower()
+        self._inflater = Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        stream, connection = self._stream, self._connection
+        while True:
+            if stream.body:
+                data = stream.body.popleft() if len(stream.body) == 1 else b"".join(stream.body)
+                stream.body.clear()
+                connection.consumed(stream)
+                if self._inflater is None:
+                    yield data
+                else:  # one bounded piece per step: the caller's cap stops a bomb between pieces
+                    for piece in self._inflater.pieces(data):
+                        yield piece
+                continue
+            if stream.failure is not None:
+                raise stream.failure
+            if stream.complete:
+                if self._inflater is not None:
+                    rest = self._inflater.flush()
+                    if rest:
+                        yield rest
+                return
+            waiter = stream.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                stream.waiter = None
+
+    async def aclose(self) -> None:
+        stream = self._stream
+        if not stream.complete and stream.failure is None:
+            self._connection.cancel(stream)
+        stream.body.clear()
+
+
+class H2Transport:
+    """Provider calls over HTTP/2 (module docstring); the pool belongs to the loop that uses it.
+
+    ``max_connections`` bounds the open connections in all and ``max_connections_per_host`` those to
+    one host (0: no bound); ``idle_timeout``: seconds a connection without streams is kept;
+    ``ssl_context``: how ``https://`` servers are verified (default: the system's trust store); ALPN is
+    set on it.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 0,
+        max_connections_per_host: int = 0,
+        idle_timeout: float = IDLE_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        self.idle_timeout = idle_timeout
+        self._ssl = ssl_context
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connections: dict[Key, list[_H2Connection]] = {}
+        self._open_total = 0
+        self._waiters: deque[tuple[Key, asyncio.Future[None]]] = deque()
+        self._targets: dict[str, RequestTarget] = {}
+        self._generation = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"H2Transport(max_connections={self.max_connections}, "
+            f"max_connections_per_host={self.max_connections_per_host})"
+        )
+
+    async def send(self, request: HttpRequest, *, connect_timeout: float | None) -> _H2Response:
+        target = self._targets.get(request.url)
+        if target is None:
+            target = RequestTarget(request.url)
+            if len(self._targets) >= URL_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[request.url] = target
+        headers = _request_headers(request, target)
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._adopt(loop)
+        connection = await self._acquire(target, connect_timeout, loop)
+        stream = _Stream(loop.create_future())
+        try:
+            connection.start(stream, headers, request.body)
+            await stream.head
+        except _Unanswered as exc:
+            raise ConnectFailed(str(exc)) from None
+        except BaseException:
+            connection.cancel(stream)  # cancelled (the first-byte timeout): the answer would come unasked
+            raise
+        return _H2Response(connection, stream)
+
+    async def aclose(self) -> None:
+        """Close every connection and wake every waiting request (with ``ConnectFailed``)."""
+        for connections in list(self._connections.values()):
+            for connection in list(connections):
+                connection.close()
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed("the HTTP client was closed"))
+        self._waiters.clear()
+
+    # -- the pool
+
+    def _adopt(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a pool on ``loop``: the old loop's connections are dropped, never touched from this one."""
+        self._connections, self._open_total, self._waiters = {}, 0, deque()
+        self._generation += 1
+        self._loop = loop
+
+    async def _acquire(
+        self, target: RequestTarget, connect_timeout: float | None, loop: asyncio.AbstractEventLoop
+    ) -> _H2Connection:
+        """A connection to ``target`` with room for one more stream, opened if need be and allowed,
+        else the first to have room, in order of arrival — within ``connect_timeout``."""
+        key = target.key
+        deadline = None if connect_timeout is None else loop.time() + connect_timeout
+        while True:
+            connection = next((c for c in self._connections.get(key, ()) if c.usable() and c.room() > 0), None)
+            if connection is None and not self._has_room(key):
+                self._close_idle_elsewhere(key)  # another host's idle connection gives its place up
+            if connection is None and self._has_room(key):
+                connection = self._open(target, deadline, loop)
+            if connection is not None and connection.ready:
+                return connection
+            if connection is not None:  # still opening: wait for it, a stream promised
+                connection.reserved += 1
+                try:
+                    await self._wait(connection.followers, deadline, connect_timeout, loop)
+                finally:
+                    connection.reserved -= 1
+                if connection.ready and connection.usable() and connection.room() > 0:
+                    return connection
+                continue
+            await self._wait(None, deadline, connect_timeout, loop, key=key)
+
+    def _open(self, target: RequestTarget, deadline: float | None, loop: asyncio.AbstractEventLoop) -> _H2Connection:
+        """Count and start opening a connection to ``target`` (a task of its own, so one waiting
+        request's cancellation does not fail the others waiting for it)."""
+        key = target.key
+        connection = _H2Connection(self, key, self._generation, tls=target.server_hostname is not None)
+        self._connections.setdefault(key, []).append(connection)
+        self._open_total += 1
+        loop.create_task(self._connect(connection, target, deadline, loop))
+        return connection
+
+    async def _connect(
+        self, connection: _H2Connection, target: RequestTarget, deadline: float | None, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        context = None
+        if target.server_hostname is not None:
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            self._ssl.set_alpn_protocols(["h2"])
+            context = self._ssl
+        opening = loop.create_task(
+            loop.create_connection(
+                lambda: connection, target.host, target.key[2], ssl=context, server_hostname=target.server_hostname
+            )
+        )
+        expired: list[bool] = []
+        timer = None if deadline is None else loop.call_at(deadline, cancel_for_time, opening, expired)
+        failure: Exception | None = None
+        try:
+            await opening
+        except BaseException as exc:
+            if expired and isinstance(exc, asyncio.CancelledError):
+                failure = ConnectTimeout(f"connect timeout to {target.host_header}")
+            elif isinstance(exc, (OSError, ssl.SSLError, ValueError)):
+                failure = ConnectFailed(f"{os_reason(exc)} ({target.host_header})")
+            else:
+                failure = ConnectFailed(f"the connection could not open ({type(exc).__name__})")
+                if not isinstance(exc, Exception):
+                    raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if failure is None and connection.refusal is not None:
+                failure = ConnectFailed(f"{connection.refusal} ({target.host_header})")
+            if failure is not None:
+                connection.settle(failure)
+                connection.close()
+                self._discard(connection)
+
+    async def _wait(
+        self,
+        followers: list[asyncio.Future[None]] | None,
+        deadline: float | None,
+        connect_timeout: float | None,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        key: Key | None = None,
+    ) -> None:
+        """Wait to be woken — among a connection's ``followers``, or in the pool's queue for ``key`` —
+        until ``deadline`` (a timer, no task: a cancellation is never swallowed)."""
+        waiter: asyncio.Future[None] = loop.create_future()
+        if followers is not None:
+            followers.append(waiter)
+        else:
+            assert key is not None
+            self._waiters.append((key, waiter))
+        timer = None if deadline is None else loop.call_at(deadline, expire, waiter)
+        try:
+            await waiter
+        except Expired:
+            raise ConnectTimeout(f"no free connection within the connect timeout ({connect_timeout} s)") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if followers is not None:
+                with contextlib.suppress(ValueError):
+                    followers.remove(waiter)
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove((key, waiter))  # type: ignore[arg-type]
+
+    def _has_room(self, key: Key) -> bool:
+        if self.max_connections and self._open_total >= self.max_connections:
+            return False
+        return not (
+            self.max_connections_per_host and len(self._connections.get(key, ())) >= self.max_connections_per_host
+        )
+
+    def _close_idle_elsewhere(self, key: Key) -> None:
+        """Under the overall bound, close a connection to another host that carries no stream."""
+        if not self.max_connections or self._open_total < self.max_connections:
+            return
+        for other, connections in self._connections.items():
+            for connection in connections:
+                if other != key and connection.ready and not connection.streams and not connection.reserved:
+                    self._discard(connection)  # its place is free now, before its transport has closed
+                    connection.close()
+                    return
+
+    def _discard(self, connection: _H2Connection) -> None:
+        """A connection closed (or never opened): out of the pool, its place free (once)."""
+        if not connection.counted or connection.generation != self._generation:
+            return
+        connection.counted = False
+        connections = self._connections.get(connection.key)
+        if connections is not None:
+            with contextlib.suppress(ValueError):
+                connections.remove(connection)
+            if not connections:
+                del self._connections[connection.key]
+        self._open_total = max(0, self._open_total - 1)
+        self._wake(None, everyone=True)  # a place is free: for this host, or any under the overall bound
+
+    def _wake(self, key: Key | None, *, everyone: bool) -> None:
+        """Wake the first request waiting for ``key`` (a stream ended), or all of them (a connection
+        closed or its settings changed: each looks again); ``None``: waiting for any host."""
+        for waiting_key, waiter in self._waiters:
+            if (key is None or waiting_key == key) and not waiter.done():
+                waiter.set_result(None)
+                if not everyone:
+                    return
+
+
+def _request_headers(request: HttpRequest, target: RequestTarget) -> list[tuple[bytes, bytes]]:
+    """The request's pseudo-headers and headers, lower-case, without HTTP/1.1's connection headers."""
+    check_request_headers(request.headers)
+    authority = target.host_header
+    fields: list[tuple[bytes, bytes]] = []
+    names = set()
+    for name, value in request.headers.items():
+        lowered = name.lower()
+        if lowered == "host":
+            authority = value
+            continue
+        if lowered in _CONNECTION_SPECIFIC or lowered == "content-length":
+            continue  # ours to say (the body is sent whole)
+        names.add(lowered)
+        fields.append((lowered.encode("ascii"), value.encode("ascii")))
+    if "accept-encoding" not in names:
+        fields.append((b"accept-encoding", b"gzip, deflate"))
+    body = request.body or b""
+    if body or request.method not in ("GET", "HEAD"):
+        fields.append((b"content-length", str(len(body)).encode("ascii")))
+    scheme = target.key[0].encode("ascii")
+    pseudo = [
+        (b":method", request.method.encode("ascii")),
+        (b":scheme", scheme),
+        (b":authority", authority.encode("ascii")),
+        (b":path", target.path.encode("ascii")),
+    ]
+    return pseudo + fields
+
+
+def _code_name(code: object) -> str:
+    try:
+        return h2.errors.ErrorCodes(code).name
+    except ValueError:
+        return f"error {code}"

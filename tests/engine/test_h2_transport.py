@@ -1,0 +1,508 @@
+"""``H2Transport`` (``[upstream] client = "h2"``) against real HTTP/2 servers on loopback: many streams
+on one connection, the server's stream limit, flow control both ways, streams and connections that
+end badly, GOAWAY, abandoned streams, compressed bodies, TLS with ALPN, and errors that never quote a
+header value."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import h2.errors
+import pytest
+
+from gtl_nb.engine import h2_transport as module
+from gtl_nb.engine.h2_transport import H2Transport
+from gtl_nb.engine.transport import ConnectFailed, ConnectionLost, UnsendableRequest
+from gtl_nb.providers.base import HttpRequest
+from tests.engine.h2_server import H2Server, Request
+
+CANARY = "sk-canary-h2-5e1d"
+
+
+def run(scenario: Callable[[], Awaitable[None]], timeout: float = 30) -> None:
+    asyncio.run(asyncio.wait_for(scenario(), timeout))
+
+
+def request(url: str, body: bytes = b'{"q":1}', headers: dict[str, str] | None = None) -> HttpRequest:
+    return HttpRequest(
+        method="POST",
+        url=url,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {CANARY}", **(headers or {})},
+        body=body,
+    )
+
+
+async def fetch(transport: H2Transport, url: str, body: bytes = b'{"q":1}') -> tuple[int, dict[str, str], bytes]:
+    response = await transport.send(request(url, body), connect_timeout=5)
+    data = b"".join([piece async for piece in response.chunks()])
+    await response.aclose()
+    return response.status, dict(response.headers), data
+
+
+async def answer_json(req: Request, body: bytes = b'{"ok":true}') -> None:
+    req.connection.respond(req, 200, [("content-type", "application/json"), ("X-Upper", "v ")])
+    await req.connection.send(req, body, end=True)
+
+
+def paced(pieces: list[bytes], pace: float) -> Callable[[Request], Awaitable[None]]:
+    async def handler(req: Request) -> None:
+        req.connection.respond(req, 200, [("content-type", "text/event-stream")])
+        for piece in pieces:
+            await req.connection.send(req, piece)
+            await asyncio.sleep(pace)
+        await req.connection.send(req, b"", end=True)
+
+    return handler
+
+
+def test_a_whole_answer_with_the_request_as_http2_wants_it():
+    async def scenario() -> None:
+        server = await H2Server(answer_json).start()
+        transport = H2Transport()
+        try:
+            status, headers, body = await fetch(transport, server.url(), b'{"hello":"world"}')
+            assert (status, body) == (200, b'{"ok":true}')
+            assert headers["content-type"] == "application/json" and headers["x-upper"] == "v"
+            seen = server.stats.requests[0]
+            assert seen.body == b'{"hello":"world"}'
+            assert seen.headers[b":method"] == b"POST" and seen.headers[b":scheme"] == b"http"
+            assert seen.headers[b":authority"] == f"127.0.0.1:{server.port}".encode()
+            assert seen.headers[b":path"] == b"/v1/chat/completions?x=1"
+            assert (
+                seen.headers[b"content-length"] == b"17"
+                and seen.headers[b"authorization"] == f"Bearer {CANARY}".encode()
+            )
+            assert b"accept-encoding" in seen.headers
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_many_concurrent_streams_share_one_connection_and_arrive_in_order():
+    pieces = [b"data: %d\n\n" % i for i in range(5)]
+
+    async def scenario() -> None:
+        server = await H2Server(paced(pieces, 0.01)).start()
+        transport = H2Transport()
+        try:
+            results = await asyncio.gather(*(fetch(transport, server.url()) for _ in range(300)))
+            assert all(body == b"".join(pieces) for _, _, body in results)
+            assert server.stats.connections == 1 and server.stats.most_active > 100
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_the_servers_stream_limit_is_kept_and_more_connections_open_only_within_the_bound():
+    async def scenario() -> None:
+        server = await H2Server(paced([b"x"], 0.05), max_streams=4).start()
+        bounded = H2Transport(max_connections_per_host=1)
+        try:
+            await fetch(bounded, server.url())  # the server's settings are known from here on
+            results = await asyncio.gather(*(fetch(bounded, server.url()) for _ in range(12)))
+            assert all(body == b"x" for _, _, body in results)
+            assert server.stats.connections == 1 and server.stats.most_active == 4
+        finally:
+            await bounded.aclose()
+        server.stats.most_active = 0
+        unbounded = H2Transport()
+        try:
+            await fetch(unbounded, server.url())
+            await asyncio.gather(*(fetch(unbounded, server.url()) for _ in range(12)))
+            assert server.stats.connections == 1 + 3  # (one more for the first request of this client)
+        finally:
+            await unbounded.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_burst_before_the_connection_opens_waits_for_it_instead_of_opening_its_own():
+    async def scenario() -> None:
+        server = await H2Server(answer_json).start()
+        transport = H2Transport()
+        try:
+            await asyncio.gather(*(fetch(transport, server.url()) for _ in range(60)))
+            assert server.stats.connections == 1
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_request_body_larger_than_every_window_arrives_whole():
+    big = bytes(range(256)) * (3 * 1024 * 4)  # 3 MiB: past the 64 KiB stream window a server starts with
+
+    async def scenario() -> None:
+        async def echo_size(req: Request) -> None:
+            req.connection.respond(req, 200)
+            await req.connection.send(req, str(len(req.body)).encode() + (b"!" if req.body == big else b"?"), end=True)
+
+        server = await H2Server(echo_size).start()
+        transport = H2Transport()
+        try:
+            assert (await fetch(transport, server.url(), big))[2] == str(len(big)).encode() + b"!"
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_an_unread_stream_buffers_at_most_its_window_then_reads_on():
+    body = b"z" * (2 * 1024 * 1024)
+
+    async def scenario() -> None:
+        async def flood(req: Request) -> None:
+            req.connection.respond(req, 200)
+            await req.connection.send(req, body, end=True)
+
+        server = await H2Server(flood).start()
+        transport = H2Transport()
+        try:
+            response = await transport.send(request(server.url()), connect_timeout=5)
+            await asyncio.sleep(0.3)  # the server sends what the window lets it, then waits
+            buffered = sum(len(piece) for piece in response._stream.body)  # type: ignore[attr-defined]
+            assert 0 < buffered <= module.STREAM_WINDOW
+            data = b"".join([piece async for piece in response.chunks()])
+            assert data == body
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_reset_stream_fails_alone_and_the_connection_carries_on():
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            kind = req.body
+            if kind == b"refuse":
+                req.connection.reset(req, h2.errors.ErrorCodes.REFUSED_STREAM)
+                return
+            req.connection.respond(req, 200)
+            await req.connection.send(req, b"part")
+            if kind == b"cut":
+                await asyncio.sleep(0.05)
+                req.connection.reset(req)
+                return
+            await req.connection.send(req, b" whole", end=True)
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            with pytest.raises(ConnectFailed, match="REFUSED_STREAM"):
+                await transport.send(request(server.url(), b"refuse"), connect_timeout=5)
+            response = await transport.send(request(server.url(), b"cut"), connect_timeout=5)
+            with pytest.raises(ConnectionLost, match="INTERNAL_ERROR"):
+                async for _ in response.chunks():
+                    pass
+            assert (await fetch(transport, server.url(), b"ok"))[2] == b"part whole"
+            assert server.stats.connections == 1
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_goaway_fails_the_streams_the_server_did_not_take_and_the_next_request_opens_a_new_connection():
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def handler(req: Request) -> None:
+            if req.body == b"first":
+                req.connection.respond(req, 200)
+                await gate.wait()
+                await req.connection.send(req, b"finished", end=True)
+                return
+            if req.connection is server.connections[0]:
+                return  # the second: left unanswered, then declared not taken
+            await answer_json(req)
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            first = await transport.send(request(server.url(), b"first"), connect_timeout=5)
+            second = asyncio.ensure_future(transport.send(request(server.url(), b"second"), connect_timeout=5))
+            while len(server.stats.requests) < 2:
+                await asyncio.sleep(0.01)
+            server.connections[0].goaway(last_stream_id=first._stream.id)  # type: ignore[attr-defined]
+            with pytest.raises(ConnectFailed, match="went away"):
+                await second
+            gate.set()
+            assert b"".join([piece async for piece in first.chunks()]) == b"finished"
+            assert (await fetch(transport, server.url()))[2] == b'{"ok":true}'
+            assert server.stats.connections == 2
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_connection_dropped_before_the_head_or_mid_body():
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            if req.body == b"mid":
+                req.connection.respond(req, 200)
+                await req.connection.send(req, b"some")
+                await asyncio.sleep(0.05)
+            req.connection.drop()
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            with pytest.raises(ConnectFailed):
+                await transport.send(request(server.url(), b"head"), connect_timeout=5)
+            response = await transport.send(request(server.url(), b"mid"), connect_timeout=5)
+            with pytest.raises(ConnectionLost):
+                async for _ in response.chunks():
+                    pass
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_an_abandoned_or_cancelled_stream_is_reset_and_its_connection_kept():
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            if req.body == b"silent":
+                await asyncio.sleep(10)
+                return
+            await paced([b"a", b"b", b"c"], 0.05)(req)
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            response = await transport.send(request(server.url()), connect_timeout=5)
+            async for _ in response.chunks():
+                break
+            await response.aclose()
+            waiting = asyncio.ensure_future(transport.send(request(server.url(), b"silent"), connect_timeout=5))
+            await asyncio.sleep(0.1)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await asyncio.sleep(0.1)
+            codes = [code for _, code in server.stats.client_resets]
+            assert codes == [h2.errors.ErrorCodes.CANCEL, h2.errors.ErrorCodes.CANCEL]
+            assert (await fetch(transport, server.url()))[2] == b"abc"
+            assert server.stats.connections == 1
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_gzip_body_is_inflated():
+    text = b'{"answer":"' + b"abc" * 10_000 + b'"}'
+
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            req.connection.respond(req, 200, [("content-encoding", "gzip")])
+            await req.connection.send(req, gzip.compress(text), end=True)
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            assert (await fetch(transport, server.url()))[2] == text
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_malformed_answer_fails_the_call_and_no_error_quotes_a_key():
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            if req.body == b"headers":
+                req.connection.respond(req, 200, [(f"x-{i}", "v") for i in range(module.MAX_HEADERS + 5)])
+                return
+            req.connection.write_raw(b"\x00\x00\x04\x01\x04\x00\x00\x00\x01garbage that is no frame")
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            with pytest.raises(ConnectFailed, match="too many headers") as too_many:
+                await transport.send(request(server.url(), b"headers"), connect_timeout=5)
+            with pytest.raises((ConnectFailed, ConnectionLost)) as garbage:
+                await transport.send(request(server.url(), b"garbage"), connect_timeout=5)
+            for failure in (too_many.value, garbage.value):
+                assert CANARY not in str(failure)
+            with pytest.raises(UnsendableRequest) as bad_value:
+                await transport.send(request(server.url(), headers={"X-Key": CANARY + "\n"}), connect_timeout=5)
+            assert CANARY not in str(bad_value.value)
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_refused_connection_fails_every_request_waiting_for_it():
+    async def scenario() -> None:
+        transport = H2Transport()
+        failures = await asyncio.gather(
+            *(transport.send(request("http://127.0.0.1:9/x"), connect_timeout=5) for _ in range(5)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(failure, ConnectFailed) for failure in failures)
+        await transport.aclose()
+
+    run(scenario)
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout():
+    async def scenario() -> None:
+        server = await H2Server(answer_json).start()
+        transport = H2Transport(idle_timeout=0.1)
+        try:
+            await fetch(transport, server.url())
+            await asyncio.sleep(0.3)
+            assert server.connections[0].transport is None  # closed by the client
+            await fetch(transport, server.url())
+            assert server.stats.connections == 2
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_https_negotiates_h2_and_a_server_without_it_is_refused_clearly(tmp_path: Path):
+    from gtl_nb.gateway.certs import make_dev_certificates
+
+    certs = make_dev_certificates(tmp_path / "certs")
+
+    def server_context(protocols: list[str]) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certs.certificate, certs.key)
+        context.set_alpn_protocols(protocols)
+        return context
+
+    async def scenario() -> None:
+        good = await H2Server(answer_json).start(server_context(["h2"]))
+        old = await H2Server(answer_json).start(server_context(["http/1.1"]))
+        transport = H2Transport(ssl_context=ssl.create_default_context(cafile=str(certs.ca)))
+        try:
+            assert (await fetch(transport, good.url("https")))[2] == b'{"ok":true}'
+            assert good.stats.requests[0].headers[b":scheme"] == b"https"
+            with pytest.raises(ConnectFailed, match="does not speak HTTP/2"):
+                await transport.send(request(old.url("https")), connect_timeout=5)
+        finally:
+            await transport.aclose()
+            await good.close()
+            await old.close()
+
+    run(scenario)
+
+
+def test_the_setting_builds_it():
+    from gtl_nb.engine.settings import UpstreamSettings
+
+    transport = UpstreamSettings(client="h2", max_connections=3).transport()
+    assert isinstance(transport, H2Transport) and transport.max_connections == 3
+
+
+# -- through the engine: its runner (timeouts, cancellation) over this client ----------------------------
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "openai" / "stream-text-after-tool-result.sse"
+
+
+def engine_over_h2(url: str, first_byte: float = 5.0):  # type: ignore[no-untyped-def]
+    from engine_kit import make_engine
+
+    from gtl_nb.engine import Timeouts
+    from gtl_nb.providers.base import Deployment
+
+    deployment = Deployment(name="o", type="openai", base_url=url, api_key=CANARY, models=("gpt-4o-mini",))
+    return make_engine(
+        {"o": deployment},
+        timeouts=Timeouts(connect=2, first_byte=first_byte, idle=2),
+        routing={"retry": {"max_attempts": 1}},
+        http_transport=H2Transport(),
+    )
+
+
+def completion_request():  # type: ignore[no-untyped-def]
+    from gtl_nb.protocol import CompletionRequest, Message
+
+    return CompletionRequest(
+        session_id="s1", model="gpt-4o-mini", messages=[Message(role="user", content="hi")], stream=True
+    )
+
+
+def recorded_text() -> str:
+    import json
+
+    text = []
+    for line in FIXTURE.read_text().splitlines():
+        if line.startswith("data: {"):
+            for choice in json.loads(line[6:]).get("choices", []):
+                text.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(text)
+
+
+def test_a_recorded_openai_stream_through_the_engine_over_http2():
+    from gtl_nb.protocol import Done, Token
+
+    wire = FIXTURE.read_bytes()
+
+    async def scenario() -> None:
+        async def replay(req: Request) -> None:
+            req.connection.respond(req, 200, [("content-type", "text/event-stream")])
+            for start in range(0, len(wire), 97):  # pieces that split events
+                await req.connection.send(req, wire[start : start + 97])
+            await req.connection.send(req, b"", end=True)
+
+        server = await H2Server(replay).start()
+        engine = engine_over_h2(f"http://127.0.0.1:{server.port}/v1")
+        try:
+            events = [event async for event in engine.stream(completion_request())]
+        finally:
+            await engine.aclose()
+            await server.close()
+        assert isinstance(events[-1], Done), events[-1]
+        assert "".join(e.text for e in events if isinstance(e, Token)) == recorded_text()
+        seen = server.stats.requests[0]
+        assert seen.headers[b":path"] == b"/v1/chat/completions"
+        assert seen.headers[b"authorization"] == f"Bearer {CANARY}".encode()
+
+    run(scenario)
+
+
+def test_the_first_byte_timeout_resets_the_stream_and_says_so():
+    from gtl_nb.protocol import Error
+
+    async def scenario() -> None:
+        async def silent(req: Request) -> None:
+            await asyncio.sleep(10)
+
+        server = await H2Server(silent).start()
+        engine = engine_over_h2(f"http://127.0.0.1:{server.port}/v1", first_byte=0.3)
+        try:
+            events = [event async for event in engine.stream(completion_request())]
+            await asyncio.sleep(0.1)
+        finally:
+            await engine.aclose()
+            await server.close()
+        error = events[-1]
+        assert isinstance(error, Error) and error.code == "TIMEOUT" and "first-byte" in error.message
+        assert CANARY not in error.message
+        assert [code for _, code in server.stats.client_resets] == [h2.errors.ErrorCodes.CANCEL]
+
+    run(scenario)
