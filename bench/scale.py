@@ -9,11 +9,14 @@ upstream paced: the first token at once, then one every ``pace`` seconds), all o
 the time to first token p99 while they run. Sessions start at ``rate`` a second, so the stream length is
 chosen to keep the first one open until ``hold`` seconds after the last one started.
 
-It raises ``RLIMIT_NOFILE`` to at least 65,536 for itself and its children (or stops, saying so), ends
-by itself within ten minutes (clients that are still running then are counted as errors), and is
-never run in CI. The gateway is configured as ``bench.suite`` does (tokens, ledger, audit on) with the
-per-address connection cap raised to fit the sessions, and — when this tree's configuration has an
-``[upstream]`` table — no bound on the upstream connection pool.
+It raises ``RLIMIT_NOFILE`` to 65,536 for itself and its children when it may; where the hard limit is
+lower it settles for what the run needs, and stops, saying so, when even that is out of reach. What the
+run needs depends on the upstream client (``--upstream-client``): over HTTP/2 (``h2``, the default: the
+fake upstream speaks h2c on the same port) the gateway's sessions share a few upstream connections, so
+it holds one descriptor per session; over HTTP/1.1 (``httptools``) two. It ends by itself within ten
+minutes (clients that are still running then are counted as errors), and is never run in CI. The
+gateway is configured as ``bench.suite`` does (tokens, ledger, audit on) with the per-address
+connection cap raised to fit the sessions and no bound on the upstream connection pool.
 """
 
 from __future__ import annotations
@@ -42,17 +45,26 @@ WALL_LIMIT = 600.0
 """The whole run ends within this many seconds."""
 
 
-def raise_nofile(wanted: int = NOFILE) -> int:
-    """Raise the open-file limit (children inherit it); stop with a clear message when it cannot be."""
+def raise_nofile(needed: int, wanted: int = NOFILE) -> int:
+    """Raise the open-file limit (children inherit it) to ``wanted``, or as far as the hard limit lets
+    a user without privileges when that still covers ``needed``; stop with a clear message otherwise."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= wanted:
+    target = max(wanted, needed)
+    if soft >= target:
         return soft
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, max(hard, target)))
     except (ValueError, OSError) as exc:
+        if hard >= needed:  # (raising the hard limit needs privileges; up to it does not)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            print(
+                f"scale: RLIMIT_NOFILE hard limit {hard} < {target} ({exc}); it covers the {needed} needed", flush=True
+            )
+            return hard
         raise SystemExit(
-            f"bench-scale needs RLIMIT_NOFILE >= {wanted} (now soft {soft}, hard {hard}) and could not raise it "
-            f"({exc}); run `ulimit -n {wanted}` as a user allowed to, or as root"
+            f"bench-scale needs RLIMIT_NOFILE >= {needed} (now soft {soft}, hard {hard}) and could not raise it "
+            f"({exc}); run `ulimit -n {target}` as a user allowed to, or as root"
+            + ("" if hard >= 2 * needed else ", or try --upstream-client h2 (one descriptor per session)")
         ) from exc
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
@@ -65,13 +77,6 @@ def check_addresses() -> None:
                 probe.bind((address, 0))
             except OSError as exc:
                 raise SystemExit(f"cannot bind source address {address}: {exc}") from exc
-
-
-def upstream_supported() -> bool:
-    """Whether this tree's configuration has the ``[upstream]`` table (the pool's bounds)."""
-    from gtl_nb.engine import config
-
-    return "upstream" in getattr(config, "SECTIONS", ())
 
 
 class Sampler:
@@ -155,8 +160,9 @@ def start_probe(args: argparse.Namespace, port: int, token: str) -> subprocess.P
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     began = time.monotonic()
-    # the gateway holds a client and an upstream socket per session, plus its files
-    limit = raise_nofile(max(args.min_nofile, 2 * args.sessions + 1024))
+    # the gateway holds a client socket per session, plus an upstream one over HTTP/1.1, plus its files
+    per_session = 1 if args.upstream_client == "h2" else 2
+    limit = raise_nofile(per_session * args.sessions + 1024, args.min_nofile)
     check_addresses()
     ramp = args.sessions / args.rate
     tokens = max(2, math.ceil((ramp + args.hold) / args.pace) + 1)
@@ -165,14 +171,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"scale: {args.sessions} sessions (half SSE, half WebSocket) from {ADDRESSES[0]}–{ADDRESSES[-1]}, "
         f"started at {args.rate:g}/s over {ramp:.0f} s, each {tokens} tokens {args.pace:g} s apart "
-        f"({stream_seconds:.0f} s), all open together ≥ {args.hold:g} s; RLIMIT_NOFILE {limit}",
+        f"({stream_seconds:.0f} s), all open together ≥ {args.hold:g} s; upstream client "
+        f"{args.upstream_client}; RLIMIT_NOFILE {limit}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="gtl-scale-") as tmp:
         directory = Path(tmp)
         upstream = Upstream(pace=args.pace, extra_args=["--backlog", "65535"])
         limits = {"max_connections_per_address": args.sessions + 64, "idle_timeout": 600}
-        upstream_table = {"max_connections": 0, "max_connections_per_host": 0} if upstream_supported() else None
+        upstream_table = {"client": args.upstream_client, "max_connections": 0, "max_connections_per_host": 0}
         files = gateway_setup.prepare(
             directory / "gateway", upstream.port, grpc=False, quic=False, limits=limits, upstream=upstream_table
         )
@@ -228,6 +235,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     probe_ttfts = probed.get("ttft_ms", [])
     result = {
         "sessions": args.sessions,
+        "upstream_client": args.upstream_client,
+        "nofile": limit,
         "ramp_s": args.sessions / args.rate,
         "probe_sessions": probed.get("sessions", 0),
         "probe_ttft_p50_ms": percentile(probe_ttfts, 50) if probe_ttfts else None,
@@ -296,10 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--no-compression", action="store_true", help="no gzip (SSE) or permessage-deflate (WS)")
     parser.add_argument(
+        "--upstream-client",
+        choices=("h2", "httptools"),
+        default="h2",
+        help="the gateway's upstream client: h2 (HTTP/2, one descriptor per session) or httptools (HTTP/1.1, two)",
+    )
+    parser.add_argument(
         "--min-nofile",
         type=int,
         default=NOFILE,
-        help=f"the open-file limit to insist on (default {NOFILE}; lower only for a trial with few sessions)",
+        help=f"the open-file limit to ask for (default {NOFILE}; a lower hard limit is taken when it covers the run)",
     )
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)

@@ -12,6 +12,12 @@ It is a plain asyncio ``Protocol`` on uvloop when uvloop is installed: no framew
 The request parser reads what the load clients, httpx, aiohttp and LiteLLM send — a request line,
 headers and a ``Content-Length`` body, keep-alive — and refuses anything else with ``400``. It prints
 ``upstream listening on PORT`` on standard output once it accepts, and runs until SIGTERM/SIGINT.
+
+The same port also speaks HTTP/2 cleartext with prior knowledge (h2c): a connection whose first 24 bytes
+are the HTTP/2 client preface is handed, with the bytes read so far, to ``bench.upstream_h2`` (built on the
+sans-I/O ``h2`` package, imported by ``serve`` and not by this module, so HTTP/1.1 works without it). Both
+protocols answer from the same ``AnswerCache``: the JSON body of a whole answer and the unframed
+server-sent events are cached apart from the HTTP/1.1 head and chunk framing, which HTTP/2 does not use.
 """
 
 from __future__ import annotations
@@ -21,7 +27,10 @@ import asyncio
 import json
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.upstream_h2 import H2UpstreamProtocol
 
 TOKEN = "zq "
 """Every token's text holds this once and no id or JSON key holds it, so a client counts tokens by
@@ -66,8 +75,8 @@ def _usage(tokens: int) -> dict[str, int]:
     return {"prompt_tokens": 8, "completion_tokens": tokens, "total_tokens": 8 + tokens}
 
 
-def stream_events(tokens: int, include_usage: bool) -> list[bytes]:
-    """The server-sent events of a streamed answer of ``tokens`` tokens, each already one HTTP chunk."""
+def sse_events(tokens: int, include_usage: bool) -> list[bytes]:
+    """The server-sent events of a streamed answer of ``tokens`` tokens, unframed (``data: …\\n\\n`` each)."""
     events = [_sse(_chunk_object({"role": "assistant"}, None))]
     token_events = [_sse(_chunk_object({"content": text}, None)) for text in TOKEN_TEXTS]
     events += [token_events[i % 2] for i in range(tokens)]
@@ -76,7 +85,12 @@ def stream_events(tokens: int, include_usage: bool) -> list[bytes]:
         usage = _chunk_object({}, None) | {"choices": [], "usage": _usage(tokens)}
         events.append(_sse(usage))
     events.append(b"data: [DONE]\n\n")
-    return [_chunked(event) for event in events]
+    return events
+
+
+def stream_events(tokens: int, include_usage: bool) -> list[bytes]:
+    """The server-sent events of a streamed answer of ``tokens`` tokens, each already one HTTP/1.1 chunk."""
+    return [_chunked(event) for event in sse_events(tokens, include_usage)]
 
 
 STREAM_HEAD = (
@@ -86,9 +100,9 @@ STREAM_HEAD = (
 CHUNKED_END = b"0\r\n\r\n"
 
 
-def whole_answer(tokens: int) -> bytes:
-    """The complete HTTP response of a non-streamed answer of ``tokens`` tokens."""
-    body = json.dumps(
+def whole_body(tokens: int) -> bytes:
+    """The JSON body of a non-streamed answer of ``tokens`` tokens."""
+    return json.dumps(
         {
             "id": "chatcmpl-bench",
             "object": "chat.completion",
@@ -106,6 +120,13 @@ def whole_answer(tokens: int) -> bytes:
         },
         separators=(",", ":"),
     ).encode()
+
+
+def whole_answer(tokens: int, body: bytes | None = None) -> bytes:
+    """The complete HTTP/1.1 response of a non-streamed answer of ``tokens`` tokens (``body``: its
+    ``whole_body``, when already at hand)."""
+    if body is None:
+        body = whole_body(tokens)
     head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n" % len(body)
     return head + body
 
@@ -117,24 +138,63 @@ def _simple(status: bytes, text: bytes) -> bytes:
 NOT_FOUND = _simple(b"404 Not Found", b"not found")
 BAD_REQUEST = _simple(b"400 Bad Request", b"bad request")
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""The first 24 bytes of every HTTP/2 connection a client opens with prior knowledge (RFC 9113 §3.4)."""
+
+
+def h2_protocol_class() -> type[H2UpstreamProtocol] | None:
+    """``bench.upstream_h2``'s protocol, or ``None`` without the ``h2`` package. Imported here rather than at
+    the top: that module imports this one, and HTTP/1.1 alone must not need ``h2``."""
+    try:
+        from bench import upstream_h2
+    except ImportError:
+        return None
+    return upstream_h2.H2UpstreamProtocol
+
 
 class AnswerCache:
-    """Precomputed response bytes per answer shape, so serving one costs a dict look-up."""
+    """Precomputed response bytes per answer shape, so serving one costs a dict look-up. HTTP/1.1 takes the
+    whole responses (``whole``, ``stream``, ``stream_at_once``); HTTP/2 frames its own, so it takes the bare
+    payloads (``body``, ``events``, ``events_at_once``)."""
 
     def __init__(self) -> None:
+        self._bodies: dict[int, bytes] = {}
         self._whole: dict[int, bytes] = {}
+        self._events: dict[tuple[int, bool], list[bytes]] = {}
+        self._events_at_once: dict[tuple[int, bool], bytes] = {}
         self._streams: dict[tuple[int, bool], list[bytes]] = {}
         self._at_once: dict[tuple[int, bool], bytes] = {}
 
+    def body(self, tokens: int) -> bytes:
+        """The JSON body of a whole answer."""
+        if tokens not in self._bodies:
+            self._bodies[tokens] = whole_body(tokens)
+        return self._bodies[tokens]
+
     def whole(self, tokens: int) -> bytes:
         if tokens not in self._whole:
-            self._whole[tokens] = whole_answer(tokens)
+            self._whole[tokens] = whole_answer(tokens, self.body(tokens))
         return self._whole[tokens]
 
+    def events(self, tokens: int, include_usage: bool) -> list[bytes]:
+        """The unframed server-sent events of a stream."""
+        key = (tokens, include_usage)
+        if key not in self._events:
+            self._events[key] = sse_events(tokens, include_usage)
+        return self._events[key]
+
+    def events_at_once(self, tokens: int, include_usage: bool) -> bytes:
+        """Every unframed event of a stream as one buffer."""
+        key = (tokens, include_usage)
+        if key not in self._events_at_once:
+            self._events_at_once[key] = b"".join(self.events(tokens, include_usage))
+        return self._events_at_once[key]
+
     def stream(self, tokens: int, include_usage: bool) -> list[bytes]:
+        """The events of a stream, each one HTTP/1.1 chunk."""
         key = (tokens, include_usage)
         if key not in self._streams:
-            self._streams[key] = stream_events(tokens, include_usage)
+            self._streams[key] = [_chunked(event) for event in self.events(tokens, include_usage)]
         return self._streams[key]
 
     def stream_at_once(self, tokens: int, include_usage: bool) -> bytes:
@@ -179,7 +239,8 @@ def answer_shape(body: bytes) -> tuple[bool, int, bool]:
 
 
 class UpstreamProtocol(asyncio.Protocol):
-    """One client connection: requests in order, each answered from the cache (or paced)."""
+    """One client connection: requests in order, each answered from the cache (or paced). A connection that
+    opens with the HTTP/2 preface is handed over to ``bench.upstream_h2`` instead."""
 
     def __init__(self, cache: AnswerCache, pace: float) -> None:
         self.cache = cache
@@ -187,14 +248,40 @@ class UpstreamProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a paced answer is being written; later requests wait in the buffer
+        self.sniffing = True  # the connection's protocol is not known yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        if self.sniffing:
+            # a prefix of the preface may still become one (wait for 24 bytes); anything else is HTTP/1.1,
+            # decided at the first differing byte, so HTTP/1.1 requests never wait
+            start = bytes(self.buffer[: len(H2_PREFACE)])
+            if H2_PREFACE.startswith(start):
+                if len(start) == len(H2_PREFACE):
+                    self._hand_over_to_h2()
+                return
+            self.sniffing = False
         if not self.busy:
             self._serve_buffered()
+
+    def _hand_over_to_h2(self) -> None:
+        """Make the HTTP/2 protocol this transport's protocol, giving it every byte read so far."""
+        assert self.transport is not None
+        self.sniffing = False
+        protocol_class = h2_protocol_class()
+        if protocol_class is None:
+            self.transport.close()  # no h2 package: a prior-knowledge client cannot be served
+            return
+        protocol = protocol_class(self.cache, self.pace)
+        received = bytes(self.buffer)
+        self.buffer.clear()
+        transport, self.transport = self.transport, None
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(received)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -281,6 +368,7 @@ async def serve(host: str, port: int, pace: float, backlog: int) -> None:
     """Serve until SIGTERM or SIGINT; announce the port on standard output."""
     loop = asyncio.get_running_loop()
     cache = AnswerCache()
+    h2_protocol_class()  # import the HTTP/2 side now, not on the first h2c connection's time
     server = await loop.create_server(lambda: UpstreamProtocol(cache, pace), host, port, backlog=backlog)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -80,6 +80,28 @@ _PASSIVE_EVENTS = (
 )
 
 
+class _Multiplexer(h2.connection.H2Connection):
+    """h2's connection state machine with its count of open streams taken from the pool. h2 counts by
+    walking every stream it holds (the walk is also where it forgets closed ones) before each new
+    stream: quadratic, with thousands open on one connection. The pool knows its open streams (it
+    keeps the server's limit itself), so that count stands in, and h2's walk runs once every
+    ``FORGET_EVERY`` new streams to forget the closed ones."""
+
+    FORGET_EVERY = 256
+
+    def __init__(self, open_streams: dict[int, _Stream]) -> None:
+        super().__init__(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self._pool_streams = open_streams
+        self._new_streams = 0
+
+    @property
+    def open_outbound_streams(self) -> int:
+        self._new_streams += 1
+        if self._new_streams % self.FORGET_EVERY == 0:
+            return super().open_outbound_streams
+        return len(self._pool_streams)
+
+
 class _Stream:
     """One request's stream: its response's head, body pieces and end (or failure), and what is left
     of its request body to send."""
@@ -127,9 +149,10 @@ class _H2Connection(asyncio.Protocol):
         self.generation = generation
         self.tls = tls
         self.counted = True  # it holds a place in the pool's counts until it closes
-        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
-        self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
+        self.uploading: dict[int, _Stream] = {}  # streams whose request body waits for window
+        self.h2 = _Multiplexer(self.streams)
+        self.transport: asyncio.Transport | None = None
         self.reserved = 0  # requests waiting for this connection to open, each promised a stream
         self.followers: list[asyncio.Future[None]] = []  # their wake-ups
         self.ready = False  # connected, and the server's settings (its stream limit) known
@@ -221,9 +244,10 @@ class _H2Connection(asyncio.Protocol):
                 )
                 self._end(stream)
         elif isinstance(event, h2.events.WindowUpdated):
-            targets = list(self.streams.values()) if event.stream_id == 0 else [self.streams.get(event.stream_id)]
+            waiting = self.uploading
+            targets = list(waiting.values()) if event.stream_id == 0 else [waiting.get(event.stream_id)]
             for stream in targets:
-                if stream is not None and stream.upload:
+                if stream is not None:
                     self._send_body(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
             if not self.settings_received:
@@ -365,11 +389,16 @@ class _H2Connection(asyncio.Protocol):
             piece, upload = upload[:size], upload[size:]
             self.h2.send_data(stream.id, bytes(piece), end_stream=not upload)
         stream.upload = upload or None
+        if stream.upload:
+            self.uploading[stream.id] = stream
+        else:
+            self.uploading.pop(stream.id, None)
 
     def _end(self, stream: _Stream) -> None:
         """``stream`` is over for this connection: its place is free."""
         if self.streams.pop(stream.id, None) is None:
             return
+        self.uploading.pop(stream.id, None)
         if not self.streams and not self.reserved:
             if self.draining:
                 self.close()
@@ -383,7 +412,9 @@ class _H2Connection(asyncio.Protocol):
             self.close()
 
     def _fail_streams(self, failure: Exception, unanswered: str = "the connection failed") -> None:
-        streams, self.streams = list(self.streams.values()), {}
+        streams = list(self.streams.values())
+        self.streams.clear()  # (in place: the state machine counts it)
+        self.uploading.clear()
         for stream in streams:
             stream.fail(failure, unanswered)
 

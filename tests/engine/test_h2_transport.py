@@ -506,3 +506,21 @@ def test_the_first_byte_timeout_resets_the_stream_and_says_so():
         assert [code for _, code in server.stats.client_resets] == [h2.errors.ErrorCodes.CANCEL]
 
     run(scenario)
+
+
+def test_the_state_machine_forgets_closed_streams_without_walking_them_for_each_new_one():
+    async def scenario() -> None:
+        server = await H2Server(answer_json).start()
+        transport = H2Transport()
+        try:
+            for _ in range(3):
+                await asyncio.gather(*(fetch(transport, server.url()) for _ in range(300)))
+            (connection,) = [c for cs in transport._connections.values() for c in cs]  # type: ignore[attr-defined]
+            # 900 streams ended: h2 keeps at most those open at its last walk (300) and those since
+            assert len(connection.h2.streams) <= 300 + module._Multiplexer.FORGET_EVERY
+            assert server.stats.connections == 1
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
