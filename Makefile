@@ -33,7 +33,7 @@ test: $(TEST_STAMP)
 # Benchmarks (docs/benchmarks.md): `bench` the full suite (~15 min, writes docs/benchmarks.md), with LiteLLM
 # when .venv-peers has it; `bench-peers` installs LiteLLM's proxy there first, then runs the suite;
 # `bench-smoke` the whole pipeline in under a minute (what CI runs); `bench-scale` 10,000 concurrent
-# streams in one gateway process (needs RLIMIT_NOFILE >= 65536; never in CI).
+# streams in one gateway process (its upstream over HTTP/2: needs RLIMIT_NOFILE > 11,024; never in CI).
 PEERS_VENV := .venv-peers
 PEERS_STAMP := $(PEERS_VENV)/.installed-peers
 LITELLM_SPEC ?= litellm[proxy]==1.106.*
