@@ -90,7 +90,15 @@ class _Multiplexer(h2.connection.H2Connection):
     FORGET_EVERY = 256
 
     def __init__(self, open_streams: dict[int, _Stream]) -> None:
-        super().__init__(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+        super().__init__(
+            config=h2.config.H2Configuration(
+                client_side=True,
+                header_encoding=None,
+                # the request headers are ours, lower-case and checked (`_request_headers`): no second look
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
+        )
         self._pool_streams = open_streams
         self._new_streams = 0
 
