@@ -10,12 +10,16 @@ of a connection's streams and hands each event to its stream.
 
 What it does, precisely:
 
-* **Connections.** ``https://`` asks for ``h2`` by ALPN; a server that does not agree fails the call
-  (``ConnectFailed``, saying so). ``http://`` speaks HTTP/2 with prior knowledge (h2c): the server must
-  support it, as local servers rarely do — this client is for providers and gateways that speak
-  HTTP/2. A connection carries up to the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` streams (its
-  first streams start once those settings arrive); when every connection to a host is full another is opened,
-  within ``max_connections`` and ``max_connections_per_host`` (0: no bound); beyond those a request
+* **Which protocol.** ``https://`` offers ``h2`` and ``http/1.1`` by ALPN; ``http://`` speaks HTTP/2
+  with prior knowledge (h2c). A server that picks ``http/1.1``, or answers the h2c preface in HTTP/1.1
+  (as local model servers do), is remembered as an HTTP/1.1 server and this call and every later one
+  to it go through an ``HttptoolsTransport`` of this client's own: setting ``client = "h2"`` never
+  cuts a deployment off. (The request is sent once: the HTTP/1.1 server saw only the preface, which
+  it refused as a malformed request.) A server that closes the connection at the preface without a
+  word cannot be told from one that failed, and fails the call.
+* **Connections.** A connection carries up to the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` streams
+  (its first streams start once those settings arrive); when every connection to a host is full
+  another is opened, within ``max_connections`` and ``max_connections_per_host`` (0: no bound); beyond those a request
   waits for a free stream in order of arrival, within its connect timeout. Requests that arrive while
   a connection is being opened wait for it rather than each opening their own, and share its failure.
   A connection without streams for ``idle_timeout`` seconds is closed. After a ``GOAWAY`` no new
@@ -55,7 +59,14 @@ from gtl_nb.engine.http_parts import (
     expire,
     os_reason,
 )
-from gtl_nb.engine.transport import ConnectFailed, ConnectionLost, ConnectTimeout, check_request_headers
+from gtl_nb.engine.httptools_transport import HttptoolsTransport
+from gtl_nb.engine.transport import (
+    ConnectFailed,
+    ConnectionLost,
+    ConnectTimeout,
+    HttpResponse,
+    check_request_headers,
+)
 from gtl_nb.providers.base import HttpRequest
 
 __all__ = ["H2Transport"]
@@ -144,6 +155,10 @@ class _Stream:
             self.head.set_exception(_Unanswered(unanswered))
 
 
+class _SpeaksHttp1(ConnectFailed):
+    """The server does not speak HTTP/2: the call goes over HTTP/1.1 instead."""
+
+
 class _Unanswered(ConnectFailed):
     """The stream ended before its response's head: the request was not answered."""
 
@@ -164,7 +179,8 @@ class _H2Connection(asyncio.Protocol):
         self.reserved = 0  # requests waiting for this connection to open, each promised a stream
         self.followers: list[asyncio.Future[None]] = []  # their wake-ups
         self.ready = False  # connected, and the server's settings (its stream limit) known
-        self.refusal: str | None = None  # why it could not open (ALPN)
+        self.refusal: str | None = None  # why it could not open as HTTP/2
+        self.http1 = False  # the refusal: the server speaks HTTP/1.1
         self.draining = False  # a GOAWAY arrived (or we are closing): no new streams
         self.settings_received = False
         self.closed = False
@@ -178,8 +194,7 @@ class _H2Connection(asyncio.Protocol):
             ssl_object = transport.get_extra_info("ssl_object")
             chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
             if chosen != "h2":
-                self.refusal = f"the server does not speak HTTP/2 (ALPN chose {chosen or 'nothing'})"
-                self.close()
+                self._refuse_http1(f"the server chose {chosen or 'no protocol'} by ALPN")
                 return
         self.h2.local_settings = h2.settings.Settings(
             client=True,
@@ -194,6 +209,9 @@ class _H2Connection(asyncio.Protocol):
         self._flush()  # streams start once the server's settings arrive (``settle``)
 
     def data_received(self, data: bytes) -> None:
+        if not self.settings_received and data.startswith(b"HTTP/"):  # an HTTP/1.1 answer to the h2c preface
+            self._refuse_http1("the server answered the HTTP/2 preface in HTTP/1.1")
+            return
         try:
             events = self.h2.receive_data(data)
         except (h2.exceptions.ProtocolError, ValueError) as exc:  # (hpack's errors arrive as ProtocolError)
@@ -214,7 +232,7 @@ class _H2Connection(asyncio.Protocol):
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         reason = f"the connection closed ({os_reason(exc)})" if exc is not None else "the connection closed"
-        self.settle(ConnectFailed(self.refusal or reason))
+        self.settle(_SpeaksHttp1(self.refusal or "") if self.http1 else ConnectFailed(self.refusal or reason))
         self._fail_streams(ConnectionLost(reason + " mid-body"), reason)
         self.pool._discard(self)
 
@@ -312,6 +330,11 @@ class _H2Connection(asyncio.Protocol):
         self.pool._wake(self.key, everyone=True)  # waiters may open another connection
 
     # -- ours
+
+    def _refuse_http1(self, why: str) -> None:
+        self.refusal = why
+        self.http1 = True
+        self.close()
 
     def usable(self) -> bool:
         return not (self.closed or self.draining or self.refusal)
@@ -485,7 +508,8 @@ class H2Transport:
     ``max_connections`` bounds the open connections in all and ``max_connections_per_host`` those to
     one host (0: no bound); ``idle_timeout``: seconds a connection without streams is kept;
     ``ssl_context``: how ``https://`` servers are verified (default: the system's trust store); ALPN is
-    set on it.
+    set on it, and the HTTP/1.1 client for servers without HTTP/2 uses it too. The bounds apply to
+    each protocol's connections apart.
     """
 
     def __init__(
@@ -500,12 +524,16 @@ class H2Transport:
         self.max_connections_per_host = max_connections_per_host
         self.idle_timeout = idle_timeout
         self._ssl = ssl_context
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connections: dict[Key, list[_H2Connection]] = {}
         self._open_total = 0
         self._waiters: deque[tuple[Key, asyncio.Future[None]]] = deque()
         self._targets: dict[str, RequestTarget] = {}
         self._generation = 0
+        self._http1_hosts: set[Key] = set()  # servers that answered in HTTP/1.1
+        self._http1: HttptoolsTransport | None = None
 
     def __repr__(self) -> str:
         return (
@@ -513,18 +541,24 @@ class H2Transport:
             f"max_connections_per_host={self.max_connections_per_host})"
         )
 
-    async def send(self, request: HttpRequest, *, connect_timeout: float | None) -> _H2Response:
+    async def send(self, request: HttpRequest, *, connect_timeout: float | None) -> HttpResponse:
         target = self._targets.get(request.url)
         if target is None:
             target = RequestTarget(request.url)
             if len(self._targets) >= URL_CACHE_SIZE:
                 self._targets.clear()
             self._targets[request.url] = target
+        if target.key in self._http1_hosts:
+            return await self._over_http1(request, connect_timeout)
         headers = _request_headers(request, target)
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._adopt(loop)
-        connection = await self._acquire(target, connect_timeout, loop)
+        try:
+            connection = await self._acquire(target, connect_timeout, loop)
+        except _SpeaksHttp1:
+            self._http1_hosts.add(target.key)
+            return await self._over_http1(request, connect_timeout)
         stream = _Stream(loop.create_future())
         try:
             connection.start(stream, headers, request.body)
@@ -536,8 +570,26 @@ class H2Transport:
             raise
         return _H2Response(connection, stream)
 
+    async def _over_http1(self, request: HttpRequest, connect_timeout: float | None) -> HttpResponse:
+        if self._http1 is None:
+            self._http1 = HttptoolsTransport(
+                max_connections=self.max_connections,
+                max_connections_per_host=self.max_connections_per_host,
+                idle_timeout=self.idle_timeout,
+                ssl_context=self._ssl_context(),
+            )
+        return await self._http1.send(request, connect_timeout=connect_timeout)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context()
+            self._ssl.set_alpn_protocols(["h2", "http/1.1"])
+        return self._ssl
+
     async def aclose(self) -> None:
         """Close every connection and wake every waiting request (with ``ConnectFailed``)."""
+        if self._http1 is not None:
+            await self._http1.aclose()
         for connections in list(self._connections.values()):
             for connection in list(connections):
                 connection.close()
@@ -593,12 +645,7 @@ class H2Transport:
     async def _connect(
         self, connection: _H2Connection, target: RequestTarget, deadline: float | None, loop: asyncio.AbstractEventLoop
     ) -> None:
-        context = None
-        if target.server_hostname is not None:
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            self._ssl.set_alpn_protocols(["h2"])
-            context = self._ssl
+        context = self._ssl_context() if target.server_hostname is not None else None
         opening = loop.create_task(
             loop.create_connection(
                 lambda: connection, target.host, target.key[2], ssl=context, server_hostname=target.server_hostname
@@ -622,7 +669,8 @@ class H2Transport:
             if timer is not None:
                 timer.cancel()
             if failure is None and connection.refusal is not None:
-                failure = ConnectFailed(f"{connection.refusal} ({target.host_header})")
+                refused = _SpeaksHttp1 if connection.http1 else ConnectFailed
+                failure = refused(f"{connection.refusal} ({target.host_header})")
             if failure is not None:
                 connection.settle(failure)
                 connection.close()

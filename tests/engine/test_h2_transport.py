@@ -383,7 +383,73 @@ def test_an_idle_connection_is_closed_after_the_idle_timeout():
     run(scenario)
 
 
-def test_https_negotiates_h2_and_a_server_without_it_is_refused_clearly(tmp_path: Path):
+class Http1Server:
+    """A plain HTTP/1.1 server, as a local model server is: it answers the HTTP/2 preface with a 400
+    (as a malformed request) and closes; it answers a request with ``b"h1"``."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.prefaces = 0
+        self.requests: list[bytes] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self, ssl_context: ssl.SSLContext | None = None) -> Http1Server:
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    if head.startswith(b"PRI * HTTP/2.0"):
+                        self.prefaces += 1
+                        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        await writer.drain()
+                        return
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        0,
+                    )
+                    self.requests.append(await reader.readexactly(length))
+                    writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nh1")
+                    await writer.drain()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0, ssl=ssl_context)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def url(self, scheme: str = "http") -> str:
+        return f"{scheme}://127.0.0.1:{self.port}/api/chat"
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def test_a_cleartext_server_without_h2c_is_called_over_http1_once_and_remembered():
+    async def scenario() -> None:
+        server = await Http1Server().start()
+        transport = H2Transport()
+        try:
+            for _ in range(3):
+                assert (await fetch(transport, server.url(), b"once"))[2] == b"h1"
+            # the preface was tried once; every request reached the server exactly once
+            assert server.prefaces == 1 and server.requests == [b"once"] * 3
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_https_negotiates_h2_and_a_server_choosing_http1_by_alpn_is_called_over_it(tmp_path: Path):
     from gtl_nb.gateway.certs import make_dev_certificates
 
     certs = make_dev_certificates(tmp_path / "certs")
@@ -396,15 +462,20 @@ def test_https_negotiates_h2_and_a_server_without_it_is_refused_clearly(tmp_path
 
     async def scenario() -> None:
         good = await H2Server(answer_json).start(server_context(["h2"]))
-        old = await H2Server(answer_json).start(server_context(["http/1.1"]))
+        old = await Http1Server().start(server_context(["http/1.1"]))
         transport = H2Transport(ssl_context=ssl.create_default_context(cafile=str(certs.ca)))
+        untrusting = H2Transport()  # the system's trust store: the development CA is not in it
         try:
             assert (await fetch(transport, good.url("https")))[2] == b'{"ok":true}'
             assert good.stats.requests[0].headers[b":scheme"] == b"https"
-            with pytest.raises(ConnectFailed, match="does not speak HTTP/2"):
-                await transport.send(request(old.url("https")), connect_timeout=5)
+            assert (await fetch(transport, old.url("https")))[2] == b"h1"
+            assert (await fetch(transport, old.url("https")))[2] == b"h1"
+            assert old.prefaces == 0 and len(old.requests) == 2 and old.connections <= 2  # (+ the ALPN probe)
+            with pytest.raises(ConnectFailed):
+                await untrusting.send(request(good.url("https")), connect_timeout=5)
         finally:
             await transport.aclose()
+            await untrusting.aclose()
             await good.close()
             await old.close()
 
