@@ -117,3 +117,21 @@ def test_the_embedded_benchmark_runs_every_path_and_reports_both_baselines(tmp_p
         assert all(value > 0 for value in figures[f"{phase}_ms"].values())
     assert figures["stream_errors"] == 0, figures["first_error"]
     assert "| bare aiohttp | bare httpx | embedded |" in done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_the_scale_benchmark_holds_a_few_sessions_over_http2_and_http1(tmp_path: Path) -> None:
+    """``make bench-scale``'s pipeline in miniature (the 10,000-session run is never in CI): SSE and
+    WebSocket sessions from several source addresses, each with its own paced upstream stream, every
+    token and ``done`` received — over the HTTP/2 upstream client, then over HTTP/1.1."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for client in ("h2", "httptools"):
+        out = tmp_path / f"scale-{client}.json"
+        command = [sys.executable, "-m", "bench.scale", "--sessions", "24", "--hold", "3", "--pace", "0.5"]
+        command += ["--rate", "48", "--clients", "2", "--upstream-client", client, "--json", str(out)]
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=40)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        result = json.loads(out.read_text())
+        assert result["upstream_client"] == client
+        assert result["ok"] == 24 and result["errors"] == {} and result["lost_tokens"] == 0
+        assert result["probe_sessions"] >= 1 and not result["gateway_errors_logged"]
