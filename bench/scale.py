@@ -186,6 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the engine's idle deadline between chunks must outlast the pace
         with files.config.open("a", encoding="utf-8") as config:
             config.write(f"\n[timeouts]\nidle = {args.pace * 3 + 30:g}\nfirst_byte = 120\n")
+            # /metrics for the garbage collector's pauses (read once, at the end)
+            config.write("\n[gateway.metrics]\nrequire_token = false\n")
         gateway = Gateway(files, log=directory / "gateway.log")
         sampler = Sampler(gateway.pid)
         clients: list[Any] = []
@@ -210,6 +212,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     summary = json.loads(line) if line else {"sessions": 0, "errors": {"client gave no summary": 1}}
                 summaries.append(summary)
             cpu_after = tree_usage(gateway.pid, [gateway.pid]).cpu
+            gc_pauses = read_gc_pauses(gateway.port("http"))
         finally:
             for client in clients:
                 if client.poll() is None:
@@ -254,8 +257,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "gateway_cpu_s": cpu_after - cpu_before,
         "wall_s": time.monotonic() - began,
         "gateway_errors_logged": sum(1 for line in gateway_log.splitlines() if "error" in line.lower()),
+        "gc_pauses": gc_pauses,
     }
     return result
+
+
+def read_gc_pauses(port: int) -> dict[str, dict[str, float]]:
+    """Per generation, from the gateway's ``gtl_gc_pause_seconds`` histogram: how many collections ran,
+    their total and mean seconds, and how many took longer than 0.1 s and 0.5 s."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[tuple[str, str, str], float] = {}
+    pattern = re.compile(r'^gtl_gc_pause_seconds_(bucket|count|sum)\{generation="(\d)"(?:,le="([^"]+)")?\} (\S+)$')
+    for line in text.splitlines():
+        found = pattern.match(line)
+        if found:
+            kind, generation, bound, value = found.groups()
+            samples[(kind, generation, bound or "")] = float(value)
+    pauses: dict[str, dict[str, float]] = {}
+    for generation in "012":
+        count = samples.get(("count", generation, ""), 0.0)
+        total = samples.get(("sum", generation, ""), 0.0)
+        pauses[generation] = {
+            "count": count,
+            "seconds": total,
+            "mean_ms": total / count * 1000 if count else 0.0,
+            "over_100ms": count - samples.get(("bucket", generation, "0.1"), count),
+            "over_500ms": count - samples.get(("bucket", generation, "0.5"), count),
+        }
+    return pauses
 
 
 def _readline(process: subprocess.Popen[str], timeout: float) -> str:
@@ -287,6 +320,12 @@ def report(result: dict[str, Any]) -> str:
             f"every session open: {result['kib_per_session']:.1f} KiB per session (target < 100 KB)",
             f"scale: gateway CPU while held {result['gateway_cores_while_held']:.2f} cores; "
             f"{result['gateway_errors_logged']} error lines in its log",
+            "scale: garbage collections (gtl_gc_pause_seconds): "
+            + "; ".join(
+                f"gen {generation}: {int(p['count'])}, mean {p['mean_ms']:.1f} ms, "
+                f"{int(p['over_100ms'])} over 100 ms, {int(p['over_500ms'])} over 500 ms"
+                for generation, p in result["gc_pauses"].items()
+            ),
         ]
     )
 

@@ -19,6 +19,9 @@ metric                              labels                     meaning
 ``gtl_cache_hits_total``            provider                   answers replayed from the response cache
 ``gtl_store_degraded``              store                      1 while a shared store is away (``/readyz``
                                                                says why), else 0; one of ``STORES``
+``gtl_gc_pause_seconds``            generation                 histogram: each garbage collection's pause
+                                                               (0, 1, 2; ``gateway.gc_pauses``), from
+                                                               ``attach`` to ``detach``
 =================================== ========================== =============================================
 
 ``provider`` is the deployment's name — GTL's ``provider`` field, as in ``done`` and the ledger.
@@ -56,6 +59,7 @@ from gtl_nb.engine.hooks import (
     RequestStarted,
     RetryScheduled,
 )
+from gtl_nb.gateway.gc_pauses import GcPauses
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import encode
 from gtl_nb.protocol.errors import (
@@ -183,6 +187,7 @@ class Metrics:
         self.degraded = Gauge(
             "gtl_store_degraded", "1 while a shared store is away (see /readyz), else 0.", ("store",), registry=r
         )
+        self.gc_pauses = GcPauses(r)
         for deployment in self._models:
             self.breakers.labels(deployment).set(0)
         for transport in TRANSPORTS:
@@ -199,6 +204,7 @@ class Metrics:
         """Subscribe to ``hooks``; returns the unsubscribe call."""
         unsubscribe = hooks.subscribe(self)
         self._unsubscribe.append(unsubscribe)
+        self.gc_pauses.start()
         return unsubscribe
 
     def detach(self) -> None:
@@ -206,6 +212,7 @@ class Metrics:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
+        self.gc_pauses.stop()
 
     # -- bounded label values
 

@@ -135,3 +135,4 @@ def test_the_scale_benchmark_holds_a_few_sessions_over_http2_and_http1(tmp_path:
         assert result["upstream_client"] == client
         assert result["ok"] == 24 and result["errors"] == {} and result["lost_tokens"] == 0
         assert result["probe_sessions"] >= 1 and not result["gateway_errors_logged"]
+        assert result["gc_pauses"]["0"]["count"] > 0  # read from the gateway's gtl_gc_pause_seconds

@@ -281,3 +281,30 @@ def test_metrics_settings_from_the_table():
         MetricsSettings.from_table({"requre_token": True})
     with pytest.raises(ConfigurationError, match="true or false"):
         MetricsSettings.from_table({"enabled": "yes"})
+
+
+def _gc_pause_count(metrics: Metrics, generation: str) -> float:
+    return metrics.registry.get_sample_value("gtl_gc_pause_seconds_count", {"generation": generation}) or 0.0
+
+
+def test_every_garbage_collection_is_timed_while_attached_and_none_after_detach():
+    import gc
+
+    metrics = Metrics()
+    callbacks = len(gc.callbacks)
+    metrics.attach(Hooks())
+    assert len(gc.callbacks) == callbacks + 1
+    metrics.attach(Hooks())  # a second engine's hooks: still one timer
+    assert len(gc.callbacks) == callbacks + 1
+    gc.collect()
+    gc.collect(0)
+    assert _gc_pause_count(metrics, "2") >= 1 and _gc_pause_count(metrics, "0") >= 1
+    total = metrics.registry.get_sample_value("gtl_gc_pause_seconds_sum", {"generation": "2"})
+    assert total is not None and 0 < total < 60
+    metrics.detach()
+    assert len(gc.callbacks) == callbacks
+    before = _gc_pause_count(metrics, "2")
+    gc.collect()
+    assert _gc_pause_count(metrics, "2") == before
+    text = metrics.render()[0].decode()
+    assert 'gtl_gc_pause_seconds_bucket{generation="2",le="0.001"}' in text
