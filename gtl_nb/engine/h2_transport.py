@@ -41,6 +41,7 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -71,6 +72,12 @@ from gtl_nb.providers.base import HttpRequest
 
 __all__ = ["H2Transport"]
 
+PING_TIMEOUT = 5.0
+"""Seconds a connection suspected dead (a stream timed out and nothing arrived since it started) has to
+answer a PING before it is closed."""
+HPACK_TABLE = 4096
+"""The most bytes of the request header table kept for a server, whatever larger size it allows: a
+bigger table makes each request's encoding slower (HPACK's search is linear)."""
 STREAM_WINDOW = 256 * 1024
 """Bytes a stream's server may send ahead of the caller's reading."""
 CONNECTION_WINDOW = 16 * 1024 * 1024
@@ -120,15 +127,37 @@ class _Multiplexer(h2.connection.H2Connection):
             return super().open_outbound_streams
         return len(self._pool_streams)
 
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        # h2 closes its state machine at a GOAWAY and would refuse the frames of the streams the server
+        # goes on answering (python-hyper/h2 issue 1199), even later in the same read: reopen it while
+        # one of ours is among them (``draining`` keeps new streams off the connection)
+        result = super()._receive_goaway_frame(frame)
+        if any(stream_id <= frame.last_stream_id for stream_id in self._pool_streams):
+            self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        return result
+
 
 class _Stream:
     """One request's stream: its response's head, body pieces and end (or failure), and what is left
     of its request body to send."""
 
-    __slots__ = ("body", "complete", "failure", "head", "headers", "id", "status", "unacknowledged", "upload", "waiter")
+    __slots__ = (
+        "body",
+        "complete",
+        "failure",
+        "head",
+        "headers",
+        "id",
+        "started",
+        "status",
+        "unacknowledged",
+        "upload",
+        "waiter",
+    )
 
     def __init__(self, head: asyncio.Future[None]) -> None:
         self.id = 0
+        self.started = 0  # the connection's count of reads when the stream started
         self.head = head
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -177,7 +206,7 @@ class _H2Connection(asyncio.Protocol):
         self.h2 = _Multiplexer(self.streams)
         self.transport: asyncio.Transport | None = None
         self.reserved = 0  # requests waiting for this connection to open, each promised a stream
-        self.followers: list[asyncio.Future[None]] = []  # their wake-ups
+        self.followers: list[asyncio.Future[bool]] = []  # their wake-ups: True, a stream is theirs
         self.ready = False  # connected, and the server's settings (its stream limit) known
         self.refusal: str | None = None  # why it could not open as HTTP/2
         self.http1 = False  # the refusal: the server speaks HTTP/1.1
@@ -185,11 +214,16 @@ class _H2Connection(asyncio.Protocol):
         self.settings_received = False
         self.closed = False
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.reads = 0  # data_received calls so far: whether anything arrived since a moment
+        self.ping_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.closed:  # the client was closed while this connection opened
+            transport.abort()
+            return
         if self.tls:
             ssl_object = transport.get_extra_info("ssl_object")
             chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
@@ -201,7 +235,6 @@ class _H2Connection(asyncio.Protocol):
             initial_values={
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 0,  # the server may not open streams
             },
         )
         self.h2.initiate_connection()
@@ -212,15 +245,16 @@ class _H2Connection(asyncio.Protocol):
         if not self.settings_received and data.startswith(b"HTTP/"):  # an HTTP/1.1 answer to the h2c preface
             self._refuse_http1("the server answered the HTTP/2 preface in HTTP/1.1")
             return
+        self.reads += 1
         try:
             events = self.h2.receive_data(data)
+            for event in events:
+                self._dispatch(event)
         except (h2.exceptions.ProtocolError, ValueError) as exc:  # (hpack's errors arrive as ProtocolError)
             self._flush()  # the GOAWAY h2 prepared
             self._fail_streams(ConnectionLost(f"an HTTP/2 protocol error ({type(exc).__name__})"))
             self.close()
             return
-        for event in events:
-            self._dispatch(event)
         self._flush()
 
     def eof_received(self) -> bool:
@@ -231,6 +265,8 @@ class _H2Connection(asyncio.Protocol):
         self.ready = False
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.ping_timer is not None:
+            self.ping_timer.cancel()
         reason = f"the connection closed ({os_reason(exc)})" if exc is not None else "the connection closed"
         self.settle(_SpeaksHttp1(self.refusal or "") if self.http1 else ConnectFailed(self.refusal or reason))
         self._fail_streams(ConnectionLost(reason + " mid-body"), reason)
@@ -258,16 +294,20 @@ class _H2Connection(asyncio.Protocol):
                 stream.complete = True
                 stream.wake()
                 if stream.upload:  # the server answered before the body was sent: stop sending it
-                    stream.upload = None
-                    self.h2.reset_stream(stream.id, h2.errors.ErrorCodes.CANCEL)
+                    self._abandon(stream)
                 self._end(stream)
         elif isinstance(event, h2.events.StreamReset):
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 code = _code_name(event.error_code)
-                stream.fail(
-                    ConnectionLost(f"the server reset the stream ({code})"), f"the server refused the stream ({code})"
-                )
+                if event.remote_reset:
+                    stream.fail(
+                        ConnectionLost(f"the server reset the stream ({code})"),
+                        f"the server refused the stream ({code})",
+                    )
+                else:  # h2 reset it: the server broke the protocol on this stream
+                    broke = f"the server broke the protocol on the stream ({code})"
+                    stream.fail(ConnectionLost(broke), broke)
                 self._end(stream)
         elif isinstance(event, h2.events.WindowUpdated):
             waiting = self.uploading
@@ -276,6 +316,11 @@ class _H2Connection(asyncio.Protocol):
                 if stream is not None:
                     self._send_body(stream)
         elif isinstance(event, h2.events.RemoteSettingsChanged):
+            encoder = self.h2.encoder
+            if encoder.header_table_size > HPACK_TABLE:
+                encoder.header_table_size = HPACK_TABLE
+            for stream in list(self.uploading.values()):  # a larger initial window opens every stream's
+                self._send_body(stream)
             if not self.settings_received:
                 self.settings_received = True
                 self.settle(None)
@@ -316,11 +361,6 @@ class _H2Connection(asyncio.Protocol):
         """No new streams; the streams the server did not take fail as unanswered (safe to resend)."""
         self.draining = True
         last = event.last_stream_id if event.last_stream_id is not None else 0
-        if any(stream_id <= last for stream_id in self.streams):
-            # h2 closes its state machine at a GOAWAY and would refuse the frames of the streams the
-            # server goes on answering (python-hyper/h2 issue 1199): reopen it; ``draining`` keeps new
-            # streams off this connection
-            self.h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         code = _code_name(event.error_code)
         for stream in [s for s in self.streams.values() if s.id > last]:
             stream.fail(ConnectionLost(f"the server went away ({code})"), f"the server went away ({code})")
@@ -349,16 +389,21 @@ class _H2Connection(asyncio.Protocol):
 
     def settle(self, failure: Exception | None) -> None:
         """The connection is ready (``failure`` None: the server's settings arrived) or never will be:
-        wake the requests waiting for it (once)."""
+        wake the requests waiting for it (once) — with a stream each for the first to arrive, as many
+        as the server allows; the others look for another connection."""
         self.ready = failure is None and not self.closed
         followers, self.followers = self.followers, []
+        free = self.h2.remote_settings.max_concurrent_streams - len(self.streams) if self.ready else 0
         for follower in followers:
             if follower.done():
                 continue
-            if failure is None:
-                follower.set_result(None)
-            else:
+            if failure is not None:
                 follower.set_exception(failure)
+            else:
+                follower.set_result(free > 0)
+                free -= 1
+        if self.ready:
+            self._idle_if_unused()  # a connection nobody starts a stream on is not kept for ever
 
     def start(self, stream: _Stream, headers: list[tuple[bytes, bytes]], body: bytes | None) -> None:
         """Open ``stream`` with ``headers`` and send ``body`` as far as the windows allow."""
@@ -371,6 +416,7 @@ class _H2Connection(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             raise _Unanswered(f"the stream could not start ({type(exc).__name__})") from None
         stream.id = stream_id
+        stream.started = self.reads
         self.streams[stream_id] = stream
         if self.idle_timer is not None:
             self.idle_timer.cancel()
@@ -388,11 +434,31 @@ class _H2Connection(asyncio.Protocol):
             self._flush()
 
     def cancel(self, stream: _Stream) -> None:
-        """The caller no longer wants ``stream`` (abandoned mid-body, or cancelled): reset it."""
+        """The caller no longer wants ``stream`` (abandoned mid-body, or cancelled): reset it and hand
+        its unread bytes' window back; when nothing at all arrived on the connection since the stream
+        started, find out whether the connection still lives (``PING``)."""
+        stream.body.clear()
+        self.consumed(stream)
         if self.streams.get(stream.id) is stream:
             self._abandon(stream)
             self._end(stream)
+            if self.reads == stream.started:
+                self._probe()
             self._flush()
+
+    def _probe(self) -> None:
+        """PING the server; close the connection when nothing arrives within ``PING_TIMEOUT``."""
+        if self.ping_timer is not None or self.closed or self.pool._loop is None:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.ping(b"gtl-live")
+        self.ping_timer = self.pool._loop.call_later(PING_TIMEOUT, self._probe_expired, self.reads)
+
+    def _probe_expired(self, reads: int) -> None:
+        self.ping_timer = None
+        if self.reads == reads and not self.closed:  # silent: a dead path or a stuck server
+            self.draining = True
+            self.close()
 
     def close(self) -> None:
         if not self.closed:
@@ -418,7 +484,11 @@ class _H2Connection(asyncio.Protocol):
             if size <= 0:
                 break  # the rest when the server opens its window (WindowUpdated)
             piece, upload = upload[:size], upload[size:]
-            self.h2.send_data(stream.id, bytes(piece), end_stream=not upload)
+            try:
+                self.h2.send_data(stream.id, bytes(piece), end_stream=not upload)
+            except h2.exceptions.ProtocolError:  # the stream (or the connection) ended meanwhile
+                upload = None
+                break
         stream.upload = upload or None
         if stream.upload:
             self.uploading[stream.id] = stream
@@ -430,12 +500,20 @@ class _H2Connection(asyncio.Protocol):
         if self.streams.pop(stream.id, None) is None:
             return
         self.uploading.pop(stream.id, None)
-        if not self.streams and not self.reserved:
-            if self.draining:
-                self.close()
-            elif self.idle_timer is None and self.pool._loop is not None:
-                self.idle_timer = self.pool._loop.call_later(self.pool.idle_timeout, self._idle_timeout)
+        if not self.streams and not self.reserved and self.draining:
+            self.close()
+        elif self._idle_if_unused() and self.pool._all_full():
+            self.pool._wake(None, everyone=True)  # under the overall bound: another host may take its place
+            return
         self.pool._wake(self.key, everyone=False)
+
+    def _idle_if_unused(self) -> bool:
+        """Start the idle timer when no stream runs or is promised; whether it is idle."""
+        if self.streams or self.reserved or self.closed:
+            return False
+        if self.idle_timer is None and self.pool._loop is not None:
+            self.idle_timer = self.pool._loop.call_later(self.pool.idle_timeout, self._idle_timeout)
+        return True
 
     def _idle_timeout(self) -> None:
         self.idle_timer = None
@@ -498,8 +576,10 @@ class _H2Response:
     async def aclose(self) -> None:
         stream = self._stream
         if not stream.complete and stream.failure is None:
-            self._connection.cancel(stream)
-        stream.body.clear()
+            self._connection.cancel(stream)  # (which hands the unread bytes' window back too)
+        else:
+            stream.body.clear()
+            self._connection.consumed(stream)  # unread bytes still hold the connection's window
 
 
 class H2Transport:
@@ -592,6 +672,9 @@ class H2Transport:
             await self._http1.aclose()
         for connections in list(self._connections.values()):
             for connection in list(connections):
+                if not connection.ready:  # still opening: its waiters fail now, its place is free
+                    connection.settle(ConnectFailed("the HTTP client was closed"))
+                    self._discard(connection)
                 connection.close()
         for _, waiter in self._waiters:
             if not waiter.done():
@@ -614,20 +697,25 @@ class H2Transport:
         key = target.key
         deadline = None if connect_timeout is None else loop.time() + connect_timeout
         while True:
-            connection = next((c for c in self._connections.get(key, ()) if c.usable() and c.room() > 0), None)
-            if connection is None and not self._has_room(key):
+            usable = [c for c in self._connections.get(key, ()) if c.usable()]
+            connection = next((c for c in usable if c.room() > 0), None)
+            # a server that allows no stream now (its limit 0) is waited for, not answered with more connections
+            refusing = any(c.ready and c.h2.remote_settings.max_concurrent_streams == 0 for c in usable)
+            if connection is None and not refusing and not self._has_room(key):
                 self._close_idle_elsewhere(key)  # another host's idle connection gives its place up
-            if connection is None and self._has_room(key):
+            if connection is None and not refusing and self._has_room(key):
                 connection = self._open(target, deadline, loop)
             if connection is not None and connection.ready:
                 return connection
             if connection is not None:  # still opening: wait for it, a stream promised
                 connection.reserved += 1
                 try:
-                    await self._wait(connection.followers, deadline, connect_timeout, loop)
+                    granted = await self._wait(connection.followers, deadline, connect_timeout, loop)
                 finally:
                     connection.reserved -= 1
-                if connection.ready and connection.usable() and connection.room() > 0:
+                    if connection.ready:  # (a stream started right after stops the timer again)
+                        connection._idle_if_unused()
+                if granted and connection.ready and connection.usable():
                     return connection
                 continue
             await self._wait(None, deadline, connect_timeout, loop, key=key)
@@ -675,19 +763,30 @@ class H2Transport:
                 connection.settle(failure)
                 connection.close()
                 self._discard(connection)
+            elif deadline is not None and not connection.ready:
+                # the server's settings belong to opening the connection: within the same deadline
+                loop.call_at(deadline, self._settings_overdue, connection, target)
+
+    def _settings_overdue(self, connection: _H2Connection, target: RequestTarget) -> None:
+        if connection.ready or connection.closed:
+            return
+        connection.settle(ConnectTimeout(f"no HTTP/2 settings from {target.host_header} within the connect timeout"))
+        connection.close()
+        self._discard(connection)
 
     async def _wait(
         self,
-        followers: list[asyncio.Future[None]] | None,
+        followers: list[asyncio.Future[bool]] | None,
         deadline: float | None,
         connect_timeout: float | None,
         loop: asyncio.AbstractEventLoop,
         *,
         key: Key | None = None,
-    ) -> None:
-        """Wait to be woken — among a connection's ``followers``, or in the pool's queue for ``key`` —
-        until ``deadline`` (a timer, no task: a cancellation is never swallowed)."""
-        waiter: asyncio.Future[None] = loop.create_future()
+    ) -> bool:
+        """Wait to be woken — among a connection's ``followers`` (True: a stream on it is ours), or in
+        the pool's queue for ``key`` — until ``deadline`` (a timer, no task: a cancellation is never
+        swallowed). A waiter woken and then cancelled passes its turn on."""
+        waiter: asyncio.Future[bool] = loop.create_future()
         if followers is not None:
             followers.append(waiter)
         else:
@@ -695,9 +794,17 @@ class H2Transport:
             self._waiters.append((key, waiter))
         timer = None if deadline is None else loop.call_at(deadline, expire, waiter)
         try:
-            await waiter
+            return await waiter
         except Expired:
+            if followers is not None:
+                raise ConnectTimeout(
+                    f"the connection did not open (no HTTP/2 settings) within the connect timeout ({connect_timeout} s)"
+                ) from None
             raise ConnectTimeout(f"no free connection within the connect timeout ({connect_timeout} s)") from None
+        except BaseException:
+            if followers is None and waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._wake(key, everyone=False)  # woken, then cancelled before going on: the next one's turn
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
@@ -708,12 +815,17 @@ class H2Transport:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove((key, waiter))  # type: ignore[arg-type]
 
+    def _all_full(self) -> bool:
+        return bool(self.max_connections) and self._open_total >= self.max_connections
+
     def _has_room(self, key: Key) -> bool:
-        if self.max_connections and self._open_total >= self.max_connections:
+        """Whether another connection to ``key`` may open: the overall bound counts every open
+        connection, the per-host one those that still take streams (a draining one only finishes)."""
+        if self._all_full():
             return False
-        return not (
-            self.max_connections_per_host and len(self._connections.get(key, ())) >= self.max_connections_per_host
-        )
+        if not self.max_connections_per_host:
+            return True
+        return sum(1 for c in self._connections.get(key, ()) if not c.draining) < self.max_connections_per_host
 
     def _close_idle_elsewhere(self, key: Key) -> None:
         """Under the overall bound, close a connection to another host that carries no stream."""
@@ -745,7 +857,7 @@ class H2Transport:
         closed or its settings changed: each looks again); ``None``: waiting for any host."""
         for waiting_key, waiter in self._waiters:
             if (key is None or waiting_key == key) and not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(True)
                 if not everyone:
                     return
 

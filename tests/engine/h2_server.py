@@ -39,11 +39,12 @@ class Stats:
 
 
 class ServerConnection(asyncio.Protocol):
-    def __init__(self, handler: Handler, stats: Stats, max_streams: int) -> None:
+    def __init__(self, handler: Handler, stats: Stats, max_streams: int, settings: dict[int, int]) -> None:
         self.handler = handler
         self.stats = stats
         self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
         self.max_streams = max_streams
+        self.settings = settings
         self.transport: asyncio.Transport | None = None
         self.bodies: dict[int, bytearray] = {}
         self.heads: dict[int, dict[bytes, bytes]] = {}
@@ -54,9 +55,12 @@ class ServerConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.stats.connections += 1
         self.h2.local_settings = h2.settings.Settings(
-            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams}
+            client=False,
+            initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams},
         )
         self.h2.initiate_connection()
+        if self.settings:  # the others as a second SETTINGS frame (h2 applies them once the client acks)
+            self.h2.update_settings(self.settings)
         self.h2.increment_flow_control_window(8 * 1024 * 1024)
         self.flush()
 
@@ -158,9 +162,10 @@ class ServerConnection(asyncio.Protocol):
 class H2Server:
     """``handler`` answers each request; ``max_streams`` is the SETTINGS_MAX_CONCURRENT_STREAMS it sends."""
 
-    def __init__(self, handler: Handler, *, max_streams: int = 1000) -> None:
+    def __init__(self, handler: Handler, *, max_streams: int = 1000, settings: dict[int, int] | None = None) -> None:
         self.handler = handler
         self.max_streams = max_streams
+        self.settings = settings or {}
         self.stats = Stats()
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
@@ -168,7 +173,7 @@ class H2Server:
 
     async def start(self, ssl_context: ssl.SSLContext | None = None) -> H2Server:
         def make() -> ServerConnection:
-            connection = ServerConnection(self.handler, self.stats, self.max_streams)
+            connection = ServerConnection(self.handler, self.stats, self.max_streams, self.settings)
             self.connections.append(connection)
             return connection
 

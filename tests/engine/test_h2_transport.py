@@ -16,7 +16,7 @@ import pytest
 
 from gtl_nb.engine import h2_transport as module
 from gtl_nb.engine.h2_transport import H2Transport
-from gtl_nb.engine.transport import ConnectFailed, ConnectionLost, UnsendableRequest
+from gtl_nb.engine.transport import ConnectFailed, ConnectionLost, ConnectTimeout, UnsendableRequest
 from gtl_nb.providers.base import HttpRequest
 from tests.engine.h2_server import H2Server, Request
 
@@ -590,6 +590,257 @@ def test_the_state_machine_forgets_closed_streams_without_walking_them_for_each_
             # 900 streams ended: h2 keeps at most those open at its last walk (300) and those since
             assert len(connection.h2.streams) <= 300 + module._Multiplexer.FORGET_EVERY
             assert server.stats.connections == 1
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+# -- found by review: each once a defect ---------------------------------------------------------------
+
+
+def test_abandoned_unread_answers_give_their_window_back_to_the_connection():
+    payload = b"q" * (200 * 1024)
+
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            req.connection.respond(req, 200)
+            if req.body == b"small":
+                await req.connection.send(req, b"hello", end=True)
+                return
+            await req.connection.send(req, payload, end=req.body == b"whole")
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            for kind in (b"cut", b"whole") * 50:  # 100 x 200 KiB unread: six times the connection's window
+                response = await transport.send(request(server.url(), kind), connect_timeout=5)
+                while sum(len(piece) for piece in response._stream.body) < len(payload):  # type: ignore[attr-defined]
+                    await asyncio.sleep(0.001)
+                await response.aclose()
+            assert (await fetch(transport, server.url(), b"small"))[2] == b"hello"
+            assert server.stats.connections == 1
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_connection_that_stops_answering_is_closed_after_a_ping_and_the_next_call_opens_another(monkeypatch):
+    monkeypatch.setattr(module, "PING_TIMEOUT", 0.3)
+
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            if req.connection is server.connections[0] and req.body == b"wedge":
+                req.connection.transport.pause_reading()  # type: ignore[union-attr]
+                return  # and never answers, nor PINGs back
+            await answer_json(req)
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            await fetch(transport, server.url())
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(transport.send(request(server.url(), b"wedge"), connect_timeout=5), 0.3)
+            await asyncio.sleep(0.6)  # the PING went unanswered
+            assert (await fetch(transport, server.url()))[2] == b'{"ok":true}'
+            assert server.stats.connections == 2
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_server_that_never_sends_its_settings_times_out_and_is_not_waited_for_again():
+    async def scenario() -> None:
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            accepted.append(writer)
+            await reader.read()  # reads the preface and says nothing
+
+        accepted: list[asyncio.StreamWriter] = []
+        mute_server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = mute_server.sockets[0].getsockname()[1]
+        transport = H2Transport()
+        try:
+            for _ in range(2):
+                with pytest.raises(ConnectTimeout, match=r"did not open|no HTTP/2 settings"):
+                    await transport.send(request(f"http://127.0.0.1:{port}/v1"), connect_timeout=0.3)
+            assert len(accepted) == 2 and transport._open_total == 0  # type: ignore[attr-defined]
+        finally:
+            await transport.aclose()
+            for writer in accepted:
+                writer.close()
+            mute_server.close()
+
+    run(scenario)
+
+
+def test_a_server_allowing_no_stream_is_waited_for_not_flooded_with_connections():
+    async def scenario() -> None:
+        server = await H2Server(answer_json, max_streams=0).start()
+        transport = H2Transport(idle_timeout=0.2)
+        try:
+            with pytest.raises(ConnectTimeout):
+                await transport.send(request(server.url()), connect_timeout=0.4)
+            # one connection, and one more only after the first closed as idle (once there were hundreds)
+            assert server.stats.connections <= 2
+            await asyncio.sleep(0.4)
+            assert transport._open_total == 0  # type: ignore[attr-defined]  # closed once idle
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_goaway_and_the_kept_streams_data_in_one_write_still_finish_those_streams():
+    from hyperframe.frame import GoAwayFrame
+
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            req.connection.respond(req, 200)
+            await req.connection.send(req, b"first ")
+            await asyncio.sleep(0.05)
+            goaway = GoAwayFrame(0)
+            goaway.last_stream_id = req.stream_id
+            req.connection.h2.send_data(req.stream_id, b"rest", end_stream=True)
+            req.connection.write_raw(goaway.serialize() + req.connection.h2.data_to_send())
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            assert (await fetch(transport, server.url()))[2] == b"first rest"
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_an_upload_waiting_for_window_goes_on_when_the_servers_settings_open_it():
+    import h2.settings
+
+    body = b"u" * 1000
+
+    async def scenario() -> None:
+        async def handler(req: Request) -> None:
+            req.connection.respond(req, 200)
+            await req.connection.send(req, b"%d" % len(req.body), end=True)
+
+        server = await H2Server(handler, settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 100}).start()
+        transport = H2Transport()
+        try:
+            await fetch(transport, server.url(), b"x")  # settings known: a 100-byte window per stream
+            sending = asyncio.ensure_future(fetch(transport, server.url(), body))
+            await asyncio.sleep(0.1)
+            connection = server.connections[0]
+            connection.h2.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65_535})
+            connection.flush()
+            assert (await asyncio.wait_for(sending, 3))[2] == b"1000"
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_the_request_header_table_stays_small_whatever_the_server_allows():
+    import h2.settings
+
+    async def scenario() -> None:
+        server = await H2Server(answer_json, settings={h2.settings.SettingCodes.HEADER_TABLE_SIZE: 2**31 - 1}).start()
+        transport = H2Transport()
+        try:
+            for number in range(300):
+                response = await transport.send(
+                    request(server.url(), headers={"X-Sig": f"{number:064d}"}), connect_timeout=5
+                )
+                await response.aclose()
+            (connection,) = [c for cs in transport._connections.values() for c in cs]  # type: ignore[attr-defined]
+            assert connection.h2.encoder.header_table_size <= module.HPACK_TABLE
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_under_the_overall_bound_a_request_to_another_host_gets_the_place_an_idle_connection_frees():
+    async def scenario() -> None:
+        first = await H2Server(paced([b"a"], 0.2)).start()
+        second = await H2Server(answer_json).start()
+        transport = H2Transport(max_connections=1)
+        try:
+            busy = asyncio.ensure_future(fetch(transport, first.url()))
+            await asyncio.sleep(0.05)
+            other = await asyncio.wait_for(fetch(transport, second.url()), 3)
+            assert other[2] == b'{"ok":true}' and (await busy)[2] == b"a"
+        finally:
+            await transport.aclose()
+            await first.close()
+            await second.close()
+
+    run(scenario)
+
+
+def test_closing_the_client_while_a_connection_opens_fails_its_waiters_and_frees_its_place():
+    async def scenario() -> None:
+        server = await H2Server(answer_json).start()
+        transport = H2Transport(max_connections=1)
+        try:
+            waiting = asyncio.ensure_future(transport.send(request(server.url()), connect_timeout=5))
+            await asyncio.sleep(0)  # the connection is opening
+            await transport.aclose()
+            with pytest.raises(ConnectFailed):
+                await asyncio.wait_for(waiting, 2)
+            assert transport._open_total == 0  # type: ignore[attr-defined]
+            assert (await fetch(transport, server.url()))[2] == b'{"ok":true}'
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_draining_connection_does_not_hold_the_hosts_place():
+    async def scenario() -> None:
+        gate = asyncio.Event()
+
+        async def handler(req: Request) -> None:
+            if req.body == b"long":
+                req.connection.respond(req, 200)
+                req.connection.goaway(last_stream_id=req.stream_id)
+                await gate.wait()
+                await req.connection.send(req, b"done", end=True)
+                return
+            await answer_json(req)
+
+        server = await H2Server(handler).start()
+        transport = H2Transport(max_connections_per_host=1)
+        try:
+            long = await transport.send(request(server.url(), b"long"), connect_timeout=5)
+            await asyncio.sleep(0.05)  # the GOAWAY arrived: that connection only finishes
+            assert (await asyncio.wait_for(fetch(transport, server.url()), 3))[2] == b'{"ok":true}'
+            gate.set()
+            assert b"".join([piece async for piece in long.chunks()]) == b"done"
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_burst_waiting_for_an_opening_connection_is_served_in_order_of_arrival():
+    async def scenario() -> None:
+        server = await H2Server(paced([b"x"], 0.05), max_streams=2).start()
+        transport = H2Transport()
+        try:
+            await asyncio.gather(*(fetch(transport, server.url(), b"%d" % n) for n in range(6)))
+            first = server.connections[0]
+            assert sorted(r.body for r in server.stats.requests if r.connection is first) == [b"0", b"1"]
         finally:
             await transport.aclose()
             await server.close()
