@@ -22,13 +22,18 @@ What it does, precisely:
   another is opened, within ``max_connections`` and ``max_connections_per_host`` (0: no bound); beyond those a request
   waits for a free stream in order of arrival, within its connect timeout. Requests that arrive while
   a connection is being opened wait for it rather than each opening their own, and share its failure.
-  A connection without streams for ``idle_timeout`` seconds is closed. After a ``GOAWAY`` no new
+  A connection without streams for ``idle_timeout`` seconds is closed; one whose server's settings do
+  not arrive within the connect timeout is given up; one that has said nothing at all since a stream
+  that timed out started is sent a PING and closed when nothing arrives within ``PING_TIMEOUT`` (a
+  dead path would otherwise take every later request to that host). A server whose limit is 0
+  streams is waited for, not answered with more connections. After a ``GOAWAY`` no new
   stream starts on the connection; the streams the server says it did not take fail as
   ``ConnectFailed`` (never processed: the engine's retry policy may send them again).
 * **Flow control.** Received data is acknowledged as the caller reads it, so an unread stream buffers
   at most its window (``STREAM_WINDOW``); the connection's window is ``CONNECTION_WINDOW``. A request
   body larger than the peer's window is sent as the window opens.
 * **Limits.** A response's header list is bounded by HPACK's decoder (64 KiB) and by ``MAX_HEADERS``;
+  the request header table is kept at ``HPACK_TABLE`` bytes whatever the server allows;
   server push is refused; compressed bodies are inflated in bounded pieces (``http_parts.Inflater``).
 * **Errors** map onto the seam's exceptions (``engine.transport``); no message quotes a header value or
   the URL's query. A stream the caller abandons is reset (``CANCEL``); its connection carries on.
