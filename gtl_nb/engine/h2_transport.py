@@ -61,6 +61,7 @@ from gtl_nb.engine.http_parts import (
     Inflater,
     Key,
     RequestTarget,
+    buffered_pieces,
     cancel_for_time,
     expire,
     os_reason,
@@ -551,32 +552,9 @@ class _H2Response:
         encoding = stream.headers.get("content-encoding", "").strip().lower()
         self._inflater = Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         stream, connection = self._stream, self._connection
-        while True:
-            if stream.body:
-                data = stream.body.popleft() if len(stream.body) == 1 else b"".join(stream.body)
-                stream.body.clear()
-                connection.consumed(stream)
-                if self._inflater is None:
-                    yield data
-                else:  # one bounded piece per step: the caller's cap stops a bomb between pieces
-                    for piece in self._inflater.pieces(data):
-                        yield piece
-                continue
-            if stream.failure is not None:
-                raise stream.failure
-            if stream.complete:
-                if self._inflater is not None:
-                    rest = self._inflater.flush()
-                    if rest:
-                        yield rest
-                return
-            waiter = stream.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                stream.waiter = None
+        return buffered_pieces(stream, self._inflater, lambda _size: connection.consumed(stream))
 
     async def aclose(self) -> None:
         stream = self._stream

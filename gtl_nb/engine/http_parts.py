@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Iterator
-from typing import Any
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from gtl_nb.engine.transport import ConnectionLost, UnsendableRequest, check_request_url
@@ -15,10 +16,12 @@ from gtl_nb.engine.transport import ConnectionLost, UnsendableRequest, check_req
 __all__ = [
     "MAX_INFLATED",
     "URL_CACHE_SIZE",
+    "BufferedBody",
     "Expired",
     "Inflater",
     "Key",
     "RequestTarget",
+    "buffered_pieces",
     "cancel_for_time",
     "expire",
     "os_reason",
@@ -116,3 +119,45 @@ def cancel_for_time(task: asyncio.Task[Any], expired: list[bool]) -> None:
 
 def os_reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or type(exc).__name__
+
+
+class BufferedBody(Protocol):
+    """A response body as its connection fills it in: the pieces not read yet, how it ended (a
+    failure, or complete), and the reader's wake-up while it waits for more."""
+
+    body: deque[bytes]
+    failure: Exception | None
+    complete: bool
+    waiter: asyncio.Future[None] | None
+
+
+async def buffered_pieces(
+    buffered: BufferedBody, inflater: Inflater | None, consumed: Callable[[int], None]
+) -> AsyncIterator[bytes]:
+    """The body's pieces as they arrive (all that is buffered at once), inflated by ``inflater`` when
+    the body is compressed; ``consumed(size)`` tells the connection each time the reader took
+    ``size`` bytes (its flow control). Raises the connection's failure once the buffer is empty."""
+    while True:
+        if buffered.body:
+            data = buffered.body.popleft() if len(buffered.body) == 1 else b"".join(buffered.body)
+            buffered.body.clear()
+            consumed(len(data))
+            if inflater is None:
+                yield data
+            else:  # one bounded piece per step: the caller's cap stops a bomb between pieces
+                for piece in inflater.pieces(data):
+                    yield piece
+            continue
+        if buffered.failure is not None:
+            raise buffered.failure
+        if buffered.complete:
+            if inflater is not None:
+                rest = inflater.flush()
+                if rest:
+                    yield rest
+            return
+        waiter = buffered.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            buffered.waiter = None

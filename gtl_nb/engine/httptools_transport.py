@@ -48,6 +48,7 @@ from gtl_nb.engine.http_parts import (
     Inflater,
     Key,
     RequestTarget,
+    buffered_pieces,
     cancel_for_time,
     expire,
     os_reason,
@@ -275,32 +276,9 @@ class _Response:
         encoding = exchange.headers.get("content-encoding", "").strip().lower()
         self._inflater = Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    def chunks(self) -> AsyncIterator[bytes]:
         exchange, connection = self._exchange, self._connection
-        while True:
-            if exchange.body:
-                data = exchange.body.popleft() if len(exchange.body) == 1 else b"".join(exchange.body)
-                exchange.body.clear()
-                connection.consumed(exchange, len(data))
-                if self._inflater is None:
-                    yield data
-                else:  # one bounded piece per step: the caller's cap stops a bomb between pieces
-                    for piece in self._inflater.pieces(data):
-                        yield piece
-                continue
-            if exchange.failure is not None:
-                raise exchange.failure
-            if exchange.complete:
-                if self._inflater is not None:
-                    rest = self._inflater.flush()
-                    if rest:
-                        yield rest
-                return
-            waiter = exchange.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                exchange.waiter = None
+        return buffered_pieces(exchange, self._inflater, lambda size: connection.consumed(exchange, size))
 
     async def aclose(self) -> None:
         exchange = self._exchange
