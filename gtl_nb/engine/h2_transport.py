@@ -60,6 +60,7 @@ from gtl_nb.engine.http_parts import (
     Expired,
     Inflater,
     Key,
+    NegotiatedHttp2,
     RequestTarget,
     buffered_pieces,
     cancel_for_time,
@@ -221,6 +222,7 @@ class _H2Connection(asyncio.Protocol):
         self.closed = False
         self.idle_timer: asyncio.TimerHandle | None = None
         self.reads = 0  # data_received calls so far: whether anything arrived since a moment
+        self.first_bytes = b""  # (h2c) what arrived before the server's settings, while it may be "HTTP/"
         self.ping_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol
@@ -248,9 +250,16 @@ class _H2Connection(asyncio.Protocol):
         self._flush()  # streams start once the server's settings arrive (``settle``)
 
     def data_received(self, data: bytes) -> None:
-        if not self.settings_received and data.startswith(b"HTTP/"):  # an HTTP/1.1 answer to the h2c preface
-            self._refuse_http1("the server answered the HTTP/2 preface in HTTP/1.1")
-            return
+        if not self.settings_received and not self.tls:
+            # an HTTP/1.1 answer to the h2c preface, perhaps split: hold the first bytes until they tell
+            data = self.first_bytes + data
+            if len(data) < 5 and b"HTTP/".startswith(data):
+                self.first_bytes = data
+                return
+            self.first_bytes = b""
+            if data.startswith(b"HTTP/"):
+                self._refuse_http1("the server answered the HTTP/2 preface in HTTP/1.1")
+                return
         self.reads += 1
         try:
             events = self.h2.receive_data(data)
@@ -461,10 +470,14 @@ class _H2Connection(asyncio.Protocol):
         self.ping_timer = self.pool._loop.call_later(PING_TIMEOUT, self._probe_expired, self.reads)
 
     def _probe_expired(self, reads: int) -> None:
+        """Silent since the PING: a dead path or a stalled server. No new stream goes here; the streams
+        on it end by their own deadlines (the server may still answer them), then it closes."""
         self.ping_timer = None
-        if self.reads == reads and not self.closed:  # silent: a dead path or a stuck server
+        if self.reads == reads and not self.closed:
             self.draining = True
-            self.close()
+            if not self.streams and not self.reserved:
+                self.close()
+            self.pool._wake(self.key, everyone=True)  # waiters may open another connection
 
     def close(self) -> None:
         if not self.closed:
@@ -586,7 +599,8 @@ class H2Transport:
         self.max_connections = max_connections
         self.max_connections_per_host = max_connections_per_host
         self.idle_timeout = idle_timeout
-        self._ssl = ssl_context
+        self._ssl = ssl_context  # for HTTP/2: offers h2 and http/1.1
+        self._ssl_http1 = ssl_context  # for the HTTP/1.1 fallback: offers http/1.1 only, unless given
         if ssl_context is not None:
             ssl_context.set_alpn_protocols(["h2", "http/1.1"])
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -612,7 +626,10 @@ class H2Transport:
                 self._targets.clear()
             self._targets[request.url] = target
         if target.key in self._http1_hosts:
-            return await self._over_http1(request, connect_timeout)
+            try:
+                return await self._over_http1(request, connect_timeout)
+            except NegotiatedHttp2:  # (over a context given to both) the server speaks HTTP/2 now
+                self._http1_hosts.discard(target.key)
         headers = _request_headers(request, target)
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
@@ -639,7 +656,7 @@ class H2Transport:
                 max_connections=self.max_connections,
                 max_connections_per_host=self.max_connections_per_host,
                 idle_timeout=self.idle_timeout,
-                ssl_context=self._ssl_context(),
+                ssl_context=self._http1_context(),
             )
         return await self._http1.send(request, connect_timeout=connect_timeout)
 
@@ -649,20 +666,26 @@ class H2Transport:
             self._ssl.set_alpn_protocols(["h2", "http/1.1"])
         return self._ssl
 
+    def _http1_context(self) -> ssl.SSLContext:
+        if self._ssl_http1 is None:
+            self._ssl_http1 = ssl.create_default_context()
+            self._ssl_http1.set_alpn_protocols(["http/1.1"])
+        return self._ssl_http1
+
     async def aclose(self) -> None:
         """Close every connection and wake every waiting request (with ``ConnectFailed``)."""
         if self._http1 is not None:
             await self._http1.aclose()
+        waiters, self._waiters = self._waiters, deque()  # first: closing connections below wakes waiters
+        for _, waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed("the HTTP client was closed"))
         for connections in list(self._connections.values()):
             for connection in list(connections):
                 if not connection.ready:  # still opening: its waiters fail now, its place is free
                     connection.settle(ConnectFailed("the HTTP client was closed"))
                     self._discard(connection)
                 connection.close()
-        for _, waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(ConnectFailed("the HTTP client was closed"))
-        self._waiters.clear()
 
     # -- the pool
 
@@ -679,7 +702,12 @@ class H2Transport:
         else the first to have room, in order of arrival — within ``connect_timeout``."""
         key = target.key
         deadline = None if connect_timeout is None else loop.time() + connect_timeout
+        waited = False  # a request already queued goes before those that arrive after it
         while True:
+            if not waited and self._queued(key):
+                waited = True
+                await self._wait(None, deadline, connect_timeout, loop, key=key)
+                continue
             usable = [c for c in self._connections.get(key, ()) if c.usable()]
             connection = next((c for c in usable if c.room() > 0), None)
             # a server that allows no stream now (its limit 0) is waited for, not answered with more connections
@@ -691,17 +719,35 @@ class H2Transport:
             if connection is not None and connection.ready:
                 return connection
             if connection is not None:  # still opening: wait for it, a stream promised
-                connection.reserved += 1
-                try:
-                    granted = await self._wait(connection.followers, deadline, connect_timeout, loop)
-                finally:
-                    connection.reserved -= 1
-                    if connection.ready:  # (a stream started right after stops the timer again)
-                        connection._idle_if_unused()
-                if granted and connection.ready and connection.usable():
+                if await self._follow(connection, deadline, connect_timeout, loop):
                     return connection
                 continue
-            await self._wait(None, deadline, connect_timeout, loop, key=key)
+            await self._wait(None, deadline, connect_timeout, loop, key=key, front=waited)
+            waited = True
+
+    async def _follow(
+        self,
+        connection: _H2Connection,
+        deadline: float | None,
+        connect_timeout: float | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> bool:
+        """Wait for an opening ``connection`` with a stream promised; whether a stream on it is ours."""
+        connection.reserved += 1
+        granted = False
+        try:
+            granted = await self._wait(connection.followers, deadline, connect_timeout, loop)
+        finally:
+            connection.reserved -= 1
+            if connection.ready:
+                connection._idle_if_unused()  # (a stream started right after stops the timer again)
+                if not granted and connection.room() > 0:
+                    self._wake(connection.key, everyone=False)  # the stream promised to us: the next one's
+        return granted and connection.ready and connection.usable()
+
+    def _queued(self, key: Key) -> bool:
+        """Whether a request to ``key`` waits in the pool's queue (and has not been woken yet)."""
+        return any(waiting_key == key and not waiter.done() for waiting_key, waiter in self._waiters)
 
     def _open(self, target: RequestTarget, deadline: float | None, loop: asyncio.AbstractEventLoop) -> _H2Connection:
         """Count and start opening a connection to ``target`` (a task of its own, so one waiting
@@ -765,6 +811,7 @@ class H2Transport:
         loop: asyncio.AbstractEventLoop,
         *,
         key: Key | None = None,
+        front: bool = False,
     ) -> bool:
         """Wait to be woken — among a connection's ``followers`` (True: a stream on it is ours), or in
         the pool's queue for ``key`` — until ``deadline`` (a timer, no task: a cancellation is never
@@ -772,6 +819,9 @@ class H2Transport:
         waiter: asyncio.Future[bool] = loop.create_future()
         if followers is not None:
             followers.append(waiter)
+        elif front:  # woken, then found no room after all: first in line again
+            assert key is not None
+            self._waiters.appendleft((key, waiter))
         else:
             assert key is not None
             self._waiters.append((key, waiter))

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from gtl_nb.engine.transport import ConnectionLost, UnsendableRequest, check_request_url
+from gtl_nb.engine.transport import ConnectFailed, ConnectionLost, UnsendableRequest, check_request_url
 
 __all__ = [
     "MAX_INFLATED",
@@ -20,7 +20,9 @@ __all__ = [
     "Expired",
     "Inflater",
     "Key",
+    "NegotiatedHttp2",
     "RequestTarget",
+    "alpn_protocol",
     "buffered_pieces",
     "cancel_for_time",
     "expire",
@@ -161,3 +163,14 @@ async def buffered_pieces(
             await waiter
         finally:
             buffered.waiter = None
+
+
+class NegotiatedHttp2(ConnectFailed):
+    """An HTTP/1.1 client's TLS connection on which the server chose ``h2`` by ALPN (offered by a
+    context shared with the HTTP/2 client): nothing was sent; the HTTP/2 client takes the call."""
+
+
+def alpn_protocol(transport: Any) -> str | None:
+    """The protocol a TLS transport's server chose by ALPN (``None``: plain TCP, or no choice)."""
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    return ssl_object.selected_alpn_protocol() if ssl_object is not None else None

@@ -47,7 +47,9 @@ from gtl_nb.engine.http_parts import (
     Expired,
     Inflater,
     Key,
+    NegotiatedHttp2,
     RequestTarget,
+    alpn_protocol,
     buffered_pieces,
     cancel_for_time,
     expire,
@@ -490,6 +492,10 @@ class HttptoolsTransport:
         finally:
             if timer is not None:
                 timer.cancel()
+        if alpn_protocol(connection.transport) not in (None, "http/1.1"):  # (a context that offered h2 too)
+            connection.close()
+            self._discard(connection)
+            raise NegotiatedHttp2(f"the server chose HTTP/2 by ALPN ({target.host_header})")
         return connection
 
     def _release(self, connection: _Connection) -> None:

@@ -75,10 +75,17 @@ async def serve(
     engine = engine if engine is not None else build_engine(settings, credentials=credentials)
     tracing = _tracing(gateway, engine)  # [gateway.tracing]: a missing extra stops the start, before the audit log
     audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
-    live_sessions(engine)  # every session, on every listener, is known to the sessions and cancel queries
-    join = getattr(engine.stores.budgets, "join_replicas", None)
-    if join is not None:  # shared budgets: the other replicas count this one before it serves anything
-        join()
+    try:
+        live_sessions(engine)  # every session, on every listener, is known to the sessions and cancel queries
+        join = getattr(engine.stores.budgets, "join_replicas", None)
+        if join is not None:  # shared budgets: the other replicas count this one before it serves anything
+            join()
+    except BaseException:  # no listener ran: nothing of this start outlives it (the metrics' gc timer)
+        if metrics is not None:
+            metrics[0].detach()
+        if audit is not None:
+            audit.close()
+        raise
     urls: dict[str, str] = {}
 
     def offers() -> dict[str, str]:
@@ -141,7 +148,12 @@ def _operations(gateway: GatewaySettings, engine: Any) -> tuple[Any, Any]:
 
         audit_settings = AuditSettings.from_table(gateway.audit, base=gateway.base)
         if audit_settings.enabled:
-            audit = AuditLog.for_engine(audit_settings, engine)
+            try:
+                audit = AuditLog.for_engine(audit_settings, engine)
+            except BaseException:  # (a tampered log stops the start) the metrics' gc timer must not outlive it
+                if metrics is not None:
+                    metrics[0].detach()
+                raise
     return audit, metrics
 
 

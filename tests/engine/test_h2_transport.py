@@ -387,7 +387,8 @@ class Http1Server:
     """A plain HTTP/1.1 server, as a local model server is: it answers the HTTP/2 preface with a 400
     (as a malformed request) and closes; it answers a request with ``b"h1"``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, split: bool = False) -> None:
+        self.split = split  # the answer to the preface in two writes, cut inside "HTTP/"
         self.connections = 0
         self.prefaces = 0
         self.requests: list[bytes] = []
@@ -402,7 +403,12 @@ class Http1Server:
                     head = await reader.readuntil(b"\r\n\r\n")
                     if head.startswith(b"PRI * HTTP/2.0"):
                         self.prefaces += 1
-                        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        refusal = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        if self.split:
+                            writer.write(refusal[:3])
+                            await writer.drain()
+                            await asyncio.sleep(0.05)
+                        writer.write(refusal[3:] if self.split else refusal)
                         await writer.drain()
                         return
                     length = next(
@@ -842,6 +848,136 @@ def test_a_burst_waiting_for_an_opening_connection_is_served_in_order_of_arrival
             first = server.connections[0]
             assert sorted(r.body for r in server.stats.requests if r.connection is first) == [b"0", b"1"]
         finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_an_http1_answer_to_the_preface_split_inside_its_first_word_is_still_recognised():
+    async def scenario() -> None:
+        server = await Http1Server(split=True).start()
+        transport = H2Transport()
+        try:
+            assert (await fetch(transport, server.url(), b"once"))[2] == b"h1"
+            assert server.prefaces == 1 and server.requests == [b"once"]
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_stalled_server_is_pinged_and_its_connection_drained_not_cut(monkeypatch):
+    monkeypatch.setattr(module, "PING_TIMEOUT", 0.2)
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def handler(req: Request) -> None:
+            if req.body == b"trigger":
+                req.connection.transport.pause_reading()  # type: ignore[union-attr]  # a stalled server
+                await release.wait()
+                req.connection.transport.resume_reading()  # type: ignore[union-attr]
+                return
+            if req.body == b"held":
+                await release.wait()
+            await answer_json(req)
+
+        server = await H2Server(handler).start()
+        transport = H2Transport()
+        try:
+            await fetch(transport, server.url())
+            held = [asyncio.ensure_future(fetch(transport, server.url(), b"held")) for _ in range(5)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(transport.send(request(server.url(), b"trigger"), connect_timeout=5), 0.1)
+            await asyncio.sleep(0.4)  # the PING went unanswered: no new stream goes to that connection
+            assert (await fetch(transport, server.url()))[2] == b'{"ok":true}'
+            assert server.stats.connections == 2
+            release.set()  # the stalled server answers: the streams it held finish on the drained connection
+            assert [result[2] for result in await asyncio.gather(*held)] == [b'{"ok":true}'] * 5
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_closing_the_client_fails_the_requests_queued_for_a_place_and_sends_none_of_them():
+    async def scenario() -> None:
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # takes the preface, never sends its settings
+
+        mute_server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        mute_port = mute_server.sockets[0].getsockname()[1]
+        other = await H2Server(answer_json).start()
+        transport = H2Transport(max_connections=1)
+        try:
+            opening = asyncio.ensure_future(
+                transport.send(request(f"http://127.0.0.1:{mute_port}/v1"), connect_timeout=5)
+            )
+            await asyncio.sleep(0.05)  # its connection holds the one place, waiting for settings
+            queued = asyncio.ensure_future(transport.send(request(other.url(), b"queued"), connect_timeout=5))
+            await asyncio.sleep(0.05)
+            await transport.aclose()
+            for waiting in (opening, queued):
+                with pytest.raises(ConnectFailed, match="closed"):
+                    await waiting
+            await asyncio.sleep(0.1)
+            assert other.stats.requests == [] and other.stats.connections == 0
+        finally:
+            await transport.aclose()
+            await other.close()
+            mute_server.close()
+
+    run(scenario)
+
+
+def test_under_a_bound_requests_are_served_in_order_of_arrival():
+    async def scenario() -> None:
+        server = await H2Server(paced([b"x"], 0.1), max_streams=1).start()
+        transport = H2Transport(max_connections_per_host=1)
+        try:
+            await fetch(transport, server.url(), b"warm")
+            first = asyncio.ensure_future(fetch(transport, server.url(), b"A"))
+            await asyncio.sleep(0.02)
+            queued = [asyncio.ensure_future(fetch(transport, server.url(), name)) for name in (b"B", b"C")]
+            await asyncio.sleep(0.02)
+            late = asyncio.ensure_future(fetch(transport, server.url(), b"D"))
+            await asyncio.gather(first, *queued, late)
+            assert [r.body for r in server.stats.requests] == [b"warm", b"A", b"B", b"C", b"D"]
+        finally:
+            await transport.aclose()
+            await server.close()
+
+    run(scenario)
+
+
+def test_a_host_remembered_as_http1_that_now_chooses_h2_by_alpn_is_called_over_http2(tmp_path: Path):
+    from gtl_nb.engine.http_parts import NegotiatedHttp2
+    from gtl_nb.engine.httptools_transport import HttptoolsTransport
+    from gtl_nb.gateway.certs import make_dev_certificates
+
+    certs = make_dev_certificates(tmp_path / "certs")
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(certs.certificate, certs.key)
+    server_side.set_alpn_protocols(["h2"])
+
+    async def scenario() -> None:
+        server = await H2Server(answer_json).start(server_side)
+        offering_both = ssl.create_default_context(cafile=str(certs.ca))
+        offering_both.set_alpn_protocols(["h2", "http/1.1"])
+        http1 = HttptoolsTransport(ssl_context=offering_both)
+        transport = H2Transport(ssl_context=ssl.create_default_context(cafile=str(certs.ca)))
+        try:
+            with pytest.raises(NegotiatedHttp2):  # never HTTP/1.1 bytes on an HTTP/2 connection
+                await http1.send(request(server.url("https")), connect_timeout=5)
+            transport._http1_hosts.add(("https", "127.0.0.1", server.port))  # type: ignore[attr-defined]
+            assert (await fetch(transport, server.url("https")))[2] == b'{"ok":true}'
+            assert not transport._http1_hosts  # type: ignore[attr-defined]
+        finally:
+            await http1.aclose()
             await transport.aclose()
             await server.close()
 
