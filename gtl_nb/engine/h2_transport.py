@@ -15,19 +15,24 @@ What it does, precisely:
   (as local model servers do), is remembered as an HTTP/1.1 server and this call and every later one
   to it go through an ``HttptoolsTransport`` of this client's own: setting ``client = "h2"`` never
   cuts a deployment off. (The request is sent once: the HTTP/1.1 server saw only the preface, which
-  it refused as a malformed request.) A server that closes the connection at the preface without a
-  word cannot be told from one that failed, and fails the call.
+  it refused as a malformed request.) That client offers only ``http/1.1`` by ALPN; given a context
+  of the caller's, which offers both, a server remembered as HTTP/1.1 that chooses ``h2`` on a later
+  connection is refused there before anything is sent, and called over HTTP/2 again. A server that
+  closes the connection at the preface without a word cannot be told from one that failed, and fails
+  the call.
 * **Connections.** A connection carries up to the peer's ``SETTINGS_MAX_CONCURRENT_STREAMS`` streams
   (its first streams start once those settings arrive); when every connection to a host is full
-  another is opened, within ``max_connections`` and ``max_connections_per_host`` (0: no bound); beyond those a request
-  waits for a free stream in order of arrival, within its connect timeout. Requests that arrive while
-  a connection is being opened wait for it rather than each opening their own, and share its failure.
-  A connection without streams for ``idle_timeout`` seconds is closed; one whose server's settings do
-  not arrive within the connect timeout is given up; one that has said nothing at all since a stream
-  that timed out started is sent a PING and closed when nothing arrives within ``PING_TIMEOUT`` (a
-  dead path would otherwise take every later request to that host). A server whose limit is 0
-  streams is waited for, not answered with more connections. After a ``GOAWAY`` no new
-  stream starts on the connection; the streams the server says it did not take fail as
+  another is opened, within ``max_connections`` and ``max_connections_per_host`` (0: no bound);
+  beyond those a request waits for a free stream in order of arrival, within its connect timeout.
+  Requests that arrive while a connection is being opened wait for it rather than each opening their
+  own, are served in order of arrival, and share its failure. A connection without streams for
+  ``idle_timeout`` seconds is closed; one whose server's settings do not arrive within the connect
+  timeout is given up; one that has said nothing at all since a stream that timed out started is sent
+  a PING, and when nothing arrives within ``PING_TIMEOUT`` it is drained: no new stream goes there (a
+  dead path would otherwise take every later request to that host), the streams on it end by their
+  own deadlines or answers (a stalled server may still answer), and it closes after the last. A
+  server whose limit is 0 streams is waited for, not answered with more connections. After a
+  ``GOAWAY`` no new stream starts on the connection; the streams the server says it did not take fail as
   ``ConnectFailed`` (never processed: the engine's retry policy may send them again).
 * **Flow control.** Received data is acknowledged as the caller reads it, so an unread stream buffers
   at most its window (``STREAM_WINDOW``); the connection's window is ``CONNECTION_WINDOW``. A request
