@@ -98,16 +98,6 @@ MAX_HEADERS = 256
 IDLE_TIMEOUT = 15.0
 _CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"})
 """Request headers HTTP/2 forbids (RFC 9113 8.2.2); ``host`` becomes ``:authority``."""
-_PASSIVE_EVENTS = (
-    h2.events.InformationalResponseReceived,
-    h2.events.TrailersReceived,
-    h2.events.SettingsAcknowledged,
-    h2.events.PingReceived,
-    h2.events.PingAckReceived,
-    h2.events.PriorityUpdated,
-    h2.events.AlternativeServiceAvailable,
-    h2.events.UnknownFrameReceived,
-)
 
 
 class _Multiplexer(h2.connection.H2Connection):
@@ -347,8 +337,7 @@ class _H2Connection(asyncio.Protocol):
             self.pool._wake(self.key, everyone=True)  # room for more streams, perhaps
         elif isinstance(event, h2.events.ConnectionTerminated):
             self._goaway(event)
-        elif not isinstance(event, _PASSIVE_EVENTS):
-            pass  # (a later h2 release's event: nothing this client asked for)
+        # other events (informational heads, trailers, pings, settings acknowledged) need nothing of ours
 
     def _head(self, event: h2.events.ResponseReceived) -> None:
         stream = self.streams.get(event.stream_id)
@@ -567,8 +556,7 @@ class _H2Response:
         self._stream = stream
         self.status = stream.status
         self.headers: Mapping[str, str] = stream.headers
-        encoding = stream.headers.get("content-encoding", "").strip().lower()
-        self._inflater = Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+        self._inflater = Inflater.for_headers(stream.headers)
 
     def chunks(self) -> AsyncIterator[bytes]:
         stream, connection = self._stream, self._connection

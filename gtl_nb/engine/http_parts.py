@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -73,6 +73,12 @@ class Inflater:
     def __init__(self, encoding: str) -> None:
         self._encoding = encoding
         self._decoder: Any = None  # made at the first byte (deflate: wrapped or raw, told by that byte)
+
+    @classmethod
+    def for_headers(cls, headers: Mapping[str, str]) -> Inflater | None:
+        """The inflater a response's ``content-encoding`` asks for; ``None`` for a plain body."""
+        encoding = headers.get("content-encoding", "").strip().lower()
+        return cls(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
 
     def pieces(self, data: bytes) -> Iterator[bytes]:
         """``data`` inflated, ``MAX_INFLATED`` bytes at most per piece, each made when asked for."""

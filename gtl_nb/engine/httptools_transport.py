@@ -275,8 +275,7 @@ class _Response:
         self._exchange = exchange
         self.status = exchange.status
         self.headers: Mapping[str, str] = exchange.headers
-        encoding = exchange.headers.get("content-encoding", "").strip().lower()
-        self._inflater = Inflater(encoding) if encoding in ("gzip", "x-gzip", "deflate") else None
+        self._inflater = Inflater.for_headers(exchange.headers)
 
     def chunks(self) -> AsyncIterator[bytes]:
         exchange, connection = self._exchange, self._connection
