@@ -1,6 +1,7 @@
 """Where the gateway's CPU goes: py-spy on ``gtl serve`` under a concurrency-1 streaming load.
 
-    python -m bench.profile_gateway [--seconds 20] [--path gtl-openai] [--tokens 16] [--whole] [--raw FILE]
+    python -m bench.profile_gateway [--seconds 20] [--path gtl-openai|gtl-sse|gtl-ws|gtl-grpc|gtl-quic]
+                                    [--tokens 16] [--whole] [--raw FILE]
     python -m bench.profile_gateway --summarise FILE     # a saved py-spy raw profile
 
 Starts the fake upstream and the gateway (tokens, ledger, audit on, as ``bench.suite`` does), runs the
@@ -8,8 +9,10 @@ load client on one path at concurrency 1 and has ``py-spy record --format raw --
 the gateway process meanwhile (only frames running on a CPU: idle waits are not samples). Then it sums
 **self time** — the innermost frame of each sample — per function, and per owner of the file that
 function lives in: ``gtl_nb`` (ours), uvicorn, h11, starlette, websockets, httpx/httpcore, aiohttp,
-asyncio, sqlite3, other standard library, other packages. It prints the top functions of our code and
-the share of each owner. py-spy is ``pip install py-spy`` in the project's environment.
+grpcio, protobuf, aioquic, cryptography, asyncio, sqlite3, other standard library, other packages. It
+prints the top functions of our code, the share of each owner and of each thread, and before them the
+gateway's CPU per request by thread read from ``/proc`` (grpcio's native threads included, which no
+Python profiler sees). py-spy is ``pip install py-spy`` in the project's environment.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 from bench import gateway_setup
 from bench.paths import PathSpec
+from bench.procstat import thread_cpu_seconds
 from bench.servers import Gateway, LoadClientProcess, Upstream
 
 #: file-path fragments → owner, first match wins (our package before the site-packages rules)
@@ -38,6 +42,10 @@ OWNERS = (
     ("/httpx/", "httpx/httpcore"),
     ("/httpcore/", "httpx/httpcore"),
     ("/aiohttp/", "aiohttp"),
+    ("/grpc/", "grpcio"),
+    ("/google/protobuf/", "protobuf"),
+    ("/aioquic/", "aioquic"),
+    ("/cryptography/", "cryptography"),
     ("/yarl/", "aiohttp"),
     ("/multidict/", "aiohttp"),
     ("/anyio/", "anyio"),
@@ -49,6 +57,10 @@ OWNERS = (
     ("/site-packages/", "other packages"),
     ("/lib/python3", "other standard library"),
 )
+
+
+PATHS = ("gtl-openai", "gtl-sse", "gtl-ws", "gtl-grpc", "gtl-quic")
+"""What ``--path`` may name: the binding paths, and the report-only gRPC and QUIC listeners."""
 
 
 def owner(filename: str) -> str:
@@ -65,7 +77,13 @@ def parse_raw(text: str) -> Counter[tuple[str, str]]:
         stack, _, samples = line.rpartition(" ")
         if not stack or not samples.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
+        frames = stack.split(";")
+        if _thread_name(frames[0]) is not None:  # (recorded with --threads: the thread comes first)
+            frames = frames[1:]
+        if not frames:  # a thread running native code only (a library's own thread)
+            selves[("(native code, no Python frame)", "native / unknown")] += int(samples)
+            continue
+        leaf = frames[-1]
         function, _, location = leaf.partition(" (")
         filename = location.rsplit(":", 1)[0]
         short = filename.split("/site-packages/")[-1].split("/gtl_nb/")[-1]
@@ -73,6 +91,26 @@ def parse_raw(text: str) -> Counter[tuple[str, str]]:
             short = "gtl_nb/" + short
         selves[(f"{function} ({short})", owner(filename))] += int(samples)
     return selves
+
+
+def _thread_name(frame: str) -> str | None:
+    """The thread's name in py-spy's first frame of a ``--threads`` stack (``thread (0x…): name``),
+    without what makes one instance differ from another (a ledger writer's file path)."""
+    if not frame.startswith("thread ("):
+        return None
+    name = frame.partition("): ")[2].strip() or "(unnamed)"
+    return name.split(" /", 1)[0]
+
+
+def by_thread(text: str) -> Counter[str]:
+    """Samples per thread name (a profile recorded without ``--threads`` has none)."""
+    threads: Counter[str] = Counter()
+    for line in text.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        name = _thread_name(stack.split(";", 1)[0]) if stack and samples.isdigit() else None
+        if name is not None:
+            threads[name] += int(samples)
+    return threads
 
 
 def summarise(text: str, top: int = 10) -> str:
@@ -89,10 +127,48 @@ def summarise(text: str, top: int = 10) -> str:
     lines += ["", "self time by owner:"]
     for who, samples in by_owner.most_common():
         lines.append(f"  {samples / total * 100:5.1f} %  {who}")
+    threads = by_thread(text)
+    if threads:
+        lines += ["", "samples by thread:"]
+        for name, samples in threads.most_common():
+            lines.append(f"  {samples / total * 100:5.1f} %  {name}")
     lines += ["", "top 10 self-time functions overall:"]
     for (name, who), samples in selves.most_common(10):
         lines.append(f"  {samples / total * 100:5.1f} %  {name}  [{who}]")
     return "\n".join(lines)
+
+
+def per_thread_report(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: int, profile: str
+) -> str:
+    """The gateway's CPU per request by thread over the phase, from ``/proc`` (every thread, native
+    ones included; py-spy's samples see only Python's), each named as the profile names its thread id."""
+    names = python_thread_names(profile)
+    spent: Counter[str] = Counter()
+    for tid, (kernel_name, seconds) in after.items():
+        name = names.get(tid) or f"{kernel_name} (native)"
+        spent[name] += seconds - before.get(tid, (kernel_name, 0.0))[1]
+    per_request = 1000 / max(requests, 1)
+    lines = [f"gateway CPU per request (/proc, all threads): {sum(spent.values()) * per_request:.3f} ms"]
+    for name, seconds in spent.most_common():
+        if seconds > 0:
+            lines.append(f"  {seconds * per_request:7.3f} ms  {name}")
+    return "\n".join(lines)
+
+
+def python_thread_names(profile: str) -> dict[int, str]:
+    """Thread id → Python thread name, from a raw profile recorded with ``--threads``."""
+    names: dict[int, str] = {}
+    for line in profile.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        first = stack.split(";", 1)[0]
+        name = _thread_name(first)
+        tid = first[len("thread (") :].partition(")")[0]
+        if name is not None and tid.isdigit():
+            names[int(tid)] = name
+    return names
 
 
 def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False, whole: bool = False) -> str:
@@ -103,7 +179,9 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
     with tempfile.TemporaryDirectory(prefix="gtl-profile-") as tmp:
         directory = Path(tmp)
         upstream = Upstream()
-        files = gateway_setup.prepare(directory / "gateway", upstream.port, grpc=False, quic=False)
+        files = gateway_setup.prepare(
+            directory / "gateway", upstream.port, grpc=path == "gtl-grpc", quic=path == "gtl-quic"
+        )
         gateway = Gateway(files)
         client = LoadClientProcess()
         raw = directory / "profile.txt"
@@ -115,12 +193,17 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
                 "gtl-sse": PathSpec("gtl-sse", "gtl-sse", port=port, token=files.token),
                 "gtl-ws": PathSpec("gtl-ws", "gtl", url=gateway.url("ws"), token=files.token),
             }
-            command = [py_spy, "record", "--pid", str(gateway.pid), "--format", "raw", "--full-filenames"]
+            if path == "gtl-grpc":
+                specs[path] = PathSpec(path, "gtl", url=gateway.url("grpc"), token=files.token)
+            if path == "gtl-quic":
+                specs[path] = PathSpec(path, "gtl", url=gateway.url("quic"), token=files.token, verify=str(files.ca))
+            command = [py_spy, "record", "--pid", str(gateway.pid), "--format", "raw", "--full-filenames", "--threads"]
             command += ["--rate", str(rate), "--duration", str(int(seconds)), "--nonblocking", "-o", str(raw)]
             if gil:
                 command.append("--gil")  # only the thread holding the GIL: Python's CPU, no I/O waits
 
             def start_recording() -> None:
+                threads_before.update(thread_cpu_seconds(gateway.pid))
                 # in a thread: py-spy runs for the whole phase while the load client drives the gateway
                 thread = threading.Thread(
                     target=lambda: recorder.append(subprocess.run(command, capture_output=True, text=True))
@@ -129,6 +212,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
                 recording.append(thread)
 
             recording: list[threading.Thread] = []
+            threads_before: dict[int, tuple[str, float]] = {}
             phase = {
                 "path": specs[path].to_json(),
                 "stream": not whole,
@@ -139,6 +223,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
                 "warmup": 20,
             }
             result = client.phase(phase, start_recording)
+            threads_after = thread_cpu_seconds(gateway.pid)
             for thread in recording:
                 thread.join()
             if result["errors"]:
@@ -147,7 +232,9 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
                 raise RuntimeError(f"py-spy wrote nothing: {recorder[0].stderr if recorder else ''}")
             kind = "whole answers" if whole else "streams"
             print(f"profiled {result['requests']} {kind} of {tokens} tokens over {path} ({result['rps']:.0f}/s)")
-            return raw.read_text()
+            text = raw.read_text()
+            print(per_thread_report(threads_before, threads_after, result["requests"], text))
+            return text
         finally:
             client.close()
             gateway.stop()
@@ -157,7 +244,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.profile_gateway", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--path", default="gtl-openai", choices=("gtl-openai", "gtl-sse", "gtl-ws"))
+    parser.add_argument("--path", default="gtl-openai", choices=PATHS)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--raw", type=Path, help="also save py-spy's raw profile here")

@@ -1,0 +1,64 @@
+"""``bench.profile_gateway`` reads py-spy's raw profiles (with and without ``--threads``) and splits a
+process's CPU by thread from ``/proc`` — the pieces its report is made of, on fixed inputs."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from bench.procstat import thread_cpu_seconds
+from bench.profile_gateway import by_thread, parse_raw, per_thread_report, python_thread_names, summarise
+
+THREADED = "\n".join(
+    [
+        "thread (101): MainThread;run (/x/gtl_nb/engine/core.py:10);send (/x/gtl_nb/engine/http.py:20) 6",
+        "thread (101): MainThread;Runner.run (/usr/lib/python3.11/asyncio/runners.py:118) 3",
+        "thread (102): gtl_nb ledger writer /tmp/a/b.sqlite3;_write (/x/gtl_nb/engine/ledger_batch.py:5) 1",
+        "thread (103): Thread-1 (_poll_wrapper) 2",
+    ]
+)
+
+
+def test_a_profile_with_threads_is_read_by_function_owner_and_thread() -> None:
+    selves = parse_raw(THREADED)
+    assert selves[("send (gtl_nb/engine/http.py)", "gtl_nb (ours)")] == 6
+    assert selves[("Runner.run (/usr/lib/python3.11/asyncio/runners.py)", "asyncio")] == 3
+    assert selves[("(native code, no Python frame)", "native / unknown")] == 2  # the thread frame is no function
+    assert by_thread(THREADED) == {"MainThread": 9, "gtl_nb ledger writer": 1, "Thread-1 (_poll_wrapper)": 2}
+    assert python_thread_names(THREADED) == {
+        101: "MainThread",
+        102: "gtl_nb ledger writer",
+        103: "Thread-1 (_poll_wrapper)",
+    }
+    report = summarise(THREADED)
+    assert "samples by thread:" in report and "75.0 %  MainThread" in report
+
+
+def test_a_profile_without_threads_reads_as_before() -> None:
+    plain = "run (/x/gtl_nb/engine/core.py:10);send (/x/gtl_nb/engine/http.py:20) 4"
+    assert parse_raw(plain) == {("send (gtl_nb/engine/http.py)", "gtl_nb (ours)"): 4}
+    assert by_thread(plain) == {}
+    assert "samples by thread" not in summarise(plain)
+
+
+def test_cpu_per_request_is_split_by_thread_from_proc() -> None:
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=spin, name="spinner")
+    before = thread_cpu_seconds(os.getpid())
+    worker.start()
+    time.sleep(0.3)
+    after = thread_cpu_seconds(os.getpid())
+    stop.set()
+    worker.join()
+    assert os.getpid() in after and worker.native_id in after
+    assert after[worker.native_id][1] > 0  # it ran (100 Hz ticks: 0.3 s of spinning is some)
+    profile = f"thread ({worker.native_id}): spinner;spin (/x/bench/t.py:1) 5"
+    report = per_thread_report(before, after, 10, profile)
+    assert report.startswith("gateway CPU per request (/proc, all threads):")
+    assert "spinner" in report  # named as the profile names its thread id
