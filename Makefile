@@ -1,5 +1,5 @@
 # Two entry points, each creating and reusing the local virtual environment .venv:
-#   make demo   -- the main job, offline on the built-in default: the package and its notebook extra only
+#   make demo   -- the main job, offline on the built-in default: the package, its notebook and plot extras
 #   make test   -- the whole test suite (ruff + pytest): everything else too
 # Each has its own install stamp, so a `make test` after a `make demo` still installs what tests need.
 PYTHON ?= python3
@@ -7,20 +7,29 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
+SERVE_STAMP := $(VENV)/.installed-serve
 
-.PHONY: demo test bench bench-peers bench-scale bench-smoke bench-stores lint clean
+.PHONY: demo test serve bench bench-peers bench-scale bench-smoke bench-stores lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(DEMO_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[notebook]'
+	$(PY) -m pip install --quiet -e '.[notebook,plot]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,grpc,quic,plot,redis,postgres,otel]'
 	touch $@
+
+$(SERVE_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[gateway]'
+	touch $@
+
+# the gateway on 127.0.0.1:8787 (`make serve ARGS="--config gtl.toml"` for more); installs its extra once
+serve: $(SERVE_STAMP)
+	$(VENV)/bin/gtl serve $(ARGS)
 
 demo: $(DEMO_STAMP)
 	$(PY) -m gtl_nb.demo

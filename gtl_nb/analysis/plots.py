@@ -20,7 +20,7 @@ def pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("gtl_nb.analysis plots need matplotlib: pip install gtl-nb[plot]") from exc
+        raise ImportError("gtl_nb.analysis plots need matplotlib: pip install 'gtl_nb[plot]'") from exc
     return plt
 
 

@@ -17,6 +17,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.engine.credentials import ConfiguredCredentials, CredentialResolver, StaticCredentials
 from gtl_nb.engine.hooks import Hooks
 from gtl_nb.engine.http import HttpRunner
+from gtl_nb.engine.routing import EMBEDDED
 from gtl_nb.engine.settings import Settings
 from gtl_nb.engine.stores import Stores
 from gtl_nb.engine.stores.flights import FlightRegistry, open_flights
@@ -41,6 +42,7 @@ def build_engine(
     hooks: Hooks | None = None,
     max_response_bytes: int | None = None,
     flights: FlightRegistry | None = None,
+    audience: str = EMBEDDED,
 ) -> Engine:
     """An engine for ``settings``.
 
@@ -51,6 +53,8 @@ def build_engine(
     to the built-in model catalog with the settings' overrides. ``credentials`` defaults to
     re-reading the environment per request (``ConfiguredCredentials``). ``flights`` (where identical
     in-flight requests find one another) defaults to what ``[cache] coalescing`` selects (``open_flights``).
+    ``audience`` is who reads routing's errors: ``"embedded"`` (the user who configures the client) or
+    ``"gateway"`` (a gateway's client, who cannot; ``engine.routing``).
     """
     from gtl_nb.engine.stores.factory import open_stores
 
@@ -98,4 +102,5 @@ def build_engine(
         sleep=sleep,
         rng=rng,
         flights=flights if flights is not None else open_flights(settings.cache),
+        audience=audience,
     )

@@ -64,7 +64,7 @@ from gtl_nb.engine.hooks import (
 from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
 from gtl_nb.engine.ratelimit import BudgetConfig
-from gtl_nb.engine.routing import Router, Target
+from gtl_nb.engine.routing import EMBEDDED, Router, Target
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, FlightLost, FlightRegistry, LocalFlights
@@ -215,10 +215,12 @@ class Engine:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         flights: FlightRegistry | None = None,
+        audience: str = EMBEDDED,
     ) -> None:
         self.deployments = dict(deployments)
         self.catalog = catalog
-        self.router = Router(self.deployments, catalog)
+        self.audience = audience  # who reads routing's errors (engine.routing)
+        self.router = Router(self.deployments, catalog, audience=audience)
         self._bare_targets: dict[str, tuple[Target, ...]] = {}  # the router's answers by bare model name
         self.http = runner
         self.stores = stores
@@ -295,7 +297,7 @@ class Engine:
         # -- from here on nothing can fail and nothing awaits: one step for every request that starts next
         self.deployments = deployments
         self.catalog = catalog
-        self.router = Router(self.deployments, catalog)
+        self.router = Router(self.deployments, catalog, audience=self.audience)
         self._bare_targets = {}
         self.credentials = credentials
         self.retry = retry

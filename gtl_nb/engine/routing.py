@@ -14,6 +14,12 @@ Rules (documented for users in docs/configuration.md):
   close matches.
 * ``providers=[...]`` is the ordered failover list; each entry is a deployment name (keeping the
   requested model) or ``deployment:model``.
+
+The errors speak to whoever can act on them (``audience``): in the embedded client, the user who
+configures it (what to set, or ``providers=`` to pass to ``gtl_nb.connect``); in a gateway, its
+client, who cannot configure it — a model or provider the gateway does not serve is a
+``ModelNotFoundError`` (HTTP 404 on the compatible endpoints), "did you mean" offers only models the
+gateway serves, and the way to see them is the gateway's model list.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.registry import provider_types
 
 OPEN_MODEL_TYPES = ("ollama", "openai_compatible")
+
+EMBEDDED = "embedded"
+GATEWAY = "gateway"
+AUDIENCES = (EMBEDDED, GATEWAY)
+"""Who reads the router's errors (see the module docstring)."""
+
+_GATEWAY_LIST = "the gateway's model list shows what it serves: GET /v1/models, or client.models()"
 
 
 def credential_hint(provider_type: str) -> str:
@@ -54,9 +67,12 @@ class Target:
 class Router:
     """Resolves requests against the configured deployments and the model catalog."""
 
-    def __init__(self, deployments: dict[str, Deployment], catalog: Any) -> None:
+    def __init__(self, deployments: dict[str, Deployment], catalog: Any, *, audience: str = EMBEDDED) -> None:
+        if audience not in AUDIENCES:
+            raise ValueError(f"audience must be one of {AUDIENCES}, got {audience!r}")
         self.deployments = deployments
         self.catalog = catalog
+        self.audience = audience
 
     def targets(self, request: CompletionRequest) -> list[Target]:
         """Every target that may answer ``request``.
@@ -115,6 +131,10 @@ class Router:
             names = ", ".join(d.name for d in of_type)
             raise ConfigurationError(f"{name!r} has several deployments ({names}); name one of them")
         if name in provider_types():
+            if self.audience == GATEWAY:
+                raise ModelNotFoundError(
+                    f"this gateway has no {name} provider ({self._operator_hint(name)}); {_GATEWAY_LIST}"
+                )
             extra = f" (set {credential_hint(name)}, or pass providers={{{name!r}: {{...}}}})"
             raise ConfigurationError(f"provider {name!r} is not configured{extra}")
         known = ", ".join(sorted(self.deployments))
@@ -144,6 +164,11 @@ class Router:
                 return self._target(matching[0], name)
         if candidates:
             provider_type = candidates[0]
+            if self.audience == GATEWAY:
+                raise ModelNotFoundError(
+                    f"model {name!r} is served by {provider_type}, and this gateway has no {provider_type} provider "
+                    f"({self._operator_hint(provider_type)}); {_GATEWAY_LIST}"
+                )
             hint = credential_hint(provider_type)
             raise ConfigurationError(
                 f"model {name!r} is served by {provider_type}, "
@@ -162,7 +187,21 @@ class Router:
             if deployment.model:
                 known.append(deployment.model)
         if self.catalog is not None:
-            known.extend(self.catalog.close_matches(name, n=8))
+            close = self.catalog.close_matches(name, n=8)
+            if self.audience == GATEWAY:  # only what this gateway serves: its client cannot add a provider
+                served = {deployment.type for deployment in self.deployments.values()}
+                close = [model for model in close if served.intersection(self.catalog.providers_for(model))]
+            known.extend(close)
         matches = difflib.get_close_matches(name, sorted(set(known)), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+        if self.audience == GATEWAY:
+            return f"unknown model {name!r}{hint} ({_GATEWAY_LIST})"
         return f"unknown model {name!r}{hint} (`gtl models` lists what is available)"
+
+    @staticmethod
+    def _operator_hint(provider_type: str) -> str:
+        """How the gateway's operator would add ``provider_type`` (its client is told, and may be the operator)."""
+        return (
+            f"its operator can add one: {credential_hint(provider_type)} in the gateway's environment, "
+            f"or a [providers.{provider_type}] table in its configuration"
+        )

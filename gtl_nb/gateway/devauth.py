@@ -56,7 +56,10 @@ class DevAuth:
         """The context of a client whose hello carried ``offered``; ``AuthenticationError`` when refused."""
         if self.token is not None and not hmac.compare_digest((offered or "").encode(), self.token.encode()):
             reason = "no token" if offered is None else "a token it does not accept"
-            raise AuthenticationError(f"the gateway was sent {reason}; connect() with the gateway's development token")
+            raise AuthenticationError(
+                f"the gateway was sent {reason}; send the gateway's development token (its ${DEV_TOKEN_ENV}): "
+                "gtl_nb.connect(url, token=...), or the API key of an OpenAI or Anthropic SDK"
+            )
         from gtl_nb.gateway.scopes import SCOPE_NAMES
 
         # one trusted user: every scope (with scopes enforced, a development gateway must keep working)

@@ -111,6 +111,9 @@ OFFER_ORDER = ("quic", "grpc", "ws", "sse", "http")
 """The order transports are listed in the discovery document: the spec's, best first."""
 _ENDPOINTS = ", ".join(
     [
+        "POST /v1/chat/completions (OpenAI)",
+        "POST /v1/messages (Anthropic)",
+        "GET /v1/models",
         f"POST {PATHS['http']}",
         f"POST {PATHS['sse']}",
         f"GET {PATHS['ws']} (WebSocket)",
@@ -121,7 +124,7 @@ _ENDPOINTS = ", ".join(
         "GET /.well-known/gtl",
     ]
 )
-"""What a ``404`` names: the GTL endpoints of this listener."""
+"""What a ``404`` names: the endpoints of this listener, the compatible ones first (what an SDK user looks for)."""
 MAX_HEAD_BYTES = 64 * 1024
 """Largest request head (h11's default was 16 KiB): an oversized token is then refused by the token
 check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""

@@ -165,6 +165,7 @@ def _serve_listeners(
     then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully; SIGHUP
     reloads ``config`` (the file the gateway started with) and prints one ``gtl gateway: reload…`` line."""
     from gtl_nb.engine.builder import build_engine
+    from gtl_nb.engine.routing import GATEWAY
     from gtl_nb.gateway.listeners import Shutdown
     from gtl_nb.gateway.reload import Reloader, SwappableAuthenticator
     from gtl_nb.gateway.server import serve
@@ -184,7 +185,7 @@ def _serve_listeners(
         shutdown = Shutdown(grace=options.shutdown_grace)
         task = asyncio.current_task()
         # built here rather than by serve(): the reloader needs the very engine the listeners run
-        engine = build_engine(settings, credentials=credentials)
+        engine = build_engine(settings, credentials=credentials, audience=GATEWAY)
         try:
             reloader = Reloader(engine, config=config, settings=settings, authenticate=hook, principal=principal)
             _on_signals(shutdown, force=task.cancel if task is not None else None, reload=_reloading(reloader))

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.listeners import ListenerSettings, Shutdown
 from gtl_nb.gateway.live import live_sessions
@@ -72,7 +73,7 @@ async def serve(
         raise ConfigurationError("no listener to serve: add a [gateway.http], [gateway.grpc] or [gateway.quic] table")
     functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
     own_engine = engine is None
-    engine = engine if engine is not None else build_engine(settings, credentials=credentials)
+    engine = engine if engine is not None else build_engine(settings, credentials=credentials, audience=GATEWAY)
     tracing = _tracing(gateway, engine)  # [gateway.tracing]: a missing extra stops the start, before the audit log
     audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
     try:

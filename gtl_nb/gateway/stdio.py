@@ -12,6 +12,7 @@ import math
 
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.credentials import CredentialResolver
+from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.listeners import Shutdown
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
@@ -40,7 +41,7 @@ async def serve_stdio(
     options = GatewaySettings.from_settings(settings)
     limits = dataclasses.replace(options.limits, idle_timeout=math.inf)
     connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes)
-    engine = build_engine(settings, credentials=credentials)
+    engine = build_engine(settings, credentials=credentials, audience=GATEWAY)
     try:
         channel = await open_server_channel(frames_fd, in_fd=in_fd)
         try:

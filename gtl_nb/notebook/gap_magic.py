@@ -209,10 +209,14 @@ class GapMagic:
             return
         if not self.session.gap_messages:
             raise UsageError("%gap graph: no GAP messages in this notebook yet; wrap some with %%gap")
-        graph = gap.create_context_graph(self.session.gap_messages)
-        import matplotlib.pyplot as plt
-
         from gtl_nb.analysis import draw_context_graph
+        from gtl_nb.analysis.plots import pyplot
+
+        try:
+            plt = pyplot()
+        except ImportError as exc:  # the plot extra is not installed: say how, not a traceback
+            raise UsageError(f"%gap graph draws with matplotlib, which is not installed: {exc}") from None
+        graph = gap.create_context_graph(self.session.gap_messages)
 
         figure, ax = plt.subplots(figsize=(9, 6))
         draw_context_graph(graph, ax=ax)

@@ -251,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  notebook: {target.resolve()}")
         print(f"  html:     {html_path.resolve()}")
     if not args.in_place:
-        print(f"\nOpen the .html files in a browser, or the notebooks with `jupyter lab {out}`.")
+        print("\nOpen the .html files in a browser, or the notebooks in Jupyter (`pip install jupyterlab`, then")
+        print(f"`jupyter lab {out}`).")
     return 0
 
 

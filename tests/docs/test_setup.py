@@ -1,4 +1,5 @@
-"""The set-up the README promises: ``make demo`` installs only what the demo needs, ``make test`` the rest.
+"""The set-up the README promises: ``make demo`` installs only what the demo needs (the four notebooks
+included), ``make test`` the rest, ``make serve`` the gateway's extra and then starts it.
 
 The Makefile is checked with ``make -n`` (print the commands, run nothing) in a scratch copy of the
 repository's Makefile and pyproject.toml, so no virtual environment is created or touched.
@@ -55,9 +56,25 @@ def _make_stamps_current(where: Path) -> None:
 
 
 @needs_make
-def test_make_demo_installs_the_notebook_extra_and_not_the_test_dependencies(tmp_path: Path) -> None:
+def test_make_demo_installs_the_notebook_extras_and_not_the_test_dependencies(tmp_path: Path) -> None:
     extras = _installs(_dry_run(_scratch(tmp_path), "demo"))
-    assert extras == ["notebook"]
+    assert extras == ["notebook", "plot"]  # plot: the cost and GAP notebooks draw with matplotlib
+
+
+@needs_make
+def test_make_serve_installs_the_gateway_extra_once_then_starts_the_gateway(tmp_path: Path) -> None:
+    where = _scratch(tmp_path)
+    lines = _dry_run(where, "serve")
+    assert _installs(lines) == ["gateway"]
+    assert lines[-1].strip() == ".venv/bin/gtl serve"
+    for line in lines:
+        if line.startswith("touch "):
+            (where / line.split()[1]).touch()
+    _make_stamps_current(where)
+    again = subprocess.run(
+        ["make", "-n", "serve", "ARGS=--config gtl.toml"], cwd=where, capture_output=True, text=True, timeout=30
+    ).stdout.splitlines()
+    assert _installs(again) == [] and again[-1].strip() == ".venv/bin/gtl serve --config gtl.toml"
 
 
 @needs_make

@@ -411,6 +411,8 @@ def test_a_refused_token_is_an_authentication_error(guarded):
     with pytest.raises(openai.AuthenticationError) as caught:
         wrong_openai.chat.completions.create(model=f"limited:{MODEL}", messages=chat())
     assert caught.value.code == "invalid_api_key" and "wrong-token" not in caught.value.message
+    assert caught.value.type == "invalid_request_error"  # as OpenAI answers a wrong key
+    assert "$GTL_NB_DEV_TOKEN" in caught.value.message and "API key" in caught.value.message
     with pytest.raises(openai.AuthenticationError):
         wrong_openai.models.list()
     wrong_claude = anthropic.Anthropic(base_url=url, api_key="wrong-token", max_retries=0)
@@ -428,6 +430,48 @@ def test_a_refused_token_is_an_authentication_error(guarded):
         anthropic.Anthropic(base_url=url, auth_token=TOKEN),
     ):
         assert client.messages.create(model=f"limited:{MODEL}", max_tokens=50, messages=question).content
+
+
+def test_a_model_this_gateway_does_not_serve_is_not_found_and_named_for_its_client(guarded):
+    """The client of a gateway cannot configure it: a model or provider it lacks is a 404 that says so
+    (with what its operator could do), "did you mean" offers only what it serves, and the way to see
+    what it serves is its model list — not the embedded client's ``providers=`` or ``gtl models``."""
+    oai = openai.OpenAI(base_url=f"{guarded[0]}/v1", api_key=TOKEN, max_retries=0)
+    claude = anthropic.Anthropic(base_url=guarded[0], api_key=TOKEN, max_retries=0)
+    question = [{"role": "user", "content": "x"}]
+    for model in ("claude-sonnet-4-5", "anthropic:claude-sonnet-4-5"):  # only openai deployments here
+        with pytest.raises(openai.NotFoundError) as caught:
+            oai.chat.completions.create(model=model, messages=chat())
+        assert caught.value.code == "model_not_found"
+        assert "this gateway has no anthropic provider" in caught.value.message
+        assert "ANTHROPIC_API_KEY in the gateway's environment" in caught.value.message
+        assert "GET /v1/models" in caught.value.message and "connect" not in caught.value.message
+        with pytest.raises(anthropic.NotFoundError):
+            claude.messages.create(model=model, max_tokens=10, messages=question)
+    with pytest.raises(openai.NotFoundError) as typo:
+        oai.chat.completions.create(model="claude-sonet-4-5", messages=chat())
+    assert "did you mean" not in typo.value.message  # the near names are Anthropic's, which it cannot serve
+    with pytest.raises(openai.NotFoundError) as near:
+        oai.chat.completions.create(model="gpt-4o-mni", messages=chat())
+    assert "did you mean 'gpt-4o-mini'" in near.value.message and "gtl models" not in near.value.message
+
+
+def test_an_empty_conversation_is_a_bad_request(oai, claude):
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=target("openai"), messages=[])
+    assert caught.value.param == "messages" and "at least one message" in caught.value.message
+    with pytest.raises(anthropic.BadRequestError, match="at least one message"):
+        claude.messages.create(model=target("openai"), max_tokens=10, messages=[])
+
+
+def test_a_path_nobody_serves_lists_the_compatible_endpoints_first(base_url):
+    import httpx
+
+    answer = httpx.get(f"{base_url}/", timeout=10)
+    assert answer.status_code == 404
+    message = answer.json()["message"]
+    assert message.index("POST /v1/chat/completions") < message.index("POST /v1/gtl")
+    assert "POST /v1/messages" in message and "GET /v1/models" in message
 
 
 def test_a_provider_rate_limit_is_a_rate_limit_error(guarded):

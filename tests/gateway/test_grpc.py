@@ -26,6 +26,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.certs import make_dev_certificates
 from gtl_nb.gateway.devauth import DevAuth
@@ -104,7 +105,7 @@ def grpc_gateway(
     async def main() -> None:
         found["task"] = asyncio.current_task()
         found["shutdown"] = shutdown = Shutdown(grace=grace)
-        engine = build_engine(settings)
+        engine = build_engine(settings, audience=GATEWAY)  # as gateway.server builds it
 
         def on_ready(url: str) -> None:
             found["url"] = url

@@ -20,6 +20,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.devauth import DevAuth
 from gtl_nb.gateway.http import bind, serve_http
@@ -83,7 +84,7 @@ def serving(
     found: dict[str, Any] = {}
 
     async def main() -> None:
-        engine = build_engine(settings)
+        engine = build_engine(settings, audience=GATEWAY)  # as gateway.server builds it
         found["engine"] = engine
         found["task"] = asyncio.current_task()
 

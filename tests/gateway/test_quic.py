@@ -21,6 +21,7 @@ from aioquic.quic.connection import QuicConnection
 
 import gtl_nb
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
 from gtl_nb.gateway.devauth import DevAuth
@@ -91,7 +92,7 @@ def quic_gateway(
 
     async def main() -> None:
         task.append(asyncio.current_task())  # type: ignore[arg-type]
-        engine = build_engine(settings)
+        engine = build_engine(settings, audience=GATEWAY)  # as gateway.server builds it
 
         def on_ready(url: str) -> None:
             urls.append(url)

@@ -246,6 +246,16 @@ def test_graph_draws_the_notebooks_messages(ip, monkeypatch):
     assert "Figure" in text or "image/png" in text
 
 
+def test_graph_without_matplotlib_says_which_extra_to_install(ip, monkeypatch):
+    import sys
+
+    run(ip, "%%gap --thread a --id a1\nThe system is slow")
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # as if the plot extra were not installed
+    text = mistake(ip, "%gap graph")
+    assert "matplotlib, which is not installed" in text and "pip install 'gtl_nb[plot]'" in text
+    assert "Traceback" not in text
+
+
 def test_export_writes_one_gap_json_line_per_message(ip, tmp_path):
     run(ip, "%%gap --thread a --id a1\nThe system is slow")
     run(ip, "%%gap --thread a --id a2\nIt uses PostgreSQL 14")

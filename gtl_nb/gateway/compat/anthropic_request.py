@@ -42,6 +42,8 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
     assert model is not None and raw_messages is not None
     if not model:
         raise FieldError("model", "the model must not be empty")
+    if not raw_messages:  # as Anthropic answers: at least one user turn
+        raise FieldError("messages", "expected at least one message")
     messages: list[Message] = []
     system = _system(body.get("system"))
     if system:

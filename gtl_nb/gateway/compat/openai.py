@@ -75,10 +75,10 @@ UNSUPPORTED: Mapping[str, str] = MappingProxyType(
 _SERVED = "; it serves POST /v1/chat/completions, POST /v1/messages and GET /v1/models"
 
 
-def error_body(error: Error, *, param: str | None = None, code: str | None = None) -> bytes:
-    """OpenAI's error object for a GTL ``error`` (``code`` overrides the table's)."""
-    _, kind, table_code = ERRORS.get(error.code, ERRORS["INTERNAL"])
-    body = {"error": {"message": error.message, "type": kind, "param": param, "code": code or table_code}}
+def error_body(error: Error, *, param: str | None = None, code: str | None = None, kind: str | None = None) -> bytes:
+    """OpenAI's error object for a GTL ``error`` (``code`` and ``kind``, its ``type``, override the table's)."""
+    _, table_kind, table_code = ERRORS.get(error.code, ERRORS["INTERNAL"])
+    body = {"error": {"message": error.message, "type": kind or table_kind, "param": param, "code": code or table_code}}
     return msgspec.json.encode(body)
 
 
@@ -88,6 +88,7 @@ def error_reply(
     status: int | None = None,
     param: str | None = None,
     code: str | None = None,
+    kind: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given."""
@@ -95,13 +96,16 @@ def error_reply(
     extra = {**error_headers(error), **(headers or {})}
     if error.session_id:
         extra["x-request-id"] = error.session_id
-    return Reply(status, error_body(error, param=param, code=code), {"cache-control": "no-store", **extra})
+    return Reply(status, error_body(error, param=param, code=code, kind=kind), {"cache-control": "no-store", **extra})
 
 
 def refusal(exc: GTLError) -> Reply:
     """The answer for an error raised before a session ran (the key, the body)."""
     if isinstance(exc, AuthenticationError):
-        return error_reply(exc.to_event(), status=401, code="invalid_api_key", headers={"www-authenticate": "Bearer"})
+        # OpenAI's own answer to a wrong key: 401, invalid_request_error, invalid_api_key
+        refused = exc.to_event()
+        bearer = {"www-authenticate": "Bearer"}
+        return error_reply(refused, status=401, code="invalid_api_key", kind="invalid_request_error", headers=bearer)
     if isinstance(exc, FrameTooLargeError):
         return error_reply(exc.to_event(), status=400, code="request_too_large")
     return error_reply(exc.to_event(), param=exc.param if isinstance(exc, FieldError) else None)

@@ -49,6 +49,8 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     assert model is not None and raw_messages is not None
     if not model:
         raise FieldError("model", "the model must not be empty")
+    if not raw_messages:  # as OpenAI answers: an empty conversation is the caller's bug, not a prompt
+        raise FieldError("messages", "expected at least one message")
     n = body.get("n")
     if n is not None and n != 1:
         raise FieldError("n", "the gateway answers with one choice; n must be 1")
