@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Any
 
-from gtl_nb.sim.base import ANY_MODEL, PROVIDERS
+from gtl_nb.sim.base import ANY_MODEL, DEFAULT_API_KEY, PROVIDERS
 from gtl_nb.sim.server import serve
 
 __all__ = ["add_subcommands", "run_sim"]
@@ -66,7 +66,13 @@ def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) ->
     )
     try:
         print(sim.base_url, flush=True)
-        print(f"gtl sim: {args.provider} simulator listening; Ctrl-C to stop", file=sys.stderr, flush=True)
+        key = args.api_key if args.api_key is not None else DEFAULT_API_KEY
+        # the key on standard error only: standard output stays the one line scripts read
+        print(
+            f"gtl sim: {args.provider} simulator listening (API key {key!r}); Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
         waiter = stop or threading.Event()
         while not waiter.wait(0.5):  # a timed wait keeps Ctrl-C responsive on every platform
             pass

@@ -67,6 +67,7 @@ def test_the_gtl_command_serves_until_interrupted() -> None:
         assert models.status_code == 200
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+        assert "API key 'sim-key'" in proc.stderr.read()  # type: ignore[union-attr]  # what the SDK must send
     finally:
         if proc.poll() is None:
             proc.kill()
