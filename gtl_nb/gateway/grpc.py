@@ -60,7 +60,7 @@ import asyncio
 import contextlib
 import dataclasses
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 from urllib.parse import unquote
 
@@ -69,7 +69,7 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
-from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, TlsFiles
+from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, Signal, TlsFiles
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
@@ -112,9 +112,6 @@ CANCEL_WAIT = 5.0
 """Seconds the cancelled calls of a shutdown get to send their last events before gRPC aborts them."""
 LATE_MARGIN = 1.0
 """Seconds a Session's connection gets, after the grace, to end its own sessions."""
-IDLE_POLL = 0.1
-"""Seconds between looks at a stopping ``Session``'s running sessions (``_SessionShutdown``): how late,
-at most, a connection closes after its last session ended within the grace."""
 
 
 MAX_METADATA_BYTES = 64 * 1024
@@ -148,25 +145,19 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
 class _SessionShutdown(Shutdown):
     """One ``Session`` connection's view of its listener's shutdown.
 
-    It stops (new sessions are refused) with the listener — the same ``stopping`` event — but has no
-    grace of its own: ``wait`` returns once the connection runs no session (it then closes) or once
-    ``grace_over`` is set, at the end of the listener's grace or at once when ``serve_grpc`` is
-    cancelled; ``GatewayConnection`` then cancels what still runs, "cancelled by the gateway shutting
-    down", and closes. A connection handed the grace itself would wait it out whatever came next.
+    It stops (new sessions are refused) with the listener — the same ``stopping`` signal — but its
+    grace is the listener's: it is over when ``grace_over`` is set, at the end of the listener's grace
+    or at once when ``serve_grpc`` is cancelled; ``GatewayConnection`` then cancels what still runs,
+    "cancelled by the gateway shutting down", and closes (as it does, sooner, once it runs no session).
+    A connection handed a grace of its own would count it from when it heard of the shutdown.
     """
 
-    def __init__(self, listener: Shutdown, grace_over: asyncio.Event) -> None:
+    def __init__(self, listener: Shutdown, grace_over: Signal) -> None:
         super().__init__(grace=0.0, stopping=listener.stopping)
         self.grace_over = grace_over
-        self.connection: GatewayConnection | None = None
 
-    async def wait(self) -> None:
-        """Return once stopping began and either the connection is idle or the grace is over."""
-        await self.stopping.wait()
-        # GatewayConnection has no public idle signal: look at its session count (only while stopping)
-        while not self.grace_over.is_set() and (self.connection is None or self.connection.live_sessions):
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.grace_over.wait(), IDLE_POLL)
+    def after_grace(self, callback: Callable[[], object]) -> Callable[[], None]:
+        return self.grace_over.when_set(callback)
 
 
 class GTLServicer(pb_grpc.GTLServicer):
@@ -186,7 +177,7 @@ class GTLServicer(pb_grpc.GTLServicer):
         self.stopping = Shutdown()
         """This listener's own signal, begun by ``stop``: with the grace of the gateway's shutdown, or
         none when ``serve_grpc`` is cancelled (each connection then ends its sessions at once, saying why)."""
-        self.grace_over = asyncio.Event()
+        self.grace_over = Signal()
         """Set by ``stop`` when the grace ended or was cut short: every ``Session`` ends what it still runs."""
         self._authenticate = authenticate
         self._connections: Counter[str] = Counter()  # open Session calls per client address
@@ -254,7 +245,6 @@ class GTLServicer(pb_grpc.GTLServicer):
             shutdown=shutdown,
             transport="grpc",
         )
-        shutdown.connection = gateway
         try:
             await self._work_on(gateway.run(), connection=True)
         finally:

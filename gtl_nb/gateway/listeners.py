@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,12 +136,46 @@ class Limits:
     """Peers whose ``X-Forwarded-For``/``-Proto`` are believed and whose connections are not capped."""
 
 
+class Signal:
+    """An ``asyncio.Event`` (``set``, ``is_set``, ``wait``) that also calls back whoever registered with
+    ``when_set``, on the loop: a connection watches it without a task of its own."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        # in the order given; a dict, so that unregistering is O(1) with thousands of connections registered
+        self._callbacks: dict[Callable[[], object], None] = {}
+
+    def set(self) -> None:
+        self._event.set()
+        callbacks, self._callbacks = list(self._callbacks), {}
+        for callback in callbacks:
+            _call_soon(callback)
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def when_set(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Have ``callback()`` called on the loop once the signal is set (soon, if it already is).
+        Returns the function that unregisters it."""
+        if self.is_set():
+            handle = _call_soon(callback)
+            return handle.cancel if handle is not None else _nothing
+        self._callbacks[callback] = None
+        return lambda: self._unregister(callback)
+
+    def _unregister(self, callback: Callable[[], object]) -> None:
+        self._callbacks.pop(callback, None)
+
+
 @dataclass
 class Shutdown:
     """Tells listeners to stop (``begin()``, on SIGTERM) and how long running sessions may take."""
 
     grace: float = 30.0
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: Signal = field(default_factory=Signal)
 
     def begin(self) -> None:
         """Stop accepting; running sessions get ``grace`` seconds to finish."""
@@ -153,3 +188,28 @@ class Shutdown:
     async def wait(self) -> None:
         """Return once shutdown began."""
         await self.stopping.wait()
+
+    def when_stopping(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """``callback()`` on the loop once shutdown begins; returns the function that unregisters it."""
+        return self.stopping.when_set(callback)
+
+    def after_grace(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """``callback()`` on the loop when the grace that starts now is over (called once shutdown
+        began); returns the function that cancels it."""
+        if not math.isfinite(self.grace):
+            return _nothing
+        return asyncio.get_running_loop().call_later(max(0.0, self.grace), callback).cancel
+
+
+def _call_soon(callback: Callable[[], object]) -> asyncio.Handle | None:
+    """``callback`` on the running loop's next turn (each in its own: one failing does not stop the
+    others), or at once when no loop runs here."""
+    try:
+        return asyncio.get_running_loop().call_soon(callback)
+    except RuntimeError:
+        callback()
+        return None
+
+
+def _nothing() -> None:
+    """Unregisters a callback already called."""

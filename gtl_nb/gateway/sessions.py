@@ -35,8 +35,8 @@ whatever the transport under ``framed``:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -162,10 +162,14 @@ class GatewayConnection:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[asyncio.Task[None]] = set()
         self._last_activity = clock()
-        self._hello = asyncio.Event()  # set once the hello exchange completed
+        self._said_hello = False
         self._cancel_reason = "the client"
-        self._idle = asyncio.Event()  # set whenever no session runs
-        self._idle.set()
+        # The time limits and the shutdown are watched by a timer and a callback, not by tasks: a
+        # connection held open for minutes keeps no coroutine, future or context of theirs alive for
+        # the garbage collector to walk (docs/benchmarks.md, "Scale").
+        self._timer: asyncio.TimerHandle | None = None
+        self._unwatch_shutdown: Callable[[], None] | None = None
+        self._unwatch_grace: Callable[[], None] | None = None
         self._reading: asyncio.Future[None] | None = None
         self._desk = QueryDesk(engine, framed.send_nowait, max_bytes=framed.connection.max_frame_bytes)
         self._closed_here = False
@@ -178,18 +182,16 @@ class GatewayConnection:
     async def run(self) -> None:
         """Serve the connection until it ends; every session's ledger row is complete on return."""
         self._reading = asyncio.ensure_future(self._read())
-        watchers = [asyncio.ensure_future(self._watch_time())]
+        self._timer = asyncio.get_running_loop().call_later(self.limits.header_timeout, self._no_hello)
         if self.shutdown is not None:
-            watchers.append(asyncio.ensure_future(self._watch_shutdown(self.shutdown)))
+            self._unwatch_shutdown = self.shutdown.when_stopping(self._shutting_down)
         try:
             await self._reading
         except asyncio.CancelledError:
             if not self._closed_here:  # run() itself was cancelled
                 raise
         finally:
-            for watcher in watchers:
-                watcher.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            self._stop_watching()
             await self._desk.aclose()
             tasks = list(self._tasks.values())
             for task in tasks:
@@ -222,7 +224,11 @@ class GatewayConnection:
             log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
 
     def _welcome(self, event: HandshakeComplete) -> None:
-        self._hello.set()
+        self._said_hello = True
+        if self._timer is not None:  # the hello deadline: the idle one follows
+            self._timer.cancel()
+            self._timer = None
+        self._arm_idle(self.limits.idle_timeout)
         try:
             context = self._authenticate(event.token)
         except AuthenticationError as exc:
@@ -249,7 +255,6 @@ class GatewayConnection:
             return
         task = asyncio.get_running_loop().create_task(self._session(request, self.context), name=f"gtl-{sid}")
         self._tasks[sid] = task
-        self._idle.clear()
 
     def _ask(self, query: Query) -> None:
         if self.context is not None:  # (always: a refused client's connection is closed)
@@ -286,7 +291,8 @@ class GatewayConnection:
             self._cancelled.discard(task)  # type: ignore[arg-type]
             if not self._tasks:
                 self._last_activity = self._clock()
-                self._idle.set()
+                if self.shutdown is not None and self.shutdown.is_stopping:
+                    self._close(None)  # the last session of a shutdown has ended
 
     def _end(self, event: StreamEvent) -> None:
         """Send a session's terminal event without waiting (nothing is sent once the connection ended it)."""
@@ -297,39 +303,63 @@ class GatewayConnection:
 
     # -- time limits and shutdown ------------------------------------------------------------------
 
-    async def _watch_time(self) -> None:
-        """Close a connection that never said hello, or sat idle (no session, no frame) too long."""
-        limits = self.limits
-        try:
-            await asyncio.wait_for(self._hello.wait(), limits.header_timeout)
-        except asyncio.TimeoutError:
-            if not self.framed.closed:
-                log.info("client %s sent no hello within %g s", self.framed.channel.peer, limits.header_timeout)
-                self._close(ProviderUnavailableError(f"no hello within {limits.header_timeout:g} s"))
-            return
-        while not self.framed.closed:
-            await self._idle.wait()
-            quiet_until = self._last_activity + limits.idle_timeout
-            if self._clock() >= quiet_until:
-                if self._tasks:
-                    continue
-                log.info("closing idle connection from %s", self.framed.channel.peer)
-                self._close(None)
-                return
-            await asyncio.sleep(min(5.0, max(0.01, quiet_until - self._clock())))
+    def _no_hello(self) -> None:
+        """The header timeout: close a connection that has not completed hello."""
+        self._timer = None
+        if not self._said_hello and not self.framed.closed:
+            timeout = self.limits.header_timeout
+            log.info("client %s sent no hello within %g s", self.framed.channel.peer, timeout)
+            self._close(ProviderUnavailableError(f"no hello within {timeout:g} s"))
 
-    async def _watch_shutdown(self, shutdown: Shutdown) -> None:
-        """Refuse new sessions once shutdown began; after the grace period cancel the rest; then close."""
-        await shutdown.wait()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), shutdown.grace)
+    def _arm_idle(self, delay: float) -> None:
+        if math.isfinite(self.limits.idle_timeout) and not self.framed.closed:
+            # (capped: an injected clock may run ahead of the loop's)
+            self._timer = asyncio.get_running_loop().call_later(min(5.0, max(0.01, delay)), self._check_idle)
+
+    def _check_idle(self) -> None:
+        """Close a connection that runs no session and has sent nothing for ``idle_timeout`` seconds."""
+        self._timer = None
+        if self.framed.closed:
+            return
+        if self._tasks:  # busy: the last session's end restarts the count; look again a period later
+            self._arm_idle(self.limits.idle_timeout)
+            return
+        quiet_until = self._last_activity + self.limits.idle_timeout
+        now = self._clock()
+        if now < quiet_until:
+            self._arm_idle(quiet_until - now)
+            return
+        log.info("closing idle connection from %s", self.framed.channel.peer)
+        self._close(None)
+
+    def _shutting_down(self) -> None:
+        """Shutdown began: new sessions are refused (``_start``); the connection closes once it runs
+        none, and the sessions still running after ``grace`` seconds are cancelled."""
+        self._unwatch_shutdown = None
+        if self.framed.closed:
+            return
+        if not self._tasks:
+            self._close(None)
+            return
+        assert self.shutdown is not None
+        self._unwatch_grace = self.shutdown.after_grace(self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._unwatch_grace = None
         if self._tasks:
             self._cancel_reason = "the gateway shutting down"
-            tasks = list(self._tasks.values())
-            for task in tasks:
+            for task in list(self._tasks.values()):
                 self._cancel(task)
-            await asyncio.gather(*tasks, return_exceptions=True)
-        self._close(None)
+        # the last one to end closes the connection (``_session``)
+
+    def _stop_watching(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for unwatch in (self._unwatch_shutdown, self._unwatch_grace):
+            if unwatch is not None:
+                unwatch()
+        self._unwatch_shutdown = self._unwatch_grace = None
 
     def _close(self, error: GTLError | None) -> None:
         """End the connection from the gateway's side: the peer is told, the reader stops, ``run`` returns."""

@@ -209,3 +209,81 @@ def test_a_provider_list_larger_than_a_frame_is_cut_to_fit_not_dropped():
     assert len(encode(cut)) < 4096 and cut.models == info.models[: len(cut.models)] and cut.models
     small = ProviderInfo(provider="small", models=info.models[:3])
     assert fitted(small, 4096) is small
+
+
+def test_a_connection_waits_on_its_limits_and_the_shutdown_without_tasks_of_their_own():
+    """The header and idle deadlines and the shutdown are a timer and a callback: an open connection
+    runs one task of its own (its reader), whatever it waits for (docs/benchmarks.md, "Scale")."""
+
+    async def main() -> None:
+        channel = HeldChannel()
+        shutdown = Shutdown(grace=5)
+        engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=30), shutdown=shutdown)
+        before = asyncio.all_tasks()
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        assert len(asyncio.all_tasks() - before) == 2  # run() itself and its reader
+        assert len(shutdown.stopping._callbacks) == 1
+        shutdown.begin()  # idle: it closes at once
+        await asyncio.wait_for(running, 5)
+        assert not shutdown.stopping._callbacks
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_connection_that_starts_after_the_shutdown_began_closes_at_once():
+    async def main() -> None:
+        channel = HeldChannel()
+        shutdown = Shutdown(grace=5)
+        shutdown.begin()
+        engine, gateway = gateway_over(channel, limits=Limits(), shutdown=shutdown)
+        await asyncio.wait_for(gateway.run(), 5)
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_closed_connection_unregisters_from_the_shutdown():
+    async def main() -> None:
+        shutdown = Shutdown(grace=5)
+        engines = []
+        for _ in range(3):
+            channel = HeldChannel()
+            engine, gateway = gateway_over(channel, limits=Limits(header_timeout=0.05), shutdown=shutdown)
+            engines.append(engine)
+            await asyncio.wait_for(gateway.run(), 5)  # no hello: closed by its deadline
+        assert not shutdown.stopping._callbacks  # nothing left behind for a shutdown to call
+        for engine in engines:
+            await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_shutdown_signal_calls_back_in_order_once_and_forgets_who_unregistered():
+    async def main() -> None:
+        shutdown = Shutdown(grace=0.05)
+        heard: list[str] = []
+        shutdown.when_stopping(lambda: heard.append("a"))
+        unregister = shutdown.when_stopping(lambda: heard.append("b"))
+        shutdown.when_stopping(lambda: heard.append("c"))
+        unregister()
+        shutdown.begin()
+        shutdown.begin()  # a second signal calls nobody twice
+        await settle()
+        assert heard == ["a", "c"] and shutdown.is_stopping
+        shutdown.when_stopping(lambda: heard.append("late"))  # already stopping: soon
+        await settle()
+        assert heard[-1] == "late"
+        over = asyncio.Event()
+        shutdown.after_grace(over.set)
+        await asyncio.wait_for(over.wait(), 5)
+        cancelled: list[int] = []
+        shutdown.after_grace(lambda: cancelled.append(1))()  # cancelled before it is due
+        await asyncio.sleep(0.1)
+        assert not cancelled
+
+    asyncio.run(main())

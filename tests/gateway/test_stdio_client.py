@@ -135,7 +135,10 @@ def test_an_unknown_model_is_refused_by_the_gateway_as_embedded_refuses_it(clien
             local_client.complete("no-such-model-anywhere", "hello")  # raised before sending
     finally:
         local_client.close()
-    assert remote.value.message == local.value.message
+    # the same refusal, each telling its reader where to look (engine.routing, "audience")
+    assert remote.value.message.startswith("unknown model 'no-such-model-anywhere'")
+    assert local.value.message.startswith("unknown model 'no-such-model-anywhere'")
+    assert "client.models()" in remote.value.message and "`gtl models`" in local.value.message
 
 
 def test_the_gateways_defaults_fill_a_request_as_they_do_embedded(write_config, open_client):
