@@ -2,6 +2,8 @@
 
     gtl complete "prompt" [--model echo] [--system S] [--temperature T] [--max-tokens N] [--json]
     gtl models
+    gtl --gateway URL complete|models ...   the same on a running gateway ($GTL_NB_GATEWAY; its token
+                                            in $GTL_NB_TOKEN, never on the command line)
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
     gtl gap wrap|transform|parse|graph ...
     gtl serve [--config FILE] [--stdio | --http/--grpc/--quic HOST:PORT] [--tls-cert F --tls-key F]
@@ -17,6 +19,7 @@ print their GTL code and exit with status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -26,10 +29,22 @@ from typing import Any
 from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
 
+GATEWAY_ENV = "GTL_NB_GATEWAY"
+"""The gateway ``complete`` and ``models`` use when ``--gateway`` is not given."""
+TOKEN_ENV = "GTL_NB_TOKEN"
+"""The token sent to that gateway: from the environment only, so it never shows in a process list."""
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gtl", description="gtl_nb: every AI provider through one protocol.")
     parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
+    parser.add_argument(
+        "--gateway",
+        metavar="URL",
+        default=os.environ.get(GATEWAY_ENV) or None,
+        help=f"run complete and models on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
+        f"in this process (default: ${GATEWAY_ENV}); its token is read from ${TOKEN_ENV}",
+    )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -76,6 +91,10 @@ def _optional_subcommands(sub: Any) -> None:
 def _client(args: argparse.Namespace) -> Any:
     from gtl_nb.client import connect
 
+    if args.gateway:
+        if args.config is not None:
+            raise ConfigurationError("--config configures this process's engine; a gateway has its own (drop one)")
+        return connect(args.gateway, token=os.environ.get(TOKEN_ENV) or None)
     if args.config is not None and not Path(args.config).expanduser().is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")
     return connect(config=args.config)
@@ -102,11 +121,15 @@ def _read_prompt(prompt: str) -> str:
 
 
 def _complete(args: argparse.Namespace) -> int:
+    prompt = _read_prompt(args.prompt)
+    with _client(args) as client:
+        return _stream_to_terminal(client, args, prompt)
+
+
+def _stream_to_terminal(client: Any, args: argparse.Namespace, prompt: str) -> int:
     from gtl_nb.protocol.codec import encode
     from gtl_nb.protocol.messages import Reasoning, Status, Token
 
-    prompt = _read_prompt(args.prompt)
-    client = _client(args)
     stream = client.stream(
         args.model,
         prompt,
@@ -138,8 +161,9 @@ def _complete(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     from gtl_nb.protocol.codec import encode
 
-    client = _client(args)
-    for info in client.providers():
+    with _client(args) as client:
+        infos = client.providers()
+    for info in infos:
         if args.json:
             print(encode(info).decode())
             continue

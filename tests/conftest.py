@@ -24,4 +24,5 @@ def pytest_configure(config):
     home = Path(tempfile.mkdtemp(prefix="gtl_nb-test-home-"))
     os.environ["XDG_DATA_HOME"] = str(home / "data")
     os.environ["XDG_CONFIG_HOME"] = str(home / "config")
-    os.environ.pop("GTL_NB_CONFIG", None)
+    for name in ("GTL_NB_CONFIG", "GTL_NB_GATEWAY", "GTL_NB_TOKEN"):  # the developer's own, not the tests'
+        os.environ.pop(name, None)

@@ -1,0 +1,47 @@
+"""``gtl --gateway URL complete|models``: the terminal commands on a running gateway, its token read
+from ``$GTL_NB_TOKEN`` (never from the command line)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gtl_nb.cli import main
+from tests.gateway.conftest import MODEL
+from tests.gateway.test_http import gateway
+
+
+def test_complete_and_models_run_on_the_gateway_with_the_token_from_the_environment(
+    write_config, capsys, monkeypatch
+):
+    with gateway(write_config(), token="cli-token") as url:
+        address = url.replace("http://", "ws://")
+        monkeypatch.setenv("GTL_NB_TOKEN", "cli-token")
+        assert main(["--gateway", address, "complete", "Hello from a terminal", "--model", "echo"]) == 0
+        out = capsys.readouterr().out
+        assert "Hello from a terminal" in out and "--" in out  # the answer, then its footer
+        assert main(["--gateway", address, "models", "--json"]) == 0
+        providers = [json.loads(line)["provider"] for line in capsys.readouterr().out.splitlines()]
+        assert "openai" in providers  # the gateway's deployments, not this process's
+        monkeypatch.setenv("GTL_NB_GATEWAY", address)  # the same from the environment
+        assert main(["complete", "again", "--model", f"openai:{MODEL}", "--json"]) == 0
+        assert '"type":"done"' in capsys.readouterr().out.replace(" ", "")
+        monkeypatch.setenv("GTL_NB_TOKEN", "wrong")
+        assert main(["complete", "refused", "--model", "echo"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("gtl: error:") and "does not accept" in err and "wrong" not in err
+
+
+def test_a_gateway_with_a_config_file_is_refused_before_connecting(capsys, tmp_path):
+    config = tmp_path / "gtl.toml"
+    config.write_text("")
+    assert main(["--config", str(config), "--gateway", "ws://127.0.0.1:9", "models"]) == 2
+    assert "a gateway has its own" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["models"], ["complete", "hi"]])
+def test_an_unreachable_gateway_is_one_line_saying_so(capsys, command):
+    assert main(["--gateway", "ws://127.0.0.1:9", *command]) in (1, 2)
+    err = capsys.readouterr().err
+    assert err.startswith("gtl:") and "127.0.0.1:9" in err and "Traceback" not in err
