@@ -107,6 +107,7 @@ _PYTHON_ADVICE = re.compile(r"pass providers=\{'(?P<name>[\w.-]+)': \{\.\.\.\}\}
 def _for_the_shell(message: str) -> str:
     """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
     message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
+    message = message.replace("gtl_nb.connect(url, token=...)", f"${TOKEN_ENV} for gtl --gateway")
     return message.replace("(named by config=)", "(named by --config)")
 
 
@@ -204,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
         return 2
     except RequestError as exc:
-        print(f"gtl: error: {exc}", file=sys.stderr)
+        print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
         return 2
     except GTLError as exc:
         print(f"gtl: {exc}", file=sys.stderr)

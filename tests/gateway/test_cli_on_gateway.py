@@ -31,6 +31,7 @@ def test_complete_and_models_run_on_the_gateway_with_the_token_from_the_environm
         assert main(["complete", "refused", "--model", "echo"]) == 2
         err = capsys.readouterr().err
         assert err.startswith("gtl: error:") and "does not accept" in err and "wrong" not in err
+        assert "$GTL_NB_TOKEN for gtl --gateway" in err  # the terminal's way to send it
 
 
 def test_a_gateway_with_a_config_file_is_refused_before_connecting(capsys, tmp_path):
