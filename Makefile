@@ -15,15 +15,15 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(DEMO_STAMP): pyproject.toml | $(PY)
+$(DEMO_STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet -e '.[notebook,plot]'
 	touch $@
 
-$(TEST_STAMP): pyproject.toml | $(PY)
+$(TEST_STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,grpc,quic,plot,redis,postgres,otel]'
 	touch $@
 
-$(SERVE_STAMP): pyproject.toml | $(PY)
+$(SERVE_STAMP): pyproject.toml Makefile | $(PY)
 	$(PY) -m pip install --quiet -e '.[gateway]'
 	touch $@
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench import gateway_setup
 from bench.paths import PathSpec
-from bench.procstat import thread_cpu_seconds
+from bench.procstat import cpu_seconds, thread_cpu_seconds
 from bench.servers import Gateway, LoadClientProcess, Upstream
 
 #: file-path fragments → owner, first match wins (our package before the site-packages rules)
@@ -139,15 +139,22 @@ def summarise(text: str, top: int = 10) -> str:
 
 
 def per_thread_report(
-    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], requests: int, profile: str
+    before: dict[int, tuple[str, float]],
+    after: dict[int, tuple[str, float]],
+    requests: int,
+    profile: str,
+    process_seconds: float | None = None,
 ) -> str:
     """The gateway's CPU per request by thread over the phase, from ``/proc`` (every thread, native
-    ones included; py-spy's samples see only Python's), each named as the profile names its thread id."""
+    ones included; py-spy's samples see only Python's), each named as the profile names its thread id.
+    ``process_seconds`` (the process's own CPU over the phase) adds the threads that ended meanwhile."""
     names = python_thread_names(profile)
     spent: Counter[str] = Counter()
     for tid, (kernel_name, seconds) in after.items():
         name = names.get(tid) or f"{kernel_name} (native)"
         spent[name] += seconds - before.get(tid, (kernel_name, 0.0))[1]
+    if process_seconds is not None and process_seconds > sum(spent.values()):
+        spent["(threads that ended during the phase)"] = process_seconds - sum(spent.values())
     per_request = 1000 / max(requests, 1)
     lines = [f"gateway CPU per request (/proc, all threads): {sum(spent.values()) * per_request:.3f} ms"]
     for name, seconds in spent.most_common():
@@ -204,6 +211,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
 
             def start_recording() -> None:
                 threads_before.update(thread_cpu_seconds(gateway.pid))
+                process_before.append(cpu_seconds(gateway.pid))
                 # in a thread: py-spy runs for the whole phase while the load client drives the gateway
                 thread = threading.Thread(
                     target=lambda: recorder.append(subprocess.run(command, capture_output=True, text=True))
@@ -213,6 +221,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
 
             recording: list[threading.Thread] = []
             threads_before: dict[int, tuple[str, float]] = {}
+            process_before: list[float] = []
             phase = {
                 "path": specs[path].to_json(),
                 "stream": not whole,
@@ -224,6 +233,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
             }
             result = client.phase(phase, start_recording)
             threads_after = thread_cpu_seconds(gateway.pid)
+            process_spent = cpu_seconds(gateway.pid) - process_before[0] if process_before else None
             for thread in recording:
                 thread.join()
             if result["errors"]:
@@ -233,7 +243,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
             kind = "whole answers" if whole else "streams"
             print(f"profiled {result['requests']} {kind} of {tokens} tokens over {path} ({result['rps']:.0f}/s)")
             text = raw.read_text()
-            print(per_thread_report(threads_before, threads_after, result["requests"], text))
+            print(per_thread_report(threads_before, threads_after, result["requests"], text, process_spent))
             return text
         finally:
             client.close()

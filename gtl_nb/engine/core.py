@@ -64,7 +64,7 @@ from gtl_nb.engine.hooks import (
 from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
 from gtl_nb.engine.ratelimit import BudgetConfig
-from gtl_nb.engine.routing import EMBEDDED, Router, Target
+from gtl_nb.engine.routing import EMBEDDED, GATEWAY, Router, Target, Visible
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, FlightLost, FlightRegistry, LocalFlights
@@ -99,6 +99,13 @@ from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
 
 log = get_logger("engine")
+_MODELS_READ = "models:read"
+"""The gateway's scope for listing models (``gateway.scopes``): without it routing's errors name none."""
+
+
+def _nothing_visible(deployment: str, model: str) -> bool:
+    return False
+
 
 _CONTENT = (Token, Reasoning, ToolCallEvent)
 _ANSWER = (*_CONTENT, Usage)  # what a retry would send the caller a second time
@@ -344,7 +351,7 @@ class Engine:
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = dataclasses.replace(context, trace_id=secrets.token_hex(16))
         try:
-            targets: list[Target] | GTLError = self._allowed(self._targets(request), context)  # resolved once
+            targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context)  # once
         except GTLError as exc:
             targets = exc
         if refused is not None:
@@ -389,7 +396,7 @@ class Engine:
             if end is None or row is not None or reservation is not None:  # ended without a terminal event
                 await self._finish(request, context, row, end, usage, record, reservation)
 
-    def _targets(self, request: CompletionRequest) -> list[Target]:
+    def _targets(self, request: CompletionRequest, context: RequestContext | None = None) -> list[Target]:
         """``router.targets(request)``, remembered for a bare model name (the common request).
 
         Resolving a name asks the catalog about every provider type (~12 µs a request). For a bare
@@ -398,15 +405,25 @@ class Engine:
         Failures are not remembered; the memo is emptied when it holds ``_TARGETS_MEMO`` names (they
         come from callers)."""
         model = request.model
+        visible = self._visible(context)
         if request.providers or request.provider or ":" in model:
-            return self.router.targets(request)
+            return self.router.targets(request, visible)
         known = self._bare_targets.get(model)
         if known is None:
-            known = tuple(self.router.targets(request))
+            known = tuple(self.router.targets(request, visible))
             if len(self._bare_targets) >= _TARGETS_MEMO:
                 self._bare_targets.clear()
             self._bare_targets[model] = known
         return list(known)
+
+    def _visible(self, context: RequestContext | None) -> Visible | None:
+        """What routing's errors may name to a gateway's caller (``engine.routing``): the models its
+        allow-lists permit, and none without the ``models:read`` scope (the gateway's for listing models)."""
+        if self.audience != GATEWAY or context is None:
+            return None
+        if _MODELS_READ not in context.scopes:
+            return _nothing_visible
+        return context.allows
 
     @staticmethod
     def _allowed(targets: list[Target], context: RequestContext) -> list[Target]:

@@ -17,19 +17,22 @@ Rules (documented for users in docs/configuration.md):
 
 The errors speak to whoever can act on them (``audience``): in the embedded client, the user who
 configures it (what to set, or ``providers=`` to pass to ``gtl_nb.connect``); in a gateway, its
-client, who cannot configure it — a model or provider the gateway does not serve is a
-``ModelNotFoundError`` (HTTP 404 on the compatible endpoints), "did you mean" offers only models the
-gateway serves, and the way to see them is the gateway's model list.
+client, who cannot configure it — a model, provider or deployment the gateway does not serve is a
+``ModelNotFoundError`` (HTTP 404 on the compatible endpoints) that names none of its deployments,
+"did you mean" offers only models the gateway serves *and the caller may see* (``visible``: a
+token's allow-lists and its ``models:read`` scope), and the way to see them is the gateway's model
+list.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from gtl_nb.engine.config import provider_needs
-from gtl_nb.protocol.errors import ConfigurationError, ModelNotFoundError
+from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError, ModelNotFoundError
 from gtl_nb.protocol.messages import CompletionRequest
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.registry import provider_types
@@ -42,6 +45,9 @@ AUDIENCES = (EMBEDDED, GATEWAY)
 """Who reads the router's errors (see the module docstring)."""
 
 _GATEWAY_LIST = "the gateway's model list shows what it serves: GET /v1/models, or client.models()"
+
+Visible = Callable[[str, str], bool]
+"""``visible(deployment, model)``: may the caller learn that this deployment serves this model?"""
 
 
 def credential_hint(provider_type: str) -> str:
@@ -74,25 +80,25 @@ class Router:
         self.catalog = catalog
         self.audience = audience
 
-    def targets(self, request: CompletionRequest) -> list[Target]:
+    def targets(self, request: CompletionRequest, visible: Visible | None = None) -> list[Target]:
         """Every target that may answer ``request``.
 
         With ``providers=[...]`` or ``provider=`` this is exactly what the request names, in its
         order; for a bare model it is every deployment that serves the model (the ones that list it,
         then each catalog provider type's deployments in preference order), for a routing strategy
-        to order.
+        to order. ``visible`` bounds what a gateway's "did you mean" may name (``None``: everything).
         """
         if request.providers:
             return [self._entry(entry, request.model) for entry in request.providers]
         if request.provider:
             return [self._target(self._deployment(request.provider), self._split(request.model)[1])]
-        return self.candidates(request.model)
+        return self.candidates(request.model, visible)
 
     def explicit(self, request: CompletionRequest) -> bool:
         """True when the request chose its deployments itself (their order is the failover order)."""
         return bool(request.providers or request.provider) or self._split(request.model)[0] is not None
 
-    def candidates(self, model: str) -> list[Target]:
+    def candidates(self, model: str, visible: Visible | None = None) -> list[Target]:
         """All deployments serving ``model``; the first is what ``resolve_model`` picks."""
         prefix, name = self._split(model)
         if prefix is not None:
@@ -106,7 +112,7 @@ class Router:
                 if d.type == provider_type and all(t.deployment is not d for t in listed)
             )
         found = listed + by_type
-        return found or [self.resolve_model(model)]
+        return found or [self.resolve_model(model, visible)]
 
     def _entry(self, entry: str, model: str) -> Target:
         prefix, sep, rest = entry.partition(":")
@@ -128,6 +134,10 @@ class Router:
         if len(of_type) == 1:
             return of_type[0]
         if of_type:
+            if self.audience == GATEWAY:  # which ones is for its model list to say, to whom it may
+                raise InvalidRequestError(
+                    f"{name!r} names several deployments on this gateway; name one ({_GATEWAY_LIST})"
+                )
             names = ", ".join(d.name for d in of_type)
             raise ConfigurationError(f"{name!r} has several deployments ({names}); name one of them")
         if name in provider_types():
@@ -137,6 +147,8 @@ class Router:
                 )
             extra = f" (set {credential_hint(name)}, or pass providers={{{name!r}: {{...}}}})"
             raise ConfigurationError(f"provider {name!r} is not configured{extra}")
+        if self.audience == GATEWAY:
+            raise ModelNotFoundError(f"this gateway has no deployment or provider named {name!r} ({_GATEWAY_LIST})")
         known = ", ".join(sorted(self.deployments))
         raise ConfigurationError(f"unknown provider {name!r}; configured deployments: {known}")
 
@@ -150,7 +162,7 @@ class Router:
             return prefix, rest
         return None, model
 
-    def resolve_model(self, model: str) -> Target:
+    def resolve_model(self, model: str, visible: Visible | None = None) -> Target:
         prefix, name = self._split(model)
         if prefix is not None:
             return self._target(self._deployment(prefix), name)
@@ -178,19 +190,29 @@ class Router:
         open_deployments = [d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models]
         if len(open_deployments) == 1:
             return self._target(open_deployments[0], name)
-        raise ModelNotFoundError(self._unknown_message(name))
+        raise ModelNotFoundError(self._unknown_message(name, visible))
 
-    def _unknown_message(self, name: str) -> str:
+    def _unknown_message(self, name: str, visible: Visible | None = None) -> str:
+        gateway = self.audience == GATEWAY
+
+        def shown(deployment: Deployment, model: str) -> bool:
+            return not gateway or visible is None or visible(deployment.name, model)
+
         known: list[str] = []
         for deployment in self.deployments.values():
-            known.extend(deployment.models)
-            if deployment.model:
-                known.append(deployment.model)
+            listed = [*deployment.models, *([deployment.model] if deployment.model else [])]
+            known.extend(model for model in listed if shown(deployment, model))
         if self.catalog is not None:
             close = self.catalog.close_matches(name, n=8)
-            if self.audience == GATEWAY:  # only what this gateway serves: its client cannot add a provider
-                served = {deployment.type for deployment in self.deployments.values()}
-                close = [model for model in close if served.intersection(self.catalog.providers_for(model))]
+            if gateway:  # only what this gateway serves, to whom may see it: its client cannot add a provider
+                close = [
+                    model
+                    for model in close
+                    if any(
+                        deployment.type in self.catalog.providers_for(model) and shown(deployment, model)
+                        for deployment in self.deployments.values()
+                    )
+                ]
             known.extend(close)
         matches = difflib.get_close_matches(name, sorted(set(known)), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""

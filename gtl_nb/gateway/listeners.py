@@ -138,18 +138,24 @@ class Limits:
 
 class Signal:
     """An ``asyncio.Event`` (``set``, ``is_set``, ``wait``) that also calls back whoever registered with
-    ``when_set``, on the loop: a connection watches it without a task of its own."""
+    ``when_set``: a connection watches it without a task of its own.
+
+    Each callback runs in a turn of its own on the loop it was registered from (one that raises is
+    that loop's to report; the others still run), even when ``set`` is called from another thread
+    (``wait`` is an ``asyncio.Event``'s, which is not: set it there from the loop's thread); one
+    unregistered before its turn does not run."""
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
-        # in the order given; a dict, so that unregistering is O(1) with thousands of connections registered
-        self._callbacks: dict[Callable[[], object], None] = {}
+        # in the order given; dicts, so that unregistering is O(1) with thousands of connections registered
+        self._callbacks: dict[Callable[[], object], asyncio.AbstractEventLoop] = {}
+        self._queued: dict[Callable[[], object], asyncio.Handle] = {}
 
     def set(self) -> None:
         self._event.set()
-        callbacks, self._callbacks = list(self._callbacks), {}
-        for callback in callbacks:
-            _call_soon(callback)
+        callbacks, self._callbacks = self._callbacks, {}
+        for callback, loop in callbacks.items():
+            self._queue(callback, loop)
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -158,16 +164,30 @@ class Signal:
         await self._event.wait()
 
     def when_set(self, callback: Callable[[], object]) -> Callable[[], None]:
-        """Have ``callback()`` called on the loop once the signal is set (soon, if it already is).
-        Returns the function that unregisters it."""
+        """Have ``callback()`` called on the running loop once the signal is set (soon, if it already
+        is). Returns the function that unregisters it."""
+        loop = asyncio.get_running_loop()
         if self.is_set():
-            handle = _call_soon(callback)
-            return handle.cancel if handle is not None else _nothing
-        self._callbacks[callback] = None
+            self._queue(callback, loop)
+        else:
+            self._callbacks[callback] = loop
         return lambda: self._unregister(callback)
+
+    def _queue(self, callback: Callable[[], object], loop: asyncio.AbstractEventLoop) -> None:
+        def run() -> None:
+            self._queued.pop(callback, None)
+            callback()
+
+        try:
+            self._queued[callback] = loop.call_soon_threadsafe(run)
+        except RuntimeError:  # that loop has closed: nobody is left to tell
+            pass
 
     def _unregister(self, callback: Callable[[], object]) -> None:
         self._callbacks.pop(callback, None)
+        handle = self._queued.pop(callback, None)
+        if handle is not None:
+            handle.cancel()
 
 
 @dataclass
@@ -201,15 +221,5 @@ class Shutdown:
         return asyncio.get_running_loop().call_later(max(0.0, self.grace), callback).cancel
 
 
-def _call_soon(callback: Callable[[], object]) -> asyncio.Handle | None:
-    """``callback`` on the running loop's next turn (each in its own: one failing does not stop the
-    others), or at once when no loop runs here."""
-    try:
-        return asyncio.get_running_loop().call_soon(callback)
-    except RuntimeError:
-        callback()
-        return None
-
-
 def _nothing() -> None:
-    """Unregisters a callback already called."""
+    """What cancels a grace that never ends."""

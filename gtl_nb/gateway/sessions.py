@@ -170,6 +170,7 @@ class GatewayConnection:
         self._timer: asyncio.TimerHandle | None = None
         self._unwatch_shutdown: Callable[[], None] | None = None
         self._unwatch_grace: Callable[[], None] | None = None
+        self._watching = True  # until run() ends: nothing is armed after that
         self._reading: asyncio.Future[None] | None = None
         self._desk = QueryDesk(engine, framed.send_nowait, max_bytes=framed.connection.max_frame_bytes)
         self._closed_here = False
@@ -293,6 +294,8 @@ class GatewayConnection:
                 self._last_activity = self._clock()
                 if self.shutdown is not None and self.shutdown.is_stopping:
                     self._close(None)  # the last session of a shutdown has ended
+                elif self._said_hello:
+                    self._arm_idle(self.limits.idle_timeout)
 
     def _end(self, event: StreamEvent) -> None:
         """Send a session's terminal event without waiting (nothing is sent once the connection ended it)."""
@@ -312,17 +315,17 @@ class GatewayConnection:
             self._close(ProviderUnavailableError(f"no hello within {timeout:g} s"))
 
     def _arm_idle(self, delay: float) -> None:
-        if math.isfinite(self.limits.idle_timeout) and not self.framed.closed:
-            # (capped: an injected clock may run ahead of the loop's)
-            self._timer = asyncio.get_running_loop().call_later(min(5.0, max(0.01, delay)), self._check_idle)
+        """Look again in ``delay`` seconds whether the connection has been idle long enough."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._watching and math.isfinite(self.limits.idle_timeout) and not self.framed.closed:
+            self._timer = asyncio.get_running_loop().call_later(max(0.01, delay), self._check_idle)
 
     def _check_idle(self) -> None:
         """Close a connection that runs no session and has sent nothing for ``idle_timeout`` seconds."""
         self._timer = None
-        if self.framed.closed:
-            return
-        if self._tasks:  # busy: the last session's end restarts the count; look again a period later
-            self._arm_idle(self.limits.idle_timeout)
+        if self.framed.closed or self._tasks:  # busy: the last session's end arms the timer again
             return
         quiet_until = self._last_activity + self.limits.idle_timeout
         now = self._clock()
@@ -336,7 +339,7 @@ class GatewayConnection:
         """Shutdown began: new sessions are refused (``_start``); the connection closes once it runs
         none, and the sessions still running after ``grace`` seconds are cancelled."""
         self._unwatch_shutdown = None
-        if self.framed.closed:
+        if self.framed.closed or not self._watching:
             return
         if not self._tasks:
             self._close(None)
@@ -353,6 +356,7 @@ class GatewayConnection:
         # the last one to end closes the connection (``_session``)
 
     def _stop_watching(self) -> None:
+        self._watching = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

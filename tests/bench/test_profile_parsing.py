@@ -62,3 +62,12 @@ def test_cpu_per_request_is_split_by_thread_from_proc() -> None:
     report = per_thread_report(before, after, 10, profile)
     assert report.startswith("gateway CPU per request (/proc, all threads):")
     assert "spinner" in report  # named as the profile names its thread id
+
+
+def test_threads_that_ended_during_the_phase_are_counted_from_the_process_total() -> None:
+    before = {1: ("python", 1.0), 2: ("python", 0.5)}
+    after = {1: ("python", 2.0)}  # thread 2 ended: its CPU is in the process's total only
+    report = per_thread_report(before, after, 100, "thread (1): MainThread;f (/x/y.py:1) 3", process_seconds=1.5)
+    assert "10.000 ms  MainThread" in report
+    assert "5.000 ms  (threads that ended during the phase)" in report
+    assert report.startswith("gateway CPU per request (/proc, all threads): 15.000 ms")

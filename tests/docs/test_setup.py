@@ -100,3 +100,17 @@ def test_the_license_is_an_spdx_expression_with_a_setuptools_that_reads_it() -> 
     minimum = re.fullmatch(r"setuptools>=(\d+)\.(\d+)(?:\.(\d+))?", setuptools)
     assert minimum is not None, setuptools
     assert tuple(int(p or 0) for p in minimum.groups()) >= (77, 0, 0)  # PEP 639 support arrived in 77.0
+
+
+@needs_make
+def test_a_changed_makefile_installs_again(tmp_path: Path) -> None:
+    """A checkout set up before the Makefile asked for another extra (``plot`` for the demo) gets it."""
+    where = _scratch(tmp_path)
+    for line in _dry_run(where, "demo"):
+        if line.startswith("touch "):
+            (where / line.split()[1]).touch()
+    _make_stamps_current(where)
+    assert _installs(_dry_run(where, "demo")) == []
+    later = (where / ".venv" / ".installed-demo").stat().st_mtime + 10
+    os.utime(where / "Makefile", (later, later))  # the Makefile changed after the last install
+    assert _installs(_dry_run(where, "demo")) == ["notebook", "plot"]

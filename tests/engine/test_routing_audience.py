@@ -3,11 +3,16 @@ gateway's client cannot (``engine.routing``, "audience")."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.routing import EMBEDDED, GATEWAY, Router
 from gtl_nb.engine.settings import load_settings
-from gtl_nb.protocol.errors import ConfigurationError, ModelNotFoundError
+from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError, ModelNotFoundError
+from gtl_nb.protocol.messages import CompletionRequest, Error, Message
 from gtl_nb.providers.catalog import Catalog
 
 
@@ -43,3 +48,63 @@ def test_a_gateways_client_is_told_the_model_is_not_served_here():
 def test_an_audience_nobody_reads_is_refused():
     with pytest.raises(ValueError, match="audience"):
         router("notebook")
+
+
+def test_a_gateway_names_no_deployment_in_its_routing_errors():
+    settings = load_settings(
+        providers={
+            "public": {"type": "openai", "api_key": "k", "base_url": "http://127.0.0.1:9/v1"},
+            "also-openai": {"type": "openai", "api_key": "k", "base_url": "http://127.0.0.1:9/v1"},
+        },
+        environ={},
+    )
+    gateway = Router(settings.deployments, Catalog.default(), audience=GATEWAY)
+    with pytest.raises(ModelNotFoundError) as unknown:
+        gateway.targets(CompletionRequest(session_id="s", model="gpt-4o", provider="publik", messages=[]))
+    assert "no deployment or provider named 'publik'" in str(unknown.value) and "also-openai" not in str(unknown.value)
+    with pytest.raises(InvalidRequestError) as several:
+        gateway.targets(CompletionRequest(session_id="s", model="gpt-4o", provider="openai", messages=[]))
+    assert "several deployments" in str(several.value) and "public" not in str(several.value)
+    embedded = Router(settings.deployments, Catalog.default(), audience=EMBEDDED)
+    with pytest.raises(ConfigurationError, match=r"several deployments \(public, also-openai\)"):
+        embedded.targets(CompletionRequest(session_id="s", model="gpt-4o", provider="openai", messages=[]))
+
+
+def _first_error(engine, request: CompletionRequest, context: RequestContext) -> str:
+    async def run() -> str:
+        try:
+            async for event in engine.stream(request, context=context):
+                if isinstance(event, Error):
+                    return event.message
+            return ""
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run())
+
+
+def test_did_you_mean_names_only_what_the_caller_may_see():
+    """A token limited to one deployment, or without ``models:read``, hears of no other model."""
+    providers = {
+        "public": {"type": "openai", "api_key": "k", "base_url": "http://127.0.0.1:9/v1"},
+        "hr-internal": {
+            "type": "openai_compatible",
+            "base_url": "http://127.0.0.1:9/v1",
+            "models": ["payroll-llm-v2"],
+        },
+    }
+
+    def engine():
+        return build_engine(load_settings(providers=providers, environ={}), ledger=False, audience=GATEWAY)
+
+    ask = CompletionRequest(session_id="s", model="payroll-llm", messages=[Message(role="user", content="x")])
+    everyone = RequestContext(principal="a", scopes=frozenset({"chat:write", "models:read"}))
+    assert "did you mean 'payroll-llm-v2'" in _first_error(engine(), ask, everyone)
+    limited = RequestContext(
+        principal="b", scopes=frozenset({"chat:write", "models:read"}), allowed_deployments=frozenset({"public"})
+    )
+    assert "payroll-llm-v2" not in _first_error(engine(), ask, limited)  # on a deployment it may not use
+    blind = RequestContext(principal="c", scopes=frozenset({"chat:write"}))
+    near = CompletionRequest(session_id="s", model="gpt-4o-mni", messages=[Message(role="user", content="x")])
+    assert "did you mean" not in _first_error(engine(), near, blind)
+    assert "did you mean 'gpt-4o-mini'" in _first_error(engine(), near, everyone)

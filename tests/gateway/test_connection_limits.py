@@ -287,3 +287,74 @@ def test_the_shutdown_signal_calls_back_in_order_once_and_forgets_who_unregister
         assert not cancelled
 
     asyncio.run(main())
+
+
+def test_a_busy_connection_arms_no_idle_timer_until_its_last_session_ends():
+    async def main() -> None:
+        channel = HeldChannel()
+        engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=0.05), pace=0.02)
+        checks: list[bool] = []
+        look = gateway._check_idle
+
+        def counted() -> None:
+            checks.append(bool(gateway._tasks))
+            look()
+
+        gateway._check_idle = counted  # type: ignore[method-assign]
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        channel.inbox.put_nowait(client.send(request("s1", "word " * 40)))  # ~1 s of paced tokens
+        await asyncio.wait_for(running, 10)  # closed 0.05 s after the session ended
+        assert checks.count(True) <= 1  # the timer armed at hello may find it busy once; none after
+        assert checks and checks[-1] is False
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_an_unregistered_callback_does_not_run_even_when_already_queued():
+    from gtl_nb.gateway.listeners import Signal
+
+    async def main() -> None:
+        signal = Signal()
+        heard: list[str] = []
+        unregister = signal.when_set(lambda: heard.append("a"))
+        signal.when_set(lambda: 1 / 0)  # raises in its own turn: the loop reports it, the others run
+        signal.when_set(lambda: heard.append("c"))
+        signal.set()
+        unregister()  # after set(), before its turn
+        await settle()
+        assert heard == ["c"]
+
+    loop = asyncio.new_event_loop()
+    reported: list[object] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context.get("exception")))
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert len(reported) == 1 and isinstance(reported[0], ZeroDivisionError)
+
+
+def test_a_signal_set_from_another_thread_calls_back_on_the_loop_that_registered():
+    import threading
+
+    from gtl_nb.gateway.listeners import Signal
+
+    async def main() -> None:
+        signal = Signal()
+        where: list[str] = []
+        signal.when_set(lambda: where.append(threading.current_thread().name))
+        setter = threading.Thread(target=signal.set, name="elsewhere")
+        setter.start()
+        setter.join()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if where:
+                break
+        assert where == [threading.current_thread().name]
+
+    asyncio.run(main())
