@@ -416,6 +416,13 @@ class Engine:
             self._bare_targets[model] = known
         return list(known)
 
+    def set_audience(self, audience: str) -> None:
+        """Word routing's errors for ``audience`` from the next request on (``engine.routing``): a
+        gateway serving an engine built for the embedded client makes it a gateway's."""
+        self.router = Router(self.deployments, self.catalog, audience=audience)
+        self.audience = audience
+        self._bare_targets = {}
+
     def _visible(self, context: RequestContext | None) -> Visible | None:
         """What routing's errors may name to a gateway's caller (``engine.routing``): the models its
         allow-lists permit, and none without the ``models:read`` scope (the gateway's for listing models)."""

@@ -74,6 +74,8 @@ async def serve(
     functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
     own_engine = engine is None
     engine = engine if engine is not None else build_engine(settings, credentials=credentials, audience=GATEWAY)
+    if engine.audience != GATEWAY:  # an embedder's engine: its errors now go to a gateway's clients
+        engine.set_audience(GATEWAY)
     tracing = _tracing(gateway, engine)  # [gateway.tracing]: a missing extra stops the start, before the audit log
     audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
     try:

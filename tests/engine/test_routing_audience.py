@@ -108,3 +108,34 @@ def test_did_you_mean_names_only_what_the_caller_may_see():
     near = CompletionRequest(session_id="s", model="gpt-4o-mni", messages=[Message(role="user", content="x")])
     assert "did you mean" not in _first_error(engine(), near, blind)
     assert "did you mean 'gpt-4o-mini'" in _first_error(engine(), near, everyone)
+
+
+def test_serve_words_errors_for_a_gateways_clients_whatever_engine_it_is_given():
+    from gtl_nb.gateway.devauth import DevAuth
+    from gtl_nb.gateway.listeners import Shutdown
+    from gtl_nb.gateway.server import serve
+    from gtl_nb.gateway.settings import GatewaySettings
+
+    async def main() -> None:
+        settings = load_settings(config={"gateway": {"http": {"host": "127.0.0.1", "port": 0}}}, environ={})
+        engine = build_engine(settings, ledger=False)  # as an embedder builds it: the embedded audience
+        assert engine.audience == EMBEDDED
+        shutdown = Shutdown(grace=0)
+        ready = asyncio.Event()
+        serving = asyncio.ensure_future(
+            serve(
+                settings,
+                GatewaySettings.from_settings(settings),
+                authenticate=DevAuth("tester"),
+                shutdown=shutdown,
+                announce=lambda listener, url: ready.set(),
+                engine=engine,
+            )
+        )
+        await asyncio.wait_for(ready.wait(), 10)
+        assert engine.audience == GATEWAY and engine.router.audience == GATEWAY
+        shutdown.begin()
+        await asyncio.wait_for(serving, 10)
+        await engine.aclose()
+
+    asyncio.run(main())
