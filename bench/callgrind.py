@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from bench import gateway_setup
-from bench.paths import PathSpec, Workload
+from bench.paths import Workload, gateway_paths
 from bench.servers import Gateway, LoadClientProcess, Upstream
 
 WORKLOADS = (Workload(False, 16), Workload(True, 16), Workload(True, 256))
@@ -70,12 +70,7 @@ def count(paths: list[str], requests: int) -> dict[tuple[str, str], float]:
         client = LoadClientProcess()
         pid = str(gateway.pid)
         try:
-            port = gateway.port("http")
-            specs = {
-                "gtl-openai": PathSpec("gtl-openai", "chat", port=port, token=files.token),
-                "gtl-sse": PathSpec("gtl-sse", "gtl-sse", port=port, token=files.token),
-                "gtl-ws": PathSpec("gtl-ws", "gtl", url=gateway.url("ws"), token=files.token),
-            }
+            specs = gateway_paths(gateway, files)
             for path in paths:
                 for workload in WORKLOADS:
                     command = {

@@ -20,6 +20,7 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,6 +51,25 @@ class PathSpec:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+GATEWAY_PATHS = ("gtl-openai", "gtl-sse", "gtl-ws", "gtl-grpc", "gtl-quic")
+"""The gateway's paths: the binding three on its HTTP port, and the report-only gRPC and QUIC listeners."""
+
+
+def gateway_paths(gateway: Any, files: Any, names: Iterable[str] = GATEWAY_PATHS[:3]) -> dict[str, PathSpec]:
+    """The ``PathSpec`` of each of ``names`` on a running ``bench.servers.Gateway`` started with
+    ``gateway_setup`` ``files`` (gRPC and QUIC only when asked: their listeners must be configured)."""
+    made = {
+        "gtl-openai": lambda: PathSpec("gtl-openai", "chat", port=gateway.port("http"), token=files.token),
+        "gtl-sse": lambda: PathSpec("gtl-sse", "gtl-sse", port=gateway.port("http"), token=files.token),
+        "gtl-ws": lambda: PathSpec("gtl-ws", "gtl", url=gateway.url("ws"), token=files.token),
+        "gtl-grpc": lambda: PathSpec("gtl-grpc", "gtl", url=gateway.url("grpc"), token=files.token, report_only=True),
+        "gtl-quic": lambda: PathSpec(
+            "gtl-quic", "gtl", url=gateway.url("quic"), token=files.token, verify=str(files.ca), report_only=True
+        ),
+    }
+    return {name: made[name]() for name in dict.fromkeys(names)}
 
 
 @dataclass

@@ -27,7 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench import gateway_setup
-from bench.paths import PathSpec
+from bench.paths import GATEWAY_PATHS, gateway_paths
 from bench.procstat import cpu_seconds, thread_cpu_seconds
 from bench.servers import Gateway, LoadClientProcess, Upstream
 
@@ -59,7 +59,7 @@ OWNERS = (
 )
 
 
-PATHS = ("gtl-openai", "gtl-sse", "gtl-ws", "gtl-grpc", "gtl-quic")
+PATHS = GATEWAY_PATHS
 """What ``--path`` may name: the binding paths, and the report-only gRPC and QUIC listeners."""
 
 
@@ -194,16 +194,7 @@ def record(path: str, seconds: float, tokens: int, rate: int, gil: bool = False,
         raw = directory / "profile.txt"
         recorder: list[subprocess.CompletedProcess[str]] = []
         try:
-            port = gateway.port("http")
-            specs = {
-                "gtl-openai": PathSpec("gtl-openai", "chat", port=port, token=files.token),
-                "gtl-sse": PathSpec("gtl-sse", "gtl-sse", port=port, token=files.token),
-                "gtl-ws": PathSpec("gtl-ws", "gtl", url=gateway.url("ws"), token=files.token),
-            }
-            if path == "gtl-grpc":
-                specs[path] = PathSpec(path, "gtl", url=gateway.url("grpc"), token=files.token)
-            if path == "gtl-quic":
-                specs[path] = PathSpec(path, "gtl", url=gateway.url("quic"), token=files.token, verify=str(files.ca))
+            specs = gateway_paths(gateway, files, (path,))
             command = [py_spy, "record", "--pid", str(gateway.pid), "--format", "raw", "--full-filenames", "--threads"]
             command += ["--rate", str(rate), "--duration", str(int(seconds)), "--nonblocking", "-o", str(raw)]
             if gil:

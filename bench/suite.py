@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import gateway_setup
-from bench.paths import PathSpec, Workload
+from bench.paths import GATEWAY_PATHS, PathSpec, Workload, gateway_paths
 from bench.procstat import Usage, descendants, tree_usage
 from bench.servers import Gateway, LiteLLM, LoadClientProcess, Upstream, litellm_executable, litellm_version
 from bench.stats import line_fit, median, spread
 
 #: paths whose targets bind (issue 13): the OpenAI-compatible endpoint, SSE and WebSocket
 BINDING = ("gtl-openai", "gtl-sse", "gtl-ws")
-GATEWAY_PATHS = ("gtl-openai", "gtl-sse", "gtl-ws", "gtl-grpc", "gtl-quic")
 CHUNK_FIT_TOKENS = (1, 16, 64, 256)
 
 
@@ -118,19 +117,9 @@ def start(options: Options, directory: Path, gateway_wrapper: Iterable[str] = ()
                 upstream=options.upstream_table or None,
             )
             gateway = Gateway(files, wrapper=tuple(gateway_wrapper), log=directory / "gateway.log")
-            port = gateway.port("http")
-            specs["gtl-openai"] = PathSpec("gtl-openai", "chat", port=port, token=files.token)
-            specs["gtl-sse"] = PathSpec("gtl-sse", "gtl-sse", port=port, token=files.token)
-            specs["gtl-ws"] = PathSpec("gtl-ws", "gtl", url=gateway.url("ws"), token=files.token)
-            if "gtl-grpc" in wanted:
-                specs["gtl-grpc"] = PathSpec(
-                    "gtl-grpc", "gtl", url=gateway.url("grpc"), token=files.token, report_only=True
-                )
-            if "gtl-quic" in wanted:
-                quic = gateway.url("quic")
-                specs["gtl-quic"] = PathSpec(
-                    "gtl-quic", "gtl", url=quic, token=files.token, verify=str(files.ca), report_only=True
-                )
+            # the binding three always (the report's rows need them), gRPC and QUIC when asked for
+            binding, report_only = GATEWAY_PATHS[:3], [name for name in GATEWAY_PATHS[3:] if name in wanted]
+            specs.update(gateway_paths(gateway, files, [*binding, *report_only]))
         if "litellm" in wanted and options.peers != "off":
             if litellm_executable() is not None:
                 litellm = LiteLLM(directory, upstream.port)
