@@ -15,7 +15,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _stat_fields(pid: int) -> list[str] | None:
+def stat_fields(pid: int) -> list[str] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
@@ -31,7 +31,7 @@ def descendants(pid: int) -> list[int]:
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
-        fields = _stat_fields(int(name))
+        fields = stat_fields(int(name))
         if fields is not None:
             parents.setdefault(int(fields[1]), []).append(int(name))
     found, todo = [], [pid]
@@ -44,7 +44,7 @@ def descendants(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU seconds of one process so far (0 when it is gone)."""
-    fields = _stat_fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return 0.0
     # after the name: state(0) ppid(1) … utime(11) stime(12)

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.procstat import descendants
+from bench.procstat import descendants, stat_fields
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the helpers live in tests/, a folder of the repository (no package install)
@@ -92,18 +92,9 @@ def missing() -> str | None:
     return None
 
 
-def _fields(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            raw = handle.read()
-    except OSError:
-        return None
-    return raw[raw.rfind(b")") + 2 :].decode().split()
-
-
 def process_cpu(pid: int, *, reaped: bool = False) -> float:
     """CPU seconds of one process (``reaped``: plus its reaped children's); 0 when it is gone."""
-    fields = _fields(pid)
+    fields = stat_fields(pid)
     if fields is None:
         return 0.0
     # after the name: state(0) ppid(1) … utime(11) stime(12) cutime(13) cstime(14)
