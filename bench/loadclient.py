@@ -112,11 +112,13 @@ def _answer(payload: dict) -> None:
     sys.stdout.flush()
 
 
-async def run() -> None:
+async def run(client: LoadClient | None = None) -> None:
+    """Answer the orchestrator's commands on standard input (one JSON line each) until ``close``,
+    with ``client`` (a ``LoadClient`` unless another kind is given: ``bench.stores_client``'s)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    client = LoadClient()
+    client = client if client is not None else LoadClient()
     while line := await reader.readline():
         command = json.loads(line)
         if command["cmd"] == "close":

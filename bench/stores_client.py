@@ -11,12 +11,9 @@ configuration alike, whatever ran before it. Connections stay open between phase
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
-from dataclasses import asdict
 
 from bench.httpclient import request_head
-from bench.loadclient import LoadClient, PhaseResult, _answer
+from bench.loadclient import LoadClient, run
 from bench.paths import Caller, ChatCaller, PathSpec
 from bench.upstream import install_fast_loop
 
@@ -35,24 +32,9 @@ class TokenPerWorker(LoadClient):
         return callers
 
 
-async def run() -> None:
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    client = TokenPerWorker()
-    while line := await reader.readline():
-        command = json.loads(line)
-        if command["cmd"] == "close":
-            break
-        if command["cmd"] == "phase":
-            result: PhaseResult = await client.phase(command, reader)
-            _answer(asdict(result))
-    await client.close()
-
-
 def main() -> None:
     install_fast_loop()
-    asyncio.run(run())
+    asyncio.run(run(TokenPerWorker()))
 
 
 if __name__ == "__main__":
