@@ -93,7 +93,10 @@ def _client(args: argparse.Namespace) -> Any:
 
     if args.gateway:
         if args.config is not None:
-            raise ConfigurationError("--config configures this process's engine; a gateway has its own (drop one)")
+            raise ConfigurationError(
+                f"--config configures this process's engine; a gateway (--gateway or ${GATEWAY_ENV}) has its own: "
+                "give one of them"
+            )
         return connect(args.gateway, token=os.environ.get(TOKEN_ENV) or None)
     if args.config is not None and not Path(args.config).expanduser().is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")
@@ -108,6 +111,8 @@ def _for_the_shell(message: str) -> str:
     """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
     message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
     message = message.replace("gtl_nb.connect(url, token=...)", f"${TOKEN_ENV} for gtl --gateway")
+    message = message.replace("connect(..., token=...)", f"${TOKEN_ENV} for gtl --gateway")  # a GhostToken's
+    message = message.replace("or client.models()", "or gtl --gateway URL models")
     return message.replace("(named by config=)", "(named by --config)")
 
 

@@ -76,6 +76,7 @@ from gtl_nb.protocol.errors import (
     AuthenticationError,
     GTLError,
     InvalidRequestError,
+    ModelNotFoundError,
     PermissionDeniedError,
     ProviderUnavailableError,
     SessionStateError,
@@ -105,6 +106,15 @@ _MODELS_READ = "models:read"
 
 def _nothing_visible(deployment: str, model: str) -> bool:
     return False
+
+
+def _asked_for(request: CompletionRequest) -> str:
+    """The model, provider or failover list a request named, as the caller wrote it."""
+    if request.providers:
+        return f"{request.model!r} on {', '.join(request.providers)}"
+    if request.provider:
+        return f"{request.model!r} on {request.provider}"
+    return repr(request.model)
 
 
 _CONTENT = (Token, Reasoning, ToolCallEvent)
@@ -351,7 +361,7 @@ class Engine:
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = dataclasses.replace(context, trace_id=secrets.token_hex(16))
         try:
-            targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context)  # once
+            targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context, request)
         except GTLError as exc:
             targets = exc
         if refused is not None:
@@ -432,16 +442,27 @@ class Engine:
             return _nothing_visible
         return context.allows
 
-    @staticmethod
-    def _allowed(targets: list[Target], context: RequestContext) -> list[Target]:
-        """The targets the context's allow-lists permit (a token's); ``FORBIDDEN`` when none is left."""
+    def _allowed(self, targets: list[Target], context: RequestContext, request: CompletionRequest) -> list[Target]:
+        """The targets the context's allow-lists permit (a token's); ``FORBIDDEN`` when none is left.
+        A gateway's refusal names only what the caller asked for: never a deployment it did not name."""
         if context.allowed_deployments is None and context.allowed_models is None:
             return targets
         permitted = [target for target in targets if context.allows(target.name, target.model)]
         if targets and not permitted:
+            if self.audience == GATEWAY:
+                raise PermissionDeniedError(f"this token may not use {_asked_for(request)}")
             names = ", ".join(f"{target.name}:{target.model}" for target in targets)
             raise PermissionDeniedError(f"this token may not use {names}")
         return permitted
+
+    def permitted_deployment(self, name: str, context: RequestContext) -> Deployment:
+        """The deployment ``name`` (a deployment, or a provider type with one) if the context's
+        allow-lists let it be used; one they do not is answered as if it did not exist (a gateway's
+        queries must neither reach it nor confirm it)."""
+        deployment = self.router._deployment(name)
+        if context.allowed_deployments is not None and deployment.name not in context.allowed_deployments:
+            raise ModelNotFoundError(f"this gateway has no deployment or provider named {name!r}")
+        return deployment
 
     async def _guarded(
         self,

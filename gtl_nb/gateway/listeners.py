@@ -21,6 +21,7 @@ import asyncio
 import ipaddress
 import math
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,15 +148,19 @@ class Signal:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._set = False
         # in the order given; dicts, so that unregistering is O(1) with thousands of connections registered
         self._callbacks: dict[Callable[[], object], asyncio.AbstractEventLoop] = {}
         self._queued: dict[Callable[[], object], asyncio.Handle] = {}
+        self._lock = threading.Lock()  # set() may come from another thread than (un)registering
 
     def set(self) -> None:
         self._event.set()
-        callbacks, self._callbacks = self._callbacks, {}
-        for callback, loop in callbacks.items():
-            self._queue(callback, loop)
+        with self._lock:
+            self._set = True
+            callbacks, self._callbacks = self._callbacks, {}
+            for callback, loop in callbacks.items():
+                self._queue(callback, loop)
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -167,15 +172,20 @@ class Signal:
         """Have ``callback()`` called on the running loop once the signal is set (soon, if it already
         is). Returns the function that unregisters it."""
         loop = asyncio.get_running_loop()
-        if self.is_set():
-            self._queue(callback, loop)
-        else:
-            self._callbacks[callback] = loop
+        with self._lock:
+            if self._set:
+                self._queue(callback, loop)
+            else:
+                self._callbacks[callback] = loop
         return lambda: self._unregister(callback)
 
     def _queue(self, callback: Callable[[], object], loop: asyncio.AbstractEventLoop) -> None:
+        """Queue ``callback`` on ``loop`` (the caller holds the lock)."""
+
         def run() -> None:
-            self._queued.pop(callback, None)
+            with self._lock:
+                if self._queued.pop(callback, None) is None:  # unregistered meanwhile
+                    return
             callback()
 
         try:
@@ -184,8 +194,9 @@ class Signal:
             pass
 
     def _unregister(self, callback: Callable[[], object]) -> None:
-        self._callbacks.pop(callback, None)
-        handle = self._queued.pop(callback, None)
+        with self._lock:
+            self._callbacks.pop(callback, None)
+            handle = self._queued.pop(callback, None)
         if handle is not None:
             handle.cancel()
 

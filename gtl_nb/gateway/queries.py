@@ -58,14 +58,17 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
             result = _cancel(engine, context, query.params)
         elif query.name == "breakers":
             require_scope(context, "breakers.read")
-            result = {"breakers": await engine.breaker_states()}
+            states = await engine.breaker_states()
+            allowed = context.allowed_deployments  # only the deployments this token may use
+            result = {"breakers": {name: state for name, state in states.items() if allowed is None or name in allowed}}
         elif query.name == "models":
             require_scope(context, "models.list")
-            deployment = query.params.get("deployment")
-            if not isinstance(deployment, str) or not deployment:
+            asked = query.params.get("deployment")
+            if not isinstance(asked, str) or not asked:
                 raise InvalidRequestError('the models query needs params {"deployment": NAME}')
-            names = await engine.list_models(deployment)
-            result = {"models": [name for name in names if context.allows(deployment, name)]}
+            deployment = engine.permitted_deployment(asked, context)  # before any call upstream
+            names = await engine.list_models(deployment.name)
+            result = {"models": [name for name in names if context.allows(deployment.name, name)]}
         else:
             raise InvalidRequestError(f"unknown query {query.name!r}; the gateway answers: {', '.join(QUERY_NAMES)}")
     except LedgerValueError as exc:  # a filter the ledger does not know: the caller's mistake
@@ -118,10 +121,18 @@ class QueryDesk:
     is answered ``OVERLOADED``), every answer handed to ``send`` — which may raise ``GTLError`` (too large
     after all, the connection closed), in which case an ``INTERNAL`` answer is tried instead."""
 
-    def __init__(self, engine: Engine, send: Callable[[Answer], None], *, max_bytes: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        send: Callable[[Answer], None],
+        *,
+        max_bytes: int,
+        on_idle: Callable[[], object] | None = None,
+    ) -> None:
         self.engine = engine
         self.max_bytes = max_bytes
         self._send = send
+        self._on_idle = on_idle  # told when the last query being answered has ended
         self._tasks: set[asyncio.Task[None]] = set()
         live_sessions(engine)  # from the first connection on, every session is known to the sessions query
 
@@ -135,7 +146,17 @@ class QueryDesk:
             return
         task = asyncio.get_running_loop().create_task(self._answer(query, context), name=f"gtl-query-{query.query_id}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._ended)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a query is being answered."""
+        return bool(self._tasks)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks and self._on_idle is not None:
+            self._on_idle()
 
     async def _answer(self, query: Query, context: RequestContext) -> None:
         self._reply(await answer_query(self.engine, context, query, max_bytes=self.max_bytes))

@@ -74,8 +74,6 @@ async def serve(
     functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
     own_engine = engine is None
     engine = engine if engine is not None else build_engine(settings, credentials=credentials, audience=GATEWAY)
-    if engine.audience != GATEWAY:  # an embedder's engine: its errors now go to a gateway's clients
-        engine.set_audience(GATEWAY)
     tracing = _tracing(gateway, engine)  # [gateway.tracing]: a missing extra stops the start, before the audit log
     audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
     try:
@@ -104,6 +102,10 @@ async def serve(
         return ready
 
     tasks: dict[asyncio.Task[None], ListenerSettings] = {}
+    # an embedder's engine: while it serves, its errors go to a gateway's clients (given back after)
+    lent_audience = getattr(engine, "audience", GATEWAY)
+    if lent_audience != GATEWAY:
+        engine.set_audience(GATEWAY)
     try:
         for listener in gateway.listeners:
             options: dict[str, Any] = {
@@ -132,6 +134,8 @@ async def serve(
             await asyncio.to_thread(tracing.close)
         if own_engine:
             await engine.aclose()
+        elif lent_audience != GATEWAY:
+            engine.set_audience(lent_audience)
 
 
 def _operations(gateway: GatewaySettings, engine: Any) -> tuple[Any, Any]:

@@ -18,7 +18,7 @@ whatever the transport under ``framed``:
 * **Queries.** A ``query`` (usage rows, breakers, a live model list: ``gateway.queries``) is answered
   by its own task, at most ``MAX_QUERIES`` at once per connection (one more is answered ``OVERLOADED``).
 * **Limits** (``gateway.listeners.Limits``). A client that has not completed hello within
-  ``header_timeout`` seconds, or whose connection runs no session and sends nothing for
+  ``header_timeout`` seconds, or whose connection runs no session or query and sends nothing for
   ``idle_timeout`` seconds, is closed (a dropped idle connection is reopened by the client's next
   request).
 * **Shutdown** (``gateway.listeners.Shutdown``). Once ``shutdown.stopping`` is set, a new
@@ -172,7 +172,9 @@ class GatewayConnection:
         self._unwatch_grace: Callable[[], None] | None = None
         self._watching = True  # until run() ends: nothing is armed after that
         self._reading: asyncio.Future[None] | None = None
-        self._desk = QueryDesk(engine, framed.send_nowait, max_bytes=framed.connection.max_frame_bytes)
+        self._desk = QueryDesk(
+            engine, framed.send_nowait, max_bytes=framed.connection.max_frame_bytes, on_idle=self._quiet
+        )
         self._closed_here = False
 
     @property
@@ -291,11 +293,10 @@ class GatewayConnection:
                 del self._tasks[request.session_id]
             self._cancelled.discard(task)  # type: ignore[arg-type]
             if not self._tasks:
-                self._last_activity = self._clock()
                 if self.shutdown is not None and self.shutdown.is_stopping:
                     self._close(None)  # the last session of a shutdown has ended
-                elif self._said_hello:
-                    self._arm_idle(self.limits.idle_timeout)
+                else:
+                    self._quiet()
 
     def _end(self, event: StreamEvent) -> None:
         """Send a session's terminal event without waiting (nothing is sent once the connection ended it)."""
@@ -322,10 +323,18 @@ class GatewayConnection:
         if self._watching and math.isfinite(self.limits.idle_timeout) and not self.framed.closed:
             self._timer = asyncio.get_running_loop().call_later(max(0.01, delay), self._check_idle)
 
+    def _quiet(self) -> None:
+        """The last session or query has ended: the idle count starts now, if nothing else runs."""
+        if self._tasks or self._desk.busy:
+            return
+        self._last_activity = self._clock()
+        if self._said_hello:
+            self._arm_idle(self.limits.idle_timeout)
+
     def _check_idle(self) -> None:
-        """Close a connection that runs no session and has sent nothing for ``idle_timeout`` seconds."""
+        """Close a connection that runs no session or query and has sent nothing for ``idle_timeout`` seconds."""
         self._timer = None
-        if self.framed.closed or self._tasks:  # busy: the last session's end arms the timer again
+        if self.framed.closed or self._tasks or self._desk.busy:  # busy: the last one's end arms the timer again
             return
         quiet_until = self._last_activity + self.limits.idle_timeout
         now = self._clock()

@@ -143,6 +143,12 @@ def backend_for(
     """The ``Backend`` of ``endpoint``'s scheme (raises ``ConfigurationError`` for an unknown one); a bare
     ``HOST:PORT`` goes to discovery."""
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
+    authority = endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
+    if "@" in authority:  # said without the address: it holds what looks like a password
+        raise ConfigurationError(
+            "a gateway address carries no credentials (user:password@ is not used, and would be shown in "
+            "errors); give the gateway's token with token= (the gtl command: $GTL_NB_TOKEN)"
+        )
     entry = _ENDPOINTS.get(scheme) if scheme else _DISCOVERY
     if entry is None:
         known = ", ".join(f"{name}://" for name in ("embedded", *_ENDPOINTS))

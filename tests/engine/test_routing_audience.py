@@ -136,6 +136,27 @@ def test_serve_words_errors_for_a_gateways_clients_whatever_engine_it_is_given()
         assert engine.audience == GATEWAY and engine.router.audience == GATEWAY
         shutdown.begin()
         await asyncio.wait_for(serving, 10)
+        assert engine.audience == EMBEDDED  # given back to its embedder
         await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_a_gateways_forbidden_names_only_what_the_caller_asked_for():
+    providers = {
+        "public": {"type": "openai", "api_key": "k", "base_url": "http://127.0.0.1:9/v1"},
+        "secret-anthropic": {"type": "anthropic", "api_key": "k", "base_url": "http://127.0.0.1:9"},
+    }
+    limited = RequestContext(
+        principal="b", scopes=frozenset({"chat:write", "models:read"}), allowed_deployments=frozenset({"public"})
+    )
+    for audience in (GATEWAY, EMBEDDED):
+        for asked in ({"model": "claude-sonnet-4-5"}, {"model": "claude-sonnet-4-5", "provider": "anthropic"}):
+            engine = build_engine(load_settings(providers=providers, environ={}), ledger=False, audience=audience)
+            request = CompletionRequest(session_id="s", messages=[Message(role="user", content="x")], **asked)
+            message = _first_error(engine, request, limited)
+            assert message.startswith("this token may not use")
+            if audience == GATEWAY:
+                assert "secret-anthropic" not in message and "claude-sonnet-4-5" in message
+            else:  # the embedded user configured the deployments: naming them helps
+                assert "secret-anthropic" in message

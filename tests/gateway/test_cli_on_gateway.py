@@ -12,9 +12,7 @@ from tests.gateway.conftest import MODEL
 from tests.gateway.test_http import gateway
 
 
-def test_complete_and_models_run_on_the_gateway_with_the_token_from_the_environment(
-    write_config, capsys, monkeypatch
-):
+def test_complete_and_models_run_on_the_gateway_with_the_token_from_the_environment(write_config, capsys, monkeypatch):
     with gateway(write_config(), token="cli-token") as url:
         address = url.replace("http://", "ws://")
         monkeypatch.setenv("GTL_NB_TOKEN", "cli-token")
@@ -38,7 +36,14 @@ def test_a_gateway_with_a_config_file_is_refused_before_connecting(capsys, tmp_p
     config = tmp_path / "gtl.toml"
     config.write_text("")
     assert main(["--config", str(config), "--gateway", "ws://127.0.0.1:9", "models"]) == 2
-    assert "a gateway has its own" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "has its own" in err and "$GTL_NB_GATEWAY" in err
+
+
+def test_credentials_in_a_gateway_address_are_refused_without_being_echoed(capsys):
+    assert main(["--gateway", "ws://someone:hunter2-secret@127.0.0.1:9", "models"]) == 2
+    err = capsys.readouterr().err
+    assert "carries no credentials" in err and "hunter2" not in err and "$GTL_NB_TOKEN" in err
 
 
 @pytest.mark.parametrize("command", [["models"], ["complete", "hi"]])

@@ -43,13 +43,15 @@ def gateway_over(
     shutdown: Shutdown | None = None,
     pace: float = 0.0,
     scopes: frozenset[str] = SCOPE_NAMES,
+    config: dict | None = None,
+    **context,
 ):
-    options = {"providers": {"echo": {"options": {"pace": pace}}}} if pace else {}
-    engine = build_engine(load_settings(config=options), ledger=False)
+    options = config or ({"providers": {"echo": {"options": {"pace": pace}}}} if pace else {})
+    engine = build_engine(load_settings(config=options, environ={}), ledger=False, audience="gateway")
     gateway = GatewayConnection(
         engine,
         FramedConnection(GTLConnection("server"), channel),
-        authenticate=lambda token: RequestContext(principal="tester", scopes=scopes),
+        authenticate=lambda token: RequestContext(principal="tester", scopes=scopes, **context),
         limits=limits,
         shutdown=shutdown,
     )
@@ -356,5 +358,68 @@ def test_a_signal_set_from_another_thread_calls_back_on_the_loop_that_registered
             if where:
                 break
         assert where == [threading.current_thread().name]
+
+    asyncio.run(main())
+
+
+def test_queries_reach_and_name_only_the_deployments_a_token_may_use():
+    async def main() -> None:
+        hidden = {"type": "openai", "api_key": "k", "base_url": "http://127.0.0.1:9/v1"}  # nothing listens
+        channel = HeldChannel()
+        engine, gateway = gateway_over(
+            channel,
+            limits=Limits(),
+            config={"providers": {"echo": {}, "hidden": hidden}},
+            allowed_deployments=frozenset({"echo"}),
+        )
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        asks = [
+            Query(query_id="m", name="models", params={"deployment": "hidden"}),
+            Query(query_id="n", name="models", params={"deployment": "nothing-here"}),
+            Query(query_id="b", name="breakers"),
+        ]
+        channel.inbox.put_nowait(b"".join(client.send(q) for q in asks))
+        for _ in range(50):
+            await settle()
+        answers = {a.query_id: a for a in take(channel, client) if isinstance(a, Answer)}
+        # the same answer as for a name that does not exist, and no call upstream (no "cannot list")
+        assert answers["m"].error.code == answers["n"].error.code == "MODEL_NOT_FOUND"
+        assert answers["m"].error.provider is None and "cannot" not in answers["m"].error.message
+        assert set(answers["b"].result["breakers"]) == {"echo"}
+        channel.inbox.put_nowait(b"")
+        await asyncio.wait_for(running, 5)
+        await engine.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_query_being_answered_keeps_the_connection_from_idling_out():
+    async def main() -> None:
+        channel = HeldChannel()
+        engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=0.2))
+        slow = asyncio.Event()
+
+        async def slow_models(name: str) -> list[str]:
+            await asyncio.sleep(0.6)  # three idle periods
+            slow.set()
+            return ["echo"]
+
+        engine.list_models = slow_models  # type: ignore[method-assign]
+        running = asyncio.ensure_future(gateway.run())
+        client = GTLConnection("client")
+        channel.inbox.put_nowait(client.data_to_send())
+        await settle()
+        take(channel, client)
+        channel.inbox.put_nowait(client.send(Query(query_id="q", name="models", params={"deployment": "echo"})))
+        await asyncio.wait_for(slow.wait(), 5)
+        await settle()
+        answers = [a for a in take(channel, client) if isinstance(a, Answer)]
+        assert [a.result for a in answers] == [{"models": ["echo"]}]  # answered, not cut off
+        await asyncio.wait_for(running, 5)  # then idle: closed 0.2 s later
+        await engine.aclose()
 
     asyncio.run(main())
