@@ -236,7 +236,6 @@ class Engine:
     ) -> None:
         self.deployments = dict(deployments)
         self.catalog = catalog
-        self.audience = audience  # who reads routing's errors (engine.routing)
         self.router = Router(self.deployments, catalog, audience=audience)
         self._bare_targets: dict[str, tuple[Target, ...]] = {}  # the router's answers by bare model name
         self.http = runner
@@ -415,22 +414,25 @@ class Engine:
         Failures are not remembered; the memo is emptied when it holds ``_TARGETS_MEMO`` names (they
         come from callers)."""
         model = request.model
-        visible = self._visible(context)
         if request.providers or request.provider or ":" in model:
-            return self.router.targets(request, visible)
+            return self.router.targets(request, self._visible(context))
         known = self._bare_targets.get(model)
-        if known is None:
-            known = tuple(self.router.targets(request, visible))
+        if known is None:  # (a remembered answer needs no visibility: only errors name models)
+            known = tuple(self.router.targets(request, self._visible(context)))
             if len(self._bare_targets) >= _TARGETS_MEMO:
                 self._bare_targets.clear()
             self._bare_targets[model] = known
         return list(known)
 
+    @property
+    def audience(self) -> str:
+        """Who reads routing's errors (``engine.routing``): ``"embedded"`` or ``"gateway"``."""
+        return self.router.audience
+
     def set_audience(self, audience: str) -> None:
         """Word routing's errors for ``audience`` from the next request on (``engine.routing``): a
         gateway serving an engine built for the embedded client makes it a gateway's."""
         self.router = Router(self.deployments, self.catalog, audience=audience)
-        self.audience = audience
         self._bare_targets = {}
 
     def _visible(self, context: RequestContext | None) -> Visible | None:

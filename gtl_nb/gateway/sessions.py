@@ -228,10 +228,7 @@ class GatewayConnection:
 
     def _welcome(self, event: HandshakeComplete) -> None:
         self._said_hello = True
-        if self._timer is not None:  # the hello deadline: the idle one follows
-            self._timer.cancel()
-            self._timer = None
-        self._arm_idle(self.limits.idle_timeout)
+        self._arm_idle(self.limits.idle_timeout)  # in place of the hello deadline
         try:
             context = self._authenticate(event.token)
         except AuthenticationError as exc:

@@ -58,6 +58,16 @@ def gateway_over(
     return engine, gateway
 
 
+async def said_hello(gateway: GatewayConnection, channel: HeldChannel) -> tuple[asyncio.Future, GTLConnection]:
+    """``gateway.run()`` started and a client's hello exchanged (its provider list read)."""
+    running = asyncio.ensure_future(gateway.run())
+    client = GTLConnection("client")
+    channel.inbox.put_nowait(client.data_to_send())
+    await settle()
+    take(channel, client)
+    return running, client
+
+
 def test_a_client_that_never_says_hello_is_closed_after_the_header_timeout():
     async def main() -> None:
         channel = HeldChannel()
@@ -73,11 +83,7 @@ def test_an_idle_connection_is_closed_and_a_busy_one_is_not():
     async def main() -> None:
         channel = HeldChannel()
         engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=0.3))
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         channel.inbox.put_nowait(client.send(request("s1")))
         await asyncio.sleep(0.2)
         assert not running.done()
@@ -94,11 +100,7 @@ def test_shutdown_refuses_new_sessions_lets_running_ones_finish_then_cancels_the
         channel = HeldChannel()
         shutdown = Shutdown(grace=1.5)
         engine, gateway = gateway_over(channel, limits=Limits(), shutdown=shutdown, pace=0.02)
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         long = "word " * 400  # seconds of tokens at the pace; "hi" takes a fraction of one
         channel.inbox.put_nowait(client.send(request("short", "hi")) + client.send(request("long", long)))
         await asyncio.sleep(0.1)
@@ -121,11 +123,7 @@ def test_queries_are_answered_and_refused_with_their_errors():
         engine, gateway = gateway_over(
             channel, limits=Limits(), scopes=frozenset({"chat:write", "models:read", "usage:read"})
         )
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         asks = [
             Query(query_id="a", name="models", params={"deployment": "echo"}),
             Query(query_id="b", name="usage"),
@@ -157,11 +155,7 @@ def test_a_token_event_is_what_the_echo_model_streams():  # guards the helper ab
     async def main() -> None:
         channel = HeldChannel()
         engine, gateway = gateway_over(channel, limits=Limits())
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         channel.inbox.put_nowait(client.send(request("s")))
         await settle()
         assert any(isinstance(e, Token) for e in take(channel, client))
@@ -179,11 +173,7 @@ def test_a_cancel_right_behind_its_request_still_ends_the_session_and_frees_its_
     async def main() -> None:
         channel = HeldChannel()
         engine, gateway = gateway_over(channel, limits=Limits(max_sessions_per_connection=2))
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         burst = b""
         for i in range(4):
             burst += client.send(request(f"s{i}")) + client.send(Cancel(session_id=f"s{i}"))
@@ -222,11 +212,7 @@ def test_a_connection_waits_on_its_limits_and_the_shutdown_without_tasks_of_thei
         shutdown = Shutdown(grace=5)
         engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=30), shutdown=shutdown)
         before = asyncio.all_tasks()
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, _ = await said_hello(gateway, channel)
         assert len(asyncio.all_tasks() - before) == 2  # run() itself and its reader
         assert len(shutdown.stopping._callbacks) == 1
         shutdown.begin()  # idle: it closes at once
@@ -303,11 +289,7 @@ def test_a_busy_connection_arms_no_idle_timer_until_its_last_session_ends():
             look()
 
         gateway._check_idle = counted  # type: ignore[method-assign]
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         channel.inbox.put_nowait(client.send(request("s1", "word " * 40)))  # ~1 s of paced tokens
         await asyncio.wait_for(running, 10)  # closed 0.05 s after the session ended
         assert checks.count(True) <= 1  # the timer armed at hello may find it busy once; none after
@@ -372,11 +354,7 @@ def test_queries_reach_and_name_only_the_deployments_a_token_may_use():
             config={"providers": {"echo": {}, "hidden": hidden}},
             allowed_deployments=frozenset({"echo"}),
         )
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         asks = [
             Query(query_id="m", name="models", params={"deployment": "hidden"}),
             Query(query_id="n", name="models", params={"deployment": "nothing-here"}),
@@ -409,11 +387,7 @@ def test_a_query_being_answered_keeps_the_connection_from_idling_out():
             return ["echo"]
 
         engine.list_models = slow_models  # type: ignore[method-assign]
-        running = asyncio.ensure_future(gateway.run())
-        client = GTLConnection("client")
-        channel.inbox.put_nowait(client.data_to_send())
-        await settle()
-        take(channel, client)
+        running, client = await said_hello(gateway, channel)
         channel.inbox.put_nowait(client.send(Query(query_id="q", name="models", params={"deployment": "echo"})))
         await asyncio.wait_for(slow.wait(), 5)
         await settle()
