@@ -315,6 +315,64 @@ def _chunk_object(data: str, what: str) -> dict[str, Any]:
     return parse_json_object(data, lambda: f"{what} {data[:120]!r}")
 
 
+class _PlainDelta(msgspec.Struct):
+    """A delta of the commonest shape: text or nothing. A field the long way reads that holds
+    anything at all (reasoning, a refusal, tool calls) sends the chunk there (``_plain_chunk``)."""
+
+    content: str | None = None
+    refusal: Any = None
+    tool_calls: Any = None
+    reasoning_content: Any = None
+    reasoning: Any = None
+
+
+class _PlainChoice(msgspec.Struct):
+    index: int | None = 0
+    delta: _PlainDelta | None = None
+    message: Any = None
+    finish_reason: str | None = None
+
+
+class _PlainChunk(msgspec.Struct):
+    """A stream chunk as most servers send it, validated by msgspec in one pass (no dict per level)."""
+
+    model: str | None = None
+    usage: dict[str, Any] | None = None
+    choices: list[_PlainChoice] = []
+    error: Any = None
+
+
+_PLAIN_CHUNK = msgspec.json.Decoder(_PlainChunk)
+
+
+def _plain_chunk(data: str) -> _PlainChunk | None:
+    """``data`` as a ``_PlainChunk`` when it is one and reads exactly as the long way would read it
+    (``_chunk_object`` then ``ChatCompletionsDecoder._on_chunk``), else ``None``: an error, any
+    field of another type or shape, anything msgspec and ``json.loads`` could read differently (the
+    same guard as ``_chunk_object``)."""
+    if "\\u" in data or data.count("{") + data.count("[") > MAX_JSON_DEPTH:
+        return None
+    try:
+        chunk = _PLAIN_CHUNK.decode(data)
+    except ValueError:  # msgspec's DecodeError and ValidationError
+        return None
+    if chunk.error is not None:
+        return None
+    for choice in chunk.choices:
+        delta = choice.delta
+        if choice.message is not None or (
+            delta is not None
+            and (
+                delta.refusal is not None
+                or delta.tool_calls is not None
+                or delta.reasoning_content is not None
+                or delta.reasoning is not None
+            )
+        ):
+            return None
+    return chunk
+
+
 class ChatCompletionsDecoder(GuardedDecoder):
     """Incremental decoder of one 2xx Chat Completions response (see the module docstring)."""
 
@@ -383,6 +441,11 @@ class ChatCompletionsDecoder(GuardedDecoder):
         if data == "[DONE]":
             self._finish(events)
             return events
+        if sse_event.event == "message":
+            plain = _plain_chunk(data)
+            if plain is not None:
+                self._on_plain_chunk(plain, events)
+                return events
         # the connection may have dropped inside the last event
         what = "stream ended before [DONE], inside an unfinished event" if at_eof else "malformed stream chunk"
         payload = _chunk_object(data, what)
@@ -396,6 +459,22 @@ class ChatCompletionsDecoder(GuardedDecoder):
             return events
         self._on_chunk(payload, events)
         return events
+
+    def _on_plain_chunk(self, chunk: _PlainChunk, events: list[StreamEvent]) -> None:
+        """``_on_chunk`` for the commonest shape, already validated (see ``_plain_chunk``)."""
+        if chunk.model:
+            self._model = chunk.model
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.index not in (0, None):
+                continue
+            delta = choice.delta
+            if delta is not None and delta.content:
+                events.append(Token(session_id=self._session, text=delta.content))
+            if choice.finish_reason:
+                self._finish_raw = choice.finish_reason
+                self._flush_tool_calls(events)
 
     def _on_chunk(self, chunk: Mapping[str, Any], events: list[StreamEvent]) -> None:
         model = chunk.get("model")

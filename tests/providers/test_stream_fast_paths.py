@@ -1,19 +1,26 @@
 """The shortcuts the streamed-answer decoders take for the commonest chunk give what the long way gives.
 
-* ``SSEDecoder.feed`` reads a chunk that is exactly one ``data: …\\n\\n`` event without splitting it
-  into lines: the events (and the errors) must be those of the line-by-line parser, however the same
-  bytes are cut.
+* ``SSEDecoder.feed`` reads a chunk that is exactly one ``data: …\\n\\n`` event, or a burst of such
+  events, without splitting it into lines: the events (and the errors) must be those of the
+  line-by-line parser, however the same bytes are cut or grouped.
 * ``openai_chat._chunk_object`` parses a chunk's JSON with msgspec first: the value, or the error,
   must be ``parse_json_object``'s.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
+import wire
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gtl_nb.providers import openai_chat
+from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.limits import MalformedResponseError, parse_json_object
+from gtl_nb.providers.openai import OpenAIDialect
 from gtl_nb.providers.openai_chat import _chunk_object
 from gtl_nb.providers.sse import SSEDecoder, SSEError, SSEEvent
 
@@ -48,6 +55,30 @@ def test_an_event_per_chunk_reads_as_the_same_bytes_cut_anywhere_else(events: li
     cuts = sorted(data.draw(st.lists(st.integers(0, len(body)), max_size=6)))
     elsewhere = [body[start:end] for start, end in zip([0, *cuts], [*cuts, len(body)], strict=True)]
     assert _feed_all(events) == _feed_all(elsewhere) == _feed_all([bytes([byte]) for byte in body])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_EVENT, max_size=10), st.data())
+def test_events_read_in_bursts_read_as_one_event_per_chunk(events: list[bytes], data: st.DataObject) -> None:
+    cuts = sorted(set(data.draw(st.lists(st.integers(0, len(events)), max_size=4))))
+    bursts = [b"".join(events[start:end]) for start, end in zip([0, *cuts], [*cuts, len(events)], strict=True)]
+    assert _feed_all([burst for burst in bursts if burst]) == _feed_all(events)
+
+
+def test_a_burst_of_data_events_keeps_the_event_id_and_falls_back_on_anything_else() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"id: 3\ndata: a\n\n") == [SSEEvent("a", "message", "3", None)]
+    assert decoder.feed(b"data: b\n\ndata: c\n\n") == [SSEEvent("b", id="3"), SSEEvent("c", id="3")]
+    mixed = b"data: d\n\nevent: named\ndata: e\n\n: comment\n\ndata: f\n\n"
+    assert decoder.feed(mixed) == [SSEEvent("d", id="3"), SSEEvent("e", "named", "3"), SSEEvent("f", id="3")]
+
+
+def test_a_burst_with_an_event_over_the_limit_is_refused() -> None:
+    limit = 100
+    small, large = b"data: x\n\n", b"data: " + b"x" * (limit - 6) + b"\n\n"
+    assert len(SSEDecoder(max_event_bytes=limit).feed(small + b"data: " + b"x" * (limit - 7) + b"\n\n")) == 2
+    with pytest.raises(SSEError):
+        SSEDecoder(max_event_bytes=limit).feed(small + large + small)
 
 
 def test_the_shortcut_keeps_the_last_event_id_and_names_the_event_message() -> None:
@@ -132,3 +163,80 @@ def test_any_json_value_reads_the_same(value: object) -> None:
     assert _outcome(lambda text: _chunk_object(text, "x"), document) == _outcome(
         lambda text: parse_json_object(text, lambda: f"x {text[:120]!r}"), document
     )
+
+
+# -- a chunk's shape ------------------------------------------------------------------------------------
+
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2) | st.floats(allow_nan=False) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=2) | st.dictionaries(st.sampled_from(["text", "type", "x"]), inner),
+    max_leaves=4,
+)
+
+
+def _maybe(**fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
+    """Objects holding any subset of ``fields``: the plain shape, and each way of leaving it."""
+    return st.fixed_dictionaries({}, optional=fields)
+
+
+_TEXTISH = st.one_of(st.none(), st.text(max_size=4), _ANY_JSON)
+_DELTA = _maybe(
+    content=st.one_of(st.text(max_size=4), st.none(), st.lists(_maybe(type=st.just("text"), text=st.text(max_size=3)))),
+    role=st.just("assistant"),
+    refusal=_TEXTISH,
+    reasoning_content=_TEXTISH,
+    reasoning=_TEXTISH,
+    tool_calls=st.one_of(st.none(), st.just([{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}])),
+)
+_CHOICE = _maybe(
+    index=st.one_of(st.none(), st.integers(0, 1), st.booleans(), st.just(0.0)),
+    delta=st.one_of(_DELTA, st.none(), st.text(max_size=2)),
+    message=st.one_of(st.none(), _DELTA),
+    finish_reason=st.one_of(st.none(), st.sampled_from(["", "stop", "length", "tool_calls"]), st.integers(0, 1)),
+    logprobs=st.none(),
+)
+_CHUNK = _maybe(
+    id=st.just("chatcmpl-1"),
+    model=st.one_of(st.none(), st.text(max_size=4), st.integers(0, 1)),
+    usage=st.one_of(
+        st.none(), st.just({"prompt_tokens": 3, "completion_tokens": 2}), st.lists(st.integers(), max_size=1)
+    ),
+    choices=st.one_of(st.lists(st.one_of(_CHOICE, st.integers(0, 1)), max_size=2), st.none(), st.just({})),
+    error=st.one_of(st.none(), st.just({"message": "overloaded", "type": "server_error"})),
+)
+
+
+def _decoded(chunks: list[dict[str, Any]], *, plain: bool, reasoning: bool) -> list[Any]:
+    request = wire.request_maker(session_id="s-1", model="gpt-4o-mini")(reasoning=reasoning)
+    with pytest.MonkeyPatch.context() as patch:
+        if not plain:
+            patch.setattr(openai_chat, "_plain_chunk", lambda data: None)  # always the long way
+        decoder = OpenAIDialect().response_decoder(request, Deployment(name="o", type="openai", api_key="k"))
+        events = []
+        for chunk in chunks:
+            events += decoder.feed(f"data: {json.dumps(chunk)}\n\n".encode())
+        events += decoder.feed(b"data: [DONE]\n\n") + decoder.close()
+    return events
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_CHUNK, min_size=1, max_size=3), st.booleans())
+def test_a_plain_chunk_decodes_to_the_events_the_long_way_gives(chunks: list[dict[str, Any]], reasoning: bool) -> None:
+    plain = _decoded(chunks, plain=True, reasoning=reasoning)
+    assert plain == _decoded(chunks, plain=False, reasoning=reasoning)
+
+
+def test_the_plain_way_reads_the_commonest_chunks_and_leaves_the_rest() -> None:
+    assert openai_chat._plain_chunk('{"model":"m","choices":[{"index":0,"delta":{"content":"hi"}}]}') is not None
+    assert openai_chat._plain_chunk('{"choices":[],"usage":{"prompt_tokens":1}}') is not None
+    for other in (
+        '{"choices":[{"delta":{"content":[{"type":"text","text":"a"}]}}]}',  # content parts
+        '{"choices":[{"delta":{"reasoning_content":"think"}}]}',
+        '{"choices":[{"delta":{"tool_calls":[]}}]}',
+        '{"choices":[{"message":{"content":"a"}}]}',
+        '{"error":{"message":"x"}}',
+        '{"choices":[{"index":true}]}',
+        '{"choices":[{"delta":{"content":"\\u00e9"}}]}',  # an escape: the long way scrubs surrogates
+        "[1]",
+    ):
+        assert openai_chat._plain_chunk(other) is None, other
