@@ -17,7 +17,7 @@ import queue
 from collections import deque
 from collections.abc import Callable
 
-from gtl_nb.protocol.messages import Done, Error, StreamEvent
+from gtl_nb.protocol.messages import TERMINAL_EVENTS, StreamEvent
 
 __all__ = ["AsyncEventHandoff", "Batcher", "EventHandoff"]
 
@@ -35,7 +35,7 @@ class Batcher:
 
     def deliver(self, event: StreamEvent) -> None:
         """Take one event (on the loop thread, where sessions deliver their events)."""
-        terminal = isinstance(event, (Done, Error))
+        terminal = type(event) in TERMINAL_EVENTS
         pending = self._pending
         if pending is not None:
             pending.append(event)

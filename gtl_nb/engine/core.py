@@ -83,6 +83,7 @@ from gtl_nb.protocol.errors import (
     error_from_event,
 )
 from gtl_nb.protocol.messages import (
+    TERMINAL_EVENTS,
     CompletionRequest,
     Done,
     Error,
@@ -117,8 +118,9 @@ def _asked_for(request: CompletionRequest) -> str:
     return repr(request.model)
 
 
-_CONTENT = (Token, Reasoning, ToolCallEvent)
-_ANSWER = (*_CONTENT, Usage)  # what a retry would send the caller a second time
+# event types, tested as ``type(event) in …`` on the per-event paths (see ``TERMINAL_EVENTS``)
+_CONTENT = frozenset((Token, Reasoning, ToolCallEvent))
+_ANSWER = _CONTENT | {Usage}  # what a retry would send the caller a second time
 _REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("gtl_request_context")
 """The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
 #: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
@@ -167,7 +169,7 @@ async def run_session(
         async with aclosing(engine.stream(request, context=context, ending=recorded, refused=refused)) as events:
             async for event in events:
                 send(event)
-                ended = isinstance(event, (Done, Error))
+                ended = type(event) in TERMINAL_EVENTS
                 if drain is not None:
                     waiting = drain()
                     if waiting is not None:
@@ -379,18 +381,19 @@ class Engine:
                 self.hooks.emit(RequestStarted(request.session_id, context, request.model, request))
             async with aclosing(self._guarded(request, targets, record, refusal)) as events:
                 async for event in events:
-                    if isinstance(event, Token):
+                    kind = type(event)
+                    if kind is Token:
                         if record.answer is not None:
                             record.answer.append(event.text)
-                    elif isinstance(event, Usage):
+                    elif kind is Usage:
                         usage = event
-                    elif is_failover(event):
+                    elif kind is Status and is_failover(event):
                         usage = None  # the protocol's reset: the usage of an abandoned attempt is void
                         if record.answer is not None:
                             record.answer.clear()
-                    elif isinstance(event, (Done, Error)):
+                    elif kind in TERMINAL_EVENTS:
                         end = event
-                        if isinstance(event, Done):
+                        if kind is Done:
                             record.finish_reason = event.finish_reason
                         if ending is not None:
                             ending.event = event
@@ -479,7 +482,7 @@ class Engine:
         try:
             async with aclosing(self._run(request, targets, record, refusal)) as events:
                 async for event in events:
-                    ended = isinstance(event, (Done, Error))
+                    ended = type(event) in TERMINAL_EVENTS
                     yield event
         except Exception as exc:
             if ended:
@@ -757,7 +760,7 @@ class Engine:
                         record.coalesced = True
                         record.path.append(target.name)
                         record.model = target.model
-                if isinstance(event, _CONTENT) and first is None:
+                if first is None and type(event) in _CONTENT:
                     first = self.clock()
                 if isinstance(event, Done):
                     event = msgspec.structs.replace(
@@ -884,7 +887,7 @@ class Engine:
                     outcome = _AttemptOutcome(events=[] if key is not None else None)
                     async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as events:
                         async for event in events:
-                            if isinstance(event, Done):
+                            if type(event) is Done:
                                 self._breaker_changed(target.name, await breakers.record_success(target.name))
                                 grant = None
                                 await self._remember_success(request, target, outcome, key)
@@ -1012,13 +1015,14 @@ class Engine:
         kept = outcome.events
         try:
             async for event in attempt:
-                done = isinstance(event, Done)
+                kind = type(event)
+                done = kind is Done
                 if done:
                     event = _stamp(event, target, started, first, self.clock())
-                elif first is None and isinstance(event, _CONTENT):
+                elif first is None and kind in _CONTENT:
                     first = self.clock()
                     outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
-                elif isinstance(event, Error):
+                elif kind is Error:
                     outcome.error = event
                     return
                 try:
@@ -1031,7 +1035,7 @@ class Engine:
                         provider=target.name,
                     )
                     return
-                if not outcome.content and isinstance(event, _ANSWER):
+                if not outcome.content and kind in _ANSWER:
                     outcome.content = True  # the caller has it: a retry would duplicate it
                 if kept is not None:
                     kept.append(event)
@@ -1146,9 +1150,10 @@ class Engine:
         timeouts = self.deployment_timeouts.get(target.name)
         try:
             async for event in self.http.run(provider, sent, deployment, timeouts):
-                if isinstance(event, Usage):
+                kind = type(event)
+                if kind is Usage:
                     event = self._priced(event, target)
-                elif isinstance(event, Error):  # a provider may quote the key it refused: never pass it on
+                elif kind is Error:  # a provider may quote the key it refused: never pass it on
                     event = _scrubbed(event, deployment)
                 yield event
         except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)

@@ -196,14 +196,14 @@ class HttpRunner:
                 for event in decoder.feed(chunk):
                     if pending is not None:
                         log.warning("%s: %s after done ignored", deployment.name, type(event).__name__)
-                    elif isinstance(event, Done):
+                    elif type(event) is Done:
                         pending = event  # held until the body ends: provider_data is complete then
                     else:
                         yield event
             for event in decoder.close():
                 if pending is not None:
                     log.warning("%s: %s after done ignored", deployment.name, type(event).__name__)
-                elif isinstance(event, Done):
+                elif type(event) is Done:
                     pending = event
                 else:
                     yield event

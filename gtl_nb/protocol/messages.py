@@ -267,6 +267,10 @@ class Answer(msgspec.Struct, frozen=True, tag="answer", omit_defaults=True):
 
 
 StreamEvent = Status | Token | Reasoning | ToolCallEvent | Usage | Done | Error
+TERMINAL_EVENTS: frozenset[type] = frozenset((Done, Error))
+"""The event types that end a session. The per-event paths test ``type(event) in TERMINAL_EVENTS`` (or
+``type(event) is Done``) rather than ``isinstance``: message types are never subclassed, and an
+``isinstance`` that fails goes on to look up the object's ``__class__``, which costs more than the test."""
 WireMessage = CompletionRequest | StreamEvent | ProviderInfo | Hello | Cancel | Query | Answer
 MESSAGE_TYPES: dict[str, type] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]

@@ -62,12 +62,13 @@ class SessionStateMachine:
             return state  # the bulk of every stream, so asked first
         if state is SessionState.ENDED:
             raise SessionStateError(f"session {self.session_id!r}: {_kind(event)} after the terminal event")
-        if isinstance(event, Status):
+        kind = type(event)
+        if kind is Status:
             if event.state == "failover" or state is SessionState.NEW:
                 self.state = SessionState.OPEN
             return self.state
-        if isinstance(event, (Done, Error)):
-            if isinstance(event, Done) and state is SessionState.NEW:
+        if kind is Done or kind is Error:
+            if kind is Done and state is SessionState.NEW:
                 raise SessionStateError(f"session {self.session_id!r}: done before any status")
             self.state = SessionState.ENDED
             return self.state

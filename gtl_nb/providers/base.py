@@ -36,8 +36,8 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 import msgspec
 
 from gtl_nb.protocol.messages import (
+    TERMINAL_EVENTS,
     CompletionRequest,
-    Done,
     Error,
     ModelInfo,
     StreamEvent,
@@ -449,7 +449,7 @@ def is_carriable(event: StreamEvent) -> bool:
 
 def ends_response(events: list[StreamEvent]) -> bool:
     """True when ``events`` end with a terminal event (``done`` or ``error``)."""
-    return bool(events) and isinstance(events[-1], (Done, Error))
+    return bool(events) and type(events[-1]) in TERMINAL_EVENTS
 
 
 def _fault_message(exc: Exception) -> str:
@@ -558,7 +558,7 @@ class GuardedDecoder:
                 kind = type(event).__name__
                 event = self._fault(MalformedResponseError(f"malformed response: a value of the wrong type in {kind}"))
             accepted.append(event)
-            if isinstance(event, (Done, Error)):
+            if type(event) in TERMINAL_EVENTS:
                 self._terminated = True
                 break
         return accepted

@@ -5,7 +5,9 @@
 character or between ``\\r`` and ``\\n``. Comment lines (``:``) are skipped. ``close()`` flushes
 an event that the stream ended without a blank line after.
 
-Linear in the bytes fed, however they are split: each byte is scanned for a line end once. An
+Linear in the bytes fed, however they are split: each byte is scanned for a line end once. Bytes are
+searched with ``find``, not ``in``: CPython's ``x in some_bytes`` first tries ``x`` as an integer and
+formats, then discards, the ``TypeError`` (twice the time of the search, on every chunk). An
 event whose lines add up to more than ``max_event_bytes`` (a line that never ends included)
 raises ``SSEError`` instead of growing a buffer without bound.
 """
@@ -52,7 +54,7 @@ class SSEDecoder:
             chunk[:6] == b"data: "
             and chunk.find(b"\n") == len(chunk) - 2
             and chunk[-1:] == b"\n"
-            and b"\r" not in chunk
+            and chunk.find(b"\r") < 0
             and not self._buffer
             and not self._has_fields
         ):
@@ -61,12 +63,12 @@ class SSEDecoder:
             if len(chunk) - 1 > self._max:
                 raise SSEError(f"server-sent event larger than {self._max} bytes")
             return [SSEEvent(chunk[6:-2].decode("utf-8", "replace"), "message", self._id, None)]
-        if not self._buffer and not self._has_fields and chunk[-2:] == b"\n\n" and b"\r" not in chunk:
+        if not self._buffer and not self._has_fields and chunk[-2:] == b"\n\n" and chunk.find(b"\r") < 0:
             burst = self._data_only_events(chunk)
             if burst is not None:
                 return burst
         events: list[SSEEvent] = []
-        if not self._buffer and b"\r" not in chunk:
+        if not self._buffer and chunk.find(b"\r") < 0:
             # the common case (whole "data: ...\n\n" chunks, LF only): split in C, keep the tail
             *lines, tail = chunk.split(b"\n")
             for line in lines:
@@ -95,7 +97,7 @@ class SSEDecoder:
         pieces = chunk.split(b"\n\n")
         pieces.pop()  # the empty tail after the last blank line (the caller checked the chunk's end)
         for piece in pieces:
-            if piece[:6] != b"data: " or b"\n" in piece or len(piece) + 2 > self._max:
+            if piece[:6] != b"data: " or piece.find(b"\n") >= 0 or len(piece) + 2 > self._max:
                 return None
         identifier = self._id
         return [SSEEvent(piece[6:].decode("utf-8", "replace"), "message", identifier, None) for piece in pieces]

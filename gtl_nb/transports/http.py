@@ -211,7 +211,9 @@ class SseData:
         self._max_line = max_line + 64
 
     def feed(self, chunk: bytes) -> bytes:
-        if b"\n" not in chunk:  # the common small-chunk case appends, never re-copies the partial line
+        # the common small-chunk case appends, never re-copies the partial line (find: ``in`` on bytes
+        # formats, then discards, a TypeError before it searches)
+        if chunk.find(b"\n") < 0:
             self._partial += chunk
             self._check()
             return b""
