@@ -42,13 +42,13 @@ ErrorCode = Literal[
 PROTOCOL_VERSION = "1.0"
 
 
-
 MAX_ID_LENGTH = 256
 """Longest ``session_id`` or ``query_id`` a peer may send (ids end up in ledger rows and every event)."""
 MAX_NAME_LENGTH = 512
 """Longest model or deployment name a request may carry."""
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
+
 
 class ToolCall(msgspec.Struct, frozen=True):
     """One complete function call: ``arguments`` is the JSON text of an object."""
@@ -269,8 +269,20 @@ class Answer(msgspec.Struct, frozen=True, tag="answer", omit_defaults=True):
 StreamEvent = Status | Token | Reasoning | ToolCallEvent | Usage | Done | Error
 TERMINAL_EVENTS: frozenset[type] = frozenset((Done, Error))
 """The event types that end a session. The per-event paths test ``type(event) in TERMINAL_EVENTS`` (or
-``type(event) is Done``) rather than ``isinstance``: message types are never subclassed, and an
+``type(event) is Done``) rather than ``isinstance``: the event types are final (below), and an
 ``isinstance`` that fails goes on to look up the object's ``__class__``, which costs more than the test."""
+
+
+def _final(cls: type, **kwargs: Any) -> None:
+    raise TypeError(
+        f"{cls.__mro__[1].__name__} is a GTL event type and cannot be subclassed: the engine tells events "
+        "apart by their exact type (a provider plugin yields the protocol's own event types)"
+    )
+
+
+for _event_type in (Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error):
+    _event_type.__init_subclass__ = classmethod(_final)  # type: ignore[assignment,method-assign]
+del _event_type
 WireMessage = CompletionRequest | StreamEvent | ProviderInfo | Hello | Cancel | Query | Answer
 MESSAGE_TYPES: dict[str, type] = {
     cls.__struct_config__.tag: cls  # type: ignore[misc]

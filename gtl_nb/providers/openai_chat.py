@@ -51,6 +51,7 @@ The ``openai_compatible`` dialect can replay it (deployment option ``replay_reas
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -351,6 +352,11 @@ def _plain_chunk(data: str) -> _PlainChunk | None:
     field of another type or shape, anything msgspec and ``json.loads`` could read differently (the
     same guard as ``_chunk_object``)."""
     if "\\u" in data or data.count("{") + data.count("[") > MAX_JSON_DEPTH:
+        return None
+    digits = sys.get_int_max_str_digits()
+    if digits and len(data) > digits:
+        # msgspec skips the fields a struct does not name without reading their numbers, and
+        # ``json.loads`` refuses an integer longer than this: a chunk that long takes the long way
         return None
     try:
         chunk = _PLAIN_CHUNK.decode(data)

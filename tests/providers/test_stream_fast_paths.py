@@ -206,7 +206,9 @@ _CHUNK = _maybe(
 )
 
 
-def _decoded(chunks: list[dict[str, Any]], *, plain: bool, reasoning: bool) -> list[Any]:
+def _decoded(chunks: list[dict[str, Any] | str], *, plain: bool, reasoning: bool) -> list[Any]:
+    """The events of ``chunks`` (objects, or JSON text as it is) and ``[DONE]``, by the plain way
+    where it applies, or always by the long way."""
     request = wire.request_maker(session_id="s-1", model="gpt-4o-mini")(reasoning=reasoning)
     with pytest.MonkeyPatch.context() as patch:
         if not plain:
@@ -214,7 +216,8 @@ def _decoded(chunks: list[dict[str, Any]], *, plain: bool, reasoning: bool) -> l
         decoder = OpenAIDialect().response_decoder(request, Deployment(name="o", type="openai", api_key="k"))
         events = []
         for chunk in chunks:
-            events += decoder.feed(f"data: {json.dumps(chunk)}\n\n".encode())
+            text = chunk if isinstance(chunk, str) else json.dumps(chunk)
+            events += decoder.feed(f"data: {text}\n\n".encode())
         events += decoder.feed(b"data: [DONE]\n\n") + decoder.close()
     return events
 
@@ -224,6 +227,37 @@ def _decoded(chunks: list[dict[str, Any]], *, plain: bool, reasoning: bool) -> l
 def test_a_plain_chunk_decodes_to_the_events_the_long_way_gives(chunks: list[dict[str, Any]], reasoning: bool) -> None:
     plain = _decoded(chunks, plain=True, reasoning=reasoning)
     assert plain == _decoded(chunks, plain=False, reasoning=reasoning)
+
+
+_LONG = "9" * 4301  # one digit more than json.loads reads (sys.get_int_max_str_digits)
+_HI = ',"choices":[{"delta":{"content":"hi"}}]}'
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        '{"x":' + _LONG + _HI,
+        '{"choices":[{"logprobs":-' + _LONG + ',"delta":{"content":"hi"}}]}',
+        '{"choices":[{"delta":{"role":' + _LONG + ',"content":"hi"}}]}',
+        '{"x":' + _LONG[1:] + _HI,  # the longest it reads
+        '{"pad":"' + "x" * 5000 + '"' + _HI,
+    ],
+)
+def test_a_long_number_in_a_field_nobody_reads_decodes_as_the_long_way_decodes_it(document: str) -> None:
+    import sys
+
+    if sys.get_int_max_str_digits() != 4300:
+        pytest.skip("the interpreter's integer digit limit is not the default")
+    assert _decoded([document], plain=True, reasoning=False) == _decoded([document], plain=False, reasoning=False)
+
+
+def test_an_event_type_cannot_be_subclassed() -> None:
+    from gtl_nb.protocol.messages import Done
+
+    with pytest.raises(TypeError, match="Done is a GTL event type and cannot be subclassed"):
+
+        class _MyDone(Done):  # type: ignore[misc]
+            pass
 
 
 def test_the_plain_way_reads_the_commonest_chunks_and_leaves_the_rest() -> None:
