@@ -10,7 +10,11 @@ spent by every thread of the gateway in between — divided by the requests.
 (``perf stat -e instructions`` would be cheaper; this machine's kernel does not expose the counter,
 ``<not supported>``.) Optional, slow (valgrind runs Python ~50× slower): not part of ``make bench``.
 
-    python -m bench.callgrind [--requests 50] [--paths gtl-openai,gtl-sse,gtl-ws]
+    python -m bench.callgrind [--requests 50] [--paths gtl-openai,gtl-sse,gtl-ws] [--keep DIR]
+
+``--keep DIR`` keeps each dump (``DIR/<path>-<workload>.callgrind``) for ``callgrind_annotate``, which
+names the C functions the instructions went to: that is how a ``bytes`` ``in`` that formats an
+exception, or an ``isinstance`` that looks up ``__class__``, shows up.
 """
 
 from __future__ import annotations
@@ -55,8 +59,8 @@ def _newest_dump(directory: Path, known: set[Path]) -> Path:
     raise RuntimeError("callgrind wrote no dump")
 
 
-def count(paths: list[str], requests: int) -> dict[tuple[str, str], float]:
-    """Instructions per request for each path and workload."""
+def count(paths: list[str], requests: int, keep: Path | None = None) -> dict[tuple[str, str], float]:
+    """Instructions per request for each path and workload (each dump copied into ``keep``, if given)."""
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     results: dict[tuple[str, str], float] = {}
@@ -94,6 +98,9 @@ def count(paths: list[str], requests: int) -> dict[tuple[str, str], float]:
                     _control("--instr=off", pid)
                     if result["errors"]:
                         raise RuntimeError(f"{path} {workload.label}: {result['errors']}")
+                    if keep is not None:
+                        keep.mkdir(parents=True, exist_ok=True)
+                        shutil.copy(dump, keep / f"{path}-{workload.label.replace(' ', '-')}.callgrind")
                     per_request = _total_instructions(dump) / result["requests"]
                     results[(path, workload.label)] = per_request
                     millions = per_request / 1e6
@@ -109,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.callgrind", description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=50, help="requests per path and workload (default 50)")
     parser.add_argument("--paths", default="gtl-openai,gtl-sse,gtl-ws")
+    parser.add_argument("--keep", type=Path, help="copy each dump here, for callgrind_annotate")
     args = parser.parse_args(argv)
-    count(args.paths.split(","), args.requests)
+    count(args.paths.split(","), args.requests, args.keep)
 
 
 if __name__ == "__main__":

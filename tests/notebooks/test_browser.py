@@ -36,6 +36,7 @@ NOTEBOOK = "02-compare-providers.ipynb"
 # seconds between streamed chunks, at least 50 ms each: every column streams for seconds, all at once
 BROWSER_PACES = {"openai": 0.08, "anthropic": 0.1, "gemini": 0.3}
 SAMPLE_EVERY = 0.05
+FULL_SPEED_CELL = "for _sim in sims.values():\n    _sim.context.pace = 0.0"
 
 # User settings of the isolated JupyterLab / Notebook 7: no news pop-up over the page, and every cell
 # kept in the DOM (no windowing) so the sampler always finds the grid.
@@ -68,7 +69,8 @@ endpoint = gateway.url("ws")"""
 
 
 def prepare_notebook(root: Path, texts_path: Path, *, gateway: bool = False) -> tuple[str, int]:
-    """Copy 02 into ``root``: outputs cleared, browser paces, a last cell writing each model's text.
+    """Copy 02 into ``root``: outputs cleared, browser paces (until the sampled grid is done), a last
+    cell writing each model's text.
 
     With ``gateway``, the magics run on a gateway process (``start_gateway``, then ``%gtl connect
     ws://…``) whose ledger is ``gateway.sqlite3`` beside the notebook's. Returns the notebook's file
@@ -87,6 +89,8 @@ def prepare_notebook(root: Path, texts_path: Path, *, gateway: bool = False) -> 
             nbformat.v4.new_code_cell("%gtl connect {endpoint}"),
         ]
     target = next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code" and "--out comparison" in c.source)
+    # once the sampled grid has finished, the rest of the notebook need not stream at the browser's paces
+    notebook.cells.insert(target + 1, nbformat.v4.new_code_cell(FULL_SPEED_CELL))
     for c in notebook.cells:
         if c.cell_type == "code":
             c.outputs, c.execution_count = [], None
