@@ -113,10 +113,10 @@ def test_a_replica_killed_mid_stream(cluster: Cluster):
 
 
 def _load(cluster: Cluster, count: int, during: threading.Event) -> list[object]:
-    """``count`` requests through nginx, four at a time, the first few before ``during`` is set."""
+    """``count`` requests through nginx, eight at a time, the first eight before ``during`` is set."""
 
     def one(index: int) -> object:
-        if index >= 4:
+        if index >= 8:
             during.wait(30)
         with gtl_nb.connect(cluster.http_url, token=token()) as client:
             try:
@@ -124,7 +124,7 @@ def _load(cluster: Cluster, count: int, during: threading.Event) -> list[object]
             except GTLError as exc:
                 return exc
 
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
         return list(pool.map(one, range(count)))
 
 
@@ -164,8 +164,12 @@ def test_redis_stopped_and_restarted_during_load(cluster: Cluster):
 def test_postgres_stopped_and_restarted_the_spool_drains(cluster: Cluster):
     cluster.postgres.stop()
     try:
-        with gtl_nb.connect(cluster.http_url, token=token()) as client:
-            answers = [client.complete("openai:gpt-4o", f"while PostgreSQL is away {i}") for i in range(9)]
+        with (
+            gtl_nb.connect(cluster.http_url, token=token()) as client,
+            concurrent.futures.ThreadPoolExecutor(3) as pool,
+        ):
+            prompts = [f"while PostgreSQL is away {i}" for i in range(9)]
+            answers = list(pool.map(lambda prompt: client.complete("openai:gpt-4o", prompt), prompts))
         readiness = [httpx.get(replica.url("http") + "/readyz", timeout=10).json() for replica in cluster.replicas]
         assert all(state["status"] == "degraded" and "ledger" in state["degraded"] for state in readiness), readiness
     finally:
