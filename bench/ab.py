@@ -3,11 +3,12 @@
     python -m bench.ab --rev HEAD~1 --rev HEAD [--rounds 5] [--duration 3] [--cells whole:1,stream:1]
     python -m bench.ab --rev HEAD --rev HEAD        # the noise floor: the same tree twice
     python -m bench.ab --rev HEAD --rev HEAD --upstream-client aiohttp --upstream-client httptools
+    python -m bench.ab --rev main --rev my-branch --path gtl-ws     # another binding path
 
 Each variant is a ``gtl serve`` with the suite's configuration (GhostToken checked, SQLite ledger and
 audit log on, ``bench.gateway_setup``) behind one fast fake upstream; a ``--rev`` is checked out in a
 temporary git worktree and its gateway imports that tree (``PYTHONPATH``). One load client drives the
-OpenAI-compatible endpoint of each variant in turn, cell by cell, the variants' order reversed every
+OpenAI-compatible endpoint (or ``--path``) of each variant in turn, cell by cell, the variants' order reversed every
 other round (A B, B A, ...) so a drift of the machine weighs on both alike. Prints the gateway's CPU per
 request (from /proc) and the p50 latency per variant and round, then the medians and each variant's
 ratio to the first. ``bench.ab_event_loop`` compares settings of this tree the same way.
@@ -21,12 +22,12 @@ import statistics
 import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bench import gateway_setup
-from bench.paths import PathSpec
+from bench.paths import GATEWAY_PATHS, PathSpec, gateway_paths
 from bench.procstat import descendants, tree_usage
 from bench.servers import Gateway, LoadClientProcess, Upstream
 
@@ -65,6 +66,7 @@ def compare(
     rounds: int = 4,
     duration: float = 3.0,
     tokens: int = 16,
+    path: str = "gtl-openai",
 ) -> Figures:
     """Run the interleaved rounds (module docstring) and return every figure, printing each as it comes."""
     upstream = Upstream()
@@ -85,8 +87,8 @@ def compare(
             if variant.tree is not None:
                 files.env["PYTHONPATH"] = str(variant.tree)
             gateway = Gateway(files)
-            # each path has its own name: the load client keeps its connections per name
-            spec = PathSpec(f"gtl-openai-v{number}", "chat", port=gateway.port("http"), token=files.token)
+            # each variant's path has its own name: the load client keeps its connections per name
+            spec = replace(gateway_paths(gateway, files, [path])[path], name=f"{path}-v{number}")
             running.append((variant, gateway, spec, descendants(gateway.pid)))
         for round_ in range(rounds):
             order = running if round_ % 2 == 0 else running[::-1]
@@ -178,6 +180,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase")
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--cells", type=parse_cells, default=DEFAULT_CELLS, help="e.g. whole:1,stream:1,stream:10")
+    parser.add_argument("--path", choices=GATEWAY_PATHS[:3], default="gtl-openai", help="the gateway path measured")
     options = parser.parse_args()
     clients = (
         options.upstream_client * len(options.rev) if len(options.upstream_client) == 1 else options.upstream_client
@@ -194,7 +197,12 @@ def main() -> None:
             for number, (revision, tree) in enumerate(zip(options.rev, trees, strict=True))
         ]
         figures = compare(
-            variants, cells=options.cells, rounds=options.rounds, duration=options.duration, tokens=options.tokens
+            variants,
+            cells=options.cells,
+            rounds=options.rounds,
+            duration=options.duration,
+            tokens=options.tokens,
+            path=options.path,
         )
     print()
     print(summary(variants, figures, options.cells))
