@@ -39,7 +39,7 @@ import dataclasses
 import random
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -1007,15 +1007,23 @@ class Engine:
         started: float,
         outcome: _AttemptOutcome,
     ) -> AsyncIterator[StreamEvent]:
-        """One call to one target: yields its validated events; leaves ``done`` or ``error`` in ``outcome``."""
+        """One call to one target: yields its validated events; leaves ``done`` or ``error`` in ``outcome``.
+
+        An HTTP deployment's events come straight from ``HttpRunner.run`` and are priced and scrubbed of
+        the deployment's key here, not in a generator of their own: one level less for every event of
+        every stream (see ``_call``)."""
         sid = request.session_id
         first: float | None = None
         attempt_started = self.clock()
-        attempt = self._attempt(request, target)
+        attempt, deployment = self._call(request, target)
         kept = outcome.events
         try:
             async for event in attempt:
                 kind = type(event)
+                if kind is Usage:
+                    event = self._priced(event, target)
+                elif kind is Error and deployment is not None:  # a provider may quote the key it refused
+                    event = _scrubbed(event, deployment)
                 done = kind is Done
                 if done:
                     event = _stamp(event, target, started, first, self.clock())
@@ -1044,6 +1052,11 @@ class Engine:
                     yield event
                     return
                 yield event
+        except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
+            if deployment is None:
+                raise
+            outcome.error = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
+            return
         finally:
             await attempt.aclose()
         outcome.error = Error(
@@ -1124,40 +1137,41 @@ class Engine:
             raise AuthenticationError(f"the token names a stored key for {target.name!r}, but no key vault is set up")
         return choose(target.deployment, chosen)  # type: ignore[no-any-return]
 
-    async def _attempt(self, request: CompletionRequest, target: Target) -> AsyncIterator[StreamEvent]:
+    def _call(
+        self, request: CompletionRequest, target: Target
+    ) -> tuple[AsyncGenerator[StreamEvent, None], Deployment | None]:
+        """The events of one call to ``target`` — ``status: streaming`` first — and, for an HTTP
+        deployment, the deployment with the keys it was called with (its events' errors are scrubbed of
+        them). For HTTP that is ``HttpRunner.run``'s own generator; a local provider's events, or the
+        error that stopped the call before it began, come from a small generator here."""
         sid = request.session_id
         sent = msgspec.structs.replace(request, model=target.model, provider=target.name, providers=None)
         try:
             provider = get_provider(target.deployment.type)
         except GTLError as exc:
-            yield exc.to_event(sid)
-            return
-        yield Status(session_id=sid, state="streaming")
+            return _these(exc.to_event(sid)), None
+        streaming = Status(session_id=sid, state="streaming")
         if is_local(provider):
-            options = getattr(provider, "with_options", None)
-            if options is not None and target.deployment.options:
-                provider = options(dict(target.deployment.options))
-            for delay, event in provider.generate(sent):
-                if delay > 0:
-                    await self._sleep(delay)
-                yield self._priced(event, target)
-            return
+            return self._local_call(provider, sent, target, streaming), None
         try:
             deployment = self._credentials_for(target)  # current keys: rotation needs no restart
         except GTLError as exc:
-            yield _with_provider(exc.to_event(sid), target)
-            return
+            return _these(streaming, _with_provider(exc.to_event(sid), target)), None
         timeouts = self.deployment_timeouts.get(target.name)
-        try:
-            async for event in self.http.run(provider, sent, deployment, timeouts):
-                kind = type(event)
-                if kind is Usage:
-                    event = self._priced(event, target)
-                elif kind is Error:  # a provider may quote the key it refused: never pass it on
-                    event = _scrubbed(event, deployment)
-                yield event
-        except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
-            yield _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
+        return self.http.run(provider, sent, deployment, timeouts, announce=streaming), deployment
+
+    async def _local_call(
+        self, provider: Any, sent: CompletionRequest, target: Target, streaming: Status
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """A local provider's events (``echo``, a simulator in the process), each after its delay."""
+        yield streaming
+        options = getattr(provider, "with_options", None)
+        if options is not None and target.deployment.options:
+            provider = options(dict(target.deployment.options))
+        for delay, event in provider.generate(sent):
+            if delay > 0:
+                await self._sleep(delay)
+            yield event
 
     def _priced(self, event: StreamEvent, target: Target) -> StreamEvent:
         if (
@@ -1173,6 +1187,12 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
+
+
+async def _these(*events: StreamEvent) -> AsyncGenerator[StreamEvent, None]:
+    """``events`` as an async generator (a call that ended before it began)."""
+    for event in events:
+        yield event
 
 
 def _never_waits(store: Any) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,9 +110,14 @@ class HttpRunner:
         request: CompletionRequest,
         deployment: Deployment,
         timeouts: Timeouts | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+        *,
+        announce: StreamEvent | None = None,
+    ) -> AsyncGenerator[StreamEvent, None]:
         """Send ``request`` through ``dialect`` and yield the decoded events; the decoder's opaque
-        replay state (``provider_data``) goes on the ``done`` event it ends with."""
+        replay state (``provider_data``) goes on the ``done`` event it ends with. ``announce`` (the
+        engine's ``status: streaming``) is yielded first, before the request is built or sent."""
+        if announce is not None:
+            yield announce
         limits = timeouts or self.timeouts
         description = dialect.build_request(request, deployment, now=self.wall_clock())
         if log.isEnabledFor(logging.DEBUG):
