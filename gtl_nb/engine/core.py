@@ -1058,7 +1058,10 @@ class Engine:
             outcome.error = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
             return
         finally:
-            await attempt.aclose()
+            try:
+                await attempt.aclose()
+            except Exception:  # closing the response failed after its events were read: the answer stands
+                log.exception("%s: closing the response of %s failed", target.name, sid)
         outcome.error = Error(
             session_id=sid, code="INTERNAL", message=f"{target.name} ended without done or error", provider=target.name
         )

@@ -531,3 +531,43 @@ def test_a_header_name_no_http_peer_takes_is_refused_before_sending(server_facto
 
     with pytest.raises(UnsendableRequest, match="header name"):
         asyncio.run(send())
+
+
+class _CloseFails:
+    """An upstream transport whose responses read fine and fail when closed."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    async def send(self, request, *, connect_timeout):  # type: ignore[no-untyped-def]
+        response = await self.inner.send(request, connect_timeout=connect_timeout)  # type: ignore[attr-defined]
+
+        class Response:
+            status, headers = response.status, response.headers
+
+            def chunks(self):  # type: ignore[no-untyped-def]
+                return response.chunks()
+
+            async def aclose(self) -> None:
+                await response.aclose()
+                raise OSError("the socket could not be closed")
+
+        return Response()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()  # type: ignore[attr-defined]
+
+
+def test_a_response_that_fails_to_close_after_its_answer_leaves_the_answer_done(server_factory, caplog):
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"hello\n", b"done\n") + b"0\r\n\r\n"))
+    engine = make_engine(
+        {"a": lines("a", server.url)},
+        timeouts=Timeouts(connect=2, first_byte=0.5, idle=0.3),
+        routing={"retry": {"max_attempts": 1}},
+        http_transport=_CloseFails(transport()),
+    )
+    with caplog.at_level("ERROR", logger="gtl_nb"):
+        events = run(engine, request())
+    assert isinstance(events[-1], Done), events
+    assert [type(e) for e in events].count(Done) == 1 and not any(isinstance(e, Error) for e in events)
+    assert "closing the response" in caplog.text
