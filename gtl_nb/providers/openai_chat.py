@@ -295,6 +295,12 @@ def parse_models(body: bytes) -> list[str]:
 _CHUNK_JSON = msgspec.json.Decoder()
 
 
+def _has_escape(data: str) -> bool:
+    """Whether ``data`` holds a ``\\u`` escape. Most chunks hold no backslash at all, and a one-character
+    search runs as ``memchr`` (a sixth of the two-character search's cost): asked first, it spares them that."""
+    return "\\" in data and "\\u" in data
+
+
 def _chunk_object(data: str, what: str) -> dict[str, Any]:
     """One stream chunk's JSON object, as ``parse_json_object`` reads it, but msgspec first.
 
@@ -305,7 +311,7 @@ def _chunk_object(data: str, what: str) -> dict[str, Any]:
     surrogate, which ``parse_json`` scrubs) and documents with enough brackets to nest too deep. The
     size needs no check here: the SSE parser already bounds an event.
     """
-    if "\\u" not in data and data.count("{") + data.count("[") <= MAX_JSON_DEPTH:
+    if not _has_escape(data) and data.count("{") + data.count("[") <= MAX_JSON_DEPTH:
         try:
             value = _CHUNK_JSON.decode(data)
         except ValueError:  # msgspec's DecodeError, or a str it cannot encode
@@ -351,7 +357,7 @@ def _plain_chunk(data: str) -> _PlainChunk | None:
     (``_chunk_object`` then ``ChatCompletionsDecoder._on_chunk``), else ``None``: an error, any
     field of another type or shape, anything msgspec and ``json.loads`` could read differently (the
     same guard as ``_chunk_object``)."""
-    if "\\u" in data or data.count("{") + data.count("[") > MAX_JSON_DEPTH:
+    if _has_escape(data) or data.count("{") + data.count("[") > MAX_JSON_DEPTH:
         return None
     digits = sys.get_int_max_str_digits()
     if digits and len(data) > digits:
