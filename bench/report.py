@@ -161,6 +161,22 @@ def codec_lines(codec: dict[str, float] | None) -> list[str]:
         f"| FrameDecoder on 1,400-byte pieces | {codec['frame_decoder_events_per_s']:,.0f} "
         f"| {codec['json_lines_events_per_s']:,.0f} "
         f"| {codec['frame_decoder_events_per_s'] / codec['json_lines_events_per_s']:.1f}× |",
+        *(
+            f"| {label} | {codec[ours]:,.0f} | {codec[theirs]:,.0f} | {codec[ours] / codec[theirs]:.1f}× |"
+            for label, ours, theirs in (
+                (
+                    "connection, gateway's end: event → checked frame",
+                    "connection_send_events_per_s",
+                    "json_dumps_events_per_s",
+                ),
+                (
+                    "connection, client's end: bytes → checked events",
+                    "connection_receive_events_per_s",
+                    "json_receive_events_per_s",
+                ),
+            )
+            if ours in codec
+        ),
     ]
 
 

@@ -31,6 +31,7 @@ from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
 from gtl_nb.protocol.messages import (
+    TERMINAL_EVENTS,
     CompletionRequest,
     Error,
     Message,
@@ -598,6 +599,7 @@ class _StreamBase:
         self.request = request
         self.on_event = on_event
         self.transcript = Transcript(session_id=request.session_id)
+        self._finished = False  # the transcript's ``finished``, kept as a flag: it is asked per event
 
     @property
     def session_id(self) -> str:
@@ -605,10 +607,12 @@ class _StreamBase:
 
     @property
     def finished(self) -> bool:
-        return self.transcript.finished
+        return self._finished
 
     def _record(self, event: StreamEvent) -> None:
         self.transcript.add(event)
+        if type(event) in TERMINAL_EVENTS:
+            self._finished = True
         if self.on_event is not None:
             self.on_event(event)
 
@@ -740,23 +744,27 @@ class AsyncEventStream(_StreamBase):
         return self
 
     async def __anext__(self) -> StreamEvent:
-        if self._handoff is None:
-            self._start_session()
-        if self.finished:
+        handoff = self._handoff
+        if handoff is None:
+            handoff = self._start_session()
+        if self._finished:
             raise StopAsyncIteration
-        assert self._handoff is not None
-        try:
-            event = await self._handoff.next()
-        except asyncio.CancelledError:
-            self._work.cancel()  # the task reading the stream was cancelled: so is the session
-            await self._collect_end()  # its one terminal event, as the ledger records it
-            raise
+        if handoff.ready:  # the rest of a batch that already arrived: no waiting, no coroutine
+            event = handoff.ready.popleft()
+        else:
+            try:
+                event = await handoff.next()
+            except asyncio.CancelledError:
+                self._work.cancel()  # the task reading the stream was cancelled: so is the session
+                await self._collect_end()  # its one terminal event, as the ledger records it
+                raise
         self._record(event)
         return event
 
-    def _start_session(self) -> None:
-        self._handoff = AsyncEventHandoff(asyncio.get_running_loop())
-        self._work = self.client._start(self.request, self._handoff.deliver)
+    def _start_session(self) -> AsyncEventHandoff:
+        self._handoff = handoff = AsyncEventHandoff(asyncio.get_running_loop())
+        self._work = self.client._start(self.request, handoff.deliver)
+        return handoff
 
     async def _collect_end(self) -> None:
         """After a cancel, record the end the loop thread delivers (``CANCELLED``, or the ``done`` the

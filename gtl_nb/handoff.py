@@ -86,13 +86,14 @@ class EventHandoff:
 
 
 class AsyncEventHandoff:
-    """The reading end for a coroutine on another event loop (the caller's)."""
+    """The reading end for a coroutine on another event loop (the caller's). ``ready`` holds the rest of
+    the batch last taken: a reader may pop from it without awaiting ``next``."""
 
-    __slots__ = ("_batches", "_ready", "deliver")
+    __slots__ = ("_batches", "deliver", "ready")
 
     def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
         self._batches: asyncio.Queue[Batch] = asyncio.Queue()
-        self._ready: deque[StreamEvent] = deque()
+        self.ready: deque[StreamEvent] = deque()
 
         def send(batch: Batch) -> None:
             try:
@@ -104,6 +105,6 @@ class AsyncEventHandoff:
 
     async def next(self) -> StreamEvent:
         """The next event, as soon as its batch arrives."""
-        if not self._ready:
-            self._ready.extend(await self._batches.get())
-        return self._ready.popleft()
+        if not self.ready:
+            self.ready.extend(await self._batches.get())
+        return self.ready.popleft()

@@ -277,7 +277,7 @@ class GatewayConnection:
                 request,
                 context,
                 self.framed.send_nowait,
-                drain=self.framed.drain,
+                drain=self.framed.drain_when_full,
                 finish=self._end,
                 cancelled_by=lambda: self._cancel_reason,
                 refused=completion_refusal(context, self._authenticate),

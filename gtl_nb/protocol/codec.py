@@ -207,11 +207,13 @@ class FrameError:
 
     ``error`` is the library error that ``decode`` raised for it (a ``ProtocolError``: an
     ``UnknownMessageTypeError``, a ``FrameTooLargeError``, ...); ``frame`` is the frame's 1-based
-    number in the stream (blank keep-alive lines are not counted).
+    number in the stream (blank keep-alive lines are not counted); ``head`` is the frame's first
+    bytes, as many as the decoder's ``head_bytes`` (none by default).
     """
 
     error: ProtocolError
     frame: int
+    head: bytes = b""
 
     def __str__(self) -> str:
         return f"frame {self.frame}: {self.error}"
@@ -232,12 +234,24 @@ class FrameDecoder:
     included: a stream is bytes) is a ``ProtocolError``, the only thing ``feed`` raises.
 
     ``close()`` ends the stream and returns a ``FrameError`` for a partial frame left over (or
-    nothing); the decoder is then empty and may be reused.
+    nothing); the decoder is then empty and may be reused. ``head_bytes``: how many of a refused
+    frame's first bytes its ``FrameError`` carries (``FrameReader`` reads its session from them).
+
+    A line that arrives whole, with nothing of an earlier frame held back (the usual case: a
+    WebSocket message, a read of several frames), is decoded straight from the chunk, never copied
+    into the buffer.
     """
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        head_bytes: int = 0,
+    ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.max_depth = max_depth
+        self.head_bytes = head_bytes
         self._buffer = bytearray()
         self._skipping = False  # inside an oversized frame, already reported: drop bytes up to the newline
         self.frames_decoded = 0
@@ -245,11 +259,23 @@ class FrameDecoder:
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[DecodedFrame]:
         """The messages (and ``FrameError`` items) of the frames that ``chunk`` completes."""
-        data = _chunk_bytes(chunk)
+        data = chunk if type(chunk) is bytes else _chunk_bytes(chunk)
         out: list[DecodedFrame] = []
         start = 0
+        if self._buffer or self._skipping:  # first the end of a frame begun in an earlier chunk
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._take(data, out, complete=False)
+                return out
+            self._take(data[:newline], out, complete=True)
+            start = newline + 1
+        limit = self.max_frame_bytes
         while (newline := data.find(b"\n", start)) >= 0:
-            self._take(data[start:newline], out, complete=True)
+            if newline - start > limit:
+                self._take(data[start:newline], out, complete=True)  # refused there
+            # a frame starts with "{"; anything else may be a blank keep-alive line
+            elif data[start] == 123 or data[start:newline].strip():
+                out.append(self._decode(data[start:newline]))
             start = newline + 1
         if start < len(data):
             self._take(data[start:], out, complete=False)
@@ -261,10 +287,12 @@ class FrameDecoder:
             self._skipping = not complete
             return
         if len(self._buffer) + len(piece) > self.max_frame_bytes:
+            head = self._head_of(piece)
             self._buffer.clear()
             self._skipping = not complete
             limit = self.max_frame_bytes
-            out.append(self._refuse(FrameTooLargeError(f"frame exceeds the maximum frame size of {limit} bytes")))
+            error = FrameTooLargeError(f"frame exceeds the maximum frame size of {limit} bytes")
+            out.append(self._refuse(error, head))
             return
         self._buffer += piece
         if not complete:
@@ -278,13 +306,21 @@ class FrameDecoder:
         try:
             message = decode(frame, max_bytes=self.max_frame_bytes, max_depth=self.max_depth)
         except ProtocolError as exc:
-            return self._refuse(exc)
+            return self._refuse(exc, frame[: self.head_bytes])
         self.frames_decoded += 1
         return message
 
-    def _refuse(self, error: ProtocolError) -> FrameError:
+    def _head_of(self, piece: bytes) -> bytes:
+        """The first ``head_bytes`` of the frame held in the buffer with ``piece`` after it."""
+        wanted = self.head_bytes
+        if not wanted:
+            return b""
+        held = bytes(self._buffer[:wanted])
+        return held + piece[: wanted - len(held)]
+
+    def _refuse(self, error: ProtocolError, head: bytes = b"") -> FrameError:
         self.frames_refused += 1
-        return FrameError(error, self.frames_decoded + self.frames_refused)
+        return FrameError(error, self.frames_decoded + self.frames_refused, head)
 
     @property
     def pending_bytes(self) -> int:
@@ -298,7 +334,8 @@ class FrameDecoder:
         self._skipping = False
         if not leftover.strip():
             return []
-        return [self._refuse(ProtocolError(f"stream ended inside a frame: {_snippet(leftover)!r}"))]
+        error = ProtocolError(f"stream ended inside a frame: {_snippet(leftover)!r}")
+        return [self._refuse(error, leftover[: self.head_bytes])]
 
 
 def _chunk_bytes(chunk: object) -> bytes:

@@ -93,6 +93,7 @@ from gtl_nb.protocol.errors import (
 )
 from gtl_nb.protocol.frames import BadFrame, FrameReader, ReadFrame
 from gtl_nb.protocol.messages import (
+    TERMINAL_EVENTS,
     Answer,
     Cancel,
     CompletionRequest,
@@ -109,11 +110,13 @@ from gtl_nb.protocol.messages import (
     WireMessage,
 )
 from gtl_nb.protocol.negotiation import FEATURES, SUPPORTED_VERSIONS, check_answer, client_hello, negotiate
-from gtl_nb.protocol.session import SessionStateMachine
+from gtl_nb.protocol.session import SessionState, SessionStateMachine
 
 Role = Literal["client", "server"]
 DEFAULT_MAX_BAD_FRAMES = 3
 STREAM_EVENT_TYPES = (Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error)
+# the same, for ``type(message) in …`` on the per-event paths (message types are never subclassed)
+_SESSION_EVENTS = frozenset(STREAM_EVENT_TYPES)
 _RECENTLY_ENDED = 256  # ids remembered only to say "after its end" rather than "unknown"
 _EOF = object()  # the peer's end of stream, in the inbox after its last frame
 
@@ -199,6 +202,15 @@ class GTLConnection:
         A cancel of a session that is not live, and anything but a ``completion_request`` after the
         connection ended, add nothing.
         """
+        if type(message) in _SESSION_EVENTS and self.role == "server" and self.state is ConnectionState.OPEN:
+            # the bulk of every stream: a session's event, framed, checked, and sent with nothing copied
+            frame = self._frame(message)
+            if not self._server_sends(message):
+                return self.data_to_send()
+            if not self._out:
+                return frame
+            self._out += frame
+            return self.data_to_send()
         if isinstance(message, Hello):
             raise ProtocolError("the connection sends hello itself (see its versions, features and token)")
         if self.state is ConnectionState.CLOSED:
@@ -243,13 +255,14 @@ class GTLConnection:
 
     def next_event(self) -> ConnectionEvent | Sentinel:
         """The next event from the peer (or produced by the connection), ``NEED_DATA`` or ``CONNECTION_CLOSED``."""
-        while not self._events:
-            if self.closed:
+        events, inbox = self._events, self._inbox
+        while not events:
+            if self.state is ConnectionState.CLOSED:
                 return CONNECTION_CLOSED
-            if not self._inbox:
+            if not inbox:
                 return NEED_DATA
-            self._apply(self._inbox.popleft())
-        return self._events.popleft()
+            self._apply(inbox.popleft())
+        return events.popleft()
 
     def close(self, error: GTLError | None = None) -> bytes:
         """End the connection from this side and return the last bytes to write.
@@ -295,18 +308,19 @@ class GTLConnection:
         raise ProtocolError(f"a client does not send {_kind(message)} messages (they go from server to client)")
 
     def _server_sends(self, message: WireMessage) -> bool:
-        if isinstance(message, ProviderInfo):
-            return True
-        if isinstance(message, Answer):
-            if message.query_id not in self._queries:
-                raise SessionStateError(f"answer to query {message.query_id!r}, which is not pending")
-            self._queries.discard(message.query_id)
-            return True
-        if not isinstance(message, STREAM_EVENT_TYPES):
+        kind = type(message)
+        if kind not in _SESSION_EVENTS:
+            if kind is ProviderInfo:
+                return True
+            if kind is Answer:
+                if message.query_id not in self._queries:
+                    raise SessionStateError(f"answer to query {message.query_id!r}, which is not pending")
+                self._queries.discard(message.query_id)
+                return True
             raise ProtocolError(f"a server does not send {_kind(message)} messages (they go from client to server)")
         sid = message.session_id
         if sid in self._abandoned:  # the connection already ended it: the application's late events go nowhere
-            if isinstance(message, (Done, Error)):
+            if kind in TERMINAL_EVENTS:
                 self._abandoned.discard(sid)
             return False
         machine = self._live.get(sid)
@@ -314,14 +328,20 @@ class GTLConnection:
             if not sid:
                 raise ProtocolError("an event needs a session_id; end the whole connection with close(error)")
             raise SessionStateError(f"{_kind(message)} for {self._describe(sid)} session {sid!r}")
-        machine.advance(message)
-        if machine.ended:
+        if machine.advance(message) is SessionState.ENDED:
             self._forget(sid)
         return True
 
     # -- what the peer sent ------------------------------------------------------------------------
 
     def _apply(self, item: ReadFrame | object) -> None:
+        if type(item) in _SESSION_EVENTS and self.state is ConnectionState.OPEN and item.session_id:  # type: ignore[attr-defined]
+            # the bulk of every stream, asked first: an event of one session (not a connection-level error)
+            if self.role == "client":
+                self._from_server(item)  # type: ignore[arg-type]
+            else:
+                self._from_client(item)  # type: ignore[arg-type]
+            return
         if item is _EOF:
             self._peer_closed()
         elif isinstance(item, BadFrame):
@@ -395,10 +415,11 @@ class GTLConnection:
             self._violation(error, sid, kind=_kind(message))
 
     def _from_server(self, message: WireMessage) -> None:
-        if isinstance(message, STREAM_EVENT_TYPES):
-            sid, terminal = message.session_id, isinstance(message, (Done, Error))
+        kind = type(message)
+        if kind in _SESSION_EVENTS:
+            sid = message.session_id  # type: ignore[union-attr]
             if sid in self._abandoned:
-                if terminal:
+                if kind in TERMINAL_EVENTS:
                     self._abandoned.discard(sid)
                 return
             machine = self._live.get(sid)
@@ -407,11 +428,11 @@ class GTLConnection:
                 self._violation(error, sid, kind=_kind(message))
                 return
             try:
-                machine.advance(message)
+                state = machine.advance(message)  # type: ignore[arg-type]
             except SessionStateError as exc:
                 self._violation(exc, sid, kind=_kind(message))
                 return
-            if machine.ended:
+            if state is SessionState.ENDED:
                 self._forget(sid)
             self._events.append(message)
         elif isinstance(message, ProviderInfo):

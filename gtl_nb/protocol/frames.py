@@ -50,43 +50,33 @@ class FrameReader:
     """``FrameDecoder`` plus recovery of the session of each bad frame (see the module docstring)."""
 
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
-        self._decoder = FrameDecoder(max_frame_bytes, max_depth=max_depth)
-        self._head_bytes = min(HEAD_BYTES, max_frame_bytes)
-        self._head = bytearray()  # the first _head_bytes of the frame not yet completed
+        # the decoder keeps each refused frame's first bytes: the head this reader looks in
+        head_bytes = min(HEAD_BYTES, max_frame_bytes)
+        self._decoder = FrameDecoder(max_frame_bytes, max_depth=max_depth, head_bytes=head_bytes)
 
     def feed(self, data: bytes) -> list[ReadFrame]:
         """The messages and ``BadFrame`` items of the frames that ``data`` completes (or refuses)."""
-        out: list[ReadFrame] = []
-        start, size = 0, len(data)
-        while start < size:
-            newline = data.find(b"\n", start)
-            end = size if newline < 0 else newline + 1
-            # One line at a time, so a FrameError is known to belong to the line in hand.
-            segment = data[start:end]
-            for item in self._decoder.feed(segment):
-                out.append(self._bad(item, segment) if isinstance(item, FrameError) else item)
-            if newline < 0:
-                self._head += segment[: self._head_bytes - len(self._head)]
-            else:
-                self._head.clear()
-            start = end
-        return out
+        decoder = self._decoder
+        refused = decoder.frames_refused
+        items = decoder.feed(data)
+        if decoder.frames_refused == refused:  # every frame decoded: the list as it is
+            return items  # type: ignore[return-value]
+        return [_bad(item) if type(item) is FrameError else item for item in items]
 
     def close(self) -> list[BadFrame]:
         """End of stream: a ``BadFrame`` for a partial frame left over, else nothing."""
-        bad = [self._bad(item, b"") for item in self._decoder.close()]
-        self._head.clear()
-        return bad
+        return [_bad(item) for item in self._decoder.close()]
 
     @property
     def pending_bytes(self) -> int:
         """Bytes of an incomplete frame held back."""
         return self._decoder.pending_bytes
 
-    def _bad(self, item: FrameError, segment: bytes) -> BadFrame:
-        head = bytes(self._head) + segment[: self._head_bytes - len(self._head)]
-        session_id = string_field(head, b"session_id") or string_field(head, b"sid")
-        return BadFrame(item.error, item.frame, session_id, string_field(head, b"type"))
+
+def _bad(item: FrameError) -> BadFrame:
+    head = item.head
+    session_id = string_field(head, b"session_id") or string_field(head, b"sid")
+    return BadFrame(item.error, item.frame, session_id, string_field(head, b"type"))
 
 
 def string_field(data: bytes, key: bytes) -> str | None:

@@ -154,29 +154,32 @@ class Transcript:
 
     def add(self, event: StreamEvent) -> None:
         self.events.append(event)
-        if not isinstance(event, Status):
+        kind = type(event)  # event types are never subclassed (messages.py): exact tests, tokens first
+        if kind is Token:
             self.answer_events.append(event)
-        if isinstance(event, Token):
-            self.tokens.append(event.text)
-        elif isinstance(event, Reasoning):
-            self.reasoning.append(event.text)
-        elif isinstance(event, ToolCallEvent):
-            self.tool_calls.append(event.function)
-        elif isinstance(event, Usage):
-            self.usage = event
-        elif isinstance(event, Status):
-            self.statuses.append(event)
+            self.tokens.append(event.text)  # type: ignore[union-attr]
+            return
+        if kind is Status:
+            self.statuses.append(event)  # type: ignore[arg-type]
             if is_failover(event):
-                self.failovers.append(event)
+                self.failovers.append(event)  # type: ignore[arg-type]
                 self.answer_events.clear()
                 self.tokens.clear()
                 self.reasoning.clear()
                 self.tool_calls.clear()
                 self.usage = None
-        elif isinstance(event, Done):
-            self.done = event
-        elif isinstance(event, Error):
-            self.error = event
+            return
+        self.answer_events.append(event)
+        if kind is Reasoning:
+            self.reasoning.append(event.text)  # type: ignore[union-attr]
+        elif kind is ToolCallEvent:
+            self.tool_calls.append(event.function)  # type: ignore[union-attr]
+        elif kind is Usage:
+            self.usage = event  # type: ignore[assignment]
+        elif kind is Done:
+            self.done = event  # type: ignore[assignment]
+        elif kind is Error:
+            self.error = event  # type: ignore[assignment]
 
     @property
     def text(self) -> str:

@@ -20,7 +20,7 @@ Both ends of every transport use it, so the rules below hold for the gateway and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.connection_events import CONNECTION_CLOSED, NEED_DATA, ConnectionEvent
@@ -39,6 +39,7 @@ class FramedConnection:
         self.channel = channel
         self.reader_waits = reader_waits
         self._drain_lock = asyncio.Lock()
+        self._has_room: Callable[[], bool] | None = getattr(channel, "has_room", None)
 
     @property
     def closed(self) -> bool:
@@ -65,6 +66,13 @@ class FramedConnection:
         """Wait until the channel is below its high-water mark."""
         async with self._drain_lock:
             await self.channel.drain()
+
+    def drain_when_full(self) -> Awaitable[None] | None:
+        """``drain()`` when the channel may be over its mark; ``None`` when its ``has_room()`` (a method
+        a channel may offer) says there is room — the per-event check, with no coroutine made for it."""
+        if self._has_room is not None and self._has_room():
+            return None
+        return self.drain()
 
     def close_nowait(self, error: GTLError | None = None) -> None:
         """End the connection from this side; with ``error`` the peer is told why."""

@@ -33,7 +33,16 @@ from gtl_nb.protocol.connection_events import (
     ProtocolViolation,
 )
 from gtl_nb.protocol.errors import GTLError, ProviderUnavailableError, RequestError, VersionMismatchError
-from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
+from gtl_nb.protocol.messages import (
+    TERMINAL_EVENTS,
+    Answer,
+    Cancel,
+    CompletionRequest,
+    Error,
+    ProviderInfo,
+    Query,
+    StreamEvent,
+)
 from gtl_nb.transports.conventions import is_providers_end
 from gtl_nb.transports.framed import FramedConnection
 from gtl_nb.transports.questions import Questions
@@ -42,6 +51,7 @@ __all__ = ["CANCEL_WAIT", "OPEN_TIMEOUT", "ClientLink", "Deliver"]
 
 log = get_logger("transports.link")
 Deliver = Callable[[StreamEvent], None]
+_SESSION_EVENTS = frozenset(STREAM_EVENT_TYPES)
 OPEN_TIMEOUT = 30.0
 """Seconds from the hello to the end of the provider list (a gateway process starts in that time)."""
 CANCEL_WAIT = 3.0
@@ -51,18 +61,20 @@ CANCEL_WAIT = 3.0
 class _Slot:
     """One session's delivery: at most one terminal event gets through."""
 
-    __slots__ = ("cancelling", "deliver", "ended", "session_id")
+    __slots__ = ("cancelling", "deliver", "ended", "finished", "session_id")
 
     def __init__(self, session_id: str, deliver: Deliver) -> None:
         self.session_id = session_id
         self.deliver = deliver
-        self.ended = asyncio.Event()
+        self.ended = asyncio.Event()  # for a cancel waiting for the end
+        self.finished = False  # the same, asked per event: a plain flag
         self.cancelling = False
 
     def put(self, event: StreamEvent) -> None:
-        if self.ended.is_set():
+        if self.finished:
             return
-        if isinstance(event, (Done, Error)):
+        if type(event) in TERMINAL_EVENTS:
+            self.finished = True
             self.ended.set()
         try:
             self.deliver(event)
@@ -202,18 +214,18 @@ class ClientLink:
         self.framed.flush_nowait()
 
     def _dispatch(self, event: ConnectionEvent) -> None:
-        if isinstance(event, ProviderInfo):
+        if type(event) in _SESSION_EVENTS:  # the bulk of the traffic, asked first
+            slot = self._slots.get(event.session_id)  # type: ignore[union-attr]
+            if slot is None:
+                return  # its caller left (a cancel that was not confirmed in time)
+            if slot.cancelling and type(event) is Error and self.framed.closed:
+                event = self._gone(slot.session_id, cancelling=True)
+            slot.put(event)  # type: ignore[arg-type]
+        elif isinstance(event, ProviderInfo):
             if is_providers_end(event):
                 self._ready.set()
             else:
                 self.providers.append(event)
-        elif isinstance(event, STREAM_EVENT_TYPES):
-            slot = self._slots.get(event.session_id)
-            if slot is None:
-                return  # its caller left (a cancel that was not confirmed in time)
-            if slot.cancelling and isinstance(event, Error) and self.framed.closed:
-                event = self._gone(slot.session_id, cancelling=True)
-            slot.put(event)
         elif isinstance(event, Answer):
             self.questions.answered(event)
         elif isinstance(event, ConnectionTerminated):

@@ -76,11 +76,16 @@ class MessageChannel:
     def write(self, data: bytes) -> None:
         if not data or self.broken:
             return
-        *frames, self._pending = (self._pending + data).split(b"\n")
-        for frame in frames:
-            if frame:
-                self.queued_bytes += len(frame)
-                self._frames.append(frame)
+        if not self._pending and data.find(b"\n") == len(data) - 1 and len(data) > 1:
+            # one whole frame (what the connection hands over per event): no joining, no split
+            self.queued_bytes += len(data) - 1
+            self._frames.append(data[:-1])
+        else:
+            *frames, self._pending = (self._pending + data).split(b"\n")
+            for frame in frames:
+                if frame:
+                    self.queued_bytes += len(frame)
+                    self._frames.append(frame)
         self._ready.set()
         if self._sender is None:
             self._sender = asyncio.get_running_loop().create_task(self._pump(), name="gtl-ws-sender")
@@ -109,6 +114,10 @@ class MessageChannel:
             finally:
                 self.queued_bytes -= size
                 self._sent.set()
+
+    def has_room(self) -> bool:
+        """Whether ``drain()`` would return at once (asked per event, so no coroutine is made)."""
+        return self.queued_bytes <= HIGH_WATER_BYTES or self.broken or self._sender is None
 
     async def drain(self) -> None:
         while self.queued_bytes > HIGH_WATER_BYTES and not self.broken and self._sender is not None:

@@ -30,7 +30,7 @@ from gtl_nb.engine.settings import RequestDefaults
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, ProviderUnavailableError
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ProviderInfo, StreamEvent
+from gtl_nb.protocol.messages import TERMINAL_EVENTS, CompletionRequest, Error, ProviderInfo, StreamEvent
 from gtl_nb.providers.registry import provider_types
 from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.framed import FramedConnection
@@ -139,7 +139,7 @@ class RemoteBackend:
         def once(event: StreamEvent) -> None:  # whatever happens below, one terminal event gets through
             nonlocal ended
             if not ended:
-                ended = isinstance(event, (Done, Error))
+                ended = type(event) in TERMINAL_EVENTS
                 deliver(event)
 
         try:

@@ -7,6 +7,7 @@ fails here instead of hanging a transport.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import msgspec
@@ -176,3 +177,54 @@ def test_a_frame_at_the_size_limit_is_decoded_and_one_byte_more_is_refused():
     assert not isinstance(FrameDecoder(max_frame_bytes=100).feed(frame + b"\n")[0], FrameError)
     [refused] = FrameDecoder(max_frame_bytes=99).feed(frame + b"\n")
     assert isinstance(refused.error, FrameTooLargeError)
+
+
+@st.composite
+def bad_frames_naming_a_session(draw: st.DrawFn, max_frame_bytes: int) -> tuple[bytes, str | None]:
+    """A frame that does not decode but names its session in its first bytes (or does not), and the
+    session ``FrameReader`` should read from it."""
+    sid = draw(st.text(alphabet="abcdef0123456789_", min_size=1, max_size=12))
+    kind = draw(st.sampled_from(["truncated", "oversized", "unknown type", "nameless"]))
+    if kind == "truncated":
+        frame = f'{{"type":"token","session_id":"{sid}","text":"abc'.encode()
+    elif kind == "oversized":
+        frame = f'{{"type":"token","session_id":"{sid}","text":"'.encode() + b"x" * max_frame_bytes + b'"}'
+    elif kind == "unknown type":
+        frame = f'{{"type":"telepathy","session_id":"{sid}"}}'.encode()
+    else:
+        return b'{"type":"token","text":', None
+    return frame, sid
+
+
+@FAST
+@given(st.data())
+def test_the_frame_reader_names_each_bad_frames_session_however_the_stream_is_cut(data):
+    """Each refused frame's ``BadFrame`` carries the session and type its own first bytes name —
+    the same whether the frames arrive whole, in one read, or cut anywhere (even one byte at a time)."""
+    from gtl_nb.protocol.frames import BadFrame, FrameReader, string_field
+
+    limit = 4096
+    lines: list[bytes] = []
+    expected: list[object] = []
+    for _ in range(data.draw(st.integers(1, 8))):
+        if data.draw(st.booleans()):
+            message = data.draw(any_message)
+            lines.append(encode(message))
+            expected.append(message)
+        else:
+            frame, sid = data.draw(bad_frames_naming_a_session(limit))
+            lines.append(frame)
+            expected.append(("bad", sid, string_field(frame[:limit], b"type")))
+    stream = b"".join(line + b"\n" for line in lines)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    edges = [0, *cuts, len(stream)]
+    ways = {
+        "whole": [stream],
+        "cut": [stream[a:b] for a, b in itertools.pairwise(edges)],
+        "bytes": [stream[i : i + 1] for i in range(len(stream))] if len(stream) < 3000 else [stream],
+    }
+    for way, chunks in ways.items():
+        reader = FrameReader(limit)
+        items = [item for chunk in chunks for item in reader.feed(chunk)] + reader.close()
+        seen = [("bad", item.session_id, item.message_type) if isinstance(item, BadFrame) else item for item in items]
+        assert seen == expected, way
