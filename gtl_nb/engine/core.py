@@ -241,6 +241,7 @@ class Engine:
         self.router = Router(self.deployments, catalog, audience=audience)
         self._bare_targets: dict[str, tuple[Target, ...]] = {}  # the router's answers by bare model name
         self.http = runner
+        runner.names_upstream = audience != GATEWAY  # a gateway's clients learn no upstream address
         self.stores = stores
         self.hooks = hooks
         self.credentials = credentials
@@ -433,10 +434,12 @@ class Engine:
         return self.router.audience
 
     def set_audience(self, audience: str) -> None:
-        """Word routing's errors for ``audience`` from the next request on (``engine.routing``): a
-        gateway serving an engine built for the embedded client makes it a gateway's."""
+        """Word routing's errors, and those of an upstream that cannot be reached (``HttpRunner``), for
+        ``audience`` from the next request on (``engine.routing``): a gateway serving an engine built for
+        the embedded client makes it a gateway's."""
         self.router = Router(self.deployments, self.catalog, audience=audience)
         self._bare_targets = {}
+        self.http.names_upstream = audience != GATEWAY
 
     def _visible(self, context: RequestContext | None) -> Visible | None:
         """What routing's errors may name to a gateway's caller (``engine.routing``): the models its

@@ -82,6 +82,11 @@ class HttpRunner:
         self.transport = transport
         self.wall_clock = wall_clock  # signing (SigV4) and HTTP-date Retry-After read it
         self.max_response_bytes = max_response_bytes
+        self.names_upstream = True
+        """Whether an upstream that cannot be reached is named in the error by its address and the
+        transport's reason. The embedded client's user runs it (and wants both); a gateway's clients do
+        not (the network behind a gateway is its operator's): ``Engine`` clears this for the gateway
+        audience, and then the error names the deployment and the log line has the address and reason."""
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -103,6 +108,14 @@ class HttpRunner:
             return response.status, dict(response.headers), body
 
         return await asyncio.wait_for(exchange(), limits.first_byte)
+
+    def _unreachable(self, what: str, description: HttpRequest, deployment: Deployment, reason: str) -> str:
+        """The message of an upstream that could not be reached, for whoever reads it (``names_upstream``)."""
+        where = _host(description.url)
+        if self.names_upstream:
+            return f"{what} {where}" + (f": {reason}" if reason else "")
+        log.warning("deployment %s: %s %s%s", deployment.name, what, where, redact(f": {reason}" if reason else ""))
+        return f"{what} deployment {deployment.name!r}"
 
     async def run(
         self,
@@ -138,10 +151,10 @@ class HttpRunner:
             message = f"no response within the first-byte timeout ({limits.first_byte} s)"
             failed = _error(request, deployment, "TIMEOUT", message)
         except ConnectTimeout:
-            message = f"connect timeout ({limits.connect} s) to {_host(description.url)}"
+            message = self._unreachable(f"connect timeout ({limits.connect} s) to", description, deployment, "")
             failed = _error(request, deployment, "TIMEOUT", message)
         except TransportError as exc:
-            message = f"cannot reach {_host(description.url)}: {exc or type(exc).__name__}"
+            message = self._unreachable("cannot reach", description, deployment, str(exc or type(exc).__name__))
             failed = _error(request, deployment, "PROVIDER_UNAVAILABLE", message)
         if failed is not None:
             deadline.close()

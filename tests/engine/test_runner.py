@@ -17,6 +17,7 @@ import pytest
 from engine_kit import make_engine
 
 from gtl_nb.engine import Engine, Timeouts
+from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.protocol import (
     CompletionRequest,
     Done,
@@ -215,6 +216,27 @@ def test_connection_refused_is_provider_unavailable():
     error = events[-1]
     assert isinstance(error, Error) and error.code == "PROVIDER_UNAVAILABLE" and error.retryable
     assert error.provider == "a" and "cannot reach" in error.message
+
+
+def test_a_gateways_client_learns_the_deployment_not_the_address_it_could_not_reach(caplog):
+    """For a gateway's audience the error names the deployment only (the network behind a gateway is
+    its operator's); the address and the transport's reason go to the gateway's log."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    engine = engine_for(lines("a", f"http://127.0.0.1:{port}"))
+    engine.set_audience(GATEWAY)
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        events = run(engine, request())
+    error = events[-1]
+    assert isinstance(error, Error) and error.code == "PROVIDER_UNAVAILABLE" and error.retryable
+    assert error.message == "cannot reach deployment 'a'" and error.provider == "a"
+    assert str(port) not in repr(events)
+    assert f"deployment a: cannot reach http://127.0.0.1:{port}: " in caplog.text
+
+    engine = engine_for(lines("a", f"http://127.0.0.1:{port}"))  # the embedded client's user runs it: both
+    error = run(engine, request())[-1]
+    assert error.message.startswith(f"cannot reach http://127.0.0.1:{port}: ")
 
 
 def test_no_response_hits_the_first_byte_timeout(server_factory):

@@ -165,3 +165,31 @@ def test_crash_output_holds_no_key(tmp_path):
         )
     assert failed.returncode != 0 and "address" in (failed.stdout + failed.stderr).lower()
     assert CANARY not in failed.stdout + failed.stderr
+
+
+def test_an_unreachable_upstreams_address_stays_with_the_operator(tmp_path):
+    """A gateway's clients learn which deployment could not be reached, never its address (the network
+    behind a gateway is the operator's); the gateway's log says where and why."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    tables = _keyed_tables(tmp_path, port, "sk-test")
+    tables["providers.internal"] = tables.pop("providers.keyed")
+    gateway = start_gateway(write_toml(tmp_path / "gtl.toml", tables))
+    try:
+        for scheme in ("http", "ws"):
+            with gtl_nb.connect(gateway.url(scheme)) as client, pytest.raises(GTLError) as failed:
+                client.complete("internal:gpt-4o-mini", "hello")
+            assert failed.value.code == "PROVIDER_UNAVAILABLE"
+            assert "cannot reach deployment 'internal'" in str(failed.value) and str(port) not in str(failed.value)
+        compatible = httpx.post(
+            gateway.url("http") + "/v1/chat/completions",
+            json={"model": "internal:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+            timeout=30,
+        )
+        assert compatible.status_code == 502 and str(port) not in compatible.text
+    finally:
+        gateway.stop()
+    assert f"cannot reach http://127.0.0.1:{port}" in "".join(gateway.output)
