@@ -40,6 +40,10 @@ class Channel(Protocol):
         """Wait until the queued bytes are down to the transport's high-water mark."""
         ...
 
+    # Optional: ``has_room() -> bool``, true when ``drain()`` would return at once. A channel that can
+    # tell cheaply offers it, and a session's writer then makes no ``drain()`` coroutine per event
+    # (``FramedConnection.drain_when_full``).
+
     async def aclose(self) -> None:
         """Close this side (idempotent)."""
         ...

@@ -73,6 +73,10 @@ class PipeChannel:
         if data and not self._outflow.lost and not self._transport.is_closing():
             self._transport.write(data)
 
+    def has_room(self) -> bool:
+        """Whether ``drain()`` would return at once (``FramedConnection.drain_when_full`` asks per event)."""
+        return not self._outflow.paused or self._outflow.lost
+
     async def drain(self) -> None:
         await self._outflow.wait_for_room()
 

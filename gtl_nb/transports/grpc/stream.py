@@ -403,6 +403,10 @@ class GrpcStreamChannel:
         self._outbox_bytes = 0
         self._room.set()
 
+    def has_room(self) -> bool:
+        """Whether ``drain()`` would return at once (``FramedConnection.drain_when_full`` asks per event)."""
+        return self._outbox_bytes <= HIGH_WATER_BYTES or self.broken
+
     async def drain(self) -> None:
         """Wait while more than ``HIGH_WATER_BYTES`` wait for the sender."""
         while self._outbox_bytes > HIGH_WATER_BYTES and not self.broken:
