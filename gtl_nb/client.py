@@ -607,7 +607,7 @@ class _StreamBase:
 
     @property
     def finished(self) -> bool:
-        return self._finished
+        return self.transcript.finished  # (the per-event checks read ``_finished``, which ``_record`` keeps)
 
     def _record(self, event: StreamEvent) -> None:
         self.transcript.add(event)

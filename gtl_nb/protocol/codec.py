@@ -28,7 +28,7 @@ too. Whatever the input, ``decode``, ``encode`` and ``FrameDecoder`` raise only 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -213,7 +213,7 @@ class FrameError:
 
     error: ProtocolError
     frame: int
-    head: bytes = b""
+    head: bytes = field(default=b"", repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"frame {self.frame}: {self.error}"
@@ -251,7 +251,7 @@ class FrameDecoder:
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.max_depth = max_depth
-        self.head_bytes = head_bytes
+        self.head_bytes = max(0, head_bytes)
         self._buffer = bytearray()
         self._skipping = False  # inside an oversized frame, already reported: drop bytes up to the newline
         self.frames_decoded = 0

@@ -115,7 +115,7 @@ from gtl_nb.protocol.session import SessionState, SessionStateMachine
 Role = Literal["client", "server"]
 DEFAULT_MAX_BAD_FRAMES = 3
 STREAM_EVENT_TYPES = (Status, Token, Reasoning, ToolCallEvent, Usage, Done, Error)
-# the same, for ``type(message) in …`` on the per-event paths (message types are never subclassed)
+# the same, for ``type(message) in …`` on the per-event paths (the event types refuse subclasses)
 _SESSION_EVENTS = frozenset(STREAM_EVENT_TYPES)
 _RECENTLY_ENDED = 256  # ids remembered only to say "after its end" rather than "unknown"
 _EOF = object()  # the peer's end of stream, in the inbox after its last frame
@@ -310,9 +310,9 @@ class GTLConnection:
     def _server_sends(self, message: WireMessage) -> bool:
         kind = type(message)
         if kind not in _SESSION_EVENTS:
-            if kind is ProviderInfo:
+            if isinstance(message, ProviderInfo):  # (these two may be subclassed: isinstance, off the hot path)
                 return True
-            if kind is Answer:
+            if isinstance(message, Answer):
                 if message.query_id not in self._queries:
                     raise SessionStateError(f"answer to query {message.query_id!r}, which is not pending")
                 self._queries.discard(message.query_id)

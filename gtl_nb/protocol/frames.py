@@ -1,14 +1,14 @@
 """Frames in, messages out — and, for a frame that does not decode, what it was about.
 
-``FrameReader`` wraps ``FrameDecoder`` (which does all the splitting, limits and decoding) and keeps
-the first ``HEAD_BYTES`` (at most ``max_frame_bytes``) of the frame being read. When the decoder
-refuses a frame, the reader looks in that head for the frame's ``"session_id"`` (or its alias
-``"sid"``) and ``"type"`` with a plain linear scan — no JSON parse, so a truncated, oversized or
-corrupted frame still names its session when the key and its string value survived in the first
-bytes. The result is a ``BadFrame``, which lets a connection end just that session instead of
-guessing. Because an oversized frame is refused once more than ``max_frame_bytes`` of it arrived,
-the head is always complete when it is read: what a bad frame reveals does not depend on how the
-stream was cut.
+``FrameReader`` wraps ``FrameDecoder`` (which does all the splitting, limits and decoding), asking
+it to keep the first ``HEAD_BYTES`` (at most ``max_frame_bytes``) of each frame it refuses
+(``FrameError.head``). When the decoder refuses a frame, the reader looks in that head for the
+frame's ``"session_id"`` (or its alias ``"sid"``) and ``"type"`` with a plain linear scan — no JSON
+parse, so a truncated, oversized or corrupted frame still names its session when the key and its
+string value survived in the first bytes. The result is a ``BadFrame``, which lets a connection end
+just that session instead of guessing. Because an oversized frame is refused once more than
+``max_frame_bytes`` of it arrived, the head is always complete when it is read: what a bad frame
+reveals does not depend on how the stream was cut.
 
 The scan is a heuristic: it takes the first ``"key": "value"`` pair whose key is not inside a
 string, at any depth. GTL encoders write ``type`` and ``session_id`` first, so for frames from this

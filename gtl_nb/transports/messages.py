@@ -76,7 +76,7 @@ class MessageChannel:
     def write(self, data: bytes) -> None:
         if not data or self.broken:
             return
-        if not self._pending and data.find(b"\n") == len(data) - 1 and len(data) > 1:
+        if type(data) is bytes and not self._pending and data.find(b"\n") == len(data) - 1 and len(data) > 1:
             # one whole frame (what the connection hands over per event): no joining, no split
             self.queued_bytes += len(data) - 1
             self._frames.append(data[:-1])

@@ -358,3 +358,28 @@ def test_an_event_stream_yields_this_sessions_events_in_order_or_a_violation(chu
     assert len(terminal) <= 1 and (not terminal or events[-1] is terminal[0])
     assert (violation is None) == bool(terminal)  # it ends with its terminal event, or says why not
     assert violation is None or isinstance(violation, ProtocolError)
+
+
+def test_a_websocket_channel_takes_any_bytes_like_write():
+    """A whole frame as ``bytes`` takes the channel's fast path; a ``bytearray`` or ``memoryview`` (and
+    pieces of frames) the general one, with the same messages."""
+    from gtl_nb.transports.messages import MessageChannel
+
+    async def main() -> list[str]:
+        sent: list[str] = []
+
+        async def send(text: str) -> None:
+            sent.append(text)
+
+        async def nothing(*_: Any) -> None:
+            return None
+
+        channel = MessageChannel(nothing, send, nothing)
+        channel.write(b'{"a":1}\n')
+        channel.write(memoryview(b'{"b":2}\n'))
+        channel.write(bytearray(b'{"c":3}\n{"d":'))
+        channel.write(b"4}\n")
+        await channel.aclose()
+        return sent
+
+    assert asyncio.run(main()) == ['{"a":1}', '{"b":2}', '{"c":3}', '{"d":4}']

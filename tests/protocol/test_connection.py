@@ -557,3 +557,16 @@ def test_events_are_plain_values():
     event = ProtocolViolation(ProtocolError("x"), "s1", 1)
     assert event == ProtocolViolation(event.error, "s1", 1)
     assert msgspec.json.decode(encode(Hello(versions=["1.0"], token="t")))["token"] == "t"
+
+
+def test_a_subclass_of_provider_info_is_sent_like_provider_info():
+    """The per-event fast path tests the event types by exact type (they refuse subclasses); the other
+    server messages may be subclassed and are still sent."""
+
+    class Described(ProviderInfo, frozen=True):
+        pass
+
+    pair = ConnectionPair()
+    pair.handshake()
+    data = pair.server.send(Described(provider="p"))
+    assert data == b'{"type":"provider_info","provider":"p"}\n'
