@@ -4,13 +4,14 @@
     python -m bench.ab --rev HEAD --rev HEAD        # the noise floor: the same tree twice
     python -m bench.ab --rev HEAD --rev HEAD --upstream-client aiohttp --upstream-client httptools
     python -m bench.ab --rev main --rev my-branch --path gtl-ws     # another binding path
+    python -m bench.ab --rev HEAD --rev HEAD --env '' --env GTL_NB_LOG=DEBUG   # one tree, two environments
 
 Each variant is a ``gtl serve`` with the suite's configuration (GhostToken checked, SQLite ledger and
 audit log on, ``bench.gateway_setup``) behind one fast fake upstream; a ``--rev`` is checked out in a
 temporary git worktree and its gateway imports that tree (``PYTHONPATH``). One load client drives the
 OpenAI-compatible endpoint (or ``--path``) of each variant in turn, cell by cell, the variants' order reversed every
 other round (A B, B A, ...) so a drift of the machine weighs on both alike. Prints the gateway's CPU per
-request (from /proc) and the p50 latency per variant and round, then the medians and each variant's
+request (from /proc) and the p50 and p99 latency per variant and round, then the medians and each variant's
 ratio to the first. ``bench.ab_event_loop`` compares settings of this tree the same way.
 """
 
@@ -45,14 +46,17 @@ class Variant:
     """A checkout whose ``gtl_nb`` the gateway imports instead of this one."""
     upstream: dict[str, Any] = field(default_factory=dict)
     """``[upstream]`` settings (``{"client": "aiohttp"}``)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables of its ``gtl serve`` (``{"GTL_NB_LOG": "INFO"}``)."""
 
 
 @dataclass
 class Figures:
-    """Per (variant, streamed, concurrency): CPU ms per request and p50 ms, one value per round."""
+    """Per (variant, streamed, concurrency): CPU ms per request, p50 and p99 ms, one value per round."""
 
     cpu: dict[tuple[str, bool, int], list[float]] = field(default_factory=dict)
     p50: dict[tuple[str, bool, int], list[float]] = field(default_factory=dict)
+    p99: dict[tuple[str, bool, int], list[float]] = field(default_factory=dict)
 
 
 def _kind(stream: bool) -> str:
@@ -86,6 +90,7 @@ def compare(
             )
             if variant.tree is not None:
                 files.env["PYTHONPATH"] = str(variant.tree)
+            files.env.update(variant.env)
             gateway = Gateway(files)
             # each variant's path has its own name: the load client keeps its connections per name
             spec = replace(gateway_paths(gateway, files, [path])[path], name=f"{path}-v{number}")
@@ -111,9 +116,10 @@ def compare(
                     key = (variant.name, stream, concurrency)
                     figures.cpu.setdefault(key, []).append(per_request)
                     figures.p50.setdefault(key, []).append(result["p50"])
+                    figures.p99.setdefault(key, []).append(result["p99"])
                     print(
                         f"round {round_} {variant.name:24s} {_kind(stream):6s} c={concurrency:<3d} "
-                        f"cpu {per_request:.3f} ms/req, p50 {result['p50']:.2f} ms",
+                        f"cpu {per_request:.3f} ms/req, p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms",
                         flush=True,
                     )
     finally:
@@ -125,15 +131,16 @@ def compare(
 
 
 def summary(variants: Sequence[Variant], figures: Figures, cells: Sequence[tuple[bool, int]]) -> str:
-    """Medians per cell and variant (CPU ms per request / p50 ms), with each CPU ratio to the first variant."""
-    lines = ["medians (gateway CPU ms per request / p50 ms; ratio = CPU against the first variant):"]
+    """Medians per cell and variant (CPU ms per request / p50 / p99 ms), with each CPU ratio to the first variant."""
+    lines = ["medians (gateway CPU ms per request / p50 ms / p99 ms; ratio = CPU against the first variant):"]
     for stream, concurrency in cells:
         base = statistics.median(figures.cpu[(variants[0].name, stream, concurrency)])
         parts = []
         for variant in variants:
             key = (variant.name, stream, concurrency)
             cpu, p50 = statistics.median(figures.cpu[key]), statistics.median(figures.p50[key])
-            parts.append(f"{variant.name} {cpu:.3f} / {p50:.2f} ({cpu / base:.2f}x)")
+            p99 = statistics.median(figures.p99[key])
+            parts.append(f"{variant.name} {cpu:.3f} / {p50:.2f} / {p99:.2f} ({cpu / base:.2f}x)")
         lines.append(f"  {_kind(stream)} c={concurrency}: " + "  ".join(parts))
     return "\n".join(lines)
 
@@ -167,6 +174,14 @@ def parse_cells(text: str) -> tuple[tuple[bool, int], ...]:
     return tuple(cells)
 
 
+def parse_env(text: str) -> dict[str, str]:
+    """``NAME=VALUE[,NAME=VALUE]`` (``""``: nothing) as a dict."""
+    pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+    if any(not name or not sep for name, sep, _ in pairs):
+        raise SystemExit(f"--env takes NAME=VALUE[,NAME=VALUE], not {text!r}")
+    return {name.strip(): value for name, _, value in pairs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", action="append", required=True, help="a git revision (one per variant)")
@@ -175,6 +190,12 @@ def main() -> None:
         action="append",
         default=[],
         help="[upstream] client of each variant, in the order of --rev (one value: every variant)",
+    )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        help="environment of each variant's gtl serve, in the order of --rev: NAME=VALUE[,NAME=VALUE], or '' for none",
     )
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per phase")
@@ -187,12 +208,16 @@ def main() -> None:
     )
     if len(options.rev) < 2 or (clients and len(clients) != len(options.rev)):
         parser.error("give two or more --rev, and one --upstream-client or one per --rev")
+    if options.env and len(options.env) != len(options.rev):
+        parser.error("give one --env per --rev ('' for none)")
+    environments = [parse_env(text) for text in options.env] or [{} for _ in options.rev]
     with worktrees(options.rev) as trees:
         variants = [
             Variant(
                 f"{number}:{revision}{':' + clients[number] if clients else ''}"[:24],
                 tree=tree,
                 upstream={"client": clients[number]} if clients else {},
+                env=environments[number],
             )
             for number, (revision, tree) in enumerate(zip(options.rev, trees, strict=True))
         ]
