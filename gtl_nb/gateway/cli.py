@@ -32,4 +32,10 @@ def add_subcommands(subparsers: Any) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     args.config = args.serve_config or getattr(args, "config", None)
+    if not getattr(args, "log", None):  # (gtl --log LEVEL already did)
+        from gtl_nb.log import configure_logging
+
+        # as ``python -m gtl_nb.gateway``: an operator sees the gateway's warnings (an upstream it cannot
+        # reach, a breaker opening, a store away) on standard error, at $GTL_NB_LOG or WARNING
+        configure_logging()
     return run(args)

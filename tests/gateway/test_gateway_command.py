@@ -106,3 +106,55 @@ def test_sigterm_stops_the_gateway_when_nobody_reads_its_standard_error_any_more
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_gtl_serve_shows_its_warnings_without_being_asked(tmp_path):
+    """``gtl serve`` (the README's command) logs at ``$GTL_NB_LOG`` or WARNING like ``python -m
+    gtl_nb.gateway``: an operator sees an upstream it cannot reach without passing ``--log``."""
+    import os
+    import socket
+
+    import httpx
+
+    from tests.gateway.conftest import write_toml
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "providers.closed": {"type": "openai", "api_key": "sk-test", "base_url": f"http://127.0.0.1:{port}/v1"},
+            "routing.retry": {"max_attempts": 1},
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "gateway": {"shutdown_grace": 1},
+        },
+    )
+    gtl = [sys.executable, "-c", "import sys; from gtl_nb.cli import main; sys.exit(main())"]
+    child = subprocess.Popen(
+        [*gtl, "serve", "--config", str(config), "--http", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={name: value for name, value in os.environ.items() if name != "GTL_NB_LOG"},
+    )
+    try:
+        assert child.stderr is not None
+        url = None
+        for line in child.stderr:
+            if line.startswith("gtl gateway: listening on "):
+                url = line.split()[-1]
+            if line.startswith("gtl gateway: ready"):
+                break
+        assert url is not None
+        body = {"model": "closed:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(url + "/v1/chat/completions", json=body, timeout=30).status_code == 502
+        child.send_signal(signal.SIGTERM)
+        rest = child.stderr.read()
+        assert child.wait(15) == 0
+        assert f"WARNING deployment closed: cannot reach http://127.0.0.1:{port}" in rest
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
