@@ -1,7 +1,9 @@
 """Every GTL message as an immutable msgspec Struct, with the spec's JSON field names exactly.
 
-Wire messages are tagged on ``"type"``; the tag values are the spec's message types. Nested values
-(chat messages, tool definitions, tool calls, model descriptions) are untagged structs.
+Wire messages are tagged on ``"type"``; the tag values are the spec's message types, and each class
+also says its own as ``type`` (``event.type == "token"``, as on the wire; a class attribute, not a
+field). Nested values (chat messages, tool definitions, tool calls, model descriptions) are untagged
+structs.
 
 Extensions the spec leaves implicit, all optional on the wire:
 
@@ -16,7 +18,7 @@ Extensions the spec leaves implicit, all optional on the wire:
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -114,6 +116,8 @@ class ModelInfo(msgspec.Struct, frozen=True):
 class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", omit_defaults=True):
     """Ask for a completion. ``providers`` is the ordered failover list."""
 
+    type: ClassVar[Literal["completion_request"]] = "completion_request"
+
     session_id: Id
     model: Name
     messages: list[Message]
@@ -137,6 +141,8 @@ class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", o
 class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
     """Progress of a session. A ``failover`` status discards everything received so far."""
 
+    type: ClassVar[Literal["status"]] = "status"
+
     session_id: str
     state: StatusState
     from_provider: str | None = None
@@ -148,6 +154,8 @@ class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
 class Token(msgspec.Struct, frozen=True, tag="token"):
     """A piece of answer text."""
 
+    type: ClassVar[Literal["token"]] = "token"
+
     session_id: str
     text: str
 
@@ -155,12 +163,16 @@ class Token(msgspec.Struct, frozen=True, tag="token"):
 class Reasoning(msgspec.Struct, frozen=True, tag="reasoning"):
     """A piece of the model's reasoning (only sent when the request asked for it)."""
 
+    type: ClassVar[Literal["reasoning"]] = "reasoning"
+
     session_id: str
     text: str
 
 
 class ToolCallEvent(msgspec.Struct, frozen=True, tag="tool_call"):
     """One complete tool call."""
+
+    type: ClassVar[Literal["tool_call"]] = "tool_call"
 
     session_id: str
     function: ToolCall
@@ -174,6 +186,8 @@ class ToolCallEvent(msgspec.Struct, frozen=True, tag="tool_call"):
 class Usage(msgspec.Struct, frozen=True, tag="usage"):
     """Token counts as the provider reported them (``None`` = not reported, never estimated)."""
 
+    type: ClassVar[Literal["usage"]] = "usage"
+
     session_id: str
     tokens_in: int | None = None
     tokens_out: int | None = None
@@ -185,6 +199,8 @@ class Usage(msgspec.Struct, frozen=True, tag="usage"):
 
 class Done(msgspec.Struct, frozen=True, tag="done", omit_defaults=True):
     """The session ended normally."""
+
+    type: ClassVar[Literal["done"]] = "done"
 
     session_id: str
     finish_reason: FinishReason = "stop"
@@ -198,6 +214,8 @@ class Done(msgspec.Struct, frozen=True, tag="done", omit_defaults=True):
 class Error(msgspec.Struct, frozen=True, tag="error", omit_defaults=True):
     """The session ended with an error."""
 
+    type: ClassVar[Literal["error"]] = "error"
+
     session_id: str
     code: ErrorCode
     message: str
@@ -210,6 +228,8 @@ class Error(msgspec.Struct, frozen=True, tag="error", omit_defaults=True):
 class ProviderInfo(msgspec.Struct, frozen=True, tag="provider_info", omit_defaults=True):
     """What a provider (deployment) offers."""
 
+    type: ClassVar[Literal["provider_info"]] = "provider_info"
+
     provider: str
     models: list[ModelInfo] = []
     offline: bool = False
@@ -221,6 +241,8 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", omit_defaults=True):
 
     ``token`` is the client's GhostToken on transports with no header to carry it (stdio, QUIC).
     """
+
+    type: ClassVar[Literal["hello"]] = "hello"
 
     versions: list[str] | None = None
     version: str | None = None
@@ -241,6 +263,8 @@ class Hello(msgspec.Struct, frozen=True, tag="hello", omit_defaults=True):
 class Cancel(msgspec.Struct, frozen=True, tag="cancel"):
     """Stop a running session; it ends with a ``CANCELLED`` error."""
 
+    type: ClassVar[Literal["cancel"]] = "cancel"
+
     session_id: Id
 
 
@@ -252,6 +276,8 @@ class Query(msgspec.Struct, frozen=True, tag="query", omit_defaults=True):
     ``{"deployment": ...}``) — and the server answers with one ``answer`` carrying the same ``query_id``.
     """
 
+    type: ClassVar[Literal["query"]] = "query"
+
     query_id: Id
     name: Name
     params: dict[str, Any] = {}
@@ -260,6 +286,8 @@ class Query(msgspec.Struct, frozen=True, tag="query", omit_defaults=True):
 class Answer(msgspec.Struct, frozen=True, tag="answer", omit_defaults=True):
     """The server's reply to one ``query``: ``result`` (a JSON object), or ``error`` (its ``session_id``
     is the ``query_id``) when the query was refused or failed."""
+
+    type: ClassVar[Literal["answer"]] = "answer"
 
     query_id: str
     result: dict[str, Any] | None = None

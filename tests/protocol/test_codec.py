@@ -310,3 +310,14 @@ def test_ids_and_names_have_a_length_limit():
             json.dumps({"type": "completion_request", "session_id": "s", "model": "m" * 513, "messages": []}).encode()
         )
     assert decode(json.dumps({"type": "cancel", "session_id": "s" * 256}).encode())
+
+
+def test_every_message_says_its_wire_type():
+    """``message.type`` is the spec's message type, the tag the codec writes and reads."""
+    from gtl_nb.protocol.messages import MESSAGE_TYPES
+
+    for tag, kind in MESSAGE_TYPES.items():
+        assert kind.type == tag  # type: ignore[attr-defined]
+        assert "type" not in kind.__struct_fields__  # a class attribute, not a field of its own
+    token = decode(b'{"type":"token","session_id":"s","text":"hi"}')
+    assert token.type == "token" and encode(token) == b'{"type":"token","session_id":"s","text":"hi"}'
