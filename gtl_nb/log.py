@@ -66,10 +66,11 @@ _root.addHandler(logging.NullHandler())
 def configure_logging(level: int | str | None = None) -> logging.Logger:
     """Set the verbosity of the ``gtl_nb`` logger and attach a redacting stderr handler.
 
-    ``level`` defaults to ``$GTL_NB_LOG`` (``DEBUG``, ``INFO``, ``WARNING`` …) or ``WARNING``.
+    ``level`` defaults to ``$GTL_NB_LOG`` (``DEBUG``, ``INFO``, ``WARNING`` …) or, when that is unset or
+    empty (an environment file's ``GTL_NB_LOG=``), ``WARNING``.
     """
     if level is None:
-        level = os.environ.get("GTL_NB_LOG", "WARNING")
+        level = os.environ.get("GTL_NB_LOG", "").strip() or "WARNING"
     if isinstance(level, str):
         level = logging.getLevelName(level.upper())
         if not isinstance(level, int):

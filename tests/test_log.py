@@ -36,3 +36,13 @@ def test_child_loggers_redact_before_any_handler(caplog):
     assert "sk-abcdefghijklmnopqrstuv" not in caplog.text
     assert "[redacted]" in caplog.text
     configure_logging("WARNING")
+
+
+def test_an_empty_gtl_nb_log_means_the_default_level(monkeypatch):
+    """``GTL_NB_LOG=`` (an environment file's empty line) is WARNING, not an unknown level."""
+    before = logging.getLogger("gtl_nb").level
+    monkeypatch.setenv("GTL_NB_LOG", "")
+    try:
+        assert configure_logging().level == logging.WARNING
+    finally:
+        logging.getLogger("gtl_nb").setLevel(before)

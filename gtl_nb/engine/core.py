@@ -1105,14 +1105,16 @@ class Engine:
         description = provider.models_request(deployment, now=self.wall_clock())
         try:
             status, headers, body = await self.http.fetch(description, self.deployment_timeouts.get(deployment.name))
-        except (asyncio.TimeoutError, OSError, TransportError) as exc:
-            raise ProviderUnavailableError(
-                f"cannot list models of {deployment.name}: {exc}", provider=deployment.name
-            ) from None
-        except Exception as exc:  # httpx errors: the engine is the boundary that translates them
-            raise ProviderUnavailableError(
-                f"cannot list models of {deployment.name}: {type(exc).__name__}: {exc}", provider=deployment.name
-            ) from None
+        except Exception as exc:  # (an HTTP library's own errors too: the engine is the boundary that translates)
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = "no answer within the timeout"
+            elif isinstance(exc, (OSError, TransportError)):
+                reason = str(exc) or type(exc).__name__
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            # a gateway's clients learn the deployment, not the address (``HttpRunner.names_upstream``)
+            message = self.http.unreachable("cannot list models from", description, deployment, reason)
+            raise ProviderUnavailableError(redact(message), provider=deployment.name) from None
         if status >= 400:
             request = CompletionRequest(session_id="models", model="", messages=[])
             raise error_from_event(

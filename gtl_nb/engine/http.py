@@ -109,8 +109,10 @@ class HttpRunner:
 
         return await asyncio.wait_for(exchange(), limits.first_byte)
 
-    def _unreachable(self, what: str, description: HttpRequest, deployment: Deployment, reason: str) -> str:
-        """The message of an upstream that could not be reached, for whoever reads it (``names_upstream``)."""
+    def unreachable(self, what: str, description: HttpRequest, deployment: Deployment, reason: str) -> str:
+        """The message of an upstream that could not be reached (``what`` it was, the address, the
+        ``reason``), for whoever reads it: with the address and reason when ``names_upstream``, else
+        naming the deployment only (and the log line has both)."""
         where = _host(description.url)
         if self.names_upstream:
             return f"{what} {where}" + (f": {reason}" if reason else "")
@@ -151,10 +153,10 @@ class HttpRunner:
             message = f"no response within the first-byte timeout ({limits.first_byte} s)"
             failed = _error(request, deployment, "TIMEOUT", message)
         except ConnectTimeout:
-            message = self._unreachable(f"connect timeout ({limits.connect} s) to", description, deployment, "")
+            message = self.unreachable(f"connect timeout ({limits.connect} s) to", description, deployment, "")
             failed = _error(request, deployment, "TIMEOUT", message)
         except TransportError as exc:
-            message = self._unreachable("cannot reach", description, deployment, str(exc or type(exc).__name__))
+            message = self.unreachable("cannot reach", description, deployment, str(exc or type(exc).__name__))
             failed = _error(request, deployment, "PROVIDER_UNAVAILABLE", message)
         if failed is not None:
             deadline.close()

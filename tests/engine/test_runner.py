@@ -239,6 +239,31 @@ def test_a_gateways_client_learns_the_deployment_not_the_address_it_could_not_re
     assert error.message.startswith(f"cannot reach http://127.0.0.1:{port}: ")
 
 
+def test_a_gateways_model_listing_names_the_deployment_not_the_address(caplog):
+    """The ``models`` query's failure is worded like a completion's (the same ``HttpRunner.unreachable``)."""
+    from gtl_nb.protocol.errors import ProviderUnavailableError
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    openai = Deployment(name="internal", type="openai", api_key="sk-test", base_url=f"http://127.0.0.1:{port}/v1")
+
+    async def listing(audience: str) -> str:
+        engine = engine_for(openai)
+        engine.set_audience(audience)
+        try:
+            with pytest.raises(ProviderUnavailableError) as failed:
+                await engine.list_models("internal")
+            return failed.value.message
+        finally:
+            await engine.aclose()
+
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        assert asyncio.run(listing(GATEWAY)) == "cannot list models from deployment 'internal'"
+    assert f"cannot list models from http://127.0.0.1:{port}" in caplog.text
+    assert asyncio.run(listing("embedded")).startswith(f"cannot list models from http://127.0.0.1:{port}: ")
+
+
 def test_no_response_hits_the_first_byte_timeout(server_factory):
     release = threading.Event()
     server = server_factory(lambda c: release.wait(5))
