@@ -52,7 +52,11 @@ DIAL_TIMEOUT = 5.0
 COMPRESSIONS = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
 _CERTIFICATE_REFUSED = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
 """What gRPC's details say when this client refused the gateway's certificate (a set-up mistake, not retried)."""
-_UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN})
+# a call that ended before its start with one of these met no gateway willing to serve it; CANCELLED
+# too: nothing on this side cancelled it, so a server stopping (its grace begun) did
+_UNREACHABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+)
 
 
 def channel_options(max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> list[tuple[str, int]]:
