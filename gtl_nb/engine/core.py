@@ -152,9 +152,10 @@ async def run_session(
     """Run one session of ``engine``, handing each event to ``send`` — the one session runner of every
     front end (the embedded backend, the gateway's connections).
 
-    ``drain``, when given, is called after each event and what it returns awaited, so a slow reader
-    holds the engine back rather than letting events pile up; it returns ``None`` when there is room
-    (then nothing is awaited: no coroutine is made per event). Exactly one terminal event goes out
+    ``drain``, when given, is called after each batch of events (what one read of the upstream
+    decoded) and what it returns awaited, so a slow reader holds the engine back rather than letting
+    events pile up; it returns ``None`` when there is room (then nothing is awaited: no coroutine is
+    made per batch). Exactly one terminal event goes out
     whatever happens, through ``finish`` (default ``send``) when the stream did not deliver it: a
     cancel sends ``CANCELLED`` — or the end the engine had already recorded in the ledger, so the
     reader and the ledger agree — and a bug sends ``INTERNAL`` and is re-raised. ``cancelled_by`` names
@@ -166,10 +167,12 @@ async def run_session(
     recorded = SessionEnd()
     ended = False
     try:
-        async with aclosing(engine.stream(request, context=context, ending=recorded, refused=refused)) as events:
-            async for event in events:
-                send(event)
-                ended = type(event) in TERMINAL_EVENTS
+        batches = engine.stream_batches(request, context=context, ending=recorded, refused=refused)
+        async with aclosing(batches) as each:
+            async for batch in each:
+                for event in batch:
+                    send(event)
+                ended = type(batch[-1]) in TERMINAL_EVENTS
                 if drain is not None:
                     waiting = drain()
                     if waiting is not None:
@@ -347,7 +350,27 @@ class Engine:
         ending: SessionEnd | None = None,
         refused: GTLError | None = None,
     ) -> AsyncIterator[StreamEvent]:
-        """The complete, validated event stream of ``request``, recorded as one ledger row.
+        """The complete, validated event stream of ``request``, recorded as one ledger row, one event
+        at a time: ``stream_batches`` (which says what every argument does), unbatched."""
+        batches = self.stream_batches(request, context=context, user=user, ending=ending, refused=refused)
+        async with aclosing(batches) as each:
+            async for batch in each:
+                for event in batch:
+                    yield event
+
+    async def stream_batches(
+        self,
+        request: CompletionRequest,
+        *,
+        context: RequestContext | None = None,
+        user: str | None = None,
+        ending: SessionEnd | None = None,
+        refused: GTLError | None = None,
+    ) -> AsyncIterator[list[StreamEvent]]:
+        """The complete, validated event stream of ``request``, recorded as one ledger row, in batches:
+        the events one read of the upstream decoded go through the engine's levels together (one step
+        of each per read, not per event). Batches are never empty, and the terminal event is alone in
+        the last one.
 
         ``refused``: the caller may not make this request at all (a gateway's scope check); the session
         is that error, recorded as its row like any other end, with no provider called and no budget used.
@@ -380,45 +403,59 @@ class Engine:
             row = await self._ledger_start(request, context, model)
             if self.hooks:
                 self.hooks.emit(RequestStarted(request.session_id, context, request.model, request))
-            async with aclosing(self._guarded(request, targets, record, refusal)) as events:
-                async for event in events:
-                    kind = type(event)
-                    if kind is Token:
-                        if record.answer is not None:
-                            record.answer.append(event.text)
-                    elif kind is Usage:
-                        usage = event
-                    elif kind is Status and is_failover(event):
-                        usage = None  # the protocol's reset: the usage of an abandoned attempt is void
-                        if record.answer is not None:
-                            record.answer.clear()
-                    elif kind in TERMINAL_EVENTS:
-                        end = event
-                        if kind is Done:
-                            record.finish_reason = event.finish_reason
-                        if ending is not None:
-                            ending.event = event
-                        # complete the row (and settle) before the caller sees the end, exactly once
-                        finished, row = row, None
-                        held, reservation = reservation, None
-                        await self._finish(request, context, finished, end, usage, record, held)
-                    yield event
+            async with aclosing(self._guarded(request, targets, record, refusal)) as batches:
+                async for batch in batches:
+                    answer = record.answer
+                    for event in batch:
+                        kind = type(event)
+                        if kind is Token:
+                            if answer is not None:
+                                answer.append(event.text)
+                        elif kind is Usage:
+                            usage = event
+                        elif kind is Status and is_failover(event):
+                            usage = None  # the protocol's reset: the usage of an abandoned attempt is void
+                            if answer is not None:
+                                answer.clear()
+                    last = batch[-1]
+                    kind = type(last)
+                    if kind not in TERMINAL_EVENTS:
+                        yield batch
+                        continue
+                    if len(batch) > 1:  # what came before the end reaches the caller even if the end is cancelled
+                        yield batch[:-1]
+                    end = last
+                    if kind is Done:
+                        record.finish_reason = last.finish_reason
+                    if ending is not None:
+                        ending.event = last
+                    # complete the row (and settle) before the caller sees the end, exactly once
+                    finished, row = row, None
+                    held, reservation = reservation, None
+                    await self._finish(request, context, finished, end, usage, record, held)
+                    yield [last]
         finally:
             with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
                 _REQUEST_CONTEXT.reset(scope)
             if end is None or row is not None or reservation is not None:  # ended without a terminal event
                 await self._finish(request, context, row, end, usage, record, reservation)
 
-    def _targets(self, request: CompletionRequest, context: RequestContext | None = None) -> list[Target]:
-        """``router.targets(request)``, remembered for a bare model name (the common request).
+    def targets(self, request: CompletionRequest) -> list[Target]:
+        """The deployments and models that may serve ``request``, in routing's order (``Router.targets``;
+        remembered for a model name alone, see ``_targets``). Safe from any thread."""
+        return self._targets(request)
 
-        Resolving a name asks the catalog about every provider type (~12 µs a request). For a bare
-        name — no ``provider``/``providers``, no ``deployment:`` prefix — the answer depends only on
-        the deployments and the catalog, which change only by ``reload`` (which starts a new memo).
-        Failures are not remembered; the memo is emptied when it holds ``_TARGETS_MEMO`` names (they
-        come from callers)."""
+    def _targets(self, request: CompletionRequest, context: RequestContext | None = None) -> list[Target]:
+        """``router.targets(request)``, remembered for a model name alone (the common request).
+
+        Resolving a name asks the catalog about every provider type (~12 µs a request). For a name
+        with no ``provider``/``providers`` — bare, or ``deployment:model`` naming a configured
+        deployment — the answer depends only on the deployments and the catalog, which change only by
+        ``reload`` (which starts a new memo). (A ``provider_type:model`` is not remembered: the types
+        registered may change.) Failures are not remembered; the memo is emptied when it holds
+        ``_TARGETS_MEMO`` names (they come from callers)."""
         model = request.model
-        if request.providers or request.provider or ":" in model:
+        if request.providers or request.provider or (":" in model and model.partition(":")[0] not in self.deployments):
             return self.router.targets(request, self._visible(context))
         known = self._bare_targets.get(model)
         if known is None:  # (a remembered answer needs no visibility: only errors name models)
@@ -478,25 +515,26 @@ class Engine:
         targets: list[Target] | GTLError,
         record: _SessionRecord,
         refusal: Error | None,
-    ) -> AsyncIterator[StreamEvent]:
-        """``_run``, with a bug anywhere below turned into an ``INTERNAL`` error that still ends the
-        session (and its ledger row) properly instead of an exception that leaves both open."""
+    ) -> AsyncIterator[list[StreamEvent]]:
+        """``_run``'s batches, with a bug anywhere below turned into an ``INTERNAL`` error that still
+        ends the session (and its ledger row) properly instead of an exception that leaves both open."""
         ended = False
         try:
-            async with aclosing(self._run(request, targets, record, refusal)) as events:
-                async for event in events:
-                    ended = type(event) in TERMINAL_EVENTS
-                    yield event
+            async with aclosing(self._run(request, targets, record, refusal)) as batches:
+                async for batch in batches:
+                    ended = type(batch[-1]) in TERMINAL_EVENTS
+                    yield batch
         except Exception as exc:
             if ended:
                 raise
             log.exception("session %s failed inside the engine", request.session_id)
-            yield Error(
+            failed = Error(
                 session_id=request.session_id,
                 code="INTERNAL",
                 message=f"gtl_nb internal error: {type(exc).__name__}: {exc}",
                 provider=record.path[-1] if record.path else None,
             )
+            yield [failed]
 
     async def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Each deployment's circuit: state, failures, error rate, when it may be tried again."""
@@ -674,18 +712,18 @@ class Engine:
         targets: list[Target] | GTLError,
         record: _SessionRecord,
         refusal: Error | None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncIterator[list[StreamEvent]]:
         sid = request.session_id
         machine = SessionStateMachine(sid)
         started = self.clock()
         queued = Status(session_id=sid, state="queued")
         machine.advance(queued)
-        yield queued
+        yield [queued]
         if refusal is not None:
-            yield refusal
+            yield [refusal]
             return
         if isinstance(targets, GTLError):
-            yield targets.to_event(sid)
+            yield [targets.to_event(sid)]
             return
         targets = await self._ordered(request, targets)
         key = None
@@ -702,11 +740,13 @@ class Engine:
                 record.model = hit.model
                 if self.hooks:
                     self.hooks.emit(CacheHit(sid, hit.deployment))
+                answer: list[StreamEvent] = []
                 for event in replay(hit, sid):
                     if isinstance(event, Done):
                         event = msgspec.structs.replace(event, latency_ms=_ms(self.clock() - started))
                     machine.advance(event)
-                    yield event
+                    answer.append(event)
+                yield answer
                 return
         flight_key = key or self._coalescing_key(request, targets[0])
         context = _REQUEST_CONTEXT.get(None)
@@ -719,13 +759,13 @@ class Engine:
             record.model = targets[0].model
             async with aclosing(self._read_flight(flight, sid, machine, started)) as events:
                 async for event in events:
-                    yield event
+                    yield [event]
             return
         attempts = self._attempts(request, targets, record, machine, started, key)
         if not flight_key:
-            async with aclosing(attempts) as events:
-                async for event in events:
-                    yield event
+            async with aclosing(attempts) as batches:
+                async for batch in batches:
+                    yield batch
             return
         # The first of its kind here: the call (or the reading of another replica's) runs in a task of
         # its own that publishes to the flight, so a reader leaving (this one included) never cuts the
@@ -736,7 +776,7 @@ class Engine:
         flight.task = asyncio.ensure_future(self._fly(flight, flight_key, attempts, sid))
         async with aclosing(self._read_flight(flight, sid, machine, started, own=(record, targets[0]))) as events:
             async for event in events:
-                yield event
+                yield [event]
 
     async def _read_flight(
         self,
@@ -774,7 +814,7 @@ class Engine:
                 machine.advance(event)
                 yield event
 
-    async def _fly(self, flight: Flight, flight_key: str, attempts: AsyncIterator[StreamEvent], sid: str) -> None:
+    async def _fly(self, flight: Flight, flight_key: str, attempts: AsyncIterator[list[StreamEvent]], sid: str) -> None:
         """Run the call of ``flight_key`` here, or read the one another replica runs (``self.flights``
         decides), publishing every event to ``flight``."""
         lead: FlightLead | None = None
@@ -787,10 +827,11 @@ class Engine:
             lead = shared = cast(FlightLead, role)
             flight.remote, flight.claim = False, lead.claim
             flight.on_idle = lambda: shared.idle(flight)  # readers on other replicas may keep it running
-            async with aclosing(attempts) as events:  # type: ignore[type-var]
-                async for event in events:
-                    flight.publish(event)
-                    shared.publish(event)
+            async with aclosing(attempts) as batches:  # type: ignore[type-var]
+                async for batch in batches:
+                    for event in batch:
+                        flight.publish(event)
+                        shared.publish(event)
         except asyncio.CancelledError:
             pass  # every reader left
         except Exception as exc:  # a bug must still end every reader's session
@@ -842,8 +883,8 @@ class Engine:
         machine: SessionStateMachine,
         started: float,
         key: str | None,
-    ) -> AsyncIterator[StreamEvent]:
-        """Try the targets in order: breakers, retries with backoff, failover, the context fallback.
+    ) -> AsyncIterator[list[StreamEvent]]:
+        """Try the targets in order, in batches: breakers, retries with backoff, failover, the context fallback.
 
         A breaker's probe slot is held from ``acquire`` until a verdict is recorded, inside one
         ``try``/``finally`` that hands it back on any exit (a consumer that stops reading, a cancel
@@ -879,7 +920,7 @@ class Engine:
                     machine.advance(status)
                     if self.hooks:
                         self.hooks.emit(FailedOver(sid, previous.name, target.name, reason))
-                    yield status
+                    yield [status]
                 record.path.append(target.name)
                 record.model = target.model
                 attempt = 0
@@ -888,13 +929,13 @@ class Engine:
                     if self.hooks:
                         self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt))
                     outcome = _AttemptOutcome(events=[] if key is not None else None)
-                    async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as events:
-                        async for event in events:
-                            if type(event) is Done:
+                    async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as batches:
+                        async for batch in batches:
+                            if type(batch[-1]) is Done:  # (``done`` ends its batch)
                                 self._breaker_changed(target.name, await breakers.record_success(target.name))
                                 grant = None
                                 await self._remember_success(request, target, outcome, key)
-                            yield event
+                            yield batch
                     if outcome.done is not None:
                         return
                     failed = outcome.error
@@ -905,7 +946,7 @@ class Engine:
                     if not failed.retryable:
                         fallback = self._context_fallback(failed, target)
                         if fallback is None or (fallback.name, fallback.model) in tried:
-                            yield failed
+                            yield [failed]
                             return
                         tried.add((fallback.name, fallback.model))
                         targets.insert(index, fallback)
@@ -925,7 +966,7 @@ class Engine:
                     machine.advance(status)
                     if self.hooks:
                         self.hooks.emit(RetryScheduled(sid, target.name, attempt + 1, delay, reason))
-                    yield status
+                    yield [status]
                     await self._sleep(delay)
             finally:
                 if grant == "probe":
@@ -933,18 +974,19 @@ class Engine:
                     # cancellation cannot leave the probe slot taken)
                     await asyncio.shield(breakers.release(target.name))
         if last_failure is not None:
-            yield last_failure[1]
+            yield [last_failure[1]]
             return
         snapshots = await breakers.snapshots(refused)
         retry_in = [snapshots.get(name, {}).get("retry_in") for name in refused]
         wait = min((r for r in retry_in if r is not None), default=None)
-        yield Error(
+        every_circuit_open = Error(
             session_id=sid,
             code="PROVIDER_UNAVAILABLE",
             message=f"every circuit is open ({', '.join(refused)})" + (f"; retry in {wait:.0f} s" if wait else ""),
             retryable=True,
             retry_after=wait,
         )
+        yield [every_circuit_open]
 
     async def _acquire(self, deployment: str) -> str | None:
         """``BreakerStore.acquire``, safe against a cancel: a probe slot granted while the caller was
@@ -1009,52 +1051,58 @@ class Engine:
         machine: SessionStateMachine,
         started: float,
         outcome: _AttemptOutcome,
-    ) -> AsyncIterator[StreamEvent]:
-        """One call to one target: yields its validated events; leaves ``done`` or ``error`` in ``outcome``.
+    ) -> AsyncIterator[list[StreamEvent]]:
+        """One call to one target: yields its validated events in batches; leaves ``done`` or ``error``
+        in ``outcome`` (an ``error`` is not yielded: the attempt loop decides what follows it).
 
-        An HTTP deployment's events come straight from ``HttpRunner.run`` and are priced and scrubbed of
-        the deployment's key here, not in a generator of their own: one level less for every event of
-        every stream (see ``_call``)."""
+        An HTTP deployment's batches come straight from ``HttpRunner.run`` and are priced and scrubbed
+        of the deployment's key here, not in a generator of their own: one level less for every read
+        of every stream (see ``_call``)."""
         sid = request.session_id
         first: float | None = None
         attempt_started = self.clock()
         attempt, deployment = self._call(request, target)
         kept = outcome.events
         try:
-            async for event in attempt:
-                kind = type(event)
-                if kind is Usage:
-                    event = self._priced(event, target)
-                elif kind is Error and deployment is not None:  # a provider may quote the key it refused
-                    event = _scrubbed(event, deployment)
-                done = kind is Done
-                if done:
-                    event = _stamp(event, target, started, first, self.clock())
-                elif first is None and kind in _CONTENT:
-                    first = self.clock()
-                    outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
-                elif kind is Error:
-                    outcome.error = event
+            async for batch in attempt:
+                checked: list[StreamEvent] = []
+                for event in batch:
+                    kind = type(event)
+                    if kind is Usage:
+                        event = self._priced(event, target)
+                    elif kind is Error and deployment is not None:  # a provider may quote the key it refused
+                        event = _scrubbed(event, deployment)
+                    done = kind is Done
+                    if done:
+                        event = _stamp(event, target, started, first, self.clock())
+                    elif first is None and kind in _CONTENT:
+                        first = self.clock()
+                        outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
+                    elif kind is Error:
+                        outcome.error = event
+                        break
+                    try:
+                        machine.advance(event)
+                    except SessionStateError as exc:
+                        outcome.error = Error(
+                            session_id=sid,
+                            code="INTERNAL",
+                            message=f"{target.name} broke the event order: {exc}",
+                            provider=target.name,
+                        )
+                        break
+                    if not outcome.content and kind in _ANSWER:
+                        outcome.content = True  # the caller has it: a retry would duplicate it
+                    if kept is not None:
+                        kept.append(event)
+                    checked.append(event)
+                    if done:
+                        outcome.done = event
+                        break
+                if checked:
+                    yield checked
+                if outcome.done is not None or outcome.error is not None:
                     return
-                try:
-                    machine.advance(event)
-                except SessionStateError as exc:
-                    outcome.error = Error(
-                        session_id=sid,
-                        code="INTERNAL",
-                        message=f"{target.name} broke the event order: {exc}",
-                        provider=target.name,
-                    )
-                    return
-                if not outcome.content and kind in _ANSWER:
-                    outcome.content = True  # the caller has it: a retry would duplicate it
-                if kept is not None:
-                    kept.append(event)
-                if done:
-                    outcome.done = event
-                    yield event
-                    return
-                yield event
         except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
             if deployment is None:
                 raise
@@ -1147,8 +1195,8 @@ class Engine:
 
     def _call(
         self, request: CompletionRequest, target: Target
-    ) -> tuple[AsyncGenerator[StreamEvent, None], Deployment | None]:
-        """The events of one call to ``target`` — ``status: streaming`` first — and, for an HTTP
+    ) -> tuple[AsyncGenerator[list[StreamEvent], None], Deployment | None]:
+        """The event batches of one call to ``target`` — ``status: streaming`` first — and, for an HTTP
         deployment, the deployment with the keys it was called with (its events' errors are scrubbed of
         them). For HTTP that is ``HttpRunner.run``'s own generator; a local provider's events, or the
         error that stopped the call before it began, come from a small generator here."""
@@ -1170,16 +1218,28 @@ class Engine:
 
     async def _local_call(
         self, provider: Any, sent: CompletionRequest, target: Target, streaming: Status
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """A local provider's events (``echo``, a simulator in the process), each after its delay."""
-        yield streaming
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """A local provider's events (``echo``, a simulator in the process), each after its delay: the
+        events between two delays go on as one batch."""
+        yield [streaming]
         options = getattr(provider, "with_options", None)
         if options is not None and target.deployment.options:
             provider = options(dict(target.deployment.options))
-        for delay, event in provider.generate(sent):
-            if delay > 0:
-                await self._sleep(delay)
-            yield event
+        batch: list[StreamEvent] = []
+        try:
+            for delay, event in provider.generate(sent):
+                if delay > 0:
+                    if batch:
+                        yield batch
+                        batch = []
+                    await self._sleep(delay)
+                batch.append(event)
+        except Exception:
+            if batch:  # what it produced before it failed goes on first, as it would have one by one
+                yield batch
+            raise
+        if batch:
+            yield batch
 
     def _priced(self, event: StreamEvent, target: Target) -> StreamEvent:
         if (
@@ -1197,10 +1257,9 @@ class Engine:
         return event
 
 
-async def _these(*events: StreamEvent) -> AsyncGenerator[StreamEvent, None]:
-    """``events`` as an async generator (a call that ended before it began)."""
-    for event in events:
-        yield event
+async def _these(*events: StreamEvent) -> AsyncGenerator[list[StreamEvent], None]:
+    """``events`` as an async generator of one batch (a call that ended before it began)."""
+    yield list(events)
 
 
 def _never_waits(store: Any) -> bool:

@@ -33,7 +33,7 @@ from gtl_nb.engine.transport import (
     UnsendableRequest,
 )
 from gtl_nb.log import get_logger, redact
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, StreamEvent
+from gtl_nb.protocol.messages import TERMINAL_EVENTS, CompletionRequest, Done, Error, StreamEvent
 from gtl_nb.providers.base import Deployment, HttpDialect, HttpRequest, retry_after_seconds
 
 log = get_logger("engine.http")
@@ -127,12 +127,15 @@ class HttpRunner:
         timeouts: Timeouts | None = None,
         *,
         announce: StreamEvent | None = None,
-    ) -> AsyncGenerator[StreamEvent, None]:
-        """Send ``request`` through ``dialect`` and yield the decoded events; the decoder's opaque
-        replay state (``provider_data``) goes on the ``done`` event it ends with. ``announce`` (the
-        engine's ``status: streaming``) is yielded first, before the request is built or sent."""
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """Send ``request`` through ``dialect`` and yield the decoded events in batches, one batch per
+        read of the body (a burst of chunks in one read goes down the engine's levels as one step, not
+        one step per event); the decoder's opaque replay state (``provider_data``) goes on the ``done``
+        event it ends with. ``announce`` (the engine's ``status: streaming``) is yielded first, alone,
+        before the request is built or sent. Batches are never empty; a terminal event is the last of
+        the last batch."""
         if announce is not None:
-            yield announce
+            yield [announce]
         limits = timeouts or self.timeouts
         description = dialect.build_request(request, deployment, now=self.wall_clock())
         if log.isEnabledFor(logging.DEBUG):
@@ -160,14 +163,14 @@ class HttpRunner:
             failed = _error(request, deployment, "PROVIDER_UNAVAILABLE", message)
         if failed is not None:
             deadline.close()
-            yield failed
+            yield [failed]
             return
         try:
             if response.status >= 400:
                 try:
                     body = await _read_capped(response, limits.idle, self.max_response_bytes)
                 except (asyncio.TimeoutError, TransportError) as exc:
-                    yield _error(
+                    unread = _error(
                         request,
                         deployment,
                         "PROVIDER_UNAVAILABLE",
@@ -175,9 +178,10 @@ class HttpRunner:
                         f"{type(exc).__name__} {exc}".rstrip(),
                         http_status=response.status,
                     )
+                    yield [unread]
                     return
                 headers = _seconds_retry_after(dict(response.headers), self.wall_clock())
-                yield dialect.decode_error(request, deployment, response.status, headers, body)
+                yield [dialect.decode_error(request, deployment, response.status, headers, body)]
                 return
             decoder = dialect.response_decoder(request, deployment)
             chunks = response.chunks()
@@ -192,12 +196,8 @@ class HttpRunner:
                     break
                 except asyncio.TimeoutError:
                     which, limit = ("first-byte", limits.first_byte) if first_chunk else ("idle", limits.idle)
-                    yield _error(
-                        request,
-                        deployment,
-                        "TIMEOUT",
-                        f"stream stalled: {which} timeout ({limit} s) exceeded",
-                    )
+                    message = f"stream stalled: {which} timeout ({limit} s) exceeded"
+                    yield [_error(request, deployment, "TIMEOUT", message)]
                     return
                 except ConnectionLost as exc:  # the decoder reports the missing terminator
                     log.debug("connection lost mid-stream from %s: %s", deployment.name, exc)
@@ -206,33 +206,48 @@ class HttpRunner:
                 first_chunk = False
                 received += len(chunk)
                 if received > self.max_response_bytes:  # a runaway body must not exhaust memory
-                    yield _error(
-                        request,
-                        deployment,
-                        "PROVIDER_UNAVAILABLE",
-                        f"response larger than {self.max_response_bytes} bytes; stopped reading it",
-                    )
+                    message = f"response larger than {self.max_response_bytes} bytes; stopped reading it"
+                    yield [_error(request, deployment, "PROVIDER_UNAVAILABLE", message)]
                     return
-                for event in decoder.feed(chunk):
-                    if pending is not None:
-                        log.warning("%s: %s after done ignored", deployment.name, type(event).__name__)
-                    elif type(event) is Done:
-                        pending = event  # held until the body ends: provider_data is complete then
-                    else:
-                        yield event
-            for event in decoder.close():
-                if pending is not None:
-                    log.warning("%s: %s after done ignored", deployment.name, type(event).__name__)
-                elif type(event) is Done:
-                    pending = event
-                else:
-                    yield event
+                events = decoder.feed(chunk)
+                if not events:
+                    continue
+                if pending is None and type(events[-1]) not in TERMINAL_EVENTS:
+                    yield events  # the common read: events, none of them the end
+                    continue
+                pending, batch = _held_back(events, pending, deployment)
+                if batch:
+                    yield batch
+                    if type(batch[-1]) is Error:
+                        return
+            pending, batch = _held_back(decoder.close(), pending, deployment)
             if pending is not None:
                 data = getattr(decoder, "provider_data", None)
-                yield msgspec.structs.replace(pending, provider_data=data) if data else pending
+                batch.append(msgspec.structs.replace(pending, provider_data=data) if data else pending)
+            if batch:
+                yield batch
         finally:
             deadline.close()
             await response.aclose()
+
+
+def _held_back(
+    events: list[StreamEvent], pending: Done | None, deployment: Deployment
+) -> tuple[Done | None, list[StreamEvent]]:
+    """``events`` as the batch to hand on now, and the ``done`` held back until the body ends (its
+    ``provider_data`` is complete only then): what comes after ``done`` is logged and dropped, and
+    nothing after an ``error`` is handed on (the engine stops at it)."""
+    batch: list[StreamEvent] = []
+    for event in events:
+        if pending is not None:
+            log.warning("%s: %s after done ignored", deployment.name, type(event).__name__)
+        elif type(event) is Done:
+            pending = event
+        else:
+            batch.append(event)
+            if type(event) is Error:
+                break
+    return pending, batch
 
 
 class _ReadDeadline:

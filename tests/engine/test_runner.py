@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
+import msgspec
 import pytest
 from engine_kit import make_engine
 
@@ -618,3 +619,66 @@ def test_a_response_that_fails_to_close_after_its_answer_leaves_the_answer_done(
     assert isinstance(events[-1], Done), events
     assert [type(e) for e in events].count(Done) == 1 and not any(isinstance(e, Error) for e in events)
     assert "closing the response" in caplog.text
+
+
+def _batches(engine: Engine, message: CompletionRequest, **kwargs) -> list[list]:
+    async def collect():
+        try:
+            return [list(batch) async for batch in engine.stream_batches(message, **kwargs)]
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(collect())
+
+
+def test_a_burst_read_at_once_goes_through_the_engine_as_one_batch_and_the_end_comes_alone(server_factory):
+    def behaviour(conn: socket.socket) -> None:
+        conn.sendall(HEAD + chunked(b"t:a\nt:b\nt:c\nu\n"))  # one read: four events
+        time.sleep(0.05)
+        conn.sendall(chunked(b"done\n") + b"0\r\n\r\n")
+
+    server = server_factory(behaviour)
+    batches = _batches(engine_for(lines("a", server.url)), request())
+    assert all(batches), batches  # never an empty batch
+    kinds = [[type(event).__name__ for event in batch] for batch in batches]
+    assert kinds == [["Status"], ["Status"], ["Token", "Token", "Token", "Usage"], ["Done"]], kinds
+    assert [batch[0].state for batch in batches[:2]] == ["queued", "streaming"]
+
+
+def test_batched_and_one_by_one_streams_are_the_same_events(server_factory):
+    body = HEAD + chunked(b"t:a\nt:b\n", b"u\ndone\n") + b"0\r\n\r\n"
+    server = server_factory(lambda c: c.sendall(body))
+    flat = [event for batch in _batches(engine_for(lines("a", server.url)), request()) for event in batch]
+    one_by_one = run(engine_for(lines("a", server.url)), request())
+    strip = [msgspec.structs.replace(e, ttft_ms=None, latency_ms=None) if isinstance(e, Done) else e for e in flat]
+    expected = [
+        msgspec.structs.replace(e, ttft_ms=None, latency_ms=None) if isinstance(e, Done) else e for e in one_by_one
+    ]
+    assert strip == expected
+
+
+def test_the_events_read_with_the_end_reach_the_caller_before_the_row_is_completed(server_factory):
+    """The end of a stream often arrives in the same read as its last tokens; the tokens are handed on
+    before the engine awaits the row's completion, so a cancel during it loses none of them."""
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:a\nt:b\nu\ndone\n") + b"0\r\n\r\n"))
+    engine = engine_for(lines("a", server.url))
+    received: list = []
+    seen_at_finish: list[list[str]] = []
+    engine.hooks.subscribe(
+        lambda event: (
+            seen_at_finish.append([type(e).__name__ for e in received])
+            if type(event).__name__ == "RequestFinished"
+            else None
+        )
+    )
+
+    async def collect():
+        try:
+            async for batch in engine.stream_batches(request()):
+                received.extend(batch)
+        finally:
+            await engine.aclose()
+
+    asyncio.run(collect())
+    assert seen_at_finish == [["Status", "Status", "Token", "Token", "Usage"]]
+    assert isinstance(received[-1], Done)
