@@ -141,7 +141,7 @@ class EmbeddedBackend:
             self._sessions.discard(task)  # type: ignore[arg-type]
 
     def check(self, request: CompletionRequest) -> None:
-        for target in self.engine.router.targets(request):
+        for target in self.engine.targets(request):
             if target.name in self.settings.deployments:
                 # the credentials as the request will be sent with them (a key set since connect counts)
                 current = self.engine.credentials.resolve(target.deployment)
@@ -173,7 +173,7 @@ class EmbeddedBackend:
             return True
 
     def fit(self, request: CompletionRequest) -> CompletionRequest:
-        targets = self.engine.router.targets(request)
+        targets = self.engine.targets(request)
         if not targets or self.engine.catalog is None:
             return request
         estimate = estimate_prompt_tokens(request)

@@ -52,16 +52,22 @@ class ConfiguredCredentials:
         self._watch = watch
         self._environ = environ  # None: the live os.environ
         self._seen: dict[str, tuple[object, Deployment]] = {}
+        # what to watch depends on the configuration alone (a reload builds new credentials)
+        self._sources: dict[str, tuple[tuple[str, ...], tuple[Path, ...]]] = {}
 
     def resolve(self, deployment: Deployment) -> Deployment:
         environ = os.environ if self._environ is None else self._environ
-        variables, files = self._watch(deployment.name)
+        name = deployment.name
+        sources = self._sources.get(name)
+        if sources is None:
+            sources = self._sources[name] = self._watch(name)
+        variables, files = sources
         fingerprint = (tuple(environ.get(v) for v in variables), tuple(_mtime(p) for p in files))
-        seen = self._seen.get(deployment.name)
+        seen = self._seen.get(name)
         if seen is not None and seen[0] == fingerprint:
             return seen[1]
-        current = self._rebuild(deployment.name, environ)
-        self._seen[deployment.name] = (fingerprint, current)
+        current = self._rebuild(name, environ)
+        self._seen[name] = (fingerprint, current)
         return current
 
 

@@ -62,14 +62,19 @@ def test_a_failure_to_resolve_is_never_remembered() -> None:
     assert "no-such-model" not in engine._bare_targets
 
 
-def test_names_that_choose_their_deployment_are_always_resolved() -> None:
+def test_a_configured_deployments_prefix_is_remembered_and_other_choices_are_always_resolved() -> None:
     engine = make_engine({"one": Deployment(name="one", type="echo", models=("m",))})
     assert _events(engine, _request("one:m"))[-1].provider == "one"
+    assert [target.name for target in engine._bare_targets["one:m"]] == ["one"]  # deployments change by reload only
+    assert _events(engine, _request("echo:m", "s2"))[-1].provider == "one"  # a provider type: types may be added
     request = CompletionRequest(
-        session_id="s2", model="m", providers=["one"], messages=[Message(role="user", content="hi")]
+        session_id="s3", model="m", providers=["one"], messages=[Message(role="user", content="hi")]
     )
     assert _events(engine, request)[-1].provider == "one"
-    assert set(engine._bare_targets) == set()  # neither is a bare name
+    assert set(engine._bare_targets) == {"one:m"}
+    engine.reload(_settings({"two": Deployment(name="two", type="echo", models=("m",))}))
+    end = _events(engine, _request("one:m", "s4"))[-1]
+    assert isinstance(end, Error), end  # "one" is gone: resolved anew, not from the memo
 
 
 def test_the_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
