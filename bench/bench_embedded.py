@@ -13,8 +13,6 @@ interleaved rounds (the order rotates every round), medians reported:
 * **concurrency 1, async** — wall time per request: ``await client.acomplete`` against ``await`` of
   the bare request, each on the caller's loop (the embedded call crosses to the engine's loop and
   back, the bare one does not);
-* **the engine on the caller's loop** (``gtl_nb.aconnect``) — the two async cells again, with the
-  engine on the caller's loop instead of its loop thread: no thread crossed (column "`aconnect`");
 * **concurrency 20** — this process's CPU per request (all threads: the caller's loop, the engine's
   loop thread, the ledger writer), 20 ``acomplete`` at once against 20 bare requests at once;
 * **1,000 concurrent streams** from one client, the upstream pacing each stream's chunks so they are
@@ -54,7 +52,6 @@ import gtl_nb
 from bench.callgrind import _total_instructions
 from bench.servers import Upstream
 from gtl_nb.client import new_session_id
-from gtl_nb.engine.loop import loop_factory
 from gtl_nb.protocol.messages import Error, StreamEvent
 
 BODY = b'{"model":"gpt-4o-mini","stream":true,"max_tokens":16,"messages":[{"role":"user","content":"hi"}]}'
@@ -67,14 +64,12 @@ Call = Callable[[], Awaitable[Any]]
 class _CallerLoop:
     """The caller's asyncio loop on a thread of its own (a notebook kernel's), holding the bare client."""
 
-    def __init__(self, port: int, ledger: Path | None = None) -> None:
+    def __init__(self, port: int) -> None:
         self.url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        self.loop = loop_factory(os.environ.get("BENCH_CALLER_LOOP", "asyncio"))()
+        self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.session: aiohttp.ClientSession = self.run(self._open())
         self.httpx: httpx.AsyncClient = self.run(self._open_httpx())
-        # ``gtl_nb.aconnect``: the embedded engine on this loop, no thread crossed by an awaited call
-        self.on_loop: gtl_nb.Client | None = None if ledger is None else self.run(_aconnected(port, ledger))
 
     async def _open(self) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
@@ -106,23 +101,14 @@ class _CallerLoop:
         self.run(self.bare_httpx())
 
     def close(self) -> None:
-        if self.on_loop is not None:
-            self.run(self.on_loop.aclose())
         self.run(self.httpx.aclose())
         self.run(self.session.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def _providers(port: int) -> dict[str, dict[str, str]]:
-    return {"fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{port}/v1"}}
-
-
 def _client(port: int, ledger: Path) -> gtl_nb.Client:
-    return gtl_nb.connect(providers=_providers(port), ledger=ledger, environ={})
-
-
-async def _aconnected(port: int, ledger: Path) -> gtl_nb.Client:
-    return await gtl_nb.aconnect(providers=_providers(port), ledger=ledger, environ={})
+    providers = {"fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{port}/v1"}}
+    return gtl_nb.connect(providers=providers, ledger=ledger, environ={})
 
 
 def _embedded(client: gtl_nb.Client) -> Call:
@@ -170,13 +156,11 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
     try:
         with tempfile.TemporaryDirectory() as tmp:
             client = _client(upstream.port, Path(tmp) / "bench.sqlite3")
-            caller = _CallerLoop(upstream.port, Path(tmp) / "on-loop.sqlite3")
-            assert caller.on_loop is not None
-            embedded, embedded_sync, on_loop = _embedded(client), _sync_call(client), _embedded(caller.on_loop)
-            for _ in range(20):  # warm them all: connections, imports, the ledger files
+            caller = _CallerLoop(upstream.port)
+            embedded, embedded_sync = _embedded(client), _sync_call(client)
+            for _ in range(20):  # warm both: connections, imports, the ledger file
                 embedded_sync()
                 caller.run(embedded())
-                caller.run(on_loop())
                 caller.bare_from_thread()
                 caller.bare_httpx_from_thread()
             phases: dict[str, dict[str, Callable[[], float]]] = {
@@ -189,13 +173,11 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
                     "bare": lambda: caller.run(_one_at_a_time(caller.bare, calls)),
                     "httpx": lambda: caller.run(_one_at_a_time(caller.bare_httpx, calls)),
                     "embedded": lambda: caller.run(_one_at_a_time(embedded, calls)),
-                    "on_loop": lambda: caller.run(_one_at_a_time(on_loop, calls)),
                 },
                 "c20_cpu": {
                     "bare": lambda: _cpu_per_call(caller, caller.bare, 20, calls // 20),
                     "httpx": lambda: _cpu_per_call(caller, caller.bare_httpx, 20, calls // 20),
                     "embedded": lambda: _cpu_per_call(caller, embedded, 20, calls // 20),
-                    "on_loop": lambda: _cpu_per_call(caller, on_loop, 20, calls // 20),
                 },
             }
             samples: dict[str, dict[str, list[float]]] = {
@@ -223,8 +205,6 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
         figures[f"{phase}_ms"] = medians
         figures[f"{phase}_ratio"] = medians["embedded"] / medians["bare"]
         figures[f"{phase}_httpx_ratio"] = medians["embedded"] / medians["httpx"]
-        if "on_loop" in medians:
-            figures[f"{phase}_on_loop_ratio"] = medians["on_loop"] / medians["bare"]
     # the names earlier runs used: the sync row is the "concurrency 1" figure of the first reports
     figures["c1_ms"], figures["c1_ratio"] = figures["c1_sync_ms"], figures["c1_sync_ratio"]
     figures.update(
@@ -239,22 +219,19 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
 def report(figures: dict[str, Any]) -> str:
     def row(label: str, phase: str, target: str) -> str:
         ms = figures[f"{phase}_ms"]
-        on_loop = f"{ms['on_loop']:.3f}" if "on_loop" in ms else "—"
-        on_loop_ratio = f"{figures[f'{phase}_on_loop_ratio']:.2f}x" if "on_loop" in ms else "—"
-        ratios = f"{figures[f'{phase}_ratio']:.2f}x | {on_loop_ratio} | {figures[f'{phase}_httpx_ratio']:.2f}x"
-        times = f"{ms['bare']:.3f} | {ms['httpx']:.3f} | {ms['embedded']:.3f} | {on_loop}"
-        return f"| {label} | {times} | {ratios} | {target} |"
+        ratios = f"{figures[f'{phase}_ratio']:.2f}x | {figures[f'{phase}_httpx_ratio']:.2f}x"
+        return f"| {label} | {ms['bare']:.3f} | {ms['httpx']:.3f} | {ms['embedded']:.3f} | {ratios} | {target} |"
 
     return "\n".join(
         [
             "| embedded client, 16-token stream, ledger on | bare aiohttp | bare httpx | embedded "
-            "| embedded, `aconnect` | ÷ aiohttp | `aconnect` ÷ aiohttp | ÷ httpx | target |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| ÷ aiohttp | ÷ httpx | target |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
             row("wall per request, concurrency 1, `complete` from a thread (ms)", "c1_sync", "<= 1.2x"),
             row("wall per request, concurrency 1, `await acomplete` on the caller's loop (ms)", "c1_async", "<= 1.2x"),
             row("CPU per request, concurrency 20, `acomplete` (ms)", "c20_cpu", "<= 1.5x"),
             f"| {figures['streams']} concurrent streams from one client | | | "
-            f"{figures['stream_errors']} errors in {figures['streams_seconds']:.1f} s | | | | | zero errors |",
+            f"{figures['stream_errors']} errors in {figures['streams_seconds']:.1f} s | | | zero errors |",
         ]
     )
 
@@ -265,12 +242,10 @@ def report(figures: dict[str, Any]) -> str:
 COUNTED = (
     ("bare, awaited on the caller's loop", 1, "bare"),
     ("embedded `await acomplete`", 1, "acomplete"),
-    ("embedded `await acomplete`, engine on the caller's loop (`aconnect`)", 1, "on_loop"),
     ("embedded `complete` from a thread", 1, "complete"),
     ("the engine alone: sessions back to back on its loop, nothing handed over", 1, "engine"),
     ("bare, 20 at once", 20, "bare"),
     ("embedded `acomplete`, 20 at once", 20, "acomplete"),
-    ("embedded `acomplete`, 20 at once, `aconnect`", 20, "on_loop"),
 )
 
 
@@ -307,13 +282,10 @@ def _counted_worker(requests: int, out: Path) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             client = _client(upstream.port, Path(tmp) / "bench.sqlite3")
-            caller = _CallerLoop(upstream.port, Path(tmp) / "on-loop.sqlite3")
-            assert caller.on_loop is not None
-            on_loop = _embedded(caller.on_loop)
+            caller = _CallerLoop(upstream.port)
             calls: dict[str, Callable[[int, int], object]] = {
                 "bare": lambda group, groups: caller.run(_in_groups(caller.bare, group, groups)),
                 "acomplete": lambda group, groups: caller.run(_in_groups(_embedded(client), group, groups)),
-                "on_loop": lambda group, groups: caller.run(_in_groups(on_loop, group, groups)),
                 "complete": lambda group, groups: [_sync_call(client)() for _ in range(group * groups)],
                 "engine": lambda group, groups: client.backend.loop.run(_engine_alone(client, group * groups)),
             }
