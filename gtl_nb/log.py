@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 
 LOGGER_NAME = "gtl_nb"
 
@@ -27,8 +28,49 @@ _SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
 )
 
 
+_WORD = re.compile(r"[^\s\"',;:()\[\]{}]+")
+"""A word, for finding masked keys (one greedy run per match: linear in the text)."""
+_KEEP_AROUND_MASK = 3  # a masked rendering shows at least this much of the key at one end
+
+
+def _masked_words(text: str, is_key: Callable[[str, str, str], bool]) -> str:
+    """``text`` with each word that holds ``*`` and that ``is_key(word, head, tail)`` says is a masked key
+    replaced by ``[redacted]`` (``head``/``tail``: the word before its first and after its last ``*``)."""
+
+    def replace(match: re.Match[str]) -> str:
+        word = match.group(0)
+        core = word.rstrip(".!?")
+        if "*" not in core:
+            return word
+        head, tail = core.split("*", 1)[0], core.rsplit("*", 1)[1]
+        return "[redacted]" + word[len(core) :] if is_key(core, head, tail) else word
+
+    return _WORD.sub(replace, text)
+
+
+def scrub_secret(text: str, secret: str) -> str:
+    """``text`` without ``secret`` (at least 8 characters) or any masked rendering of it — a word holding
+    ``*`` whose part before the first ``*`` begins the secret, or whose part after the last one ends
+    it, as providers quote a refused key (``Incorrect API key provided: sk-proj-****…abcd``)."""
+    if len(secret) < 8:
+        return text
+    if secret in text:
+        text = text.replace(secret, "[redacted]")
+    if "*" not in text:
+        return text
+    return _masked_words(
+        text,
+        lambda _, head, tail: (
+            (len(head) >= _KEEP_AROUND_MASK and secret.startswith(head))
+            or (len(tail) >= _KEEP_AROUND_MASK and secret.endswith(tail))
+        ),
+    )
+
+
 def redact(text: str) -> str:
     """Return ``text`` with anything that looks like a credential replaced by ``[redacted]``."""
+    if "*" in text:  # a provider's masked rendering of an sk- key: its prefix and last characters
+        text = _masked_words(text, lambda word, _head, _tail: word.startswith("sk-"))
     for pattern in _SECRET_PATTERNS:
         if pattern.groups >= 2:
             text = pattern.sub(lambda m: m.group(1) + "[redacted]", text)

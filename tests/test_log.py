@@ -46,3 +46,26 @@ def test_an_empty_gtl_nb_log_means_the_default_level(monkeypatch):
         assert configure_logging().level == logging.WARNING
     finally:
         logging.getLogger("gtl_nb").setLevel(before)
+
+
+def test_a_refused_keys_masked_rendering_is_scrubbed_too():
+    from gtl_nb.log import scrub_secret
+
+    key = "test-key-openai-0123"
+    quoted = "Incorrect API key provided: test-key***0123. You can find your API key at https://platform.openai.com."
+    assert scrub_secret(quoted, key) == (
+        "Incorrect API key provided: [redacted]. You can find your API key at https://platform.openai.com."
+    )
+    assert scrub_secret(f"quoted whole: {key}", key) == "quoted whole: [redacted]"
+    # stars that mask something else, or too little of the key, are left alone
+    assert scrub_secret("a *bold* word, 2*3, ab**", key) == "a *bold* word, 2*3, ab**"
+    # an sk- key masked as OpenAI does, caught by its shape even where the key is not known
+    assert redact("provided: sk-proj-****************abcd.") == "provided: [redacted]."
+
+
+def test_scrubbing_masked_keys_is_linear_in_the_text():
+    from gtl_nb.log import scrub_secret
+
+    hostile = "*" + "sk-" * 50_000 + " a*" * 50_000
+    assert "[redacted]" in redact(hostile)  # returns at all: no backtracking over the runs
+    assert scrub_secret(hostile, "sk-sk-sk-sk") != hostile

@@ -71,7 +71,7 @@ from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, F
 from gtl_nb.engine.stores.memory import MemoryBreakerStore, MemoryBudgetCounter
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
-from gtl_nb.log import get_logger, redact
+from gtl_nb.log import get_logger, redact, scrub_secret
 from gtl_nb.protocol.errors import (
     AuthenticationError,
     GTLError,
@@ -1274,8 +1274,8 @@ def _scrubbed(event: Error, deployment: Deployment) -> Error:
     ("Incorrect API key provided: sk-…" reaches a gateway's clients and the ledger otherwise)."""
     message = event.message
     for secret in (deployment.api_key, deployment.aws_secret_access_key, deployment.aws_session_token):
-        if secret and len(secret) >= 8 and secret in message:
-            message = message.replace(secret, "[redacted]")
+        if secret:
+            message = scrub_secret(message, secret)  # the key, and its masked form (prefix…last four)
     message = redact(message)
     return event if message == event.message else msgspec.structs.replace(event, message=message)
 

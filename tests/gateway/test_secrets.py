@@ -21,17 +21,19 @@ from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from tests.gateway.conftest import write_toml
 
 CANARY = "canary-provider-key-7f3a9c1e5b2d4f60"  # not shaped like any known key: only exact scrubbing catches it
+MASKED = f"{CANARY[:8]}*******{CANARY[-4:]}"  # how OpenAI quotes a refused key: its first 8 and last 4 characters
 
 
 class _Quoting(http.server.BaseHTTPRequestHandler):
-    """An OpenAI-shaped provider that refuses every key and quotes it back in full (some do)."""
+    """An OpenAI-shaped provider that refuses every key and quotes it back in full (some do) and masked
+    (as OpenAI does)."""
 
     def _refuse(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         self.rfile.read(length)
         key = self.headers.get("authorization", "")[7:]
         error = {
-            "message": f"Incorrect API key provided: {key}.",
+            "message": f"Incorrect API key provided: {key}. Shown masked: {key[:8]}*******{key[-4:]}.",
             "type": "invalid_request_error",
             "code": "invalid_api_key",
         }
@@ -81,9 +83,10 @@ def test_a_quoted_key_is_scrubbed_from_what_clients_see(leaky_gateway, scheme):
             client.complete("leaky:gpt-4o-mini", "hello")
         assert refused.value.code == "AUTH_FAILED"
         assert CANARY not in str(refused.value) and "[redacted]" in str(refused.value)
+        assert CANARY[:8] not in str(refused.value) and MASKED not in str(refused.value)
         with pytest.raises(GTLError) as listing:
             client.list_models("leaky")
-        assert CANARY not in str(listing.value)
+        assert CANARY not in str(listing.value) and CANARY[:8] not in str(listing.value)
 
 
 def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
@@ -95,16 +98,16 @@ def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
         "messages": [{"role": "user", "content": "hi"}],
     }
     answer = httpx.post(leaky_gateway.url("http") + "/v1/gtl", json=request, timeout=30)
-    assert answer.status_code == 502 and CANARY not in answer.text
+    assert answer.status_code == 502 and CANARY not in answer.text and CANARY[:8] not in answer.text
     metrics = httpx.get(leaky_gateway.url("http") + "/metrics", timeout=30)
     assert "gtl_requests_total" in metrics.text and CANARY not in metrics.text
     assert leaky_gateway.stop() == 0
     audit = (leaky_gateway.config.parent / "audit.jsonl").read_text()  # type: ignore[union-attr]
     assert '"status": "error"' in audit or '"status":"error"' in audit
-    assert CANARY not in audit
+    assert CANARY not in audit and CANARY[:8] not in audit
     rows = Ledger(leaky_gateway.config.parent / "ledger.sqlite").rows()  # type: ignore[union-attr]
-    assert rows and CANARY not in json.dumps(rows)
-    assert CANARY not in "".join(leaky_gateway.output)
+    assert rows and CANARY not in json.dumps(rows) and CANARY[:8] not in json.dumps(rows)
+    assert CANARY not in "".join(leaky_gateway.output) and CANARY[:8] not in "".join(leaky_gateway.output)
 
 
 def _keyed_tables(directory, port: int, api_key: str) -> dict[str, dict[str, object]]:
