@@ -30,7 +30,7 @@ _SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
 
 _WORD = re.compile(r"[^\s\"',;:()\[\]{}]+")
 """A word, for finding masked keys (one greedy run per match: linear in the text)."""
-_KEEP_AROUND_MASK = 3  # a masked rendering shows at least this much of the key at one end
+_KEEP_AROUND_MASK = 4  # what a masked rendering shows of the key at one end, at least (fewer: a coincidence)
 
 
 def _masked_words(text: str, is_key: Callable[[str, str, str], bool]) -> str:
