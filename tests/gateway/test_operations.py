@@ -89,3 +89,43 @@ def test_a_scraper_token_needs_metrics_read_and_nothing_else(tmp_path, monkeypat
         scraping = gtl_nb.connect(gateway.url("ws"), token=token("metrics:read"))
         with scraping as client, pytest.raises(PermissionDeniedError, match="chat:write"):
             client.complete("echo", "a scraper may not chat")
+
+
+def test_listing_models_outright_without_models_read_is_refused_not_empty(tmp_path, monkeypatch):
+    """``GET /v1/models`` (what both SDKs' ``models.list()`` call) with a token that lacks ``models:read``
+    is a 403 naming the scope, in each SDK's error shape: an empty list would read as "this gateway
+    serves nothing". With the scope it lists the models."""
+    import anthropic
+    import openai
+
+    from gtl_nb.gateway.tokens.mint import mint_token
+
+    secret = "m" * 40
+    monkeypatch.setenv("GTL_TEST_MODELS_SECRET", secret)
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "providers.echo": {},
+            "gateway": {"auth": "jwt"},
+            "gateway.jwt": {"issuer": "gtl-test", "secret_env": "GTL_TEST_MODELS_SECRET", "default_deployments": ["*"]},
+            "gateway.http": {"port": 0},
+        },
+    )
+
+    def token(*scopes: str) -> str:
+        return mint_token(secret, subject="ann", scopes=scopes, lifetime=600, issuer="gtl-test")
+
+    with start_gateway(config) as gateway:
+        base = gateway.url("http")
+        chat_only = openai.OpenAI(base_url=base + "/v1", api_key=token("chat:write"), max_retries=0)
+        with pytest.raises(openai.PermissionDeniedError, match="models:read"):
+            chat_only.models.list()
+        with pytest.raises(openai.PermissionDeniedError, match="models:read"):
+            chat_only.models.retrieve("echo")
+        assert chat_only.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+        claude = anthropic.Anthropic(base_url=base, api_key=token("chat:write"), max_retries=0)
+        with pytest.raises(anthropic.PermissionDeniedError, match="models:read"):
+            claude.models.list()
+        reader = openai.OpenAI(base_url=base + "/v1", api_key=token("models:read"), max_retries=0)
+        assert "echo" in [model.id for model in reader.models.list()]

@@ -13,6 +13,7 @@ from gtl_nb.gateway.compat.reply import Reply, json_reply
 from gtl_nb.gateway.compat.runner import SessionRunner
 from gtl_nb.gateway.listeners import Limits
 from gtl_nb.gateway.permissions import visible_providers
+from gtl_nb.gateway.scopes import require_scope
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.protocol.errors import GTLError, ModelNotFoundError
 
@@ -56,6 +57,9 @@ class _Models:
         styled = _is_anthropic(request)
         try:
             context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+            # asked for outright, the list is refused without the scope (an empty one would read as "serves
+            # nothing"); the GTL provider list a client reads on connecting stays empty instead
+            require_scope(context, "models.list")
         except GTLError as exc:
             return _refusal(exc, styled)
         infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
@@ -65,6 +69,7 @@ class _Models:
         styled = _is_anthropic(request)
         try:
             context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+            require_scope(context, "models.list")
             found = find_model(visible_providers(self.engine, context), request.path_params["model"])
             if found is None:
                 raise ModelNotFoundError(f"this gateway lists no model {request.path_params['model']!r}")
