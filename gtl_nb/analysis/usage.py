@@ -6,7 +6,8 @@ Every function takes the frame ``client.usage()`` returns (the columns and dtype
 Grouping keys (``by=``, a name or a list of names):
 
 ==================  ================================================================
-``provider``        the deployment that answered (``deployment`` column), as GTL names providers
+``provider``        the deployment that answered (``deployment`` column), as GTL names providers;
+                    ``(not routed)`` for requests that reached none (``NOT_ROUTED``)
 ``provider_type``   ``openai``, ``anthropic``, ``echo`` …
 ``model``           the model asked of that deployment
 ``day`` / ``hour``  the UTC day / hour the request started (``datetime64[ns, UTC]``)
@@ -32,6 +33,7 @@ from gtl_nb.analysis.frames import Table
 
 __all__ = [
     "GROUP_KEYS",
+    "NOT_ROUTED",
     "comparison_table",
     "cost_per_1k",
     "latency_percentiles",
@@ -41,6 +43,9 @@ __all__ = [
 #: ``by=`` names that are not plain columns: an alias or a computed bucket.
 GROUP_KEYS: dict[str, str] = {"provider": "deployment", "day": "D", "hour": "h"}
 _PLAIN_KEYS = ("deployment", "provider_type", "model", "user", "status", "error_code")
+NOT_ROUTED = "(not routed)"
+"""The ``provider`` of requests that reached no deployment (an unknown model, a missing key, a budget or a
+token's refusal), so their group has a name in a table rather than a blank."""
 _FAILED = ("error", "cancelled", "interrupted")
 _NEEDED = ("time", "deployment", "model", "status", "tokens_in", "tokens_out", "cost", "ttft_ms", "latency_ms")
 
@@ -72,7 +77,7 @@ def with_keys(frame: pd.DataFrame, by: str | Sequence[str]) -> tuple[pd.DataFram
     work = frame.copy()
     for key in keys:
         if key == "provider":
-            work["provider"] = work["deployment"]
+            work["provider"] = work["deployment"].fillna(NOT_ROUTED)
         elif key in ("day", "hour"):
             work[key] = pd.to_datetime(work["time"], utc=True).dt.floor(GROUP_KEYS[key])
     return work, keys

@@ -218,3 +218,15 @@ def test_a_table_formats_by_column_name():
         "latency_s": ["0.21 s", ""],
         "success_rate": ["75%", "100%"],
     }
+
+
+def test_requests_that_reached_no_deployment_have_a_named_group(filled):
+    frame = filled.frame
+    refused = frame.iloc[[0]].copy()
+    refused["deployment"] = None  # an unknown model, a missing key: refused before any deployment
+    refused["status"], refused["error_code"] = "error", "MODEL_NOT_FOUND"
+    refused[["tokens_in", "tokens_out", "cost"]] = None
+    table = analysis.usage_table(pd.concat([frame, refused], ignore_index=True), by="provider")
+    row = table.set_index("provider").loc[analysis.usage.NOT_ROUTED]
+    assert (row["requests"], row["ok"], row["failed"]) == (1, 0, 1)
+    assert sorted(table["provider"]) == sorted(["anthropic", "echo", "openai", "(not routed)"])
