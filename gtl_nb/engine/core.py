@@ -320,7 +320,7 @@ class Engine:
         self.deployments = deployments
         self.catalog = catalog
         self.router = Router(self.deployments, catalog, audience=self.audience)
-        self._bare_targets = {}
+        self._bare_targets = {}  # after the router (``_targets`` reads them the other way round)
         self.credentials = credentials
         self.retry = retry
         self.strategy = strategy
@@ -455,14 +455,20 @@ class Engine:
         registered may change.) Failures are not remembered; the memo is emptied when it holds
         ``_TARGETS_MEMO`` names (they come from callers)."""
         model = request.model
-        if request.providers or request.provider or (":" in model and model.partition(":")[0] not in self.deployments):
-            return self.router.targets(request, self._visible(context))
-        known = self._bare_targets.get(model)
+        # read once, the memo first: ``reload`` replaces the router, then the memo, so a caller's thread
+        # (``targets``) that sees the new memo sees the new router too, and never stores an answer of
+        # the old routing in it
+        memo = self._bare_targets
+        router = self.router
+        chosen_elsewhere = ":" in model and model.partition(":")[0] not in router.deployments  # a provider type
+        if request.providers or request.provider or chosen_elsewhere:
+            return router.targets(request, self._visible(context))
+        known = memo.get(model)
         if known is None:  # (a remembered answer needs no visibility: only errors name models)
-            known = tuple(self.router.targets(request, self._visible(context)))
-            if len(self._bare_targets) >= _TARGETS_MEMO:
-                self._bare_targets.clear()
-            self._bare_targets[model] = known
+            known = tuple(router.targets(request, self._visible(context)))
+            if len(memo) >= _TARGETS_MEMO:
+                memo.clear()
+            memo[model] = known
         return list(known)
 
     @property
@@ -931,11 +937,15 @@ class Engine:
                     outcome = _AttemptOutcome(events=[] if key is not None else None)
                     async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as batches:
                         async for batch in batches:
-                            if type(batch[-1]) is Done:  # (``done`` ends its batch)
-                                self._breaker_changed(target.name, await breakers.record_success(target.name))
-                                grant = None
-                                await self._remember_success(request, target, outcome, key)
-                            yield batch
+                            if type(batch[-1]) is not Done:
+                                yield batch
+                                continue
+                            if len(batch) > 1:  # the answer reaches the caller even if the bookkeeping is cancelled
+                                yield batch[:-1]
+                            self._breaker_changed(target.name, await breakers.record_success(target.name))
+                            grant = None
+                            await self._remember_success(request, target, outcome, key)
+                            yield batch[-1:]
                     if outcome.done is not None:
                         return
                     failed = outcome.error
@@ -1234,6 +1244,8 @@ class Engine:
                         batch = []
                     await self._sleep(delay)
                 batch.append(event)
+                if type(event) in TERMINAL_EVENTS:  # nothing after the end is read (a generator may go on)
+                    break
         except Exception:
             if batch:  # what it produced before it failed goes on first, as it would have one by one
                 yield batch

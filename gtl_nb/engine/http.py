@@ -212,8 +212,8 @@ class HttpRunner:
                 events = decoder.feed(chunk)
                 if not events:
                     continue
-                if pending is None and type(events[-1]) not in TERMINAL_EVENTS:
-                    yield events  # the common read: events, none of them the end
+                if pending is None and TERMINAL_EVENTS.isdisjoint(map(type, events)):
+                    yield events  # the common read: events, none of them the end (one pass, in C)
                     continue
                 pending, batch = _held_back(events, pending, deployment)
                 if batch:

@@ -682,3 +682,109 @@ def test_the_events_read_with_the_end_reach_the_caller_before_the_row_is_complet
     asyncio.run(collect())
     assert seen_at_finish == [["Status", "Status", "Token", "Token", "Usage"]]
     assert isinstance(received[-1], Done)
+
+
+def test_the_answer_read_with_done_reaches_the_caller_before_the_breaker_and_cache_bookkeeping():
+    """A local provider's answer arrives in one batch with its ``done``; a cancel while the success
+    is recorded (a shared breaker store that is slow) must not lose the answer, and the row keeps its
+    usage."""
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.engine.core import run_session
+    from gtl_nb.engine.hooks import RequestFinished
+
+    engine = make_engine({"e": Deployment(name="e", type="echo", models=("m",))})
+    breakers = engine.stores.breakers
+    record_success = breakers.record_success
+
+    async def slowly(name: str):
+        await asyncio.sleep(0.5)
+        return await record_success(name)
+
+    breakers.record_success = slowly
+    finished: list[RequestFinished] = []
+    engine.hooks.subscribe(lambda event: finished.append(event) if isinstance(event, RequestFinished) else None)
+    sent: list = []
+    message = CompletionRequest(session_id="s1", model="e:m", messages=[Message(role="user", content="hello there")])
+
+    async def main() -> None:
+        session = asyncio.ensure_future(run_session(engine, message, RequestContext(principal="p"), sent.append))
+        await asyncio.sleep(0.1)
+        session.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await session
+        await engine.aclose()
+
+    asyncio.run(main())
+    kinds = [type(event).__name__ for event in sent]
+    assert kinds.count("Token") > 1 and "Usage" in kinds, kinds
+    assert isinstance(sent[-1], Error) and sent[-1].code == "CANCELLED"
+    assert [(row.status, row.tokens_out is not None) for row in finished] == [("cancelled", True)]
+
+
+class _DoneMidRead:
+    """A decoder written to the protocol alone: ``done`` in the middle of one read, then more, and its
+    replay state completed only by a later read (``pd``)."""
+
+    def __init__(self, request: CompletionRequest) -> None:
+        self.request = request
+        self.provider_data = None
+
+    def feed(self, chunk: bytes) -> list:
+        sid = self.request.session_id
+        events: list = []
+        for line in chunk.decode().splitlines():
+            if line.startswith("t:"):
+                events.append(Token(session_id=sid, text=line[2:]))
+            elif line == "done":
+                events.append(Done(session_id=sid))
+            elif line == "pd":
+                self.provider_data = {"sig": "x"}
+        return events
+
+    def close(self) -> list:
+        return []
+
+
+class _DoneMidReadDialect(LineDialect):
+    name: ClassVar[str] = "done-mid-read"
+
+    def response_decoder(self, request, deployment):
+        return _DoneMidRead(request)
+
+
+registry.register("done-mid-read", _DoneMidReadDialect())
+
+
+def test_done_in_the_middle_of_a_read_is_still_held_to_the_end_of_the_body(server_factory, caplog):
+    def behaviour(conn: socket.socket) -> None:
+        conn.sendall(HEAD + chunked(b"t:a\ndone\nt:late\n"))
+        time.sleep(0.05)
+        conn.sendall(chunked(b"pd\n") + b"0\r\n\r\n")
+
+    server = server_factory(behaviour)
+    deployment = Deployment(name="a", type="done-mid-read", base_url=server.url, models=("m",))
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        events = run(engine_for(deployment), request())
+    assert [type(e).__name__ for e in events] == ["Status", "Status", "Token", "Done"]
+    assert events[-1].provider_data == {"sig": "x"}  # complete only once the body ended
+    assert "Token after done ignored" in caplog.text
+
+
+class _ChattyAfterDone:
+    """A local provider whose generator goes on, without a pause, after its ``done``."""
+
+    def generate(self, request: CompletionRequest):
+        sid = request.session_id
+        yield 0.0, Token(session_id=sid, text="all")
+        yield 0.0, Done(session_id=sid)
+        while True:  # never ends: nothing after done may be read
+            yield 0.0, Token(session_id=sid, text="more")
+
+
+registry.register("chatty-after-done", _ChattyAfterDone())
+
+
+def test_a_local_providers_events_after_its_done_are_never_read():
+    engine = make_engine({"c": Deployment(name="c", type="chatty-after-done", models=("m",))})
+    events = run(engine, request(model="c:m"))
+    assert [type(e).__name__ for e in events] == ["Status", "Status", "Token", "Done"]
