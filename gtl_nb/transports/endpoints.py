@@ -102,6 +102,16 @@ def certificate_refused(exc: BaseException, label: str) -> ConfigurationError | 
     return None
 
 
+_TLS_TWIN = {"http": "https", "sse": "sses", "ws": "wss", "grpc": "grpcs"}
+
+
+def tls_hint(scheme: str) -> str:
+    """What to add to the failure of a plaintext connection that the server closed without an answer —
+    what a TLS listener does with plaintext: the scheme to use instead (``""`` for a TLS scheme)."""
+    twin = _TLS_TWIN.get(scheme.lower())
+    return f"; if that port serves TLS, connect with {twin}://" if twin else ""
+
+
 def schemes() -> tuple[str, ...]:
     """Every scheme ``connect`` accepts besides ``embedded``."""
     return tuple(_ENDPOINTS)

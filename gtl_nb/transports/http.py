@@ -31,7 +31,7 @@ from gtl_nb.protocol.errors import (
     error_from_event,
 )
 from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
-from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context
+from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context, tls_hint
 from gtl_nb.transports.link import Deliver
 from gtl_nb.transports.remote import RemoteBackend
 from gtl_nb.transports.stream_reading import SessionStreamReader, stream_fault
@@ -103,9 +103,17 @@ class HttpBackend(RemoteBackend):
         self._providers = msgspec.json.decode(response.content, type=list[ProviderInfo])
         self._fetched = True
 
-    def _unreachable(self, exc: Exception) -> GTLError:
+    def _unreachable(self, exc: Exception, *, lost: bool = False) -> GTLError:
+        """The error of a request that could not reach the gateway (``lost``: one that failed on the way)."""
+        import httpx
+
+        # a server that closes without answering plain HTTP is most often a TLS listener
+        closed = isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError))
+        hint = tls_hint(self.transport) if closed else ""
+        what = "lost the" if lost else "cannot reach the"
+        reason = str(exc or type(exc).__name__)
         return certificate_refused(exc, self.label) or ProviderUnavailableError(
-            f"cannot reach the {self.label}: {exc or type(exc).__name__}"
+            f"{what} {self.label}: {reason.rstrip('.') if hint else reason}{hint}"
         )
 
     def providers(self) -> list[ProviderInfo]:
@@ -188,8 +196,7 @@ class HttpBackend(RemoteBackend):
         except GTLError as exc:
             once(exc.to_event(sid))
         except httpx.HTTPError as exc:
-            refused = certificate_refused(exc, self.label)
-            once((refused or ProviderUnavailableError(f"lost the {self.label}: {exc}")).to_event(sid))
+            once(self._unreachable(exc, lost=True).to_event(sid))
 
     def describe(self) -> str:
         return f"remote {self.label} providers=[{', '.join(info.provider for info in self._providers)}]"

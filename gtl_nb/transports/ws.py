@@ -30,7 +30,7 @@ from gtl_nb.protocol.errors import (
 )
 from gtl_nb.protocol.messages import Error
 from gtl_nb.transports.channel import Channel
-from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context
+from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context, tls_hint
 from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 from gtl_nb.transports.remote import RemoteBackend
 
@@ -56,7 +56,7 @@ def ws_backend(
 
     async def dial() -> Channel:
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+        from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, WebSocketException
         from websockets.frames import CloseCode
 
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
@@ -75,7 +75,9 @@ def ws_backend(
         except OSError as exc:
             raise certificate_refused(exc, label) or exc from None  # RemoteBackend reports the rest
         except WebSocketException as exc:
-            raise ProviderUnavailableError(f"the {label} did not accept a WebSocket: {exc}") from None
+            # no valid HTTP answer to the upgrade: most often a TLS listener reached with ws://
+            hint = tls_hint(url.partition("://")[0]) if isinstance(exc, InvalidMessage) else ""
+            raise ProviderUnavailableError(f"the {label} did not accept a WebSocket: {exc}{hint}") from None
 
         told_shutdown = False
 

@@ -263,7 +263,7 @@ def test_grpcs_with_a_gtl_certs_ca(write_config, tmp_path):
         with pytest.raises(ConfigurationError, match="CA file"):
             gtl_nb.connect(running.url, verify=False)
         plain = running.url.replace("grpcs://", "grpc://")
-        with pytest.raises(ProviderUnavailableError):  # plaintext to a TLS port
+        with pytest.raises(ProviderUnavailableError, match="connect with grpcs://"):  # plaintext to a TLS port
             gtl_nb.connect(plain)
 
 

@@ -17,7 +17,7 @@ import gtl_nb
 from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, TlsFiles
 from gtl_nb.protocol import Token
-from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.errors import ConfigurationError, ProviderUnavailableError
 from tests.gateway.conftest import MODEL
 from tests.gateway.test_http import serving
 
@@ -65,6 +65,25 @@ def test_a_certificate_from_another_ca_is_refused_clearly(tls_url, tmp_path, sch
             gtl_nb.connect(f"{scheme}://{address}", verify=verify)
         assert "unable to get local issuer certificate" in str(refused.value)
         assert "verify=" in str(refused.value)
+
+
+@pytest.mark.parametrize("scheme", ["http", "sse", "ws"])
+def test_a_plaintext_scheme_to_the_tls_listener_says_which_scheme_to_use(tls_url, scheme):
+    """The listener closes a plaintext request without an answer; the error names the TLS twin."""
+    twin = {"http": "https", "sse": "sses", "ws": "wss"}[scheme]
+    with pytest.raises(ProviderUnavailableError) as unreachable:
+        gtl_nb.connect(f"{scheme}://{tls_url.partition('://')[2]}")
+    assert f"if that port serves TLS, connect with {twin}://" in str(unreachable.value)
+
+
+def test_a_port_with_nothing_listening_gets_no_tls_hint():
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]  # closed again before the dial: nothing listens there
+    for scheme in ("http", "ws"):
+        with pytest.raises(ProviderUnavailableError) as unreachable:
+            gtl_nb.connect(f"{scheme}://127.0.0.1:{port}")
+        assert "TLS" not in str(unreachable.value)
 
 
 def test_a_name_the_certificate_does_not_list_is_refused(base_config, tmp_path):

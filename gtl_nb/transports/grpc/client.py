@@ -32,7 +32,7 @@ from gtl_nb.engine.loop import LoopThread
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.transports.channel import CLOSE_WAIT, Channel
-from gtl_nb.transports.endpoints import split_endpoint
+from gtl_nb.transports.endpoints import split_endpoint, tls_hint
 from gtl_nb.transports.grpc.stream import (
     BATCH_KEY,
     BATCH_VALUE,
@@ -52,6 +52,8 @@ DIAL_TIMEOUT = 5.0
 COMPRESSIONS = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
 _CERTIFICATE_REFUSED = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
 """What gRPC's details say when this client refused the gateway's certificate (a set-up mistake, not retried)."""
+_CLOSED_UNANSWERED = ("Socket closed", "Connection reset", "End of TCP stream")
+"""What gRPC's details say when the server closed a plaintext dial without an answer (a TLS listener does)."""
 # a call that ended before its start with one of these met no gateway willing to serve it; CANCELLED
 # too: nothing on this side cancelled it, so a server stopping (its grace begun) did
 _UNREACHABLE = frozenset(
@@ -131,7 +133,10 @@ async def open_session(
                     "the gateway's CA file (verify=...) and connect by a name its certificate lists"
                 )
             if code in _UNREACHABLE:
-                raise ConnectionError(f"{address}: {text}")
+                # a plaintext dial whose socket the server closed: most often a TLS listener
+                closed = any(mark in text for mark in _CLOSED_UNANSWERED)
+                hint = tls_hint("grpc") if credentials is None and closed else ""
+                raise ConnectionError(f"{address}: {text}{hint}")
             raise status_error(code, details, where=where)
     except BaseException:
         await channel.close()
