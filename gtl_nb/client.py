@@ -850,7 +850,7 @@ def _check_arguments(
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InvalidRequestError(f"max_tokens must be a positive integer, not {max_tokens!r}")
     for name, value in (("metadata", metadata), ("response_format", response_format), ("tool_choice", tool_choice)):
-        if nesting_depth(value, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
+        if value is not None and nesting_depth(value, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
             raise InvalidRequestError(f"{name} nests deeper than {MAX_ARGUMENT_DEPTH} levels; flatten it")
 
 
