@@ -169,6 +169,11 @@ def _models(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         infos = client.providers()
+        remote = client.transport != "embedded"
+    if not infos and not args.json:
+        why = " (a gateway lists them only to a token with the models:read scope)" if remote else ""
+        print(f"gtl: no providers listed{why}", file=sys.stderr)
+        return 0
     for info in infos:
         if args.json:
             print(encode(info).decode())

@@ -51,3 +51,28 @@ def test_an_unreachable_gateway_is_one_line_saying_so(capsys, command):
     assert main(["--gateway", "ws://127.0.0.1:9", *command]) in (1, 2)
     err = capsys.readouterr().err
     assert err.startswith("gtl:") and "127.0.0.1:9" in err and "Traceback" not in err
+
+
+def test_models_with_a_token_that_may_not_list_them_says_why_the_list_is_empty(tmp_path, capsys, monkeypatch):
+    from gtl_nb.gateway.local import start_gateway
+    from gtl_nb.gateway.tokens.mint import mint_token
+    from tests.gateway.conftest import write_toml
+
+    secret = "c" * 40
+    monkeypatch.setenv("GTL_TEST_CLI_SECRET", secret)
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "providers.echo": {},
+            "gateway": {"auth": "jwt"},
+            "gateway.jwt": {"issuer": "gtl-test", "secret_env": "GTL_TEST_CLI_SECRET", "default_deployments": ["*"]},
+            "gateway.http": {"port": 0},
+        },
+    )
+    chat_only = mint_token(secret, subject="ann", scopes=("chat:write",), lifetime=600, issuer="gtl-test")
+    monkeypatch.setenv("GTL_NB_TOKEN", chat_only)
+    with start_gateway(config) as running:
+        assert main(["--gateway", running.url("ws"), "models"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "no providers listed" in captured.err and "models:read" in captured.err
