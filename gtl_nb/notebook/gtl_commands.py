@@ -107,6 +107,8 @@ class GtlCommands:
             for model in info.models
         ]
         columns = ["deployment", "type", "model", "offline", "context_window", "input_per_1m", "output_per_1m"]
+        if not rows and client.transport != "embedded":  # an empty table would not say why
+            print("no models listed: a gateway lists them only to a token with the models:read scope")
         frame = pd.DataFrame(rows, columns=columns)
         return Table(frame.astype({"context_window": "Int64", "input_per_1m": "float64", "output_per_1m": "float64"}))
 

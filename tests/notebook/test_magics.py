@@ -559,3 +559,24 @@ def test_the_magics_run_on_a_gateway_and_usage_shows_its_rows(ip, tmp_path):
         assert "endpoint  ws://" in run(ip, "%gtl config")[1]
     rows = Ledger(tmp_path / "gateway-ledger.sqlite3").rows()
     assert len(rows) == 2 and not (tmp_path / "ledger.sqlite3").exists()
+
+
+def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path, monkeypatch):
+    from gtl_nb.gateway.tokens.mint import mint_token
+
+    secret = "n" * 40
+    monkeypatch.setenv("GTL_TEST_NB_SECRET", secret)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[ledger]\npath = "{tmp_path / "gateway-ledger.sqlite3"}"\n'
+        '[gateway]\nauth = "jwt"\n'
+        '[gateway.jwt]\nissuer = "gtl-test"\nsecret_env = "GTL_TEST_NB_SECRET"\ndefault_deployments = ["*"]\n'
+    )
+    monkeypatch.setenv(
+        "TEAM_TOKEN", mint_token(secret, subject="ann", scopes=("chat:write",), lifetime=600, issuer="gtl-test")
+    )
+    with start_gateway(config) as gateway:
+        run(ip, f"%gtl connect {gateway.url('ws')} --token-env TEAM_TOKEN")
+        result, text = run(ip, "%gtl models")
+    assert "no models listed" in text and "models:read" in text
+    assert len(result.result) == 0
