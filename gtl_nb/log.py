@@ -28,35 +28,51 @@ _SECRET_PATTERNS: tuple[re.Pattern[str], ...] = (
 )
 
 
-_WORD = re.compile(r"[^\s\"',;:()\[\]{}]+")
-"""A word, for finding masked keys (one greedy run per match: linear in the text)."""
+_MASK_CHARACTERS = "*\u2022\u2026"  # *, •, … — and two dots or more ("sk-...abcd"), read as …
+_MASKED_TOKEN = re.compile(r"[A-Za-z0-9_\-.*\u2022\u2026]+")
+"""A run of what a key and its mask are written with: one greedy character class, so linear in the text."""
+_DOTS = re.compile(r"\.{2,}")
 _KEEP_AROUND_MASK = 4  # what a masked rendering shows of the key at one end, at least (fewer: a coincidence)
 
 
+def _might_be_masked(text: str) -> bool:
+    return any(mark in text for mark in _MASK_CHARACTERS) or ".." in text
+
+
 def _masked_words(text: str, is_key: Callable[[str, str, str], bool]) -> str:
-    """``text`` with each word that holds ``*`` and that ``is_key(word, head, tail)`` says is a masked key
-    replaced by ``[redacted]`` (``head``/``tail``: the word before its first and after its last ``*``)."""
+    """``text`` with each masked-looking token that ``is_key(token, head, tail)`` says is a masked key
+    replaced by ``[redacted]``: a run of key characters holding a mask (``*``, ``•``, ``…`` or ``..``);
+    ``head``/``tail`` are the token before its first and after its last mask character. Punctuation
+    around the token (quotes, backticks, brackets, ``key=``, a sentence's full stop) is not part of it."""
 
     def replace(match: re.Match[str]) -> str:
-        word = match.group(0)
-        core = word.rstrip(".!?")
-        if "*" not in core:
-            return word
-        head, tail = core.split("*", 1)[0], core.rsplit("*", 1)[1]
-        return "[redacted]" + word[len(core) :] if is_key(core, head, tail) else word
+        run = match.group(0)
+        core = run.strip(".")
+        if not core:
+            return run
+        masked = _DOTS.sub("\u2026", core)
+        first = min((i for i in (masked.find(mark) for mark in _MASK_CHARACTERS) if i >= 0), default=-1)
+        if first < 0:
+            return run
+        last = max(masked.rfind(mark) for mark in _MASK_CHARACTERS)
+        if not is_key(masked, masked[:first], masked[last + 1 :]):
+            return run
+        lead = len(run) - len(run.lstrip("."))
+        return run[:lead] + "[redacted]" + run[lead + len(core) :]
 
-    return _WORD.sub(replace, text)
+    return _MASKED_TOKEN.sub(replace, text)
 
 
 def scrub_secret(text: str, secret: str) -> str:
-    """``text`` without ``secret`` (at least 8 characters) or any masked rendering of it — a word holding
-    ``*`` whose part before the first ``*`` begins the secret, or whose part after the last one ends
-    it, as providers quote a refused key (``Incorrect API key provided: sk-proj-****…abcd``)."""
+    """``text`` without ``secret`` (at least 8 characters) or any masked rendering of it — a token holding
+    a mask (``*``, ``•``, ``…``, ``...``) whose part before the mask begins the secret, or whose part
+    after it ends the secret, by four characters or more, as providers quote a refused key
+    (``Incorrect API key provided: sk-proj-****…abcd``)."""
     if len(secret) < 8:
         return text
     if secret in text:
         text = text.replace(secret, "[redacted]")
-    if "*" not in text:
+    if not _might_be_masked(text):
         return text
     return _masked_words(
         text,
@@ -69,8 +85,8 @@ def scrub_secret(text: str, secret: str) -> str:
 
 def redact(text: str) -> str:
     """Return ``text`` with anything that looks like a credential replaced by ``[redacted]``."""
-    if "*" in text:  # a provider's masked rendering of an sk- key: its prefix and last characters
-        text = _masked_words(text, lambda word, _head, _tail: word.startswith("sk-"))
+    if _might_be_masked(text):  # a provider's masked rendering of an sk- key: its prefix and last characters
+        text = _masked_words(text, lambda token, _head, _tail: token.startswith("sk-"))
     for pattern in _SECRET_PATTERNS:
         if pattern.groups >= 2:
             text = pattern.sub(lambda m: m.group(1) + "[redacted]", text)

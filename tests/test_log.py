@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from gtl_nb.log import configure_logging, get_logger, redact
 
 
@@ -63,9 +65,39 @@ def test_a_refused_keys_masked_rendering_is_scrubbed_too():
     assert redact("provided: sk-proj-****************abcd.") == "provided: [redacted]."
 
 
+@pytest.mark.parametrize(
+    ("quoted", "scrubbed"),
+    [
+        ("sk-...abcd", "[redacted]"),
+        ("sk-proj-\u2026abcd", "[redacted]"),
+        ("sk-proj-\u2022\u2022\u2022\u2022abcd", "[redacted]"),
+        ("sk-proj-AbC\u2026abcd", "[redacted]"),
+        ("`sk-proj-****abcd`", "`[redacted]`"),
+        ("<sk-proj-****abcd>", "<[redacted]>"),
+        ("`****abcd`", "`[redacted]`"),
+        ("****\u2026abcd", "[redacted]"),
+        ('{"message": "key ****abcd\\"}', '{"message": "key [redacted]\\"}'),
+        ("?key=****abcd&y=1", "?key=[redacted]&y=1"),
+        ("key: sk-proj-****abcd.", "key: [redacted]."),
+    ],
+)
+def test_masked_renderings_in_every_style_and_setting_are_scrubbed(quoted, scrubbed):
+    from gtl_nb.log import scrub_secret
+
+    key = "sk-proj-AbCdEfGh1234567890XyZwabcd"
+    assert redact(scrub_secret(quoted, key)) == scrubbed
+
+
+def test_ordinary_stars_dots_and_ellipses_are_left_alone():
+    from gtl_nb.log import scrub_secret
+
+    text = "a **bold** word, 2*3, e.g. the ... ellipsis\u2026 and api.openai.com"
+    assert redact(scrub_secret(text, "sk-proj-AbCdEfGh1234567890XyZwabcd")) == text
+
+
 def test_scrubbing_masked_keys_is_linear_in_the_text():
     from gtl_nb.log import scrub_secret
 
-    hostile = "*" + "sk-" * 50_000 + " a*" * 50_000
+    hostile = "*" + "sk-" * 50_000 + " a*" * 50_000 + "." * 100_000 + "a." * 50_000 + "\u2022" * 100_000
     assert "[redacted]" in redact(hostile)  # returns at all: no backtracking over the runs
     assert scrub_secret(hostile, "sk-sk-sk-sk") != hostile

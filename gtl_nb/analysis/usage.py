@@ -77,7 +77,8 @@ def with_keys(frame: pd.DataFrame, by: str | Sequence[str]) -> tuple[pd.DataFram
     work = frame.copy()
     for key in keys:
         if key == "provider":
-            work["provider"] = work["deployment"].fillna(NOT_ROUTED)
+            # as strings first: a categorical column refuses a value it has no category for
+            work["provider"] = work["deployment"].astype("string").fillna(NOT_ROUTED)
         elif key in ("day", "hour"):
             work[key] = pd.to_datetime(work["time"], utc=True).dt.floor(GROUP_KEYS[key])
     return work, keys

@@ -44,7 +44,10 @@ GATEWAY = "gateway"
 AUDIENCES = (EMBEDDED, GATEWAY)
 """Who reads the router's errors (see the module docstring)."""
 
-_GATEWAY_LIST = "the gateway's model list shows what it serves: GET /v1/models, or client.models()"
+_GATEWAY_LIST = (
+    "the gateway's model list shows what it serves: GET /v1/models, or client.models() "
+    "(with a token that has the models:read scope)"
+)
 
 Visible = Callable[[str, str], bool]
 """``visible(deployment, model)``: may the caller learn that this deployment serves this model?"""

@@ -53,6 +53,7 @@ def ws_backend(
     url = f"{scheme}://{address}{PATH}"
     label = f"{scheme} gateway ({url})"
     context = tls_context(verify) if scheme == "wss" else None
+    reached: list[bool] = []  # an upgrade has succeeded once: a later failure is no TLS mix-up
 
     async def dial() -> Channel:
         from websockets.asyncio.client import connect
@@ -75,9 +76,11 @@ def ws_backend(
         except OSError as exc:
             raise certificate_refused(exc, label) or exc from None  # RemoteBackend reports the rest
         except WebSocketException as exc:
-            # no valid HTTP answer to the upgrade: most often a TLS listener reached with ws://
-            hint = tls_hint(url.partition("://")[0]) if isinstance(exc, InvalidMessage) else ""
+            # no valid HTTP answer to the first upgrade: most often a TLS listener reached with ws://
+            first_contact = isinstance(exc, InvalidMessage) and not reached
+            hint = tls_hint(url.partition("://")[0]) if first_contact else ""
             raise ProviderUnavailableError(f"the {label} did not accept a WebSocket: {exc}{hint}") from None
+        reached.append(True)
 
         told_shutdown = False
 

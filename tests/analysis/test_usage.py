@@ -230,3 +230,12 @@ def test_requests_that_reached_no_deployment_have_a_named_group(filled):
     row = table.set_index("provider").loc[analysis.usage.NOT_ROUTED]
     assert (row["requests"], row["ok"], row["failed"]) == (1, 0, 1)
     assert sorted(table["provider"]) == sorted(["anthropic", "echo", "openai", "(not routed)"])
+
+
+def test_a_categorical_deployment_column_still_groups_its_unrouted_rows(filled):
+    frame = filled.frame.copy()
+    frame.loc[frame.index[0], "deployment"] = None
+    frame["deployment"] = frame["deployment"].astype("category")  # a user's own transformation
+    table = analysis.usage_table(frame, by="provider")
+    assert analysis.usage.NOT_ROUTED in set(table["provider"])
+    assert int(table["requests"].sum()) == len(frame)

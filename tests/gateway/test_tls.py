@@ -122,3 +122,18 @@ def test_plaintext_beyond_loopback_is_refused(certificates):
     # with TLS files (or insecure = true, on purpose) any address is allowed
     assert ListenerSettings("http", host="0.0.0.0", tls=TlsFiles(certificates.certificate, certificates.key))
     assert ListenerSettings("http", host="0.0.0.0", insecure=True).url(8787) == "http://0.0.0.0:8787"
+
+
+def test_the_tls_hint_is_for_a_first_contact_that_got_no_answer_only():
+    """A gateway that answered before and then closed a connection (a crash mid-stream, an idle
+    keep-alive closed) is no TLS mix-up: no hint then."""
+    import httpx
+
+    from gtl_nb.transports.http import HttpBackend
+
+    backend = HttpBackend("http://127.0.0.1:9")
+    closed = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+    assert "connect with https://" in str(backend._unreachable(closed))
+    assert "TLS" not in str(backend._unreachable(closed, lost=True))  # mid-stream
+    backend._fetched = True  # the provider list came over plaintext: the port speaks it
+    assert "TLS" not in str(backend._unreachable(closed))

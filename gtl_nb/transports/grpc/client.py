@@ -96,10 +96,19 @@ def grpc_endpoint(
     if compression is grpc.Compression.Gzip:
         metadata.append((COMPRESSION_KEY, "gzip"))
 
+    reached: list[bool] = []  # a call has started once: a later failure is no TLS mix-up
+
     async def dial() -> Channel:
-        return await open_session(
-            address, credentials=credentials, metadata=metadata, compression=compression, where=where
+        channel = await open_session(
+            address,
+            credentials=credentials,
+            metadata=metadata,
+            compression=compression,
+            where=where,
+            first_contact=not reached,
         )
+        reached.append(True)
+        return channel
 
     return RemoteBackend(dial, label=where, loop=loop)
 
@@ -111,8 +120,10 @@ async def open_session(
     metadata: list[tuple[str, str]] | None = None,
     compression: grpc.Compression | None = None,
     where: str = "grpc gateway",
+    first_contact: bool = False,
 ) -> GrpcStreamChannel:
-    """Open a ``Session`` call to ``address`` and wrap it; ``OSError`` when the gateway cannot be reached."""
+    """Open a ``Session`` call to ``address`` and wrap it; ``OSError`` when the gateway cannot be reached
+    (on ``first_contact``, a plaintext dial the server closed unanswered says to try ``grpcs://``)."""
     options = channel_options()
     if credentials is None:
         channel = grpc.aio.insecure_channel(address, options=options, compression=compression)
@@ -135,7 +146,7 @@ async def open_session(
             if code in _UNREACHABLE:
                 # a plaintext dial whose socket the server closed: most often a TLS listener
                 closed = any(mark in text for mark in _CLOSED_UNANSWERED)
-                hint = tls_hint("grpc") if credentials is None and closed else ""
+                hint = tls_hint("grpc") if credentials is None and closed and first_contact else ""
                 raise ConnectionError(f"{address}: {text}{hint}")
             raise status_error(code, details, where=where)
     except BaseException:
