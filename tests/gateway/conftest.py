@@ -51,6 +51,32 @@ def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
     return path
 
 
+def jwt_echo_gateway(
+    directory: Path, monkeypatch: pytest.MonkeyPatch, secret_env: str
+) -> tuple[Path, Callable[..., str]]:
+    """A GhostToken gateway's configuration in ``directory`` (the echo provider, every deployment open to
+    every token, HS256 with a secret in ``secret_env``), and ``mint(*scopes)`` for tokens of ``ann``."""
+    from gtl_nb.gateway.tokens.mint import mint_token
+
+    secret = secret_env.lower().ljust(40, "s")
+    monkeypatch.setenv(secret_env, secret)
+    config = write_toml(
+        directory / "gtl.toml",
+        {
+            "ledger": {"path": str(directory / "ledger.sqlite")},
+            "providers.echo": {},
+            "gateway": {"auth": "jwt"},
+            "gateway.jwt": {"issuer": "gtl-test", "secret_env": secret_env, "default_deployments": ["*"]},
+            "gateway.http": {"port": 0},
+        },
+    )
+
+    def mint(*scopes: str) -> str:
+        return mint_token(secret, subject="ann", scopes=scopes, lifetime=600, issuer="gtl-test")
+
+    return config, mint
+
+
 @pytest.fixture(scope="module")
 def sims() -> Iterator[SimpleNamespace]:
     """``fast``: answers at once; ``slow``: 50 ms between streamed chunks (a stream takes seconds)."""

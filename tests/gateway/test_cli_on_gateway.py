@@ -55,23 +55,10 @@ def test_an_unreachable_gateway_is_one_line_saying_so(capsys, command):
 
 def test_models_with_a_token_that_may_not_list_them_says_why_the_list_is_empty(tmp_path, capsys, monkeypatch):
     from gtl_nb.gateway.local import start_gateway
-    from gtl_nb.gateway.tokens.mint import mint_token
-    from tests.gateway.conftest import write_toml
+    from tests.gateway.conftest import jwt_echo_gateway
 
-    secret = "c" * 40
-    monkeypatch.setenv("GTL_TEST_CLI_SECRET", secret)
-    config = write_toml(
-        tmp_path / "gtl.toml",
-        {
-            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
-            "providers.echo": {},
-            "gateway": {"auth": "jwt"},
-            "gateway.jwt": {"issuer": "gtl-test", "secret_env": "GTL_TEST_CLI_SECRET", "default_deployments": ["*"]},
-            "gateway.http": {"port": 0},
-        },
-    )
-    chat_only = mint_token(secret, subject="ann", scopes=("chat:write",), lifetime=600, issuer="gtl-test")
-    monkeypatch.setenv("GTL_NB_TOKEN", chat_only)
+    config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "GTL_TEST_CLI_SECRET")
+    monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write"))
     with start_gateway(config) as running:
         assert main(["--gateway", running.url("ws"), "models"]) == 0
     captured = capsys.readouterr()

@@ -98,24 +98,9 @@ def test_listing_models_outright_without_models_read_is_refused_not_empty(tmp_pa
     import anthropic
     import openai
 
-    from gtl_nb.gateway.tokens.mint import mint_token
+    from tests.gateway.conftest import jwt_echo_gateway
 
-    secret = "m" * 40
-    monkeypatch.setenv("GTL_TEST_MODELS_SECRET", secret)
-    config = write_toml(
-        tmp_path / "gtl.toml",
-        {
-            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
-            "providers.echo": {},
-            "gateway": {"auth": "jwt"},
-            "gateway.jwt": {"issuer": "gtl-test", "secret_env": "GTL_TEST_MODELS_SECRET", "default_deployments": ["*"]},
-            "gateway.http": {"port": 0},
-        },
-    )
-
-    def token(*scopes: str) -> str:
-        return mint_token(secret, subject="ann", scopes=scopes, lifetime=600, issuer="gtl-test")
-
+    config, token = jwt_echo_gateway(tmp_path, monkeypatch, "GTL_TEST_MODELS_SECRET")
     with start_gateway(config) as gateway:
         base = gateway.url("http")
         chat_only = openai.OpenAI(base_url=base + "/v1", api_key=token("chat:write"), max_retries=0)
