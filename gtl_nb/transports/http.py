@@ -107,13 +107,12 @@ class HttpBackend(RemoteBackend):
         """The error of a request that could not reach the gateway (``lost``: one that failed on the way)."""
         import httpx
 
-        # a server that closes without answering plain HTTP is most often a TLS listener
-        # never answered at all, at first contact: a TLS listener does that to plain HTTP (a gateway
-        # that answered before and then closed a connection is not one)
+        # closed unanswered at first contact: what a TLS listener does to plain HTTP (a gateway that
+        # answered before and then closed a connection is not one)
         closed = isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError))
         hint = tls_hint(self.transport) if closed and not lost and not self._fetched else ""
         what = "lost the" if lost else "cannot reach the"
-        reason = str(exc or type(exc).__name__)
+        reason = str(exc) or type(exc).__name__
         return certificate_refused(exc, self.label) or ProviderUnavailableError(
             f"{what} {self.label}: {reason.rstrip('.') if hint else reason}{hint}"
         )

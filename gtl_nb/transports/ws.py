@@ -53,9 +53,10 @@ def ws_backend(
     url = f"{scheme}://{address}{PATH}"
     label = f"{scheme} gateway ({url})"
     context = tls_context(verify) if scheme == "wss" else None
-    reached: list[bool] = []  # an upgrade has succeeded once: a later failure is no TLS mix-up
+    reached = False  # an upgrade has succeeded once: a later failure is no TLS mix-up
 
     async def dial() -> Channel:
+        nonlocal reached
         from websockets.asyncio.client import connect
         from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus, WebSocketException
         from websockets.frames import CloseCode
@@ -77,10 +78,9 @@ def ws_backend(
             raise certificate_refused(exc, label) or exc from None  # RemoteBackend reports the rest
         except WebSocketException as exc:
             # no valid HTTP answer to the first upgrade: most often a TLS listener reached with ws://
-            first_contact = isinstance(exc, InvalidMessage) and not reached
-            hint = tls_hint(url.partition("://")[0]) if first_contact else ""
+            hint = tls_hint(scheme) if isinstance(exc, InvalidMessage) and not reached else ""
             raise ProviderUnavailableError(f"the {label} did not accept a WebSocket: {exc}{hint}") from None
-        reached.append(True)
+        reached = True
 
         told_shutdown = False
 

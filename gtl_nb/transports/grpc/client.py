@@ -96,9 +96,10 @@ def grpc_endpoint(
     if compression is grpc.Compression.Gzip:
         metadata.append((COMPRESSION_KEY, "gzip"))
 
-    reached: list[bool] = []  # a call has started once: a later failure is no TLS mix-up
+    reached = False  # a call has started once: a later failure is no TLS mix-up
 
     async def dial() -> Channel:
+        nonlocal reached
         channel = await open_session(
             address,
             credentials=credentials,
@@ -107,7 +108,7 @@ def grpc_endpoint(
             where=where,
             first_contact=not reached,
         )
-        reached.append(True)
+        reached = True
         return channel
 
     return RemoteBackend(dial, label=where, loop=loop)
