@@ -137,6 +137,7 @@ class _Connection(asyncio.Protocol):
             return
         exchange.received = True
         heading = not exchange.head.done()
+        buffered = exchange.buffered
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -146,6 +147,8 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._fail(_BadResponse("a protocol upgrade nobody asked for"))
             return
+        if exchange.buffered != buffered:  # body bytes came: one wake-up per read, not one per chunk
+            self._body_arrived(exchange)
         if heading and not exchange.head.done():
             # llhttp keeps an unfinished header line itself: count what it was given, not what it parsed
             exchange.head_bytes += len(data)
@@ -193,11 +196,7 @@ class _Connection(asyncio.Protocol):
         exchange = self.exchange
         assert exchange is not None
         exchange.body.append(body)
-        exchange.buffered += len(body)
-        if exchange.buffered > PAUSE_BYTES and not self.paused and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-        exchange.wake()
+        exchange.buffered += len(body)  # ``data_received`` wakes the reader once the read is parsed
 
     def on_message_complete(self) -> None:
         exchange = self.exchange
@@ -207,6 +206,15 @@ class _Connection(asyncio.Protocol):
         self._end_message()
 
     # -- ours
+
+    def _body_arrived(self, exchange: _Exchange) -> None:
+        """Body bytes were buffered by the read just parsed: stop reading while too much waits (unless the
+        response already ended: ``_end_message`` read on and handed the connection back), wake the reader."""
+        transport = self.transport
+        if exchange.buffered > PAUSE_BYTES and self.exchange is exchange and not self.paused and transport is not None:
+            self.paused = True
+            transport.pause_reading()
+        exchange.wake()
 
     def send(self, data: bytes, exchange: _Exchange) -> None:
         assert self.transport is not None

@@ -151,7 +151,7 @@ class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
     attempt: int | None = None
 
 
-class Token(msgspec.Struct, frozen=True, tag="token"):
+class Token(msgspec.Struct, frozen=True, tag="token", gc=False):
     """A piece of answer text."""
 
     type: ClassVar[Literal["token"]] = "token"

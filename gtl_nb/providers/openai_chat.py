@@ -322,67 +322,66 @@ def _chunk_object(data: str, what: str) -> dict[str, Any]:
     return parse_json_object(data, lambda: f"{what} {data[:120]!r}")
 
 
-class _PlainDelta(msgspec.Struct):
+class _PlainDelta(msgspec.Struct, gc=False):
     """A delta of the commonest shape: text or nothing. A field the long way reads that holds
-    anything at all (reasoning, a refusal, tool calls) sends the chunk there (``_plain_chunk``)."""
+    anything but ``null`` (reasoning, a refusal, tool calls) fails msgspec's validation here, and the
+    chunk goes the long way (``_plain_chunk``): the shape is checked in C, not field by field."""
 
     content: str | None = None
-    refusal: Any = None
-    tool_calls: Any = None
-    reasoning_content: Any = None
-    reasoning: Any = None
+    refusal: None = None
+    tool_calls: None = None
+    reasoning_content: None = None
+    reasoning: None = None
 
 
-class _PlainChoice(msgspec.Struct):
+class _PlainChoice(msgspec.Struct, gc=False):
     index: int | None = 0
     delta: _PlainDelta | None = None
-    message: Any = None
+    message: None = None
     finish_reason: str | None = None
 
 
-class _PlainChunk(msgspec.Struct):
-    """A stream chunk as most servers send it, validated by msgspec in one pass (no dict per level)."""
+_UsageValue = int | float | str | bool | None
+
+
+class _PlainChunk(msgspec.Struct, gc=False):
+    """A stream chunk as most servers send it, validated by msgspec in one pass (no dict per level).
+    Every field it keeps has a bounded depth (``usage``: counts, and objects of counts, as every server
+    sends them; anything deeper takes the long way, which applies ``MAX_JSON_DEPTH``)."""
 
     model: str | None = None
-    usage: dict[str, Any] | None = None
+    usage: dict[str, _UsageValue | dict[str, _UsageValue]] | None = None
     choices: list[_PlainChoice] = []
-    error: Any = None
+    error: None = None
 
 
 _PLAIN_CHUNK = msgspec.json.Decoder(_PlainChunk)
+# the lowest integer-digit limit the interpreter accepts (but 0, no limit): a shorter chunk cannot
+# hold a number past the limit, and the limit need not be asked for
+_LEAST_DIGIT_LIMIT = sys.int_info.str_digits_check_threshold
 
 
-def _plain_chunk(data: str) -> _PlainChunk | None:
+def _plain_chunk(data: str | bytes) -> _PlainChunk | None:
     """``data`` as a ``_PlainChunk`` when it is one and reads exactly as the long way would read it
     (``_chunk_object`` then ``ChatCompletionsDecoder._on_chunk``), else ``None``: an error, any
-    field of another type or shape, anything msgspec and ``json.loads`` could read differently (the
-    same guard as ``_chunk_object``)."""
-    if _has_escape(data) or data.count("{") + data.count("[") > MAX_JSON_DEPTH:
-        return None
-    digits = sys.get_int_max_str_digits()
-    if digits and len(data) > digits:
+    field of another type or shape, anything msgspec and ``json.loads`` could read differently.
+    ``data`` is an event's text, or its payload's bytes as the stream sent them
+    (``SSEDecoder.data_payloads``): bytes that are not UTF-8 fail to decode here and take the long
+    way, which reads them as the SSE parser does.
+
+    No guard is scanned for first: msgspec refuses an escaped lone surrogate (which the long way
+    scrubs) and refuses, with ``RecursionError`` at the interpreter's recursion limit, a document
+    nested past it; every field kept here has a bounded depth. So a plain chunk nested past
+    ``MAX_JSON_DEPTH`` only in a field nobody reads (skipped, never built) is read, not refused;
+    the payload's size is bounded by the SSE parser."""
+    if len(data) > _LEAST_DIGIT_LIMIT and len(data) > (sys.get_int_max_str_digits() or len(data)):
         # msgspec skips the fields a struct does not name without reading their numbers, and
         # ``json.loads`` refuses an integer longer than this: a chunk that long takes the long way
         return None
     try:
-        chunk = _PLAIN_CHUNK.decode(data)
-    except ValueError:  # msgspec's DecodeError and ValidationError
+        return _PLAIN_CHUNK.decode(data)
+    except (ValueError, RecursionError):  # msgspec's DecodeError and ValidationError; too deep
         return None
-    if chunk.error is not None:
-        return None
-    for choice in chunk.choices:
-        delta = choice.delta
-        if choice.message is not None or (
-            delta is not None
-            and (
-                delta.refusal is not None
-                or delta.tool_calls is not None
-                or delta.reasoning_content is not None
-                or delta.reasoning is not None
-            )
-        ):
-            return None
-    return chunk
 
 
 class ChatCompletionsDecoder(GuardedDecoder):
@@ -420,7 +419,12 @@ class ChatCompletionsDecoder(GuardedDecoder):
             return []
         # once the body is known to be SSE every chunk goes to the SSE parser (what ``route`` returns)
         stream = chunk if self._sniffer.mode == "sse" else self._sniffer.route(chunk)
-        return [] if stream is None else self._each(self._sse.feed(stream), self._sse_unit)
+        if stream is None:
+            return []
+        payloads = self._sse.data_payloads(stream)
+        if payloads is not None:
+            return self._payloads(payloads)
+        return self._each(self._sse.feed(stream), self._sse_unit)
 
     def _close(self) -> list[StreamEvent]:
         """Events left at the end of the body, always ending with the terminal event."""
@@ -470,6 +474,29 @@ class ChatCompletionsDecoder(GuardedDecoder):
             self._done = True
             return events
         self._on_chunk(payload, events)
+        return events
+
+    def _payloads(self, payloads: list[bytes]) -> list[StreamEvent]:
+        """The events of whole data-only SSE events (``SSEDecoder.data_payloads``): what
+        ``_each(events, _sse_unit)`` gives for them, with a plain chunk decoded straight from its
+        bytes, in this one loop (the commonest read: one token, or a burst of them); any other payload
+        goes to ``_sse_unit`` as the event it is."""
+        events: list[StreamEvent] = []
+        for payload in payloads:
+            try:
+                plain = _plain_chunk(payload)
+                if plain is not None:
+                    self._on_plain_chunk(plain, events)
+                    continue
+                produced = self._sse_unit(
+                    SSEEvent(payload.decode("utf-8", "replace"), "message", self._sse.last_event_id)
+                )
+            except Exception as exc:  # the boundary, as in ``_each``
+                events.append(self._fault(exc))
+                break
+            events.extend(produced)
+            if ends_response(produced):
+                break
         return events
 
     def _on_plain_chunk(self, chunk: _PlainChunk, events: list[StreamEvent]) -> None:

@@ -63,10 +63,9 @@ class SSEDecoder:
             if len(chunk) - 1 > self._max:
                 raise SSEError(f"server-sent event larger than {self._max} bytes")
             return [SSEEvent(chunk[6:-2].decode("utf-8", "replace"), "message", self._id, None)]
-        if not self._buffer and not self._has_fields and chunk[-2:] == b"\n\n" and chunk.find(b"\r") < 0:
-            burst = self._data_only_events(chunk)
-            if burst is not None:
-                return burst
+        burst = self._data_only_events(chunk)
+        if burst is not None:
+            return burst
         events: list[SSEEvent] = []
         if not self._buffer and chunk.find(b"\r") < 0:
             # the common case (whole "data: ...\n\n" chunks, LF only): split in C, keep the tail
@@ -89,18 +88,44 @@ class SSEDecoder:
         self._check_size(len(self._buffer))
         return events
 
+    @property
+    def last_event_id(self) -> str | None:
+        """The ``id`` the stream set last (what a data-only event carries as its ``id``)."""
+        return self._id
+
+    def data_payloads(self, chunk: bytes) -> list[bytes] | None:
+        """The ``data`` of each event of ``chunk``, as bytes, when ``chunk`` is nothing but whole
+        ``data: …\\n\\n`` events (LF only, one line each, each within the size limit) and the parser
+        holds nothing unfinished; else ``None``, and nothing was consumed (``feed`` reads the chunk).
+
+        For a decoder that reads each payload's JSON straight from its bytes: one token of a stream
+        per chunk, or a burst of them in one read (a fast upstream, a busy connection), without an
+        ``SSEEvent`` or a ``str`` per event. The events it stands for are complete, so the parser's
+        state is as ``feed`` would leave it (the last event ``id`` is unchanged: no ``id:`` line)."""
+        if (
+            self._buffer
+            or self._has_fields
+            or chunk[:6] != b"data: "
+            or chunk[-2:] != b"\n\n"
+            or chunk.find(b"\r") >= 0
+        ):
+            return None
+        payloads = chunk[6:-2].split(b"\n\ndata: ")
+        # each separator holds two line ends and the end two more: any other line end is inside an
+        # event (another field, a second data line, a comment, a blank line too many)
+        if chunk.count(b"\n") != 2 * len(payloads) or max(map(len, payloads)) + 8 > self._max:
+            return None
+        return payloads
+
     def _data_only_events(self, chunk: bytes) -> list[SSEEvent] | None:
-        """The events of a burst of whole ``data: …\\n\\n`` events (several tokens in one read, as a
-        fast upstream or a busy connection delivers them), or ``None`` when any piece is anything else
-        — then nothing was consumed and the line-by-line parser reads the chunk. Split in C, one event
-        per piece: what ``_line`` and ``_dispatch`` would make, without a Python call per line."""
-        pieces = chunk.split(b"\n\n")
-        pieces.pop()  # the empty tail after the last blank line (the caller checked the chunk's end)
-        for piece in pieces:
-            if piece[:6] != b"data: " or piece.find(b"\n") >= 0 or len(piece) + 2 > self._max:
-                return None
+        """The events of a burst of whole ``data: …\\n\\n`` events (``data_payloads``), or ``None``.
+        Split in C, one event per piece: what ``_line`` and ``_dispatch`` would make, without a Python
+        call per line."""
+        payloads = self.data_payloads(chunk)
+        if payloads is None:
+            return None
         identifier = self._id
-        return [SSEEvent(piece[6:].decode("utf-8", "replace"), "message", identifier, None) for piece in pieces]
+        return [SSEEvent(payload.decode("utf-8", "replace"), "message", identifier, None) for payload in payloads]
 
     def _check_size(self, pending: int) -> None:
         if self._size + pending > self._max:

@@ -206,27 +206,95 @@ _CHUNK = _maybe(
 )
 
 
-def _decoded(chunks: list[dict[str, Any] | str], *, plain: bool, reasoning: bool) -> list[Any]:
+def _decoded(
+    chunks: list[dict[str, Any] | str | bytes], *, plain: bool, reasoning: bool, burst: bool = False, ascii: bool = True
+) -> list[Any]:
     """The events of ``chunks`` (objects, or JSON text as it is) and ``[DONE]``, by the plain way
-    where it applies, or always by the long way."""
+    where it applies, or always by the long way; one read per event, or all of them in one read
+    (``burst``: a fast upstream's answer). ``ascii=False`` writes non-ASCII text as UTF-8, not as
+    ``\\u`` escapes."""
     request = wire.request_maker(session_id="s-1", model="gpt-4o-mini")(reasoning=reasoning)
     with pytest.MonkeyPatch.context() as patch:
         if not plain:
             patch.setattr(openai_chat, "_plain_chunk", lambda data: None)  # always the long way
         decoder = OpenAIDialect().response_decoder(request, Deployment(name="o", type="openai", api_key="k"))
-        events = []
+        reads = []
         for chunk in chunks:
-            text = chunk if isinstance(chunk, str) else json.dumps(chunk)
-            events += decoder.feed(f"data: {text}\n\n".encode())
-        events += decoder.feed(b"data: [DONE]\n\n") + decoder.close()
+            if isinstance(chunk, bytes):
+                reads.append(b"data: " + chunk + b"\n\n")
+                continue
+            text = chunk if isinstance(chunk, str) else json.dumps(chunk, ensure_ascii=ascii)
+            reads.append(f"data: {text}\n\n".encode("utf-8", "surrogatepass"))
+        reads.append(b"data: [DONE]\n\n")
+        events = []
+        for read in [b"".join(reads)] if burst else reads:
+            events += decoder.feed(read)
+        events += decoder.close()
     return events
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(_CHUNK, min_size=1, max_size=3), st.booleans())
-def test_a_plain_chunk_decodes_to_the_events_the_long_way_gives(chunks: list[dict[str, Any]], reasoning: bool) -> None:
-    plain = _decoded(chunks, plain=True, reasoning=reasoning)
-    assert plain == _decoded(chunks, plain=False, reasoning=reasoning)
+@given(st.lists(_CHUNK, min_size=1, max_size=3), st.booleans(), st.booleans(), st.booleans())
+def test_a_plain_chunk_decodes_to_the_events_the_long_way_gives(
+    chunks: list[dict[str, Any]], reasoning: bool, burst: bool, ascii: bool
+) -> None:
+    plain = _decoded(chunks, plain=True, reasoning=reasoning, burst=burst, ascii=ascii)
+    assert plain == _decoded(chunks, plain=False, reasoning=reasoning, ascii=ascii)
+
+
+_TOKEN = '{"choices":[{"index":0,"delta":{"content":"ok"}}]}'
+
+
+def _nested(depth: int) -> str:
+    return '{"pad":' + "[" * (depth - 1) + "]" * (depth - 1) + ',"choices":[{"delta":{"content":"x"}}]}'
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        _nested(64),  # as deep as a chunk may nest: read
+        _nested(5000),  # past the recursion limit: refused (deeper than 64 only where nobody reads: below)
+        '{"choices":[],"usage":{"a":' + "[" * 70 + "]" * 70 + "}}",  # too deep where the decoder reads
+        '{"choices":[{"delta":{"content":"\\ud800 lone"}}]}',  # an escape: the long way scrubs it
+        '{"choices":[{"delta":{"content":"caf\\u00e9"}}]}',
+        b'{"choices":[{"delta":{"content":"\xff\xfe"}}]}',  # not UTF-8: replaced, as the SSE parser does
+        "   ",  # a blank payload: skipped
+        "[1]",
+        '{"choices":[{"delta":{"refusal":"no"}}]}',
+        '{"choices":[{"delta":{"content":"a"}}]},{"choices":[]}',
+    ],
+)
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_a_hostile_payload_in_a_burst_reads_as_the_long_way_reads_it_alone(hostile: str | bytes, where: int) -> None:
+    chunks: list[dict[str, Any] | str | bytes] = [_TOKEN, _TOKEN]
+    chunks.insert(where, hostile)
+    burst = _decoded(chunks, plain=True, reasoning=False, burst=True)
+    assert burst == _decoded(chunks, plain=False, reasoning=False)
+    assert burst == _decoded(chunks, plain=True, reasoning=False)
+
+
+def test_a_burst_reads_each_payload_straight_from_its_bytes() -> None:
+    """Every payload of a plain burst is decoded from its bytes in one loop: none goes to ``_sse_unit``."""
+    request = wire.request_maker(session_id="s-1", model="gpt-4o-mini")(reasoning=False)
+    decoder = OpenAIDialect().response_decoder(request, Deployment(name="o", type="openai", api_key="k"))
+    burst = b"".join(b"data: " + _TOKEN.encode() + b"\n\n" for _ in range(40))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(decoder, "_sse_unit", lambda *a, **k: pytest.fail("a plain payload went the long way"))
+        events = decoder.feed(burst)
+    assert [event.text for event in events] == ["ok"] * 40
+
+
+def test_a_chunk_nested_too_deep_only_where_nobody_reads_is_read_and_anywhere_else_refused() -> None:
+    """msgspec builds nothing of a field the plain chunk does not name and stops at the interpreter's
+    recursion limit: such a chunk is read. Where the decoder reads (``usage``), or past that limit,
+    ``MAX_JSON_DEPTH`` holds."""
+    assert openai_chat._plain_chunk(_nested(100)) is not None
+    assert openai_chat._plain_chunk(_nested(100_000)) is None  # RecursionError: the long way refuses it
+    deep_usage = '{"choices":[],"usage":{"a":' + "[" * 70 + "]" * 70 + "}}"
+    assert openai_chat._plain_chunk(deep_usage) is None
+    events = _decoded([_nested(100_000)], plain=True, reasoning=False, burst=True)
+    assert [type(event).__name__ for event in events] == ["Error"]
+    assert "nested" in events[0].message or "deep" in events[0].message
 
 
 _LONG = "9" * 4301  # one digit more than json.loads reads (sys.get_int_max_str_digits)
@@ -263,6 +331,7 @@ def test_an_event_type_cannot_be_subclassed() -> None:
 def test_the_plain_way_reads_the_commonest_chunks_and_leaves_the_rest() -> None:
     assert openai_chat._plain_chunk('{"model":"m","choices":[{"index":0,"delta":{"content":"hi"}}]}') is not None
     assert openai_chat._plain_chunk('{"choices":[],"usage":{"prompt_tokens":1}}') is not None
+    assert openai_chat._plain_chunk('{"choices":[{"delta":{"content":"caf\\u00e9 \\ud83d\\ude00"}}]}') is not None
     for other in (
         '{"choices":[{"delta":{"content":[{"type":"text","text":"a"}]}}]}',  # content parts
         '{"choices":[{"delta":{"reasoning_content":"think"}}]}',
@@ -270,7 +339,7 @@ def test_the_plain_way_reads_the_commonest_chunks_and_leaves_the_rest() -> None:
         '{"choices":[{"message":{"content":"a"}}]}',
         '{"error":{"message":"x"}}',
         '{"choices":[{"index":true}]}',
-        '{"choices":[{"delta":{"content":"\\u00e9"}}]}',  # an escape: the long way scrubs surrogates
+        '{"choices":[{"delta":{"content":"\\ud800"}}]}',  # a lone surrogate: the long way scrubs it
         "[1]",
     ):
         assert openai_chat._plain_chunk(other) is None, other
