@@ -95,7 +95,7 @@ from gtl_nb.protocol.messages import (
     ToolCallEvent,
     Usage,
 )
-from gtl_nb.protocol.session import SessionStateMachine, is_failover
+from gtl_nb.protocol.session import SessionState, SessionStateMachine, is_failover
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
@@ -121,6 +121,8 @@ def _asked_for(request: CompletionRequest) -> str:
 # event types, tested as ``type(event) in …`` on the per-event paths (see ``TERMINAL_EVENTS``)
 _CONTENT = frozenset((Token, Reasoning, ToolCallEvent))
 _ANSWER = _CONTENT | {Usage}  # what a retry would send the caller a second time
+_TOKENS = frozenset((Token,))
+_SESSION_BOOKKEEPING = frozenset((Usage, Status))  # what ``stream_batches`` must see of every batch
 _REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("gtl_request_context")
 """The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
 #: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
@@ -406,17 +408,19 @@ class Engine:
             async with aclosing(self._guarded(request, targets, record, refusal)) as batches:
                 async for batch in batches:
                     answer = record.answer
-                    for event in batch:
-                        kind = type(event)
-                        if kind is Token:
-                            if answer is not None:
-                                answer.append(event.text)
-                        elif kind is Usage:
-                            usage = event
-                        elif kind is Status and is_failover(event):
-                            usage = None  # the protocol's reset: the usage of an abandoned attempt is void
-                            if answer is not None:
-                                answer.clear()
+                    # (asked in C first: most batches are tokens alone, and only hooks want their text)
+                    if answer is not None or not _SESSION_BOOKKEEPING.isdisjoint(map(type, batch)):
+                        for event in batch:
+                            kind = type(event)
+                            if kind is Token:
+                                if answer is not None:
+                                    answer.append(event.text)
+                            elif kind is Usage:
+                                usage = event
+                            elif kind is Status and is_failover(event):
+                                usage = None  # the protocol's reset: the usage of an abandoned attempt is void
+                                if answer is not None:
+                                    answer.clear()
                     last = batch[-1]
                     kind = type(last)
                     if kind not in TERMINAL_EVENTS:
@@ -1073,11 +1077,24 @@ class Engine:
         attempt_started = self.clock()
         attempt, deployment = self._call(request, target)
         kept = outcome.events
+        # once an answer flows (content seen, first token timed, the session open), a token needs no
+        # pricing, stamping or state change: the bulk of every stream skips the checks below
+        flowing = False
         try:
             async for batch in attempt:
+                if flowing and _TOKENS.issuperset(map(type, batch)):
+                    if kept is not None:
+                        kept.extend(batch)
+                    yield batch
+                    continue
                 checked: list[StreamEvent] = []
                 for event in batch:
                     kind = type(event)
+                    if flowing and kind is Token:
+                        if kept is not None:
+                            kept.append(event)
+                        checked.append(event)
+                        continue
                     if kind is Usage:
                         event = self._priced(event, target)
                     elif kind is Error and deployment is not None:  # a provider may quote the key it refused
@@ -1109,6 +1126,7 @@ class Engine:
                     if done:
                         outcome.done = event
                         break
+                    flowing = outcome.content and first is not None and machine.state is SessionState.OPEN
                 if checked:
                     yield checked
                 if outcome.done is not None or outcome.error is not None:
