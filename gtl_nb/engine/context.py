@@ -49,6 +49,14 @@ class RequestContext:
     provider_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)
     """Deployment → the name of the stored provider key its requests use (the token's claim)."""
 
+    def traced(self, trace_id: str) -> RequestContext:
+        """This context with ``trace_id`` (what ``dataclasses.replace`` gives, without its per-call
+        introspection of the fields: every embedded request takes this step)."""
+        copy = object.__new__(RequestContext)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["trace_id"] = trace_id
+        return copy
+
     def allows(self, deployment: str, model: str) -> bool:
         """Whether the allow-lists let this principal use ``model`` on ``deployment``: deployments are
         named exactly; an ``allowed_models`` entry matches the model or ``deployment:model``, exactly or

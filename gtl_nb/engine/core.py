@@ -386,7 +386,7 @@ class Engine:
         if context is None:
             context = RequestContext(principal=user or "", trace_id=secrets.token_hex(16))
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
-            context = dataclasses.replace(context, trace_id=secrets.token_hex(16))
+            context = context.traced(secrets.token_hex(16))
         try:
             targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context, request)
         except GTLError as exc:

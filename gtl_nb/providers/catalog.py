@@ -550,15 +550,27 @@ def _name_index(models: Mapping[str, CatalogEntry]) -> dict[str, str]:
     return index
 
 
-def _candidates(model: str) -> list[str]:
-    """The names tried for ``model``: itself, then each dated-id rewrite (module docstring)."""
+def _candidates(model: str) -> tuple[str, ...]:
+    """The names tried for ``model``: itself, then each dated-id rewrite (module docstring).
+    Remembered for names of a model's length (asked for every request's price; a gateway's caller
+    chooses the name, so a long one is not kept)."""
+    return _remembered_candidates(model) if len(model) <= _REMEMBERED_NAME_LENGTH else _candidates_of(model)
+
+
+_REMEMBERED_NAME_LENGTH = 200
+
+
+def _candidates_of(model: str) -> tuple[str, ...]:
     base = model[len("models/") :] if model.startswith("models/") else model
     found = [model] if base == model else [model, base]
     for pattern in _DATED_SUFFIXES:
         stripped = pattern.sub("", base)
         if stripped != base and stripped:
             found.append(stripped)
-    return found
+    return tuple(found)
+
+
+_remembered_candidates = functools.lru_cache(maxsize=1024)(_candidates_of)
 
 
 def _ordered(types: Iterable[str]) -> list[str]:

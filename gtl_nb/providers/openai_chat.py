@@ -585,9 +585,10 @@ class ChatCompletionsDecoder(GuardedDecoder):
             self._tools.add(index, arguments)
 
     def _flush_tool_calls(self, events: list[StreamEvent]) -> None:
-        for call in self._tools.pop_all():
-            events.append(ToolCallEvent(session_id=self._session, function=call))
-            self._tool_calls += 1
+        if self._tools:  # (most answers hold no tool call: no sorting of nothing)
+            for call in self._tools.pop_all():
+                events.append(ToolCallEvent(session_id=self._session, function=call))
+                self._tool_calls += 1
         self._ids.clear()
         self._next_index = 0
         self._last_index = None
