@@ -373,3 +373,15 @@ def test_provider_info_describes_the_models_a_deployment_names(catalog):
     assert by_name["my-own:7b"] == ModelInfo(name="my-own:7b")
     assert by_name["custom"] is given
     assert info.offline is True
+
+
+def test_price_candidates_are_remembered_for_model_names_only() -> None:
+    from gtl_nb.providers import catalog
+
+    short = "gpt-4o-mini-2024-07-18"
+    assert catalog._candidates(short) == catalog._candidates_of(short)
+    assert catalog._candidates(short) is catalog._candidates(short)  # remembered
+    long = "m" * 300 + "-2024-07-18"  # a gateway's caller chooses the name: not kept
+    before = catalog._remembered_candidates.cache_info().currsize
+    assert catalog._candidates(long) == (long, "m" * 300)
+    assert catalog._remembered_candidates.cache_info().currsize == before

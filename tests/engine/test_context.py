@@ -1,0 +1,31 @@
+"""``RequestContext``: the copy with a trace id is the one ``dataclasses.replace`` makes."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+
+import pytest
+
+from gtl_nb.engine.context import RequestContext
+
+
+def test_traced_is_dataclasses_replace_without_its_cost() -> None:
+    context = RequestContext(
+        principal="ada",
+        tenant="lab",
+        key_id="k1",
+        peer="127.0.0.1",
+        transport="ws",
+        scopes=frozenset({"chat:write"}),
+        allowed_models=frozenset({"gpt-*"}),
+        expires_at=1.5,
+        provider_keys=MappingProxyType({"openai": "team"}),
+    )
+    traced = context.traced("0af7651916cd43dd8448eb211c80319c")
+    assert traced == dataclasses.replace(context, trace_id="0af7651916cd43dd8448eb211c80319c")
+    assert traced.provider_keys == context.provider_keys
+    assert context.trace_id is None  # the original is untouched
+    assert hash(traced) == hash(dataclasses.replace(context, trace_id="0af7651916cd43dd8448eb211c80319c"))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        traced.trace_id = "x"  # type: ignore[misc]
