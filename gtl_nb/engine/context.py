@@ -52,7 +52,7 @@ class RequestContext:
     def traced(self, trace_id: str) -> RequestContext:
         """This context with ``trace_id`` (what ``dataclasses.replace`` gives, without its per-call
         introspection of the fields: every embedded request takes this step)."""
-        copy = object.__new__(RequestContext)
+        copy = object.__new__(type(self))  # a subclass stays one (a gateway's context with more fields)
         copy.__dict__.update(self.__dict__)
         copy.__dict__["trace_id"] = trace_id
         return copy

@@ -237,7 +237,7 @@ def _held_back(
     """``events`` as the batch to hand on now, and the ``done`` held back until the body ends (its
     ``provider_data`` is complete only then): what comes after ``done`` is logged and dropped, and
     nothing after an ``error`` is handed on (the engine stops at it)."""
-    if pending is None and type(events[-1]) is Done:
+    if pending is None and events and type(events[-1]) is Done:
         body = events[:-1]
         if TERMINAL_EVENTS.isdisjoint(map(type, body)):
             return events[-1], body  # the usual end: ``done`` last of its read, nothing else ending (in C)

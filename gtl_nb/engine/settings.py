@@ -124,7 +124,7 @@ class UpstreamSettings:
                 from gtl_nb.engine.h2_transport import H2Transport
             except ImportError as exc:
                 raise ConfigurationError(
-                    f"[upstream] client = \"h2\" needs {exc.name or 'h2'}, which is not installed: "
+                    f'[upstream] client = "h2" needs {exc.name or "h2"}, which is not installed: '
                     "pip install 'gtl_nb[http2]'"
                 ) from None
             return H2Transport(**bounds)

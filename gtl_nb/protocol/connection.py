@@ -529,8 +529,7 @@ class GTLConnection:
         data = encode(message)
         if len(data) > self.send_limit:
             raise FrameTooLargeError(
-                f"{_kind(message)} frame of {len(data)} bytes exceeds the maximum frame size of "
-                f"{self.send_limit} bytes"
+                f"{_kind(message)} frame of {len(data)} bytes exceeds the maximum frame size of {self.send_limit} bytes"
             )
         return data + b"\n"
 

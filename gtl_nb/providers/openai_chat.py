@@ -311,7 +311,7 @@ def _chunk_object(data: str, what: str) -> dict[str, Any]:
     surrogate, which ``parse_json`` scrubs) and documents with enough brackets to nest too deep. The
     size needs no check here: the SSE parser already bounds an event.
     """
-    if not _has_escape(data) and data.count("{") + data.count("[") <= MAX_JSON_DEPTH:
+    if not _may_nest_too_deep(data):
         try:
             value = _CHUNK_JSON.decode(data)
         except ValueError:  # msgspec's DecodeError, or a str it cannot encode
@@ -359,6 +359,14 @@ _PLAIN_CHUNK = msgspec.json.Decoder(_PlainChunk)
 # the lowest integer-digit limit the interpreter accepts (but 0, no limit): a shorter chunk cannot
 # hold a number past the limit, and the limit need not be asked for
 _LEAST_DIGIT_LIMIT = sys.int_info.str_digits_check_threshold
+_UNSCANNED_BYTES = 4096  # a stream chunk is a few hundred bytes; past this, ``_plain_chunk`` scans first
+
+
+def _may_nest_too_deep(data: str | bytes) -> bool:
+    """Whether ``data`` holds an escape or more openers than ``MAX_JSON_DEPTH`` (``_chunk_object``'s guard)."""
+    if type(data) is bytes:
+        return data.find(b"\\u") >= 0 or data.count(b"{") + data.count(b"[") > MAX_JSON_DEPTH
+    return _has_escape(data) or data.count("{") + data.count("[") > MAX_JSON_DEPTH  # type: ignore[arg-type]
 
 
 def _plain_chunk(data: str | bytes) -> _PlainChunk | None:
@@ -369,15 +377,20 @@ def _plain_chunk(data: str | bytes) -> _PlainChunk | None:
     (``SSEDecoder.data_payloads``): bytes that are not UTF-8 fail to decode here and take the long
     way, which reads them as the SSE parser does.
 
-    No guard is scanned for first: msgspec refuses an escaped lone surrogate (which the long way
-    scrubs) and refuses, with ``RecursionError`` at the interpreter's recursion limit, a document
-    nested past it; every field kept here has a bounded depth. So a plain chunk nested past
-    ``MAX_JSON_DEPTH`` only in a field nobody reads (skipped, never built) is read, not refused;
-    the payload's size is bounded by the SSE parser."""
-    if len(data) > _LEAST_DIGIT_LIMIT and len(data) > (sys.get_int_max_str_digits() or len(data)):
-        # msgspec skips the fields a struct does not name without reading their numbers, and
-        # ``json.loads`` refuses an integer longer than this: a chunk that long takes the long way
-        return None
+    A chunk of up to ``_UNSCANNED_BYTES`` is not scanned first: msgspec refuses an escaped lone
+    surrogate (which the long way scrubs) and, with ``RecursionError`` at the interpreter's recursion
+    limit, a document nested past it — and one that short nests at most half its length deep, which
+    no setting of that limit lets overflow a thread's stack; every field kept here has a bounded depth.
+    So a chunk that short nested past ``MAX_JSON_DEPTH`` only in a field nobody reads (skipped, never
+    built) is read, not refused. A longer chunk is scanned for depth and escapes as ``_chunk_object``
+    does."""
+    if len(data) > _LEAST_DIGIT_LIMIT:
+        if len(data) > (sys.get_int_max_str_digits() or len(data)):
+            # msgspec skips the fields a struct does not name without reading their numbers, and
+            # ``json.loads`` refuses an integer longer than this: a chunk that long takes the long way
+            return None
+        if len(data) > _UNSCANNED_BYTES and _may_nest_too_deep(data):
+            return None
     try:
         return _PLAIN_CHUNK.decode(data)
     except (ValueError, RecursionError):  # msgspec's DecodeError and ValidationError; too deep
@@ -483,6 +496,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
         goes to ``_sse_unit`` as the event it is."""
         events: list[StreamEvent] = []
         for payload in payloads:
+            kept = len(events)
             try:
                 plain = _plain_chunk(payload)
                 if plain is not None:
@@ -491,7 +505,8 @@ class ChatCompletionsDecoder(GuardedDecoder):
                 produced = self._sse_unit(
                     SSEEvent(payload.decode("utf-8", "replace"), "message", self._sse.last_event_id)
                 )
-            except Exception as exc:  # the boundary, as in ``_each``
+            except Exception as exc:  # the boundary, as in ``_each``: nothing of the unit that failed
+                del events[kept:]
                 events.append(self._fault(exc))
                 break
             events.extend(produced)

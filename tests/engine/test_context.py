@@ -29,3 +29,14 @@ def test_traced_is_dataclasses_replace_without_its_cost() -> None:
     assert hash(traced) == hash(dataclasses.replace(context, trace_id="0af7651916cd43dd8448eb211c80319c"))
     with pytest.raises(dataclasses.FrozenInstanceError):
         traced.trace_id = "x"  # type: ignore[misc]
+
+
+def test_traced_keeps_a_subclass_and_its_fields() -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Traced(RequestContext):
+        traceparent: str | None = None
+
+    context = Traced(principal="ann", traceparent="00-x")
+    traced = context.traced("abc")
+    assert type(traced) is Traced
+    assert traced == dataclasses.replace(context, trace_id="abc")

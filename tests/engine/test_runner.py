@@ -788,3 +788,10 @@ def test_a_local_providers_events_after_its_done_are_never_read():
     engine = make_engine({"c": Deployment(name="c", type="chatty-after-done", models=("m",))})
     events = run(engine, request(model="c:m"))
     assert [type(e).__name__ for e in events] == ["Status", "Status", "Token", "Done"]
+
+
+def test_nothing_left_at_the_end_of_a_body_holds_nothing_back() -> None:
+    from gtl_nb.engine.http import _held_back
+    from gtl_nb.providers.base import Deployment
+
+    assert _held_back([], None, Deployment(name="d", type="openai", api_key="k")) == (None, [])

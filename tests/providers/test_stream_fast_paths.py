@@ -289,7 +289,9 @@ def test_a_chunk_nested_too_deep_only_where_nobody_reads_is_read_and_anywhere_el
     recursion limit: such a chunk is read. Where the decoder reads (``usage``), or past that limit,
     ``MAX_JSON_DEPTH`` holds."""
     assert openai_chat._plain_chunk(_nested(100)) is not None
-    assert openai_chat._plain_chunk(_nested(100_000)) is None  # RecursionError: the long way refuses it
+    assert len(_nested(2000)) < openai_chat._UNSCANNED_BYTES
+    assert openai_chat._plain_chunk(_nested(2000)) is None  # msgspec's RecursionError: the long way refuses it
+    assert openai_chat._plain_chunk(_nested(100_000)) is None  # longer than that: scanned first
     deep_usage = '{"choices":[],"usage":{"a":' + "[" * 70 + "]" * 70 + "}}"
     assert openai_chat._plain_chunk(deep_usage) is None
     events = _decoded([_nested(100_000)], plain=True, reasoning=False, burst=True)
@@ -343,3 +345,31 @@ def test_the_plain_way_reads_the_commonest_chunks_and_leaves_the_rest() -> None:
         "[1]",
     ):
         assert openai_chat._plain_chunk(other) is None, other
+
+
+def test_a_deep_chunk_cannot_crash_the_interpreter_whatever_its_limits(tmp_path: Any) -> None:
+    """With the digit limit off and the recursion limit raised far, a megabyte of nesting must still be
+    refused (scanned: it is long), not handed to msgspec's recursion (which would overflow the C stack)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "deep.py"
+    script.write_text(
+        "import sys\n"
+        "sys.set_int_max_str_digits(0)\n"
+        "sys.setrecursionlimit(1_000_000)\n"
+        "import msgspec\n"
+        "from gtl_nb.protocol.messages import CompletionRequest\n"
+        "from gtl_nb.providers.base import Deployment\n"
+        "from gtl_nb.providers.openai import OpenAIDialect\n"
+        "request = msgspec.convert({'session_id': 's', 'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]},"
+        " CompletionRequest)\n"
+        "decoder = OpenAIDialect().response_decoder(request, Deployment(name='o', type='openai', api_key='k'))\n"
+        "depth = 500_000\n"
+        'payload = b\'{"pad":\' + b\'[\' * depth + b\']\' * depth + b\',"choices":[{"delta":{"content":"x"}}]}\'\n'
+        "events = decoder.feed(b'data: ' + payload + b'\\n\\n')\n"
+        "print(type(events[0]).__name__, 'nested deeper' in events[0].message)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["Error", "True"]
