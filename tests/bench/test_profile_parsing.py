@@ -71,3 +71,11 @@ def test_threads_that_ended_during_the_phase_are_counted_from_the_process_total(
     assert "10.000 ms  MainThread" in report
     assert "5.000 ms  (threads that ended during the phase)" in report
     assert report.startswith("gateway CPU per request (/proc, all threads): 15.000 ms")
+
+
+def test_chunk_cost_reports_the_slope_between_the_two_longest_answers() -> None:
+    from bench.chunk_cost import report
+
+    text = report({1: 0.8e6, 16: 1.0e6, 64: 1.96e6})
+    assert "| 16 token(s) | 1.000 |" in text
+    assert "per chunk (16 → 64 tokens): 20.0 k instructions" in text
