@@ -43,6 +43,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
@@ -821,8 +822,10 @@ def _path_steps(path: Sequence[str] | str | None) -> list[str] | None:
 
 
 def _path_json(path: Sequence[str] | str | None) -> str | None:
+    """The failover path's column text: ``json.dumps`` of its steps, made without the encoder's set-up
+    (a list of strings is its items, each as ``encode_basestring_ascii`` writes it, joined by ``", "``)."""
     steps = _path_steps(path)
-    return None if steps is None else json.dumps(steps)
+    return None if steps is None else "[" + ", ".join(map(encode_basestring_ascii, steps)) + "]"
 
 
 def _path_list(text: str | None) -> list[str] | None:

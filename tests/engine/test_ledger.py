@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gtl_nb.engine import ledger as ledger_module
 from gtl_nb.engine import ledger_migrations
@@ -745,3 +747,13 @@ def test_process_probing_lives_in_its_own_module_and_is_still_exported_here():
     assert ledger_module.process_identity is processes.process_identity
     assert ledger_module.process_alive is processes.process_alive
     assert processes.own_identity() == (os.getpid(), processes.process_identity(os.getpid()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(), max_size=4))
+def test_the_failover_path_column_is_json_dumps_of_its_steps(steps: list[str]) -> None:
+    from gtl_nb.engine.ledger import _path_json
+
+    assert _path_json(steps) == json.dumps(steps)
+    assert _path_json(None) is None
+    assert _path_json("one") == json.dumps(["one"])
