@@ -261,13 +261,19 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
     Every ``UsageLedger`` applies it, so rows read back alike whatever stores them. It may raise on
     values it cannot make sense of (a ``failover_path`` that is no sequence): then a ledger records
     the row's status alone rather than leave it ``started``."""
+    # (each value's commonest type is accepted in the loop, without the helper's call: a row a request)
     clean: dict[str, Any] = {}
     for name in ("error_code", "deployment", "provider_type", "model"):
-        clean[name] = _text(fields.get(name))
+        value = fields.get(name)
+        clean[name] = value if value is None or type(value) is str else str(value)
     for name in ("tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out"):
-        clean[name] = _count(fields.get(name), name, row_id)
+        value = fields.get(name)
+        plausible = value is None or (type(value) is int and 0 <= value <= _INT64_MAX)
+        clean[name] = value if plausible else _count(value, name, row_id)
     for name in ("cost", "ttft_ms", "latency_ms"):
-        clean[name] = _measure(fields.get(name), name, row_id)
+        value = fields.get(name)
+        finite = value is None or (type(value) is float and math.isfinite(value))
+        clean[name] = value if finite else _measure(value, name, row_id)
     for name in ("cache_hit", "coalesced"):
         value = fields.get(name)
         clean[name] = None if value is None else bool(value)

@@ -110,6 +110,8 @@ class SSEDecoder:
             or chunk.find(b"\r") >= 0
         ):
             return None
+        if chunk.find(b"\n") == len(chunk) - 2:  # one event (a stream's usual read): no split, no count
+            return [chunk[6:-2]] if len(chunk) <= self._max else None
         payloads = chunk[6:-2].split(b"\n\ndata: ")
         # each separator holds two line ends and the end two more: any other line end is inside an
         # event (another field, a second data line, a comment, a blank line too many)

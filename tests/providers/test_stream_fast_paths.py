@@ -65,6 +65,25 @@ def test_events_read_in_bursts_read_as_one_event_per_chunk(events: list[bytes], 
     assert _feed_all([burst for burst in bursts if burst]) == _feed_all(events)
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_EVENT, min_size=1, max_size=6), st.integers(12, 60), st.booleans())
+def test_data_payloads_are_what_feed_reads_or_nothing_is_taken(events: list[bytes], limit: int, primed: bool) -> None:
+    chunk = b"".join(events)
+    reader, fed = SSEDecoder(max_event_bytes=limit), SSEDecoder(max_event_bytes=limit)
+    if primed:  # a stream that set an id before this read
+        reader.feed(b"id: 9\n\n")
+        fed.feed(b"id: 9\n\n")
+    before = dict(vars(reader))
+    payloads = reader.data_payloads(chunk)
+    assert vars(reader) == before  # taken or not, the parser's state is untouched
+    if payloads is None:
+        return
+    expected = fed.feed(chunk)
+    got = [SSEEvent(payload.decode("utf-8", "replace"), "message", reader.last_event_id, None) for payload in payloads]
+    assert got == expected
+    assert not fed._buffer and not fed._has_fields  # feed, too, ends with nothing unfinished
+
+
 def test_a_burst_of_data_events_keeps_the_event_id_and_falls_back_on_anything_else() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b"id: 3\ndata: a\n\n") == [SSEEvent("a", "message", "3", None)]
