@@ -110,10 +110,11 @@ def _client(port: int, ledger: Path, *, group_commit_ms: int | None = None) -> g
     """The embedded client on the bench's upstream, the ledger in ``ledger`` (its writer's group-commit
     window ``group_commit_ms``, default the configuration's)."""
     providers = {"fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{port}/v1"}}
-    if group_commit_ms is None:
-        return gtl_nb.connect(providers=providers, ledger=ledger, environ={})
-    settings = {"ledger": {"path": str(ledger), "group_commit_ms": group_commit_ms}}
-    return gtl_nb.connect(providers=providers, config=settings, environ={})
+    # an explicit configuration, never the user's file: every path of the bench measures the same client
+    ledger_table: dict[str, object] = {"path": str(ledger)}
+    if group_commit_ms is not None:
+        ledger_table["group_commit_ms"] = group_commit_ms
+    return gtl_nb.connect(providers=providers, config={"ledger": ledger_table}, environ={})
 
 
 # Under callgrind everything runs ~50x slower, the ledger writer's group-commit window (20 ms of wall

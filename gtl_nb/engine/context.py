@@ -13,6 +13,7 @@ caller already holds the keys).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -51,8 +52,11 @@ class RequestContext:
 
     def traced(self, trace_id: str) -> RequestContext:
         """This context with ``trace_id`` (what ``dataclasses.replace`` gives, without its per-call
-        introspection of the fields: every embedded request takes this step)."""
-        copy = object.__new__(type(self))  # a subclass stays one (a gateway's context with more fields)
+        introspection of the fields: every embedded request takes this step). A subclass — which may
+        keep its fields in slots or derive some in ``__post_init__`` — goes through ``replace``."""
+        if type(self) is not RequestContext:
+            return dataclasses.replace(self, trace_id=trace_id)
+        copy = object.__new__(RequestContext)
         copy.__dict__.update(self.__dict__)
         copy.__dict__["trace_id"] = trace_id
         return copy

@@ -359,7 +359,7 @@ _PLAIN_CHUNK = msgspec.json.Decoder(_PlainChunk)
 # the lowest integer-digit limit the interpreter accepts (but 0, no limit): a shorter chunk cannot
 # hold a number past the limit, and the limit need not be asked for
 _LEAST_DIGIT_LIMIT = sys.int_info.str_digits_check_threshold
-_UNSCANNED_BYTES = 4096  # a stream chunk is a few hundred bytes; past this, ``_plain_chunk`` scans first
+_UNSCANNED_BYTES = 1024  # a stream chunk is a few hundred bytes; past this, ``_plain_chunk`` scans first
 
 
 def _may_nest_too_deep(data: str | bytes) -> bool:
@@ -379,8 +379,9 @@ def _plain_chunk(data: str | bytes) -> _PlainChunk | None:
 
     A chunk of up to ``_UNSCANNED_BYTES`` is not scanned first: msgspec refuses an escaped lone
     surrogate (which the long way scrubs) and, with ``RecursionError`` at the interpreter's recursion
-    limit, a document nested past it — and one that short nests at most half its length deep, which
-    no setting of that limit lets overflow a thread's stack; every field kept here has a bounded depth.
+    limit, a document nested past it — and one that short nests at most 1,024 deep (an unclosed
+    document, a level a byte), a few dozen KiB of C stack, which no setting of that limit lets
+    overflow even a small thread stack; every field kept here has a bounded depth.
     So a chunk that short nested past ``MAX_JSON_DEPTH`` only in a field nobody reads (skipped, never
     built) is read, not refused. A longer chunk is scanned for depth and escapes as ``_chunk_object``
     does."""

@@ -40,3 +40,20 @@ def test_traced_keeps_a_subclass_and_its_fields() -> None:
     traced = context.traced("abc")
     assert type(traced) is Traced
     assert traced == dataclasses.replace(context, trace_id="abc")
+
+
+def test_traced_goes_through_replace_for_a_slotted_or_deriving_subclass() -> None:
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Slotted(RequestContext):
+        region: str = ""
+
+    assert Slotted(principal="p", region="us").traced("T").region == "us"
+
+    @dataclasses.dataclass(frozen=True)
+    class Deriving(RequestContext):
+        label: str = ""
+
+        def __post_init__(self) -> None:
+            object.__setattr__(self, "label", f"{self.principal}/{self.trace_id}")
+
+    assert Deriving(principal="p").traced("T").label == "p/T"

@@ -308,9 +308,10 @@ def test_a_chunk_nested_too_deep_only_where_nobody_reads_is_read_and_anywhere_el
     recursion limit: such a chunk is read. Where the decoder reads (``usage``), or past that limit,
     ``MAX_JSON_DEPTH`` holds."""
     assert openai_chat._plain_chunk(_nested(100)) is not None
-    assert len(_nested(2000)) < openai_chat._UNSCANNED_BYTES
-    assert openai_chat._plain_chunk(_nested(2000)) is None  # msgspec's RecursionError: the long way refuses it
-    assert openai_chat._plain_chunk(_nested(100_000)) is None  # longer than that: scanned first
+    unclosed = '{"x":' + "[" * 1015  # short enough to go unscanned, deeper than the recursion limit
+    assert len(unclosed) <= openai_chat._UNSCANNED_BYTES
+    assert openai_chat._plain_chunk(unclosed) is None  # msgspec's RecursionError: the long way refuses it
+    assert openai_chat._plain_chunk(_nested(100_000)) is None  # longer: scanned first
     deep_usage = '{"choices":[],"usage":{"a":' + "[" * 70 + "]" * 70 + "}}"
     assert openai_chat._plain_chunk(deep_usage) is None
     events = _decoded([_nested(100_000)], plain=True, reasoning=False, burst=True)
@@ -392,3 +393,33 @@ def test_a_deep_chunk_cannot_crash_the_interpreter_whatever_its_limits(tmp_path:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["Error", "True"]
+
+
+@pytest.mark.parametrize("depth", [1015, 4091])
+def test_an_unclosed_chunk_cannot_crash_a_small_thread_stack(tmp_path: Any, depth: int) -> None:
+    """An unclosed document nests a level a byte; under a raised recursion limit, on a 128 KiB thread
+    stack, neither a chunk short enough to go unscanned nor a longer one may overflow it."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unclosed.py"
+    script.write_text(
+        "import sys, threading\n"
+        "sys.setrecursionlimit(100_000)\n"
+        "import msgspec\n"
+        "from gtl_nb.protocol.messages import CompletionRequest\n"
+        "from gtl_nb.providers.base import Deployment\n"
+        "from gtl_nb.providers.openai import OpenAIDialect\n"
+        "request = msgspec.convert({'session_id': 's', 'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]},"
+        " CompletionRequest)\n"
+        "decoder = OpenAIDialect().response_decoder(request, Deployment(name='o', type='openai', api_key='k'))\n"
+        f"payload = b'{{\"x\":' + b'[' * {depth}\n"
+        "threading.stack_size(128 * 1024)\n"
+        "out = []\n"
+        "reader = threading.Thread(target=lambda: out.extend(decoder.feed(b'data: ' + payload + b'\\n\\n')))\n"
+        "reader.start(); reader.join()\n"
+        "print(type(out[0]).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["Error"]
