@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import importlib.util
 import signal
 import threading
 import time
+import weakref
 
 import pytest
 
 import gtl_nb
 from gtl_nb import sim
-from gtl_nb.engine.loop import LoopThread, loop_factory
+from gtl_nb.engine.loop import LoopThread, _Landing, _Mailbox, loop_factory
 from gtl_nb.protocol import AuthenticationError, CancelledError, ConfigurationError
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
@@ -95,6 +97,76 @@ def test_spawned_work_is_cancelled_from_any_thread_and_a_late_cancel_does_no_har
         thread.spawn(lambda: None)  # type: ignore[arg-type]
     thread.stop()
     work.cancel()  # the loop has closed: nothing to do, nothing raised
+
+
+def test_ends_that_come_while_the_callers_loop_is_busy_wake_it_once(loop_thread):
+    async def work(number: int) -> int:
+        return number * 10
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        wakes = []
+        original = loop.call_soon_threadsafe
+
+        def counting(*args, **kwargs):
+            wakes.append(args[0])
+            return original(*args, **kwargs)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        calls = [asyncio.ensure_future(loop_thread.call(work(number))) for number in range(12)]
+        await asyncio.sleep(0)  # every call has started its work on the loop thread
+        # the caller's loop is busy (blocked, here) while all twelve end on the other thread
+        deadline = time.monotonic() + 10
+        while len(loop_thread._mailboxes[loop]._landings) < 12 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        results = await asyncio.gather(*calls)
+        assert len(wakes) == 1  # one wake-up for the twelve ends
+        return results
+
+    assert asyncio.run(main()) == [number * 10 for number in range(12)]
+
+
+def test_many_callers_loops_each_get_their_own_ends(loop_thread):
+    async def work(number: int) -> int:
+        await asyncio.sleep(0.001 * (number % 3))
+        return number
+
+    def one_caller(first: int, results: dict[int, list[int]]) -> None:
+        async def main() -> list[int]:
+            return await asyncio.gather(*(loop_thread.call(work(first + n)) for n in range(50)))
+
+        results[first] = asyncio.run(main())
+
+    results: dict[int, list[int]] = {}
+    callers = [threading.Thread(target=one_caller, args=(first, results)) for first in (0, 1000, 2000, 3000)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join(30)
+    assert results == {first: [first + n for n in range(50)] for first in (0, 1000, 2000, 3000)}
+
+
+def test_an_end_bound_for_a_closed_callers_loop_is_dropped_quietly():
+    caller = asyncio.new_event_loop()
+    landing = _Landing(caller)
+    mailbox = _Mailbox(caller)
+    caller.close()
+    mailbox.post(landing)  # nobody is waiting: nothing raised on the loop thread, nothing kept
+    assert not landing.ended and not mailbox._landings
+    assert not mailbox._armed  # the next end tries again, rather than believing a wake-up is on its way
+
+
+def test_a_callers_loop_the_program_let_go_of_is_not_kept_alive(loop_thread):
+    async def work() -> str:
+        return "done"
+
+    caller = asyncio.new_event_loop()
+    assert caller.run_until_complete(loop_thread.call(work())) == "done"
+    caller.close()
+    gone = weakref.ref(caller)
+    del caller
+    gc.collect()
+    assert gone() is None and not loop_thread._mailboxes
 
 
 def test_call_from_the_loop_thread_itself_is_refused(loop_thread):
