@@ -1,4 +1,5 @@
-"""``gtl_nb.ids.unique_hex``: ids as ``uuid4().hex`` looks, unique in a process and across a fork."""
+"""``gtl_nb.ids.unique_hex``: ids as ``uuid4().hex`` looks, unique in a process and across a fork; the
+client's session ids made of them."""
 
 from __future__ import annotations
 
@@ -30,3 +31,11 @@ def test_a_forked_child_draws_a_prefix_of_its_own():
     os.waitpid(pid, 0)
     mine = unique_hex()
     assert len(child) == 32 and child[:16] != mine[:16]
+
+
+def test_session_ids_of_one_process_count_up_so_the_ledger_index_takes_them_side_by_side():
+    from gtl_nb.client import new_session_id
+
+    ids = [new_session_id() for _ in range(1000)]
+    assert all(re.fullmatch(r"sess_[0-9a-f]{32}", value) for value in ids)
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)  # each new row's index entry beside the last

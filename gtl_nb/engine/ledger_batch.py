@@ -2,8 +2,11 @@
 inside the one transaction its caller holds (``engine.ledger_writer`` runs it; ``docs/ledger.md``,
 "How rows are written").
 
-A request whose start and finish are both in the batch is one INSERT of the finished row; a finish
-whose start was committed by an earlier batch is the usual guarded UPDATE. Whatever one request's
+A request whose start and finish are both in the batch is one INSERT of the finished row — and
+such rows, in a run, go in together: one multi-row INSERT per up to ``MAX_ROWS_PER_INSERT`` rows,
+not a statement each. (Each statement hands the interpreter's lock over twice, around SQLite's
+work; with the engine's loop thread busy, every handover was a wait and a context switch for both
+threads.) A finish whose start was committed by an earlier batch is the usual guarded UPDATE. Whatever one request's
 values do to its statement, the others are written: a statement refused for its values leaves the
 transaction open (SQLite rolls back that statement only), so the request falls back to its outcome
 alone, then to text SQLite can store, and is dropped — loudly — only when even that fails. The
@@ -16,7 +19,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
+from itertools import chain
 from typing import Any, cast
 
 from gtl_nb.engine.ledger import (
@@ -32,9 +36,15 @@ from gtl_nb.engine.ledger import (
 from gtl_nb.engine.ledger_schema import TABLE
 from gtl_nb.log import get_logger
 
-__all__ = ["Finish", "Start", "write_batch"]
+__all__ = ["MAX_ROWS_PER_INSERT", "Finish", "Start", "write_batch"]
 
 log = get_logger("engine.ledger")
+
+MAX_ROWS_PER_INSERT = 64
+"""Finished rows one INSERT writes at most (fewer where SQLite allows fewer parameters a statement)."""
+_COLUMNS = INSERT_FINISHED.count("?")
+_INSERT_HEAD, _, _ = INSERT_FINISHED.partition(" VALUES ")
+_ONE_ROW = "(" + ", ".join("?" * _COLUMNS) + ")"
 
 
 @dataclass(slots=True, eq=False)
@@ -74,18 +84,109 @@ def write_batch(
     ``rowids`` maps the handles of rows committed ``started`` by earlier batches to their row ids.
     Returns the same map for the rows this batch leaves ``started`` (valid once it commits)."""
     started: dict[int, int] = {}
+    finished = _FinishedRows(conn, hostname)
     for op in ops:
         if isinstance(op, Start):
+            if op.finish is not None and finished.add(op):
+                continue
+            finished.write()  # the rows before this one first: rows keep the order of their starts
             row_id = _insert(conn, op, hostname)
             if row_id is not None and op.finish is None:
                 started[op.handle] = row_id
             continue
+        finished.write()
         row_id = started.get(op.handle, rowids.get(op.handle))
         if row_id is None:  # its start could not be written: already logged
             log.warning("ledger: the outcome %s of a request whose row was never written is lost", op.status)
             continue
         _update(conn, op, row_id)
+    finished.write()
     return started
+
+
+class _FinishedRows:
+    """Finished rows waiting to be inserted together (``write_batch``).
+
+    A row goes in with its full details; one whose details cannot be cleaned is not taken (``add``
+    says so) and goes the one-by-one way, which records its outcome alone. When a multi-row INSERT
+    is refused for one row's values (SQLite undoes the whole statement and keeps the transaction),
+    that statement's rows go the one-by-one way too: the others are written, the odd one falls back
+    as it always did."""
+
+    __slots__ = ("_conn", "_hostname", "_limit", "_ops", "_rows")
+
+    def __init__(self, conn: sqlite3.Connection, hostname: str) -> None:
+        self._conn = conn
+        self._hostname = hostname
+        self._ops: list[Start] = []
+        self._rows: list[tuple[Any, ...]] = []
+        self._limit = 0  # rows per statement, read from the connection when first needed
+
+    def add(self, op: Start) -> bool:
+        """Take ``op`` (a start with its finish); False when it must be written on its own."""
+        end = op.finish
+        assert end is not None
+        try:
+            clean = clean_finish_fields(op.handle, end.fields)
+        except Exception:  # the one-by-one way records its outcome alone, and says why
+            return False
+        values = started_values(
+            op.when,
+            session_id=op.session_id,
+            user=op.user,
+            model=op.model,
+            hostname=self._hostname,
+            tenant=op.tenant,
+            key_id=op.key_id,
+            trace_id=op.trace_id,
+        )
+        self._rows.append(finished_row_values(values, end.status, end.when, clean))
+        self._ops.append(op)
+        return True
+
+    def write(self) -> None:
+        """Insert the rows taken so far, in order, and forget them."""
+        rows, ops = self._rows, self._ops
+        if not rows:
+            return
+        self._rows, self._ops = [], []
+        if not self._limit:
+            self._limit = _rows_per_insert(self._conn)
+        done = 0
+        while done < len(rows):
+            count = _statement_size(len(rows) - done, self._limit)
+            part = rows[done : done + count]
+            try:
+                self._conn.execute(_insert_rows(count), list(chain.from_iterable(part)))
+            except sqlite3.OperationalError:
+                raise  # the file's trouble, not these values: the caller retries the batch
+            except Exception:
+                if not self._conn.in_transaction:
+                    raise
+                for op in ops[done : done + count]:  # one of them is refused: each on its own
+                    _insert(self._conn, op, self._hostname)
+            done += count
+
+
+def _rows_per_insert(conn: sqlite3.Connection) -> int:
+    """How many rows one INSERT may hold on ``conn``: ``MAX_ROWS_PER_INSERT``, or fewer where the
+    build of SQLite allows fewer parameters a statement (999 before 3.32)."""
+    getlimit = getattr(conn, "getlimit", None)  # Python 3.11 and later
+    parameters = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit is not None else 999
+    return max(1, min(MAX_ROWS_PER_INSERT, parameters // _COLUMNS))
+
+
+def _statement_size(remaining: int, limit: int) -> int:
+    """The next statement's row count: the largest power of two that fits (at most ``limit``), so
+    a handful of statement texts serve every batch (SQLite's statement cache keeps them prepared)."""
+    count = min(remaining, limit)
+    return 1 << (count.bit_length() - 1)
+
+
+@lru_cache(maxsize=16)
+def _insert_rows(count: int) -> str:
+    """``INSERT_FINISHED`` for ``count`` rows."""
+    return f"{_INSERT_HEAD} VALUES {', '.join([_ONE_ROW] * count)}"
 
 
 def _insert(conn: sqlite3.Connection, op: Start, hostname: str) -> int | None:

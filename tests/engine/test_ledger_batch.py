@@ -1,0 +1,197 @@
+"""One group commit of the ledger's writer (``engine.ledger_batch.write_batch``): finished rows in a
+run go in together, in multi-row INSERTs, and the rows are exactly what writing each request on
+its own gives — odd values and SQLite's parameter limit included."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gtl_nb.engine.ledger import Ledger, LedgerError
+from gtl_nb.engine.ledger_batch import MAX_ROWS_PER_INSERT, Finish, Start, _insert, _update, write_batch
+
+T0 = 1_700_000_000.25
+HOST = "host-a"
+OUTCOME = {"deployment": "oa", "provider_type": "openai", "tokens_in": 5, "tokens_out": 16, "cost": 0.25,
+           "ttft_ms": 1.5, "latency_ms": 3.0, "cache_hit": False, "coalesced": False,
+           "failover_path": ["oa"]}  # fmt: skip
+
+
+def finished(handle: int, session: str, fields: dict[str, Any] | None = None, status: str = "ok") -> Start:
+    """A start whose finish came before the writer took it: one row, written finished."""
+    start = Start(handle, -handle, T0 + handle, session, "ada", "m", tenant="acme")
+    start.finish = Finish(handle, -handle, status, T0 + handle + 0.5, dict(OUTCOME if fields is None else fields))
+    return start
+
+
+def one_by_one(conn: sqlite3.Connection, ops: list[Start | Finish], rowids: dict[int, int]) -> dict[int, int]:
+    """The reference: every operation in a statement of its own (the writer's way before rows were
+    inserted together)."""
+    started: dict[int, int] = {}
+    for op in ops:
+        if isinstance(op, Start):
+            row_id = _insert(conn, op, HOST)
+            if row_id is not None and op.finish is None:
+                started[op.handle] = row_id
+        else:
+            _update(conn, op, started.get(op.handle, rowids[op.handle]))
+    return started
+
+
+def rows_of(ledger: Ledger) -> list[dict[str, Any]]:
+    """Every row, as stored, in id order (the process identity left out: two ledgers, one process)."""
+    return [{k: v for k, v in row.items() if k != "proc_start"} for row in ledger.rows()]
+
+
+def written(path: Path, batches: list[list[Start | Finish]], writer: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows ``writer`` leaves after committing ``batches`` in turn, and the INSERTs it ran."""
+    statements: list[str] = []
+    with Ledger(path) as ledger:
+        ledger.transaction(lambda conn: conn.set_trace_callback(statements.append))
+        rowids: dict[int, int] = {}
+        for batch in batches:
+            rowids.update(ledger.transaction(lambda conn, batch=batch: writer(conn, batch, rowids)))
+        rows = rows_of(ledger)
+    return rows, [s for s in statements if s.startswith("INSERT")]
+
+
+def batch_writer(conn: sqlite3.Connection, ops: list[Start | Finish], rowids: dict[int, int]) -> dict[int, int]:
+    return write_batch(conn, ops, rowids, HOST)
+
+
+def test_a_run_of_finished_rows_is_a_few_statements_and_the_same_rows(tmp_path: Path):
+    batch: list[Start | Finish] = [finished(n, f"s{n}") for n in range(1, 51)]
+    together, inserts = written(tmp_path / "a.sqlite3", [batch], batch_writer)
+    alone, one_each = written(tmp_path / "b.sqlite3", [batch], one_by_one)
+    assert together == alone and len(together) == 50
+    assert len(one_each) == 50
+    assert len(inserts) == 3  # 32 + 16 + 2 rows: a handful of statement texts serve every batch
+    assert [row["session_id"] for row in together] == [f"s{n}" for n in range(1, 51)]  # ids in the starts' order
+
+
+def test_rows_keep_the_order_of_their_starts_around_started_rows_and_updates(tmp_path: Path):
+    first: list[Start | Finish] = [
+        finished(1, "a"),
+        Start(2, 2, T0 + 2, "open", "ada", "m"),  # still running: written started, its row id kept
+        finished(3, "b"),
+        finished(4, "c"),
+    ]
+    second: list[Start | Finish] = [
+        finished(5, "d"),
+        Finish(2, 6, "error", T0 + 9, {"error_code": "TIMEOUT"}),  # the UPDATE of an earlier batch's row
+        finished(7, "e"),
+    ]
+    together, _ = written(tmp_path / "a.sqlite3", [first, second], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [first, second], one_by_one)
+    assert together == alone
+    assert [row["session_id"] for row in together] == ["a", "open", "b", "c", "d", "e"]
+    assert together[1]["status"] == "error" and together[1]["error_code"] == "TIMEOUT"
+
+
+def test_one_rows_refused_text_leaves_the_others_of_its_statement_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    batch: list[Start | Finish] = [finished(n, f"s{n}") for n in range(1, 21)]
+    batch[6] = finished(7, "bad\udc80session")  # a lone surrogate: SQLite refuses the whole statement
+    batch[9] = finished(10, "s10", {**OUTCOME, "model": "odd\udc80model"})  # refused details: outcome alone
+    together, _ = written(tmp_path / "a.sqlite3", [batch], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [batch], one_by_one)
+    assert together == alone and len(together) == 20
+    # as one by one: both odd rows keep their outcome alone (the session id escaped), the rest in full
+    assert together[6]["session_id"] == "bad\\udc80session" and together[6]["status"] == "ok"
+    assert together[9]["status"] == "ok" and together[9]["tokens_out"] is None
+    assert all(row["tokens_out"] == 16 for index, row in enumerate(together) if index not in (6, 9))
+    assert "escaped" in caplog.text
+
+
+def test_details_that_cannot_be_cleaned_go_the_one_by_one_way(tmp_path: Path):
+    batch: list[Start | Finish] = [finished(1, "a"), finished(2, "b", {"failover_path": 5}), finished(3, "c")]
+    together, _ = written(tmp_path / "a.sqlite3", [batch], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [batch], one_by_one)
+    assert together == alone and [row["status"] for row in together] == ["ok", "ok", "ok"]
+
+
+@pytest.mark.skipif(not hasattr(sqlite3.Connection, "setlimit"), reason="Connection.setlimit: Python 3.11+")
+def test_a_build_of_sqlite_with_fewer_parameters_a_statement_gets_smaller_statements(tmp_path: Path):
+    statements: list[str] = []
+    batch: list[Start | Finish] = [finished(n, f"s{n}") for n in range(1, 12)]
+    with Ledger(tmp_path / "a.sqlite3") as ledger:
+
+        def limited(conn: sqlite3.Connection) -> dict[int, int]:
+            conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 3 * 26 + 5)  # room for three rows
+            conn.set_trace_callback(statements.append)
+            return write_batch(conn, batch, {}, HOST)
+
+        ledger.transaction(limited)
+        assert len(ledger.rows()) == 11
+    inserts = [s for s in statements if s.startswith("INSERT")]
+    assert [s.count("), (") + 1 for s in inserts] == [2, 2, 2, 2, 2, 1]  # powers of two within three rows
+    assert MAX_ROWS_PER_INSERT >= 32
+
+
+def test_the_files_own_failure_is_raised_for_the_caller_to_retry(tmp_path: Path):
+    with Ledger(tmp_path / "a.sqlite3") as ledger:
+
+        def read_only(conn: sqlite3.Connection) -> dict[int, int]:
+            conn.execute("PRAGMA query_only = ON")
+            try:
+                return write_batch(conn, [finished(1, "a"), finished(2, "b")], {}, HOST)
+            finally:
+                conn.execute("PRAGMA query_only = OFF")
+
+        with pytest.raises(LedgerError, match="readonly"):  # not taken for a row's values: the batch is retried
+            ledger.transaction(read_only)
+
+
+_TEXT = st.one_of(st.none(), st.text(max_size=8), st.just("odd\udc80"))
+_FIELDS = st.fixed_dictionaries(
+    {},
+    optional={
+        "model": _TEXT,
+        "deployment": _TEXT,
+        "tokens_in": st.one_of(st.none(), st.integers(-5, 2**63 + 5)),
+        "cost": st.one_of(st.none(), st.floats(allow_nan=True)),
+        "cache_hit": st.one_of(st.none(), st.booleans()),
+        "failover_path": st.one_of(st.none(), st.lists(_TEXT, max_size=3), st.just(5)),
+        "error_code": _TEXT,
+    },
+)
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> list[list[Start | Finish]]:
+    """Batches of finished starts, started ones, and finishes of rows an earlier batch left started
+    (a finish whose start is still queued merges into it: it never reaches a batch on its own)."""
+    result: list[list[Start | Finish]] = []
+    committed_open: list[int] = []
+    handle = 0
+    for _ in range(draw(st.integers(1, 3))):
+        batch: list[Start | Finish] = []
+        started_here: list[int] = []
+        for _ in range(draw(st.integers(0, 40))):
+            handle += 1
+            kind = draw(st.sampled_from(["finished", "finished", "started", "finish"]))
+            if kind == "finish" and committed_open:
+                batch.append(Finish(committed_open.pop(0), handle, "ok", T0 + handle, draw(_FIELDS)))
+            elif kind == "started":
+                batch.append(Start(handle, handle, T0 + handle, draw(_TEXT), "ada", "m"))
+                started_here.append(handle)
+            else:
+                batch.append(finished(handle, draw(_TEXT) or f"s{handle}", draw(_FIELDS)))
+        committed_open += started_here
+        result.append(batch)
+    return result
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches())
+def test_any_mix_of_batches_leaves_the_rows_one_by_one_would(tmp_path_factory: pytest.TempPathFactory, mix):
+    folder = tmp_path_factory.mktemp("mix")
+    together, _ = written(folder / "a.sqlite3", mix, batch_writer)
+    alone, _ = written(folder / "b.sqlite3", mix, one_by_one)
+    assert together == alone
