@@ -124,6 +124,17 @@ def _client(port: int, ledger: Path, *, group_commit_ms: int | None = None) -> g
 COUNTED_GROUP_COMMIT_MS = 1000
 
 
+def _on_callers_loop(caller: _CallerLoop, port: int, ledger: Path) -> gtl_nb.Client:
+    """The embedded client of ``gtl_nb.aconnect``: its engine on the caller's own loop (same
+    configuration as ``_client``)."""
+    providers = {"fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{port}/v1"}}
+
+    async def connected() -> gtl_nb.Client:
+        return await gtl_nb.aconnect(providers=providers, config={"ledger": {"path": str(ledger)}}, environ={})
+
+    return caller.run(connected())  # type: ignore[no-any-return]
+
+
 def _embedded(client: gtl_nb.Client) -> Call:
     return lambda: client.acomplete(MODEL, "hi", max_tokens=16)
 
@@ -170,10 +181,12 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
         with tempfile.TemporaryDirectory() as tmp:
             client = _client(upstream.port, Path(tmp) / "bench.sqlite3")
             caller = _CallerLoop(upstream.port)
-            embedded, embedded_sync = _embedded(client), _sync_call(client)
+            on_loop = _on_callers_loop(caller, upstream.port, Path(tmp) / "on-loop.sqlite3")
+            embedded, embedded_sync, callers = _embedded(client), _sync_call(client), _embedded(on_loop)
             for _ in range(20):  # warm both: connections, imports, the ledger file
                 embedded_sync()
                 caller.run(embedded())
+                caller.run(callers())
                 caller.bare_from_thread()
                 caller.bare_httpx_from_thread()
             phases: dict[str, dict[str, Callable[[], float]]] = {
@@ -186,11 +199,13 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
                     "bare": lambda: caller.run(_one_at_a_time(caller.bare, calls)),
                     "httpx": lambda: caller.run(_one_at_a_time(caller.bare_httpx, calls)),
                     "embedded": lambda: caller.run(_one_at_a_time(embedded, calls)),
+                    "callers": lambda: caller.run(_one_at_a_time(callers, calls)),
                 },
                 "c20_cpu": {
                     "bare": lambda: _cpu_per_call(caller, caller.bare, 20, calls // 20),
                     "httpx": lambda: _cpu_per_call(caller, caller.bare_httpx, 20, calls // 20),
                     "embedded": lambda: _cpu_per_call(caller, embedded, 20, calls // 20),
+                    "callers": lambda: _cpu_per_call(caller, callers, 20, calls // 20),
                 },
             }
             samples: dict[str, dict[str, list[float]]] = {
@@ -201,6 +216,7 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
                     order = list(paths)[round_ % len(paths) :] + list(paths)[: round_ % len(paths)]  # rotated
                     for path in order:
                         samples[phase][path].append(paths[path]())
+            caller.run(on_loop.aclose())
             caller.close()
             client.close()
             many = _client(paced.port, Path(tmp) / "many.sqlite3")
@@ -218,6 +234,9 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
         figures[f"{phase}_ms"] = medians
         figures[f"{phase}_ratio"] = medians["embedded"] / medians["bare"]
         figures[f"{phase}_httpx_ratio"] = medians["embedded"] / medians["httpx"]
+        if "callers" in medians:
+            figures[f"{phase}_callers_ratio"] = medians["callers"] / medians["bare"]
+            figures[f"{phase}_callers_httpx_ratio"] = medians["callers"] / medians["httpx"]
     # the names earlier runs used: the sync row is the "concurrency 1" figure of the first reports
     figures["c1_ms"], figures["c1_ratio"] = figures["c1_sync_ms"], figures["c1_sync_ratio"]
     figures.update(
@@ -230,10 +249,11 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
 
 
 def report(figures: dict[str, Any]) -> str:
-    def row(label: str, phase: str, target: str) -> str:
+    def row(label: str, phase: str, target: str, path: str = "embedded") -> str:
         ms = figures[f"{phase}_ms"]
-        ratios = f"{figures[f'{phase}_ratio']:.2f}x | {figures[f'{phase}_httpx_ratio']:.2f}x"
-        return f"| {label} | {ms['bare']:.3f} | {ms['httpx']:.3f} | {ms['embedded']:.3f} | {ratios} | {target} |"
+        kind = "" if path == "embedded" else f"_{path}"
+        ratios = f"{figures[f'{phase}{kind}_ratio']:.2f}x | {figures[f'{phase}{kind}_httpx_ratio']:.2f}x"
+        return f"| {label} | {ms['bare']:.3f} | {ms['httpx']:.3f} | {ms[path]:.3f} | {ratios} | {target} |"
 
     return "\n".join(
         [
@@ -243,6 +263,18 @@ def report(figures: dict[str, Any]) -> str:
             row("wall per request, concurrency 1, `complete` from a thread (ms)", "c1_sync", "<= 1.2x"),
             row("wall per request, concurrency 1, `await acomplete` on the caller's loop (ms)", "c1_async", "<= 1.2x"),
             row("CPU per request, concurrency 20, `acomplete` (ms)", "c20_cpu", "<= 1.5x"),
+            row(
+                "the same awaited call, engine on the caller's loop (`gtl_nb.aconnect`) (ms)",
+                "c1_async",
+                "<= 1.2x",
+                "callers",
+            ),
+            row(
+                "CPU per request, concurrency 20, `acomplete` of `gtl_nb.aconnect` (ms)",
+                "c20_cpu",
+                "<= 1.5x",
+                "callers",
+            ),
             f"| {figures['streams']} concurrent streams from one client | | | "
             f"{figures['stream_errors']} errors in {figures['streams_seconds']:.1f} s | | | zero errors |",
         ]

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY_NAMES: dict[str, str] = {
     "connect": "gtl_nb.client",
+    "aconnect": "gtl_nb.client",
     "Client": "gtl_nb.client",
     "Completion": "gtl_nb.client",
     "Comparison": "gtl_nb.client",
@@ -41,7 +42,7 @@ __all__ = [*sorted(_LAZY_NAMES), "__version__", *sorted(_SUBPACKAGES)]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gtl_nb import analysis, engine, gap, protocol, providers, sim  # noqa: F401
-    from gtl_nb.client import Client, Completion, connect  # noqa: F401
+    from gtl_nb.client import Client, Completion, aconnect, connect  # noqa: F401
     from gtl_nb.log import configure_logging  # noqa: F401
     from gtl_nb.protocol import CompletionRequest, GTLError, Message, Tool, ToolCall  # noqa: F401
 

@@ -220,6 +220,79 @@ class LoopThread:
             await asyncio.get_running_loop().shutdown_asyncgens()
 
 
+class CallersLoop(LoopThread):
+    """The caller's own running event loop, in place of a loop thread (``gtl_nb.aconnect``).
+
+    The engine then runs on the loop that awaits it: ``call`` runs its coroutine as a task of that
+    loop — no thread is crossed either way, where ``LoopThread.call`` wakes the loop thread and then
+    the caller's loop — and ``spawn`` starts a task there. Other threads still reach it (``run``,
+    ``submit``, ``spawn``: one wake-up of this loop, as for a loop thread); its own thread cannot wait
+    for it synchronously (``run`` and ``submit`` raise: the loop would wait for itself). It is not
+    ours to stop: ``stop`` does nothing and ``close_at_exit`` keeps nothing, so a client on it is
+    closed by ``await client.aclose()`` (or ``async with``); rows a program left open at exit are
+    marked ``interrupted`` the next time the ledger opens, as for any process that ended abruptly.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop or asyncio.get_running_loop()
+        self._thread = threading.current_thread()  # the loop's: this is made on it
+        self._at_exit = weakref.WeakSet()
+        self._at_exit_lock = threading.Lock()
+        self._mailboxes = weakref.WeakKeyDictionary()  # for calls from other loops (``LoopThread.call``)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.in_loop_thread:
+            coro.close()
+            raise RuntimeError(OWN_LOOP)
+        return super().submit(coro)
+
+    def spawn(self, coro: Coroutine[Any, Any, T], ended: Callable[[asyncio.Task[T]], object] | None = None) -> Work[T]:
+        """Start ``coro`` as a task of the loop: at once on its own thread, by one wake-up from another."""
+        if not self.in_loop_thread:
+            return super().spawn(coro, ended)
+        if not asyncio.iscoroutine(coro):
+            raise TypeError(f"a coroutine is required, not {type(coro).__name__}")
+        work = Work(self.loop, coro, ended)
+        work._start()
+        return work
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if self.in_loop_thread:
+            coro.close()
+            raise RuntimeError(OWN_LOOP)
+        return super().run(coro, timeout)
+
+    async def call(self, coro: Coroutine[Any, Any, T], *, grace: float = _CLEANUP_GRACE_SECONDS) -> T:
+        """Await ``coro`` as a task of this loop (from a coroutine on it), or from another loop as
+        ``LoopThread.call`` does. A task of its own, not ``await coro``: what cancels the session
+        (``aclose``, ending every session) must not cancel the caller, and a caller cancelled mid-call
+        gets its ``CancelledError`` after the session's clean-up (at most ``grace`` seconds), as from a
+        loop thread."""
+        if asyncio.get_running_loop() is not self._loop:
+            return await super().call(coro, grace=grace)
+        task = self._loop.create_task(coro)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.done():  # the caller was cancelled, and the session runs on: cancel it too
+                task.cancel()
+                await asyncio.wait([task], timeout=grace)
+            raise
+
+    def close_at_exit(self, resource: Closable) -> None:
+        """Nothing: the caller's loop may be gone at exit (see the class docstring)."""
+
+    def stop(self) -> None:
+        """Nothing: the loop is the caller's."""
+
+
+OWN_LOOP = (  # what a synchronous call on the thread of a ``CallersLoop`` raises
+    "this client runs on this thread's event loop (gtl_nb.aconnect): a synchronous call here would wait "
+    "for itself; use the async methods (await client.acomplete(...), client.astream(...), "
+    "await client.abatch(...), await client.aclose()), or call from another thread"
+)
+
+
 async def _close_quietly(resource: Closable) -> None:
     """``resource.aclose()``; at exit nobody is left to hear how it failed."""
     with contextlib.suppress(Exception):

@@ -1,0 +1,143 @@
+"""``gtl_nb.aconnect``: the embedded engine on the caller's own event loop.
+
+An awaited call then crosses no thread; the synchronous API still works from other threads and is
+refused, with a message that says what to do, on the loop's own thread; cancelling and closing behave
+as they do across the loop thread (the caller gets ``CancelledError``, the session and its ledger row
+end ``cancelled``, closing ends the sessions without cancelling the caller)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+import gtl_nb
+from gtl_nb.engine.hooks import RequestStarted
+from gtl_nb.engine.loop import CallersLoop
+from gtl_nb.protocol import ConfigurationError
+
+SLOW = {"slow": {"type": "echo", "options": {"pace": 0.05}}}  # an echo that streams a word every 50 ms
+
+
+def _statuses(ledger: Path) -> list[tuple[str, str | None]]:
+    with sqlite3.connect(ledger) as db:
+        return db.execute("SELECT status, error_code FROM requests ORDER BY id").fetchall()
+
+
+async def _rows_settled(ledger: Path, count: int) -> list[tuple[str, str | None]]:
+    for _ in range(200):  # the ledger's writer thread commits shortly after the session ends
+        rows = _statuses(ledger)
+        if len(rows) == count and all(status != "started" for status, _ in rows):
+            return rows
+        await asyncio.sleep(0.02)
+    return _statuses(ledger)
+
+
+def test_the_awaited_calls_run_the_engine_on_the_callers_thread():
+    async def main() -> list[threading.Thread]:
+        async with await gtl_nb.aconnect(ledger=False) as client:
+            assert isinstance(client._loop, CallersLoop)
+            threads: list[threading.Thread] = []
+            client.backend.engine.hooks.subscribe(
+                lambda event: threads.append(threading.current_thread()) if isinstance(event, RequestStarted) else None
+            )
+            answer = await client.acomplete("echo", "hello there")
+            assert "hello there" in answer.text
+            events = [event async for event in client.astream("echo", "streamed")]
+            assert events[-1].type == "done"
+            batch = await client.abatch(["a", "b"], model="echo", progress=False)
+            assert [type(item).__name__ for item in batch] == ["Completion", "Completion"]
+            return threads
+
+    threads = asyncio.run(main())
+    assert threads and all(thread is threading.main_thread() for thread in threads), threads
+
+
+def test_a_synchronous_call_on_the_loops_own_thread_is_refused_and_works_from_another_thread():
+    async def main() -> str:
+        client = await gtl_nb.aconnect(ledger=False)
+        try:
+            for call in (
+                lambda: client.complete("echo", "hi"),
+                lambda: client.stream("echo", "hi"),
+                lambda: client.usage(),
+                client.close,
+            ):
+                with pytest.raises(RuntimeError, match=r"aconnect.*await client\.acomplete"):
+                    call()
+            from_a_thread = await asyncio.to_thread(client.complete, "echo", "from a thread")
+            return from_a_thread.text
+        finally:
+            await client.aclose()
+
+    assert "from a thread" in asyncio.run(main())
+
+
+def test_cancelling_an_awaited_call_cancels_its_session_and_the_row_says_so(tmp_path):
+    ledger = tmp_path / "ledger.sqlite3"
+
+    async def main() -> list[tuple[str, str | None]]:
+        async with await gtl_nb.aconnect(providers=SLOW, ledger=ledger) as client:
+            task = asyncio.ensure_future(client.acomplete("slow:echo", "one two three four five six seven"))
+            await asyncio.sleep(0.12)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not client.backend._sessions  # the session ended with the caller
+            return await _rows_settled(ledger, 1)
+
+    assert asyncio.run(main()) == [("cancelled", "CANCELLED")]
+
+
+def test_closing_ends_the_running_sessions_without_cancelling_their_callers(tmp_path):
+    ledger = tmp_path / "ledger.sqlite3"
+
+    async def main() -> tuple[str | None, list[str]]:
+        client = await gtl_nb.aconnect(providers=SLOW, ledger=ledger)
+        streamed: list[str] = []
+
+        async def read() -> None:
+            async for event in client.astream("slow:echo", "one two three four five six seven"):
+                streamed.append(event.type)
+
+        answer = asyncio.ensure_future(client.acomplete("slow:echo", "one two three four five six seven"))
+        reader = asyncio.ensure_future(read())
+        await asyncio.sleep(0.12)
+        await client.aclose()
+        with pytest.raises(gtl_nb.GTLError) as raised:  # the caller's task was not cancelled: it got the end
+            await answer
+        await reader
+        return raised.value.code, streamed
+
+    code, streamed = asyncio.run(main())
+    assert code == "CANCELLED"
+    assert streamed[-1] == "error" and streamed.count("error") == 1
+
+
+def test_the_embedded_engine_takes_no_token():
+    async def main() -> None:
+        with pytest.raises(ConfigurationError, match="no token"):
+            await gtl_nb.aconnect(token="secret")
+
+    asyncio.run(main())
+
+
+def test_another_threads_loop_awaits_it_across_the_thread():
+    async def main() -> list[str]:
+        async with await gtl_nb.aconnect(ledger=False) as client:
+
+            def elsewhere() -> list[str]:
+                async def three() -> list[str]:
+                    answers = await asyncio.gather(*(client.acomplete("echo", f"call {n}") for n in range(3)))
+                    return [answer.text for answer in answers]
+
+                return asyncio.run(three())  # a loop of its own: each call crosses to the client's loop
+
+            return await asyncio.to_thread(elsewhere)
+
+    texts = asyncio.run(main())
+    assert [f"call {n}" in text for n, text in enumerate(texts)] == [True, True, True]
