@@ -2,7 +2,8 @@
 
 ``connect("embedded://")`` (the default) runs the engine in this process on one background loop
 thread (see ``gtl_nb.engine.loop``), so the synchronous API works inside a running Jupyter kernel,
-from many threads at once, and keeps its connection pool between cells.
+from many threads at once, and keeps its connection pool between cells. ``await aconnect()`` runs it
+on the caller's own event loop instead (no thread crossed by an awaited call; see ``aconnect``).
 
 Every call produces one session whose events end in exactly one ``done`` or ``error``. Leaving a
 ``stream()`` early (``break``, ``close()``), a ``KeyboardInterrupt`` while waiting, or cancelling
@@ -27,7 +28,7 @@ from gtl_nb.backend import Backend, EmbeddedBackend
 from gtl_nb.completion import Comparison, Completion
 from gtl_nb.engine.loop import OWN_LOOP, CallersLoop, LoopThread, Work
 from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
-from gtl_nb.ids import unique_hex
+from gtl_nb.ids import time_ordered_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
@@ -53,11 +54,10 @@ _END_WAIT = 5.0  # seconds to wait for the loop thread's last event after a canc
 
 
 def new_session_id() -> str:
-    """A new session id: ``sess_`` and ``ids.unique_hex()``. One process's ids share a random prefix
-    and count up, so the ledger's index of session ids takes each new row beside the last one: random
-    ids put every row on a page of its own, which doubled the cost of writing a row (one 4 KiB page
-    rewritten a request)."""
-    return "sess_" + unique_hex()
+    """A new session id: ``sess_`` and ``ids.time_ordered_hex()`` (the time, then 64 random bits). The
+    ledger's index of session ids takes each new row beside the last: fully random ids put every row
+    on a page of its own, which doubled the cost of writing a row (a 4 KiB page rewritten a request)."""
+    return "sess_" + time_ordered_hex()
 
 
 def connect(
@@ -356,7 +356,8 @@ class Client:
             async for _ in stream:
                 pass
             return stream.result()
-        # one wake-up of the loop thread to start, one of the caller's loop for the whole answer
+        # one wake-up of the loop thread to start, one of the caller's loop for the whole answer (none
+        # with aconnect: the engine runs on the caller's loop)
         request = self._prepare(model, messages, kwargs)
         return _completion_or_raise(await self._loop.call(self._answer(request), grace=_END_WAIT))
 
@@ -594,6 +595,11 @@ class Client:
     def close(self) -> None:
         """End the sessions still running (each ``CANCELLED``) and close the connections."""
         if not self._closed:
+            if isinstance(self._loop, CallersLoop) and self._loop.loop.is_closed():
+                # aconnect's loop has closed, and the engine's connections with it: nothing left to end
+                # (a row left started is marked interrupted when the ledger next opens)
+                self._closed = True
+                return
             self._refuse_on_own_loop()
             self._closed = True
             try:
@@ -629,10 +635,14 @@ class Client:
         return self._loop.spawn(self.backend.session(request, deliver))
 
     def _refuse_on_own_loop(self) -> None:
-        """A synchronous call that would wait on the thread of the loop it waits for never returns."""
-        if self._loop.in_loop_thread:
-            if isinstance(self._loop, CallersLoop):
-                raise RuntimeError(OWN_LOOP)
+        """A synchronous call that would wait on the thread of the loop it waits for never returns;
+        nor does one whose loop (``aconnect``'s) is closed or not running."""
+        loop = self._loop
+        if isinstance(loop, CallersLoop):
+            reason = loop.unusable() or (OWN_LOOP if loop.in_loop_thread else None)
+            if reason is not None:
+                raise RuntimeError(reason)
+        elif loop.in_loop_thread:
             raise RuntimeError("the synchronous gtl_nb API cannot be called from its own loop thread")
 
     def _ensure_open(self) -> None:

@@ -3,11 +3,11 @@ inside the one transaction its caller holds (``engine.ledger_writer`` runs it; `
 "How rows are written").
 
 A request whose start and finish are both in the batch is one INSERT of the finished row — and
-such rows, in a run, go in together: one multi-row INSERT per up to ``MAX_ROWS_PER_INSERT`` rows,
-not a statement each. (Each statement hands the interpreter's lock over twice, around SQLite's
-work; with the engine's loop thread busy, every handover was a wait and a context switch for both
-threads.) A finish whose start was committed by an earlier batch is the usual guarded UPDATE. Whatever one request's
-values do to its statement, the others are written: a statement refused for its values leaves the
+such rows, in a run, go in together: multi-row INSERTs of a power of two rows each, at most
+``MAX_ROWS_PER_INSERT`` (50 rows: 32, 16 and 2), not a statement each (a row written alone cost
+~28 % more, in SQLite's per-statement work and the interpreter's lock handed over around each).
+A finish whose start was committed by an earlier batch is the usual guarded UPDATE. Whatever one
+request's values do to its statement, the others are written: a statement refused for its values leaves the
 transaction open (SQLite rolls back that statement only), so the request falls back to its outcome
 alone, then to text SQLite can store, and is dropped — loudly — only when even that fails. The
 file's own failures (``sqlite3.OperationalError``: disk full, read-only, I/O error, locked)
@@ -87,9 +87,15 @@ def write_batch(
     finished = _FinishedRows(conn, hostname)
     for op in ops:
         if isinstance(op, Start):
-            if op.finish is not None and finished.add(op):
+            if op.finish is not None:
+                clean = _clean(op.finish, f"session {op.session_id}")
+                if clean is not None:
+                    finished.add(op, clean)
+                    continue
+                finished.write()  # the rows before this one first: rows keep the order of their starts
+                _insert(conn, op, hostname, clean=None)  # its outcome alone
                 continue
-            finished.write()  # the rows before this one first: rows keep the order of their starts
+            finished.write()
             row_id = _insert(conn, op, hostname)
             if row_id is not None and op.finish is None:
                 started[op.handle] = row_id
@@ -105,31 +111,27 @@ def write_batch(
 
 
 class _FinishedRows:
-    """Finished rows waiting to be inserted together (``write_batch``).
+    """Finished rows waiting to be inserted together (``write_batch``), with their fields cleaned.
 
-    A row goes in with its full details; one whose details cannot be cleaned is not taken (``add``
-    says so) and goes the one-by-one way, which records its outcome alone. When a multi-row INSERT
-    is refused for one row's values (SQLite undoes the whole statement and keeps the transaction),
-    that statement's rows go the one-by-one way too: the others are written, the odd one falls back
-    as it always did."""
+    When a multi-row INSERT is refused for one row's values (SQLite undoes that statement alone and
+    keeps the transaction), that statement's rows go the one-by-one way, with the fields cleaned
+    here: the others are written, the odd one falls back as it always did, and no warning is logged
+    twice."""
 
-    __slots__ = ("_conn", "_hostname", "_limit", "_ops", "_rows")
+    __slots__ = ("_cleaned", "_conn", "_hostname", "_limit", "_ops", "_rows")
 
     def __init__(self, conn: sqlite3.Connection, hostname: str) -> None:
         self._conn = conn
         self._hostname = hostname
         self._ops: list[Start] = []
+        self._cleaned: list[dict[str, Any]] = []
         self._rows: list[tuple[Any, ...]] = []
         self._limit = 0  # rows per statement, read from the connection when first needed
 
-    def add(self, op: Start) -> bool:
-        """Take ``op`` (a start with its finish); False when it must be written on its own."""
+    def add(self, op: Start, clean: dict[str, Any]) -> None:
+        """Take ``op`` (a start with its finish, whose fields are ``clean``)."""
         end = op.finish
         assert end is not None
-        try:
-            clean = clean_finish_fields(op.handle, end.fields)
-        except Exception:  # the one-by-one way records its outcome alone, and says why
-            return False
         values = started_values(
             op.when,
             session_id=op.session_id,
@@ -142,14 +144,14 @@ class _FinishedRows:
         )
         self._rows.append(finished_row_values(values, end.status, end.when, clean))
         self._ops.append(op)
-        return True
+        self._cleaned.append(clean)
 
     def write(self) -> None:
         """Insert the rows taken so far, in order, and forget them."""
-        rows, ops = self._rows, self._ops
+        rows, ops, cleaned = self._rows, self._ops, self._cleaned
         if not rows:
             return
-        self._rows, self._ops = [], []
+        self._rows, self._ops, self._cleaned = [], [], []
         if not self._limit:
             self._limit = _rows_per_insert(self._conn)
         done = 0
@@ -163,8 +165,8 @@ class _FinishedRows:
             except Exception:
                 if not self._conn.in_transaction:
                     raise
-                for op in ops[done : done + count]:  # one of them is refused: each on its own
-                    _insert(self._conn, op, self._hostname)
+                for index in range(done, done + count):  # one of them is refused: each on its own
+                    _insert(self._conn, ops[index], self._hostname, clean=cleaned[index])
             done += count
 
 
@@ -189,7 +191,15 @@ def _insert_rows(count: int) -> str:
     return f"{_INSERT_HEAD} VALUES {', '.join([_ONE_ROW] * count)}"
 
 
-def _insert(conn: sqlite3.Connection, op: Start, hostname: str) -> int | None:
+_NOT_CLEANED: Any = object()  # ``_insert``'s default: clean the finish's fields here
+
+
+def _insert(
+    conn: sqlite3.Connection, op: Start, hostname: str, clean: dict[str, Any] | None = _NOT_CLEANED
+) -> int | None:
+    """INSERT ``op``'s row (finished, when it has its finish) the one-by-one way; ``clean``: its
+    finish's fields cleaned already (``None``: they could not be — its outcome alone is recorded),
+    so the warnings of cleaning them are logged once."""
     values = started_values(
         op.when,
         session_id=op.session_id,
@@ -205,7 +215,8 @@ def _insert(conn: sqlite3.Connection, op: Start, hostname: str) -> int | None:
     if end is not None:
         essentials = partial(finished_row_values, values, end.status, end.when, None, end.fields.get("error_code"))
         attempts = [(INSERT_FINISHED, essentials)]  # made only when the full row was refused
-        clean = _clean(end, f"session {op.session_id}")
+        if clean is _NOT_CLEANED:
+            clean = _clean(end, f"session {op.session_id}")
         if clean is not None:
             attempts.insert(0, (INSERT_FINISHED, finished_row_values(values, end.status, end.when, clean)))
     cursor = _first_that_works(conn, attempts, f"session {op.session_id}")

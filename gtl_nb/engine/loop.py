@@ -240,14 +240,32 @@ class CallersLoop(LoopThread):
         self._at_exit_lock = threading.Lock()
         self._mailboxes = weakref.WeakKeyDictionary()  # for calls from other loops (``LoopThread.call``)
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    def unusable(self) -> str | None:
+        """Why the engine's work cannot run on this loop from here (a sentence for the error), or
+        ``None``: the loop is closed; or, on its thread, another loop runs there (a second
+        ``asyncio.run``); or, from another thread, it is not running (the work would wait forever)."""
+        if self._loop.is_closed():
+            return LOOP_CLOSED
         if self.in_loop_thread:
-            coro.close()
-            raise RuntimeError(OWN_LOOP)
+            return None if asyncio._get_running_loop() is self._loop else LOOP_NOT_HERE
+        return None if self._loop.is_running() else LOOP_NOT_HERE
+
+    def _refuse(self, coro: object, *, synchronous: bool) -> None:
+        """Raise (closing ``coro``) when the work cannot run from here; a synchronous wait on the
+        loop's own thread never returns."""
+        reason = self.unusable() or (OWN_LOOP if synchronous and self.in_loop_thread else None)
+        if reason is not None:
+            if asyncio.iscoroutine(coro):
+                coro.close()
+            raise RuntimeError(reason)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        self._refuse(coro, synchronous=True)
         return super().submit(coro)
 
     def spawn(self, coro: Coroutine[Any, Any, T], ended: Callable[[asyncio.Task[T]], object] | None = None) -> Work[T]:
         """Start ``coro`` as a task of the loop: at once on its own thread, by one wake-up from another."""
+        self._refuse(coro, synchronous=False)
         if not self.in_loop_thread:
             return super().spawn(coro, ended)
         if not asyncio.iscoroutine(coro):
@@ -257,9 +275,7 @@ class CallersLoop(LoopThread):
         return work
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        if self.in_loop_thread:
-            coro.close()
-            raise RuntimeError(OWN_LOOP)
+        self._refuse(coro, synchronous=True)
         return super().run(coro, timeout)
 
     async def call(self, coro: Coroutine[Any, Any, T], *, grace: float = _CLEANUP_GRACE_SECONDS) -> T:
@@ -268,6 +284,7 @@ class CallersLoop(LoopThread):
         (``aclose``, ending every session) must not cancel the caller, and a caller cancelled mid-call
         gets its ``CancelledError`` after the session's clean-up (at most ``grace`` seconds), as from a
         loop thread."""
+        self._refuse(coro, synchronous=False)
         if asyncio.get_running_loop() is not self._loop:
             return await super().call(coro, grace=grace)
         task = self._loop.create_task(coro)
@@ -286,6 +303,16 @@ class CallersLoop(LoopThread):
         """Nothing: the loop is the caller's."""
 
 
+LOOP_CLOSED = (  # what a call on a ``CallersLoop`` whose loop has closed raises
+    "this client ran on the event loop gtl_nb.aconnect() was awaited on, and that loop is closed (an "
+    "asyncio.run() ended): make the client on the loop you use it from (await gtl_nb.aconnect() there), "
+    "or use gtl_nb.connect(), which works from any loop and thread"
+)
+LOOP_NOT_HERE = (  # ... and one made from a thread where another loop runs, or that is not running
+    "this client runs on the event loop gtl_nb.aconnect() was awaited on, which is not running here "
+    "(another asyncio.run() makes another loop): make the client on the loop you use it from (await "
+    "gtl_nb.aconnect() there), or use gtl_nb.connect(), which works from any loop and thread"
+)
 OWN_LOOP = (  # what a synchronous call on the thread of a ``CallersLoop`` raises
     "this client runs on this thread's event loop (gtl_nb.aconnect): a synchronous call here would wait "
     "for itself; use the async methods (await client.acomplete(...), client.astream(...), "
@@ -365,7 +392,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 class _Landing:
     """Where the end of a task sent by ``call`` lands, on the caller's loop (where every method runs)."""
 
-    __slots__ = ("ended", "future")
+    __slots__ = ("__weakref__", "ended", "future")
 
     def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
         self.ended = False
@@ -381,18 +408,22 @@ class _Mailbox:
     """The ends of ``call``s bound for one caller loop. Posting wakes that loop only when no wake-up
     is pending already: ends that come while it is busy land together, in one of its turns, where
     each would have cost a write to its self-pipe and a turn of its own (at concurrency 20: a tenth
-    of the wake-ups, ~5 % of the CPU a request). The loop is held weakly: ``LoopThread._mailboxes``
-    forgets a caller's loop once the program has let it go."""
+    of the wake-ups, ~5 % of the CPU a request). The loop and the landings are held weakly, so
+    ``LoopThread._mailboxes`` forgets a caller's loop once the program has let it go — closed with a
+    delivery still pending included."""
 
     __slots__ = ("_armed", "_caller", "_landings")
 
     def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
         self._caller = weakref.ref(caller)
-        self._landings: deque[_Landing] = deque()  # appended on the loop thread, emptied on the caller's
+        # appended on the loop thread, emptied on the caller's; weak: a landing nobody awaits any more
+        # (its caller's loop closed before the delivery ran) must not keep that loop alive through
+        # its future
+        self._landings: deque[weakref.ref[_Landing]] = deque()
         self._armed = False  # a ``_deliver`` is on its way to the caller's loop
 
     def post(self, landing: _Landing) -> None:  # on the loop thread
-        self._landings.append(landing)
+        self._landings.append(weakref.ref(landing))
         if self._armed:
             return
         self._armed = True
@@ -411,4 +442,6 @@ class _Mailbox:
         self._armed = False
         landings = self._landings
         while landings:
-            landings.popleft().land()
+            landing = landings.popleft()()
+            if landing is not None:
+                landing.land()

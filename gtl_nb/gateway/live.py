@@ -4,7 +4,9 @@
 ``RequestStarted`` is emitted inside the task that runs the session, so the registry keeps that task;
 ``RequestFinished`` forgets it. The ``sessions`` and ``cancel`` queries (``gateway.queries``) read it:
 a caller sees and cancels its own sessions (``session:read``, ``session:write``) and, with
-``session:admin``, anyone's — so a token of one user can never reach another user's session.
+``session:admin``, anyone's — so a token of one user can never reach another user's session, and a
+session of another user that took the same id (clients may name their sessions) never stops a user
+cancelling their own.
 """
 
 from __future__ import annotations

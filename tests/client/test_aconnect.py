@@ -141,3 +141,37 @@ def test_another_threads_loop_awaits_it_across_the_thread():
 
     texts = asyncio.run(main())
     assert [f"call {n}" in text for n, text in enumerate(texts)] == [True, True, True]
+
+
+def test_a_client_whose_loop_has_closed_says_so_and_how_to_go_on():
+    client = asyncio.run(gtl_nb.aconnect(ledger=False))  # asyncio.run closes the loop it awaited on
+    with pytest.raises(RuntimeError, match=r"closed.*aconnect\(\) there.*gtl_nb\.connect\(\)"):
+        asyncio.run(client.acomplete("echo", "on another loop"))
+    with pytest.raises(RuntimeError, match="closed"):
+        client.complete("echo", "synchronously")
+    with pytest.raises(RuntimeError, match="closed"):
+
+        async def streamed() -> None:
+            async for _ in client.astream("echo", "streamed"):
+                pass
+
+        asyncio.run(streamed())
+    client.close()  # nothing left to end: quietly closed
+    asyncio.run(client.aclose())
+
+
+def test_a_client_used_while_another_loop_runs_on_its_thread_refuses_rather_than_hangs():
+    first = asyncio.new_event_loop()
+    client = first.run_until_complete(gtl_nb.aconnect(ledger=False))  # made on a loop that then stops
+
+    async def elsewhere() -> None:
+        with pytest.raises(RuntimeError, match="not running here"):
+            await client.acomplete("echo", "hi")
+        with pytest.raises(RuntimeError, match="not running here"):
+            async for _ in client.astream("echo", "hi"):  # would wait forever for a task of the stopped loop
+                pass
+
+    asyncio.run(elsewhere())
+    assert first.run_until_complete(client.acomplete("echo", "back home")).text  # its own loop, running again
+    first.run_until_complete(client.aclose())
+    first.close()

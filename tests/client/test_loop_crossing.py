@@ -169,6 +169,29 @@ def test_a_callers_loop_the_program_let_go_of_is_not_kept_alive(loop_thread):
     assert gone() is None and not loop_thread._mailboxes
 
 
+def test_a_callers_loop_closed_with_a_delivery_pending_is_not_kept_alive(loop_thread):
+    release = threading.Event()
+
+    async def work() -> str:
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return "done"
+
+    caller = asyncio.new_event_loop()
+    task = caller.create_task(loop_thread.call(work()))
+    caller.run_until_complete(asyncio.sleep(0.05))  # the call is in flight; then the loop stops
+    release.set()
+    deadline = time.monotonic() + 10
+    while not loop_thread._mailboxes[caller]._armed and time.monotonic() < deadline:
+        time.sleep(0.005)  # the work ended: a delivery is queued on the stopped loop
+    task.cancel()
+    caller.close()  # the queued delivery is dropped with the loop
+    gone = weakref.ref(caller)
+    del caller, task
+    gc.collect()
+    assert gone() is None and not loop_thread._mailboxes
+
+
 def test_call_from_the_loop_thread_itself_is_refused(loop_thread):
     async def inner() -> None:
         pass

@@ -205,8 +205,13 @@ def test_a_token_of_one_user_cannot_reach_another_users_session(scheme, guarded,
         with pytest.raises(PermissionDeniedError, match="session:admin"):
             other.sessions(all_users=True)
         assert sid in {s["session_id"] for s in owner_elsewhere.sessions()}  # the owner, on another connection
-        assert owner_elsewhere.cancel_session(sid) == 1
+        squatter = other.stream(f"slow:{MODEL}", LONG_PROMPT, session_id=sid)  # a client may name its sessions
+        squatted = iter(squatter)
+        next(squatted)
+        assert owner_elsewhere.cancel_session(sid) == 1  # the owner's own: not held hostage by the other's
         *_, last = events
         assert isinstance(last, Error) and last.code == "CANCELLED"
+        assert not isinstance(next(squatted), Error)  # the other user's session runs on, untouched
+        squatter.close()
     with connect(scheme, guarded, certs, token([*EVERYTHING, "session:admin"], subject=f"admin-{scheme}")) as admin:
         assert isinstance(admin.sessions(all_users=True), list)

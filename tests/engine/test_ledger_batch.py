@@ -195,3 +195,18 @@ def test_any_mix_of_batches_leaves_the_rows_one_by_one_would(tmp_path_factory: p
     together, _ = written(folder / "a.sqlite3", mix, batch_writer)
     alone, _ = written(folder / "b.sqlite3", mix, one_by_one)
     assert together == alone
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        [finished(1, "a", {**OUTCOME, "tokens_in": -5}), finished(2, "bad\udc80")],  # refused for another row
+        [finished(1, "a", {**OUTCOME, "tokens_in": -5, "failover_path": 5}), finished(2, "b")],  # refused itself
+    ],
+    ids=["statement refused for another row", "details that cannot be cleaned"],
+)
+def test_each_warning_of_cleaning_a_row_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, batch: list[Start | Finish]
+):
+    written(tmp_path / "a.sqlite3", [batch], batch_writer)
+    assert caplog.text.count("plausible token count") == 1
