@@ -340,6 +340,8 @@ class Client:
     ) -> EventStream:
         """Start a request; iterate the returned ``EventStream`` for events as they arrive."""
         self._refuse_on_own_loop()
+        if isinstance(self._loop, CallersLoop):
+            self._loop.check_turning()  # the stream's reads would wait for a loop that may never turn
         return EventStream(self, self._prepare(model, messages, kwargs), on_event)
 
     async def acomplete(

@@ -5,7 +5,7 @@ inside the one transaction its caller holds (``engine.ledger_writer`` runs it; `
 A request whose start and finish are both in the batch is one INSERT of the finished row — and
 such rows, in a run, go in together: multi-row INSERTs of a power of two rows each, at most
 ``MAX_ROWS_PER_INSERT`` (50 rows: 32, 16 and 2), not a statement each (a row written alone cost
-~28 % more, in SQLite's per-statement work and the interpreter's lock handed over around each).
+~35 % more: SQLite's per-statement work, and the interpreter's lock handed over around each).
 A finish whose start was committed by an earlier batch is the usual guarded UPDATE. Whatever one
 request's values do to its statement, the others are written: a statement refused for its values leaves the
 transaction open (SQLite rolls back that statement only), so the request falls back to its outcome

@@ -276,7 +276,24 @@ class CallersLoop(LoopThread):
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         self._refuse(coro, synchronous=True)
+        try:
+            self.check_turning()
+        except RuntimeError:
+            coro.close()
+            raise
         return super().run(coro, timeout)
+
+    def check_turning(self, within: float | None = None) -> None:
+        """From another thread, before a synchronous wait: raise unless the loop takes a turn within
+        ``within`` seconds (``STALL_SECONDS``). Its thread may be the one waiting for ours — a cell that
+        joins the thread it started — and the wait would then never end."""
+        turned = threading.Event()
+        try:
+            self._loop.call_soon_threadsafe(turned.set)
+        except RuntimeError:  # closed meanwhile
+            raise RuntimeError(LOOP_CLOSED) from None
+        if not turned.wait(STALL_SECONDS if within is None else within):
+            raise RuntimeError(LOOP_STALLED)
 
     async def call(self, coro: Coroutine[Any, Any, T], *, grace: float = _CLEANUP_GRACE_SECONDS) -> T:
         """Await ``coro`` as a task of this loop (from a coroutine on it), or from another loop as
@@ -313,10 +330,17 @@ LOOP_NOT_HERE = (  # ... and one made from a thread where another loop runs, or 
     "(another asyncio.run() makes another loop): make the client on the loop you use it from (await "
     "gtl_nb.aconnect() there), or use gtl_nb.connect(), which works from any loop and thread"
 )
+STALL_SECONDS = 5.0
+"""How long a synchronous call from another thread waits for a ``CallersLoop`` to take a turn."""
+LOOP_STALLED = (  # ... and one from another thread while that loop does not turn
+    f"the event loop this client runs on (gtl_nb.aconnect) has not taken a turn for {STALL_SECONDS:g} s: is "
+    "its thread waiting for this one (thread.join(), future.result() in a cell)? Await the client's "
+    "async methods there instead, or use gtl_nb.connect(), whose engine has a thread of its own"
+)
 OWN_LOOP = (  # what a synchronous call on the thread of a ``CallersLoop`` raises
     "this client runs on this thread's event loop (gtl_nb.aconnect): a synchronous call here would wait "
     "for itself; use the async methods (await client.acomplete(...), client.astream(...), "
-    "await client.abatch(...), await client.aclose()), or call from another thread"
+    "await client.abatch(...), await client.aclose()), or use gtl_nb.connect(), whose engine has a thread of its own"
 )
 
 

@@ -175,3 +175,29 @@ def test_a_client_used_while_another_loop_runs_on_its_thread_refuses_rather_than
     assert first.run_until_complete(client.acomplete("echo", "back home")).text  # its own loop, running again
     first.run_until_complete(client.aclose())
     first.close()
+
+
+def test_a_synchronous_call_from_a_thread_its_loop_waits_for_fails_instead_of_deadlocking(monkeypatch):
+    from gtl_nb.engine import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "STALL_SECONDS", 0.3)
+
+    async def main() -> list[str]:
+        async with await gtl_nb.aconnect(ledger=False) as client:
+            failures: list[str] = []
+
+            def in_a_thread() -> None:
+                for call in (lambda: client.complete("echo", "hi"), lambda: client.stream("echo", "hi")):
+                    try:
+                        call()
+                    except RuntimeError as exc:
+                        failures.append(str(exc))
+
+            worker = threading.Thread(target=in_a_thread)
+            worker.start()
+            worker.join(30)  # the loop's own thread waits for the worker (a cell joining its thread)
+            assert not worker.is_alive()
+            return failures
+
+    failures = asyncio.run(main())
+    assert len(failures) == 2 and all("has not taken a turn" in text and "thread.join()" in text for text in failures)
