@@ -26,7 +26,7 @@ import msgspec
 
 from gtl_nb.backend import Backend, EmbeddedBackend
 from gtl_nb.completion import Comparison, Completion
-from gtl_nb.engine.loop import OWN_LOOP, CallersLoop, LoopThread, Work
+from gtl_nb.engine.loop import LOOP_CLOSED, OWN_LOOP, CallersLoop, LoopThread, Work
 from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
 from gtl_nb.ids import time_ordered_hex
 from gtl_nb.log import get_logger
@@ -340,8 +340,6 @@ class Client:
     ) -> EventStream:
         """Start a request; iterate the returned ``EventStream`` for events as they arrive."""
         self._refuse_on_own_loop()
-        if isinstance(self._loop, CallersLoop):
-            self._loop.check_turning()  # the stream's reads would wait for a loop that may never turn
         return EventStream(self, self._prepare(model, messages, kwargs), on_event)
 
     async def acomplete(
@@ -611,10 +609,19 @@ class Client:
 
     async def aclose(self) -> None:
         """Async twin of ``close`` (the way to close a client of ``aconnect`` from its loop)."""
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(Exception):  # closing is best effort
-                await self._loop.call(self.backend.aclose(), grace=_END_WAIT)
+        if self._closed:
+            return
+        loop = self._loop
+        if isinstance(loop, CallersLoop):
+            reason = loop.unusable()
+            if reason == LOOP_CLOSED:  # its connections closed with their loop: nothing left to end
+                self._closed = True
+                return
+            if reason is not None:  # it can be closed only where its loop runs: still open, say so
+                raise RuntimeError(reason)
+        self._closed = True
+        with contextlib.suppress(Exception):  # closing is best effort
+            await loop.call(self.backend.aclose(), grace=_END_WAIT)
 
     def __enter__(self) -> Client:
         return self

@@ -33,14 +33,18 @@ import contextlib
 import importlib
 import os
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
+from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
 T = TypeVar("T")
+
+log = get_logger("engine.loop")
 
 EVENT_LOOPS = ("auto", "uvloop", "asyncio")
 """What ``GTL_NB_EVENT_LOOP`` (and ``LoopThread(event_loop=...)``) may say."""
@@ -84,8 +88,11 @@ class LoopThread:
         # weak: a resource the program let go of is not kept alive for the exit (its tasks still end there)
         self._at_exit: weakref.WeakSet[Closable] = weakref.WeakSet()
         self._at_exit_lock = threading.Lock()  # added to from any thread, read by ``stop``
-        # one per caller loop awaiting ``call``s: the ends that land together wake that loop once
-        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+        # one per caller loop awaiting ``call``s: the ends that land together wake that loop once. Held
+        # by value weakly, under the loop's id: a mailbox lives while a call, its end or a delivery
+        # needs it, and goes — its loop with it — once none does (a loop closed with a delivery
+        # queued drops that delivery, the last holder)
+        self._mailboxes: weakref.WeakValueDictionary[int, _Mailbox] = weakref.WeakValueDictionary()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -163,9 +170,9 @@ class LoopThread:
             raise RuntimeError("LoopThread.call awaits another loop's work; on the loop thread, await it directly")
         caller = asyncio.get_running_loop()
         landing = _Landing(caller)
-        mailbox = self._mailboxes.get(caller)
-        if mailbox is None:
-            mailbox = self._mailboxes.setdefault(caller, _Mailbox(caller))
+        mailbox = self._mailboxes.get(id(caller))
+        if mailbox is None or not mailbox.bound_for(caller):  # (an id a collected loop had is reused)
+            mailbox = self._mailboxes[id(caller)] = _Mailbox(caller)
         work = self.spawn(coro, lambda _: mailbox.post(landing))
         try:
             await landing.future
@@ -225,9 +232,11 @@ class CallersLoop(LoopThread):
 
     The engine then runs on the loop that awaits it: ``call`` runs its coroutine as a task of that
     loop — no thread is crossed either way, where ``LoopThread.call`` wakes the loop thread and then
-    the caller's loop — and ``spawn`` starts a task there. Other threads still reach it (``run``,
-    ``submit``, ``spawn``: one wake-up of this loop, as for a loop thread); its own thread cannot wait
-    for it synchronously (``run`` and ``submit`` raise: the loop would wait for itself). It is not
+    the caller's loop — and ``spawn`` starts a task there. Other threads still reach it while it runs
+    (``run``, ``submit``, ``spawn``: one wake-up of this loop, as for a loop thread); where it runs,
+    nothing may wait for it synchronously (``run`` and ``submit`` raise: the loop would wait for
+    itself), and a call made where it cannot run — closed, stopped, or another loop running on that
+    thread — raises a sentence that says which and how to go on. It is not
     ours to stop: ``stop`` does nothing and ``close_at_exit`` keeps nothing, so a client on it is
     closed by ``await client.aclose()`` (or ``async with``); rows a program left open at exit are
     marked ``interrupted`` the next time the ledger opens, as for any process that ended abruptly.
@@ -235,20 +244,26 @@ class CallersLoop(LoopThread):
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self._thread = threading.current_thread()  # the loop's: this is made on it
+        self._thread = threading.current_thread()  # where it was made (``in_loop_thread`` asks the loop)
         self._at_exit = weakref.WeakSet()
         self._at_exit_lock = threading.Lock()
-        self._mailboxes = weakref.WeakKeyDictionary()  # for calls from other loops (``LoopThread.call``)
+        self._mailboxes = weakref.WeakValueDictionary()  # for calls from other loops (``LoopThread.call``)
+
+    @property
+    def in_loop_thread(self) -> bool:
+        """Whether this loop is the one running here (its thread is wherever it runs now)."""
+        return asyncio._get_running_loop() is self._loop
 
     def unusable(self) -> str | None:
         """Why the engine's work cannot run on this loop from here (a sentence for the error), or
-        ``None``: the loop is closed; or, on its thread, another loop runs there (a second
-        ``asyncio.run``); or, from another thread, it is not running (the work would wait forever)."""
+        ``None``: the loop is closed; or it is neither running here nor running at all (another
+        loop runs on this thread — a second ``asyncio.run`` — or it is stopped: the work would wait
+        forever)."""
         if self._loop.is_closed():
             return LOOP_CLOSED
-        if self.in_loop_thread:
-            return None if asyncio._get_running_loop() is self._loop else LOOP_NOT_HERE
-        return None if self._loop.is_running() else LOOP_NOT_HERE
+        if self.in_loop_thread or self._loop.is_running():
+            return None
+        return LOOP_NOT_HERE
 
     def _refuse(self, coro: object, *, synchronous: bool) -> None:
         """Raise (closing ``coro``) when the work cannot run from here; a synchronous wait on the
@@ -264,7 +279,7 @@ class CallersLoop(LoopThread):
         return super().submit(coro)
 
     def spawn(self, coro: Coroutine[Any, Any, T], ended: Callable[[asyncio.Task[T]], object] | None = None) -> Work[T]:
-        """Start ``coro`` as a task of the loop: at once on its own thread, by one wake-up from another."""
+        """Start ``coro`` as a task of the loop: at once where it runs, by one wake-up from elsewhere."""
         self._refuse(coro, synchronous=False)
         if not self.in_loop_thread:
             return super().spawn(coro, ended)
@@ -275,25 +290,36 @@ class CallersLoop(LoopThread):
         return work
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """``LoopThread.run`` from another thread, watching the loop while it waits: the loop is the
+        caller's, and may close or stall under the wait. Closed before the work ended: ``LOOP_CLOSED``
+        (a work that never started is closed, not left un-awaited). Not started within
+        ``STALL_SECONDS``: a warning that names the likely deadlock (this loop's thread waiting for
+        this one, as a cell joining the thread it started) — then it waits on: a loop busy for a long
+        while is not an error."""
         self._refuse(coro, synchronous=True)
+        ended = threading.Lock()
+        ended.acquire()
+        work = self.spawn(coro, lambda _: ended.release())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        stall_at = time.monotonic() + STALL_SECONDS
         try:
-            self.check_turning()
-        except RuntimeError:
-            coro.close()
+            while not ended.acquire(timeout=_WATCH_SECONDS):
+                now = time.monotonic()
+                if self._loop.is_closed():
+                    work.close_unstarted()
+                    raise RuntimeError(LOOP_CLOSED)
+                if stall_at is not None and now >= stall_at:
+                    stall_at = None
+                    if not work.started:
+                        log.warning(LOOP_STALLED, STALL_SECONDS)
+                if deadline is not None and now >= deadline:
+                    work.cancel()
+                    raise concurrent.futures.TimeoutError
+        except KeyboardInterrupt:
+            work.cancel()
+            ended.acquire(timeout=_CLEANUP_GRACE_SECONDS)
             raise
-        return super().run(coro, timeout)
-
-    def check_turning(self, within: float | None = None) -> None:
-        """From another thread, before a synchronous wait: raise unless the loop takes a turn within
-        ``within`` seconds (``STALL_SECONDS``). Its thread may be the one waiting for ours — a cell that
-        joins the thread it started — and the wait would then never end."""
-        turned = threading.Event()
-        try:
-            self._loop.call_soon_threadsafe(turned.set)
-        except RuntimeError:  # closed meanwhile
-            raise RuntimeError(LOOP_CLOSED) from None
-        if not turned.wait(STALL_SECONDS if within is None else within):
-            raise RuntimeError(LOOP_STALLED)
+        return work.outcome(cancelled=concurrent.futures.CancelledError)
 
     async def call(self, coro: Coroutine[Any, Any, T], *, grace: float = _CLEANUP_GRACE_SECONDS) -> T:
         """Await ``coro`` as a task of this loop (from a coroutine on it), or from another loop as
@@ -331,11 +357,12 @@ LOOP_NOT_HERE = (  # ... and one made from a thread where another loop runs, or 
     "gtl_nb.aconnect() there), or use gtl_nb.connect(), which works from any loop and thread"
 )
 STALL_SECONDS = 5.0
-"""How long a synchronous call from another thread waits for a ``CallersLoop`` to take a turn."""
-LOOP_STALLED = (  # ... and one from another thread while that loop does not turn
-    f"the event loop this client runs on (gtl_nb.aconnect) has not taken a turn for {STALL_SECONDS:g} s: is "
-    "its thread waiting for this one (thread.join(), future.result() in a cell)? Await the client's "
-    "async methods there instead, or use gtl_nb.connect(), whose engine has a thread of its own"
+"""After this long without a ``CallersLoop`` starting a synchronous call's work, the call warns."""
+_WATCH_SECONDS = 0.25  # how often such a call looks at the loop while it waits
+LOOP_STALLED = (  # logged by a synchronous call from another thread while that loop does not start it
+    "the event loop this client runs on (gtl_nb.aconnect) has not started a call for %g s: if its thread "
+    "is waiting for this one (thread.join(), future.result() in a cell), neither will go on; await the "
+    "client's async methods there instead, or use gtl_nb.connect(), whose engine has a thread of its own"
 )
 OWN_LOOP = (  # what a synchronous call on the thread of a ``CallersLoop`` raises
     "this client runs on this thread's event loop (gtl_nb.aconnect): a synchronous call here would wait "
@@ -388,6 +415,17 @@ class Work(Generic[T]):
         self._task = self._loop.create_task(self._coro)
         self._task.add_done_callback(self._ended)
 
+    @property
+    def started(self) -> bool:
+        """Whether the loop has made the task (``spawn`` only queued it)."""
+        return self._task is not None
+
+    def close_unstarted(self) -> None:
+        """Close the coroutine of a work its loop never started (the loop closed first): it is
+        then not reported as never awaited."""
+        if self._task is None:
+            self._coro.close()
+
     def cancel(self) -> None:
         """Cancel the task, from any thread. (``spawn`` queued ``_start`` before handing this object
         out, and the loop runs what is queued in order: the task exists by the time ``_cancel`` runs.)"""
@@ -416,7 +454,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 class _Landing:
     """Where the end of a task sent by ``call`` lands, on the caller's loop (where every method runs)."""
 
-    __slots__ = ("__weakref__", "ended", "future")
+    __slots__ = ("ended", "future")
 
     def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
         self.ended = False
@@ -432,22 +470,22 @@ class _Mailbox:
     """The ends of ``call``s bound for one caller loop. Posting wakes that loop only when no wake-up
     is pending already: ends that come while it is busy land together, in one of its turns, where
     each would have cost a write to its self-pipe and a turn of its own (at concurrency 20: a tenth
-    of the wake-ups, ~5 % of the CPU a request). The loop and the landings are held weakly, so
-    ``LoopThread._mailboxes`` forgets a caller's loop once the program has let it go — closed with a
-    delivery still pending included."""
+    of the wake-ups, ~5 % of the CPU a request). It holds its loop weakly and its landings strongly
+    (a caller task nobody else references is kept alive by its landing until it is woken); what
+    holds the mailbox — the calls in flight, a queued delivery — goes with the loop."""
 
-    __slots__ = ("_armed", "_caller", "_landings")
+    __slots__ = ("__weakref__", "_armed", "_caller", "_landings")
 
     def __init__(self, caller: asyncio.AbstractEventLoop) -> None:
         self._caller = weakref.ref(caller)
-        # appended on the loop thread, emptied on the caller's; weak: a landing nobody awaits any more
-        # (its caller's loop closed before the delivery ran) must not keep that loop alive through
-        # its future
-        self._landings: deque[weakref.ref[_Landing]] = deque()
+        self._landings: deque[_Landing] = deque()  # appended on the loop thread, emptied on the caller's
         self._armed = False  # a ``_deliver`` is on its way to the caller's loop
 
+    def bound_for(self, caller: asyncio.AbstractEventLoop) -> bool:
+        return self._caller() is caller
+
     def post(self, landing: _Landing) -> None:  # on the loop thread
-        self._landings.append(weakref.ref(landing))
+        self._landings.append(landing)
         if self._armed:
             return
         self._armed = True
@@ -466,6 +504,4 @@ class _Mailbox:
         self._armed = False
         landings = self._landings
         while landings:
-            landing = landings.popleft()()
-            if landing is not None:
-                landing.land()
+            landings.popleft().land()

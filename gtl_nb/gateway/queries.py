@@ -34,7 +34,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.engine.ledger import LedgerValueError, row_filter
 from gtl_nb.gateway.live import live_sessions
 from gtl_nb.gateway.permissions import usage_scope
-from gtl_nb.gateway.scopes import has_scope, require_scope
+from gtl_nb.gateway.scopes import SCOPES, has_scope, require_scope
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError
 from gtl_nb.protocol.messages import Answer, Error, Query
@@ -201,7 +201,7 @@ def _cancel(engine: Engine, context: RequestContext, params: dict[str, Any]) -> 
     require_scope(context, "session.cancel")
     entries = live_sessions(engine).find(session_id)
     own = [entry for entry in entries if entry.principal == context.principal]
-    if len(own) < len(entries) and (not own or has_scope(context, "session.admin")):
+    if len(own) < len(entries) and (not own or has_scope(context, SCOPES["session.admin"])):
         # another user's session: only an administrator may touch it. A user's own sessions are
         # never held hostage by another's that took the same id (a client may choose its ids)
         require_scope(context, "session.admin")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -177,27 +178,76 @@ def test_a_client_used_while_another_loop_runs_on_its_thread_refuses_rather_than
     first.close()
 
 
-def test_a_synchronous_call_from_a_thread_its_loop_waits_for_fails_instead_of_deadlocking(monkeypatch):
+def test_a_synchronous_call_from_a_thread_its_loop_waits_for_says_why_it_waits(monkeypatch, caplog):
     from gtl_nb.engine import loop as loop_module
 
     monkeypatch.setattr(loop_module, "STALL_SECONDS", 0.3)
 
     async def main() -> list[str]:
         async with await gtl_nb.aconnect(ledger=False) as client:
-            failures: list[str] = []
-
-            def in_a_thread() -> None:
-                for call in (lambda: client.complete("echo", "hi"), lambda: client.stream("echo", "hi")):
-                    try:
-                        call()
-                    except RuntimeError as exc:
-                        failures.append(str(exc))
-
-            worker = threading.Thread(target=in_a_thread)
+            answers: list[str] = []
+            worker = threading.Thread(target=lambda: answers.append(client.complete("echo", "hi").text))
             worker.start()
-            worker.join(30)  # the loop's own thread waits for the worker (a cell joining its thread)
-            assert not worker.is_alive()
-            return failures
+            worker.join(1.5)  # the loop's own thread waits for the worker (a cell joining its thread)...
+            assert worker.is_alive() and not answers  # ...and the worker for the loop: neither goes on
+            await asyncio.to_thread(worker.join, 30)  # the loop free again: the call is answered
+            return answers
 
-    failures = asyncio.run(main())
-    assert len(failures) == 2 and all("has not taken a turn" in text and "thread.join()" in text for text in failures)
+    assert len(asyncio.run(main())) == 1
+    assert "has not started a call for 0.3 s" in caplog.text and "thread.join()" in caplog.text
+
+
+def test_a_synchronous_call_whose_loop_closes_under_it_is_told_so():
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(gtl_nb.aconnect(ledger=False))
+    outcome: list[BaseException] = []
+    calling = threading.Event()
+
+    def in_a_thread() -> None:
+        calling.set()
+        try:
+            client.complete("echo", "hi")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    def busy_then_stop() -> None:  # a callback of the running loop: the call is queued meanwhile
+        worker.start()
+        assert calling.wait(5)
+        time.sleep(0.3)  # the worker's call has reached the loop's queue
+        loop.stop()  # and the loop ends before it starts that work
+
+    worker = threading.Thread(target=in_a_thread)
+    loop.call_soon(busy_then_stop)
+    loop.run_forever()
+    loop.close()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError) and "closed" in str(outcome[0])
+
+
+def test_closing_from_where_its_loop_does_not_run_leaves_it_open_and_says_so():
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(gtl_nb.aconnect(ledger=False))  # its loop, stopped now
+    with pytest.raises(RuntimeError, match="not running here"):
+        asyncio.run(client.aclose())  # another loop on this thread
+    with pytest.raises(RuntimeError, match="not running here"):
+        client.close()
+    assert loop.run_until_complete(client.acomplete("echo", "still open")).text  # nothing was closed
+    loop.run_until_complete(client.aclose())
+    with pytest.raises(ConfigurationError, match="closed"):
+        loop.run_until_complete(client.acomplete("echo", "closed now"))
+    loop.close()
+
+
+def test_its_loop_may_run_on_another_thread_later():
+    loop = asyncio.new_event_loop()
+    client = loop.run_until_complete(gtl_nb.aconnect(ledger=False))  # made here...
+    runner = threading.Thread(target=loop.run_forever)  # ...then run elsewhere
+    runner.start()
+    try:
+        assert "from the first thread" in client.complete("echo", "from the first thread").text
+        assert asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(10) is None
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        runner.join(10)
+        loop.close()

@@ -117,7 +117,7 @@ def test_ends_that_come_while_the_callers_loop_is_busy_wake_it_once(loop_thread)
         await asyncio.sleep(0)  # every call has started its work on the loop thread
         # the caller's loop is busy (blocked, here) while all twelve end on the other thread
         deadline = time.monotonic() + 10
-        while len(loop_thread._mailboxes[loop]._landings) < 12 and time.monotonic() < deadline:
+        while len(loop_thread._mailboxes[id(loop)]._landings) < 12 and time.monotonic() < deadline:
             time.sleep(0.005)
         results = await asyncio.gather(*calls)
         assert len(wakes) == 1  # one wake-up for the twelve ends
@@ -182,7 +182,7 @@ def test_a_callers_loop_closed_with_a_delivery_pending_is_not_kept_alive(loop_th
     caller.run_until_complete(asyncio.sleep(0.05))  # the call is in flight; then the loop stops
     release.set()
     deadline = time.monotonic() + 10
-    while not loop_thread._mailboxes[caller]._armed and time.monotonic() < deadline:
+    while not loop_thread._mailboxes[id(caller)]._armed and time.monotonic() < deadline:
         time.sleep(0.005)  # the work ended: a delivery is queued on the stopped loop
     task.cancel()
     caller.close()  # the queued delivery is dropped with the loop
@@ -190,6 +190,31 @@ def test_a_callers_loop_closed_with_a_delivery_pending_is_not_kept_alive(loop_th
     del caller, task
     gc.collect()
     assert gone() is None and not loop_thread._mailboxes
+
+
+def test_a_call_whose_task_nobody_references_still_ends(loop_thread):
+    release = threading.Event()
+    results: list[str] = []
+
+    async def work() -> str:
+        while not release.is_set():
+            await asyncio.sleep(0.005)
+        return "done"
+
+    async def fire_and_forget() -> None:
+        results.append(await loop_thread.call(work()))
+
+    async def main() -> None:
+        asyncio.get_running_loop().create_task(fire_and_forget())  # no reference kept
+        await asyncio.sleep(0.05)
+        release.set()
+        deadline = time.monotonic() + 10
+        while not results and time.monotonic() < deadline:
+            gc.collect()  # while its end is on the way: only the landing keeps the waiting task alive
+            await asyncio.sleep(0.005)
+
+    asyncio.run(main())
+    assert results == ["done"]
 
 
 def test_call_from_the_loop_thread_itself_is_refused(loop_thread):

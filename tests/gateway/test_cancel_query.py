@@ -1,0 +1,69 @@
+"""The ``cancel`` query against a registry of running sessions: a user cancels their own sessions of an
+id, an administrator everyone's, and a session of another user that took the same id (clients may
+name their sessions) is never in a user's way."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway import queries
+from gtl_nb.gateway.live import LiveSession, LiveSessions
+from gtl_nb.protocol.errors import InvalidRequestError, PermissionDeniedError
+
+ID = "sess_shared"
+
+
+def cancel(monkeypatch: pytest.MonkeyPatch, principal: str, scopes: set[str], owners: list[str]) -> tuple[object, dict]:
+    """Run ``cancel`` of ``ID`` as ``principal`` with sessions of ``owners`` under that id running; its
+    answer (or the exception raised) and which owners' sessions were cancelled."""
+
+    async def main() -> tuple[object, dict]:
+        registry = LiveSessions()
+        monkeypatch.setattr(queries, "live_sessions", lambda engine: registry)
+        tasks = {}
+        for owner in owners:
+            tasks[owner] = asyncio.ensure_future(asyncio.sleep(3600))
+            registry._running.setdefault(ID, []).append(LiveSession(ID, owner, "ws", "m", 0.0, tasks[owner]))
+        await asyncio.sleep(0)
+        try:
+            answer: object = queries._cancel(
+                None, RequestContext(principal=principal, scopes=frozenset(scopes)), {"session_id": ID}
+            )  # type: ignore[arg-type]
+        except Exception as exc:
+            answer = exc
+        await asyncio.sleep(0.01)
+        cancelled = {owner: task.cancelled() for owner, task in tasks.items()}
+        for task in tasks.values():
+            task.cancel()
+        await asyncio.gather(*tasks.values(), return_exceptions=True)
+        return answer, cancelled
+
+    return asyncio.run(main())
+
+
+WRITE, ADMIN = {"session:write"}, {"session:admin"}
+
+
+def test_a_user_cancels_their_own_session_even_when_another_users_took_its_id(monkeypatch):
+    answer, cancelled = cancel(monkeypatch, "bob", WRITE, ["alice", "bob"])
+    assert answer == {"cancelled": 1} and cancelled == {"alice": False, "bob": True}
+
+
+def test_another_users_session_alone_is_refused_to_a_user(monkeypatch):
+    answer, cancelled = cancel(monkeypatch, "bob", WRITE, ["alice"])
+    assert isinstance(answer, PermissionDeniedError) and "session:admin" in str(answer)
+    assert cancelled == {"alice": False}
+
+
+@pytest.mark.parametrize("owners", [["alice", "root"], ["alice"], ["root"]])
+def test_an_administrator_cancels_every_session_of_the_id(monkeypatch, owners):
+    answer, cancelled = cancel(monkeypatch, "root", ADMIN, owners)
+    assert answer == {"cancelled": len(owners)} and all(cancelled.values())
+
+
+def test_no_session_of_that_id_is_a_clear_error(monkeypatch):
+    answer, _ = cancel(monkeypatch, "bob", WRITE, [])
+    assert isinstance(answer, InvalidRequestError) and "no session" in str(answer)
