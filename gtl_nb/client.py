@@ -697,6 +697,9 @@ class _StreamBase:
         return outcome
 
 
+_WOKEN = object()  # what a watched read of an ``EventStream`` gives for a wake-up without an event
+
+
 class EventStream(_StreamBase):
     """Events of one session, as they arrive (an iterator: ``for event in stream``, ``next(stream)``).
 
@@ -731,7 +734,7 @@ class EventStream(_StreamBase):
         self._reader = threading.current_thread()
         try:
             while not self.finished:
-                event = self._handoff.next()
+                event = self._next_event()
                 if event is None:
                     continue  # woken: the stream ended while close() read its end
                 before = len(self.transcript.events)
@@ -744,6 +747,24 @@ class EventStream(_StreamBase):
         finally:
             self._reader = None
         raise StopIteration
+
+    def _next_event(self) -> StreamEvent | None:
+        """The next event handed over (``None``: woken without one). On ``aconnect``'s loop, read
+        from another thread, the wait watches that loop: one that closes ends the session with a
+        ``CANCELLED`` error saying so, one that has not started it warns (``CallersLoop.watch``)."""
+        loop = self.client._loop
+        if not isinstance(loop, CallersLoop):
+            return self._handoff.next()
+
+        def take(wait: float) -> object:
+            event = self._handoff.next(timeout=wait)
+            return _WOKEN if event is None else event
+
+        try:
+            taken = loop.watch(take, self._work)
+        except RuntimeError as exc:  # the loop closed under the session: it can never end there
+            return Error(session_id=self.session_id, code="CANCELLED", message=str(exc))
+        return None if taken is _WOKEN else taken  # type: ignore[return-value]
 
     def _cancel(self) -> None:
         """Cancel and collect the ``CANCELLED`` error the pump delivers (the caller reads the queue)."""

@@ -32,6 +32,7 @@ import concurrent.futures
 import contextlib
 import importlib
 import os
+import queue
 import threading
 import time
 import weakref
@@ -43,6 +44,7 @@ from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 log = get_logger("engine.loop")
 
@@ -301,25 +303,51 @@ class CallersLoop(LoopThread):
         ended.acquire()
         work = self.spawn(coro, lambda _: ended.release())
         deadline = None if timeout is None else time.monotonic() + timeout
-        stall_at = time.monotonic() + STALL_SECONDS
         try:
-            while not ended.acquire(timeout=_WATCH_SECONDS):
-                now = time.monotonic()
-                if self._loop.is_closed():
-                    work.close_unstarted()
-                    raise RuntimeError(LOOP_CLOSED)
-                if stall_at is not None and now >= stall_at:
-                    stall_at = None
-                    if not work.started:
-                        log.warning(LOOP_STALLED, STALL_SECONDS)
-                if deadline is not None and now >= deadline:
-                    work.cancel()
-                    raise concurrent.futures.TimeoutError
+            self.watch(lambda wait: ended.acquire(timeout=wait) or None, work, deadline)
+        except concurrent.futures.TimeoutError:
+            work.cancel()
+            raise
         except KeyboardInterrupt:
             work.cancel()
-            ended.acquire(timeout=_CLEANUP_GRACE_SECONDS)
+            if not self._loop.is_closed():
+                ended.acquire(timeout=_CLEANUP_GRACE_SECONDS)
+            work.close_unstarted()
             raise
         return work.outcome(cancelled=concurrent.futures.CancelledError)
+
+    def watch(self, take: Callable[[float], R | None], work: Work[Any], deadline: float | None = None) -> R:
+        """From another thread: ``take(seconds)`` until it gives something (``None`` or ``queue.Empty``:
+        nothing yet), looking at the loop between tries. The loop closed with nothing taken:
+        ``LOOP_CLOSED`` (``work``'s coroutine closed if it never started). ``work`` not started
+        after ``STALL_SECONDS``: one warning naming the likely deadlock, then it waits on — a loop
+        busy for a long while is not an error. Past ``deadline`` (monotonic): ``TimeoutError``."""
+        stall_at: float | None = time.monotonic() + STALL_SECONDS
+        while True:
+            now = time.monotonic()
+            wait = _WATCH_SECONDS if deadline is None else max(0.0, min(_WATCH_SECONDS, deadline - now))
+            try:
+                taken = take(wait)
+            except queue.Empty:
+                taken = None
+            if taken is not None:
+                return taken
+            if self._loop.is_closed():
+                try:  # one last look: what ended just before the loop closed is an answer
+                    taken = take(0)
+                except queue.Empty:
+                    taken = None
+                if taken is not None:
+                    return taken
+                work.close_unstarted()
+                raise RuntimeError(LOOP_CLOSED)
+            now = time.monotonic()
+            if stall_at is not None and now >= stall_at:
+                stall_at = None
+                if not work.started:
+                    log.warning(LOOP_STALLED, STALL_SECONDS)
+            if deadline is not None and now >= deadline:
+                raise concurrent.futures.TimeoutError
 
     async def call(self, coro: Coroutine[Any, Any, T], *, grace: float = _CLEANUP_GRACE_SECONDS) -> T:
         """Await ``coro`` as a task of this loop (from a coroutine on it), or from another loop as

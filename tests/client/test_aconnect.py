@@ -8,6 +8,7 @@ end ``cancelled``, closing ends the sessions without cancelling the caller)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -19,6 +20,7 @@ import gtl_nb
 from gtl_nb.engine.hooks import RequestStarted
 from gtl_nb.engine.loop import CallersLoop
 from gtl_nb.protocol import ConfigurationError
+from gtl_nb.protocol.messages import Error
 
 SLOW = {"slow": {"type": "echo", "options": {"pace": 0.05}}}  # an echo that streams a word every 50 ms
 
@@ -178,7 +180,8 @@ def test_a_client_used_while_another_loop_runs_on_its_thread_refuses_rather_than
     first.close()
 
 
-def test_a_synchronous_call_from_a_thread_its_loop_waits_for_says_why_it_waits(monkeypatch, caplog):
+@pytest.mark.parametrize("how", ["complete", "stream"])
+def test_a_synchronous_call_from_a_thread_its_loop_waits_for_says_why_it_waits(monkeypatch, caplog, how):
     from gtl_nb.engine import loop as loop_module
 
     monkeypatch.setattr(loop_module, "STALL_SECONDS", 0.3)
@@ -186,27 +189,58 @@ def test_a_synchronous_call_from_a_thread_its_loop_waits_for_says_why_it_waits(m
     async def main() -> list[str]:
         async with await gtl_nb.aconnect(ledger=False) as client:
             answers: list[str] = []
-            worker = threading.Thread(target=lambda: answers.append(client.complete("echo", "hi").text))
+
+            def in_a_thread() -> None:
+                if how == "complete":
+                    answers.append(client.complete("echo", "hi").text)
+                else:
+                    answers.append("".join(e.text for e in client.stream("echo", "hi") if e.type == "token"))
+
+            worker = threading.Thread(target=in_a_thread)
             worker.start()
             worker.join(1.5)  # the loop's own thread waits for the worker (a cell joining its thread)...
             assert worker.is_alive() and not answers  # ...and the worker for the loop: neither goes on
             await asyncio.to_thread(worker.join, 30)  # the loop free again: the call is answered
             return answers
 
-    assert len(asyncio.run(main())) == 1
+    [answer] = asyncio.run(main())
+    assert "hi" in answer
     assert "has not started a call for 0.3 s" in caplog.text and "thread.join()" in caplog.text
 
 
-def test_a_synchronous_call_whose_loop_closes_under_it_is_told_so():
+def test_a_synchronous_calls_timeout_is_kept_to(monkeypatch):
+    from gtl_nb.engine import loop as loop_module
+
+    monkeypatch.setattr(loop_module, "_WATCH_SECONDS", 30.0)  # looks at the loop far less often than that
+
+    async def main() -> float:
+        async with await gtl_nb.aconnect(ledger=False) as client:
+
+            def timed() -> float:
+                started = time.monotonic()
+                with pytest.raises(concurrent.futures.TimeoutError):
+                    client._loop.run(asyncio.sleep(5), timeout=0.05)
+                return time.monotonic() - started
+
+            return await asyncio.to_thread(timed)
+
+    assert asyncio.run(main()) < 10  # its own deadline, not the next look at the loop
+
+
+@pytest.mark.parametrize("how", ["complete", "stream"])
+def test_a_synchronous_call_whose_loop_closes_under_it_is_told_so(how):
     loop = asyncio.new_event_loop()
     client = loop.run_until_complete(gtl_nb.aconnect(ledger=False))
-    outcome: list[BaseException] = []
+    outcome: list[object] = []
     calling = threading.Event()
 
     def in_a_thread() -> None:
         calling.set()
         try:
-            client.complete("echo", "hi")
+            if how == "complete":
+                client.complete("echo", "hi")
+            else:
+                outcome.extend(client.stream("echo", "hi"))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -222,7 +256,11 @@ def test_a_synchronous_call_whose_loop_closes_under_it_is_told_so():
     loop.close()
     worker.join(10)
     assert not worker.is_alive()
-    assert len(outcome) == 1 and isinstance(outcome[0], RuntimeError) and "closed" in str(outcome[0])
+    [end] = outcome  # complete: raised; stream: its one event, the session's end
+    if how == "complete":
+        assert isinstance(end, RuntimeError) and "closed" in str(end)
+    else:
+        assert isinstance(end, Error) and end.code == "CANCELLED" and "closed" in end.message
 
 
 def test_closing_from_where_its_loop_does_not_run_leaves_it_open_and_says_so():
