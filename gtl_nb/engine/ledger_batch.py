@@ -132,16 +132,7 @@ class _FinishedRows:
         """Take ``op`` (a start with its finish, whose fields are ``clean``)."""
         end = op.finish
         assert end is not None
-        values = started_values(
-            op.when,
-            session_id=op.session_id,
-            user=op.user,
-            model=op.model,
-            hostname=self._hostname,
-            tenant=op.tenant,
-            key_id=op.key_id,
-            trace_id=op.trace_id,
-        )
+        values = _started(op, self._hostname)
         self._rows.append(finished_row_values(values, end.status, end.when, clean))
         self._ops.append(op)
         self._cleaned.append(clean)
@@ -200,16 +191,7 @@ def _insert(
     """INSERT ``op``'s row (finished, when it has its finish) the one-by-one way; ``clean``: its
     finish's fields cleaned already (``None``: they could not be — its outcome alone is recorded),
     so the warnings of cleaning them are logged once."""
-    values = started_values(
-        op.when,
-        session_id=op.session_id,
-        user=op.user,
-        model=op.model,
-        hostname=hostname,
-        tenant=op.tenant,
-        key_id=op.key_id,
-        trace_id=op.trace_id,
-    )
+    values = _started(op, hostname)
     attempts: list[tuple[str, Sequence[Any] | Callable[[], Sequence[Any]]]] = [(INSERT_STARTED, values)]
     end = op.finish
     if end is not None:
@@ -224,6 +206,20 @@ def _insert(
         log.error("ledger: the row of session %s could not be written at all; it is lost", op.session_id)
         return None
     return int(cursor.lastrowid or 0)
+
+
+def _started(op: Start, hostname: str) -> tuple[Any, ...]:
+    """``started_values`` of a queued start."""
+    return started_values(
+        op.when,
+        session_id=op.session_id,
+        user=op.user,
+        model=op.model,
+        hostname=hostname,
+        tenant=op.tenant,
+        key_id=op.key_id,
+        trace_id=op.trace_id,
+    )
 
 
 def _update(conn: sqlite3.Connection, op: Finish, row_id: int) -> None:

@@ -23,6 +23,19 @@ from gtl_nb.protocol import AuthenticationError, CancelledError, ConfigurationEr
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
+def counted_wake_ups(loop: asyncio.AbstractEventLoop) -> list[object]:
+    """The callbacks other threads schedule on ``loop`` from now on (each a wake-up of it)."""
+    wakes: list[object] = []
+    original = loop.call_soon_threadsafe
+
+    def counting(*args, **kwargs):
+        wakes.append(args[0])
+        return original(*args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+    return wakes
+
+
 @pytest.fixture
 def loop_thread():
     thread = LoopThread(name="test-crossing")
@@ -105,14 +118,7 @@ def test_ends_that_come_while_the_callers_loop_is_busy_wake_it_once(loop_thread)
 
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()
-        wakes = []
-        original = loop.call_soon_threadsafe
-
-        def counting(*args, **kwargs):
-            wakes.append(args[0])
-            return original(*args, **kwargs)
-
-        loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+        wakes = counted_wake_ups(loop)
         calls = [asyncio.ensure_future(loop_thread.call(work(number))) for number in range(12)]
         await asyncio.sleep(0)  # every call has started its work on the loop thread
         # the caller's loop is busy (blocked, here) while all twelve end on the other thread
@@ -233,15 +239,7 @@ def test_acomplete_wakes_the_callers_loop_once_for_the_whole_answer():
     try:
 
         async def main() -> str:
-            loop = asyncio.get_running_loop()
-            wakes = []
-            original = loop.call_soon_threadsafe
-
-            def counting(*args, **kwargs):
-                wakes.append(args[0])
-                return original(*args, **kwargs)
-
-            loop.call_soon_threadsafe = counting  # type: ignore[method-assign]
+            wakes = counted_wake_ups(asyncio.get_running_loop())
             answer = await client.acomplete("echo", "a whole answer, handed over once", max_tokens=30)
             assert len(wakes) == 1
             return answer.text
