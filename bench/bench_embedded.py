@@ -33,10 +33,8 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,7 +47,7 @@ import httpx
 import msgspec
 
 import gtl_nb
-from bench.callgrind import _total_instructions
+from bench.callgrind import _total_instructions, run_counted_worker
 from bench.servers import Upstream
 from gtl_nb.client import new_session_id
 from gtl_nb.protocol.messages import Error, StreamEvent
@@ -353,24 +351,9 @@ def _counted_worker(requests: int, out: Path) -> None:
 
 def count_instructions(requests: int = 300) -> dict[str, float]:
     """Instructions per request of each of ``COUNTED``, every thread of a process under callgrind."""
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="gtl-callgrind-") as tmp:
         out = Path(tmp) / "callgrind.out"
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "bench.bench_embedded",
-            "--counted-worker",
-            str(out),
-            "--requests",
-            str(requests),
-        ]
-        subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        run_counted_worker("bench.bench_embedded", out, "--requests", str(requests))
         counts = {}
         for number, (name, _, _) in enumerate(COUNTED, start=1):
             counts[name] = _total_instructions(out.with_name(f"{out.name}.{number}")) / requests

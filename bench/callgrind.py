@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,26 @@ def _total_instructions(dump: Path) -> int:
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
     raise RuntimeError(f"no totals in {dump}")
+
+
+def run_counted_worker(module: str, out: Path, *args: str) -> None:
+    """``python -m MODULE --counted-worker OUT ARGS…`` under callgrind, counting nothing until the worker
+    turns it on (``callgrind_control``); each of its dumps is ``OUT.1``, ``OUT.2`` …"""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        module,
+        "--counted-worker",
+        str(out),
+        *args,
+    ]
+    subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def _newest_dump(directory: Path, known: set[Path]) -> Path:

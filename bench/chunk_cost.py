@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import msgspec
 
 import gtl_nb
 from bench.bench_embedded import COUNTED_GROUP_COMMIT_MS, MODEL, _callgrind_control, _client, _wait_for
-from bench.callgrind import _total_instructions
+from bench.callgrind import _total_instructions, run_counted_worker
 from bench.servers import Upstream
 from gtl_nb.client import new_session_id
 from gtl_nb.protocol.messages import Error, StreamEvent
@@ -68,28 +65,12 @@ def _counted_worker(requests: int, lengths: list[int], out: Path) -> None:
 
 def count(requests: int, lengths: list[int], keep: Path | None = None) -> dict[int, float]:
     """Instructions per request of the engine alone, for each answer length in ``lengths``."""
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="gtl-chunk-cost-") as tmp:
         directory = keep or Path(tmp)
         directory.mkdir(parents=True, exist_ok=True)
         out = directory / "callgrind.out"
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--instr-atstart=no",
-            f"--callgrind-out-file={out}",
-            sys.executable,
-            "-m",
-            "bench.chunk_cost",
-            "--counted-worker",
-            str(out),
-            "--requests",
-            str(requests),
-            "--tokens",
-            ",".join(map(str, lengths)),
-        ]
-        subprocess.run(command, check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1])
+        lengths_arg = ",".join(map(str, lengths))
+        run_counted_worker("bench.chunk_cost", out, "--requests", str(requests), "--tokens", lengths_arg)
         return {
             tokens: _total_instructions(out.with_name(f"{out.name}.{number}")) / requests
             for number, tokens in enumerate(lengths, start=1)

@@ -246,7 +246,6 @@ class CallersLoop(LoopThread):
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._loop = loop or asyncio.get_running_loop()
-        self._thread = threading.current_thread()  # where it was made (``in_loop_thread`` asks the loop)
         self._at_exit = weakref.WeakSet()
         self._at_exit_lock = threading.Lock()
         self._mailboxes = weakref.WeakValueDictionary()  # for calls from other loops (``LoopThread.call``)

@@ -367,6 +367,18 @@ def test_the_plain_way_reads_the_commonest_chunks_and_leaves_the_rest() -> None:
         assert openai_chat._plain_chunk(other) is None, other
 
 
+# a child interpreter's set-up for the two tests below: an OpenAI stream decoder named ``decoder``
+_OPENAI_DECODER = (
+    "import msgspec\n"
+    "from gtl_nb.protocol.messages import CompletionRequest\n"
+    "from gtl_nb.providers.base import Deployment\n"
+    "from gtl_nb.providers.openai import OpenAIDialect\n"
+    "request = msgspec.convert({'session_id': 's', 'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]},"
+    " CompletionRequest)\n"
+    "decoder = OpenAIDialect().response_decoder(request, Deployment(name='o', type='openai', api_key='k'))\n"
+)
+
+
 def test_a_deep_chunk_cannot_crash_the_interpreter_whatever_its_limits(tmp_path: Any) -> None:
     """With the digit limit off and the recursion limit raised far, a megabyte of nesting must still be
     refused (scanned: it is long), not handed to msgspec's recursion (which would overflow the C stack)."""
@@ -374,22 +386,14 @@ def test_a_deep_chunk_cannot_crash_the_interpreter_whatever_its_limits(tmp_path:
     import sys
 
     script = tmp_path / "deep.py"
-    script.write_text(
-        "import sys\n"
-        "sys.set_int_max_str_digits(0)\n"
-        "sys.setrecursionlimit(1_000_000)\n"
-        "import msgspec\n"
-        "from gtl_nb.protocol.messages import CompletionRequest\n"
-        "from gtl_nb.providers.base import Deployment\n"
-        "from gtl_nb.providers.openai import OpenAIDialect\n"
-        "request = msgspec.convert({'session_id': 's', 'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]},"
-        " CompletionRequest)\n"
-        "decoder = OpenAIDialect().response_decoder(request, Deployment(name='o', type='openai', api_key='k'))\n"
+    limits = "import sys\nsys.set_int_max_str_digits(0)\nsys.setrecursionlimit(1_000_000)\n"
+    feed = (
         "depth = 500_000\n"
         'payload = b\'{"pad":\' + b\'[\' * depth + b\']\' * depth + b\',"choices":[{"delta":{"content":"x"}}]}\'\n'
         "events = decoder.feed(b'data: ' + payload + b'\\n\\n')\n"
         "print(type(events[0]).__name__, 'nested deeper' in events[0].message)\n"
     )
+    script.write_text(limits + _OPENAI_DECODER + feed)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["Error", "True"]
@@ -403,17 +407,9 @@ def test_an_unclosed_chunk_cannot_crash_a_small_thread_stack(tmp_path: Any, dept
     import sys
 
     script = tmp_path / "unclosed.py"
+    limits = "import sys, threading\nsys.setrecursionlimit(100_000)\n"
     script.write_text(
-        "import sys, threading\n"
-        "sys.setrecursionlimit(100_000)\n"
-        "import msgspec\n"
-        "from gtl_nb.protocol.messages import CompletionRequest\n"
-        "from gtl_nb.providers.base import Deployment\n"
-        "from gtl_nb.providers.openai import OpenAIDialect\n"
-        "request = msgspec.convert({'session_id': 's', 'model': 'm', 'messages': [{'role': 'user', 'content': 'hi'}]},"
-        " CompletionRequest)\n"
-        "decoder = OpenAIDialect().response_decoder(request, Deployment(name='o', type='openai', api_key='k'))\n"
-        f"payload = b'{{\"x\":' + b'[' * {depth}\n"
+        limits + _OPENAI_DECODER + f"payload = b'{{\"x\":' + b'[' * {depth}\n"
         "threading.stack_size(128 * 1024)\n"
         "out = []\n"
         "reader = threading.Thread(target=lambda: out.extend(decoder.feed(b'data: ' + payload + b'\\n\\n')))\n"
