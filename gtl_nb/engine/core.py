@@ -37,7 +37,6 @@ import contextlib
 import contextvars
 import dataclasses
 import random
-import secrets
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -71,6 +70,7 @@ from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, F
 from gtl_nb.engine.stores.memory import MemoryBreakerStore, MemoryBudgetCounter
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
+from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger, redact, scrub_secret
 from gtl_nb.protocol.errors import (
     AuthenticationError,
@@ -384,9 +384,9 @@ class Engine:
         with it, so a runner cancelled in between reports that event rather than ``CANCELLED``.
         """
         if context is None:
-            context = RequestContext(principal=user or "", trace_id=secrets.token_hex(16))
+            context = RequestContext(principal=user or "", trace_id=random_hex(2))
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
-            context = context.traced(secrets.token_hex(16))
+            context = context.traced(random_hex(2))
         try:
             targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context, request)
         except GTLError as exc:

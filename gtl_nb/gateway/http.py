@@ -55,7 +55,6 @@ import dataclasses
 import gzip as gzip_module
 import logging
 import math
-import secrets
 import socket
 import string
 import zlib
@@ -78,6 +77,7 @@ from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.gateway.tracecontext import trace_id_from
+from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import decode, encode
 from gtl_nb.protocol.errors import (
@@ -967,7 +967,7 @@ def build_app(
         """The caller's context (``AuthenticationError`` when refused): its address, its trace id (its
         ``traceparent``'s, else a new one, as the engine would make), and ``more`` fields, in one replace."""
         context = authenticate(_bearer(request.headers.get("authorization")))
-        trace_id = trace_id_from(request.headers.get("traceparent")) or secrets.token_hex(16)
+        trace_id = trace_id_from(request.headers.get("traceparent")) or random_hex(2)
         return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id, **more)
 
     async def read_frame(request: Request, kind: type[Any], name: str) -> Any:

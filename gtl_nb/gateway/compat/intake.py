@@ -9,7 +9,6 @@ token of ``POST /v1/gtl``. Neither the key nor a part of it is ever put in a log
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +18,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.tracecontext import trace_id_from
+from gtl_nb.ids import random_hex
 from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, nesting_exceeds
 from gtl_nb.protocol.errors import FrameTooLargeError, InvalidRequestError
 
@@ -42,7 +42,7 @@ def authenticated(authenticate: Authenticate, token: str | None, request: Any) -
     context = authenticate(token)
     # a caller's W3C traceparent gives the request its trace id; without one a new one, made here as the
     # engine would make it (one dataclasses.replace of the context for both, not a second in the engine)
-    trace_id = trace_id_from(request.headers.get("traceparent")) or secrets.token_hex(16)
+    trace_id = trace_id_from(request.headers.get("traceparent")) or random_hex(2)
     return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id)
 
 
