@@ -57,7 +57,6 @@ checkpoint) stops the gateway from starting: the evidence is left as it is.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import hashlib
 import json
 import math
@@ -85,6 +84,7 @@ from gtl_nb.engine.hooks import (
     RequestStarted,
     RetryScheduled,
 )
+from gtl_nb.engine.ledger import iso_utc
 from gtl_nb.engine.lingering import GROUP_COMMIT, LingeringQueue
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url, parse_postgres_url, shown_url
@@ -1113,7 +1113,7 @@ class AuditLog:
         self._lost = [0] * len(self._sinks)  # per destination: records it lost, for its next ``dropped`` record
         for index, sink in enumerate(self._sinks):
             if sink.recovered is not None:  # the writer thread is not running yet: this thread may write
-                self._lost[index] = sink.append([sink.recovered | {"time": _iso(wall_clock())}])
+                self._lost[index] = sink.append([sink.recovered | {"time": iso_utc(wall_clock())}])
                 sink.sync()  # checkpointed now: an idle gateway's log verifies without waiting for traffic
         self._thread = threading.Thread(target=self._run, name="gtl-audit-writer", daemon=True)
         self._thread.start()
@@ -1193,7 +1193,7 @@ class AuditLog:
         deployment = _short(event.deployment)
         record: dict[str, Any] = {
             "kind": "request",
-            "time": _iso(self._wall_clock()),
+            "time": iso_utc(self._wall_clock()),
             "session_id": _short(event.session_id),
             "trace_id": _short(context.trace_id),
             "principal": _short(context.principal),
@@ -1291,7 +1291,7 @@ class AuditLog:
             count = dropped + self._lost[index]
             if count:
                 # a batch of its own: whether this one was kept is then known exactly
-                notice = {"kind": "dropped", "time": _iso(self._wall_clock()), "count": count}
+                notice = {"kind": "dropped", "time": iso_utc(self._wall_clock()), "count": count}
                 self._lost[index] = count if self._append(sink, [notice]) else 0
             self._lost[index] += self._append(sink, records)
 
@@ -1363,33 +1363,6 @@ def _open_database(settings: AuditSettings) -> AuditSink:
     return PostgresAuditSink(
         settings.url, replica=settings.replica, spool_path=settings.spool_path, fsync=settings.fsync
     )
-
-
-_ISO_SECOND: tuple[int, str] = (-1, "")
-"""The last whole second ``_iso`` formatted, and its text up to the seconds."""
-
-
-def _iso(seconds: float) -> str:
-    """``seconds`` (Unix time) as UTC ISO 8601 to the millisecond: ``2026-01-02T03:04:05.678Z``.
-
-    One record per request is stamped: the date and time of day are formatted once per second and
-    only the milliseconds per call. They are what ``datetime.fromtimestamp(...).isoformat(timespec=
-    "milliseconds")`` gives: microseconds rounded half-even (a carry moves to the next second), then cut.
-    """
-    global _ISO_SECOND
-    if not 0 <= seconds < 1e11:  # (never a wall clock: the general path)
-        moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc)
-        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    whole = int(seconds)
-    micros = round((seconds - whole) * 1e6)
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    second, text = _ISO_SECOND
-    if second != whole:
-        moment = datetime.datetime.fromtimestamp(whole, tz=datetime.timezone.utc)
-        text = moment.strftime("%Y-%m-%dT%H:%M:%S")
-        _ISO_SECOND = (whole, text)
-    return f"{text}.{micros // 1000:03d}Z"
 
 
 def _short(value: str | None) -> str | None:

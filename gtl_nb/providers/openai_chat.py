@@ -499,7 +499,8 @@ class ChatCompletionsDecoder(GuardedDecoder):
         for payload in payloads:
             kept = len(events)
             try:
-                plain = _plain_chunk(payload)
+                # (``[DONE]`` is no chunk: msgspec would refuse it with an exception, once a stream)
+                plain = _plain_chunk(payload) if payload != b"[DONE]" else None
                 if plain is not None:
                     self._on_plain_chunk(plain, events)
                     continue

@@ -113,9 +113,10 @@ class SSEDecoder:
         if chunk.find(b"\n") == len(chunk) - 2:  # one event (a stream's usual read): no split, no count
             return [chunk[6:-2]] if len(chunk) <= self._max else None
         payloads = chunk[6:-2].split(b"\n\ndata: ")
-        # each separator holds two line ends and the end two more: any other line end is inside an
-        # event (another field, a second data line, a comment, a blank line too many)
-        if chunk.count(b"\n") != 2 * len(payloads) or max(map(len, payloads)) + 8 > self._max:
+        # a line end left in a piece is inside an event (another field, a second data line, a comment,
+        # a blank line too many). (Joined and searched: memchr; ``chunk.count`` walks byte by byte,
+        # ~5 instructions a byte.)
+        if b"\n" in b"".join(payloads) or max(map(len, payloads)) + 8 > self._max:
             return None
         return payloads
 

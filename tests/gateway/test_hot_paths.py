@@ -3,7 +3,8 @@
 * ``_HotRoutes`` calls the busiest endpoints without Starlette's router: for the same request, the
   same messages go out, and the same exception (if any) comes back, as through the Starlette app.
 * ``ChunkEncoder`` writes a text chunk from a frame made once: byte for byte the chunk it would build.
-* ``audit._iso`` formats the date once per second: the text of ``datetime.isoformat``.
+* ``ledger.iso_utc`` (the ledger's and the audit log's times) formats the date once per second: the
+  text of ``datetime.isoformat``.
 * ``EventOutbox`` hands events over with a future and a flag: batches, the high-water pause, a
   writer cancelled while it waits.
 * ``collect_session`` cancels the session with who cancelled it, and leaves no task behind.
@@ -21,7 +22,7 @@ import pytest
 from engine_kit import make_engine
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.gateway import audit
+from gtl_nb.engine.ledger import iso_utc
 from gtl_nb.gateway.compat.openai import error_body
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder
 from gtl_nb.gateway.http import _HotRoutes, _sse, build_app
@@ -179,7 +180,7 @@ def _reference(seconds: float) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def test_an_audit_time_is_what_isoformat_writes() -> None:
+def test_a_ledger_or_audit_time_is_what_isoformat_writes() -> None:
     rng = random.Random(7)
     values = [rng.uniform(0, 4e9) for _ in range(20_000)]
     # the carries: microseconds rounding up into the next millisecond, second, minute, day, year
@@ -187,7 +188,7 @@ def test_an_audit_time_is_what_isoformat_writes() -> None:
     values += [whole + edge for whole in (0, 59, 86_399, 1_700_000_000, 1_704_067_199) for edge in edges]
     values += [-1.5, 1.5e11, 253_402_300_799.9]  # outside the wall clock's range: the general path
     for value in values:
-        assert audit._iso(value) == _reference(value), value
+        assert iso_utc(value) == _reference(value), value
 
 
 # -- EventOutbox -------------------------------------------------------------------------------------
