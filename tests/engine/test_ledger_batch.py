@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gtl_nb.engine.ledger import Ledger, LedgerError
+from gtl_nb.engine import ledger_batch
+from gtl_nb.engine.ledger import INSERT_FINISHED, Ledger, LedgerError
 from gtl_nb.engine.ledger_batch import MAX_ROWS_PER_INSERT, Finish, Start, _insert, _update, write_batch
 
 T0 = 1_700_000_000.25
@@ -72,6 +73,33 @@ def test_a_run_of_finished_rows_is_a_few_statements_and_the_same_rows(tmp_path: 
     assert len(one_each) == 50
     assert len(inserts) == 3  # 32 + 16 + 2 rows: a handful of statement texts serve every batch
     assert [row["session_id"] for row in together] == [f"s{n}" for n in range(1, 51)]  # ids in the starts' order
+
+
+def test_columns_empty_in_every_row_of_a_statement_are_written_null_not_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    texts: list[tuple[int, tuple[int, ...]]] = []
+    made = ledger_batch._insert_rows
+
+    def recorded(count: int, nulls: tuple[int, ...] = ()) -> str:
+        texts.append((count, nulls))
+        return made(count, nulls)
+
+    monkeypatch.setattr(ledger_batch, "_insert_rows", recorded)
+    batch: list[Start | Finish] = [finished(n, f"s{n}") for n in range(1, 5)]
+    batch[2] = finished(3, "s3", {**OUTCOME, "error_code": "RATE_LIMITED", "cost": None})  # values the others lack
+    together, inserts = written(tmp_path / "a.sqlite3", [batch], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [batch], one_by_one)
+    assert together == alone and len(inserts) == 1
+    assert together[2]["error_code"] == "RATE_LIMITED" and [row["cost"] for row in together] == [0.25, 0.25, None, 0.25]
+    ((count, nulls),) = texts
+    columns = INSERT_FINISHED.partition("(")[2].partition(")")[0].split(", ")
+    empty = {columns[index] for index in nulls}
+    # empty in all four rows: in the text; a value in any row (error_code, cost): bound in every row
+    assert count == 4 and {"cached_tokens_in", "reasoning_tokens_out", "key_id", "trace_id"} <= empty
+    assert not empty & {"error_code", "cost", "tokens_out", "session_id", "tenant"}
+    row_text = made(count, nulls).partition(" VALUES ")[2].partition(")")[0]
+    assert row_text.count("NULL") == len(nulls) and row_text.count("?") == len(columns) - len(nulls)
 
 
 def test_rows_keep_the_order_of_their_starts_around_started_rows_and_updates(tmp_path: Path):
