@@ -23,29 +23,27 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import threading
 import time
-from collections.abc import Iterator
 
 __all__ = ["random_hex", "time_ordered_hex", "unique_hex"]
 
 _prefix = secrets.token_hex(8)
 _counter = itertools.count()
 
-_POOL_BYTES = 4096  # one system call per 512 draws
-_pool: Iterator[str] = iter(())
-
-
-def _refill() -> Iterator[str]:
-    digits = os.urandom(_POOL_BYTES).hex()
-    return iter([digits[start : start + 16] for start in range(0, len(digits), 16)])
+_POOL_BYTES = 4096  # one system call per 512 draws of 64 bits
+_pool = ""  # hex digits of OS randomness; those before ``_drawn`` are spent
+_drawn = 0
+_lock = threading.Lock()  # held for a draw: a few integer steps and a slice (and, once in 512, a refill)
 
 
 def _reseed() -> None:
-    global _prefix, _counter, _pool
+    global _prefix, _counter, _pool, _drawn, _lock
     # A forked child must not repeat its parent's ids, nor draw the random bits its parent will draw.
     _prefix = secrets.token_hex(8)
     _counter = itertools.count()
-    _pool = iter(())
+    _pool, _drawn = "", 0
+    _lock = threading.Lock()  # a fork from a thread holding it would leave it held for ever
 
 
 if hasattr(os, "register_at_fork"):
@@ -54,26 +52,29 @@ if hasattr(os, "register_at_fork"):
 
 def unique_hex() -> str:
     """32 lower-case hex digits, unique among the ids of every process (like ``uuid.uuid4().hex``)."""
-    return f"{_prefix}{next(_counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+    with _lock:
+        number = next(_counter)
+    return f"{_prefix}{number & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def random_hex(words: int = 1) -> str:
     """``16 * words`` lower-case hex digits of the operating system's randomness (``words`` draws of 64
     bits), as unguessable as ``secrets.token_hex(8 * words)``, without a system call per draw.
 
-    Safe from any thread: a draw is one ``next`` on a list iterator, which the interpreter lock makes
-    atomic, so two threads never get the same bits; two threads refilling at once each read fresh
-    bits (one pool's remainder is dropped, never reused). A forked child starts with an empty pool.
+    Safe from any thread, and a forked child starts with an empty pool (it never draws what its
+    parent will). A refill (~15 us) falls on the thread whose draw found the pool empty, once per 512
+    draws. What this does not cover: a process copied whole (a virtual machine's snapshot restored
+    twice, CRIU) hands out the same remaining draws in each copy, where ``os.urandom`` per id would
+    not; and the pool sits in the process's memory (ids are names, never secrets: see above).
     """
-    global _pool
-    drawn = []
-    for _ in range(words):
-        try:
-            drawn.append(next(_pool))
-        except StopIteration:
-            _pool = _refill()
-            drawn.append(next(_pool))
-    return drawn[0] if words == 1 else "".join(drawn)
+    global _pool, _drawn
+    size = 16 * words
+    with _lock:  # (without it two threads of a free-threaded build could draw the same digits)
+        start = _drawn
+        if start + size > len(_pool):
+            _pool, start = os.urandom(max(_POOL_BYTES, 8 * words)).hex(), 0
+        _drawn = start + size
+        return _pool[start : start + size]
 
 
 def time_ordered_hex() -> str:

@@ -27,8 +27,10 @@ def test_a_forked_child_draws_a_prefix_of_its_own():
     reading, writing = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its next id, to the parent, then out without running the parent's cleanup
-        os.write(writing, unique_hex().encode())
-        os._exit(0)
+        try:
+            os.write(writing, unique_hex().encode())
+        finally:
+            os._exit(0)
     os.close(writing)
     child = os.read(reading, 64).decode()
     os.close(reading)
@@ -59,6 +61,8 @@ def test_random_hex_draws_64_bits_a_word_across_refills():
     pairs = [random_hex(2) for _ in range(1000)]  # a trace id: 128 bits
     assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in pairs) and len(set(pairs)) == len(pairs)
     assert len({value[:16] for value in pairs} | {value[16:] for value in pairs}) == 2000
+    more = random_hex(3 * ids._POOL_BYTES // 8)  # more words than one pool holds
+    assert len(more) == 6 * ids._POOL_BYTES and len({more[i : i + 16] for i in range(0, len(more), 16)}) > 1500
 
 
 def test_threads_drawing_at_once_never_get_the_same_bits():
@@ -84,9 +88,11 @@ def test_a_forked_child_does_not_draw_its_parents_next_random_bits():
     random_hex()  # the pool is full: a child that kept it would draw what the parent draws next
     reading, writing = os.pipe()
     pid = os.fork()
-    if pid == 0:
-        os.write(writing, "".join(random_hex() for _ in range(4)).encode())
-        os._exit(0)
+    if pid == 0:  # the child: whatever happens, out without running the parent's pytest
+        try:
+            os.write(writing, "".join(random_hex() for _ in range(4)).encode())
+        finally:
+            os._exit(0)
     os.close(writing)
     child = os.read(reading, 128).decode()
     os.close(reading)

@@ -43,7 +43,6 @@ import json
 import math
 import random
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
@@ -53,6 +52,7 @@ from gtl_nb.engine.ratelimit import DAY
 from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.shared_breakers import RulesOverState, stored_json
+from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
 
 __all__ = ["RedisBreakerStore"]
@@ -253,7 +253,7 @@ class RedisBreakerStore(RulesOverState):
             str(current),
             repr(width),
             repr(now),
-            uuid.uuid4().hex,
+            random_hex(2),
             self._keep(),
             str(config.failure_threshold),
             repr(float(config.error_rate_threshold)),
@@ -284,7 +284,7 @@ class RedisBreakerStore(RulesOverState):
         process (so compare-and-set only races other replicas', not this process's own hundred
         concurrent calls), and a lost race waits a random moment before the next try."""
         key = self._key(deployment)
-        token = uuid.uuid4().hex
+        token = random_hex(2)
         step = self._step(deployment, operation, token)
         data = await self.outage.call("reading a breaker", lambda client: client.get(key))
         result, text, _ = step(data)

@@ -103,7 +103,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
@@ -115,6 +114,7 @@ from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUn
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.replicas import ReplicaRegistry
 from gtl_nb.engine.stores.sqlite_db import StoreError
+from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
 
 __all__ = ["MAX_OWED", "MAX_SEEN", "RedisBudgetCounter", "local_limits", "local_seed"]
@@ -482,7 +482,7 @@ class RedisBudgetCounter:
     async def _reserve_in_redis(
         self, principal: str, limits: Limits, *, now: float, tokens: int, cost: float
     ) -> Reservation:
-        reservation = Reservation(uuid.uuid4().hex, principal, tokens, cost, now)
+        reservation = Reservation(random_hex(2), principal, tokens, cost, now)
         keys = self._keys(principal, now)
 
         def optional(limit: float | None) -> str:
@@ -635,7 +635,7 @@ class RedisBudgetCounter:
         day = utc_day_start(latest)
         newest, minute, nanos = self.local.outbox(principal, since=latest - WINDOW, day=day)
         if minute or nanos:
-            handing = uuid.uuid4().hex
+            handing = random_hex(2)
             args = [str(KEEP_SECONDS), str(nanos)]
             for number, at, tokens in minute:
                 args += [f"{handing}:{number}", repr(at), str(tokens)]

@@ -97,6 +97,7 @@ from gtl_nb.engine.stores.redis_client import (
 )
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.sqlite_db import StoreError
+from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import decode, encode_frame
 from gtl_nb.protocol.errors import ProtocolError
@@ -273,7 +274,7 @@ class RedisFlights:
         if not self.outage.usable():
             return LOCAL_LEAD
         names = _Names(self.redis.prefix, key)
-        token = secrets.token_hex(16)
+        token = random_hex(2)
         try:
             for _ in range(_JOIN_TRIES):
                 won, holder = await self._script(
@@ -284,7 +285,7 @@ class RedisFlights:
                 holder = _text(holder)
                 if holder is None:
                     continue
-                member = secrets.token_hex(8)
+                member = random_hex()
                 readers = names.readers(holder)
                 if await self._script(
                     "joining a flight", _JOIN, [names.lock, readers], [holder, member, _ms(self.lease)]
