@@ -14,8 +14,9 @@ time, so that an index of them (the ledger's) takes each new id beside the last.
 Those random bits, and the engine's trace ids, come from ``random_hex``: the operating system's
 randomness read 4 KiB at a time and handed out 64 bits per call. ``os.urandom`` per id was one
 ``getrandom`` system call, and CPython lets go of the interpreter lock around it: with the ledger's
-writer or the engine's loop thread busy, taking it back cost 10-20 us of wall time (cProfile of the
-embedded client: 23 us a request for two draws, against 0.5 us for one draw on an idle thread).
+writer or the engine's loop thread busy, taking it back is a hand-over between threads (cProfile of
+the embedded client: 23 us a request for two draws, against 0.5 us for one draw on an idle thread;
+``python -m bench.gil_handover`` times a draw beside a busy thread).
 """
 
 from __future__ import annotations
