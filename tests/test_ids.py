@@ -9,6 +9,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -22,19 +23,25 @@ def test_ids_are_32_hex_digits_and_never_repeat():
     assert len(set(ids)) == len(ids)
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork")
-def test_a_forked_child_draws_a_prefix_of_its_own():
+def in_a_forked_child(make: Callable[[], str]) -> str:
+    """What ``make()`` returns in a forked child of this process."""
     reading, writing = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its next id, to the parent, then out without running the parent's cleanup
+    if pid == 0:  # the child: its answer, to the parent, then out without running the parent's pytest
         try:
-            os.write(writing, unique_hex().encode())
+            os.write(writing, make().encode())
         finally:
             os._exit(0)
     os.close(writing)
-    child = os.read(reading, 64).decode()
+    answer = os.read(reading, 4096).decode()
     os.close(reading)
     os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork")
+def test_a_forked_child_draws_a_prefix_of_its_own():
+    child = in_a_forked_child(unique_hex)
     mine = unique_hex()
     assert len(child) == 32 and child[:16] != mine[:16]
 
@@ -86,17 +93,7 @@ def test_threads_drawing_at_once_never_get_the_same_bits():
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork")
 def test_a_forked_child_does_not_draw_its_parents_next_random_bits():
     random_hex()  # the pool is full: a child that kept it would draw what the parent draws next
-    reading, writing = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: whatever happens, out without running the parent's pytest
-        try:
-            os.write(writing, "".join(random_hex() for _ in range(4)).encode())
-        finally:
-            os._exit(0)
-    os.close(writing)
-    child = os.read(reading, 128).decode()
-    os.close(reading)
-    os.waitpid(pid, 0)
+    child = in_a_forked_child(lambda: "".join(random_hex() for _ in range(4)))
     mine = "".join(random_hex() for _ in range(4))
     assert len(child) == 64 and child != mine
     assert not {child[i : i + 16] for i in range(0, 64, 16)} & {mine[i : i + 16] for i in range(0, 64, 16)}
