@@ -69,6 +69,10 @@ def random_hex(words: int = 1) -> str:
     not; and the pool sits in the process's memory (ids are names, never secrets: see above).
     """
     global _pool, _drawn
+    if words < 1:
+        if words < 0:
+            raise ValueError(f"random_hex: words must not be negative, not {words}")
+        return ""
     size = 16 * words
     with _lock:  # (without it two threads of a free-threaded build could draw the same digits)
         start = _drawn

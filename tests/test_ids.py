@@ -97,3 +97,11 @@ def test_a_forked_child_does_not_draw_its_parents_next_random_bits():
     mine = "".join(random_hex() for _ in range(4))
     assert len(child) == 64 and child != mine
     assert not {child[i : i + 16] for i in range(0, 64, 16)} & {mine[i : i + 16] for i in range(0, 64, 16)}
+
+
+def test_no_words_is_no_digits_and_fewer_is_refused():
+    before = random_hex()
+    assert random_hex(0) == ""
+    with pytest.raises(ValueError, match="negative"):
+        random_hex(-1)
+    assert random_hex() != before  # nothing was handed out twice

@@ -102,6 +102,38 @@ def test_columns_empty_in_every_row_of_a_statement_are_written_null_not_bound(
     assert row_text.count("NULL") == len(nulls) and row_text.count("?") == len(columns) - len(nulls)
 
 
+class _ClaimsToBeNone(str):
+    """A text that says it equals None."""
+
+    def __eq__(self, other: object) -> bool:
+        return other is None or str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+class _WillNotSay(str):
+    """A text whose ``== None`` cannot be answered (as ``pandas.NA``'s cannot)."""
+
+    def __eq__(self, other: object) -> bool:
+        if other is None:
+            raise TypeError("the truth value is ambiguous")
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+@pytest.mark.parametrize("user", [_ClaimsToBeNone("alice"), _WillNotSay("carol")], ids=type)
+@pytest.mark.parametrize("rows", [1, 3])
+def test_an_empty_column_is_told_by_identity_never_by_equality(tmp_path: Path, user: str, rows: int):
+    batch: list[Start | Finish] = [finished(n, f"s{n}") for n in range(1, rows + 1)]
+    for op in batch:
+        assert isinstance(op, Start)
+        op.user = user  # the user column: this text in every row, nothing else
+    together, _ = written(tmp_path / "a.sqlite3", [batch], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [batch], one_by_one)
+    assert together == alone and [row["user"] for row in together] == [str(user)] * rows
+
+
 def test_rows_keep_the_order_of_their_starts_around_started_rows_and_updates(tmp_path: Path):
     first: list[Start | Finish] = [
         finished(1, "a"),
