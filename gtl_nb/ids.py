@@ -29,24 +29,26 @@ import time
 
 __all__ = ["random_hex", "time_ordered_hex", "unique_hex"]
 
-_prefix = secrets.token_hex(8)
-_counter = itertools.count()
-
 _POOL_BYTES = 4096  # one system call per 512 draws of 64 bits
-_pool = ""  # hex digits of OS randomness; those before ``_drawn`` are spent
-_drawn = 0
-_lock = threading.Lock()  # held for a draw: a few integer steps and a slice (and, once in 512, a refill)
+
+_prefix: str  # 64 random bits of this process, before ``unique_hex``'s counter
+_counter: itertools.count[int]
+_pool: str  # hex digits of OS randomness; those before ``_drawn`` are spent
+_drawn: int
+_lock: threading.Lock  # held for a draw: a few integer steps and a slice (and, once in 512, a refill)
 
 
 def _reseed() -> None:
+    """This process's id state, fresh: at import, and in a forked child, which must not repeat its
+    parent's ids nor draw the random bits its parent will draw (nor inherit a lock held mid-draw)."""
     global _prefix, _counter, _pool, _drawn, _lock
-    # A forked child must not repeat its parent's ids, nor draw the random bits its parent will draw.
     _prefix = secrets.token_hex(8)
     _counter = itertools.count()
     _pool, _drawn = "", 0
-    _lock = threading.Lock()  # a fork from a thread holding it would leave it held for ever
+    _lock = threading.Lock()
 
 
+_reseed()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed)
 
@@ -69,10 +71,8 @@ def random_hex(words: int = 1) -> str:
     not; and the pool sits in the process's memory (ids are names, never secrets: see above).
     """
     global _pool, _drawn
-    if words < 1:
-        if words < 0:
-            raise ValueError(f"random_hex: words must not be negative, not {words}")
-        return ""
+    if words < 0:
+        raise ValueError(f"random_hex: words must not be negative, not {words}")
     size = 16 * words
     with _lock:  # (without it two threads of a free-threaded build could draw the same digits)
         start = _drawn
