@@ -14,7 +14,9 @@ Guarantees (``docs/ledger.md``, "How rows are written"):
 
 * **Nothing is dropped quietly.** A failed commit (disk full, locked beyond ``retry_for``) is
   logged and the same batch retried, with backoff, until it lands; one request's unstorable values
-  never fail the others (``engine.ledger_batch``).
+  never fail the others (``engine.ledger_batch``). A batch that fails for anything but the file —
+  a value or a defect that no retry changes — is written an operation at a time, and only an
+  operation that fails alone is dropped, with an error naming it: one bad row never stalls the rest.
 * **Read-your-writes.** Every read through a ``Ledger`` of the same file in this process first waits
   for the writes queued before it (``flush``, through ``ledger.register_pending_writes``), and so
   does the budget counter that reads the ledger's rows (``flush_rows_of``).
@@ -36,8 +38,8 @@ import os
 import random
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections import ChainMap, deque
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any
 
@@ -45,7 +47,9 @@ from gtl_nb.engine.ledger import (
     MEMORY,
     Ledger,
     LedgerBusyError,
+    LedgerError,
     LedgerStateError,
+    LedgerValueError,
     register_pending_writes,
     unregister_pending_writes,
 )
@@ -291,20 +295,47 @@ class LedgerWriter:
         return batch
 
     def _commit(self, batch: list[Start | Finish]) -> None:
-        """Write ``batch`` in one transaction, retrying (and saying so) until it lands."""
+        """Write ``batch`` in one transaction, retrying (and saying so) while the file fails. When the
+        batch itself is what fails — a value or a defect in the batch code, which no retry changes —
+        its operations are written one at a time, and only the one that fails alone is lost (loudly):
+        the writer never stalls on a batch, so the rows after it keep landing."""
+        try:
+            started = self._write(batch, self._rowids)
+        except LedgerStateError as exc:  # the ledger was closed under us: nobody can write these
+            log.error("ledger %s: %d queued write(s) lost: %s", self.ledger.path, len(batch), exc)
+            return
+        except Exception as exc:
+            log.error(
+                "ledger %s: a batch of %d operation(s) could not be written (%s: %s); writing them one at a time",
+                self.ledger.path,
+                len(batch),
+                type(exc).__name__,
+                exc,
+            )
+            started = self._write_one_by_one(batch)
+        if started is None:  # given up by close
+            return
+        for op in batch:
+            if isinstance(op, Finish):
+                self._rowids.pop(op.handle, None)
+        self._rowids.update(started)
+
+    def _write(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> dict[int, int] | None:
+        """``write_batch`` of ``ops`` in one transaction, retried with backoff while the file fails
+        (full, read-only, locked by others); ``None`` once ``close`` gave up waiting. Any other
+        exception is the operations' own and is raised."""
         hostname = self.ledger.hostname
         delay, failing_since, reported = 0.05, 0.0, 0.0
         while True:
             try:
-                started = self.ledger.transaction(lambda conn: write_batch(conn, batch, self._rowids, hostname))
+                started = self.ledger.transaction(lambda conn: write_batch(conn, ops, rowids, hostname))
                 break
-            except LedgerStateError as exc:  # the ledger was closed under us: nobody can write these
-                log.error("ledger %s: %d queued write(s) lost: %s", self.ledger.path, len(batch), exc)
-                return
-            except Exception as exc:
+            except LedgerError as exc:
+                if isinstance(exc, (LedgerStateError, LedgerValueError)):
+                    raise  # closed, or a value the ledger refuses: no retry changes either
                 now = time.monotonic()
                 if self._abandoned:
-                    return
+                    return None
                 if not failing_since:
                     failing_since = now
                 if now - reported >= _REPORT_EVERY:
@@ -312,7 +343,7 @@ class LedgerWriter:
                     log.warning(
                         "ledger %s: could not write %d queued operation(s) (%s); retrying, nothing is dropped",
                         self.ledger.path,
-                        len(batch),
+                        len(ops),
                         exc,
                     )
                 time.sleep(delay * random.uniform(0.5, 1.5))
@@ -321,10 +352,32 @@ class LedgerWriter:
             log.warning(
                 "ledger %s: writes succeed again after %.1f s", self.ledger.path, time.monotonic() - failing_since
             )
+        return started
+
+    def _write_one_by_one(self, batch: list[Start | Finish]) -> dict[int, int] | None:
+        """``batch`` written an operation a transaction (``_commit``'s way out of a batch that fails
+        as a whole): the row ids of the rows left started, or ``None`` once ``close`` gave up."""
+        started: dict[int, int] = {}
+        known = ChainMap(started, self._rowids)  # a finish later in the batch finds its start's row here
         for op in batch:
-            if isinstance(op, Finish):
-                self._rowids.pop(op.handle, None)
-        self._rowids.update(started)
+            try:
+                written = self._write([op], known)
+            except LedgerStateError as exc:
+                log.error("ledger %s: queued write(s) lost: %s", self.ledger.path, exc)
+                return started
+            except Exception as exc:
+                log.error(
+                    "ledger %s: %s could not be written (%s: %s); it is lost",
+                    self.ledger.path,
+                    _described(op),
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            if written is None:
+                return None
+            started.update(written)
+        return started
 
     def _prune_due(self) -> bool:
         return self._retention is not None and self._clock() >= self._next_prune
@@ -342,6 +395,14 @@ class LedgerWriter:
             log.warning(
                 "ledger %s: pruning failed (%s); trying again in %g s", self.ledger.path, exc, self._prune_every
             )
+
+
+def _described(op: Start | Finish) -> str:
+    """What ``op`` is, for a log line: a row's start (or whole row) by its session, an outcome by
+    its handle (its session is in the row already written)."""
+    if isinstance(op, Start):
+        return f"the {'finished ' if op.finish is not None else ''}row of session {op.session_id}"
+    return f"the outcome {op.status} of row handle {op.handle}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -335,7 +335,7 @@ class Signal(logging.Handler):
             self.seen.set()
 
 
-def test_a_full_disk_is_retried_until_the_rows_land(path: Path):
+def test_a_full_disk_is_retried_until_the_rows_land(path: Path, caplog: pytest.LogCaptureFixture):
     signal = Signal("database or disk is full")
     logger = logging.getLogger("gtl_nb.engine.ledger")
     logger.addHandler(signal)
@@ -355,6 +355,7 @@ def test_a_full_disk_is_retried_until_the_rows_land(path: Path):
     rows = ledger.rows()
     assert len(rows) == 200 and {row["status"] for row in rows} == {"ok"}
     ledger.close()
+    assert "one at a time" not in caplog.text  # the file's trouble: the batch retried whole, never split
 
 
 def test_one_requests_unstorable_text_does_not_fail_the_others(path: Path, caplog: pytest.LogCaptureFixture):
@@ -496,3 +497,51 @@ def test_a_forked_child_writes_through_a_writer_of_its_own(path: Path):
         gate.set()
         store.close()
     assert sorted((row["session_id"], row["status"]) for row in rows) == [("child", "ok"), ("parent", "started")]
+
+
+def test_a_batch_that_fails_for_its_own_sake_is_written_one_at_a_time(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # A batch that fails for anything but the file (a defect in the batch code, a value it cannot
+    # take) is not retried whole — no retry would change it, and the writer would stall, every later
+    # row queued behind it. Each operation goes alone; only the one that fails alone is lost, loudly.
+    from gtl_nb.engine import ledger_writer
+
+    real = ledger_writer.write_batch
+
+    def breaks_on_poison(conn: sqlite3.Connection, ops: Any, rowids: Any, hostname: str) -> dict[int, int]:
+        if any(getattr(op, "session_id", None) == "poison" for op in ops):
+            raise RuntimeError("a defect in the batch code")
+        return real(conn, ops, rowids, hostname)
+
+    monkeypatch.setattr(ledger_writer, "write_batch", breaks_on_poison)
+    ledger = GatedLedger(path)
+    writer = LedgerWriter(ledger)
+    try:
+        early = start(writer, "early")  # committed alone, left started: its outcome comes in the bad batch
+        writer.flush()
+        ledger.gate.clear()
+        before = start(writer, "before")
+        assert ledger.waiting.wait(WAIT)  # the writer holds ``before`` at the gate: what follows is one batch
+        poison = start(writer, "poison")
+        after = start(writer, "after")
+        writer.finish(early, "ok", T0 + 1, {"tokens_in": 3})
+        writer.finish(poison, "ok", T0 + 1, {})
+        writer.finish(before, "ok", T0 + 1, {})
+        ledger.gate.set()
+        writer.flush()
+        writer.finish(after, "error", T0 + 2, {"error_code": "TIMEOUT"})  # its row was left started
+        later = start(writer, "later")  # the writer goes on: rows after the bad batch land
+        writer.finish(later, "ok", T0 + 3, {})
+        writer.flush()
+    finally:
+        writer.close()
+    rows = by_session(ledger)
+    ledger.close()
+    assert set(rows) == {"early", "before", "after", "later"}
+    assert rows["early"]["status"] == "ok" and rows["early"]["tokens_in"] == 3
+    assert (rows["after"]["status"], rows["after"]["error_code"]) == ("error", "TIMEOUT")
+    assert rows["before"]["status"] == rows["later"]["status"] == "ok"
+    assert "writing them one at a time" in caplog.text
+    assert "the finished row of session poison could not be written" in caplog.text
+    assert "retrying, nothing is dropped" not in caplog.text  # never retried as a whole
