@@ -62,6 +62,7 @@ __all__ = [
     "FINISH_FIELDS",
     "FINISH_STATUS_ONLY",
     "FINISH_UPDATE",
+    "FINISH_UPDATE_ROWS",
     "INSERT_FINISHED",
     "INSERT_STARTED",
     "Ledger",
@@ -83,6 +84,7 @@ __all__ = [
     "refused_by_budget",
     "register_pending_writes",
     "row_filter",
+    "started_row_values",
     "started_values",
     "unregister_pending_writes",
 ]
@@ -223,6 +225,20 @@ _FINISH = (
 )
 #: The finishing UPDATE (parameters: ``finish_values``).
 FINISH_UPDATE = _FINISH
+
+#: ``_FINISH`` for many rows in one statement (``UPDATE … FROM``, SQLite 3.33+): ``{values}`` is a
+#: list of rows of ``finish_values``, each read as ``v`` — ``v.columnN`` is the Nth parameter of
+#: ``_FINISH``, and every assignment is ``_FINISH``'s (a row no longer ``started`` is left alone).
+FINISH_UPDATE_ROWS = (
+    f"UPDATE {TABLE} SET status = v.column1, end_time = v.column2, error_code = v.column3, "
+    "deployment = COALESCE(v.column4, deployment), provider_type = COALESCE(v.column5, provider_type), "
+    "model = COALESCE(v.column6, model), tokens_in = v.column7, tokens_out = v.column8, "
+    "cached_tokens_in = v.column9, reasoning_tokens_out = v.column10, cost = v.column11, ttft_ms = v.column12, "
+    "latency_ms = COALESCE(v.column13, (v.column14 - time) * 1000.0), "
+    "cache_hit = COALESCE(v.column15, cache_hit), coalesced = COALESCE(v.column16, coalesced), "
+    "failover_path = COALESCE(v.column17, failover_path) "
+    "FROM (VALUES {values}) AS v WHERE id = v.column18 AND status = 'started'"
+)
 
 
 #: The fallback when the details cannot be written: the outcome alone, so no ended request stays
@@ -370,6 +386,15 @@ def finished_row_values(
         started[9] if path is None else _path_json(path),
         *started[10:],
     )
+
+
+_NO_OUTCOME = (None,) * 8  # error_code, the four token counts, cost, ttft_ms, latency_ms
+
+
+def started_row_values(started: Sequence[Any]) -> tuple[Any, ...]:
+    """``started_values`` in ``INSERT_FINISHED``'s columns: the very row ``INSERT_STARTED`` writes
+    (status ``started``, no end, no outcome), so started and finished rows can share one statement."""
+    return (started[0], started[1], None, *started[2:7], "started", *_NO_OUTCOME, *started[7:])
 
 
 def _finish_row(conn: sqlite3.Connection, statement: str, values: Sequence[Any], row_id: int) -> str | None:

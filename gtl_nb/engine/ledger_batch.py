@@ -2,16 +2,23 @@
 inside the one transaction its caller holds (``engine.ledger_writer`` runs it; ``docs/ledger.md``,
 "How rows are written").
 
-A request whose start and finish are both in the batch is one INSERT of the finished row — and
-such rows, in a run, go in together: multi-row INSERTs of a power of two rows each, at most
+New rows — a request's start, or its whole row when it ended before the writer took its start —
+go in together, in start order: multi-row INSERTs of a power of two rows each, at most
 ``MAX_ROWS_PER_INSERT`` (50 rows: 32, 16 and 2), not a statement each (a row written alone cost
-~35 % more: SQLite's per-statement work, and the interpreter's lock handed over around each).
-A finish whose start was committed by an earlier batch is the usual guarded UPDATE. Whatever one
-request's values do to its statement, the others are written: a statement refused for its values leaves the
-transaction open (SQLite rolls back that statement only), so the request falls back to its outcome
-alone, then to text SQLite can store, and is dropped — loudly — only when even that fails. The
-file's own failures (``sqlite3.OperationalError``: disk full, read-only, I/O error, locked)
-propagate, and the caller retries the whole batch.
+~35 % more: SQLite's per-statement work, and the interpreter's lock let go and taken back around
+each of its steps, which is a hand-over between threads whenever the engine's loop is busy). The
+ids of started rows, which their finishes need, follow from the statement's last id: the table's
+ids are ``AUTOINCREMENT``, so one statement's rows take consecutive ids in order (asking SQLite for
+them with ``RETURNING`` would be a step — a hand-over — a row). The outcomes of rows earlier
+batches left started go in one ``UPDATE … FROM (VALUES …)`` for many rows (SQLite 3.33+; with an
+older one, an UPDATE each, as before).
+
+Whatever one request's values do to its statement, the others are written: a statement refused
+for its values leaves the transaction open (SQLite rolls back that statement only), so its requests
+fall back to one statement each, then to their outcome alone, then to text SQLite can store, and
+are dropped — loudly — only when even that fails. The file's own failures
+(``sqlite3.OperationalError``: disk full, read-only, I/O error, locked) propagate, and the caller
+retries the whole batch.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ from typing import Any, cast
 from gtl_nb.engine.ledger import (
     FINISH_STATUS_ONLY,
     FINISH_UPDATE,
+    FINISH_UPDATE_ROWS,
     INSERT_FINISHED,
     INSERT_STARTED,
     clean_finish_fields,
     finish_values,
     finished_row_values,
+    started_row_values,
     started_values,
 )
 from gtl_nb.engine.ledger_schema import TABLE
@@ -42,10 +51,13 @@ __all__ = ["MAX_ROWS_PER_INSERT", "Finish", "Start", "write_batch"]
 log = get_logger("engine.ledger")
 
 MAX_ROWS_PER_INSERT = 64
-"""Finished rows one INSERT writes at most (fewer where SQLite allows fewer parameters a statement)."""
+"""Rows one INSERT (or outcomes one UPDATE) writes at most (fewer where SQLite allows fewer
+parameters a statement)."""
+BATCHED_UPDATES = sqlite3.sqlite_version_info >= (3, 33, 0)
+"""Whether outcomes go many to a statement: ``UPDATE … FROM`` needs SQLite 3.33."""
 _COLUMNS = INSERT_FINISHED.count("?")
 _INSERT_HEAD, _, _ = INSERT_FINISHED.partition(" VALUES ")
-_ONE_ROW = "(" + ", ".join("?" * _COLUMNS) + ")"
+_FINISH_COLUMNS = FINISH_UPDATE.count("?")
 _NONES = repeat(None)
 
 
@@ -81,61 +93,63 @@ class Start:
 def write_batch(
     conn: sqlite3.Connection, ops: Iterable[Start | Finish], rowids: Mapping[int, int], hostname: str
 ) -> dict[int, int]:
-    """Write ``ops`` in order on ``conn``, inside the caller's transaction.
+    """Write ``ops`` on ``conn``, inside the caller's transaction: new rows in the order of their
+    starts, then the outcomes of rows written before.
 
     ``rowids`` maps the handles of rows committed ``started`` by earlier batches to their row ids.
     Returns the same map for the rows this batch leaves ``started`` (valid once it commits)."""
     started: dict[int, int] = {}
-    finished = _FinishedRows(conn, hostname)
+    rows = _NewRows(conn, hostname, started)
+    outcomes = _Outcomes(conn)
     for op in ops:
         if isinstance(op, Start):
-            if op.finish is not None:
-                clean = _clean(op.finish, f"session {op.session_id}")
-                if clean is not None:
-                    finished.add(op, clean)
-                    continue
-                finished.write()  # the rows before this one first: rows keep the order of their starts
-                _insert(conn, op, hostname, clean=None)  # its outcome alone
-                continue
-            finished.write()
-            row_id = _insert(conn, op, hostname)
-            if row_id is not None and op.finish is None:
-                started[op.handle] = row_id
+            rows.add(op)
             continue
-        finished.write()
         row_id = started.get(op.handle, rowids.get(op.handle))
         if row_id is None:  # its start could not be written: already logged
             log.warning("ledger: the outcome %s of a request whose row was never written is lost", op.status)
             continue
-        _update(conn, op, row_id)
-    finished.write()
+        if BATCHED_UPDATES:
+            outcomes.add(op, row_id)
+        else:
+            rows.write()
+            _update(conn, op, row_id)
+    rows.write()
+    outcomes.write()
     return started
 
 
-class _FinishedRows:
-    """Finished rows waiting to be inserted together (``write_batch``), with their fields cleaned.
+class _NewRows:
+    """New rows waiting to be inserted together (``write_batch``): finished rows with their fields
+    cleaned, and started ones, whose ids go to ``started`` once written.
 
     When a multi-row INSERT is refused for one row's values (SQLite undoes that statement alone and
     keeps the transaction), that statement's rows go the one-by-one way, with the fields cleaned
     here: the others are written, the odd one falls back as it always did, and no warning is logged
     twice."""
 
-    __slots__ = ("_cleaned", "_conn", "_hostname", "_limit", "_ops", "_rows")
+    __slots__ = ("_cleaned", "_conn", "_hostname", "_limit", "_ops", "_rows", "_started")
 
-    def __init__(self, conn: sqlite3.Connection, hostname: str) -> None:
+    def __init__(self, conn: sqlite3.Connection, hostname: str, started: dict[int, int]) -> None:
         self._conn = conn
         self._hostname = hostname
+        self._started = started
         self._ops: list[Start] = []
-        self._cleaned: list[dict[str, Any]] = []
+        self._cleaned: list[dict[str, Any] | None] = []
         self._rows: list[tuple[Any, ...]] = []
         self._limit = 0  # rows per statement, read from the connection when first needed
 
-    def add(self, op: Start, clean: dict[str, Any]) -> None:
-        """Take ``op`` (a start with its finish, whose fields are ``clean``)."""
-        end = op.finish
-        assert end is not None
+    def add(self, op: Start) -> None:
+        """Take ``op``: a start, with its finish or still running."""
         values = _started(op, self._hostname)
-        self._rows.append(finished_row_values(values, end.status, end.when, clean))
+        end = op.finish
+        clean = None
+        if end is None:
+            row = started_row_values(values)
+        else:  # its details, or (when they cannot be cleaned) its outcome alone
+            clean = _clean(end, f"session {op.session_id}")
+            row = finished_row_values(values, end.status, end.when, clean, end.fields.get("error_code"))
+        self._rows.append(row)
         self._ops.append(op)
         self._cleaned.append(clean)
 
@@ -146,35 +160,99 @@ class _FinishedRows:
             return
         self._rows, self._ops, self._cleaned = [], [], []
         if not self._limit:
-            self._limit = _rows_per_insert(self._conn)
+            self._limit = _rows_per_statement(self._conn, _COLUMNS)
         done = 0
         while done < len(rows):
             count = _statement_size(len(rows) - done, self._limit)
-            part = rows[done : done + count]
+            part, part_ops = rows[done : done + count], ops[done : done + count]
             nulls = _null_columns(part)
-            if nulls:
-                kept = [index not in nulls for index in range(_COLUMNS)]
-                values = list(chain.from_iterable(map(compress, part, repeat(kept))))
-            else:
-                values = list(chain.from_iterable(part))
             try:
-                self._conn.execute(_insert_rows(count, nulls), values)
+                cursor = self._conn.execute(_insert_rows(count, nulls), _flat(part, nulls))
             except sqlite3.OperationalError:
                 raise  # the file's trouble, not these values: the caller retries the batch
             except Exception:
                 if not self._conn.in_transaction:
                     raise
-                for index in range(done, done + count):  # one of them is refused: each on its own
-                    _insert(self._conn, ops[index], self._hostname, clean=cleaned[index])
+                for op, clean in zip(part_ops, cleaned[done : done + count], strict=True):
+                    row_id = _insert(self._conn, op, self._hostname, clean=clean)  # each on its own
+                    if row_id is not None and op.finish is None:
+                        self._started[op.handle] = row_id
+                done += count
+                continue
+            if cursor.rowcount != count:  # never seen: raised, so the caller undoes the whole batch
+                raise RuntimeError(f"a {count}-row INSERT inserted {cursor.rowcount} rows")
+            # AUTOINCREMENT: each row's id is one more than the last id the table ever had, so the
+            # statement's rows hold the ids up to its last one, in the order of its VALUES
+            first = int(cursor.lastrowid or 0) - count + 1
+            for offset, op in enumerate(part_ops):
+                if op.finish is None:
+                    self._started[op.handle] = first + offset
             done += count
 
 
-def _rows_per_insert(conn: sqlite3.Connection) -> int:
-    """How many rows one INSERT may hold on ``conn``: ``MAX_ROWS_PER_INSERT``, or fewer where the
-    build of SQLite allows fewer parameters a statement (999 before 3.32)."""
+class _Outcomes:
+    """The outcomes of rows earlier batches left ``started``, finished together (``write_batch``):
+    ``FINISH_UPDATE_ROWS``, a statement for many, falling back to one each as ``_NewRows`` does."""
+
+    __slots__ = ("_conn", "_limit", "_pending")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._pending: list[tuple[Finish, int, dict[str, Any]]] = []
+        self._limit = 0
+
+    def add(self, op: Finish, row_id: int) -> None:
+        """Take ``op``, the outcome of row ``row_id``."""
+        clean = _clean(op, f"row {row_id}")
+        if clean is None:  # its status alone: the one-by-one way at once (rare)
+            _update(self._conn, op, row_id, clean=None)
+            return
+        self._pending.append((op, row_id, clean))
+
+    def write(self) -> None:
+        """Finish the rows taken so far, and forget them."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if not self._limit:
+            self._limit = _rows_per_statement(self._conn, _FINISH_COLUMNS)
+        done = 0
+        while done < len(pending):
+            count = _statement_size(len(pending) - done, self._limit)
+            part = pending[done : done + count]
+            done += count
+            values = [finish_values(row_id, op.status, op.when, clean) for op, row_id, clean in part]
+            nulls = _null_columns(values)
+            try:
+                cursor = self._conn.execute(_update_rows(count, nulls), _flat(values, nulls))
+            except sqlite3.OperationalError:
+                raise  # the file's trouble: the caller retries the batch
+            except Exception:
+                if not self._conn.in_transaction:
+                    raise
+                for op, row_id, clean in part:  # one of them is refused: each on its own
+                    _update(self._conn, op, row_id, clean=clean)
+                continue
+            if cursor.rowcount != count:  # some rows were no longer started: say which (rare)
+                for op, row_id, _ in part:
+                    _check_finished(self._conn, op, row_id)
+
+
+def _flat(rows: Sequence[tuple[Any, ...]], nulls: tuple[int, ...]) -> list[Any]:
+    """The parameters of ``rows`` in one list, the columns ``nulls`` (written ``NULL``) left out."""
+    if not nulls:
+        return list(chain.from_iterable(rows))
+    kept = [index not in nulls for index in range(len(rows[0]))]
+    return list(chain.from_iterable(map(compress, rows, repeat(kept))))
+
+
+def _rows_per_statement(conn: sqlite3.Connection, columns: int) -> int:
+    """How many rows of ``columns`` parameters one statement may hold on ``conn``:
+    ``MAX_ROWS_PER_INSERT``, or fewer where the build of SQLite allows fewer parameters a
+    statement (999 before 3.32)."""
     getlimit = getattr(conn, "getlimit", None)  # Python 3.11 and later
     parameters = getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) if getlimit is not None else 999
-    return max(1, min(MAX_ROWS_PER_INSERT, parameters // _COLUMNS))
+    return max(1, min(MAX_ROWS_PER_INSERT, parameters // columns))
 
 
 def _statement_size(remaining: int, limit: int) -> int:
@@ -197,8 +275,18 @@ def _null_columns(rows: Sequence[tuple[Any, ...]]) -> tuple[int, ...]:
 def _insert_rows(count: int, nulls: tuple[int, ...] = ()) -> str:
     """``INSERT_FINISHED`` for ``count`` rows, with ``NULL`` written for the columns ``nulls`` (a
     handful of patterns in practice: the sizes are powers of two, the empty columns few kinds of row)."""
-    one_row = _ONE_ROW if not nulls else "(" + ", ".join("NULL" if i in nulls else "?" for i in range(_COLUMNS)) + ")"
-    return f"{_INSERT_HEAD} VALUES {', '.join([one_row] * count)}"
+    return f"{_INSERT_HEAD} VALUES {', '.join([_row_of(_COLUMNS, nulls)] * count)}"
+
+
+@lru_cache(maxsize=64)
+def _update_rows(count: int, nulls: tuple[int, ...] = ()) -> str:
+    """``FINISH_UPDATE_ROWS`` for ``count`` outcomes, with ``NULL`` written for the columns ``nulls``."""
+    return FINISH_UPDATE_ROWS.format(values=", ".join([_row_of(_FINISH_COLUMNS, nulls)] * count))
+
+
+def _row_of(columns: int, nulls: tuple[int, ...]) -> str:
+    """One row of a ``VALUES`` list: a parameter a column, ``NULL`` for the columns ``nulls``."""
+    return "(" + ", ".join("NULL" if index in nulls else "?" for index in range(columns)) + ")"
 
 
 _NOT_CLEANED: Any = object()  # ``_insert``'s default: clean the finish's fields here
@@ -241,23 +329,42 @@ def _started(op: Start, hostname: str) -> tuple[Any, ...]:
     )
 
 
-def _update(conn: sqlite3.Connection, op: Finish, row_id: int) -> None:
+def _update(conn: sqlite3.Connection, op: Finish, row_id: int, clean: dict[str, Any] | None = _NOT_CLEANED) -> None:
+    """Finish row ``row_id`` with ``op`` the one-by-one way; ``clean``: its fields cleaned already
+    (``None``: they could not be — its status alone is recorded)."""
     essentials = (op.status, op.when, _text(op.fields.get("error_code")), op.when, row_id)
     attempts: list[tuple[str, Sequence[Any] | Callable[[], Sequence[Any]]]] = [(FINISH_STATUS_ONLY, essentials)]
-    clean = _clean(op, f"row {row_id}")
+    if clean is _NOT_CLEANED:
+        clean = _clean(op, f"row {row_id}")
     if clean is not None:
         attempts.insert(0, (FINISH_UPDATE, finish_values(row_id, op.status, op.when, clean)))
     cursor = _first_that_works(conn, attempts, f"row {row_id}")
     if cursor is None:
         log.error("ledger row %s: its outcome %s could not be written at all; it stays started", row_id, op.status)
     elif cursor.rowcount != 1:
-        # Only a hand-made change can get here (the row deleted, or finished by another tool): the
-        # writer finishes each row once, and recovery never judges the rows of a live process.
-        found = conn.execute(f"SELECT status FROM {TABLE} WHERE id = ?", (row_id,)).fetchone()
-        now = "no longer exists" if found is None else f"is already {found[0]}"
-        log.warning(
-            "ledger row %s %s; its outcome %s was not recorded (the first outcome wins)", row_id, now, op.status
-        )
+        _not_finished(op, row_id, _row_state(conn, row_id))
+
+
+def _check_finished(conn: sqlite3.Connection, op: Finish, row_id: int) -> None:
+    """After an UPDATE of many rows that finished fewer than it was given: whether row ``row_id``
+    holds the outcome ``op`` (its status and end time), and if not, say so."""
+    found = _row_state(conn, row_id)
+    if found is None or found != (op.status, op.when):
+        _not_finished(op, row_id, found)
+
+
+def _row_state(conn: sqlite3.Connection, row_id: int) -> tuple[Any, Any] | None:
+    """Row ``row_id``'s status and end time (``None``: no such row)."""
+    found = conn.execute(f"SELECT status, end_time FROM {TABLE} WHERE id = ?", (row_id,)).fetchone()
+    return None if found is None else (found[0], found[1])
+
+
+def _not_finished(op: Finish, row_id: int, found: tuple[Any, Any] | None) -> None:
+    """Say that the outcome ``op`` left row ``row_id`` as ``found`` (its status and end time).
+    Only a hand-made change can get here (the row deleted, or finished by another tool): the
+    writer finishes each row once, and recovery never judges the rows of a live process."""
+    now = "no longer exists" if found is None else f"is already {found[0]}"
+    log.warning("ledger row %s %s; its outcome %s was not recorded (the first outcome wins)", row_id, now, op.status)
 
 
 def _clean(op: Finish, what: str) -> dict[str, Any] | None:

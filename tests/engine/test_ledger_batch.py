@@ -49,8 +49,11 @@ def rows_of(ledger: Ledger) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "proc_start"} for row in ledger.rows()]
 
 
-def written(path: Path, batches: list[list[Start | Finish]], writer: Any) -> tuple[list[dict[str, Any]], list[str]]:
-    """The rows ``writer`` leaves after committing ``batches`` in turn, and the INSERTs it ran."""
+def written(
+    path: Path, batches: list[list[Start | Finish]], writer: Any, kind: str = "INSERT"
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows ``writer`` leaves after committing ``batches`` in turn, and the statements of
+    ``kind`` (INSERT, UPDATE) it ran."""
     statements: list[str] = []
     with Ledger(path) as ledger:
         ledger.transaction(lambda conn: conn.set_trace_callback(statements.append))
@@ -58,7 +61,7 @@ def written(path: Path, batches: list[list[Start | Finish]], writer: Any) -> tup
         for batch in batches:
             rowids.update(ledger.transaction(lambda conn, batch=batch: writer(conn, batch, rowids)))
         rows = rows_of(ledger)
-    return rows, [s for s in statements if s.startswith("INSERT")]
+    return rows, [s for s in statements if s.startswith(kind)]
 
 
 def batch_writer(conn: sqlite3.Connection, ops: list[Start | Finish], rowids: dict[int, int]) -> dict[int, int]:
@@ -248,9 +251,15 @@ def batches(draw: st.DrawFn) -> list[list[Start | Finish]]:
     return result
 
 
+@pytest.mark.parametrize("batched", [True, False], ids=["many to a statement", "older SQLite"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches())
-def test_any_mix_of_batches_leaves_the_rows_one_by_one_would(tmp_path_factory: pytest.TempPathFactory, mix):
+def test_any_mix_of_batches_leaves_the_rows_one_by_one_would(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, batched: bool, mix
+):
+    if batched and not ledger_batch.BATCHED_UPDATES:
+        pytest.skip("UPDATE … FROM: SQLite 3.33+")
+    monkeypatch.setattr(ledger_batch, "BATCHED_UPDATES", batched)
     folder = tmp_path_factory.mktemp("mix")
     together, _ = written(folder / "a.sqlite3", mix, batch_writer)
     alone, _ = written(folder / "b.sqlite3", mix, one_by_one)
@@ -270,3 +279,106 @@ def test_each_warning_of_cleaning_a_row_is_logged_once(
 ):
     written(tmp_path / "a.sqlite3", [batch], batch_writer)
     assert caplog.text.count("plausible token count") == 1
+
+
+def running(handle: int, session: str) -> Start:
+    """A start whose request is still running when the writer takes it: a row left started."""
+    return Start(handle, handle, T0 + handle, session, "ada", "m", tenant="acme", trace_id=f"t{handle}")
+
+
+def outcome(handle: int, fields: dict[str, Any] | None = None, status: str = "ok") -> Finish:
+    """The finish of ``running(handle)``, in a later batch."""
+    return Finish(handle, 1000 + handle, status, T0 + handle + 0.5, dict(OUTCOME if fields is None else fields))
+
+
+@pytest.mark.skipif(not ledger_batch.BATCHED_UPDATES, reason="UPDATE … FROM: SQLite 3.33+")
+def test_started_rows_and_their_outcomes_go_many_to_a_statement(tmp_path: Path):
+    # Requests longer than the writer's window (every real model's) are a start in one batch and
+    # an outcome in a later one: both kinds go many to a statement, as finished rows do.
+    starts: list[Start | Finish] = [running(n, f"s{n}") for n in range(1, 51)]
+    ends: list[Start | Finish] = [outcome(n) for n in range(50, 0, -1)]  # in any order
+    ends[7] = outcome(43, {**OUTCOME, "error_code": "TIMEOUT", "tokens_in": None}, status="error")
+    together, inserts = written(tmp_path / "a.sqlite3", [starts, ends], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [starts, ends], one_by_one)
+    assert together == alone and len(together) == 50
+    assert len(inserts) == 3  # 32 + 16 + 2 rows, their ids read from each statement's last
+    _, updates = written(tmp_path / "c.sqlite3", [starts, ends], batch_writer, kind="UPDATE")
+    assert len(updates) == 3  # 32 + 16 + 2 outcomes
+    assert [row["session_id"] for row in together] == [f"s{n}" for n in range(1, 51)]
+    assert together[42]["status"] == "error" and together[42]["error_code"] == "TIMEOUT"
+    assert all(row["status"] == "ok" and row["tokens_out"] == 16 for row in together if row["session_id"] != "s43")
+
+
+def test_one_refused_outcome_leaves_the_others_of_its_statement_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    starts: list[Start | Finish] = [running(n, f"s{n}") for n in range(1, 9)]
+    ends: list[Start | Finish] = [outcome(n) for n in range(1, 9)]
+    ends[3] = outcome(4, {**OUTCOME, "model": "odd\udc80model"})  # refused: its status alone
+    ends[5] = outcome(6, {"failover_path": 5})  # details that cannot be cleaned: its status alone
+    together, _ = written(tmp_path / "a.sqlite3", [starts, ends], batch_writer)
+    assert caplog.text.count("recording its status only") == 2  # each said once
+    alone, _ = written(tmp_path / "b.sqlite3", [starts, ends], one_by_one)
+    assert together == alone and [row["status"] for row in together] == ["ok"] * 8
+    assert together[3]["tokens_out"] is None and together[5]["tokens_out"] is None
+    assert all(row["tokens_out"] == 16 for index, row in enumerate(together) if index not in (3, 5))
+
+
+def test_an_outcome_for_a_row_changed_meanwhile_by_another_tool_is_said_and_not_written(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    with Ledger(tmp_path / "a.sqlite3") as ledger:
+        starts: list[Start | Finish] = [running(n, session) for n, session in enumerate("abcd", 1)]
+        rowids = ledger.transaction(lambda conn: write_batch(conn, starts, {}, HOST))
+        by_hand = [
+            "UPDATE requests SET status = 'cancelled' WHERE session_id = 'b'",
+            "UPDATE requests SET status = 'ok', end_time = 1 WHERE session_id = 'c'",  # the same status as ours
+            "DELETE FROM requests WHERE session_id = 'd'",
+        ]
+        ledger.transaction(lambda conn: [conn.execute(statement) for statement in by_hand])
+        ledger.transaction(lambda conn: write_batch(conn, [outcome(n) for n in range(1, 5)], rowids, HOST))
+        rows = rows_of(ledger)
+    assert [(row["session_id"], row["status"], row["tokens_out"]) for row in rows] == [
+        ("a", "ok", 16), ("b", "cancelled", None), ("c", "ok", None)
+    ]  # fmt: skip
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [
+        f"ledger row {rowids[2]} is already cancelled; its outcome ok was not recorded (the first outcome wins)",
+        f"ledger row {rowids[3]} is already ok; its outcome ok was not recorded (the first outcome wins)",
+        f"ledger row {rowids[4]} no longer exists; its outcome ok was not recorded (the first outcome wins)",
+    ]
+
+
+def test_started_rows_get_their_own_ids_after_the_last_rows_were_deleted(tmp_path: Path):
+    # The ids of a statement's started rows are read from its last id: AUTOINCREMENT never gives a
+    # deleted row's id again, so the rows after a deletion still take the ids after the highest ever.
+    def with_deletion(writer: Any) -> Any:
+        def write(conn: sqlite3.Connection, ops: list[Start | Finish], rowids: dict[int, int]) -> dict[int, int]:
+            conn.execute("DELETE FROM requests WHERE id > 3 AND status != 'started'")  # the newest, removed by hand
+            return writer(conn, ops, rowids)
+
+        return write
+
+    first: list[Start | Finish] = [finished(n, f"f{n}") for n in range(1, 7)]
+    second: list[Start | Finish] = [running(n, f"s{n}") for n in range(7, 12)]
+    third: list[Start | Finish] = [outcome(n, status="error" if n % 2 else "ok") for n in range(7, 12)]
+    together, _ = written(tmp_path / "a.sqlite3", [first, second, third], with_deletion(batch_writer))
+    alone, _ = written(tmp_path / "b.sqlite3", [first, second, third], with_deletion(one_by_one))
+    assert together == alone
+    assert [(row["id"], row["session_id"], row["status"]) for row in together] == [
+        (1, "f1", "ok"), (2, "f2", "ok"), (3, "f3", "ok"),
+        (7, "s7", "error"), (8, "s8", "ok"), (9, "s9", "error"), (10, "s10", "ok"), (11, "s11", "error"),
+    ]  # fmt: skip
+
+
+def test_an_older_sqlite_writes_outcomes_a_statement_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(ledger_batch, "BATCHED_UPDATES", False)  # as with SQLite before 3.33: no UPDATE … FROM
+    starts: list[Start | Finish] = [running(1, "a"), finished(2, "b"), running(3, "c"), finished(4, "d")]
+    ends: list[Start | Finish] = [outcome(3), finished(5, "e"), outcome(1, status="error")]
+    together, _ = written(tmp_path / "a.sqlite3", [starts, ends], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [starts, ends], one_by_one)
+    _, updates = written(tmp_path / "c.sqlite3", [starts, ends], batch_writer, kind="UPDATE")
+    assert together == alone and len(updates) == 2 and "FROM (VALUES" not in updates[0]
+    assert [(row["session_id"], row["status"]) for row in together] == [
+        ("a", "error"), ("b", "ok"), ("c", "ok"), ("d", "ok"), ("e", "ok")
+    ]  # fmt: skip
