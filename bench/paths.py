@@ -7,7 +7,8 @@ a ``Caller`` — one per concurrent worker, holding that worker's own connection
   ``completion_request`` to ``POST /v1/gtl/sse``) go through ``bench.httpclient``, the same client for
   each, so its cost is paid equally.
 * ``gtl`` paths (``gtl-ws``, ``gtl-grpc``, ``gtl-quic``) go through the project's own client,
-  ``gtl_nb.connect(url, token=…)``, one connection per worker, ``Client.astream``.
+  ``gtl_nb.aconnect(url, token=…)`` — its connection on the load client's own loop, as an async
+  program runs it, so no thread is crossed per event — one connection per worker, ``Client.astream``.
 
 Every path answers the same workload: ``tokens`` tokens of ``bench.upstream.TOKEN``, streamed or not.
 A request is an error unless it had status 200, carried exactly ``tokens`` tokens and its path's end
@@ -16,7 +17,6 @@ A request is an error unless it had status 200, carried exactly ``tokens`` token
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import time
@@ -190,7 +190,8 @@ class GtlSseCaller(Caller):
 
 
 class GtlClientCaller(Caller):
-    """The project's own client over one of its transports (one ``gtl_nb.connect`` per worker)."""
+    """The project's own client over one of its transports (one ``gtl_nb.aconnect`` per worker, on
+    this process's loop)."""
 
     def __init__(self, spec: PathSpec) -> None:
         self.spec = spec
@@ -201,8 +202,7 @@ class GtlClientCaller(Caller):
         import gtl_nb
 
         options = {"verify": self.spec.verify} if self.spec.verify else {}
-        # connect() blocks on the client's own loop thread: run it off this loop
-        self.client = await asyncio.to_thread(gtl_nb.connect, self.spec.url, token=self.spec.token, **options)
+        self.client = await gtl_nb.aconnect(self.spec.url, token=self.spec.token, **options)
 
     async def call(self, workload: Workload) -> Outcome:
         from gtl_nb.protocol import Done, Error, Token
@@ -234,7 +234,7 @@ class GtlClientCaller(Caller):
 
     async def close(self) -> None:
         if self.client is not None:
-            await asyncio.to_thread(self.client.close)
+            await self.client.aclose()
             self.client = None
 
 

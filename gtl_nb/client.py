@@ -93,29 +93,11 @@ def connect(
     the best transport it offers (QUIC, gRPC, WebSocket, SSE, HTTP, in that order); ``client.transport``
     says which (docs/transports.md).
     """
-    if "://" in endpoint:  # URL schemes are case-insensitive: HTTP://host is http://host
-        scheme, rest = endpoint.split("://", 1)
-        endpoint = f"{scheme.lower()}://{rest}"
-    scheme = endpoint.split("://", 1)[0] if "://" in endpoint else endpoint
-    if scheme == "embedded":
+    endpoint = _normalized(endpoint)
+    if _is_embedded(endpoint):
         return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)
-    if "://" not in endpoint:
-        from gtl_nb.transports.discovery import is_host_port
-
-        if not is_host_port(endpoint):  # a bare HOST:PORT goes to discovery; anything else is a mistake
-            raise ConfigurationError(
-                f"{endpoint!r} is not a gateway address: give HOST:PORT (the best transport the gateway offers) "
-                "or a scheme (https://HOST:PORT, grpc://HOST:PORT, …); use connect() or connect('embedded://') "
-                "to run the engine in this process"
-            )
-    verify = options.pop("verify", True)
     local = {"providers": providers, "config": config, "ledger": ledger, "environ": environ, **options}
-    given = [name for name, value in local.items() if value is not None]
-    if given:
-        raise ConfigurationError(
-            f"connect({endpoint!r}) takes no {given[0]}=: the gateway reads its own configuration "
-            "(stdio:///path/to/gtl.toml names the file)"
-        )
+    verify = _gateway_options(endpoint, local)
     from gtl_nb.transports.endpoints import backend_for
 
     backend: Backend = backend_for(endpoint, token=token, user=user, verify=verify)
@@ -132,20 +114,61 @@ async def aconnect(endpoint: str = "embedded://", token: str | None = None, **op
     """``connect`` from a coroutine, for a program that runs its own event loop (an async web
     service, a notebook that awaits): the same arguments, the same ``Client``.
 
-    The embedded engine (the default endpoint) then runs on the calling loop instead of gtl_nb's loop
-    thread: an awaited call (``acomplete``, ``astream``, ``abatch``) crosses no thread. One call at a
-    time, that is about a quarter less wall time and CPU a call (two thread wake-ups saved); many at
-    once, the loop thread does better (the engine runs there on uvloop, beside the caller's loop):
-    docs/benchmarks.md, "The engine on the caller's loop". The synchronous methods still work from other
-    threads, but not from this loop's own thread (they would wait for the loop they block: they raise
-    and say so); close it with ``await client.aclose()`` or ``async with``. Any other endpoint gives
-    ``connect``'s client, connected in a worker thread so this loop is not held up.
+    The client then runs on the calling loop instead of gtl_nb's loop thread — the embedded engine
+    (the default endpoint), or the connection to a gateway (any other endpoint, opened here) — so an
+    awaited call (``acomplete``, ``astream``, ``abatch``) crosses no thread. One call at a time, that
+    is about a quarter less wall time and CPU a call for the embedded engine (two thread wake-ups
+    saved); many at once, the loop thread does better (the engine runs there on uvloop, beside the
+    caller's loop): docs/benchmarks.md, "The engine on the caller's loop". The synchronous methods
+    still work from other threads, but not from this loop's own thread (they would wait for the loop
+    they block: they raise and say so); close it with ``await client.aclose()`` or ``async with``.
     """
-    if endpoint.split("://", 1)[0].lower() != "embedded":
-        return await asyncio.to_thread(connect, endpoint, token, **options)
+    endpoint = _normalized(endpoint)
+    if not _is_embedded(endpoint):
+        user = options.pop("user", None)
+        verify = _gateway_options(endpoint, options)
+        from gtl_nb.transports.endpoints import open_backend
+
+        backend = await open_backend(endpoint, token=token, user=user, verify=verify, loop=CallersLoop())
+        return Client(backend=backend, user=user)
     if token is not None:
         raise ConfigurationError("the embedded engine takes no token: it runs in this process")
     return Client(loop=CallersLoop(), **options)
+
+
+def _normalized(endpoint: str) -> str:
+    """``endpoint`` with its scheme in lower case (URL schemes are case-insensitive: HTTP://host is http://host)."""
+    if "://" not in endpoint:
+        return endpoint
+    scheme, rest = endpoint.split("://", 1)
+    return f"{scheme.lower()}://{rest}"
+
+
+def _is_embedded(endpoint: str) -> bool:
+    return (endpoint.split("://", 1)[0] if "://" in endpoint else endpoint) == "embedded"
+
+
+def _gateway_options(endpoint: str, options: dict[str, Any]) -> Any:
+    """``verify=`` out of ``options``, the arguments ``connect`` was given for the gateway at
+    ``endpoint``, after checking the address and that nothing else is given: a gateway reads its own
+    configuration."""
+    if "://" not in endpoint:
+        from gtl_nb.transports.discovery import is_host_port
+
+        if not is_host_port(endpoint):  # a bare HOST:PORT goes to discovery; anything else is a mistake
+            raise ConfigurationError(
+                f"{endpoint!r} is not a gateway address: give HOST:PORT (the best transport the gateway offers) "
+                "or a scheme (https://HOST:PORT, grpc://HOST:PORT, …); use connect() or connect('embedded://') "
+                "to run the engine in this process"
+            )
+    verify = options.pop("verify", True)
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise ConfigurationError(
+            f"connect({endpoint!r}) takes no {given[0]}=: the gateway reads its own configuration "
+            "(stdio:///path/to/gtl.toml names the file)"
+        )
+    return verify
 
 
 class Client:

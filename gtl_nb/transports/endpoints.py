@@ -28,6 +28,7 @@ __all__ = [
     "Endpoint",
     "backend_for",
     "certificate_refused",
+    "open_backend",
     "parse_endpoint",
     "schemes",
     "split_endpoint",
@@ -37,16 +38,21 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One scheme's factory, by import path, and the extra that provides its library."""
+    """One scheme's factory, by import path, and the extra that provides its library; ``opener``: a
+    coroutine function that makes the backend and opens it (where making it already needs I/O), for
+    ``open_backend``."""
 
     factory: str
     extra: str | None = None
+    opener: str | None = None
 
 
 _ENDPOINTS: dict[str, Endpoint] = {
     "stdio": Endpoint("gtl_nb.transports.stdio:stdio_endpoint"),
     "http": Endpoint("gtl_nb.transports.http:http_endpoint", "gateway"),
-    "https": Endpoint("gtl_nb.transports.discovery:discovery_endpoint", "gateway"),
+    "https": Endpoint(
+        "gtl_nb.transports.discovery:discovery_endpoint", "gateway", "gtl_nb.transports.discovery:discover"
+    ),
     "sse": Endpoint("gtl_nb.transports.http:http_endpoint", "gateway"),
     "sses": Endpoint("gtl_nb.transports.http:http_endpoint", "gateway"),
     "ws": Endpoint("gtl_nb.transports.ws:ws_endpoint", "gateway"),
@@ -56,7 +62,7 @@ _ENDPOINTS: dict[str, Endpoint] = {
     "quic": Endpoint("gtl_nb.transports.quic:quic_endpoint", "quic"),
 }
 
-_DISCOVERY = Endpoint("gtl_nb.transports.discovery:discovery_endpoint", "gateway")
+_DISCOVERY = _ENDPOINTS["https"]
 """A bare ``HOST:PORT`` (no scheme)."""
 
 TLS_SCHEMES = frozenset({"https", "sses", "wss", "grpcs", "quic"})
@@ -152,6 +158,33 @@ def backend_for(
 ) -> Any:
     """The ``Backend`` of ``endpoint``'s scheme (raises ``ConfigurationError`` for an unknown one); a bare
     ``HOST:PORT`` goes to discovery."""
+    scheme, entry = _entry_of(endpoint)
+    backend = _imported(entry.factory, entry, scheme)(endpoint, token=token, user=user, verify=verify, loop=loop)
+    return _named(backend, scheme)
+
+
+async def open_backend(
+    endpoint: str, *, token: str | None = None, user: str | None = None, verify: Any = True, loop: Any
+) -> Any:
+    """``backend_for``'s twin for a coroutine (``gtl_nb.aconnect``): the backend of ``endpoint`` on
+    ``loop`` — which may be the very loop running this coroutine — and its connection opened (for
+    discovery: the gateway read and the best transport chosen), all awaited here."""
+    scheme, entry = _entry_of(endpoint)
+    if entry.opener is not None:
+        opener = _imported(entry.opener, entry, scheme)
+        return _named(await opener(endpoint, token=token, user=user, verify=verify, loop=loop), scheme)
+    backend = backend_for(endpoint, token=token, user=user, verify=verify, loop=loop)
+    try:
+        await backend.start()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that stopped the start is the one to see
+            await backend.aclose()
+        raise
+    return backend
+
+
+def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
+    """``endpoint``'s scheme (``""`` for a bare ``HOST:PORT``) and its entry, or a ``ConfigurationError``."""
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
     authority = endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
     if "@" in authority:  # said without the address: it holds what looks like a password
@@ -163,7 +196,12 @@ def backend_for(
     if entry is None:
         known = ", ".join(f"{name}://" for name in ("embedded", *_ENDPOINTS))
         raise ConfigurationError(f"unknown endpoint scheme {scheme!r} in {endpoint!r} (known: {known})")
-    module_name, _, function = entry.factory.partition(":")
+    return scheme, entry
+
+
+def _imported(path: str, entry: Endpoint, scheme: str) -> Any:
+    """The function ``module:name`` of ``entry``, or a ``ConfigurationError`` naming the extra it needs."""
+    module_name, _, function = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -172,8 +210,13 @@ def backend_for(
         raise ConfigurationError(
             f"the {scheme}:// transport needs {exc.name}: pip install 'gtl_nb[{entry.extra}]'"
         ) from None
-    backend = getattr(module, function)(endpoint, token=token, user=user, verify=verify, loop=loop)
+    return getattr(module, function)
+
+
+def _named(backend: Any, scheme: str) -> Any:
+    """``backend`` with ``transport`` set to ``scheme`` (a backend that names its transport itself
+    keeps its name; discovery's says which one it chose)."""
     if scheme and getattr(backend, "transport", None) is None:
-        with contextlib.suppress(AttributeError):  # a backend that names its transport itself keeps its name
+        with contextlib.suppress(AttributeError):
             backend.transport = scheme
     return backend

@@ -1,0 +1,107 @@
+"""``gtl_nb.aconnect`` to a gateway, over each of the six transports: the connection runs on the
+caller's own event loop, so an awaited call crosses no thread; answers are the embedded client's, the
+synchronous API is refused on that loop's own thread (and says why), and ``aclose`` ends the
+connection. ``connect``'s argument checks hold for it as they do for ``connect``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+
+import gtl_nb
+from gtl_nb.engine.loop import CallersLoop
+from gtl_nb.gateway.local import LocalGateway
+from gtl_nb.protocol import ConfigurationError, Token
+from tests.conformance.conftest import SCHEMES
+from tests.gateway.conftest import MODEL
+
+
+def address(scheme: str, served: LocalGateway, certs: Any) -> tuple[str, dict[str, Any]]:
+    """``aconnect``'s endpoint and options for ``scheme`` (as ``connect_to`` gives ``connect``'s)."""
+    if scheme == "stdio":
+        return f"stdio://{served.config}", {}
+    return served.url(scheme), ({"verify": str(certs.ca)} if scheme == "quic" else {})
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_an_awaited_call_to_a_gateway_runs_on_the_callers_loop_and_answers_as_embedded(
+    scheme: str, served: LocalGateway, certs: Any, embedded: gtl_nb.Client
+):
+    local = embedded.complete(MODEL, "Say hello.", max_tokens=16)
+    endpoint, options = address(scheme, served, certs)
+
+    async def main() -> None:
+        here = asyncio.get_running_loop()
+        client = await gtl_nb.aconnect(endpoint, **options)
+        seen: list[tuple[threading.Thread, asyncio.AbstractEventLoop]] = []
+        session = client.backend.session
+
+        async def watched(request: Any, deliver: Any) -> None:  # where the backend's session runs
+            seen.append((threading.current_thread(), asyncio.get_running_loop()))
+            await session(request, deliver)
+
+        client.backend.session = watched
+        try:
+            assert isinstance(client._loop, CallersLoop) and client.transport == scheme
+            answer = await client.acomplete(MODEL, "Say hello.", max_tokens=16)
+            assert answer.text == local.text and answer.usage.tokens_out == local.usage.tokens_out
+            events = [event async for event in client.astream(MODEL, "Say hello.", max_tokens=16)]
+            assert "".join(e.text for e in events if isinstance(e, Token)) == local.text
+            assert events[-1].type == "done"
+            with pytest.raises(RuntimeError, match="aconnect"):  # it would wait for the loop it blocks
+                client.complete(MODEL, "Say hello.")
+            assert seen == [(threading.current_thread(), here)] * 2  # no thread crossed, either call
+        finally:
+            await client.aclose()
+        with pytest.raises(gtl_nb.GTLError, match="closed"):
+            await client.acomplete(MODEL, "Say hello.")
+
+    asyncio.run(main())
+
+
+def test_a_gateway_found_by_discovery_is_opened_on_the_callers_loop(served: LocalGateway):
+    endpoint = served.url("http").removeprefix("http://")  # a bare HOST:PORT: discovery picks the transport
+
+    async def main() -> str:
+        async with await gtl_nb.aconnect(endpoint) as client:
+            assert isinstance(client._loop, CallersLoop)
+            answer = await client.acomplete(MODEL, "Say hello.", max_tokens=8)
+            assert answer.text
+            return client.transport
+
+    with gtl_nb.connect(endpoint) as chosen_by_connect:
+        assert asyncio.run(main()) == chosen_by_connect.transport  # the same choice as connect's
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "options", "message"),
+    [
+        ("not a gateway", {}, "is not a gateway address"),
+        ("ws://user:secret@127.0.0.1:1", {}, "carries no credentials"),
+        ("ws://127.0.0.1:1", {"ledger": False}, "takes no ledger="),
+        ("nope://127.0.0.1:1", {}, "unknown endpoint scheme"),
+    ],
+)
+def test_a_gateway_address_and_arguments_are_checked_as_connect_checks_them(endpoint, options, message):
+    async def main() -> None:
+        await gtl_nb.aconnect(endpoint, **options)
+
+    with pytest.raises(ConfigurationError, match=message) as raised:
+        asyncio.run(main())
+    assert "secret" not in str(raised.value)
+    with pytest.raises(ConfigurationError, match=message):
+        gtl_nb.connect(endpoint, **options)
+
+
+def test_a_gateway_that_cannot_be_reached_fails_the_connect_and_leaves_nothing_open():
+    async def main() -> None:
+        before = set(asyncio.all_tasks())
+        with pytest.raises(gtl_nb.GTLError, match="cannot reach"):
+            await gtl_nb.aconnect("ws://127.0.0.1:9")  # the discard port: nothing listens
+        await asyncio.sleep(0)
+        assert set(asyncio.all_tasks()) == before  # no reader or opener left behind
+
+    asyncio.run(main())
