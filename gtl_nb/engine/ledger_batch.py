@@ -105,6 +105,8 @@ def write_batch(
         if isinstance(op, Start):
             rows.add(op)
             continue
+        if op.handle not in started and op.handle not in rowids:
+            rows.write()  # its start may be among the rows not written yet (the writer merges those)
         row_id = started.get(op.handle, rowids.get(op.handle))
         if row_id is None:  # its start could not be written: already logged
             log.warning("ledger: the outcome %s of a request whose row was never written is lost", op.status)
@@ -166,6 +168,7 @@ class _NewRows:
             count = _statement_size(len(rows) - done, self._limit)
             part, part_ops = rows[done : done + count], ops[done : done + count]
             nulls = _null_columns(part)
+            changes = self._conn.total_changes
             try:
                 cursor = self._conn.execute(_insert_rows(count, nulls), _flat(part, nulls))
             except sqlite3.OperationalError:
@@ -179,10 +182,16 @@ class _NewRows:
                         self._started[op.handle] = row_id
                 done += count
                 continue
-            if cursor.rowcount != count:  # never seen: raised, so the caller undoes the whole batch
-                raise RuntimeError(f"a {count}-row INSERT inserted {cursor.rowcount} rows")
             # AUTOINCREMENT: each row's id is one more than the last id the table ever had, so the
-            # statement's rows hold the ids up to its last one, in the order of its VALUES
+            # statement's rows hold the ids up to its last one, in the order of its VALUES — unless
+            # something else inserted between them (a trigger added to the table by hand): then the
+            # ids are unknown, and raising undoes the batch, which the writer writes a row at a time
+            ids_needed = any(op.finish is None for op in part_ops)
+            if ids_needed and count > 1 and self._conn.total_changes - changes != count:
+                raise RuntimeError(
+                    f"a {count}-row INSERT changed {self._conn.total_changes - changes} rows (a trigger on "
+                    f"{TABLE}?): its rows' ids are not known"
+                )
             first = int(cursor.lastrowid or 0) - count + 1
             for offset, op in enumerate(part_ops):
                 if op.finish is None:
@@ -349,7 +358,8 @@ def _check_finished(conn: sqlite3.Connection, op: Finish, row_id: int) -> None:
     """After an UPDATE of many rows that finished fewer than it was given: whether row ``row_id``
     holds the outcome ``op`` (its status and end time), and if not, say so."""
     found = _row_state(conn, row_id)
-    if found is None or found != (op.status, op.when):
+    # (an end time that is no number, NaN, is stored as NULL)
+    if found is None or found[0] != op.status or not (found[1] == op.when or (found[1] is None and op.when != op.when)):
         _not_finished(op, row_id, found)
 
 

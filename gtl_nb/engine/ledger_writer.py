@@ -313,7 +313,7 @@ class LedgerWriter:
                 exc,
             )
             started = self._write_one_by_one(batch)
-        if started is None:  # given up by close
+        if started is None:  # given up by close, nothing of it written
             return
         for op in batch:
             if isinstance(op, Finish):
@@ -322,17 +322,17 @@ class LedgerWriter:
 
     def _write(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> dict[int, int] | None:
         """``write_batch`` of ``ops`` in one transaction, retried with backoff while the file fails
-        (full, read-only, locked by others); ``None`` once ``close`` gave up waiting. Any other
-        exception is the operations' own and is raised."""
+        (``_the_files_trouble``: full, read-only, I/O, locked by others); ``None`` once ``close``
+        gave up waiting. Any other exception is the operations' own and is raised."""
         hostname = self.ledger.hostname
         delay, failing_since, reported = 0.05, 0.0, 0.0
         while True:
             try:
                 started = self.ledger.transaction(lambda conn: write_batch(conn, ops, rowids, hostname))
                 break
-            except LedgerError as exc:
-                if isinstance(exc, (LedgerStateError, LedgerValueError)):
-                    raise  # closed, or a value the ledger refuses: no retry changes either
+            except Exception as exc:
+                if not _the_files_trouble(exc):
+                    raise  # closed, or the operations' own failure: no retry changes either
                 now = time.monotonic()
                 if self._abandoned:
                     return None
@@ -354,9 +354,10 @@ class LedgerWriter:
             )
         return started
 
-    def _write_one_by_one(self, batch: list[Start | Finish]) -> dict[int, int] | None:
+    def _write_one_by_one(self, batch: list[Start | Finish]) -> dict[int, int]:
         """``batch`` written an operation a transaction (``_commit``'s way out of a batch that fails
-        as a whole): the row ids of the rows left started, or ``None`` once ``close`` gave up."""
+        as a whole): the row ids of the rows it left started — also when ``close`` gave up waiting
+        part-way, for the rows written until then, whose outcomes may still be queued."""
         started: dict[int, int] = {}
         known = ChainMap(started, self._rowids)  # a finish later in the batch finds its start's row here
         for op in batch:
@@ -369,13 +370,13 @@ class LedgerWriter:
                 log.error(
                     "ledger %s: %s could not be written (%s: %s); it is lost",
                     self.ledger.path,
-                    _described(op),
+                    _described(op, known),
                     type(exc).__name__,
                     exc,
                 )
                 continue
-            if written is None:
-                return None
+            if written is None:  # close gave up: what was written still counts
+                return started
             started.update(written)
         return started
 
@@ -397,12 +398,31 @@ class LedgerWriter:
             )
 
 
-def _described(op: Start | Finish) -> str:
+def _described(op: Start | Finish, rowids: Mapping[int, int]) -> str:
     """What ``op`` is, for a log line: a row's start (or whole row) by its session, an outcome by
-    its handle (its session is in the row already written)."""
+    the id of its row (``rowids``: handle to row id), whose session is in that row."""
     if isinstance(op, Start):
         return f"the {'finished ' if op.finish is not None else ''}row of session {op.session_id}"
-    return f"the outcome {op.status} of row handle {op.handle}"
+    row_id = rowids.get(op.handle)
+    return f"the outcome {op.status} of ledger row {row_id if row_id is not None else f'handle {op.handle}'}"
+
+
+# SQLite's primary result codes that say the statement or its values are wrong, not the file: a
+# generic SQL error (no such column, syntax), a constraint, a type mismatch, misuse, a bad index
+_NOT_THE_FILE = frozenset({1, 19, 20, 21, 25})
+
+
+def _the_files_trouble(exc: BaseException) -> bool:
+    """Whether a failed write is the file's trouble — worth retrying whole until it passes (full,
+    read-only, I/O error, locked by others, out of memory) — rather than the operations' own (a value,
+    a defect in the batch code or its SQL), which no retry changes."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, LedgerError) or isinstance(exc, (LedgerStateError, LedgerValueError)):
+        return False
+    cause = exc.__cause__
+    code = getattr(cause, "sqlite_errorcode", None)  # Python 3.11+: SQLite's extended result code
+    return not (isinstance(code, int) and code & 0xFF in _NOT_THE_FILE)
 
 
 # ----------------------------------------------------------------------------------------------

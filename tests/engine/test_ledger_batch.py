@@ -40,7 +40,7 @@ def one_by_one(conn: sqlite3.Connection, ops: list[Start | Finish], rowids: dict
             if row_id is not None and op.finish is None:
                 started[op.handle] = row_id
         else:
-            _update(conn, op, started.get(op.handle, rowids[op.handle]))
+            _update(conn, op, started[op.handle] if op.handle in started else rowids[op.handle])
     return started
 
 
@@ -382,3 +382,29 @@ def test_an_older_sqlite_writes_outcomes_a_statement_each(tmp_path: Path, monkey
     assert [(row["session_id"], row["status"]) for row in together] == [
         ("a", "error"), ("b", "ok"), ("c", "ok"), ("d", "ok"), ("e", "ok")
     ]  # fmt: skip
+
+
+def test_an_outcome_in_the_same_list_as_its_start_finishes_that_row(tmp_path: Path):
+    # The writer merges such a pair before it reaches a batch; write_batch still finishes the row if
+    # given both (as the one-by-one way did), rather than call its start unwritten.
+    batch: list[Start | Finish] = [finished(1, "a"), running(2, "b"), outcome(2, status="error"), running(3, "c")]
+    together, _ = written(tmp_path / "a.sqlite3", [batch], batch_writer)
+    alone, _ = written(tmp_path / "b.sqlite3", [batch], one_by_one)
+    assert together == alone
+    assert [(row["session_id"], row["status"]) for row in together] == [("a", "ok"), ("b", "error"), ("c", "started")]
+
+
+def test_an_outcome_whose_end_time_is_no_number_is_not_called_unrecorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    with Ledger(tmp_path / "a.sqlite3") as ledger:
+        rowids = ledger.transaction(lambda conn: write_batch(conn, [running(1, "a"), running(2, "b")], {}, HOST))
+        ledger.transaction(lambda conn: conn.execute("DELETE FROM requests WHERE session_id = 'b'"))  # one short
+        nan = outcome(1)
+        nan.when = float("nan")  # stored as NULL
+        ledger.transaction(lambda conn: write_batch(conn, [nan, outcome(2)], rowids, HOST))
+        [row] = rows_of(ledger)
+    assert (row["session_id"], row["status"], row["end_time"]) == ("a", "ok", None)
+    assert [record.getMessage() for record in caplog.records] == [
+        f"ledger row {rowids[2]} no longer exists; its outcome ok was not recorded (the first outcome wins)"
+    ]

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from pathlib import Path
@@ -545,3 +546,116 @@ def test_a_batch_that_fails_for_its_own_sake_is_written_one_at_a_time(
     assert "writing them one at a time" in caplog.text
     assert "the finished row of session poison could not be written" in caplog.text
     assert "retrying, nothing is dropped" not in caplog.text  # never retried as a whole
+
+
+def test_a_defect_in_the_sql_is_the_batchs_own_failure_and_never_retried_whole(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # sqlite3 raises OperationalError for a wrong column as for a full disk: SQLite's result code
+    # (a generic SQL error) tells them apart, so the defect does not stall the writer either.
+    from gtl_nb.engine import ledger_batch
+
+    if not ledger_batch.BATCHED_UPDATES or sys.version_info < (3, 11):
+        pytest.skip("UPDATE … FROM (SQLite 3.33+) and SQLite's result codes on errors (Python 3.11+)")
+    monkeypatch.setattr(
+        ledger_batch, "FINISH_UPDATE_ROWS", ledger_batch.FINISH_UPDATE_ROWS.replace("v.column18", "v.x")
+    )
+    ledger_batch._update_rows.cache_clear()
+    ledger = Ledger(path)
+    writer = LedgerWriter(ledger)
+    try:
+        early = start(writer, "early")
+        writer.flush()
+        writer.finish(early, "ok", T0 + 1, {})  # an UPDATE of many rows: the broken statement
+        writer.finish(start(writer, "innocent"), "ok", T0 + 1, {})  # in the same batch, written whole
+        writer.flush()
+    finally:
+        writer.close()
+        ledger_batch._update_rows.cache_clear()
+    rows = by_session(ledger)
+    ledger.close()
+    assert (rows["innocent"]["status"], rows["early"]["status"]) == ("ok", "started")  # only the outcome is lost
+    assert f"the outcome ok of ledger row {rows['early']['id']} could not be written" in caplog.text
+    assert "retrying, nothing is dropped" not in caplog.text
+
+
+def test_rows_written_one_at_a_time_before_close_gave_up_keep_their_ids(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # A batch that fails as a whole is written a row at a time; when close gives up on a failing file
+    # part-way, the rows written until then are still known: their outcomes, queued behind, land.
+    from gtl_nb.engine import ledger_writer
+
+    real = ledger_writer.write_batch
+    failing = threading.Event()
+    failing.set()
+
+    def breaks(conn: sqlite3.Connection, ops: Any, rowids: Any, hostname: str) -> dict[int, int]:
+        names = [getattr(op, "session_id", None) for op in ops]
+        if "poison" in names:
+            raise RuntimeError("a defect in the batch code")
+        if names == ["stuck"] and failing.is_set():
+            raise sqlite3.OperationalError("disk I/O error")  # the file, for this row alone
+        return real(conn, ops, rowids, hostname)
+
+    monkeypatch.setattr(ledger_writer, "write_batch", breaks)
+    ledger = GatedLedger(path)
+    writer = LedgerWriter(ledger, wait_for=0.5)
+    try:
+        ledger.gate.clear()
+        start(writer, "held")
+        assert ledger.waiting.wait(WAIT)  # the writer holds ``held`` at the gate: the next three are one batch
+        early = start(writer, "early")
+        writer.finish(start(writer, "poison"), "ok", T0 + 1, {})
+        start(writer, "stuck")
+        ledger.gate.set()
+        deadline = time.monotonic() + WAIT
+        while "writing them one at a time" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.01)
+        writer.finish(early, "ok", T0 + 2, {"tokens_in": 7})  # queued behind the failing row
+        writer.close(timeout=0.5)  # gives up on ``stuck`` (still failing); the writer drains what follows
+        writer._thread.join(WAIT)
+        assert not writer._thread.is_alive()
+    finally:
+        failing.clear()
+    rows = by_session(ledger)
+    ledger.close()
+    assert (rows["early"]["status"], rows["early"]["tokens_in"]) == ("ok", 7)
+    assert "never written is lost" not in caplog.text
+
+
+def test_a_trigger_that_adds_rows_does_not_send_outcomes_to_the_wrong_rows(
+    path: Path, caplog: pytest.LogCaptureFixture
+):
+    # A started row's id is read from its statement's last id; a trigger added to the table by hand
+    # would put rows of its own between them: the statement says so, and the rows go one at a time.
+    ledger = GatedLedger(path)
+    ledger.transaction(
+        lambda conn: conn.execute(
+            "CREATE TRIGGER copies AFTER INSERT ON requests WHEN NEW.session_id LIKE 's%' BEGIN "
+            "INSERT INTO requests (time, time_utc, session_id, status) VALUES (NEW.time, NEW.time_utc, "
+            "'copy-' || NEW.session_id, 'started'); END"
+        )
+    )
+    writer = LedgerWriter(ledger)
+    try:
+        ledger.gate.clear()
+        start(writer, "held")
+        assert ledger.waiting.wait(WAIT)
+        handles = [start(writer, f"s{n}") for n in range(1, 4)]
+        ledger.gate.set()
+        writer.flush()
+        for n, handle in enumerate(handles, 1):
+            writer.finish(handle, "ok", T0 + n, {"tokens_in": n})
+        writer.flush()
+    finally:
+        writer.close()
+    rows = by_session(ledger)
+    ledger.close()
+    assert [(rows[f"s{n}"]["status"], rows[f"s{n}"]["tokens_in"]) for n in range(1, 4)] == [
+        ("ok", 1),
+        ("ok", 2),
+        ("ok", 3),
+    ]
+    assert {rows[f"copy-s{n}"]["status"] for n in range(1, 4)} == {"started"}  # the trigger's own, untouched
+    assert "a trigger on requests?" in caplog.text
