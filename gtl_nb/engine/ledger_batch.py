@@ -16,9 +16,9 @@ older one, an UPDATE each, as before).
 Whatever one request's values do to its statement, the others are written: a statement refused
 for its values leaves the transaction open (SQLite rolls back that statement only), so its requests
 fall back to one statement each, then to their outcome alone, then to text SQLite can store, and
-are dropped — loudly — only when even that fails. The file's own failures
-(``sqlite3.OperationalError``: disk full, read-only, I/O error, locked) propagate, and the caller
-retries the whole batch.
+are dropped — loudly — only when even that fails. ``sqlite3.OperationalError`` propagates: the
+caller (``ledger_writer``) retries the whole batch for the file's own failures (disk full,
+read-only, I/O error, locked) and writes it an operation at a time for a defect in the SQL.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ class _NewRows:
             try:
                 cursor = self._conn.execute(_insert_rows(count, nulls), _flat(part, nulls))
             except sqlite3.OperationalError:
-                raise  # the file's trouble, not these values: the caller retries the batch
+                raise  # not these values': the file's trouble or the SQL's, which the caller tells apart
             except Exception:
                 if not self._conn.in_transaction:
                     raise
@@ -235,7 +235,7 @@ class _Outcomes:
             try:
                 cursor = self._conn.execute(_update_rows(count, nulls), _flat(values, nulls))
             except sqlite3.OperationalError:
-                raise  # the file's trouble: the caller retries the batch
+                raise  # not these values': the file's trouble or the SQL's, which the caller tells apart
             except Exception:
                 if not self._conn.in_transaction:
                     raise
@@ -403,7 +403,7 @@ def _first_that_works(
         try:
             return conn.execute(statement, params)
         except sqlite3.OperationalError:
-            raise  # the file's trouble (full, read-only, I/O), not this request's values: retry the batch
+            raise  # not this request's values: the file's trouble or the SQL's, which the caller tells apart
         except Exception as exc:
             if not conn.in_transaction:
                 raise
