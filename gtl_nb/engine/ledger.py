@@ -744,10 +744,50 @@ class Ledger:
             raise
         return conn
 
-    def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    def transaction(self, work: Callable[[sqlite3.Connection], T], *, wait: bool = True) -> T:
         """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction on the writer connection,
-        retried while another process holds the lock (``LedgerBusyError`` after ``retry_for``)."""
-        return self._write(work)
+        retried while another process holds the lock (``LedgerBusyError`` after ``retry_for``).
+
+        ``wait=False`` tries once and never waits for a lock (an event loop's thread must not):
+        busy, locked or failing, it raises ``LedgerError`` with the transaction rolled back."""
+        if wait:
+            return self._write(work)
+        with self._lock:
+            conn = self._writer()
+            if self._memory:  # nobody else can hold an in-memory database's lock
+                return run_transaction(conn, work)
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                return run_transaction(conn, work)
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path}: {exc}") from exc
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout * 1000)}")
+
+    def checkpoint(self) -> None:
+        """Copy what the write-ahead log holds into the file, as far as readers allow (SQLite's
+        ``PASSIVE`` checkpoint: it waits for nobody). For a writer that turned SQLite's automatic
+        checkpoints off (``without_auto_checkpoints``) so that a commit never syncs the disk."""
+        if self._memory:
+            return
+        with self._lock:
+            self._retrying(lambda: self._writer().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+
+    def without_auto_checkpoints(self) -> None:
+        """Stop this connection's commits from checkpointing the write-ahead log (a checkpoint syncs
+        the disk, milliseconds at least); its owner calls ``checkpoint`` instead, off the request path."""
+        if self._memory:
+            return
+        with self._lock:
+            self._retrying(lambda: self._writer().execute("PRAGMA wal_autocheckpoint = 0").fetchone())
+
+    def with_auto_checkpoints(self) -> None:
+        """Undo ``without_auto_checkpoints``: SQLite's default, a checkpoint by a commit that finds
+        the log longer than 1,000 pages."""
+        if self._memory or self._closed:
+            return
+        with self._lock:
+            self._retrying(lambda: self._writer().execute("PRAGMA wal_autocheckpoint = 1000").fetchone())
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""

@@ -1,14 +1,21 @@
-"""The ledger's writer: one thread per ledger file per process takes the rows off the request path.
+"""The ledger's writer: one per ledger file per process takes the rows off the request path.
 
 ``SqliteUsageLedger.start`` and ``finish`` put an operation on the writer's queue and return at
-once; ``start`` returns a *row handle* (a negative int, so it is never mistaken for a row id). The
-thread takes everything queued (up to ``max_batch``) and writes it in ONE transaction — a group
-commit. An idle writer is woken by the next operation; a busy one (work within the last
-``IDLE_AFTER`` seconds) is not woken per operation — that cost a thread wake-up and a GIL handover
-per request — but looks again every ``group_commit`` seconds (``[ledger] group_commit_ms``, default
-``lingering.GROUP_COMMIT``). So the window a SIGKILL can lose is at most ``group_commit`` plus the
-batch being written. A request that ended before its start was written is one INSERT of the finished
-row.
+once; ``start`` returns a *row handle* (a negative int, so it is never mistaken for a row id).
+Everything queued (up to ``max_batch``) is written in ONE transaction — a group commit — once every
+``group_commit`` seconds (``[ledger] group_commit_ms``, default ``lingering.GROUP_COMMIT``). So the
+window a SIGKILL can lose is at most ``group_commit`` plus the batch being written. A request that
+ended before its start was written is one INSERT of the finished row.
+
+Who commits: the event loop that queued the operations, a window after the first of them, in one
+attempt that waits for nothing (see "the loop's commits" in the class) — a second thread taking the
+interpreter's lock back from a busy loop cost more than the writing. The writer's thread does all
+that may wait: a batch the loop could not write at once (a lock held by another process, a full
+disk, a bad value), reads waiting for the queue, back-pressure, retention, checkpoints, the drain at
+``close``, and what a caller without a loop, or a stopped or blocked loop, leaves queued. A busy
+thread is not woken per operation (that cost a wake-up and a GIL handover per request) but looks
+again every ``group_commit`` seconds; an idle one (nothing for ``IDLE_AFTER`` seconds) is woken by
+the next operation.
 
 Guarantees (``docs/ledger.md``, "How rows are written"):
 
@@ -33,6 +40,7 @@ own on first use, and the parent's queued rows stay the parent's to write.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import random
@@ -65,17 +73,19 @@ log = get_logger("engine.ledger")
 MAX_PENDING = 10_000  # queued operations before a start waits: a few MB at most
 MAX_BATCH = 1_000  # operations per transaction: the write lock is held for milliseconds, not seconds
 IDLE_AFTER = 0.5  # seconds without work after which the writer sleeps until an operation wakes it
+BACKSTOP_WINDOWS = 3  # windows a queued operation waits for its loop's commit before the thread writes it
+CHECKPOINT_EVERY = 0.25  # seconds from a commit to the thread's checkpoint of the write-ahead log
 _REPORT_EVERY = 30.0  # seconds between two log lines about the same failing commit
 
 
 class LedgerWriter:
-    """The writer thread of one ledger database (see the module docstring).
+    """The writer of one ledger database: its thread, and the loops that commit (module docstring).
 
     ``ledger`` is the connection it writes through (closed with the writer when ``owns_ledger``).
     ``clock`` is wall-clock unix seconds, for retention; ``prune_every`` the seconds between two
     prunes; ``wait_for`` bounds how long ``flush`` and ``close`` wait for a failing file (default:
     the ledger's ``retry_for``); ``group_commit`` the seconds a busy writer gathers operations into
-    one commit (``GROUP_COMMIT``)."""
+    one commit (``GROUP_COMMIT``); ``loop_commits=False`` leaves every commit to the thread."""
 
     def __init__(
         self,
@@ -89,8 +99,10 @@ class LedgerWriter:
         prune_every: float = PRUNE_EVERY,
         wait_for: float | None = None,
         group_commit: float = GROUP_COMMIT,
+        loop_commits: bool = True,
     ) -> None:
         self.ledger = ledger
+        self.loop_commits = loop_commits
         self.group_commit = checked_window(group_commit)
         self.max_pending = max(1, max_pending)
         self.max_batch = max(1, max_batch)
@@ -118,6 +130,17 @@ class LedgerWriter:
         self._last_work = -float("inf")  # monotonic time of the last commit: the writer starts idle
         self._closing = False
         self._abandoned = False
+        self._urgent = False  # a reader, a start waiting for room: the thread writes now, whoever commits
+        # commits on the loop (see "the loop's commits" below)
+        self._commit_lock = threading.Lock()  # held by whoever writes to the file: the thread or the loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the event loop that commits while it runs
+        self._loop_thread = 0  # its thread's ident
+        self._loop_due = False  # a commit is scheduled on it
+        self._queued_since = 0.0  # monotonic time the queue last went from empty to not
+        self._handed_back: tuple[list[Start | Finish], int] | None = None  # a batch the loop could not write
+        self._next_checkpoint = 0.0  # monotonic time; 0: nothing committed since the last checkpoint
+        if loop_commits:
+            ledger.without_auto_checkpoints()  # a commit on the loop must never sync the disk
         self._thread = threading.Thread(target=self._run, name=f"gtl_nb ledger writer {ledger.path}", daemon=True)
         self._thread.start()
 
@@ -140,17 +163,16 @@ class LedgerWriter:
             if self._closing:
                 raise LedgerStateError(f"the ledger {self.ledger.path} is closed")
             if len(self._queue) >= self.max_pending:
+                self._urgent = True
                 self._wake.notify()  # a lingering writer looks now: a start is waiting for room
                 return None
             self._seq += 1
             handle = self._next_handle
             self._next_handle -= 1
             op = Start(handle, self._seq, when, session_id, user, model, tenant, key_id, trace_id)
-            self._queue.append(op)
+            self._enqueue(op)
             self._queued_starts[handle] = op
             self._open[handle] = user
-            if self._idle:
-                self._wake.notify()
         return handle
 
     def finish(self, handle: int, status: str, when: float, fields: dict[str, Any]) -> None:
@@ -172,9 +194,21 @@ class LedgerWriter:
             if queued is not None:
                 queued.finish = end  # not written yet: one INSERT of the finished row
                 return
-            self._queue.append(end)
-            if self._idle:
-                self._wake.notify()
+            self._enqueue(end)
+
+    def _enqueue(self, op: Start | Finish) -> None:
+        """Queue ``op`` and see that someone writes it (caller holds the lock): the loop of this
+        thread if it commits, else the writer thread."""
+        if not self._queue:
+            self._queued_since = time.monotonic()
+        self._queue.append(op)
+        if self._loop_thread == threading.get_ident():
+            if not self._loop_due:
+                self._schedule_loop_commit()
+        elif self.loop_commits and self._loop is None:
+            self._adopt_running_loop()
+        if self._idle:
+            self._wake.notify()
 
     def wait_for_room(self, timeout: float | None = None) -> bool:
         """Block until a ``start`` would be accepted (or the writer closes); False after ``timeout``."""
@@ -193,6 +227,7 @@ class LedgerWriter:
             target = self._seq
             if self._committed >= target:
                 return
+            self._urgent = True
             self._wake.notify()  # a lingering writer looks now: a reader is waiting
             limit = self.wait_for if timeout is None else timeout
             if not self._done.wait_for(lambda: self._committed >= target, limit):
@@ -257,33 +292,60 @@ class LedgerWriter:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not (self._queue or self._closing or self._prune_due()):
-                    if time.monotonic() - self._last_work < IDLE_AFTER:
-                        self._wake.wait(self.group_commit)  # busy: look again soon; _idle stays False, nobody notifies
+                while not (self._thread_writes() or self._closing or self._prune_due() or self._checkpoint_due()):
+                    if self._queue or time.monotonic() - self._last_work < IDLE_AFTER:
+                        # busy, or work queued for a loop: look again soon; _idle stays False, nobody notifies
+                        self._wake.wait(self.group_commit)
                         continue
                     self._idle = True
                     self._wake.wait(self._prune_every if self._retention is not None else None)
                     self._idle = False
                 prune_now = self._prune_due()
-                if not self._queue and self._closing and not prune_now:
+                write_now = self._closing or self._thread_writes()
+                if not self._queue and self._handed_back is None and self._closing and not prune_now:
                     break
-            if prune_now:
-                self._prune()
-            with self._lock:
-                batch = self._take()
-                bound = self._queue[0].seq - 1 if self._queue else self._seq
-            if batch:
-                self._commit(batch)
-                self._last_work = time.monotonic()
-            with self._lock:
-                self._inflight = []
-                self._committed = max(self._committed, bound)
-                self._done.notify_all()
+            with self._commit_lock:
+                if prune_now:
+                    self._prune()
+                if write_now:
+                    with self._lock:
+                        self._urgent = False
+                        if self._handed_back is not None:  # older than anything queued: written first
+                            (batch, bound), self._handed_back = self._handed_back, None
+                        else:
+                            batch, bound = self._take()
+                    if batch:
+                        self._commit(batch)
+                        self._last_work = time.monotonic()
+                    self._committed_up_to(bound)
+                if self._checkpoint_due():
+                    self._checkpoint()
         if self._owns_ledger:
             self.ledger.close()
+        elif self.loop_commits:  # its owner writes on without this writer's checkpoints
+            try:
+                self.ledger.with_auto_checkpoints()
+            except Exception as exc:  # closed by its owner meanwhile: nothing left to checkpoint for
+                log.debug("ledger %s: automatic checkpoints not restored: %s", self.ledger.path, exc)
 
-    def _take(self) -> list[Start | Finish]:
-        """The next batch, removed from the queue (caller holds the lock)."""
+    def _thread_writes(self) -> bool:
+        """Whether the thread should write now (caller holds the lock): a batch handed back, a reader
+        waiting, or work queued that no loop is committing — none adopted, or its commit overdue
+        (a stopped, closed or blocked loop)."""
+        if self._handed_back is not None or self._urgent:
+            return True
+        if not self._queue:
+            return False
+        if self._loop is None:
+            return True
+        if self._loop.is_closed():
+            self._forget_loop()
+            return True
+        return time.monotonic() - self._queued_since >= BACKSTOP_WINDOWS * self.group_commit
+
+    def _take(self) -> tuple[list[Start | Finish], int]:
+        """The next batch, removed from the queue, and the number of the last change it leaves
+        written (caller holds the lock)."""
         count = min(len(self._queue), self.max_batch)
         batch = [self._queue.popleft() for _ in range(count)]
         for op in batch:
@@ -292,7 +354,17 @@ class LedgerWriter:
         self._inflight = batch
         if count:
             self._room.notify_all()
-        return batch
+        if self._queue:
+            self._queued_since = time.monotonic()
+            return batch, self._queue[0].seq - 1
+        return batch, self._seq
+
+    def _committed_up_to(self, bound: int) -> None:
+        """Every change numbered up to ``bound`` is written: wake the flushes waiting for it."""
+        with self._lock:
+            self._inflight = []
+            self._committed = max(self._committed, bound)
+            self._done.notify_all()
 
     def _commit(self, batch: list[Start | Finish]) -> None:
         """Write ``batch`` in one transaction, retrying (and saying so) while the file fails. When the
@@ -313,12 +385,17 @@ class LedgerWriter:
                 exc,
             )
             started = self._write_one_by_one(batch)
-        if started is None:  # given up by close, nothing of it written
-            return
+        if started is not None:  # None: given up by close, nothing of it written
+            self._settle(batch, started)
+
+    def _settle(self, batch: list[Start | Finish], started: Mapping[int, int]) -> None:
+        """Remember the row ids of the rows ``batch`` left started, forget those it finished."""
         for op in batch:
             if isinstance(op, Finish):
                 self._rowids.pop(op.handle, None)
         self._rowids.update(started)
+        if self._next_checkpoint == 0.0 and self.loop_commits:
+            self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
 
     def _write(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> dict[int, int] | None:
         """``write_batch`` of ``ops`` in one transaction, retried with backoff while the file fails
@@ -379,6 +456,91 @@ class LedgerWriter:
                 return started
             started.update(written)
         return started
+
+    # -- the loop's commits ------------------------------------------------------------------------
+    #
+    # A second thread that writes costs the event loop more than the writing: every time the writer
+    # takes the interpreter's lock back from a busy loop — after each SQLite step, each wake-up —
+    # both threads pay futex calls and context switches (docs/benchmarks.md, "The ledger's writer
+    # at concurrency"). So the loop that queues the operations commits them itself, once a window,
+    # as long as that needs no waiting: one attempt, never waiting for another process's lock, and
+    # no checkpoint (a commit of the write-ahead log with ``synchronous = NORMAL`` writes to the page
+    # cache; the disk syncs are the checkpoint's, which the thread runs every ``CHECKPOINT_EVERY``).
+    # Everything that may wait stays the thread's: a batch the loop could not write (handed back,
+    # retried there), reads waiting for the queue (``flush``), back-pressure, retention, ``close``;
+    # and work a stopped or blocked loop leaves queued for ``BACKSTOP_WINDOWS`` windows.
+
+    def _adopt_running_loop(self) -> None:
+        """Commit on the event loop running in this thread, if any (caller holds the lock)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._loop, self._loop_thread = loop, threading.get_ident()
+        self._schedule_loop_commit()
+
+    def _schedule_loop_commit(self) -> None:
+        """A commit on the loop a window from now (caller holds the lock, on the loop's thread)."""
+        loop = self._loop
+        assert loop is not None
+        if loop.is_closed():  # a loop that ended in this thread, another may run here now
+            self._forget_loop()
+            self._adopt_running_loop()
+            return
+        self._loop_due = True
+        loop.call_later(self.group_commit, self._commit_on_loop, loop)
+
+    def _forget_loop(self) -> None:
+        """The loop commits no more; the thread writes until another loop is adopted (caller holds the lock)."""
+        self._loop, self._loop_thread, self._loop_due = None, 0, False
+
+    def _commit_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write what is queued, once, waiting for nothing; what fails is handed to the thread."""
+        with self._lock:
+            if loop is not self._loop:  # forgotten meanwhile
+                return
+            self._loop_due = False
+            if self._closing or self._handed_back is not None:
+                return  # the thread's to write
+            if not self._commit_lock.acquire(blocking=False):  # the thread is writing: look again later
+                if self._queue:
+                    self._schedule_loop_commit()
+                return
+        try:
+            with self._lock:
+                batch, bound = self._take()
+            if batch:
+                hostname = self.ledger.hostname
+                try:
+                    started = self.ledger.transaction(
+                        lambda conn: write_batch(conn, batch, self._rowids, hostname), wait=False
+                    )
+                except BaseException as exc:  # busy, failing, the batch's own trouble: the thread decides
+                    with self._lock:
+                        self._handed_back = (batch, bound)
+                        self._wake.notify()
+                    if isinstance(exc, Exception):
+                        return
+                    raise
+                self._settle(batch, started)
+                self._last_work = time.monotonic()
+            self._committed_up_to(bound)
+        finally:
+            self._commit_lock.release()
+        with self._lock:
+            if self._queue and not self._loop_due and loop is self._loop:  # queued from other threads meanwhile
+                self._schedule_loop_commit()
+
+    def _checkpoint_due(self) -> bool:
+        return 0.0 < self._next_checkpoint <= time.monotonic()
+
+    def _checkpoint(self) -> None:
+        """The write-ahead log copied into the file, on the thread (``Ledger.checkpoint``)."""
+        self._next_checkpoint = 0.0
+        try:
+            self.ledger.checkpoint()
+        except Exception as exc:  # the next commits try again; readers still find every row in the log
+            log.warning("ledger %s: checkpoint failed (%s)", self.ledger.path, exc)
 
     def _prune_due(self) -> bool:
         return self._retention is not None and self._clock() >= self._next_prune

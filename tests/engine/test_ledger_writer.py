@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.ledger import MEMORY, Ledger, LedgerStateError
+from gtl_nb.engine.ledger import MEMORY, Ledger, LedgerBusyError, LedgerStateError
 from gtl_nb.engine.ledger_writer import LedgerWriter, acquire_writer, release_writer
 from gtl_nb.engine.stores.sqlite import SqliteBudgetCounter, SqliteUsageLedger
 
@@ -36,11 +36,13 @@ class GatedLedger(Ledger):
         self.statements: list[str] = []
         super().__init__(path, **options)
 
-    def transaction(self, work):
+    def transaction(self, work, *, wait: bool = True):
         if not self.gate.is_set():
+            if not wait:  # an event loop's attempt: a closed gate is a file locked by another process
+                raise LedgerBusyError("gated")
             self.waiting.set()
             assert self.gate.wait(WAIT)
-        return super().transaction(work)
+        return super().transaction(work, wait=wait)
 
     def trace(self) -> None:
         """Record every statement the writer connection runs from now on."""
@@ -217,7 +219,9 @@ def hold_writer(store: SqliteUsageLedger, seconds: float) -> threading.Event:
     writer = store._writer
     held, real = threading.Event(), writer.ledger.transaction
 
-    def late(work):
+    def late(work, *, wait=True):
+        if not wait:  # the loop's attempt: the file is busy, the thread retries (and is held)
+            raise LedgerBusyError("held")
         writer.ledger.transaction = real  # type: ignore[method-assign]
         held.set()
         time.sleep(seconds)

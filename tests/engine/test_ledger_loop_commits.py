@@ -1,0 +1,251 @@
+"""The ledger's commits on the event loop that queued the rows: they wait for nothing, and whatever
+could wait — a lock held by another process, a bad batch, a loop that stopped or is blocked, the
+write-ahead log's checkpoints — is the writer thread's."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gtl_nb.engine import ledger_writer
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
+
+T0 = 1_700_000_000.25
+ADA = RequestContext(principal="ada", tenant="acme", key_id="k1", trace_id="t1")
+WAIT = 30.0  # a bound for waiting on another thread, never a timing assertion
+WINDOW = 0.02
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.sqlite3"
+
+
+@pytest.fixture
+def commits(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, list[str]]]:
+    """Every ``write_batch`` call from now on: the thread it ran on and the sessions it wrote."""
+    calls: list[tuple[int, list[str]]] = []
+    real = ledger_writer.write_batch
+
+    def recorded(conn: sqlite3.Connection, ops: Any, rowids: Any, hostname: str) -> dict[int, int]:
+        calls.append((threading.get_ident(), [getattr(op, "session_id", "") or "(outcome)" for op in ops]))
+        return real(conn, ops, rowids, hostname)
+
+    monkeypatch.setattr(ledger_writer, "write_batch", recorded)
+    return calls
+
+
+def statuses(path: Path) -> dict[str, str]:
+    """The rows in the file now, read by a connection of its own (no flush of the queue)."""
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT session_id, status FROM requests").fetchall())
+    finally:
+        conn.close()
+
+
+def eventually(condition: Any) -> bool:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+async def requests(store: SqliteUsageLedger, names: list[str], status: str = "ok") -> None:
+    for name in names:
+        row = await store.start(session_id=name, context=ADA, model="m", now=T0)
+        await store.finish(row, status=status, tokens_in=1, now=T0 + 1)
+
+
+def test_the_loop_that_queued_the_rows_commits_them(path: Path, commits: list[tuple[int, list[str]]]):
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+
+    async def scenario() -> int:
+        await requests(store, ["a", "b", "c"])
+        while not commits:  # a window later, on this loop
+            await asyncio.sleep(WINDOW / 4)
+        return threading.get_ident()
+
+    try:
+        loop_thread = asyncio.run(scenario())
+        assert statuses(path) == {"a": "ok", "b": "ok", "c": "ok"}  # in the file, nothing flushed
+    finally:
+        store.close()
+    assert commits == [(loop_thread, ["a", "b", "c"])]  # one commit, the loop's; the thread wrote nothing
+
+
+def test_a_lock_held_by_another_process_never_stalls_the_loop(path: Path):
+    # SQLite would wait up to busy_timeout (5 s here) for the lock; the loop tries once and hands the
+    # batch to the thread, which waits for the lock instead, then writes what queued meanwhile too
+    store = SqliteUsageLedger(Ledger(path, busy_timeout=5.0), owns=True, group_commit=WINDOW)
+    writer_ledger = store._writer.ledger
+    attempts: list[tuple[int, bool]] = []
+    real = writer_ledger.transaction
+
+    def recorded(work: Any, *, wait: bool = True) -> Any:
+        attempts.append((threading.get_ident(), wait))
+        return real(work, wait=wait)
+
+    writer_ledger.transaction = recorded  # type: ignore[method-assign]
+    other = sqlite3.connect(path, isolation_level=None)
+
+    async def beat(seconds: float, pauses: list[float]) -> None:
+        last = time.monotonic()
+        deadline = last + seconds
+        while last < deadline:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            pauses.append(now - last)
+            last = now
+
+    async def scenario() -> tuple[int, float]:
+        pauses: list[float] = []
+        other.execute("BEGIN IMMEDIATE")
+        await requests(store, ["held-1", "held-2"])
+        await beat(0.3, pauses)  # fifteen windows: the loop tried, and handed the batch over
+        await requests(store, ["queued-behind"])
+        await beat(0.3, pauses)  # the loop's next windows, while the thread waits for the lock
+        other.execute("COMMIT")
+        rows = await store.rows()
+        assert [(row["session_id"], row["status"]) for row in rows] == [
+            ("held-1", "ok"),
+            ("held-2", "ok"),
+            ("queued-behind", "ok"),
+        ]
+        return threading.get_ident(), max(pauses)
+
+    try:
+        loop_thread, longest_pause = asyncio.run(scenario())
+    finally:
+        other.close()
+        store.close()
+    assert (loop_thread, False) in attempts  # the loop tried, without waiting
+    assert all(thread != loop_thread for thread, wait in attempts if wait)  # and only the thread waited
+    assert longest_pause < 2.5  # half the busy timeout: the loop never waited for the lock
+
+
+def test_rows_a_finished_loop_left_queued_are_written_by_the_thread(path: Path, commits: list[tuple[int, list[str]]]):
+    store = SqliteUsageLedger(path, group_commit=1.0)  # the loop ends long before its commit is due
+    try:
+        asyncio.run(requests(store, ["a", "b"]))
+        assert eventually(lambda: statuses(path) == {"a": "ok", "b": "ok"})  # no flush: the thread saw
+    finally:
+        store.close()
+    assert commits and all(thread != threading.get_ident() for thread, _ in commits)
+
+
+def test_a_loop_blocked_by_its_caller_does_not_hold_the_rows_back(path: Path):
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    seen = threading.Event()
+
+    def watch() -> None:
+        if eventually(lambda: statuses(path) == {"a": "ok"}):
+            seen.set()
+
+    async def scenario() -> bool:
+        await requests(store, ["a"])
+        threading.Thread(target=watch, daemon=True).start()
+        return seen.wait(WAIT)  # blocks the loop (a notebook cell's long computation would)
+
+    try:
+        assert asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_the_thread_checkpoints_the_log_and_the_loops_commits_never_do(path: Path, monkeypatch: pytest.MonkeyPatch):
+    checkpoints: list[int] = []
+    real = Ledger.checkpoint
+
+    def recorded(self: Ledger) -> None:
+        checkpoints.append(threading.get_ident())
+        real(self)
+
+    monkeypatch.setattr(Ledger, "checkpoint", recorded)
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    writer = store._writer
+
+    async def scenario() -> int:
+        await requests(store, [f"s{n}" for n in range(50)])
+        while not checkpoints:
+            await asyncio.sleep(WINDOW)
+        return threading.get_ident()
+
+    try:
+        loop_thread = asyncio.run(scenario())
+        auto = writer.ledger.transaction(lambda conn: conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    finally:
+        store.close()
+    assert auto == 0  # the writer's connection never checkpoints in a commit
+    assert loop_thread not in checkpoints and set(checkpoints) == {writer._thread.ident}
+    assert len(statuses(path)) == 50
+
+
+def test_a_batch_the_loop_cannot_write_goes_to_the_thread_which_writes_it_one_at_a_time(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    real = ledger_writer.write_batch
+    calls: list[tuple[int, int]] = []
+
+    def breaks_on_poison(conn: sqlite3.Connection, ops: Any, rowids: Any, hostname: str) -> dict[int, int]:
+        calls.append((threading.get_ident(), len(ops)))
+        if any(getattr(op, "session_id", None) == "poison" for op in ops):
+            raise RuntimeError("a defect in the batch code")
+        return real(conn, ops, rowids, hostname)
+
+    monkeypatch.setattr(ledger_writer, "write_batch", breaks_on_poison)
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+
+    async def scenario() -> tuple[int, list[dict[str, Any]]]:
+        await requests(store, ["before", "poison", "after"])
+        while len(calls) < 4:  # the loop's attempt, then the thread's: whole, then one at a time
+            await asyncio.sleep(WINDOW)
+        await requests(store, ["later"])  # the loop commits again
+        return threading.get_ident(), await store.rows()
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            loop_thread, rows = asyncio.run(scenario())
+    finally:
+        store.close()
+    assert [(row["session_id"], row["status"]) for row in rows] == [("before", "ok"), ("after", "ok"), ("later", "ok")]
+    assert calls[0] == (loop_thread, 3)  # the loop tried once
+    assert all(thread != loop_thread for thread, _ in calls[1:5])  # the thread did the rest
+    assert "the finished row of session poison could not be written" in caplog.text
+
+
+def test_loops_of_two_threads_share_the_files_writer(path: Path):
+    stores = [SqliteUsageLedger(path, group_commit=WINDOW) for _ in range(2)]
+    assert stores[0]._writer is stores[1]._writer
+    failures: list[BaseException] = []
+
+    def run(store: SqliteUsageLedger, prefix: str) -> None:
+        try:
+            asyncio.run(requests(store, [f"{prefix}{n}" for n in range(100)]))
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(store, prefix)) for store, prefix in zip(stores, "xy", strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    try:
+        assert not failures
+        rows = asyncio.run(stores[0].rows())
+    finally:
+        for store in stores:
+            store.close()
+    assert len(rows) == 200 and {row["status"] for row in rows} == {"ok"}
+    assert len({row["session_id"] for row in rows}) == 200
