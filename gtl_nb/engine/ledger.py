@@ -752,17 +752,25 @@ class Ledger:
         busy, locked or failing, it raises ``LedgerError`` with the transaction rolled back."""
         if wait:
             return self._write(work)
+        restore = f"PRAGMA busy_timeout = {round(self._busy_timeout * 1000)}"
+
+        def restored_first(conn: sqlite3.Connection) -> T:
+            conn.execute(restore)  # the lock is taken: nothing after the COMMIT can fail the commit
+            return work(conn)
+
         with self._lock:
             conn = self._writer()
             if self._memory:  # nobody else can hold an in-memory database's lock
                 return run_transaction(conn, work)
-            conn.execute("PRAGMA busy_timeout = 0")
+            conn.execute("PRAGMA busy_timeout = 0")  # for BEGIN IMMEDIATE, the one statement that waits
             try:
-                return run_transaction(conn, work)
-            except sqlite3.Error as exc:
-                raise LedgerError(f"ledger {self.path}: {exc}") from exc
-            finally:
-                conn.execute(f"PRAGMA busy_timeout = {round(self._busy_timeout * 1000)}")
+                return run_transaction(conn, restored_first)
+            except BaseException as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute(restore)  # the BEGIN failed before restored_first ran
+                if isinstance(exc, sqlite3.Error):
+                    raise LedgerError(f"ledger {self.path}: {exc}") from exc
+                raise
 
     def checkpoint(self) -> None:
         """Copy what the write-ahead log holds into the file, as far as readers allow (SQLite's
@@ -773,21 +781,29 @@ class Ledger:
         with self._lock:
             self._retrying(lambda: self._writer().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
 
-    def without_auto_checkpoints(self) -> None:
+    def without_auto_checkpoints(self) -> int:
         """Stop this connection's commits from checkpointing the write-ahead log (a checkpoint syncs
-        the disk, milliseconds at least); its owner calls ``checkpoint`` instead, off the request path."""
+        the disk, milliseconds at least); its owner calls ``checkpoint`` instead, off the request path.
+        Returns the setting it replaced (pages, for ``with_auto_checkpoints``)."""
         if self._memory:
-            return
-        with self._lock:
-            self._retrying(lambda: self._writer().execute("PRAGMA wal_autocheckpoint = 0").fetchone())
+            return 0
 
-    def with_auto_checkpoints(self) -> None:
-        """Undo ``without_auto_checkpoints``: SQLite's default, a checkpoint by a commit that finds
-        the log longer than 1,000 pages."""
+        def swap() -> int:
+            conn = self._writer()
+            before = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+            conn.execute("PRAGMA wal_autocheckpoint = 0").fetchone()
+            return before
+
+        with self._lock:
+            return self._retrying(swap)
+
+    def with_auto_checkpoints(self, pages: int = 1000) -> None:
+        """Checkpoint again in a commit that finds the log longer than ``pages`` (SQLite's default:
+        1,000), undoing ``without_auto_checkpoints``."""
         if self._memory or self._closed:
             return
         with self._lock:
-            self._retrying(lambda: self._writer().execute("PRAGMA wal_autocheckpoint = 1000").fetchone())
+            self._retrying(lambda: self._writer().execute(f"PRAGMA wal_autocheckpoint = {int(pages)}").fetchone())
 
     def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one short ``BEGIN IMMEDIATE`` transaction, retried while the file is busy."""

@@ -130,7 +130,8 @@ class LedgerWriter:
         self._last_work = -float("inf")  # monotonic time of the last commit: the writer starts idle
         self._closing = False
         self._abandoned = False
-        self._urgent = False  # a reader, a start waiting for room: the thread writes now, whoever commits
+        self._urgent = False  # a start waiting for room: the thread writes now, whoever commits
+        self._flush_target = 0  # a flush waits for this change: the thread writes until it is written
         # commits on the loop (see "the loop's commits" below)
         self._commit_lock = threading.Lock()  # held by whoever writes to the file: the thread or the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop that commits while it runs
@@ -139,8 +140,8 @@ class LedgerWriter:
         self._queued_since = 0.0  # monotonic time the queue last went from empty to not
         self._handed_back: tuple[list[Start | Finish], int] | None = None  # a batch the loop could not write
         self._next_checkpoint = 0.0  # monotonic time; 0: nothing committed since the last checkpoint
-        if loop_commits:
-            ledger.without_auto_checkpoints()  # a commit on the loop must never sync the disk
+        self._auto_checkpoint = ledger.without_auto_checkpoints() if loop_commits else None
+        # (a commit on the loop must never sync the disk: the thread checkpoints instead)
         self._thread = threading.Thread(target=self._run, name=f"gtl_nb ledger writer {ledger.path}", daemon=True)
         self._thread.start()
 
@@ -203,7 +204,10 @@ class LedgerWriter:
             self._queued_since = time.monotonic()
         self._queue.append(op)
         if self._loop_thread == threading.get_ident():
-            if not self._loop_due:
+            if not self._loop.is_running():  # type: ignore[union-attr]  # stopped or closed: another may run here
+                self._forget_loop()
+                self._adopt_running_loop()
+            elif not self._loop_due:
                 self._schedule_loop_commit()
         elif self.loop_commits and self._loop is None:
             self._adopt_running_loop()
@@ -227,9 +231,9 @@ class LedgerWriter:
             target = self._seq
             if self._committed >= target:
                 return
-            self._urgent = True
             self._wake.notify()  # a lingering writer looks now: a reader is waiting
             limit = self.wait_for if timeout is None else timeout
+            self._flush_target = max(self._flush_target, target)  # the thread writes until it is reached
             if not self._done.wait_for(lambda: self._committed >= target, limit):
                 behind = len(self._queue) + len(self._inflight)
                 raise LedgerBusyError(
@@ -293,38 +297,40 @@ class LedgerWriter:
         while True:
             with self._lock:
                 while not (self._thread_writes() or self._closing or self._prune_due() or self._checkpoint_due()):
-                    if self._queue or time.monotonic() - self._last_work < IDLE_AFTER:
-                        # busy, or work queued for a loop: look again soon; _idle stays False, nobody notifies
+                    if self._queue or self._next_checkpoint or time.monotonic() - self._last_work < IDLE_AFTER:
+                        # busy, work queued for a loop, a checkpoint to come: look again soon; _idle
+                        # stays False, nobody notifies
                         self._wake.wait(self.group_commit)
                         continue
                     self._idle = True
                     self._wake.wait(self._prune_every if self._retention is not None else None)
                     self._idle = False
                 prune_now = self._prune_due()
-                write_now = self._closing or self._thread_writes()
-                if not self._queue and self._handed_back is None and self._closing and not prune_now:
-                    break
-            with self._commit_lock:
+            with self._commit_lock:  # a loop's commit in flight ends first: it may hand its batch back
+                with self._lock:
+                    if not (self._queue or self._handed_back or prune_now) and self._closing:
+                        break
                 if prune_now:
                     self._prune()
-                if write_now:
-                    with self._lock:
-                        self._urgent = False
-                        if self._handed_back is not None:  # older than anything queued: written first
-                            (batch, bound), self._handed_back = self._handed_back, None
-                        else:
-                            batch, bound = self._take()
-                    if batch:
-                        self._commit(batch)
-                        self._last_work = time.monotonic()
+                with self._lock:  # decided now, not before the wait for the commit lock: the loop
+                    batch, bound = None, 0  # may have written everything meanwhile
+                    if self._handed_back is not None:  # older than anything queued: written first
+                        (batch, bound), self._handed_back = self._handed_back, None
+                    elif self._closing or self._thread_writes():
+                        batch, bound = self._take()
+                    self._urgent = False
+                if batch:
+                    self._commit(batch)
+                    self._last_work = time.monotonic()
+                if batch is not None:
                     self._committed_up_to(bound)
                 if self._checkpoint_due():
                     self._checkpoint()
         if self._owns_ledger:
             self.ledger.close()
-        elif self.loop_commits:  # its owner writes on without this writer's checkpoints
+        elif self._auto_checkpoint is not None:  # its owner writes on without this writer's checkpoints
             try:
-                self.ledger.with_auto_checkpoints()
+                self.ledger.with_auto_checkpoints(self._auto_checkpoint)
             except Exception as exc:  # closed by its owner meanwhile: nothing left to checkpoint for
                 log.debug("ledger %s: automatic checkpoints not restored: %s", self.ledger.path, exc)
 
@@ -332,13 +338,13 @@ class LedgerWriter:
         """Whether the thread should write now (caller holds the lock): a batch handed back, a reader
         waiting, or work queued that no loop is committing — none adopted, or its commit overdue
         (a stopped, closed or blocked loop)."""
-        if self._handed_back is not None or self._urgent:
+        if self._handed_back is not None or self._urgent or self._committed < self._flush_target:
             return True
         if not self._queue:
             return False
         if self._loop is None:
             return True
-        if self._loop.is_closed():
+        if not self._loop.is_running():  # stopped or closed: its queued work is the thread's now
             self._forget_loop()
             return True
         return time.monotonic() - self._queued_since >= BACKSTOP_WINDOWS * self.group_commit
@@ -360,11 +366,14 @@ class LedgerWriter:
         return batch, self._seq
 
     def _committed_up_to(self, bound: int) -> None:
-        """Every change numbered up to ``bound`` is written: wake the flushes waiting for it."""
+        """Every change numbered up to ``bound`` is written: wake the flushes waiting for it, and an
+        idle thread after a loop's commit (it owes the log a checkpoint)."""
         with self._lock:
             self._inflight = []
             self._committed = max(self._committed, bound)
             self._done.notify_all()
+            if self._idle:
+                self._wake.notify()
 
     def _commit(self, batch: list[Start | Finish]) -> None:
         """Write ``batch`` in one transaction, retrying (and saying so) while the file fails. When the
@@ -394,7 +403,7 @@ class LedgerWriter:
             if isinstance(op, Finish):
                 self._rowids.pop(op.handle, None)
         self._rowids.update(started)
-        if self._next_checkpoint == 0.0 and self.loop_commits:
+        if self._next_checkpoint == 0.0 and self._auto_checkpoint is not None:
             self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
 
     def _write(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> dict[int, int] | None:
@@ -480,15 +489,10 @@ class LedgerWriter:
         self._schedule_loop_commit()
 
     def _schedule_loop_commit(self) -> None:
-        """A commit on the loop a window from now (caller holds the lock, on the loop's thread)."""
-        loop = self._loop
-        assert loop is not None
-        if loop.is_closed():  # a loop that ended in this thread, another may run here now
-            self._forget_loop()
-            self._adopt_running_loop()
-            return
+        """A commit on the loop a window from now (caller holds the lock, on the loop's running thread)."""
+        assert self._loop is not None
         self._loop_due = True
-        loop.call_later(self.group_commit, self._commit_on_loop, loop)
+        self._loop.call_later(self.group_commit, self._commit_on_loop, self._loop)
 
     def _forget_loop(self) -> None:
         """The loop commits no more; the thread writes until another loop is adopted (caller holds the lock)."""
@@ -496,6 +500,8 @@ class LedgerWriter:
 
     def _commit_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Write what is queued, once, waiting for nothing; what fails is handed to the thread."""
+        if self.forked:  # a forked child's copy of the loop: the rows are the parent's to write, and
+            return  # the locks may have been held by a parent's thread at the fork
         with self._lock:
             if loop is not self._loop:  # forgotten meanwhile
                 return
@@ -619,6 +625,7 @@ def acquire_writer(
             )
             writer = LedgerWriter(
                 own,
+                loop_commits=not memory,  # an in-memory ledger's one connection is its readers' too
                 owns_ledger=not memory,
                 max_pending=max_pending,
                 retention=retention,

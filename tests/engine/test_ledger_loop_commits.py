@@ -249,3 +249,139 @@ def test_loops_of_two_threads_share_the_files_writer(path: Path):
             store.close()
     assert len(rows) == 200 and {row["status"] for row in rows} == {"ok"}
     assert len({row["session_id"] for row in rows}) == 200
+
+
+# -- found by review: each of these failed before its fix ------------------------------------------------
+
+
+def test_a_loop_commit_that_fails_while_the_writer_closes_is_still_written(path: Path, monkeypatch: pytest.MonkeyPatch):
+    # close() runs on another thread (aclose hands it to one) while the loop's commit is in flight;
+    # that commit then fails: the thread, ending, must wait for it and write what it hands back
+    real = ledger_writer.write_batch
+    loop_threads: list[int] = []
+    in_commit = threading.Event()
+
+    def fails_once_on_the_loop(conn: sqlite3.Connection, ops: Any, rowids: Any, hostname: str) -> dict[int, int]:
+        if threading.get_ident() in loop_threads and not in_commit.is_set():
+            in_commit.set()
+            assert eventually(lambda: store._writer.closed)  # close() has begun meanwhile
+            raise sqlite3.OperationalError("database is locked")
+        return real(conn, ops, rowids, hostname)
+
+    monkeypatch.setattr(ledger_writer, "write_batch", fails_once_on_the_loop)
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+
+    async def scenario() -> None:
+        loop_threads.append(threading.get_ident())
+        await requests(store, ["a", "b"])
+        await asyncio.to_thread(lambda: (in_commit.wait(WAIT), store.close()))
+
+    asyncio.run(scenario())
+    assert statuses(path) == {"a": "ok", "b": "ok"}
+
+
+def test_a_forked_childs_copy_of_the_loop_never_writes_its_parents_rows(path: Path):
+    import os
+
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+
+    async def scenario() -> None:
+        await requests(store, ["parent's"])  # queued: a commit is scheduled on this loop
+        loop = asyncio.get_running_loop()
+        pid = os.fork()
+        if pid == 0:  # the child runs its copy of the loop past the commit's time, then leaves
+            code = 1
+            try:
+                later = loop.create_future()  # (asyncio.sleep would ask for the running loop: this
+                loop.call_later(WINDOW * 10, later.set_result, None)  # process's has none)
+                await later
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        await store.flush()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT session_id, status FROM requests").fetchall() == [("parent's", "ok")]
+    finally:
+        conn.close()
+
+
+def test_a_flush_of_many_batches_does_not_wait_for_the_loop_between_them(path: Path):
+    # a reader waits for 5 batches' worth of queue while the loop's window is 10 s away: the thread
+    # writes batch after batch for it (it used to write one, then wait for the loop's backstop)
+    store = SqliteUsageLedger(path, group_commit=10.0)
+    writer = store._writer
+    writer.max_batch = 100
+
+    async def scenario() -> None:
+        await requests(store, [f"s{n}" for n in range(250)])  # 500 operations, 5 batches
+        writer.flush(timeout=WAIT)  # from the loop's own thread, as a synchronous read in a coroutine
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        store.close()
+    assert len(statuses(path)) == 250
+
+
+def test_an_idle_thread_checkpoints_after_a_loops_commit(
+    path: Path, monkeypatch: pytest.MonkeyPatch, commits: list[tuple[int, list[str]]]
+):
+    # the thread looked while the loop's first commit was still running (nothing queued, no work of
+    # late) and went to sleep; the commit that followed must wake it for the checkpoint it owes
+    checkpoints = threading.Event()
+    real_checkpoint, real_write = Ledger.checkpoint, ledger_writer.write_batch
+
+    def recorded(self: Ledger) -> None:
+        checkpoints.set()
+        real_checkpoint(self)
+
+    def slow(conn: sqlite3.Connection, ops: Any, rowids: Any, hostname: str) -> dict[int, int]:
+        assert eventually(lambda: writer._idle)  # the thread has gone to sleep meanwhile
+        return real_write(conn, ops, rowids, hostname)
+
+    monkeypatch.setattr(Ledger, "checkpoint", recorded)
+    monkeypatch.setattr(ledger_writer, "write_batch", slow)
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    writer = store._writer
+
+    async def scenario() -> None:
+        await requests(store, ["a"])
+        while not commits:  # the loop's commit, held until the thread sleeps
+            await asyncio.sleep(WINDOW / 4)
+
+    try:
+        asyncio.run(scenario())
+        assert commits[0][0] == threading.get_ident()  # (the loop's)
+        assert checkpoints.wait(WAIT)
+    finally:
+        store.close()
+
+
+def test_a_loop_stopped_without_closing_is_let_go_for_the_next_loop_of_its_thread(
+    path: Path, commits: list[tuple[int, list[str]]]
+):
+    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(requests(store, ["first"]))  # stopped, never closed
+        store._writer.flush()
+        commits.clear()
+
+        async def second() -> None:
+            await requests(store, ["second"])
+            while not commits:
+                await asyncio.sleep(WINDOW / 4)
+
+        asyncio.run(second())
+    finally:
+        first.close()
+        store.close()
+    assert commits == [(threading.get_ident(), ["second"])]  # the running loop committed, not the thread
