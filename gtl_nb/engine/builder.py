@@ -17,7 +17,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.engine.credentials import ConfiguredCredentials, CredentialResolver, StaticCredentials
 from gtl_nb.engine.hooks import Hooks
 from gtl_nb.engine.http import HttpRunner
-from gtl_nb.engine.routing import EMBEDDED
+from gtl_nb.engine.routing import EMBEDDED, GATEWAY
 from gtl_nb.engine.settings import Settings
 from gtl_nb.engine.stores import Stores
 from gtl_nb.engine.stores.flights import FlightRegistry, open_flights
@@ -75,6 +75,8 @@ def build_engine(
             wall_clock=wall_clock,
             ledger_retention=settings.ledger.retention,
             ledger_group_commit=settings.ledger.group_commit,
+            # a gateway's loop serves every client: its tail latency keeps the commits off it
+            ledger_loop_commits=(settings.ledger.commits or ("thread" if audience == GATEWAY else "loop")) == "loop",
         )
     if credentials is None:
         config = settings.config

@@ -183,6 +183,14 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             check=lambda v, w: _at_least(v, w, 1),
         ),
         "group_commit_ms": GROUP_COMMIT_MS,
+        "commits": Field(
+            _OPT_STR,
+            None,
+            "who commits the rows: loop (the event loop that queued them, waiting for nothing: less CPU "
+            "under load; the embedded client's default) or thread (the writer's thread: the loop's tail "
+            "latency untouched; the gateway's default)",
+            choices=("loop", "thread", None),
+        ),
     },
     "gateway": {
         "auth": Field((str,), "none", "client authentication", choices=("none", "token", "jwt")),

@@ -608,13 +608,15 @@ def acquire_writer(
     max_pending: int = MAX_PENDING,
     clock: Callable[[], float] = time.time,
     group_commit: float | None = None,
+    loop_commits: bool = True,
 ) -> LedgerWriter:
     """This process's writer for ``ledger``'s file, started on first use; pair with ``release_writer``.
 
     A file's writer writes through a ``Ledger`` of its own; an in-memory ledger's writes through
     ``ledger`` itself (its database exists only in that connection). A ``retention`` replaces the
     writer's and so does a ``group_commit`` (the newest configuration wins; ``None``: the writer keeps
-    its own, ``GROUP_COMMIT`` for a new one); ``max_pending`` and ``clock`` are the first user's."""
+    its own, ``GROUP_COMMIT`` for a new one); ``max_pending``, ``clock`` and ``loop_commits`` (an in-memory
+    ledger's writer commits on its thread whatever it says) are the first user's."""
     key = ledger.key
     with _REGISTRY:
         writer = _WRITERS.get(key)
@@ -625,7 +627,7 @@ def acquire_writer(
             )
             writer = LedgerWriter(
                 own,
-                loop_commits=not memory,  # an in-memory ledger's one connection is its readers' too
+                loop_commits=loop_commits and not memory,  # an in-memory ledger's connection is its readers' too
                 owns_ledger=not memory,
                 max_pending=max_pending,
                 retention=retention,

@@ -138,12 +138,14 @@ class LedgerSettings:
     """``[ledger]``: whether usage is recorded, where (a path or a store URL; ``None``: the default
     file), how long finished rows are kept (``retention``; ``None``: every row, the default), and how
     many seconds a busy writer gathers rows into one commit (``group_commit``; ``None``: not configured,
-    ``GROUP_COMMIT`` — so a second user of the file does not undo another's setting)."""
+    ``GROUP_COMMIT`` — so a second user of the file does not undo another's setting), and who commits
+    them (``commits``: ``"loop"``, ``"thread"``, or ``None``: the loop embedded, the thread in a gateway)."""
 
     enabled: bool = True
     url: str | None = None
     retention: Retention | None = None
     group_commit: float | None = None
+    commits: str | None = None
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> LedgerSettings:
@@ -158,6 +160,7 @@ class LedgerSettings:
             url=url or path,
             retention=retention,
             group_commit=None if window is None else window / 1000,
+            commits=table.get("commits"),
         )
 
 

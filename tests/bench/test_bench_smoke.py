@@ -122,6 +122,22 @@ def test_the_embedded_benchmark_runs_every_path_and_reports_both_baselines(tmp_p
 
 
 @pytest.mark.timeout(90)
+def test_the_ledger_commits_comparison_measures_each_client_and_every_row_is_written() -> None:
+    """``python -m bench.ab_ledger_commits`` with tiny counts: every client measured in every phase,
+    and each ledger holds one ``ok`` row per request (the thread's and the loop's commits alike)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "bench.ab_ledger_commits", "--rounds", "1", "--calls", "40"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=80)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    names = [row.split(" | ")[0].removeprefix("| ") for row in rows]
+    assert names == ["bare", "thread", "loop", "off", "lt-thread", "lt-loop"]
+    # warm-up 50 + 40 at concurrency 20 + 6 awaited (+ 6 from a thread for the connect clients)
+    for name, count in (("thread", 96), ("loop", 96), ("lt-thread", 102), ("lt-loop", 102)):
+        assert f"{name}: {{'ok': {count}}}" in done.stdout, done.stdout
+
+
+@pytest.mark.timeout(90)
 def test_the_scale_benchmark_holds_a_few_sessions_over_http2_and_http1(tmp_path: Path) -> None:
     """``make bench-scale``'s pipeline in miniature (the 10,000-session run is never in CI): SSE and
     WebSocket sessions from several source addresses, each with its own paced upstream stream, every

@@ -610,17 +610,17 @@ def ledger_max_rows(tmp_path):
 def ledger_group_commit_ms(tmp_path):
     from unittest import mock
 
-    from gtl_nb.engine.ledger_writer import LedgerWriter
+    from gtl_nb.engine import ledger_writer
 
     commits: list[int] = []
-    commit = LedgerWriter._commit
+    write_batch = ledger_writer.write_batch
 
-    def counted(self, batch):
-        commits.append(len(batch))
-        commit(self, batch)
+    def counted(conn, ops, rowids, hostname):  # every commit, the loop's and the thread's
+        commits.append(len(ops))
+        return write_batch(conn, ops, rowids, hostname)
 
     settings = load_settings(environ={}, ledger={"path": str(tmp_path / "g.sqlite3"), "group_commit_ms": 1000})
-    with mock.patch.object(LedgerWriter, "_commit", counted):
+    with mock.patch.object(ledger_writer, "write_batch", counted):
         c = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann"))
         c.complete("echo", "hi")
         assert c.usage()["status"].tolist() == ["ok"]  # (a read flushes: the writer is busy from here on)
@@ -629,6 +629,37 @@ def ledger_group_commit_ms(tmp_path):
             c.complete("echo", "hi")  # each a few ms: one commit each at a 5 ms window
         c.close()  # drains the queue
     assert len(commits) - before <= 2, commits  # the five rows waited for the window (or the close)
+
+
+def ledger_commits(tmp_path):
+    import threading
+    from unittest import mock
+
+    from gtl_nb.engine import ledger_writer
+
+    write_batch = ledger_writer.write_batch
+    for commits in ("thread", "loop"):
+        threads: list[str] = []
+
+        def recorded(conn, ops, rowids, hostname, threads=threads):
+            threads.append(threading.current_thread().name)
+            return write_batch(conn, ops, rowids, hostname)
+
+        path = str(tmp_path / f"{commits}.sqlite3")
+        settings = load_settings(environ={}, ledger={"path": path, "group_commit_ms": 20, "commits": commits})
+        with mock.patch.object(ledger_writer, "write_batch", recorded):
+            c = gtl_nb.Client(backend=EmbeddedBackend(settings, principal="ann"))
+            deadline = time.monotonic() + 30
+            while not threads and time.monotonic() < deadline:
+                c.complete("echo", "hi")
+                time.sleep(0.05)  # a window and more: whoever commits has committed
+            committed = list(threads)
+            c.close()
+        by_writer = [name.startswith("gtl_nb ledger writer") for name in committed]
+        if commits == "thread":
+            assert committed and all(by_writer), committed
+        else:  # the engine's loop commits (the thread only backs up a loop too late by three windows)
+            assert committed and not all(by_writer), committed
 
 
 # -- [defaults] --------------------------------------------------------------------------------------

@@ -385,3 +385,39 @@ def test_a_loop_stopped_without_closing_is_let_go_for_the_next_loop_of_its_threa
         first.close()
         store.close()
     assert commits == [(threading.get_ident(), ["second"])]  # the running loop committed, not the thread
+
+
+# -- who commits, by configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("audience", "commits", "on_loop"),
+    [
+        ("embedded", None, True),  # the embedded client: the loop (less CPU under load)
+        ("gateway", None, False),  # a gateway: the thread (its loop's tail latency untouched)
+        ("gateway", "loop", True),
+        ("embedded", "thread", False),
+    ],
+)
+def test_the_engine_commits_on_its_loop_embedded_and_on_the_thread_in_a_gateway(
+    tmp_path: Path, audience: str, commits: str | None, on_loop: bool
+):
+    from gtl_nb.engine.builder import build_engine
+    from gtl_nb.engine.settings import load_settings
+
+    table: dict[str, Any] = {"path": str(tmp_path / "ledger.sqlite3")}
+    if commits is not None:
+        table["commits"] = commits
+    engine = build_engine(load_settings(environ={}, ledger=table), audience=audience)
+    try:
+        assert engine.stores.ledger._writer.loop_commits is on_loop  # type: ignore[union-attr]
+    finally:
+        asyncio.run(engine.aclose())
+
+
+def test_a_commits_setting_other_than_loop_or_thread_is_refused(tmp_path: Path):
+    from gtl_nb.engine.settings import load_settings
+    from gtl_nb.protocol.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="commits must be one of 'loop', 'thread'"):
+        load_settings(environ={}, ledger={"path": str(tmp_path / "l.sqlite3"), "commits": "process"})

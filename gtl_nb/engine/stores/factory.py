@@ -49,6 +49,7 @@ def open_stores(
     wall_clock: Callable[[], float] = time.time,
     ledger_retention: Retention | None = None,
     ledger_group_commit: float | None = None,
+    ledger_loop_commits: bool = True,
 ) -> Stores:
     """The ``Stores`` the settings select (opening SQLite files: blocking, call it before the loop runs).
 
@@ -63,12 +64,15 @@ def open_stores(
     drives the in-memory cache and breakers; ``wall_clock`` (unix seconds) stamps ledger rows and
     drives the SQLite cache and breakers, whose times other processes must read alike.
     ``ledger_group_commit``: the seconds the ledger's writer gathers rows into one commit (``None``: the
-    default, ``GROUP_COMMIT``).
+    default, ``GROUP_COMMIT``); ``ledger_loop_commits``: the SQLite ledger's commits on the event loop
+    that queued the rows (else on its writer's thread; ``engine.ledger_writer``).
     """
     cache = cache or CacheConfig()
     breaker = breaker or BreakerConfig()
     with ExitStack() as opened:  # a store that fails to open closes the ones opened before it
-        usage = _open_ledger(ledger, default_ledger, wall_clock, ledger_retention, ledger_group_commit)
+        usage = _open_ledger(
+            ledger, default_ledger, wall_clock, ledger_retention, ledger_group_commit, ledger_loop_commits
+        )
         if usage is not None and usage is not ledger:  # never close what the caller passed in
             opened.callback(_close_quietly, usage)
         counters = _open_budgets(budgets, usage)
@@ -86,15 +90,19 @@ def _open_ledger(
     wall_clock: Callable[[], float],
     retention: Retention | None,
     group_commit: float | None,
+    loop_commits: bool,
 ) -> UsageLedger | None:
+    sqlite_options: dict[str, Any] = {
+        "retention": retention,
+        "group_commit": group_commit,
+        "loop_commits": loop_commits,
+    }
     if ledger is None or ledger is False:
         if not default_ledger:
             return None
-        return SqliteUsageLedger(
-            default_ledger_path(), clock=wall_clock, retention=retention, group_commit=group_commit
-        )
+        return SqliteUsageLedger(default_ledger_path(), clock=wall_clock, **sqlite_options)
     if isinstance(ledger, Ledger):
-        return SqliteUsageLedger(ledger, retention=retention, group_commit=group_commit)
+        return SqliteUsageLedger(ledger, **sqlite_options)
     if isinstance(ledger, UsageLedger):
         return ledger
     if isinstance(ledger, str) and is_postgres_url(ledger):
@@ -110,9 +118,9 @@ def _open_ledger(
                 "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
                 "use postgresql://…, sqlite:///path or memory://"
             )
-        return SqliteUsageLedger(url.path, clock=wall_clock, retention=retention, group_commit=group_commit)
+        return SqliteUsageLedger(url.path, clock=wall_clock, **sqlite_options)
     if isinstance(ledger, (str, os.PathLike)):
-        return SqliteUsageLedger(ledger, clock=wall_clock, retention=retention, group_commit=group_commit)
+        return SqliteUsageLedger(ledger, clock=wall_clock, **sqlite_options)
     raise ConfigurationError(
         f"ledger must be a path, a store URL ({ACCEPTED}), a UsageLedger, a Ledger or None, got {ledger!r}"
     )

@@ -88,7 +88,9 @@ class SqliteUsageLedger:
     ``retention`` (``engine.ledger_retention``; ``None``: keep every row). ``max_pending`` bounds the
     queue: beyond it a ``start`` waits for room, up to the ledger's ``retry_for``, then raises
     ``LedgerBusyError``. ``group_commit``: the seconds a busy writer gathers rows into one commit
-    (``None``: the file's writer keeps its own, ``GROUP_COMMIT`` for a new one).
+    (``None``: the file's writer keeps its own, ``GROUP_COMMIT`` for a new one). ``loop_commits``: the
+    rows are committed on the event loop that queued them (else on the writer's thread; the file's
+    first user in the process decides, ``engine.ledger_writer``).
     """
 
     def __init__(
@@ -100,6 +102,7 @@ class SqliteUsageLedger:
         retention: Retention | None = None,
         max_pending: int = MAX_PENDING,
         group_commit: float | None = None,
+        loop_commits: bool = True,
     ) -> None:
         if isinstance(ledger, Ledger):
             self.ledger = ledger
@@ -113,6 +116,7 @@ class SqliteUsageLedger:
             "max_pending": max_pending,
             "clock": clock,
             "group_commit": group_commit,
+            "loop_commits": loop_commits,
         }
         try:
             self._writer = acquire_writer(self.ledger, **self._options)

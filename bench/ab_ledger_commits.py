@@ -1,0 +1,147 @@
+"""Who commits the ledger's rows, measured in one process: the writer's thread, the event loop that
+queued them (the default), or no ledger at all — each beside a bare aiohttp call, interleaved.
+
+    python -m bench.ab_ledger_commits [--rounds 5] [--calls 2000]
+
+Five clients of the same upstream (``bench.upstream``, its own process), all 16-token streams:
+
+* ``thread`` / ``loop`` / ``off`` — ``gtl_nb.aconnect`` (the engine on the caller's loop), the
+  ledger's commits on the writer's thread (``LedgerWriter(loop_commits=False)``, forced here), on the
+  loop, or the ledger off;
+* ``lt-thread`` / ``lt-loop`` — ``gtl_nb.connect`` (the engine on its loop thread), thread or loop.
+
+Per round, in a rotating order: CPU of this process per request at concurrency 20 (every thread),
+wall time per awaited request at concurrency 1, and for the ``connect`` clients wall time per
+``complete`` from a thread. Prints medians and the median of the per-round ratios to the bare call.
+Each client writes its own ledger file; the row counts are printed at the end (every request one
+``ok`` row). docs/benchmarks.md, "Commits on the loop".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import gtl_nb
+from bench.bench_embedded import (
+    _CallerLoop,
+    _cpu_per_call,
+    _embedded,
+    _one_at_a_time,
+    _per_call,
+    _sync_call,
+)
+from bench.servers import Upstream
+from gtl_nb.engine import ledger_writer
+
+
+@contextmanager
+def _commits_on_thread(on_thread: bool) -> Iterator[None]:
+    """Writers created meanwhile commit on their thread only (``on_thread``) or as configured."""
+    real = ledger_writer.LedgerWriter.__init__
+
+    def forced(self: ledger_writer.LedgerWriter, *args: Any, **options: Any) -> None:
+        if on_thread:
+            options["loop_commits"] = False
+        real(self, *args, **options)
+
+    ledger_writer.LedgerWriter.__init__ = forced  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ledger_writer.LedgerWriter.__init__ = real  # type: ignore[method-assign]
+
+
+def _ratio(values: list[float], bare: list[float]) -> float:
+    return statistics.median(value / base for value, base in zip(values, bare, strict=True))
+
+
+def measure(rounds: int, calls: int) -> None:
+    upstream = Upstream()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            caller = _CallerLoop(upstream.port)
+            providers = {
+                "fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{upstream.port}/v1"}
+            }
+
+            def client(name: str, *, ledger: bool = True, on_thread: bool = False, own_loop: bool = True) -> Any:
+                config = {"ledger": {"path": str(Path(tmp) / f"{name}.sqlite3")} if ledger else {"enabled": False}}
+                with _commits_on_thread(on_thread):
+                    if not own_loop:
+                        return gtl_nb.connect(providers=providers, config=config, environ={})
+
+                    async def connected() -> gtl_nb.Client:
+                        return await gtl_nb.aconnect(providers=providers, config=config, environ={})
+
+                    return caller.run(connected())
+
+            clients = {
+                "thread": client("thread", on_thread=True),
+                "loop": client("loop"),
+                "off": client("off", ledger=False),
+                "lt-thread": client("lt-thread", on_thread=True, own_loop=False),
+                "lt-loop": client("lt-loop", own_loop=False),
+            }
+            awaited = {"bare": caller.bare, **{name: _embedded(each) for name, each in clients.items()}}
+            synced: dict[str, Callable[[], object]] = {
+                "bare": caller.bare_from_thread,
+                **{name: _sync_call(clients[name]) for name in ("lt-thread", "lt-loop")},
+            }
+            for call in awaited.values():
+                caller.run(_one_at_a_time(call, 50))  # warm: connections, the ledger files
+            cpu: dict[str, list[float]] = {name: [] for name in awaited}
+            wall: dict[str, list[float]] = {name: [] for name in awaited}
+            sync: dict[str, list[float]] = {name: [] for name in synced}
+            for round_ in range(rounds):
+                for samples, paths, measure_one in (
+                    (cpu, awaited, lambda call: _cpu_per_call(caller, call, 20, calls // 20)),
+                    (wall, awaited, lambda call: caller.run(_one_at_a_time(call, calls // 6))),
+                    (sync, synced, lambda call: _per_call(call, calls // 6)),
+                ):
+                    names = list(paths)
+                    for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                        samples[name].append(measure_one(paths[name]))
+            print(
+                "| client | CPU a request at concurrency 20 (ms) | ÷ bare | awaited at concurrency 1 (ms) | ÷ bare "
+                "| `complete` from a thread (ms) | ÷ bare |"
+            )
+            print("| --- | --- | --- | --- | --- | --- | --- |")
+            for name in awaited:
+                row = f"| {name} | {statistics.median(cpu[name]) * 1e3:.3f} | {_ratio(cpu[name], cpu['bare']):.2f}x "
+                row += f"| {statistics.median(wall[name]) * 1e3:.3f} | {_ratio(wall[name], wall['bare']):.2f}x |"
+                if name in sync:
+                    row += f" {statistics.median(sync[name]) * 1e3:.3f} | {_ratio(sync[name], sync['bare']):.2f}x |"
+                else:
+                    row += " | |"
+                print(row)
+            for name, each in clients.items():
+                if name != "off":
+                    frame = each.usage()  # waits for the rows still queued
+                    counts = {status: int(count) for status, count in frame["status"].value_counts().items()}
+                    print(f"{name}: {counts}")
+            for name, each in clients.items():
+                if name.startswith("lt-"):
+                    each.close()
+                else:
+                    caller.run(each.aclose())
+            caller.close()
+    finally:
+        upstream.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab_ledger_commits", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=2000, help="requests per client per round at concurrency 20")
+    args = parser.parse_args(argv)
+    measure(args.rounds, args.calls)
+
+
+if __name__ == "__main__":
+    main()
