@@ -18,7 +18,7 @@ import msgspec
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
-from gtl_nb.engine.loop import LoopThread, shared_loop
+from gtl_nb.engine.loop import CallersLoop, LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults, Settings
 from gtl_nb.protocol.errors import ContextLengthExceededError, GTLError
 from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo, StreamEvent
@@ -123,6 +123,7 @@ class EmbeddedBackend:
         self.defaults = settings.defaults
         self.loop = loop or shared_loop()
         self.context = RequestContext(principal=principal)
+        engine.setdefault("on_callers_loop", isinstance(self.loop, CallersLoop))
         self.engine: Engine = build_engine(settings, **engine)
         self._sessions: set[asyncio.Task[Any]] = set()  # running on the loop thread
         # per request, ``check`` and ``fit`` ask what rarely changes: remember the answers

@@ -17,7 +17,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.engine.credentials import ConfiguredCredentials, CredentialResolver, StaticCredentials
 from gtl_nb.engine.hooks import Hooks
 from gtl_nb.engine.http import HttpRunner
-from gtl_nb.engine.routing import EMBEDDED, GATEWAY
+from gtl_nb.engine.routing import EMBEDDED
 from gtl_nb.engine.settings import Settings
 from gtl_nb.engine.stores import Stores
 from gtl_nb.engine.stores.flights import FlightRegistry, open_flights
@@ -43,6 +43,7 @@ def build_engine(
     max_response_bytes: int | None = None,
     flights: FlightRegistry | None = None,
     audience: str = EMBEDDED,
+    on_callers_loop: bool = False,
 ) -> Engine:
     """An engine for ``settings``.
 
@@ -54,7 +55,9 @@ def build_engine(
     re-reading the environment per request (``ConfiguredCredentials``). ``flights`` (where identical
     in-flight requests find one another) defaults to what ``[cache] coalescing`` selects (``open_flights``).
     ``audience`` is who reads routing's errors: ``"embedded"`` (the user who configures the client) or
-    ``"gateway"`` (a gateway's client, who cannot; ``engine.routing``).
+    ``"gateway"`` (a gateway's client, who cannot; ``engine.routing``). ``on_callers_loop``: the engine
+    runs on its caller's own loop (``gtl_nb.aconnect``), which decides who commits the ledger's rows
+    when ``[ledger] commits`` does not say (below).
     """
     from gtl_nb.engine.stores.factory import open_stores
 
@@ -75,8 +78,11 @@ def build_engine(
             wall_clock=wall_clock,
             ledger_retention=settings.ledger.retention,
             ledger_group_commit=settings.ledger.group_commit,
-            # a gateway's loop serves every client: its tail latency keeps the commits off it
-            ledger_loop_commits=(settings.ledger.commits or ("thread" if audience == GATEWAY else "loop")) == "loop",
+            # The loop commits when it is the one busy thread besides the writer's (the caller's own,
+            # aconnect): there the writer's lock hand-overs cost more than the writing. An engine with a
+            # loop thread of its own (connect) or a gateway's loop serving every client keeps the thread:
+            # its commits overlap the loop's waits at concurrency 1, and the loop's tail stays free.
+            ledger_loop_commits=(settings.ledger.commits or ("loop" if on_callers_loop else "thread")) == "loop",
         )
     if credentials is None:
         config = settings.config

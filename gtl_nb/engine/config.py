@@ -187,8 +187,8 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             _OPT_STR,
             None,
             "who commits the rows: loop (the event loop that queued them, waiting for nothing: less CPU "
-            "under load; the embedded client's default) or thread (the writer's thread: the loop's tail "
-            "latency untouched; the gateway's default)",
+            "under load; the default for aconnect's engine on the caller's loop) or thread (the writer's "
+            "thread, overlapping the loop's waits: the default for connect's loop thread and a gateway)",
             choices=("loop", "thread", None),
         ),
     },

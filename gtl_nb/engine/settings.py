@@ -139,7 +139,8 @@ class LedgerSettings:
     file), how long finished rows are kept (``retention``; ``None``: every row, the default), and how
     many seconds a busy writer gathers rows into one commit (``group_commit``; ``None``: not configured,
     ``GROUP_COMMIT`` — so a second user of the file does not undo another's setting), and who commits
-    them (``commits``: ``"loop"``, ``"thread"``, or ``None``: the loop embedded, the thread in a gateway)."""
+    them (``commits``: ``"loop"``, ``"thread"``, or ``None``: the loop for an engine on its caller's loop,
+    ``gtl_nb.aconnect``; else the thread — ``engine.builder``)."""
 
     enabled: bool = True
     url: str | None = None

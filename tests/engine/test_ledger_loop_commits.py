@@ -391,16 +391,17 @@ def test_a_loop_stopped_without_closing_is_let_go_for_the_next_loop_of_its_threa
 
 
 @pytest.mark.parametrize(
-    ("audience", "commits", "on_loop"),
+    ("audience", "callers_loop", "commits", "on_loop"),
     [
-        ("embedded", None, True),  # the embedded client: the loop (less CPU under load)
-        ("gateway", None, False),  # a gateway: the thread (its loop's tail latency untouched)
-        ("gateway", "loop", True),
-        ("embedded", "thread", False),
+        ("embedded", True, None, True),  # aconnect: the caller's loop, the one busy thread, commits
+        ("embedded", False, None, False),  # connect: the engine's own loop thread leaves it to the writer's
+        ("gateway", False, None, False),  # a gateway: the thread (its loop's tail latency untouched)
+        ("gateway", False, "loop", True),
+        ("embedded", True, "thread", False),
     ],
 )
-def test_the_engine_commits_on_its_loop_embedded_and_on_the_thread_in_a_gateway(
-    tmp_path: Path, audience: str, commits: str | None, on_loop: bool
+def test_who_commits_by_default_and_by_configuration(
+    tmp_path: Path, audience: str, callers_loop: bool, commits: str | None, on_loop: bool
 ):
     from gtl_nb.engine.builder import build_engine
     from gtl_nb.engine.settings import load_settings
@@ -408,11 +409,31 @@ def test_the_engine_commits_on_its_loop_embedded_and_on_the_thread_in_a_gateway(
     table: dict[str, Any] = {"path": str(tmp_path / "ledger.sqlite3")}
     if commits is not None:
         table["commits"] = commits
-    engine = build_engine(load_settings(environ={}, ledger=table), audience=audience)
+    engine = build_engine(load_settings(environ={}, ledger=table), audience=audience, on_callers_loop=callers_loop)
     try:
         assert engine.stores.ledger._writer.loop_commits is on_loop  # type: ignore[union-attr]
     finally:
         asyncio.run(engine.aclose())
+
+
+def test_aconnects_engine_commits_on_the_callers_loop_and_connects_on_the_writers_thread(tmp_path: Path):
+    import gtl_nb
+
+    config = {"ledger": {"path": str(tmp_path / "ledger.sqlite3")}}
+    connected = gtl_nb.connect(config=config, environ={})
+    try:
+        assert connected.backend.engine.stores.ledger._writer.loop_commits is False  # type: ignore[attr-defined]
+    finally:
+        connected.close()
+
+    async def on_callers_loop() -> bool:
+        client = await gtl_nb.aconnect(config={"ledger": {"path": str(tmp_path / "other.sqlite3")}}, environ={})
+        try:
+            return client.backend.engine.stores.ledger._writer.loop_commits  # type: ignore[attr-defined]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(on_callers_loop()) is True
 
 
 def test_a_commits_setting_other_than_loop_or_thread_is_refused(tmp_path: Path):
