@@ -1,14 +1,14 @@
-"""Who commits the ledger's rows, measured in one process: the writer's thread, the event loop that
-queued them (the default), or no ledger at all — each beside a bare aiohttp call, interleaved.
+"""Who commits the ledger's rows, measured in one process: the writer's thread or the event loop that
+queued them (``[ledger] commits``), or no ledger at all — each beside a bare aiohttp call, interleaved.
 
     python -m bench.ab_ledger_commits [--rounds 5] [--calls 2000]
 
 Five clients of the same upstream (``bench.upstream``, its own process), all 16-token streams:
 
 * ``thread`` / ``loop`` / ``off`` — ``gtl_nb.aconnect`` (the engine on the caller's loop), the
-  ledger's commits on the writer's thread (``LedgerWriter(loop_commits=False)``, forced here), on the
-  loop, or the ledger off;
-* ``lt-thread`` / ``lt-loop`` — ``gtl_nb.connect`` (the engine on its loop thread), thread or loop.
+  ledger's commits on the writer's thread, on the loop (its default), or the ledger off;
+* ``lt-thread`` / ``lt-loop`` — ``gtl_nb.connect`` (the engine on its loop thread; the thread is its
+  default), thread or loop.
 
 Per round, in a rotating order: CPU of this process per request at concurrency 20 (every thread),
 wall time per awaited request at concurrency 1, and for the ``connect`` clients wall time per
@@ -22,8 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,24 +36,6 @@ from bench.bench_embedded import (
     _sync_call,
 )
 from bench.servers import Upstream
-from gtl_nb.engine import ledger_writer
-
-
-@contextmanager
-def _commits_on_thread(on_thread: bool) -> Iterator[None]:
-    """Writers created meanwhile commit on their thread only (``on_thread``) or as configured."""
-    real = ledger_writer.LedgerWriter.__init__
-
-    def forced(self: ledger_writer.LedgerWriter, *args: Any, **options: Any) -> None:
-        if on_thread:
-            options["loop_commits"] = False
-        real(self, *args, **options)
-
-    ledger_writer.LedgerWriter.__init__ = forced  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        ledger_writer.LedgerWriter.__init__ = real  # type: ignore[method-assign]
 
 
 def _ratio(values: list[float], bare: list[float]) -> float:
@@ -70,23 +51,24 @@ def measure(rounds: int, calls: int) -> None:
                 "fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{upstream.port}/v1"}
             }
 
-            def client(name: str, *, ledger: bool = True, on_thread: bool = False, own_loop: bool = True) -> Any:
-                config = {"ledger": {"path": str(Path(tmp) / f"{name}.sqlite3")} if ledger else {"enabled": False}}
-                with _commits_on_thread(on_thread):
-                    if not own_loop:
-                        return gtl_nb.connect(providers=providers, config=config, environ={})
+            def client(name: str, commits: str | None, *, own_loop: bool = True) -> Any:
+                """``commits``: who commits (``[ledger] commits``), ``None``: no ledger."""
+                ledger = {"path": str(Path(tmp) / f"{name}.sqlite3"), "commits": commits}
+                config = {"ledger": ledger if commits else {"enabled": False}}
+                if not own_loop:
+                    return gtl_nb.connect(providers=providers, config=config, environ={})
 
-                    async def connected() -> gtl_nb.Client:
-                        return await gtl_nb.aconnect(providers=providers, config=config, environ={})
+                async def connected() -> gtl_nb.Client:
+                    return await gtl_nb.aconnect(providers=providers, config=config, environ={})
 
-                    return caller.run(connected())
+                return caller.run(connected())
 
             clients = {
-                "thread": client("thread", on_thread=True),
-                "loop": client("loop"),
-                "off": client("off", ledger=False),
-                "lt-thread": client("lt-thread", on_thread=True, own_loop=False),
-                "lt-loop": client("lt-loop", own_loop=False),
+                "thread": client("thread", "thread"),
+                "loop": client("loop", "loop"),
+                "off": client("off", None),
+                "lt-thread": client("lt-thread", "thread", own_loop=False),
+                "lt-loop": client("lt-loop", "loop", own_loop=False),
             }
             awaited = {"bare": caller.bare, **{name: _embedded(each) for name, each in clients.items()}}
             synced: dict[str, Callable[[], object]] = {
@@ -124,7 +106,8 @@ def measure(rounds: int, calls: int) -> None:
                 if name != "off":
                     frame = each.usage()  # waits for the rows still queued
                     counts = {status: int(count) for status, count in frame["status"].value_counts().items()}
-                    print(f"{name}: {counts}")
+                    writer = each.backend.engine.stores.ledger._writer
+                    print(f"{name}: {counts}, committed on the {'loop' if writer.loop_commits else 'thread'}")
             for name, each in clients.items():
                 if name.startswith("lt-"):
                     each.close()

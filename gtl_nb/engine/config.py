@@ -723,7 +723,7 @@ def _check_value(value: Any, spec: Field, where: str) -> None:
     if not isinstance(value, kinds):
         raise ConfigurationError(f"{where} must be {_kind_names(kinds)}, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
-        allowed = ", ".join(repr(c) for c in spec.choices)
+        allowed = ", ".join(repr(c) for c in spec.choices if c is not None)  # None is no setting (not TOML)
         raise ConfigurationError(f"{where} must be one of {allowed}, got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigurationError(f"{where} must not be negative, got {value!r}")

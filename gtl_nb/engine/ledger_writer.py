@@ -85,7 +85,8 @@ class LedgerWriter:
     ``clock`` is wall-clock unix seconds, for retention; ``prune_every`` the seconds between two
     prunes; ``wait_for`` bounds how long ``flush`` and ``close`` wait for a failing file (default:
     the ledger's ``retry_for``); ``group_commit`` the seconds a busy writer gathers operations into
-    one commit (``GROUP_COMMIT``); ``loop_commits=False`` leaves every commit to the thread."""
+    one commit (``GROUP_COMMIT``); ``loop_commits``: the loop that queues operations commits them
+    (else every commit is the thread's)."""
 
     def __init__(
         self,
@@ -99,7 +100,7 @@ class LedgerWriter:
         prune_every: float = PRUNE_EVERY,
         wait_for: float | None = None,
         group_commit: float = GROUP_COMMIT,
-        loop_commits: bool = True,
+        loop_commits: bool = False,
     ) -> None:
         self.ledger = ledger
         self.loop_commits = loop_commits
@@ -608,7 +609,7 @@ def acquire_writer(
     max_pending: int = MAX_PENDING,
     clock: Callable[[], float] = time.time,
     group_commit: float | None = None,
-    loop_commits: bool = True,
+    loop_commits: bool = False,
 ) -> LedgerWriter:
     """This process's writer for ``ledger``'s file, started on first use; pair with ``release_writer``.
 
@@ -642,6 +643,14 @@ def acquire_writer(
                 writer.group_commit = checked_window(group_commit)  # read by the writer at its next look
             if retention is not None:
                 writer.set_retention(retention)
+            if loop_commits != writer.loop_commits and ledger.path != MEMORY:
+                log.info(
+                    "ledger %s: its writer in this process commits on the %s, as its first user chose; "
+                    "this user's choice (the %s) applies from the next process, or once every user closed",
+                    ledger.path,
+                    "event loop" if writer.loop_commits else "writer's thread",
+                    "event loop" if loop_commits else "writer's thread",
+                )
         _USERS[key] += 1
     return writer
 

@@ -69,7 +69,7 @@ async def requests(store: SqliteUsageLedger, names: list[str], status: str = "ok
 
 
 def test_the_loop_that_queued_the_rows_commits_them(path: Path, commits: list[tuple[int, list[str]]]):
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
 
     async def scenario() -> int:
         await requests(store, ["a", "b", "c"])
@@ -88,7 +88,7 @@ def test_the_loop_that_queued_the_rows_commits_them(path: Path, commits: list[tu
 def test_a_lock_held_by_another_process_never_stalls_the_loop(path: Path):
     # SQLite would wait up to busy_timeout (5 s here) for the lock; the loop tries once and hands the
     # batch to the thread, which waits for the lock instead, then writes what queued meanwhile too
-    store = SqliteUsageLedger(Ledger(path, busy_timeout=5.0), owns=True, group_commit=WINDOW)
+    store = SqliteUsageLedger(Ledger(path, busy_timeout=5.0), owns=True, group_commit=WINDOW, loop_commits=True)
     writer_ledger = store._writer.ledger
     attempts: list[tuple[int, bool]] = []
     real = writer_ledger.transaction
@@ -136,7 +136,7 @@ def test_a_lock_held_by_another_process_never_stalls_the_loop(path: Path):
 
 
 def test_rows_a_finished_loop_left_queued_are_written_by_the_thread(path: Path, commits: list[tuple[int, list[str]]]):
-    store = SqliteUsageLedger(path, group_commit=1.0)  # the loop ends long before its commit is due
+    store = SqliteUsageLedger(path, group_commit=1.0, loop_commits=True)  # the loop ends long before its commit is due
     try:
         asyncio.run(requests(store, ["a", "b"]))
         assert eventually(lambda: statuses(path) == {"a": "ok", "b": "ok"})  # no flush: the thread saw
@@ -146,7 +146,7 @@ def test_rows_a_finished_loop_left_queued_are_written_by_the_thread(path: Path, 
 
 
 def test_a_loop_blocked_by_its_caller_does_not_hold_the_rows_back(path: Path):
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
     seen = threading.Event()
 
     def watch() -> None:
@@ -173,7 +173,7 @@ def test_the_thread_checkpoints_the_log_and_the_loops_commits_never_do(path: Pat
         real(self)
 
     monkeypatch.setattr(Ledger, "checkpoint", recorded)
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
     writer = store._writer
 
     async def scenario() -> int:
@@ -205,7 +205,7 @@ def test_a_batch_the_loop_cannot_write_goes_to_the_thread_which_writes_it_one_at
         return real(conn, ops, rowids, hostname)
 
     monkeypatch.setattr(ledger_writer, "write_batch", breaks_on_poison)
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
 
     async def scenario() -> tuple[int, list[dict[str, Any]]]:
         await requests(store, ["before", "poison", "after"])
@@ -226,7 +226,7 @@ def test_a_batch_the_loop_cannot_write_goes_to_the_thread_which_writes_it_one_at
 
 
 def test_loops_of_two_threads_share_the_files_writer(path: Path):
-    stores = [SqliteUsageLedger(path, group_commit=WINDOW) for _ in range(2)]
+    stores = [SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True) for _ in range(2)]
     assert stores[0]._writer is stores[1]._writer
     failures: list[BaseException] = []
 
@@ -269,7 +269,7 @@ def test_a_loop_commit_that_fails_while_the_writer_closes_is_still_written(path:
         return real(conn, ops, rowids, hostname)
 
     monkeypatch.setattr(ledger_writer, "write_batch", fails_once_on_the_loop)
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
 
     async def scenario() -> None:
         loop_threads.append(threading.get_ident())
@@ -283,7 +283,7 @@ def test_a_loop_commit_that_fails_while_the_writer_closes_is_still_written(path:
 def test_a_forked_childs_copy_of_the_loop_never_writes_its_parents_rows(path: Path):
     import os
 
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
 
     async def scenario() -> None:
         await requests(store, ["parent's"])  # queued: a commit is scheduled on this loop
@@ -316,7 +316,7 @@ def test_a_forked_childs_copy_of_the_loop_never_writes_its_parents_rows(path: Pa
 def test_a_flush_of_many_batches_does_not_wait_for_the_loop_between_them(path: Path):
     # a reader waits for 5 batches' worth of queue while the loop's window is 10 s away: the thread
     # writes batch after batch for it (it used to write one, then wait for the loop's backstop)
-    store = SqliteUsageLedger(path, group_commit=10.0)
+    store = SqliteUsageLedger(path, group_commit=10.0, loop_commits=True)
     writer = store._writer
     writer.max_batch = 100
 
@@ -349,7 +349,7 @@ def test_an_idle_thread_checkpoints_after_a_loops_commit(
 
     monkeypatch.setattr(Ledger, "checkpoint", recorded)
     monkeypatch.setattr(ledger_writer, "write_batch", slow)
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
     writer = store._writer
 
     async def scenario() -> None:
@@ -368,7 +368,7 @@ def test_an_idle_thread_checkpoints_after_a_loops_commit(
 def test_a_loop_stopped_without_closing_is_let_go_for_the_next_loop_of_its_thread(
     path: Path, commits: list[tuple[int, list[str]]]
 ):
-    store = SqliteUsageLedger(path, group_commit=WINDOW)
+    store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
     first = asyncio.new_event_loop()
     try:
         first.run_until_complete(requests(store, ["first"]))  # stopped, never closed
@@ -442,3 +442,19 @@ def test_a_commits_setting_other_than_loop_or_thread_is_refused(tmp_path: Path):
 
     with pytest.raises(ConfigurationError, match="commits must be one of 'loop', 'thread'"):
         load_settings(environ={}, ledger={"path": str(tmp_path / "l.sqlite3"), "commits": "process"})
+
+
+def test_a_later_users_other_choice_is_said_in_the_log_and_the_first_users_kept(
+    path: Path, caplog: pytest.LogCaptureFixture
+):
+    first = SqliteUsageLedger(path, loop_commits=False)  # e.g. connect()'s engine
+    try:
+        with caplog.at_level(logging.INFO, logger="gtl_nb.engine.ledger"):
+            second = SqliteUsageLedger(path, loop_commits=True)  # then aconnect()'s, in the same process
+        try:
+            assert second._writer is first._writer and first._writer.loop_commits is False
+            assert "commits on the writer's thread, as its first user chose" in caplog.text
+        finally:
+            second.close()
+    finally:
+        first.close()

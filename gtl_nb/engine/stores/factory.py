@@ -49,7 +49,7 @@ def open_stores(
     wall_clock: Callable[[], float] = time.time,
     ledger_retention: Retention | None = None,
     ledger_group_commit: float | None = None,
-    ledger_loop_commits: bool = True,
+    ledger_loop_commits: bool = False,
 ) -> Stores:
     """The ``Stores`` the settings select (opening SQLite files: blocking, call it before the loop runs).
 

@@ -89,8 +89,9 @@ class SqliteUsageLedger:
     queue: beyond it a ``start`` waits for room, up to the ledger's ``retry_for``, then raises
     ``LedgerBusyError``. ``group_commit``: the seconds a busy writer gathers rows into one commit
     (``None``: the file's writer keeps its own, ``GROUP_COMMIT`` for a new one). ``loop_commits``: the
-    rows are committed on the event loop that queued them (else on the writer's thread; the file's
-    first user in the process decides, ``engine.ledger_writer``).
+    rows are committed on the event loop that queued them, not on the writer's thread (the file's
+    first user in the process decides, ``engine.ledger_writer``; ``build_engine`` chooses by
+    ``[ledger] commits`` and where the engine runs).
     """
 
     def __init__(
@@ -102,7 +103,7 @@ class SqliteUsageLedger:
         retention: Retention | None = None,
         max_pending: int = MAX_PENDING,
         group_commit: float | None = None,
-        loop_commits: bool = True,
+        loop_commits: bool = False,
     ) -> None:
         if isinstance(ledger, Ledger):
             self.ledger = ledger
