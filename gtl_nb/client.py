@@ -610,6 +610,14 @@ class Client:
 
         return frame_from_rows(self._loop.run(self.backend.usage_rows(**filters), timeout=60))
 
+    async def ausage(self, **filters: Any) -> pandas.DataFrame:
+        """Async twin of ``usage`` (the way to read it from the loop of an ``aconnect`` client, where
+        the synchronous call is refused). The rows still queued for the ledger are waited for in a
+        worker thread, never on the loop."""
+        from gtl_nb.engine.ledger import frame_from_rows
+
+        return frame_from_rows(await self._loop.call(self.backend.usage_rows(**filters)))
+
     def provider_type(self, deployment: str | None) -> str | None:
         return self.backend.provider_type(deployment)
 

@@ -394,7 +394,8 @@ LOOP_STALLED = (  # logged by a synchronous call from another thread while that 
 OWN_LOOP = (  # what a synchronous call on the thread of a ``CallersLoop`` raises
     "this client runs on this thread's event loop (gtl_nb.aconnect): a synchronous call here would wait "
     "for itself; use the async methods (await client.acomplete(...), client.astream(...), "
-    "await client.abatch(...), await client.aclose()), or use gtl_nb.connect(), whose engine has a thread of its own"
+    "await client.abatch(...), await client.ausage(), await client.aclose()), or use gtl_nb.connect(), "
+    "whose engine has a thread of its own"
 )
 
 

@@ -79,6 +79,38 @@ def test_a_synchronous_call_on_the_loops_own_thread_is_refused_and_works_from_an
     assert "from a thread" in asyncio.run(main())
 
 
+def test_the_usage_table_is_read_awaited_on_the_loop_its_rows_were_committed_on(tmp_path):
+    # aconnect's engine commits its ledger rows on the caller's loop; ausage reads them there (the
+    # synchronous usage() is refused on that thread), waiting for rows still queued off the loop
+    ledger = tmp_path / "ledger.sqlite3"
+
+    async def main() -> tuple[list[str], list[str], bool]:
+        async with await gtl_nb.aconnect(ledger=ledger) as client:
+            assert client.backend.engine.stores.ledger._writer.loop_commits is True
+            for word in ("one", "two", "three"):
+                await client.acomplete("echo", word)
+            right_away = list((await client.ausage())["status"])  # queued a moment ago: waited for
+            await asyncio.sleep(0.1)  # five windows: the loop's own commits
+            later = await client.ausage(status="ok")
+            return right_away, list(later["status"]), set(later.columns) >= {"cost", "tokens_in", "model"}
+
+    right_away, later, columns = asyncio.run(main())
+    assert right_away == ["ok", "ok", "ok"] and later == ["ok", "ok", "ok"] and columns
+
+
+def test_a_loop_thread_clients_usage_is_awaited_from_another_loop_too(tmp_path):
+    client = gtl_nb.connect(ledger=tmp_path / "ledger.sqlite3")
+    try:
+
+        async def main() -> list[str]:
+            await client.acomplete("echo", "hi")
+            return list((await client.ausage())["status"])
+
+        assert asyncio.run(main()) == ["ok"]
+    finally:
+        client.close()
+
+
 def test_cancelling_an_awaited_call_cancels_its_session_and_the_row_says_so(tmp_path):
     ledger = tmp_path / "ledger.sqlite3"
 
