@@ -23,6 +23,7 @@ read-only, I/O error, locked) and writes it an operation at a time for a defect 
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -358,9 +359,13 @@ def _check_finished(conn: sqlite3.Connection, op: Finish, row_id: int) -> None:
     """After an UPDATE of many rows that finished fewer than it was given: whether row ``row_id``
     holds the outcome ``op`` (its status and end time), and if not, say so."""
     found = _row_state(conn, row_id)
-    # (an end time that is no number, NaN, is stored as NULL)
-    if found is None or found[0] != op.status or not (found[1] == op.when or (found[1] is None and op.when != op.when)):
+    if found is None or found[0] != op.status or not _same_end(found[1], op.when):
         _not_finished(op, row_id, found)
+
+
+def _same_end(stored: Any, when: float) -> bool:
+    """Whether ``stored`` is the end time ``when`` as the ledger writes it (NaN is stored as NULL)."""
+    return stored == when or (stored is None and math.isnan(when))
 
 
 def _row_state(conn: sqlite3.Connection, row_id: int) -> tuple[Any, Any] | None:
