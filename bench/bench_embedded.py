@@ -23,7 +23,7 @@ Targets: at most 1.2x at concurrency 1, at most 1.5x CPU at concurrency 20, zero
 ``--callgrind`` counts instructions per request instead (valgrind's callgrind, every thread of this
 process, the upstream not included): repeatable to about 1 %, where the timings above move by 30 %.
 
-Run: ``python -m bench.bench_embedded [--rounds N] [--streams N] [--callgrind [--requests N]]``;
+Run: ``python -m bench.bench_embedded [--rounds N] [--streams N] [--callgrind [--requests N] [--only KINDS]]``;
 ``python -m bench`` runs the timed part too.
 """
 
@@ -122,13 +122,18 @@ def _client(port: int, ledger: Path, *, group_commit_ms: int | None = None) -> g
 COUNTED_GROUP_COMMIT_MS = 1000
 
 
-def _on_callers_loop(caller: _CallerLoop, port: int, ledger: Path) -> gtl_nb.Client:
+def _on_callers_loop(
+    caller: _CallerLoop, port: int, ledger: Path, *, group_commit_ms: int | None = None
+) -> gtl_nb.Client:
     """The embedded client of ``gtl_nb.aconnect``: its engine on the caller's own loop (same
     configuration as ``_client``)."""
     providers = {"fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{port}/v1"}}
+    ledger_table: dict[str, object] = {"path": str(ledger)}
+    if group_commit_ms is not None:
+        ledger_table["group_commit_ms"] = group_commit_ms
 
     async def connected() -> gtl_nb.Client:
-        return await gtl_nb.aconnect(providers=providers, config={"ledger": {"path": str(ledger)}}, environ={})
+        return await gtl_nb.aconnect(providers=providers, config={"ledger": ledger_table}, environ={})
 
     return caller.run(connected())  # type: ignore[no-any-return]
 
@@ -293,6 +298,8 @@ COUNTED = (
     ("the engine alone: sessions back to back on its loop, nothing handed over", 1, "engine"),
     ("bare, 20 at once", 20, "bare"),
     ("embedded `acomplete`, 20 at once", 20, "acomplete"),
+    ("`aconnect`'s `await acomplete` (the engine on the caller's loop)", 1, "callers"),
+    ("`aconnect`'s `acomplete`, 20 at once", 20, "callers"),
 )
 
 
@@ -321,41 +328,55 @@ def _wait_for(path: Path) -> None:
     time.sleep(0.5)  # let valgrind finish writing it
 
 
-def _counted_worker(requests: int, out: Path) -> None:
-    """Runs under valgrind (``--callgrind``): each of ``COUNTED`` warmed up, then counted alone,
-    one dump each (``out.1``, ``out.2`` …)."""
+def _counted(only: set[str] | None) -> list[tuple[str, int, str]]:
+    """The paths of ``COUNTED`` to count: those whose kind (``bare``, ``acomplete``, ``complete``,
+    ``engine``, ``callers``) is in ``only``, or all."""
+    return [path for path in COUNTED if only is None or path[2] in only]
+
+
+def _counted_worker(requests: int, out: Path, only: set[str] | None = None) -> None:
+    """Runs under valgrind (``--callgrind``): each of ``COUNTED`` (or the kinds ``only`` names) warmed
+    up, then counted alone, one dump each (``out.1``, ``out.2`` …)."""
     pid = str(os.getpid())
     upstream = Upstream()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             client = _client(upstream.port, Path(tmp) / "bench.sqlite3", group_commit_ms=COUNTED_GROUP_COMMIT_MS)
             caller = _CallerLoop(upstream.port)
+            on_loop = _on_callers_loop(
+                caller, upstream.port, Path(tmp) / "on-loop.sqlite3", group_commit_ms=COUNTED_GROUP_COMMIT_MS
+            )
             calls: dict[str, Callable[[int, int], object]] = {
                 "bare": lambda group, groups: caller.run(_in_groups(caller.bare, group, groups)),
                 "acomplete": lambda group, groups: caller.run(_in_groups(_embedded(client), group, groups)),
                 "complete": lambda group, groups: [_sync_call(client)() for _ in range(group * groups)],
                 "engine": lambda group, groups: client.backend.loop.run(_engine_alone(client, group * groups)),
+                "callers": lambda group, groups: caller.run(_in_groups(_embedded(on_loop), group, groups)),
             }
-            for number, (_, group, how) in enumerate(COUNTED, start=1):
+            for number, (_, group, how) in enumerate(_counted(only), start=1):
                 calls[how](group, max(1, 20 // group))
                 _callgrind_control("--instr=on", pid)
                 _callgrind_control("--zero", pid)
                 calls[how](group, requests // group)
                 _callgrind_control("--dump", pid)
                 _wait_for(out.with_name(f"{out.name}.{number}"))
+            caller.run(on_loop.aclose())
             caller.close()
             client.close()
     finally:
         upstream.stop()
 
 
-def count_instructions(requests: int = 300) -> dict[str, float]:
-    """Instructions per request of each of ``COUNTED``, every thread of a process under callgrind."""
+def count_instructions(requests: int = 300, only: set[str] | None = None) -> dict[str, float]:
+    """Instructions per request of each of ``COUNTED`` (or the kinds ``only`` names; the bare call is
+    always counted), every thread of a process under callgrind."""
+    only = None if only is None else only | {"bare"}
+    kinds = [] if only is None else ["--only", ",".join(sorted(only))]
     with tempfile.TemporaryDirectory(prefix="gtl-callgrind-") as tmp:
         out = Path(tmp) / "callgrind.out"
-        run_counted_worker("bench.bench_embedded", out, "--requests", str(requests))
+        run_counted_worker("bench.bench_embedded", out, "--requests", str(requests), *kinds)
         counts = {}
-        for number, (name, _, _) in enumerate(COUNTED, start=1):
+        for number, (name, _, _) in enumerate(_counted(only), start=1):
             counts[name] = _total_instructions(out.with_name(f"{out.name}.{number}")) / requests
         return counts
 
@@ -364,6 +385,8 @@ def report_instructions(counts: dict[str, float]) -> str:
     bare = {group: counts[name] for name, group, how in COUNTED if how == "bare"}
     lines = ["| instructions per request (callgrind) | M | ÷ bare at the same concurrency |", "| --- | --- | --- |"]
     for name, group, _ in COUNTED:
+        if name not in counts:
+            continue
         lines.append(f"| {name} | {counts[name] / 1e6:.3f} | {counts[name] / bare[group]:.2f}x |")
     return "\n".join(lines)
 
@@ -375,14 +398,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--callgrind", action="store_true", help="count instructions per request instead")
     parser.add_argument("--requests", type=int, default=300, help="requests counted per path (--callgrind)")
+    parser.add_argument(
+        "--only",
+        help="with --callgrind: count only these kinds, comma-separated (bare, acomplete, complete, engine, callers)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--counted-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.counted_worker:
-        _counted_worker(args.requests, args.counted_worker)
+        _counted_worker(args.requests, args.counted_worker, set(args.only.split(",")) if args.only else None)
         return
     if args.callgrind:
-        figures: dict[str, Any] = count_instructions(args.requests)
+        figures: dict[str, Any] = count_instructions(args.requests, set(args.only.split(",")) if args.only else None)
         print(report_instructions(figures))
     else:
         figures = measure(args.rounds, args.calls, args.streams)
