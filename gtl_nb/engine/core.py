@@ -140,6 +140,25 @@ class SessionEnd:
         self.event: Done | Error | None = None
 
 
+async def _batches_of(*batches: list[StreamEvent]) -> AsyncGenerator[list[StreamEvent], None]:
+    """``batches``, as a source of ``stream_batches`` (a refusal, an error, a cached answer)."""
+    for batch in batches:
+        yield batch
+
+
+async def _no_more_batches() -> AsyncGenerator[list[StreamEvent], None]:
+    """A source that has ended: what follows an ``INTERNAL`` error from choosing the source."""
+    return
+    yield  # (an async generator)
+
+
+async def _one_by_one(events: AsyncGenerator[StreamEvent, None]) -> AsyncGenerator[list[StreamEvent], None]:
+    """``events`` (a coalesced flight's), each a batch of its own; closed when this is."""
+    async with aclosing(events) as each:
+        async for event in each:
+            yield [event]
+
+
 async def run_session(
     engine: Engine,
     request: CompletionRequest,
@@ -170,8 +189,8 @@ async def run_session(
     ended = False
     try:
         batches = engine.stream_batches(request, context=context, ending=recorded, refused=refused)
-        async with aclosing(batches) as each:
-            async for batch in each:
+        try:  # (``aclosing`` without its two coroutines a session)
+            async for batch in batches:
                 for event in batch:
                     send(event)
                 ended = type(batch[-1]) in TERMINAL_EVENTS
@@ -179,6 +198,8 @@ async def run_session(
                     waiting = drain()
                     if waiting is not None:
                         await waiting
+        finally:
+            await batches.aclose()
     except asyncio.CancelledError:
         if not ended:
             who = cancelled_by() if callable(cancelled_by) else cancelled_by
@@ -368,7 +389,7 @@ class Engine:
         user: str | None = None,
         ending: SessionEnd | None = None,
         refused: GTLError | None = None,
-    ) -> AsyncIterator[list[StreamEvent]]:
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         """The complete, validated event stream of ``request``, recorded as one ledger row, in batches:
         the events one read of the upstream decoded go through the engine's levels together (one step
         of each per read, not per event). Batches are never empty, and the terminal event is alone in
@@ -400,45 +421,67 @@ class Engine:
         usage: Usage | None = None
         end: Done | Error | None = None
         row: int | None = None
+        batches: AsyncGenerator[list[StreamEvent], None] | None = None
         try:
             # inside the try: a cancel during the insert still settles the reservation below
             row = await self._ledger_start(request, context, model)
             if self.hooks:
                 self.hooks.emit(RequestStarted(request.session_id, context, request.model, request))
-            async with aclosing(self._guarded(request, targets, record, refusal)) as batches:
-                async for batch in batches:
-                    answer = record.answer
-                    # (asked in C first: most batches are tokens alone, and only hooks want their text)
-                    if answer is not None or not _SESSION_BOOKKEEPING.isdisjoint(map(type, batch)):
-                        for event in batch:
-                            kind = type(event)
-                            if kind is Token:
-                                if answer is not None:
-                                    answer.append(event.text)
-                            elif kind is Usage:
-                                usage = event
-                            elif kind is Status and is_failover(event):
-                                usage = None  # the protocol's reset: the usage of an abandoned attempt is void
-                                if answer is not None:
-                                    answer.clear()
-                    last = batch[-1]
-                    kind = type(last)
-                    if kind not in TERMINAL_EVENTS:
-                        yield batch
-                        continue
-                    if len(batch) > 1:  # what came before the end reaches the caller even if the end is cancelled
-                        yield batch[:-1]
-                    end = last
-                    if kind is Done:
-                        record.finish_reason = last.finish_reason
-                    if ending is not None:
-                        ending.event = last
-                    # complete the row (and settle) before the caller sees the end, exactly once
-                    finished, row = row, None
-                    held, reservation = reservation, None
-                    await self._finish(request, context, finished, end, usage, record, held)
-                    yield [last]
+            machine = SessionStateMachine(request.session_id)
+            started = self.clock()
+            queued = Status(session_id=request.session_id, state="queued")
+            machine.advance(queued)
+            yield [queued]
+            # The levels below are one generator fewer than they read: choosing the source
+            # (``_source``) is a coroutine, and a bug anywhere below is turned into an ``INTERNAL``
+            # error that ends the session and its row here (each level is an async-generator step
+            # per batch, for every read of every stream).
+            while True:
+                try:
+                    if batches is None:
+                        batches = await self._source(request, targets, record, refusal, machine, started)
+                    batch = await batches.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    if end is not None:
+                        raise
+                    batch = [self._internal_error(request, record, exc)]
+                    batches = batches or _no_more_batches()  # (the source could not be chosen)
+                answer = record.answer
+                # (asked in C first: most batches are tokens alone, and only hooks want their text)
+                if answer is not None or not _SESSION_BOOKKEEPING.isdisjoint(map(type, batch)):
+                    for event in batch:
+                        kind = type(event)
+                        if kind is Token:
+                            if answer is not None:
+                                answer.append(event.text)
+                        elif kind is Usage:
+                            usage = event
+                        elif kind is Status and is_failover(event):
+                            usage = None  # the protocol's reset: the usage of an abandoned attempt is void
+                            if answer is not None:
+                                answer.clear()
+                last = batch[-1]
+                kind = type(last)
+                if kind not in TERMINAL_EVENTS:
+                    yield batch
+                    continue
+                if len(batch) > 1:  # what came before the end reaches the caller even if the end is cancelled
+                    yield batch[:-1]
+                end = last
+                if kind is Done:
+                    record.finish_reason = last.finish_reason
+                if ending is not None:
+                    ending.event = last
+                # complete the row (and settle) before the caller sees the end, exactly once
+                finished, row = row, None
+                held, reservation = reservation, None
+                await self._finish(request, context, finished, end, usage, record, held)
+                yield [last]
         finally:
+            if batches is not None:
+                await batches.aclose()
             with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
                 _REQUEST_CONTEXT.reset(scope)
             if end is None or row is not None or reservation is not None:  # ended without a terminal event
@@ -519,32 +562,17 @@ class Engine:
             raise ModelNotFoundError(f"this gateway has no deployment or provider named {name!r}")
         return deployment
 
-    async def _guarded(
-        self,
-        request: CompletionRequest,
-        targets: list[Target] | GTLError,
-        record: _SessionRecord,
-        refusal: Error | None,
-    ) -> AsyncIterator[list[StreamEvent]]:
-        """``_run``'s batches, with a bug anywhere below turned into an ``INTERNAL`` error that still
-        ends the session (and its ledger row) properly instead of an exception that leaves both open."""
-        ended = False
-        try:
-            async with aclosing(self._run(request, targets, record, refusal)) as batches:
-                async for batch in batches:
-                    ended = type(batch[-1]) in TERMINAL_EVENTS
-                    yield batch
-        except Exception as exc:
-            if ended:
-                raise
-            log.exception("session %s failed inside the engine", request.session_id)
-            failed = Error(
-                session_id=request.session_id,
-                code="INTERNAL",
-                message=f"gtl_nb internal error: {type(exc).__name__}: {exc}",
-                provider=record.path[-1] if record.path else None,
-            )
-            yield [failed]
+    def _internal_error(self, request: CompletionRequest, record: _SessionRecord, exc: Exception) -> Error:
+        """The ``INTERNAL`` error that ends a session a bug below ``stream_batches`` broke (logged with
+        its traceback): the session and its ledger row still end properly, instead of an exception
+        that leaves both open."""
+        log.exception("session %s failed inside the engine", request.session_id, exc_info=exc)
+        return Error(
+            session_id=request.session_id,
+            code="INTERNAL",
+            message=f"gtl_nb internal error: {type(exc).__name__}: {exc}",
+            provider=record.path[-1] if record.path else None,
+        )
 
     async def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Each deployment's circuit: state, failures, error rate, when it may be tried again."""
@@ -716,25 +744,24 @@ class Engine:
             return healthy + [t for t in targets if t not in healthy]
         return self.strategy.order(targets, request.model)
 
-    async def _run(
+    async def _source(
         self,
         request: CompletionRequest,
         targets: list[Target] | GTLError,
         record: _SessionRecord,
         refusal: Error | None,
-    ) -> AsyncIterator[list[StreamEvent]]:
+        machine: SessionStateMachine,
+        started: float,
+    ) -> AsyncGenerator[list[StreamEvent], None]:
+        """Where the session's batches after ``queued`` come from: the refusal or routing's error, a
+        cached answer, another session's call of the same request (coalescing), or the attempts
+        themselves — returned, not passed on, so the attempts' batches reach ``stream_batches`` with
+        no level in between."""
         sid = request.session_id
-        machine = SessionStateMachine(sid)
-        started = self.clock()
-        queued = Status(session_id=sid, state="queued")
-        machine.advance(queued)
-        yield [queued]
         if refusal is not None:
-            yield [refusal]
-            return
+            return _batches_of([refusal])
         if isinstance(targets, GTLError):
-            yield [targets.to_event(sid)]
-            return
+            return _batches_of([targets.to_event(sid)])
         targets = await self._ordered(request, targets)
         key = None
         if is_cacheable(request, self.cache_config):
@@ -756,8 +783,7 @@ class Engine:
                         event = msgspec.structs.replace(event, latency_ms=_ms(self.clock() - started))
                     machine.advance(event)
                     answer.append(event)
-                yield answer
-                return
+                return _batches_of(answer)
         flight_key = key or self._coalescing_key(request, targets[0])
         context = _REQUEST_CONTEXT.get(None)
         if flight_key and context is not None and context.provider_keys:  # share a call only on the same key
@@ -767,26 +793,18 @@ class Engine:
             record.coalesced = True
             record.path.append(targets[0].name)
             record.model = targets[0].model
-            async with aclosing(self._read_flight(flight, sid, machine, started)) as events:
-                async for event in events:
-                    yield [event]
-            return
+            return _one_by_one(self._read_flight(flight, sid, machine, started))
         attempts = self._attempts(request, targets, record, machine, started, key)
         if not flight_key:
-            async with aclosing(attempts) as batches:
-                async for batch in batches:
-                    yield batch
-            return
+            return attempts
         # The first of its kind here: the call (or the reading of another replica's) runs in a task of
         # its own that publishes to the flight, so a reader leaving (this one included) never cuts the
         # others off; the call is cancelled only when its last reader has gone.
         flight = Flight()
         self._flights[flight_key] = flight
-        flight.publish(queued)
+        flight.publish(Status(session_id=sid, state="queued"))  # (as the session began)
         flight.task = asyncio.ensure_future(self._fly(flight, flight_key, attempts, sid))
-        async with aclosing(self._read_flight(flight, sid, machine, started, own=(record, targets[0]))) as events:
-            async for event in events:
-                yield [event]
+        return _one_by_one(self._read_flight(flight, sid, machine, started, own=(record, targets[0])))
 
     async def _read_flight(
         self,
@@ -796,7 +814,7 @@ class Engine:
         started: float,
         *,
         own: tuple[_SessionRecord, Target] | None = None,
-    ) -> AsyncIterator[StreamEvent]:
+    ) -> AsyncGenerator[StreamEvent, None]:
         """``flight``'s events for session ``sid``, timed and checked as its own. ``own``: the record and
         first target of the session the flight was started for — while this replica runs the call, its
         attempts already checked and stamped the events; when another replica runs it, the session is
@@ -893,7 +911,7 @@ class Engine:
         machine: SessionStateMachine,
         started: float,
         key: str | None,
-    ) -> AsyncIterator[list[StreamEvent]]:
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         """Try the targets in order, in batches: breakers, retries with backoff, failover, the context fallback.
 
         A breaker's probe slot is held from ``acquire`` until a verdict is recorded, inside one
@@ -939,7 +957,8 @@ class Engine:
                     if self.hooks:
                         self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt))
                     outcome = _AttemptOutcome(events=[] if key is not None else None)
-                    async with aclosing(self._one_attempt(request, target, machine, started, outcome)) as batches:
+                    batches = self._one_attempt(request, target, machine, started, outcome)
+                    try:  # (``aclosing`` without its two coroutines an attempt)
                         async for batch in batches:
                             if type(batch[-1]) is not Done:
                                 yield batch
@@ -950,6 +969,8 @@ class Engine:
                             grant = None
                             await self._remember_success(request, target, outcome, key)
                             yield batch[-1:]
+                    finally:
+                        await batches.aclose()
                     if outcome.done is not None:
                         return
                     failed = outcome.error
@@ -1065,7 +1086,7 @@ class Engine:
         machine: SessionStateMachine,
         started: float,
         outcome: _AttemptOutcome,
-    ) -> AsyncIterator[list[StreamEvent]]:
+    ) -> AsyncGenerator[list[StreamEvent], None]:
         """One call to one target: yields its validated events in batches; leaves ``done`` or ``error``
         in ``outcome`` (an ``error`` is not yielded: the attempt loop decides what follows it).
 

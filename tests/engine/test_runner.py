@@ -7,6 +7,7 @@ error bodies, failover, event-order enforcement), independent of any real provid
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 import time
@@ -428,6 +429,29 @@ def test_a_decoder_that_raises_ends_the_session_with_internal_error(server_facto
     assert isinstance(error, Error) and error.code == "INTERNAL" and "decoder bug" in error.message
     row = ledger.to_dataframe().iloc[0]
     assert row["status"] == "error" and row["error_code"] == "INTERNAL"
+
+
+def test_a_bug_while_choosing_the_source_ends_the_session_with_one_internal_error(tmp_path, caplog):
+    # ``_source`` runs after ``queued`` is out and before any batch of the answer: a bug there (here in
+    # ordering two targets) must still end the session once, with its row, and be logged with its trace
+    from gtl_nb.engine.ledger import Ledger
+
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    deployments = {name: lines(name, "http://127.0.0.1:9") for name in ("a", "b")}
+    engine = make_engine(deployments, ledger=ledger, http_transport=transport())
+
+    async def broken_ordering(request, targets):
+        raise RuntimeError("ordering bug")
+
+    engine._ordered = broken_ordering
+    with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+        events = run(engine, request(providers=["a", "b"]))
+    assert [type(e).__name__ for e in events] == ["Status", "Error"]
+    assert events[0].state == "queued"
+    assert events[-1].code == "INTERNAL" and "ordering bug" in events[-1].message
+    assert any("failed inside the engine" in r.getMessage() and r.exc_info for r in caplog.records)
+    rows = ledger.to_dataframe()
+    assert len(rows) == 1 and rows.iloc[0]["status"] == "error" and rows.iloc[0]["error_code"] == "INTERNAL"
 
 
 def test_a_runaway_response_body_is_cut_off(server_factory):
