@@ -300,12 +300,14 @@ COUNTED = (
     ("embedded `acomplete`, 20 at once", 20, "acomplete"),
     ("`aconnect`'s `await acomplete` (the engine on the caller's loop)", 1, "callers"),
     ("`aconnect`'s `acomplete`, 20 at once", 20, "callers"),
+    ("`aconnect`'s engine alone: sessions back to back on the caller's loop", 1, "callers_engine"),
 )
 
 
 async def _engine_alone(client: gtl_nb.Client, count: int) -> None:
-    """``count`` sessions one after another on the engine's loop thread (where this runs): what the
-    engine and its ledger cost without the client around them (no request building, no hand-over)."""
+    """``count`` sessions one after another on the engine's loop (where this runs: its loop thread, or
+    the caller's loop for ``aconnect``): what the engine and its ledger cost without the client around
+    them (no request building, no hand-over)."""
     request = client.request(MODEL, "hi", max_tokens=16)
     ends: list[StreamEvent] = []
     for _ in range(count):
@@ -330,7 +332,7 @@ def _wait_for(path: Path) -> None:
 
 def _counted(only: set[str] | None) -> list[tuple[str, int, str]]:
     """The paths of ``COUNTED`` to count: those whose kind (``bare``, ``acomplete``, ``complete``,
-    ``engine``, ``callers``) is in ``only``, or all."""
+    ``engine``, ``callers``, ``callers_engine``) is in ``only``, or all."""
     return [path for path in COUNTED if only is None or path[2] in only]
 
 
@@ -352,6 +354,7 @@ def _counted_worker(requests: int, out: Path, only: set[str] | None = None) -> N
                 "complete": lambda group, groups: [_sync_call(client)() for _ in range(group * groups)],
                 "engine": lambda group, groups: client.backend.loop.run(_engine_alone(client, group * groups)),
                 "callers": lambda group, groups: caller.run(_in_groups(_embedded(on_loop), group, groups)),
+                "callers_engine": lambda group, groups: caller.run(_engine_alone(on_loop, group * groups)),
             }
             for number, (_, group, how) in enumerate(_counted(only), start=1):
                 calls[how](group, max(1, 20 // group))
@@ -400,7 +403,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests counted per path (--callgrind)")
     parser.add_argument(
         "--only",
-        help="with --callgrind: count only these kinds, comma-separated (bare, acomplete, complete, engine, callers)",
+        help="with --callgrind: count only these kinds, comma-separated "
+        "(bare, acomplete, complete, engine, callers, callers_engine)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--counted-worker", type=Path, help=argparse.SUPPRESS)

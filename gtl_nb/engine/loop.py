@@ -357,9 +357,13 @@ class CallersLoop(LoopThread):
         self._refuse(coro, synchronous=False)
         if asyncio.get_running_loop() is not self._loop:
             return await super().call(coro, grace=grace)
-        task = self._loop.create_task(coro)
+        # The caller waits for ``told``, which the task settles from inside as its last step: what
+        # ``asyncio.shield(task)`` does, one turn of the loop sooner (no done callback scheduled
+        # between the task's end and the caller's wake-up) and with no future or callbacks of its own.
+        told: asyncio.Future[T] = self._loop.create_future()
+        task = self._loop.create_task(_telling(coro, told))
         try:
-            return await asyncio.shield(task)
+            return await told
         except asyncio.CancelledError:
             if not task.done():  # the caller was cancelled, and the session runs on: cancel it too
                 task.cancel()
@@ -371,6 +375,25 @@ class CallersLoop(LoopThread):
 
     def stop(self) -> None:
         """Nothing: the loop is the caller's."""
+
+
+async def _telling(coro: Coroutine[Any, Any, T], told: asyncio.Future[T]) -> None:
+    """Run ``coro`` and settle ``told`` with its outcome (``CallersLoop.call``): its result, its
+    exception, or cancelled when it was. A caller that stopped waiting (``told`` cancelled) is told
+    nothing, and a failure nobody waits for any more is dropped, as ``asyncio.shield`` drops it."""
+    try:
+        result = await coro
+    except asyncio.CancelledError:
+        told.cancel()
+        raise
+    except BaseException as exc:  # (handed to the caller, not left in a task nobody awaits)
+        if not told.done():
+            told.set_exception(exc)
+        if not isinstance(exc, Exception):
+            raise  # KeyboardInterrupt, SystemExit: the loop's too
+        return
+    if not told.done():
+        told.set_result(result)
 
 
 LOOP_CLOSED = (  # what a call on a ``CallersLoop`` whose loop has closed raises

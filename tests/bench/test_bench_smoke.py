@@ -155,3 +155,14 @@ def test_the_scale_benchmark_holds_a_few_sessions_over_http2_and_http1(tmp_path:
         assert result["ok"] == 24 and result["errors"] == {} and result["lost_tokens"] == 0
         assert result["probe_sessions"] >= 1 and not result["gateway_errors_logged"]
         assert result["gc_pauses"]["0"]["count"] > 0  # read from the gateway's gtl_gc_pause_seconds
+
+
+def test_counting_some_paths_keeps_the_order_of_the_counted_dumps() -> None:
+    """``bench_embedded --callgrind --only KINDS`` numbers its dumps in ``COUNTED``'s order, the kinds
+    left out skipped: worker and reader must agree on which dump is which path."""
+    sys.path.insert(0, str(REPO))
+    from bench.bench_embedded import COUNTED, _counted
+
+    assert _counted(None) == list(COUNTED)
+    chosen = _counted({"bare", "callers"})
+    assert [(group, how) for _, group, how in chosen] == [(1, "bare"), (20, "bare"), (1, "callers"), (20, "callers")]

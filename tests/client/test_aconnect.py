@@ -153,6 +153,31 @@ def test_closing_ends_the_running_sessions_without_cancelling_their_callers(tmp_
     assert streamed[-1] == "error" and streamed.count("error") == 1
 
 
+def test_what_a_call_on_the_callers_loop_ends_in_reaches_its_caller_and_nothing_is_left_behind(caplog):
+    # ``CallersLoop.call`` runs the work as a task of its own, which settles what the caller awaits:
+    # its result, its exception (handed over, never left in a task nobody awaits), its cancellation
+    async def work(outcome: str) -> str:
+        await asyncio.sleep(0)
+        if outcome == "fails":
+            raise ValueError("the work failed")
+        if outcome == "cancelled":
+            raise asyncio.CancelledError
+        return outcome
+
+    async def main() -> None:
+        calls = CallersLoop()
+        assert await calls.call(work("done")) == "done"
+        with pytest.raises(ValueError, match="the work failed"):
+            await calls.call(work("fails"))
+        with pytest.raises(asyncio.CancelledError):
+            await calls.call(work("cancelled"))
+        assert await calls.call(work("still serving")) == "still serving"
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
 def test_the_embedded_engine_takes_no_token():
     async def main() -> None:
         with pytest.raises(ConfigurationError, match="no token"):
