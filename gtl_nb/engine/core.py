@@ -441,9 +441,9 @@ class Engine:
                     if batches is None:
                         batches = await self._source(request, targets, record, refusal, machine, started)
                     batch = await batches.__anext__()
-                except StopAsyncIteration:
-                    break
                 except Exception as exc:
+                    if isinstance(exc, StopAsyncIteration) and batches is not None:
+                        break  # the source has ended (raised by ``_source`` itself, it is a bug: below)
                     if end is not None:
                         raise
                     batch = [self._internal_error(request, record, exc)]
@@ -480,12 +480,16 @@ class Engine:
                 await self._finish(request, context, finished, end, usage, record, held)
                 yield [last]
         finally:
-            if batches is not None:
-                await batches.aclose()
-            with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
-                _REQUEST_CONTEXT.reset(scope)
-            if end is None or row is not None or reservation is not None:  # ended without a terminal event
-                await self._finish(request, context, row, end, usage, record, reservation)
+            try:
+                if batches is not None:
+                    await batches.aclose()
+            except Exception:  # (a store that fails to take back a breaker's probe slot): the row still ends
+                log.exception("session %s: closing the levels below failed", request.session_id)
+            finally:  # also when a second cancel comes while they close
+                with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
+                    _REQUEST_CONTEXT.reset(scope)
+                if end is None or row is not None or reservation is not None:  # ended without a terminal event
+                    await self._finish(request, context, row, end, usage, record, reservation)
 
     def targets(self, request: CompletionRequest) -> list[Target]:
         """The deployments and models that may serve ``request``, in routing's order (``Router.targets``;
