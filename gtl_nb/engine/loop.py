@@ -362,6 +362,7 @@ class CallersLoop(LoopThread):
         # between the task's end and the caller's wake-up) and with no future or callbacks of its own.
         told: asyncio.Future[T] = self._loop.create_future()
         task = self._loop.create_task(_telling(coro, told))
+        task.add_done_callback(_settle_unsettled(told, coro))  # (run with the caller's wake-up: no turn more)
         try:
             return await told
         except asyncio.CancelledError:
@@ -378,22 +379,46 @@ class CallersLoop(LoopThread):
 
 
 async def _telling(coro: Coroutine[Any, Any, T], told: asyncio.Future[T]) -> None:
-    """Run ``coro`` and settle ``told`` with its outcome (``CallersLoop.call``): its result, its
-    exception, or cancelled when it was. A caller that stopped waiting (``told`` cancelled) is told
-    nothing, and a failure nobody waits for any more is dropped, as ``asyncio.shield`` drops it."""
+    """Run ``coro`` and settle ``told`` with its outcome as the last step (``CallersLoop.call``): its
+    result, its exception, or cancelled when it was. A failure once the caller has stopped waiting
+    (``told`` cancelled) stays the task's, which asyncio reports as never retrieved — as it did behind
+    ``asyncio.shield``. What this cannot settle itself — the task cancelled before its first step, a
+    ``KeyboardInterrupt`` — ``_settle_unsettled`` does once the task is done."""
     try:
         result = await coro
     except asyncio.CancelledError:
         told.cancel()
         raise
-    except BaseException as exc:  # (handed to the caller, not left in a task nobody awaits)
-        if not told.done():
-            told.set_exception(exc)
-        if not isinstance(exc, Exception):
-            raise  # KeyboardInterrupt, SystemExit: the loop's too
+    except Exception as exc:
+        if told.done():
+            raise
+        told.set_exception(exc)
         return
     if not told.done():
         told.set_result(result)
+
+
+def _settle_unsettled(
+    told: asyncio.Future[Any], coro: Coroutine[Any, Any, Any]
+) -> Callable[[asyncio.Task[None]], None]:
+    """The done callback of ``_telling``'s task: ``told`` cancelled when the task was cancelled
+    before its first step (``coro`` never ran: closed, so it is not reported as never awaited), or
+    given the task's ``KeyboardInterrupt``/``SystemExit`` (retrieved: handed on, not reported)."""
+
+    def settle(task: asyncio.Task[None]) -> None:
+        if told.done():
+            return
+        if task.cancelled():
+            coro.close()
+            told.cancel()
+        else:
+            failure = task.exception()
+            if failure is None:  # (cannot be: ``_telling`` settles ``told`` whenever it returns)
+                told.cancel()
+            else:
+                told.set_exception(failure)
+
+    return settle
 
 
 LOOP_CLOSED = (  # what a call on a ``CallersLoop`` whose loop has closed raises

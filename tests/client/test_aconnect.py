@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import gc
 import sqlite3
 import threading
 import time
@@ -176,6 +177,58 @@ def test_what_a_call_on_the_callers_loop_ends_in_reaches_its_caller_and_nothing_
     with caplog.at_level("ERROR"):
         asyncio.run(main())
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def test_a_call_whose_task_is_cancelled_before_it_starts_ends_its_caller_and_never_runs_the_work(recwarn):
+    # something cancels every other task (a shutdown helper) after the caller's first step and before
+    # the task's: the caller must not wait for ever, and the work, never started, must not be reported
+    # as never awaited
+    async def work() -> str:
+        return "ran"
+
+    async def main() -> str:
+        calls = CallersLoop()
+        me = asyncio.current_task()
+        caller = asyncio.ensure_future(calls.call(work()))
+
+        def cancel_the_others() -> None:
+            for task in asyncio.all_tasks():
+                if task is not me and task is not caller:
+                    task.cancel()
+
+        asyncio.get_running_loop().call_soon(cancel_the_others)
+        done, _ = await asyncio.wait([caller], timeout=2)
+        assert done, "the caller still waits"
+        with pytest.raises(asyncio.CancelledError):
+            caller.result()
+        return "ended"
+
+    assert asyncio.run(main()) == "ended"
+    gc.collect()
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
+
+
+def test_a_failure_after_the_caller_stopped_waiting_is_still_reported(caplog):
+    # the caller is cancelled; the work's clean-up then fails: nobody awaits it any more, and asyncio
+    # reports it as it did behind asyncio.shield (a broken clean-up must not vanish without a trace)
+    async def work() -> None:
+        try:
+            await asyncio.sleep(1)
+        except asyncio.CancelledError:
+            raise ValueError("the clean-up failed") from None
+
+    async def main() -> None:
+        calls = CallersLoop()
+        caller = asyncio.ensure_future(calls.call(work(), grace=1))
+        await asyncio.sleep(0.01)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(main())
+        gc.collect()
+    assert any("the clean-up failed" in f"{r.getMessage()} {r.exc_info}" for r in caplog.records)
 
 
 def test_the_embedded_engine_takes_no_token():
