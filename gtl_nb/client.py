@@ -613,10 +613,12 @@ class Client:
     async def ausage(self, **filters: Any) -> pandas.DataFrame:
         """Async twin of ``usage`` (the way to read it from the loop of an ``aconnect`` client, where
         the synchronous call is refused). The rows still queued for the ledger are waited for in a
-        worker thread, never on the loop."""
+        worker thread, never on the loop, and the table is built in one too: pandas' first import
+        (~0.2 s) and a large ledger's frame are work the awaiting loop need not stand still for."""
         from gtl_nb.engine.ledger import frame_from_rows
 
-        return frame_from_rows(await self._loop.call(self.backend.usage_rows(**filters)))
+        rows = await self._loop.call(self.backend.usage_rows(**filters))
+        return await asyncio.to_thread(frame_from_rows, rows)
 
     def provider_type(self, deployment: str | None) -> str | None:
         return self.backend.provider_type(deployment)

@@ -99,6 +99,29 @@ def test_the_usage_table_is_read_awaited_on_the_loop_its_rows_were_committed_on(
     assert right_away == ["ok", "ok", "ok"] and later == ["ok", "ok", "ok"] and columns
 
 
+def test_the_usage_table_is_built_off_the_awaiting_loop(tmp_path, monkeypatch):
+    # pandas' first import and a large ledger's frame take a while: never on the loop that awaits
+    from gtl_nb.engine import ledger as ledger_module
+
+    built_on: list[threading.Thread] = []
+    build = ledger_module.frame_from_rows
+
+    def recording(rows):
+        built_on.append(threading.current_thread())
+        return build(rows)
+
+    monkeypatch.setattr(ledger_module, "frame_from_rows", recording)
+
+    async def main() -> tuple[threading.Thread, int]:
+        async with await gtl_nb.aconnect(ledger=tmp_path / "ledger.sqlite3") as client:
+            await client.acomplete("echo", "one")
+            table = await client.ausage()
+            return threading.current_thread(), len(table)
+
+    loop_thread, rows = asyncio.run(main())
+    assert rows == 1 and built_on and all(thread is not loop_thread for thread in built_on)
+
+
 def test_a_loop_thread_clients_usage_is_awaited_from_another_loop_too(tmp_path):
     client = gtl_nb.connect(ledger=tmp_path / "ledger.sqlite3")
     try:
