@@ -133,7 +133,8 @@ class EmbeddedBackend:
         self.loop.close_at_exit(self)
 
     async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
-        task = asyncio.current_task()
+        # (its loop given: no getpid() system call on Python 3.11; the running loop's own otherwise)
+        task = asyncio.current_task(self.loop.loop) or asyncio.current_task()
         if task is not None:
             self._sessions.add(task)
         try:
