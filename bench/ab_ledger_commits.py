@@ -29,6 +29,7 @@ from typing import Any
 import gtl_nb
 from bench.bench_embedded import (
     _CallerLoop,
+    _configuration,
     _cpu_per_call,
     _embedded,
     _one_at_a_time,
@@ -47,19 +48,17 @@ def measure(rounds: int, calls: int) -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             caller = _CallerLoop(upstream.port)
-            providers = {
-                "fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{upstream.port}/v1"}
-            }
 
             def client(name: str, commits: str | None, *, own_loop: bool = True) -> Any:
                 """``commits``: who commits (``[ledger] commits``), ``None``: no ledger."""
-                ledger = {"path": str(Path(tmp) / f"{name}.sqlite3"), "commits": commits}
-                config = {"ledger": ledger if commits else {"enabled": False}}
+                settings = _configuration(upstream.port, Path(tmp) / f"{name}.sqlite3", None)
+                ledger = settings["config"]["ledger"]
+                settings["config"]["ledger"] = {**ledger, "commits": commits} if commits else {"enabled": False}
                 if not own_loop:
-                    return gtl_nb.connect(providers=providers, config=config, environ={})
+                    return gtl_nb.connect(**settings)
 
                 async def connected() -> gtl_nb.Client:
-                    return await gtl_nb.aconnect(providers=providers, config=config, environ={})
+                    return await gtl_nb.aconnect(**settings)
 
                 return caller.run(connected())
 

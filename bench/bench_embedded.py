@@ -104,15 +104,20 @@ class _CallerLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def _client(port: int, ledger: Path, *, group_commit_ms: int | None = None) -> gtl_nb.Client:
-    """The embedded client on the bench's upstream, the ledger in ``ledger`` (its writer's group-commit
-    window ``group_commit_ms``, default the configuration's)."""
+def _configuration(port: int, ledger: Path, group_commit_ms: int | None) -> dict[str, Any]:
+    """``connect``'s and ``aconnect``'s keyword arguments for the bench's client: the bench's upstream,
+    the ledger in ``ledger`` (its writer's group-commit window ``group_commit_ms``, default the
+    configuration's) — an explicit configuration, never the user's file: every path measures the same client."""
     providers = {"fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{port}/v1"}}
-    # an explicit configuration, never the user's file: every path of the bench measures the same client
     ledger_table: dict[str, object] = {"path": str(ledger)}
     if group_commit_ms is not None:
         ledger_table["group_commit_ms"] = group_commit_ms
-    return gtl_nb.connect(providers=providers, config={"ledger": ledger_table}, environ={})
+    return {"providers": providers, "config": {"ledger": ledger_table}, "environ": {}}
+
+
+def _client(port: int, ledger: Path, *, group_commit_ms: int | None = None) -> gtl_nb.Client:
+    """The embedded client on the bench's upstream (``_configuration``), its engine on its loop thread."""
+    return gtl_nb.connect(**_configuration(port, ledger, group_commit_ms))
 
 
 # Under callgrind everything runs ~50x slower, the ledger writer's group-commit window (20 ms of wall
@@ -127,13 +132,9 @@ def _on_callers_loop(
 ) -> gtl_nb.Client:
     """The embedded client of ``gtl_nb.aconnect``: its engine on the caller's own loop (same
     configuration as ``_client``)."""
-    providers = {"fast": {"type": "openai", "api_key": "bench", "base_url": f"http://127.0.0.1:{port}/v1"}}
-    ledger_table: dict[str, object] = {"path": str(ledger)}
-    if group_commit_ms is not None:
-        ledger_table["group_commit_ms"] = group_commit_ms
 
     async def connected() -> gtl_nb.Client:
-        return await gtl_nb.aconnect(providers=providers, config={"ledger": ledger_table}, environ={})
+        return await gtl_nb.aconnect(**_configuration(port, ledger, group_commit_ms))
 
     return caller.run(connected())  # type: ignore[no-any-return]
 

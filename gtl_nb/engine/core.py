@@ -141,15 +141,10 @@ class SessionEnd:
 
 
 async def _batches_of(*batches: list[StreamEvent]) -> AsyncGenerator[list[StreamEvent], None]:
-    """``batches``, as a source of ``stream_batches`` (a refusal, an error, a cached answer)."""
+    """``batches``, as a source of ``stream_batches`` (a refusal, an error, a cached answer; none: a
+    source that has ended)."""
     for batch in batches:
         yield batch
-
-
-async def _no_more_batches() -> AsyncGenerator[list[StreamEvent], None]:
-    """A source that has ended: what follows an ``INTERNAL`` error from choosing the source."""
-    return
-    yield  # (an async generator)
 
 
 async def _one_by_one(events: AsyncGenerator[StreamEvent, None]) -> AsyncGenerator[list[StreamEvent], None]:
@@ -447,7 +442,7 @@ class Engine:
                     if end is not None:
                         raise
                     batch = [self._internal_error(request, record, exc)]
-                    batches = batches or _no_more_batches()  # (the source could not be chosen)
+                    batches = batches or _batches_of()  # (the source could not be chosen: nothing follows)
                 answer = record.answer
                 # (asked in C first: most batches are tokens alone, and only hooks want their text)
                 if answer is not None or not _SESSION_BOOKKEEPING.isdisjoint(map(type, batch)):

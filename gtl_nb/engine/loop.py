@@ -413,12 +413,8 @@ def _settle_unsettled(
         if task.cancelled():
             coro.close()
             told.cancel()
-        else:
-            failure = task.exception()
-            if failure is None:  # (cannot be: ``_telling`` settles ``told`` whenever it returns)
-                told.cancel()
-            else:
-                told.set_exception(failure)
+        else:  # (``_telling`` settled ``told`` whenever it returned: only a BaseException is left)
+            told.set_exception(task.exception())  # type: ignore[arg-type]
 
     return settle
 
