@@ -18,7 +18,7 @@ import msgspec
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
-from gtl_nb.engine.loop import CallersLoop, LoopThread, shared_loop
+from gtl_nb.engine.loop import CAN_TAKE_BACK_A_CANCEL, CallersLoop, LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults, Settings
 from gtl_nb.protocol.errors import ContextLengthExceededError, GTLError
 from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo, StreamEvent
@@ -125,22 +125,45 @@ class EmbeddedBackend:
         self.context = RequestContext(principal=principal)
         engine.setdefault("on_callers_loop", isinstance(self.loop, CallersLoop))
         self.engine: Engine = build_engine(settings, **engine)
-        self._sessions: set[asyncio.Task[Any]] = set()  # running on the loop thread
+        self._sessions: set[asyncio.Task[Any]] = set()  # the tasks running a session now
+        self._closing: set[asyncio.Task[Any]] = set()  # ... which ``aclose`` cancelled, until they leave it
+        self._all_left: asyncio.Future[None] | None = None  # set once ``_closing`` is empty again
         # per request, ``check`` and ``fit`` ask what rarely changes: remember the answers
         self._checked: dict[str, Deployment] = {}  # each deployment as resolved when its credentials passed
         self._context_window = functools.lru_cache(maxsize=256)(self._catalog_window)
         # a program that never closes its client still ends its rows and closes its HTTP pool at exit
         self.loop.close_at_exit(self)
 
-    async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
+    sessions_in_callers_task = CAN_TAKE_BACK_A_CANCEL
+    """Whether ``session(..., callers_task=True)`` may run in a task the caller goes on using."""
+
+    async def session(self, request: CompletionRequest, deliver: Deliver, *, callers_task: bool = False) -> None:
+        """Run ``request``'s session in the current task, handing each event to ``deliver``.
+
+        ``callers_task``: the task is the caller's own (an awaited call of ``aconnect``'s client),
+        which goes on after the session. ``aclose`` ending the session then cancels it no further:
+        that cancel is taken back once the session has ended ``cancelled`` (as ``asyncio.timeout``
+        takes back its own), so the caller hears the end and its task goes on; a cancel of the
+        caller's own still propagates."""
         # (its loop given: no getpid() system call on Python 3.11; the running loop's own otherwise)
         task = asyncio.current_task(self.loop.loop) or asyncio.current_task()
         if task is not None:
             self._sessions.add(task)
         try:
             await run_session(self.engine, request, self.context, deliver)
+        except asyncio.CancelledError:
+            if not (callers_task and task in self._closing and task.uncancel() == 0):  # type: ignore[union-attr]
+                raise
         finally:
             self._sessions.discard(task)  # type: ignore[arg-type]
+            if self._closing:
+                self._left(task)  # type: ignore[arg-type]
+
+    def _left(self, task: asyncio.Task[Any]) -> None:
+        """``task``'s session has ended: when it was the last one ``aclose`` waits for, say so."""
+        self._closing.discard(task)
+        if not self._closing and self._all_left is not None and not self._all_left.done():
+            self._all_left.set_result(None)
 
     def check(self, request: CompletionRequest) -> None:
         for target in self.engine.targets(request):
@@ -244,8 +267,11 @@ class EmbeddedBackend:
         """Cancel the sessions still running and let them finish their ledger rows, then close the
         engine (its HTTP pool and stores)."""
         running = [task for task in self._sessions if not task.done()]
-        for task in running:
-            task.cancel()
         if running:
-            await asyncio.wait(running, timeout=_CLOSE_WAIT)
+            # waited for until their sessions end, not their tasks: a caller's task goes on after
+            self._closing.update(running)
+            self._all_left = all_left = asyncio.get_running_loop().create_future()
+            for task in running:
+                task.cancel()
+            await asyncio.wait([all_left], timeout=_CLOSE_WAIT)
         await self.engine.aclose()

@@ -203,6 +203,11 @@ class Client:
         self.user = user or getattr(getattr(backend, "context", None), "principal", None) or _os_user()
         self._loop = backend.loop
         self._closed = False
+        # an awaited call on aconnect's loop runs its session in the caller's task: no task of its
+        # own, no turn of the loop to start it and none to wake the caller (``_answer_here``)
+        self._sessions_in_callers_task = isinstance(self._loop, CallersLoop) and getattr(
+            backend, "sessions_in_callers_task", False
+        )
 
     @property
     def transport(self) -> str:
@@ -380,8 +385,10 @@ class Client:
                 pass
             return stream.result()
         # one wake-up of the loop thread to start, one of the caller's loop for the whole answer (none
-        # with aconnect: the engine runs on the caller's loop)
+        # with aconnect: the engine runs on the caller's loop, in the caller's task)
         request = self._prepare(model, messages, kwargs)
+        if self._sessions_in_callers_task and self._loop.in_loop_thread:
+            return _completion_or_raise(await self._answer_here(request))
         return _completion_or_raise(await self._loop.call(self._answer(request), grace=_END_WAIT))
 
     def astream(
@@ -528,6 +535,15 @@ class Client:
         except asyncio.CancelledError:
             if not transcript.finished:  # pragma: no cover - a backend ends every cancelled session
                 raise
+        return self._outcome(transcript)
+
+    async def _answer_here(self, request: CompletionRequest) -> Completion | GTLError:
+        """``_answer`` in the caller's own task (``acomplete`` on ``aconnect``'s loop). ``aclose``
+        ending the session is its ``CANCELLED`` end, the caller's task not cancelled (the backend
+        takes that cancel back); a cancel of the caller's — its own ``cancel()``, a timeout — ends
+        the session ``cancelled`` and goes on to the caller, its clean-up done by then."""
+        transcript = Transcript(session_id=request.session_id)
+        await self.backend.session(request, transcript.add, callers_task=True)  # type: ignore[call-arg]
         return self._outcome(transcript)
 
     async def _collect(

@@ -419,6 +419,9 @@ def _settle_unsettled(
     return settle
 
 
+CAN_TAKE_BACK_A_CANCEL = hasattr(asyncio.Task, "uncancel")
+"""Whether a task's cancel can be taken back (``Task.uncancel``, Python 3.11): what lets an awaited
+call of ``aconnect``'s client run its session in the caller's own task (``EmbeddedBackend.session``)."""
 LOOP_CLOSED = (  # what a call on a ``CallersLoop`` whose loop has closed raises
     "this client ran on the event loop gtl_nb.aconnect() was awaited on, and that loop is closed (an "
     "asyncio.run() ended): make the client on the loop you use it from (await gtl_nb.aconnect() there), "

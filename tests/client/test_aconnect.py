@@ -177,6 +177,87 @@ def test_closing_ends_the_running_sessions_without_cancelling_their_callers(tmp_
     assert streamed[-1] == "error" and streamed.count("error") == 1
 
 
+def test_an_awaited_call_runs_its_session_in_the_callers_own_task():
+    # no task of its own: none to start and none to wake the caller (``Client._answer_here``)
+    async def main() -> None:
+        async with await gtl_nb.aconnect(ledger=False) as client:
+            seen: list[asyncio.Task[object] | None] = []
+            client.backend.engine.hooks.subscribe(
+                lambda event: seen.append(asyncio.current_task()) if isinstance(event, RequestStarted) else None
+            )
+            before = len(asyncio.all_tasks())
+            answer = await client.acomplete("echo", "in my task")
+            assert "in my task" in answer.text
+            assert seen == [asyncio.current_task()]
+            assert len(asyncio.all_tasks()) == before
+
+    asyncio.run(main())
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout is Python 3.11's")
+def test_a_timeout_around_an_awaited_call_is_the_callers_and_the_row_says_cancelled(tmp_path):
+    ledger = tmp_path / "ledger.sqlite3"
+
+    async def main() -> list[tuple[str, str | None]]:
+        async with await gtl_nb.aconnect(providers=SLOW, ledger=ledger) as client:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.12):
+                    await client.acomplete("slow:echo", "one two three four five six seven")
+            assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+            assert not client.backend._sessions
+            return await _rows_settled(ledger, 1)
+
+    assert asyncio.run(main()) == [("cancelled", "CANCELLED")]
+
+
+def test_closing_takes_back_only_its_own_cancel_and_does_not_wait_for_the_callers_task(tmp_path):
+    ledger = tmp_path / "ledger.sqlite3"
+
+    async def main() -> None:
+        client = await gtl_nb.aconnect(providers=SLOW, ledger=ledger)
+        went_on = asyncio.Event()
+
+        async def caller() -> str | None:
+            try:
+                await client.acomplete("slow:echo", "one two three four five six seven")
+            except gtl_nb.GTLError as exc:
+                code = exc.code
+            assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+            await asyncio.sleep(0.01)  # not cancelled: the task goes on
+            went_on.set()
+            await asyncio.sleep(30)  # ... for longer than closing may wait
+            return code
+
+        task = asyncio.ensure_future(caller())
+        await asyncio.sleep(0.12)
+        started = time.monotonic()
+        await client.aclose()
+        assert time.monotonic() - started < 5  # the session's end, not the caller's task, was waited for
+        await asyncio.wait_for(went_on.wait(), 5)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await _rows_settled(ledger, 1) == [("cancelled", "CANCELLED")]
+
+    asyncio.run(main())
+
+
+def test_a_callers_cancel_at_the_moment_of_closing_still_reaches_the_caller(tmp_path):
+    async def main() -> None:
+        client = await gtl_nb.aconnect(providers=SLOW, ledger=tmp_path / "ledger.sqlite3")
+        task = asyncio.ensure_future(client.acomplete("slow:echo", "one two three four five six seven"))
+        await asyncio.sleep(0.12)
+        closing = asyncio.ensure_future(client.aclose())
+        await asyncio.sleep(0)  # the close has cancelled the session's task: now the caller does too
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await closing
+
+    asyncio.run(main())
+
+
 def test_what_a_call_on_the_callers_loop_ends_in_reaches_its_caller_and_nothing_is_left_behind(caplog):
     # ``CallersLoop.call`` runs the work as a task of its own, which settles what the caller awaits:
     # its result, its exception (handed over, never left in a task nobody awaits), its cancellation
