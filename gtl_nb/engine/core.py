@@ -1119,6 +1119,8 @@ class Engine:
                         event = self._priced(event, target)
                     elif kind is Error and deployment is not None:  # a provider may quote the key it refused
                         event = _scrubbed(event, deployment)
+                        if event.code == "AUTH_FAILED" and self.audience == GATEWAY:
+                            event = _gateways_key_refused(event, target)
                     done = kind is Done
                     if done:
                         event = _stamp(event, target, started, first, self.clock())
@@ -1328,6 +1330,19 @@ def _scrubbed(event: Error, deployment: Deployment) -> Error:
             message = scrub_secret(message, secret)  # the key, and its masked form (prefix…last four)
     message = redact(message)
     return event if message == event.message else msgspec.structs.replace(event, message=message)
+
+
+def _gateways_key_refused(event: Error, target: Target) -> Error:
+    """A provider's refusal of the key a gateway holds, told to the gateway's client: the provider's
+    own words ("Incorrect API key provided … find your API key at …") read as if the client's key
+    were wrong, and the client can do nothing about it — they go to the operator's log instead."""
+    log.warning("deployment %s: the provider refused the gateway's credentials: %s", target.name, event.message)
+    status = f" (HTTP {event.http_status})" if event.http_status else ""
+    message = (
+        f"the provider of deployment {target.name!r} refused the gateway's own credentials for it{status}: "
+        "your token was accepted; the gateway's operator must set a valid key for that deployment"
+    )
+    return msgspec.structs.replace(event, message=message, provider=event.provider or target.name)
 
 
 def _with_provider(event: Error, target: Target) -> Error:

@@ -82,8 +82,12 @@ def test_a_quoted_key_is_scrubbed_from_what_clients_see(leaky_gateway, scheme):
         with pytest.raises(GTLError) as refused:
             client.complete("leaky:gpt-4o-mini", "hello")
         assert refused.value.code == "AUTH_FAILED"
-        assert CANARY not in str(refused.value) and "[redacted]" in str(refused.value)
+        assert CANARY not in str(refused.value)
         assert CANARY[:8] not in str(refused.value) and MASKED not in str(refused.value)
+        # the provider's words would read as if the client's own key were wrong: the client is told whose it is
+        assert "Incorrect API key" not in str(refused.value)
+        assert "refused the gateway's own credentials" in str(refused.value) and "'leaky'" in str(refused.value)
+        assert "your token was accepted" in str(refused.value)
         with pytest.raises(GTLError) as listing:
             client.list_models("leaky")
         assert CANARY not in str(listing.value) and CANARY[:8] not in str(listing.value)
@@ -108,6 +112,9 @@ def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
     rows = Ledger(leaky_gateway.config.parent / "ledger.sqlite").rows()  # type: ignore[union-attr]
     assert rows and CANARY not in json.dumps(rows) and CANARY[:8] not in json.dumps(rows)
     assert CANARY not in "".join(leaky_gateway.output) and CANARY[:8] not in "".join(leaky_gateway.output)
+    # the operator reads the provider's own words in the gateway's log, scrubbed
+    refusals = [line for line in leaky_gateway.output if "refused the gateway's credentials" in line]
+    assert refusals and all("Incorrect API key provided: [redacted]" in line for line in refusals)
 
 
 def _keyed_tables(directory, port: int, api_key: str) -> dict[str, dict[str, object]]:
