@@ -50,6 +50,7 @@ from gtl_nb.gateway.tokens import (
     mint_token,
     require_scope,
 )
+from gtl_nb.log import redact
 from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError, InternalError, PermissionDeniedError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -223,8 +224,11 @@ def test_no_token_is_refused_with_advice():
     auth = authenticator()
     for offered in (None, ""):
         error = refusal(auth, offered)
-        assert error.reason == "missing" and "token=" in error.message
+        assert error.reason == "missing" and "Authorization header" in error.message and "api_key" in error.message
+        assert "gtl_nb.connect as its token argument" in error.message
         assert isinstance(error, AuthenticationError) and error.code == "AUTH_FAILED"
+    # it is logged too: nothing in it looks like a credential to the log's redaction
+    assert redact(error.message) == error.message
 
 
 @pytest.mark.parametrize("alg", ["none", "None", "NONE"])

@@ -48,7 +48,11 @@ class TokenRefusedError(AuthenticationError):
 REFUSED = "the gateway refused the token; ask the gateway's administrator for a valid GhostToken"
 """The one message for every refusal that could teach an attacker something (signature, claims, keys)."""
 EXPIRED = "the GhostToken has expired; get a new one"
-MISSING = "the gateway needs a GhostToken: connect(..., token=...) with one its administrator gave you"
+MISSING = (  # read by SDK, curl and gtl_nb users alike, and logged (worded so the log's redaction keeps it whole)
+    "the gateway needs a GhostToken, the token its administrator gave you: send it in the Authorization "
+    "header as a bearer token (an SDK takes it as its api_key; x-api-key works too), or give it to "
+    "gtl_nb.connect as its token argument"
+)
 VERIFIED_CACHE = 4096
 """Tokens remembered as verified (the least recently used are forgotten first)."""
 VERIFIED_FOR = 60.0
