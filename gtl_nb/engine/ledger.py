@@ -112,7 +112,10 @@ class LedgerStateError(LedgerError):
 
 
 class LedgerValueError(LedgerError, ValueError):
-    """A caller mistake in arguments: an unknown status or filter."""
+    """A caller mistake in arguments: an unknown status or filter (``INVALID_REQUEST``: the call is
+    wrong, nothing failed)."""
+
+    code = "INVALID_REQUEST"
 
 
 class LedgerLocationError(ConfigurationError, LedgerError):
@@ -975,12 +978,33 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _seconds(value: Any) -> float:
+def bound_seconds(value: Any) -> float:
+    """A ``since``/``until`` bound as unix seconds: a number, a timezone-aware ``datetime``, or
+    ISO-8601 text with its offset (``"2026-12-01T00:00:00Z"``)."""
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise LedgerValueError(_BOUND_ADVICE.format(value=value[:60])) from None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise LedgerValueError("since/until datetimes must be timezone-aware (UTC is safest)")
+            raise LedgerValueError(
+                "since/until datetimes must be timezone-aware (UTC is safest): add tzinfo=timezone.utc, "
+                "or an offset such as Z or +00:00 to the text"
+            )
         return value.timestamp()
-    return float(value)
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)  # (numpy's numbers too)
+    except (TypeError, ValueError):
+        raise LedgerValueError(_BOUND_ADVICE.format(value=repr(value)[:60])) from None
+
+
+_BOUND_ADVICE = (
+    "since/until takes unix seconds, a timezone-aware datetime or ISO-8601 text with its offset "
+    "('2026-12-01T00:00:00Z'), not {value}"
+)
 
 
 def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
@@ -991,11 +1015,9 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
         if key in ("since", "until"):
             if value is not None:
                 clauses.append("time >= ?" if key == "since" else "time < ?")
-                params.append(_seconds(value))
+                params.append(bound_seconds(value))
         elif key not in COLUMN_NAMES:
-            raise LedgerValueError(
-                f"unknown ledger filter {key!r}; use since, until or a column: {', '.join(COLUMN_NAMES)}"
-            )
+            raise LedgerValueError(unknown_filter(key))
         elif value is None:
             clauses.append(f"{key} IS NULL")
         elif isinstance(value, (list, tuple, set, frozenset)):
@@ -1008,6 +1030,14 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def unknown_filter(key: str) -> str:
+    """What an unknown filter's error says (grouping, a table's job, named when it was asked for)."""
+    message = f"unknown ledger filter {key!r}; use since, until or a column: {', '.join(COLUMN_NAMES)}"
+    if key in ("by", "group", "group_by", "groupby"):
+        message += " (to group rows: gtl_nb.analysis.usage_table(client.usage(), by=...), or %gtl usage --by)"
+    return message
+
+
 def row_filter(filters: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
     """The rows ``to_dataframe(**filters)`` selects, as a predicate over row dicts (the same filters,
     the same ``LedgerValueError`` for an unknown one, SQL's rule that NULL matches no value)."""
@@ -1015,15 +1045,13 @@ def row_filter(filters: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool
     for key, value in filters.items():
         if key in ("since", "until"):
             if value is not None:
-                bound = _seconds(value)
+                bound = bound_seconds(value)
                 if key == "since":
                     tests.append(lambda row, b=bound: row["time"] >= b)
                 else:
                     tests.append(lambda row, b=bound: row["time"] < b)
         elif key not in COLUMN_NAMES:
-            raise LedgerValueError(
-                f"unknown ledger filter {key!r}; use since, until or a column: {', '.join(COLUMN_NAMES)}"
-            )
+            raise LedgerValueError(unknown_filter(key))
         elif value is None:
             tests.append(lambda row, k=key: row[k] is None)
         elif isinstance(value, (list, tuple, set, frozenset)):

@@ -502,7 +502,8 @@ def test_a_provider_refusing_the_gateways_key_is_a_server_error(guarded):
         oai.chat.completions.create(model=f"badkey:{MODEL}", messages=chat())
     # the caller's own key was fine: not a 401, and retrying will not help
     assert caught.value.status_code == 502 and caught.value.response.headers["x-should-retry"] == "false"
-    assert "refused the gateway's own credentials" in str(caught.value) and "your token was accepted" in str(caught.value)
+    told = str(caught.value)
+    assert "refused the gateway's own credentials" in told and "your token was accepted" in told
 
 
 # -- ledger rows and disconnects -----------------------------------------------------------------------------

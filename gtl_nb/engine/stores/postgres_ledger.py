@@ -68,10 +68,12 @@ from gtl_nb.engine.ledger import (
     LedgerStateError,
     LedgerValueError,
     Totals,
+    bound_seconds,
     clean_finish_fields,
     default_ledger_path,
     frame_from_rows,
     iso_utc,
+    unknown_filter,
 )
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
 from gtl_nb.engine.ledger_writer import IDLE_AFTER
@@ -1057,14 +1059,6 @@ def _record(values: Iterable[Any]) -> dict[str, Any]:
     return record
 
 
-def _seconds(value: Any) -> float:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise LedgerValueError("since/until datetimes must be timezone-aware (UTC is safest)")
-        return value.timestamp()
-    return float(value)
-
-
 def _bindable(name: str, value: Any) -> Any:
     """A filter value as the column compares it (SQLite's affinity: a number matches text as its text)."""
     if name in ("cache_hit", "coalesced"):
@@ -1084,12 +1078,10 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
         if key in ("since", "until"):
             if value is not None:
                 clauses.append("time >= %s" if key == "since" else "time < %s")
-                params.append(_seconds(value))
+                params.append(bound_seconds(value))
             continue
         if key not in COLUMN_NAMES:
-            raise LedgerValueError(
-                f"unknown ledger filter {key!r}; use since, until or a column: {', '.join(COLUMN_NAMES)}"
-            )
+            raise LedgerValueError(unknown_filter(key))
         column = "failover_path::text" if key == "failover_path" else quoted(key)
         if value is None:
             clauses.append(f"{column} IS NULL")

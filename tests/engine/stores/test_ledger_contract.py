@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,29 @@ def test_an_unknown_filter_is_a_caller_mistake(ledger: UsageLedger):
         run(ledger.rows(colour="blue"))
     with pytest.raises(LedgerValueError, match="timezone-aware"):
         run(ledger.rows(since=datetime(2024, 1, 1)))
+    with pytest.raises(LedgerValueError, match="timezone-aware"):
+        run(ledger.rows(since="2024-01-01T00:00:00"))
+    with pytest.raises(LedgerValueError, match="unix seconds, a timezone-aware datetime or ISO-8601") as bound:
+        run(ledger.rows(since="yesterday"))
+    assert bound.value.code == "INVALID_REQUEST"  # the call is wrong: nothing failed
+    with pytest.raises(LedgerValueError, match=r"usage_table\(client.usage\(\), by=...\)"):
+        run(ledger.rows(by="model"))
+
+
+def test_bounds_may_be_iso_text_with_an_offset(ledger: UsageLedger):
+    async def scenario() -> tuple[int, int, int]:
+        row_id = await ledger.start(session_id="s", context=ADA, model="m", now=T0)
+        await ledger.finish(row_id, status="ok", now=T0)
+        when = datetime.fromtimestamp(T0, timezone.utc)
+        after = (when + timedelta(seconds=1)).isoformat().replace("+00:00", "Z")
+        before = (when - timedelta(seconds=1)).isoformat()
+        return (
+            len(await ledger.rows(since=before)),
+            len(await ledger.rows(since=after)),
+            len(await ledger.rows(until=after, since=T0)),
+        )
+
+    assert run(scenario()) == (1, 0, 1)
 
 
 def test_totals_count_as_budgets_did(ledger: UsageLedger):
