@@ -290,7 +290,7 @@ class Client:
         if system is not None:
             msgs.insert(0, Message(role="system", content=system))
         if not msgs:
-            raise InvalidRequestError("messages is empty: pass a prompt string or a list of messages")
+            raise InvalidRequestError(_no_messages(model if named else None, defaults.model))
         try:
             request = CompletionRequest(
                 session_id=session_id or new_session_id(),
@@ -938,6 +938,18 @@ class AsyncEventStream(_StreamBase):
     def __del__(self) -> None:
         if getattr(self, "_work", None) is not None and not self.finished:
             self._work.cancel()  # dropped unfinished: its end reaches nobody, the ledger says cancelled
+
+
+def _no_messages(named_model: str | None, default_model: str) -> str:
+    """What an empty request is told; when a model was named, the likely slip: the prompt passed
+    alone, so it was read as the model (``complete("hi")``)."""
+    if not named_model:
+        return "messages is empty: pass a prompt string or a list of messages"
+    return (
+        f"messages is empty: {named_model!r} was read as the model (the first argument); pass the prompt "
+        f"after it — complete(model, prompt) — or alone by name — complete(messages=prompt) asks the "
+        f"default model, {default_model!r}"
+    )
 
 
 def _completion_or_raise(outcome: Completion | GTLError) -> Completion:

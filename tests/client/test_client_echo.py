@@ -264,6 +264,13 @@ def test_bad_input_is_a_clear_error(client):
         client.complete("echo", [{"role": "wizard", "content": "x"}])
 
 
+def test_a_prompt_passed_alone_is_told_it_was_read_as_the_model(client):
+    with pytest.raises(InvalidRequestError, match=r"'hello there' was read as the model") as told:
+        client.complete("hello there")
+    assert "complete(messages=prompt)" in str(told.value) and repr(client.default_model) in str(told.value)
+    assert "hello there" in client.complete(messages="hello there").text  # as the message says
+
+
 def test_providers_lists_echo_as_offline(client):
     infos = {info.provider: info for info in client.providers()}
     assert infos["echo"].offline is True
