@@ -33,6 +33,7 @@ from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
 from gtl_nb.protocol.messages import (
+    MAX_TEMPERATURE,
     TERMINAL_EVENTS,
     CompletionRequest,
     Error,
@@ -280,6 +281,7 @@ class Client:
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_tokens,
+            stop=stop,
             metadata=metadata,
             response_format=response_format,
             tool_choice=tool_choice,
@@ -974,6 +976,7 @@ def _check_arguments(
     temperature: Any,
     top_p: Any,
     max_tokens: Any,
+    stop: Any,
     metadata: Any,
     response_format: Any,
     tool_choice: Any,
@@ -991,10 +994,23 @@ def _check_arguments(
         )
     if providers is not None and not all(isinstance(item, str) and item for item in _iterable(providers, "providers")):
         raise InvalidRequestError("providers must be a list of deployment or model names (non-empty strings)")
-    for name, value in (("temperature", temperature), ("top_p", top_p)):
-        # other types are reported by the typed round trip below, with the field's path
+    for name, value, highest in (("temperature", temperature, MAX_TEMPERATURE), ("top_p", top_p, 1.0)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
+            raise InvalidRequestError(
+                f"{name} must be a number from 0 to {highest:g}, not a {type(value).__name__} ({shown})"
+            )
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRequestError(f"{name} must be a finite number, not {value!r}")
+        if not 0 <= value <= highest:  # (the providers' own range: OpenAI's and Gemini's; Anthropic's stops at 1)
+            raise InvalidRequestError(f"{name} must be a number from 0 to {highest:g}, not {value!r}")
+    if stop is not None and not isinstance(stop, str):
+        if isinstance(stop, (dict, set, bytes)) or not isinstance(stop, Iterable):
+            raise InvalidRequestError(f"stop must be a string or a list of strings, not {type(stop).__name__}")
+        if not all(isinstance(item, str) for item in stop):
+            raise InvalidRequestError("stop must be a string or a list of strings; one of them is not a string")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InvalidRequestError(f"max_tokens must be a positive integer, not {max_tokens!r}")
     for name, value in (("metadata", metadata), ("response_format", response_format), ("tool_choice", tool_choice)):

@@ -50,6 +50,11 @@ MAX_NAME_LENGTH = 512
 """Longest model or deployment name a request may carry."""
 Id = Annotated[str, msgspec.Meta(max_length=MAX_ID_LENGTH)]
 Name = Annotated[str, msgspec.Meta(max_length=MAX_NAME_LENGTH)]
+MAX_TEMPERATURE = 2.0
+"""The highest sampling temperature a request may ask for (OpenAI's and Gemini's; Anthropic's API
+stops at 1 and says so itself)."""
+Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TEMPERATURE)]
+TopP = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
 class ToolCall(msgspec.Struct, frozen=True):
@@ -126,8 +131,8 @@ class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", o
     # msgspec's omit_defaults does not drop, unlike the unset optional fields after it
     stream: bool = msgspec.field(default_factory=lambda: True)
     max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
     stop: list[str] | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None

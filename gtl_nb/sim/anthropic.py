@@ -266,6 +266,11 @@ class AnthropicSim:
         for required in ("model", "messages", "max_tokens"):
             if required not in body:
                 return self._error(400, "invalid_request_error", f"{required}: Field required")
+        for name in ("temperature", "top_p"):  # the API's range: 0 to 1 for both
+            value = body.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= 1:
+                bound = "less than or equal to 1" if value > 1 else "greater than or equal to 0"
+                return self._error(400, "invalid_request_error", f"{name}: Input should be {bound}")
         model = str(body["model"])
         if not ctx.accepts_model(model, ANTHROPIC_MODELS):
             return self._error(404, "not_found_error", f"model: {model}")

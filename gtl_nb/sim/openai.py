@@ -289,6 +289,17 @@ class _ChatCompletionsSim:
                 "missing_required_parameter",
                 "messages",
             )
+        for name, highest in (("temperature", 2), ("top_p", 1)):  # the API's ranges, refused in its words
+            value = req.json.get(name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 <= value <= highest:
+                above = value > highest
+                return _error(
+                    f"Invalid '{name}': decimal {'above maximum' if above else 'below minimum'} value. Expected a "
+                    f"value {f'<= {highest}' if above else '>= 0'}, but got {value} instead.",
+                    "invalid_request_error",
+                    "decimal_above_max_value" if above else "decimal_below_min_value",
+                    name,
+                )
         return None
 
 

@@ -316,7 +316,7 @@ def test_a_deployment_without_its_key_is_refused_before_any_call():
 
 
 def test_wrongly_typed_arguments_are_a_clear_error(client):
-    with pytest.raises(InvalidRequestError, match=r"\$\.temperature"):
+    with pytest.raises(InvalidRequestError, match=r"temperature must be a number from 0 to 2, not a str"):
         client.complete("echo", "hi", temperature="hot")
 
 

@@ -64,7 +64,15 @@ BAD_ARGUMENTS = {
     "temperature nan": ({"messages": "hi", "temperature": math.nan}, "temperature must be a finite number"),
     "temperature inf": ({"messages": "hi", "temperature": math.inf}, "temperature must be a finite number"),
     "top_p -inf": ({"messages": "hi", "top_p": -math.inf}, "top_p must be a finite number"),
-    "temperature a string": ({"messages": "hi", "temperature": "0.2"}, "$.temperature"),
+    "temperature a string": (
+        {"messages": "hi", "temperature": "0.2"},
+        "temperature must be a number from 0 to 2, not a str",
+    ),
+    "temperature too high": ({"messages": "hi", "temperature": 5}, "temperature must be a number from 0 to 2, not 5"),
+    "temperature below 0": ({"messages": "hi", "temperature": -0.5}, "temperature must be a number from 0 to 2"),
+    "top_p above 1": ({"messages": "hi", "top_p": 7}, "top_p must be a number from 0 to 1, not 7"),
+    "stop a number": ({"messages": "hi", "stop": 5}, "stop must be a string or a list of strings, not int"),
+    "stop holding a number": ({"messages": "hi", "stop": ["END", 3]}, "one of them is not a string"),
     "max_tokens zero": ({"messages": "hi", "max_tokens": 0}, "max_tokens must be a positive integer"),
 }
 

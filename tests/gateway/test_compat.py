@@ -364,6 +364,24 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
 
 
+def test_sampling_values_outside_each_apis_range_are_bad_requests(oai, claude):
+    # refused as the providers themselves refuse them (OpenAI: temperature 0-2; Anthropic: 0-1; top_p 0-1)
+    with pytest.raises(openai.BadRequestError, match="temperature: expected a number from 0 to 2, not 5") as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), temperature=5)
+    assert caught.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError, match="top_p: expected a number from 0 to 1, not -0.5"):
+        oai.chat.completions.create(model=target("openai"), messages=chat(), top_p=-0.5)
+    body = {
+        "model": target("openai"),
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 1.5,
+    }
+    with pytest.raises(anthropic.BadRequestError, match="temperature: expected a number from 0 to 1, not 1.5"):
+        claude.post("/v1/messages", body=body, cast_to=object)
+    assert oai.chat.completions.create(model=target("openai"), messages=chat(), temperature=2, top_p=1).choices
+
+
 def test_an_oversized_body_is_refused_in_each_format(oai, claude):
     big = "x" * (80 * 1024)  # over the gateway's 64 KiB
     with pytest.raises(openai.BadRequestError) as caught:

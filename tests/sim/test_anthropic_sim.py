@@ -122,6 +122,17 @@ def test_the_x_api_key_header_and_the_version_header(serve_sim: Any) -> None:
     assert "anthropic-version" in no_version.json()["error"]["message"]
 
 
+def test_a_temperature_above_1_is_refused_as_the_api_does(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    body = {"model": MODEL, "messages": USER, "max_tokens": 10, "temperature": 1.5}
+    response = httpx.post(s.base_url + "/v1/messages", json=body, headers=HEADERS)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": "temperature: Input should be less than or equal to 1",
+    }
+
+
 def test_max_tokens_is_required(serve_sim: Any) -> None:
     s = serve_sim("anthropic")
     response = httpx.post(s.base_url + "/v1/messages", json={"model": MODEL, "messages": USER}, headers=HEADERS)

@@ -131,6 +131,18 @@ def test_max_tokens_gives_finish_reason_length(serve_sim: Any) -> None:
     assert reply.choices[0].finish_reason == "length"
 
 
+def test_sampling_values_outside_the_apis_range_are_refused_as_the_api_does(serve_sim: Any) -> None:
+    s = serve_sim("openai")
+    with pytest.raises(openai.BadRequestError) as above:
+        client(s).chat.completions.create(model="gpt-4o-mini", messages=USER, temperature=5)
+    assert (above.value.code, above.value.param) == ("decimal_above_max_value", "temperature")
+    assert "Expected a value <= 2, but got 5 instead" in above.value.message
+    with pytest.raises(openai.BadRequestError) as below:
+        client(s).chat.completions.create(model="gpt-4o-mini", messages=USER, top_p=-0.5)
+    assert (below.value.code, below.value.param) == ("decimal_below_min_value", "top_p")
+    assert client(s).chat.completions.create(model="gpt-4o-mini", messages=USER, temperature=2, top_p=1).choices
+
+
 def test_sdk_lists_models(serve_sim: Any) -> None:
     s = serve_sim("openai", models=["gpt-sim-1", "gpt-sim-2"])
     assert [m.id for m in client(s).models.list()] == ["gpt-sim-1", "gpt-sim-2"]

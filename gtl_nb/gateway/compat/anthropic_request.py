@@ -59,8 +59,8 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         messages=messages,
         stream=bool(fields.boolean(body, "stream", "stream")),
         max_tokens=max_tokens,
-        temperature=fields.number(body, "temperature", "temperature"),
-        top_p=fields.number(body, "top_p", "top_p"),
+        temperature=fields.number(body, "temperature", "temperature", within=(0.0, 1.0)),  # Anthropic's own range
+        top_p=fields.number(body, "top_p", "top_p", within=(0.0, 1.0)),
         stop=list(stop) if stop else None,
         tools=_tools(fields.items(body, "tools", "tools")),
         tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),

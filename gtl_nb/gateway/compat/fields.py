@@ -49,13 +49,16 @@ def text(body: Mapping[str, Any], key: str, where: str, *, required: bool = Fals
     return value
 
 
-def number(body: Mapping[str, Any], key: str, where: str) -> float | None:
-    """A number field (an integer is taken as a float; a boolean is not a number)."""
+def number(body: Mapping[str, Any], key: str, where: str, *, within: tuple[float, float] | None = None) -> float | None:
+    """A number field (an integer is taken as a float; a boolean is not a number), ``within`` the
+    range its API allows (both ends included) when given."""
     if _missing(body, key, where, False):
         return None
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise FieldError(where, f"expected a number, not {_kind(value)}")
+    if within is not None and not within[0] <= value <= within[1]:  # (NaN is in no range)
+        raise FieldError(where, f"expected a number from {within[0]:g} to {within[1]:g}, not {value!r}")
     return float(value)
 
 

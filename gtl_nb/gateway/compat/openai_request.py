@@ -27,7 +27,7 @@ import msgspec
 
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.fields import FieldError
-from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall
+from gtl_nb.protocol.messages import MAX_TEMPERATURE, CompletionRequest, Message, Tool, ToolCall
 
 __all__ = ["ChatRequest", "chat_request"]
 
@@ -69,8 +69,8 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         messages=[_message(raw, f"messages[{index}]") for index, raw in enumerate(raw_messages)],
         stream=stream,
         max_tokens=max_tokens,
-        temperature=fields.number(body, "temperature", "temperature"),
-        top_p=fields.number(body, "top_p", "top_p"),
+        temperature=fields.number(body, "temperature", "temperature", within=(0.0, MAX_TEMPERATURE)),
+        top_p=fields.number(body, "top_p", "top_p", within=(0.0, 1.0)),
         stop=_stop(body.get("stop")),
         tools=_tools(fields.items(body, "tools", "tools")),
         tool_choice=_tool_choice(body.get("tool_choice")),
