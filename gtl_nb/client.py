@@ -19,7 +19,7 @@ import getpass
 import math
 import queue
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -111,19 +111,57 @@ def connect(
     return client
 
 
-async def aconnect(endpoint: str = "embedded://", token: str | None = None, **options: Any) -> Client:
+def aconnect(endpoint: str = "embedded://", token: str | None = None, **options: Any) -> Connecting:
     """``connect`` from a coroutine, for a program that runs its own event loop (an async web
-    service, a notebook that awaits): the same arguments, the same ``Client``.
+    service, a notebook that awaits): the same arguments, the same ``Client`` —
+    ``client = await gtl_nb.aconnect()``, or ``async with gtl_nb.aconnect() as client:``, which
+    closes it at the end of the block.
 
     The client then runs on the calling loop instead of gtl_nb's loop thread — the embedded engine
     (the default endpoint), or the connection to a gateway (any other endpoint, opened here) — so an
-    awaited call (``acomplete``, ``astream``, ``abatch``) crosses no thread. One call at a time, that
-    is about a quarter less wall time and CPU a call for the embedded engine (two thread wake-ups
-    saved); many at once, the loop thread does better (the engine runs there on uvloop, beside the
-    caller's loop): docs/benchmarks.md, "The engine on the caller's loop". The synchronous methods
+    awaited call (``acomplete``, ``astream``, ``abatch``) crosses no thread, and an embedded
+    ``acomplete`` runs in the caller's own task: less wall time and CPU a call than across the loop
+    thread, one call at a time and many at once (docs/benchmarks.md). The synchronous methods
     still work from other threads, but not from this loop's own thread (they would wait for the loop
     they block: they raise and say so); close it with ``await client.aclose()`` or ``async with``.
     """
+    return Connecting(_connected(endpoint, token, options))
+
+
+class Connecting(Coroutine[Any, Any, "Client"]):
+    """What ``aconnect`` returns: awaited, the ``Client``; used as ``async with``, the client for the
+    block, closed at its end. A coroutine still (it hands every step to the one that connects), so
+    ``asyncio.run``, ``create_task`` and ``ensure_future`` take it as they took ``aconnect``'s."""
+
+    __slots__ = ("_client", "_opening")
+
+    def __init__(self, opening: Coroutine[Any, Any, Client]) -> None:
+        self._opening = opening
+        self._client: Client | None = None
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return self._opening.__await__()
+
+    def send(self, value: Any) -> Any:
+        return self._opening.send(value)
+
+    def throw(self, *exc_info: Any) -> Any:
+        return self._opening.throw(*exc_info)
+
+    def close(self) -> None:
+        self._opening.close()
+
+    async def __aenter__(self) -> Client:
+        self._client = await self._opening
+        return self._client
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+
+
+async def _connected(endpoint: str, token: str | None, options: dict[str, Any]) -> Client:
+    """The client ``aconnect`` describes, made on the running loop."""
     endpoint = _normalized(endpoint)
     if not _is_embedded(endpoint):
         user = options.pop("user", None)

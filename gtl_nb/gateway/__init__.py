@@ -2,7 +2,7 @@
 
 * ``sessions`` — ``GatewayConnection``: one client connection's sessions over ``Engine.stream``;
 * ``stdio`` — ``serve_stdio``: one connection on standard input and output;
-* ``devauth`` — TEMPORARY static development token (``[gateway] auth``);
+* ``devauth`` — development authentication: none, or one static token (``[gateway] auth``);
 * ``main`` / ``__main__`` — ``python -m gtl_nb.gateway --stdio --config FILE``; ``cli`` — ``gtl serve``.
 """
 

@@ -1,4 +1,5 @@
-"""TEMPORARY development authentication: one static token, one principal. The security issue replaces it.
+"""Development authentication: no token, or one static token, and one principal (GhostTokens, ``"jwt"``, are
+what a shared gateway uses).
 
 ``[gateway] auth`` chooses (the key exists in the configuration schema already):
 

@@ -49,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, config: bool = True) -> No
     parser.add_argument(
         "--principal",
         metavar="NAME",
-        help="TEMPORARY: who sessions are accounted to (default: the user running the gateway)",
+        help=(
+            'who sessions are accounted to when no token names one ([gateway] auth = "none" or "token"; '
+            "default: the user running the gateway)"
+        ),
     )
 
 

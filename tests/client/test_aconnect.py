@@ -60,6 +60,19 @@ def test_the_awaited_calls_run_the_engine_on_the_callers_thread():
     assert threads and all(thread is threading.main_thread() for thread in threads), threads
 
 
+def test_it_is_awaited_or_used_as_async_with_which_closes_the_client():
+    async def main() -> None:
+        async with gtl_nb.aconnect(ledger=False) as client:  # no await: the block opens and closes it
+            assert "in a block" in (await client.acomplete("echo", "in a block")).text
+        assert client._closed
+        awaited = await gtl_nb.aconnect(ledger=False)
+        async with awaited:
+            assert "awaited" in (await awaited.acomplete("echo", "awaited")).text
+        assert awaited._closed
+
+    asyncio.run(main())
+
+
 def test_a_synchronous_call_on_the_loops_own_thread_is_refused_and_works_from_another_thread():
     async def main() -> str:
         client = await gtl_nb.aconnect(ledger=False)

@@ -369,7 +369,7 @@ def test_sampling_values_outside_each_apis_range_are_bad_requests(oai, claude):
     with pytest.raises(openai.BadRequestError, match="temperature: expected a number from 0 to 2, not 5") as caught:
         oai.chat.completions.create(model=target("openai"), messages=chat(), temperature=5)
     assert caught.value.param == "temperature"
-    with pytest.raises(openai.BadRequestError, match="top_p: expected a number from 0 to 1, not -0.5"):
+    with pytest.raises(openai.BadRequestError, match=r"top_p: expected a number from 0 to 1, not -0\.5"):
         oai.chat.completions.create(model=target("openai"), messages=chat(), top_p=-0.5)
     body = {
         "model": target("openai"),
@@ -377,7 +377,7 @@ def test_sampling_values_outside_each_apis_range_are_bad_requests(oai, claude):
         "messages": [{"role": "user", "content": "hi"}],
         "temperature": 1.5,
     }
-    with pytest.raises(anthropic.BadRequestError, match="temperature: expected a number from 0 to 1, not 1.5"):
+    with pytest.raises(anthropic.BadRequestError, match=r"temperature: expected a number from 0 to 1, not 1\.5"):
         claude.post("/v1/messages", body=body, cast_to=object)
     assert oai.chat.completions.create(model=target("openai"), messages=chat(), temperature=2, top_p=1).choices
 
