@@ -38,7 +38,7 @@ def parse_duration(text: str) -> float:
     except ValueError:
         value = -1.0
     if not (value > 0 and value != float("inf")):
-        raise ConfigurationError(f"--ttl {text!r}: give a duration such as 90s, 30m, 8h or 2d")
+        raise ConfigurationError(f"--ttl {text!r}: give a duration such as 90s, 30m, 8h, 2d or 1w")
     return value * _UNITS[unit]
 
 
@@ -56,7 +56,7 @@ def add_subcommands(subparsers: Any) -> None:
     mint = actions.add_parser("mint", help="print a new token on standard output")
     mint.add_argument("--sub", required=True, help="the principal the token stands for")
     mint.add_argument("--scope", action="append", default=[], help="a scope to grant (repeat; docs/tokens.md)")
-    mint.add_argument("--ttl", default="8h", help="lifetime: 90s, 30m, 8h, 2d (default 8h)")
+    mint.add_argument("--ttl", default="8h", help="lifetime: 90s, 30m, 8h, 2d, 1w (default 8h)")
     mint.add_argument(
         "--provider-key",
         action="append",
@@ -175,9 +175,15 @@ def _list(args: argparse.Namespace) -> int:
     if not rows:
         print("no tokens minted here (gtl token mint makes one)")
         return 0
-    print(f"{'JTI':<24} {'SUBJECT':<16} {'STATE':<8} {'EXPIRES (UTC)':<17} SCOPES")
+    # columns as wide as their widest value: ids are 32 characters, subjects what the operator chose
+    jti_width = max(3, *(len(row["jti"]) for row in rows))
+    subject_width = max(7, *(len(row["subject"]) for row in rows))
+    print(f"{'JTI':<{jti_width}}  {'SUBJECT':<{subject_width}}  {'STATE':<8} {'EXPIRES (UTC)':<17} SCOPES")
     for row in rows:
-        print(f"{row['jti']:<24} {row['subject']:<16} {row['state']:<8} {row['expires']:<17} {' '.join(row['scopes'])}")
+        print(
+            f"{row['jti']:<{jti_width}}  {row['subject']:<{subject_width}}  {row['state']:<8} "
+            f"{row['expires']:<17} {' '.join(row['scopes'])}"
+        )
     return 0
 
 

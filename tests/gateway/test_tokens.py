@@ -610,7 +610,9 @@ def test_revocation_through_the_store_reaches_the_authenticator(tmp_path):
 def test_minting_checks_what_it_signs(rsa_key):
     with pytest.raises(ConfigurationError, match="chat:write"):
         mint_token(hs_policy(), subject="x", scopes=["chat:wirte"], lifetime=60)
-    with pytest.raises(ConfigurationError, match="max_lifetime"):
+    with pytest.raises(
+        ConfigurationError, match=r"a lifetime of 31 days is longer than \[gateway.jwt\] max_lifetime \(30 days"
+    ):
         mint_token(hs_policy(), subject="x", scopes=[], lifetime=31 * 86400)
     with pytest.raises(ConfigurationError, match="positive"):
         mint_token(hs_policy(), subject="x", scopes=[], lifetime=0)
@@ -856,6 +858,8 @@ def test_gtl_token_mint_list_revoke(gtl, capsys, tmp_path):
         assert gtl("token", "list") == 0
         listing = capsys.readouterr().out
         assert context.key_id in listing and "alice" in listing and "active" in listing and token not in listing
+        head, line = listing.splitlines()
+        assert head.index("SUBJECT") == line.index("alice")  # the columns line up under their heads
         assert gtl("token", "revoke", context.key_id) == 0
         assert context.key_id in capsys.readouterr().out
         assert refusal(auth, token).reason == "revoked"

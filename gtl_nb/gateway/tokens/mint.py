@@ -97,6 +97,14 @@ def mint_token(
     return token
 
 
+def _spoken(seconds: float) -> str:
+    """A lifetime as a person reads it: ``60 days``, ``8 h``, ``90 s``."""
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.4g} {unit}"
+    return f"{seconds:g} s"
+
+
 def _signing_key(signer: Any, seconds: float) -> tuple[Any, str, str, str]:
     """The key, algorithm, issuer and audience ``mint_token`` signs with."""
     if isinstance(signer, TokenPolicy):
@@ -107,7 +115,8 @@ def _signing_key(signer: Any, seconds: float) -> tuple[Any, str, str, str]:
             )
         if seconds > signer.max_lifetime:
             raise ConfigurationError(
-                f"a lifetime of {seconds:g} s is longer than [gateway.jwt] max_lifetime ({signer.max_lifetime:g} s)"
+                f"a lifetime of {_spoken(seconds)} is longer than [gateway.jwt] max_lifetime "
+                f"({_spoken(signer.max_lifetime)}, {signer.max_lifetime:g} s)"
             )
         return signer.secret, "HS256", signer.issuer, signer.audience
     if isinstance(signer, (str, bytes)):
