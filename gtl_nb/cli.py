@@ -111,7 +111,9 @@ def _for_the_shell(message: str) -> str:
     """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
     message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
     message = message.replace("gtl_nb.connect(url, token=...)", f"${TOKEN_ENV} for gtl --gateway")
-    message = message.replace("connect(..., token=...)", f"${TOKEN_ENV} for gtl --gateway")  # a GhostToken's
+    message = message.replace(
+        "give it to gtl_nb.connect as its token argument", f"put it in ${TOKEN_ENV} for gtl --gateway"
+    )
     message = message.replace("or client.models()", "or gtl --gateway URL models")
     return message.replace("(named by config=)", "(named by --config)")
 
@@ -217,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RequestError as exc:
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
         return 2
-    except GTLError as exc:
-        print(f"gtl: {exc}", file=sys.stderr)
+    except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
+        print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ngtl: cancelled", file=sys.stderr)

@@ -88,3 +88,11 @@ def test_models_says_echo_has_no_context_window_rather_than_an_unknown_one():
     result = gtl("models")
     echo = next(line for line in result.stdout.splitlines() if line.startswith("  echo "))  # the model row
     assert "ctx ?" not in echo and "n/a" in echo
+
+
+def test_a_ghosttoken_refusal_tells_the_terminal_where_its_token_goes():
+    from gtl_nb.cli import _for_the_shell
+    from gtl_nb.gateway.tokens.verify import MISSING
+
+    told = _for_the_shell(MISSING)
+    assert "put it in $GTL_NB_TOKEN for gtl --gateway" in told and "gtl_nb.connect" not in told

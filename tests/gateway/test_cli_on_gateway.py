@@ -50,7 +50,7 @@ def test_credentials_in_a_gateway_address_are_refused_without_being_echoed(capsy
 def test_an_unreachable_gateway_is_one_line_saying_so(capsys, command):
     assert main(["--gateway", "ws://127.0.0.1:9", *command]) in (1, 2)
     err = capsys.readouterr().err
-    assert err.startswith("gtl:") and "127.0.0.1:9" in err and "Traceback" not in err
+    assert err.startswith("gtl: error:") and "127.0.0.1:9" in err and "Traceback" not in err
 
 
 def test_models_with_a_token_that_may_not_list_them_says_why_the_list_is_empty(tmp_path, capsys, monkeypatch):
