@@ -74,7 +74,7 @@ from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.scopes import SCOPES
-from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
+from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex
@@ -966,9 +966,10 @@ def build_app(
     def context_of(request: Request, **more: Any) -> RequestContext:
         """The caller's context (``AuthenticationError`` when refused): its address, its trace id (its
         ``traceparent``'s, else a new one, as the engine would make), and ``more`` fields, in one replace."""
-        context = authenticate(_bearer(request.headers.get("authorization")))
+        peer = peer_text(request.client)
+        context = authenticated_or_logged(authenticate, _bearer(request.headers.get("authorization")), peer)
         trace_id = trace_id_from(request.headers.get("traceparent")) or random_hex(2)
-        return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id, **more)
+        return dataclasses.replace(context, peer=peer, trace_id=trace_id, **more)
 
     async def read_frame(request: Request, kind: type[Any], name: str) -> Any:
         """The body, one GTL frame of type ``kind``; read a piece at a time and refused (``FrameTooLargeError``)

@@ -81,6 +81,16 @@ An authenticator may also offer ``recheck(context)``, raising when the token beh
 connection's context has since expired or been revoked (``gateway.permissions.completion_refusal``)."""
 
 
+def authenticated_or_logged(authenticate: Authenticate, token: str | None, peer: str | None) -> RequestContext:
+    """``authenticate(token)``; a refusal is logged for the operator (who was refused and why — never
+    the token) before it is raised, as on every transport."""
+    try:
+        return authenticate(token)
+    except AuthenticationError as exc:
+        log.warning("refused client %s: %s", peer, exc.message)
+        raise
+
+
 class HeaderTokenFirst:
     """``authenticate`` for a connection whose transport carried a token in its headers: that token
     counts instead of hello's. ``refused`` (optional) hears each refusal before it is raised."""
@@ -230,9 +240,8 @@ class GatewayConnection:
         self._said_hello = True
         self._arm_idle(self.limits.idle_timeout)  # in place of the hello deadline
         try:
-            context = self._authenticate(event.token)
+            context = authenticated_or_logged(self._authenticate, event.token, self.framed.channel.peer)
         except AuthenticationError as exc:
-            log.warning("refused client %s: %s", self.framed.channel.peer, exc.message)
             self.framed.close_nowait(exc)
             return
         self.context = dataclasses.replace(context, peer=self.framed.channel.peer, transport=self.transport)

@@ -423,11 +423,14 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, sim
     simulator.close()
 
 
-def test_a_refused_token_is_an_authentication_error(guarded):
+def test_a_refused_token_is_an_authentication_error(guarded, caplog):
     url = guarded[0]
     wrong_openai = openai.OpenAI(base_url=f"{url}/v1", api_key="wrong-token", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as caught:
+    with caplog.at_level("WARNING", logger="gtl_nb"), pytest.raises(openai.AuthenticationError) as caught:
         wrong_openai.chat.completions.create(model=f"limited:{MODEL}", messages=chat())
+    # the operator hears of it as on every transport: who was refused and why, never the token
+    refusals = [record.getMessage() for record in caplog.records if "refused client" in record.getMessage()]
+    assert refusals and "127.0.0.1" in refusals[0] and all("wrong-token" not in line for line in refusals)
     assert caught.value.code == "invalid_api_key" and "wrong-token" not in caught.value.message
     assert caught.value.type == "invalid_request_error"  # as OpenAI answers a wrong key
     assert "$GTL_NB_DEV_TOKEN" in caught.value.message and "API key" in caught.value.message

@@ -16,7 +16,7 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.proxies import peer_text
-from gtl_nb.gateway.sessions import Authenticate
+from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex
 from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, nesting_exceeds
@@ -39,7 +39,7 @@ def api_key(headers: Mapping[str, str]) -> str | None:
 
 def authenticated(authenticate: Authenticate, token: str | None, request: Any) -> RequestContext:
     """The caller's ``RequestContext`` with its network address; ``AuthenticationError`` when refused."""
-    context = authenticate(token)
+    context = authenticated_or_logged(authenticate, token, peer_text(request.client))
     # a caller's W3C traceparent gives the request its trace id; without one a new one, made here as the
     # engine would make it (one dataclasses.replace of the context for both, not a second in the engine)
     trace_id = trace_id_from(request.headers.get("traceparent")) or random_hex(2)
