@@ -79,7 +79,7 @@ from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_sessio
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.codec import decode, encode
+from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, decode, encode, nesting_exceeds
 from gtl_nb.protocol.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -91,7 +91,7 @@ from gtl_nb.protocol.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Query, StreamEvent
+from gtl_nb.protocol.messages import MAX_ID_LENGTH, CompletionRequest, Done, Error, Query, StreamEvent
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
 from gtl_nb.transports.messages import JOIN_BYTES
 
@@ -637,8 +637,23 @@ def _error_response(exc: GTLError, status: int, session_id: str = "", headers: d
 
 
 def _body_refusal(exc: GTLError) -> Any:
-    """A body that is too large (``413``) or not the frame the endpoint takes (``400``)."""
-    return _error_response(InvalidRequestError(exc.message), 413 if isinstance(exc, FrameTooLargeError) else 400)
+    """A body that is too large (``413``) or not the frame the endpoint takes (``400``), answered with
+    the session id the body claimed, when it could be read (the caller's way to match the answer)."""
+    status = 413 if isinstance(exc, FrameTooLargeError) else 400
+    return _error_response(InvalidRequestError(exc.message), status, getattr(exc, "session_id", ""))
+
+
+def claimed_session_id(body: bytes) -> str:
+    """The ``session_id`` a frame that failed to decode says it is for, if it can be read safely (an
+    object within the depth limit, a string id within the protocol's length), else ``""``."""
+    if nesting_exceeds(body, DEFAULT_MAX_DEPTH):
+        return ""
+    try:
+        frame = msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return ""
+    claimed = frame.get("session_id") if isinstance(frame, dict) else None
+    return claimed if isinstance(claimed, str) and 0 < len(claimed) <= MAX_ID_LENGTH else ""
 
 
 async def _refuse(scope: Any, receive: Any, send: Any, status: int, error: GTLError) -> None:
@@ -982,7 +997,11 @@ def build_app(
             body += chunk
             if len(body) > max_body_bytes:
                 raise FrameTooLargeError(f"the body exceeds the maximum of {max_body_bytes} bytes")
-        message = decode(bytes(body), max_bytes=max_body_bytes)
+        try:
+            message = decode(bytes(body), max_bytes=max_body_bytes)
+        except GTLError as exc:
+            exc.session_id = claimed_session_id(bytes(body))  # type: ignore[attr-defined]  # (_body_refusal's)
+            raise
         if not isinstance(message, kind):
             raise InvalidRequestError(f"the body must be a {name}, not {type(message).__name__}")
         return message

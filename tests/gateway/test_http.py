@@ -187,6 +187,15 @@ def test_refusals_have_their_statuses(base_url):
     assert response.json()["code"] == "INVALID_REQUEST"
 
 
+def test_a_frame_refused_for_its_values_is_answered_under_the_session_id_it_claimed(base_url):
+    hot = httpx.post(f"{base_url}/v1/gtl", json={**REQUEST, "session_id": "s-mine", "temperature": 5})
+    assert hot.status_code == 400
+    assert (hot.json()["session_id"], hot.json()["code"]) == ("s-mine", "INVALID_REQUEST")
+    assert "temperature" in hot.json()["message"]
+    nameless = httpx.post(f"{base_url}/v1/gtl", json={**REQUEST, "session_id": 7, "temperature": "hot"})
+    assert nameless.status_code == 400 and nameless.json()["session_id"] == ""  # nothing to claim
+
+
 def test_unknown_paths_methods_and_malformed_http_are_gtl_errors(base_url):
     """Every refusal of the listener is one GTL ``error`` as a JSON body, not Starlette's or uvicorn's plain text."""
     missing = httpx.get(f"{base_url}/v2/nothing")
