@@ -62,12 +62,12 @@ import h2.settings
 
 from gtl_nb.engine.http_parts import (
     URL_CACHE_SIZE,
+    BufferedPieces,
     Expired,
     Inflater,
     Key,
     NegotiatedHttp2,
     RequestTarget,
-    buffered_pieces,
     cancel_for_time,
     expire,
     os_reason,
@@ -560,7 +560,7 @@ class _H2Response:
 
     def chunks(self) -> AsyncIterator[bytes]:
         stream, connection = self._stream, self._connection
-        return buffered_pieces(stream, self._inflater, lambda _size: connection.consumed(stream))
+        return BufferedPieces(stream, self._inflater, lambda _size: connection.consumed(stream))
 
     async def aclose(self) -> None:
         stream = self._stream

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -17,13 +17,13 @@ __all__ = [
     "MAX_INFLATED",
     "URL_CACHE_SIZE",
     "BufferedBody",
+    "BufferedPieces",
     "Expired",
     "Inflater",
     "Key",
     "NegotiatedHttp2",
     "RequestTarget",
     "alpn_protocol",
-    "buffered_pieces",
     "cancel_for_time",
     "expire",
     "os_reason",
@@ -139,36 +139,63 @@ class BufferedBody(Protocol):
     waiter: asyncio.Future[None] | None
 
 
-async def buffered_pieces(
-    buffered: BufferedBody, inflater: Inflater | None, consumed: Callable[[int], None]
-) -> AsyncIterator[bytes]:
+class BufferedPieces:
     """The body's pieces as they arrive (all that is buffered at once), inflated by ``inflater`` when
     the body is compressed; ``consumed(size)`` tells the connection each time the reader took
-    ``size`` bytes (its flow control). Raises the connection's failure once the buffer is empty."""
-    while True:
-        if buffered.body:
-            data = buffered.body.popleft() if len(buffered.body) == 1 else b"".join(buffered.body)
-            buffered.body.clear()
-            consumed(len(data))
-            if inflater is None:
-                yield data
-            else:  # one bounded piece per step: the caller's cap stops a bomb between pieces
-                for piece in inflater.pieces(data):
-                    yield piece
-            continue
-        if buffered.failure is not None:
-            raise buffered.failure
-        if buffered.complete:
-            if inflater is not None:
-                rest = inflater.flush()
+    ``size`` bytes (its flow control). Raises the connection's failure once the buffer is empty.
+
+    An async iterator rather than an async generator: asyncio keeps every async generator it sees
+    started in a weak set (for ``shutdown_asyncgens``) — an entry made and dropped per response,
+    for an iterator that is always read to its end or dropped with its response."""
+
+    __slots__ = ("_buffered", "_consumed", "_ended", "_inflater", "_inflating")
+
+    def __init__(self, buffered: BufferedBody, inflater: Inflater | None, consumed: Callable[[int], None]) -> None:
+        self._buffered = buffered
+        self._inflater = inflater
+        self._consumed = consumed
+        self._inflating: Iterator[bytes] | None = None  # the pieces of one inflated read, made as asked for
+        self._ended = False
+
+    def __aiter__(self) -> BufferedPieces:
+        return self
+
+    async def aclose(self) -> None:
+        """Read no more: later steps end at once (as a closed async generator's do); the response's own
+        ``aclose`` is what decides the connection's fate."""
+        self._ended, self._inflating = True, None
+
+    async def __anext__(self) -> bytes:
+        buffered = self._buffered
+        while True:
+            if self._inflating is not None:  # one bounded piece per step: the caller's cap stops a bomb between pieces
+                piece = next(self._inflating, None)
+                if piece is not None:
+                    return piece
+                self._inflating = None
+            if self._ended:
+                raise StopAsyncIteration
+            if buffered.body:
+                data = buffered.body.popleft() if len(buffered.body) == 1 else b"".join(buffered.body)
+                buffered.body.clear()
+                self._consumed(len(data))
+                if self._inflater is None:
+                    return data
+                self._inflating = self._inflater.pieces(data)
+                continue
+            if buffered.failure is not None:
+                raise buffered.failure
+            if buffered.complete:
+                self._ended = True
+                rest = self._inflater.flush() if self._inflater is not None else b""
                 if rest:
-                    yield rest
-            return
-        waiter = buffered.waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            buffered.waiter = None
+                    return rest
+                raise StopAsyncIteration
+            waiter = buffered.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                buffered.waiter = None
 
 
 class NegotiatedHttp2(ConnectFailed):

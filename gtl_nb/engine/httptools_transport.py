@@ -44,13 +44,13 @@ import httptools
 from gtl_nb.engine.http_parts import (
     MAX_INFLATED,  # noqa: F401  (the tests read the bound here, where the client applies it)
     URL_CACHE_SIZE,
+    BufferedPieces,
     Expired,
     Inflater,
     Key,
     NegotiatedHttp2,
     RequestTarget,
     alpn_protocol,
-    buffered_pieces,
     cancel_for_time,
     expire,
     os_reason,
@@ -287,7 +287,7 @@ class _Response:
 
     def chunks(self) -> AsyncIterator[bytes]:
         exchange, connection = self._exchange, self._connection
-        return buffered_pieces(exchange, self._inflater, lambda size: connection.consumed(exchange, size))
+        return BufferedPieces(exchange, self._inflater, lambda size: connection.consumed(exchange, size))
 
     async def aclose(self) -> None:
         exchange = self._exchange

@@ -632,3 +632,38 @@ def test_a_closed_transport_opens_new_connections_for_later_requests():
         assert server.accepted == 2
 
     run(scenario)
+
+
+def test_the_body_reader_hands_on_what_is_buffered_then_its_end_or_failure():
+    from collections import deque
+    from types import SimpleNamespace
+
+    from gtl_nb.engine.http_parts import BufferedPieces
+
+    async def scenario() -> None:
+        taken: list[int] = []
+        body = SimpleNamespace(body=deque([b"ab", b"cd"]), failure=None, complete=False, waiter=None)
+        pieces = BufferedPieces(body, None, taken.append)
+        known = set(asyncio.get_running_loop()._asyncgens)  # type: ignore[attr-defined]
+        assert await pieces.__anext__() == b"abcd" and taken == [4]  # all that was buffered, in one piece
+        assert set(asyncio.get_running_loop()._asyncgens) == known  # no async generator for the loop to track
+        waiting = asyncio.ensure_future(pieces.__anext__())
+        await asyncio.sleep(0)
+        assert body.waiter is not None and not waiting.done()
+        body.body.append(b"ef")
+        body.waiter.set_result(None)
+        assert await waiting == b"ef" and body.waiter is None
+        body.failure = ConnectionLost("gone")
+        with pytest.raises(ConnectionLost):
+            await pieces.__anext__()
+        ended = BufferedPieces(
+            SimpleNamespace(body=deque(), failure=None, complete=True, waiter=None), None, taken.append
+        )
+        assert [piece async for piece in ended] == []
+        closed = BufferedPieces(
+            SimpleNamespace(body=deque([b"x"]), failure=None, complete=False, waiter=None), None, taken.append
+        )
+        await closed.aclose()
+        assert [piece async for piece in closed] == []  # as a closed async generator: nothing more
+
+    run(scenario)
