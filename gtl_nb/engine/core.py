@@ -411,7 +411,8 @@ class Engine:
             targets = refused
         scope = _REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
         reservation, refusal = (None, None) if refused is not None else await self._reserve(request, context, targets)
-        model = targets[0].model if isinstance(targets, list) and targets else request.model
+        # the row's model is the bare name, also for a request routing refused ("openai:gpt-x" → "gpt-x")
+        model = targets[0].model if isinstance(targets, list) and targets else self.router.bare_model(request.model)
         record = _SessionRecord(answer=[] if self.hooks.want_answers else None)
         usage: Usage | None = None
         end: Done | Error | None = None

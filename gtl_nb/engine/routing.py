@@ -159,6 +159,11 @@ class Router:
         """True when ``model`` is ``deployment:model`` (or ``provider_type:model``): it chose its deployment."""
         return self._split(model)[0] is not None
 
+    def bare_model(self, model: str) -> str:
+        """``model`` without the ``deployment:`` or ``provider_type:`` prefix that chose its
+        deployment (what the ledger's ``model`` column holds), unchanged when it has none."""
+        return self._split(model)[1]
+
     def _split(self, model: str) -> tuple[str | None, str]:
         prefix, sep, rest = model.partition(":")
         if sep and rest and (prefix in self.deployments or prefix in provider_types()):

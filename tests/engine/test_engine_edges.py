@@ -12,7 +12,7 @@ from engine_kit import make_engine
 
 import gtl_nb
 from gtl_nb.engine.ledger import Ledger
-from gtl_nb.protocol import CompletionRequest, Done, Error, Message, Status, Token, Usage
+from gtl_nb.protocol import CompletionRequest, Done, Error, Message, Status, StreamEvent, Token, Usage
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.registry import register
 
@@ -153,6 +153,28 @@ def test_a_context_fallback_cycle_ends_instead_of_looping():
     events = collect(engine, request())
     assert isinstance(events[-1], Error) and events[-1].code == "CONTEXT_LENGTH_EXCEEDED"
     assert provider.calls == 2
+
+
+def test_a_request_routing_refuses_is_recorded_under_its_bare_model(tmp_path):
+    a, _ = deployment("edge_named", ok)
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    engine = make_engine({"edge_named": a}, ledger=ledger, sleep=no_sleep)
+
+    async def ask(model: str) -> StreamEvent:
+        asked = CompletionRequest(session_id=f"s-{model}", model=model, messages=[Message(role="user", content="hi")])
+        return [event async for event in engine.stream(asked)][-1]
+
+    assert isinstance(asyncio.run(ask("anthropic:claude-x")), Error)  # no anthropic deployment: routing refuses
+    for model in ("edge_named:no-such-model", "plain-typo", "llama3:8b"):
+        asyncio.run(ask(model))
+    rows = {row["session_id"]: row["model"] for row in ledger.rows()}
+    # a prefix that names a deployment or a provider type goes; one that names neither is part of the name
+    assert rows == {
+        "s-edge_named:no-such-model": "no-such-model",
+        "s-anthropic:claude-x": "claude-x",
+        "s-plain-typo": "plain-typo",
+        "s-llama3:8b": "llama3:8b",
+    }
 
 
 def test_budget_refusals_do_not_count_against_the_budget(tmp_path):
