@@ -149,10 +149,12 @@ class EmbeddedBackend:
         task = asyncio.current_task(self.loop.loop) or asyncio.current_task()
         if task is not None:
             self._sessions.add(task)
+        # a caller's task may be in its own clean-up already (cancelled once): only the close's cancel is taken back
+        cancels = task.cancelling() if callers_task and task is not None else 0
         try:
             await run_session(self.engine, request, self.context, deliver)
         except asyncio.CancelledError:
-            if not (callers_task and task in self._closing and task.uncancel() == 0):  # type: ignore[union-attr]
+            if not (callers_task and task in self._closing and task.uncancel() <= cancels):  # type: ignore[union-attr]
                 raise
         finally:
             self._sessions.discard(task)  # type: ignore[arg-type]
@@ -266,12 +268,13 @@ class EmbeddedBackend:
     async def aclose(self) -> None:
         """Cancel the sessions still running and let them finish their ledger rows, then close the
         engine (its HTTP pool and stores)."""
-        running = [task for task in self._sessions if not task.done()]
-        if running:
+        running = [task for task in self._sessions if not task.done() and task not in self._closing]
+        self._closing.update(running)
+        for task in running:  # (a close already under way cancelled the others: once is enough)
+            task.cancel()
+        if self._closing:
             # waited for until their sessions end, not their tasks: a caller's task goes on after
-            self._closing.update(running)
-            self._all_left = all_left = asyncio.get_running_loop().create_future()
-            for task in running:
-                task.cancel()
-            await asyncio.wait([all_left], timeout=_CLOSE_WAIT)
+            if self._all_left is None or self._all_left.done():
+                self._all_left = asyncio.get_running_loop().create_future()
+            await asyncio.wait([self._all_left], timeout=_CLOSE_WAIT)
         await self.engine.aclose()

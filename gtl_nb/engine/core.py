@@ -689,13 +689,19 @@ class Engine:
                 for held in reservation or ():
                     await self._settle(held, usage)
             elif work:
+                # a cancellation must not lose the row's completion: the write runs as a task of its own;
+                # the caller hears of the end once it has landed, so a reader right after sees the row
+                # finished — a cancelled session's caller only for a while, as a stalled store must not
+                # hold a cancel (a caller's timeout) for as long as the store takes; a second cancel
+                # stops the wait, never the write
                 write = asyncio.ensure_future(asyncio.gather(*work))
+                if end is None:  # cancelled: its caller waits to hear so
+                    await asyncio.wait({write}, timeout=CANCELLED_WRITE_WAIT)
+                    return
                 try:
-                    await asyncio.shield(write)  # a cancellation must not lose the row's completion
+                    await asyncio.shield(write)
                 except asyncio.CancelledError:
-                    # the write runs on; let it land before the caller hears of the end, so a reader
-                    # right after sees the row finished (a second cancel stops this wait, not the write)
-                    await asyncio.wait({write})
+                    await asyncio.wait({write}, timeout=CANCELLED_WRITE_WAIT)
                     raise
         finally:
             if self.hooks:  # subscribers hear of every end, a cancelled one included
@@ -1313,6 +1319,11 @@ class Engine:
 async def _these(*events: StreamEvent) -> AsyncGenerator[list[StreamEvent], None]:
     """``events`` as an async generator of one batch (a call that ended before it began)."""
     yield list(events)
+
+
+CANCELLED_WRITE_WAIT = 5.0
+"""Seconds a cancelled session waits for its ledger row and budget to be written before its caller
+hears of the cancel (the write itself carries on, shielded)."""
 
 
 def _never_waits(store: Any) -> bool:

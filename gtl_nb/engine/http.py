@@ -254,6 +254,9 @@ def _held_back(
     return pending, batch
 
 
+_COUNTS_CANCELS = hasattr(asyncio.Task, "cancelling")  # Python 3.11
+
+
 class _ReadDeadline:
     """A timeout on each read of a stream, for the task doing that read.
 
@@ -285,14 +288,16 @@ class _ReadDeadline:
         if self._handle is None or due < self._armed:  # (an idle timeout shorter than the first-byte one)
             self._arm(due)
         self._task = task
+        # the cancels the task was under before this read (Python 3.11 counts them): an awaited call
+        # of aconnect's client runs in its caller's task, which may be in its own clean-up already
+        cancels = task.cancelling() if _COUNTS_CANCELS else 0
         try:
             return await awaitable
         except asyncio.CancelledError:
             if not self._expired:
                 raise  # a real cancellation from the caller
             self._expired = False
-            uncancel = getattr(task, "uncancel", None)
-            if uncancel is not None and uncancel() > 0:  # Python >= 3.11 counts cancellations
+            if _COUNTS_CANCELS and task.uncancel() > cancels:
                 raise  # the caller cancelled in the same tick: theirs wins
             raise asyncio.TimeoutError from None
         finally:

@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 
 import gtl_nb
+from gtl_nb.engine import core
 from gtl_nb.engine.hooks import RequestStarted
 from gtl_nb.engine.loop import CallersLoop
+from gtl_nb.engine.stores.memory import MemoryUsageLedger
 from gtl_nb.protocol import ConfigurationError
 from gtl_nb.protocol.messages import Error
 
@@ -221,6 +223,26 @@ def test_a_timeout_around_an_awaited_call_is_the_callers_and_the_row_says_cancel
             return await _rows_settled(ledger, 1)
 
     assert asyncio.run(main()) == [("cancelled", "CANCELLED")]
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout is Python 3.11's")
+def test_a_timeout_is_not_held_for_as_long_as_a_stalled_ledger_takes(monkeypatch):
+    # the row's completion is waited for a while (CANCELLED_WRITE_WAIT), then the caller hears its timeout
+    monkeypatch.setattr(core, "CANCELLED_WRITE_WAIT", 0.3)
+
+    class StalledFinish(MemoryUsageLedger):
+        async def finish(self, row_id: int, **fields: object) -> None:
+            await asyncio.sleep(30)
+
+    async def main() -> float:
+        async with await gtl_nb.aconnect(providers=SLOW, ledger=StalledFinish()) as client:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.12):
+                    await client.acomplete("slow:echo", "one two three four five six seven")
+            return time.monotonic() - started
+
+    assert asyncio.run(main()) < 5  # 0.12 s, then at most 0.3 s for the write (it took 30 s unbounded)
 
 
 def test_closing_takes_back_only_its_own_cancel_and_does_not_wait_for_the_callers_task(tmp_path):
