@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import gtl_nb
+from gtl_nb import sim
 from gtl_nb.engine import core
 from gtl_nb.engine.hooks import RequestStarted
 from gtl_nb.engine.loop import CallersLoop
@@ -276,6 +277,39 @@ def test_closing_takes_back_only_its_own_cancel_and_does_not_wait_for_the_caller
         assert await _rows_settled(ledger, 1) == [("cancelled", "CANCELLED")]
 
     asyncio.run(main())
+
+
+def test_a_call_made_in_a_tasks_own_clean_up_is_told_of_a_close_and_of_a_timeout_as_any_other():
+    # the task is under one cancel already (cancelling() == 1): only the close's, or the read timer's, is taken back
+    async def last_call(client: gtl_nb.Client, model: str) -> str:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            try:
+                await client.acomplete(model, "one two three four five six seven")
+            except gtl_nb.GTLError as exc:
+                assert asyncio.current_task().cancelling() == 1  # type: ignore[union-attr]  # its own, still
+                return exc.code
+        return "answered"
+
+    async def main(base_url: str) -> tuple[str, str]:
+        providers = {
+            **SLOW,
+            "stalled": {"type": "openai", "api_key": "sim-key", "base_url": base_url, "timeouts": {"first_byte": 0.2}},
+        }
+        client = await gtl_nb.aconnect(providers=providers, ledger=False, routing={"retry": {"max_attempts": 1}})
+        timed = asyncio.ensure_future(last_call(client, "stalled:gpt-4o-mini"))
+        closed = asyncio.ensure_future(last_call(client, "slow:echo"))
+        await asyncio.sleep(0.05)
+        timed.cancel()
+        closed.cancel()
+        timed_out = await timed
+        await asyncio.sleep(0.05)
+        await client.aclose()
+        return timed_out, await closed
+
+    with sim.serve("openai", faults=sim.Fault.slow_first_token(2.0)) as stalled:
+        assert asyncio.run(main(stalled.base_url)) == ("TIMEOUT", "CANCELLED")
 
 
 def test_a_callers_cancel_at_the_moment_of_closing_still_reaches_the_caller(tmp_path):
