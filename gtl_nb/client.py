@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import inspect
 import math
 import queue
 import threading
@@ -151,6 +152,25 @@ class Connecting(Coroutine[Any, Any, "Client"]):
     def close(self) -> None:
         self._opening.close()
 
+    # what asyncio and debuggers read of a coroutine (a task's repr: ``coro=<aconnect() running at …>``)
+    __name__ = __qualname__ = "aconnect"
+
+    @property
+    def cr_code(self) -> Any:
+        return self._opening.cr_code  # type: ignore[attr-defined]
+
+    @property
+    def cr_frame(self) -> Any:
+        return self._opening.cr_frame  # type: ignore[attr-defined]
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(self._opening.cr_running)  # type: ignore[attr-defined]
+
+    @property
+    def cr_await(self) -> Any:
+        return self._opening.cr_await  # type: ignore[attr-defined]
+
     async def __aenter__(self) -> Client:
         self._client = await self._opening
         return self._client
@@ -158,6 +178,13 @@ class Connecting(Coroutine[Any, Any, "Client"]):
     async def __aexit__(self, *exc_info: object) -> None:
         if self._client is not None:
             await self._client.aclose()
+
+
+# ``aconnect`` returns a coroutine: said so to those that ask the function (asyncio, unittest.mock's autospec)
+if hasattr(inspect, "markcoroutinefunction"):  # Python 3.12
+    inspect.markcoroutinefunction(aconnect)
+else:
+    aconnect._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
 
 
 async def _connected(endpoint: str, token: str | None, options: dict[str, Any]) -> Client:

@@ -72,7 +72,11 @@ def test_it_is_awaited_or_used_as_async_with_which_closes_the_client():
         async with awaited:
             assert "awaited" in (await awaited.acomplete("echo", "awaited")).text
         assert awaited._closed
+        as_task = asyncio.ensure_future(gtl_nb.aconnect(ledger=False))  # a coroutine still, named for what it is
+        assert "coro=<aconnect()" in repr(as_task)
+        await (await as_task).aclose()
 
+    assert asyncio.iscoroutinefunction(gtl_nb.aconnect)  # what asyncio and mock's autospec ask of it
     asyncio.run(main())
 
 
