@@ -110,7 +110,7 @@ _PYTHON_ADVICE = re.compile(r"pass providers=\{'(?P<name>[\w.-]+)': \{\.\.\.\}\}
 def _for_the_shell(message: str) -> str:
     """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
     message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
-    message = message.replace("gtl_nb.connect(url, token=...)", f"${TOKEN_ENV} for gtl --gateway")
+    message = message.replace("as gtl_nb.connect's token argument", f"in ${TOKEN_ENV} for gtl --gateway")
     message = message.replace(
         "give it to gtl_nb.connect as its token argument", f"put it in ${TOKEN_ENV} for gtl --gateway"
     )

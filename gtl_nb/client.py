@@ -18,6 +18,7 @@ import contextlib
 import getpass
 import inspect
 import math
+import numbers
 import queue
 import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
@@ -32,7 +33,13 @@ from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
 from gtl_nb.ids import time_ordered_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
-from gtl_nb.protocol.errors import ConfigurationError, GTLError, InvalidRequestError, error_from_event
+from gtl_nb.protocol.errors import (
+    ConfigurationError,
+    GTLError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    error_from_event,
+)
 from gtl_nb.protocol.messages import (
     MAX_TEMPERATURE,
     TERMINAL_EVENTS,
@@ -346,18 +353,21 @@ class Client:
             temperature=temperature,
             top_p=top_p,
             max_tokens=max_tokens,
-            stop=stop,
             metadata=metadata,
             response_format=response_format,
             tool_choice=tool_choice,
         )
+        stops = _stop_sequences(stop)
         msgs = _messages(messages)
         if system is None and defaults.system and not any(m.role == "system" for m in msgs):
             system = defaults.system
         if system is not None:
             msgs.insert(0, Message(role="system", content=system))
         if not msgs:
-            raise InvalidRequestError(_no_messages(model if named else None, defaults.model))
+            # a prompt passed alone was read as the model: said so when no messages were given at all
+            # and the "model" is no model routing knows
+            alone = named and isinstance(messages, tuple) and not messages and self._unknown_model(model)
+            raise InvalidRequestError(_no_messages(model if alone else None, defaults.model))
         try:
             request = CompletionRequest(
                 session_id=session_id or new_session_id(),
@@ -367,9 +377,9 @@ class Client:
                 providers=list(providers) if providers else None,
                 stream=stream,
                 max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                stop=[stop] if isinstance(stop, str) else (list(stop) if stop else None),
+                temperature=None if temperature is None else float(temperature),
+                top_p=None if top_p is None else float(top_p),
+                stop=stops,
                 tools=_tools(tools) if tools else None,
                 tool_choice=tool_choice,
                 response_format=response_format,
@@ -386,6 +396,17 @@ class Client:
                 f"invalid request: the text contains {exc.object[exc.start : exc.end]!r}, an unpaired surrogate "
                 "that cannot be sent as UTF-8 (it often comes from decoding bytes with errors='surrogateescape')"
             ) from None
+
+    def _unknown_model(self, model: str) -> bool:
+        """Whether routing knows no model ``model`` (asked only to word an error)."""
+        probe = CompletionRequest(session_id="?", model=model, messages=[Message(role="user", content="?")])
+        try:
+            self.backend.route(probe)
+        except ModelNotFoundError:
+            return True
+        except Exception:  # another refusal (credentials, scopes): the name itself was a model's
+            return False
+        return False
 
     def _prepare(self, model: str | None, messages: Any, kwargs: dict[str, Any]) -> CompletionRequest:
         """The request ``complete``/``stream`` and their twins send: ``request=`` or one built from the
@@ -1041,7 +1062,6 @@ def _check_arguments(
     temperature: Any,
     top_p: Any,
     max_tokens: Any,
-    stop: Any,
     metadata: Any,
     response_format: Any,
     tool_choice: Any,
@@ -1062,25 +1082,33 @@ def _check_arguments(
     for name, value, highest in (("temperature", temperature, MAX_TEMPERATURE), ("top_p", top_p, 1.0)):
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):  # (numpy's numbers are Real too)
             shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
             raise InvalidRequestError(
-                f"{name} must be a number from 0 to {highest:g}, not a {type(value).__name__} ({shown})"
+                f"{name} must be a number from 0 to {highest:g}, not {shown} (of type {type(value).__name__})"
             )
-        if isinstance(value, float) and not math.isfinite(value):
+        if not math.isfinite(value):
             raise InvalidRequestError(f"{name} must be a finite number, not {value!r}")
         if not 0 <= value <= highest:  # (the providers' own range: OpenAI's and Gemini's; Anthropic's stops at 1)
             raise InvalidRequestError(f"{name} must be a number from 0 to {highest:g}, not {value!r}")
-    if stop is not None and not isinstance(stop, str):
-        if isinstance(stop, (dict, set, bytes)) or not isinstance(stop, Iterable):
-            raise InvalidRequestError(f"stop must be a string or a list of strings, not {type(stop).__name__}")
-        if not all(isinstance(item, str) for item in stop):
-            raise InvalidRequestError("stop must be a string or a list of strings; one of them is not a string")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InvalidRequestError(f"max_tokens must be a positive integer, not {max_tokens!r}")
     for name, value in (("metadata", metadata), ("response_format", response_format), ("tool_choice", tool_choice)):
         if value is not None and nesting_depth(value, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
             raise InvalidRequestError(f"{name} nests deeper than {MAX_ARGUMENT_DEPTH} levels; flatten it")
+
+
+def _stop_sequences(stop: Any) -> list[str] | None:
+    """``stop`` as the request's list: one string, or any iterable of strings (a list, a tuple, a
+    generator — read once, here); nothing (``None``, empty) is ``None``."""
+    if stop is None or isinstance(stop, str):
+        return [stop] if stop else None
+    if isinstance(stop, (dict, bytes, bytearray)) or not isinstance(stop, Iterable):
+        raise InvalidRequestError(f"stop must be a string or a list of strings, not {type(stop).__name__}")
+    stops = list(stop)
+    if not all(isinstance(item, str) for item in stops):
+        raise InvalidRequestError("stop must be a string or a list of strings; one of them is not a string")
+    return stops or None
 
 
 def _iterable(value: Any, name: str) -> Iterable[Any]:

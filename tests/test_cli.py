@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import gtl_nb
 from gtl_nb.cli import build_parser, main
 
@@ -96,3 +98,16 @@ def test_a_ghosttoken_refusal_tells_the_terminal_where_its_token_goes():
 
     told = _for_the_shell(MISSING)
     assert "put it in $GTL_NB_TOKEN for gtl --gateway" in told and "gtl_nb.connect" not in told
+
+
+def test_a_development_token_refusal_survives_the_log_and_tells_the_terminal_where_its_token_goes():
+    from gtl_nb.cli import _for_the_shell
+    from gtl_nb.gateway.devauth import DevAuth
+    from gtl_nb.log import redact
+    from gtl_nb.protocol.errors import AuthenticationError
+
+    auth = DevAuth.from_settings("token", principal="p", environ={"GTL_NB_DEV_TOKEN": "dev-token-canary-0123"})
+    with pytest.raises(AuthenticationError) as refused:
+        auth("wrong")
+    assert redact(refused.value.message) == refused.value.message  # logged as it is said
+    assert "in $GTL_NB_TOKEN for gtl --gateway" in _for_the_shell(refused.value.message)

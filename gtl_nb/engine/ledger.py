@@ -983,6 +983,10 @@ def bound_seconds(value: Any) -> float:
     ISO-8601 text with its offset (``"2026-12-01T00:00:00Z"``)."""
     if isinstance(value, str):
         try:
+            return float(value)  # unix seconds as text, as float() always took them
+        except ValueError:
+            pass
+        try:
             value = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             raise LedgerValueError(_BOUND_ADVICE.format(value=value[:60])) from None

@@ -58,8 +58,8 @@ class DevAuth:
         if self.token is not None and not hmac.compare_digest((offered or "").encode(), self.token.encode()):
             reason = "no token" if offered is None else "a token it does not accept"
             raise AuthenticationError(
-                f"the gateway was sent {reason}; send the gateway's development token (its ${DEV_TOKEN_ENV}): "
-                "gtl_nb.connect(url, token=...), or the API key of an OpenAI or Anthropic SDK"
+                f"the gateway was sent {reason}; send the gateway's development token (its ${DEV_TOKEN_ENV}) as "
+                "gtl_nb.connect's token argument, or as the API key of an OpenAI or Anthropic SDK"
             )
         from gtl_nb.gateway.scopes import SCOPE_NAMES
 

@@ -269,6 +269,17 @@ def test_a_prompt_passed_alone_is_told_it_was_read_as_the_model(client):
         client.complete("hello there")
     assert "complete(messages=prompt)" in str(told.value) and repr(client.default_model) in str(told.value)
     assert "hello there" in client.complete(messages="hello there").text  # as the message says
+    # a model named on purpose, or messages given empty, is told only that the messages are empty
+    for call in (lambda: client.complete(model="echo"), lambda: client.complete("hello there", [])):
+        with pytest.raises(InvalidRequestError, match="messages is empty: pass a prompt string") as generic:
+            call()
+        assert "read as the model" not in str(generic.value)
+
+
+def test_numpy_numbers_are_numbers(client):
+    numpy = pytest.importorskip("numpy")
+    request = client.request("echo", "hi", temperature=numpy.int64(1), top_p=numpy.float32(0.5))
+    assert (request.temperature, request.top_p) == (1.0, 0.5) and type(request.temperature) is float
 
 
 def test_providers_lists_echo_as_offline(client):
@@ -316,7 +327,9 @@ def test_a_deployment_without_its_key_is_refused_before_any_call():
 
 
 def test_wrongly_typed_arguments_are_a_clear_error(client):
-    with pytest.raises(InvalidRequestError, match=r"temperature must be a number from 0 to 2, not a str"):
+    with pytest.raises(
+        InvalidRequestError, match=r"temperature must be a number from 0 to 2, not 'hot' \(of type str\)"
+    ):
         client.complete("echo", "hi", temperature="hot")
 
 

@@ -66,7 +66,7 @@ BAD_ARGUMENTS = {
     "top_p -inf": ({"messages": "hi", "top_p": -math.inf}, "top_p must be a finite number"),
     "temperature a string": (
         {"messages": "hi", "temperature": "0.2"},
-        "temperature must be a number from 0 to 2, not a str",
+        "temperature must be a number from 0 to 2, not '0.2' (of type str)",
     ),
     "temperature too high": ({"messages": "hi", "temperature": 5}, "temperature must be a number from 0 to 2, not 5"),
     "temperature below 0": ({"messages": "hi", "temperature": -0.5}, "temperature must be a number from 0 to 2"),
@@ -287,3 +287,10 @@ def test_the_credential_check_sees_a_key_removed_or_set_after_an_earlier_request
                 client.complete("gpt-4o-mini", "hello")
             monkeypatch.setenv("OPENAI_API_KEY", "sim-key")
             assert client.complete("gpt-4o-mini", "hello").text
+
+
+def test_stop_takes_any_iterable_of_strings_read_once(client):
+    assert client.request("echo", "hi", stop=(word for word in ["END", "STOP"])).stop == ["END", "STOP"]
+    assert client.request("echo", "hi", stop={"END"}).stop == ["END"]
+    assert client.request("echo", "hi", stop="END").stop == ["END"]
+    assert client.request("echo", "hi", stop=[]).stop is None

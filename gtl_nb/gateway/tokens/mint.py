@@ -99,9 +99,10 @@ def mint_token(
 
 def _spoken(seconds: float) -> str:
     """A lifetime as a person reads it: ``60 days``, ``8 h``, ``90 s``."""
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+    for unit, size in (("day", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
-            return f"{seconds / size:.4g} {unit}"
+            count = f"{seconds / size:.4g}"
+            return f"{count} {unit}{'s' if unit == 'day' and count != '1' else ''}"
     return f"{seconds:g} s"
 
 

@@ -93,9 +93,16 @@ class Converter:
 class Scalar(Converter):
     """``str``, ``bool``, ``float`` or ``int`` in the proto field of the same name."""
 
-    def __init__(self, fd: FieldDescriptor, kind: type) -> None:
+    def __init__(
+        self,
+        fd: FieldDescriptor,
+        kind: type,
+        *,
+        bounds: tuple[float | None, float | None, int | None] = (None, None, None),
+    ) -> None:
         self.name, self.kind, self.presence = fd.name, kind, fd.has_presence
         self.proto_fields = (fd.name,)
+        self.least, self.greatest, self.longest = bounds  # the field's own limits (its msgspec.Meta)
 
     def put(self, proto: ProtoMessage, value: Any, limits: Limits) -> None:
         setattr(proto, self.name, check_scalar(value, self.kind))
@@ -103,7 +110,15 @@ class Scalar(Converter):
     def get(self, proto: ProtoMessage, limits: Limits) -> Any:
         if self.presence and not proto.HasField(self.name):
             return MISSING
-        return getattr(proto, self.name)
+        value = getattr(proto, self.name)
+        # what decoding a JSON frame checks, and a Struct's constructor does not
+        if self.least is not None and not value >= self.least:  # (NaN is refused too)
+            raise ConversionError(f"must be at least {self.least:g}, not {value!r}")
+        if self.greatest is not None and not value <= self.greatest:
+            raise ConversionError(f"must be at most {self.greatest:g}, not {value!r}")
+        if self.longest is not None and len(value) > self.longest:
+            raise ConversionError(f"is longer than {self.longest} characters")
+        return value
 
 
 def check_scalar(value: Any, kind: type) -> Any:

@@ -109,7 +109,7 @@ class CodecTable:
         require(type(kind) in SCALARS, where, f"no rule for {kind}")
         python_type, proto_type = SCALARS[type(kind)]
         require(fd.type == proto_type and not fd.is_repeated, where, f"must be {python_type.__name__}")
-        return Scalar(fd, python_type)
+        return Scalar(fd, python_type, bounds=_bounds(kind))
 
     def fill(self, proto: ProtoMessage, value: Any, cls: type, limits: Limits) -> None:
         """Set the fields of ``proto`` from the Struct ``value`` (which must be a ``cls``)."""
@@ -142,6 +142,16 @@ class CodecTable:
             elif plan.required:
                 raise ConversionError("is required but not set").at(plan.name)
         return codec.cls(**values)
+
+
+def _bounds(kind: mi.Type) -> tuple[float | None, float | None, int | None]:
+    """The constraints a scalar's ``msgspec.Meta`` puts on it that a Struct's constructor does not
+    check (decoding does): a number's least and greatest value, a string's longest length."""
+    return (
+        getattr(kind, "ge", None),
+        getattr(kind, "le", None),
+        getattr(kind, "max_length", None),
+    )
 
 
 def _without_none(kind: mi.Type) -> tuple[mi.Type, bool]:

@@ -253,7 +253,7 @@ def test_bounds_may_be_iso_text_with_an_offset(ledger: UsageLedger):
         return (
             len(await ledger.rows(since=before)),
             len(await ledger.rows(since=after)),
-            len(await ledger.rows(until=after, since=T0)),
+            len(await ledger.rows(until=after, since=str(T0))),  # unix seconds as text
         )
 
     assert run(scenario()) == (1, 0, 1)
