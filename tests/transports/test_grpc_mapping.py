@@ -48,6 +48,10 @@ def values_of(kind: mi.Type) -> st.SearchStrategy[Any]:
         return st.text(max_size=30) | st.sampled_from(["", "\x00", "ünï😀", "a\nb"])
     if isinstance(kind, mi.IntType):
         return INT64 | st.sampled_from([0, -(2**63), 2**63 - 1])
+    if isinstance(kind, mi.FloatType) and (kind.ge is not None or kind.le is not None):
+        # a field with limits of its own (temperature, top_p): what it accepts, its ends included
+        ends = [end for end in (kind.ge, kind.le) if end is not None]
+        return st.floats(min_value=kind.ge, max_value=kind.le) | st.sampled_from(ends)
     if isinstance(kind, mi.FloatType):
         return st.floats(allow_nan=False) | st.sampled_from([-0.0, math.inf, -math.inf, 5e-324])
     if isinstance(kind, mi.BoolType):
