@@ -277,7 +277,7 @@ class Client:
         self._loop = backend.loop
         self._closed = False
         # an awaited call on aconnect's loop runs its session in the caller's task: no task of its
-        # own, no turn of the loop to start it and none to wake the caller (``_answer_here``)
+        # own, no turn of the loop to start it and none to wake the caller (``_answer``)
         self._sessions_in_callers_task = isinstance(self._loop, CallersLoop) and getattr(
             backend, "sessions_in_callers_task", False
         )
@@ -399,9 +399,8 @@ class Client:
 
     def _unknown_model(self, model: str) -> bool:
         """Whether routing knows no model ``model`` (asked only to word an error)."""
-        probe = CompletionRequest(session_id="?", model=model, messages=[Message(role="user", content="?")])
         try:
-            self.backend.route(probe)
+            self.route(model)
         except ModelNotFoundError:
             return True
         except Exception:  # another refusal (credentials, scopes): the name itself was a model's
@@ -476,7 +475,7 @@ class Client:
         # with aconnect: the engine runs on the caller's loop, in the caller's task)
         request = self._prepare(model, messages, kwargs)
         if self._sessions_in_callers_task and self._loop.in_loop_thread:
-            return _completion_or_raise(await self._answer_here(request))
+            return _completion_or_raise(await self._answer(request, callers_task=True))
         return _completion_or_raise(await self._loop.call(self._answer(request), grace=_END_WAIT))
 
     def astream(
@@ -612,26 +611,25 @@ class Client:
         exc.completion = completion  # type: ignore[attr-defined]
         return exc
 
-    async def _answer(self, request: CompletionRequest) -> Completion | GTLError:
-        """Run one session to its end on the loop thread and build its outcome there (for ``complete``
-        and ``acomplete``): the caller is woken once, for the whole answer. A session cancelled by
-        someone else (``close()`` from another thread, the loop stopping) still ends in its outcome:
-        the ``CANCELLED`` error, as the ledger records it."""
+    async def _answer(self, request: CompletionRequest, *, callers_task: bool = False) -> Completion | GTLError:
+        """Run one session to its end and build its outcome (for ``complete`` and ``acomplete``): the
+        caller is woken once, for the whole answer. On the loop thread, a session cancelled by someone
+        else (``close()`` from another thread, the loop stopping) still ends in its outcome: the
+        ``CANCELLED`` error, as the ledger records it.
+
+        ``callers_task``: run in the caller's own task (``acomplete`` on ``aconnect``'s loop). ``aclose``
+        ending the session is then its ``CANCELLED`` end, the caller's task not cancelled (the backend
+        takes that cancel back); a cancel of the caller's — its own ``cancel()``, a timeout — ends the
+        session ``cancelled`` and goes on to the caller, its clean-up done by then."""
         transcript = Transcript(session_id=request.session_id)
         try:
-            await self.backend.session(request, transcript.add)
+            if callers_task:
+                await self.backend.session(request, transcript.add, callers_task=True)  # type: ignore[call-arg]
+            else:
+                await self.backend.session(request, transcript.add)
         except asyncio.CancelledError:
-            if not transcript.finished:  # pragma: no cover - a backend ends every cancelled session
+            if callers_task or not transcript.finished:  # (a backend ends every cancelled session)
                 raise
-        return self._outcome(transcript)
-
-    async def _answer_here(self, request: CompletionRequest) -> Completion | GTLError:
-        """``_answer`` in the caller's own task (``acomplete`` on ``aconnect``'s loop). ``aclose``
-        ending the session is its ``CANCELLED`` end, the caller's task not cancelled (the backend
-        takes that cancel back); a cancel of the caller's — its own ``cancel()``, a timeout — ends
-        the session ``cancelled`` and goes on to the caller, its clean-up done by then."""
-        transcript = Transcript(session_id=request.session_id)
-        await self.backend.session(request, transcript.add, callers_task=True)  # type: ignore[call-arg]
         return self._outcome(transcript)
 
     async def _collect(

@@ -1262,14 +1262,14 @@ class Engine:
         try:
             provider = get_provider(target.deployment.type)
         except GTLError as exc:
-            return _these(exc.to_event(sid)), None
+            return _batches_of([exc.to_event(sid)]), None
         streaming = Status(session_id=sid, state="streaming")
         if is_local(provider):
             return self._local_call(provider, sent, target, streaming), None
         try:
             deployment = self._credentials_for(target)  # current keys: rotation needs no restart
         except GTLError as exc:
-            return _these(streaming, _with_provider(exc.to_event(sid), target)), None
+            return _batches_of([streaming, _with_provider(exc.to_event(sid), target)]), None
         timeouts = self.deployment_timeouts.get(target.name)
         return self.http.run(provider, sent, deployment, timeouts, announce=streaming), deployment
 
@@ -1314,11 +1314,6 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
-
-
-async def _these(*events: StreamEvent) -> AsyncGenerator[list[StreamEvent], None]:
-    """``events`` as an async generator of one batch (a call that ended before it began)."""
-    yield list(events)
 
 
 CANCELLED_WRITE_WAIT = 5.0

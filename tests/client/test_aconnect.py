@@ -198,7 +198,7 @@ def test_closing_ends_the_running_sessions_without_cancelling_their_callers(tmp_
 
 
 def test_an_awaited_call_runs_its_session_in_the_callers_own_task():
-    # no task of its own: none to start and none to wake the caller (``Client._answer_here``)
+    # no task of its own: none to start and none to wake the caller (``Client._answer``, ``callers_task=True``)
     async def main() -> None:
         async with await gtl_nb.aconnect(ledger=False) as client:
             seen: list[asyncio.Task[object] | None] = []
