@@ -1164,7 +1164,10 @@ def build_app(
         # the router's own 404 and 405, and a bug's 500, as GTL errors (a handler's own answers are untouched)
         exception_handlers={404: not_found, 405: not_allowed, 500: internal, ClientDisconnect: client_gone},
     )
-    hot = {route.path: route.endpoint for route in routes if isinstance(route, Route) and route.path in _HOT_PATHS}
+    hot: dict[str, Any] = {}
+    for route in routes:  # the first route taking POST at a path, as Starlette's router would pick
+        if isinstance(route, Route) and route.path in _HOT_PATHS and "POST" in (route.methods or ()):
+            hot.setdefault(route.path, route.endpoint)
     return _HotRoutes(app, hot, client_gone=client_gone, internal=internal)
 
 

@@ -403,6 +403,36 @@ def test_what_gtl_has_no_message_for_is_a_clear_not_found(oai, claude):
         claude.messages.count_tokens(model=target("openai"), messages=[{"role": "user", "content": "hello"}])
 
 
+def test_a_wrong_method_on_a_compatible_path_is_refused_in_that_apis_shape(oai, claude, base_url):
+    import httpx
+
+    # the OpenAI SDK lists stored chat completions with GET /v1/chat/completions: a 405 it can read
+    with pytest.raises(openai.APIStatusError, match="stored chat completions") as listed:
+        oai.chat.completions.list()
+    assert listed.value.status_code == 405
+    assert listed.value.body["code"] == "method_not_allowed" and "POST /v1/chat/completions" in listed.value.message
+    assert listed.value.response.headers["allow"] == "POST"
+    with pytest.raises(openai.NotFoundError, match="stored chat completions"):
+        oai.chat.completions.retrieve("chatcmpl-123")
+    with pytest.raises(openai.NotFoundError, match="stored chat completions"):
+        oai.chat.completions.delete("chatcmpl-123")
+    # and a method nobody sends: the same shapes, raw
+    wrong = httpx.put(f"{base_url}/v1/messages", headers={"anthropic-version": "2023-06-01"}, timeout=10)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert wrong.json()["type"] == "error" and wrong.json()["error"]["type"] == "invalid_request_error"
+    assert "use POST /v1/messages" in wrong.json()["error"]["message"]
+    for headers, shape in (({}, "OpenAI"), ({"anthropic-version": "2023-06-01"}, "Anthropic")):
+        refused = httpx.delete(f"{base_url}/v1/models/some-model", headers=headers, timeout=10)
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET"
+        body = refused.json()
+        assert "use GET /v1/models/some-model" in body["error"]["message"]
+        assert (body.get("type") == "error") == (shape == "Anthropic")  # Anthropic's body names itself an error
+    slash = httpx.post(f"{base_url}/v1/chat/completions/", json={}, timeout=10)
+    assert slash.status_code == 404 and "POST /v1/chat/completions" in slash.json()["error"]["message"]
+    # the right method still answers
+    assert claude.models.list().data and oai.models.list().data
+
+
 # -- a gateway that checks tokens, and providers that refuse -------------------------------------------------
 
 

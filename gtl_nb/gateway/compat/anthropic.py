@@ -62,11 +62,13 @@ def error_object(error: Error, *, kind: str | None = None) -> dict[str, Any]:
     return {"type": kind or ERRORS.get(error.code, ERRORS["INTERNAL"])[1], "message": error.message}
 
 
-def error_reply(error: Error, *, status: int | None = None, kind: str | None = None) -> Reply:
+def error_reply(
+    error: Error, *, status: int | None = None, kind: str | None = None, headers: dict[str, str] | None = None
+) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given."""
     status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
     body: dict[str, Any] = {"type": "error", "error": error_object(error, kind=kind)}
-    headers = error_headers(error)
+    headers = {**error_headers(error), **(headers or {})}
     if error.session_id:
         body["request_id"] = headers["request-id"] = error.session_id
     return json_reply(status, body, headers)
@@ -116,3 +118,9 @@ class AnthropicEndpoints:
             "it serves POST /v1/messages, POST /v1/chat/completions and GET /v1/models"
         )
         return error_reply(Error(session_id="", code="MODEL_NOT_FOUND", message=message))
+
+    async def not_allowed(self, request: Any) -> Any:
+        """Any method but POST on ``/v1/messages``: 405 in Anthropic's shape."""
+        message = f"{request.method} /v1/messages is not served; use POST /v1/messages"
+        error = Error(session_id="", code="INVALID_REQUEST", message=message)
+        return error_reply(error, status=405, headers={"allow": "POST"})

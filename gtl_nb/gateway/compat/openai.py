@@ -155,3 +155,18 @@ class OpenAIEndpoints:
         message = UNSUPPORTED.get(name, f"this gateway does not serve {request.url.path}") + _SERVED
         error = Error(session_id="", code="MODEL_NOT_FOUND", message=message)
         return error_reply(error, status=404, code="unsupported_endpoint")
+
+    async def stored_completions(self, request: Any) -> Any:
+        """Any other method on ``/v1/chat/completions``, and anything under it (OpenAI's stored chat
+        completions: list, retrieve, update, delete): 405 or 404 in OpenAI's shape, and why."""
+        path = request.url.path
+        stored = "GTL has no message for stored chat completions, and this gateway stores none"
+        if path == "/v1/chat/completions":
+            message = f"{request.method} {path} is not served: {stored}; use POST {path}"
+            error = Error(session_id="", code="INVALID_REQUEST", message=message)
+            return error_reply(error, status=405, code="method_not_allowed", headers={"allow": "POST"})
+        why = f": {stored}" if request.path_params.get("rest") else ""
+        error = Error(
+            session_id="", code="MODEL_NOT_FOUND", message=f"{request.method} {path} is not served{why}{_SERVED}"
+        )
+        return error_reply(error, status=404, code="unsupported_endpoint")

@@ -16,10 +16,13 @@ from gtl_nb.gateway.permissions import visible_providers
 from gtl_nb.gateway.scopes import require_scope
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.protocol.errors import GTLError, ModelNotFoundError
+from gtl_nb.protocol.messages import Error
 
 __all__ = ["compat_routes"]
 
 _ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+_BUT_POST = ["GET", "PUT", "PATCH", "DELETE"]  # (Starlette adds HEAD to a route that takes GET)
+_BUT_GET = ["POST", "PUT", "PATCH", "DELETE"]
 
 
 def compat_routes(
@@ -39,6 +42,12 @@ def compat_routes(
         Route("/v1/messages/{rest:path}", messages.unsupported, methods=_ANY_METHOD),
         Route("/v1/models", listing.list, methods=["GET"]),
         Route("/v1/models/{model:path}", listing.retrieve, methods=["GET"]),
+        # a wrong method on a compatible path is refused in that API's shape, which its SDK can read
+        Route("/v1/chat/completions", chat.stored_completions, methods=_BUT_POST),
+        Route("/v1/chat/completions/{rest:path}", chat.stored_completions, methods=_ANY_METHOD),
+        Route("/v1/messages", messages.not_allowed, methods=_BUT_POST),
+        Route("/v1/models", listing.not_allowed, methods=_BUT_GET),
+        Route("/v1/models/{model:path}", listing.not_allowed, methods=_BUT_GET),
     ]
     for name in openai.UNSUPPORTED:
         routes.append(Route(f"/v1/{name}", chat.unsupported, methods=_ANY_METHOD))
@@ -81,6 +90,16 @@ class _Models:
                 200, {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
             )
         return json_reply(200, {"id": name, "object": "model", "created": 0, "owned_by": owner})
+
+    async def not_allowed(self, request: Any) -> Any:
+        """Any method but GET on ``/v1/models`` and under it: 405, shaped for whichever SDK asks."""
+        path = request.url.path
+        error = Error(
+            session_id="", code="INVALID_REQUEST", message=f"{request.method} {path} is not served; use GET {path}"
+        )
+        if _is_anthropic(request):
+            return anthropic.error_reply(error, status=405, headers={"allow": "GET"})
+        return openai.error_reply(error, status=405, code="method_not_allowed", headers={"allow": "GET"})
 
 
 def _is_anthropic(request: Any) -> bool:
