@@ -171,10 +171,10 @@ def _models(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         infos = client.providers()
-        remote = client.transport != "embedded"
+        if not infos and client.transport != "embedded":
+            _check_listing_allowed(client)
     if not infos and not args.json:
-        why = " (a gateway lists them only to a token with the models:read scope)" if remote else ""
-        print(f"gtl: no providers listed{why}", file=sys.stderr)
+        print("gtl: no providers listed", file=sys.stderr)
         return 0
     for info in infos:
         if args.json:
@@ -191,6 +191,26 @@ def _models(args: argparse.Namespace) -> int:
             window = _window(model.context_window, offline=info.offline)
             print(f"  {model.name:<40} {window:>14}  {price}")
     return 0
+
+
+def _check_listing_allowed(client: Any) -> None:
+    """Raise the gateway's ``FORBIDDEN`` when it showed no providers because this token may not see them.
+
+    A gateway shows a token without ``models:read`` an empty provider list on connecting, which reads
+    like a gateway that serves nothing. The ``models`` query checks that scope before anything else, so
+    asking it (for no deployment) tells the two apart: refused for the scope, or refused for the missing
+    deployment — the list really is empty."""
+    from gtl_nb.protocol.errors import PermissionDeniedError
+
+    try:
+        client.list_models("")
+    except PermissionDeniedError:
+        raise PermissionDeniedError(
+            f"the gateway shows its models only to a token with the models:read scope, and ${TOKEN_ENV} lacks it "
+            "(gtl token mint ... --scope models:read)"
+        ) from None
+    except GTLError:
+        pass
 
 
 def _window(tokens: int | None, *, offline: bool) -> str:

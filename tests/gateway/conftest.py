@@ -71,8 +71,8 @@ def jwt_echo_gateway(
         },
     )
 
-    def mint(*scopes: str) -> str:
-        return mint_token(secret, subject="ann", scopes=scopes, lifetime=600, issuer="gtl-test")
+    def mint(*scopes: str, **claims: Any) -> str:
+        return mint_token(secret, subject="ann", scopes=scopes, lifetime=600, issuer="gtl-test", **claims)
 
     return config, mint
 

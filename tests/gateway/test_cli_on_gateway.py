@@ -60,6 +60,24 @@ def test_models_with_a_token_that_may_not_list_them_says_why_the_list_is_empty(t
     config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "GTL_TEST_CLI_SECRET")
     monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write"))
     with start_gateway(config) as running:
+        assert main(["--gateway", running.url("ws"), "models"]) == 2  # as for a refused token: the command's
+        refused = capsys.readouterr()
+        assert main(["--gateway", running.url("ws"), "models", "--json"]) == 2
+        refused_json = capsys.readouterr()
+    for captured in (refused, refused_json):
+        assert captured.out == "" and captured.err.startswith("gtl: error:")
+        assert "models:read" in captured.err and "no providers listed" not in captured.err
+    assert captured.err.count("\n") == 1  # one line
+
+
+def test_models_on_a_gateway_that_serves_nothing_says_so_and_succeeds(tmp_path, capsys, monkeypatch):
+    from gtl_nb.gateway.local import start_gateway
+    from tests.gateway.conftest import jwt_echo_gateway
+
+    config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "GTL_TEST_CLI_SECRET")
+    # the token may list models, but only of a deployment the gateway does not have: it sees none
+    monkeypatch.setenv("GTL_NB_TOKEN", mint("models:read", allowed_deployments=["elsewhere"]))
+    with start_gateway(config) as running:
         assert main(["--gateway", running.url("ws"), "models"]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "" and "no providers listed" in captured.err and "models:read" in captured.err
+    assert captured.out == "" and "no providers listed" in captured.err
