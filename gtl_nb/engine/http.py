@@ -189,6 +189,7 @@ class HttpRunner:
             timeout = None if first_byte_deadline is None else max(0.0, first_byte_deadline - loop.time())
             first_chunk = True
             pending: Done | None = None
+            last: list[StreamEvent] = []  # the events of the read that held ``done`` when the body was whole
             while True:
                 try:
                     chunk = await deadline.read(chunks.__anext__(), timeout)
@@ -216,11 +217,19 @@ class HttpRunner:
                     yield events  # the common read: events, none of them the end (one pass, in C)
                     continue
                 pending, batch = _held_back(events, pending, deployment)
+                if pending is not None and getattr(chunks, "at_end", False):
+                    # ``done`` came in the body's last read: hand it on with that read's events, one step
+                    # down the engine's levels, not two (the closing step would find nothing more; and
+                    # ``_held_back`` passes no error after a ``done``)
+                    last = batch
+                    break
                 if batch:
                     yield batch
                     if type(batch[-1]) is Error:
                         return
             pending, batch = _held_back(decoder.close(), pending, deployment)
+            if last:
+                batch = last + batch
             if pending is not None:
                 data = getattr(decoder, "provider_data", None)
                 batch.append(msgspec.structs.replace(pending, provider_data=data) if data else pending)

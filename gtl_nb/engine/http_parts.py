@@ -160,6 +160,15 @@ class BufferedPieces:
     def __aiter__(self) -> BufferedPieces:
         return self
 
+    @property
+    def at_end(self) -> bool:
+        """Whether the body is whole and every byte of it was handed out: the next step would end the
+        iteration without waiting (an inflated body may still hold a tail: never at its end here)."""
+        buffered = self._buffered
+        return self._ended or (
+            self._inflater is None and buffered.complete and not buffered.body and buffered.failure is None
+        )
+
     async def aclose(self) -> None:
         """Read no more: later steps end at once (as a closed async generator's do); the response's own
         ``aclose`` is what decides the connection's fate."""

@@ -669,6 +669,47 @@ def test_a_burst_read_at_once_goes_through_the_engine_as_one_batch_and_the_end_c
     assert [batch[0].state for batch in batches[:2]] == ["queued", "streaming"]
 
 
+def _runner_batches(engine: Engine, deployment: Deployment) -> list[list[str]]:
+    """The kinds of events in each batch ``HttpRunner.run`` hands the engine, for one request."""
+
+    async def collect():
+        try:
+            return [
+                [type(e).__name__ for e in batch]
+                async for batch in engine.http.run(LineDialect(), request(), deployment)
+            ]
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(collect())
+
+
+def test_done_read_with_the_bodys_end_goes_down_with_that_reads_events(server_factory, upstream_client):
+    # the whole answer in one read, the body's end included (a fast upstream; a stream's last read):
+    # one step, not a second read to learn the body ended (an aiohttp body cannot say so: two steps)
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(b"t:a\nt:b\nu\ndone\n") + b"0\r\n\r\n"))
+    deployment = lines("a", server.url)
+    batches = _runner_batches(engine_for(deployment), deployment)
+    if upstream_client == "httptools":
+        assert batches == [["Token", "Token", "Usage", "Done"]]
+    else:
+        assert batches == [["Token", "Token", "Usage"], ["Done"]]
+    # the session's contract is unchanged: the end alone in the last batch
+    kinds = [[type(event).__name__ for event in batch] for batch in _batches(engine_for(deployment), request())]
+    assert kinds == [["Status"], ["Status"], ["Token", "Token", "Usage"], ["Done"]], kinds
+
+
+def test_done_before_the_body_ends_waits_for_the_end(server_factory):
+    def behaviour(conn: socket.socket) -> None:
+        conn.sendall(HEAD + chunked(b"t:a\ndone\n"))
+        time.sleep(0.05)
+        conn.sendall(b"0\r\n\r\n")
+
+    server = server_factory(behaviour)
+    deployment = lines("a", server.url)
+    assert _runner_batches(engine_for(deployment), deployment) == [["Token"], ["Done"]]
+
+
 def test_batched_and_one_by_one_streams_are_the_same_events(server_factory):
     body = HEAD + chunked(b"t:a\nt:b\n", b"u\ndone\n") + b"0\r\n\r\n"
     server = server_factory(lambda c: c.sendall(body))
