@@ -171,10 +171,11 @@ def _models(args: argparse.Namespace) -> int:
 
     with _client(args) as client:
         infos = client.providers()
-        if not infos and client.transport != "embedded":
+        remote = client.transport != "embedded"
+        if not infos and remote:
             _check_listing_allowed(client)
     if not infos and not args.json:
-        print("gtl: no providers listed", file=sys.stderr)
+        print(f"gtl: no providers listed{' for this token' if remote else ''}", file=sys.stderr)
         return 0
     for info in infos:
         if args.json:
@@ -199,8 +200,9 @@ def _check_listing_allowed(client: Any) -> None:
     A gateway shows a token without ``models:read`` an empty provider list on connecting, which reads
     like a gateway that serves nothing. The ``models`` query checks that scope before anything else, so
     asking it (for no deployment) tells the two apart: refused for the scope, or refused for the missing
-    deployment — the list really is empty."""
-    from gtl_nb.protocol.errors import PermissionDeniedError
+    deployment (``INVALID_REQUEST``; a gateway without queries: a ``ConfigurationError``) — the list
+    really is empty. Any other failure of the question is the command's error."""
+    from gtl_nb.protocol.errors import InvalidRequestError, PermissionDeniedError
 
     try:
         client.list_models("")
@@ -209,7 +211,7 @@ def _check_listing_allowed(client: Any) -> None:
             f"the gateway shows its models only to a token with the models:read scope, and ${TOKEN_ENV} lacks it "
             "(gtl token mint ... --scope models:read)"
         ) from None
-    except GTLError:
+    except (InvalidRequestError, ConfigurationError):
         pass
 
 

@@ -80,4 +80,22 @@ def test_models_on_a_gateway_that_serves_nothing_says_so_and_succeeds(tmp_path, 
     with start_gateway(config) as running:
         assert main(["--gateway", running.url("ws"), "models"]) == 0
     captured = capsys.readouterr()
-    assert captured.out == "" and "no providers listed" in captured.err
+    assert captured.out == "" and "no providers listed for this token" in captured.err
+
+
+def test_models_when_asking_whether_the_token_may_list_them_fails_is_that_error(tmp_path, capsys, monkeypatch):
+    from gtl_nb.client import Client
+    from gtl_nb.gateway.local import start_gateway
+    from gtl_nb.protocol.errors import ProviderUnavailableError
+    from tests.gateway.conftest import jwt_echo_gateway
+
+    def lost(self, deployment):
+        raise ProviderUnavailableError("the connection to the gateway was lost")
+
+    config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "GTL_TEST_CLI_SECRET")
+    monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write"))
+    monkeypatch.setattr(Client, "list_models", lost)
+    with start_gateway(config) as running:
+        assert main(["--gateway", running.url("ws"), "models"]) == 1  # not an empty list, exit 0
+    err = capsys.readouterr().err
+    assert err.startswith("gtl: error:") and "connection to the gateway was lost" in err

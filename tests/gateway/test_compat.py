@@ -423,12 +423,19 @@ def test_a_wrong_method_on_a_compatible_path_is_refused_in_that_apis_shape(oai, 
     assert "use POST /v1/messages" in wrong.json()["error"]["message"]
     for headers, shape in (({}, "OpenAI"), ({"anthropic-version": "2023-06-01"}, "Anthropic")):
         refused = httpx.delete(f"{base_url}/v1/models/some-model", headers=headers, timeout=10)
-        assert refused.status_code == 405 and refused.headers["allow"] == "GET"
+        assert refused.status_code == 405 and refused.headers["allow"] == "GET, HEAD"
         body = refused.json()
         assert "use GET /v1/models/some-model" in body["error"]["message"]
         assert (body.get("type") == "error") == (shape == "Anthropic")  # Anthropic's body names itself an error
+    for method in ("OPTIONS", "TRACE"):  # the methods nobody sends get the same shapes
+        odd = httpx.request(method, f"{base_url}/v1/chat/completions/chatcmpl-1", timeout=10)
+        assert odd.status_code == 404 and "stored chat completions" in odd.json()["error"]["message"]
+        odd = httpx.request(method, f"{base_url}/v1/models", timeout=10)
+        assert odd.status_code == 405 and odd.headers["allow"] == "GET, HEAD" and odd.json()["error"]["message"]
+    assert "use GET /v1/models;" not in httpx.post(f"{base_url}/v1/models/", timeout=10).text  # no empty id offered
+    # a trailing slash is redirected to the endpoint, as the router's own slash redirect does
     slash = httpx.post(f"{base_url}/v1/chat/completions/", json={}, timeout=10)
-    assert slash.status_code == 404 and "POST /v1/chat/completions" in slash.json()["error"]["message"]
+    assert slash.status_code == 307 and slash.headers["location"].endswith("/v1/chat/completions")
     # the right method still answers
     assert claude.models.list().data and oai.models.list().data
 

@@ -450,7 +450,6 @@ def test_a_shutdown_never_answers_a_pipelined_body_inside_the_answer_streaming_b
     assert done and b"HTTP/1.1 503" not in answer, received[-600:]  # the stream ended whole, nothing inside it
 
 
-
 def _until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, bool]:
     """What arrives until the gateway closes the connection (``True``) or ``seconds`` pass (``False``)."""
     sock.settimeout(0.2)

@@ -54,7 +54,6 @@ TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 MODEL = "gpt-4o-mini"
 
 
-
 # -- helpers ---------------------------------------------------------------------------------------
 
 
@@ -333,6 +332,7 @@ def test_a_traceparent_on_the_context_makes_the_span_its_child(upstream):
 
 
 # -- what the hooks may carry: request parameters, finish reason, content ---------------------------
+
 
 def test_a_real_engine_gives_the_span_parameters_finish_reason_and_content(upstream):
     engine = make_engine(upstream)

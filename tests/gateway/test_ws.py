@@ -48,9 +48,12 @@ def test_frames_share_a_message_only_with_a_client_that_offered_gtl_ndjson(base_
 
     from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL
 
-    with gateway(base_config) as url, ws_connect(
-        url.replace("http://", "ws://") + "/v1/gtl/ws", subprotocols=[NDJSON_SUBPROTOCOL] if offered else None
-    ) as socket_:
+    with (
+        gateway(base_config) as url,
+        ws_connect(
+            url.replace("http://", "ws://") + "/v1/gtl/ws", subprotocols=[NDJSON_SUBPROTOCOL] if offered else None
+        ) as socket_,
+    ):
         assert socket_.subprotocol == (NDJSON_SUBPROTOCOL if offered else None)
         socket_.send(json.dumps({"type": "hello", "versions": ["1.0"]}))
         request = {"type": "completion_request", "session_id": "s1", "model": f"openai:{MODEL}", "stream": True}

@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import Any
 
 import msgspec
+from starlette.responses import RedirectResponse
 
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import intake
@@ -165,8 +166,9 @@ class OpenAIEndpoints:
             message = f"{request.method} {path} is not served: {stored}; use POST {path}"
             error = Error(session_id="", code="INVALID_REQUEST", message=message)
             return error_reply(error, status=405, code="method_not_allowed", headers={"allow": "POST"})
-        why = f": {stored}" if request.path_params.get("rest") else ""
+        if not request.path_params.get("rest"):  # ``/v1/chat/completions/``: where the router's slash redirect sent it
+            return RedirectResponse(request.url.replace(path=path.rstrip("/")), status_code=307)
         error = Error(
-            session_id="", code="MODEL_NOT_FOUND", message=f"{request.method} {path} is not served{why}{_SERVED}"
+            session_id="", code="MODEL_NOT_FOUND", message=f"{request.method} {path} is not served: {stored}{_SERVED}"
         )
         return error_reply(error, status=404, code="unsupported_endpoint")

@@ -20,9 +20,9 @@ from gtl_nb.protocol.messages import Error
 
 __all__ = ["compat_routes"]
 
-_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
-_BUT_POST = ["GET", "PUT", "PATCH", "DELETE"]  # (Starlette adds HEAD to a route that takes GET)
-_BUT_GET = ["POST", "PUT", "PATCH", "DELETE"]
+_ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]  # (and HEAD, added with GET)
+_BUT_POST = [method for method in _ANY_METHOD if method != "POST"]
+_BUT_GET = [method for method in _ANY_METHOD if method != "GET"]
 
 
 def compat_routes(
@@ -94,12 +94,13 @@ class _Models:
     async def not_allowed(self, request: Any) -> Any:
         """Any method but GET on ``/v1/models`` and under it: 405, shaped for whichever SDK asks."""
         path = request.url.path
-        error = Error(
-            session_id="", code="INVALID_REQUEST", message=f"{request.method} {path} is not served; use GET {path}"
-        )
+        use = path if request.path_params.get("model") else "/v1/models"  # (``/v1/models/`` names no model)
+        message = f"{request.method} {path} is not served; use GET {use}"
+        error = Error(session_id="", code="INVALID_REQUEST", message=message)
+        allow = {"allow": "GET, HEAD"}
         if _is_anthropic(request):
-            return anthropic.error_reply(error, status=405, headers={"allow": "GET"})
-        return openai.error_reply(error, status=405, code="method_not_allowed", headers={"allow": "GET"})
+            return anthropic.error_reply(error, status=405, headers=allow)
+        return openai.error_reply(error, status=405, code="method_not_allowed", headers=allow)
 
 
 def _is_anthropic(request: Any) -> bool:
