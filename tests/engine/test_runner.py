@@ -700,14 +700,28 @@ def test_done_read_with_the_bodys_end_goes_down_with_that_reads_events(server_fa
 
 
 def test_done_before_the_body_ends_waits_for_the_end(server_factory):
+    first_read = threading.Event()  # the body's end is sent only once the runner handed on what came before it
+
     def behaviour(conn: socket.socket) -> None:
         conn.sendall(HEAD + chunked(b"t:a\ndone\n"))
-        time.sleep(0.05)
+        first_read.wait(10)
         conn.sendall(b"0\r\n\r\n")
 
     server = server_factory(behaviour)
     deployment = lines("a", server.url)
-    assert _runner_batches(engine_for(deployment), deployment) == [["Token"], ["Done"]]
+    engine = engine_for(deployment)
+
+    async def collect():
+        batches = []
+        try:
+            async for batch in engine.http.run(LineDialect(), request(), deployment):
+                batches.append([type(event).__name__ for event in batch])
+                first_read.set()
+            return batches
+        finally:
+            await engine.aclose()
+
+    assert asyncio.run(collect()) == [["Token"], ["Done"]]
 
 
 def test_batched_and_one_by_one_streams_are_the_same_events(server_factory):
