@@ -150,7 +150,7 @@ AUDIT_KEYS: Mapping[str, str] = MappingProxyType(
         "url": f"send the records to PostgreSQL, one chain per gateway run: {URL_FORMS}; "
         "with path as well, both are written",
         "replica": "names this gateway's chains in PostgreSQL (default: the host name; a run adds :pid:random)",
-        "spool_path": "where records wait while PostgreSQL is away (default: audit-spool-<database>.jsonl "
+        "spool_path": "where records wait while PostgreSQL is away (default: audit-spool-<digest>.jsonl "
         "beside the usage ledger)",
         "max_bytes": f"rotate before the current file grows past this many bytes (default {DEFAULT_MAX_BYTES})",
         "backups": f"rotated files kept (default {DEFAULT_BACKUPS}; 0 keeps none)",

@@ -155,7 +155,7 @@ class PostgresAuditSink:
     ``AuditLog`` plugs it in beside (or instead of) the file log: it is an ``audit.AuditSink``
     (``recovered``, ``append``, ``retry``, ``close``, ``degraded_reason``).
     ``replica`` prefixes the chain's id (the host name by default). ``spool_path`` is the local file
-    for records written while the database is away (default: ``audit-spool-<database>.jsonl`` beside
+    for records written while the database is away (default: ``audit-spool-<digest>.jsonl`` beside
     the default ledger). ``write_timeout`` bounds each batch's time in the database (a server that
     takes longer counts as unreachable). Opening migrates the tables; an unreachable database is not
     an error (the records wait in the spool), a database that refuses the migration is.

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,10 +84,22 @@ def revocation_list(policy: Any, *, current: Authenticate | None = None) -> Any:
     if policy.revocations_url is not None:
         from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList
 
-        return RedisRevocationList(policy.revocations_url, refresh=policy.refresh)
+        restore = functools.partial(_recorded_revocations, Path(policy.store_path))
+        return RedisRevocationList(policy.revocations_url, refresh=policy.refresh, restore_from=restore)
     from gtl_nb.gateway.tokens import SqliteTokenStore
 
     return SqliteTokenStore(policy.store_path, refresh=policy.refresh)
+
+
+def _recorded_revocations(path: Path) -> dict[str, float]:
+    """The revocations ``gtl token revoke`` recorded in the SQLite token store at ``path`` (none when
+    there is no such file here: a replica on another host), which a Redis list that lost them gets back."""
+    if not path.is_file():
+        return {}
+    from gtl_nb.gateway.tokens import SqliteTokenStore
+
+    with SqliteTokenStore(path) as store:
+        return store.revoked()
 
 
 def kept_revocations(policy: Any, current: Authenticate | None) -> Any:

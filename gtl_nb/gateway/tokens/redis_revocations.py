@@ -29,6 +29,13 @@ When Redis cannot be reached:
   ``RevocationStoreError`` (a ``GTLError``) and ``TokenAuthenticator`` refuses the token,
   retryably: with nothing known it fails closed rather than let a revoked token through.
 
+A Redis that lost the list — restarted without persistence, or a list new to it (a gateway moved
+from the SQLite file to Redis) — would let every earlier revocation through. ``restore_from`` is the
+gateway's own record of revocations (``gtl token revoke`` writes the SQLite token store beside
+Redis): when the version key is missing, the watcher writes back each of its unexpired entries
+before it reads the set (logged as a warning, with how many), so no revoked token is accepted in
+between, and every replica learns them from the next look.
+
 A frozen Redis (one that accepts connections but never answers) holds up only the watcher, for a
 reply timeout per look: never a request. ``revoke``, ``prune`` and ``revoked`` are for ``gtl
 token`` (never on a gateway's loop): they talk to Redis synchronously and raise
@@ -44,7 +51,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -94,8 +101,16 @@ class RedisRevocationList:
     """A ``RevocationList`` shared through Redis (module docstring); ``url`` is a ``redis://`` or
     ``rediss://`` URL whose ``key_prefix`` option (default ``gtl:``) names the set's keys."""
 
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time, refresh: float = DEFAULT_REFRESH) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        refresh: float = DEFAULT_REFRESH,
+        restore_from: Callable[[], Mapping[str, float]] | None = None,
+    ) -> None:
         parse_store_url(url, where="[gateway.jwt] revocations")
+        self._restore_from = restore_from  # (``jti`` -> until when) to write back into a list Redis lost
         self.shown = shown_url(url)
         self._client, prefix = sync_client(url)
         self._key = f"{prefix}revoked"
@@ -197,6 +212,8 @@ class RedisRevocationList:
         with self._io:
             try:
                 version = self._call("reading the revocation list", lambda client: client.get(self._version_key))
+                if version is None and self._restore_from is not None:
+                    self._restore()
                 if self._revoked is None or version != self._version:
                     self._reload()
             except RevocationStoreError as exc:
@@ -232,6 +249,33 @@ class RedisRevocationList:
             self.look()
         except Exception:  # a bug, not an outage (look handles those): say so, and keep watching
             log.exception("token revocations: looking at the list failed")
+
+    def _restore(self) -> None:
+        """Write the unexpired entries of ``restore_from`` back into a list that has no version (caller
+        holds ``_io``; module docstring)."""
+        now = self._clock()
+        try:
+            kept = {jti: until for jti, until in self._restore_from().items() if until > now}  # type: ignore[misc]
+        except Exception as exc:  # the local record unreadable: Redis's own list is all there is
+            log.warning("token revocations: the local record of revocations could not be read (%s)", one_line(str(exc)))
+            return
+        if not kept:
+            return
+        version = uuid.uuid4().hex
+
+        def write(client: Any) -> None:
+            pipe = client.pipeline(transaction=True)
+            for jti, until in kept.items():
+                pipe.eval(_REVOKE, 2, self._key, self._version_key, jti, repr(float(until)), version)
+            pipe.execute()
+
+        self._call("restoring the revocation list", write)
+        log.warning(
+            "token revocations: the shared list at %s had lost its version (Redis restarted without persistence, "
+            "or the list is new there): wrote back %d revocation(s) from this gateway's token store",
+            self.shown,
+            len(kept),
+        )
 
     def _answered(self) -> None:
         """Redis answered: the list is current again (logged when it had not been; caller holds ``_io``)."""

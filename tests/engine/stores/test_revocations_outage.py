@@ -240,3 +240,45 @@ def test_a_reload_while_redis_is_down_keeps_the_revocations_read_before(server: 
         server.restart()  # the list kept through the reloads reads Redis again
         eventually(lambda: "degraded" not in client.get(f"{base}/readyz").json(), "Redis was not noticed back")
         assert accepted(ask(client, base, good)) and refused_as_revoked(ask(client, base, revoked))
+
+
+# -- a Redis that lost the list ----------------------------------------------------------------------
+
+
+def test_revocations_a_redis_lost_are_written_back_from_the_gateways_token_store(server: Any, tmp_path: Path, caplog):
+    import redis
+
+    from gtl_nb.gateway.auth import _recorded_revocations
+    from gtl_nb.gateway.tokens import SqliteTokenStore
+
+    now = time.time()
+    store_path = tmp_path / "tokens.sqlite3"
+    with SqliteTokenStore(store_path) as store:  # what gtl token revoke recorded here
+        store.revoke("revoked-before", now + 600)
+        store.revoke("expired-long-ago", now - 5)
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        # a list new to this Redis (the gateway moved from the SQLite file to Redis): restored at once
+        revocations = RedisRevocationList(
+            server.url, refresh=3600, restore_from=lambda: _recorded_revocations(store_path)
+        )
+    try:
+        assert revocations.is_revoked("revoked-before")
+        assert not revocations.is_revoked("expired-long-ago")
+        assert "wrote back 1 revocation(s)" in caplog.text
+        assert set(revocations.revoked()) == {"revoked-before"}  # in Redis: every replica reads it
+        # Redis restarted without persistence: everything gone
+        redis.Redis.from_url(server.url).flushall()
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gtl_nb"):
+            revocations.look()
+        assert revocations.is_revoked("revoked-before")  # never accepted in between: restored before the read
+        assert set(revocations.revoked()) == {"revoked-before"}
+        assert "lost its version" in caplog.text
+        # a list that kept its version is left alone
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gtl_nb"):
+            revocations.look()
+        assert "wrote back" not in caplog.text
+    finally:
+        revocations.close()
+    assert _recorded_revocations(tmp_path / "no-such-store.sqlite3") == {}  # a replica without the file
