@@ -31,7 +31,8 @@ the request path as the SQLite writer does them:
   than the lease) its real outcome, arriving later, replaces the guess. A clean ``aclose`` marks its
   own unfinished rows ``interrupted`` and gives its lease back.
 * **PostgreSQL unreachable.** Writes go to a local spool (``engine.stores.postgres_spool``; default
-  file ``postgres-spool-<digest>.sqlite3`` (host, port, database and user, hashed) beside the default SQLite ledger) instead, in order; the
+  file ``postgres-spool-<digest>.sqlite3`` — host, port, database and user, hashed — beside the
+  default SQLite ledger) instead, in order; the
   lease keeper probes the server (backoff up to ``renew``) and, once it answers, the writer drains the
   spool oldest first, one transaction per chunk, before it writes anything new of its own. Nothing
   is lost and nothing doubled. ``degraded`` and ``degraded_reason`` say so (for ``/readyz``); reads
