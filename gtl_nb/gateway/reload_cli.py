@@ -49,11 +49,35 @@ def gateway_pid(*, pid: int | None = None, pidfile: str | os.PathLike[str] | Non
     return int(text)
 
 
+_GATEWAY_COMMANDS = ("gtl_nb", "gtl")
+"""What a gateway's command line holds (``gtl serve``, ``python -m gtl_nb serve``, ``python -m gtl_nb.gateway``)."""
+
+
+def _not_a_gateway(pid: int) -> str | None:
+    """Why process ``pid`` is not a gateway, as far as ``/proc`` tells (``None``: it may be one, or there
+    is no ``/proc`` to ask). SIGHUP ends most other programs: a pid file left by a gateway that was
+    killed may name a process that took its id since."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return None if not Path("/proc/self").exists() else f"no process {pid}: is the gateway running?"
+    except OSError:
+        return None
+    words = [word.decode("utf-8", "replace") for word in raw.split(b"\0") if word]
+    if any(Path(word).name in _GATEWAY_COMMANDS or word.startswith("gtl_nb") for word in words):
+        return None
+    shown = " ".join(words)[:80] or "?"
+    return f"process {pid} is not a gtl_nb gateway ({shown}); SIGHUP would likely end it, so none was sent"
+
+
 def send_reload(pid: int) -> None:
-    """SIGHUP to ``pid`` (``ConfigurationError`` when no such process, or not ours to signal)."""
+    """SIGHUP to ``pid`` (``ConfigurationError`` when no such process, not a gateway, or not ours to signal)."""
     hang_up = getattr(signal, "SIGHUP", None)
     if hang_up is None:
         raise ConfigurationError("gtl reload needs SIGHUP, which this platform does not have")
+    refusal = _not_a_gateway(pid)
+    if refusal is not None:
+        raise ConfigurationError(refusal)
     try:
         os.kill(pid, hang_up)
     except ProcessLookupError:

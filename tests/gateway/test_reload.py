@@ -264,3 +264,28 @@ def test_the_engine_takes_every_reloadable_part_and_names_the_rest(tmp_path: Pat
     assert engine.stores.breakers.board is not board and engine.stores.breakers.board.config.failure_threshold == 2
     assert engine.ledger.path == Path(settings.ledger.url)
     asyncio.run(engine.aclose())
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="asks /proc which program a process runs")
+def test_gtl_reload_never_signals_a_process_that_is_not_a_gateway(tmp_path: Path) -> None:
+    # a pid file left by a gateway that was killed may name a process that took its id since
+    from gtl_nb.gateway.reload_cli import send_reload
+
+    bystander = subprocess.Popen(["sleep", "30"])
+    started = time.monotonic()
+    while not Path(f"/proc/{bystander.pid}/cmdline").read_bytes() and time.monotonic() - started < 5:
+        time.sleep(0.01)  # (just after its start a process may show no command line yet)
+    try:
+        (tmp_path / "stale.pid").write_text(f"{bystander.pid}\n", encoding="ascii")
+        pid = gateway_pid(pidfile=tmp_path / "stale.pid")
+        with pytest.raises(ConfigurationError, match=r"is not a gtl_nb gateway .*sleep 30.*none was sent"):
+            send_reload(pid)
+        time.sleep(0.1)
+        assert bystander.poll() is None  # still running: no SIGHUP reached it
+    finally:
+        bystander.kill()
+        bystander.wait()
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    with pytest.raises(ConfigurationError, match="is the gateway running"):
+        send_reload(finished.pid)
