@@ -461,7 +461,7 @@ class Config:
         variable (and which TOML key) to set when it lacks the credentials its type needs.
         ``current`` is the deployment with its credentials as resolved now (a rotated key)."""
         deployment = current if current is not None else self.deployment(name)
-        missing = _missing_credentials(deployment)
+        missing = missing_credentials(deployment)
         if not missing:
             return deployment
         where = f"[providers.{name}]"
@@ -1040,7 +1040,7 @@ def _profile_region(profile: str, env: Mapping[str, str], home: Path) -> str | N
     return _profile_section(config, profile, config_file=True).get("region") or None
 
 
-def _missing_credentials(deployment: Deployment) -> list[str]:
+def missing_credentials(deployment: Deployment) -> list[str]:
     """The names of the requirements ``deployment`` does not meet (its dialect's ``ProviderNeeds``)."""
     needs = provider_needs(deployment.type)
     if needs is None:

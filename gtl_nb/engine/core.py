@@ -47,6 +47,7 @@ import msgspec
 
 from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, replay
 from gtl_nb.engine.coalesce import Flight
+from gtl_nb.engine.config import missing_credentials
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.credentials import CredentialResolver
 from gtl_nb.engine.hooks import (
@@ -74,6 +75,7 @@ from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger, redact, scrub_secret
 from gtl_nb.protocol.errors import (
     AuthenticationError,
+    ConfigurationError,
     GTLError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -261,6 +263,10 @@ class Engine:
         self.catalog = catalog
         self.router = Router(self.deployments, catalog, audience=audience)
         self._bare_targets: dict[str, tuple[Target, ...]] = {}  # the router's answers by bare model name
+        # a gateway's deployments as resolved when their credentials were found complete, and what the
+        # operator was last told about each that could not be called (``_uncallable``)
+        self._complete_credentials: dict[str, Deployment] = {}
+        self._told_operator: dict[str, str] = {}
         self.http = runner
         runner.names_upstream = audience != GATEWAY  # a gateway's clients learn no upstream address
         self.stores = stores
@@ -1238,6 +1244,25 @@ class Engine:
 
     # -- one attempt at one deployment --------------------------------------------------------
 
+    def _uncallable(self, exc: GTLError, target: Target, sid: str) -> Error:
+        """The error an attempt becomes when ``target``'s credentials cannot be had.
+
+        A gateway's own set-up (a ``ConfigurationError``: a key missing from its environment or its
+        vault) is not its caller's mistake, nor the caller's to fix: the operator reads it in the log
+        (once for each deployment and reason), the caller hears that the deployment cannot be called —
+        retryable, so its breaker counts it and another deployment may serve. Anything else (a token's
+        choice of stored key) is the caller's, as it was raised."""
+        if self.audience != GATEWAY or not isinstance(exc, ConfigurationError):
+            return _with_provider(exc.to_event(sid), target)
+        if self._told_operator.get(target.name) != exc.message:
+            self._told_operator[target.name] = exc.message
+            log.error("deployment %s cannot be called: %s", target.name, exc.message)
+        message = (
+            f"deployment {target.name!r} cannot be called: the gateway's set-up for it is incomplete "
+            "(its operator is told so in the gateway's log)"
+        )
+        return Error(session_id=sid, code="PROVIDER_UNAVAILABLE", message=message, retryable=True, provider=target.name)
+
     def _credentials_for(self, target: Target) -> Deployment:
         """The deployment with its current key — the stored key the request's token chose for it
         (``provider_keys``), through a resolver that can choose (``resolve_for``, the gateway's vault)."""
@@ -1268,8 +1293,12 @@ class Engine:
             return self._local_call(provider, sent, target, streaming), None
         try:
             deployment = self._credentials_for(target)  # current keys: rotation needs no restart
+            if self._complete_credentials.get(target.name) is not deployment and self.audience == GATEWAY:
+                _check_credentials(deployment)  # (an embedded client checks before its session starts)
+                self._complete_credentials[target.name] = deployment
+                self._told_operator.pop(target.name, None)  # mended: a later breakage is told again
         except GTLError as exc:
-            return _batches_of([streaming, _with_provider(exc.to_event(sid), target)]), None
+            return _batches_of([streaming, self._uncallable(exc, target, sid)]), None
         timeouts = self.deployment_timeouts.get(target.name)
         return self.http.run(provider, sent, deployment, timeouts, announce=streaming), deployment
 
@@ -1314,6 +1343,17 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
+
+
+def _check_credentials(deployment: Deployment) -> None:
+    """``ConfigurationError`` when ``deployment`` lacks what its provider type needs to be called (a key
+    whose variable is unset): a gateway would otherwise call the provider without it."""
+    missing = missing_credentials(deployment)
+    if missing:
+        raise ConfigurationError(
+            f"deployment {deployment.name!r} ({deployment.type}) has no {' and '.join(missing)} to send: "
+            "set it in the gateway's environment or configuration (gtl serve warned at start)"
+        )
 
 
 CANCELLED_WRITE_WAIT = 5.0

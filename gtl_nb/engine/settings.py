@@ -21,7 +21,7 @@ from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.ledger_retention import Retention
 from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.retry import RetryPolicy
-from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from gtl_nb.providers.base import Deployment
 
 __all__ = [
@@ -208,6 +208,18 @@ class Settings:
                 raise ConfigurationError(f"no deployment named {name!r}")
             return found
         return self.config.require_credentials(name, current)
+
+    def missing_credentials(self, resolve: Any = None) -> list[str]:
+        """What each deployment lacks to be called, and what to set (``require_credentials``'s message),
+        its credentials as ``resolve`` (a ``CredentialResolver``'s ``resolve``) finds them now: a
+        gateway says so at start and on a reload, where nobody is there to be refused."""
+        problems = []
+        for name, deployment in self.deployments.items():
+            try:
+                self.require_credentials(name, resolve(deployment) if resolve is not None else None)
+            except GTLError as exc:
+                problems.append(exc.message)
+        return problems
 
 
 def load_settings(

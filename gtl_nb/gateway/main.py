@@ -189,6 +189,8 @@ def _serve_listeners(
         task = asyncio.current_task()
         # built here rather than by serve(): the reloader needs the very engine the listeners run
         engine = build_engine(settings, credentials=credentials, audience=GATEWAY)
+        for problem in settings.missing_credentials(engine.credentials.resolve):
+            print(f"gtl gateway: warning: {problem} (requests routed to it fail over)", file=sys.stderr, flush=True)
         try:
             reloader = Reloader(engine, config=config, settings=settings, authenticate=hook, principal=principal)
             _on_signals(shutdown, force=task.cancel if task is not None else None, reload=_reloading(reloader))

@@ -194,6 +194,8 @@ class Reloader:
             line += f"; token policy not renewed, the previous one still checks tokens: {prepared.not_renewed}"
         if prepared.restart:
             line += f"; changed but not reloadable, restart to apply: {', '.join(prepared.restart)}"
+        for problem in prepared.settings.missing_credentials(self.engine.credentials.resolve):
+            line += f"; warning: {problem} (requests routed to it fail over)"
         return line
 
     def discard(self, prepared: PreparedReload) -> None:

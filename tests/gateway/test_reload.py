@@ -289,3 +289,19 @@ def test_gtl_reload_never_signals_a_process_that_is_not_a_gateway(tmp_path: Path
     finished.wait()
     with pytest.raises(ConfigurationError, match="is the gateway running"):
         send_reload(finished.pid)
+
+
+def test_a_deployment_without_its_key_is_warned_of_at_start_and_on_reload(
+    tmp_path: Path, sims: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GTL_TEST_NOPE_KEY", raising=False)
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    keyless = {"type": "openai", "api_key_env": "GTL_TEST_NOPE_KEY", "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast, "keyless": keyless}))
+    with start_gateway(config) as gateway:
+        started = "".join(gateway.output)
+        assert "gtl gateway: warning: deployment 'keyless' (openai) is missing api_key" in started, started
+        assert "GTL_TEST_NOPE_KEY" in started and "fail over" in started
+        write_toml(config, tables(tmp_path, {"fast": fast, "keyless": keyless, "keyless2": keyless}))
+        line = reload_and_wait(gateway)
+        assert "warning: deployment 'keyless2' (openai) is missing api_key" in line, line

@@ -703,3 +703,58 @@ def test_a_reload_that_adds_a_deployment_gives_it_the_new_files_key(vault: Vault
         assert "later" in engine.deployments
     finally:
         asyncio.run(engine.aclose())
+
+
+@pytest.mark.parametrize("broken", ["a key removed from the vault", "a key variable that is unset"])
+def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_another_serves(
+    broken: str, vault: Vault, key_file: Path, caplog: pytest.LogCaptureFixture
+):
+    """Nothing the caller can mend: not a 400 naming the vault's file, nor a call upstream with no key.
+    The operator reads it in the log (once), the caller's request fails over to a deployment that works."""
+    from gtl_nb.engine.routing import GATEWAY
+    from gtl_nb.protocol.messages import Error, Status
+
+    secret = "sim-vault-key-0123456789abcdef"
+    server = sim.serve("openai", seed=3, api_key=secret)
+    unset = {"type": "openai", "base_url": server.base_url, "api_key_env": "GTL_TEST_UNSET", "models": ["gpt-4o-mini"]}
+    working = {"type": "openai", "base_url": server.base_url, "api_key": secret, "models": ["gpt-4o-mini"]}
+    try:
+        settings = load_settings(
+            providers={"first": unset, "second": working},
+            routing={"strategy": "failover", "retry": {"max_attempts": 1}},
+            environ={},
+        )
+        if broken.startswith("a key removed"):
+            vault.add("team-first", secret, "first")
+            credentials = resolver(vault, key_file, FakeClock(), keys={"first": "team-first"})
+            vault.remove("team-first")
+            credentials.refresh()
+        else:
+            credentials = None
+        problems = settings.missing_credentials(None if credentials is None else credentials.resolve)
+        assert len(problems) == 1 and "'first'" in problems[0]  # what gtl serve and a reload warn of
+        engine = build_engine(settings, ledger=False, credentials=credentials, audience=GATEWAY)
+
+        async def session(n: int) -> list[Any]:
+            message = Message(role="user", content="hi")
+            return [e async for e in engine.stream(CompletionRequest(f"s{n}", "gpt-4o-mini", [message]))]
+
+        async def run() -> list[Any]:
+            try:
+                return [await session(n) for n in range(2)]
+            finally:
+                await engine.aclose()
+
+        with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+            sessions = asyncio.run(run())
+    finally:
+        server.close()
+    for events in sessions:
+        assert isinstance(events[-1], Done) and events[-1].provider == "second", events
+        failover = next(e for e in events if isinstance(e, Status) and e.state == "failover")
+        assert failover.from_provider == "first" and "PROVIDER_UNAVAILABLE" in failover.reason
+        assert "operator" in failover.reason and "vault" not in failover.reason and "GTL_TEST" not in failover.reason
+        assert not any(isinstance(e, Error) for e in events)
+    told = [r.getMessage() for r in caplog.records if "cannot be called" in r.getMessage()]
+    assert len(told) == 1, told  # once, not a line a request
+    assert ("vault" in told[0]) if credentials is not None else ("GTL_TEST_UNSET" in told[0] or "api_key" in told[0])
