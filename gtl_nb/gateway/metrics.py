@@ -329,7 +329,8 @@ class Metrics:
 def known_models(engine: Any) -> dict[str, set[str]]:
     """Deployment → the model names its label may show: what the deployment lists, what its provider
     offers (``provider_info``: the catalog, or a local provider's own list), and the ids the catalog
-    maps them to (a Bedrock answer names its model by such an id)."""
+    maps them to (a Bedrock answer names its model by such an id), and the catalog's aliases of each
+    (``claude-haiku-4-5`` for ``claude-haiku-4-5-20251001``: what callers write)."""
     known: dict[str, set[str]] = {}
     for info in engine.provider_info():
         known.setdefault(info.provider, set()).update(model.name for model in info.models)
@@ -341,6 +342,10 @@ def known_models(engine: Any) -> dict[str, set[str]]:
             models.add(deployment.model)
         if catalog is not None:
             models.update({catalog.model_id(deployment.type, model) for model in list(models)})
+            for entry in catalog.entries(deployment.type):
+                if entry.aliases and (entry.name in models or not models.isdisjoint(entry.aliases)):
+                    models.add(entry.name)
+                    models.update(entry.aliases)
     return known
 
 

@@ -326,3 +326,13 @@ def test_a_start_refused_by_a_tampered_audit_log_leaves_no_gc_timer_behind(tmp_p
         _operations(gateway, engine)  # type: ignore[arg-type]
     assert gc.callbacks == callbacks
     asyncio.run(engine.aclose())
+
+
+def test_a_models_catalog_alias_keeps_its_own_label():
+    # callers write the alias (the README's claude-haiku-4-5); the dated id and the alias are both known
+    settings = load_settings(providers={"anthropic": {"type": "anthropic", "api_key": KEY_CANARY}}, environ={})
+    known = known_models(build_engine(settings, ledger=False))
+    assert {"claude-haiku-4-5", "claude-haiku-4-5-20251001", "claude-sonnet-4-5"} <= known["anthropic"]
+    metrics = Metrics(known)
+    assert metrics.model_label("anthropic", "claude-haiku-4-5") == "claude-haiku-4-5"
+    assert metrics.model_label("anthropic", "gpt-4o") == "other"
