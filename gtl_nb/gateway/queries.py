@@ -31,12 +31,13 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
-from gtl_nb.engine.ledger import LedgerValueError, row_filter
+from gtl_nb.engine.ledger import LedgerError, LedgerValueError, row_filter
+from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.gateway.live import live_sessions
 from gtl_nb.gateway.permissions import usage_scope
 from gtl_nb.gateway.scopes import SCOPES, has_scope, require_scope
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError
+from gtl_nb.protocol.errors import GTLError, InternalError, InvalidRequestError, ProviderUnavailableError
 from gtl_nb.protocol.messages import Answer, Error, Query
 
 __all__ = ["MAX_QUERIES", "QUERY_NAMES", "QueryDesk", "answer_query"]
@@ -73,6 +74,12 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
             raise InvalidRequestError(f"unknown query {query.name!r}; the gateway answers: {', '.join(QUERY_NAMES)}")
     except LedgerValueError as exc:  # a filter the ledger does not know: the caller's mistake
         return Answer(query_id=query.query_id, error=InvalidRequestError(exc.message).to_event(query.query_id))
+    except (StoreError, LedgerError) as exc:  # a store away (PostgreSQL, a locked file): its address is the operator's
+        log.warning("query %s (%s) could not be answered: %s", query.query_id, query.name, exc.message)
+        away = ProviderUnavailableError(
+            f"the gateway cannot answer the {query.name} query now: a store it reads is unavailable; try again shortly"
+        )
+        return Answer(query_id=query.query_id, error=away.to_event(query.query_id))
     except GTLError as exc:
         return Answer(query_id=query.query_id, error=exc.to_event(query.query_id))
     except (ValueError, TypeError, KeyError) as exc:  # a ledger filter it does not know, a value of the wrong kind

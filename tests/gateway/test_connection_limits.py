@@ -397,3 +397,29 @@ def test_a_query_being_answered_keeps_the_connection_from_idling_out():
         await engine.aclose()
 
     asyncio.run(main())
+
+
+def test_a_store_that_is_away_is_the_gateways_trouble_and_its_address_stays_in_the_log(caplog):
+    from types import SimpleNamespace
+
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.engine.stores.postgres_pool import PostgresUnavailableError
+    from gtl_nb.gateway.queries import answer_query
+
+    where = "postgresql://gtl@db.internal:5432/ledger; rows spooled in /var/lib/gtl/postgres-spool-0a1b.sqlite3"
+
+    class AwayLedger:
+        async def rows(self, **filters):
+            raise PostgresUnavailableError(f"the ledger {where} cannot be read now: connection refused")
+
+    context = RequestContext(principal="ann", scopes=frozenset({"usage:read"}))
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        answer = asyncio.run(
+            answer_query(
+                SimpleNamespace(ledger=AwayLedger()), context, Query(query_id="q", name="usage"), max_bytes=1 << 20
+            )
+        )
+    assert answer.error is not None and answer.error.code == "PROVIDER_UNAVAILABLE" and answer.error.retryable
+    assert "try again" in answer.error.message and "db.internal" not in answer.error.message
+    assert "spool" not in answer.error.message
+    assert "db.internal" in caplog.text  # the operator's
