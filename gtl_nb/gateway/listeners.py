@@ -104,7 +104,7 @@ class ListenerSettings:
             raise ConfigurationError(
                 f"[gateway.{self.transport}] would serve plaintext on {self.host}: a listener without TLS binds to "
                 "loopback only (127.0.0.1, ::1); give it tls_cert and tls_key, or insecure = true (--insecure) "
-                "on purpose"
+                'on purpose (and beyond loopback, auth = "jwt": a development gateway listens on loopback only)'
             )
 
     @property

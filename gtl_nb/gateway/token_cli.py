@@ -30,15 +30,20 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``"90"``, ``"90s"``, ``"30m"``, ``"8h"``, ``"2d"`` or ``"1w"``; ``ConfigurationError`` otherwise."""
+    """Seconds in ``"90s"``, ``"30m"``, ``"8h"``, ``"2d"`` or ``"1w"``; ``ConfigurationError`` otherwise —
+    a number without its unit too (``--ttl 8`` meant hours as often as seconds)."""
     spoken = text.strip().lower()
-    number, unit = (spoken[:-1], spoken[-1]) if spoken[-1:] in _UNITS else (spoken, "s")
+    number, unit = (spoken[:-1], spoken[-1]) if spoken[-1:] in _UNITS else (spoken, "")
     try:
         value = float(number)
     except ValueError:
         value = -1.0
     if not (value > 0 and value != float("inf")):
         raise ConfigurationError(f"--ttl {text!r}: give a duration such as 90s, 30m, 8h, 2d or 1w")
+    if not unit:
+        raise ConfigurationError(
+            f"--ttl {text!r}: give its unit: {number}s, {number}m, {number}h, {number}d or {number}w"
+        )
     return value * _UNITS[unit]
 
 
