@@ -91,6 +91,14 @@ def _add(args: argparse.Namespace) -> int:
     vault_module = _vault_module()
     vault_module.check_key_name(args.name)  # before asking for the secret
     vault = _open(args)
+    configured = getattr(args, "configured_deployments", None)
+    if args.deployment and configured is not None and args.deployment not in configured:
+        # a vault may serve gateways of other files, so not refused: but most often a typo
+        print(
+            f"gtl keys: warning: no deployment {args.deployment!r} is configured here "
+            f"(configured: {', '.join(sorted(configured)) or 'none'}); only a deployment of that name can use this key",
+            file=sys.stderr,
+        )
     info = vault.add(args.name, _read_secret(args.name), args.deployment, replace=args.replace)
     scope = f" for deployment {info.deployment}" if info.deployment else ""
     verb = "replaced the secret of" if info.rotated else "added"
@@ -197,6 +205,7 @@ def _open(args: argparse.Namespace) -> Any:
             raise ConfigurationError(f"--config {config_file}: no such file")
         config = load_config(config=config_file)
         table = dict(config.gateway.get("vault") or {})
+        args.configured_deployments = set(config.deployments)
         if config.source_path is not None:
             base = config.source_path.parent
     settings = VaultSettings.from_table(table, base=base)

@@ -758,3 +758,16 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
     told = [r.getMessage() for r in caplog.records if "cannot be called" in r.getMessage()]
     assert len(told) == 1, told  # once, not a line a request
     assert ("vault" in told[0]) if credentials is not None else ("GTL_TEST_UNSET" in told[0] or "api_key" in told[0])
+
+
+def test_gtl_keys_add_warns_of_a_deployment_the_configuration_does_not_have(
+    tmp_path: Path, cli_env: dict[str, str], master_text: str
+):
+    cli_env["GTL_NB_VAULT_KEY"] = master_text
+    config = tmp_path / "gtl.toml"
+    config.write_text('[providers.openai]\ntype = "openai"\napi_key_env = "GTL_TEST_UNSET"\n', encoding="utf-8")
+    typo = keys("add", "k", "--deployment", "opneai", "--config", str(config), env=cli_env, stdin="secret-k")
+    assert typo.returncode == 0 and "added key 'k' for deployment opneai" in typo.stdout  # a vault may serve others
+    assert "warning: no deployment 'opneai' is configured here (configured: echo, openai)" in typo.stderr
+    known = keys("add", "k2", "--deployment", "openai", "--config", str(config), env=cli_env, stdin="secret-k2")
+    assert known.returncode == 0 and "warning" not in known.stderr
