@@ -87,7 +87,8 @@ def authenticated_or_logged(authenticate: Authenticate, token: str | None, peer:
     try:
         return authenticate(token)
     except AuthenticationError as exc:
-        log.warning("refused client %s: %s", peer, exc.message)
+        why = getattr(exc, "for_the_log", None)  # a GhostToken's refusal says why, for the operator only
+        log.warning("refused client %s: %s%s", peer, exc.message, f" [{why}]" if why else "")
         raise
 
 

@@ -908,3 +908,21 @@ def test_parse_duration():
             token_cli.parse_duration(text)
     with pytest.raises(ConfigurationError, match="give its unit: 8s, 8m, 8h, 8d or 8w"):
         token_cli.parse_duration("8")  # hours or seconds? never guessed
+
+
+def test_the_operators_log_line_says_why_a_token_was_refused_and_never_holds_it(caplog):
+    from gtl_nb.gateway.sessions import authenticated_or_logged
+
+    revocations = MemoryRevocationList()
+    auth = authenticator(revocations=revocations)
+    revocations.revoke("jti-1", NOW + 7200)
+    expired = hs(claims(jti="jti-2", iat=int(NOW) - 7200, exp=int(NOW) - 3600))
+    for token in (hs(claims()), expired):
+        with caplog.at_level("WARNING", logger="gtl_nb"), pytest.raises(TokenRefusedError) as refused:
+            authenticated_or_logged(auth, token, "127.0.0.1:5000")
+        assert "[" not in refused.value.message  # the client hears only its message
+    lines = [record.getMessage() for record in caplog.records if "refused client" in record.getMessage()]
+    assert len(lines) == 2 and all("127.0.0.1:5000" in line for line in lines)
+    assert "[revoked (sub='alice', jti='jti-1')]" in lines[0]
+    assert "[expired" in lines[1]
+    assert not any(token_part in caplog.text for token_part in hs(claims()).split(".") + expired.split("."))

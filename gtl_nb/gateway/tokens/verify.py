@@ -37,9 +37,15 @@ class TokenRefusedError(AuthenticationError):
     """A GhostToken the gateway refused. ``message`` is what the client may hear; ``reason`` is a fixed
     word for the server's log and the tests (never a value from the token)."""
 
-    def __init__(self, message: str, reason: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, reason: str, *, retryable: bool = False, detail: str = "") -> None:
         super().__init__(message, retryable=retryable)
         self.reason = reason
+        self.detail = detail  # for the operator's log line (the subject and token id when known)
+
+    @property
+    def for_the_log(self) -> str:
+        """Why, for the operator: the fixed reason word and its detail."""
+        return f"{self.reason}{self.detail}"
 
     def __repr__(self) -> str:
         return f"TokenRefusedError(reason={self.reason!r})"
@@ -105,11 +111,11 @@ class TokenAuthenticator:
                 context = self._context(claims)
             except _Refusal as refusal:
                 log.info("GhostToken refused: %s%s", refusal.reason, refusal.detail)
-                raise TokenRefusedError(refusal.message, refusal.reason) from None
+                raise TokenRefusedError(refusal.message, refusal.reason, detail=refusal.detail) from None
             self._remember(token, context, now)
         if self._revoked(context.key_id or ""):
             log.info("GhostToken refused: revoked (sub=%r, jti=%r)", context.principal, context.key_id)
-            raise TokenRefusedError(REFUSED, "revoked")
+            raise TokenRefusedError(REFUSED, "revoked", detail=f" (sub={context.principal!r}, jti={context.key_id!r})")
         log.debug(
             "GhostToken accepted: sub=%r, jti=%r, scopes=%s", context.principal, context.key_id, sorted(context.scopes)
         )
