@@ -1002,6 +1002,8 @@ class Engine:
                     last_failure = (target, failed)
                     if outcome.content:
                         break  # never retry once content or usage was sent: fail over, which discards it
+                    if target.name in self._told_operator:
+                        break  # it cannot be called at all (``_uncallable``): no retry mends that, fail over
                     delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
                     if delay is None:
                         break

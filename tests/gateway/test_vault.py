@@ -721,7 +721,7 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
     try:
         settings = load_settings(
             providers={"first": unset, "second": working},
-            routing={"strategy": "failover", "retry": {"max_attempts": 1}},
+            routing={"strategy": "failover", "retry": {"max_attempts": 3, "base_delay": 5, "max_delay": 5}},
             environ={},
         )
         if broken.startswith("a key removed"):
@@ -755,6 +755,7 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
         assert failover.from_provider == "first" and "PROVIDER_UNAVAILABLE" in failover.reason
         assert "operator" in failover.reason and "vault" not in failover.reason and "GTL_TEST" not in failover.reason
         assert not any(isinstance(e, Error) for e in events)
+        assert not any(isinstance(e, Status) and e.state == "retrying" for e in events)  # no retry mends it
     told = [r.getMessage() for r in caplog.records if "cannot be called" in r.getMessage()]
     assert len(told) == 1, told  # once, not a line a request
     assert ("vault" in told[0]) if credentials is not None else ("GTL_TEST_UNSET" in told[0] or "api_key" in told[0])
