@@ -1048,8 +1048,15 @@ def missing_credentials(deployment: Deployment) -> list[str]:
     return [
         requirement.name
         for requirement in needs.requires
-        if not any(all(getattr(deployment, field_name, None) for field_name in group) for group in requirement.any_of)
+        if not any(all(_has(deployment, field_name) for field_name in group) for group in requirement.any_of)
     ]
+
+
+def _has(deployment: Deployment, field_name: str) -> bool:
+    """Whether ``deployment`` sets ``field_name``: a field, or ``options.KEY`` (a key of its options)."""
+    if field_name.startswith("options."):
+        return bool(deployment.options.get(field_name.removeprefix("options.")))
+    return bool(getattr(deployment, field_name, None))
 
 
 def _credential_hint(provider_type: str, key: str, where: str) -> str:

@@ -987,6 +987,11 @@ class Engine:
                         return
                     failed = outcome.error
                     assert failed is not None
+                    if target.name in self._told_operator:
+                        # this process cannot call it (``_uncallable``: its operator's set-up): no verdict on
+                        # the provider for a breaker replicas may share, no retry (none mends it): fail over
+                        last_failure = (target, failed)
+                        break
                     if failed.retryable:
                         self._breaker_changed(target.name, await breakers.record_failure(target.name))
                         grant = None
@@ -1002,8 +1007,6 @@ class Engine:
                     last_failure = (target, failed)
                     if outcome.content:
                         break  # never retry once content or usage was sent: fail over, which discards it
-                    if target.name in self._told_operator:
-                        break  # it cannot be called at all (``_uncallable``): no retry mends that, fail over
                     delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
                     if delay is None:
                         break
@@ -1298,7 +1301,8 @@ class Engine:
             if self._complete_credentials.get(target.name) is not deployment and self.audience == GATEWAY:
                 _check_credentials(deployment)  # (an embedded client checks before its session starts)
                 self._complete_credentials[target.name] = deployment
-                self._told_operator.pop(target.name, None)  # mended: a later breakage is told again
+            if self._told_operator:  # mended (a key set again): a later breakage is told again
+                self._told_operator.pop(target.name, None)
         except GTLError as exc:
             return _batches_of([streaming, self._uncallable(exc, target, sid)]), None
         timeouts = self.deployment_timeouts.get(target.name)

@@ -170,7 +170,7 @@ def _serve_listeners(
     from gtl_nb.engine.builder import build_engine
     from gtl_nb.engine.routing import GATEWAY
     from gtl_nb.gateway.listeners import Shutdown
-    from gtl_nb.gateway.reload import Reloader, SwappableAuthenticator
+    from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
     from gtl_nb.gateway.server import serve
 
     hook = SwappableAuthenticator(authenticate)  # the listeners hold this one; a reload swaps its target
@@ -190,7 +190,7 @@ def _serve_listeners(
         # built here rather than by serve(): the reloader needs the very engine the listeners run
         engine = build_engine(settings, credentials=credentials, audience=GATEWAY)
         for problem in settings.missing_credentials(engine.credentials.resolve):
-            print(f"gtl gateway: warning: {problem} (requests routed to it fail over)", file=sys.stderr, flush=True)
+            print(f"gtl gateway: warning: {problem} ({FAIL_OVER_NOTE})", file=sys.stderr, flush=True)
         try:
             reloader = Reloader(engine, config=config, settings=settings, authenticate=hook, principal=principal)
             _on_signals(shutdown, force=task.cancel if task is not None else None, reload=_reloading(reloader))

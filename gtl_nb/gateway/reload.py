@@ -40,7 +40,11 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["PreparedReload", "Reloader", "SwappableAuthenticator"]
+__all__ = ["FAIL_OVER_NOTE", "PreparedReload", "Reloader", "SwappableAuthenticator"]
+
+
+FAIL_OVER_NOTE = "requests routed to it fail over, but for a key their token chooses"
+"""What becomes of requests for a deployment without credentials (a token's ``provider_keys`` still work)."""
 
 
 class SwappableAuthenticator:
@@ -195,7 +199,7 @@ class Reloader:
         if prepared.restart:
             line += f"; changed but not reloadable, restart to apply: {', '.join(prepared.restart)}"
         for problem in prepared.settings.missing_credentials(self.engine.credentials.resolve):
-            line += f"; warning: {problem} (requests routed to it fail over)"
+            line += f"; warning: {problem} ({FAIL_OVER_NOTE})"
         return line
 
     def discard(self, prepared: PreparedReload) -> None:

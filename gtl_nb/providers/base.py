@@ -102,7 +102,7 @@ class Requirement:
     """One thing a deployment must have: any one of ``any_of``'s field groups, every field of it set."""
 
     name: str  # what the error calls it: "api_key", "base_url", "credentials", "region"
-    any_of: tuple[tuple[str, ...], ...]
+    any_of: tuple[tuple[str, ...], ...]  # deployment fields; ``options.NAME`` for a key of its options
     hint: str | None = None  # how to provide it, when more than "set <variable> or <key>" is needed
 
 

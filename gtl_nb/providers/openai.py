@@ -53,10 +53,10 @@ from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Error, Message, Tool, ToolCall
 from gtl_nb.providers.base import (
     API_KEY,
-    BASE_URL,
     Deployment,
     HttpRequest,
     ProviderNeeds,
+    Requirement,
     encode_body,
     error_boundary,
 )
@@ -351,7 +351,11 @@ class AzureDialect(_ChatCompletionsDialect):
             "base_url": ("AZURE_OPENAI_ENDPOINT",),
             "api_version": ("OPENAI_API_VERSION",),
         },
-        requires=(API_KEY, BASE_URL),
+        # an Entra ID token stands for the key, the resource's name for the endpoint (``_auth_headers``, ``_base_url``)
+        requires=(
+            Requirement("api_key", (("api_key",), ("options.azure_ad_token",))),
+            Requirement("base_url", (("base_url",), ("options.resource",))),
+        ),
         implied_by=(("AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT"),),
     )
 

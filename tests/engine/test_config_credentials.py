@@ -142,3 +142,20 @@ def test_a_configuration_file_nested_without_end_is_a_configuration_error(tmp_pa
     huge.write_text("# " + "x" * (5 * 1024 * 1024) + "\n")
     with pytest.raises(ConfigurationError, match="larger than"):
         load_config(config=huge, environ={})
+
+
+def test_an_azure_deployment_by_entra_token_and_resource_name_lacks_nothing():
+    # the dialect sends options.azure_ad_token for the key and builds the URL from options.resource
+    from gtl_nb.engine.config import missing_credentials
+    from gtl_nb.providers.base import Deployment
+
+    entra = Deployment(name="az", type="azure", options={"azure_ad_token": "eyJ0", "resource": "r"})
+    assert missing_credentials(entra) == []
+    config = load_config(
+        providers={"az": {"type": "azure", "options": {"azure_ad_token": "eyJ0", "resource": "r"}}}, environ={}
+    )
+    assert config.require_credentials("az").options["resource"] == "r"
+    bare = Deployment(name="az", type="azure")
+    assert missing_credentials(bare) == ["api_key", "base_url"]
+    with pytest.raises(ConfigurationError, match="AZURE_OPENAI_API_KEY"):
+        load_config(providers={"az": {"type": "azure"}}, environ={}).require_credentials("az")

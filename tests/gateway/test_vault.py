@@ -741,9 +741,13 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
 
         async def run() -> list[Any]:
             try:
-                return [await session(n) for n in range(2)]
+                sessions = [await session(n) for n in range(6)]
+                breakers.update(await engine.breaker_states())
+                return sessions
             finally:
                 await engine.aclose()
+
+        breakers: dict[str, Any] = {}
 
         with caplog.at_level(logging.ERROR, logger="gtl_nb"):
             sessions = asyncio.run(run())
@@ -756,6 +760,8 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
         assert "operator" in failover.reason and "vault" not in failover.reason and "GTL_TEST" not in failover.reason
         assert not any(isinstance(e, Error) for e in events)
         assert not any(isinstance(e, Status) and e.state == "retrying" for e in events)  # no retry mends it
+    # no verdict on the provider: a breaker replicas share must not open for one replica's set-up
+    assert breakers["first"]["state"] == "closed" and not breakers["first"].get("failures"), breakers["first"]
     told = [r.getMessage() for r in caplog.records if "cannot be called" in r.getMessage()]
     assert len(told) == 1, told  # once, not a line a request
     assert ("vault" in told[0]) if credentials is not None else ("GTL_TEST_UNSET" in told[0] or "api_key" in told[0])

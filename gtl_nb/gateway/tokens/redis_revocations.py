@@ -111,6 +111,7 @@ class RedisRevocationList:
     ) -> None:
         parse_store_url(url, where="[gateway.jwt] revocations")
         self._restore_from = restore_from  # (``jti`` -> until when) to write back into a list Redis lost
+        self._restore_problem: str | None = None  # what stopped the last write-back (logged once)
         self.shown = shown_url(url)
         self._client, prefix = sync_client(url)
         self._key = f"{prefix}revoked"
@@ -252,14 +253,17 @@ class RedisRevocationList:
 
     def _restore(self) -> None:
         """Write the unexpired entries of ``restore_from`` back into a list that has no version (caller
-        holds ``_io``; module docstring)."""
+        holds ``_io``; module docstring). Its failures are logged (once for each distinct one, as the
+        version stays missing and every look tries again), never raised: the set is read after it
+        whatever happens — a Redis user without write rights, a read-only replica, a full Redis."""
         now = self._clock()
         try:
             kept = {jti: until for jti, until in self._restore_from().items() if until > now}  # type: ignore[misc]
         except Exception as exc:  # the local record unreadable: Redis's own list is all there is
-            log.warning("token revocations: the local record of revocations could not be read (%s)", one_line(str(exc)))
+            self._restore_failed(f"the local record of revocations could not be read ({one_line(str(exc))})")
             return
         if not kept:
+            self._restore_problem = None
             return
         version = uuid.uuid4().hex
 
@@ -269,13 +273,23 @@ class RedisRevocationList:
                 pipe.eval(_REVOKE, 2, self._key, self._version_key, jti, repr(float(until)), version)
             pipe.execute()
 
-        self._call("restoring the revocation list", write)
+        try:
+            self._call("restoring the revocation list", write)
+        except RevocationStoreError as exc:
+            self._restore_failed(f"{len(kept)} revocation(s) could not be written back ({one_line(exc.message)})")
+            return
+        self._restore_problem = None
         log.warning(
             "token revocations: the shared list at %s had lost its version (Redis restarted without persistence, "
             "or the list is new there): wrote back %d revocation(s) from this gateway's token store",
             self.shown,
             len(kept),
         )
+
+    def _restore_failed(self, problem: str) -> None:
+        if problem != self._restore_problem:
+            self._restore_problem = problem
+            log.warning("token revocations: the shared list at %s has no version, and %s", self.shown, problem)
 
     def _answered(self) -> None:
         """Redis answered: the list is current again (logged when it had not been; caller holds ``_io``)."""

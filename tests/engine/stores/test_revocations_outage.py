@@ -282,3 +282,41 @@ def test_revocations_a_redis_lost_are_written_back_from_the_gateways_token_store
     finally:
         revocations.close()
     assert _recorded_revocations(tmp_path / "no-such-store.sqlite3") == {}  # a replica without the file
+
+
+def test_a_write_back_that_fails_still_reads_the_list_and_says_so_once(server: Any, tmp_path: Path, caplog):
+    import redis
+
+    admin = redis.Redis.from_url(server.url)
+    admin.execute_command("ACL", "SETUSER", "reader", "on", ">reader-pw", "~*", "+@read", "+multi", "+exec")
+    admin.zadd("gtl:revoked", {"already-shared": time.time() + 600})  # a list without its version key
+    reader_url = server.url.replace("redis://", "redis://reader:reader-pw@", 1)
+    if "@" in server.url.removeprefix("redis://"):  # (a server with a password of its own)
+        pytest.skip("the test's server has its own credentials")
+    local = {"revoked-here": time.time() + 600}
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        revocations = RedisRevocationList(reader_url, refresh=3600, restore_from=lambda: local)
+        try:
+            assert revocations.loaded  # read, although nothing could be written back
+            assert revocations.is_revoked("already-shared")
+            for _ in range(3):
+                revocations.look()
+        finally:
+            revocations.close()
+    warned = [r.getMessage() for r in caplog.records if "could not be written back" in r.getMessage()]
+    assert len(warned) == 1, warned  # once, not a line a look
+
+    caplog.clear()
+
+    def unreadable() -> dict[str, float]:
+        raise OSError("file is not a database")
+
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        revocations = RedisRevocationList(reader_url, refresh=3600, restore_from=unreadable)
+        try:
+            for _ in range(3):
+                revocations.look()
+            assert revocations.loaded and revocations.is_revoked("already-shared")
+        finally:
+            revocations.close()
+    assert len([r for r in caplog.records if "could not be read" in r.getMessage()]) == 1
