@@ -140,6 +140,8 @@ def _mint(args: argparse.Namespace) -> int:
     if not args.scope:
         raise ConfigurationError("give at least one --scope (e.g. --scope chat:write --scope models:read)")
     policy = _policy(args)
+    if provider_keys:
+        _warn_of_unknown_keys(args, provider_keys)
     with _store(policy) as store:
         token = mint_token(
             policy,
@@ -154,6 +156,38 @@ def _mint(args: argparse.Namespace) -> int:
         )
     sys.stdout.write(token + "\n")
     return 0
+
+
+def _warn_of_unknown_keys(args: argparse.Namespace, provider_keys: dict[str, str]) -> None:
+    """Warn (on standard error) of a ``--provider-key`` the configuration's vault does not hold, or holds
+    for another deployment: the token would be refused each time it is used. Only when that vault can
+    be opened here (its master key at hand); a token is often minted where the vault is not."""
+    from gtl_nb.engine.config import load_config
+
+    try:
+        from gtl_nb.gateway.vault import Vault
+        from gtl_nb.gateway.vault_credentials import VaultSettings
+
+        config = load_config(config=getattr(args, "token_config", None) or getattr(args, "config", None))
+        base = config.source_path.parent if config.source_path is not None else Path.cwd()
+        settings = VaultSettings.from_table(config.gateway.get("vault"), base=base)
+        if not settings.path.is_file():
+            return
+        stored = {info.name: info.deployment for info in Vault(settings.path, settings.master.load()).list()}
+    except Exception:  # (no master key here, no cryptography, an unreadable vault): the gateway checks
+        return
+    for deployment, name in sorted(provider_keys.items()):
+        if name not in stored:
+            why = f"the vault {settings.path} holds no key {name!r}"
+        elif stored[name] not in (None, deployment):
+            why = f"key {name!r} in {settings.path} is for deployment {stored[name]!r}"
+        else:
+            continue
+        print(
+            f"gtl token: warning: --provider-key {deployment}={name}: {why}; the gateway refuses the token for "
+            f"{deployment} until it does",
+            file=sys.stderr,
+        )
 
 
 def _list(args: argparse.Namespace) -> int:

@@ -821,6 +821,7 @@ def gtl(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cli, "_optional_subcommands", with_tokens)
     monkeypatch.setenv("GTL_TEST_TOKEN_SECRET", SECRET)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # never the user's own vault or stores
     path = tmp_path / "gtl.toml"
     path.write_text(
         '[gateway.jwt]\nissuer = "https://issuer.test"\nsecret_env = "GTL_TEST_TOKEN_SECRET"\n'
@@ -926,3 +927,25 @@ def test_the_operators_log_line_says_why_a_token_was_refused_and_never_holds_it(
     assert "[revoked (sub='alice', jti='jti-1')]" in lines[0]
     assert "[expired" in lines[1]
     assert not any(token_part in caplog.text for token_part in hs(claims()).split(".") + expired.split("."))
+
+
+def test_gtl_token_mint_warns_of_a_provider_key_the_vault_does_not_hold(gtl, capsys, tmp_path, monkeypatch):
+    from gtl_nb.gateway.vault import MasterKey, Vault, generate_master_key
+
+    master = generate_master_key()
+    monkeypatch.setenv("GTL_TEST_MINT_VAULT_KEY", master)
+    Vault(tmp_path / "vault.json", MasterKey.from_text(master, "test")).add("team-a", "sk-test-secret-a", "openai")
+    with open(gtl.config, "a", encoding="utf-8") as config:
+        config.write('\n[gateway.vault]\npath = "vault.json"\nmaster_key_env = "GTL_TEST_MINT_VAULT_KEY"\n')
+    argv = ["token", "mint", "--sub", "alice", "--scope", "chat:write", "--ttl", "1h"]
+    assert gtl(*argv, "--provider-key", "openai=team-a") == 0
+    assert capsys.readouterr().err == ""  # held, and for that deployment
+    assert gtl(*argv, "--provider-key", "openai=team-b", "--provider-key", "azure=team-a") == 0
+    out, err = capsys.readouterr()
+    assert out.count(".") == 2  # minted all the same (the vault may change before it is used)
+    assert "--provider-key openai=team-b: the vault" in err and "holds no key 'team-b'" in err
+    assert "--provider-key azure=team-a: key 'team-a'" in err and "is for deployment 'openai'" in err
+    assert "sk-test-secret-a" not in out + err
+    monkeypatch.delenv("GTL_TEST_MINT_VAULT_KEY")  # the vault cannot be opened here: nothing to say
+    assert gtl(*argv, "--provider-key", "openai=team-b") == 0
+    assert capsys.readouterr().err == ""
