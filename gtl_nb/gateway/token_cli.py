@@ -240,8 +240,15 @@ def _revoke(args: argparse.Namespace) -> int:
         store.revoke(jti, until)
     if policy.revocations_url is not None:  # the replicas' shared list
         from gtl_nb.gateway.auth import revocation_list
+        from gtl_nb.gateway.tokens.redis_revocations import RevocationStoreError
 
-        revocation_list(policy).revoke(jti, until)
+        try:
+            revocation_list(policy).revoke(jti, until)
+        except RevocationStoreError as exc:
+            raise RevocationStoreError(
+                f"{jti} is revoked in {policy.store_path} but not in the shared list: {exc.message}. The gateways "
+                f"still accept it: run gtl token revoke {jti} again once Redis answers"
+            ) from None
     origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
     print(f"revoked {jti} until {_when(until)} UTC{origin}")
     return 0

@@ -949,3 +949,20 @@ def test_gtl_token_mint_warns_of_a_provider_key_the_vault_does_not_hold(gtl, cap
     monkeypatch.delenv("GTL_TEST_MINT_VAULT_KEY")  # the vault cannot be opened here: nothing to say
     assert gtl(*argv, "--provider-key", "openai=team-b") == 0
     assert capsys.readouterr().err == ""
+
+
+def test_gtl_token_revoke_with_the_shared_list_away_says_the_gateways_still_accept_it(gtl, capsys, tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    gtl.config.write_text(
+        '[gateway.jwt]\nissuer = "https://issuer.test"\nsecret_env = "GTL_TEST_TOKEN_SECRET"\n'
+        f'revocations = "redis://127.0.0.1:{dead}/0"\n',
+        encoding="utf-8",
+    )
+    assert gtl("token", "revoke", "jti-away") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gtl: error:") and "jti-away is revoked in" in err and "not in the shared list" in err
+    assert "still accept it: run gtl token revoke jti-away again once Redis answers" in err
