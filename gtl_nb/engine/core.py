@@ -231,6 +231,7 @@ class _AttemptOutcome:
     error: Error | None = None
     content: bool = False  # content or usage reached the caller: a retry would duplicate it
     ttft: float | None = None  # this attempt's own time to first content, for lowest_latency
+    uncallable: bool = False  # this process could not call the target at all (``Engine._uncallable``)
 
 
 class Engine:
@@ -987,7 +988,7 @@ class Engine:
                         return
                     failed = outcome.error
                     assert failed is not None
-                    if target.name in self._told_operator:
+                    if outcome.uncallable:
                         # this process cannot call it (``_uncallable``: its operator's set-up): no verdict on
                         # the provider for a breaker replicas may share, no retry (none mends it): fail over
                         last_failure = (target, failed)
@@ -1113,7 +1114,7 @@ class Engine:
         sid = request.session_id
         first: float | None = None
         attempt_started = self.clock()
-        attempt, deployment = self._call(request, target)
+        attempt, deployment = self._call(request, target, outcome)
         kept = outcome.events
         # once an answer flows (content seen, first token timed, the session open), a token needs no
         # pricing, stamping or state change: the bulk of every stream skips the checks below
@@ -1249,7 +1250,7 @@ class Engine:
 
     # -- one attempt at one deployment --------------------------------------------------------
 
-    def _uncallable(self, exc: GTLError, target: Target, sid: str) -> Error:
+    def _uncallable(self, exc: GTLError, target: Target, sid: str, outcome: _AttemptOutcome) -> Error:
         """The error an attempt becomes when ``target``'s credentials cannot be had.
 
         A gateway's own set-up (a ``ConfigurationError``: a key missing from its environment or its
@@ -1259,6 +1260,7 @@ class Engine:
         choice of stored key) is the caller's, as it was raised."""
         if self.audience != GATEWAY or not isinstance(exc, ConfigurationError):
             return _with_provider(exc.to_event(sid), target)
+        outcome.uncallable = True
         if self._told_operator.get(target.name) != exc.message:
             self._told_operator[target.name] = exc.message
             log.error("deployment %s cannot be called: %s", target.name, exc.message)
@@ -1268,20 +1270,21 @@ class Engine:
         )
         return Error(session_id=sid, code="PROVIDER_UNAVAILABLE", message=message, retryable=True, provider=target.name)
 
-    def _credentials_for(self, target: Target) -> Deployment:
+    def _credentials_for(self, target: Target) -> tuple[Deployment, bool]:
         """The deployment with its current key — the stored key the request's token chose for it
-        (``provider_keys``), through a resolver that can choose (``resolve_for``, the gateway's vault)."""
+        (``provider_keys``), through a resolver that can choose (``resolve_for``, the gateway's vault) —
+        and whether the token chose it."""
         context = _REQUEST_CONTEXT.get(None)
         chosen = context.provider_keys.get(target.name) if context is not None else None
         if chosen is None:
-            return self.credentials.resolve(target.deployment)
+            return self.credentials.resolve(target.deployment), False
         choose = getattr(self.credentials, "resolve_for", None)
         if choose is None:  # never fall back to another key than the one the token names
             raise AuthenticationError(f"the token names a stored key for {target.name!r}, but no key vault is set up")
-        return choose(target.deployment, chosen)  # type: ignore[no-any-return]
+        return choose(target.deployment, chosen), True
 
     def _call(
-        self, request: CompletionRequest, target: Target
+        self, request: CompletionRequest, target: Target, outcome: _AttemptOutcome
     ) -> tuple[AsyncGenerator[list[StreamEvent], None], Deployment | None]:
         """The event batches of one call to ``target`` — ``status: streaming`` first — and, for an HTTP
         deployment, the deployment with the keys it was called with (its events' errors are scrubbed of
@@ -1297,14 +1300,14 @@ class Engine:
         if is_local(provider):
             return self._local_call(provider, sent, target, streaming), None
         try:
-            deployment = self._credentials_for(target)  # current keys: rotation needs no restart
+            deployment, chosen = self._credentials_for(target)  # current keys: rotation needs no restart
             if self._complete_credentials.get(target.name) is not deployment and self.audience == GATEWAY:
                 _check_credentials(deployment)  # (an embedded client checks before its session starts)
                 self._complete_credentials[target.name] = deployment
-            if self._told_operator:  # mended (a key set again): a later breakage is told again
+            if self._told_operator and not chosen:  # its own credentials mended: a later breakage is told again
                 self._told_operator.pop(target.name, None)
         except GTLError as exc:
-            return _batches_of([streaming, self._uncallable(exc, target, sid)]), None
+            return _batches_of([streaming, self._uncallable(exc, target, sid, outcome)]), None
         timeouts = self.deployment_timeouts.get(target.name)
         return self.http.run(provider, sent, deployment, timeouts, announce=streaming), deployment
 

@@ -169,8 +169,16 @@ def _warn_of_unknown_keys(args: argparse.Namespace, provider_keys: dict[str, str
         from gtl_nb.gateway.vault_credentials import VaultSettings
 
         config = load_config(config=getattr(args, "token_config", None) or getattr(args, "config", None))
+        table = config.gateway.get("vault")
+        if table is None:  # a gateway of this configuration has no vault: it refuses every chosen key
+            print(
+                "gtl token: warning: --provider-key names stored keys, but this configuration has no "
+                "[gateway.vault]: its gateway refuses the token for those deployments (docs/vault.md)",
+                file=sys.stderr,
+            )
+            return
         base = config.source_path.parent if config.source_path is not None else Path.cwd()
-        settings = VaultSettings.from_table(config.gateway.get("vault"), base=base)
+        settings = VaultSettings.from_table(table, base=base)
         if not settings.path.is_file():
             return
         stored = {info.name: info.deployment for info in Vault(settings.path, settings.master.load()).list()}
@@ -247,7 +255,7 @@ def _revoke(args: argparse.Namespace) -> int:
         except RevocationStoreError as exc:
             raise RevocationStoreError(
                 f"{jti} is revoked in {policy.store_path} but not in the shared list: {exc.message}. The gateways "
-                f"still accept it: run gtl token revoke {jti} again once Redis answers"
+                f"still accept it: run gtl token revoke {jti} again once the shared list can be written"
             ) from None
     origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
     print(f"revoked {jti} until {_when(until)} UTC{origin}")

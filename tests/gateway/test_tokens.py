@@ -840,7 +840,7 @@ def test_gtl_token_mint_list_revoke(gtl, capsys, tmp_path):
     argv = ["token", "mint", "--sub", "alice", "--scope", "chat:write", "--scope", "models:read", "--ttl", "8h"]
     assert gtl(*argv, "--provider-key", "openai=team-key", "--model", "gpt-4o*", "--tenant", "acme") == 0
     out, err = capsys.readouterr()
-    assert out.count("\n") == 1 and err == ""
+    assert out.count("\n") == 1 and "this configuration has no [gateway.vault]" in err  # minted all the same
     token = out.strip()
     policy = TokenPolicy.from_table(
         {"issuer": ISSUER, "secret_env": "GTL_TEST_TOKEN_SECRET", "revocations": "tokens.sqlite3"},
@@ -965,4 +965,4 @@ def test_gtl_token_revoke_with_the_shared_list_away_says_the_gateways_still_acce
     assert gtl("token", "revoke", "jti-away") == 1
     err = capsys.readouterr().err
     assert err.startswith("gtl: error:") and "jti-away is revoked in" in err and "not in the shared list" in err
-    assert "still accept it: run gtl token revoke jti-away again once Redis answers" in err
+    assert "still accept it: run gtl token revoke jti-away again once the shared list can be written" in err

@@ -711,6 +711,7 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
 ):
     """Nothing the caller can mend: not a 400 naming the vault's file, nor a call upstream with no key.
     The operator reads it in the log (once), the caller's request fails over to a deployment that works."""
+    from gtl_nb.engine.context import RequestContext
     from gtl_nb.engine.routing import GATEWAY
     from gtl_nb.protocol.messages import Error, Status
 
@@ -735,19 +736,25 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
         assert len(problems) == 1 and "'first'" in problems[0]  # what gtl serve and a reload warn of
         engine = build_engine(settings, ledger=False, credentials=credentials, audience=GATEWAY)
 
-        async def session(n: int) -> list[Any]:
+        async def session(n: int, context: Any = None) -> list[Any]:
             message = Message(role="user", content="hi")
-            return [e async for e in engine.stream(CompletionRequest(f"s{n}", "gpt-4o-mini", [message]))]
+            request = CompletionRequest(f"s{n}", "first:gpt-4o-mini" if context else "gpt-4o-mini", [message])
+            return [e async for e in engine.stream(request, context=context)]
 
         async def run() -> list[Any]:
             try:
                 sessions = [await session(n) for n in range(6)]
                 breakers.update(await engine.breaker_states())
+                # a token choosing a stored key the gateway cannot give hears it, although the deployment
+                # is marked as one this gateway cannot call with its own credentials
+                chooser = RequestContext(principal="ann", provider_keys={"first": "gone"})
+                chosen.extend(await session(9, chooser))
                 return sessions
             finally:
                 await engine.aclose()
 
         breakers: dict[str, Any] = {}
+        chosen: list[Any] = []
 
         with caplog.at_level(logging.ERROR, logger="gtl_nb"):
             sessions = asyncio.run(run())
@@ -760,6 +767,7 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
         assert "operator" in failover.reason and "vault" not in failover.reason and "GTL_TEST" not in failover.reason
         assert not any(isinstance(e, Error) for e in events)
         assert not any(isinstance(e, Status) and e.state == "retrying" for e in events)  # no retry mends it
+    assert isinstance(chosen[-1], Error) and chosen[-1].code == "AUTH_FAILED", chosen[-1]
     # no verdict on the provider: a breaker replicas share must not open for one replica's set-up
     assert breakers["first"]["state"] == "closed" and not breakers["first"].get("failures"), breakers["first"]
     told = [r.getMessage() for r in caplog.records if "cannot be called" in r.getMessage()]

@@ -211,17 +211,26 @@ class RedisRevocationList:
         Redis going away or coming back. The watcher calls it every ``refresh`` seconds; a test may
         call it to skip the wait. Never on an event loop: it may wait for a reply timeout."""
         with self._io:
+            unshared: frozenset[str] = frozenset()
             try:
                 version = self._call("reading the revocation list", lambda client: client.get(self._version_key))
                 if version is None and self._restore_from is not None:
-                    self._restore()
-                if self._revoked is None or version != self._version:
+                    unshared = self._restore()
+                if self._revoked is None or version != self._version or unshared:
                     self._reload()
             except RevocationStoreError as exc:
                 problem = one_line(exc.message)
                 if self._problem is None:
                     log.warning("token revocations: %s; %s", problem, self._meanwhile(self._revoked))
                 self._problem = problem
+                return
+            if unshared:
+                # the write-back failed: those stay refused here (never fail open), and /readyz says so
+                self._revoked = (self._revoked or frozenset()) | unshared
+                self._problem = (
+                    f"{len(unshared)} revocation(s) of this gateway's token store could not be written back to "
+                    f"the shared list at {self.shown}: refused by this replica only"
+                )
                 return
             self._answered()
 
@@ -251,20 +260,21 @@ class RedisRevocationList:
         except Exception:  # a bug, not an outage (look handles those): say so, and keep watching
             log.exception("token revocations: looking at the list failed")
 
-    def _restore(self) -> None:
+    def _restore(self) -> frozenset[str]:
         """Write the unexpired entries of ``restore_from`` back into a list that has no version (caller
-        holds ``_io``; module docstring). Its failures are logged (once for each distinct one, as the
-        version stays missing and every look tries again), never raised: the set is read after it
-        whatever happens — a Redis user without write rights, a read-only replica, a full Redis."""
+        holds ``_io``; module docstring); returns those it could not write, which the caller keeps
+        refused in memory. Its failures are logged (once for each distinct one, as the version stays
+        missing and every look tries again), never raised: the set is read after it whatever happens —
+        a Redis user without write rights, a read-only replica, a full Redis."""
         now = self._clock()
         try:
             kept = {jti: until for jti, until in self._restore_from().items() if until > now}  # type: ignore[misc]
         except Exception as exc:  # the local record unreadable: Redis's own list is all there is
             self._restore_failed(f"the local record of revocations could not be read ({one_line(str(exc))})")
-            return
+            return frozenset()
         if not kept:
             self._restore_problem = None
-            return
+            return frozenset()
         version = uuid.uuid4().hex
 
         def write(client: Any) -> None:
@@ -277,7 +287,7 @@ class RedisRevocationList:
             self._call("restoring the revocation list", write)
         except RevocationStoreError as exc:
             self._restore_failed(f"{len(kept)} revocation(s) could not be written back ({one_line(exc.message)})")
-            return
+            return frozenset(kept)
         self._restore_problem = None
         log.warning(
             "token revocations: the shared list at %s had lost its version (Redis restarted without persistence, "
@@ -285,6 +295,7 @@ class RedisRevocationList:
             self.shown,
             len(kept),
         )
+        return frozenset()
 
     def _restore_failed(self, problem: str) -> None:
         if problem != self._restore_problem:

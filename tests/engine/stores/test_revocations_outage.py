@@ -299,14 +299,21 @@ def test_a_write_back_that_fails_still_reads_the_list_and_says_so_once(server: A
         try:
             assert revocations.loaded  # read, although nothing could be written back
             assert revocations.is_revoked("already-shared")
+            # never fail open: what could not be shared stays refused here, and readiness says so
+            assert revocations.is_revoked("revoked-here")
+            assert "refused by this replica only" in (revocations.degraded_reason or "")
             for _ in range(3):
                 revocations.look()
+            admin.flushall()  # and Redis then loses what it had
+            revocations.look()
+            assert revocations.is_revoked("revoked-here") and not revocations.is_revoked("already-shared")
         finally:
             revocations.close()
     warned = [r.getMessage() for r in caplog.records if "could not be written back" in r.getMessage()]
     assert len(warned) == 1, warned  # once, not a line a look
 
     caplog.clear()
+    admin.zadd("gtl:revoked", {"already-shared": time.time() + 600})
 
     def unreadable() -> dict[str, float]:
         raise OSError("file is not a database")
