@@ -1256,8 +1256,9 @@ class Engine:
         A gateway's own set-up (a ``ConfigurationError``: a key missing from its environment or its
         vault) is not its caller's mistake, nor the caller's to fix: the operator reads it in the log
         (once for each deployment and reason), the caller hears that the deployment cannot be called —
-        retryable, so its breaker counts it and another deployment may serve. Anything else (a token's
-        choice of stored key) is the caller's, as it was raised."""
+        retryable, and the attempt is marked so (``outcome.uncallable``): the attempt loop fails over at
+        once, with no retry and no verdict for the provider's breaker. Anything else (a token's choice
+        of stored key) is the caller's, as it was raised."""
         if self.audience != GATEWAY or not isinstance(exc, ConfigurationError):
             return _with_provider(exc.to_event(sid), target)
         outcome.uncallable = True

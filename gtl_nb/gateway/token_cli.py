@@ -90,18 +90,23 @@ def _usage(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
-def _policy(args: argparse.Namespace) -> Any:
-    """The ``TokenPolicy`` of the configuration's ``[gateway.jwt]``."""
-    try:
-        from gtl_nb.gateway.tokens import TokenPolicy
-    except ImportError:
-        raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
+def _configuration(args: argparse.Namespace) -> Any:
+    """The configuration ``--config`` names (or the default one)."""
     from gtl_nb.engine.config import load_config
 
     path = getattr(args, "token_config", None) or getattr(args, "config", None)
     if path is not None and not Path(path).expanduser().is_file():
         raise ConfigurationError(f"--config {path}: no such file")
-    config = load_config(config=path)
+    return load_config(config=path)
+
+
+def _policy(args: argparse.Namespace, config: Any = None) -> Any:
+    """The ``TokenPolicy`` of the configuration's ``[gateway.jwt]`` (``config``, else read here)."""
+    try:
+        from gtl_nb.gateway.tokens import TokenPolicy
+    except ImportError:
+        raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
+    config = config if config is not None else _configuration(args)
     table = config.gateway.get("jwt")
     if not table:
         raise ConfigurationError("gtl token needs a [gateway.jwt] table in the configuration (docs/tokens.md)")
@@ -139,9 +144,10 @@ def _mint(args: argparse.Namespace) -> int:
     provider_keys = _pairs(args.provider_key) if args.provider_key else None
     if not args.scope:
         raise ConfigurationError("give at least one --scope (e.g. --scope chat:write --scope models:read)")
-    policy = _policy(args)
+    config = _configuration(args)
+    policy = _policy(args, config)
     if provider_keys:
-        _warn_of_unknown_keys(args, provider_keys)
+        _warn_of_unknown_keys(config, provider_keys)
     with _store(policy) as store:
         token = mint_token(
             policy,
@@ -158,17 +164,14 @@ def _mint(args: argparse.Namespace) -> int:
     return 0
 
 
-def _warn_of_unknown_keys(args: argparse.Namespace, provider_keys: dict[str, str]) -> None:
+def _warn_of_unknown_keys(config: Any, provider_keys: dict[str, str]) -> None:
     """Warn (on standard error) of a ``--provider-key`` the configuration's vault does not hold, or holds
     for another deployment: the token would be refused each time it is used. Only when that vault can
     be opened here (its master key at hand); a token is often minted where the vault is not."""
-    from gtl_nb.engine.config import load_config
-
     try:
         from gtl_nb.gateway.vault import Vault
         from gtl_nb.gateway.vault_credentials import VaultSettings
 
-        config = load_config(config=getattr(args, "token_config", None) or getattr(args, "config", None))
         table = config.gateway.get("vault")
         if table is None:  # a gateway of this configuration has no vault: it refuses every chosen key
             print(
