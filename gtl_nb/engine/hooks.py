@@ -22,6 +22,7 @@ __all__ = [
     "EngineEvent",
     "FailedOver",
     "Hooks",
+    "ReloadRefused",
     "Reloaded",
     "RequestFinished",
     "RequestStarted",
@@ -120,6 +121,14 @@ class Reloaded:
     engine: Any
 
 
+@dataclass(frozen=True)
+class ReloadRefused:
+    """A new configuration was refused (by the gateway's reloader: a mistake in the file, or a part
+    that could not be built); the engine runs on what it had. ``reason`` says why, in one line."""
+
+    reason: str
+
+
 EngineEvent = (
     RequestStarted
     | AttemptStarted
@@ -129,6 +138,7 @@ EngineEvent = (
     | CacheHit
     | RequestFinished
     | Reloaded
+    | ReloadRefused
 )
 Subscriber = Callable[[EngineEvent], None]
 

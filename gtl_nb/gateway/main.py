@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     options = _with_command_line(GatewaySettings.from_settings(settings), args)
     check_exposure(options)
     authenticate = build_authenticator(settings, options, principal=args.principal)
-    with _pidfile(getattr(args, "pidfile", None)):
+    pidfile = getattr(args, "pidfile", None)
+    with _pidfile(pidfile):
         return _serve_listeners(
             settings,
             options,
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             build_credentials(settings, options),
             config=args.config,
             principal=args.principal,
+            pidfile=pidfile,
         )
 
 
@@ -163,14 +165,17 @@ def _serve_listeners(
     *,
     config: str | None = None,
     principal: str | None = None,
+    pidfile: str | None = None,
 ) -> int:
     """Run the listeners; each prints ``gtl gateway: listening on URL`` on standard error once it accepts,
     then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully; SIGHUP
-    reloads ``config`` (the file the gateway started with) and prints one ``gtl gateway: reload…`` line."""
+    reloads ``config`` (the file the gateway started with) and prints one ``gtl gateway: reload…`` line,
+    and with a ``pidfile`` keeps what each reload came to beside it (``gateway.reload_report``)."""
     from gtl_nb.engine.builder import build_engine
     from gtl_nb.engine.routing import GATEWAY
     from gtl_nb.gateway.listeners import Shutdown
     from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
+    from gtl_nb.gateway.reload_report import ReloadReporter, report_path
     from gtl_nb.gateway.server import serve
 
     hook = SwappableAuthenticator(authenticate)  # the listeners hold this one; a reload swaps its target
@@ -193,7 +198,11 @@ def _serve_listeners(
             print(f"gtl gateway: warning: {problem} ({FAIL_OVER_NOTE})", file=sys.stderr, flush=True)
         try:
             reloader = Reloader(engine, config=config, settings=settings, authenticate=hook, principal=principal)
-            _on_signals(shutdown, force=task.cancel if task is not None else None, reload=_reloading(reloader))
+            reporter = ReloadReporter(report_path(pidfile) if pidfile else None)
+            reporters.append(reporter)
+            _on_signals(
+                shutdown, force=task.cancel if task is not None else None, reload=_reloading(reloader, reporter)
+            )
             await serve(
                 settings,
                 options,
@@ -206,16 +215,24 @@ def _serve_listeners(
         finally:
             await engine.aclose()
 
-    with contextlib.suppress(asyncio.CancelledError):
-        event_loop.run(serve_all(), options.event_loop)
+    reporters: list[Any] = []
+    try:
+        with contextlib.suppress(asyncio.CancelledError):
+            event_loop.run(serve_all(), options.event_loop)
+    finally:
+        for reporter in reporters:
+            reporter.remove()
     return 0
 
 
-def _reloading(reloader: Any) -> Callable[[], None]:
+def _reloading(reloader: Any, reporter: Any) -> Callable[[], None]:
     """SIGHUP's handler: reload in a task, one at a time (a SIGHUP during a reload runs one more after it).
 
     The file is read and validated in a worker thread; the swap runs on the loop, between requests.
-    Whatever goes wrong, the gateway keeps serving what it had and says why in one line."""
+    Whatever goes wrong, the gateway keeps serving what it had and says why in one line — on standard
+    error, to ``reporter`` (for ``gtl reload``) and to the engine's hooks (the reload metrics)."""
+    from gtl_nb.engine.hooks import ReloadRefused
+
     state = {"running": False, "again": False}
     tasks: set[asyncio.Task[None]] = set()
 
@@ -223,21 +240,27 @@ def _reloading(reloader: Any) -> Callable[[], None]:
         try:
             while True:
                 state["again"] = False
+                covers = reporter.starting()
+                ok = False
                 try:
                     prepared = await asyncio.to_thread(reloader.prepare)
                     line = reloader.apply(prepared)
                 except Exception as exc:  # a bad file, or a bug: either way the old configuration keeps serving
                     why = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
                     why = " ".join(why.split())  # one line, whatever the message
-                    _say(f"gtl gateway: reload refused, still serving the previous configuration: {why}")
+                    line = f"reload refused, still serving the previous configuration: {why}"
+                    reloader.engine.hooks.emit(ReloadRefused(why))
                 else:
-                    _say(f"gtl gateway: {line}")
+                    ok = True
+                _say(f"gtl gateway: {line}")
+                reporter.finished(covers, ok=ok, line=line, again=state["again"])
                 if not state["again"]:
                     return
         finally:
             state["running"] = False
 
     def handle() -> None:
+        reporter.signalled()
         if state["running"]:
             state["again"] = True
             return

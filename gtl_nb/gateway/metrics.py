@@ -55,6 +55,7 @@ from gtl_nb.engine.hooks import (
     FailedOver,
     Hooks,
     Reloaded,
+    ReloadRefused,
     RequestFinished,
     RequestStarted,
     RetryScheduled,
@@ -187,6 +188,18 @@ class Metrics:
         self.degraded = Gauge(
             "gtl_store_degraded", "1 while a shared store is away (see /readyz), else 0.", ("store",), registry=r
         )
+        self.reload_ok = Gauge(
+            "gtl_config_last_reload_successful",
+            "1 when the last configuration reload was taken (or none was tried), 0 when it was refused.",
+            registry=r,
+        )
+        self.reload_ok.set(1)
+        self.reload_at = Gauge(
+            "gtl_config_last_reload_success_timestamp_seconds",
+            "When the configuration now served was taken: the last reload taken, else the start.",
+            registry=r,
+        )
+        self.reload_at.set_to_current_time()
         self.gc_pauses = GcPauses(r)
         for deployment in self._models:
             self.breakers.labels(deployment).set(0)
@@ -251,6 +264,10 @@ class Metrics:
             self.breaker_state(event.deployment, event.new)
         elif isinstance(event, Reloaded):
             self.learn(known_models(event.engine))
+            self.reload_ok.set(1)
+            self.reload_at.set_to_current_time()
+        elif isinstance(event, ReloadRefused):
+            self.reload_ok.set(0)  # until a reload is taken: an alert can wait on this
 
     def learn(self, models: Mapping[str, Iterable[str]]) -> None:
         """Take a reloaded configuration's deployments and models as the labels' bounds: a new

@@ -1,8 +1,12 @@
-"""``gtl reload [--pid PID | --pidfile FILE]``: ask a running gateway to reload its configuration.
+"""``gtl reload [--pid PID | --pidfile FILE] [--wait SECONDS]``: ask a running gateway to reload its
+configuration, and say whether it was taken.
 
 It sends SIGHUP to the gateway's process (``gtl serve --pidfile FILE`` writes its id there); the
 gateway re-reads and validates its file and prints on its standard error one line saying what it
-reloaded, or why it kept the previous configuration (``gateway.reload``).
+reloaded, or why it kept the previous configuration (``gateway.reload``). A gateway started with
+``--pidfile`` also keeps that line in ``FILE.reload`` (``gateway.reload_report``): ``gtl reload``
+waits for the reload its signal asked for and prints the line — exit status 0 when it was taken,
+1 when it was refused or no answer came in time.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
+from gtl_nb.gateway.reload_report import read_report, report_path, wait_for_reload
 from gtl_nb.protocol.errors import ConfigurationError
 
 __all__ = ["add_reload_subcommand", "gateway_pid", "send_reload"]
@@ -29,7 +35,30 @@ def add_reload_subcommand(subparsers: Any) -> None:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--pid", type=int, help="the gateway's process id")
     which.add_argument("--pidfile", metavar="FILE", help="the file gtl serve --pidfile FILE wrote")
+    parser.add_argument(
+        "--wait",
+        metavar="SECONDS",
+        type=_seconds,
+        default=DEFAULT_WAIT,
+        help=f"how long to wait for the gateway to say whether it took the reload (default {DEFAULT_WAIT:g}; "
+        "0: send the signal only)",
+    )
     parser.set_defaults(handler=_reload)
+
+
+DEFAULT_WAIT = 30.0
+"""Seconds ``gtl reload`` waits for the outcome: a reload reads one file, but may wait on a Redis
+that does not answer (a new revocation list) for its connect timeout."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of seconds, not {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"between 0 and 3600 seconds, not {text}")
+    return value
 
 
 def gateway_pid(*, pid: int | None = None, pidfile: str | os.PathLike[str] | None = None) -> int:
@@ -53,17 +82,24 @@ _GATEWAY_COMMANDS = ("gtl_nb", "gtl")
 """What a gateway's command line holds (``gtl serve``, ``python -m gtl_nb serve``, ``python -m gtl_nb.gateway``)."""
 
 
+def _command_line(pid: int) -> list[str] | None:
+    """Process ``pid``'s command line as ``/proc`` gives it (``None``: no ``/proc``, or it would not say)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [word.decode("utf-8", "replace") for word in raw.split(b"\0") if word]
+
+
 def _not_a_gateway(pid: int) -> str | None:
     """Why process ``pid`` is not a gateway, as far as ``/proc`` tells (``None``: it may be one, or there
     is no ``/proc`` to ask). SIGHUP ends most other programs: a pid file left by a gateway that was
     killed may name a process that took its id since."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return None if not Path("/proc/self").exists() else f"no process {pid}: is the gateway running?"
-    except OSError:
+    words = _command_line(pid)
+    if words is None:
+        if Path("/proc/self").exists() and not Path(f"/proc/{pid}").exists():
+            return f"no process {pid}: is the gateway running?"
         return None
-    words = [word.decode("utf-8", "replace") for word in raw.split(b"\0") if word]
     if any(Path(word).name in _GATEWAY_COMMANDS or word.startswith("gtl_nb") for word in words):
         return None
     shown = " ".join(words)[:80] or "?"
@@ -88,8 +124,63 @@ def send_reload(pid: int) -> None:
         ) from None
 
 
+def pidfile_of(pid: int) -> Path | None:
+    """The ``--pidfile`` gateway ``pid`` was started with, as its command line in ``/proc`` names it
+    (made absolute from its working directory); ``None`` when it names none or cannot be read."""
+    words = _command_line(pid)
+    if not words:
+        return None
+    found: str | None = None
+    for index, word in enumerate(words):
+        if word == "--pidfile" and index + 1 < len(words):
+            found = words[index + 1]
+        elif word.startswith("--pidfile="):
+            found = word.partition("=")[2]
+    if not found:
+        return None
+    path = Path(found).expanduser()
+    if not path.is_absolute():
+        try:
+            path = Path(os.readlink(f"/proc/{pid}/cwd")) / path
+        except OSError:
+            return None
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _reload(args: argparse.Namespace) -> int:
     pid = gateway_pid(pid=args.pid, pidfile=args.pidfile)
+    pidfile = Path(args.pidfile).expanduser() if args.pidfile else pidfile_of(pid)
+    report = report_path(pidfile) if pidfile is not None else None
+    before = read_report(report) if report is not None else None
+    if before is not None and before.pid != pid:
+        before = None  # left by another gateway
     send_reload(pid)
-    print(f"sent SIGHUP to gateway process {pid}; its standard error says what it reloaded")
-    return 0
+    if report is None or before is None or args.wait == 0:
+        why = "" if args.wait == 0 else " (it keeps no reload report: started without --pidfile?)"
+        print(f"sent SIGHUP to gateway process {pid}; its standard error says what it reloaded{why}")
+        return 0
+    outcome = wait_for_reload(report, pid=pid, after=before.signals, timeout=args.wait, alive=_alive)
+    if outcome is None:
+        gone = not _alive(pid)
+        print(
+            f"gtl reload: sent SIGHUP to gateway process {pid}, which "
+            + ("exited before it reported a reload" if gone else f"reported no reload within {args.wait:g} s")
+            + "; its standard error says what happened",
+            file=sys.stderr,
+        )
+        return 1
+    if outcome.ok:
+        print(f"gateway {pid}: {outcome.line}")
+        return 0
+    print(f"gtl reload: gateway {pid}: {outcome.line}", file=sys.stderr)
+    return 1

@@ -181,7 +181,9 @@ def test_the_image_is_the_gateway_as_the_page_says():
     env = " ".join(value for kind, value in steps if kind == "ENV")
     assert f"GTL_HEALTH_URL=http://127.0.0.1:{DEFAULT_PORTS['http']}/healthz" in env
     assert [value for kind, value in steps if kind == "STOPSIGNAL"] == ["SIGTERM"]
-    assert [value for kind, value in steps if kind == "CMD"] == ['["gtl", "serve", "--config", "/etc/gtl/gtl.toml"]']
+    assert [value for kind, value in steps if kind == "CMD"] == [
+        '["gtl", "serve", "--config", "/etc/gtl/gtl.toml", "--pidfile", "/var/lib/gtl/gateway.pid"]'
+    ]  # the pid file in the volume, the one writable folder: gtl reload --pid 1 finds the reload report
     # nothing but the package's sources enters the image
     copied = [value for kind, value in steps if kind == "COPY"]
     assert copied == ["pyproject.toml README.md ./", "gtl_nb ./gtl_nb", "--from=build /opt/gtl /opt/gtl"]
@@ -231,7 +233,9 @@ def test_the_unit_runs_replicas_as_the_page_says():
     options = _unit_options(UNIT.read_text(encoding="utf-8"))
     (start,) = options["ExecStart"]
     assert start.startswith("/opt/gtl/bin/gtl serve --config /etc/gtl/gtl.toml ") and "%i" in start
-    assert options["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the gateway reloads on SIGHUP
+    # the gateway reloads on SIGHUP; gtl reload sends it and fails the reload job when the file is refused
+    pidfile = re.search(r"--pidfile (\S+)", start)
+    assert pidfile is not None and options["ExecReload"] == [f"/opt/gtl/bin/gtl reload --pidfile {pidfile[1]}"]
     assert options["Restart"] == ["on-failure"]
     assert options["LimitNOFILE"] == ["65536"]
     for key, value in {

@@ -21,7 +21,7 @@ from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
-from gtl_nb.engine.hooks import BreakerChanged, Hooks, RequestFinished
+from gtl_nb.engine.hooks import BreakerChanged, Hooks, Reloaded, ReloadRefused, RequestFinished
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.metrics import Metrics, MetricsSettings, known_models, metrics_route
 from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
@@ -190,6 +190,18 @@ def test_a_model_the_deployment_knows_keeps_its_name_and_strangers_are_other():
     assert metrics.model_label("openai", "gpt-4o") == "gpt-4o"
     assert metrics.model_label("openai", "echo") == "other"  # known elsewhere, not on this deployment
     assert metrics.provider_label("not-configured") == "other" and metrics.provider_label(None) == "none"
+
+
+def test_a_refused_reload_shows_until_one_is_taken():
+    metrics = Metrics({"echo": ["echo"]})
+    started = value(metrics, "gtl_config_last_reload_success_timestamp_seconds")
+    assert value(metrics, "gtl_config_last_reload_successful") == 1 and started > 0  # the start counts as taken
+    metrics(ReloadRefused("[routing] unknown strategy 'fastest'"))
+    assert value(metrics, "gtl_config_last_reload_successful") == 0
+    assert value(metrics, "gtl_config_last_reload_success_timestamp_seconds") == started  # still the start's
+    metrics(Reloaded(SimpleNamespace(deployments={}, provider_info=list)))
+    assert value(metrics, "gtl_config_last_reload_successful") == 1
+    assert value(metrics, "gtl_config_last_reload_success_timestamp_seconds") >= started
 
 
 def test_open_sessions_per_transport():

@@ -212,13 +212,31 @@ def test_gtl_reload_signals_the_gateway_named_by_its_pidfile(tmp_path: Path, sim
             timeout=30,
             check=False,
         )
+        # gtl reload waits for the reload its signal asked for and prints what it came to
         assert done.returncode == 0, done.stderr
-        deadline = time.monotonic() + 30
-        while not any(line.startswith(RELOAD_LINE) for line in gateway.output[seen:]):
-            assert time.monotonic() < deadline and gateway.running, gateway.output[seen:]
-            time.sleep(0.02)
-        assert "reloaded the configuration: 2 deployments, routing failover" in "".join(gateway.output[seen:])
+        expected = "reloaded the configuration: 2 deployments, routing failover"
+        assert done.stdout == f"gateway {gateway.process.pid}: {expected}\n"
+        assert expected in "".join(gateway.output[seen:])
+        # a refused reload is told to whoever ran gtl reload, with status 1; by --pid too (the report's
+        # place is found from the gateway's command line)
+        config.write_text(config.read_text(encoding="utf-8") + '\n[routing]\nstrategy = "fastest"\n', encoding="utf-8")
+        by_pid = ["--pid", str(gateway.process.pid)] if Path("/proc/self/cmdline").exists() else []
+        for which in (["--pidfile", str(pidfile)], *([by_pid] if by_pid else [])):
+            refused = subprocess.run(
+                [sys.executable, "-m", "gtl_nb", "reload", *which],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert refused.returncode == 1, (refused.stdout, refused.stderr)
+            assert refused.stderr.startswith(
+                f"gtl reload: gateway {gateway.process.pid}: reload refused, still serving the previous "
+                "configuration: [routing] unknown strategy 'fastest'"
+            ), refused.stderr
+        assert gateway.running
     assert not pidfile.exists()  # removed at the gateway's exit
+    assert not Path(f"{pidfile}.reload").exists()  # and its reload report
 
 
 def test_gtl_reload_explains_a_missing_gateway(tmp_path: Path) -> None:
