@@ -1139,7 +1139,7 @@ class Engine:
                     elif kind is Error and deployment is not None:  # a provider may quote the key it refused
                         event = _scrubbed(event, deployment)
                         if event.code == "AUTH_FAILED" and self.audience == GATEWAY:
-                            event = _gateways_key_refused(event, target)
+                            event = _gateways_key_refused(event, target, self._described(deployment))
                     done = kind is Done
                     if done:
                         event = _stamp(event, target, started, first, self.clock())
@@ -1271,6 +1271,17 @@ class Engine:
         )
         return Error(session_id=sid, code="PROVIDER_UNAVAILABLE", message=message, retryable=True, provider=target.name)
 
+    def _described(self, deployment: Deployment) -> str | None:
+        """What the operator calls the key ``deployment`` carries, when the resolver can say (the
+        gateway's vault: ``describe_key``); for a log line, never for a client."""
+        describe = getattr(self.credentials, "describe_key", None)
+        if describe is None:
+            return None
+        try:
+            return describe(deployment)
+        except Exception:  # a log line's detail: never worth failing the request over
+            return None
+
     def _credentials_for(self, target: Target) -> tuple[Deployment, bool]:
         """The deployment with its current key — the stored key the request's token chose for it
         (``provider_keys``), through a resolver that can choose (``resolve_for``, the gateway's vault) —
@@ -1389,11 +1400,15 @@ def _scrubbed(event: Error, deployment: Deployment) -> Error:
     return event if message == event.message else msgspec.structs.replace(event, message=message)
 
 
-def _gateways_key_refused(event: Error, target: Target) -> Error:
+def _gateways_key_refused(event: Error, target: Target, key: str | None = None) -> Error:
     """A provider's refusal of the key a gateway holds, told to the gateway's client: the provider's
     own words ("Incorrect API key provided … find your API key at …") read as if the client's key
-    were wrong, and the client can do nothing about it — they go to the operator's log instead."""
-    log.warning("deployment %s: the provider refused the gateway's credentials: %s", target.name, event.message)
+    were wrong, and the client can do nothing about it — they go to the operator's log instead, with
+    ``key``, what the operator calls the key (a vault's stored key name and fingerprint), when known."""
+    which = f" ({key})" if key else ""
+    log.warning(
+        "deployment %s: the provider refused the gateway's credentials%s: %s", target.name, which, event.message
+    )
     status = f" (HTTP {event.http_status})" if event.http_status else ""
     message = (
         f"the provider of deployment {target.name!r} refused the gateway's own credentials for it{status}: "

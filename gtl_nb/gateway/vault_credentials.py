@@ -17,7 +17,9 @@ deployment the vault feeds.
 Failures (each names the deployment and the key name, never a value):
 
 * a key the **token** names that the vault does not have (removed: that is how a key is revoked)
-  is ``AuthenticationError`` (``AUTH_FAILED``) — the caller's credentials no longer work;
+  is ``AuthenticationError`` (``AUTH_FAILED``) — the caller's credentials no longer work. The file
+  is looked at again first, whatever ``check_interval`` says: a key added a moment ago (and a token
+  minted for it at once) must not be refused as removed until the next check;
 * a key the token names that is bound to another deployment (``gtl keys add --deployment``) is
   ``PermissionDeniedError`` (``FORBIDDEN``);
 * the same two mistakes in the **configuration** are ``ConfigurationError`` — the operator's to fix.
@@ -254,8 +256,24 @@ class VaultCredentials:
 
     # -- helpers --------------------------------------------------------------------------------
 
+    def describe_key(self, deployment: Deployment) -> str | None:
+        """What the operator calls the key ``deployment`` carries — ``stored key 'team' (fingerprint
+        3f2a9c1d)`` — when it is one of the vault's (``None`` otherwise). For the log line of a provider
+        that refused it: the engine knows the deployment, not which stored key it was given."""
+        secret = deployment.api_key
+        if not secret:
+            return None
+        for entry in self._loaded.snapshot.entries.values():
+            if entry.secret == secret:
+                return f"stored key {entry.info.name!r} (fingerprint {entry.info.fingerprint})"
+        return None
+
     def _with_key(self, deployment: Deployment, name: str, *, chosen_by_token: bool) -> Deployment:
-        entry = self._entry(self._current(), deployment.name, name, chosen_by_token=chosen_by_token)
+        snapshot = self._current()
+        if chosen_by_token and name not in snapshot.entries:
+            self.refresh()  # added since the last look? (a stat; the file is read only when it changed)
+            snapshot = self._loaded.snapshot
+        entry = self._entry(snapshot, deployment.name, name, chosen_by_token=chosen_by_token)
         log.debug("deployment %s uses stored key %s (fingerprint %s)", deployment.name, name, entry.info.fingerprint)
         return dataclasses.replace(self._fallback.resolve(deployment), api_key=entry.secret)
 
@@ -266,7 +284,7 @@ class VaultCredentials:
             if chosen_by_token:
                 raise AuthenticationError(
                     f"the token chooses stored key {name!r} for deployment {deployment!r}, but the gateway's "
-                    "vault has no key of that name (it was removed)",
+                    "vault has no key of that name (it was removed, or never added)",
                     provider=deployment,
                 )
             raise ConfigurationError(

@@ -21,6 +21,7 @@ import pytest
 
 from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.vault import (
     KeyInfo,
@@ -396,6 +397,58 @@ def test_the_token_choosing_a_missing_or_foreign_key(vault: Vault, key_file: Pat
         credentials.resolve_for(openai(), "azure-only")
 
 
+def test_a_key_added_a_moment_ago_is_found_for_the_token_that_chooses_it(vault: Vault, key_file: Path):
+    # gtl keys add, then gtl token mint --provider-key, then the first request: all within check_interval
+    filled(vault)
+    clock = FakeClock()
+    credentials = resolver(vault, key_file, clock)
+    vault.add("fresh", "sk-fresh-0123456789abcdef", "openai")
+    assert credentials.resolve_for(openai(), "fresh").api_key == "sk-fresh-0123456789abcdef"  # clock unmoved
+    with pytest.raises(AuthenticationError, match=r"no key of that name \(it was removed, or never added\)"):
+        credentials.resolve_for(openai(), "never-added")
+    assert credentials.last_error is None
+
+
+def test_the_key_a_provider_refused_is_named_in_the_operators_log(
+    vault: Vault, key_file: Path, caplog: pytest.LogCaptureFixture
+):
+    # several stored keys: the operator must learn which one the provider refused (never its value)
+    filled(vault)
+    credentials = resolver(vault, key_file, FakeClock())
+    fingerprint = hashlib.sha256(CANARY.encode()).hexdigest()[:8]
+    assert (
+        credentials.describe_key(credentials.resolve(openai()))
+        == f"stored key 'team-openai' (fingerprint {fingerprint})"
+    )
+    assert credentials.describe_key(Deployment(name="openai", type="openai", api_key="from-config")) is None
+    server = sim.serve("openai", seed=3, api_key="sk-the-provider-wants-another-0123")
+    try:
+        settings = load_settings(
+            providers={"openai": {"base_url": server.base_url, "api_key_env": "GTL_TEST_UNSET"}}, environ={}
+        )
+        engine = build_engine(settings, ledger=False, credentials=credentials, audience=GATEWAY)
+        request = CompletionRequest(
+            session_id="s1", model="openai:gpt-4o-mini", messages=[Message(role="user", content="hi")]
+        )
+
+        async def run() -> list[Any]:
+            try:
+                return [event async for event in engine.stream(request)]
+            finally:
+                await engine.aclose()
+
+        caplog.set_level(logging.WARNING, logger="gtl_nb")
+        events = asyncio.run(run())
+    finally:
+        server.close()
+    assert events[-1].code == "AUTH_FAILED", events[-1]
+    said = [
+        record.getMessage() for record in caplog.records if "refused the gateway's credentials" in record.getMessage()
+    ]
+    assert said and all(f"(stored key 'team-openai' (fingerprint {fingerprint}))" in line for line in said), said
+    assert not any(CANARY in record.getMessage() for record in caplog.records)
+
+
 def test_a_wrong_table_stops_the_gateway_before_it_starts(vault: Vault, key_file: Path):
     filled(vault)
     with pytest.raises(ConfigurationError, match=r"stored key 'nope', which the vault .* does not have"):
@@ -712,7 +765,6 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
     """Nothing the caller can mend: not a 400 naming the vault's file, nor a call upstream with no key.
     The operator reads it in the log (once), the caller's request fails over to a deployment that works."""
     from gtl_nb.engine.context import RequestContext
-    from gtl_nb.engine.routing import GATEWAY
     from gtl_nb.protocol.messages import Error, Status
 
     secret = "sim-vault-key-0123456789abcdef"
