@@ -29,12 +29,17 @@ When Redis cannot be reached:
   ``RevocationStoreError`` (a ``GTLError``) and ``TokenAuthenticator`` refuses the token,
   retryably: with nothing known it fails closed rather than let a revoked token through.
 
-A Redis that lost the list — restarted without persistence, or a list new to it (a gateway moved
-from the SQLite file to Redis) — would let every earlier revocation through. ``restore_from`` is the
-gateway's own record of revocations (``gtl token revoke`` writes the SQLite token store beside
-Redis): when the version key is missing, the watcher writes back each of its unexpired entries
-before it reads the set (logged as a warning, with how many), so no revoked token is accepted in
-between, and every replica learns them from the next look.
+A Redis that lost the list — restarted without persistence, its entries evicted or deleted, or a
+list new to it (a gateway moved from the SQLite file to Redis) — would let every earlier revocation
+through. The set holds a marker, ``SENTINEL`` (its score ``+inf``: never pruned), which every write
+puts back; a look that finds the version key or the marker missing writes back, before it reads the
+set, every unexpired revocation this list knows: those it read from Redis before (every running
+replica holds the whole list in memory, so the first to look restores it for all) and those of
+``restore_from``, the gateway's own record (``gtl token revoke`` writes the SQLite token store beside
+Redis). It is logged as a warning, with how many; no revoked token is accepted in between, and every
+replica learns them from its next look. (A revocation cannot be taken back, only expire: so writing
+back what was read is never wrong.) A list an earlier release wrote has no marker: the first look
+adds it, with the same warning.
 
 A frozen Redis (one that accepts connections but never answers) holds up only the watcher, for a
 reply timeout per look: never a request. ``revoke``, ``prune`` and ``revoked`` are for ``gtl
@@ -70,6 +75,8 @@ FIRST_READ_WAIT = CONNECT_TIMEOUT
 """Seconds the constructor waits for the first read (the watcher goes on after, when it must)."""
 MIN_INTERVAL = 0.05
 """The watcher's shortest pause between looks (``refresh = 0`` looks this often)."""
+SENTINEL = "gtl_nb:the-list-is-here"
+"""The set's marker (module docstring): its absence says the entries were lost. Never a revoked ``jti``."""
 
 
 class RevocationStoreError(StoreError):
@@ -78,14 +85,23 @@ class RevocationStoreError(StoreError):
     default_retryable = True
 
 
-# KEYS: the set, the version.  ARGV: jti, expires_at, new version.  An earlier revocation's later
-# time is kept (as SqliteTokenStore); repeating the call changes nothing more than a new version.
+# KEYS: the set, the version.  ARGV: jti, expires_at, new version, the marker.  An earlier
+# revocation's later time is kept (as SqliteTokenStore); repeating the call changes nothing more than
+# a new version. The marker goes back with every write (a set rebuilt after a loss has it again).
 _REVOKE = """
 local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not known or tonumber(known) < tonumber(ARGV[2]) then
   redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 end
+redis.call('ZADD', KEYS[1], '+inf', ARGV[4])
 redis.call('SET', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: the set, the version.  ARGV: new version, the marker.  A list with no revocation yet.
+_MARK = """
+redis.call('ZADD', KEYS[1], '+inf', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -111,7 +127,9 @@ class RedisRevocationList:
     ) -> None:
         parse_store_url(url, where="[gateway.jwt] revocations")
         self._restore_from = restore_from  # (``jti`` -> until when) to write back into a list Redis lost
-        self._restore_problem: str | None = None  # what stopped the last write-back (logged once)
+        self._restore_problems: set[str] = (
+            set()
+        )  # what stopped write-backs since the last one that worked (logged once each)
         self.shown = shown_url(url)
         self._client, prefix = sync_client(url)
         self._key = f"{prefix}revoked"
@@ -123,6 +141,8 @@ class RedisRevocationList:
         # ``degraded_reason`` never take it: they read the fields below, each replaced whole.
         self._io = threading.Lock()
         self._revoked: frozenset[str] | None = None  # None: never read
+        self._until: dict[str, float] = {}  # the same, with when each may be forgotten (for a write-back)
+        self._shared: frozenset[str] = frozenset()  # what the shared list held at the last read
         self._version: bytes | None = None
         self._read_at: float | None = None  # ``clock`` time of the last set read
         self._problem: str | None = None  # while Redis cannot be reached: why
@@ -211,25 +231,28 @@ class RedisRevocationList:
         Redis going away or coming back. The watcher calls it every ``refresh`` seconds; a test may
         call it to skip the wait. Never on an event loop: it may wait for a reply timeout."""
         with self._io:
-            unshared: frozenset[str] = frozenset()
+            unshared: dict[str, float] = {}
             try:
-                version = self._call("reading the revocation list", lambda client: client.get(self._version_key))
-                if version is None and self._restore_from is not None:
-                    unshared = self._restore()
+                version, marked = self._call("reading the revocation list", self._version_and_marker)
+                if version is None or marked is None:  # lost (or never written, or written before the marker)
+                    unshared = self._restore(lost_version=version is None)
                 if self._revoked is None or version != self._version or unshared:
-                    self._reload()
+                    # (a write-back that just failed is not tried twice in one look)
+                    unshared = {**self._reload(write_back=not unshared), **unshared}
             except RevocationStoreError as exc:
                 problem = one_line(exc.message)
                 if self._problem is None:
                     log.warning("token revocations: %s; %s", problem, self._meanwhile(self._revoked))
                 self._problem = problem
                 return
+            unshared = {jti: until for jti, until in unshared.items() if jti not in self._shared}
             if unshared:
                 # the write-back failed: those stay refused here (never fail open), and /readyz says so
-                self._revoked = (self._revoked or frozenset()) | unshared
+                self._until = {**unshared, **self._until}
+                self._revoked = (self._revoked or frozenset()) | unshared.keys()
                 self._problem = (
-                    f"{len(unshared)} revocation(s) of this gateway's token store could not be written back to "
-                    f"the shared list at {self.shown}: refused by this replica only"
+                    f"{len(unshared)} revocation(s) could not be written back to the shared list at {self.shown}: "
+                    "refused by this replica only"
                 )
                 return
             self._answered()
@@ -260,47 +283,58 @@ class RedisRevocationList:
         except Exception:  # a bug, not an outage (look handles those): say so, and keep watching
             log.exception("token revocations: looking at the list failed")
 
-    def _restore(self) -> frozenset[str]:
-        """Write the unexpired entries of ``restore_from`` back into a list that has no version (caller
-        holds ``_io``; module docstring); returns those it could not write, which the caller keeps
-        refused in memory. Its failures are logged (once for each distinct one, as the version stays
-        missing and every look tries again), never raised: the set is read after it whatever happens —
-        a Redis user without write rights, a read-only replica, a full Redis."""
+    def _version_and_marker(self, client: Any) -> list[Any]:
+        """The version, and the marker's score (``None``: the set lost its entries, or never had them)."""
+        pipe = client.pipeline(transaction=False)
+        pipe.get(self._version_key)
+        pipe.zscore(self._key, SENTINEL)
+        return list(pipe.execute())
+
+    def _restore(self, *, lost_version: bool) -> dict[str, float]:
+        """Write back every unexpired revocation this list knows — read from Redis before, and
+        ``restore_from``'s — into a list that lost its version or its marker, and the marker (caller
+        holds ``_io``; module docstring). Returns those it could not write, which the caller keeps
+        refused in memory. Its failures are logged (once for each distinct one, as the list stays
+        unmarked and every look tries again), never raised: the set is read after it whatever
+        happens — a Redis user without write rights, a read-only replica, a full Redis."""
         now = self._clock()
+        kept = {jti: until for jti, until in self._until.items() if until > now}
+        recorded = 0
+        if self._restore_from is not None:
+            try:
+                local = {jti: until for jti, until in self._restore_from().items() if until > now}
+            except Exception as exc:  # the local record unreadable: what was read before is all there is
+                self._restore_failed("", f"the local record of revocations could not be read ({one_line(str(exc))})")
+            else:
+                recorded = len(local.keys() - kept.keys())
+                kept = {**local, **{jti: max(until, local.get(jti, until)) for jti, until in kept.items()}}
         try:
-            kept = {jti: until for jti, until in self._restore_from().items() if until > now}  # type: ignore[misc]
-        except Exception as exc:  # the local record unreadable: Redis's own list is all there is
-            self._restore_failed(f"the local record of revocations could not be read ({one_line(str(exc))})")
-            return frozenset()
-        if not kept:
-            self._restore_problem = None
-            return frozenset()
-        version = uuid.uuid4().hex
-
-        def write(client: Any) -> None:
-            pipe = client.pipeline(transaction=True)
-            for jti, until in kept.items():
-                pipe.eval(_REVOKE, 2, self._key, self._version_key, jti, repr(float(until)), version)
-            pipe.execute()
-
-        try:
-            self._call("restoring the revocation list", write)
+            self._write_back(kept)
         except RevocationStoreError as exc:
-            self._restore_failed(f"{len(kept)} revocation(s) could not be written back ({one_line(exc.message)})")
-            return frozenset(kept)
-        self._restore_problem = None
-        log.warning(
-            "token revocations: the shared list at %s had lost its version (Redis restarted without persistence, "
-            "or the list is new there): wrote back %d revocation(s) from this gateway's token store",
-            self.shown,
-            len(kept),
-        )
-        return frozenset()
+            if kept:
+                self._restore_failed(f"{len(kept)} revocation(s) could not be written back", one_line(exc.message))
+            return kept
+        self._restore_problems.clear()
+        if kept:
+            lost = "its version" if lost_version else "its entries, or its marker"
+            log.warning(
+                "token revocations: the shared list at %s had lost %s (Redis restarted without persistence or "
+                "evicted them, the list is new there, or an earlier gtl_nb wrote it): wrote back %d revocation(s) "
+                "(%d read from it before, %d from this gateway's token store)",
+                self.shown,
+                lost,
+                len(kept),
+                len(kept) - recorded,
+                recorded,
+            )
+        return {}
 
-    def _restore_failed(self, problem: str) -> None:
-        if problem != self._restore_problem:
-            self._restore_problem = problem
-            log.warning("token revocations: the shared list at %s has no version, and %s", self.shown, problem)
+    def _restore_failed(self, what: str, why: str) -> None:
+        """Log a write-back's failure once for each reason ``why`` (counts change from look to look)."""
+        if why not in self._restore_problems:
+            self._restore_problems.add(why)
+            told = f"{what} ({why})" if what else why
+            log.warning("token revocations: the shared list at %s lost revocations, and %s", self.shown, told)
 
     def _answered(self) -> None:
         """Redis answered: the list is current again (logged when it had not been; caller holds ``_io``)."""
@@ -317,7 +351,7 @@ class RedisRevocationList:
             self._call(
                 "revoking a token",
                 lambda client: client.eval(
-                    _REVOKE, 2, self._key, self._version_key, jti, repr(float(expires_at)), uuid.uuid4().hex
+                    _REVOKE, 2, self._key, self._version_key, jti, repr(float(expires_at)), uuid.uuid4().hex, SENTINEL
                 ),
             )
             self._prune(now)
@@ -328,7 +362,7 @@ class RedisRevocationList:
         """Forget the entries whose ``expires_at`` has passed (for every replica); how many."""
         with self._io:
             count = self._prune(now)
-            self._reload()
+            self._reload(now=max(now, self._clock()))
             return count
 
     def revoked(self) -> dict[str, float]:
@@ -336,7 +370,7 @@ class RedisRevocationList:
         pairs = self._call(
             "reading the revocation list", lambda client: client.zrange(self._key, 0, -1, withscores=True)
         )
-        return {_text(jti): float(until) for jti, until in pairs}
+        return {_text(jti): float(until) for jti, until in pairs if _text(jti) != SENTINEL}
 
     def _prune(self, now: float) -> int:
         gone = self._call(
@@ -345,19 +379,61 @@ class RedisRevocationList:
         )
         return int(gone)
 
-    def _reload(self) -> None:
-        """Read the set and its version together (one transaction: no change can fall between; caller holds ``_io``)."""
+    def _write_back(self, entries: Mapping[str, float]) -> None:
+        """Put ``entries`` (``jti`` -> until when) and the marker into the set, under a new version, in
+        one transaction (caller holds ``_io``); ``RevocationStoreError`` when Redis refuses."""
+        version = uuid.uuid4().hex
+
+        def write(client: Any) -> None:
+            pipe = client.pipeline(transaction=True)
+            for jti, until in entries.items():
+                pipe.eval(_REVOKE, 2, self._key, self._version_key, jti, repr(float(until)), version, SENTINEL)
+            pipe.eval(_MARK, 2, self._key, self._version_key, version, SENTINEL)
+            pipe.execute()
+
+        self._call("restoring the revocation list", write)
+
+    def _reload(self, *, write_back: bool = True, now: float | None = None) -> dict[str, float]:
+        """Read the set and its version together (one transaction: no change can fall between; caller
+        holds ``_io``). A revocation read before that is missing now, unexpired at ``now`` (default:
+        the clock's), was lost (they leave only by expiry): it is written back (unless not
+        ``write_back``), and kept in memory whatever happens. Returns those not written back."""
 
         def read(client: Any) -> list[Any]:
             pipe = client.pipeline(transaction=True)
             pipe.get(self._version_key)
-            pipe.zrange(self._key, 0, -1)
+            pipe.zrange(self._key, 0, -1, withscores=True)
             return list(pipe.execute())
 
         version, members = self._call("reading the revocation list", read)
+        until = {_text(jti): float(score) for jti, score in members}
+        until.pop(SENTINEL, None)
+        shared = frozenset(until)
+        now = self._clock() if now is None else now
+        lost = {jti: when for jti, when in self._until.items() if when > now and jti not in until}
+        unshared: dict[str, float] = {}
+        if lost and not write_back:
+            unshared = lost
+        elif lost:
+            try:
+                self._write_back(lost)
+            except RevocationStoreError as exc:
+                unshared = lost
+                self._restore_failed(f"{len(lost)} revocation(s) could not be written back", one_line(exc.message))
+            else:
+                log.warning(
+                    "token revocations: %d revocation(s) read before were missing from the shared list at %s "
+                    "(evicted or deleted: revocations leave it only when they expire): wrote them back",
+                    len(lost),
+                    self.shown,
+                )
+            until.update(lost)
         self._version = version
         self._read_at = self._clock()
-        self._revoked = frozenset(_text(jti) for jti in members)  # last: readers see a complete read
+        self._shared = shared
+        self._until = until
+        self._revoked = frozenset(until)  # last: readers see a complete read
+        return unshared
 
     def _call(self, what: str, operation: Callable[[Any], Any]) -> Any:
         try:

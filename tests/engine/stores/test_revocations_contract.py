@@ -79,18 +79,49 @@ def test_the_watcher_brings_a_revocation_made_elsewhere_within_refresh(replica_u
             time.sleep(0.02)
 
 
-def test_an_emptied_server_is_noticed_at_the_next_look(redis_url: str, clock: FakeClock):
+def test_an_emptied_server_gets_back_what_it_lost_at_the_next_look(redis_url: str, clock: FakeClock):
     import redis
 
     with RedisRevocationList(redis_url, clock=clock, refresh=5.0) as revocations:
         revocations.revoke("jti-1", T0 + 3600)
+        revocations.revoke("jti-expired", T0 + 10)
         client = redis.Redis.from_url(redis_url)
         try:
             client.flushdb()  # as a Redis restarted without persistence: version key and set are gone
         finally:
             client.close()
-        revocations.look()  # the watcher's next look
-        assert revocations.is_revoked("jti-1") is False
+        clock.now = T0 + 20
+        revocations.look()  # the watcher's next look: what it read before goes back, but what expired
+        assert revocations.is_revoked("jti-1") and not revocations.is_revoked("jti-expired")
+        assert set(revocations.revoked()) == {"jti-1"}  # in Redis again: a replica that starts now reads it
+
+
+def test_entries_evicted_or_deleted_without_the_version_are_written_back(redis_url: str, clock: FakeClock):
+    """A Redis that evicts (allkeys-*) may drop the set and keep its version key: nothing moved, so
+    nothing would be re-read — until the next revocation rebuilt the set with that one entry alone,
+    which every replica would then read. The marker's absence, and a running replica's memory, catch it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with RedisRevocationList(redis_url, clock=clock, refresh=3600) as replica:
+            replica.revoke("jti-old", T0 + 3600)
+            client.delete("gtl:revoked")  # the set evicted, its version kept
+            # the CLI revokes another token through a list of its own, with nothing read before the loss
+            with RedisRevocationList(redis_url, clock=clock, refresh=3600) as cli:
+                cli.revoke("jti-new", T0 + 3600)
+            replica.look()  # the version moved: re-read, and what went missing is written back
+            assert replica.is_revoked("jti-old") and replica.is_revoked("jti-new")
+            assert set(replica.revoked()) == {"jti-old", "jti-new"}
+            # a replica that starts now, without a token store of its own, reads the whole list
+            with RedisRevocationList(redis_url, clock=clock, refresh=3600) as fresh:
+                assert fresh.is_revoked("jti-old") and fresh.is_revoked("jti-new")
+            # the set evicted again, nobody revoking: the missing marker is noticed at the next look
+            client.delete("gtl:revoked")
+            replica.look()
+            assert set(replica.revoked()) == {"jti-old", "jti-new"}
+    finally:
+        client.close()
 
 
 def test_an_unreachable_redis_fails_closed(redis_url: str, clock: FakeClock):
