@@ -426,19 +426,8 @@ def test_the_key_a_provider_refused_is_named_in_the_operators_log(
         settings = load_settings(
             providers={"openai": {"base_url": server.base_url, "api_key_env": "GTL_TEST_UNSET"}}, environ={}
         )
-        engine = build_engine(settings, ledger=False, credentials=credentials, audience=GATEWAY)
-        request = CompletionRequest(
-            session_id="s1", model="openai:gpt-4o-mini", messages=[Message(role="user", content="hi")]
-        )
-
-        async def run() -> list[Any]:
-            try:
-                return [event async for event in engine.stream(request)]
-            finally:
-                await engine.aclose()
-
         caplog.set_level(logging.WARNING, logger="gtl_nb")
-        events = asyncio.run(run())
+        events = one_request(build_engine(settings, ledger=False, credentials=credentials, audience=GATEWAY))
     finally:
         server.close()
     assert events[-1].code == "AUTH_FAILED", events[-1]
@@ -527,6 +516,21 @@ def test_a_master_key_rotation_reaches_a_running_gateway_through_its_key_file(va
     assert credentials.resolve(openai()).api_key == "sk-after-rotation-0123456789"
 
 
+def one_request(engine: Any) -> list[Any]:
+    """The events of one request to the deployment ``openai`` through ``engine``, which is closed after."""
+    request = CompletionRequest(
+        session_id="s1", model="openai:gpt-4o-mini", messages=[Message(role="user", content="hi")]
+    )
+
+    async def run() -> list[Any]:
+        try:
+            return [event async for event in engine.stream(request)]
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(run())
+
+
 def test_the_engine_sends_the_vaults_key(vault: Vault, key_file: Path):
     secret = "sim-vault-key-0123456789abcdef"
     vault.add("team-openai", secret, "openai")
@@ -536,18 +540,7 @@ def test_the_engine_sends_the_vaults_key(vault: Vault, key_file: Path):
             providers={"openai": {"base_url": server.base_url, "api_key_env": "GTL_TEST_UNSET"}}, environ={}
         )
         credentials = resolver(vault, key_file, FakeClock(), deployments=settings.deployments)
-        engine = build_engine(settings, ledger=False, credentials=credentials)
-        request = CompletionRequest(
-            session_id="s1", model="openai:gpt-4o-mini", messages=[Message(role="user", content="hi")]
-        )
-
-        async def run() -> list[Any]:
-            try:
-                return [event async for event in engine.stream(request)]
-            finally:
-                await engine.aclose()
-
-        events = asyncio.run(run())
+        events = one_request(build_engine(settings, ledger=False, credentials=credentials))
     finally:
         server.close()
     assert isinstance(events[-1], Done), events[-1]
