@@ -1273,12 +1273,15 @@ class Engine:
 
     def _described(self, deployment: Deployment) -> str | None:
         """What the operator calls the key ``deployment`` carries, when the resolver can say (the
-        gateway's vault: ``describe_key``); for a log line, never for a client."""
+        gateway's vault: ``describe_key``, told the request's token's choice); for a log line, never
+        for a client."""
         describe = getattr(self.credentials, "describe_key", None)
         if describe is None:
             return None
+        context = _REQUEST_CONTEXT.get(None)
+        chosen = context.provider_keys.get(deployment.name) if context is not None else None
         try:
-            return describe(deployment)
+            return describe(deployment, chosen)
         except Exception:  # a log line's detail: never worth failing the request over
             return None
 

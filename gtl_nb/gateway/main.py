@@ -15,6 +15,7 @@ import dataclasses
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         with _pidfile(getattr(args, "pidfile", None)):
             event_loop.run(serve_pipes(), options.event_loop)
         return 0
+    early = _EarlyHangUps()  # first: from here until the loop handles SIGHUP, one must not end the gateway
     settings = load_settings(config=args.config)
     options = _with_command_line(GatewaySettings.from_settings(settings), args)
     check_exposure(options)
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             config=args.config,
             principal=args.principal,
             pidfile=pidfile,
+            early=early,
         )
 
 
@@ -166,6 +169,7 @@ def _serve_listeners(
     config: str | None = None,
     principal: str | None = None,
     pidfile: str | None = None,
+    early: _EarlyHangUps | None = None,
 ) -> int:
     """Run the listeners; each prints ``gtl gateway: listening on URL`` on standard error once it accepts,
     then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully; SIGHUP
@@ -200,9 +204,10 @@ def _serve_listeners(
             reloader = Reloader(engine, config=config, settings=settings, authenticate=hook, principal=principal)
             reporter = ReloadReporter(report_path(pidfile) if pidfile else None)
             reporters.append(reporter)
-            _on_signals(
-                shutdown, force=task.cancel if task is not None else None, reload=_reloading(reloader, reporter)
-            )
+            reload = _reloading(reloader, reporter)
+            _on_signals(shutdown, force=task.cancel if task is not None else None, reload=reload)
+            if early is not None and early.count:  # a SIGHUP while the gateway was starting: reload now
+                reload()
             await serve(
                 settings,
                 options,
@@ -220,9 +225,33 @@ def _serve_listeners(
         with contextlib.suppress(asyncio.CancelledError):
             event_loop.run(serve_all(), options.event_loop)
     finally:
+        if early is not None:
+            early.ignore()  # the loop's handlers are gone: a late SIGHUP must not cut the clean-up short
         for reporter in reporters:
             reporter.remove()
     return 0
+
+
+class _EarlyHangUps:
+    """Counts the SIGHUPs that arrive before the event loop handles them (while the gateway starts:
+    reading its file, opening its stores), which would otherwise end it; the loop's own handler
+    replaces this one, and a reload runs at once if any came. In the main thread only (signals)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        hang_up = getattr(signal, "SIGHUP", None)
+        if hang_up is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(hang_up, self._noted)
+
+    def _noted(self, signum: int, frame: Any) -> None:
+        self.count += 1
+
+    @staticmethod
+    def ignore() -> None:
+        """From now on SIGHUP does nothing (after the loop: nothing is left to reload)."""
+        hang_up = getattr(signal, "SIGHUP", None)
+        if hang_up is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(hang_up, signal.SIG_IGN)
 
 
 def _reloading(reloader: Any, reporter: Any) -> Callable[[], None]:
@@ -241,10 +270,11 @@ def _reloading(reloader: Any, reporter: Any) -> Callable[[], None]:
             while True:
                 state["again"] = False
                 covers = reporter.starting()
-                ok = False
+                ok = partial = False
                 try:
                     prepared = await asyncio.to_thread(reloader.prepare)
                     line = reloader.apply(prepared)
+                    partial = prepared.not_renewed is not None  # the token policy: to ask for again
                 except Exception as exc:  # a bad file, or a bug: either way the old configuration keeps serving
                     why = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
                     why = " ".join(why.split())  # one line, whatever the message
@@ -253,7 +283,7 @@ def _reloading(reloader: Any, reporter: Any) -> Callable[[], None]:
                 else:
                     ok = True
                 _say(f"gtl gateway: {line}")
-                reporter.finished(covers, ok=ok, line=line, again=state["again"])
+                reporter.finished(covers, ok=ok, line=line, again=state["again"], partial=partial)
                 if not state["again"]:
                     return
         finally:

@@ -6,7 +6,9 @@ gateway re-reads and validates its file and prints on its standard error one lin
 reloaded, or why it kept the previous configuration (``gateway.reload``). A gateway started with
 ``--pidfile`` also keeps that line in ``FILE.reload`` (``gateway.reload_report``): ``gtl reload``
 waits for the reload its signal asked for and prints the line — exit status 0 when it was taken,
-1 when it was refused or no answer came in time.
+1 when it was refused or no answer came in time, 3 when it was taken but for a part to ask for
+again. It sends nothing to a gateway whose report is not there (yet): one still starting, whose
+SIGHUP handler is not installed, would be ended by the signal.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gtl_nb.gateway.reload_report import read_report, report_path, wait_for_reload
+from gtl_nb.gateway.reload_report import read_report, report_path, wait_for_reload, wait_for_report
 from gtl_nb.protocol.errors import ConfigurationError
 
 __all__ = ["add_reload_subcommand", "gateway_pid", "send_reload"]
@@ -132,10 +134,14 @@ def pidfile_of(pid: int) -> Path | None:
         return None
     found: str | None = None
     for index, word in enumerate(words):
-        if word == "--pidfile" and index + 1 < len(words):
+        name, equals, value = word.partition("=")
+        # argparse takes any unambiguous prefix (``--pidf``); ``--pi`` is the shortest (``--principal``)
+        if not (len(name) >= len("--pi") and "--pidfile".startswith(name)):
+            continue
+        if equals:
+            found = value
+        elif index + 1 < len(words):
             found = words[index + 1]
-        elif word.startswith("--pidfile="):
-            found = word.partition("=")[2]
     if not found:
         return None
     path = Path(found).expanduser()
@@ -157,17 +163,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+TAKEN_IN_PART = 3
+"""``gtl reload``'s exit status for a reload taken but for a part to ask for again."""
+
+
 def _reload(args: argparse.Namespace) -> int:
     pid = gateway_pid(pid=args.pid, pidfile=args.pidfile)
     pidfile = Path(args.pidfile).expanduser() if args.pidfile else pidfile_of(pid)
-    report = report_path(pidfile) if pidfile is not None else None
-    before = read_report(report) if report is not None else None
-    if before is not None and before.pid != pid:
-        before = None  # left by another gateway
+    if pidfile is None:  # a gateway that keeps no report (started without --pidfile): the signal alone
+        send_reload(pid)
+        print(
+            f"sent SIGHUP to gateway process {pid}; its standard error says what it reloaded "
+            "(started with --pidfile FILE, it would also tell gtl reload)"
+        )
+        return 0
+    report = report_path(pidfile)
+    refusal = _not_a_gateway(pid)  # before waiting on a report that would never come
+    if refusal is not None:
+        raise ConfigurationError(refusal)
+    before = wait_for_report(report, pid=pid, timeout=args.wait, alive=_alive)
+    if before is None:
+        return _not_ready(pid, report)
     send_reload(pid)
-    if report is None or before is None or args.wait == 0:
-        why = "" if args.wait == 0 else " (it keeps no reload report: started without --pidfile?)"
-        print(f"sent SIGHUP to gateway process {pid}; its standard error says what it reloaded{why}")
+    if args.wait == 0:
+        print(f"sent SIGHUP to gateway process {pid}; its standard error says what it reloaded")
         return 0
     outcome = wait_for_reload(report, pid=pid, after=before.signals, timeout=args.wait, alive=_alive)
     if outcome is None:
@@ -181,6 +200,25 @@ def _reload(args: argparse.Namespace) -> int:
         return 1
     if outcome.ok:
         print(f"gateway {pid}: {outcome.line}")
-        return 0
+        return TAKEN_IN_PART if outcome.partial else 0
     print(f"gtl reload: gateway {pid}: {outcome.line}", file=sys.stderr)
+    return 1
+
+
+def _not_ready(pid: int, report: Path) -> int:
+    """No signal sent: why, and status 1."""
+    found = read_report(report)
+    if found is not None and found.pid != pid:  # an init (tini) as process 1, its child the gateway
+        why = (
+            f"the reload report {report} is process {found.pid}'s, not {pid}'s: name the gateway's own process "
+            f"(gtl reload --pidfile {report.with_suffix('')})"
+        )
+    elif not _alive(pid):
+        why = f"gateway process {pid} exited"
+    else:
+        why = (
+            f"gateway process {pid} has no reload report at {report} (still starting, stopping, or a release "
+            f"before reload reports: kill -HUP {pid} reloads it without an answer)"
+        )
+    print(f"gtl reload: no signal sent: {why}", file=sys.stderr)
     return 1

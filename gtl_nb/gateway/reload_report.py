@@ -11,7 +11,12 @@ renamed: a reader never sees half of it) at start, on each SIGHUP and after each
   had received when it began reading the file (so it read every change made before them);
 * ``running`` — a reload is underway, or another is queued behind it;
 * ``ok``, ``line``, ``at`` — the last finished reload: taken or refused, its one line (what changed,
-  or why nothing did), and when (seconds since the epoch); ``null`` before the first.
+  or why nothing did), and when (seconds since the epoch); ``null`` before the first;
+* ``partial`` — a reload taken but for a part that must be asked for again (a token policy whose new
+  revocation list could not be read yet: the previous policy still checks tokens).
+
+The report is written only once the gateway handles SIGHUP (before, a SIGHUP would end it): ``gtl
+reload`` sends nothing to a gateway whose report is not there yet.
 
 ``gtl reload`` reads ``signals`` (n), sends SIGHUP, and waits until ``covered`` > n with nothing
 running: the outcome then belongs to a reload that read the file after its signal.
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,7 +36,15 @@ from typing import Any
 
 from gtl_nb.log import get_logger
 
-__all__ = ["REPORT_SUFFIX", "ReloadReport", "ReloadReporter", "read_report", "report_path", "wait_for_reload"]
+__all__ = [
+    "REPORT_SUFFIX",
+    "ReloadReport",
+    "ReloadReporter",
+    "read_report",
+    "report_path",
+    "wait_for_reload",
+    "wait_for_report",
+]
 
 log = get_logger("gateway.reload")
 
@@ -52,6 +66,7 @@ class ReloadReport:
     ok: bool | None = None
     line: str | None = None
     at: float | None = None
+    partial: bool = False
 
 
 def report_path(pidfile: str | os.PathLike[str]) -> Path:
@@ -83,11 +98,14 @@ class ReloadReporter:
         """A reload begins reading the file: returns the signals it covers (for ``finished``)."""
         return self._state.signals
 
-    def finished(self, covers: int, *, ok: bool, line: str, again: bool) -> None:
-        """The reload that began at ``covers`` signals ended (taken when ``ok``); ``again``: another is queued."""
+    def finished(self, covers: int, *, ok: bool, line: str, again: bool, partial: bool = False) -> None:
+        """The reload that began at ``covers`` signals ended (taken when ``ok``, in part when ``partial``);
+        ``again``: another is queued."""
+        # text any terminal can print: a refusal may quote a path that is not UTF-8 (a lone surrogate)
+        line = line.encode("utf-8", "backslashreplace").decode("utf-8")
         if len(line) > MAX_LINE_CHARS:
             line = line[: MAX_LINE_CHARS - 1] + "…"
-        self._update(covered=covers, running=again, ok=ok, line=line, at=self._clock())
+        self._update(covered=covers, running=again, ok=ok, line=line, at=self._clock(), partial=partial)
 
     def remove(self) -> None:
         """Remove the report at exit, unless another gateway has taken the path over since."""
@@ -103,21 +121,27 @@ class ReloadReporter:
         self._write()
 
     def _write(self) -> None:
+        """Write the state aside (a new file of our own: never one a link points to), then rename it over
+        the report. Any failure is logged once and swallowed: a reload must never fail for its report."""
         if self.path is None:
             return
-        aside = self.path.with_name(f".{self.path.name}.{self._state.pid}.tmp")
+        aside: str | None = None
         try:
-            aside.write_text(json.dumps(asdict(self._state), ensure_ascii=False) + "\n", encoding="utf-8")
+            text = json.dumps(asdict(self._state)) + "\n"  # ASCII: \u escapes for anything else
+            descriptor, aside = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+            with os.fdopen(descriptor, "w", encoding="ascii") as file:
+                file.write(text)
             os.replace(aside, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                aside.unlink()
+        except Exception as exc:
+            if aside is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)
             if not self._failed:  # once: the gateway serves on; only gtl reload's answer is lost
                 self._failed = True
                 log.warning(
                     "cannot write the reload report %s (%s): gtl reload will not see whether a reload was taken",
                     self.path,
-                    exc.strerror or exc,
+                    getattr(exc, "strerror", None) or exc,
                 )
 
 
@@ -139,7 +163,7 @@ def read_report(path: str | os.PathLike[str]) -> ReloadReport | None:
     return ReloadReport(**{name: found.get(name) for name in _FIELDS if name in found})
 
 
-_FIELDS = ("pid", "signals", "covered", "running", "ok", "line", "at")
+_FIELDS = ("pid", "signals", "covered", "running", "ok", "line", "at", "partial")
 
 
 def _well_formed(found: dict[str, Any]) -> bool:
@@ -154,7 +178,22 @@ def _well_formed(found: dict[str, Any]) -> bool:
         and isinstance(found.get("ok"), (bool, type(None)))
         and isinstance(found.get("line"), (str, type(None)))
         and isinstance(found.get("at"), (int, float, type(None)))
+        and isinstance(found.get("partial", False), bool)
     )
+
+
+def wait_for_report(
+    path: str | os.PathLike[str],
+    *,
+    pid: int,
+    timeout: float,
+    alive: Callable[[int], bool],
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReloadReport | None:
+    """Gateway ``pid``'s report once it is there (it handles SIGHUP from then on); ``None`` after
+    ``timeout`` seconds or once ``alive(pid)`` says the gateway is gone."""
+    return _poll(path, lambda found: found.pid == pid, pid=pid, timeout=timeout, alive=alive, clock=clock, sleep=sleep)
 
 
 def wait_for_reload(
@@ -170,11 +209,28 @@ def wait_for_reload(
     """Wait until gateway ``pid`` has finished a reload that began after its ``after``-th SIGHUP, with
     none queued; that report, or ``None`` after ``timeout`` seconds or once ``alive(pid)`` says the
     gateway is gone."""
+
+    def answered(found: ReloadReport) -> bool:
+        return found.pid == pid and found.covered > after and not found.running
+
+    return _poll(path, answered, pid=pid, timeout=timeout, alive=alive, clock=clock, sleep=sleep)
+
+
+def _poll(
+    path: str | os.PathLike[str],
+    wanted: Callable[[ReloadReport], bool],
+    *,
+    pid: int,
+    timeout: float,
+    alive: Callable[[int], bool],
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> ReloadReport | None:
     deadline = clock() + timeout
     pause = 0.01
     while True:
         found = read_report(path)
-        if found is not None and found.pid == pid and found.covered > after and not found.running:
+        if found is not None and wanted(found):
             return found
         if clock() >= deadline or not alive(pid):
             return None

@@ -18,8 +18,10 @@ Failures (each names the deployment and the key name, never a value):
 
 * a key the **token** names that the vault does not have (removed: that is how a key is revoked)
   is ``AuthenticationError`` (``AUTH_FAILED``) — the caller's credentials no longer work. The file
-  is looked at again first, whatever ``check_interval`` says: a key added a moment ago (and a token
-  minted for it at once) must not be refused as removed until the next check;
+  is looked at again first, whatever ``check_interval`` says (but at most every ``FORCED_LOOK_GAP``
+  seconds: a token that names a removed key must not make every request read the file): a key added
+  a moment ago (and a token minted for it at once) must not be refused as removed until the next
+  check;
 * a key the token names that is bound to another deployment (``gtl keys add --deployment``) is
   ``PermissionDeniedError`` (``FORBIDDEN``);
 * the same two mistakes in the **configuration** are ``ConfigurationError`` — the operator's to fix.
@@ -81,6 +83,8 @@ log = get_logger("gateway.vault")
 VAULT_KEYS = ("path", "master_key_env", "master_key_file", "check_interval", "keys")
 """The keys of ``[gateway.vault]``."""
 DEFAULT_CHECK_INTERVAL = 1.0
+FORCED_LOOK_GAP = 0.1
+"""Seconds between two looks at the file that a token's missing key asks for, at least."""
 _RACY_SECONDS = 2.0  # a write this recent may share its mtime with the next one: compare bytes too
 
 
@@ -185,6 +189,7 @@ class VaultCredentials:
         self._last_error: str | None = None
         self._loaded = self._load(master.load(), self._stamp(), None)
         self._next_check = clock() + check_interval
+        self._next_forced = clock()
         self._check_table(deployments)
 
     @classmethod
@@ -256,22 +261,28 @@ class VaultCredentials:
 
     # -- helpers --------------------------------------------------------------------------------
 
-    def describe_key(self, deployment: Deployment) -> str | None:
+    def describe_key(self, deployment: Deployment, key_name: str | None = None) -> str | None:
         """What the operator calls the key ``deployment`` carries — ``stored key 'team' (fingerprint
-        3f2a9c1d)`` — when it is one of the vault's (``None`` otherwise). For the log line of a provider
-        that refused it: the engine knows the deployment, not which stored key it was given."""
+        3f2a9c1d)`` — when it is one of the vault's (``None`` otherwise), for the log line of a provider
+        that refused it. ``key_name``: the token's choice for the request, as for ``resolve_for``;
+        else the key table's. (The same secret may be stored under two names: the name chosen is
+        the one to tell.)"""
         secret = deployment.api_key
         if not secret:
             return None
-        for entry in self._loaded.snapshot.entries.values():
-            if entry.secret == secret:
-                return f"stored key {entry.info.name!r} (fingerprint {entry.info.fingerprint})"
-        return None
+        entries = self._loaded.snapshot.entries
+        chosen = entries.get(key_name or self._keys.get(deployment.name, ""))
+        found = chosen if chosen is not None and chosen.secret == secret else None
+        if found is None:
+            found = next((entry for entry in entries.values() if entry.secret == secret), None)
+        return None if found is None else f"stored key {found.info.name!r} (fingerprint {found.info.fingerprint})"
 
     def _with_key(self, deployment: Deployment, name: str, *, chosen_by_token: bool) -> Deployment:
         snapshot = self._current()
-        if chosen_by_token and name not in snapshot.entries:
-            self.refresh()  # added since the last look? (a stat; the file is read only when it changed)
+        if chosen_by_token and name not in snapshot.entries and self._clock() >= self._next_forced:
+            # added since the last look? (a stat; the file is read only when it changed)
+            self._next_forced = self._clock() + FORCED_LOOK_GAP
+            self.refresh()
             snapshot = self._loaded.snapshot
         entry = self._entry(snapshot, deployment.name, name, chosen_by_token=chosen_by_token)
         log.debug("deployment %s uses stored key %s (fingerprint %s)", deployment.name, name, entry.info.fingerprint)
@@ -342,7 +353,9 @@ class VaultCredentials:
         """The vault as it is on disk now (``before``'s keys when its bytes and master key are unchanged)."""
         raw = read_vault_file(self.path)
         digest = None if raw is None else hashlib.sha256(raw).digest()
-        racy = stamp[0] is not None and time.time() - stamp[0][3] / 1e9 < _RACY_SECONDS
+        # (a modification time ahead of this clock — a file server's clock ahead of ours — is not
+        # "just written": it would stay so for as long as the clocks differ, and be read at every look)
+        racy = stamp[0] is not None and 0 <= time.time() - stamp[0][3] / 1e9 < _RACY_SECONDS
         if before is not None and digest == before.digest and master.key_id == before.master.key_id:
             return dataclasses.replace(before, stamp=stamp, racy=racy)
         snapshot = read_snapshot(raw, master, self.path)

@@ -27,6 +27,7 @@ from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.local import LocalGateway, start_gateway
 from gtl_nb.gateway.reload import Reloader, SwappableAuthenticator
 from gtl_nb.gateway.reload_cli import gateway_pid
+from gtl_nb.gateway.reload_report import ReloadReporter, report_path
 from gtl_nb.gateway.tokens import mint_token
 from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
 from gtl_nb.protocol.messages import Done, Token
@@ -323,3 +324,46 @@ def test_a_deployment_without_its_key_is_warned_of_at_start_and_on_reload(
         write_toml(config, tables(tmp_path, {"fast": fast, "keyless": keyless, "keyless2": keyless}))
         line = reload_and_wait(gateway)
         assert "warning: deployment 'keyless2' (openai) is missing api_key" in line, line
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="asks /proc which program a process runs")
+def test_gtl_reload_sends_nothing_to_a_gateway_that_has_no_report_yet(tmp_path: Path) -> None:
+    """A gateway still starting has written its pid file but handles no SIGHUP yet (which would end
+    it): with no report from it, gtl reload waits, then gives up without a signal, status 1."""
+    from gtl_nb.gateway.reload_cli import pidfile_of
+
+    pidfile = tmp_path / "gateway.pid"
+    # a stand-in whose command line reads as a gateway's, that SIGHUP would end
+    code = "import time; time.sleep(60)"
+    starting = subprocess.Popen([sys.executable, "-c", code, "gtl_nb", "serve", "--pidf", str(pidfile)])
+    try:
+        pidfile.write_text(f"{starting.pid}\n", encoding="ascii")
+        deadline = time.monotonic() + 5
+        while pidfile_of(starting.pid) is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # (just after its start a process may show no command line yet)
+        assert pidfile_of(starting.pid) == pidfile  # an abbreviated --pidfile, as argparse takes it
+        for which in (["--pidfile", str(pidfile)], ["--pid", str(starting.pid)]):
+            done = subprocess.run(
+                [sys.executable, "-m", "gtl_nb", "reload", *which, "--wait", "0.3"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            assert done.returncode == 1, (done.stdout, done.stderr)
+            assert "no signal sent" in done.stderr and "has no reload report" in done.stderr, done.stderr
+            assert starting.poll() is None  # still running: nothing reached it
+        # a report that is another process's (an init such as tini as process 1, the gateway its child)
+        ReloadReporter(report_path(pidfile), pid=starting.pid + 100000)
+        done = subprocess.run(
+            [sys.executable, "-m", "gtl_nb", "reload", "--pid", str(starting.pid), "--wait", "0.3"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 1 and "name the gateway's own process" in done.stderr, done.stderr
+        assert starting.poll() is None
+    finally:
+        starting.kill()
+        starting.wait()

@@ -136,15 +136,15 @@ class _SlowReloader:
         self.release = threading.Event()
         self.reads = 0
 
-    def prepare(self) -> int:  # in a worker thread
+    def prepare(self) -> SimpleNamespace:  # in a worker thread
         self.reads += 1
         if self.reads == 1:
             self.reading.set()
             assert self.release.wait(10)
-        return self.reads
+        return SimpleNamespace(read=self.reads, not_renewed=None)
 
-    def apply(self, read: int) -> str:
-        if read > 1:
+    def apply(self, prepared: SimpleNamespace) -> str:
+        if prepared.read > 1:
             raise ConfigurationError("[routing] unknown strategy 'fastest'")
         return "reloaded the configuration: 1 deployment"
 
@@ -193,3 +193,44 @@ def test_signals_during_a_reload_are_answered_by_the_reload_after_it(tmp_path: P
         at=states[-1].at,
     )
     assert events == [ReloadRefused("[routing] unknown strategy 'fastest'")]
+
+
+def test_a_line_that_is_not_utf8_is_reported_and_later_reloads_still_are(tmp_path: Path) -> None:
+    # a refusal quoting a path with a byte that is not UTF-8 (a lone surrogate in Python's text)
+    reporter = ReloadReporter(tmp_path / "g.pid.reload", pid=7)
+    reporter.signalled()
+    reporter.finished(reporter.starting(), ok=False, line="cannot read /etc/gtl/\udcff.toml", again=False)
+    found = read_report(tmp_path / "g.pid.reload")
+    assert found is not None and found.line == "cannot read /etc/gtl/\\udcff.toml" and found.covered == 1
+    reporter.signalled()
+    assert read_report(tmp_path / "g.pid.reload").signals == 2  # type: ignore[union-attr]
+
+
+def test_the_report_is_written_through_a_file_of_its_own_never_a_planted_link(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me", encoding="utf-8")
+    for name in (".g.pid.reload.7.tmp", ".g.pid.reload.8.tmp", ".g.pid.reload.tmp"):  # names one might guess
+        (tmp_path / name).symlink_to(victim)
+    ReloadReporter(tmp_path / "g.pid.reload", pid=7).signalled()
+    assert victim.read_text(encoding="utf-8") == "keep me"
+    assert read_report(tmp_path / "g.pid.reload") is not None
+
+
+def test_a_sighup_while_the_gateway_starts_is_noted_not_fatal() -> None:
+    """Until the event loop handles SIGHUP (the gateway reading its file, opening its stores), one is
+    counted — the gateway reloads once it is up — and after the loop it is ignored."""
+    import signal
+
+    from gtl_nb.gateway.main import _EarlyHangUps
+
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        early = _EarlyHangUps()
+        os.kill(os.getpid(), signal.SIGHUP)
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert early.count == 2  # (Python runs the handler before the next bytecode: the test still runs)
+        early.ignore()
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert early.count == 2 and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

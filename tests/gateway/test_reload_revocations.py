@@ -114,3 +114,25 @@ def test_a_new_redis_list_that_cannot_be_read_leaves_the_token_policy_as_it_was(
     assert "token policy renewed" not in line and line.count("\n") == 0, line
     assert gateway.hook.target is before and before.policy.issuer == "reload-revocations"  # type: ignore[attr-defined]
     assert gateway.revocations.is_revoked("jti-1") is False  # the file still serves
+
+
+def test_gtl_reload_hears_of_a_token_policy_not_renewed(tmp_path: Path, gateways: list[Gateway]):
+    """The rest of the file is taken, the token policy is not: the report says "in part" (gtl reload's
+    exit status 3), so a script does not take the new secret or issuer for applied."""
+    from gtl_nb.gateway.main import _reloading
+    from gtl_nb.gateway.reload_report import ReloadReporter, read_report
+
+    gateway = Gateway(tmp_path, {"revocations": str(tmp_path / "tokens.sqlite3")})
+    gateways.append(gateway)
+    reporter = ReloadReporter(tmp_path / "gateway.pid.reload")
+    gateway.write({"revocations": dead_redis(), "issuer": "renamed"})
+
+    async def reload_once() -> None:
+        _reloading(gateway.reloader, reporter)()
+        while reporter.state.covered < 1 or reporter.state.running:
+            await asyncio.sleep(0.01)
+
+    asyncio.run(asyncio.wait_for(reload_once(), 30))
+    found = read_report(tmp_path / "gateway.pid.reload")
+    assert found is not None and found.ok is True and found.partial is True, found
+    assert "token policy not renewed" in (found.line or "")

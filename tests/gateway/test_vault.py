@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -409,6 +410,36 @@ def test_a_key_added_a_moment_ago_is_found_for_the_token_that_chooses_it(vault: 
     assert credentials.last_error is None
 
 
+def test_a_token_naming_a_missing_key_cannot_make_every_request_read_the_vault(
+    vault: Vault, key_file: Path, monkeypatch: pytest.MonkeyPatch
+):
+    filled(vault)
+    clock = FakeClock()
+    credentials = resolver(vault, key_file, clock)
+    looks: list[float] = []
+    refresh = credentials.refresh
+    monkeypatch.setattr(credentials, "refresh", lambda: (looks.append(clock.now), refresh())[1])
+    for _ in range(50):  # a burst of requests with a token whose key was removed
+        with pytest.raises(AuthenticationError):
+            credentials.resolve_for(openai(), "removed")
+    clock.now = 0.05
+    with pytest.raises(AuthenticationError):
+        credentials.resolve_for(openai(), "removed")
+    clock.now = 0.1
+    with pytest.raises(AuthenticationError):
+        credentials.resolve_for(openai(), "removed")
+    assert looks == [0.0, 0.1]  # one forced look every FORCED_LOOK_GAP at most
+
+
+def test_a_vault_file_dated_ahead_of_this_clock_is_not_read_at_every_look(vault: Vault, key_file: Path):
+    # an NFS server whose clock runs ahead: the file seems written "just now" for as long as that lasts
+    filled(vault)
+    ahead = time.time() + 3600
+    os.utime(vault.path, (ahead, ahead))
+    credentials = resolver(vault, key_file, FakeClock())
+    assert credentials._loaded.racy is False
+
+
 def test_the_key_a_provider_refused_is_named_in_the_operators_log(
     vault: Vault, key_file: Path, caplog: pytest.LogCaptureFixture
 ):
@@ -421,6 +452,18 @@ def test_the_key_a_provider_refused_is_named_in_the_operators_log(
         == f"stored key 'team-openai' (fingerprint {fingerprint})"
     )
     assert credentials.describe_key(Deployment(name="openai", type="openai", api_key="from-config")) is None
+    # the same secret under two names: the one chosen (by the token, else the key table) is named
+    vault.add("team-openai-copy", CANARY, "openai")
+    credentials.refresh()
+    copy_named = f"stored key 'team-openai-copy' (fingerprint {fingerprint})"
+    assert (
+        credentials.describe_key(credentials.resolve(openai()))
+        == f"stored key 'team-openai' (fingerprint {fingerprint})"
+    )
+    assert (
+        credentials.describe_key(credentials.resolve_for(openai(), "team-openai-copy"), "team-openai-copy")
+        == copy_named
+    )
     server = sim.serve("openai", seed=3, api_key="sk-the-provider-wants-another-0123")
     try:
         settings = load_settings(

@@ -75,8 +75,11 @@ FIRST_READ_WAIT = CONNECT_TIMEOUT
 """Seconds the constructor waits for the first read (the watcher goes on after, when it must)."""
 MIN_INTERVAL = 0.05
 """The watcher's shortest pause between looks (``refresh = 0`` looks this often)."""
-SENTINEL = "gtl_nb:the-list-is-here"
-"""The set's marker (module docstring): its absence says the entries were lost. Never a revoked ``jti``."""
+SENTINEL = "~gtl_nb:the-list-is-here~"
+"""The set's marker (module docstring): its absence says the entries were lost. Its score, ``+inf``,
+and its first character, past every letter and digit, make it the set's last member: a look asks
+for that one (``ZRANGE -1 -1``, which every Redis user that reads the list may run). A token whose
+``jti`` it is counts as revoked."""
 
 
 class RevocationStoreError(StoreError):
@@ -143,6 +146,7 @@ class RedisRevocationList:
         self._revoked: frozenset[str] | None = None  # None: never read
         self._until: dict[str, float] = {}  # the same, with when each may be forgotten (for a write-back)
         self._shared: frozenset[str] = frozenset()  # what the shared list held at the last read
+        self._unshared: dict[str, float] = {}  # refused here, missing there: written back at every look
         self._version: bytes | None = None
         self._read_at: float | None = None  # ``clock`` time of the last set read
         self._problem: str | None = None  # while Redis cannot be reached: why
@@ -224,28 +228,34 @@ class RedisRevocationList:
         revoked = self._revoked
         if revoked is None:
             raise RevocationStoreError(f"{self.problem}; the token cannot be checked")
-        return jti in revoked
+        return jti in revoked or jti == SENTINEL
 
     def look(self) -> None:
         """Look at Redis now, in the caller's thread: re-read the set if its version moved, and note
         Redis going away or coming back. The watcher calls it every ``refresh`` seconds; a test may
         call it to skip the wait. Never on an event loop: it may wait for a reply timeout."""
         with self._io:
-            unshared: dict[str, float] = {}
+            failed: dict[str, float] = {}
+            wrote = False
             try:
                 version, marked = self._call("reading the revocation list", self._version_and_marker)
-                if version is None or marked is None:  # lost (or never written, or written before the marker)
-                    unshared = self._restore(lost_version=version is None)
-                if self._revoked is None or version != self._version or unshared:
+                if version is None or not marked:  # lost (or never written, or written before the marker)
+                    failed = self._restore(lost_version=version is None)
+                elif self._unshared:  # what an earlier look could not write back: again, every look
+                    failed = self._write_back_missing(self._unshared)
+                    wrote = not failed
+                if self._revoked is None or version != self._version or failed or wrote:
                     # (a write-back that just failed is not tried twice in one look)
-                    unshared = {**self._reload(write_back=not unshared), **unshared}
+                    failed = {**self._reload(write_back=not failed), **failed}
             except RevocationStoreError as exc:
                 problem = one_line(exc.message)
                 if self._problem is None:
                     log.warning("token revocations: %s; %s", problem, self._meanwhile(self._revoked))
                 self._problem = problem
                 return
-            unshared = {jti: until for jti, until in unshared.items() if jti not in self._shared}
+            now = self._clock()
+            unshared = {jti: until for jti, until in failed.items() if jti not in self._shared and until > now}
+            self._unshared = unshared
             if unshared:
                 # the write-back failed: those stay refused here (never fail open), and /readyz says so
                 self._until = {**unshared, **self._until}
@@ -283,12 +293,13 @@ class RedisRevocationList:
         except Exception:  # a bug, not an outage (look handles those): say so, and keep watching
             log.exception("token revocations: looking at the list failed")
 
-    def _version_and_marker(self, client: Any) -> list[Any]:
-        """The version, and the marker's score (``None``: the set lost its entries, or never had them)."""
+    def _version_and_marker(self, client: Any) -> tuple[Any, bool]:
+        """The version, and whether the set has its marker (not: it lost its entries, or never had them)."""
         pipe = client.pipeline(transaction=False)
         pipe.get(self._version_key)
-        pipe.zscore(self._key, SENTINEL)
-        return list(pipe.execute())
+        pipe.zrange(self._key, -1, -1)
+        version, last = pipe.execute()
+        return version, bool(last) and _text(last[0]) == SENTINEL
 
     def _restore(self, *, lost_version: bool) -> dict[str, float]:
         """Write back every unexpired revocation this list knows — read from Redis before, and
@@ -304,7 +315,11 @@ class RedisRevocationList:
             try:
                 local = {jti: until for jti, until in self._restore_from().items() if until > now}
             except Exception as exc:  # the local record unreadable: what was read before is all there is
-                self._restore_failed("", f"the local record of revocations could not be read ({one_line(str(exc))})")
+                self._restore_failed(
+                    one_line(str(exc)),
+                    f"the shared list at {self.shown} has lost its version or marker, and the local record of "
+                    "revocations could not be read",
+                )
             else:
                 recorded = len(local.keys() - kept.keys())
                 kept = {**local, **{jti: max(until, local.get(jti, until)) for jti, until in kept.items()}}
@@ -312,7 +327,11 @@ class RedisRevocationList:
             self._write_back(kept)
         except RevocationStoreError as exc:
             if kept:
-                self._restore_failed(f"{len(kept)} revocation(s) could not be written back", one_line(exc.message))
+                self._restore_failed(
+                    one_line(exc.message),
+                    f"the shared list at {self.shown} has lost its version or marker (or an earlier gtl_nb wrote "
+                    f"it), and {len(kept)} revocation(s) could not be written back",
+                )
             return kept
         self._restore_problems.clear()
         if kept:
@@ -329,12 +348,32 @@ class RedisRevocationList:
             )
         return {}
 
-    def _restore_failed(self, what: str, why: str) -> None:
-        """Log a write-back's failure once for each reason ``why`` (counts change from look to look)."""
+    def _restore_failed(self, why: str, what: str) -> None:
+        """Log ``what`` failed, ``why``, once for each reason (the counts change from look to look)."""
         if why not in self._restore_problems:
             self._restore_problems.add(why)
-            told = f"{what} ({why})" if what else why
-            log.warning("token revocations: the shared list at %s lost revocations, and %s", self.shown, told)
+            log.warning("token revocations: %s (%s)", what, why)
+
+    def _write_back_missing(self, lost: Mapping[str, float]) -> dict[str, float]:
+        """Write back ``lost``, revocations known here that the shared list is missing (caller holds
+        ``_io``); returns them when Redis refused (the failure logged once per reason), else ``{}``."""
+        try:
+            self._write_back(lost)
+        except RevocationStoreError as exc:
+            self._restore_failed(
+                one_line(exc.message),
+                f"{len(lost)} revocation(s) known here are missing from the shared list at {self.shown} and could "
+                "not be written back",
+            )
+            return dict(lost)
+        self._restore_problems.clear()
+        log.warning(
+            "token revocations: %d revocation(s) read before were missing from the shared list at %s "
+            "(evicted or deleted: revocations leave it only when they expire): wrote them back",
+            len(lost),
+            self.shown,
+        )
+        return {}
 
     def _answered(self) -> None:
         """Redis answered: the list is current again (logged when it had not been; caller holds ``_io``)."""
@@ -412,21 +451,8 @@ class RedisRevocationList:
         now = self._clock() if now is None else now
         lost = {jti: when for jti, when in self._until.items() if when > now and jti not in until}
         unshared: dict[str, float] = {}
-        if lost and not write_back:
-            unshared = lost
-        elif lost:
-            try:
-                self._write_back(lost)
-            except RevocationStoreError as exc:
-                unshared = lost
-                self._restore_failed(f"{len(lost)} revocation(s) could not be written back", one_line(exc.message))
-            else:
-                log.warning(
-                    "token revocations: %d revocation(s) read before were missing from the shared list at %s "
-                    "(evicted or deleted: revocations leave it only when they expire): wrote them back",
-                    len(lost),
-                    self.shown,
-                )
+        if lost:
+            unshared = self._write_back_missing(lost) if write_back else lost
             until.update(lost)
         self._version = version
         self._read_at = self._clock()

@@ -331,3 +331,42 @@ def test_a_write_back_that_fails_still_reads_the_list_and_says_so_once(server: A
         finally:
             revocations.close()
     assert len([r for r in caplog.records if "could not be read" in r.getMessage()]) == 1
+
+
+def test_a_replica_that_could_not_write_back_stays_degraded_and_keeps_trying(server: Any, tmp_path: Path):
+    """A read-only replica after Redis lost the list, then a writer's revocation of another token: the
+    replica refuses both, says so at every look (not only the first), and writes back once it may."""
+    import redis
+
+    admin = redis.Redis.from_url(server.url)
+    if "@" in server.url.removeprefix("redis://"):  # (a server with a password of its own)
+        pytest.skip("the test's server has its own credentials")
+    admin.execute_command("ACL", "SETUSER", "ro", "on", ">ro-pw", "~gtl:*", "+@read", "+@transaction")
+    with RedisRevocationList(server.url, refresh=3600) as writer:
+        writer.revoke("jti-old", time.time() + 3600)
+    replica = RedisRevocationList(server.url.replace("redis://", "redis://ro:ro-pw@", 1), refresh=3600)
+    try:
+        assert replica.is_revoked("jti-old")
+        admin.flushall()  # Redis restarted without persistence
+        with RedisRevocationList(server.url, refresh=3600) as writer:  # gtl token revoke, a list of its own
+            writer.revoke("jti-new", time.time() + 3600)
+        for _ in range(3):
+            replica.look()
+            assert replica.is_revoked("jti-old") and replica.is_revoked("jti-new")
+            assert "1 revocation(s) could not be written back" in (replica.degraded_reason or "")
+        admin.execute_command("ACL", "SETUSER", "ro", "+@write", "+@scripting")  # the operator gives it rights
+        replica.look()
+        assert replica.degraded_reason is None
+        assert {member.decode() for member in admin.zrange("gtl:revoked", 0, -1)} >= {"jti-old", "jti-new"}
+    finally:
+        replica.close()
+        admin.close()
+
+
+def test_the_marker_is_never_a_token_that_passes(server: Any):
+    from gtl_nb.gateway.tokens.redis_revocations import SENTINEL
+
+    with RedisRevocationList(server.url, refresh=3600) as revocations:
+        assert revocations.is_revoked(SENTINEL)  # a jti minted elsewhere could be it: refused
+        revocations.revoke("jti-1", time.time() + 60)
+        assert set(revocations.revoked()) == {"jti-1"}  # gtl token list never shows it
