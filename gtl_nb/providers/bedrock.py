@@ -11,6 +11,8 @@ Body mapping:
 * system messages → ``system: [{text}]``; the rest → ``messages`` whose content is a list of blocks;
   consecutive messages of one role are merged (Converse wants user and assistant to alternate).
 * ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences``.
+* ``response_format`` other than ``text``: Converse has no field for it, so it is refused
+  (``INVALID_REQUEST``) rather than dropped, which would silently answer in prose.
 * tools → ``toolConfig.tools[].toolSpec{name, description, inputSchema.json}``; ``tool_choice``
   ``"auto"`` → ``{auto: {}}``, ``"required"`` / ``"any"`` → ``{any: {}}``, a named function →
   ``{tool: {name}}``. Converse has no "none": the tools are then left out, unless the history
@@ -296,6 +298,12 @@ def _is_anthropic(model: str) -> bool:
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The Converse JSON body for ``request``."""
+    kind = (request.response_format or {}).get("type", "text")
+    if kind != "text":
+        raise InvalidRequestError(
+            f"response_format {kind!r}: Bedrock's Converse API has no structured output; leave response_format "
+            "out, or ask a deployment that has it (openai, azure, anthropic, gemini, ollama)"
+        )
     system, messages = _messages(request.messages, request.model)
     inference: dict[str, Any] = {}
     if request.max_tokens is not None:

@@ -8,6 +8,9 @@ Rules (all derived from ``(seed, prompt)`` only, never from a clock or global ra
   After tool results it starts ``The tool returned: …`` instead. Some templates hold non-ASCII text
   (``—``) so clients exercise UTF-8.
 * ``pieces``: the text split into stream pieces of a few characters up to a word (concatenation == text).
+* Structured output: with ``schema`` (the JSON Schema the request's response format names), the text is a
+  compact JSON value that validates it (filled as tool arguments are, below); ``{}`` stands for "any JSON
+  object" (OpenAI's ``json_object``). Tool calls still come first when tools are given.
 * Tool calls: when ``tools`` are given (and no tool results), the model calls every tool whose name occurs in
   the prompt, in the order of ``tools``; if none is named, the first tool. The arguments fill the required
   properties of the tool's JSON Schema by type (enums take their first value, nested objects are recursed).
@@ -225,6 +228,7 @@ def make_answer(
     max_tokens: int | None = None,
     tokens_in: int | None = None,
     salt: str = "",
+    schema: dict[str, Any] | None = None,
 ) -> Answer:
     """Compute the answer; see the module docstring for the rules.
 
@@ -252,6 +256,9 @@ def make_answer(
             params = tool.get("parameters") or {"type": "object", "properties": {}}
             tool_calls.append({"name": tool["name"], "arguments": sample_for_schema(params)})
         finish = "tool_calls"
+    elif schema is not None:
+        value = sample_for_schema(schema) if schema else {"answer": f"You said: {_quote(prompt_text)}"}
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     elif tool_results:
         said = _quote("; ".join(tool_results))
         text = f"The tool returned: {said}. " + _sentences(rnd, slots, _AFTER_TOOLS, _CLOSERS)

@@ -229,6 +229,11 @@ class AnthropicSim:
             "adaptive",
         )
         limit = body.get("max_tokens")
+        output = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
+        form = output.get("format") if isinstance(output.get("format"), dict) else {}
+        schema = (
+            form.get("schema") if form.get("type") == "json_schema" and isinstance(form.get("schema"), dict) else None
+        )
         return ctx.answer(
             prompt,
             tools,
@@ -236,6 +241,7 @@ class AnthropicSim:
             thinking=thinking,
             max_tokens=limit if isinstance(limit, int) else None,
             tokens_in=_input_tokens(body, thinking),
+            schema=schema,
         )
 
     def _stop_reason(self, answer: Answer) -> str:

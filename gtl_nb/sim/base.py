@@ -178,6 +178,7 @@ class SimContext:
         thinking: bool = False,
         max_tokens: int | None = None,
         tokens_in: int | None = None,
+        schema: dict[str, Any] | None = None,
     ) -> Answer:
         """The deterministic answer to ``prompt_text`` (see :mod:`gtl_nb.sim.answers`).
 
@@ -185,7 +186,8 @@ class SimContext:
         model should call them (e.g. the last message is a user message). ``tool_results`` (texts of tool
         results answered in the last turn) make the answer a text that mentions them. ``thinking`` asks for
         reasoning text too. ``max_tokens`` cuts the text (``Answer.finish == "length"``). ``tokens_in`` is the
-        whole request's input estimate (:mod:`gtl_nb.sim.tokens`).
+        whole request's input estimate (:mod:`gtl_nb.sim.tokens`). ``schema``: the structured output the request
+        asks for (``{}``: any JSON object), which the text then is.
         """
         return make_answer(
             self.seed,
@@ -196,6 +198,7 @@ class SimContext:
             max_tokens=max_tokens,
             tokens_in=tokens_in,
             salt=self.provider,
+            schema=schema,
         )
 
     def accepts_model(self, model: str, known: Iterable[str]) -> bool:

@@ -118,6 +118,19 @@ def _parsed(arguments: Any) -> Any:
     return arguments
 
 
+def _structured(response_format: Any) -> dict[str, Any] | None:
+    """The schema the answer must follow: ``json_schema``'s, ``{}`` for ``json_object``, else ``None``."""
+    if not isinstance(response_format, dict):
+        return None
+    if response_format.get("type") == "json_object":
+        return {}
+    wrapper = response_format.get("json_schema")
+    if response_format.get("type") == "json_schema" and isinstance(wrapper, dict):
+        schema = wrapper.get("schema")
+        return schema if isinstance(schema, dict) else {}
+    return None
+
+
 def _retry_header(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
@@ -173,6 +186,7 @@ class _ChatCompletionsSim:
             tool_results=results,
             max_tokens=limit if isinstance(limit, int) else None,
             tokens_in=self._input_tokens(body),
+            schema=_structured(body.get("response_format")),
         )
 
     def _input_tokens(self, body: dict[str, Any]) -> int:

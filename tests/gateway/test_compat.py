@@ -17,6 +17,7 @@ from typing import Any
 
 import anthropic
 import openai
+import pydantic
 import pytest
 
 import gtl_nb
@@ -237,6 +238,65 @@ def test_openai_sdk_image_part_reaches_the_provider(provider, oai, embedded, bac
     asked = {"role": "user", "content": "What is in this picture?", "images": [PIXEL_URL]}
     expected = embedded.complete(target(provider), [asked])
     assert answer.choices[0].message.content == expected.text
+
+
+class City(pydantic.BaseModel):
+    """A structured answer's shape (the SDKs' ``parse`` helpers take a pydantic model)."""
+
+    name: str
+    population: int
+
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "population": {"type": "integer"}},
+    "required": ["name", "population"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_openai_sdk_structured_output_reaches_the_provider_and_parses(provider, oai, backends):
+    # the schema goes upstream in the provider's own form (Anthropic: output_config.format), never dropped
+    parsed = oai.chat.completions.parse(model=target(provider), messages=chat("Name a city"), response_format=City)
+    assert isinstance(parsed.choices[0].message.parsed, City), parsed.choices[0].message.content
+    sent = json.loads(backends[provider].requests[-1].body)
+    schema = sent["output_config"]["format"] if provider == "anthropic" else sent["response_format"]["json_schema"]
+    assert set(schema["schema"]["properties"]) == {"name", "population"}
+    with oai.chat.completions.stream(
+        model=target(provider), messages=chat("Name a city"), response_format=City
+    ) as stream:
+        assert isinstance(stream.get_final_completion().choices[0].message.parsed, City)
+
+
+def test_a_response_format_a_provider_cannot_honour_is_refused_not_dropped(oai, claude):
+    # answering in prose instead would break the caller's parser after a paid call
+    with pytest.raises(openai.BadRequestError, match="json_object") as caught:
+        oai.chat.completions.create(model=target("anthropic"), messages=chat(), response_format={"type": "json_object"})
+    assert "response_format" in str(caught.value)
+    with pytest.raises(openai.BadRequestError, match="Bedrock"):
+        oai.chat.completions.parse(model=target("bedrock"), messages=chat(), response_format=City)
+    with pytest.raises(anthropic.BadRequestError, match=r"output_config\.format\.type"):
+        claude.messages.create(
+            model=target("openai"),
+            max_tokens=200,
+            messages=[{"role": "user", "content": "Name a city"}],
+            output_config={"format": {"type": "xml", "schema": CITY_SCHEMA}},  # type: ignore[typeddict-item]
+        )
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_anthropic_sdk_structured_output_reaches_the_provider(provider, claude, backends):
+    message = claude.messages.create(
+        model=target(provider),
+        max_tokens=200,
+        messages=[{"role": "user", "content": "Name a city"}],
+        output_config={"format": {"type": "json_schema", "schema": CITY_SCHEMA}},
+    )
+    assert City.model_validate_json(message.content[0].text)  # type: ignore[union-attr]
+    sent = json.loads(backends[provider].requests[-1].body)
+    schema = sent["output_config"]["format"] if provider == "anthropic" else sent["response_format"]["json_schema"]
+    assert schema["schema"] == CITY_SCHEMA
 
 
 def test_openai_sdk_lists_the_gateways_models(oai):

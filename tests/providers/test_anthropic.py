@@ -713,3 +713,27 @@ def test_dialect_is_registered_and_satisfies_the_protocol() -> None:
     provider = get_provider("anthropic")
     assert isinstance(provider, AnthropicDialect) and isinstance(provider, HttpDialect)
     assert AnthropicDialect.name == "anthropic"
+
+
+def test_a_json_schema_response_format_is_anthropics_output_config_format():
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    wrapped = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema, "strict": True}}
+    assert body_of(request(response_format=wrapped))["output_config"] == {
+        "format": {"type": "json_schema", "schema": schema}
+    }
+    assert "output_config" not in body_of(request(response_format={"type": "text"}))
+    assert "output_config" not in body_of(request())
+
+
+@pytest.mark.parametrize(
+    ("response_format", "said"),
+    [
+        ({"type": "json_object"}, "not json_object"),
+        ({"type": "json_schema", "json_schema": {"name": "out"}}, "needs json_schema.schema"),
+        ({"type": "yaml"}, "unknown type 'yaml'"),
+    ],
+)
+def test_a_response_format_anthropic_cannot_honour_is_refused(response_format, said):
+    with pytest.raises(InvalidRequestError, match=re.escape(said)) as refused:
+        body_of(request(response_format=response_format))
+    assert "response_format" in str(refused.value)

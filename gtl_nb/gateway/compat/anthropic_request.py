@@ -15,6 +15,10 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 * ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused),
   ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
   ``none``), ``temperature``, ``top_p``, ``stop_sequences`` and ``stream`` pass through.
+* ``output_config.format`` (structured outputs: ``{"type": "json_schema", "schema": …}``, or the
+  beta's top-level ``output_format``) → GTL's ``response_format`` ``json_schema``, which every
+  deployment type that has structured output honours (and the others refuse, rather than answer in
+  prose). ``output_config.effort`` is accepted and ignored.
 * ``top_k``, ``metadata``, ``thinking``, ``service_tier`` and ``cache_control`` markers are accepted
   and ignored.
 """
@@ -64,7 +68,23 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         stop=list(stop) if stop else None,
         tools=_tools(fields.items(body, "tools", "tools")),
         tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),
+        response_format=_response_format(body),
     )
+
+
+def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """GTL's ``response_format`` for ``output_config.format`` (or the beta's ``output_format``)."""
+    config = fields.obj(body, "output_config", "output_config")
+    where, form = "output_config.format", fields.obj(config, "format", "output_config.format") if config else None
+    if form is None:
+        where, form = "output_format", fields.obj(body, "output_format", "output_format")
+    if form is None:
+        return None
+    kind = fields.text(form, "type", f"{where}.type", required=True)
+    if kind != "json_schema":
+        raise FieldError(f"{where}.type", f"expected 'json_schema', not {kind!r}")
+    schema = fields.obj(form, "schema", f"{where}.schema", required=True)
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 def _system(raw: Any) -> str | None:
