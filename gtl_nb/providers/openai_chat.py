@@ -11,7 +11,10 @@ Decoder (``ChatCompletionsDecoder``):
 * Only choice ``index`` 0 is read (the dialects never ask for ``n > 1``). Chunks with
   ``choices: []`` (the usage chunk, Azure's ``prompt_filter_results`` prelude) carry no text.
 * ``delta.content`` → ``token``; ``delta.refusal`` (a refusal instead of the structured answer) is
-  visible answer text too, so it is also a ``token``. Non-standard ``delta.reasoning_content`` /
+  visible answer text too, so it is also a ``token``, and the answer's ``stop`` becomes
+  ``content_filter``: a caller that asked for structured output must not parse a refusal as its
+  answer (the OpenAI SDK's ``parse`` raises its content-filter error; Anthropic's form is
+  ``stop_reason: "refusal"``). Non-standard ``delta.reasoning_content`` /
   ``delta.reasoning`` (vLLM, Ollama, OpenRouter, Groq, DeepSeek…) → ``reasoning`` events when the
   request asked for reasoning, and never ``token``.
 * Tool-call fragments are keyed by ``index`` (id and name from the first fragment, argument text
@@ -411,6 +414,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
         self._next_index = 0
         self._last_index: int | None = None
         self._tool_calls = 0
+        self._refused = False  # the model refused (``refusal`` text): a ``stop`` is content_filter
         self._finish_raw: str | None = None
         self._usage: dict[str, Any] | None = None
         self._model: str | None = None
@@ -572,6 +576,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
                     events.append(Token(session_id=self._session, text=text))
         refusal = delta.get("refusal")
         if isinstance(refusal, str) and refusal:
+            self._refused = True
             events.append(Token(session_id=self._session, text=refusal))
         tool_calls = delta.get("tool_calls")
         if isinstance(tool_calls, list):
@@ -637,10 +642,13 @@ class ChatCompletionsDecoder(GuardedDecoder):
     def _finish(self, events: list[StreamEvent]) -> None:
         self._flush_tool_calls(events)
         events.append(usage_event(self._session, self._usage))
+        finish = map_finish_reason(self._finish_raw, saw_tool_calls=self._tool_calls > 0)
+        if self._refused and finish == "stop":
+            finish = "content_filter"
         events.append(
             Done(
                 session_id=self._session,
-                finish_reason=map_finish_reason(self._finish_raw, saw_tool_calls=self._tool_calls > 0),
+                finish_reason=finish,
                 provider=self._deployment.name,
                 model=self._model or self._request.model,
                 provider_data=self.provider_data,

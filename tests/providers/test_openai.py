@@ -548,6 +548,8 @@ def test_refusal_is_visible_text_and_empty_role_chunk_is_not_a_token() -> None:
     )
     events = decode([body], make_request())
     assert [e.text for e in events if isinstance(e, Token)] == ["I can't help."]
+    # never an answer to parse: a caller of structured output learns it was refused
+    assert isinstance(events[-1], Done) and events[-1].finish_reason == "content_filter"
 
 
 def test_parallel_tool_calls_with_interleaved_fragments_stay_apart_and_in_index_order() -> None:
