@@ -37,6 +37,7 @@ import contextlib
 import contextvars
 import dataclasses
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -1138,8 +1139,10 @@ class Engine:
                         event = self._priced(event, target)
                     elif kind is Error and deployment is not None:  # a provider may quote the key it refused
                         event = _scrubbed(event, deployment)
-                        if event.code == "AUTH_FAILED" and self.audience == GATEWAY:
-                            event = _gateways_key_refused(event, target, self._described(deployment))
+                        if self.audience == GATEWAY:
+                            event = _without_account_ids(event)
+                            if event.code == "AUTH_FAILED":
+                                event = _gateways_key_refused(event, target, self._described(deployment))
                     done = kind is Done
                     if done:
                         event = _stamp(event, target, started, first, self.clock())
@@ -1234,9 +1237,8 @@ class Engine:
             raise ProviderUnavailableError(redact(message), provider=deployment.name) from None
         if status >= 400:
             request = CompletionRequest(session_id="models", model="", messages=[])
-            raise error_from_event(
-                _scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)
-            )
+            event = _scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)
+            raise error_from_event(_without_account_ids(event) if self.audience == GATEWAY else event)
         try:
             return provider.parse_models(body)
         except ValueError as exc:
@@ -1400,6 +1402,17 @@ def _scrubbed(event: Error, deployment: Deployment) -> Error:
         if secret:
             message = scrub_secret(message, secret)  # the key, and its masked form (prefix…last four)
     message = redact(message)
+    return event if message == event.message else msgspec.structs.replace(event, message=message)
+
+
+_ACCOUNT_ID = re.compile(r"\b(org|proj)([-_])[A-Za-z0-9]{6,64}\b")
+"""A provider account's id in an error's words ("… in organization org-Ab12… on tokens per min"): the
+gateway operator's, which a gateway's clients need not learn. Bounded: no backtracking to speak of."""
+
+
+def _without_account_ids(event: Error) -> Error:
+    """``event`` with the provider account ids in its message replaced (a gateway's clients only)."""
+    message = _ACCOUNT_ID.sub(lambda found: f"{found[1]}{found[2]}[redacted]", event.message)
     return event if message == event.message else msgspec.structs.replace(event, message=message)
 
 
