@@ -396,6 +396,21 @@ def test_anthropic_sdk_lists_the_gateways_models(claude):
     assert "openai:gpt-4o-mini" in ids and "gpt-4o-mini" in ids and "echo" in ids
 
 
+def test_a_model_name_the_gateway_answers_to_can_be_retrieved(claude, oai):
+    """The list shows the catalog's ids (``claude-sonnet-4-5-20250929``); a request may name the model by
+    its alias (``claude-sonnet-4-5``), so retrieving it by that name finds the entry it stands for."""
+    listed = {model.id for model in claude.models.list()}
+    assert "claude-sonnet-4-5" not in listed  # (the alias itself is not listed)
+    found = claude.models.retrieve("claude-sonnet-4-5")
+    assert found.id in listed and found.id.startswith("claude-sonnet-4-5-")
+    assert oai.models.retrieve("anthropic:claude-sonnet-4-5").id == f"anthropic:{found.id}"
+    assert oai.models.retrieve("claude-sonnet-4-5").owned_by == "anthropic"
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("claude-sonnet-9")
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("openai:claude-sonnet-4-5")  # not what that deployment lists
+
+
 # -- errors in each SDK's own classes ----------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ lists it, so the bare name is unambiguous. The shape follows the caller: the Ant
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from gtl_nb.protocol.messages import ProviderInfo
@@ -47,6 +48,28 @@ def anthropic_listing(infos: list[ProviderInfo]) -> dict[str, Any]:
     }
 
 
-def find_model(infos: list[ProviderInfo], model: str) -> tuple[str, str] | None:
-    """``(id, deployment)`` of one listed model id, or ``None``."""
-    return next((pair for pair in model_ids(infos) if pair[0] == model), None)
+def find_model(
+    infos: list[ProviderInfo], model: str, canonical: Callable[[str, str], str | None] | None = None
+) -> tuple[str, str] | None:
+    """``(id, deployment)`` of one listed model id, or ``None``.
+
+    ``canonical(deployment, name)``, when given, is the name the deployment lists for ``name`` (the
+    catalog's: an alias such as ``claude-sonnet-4-5``, or a dated id, for the entry listed): a name
+    the gateway answers to in a request is found here too, under the id the list shows for it."""
+    ids = model_ids(infos)
+    found = next((pair for pair in ids if pair[0] == model), None)
+    if found is not None or canonical is None:
+        return found
+    named, sep, bare = model.partition(":")
+    if not sep or named not in {info.provider for info in infos}:
+        named, bare = "", model
+    for info in infos:
+        if named and info.provider != named:
+            continue
+        listed = canonical(info.provider, bare)
+        if listed is None or listed == bare or listed not in {entry.name for entry in info.models}:
+            continue
+        wanted = f"{info.provider}:{listed}"
+        bare_id = next((pair for pair in ids if pair == (listed, info.provider)), None)
+        return bare_id if bare_id is not None and not named else (wanted, info.provider)
+    return None

@@ -74,12 +74,19 @@ class _Models:
         infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
         return json_reply(200, anthropic_listing(infos) if styled else openai_listing(infos))
 
+    def _listed_name(self, deployment: str, name: str) -> str | None:
+        """The catalog's name for ``name`` at ``deployment``'s provider type (an alias resolved), or ``None``."""
+        configured = self.engine.deployments.get(deployment)
+        catalog = getattr(self.engine, "catalog", None)
+        entry = catalog.entry(configured.type, name) if configured is not None and catalog is not None else None
+        return entry.name if entry is not None else None
+
     async def retrieve(self, request: Any) -> Any:
         styled = _is_anthropic(request)
         try:
             context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
             require_scope(context, "models.list")
-            found = find_model(visible_providers(self.engine, context), request.path_params["model"])
+            found = find_model(visible_providers(self.engine, context), request.path_params["model"], self._listed_name)
             if found is None:
                 raise ModelNotFoundError(f"this gateway lists no model {request.path_params['model']!r}")
         except GTLError as exc:
