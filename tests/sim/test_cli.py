@@ -72,3 +72,11 @@ def test_the_gtl_command_serves_until_interrupted() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_python_dash_m_runs_the_simulator_command() -> None:
+    # what a user tries first, after the gtl command's own spelling
+    done = subprocess.run(
+        [sys.executable, "-m", "gtl_nb.sim", "--help"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout.startswith("usage: gtl sim"), done.stderr
