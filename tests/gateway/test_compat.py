@@ -203,6 +203,9 @@ def test_openai_sdk_tool_call_round_trip(provider, oai, embedded):
         finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
     assert finish == "tool_calls" and [call["name"] for call in calls.values()] == ["get_weather"]
     assert json.loads(calls[0]["arguments"]) == first.tool_calls[0].parsed_arguments
+    # the stream helper's final message: no text at all (None, as OpenAI streams a tool-only turn), not ""
+    with oai.chat.completions.stream(model=target(provider), messages=question, tools=[OPENAI_TOOL]) as stream:
+        assert stream.get_final_completion().choices[0].message.content is None
     # not streamed: the same call, then the tool's result goes back and the answer uses it
     answer = oai.chat.completions.create(
         model=target(provider), messages=question, tools=[OPENAI_TOOL], tool_choice="required"

@@ -102,7 +102,7 @@ class MessageEncoder:
         self._text_open = False
         self._usage: Usage | None = None
 
-    def open(self) -> bytes:
+    def open(self, first: StreamEvent) -> bytes:
         message = {
             "id": self.session_id,
             "type": "message",

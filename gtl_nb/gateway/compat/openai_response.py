@@ -92,8 +92,10 @@ class ChunkEncoder:
         self._usage: Usage | None = None
         self._text_frame: tuple[bytes, bytes] | None = None
 
-    def open(self) -> bytes:
-        return self._chunk([self._choice({"role": "assistant", "content": ""})])
+    def open(self, first: StreamEvent) -> bytes:
+        # as OpenAI streams it: an answer that starts with a tool call has no text (``null``), not ``""``
+        content = None if isinstance(first, ToolCallEvent) else ""
+        return self._chunk([self._choice({"role": "assistant", "content": content})])
 
     def encode(self, event: StreamEvent) -> bytes:
         if isinstance(event, Token):

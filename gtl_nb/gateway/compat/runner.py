@@ -36,8 +36,9 @@ FAILOVER_CANCEL = "the gateway (a failover after the answer began, which a compa
 class EventEncoder(Protocol):
     """Turns a session's events into one format's server-sent events (``openai_wire``, ``anthropic_wire``)."""
 
-    def open(self) -> bytes:
-        """What the stream starts with, once the answer has begun (OpenAI's role chunk, ``message_start``)."""
+    def open(self, first: StreamEvent) -> bytes:
+        """What the stream starts with, once the answer has begun with ``first`` (OpenAI's role chunk,
+        ``message_start``)."""
         ...
 
     def encode(self, event: StreamEvent) -> bytes:
@@ -99,7 +100,7 @@ class StreamedSession:
                         await self.refuse(event)(None, None, send)
                         return
                     await self._start(send)
-                    pieces.append(self.encoder.open())  # written with the batch: one write, not two
+                    pieces.append(self.encoder.open(event))  # written with the batch: one write, not two
                     started = True
                 if isinstance(event, Status):  # (asked first: most events are not, and need no call to tell)
                     if not is_failover(event):
