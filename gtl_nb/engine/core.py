@@ -1033,19 +1033,10 @@ class Engine:
         snapshots = await breakers.snapshots(refused)
         retry_in = [snapshots.get(name, {}).get("retry_in") for name in refused]
         wait = min((r for r in retry_in if r is not None), default=None)
-        # a gateway's client hears of the deployments it named, not of the others its model was routed to
-        named = (
-            self.audience != GATEWAY
-            or request.provider is not None
-            or request.providers is not None
-            or request.model.partition(":")[0] in refused  # "deployment:model"
-        )
-        which = f" ({', '.join(refused)})" if named else ""
-        what = "every circuit is open" if named else f"every deployment of {request.model!r} is paused (circuit open)"
         every_circuit_open = Error(
             session_id=sid,
             code="PROVIDER_UNAVAILABLE",
-            message=f"{what}{which}" + (f"; retry in {wait:.0f} s" if wait else ""),
+            message=f"every circuit is open ({', '.join(refused)})" + (f"; retry in {wait:.0f} s" if wait else ""),
             retryable=True,
             retry_after=wait,
         )

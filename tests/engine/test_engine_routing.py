@@ -276,33 +276,6 @@ def run(engine: Engine, request: CompletionRequest) -> list:
     return asyncio.run(go())
 
 
-def test_a_gateways_client_hears_of_open_circuits_only_by_the_names_it_gave():
-    """On a gateway a bare model is routed to deployments its client never named: the open-circuit
-    error says the model is paused, not which deployments serve it (docs/gateway.md)."""
-    from gtl_nb.engine.routing import GATEWAY
-
-    with sim.serve("openai", faults=[sim.Fault.http(503)]) as s:
-        settings = load_settings(
-            providers={"internal-east": openai_conf(s.base_url)},
-            environ={},
-            routing={"breaker": {"failure_threshold": 1, "cooldown": 30}, "retry": {"max_attempts": 1}},
-        )
-        engine = build_engine(settings, ledger=False, clock=FakeClock(), sleep=RecordedSleep(), audience=GATEWAY)
-
-        def ask(i: int, model: str) -> Error:
-            request = CompletionRequest(session_id=f"s{i}", model=model, messages=[Message(role="user", content="hi")])
-            last = run(engine, request)[-1]
-            assert isinstance(last, Error)
-            return last
-
-        ask(1, OPENAI)  # the 503 opens the circuit
-        bare = ask(2, OPENAI)
-        assert bare.code == "PROVIDER_UNAVAILABLE" and "internal-east" not in bare.message, bare.message
-        assert f"every deployment of {OPENAI!r} is paused" in bare.message and bare.retry_after == pytest.approx(30)
-        named = ask(3, f"internal-east:{OPENAI}")
-        assert "every circuit is open (internal-east)" in named.message
-
-
 def test_breaker_opens_cools_down_and_closes_again():
     clock = FakeClock()
     with sim.serve("openai", faults=[sim.Fault.http(503)] * 2) as s:
