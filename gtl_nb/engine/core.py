@@ -99,7 +99,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.protocol.session import SessionState, SessionStateMachine, is_failover
-from gtl_nb.providers.base import Deployment
+from gtl_nb.providers.base import Deployment, NotServedHere
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
 
@@ -232,7 +232,9 @@ class _AttemptOutcome:
     error: Error | None = None
     content: bool = False  # content or usage reached the caller: a retry would duplicate it
     ttft: float | None = None  # this attempt's own time to first content, for lowest_latency
-    uncallable: bool = False  # this process could not call the target at all (``Engine._uncallable``)
+    # this process could not call the target at all (``Engine._uncallable``), or the target's API cannot
+    # carry the request (``NotServedHere``): fail over at once
+    uncallable: bool = False
 
 
 class Engine:
@@ -990,8 +992,9 @@ class Engine:
                     failed = outcome.error
                     assert failed is not None
                     if outcome.uncallable:
-                        # this process cannot call it (``_uncallable``: its operator's set-up): no verdict on
-                        # the provider for a breaker replicas may share, no retry (none mends it): fail over
+                        # this process cannot call it (``_uncallable``: its operator's set-up), or its API
+                        # cannot carry the request (``NotServedHere``): no verdict on the provider for a
+                        # breaker replicas may share, no retry (none mends it): fail over
                         last_failure = (target, failed)
                         break
                     if failed.retryable:
@@ -1178,6 +1181,9 @@ class Engine:
         except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
             if deployment is None:
                 raise
+            # what this deployment cannot carry, another may: fail over at once, no verdict, no retry
+            if isinstance(exc, NotServedHere):
+                outcome.uncallable = True
             outcome.error = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
             return
         finally:
@@ -1405,14 +1411,24 @@ def _scrubbed(event: Error, deployment: Deployment) -> Error:
     return event if message == event.message else msgspec.structs.replace(event, message=message)
 
 
-_ACCOUNT_ID = re.compile(r"\b(org|proj)([-_])[A-Za-z0-9]{6,64}\b")
-"""A provider account's id in an error's words ("… in organization org-Ab12… on tokens per min"): the
-gateway operator's, which a gateway's clients need not learn. Bounded: no backtracking to speak of."""
+_ACCOUNT_IDS = (
+    # OpenAI: "… in organization org-Ab12… on tokens per min"; project ids (24 characters each, so at
+    # least 16 here: "org-settings" or a caller's "proj_summarizer" is left alone)
+    re.compile(r"(?<![A-Za-z0-9])(org|proj)([-_])[A-Za-z0-9]{16,}"),
+    # Anthropic: "… rate limit for your organization (a22cf6e6-a940-…) of 1,000,000 input tokens"
+    re.compile(r"(organization\W{0,3})[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"),
+    # AWS: "User: arn:aws:iam::123456789012:user/gateway-svc is not authorized …"
+    re.compile(r"(arn:aws[a-z-]*:)[^\s\"',]*"),
+)
+"""A provider account's ids in an error's words: the gateway operator's, which a gateway's clients
+need not learn. Each is linear: a fixed prefix, then one character class."""
 
 
 def _without_account_ids(event: Error) -> Error:
     """``event`` with the provider account ids in its message replaced (a gateway's clients only)."""
-    message = _ACCOUNT_ID.sub(lambda found: f"{found[1]}{found[2]}[redacted]", event.message)
+    message = event.message
+    for pattern in _ACCOUNT_IDS:
+        message = pattern.sub(lambda found: "".join(found.groups()) + "[redacted]", message)
     return event if message == event.message else msgspec.structs.replace(event, message=message)
 
 

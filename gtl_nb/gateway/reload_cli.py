@@ -7,8 +7,10 @@ reloaded, or why it kept the previous configuration (``gateway.reload``). A gate
 ``--pidfile`` also keeps that line in ``FILE.reload`` (``gateway.reload_report``): ``gtl reload``
 waits for the reload its signal asked for and prints the line — exit status 0 when it was taken,
 1 when it was refused or no answer came in time, 3 when it was taken but for a part to ask for
-again. It sends nothing to a gateway whose report is not there (yet): one still starting, whose
-SIGHUP handler is not installed, would be ended by the signal.
+again. A gateway's report appears once it handles SIGHUP: until then ``gtl reload`` waits (a
+gateway that has written its pid file counts a SIGHUP and reloads once it is up, but the answer
+would be lost). A report that never comes — one the gateway cannot write (it logs why) — does not
+stop the reload: the signal goes after the wait, and the gateway's standard error says the rest.
 """
 
 from __future__ import annotations
@@ -183,7 +185,7 @@ def _reload(args: argparse.Namespace) -> int:
         raise ConfigurationError(refusal)
     before = wait_for_report(report, pid=pid, timeout=args.wait, alive=_alive)
     if before is None:
-        return _not_ready(pid, report)
+        return _without_report(pid, report)
     send_reload(pid)
     if args.wait == 0:
         print(f"sent SIGHUP to gateway process {pid}; its standard error says what it reloaded")
@@ -205,8 +207,9 @@ def _reload(args: argparse.Namespace) -> int:
     return 1
 
 
-def _not_ready(pid: int, report: Path) -> int:
-    """No signal sent: why, and status 1."""
+def _without_report(pid: int, report: Path) -> int:
+    """No report from ``pid`` came within the wait: the signal without an answer (status 0), or, for a
+    process that exited or is not the one the report is about, none (status 1)."""
     found = read_report(report)
     if found is not None and found.pid != pid:  # an init (tini) as process 1, its child the gateway
         why = (
@@ -216,9 +219,12 @@ def _not_ready(pid: int, report: Path) -> int:
     elif not _alive(pid):
         why = f"gateway process {pid} exited"
     else:
-        why = (
-            f"gateway process {pid} has no reload report at {report} (still starting, stopping, or a release "
-            f"before reload reports: kill -HUP {pid} reloads it without an answer)"
+        send_reload(pid)
+        print(
+            f"gtl reload: sent SIGHUP to gateway process {pid}, which keeps no reload report at {report} to answer "
+            "(it logs why it cannot write one); its standard error says what it reloaded",
+            file=sys.stderr,
         )
+        return 0
     print(f"gtl reload: no signal sent: {why}", file=sys.stderr)
     return 1

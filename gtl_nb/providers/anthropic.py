@@ -81,6 +81,7 @@ from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
     HttpRequest,
+    NotServedHere,
     ProviderNeeds,
     arguments_object,
     arguments_text,
@@ -321,7 +322,7 @@ def _output_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] 
             raise InvalidRequestError("response_format: type json_schema needs json_schema.schema, a JSON Schema")
         return {"type": "json_schema", "schema": dict(schema)}
     if kind == "json_object":
-        raise InvalidRequestError(
+        raise NotServedHere(
             "response_format: Anthropic models answer to a JSON Schema only (type json_schema), not json_object; "
             "give the schema the answer must follow"
         )

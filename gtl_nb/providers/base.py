@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
+from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
     TERMINAL_EVENTS,
     CompletionRequest,
@@ -54,6 +55,13 @@ from gtl_nb.providers.limits import (
 )
 
 Unit = TypeVar("Unit")
+
+
+class NotServedHere(InvalidRequestError):
+    """The request asks for what this deployment's API cannot carry (structured output where it has
+    none, an image URL the provider will not fetch). Another deployment may serve it, so the engine
+    fails over at once — no retry, no breaker verdict (the provider did nothing wrong); when none can,
+    the caller gets this ``INVALID_REQUEST``, naming the parameter."""
 
 
 @dataclass(frozen=True)

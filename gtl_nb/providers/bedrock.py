@@ -76,6 +76,7 @@ from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
     HttpRequest,
+    NotServedHere,
     ProviderNeeds,
     Requirement,
     ToolCallAssembler,
@@ -191,14 +192,14 @@ def _authorize(
 def _image_block(url: str) -> dict[str, Any]:
     parts = split_data_url(url)
     if parts is None:
-        raise InvalidRequestError(
+        raise NotServedHere(
             "Bedrock Converse accepts only inline images: pass a data: URL (base64) instead of "
             f"{url[:60]!r}; Bedrock does not fetch images from URLs"
         )
     mime, data = parts
     fmt = _IMAGE_FORMATS.get(mime.lower())
     if fmt is None:
-        raise InvalidRequestError(f"Bedrock supports png, jpeg, gif and webp images, not {mime!r}")
+        raise NotServedHere(f"Bedrock supports png, jpeg, gif and webp images, not {mime!r}")
     return {"image": {"format": fmt, "source": {"bytes": data}}}
 
 
@@ -300,7 +301,7 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     """The Converse JSON body for ``request``."""
     kind = (request.response_format or {}).get("type", "text")
     if kind != "text":
-        raise InvalidRequestError(
+        raise NotServedHere(
             f"response_format {kind!r}: Bedrock's Converse API has no structured output; leave response_format "
             "out, or ask a deployment that has it (openai, azure, anthropic, gemini, ollama)"
         )

@@ -55,6 +55,7 @@ from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
     HttpRequest,
+    NotServedHere,
     ProviderNeeds,
     arguments_object,
     code_for_status,
@@ -107,7 +108,7 @@ def _arguments_object(call: ToolCall) -> dict[str, Any]:
 def _image(url: str) -> str:
     parts = split_data_url(url)
     if parts is None:
-        raise InvalidRequestError(
+        raise NotServedHere(
             "Ollama accepts only inline images: pass a data: URL (base64) instead of "
             f"{url[:60]!r}; Ollama does not fetch images from URLs"
         )

@@ -502,7 +502,8 @@ class OpenAISim(_ChatCompletionsSim):
             )
         elif kind == "rate_limit" or status == 429:
             body = _error(
-                "Rate limit reached for gpt-4o-mini in organization org-simulator on requests per min (RPM): "
+                "Rate limit reached for gpt-4o-mini in organization org-SimulatedAccount00000001 "
+                "on requests per min (RPM): "
                 f"Limit 3, Used 3, Requested 1. Please try again in {wait}. Visit "
                 "https://platform.openai.com/account/rate-limits to learn more.",
                 "requests",

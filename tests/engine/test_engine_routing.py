@@ -276,6 +276,42 @@ def run(engine: Engine, request: CompletionRequest) -> list:
     return asyncio.run(go())
 
 
+def test_what_a_deployment_cannot_carry_fails_over_at_once_without_a_verdict():
+    """Structured output asked of a list whose first deployment has none (Bedrock's Converse): the next
+    one answers; nothing was sent to the first, and its breaker heard nothing. Asked of it alone, the
+    caller gets the 400 that names the parameter."""
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    structured = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}
+    keys = {"aws_access_key_id": "AKIDSIMULATOR", "aws_secret_access_key": "sim-secret"}
+    with sim.serve("bedrock", models="*") as aws, sim.serve("openai") as s:
+        settings = load_settings(
+            providers={
+                "aws": {"type": "bedrock", "base_url": aws.base_url, "region": "us-east-1", **keys},
+                "openai": openai_conf(s.base_url),
+            },
+            environ={},
+            routing={"breaker": {"failure_threshold": 1, "cooldown": 30}},
+        )
+        engine = build_engine(settings, ledger=False, clock=FakeClock(), sleep=RecordedSleep())
+
+        def ask(i: int, providers: list[str]) -> list:
+            request = CompletionRequest(
+                session_id=f"s{i}",
+                model=OPENAI,
+                providers=providers,
+                response_format=structured,
+                messages=[Message(role="user", content="a number")],
+            )
+            return run(engine, request)
+
+        events = ask(1, ["aws", "openai"])
+        assert isinstance(events[-1], Done) and events[-1].provider == "openai", events[-1]
+        assert any(isinstance(e, Status) and e.state == "failover" for e in events)
+        assert not aws.requests and asyncio.run(engine.breaker_states())["aws"]["state"] == "closed"
+        alone = ask(2, ["aws"])[-1]
+        assert isinstance(alone, Error) and alone.code == "INVALID_REQUEST" and "response_format" in alone.message
+
+
 def test_breaker_opens_cools_down_and_closes_again():
     clock = FakeClock()
     with sim.serve("openai", faults=[sim.Fault.http(503)] * 2) as s:

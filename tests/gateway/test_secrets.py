@@ -203,3 +203,33 @@ def test_an_unreachable_upstreams_address_stays_with_the_operator(tmp_path):
     finally:
         gateway.stop()
     assert f"cannot reach http://127.0.0.1:{port}" in "".join(gateway.output)
+
+
+@pytest.mark.parametrize(
+    ("said", "told"),
+    [
+        (
+            "Rate limit reached for gpt-4o in organization org-AbCdEf0123456789XyZ01234 on tokens per min",
+            "Rate limit reached for gpt-4o in organization org-[redacted] on tokens per min",
+        ),
+        ("project proj_AbCdEf0123456789XyZ01234 is over its budget", "project proj_[redacted] is over its budget"),
+        (
+            "This request would exceed the rate limit for your organization (a22cf6e6-a940-4d5b-9c3e-0123456789ab) of "
+            "1,000,000 input tokens per minute",
+            "This request would exceed the rate limit for your organization ([redacted]) of 1,000,000 input tokens "
+            "per minute",
+        ),
+        (
+            "User: arn:aws:iam::123456789012:user/gateway-svc is not authorized to perform: bedrock:InvokeModel",
+            "User: arn:aws:[redacted] is not authorized to perform: bedrock:InvokeModel",
+        ),
+        # the caller's own words, not an account: left alone
+        ("The model `proj_summarizer` does not exist", "The model `proj_summarizer` does not exist"),
+        ("see org-settings for your limits", "see org-settings for your limits"),
+    ],
+)
+def test_a_gateways_clients_never_read_the_operators_account_ids(said, told):
+    from gtl_nb.engine.core import _without_account_ids
+    from gtl_nb.protocol.messages import Error
+
+    assert _without_account_ids(Error(session_id="s", code="RATE_LIMIT", message=said)).message == told
