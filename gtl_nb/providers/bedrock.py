@@ -11,8 +11,10 @@ Body mapping:
 * system messages → ``system: [{text}]``; the rest → ``messages`` whose content is a list of blocks;
   consecutive messages of one role are merged (Converse wants user and assistant to alternate).
 * ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences``.
-* ``response_format`` other than ``text``: Converse has no field for it, so it is refused
-  (``INVALID_REQUEST``) rather than dropped, which would silently answer in prose.
+* ``response_format`` ``json_schema`` → ``outputConfig.textFormat`` (``{"type": "json_schema",
+  "structure": {"jsonSchema": {"schema": <the schema as JSON text>, "name"}}}``, Converse's structured
+  output); ``json_object`` (no schema) has no Converse form and is refused (``NotServedHere``: another
+  deployment may serve it) rather than dropped, which would silently answer in prose.
 * tools → ``toolConfig.tools[].toolSpec{name, description, inputSchema.json}``; ``tool_choice``
   ``"auto"`` → ``{auto: {}}``, ``"required"`` / ``"any"`` → ``{any: {}}``, a named function →
   ``{tool: {name}}``. Converse has no "none": the tools are then left out, unless the history
@@ -299,12 +301,7 @@ def _is_anthropic(model: str) -> bool:
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The Converse JSON body for ``request``."""
-    kind = (request.response_format or {}).get("type", "text")
-    if kind != "text":
-        raise NotServedHere(
-            f"response_format {kind!r}: Bedrock's Converse API has no structured output; leave response_format "
-            "out, or ask a deployment that has it (openai, azure, anthropic, gemini, ollama)"
-        )
+    output_config = _output_config(request.response_format)
     system, messages = _messages(request.messages, request.model)
     inference: dict[str, Any] = {}
     if request.max_tokens is not None:
@@ -327,7 +324,32 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     body["inferenceConfig"] = inference
     if tool_config is not None:
         body["toolConfig"] = tool_config
+    if output_config is not None:
+        body["outputConfig"] = output_config
     return body
+
+
+def _output_config(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``outputConfig`` for an OpenAI-shaped ``response_format`` (module docstring)."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_schema":
+        wrapper = response_format.get("json_schema") if response_format else None
+        schema = wrapper.get("schema") if isinstance(wrapper, Mapping) else None
+        if not isinstance(schema, Mapping):
+            raise InvalidRequestError("response_format: type json_schema needs json_schema.schema, a JSON Schema")
+        name = wrapper.get("name") if isinstance(wrapper, Mapping) else None
+        definition: dict[str, Any] = {"schema": json.dumps(schema, separators=(",", ":"))}
+        if isinstance(name, str) and name:
+            definition["name"] = name
+        return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
+    if kind == "json_object":
+        raise NotServedHere(
+            "response_format: Bedrock's Converse answers to a JSON Schema only (type json_schema), not json_object; "
+            "give the schema the answer must follow"
+        )
+    raise InvalidRequestError(f"response_format: unknown type {kind!r} (known: text, json_schema, json_object)")
 
 
 # ----------------------------------------------------------------------------------------------

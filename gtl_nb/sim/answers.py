@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -194,12 +195,12 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
             key: sample_for_schema(props.get(key, {}), root, key, depth + 1) for key in schema.get("required") or []
         }
     if kind == "array":
-        count = max(1, int(schema.get("minItems", 1)))
+        # bounded whatever the schema says (a minItems of millions, nested, must not hang the simulator)
+        count = min(max(1, _whole(schema.get("minItems"), 1)), _MAX_ITEMS if depth < 2 else 1)
+        count = min(count, max(0, _whole(schema.get("maxItems"), count)))
         return [sample_for_schema(schema.get("items", {}), root, name, depth + 1) for _ in range(count)]
-    if kind == "integer":
-        return int(schema.get("minimum", 1))
-    if kind == "number":
-        return schema.get("minimum", 1.5)
+    if kind in ("integer", "number"):
+        return _number_within(schema, integer=kind == "integer")
     if kind == "boolean":
         return True
     if kind == "null":
@@ -209,8 +210,38 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
     if schema.get("format") == "date-time":
         return "2025-01-01T00:00:00Z"
     text = f"sample {name}"
-    min_len = int(schema.get("minLength", 0))
-    return text + "x" * max(0, min_len - len(text))
+    min_len = min(_whole(schema.get("minLength"), 0), _MAX_TEXT)
+    text += "x" * max(0, min_len - len(text))
+    max_len = schema.get("maxLength")
+    return text[: max(min_len, _whole(max_len, len(text)))] if max_len is not None else text
+
+
+_MAX_ITEMS = 16
+_MAX_TEXT = 4096
+
+
+def _whole(value: Any, default: int) -> int:
+    """``value`` as a whole number, or ``default`` when it is none."""
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+
+def _number_within(schema: dict[str, Any], *, integer: bool) -> int | float:
+    """A number inside the schema's bounds (``minimum``, ``exclusiveMinimum``, ``maximum``, ``exclusiveMaximum``)."""
+    step = 1 if integer else 0.5
+    value: float = 1 if integer else 1.5
+    low, high = schema.get("minimum"), schema.get("maximum")
+    above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if isinstance(low, (int, float)) and not isinstance(low, bool):
+        value = low
+    elif isinstance(above, (int, float)) and not isinstance(above, bool):
+        value = above + step
+    if isinstance(high, (int, float)) and not isinstance(high, bool):
+        value = min(value, high)
+    if isinstance(below, (int, float)) and not isinstance(below, bool) and value >= below:
+        value = below - step
+    if integer:
+        return math.ceil(value) if isinstance(low, (int, float)) and value == low else int(value)
+    return value
 
 
 def _choose_tools(prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -437,7 +437,23 @@ def _answer(body: dict[str, Any], ctx: SimContext) -> Answer:
         thinking=thinking,
         max_tokens=limit if isinstance(limit, int) else None,
         tokens_in=_input_tokens(body),
+        schema=_structured(body.get("outputConfig")),
     )
+
+
+def _structured(output: Any) -> dict[str, Any] | None:
+    """The schema of ``outputConfig.textFormat`` (its ``structure.jsonSchema.schema``: JSON text), or ``None``."""
+    text_format = output.get("textFormat") if isinstance(output, dict) else None
+    if not isinstance(text_format, dict) or text_format.get("type") != "json_schema":
+        return None
+    structure = text_format.get("structure")
+    definition = structure.get("jsonSchema") if isinstance(structure, dict) else None
+    raw = definition.get("schema") if isinstance(definition, dict) else None
+    try:
+        schema = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return schema if isinstance(schema, dict) else None
 
 
 def _input_tokens(body: dict[str, Any]) -> int:

@@ -277,11 +277,10 @@ def run(engine: Engine, request: CompletionRequest) -> list:
 
 
 def test_what_a_deployment_cannot_carry_fails_over_at_once_without_a_verdict():
-    """Structured output asked of a list whose first deployment has none (Bedrock's Converse): the next
-    one answers; nothing was sent to the first, and its breaker heard nothing. Asked of it alone, the
-    caller gets the 400 that names the parameter."""
-    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
-    structured = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}
+    """JSON without a schema asked of a list whose first deployment cannot give it (Bedrock's Converse
+    takes a schema only): the next one answers; nothing was sent to the first, and its breaker heard
+    nothing. Asked of it alone, the caller gets the 400 that names the parameter."""
+    structured = {"type": "json_object"}
     keys = {"aws_access_key_id": "AKIDSIMULATOR", "aws_secret_access_key": "sim-secret"}
     with sim.serve("bedrock", models="*") as aws, sim.serve("openai") as s:
         settings = load_settings(

@@ -258,14 +258,23 @@ CITY_SCHEMA = {
 }
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def sent_schema(provider: str, body: bytes) -> dict[str, Any]:
+    """The JSON schema a provider's request body carries, in that provider's own form."""
+    sent = json.loads(body)
+    if provider == "anthropic":
+        return sent["output_config"]["format"]["schema"]
+    if provider == "bedrock":
+        return json.loads(sent["outputConfig"]["textFormat"]["structure"]["jsonSchema"]["schema"])
+    return sent["response_format"]["json_schema"]["schema"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock"])
 def test_openai_sdk_structured_output_reaches_the_provider_and_parses(provider, oai, backends):
-    # the schema goes upstream in the provider's own form (Anthropic: output_config.format), never dropped
+    # the schema goes upstream in the provider's own form (Anthropic: output_config.format; Bedrock's
+    # Converse: outputConfig.textFormat), never dropped
     parsed = oai.chat.completions.parse(model=target(provider), messages=chat("Name a city"), response_format=City)
     assert isinstance(parsed.choices[0].message.parsed, City), parsed.choices[0].message.content
-    sent = json.loads(backends[provider].requests[-1].body)
-    schema = sent["output_config"]["format"] if provider == "anthropic" else sent["response_format"]["json_schema"]
-    assert set(schema["schema"]["properties"]) == {"name", "population"}
+    assert set(sent_schema(provider, backends[provider].requests[-1].body)["properties"]) == {"name", "population"}
     with oai.chat.completions.stream(
         model=target(provider), messages=chat("Name a city"), response_format=City
     ) as stream:
@@ -277,8 +286,8 @@ def test_a_response_format_a_provider_cannot_honour_is_refused_not_dropped(oai, 
     with pytest.raises(openai.BadRequestError, match="json_object") as caught:
         oai.chat.completions.create(model=target("anthropic"), messages=chat(), response_format={"type": "json_object"})
     assert "response_format" in str(caught.value)
-    with pytest.raises(openai.BadRequestError, match="Bedrock"):
-        oai.chat.completions.parse(model=target("bedrock"), messages=chat(), response_format=City)
+    with pytest.raises(openai.BadRequestError, match="Bedrock's Converse answers to a JSON Schema only"):
+        oai.chat.completions.create(model=target("bedrock"), messages=chat(), response_format={"type": "json_object"})
     with pytest.raises(anthropic.BadRequestError, match=r"output_config\.format\.type"):
         claude.messages.create(
             model=target("openai"),
@@ -288,7 +297,7 @@ def test_a_response_format_a_provider_cannot_honour_is_refused_not_dropped(oai, 
         )
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock"])
 def test_anthropic_sdk_structured_output_reaches_the_provider(provider, claude, backends):
     message = claude.messages.create(
         model=target(provider),
@@ -297,9 +306,7 @@ def test_anthropic_sdk_structured_output_reaches_the_provider(provider, claude, 
         output_config={"format": {"type": "json_schema", "schema": CITY_SCHEMA}},
     )
     assert City.model_validate_json(message.content[0].text)  # type: ignore[union-attr]
-    sent = json.loads(backends[provider].requests[-1].body)
-    schema = sent["output_config"]["format"] if provider == "anthropic" else sent["response_format"]["json_schema"]
-    assert schema["schema"] == CITY_SCHEMA
+    assert sent_schema(provider, backends[provider].requests[-1].body) == CITY_SCHEMA
 
 
 def test_openai_sdk_lists_the_gateways_models(oai):
@@ -408,8 +415,9 @@ def test_a_model_name_the_gateway_answers_to_can_be_retrieved(claude, oai):
     assert found.id in listed and found.id.startswith("claude-sonnet-4-5-")
     assert oai.models.retrieve("anthropic:claude-sonnet-4-5").id == f"anthropic:{found.id}"
     assert oai.models.retrieve("claude-sonnet-4-5").owned_by == "anthropic"
-    with pytest.raises(anthropic.NotFoundError):
-        claude.models.retrieve("claude-sonnet-9")
+    for refused in ("claude-sonnet-9", "CLAUDE-SONNET-4-5", "gemini-2.5-flash-001"):  # names chat refuses too
+        with pytest.raises(anthropic.NotFoundError):
+            claude.models.retrieve(refused)
     with pytest.raises(openai.NotFoundError):
         oai.models.retrieve("openai:claude-sonnet-4-5")  # not what that deployment lists
 

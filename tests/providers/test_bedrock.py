@@ -659,3 +659,22 @@ def test_tool_result_status_is_sent_only_to_models_that_accept_it() -> None:
     ]:
         result = _body(_request(model=model, messages=history, tools=[Tool(name="a")]))["messages"][2]["content"][0]
         assert ("status" in result["toolResult"]) is has_status
+
+
+def test_a_json_schema_response_format_is_converses_output_config_text_format():
+    # the shape botocore's bedrock-runtime model gives OutputConfig: the schema travels as JSON text
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    wrapped = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema}}
+    config = _body(_request(response_format=wrapped))["outputConfig"]
+    definition = config["textFormat"]["structure"]["jsonSchema"]
+    assert config["textFormat"]["type"] == "json_schema" and definition["name"] == "out"
+    assert json.loads(definition["schema"]) == schema
+    assert "outputConfig" not in _body(_request(response_format={"type": "text"}))
+
+
+def test_json_without_a_schema_is_not_served_by_converse():
+    from gtl_nb.providers.base import NotServedHere
+
+    with pytest.raises(NotServedHere, match="response_format") as refused:
+        _body(_request(response_format={"type": "json_object"}))
+    assert isinstance(refused.value, InvalidRequestError)  # the caller's 400 when no deployment can

@@ -136,3 +136,30 @@ def test_a_very_long_word_is_split_in_one_pass():
     pieces = split_pieces(text, random.Random(7))
     assert "".join(pieces) == text
     assert max(len(piece) for piece in pieces) <= 9
+
+
+def test_a_structured_answer_keeps_to_the_schemas_bounds_and_never_runs_away() -> None:
+    import jsonschema
+
+    from gtl_nb.sim.answers import sample_for_schema
+
+    bounded = {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "maxLength": 3},
+            "score": {"type": "integer", "minimum": 5, "maximum": 9},
+            "above": {"type": "integer", "exclusiveMinimum": 5},
+            "ratio": {"type": "number", "exclusiveMaximum": 1},
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 0},
+        },
+        "required": ["code", "score", "above", "ratio", "tags"],
+    }
+    jsonschema.validate(sample_for_schema(bounded), bounded)
+    # sizes no answer could hold are cut short, not built (a request must not hang the simulator)
+    huge = {
+        "type": "array",
+        "minItems": 10**7,
+        "items": {"type": "array", "minItems": 10**7, "items": {"type": "string"}},
+    }
+    assert len(sample_for_schema(huge)) <= 16
+    assert len(sample_for_schema({"type": "string", "minLength": 10**7})) <= 4096

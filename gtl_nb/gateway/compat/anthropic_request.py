@@ -84,7 +84,8 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
     if kind != "json_schema":
         raise FieldError(f"{where}.type", f"expected 'json_schema', not {kind!r}")
     schema = fields.obj(form, "schema", f"{where}.schema", required=True)
-    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    # Anthropic always holds its answer to the schema: strict, where a provider makes that optional
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
 
 
 def _system(raw: Any) -> str | None:

@@ -75,11 +75,14 @@ class _Models:
         return json_reply(200, anthropic_listing(infos) if styled else openai_listing(infos))
 
     def _listed_name(self, deployment: str, name: str) -> str | None:
-        """The catalog's name for ``name`` at ``deployment``'s provider type (an alias resolved), or ``None``."""
+        """The catalog's name of the entry ``name`` is an alias of, at ``deployment``'s provider type, or
+        ``None``. Exactly, as requests are routed: no case folding, no dated-id rule (a name chat would
+        refuse must not be found here)."""
         configured = self.engine.deployments.get(deployment)
         catalog = getattr(self.engine, "catalog", None)
-        entry = catalog.entry(configured.type, name) if configured is not None and catalog is not None else None
-        return entry.name if entry is not None else None
+        if configured is None or catalog is None:
+            return None
+        return next((entry.name for entry in catalog.entries(configured.type) if name in entry.aliases), None)
 
     async def retrieve(self, request: Any) -> Any:
         styled = _is_anthropic(request)
