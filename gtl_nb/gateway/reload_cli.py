@@ -171,6 +171,11 @@ TAKEN_IN_PART = 3
 
 def _reload(args: argparse.Namespace) -> int:
     pid = gateway_pid(pid=args.pid, pidfile=args.pidfile)
+    if "--stdio" in (_command_line(pid) or ()):
+        raise ConfigurationError(
+            f"gateway process {pid} serves one connection on its pipes (--stdio): it has no reload, and SIGHUP "
+            "would end it, so none was sent; restart it to change its configuration"
+        )
     pidfile = Path(args.pidfile).expanduser() if args.pidfile else pidfile_of(pid)
     if pidfile is None:  # a gateway that keeps no report (started without --pidfile): the signal alone
         send_reload(pid)

@@ -379,3 +379,26 @@ def test_gtl_reload_waits_for_a_gateways_report_and_signals_without_one(tmp_path
     finally:
         starting.kill()
         starting.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="asks /proc which program a process runs")
+def test_gtl_reload_never_ends_a_gateway_on_its_pipes(tmp_path: Path) -> None:
+    # a gateway on --stdio has no reload: SIGHUP ends it, so gtl reload refuses and sends nothing
+    code = "import time; time.sleep(60)"
+    stdio = subprocess.Popen([sys.executable, "-c", code, "gtl_nb", "serve", "--stdio"])
+    try:
+        deadline = time.monotonic() + 5
+        while b"--stdio" not in Path(f"/proc/{stdio.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        done = subprocess.run(
+            [sys.executable, "-m", "gtl_nb", "reload", "--pid", str(stdio.pid)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode != 0 and "--stdio" in done.stderr and "none was sent" in done.stderr, done.stderr
+        assert stdio.poll() is None
+    finally:
+        stdio.kill()
+        stdio.wait()
