@@ -93,6 +93,7 @@ from gtl_nb.protocol.errors import (
 )
 from gtl_nb.protocol.messages import MAX_ID_LENGTH, CompletionRequest, Done, Error, Query, StreamEvent
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
+from gtl_nb.transports.http import MAX_FRAME_HEADER
 from gtl_nb.transports.messages import JOIN_BYTES
 
 __all__ = ["PATHS", "STATUS_OF_CODE", "accepts_gzip", "bind", "build_app", "discovery_document", "serve_http"]
@@ -1049,7 +1050,13 @@ def build_app(
             context = context_of(request)
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
-        return Response(msgspec.json.encode(visible_providers(engine, context)), media_type="application/json")
+        return Response(
+            msgspec.json.encode(visible_providers(engine, context)),
+            media_type="application/json",
+            # the body size this gateway takes: a client refuses a larger request itself, with a clear
+            # error, instead of losing its connection mid-upload (the others learn it from hello)
+            headers={MAX_FRAME_HEADER: str(max_body_bytes)},
+        )
 
     async def post_query(request: Request) -> Any:
         """``POST /v1/gtl/query``: one ``query`` frame in, its ``answer`` frame out (200 whatever it says)."""

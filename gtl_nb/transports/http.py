@@ -26,6 +26,7 @@ from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode, encode
 from gtl_nb.protocol.errors import (
     ConfigurationError,
     GTLError,
+    InvalidRequestError,
     ProtocolError,
     ProviderUnavailableError,
     error_from_event,
@@ -40,6 +41,10 @@ __all__ = ["SCHEMES", "HttpBackend", "http_backend"]
 
 SCHEMES = ("http", "https", "sse", "sses")
 _TLS = ("https", "sses")
+
+
+MAX_FRAME_HEADER = "x-gtl-max-frame-bytes"
+"""The header of the gateway's ``GET /v1/gtl/providers`` that says how large a request body it takes."""
 
 
 class HttpBackend(RemoteBackend):
@@ -66,6 +71,7 @@ class HttpBackend(RemoteBackend):
         self._ssl = tls_context(verify) if secure else None
         self._http: Any = None
         self._fetched = False
+        self._send_limit = DEFAULT_MAX_FRAME_BYTES  # the gateway's, once its provider list said
 
     def __repr__(self) -> str:  # never the token
         return f"<HttpBackend {self.label}>"
@@ -101,6 +107,9 @@ class HttpBackend(RemoteBackend):
         if response.status_code != 200:
             raise _failure(response.status_code, response.content, self.label)
         self._providers = msgspec.json.decode(response.content, type=list[ProviderInfo])
+        said = response.headers.get(MAX_FRAME_HEADER, "")
+        if said.isdigit() and 0 < int(said) < self._send_limit:
+            self._send_limit = int(said)
         self._fetched = True
 
     def _unreachable(self, exc: Exception, *, lost: bool = False) -> GTLError:
@@ -168,6 +177,11 @@ class HttpBackend(RemoteBackend):
         try:
             if self._closed:
                 raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
+            if len(body) > self._send_limit:  # refused here: the gateway would close mid-upload
+                raise InvalidRequestError(
+                    f"completion_request frame of {len(body)} bytes exceeds the maximum frame size of "
+                    f"{self._send_limit} bytes"
+                )
             headers = {"content-type": "application/json"}
             async with self._client().stream("POST", path, content=body, headers=headers) as response:
                 if response.status_code != 200:

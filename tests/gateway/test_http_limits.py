@@ -501,3 +501,19 @@ def test_a_shutdown_with_a_pipelined_body_arriving_has_the_answer_before_it_anno
     head = data.partition(b"\r\n\r\n")[0].lower()
     assert closed and head.startswith(b"http/1.1 200") and b"\r\nconnection: close" in head
     assert data.count(b"HTTP/1.1 ") == 1
+
+
+@pytest.mark.parametrize("scheme", ["http", "sse"])
+def test_a_request_over_the_gateways_frame_limit_is_refused_by_the_client_with_the_reason(base_config, scheme):
+    # the gateway says its limit with its provider list; without it, it would close the connection
+    # mid-upload and the caller would read "lost the gateway" (retryable) for its own oversized prompt
+    from gtl_nb.protocol.errors import InvalidRequestError
+
+    with (
+        serving(base_config, limits=Limits(max_frame_bytes=64 * 1024)) as served,
+        gtl_nb.connect(served.url.replace("http://", f"{scheme}://", 1)) as client,
+    ):
+        with pytest.raises(InvalidRequestError, match="exceeds the maximum frame size of 65536 bytes") as refused:
+            client.complete(f"echo:{MODEL}", "x" * (100 * 1024))
+        assert refused.value.retryable is False
+        assert client.complete(f"echo:{MODEL}", "a question that fits").text  # the client goes on
