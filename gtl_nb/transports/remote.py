@@ -157,7 +157,7 @@ class RemoteBackend:
     async def _current(self) -> Link:
         """The open connection, opening one (once, for every caller waiting) when there is none."""
         if self._closed:
-            raise InvalidRequestError(f"this client is closed; connect to the {self.label} again")
+            raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
         link = self._link
         if link is not None and not link.closed:
             return link

@@ -517,3 +517,15 @@ def test_a_request_over_the_gateways_frame_limit_is_refused_by_the_client_with_t
             client.complete(f"echo:{MODEL}", "x" * (100 * 1024))
         assert refused.value.retryable is False
         assert client.complete(f"echo:{MODEL}", "a question that fits").text  # the client goes on
+
+
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_a_closed_client_says_so_with_one_error_class_whatever_the_transport(base_config, scheme):
+    from gtl_nb.protocol.errors import ConfigurationError
+
+    with serving(base_config) as served:
+        client = gtl_nb.connect(served.url.replace("http://", f"{scheme}://", 1))
+        client.close()
+        for call in (lambda: client.complete(f"echo:{MODEL}", "hi"), client.usage):
+            with pytest.raises(ConfigurationError, match="this client is closed"):
+                call()
