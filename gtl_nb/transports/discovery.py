@@ -37,7 +37,7 @@ from gtl_nb.protocol.errors import (
     VersionMismatchError,
 )
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
-from gtl_nb.transports.endpoints import backend_for, certificate_refused, parse_endpoint, tls_context
+from gtl_nb.transports.endpoints import backend_for, parse_endpoint, tls_context, tls_refused
 
 __all__ = [
     "BUDGET",
@@ -135,7 +135,7 @@ async def read_document(base_url: str, *, verify: Any = True, timeout: float = B
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise ProviderUnavailableError(f"the {label} sent a {WELL_KNOWN} over {MAX_DOCUMENT_BYTES} bytes")
     except httpx.HTTPError as exc:
-        raise certificate_refused(exc, label) or ProviderUnavailableError(
+        raise tls_refused(exc, label) or ProviderUnavailableError(
             f"cannot reach the {label}: {exc or type(exc).__name__}"
         ) from None
     try:

@@ -109,6 +109,32 @@ def certificate_refused(exc: BaseException, label: str) -> ConfigurationError | 
 
 
 _TLS_TWIN = {"http": "https", "sse": "sses", "ws": "wss", "grpc": "grpcs"}
+_PLAIN_TWIN = {tls: plain for plain, tls in _TLS_TWIN.items()}
+
+
+def tls_refused(exc: BaseException, label: str) -> ConfigurationError | None:
+    """The error to raise when ``exc`` is a TLS set-up mistake — a refused server certificate
+    (``certificate_refused``), or a server that answered a TLS client in plain text (OpenSSL's "wrong
+    version number": the URL's scheme asks for TLS of a plaintext port) — else ``None``. ``label``
+    holds the URL (``wss gateway (wss://…)``, ``the gateway at https://…``)."""
+    refused = certificate_refused(exc, label)
+    if refused is not None:
+        return refused
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError) and "WRONG_VERSION_NUMBER" in f"{current.reason} {current}".upper():
+            # the scheme the label names first (``sses gateway (https://…)``), else its URL's
+            named = (label.split(maxsplit=1)[0], label.partition("://")[0].rsplit(maxsplit=1)[-1].strip("("))
+            plain = next((_PLAIN_TWIN[word.lower()] for word in named if word.lower() in _PLAIN_TWIN), None)
+            instead = f"connect with {plain}://" if plain else "connect without TLS"
+            return ConfigurationError(
+                f"the {label} answered in plain text, not TLS (OpenSSL: wrong version number): that port serves "
+                f"no TLS; {instead}, or to the port its TLS listener uses"
+            )
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def tls_hint(scheme: str) -> str:

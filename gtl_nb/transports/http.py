@@ -32,7 +32,7 @@ from gtl_nb.protocol.errors import (
     error_from_event,
 )
 from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
-from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context, tls_hint
+from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, tls_refused
 from gtl_nb.transports.link import Deliver
 from gtl_nb.transports.remote import RemoteBackend
 from gtl_nb.transports.stream_reading import SessionStreamReader, stream_fault
@@ -122,7 +122,7 @@ class HttpBackend(RemoteBackend):
         hint = tls_hint(self.transport) if closed and not lost and not self._fetched else ""
         what = "lost the" if lost else "cannot reach the"
         reason = str(exc) or type(exc).__name__
-        return certificate_refused(exc, self.label) or ProviderUnavailableError(
+        return tls_refused(exc, self.label) or ProviderUnavailableError(
             f"{what} {self.label}: {reason.rstrip('.') if hint else reason}{hint}"
         )
 

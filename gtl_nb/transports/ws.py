@@ -30,7 +30,7 @@ from gtl_nb.protocol.errors import (
 )
 from gtl_nb.protocol.messages import Error
 from gtl_nb.transports.channel import Channel
-from gtl_nb.transports.endpoints import certificate_refused, parse_endpoint, tls_context, tls_hint
+from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, tls_refused
 from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 from gtl_nb.transports.remote import RemoteBackend
 
@@ -75,7 +75,7 @@ def ws_backend(
         except InvalidStatus as exc:  # refused before the upgrade: the body is one GTL error
             raise _refusal(exc.response.status_code, exc.response.body, label) from None
         except OSError as exc:
-            raise certificate_refused(exc, label) or exc from None  # RemoteBackend reports the rest
+            raise tls_refused(exc, label) or exc from None  # RemoteBackend reports the rest
         except WebSocketException as exc:
             # no valid HTTP answer to the first upgrade: most often a TLS listener reached with ws://
             hint = tls_hint(scheme) if isinstance(exc, InvalidMessage) and not reached else ""

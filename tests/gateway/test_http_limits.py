@@ -529,3 +529,13 @@ def test_a_closed_client_says_so_with_one_error_class_whatever_the_transport(bas
         for call in (lambda: client.complete(f"echo:{MODEL}", "hi"), client.usage):
             with pytest.raises(ConfigurationError, match="this client is closed"):
                 call()
+
+
+@pytest.mark.parametrize(("tls", "plain"), [("https", "http"), ("sses", "sse"), ("wss", "ws")])
+def test_tls_asked_of_a_plaintext_port_says_which_scheme_to_use(base_config, tls, plain):
+    from gtl_nb.protocol.errors import ConfigurationError
+
+    with serving(base_config) as served:
+        url = served.url.replace("http://", f"{tls}://", 1)
+        with pytest.raises(ConfigurationError, match=f"answered in plain text, not TLS.*connect with {plain}://"):
+            gtl_nb.connect(url).complete(f"echo:{MODEL}", "hi")
