@@ -21,6 +21,7 @@ from gtl_nb.completion import code_span, no_math_markdown
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for, mistake
 from gtl_nb.notebook.output import show_bundle
+from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession, Settings
@@ -123,7 +124,14 @@ class GtlCommands:
             raise UsageError("the usage ledger is off ([ledger] enabled = false): there is no usage to show")
         from gtl_nb.analysis import usage_table
 
-        return usage_table(client.usage(), by=opts.by)
+        table = usage_table(client.usage(), by=opts.by)
+        # which ledger: the two look alike, and a notebook can be on either without meaning to be
+        path = getattr(client.ledger, "path", None) if client.config is not None else None
+        if client.config is None:
+            print(f"usage from the gateway at {self.session.settings.endpoint} (your token's requests)")
+        else:
+            print(f"usage from this machine's ledger ({path})" if path else "usage from this kernel's ledger")
+        return table
 
     def _config(self, words: list[str]) -> None:
         if not words:
@@ -199,7 +207,7 @@ class GtlCommands:
             ("model", f"{model}  ({source})"),
             ("chat", "on" if settings.chat else "off"),
             ("stream", "on" if settings.stream else "off"),
-            ("endpoint", settings.endpoint),
+            ("endpoint", settings.endpoint + _endpoint_source(settings.endpoint)),
             (
                 "file",
                 str(config_path) if config_path else "none (set $GTL_NB_CONFIG or `%gtl config file=PATH`)",
@@ -285,6 +293,11 @@ class GtlCommands:
         count = len(self.session.history)
         self.session.history.clear()
         print(f"conversation cleared ({count} message{'s' if count != 1 else ''})")
+
+
+def _endpoint_source(endpoint: str) -> str:
+    """``  ($GTL_NB_GATEWAY)`` when ``endpoint`` came from that variable, else nothing."""
+    return f"  (${GATEWAY_ENV})" if endpoint != "embedded://" and endpoint == default_endpoint() else ""
 
 
 def _per_million(per_1k: float | None) -> float | None:

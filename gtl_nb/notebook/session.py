@@ -18,10 +18,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.gap import WrappedMessage
     from gtl_nb.protocol import Message
 
-__all__ = ["MODEL_ENV", "RESULT_NAME", "TOKEN_ENV", "NotebookSession", "Settings", "utc_now"]
+__all__ = ["GATEWAY_ENV", "MODEL_ENV", "RESULT_NAME", "TOKEN_ENV", "NotebookSession", "Settings", "utc_now"]
 
 MODEL_ENV = "GTL_NB_MODEL"
 TOKEN_ENV = "GTL_TOKEN"
+GATEWAY_ENV = "GTL_NB_GATEWAY"
+"""The gateway the notebook connects to at start, as the ``gtl`` command does (``gtl_nb.cli``): a
+kernel restarted with it set is back on the gateway, not silently on the embedded engine."""
+CLI_TOKEN_ENV = "GTL_NB_TOKEN"
+"""The ``gtl`` command's token variable, read after ``$GTL_TOKEN``: one set-up serves both."""
+
+
+def environment_token() -> str | None:
+    """The token the environment holds for the notebook: ``$GTL_TOKEN``, else ``$GTL_NB_TOKEN``."""
+    return os.environ.get(TOKEN_ENV) or os.environ.get(CLI_TOKEN_ENV) or None
+
+
+def default_endpoint() -> str:
+    """``$GTL_NB_GATEWAY`` when set, else ``embedded://`` (the engine in the kernel)."""
+    return os.environ.get(GATEWAY_ENV, "").strip() or "embedded://"
+
+
 RESULT_NAME = "_gtl"  # the last %%gtl result in the user namespace
 GAP_RESULT_NAME = "_gap"  # the last GAP message made by %%gap
 
@@ -52,7 +69,7 @@ class Settings:
     model: str | None = None  # None: $GTL_NB_MODEL, then the client's default (echo)
     chat: bool = False
     stream: bool = True
-    endpoint: str = "embedded://"
+    endpoint: str = field(default_factory=default_endpoint)
     config_file: str | None = None  # None: $GTL_NB_CONFIG, then the user's config file
 
 
@@ -84,7 +101,7 @@ class NotebookSession:
                 options["providers"] = {name: dict(values) for name, values in self.providers.items()}
             if self.settings.config_file:
                 options["config"] = self.settings.config_file
-            token = self._token or os.environ.get(TOKEN_ENV) or None
+            token = self._token or environment_token()
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client
         return client

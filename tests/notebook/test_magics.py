@@ -561,6 +561,40 @@ def test_the_magics_run_on_a_gateway_and_usage_shows_its_rows(ip, tmp_path):
     assert len(rows) == 2 and not (tmp_path / "ledger.sqlite3").exists()
 
 
+def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path, monkeypatch):
+    """The ``gtl`` command's $GTL_NB_GATEWAY and $GTL_NB_TOKEN serve the notebook too: a kernel restarted
+    with them set is back on the gateway (it fell back to the embedded engine and the machine's own
+    ledger, silently); ``%gtl config`` says where the endpoint came from, ``%gtl usage`` which ledger."""
+    from gtl_nb.gateway.tokens.mint import mint_token
+
+    secret = "g" * 40
+    monkeypatch.setenv("GTL_TEST_NB_SECRET", secret)
+    config = tmp_path / "gateway.toml"
+    config.write_text(
+        f'[ledger]\npath = "{tmp_path / "gateway-ledger.sqlite3"}"\n'
+        '[gateway]\nauth = "jwt"\n'
+        '[gateway.jwt]\nissuer = "gtl-test"\nsecret_env = "GTL_TEST_NB_SECRET"\ndefault_deployments = ["*"]\n'
+    )
+    token = mint_token(secret, subject="ann", scopes=("chat:write", "usage:read"), lifetime=600, issuer="gtl-test")
+    with start_gateway(config) as gateway:
+        shells = loaded_shell(tmp_path / "kernel", monkeypatch)
+        (tmp_path / "kernel").mkdir()
+        shell = next(shells)
+        try:
+            monkeypatch.setenv("GTL_NB_GATEWAY", gateway.url("http"))
+            monkeypatch.setenv("GTL_NB_TOKEN", token)
+            unload_ipython_extension(shell)
+            load_ipython_extension(shell)  # what a restarted kernel does
+            assert f"endpoint  {gateway.url('http')}  ($GTL_NB_GATEWAY)" in run(shell, "%gtl config")[1]
+            run(shell, "%%gtl echo\nover the gateway")
+            _, shown = run(shell, "%gtl usage")
+            assert f"usage from the gateway at {gateway.url('http')}" in shown
+        finally:
+            shells.close()
+    assert len(Ledger(tmp_path / "gateway-ledger.sqlite3").rows()) == 1
+    assert not (tmp_path / "kernel" / "ledger.sqlite3").exists()  # nothing went to a ledger of its own
+
+
 def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path, monkeypatch):
     from gtl_nb.gateway.tokens.mint import mint_token
 
