@@ -266,8 +266,9 @@ class GtlCommands:
             import getpass
 
             token = getpass.getpass(f"token for {opts.url}: ") or None
+        kept = token is None and self.session.has_token  # say so: the user may think they connect without one
         self._switch_endpoint(opts.url, token)
-        print(f"connected to {opts.url}")
+        print(f"connected to {opts.url}" + (" (with the token given before)" if kept else ""))
 
     def _switch_endpoint(self, url: str, token: str | None) -> None:
         try:

@@ -106,6 +106,11 @@ class NotebookSession:
             self._clients[url] = client
         return client
 
+    @property
+    def has_token(self) -> bool:
+        """Whether a token was given to an earlier ``connect`` (kept in memory, used again)."""
+        return self._token is not None
+
     def connect(self, endpoint: str, token: str | None = None) -> Client:
         """Switch the notebook to ``endpoint`` (a token is kept in memory only)."""
         old_endpoint, old_token = self.settings.endpoint, self._token

@@ -612,5 +612,7 @@ def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path
     with start_gateway(config) as gateway:
         run(ip, f"%gtl connect {gateway.url('ws')} --token-env TEAM_TOKEN")
         result, text = run(ip, "%gtl models")
+        # a second connect without a token source keeps the first token, and says so
+        assert "(with the token given before)" in run(ip, f"%gtl connect {gateway.url('http')}")[1]
     assert "no models listed" in text and "models:read" in text
     assert len(result.result) == 0
