@@ -177,6 +177,8 @@ def gtl_cell_parser() -> Parser:
     """The options of ``%%gtl [MODEL] [options]``."""
     p = Parser("%%gtl", "Send the cell to a model and show the answer as it streams.", GTL_CELL_EPILOG)
     p.add_argument("model", nargs="*", metavar="MODEL", help="the model (at most one; see --compare)")
+    # the spelling of `gtl complete` and `%gap`: the same as naming the model first
+    p.add_argument("--model", dest="model_option", metavar="MODEL", help="the model, as an option")
     p.add_argument("--system", metavar="TEXT", help="system prompt")
     p.add_argument("--temperature", type=finite_float, metavar="T", help="sampling temperature")
     p.add_argument("--max-tokens", type=positive_int, metavar="N", help="output token limit")

@@ -236,7 +236,12 @@ class GtlCell:
 
 
 def check_cell_options(opts: Any) -> None:
-    """Refuse the ``%%gtl`` option combinations that cannot work, naming the fix."""
+    """Refuse the ``%%gtl`` option combinations that cannot work, naming the fix (and take ``--model M``
+    as the word ``M``)."""
+    if getattr(opts, "model_option", None):
+        if opts.model:
+            raise ArgumentError(f"give the model once: {opts.model[0]!r} or --model {opts.model_option!r}")
+        opts.model = [opts.model_option]
     if len(opts.model) > 1:
         named = ", ".join(repr(m) for m in opts.model)
         raise ArgumentError(

@@ -85,6 +85,13 @@ def test_a_cell_goes_to_echo_by_default_and_the_footer_says_offline(ip):
     assert answer.text in text
 
 
+def test_the_model_may_also_be_given_as_an_option(ip):
+    # `gtl complete` and `%gap` spell it --model: the cell takes that spelling too
+    result, text = run(ip, "%%gtl --model echo\nWhat is GTL?")
+    assert result.success and ip.user_ns["_gtl"].provider == "echo", text
+    assert "give the model once" in mistake(ip, "%%gtl echo --model echo\nWhat is GTL?")
+
+
 def test_the_default_model_comes_from_config_then_env_then_echo(ip, monkeypatch):
     calls = []
     client = session_of(ip).client()
