@@ -568,13 +568,11 @@ def test_the_magics_run_on_a_gateway_and_usage_shows_its_rows(ip, tmp_path):
     assert len(rows) == 2 and not (tmp_path / "ledger.sqlite3").exists()
 
 
-def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path, monkeypatch):
-    """The ``gtl`` command's $GTL_NB_GATEWAY and $GTL_NB_TOKEN serve the notebook too: a kernel restarted
-    with them set is back on the gateway (it fell back to the embedded engine and the machine's own
-    ledger, silently); ``%gtl config`` says where the endpoint came from, ``%gtl usage`` which ledger."""
+def jwt_gateway(tmp_path, monkeypatch, scopes: tuple[str, ...]) -> tuple[Any, str]:
+    """A gateway configuration that checks GhostTokens (its own ledger), and a token for ann with ``scopes``."""
     from gtl_nb.gateway.tokens.mint import mint_token
 
-    secret = "g" * 40
+    secret = "n" * 40
     monkeypatch.setenv("GTL_TEST_NB_SECRET", secret)
     config = tmp_path / "gateway.toml"
     config.write_text(
@@ -582,7 +580,14 @@ def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path
         '[gateway]\nauth = "jwt"\n'
         '[gateway.jwt]\nissuer = "gtl-test"\nsecret_env = "GTL_TEST_NB_SECRET"\ndefault_deployments = ["*"]\n'
     )
-    token = mint_token(secret, subject="ann", scopes=("chat:write", "usage:read"), lifetime=600, issuer="gtl-test")
+    return config, mint_token(secret, subject="ann", scopes=scopes, lifetime=600, issuer="gtl-test")
+
+
+def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path, monkeypatch):
+    """The ``gtl`` command's $GTL_NB_GATEWAY and $GTL_NB_TOKEN serve the notebook too: a kernel restarted
+    with them set is back on the gateway (it fell back to the embedded engine and the machine's own
+    ledger, silently); ``%gtl config`` says where the endpoint came from, ``%gtl usage`` which ledger."""
+    config, token = jwt_gateway(tmp_path, monkeypatch, ("chat:write", "usage:read"))
     with start_gateway(config) as gateway:
         shells = loaded_shell(tmp_path / "kernel", monkeypatch)
         (tmp_path / "kernel").mkdir()
@@ -603,19 +608,8 @@ def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path
 
 
 def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path, monkeypatch):
-    from gtl_nb.gateway.tokens.mint import mint_token
-
-    secret = "n" * 40
-    monkeypatch.setenv("GTL_TEST_NB_SECRET", secret)
-    config = tmp_path / "gateway.toml"
-    config.write_text(
-        f'[ledger]\npath = "{tmp_path / "gateway-ledger.sqlite3"}"\n'
-        '[gateway]\nauth = "jwt"\n'
-        '[gateway.jwt]\nissuer = "gtl-test"\nsecret_env = "GTL_TEST_NB_SECRET"\ndefault_deployments = ["*"]\n'
-    )
-    monkeypatch.setenv(
-        "TEAM_TOKEN", mint_token(secret, subject="ann", scopes=("chat:write",), lifetime=600, issuer="gtl-test")
-    )
+    config, token = jwt_gateway(tmp_path, monkeypatch, ("chat:write",))
+    monkeypatch.setenv("TEAM_TOKEN", token)
     with start_gateway(config) as gateway:
         run(ip, f"%gtl connect {gateway.url('ws')} --token-env TEAM_TOKEN")
         result, text = run(ip, "%gtl models")
