@@ -125,12 +125,8 @@ class GtlCommands:
         from gtl_nb.analysis import usage_table
 
         table = usage_table(client.usage(), by=opts.by)
-        # which ledger: the two look alike, and a notebook can be on either without meaning to be
-        path = getattr(client.ledger, "path", None) if client.config is not None else None
-        if client.config is None:
+        if client.config is None:  # a gateway's ledger and this machine's look alike: say which this is
             print(f"usage from the gateway at {self.session.settings.endpoint} (your token's requests)")
-        else:
-            print(f"usage from this machine's ledger ({path})" if path else "usage from this kernel's ledger")
         return table
 
     def _config(self, words: list[str]) -> None:

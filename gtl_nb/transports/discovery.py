@@ -37,7 +37,13 @@ from gtl_nb.protocol.errors import (
     VersionMismatchError,
 )
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
-from gtl_nb.transports.endpoints import backend_for, parse_endpoint, tls_context, tls_refused
+from gtl_nb.transports.endpoints import (
+    answered_in_plain_text,
+    backend_for,
+    certificate_refused,
+    parse_endpoint,
+    tls_context,
+)
 
 __all__ = [
     "BUDGET",
@@ -135,8 +141,10 @@ async def read_document(base_url: str, *, verify: Any = True, timeout: float = B
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise ProviderUnavailableError(f"the {label} sent a {WELL_KNOWN} over {MAX_DOCUMENT_BYTES} bytes")
     except httpx.HTTPError as exc:
-        raise tls_refused(exc, label) or ProviderUnavailableError(
-            f"cannot reach the {label}: {exc or type(exc).__name__}"
+        # (a port that answers TLS in plain text is not refused here: discovery may go on to plain HTTP)
+        hint = "; that port serves no TLS: connect with http://" if answered_in_plain_text(exc) else ""
+        raise certificate_refused(exc, label) or ProviderUnavailableError(
+            f"cannot reach the {label}: {exc or type(exc).__name__}{hint}"
         ) from None
     try:
         document = msgspec.json.decode(bytes(body), type=Document)

@@ -120,21 +120,29 @@ def tls_refused(exc: BaseException, label: str) -> ConfigurationError | None:
     refused = certificate_refused(exc, label)
     if refused is not None:
         return refused
+    if not answered_in_plain_text(exc):
+        return None
+    # the scheme the label names first (``sses gateway (https://…)``), else its URL's
+    named = (label.split(maxsplit=1)[0], label.partition("://")[0].rsplit(maxsplit=1)[-1].strip("("))
+    plain = next((_PLAIN_TWIN[word.lower()] for word in named if word.lower() in _PLAIN_TWIN), None)
+    instead = f"connect with {plain}://" if plain else "connect without TLS"
+    return ConfigurationError(
+        f"the {label} answered in plain text, not TLS (OpenSSL: wrong version number): that port serves "
+        f"no TLS; {instead}, or to the port its TLS listener uses"
+    )
+
+
+def answered_in_plain_text(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is OpenSSL's "wrong version number": a TLS client answered
+    in plain text, by a port that serves no TLS."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, ssl.SSLError) and "WRONG_VERSION_NUMBER" in f"{current.reason} {current}".upper():
-            # the scheme the label names first (``sses gateway (https://…)``), else its URL's
-            named = (label.split(maxsplit=1)[0], label.partition("://")[0].rsplit(maxsplit=1)[-1].strip("("))
-            plain = next((_PLAIN_TWIN[word.lower()] for word in named if word.lower() in _PLAIN_TWIN), None)
-            instead = f"connect with {plain}://" if plain else "connect without TLS"
-            return ConfigurationError(
-                f"the {label} answered in plain text, not TLS (OpenSSL: wrong version number): that port serves "
-                f"no TLS; {instead}, or to the port its TLS listener uses"
-            )
+            return True
         current = current.__cause__ or current.__context__
-    return None
+    return False
 
 
 def tls_hint(scheme: str) -> str:
