@@ -25,14 +25,14 @@ running: the outcome then belongs to a reload that read the file after its signa
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from gtl_nb.log import get_logger
 
@@ -55,13 +55,15 @@ MAX_LINE_CHARS = 4000
 """A reload's line is cut to this in the report (a refusal quotes the file's mistake, which may be long)."""
 
 
-@dataclass(frozen=True)
-class ReloadReport:
-    """One state of a gateway's reloads (see the module docstring)."""
+_Count = Annotated[int, msgspec.Meta(ge=0)]
 
-    pid: int
-    signals: int = 0
-    covered: int = 0
+
+class ReloadReport(msgspec.Struct, frozen=True):
+    """One state of a gateway's reloads (see the module docstring); its types are checked when read."""
+
+    pid: _Count
+    signals: _Count = 0
+    covered: _Count = 0
     running: bool = False
     ok: bool | None = None
     line: str | None = None
@@ -117,7 +119,7 @@ class ReloadReporter:
                 self.path.unlink()
 
     def _update(self, **changes: Any) -> None:
-        self._state = ReloadReport(**{**asdict(self._state), **changes})
+        self._state = msgspec.structs.replace(self._state, **changes)
         self._write()
 
     def _write(self) -> None:
@@ -127,10 +129,10 @@ class ReloadReporter:
             return
         aside: str | None = None
         try:
-            text = json.dumps(asdict(self._state)) + "\n"  # ASCII: \u escapes for anything else
+            data = msgspec.json.encode(self._state) + b"\n"  # (the line was made encodable by ``finished``)
             descriptor, aside = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-            with os.fdopen(descriptor, "w", encoding="ascii") as file:
-                file.write(text)
+            with os.fdopen(descriptor, "wb") as file:
+                file.write(data)
             os.replace(aside, self.path)
         except Exception as exc:
             if aside is not None:
@@ -155,31 +157,9 @@ def read_report(path: str | os.PathLike[str]) -> ReloadReport | None:
     if len(raw) > MAX_REPORT_BYTES:
         return None
     try:
-        found = json.loads(raw)
-    except (ValueError, RecursionError):
+        return msgspec.json.decode(raw, type=ReloadReport)
+    except (msgspec.DecodeError, RecursionError):
         return None
-    if not isinstance(found, dict) or not _well_formed(found):
-        return None
-    return ReloadReport(**{name: found.get(name) for name in _FIELDS if name in found})
-
-
-_FIELDS = ("pid", "signals", "covered", "running", "ok", "line", "at", "partial")
-
-
-def _well_formed(found: dict[str, Any]) -> bool:
-    def number(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    return (
-        number(found.get("pid"))
-        and number(found.get("signals", 0))
-        and number(found.get("covered", 0))
-        and isinstance(found.get("running", False), bool)
-        and isinstance(found.get("ok"), (bool, type(None)))
-        and isinstance(found.get("line"), (str, type(None)))
-        and isinstance(found.get("at"), (int, float, type(None)))
-        and isinstance(found.get("partial", False), bool)
-    )
 
 
 def wait_for_report(

@@ -26,8 +26,8 @@ Request mapping (``build_request``):
   of user and tool messages (Anthropic's advice). Assistant messages carry no images.
 * ``response_format`` ``json_schema`` → ``output_config.format`` (``{"type": "json_schema", "schema":
   …}``, Anthropic's structured outputs); ``text`` → nothing. ``json_object`` (any JSON object, no
-  schema) has no Anthropic form: it is refused (``INVALID_REQUEST``, naming the parameter) rather than
-  sent without it, which would silently answer in prose. ``metadata`` is not mapped.
+  schema) has no Anthropic form: it is refused (``NotServedHere``: another deployment may serve it)
+  rather than sent without it, which would silently answer in prose. ``metadata`` is not mapped.
 
 ``provider_data`` (what the decoder exposes after the terminal event, and what ``build_request``
 replays as the first content blocks of that assistant message)::
@@ -81,7 +81,6 @@ from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
     HttpRequest,
-    NotServedHere,
     ProviderNeeds,
     arguments_object,
     arguments_text,
@@ -95,6 +94,7 @@ from gtl_nb.providers.base import (
     parse_tool_choice,
     retry_after_seconds,
     retryable_for_status,
+    schema_asked,
     split_data_url,
 )
 from gtl_nb.providers.limits import (
@@ -301,32 +301,11 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
         if max_tokens <= budget:
             body["max_tokens"] = budget + max_tokens
-    output_format = _output_format(request.response_format)
-    if output_format is not None:
-        body["output_config"] = {"format": output_format}
+    asked = schema_asked(request.response_format, "Anthropic")
+    if asked is not None:
+        body["output_config"] = {"format": {"type": "json_schema", "schema": asked[0]}}
     body["stream"] = request.stream
     return body
-
-
-def _output_format(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """``output_config.format`` for an OpenAI-shaped ``response_format`` (module docstring)."""
-    if not response_format:
-        return None
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_schema":
-        wrapper = response_format.get("json_schema")
-        schema = wrapper.get("schema") if isinstance(wrapper, Mapping) else response_format.get("schema")
-        if not isinstance(schema, Mapping):
-            raise InvalidRequestError("response_format: type json_schema needs json_schema.schema, a JSON Schema")
-        return {"type": "json_schema", "schema": dict(schema)}
-    if kind == "json_object":
-        raise NotServedHere(
-            "response_format: Anthropic models answer to a JSON Schema only (type json_schema), not json_object; "
-            "give the schema the answer must follow"
-        )
-    raise InvalidRequestError(f"response_format: unknown type {kind!r} (known: text, json_schema, json_object)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -64,6 +64,30 @@ class NotServedHere(InvalidRequestError):
     the caller gets this ``INVALID_REQUEST``, naming the parameter."""
 
 
+def schema_asked(response_format: Mapping[str, Any] | None, api: str) -> tuple[dict[str, Any], str | None] | None:
+    """The JSON Schema (and its name) an OpenAI-shaped ``response_format`` asks of ``api``, one that takes
+    a schema only (Anthropic's, Bedrock's Converse): ``None`` for ``text`` or none; ``NotServedHere``
+    for ``json_object`` (no schema to give it: another deployment may serve it); ``InvalidRequestError``
+    for a ``json_schema`` without one, or a type nobody knows."""
+    kind = (response_format or {}).get("type", "text")
+    if kind == "text":
+        return None
+    if kind == "json_schema":
+        assert response_format is not None
+        wrapper = response_format.get("json_schema")
+        wrapper = wrapper if isinstance(wrapper, Mapping) else response_format
+        schema, name = wrapper.get("schema"), wrapper.get("name")
+        if not isinstance(schema, Mapping):
+            raise InvalidRequestError("response_format: type json_schema needs json_schema.schema, a JSON Schema")
+        return dict(schema), name if isinstance(name, str) and name else None
+    if kind == "json_object":
+        raise NotServedHere(
+            f"response_format: {api} answers to a JSON Schema only (type json_schema), not json_object; "
+            "give the schema the answer must follow"
+        )
+    raise InvalidRequestError(f"response_format: unknown type {kind!r} (known: text, json_schema, json_object)")
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     """A request description the engine's HTTP runner executes."""

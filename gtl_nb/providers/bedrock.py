@@ -91,6 +91,7 @@ from gtl_nb.providers.base import (
     parse_json_body,
     parse_tool_choice,
     retry_after_seconds,
+    schema_asked,
     split_data_url,
 )
 from gtl_nb.providers.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
@@ -331,25 +332,14 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
 
 def _output_config(response_format: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """``outputConfig`` for an OpenAI-shaped ``response_format`` (module docstring)."""
-    kind = (response_format or {}).get("type", "text")
-    if kind == "text":
+    asked = schema_asked(response_format, "Bedrock's Converse")
+    if asked is None:
         return None
-    if kind == "json_schema":
-        wrapper = response_format.get("json_schema") if response_format else None
-        schema = wrapper.get("schema") if isinstance(wrapper, Mapping) else None
-        if not isinstance(schema, Mapping):
-            raise InvalidRequestError("response_format: type json_schema needs json_schema.schema, a JSON Schema")
-        name = wrapper.get("name") if isinstance(wrapper, Mapping) else None
-        definition: dict[str, Any] = {"schema": json.dumps(schema, separators=(",", ":"))}
-        if isinstance(name, str) and name:
-            definition["name"] = name
-        return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
-    if kind == "json_object":
-        raise NotServedHere(
-            "response_format: Bedrock's Converse answers to a JSON Schema only (type json_schema), not json_object; "
-            "give the schema the answer must follow"
-        )
-    raise InvalidRequestError(f"response_format: unknown type {kind!r} (known: text, json_schema, json_object)")
+    schema, name = asked
+    definition: dict[str, Any] = {"schema": json.dumps(schema, separators=(",", ":"))}
+    if name:
+        definition["name"] = name
+    return {"textFormat": {"type": "json_schema", "structure": {"jsonSchema": definition}}}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import contextlib
 import importlib
 import os
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,19 +93,25 @@ def tls_context(verify: Any) -> ssl.SSLContext:
     )
 
 
-def certificate_refused(exc: BaseException, label: str) -> ConfigurationError | None:
-    """The error to raise when ``exc`` (or what caused it) is a refused server certificate, else ``None``."""
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it, each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def certificate_refused(exc: BaseException, label: str) -> ConfigurationError | None:
+    """The error to raise when ``exc`` (or what caused it) is a refused server certificate, else ``None``."""
+    for current in _chain(exc):
         if isinstance(current, ssl.SSLCertVerificationError):
             why = current.verify_message or current.reason or "certificate verify failed"
             return ConfigurationError(
                 f"the {label} presented a certificate this client does not accept ({why}): pass verify= the CA "
                 "file that signed it (`gtl certs` writes ca.pem), and connect by a name the certificate lists"
             )
-        current = current.__cause__ or current.__context__
     return None
 
 
@@ -112,19 +119,16 @@ _TLS_TWIN = {"http": "https", "sse": "sses", "ws": "wss", "grpc": "grpcs"}
 _PLAIN_TWIN = {tls: plain for plain, tls in _TLS_TWIN.items()}
 
 
-def tls_refused(exc: BaseException, label: str) -> ConfigurationError | None:
+def tls_refused(exc: BaseException, label: str, scheme: str) -> ConfigurationError | None:
     """The error to raise when ``exc`` is a TLS set-up mistake — a refused server certificate
     (``certificate_refused``), or a server that answered a TLS client in plain text (OpenSSL's "wrong
-    version number": the URL's scheme asks for TLS of a plaintext port) — else ``None``. ``label``
-    holds the URL (``wss gateway (wss://…)``, ``the gateway at https://…``)."""
+    version number": ``scheme`` asks for TLS of a plaintext port) — else ``None``."""
     refused = certificate_refused(exc, label)
     if refused is not None:
         return refused
     if not answered_in_plain_text(exc):
         return None
-    # the scheme the label names first (``sses gateway (https://…)``), else its URL's
-    named = (label.split(maxsplit=1)[0], label.partition("://")[0].rsplit(maxsplit=1)[-1].strip("("))
-    plain = next((_PLAIN_TWIN[word.lower()] for word in named if word.lower() in _PLAIN_TWIN), None)
+    plain = _PLAIN_TWIN.get(scheme.lower())
     instead = f"connect with {plain}://" if plain else "connect without TLS"
     return ConfigurationError(
         f"the {label} answered in plain text, not TLS (OpenSSL: wrong version number): that port serves "
@@ -135,14 +139,10 @@ def tls_refused(exc: BaseException, label: str) -> ConfigurationError | None:
 def answered_in_plain_text(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is OpenSSL's "wrong version number": a TLS client answered
     in plain text, by a port that serves no TLS."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError) and "WRONG_VERSION_NUMBER" in f"{current.reason} {current}".upper():
-            return True
-        current = current.__cause__ or current.__context__
-    return False
+    return any(
+        isinstance(current, ssl.SSLError) and "WRONG_VERSION_NUMBER" in f"{current.reason} {current}".upper()
+        for current in _chain(exc)
+    )
 
 
 def tls_hint(scheme: str) -> str:

@@ -122,7 +122,7 @@ class HttpBackend(RemoteBackend):
         hint = tls_hint(self.transport) if closed and not lost and not self._fetched else ""
         what = "lost the" if lost else "cannot reach the"
         reason = str(exc) or type(exc).__name__
-        return tls_refused(exc, self.label) or ProviderUnavailableError(
+        return tls_refused(exc, self.label, self.transport) or ProviderUnavailableError(
             f"{what} {self.label}: {reason.rstrip('.') if hint else reason}{hint}"
         )
 

@@ -75,7 +75,7 @@ def ws_backend(
         except InvalidStatus as exc:  # refused before the upgrade: the body is one GTL error
             raise _refusal(exc.response.status_code, exc.response.body, label) from None
         except OSError as exc:
-            raise tls_refused(exc, label) or exc from None  # RemoteBackend reports the rest
+            raise tls_refused(exc, label, scheme) or exc from None  # RemoteBackend reports the rest
         except WebSocketException as exc:
             # no valid HTTP answer to the first upgrade: most often a TLS listener reached with ws://
             hint = tls_hint(scheme) if isinstance(exc, InvalidMessage) and not reached else ""
