@@ -10,6 +10,9 @@ Extensions the spec leaves implicit, all optional on the wire:
 * ``completion_request``: ``top_p``, ``stop``, ``metadata``, ``response_format``, ``tool_choice``,
   ``reasoning`` (ask for ``reasoning`` events) and ``cache`` (per-request cache opt in/out).
 * ``reasoning`` events, ``hello`` version negotiation and ``cancel``.
+* a message's ``cache_point`` (ask for the prompt up to it to be cached), ``usage``'s cache counts
+  ``cached_tokens_in`` / ``cache_write_tokens_in``, and the cached and cache-write input rates of a
+  ``provider_info`` model.
 * ``done`` carries the engine's timings ``ttft_ms`` / ``latency_ms``, the answering
   ``provider`` / ``model``, and the opaque ``provider_data`` (reasoning signatures…) that the
   answer's assistant message must carry in later turns, so remote clients see what embedded ones see.
@@ -81,6 +84,12 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     ``images`` holds ``data:`` or ``https:`` URLs; an assistant message may carry ``tool_calls``; a
     tool result has role ``tool`` and ``tool_call_id``. ``provider_data`` is opaque state a provider
     dialect attached (a reasoning signature, say) that is replayed verbatim in later turns.
+
+    ``cache_point``: the prompt up to and including this message is worth keeping in the provider's
+    prompt cache (a long system prompt, a document, the conversation so far). Providers that cache
+    only when asked (Anthropic, Bedrock's Converse) are asked to; those that cache by themselves
+    (OpenAI, Gemini) need nothing. A cache write is billed above the input rate: mark a prefix
+    that later requests will repeat.
     """
 
     role: Role
@@ -90,6 +99,7 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     tool_call_id: str | None = None
     name: str | None = None
     provider_data: dict[str, Any] | None = None
+    cache_point: bool = False
 
 
 class Tool(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -112,6 +122,7 @@ class ModelInfo(msgspec.Struct, frozen=True):
     cost_per_1k_input: float | None = None
     cost_per_1k_output: float | None = None
     cost_per_1k_cached_input: float | None = None
+    cost_per_1k_cache_write_input: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,7 +200,11 @@ class ToolCallEvent(msgspec.Struct, frozen=True, tag="tool_call"):
 
 
 class Usage(msgspec.Struct, frozen=True, tag="usage"):
-    """Token counts as the provider reported them (``None`` = not reported, never estimated)."""
+    """Token counts as the provider reported them (``None`` = not reported, never estimated).
+
+    ``tokens_in`` counts every input token; ``cached_tokens_in`` is the part of it read from the
+    provider's prompt cache, ``cache_write_tokens_in`` the part written to it (billed above the input
+    rate by the providers that cache on request). ``tokens_out`` includes ``reasoning_tokens_out``."""
 
     type: ClassVar[Literal["usage"]] = "usage"
 
@@ -200,6 +215,7 @@ class Usage(msgspec.Struct, frozen=True, tag="usage"):
     reasoning_tokens_out: int | None = None
     cost: float | None = None
     cache_hit: bool = False
+    cache_write_tokens_in: int | None = None
 
 
 class Done(msgspec.Struct, frozen=True, tag="done", omit_defaults=True):

@@ -67,6 +67,7 @@ def test_wire_names_are_the_specs():
         "reasoning_tokens_out": None,
         "cost": 0.001,
         "cache_hit": False,
+        "cache_write_tokens_in": None,
     }
     assert set(MESSAGE_TYPES) == {
         "completion_request",

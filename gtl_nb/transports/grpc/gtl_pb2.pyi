@@ -198,7 +198,7 @@ class ToolCall(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content", "images", "tool_calls", "tool_call_id", "name", "provider_data_json")
+    __slots__ = ("role", "content", "images", "tool_calls", "tool_call_id", "name", "provider_data_json", "cache_point")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class ChatMessage(_message.Message):
     TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    CACHE_POINT_FIELD_NUMBER: _ClassVar[int]
     role: Role
     content: str
     images: _containers.RepeatedScalarFieldContainer[str]
@@ -213,7 +214,8 @@ class ChatMessage(_message.Message):
     tool_call_id: str
     name: str
     provider_data_json: str
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., images: _Optional[_Iterable[str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., provider_data_json: _Optional[str] = ...) -> None: ...
+    cache_point: bool
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., images: _Optional[_Iterable[str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., provider_data_json: _Optional[str] = ..., cache_point: _Optional[bool] = ...) -> None: ...
 
 class Tool(_message.Message):
     __slots__ = ("name", "description", "parameters_json")
@@ -226,7 +228,7 @@ class Tool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "context_window", "max_tokens", "supports_streaming", "supports_functions", "supports_vision", "cost_per_1k_input", "cost_per_1k_output", "cost_per_1k_cached_input")
+    __slots__ = ("name", "context_window", "max_tokens", "supports_streaming", "supports_functions", "supports_vision", "cost_per_1k_input", "cost_per_1k_output", "cost_per_1k_cached_input", "cost_per_1k_cache_write_input")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -236,6 +238,7 @@ class ModelInfo(_message.Message):
     COST_PER_1K_INPUT_FIELD_NUMBER: _ClassVar[int]
     COST_PER_1K_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     COST_PER_1K_CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_1K_CACHE_WRITE_INPUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     context_window: int
     max_tokens: int
@@ -245,7 +248,8 @@ class ModelInfo(_message.Message):
     cost_per_1k_input: float
     cost_per_1k_output: float
     cost_per_1k_cached_input: float
-    def __init__(self, name: _Optional[str] = ..., context_window: _Optional[int] = ..., max_tokens: _Optional[int] = ..., supports_streaming: _Optional[bool] = ..., supports_functions: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., cost_per_1k_input: _Optional[float] = ..., cost_per_1k_output: _Optional[float] = ..., cost_per_1k_cached_input: _Optional[float] = ...) -> None: ...
+    cost_per_1k_cache_write_input: float
+    def __init__(self, name: _Optional[str] = ..., context_window: _Optional[int] = ..., max_tokens: _Optional[int] = ..., supports_streaming: _Optional[bool] = ..., supports_functions: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., cost_per_1k_input: _Optional[float] = ..., cost_per_1k_output: _Optional[float] = ..., cost_per_1k_cached_input: _Optional[float] = ..., cost_per_1k_cache_write_input: _Optional[float] = ...) -> None: ...
 
 class StringList(_message.Message):
     __slots__ = ("values",)
@@ -338,7 +342,7 @@ class ToolCallEvent(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., function: _Optional[_Union[ToolCall, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("session_id", "tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out", "cost", "cache_hit")
+    __slots__ = ("session_id", "tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out", "cost", "cache_hit", "cache_write_tokens_in")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +350,7 @@ class Usage(_message.Message):
     REASONING_TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
     COST_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tokens_in: int
     tokens_out: int
@@ -353,7 +358,8 @@ class Usage(_message.Message):
     reasoning_tokens_out: int
     cost: float
     cache_hit: bool
-    def __init__(self, session_id: _Optional[str] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., reasoning_tokens_out: _Optional[int] = ..., cost: _Optional[float] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    cache_write_tokens_in: int
+    def __init__(self, session_id: _Optional[str] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., reasoning_tokens_out: _Optional[int] = ..., cost: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., cache_write_tokens_in: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ("session_id", "finish_reason", "provider", "model", "ttft_ms", "latency_ms", "provider_data_json")
