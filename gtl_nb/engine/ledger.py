@@ -190,6 +190,7 @@ def finish_fields(end: Done | Error, usage: Usage | None = None) -> dict[str, An
             tokens_in=usage.tokens_in,
             tokens_out=usage.tokens_out,
             cached_tokens_in=usage.cached_tokens_in,
+            cache_write_tokens_in=usage.cache_write_tokens_in,
             reasoning_tokens_out=usage.reasoning_tokens_out,
             cost=usage.cost,
             cache_hit=usage.cache_hit,
@@ -211,16 +212,16 @@ INSERT_STARTED = (
 #: finish are written together (``finished_row_values`` builds the parameters).
 INSERT_FINISHED = (
     f"INSERT INTO {TABLE} (time, time_utc, end_time, session_id, user, deployment, provider_type, model, "
-    "status, error_code, tokens_in, tokens_out, cached_tokens_in, reasoning_tokens_out, cost, ttft_ms, "
-    "latency_ms, cache_hit, coalesced, failover_path, pid, proc_start, hostname, tenant, key_id, trace_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "status, error_code, tokens_in, tokens_out, cached_tokens_in, cache_write_tokens_in, reasoning_tokens_out, "
+    "cost, ttft_ms, latency_ms, cache_hit, coalesced, failover_path, pid, proc_start, hostname, tenant, key_id, "
+    "trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # One UPDATE completes a row; the status guard makes a second finish change nothing.
 _FINISH = (
     f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, "
     "deployment = COALESCE(?, deployment), provider_type = COALESCE(?, provider_type), "
-    "model = COALESCE(?, model), tokens_in = ?, tokens_out = ?, cached_tokens_in = ?, "
+    "model = COALESCE(?, model), tokens_in = ?, tokens_out = ?, cached_tokens_in = ?, cache_write_tokens_in = ?, "
     "reasoning_tokens_out = ?, cost = ?, ttft_ms = ?, latency_ms = COALESCE(?, (? - time) * 1000.0), "
     "cache_hit = COALESCE(?, cache_hit), coalesced = COALESCE(?, coalesced), "
     "failover_path = COALESCE(?, failover_path) "
@@ -236,11 +237,11 @@ FINISH_UPDATE_ROWS = (
     f"UPDATE {TABLE} SET status = v.column1, end_time = v.column2, error_code = v.column3, "
     "deployment = COALESCE(v.column4, deployment), provider_type = COALESCE(v.column5, provider_type), "
     "model = COALESCE(v.column6, model), tokens_in = v.column7, tokens_out = v.column8, "
-    "cached_tokens_in = v.column9, reasoning_tokens_out = v.column10, cost = v.column11, ttft_ms = v.column12, "
-    "latency_ms = COALESCE(v.column13, (v.column14 - time) * 1000.0), "
-    "cache_hit = COALESCE(v.column15, cache_hit), coalesced = COALESCE(v.column16, coalesced), "
-    "failover_path = COALESCE(v.column17, failover_path) "
-    "FROM (VALUES {values}) AS v WHERE id = v.column18 AND status = 'started'"
+    "cached_tokens_in = v.column9, cache_write_tokens_in = v.column10, reasoning_tokens_out = v.column11, "
+    "cost = v.column12, ttft_ms = v.column13, latency_ms = COALESCE(v.column14, (v.column15 - time) * 1000.0), "
+    "cache_hit = COALESCE(v.column16, cache_hit), coalesced = COALESCE(v.column17, coalesced), "
+    "failover_path = COALESCE(v.column18, failover_path) "
+    "FROM (VALUES {values}) AS v WHERE id = v.column19 AND status = 'started'"
 )
 
 
@@ -261,6 +262,7 @@ _FINISH_DETAILS = (
     "tokens_in",
     "tokens_out",
     "cached_tokens_in",
+    "cache_write_tokens_in",
     "reasoning_tokens_out",
     "cost",
     "ttft_ms",
@@ -271,6 +273,8 @@ _FINISH_DETAILS = (
 )
 #: The keyword fields ``Ledger.finish`` (and ``UsageLedger.finish``) accept besides ``status`` and ``now``.
 FINISH_FIELDS: frozenset[str] = frozenset(_FINISH_DETAILS)
+# The token counts among them: whole numbers as reported, validated alike (``clean_finish_fields``).
+_COUNTS = ("tokens_in", "tokens_out", "cached_tokens_in", "cache_write_tokens_in", "reasoning_tokens_out")
 
 
 def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -285,7 +289,7 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
     for name in ("error_code", "deployment", "provider_type", "model"):
         value = fields.get(name)
         clean[name] = value if value is None or type(value) is str else str(value)
-    for name in ("tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out"):
+    for name in _COUNTS:
         value = fields.get(name)
         plausible = value is None or (type(value) is int and 0 <= value <= _INT64_MAX)
         clean[name] = value if plausible else _count(value, name, row_id)
@@ -380,6 +384,7 @@ def finished_row_values(
         clean["tokens_in"],
         clean["tokens_out"],
         clean["cached_tokens_in"],
+        clean["cache_write_tokens_in"],
         clean["reasoning_tokens_out"],
         clean["cost"],
         clean["ttft_ms"],
@@ -391,7 +396,7 @@ def finished_row_values(
     )
 
 
-_NO_OUTCOME = (None,) * 8  # error_code, the four token counts, cost, ttft_ms, latency_ms
+_NO_OUTCOME = (None,) * 9  # error_code, the five token counts, cost, ttft_ms, latency_ms
 
 
 def started_row_values(started: Sequence[Any]) -> tuple[Any, ...]:
@@ -507,6 +512,7 @@ class Ledger:
         tokens_in: int | None = None,
         tokens_out: int | None = None,
         cached_tokens_in: int | None = None,
+        cache_write_tokens_in: int | None = None,
         reasoning_tokens_out: int | None = None,
         cost: float | None = None,
         ttft_ms: float | None = None,
@@ -543,6 +549,7 @@ class Ledger:
                     "tokens_in": tokens_in,
                     "tokens_out": tokens_out,
                     "cached_tokens_in": cached_tokens_in,
+                    "cache_write_tokens_in": cache_write_tokens_in,
                     "reasoning_tokens_out": reasoning_tokens_out,
                     "cost": cost,
                     "ttft_ms": ttft_ms,

@@ -89,7 +89,18 @@ def _m003_bare_models(conn: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_m001_create_requests, _m002_request_context, _m003_bare_models)
+def _m004_cache_writes(conn: sqlite3.Connection) -> None:
+    """``cache_write_tokens_in``: the input tokens a provider wrote to its prompt cache, billed above
+    the input rate (Anthropic's ``cache_creation_input_tokens``). NULL for older rows: not reported."""
+    conn.execute("ALTER TABLE requests ADD COLUMN cache_write_tokens_in INTEGER")
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    _m001_create_requests,
+    _m002_request_context,
+    _m003_bare_models,
+    _m004_cache_writes,
+)
 
 
 def user_version(conn: sqlite3.Connection) -> int:

@@ -64,6 +64,13 @@ COLUMNS: tuple[Column, ...] = (
     Column("tenant", "TEXT", "string", "the organisation of the principal (the gateway's token claim); NULL embedded"),
     Column("key_id", "TEXT", "string", "which credential authenticated the caller (its id, never the key)"),
     Column("trace_id", "TEXT", "string", "joins the row with audit records and logs of the same request"),
+    # schema version 4: prompt-cache writes (billed above the input rate), beside the reads above
+    Column(
+        "cache_write_tokens_in",
+        "INTEGER",
+        "Int64",
+        "input tokens the provider wrote to its prompt cache (part of tokens_in); NULL = not reported",
+    ),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)

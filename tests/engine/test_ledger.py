@@ -114,6 +114,7 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         tokens_in=120,
         tokens_out=45,
         cached_tokens_in=100,
+        cache_write_tokens_in=30,
         reasoning_tokens_out=7,
         cost=0.0125,
         ttft_ms=210.5,
@@ -150,6 +151,7 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         "tenant": "acme",
         "key_id": "key_7",
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
+        "cache_write_tokens_in": 30,
     }
     assert ledger.row(row_id) == expected
     # The same values through pandas, converted to the documented dtypes.
@@ -238,6 +240,7 @@ def test_finish_fields_map_gtl_events_to_outcomes():
         tokens_in=10,
         tokens_out=5,
         cached_tokens_in=2,
+        cache_write_tokens_in=3,
         reasoning_tokens_out=1,
         cost=0.25,
         cache_hit=True,
@@ -252,6 +255,7 @@ def test_finish_fields_map_gtl_events_to_outcomes():
         "tokens_in": 10,
         "tokens_out": 5,
         "cached_tokens_in": 2,
+        "cache_write_tokens_in": 3,
         "reasoning_tokens_out": 1,
         "cost": 0.25,
         "cache_hit": True,
@@ -291,6 +295,7 @@ EXPECTED_DTYPES = {
     "tenant": "string",
     "key_id": "string",
     "trace_id": "string",
+    "cache_write_tokens_in": "Int64",
 }
 
 
@@ -702,6 +707,7 @@ def test_a_ledger_of_the_previous_release_opens_upgraded_with_its_rows_intact(tm
                 continue  # the one column migration 3 rewrites (next test)
             assert upgraded[name] == as_read(name, value), (upgraded["session_id"], name)
         assert (upgraded["tenant"], upgraded["key_id"], upgraded["trace_id"]) == (None, None, None)
+        assert upgraded["cache_write_tokens_in"] is None  # not reported: NULL, never 0
     assert {name: str(dtype) for name, dtype in frame.dtypes.items()} == EXPECTED_DTYPES
 
 

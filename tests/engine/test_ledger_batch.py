@@ -99,7 +99,8 @@ def test_columns_empty_in_every_row_of_a_statement_are_written_null_not_bound(
     columns = INSERT_FINISHED.partition("(")[2].partition(")")[0].split(", ")
     empty = {columns[index] for index in nulls}
     # empty in all four rows: in the text; a value in any row (error_code, cost): bound in every row
-    assert count == 4 and {"cached_tokens_in", "reasoning_tokens_out", "key_id", "trace_id"} <= empty
+    assert count == 4
+    assert {"cached_tokens_in", "cache_write_tokens_in", "reasoning_tokens_out", "key_id", "trace_id"} <= empty
     assert not empty & {"error_code", "cost", "tokens_out", "session_id", "tenant"}
     row_text = made(count, nulls).partition(" VALUES ")[2].partition(")")[0]
     assert row_text.count("NULL") == len(nulls) and row_text.count("?") == len(columns) - len(nulls)
@@ -218,6 +219,8 @@ _FIELDS = st.fixed_dictionaries(
         "model": _TEXT,
         "deployment": _TEXT,
         "tokens_in": st.one_of(st.none(), st.integers(-5, 2**63 + 5)),
+        "cached_tokens_in": st.one_of(st.none(), st.integers(0, 10**6)),
+        "cache_write_tokens_in": st.one_of(st.none(), st.booleans(), st.integers(-5, 2**63 + 5)),
         "cost": st.one_of(st.none(), st.floats(allow_nan=True)),
         "cache_hit": st.one_of(st.none(), st.booleans()),
         "failover_path": st.one_of(st.none(), st.lists(_TEXT, max_size=3), st.just(5)),

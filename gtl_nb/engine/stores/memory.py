@@ -161,7 +161,15 @@ class MemoryUsageLedger:
 
 def _apply_details(row: dict[str, Any], clean: Mapping[str, Any]) -> None:
     """``Ledger.finish``'s UPDATE: measures as given; who answered, flags and path only when given."""
-    for name in ("tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out", "cost", "ttft_ms"):
+    for name in (
+        "tokens_in",
+        "tokens_out",
+        "cached_tokens_in",
+        "cache_write_tokens_in",
+        "reasoning_tokens_out",
+        "cost",
+        "ttft_ms",
+    ):
         row[name] = clean[name]
     row["latency_ms"] = clean["latency_ms"]
     for name in ("deployment", "provider_type", "model", "cache_hit", "coalesced", "failover_path"):

@@ -133,6 +133,7 @@ _OUTCOME_COLUMNS = (
     "tokens_in",
     "tokens_out",
     "cached_tokens_in",
+    "cache_write_tokens_in",
     "reasoning_tokens_out",
     "cost",
     "ttft_ms",
@@ -176,7 +177,8 @@ _FINISH_HEAD = (
     f"UPDATE {TABLE} AS r SET status = v.status, end_time = v.end_time, error_code = v.error_code, "
     "deployment = COALESCE(v.deployment, r.deployment), provider_type = COALESCE(v.provider_type, r.provider_type), "
     "model = COALESCE(v.model, r.model), tokens_in = v.tokens_in, tokens_out = v.tokens_out, "
-    "cached_tokens_in = v.cached_tokens_in, reasoning_tokens_out = v.reasoning_tokens_out, cost = v.cost, "
+    "cached_tokens_in = v.cached_tokens_in, cache_write_tokens_in = v.cache_write_tokens_in, "
+    "reasoning_tokens_out = v.reasoning_tokens_out, cost = v.cost, "
     "ttft_ms = v.ttft_ms, latency_ms = COALESCE(v.latency_ms, (v.end_time - r.time) * 1000.0), "
     "cache_hit = COALESCE(v.cache_hit, r.cache_hit), coalesced = COALESCE(v.coalesced, r.coalesced), "
     "failover_path = COALESCE(v.failover_path, r.failover_path), recovered = false FROM (VALUES "
@@ -784,6 +786,7 @@ class PostgresUsageLedger:
             "tokens_in": clean["tokens_in"],
             "tokens_out": clean["tokens_out"],
             "cached_tokens_in": clean["cached_tokens_in"],
+            "cache_write_tokens_in": clean["cache_write_tokens_in"],
             "reasoning_tokens_out": clean["reasoning_tokens_out"],
             "cost": clean["cost"],
             "ttft_ms": clean["ttft_ms"],
@@ -1046,9 +1049,17 @@ def _json_list(path: Iterable[Any]) -> str:
     return json.dumps([_text(step) for step in path])
 
 
+# Columns the writes gained after spools were first written: an entry an older gtl_nb spooled has
+# none of them (NULL: that writer did not know them), and it is still written, not lost.
+_LATER_COLUMNS = ("cache_write_tokens_in",)
+
+
 def _clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Spooled parameters as they were before JSON (which keeps every value but escapes)."""
-    return {name: _text(value) if isinstance(value, str) else value for name, value in params.items()}
+    """Spooled parameters as they were before JSON (which keeps every value but escapes), with the
+    columns an older writer did not know as NULL."""
+    clean = dict.fromkeys(_LATER_COLUMNS)
+    clean.update((name, _text(value) if isinstance(value, str) else value) for name, value in params.items())
+    return clean
 
 
 def _record(values: Iterable[Any]) -> dict[str, Any]:

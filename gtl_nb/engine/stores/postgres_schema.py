@@ -8,10 +8,12 @@ with a warning: migrations only add tables, columns and indexes.
 
 To change a table later, append a migration to its component's list — never edit a released one.
 
-The ledger's ``requests`` table has the columns of ``engine.ledger_schema.COLUMNS`` in the same
-order, with the same meaning (``docs/ledger.md``), as PostgreSQL types: REAL → DOUBLE PRECISION,
-INTEGER → BIGINT, flags BOOLEAN, ``failover_path`` JSONB (a JSON array, as in SQLite), and
-``"user"`` quoted (a reserved word). Three columns of its own follow them:
+The ledger's ``requests`` table has the columns of ``engine.ledger_schema.COLUMNS``, with the same
+meaning (``docs/ledger.md``), as PostgreSQL types: REAL → DOUBLE PRECISION, INTEGER → BIGINT, flags
+BOOLEAN, ``failover_path`` JSONB (a JSON array, as in SQLite), and ``"user"`` quoted (a reserved
+word). Those of the SQLite ledger's version 3 come first, in its order; then three columns of its
+own; then the columns added since, in the order they were added (``ALTER TABLE … ADD COLUMN``
+appends; every reader names its columns). Its own columns:
 
 * ``replica`` and ``replica_seq``: which writer wrote the row and its number there, UNIQUE together,
   which makes every write idempotent (a spooled row replayed twice is one row);
@@ -20,6 +22,9 @@ INTEGER → BIGINT, flags BOOLEAN, ``failover_path`` JSONB (a JSON array, as in 
   drained from its spool) replaces such a guess.
 
 ``ledger_leases`` holds one lease per writing replica (``engine.stores.postgres_ledger``).
+
+Ledger versions: 1 ``create_requests``, 2 ``create_leases``, 3 ``cache_writes`` (the SQLite ledger's
+version 4: ``cache_write_tokens_in``, NULL in older rows).
 """
 
 from __future__ import annotations
@@ -129,7 +134,11 @@ _CREATE_LEASES = Migration(
     ),
 )
 
-LEDGER_MIGRATIONS: tuple[Migration, ...] = (_CREATE_REQUESTS, _CREATE_LEASES)
+# The SQLite ledger's version 4: the input tokens a provider wrote to its prompt cache (NULL in older
+# rows: not reported).
+_CACHE_WRITES = Migration("cache_writes", (f"ALTER TABLE {TABLE} ADD COLUMN cache_write_tokens_in BIGINT",))
+
+LEDGER_MIGRATIONS: tuple[Migration, ...] = (_CREATE_REQUESTS, _CREATE_LEASES, _CACHE_WRITES)
 
 AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

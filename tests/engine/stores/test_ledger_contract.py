@@ -79,6 +79,7 @@ def test_every_finish_field_round_trips(ledger: UsageLedger):
             tokens_in=120,
             tokens_out=45,
             cached_tokens_in=100,
+            cache_write_tokens_in=30,
             reasoning_tokens_out=7,
             cost=0.0125,
             ttft_ms=210.5,
@@ -105,6 +106,7 @@ def test_every_finish_field_round_trips(ledger: UsageLedger):
         "tokens_in": 120,
         "tokens_out": 45,
         "cached_tokens_in": 100,
+        "cache_write_tokens_in": 30,
         "reasoning_tokens_out": 7,
         "cost": 0.0125,
         "ttft_ms": 210.5,
@@ -116,6 +118,51 @@ def test_every_finish_field_round_trips(ledger: UsageLedger):
         "key_id": "key_7",
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
     }
+
+
+COUNTS = ("tokens_in", "tokens_out", "cached_tokens_in", "cache_write_tokens_in", "reasoning_tokens_out")
+
+
+def test_each_token_count_lands_in_its_own_column_whichever_way_the_row_is_written(ledger: UsageLedger):
+    # A value of its own per count and per row: a count one place off in a statement shows. The first
+    # row's outcome may be written with its start (one INSERT); the second's start is read back first,
+    # so its outcome is an UPDATE of a started row.
+    def counts(base: int) -> dict[str, int]:
+        return {name: base + index for index, name in enumerate(COUNTS)}
+
+    async def scenario() -> list[dict[str, Any]]:
+        first = await ledger.start(session_id="together", context=ADA, model="m", now=T0)
+        await ledger.finish(first, status="ok", cost=0.5, now=T0 + 1, **counts(100))
+        second = await ledger.start(session_id="apart", context=ADA, model="m", now=T0 + 2)
+        assert [row["status"] for row in await ledger.rows(session_id="apart")] == ["started"]
+        await ledger.finish(second, status="ok", cost=0.25, now=T0 + 3, **counts(200))
+        third = await ledger.start(session_id="unreported", context=ADA, model="m", now=T0 + 4)
+        await ledger.rows()
+        await ledger.finish(third, status="ok", tokens_in=9, now=T0 + 5)
+        return await ledger.rows()
+
+    rows = run(scenario())
+    assert [{name: row[name] for name in COUNTS} for row in rows] == [
+        counts(100),
+        counts(200),
+        {"tokens_in": 9, **dict.fromkeys(COUNTS[1:])},  # not reported: unknown, never 0
+    ]
+    assert [row["cost"] for row in rows] == [0.5, 0.25, None]
+    frame = frame_from_rows(rows)
+    assert str(frame["cache_write_tokens_in"].dtype) == "Int64"
+    writes = frame["cache_write_tokens_in"]
+    assert list(writes[:2]) == [103, 203] and writes.isna().tolist() == [False, False, True]
+
+
+@pytest.mark.parametrize("value", [-1, True, 2**63, 1.5], ids=repr)
+def test_an_implausible_cache_write_count_is_unknown_like_any_count(ledger: UsageLedger, value: Any):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m", now=T0)
+        await ledger.finish(row_id, status="ok", tokens_in=10, cache_write_tokens_in=value, now=T0 + 1)
+        return await only_row(ledger)
+
+    row = run(scenario())
+    assert (row["status"], row["tokens_in"], row["cache_write_tokens_in"]) == ("ok", 10, None)
 
 
 def test_finish_keeps_what_it_is_not_given_and_measures_latency_itself(ledger: UsageLedger, clock: FakeClock):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import inspect
+import json
 import shutil
 import signal
 import subprocess
@@ -28,7 +29,7 @@ from gtl_nb.engine.ledger_schema import COLUMN_NAMES
 from gtl_nb.engine.stores import UsageLedger
 from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
 from gtl_nb.engine.stores.postgres_pool import PostgresUnavailableError, parse_postgres_url, shown_url
-from gtl_nb.engine.stores.postgres_schema import OWN_COLUMNS
+from gtl_nb.engine.stores.postgres_schema import LEDGER_MIGRATIONS, OWN_COLUMNS, Migration, migrate, quoted
 from gtl_nb.protocol.errors import ConfigurationError
 
 REPO = Path(__file__).resolve().parents[3]
@@ -97,7 +98,8 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             "SELECT column_name, data_type FROM information_schema.columns "
             "WHERE table_name = 'requests' ORDER BY ordinal_position",
         )
-        assert [name for name, _ in columns] == [*COLUMN_NAMES, *OWN_COLUMNS]
+        # the columns of the SQLite ledger's version 3, its own, then those added since (ADD COLUMN appends)
+        assert [name for name, _ in columns] == [*COLUMN_NAMES[:-1], *OWN_COLUMNS, "cache_write_tokens_in"]
         types = dict(columns)
         assert (types["time"], types["tokens_in"], types["cache_hit"], types["failover_path"]) == (
             "double precision",
@@ -105,7 +107,11 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             "boolean",
             "jsonb",
         )
-        assert query(postgres_url, "SELECT component, version FROM gtl_schema_version") == [("ledger", 2)]
+        assert types["cache_write_tokens_in"] == types["cached_tokens_in"] == "bigint"
+        assert query(postgres_url, "SELECT component, version FROM gtl_schema_version") == [
+            ("ledger", len(LEDGER_MIGRATIONS))
+        ]
+        assert len(LEDGER_MIGRATIONS) == 3
         assert not ledgers[0].degraded and ledgers[0].degraded_reason is None
         assert ledgers[0].replica != ledgers[1].replica
     finally:
@@ -113,7 +119,59 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             ledger.close()
     reopened = open_one()  # a migrated database: nothing to do
     reopened.close()
-    assert query(postgres_url, "SELECT version FROM gtl_schema_version") == [(2,)]
+    assert query(postgres_url, "SELECT version FROM gtl_schema_version") == [(3,)]
+
+
+async def _migrated(url: str, migrations: tuple[Migration, ...]) -> tuple[int, int]:
+    """Apply ``migrations`` as a replica of an earlier release would have."""
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return await migrate(conn, "ledger", migrations)
+
+
+def test_a_database_of_the_previous_version_gains_the_cache_write_column_and_keeps_its_rows(
+    postgres_url: str, spool: Path
+):
+    assert run(_migrated(postgres_url, LEDGER_MIGRATIONS[:2])) == (0, 2)  # as the release before left it
+    old_columns = [
+        name
+        for (name,) in query(
+            postgres_url,
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'requests' ORDER BY ordinal_position",
+        )
+    ]
+    assert "cache_write_tokens_in" not in old_columns and "cached_tokens_in" in old_columns
+    query(
+        postgres_url,
+        'INSERT INTO requests (time, time_utc, end_time, session_id, "user", model, status, tokens_in, tokens_out, '
+        "cached_tokens_in, cost, latency_ms, replica, replica_seq) VALUES "
+        "(%s, 'then', %s, 'old', 'ada', 'claude', 'ok', 900, 40, 600, 0.5, 1000.0, 'gone', 1) RETURNING id",
+        T0,
+        T0 + 1,
+    )
+    before = query(postgres_url, "SELECT * FROM requests")
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    try:
+        assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [(3,)]
+
+        async def scenario() -> list[dict[str, Any]]:
+            handle = await ledger.start(session_id="new", context=ADA, model="claude", now=T0 + 5)
+            await ledger.finish(handle, status="ok", tokens_in=800, cached_tokens_in=100, cache_write_tokens_in=650)
+            return await ledger.rows()
+
+        rows = run(scenario())
+    finally:
+        ledger.close()
+    assert [(row["session_id"], row["cached_tokens_in"], row["cache_write_tokens_in"]) for row in rows] == [
+        ("old", 600, None),  # not reported by the release that wrote it: NULL, never 0
+        ("new", 100, 650),
+    ]
+    assert (
+        query(postgres_url, f"SELECT {', '.join(map(quoted, old_columns))} FROM requests WHERE session_id = 'old'")
+        == before
+    )
 
 
 def test_text_postgresql_cannot_store_is_written_escaped_rather_than_lost(ledger: PostgresUsageLedger):
@@ -376,6 +434,60 @@ def test_an_unreachable_server_spools_and_another_process_drains_the_spool_once(
             time.sleep(0.1)
     finally:
         judge.close()
+
+
+def test_writes_an_older_release_spooled_without_the_cache_write_count_are_drained_not_lost(
+    postgres_url: str, spool: Path
+):
+    away = PostgresUsageLedger(_unreachable_url(postgres_url), spool_path=spool, connect_timeout=2)
+
+    async def while_away() -> None:
+        for session, writes in (("older", 11), ("newer", 22)):
+            handle = await away.start(session_id=session, context=ADA, model="m", now=T0)
+            await away.finish(handle, status="ok", cached_tokens_in=5, cache_write_tokens_in=writes, now=T0 + 1)
+        running = await away.start(session_id="older running", context=ADA, model="m", now=T0)
+        await away.finish(running, status="ok", cache_write_tokens_in=33, now=T0 + 2)
+
+    run(while_away())
+    away.close()  # every write is in the spool
+    # Make the "older" rows' entries (whatever their kind: start, finished, finish) look like those of a
+    # release before the column: no cache_write_tokens_in key at all.
+    import sqlite3
+
+    conn = sqlite3.connect(spool, isolation_level=None)
+    try:
+        entries = conn.execute("SELECT n, params FROM spool").fetchall()
+        seqs = {
+            json.loads(params)["replica_seq"]
+            for _, params in entries
+            if json.loads(params).get("session_id", "").startswith("older")
+        }
+        stripped = 0
+        for n, params in entries:
+            values = json.loads(params)
+            if values["replica_seq"] in seqs:
+                assert values.pop("cache_write_tokens_in", None) is not None or "session_id" in values
+                conn.execute("UPDATE spool SET params = ? WHERE n = ?", (json.dumps(values), n))
+                stripped += 1
+    finally:
+        conn.close()
+    assert len(seqs) == 2 and stripped >= 2
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    try:
+        deadline = time.monotonic() + 60
+        while ledger.degraded or ledger.spooled:
+            assert time.monotonic() < deadline, ledger.degraded_reason
+            time.sleep(0.05)
+        rows = run(ledger.rows())
+    finally:
+        ledger.close()
+    assert [
+        (row["session_id"], row["status"], row["cached_tokens_in"], row["cache_write_tokens_in"]) for row in rows
+    ] == [
+        ("older", "ok", 5, None),  # the older writer knew no such count: unknown
+        ("newer", "ok", 5, 22),
+        ("older running", "ok", None, None),
+    ]
 
 
 def test_postgresql_stopped_and_restarted_under_load_loses_and_doubles_nothing(
