@@ -1164,7 +1164,11 @@ def _messages(value: Any) -> list[Message]:
 
 
 def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
-    """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts."""
+    """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts, and
+    Anthropic's ``cache_control`` marker for GTL's ``cache_point``."""
+    if item.get("cache_control") is not None:
+        item = {key: value for key, value in item.items() if key != "cache_control"}
+        item.setdefault("cache_point", True)
     calls = item.get("tool_calls")
     if not calls:
         return item

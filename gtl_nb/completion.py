@@ -117,7 +117,7 @@ class Completion:
         """``12 in · 30 out · $0.000123 · first token 0.21 s · 1.40 s · openai (gpt-4o)``."""
         parts: list[str] = []
         if self.usage is not None:
-            parts.append(f"{_count(self.usage.tokens_in)} in")
+            parts.append(f"{_count(self.usage.tokens_in)} in{_prompt_cache(self.usage)}")
             parts.append(f"{_count(self.usage.tokens_out)} out")
             parts.append(money(self.usage.cost) or "cost unknown")
             if self.usage.cache_hit:
@@ -163,6 +163,17 @@ class Completion:
 
 def _count(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
+
+
+def _prompt_cache(usage: Usage) -> str:
+    """`` (2,048 from prompt cache)`` / `` (2,048 to prompt cache)``: what the provider's prompt cache did
+    with the input, when it did anything (a response served by gtl_nb's own cache says ``cached``)."""
+    said = []
+    if usage.cached_tokens_in:
+        said.append(f"{usage.cached_tokens_in:,} from prompt cache")
+    if usage.cache_write_tokens_in:
+        said.append(f"{usage.cache_write_tokens_in:,} to prompt cache")
+    return f" ({', '.join(said)})" if said else ""
 
 
 def money(value: float | None) -> str:

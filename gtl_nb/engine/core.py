@@ -1370,7 +1370,12 @@ class Engine:
             and event.tokens_out is not None
         ):
             cost = self.catalog.cost(
-                target.deployment.type, target.model, event.tokens_in, event.tokens_out, event.cached_tokens_in
+                target.deployment.type,
+                target.model,
+                event.tokens_in,
+                event.tokens_out,
+                event.cached_tokens_in,
+                event.cache_write_tokens_in,
             )
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)

@@ -13,6 +13,11 @@ Request mapping (``build_request``):
   ``system`` string. Other roles become ``user`` / ``assistant`` turns; consecutive turns of the
   same role are merged into one (role ``tool`` results join the user turn, ``tool_result`` blocks
   first as Anthropic requires). Empty turns are dropped.
+* A message's ``cache_point`` → ``cache_control: {"type": "ephemeral"}`` (the five-minute cache) on
+  its last block that may carry one, or — for a system message — on the system prompt, sent as one
+  text block; at most ``MAX_CACHE_POINTS`` (4, the API's limit): the last marks are kept. Usage's
+  ``cache_creation_input_tokens`` → ``cache_write_tokens_in``, ``cache_read_input_tokens`` →
+  ``cached_tokens_in``; ``tokens_in`` is their sum with ``input_tokens``.
 * ``temperature`` is passed through unchanged although Anthropic's range is 0–1, not 0–2: the API
   validates it and answers with a clear 400, where silent clamping would hide a caller mistake.
 * ``request.reasoning`` → ``thinking: {"type": "enabled", "budget_tokens": N}`` with N from
@@ -78,12 +83,14 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.base import (
     API_KEY,
     BodySniffer,
+    CachePoints,
     Deployment,
     GuardedDecoder,
     HttpRequest,
     ProviderNeeds,
     arguments_object,
     arguments_text,
+    cache_points,
     code_for_status,
     encode_body,
     ends_response,
@@ -252,11 +259,19 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     return images + text
 
 
-def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:
-    """GTL messages → (top-level ``system`` text, Anthropic ``messages``)."""
+_EPHEMERAL = {"type": "ephemeral"}  # the five-minute cache (the default; the one-hour one costs 2x to write)
+_CACHEABLE_BLOCKS = frozenset(("text", "image", "tool_use", "tool_result", "document"))  # never "thinking"
+
+
+def convert_messages(
+    messages: list[Message], points: CachePoints | None = None
+) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
+    """GTL messages → (top-level ``system``, Anthropic ``messages``), with ``cache_control`` after the
+    system prompt and the messages ``points`` names (``base.cache_points``); the system prompt is text
+    unless it carries a breakpoint (a text block then)."""
     system: list[str] = []
     turns: list[dict[str, Any]] = []
-    for message in messages:
+    for index, message in enumerate(messages):
         if message.role == "system":
             if message.content:
                 system.append(message.content)
@@ -264,6 +279,8 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
         blocks = _blocks(message)
         if not blocks:
             continue
+        if points is not None and index in points.messages:
+            _mark_for_cache(blocks)
         role = "assistant" if message.role == "assistant" else "user"
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
@@ -272,12 +289,23 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
     for turn in turns:
         if turn["role"] == "user":  # tool results must open their user message (stable sort)
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
-    return ("\n\n".join(system) or None), turns
+    text = "\n\n".join(system)
+    if text and points is not None and points.system:
+        return [{"type": "text", "text": text, "cache_control": dict(_EPHEMERAL)}], turns
+    return (text or None), turns
+
+
+def _mark_for_cache(blocks: list[dict[str, Any]]) -> None:
+    """A breakpoint on the last of ``blocks`` that may carry one (a replayed thinking block may not)."""
+    for block in reversed(blocks):
+        if block.get("type") in _CACHEABLE_BLOCKS:
+            block["cache_control"] = dict(_EPHEMERAL)
+            return
 
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The JSON body of a Messages API call."""
-    system, turns = convert_messages(request.messages)
+    system, turns = convert_messages(request.messages, cache_points(request.messages))
     max_tokens = int(request.max_tokens or deployment.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
     body: dict[str, Any] = {"model": request.model, "max_tokens": max_tokens, "messages": turns}
     if system:
@@ -471,6 +499,7 @@ class AnthropicDecoder(GuardedDecoder):
             tokens_in=tokens_in,
             tokens_out=self._usage.get("output_tokens"),
             cached_tokens_in=self._usage.get("cache_read_input_tokens"),
+            cache_write_tokens_in=self._usage.get("cache_creation_input_tokens"),
             reasoning_tokens_out=None,  # Anthropic counts thinking inside output_tokens only
         )
         done = Done(

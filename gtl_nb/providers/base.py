@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
@@ -40,6 +40,7 @@ from gtl_nb.protocol.messages import (
     TERMINAL_EVENTS,
     CompletionRequest,
     Error,
+    Message,
     ModelInfo,
     StreamEvent,
     Token,
@@ -86,6 +87,34 @@ def schema_asked(response_format: Mapping[str, Any] | None, api: str) -> tuple[d
             "give the schema the answer must follow"
         )
     raise InvalidRequestError(f"response_format: unknown type {kind!r} (known: text, json_schema, json_object)")
+
+
+MAX_CACHE_POINTS = 4
+"""Cache breakpoints one request may carry where the API takes them (Anthropic's Messages API and
+Bedrock's Converse refuse a fifth)."""
+
+
+@dataclass(frozen=True)
+class CachePoints:
+    """Where a request that caches on request puts its breakpoints (``cache_points``): after the system
+    prompt (``system``), and after each message of ``messages`` (indexes into the request's list)."""
+
+    system: bool
+    messages: frozenset[int]
+
+    def __bool__(self) -> bool:
+        return self.system or bool(self.messages)
+
+
+def cache_points(messages: Sequence[Message], limit: int = MAX_CACHE_POINTS) -> CachePoints:
+    """The ``cache_point`` marks a provider that caches only when asked is asked to honour: at most
+    ``limit``, the last ones kept (the longest prefixes: a hit on a longer prefix covers the shorter),
+    system messages' marks counted as one breakpoint after the system prompt, which such APIs take
+    apart from the turns and ahead of them."""
+    marked = [index for index, message in enumerate(messages) if message.cache_point and message.role != "system"]
+    system = any(message.cache_point for message in messages if message.role == "system")
+    kept = marked[-limit:] if limit > 0 else []
+    return CachePoints(system=system and len(kept) < limit, messages=frozenset(kept))
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ Body mapping:
 
 * system messages → ``system: [{text}]``; the rest → ``messages`` whose content is a list of blocks;
   consecutive messages of one role are merged (Converse wants user and assistant to alternate).
+* A message's ``cache_point`` → a ``cachePoint`` block after its content (after the system blocks for
+  a system message), at most four (the last marks kept), for Claude and Nova models only: Converse
+  refuses the block for a model it does not cache. ``cacheWriteInputTokens`` →
+  ``cache_write_tokens_in``, ``cacheReadInputTokens`` → ``cached_tokens_in``.
 * ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences``.
 * ``response_format`` ``json_schema`` → ``outputConfig.textFormat`` (``{"type": "json_schema",
   "structure": {"jsonSchema": {"schema": <the schema as JSON text>, "name"}}}``, Converse's structured
@@ -75,6 +79,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import (
+    CachePoints,
     Deployment,
     GuardedDecoder,
     HttpRequest,
@@ -83,6 +88,7 @@ from gtl_nb.providers.base import (
     Requirement,
     ToolCallAssembler,
     arguments_object,
+    cache_points,
     code_for_status,
     ends_response,
     error_boundary,
@@ -245,10 +251,13 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
 
 
 def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(system blocks, messages)``; tool results become user blocks, same-role turns are merged."""
+    """``(system blocks, messages)``; tool results become user blocks, same-role turns are merged; a
+    ``cachePoint`` block after the system prompt and each message ``cache_points`` keeps, for a model
+    Converse caches (``_caches_on_request``)."""
+    points = cache_points(messages) if _caches_on_request(model) else CachePoints(system=False, messages=frozenset())
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
-    for message in messages:
+    for index, message in enumerate(messages):
         if message.role == "system":
             if message.content:
                 system.append({"text": message.content})
@@ -257,11 +266,25 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
         blocks = _content_blocks(message, model)
         if not blocks:
             continue
+        if index in points.messages:
+            blocks.append(_cache_point())
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         else:
             out.append({"role": role, "content": blocks})
+    if system and points.system:
+        system.append(_cache_point())
     return system, out
+
+
+def _cache_point() -> dict[str, Any]:
+    return {"cachePoint": {"type": "default"}}  # the five-minute cache (Converse's default)
+
+
+def _caches_on_request(model: str) -> bool:
+    """Whether Converse takes ``cachePoint`` blocks for ``model``: Anthropic's Claude and Amazon's Nova
+    (another model would refuse the request; its prompt is sent unmarked)."""
+    return _is_anthropic(model) or "amazon.nova" in model
 
 
 def _tool_choice(tool_choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
@@ -366,7 +389,13 @@ def _usage(sid: str, usage: Any) -> Usage:
     cache_read, cache_write = count("cacheReadInputTokens"), count("cacheWriteInputTokens")
     if tokens_in is not None:
         tokens_in += (cache_read or 0) + (cache_write or 0)
-    return Usage(session_id=sid, tokens_in=tokens_in, tokens_out=count("outputTokens"), cached_tokens_in=cache_read)
+    return Usage(
+        session_id=sid,
+        tokens_in=tokens_in,
+        tokens_out=count("outputTokens"),
+        cached_tokens_in=cache_read,
+        cache_write_tokens_in=cache_write,
+    )
 
 
 def _error_text(payload: bytes) -> str:

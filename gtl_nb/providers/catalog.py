@@ -17,16 +17,19 @@ include the name, in ``PROVIDER_PREFERENCE`` order (plugin types last, alphabeti
 
 **Cost** (``Catalog.cost``), in USD, rates per 1,000 tokens::
 
-    cost = ((tokens_in - cached) * input + cached * cached_input + tokens_out * output) / 1000
+    cost = ((tokens_in - cached - written) * input + cached * cached_input
+            + written * cache_write_input + tokens_out * output) / 1000
 
-``tokens_in`` counts *all* input tokens, the cached ones included (``cached_tokens_in`` is the
-part of ``tokens_in`` served from the provider's prompt cache; ``None`` means none were
-reported). ``tokens_out`` includes reasoning tokens, which providers bill as output. When a
-model has a ``long_context`` tier and ``tokens_in`` exceeds its threshold, the tier's rates apply
-to the whole request. The result is ``None`` — cost unknown, never 0 — when the model is not in
-the catalog, a count is missing or inconsistent, or a rate the request needs is unknown (a cached
-rate marked ``"unknown"`` only matters when cached tokens were reported). Prompt-cache *writes*,
-which some providers bill above the input rate, are priced as ordinary input.
+``tokens_in`` counts *all* input tokens, the cached ones included (``cached_tokens_in`` is the part
+of ``tokens_in`` served from the provider's prompt cache, ``cache_write_tokens_in`` the part written
+to it; ``None`` means none were reported). ``tokens_out`` includes reasoning tokens, which providers
+bill as output. When a model has a ``long_context`` tier and ``tokens_in`` exceeds its threshold,
+the tier's rates apply to the whole request. The result is ``None`` — cost unknown, never 0 — when
+the model is not in the catalog, a count is missing or inconsistent, or a rate the request needs is
+unknown (a cached rate marked ``"unknown"`` only matters when cached tokens were reported). Prompt-cache
+*writes* are priced at ``cache_write_input`` (Anthropic's: 1.25 times the input rate, for its
+five-minute cache), the input rate where the catalog gives none (the provider charges nothing more
+for them); an ``"unknown"`` write rate, like a cached one, only matters when writes were reported.
 """
 
 from __future__ import annotations
@@ -63,11 +66,12 @@ __all__ = [
 # Order in which provider types offer a bare model name when the alias table says nothing.
 PROVIDER_PREFERENCE = ("openai", "anthropic", "gemini", "azure", "bedrock", "ollama", "openai_compatible")
 
-UNKNOWN = "unknown"  # a cached-input rate the provider discounts but that could not be sourced
+UNKNOWN = "unknown"  # a cache rate the provider sets apart but that could not be sourced
 
 _INT_KEYS = ("context_window", "max_tokens")
 _BOOL_KEYS = ("supports_streaming", "supports_functions", "supports_vision", "supports_reasoning", "local")
-_PRICE_KEYS = ("cost_per_1k_input", "cost_per_1k_output", "cost_per_1k_cached_input")
+_PRICE_KEYS = ("cost_per_1k_input", "cost_per_1k_output", "cost_per_1k_cached_input", "cost_per_1k_cache_write_input")
+_MAY_BE_UNKNOWN = ("cost_per_1k_cached_input", "cost_per_1k_cache_write_input")
 _TEXT_KEYS = ("source", "source_date", "status", "note", "capabilities_from")
 # Fields `capabilities_from` copies: what a model can do, never what it costs.
 _CAPABILITY_KEYS = (
@@ -94,11 +98,13 @@ _DATED_SUFFIXES = (
 @dataclass(frozen=True)
 class Rates:
     """USD per 1,000 tokens; ``None`` is unknown. ``cached_input`` is the effective rate of cached
-    input (equal to ``input`` when the provider does not discount it)."""
+    input (equal to ``input`` when the provider does not discount it), ``cache_write_input`` that of
+    input written to the prompt cache (equal to ``input`` when writes cost nothing more)."""
 
     input: float | None = None
     output: float | None = None
     cached_input: float | None = None
+    cache_write_input: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,7 @@ class CatalogEntry:
     def priced(self) -> bool:
         """True when any rate is known."""
         rates = [self.rates, *([self.long_context.rates] if self.long_context else [])]
-        return any(v is not None for r in rates for v in (r.input, r.output, r.cached_input))
+        return any(v is not None for r in rates for v in (r.input, r.output, r.cached_input, r.cache_write_input))
 
     def rates_for(self, tokens_in: int) -> Rates:
         """The rates that apply to a request with ``tokens_in`` input tokens."""
@@ -154,6 +160,7 @@ class CatalogEntry:
             cost_per_1k_input=self.rates.input,
             cost_per_1k_output=self.rates.output,
             cost_per_1k_cached_input=self.rates.cached_input,
+            cost_per_1k_cache_write_input=self.rates.cache_write_input,
         )
 
 
@@ -286,22 +293,28 @@ class Catalog:
         tokens_in: int | None,
         tokens_out: int | None,
         cached_tokens_in: int | None = None,
+        cache_write_tokens_in: int | None = None,
     ) -> float | None:
         """The USD cost of one response, or ``None`` when it cannot be known (see the module docstring)."""
         found = self.entry(provider_type, model)
         if found is None or tokens_in is None or tokens_out is None:
             return None
         cached = cached_tokens_in or 0
-        if tokens_in < 0 or tokens_out < 0 or cached < 0 or cached > tokens_in:
+        written = cache_write_tokens_in or 0
+        if tokens_in < 0 or tokens_out < 0 or cached < 0 or written < 0 or cached + written > tokens_in:
             return None
         rates = found.rates_for(tokens_in)
         if rates.input is None or rates.output is None:
             return None
-        total = (tokens_in - cached) * rates.input + tokens_out * rates.output
+        total = (tokens_in - cached - written) * rates.input + tokens_out * rates.output
         if cached:
             if rates.cached_input is None:
                 return None
             total += cached * rates.cached_input
+        if written:
+            if rates.cache_write_input is None:
+                return None
+            total += written * rates.cache_write_input
         return total / 1000.0
 
     # -- protocol ------------------------------------------------------------------------------
@@ -419,10 +432,10 @@ def _check_count(value: Any, key: str, where: str) -> None:
 
 
 def _check_price(value: Any, key: str, where: str) -> None:
-    if key == "cost_per_1k_cached_input" and value == UNKNOWN:
+    if key in _MAY_BE_UNKNOWN and value == UNKNOWN:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        allowed = ' or "unknown"' if key == "cost_per_1k_cached_input" else ""
+        allowed = ' or "unknown"' if key in _MAY_BE_UNKNOWN else ""
         raise ConfigurationError(f"{where}: {key} must be a non-negative number{allowed}, got {value!r}")
 
 
@@ -499,14 +512,19 @@ def _resolve_capabilities(
 
 def _rates(spec: Mapping[str, Any]) -> Rates:
     input_rate = _number(spec.get("cost_per_1k_input"))
-    cached = spec.get("cost_per_1k_cached_input")
-    if cached == UNKNOWN:
-        cached_rate = None
-    elif cached is None:
-        cached_rate = input_rate  # not discounted: billed like other input
-    else:
-        cached_rate = float(cached)
-    return Rates(input=input_rate, output=_number(spec.get("cost_per_1k_output")), cached_input=cached_rate)
+    return Rates(
+        input=input_rate,
+        output=_number(spec.get("cost_per_1k_output")),
+        cached_input=_cache_rate(spec.get("cost_per_1k_cached_input"), input_rate),
+        cache_write_input=_cache_rate(spec.get("cost_per_1k_cache_write_input"), input_rate),
+    )
+
+
+def _cache_rate(value: Any, input_rate: float | None) -> float | None:
+    """A cache rate as written: absent = billed like other input, ``"unknown"`` = set apart but not sourced."""
+    if value == UNKNOWN:
+        return None
+    return input_rate if value is None else float(value)
 
 
 def _number(value: Any) -> float | None:

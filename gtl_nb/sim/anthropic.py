@@ -7,7 +7,9 @@ per block ``content_block_start`` / ``content_block_delta``… / ``content_block
 ``thinking_delta`` + ``signature_delta``, text with ``text_delta``, tool_use with ``input_json_delta``
 fragments, ``partial_json: ""`` for empty input) → ``message_delta`` (stop_reason, cumulative usage) →
 ``message_stop``; a ``ping`` after the first block starts. Like the real service, some payloads carry
-whitespace padding before their closing brace.
+whitespace padding before their closing brace. ``cache_control`` markers (at most four; a fifth is the
+service's 400) read and write a prompt cache of the simulator's own (``sim.prompt_cache``), reported in
+the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
 __all__ = ["ANTHROPIC_MODELS", "AnthropicSim"]
@@ -60,6 +63,8 @@ _RATES = Rates(
     image=anthropic_image_tokens,
 )
 _RESET = "2025-01-01T00:01:00Z"
+MAX_CACHE_BREAKPOINTS = 4
+LOOKBACK_BLOCKS = 20  # block boundaries before a breakpoint where the service also looks for a hit
 
 
 def _text_of(content: Any) -> str:
@@ -124,12 +129,42 @@ def _error_body(type_: str, message: str, request_id: str = "req_011Sim000000000
     return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
 
 
+def _boundaries(body: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
+    """Every block boundary of the prompt in Anthropic's prefix order (tools, system, messages): the
+    prompt up to it, as a body of its own, and whether a ``cache_control`` marker stands there."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    raw_system = body.get("system")
+    if isinstance(raw_system, str):
+        raw_system = [{"type": "text", "text": raw_system}] if raw_system else []
+    system = [b for b in raw_system or [] if isinstance(b, dict)] if isinstance(raw_system, list) else []
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    out: list[tuple[dict[str, Any], bool]] = []
+    out += [({"tools": tools[: i + 1], "system": [], "messages": []}, _marked(t)) for i, t in enumerate(tools)]
+    out += [({"tools": tools, "system": system[: i + 1], "messages": []}, _marked(b)) for i, b in enumerate(system)]
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+        for j, block in enumerate(blocks if isinstance(blocks, list) else []):
+            if isinstance(block, dict):
+                turn = {**message, "content": blocks[: j + 1]}
+                out.append(({"tools": tools, "system": system, "messages": [*messages[:i], turn]}, _marked(block)))
+    return out
+
+
+def _marked(block: dict[str, Any]) -> bool:
+    return block.get("cache_control") is not None
+
+
 class AnthropicSim:
-    """``api.anthropic.com``: messages (streamed or not), model listing, token counting."""
+    """``api.anthropic.com``: messages (streamed or not), model listing, token counting; a prompt cache
+    (``sim.prompt_cache``) for the ``cache_control`` markers a request carries."""
 
     name = "anthropic"
     base_path = ""
     overloaded_status = 529
+
+    def __init__(self) -> None:
+        self.prompt_cache = PromptCache()
 
     def handle(self, req: SimRequest, ctx: SimContext) -> SimResponse:
         """Route; the key (``x-api-key`` or Bearer) is checked first, then the version header."""
@@ -253,15 +288,33 @@ class AnthropicSim:
         rnd = ctx.rng("signature", req.body)
         return base64.b64encode(bytes(rnd.randrange(256) for _ in range(120))).decode("ascii")
 
-    def _usage(self, answer: Answer, output_tokens: int) -> dict[str, Any]:
+    def _usage(self, answer: Answer, output_tokens: int, cache: CacheUse) -> dict[str, Any]:
         return {
-            "input_tokens": answer.tokens_in,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0},
+            "input_tokens": max(0, answer.tokens_in - cache.read - cache.written),
+            "cache_creation_input_tokens": cache.written,
+            "cache_read_input_tokens": cache.read,
+            "cache_creation": {"ephemeral_5m_input_tokens": cache.written, "ephemeral_1h_input_tokens": 0},
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }
+
+    def _cache_use(self, body: dict[str, Any], ctx: SimContext, total: int) -> CacheUse:
+        """Read and write the prompt cache at the request's breakpoints, a hit also looked for at the
+        ``LOOKBACK_BLOCKS`` block boundaries before each (each prefix's size estimated as a request of
+        its own, never above the whole prompt's)."""
+        model = str(body.get("model"))
+        boundaries = _boundaries(body)
+
+        def sized(prefix: dict[str, Any]) -> tuple[str, int]:
+            return prefix_key(model, ctx.api_key, prefix, marker="cache_control"), min(
+                total, _input_tokens(prefix, False)
+            )
+
+        marks = [index for index, (_, marked) in enumerate(boundaries) if marked]
+        before = {i for mark in marks for i in range(max(0, mark - LOOKBACK_BLOCKS), mark)} - set(marks)
+        return self.prompt_cache.use(
+            [sized(boundaries[i][0]) for i in marks], [sized(boundaries[i][0]) for i in sorted(before)]
+        )
 
     # -- messages --------------------------------------------------------------------------------------------
 
@@ -280,12 +333,20 @@ class AnthropicSim:
         model = str(body["model"])
         if not ctx.accepts_model(model, ANTHROPIC_MODELS):
             return self._error(404, "not_found_error", f"model: {model}")
+        markers = sum(marked for _, marked in _boundaries(body))
+        if markers > MAX_CACHE_BREAKPOINTS:
+            return self._error(
+                400,
+                "invalid_request_error",
+                f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. Found {markers}.",
+            )
         answer = self._answer(body, ctx)
+        cache = self._cache_use(body, ctx, answer.tokens_in)
         msg_id = ctx.make_id("msg_01", 22, req.body)
         tool_ids = [ctx.make_id("toolu_01", 22, req.body, i) for i in range(len(answer.tool_calls))]
         headers = self._headers(req, ctx)
         if body.get("stream"):
-            chunks = self._stream(req, ctx, answer, msg_id, model, tool_ids)
+            chunks = self._stream(req, ctx, answer, msg_id, model, tool_ids, cache)
             return SimResponse(200, {"content-type": "text/event-stream; charset=utf-8", **headers}, chunks=chunks)
         content: list[dict[str, Any]] = []
         if answer.thinking:
@@ -302,12 +363,19 @@ class AnthropicSim:
             "content": content,
             "stop_reason": self._stop_reason(answer),
             "stop_sequence": None,
-            "usage": self._usage(answer, answer.tokens_out + answer.tokens_thinking),
+            "usage": self._usage(answer, answer.tokens_out + answer.tokens_thinking, cache),
         }
         return json_response(200, payload, headers)
 
     def _stream(
-        self, req: SimRequest, ctx: SimContext, answer: Answer, msg_id: str, model: str, tool_ids: list[str]
+        self,
+        req: SimRequest,
+        ctx: SimContext,
+        answer: Answer,
+        msg_id: str,
+        model: str,
+        tool_ids: list[str],
+        cache: CacheUse,
     ) -> list[bytes]:
         rnd = ctx.rng("padding", req.body)
 
@@ -328,7 +396,7 @@ class AnthropicSim:
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": self._usage(answer, 1),
+                        "usage": self._usage(answer, 1, cache),
                     }
                 },
             )
@@ -367,9 +435,9 @@ class AnthropicSim:
                 {
                     "delta": {"stop_reason": self._stop_reason(answer), "stop_sequence": None},
                     "usage": {
-                        "input_tokens": answer.tokens_in,
-                        "cache_creation_input_tokens": 0,
-                        "cache_read_input_tokens": 0,
+                        "input_tokens": max(0, answer.tokens_in - cache.read - cache.written),
+                        "cache_creation_input_tokens": cache.written,
+                        "cache_read_input_tokens": cache.read,
                         "output_tokens": answer.tokens_out + answer.tokens_thinking,
                     },
                 },

@@ -21,7 +21,10 @@ without a ``toolConfig``, an empty ``toolConfig.tools`` or a tool schema whose t
 ``toolResult.status`` sent to a model other than Claude or Nova (the API reference says only those accept it;
 the message wording is our assumption), bad image formats. An image whose bytes do not match its declared
 format fails as the recording shows: inside the 200 stream (a ``validationException`` frame) for
-ConverseStream, 400 for Converse.
+ConverseStream, 400 for Converse. ``cachePoint`` blocks (in ``system``, a message's content or
+``toolConfig.tools``; at most four, for Claude and Nova models only — both refusals' wordings are our
+assumption) read and write a prompt cache of the simulator's own (``sim.prompt_cache``), reported as
+``cacheReadInputTokens`` / ``cacheWriteInputTokens`` beside an ``inputTokens`` that excludes them.
 
 Authentication, as the service does it (status 403, ``x-amzn-ErrorType: <Name>:http://internal.amazon.com/
 coral/com.amazon.coral.service/``, body ``{"message": …}``):
@@ -65,6 +68,7 @@ from urllib.parse import quote, unquote
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
 __all__ = ["BEDROCK_MODELS", "BedrockSim", "encode_frame"]
@@ -90,6 +94,7 @@ _PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.")
 _RATES = Rates(per_part=4, with_tools=420, per_tool=4, per_property=3, image=anthropic_image_tokens)
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
 _ERROR_NAMESPACE = "http://internal.amazon.com/coral/com.amazon.coral.service/"
+MAX_CACHE_POINTS = 4
 _PADDING = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 _IMAGE_FORMATS = ("png", "jpeg", "gif", "webp")
@@ -497,12 +502,37 @@ def _tally_block(tally: Tally, block: dict[str, Any]) -> None:
 # The simulator
 
 
+def _cache_prefixes(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The prompt before each ``cachePoint`` block, in prompt order (tools, system, messages), as a
+    body of its own."""
+    config = body.get("toolConfig") if isinstance(body.get("toolConfig"), dict) else {}
+    tools = [t for t in config.get("tools") or [] if isinstance(t, dict)]
+    system = [b for b in body.get("system") or [] if isinstance(b, dict)]
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    prefixes: list[dict[str, Any]] = []
+    prefixes += [{"toolConfig": {"tools": tools[:i]}} for i, tool in enumerate(tools) if "cachePoint" in tool]
+    prefixes += [
+        {"toolConfig": {"tools": tools}, "system": system[:i]} for i, b in enumerate(system) if "cachePoint" in b
+    ]
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message.get("content"), list) else []
+        for j, block in enumerate(content):
+            if isinstance(block, dict) and "cachePoint" in block:
+                turn = {**message, "content": content[:j]}
+                prefixes.append({"toolConfig": {"tools": tools}, "system": system, "messages": [*messages[:i], turn]})
+    return prefixes
+
+
 class BedrockSim:
-    """``bedrock-runtime.{region}.amazonaws.com`` (plus ListFoundationModels) on loopback."""
+    """``bedrock-runtime.{region}.amazonaws.com`` (plus ListFoundationModels) on loopback, with a prompt
+    cache (``sim.prompt_cache``) for the ``cachePoint`` blocks a request carries."""
 
     name = "bedrock"
     base_path = ""
     overloaded_status = 503
+
+    def __init__(self) -> None:
+        self.prompt_cache = PromptCache()
 
     def handle(self, req: SimRequest, ctx: SimContext) -> SimResponse:
         """Authenticate (SigV4 or Bedrock API key), then route."""
@@ -582,14 +612,36 @@ class BedrockSim:
                 {"content-type": _EVENTSTREAM, **headers},
                 chunks=[_exception_frame("validationException", image_mismatch)],
             )
+        prefixes = _cache_prefixes(body)
+        if prefixes and not _accepts_tool_status(model):  # the same two families cache
+            return self._error(
+                400,
+                "ValidationException",
+                "This model doesn't support the cachePoint field. Remove cachePoint and try again.",
+                req,
+                ctx,
+            )
+        if len(prefixes) > MAX_CACHE_POINTS:
+            message = f"The number of cachePoint blocks ({len(prefixes)}) exceeds the maximum of {MAX_CACHE_POINTS}."
+            return self._error(400, "ValidationException", message, req, ctx)
         answer = _answer(body, ctx)
+        cache = self.prompt_cache.use(
+            [
+                (
+                    prefix_key(model, ctx.aws_access_key_id, prefix, marker="cachePoint"),
+                    min(answer.tokens_in, _input_tokens(prefix)),
+                )
+                for prefix in prefixes
+            ]
+        )
+        usage = self._usage(answer, cache if prefixes else None)
         tool_ids = [ctx.make_id("tooluse_", 22, req.body, i, alphabet=_ID_CHARS) for i in range(len(answer.tool_calls))]
         signature = base64.b64encode(bytes(ctx.rng("signature", req.body).randrange(256) for _ in range(96))).decode()
         if stream:
             return SimResponse(
                 200,
                 {"content-type": _EVENTSTREAM, **headers},
-                chunks=self._frames(req, ctx, answer, tool_ids, signature),
+                chunks=self._frames(req, ctx, answer, tool_ids, signature, usage),
             )
         content: list[dict[str, Any]] = []
         if answer.thinking:
@@ -602,7 +654,7 @@ class BedrockSim:
             "metrics": {"latencyMs": self._latency(req, ctx)},
             "output": {"message": {"content": content, "role": "assistant"}},
             "stopReason": self._stop_reason(answer),
-            "usage": self._usage(answer),
+            "usage": usage,
         }
         return json_response(200, payload, headers)
 
@@ -611,19 +663,31 @@ class BedrockSim:
             return "tool_use"
         return "max_tokens" if answer.finish == "length" else "end_turn"
 
-    def _usage(self, answer: Answer) -> dict[str, int]:
+    def _usage(self, answer: Answer, cache: CacheUse | None) -> dict[str, int]:
+        """The usage object; with ``cache`` (the request had cache points) its two counts, which
+        ``inputTokens`` then excludes (``totalTokens`` counts them)."""
         output = answer.tokens_out + answer.tokens_thinking
+        if cache is None:
+            return {"inputTokens": answer.tokens_in, "outputTokens": output, "totalTokens": answer.tokens_in + output}
         return {
-            "inputTokens": answer.tokens_in,
+            "inputTokens": max(0, answer.tokens_in - cache.read - cache.written),
             "outputTokens": output,
             "totalTokens": answer.tokens_in + output,
+            "cacheReadInputTokens": cache.read,
+            "cacheWriteInputTokens": cache.written,
         }
 
     def _latency(self, req: SimRequest, ctx: SimContext) -> int:
         return ctx.rng("latency", req.body).randint(150, 600)
 
     def _frames(
-        self, req: SimRequest, ctx: SimContext, answer: Answer, tool_ids: list[str], signature: str
+        self,
+        req: SimRequest,
+        ctx: SimContext,
+        answer: Answer,
+        tool_ids: list[str],
+        signature: str,
+        usage: dict[str, int],
     ) -> list[bytes]:
         rnd = ctx.rng("padding", req.body)
 
@@ -669,9 +733,7 @@ class BedrockSim:
             frames.append(event("contentBlockStop", {"contentBlockIndex": index}))
             index += 1
         frames.append(event("messageStop", {"stopReason": self._stop_reason(answer)}))
-        frames.append(
-            event("metadata", {"metrics": {"latencyMs": self._latency(req, ctx)}, "usage": self._usage(answer)})
-        )
+        frames.append(event("metadata", {"metrics": {"latencyMs": self._latency(req, ctx)}, "usage": usage}))
         return frames
 
     # -- control plane -----------------------------------------------------------------------------------

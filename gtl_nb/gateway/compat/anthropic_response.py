@@ -11,8 +11,9 @@
 * ``stop_reason``: GTL ``stop`` → ``end_turn``, ``length`` → ``max_tokens``, ``tool_calls`` →
   ``tool_use``, ``content_filter`` → ``refusal``, ``other`` → ``end_turn``; ``stop_sequence`` is
   null (GTL does not say which sequence matched).
-* ``usage``: ``input_tokens`` = GTL ``tokens_in`` minus its cached tokens (Anthropic counts cache
-  reads apart), ``cache_read_input_tokens`` = the cached tokens when reported, ``output_tokens`` =
+* ``usage``: ``input_tokens`` = GTL ``tokens_in`` minus its cache reads and writes (Anthropic counts
+  both apart), ``cache_read_input_tokens`` = the cached tokens and ``cache_creation_input_tokens`` the
+  tokens written to the cache, each when reported, ``output_tokens`` =
   ``tokens_out``; an unreported count is 0. A stream's ``message_start`` says 0 for both — the counts
   are known only at the end — and ``message_delta`` carries the real ones (the SDK takes both).
 * An error after the answer began is an ``error`` event (the SDK raises it) and the stream ends there.
@@ -42,11 +43,13 @@ def usage_object(usage: Usage | None) -> dict[str, Any]:
     """Anthropic's ``usage`` object (zeros where nothing was reported)."""
     if usage is None:
         return {"input_tokens": 0, "output_tokens": 0}
-    cached = usage.cached_tokens_in or 0
+    apart = (usage.cached_tokens_in or 0) + (usage.cache_write_tokens_in or 0)
     result: dict[str, Any] = {
-        "input_tokens": max(0, (usage.tokens_in or 0) - cached),
+        "input_tokens": max(0, (usage.tokens_in or 0) - apart),
         "output_tokens": usage.tokens_out or 0,
     }
+    if usage.cache_write_tokens_in is not None:
+        result["cache_creation_input_tokens"] = usage.cache_write_tokens_in
     if usage.cached_tokens_in is not None:
         result["cache_read_input_tokens"] = usage.cached_tokens_in
     return result

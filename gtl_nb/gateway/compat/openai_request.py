@@ -14,6 +14,9 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array),
   ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
   usage chunk. ``n`` other than 1 is refused: a session has one answer.
+* ``cache_control`` on a message or on one of its content parts (the form other OpenAI-compatible
+  proxies take for Anthropic's prompt caching) → GTL's ``cache_point`` on that message: the deployment
+  that answers asks for its provider's cache if it caches only on request (OpenAI caches by itself).
 * Anything else (``seed``, ``user``, ``logprobs``, penalties, ``parallel_tool_calls``, ``store``,
   ``metadata``…) is accepted and ignored, as a proxy in front of a model that lacks it would.
 """
@@ -80,6 +83,21 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
 
 
 def _message(raw: Any, where: str) -> Message:
+    message = _message_itself(raw, where)
+    return msgspec.structs.replace(message, cache_point=True) if _cache_marked(raw) else message
+
+
+def _cache_marked(raw: dict[str, Any]) -> bool:
+    """Whether a message, or a content part of it, carries a ``cache_control`` marker."""
+    if raw.get("cache_control") is not None:
+        return True
+    content = raw.get("content")
+    return isinstance(content, list) and any(
+        isinstance(part, dict) and part.get("cache_control") is not None for part in content
+    )
+
+
+def _message_itself(raw: Any, where: str) -> Message:
     if not isinstance(raw, dict):
         raise FieldError(where, "each message must be an object")
     role = fields.text(raw, "role", f"{where}.role", required=True)

@@ -1,0 +1,96 @@
+"""A provider's prompt cache as the simulators keep it (Anthropic's ``cache_control``, Converse's ``cachePoint``).
+
+A request names breakpoints; the prompt up to each one is a *prefix*. What the services document, and
+what this reproduces:
+
+* a prefix shorter than the model's minimum (``minimum_tokens``) is not cached, and that is no error;
+* the longest prefix already cached is *read* (``cache_read_input_tokens`` / ``cacheReadInputTokens``),
+  looked up at the breakpoints and at the *lookups* a simulator adds (Anthropic looks for a hit at
+  the block boundaries up to 20 blocks before each breakpoint, so marking only the newest turn of a
+  conversation reads what the previous turn wrote);
+* the prompt from there to the last cacheable breakpoint is *written* (``cache_creation_input_tokens`` /
+  ``cacheWriteInputTokens``), and every prefix of the request is cached from then on;
+* an entry lives ``ttl`` seconds (five minutes) from its last use, a hit renewing it;
+* the input count the service reports apart is what follows the part read or written.
+
+Prefixes are told apart by a digest of what they hold (the model and the key included: a cache is never
+shared across accounts), markers left out; their sizes come from the simulator's own token estimate.
+The cache holds at most ``max_entries`` prefixes, dropping the expired, then the oldest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["CacheUse", "PromptCache", "prefix_key"]
+
+MINIMUM_TOKENS = 1024
+"""The shortest prefix the simulated models cache (Claude Sonnet's documented minimum)."""
+TTL_SECONDS = 300.0
+"""How long an entry lives after its last use: the five-minute cache."""
+
+
+@dataclass(frozen=True)
+class CacheUse:
+    """What one request did with the cache: tokens read from it and written to it."""
+
+    read: int = 0
+    written: int = 0
+
+
+def prefix_key(*parts: Any, marker: str) -> str:
+    """A digest of a prefix's content (JSON values), every ``marker`` key left out at any depth."""
+    text = json.dumps([_unmarked(part, marker) for part in parts], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _unmarked(value: Any, marker: str) -> Any:
+    if isinstance(value, dict):
+        return {key: _unmarked(item, marker) for key, item in value.items() if key != marker}
+    if isinstance(value, list):
+        return [_unmarked(item, marker) for item in value if not (isinstance(item, dict) and set(item) == {marker})]
+    return value
+
+
+@dataclass
+class PromptCache:
+    """The prefixes cached so far, with when each expires (see the module docstring)."""
+
+    ttl: float = TTL_SECONDS
+    minimum_tokens: int = MINIMUM_TOKENS
+    max_entries: int = 4096
+    clock: Callable[[], float] = time.monotonic
+    _expiry: dict[str, float] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def use(self, prefixes: Sequence[tuple[str, int]], lookups: Sequence[tuple[str, int]] = ()) -> CacheUse:
+        """Look up ``prefixes`` — ``(key, tokens up to the breakpoint)`` — and ``lookups`` (prefixes
+        only looked for), then store ``prefixes``; a hit is renewed."""
+        eligible = [(key, tokens) for key, tokens in prefixes if tokens >= self.minimum_tokens]
+        if not eligible:
+            return CacheUse()
+        looked = eligible + [(key, tokens) for key, tokens in lookups if tokens >= self.minimum_tokens]
+        with self._lock:
+            now = self.clock()
+            hits = [(key, tokens) for key, tokens in looked if self._expiry.get(key, 0.0) > now]
+            read = max((tokens for _, tokens in hits), default=0)
+            written = max(0, max(tokens for _, tokens in eligible) - read)
+            for key, _ in [*hits, *eligible]:
+                self._expiry.pop(key, None)  # re-inserted last: the dict's order is the order of use
+                self._expiry[key] = now + self.ttl
+            self._bound(now)
+        return CacheUse(read=read, written=written)
+
+    def _bound(self, now: float) -> None:
+        if len(self._expiry) <= self.max_entries:
+            return
+        for key in [key for key, expiry in self._expiry.items() if expiry <= now]:
+            del self._expiry[key]
+        while len(self._expiry) > self.max_entries:
+            del self._expiry[next(iter(self._expiry))]

@@ -1,0 +1,200 @@
+"""Prompt caching through the compatible endpoints: the SDKs' markers reach the deployment that answers,
+and the cache's counts come back in each API's usage, the ledger row and the cost."""
+
+# ruff: noqa: F811 - the tests take test_compat's fixtures, imported below, by name
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from gtl_nb.gateway.compat.anthropic_request import messages_request
+from gtl_nb.gateway.compat.anthropic_response import usage_object
+from gtl_nb.gateway.compat.openai_request import chat_request
+from gtl_nb.protocol.messages import Usage
+from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: one gateway before every simulator
+    backends,
+    base_url,
+    claude,
+    ledger_path,
+    oai,
+    providers,
+    rows_of,
+    target,
+)
+
+EPHEMERAL = {"type": "ephemeral"}
+QUESTION = "Which clause speaks of noon?"
+
+
+def document() -> str:
+    """A system prompt long enough to cache (~2,000 tokens by the simulators' estimate), unique per call."""
+    marker = uuid.uuid4().hex
+    return f"Charter {marker}. " + " ".join(
+        f"clause {i} of the harbour charter says the tide turns at {i % 24} o'clock." for i in range(120)
+    )
+
+
+# -- the intake: markers become cache points ------------------------------------------------------------
+
+
+def test_anthropic_markers_mark_the_messages_they_stand_in():
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "system": [{"type": "text", "text": "a"}, {"type": "text", "text": "b", "cache_control": EPHEMERAL}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "q", "cache_control": EPHEMERAL}]},
+            {
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}, "cache_control": EPHEMERAL}],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": "42", "cache_control": EPHEMERAL},
+                    {"type": "text", "text": "and?"},
+                ],
+            },
+        ],
+    }
+    request = messages_request(body, "s")
+    assert [(m.role, m.cache_point) for m in request.messages] == [
+        ("system", True),
+        ("user", True),
+        ("assistant", True),
+        ("tool", True),
+        ("user", False),
+    ]
+
+
+def test_anthropic_text_marker_after_tool_results_marks_the_user_message():
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "t", "content": "42"},
+                    {"type": "text", "text": "and?", "cache_control": EPHEMERAL},
+                ],
+            }
+        ],
+    }
+    assert [(m.role, m.cache_point) for m in messages_request(body, "s").messages] == [("tool", False), ("user", True)]
+
+
+def test_anthropic_automatic_caching_marks_the_last_message():
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "cache_control": EPHEMERAL,
+        "system": "s",
+        "messages": [{"role": "user", "content": "q"}],
+    }
+    assert [m.cache_point for m in messages_request(body, "s").messages] == [False, True]
+
+
+def test_anthropic_without_markers_marks_nothing():
+    body = {"model": "m", "max_tokens": 10, "system": "s", "messages": [{"role": "user", "content": "q"}]}
+    assert not any(m.cache_point for m in messages_request(body, "s").messages)
+
+
+def test_openai_markers_on_a_message_or_a_part_mark_it():
+    body = {
+        "model": "m",
+        "messages": [
+            {"role": "system", "content": "rules", "cache_control": EPHEMERAL},
+            {"role": "user", "content": [{"type": "text", "text": "q", "cache_control": EPHEMERAL}]},
+            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "plain"},
+        ],
+    }
+    assert [m.cache_point for m in chat_request(body, "s").request.messages] == [True, True, False, False]
+
+
+def test_anthropic_usage_counts_cache_reads_and_writes_apart():
+    usage = Usage(session_id="s", tokens_in=6156, tokens_out=3, cached_tokens_in=4096, cache_write_tokens_in=2048)
+    assert usage_object(usage) == {
+        "input_tokens": 12,
+        "output_tokens": 3,
+        "cache_creation_input_tokens": 2048,
+        "cache_read_input_tokens": 4096,
+    }
+
+
+# -- end to end, with the SDKs ----------------------------------------------------------------------------
+
+
+def anthropic_body(backends: dict[str, Any], provider: str) -> dict[str, Any]:
+    return json.loads(backends[provider].requests[-1].body)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_caches_a_marked_system_prompt_at_anthropic(claude, backends, ledger_path, stream):
+    system = [{"type": "text", "text": document(), "cache_control": EPHEMERAL}]
+    messages = [{"role": "user", "content": QUESTION}]
+    answers = []
+    for _ in range(2):
+        if stream:
+            with claude.messages.stream(
+                model=target("anthropic"), max_tokens=50, system=system, messages=messages
+            ) as events:
+                answers.append(events.get_final_message())
+        else:
+            answers.append(
+                claude.messages.create(model=target("anthropic"), max_tokens=50, system=system, messages=messages)
+            )
+        sent = anthropic_body(backends, "anthropic")
+        assert sent["system"][0]["cache_control"] == EPHEMERAL  # the marker reached the provider
+    first, second = (answer.usage for answer in answers)
+    assert first.cache_creation_input_tokens > 1024 and (first.cache_read_input_tokens or 0) == 0
+    assert second.cache_read_input_tokens == first.cache_creation_input_tokens
+    assert (second.cache_creation_input_tokens or 0) == 0
+    assert first.input_tokens == second.input_tokens  # only what follows the breakpoint
+    rows = [rows_of(ledger_path, answer.id)[0] for answer in answers]
+    assert rows[0]["cache_write_tokens_in"] == first.cache_creation_input_tokens
+    assert rows[1]["cached_tokens_in"] == second.cache_read_input_tokens
+    assert rows[0]["tokens_in"] == rows[1]["tokens_in"]
+    assert rows[1]["cost"] < rows[0]["cost"]  # a read costs a tenth of input, a write a quarter more
+
+
+def test_openai_sdk_caches_through_an_anthropic_deployment(oai, backends, ledger_path):
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": document(), "cache_control": EPHEMERAL}]},
+        {"role": "user", "content": QUESTION},
+    ]
+    first = oai.chat.completions.create(model=target("anthropic"), messages=messages)
+    assert anthropic_body(backends, "anthropic")["system"][0]["cache_control"] == EPHEMERAL
+    second = oai.chat.completions.create(model=target("anthropic"), messages=messages)
+    assert first.usage.prompt_tokens == second.usage.prompt_tokens  # every input token, cached or not
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.usage.prompt_tokens_details.cached_tokens > 1024
+    assert (
+        rows_of(ledger_path, first.id)[0]["cache_write_tokens_in"] == second.usage.prompt_tokens_details.cached_tokens
+    )
+
+
+def test_a_marker_reaches_bedrock_as_a_cache_point(claude, backends):
+    system = [{"type": "text", "text": document(), "cache_control": EPHEMERAL}]
+    messages = [{"role": "user", "content": QUESTION}]
+    usages = [
+        claude.messages.create(model=target("bedrock"), max_tokens=50, system=system, messages=messages).usage
+        for _ in range(2)
+    ]
+    sent = json.loads(backends["bedrock"].requests[-1].body)
+    assert sent["system"][-1] == {"cachePoint": {"type": "default"}}
+    assert usages[0].cache_creation_input_tokens > 1024
+    assert usages[1].cache_read_input_tokens == usages[0].cache_creation_input_tokens
+
+
+def test_a_marker_is_harmless_for_a_provider_that_caches_by_itself(oai, backends):
+    messages = [{"role": "system", "content": "rules", "cache_control": EPHEMERAL}, {"role": "user", "content": "q"}]
+    for provider in ("openai", "gemini", "ollama"):
+        answer = oai.chat.completions.create(model=target(provider), messages=messages)
+        assert answer.choices[0].message.content
+        assert b"cache_control" not in backends[provider].requests[-1].body

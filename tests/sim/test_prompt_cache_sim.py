@@ -1,0 +1,220 @@
+"""The simulators' prompt cache: its rules, and the Anthropic and Bedrock simulators behind the official SDKs."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import anthropic
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, prefix_key
+
+HAIKU = "claude-haiku-4-5-20251001"
+KEY_ID, SECRET, REGION = "AKIDSIMULATOR", "sim-secret", "us-east-1"
+
+
+def document() -> str:
+    """A system prompt long enough to cache (~2,000 tokens by the simulators' estimate), unique per call."""
+    marker = uuid.uuid4().hex
+    return f"Charter {marker}. " + " ".join(
+        f"clause {i} of the harbour charter says the tide turns at {i % 24} o'clock." for i in range(120)
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- the rules ------------------------------------------------------------------------------------------
+
+
+def test_a_first_request_writes_and_the_next_reads():
+    cache = PromptCache(clock=Clock())
+    prefixes = [("system", 1500), ("turn-1", 2600)]
+    assert cache.use(prefixes) == CacheUse(read=0, written=2600)
+    assert cache.use(prefixes) == CacheUse(read=2600, written=0)
+    # a longer conversation reads the longest prefix it shares and writes the rest
+    assert cache.use([("system", 1500), ("turn-1", 2600), ("turn-2", 3100)]) == CacheUse(read=2600, written=500)
+
+
+def test_a_lookup_is_read_but_never_written():
+    cache = PromptCache(clock=Clock())
+    assert cache.use([("turn-1", 2000)]) == CacheUse(read=0, written=2000)
+    # the next turn marks only itself: the previous turn's prefix is found by looking back
+    assert cache.use([("turn-2", 2600)], lookups=[("turn-1", 2000)]) == CacheUse(read=2000, written=600)
+    assert cache.use([("other", 3000)], lookups=[("never-written", 2500)]) == CacheUse(read=0, written=3000)
+    assert cache.use([("x", 1500)], lookups=[("never-written", 2500)]) == CacheUse(read=0, written=1500)
+
+
+def test_a_prefix_under_the_minimum_is_not_cached():
+    cache = PromptCache(clock=Clock(), minimum_tokens=1024)
+    assert cache.use([("short", 1023)]) == CacheUse()
+    assert cache.use([("short", 1023)]) == CacheUse()
+    assert cache.use([("short", 1023), ("long", 1100)]) == CacheUse(read=0, written=1100)
+
+
+def test_an_entry_expires_after_its_ttl_and_a_hit_renews_it():
+    clock = Clock()
+    cache = PromptCache(clock=clock, ttl=300.0)
+    cache.use([("p", 2000)])
+    clock.now += 299.0
+    assert cache.use([("p", 2000)]).read == 2000  # renewed: another 300 s from now
+    clock.now += 299.0
+    assert cache.use([("p", 2000)]).read == 2000
+    clock.now += 301.0
+    assert cache.use([("p", 2000)]) == CacheUse(read=0, written=2000)
+
+
+def test_the_cache_holds_a_bounded_number_of_prefixes():
+    clock = Clock()
+    cache = PromptCache(clock=clock, max_entries=3)
+    for name in "abcde":
+        cache.use([(name, 2000)])
+    assert cache.use([("e", 2000)]).read == 2000
+    assert cache.use([("a", 2000)]).read == 0  # the oldest went first
+    assert len(cache._expiry) <= 3
+
+
+def test_a_prefix_is_known_by_its_content_not_its_markers():
+    marked = {"system": [{"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}}]}
+    plain = {"system": [{"type": "text", "text": "x"}]}
+    assert prefix_key("m", "k", marked, marker="cache_control") == prefix_key("m", "k", plain, marker="cache_control")
+    point = {"system": [{"text": "x"}, {"cachePoint": {"type": "default"}}]}
+    assert prefix_key("m", "k", point, marker="cachePoint") == prefix_key(
+        "m", "k", {"system": [{"text": "x"}]}, marker="cachePoint"
+    )
+    assert prefix_key("m", "k", plain, marker="cache_control") != prefix_key(
+        "m", "other", plain, marker="cache_control"
+    )
+    assert prefix_key("m", "k", plain, marker="cache_control") != prefix_key("n", "k", plain, marker="cache_control")
+
+
+# -- Anthropic, with its SDK ----------------------------------------------------------------------------
+
+
+def claude(base_url: str) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=base_url, api_key="sim-key", max_retries=0)
+
+
+def test_anthropic_sim_writes_then_reads_a_marked_system_prompt(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    system = [{"type": "text", "text": document(), "cache_control": {"type": "ephemeral"}}]
+    ask = {"role": "user", "content": "Which clause speaks of noon?"}
+    first = claude(s.base_url).messages.create(model=HAIKU, max_tokens=50, system=system, messages=[ask])
+    second = claude(s.base_url).messages.create(model=HAIKU, max_tokens=50, system=system, messages=[ask])
+    assert first.usage.cache_creation_input_tokens > 1024 and first.usage.cache_read_input_tokens == 0
+    assert first.usage.cache_creation.ephemeral_5m_input_tokens == first.usage.cache_creation_input_tokens
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+    assert second.usage.cache_creation_input_tokens == 0
+    assert second.usage.input_tokens == first.usage.input_tokens  # what follows the breakpoint
+    total = first.usage.input_tokens + first.usage.cache_creation_input_tokens
+    assert total == second.usage.input_tokens + second.usage.cache_read_input_tokens
+
+
+def test_anthropic_sim_streams_the_cache_counts(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    system = [{"type": "text", "text": document(), "cache_control": {"type": "ephemeral"}}]
+    ask = [{"role": "user", "content": "Which clause speaks of noon?"}]
+    counts = []
+    for _ in range(2):
+        with claude(s.base_url).messages.stream(model=HAIKU, max_tokens=50, system=system, messages=ask) as stream:
+            usage = stream.get_final_message().usage
+        counts.append((usage.cache_creation_input_tokens, usage.cache_read_input_tokens))
+    assert counts[0][0] > 1024 and counts[0][1] == 0
+    assert counts[1] == (0, counts[0][0])
+
+
+def test_anthropic_sim_without_markers_caches_nothing(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    system = document()
+    for _ in range(2):
+        usage = (
+            claude(s.base_url)
+            .messages.create(model=HAIKU, max_tokens=20, system=system, messages=[{"role": "user", "content": "hi"}])
+            .usage
+        )
+        assert usage.cache_creation_input_tokens == 0 and usage.cache_read_input_tokens == 0
+
+
+def test_anthropic_sim_refuses_a_fifth_breakpoint(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    marked = {"type": "ephemeral"}
+    turns = []
+    for i in range(5):
+        turns.append({"role": "user", "content": [{"type": "text", "text": f"turn {i}", "cache_control": marked}]})
+        turns.append({"role": "assistant", "content": "ok"})
+    with pytest.raises(anthropic.BadRequestError, match="A maximum of 4 blocks with cache_control"):
+        claude(s.base_url).messages.create(
+            model=HAIKU, max_tokens=20, messages=[*turns, {"role": "user", "content": "?"}]
+        )
+
+
+# -- Bedrock's Converse, with boto3 ----------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _no_bearer_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AWS_BEARER_TOKEN_BEDROCK", raising=False)  # boto3 would prefer it over SigV4
+
+
+def converse_client(base_url: str) -> Any:
+    return boto3.client(
+        "bedrock-runtime",
+        endpoint_url=base_url,
+        region_name=REGION,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+        config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+    )
+
+
+@pytest.mark.parametrize("model", ["us.amazon.nova-micro-v1:0", "anthropic.claude-sonnet-4-5-20250929-v1:0"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bedrock_sim_writes_then_reads_a_cache_point(serve_sim: Any, model: str, stream: bool) -> None:
+    s = serve_sim("bedrock", aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    client = converse_client(s.base_url)
+    system = [{"text": document()}, {"cachePoint": {"type": "default"}}]
+    messages = [{"role": "user", "content": [{"text": "Which clause speaks of noon?"}]}]
+    usages = []
+    for _ in range(2):
+        if stream:
+            events = client.converse_stream(modelId=model, system=system, messages=messages)["stream"]
+            usages.append(next(e["metadata"]["usage"] for e in events if "metadata" in e))
+        else:
+            usages.append(client.converse(modelId=model, system=system, messages=messages)["usage"])
+    first, second = usages
+    assert first["cacheWriteInputTokens"] > 1024 and first["cacheReadInputTokens"] == 0
+    assert second["cacheReadInputTokens"] == first["cacheWriteInputTokens"] and second["cacheWriteInputTokens"] == 0
+    assert first["inputTokens"] == second["inputTokens"]
+    assert first["totalTokens"] == first["inputTokens"] + first["cacheWriteInputTokens"] + first["outputTokens"]
+
+
+def test_bedrock_sim_refuses_cache_points_for_a_model_it_does_not_cache(serve_sim: Any) -> None:
+    s = serve_sim("bedrock", aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    system = [{"text": "rules"}, {"cachePoint": {"type": "default"}}]
+    with pytest.raises(ClientError, match="cachePoint"):
+        converse_client(s.base_url).converse(
+            modelId="meta.llama3-1-8b-instruct-v1:0",
+            system=system,
+            messages=[{"role": "user", "content": [{"text": "hi"}]}],
+        )
+
+
+def test_bedrock_sim_refuses_a_fifth_cache_point(serve_sim: Any) -> None:
+    s = serve_sim("bedrock", aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    point = {"cachePoint": {"type": "default"}}
+    messages = []
+    for i in range(5):
+        messages.append({"role": "user", "content": [{"text": f"turn {i}"}, point]})
+        messages.append({"role": "assistant", "content": [{"text": "ok"}]})
+    messages.append({"role": "user", "content": [{"text": "?"}]})
+    with pytest.raises(ClientError, match="maximum of 4"):
+        converse_client(s.base_url).converse(modelId="us.amazon.nova-micro-v1:0", messages=messages)
