@@ -21,7 +21,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.anthropic_request import messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
-from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply
+from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
@@ -63,12 +63,18 @@ def error_object(error: Error, *, kind: str | None = None) -> dict[str, Any]:
 
 
 def error_reply(
-    error: Error, *, status: int | None = None, kind: str | None = None, headers: dict[str, str] | None = None
+    error: Error,
+    *,
+    status: int | None = None,
+    kind: str | None = None,
+    headers: dict[str, str] | None = None,
+    retried: bool = False,
 ) -> Reply:
-    """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given."""
+    """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
+    gateway tried again already (``reply.error_headers``)."""
     status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
     body: dict[str, Any] = {"type": "error", "error": error_object(error, kind=kind)}
-    headers = {**error_headers(error), **(headers or {})}
+    headers = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
         body["request_id"] = headers["request-id"] = error.session_id
     return json_reply(status, body, headers)
@@ -108,7 +114,7 @@ class AnthropicEndpoints:
         transcript = await collect(self.sessions, message, context, request.receive)
         if transcript.done is None:
             error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
-            return error_reply(error)
+            return error_reply(error, retried=retried_already(transcript.statuses))
         return json_reply(200, message_object(transcript, model=message.model), {"request-id": session_id})
 
     async def unsupported(self, request: Any) -> Any:

@@ -30,7 +30,7 @@ from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
-from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply
+from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
@@ -91,10 +91,12 @@ def error_reply(
     code: str | None = None,
     kind: str | None = None,
     headers: dict[str, str] | None = None,
+    retried: bool = False,
 ) -> Reply:
-    """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given."""
+    """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
+    gateway tried again already (``reply.error_headers``)."""
     status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
-    extra = {**error_headers(error), **(headers or {})}
+    extra = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
         extra["x-request-id"] = error.session_id
     return Reply(status, error_body(error, param=param, code=code, kind=kind), {"cache-control": "no-store", **extra})
@@ -145,7 +147,7 @@ class OpenAIEndpoints:
         transcript = await collect(self.sessions, chat.request, context, request.receive)
         if transcript.done is None:
             error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
-            return error_reply(error)
+            return error_reply(error, retried=retried_already(transcript.statuses))
         return json_reply(
             200, completion_object(transcript, model=model, created=created), {"x-request-id": session_id}
         )

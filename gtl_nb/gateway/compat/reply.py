@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from gtl_nb.protocol.messages import Error
+from gtl_nb.protocol.messages import Error, Status
 
-__all__ = ["Reply", "error_headers", "json_reply"]
+__all__ = ["RETRIED_STATES", "Reply", "error_headers", "json_reply", "retried_already"]
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,21 @@ def json_reply(status: int, value: Any, headers: dict[str, str] | None = None) -
     return Reply(status, msgspec.json.encode(value), {"cache-control": "no-store", **(headers or {})})
 
 
-def error_headers(error: Error) -> dict[str, str]:
-    """``x-should-retry`` (both SDKs obey it before their own status rules) and ``retry-after``."""
-    headers = {"x-should-retry": "true" if error.retryable else "false"}
+RETRIED_STATES = frozenset(("retrying", "failover"))
+"""The ``status`` states that say the gateway tried again (``retried_already``)."""
+
+
+def retried_already(statuses: Iterable[Status]) -> bool:
+    """Whether a session retried or failed over before it ended: its error is then the answer to every
+    attempt the gateway's retry policy allowed, and an SDK that retried it too would multiply them (the
+    OpenAI and Anthropic SDKs retry twice by default: nine calls upstream for one, against three)."""
+    return any(status.state in RETRIED_STATES for status in statuses)
+
+
+def error_headers(error: Error, *, retried: bool = False) -> dict[str, str]:
+    """``x-should-retry`` (both SDKs obey it before their own status rules) and ``retry-after``:
+    ``true`` for a retryable error the gateway did not try again (``retried``: it did), else ``false``."""
+    headers = {"x-should-retry": "true" if error.retryable and not retried else "false"}
     if error.retry_after is not None and math.isfinite(error.retry_after):
         headers["retry-after"] = str(max(0, math.ceil(error.retry_after)))
     return headers

@@ -7,10 +7,12 @@ cancels its session (the engine closes the upstream response, the ledger row say
 **Streaming.** The status line waits for the session's first answer event (text, a tool call, usage,
 the end): an error before any of the answer — an unknown model, a refused provider key, a rate limit
 — is then an HTTP error in the format's own shape, so an SDK raises its own exception class even for
-``stream=True``. Once the answer has begun, the status is ``200`` and a later error is an error event
-inside the stream. A ``failover`` after the answer began (the engine moved to another deployment,
-which voids what was sent) cannot be expressed in either format: the stream ends with an error event
-saying so and the session is cancelled, so the ledger does not record an answer the client never got.
+``stream=True`` — with ``x-should-retry: false`` when the gateway retried or failed over already
+(``reply.retried_already``: the SDK's own retries would multiply the gateway's). Once the answer has
+begun, the status is ``200`` and a later error is an error event inside the stream. A ``failover``
+after the answer began (the engine moved to another deployment, which voids what was sent) cannot be
+expressed in either format: the stream ends with an error event saying so and the session is
+cancelled, so the ledger does not record an answer the client never got.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.gateway.compat.reply import Reply
+from gtl_nb.gateway.compat.reply import Reply, retried_already
 from gtl_nb.gateway.streaming import EventOutbox, Running, SessionRunner, collect_session, stream_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Status, StreamEvent
@@ -31,6 +33,12 @@ log = get_logger("gateway.compat")
 
 FAILOVER_CANCEL = "the gateway (a failover after the answer began, which a compatible stream cannot carry)"
 """Who cancelled a session whose stream had to end at a failover (its ledger row's reason)."""
+
+
+class Refuse(Protocol):
+    """A format's whole error answer (``openai.error_reply``, ``anthropic.error_reply``)."""
+
+    def __call__(self, error: Error, *, retried: bool = False) -> Reply: ...
 
 
 class EventEncoder(Protocol):
@@ -72,7 +80,7 @@ class StreamedSession:
         context: RequestContext,
         *,
         encoder: EventEncoder,
-        refuse: Callable[[Error], Reply],
+        refuse: Refuse,
         headers: dict[str, str] | None = None,
     ) -> None:
         self.sessions = sessions
@@ -90,14 +98,16 @@ class StreamedSession:
     async def _pump(self, outbox: EventOutbox, send: Any, running: Running) -> None:
         started = False
         ended = False
+        retried = False  # whether the gateway tried again before the answer began (``reply.retried_already``)
         while not ended:
             pieces: list[bytes] = []  # what this batch of events writes, in one send
             for event in await outbox.take():
                 if not started:
                     if isinstance(event, Status):
+                        retried = retried or retried_already((event,))
                         continue  # queued, retrying, a failover before any answer: nothing to tell yet
                     if isinstance(event, Error):
-                        await self.refuse(event)(None, None, send)
+                        await self.refuse(event, retried=retried)(None, None, send)
                         return
                     await self._start(send)
                     pieces.append(self.encoder.open(event))  # written with the batch: one write, not two

@@ -1,0 +1,102 @@
+"""The compatible endpoints and the SDKs' own retries: one layer retries, not both.
+
+The OpenAI and Anthropic SDKs retry a 429 or 5xx twice by default, obeying ``x-should-retry`` before
+their own rules. When the gateway has already retried (or failed over) within its retry policy, its
+error says ``x-should-retry: false``: three calls upstream for one, not nine. An error the gateway did
+not retry keeps the SDK's retries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from gtl_nb import sim
+from gtl_nb.gateway.compat.reply import error_headers, retried_already
+from gtl_nb.protocol.messages import Error, Status
+from tests.gateway.conftest import SIM_KEY, write_toml
+from tests.gateway.test_http import serving
+
+ATTEMPTS = 3  # the gateway's retry policy: attempts in all, the first one included
+
+
+@pytest.fixture
+def limited() -> Iterator[sim.Simulator]:
+    """An Anthropic simulator that answers every request with its 429 (``retry-after: 0``)."""
+    with sim.serve("anthropic", sim.Fault.http(429, retry_after=0)) as simulator:
+        yield simulator
+
+
+def gateway_config(directory: Path, simulator: sim.Simulator, max_attempts: int) -> Path:
+    retry = {"max_attempts": max_attempts, "base_delay": 0.01, "max_delay": 0.02}
+    return write_toml(
+        directory / "gtl.toml",
+        {
+            "providers.anthropic": {"api_key": SIM_KEY, "base_url": simulator.base_url},
+            "routing.retry": retry,
+            "routing.breaker": {"enabled": False},  # every attempt reaches the provider: they can be counted
+            "ledger": {"path": str(directory / "ledger.sqlite3")},
+        },
+    )
+
+
+def calls_for_one(simulator: sim.Simulator, ask: Any) -> int:
+    before = len(simulator.requests)
+    ask()
+    return len(simulator.requests) - before
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_error_the_gateway_retried_is_not_retried_by_the_sdks(tmp_path, limited, stream):
+    with serving(gateway_config(tmp_path, limited, ATTEMPTS)) as served:
+        oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key="none", max_retries=2)
+        claude = anthropic.Anthropic(base_url=served.url, api_key="none", max_retries=2)
+
+        def ask_openai() -> None:
+            with pytest.raises(openai.RateLimitError) as raised:
+                oai.chat.completions.create(
+                    model="anthropic:claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}], stream=stream
+                )
+            assert raised.value.response.headers["x-should-retry"] == "false"
+
+        def ask_anthropic() -> None:
+            with pytest.raises(anthropic.RateLimitError) as raised:
+                claude.messages.create(
+                    model="anthropic:claude-haiku-4-5",
+                    max_tokens=10,
+                    messages=[{"role": "user", "content": "hi"}],
+                    stream=stream,
+                )
+            assert raised.value.response.headers["x-should-retry"] == "false"
+
+        assert calls_for_one(limited, ask_openai) == ATTEMPTS
+        assert calls_for_one(limited, ask_anthropic) == ATTEMPTS
+
+
+def test_an_error_the_gateway_did_not_retry_is_left_to_the_sdks(tmp_path, limited):
+    with serving(gateway_config(tmp_path, limited, 1)) as served:  # the gateway retries nothing
+        oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key="none", max_retries=2)
+
+        def ask() -> None:
+            with pytest.raises(openai.RateLimitError) as raised:
+                oai.chat.completions.create(
+                    model="anthropic:claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}]
+                )
+            assert raised.value.response.headers["x-should-retry"] == "true"
+
+        assert calls_for_one(limited, ask) == 3  # the SDK's first call and its two retries
+
+
+def test_which_statuses_say_the_gateway_tried_again():
+    assert not retried_already([Status(session_id="s", state="queued"), Status(session_id="s", state="streaming")])
+    assert retried_already([Status(session_id="s", state="retrying", attempt=2)])
+    assert retried_already([Status(session_id="s", state="failover", from_provider="a", to_provider="b")])
+    error = Error(session_id="s", code="RATE_LIMIT", message="slow down", retryable=True, retry_after=1.5)
+    assert error_headers(error) == {"x-should-retry": "true", "retry-after": "2"}
+    assert error_headers(error, retried=True) == {"x-should-retry": "false", "retry-after": "2"}
+    refused = Error(session_id="s", code="INVALID_REQUEST", message="no", retryable=False)
+    assert error_headers(refused)["x-should-retry"] == "false"
