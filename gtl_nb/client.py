@@ -1166,9 +1166,15 @@ def _messages(value: Any) -> list[Message]:
 def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts, and
     Anthropic's ``cache_control`` marker for GTL's ``cache_point``."""
-    if item.get("cache_control") is not None:
+    if "cache_control" in item:
+        marker = item["cache_control"]
+        if marker is not None and not (isinstance(marker, dict) and marker.get("type") == "ephemeral"):
+            raise InvalidRequestError(
+                f'cache_control must be {{"type": "ephemeral"}} (or say cache_point=True), not {marker!r}'
+            )
         item = {key: value for key, value in item.items() if key != "cache_control"}
-        item.setdefault("cache_point", True)
+        if marker is not None:
+            item.setdefault("cache_point", True)
     calls = item.get("tool_calls")
     if not calls:
         return item

@@ -218,7 +218,6 @@ def replay(answer: CachedAnswer, session_id: str) -> list[StreamEvent]:
             tokens_in=usage.tokens_in if usage else None,
             tokens_out=usage.tokens_out if usage else None,
             cached_tokens_in=usage.cached_tokens_in if usage else None,
-            cache_write_tokens_in=usage.cache_write_tokens_in if usage else None,
             reasoning_tokens_out=usage.reasoning_tokens_out if usage else None,
             cost=0.0,
             cache_hit=True,

@@ -14,8 +14,9 @@ Request mapping (``build_request``):
   same role are merged into one (role ``tool`` results join the user turn, ``tool_result`` blocks
   first as Anthropic requires). Empty turns are dropped.
 * A message's ``cache_point`` → ``cache_control: {"type": "ephemeral"}`` (the five-minute cache) on
-  its last block that may carry one, or — for a system message — on the system prompt, sent as one
-  text block; at most ``MAX_CACHE_POINTS`` (4, the API's limit): the last marks are kept. Usage's
+  its last block that may carry one (never a replayed thinking block); a marked system message makes
+  the system prompt a list of text blocks, one a system message, the marked ones carrying it; at most
+  ``MAX_CACHE_POINTS`` (4, the API's limit): the last marks are kept. Usage's
   ``cache_creation_input_tokens`` → ``cache_write_tokens_in``, ``cache_read_input_tokens`` →
   ``cached_tokens_in``; ``tokens_in`` is their sum with ``input_tokens``.
 * ``temperature`` is passed through unchanged although Anthropic's range is 0–1, not 0–2: the API
@@ -83,7 +84,6 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.providers.base import (
     API_KEY,
     BodySniffer,
-    CachePoints,
     Deployment,
     GuardedDecoder,
     HttpRequest,
@@ -264,22 +264,23 @@ _CACHEABLE_BLOCKS = frozenset(("text", "image", "tool_use", "tool_result", "docu
 
 
 def convert_messages(
-    messages: list[Message], points: CachePoints | None = None
+    messages: list[Message], points: frozenset[int] = frozenset()
 ) -> tuple[str | list[dict[str, Any]] | None, list[dict[str, Any]]]:
     """GTL messages → (top-level ``system``, Anthropic ``messages``), with ``cache_control`` after the
-    system prompt and the messages ``points`` names (``base.cache_points``); the system prompt is text
-    unless it carries a breakpoint (a text block then)."""
-    system: list[str] = []
+    messages whose indexes ``points`` holds (``base.cache_points``). The system prompt is one text,
+    the system messages joined, unless one of them carries a breakpoint: then each is a text block,
+    so a breakpoint falls between them where it was asked for."""
+    system: list[tuple[str, bool]] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         if message.role == "system":
             if message.content:
-                system.append(message.content)
+                system.append((message.content, index in points))
             continue
         blocks = _blocks(message)
         if not blocks:
             continue
-        if points is not None and index in points.messages:
+        if index in points:
             _mark_for_cache(blocks)
         role = "assistant" if message.role == "assistant" else "user"
         if turns and turns[-1]["role"] == role:
@@ -289,10 +290,13 @@ def convert_messages(
     for turn in turns:
         if turn["role"] == "user":  # tool results must open their user message (stable sort)
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
-    text = "\n\n".join(system)
-    if text and points is not None and points.system:
-        return [{"type": "text", "text": text, "cache_control": dict(_EPHEMERAL)}], turns
-    return (text or None), turns
+    if any(marked for _, marked in system):
+        blocks = [{"type": "text", "text": text} for text, _ in system]
+        for block, (_, marked) in zip(blocks, system, strict=True):
+            if marked:
+                block["cache_control"] = dict(_EPHEMERAL)
+        return blocks, turns
+    return ("\n\n".join(text for text, _ in system) or None), turns
 
 
 def _mark_for_cache(blocks: list[dict[str, Any]]) -> None:

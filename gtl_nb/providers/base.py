@@ -94,27 +94,21 @@ MAX_CACHE_POINTS = 4
 Bedrock's Converse refuse a fifth)."""
 
 
-@dataclass(frozen=True)
-class CachePoints:
-    """Where a request that caches on request puts its breakpoints (``cache_points``): after the system
-    prompt (``system``), and after each message of ``messages`` (indexes into the request's list)."""
-
-    system: bool
-    messages: frozenset[int]
-
-    def __bool__(self) -> bool:
-        return self.system or bool(self.messages)
+def cache_points(messages: Sequence[Message], limit: int = MAX_CACHE_POINTS) -> frozenset[int]:
+    """The indexes of the messages whose ``cache_point`` a provider that caches only when asked is asked
+    to honour: at most ``limit``, the last ones kept (the longest prefixes: a hit on a longer prefix
+    covers the shorter). A mark on a message with nothing to send (no text, image, tool call or
+    result, say an assistant turn of replayed reasoning alone) takes no place: no breakpoint can
+    stand there."""
+    marked = [index for index, message in enumerate(messages) if message.cache_point and _carries(message)]
+    return frozenset(marked[-limit:] if limit > 0 else ())
 
 
-def cache_points(messages: Sequence[Message], limit: int = MAX_CACHE_POINTS) -> CachePoints:
-    """The ``cache_point`` marks a provider that caches only when asked is asked to honour: at most
-    ``limit``, the last ones kept (the longest prefixes: a hit on a longer prefix covers the shorter),
-    system messages' marks counted as one breakpoint after the system prompt, which such APIs take
-    apart from the turns and ahead of them."""
-    marked = [index for index, message in enumerate(messages) if message.cache_point and message.role != "system"]
-    system = any(message.cache_point for message in messages if message.role == "system")
-    kept = marked[-limit:] if limit > 0 else []
-    return CachePoints(system=system and len(kept) < limit, messages=frozenset(kept))
+def _carries(message: Message) -> bool:
+    """Whether ``message`` becomes a block a breakpoint may follow (never a reasoning block alone)."""
+    if message.role == "tool":
+        return True  # a tool result is sent even when empty
+    return bool(message.content) or bool(message.images) or (message.role == "assistant" and bool(message.tool_calls))
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ Body mapping:
 
 * system messages → ``system: [{text}]``; the rest → ``messages`` whose content is a list of blocks;
   consecutive messages of one role are merged (Converse wants user and assistant to alternate).
-* A message's ``cache_point`` → a ``cachePoint`` block after its content (after the system blocks for
-  a system message), at most four (the last marks kept), for Claude and Nova models only: Converse
-  refuses the block for a model it does not cache. ``cacheWriteInputTokens`` →
+* A message's ``cache_point`` → a ``cachePoint`` block after its content (after its own system block
+  for a system message), at most four (the last marks kept), for the models Converse caches only
+  (``caches_on_request``: Claude from 3.5 Haiku and 3.7 Sonnet on, Nova's text models), since it
+  refuses the block for another. ``cacheWriteInputTokens`` →
   ``cache_write_tokens_in``, ``cacheReadInputTokens`` → ``cached_tokens_in``.
 * ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences``.
 * ``response_format`` ``json_schema`` → ``outputConfig.textFormat`` (``{"type": "json_schema",
@@ -79,7 +80,6 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import (
-    CachePoints,
     Deployment,
     GuardedDecoder,
     HttpRequest,
@@ -252,28 +252,28 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
 
 def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """``(system blocks, messages)``; tool results become user blocks, same-role turns are merged; a
-    ``cachePoint`` block after the system prompt and each message ``cache_points`` keeps, for a model
-    Converse caches (``_caches_on_request``)."""
-    points = cache_points(messages) if _caches_on_request(model) else CachePoints(system=False, messages=frozenset())
+    ``cachePoint`` block after each message ``cache_points`` keeps, for a model Converse caches
+    (``caches_on_request``)."""
+    points = cache_points(messages) if caches_on_request(model) else frozenset()
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         if message.role == "system":
             if message.content:
                 system.append({"text": message.content})
+                if index in points:
+                    system.append(_cache_point())
             continue
         role = "assistant" if message.role == "assistant" else "user"
         blocks = _content_blocks(message, model)
         if not blocks:
             continue
-        if index in points.messages:
+        if index in points:  # (cache_points keeps no message of reasoning blocks alone)
             blocks.append(_cache_point())
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         else:
             out.append({"role": role, "content": blocks})
-    if system and points.system:
-        system.append(_cache_point())
     return system, out
 
 
@@ -281,10 +281,27 @@ def _cache_point() -> dict[str, Any]:
     return {"cachePoint": {"type": "default"}}  # the five-minute cache (Converse's default)
 
 
-def _caches_on_request(model: str) -> bool:
-    """Whether Converse takes ``cachePoint`` blocks for ``model``: Anthropic's Claude and Amazon's Nova
-    (another model would refuse the request; its prompt is sent unmarked)."""
-    return _is_anthropic(model) or "amazon.nova" in model
+_UNCACHED_CLAUDE = (
+    "claude-instant",
+    "claude-v2",
+    "claude-3-haiku",
+    "claude-3-sonnet",
+    "claude-3-opus",
+    "claude-3-5-sonnet",
+)
+"""The Claude models Converse has no prompt cache for (the older ones; every later one has)."""
+_CACHED_NOVA = ("amazon.nova-micro", "amazon.nova-lite", "amazon.nova-pro", "amazon.nova-premier", "amazon.nova-2")
+"""Amazon's Nova text models, which Converse caches (not its image, video and speech models)."""
+
+
+def caches_on_request(model: str) -> bool:
+    """Whether Converse takes ``cachePoint`` blocks for ``model`` (an id, a cross-Region profile or a
+    foundation-model ARN): Claude from 3.5 Haiku and 3.7 Sonnet on, and Nova's text models. Another
+    model — an application inference profile's ARN too, which names none — would refuse the block:
+    its prompt is sent unmarked."""
+    if _is_anthropic(model):
+        return not any(old in model for old in _UNCACHED_CLAUDE)
+    return any(nova in model for nova in _CACHED_NOVA)
 
 
 def _tool_choice(tool_choice: str | dict[str, Any] | None) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
-from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, prefix_key
+from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, claude_minimum, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
 __all__ = ["ANTHROPIC_MODELS", "AnthropicSim"]
@@ -313,7 +313,9 @@ class AnthropicSim:
         marks = [index for index, (_, marked) in enumerate(boundaries) if marked]
         before = {i for mark in marks for i in range(max(0, mark - LOOKBACK_BLOCKS), mark)} - set(marks)
         return self.prompt_cache.use(
-            [sized(boundaries[i][0]) for i in marks], [sized(boundaries[i][0]) for i in sorted(before)]
+            [sized(boundaries[i][0]) for i in marks],
+            [sized(boundaries[i][0]) for i in sorted(before)],
+            minimum_tokens=claude_minimum(model),
         )
 
     # -- messages --------------------------------------------------------------------------------------------

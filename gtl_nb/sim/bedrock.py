@@ -22,9 +22,10 @@ without a ``toolConfig``, an empty ``toolConfig.tools`` or a tool schema whose t
 the message wording is our assumption), bad image formats. An image whose bytes do not match its declared
 format fails as the recording shows: inside the 200 stream (a ``validationException`` frame) for
 ConverseStream, 400 for Converse. ``cachePoint`` blocks (in ``system``, a message's content or
-``toolConfig.tools``; at most four, for Claude and Nova models only — both refusals' wordings are our
-assumption) read and write a prompt cache of the simulator's own (``sim.prompt_cache``), reported as
-``cacheReadInputTokens`` / ``cacheWriteInputTokens`` beside an ``inputTokens`` that excludes them.
+``toolConfig.tools``; at most four, for the Claude and Nova models AWS lists with prompt caching — both
+refusals' wordings are our assumption) read and write a prompt cache of the simulator's own
+(``sim.prompt_cache``), reported as ``cacheReadInputTokens`` / ``cacheWriteInputTokens`` beside an
+``inputTokens`` that excludes them.
 
 Authentication, as the service does it (status 403, ``x-amzn-ErrorType: <Name>:http://internal.amazon.com/
 coral/com.amazon.coral.service/``, body ``{"message": …}``):
@@ -68,7 +69,7 @@ from urllib.parse import quote, unquote
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
-from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, prefix_key
+from gtl_nb.sim.prompt_cache import MINIMUM_TOKENS, CacheUse, PromptCache, claude_minimum, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
 __all__ = ["BEDROCK_MODELS", "BedrockSim", "encode_frame"]
@@ -285,6 +286,15 @@ class _Invalid(Exception):
 def _accepts_tool_status(model: str) -> bool:
     """Per the API reference, only Amazon Nova and Anthropic Claude models accept ``toolResult.status``."""
     return "anthropic." in model or "amazon.nova" in model
+
+
+def _caches(model: str) -> bool:
+    """Whether the service takes ``cachePoint`` blocks for ``model``: Claude from 3.5 Haiku and 3.7
+    Sonnet on, and Amazon Nova's text models (AWS's list of models with prompt caching)."""
+    if "anthropic." in model:
+        old = ("claude-instant", "claude-v2", "claude-3-haiku", "claude-3-sonnet", "claude-3-opus", "claude-3-5-sonnet")
+        return not any(name in model for name in old)
+    return any(f"amazon.nova-{name}" in model for name in ("micro", "lite", "pro", "premier", "2"))
 
 
 def _detected_image_type(data: bytes) -> str:
@@ -613,7 +623,7 @@ class BedrockSim:
                 chunks=[_exception_frame("validationException", image_mismatch)],
             )
         prefixes = _cache_prefixes(body)
-        if prefixes and not _accepts_tool_status(model):  # the same two families cache
+        if prefixes and not _caches(model):
             return self._error(
                 400,
                 "ValidationException",
@@ -632,7 +642,8 @@ class BedrockSim:
                     min(answer.tokens_in, _input_tokens(prefix)),
                 )
                 for prefix in prefixes
-            ]
+            ],
+            minimum_tokens=claude_minimum(model) if "anthropic." in model else MINIMUM_TOKENS,
         )
         usage = self._usage(answer, cache if prefixes else None)
         tool_ids = [ctx.make_id("tooluse_", 22, req.body, i, alphabet=_ID_CHARS) for i in range(len(answer.tool_calls))]

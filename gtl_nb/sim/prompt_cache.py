@@ -3,7 +3,8 @@
 A request names breakpoints; the prompt up to each one is a *prefix*. What the services document, and
 what this reproduces:
 
-* a prefix shorter than the model's minimum (``minimum_tokens``) is not cached, and that is no error;
+* a prefix shorter than the model's minimum (``minimum_tokens``; ``claude_minimum``) is not cached, and
+  that is no error;
 * the longest prefix already cached is *read* (``cache_read_input_tokens`` / ``cacheReadInputTokens``),
   looked up at the breakpoints and at the *lookups* a simulator adds (Anthropic looks for a hit at
   the block boundaries up to 20 blocks before each breakpoint, so marking only the newest turn of a
@@ -28,10 +29,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["CacheUse", "PromptCache", "prefix_key"]
+__all__ = ["CacheUse", "PromptCache", "claude_minimum", "prefix_key"]
 
 MINIMUM_TOKENS = 1024
-"""The shortest prefix the simulated models cache (Claude Sonnet's documented minimum)."""
+"""The shortest prefix most simulated models cache (Claude Sonnet's documented minimum)."""
+
+
+def claude_minimum(model: str) -> int:
+    """The shortest prefix a Claude model caches, as Anthropic documents them: 4,096 tokens for Haiku
+    4.5 and Opus 4.5 and 4.6, 2,048 for the Haiku 3 models, 1,024 for the others."""
+    if any(name in model for name in ("haiku-4-5", "opus-4-5", "opus-4-6")):
+        return 4096
+    if any(name in model for name in ("3-5-haiku", "3-haiku")):
+        return 2048
+    return MINIMUM_TOKENS
+
+
 TTL_SECONDS = 300.0
 """How long an entry lives after its last use: the five-minute cache."""
 
@@ -69,13 +82,21 @@ class PromptCache:
     _expiry: dict[str, float] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def use(self, prefixes: Sequence[tuple[str, int]], lookups: Sequence[tuple[str, int]] = ()) -> CacheUse:
+    def use(
+        self,
+        prefixes: Sequence[tuple[str, int]],
+        lookups: Sequence[tuple[str, int]] = (),
+        *,
+        minimum_tokens: int | None = None,
+    ) -> CacheUse:
         """Look up ``prefixes`` — ``(key, tokens up to the breakpoint)`` — and ``lookups`` (prefixes
-        only looked for), then store ``prefixes``; a hit is renewed."""
-        eligible = [(key, tokens) for key, tokens in prefixes if tokens >= self.minimum_tokens]
+        only looked for), then store ``prefixes``; a hit is renewed. ``minimum_tokens``: the model's
+        (default: the cache's)."""
+        shortest = self.minimum_tokens if minimum_tokens is None else minimum_tokens
+        eligible = [(key, tokens) for key, tokens in prefixes if tokens >= shortest]
         if not eligible:
             return CacheUse()
-        looked = eligible + [(key, tokens) for key, tokens in lookups if tokens >= self.minimum_tokens]
+        looked = eligible + [(key, tokens) for key, tokens in lookups if tokens >= shortest]
         with self._lock:
             now = self.clock()
             hits = [(key, tokens) for key, tokens in looked if self._expiry.get(key, 0.0) > now]

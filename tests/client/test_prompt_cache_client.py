@@ -114,6 +114,12 @@ def test_a_provider_that_caches_by_itself_gets_no_marker(client, simulators):
     assert b"cache" not in simulators["openai"].requests[-1].body
 
 
+@pytest.mark.parametrize("marker", [False, "ephemeral", {}, {"type": "forever"}])
+def test_a_cache_control_that_is_not_ephemeral_is_refused(client, marker):
+    with pytest.raises(InvalidRequestError, match="cache_control"):
+        client.complete("anthropic:claude-sonnet-4-5", [{"role": "user", "content": "hi", "cache_control": marker}])
+
+
 def test_a_cache_point_that_is_no_boolean_is_refused(client):
     with pytest.raises(InvalidRequestError, match="cache_point"):
         client.complete("anthropic:claude-sonnet-4-5", [{"role": "user", "content": "hi", "cache_point": "yes"}])

@@ -9,10 +9,13 @@ import json
 import uuid
 from typing import Any
 
+import anthropic
+import openai
 import pytest
 
 from gtl_nb.gateway.compat.anthropic_request import messages_request
 from gtl_nb.gateway.compat.anthropic_response import usage_object
+from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.protocol.messages import Usage
 from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: one gateway before every simulator
@@ -117,6 +120,80 @@ def test_openai_markers_on_a_message_or_a_part_mark_it():
     assert [m.cache_point for m in chat_request(body, "s").request.messages] == [True, True, False, False]
 
 
+def test_a_marked_block_followed_by_others_splits_its_message_there():
+    body = {
+        "model": "m",
+        "max_tokens": 10,
+        "system": [
+            {"type": "text", "text": "doc", "cache_control": EPHEMERAL},
+            {"type": "text", "text": "time: 12:05"},
+        ],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "report", "cache_control": EPHEMERAL},
+                    {"type": "text", "text": "question 1"},
+                    {"type": "text", "text": "question 2"},
+                ],
+            }
+        ],
+    }
+    assert [(m.role, m.content, m.cache_point) for m in messages_request(body, "s").messages] == [
+        ("system", "doc", True),
+        ("system", "time: 12:05", False),
+        ("user", "report", True),
+        ("user", "question 1\nquestion 2", False),
+    ]
+    openai_body = {
+        "model": "m",
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "report", "cache_control": EPHEMERAL},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    {"type": "text", "text": "what changed?"},
+                ],
+            }
+        ],
+    }
+    split = chat_request(openai_body, "s").request.messages
+    assert [(m.content, m.images, m.cache_point) for m in split] == [
+        ("report", [], True),
+        ("what changed?", ["https://example.com/a.png"], False),
+    ]
+
+
+@pytest.mark.parametrize(
+    "value", [False, True, "ephemeral", {}, {"type": "persistent"}, {"type": "ephemeral", "ttl": "2h"}, []]
+)
+def test_a_marker_that_is_not_ephemeral_is_refused(value):
+    anthropic_body = {
+        "model": "m",
+        "max_tokens": 10,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "q", "cache_control": value}]}],
+    }
+    with pytest.raises(FieldError) as raised:
+        messages_request(anthropic_body, "s")
+    assert raised.value.param == "messages.0.content.0.cache_control"
+    openai_body = {"model": "m", "messages": [{"role": "system", "content": "s", "cache_control": value}]}
+    with pytest.raises(FieldError) as raised:
+        chat_request(openai_body, "s")
+    assert raised.value.param == "messages[0].cache_control"
+
+
+def test_a_null_marker_and_a_one_hour_ttl_are_taken():
+    for value, expected in ((None, False), ({"type": "ephemeral", "ttl": "1h"}, True)):
+        body = {
+            "model": "m",
+            "max_tokens": 10,
+            "system": [{"type": "text", "text": "s", "cache_control": value}],
+            "messages": [{"role": "user", "content": "q"}],
+        }
+        assert messages_request(body, "s").messages[0].cache_point is expected
+
+
 def test_anthropic_usage_counts_cache_reads_and_writes_apart():
     usage = Usage(session_id="s", tokens_in=6156, tokens_out=3, cached_tokens_in=4096, cache_write_tokens_in=2048)
     assert usage_object(usage) == {
@@ -161,6 +238,48 @@ def test_anthropic_sdk_caches_a_marked_system_prompt_at_anthropic(claude, backen
     assert rows[1]["cached_tokens_in"] == second.cache_read_input_tokens
     assert rows[0]["tokens_in"] == rows[1]["tokens_in"]
     assert rows[1]["cost"] < rows[0]["cost"]  # a read costs a tenth of input, a write a quarter more
+
+
+def test_only_the_marked_block_is_cached_when_what_follows_it_changes(claude, oai):
+    doc = document()
+    reads = []
+    for minute in range(3):
+        system = [
+            {"type": "text", "text": doc, "cache_control": EPHEMERAL},
+            {"type": "text", "text": f"The time is 12:0{minute}."},
+        ]
+        usage = claude.messages.create(
+            model=target("anthropic"), max_tokens=20, system=system, messages=[{"role": "user", "content": QUESTION}]
+        ).usage
+        reads.append((usage.cache_creation_input_tokens or 0, usage.cache_read_input_tokens or 0))
+    written = reads[0][0]
+    assert written > 1024 and reads[1:] == [(0, written), (0, written)]
+    doc = document()
+    counts = []
+    for minute in range(2):
+        content = [
+            {"type": "text", "text": doc, "cache_control": EPHEMERAL},
+            {"type": "text", "text": f"Question {minute}: {QUESTION}"},
+        ]
+        usage = oai.chat.completions.create(
+            model=target("anthropic"), messages=[{"role": "user", "content": content}]
+        ).usage
+        counts.append(usage.prompt_tokens_details.cached_tokens)
+    assert counts[0] == 0 and counts[1] > 1024
+
+
+def test_an_sdk_hears_of_a_marker_it_got_wrong(claude, oai):
+    with pytest.raises(anthropic.BadRequestError, match="cache_control"):
+        claude.messages.create(
+            model=target("anthropic"),
+            max_tokens=10,
+            system=[{"type": "text", "text": "s", "cache_control": {"type": "forever"}}],
+            messages=[{"role": "user", "content": "q"}],
+        )
+    with pytest.raises(openai.BadRequestError, match="cache_control"):
+        oai.chat.completions.create(
+            model=target("anthropic"), messages=[{"role": "user", "content": "q", "cache_control": False}]
+        )
 
 
 def test_openai_sdk_caches_through_an_anthropic_deployment(oai, backends, ledger_path):

@@ -42,22 +42,34 @@ def marked_blocks(body: dict) -> list[dict]:
 
 
 def test_no_mark_no_cache_points():
-    points = cache_points([Message(role="system", content="s"), Message(role="user", content="u")])
-    assert not points
-    assert points.messages == frozenset() and points.system is False
+    assert cache_points([Message(role="system", content="s"), Message(role="user", content="u")]) == frozenset()
 
 
-def test_the_last_marks_are_kept_and_system_marks_count_once():
+def test_the_last_marks_are_kept():
     messages = [
         Message(role="system", content="a", cache_point=True),
         Message(role="system", content="b", cache_point=True),
         *[Message(role="user" if i % 2 == 0 else "assistant", content=f"m{i}", cache_point=True) for i in range(5)],
     ]
-    points = cache_points(messages)
-    assert points.messages == frozenset({3, 4, 5, 6})  # the last four turns: the longest prefixes
-    assert points.system is False  # no slot left for the system prompt
-    fewer = cache_points(messages[:4])
-    assert fewer.system is True and fewer.messages == frozenset({2, 3})
+    assert cache_points(messages) == frozenset({3, 4, 5, 6})  # the last four: the longest prefixes
+    assert cache_points(messages[:4]) == frozenset({0, 1, 2, 3})
+
+
+def test_a_mark_with_nothing_to_carry_it_takes_no_place():
+    thinking_only = Message(
+        role="assistant", content="", provider_data={"anthropic": {"content": [{"type": "thinking"}]}}, cache_point=True
+    )
+    messages = [
+        *[Message(role="user" if i % 2 == 0 else "assistant", content=f"m{i}", cache_point=True) for i in range(4)],
+        Message(role="user", content="", cache_point=True),
+        thinking_only,
+        Message(role="system", content="", cache_point=True),
+    ]
+    assert cache_points(messages) == frozenset({0, 1, 2, 3})
+    empty_result = Message(role="tool", content="", tool_call_id="t", cache_point=True)
+    assert cache_points([empty_result]) == frozenset({0})  # a tool result is sent even when empty
+    calls_only = Message(role="assistant", tool_calls=[ToolCall(id="t", name="f")], cache_point=True)
+    assert cache_points([calls_only]) == frozenset({0})
 
 
 def test_a_limit_of_zero_keeps_nothing():
@@ -67,15 +79,18 @@ def test_a_limit_of_zero_keeps_nothing():
 # -- Anthropic ------------------------------------------------------------------------------------------
 
 
-def test_anthropic_system_mark_makes_the_system_prompt_one_marked_block():
+def test_anthropic_system_mark_makes_each_system_message_a_block():
     body = anthropic_body(
         [
-            Message(role="system", content="first"),
-            Message(role="system", content="second", cache_point=True),
+            Message(role="system", content="a document", cache_point=True),
+            Message(role="system", content="the time is 12:05"),
             Message(role="user", content="hi"),
         ]
     )
-    assert body["system"] == [{"type": "text", "text": "first\n\nsecond", "cache_control": EPHEMERAL}]
+    assert body["system"] == [
+        {"type": "text", "text": "a document", "cache_control": EPHEMERAL},
+        {"type": "text", "text": "the time is 12:05"},
+    ]
     assert marked_blocks({"messages": body["messages"]}) == []
 
 
@@ -125,12 +140,21 @@ def test_anthropic_never_marks_a_replayed_thinking_block():
     assert blocks[-1] == {"type": "text", "text": "answer", "cache_control": EPHEMERAL}
 
 
+def test_a_mark_with_nothing_to_carry_it_leaves_the_others_in_place():
+    messages = [
+        *[Message(role="user" if i % 2 == 0 else "assistant", content=f"turn {i}", cache_point=True) for i in range(4)],
+        Message(role="user", content="", cache_point=True),
+    ]
+    assert [block["text"] for block in marked_blocks(anthropic_body(messages))] == [f"turn {i}" for i in range(4)]
+
+
 def test_anthropic_sends_at_most_the_apis_limit():
     messages = [
         Message(role="user" if i % 2 == 0 else "assistant", content=f"turn {i}", cache_point=True) for i in range(9)
     ]
     body = anthropic_body([Message(role="system", content="s", cache_point=True), *messages])
     marked = marked_blocks(body)
+    assert body["system"] == "s"  # its mark was not among the last four
     assert len(marked) == MAX_CACHE_POINTS
     assert [block["text"] for block in marked] == ["turn 5", "turn 6", "turn 7", "turn 8"]
 
@@ -159,8 +183,19 @@ def test_converse_puts_a_cache_point_after_the_system_blocks_and_the_marked_mess
     assert CACHE_POINT not in body["messages"][2]["content"]
 
 
-@pytest.mark.parametrize("model", ["meta.llama3-1-8b-instruct-v1:0", "mistral.mistral-large-2407-v1:0"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "meta.llama3-1-8b-instruct-v1:0",
+        "mistral.mistral-large-2407-v1:0",
+        "anthropic.claude-3-haiku-20240307-v1:0",
+        "anthropic.claude-3-5-sonnet-20241022-v2:0",
+        "amazon.nova-canvas-v1:0",
+        "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc123",
+    ],
+)
 def test_converse_sends_no_cache_point_to_a_model_it_does_not_cache(model):
+    assert not bedrock.caches_on_request(model)
     body = bedrock_body(
         [
             Message(role="system", content="rules", cache_point=True),
@@ -172,11 +207,43 @@ def test_converse_sends_no_cache_point_to_a_model_it_does_not_cache(model):
 
 
 @pytest.mark.parametrize(
-    "model", ["amazon.nova-lite-v1:0", "us.amazon.nova-pro-v1:0", "global.anthropic.claude-haiku-4-5-20251001-v1:0"]
+    "model",
+    [
+        "amazon.nova-lite-v1:0",
+        "us.amazon.nova-pro-v1:0",
+        "global.anthropic.claude-haiku-4-5-20251001-v1:0",
+        "anthropic.claude-3-5-haiku-20241022-v1:0",
+        "us.anthropic.claude-3-7-sonnet-20250219-v1:0",
+        "arn:aws:bedrock:us-east-1::foundation-model/anthropic.claude-sonnet-4-5-20250929-v1:0",
+    ],
 )
 def test_converse_caches_claude_and_nova(model):
+    assert bedrock.caches_on_request(model)
     body = bedrock_body([Message(role="user", content="q", cache_point=True)], model=model)
     assert body["messages"][0]["content"][-1] == CACHE_POINT
+
+
+def test_converse_puts_no_cache_point_after_reasoning_alone():
+    reasoning = {"bedrock_reasoning": [{"reasoningText": {"text": "hm", "signature": "s"}}]}
+    body = bedrock_body(
+        [
+            Message(role="user", content="q"),
+            Message(role="assistant", content="", provider_data=reasoning, cache_point=True),
+            Message(role="user", content="more"),
+        ]
+    )
+    assert "cachePoint" not in json.dumps(body)
+
+
+def test_converse_keeps_a_cache_point_between_system_messages():
+    body = bedrock_body(
+        [
+            Message(role="system", content="document", cache_point=True),
+            Message(role="system", content="12:05"),
+            Message(role="user", content="q"),
+        ]
+    )
+    assert body["system"] == [{"text": "document"}, CACHE_POINT, {"text": "12:05"}]
 
 
 def test_converse_sends_at_most_the_apis_limit():

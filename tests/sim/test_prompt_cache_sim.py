@@ -11,9 +11,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, prefix_key
+from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, claude_minimum, prefix_key
 
-HAIKU = "claude-haiku-4-5-20251001"
+SONNET = "claude-sonnet-4-5-20250929"  # caches a prefix of 1,024 tokens or more
 KEY_ID, SECRET, REGION = "AKIDSIMULATOR", "sim-secret", "us-east-1"
 
 
@@ -108,8 +108,8 @@ def test_anthropic_sim_writes_then_reads_a_marked_system_prompt(serve_sim: Any) 
     s = serve_sim("anthropic")
     system = [{"type": "text", "text": document(), "cache_control": {"type": "ephemeral"}}]
     ask = {"role": "user", "content": "Which clause speaks of noon?"}
-    first = claude(s.base_url).messages.create(model=HAIKU, max_tokens=50, system=system, messages=[ask])
-    second = claude(s.base_url).messages.create(model=HAIKU, max_tokens=50, system=system, messages=[ask])
+    first = claude(s.base_url).messages.create(model=SONNET, max_tokens=50, system=system, messages=[ask])
+    second = claude(s.base_url).messages.create(model=SONNET, max_tokens=50, system=system, messages=[ask])
     assert first.usage.cache_creation_input_tokens > 1024 and first.usage.cache_read_input_tokens == 0
     assert first.usage.cache_creation.ephemeral_5m_input_tokens == first.usage.cache_creation_input_tokens
     assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
@@ -125,11 +125,30 @@ def test_anthropic_sim_streams_the_cache_counts(serve_sim: Any) -> None:
     ask = [{"role": "user", "content": "Which clause speaks of noon?"}]
     counts = []
     for _ in range(2):
-        with claude(s.base_url).messages.stream(model=HAIKU, max_tokens=50, system=system, messages=ask) as stream:
+        with claude(s.base_url).messages.stream(model=SONNET, max_tokens=50, system=system, messages=ask) as stream:
             usage = stream.get_final_message().usage
         counts.append((usage.cache_creation_input_tokens, usage.cache_read_input_tokens))
     assert counts[0][0] > 1024 and counts[0][1] == 0
     assert counts[1] == (0, counts[0][0])
+
+
+def test_anthropic_sim_caches_nothing_under_the_models_minimum(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    system = [{"type": "text", "text": document(), "cache_control": {"type": "ephemeral"}}]  # ~2,000 tokens
+    for _ in range(2):  # Haiku 4.5 caches prefixes of 4,096 tokens or more
+        usage = (
+            claude(s.base_url)
+            .messages.create(
+                model="claude-haiku-4-5", max_tokens=20, system=system, messages=[{"role": "user", "content": "hi"}]
+            )
+            .usage
+        )
+        assert usage.cache_creation_input_tokens == 0 and usage.cache_read_input_tokens == 0
+    assert [claude_minimum(m) for m in ("claude-opus-4-6", "claude-3-5-haiku-20241022", "claude-sonnet-4-5")] == [
+        4096,
+        2048,
+        1024,
+    ]
 
 
 def test_anthropic_sim_without_markers_caches_nothing(serve_sim: Any) -> None:
@@ -138,7 +157,7 @@ def test_anthropic_sim_without_markers_caches_nothing(serve_sim: Any) -> None:
     for _ in range(2):
         usage = (
             claude(s.base_url)
-            .messages.create(model=HAIKU, max_tokens=20, system=system, messages=[{"role": "user", "content": "hi"}])
+            .messages.create(model=SONNET, max_tokens=20, system=system, messages=[{"role": "user", "content": "hi"}])
             .usage
         )
         assert usage.cache_creation_input_tokens == 0 and usage.cache_read_input_tokens == 0
@@ -153,7 +172,7 @@ def test_anthropic_sim_refuses_a_fifth_breakpoint(serve_sim: Any) -> None:
         turns.append({"role": "assistant", "content": "ok"})
     with pytest.raises(anthropic.BadRequestError, match="A maximum of 4 blocks with cache_control"):
         claude(s.base_url).messages.create(
-            model=HAIKU, max_tokens=20, messages=[*turns, {"role": "user", "content": "?"}]
+            model=SONNET, max_tokens=20, messages=[*turns, {"role": "user", "content": "?"}]
         )
 
 
@@ -197,12 +216,13 @@ def test_bedrock_sim_writes_then_reads_a_cache_point(serve_sim: Any, model: str,
     assert first["totalTokens"] == first["inputTokens"] + first["cacheWriteInputTokens"] + first["outputTokens"]
 
 
-def test_bedrock_sim_refuses_cache_points_for_a_model_it_does_not_cache(serve_sim: Any) -> None:
+@pytest.mark.parametrize("model", ["meta.llama3-1-8b-instruct-v1:0", "anthropic.claude-3-haiku-20240307-v1:0"])
+def test_bedrock_sim_refuses_cache_points_for_a_model_it_does_not_cache(serve_sim: Any, model: str) -> None:
     s = serve_sim("bedrock", aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
     system = [{"text": "rules"}, {"cachePoint": {"type": "default"}}]
     with pytest.raises(ClientError, match="cachePoint"):
         converse_client(s.base_url).converse(
-            modelId="meta.llama3-1-8b-instruct-v1:0",
+            modelId=model,
             system=system,
             messages=[{"role": "user", "content": [{"text": "hi"}]}],
         )

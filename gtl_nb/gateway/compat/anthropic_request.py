@@ -19,11 +19,13 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   beta's top-level ``output_format``) → GTL's ``response_format`` ``json_schema``, which every
   deployment type that has structured output honours (and the others refuse, rather than answer in
   prose). ``output_config.effort`` is accepted and ignored.
-* ``cache_control`` on a block → GTL's ``cache_point`` on the message the block becomes (a ``system``
-  block's: on the system message; a ``text`` or ``image`` block's: on the turn's user message, after
-  its tool results); the request's own top-level ``cache_control`` (Anthropic's automatic caching)
-  → on the last message. The deployment that answers asks for its own five-minute cache (a ``ttl``
-  is not carried); one on a tool definition is accepted and ignored.
+* ``cache_control`` on a block → GTL's ``cache_point`` on the message that ends with that block
+  (``compat.cache_marks``: the system prompt or a user turn's text and images are split after a marked
+  block, so the breakpoint stays where it was put; a tool result is a message of its own; an
+  assistant turn is marked whole); the request's own top-level ``cache_control`` (Anthropic's
+  automatic caching) → on the last message. A marker other than ``{"type": "ephemeral"}`` is refused
+  (400). The deployment that answers asks for its own five-minute cache (a ``ttl`` is not carried);
+  one on a tool definition is accepted and ignored.
 * ``top_k``, ``metadata``, ``thinking`` and ``service_tier`` are accepted and ignored.
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 import msgspec
 
 from gtl_nb.gateway.compat import fields
+from gtl_nb.gateway.compat.cache_marks import marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall
 
@@ -52,13 +55,10 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         raise FieldError("model", "the model must not be empty")
     if not raw_messages:  # as Anthropic answers: at least one user turn
         raise FieldError("messages", "expected at least one message")
-    messages: list[Message] = []
-    system, system_marked = _system(body.get("system"))
-    if system:
-        messages.append(Message(role="system", content=system, cache_point=system_marked))
+    messages = _system(body.get("system"))
     for index, raw in enumerate(raw_messages):
         messages.extend(_turn(raw, f"messages.{index}"))
-    if _marked(body) and messages:  # automatic caching: the breakpoint goes on the last block
+    if marked(body, "body") and messages:  # automatic caching: the breakpoint goes on the last block
         messages[-1] = msgspec.structs.replace(messages[-1], cache_point=True)
     stop = fields.items(body, "stop_sequences", "stop_sequences")
     if stop is not None and not all(isinstance(item, str) for item in stop):
@@ -94,10 +94,10 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
     return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": True}}
 
 
-def _system(raw: Any) -> tuple[str | None, bool]:
-    """The system prompt's text, and whether one of its blocks carries ``cache_control``."""
+def _system(raw: Any) -> list[Message]:
+    """The system prompt as system messages: one, or one per run of blocks ending at a marked block."""
     if raw is None or isinstance(raw, str):
-        return raw, False
+        return [Message(role="system", content=raw)] if raw else []
     if not isinstance(raw, list):
         raise FieldError("system", "expected a string or an array of text blocks")
     texts = []
@@ -106,12 +106,12 @@ def _system(raw: Any) -> tuple[str | None, bool]:
         if kind != "text":
             raise FieldError(f"system.{index}.type", f"only text blocks are accepted in system, not {kind!r}")
         texts.append(_str(block, "text", f"system.{index}.text"))
-    return "\n\n".join(texts), any(_marked(block) for block in raw)
-
-
-def _marked(block: dict[str, Any]) -> bool:
-    """Whether ``block`` (or the request) carries a ``cache_control`` marker."""
-    return block.get("cache_control") is not None
+    runs = split_at_marks(list(zip(texts, raw, strict=True)), lambda i, pair: marked(pair[1], f"system.{i}"))
+    return [
+        Message(role="system", content="\n\n".join(text for text, _ in run), cache_point=is_marked)
+        for run, is_marked in runs
+        if any(text for text, _ in run)
+    ]
 
 
 def _kind(block: Any, where: str) -> str:
@@ -169,31 +169,34 @@ def _assistant(blocks: list[tuple[str, dict[str, Any], str]]) -> Message:
         elif kind not in ("thinking", "redacted_thinking"):
             raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported in an assistant turn")
     text = "".join(texts)
-    marked = any(_marked(block) for _, block, _ in blocks)
-    return Message(role="assistant", content=text or (None if calls else ""), tool_calls=calls, cache_point=marked)
+    whole = any([marked(block, where) for _, block, where in blocks])  # (every marker checked)
+    return Message(role="assistant", content=text or (None if calls else ""), tool_calls=calls, cache_point=whole)
 
 
 def _user(blocks: list[tuple[str, dict[str, Any], str]]) -> list[Message]:
+    """Each tool result, then the text and images — a user message per run ending at a marked block."""
     results: list[Message] = []
     texts: list[str] = []
     images: list[str] = []
-    marked = False  # a text or image block's marker: on the user message, which follows the results
+    said: list[Message] = []
     for kind, block, where in blocks:
         if kind == "text":
             texts.append(_str(block, "text", f"{where}.text"))
-            marked = marked or _marked(block)
         elif kind == "image":
             images.append(_image(block, where))
-            marked = marked or _marked(block)
         elif kind == "tool_result":
             results.append(_tool_result(block, where))
+            continue
         else:
             raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported; use text, image and tool_result")
-    if texts or images or not results:
-        results.append(Message(role="user", content="\n".join(texts) if texts else None, images=images))
-    if marked:
-        results[-1] = msgspec.structs.replace(results[-1], cache_point=True)
-    return results
+        if marked(block, where):
+            said.append(
+                Message(role="user", content="\n".join(texts) if texts else None, images=images, cache_point=True)
+            )
+            texts, images = [], []
+    if texts or images or not (results or said):
+        said.append(Message(role="user", content="\n".join(texts) if texts else None, images=images))
+    return results + said
 
 
 def _image(block: dict[str, Any], where: str) -> str:
@@ -224,7 +227,7 @@ def _tool_result(block: dict[str, Any], where: str) -> Message:
     text = "\n".join(texts)
     if fields.boolean(block, "is_error", f"{where}.is_error"):
         text = f"Error: {text}" if text else "Error"
-    return Message(role="tool", content=text, images=images, tool_call_id=call_id, cache_point=_marked(block))
+    return Message(role="tool", content=text, images=images, tool_call_id=call_id, cache_point=marked(block, where))
 
 
 def _tools(raw: list[Any] | None) -> list[Tool] | None:

@@ -15,8 +15,10 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
   usage chunk. ``n`` other than 1 is refused: a session has one answer.
 * ``cache_control`` on a message or on one of its content parts (the form other OpenAI-compatible
-  proxies take for Anthropic's prompt caching) → GTL's ``cache_point`` on that message: the deployment
+  proxies take for Anthropic's prompt caching) → GTL's ``cache_point`` on the message that ends there
+  (``compat.cache_marks``: a system or user message is split after a marked part); the deployment
   that answers asks for its provider's cache if it caches only on request (OpenAI caches by itself).
+  A marker other than ``{"type": "ephemeral"}`` is refused (400).
 * Anything else (``seed``, ``user``, ``logprobs``, penalties, ``parallel_tool_calls``, ``store``,
   ``metadata``…) is accepted and ignored, as a proxy in front of a model that lacks it would.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import msgspec
 
 from gtl_nb.gateway.compat import fields
+from gtl_nb.gateway.compat.cache_marks import marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.protocol.messages import MAX_TEMPERATURE, CompletionRequest, Message, Tool, ToolCall
 
@@ -69,7 +72,9 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     request = CompletionRequest(
         session_id=session_id,
         model=model,
-        messages=[_message(raw, f"messages[{index}]") for index, raw in enumerate(raw_messages)],
+        messages=[
+            message for index, raw in enumerate(raw_messages) for message in _messages(raw, f"messages[{index}]")
+        ],
         stream=stream,
         max_tokens=max_tokens,
         temperature=fields.number(body, "temperature", "temperature", within=(0.0, MAX_TEMPERATURE)),
@@ -82,22 +87,25 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     return ChatRequest(request, include_usage)
 
 
-def _message(raw: Any, where: str) -> Message:
-    message = _message_itself(raw, where)
-    return msgspec.structs.replace(message, cache_point=True) if _cache_marked(raw) else message
-
-
-def _cache_marked(raw: dict[str, Any]) -> bool:
-    """Whether a message, or a content part of it, carries a ``cache_control`` marker."""
-    if raw.get("cache_control") is not None:
-        return True
+def _messages(raw: Any, where: str) -> list[Message]:
+    """The GTL messages of one chat message: one, or — for a system or user message whose content
+    parts carry ``cache_control`` — one per run of parts ending at a marked part."""
+    message = _message(raw, where)  # every part checked, with its own path, before any split
+    whole = marked(raw, where)
     content = raw.get("content")
-    return isinstance(content, list) and any(
-        isinstance(part, dict) and part.get("cache_control") is not None for part in content
-    )
+    if not isinstance(content, list):
+        return [msgspec.structs.replace(message, cache_point=True) if whole else message]
+    runs = split_at_marks(content, lambda index, part: marked(part, f"{where}.content[{index}]"))
+    if message.role in ("user", "system") and len(runs) > 1:
+        messages = [msgspec.structs.replace(_message({**raw, "content": run}, where), cache_point=m) for run, m in runs]
+    else:  # an assistant or tool message is marked whole
+        messages = [msgspec.structs.replace(message, cache_point=any(m for _, m in runs))]
+    if whole:
+        messages[-1] = msgspec.structs.replace(messages[-1], cache_point=True)
+    return messages
 
 
-def _message_itself(raw: Any, where: str) -> Message:
+def _message(raw: Any, where: str) -> Message:
     if not isinstance(raw, dict):
         raise FieldError(where, "each message must be an object")
     role = fields.text(raw, "role", f"{where}.role", required=True)
