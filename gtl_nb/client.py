@@ -1175,6 +1175,8 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
         item = {key: value for key, value in item.items() if key != "cache_control"}
         if marker is not None:
             item.setdefault("cache_point", True)
+    if isinstance(item.get("content"), list):  # text and image parts, in order
+        item = {**_content_parts(item["content"]), **{key: value for key, value in item.items() if key != "content"}}
     calls = item.get("tool_calls")
     if not calls:
         return item
@@ -1186,6 +1188,30 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
         else:
             flat.append(call)
     return {**item, "tool_calls": flat}
+
+
+def _content_parts(parts: list[Any]) -> dict[str, Any]:
+    """A message dict's ``content`` given as parts — OpenAI's ``{"type": "text", "text"}`` and
+    ``{"type": "image_url", "image_url": {"url"}}``, or GTL's ``{"type": "image", "url"}`` — as the
+    ``content``, ``images`` and ``parts`` fields of a ``Message`` (``Message.from_pieces``)."""
+    pieces: list[tuple[str, str]] = []
+    for part in parts:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            pieces.append(("text", part["text"]))
+        elif kind == "image_url" or (kind == "image" and "url" in part):
+            image = part.get("image_url", part.get("url"))
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url:
+                raise InvalidRequestError(f"an image part needs a URL (https: or data:), not {part!r}")
+            pieces.append(("image", url))
+        else:
+            raise InvalidRequestError(
+                f'a content part is {{"type": "text", "text": ...}} or {{"type": "image_url", "image_url": '
+                f'{{"url": ...}}}}, not {part!r}'
+            )
+    message = Message.from_pieces("user", pieces)
+    return {"content": message.content, "images": message.images, "parts": message.parts}
 
 
 def _tools(tools: Iterable[Tool | dict[str, Any]]) -> list[Tool]:

@@ -10,7 +10,8 @@ Extensions the spec leaves implicit, all optional on the wire:
 * ``completion_request``: ``top_p``, ``stop``, ``metadata``, ``response_format``, ``tool_choice``,
   ``reasoning`` (ask for ``reasoning`` events) and ``cache`` (per-request cache opt in/out).
 * ``reasoning`` events, ``hello`` version negotiation and ``cancel``.
-* a message's ``cache_point`` (ask for the prompt up to it to be cached), ``usage``'s cache counts
+* a message's ``parts`` (text and images in their order) and ``cache_point`` (ask for the prompt up
+  to it to be cached), ``usage``'s cache counts
   ``cached_tokens_in`` / ``cache_write_tokens_in``, and the cached and cache-write input rates of a
   ``provider_info`` model.
 * ``done`` carries the engine's timings ``ttft_ms`` / ``latency_ms``, the answering
@@ -21,6 +22,7 @@ Extensions the spec leaves implicit, all optional on the wire:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -78,12 +80,36 @@ class ToolCall(msgspec.Struct, frozen=True):
         return value
 
 
+PartType = Literal["text", "image"]
+
+
+class Part(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One piece of a user or tool message's content, in order: ``text``, or an ``image`` — given with
+    its ``url`` (``data:`` or ``https:``), which the message moves to its ``images`` (see ``Message``)."""
+
+    type: PartType
+    text: str = ""
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type == "image" and self.text:
+            raise ValueError("an image part has no text")
+        if self.type == "text" and self.url:
+            raise ValueError("a text part has no url")
+
+
 class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     """A chat message.
 
     ``images`` holds ``data:`` or ``https:`` URLs; an assistant message may carry ``tool_calls``; a
     tool result has role ``tool`` and ``tool_call_id``. ``provider_data`` is opaque state a provider
     dialect attached (a reasoning signature, say) that is replayed verbatim in later turns.
+
+    ``parts``: the content of a user or tool message whose text and images come in an order that
+    matters (``"Image 1:", <image>, "Image 2:", <image>``), sent in that order to every provider that
+    takes it (``in_order``). The message keeps each image once: an image part's URL moves to
+    ``images`` (the parts then say only where each image falls), and ``content`` becomes the texts
+    joined by newlines — what a peer or a provider without order (Ollama's API) reads.
 
     ``cache_point``: the prompt up to and including this message is worth keeping in the provider's
     prompt cache (a long system prompt, a document, the conversation so far). Providers that cache
@@ -100,6 +126,52 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     name: str | None = None
     provider_data: dict[str, Any] | None = None
     cache_point: bool = False
+    parts: list[Part] = []
+
+    def __post_init__(self) -> None:
+        if self.parts:  # the parts decide: content and images follow them, for whoever reads those
+            _settle_parts(self)
+
+    @classmethod
+    def from_pieces(cls, role: Role, pieces: Sequence[tuple[str, str]], **fields: Any) -> Message:
+        """The message of ``pieces`` — ``("text", text)`` and ``("image", url)`` in order — with ``fields``:
+        text and images together keep their order in ``parts``; text alone is joined by newlines."""
+        texts = [value for kind, value in pieces if kind == "text"]
+        images = [value for kind, value in pieces if kind == "image"]
+        if texts and images:
+            parts = [
+                Part(type="image", url=value) if kind == "image" else Part(type="text", text=value)
+                for kind, value in pieces
+            ]
+            return cls(role=role, parts=parts, **fields)
+        return cls(role=role, content="\n".join(texts) if texts else None, images=images, **fields)
+
+    def in_order(self) -> list[tuple[PartType, str]] | None:
+        """The content as ``("text", text)`` and ``("image", url)`` in the order ``parts`` gives, or
+        ``None`` without parts (each provider's dialect then places ``images`` as its API prefers)."""
+        if not self.parts:
+            return None
+        urls = iter(self.images)
+        return [(part.type, part.text if part.type == "text" else next(urls)) for part in self.parts]
+
+
+def _settle_parts(message: Message) -> None:
+    """``Message.parts``' rule: every image once, in ``images``; ``content`` the texts joined."""
+    parts = message.parts
+    image_parts = [part for part in parts if part.type == "image"]
+    urls = [part.url for part in image_parts if part.url]
+    if urls:
+        if len(urls) != len(image_parts):
+            raise ValueError("give every image part its url, or none (the images are then the message's images)")
+        if message.images and list(message.images) != urls:
+            raise ValueError("the message's images differ from its image parts' urls")
+        msgspec.structs.force_setattr(message, "images", urls)
+        parts = [Part(type="image") if part.type == "image" else part for part in parts]
+        msgspec.structs.force_setattr(message, "parts", parts)
+    elif len(message.images) != len(image_parts):
+        raise ValueError(f"{len(image_parts)} image parts for {len(message.images)} images")
+    texts = [part.text for part in parts if part.type == "text"]
+    msgspec.structs.force_setattr(message, "content", "\n".join(texts) if texts else None)
 
 
 class Tool(msgspec.Struct, frozen=True, omit_defaults=True):

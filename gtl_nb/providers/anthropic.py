@@ -28,8 +28,9 @@ Request mapping (``build_request``):
   Temperature / top_p restrictions that apply with thinking are left to the API to enforce.
 * ``tool_choice`` ("auto", "none", "required", a tool name, or an OpenAI-style
   ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
-* Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; placed before the text
-  of user and tool messages (Anthropic's advice). Assistant messages carry no images.
+* Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; in the order of the
+  message's ``parts`` when it has them, else placed before the text of user and tool messages
+  (Anthropic's advice). Assistant messages carry no images.
 * ``response_format`` ``json_schema`` → ``output_config.format`` (``{"type": "json_schema", "schema":
   …}``, Anthropic's structured outputs); ``text`` → nothing. ``json_object`` (any JSON object, no
   schema) has no Anthropic form: it is refused (``NotServedHere``: another deployment may serve it)
@@ -246,17 +247,29 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         for call in message.tool_calls:
             blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call)})
         return blocks
-    images = [_image_block(url) for url in message.images]
+    content = _content_blocks(message)
     if message.role == "tool":
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
-        if images:
-            text = [{"type": "text", "text": message.content}] if message.content else []
-            result["content"] = images + text
+        if message.images:
+            result["content"] = content
         elif message.content is not None:
             result["content"] = message.content
         return [result]
-    text = [{"type": "text", "text": message.content}] if message.content else []
-    return images + text
+    return content
+
+
+def _content_blocks(message: Message) -> list[dict[str, Any]]:
+    """A user or tool message's text and images: in the order of its ``parts``, else the images first
+    (Anthropic's advice)."""
+    ordered = message.in_order()
+    if ordered is not None:
+        return [
+            _image_block(value) if kind == "image" else {"type": "text", "text": value}
+            for kind, value in ordered
+            if value  # an empty text block is refused
+        ]
+    images = [_image_block(url) for url in message.images]
+    return images + ([{"type": "text", "text": message.content}] if message.content else [])
 
 
 _EPHEMERAL = {"type": "ephemeral"}  # the five-minute cache (the default; the one-hour one costs 2x to write)

@@ -241,9 +241,13 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     if message.role == "assistant":
         blocks.extend(_reasoning_blocks(message))
-    if message.content:
-        blocks.append({"text": message.content})
-    blocks.extend(_image_block(url) for url in message.images)
+    ordered = message.in_order()
+    if ordered is not None:  # text and images in the order of the message's parts (no blank text: refused)
+        blocks.extend(_image_block(value) if kind == "image" else {"text": value} for kind, value in ordered if value)
+    else:
+        if message.content:
+            blocks.append({"text": message.content})
+        blocks.extend(_image_block(url) for url in message.images)
     if message.role == "assistant":
         for call in message.tool_calls:
             blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": _tool_input(call)}})

@@ -16,7 +16,8 @@ Request mapping (``build_request``):
   a JSON object is sent as that object; anything else is wrapped as ``{"result": <value>}`` (the
   parsed JSON value when the text is JSON, else the text).
 * Images: ``data:`` URLs → ``inlineData``, other URLs → ``fileData {mimeType, fileUri}`` with the
-  MIME type guessed from the extension (default ``image/jpeg``); images precede the text.
+  MIME type guessed from the extension (default ``image/jpeg``); images precede the text, unless the
+  message's ``parts`` give their order.
 * ``generationConfig``: temperature, topP, maxOutputTokens, stopSequences; ``response_format``
   ``json_object`` → ``responseMimeType: application/json``, ``json_schema`` → that plus
   ``responseJsonSchema``; ``request.reasoning`` → ``thinkingConfig {includeThoughts: true}`` (and
@@ -250,6 +251,9 @@ def _parts(message: Message, names: Mapping[str, str]) -> list[dict[str, Any]]:
         if call_id:
             response["id"] = call_id
         return [{"functionResponse": response}, *images]
+    ordered = message.in_order()
+    if ordered is not None:  # text and images in the order of the message's parts
+        return [_image_part(value) if kind == "image" else {"text": value} for kind, value in ordered if value]
     return images + ([{"text": message.content}] if message.content else [])
 
 

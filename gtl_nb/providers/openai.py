@@ -89,8 +89,13 @@ def _image_part(url: str) -> dict[str, Any]:
 
 
 def _user_content(message: Message) -> str | list[dict[str, Any]]:
+    """A user message's content: its text, or parts — in the order of its ``parts`` when it has them,
+    else the text and then the images."""
     if not message.images:
         return message.content or ""
+    ordered = message.in_order()
+    if ordered is not None:
+        return [_image_part(value) if kind == "image" else {"type": "text", "text": value} for kind, value in ordered]
     parts: list[dict[str, Any]] = []
     if message.content:
         parts.append({"type": "text", "text": message.content})

@@ -5,13 +5,14 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 * ``model`` is GTL's model string as is; ``max_tokens`` is required, as Anthropic requires it.
 * ``system`` (a string, or ``text`` blocks joined with blank lines) → one leading ``system`` message.
 * ``messages``: content is a string or blocks. In a ``user`` turn, ``text`` blocks (joined with
-  newlines) and ``image`` blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL) make
-  one user message, and each ``tool_result`` (``tool_use_id``; string or text/image content) becomes a
-  GTL tool result placed before it, in order; ``is_error: true`` prefixes the result with ``Error:``.
-  In an ``assistant`` turn, ``text`` blocks → the content and ``tool_use`` blocks (``input`` object)
-  → GTL tool calls. ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a
-  provider's reasoning through its own ``provider_data``, which this format does not carry).
-  Documents, server-tool and other blocks are refused (400).
+  newlines) and ``image`` blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL)
+  make one user message (text and images together keep their order in GTL's ``parts``), and each
+  ``tool_result`` (``tool_use_id``; string or text/image content) becomes a GTL tool result placed
+  before it, in order; ``is_error: true`` prefixes the result with ``Error:``. In an ``assistant``
+  turn, ``text`` blocks → the content and ``tool_use`` blocks (``input`` object) → GTL tool calls.
+  ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a provider's reasoning
+  through its own ``provider_data``, which this format does not carry). Documents, server-tool and
+  other blocks are refused (400).
 * ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused),
   ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
   ``none``), ``temperature``, ``top_p``, ``stop_sequences`` and ``stream`` pass through.
@@ -176,26 +177,23 @@ def _assistant(blocks: list[tuple[str, dict[str, Any], str]]) -> Message:
 def _user(blocks: list[tuple[str, dict[str, Any], str]]) -> list[Message]:
     """Each tool result, then the text and images — a user message per run ending at a marked block."""
     results: list[Message] = []
-    texts: list[str] = []
-    images: list[str] = []
+    pieces: list[tuple[str, str]] = []
     said: list[Message] = []
     for kind, block, where in blocks:
         if kind == "text":
-            texts.append(_str(block, "text", f"{where}.text"))
+            pieces.append(("text", _str(block, "text", f"{where}.text")))
         elif kind == "image":
-            images.append(_image(block, where))
+            pieces.append(("image", _image(block, where)))
         elif kind == "tool_result":
             results.append(_tool_result(block, where))
             continue
         else:
             raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported; use text, image and tool_result")
         if marked(block, where):
-            said.append(
-                Message(role="user", content="\n".join(texts) if texts else None, images=images, cache_point=True)
-            )
-            texts, images = [], []
-    if texts or images or not (results or said):
-        said.append(Message(role="user", content="\n".join(texts) if texts else None, images=images))
+            said.append(Message.from_pieces("user", pieces, cache_point=True))
+            pieces = []
+    if pieces or not (results or said):
+        said.append(Message.from_pieces("user", pieces))
     return results + said
 
 
@@ -214,20 +212,20 @@ def _image(block: dict[str, Any], where: str) -> str:
 def _tool_result(block: dict[str, Any], where: str) -> Message:
     call_id = _str(block, "tool_use_id", f"{where}.tool_use_id")
     content = block.get("content")
-    texts: list[str] = []
-    images: list[str] = []
+    pieces: list[tuple[str, str]] = []
     if content is not None:
         for kind, part, here in _blocks(content, f"{where}.content"):
             if kind == "text":
-                texts.append(_str(part, "text", f"{here}.text"))
+                pieces.append(("text", _str(part, "text", f"{here}.text")))
             elif kind == "image":
-                images.append(_image(part, here))
+                pieces.append(("image", _image(part, here)))
             else:
                 raise FieldError(f"{here}.type", f"a tool result holds text and image blocks, not {kind!r}")
-    text = "\n".join(texts)
-    if fields.boolean(block, "is_error", f"{where}.is_error"):
-        text = f"Error: {text}" if text else "Error"
-    return Message(role="tool", content=text, images=images, tool_call_id=call_id, cache_point=marked(block, where))
+    if fields.boolean(block, "is_error", f"{where}.is_error"):  # one text, marked as an error, then the images
+        said = "\n".join(value for kind, value in pieces if kind == "text")
+        pieces = [("text", f"Error: {said}" if said else "Error"), *(piece for piece in pieces if piece[0] == "image")]
+    message = Message.from_pieces("tool", pieces, tool_call_id=call_id, cache_point=marked(block, where))
+    return message if message.content is not None else msgspec.structs.replace(message, content="")
 
 
 def _tools(raw: list[Any] | None) -> list[Tool] | None:

@@ -3,12 +3,13 @@
 Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
 * ``model`` is GTL's model string as is: ``deployment:model`` or a bare model the gateway routes.
-* ``messages``: ``system`` and ``developer`` → ``system``; ``user`` content is a string or an array of
-  ``text`` parts (joined with newlines) and ``image_url`` parts (``data:`` or ``https:`` URLs → the
-  message's ``images``); ``assistant`` content and ``tool_calls`` (``{id, function: {name,
-  arguments}}``) → an assistant message with GTL tool calls; ``tool`` (``tool_call_id``, content) → a
-  tool result. ``name`` is kept. Audio and file parts, the legacy ``function`` role and
-  ``function_call`` are refused (400) rather than silently dropped.
+* ``messages``: ``system`` and ``developer`` → ``system``; ``user`` content is a string or an array
+  of ``text`` parts (joined with newlines) and ``image_url`` parts (``data:`` or ``https:`` URLs →
+  the message's ``images``; text and images together keep their order in GTL's ``parts``);
+  ``assistant`` content and ``tool_calls`` (``{id, function: {name, arguments}}``) → an assistant
+  message with GTL tool calls; ``tool`` (``tool_call_id``, content) → a tool result. ``name`` is
+  kept. Audio and file parts, the legacy ``function`` role and ``function_call`` are refused (400)
+  rather than silently dropped.
 * ``tools`` (``type: function`` only), ``tool_choice`` (``none``/``auto``/``required`` or
   ``{"type": "function", "function": {"name": …}}``, both GTL's own forms), ``temperature``,
   ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array),
@@ -113,8 +114,7 @@ def _message(raw: Any, where: str) -> Message:
     if role in ("system", "developer"):
         return Message(role="system", content=_text_only(raw.get("content"), f"{where}.content"), name=name)
     if role == "user":
-        content, images = _user_content(raw.get("content"), f"{where}.content")
-        return Message(role="user", content=content, images=images, name=name)
+        return Message.from_pieces("user", _user_content(raw.get("content"), f"{where}.content"), name=name)
     if role == "assistant":
         if raw.get("function_call") is not None:
             raise FieldError(f"{where}.function_call", "the legacy function_call is not supported; use tool_calls")
@@ -166,25 +166,24 @@ def _text_only(content: Any, where: str, *, refusals: bool = False) -> str | Non
     return "\n".join(texts)
 
 
-def _user_content(content: Any, where: str) -> tuple[str | None, list[str]]:
-    """A user message's text and image URLs."""
+def _user_content(content: Any, where: str) -> list[tuple[str, str]]:
+    """A user message's text and image URLs, in order: ``("text", text)`` and ``("image", url)``."""
     if content is None:
         raise FieldError(where, "a user message needs content")
-    texts: list[str] = []
-    images: list[str] = []
+    pieces: list[tuple[str, str]] = []
     for index, (kind, part) in enumerate(_parts(content, where)):
         here = f"{where}[{index}]"
         if kind == "text":
-            texts.append(_part_text(part, "text", f"{here}.text"))
+            pieces.append(("text", _part_text(part, "text", f"{here}.text")))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image  # an older form: the URL itself
             if not isinstance(url, str) or not url:
                 raise FieldError(f"{here}.image_url.url", "an image part needs a URL (https: or data:)")
-            images.append(url)
+            pieces.append(("image", url))
         else:
             raise FieldError(f"{here}.type", f"{kind!r} parts are not supported; use text and image_url")
-    return ("\n".join(texts) if texts else None), images
+    return pieces
 
 
 def _tool_call(raw: Any, where: str) -> ToolCall:

@@ -141,7 +141,10 @@ class CodecTable:
                 values[plan.name] = item
             elif plan.required:
                 raise ConversionError("is required but not set").at(plan.name)
-        return codec.cls(**values)
+        try:
+            return codec.cls(**values)
+        except ValueError as exc:  # a Struct's own rule across its fields (a message's parts and images)
+            raise ConversionError(str(exc)) from None
 
 
 def _bounds(kind: mi.Type) -> tuple[float | None, float | None, int | None]:

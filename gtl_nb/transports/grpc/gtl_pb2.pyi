@@ -15,6 +15,12 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_ASSISTANT: _ClassVar[Role]
     ROLE_TOOL: _ClassVar[Role]
 
+class PartType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PART_TYPE_UNSPECIFIED: _ClassVar[PartType]
+    PART_TYPE_TEXT: _ClassVar[PartType]
+    PART_TYPE_IMAGE: _ClassVar[PartType]
+
 class StatusState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     STATUS_STATE_UNSPECIFIED: _ClassVar[StatusState]
@@ -54,6 +60,9 @@ ROLE_SYSTEM: Role
 ROLE_USER: Role
 ROLE_ASSISTANT: Role
 ROLE_TOOL: Role
+PART_TYPE_UNSPECIFIED: PartType
+PART_TYPE_TEXT: PartType
+PART_TYPE_IMAGE: PartType
 STATUS_STATE_UNSPECIFIED: StatusState
 STATUS_STATE_QUEUED: StatusState
 STATUS_STATE_STREAMING: StatusState
@@ -198,7 +207,7 @@ class ToolCall(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content", "images", "tool_calls", "tool_call_id", "name", "provider_data_json", "cache_point")
+    __slots__ = ("role", "content", "images", "tool_calls", "tool_call_id", "name", "provider_data_json", "cache_point", "parts")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +216,7 @@ class ChatMessage(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_DATA_JSON_FIELD_NUMBER: _ClassVar[int]
     CACHE_POINT_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     role: Role
     content: str
     images: _containers.RepeatedScalarFieldContainer[str]
@@ -215,7 +225,18 @@ class ChatMessage(_message.Message):
     name: str
     provider_data_json: str
     cache_point: bool
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., images: _Optional[_Iterable[str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., provider_data_json: _Optional[str] = ..., cache_point: _Optional[bool] = ...) -> None: ...
+    parts: _containers.RepeatedCompositeFieldContainer[ContentPart]
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., images: _Optional[_Iterable[str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., provider_data_json: _Optional[str] = ..., cache_point: _Optional[bool] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ...) -> None: ...
+
+class ContentPart(_message.Message):
+    __slots__ = ("type", "text", "url")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    type: PartType
+    text: str
+    url: str
+    def __init__(self, type: _Optional[_Union[PartType, str]] = ..., text: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class Tool(_message.Message):
     __slots__ = ("name", "description", "parameters_json")

@@ -35,6 +35,7 @@ from gtl_nb.transports.grpc.fields import CodecTable, ConversionError, Limits
 PROTO_TYPES: dict[type, type[ProtoMessage]] = {
     m.ToolCall: pb.ToolCall,
     m.Message: pb.ChatMessage,
+    m.Part: pb.ContentPart,
     m.Tool: pb.Tool,
     m.ModelInfo: pb.ModelInfo,
     m.CompletionRequest: pb.CompletionRequest,

@@ -1,0 +1,98 @@
+"""Text and images in their order, through the compatible endpoints: what the SDK sent is what each
+provider receives, in that order (GTL's ``parts``)."""
+
+# ruff: noqa: F811 - the tests take test_compat's fixtures, imported below, by name
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: one gateway before every simulator
+    PIXEL,
+    PIXEL_URL,
+    backends,
+    base_url,
+    claude,
+    embedded,
+    ledger_path,
+    oai,
+    providers,
+    target,
+)
+
+ORDER = ["Image 1:", "IMAGE", "Image 2:", "IMAGE", "Which is larger?"]
+
+
+def order_sent(provider: str, body: dict[str, Any]) -> list[str]:
+    """The user turn's texts and images, in the order the provider's request body holds them."""
+    if provider == "openai":
+        parts = body["messages"][-1]["content"]
+        return [p["text"] if p["type"] == "text" else "IMAGE" for p in parts]
+    if provider == "anthropic":
+        blocks = body["messages"][-1]["content"]
+        return [b["text"] if b["type"] == "text" else "IMAGE" for b in blocks]
+    if provider == "gemini":
+        parts = body["contents"][-1]["parts"]
+        return [p.get("text", "IMAGE") for p in parts]
+    blocks = body["messages"][-1]["content"]  # bedrock
+    return [b.get("text", "IMAGE") for b in blocks]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "bedrock"])
+def test_openai_sdk_parts_reach_the_provider_in_order(provider, oai, backends, embedded):
+    content = [
+        {"type": "text", "text": "Image 1:"},
+        {"type": "image_url", "image_url": {"url": PIXEL_URL}},
+        {"type": "text", "text": "Image 2:"},
+        {"type": "image_url", "image_url": {"url": PIXEL_URL}},
+        {"type": "text", "text": "Which is larger?"},
+    ]
+    answer = oai.chat.completions.create(model=target(provider), messages=[{"role": "user", "content": content}])
+    assert order_sent(provider, json.loads(backends[provider].requests[-1].body)) == ORDER
+    expected = embedded.complete(target(provider), [{"role": "user", "content": content}])  # the client takes parts too
+    assert answer.choices[0].message.content == expected.text
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock"])
+def test_anthropic_sdk_blocks_reach_the_provider_in_order(provider, claude, backends):
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
+    content = [
+        {"type": "text", "text": "Image 1:"},
+        image,
+        {"type": "text", "text": "Image 2:"},
+        image,
+        {"type": "text", "text": "Which is larger?"},
+    ]
+    claude.messages.create(model=target(provider), max_tokens=50, messages=[{"role": "user", "content": content}])
+    assert order_sent(provider, json.loads(backends[provider].requests[-1].body)) == ORDER
+
+
+def test_a_tool_result_keeps_its_text_and_images_in_order(claude, backends):
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
+    messages = [
+        {"role": "user", "content": "Draw two charts."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "draw", "input": {}}]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [
+                        {"type": "text", "text": "Chart A:"},
+                        image,
+                        {"type": "text", "text": "Chart B:"},
+                        image,
+                    ],
+                }
+            ],
+        },
+    ]
+    tools = [{"name": "draw", "description": "draws", "input_schema": {"type": "object", "properties": {}}}]
+    claude.messages.create(model=target("anthropic"), max_tokens=50, tools=tools, messages=messages)
+    sent = json.loads(backends["anthropic"].requests[-1].body)
+    result = sent["messages"][-1]["content"][0]
+    assert [b["type"] for b in result["content"]] == ["text", "image", "text", "image"]

@@ -1,0 +1,127 @@
+"""Text and images in their order (a message's ``parts``): the protocol's rule, and each dialect's body."""
+
+from __future__ import annotations
+
+import json
+
+import msgspec
+import pytest
+
+from gtl_nb.protocol.messages import CompletionRequest, Message, Part
+from gtl_nb.providers import anthropic, bedrock, gemini, ollama
+from gtl_nb.providers.base import Deployment
+from gtl_nb.providers.openai import chat_messages
+
+PNG = "data:image/png;base64,iVBORw0KGgo="
+JPEG = "data:image/jpeg;base64,/9j/4AAQ"
+PIECES = [("text", "Image 1:"), ("image", PNG), ("text", "Image 2:"), ("image", JPEG), ("text", "Which is larger?")]
+
+
+def interleaved(role: str = "user") -> Message:
+    return Message.from_pieces(role, PIECES)
+
+
+# -- the protocol's rule ----------------------------------------------------------------------------------
+
+
+def test_parts_keep_the_order_and_the_message_keeps_each_image_once():
+    message = interleaved()
+    assert message.in_order() == PIECES
+    assert message.content == "Image 1:\nImage 2:\nWhich is larger?"  # what a reader without order sees
+    assert message.images == [PNG, JPEG]
+    assert all(part.url == "" for part in message.parts)  # the URLs live in images only
+    wire = msgspec.json.encode(message)
+    assert wire.count(PNG.encode()) == 1 and wire.count(JPEG.encode()) == 1
+    assert msgspec.json.decode(wire, type=Message) == message
+
+
+def test_parts_may_name_their_images_or_leave_them_to_images():
+    by_url = Message(role="user", parts=[Part(type="text", text="a"), Part(type="image", url=PNG)])
+    by_place = Message(role="user", parts=[Part(type="text", text="a"), Part(type="image")], images=[PNG])
+    assert by_url == by_place
+    assert msgspec.structs.replace(by_url, cache_point=True).in_order() == [("text", "a"), ("image", PNG)]
+
+
+def test_a_message_without_parts_has_no_order():
+    assert Message(role="user", content="hi", images=[PNG]).in_order() is None
+    assert Message.from_pieces("user", [("text", "a"), ("text", "b")]) == Message(role="user", content="a\nb")
+    assert Message.from_pieces("user", [("image", PNG)]) == Message(role="user", images=[PNG])
+
+
+@pytest.mark.parametrize(
+    "wire, complaint",
+    [
+        (b'{"role":"user","parts":[{"type":"image"}]}', "1 image parts for 0 images"),
+        (b'{"role":"user","parts":[{"type":"image","url":"u"},{"type":"image"}]}', "every image part its url"),
+        (b'{"role":"user","images":["a"],"parts":[{"type":"image","url":"b"}]}', "differ"),
+        (b'{"role":"user","parts":[{"type":"image","url":"u","text":"x"}]}', "no text"),
+        (b'{"role":"user","parts":[{"type":"text","text":"x","url":"u"}]}', "no url"),
+        (b'{"role":"user","parts":[{"type":"audio"}]}', "Invalid enum value"),
+    ],
+)
+def test_parts_that_do_not_agree_are_refused(wire, complaint):
+    with pytest.raises(msgspec.ValidationError, match=complaint):
+        msgspec.json.decode(wire, type=Message)
+
+
+# -- each dialect -----------------------------------------------------------------------------------------
+
+
+def request(message: Message, model: str) -> CompletionRequest:
+    return CompletionRequest(session_id="s", model=model, messages=[message])
+
+
+def test_openai_sends_the_parts_in_order():
+    (entry,) = chat_messages([interleaved()])
+    assert [(p["type"], p.get("text") or p["image_url"]["url"]) for p in entry["content"]] == [
+        ("text", "Image 1:"),
+        ("image_url", PNG),
+        ("text", "Image 2:"),
+        ("image_url", JPEG),
+        ("text", "Which is larger?"),
+    ]
+
+
+def test_anthropic_sends_the_blocks_in_order_for_users_and_tool_results():
+    deployment = Deployment(name="a", type="anthropic", base_url="http://127.0.0.1:9", api_key="k")
+    body = anthropic.build_body(request(interleaved(), "claude-sonnet-4-5"), deployment)
+    assert [b["type"] for b in body["messages"][0]["content"]] == ["text", "image", "text", "image", "text"]
+    assert body["messages"][0]["content"][1]["source"]["media_type"] == "image/png"
+    result = Message.from_pieces("tool", PIECES, tool_call_id="t1")
+    (block,) = anthropic._blocks(result)
+    assert [b["type"] for b in block["content"]] == ["text", "image", "text", "image", "text"]
+
+
+def test_without_parts_anthropic_still_puts_images_first():
+    deployment = Deployment(name="a", type="anthropic", base_url="http://127.0.0.1:9", api_key="k")
+    plain = Message(role="user", content="What is this?", images=[PNG])
+    body = anthropic.build_body(request(plain, "claude-sonnet-4-5"), deployment)
+    assert [b["type"] for b in body["messages"][0]["content"]] == ["image", "text"]
+
+
+def test_gemini_sends_the_parts_in_order():
+    _, contents = gemini.convert_messages([interleaved()])
+    kinds = ["inline_data" if "inline_data" in p or "inlineData" in p else "text" for p in contents[0]["parts"]]
+    assert kinds == ["text", "inline_data", "text", "inline_data", "text"]
+
+
+def test_converse_sends_the_blocks_in_order():
+    deployment = Deployment(name="b", type="bedrock", base_url="http://127.0.0.1:9")
+    body = bedrock.build_body(request(interleaved(), "amazon.nova-lite-v1:0"), deployment)
+    kinds = [next(iter(block)) for block in body["messages"][0]["content"]]
+    assert kinds == ["text", "image", "text", "image", "text"]
+    assert [b["image"]["format"] for b in body["messages"][0]["content"] if "image" in b] == ["png", "jpeg"]
+
+
+def test_ollama_which_has_no_order_gets_the_text_and_the_images():
+    (entry,) = ollama._messages([interleaved()])
+    assert entry["content"] == "Image 1:\nImage 2:\nWhich is larger?"
+    assert len(entry["images"]) == 2
+
+
+def test_a_blank_text_part_is_not_sent_as_a_blank_block():
+    message = Message.from_pieces("user", [("text", ""), ("image", PNG), ("text", "what?")])
+    deployment = Deployment(name="b", type="bedrock", base_url="http://127.0.0.1:9")
+    body = bedrock.build_body(request(message, "amazon.nova-lite-v1:0"), deployment)
+    assert [next(iter(block)) for block in body["messages"][0]["content"]] == ["image", "text"]
+    assert '"text": ""' not in json.dumps(body)
