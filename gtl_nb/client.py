@@ -1164,19 +1164,20 @@ def _messages(value: Any) -> list[Message]:
 
 
 def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
-    """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts, and
-    Anthropic's ``cache_control`` marker for GTL's ``cache_point``."""
-    if "cache_control" in item:
-        marker = item["cache_control"]
-        if marker is not None and not (isinstance(marker, dict) and marker.get("type") == "ephemeral"):
-            raise InvalidRequestError(
-                f'cache_control must be {{"type": "ephemeral"}} (or say cache_point=True), not {marker!r}'
-            )
-        item = {key: value for key, value in item.items() if key != "cache_control"}
-        if marker is not None:
-            item.setdefault("cache_point", True)
-    if isinstance(item.get("content"), list):  # text and image parts, in order
-        item = {**_content_parts(item["content"]), **{key: value for key, value in item.items() if key != "content"}}
+    """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts, content
+    given as parts (``_content_parts``), and Anthropic's ``cache_control`` marker for GTL's ``cache_point``
+    — on the message, or on one of its parts (the whole message is then marked)."""
+    content = item.get("content")
+    marks = [item.get("cache_control")]
+    if isinstance(content, list):
+        marks += [part.get("cache_control") for part in content if isinstance(part, dict)]
+    if any(_cache_marker(marker) for marker in marks):
+        item = {**item, "cache_point": item.get("cache_point", True)}
+    item = {key: value for key, value in item.items() if key != "cache_control"}
+    if isinstance(content, list):
+        if "images" in item:
+            raise InvalidRequestError("give a message's images in its content parts or in images, not both")
+        item = {**item, **_content_parts(content, item.get("role"))}
     calls = item.get("tool_calls")
     if not calls:
         return item
@@ -1190,10 +1191,24 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "tool_calls": flat}
 
 
-def _content_parts(parts: list[Any]) -> dict[str, Any]:
+def _cache_marker(marker: Any) -> bool:
+    """Whether a ``cache_control`` value asks for caching (``{"type": "ephemeral"}``); another is refused."""
+    if marker is None:
+        return False
+    if not (isinstance(marker, dict) and marker.get("type") == "ephemeral"):
+        raise InvalidRequestError(
+            f'cache_control must be {{"type": "ephemeral"}} (or say cache_point=True), not {marker!r}'
+        )
+    return True
+
+
+def _content_parts(parts: list[Any], role: Any) -> dict[str, Any]:
     """A message dict's ``content`` given as parts — OpenAI's ``{"type": "text", "text"}`` and
     ``{"type": "image_url", "image_url": {"url"}}``, or GTL's ``{"type": "image", "url"}`` — as the
-    ``content``, ``images`` and ``parts`` fields of a ``Message`` (``Message.from_pieces``)."""
+    ``content``, ``images`` and ``parts`` fields of a ``Message`` (``Message.from_pieces``). Images go
+    in user and tool messages only (no provider takes them elsewhere)."""
+    if not parts:
+        raise InvalidRequestError("a message's content parts are empty: give at least one text or image")
     pieces: list[tuple[str, str]] = []
     for part in parts:
         kind = part.get("type") if isinstance(part, dict) else None
@@ -1210,6 +1225,8 @@ def _content_parts(parts: list[Any]) -> dict[str, Any]:
                 f'a content part is {{"type": "text", "text": ...}} or {{"type": "image_url", "image_url": '
                 f'{{"url": ...}}}}, not {part!r}'
             )
+    if role not in ("user", "tool") and any(kind == "image" for kind, _ in pieces):
+        raise InvalidRequestError(f"a {role} message takes text parts only; images go in user and tool messages")
     message = Message.from_pieces("user", pieces)
     return {"content": message.content, "images": message.images, "parts": message.parts}
 

@@ -266,7 +266,7 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
         return [
             _image_block(value) if kind == "image" else {"type": "text", "text": value}
             for kind, value in ordered
-            if value  # an empty text block is refused
+            if value.strip()  # a blank text block is refused
         ]
     images = [_image_block(url) for url in message.images]
     return images + ([{"type": "text", "text": message.content}] if message.content else [])

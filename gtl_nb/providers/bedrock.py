@@ -242,8 +242,10 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     if message.role == "assistant":
         blocks.extend(_reasoning_blocks(message))
     ordered = message.in_order()
-    if ordered is not None:  # text and images in the order of the message's parts (no blank text: refused)
-        blocks.extend(_image_block(value) if kind == "image" else {"text": value} for kind, value in ordered if value)
+    if ordered is not None:  # text and images in the order of the message's parts (blank text is refused)
+        blocks.extend(
+            _image_block(value) if kind == "image" else {"text": value} for kind, value in ordered if value.strip()
+        )
     else:
         if message.content:
             blocks.append({"text": message.content})

@@ -96,3 +96,38 @@ def test_a_tool_result_keeps_its_text_and_images_in_order(claude, backends):
     sent = json.loads(backends["anthropic"].requests[-1].body)
     result = sent["messages"][-1]["content"][0]
     assert [b["type"] for b in result["content"]] == ["text", "image", "text", "image"]
+
+
+def test_an_error_tool_result_keeps_its_order(claude, backends):
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
+    messages = [
+        {"role": "user", "content": "Draw two charts."},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "draw", "input": {}}]},
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "is_error": True,
+                    "content": [{"type": "text", "text": "A:"}, image, {"type": "text", "text": "B:"}, image],
+                }
+            ],
+        },
+    ]
+    tools = [{"name": "draw", "description": "draws", "input_schema": {"type": "object", "properties": {}}}]
+    claude.messages.create(model=target("anthropic"), max_tokens=50, tools=tools, messages=messages)
+    result = json.loads(backends["anthropic"].requests[-1].body)["messages"][-1]["content"][0]
+    assert [b.get("text", "IMAGE") for b in result["content"]] == ["Error: A:", "IMAGE", "B:", "IMAGE"]
+
+
+def test_a_blank_text_part_between_images_is_no_blank_block(oai, backends):
+    content = [
+        {"type": "text", "text": "Image 1:"},
+        {"type": "image_url", "image_url": {"url": PIXEL_URL}},
+        {"type": "text", "text": " "},
+        {"type": "image_url", "image_url": {"url": PIXEL_URL}},
+    ]
+    answer = oai.chat.completions.create(model=target("bedrock"), messages=[{"role": "user", "content": content}])
+    assert answer.choices[0].message.content  # the service refuses a blank text block
+    assert order_sent("bedrock", json.loads(backends["bedrock"].requests[-1].body)) == ["Image 1:", "IMAGE", "IMAGE"]

@@ -125,3 +125,18 @@ def test_a_blank_text_part_is_not_sent_as_a_blank_block():
     body = bedrock.build_body(request(message, "amazon.nova-lite-v1:0"), deployment)
     assert [next(iter(block)) for block in body["messages"][0]["content"]] == ["image", "text"]
     assert '"text": ""' not in json.dumps(body)
+
+
+@pytest.mark.parametrize("blank", [" ", "\n", "\t "])
+def test_a_blank_text_part_is_never_a_block_of_its_own(blank):
+    message = Message.from_pieces("user", [("text", "A:"), ("image", PNG), ("text", blank), ("image", JPEG)])
+    deployment = Deployment(name="b", type="bedrock", base_url="http://127.0.0.1:9")
+    converse = bedrock.build_body(request(message, "amazon.nova-lite-v1:0"), deployment)
+    assert [next(iter(block)) for block in converse["messages"][0]["content"]] == ["text", "image", "image"]
+    deployment = Deployment(name="a", type="anthropic", base_url="http://127.0.0.1:9", api_key="k")
+    claude = anthropic.build_body(request(message, "claude-sonnet-4-5"), deployment)
+    assert [b["type"] for b in claude["messages"][0]["content"]] == ["text", "image", "image"]
+    (entry,) = chat_messages([message])
+    assert [p["type"] for p in entry["content"]] == ["text", "image_url", "image_url"]
+    _, contents = gemini.convert_messages([message])
+    assert len(contents[0]["parts"]) == 3

@@ -221,9 +221,12 @@ def _tool_result(block: dict[str, Any], where: str) -> Message:
                 pieces.append(("image", _image(part, here)))
             else:
                 raise FieldError(f"{here}.type", f"a tool result holds text and image blocks, not {kind!r}")
-    if fields.boolean(block, "is_error", f"{where}.is_error"):  # one text, marked as an error, then the images
-        said = "\n".join(value for kind, value in pieces if kind == "text")
-        pieces = [("text", f"Error: {said}" if said else "Error"), *(piece for piece in pieces if piece[0] == "image")]
+    if fields.boolean(block, "is_error", f"{where}.is_error"):  # the first text says so, the order kept
+        first = next((index for index, (kind, _) in enumerate(pieces) if kind == "text"), None)
+        if first is None:
+            pieces.insert(0, ("text", "Error"))
+        else:
+            pieces[first] = ("text", f"Error: {pieces[first][1]}" if pieces[first][1] else "Error")
     message = Message.from_pieces("tool", pieces, tool_call_id=call_id, cache_point=marked(block, where))
     return message if message.content is not None else msgspec.structs.replace(message, content="")
 
