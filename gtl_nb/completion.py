@@ -43,6 +43,7 @@ class Completion:
     events: Sequence[StreamEvent] = field(default_factory=list, repr=False)
     error: Error | None = None
     created_at: float | None = None  # Unix time the answer finished (for GAP timestamps and logs)
+    stop_sequence: str | None = None  # the stop sequence that ended the answer, when the provider says
 
     @classmethod
     def from_transcript(cls, transcript: Transcript, provider_type: str | None = None) -> Completion:
@@ -64,6 +65,7 @@ class Completion:
             events=list(transcript.events),
             error=transcript.error,
             created_at=time.time(),
+            stop_sequence=done.stop_sequence if done else None,
         )
 
     # -- derived ------------------------------------------------------------------------------

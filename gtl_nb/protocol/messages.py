@@ -11,12 +11,12 @@ Extensions the spec leaves implicit, all optional on the wire:
   ``reasoning`` (ask for ``reasoning`` events) and ``cache`` (per-request cache opt in/out).
 * ``reasoning`` events, ``hello`` version negotiation and ``cancel``.
 * a message's ``parts`` (text and images in their order) and ``cache_point`` (ask for the prompt up
-  to it to be cached), ``usage``'s cache counts
-  ``cached_tokens_in`` / ``cache_write_tokens_in``, and the cached and cache-write input rates of a
-  ``provider_info`` model.
-* ``done`` carries the engine's timings ``ttft_ms`` / ``latency_ms``, the answering
-  ``provider`` / ``model``, and the opaque ``provider_data`` (reasoning signatures…) that the
-  answer's assistant message must carry in later turns, so remote clients see what embedded ones see.
+  to it to be cached), ``usage``'s cache counts ``cached_tokens_in`` / ``cache_write_tokens_in``,
+  and the cached and cache-write input rates of a ``provider_info`` model.
+* ``done`` carries the engine's timings ``ttft_ms`` / ``latency_ms``, the answering ``provider`` /
+  ``model``, the ``stop_sequence`` that ended the answer (when the provider says which), and the
+  opaque ``provider_data`` (reasoning signatures…) that the answer's assistant message must carry in
+  later turns, so remote clients see what embedded ones see.
 """
 
 from __future__ import annotations
@@ -302,6 +302,7 @@ class Done(msgspec.Struct, frozen=True, tag="done", omit_defaults=True):
     ttft_ms: float | None = None
     latency_ms: float | None = None
     provider_data: dict[str, Any] | None = None
+    stop_sequence: str | None = None
 
 
 class Error(msgspec.Struct, frozen=True, tag="error", omit_defaults=True):

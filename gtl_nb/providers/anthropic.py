@@ -48,7 +48,7 @@ Decoding: SSE events ``message_start`` / ``content_block_*`` / ``message_delta``
 (``ping`` and unknown events ignored); ``message_delta`` usage is cumulative and replaces earlier
 values. Server-side tool blocks (``server_tool_use``, ``web_search_tool_result``, …) are not
 client tool calls and are skipped. ``stop_reason`` → ``finish_reason``: ``end_turn`` /
-``stop_sequence`` → stop, ``tool_use`` → tool_calls, ``max_tokens`` /
+``stop_sequence`` → stop (``done.stop_sequence`` says which), ``tool_use`` → tool_calls, ``max_tokens`` /
 ``model_context_window_exceeded`` → length, ``refusal`` → content_filter, ``pause_turn`` (a server
 tool loop paused; the answer is NOT complete and the caller must resend to continue) and anything
 else → other.
@@ -373,6 +373,7 @@ class AnthropicDecoder(GuardedDecoder):
         self._thinking: dict[int, dict[str, Any]] = {}
         self._usage: dict[str, int] = {}
         self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
         self._model: str | None = None
         self._finished = False
 
@@ -430,7 +431,9 @@ class AnthropicDecoder(GuardedDecoder):
         elif kind == "content_block_stop":
             return self._block_stop(data.get("index"))
         elif kind == "message_delta":
-            self._stop_reason = _text(_object(data.get("delta")).get("stop_reason")) or self._stop_reason
+            delta = _object(data.get("delta"))
+            self._stop_reason = _text(delta.get("stop_reason")) or self._stop_reason
+            self._stop_sequence = _text(delta.get("stop_sequence")) or self._stop_sequence
             self._take_usage(data.get("usage"))
         elif kind == "message_stop":
             return self._finish()
@@ -524,6 +527,7 @@ class AnthropicDecoder(GuardedDecoder):
             finish_reason=finish_reason(self._stop_reason),
             provider=self._deployment.name,
             model=self._model or self._request.model,
+            stop_sequence=self._stop_sequence if self._stop_reason == "stop_sequence" else None,
         )
         return [usage, done]
 
@@ -538,6 +542,7 @@ class AnthropicDecoder(GuardedDecoder):
             return [self._stream_error(data.get("error"))]
         self._model = _text(data.get("model")) or None
         self._stop_reason = _text(data.get("stop_reason")) or None
+        self._stop_sequence = _text(data.get("stop_sequence")) or None
         self._take_usage(data.get("usage"))
         text: list[str] = []
         reasoning: list[str] = []

@@ -588,8 +588,14 @@ class BedrockDecoder(GuardedDecoder):
                 finish_reason=reason,  # type: ignore[arg-type]
                 provider=self._deployment.name,
                 model=self._request.model,
+                stop_sequence=self._stop_sequence(),
             ),
         ]
+
+    def _stop_sequence(self) -> str | None:
+        """Which stop sequence ended the answer: Converse does not say, but a request with one has no other."""
+        stop = self._request.stop or []
+        return stop[0] if self._stop_reason == "stop_sequence" and len(stop) == 1 else None
 
     def _exception(self, name: str, message: str) -> Error:
         code, retryable = _EXCEPTIONS.get(name.lower(), ("INTERNAL", True))

@@ -28,6 +28,7 @@ import json
 import math
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,7 @@ class Answer:
     thinking_pieces: list[str] = field(default_factory=list)
     tokens_thinking: int = 0
     finish: str = "stop"  # "stop", "tool_calls" or "length"
+    stop_sequence: str | None = None  # the stop sequence that ended the text, when one did
 
 
 def _rng(seed: int, *parts: object) -> random.Random:
@@ -260,8 +262,12 @@ def make_answer(
     tokens_in: int | None = None,
     salt: str = "",
     schema: dict[str, Any] | None = None,
+    stop: Sequence[str] = (),
 ) -> Answer:
     """Compute the answer; see the module docstring for the rules.
+
+    ``stop``: the request's stop sequences; the text ends before the first of them it would contain
+    (which is not sent, as the services do) and ``Answer.stop_sequence`` names it.
 
     ``tokens_in`` is the input count the simulator estimated from the whole request (see
     :mod:`gtl_nb.sim.tokens`); without it, the prompt, tools and results are counted by :func:`count_tokens`.
@@ -297,6 +303,9 @@ def make_answer(
         text = f'You said: "{_quote(prompt_text)}". ' + _sentences(rnd, slots, _OPENERS, _MIDDLES, _CLOSERS)
 
     pieces = split_pieces(text, rnd)
+    stopped_by = None
+    if text and stop:
+        text, pieces, stopped_by = _cut_at_stop(text, pieces, stop)
     if max_tokens is not None and text and count_tokens(text) > max_tokens:
         kept: list[str] = []
         for piece in pieces:
@@ -306,6 +315,7 @@ def make_answer(
         pieces = kept
         text = "".join(kept)
         finish = "length"
+        stopped_by = None  # the output limit came first
     tokens_out = (count_tokens(text) if text else 0) + sum(count_tokens(json.dumps(c["arguments"])) for c in tool_calls)
     return Answer(
         text=text,
@@ -317,4 +327,25 @@ def make_answer(
         thinking_pieces=split_pieces(thinking_text, _rng(seed, "pieces", thinking_text)),
         tokens_thinking=count_tokens(thinking_text) if thinking_text else 0,
         finish=finish,
+        stop_sequence=stopped_by,
     )
+
+
+def _cut_at_stop(text: str, pieces: list[str], stop: Sequence[str]) -> tuple[str, list[str], str | None]:
+    """``text`` and its ``pieces`` ended before the earliest stop sequence in it (the first listed wins
+    a tie), and that sequence; unchanged, with ``None``, when none occurs."""
+    found = [(text.find(sequence), order, sequence) for order, sequence in enumerate(stop) if sequence]
+    hits = [hit for hit in found if hit[0] >= 0]
+    if not hits:
+        return text, pieces, None
+    at, _, sequence = min(hits)
+    kept: list[str] = []
+    length = 0
+    for piece in pieces:
+        if length + len(piece) > at:
+            if at > length:
+                kept.append(piece[: at - length])
+            break
+        kept.append(piece)
+        length += len(piece)
+    return text[:at], kept, sequence

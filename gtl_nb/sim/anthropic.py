@@ -277,12 +277,15 @@ class AnthropicSim:
             max_tokens=limit if isinstance(limit, int) else None,
             tokens_in=_input_tokens(body, thinking),
             schema=schema,
+            stop=body.get("stop_sequences"),
         )
 
     def _stop_reason(self, answer: Answer) -> str:
         if answer.tool_calls:
             return "tool_use"
-        return "max_tokens" if answer.finish == "length" else "end_turn"
+        if answer.finish == "length":
+            return "max_tokens"
+        return "stop_sequence" if answer.stop_sequence is not None else "end_turn"
 
     def _signature(self, req: SimRequest, ctx: SimContext) -> str:
         rnd = ctx.rng("signature", req.body)
@@ -364,7 +367,7 @@ class AnthropicSim:
             "model": model,
             "content": content,
             "stop_reason": self._stop_reason(answer),
-            "stop_sequence": None,
+            "stop_sequence": answer.stop_sequence,
             "usage": self._usage(answer, answer.tokens_out + answer.tokens_thinking, cache),
         }
         return json_response(200, payload, headers)
@@ -435,7 +438,7 @@ class AnthropicSim:
             event(
                 "message_delta",
                 {
-                    "delta": {"stop_reason": self._stop_reason(answer), "stop_sequence": None},
+                    "delta": {"stop_reason": self._stop_reason(answer), "stop_sequence": answer.stop_sequence},
                     "usage": {
                         "input_tokens": max(0, answer.tokens_in - cache.read - cache.written),
                         "cache_creation_input_tokens": cache.written,

@@ -133,6 +133,15 @@ class UnknownProviderError(LookupError):
     """Raised for a provider name not in :data:`PROVIDERS` or whose module is not available."""
 
 
+def _stop_sequences(stop: Any) -> tuple[str, ...]:
+    """A request's stop sequences as the services take them: a string, or a list of strings."""
+    if isinstance(stop, str):
+        return (stop,)
+    if isinstance(stop, list):
+        return tuple(item for item in stop if isinstance(item, str))
+    return ()
+
+
 def load_provider(name: str) -> ProviderSim:
     """Instantiate the simulator class registered for ``name``."""
     target = PROVIDERS.get(name)
@@ -179,6 +188,7 @@ class SimContext:
         max_tokens: int | None = None,
         tokens_in: int | None = None,
         schema: dict[str, Any] | None = None,
+        stop: Any = None,
     ) -> Answer:
         """The deterministic answer to ``prompt_text`` (see :mod:`gtl_nb.sim.answers`).
 
@@ -187,7 +197,8 @@ class SimContext:
         results answered in the last turn) make the answer a text that mentions them. ``thinking`` asks for
         reasoning text too. ``max_tokens`` cuts the text (``Answer.finish == "length"``). ``tokens_in`` is the
         whole request's input estimate (:mod:`gtl_nb.sim.tokens`). ``schema``: the structured output the request
-        asks for (``{}``: any JSON object), which the text then is.
+        asks for (``{}``: any JSON object), which the text then is. ``stop``: the request's stop sequences
+        (a string or a list), before the first of which the text ends.
         """
         return make_answer(
             self.seed,
@@ -199,6 +210,7 @@ class SimContext:
             tokens_in=tokens_in,
             salt=self.provider,
             schema=schema,
+            stop=_stop_sequences(stop),
         )
 
     def accepts_model(self, model: str, known: Iterable[str]) -> bool:

@@ -453,6 +453,7 @@ def _answer(body: dict[str, Any], ctx: SimContext) -> Answer:
         max_tokens=limit if isinstance(limit, int) else None,
         tokens_in=_input_tokens(body),
         schema=_structured(body.get("outputConfig")),
+        stop=(body.get("inferenceConfig") or {}).get("stopSequences"),
     )
 
 
@@ -672,7 +673,9 @@ class BedrockSim:
     def _stop_reason(self, answer: Answer) -> str:
         if answer.tool_calls:
             return "tool_use"
-        return "max_tokens" if answer.finish == "length" else "end_turn"
+        if answer.finish == "length":
+            return "max_tokens"
+        return "stop_sequence" if answer.stop_sequence is not None else "end_turn"
 
     def _usage(self, answer: Answer, cache: CacheUse | None) -> dict[str, int]:
         """The usage object; with ``cache`` (the request had cache points) its two counts, which

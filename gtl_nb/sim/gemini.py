@@ -282,6 +282,7 @@ class GeminiSim:
             thinking=thinking,
             max_tokens=limit if isinstance(limit, int) else None,
             tokens_in=_input_tokens(body, model),
+            stop=_get(config, "stopSequences"),
         )
 
     def _signature(self, req: SimRequest, ctx: SimContext) -> str:

@@ -189,6 +189,7 @@ class OllamaSim:
             thinking=bool(think) and think != "false",
             max_tokens=limit if isinstance(limit, int) and limit > 0 else None,
             tokens_in=_input_tokens(body),
+            stop=options.get("stop"),
         )
 
     def _metrics(self, answer: Answer) -> dict[str, Any]:

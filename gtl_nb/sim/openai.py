@@ -187,6 +187,7 @@ class _ChatCompletionsSim:
             max_tokens=limit if isinstance(limit, int) else None,
             tokens_in=self._input_tokens(body),
             schema=_structured(body.get("response_format")),
+            stop=body.get("stop"),
         )
 
     def _input_tokens(self, body: dict[str, Any]) -> int:

@@ -734,3 +734,25 @@ def test_a_failover_after_the_answer_began_ends_the_stream_with_an_error(tmp_pat
         simulator.close()
     for session_id in (chunks[0].id, message_id):
         assert [row["status"] for row in rows_of(tmp_path / "ledger.sqlite", session_id)] == ["cancelled"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_hears_which_stop_sequence_ended_the_answer(claude, stream):
+    def ask(provider: str) -> Any:
+        arguments = {
+            "model": target(provider),
+            "max_tokens": 200,
+            "stop_sequences": ["harbour"],
+            "messages": [{"role": "user", "content": PROMPT}],
+        }
+        if not stream:
+            return claude.messages.create(**arguments)
+        with claude.messages.stream(**arguments) as events:
+            return events.get_final_message()
+
+    answer = ask("anthropic")
+    assert (answer.stop_reason, answer.stop_sequence) == ("stop_sequence", "harbour")
+    assert "harbour" not in answer.content[0].text
+    other = ask("openai")  # OpenAI's API does not say whether a sequence stopped it
+    assert (other.stop_reason, other.stop_sequence) == ("end_turn", None)
+    assert "harbour" not in other.content[0].text

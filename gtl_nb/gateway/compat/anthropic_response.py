@@ -9,8 +9,9 @@
   the whole arguments: GTL hands a call over whole) / ``content_block_stop``, then ``message_delta``
   (``stop_reason``, ``usage``) and ``message_stop``.
 * ``stop_reason``: GTL ``stop`` → ``end_turn``, ``length`` → ``max_tokens``, ``tool_calls`` →
-  ``tool_use``, ``content_filter`` → ``refusal``, ``other`` → ``end_turn``; ``stop_sequence`` is
-  null (GTL does not say which sequence matched).
+  ``tool_use``, ``content_filter`` → ``refusal``, ``other`` → ``end_turn``; a ``done`` that names its
+  ``stop_sequence`` → ``stop_sequence`` with that sequence (else ``stop_sequence`` is null: OpenAI,
+  Gemini and Ollama do not say whether a stop sequence ended the answer).
 * ``usage``: ``input_tokens`` = GTL ``tokens_in`` minus its cache reads and writes (Anthropic counts
   both apart), ``cache_read_input_tokens`` = the cached tokens and ``cache_creation_input_tokens`` the
   tokens written to the cache, each when reported, ``output_tokens`` =
@@ -35,7 +36,9 @@ _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "
 
 
 def stop_reason(done: Done) -> str:
-    """Anthropic's ``stop_reason`` for a GTL ``done``."""
+    """Anthropic's ``stop_reason`` for a GTL ``done``: ``stop_sequence`` when it names the sequence."""
+    if done.finish_reason == "stop" and done.stop_sequence is not None:
+        return "stop_sequence"
     return _STOP.get(done.finish_reason, "end_turn")
 
 
@@ -85,7 +88,7 @@ def message_object(transcript: Transcript, *, model: str) -> dict[str, Any]:
         "model": model,
         "content": content,
         "stop_reason": stop_reason(done),
-        "stop_sequence": None,
+        "stop_sequence": done.stop_sequence if done.finish_reason == "stop" else None,
         "usage": usage_object(transcript.usage),
     }
 
@@ -136,7 +139,8 @@ class MessageEncoder:
             self._usage = event
             return b""
         if isinstance(event, Done):
-            delta = {"stop_reason": stop_reason(event), "stop_sequence": None}
+            matched = event.stop_sequence if event.finish_reason == "stop" else None
+            delta = {"stop_reason": stop_reason(event), "stop_sequence": matched}
             out = self._close() + _event("message_delta", {"delta": delta, "usage": usage_object(self._usage)})
             return out + _event("message_stop", {})
         if isinstance(event, Error):

@@ -383,7 +383,7 @@ class Usage(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., reasoning_tokens_out: _Optional[int] = ..., cost: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., cache_write_tokens_in: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
-    __slots__ = ("session_id", "finish_reason", "provider", "model", "ttft_ms", "latency_ms", "provider_data_json")
+    __slots__ = ("session_id", "finish_reason", "provider", "model", "ttft_ms", "latency_ms", "provider_data_json", "stop_sequence")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -391,6 +391,7 @@ class Done(_message.Message):
     TTFT_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_DATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    STOP_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     finish_reason: FinishReason
     provider: str
@@ -398,7 +399,8 @@ class Done(_message.Message):
     ttft_ms: float
     latency_ms: float
     provider_data_json: str
-    def __init__(self, session_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., provider_data_json: _Optional[str] = ...) -> None: ...
+    stop_sequence: str
+    def __init__(self, session_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., provider_data_json: _Optional[str] = ..., stop_sequence: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("session_id", "code", "message", "retryable", "provider", "retry_after", "http_status")
