@@ -1502,4 +1502,6 @@ def _finished_event(
         provider_type=fields.get("provider_type"),
         finish_reason=record.finish_reason,
         answer=None if record.answer is None else "".join(record.answer),
+        cached_tokens_in=fields.get("cached_tokens_in"),
+        cache_write_tokens_in=fields.get("cache_write_tokens_in"),
     )

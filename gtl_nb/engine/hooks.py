@@ -111,6 +111,10 @@ class RequestFinished:
     finish_reason: str | None = None
     answer: str | None = None
     """The answer's text, only while a subscriber asked for it (``Hooks.want_answers``)."""
+    cached_tokens_in: int | None = None
+    """The part of ``tokens_in`` read from the provider's prompt cache."""
+    cache_write_tokens_in: int | None = None
+    """The part of ``tokens_in`` written to the provider's prompt cache."""
 
 
 @dataclass(frozen=True)

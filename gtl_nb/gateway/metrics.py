@@ -11,6 +11,7 @@ metric                              labels                     meaning
 ``gtl_request_duration_seconds``    provider, model            histogram: start to end of each request
 ``gtl_time_to_first_token_seconds`` provider, model            histogram: start to the first content
 ``gtl_tokens_total``                provider, model, direction tokens sent (``in``) and received (``out``)
+``gtl_prompt_cache_tokens_total``   provider, model, kind      input tokens read from / written to a prompt cache
 ``gtl_cost_usd_total``              provider, model            what the requests cost, in US dollars
 ``gtl_breaker_state``               deployment                 0 closed, 1 half-open, 2 open
 ``gtl_open_sessions``               transport                  sessions running now, per transport
@@ -173,6 +174,12 @@ class Metrics:
         self.tokens = Counter(
             "gtl_tokens", "Tokens sent (in) and received (out).", ("provider", "model", "direction"), registry=r
         )
+        self.prompt_cache = Counter(
+            "gtl_prompt_cache_tokens",
+            "Input tokens read from (read) and written to (write) the providers' prompt caches; part of gtl_tokens in.",
+            ("provider", "model", "kind"),
+            registry=r,
+        )
         self.cost = Counter("gtl_cost_usd", "Cost of the requests in US dollars.", ("provider", "model"), registry=r)
         self.breakers = Gauge(
             "gtl_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open.", ("deployment",), registry=r
@@ -303,6 +310,9 @@ class Metrics:
         for direction, count in (("in", event.tokens_in), ("out", event.tokens_out)):
             if isinstance(count, int) and count > 0:
                 self.tokens.labels(provider, model, direction).inc(count)
+        for kind, count in (("read", event.cached_tokens_in), ("write", event.cache_write_tokens_in)):
+            if isinstance(count, int) and count > 0:
+                self.prompt_cache.labels(provider, model, kind).inc(count)
         if isinstance(event.cost, (int, float)) and math.isfinite(event.cost) and event.cost > 0:
             self.cost.labels(provider, model).inc(event.cost)
 

@@ -348,3 +348,28 @@ def test_a_models_catalog_alias_keeps_its_own_label():
     metrics = Metrics(known)
     assert metrics.model_label("anthropic", "claude-haiku-4-5") == "claude-haiku-4-5"
     assert metrics.model_label("anthropic", "gpt-4o") == "other"
+
+
+def test_prompt_cache_reads_and_writes_are_counted_from_a_real_engine():
+    """Two requests marking the same long system prompt at Anthropic: the first writes it to the
+    provider's prompt cache, the second reads it."""
+    with sim.running("anthropic") as url:
+        providers = {"anthropic": {"type": "anthropic", "api_key": "sim-key", "base_url": url}}
+        engine = build_engine(load_settings(providers=providers, environ={}), ledger=False, hooks=Hooks())
+        metrics = Metrics.for_engine(engine)
+        document = " ".join(f"Clause {i}: the tide turns at {i % 24} o'clock." for i in range(200))
+        marked = Message(role="system", content=document, cache_point=True)
+        asks = [
+            CompletionRequest(
+                session_id=f"pc{i}",
+                model="anthropic:claude-sonnet-4-5",
+                messages=[marked, Message(role="user", content="?")],
+            )
+            for i in range(2)
+        ]
+        drive(engine, asks)
+    labels = {"provider": "anthropic", "model": "claude-sonnet-4-5"}
+    written = value(metrics, "gtl_prompt_cache_tokens_total", kind="write", **labels)
+    assert written > 1024
+    assert value(metrics, "gtl_prompt_cache_tokens_total", kind="read", **labels) == written
+    assert value(metrics, "gtl_tokens_total", direction="in", **labels) > 2 * written  # a part of the input
