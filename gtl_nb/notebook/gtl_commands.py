@@ -22,6 +22,7 @@ from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for, mistake
 from gtl_nb.notebook.output import show_bundle
 from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint
+from gtl_nb.protocol.errors import GTLError
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession, Settings
@@ -257,7 +258,10 @@ class GtlCommands:
         if opts.token_env:
             token = os.environ.get(opts.token_env)
             if not token:
-                raise UsageError(f"%gtl connect: ${opts.token_env} is not set; set it before starting Jupyter")
+                raise UsageError(
+                    f"%gtl connect: ${opts.token_env} is not set in this kernel: set it in the shell that starts "
+                    f"Jupyter, or use --ask-token (the notebook stays on {self.session.settings.endpoint})"
+                )
         elif opts.ask_token:
             import getpass
 
@@ -267,10 +271,12 @@ class GtlCommands:
         print(f"connected to {opts.url}" + (" (with the token given before)" if kept else ""))
 
     def _switch_endpoint(self, url: str, token: str | None) -> None:
+        staying = self.session.settings.endpoint
         try:
             self.session.connect(url, token)
-        except ValueError as exc:  # ConfigurationError: unknown scheme, no gateway yet
-            raise mistake(exc) from None
+        except (ValueError, GTLError) as exc:  # an unknown scheme, no gateway there, a refused token
+            refused = mistake(exc)
+            raise UsageError(f"{refused} (the notebook stays on {staying})") from None
 
     def _history(self, words: list[str]) -> None:
         history = self.session.history

@@ -370,7 +370,16 @@ def test_tokens_come_from_the_environment_or_a_prompt_and_stay_out_of_the_notebo
     values = [repr(v) for v in ip.user_ns.values() if isinstance(v, str)]
     assert not any("from-" in v for v in values)
     assert "from-" not in text1 + text2
-    assert "NOPE_VAR" in mistake(ip, "%gtl connect embedded:// --token-env NOPE_VAR")
+    refused = mistake(ip, "%gtl connect embedded:// --token-env NOPE_VAR")
+    assert "NOPE_VAR" in refused and "--ask-token" in refused and "stays on" in refused
+
+
+def test_a_connect_that_fails_says_where_the_notebook_stays(ip):
+    refused = mistake(ip, "%gtl connect ws://127.0.0.1:1")  # nothing listens on port 1
+    assert "cannot reach" in refused and "stays on embedded://" in refused
+    assert "stays on embedded://" in mistake(ip, "%gtl connect nosuch://x")
+    _, text = run(ip, "%gtl config")
+    assert "embedded://" in text
 
 
 def test_providers_are_configured_with_settings_never_with_literal_keys(ip):
