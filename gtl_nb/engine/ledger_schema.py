@@ -74,5 +74,19 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
-#: The columns ``Ledger.to_dataframe`` returns, in order, with their pandas dtypes.
-DTYPES: dict[str, str] = {column.name: column.dtype for column in COLUMNS if column.dtype is not None}
+
+_BESIDE = {"cache_write_tokens_in": "cached_tokens_in"}
+"""Columns added after their kin (``ALTER TABLE`` appends), shown next to it in a DataFrame."""
+
+
+def _reading_order(columns: tuple[Column, ...]) -> list[Column]:
+    ordered = [column for column in columns if column.name not in _BESIDE]
+    for name, kin in _BESIDE.items():
+        at = next(index for index, column in enumerate(ordered) if column.name == kin)
+        ordered.insert(at + 1, next(column for column in columns if column.name == name))
+    return ordered
+
+
+#: The columns ``Ledger.to_dataframe`` returns, in order (the table's, but a later column beside its
+#: kin), with their pandas dtypes.
+DTYPES: dict[str, str] = {column.name: column.dtype for column in _reading_order(COLUMNS) if column.dtype is not None}

@@ -282,6 +282,7 @@ EXPECTED_DTYPES = {
     "tokens_in": "Int64",
     "tokens_out": "Int64",
     "cached_tokens_in": "Int64",
+    "cache_write_tokens_in": "Int64",  # (the table's last column: a DataFrame shows it beside its kin)
     "reasoning_tokens_out": "Int64",
     "cost": "float64",
     "ttft_ms": "float64",
@@ -295,7 +296,6 @@ EXPECTED_DTYPES = {
     "tenant": "string",
     "key_id": "string",
     "trace_id": "string",
-    "cache_write_tokens_in": "Int64",
 }
 
 
