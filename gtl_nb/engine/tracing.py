@@ -516,6 +516,12 @@ class RequestTracer:
                     attributes["gen_ai.usage.input_tokens"] = int(event.tokens_in)
                 if event.tokens_out is not None:
                     attributes["gen_ai.usage.output_tokens"] = int(event.tokens_out)
+                for name, count in (  # the parts of input_tokens a provider's prompt cache read or wrote
+                    ("gen_ai.usage.cache_read.input_tokens", getattr(event, "cached_tokens_in", None)),
+                    ("gen_ai.usage.cache_creation.input_tokens", getattr(event, "cache_write_tokens_in", None)),
+                ):
+                    if count is not None:
+                        attributes[name] = int(count)
             if event.ttft_ms is not None:
                 attributes["gtl.ttft_ms"] = float(event.ttft_ms)
             answer = getattr(event, "answer", None)

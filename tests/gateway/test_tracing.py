@@ -762,3 +762,28 @@ def run_gateway_reading_stderr(config: Path, ask: str, *, env: dict[str, str] | 
             process.kill()
             process.wait()
     return lines
+
+
+def test_a_prompt_cache_read_and_write_are_span_attributes():
+    with sim.running("anthropic") as url:
+        providers = {"anthropic": {"type": "anthropic", "api_key": "sim-key", "base_url": url}}
+        engine = build_engine(load_settings(providers=providers, environ={}), ledger=False, hooks=Hooks())
+        seen = traced(engine)
+        document = " ".join(f"Clause {i}: the tide turns at {i % 24} o'clock." for i in range(200))
+        marked = Message(role="system", content=document, cache_point=True)
+        asks = [
+            CompletionRequest(
+                session_id=f"pc-{i}",
+                model="anthropic:claude-sonnet-4-5",
+                messages=[marked, Message(role="user", content="?")],
+            )
+            for i in range(2)
+        ]
+        events = drive(engine, asks)
+    usages = [event for event in events if isinstance(event, Usage)]
+    spans = one_span_per_session(seen.spans)
+    first, second = (dict(spans[f"pc-{i}"].attributes) for i in range(2))
+    assert first["gen_ai.usage.cache_creation.input_tokens"] == usages[0].cache_write_tokens_in > 1024
+    assert first["gen_ai.usage.cache_read.input_tokens"] == 0
+    assert second["gen_ai.usage.cache_read.input_tokens"] == usages[1].cached_tokens_in > 1024
+    assert second["gen_ai.usage.input_tokens"] == usages[1].tokens_in
