@@ -273,8 +273,8 @@ _FINISH_DETAILS = (
 )
 #: The keyword fields ``Ledger.finish`` (and ``UsageLedger.finish``) accept besides ``status`` and ``now``.
 FINISH_FIELDS: frozenset[str] = frozenset(_FINISH_DETAILS)
-# The token counts among them: whole numbers as reported, validated alike (``clean_finish_fields``).
-_COUNTS = ("tokens_in", "tokens_out", "cached_tokens_in", "cache_write_tokens_in", "reasoning_tokens_out")
+#: The token counts among them: whole numbers as reported, validated alike (``clean_finish_fields``).
+TOKEN_COUNTS = ("tokens_in", "tokens_out", "cached_tokens_in", "cache_write_tokens_in", "reasoning_tokens_out")
 
 
 def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
@@ -289,7 +289,7 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
     for name in ("error_code", "deployment", "provider_type", "model"):
         value = fields.get(name)
         clean[name] = value if value is None or type(value) is str else str(value)
-    for name in _COUNTS:
+    for name in TOKEN_COUNTS:
         value = fields.get(name)
         plausible = value is None or (type(value) is int and 0 <= value <= _INT64_MAX)
         clean[name] = value if plausible else _count(value, name, row_id)

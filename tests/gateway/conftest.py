@@ -19,6 +19,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
+from gtl_nb.protocol.messages import CompletionRequest, Message
 
 SIM_KEY = "sim-key"
 MODEL = "gpt-4o-mini"
@@ -215,3 +216,18 @@ def relay_to() -> Iterator[Callable[[sim.Simulator], Relay]]:
     yield start
     for relay in relays:
         relay.close()
+
+
+def marked_prompt_twice(prefix: str) -> list[CompletionRequest]:
+    """Two requests that mark the same long system prompt (~2,000 tokens) at the ``anthropic`` deployment:
+    the first writes it to the provider's prompt cache, the second reads it."""
+    document = " ".join(f"Clause {i}: the tide turns at {i % 24} o'clock." for i in range(200))
+    marked = Message(role="system", content=document, cache_point=True)
+    return [
+        CompletionRequest(
+            session_id=f"{prefix}{i}",
+            model="anthropic:claude-sonnet-4-5",
+            messages=[marked, Message(role="user", content="?")],
+        )
+        for i in range(2)
+    ]

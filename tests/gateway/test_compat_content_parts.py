@@ -24,6 +24,7 @@ from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: o
 )
 
 ORDER = ["Image 1:", "IMAGE", "Image 2:", "IMAGE", "Which is larger?"]
+IMAGE_BLOCK = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
 
 
 def order_sent(provider: str, body: dict[str, Any]) -> list[str]:
@@ -58,66 +59,39 @@ def test_openai_sdk_parts_reach_the_provider_in_order(provider, oai, backends, e
 
 @pytest.mark.parametrize("provider", ["anthropic", "bedrock"])
 def test_anthropic_sdk_blocks_reach_the_provider_in_order(provider, claude, backends):
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
     content = [
         {"type": "text", "text": "Image 1:"},
-        image,
+        IMAGE_BLOCK,
         {"type": "text", "text": "Image 2:"},
-        image,
+        IMAGE_BLOCK,
         {"type": "text", "text": "Which is larger?"},
     ]
     claude.messages.create(model=target(provider), max_tokens=50, messages=[{"role": "user", "content": content}])
     assert order_sent(provider, json.loads(backends[provider].requests[-1].body)) == ORDER
 
 
-def test_a_tool_result_keeps_its_text_and_images_in_order(claude, backends):
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
+def tool_result_sent(claude: Any, backends: Any, **result: Any) -> dict[str, Any]:
+    """The tool result block the Anthropic deployment received for a turn answering a tool call with
+    ``result`` (its ``content``, ``is_error``…)."""
     messages = [
         {"role": "user", "content": "Draw two charts."},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "draw", "input": {}}]},
-        {
-            "role": "user",
-            "content": [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": "toolu_1",
-                    "content": [
-                        {"type": "text", "text": "Chart A:"},
-                        image,
-                        {"type": "text", "text": "Chart B:"},
-                        image,
-                    ],
-                }
-            ],
-        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", **result}]},
     ]
     tools = [{"name": "draw", "description": "draws", "input_schema": {"type": "object", "properties": {}}}]
     claude.messages.create(model=target("anthropic"), max_tokens=50, tools=tools, messages=messages)
-    sent = json.loads(backends["anthropic"].requests[-1].body)
-    result = sent["messages"][-1]["content"][0]
+    return json.loads(backends["anthropic"].requests[-1].body)["messages"][-1]["content"][0]
+
+
+def test_a_tool_result_keeps_its_text_and_images_in_order(claude, backends):
+    content = [{"type": "text", "text": "Chart A:"}, IMAGE_BLOCK, {"type": "text", "text": "Chart B:"}, IMAGE_BLOCK]
+    result = tool_result_sent(claude, backends, content=content)
     assert [b["type"] for b in result["content"]] == ["text", "image", "text", "image"]
 
 
 def test_an_error_tool_result_keeps_its_order(claude, backends):
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}}
-    messages = [
-        {"role": "user", "content": "Draw two charts."},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "draw", "input": {}}]},
-        {
-            "role": "user",
-            "content": [
-                {
-                    "type": "tool_result",
-                    "tool_use_id": "toolu_1",
-                    "is_error": True,
-                    "content": [{"type": "text", "text": "A:"}, image, {"type": "text", "text": "B:"}, image],
-                }
-            ],
-        },
-    ]
-    tools = [{"name": "draw", "description": "draws", "input_schema": {"type": "object", "properties": {}}}]
-    claude.messages.create(model=target("anthropic"), max_tokens=50, tools=tools, messages=messages)
-    result = json.loads(backends["anthropic"].requests[-1].body)["messages"][-1]["content"][0]
+    content = [{"type": "text", "text": "A:"}, IMAGE_BLOCK, {"type": "text", "text": "B:"}, IMAGE_BLOCK]
+    result = tool_result_sent(claude, backends, content=content, is_error=True)
     assert [b.get("text", "IMAGE") for b in result["content"]] == ["Error: A:", "IMAGE", "B:", "IMAGE"]
 
 

@@ -26,6 +26,7 @@ from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.metrics import Metrics, MetricsSettings, known_models, metrics_route
 from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Message
+from tests.gateway.conftest import marked_prompt_twice
 
 KEY_CANARY = "sk-canary-PROVIDERKEY-9a8b7c6d5e"  # a fake provider key the simulators accept
 PROMPT_CANARY = "PROMPT-CANARY-e27d10"
@@ -357,16 +358,7 @@ def test_prompt_cache_reads_and_writes_are_counted_from_a_real_engine():
         providers = {"anthropic": {"type": "anthropic", "api_key": "sim-key", "base_url": url}}
         engine = build_engine(load_settings(providers=providers, environ={}), ledger=False, hooks=Hooks())
         metrics = Metrics.for_engine(engine)
-        document = " ".join(f"Clause {i}: the tide turns at {i % 24} o'clock." for i in range(200))
-        marked = Message(role="system", content=document, cache_point=True)
-        asks = [
-            CompletionRequest(
-                session_id=f"pc{i}",
-                model="anthropic:claude-sonnet-4-5",
-                messages=[marked, Message(role="user", content="?")],
-            )
-            for i in range(2)
-        ]
+        asks = marked_prompt_twice("pc")
         drive(engine, asks)
     labels = {"provider": "anthropic", "model": "claude-sonnet-4-5"}
     written = value(metrics, "gtl_prompt_cache_tokens_total", kind="write", **labels)

@@ -45,7 +45,7 @@ from gtl_nb.gateway.settings import GatewaySettings, TracingSettings
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Done, Message, StreamEvent, Token, ToolCall, Usage
 from gtl_nb.providers.base import Deployment
-from tests.gateway.conftest import LONG_PROMPT, write_toml
+from tests.gateway.conftest import LONG_PROMPT, marked_prompt_twice, write_toml
 
 KEY_CANARY = "sk-canary-TRACEKEY-5f4e3d2c1b"  # a fake provider key the simulators accept
 TOKEN_CANARY = "gtl.TOKEN-CANARY.77aa01"  # stands for a GhostToken in request metadata
@@ -769,16 +769,7 @@ def test_a_prompt_cache_read_and_write_are_span_attributes():
         providers = {"anthropic": {"type": "anthropic", "api_key": "sim-key", "base_url": url}}
         engine = build_engine(load_settings(providers=providers, environ={}), ledger=False, hooks=Hooks())
         seen = traced(engine)
-        document = " ".join(f"Clause {i}: the tide turns at {i % 24} o'clock." for i in range(200))
-        marked = Message(role="system", content=document, cache_point=True)
-        asks = [
-            CompletionRequest(
-                session_id=f"pc-{i}",
-                model="anthropic:claude-sonnet-4-5",
-                messages=[marked, Message(role="user", content="?")],
-            )
-            for i in range(2)
-        ]
+        asks = marked_prompt_twice("pc-")
         events = drive(engine, asks)
     usages = [event for event in events if isinstance(event, Usage)]
     spans = one_span_per_session(seen.spans)

@@ -25,6 +25,7 @@ from gtl_nb.engine.cache import CachedAnswer, MemoryCache
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger import (
     FINISH_FIELDS,
+    TOKEN_COUNTS,
     LedgerStateError,
     LedgerValueError,
     Totals,
@@ -161,15 +162,7 @@ class MemoryUsageLedger:
 
 def _apply_details(row: dict[str, Any], clean: Mapping[str, Any]) -> None:
     """``Ledger.finish``'s UPDATE: measures as given; who answered, flags and path only when given."""
-    for name in (
-        "tokens_in",
-        "tokens_out",
-        "cached_tokens_in",
-        "cache_write_tokens_in",
-        "reasoning_tokens_out",
-        "cost",
-        "ttft_ms",
-    ):
+    for name in (*TOKEN_COUNTS, "cost", "ttft_ms"):
         row[name] = clean[name]
     row["latency_ms"] = clean["latency_ms"]
     for name in ("deployment", "provider_type", "model", "cache_hit", "coalesced", "failover_path"):
