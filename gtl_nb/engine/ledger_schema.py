@@ -80,6 +80,7 @@ _BESIDE = {"cache_write_tokens_in": "cached_tokens_in"}
 
 
 def _reading_order(columns: tuple[Column, ...]) -> list[Column]:
+    """``columns`` with each of ``_BESIDE`` moved to follow its kin."""
     ordered = [column for column in columns if column.name not in _BESIDE]
     for name, kin in _BESIDE.items():
         at = next(index for index, column in enumerate(ordered) if column.name == kin)

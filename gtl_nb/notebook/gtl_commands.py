@@ -22,7 +22,6 @@ from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for, mistake
 from gtl_nb.notebook.output import show_bundle
 from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint
-from gtl_nb.protocol.errors import GTLError
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession, Settings
@@ -271,12 +270,14 @@ class GtlCommands:
         print(f"connected to {opts.url}" + (" (with the token given before)" if kept else ""))
 
     def _switch_endpoint(self, url: str, token: str | None) -> None:
+        from gtl_nb.protocol import GTLError
+
         staying = self.session.settings.endpoint
         try:
             self.session.connect(url, token)
         except (ValueError, GTLError) as exc:  # an unknown scheme, no gateway there, a refused token
             refused = mistake(exc)
-            raise UsageError(f"{refused} (the notebook stays on {staying})") from None
+            raise UsageError(f"{refused}; the notebook stays on {staying}") from None
 
     def _history(self, words: list[str]) -> None:
         history = self.session.history

@@ -31,12 +31,16 @@ def limited() -> Iterator[sim.Simulator]:
         yield simulator
 
 
-def gateway_config(directory: Path, simulator: sim.Simulator, max_attempts: int) -> Path:
+def gateway_config(directory: Path, simulator: sim.Simulator, max_attempts: int, deployments: int = 1) -> Path:
     retry = {"max_attempts": max_attempts, "base_delay": 0.01, "max_delay": 0.02}
+    names = ["anthropic", *(f"anthropic{n}" for n in range(2, deployments + 1))]
+    tables: dict[str, dict[str, Any]] = {
+        f"providers.{name}": {"type": "anthropic", "api_key": SIM_KEY, "base_url": simulator.base_url} for name in names
+    }
     return write_toml(
         directory / "gtl.toml",
         {
-            "providers.anthropic": {"api_key": SIM_KEY, "base_url": simulator.base_url},
+            **tables,
             "routing.retry": retry,
             "routing.breaker": {"enabled": False},  # every attempt reaches the provider: they can be counted
             "ledger": {"path": str(directory / "ledger.sqlite3")},
@@ -91,10 +95,22 @@ def test_an_error_the_gateway_did_not_retry_is_left_to_the_sdks(tmp_path, limite
         assert calls_for_one(limited, ask) == 3  # the SDK's first call and its two retries
 
 
+def test_a_failover_alone_leaves_the_retries_to_the_sdk(tmp_path, limited):
+    with serving(gateway_config(tmp_path, limited, 1, deployments=2)) as served:  # no retries, two deployments
+        oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key="none", max_retries=2)
+
+        def ask() -> None:
+            with pytest.raises(openai.RateLimitError) as raised:
+                oai.chat.completions.create(model="claude-haiku-4-5", messages=[{"role": "user", "content": "hi"}])
+            assert raised.value.response.headers["x-should-retry"] == "true"
+
+        assert calls_for_one(limited, ask) == 3 * 2  # each of the SDK's three calls tries both deployments
+
+
 def test_which_statuses_say_the_gateway_tried_again():
     assert not retried_already([Status(session_id="s", state="queued"), Status(session_id="s", state="streaming")])
     assert retried_already([Status(session_id="s", state="retrying", attempt=2)])
-    assert retried_already([Status(session_id="s", state="failover", from_provider="a", to_provider="b")])
+    assert not retried_already([Status(session_id="s", state="failover", from_provider="a", to_provider="b")])
     error = Error(session_id="s", code="RATE_LIMIT", message="slow down", retryable=True, retry_after=1.5)
     assert error_headers(error) == {"x-should-retry": "true", "retry-after": "2"}
     assert error_headers(error, retried=True) == {"x-should-retry": "false", "retry-after": "2"}

@@ -37,7 +37,7 @@ _STOP = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "
 
 def stop_reason(done: Done) -> str:
     """Anthropic's ``stop_reason`` for a GTL ``done``: ``stop_sequence`` when it names the sequence."""
-    if done.finish_reason == "stop" and done.stop_sequence is not None:
+    if done.finish_reason == "stop" and done.stop_sequence:
         return "stop_sequence"
     return _STOP.get(done.finish_reason, "end_turn")
 
@@ -88,7 +88,7 @@ def message_object(transcript: Transcript, *, model: str) -> dict[str, Any]:
         "model": model,
         "content": content,
         "stop_reason": stop_reason(done),
-        "stop_sequence": done.stop_sequence if done.finish_reason == "stop" else None,
+        "stop_sequence": (done.stop_sequence or None) if done.finish_reason == "stop" else None,
         "usage": usage_object(transcript.usage),
     }
 
@@ -139,7 +139,7 @@ class MessageEncoder:
             self._usage = event
             return b""
         if isinstance(event, Done):
-            matched = event.stop_sequence if event.finish_reason == "stop" else None
+            matched = (event.stop_sequence or None) if event.finish_reason == "stop" else None
             delta = {"stop_reason": stop_reason(event), "stop_sequence": matched}
             out = self._close() + _event("message_delta", {"delta": delta, "usage": usage_object(self._usage)})
             return out + _event("message_stop", {})

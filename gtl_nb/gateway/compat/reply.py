@@ -11,7 +11,7 @@ import msgspec
 
 from gtl_nb.protocol.messages import Error, Status
 
-__all__ = ["RETRIED_STATES", "Reply", "error_headers", "json_reply", "retried_already"]
+__all__ = ["Reply", "error_headers", "json_reply", "retried_already"]
 
 
 @dataclass(frozen=True)
@@ -35,15 +35,14 @@ def json_reply(status: int, value: Any, headers: dict[str, str] | None = None) -
     return Reply(status, msgspec.json.encode(value), {"cache-control": "no-store", **(headers or {})})
 
 
-RETRIED_STATES = frozenset(("retrying", "failover"))
-"""The ``status`` states that say the gateway tried again (``retried_already``)."""
-
-
 def retried_already(statuses: Iterable[Status]) -> bool:
-    """Whether a session retried or failed over before it ended: its error is then the answer to every
-    attempt the gateway's retry policy allowed, and an SDK that retried it too would multiply them (the
-    OpenAI and Anthropic SDKs retry twice by default: nine calls upstream for one, against three)."""
-    return any(status.state in RETRIED_STATES for status in statuses)
+    """Whether the gateway tried a deployment again under its retry policy (a ``retrying`` status) before
+    the session ended: its error is then the answer to every attempt that policy allowed, and an SDK
+    that retried it too would multiply them (the OpenAI and Anthropic SDKs retry twice by default: nine
+    calls upstream for one, against three). A failover alone does not count — the deployment it left
+    may never have been called (no key for it, a request it cannot serve) — so a gateway configured not
+    to retry (``max_attempts = 1``) leaves the retries to the SDK."""
+    return any(status.state == "retrying" for status in statuses)
 
 
 def error_headers(error: Error, *, retried: bool = False) -> dict[str, str]:

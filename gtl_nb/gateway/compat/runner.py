@@ -7,7 +7,7 @@ cancels its session (the engine closes the upstream response, the ledger row say
 **Streaming.** The status line waits for the session's first answer event (text, a tool call, usage,
 the end): an error before any of the answer — an unknown model, a refused provider key, a rate limit
 — is then an HTTP error in the format's own shape, so an SDK raises its own exception class even for
-``stream=True`` — with ``x-should-retry: false`` when the gateway retried or failed over already
+``stream=True`` — with ``x-should-retry: false`` when the gateway retried already
 (``reply.retried_already``: the SDK's own retries would multiply the gateway's). Once the answer has
 begun, the status is ``200`` and a later error is an error event inside the stream. A ``failover``
 after the answer began (the engine moved to another deployment, which voids what was sent) cannot be
