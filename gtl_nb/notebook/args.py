@@ -204,6 +204,11 @@ def gtl_cell_parser() -> Parser:
     p.add_argument("--tools-dry-run", action="store_true", help="show the tool calls without running them")
     p.add_argument("--compare", nargs="+", metavar="MODEL", help="send the prompt to several models at once")
     p.add_argument("--context", type=variable_name, metavar="VAR", help="a GAP message to send as context")
+    p.add_argument(
+        "--cache-prompt",
+        action="store_true",
+        help="keep the system prompt and the conversation in the provider's prompt cache (Anthropic, Bedrock)",
+    )
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     return p
 

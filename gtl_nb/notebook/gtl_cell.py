@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
+import msgspec
 from IPython.core.error import UsageError
 from IPython.display import display
 
@@ -60,8 +61,11 @@ class GtlCell:
 
         system = self._system(opts, client, models)
         history = list(self.session.history) if chat else []
-        messages = [*history, Message(role="user", content=prompt)]
+        messages = [*history, Message(role="user", content=prompt, cache_point=opts.cache_prompt)]
         request: dict[str, Any] = {"system": system, "stream": stream}
+        if opts.cache_prompt and system:  # marked too: the document a question follows is the prefix reread
+            messages.insert(0, Message(role="system", content=system, cache_point=True))
+            request["system"] = None
         if opts.temperature is not None:
             request["temperature"] = opts.temperature
         if opts.max_tokens is not None:
@@ -77,8 +81,10 @@ class GtlCell:
         self.session.remember(final, opts.out)
         if chat and final.tool_calls:
             print("not added to the conversation: its tool calls were not run")
-        elif chat:
-            self.session.history.extend([*added, final.message])
+        elif chat:  # the marks are this cell's: the next one marks its own newest turn
+            self.session.history.extend(
+                msgspec.structs.replace(message, cache_point=False) for message in [*added, final.message]
+            )
         if opts.format == "code" and not final.tool_calls:
             self.shell.set_next_input(code_of(final.text), replace=False)
 

@@ -50,7 +50,7 @@ def test_help_lists_subcommands_and_options(ip):
     _, text = run(ip, "%%gtl --help\nignored")
     options = (
         "--system --temperature --max-tokens --no-stream --format --out --no-cache --endpoint --providers "
-        "--chat --tools --max-steps --tools-dry-run --compare --context"
+        "--chat --tools --max-steps --tools-dry-run --compare --context --cache-prompt"
     )
     for option in options.split():
         assert option in text
@@ -286,6 +286,43 @@ def test_chat_history_is_sent_with_the_next_prompt(ip, monkeypatch):
     run(ip, "%%gtl\ntwo")
     assert [m.content for m in sent[1]][:1] == ["one"]
     assert [m.role for m in sent[1]] == ["user", "assistant", "user"]
+
+
+def test_cache_prompt_marks_the_system_prompt_and_the_newest_turn(ip, monkeypatch):
+    client = session_of(ip).client()
+    sent: list[tuple[list[Any], dict[str, Any]]] = []
+    original = client.stream
+    monkeypatch.setattr(
+        client, "stream", lambda m, msgs, **kw: sent.append((list(msgs), kw)) or original(m, msgs, **kw)
+    )
+    ip.user_ns["rules"] = "Answer in French."
+    run(ip, "%%gtl --chat --cache-prompt --system {rules}\none")
+    run(ip, "%%gtl --chat --cache-prompt --system {rules}\ntwo")
+    first, second = sent
+    assert [(m.role, m.cache_point) for m in first[0]] == [("system", True), ("user", True)]
+    assert first[1]["system"] is None  # sent as the marked message instead
+    assert [(m.role, m.cache_point) for m in second[0]] == [
+        ("system", True),
+        ("user", False),  # the conversation keeps no marks: each cell marks its own newest turn
+        ("assistant", False),
+        ("user", True),
+    ]
+    run(ip, "%%gtl --system {rules}\nthree")
+    assert not any(m.cache_point for m in sent[-1][0]) and sent[-1][1]["system"] == "Answer in French."
+
+
+def test_cache_prompt_against_anthropic_reads_the_document_the_second_time(ip, monkeypatch):
+    from gtl_nb import sim
+
+    with sim.running("anthropic") as url:
+        monkeypatch.setenv("SIM_ANTHROPIC_KEY", "sim-key")
+        run(ip, f"%gtl providers claude type=anthropic base_url={url} api_key_env=SIM_ANTHROPIC_KEY")
+        ip.user_ns["charter"] = " ".join(f"Clause {i}: the tide turns at {i % 24} o'clock." for i in range(200))
+        _, first = run(
+            ip, "%%gtl claude:claude-sonnet-4-5 --cache-prompt --system {charter}\nWhich clause speaks of noon?"
+        )
+        _, second = run(ip, "%%gtl claude:claude-sonnet-4-5 --cache-prompt --system {charter}\nAnd of midnight?")
+    assert "to prompt cache" in first and "from prompt cache" in second
 
 
 # -- subcommands ----------------------------------------------------------------------------------
