@@ -25,7 +25,8 @@ Decoder (``ChatCompletionsDecoder``):
 * Usage may come in any chunk (OpenAI: an extra ``choices: []`` chunk after the finish chunk); the
   last one seen wins. ``prompt_tokens`` → ``tokens_in`` (it already includes cached tokens),
   ``completion_tokens`` → ``tokens_out`` (already includes reasoning tokens),
-  ``prompt_tokens_details.cached_tokens`` → ``cached_tokens_in``,
+  ``prompt_tokens_details.cached_tokens`` → ``cached_tokens_in``, ``…cache_write_tokens`` →
+  ``cache_write_tokens_in``,
   ``completion_tokens_details.reasoning_tokens`` → ``reasoning_tokens_out``; anything not sent is
   ``None``.
 * ``finish_reason``: ``stop`` → stop, ``length`` → length, ``tool_calls`` (and the legacy
@@ -129,6 +130,7 @@ def usage_event(session_id: str, usage: Mapping[str, Any] | None) -> Usage:
         tokens_in=_count(usage.get("prompt_tokens")),
         tokens_out=_count(usage.get("completion_tokens")),
         cached_tokens_in=_count(prompt_details.get("cached_tokens")),
+        cache_write_tokens_in=_count(prompt_details.get("cache_write_tokens")),
         reasoning_tokens_out=_count(completion_details.get("reasoning_tokens")),
     )
 

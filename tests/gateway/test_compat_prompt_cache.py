@@ -292,7 +292,9 @@ def test_openai_sdk_caches_through_an_anthropic_deployment(oai, backends, ledger
     second = oai.chat.completions.create(model=target("anthropic"), messages=messages)
     assert first.usage.prompt_tokens == second.usage.prompt_tokens  # every input token, cached or not
     assert first.usage.prompt_tokens_details.cached_tokens == 0
-    assert second.usage.prompt_tokens_details.cached_tokens > 1024
+    assert first.usage.prompt_tokens_details.cache_write_tokens > 1024  # the SDK's own field
+    assert second.usage.prompt_tokens_details.cached_tokens == first.usage.prompt_tokens_details.cache_write_tokens
+    assert second.usage.prompt_tokens_details.cache_write_tokens == 0
     assert (
         rows_of(ledger_path, first.id)[0]["cache_write_tokens_in"] == second.usage.prompt_tokens_details.cached_tokens
     )

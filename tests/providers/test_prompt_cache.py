@@ -366,3 +366,18 @@ def test_every_anthropic_model_prices_writes_at_one_and_a_quarter_times_input():
                 assert rates.cache_write_input == pytest.approx(rates.input * 1.25), entry.name
             info = entry.info()
             assert info.cost_per_1k_cache_write_input == rates.cache_write_input
+
+
+def test_openai_usage_reads_cache_writes_too():
+    from gtl_nb.providers.openai_chat import usage_event
+
+    usage = usage_event(
+        "s",
+        {
+            "prompt_tokens": 3000,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 1024, "cache_write_tokens": 1900},
+        },
+    )
+    assert (usage.tokens_in, usage.cached_tokens_in, usage.cache_write_tokens_in) == (3000, 1024, 1900)
+    assert usage_event("s", {"prompt_tokens": 3, "completion_tokens": 1}).cache_write_tokens_in is None

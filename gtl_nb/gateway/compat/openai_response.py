@@ -47,8 +47,16 @@ def usage_object(usage: Usage | None) -> dict[str, Any] | None:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    if usage.cached_tokens_in is not None:
-        result["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens_in}
+    details = {
+        name: count
+        for name, count in (
+            ("cached_tokens", usage.cached_tokens_in),
+            ("cache_write_tokens", usage.cache_write_tokens_in),
+        )
+        if count is not None
+    }
+    if details:
+        result["prompt_tokens_details"] = details
     if usage.reasoning_tokens_out is not None:
         result["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens_out}
     return result
