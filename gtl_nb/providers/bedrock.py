@@ -10,6 +10,8 @@ Body mapping:
 
 * system messages → ``system: [{text}]``; the rest → ``messages`` whose content is a list of blocks;
   consecutive messages of one role are merged (Converse wants user and assistant to alternate).
+* A tool result → a ``toolResult`` block holding its text and its images (in the order of its
+  ``parts`` when it has them).
 * A message's ``cache_point`` → a ``cachePoint`` block after its content (after its own system block
   for a system message), at most four (the last marks kept), for the models Converse caches only
   (``caches_on_request``: Claude from 3.5 Haiku and 3.7 Sonnet on, Nova's text models), since it
@@ -231,10 +233,7 @@ def _supports_tool_status(model: str) -> bool:
 
 def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     if message.role == "tool":
-        result: dict[str, Any] = {
-            "toolUseId": message.tool_call_id or "",
-            "content": [{"text": message.content or ""}],
-        }
+        result: dict[str, Any] = {"toolUseId": message.tool_call_id or "", "content": _tool_result_content(message)}
         if _supports_tool_status(model):
             result["status"] = "success"
         return [{"toolResult": result}]
@@ -254,6 +253,19 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
         for call in message.tool_calls:
             blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": _tool_input(call)}})
     return blocks
+
+
+def _tool_result_content(message: Message) -> list[dict[str, Any]]:
+    """A tool result's content: its text, and its images (in the order of its ``parts`` when it has them)."""
+    ordered = message.in_order()
+    if ordered is not None:
+        blocks = [
+            _image_block(value) if kind == "image" else {"text": value} for kind, value in ordered if value.strip()
+        ]
+    else:
+        blocks = [{"text": message.content}] if message.content else []
+        blocks.extend(_image_block(url) for url in message.images)
+    return blocks or [{"text": message.content or ""}]
 
 
 def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -7,7 +7,7 @@ import json
 import msgspec
 import pytest
 
-from gtl_nb.protocol.messages import CompletionRequest, Message, Part
+from gtl_nb.protocol.messages import CompletionRequest, Message, Part, Tool, ToolCall
 from gtl_nb.providers import anthropic, bedrock, gemini, ollama
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.openai import chat_messages
@@ -140,3 +140,29 @@ def test_a_blank_text_part_is_never_a_block_of_its_own(blank):
     assert [p["type"] for p in entry["content"]] == ["text", "image_url", "image_url"]
     _, contents = gemini.convert_messages([message])
     assert len(contents[0]["parts"]) == 3
+
+
+def test_converse_sends_a_tool_results_images_in_it():
+    deployment = Deployment(name="b", type="bedrock", base_url="http://127.0.0.1:9")
+    call = Message(role="assistant", tool_calls=[ToolCall(id="t1", name="draw")])
+    plain = Message(role="tool", content="two charts", images=[PNG, JPEG], tool_call_id="t1")
+    ordered = Message.from_pieces(
+        "tool", [("text", "A:"), ("image", PNG), ("text", "B:"), ("image", JPEG)], tool_call_id="t1"
+    )
+    for result, kinds in ((plain, ["text", "image", "image"]), (ordered, ["text", "image", "text", "image"])):
+        messages = [Message(role="user", content="draw"), call, result]
+        body = bedrock.build_body(
+            CompletionRequest(
+                session_id="s", model="amazon.nova-lite-v1:0", messages=messages, tools=[Tool(name="draw")]
+            ),
+            deployment,
+        )
+        (block,) = body["messages"][-1]["content"]
+        assert [next(iter(item)) for item in block["toolResult"]["content"]] == kinds
+    empty = Message(role="tool", content="", tool_call_id="t1")
+    messages = [Message(role="user", content="draw"), call, empty]
+    body = bedrock.build_body(
+        CompletionRequest(session_id="s", model="amazon.nova-lite-v1:0", messages=messages, tools=[Tool(name="draw")]),
+        deployment,
+    )
+    assert body["messages"][-1]["content"][0]["toolResult"]["content"] == [{"text": ""}]  # as before
