@@ -51,6 +51,7 @@ from gtl_nb.protocol.messages import (
     Tool,
 )
 from gtl_nb.protocol.session import Transcript
+from gtl_nb.providers.anthropic import asks_for_cache
 
 if TYPE_CHECKING:
     import pandas
@@ -1192,14 +1193,11 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cache_marker(marker: Any) -> bool:
-    """Whether a ``cache_control`` value asks for caching (``{"type": "ephemeral"}``); another is refused."""
-    if marker is None:
-        return False
-    if not (isinstance(marker, dict) and marker.get("type") == "ephemeral"):
-        raise InvalidRequestError(
-            f'cache_control must be {{"type": "ephemeral"}} (or say cache_point=True), not {marker!r}'
-        )
-    return True
+    """Whether a ``cache_control`` value asks for caching (``providers.anthropic.asks_for_cache``)."""
+    try:
+        return asks_for_cache(marker)
+    except ValueError as exc:
+        raise InvalidRequestError(f"cache_control: {exc} (or say cache_point=True), not {marker!r}") from None
 
 
 def _content_parts(parts: list[Any], role: Any) -> dict[str, Any]:

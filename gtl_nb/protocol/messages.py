@@ -147,12 +147,14 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
         return cls(role=role, content="\n".join(texts) if texts else None, images=images, **fields)
 
     def in_order(self) -> list[tuple[PartType, str]] | None:
-        """The content as ``("text", text)`` and ``("image", url)`` in the order ``parts`` gives, or
-        ``None`` without parts (each provider's dialect then places ``images`` as its API prefers)."""
+        """The content as ``("text", text)`` and ``("image", url)`` in the order ``parts`` gives, blank
+        texts left out (no API takes a blank text block, and one says nothing), or ``None`` without
+        parts (each provider's dialect then places ``images`` as its API prefers)."""
         if not self.parts:
             return None
         urls = iter(self.images)
-        return [(part.type, part.text if part.type == "text" else next(urls)) for part in self.parts]
+        pieces = [(part.type, part.text if part.type == "text" else next(urls)) for part in self.parts]
+        return [(kind, value) for kind, value in pieces if kind == "image" or value.strip()]
 
 
 def _settle_parts(message: Message) -> None:

@@ -263,16 +263,27 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
     (Anthropic's advice)."""
     ordered = message.in_order()
     if ordered is not None:
-        return [
-            _image_block(value) if kind == "image" else {"type": "text", "text": value}
-            for kind, value in ordered
-            if value.strip()  # a blank text block is refused
-        ]
+        return [_image_block(value) if kind == "image" else {"type": "text", "text": value} for kind, value in ordered]
     images = [_image_block(url) for url in message.images]
     return images + ([{"type": "text", "text": message.content}] if message.content else [])
 
 
 _EPHEMERAL = {"type": "ephemeral"}  # the five-minute cache (the default; the one-hour one costs 2x to write)
+_CACHE_TTLS = ("5m", "1h")
+
+
+def asks_for_cache(marker: Any) -> bool:
+    """Whether a ``cache_control`` value a caller wrote (Anthropic's form, which other proxies take in
+    OpenAI's) asks for caching: ``{"type": "ephemeral"}``, with an optional ``ttl`` of ``"5m"`` or
+    ``"1h"``; absent (``None``) does not. Anything else raises ``ValueError``, as the API refuses it —
+    ``false`` must not turn caching on."""
+    if marker is None:
+        return False
+    if not isinstance(marker, dict) or marker.get("type") != "ephemeral" or marker.get("ttl", "5m") not in _CACHE_TTLS:
+        raise ValueError('expected {"type": "ephemeral"} (with an optional ttl of 5m or 1h)')
+    return True
+
+
 _CACHEABLE_BLOCKS = frozenset(("text", "image", "tool_use", "tool_result", "document"))  # never "thinking"
 
 

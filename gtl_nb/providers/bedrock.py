@@ -240,15 +240,7 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
     if message.role == "assistant":
         blocks.extend(_reasoning_blocks(message))
-    ordered = message.in_order()
-    if ordered is not None:  # text and images in the order of the message's parts (blank text is refused)
-        blocks.extend(
-            _image_block(value) if kind == "image" else {"text": value} for kind, value in ordered if value.strip()
-        )
-    else:
-        if message.content:
-            blocks.append({"text": message.content})
-        blocks.extend(_image_block(url) for url in message.images)
+    blocks.extend(_text_and_images(message))
     if message.role == "assistant":
         for call in message.tool_calls:
             blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": _tool_input(call)}})
@@ -256,16 +248,17 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
 
 
 def _tool_result_content(message: Message) -> list[dict[str, Any]]:
-    """A tool result's content: its text, and its images (in the order of its ``parts`` when it has them)."""
+    """A tool result's content: its text and its images (``_text_and_images``), an empty text at least."""
+    return _text_and_images(message) or [{"text": message.content or ""}]
+
+
+def _text_and_images(message: Message) -> list[dict[str, Any]]:
+    """A message's text and image blocks: in the order of its ``parts``, else the text, then the images."""
     ordered = message.in_order()
     if ordered is not None:
-        blocks = [
-            _image_block(value) if kind == "image" else {"text": value} for kind, value in ordered if value.strip()
-        ]
-    else:
-        blocks = [{"text": message.content}] if message.content else []
-        blocks.extend(_image_block(url) for url in message.images)
-    return blocks or [{"text": message.content or ""}]
+        return [_image_block(value) if kind == "image" else {"text": value} for kind, value in ordered]
+    blocks = [{"text": message.content}] if message.content else []
+    return blocks + [_image_block(url) for url in message.images]
 
 
 def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

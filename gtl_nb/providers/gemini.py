@@ -253,7 +253,7 @@ def _parts(message: Message, names: Mapping[str, str]) -> list[dict[str, Any]]:
         return [{"functionResponse": response}, *images]
     ordered = message.in_order()
     if ordered is not None:  # text and images in the order of the message's parts
-        return [_image_part(value) if kind == "image" else {"text": value} for kind, value in ordered if value.strip()]
+        return [_image_part(value) if kind == "image" else {"text": value} for kind, value in ordered]
     return images + ([{"text": message.content}] if message.content else [])
 
 

@@ -95,11 +95,7 @@ def _user_content(message: Message) -> str | list[dict[str, Any]]:
         return message.content or ""
     ordered = message.in_order()
     if ordered is not None:
-        return [
-            _image_part(value) if kind == "image" else {"type": "text", "text": value}
-            for kind, value in ordered
-            if value.strip()  # (a blank part says nothing)
-        ]
+        return [_image_part(value) if kind == "image" else {"type": "text", "text": value} for kind, value in ordered]
     parts: list[dict[str, Any]] = []
     if message.content:
         parts.append({"type": "text", "text": message.content})

@@ -181,6 +181,10 @@ def test_a_marker_that_is_not_ephemeral_is_refused(value):
     with pytest.raises(FieldError) as raised:
         chat_request(openai_body, "s")
     assert raised.value.param == "messages[0].cache_control"
+    automatic = {"model": "m", "max_tokens": 10, "cache_control": value, "messages": [{"role": "user", "content": "q"}]}
+    with pytest.raises(FieldError) as raised:
+        messages_request(automatic, "s")
+    assert raised.value.param == "cache_control"  # the body's own: no path before it
 
 
 def test_a_null_marker_and_a_one_hour_ttl_are_taken():

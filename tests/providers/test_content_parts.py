@@ -42,6 +42,11 @@ def test_parts_may_name_their_images_or_leave_them_to_images():
     assert msgspec.structs.replace(by_url, cache_point=True).in_order() == [("text", "a"), ("image", PNG)]
 
 
+def test_the_order_leaves_blank_texts_out():
+    message = Message.from_pieces("user", [("text", " "), ("image", PNG), ("text", "\n"), ("text", "why?")])
+    assert message.in_order() == [("image", PNG), ("text", "why?")]
+
+
 def test_a_message_without_parts_has_no_order():
     assert Message(role="user", content="hi", images=[PNG]).in_order() is None
     assert Message.from_pieces("user", [("text", "a"), ("text", "b")]) == Message(role="user", content="a\nb")

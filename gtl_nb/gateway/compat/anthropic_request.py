@@ -59,7 +59,7 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
     messages = _system(body.get("system"))
     for index, raw in enumerate(raw_messages):
         messages.extend(_turn(raw, f"messages.{index}"))
-    if marked(body, "body") and messages:  # automatic caching: the breakpoint goes on the last block
+    if marked(body, "") and messages:  # automatic caching: the breakpoint goes on the last block
         messages[-1] = msgspec.structs.replace(messages[-1], cache_point=True)
     stop = fields.items(body, "stop_sequences", "stop_sequences")
     if stop is not None and not all(isinstance(item, str) for item in stop):

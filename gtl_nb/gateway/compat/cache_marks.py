@@ -15,25 +15,21 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.providers.anthropic import asks_for_cache
 
 __all__ = ["marked", "split_at_marks"]
 
 Block = TypeVar("Block")
 
-_TTLS = ("5m", "1h")
-
 
 def marked(holder: Any, where: str) -> bool:
-    """Whether ``holder`` (a block, part, message or body) carries a ``cache_control`` marker:
-    ``{"type": "ephemeral"}``, with an optional ``ttl`` of ``"5m"`` or ``"1h"`` (the deployment asks for
-    its own five-minute cache either way). Absent or null: no. Anything else is a ``FieldError`` naming
-    ``where.cache_control``, as the API itself refuses it — ``false`` must not turn caching on."""
-    value = holder.get("cache_control") if isinstance(holder, dict) else None
-    if value is None:
-        return False
-    if not isinstance(value, dict) or value.get("type") != "ephemeral" or value.get("ttl", "5m") not in _TTLS:
-        raise FieldError(f"{where}.cache_control", 'expected {"type": "ephemeral"} (with an optional ttl of 5m or 1h)')
-    return True
+    """Whether ``holder`` (a block, part, message, or the body itself with ``where`` empty) carries a
+    ``cache_control`` marker (``providers.anthropic.asks_for_cache``; the deployment asks for its own
+    five-minute cache whatever the ``ttl``); one it cannot be is a ``FieldError`` naming the field."""
+    try:
+        return asks_for_cache(holder.get("cache_control") if isinstance(holder, dict) else None)
+    except ValueError as exc:
+        raise FieldError(f"{where}.cache_control" if where else "cache_control", str(exc)) from None
 
 
 def split_at_marks(blocks: Sequence[Block], is_marked: Callable[[int, Block], bool]) -> list[tuple[list[Block], bool]]:
