@@ -1166,8 +1166,9 @@ def _messages(value: Any) -> list[Message]:
 
 def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts, content
-    given as parts (``_content_parts``), and Anthropic's ``cache_control`` marker for GTL's ``cache_point``
-    — on the message, or on one of its parts (the whole message is then marked)."""
+    given as parts (``_content_parts``), Anthropic's ``cache_control`` marker for GTL's ``cache_point``
+    — on the message, or on one of its parts (the whole message is then marked) — and its ``is_error``
+    for ``tool_error``."""
     content = item.get("content")
     marks = [item.get("cache_control")]
     if isinstance(content, list):
@@ -1175,6 +1176,10 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     if any(_cache_marker(marker) for marker in marks):
         item = {**item, "cache_point": item.get("cache_point", True)}
     item = {key: value for key, value in item.items() if key != "cache_control"}
+    if "is_error" in item:  # Anthropic's name for a failed tool's result
+        if "tool_error" in item:
+            raise InvalidRequestError("say a tool failed with tool_error or is_error, not both")
+        item["tool_error"] = item.pop("is_error")
     if isinstance(content, list):
         if "images" in item:
             raise InvalidRequestError("give a message's images in its content parts or in images, not both")

@@ -151,7 +151,9 @@ class ToolResult:
     @property
     def message(self) -> Message:
         """The ``tool`` message that answers the call."""
-        return Message(role="tool", content=self.content, tool_call_id=self.call.id, name=self.call.name)
+        return Message(
+            role="tool", content=self.content, tool_call_id=self.call.id, name=self.call.name, tool_error=not self.ok
+        )
 
 
 def run_tool_calls(calls: Sequence[ToolCall], functions: Mapping[str, Callable[..., Any]]) -> list[ToolResult]:

@@ -116,6 +116,11 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     only when asked (Anthropic, Bedrock's Converse) are asked to; those that cache by themselves
     (OpenAI, Gemini) need nothing. A cache write is billed above the input rate: mark a prefix
     that later requests will repeat.
+
+    ``tool_error``: on a ``tool`` message, the tool failed and ``content`` says how. Anthropic reads it
+    as ``is_error``, Bedrock's Converse as ``status: "error"``, Gemini as the ``error`` key of the
+    function's response; OpenAI and Ollama have no such flag and read a text that starts with
+    ``Error:`` (``providers.base.tool_result_text``).
     """
 
     role: Role
@@ -127,10 +132,13 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     provider_data: dict[str, Any] | None = None
     cache_point: bool = False
     parts: list[Part] = []
+    tool_error: bool = False
 
     def __post_init__(self) -> None:
         if self.parts:  # the parts decide: content and images follow them, for whoever reads those
             _settle_parts(self)
+        if self.tool_error and self.role != "tool":
+            raise ValueError(f"tool_error is a tool result's flag; this message's role is {self.role!r}")
 
     @classmethod
     def from_pieces(cls, role: Role, pieces: Sequence[tuple[str, str]], **fields: Any) -> Message:

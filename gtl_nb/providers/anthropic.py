@@ -12,7 +12,8 @@ Request mapping (``build_request``):
 * All ``system`` messages, wherever they stand, are joined with a blank line into the top-level
   ``system`` string. Other roles become ``user`` / ``assistant`` turns; consecutive turns of the
   same role are merged into one (role ``tool`` results join the user turn, ``tool_result`` blocks
-  first as Anthropic requires). Empty turns are dropped.
+  first as Anthropic requires; a failed tool's, ``tool_error``, with ``is_error: true``). Empty
+  turns are dropped.
 * A message's ``cache_point`` → ``cache_control: {"type": "ephemeral"}`` (the five-minute cache) on
   its last block that may carry one (never a replayed thinking block); a marked system message makes
   the system prompt a list of text blocks, one a system message, the marked ones carrying it; at most
@@ -254,6 +255,8 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
             result["content"] = content
         elif message.content is not None:
             result["content"] = message.content
+        if message.tool_error:
+            result["is_error"] = True
         return [result]
     return content
 

@@ -111,6 +111,20 @@ def _carries(message: Message) -> bool:
     return bool(message.content) or bool(message.images) or (message.role == "assistant" and bool(message.tool_calls))
 
 
+def tool_result_text(message: Message) -> str:
+    """A tool result's text for an API with no error flag (OpenAI's, Ollama's): a failed tool's
+    (``tool_error``) says so in words the model reads (``said_failed``)."""
+    text = message.content or ""
+    return said_failed(text) if message.tool_error else text
+
+
+def said_failed(text: str) -> str:
+    """``text`` of a failed tool's result, saying it failed: as it is when it starts with "error"."""
+    if text.lstrip()[:5].lower() == "error":
+        return text
+    return f"Error: {text}" if text else "Error"
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     """A request description the engine's HTTP runner executes."""

@@ -30,8 +30,9 @@ Body mapping:
 * images: ``data:`` URLs → ``{image: {format, source: {bytes}}}`` (png, jpeg, gif, webp); Bedrock
   cannot fetch ``https:`` images, so ``build_request`` refuses them with ``InvalidRequestError``.
 * assistant tool calls → ``toolUse{toolUseId, name, input}``; role ``tool`` results →
-  ``toolResult{toolUseId, content: [{text}]}`` blocks of a **user** message, with ``status: "success"``
-  for the models that accept that field (Anthropic Claude, Amazon Nova).
+  ``toolResult{toolUseId, content: [{text}]}`` blocks of a **user** message, with ``status`` —
+  ``"error"`` for a failed tool's (``tool_error``), else ``"success"`` — for the models that accept
+  that field (Anthropic Claude, Amazon Nova); the others read a failure as "Error:" in the text.
 * ``request.reasoning`` on an Anthropic model (``anthropic.`` in the id) →
   ``additionalModelRequestFields.thinking = {type: "enabled", budget_tokens}``; the budget is
   ``deployment.options["thinking_budget_tokens"]`` (default 1024), and ``maxTokens`` is raised to
@@ -99,6 +100,7 @@ from gtl_nb.providers.base import (
     parse_json_body,
     parse_tool_choice,
     retry_after_seconds,
+    said_failed,
     schema_asked,
     split_data_url,
 )
@@ -235,7 +237,9 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     if message.role == "tool":
         result: dict[str, Any] = {"toolUseId": message.tool_call_id or "", "content": _tool_result_content(message)}
         if _supports_tool_status(model):
-            result["status"] = "success"
+            result["status"] = "error" if message.tool_error else "success"
+        elif message.tool_error:  # no status for this model: the text says it
+            result["content"] = _tool_result_content(message, error_text=True)
         return [{"toolResult": result}]
     blocks: list[dict[str, Any]] = []
     if message.role == "assistant":
@@ -247,9 +251,17 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_result_content(message: Message) -> list[dict[str, Any]]:
-    """A tool result's content: its text and its images (``_text_and_images``), an empty text at least."""
-    return _text_and_images(message) or [{"text": message.content or ""}]
+def _tool_result_content(message: Message, *, error_text: bool = False) -> list[dict[str, Any]]:
+    """A tool result's content: its text and its images (``_text_and_images``), an empty text at least;
+    with ``error_text``, a failed tool's text says so (``tool_result_text``: the model has no status)."""
+    blocks = _text_and_images(message) or [{"text": message.content or ""}]
+    if error_text:
+        first = next((block for block in blocks if "text" in block), None)
+        if first is None:
+            blocks.insert(0, {"text": said_failed("")})
+        else:
+            first["text"] = said_failed(first["text"])
+    return blocks
 
 
 def _text_and_images(message: Message) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ Request mapping (``build_request``):
   *name* in the response: it is recovered from the nearest earlier assistant tool call with that
   id (``Message.name`` is the fallback). ``response`` must be a JSON object: a result whose text is
   a JSON object is sent as that object; anything else is wrapped as ``{"result": <value>}`` (the
-  parsed JSON value when the text is JSON, else the text).
+  parsed JSON value when the text is JSON, else the text). A failed tool's (``tool_error``) is
+  ``{"error": <value>}``, the key the API reads as the call's failure.
 * Images: ``data:`` URLs → ``inlineData``, other URLs → ``fileData {mimeType, fileUri}`` with the
   MIME type guessed from the extension (default ``image/jpeg``); images precede the text, unless the
   message's ``parts`` give their order.
@@ -187,14 +188,17 @@ def _image_part(url: str) -> dict[str, Any]:
     return {"fileData": {"mimeType": _MIME_BY_EXTENSION.get(extension, DEFAULT_IMAGE_MIME), "fileUri": url}}
 
 
-def _tool_response(content: str | None) -> dict[str, Any]:
-    """A tool result as the JSON object ``functionResponse.response`` must be."""
-    if content is None:
-        return {"result": None}
-    try:
-        value: Any = parse_json(content, "tool result")  # a tool's output: depth and size limited too
-    except ValueError:
-        return {"result": content}
+def _tool_response(content: str | None, *, failed: bool = False) -> dict[str, Any]:
+    """A tool result as the JSON object ``functionResponse.response`` must be; a failed tool's
+    (``tool_error``) under the ``error`` key, which the API reads as the call's failure."""
+    value: Any = content
+    if content is not None:
+        try:
+            value = parse_json(content, "tool result")  # a tool's output: depth and size limited too
+        except ValueError:
+            value = content
+    if failed:
+        return {"error": value if value is not None else "the tool failed"}
     return value if isinstance(value, dict) else {"result": value}
 
 
@@ -247,7 +251,7 @@ def _parts(message: Message, names: Mapping[str, str]) -> list[dict[str, Any]]:
                 f"tool result {call_id!r}: no earlier assistant tool call has this id, and the message "
                 "has no name; Gemini needs the function name"
             )
-        response = {"name": name, "response": _tool_response(message.content)}
+        response = {"name": name, "response": _tool_response(message.content, failed=message.tool_error)}
         if call_id:
             response["id"] = call_id
         return [{"functionResponse": response}, *images]

@@ -67,6 +67,7 @@ from gtl_nb.providers.base import (
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
+    tool_result_text,
 )
 from gtl_nb.providers.limits import (
     MAX_BODY_BYTES,
@@ -119,7 +120,8 @@ def _messages(messages: list[Message]) -> list[dict[str, Any]]:
     tool_names: dict[str, str] = {}  # tool-call id -> function name, for the tool results
     out: list[dict[str, Any]] = []
     for message in messages:
-        item: dict[str, Any] = {"role": message.role, "content": message.content or ""}
+        text = tool_result_text(message) if message.role == "tool" else message.content or ""
+        item: dict[str, Any] = {"role": message.role, "content": text}
         if message.images:
             item["images"] = [_image(url) for url in message.images]
         if message.role == "assistant" and message.tool_calls:

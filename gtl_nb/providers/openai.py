@@ -59,6 +59,7 @@ from gtl_nb.providers.base import (
     Requirement,
     encode_body,
     error_boundary,
+    tool_result_text,
 )
 from gtl_nb.providers.openai_chat import (
     PROVIDER_DATA_KEY,
@@ -152,7 +153,7 @@ def chat_messages(
             if replay is not None:
                 entry[replay[0]] = replay[1]
         else:  # tool result
-            entry = {"role": "tool", "content": message.content or ""}
+            entry = {"role": "tool", "content": tool_result_text(message)}
             if message.tool_call_id is not None:
                 entry["tool_call_id"] = message.tool_call_id
             if message.images:

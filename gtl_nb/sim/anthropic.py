@@ -125,6 +125,17 @@ def _tally_block(tally: Tally, block: dict[str, Any]) -> None:
         tally.texts.append(str(block.get("thinking", "")))
 
 
+def _bad_error_flag(body: dict[str, Any]) -> str | None:
+    """Where a ``tool_result`` block's ``is_error`` is not a boolean (the API's 400), or ``None``."""
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            is_result = isinstance(block, dict) and block.get("type") == "tool_result"
+            if is_result and not isinstance(block.get("is_error", False), bool):
+                return f"messages.{i}.content.{j}"
+    return None
+
+
 def _error_body(type_: str, message: str, request_id: str = "req_011Sim0000000000000000") -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
 
@@ -240,7 +251,8 @@ class AnthropicSim:
             for block in last["content"]:
                 if isinstance(block, dict) and block.get("type") == "tool_result":
                     content = block.get("content")
-                    results.append(content if isinstance(content, str) else _text_of(content))
+                    said = content if isinstance(content, str) else _text_of(content)
+                    results.append(f"(the tool failed) {said}" if block.get("is_error") else said)
         prompt = next(
             (t for m in reversed(messages) if m.get("role") == "user" for t in [_text_of(m.get("content"))] if t),
             "",
@@ -338,6 +350,9 @@ class AnthropicSim:
         model = str(body["model"])
         if not ctx.accepts_model(model, ANTHROPIC_MODELS):
             return self._error(404, "not_found_error", f"model: {model}")
+        flagged = _bad_error_flag(body)
+        if flagged is not None:
+            return self._error(400, "invalid_request_error", f"{flagged}.is_error: Input should be a valid boolean")
         markers = sum(marked for _, marked in _boundaries(body))
         if markers > MAX_CACHE_BREAKPOINTS:
             return self._error(

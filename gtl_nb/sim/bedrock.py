@@ -372,6 +372,12 @@ def _check_messages(body: dict[str, Any], model: str) -> str | None:
                 raise _Invalid(
                     "This model doesn't support the toolResult.status field. Remove toolResult.status and try again."
                 )
+            if isinstance(result, dict) and result.get("status", "success") not in ("success", "error"):
+                raise _Invalid(
+                    f"1 validation error detected: Value '{result['status']}' at 'messages.{i}.member.content."
+                    f"{j}.member.toolResult.status' failed to satisfy constraint: Member must satisfy enum value "
+                    "set: [success, error]"
+                )
             if "image" in block:
                 image_mismatch = image_mismatch or _check_image(block["image"])
     _check_tool_config(body.get("toolConfig"))
@@ -419,7 +425,7 @@ def _answer(body: dict[str, Any], ctx: SimContext) -> Answer:
     messages = [m for m in body["messages"] if isinstance(m, dict)]
     last = messages[-1]
     results = [
-        _tool_result_text(b["toolResult"])
+        ("(the tool failed) " if b["toolResult"].get("status") == "error" else "") + _tool_result_text(b["toolResult"])
         for b in last.get("content") or []
         if last.get("role") == "user" and isinstance(b, dict) and isinstance(b.get("toolResult"), dict)
     ]

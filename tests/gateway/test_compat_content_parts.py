@@ -92,7 +92,8 @@ def test_a_tool_result_keeps_its_text_and_images_in_order(claude, backends):
 def test_an_error_tool_result_keeps_its_order(claude, backends):
     content = [{"type": "text", "text": "A:"}, IMAGE_BLOCK, {"type": "text", "text": "B:"}, IMAGE_BLOCK]
     result = tool_result_sent(claude, backends, content=content, is_error=True)
-    assert [b.get("text", "IMAGE") for b in result["content"]] == ["Error: A:", "IMAGE", "B:", "IMAGE"]
+    assert [b.get("text", "IMAGE") for b in result["content"]] == ["A:", "IMAGE", "B:", "IMAGE"]
+    assert result["is_error"] is True  # the flag reaches Anthropic as the flag
 
 
 def test_a_blank_text_part_between_images_is_no_blank_block(oai, backends):

@@ -18,7 +18,7 @@ from gtl_nb.notebook.magics import GTLCellError
 from gtl_nb.protocol import RateLimitError, Token
 from gtl_nb.sim import Fault
 
-from .conftest import deployments, loaded_shell, mistake, run
+from .conftest import deployments, loaded_shell, mistake, run, session_of
 
 
 @pytest.fixture(scope="module")
@@ -267,4 +267,9 @@ def test_a_tool_that_raises_sends_the_error_back_to_the_model(ip):
     assert result.success
     assert "RuntimeError: no network" in text
     assert "error: RuntimeError: no network" in ip.user_ns["_gtl"].text
+    run(ip, "%gtl reset")
+    run(ip, "%%gtl echo --chat --tools broken\nweather?")
+    (result_message,) = [m for m in session_of(ip).history if m.role == "tool"]
+    assert result_message.tool_error  # the model is told the call failed, in its provider's terms
+    run(ip, "%gtl reset")
     ip.user_ns.pop("broken")

@@ -8,7 +8,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   newlines) and ``image`` blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL)
   make one user message (text and images together keep their order in GTL's ``parts``), and each
   ``tool_result`` (``tool_use_id``; string or text/image content) becomes a GTL tool result placed
-  before it, in order; ``is_error: true`` prefixes the result with ``Error:``. In an ``assistant``
+  before it, in order; ``is_error: true`` → its ``tool_error`` (a deployment without such a flag
+  reads "Error:" before the text: ``providers.base.tool_result_text``). In an ``assistant``
   turn, ``text`` blocks → the content and ``tool_use`` blocks (``input`` object) → GTL tool calls.
   ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a provider's reasoning
   through its own ``provider_data``, which this format does not carry). Documents, server-tool and
@@ -221,13 +222,10 @@ def _tool_result(block: dict[str, Any], where: str) -> Message:
                 pieces.append(("image", _image(part, here)))
             else:
                 raise FieldError(f"{here}.type", f"a tool result holds text and image blocks, not {kind!r}")
-    if fields.boolean(block, "is_error", f"{where}.is_error"):  # the first text says so, the order kept
-        first = next((index for index, (kind, _) in enumerate(pieces) if kind == "text"), None)
-        if first is None:
-            pieces.insert(0, ("text", "Error"))
-        else:
-            pieces[first] = ("text", f"Error: {pieces[first][1]}" if pieces[first][1] else "Error")
-    message = Message.from_pieces("tool", pieces, tool_call_id=call_id, cache_point=marked(block, where))
+    failed = bool(fields.boolean(block, "is_error", f"{where}.is_error"))
+    message = Message.from_pieces(
+        "tool", pieces, tool_call_id=call_id, cache_point=marked(block, where), tool_error=failed
+    )
     return message if message.content is not None else msgspec.structs.replace(message, content="")
 
 
