@@ -5,7 +5,9 @@ stream a 16-token answer; the embedded path runs the whole engine with the ledge
 The bare path is ``aiohttp`` on an asyncio loop running in a thread of its own, as a notebook
 kernel's loop does; the embedded client's async calls are awaited on that same loop. A bare ``httpx``
 call — the baseline issue 13 measured with — is reported beside it (``httpx``); the ratios and the
-verdict are against aiohttp, the faster of the two here. Measured in
+verdict are against aiohttp, the faster of the two here; the same aiohttp call that also reads the
+answer (``read``: the SSE events split, each chunk parsed with ``json``, the text joined — work the
+bare call leaves undone and every real client does) is reported beside them. Measured in
 interleaved rounds (the order rotates every round), medians reported:
 
 * **concurrency 1, sync** — wall time per request: ``client.complete`` from the main thread against
@@ -86,6 +88,24 @@ class _CallerLoop:
             async for _ in response.content.iter_any():
                 pass
 
+    async def bare_read(self) -> str:
+        """The bare request that also reads the answer, as a hand-written client would: the body's SSE
+        events split, each chunk's JSON parsed with the standard library, the text joined — what the
+        embedded call hands back (beside its usage, cost, ledger row…), which ``bare`` never works out."""
+        pieces: list[str] = []
+        pending = b""
+        async with self.session.post(self.url, data=BODY, headers=HEADERS) as response:
+            async for data in response.content.iter_any():
+                *events, pending = (pending + data).split(b"\n\n")
+                for event in events:
+                    if not event.startswith(b"data: ") or event == b"data: [DONE]":
+                        continue
+                    for choice in json.loads(event[6:]).get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            pieces.append(text)
+        return "".join(pieces)
+
     async def bare_httpx(self) -> None:
         """The same request with httpx (the baseline issue 13 measured with)."""
         async with self.httpx.stream("POST", self.url, content=BODY, headers=HEADERS) as response:
@@ -94,6 +114,9 @@ class _CallerLoop:
 
     def bare_from_thread(self) -> None:
         self.run(self.bare())
+
+    def bare_read_from_thread(self) -> None:
+        self.run(self.bare_read())
 
     def bare_httpx_from_thread(self) -> None:
         self.run(self.bare_httpx())
@@ -192,21 +215,25 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
                 caller.run(embedded())
                 caller.run(callers())
                 caller.bare_from_thread()
+                caller.bare_read_from_thread()
                 caller.bare_httpx_from_thread()
             phases: dict[str, dict[str, Callable[[], float]]] = {
                 "c1_sync": {
                     "bare": lambda: _per_call(caller.bare_from_thread, calls),
+                    "read": lambda: _per_call(caller.bare_read_from_thread, calls),
                     "httpx": lambda: _per_call(caller.bare_httpx_from_thread, calls),
                     "embedded": lambda: _per_call(embedded_sync, calls),
                 },
                 "c1_async": {
                     "bare": lambda: caller.run(_one_at_a_time(caller.bare, calls)),
+                    "read": lambda: caller.run(_one_at_a_time(caller.bare_read, calls)),
                     "httpx": lambda: caller.run(_one_at_a_time(caller.bare_httpx, calls)),
                     "embedded": lambda: caller.run(_one_at_a_time(embedded, calls)),
                     "callers": lambda: caller.run(_one_at_a_time(callers, calls)),
                 },
                 "c20_cpu": {
                     "bare": lambda: _cpu_per_call(caller, caller.bare, 20, calls // 20),
+                    "read": lambda: _cpu_per_call(caller, caller.bare_read, 20, calls // 20),
                     "httpx": lambda: _cpu_per_call(caller, caller.bare_httpx, 20, calls // 20),
                     "embedded": lambda: _cpu_per_call(caller, embedded, 20, calls // 20),
                     "callers": lambda: _cpu_per_call(caller, callers, 20, calls // 20),
@@ -238,9 +265,11 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
         figures[f"{phase}_ms"] = medians
         figures[f"{phase}_ratio"] = medians["embedded"] / medians["bare"]
         figures[f"{phase}_httpx_ratio"] = medians["embedded"] / medians["httpx"]
+        figures[f"{phase}_read_ratio"] = medians["embedded"] / medians["read"]
         if "callers" in medians:
             figures[f"{phase}_callers_ratio"] = medians["callers"] / medians["bare"]
             figures[f"{phase}_callers_httpx_ratio"] = medians["callers"] / medians["httpx"]
+            figures[f"{phase}_callers_read_ratio"] = medians["callers"] / medians["read"]
     # the names earlier runs used: the sync row is the "concurrency 1" figure of the first reports
     figures["c1_ms"], figures["c1_ratio"] = figures["c1_sync_ms"], figures["c1_sync_ratio"]
     figures.update(
@@ -258,6 +287,11 @@ def report(figures: dict[str, Any]) -> str:
         kind = "" if path == "embedded" else f"_{path}"
         ratios = f"{figures[f'{phase}{kind}_ratio']:.2f}x | {figures[f'{phase}{kind}_httpx_ratio']:.2f}x"
         return f"| {label} | {ms['bare']:.3f} | {ms['httpx']:.3f} | {ms[path]:.3f} | {ratios} | {target} |"
+
+    def read_row(label: str, phase: str, path: str = "embedded") -> str:
+        ms = figures[f"{phase}_ms"]
+        kind = "" if path == "embedded" else f"_{path}"
+        return f"| {label} | {ms['read']:.3f} | {ms[path]:.3f} | {figures[f'{phase}{kind}_read_ratio']:.2f}x |"
 
     return "\n".join(
         [
@@ -285,6 +319,17 @@ def report(figures: dict[str, Any]) -> str:
             ),
             f"| {figures['streams']} concurrent streams from one client | | | "
             f"{figures['stream_errors']} errors in {figures['streams_seconds']:.1f} s | | | zero errors |",
+            "",
+            "Against a bare aiohttp call that also reads the answer (SSE split, each chunk parsed by `json`, "
+            "the text joined; the verdict above stays against the call that reads nothing):",
+            "",
+            "| the same rows | bare aiohttp, answer read (ms) | embedded (ms) | ÷ it |",
+            "| --- | --- | --- | --- |",
+            read_row("`complete` from a thread, concurrency 1", "c1_sync"),
+            read_row("`await acomplete`, engine on its thread", "c1_async"),
+            read_row("CPU at concurrency 20, `acomplete`", "c20_cpu"),
+            read_row("`await acomplete` of `gtl_nb.aconnect`", "c1_async", "callers"),
+            read_row("CPU at concurrency 20, `acomplete` of `gtl_nb.aconnect`", "c20_cpu", "callers"),
         ]
     )
 
@@ -294,10 +339,12 @@ def report(figures: dict[str, Any]) -> str:
 #: what ``--callgrind`` counts, in this order: (name, concurrency, how the embedded client is called)
 COUNTED = (
     ("bare, awaited on the caller's loop", 1, "bare"),
+    ("bare that reads the answer (SSE split, `json` parse), awaited", 1, "read"),
     ("embedded `await acomplete`", 1, "acomplete"),
     ("embedded `complete` from a thread", 1, "complete"),
     ("the engine alone: sessions back to back on its loop, nothing handed over", 1, "engine"),
     ("bare, 20 at once", 20, "bare"),
+    ("bare that reads the answer, 20 at once", 20, "read"),
     ("embedded `acomplete`, 20 at once", 20, "acomplete"),
     ("`aconnect`'s `await acomplete` (the engine on the caller's loop)", 1, "callers"),
     ("`aconnect`'s `acomplete`, 20 at once", 20, "callers"),
@@ -332,7 +379,7 @@ def _wait_for(path: Path) -> None:
 
 
 def _counted(only: set[str] | None) -> list[tuple[str, int, str]]:
-    """The paths of ``COUNTED`` to count: those whose kind (``bare``, ``acomplete``, ``complete``,
+    """The paths of ``COUNTED`` to count: those whose kind (``bare``, ``read``, ``acomplete``, ``complete``,
     ``engine``, ``callers``, ``callers_engine``) is in ``only``, or all."""
     return [path for path in COUNTED if only is None or path[2] in only]
 
@@ -351,6 +398,7 @@ def _counted_worker(requests: int, out: Path, only: set[str] | None = None) -> N
             )
             calls: dict[str, Callable[[int, int], object]] = {
                 "bare": lambda group, groups: caller.run(_in_groups(caller.bare, group, groups)),
+                "read": lambda group, groups: caller.run(_in_groups(caller.bare_read, group, groups)),
                 "acomplete": lambda group, groups: caller.run(_in_groups(_embedded(client), group, groups)),
                 "complete": lambda group, groups: [_sync_call(client)() for _ in range(group * groups)],
                 "engine": lambda group, groups: client.backend.loop.run(_engine_alone(client, group * groups)),
@@ -405,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--only",
         help="with --callgrind: count only these kinds, comma-separated "
-        "(bare, acomplete, complete, engine, callers, callers_engine)",
+        "(bare, read, acomplete, complete, engine, callers, callers_engine)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--counted-worker", type=Path, help=argparse.SUPPRESS)
