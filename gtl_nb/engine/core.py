@@ -99,7 +99,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.protocol.session import SessionState, SessionStateMachine, is_failover
-from gtl_nb.providers.base import Deployment, NotServedHere
+from gtl_nb.providers.base import Deployment, NotServedHere, check_tool_choice
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
 
@@ -414,6 +414,8 @@ class Engine:
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = context.traced(random_hex(2))
         try:
+            if request.tool_choice is not None:
+                check_tool_choice(request)
             targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context, request)
         except GTLError as exc:
             targets = exc
@@ -1354,6 +1356,9 @@ class Engine:
                 batch.append(event)
                 if type(event) in TERMINAL_EVENTS:  # nothing after the end is read (a generator may go on)
                     break
+        except GTLError as exc:  # the provider refused the request (a format it cannot honour): its error
+            yield [*batch, _with_provider(exc.to_event(sent.session_id), target)]
+            return
         except Exception:
             if batch:  # what it produced before it failed goes on first, as it would have one by one
                 yield batch

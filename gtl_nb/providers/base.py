@@ -451,6 +451,24 @@ def parse_tool_choice(choice: str | Mapping[str, Any] | None) -> ToolChoice | No
     return ToolChoice("tool", word) if word else None
 
 
+def check_tool_choice(request: CompletionRequest) -> None:
+    """``InvalidRequestError`` when ``request.tool_choice`` asks what its ``tools`` cannot give: a tool
+    they do not hold, or a call when there are none. Every API refuses both; without this check a
+    provider whose API would not (or ``echo``) answered in prose, as if the choice had been honoured."""
+    choice = parse_tool_choice(request.tool_choice)
+    if choice is None or choice.mode in ("auto", "none"):
+        return
+    names = [tool.name for tool in request.tools or ()]
+    if not names:
+        raise InvalidRequestError(
+            f"tool_choice {request.tool_choice!r} asks for a tool call, but the request has no tools"
+        )
+    if choice.mode == "tool" and choice.name not in names:
+        raise InvalidRequestError(
+            f"tool_choice names {choice.name!r}, which is not among the request's tools ({', '.join(names)})"
+        )
+
+
 def arguments_object(call: ToolCall) -> dict[str, Any]:
     """A tool call's arguments as a dict (``{}`` for empty text), read like any provider JSON: the
     arguments came from a model, and nested too deep they would crash the parser. ``ValueError``

@@ -11,6 +11,9 @@ split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per 
   place the prompt names, e.g. "Oslo"; see ``schema_values``); ``finish_reason`` is ``tool_calls``.
 * After tool results, it reports what the tools returned.
 * ``request.reasoning`` adds a short ``reasoning`` stream before the answer.
+* ``response_format``: ``json_schema`` answers a JSON value valid for the schema (the same generator as
+  tool arguments), ``json_object`` the usual answer as ``{"answer": ...}``; a format it cannot read is
+  an ``InvalidRequestError``, never an answer in prose.
 * ``max_tokens`` truncates the answer (``finish_reason`` ``length``); ``stop`` sequences cut it.
 """
 
@@ -33,7 +36,7 @@ from gtl_nb.protocol.messages import (
     ToolCallEvent,
     Usage,
 )
-from gtl_nb.providers.base import parse_tool_choice
+from gtl_nb.providers.base import parse_tool_choice, schema_asked
 from gtl_nb.providers.schema_values import example_value
 from gtl_nb.providers.tokenizer import count_message_tokens, count_tokens, split_tokens
 
@@ -79,6 +82,7 @@ class EchoProvider:
     # -- generation -----------------------------------------------------------------------------
 
     def generate(self, request: CompletionRequest) -> Iterator[tuple[float, StreamEvent]]:
+        answer = _answer_text(request)  # first: a response_format it cannot honour fails before any event
         sid = request.session_id
         tokens_in = count_message_tokens(_message_text(m) for m in request.messages)
         tokens_out = 0
@@ -96,7 +100,7 @@ class EchoProvider:
                 yield self.pace, ToolCallEvent(session_id=sid, function=call)
             finish = "tool_calls"
         else:
-            text, finish = _limit(_answer_text(request), request)
+            text, finish = _limit(answer, request)
             for piece in split_tokens(text):
                 tokens_out += 1
                 yield self.pace, Token(session_id=sid, text=piece)
@@ -129,6 +133,18 @@ def _digest(request: CompletionRequest) -> int:
 
 
 def _answer_text(request: CompletionRequest) -> str:
+    """The answer, in the shape ``response_format`` asks for."""
+    kind = (request.response_format or {}).get("type", "text")
+    if kind == "json_object":
+        return json.dumps({"answer": _prose(request)}, ensure_ascii=False)
+    asked = schema_asked(request.response_format, "echo")
+    if asked is not None:
+        user = _last_user(request)
+        return json.dumps(example_value(asked[0], user.content or "" if user else ""), ensure_ascii=False)
+    return _prose(request)
+
+
+def _prose(request: CompletionRequest) -> str:
     last = request.messages[-1] if request.messages else None
     if last is not None and last.role == "tool":
         results = [m for m in _trailing_tool_results(request.messages)]

@@ -450,6 +450,30 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
 
 
+def test_a_tool_choice_the_tools_cannot_give_is_a_bad_request_not_prose(oai, claude):
+    # as OpenAI and Anthropic refuse it; answered in prose, the caller would wait for a call that never comes
+    named = {"type": "function", "function": {"name": "nope"}}
+    with pytest.raises(openai.BadRequestError, match="not among the request's tools"):
+        oai.chat.completions.create(model="echo", messages=chat(), tools=[OPENAI_TOOL], tool_choice=named)
+    with pytest.raises(openai.BadRequestError, match="has no tools"):
+        oai.chat.completions.create(model=target("openai"), messages=chat(), tool_choice="required")
+    with pytest.raises(anthropic.BadRequestError, match="not among the request's tools"):
+        claude.messages.create(
+            model=target("anthropic"),
+            max_tokens=50,
+            messages=[{"role": "user", "content": "hi"}],
+            tools=[ANTHROPIC_TOOL],
+            tool_choice={"type": "tool", "name": "nope"},
+        )
+
+
+def test_echo_answers_a_structured_output_request_in_json_that_parses(oai):
+    parsed = oai.chat.completions.parse(model="echo", messages=chat("Name a city"), response_format=City)
+    assert isinstance(parsed.choices[0].message.parsed, City)
+    plain = oai.chat.completions.create(model="echo", messages=chat(), response_format={"type": "json_object"})
+    assert json.loads(plain.choices[0].message.content or "")["answer"].startswith("You said")
+
+
 def test_sampling_values_outside_each_apis_range_are_bad_requests(oai, claude):
     # refused as the providers themselves refuse them (OpenAI: temperature 0-2; Anthropic: 0-1; top_p 0-1)
     with pytest.raises(openai.BadRequestError, match="temperature: expected a number from 0 to 2, not 5") as caught:

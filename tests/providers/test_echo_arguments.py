@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import pytest
 
 from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCallEvent
 from gtl_nb.providers.echo import EchoProvider
@@ -55,3 +56,46 @@ def test_length_limits_still_hold() -> None:
     assert _arguments("Weather in Oslo", schema) == {"city": "Osl"}
     short = {"type": "string", "minLength": 12}
     assert len(example_value(short, "hi", name="code")) >= 12
+
+
+# -- structured output: the same generator answers a response_format ---------------------------------
+
+
+def _answer(response_format: dict, prompt: str = "Weather in Oslo?", **fields: object) -> str:
+    request = CompletionRequest(
+        session_id="s",
+        model="echo",
+        messages=[Message(role="user", content=prompt)],
+        response_format=response_format,
+        **fields,  # type: ignore[arg-type]
+    )
+    return "".join(getattr(event, "text", "") for _, event in EchoProvider().generate(request))
+
+
+def test_a_json_schema_is_answered_with_json_valid_for_it():
+    text = _answer({"type": "json_schema", "json_schema": {"name": "w", "schema": WEATHER}})
+    value = json.loads(text)
+    jsonschema.validate(value, WEATHER)
+    assert value["city"] == "Oslo"
+
+
+def test_json_object_is_the_usual_answer_as_an_object_and_max_tokens_still_cuts():
+    assert json.loads(_answer({"type": "json_object"}))["answer"].startswith('You said: "Weather in Oslo?"')
+    assert len(_answer({"type": "json_object"}, max_tokens=3)) < 20  # cut like any answer (finish: length)
+
+
+def test_a_format_echo_cannot_read_is_refused_through_the_engine():
+    import gtl_nb
+    from gtl_nb.protocol import InvalidRequestError
+
+    client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
+    try:
+        for response_format, complaint in (
+            ({"type": "xml"}, "unknown type 'xml'"),
+            ({"type": "json_schema"}, "needs json_schema.schema"),
+        ):
+            with pytest.raises(InvalidRequestError, match=complaint) as refused:
+                client.complete("echo", "hi", response_format=response_format)
+            assert refused.value.provider == "echo"  # the deployment's refusal, not an internal error
+    finally:
+        client.close()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
+import msgspec
 import pytest
 
-from gtl_nb.protocol import CompletionRequest, Message, Tool
-from gtl_nb.providers.base import Deployment, ToolChoice, parse_tool_choice
+import gtl_nb
+from gtl_nb.protocol import CompletionRequest, InvalidRequestError, Message, Tool
+from gtl_nb.providers.base import Deployment, ToolChoice, check_tool_choice, parse_tool_choice
 from gtl_nb.providers.registry import get_provider
 
 
@@ -59,3 +62,48 @@ def test_a_named_tool_reaches_every_provider_in_its_shape(provider, choice):
     )
     body = json.loads(get_provider(provider).build_request(request, DEPLOYMENTS[provider], now=0.0).body)
     assert NAMED[provider](body), body
+
+
+WEATHER_ONLY = [Tool(name="get_weather", parameters={"type": "object", "properties": {}})]
+
+
+@pytest.mark.parametrize(
+    ("tools", "choice", "complaint"),
+    [
+        (WEATHER_ONLY, "nope", "'nope', which is not among the request's tools (get_weather)"),
+        (WEATHER_ONLY, {"type": "function", "function": {"name": "nope"}}, "not among the request's tools"),
+        (None, "required", "asks for a tool call, but the request has no tools"),
+        (None, {"type": "any"}, "asks for a tool call, but the request has no tools"),
+        (None, "get_weather", "asks for a tool call, but the request has no tools"),
+    ],
+)
+def test_a_tool_choice_the_tools_cannot_give_is_refused(tools, choice, complaint):
+    request = CompletionRequest(
+        session_id="s", model="m", messages=[Message(role="user", content="hi")], tools=tools, tool_choice=choice
+    )
+    with pytest.raises(InvalidRequestError, match=re.escape(complaint)):
+        check_tool_choice(request)
+
+
+@pytest.mark.parametrize("choice", [None, "auto", "none", {"type": "none"}, "get_weather"])
+def test_a_tool_choice_the_tools_can_give_passes(choice):
+    request = CompletionRequest(
+        session_id="s", model="m", messages=[Message(role="user", content="hi")], tools=WEATHER_ONLY, tool_choice=choice
+    )
+    check_tool_choice(request)
+    if choice in ("auto", "none", None):  # nothing asked of the tools: none needed
+        check_tool_choice(msgspec.structs.replace(request, tools=None))
+
+
+def test_the_engine_refuses_it_before_any_provider_is_called(tmp_path):
+    client = gtl_nb.connect(config={"ledger": {"path": str(tmp_path / "ledger.sqlite3")}}, environ={})
+    try:
+        with pytest.raises(InvalidRequestError, match="not among the request's tools"):
+            client.complete("echo", "Weather in Oslo?", tools=WEATHER_ONLY, tool_choice="get_forecast")
+        with pytest.raises(InvalidRequestError, match="has no tools"):
+            client.complete("echo", "Weather in Oslo?", tool_choice="required")
+        rows = client.usage()
+    finally:
+        client.close()
+    assert list(rows["status"]) == ["error", "error"]  # each refusal still leaves its one ledger row
+    assert list(rows["error_code"]) == ["INVALID_REQUEST", "INVALID_REQUEST"]
