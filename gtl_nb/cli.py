@@ -3,7 +3,7 @@
     gtl complete "prompt" [--model echo] [--system S] [--temperature T] [--max-tokens N] [--json]
     gtl models
     gtl --gateway URL complete|models ...   the same on a running gateway ($GTL_NB_GATEWAY; its token
-                                            in $GTL_NB_TOKEN, never on the command line)
+                                            in $GTL_NB_TOKEN or $GTL_TOKEN, never on the command line)
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
     gtl gap wrap|transform|parse|graph ...
     gtl serve [--config FILE] [--stdio | --http/--grpc/--quic HOST:PORT] [--tls-cert F --tls-key F]
@@ -11,6 +11,8 @@
     gtl token mint|list|revoke ...      GhostTokens (docs/tokens.md)
     gtl keys add|list|remove|rotate|genkey ...   the provider-key vault (docs/vault.md)
     gtl audit verify|tail ...           the gateway's audit log (docs/operations.md)
+    gtl usage [--by model|deployment|user|day|status] [--days N]   what the usage ledger recorded
+    gtl ledger prune ...                the ledger's retention, by hand (docs/ledger.md)
 
 Errors a user can fix print one line (``gtl: error: …``) and exit with status 2; provider errors
 print their GTL code and exit with status 1.
@@ -26,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gtl_nb import __version__
 from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
 
@@ -33,6 +36,8 @@ GATEWAY_ENV = "GTL_NB_GATEWAY"
 """The gateway ``complete`` and ``models`` use when ``--gateway`` is not given."""
 TOKEN_ENV = "GTL_NB_TOKEN"
 """The token sent to that gateway: from the environment only, so it never shows in a process list."""
+NOTEBOOK_TOKEN_ENV = "GTL_TOKEN"
+"""The notebook's token variable, read when ``$GTL_NB_TOKEN`` is unset: one set-up serves both."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         default=os.environ.get(GATEWAY_ENV) or None,
         help=f"run complete and models on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
-        f"in this process (default: ${GATEWAY_ENV}); its token is read from ${TOKEN_ENV}",
+        f"in this process (default: ${GATEWAY_ENV}); its token is read from ${TOKEN_ENV} (or ${NOTEBOOK_TOKEN_ENV})",
     )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--version", action="version", version=f"gtl_nb {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     complete = sub.add_parser("complete", help="stream a completion to the terminal")
@@ -97,7 +103,8 @@ def _client(args: argparse.Namespace) -> Any:
                 f"--config configures this process's engine; a gateway (--gateway or ${GATEWAY_ENV}) has its own: "
                 "give one of them"
             )
-        return connect(args.gateway, token=os.environ.get(TOKEN_ENV) or None)
+        token = os.environ.get(TOKEN_ENV) or os.environ.get(NOTEBOOK_TOKEN_ENV) or None
+        return connect(args.gateway, token=token)
     if args.config is not None and not Path(args.config).expanduser().is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")
     return connect(config=args.config)
@@ -114,7 +121,7 @@ def _for_the_shell(message: str) -> str:
     message = message.replace(
         "give it to gtl_nb.connect as its token argument", f"put it in ${TOKEN_ENV} for gtl --gateway"
     )
-    message = message.replace("or client.models()", "or gtl --gateway URL models")
+    message = message.replace("or gtl_nb's client.models()", "or gtl --gateway URL models")
     return message.replace("(named by config=)", "(named by --config)")
 
 
@@ -185,7 +192,7 @@ def _models(args: argparse.Namespace) -> int:
         print(f"{info.provider} [{info.provider_type}]{flag}")
         for model in info.models:
             price = (
-                f"${model.cost_per_1k_input}/1k in, ${model.cost_per_1k_output}/1k out"
+                f"${_per_million(model.cost_per_1k_input)}/1M in, ${_per_million(model.cost_per_1k_output)}/1M out"
                 if model.cost_per_1k_input is not None and model.cost_per_1k_output is not None
                 else "price unknown"
             )
@@ -215,6 +222,13 @@ def _check_listing_allowed(client: Any) -> None:
         pass
 
 
+def _per_million(per_1k: float) -> str:
+    """A price per 1,000 tokens (the catalog's unit) as providers quote it, per million, in plain digits
+    (``0.05``, not ``5e-05`` per 1k), cents at least (``0.60``, ``2.00``)."""
+    whole, _, fraction = f"{per_1k * 1000:.4f}".rstrip("0").partition(".")
+    return f"{whole}.{fraction.ljust(2, '0')}"
+
+
 def _window(tokens: int | None, *, offline: bool) -> str:
     """The context-window column: local generators (echo) have none, which is not the same as unknown."""
     if tokens:
@@ -242,7 +256,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
         return 2
     except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
-        print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
+        hint = ""
+        if getattr(args, "gateway", None) and exc.message.startswith("cannot reach the"):
+            hint = " (is it running? `gtl serve` starts one)"
+        print(f"gtl: error: {_for_the_shell(str(exc))}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ngtl: cancelled", file=sys.stderr)

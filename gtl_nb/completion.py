@@ -130,11 +130,10 @@ class Completion:
             parts.append(f"{self.latency_ms / 1000:.2f} s")
         if self.provider is not None:  # a request that failed before any provider answered has none
             who = self.provider
-            if self.model and self.model != who:
-                who += f" ({self.model})"
+            said = [self.model] if self.model and self.model != who else []
             if self.provider_type == "echo":
-                who += " (offline)"
-            parts.append(who)
+                said.append("offline")
+            parts.append(f"{who} ({', '.join(said)})" if said else who)
         if self.truncated:
             parts.append("truncated at max_tokens")
         if self.failovers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,8 +14,8 @@ import gtl_nb
 from gtl_nb.cli import build_parser, main
 
 
-def gtl(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GTL_NB_CONFIG": ""}
+def gtl(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GTL_NB_CONFIG": "", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "gtl_nb", *args], capture_output=True, text=True, env=env, input=stdin, timeout=60
     )
@@ -111,3 +112,53 @@ def test_a_development_token_refusal_survives_the_log_and_tells_the_terminal_whe
         auth("wrong")
     assert redact(refused.value.message) == refused.value.message  # logged as it is said
     assert "in $GTL_NB_TOKEN for gtl --gateway" in _for_the_shell(refused.value.message)
+
+
+def test_models_quotes_prices_per_million_in_plain_digits():
+    result = gtl("models", env={"OPENAI_API_KEY": "sk-listing-only"})
+    line = next(line for line in result.stdout.splitlines() if line.strip().startswith("gpt-4o-mini "))
+    assert line.endswith("$0.15/1M in, $0.60/1M out"), line
+    assert "e-0" not in result.stdout
+
+
+def test_an_unreachable_gateway_says_how_to_start_one(capsys):
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    assert main(["--gateway", f"ws://127.0.0.1:{port}", "models"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the ws gateway" in err and "`gtl serve` starts one" in err
+
+
+@pytest.mark.parametrize(
+    ("environ", "sent"),
+    [
+        ({"GTL_NB_TOKEN": "gtl-nb-token"}, "gtl-nb-token"),
+        ({"GTL_TOKEN": "notebook-token"}, "notebook-token"),  # the notebook's variable serves the terminal too
+        ({"GTL_NB_TOKEN": "gtl-nb-token", "GTL_TOKEN": "notebook-token"}, "gtl-nb-token"),
+        ({}, None),
+    ],
+)
+def test_the_gateways_token_comes_from_either_variable(monkeypatch, environ, sent):
+    from gtl_nb.cli import _client
+
+    monkeypatch.delenv("GTL_TOKEN", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    seen = {}
+    monkeypatch.setattr(gtl_nb.client, "connect", lambda url, token=None: seen.update(url=url, token=token))
+    _client(build_parser().parse_args(["--gateway", "ws://127.0.0.1:9", "models"]))
+    assert seen == {"url": "ws://127.0.0.1:9", "token": sent}
+
+
+def test_a_gateways_model_list_advice_reads_as_a_command_in_the_terminal():
+    from gtl_nb.cli import _for_the_shell
+    from gtl_nb.engine.routing import _GATEWAY_LIST
+
+    told = _for_the_shell(f"unknown model 'x' ({_GATEWAY_LIST})")
+    assert "GET /v1/models, or gtl --gateway URL models" in told and "client.models()" not in told
+
+
+def test_version_says_the_package_and_its_version():
+    result = gtl("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"gtl_nb {gtl_nb.__version__}"

@@ -1,5 +1,7 @@
-"""``gtl ledger prune``: apply the usage ledger's retention by hand (docs/ledger.md, "Retention").
+"""``gtl usage``: what the usage ledger recorded, summed by model (or deployment, user, day, status);
+``gtl ledger prune``: apply its retention by hand (docs/ledger.md, "Retention").
 
+    gtl usage [--by model|deployment|user|day|status] [--days N] [--ledger FILE] [--json]
     gtl ledger prune [--ledger FILE] [--days N] [--max-rows N] [--vacuum]
 
 Without ``--ledger`` the file is ``[ledger] path``/``url`` of the configuration (``--config FILE``, as
@@ -11,7 +13,11 @@ system. Prints what was deleted; exits 0, or 2 when there is nothing to prune by
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sqlite3
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +26,30 @@ from gtl_nb.protocol.errors import ConfigurationError
 __all__ = ["add_subcommands"]
 
 
+#: ``gtl usage --by`` choices → the SQL expression rows are grouped by
+GROUPINGS = {
+    "model": "COALESCE(model, '-')",
+    "deployment": "COALESCE(deployment, '-')",
+    "user": "COALESCE(NULLIF(user, ''), '-')",
+    "day": "strftime('%Y-%m-%d', time, 'unixepoch')",
+    "status": "status",
+}
+
+
 def add_subcommands(subparsers: Any) -> None:
-    """Register ``ledger`` on the ``gtl`` command's subparsers (handlers in ``handler``)."""
+    """Register ``usage`` and ``ledger`` on the ``gtl`` command's subparsers (handlers in ``handler``)."""
+    usage = subparsers.add_parser(
+        "usage",
+        help="requests, tokens and cost the usage ledger recorded, by model",
+        description="Sum the usage ledger of this machine (the file the embedded engine writes, or a "
+        "gateway's with --ledger): requests, errors, tokens and cost, grouped.",
+    )
+    usage.add_argument("--by", choices=sorted(GROUPINGS), default="model", help="group rows by this (default: model)")
+    usage.add_argument("--days", type=float, metavar="N", help="only requests of the last N days")
+    usage.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file")
+    usage.add_argument("--config", dest="ledger_config", metavar="FILE", help="TOML configuration (as gtl --config)")
+    usage.add_argument("--json", action="store_true", help="print one JSON object a group")
+    usage.set_defaults(handler=_usage)
     ledger = subparsers.add_parser(
         "ledger", help="maintain the usage ledger (prune)", description="Maintain the usage ledger file."
     )
@@ -41,9 +69,84 @@ def add_subcommands(subparsers: Any) -> None:
     prune.set_defaults(handler=_prune)
 
 
+def _usage(args: argparse.Namespace) -> int:
+    _refuse_a_gateway(args, "usage")
+    path, _ = _configured(args)
+    if args.days is not None and not args.days > 0:  # not >: NaN is refused too
+        raise ConfigurationError(f"--days must be more than 0, got {args.days:g}")
+    if not path.is_file():
+        print(f"gtl: no usage recorded yet (no ledger at {path})", file=sys.stderr)
+        return 0
+    since = time.time() - args.days * 86400 if args.days is not None else None
+    groups = _usage_groups(path, GROUPINGS[args.by], since)
+    if args.json:
+        for group in groups:
+            print(json.dumps({args.by: group[0], **dict(zip(_USAGE_FIELDS, group[1:], strict=True))}))
+        return 0
+    if not groups:
+        window = f" in the last {args.days:g} day(s)" if args.days is not None else ""
+        print(f"gtl: no requests recorded{window} (ledger {path})", file=sys.stderr)
+        return 0
+    print(_usage_table(args.by, groups))
+    return 0
+
+
+_USAGE_FIELDS = ("requests", "errors", "tokens_in", "tokens_out", "cost", "cost_unknown")
+
+
+def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[Any, ...]]:
+    """``(group, requests, errors, tokens in, tokens out, cost, rows without a known cost)`` a group,
+    the busiest first; read-only, so a running writer is never disturbed and no file is created."""
+    where, params = (" WHERE time >= ?", (since,)) if since is not None else ("", ())
+    query = (
+        f"SELECT {grouping} AS grouped, COUNT(*), SUM(status NOT IN ('ok', 'started')), "
+        "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost), 0.0), "
+        "SUM(cost IS NULL AND status = 'ok') "
+        f"FROM requests{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
+    )
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    try:
+        with sqlite3.connect(uri, uri=True, timeout=5) as conn:
+            return [tuple(row) for row in conn.execute(query, params).fetchall()]
+    except sqlite3.Error as exc:
+        raise ConfigurationError(f"{path}: cannot read it as a usage ledger ({exc})") from None
+
+
+def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
+    """The groups as an aligned table with a total line; a cost some of whose rows had no known
+    price is marked ``*`` and explained under it."""
+    totals = [sum(group[i] for group in groups) for i in range(1, 7)]
+    lines = [(str(group[0]), *group[1:]) for group in groups] + [("total", *totals)]
+    width = max(len(by), *(len(line[0]) for line in lines))
+    header = f"{by:<{width}}  {'requests':>8}  {'errors':>6}  {'tokens in':>12}  {'tokens out':>12}  {'cost':>11}"
+    out = [header]
+    for name, requests, errors, tokens_in, tokens_out, cost, unknown in lines:
+        mark = "*" if unknown else " "
+        out.append(
+            f"{name:<{width}}  {requests:>8,}  {errors:>6,}  {tokens_in:>12,}  {tokens_out:>12,}  "
+            f"{'$' + format(cost, ',.4f'):>11}{mark}"
+        )
+    if totals[5]:
+        out.append(f"* {totals[5]:,} answered request(s) with no known price: their cost is not in the sum")
+    return "\n".join(out)
+
+
+def _refuse_a_gateway(args: argparse.Namespace, command: str) -> None:
+    """``--gateway`` given on the command line to a command that reads this machine's ledger file: say
+    so rather than answer for another ledger (``$GTL_NB_GATEWAY`` alone is not refused: it is set for
+    ``complete`` and ``models``)."""
+    given = getattr(args, "gateway", None)
+    if given and given != os.environ.get("GTL_NB_GATEWAY"):
+        raise ConfigurationError(
+            f"gtl {command} reads a ledger file on this machine, not a gateway's: drop --gateway, and give the "
+            "gateway's file with --ledger where it is readable (a notebook on the gateway has %gtl usage)"
+        )
+
+
 def _prune(args: argparse.Namespace) -> int:
     from gtl_nb.engine.ledger_retention import Retention, prune_file
 
+    _refuse_a_gateway(args, "ledger prune")
     path, configured = _configured(args)
     days = args.days if args.days is not None else getattr(configured, "days", None)
     rows = args.max_rows if args.max_rows is not None else getattr(configured, "max_rows", None)

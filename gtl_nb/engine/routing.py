@@ -45,8 +45,8 @@ AUDIENCES = (EMBEDDED, GATEWAY)
 """Who reads the router's errors (see the module docstring)."""
 
 _GATEWAY_LIST = (
-    "the gateway's model list shows what it serves: GET /v1/models or client.models(), where tokens are "
-    "checked with one holding the models:read scope"
+    "the gateway's model list shows what it serves: GET /v1/models, or gtl_nb's client.models() (a gateway "
+    "that checks tokens shows it to a token with the models:read scope)"
 )
 
 Visible = Callable[[str, str], bool]

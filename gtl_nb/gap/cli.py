@@ -99,7 +99,8 @@ def _wrap(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
         if not sep or not key.strip():
             raise ValueError(f"--entity expects KEY=VALUE, got {item!r}")
         entities[key.strip()] = value
-    timestamp = args.timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # the notebook's form (``%%gap``): UTC to the second, written with Z
+    timestamp = args.timestamp or datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     wrapped = wrap_message(
         _read(args.file, stdin),
         args.platform,

@@ -23,7 +23,7 @@ def add_subcommands(subparsers: Any) -> None:
     )
     add_arguments(parser, config=False)
     # its own name: a subcommand's default would overwrite the global --config given before it
-    parser.add_argument("--config", dest="serve_config", help="TOML configuration file (as gtl --config)")
+    parser.add_argument("--config", dest="serve_config", metavar="FILE", help="TOML configuration (as gtl --config)")
     parser.set_defaults(handler=_serve)
     from gtl_nb.gateway.reload_cli import add_reload_subcommand
 

@@ -229,6 +229,9 @@ def _serve_listeners(
             early.ignore()  # the loop's handlers are gone: a late SIGHUP must not cut the clean-up short
         for reporter in reporters:
             reporter.remove()
+    if announced:  # it had started: say it has stopped, its stores closed (a supervisor's log ends here)
+        with contextlib.suppress(OSError, ValueError):  # a log pipe gone (closed reader) changes nothing
+            print("gtl gateway: stopped", file=sys.stderr, flush=True)
     return 0
 
 

@@ -55,12 +55,14 @@ def add_subcommands(subparsers: Any) -> None:
         description="Development GhostTokens, signed with [gateway.jwt]'s HS256 secret (docs/tokens.md).",
     )
     # its own name: a subcommand's default would overwrite the global --config given before it
-    parser.add_argument("--config", dest="token_config", help="TOML configuration file (as gtl --config)")
+    parser.add_argument("--config", dest="token_config", metavar="FILE", help="TOML configuration (as gtl --config)")
     actions = parser.add_subparsers(dest="token_command", metavar="ACTION")
 
     mint = actions.add_parser("mint", help="print a new token on standard output")
     mint.add_argument("--sub", required=True, help="the principal the token stands for")
-    mint.add_argument("--scope", action="append", default=[], help="a scope to grant (repeat; docs/tokens.md)")
+    mint.add_argument(
+        "--scope", action="append", default=[], help="a scope to grant: at least one (repeat; docs/tokens.md)"
+    )
     mint.add_argument("--ttl", default="8h", help="lifetime: 90s, 30m, 8h, 2d, 1w (default 8h)")
     mint.add_argument(
         "--provider-key",

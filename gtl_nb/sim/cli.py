@@ -13,7 +13,13 @@ import sys
 import threading
 from typing import Any
 
-from gtl_nb.sim.base import ANY_MODEL, DEFAULT_API_KEY, PROVIDERS
+from gtl_nb.sim.base import (
+    ANY_MODEL,
+    DEFAULT_API_KEY,
+    DEFAULT_AWS_ACCESS_KEY_ID,
+    DEFAULT_AWS_SECRET_ACCESS_KEY,
+    PROVIDERS,
+)
 from gtl_nb.sim.server import serve
 
 __all__ = ["add_subcommands", "run_sim"]
@@ -50,6 +56,27 @@ def add_subcommands(subparsers: Any) -> None:
     parser.set_defaults(handler=run_sim)
 
 
+def _how_to_use(provider: str, base_url: str, key: str) -> str:
+    """How to point gtl_nb at the simulator: the provider's own variables where it reads a base URL
+    from one (OpenAI's, Anthropic's, Ollama's, which their SDKs read too), else a configuration section."""
+    from gtl_nb.providers.registry import get_provider
+
+    env = get_provider(provider).needs.env
+    if "base_url" in env:
+        variables = [f"{env['base_url'][0]}={base_url}"]
+        if "api_key" in env:
+            variables.append(f"{env['api_key'][0]}={key}")
+        return "to use it, export " + " ".join(variables)
+    if provider == "bedrock":  # signed requests: the simulator's own key pair
+        keys = (
+            f' region = "us-east-1" aws_access_key_id = "{DEFAULT_AWS_ACCESS_KEY_ID}"'
+            f' aws_secret_access_key = "{DEFAULT_AWS_SECRET_ACCESS_KEY}"'
+        )
+    else:
+        keys = f' api_key = "{key}"'
+    return f'to use it, configure [providers.{provider}] base_url = "{base_url}"{keys} (gtl --config FILE)'
+
+
 def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:
     """Start the simulator, print its base URL, and block until Ctrl-C (or until ``stop`` is set)."""
     options: dict[str, Any] = {}
@@ -69,7 +96,8 @@ def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) ->
         key = args.api_key if args.api_key is not None else DEFAULT_API_KEY
         # the key on standard error only: standard output stays the one line scripts read
         print(
-            f"gtl sim: {args.provider} simulator listening (API key {key!r}); Ctrl-C to stop",
+            f"gtl sim: {args.provider} simulator listening (API key {key!r}); Ctrl-C to stop\n"
+            f"gtl sim: {_how_to_use(args.provider, sim.base_url, key)}",
             file=sys.stderr,
             flush=True,
         )

@@ -342,3 +342,12 @@ def test_route_says_where_a_model_would_go():
         assert client.route("claude-sonnet-4-5")[0][:2] == ("anthropic", "anthropic")
         with pytest.raises(ModelNotFoundError):
             client.route("ecko")
+
+
+def test_the_footer_names_a_deployment_its_model_and_offline_in_one_pair_of_brackets():
+    client = gtl_nb.connect(providers={"slow": {"type": "echo"}}, config={"ledger": {"enabled": False}}, environ={})
+    try:
+        footer = client.complete("slow:echo", "hi").footer()
+    finally:
+        client.close()
+    assert "slow (echo, offline)" in footer and ") (" not in footer

@@ -33,7 +33,8 @@ def test_wrap_reads_stdin_and_prints_markdown_with_the_current_utc_time():
         "claude.ai", "s1", "t", "m", "user")  # fmt: skip
     assert wrapped.content == "I think the system is slow."
     assert wrapped.undefined == ("the_system",)
-    stamped = datetime.fromisoformat(wrapped.timestamp)
+    assert wrapped.timestamp.endswith("Z")  # as %%gap writes it
+    stamped = datetime.fromisoformat(wrapped.timestamp.replace("Z", "+00:00"))  # (Python 3.10 reads no Z)
     assert stamped.utcoffset().total_seconds() == 0
     assert abs((stamped - before).total_seconds()) < 60
 

@@ -154,6 +154,7 @@ def test_gtl_serve_shows_its_warnings_without_being_asked(tmp_path):
         rest = child.stderr.read()
         assert child.wait(15) == 0
         assert f"WARNING deployment closed: cannot reach http://127.0.0.1:{port}" in rest
+        assert rest.rstrip().endswith("gtl gateway: stopped")  # the log says it ended, not only that it began to
     finally:
         if child.poll() is None:
             child.kill()

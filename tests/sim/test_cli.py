@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import subprocess
 import sys
@@ -10,8 +11,11 @@ import threading
 from typing import Any
 
 import httpx
+import pytest
 
+import gtl_nb
 from gtl_nb.sim import cli
+from gtl_nb.sim.server import serve
 
 
 def parser() -> argparse.ArgumentParser:
@@ -80,3 +84,33 @@ def test_python_dash_m_runs_the_simulator_command() -> None:
         [sys.executable, "-m", "gtl_nb.sim", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0 and done.stdout.startswith("usage: gtl sim"), done.stderr
+
+
+MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-sonnet-4-5",
+    "ollama": "llama3.1:8b",
+    "gemini": "gemini-2.5-flash",
+    "bedrock": "amazon.nova-lite-v1:0",
+}
+
+
+@pytest.mark.parametrize("provider", sorted(MODELS))
+def test_the_advice_it_prints_points_gtl_nb_at_the_simulator(provider: str) -> None:
+    from gtl_nb.sim.base import DEFAULT_API_KEY
+
+    simulator = serve(provider)
+    try:
+        advice = cli._how_to_use(provider, simulator.base_url, DEFAULT_API_KEY)
+        if advice.startswith("to use it, export "):
+            environ = dict(pair.split("=", 1) for pair in advice.removeprefix("to use it, export ").split())
+            client = gtl_nb.connect(environ=environ, config={"ledger": {"enabled": False}})
+        else:
+            settings = dict(re.findall(r'(\w+) = "([^"]*)"', advice))
+            client = gtl_nb.connect(providers={provider: settings}, config={"ledger": {"enabled": False}}, environ={})
+        try:
+            assert client.complete(f"{provider}:{MODELS[provider]}", "hello").text
+        finally:
+            client.close()
+    finally:
+        simulator.close()

@@ -1,0 +1,120 @@
+"""``gtl usage``: what the ledger recorded, summed by model, deployment, user, day or status, read
+without disturbing (or creating) the file; and the ledger commands refuse ``--gateway``."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import gtl_nb
+from gtl_nb.cli import main
+from gtl_nb.protocol import InvalidRequestError
+
+
+@pytest.fixture(scope="module")
+def ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ledger of three echo answers, two priced answers from the OpenAI simulator and one refusal."""
+    path = tmp_path_factory.mktemp("usage") / "ledger.sqlite3"
+    with gtl_nb.sim.running("openai") as url:
+        client = gtl_nb.connect(
+            providers={"openai": {"api_key": "sim-key", "base_url": url}},
+            config={"ledger": {"path": str(path)}},
+            environ={},
+        )
+        try:
+            for prompt in ("one", "two", "three"):
+                client.complete("echo", prompt)
+            for prompt in ("four", "five"):
+                client.complete("openai:gpt-4o-mini", prompt)
+            with pytest.raises(InvalidRequestError):
+                client.complete("echo", "six", tool_choice="required")  # no tools: refused, still a row
+        finally:
+            client.close()
+    return path
+
+
+def usage(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    status = main(["usage", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_usage_sums_each_model_the_busiest_first_with_a_total(ledger, capsys):
+    status, out, _ = usage(capsys, "--ledger", str(ledger))
+    assert status == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["model", "requests", "errors", "tokens", "in", "tokens", "out", "cost"]
+    echo, priced, total = lines[1].split(), lines[2].split(), lines[3].split()
+    assert echo[:3] == ["echo", "4", "1"] and echo[-1] == "$0.0000"
+    assert priced[:3] == ["gpt-4o-mini", "2", "0"] and float(priced[-1].lstrip("$")) > 0
+    assert total[:3] == ["total", "6", "1"] and total[-1] == priced[-1]
+
+
+def test_usage_as_json_agrees_with_the_rows(ledger, capsys):
+    status, out, _ = usage(capsys, "--ledger", str(ledger), "--json", "--by", "status")
+    groups = {group["status"]: group for group in map(json.loads, out.splitlines())}
+    assert status == 0 and set(groups) == {"ok", "error"}
+    with sqlite3.connect(ledger) as conn:
+        tokens_in, cost = conn.execute("SELECT SUM(tokens_in), SUM(cost) FROM requests WHERE status = 'ok'").fetchone()
+    assert groups["ok"]["requests"] == 5 and groups["ok"]["tokens_in"] == tokens_in
+    assert groups["ok"]["cost"] == pytest.approx(cost)
+    assert groups["error"] == {
+        "status": "error",
+        "requests": 1,
+        "errors": 1,
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "cost": 0.0,
+        "cost_unknown": 0,
+    }
+
+
+@pytest.mark.parametrize("by", ["deployment", "user", "day"])
+def test_usage_groups_by_what_is_asked(ledger, capsys, by):
+    status, out, _ = usage(capsys, "--ledger", str(ledger), "--by", by)
+    assert status == 0 and out.splitlines()[0].startswith(by)
+    assert out.splitlines()[-1].split()[:2] == ["total", "6"]
+
+
+def test_a_window_without_requests_says_so(ledger, capsys):
+    with sqlite3.connect(ledger) as conn:
+        conn.execute("UPDATE requests SET time = time - 10 * 86400 WHERE model = 'gpt-4o-mini'")
+    try:
+        status, out, _ = usage(capsys, "--ledger", str(ledger), "--days", "1")
+        assert status == 0 and "gpt-4o-mini" not in out and "echo" in out
+    finally:
+        with sqlite3.connect(ledger) as conn:
+            conn.execute("UPDATE requests SET time = time + 10 * 86400 WHERE model = 'gpt-4o-mini'")
+    empty = ledger.parent / "empty.sqlite3"
+    sqlite3.connect(ledger).backup(target := sqlite3.connect(empty))
+    target.execute("DELETE FROM requests")
+    target.commit()
+    target.close()
+    status, out, err = usage(capsys, "--ledger", str(empty), "--days", "1")
+    assert status == 0 and not out and "no requests recorded in the last 1 day(s)" in err
+
+
+def test_no_ledger_yet_is_said_and_no_file_is_made(tmp_path, capsys):
+    missing = tmp_path / "none.sqlite3"
+    status, out, err = usage(capsys, "--ledger", str(missing))
+    assert status == 0 and not out and "no usage recorded yet" in err
+    assert not missing.exists()
+
+
+def test_a_file_that_is_no_ledger_is_one_clear_line(tmp_path, capsys):
+    other = tmp_path / "other.sqlite3"
+    sqlite3.connect(other).execute("CREATE TABLE notes (text TEXT)").connection.close()
+    status, _, err = usage(capsys, "--ledger", str(other))
+    assert status == 2 and err.startswith("gtl: error:") and "cannot read it as a usage ledger" in err
+    assert usage(capsys, "--ledger", str(other), "--days", "-1")[0] == 2
+
+
+def test_the_ledger_commands_refuse_a_gateway_given_on_the_command_line(ledger, capsys, monkeypatch):
+    for command in (["usage", "--ledger", str(ledger)], ["ledger", "prune", "--ledger", str(ledger), "--days", "30"]):
+        assert main(["--gateway", "ws://127.0.0.1:9", *command]) == 2
+        assert "reads a ledger file on this machine, not a gateway's" in capsys.readouterr().err
+    monkeypatch.setenv("GTL_NB_GATEWAY", "ws://127.0.0.1:9")  # set for complete and models: not a refusal
+    assert main(["usage", "--ledger", str(ledger)]) == 0
