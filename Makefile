@@ -16,14 +16,17 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(DEMO_STAMP): pyproject.toml Makefile | $(PY)
+	@echo 'installing the package and its notebook extras into $(VENV)/ (once; a minute or two)'
 	$(PY) -m pip install --quiet -e '.[notebook,plot]'
 	touch $@
 
 $(TEST_STAMP): pyproject.toml Makefile | $(PY)
+	@echo 'installing the package, its extras and the test tools into $(VENV)/ (once; a minute or two)'
 	$(PY) -m pip install --quiet -e '.[test,notebook,gateway,grpc,quic,plot,redis,postgres,otel]'
 	touch $@
 
 $(SERVE_STAMP): pyproject.toml Makefile | $(PY)
+	@echo 'installing the gateway extra into $(VENV)/ (once; a minute or two)'
 	$(PY) -m pip install --quiet -e '.[gateway]'
 	touch $@
 

@@ -210,6 +210,9 @@ def measure(rounds: int = 5, calls: int = 200, streams: int = 1000) -> dict[str,
             caller = _CallerLoop(upstream.port)
             on_loop = _on_callers_loop(caller, upstream.port, Path(tmp) / "on-loop.sqlite3")
             embedded, embedded_sync, callers = _embedded(client), _sync_call(client), _embedded(on_loop)
+            said = caller.run(caller.bare_read())
+            if said != embedded_sync().text:  # the baseline must read the answer whole, not cheaply wrong
+                raise RuntimeError(f"the bare read's answer {said!r} is not the embedded client's")
             for _ in range(20):  # warm both: connections, imports, the ledger file
                 embedded_sync()
                 caller.run(embedded())

@@ -21,6 +21,7 @@ print their GTL code and exit with status 1.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -225,8 +226,12 @@ def _check_listing_allowed(client: Any) -> None:
 def _per_million(per_1k: float) -> str:
     """A price per 1,000 tokens (the catalog's unit) as providers quote it, per million, in plain digits
     (``0.05``, not ``5e-05`` per 1k), cents at least (``0.60``, ``2.00``)."""
-    whole, _, fraction = f"{per_1k * 1000:.4f}".rstrip("0").partition(".")
-    return f"{whole}.{fraction.ljust(2, '0')}"
+    per_million = per_1k * 1000
+    if not math.isfinite(per_million):
+        return "?"
+    digits = 4 if per_million == 0 or abs(per_million) >= 0.0001 else 10  # a tiny price is no free one
+    whole, _, fraction = f"{abs(per_million):.{digits}f}".rstrip("0").partition(".")
+    return f"{'-' if per_million < 0 else ''}{whole}.{fraction.ljust(2, '0')}"
 
 
 def _window(tokens: int | None, *, offline: bool) -> str:

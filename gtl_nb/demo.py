@@ -45,7 +45,10 @@ def main() -> int:
     for info in client.providers():
         models = ", ".join(m.name for m in info.models) or "(from the catalog)"
         out.write(f"   {info.provider} [{info.provider_type}] offline={info.offline}: {models}\n")
-    out.write('\nNext: `make test`, `gtl complete "hello"`, and the notebooks in notebooks/.\n')
+    out.write(
+        '\nNext: `gtl complete "hello"`, the notebooks in notebooks/, `make serve` for a gateway on '
+        "127.0.0.1:8787 (docs/gateway.md), and `make test` (it needs redis-server and PostgreSQL 15: README).\n"
+    )
     client.close()
     return 0
 

@@ -162,3 +162,14 @@ def test_a_gateways_model_list_advice_reads_as_a_command_in_the_terminal():
 def test_version_says_the_package_and_its_version():
     result = gtl("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"gtl_nb {gtl_nb.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("per_1k", "shown"),
+    [(0.00015, "0.15"), (0.0006, "0.60"), (0.0, "0.00"), (-0.0, "0.00"), (1e-12, "0.000000001"),
+     (float("nan"), "?"), (float("inf"), "?"), (0.01, "10.00")],
+)  # fmt: skip
+def test_prices_per_million_never_look_free_or_scientific(per_1k, shown):
+    from gtl_nb.cli import _per_million
+
+    assert _per_million(per_1k) == shown

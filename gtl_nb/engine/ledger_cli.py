@@ -13,6 +13,7 @@ system. Prints what was deleted; exits 0, or 2 when there is nothing to prune by
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sqlite3
@@ -44,7 +45,9 @@ def add_subcommands(subparsers: Any) -> None:
         description="Sum the usage ledger of this machine (the file the embedded engine writes, or a "
         "gateway's with --ledger): requests, errors, tokens and cost, grouped.",
     )
-    usage.add_argument("--by", choices=sorted(GROUPINGS), default="model", help="group rows by this (default: model)")
+    usage.add_argument(
+        "--by", choices=sorted(GROUPINGS), default="model", help="group rows by this (default: model; day: the UTC day)"
+    )
     usage.add_argument("--days", type=float, metavar="N", help="only requests of the last N days")
     usage.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file")
     usage.add_argument("--config", dest="ledger_config", metavar="FILE", help="TOML configuration (as gtl --config)")
@@ -74,6 +77,8 @@ def _usage(args: argparse.Namespace) -> int:
     path, _ = _configured(args)
     if args.days is not None and not args.days > 0:  # not >: NaN is refused too
         raise ConfigurationError(f"--days must be more than 0, got {args.days:g}")
+    if path.is_dir():
+        raise ConfigurationError(f"{path} is a folder; give the ledger file in it with --ledger")
     if not path.is_file():
         print(f"gtl: no usage recorded yet (no ledger at {path})", file=sys.stderr)
         return 0
@@ -98,16 +103,39 @@ def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[
     """``(group, requests, errors, tokens in, tokens out, cost, rows without a known cost)`` a group,
     the busiest first; read-only, so a running writer is never disturbed and no file is created."""
     where, params = (" WHERE time >= ?", (since,)) if since is not None else ("", ())
+    # TOTAL, not SUM: a float that cannot overflow (SUM of integers raises past 2**63)
     query = (
-        f"SELECT {grouping} AS grouped, COUNT(*), SUM(status NOT IN ('ok', 'started')), "
-        "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost), 0.0), "
-        "SUM(cost IS NULL AND status = 'ok') "
+        f"SELECT {grouping} AS grouped, COUNT(*), TOTAL(status IN ('error', 'interrupted')), "
+        "TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), TOTAL(cost IS NULL AND status = 'ok') "
         f"FROM requests{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
     )
-    uri = f"{path.resolve().as_uri()}?mode=ro"
+    rows = _read_only(path, lambda conn: conn.execute(query, params).fetchall())
+    return [(group, count, int(errors), int(tokens_in), int(tokens_out), cost, int(unknown))
+            for group, count, errors, tokens_in, tokens_out, cost, unknown in rows]  # fmt: skip
+
+
+def _read_only(path: Path, read: Any) -> Any:
+    """``read(connection)`` on the ledger opened read-only. A ledger in WAL mode needs its ``-shm``
+    file, which a read-only open must create when no writer left one — impossible in a folder this
+    user cannot write (a stopped gateway's): then, when no ``-wal`` file holds commits not yet merged, the
+    file is read as immutable (no locks, no side files), which is exact for a file nobody writes."""
+    base = path.resolve().as_uri()
     try:
-        with sqlite3.connect(uri, uri=True, timeout=5) as conn:
-            return [tuple(row) for row in conn.execute(query, params).fetchall()]
+        with contextlib.closing(sqlite3.connect(f"{base}?mode=ro", uri=True, timeout=5)) as conn:
+            return read(conn)
+    except sqlite3.OperationalError as exc:
+        first = exc
+    if not any(sign in str(first) for sign in ("unable to open", "readonly", "read-only")):
+        raise ConfigurationError(f"{path}: cannot read it as a usage ledger ({first})")
+    wal = Path(f"{path}-wal")
+    if wal.exists() and wal.stat().st_size > 0:  # (an empty one, left by a reader, holds nothing)
+        raise ConfigurationError(
+            f"{path}: cannot open it read-only ({first}); its writer's changes are still in {path.name}-wal, "
+            "so it cannot be read without write access to its folder"
+        )
+    try:
+        with contextlib.closing(sqlite3.connect(f"{base}?mode=ro&immutable=1", uri=True, timeout=5)) as conn:
+            return read(conn)
     except sqlite3.Error as exc:
         raise ConfigurationError(f"{path}: cannot read it as a usage ledger ({exc})") from None
 

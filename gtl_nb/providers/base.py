@@ -455,7 +455,10 @@ def check_tool_choice(request: CompletionRequest) -> None:
     """``InvalidRequestError`` when ``request.tool_choice`` asks what its ``tools`` cannot give: a tool
     they do not hold, or a call when there are none. Every API refuses both; without this check a
     provider whose API would not (or ``echo``) answered in prose, as if the choice had been honoured."""
-    choice = parse_tool_choice(request.tool_choice)
+    raw = request.tool_choice
+    if isinstance(raw, Mapping) and not _reads_as_gtl(raw):
+        return  # a provider's own shape (OpenAI's allowed_tools, custom tools): its dialect passes it on
+    choice = parse_tool_choice(raw)
     if choice is None or choice.mode in ("auto", "none"):
         return
     names = [tool.name for tool in request.tools or ()]
@@ -467,6 +470,17 @@ def check_tool_choice(request: CompletionRequest) -> None:
         raise InvalidRequestError(
             f"tool_choice names {choice.name!r}, which is not among the request's tools ({', '.join(names)})"
         )
+
+
+def _reads_as_gtl(choice: Mapping[str, Any]) -> bool:
+    """Whether a ``tool_choice`` object is one of the shapes ``parse_tool_choice`` documents: a named
+    function (OpenAI's ``{"type": "function", "function": {"name"}}``, ``{"name"}``, Anthropic's
+    ``{"type": "tool", "name"}``) or ``{"type": <a mode word>}``."""
+    function = choice.get("function")
+    if (isinstance(function, Mapping) and function.get("name")) or choice.get("name"):
+        return True
+    kind = choice.get("type")
+    return isinstance(kind, str) and kind.strip() in _CHOICE_WORDS
 
 
 def arguments_object(call: ToolCall) -> dict[str, Any]:

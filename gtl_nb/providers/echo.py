@@ -11,9 +11,11 @@ split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per 
   place the prompt names, e.g. "Oslo"; see ``schema_values``); ``finish_reason`` is ``tool_calls``.
 * After tool results, it reports what the tools returned.
 * ``request.reasoning`` adds a short ``reasoning`` stream before the answer.
-* ``response_format``: ``json_schema`` answers a JSON value valid for the schema (the same generator as
-  tool arguments), ``json_object`` the usual answer as ``{"answer": ...}``; a format it cannot read is
-  an ``InvalidRequestError``, never an answer in prose.
+* ``response_format``: ``json_schema`` answers a JSON value built from the schema by the generator
+  tool arguments use (types, required properties, enums, consts, numeric bounds, ``$ref``: what the
+  SDKs' ``parse`` helpers need; ``pattern`` and the like are not followed), ``json_object`` the usual
+  answer as ``{"answer": ...}``; a format it cannot read is an ``InvalidRequestError``, never prose.
+* A failed tool's result (``tool_error``) is reported as failed.
 * ``max_tokens`` truncates the answer (``finish_reason`` ``length``); ``stop`` sequences cut it.
 """
 
@@ -148,7 +150,7 @@ def _prose(request: CompletionRequest) -> str:
     last = request.messages[-1] if request.messages else None
     if last is not None and last.role == "tool":
         results = [m for m in _trailing_tool_results(request.messages)]
-        said = "; ".join(f"{m.tool_call_id}: {m.content or ''}" for m in results)
+        said = "; ".join(f"{m.tool_call_id}{' failed' if m.tool_error else ''}: {m.content or ''}" for m in results)
         return f"The tool returned {said}. " + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
     user = _last_user(request)
     quoted = user.content or "" if user is not None else ""

@@ -197,8 +197,8 @@ def _tool_response(content: str | None, *, failed: bool = False) -> dict[str, An
             value = parse_json(content, "tool result")  # a tool's output: depth and size limited too
         except ValueError:
             value = content
-    if failed:
-        return {"error": value if value is not None else "the tool failed"}
+    if failed:  # an error with nothing to say (no text: an image alone, say) still says it failed
+        return {"error": value if value not in (None, "") else "the tool failed"}
     return value if isinstance(value, dict) else {"result": value}
 
 

@@ -56,25 +56,33 @@ def add_subcommands(subparsers: Any) -> None:
     parser.set_defaults(handler=run_sim)
 
 
-def _how_to_use(provider: str, base_url: str, key: str) -> str:
-    """How to point gtl_nb at the simulator: the provider's own variables where it reads a base URL
-    from one (OpenAI's, Anthropic's, Ollama's, which their SDKs read too), else a configuration section."""
-    from gtl_nb.providers.registry import get_provider
+#: the variables gtl_nb (and each provider's SDK) read a base URL and key from, where it reads them;
+#: the simulators import nothing from the rest of gtl_nb, so ``tests/sim/test_cli.py`` follows this advice
+_VARIABLES = {
+    "openai": ("OPENAI_BASE_URL", "OPENAI_API_KEY"),
+    "anthropic": ("ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY"),
+    "ollama": ("OLLAMA_HOST", None),
+}
 
-    env = get_provider(provider).needs.env
-    if "base_url" in env:
-        variables = [f"{env['base_url'][0]}={base_url}"]
-        if "api_key" in env:
-            variables.append(f"{env['api_key'][0]}={key}")
+
+def _how_to_use(provider: str, base_url: str, key: str) -> str:
+    """How to point gtl_nb at the simulator: the provider's own variables where gtl_nb reads a base URL
+    from one (OpenAI's, Anthropic's, Ollama's, which their SDKs read too), else a TOML section to paste."""
+    if provider in _VARIABLES:
+        url_variable, key_variable = _VARIABLES[provider]
+        variables = [f"{url_variable}={base_url}", *([f"{key_variable}={key}"] if key_variable else [])]
         return "to use it, export " + " ".join(variables)
+    settings = {"base_url": base_url}
     if provider == "bedrock":  # signed requests: the simulator's own key pair
-        keys = (
-            f' region = "us-east-1" aws_access_key_id = "{DEFAULT_AWS_ACCESS_KEY_ID}"'
-            f' aws_secret_access_key = "{DEFAULT_AWS_SECRET_ACCESS_KEY}"'
-        )
+        settings |= {
+            "region": "us-east-1",
+            "aws_access_key_id": DEFAULT_AWS_ACCESS_KEY_ID,
+            "aws_secret_access_key": DEFAULT_AWS_SECRET_ACCESS_KEY,
+        }
     else:
-        keys = f' api_key = "{key}"'
-    return f'to use it, configure [providers.{provider}] base_url = "{base_url}"{keys} (gtl --config FILE)'
+        settings["api_key"] = key
+    lines = [f"[providers.{provider}]", *(f'{name} = "{value}"' for name, value in settings.items())]
+    return "to use it, put this in a TOML file given with gtl --config FILE:\n" + "\n".join(lines)
 
 
 def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) -> int:

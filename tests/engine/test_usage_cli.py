@@ -118,3 +118,38 @@ def test_the_ledger_commands_refuse_a_gateway_given_on_the_command_line(ledger, 
         assert "reads a ledger file on this machine, not a gateway's" in capsys.readouterr().err
     monkeypatch.setenv("GTL_NB_GATEWAY", "ws://127.0.0.1:9")  # set for complete and models: not a refusal
     assert main(["usage", "--ledger", str(ledger)]) == 0
+
+
+def test_a_ledger_in_a_folder_it_cannot_write_is_read_as_immutable(ledger, capsys, monkeypatch):
+    """A stopped gateway's ledger, readable but in a folder this user cannot write: SQLite's read-only
+    open of a WAL file needs a -shm file it cannot create there (played here by refusing that open)."""
+    import gtl_nb.engine.ledger_cli as ledger_cli
+
+    with sqlite3.connect(ledger) as conn:  # a stopped writer's file: every commit merged into it
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    opened = []
+    real = sqlite3.connect
+
+    def connect(database, *args, **kwargs):
+        opened.append(database)
+        if "immutable=1" not in database:
+            raise sqlite3.OperationalError("unable to open database file")
+        return real(database, *args, **kwargs)
+
+    monkeypatch.setattr(ledger_cli.sqlite3, "connect", connect)
+    status, out, _ = usage(capsys, "--ledger", str(ledger))
+    assert status == 0 and out.splitlines()[-1].split()[:2] == ["total", "6"]
+    assert opened[-1].endswith("?mode=ro&immutable=1")
+    wal = Path(f"{ledger}-wal")
+    kept = wal.read_bytes() if wal.exists() else None
+    wal.write_bytes(b"\0" * 32)  # a writer's commits not yet merged: reading the file alone would be wrong
+    try:
+        status, _, err = usage(capsys, "--ledger", str(ledger))
+    finally:
+        wal.unlink() if kept is None else wal.write_bytes(kept)
+    assert status == 2 and "its writer's changes are still in ledger.sqlite3-wal" in err
+
+
+def test_a_folder_given_as_the_ledger_is_said_to_be_one(tmp_path, capsys):
+    status, _, err = usage(capsys, "--ledger", str(tmp_path))
+    assert status == 2 and "is a folder" in err

@@ -75,6 +75,7 @@ WEATHER_ONLY = [Tool(name="get_weather", parameters={"type": "object", "properti
         (None, "required", "asks for a tool call, but the request has no tools"),
         (None, {"type": "any"}, "asks for a tool call, but the request has no tools"),
         (None, "get_weather", "asks for a tool call, but the request has no tools"),
+        (WEATHER_ONLY, {"type": "tool", "name": "nope"}, "'nope', which is not among"),  # Anthropic's shape
     ],
 )
 def test_a_tool_choice_the_tools_cannot_give_is_refused(tools, choice, complaint):
@@ -85,13 +86,26 @@ def test_a_tool_choice_the_tools_cannot_give_is_refused(tools, choice, complaint
         check_tool_choice(request)
 
 
-@pytest.mark.parametrize("choice", [None, "auto", "none", {"type": "none"}, "get_weather"])
+@pytest.mark.parametrize(
+    "choice",
+    [
+        None,
+        "auto",
+        "none",
+        {"type": "none"},
+        "get_weather",
+        {"type": "tool", "name": "get_weather"},
+        # a provider's own shapes, which its dialect passes on: not GTL's to judge
+        {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function"}]}},
+        {"type": "custom", "custom": {"name": "grammar"}},
+    ],
+)
 def test_a_tool_choice_the_tools_can_give_passes(choice):
     request = CompletionRequest(
         session_id="s", model="m", messages=[Message(role="user", content="hi")], tools=WEATHER_ONLY, tool_choice=choice
     )
     check_tool_choice(request)
-    if choice in ("auto", "none", None):  # nothing asked of the tools: none needed
+    if choice in ("auto", "none", None) or (isinstance(choice, dict) and choice["type"] in ("allowed_tools", "custom")):
         check_tool_choice(msgspec.structs.replace(request, tools=None))
 
 
@@ -107,3 +121,17 @@ def test_the_engine_refuses_it_before_any_provider_is_called(tmp_path):
         client.close()
     assert list(rows["status"]) == ["error", "error"]  # each refusal still leaves its one ledger row
     assert list(rows["error_code"]) == ["INVALID_REQUEST", "INVALID_REQUEST"]
+
+
+def test_openais_allowed_tools_still_reaches_openai():
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [{"type": "function",
+               "function": {"name": "get_weather"}}]}}  # fmt: skip
+    with gtl_nb.sim.running("openai") as url:
+        client = gtl_nb.connect(
+            providers={"openai": {"api_key": "sim-key", "base_url": url}}, config={"ledger": {"enabled": False}}
+        )
+        try:
+            answer = client.complete("openai:gpt-4o-mini", "Weather in Oslo?", tools=WEATHER_ONLY, tool_choice=allowed)
+        finally:
+            client.close()
+    assert [call.name for call in answer.tool_calls] == ["get_weather"]

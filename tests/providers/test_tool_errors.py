@@ -121,6 +121,8 @@ def test_gemini_puts_it_under_the_error_key():
     assert response(as_json) == {"error": {"code": 504}}
     empty = Message(role="tool", tool_call_id="t1", tool_error=True)
     assert response(empty) == {"error": "the tool failed"}
+    blank = Message(role="tool", content="", tool_call_id="t1", tool_error=True)  # an image-only failure's
+    assert response(blank) == {"error": "the tool failed"}
     assert response(WORKED) == {"celsius": 4}
 
 
@@ -143,3 +145,16 @@ def test_openai_and_ollama_read_it_in_the_text():
 def test_the_text_says_it_once(content, sent):
     message = Message(role="tool", content=content, tool_call_id="t1", tool_error=True)
     assert tool_result_text(message) == sent
+
+
+def test_echo_says_a_tool_failed():
+    import gtl_nb
+
+    client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
+    try:
+        failed = client.complete("echo", conversation(FAILED), tools=TOOLS).text
+        worked = client.complete("echo", conversation(WORKED), tools=TOOLS).text
+    finally:
+        client.close()
+    assert failed.startswith("The tool returned t1 failed: the weather service timed out")
+    assert worked.startswith('The tool returned t1: {"celsius": 4}')

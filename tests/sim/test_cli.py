@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import signal
 import subprocess
 import sys
@@ -88,6 +87,7 @@ def test_python_dash_m_runs_the_simulator_command() -> None:
 
 MODELS = {
     "openai": "gpt-4o-mini",
+    "azure": "gpt-4o-mini",
     "anthropic": "claude-sonnet-4-5",
     "ollama": "llama3.1:8b",
     "gemini": "gemini-2.5-flash",
@@ -96,7 +96,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("provider", sorted(MODELS))
-def test_the_advice_it_prints_points_gtl_nb_at_the_simulator(provider: str) -> None:
+def test_the_advice_it_prints_points_gtl_nb_at_the_simulator(provider: str, tmp_path: Any) -> None:
     from gtl_nb.sim.base import DEFAULT_API_KEY
 
     simulator = serve(provider)
@@ -105,9 +105,10 @@ def test_the_advice_it_prints_points_gtl_nb_at_the_simulator(provider: str) -> N
         if advice.startswith("to use it, export "):
             environ = dict(pair.split("=", 1) for pair in advice.removeprefix("to use it, export ").split())
             client = gtl_nb.connect(environ=environ, config={"ledger": {"enabled": False}})
-        else:
-            settings = dict(re.findall(r'(\w+) = "([^"]*)"', advice))
-            client = gtl_nb.connect(providers={provider: settings}, config={"ledger": {"enabled": False}}, environ={})
+        else:  # a TOML section, pasted into a file as it is
+            config = tmp_path / "gtl.toml"
+            config.write_text(advice.split("\n", 1)[1] + "\n[ledger]\nenabled = false\n", encoding="utf-8")
+            client = gtl_nb.connect(config=str(config), environ={})
         try:
             assert client.complete(f"{provider}:{MODELS[provider]}", "hello").text
         finally:
