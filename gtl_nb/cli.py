@@ -29,7 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gtl_nb import __version__
 from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
 
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"in this process (default: ${GATEWAY_ENV}); its token is read from ${TOKEN_ENV} (or ${NOTEBOOK_TOKEN_ENV})",
     )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
-    parser.add_argument("--version", action="version", version=f"gtl_nb {__version__}")
+    parser.add_argument("--version", action="version", version=f"gtl_nb {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     complete = sub.add_parser("complete", help="stream a completion to the terminal")
@@ -74,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _optional_subcommands(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed package's version (the package's own module is above this one's layer)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gtl-nb")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 def _optional_subcommands(sub: Any) -> None:

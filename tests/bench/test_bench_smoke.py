@@ -104,9 +104,9 @@ def test_stores_smoke_run_measures_every_configuration(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_the_embedded_benchmark_runs_every_path_and_reports_both_baselines(tmp_path: Path) -> None:
-    """``python -m bench.bench_embedded`` with tiny counts: the bare aiohttp and httpx calls and the
-    embedded client each measured in every phase (the engine on the caller's loop in the awaited
-    ones), the many-streams phase without errors."""
+    """``python -m bench.bench_embedded`` with tiny counts: the bare aiohttp and httpx calls, the aiohttp
+    call that also reads the answer, and the embedded client each measured in every phase (the engine
+    on the caller's loop in the awaited ones), the many-streams phase without errors."""
     out = tmp_path / "embedded.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = [sys.executable, "-m", "bench.bench_embedded", "--rounds", "1", "--calls", "20", "--streams", "5"]
@@ -115,10 +115,11 @@ def test_the_embedded_benchmark_runs_every_path_and_reports_both_baselines(tmp_p
     figures = json.loads(out.read_text())
     for phase in ("c1_sync", "c1_async", "c20_cpu"):
         on_callers_loop = {"callers"} if phase != "c1_sync" else set()  # gtl_nb.aconnect's client: awaited only
-        assert set(figures[f"{phase}_ms"]) == {"bare", "httpx", "embedded"} | on_callers_loop
+        assert set(figures[f"{phase}_ms"]) == {"bare", "read", "httpx", "embedded"} | on_callers_loop
         assert all(value > 0 for value in figures[f"{phase}_ms"].values())
     assert figures["stream_errors"] == 0, figures["first_error"]
     assert "| bare aiohttp | bare httpx | embedded |" in done.stdout
+    assert "| bare aiohttp, answer read (ms) | embedded (ms) |" in done.stdout  # the call that reads the answer
 
 
 @pytest.mark.timeout(90)
