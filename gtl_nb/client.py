@@ -1173,8 +1173,13 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     marks = [item.get("cache_control")]
     if isinstance(content, list):
         marks += [part.get("cache_control") for part in content if isinstance(part, dict)]
-    if any(_cache_marker(marker) for marker in marks):
+    asked = [marker for marker in marks if _cache_marker(marker)]
+    if asked:
         item = {**item, "cache_point": item.get("cache_point", True)}
+        ttls = {marker.get("ttl") for marker in asked}  # several on one message: the longest-lived
+        ttl = "1h" if "1h" in ttls else "5m" if "5m" in ttls else None
+        if ttl is not None and "cache_ttl" not in item:
+            item["cache_ttl"] = ttl
     item = {key: value for key, value in item.items() if key != "cache_control"}
     if "is_error" in item:  # Anthropic's name for a failed tool's result
         if "tool_error" in item:

@@ -167,13 +167,16 @@ def _count(value: int | None) -> str:
 
 
 def _prompt_cache(usage: Usage) -> str:
-    """`` (2,048 from prompt cache)`` / `` (2,048 to prompt cache)``: what the provider's prompt cache did
+    """`` (2,048 from prompt cache)`` / `` (2,048 to prompt cache)`` (`` for 1h``, or ``, 1,024 for 1h`` when
+    only part was written to the one-hour cache): what the provider's prompt cache did
     with the input, when it did anything (a response served by gtl_nb's own cache says ``cached``)."""
     said = []
     if usage.cached_tokens_in:
         said.append(f"{usage.cached_tokens_in:,} from prompt cache")
     if usage.cache_write_tokens_in:
-        said.append(f"{usage.cache_write_tokens_in:,} to prompt cache")
+        hour = usage.cache_write_1h_tokens_in or 0
+        kept = " for 1h" if hour == usage.cache_write_tokens_in else f", {hour:,} for 1h" if hour else ""
+        said.append(f"{usage.cache_write_tokens_in:,} to prompt cache{kept}")
     return f" ({', '.join(said)})" if said else ""
 
 

@@ -1381,6 +1381,7 @@ class Engine:
                 event.tokens_out,
                 event.cached_tokens_in,
                 event.cache_write_tokens_in,
+                event.cache_write_1h_tokens_in,
             )
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)

@@ -209,6 +209,12 @@ def gtl_cell_parser() -> Parser:
         action="store_true",
         help="keep the system prompt and the conversation in the provider's prompt cache (Anthropic, Bedrock)",
     )
+    p.add_argument(
+        "--cache-ttl",
+        choices=("5m", "1h"),
+        help="how long the prompt cache keeps them (implies --cache-prompt; 1h: for pauses over five minutes, "
+        "writes at twice the input price)",
+    )
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     return p
 

@@ -61,10 +61,12 @@ class GtlCell:
 
         system = self._system(opts, client, models)
         history = list(self.session.history) if chat else []
-        messages = [*history, Message(role="user", content=prompt, cache_point=opts.cache_prompt)]
+        cached = opts.cache_prompt or opts.cache_ttl is not None
+        mark: dict[str, Any] = {"cache_point": cached, "cache_ttl": opts.cache_ttl if cached else None}
+        messages = [*history, Message(role="user", content=prompt, **mark)]
         request: dict[str, Any] = {"system": system, "stream": stream}
-        if opts.cache_prompt and system:  # marked too: the document a question follows is the prefix reread
-            messages.insert(0, Message(role="system", content=system, cache_point=True))
+        if cached and system:  # marked too: the document a question follows is the prefix reread
+            messages.insert(0, Message(role="system", content=system, **mark))
             request["system"] = None
         if opts.temperature is not None:
             request["temperature"] = opts.temperature
@@ -82,9 +84,8 @@ class GtlCell:
         if chat and final.tool_calls:
             print("not added to the conversation: its tool calls were not run")
         elif chat:  # the marks are this cell's: the next one marks its own newest turn
-            self.session.history.extend(
-                msgspec.structs.replace(message, cache_point=False) for message in [*added, final.message]
-            )
+            unmarked = {"cache_point": False, "cache_ttl": None}
+            self.session.history.extend(msgspec.structs.replace(m, **unmarked) for m in [*added, final.message])
         if opts.format == "code" and not final.tool_calls:
             self.shell.set_next_input(code_of(final.text), replace=False)
 

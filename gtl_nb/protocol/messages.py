@@ -115,7 +115,10 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     prompt cache (a long system prompt, a document, the conversation so far). Providers that cache
     only when asked (Anthropic, Bedrock's Converse) are asked to; those that cache by themselves
     (OpenAI, Gemini) need nothing. A cache write is billed above the input rate: mark a prefix
-    that later requests will repeat.
+    that later requests will repeat. ``cache_ttl`` (with ``cache_point`` only) says how long: ``"5m"``,
+    the providers' default, renewed by every hit; or ``"1h"`` for prefixes reread less often than
+    every five minutes (a notebook's pauses): Anthropic's one-hour cache, and Bedrock's for Claude 4.5
+    and later, whose writes cost twice the input rate instead of 1.25 times.
 
     ``tool_error``: on a ``tool`` message, the tool failed and ``content`` says how. Anthropic reads it
     as ``is_error``, Bedrock's Converse as ``status: "error"``, Gemini as the ``error`` key of the
@@ -133,12 +136,15 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     cache_point: bool = False
     parts: list[Part] = []
     tool_error: bool = False
+    cache_ttl: str | None = None
 
     def __post_init__(self) -> None:
         if self.parts:  # the parts decide: content and images follow them, for whoever reads those
             _settle_parts(self)
         if self.tool_error and self.role != "tool":
             raise ValueError(f"tool_error is a tool result's flag; this message's role is {self.role!r}")
+        if self.cache_ttl is not None:
+            _check_cache_ttl(self)
 
     @classmethod
     def from_pieces(cls, role: Role, pieces: Sequence[tuple[str, str]], **fields: Any) -> Message:
@@ -163,6 +169,17 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
         urls = iter(self.images)
         pieces = [(part.type, part.text if part.type == "text" else next(urls)) for part in self.parts]
         return [(kind, value) for kind, value in pieces if kind == "image" or value.strip()]
+
+
+CACHE_TTLS = ("5m", "1h")
+"""The prompt-cache lifetimes a ``cache_point`` may ask for (Anthropic's and Bedrock's)."""
+
+
+def _check_cache_ttl(message: Message) -> None:
+    if message.cache_ttl not in CACHE_TTLS:
+        raise ValueError(f"cache_ttl is 5m or 1h, not {message.cache_ttl!r}")
+    if not message.cache_point:
+        raise ValueError("cache_ttl says how long a cache_point is kept: give cache_point too")
 
 
 def _settle_parts(message: Message) -> None:
@@ -205,6 +222,7 @@ class ModelInfo(msgspec.Struct, frozen=True):
     cost_per_1k_output: float | None = None
     cost_per_1k_cached_input: float | None = None
     cost_per_1k_cache_write_input: float | None = None
+    cost_per_1k_cache_write_1h_input: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,7 +304,9 @@ class Usage(msgspec.Struct, frozen=True, tag="usage"):
 
     ``tokens_in`` counts every input token; ``cached_tokens_in`` is the part of it read from the
     provider's prompt cache, ``cache_write_tokens_in`` the part written to it (billed above the input
-    rate by the providers that cache on request). ``tokens_out`` includes ``reasoning_tokens_out``."""
+    rate by the providers that cache on request), ``cache_write_1h_tokens_in`` the part of those
+    written to the one-hour cache (``cache_ttl``, billed higher still). ``tokens_out`` includes
+    ``reasoning_tokens_out``."""
 
     type: ClassVar[Literal["usage"]] = "usage"
 
@@ -298,6 +318,7 @@ class Usage(msgspec.Struct, frozen=True, tag="usage"):
     cost: float | None = None
     cache_hit: bool = False
     cache_write_tokens_in: int | None = None
+    cache_write_1h_tokens_in: int | None = None
 
 
 class Done(msgspec.Struct, frozen=True, tag="done", omit_defaults=True):

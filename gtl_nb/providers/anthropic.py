@@ -14,12 +14,14 @@ Request mapping (``build_request``):
   same role are merged into one (role ``tool`` results join the user turn, ``tool_result`` blocks
   first as Anthropic requires; a failed tool's, ``tool_error``, with ``is_error: true``). Empty
   turns are dropped.
-* A message's ``cache_point`` → ``cache_control: {"type": "ephemeral"}`` (the five-minute cache) on
-  its last block that may carry one (never a replayed thinking block); a marked system message makes
-  the system prompt a list of text blocks, one a system message, the marked ones carrying it; at most
-  ``MAX_CACHE_POINTS`` (4, the API's limit): the last marks are kept. Usage's
-  ``cache_creation_input_tokens`` → ``cache_write_tokens_in``, ``cache_read_input_tokens`` →
-  ``cached_tokens_in``; ``tokens_in`` is their sum with ``input_tokens``.
+* A message's ``cache_point`` → ``cache_control: {"type": "ephemeral"}`` (the five-minute cache; with
+  its ``cache_ttl`` as ``ttl``, ``"1h"`` for the one-hour cache, a one-hour mark never after a
+  five-minute one) on its last block that may carry one (never a replayed thinking block); a marked
+  system message makes the system prompt a list of text blocks, one a system message, the marked
+  ones carrying it; at most ``MAX_CACHE_POINTS`` (4, the API's limit): the last marks are kept.
+  Usage's ``cache_creation_input_tokens`` → ``cache_write_tokens_in`` (its
+  ``cache_creation.ephemeral_1h_input_tokens`` → ``cache_write_1h_tokens_in``),
+  ``cache_read_input_tokens`` → ``cached_tokens_in``; ``tokens_in`` is their sum with ``input_tokens``.
 * ``temperature`` is passed through unchanged although Anthropic's range is 0–1, not 0–2: the API
   validates it and answers with a clear 400, where silent clamping would hide a caller mistake.
 * ``request.reasoning`` → ``thinking: {"type": "enabled", "budget_tokens": N}`` with N from
@@ -93,6 +95,7 @@ from gtl_nb.providers.base import (
     arguments_object,
     arguments_text,
     cache_points,
+    cache_ttls_in_order,
     code_for_status,
     encode_body,
     ends_response,
@@ -271,7 +274,7 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
     return images + ([{"type": "text", "text": message.content}] if message.content else [])
 
 
-_EPHEMERAL = {"type": "ephemeral"}  # the five-minute cache (the default; the one-hour one costs 2x to write)
+_EPHEMERAL = {"type": "ephemeral"}  # the five-minute cache unless a ttl says 1h (which costs 2x to write)
 _CACHE_TTLS = ("5m", "1h")
 
 
@@ -297,18 +300,19 @@ def convert_messages(
     messages whose indexes ``points`` holds (``base.cache_points``). The system prompt is one text,
     the system messages joined, unless one of them carries a breakpoint: then each is a text block,
     so a breakpoint falls between them where it was asked for."""
-    system: list[tuple[str, bool]] = []
+    cache_ttls_in_order(messages, points)
+    system: list[tuple[str, dict[str, str] | None]] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         if message.role == "system":
             if message.content:
-                system.append((message.content, index in points))
+                system.append((message.content, _cache_control(message) if index in points else None))
             continue
         blocks = _blocks(message)
         if not blocks:
             continue
         if index in points:
-            _mark_for_cache(blocks)
+            _mark_for_cache(blocks, _cache_control(message))
         role = "assistant" if message.role == "assistant" else "user"
         if turns and turns[-1]["role"] == role:
             turns[-1]["content"].extend(blocks)
@@ -317,20 +321,25 @@ def convert_messages(
     for turn in turns:
         if turn["role"] == "user":  # tool results must open their user message (stable sort)
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
-    if any(marked for _, marked in system):
+    if any(marker for _, marker in system):
         blocks = [{"type": "text", "text": text} for text, _ in system]
-        for block, (_, marked) in zip(blocks, system, strict=True):
-            if marked:
-                block["cache_control"] = dict(_EPHEMERAL)
+        for block, (_, marker) in zip(blocks, system, strict=True):
+            if marker:
+                block["cache_control"] = marker
         return blocks, turns
     return ("\n\n".join(text for text, _ in system) or None), turns
 
 
-def _mark_for_cache(blocks: list[dict[str, Any]]) -> None:
+def _cache_control(message: Message) -> dict[str, str]:
+    """The ``cache_control`` of a marked message: ephemeral, with its ``cache_ttl`` when it gives one."""
+    return {**_EPHEMERAL, "ttl": message.cache_ttl} if message.cache_ttl else dict(_EPHEMERAL)
+
+
+def _mark_for_cache(blocks: list[dict[str, Any]], marker: dict[str, str]) -> None:
     """A breakpoint on the last of ``blocks`` that may carry one (a replayed thinking block may not)."""
     for block in reversed(blocks):
         if block.get("type") in _CACHEABLE_BLOCKS:
-            block["cache_control"] = dict(_EPHEMERAL)
+            block["cache_control"] = marker
             return
 
 
@@ -386,6 +395,7 @@ class AnthropicDecoder(GuardedDecoder):
         self._blocks: dict[int, dict[str, Any]] = {}
         self._thinking: dict[int, dict[str, Any]] = {}
         self._usage: dict[str, int] = {}
+        self._written_1h: int | None = None  # the part of cache_creation_input_tokens kept for an hour
         self._stop_reason: str | None = None
         self._stop_sequence: str | None = None
         self._model: str | None = None
@@ -516,6 +526,9 @@ class AnthropicDecoder(GuardedDecoder):
     def _take_usage(self, usage: Any) -> None:
         if isinstance(usage, dict):  # cumulative values: replace, never add
             self._usage.update({k: usage[k] for k in _USAGE_KEYS if _is_count(usage.get(k))})
+            hour = _object(usage.get("cache_creation")).get("ephemeral_1h_input_tokens")
+            if _is_count(hour):
+                self._written_1h = hour
 
     def _stream_error(self, error: Any) -> Error:
         error = error if isinstance(error, dict) else {}
@@ -534,6 +547,7 @@ class AnthropicDecoder(GuardedDecoder):
             tokens_out=self._usage.get("output_tokens"),
             cached_tokens_in=self._usage.get("cache_read_input_tokens"),
             cache_write_tokens_in=self._usage.get("cache_creation_input_tokens"),
+            cache_write_1h_tokens_in=self._written_1h or None,  # (0: nothing kept for an hour, as absent)
             reasoning_tokens_out=None,  # Anthropic counts thinking inside output_tokens only
         )
         done = Done(

@@ -104,6 +104,19 @@ def cache_points(messages: Sequence[Message], limit: int = MAX_CACHE_POINTS) -> 
     return frozenset(marked[-limit:] if limit > 0 else ())
 
 
+def cache_ttls_in_order(messages: Sequence[Message], points: frozenset[int]) -> None:
+    """``InvalidRequestError`` when a one-hour ``cache_point`` (``cache_ttl="1h"``) follows a
+    five-minute one where the provider reads them — the system prompt's first, then the turns' —
+    which Anthropic's API and Bedrock's refuse: a longer-lived prefix must come first."""
+    read_order = sorted(points, key=lambda i: (messages[i].role != "system", i))
+    hour = [messages[i].cache_ttl == "1h" for i in read_order]
+    if False in hour and True in hour[hour.index(False) :]:
+        raise InvalidRequestError(
+            'a cache_point with cache_ttl "1h" follows a five-minute one: the provider keeps the longer-lived '
+            'prefix first; mark the earlier points "1h" too, or this one "5m"'
+        )
+
+
 def _carries(message: Message) -> bool:
     """Whether ``message`` becomes a block a breakpoint may follow (never a reasoning block alone)."""
     if message.role == "tool":

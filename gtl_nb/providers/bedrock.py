@@ -15,8 +15,10 @@ Body mapping:
 * A message's ``cache_point`` → a ``cachePoint`` block after its content (after its own system block
   for a system message), at most four (the last marks kept), for the models Converse caches only
   (``caches_on_request``: Claude from 3.5 Haiku and 3.7 Sonnet on, Nova's text models), since it
-  refuses the block for another. ``cacheWriteInputTokens`` →
-  ``cache_write_tokens_in``, ``cacheReadInputTokens`` → ``cached_tokens_in``.
+  refuses the block for another. Its ``cache_ttl`` → the block's ``ttl`` for Claude 4.5 and later
+  (``keeps_an_hour``; the others keep five minutes, and are asked for that). ``cacheWriteInputTokens``
+  → ``cache_write_tokens_in``, the ``1h`` entries of ``cacheDetails`` → ``cache_write_1h_tokens_in``,
+  ``cacheReadInputTokens`` → ``cached_tokens_in``.
 * ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences``.
 * ``response_format`` ``json_schema`` → ``outputConfig.textFormat`` (``{"type": "json_schema",
   "structure": {"jsonSchema": {"schema": <the schema as JSON text>, "name"}}}``, Converse's structured
@@ -65,6 +67,7 @@ bodies are read from a bounded prefix.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -92,6 +95,7 @@ from gtl_nb.providers.base import (
     ToolCallAssembler,
     arguments_object,
     cache_points,
+    cache_ttls_in_order,
     code_for_status,
     ends_response,
     error_boundary,
@@ -278,6 +282,9 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
     ``cachePoint`` block after each message ``cache_points`` keeps, for a model Converse caches
     (``caches_on_request``)."""
     points = cache_points(messages) if caches_on_request(model) else frozenset()
+    hour = keeps_an_hour(model)
+    if hour:
+        cache_ttls_in_order(messages, points)
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
@@ -285,14 +292,14 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
             if message.content:
                 system.append({"text": message.content})
                 if index in points:
-                    system.append(_cache_point())
+                    system.append(_cache_point(message, hour))
             continue
         role = "assistant" if message.role == "assistant" else "user"
         blocks = _content_blocks(message, model)
         if not blocks:
             continue
         if index in points:  # (cache_points keeps no message of reasoning blocks alone)
-            blocks.append(_cache_point())
+            blocks.append(_cache_point(message, hour))
         if out and out[-1]["role"] == role:
             out[-1]["content"].extend(blocks)
         else:
@@ -300,8 +307,23 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
     return system, out
 
 
-def _cache_point() -> dict[str, Any]:
-    return {"cachePoint": {"type": "default"}}  # the five-minute cache (Converse's default)
+def _cache_point(message: Message, hour: bool) -> dict[str, Any]:
+    """A ``cachePoint`` block: the five-minute cache (Converse's default), or the message's
+    ``cache_ttl`` on a model that keeps a cache for an hour (another has the five-minute one only)."""
+    if hour and message.cache_ttl:
+        return {"cachePoint": {"type": "default", "ttl": message.cache_ttl}}
+    return {"cachePoint": {"type": "default"}}
+
+
+# a Claude generation in a model id: "claude-sonnet-4-5-20250929" → 4, 5 (a date is no minor version)
+_CLAUDE_VERSION = re.compile(r"claude-(?:sonnet|haiku|opus)-(\d{1,2})-(\d{1,2})(?!\d)")
+
+
+def keeps_an_hour(model: str) -> bool:
+    """Whether Converse takes a ``cachePoint`` ``ttl`` of one hour for ``model``: Claude 4.5 and later
+    (API reference, CachePointBlock); the others cache for five minutes only."""
+    found = _CLAUDE_VERSION.search(model) if _is_anthropic(model) else None
+    return found is not None and (int(found.group(1)), int(found.group(2))) >= (4, 5)
 
 
 _UNCACHED_CLAUDE = (
@@ -429,13 +451,24 @@ def _usage(sid: str, usage: Any) -> Usage:
     cache_read, cache_write = count("cacheReadInputTokens"), count("cacheWriteInputTokens")
     if tokens_in is not None:
         tokens_in += (cache_read or 0) + (cache_write or 0)
+    details = usage.get("cacheDetails")  # the writes by ttl: [{"ttl": "1h", "inputTokens": n}, ...]
+    hour = sum(
+        detail["inputTokens"]
+        for detail in (details if isinstance(details, list) else ())
+        if isinstance(detail, dict) and detail.get("ttl") == "1h" and _is_count(detail.get("inputTokens"))
+    )
     return Usage(
         session_id=sid,
         tokens_in=tokens_in,
         tokens_out=count("outputTokens"),
         cached_tokens_in=cache_read,
         cache_write_tokens_in=cache_write,
+        cache_write_1h_tokens_in=hour or None,
     )
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _error_text(payload: bytes) -> str:

@@ -18,7 +18,8 @@ include the name, in ``PROVIDER_PREFERENCE`` order (plugin types last, alphabeti
 **Cost** (``Catalog.cost``), in USD, rates per 1,000 tokens::
 
     cost = ((tokens_in - cached - written) * input + cached * cached_input
-            + written * cache_write_input + tokens_out * output) / 1000
+            + (written - written_1h) * cache_write_input + written_1h * cache_write_1h_input
+            + tokens_out * output) / 1000
 
 ``tokens_in`` counts *all* input tokens, the cached ones included (``cached_tokens_in`` is the part
 of ``tokens_in`` served from the provider's prompt cache, ``cache_write_tokens_in`` the part written
@@ -30,6 +31,9 @@ unknown (a cached rate marked ``"unknown"`` only matters when cached tokens were
 *writes* are priced at ``cache_write_input`` (Anthropic's: 1.25 times the input rate, for its
 five-minute cache), the input rate where the catalog gives none (the provider charges nothing more
 for them); an ``"unknown"`` write rate, like a cached one, only matters when writes were reported.
+``cache_write_1h_tokens_in`` (``written_1h``) is the part of the writes made to the one-hour cache,
+priced at ``cache_write_1h_input`` (Anthropic's: twice the input rate); a model without that rate has
+no one-hour cache, and one-hour writes reported for it make the cost unknown.
 """
 
 from __future__ import annotations
@@ -70,8 +74,14 @@ UNKNOWN = "unknown"  # a cache rate the provider sets apart but that could not b
 
 _INT_KEYS = ("context_window", "max_tokens")
 _BOOL_KEYS = ("supports_streaming", "supports_functions", "supports_vision", "supports_reasoning", "local")
-_PRICE_KEYS = ("cost_per_1k_input", "cost_per_1k_output", "cost_per_1k_cached_input", "cost_per_1k_cache_write_input")
-_MAY_BE_UNKNOWN = ("cost_per_1k_cached_input", "cost_per_1k_cache_write_input")
+_PRICE_KEYS = (
+    "cost_per_1k_input",
+    "cost_per_1k_output",
+    "cost_per_1k_cached_input",
+    "cost_per_1k_cache_write_input",
+    "cost_per_1k_cache_write_1h_input",
+)
+_MAY_BE_UNKNOWN = ("cost_per_1k_cached_input", "cost_per_1k_cache_write_input", "cost_per_1k_cache_write_1h_input")
 _TEXT_KEYS = ("source", "source_date", "status", "note", "capabilities_from")
 # Fields `capabilities_from` copies: what a model can do, never what it costs.
 _CAPABILITY_KEYS = (
@@ -99,12 +109,15 @@ _DATED_SUFFIXES = (
 class Rates:
     """USD per 1,000 tokens; ``None`` is unknown. ``cached_input`` is the effective rate of cached
     input (equal to ``input`` when the provider does not discount it), ``cache_write_input`` that of
-    input written to the prompt cache (equal to ``input`` when writes cost nothing more)."""
+    input written to the prompt cache (equal to ``input`` when writes cost nothing more),
+    ``cache_write_1h_input`` that of input written to the one-hour cache (unknown unless given: only
+    the providers that have one price it)."""
 
     input: float | None = None
     output: float | None = None
     cached_input: float | None = None
     cache_write_input: float | None = None
+    cache_write_1h_input: float | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +153,11 @@ class CatalogEntry:
     def priced(self) -> bool:
         """True when any rate is known."""
         rates = [self.rates, *([self.long_context.rates] if self.long_context else [])]
-        return any(v is not None for r in rates for v in (r.input, r.output, r.cached_input, r.cache_write_input))
+        return any(
+            v is not None
+            for r in rates
+            for v in (r.input, r.output, r.cached_input, r.cache_write_input, r.cache_write_1h_input)
+        )
 
     def rates_for(self, tokens_in: int) -> Rates:
         """The rates that apply to a request with ``tokens_in`` input tokens."""
@@ -161,6 +178,7 @@ class CatalogEntry:
             cost_per_1k_output=self.rates.output,
             cost_per_1k_cached_input=self.rates.cached_input,
             cost_per_1k_cache_write_input=self.rates.cache_write_input,
+            cost_per_1k_cache_write_1h_input=self.rates.cache_write_1h_input,
         )
 
 
@@ -294,6 +312,7 @@ class Catalog:
         tokens_out: int | None,
         cached_tokens_in: int | None = None,
         cache_write_tokens_in: int | None = None,
+        cache_write_1h_tokens_in: int | None = None,
     ) -> float | None:
         """The USD cost of one response, or ``None`` when it cannot be known (see the module docstring)."""
         found = self.entry(provider_type, model)
@@ -301,7 +320,8 @@ class Catalog:
             return None
         cached = cached_tokens_in or 0
         written = cache_write_tokens_in or 0
-        if tokens_in < 0 or tokens_out < 0 or cached < 0 or written < 0 or cached + written > tokens_in:
+        hour = cache_write_1h_tokens_in or 0
+        if min(tokens_in, tokens_out, cached, written, hour) < 0 or cached + written > tokens_in or hour > written:
             return None
         rates = found.rates_for(tokens_in)
         if rates.input is None or rates.output is None:
@@ -311,10 +331,14 @@ class Catalog:
             if rates.cached_input is None:
                 return None
             total += cached * rates.cached_input
-        if written:
+        if written > hour:
             if rates.cache_write_input is None:
                 return None
-            total += written * rates.cache_write_input
+            total += (written - hour) * rates.cache_write_input
+        if hour:
+            if rates.cache_write_1h_input is None:
+                return None
+            total += hour * rates.cache_write_1h_input
         return total / 1000.0
 
     # -- protocol ------------------------------------------------------------------------------
@@ -517,6 +541,7 @@ def _rates(spec: Mapping[str, Any]) -> Rates:
         output=_number(spec.get("cost_per_1k_output")),
         cached_input=_cache_rate(spec.get("cost_per_1k_cached_input"), input_rate),
         cache_write_input=_cache_rate(spec.get("cost_per_1k_cache_write_input"), input_rate),
+        cache_write_1h_input=_cache_rate(spec.get("cost_per_1k_cache_write_1h_input", UNKNOWN), input_rate),
     )
 
 

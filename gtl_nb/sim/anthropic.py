@@ -20,7 +20,7 @@ from typing import Any
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
-from gtl_nb.sim.prompt_cache import CacheUse, PromptCache, claude_minimum, prefix_key
+from gtl_nb.sim.prompt_cache import TTL_SECONDS, TTLS, CacheUse, PromptCache, claude_minimum, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
 __all__ = ["ANTHROPIC_MODELS", "AnthropicSim"]
@@ -166,6 +166,37 @@ def _marked(block: dict[str, Any]) -> bool:
     return block.get("cache_control") is not None
 
 
+def _lifetime(block: dict[str, Any]) -> float:
+    """Seconds a marked block's prefix is kept: its ``ttl`` (``"5m"`` when it gives none)."""
+    marker = block.get("cache_control")
+    return TTLS.get(marker.get("ttl", "5m"), TTL_SECONDS) if isinstance(marker, dict) else TTL_SECONDS
+
+
+def _ttl_problem(body: dict[str, Any]) -> str | None:
+    """The API's 400 for the markers' lifetimes: a ``ttl`` other than 5m or 1h, or a one-hour marker
+    after a five-minute one (in prompt order: tools, system, messages)."""
+    hours: list[bool] = []
+    for _, block in _marker_blocks(body):
+        ttl = block["cache_control"].get("ttl", "5m") if isinstance(block["cache_control"], dict) else "5m"
+        if ttl not in TTLS:
+            return "cache_control.ttl: Input should be '5m' or '1h'"
+        hours.append(ttl == "1h")
+    if False in hours and True in hours[hours.index(False) :]:
+        return "A 'ttl'='1h' cache_control block must not come after a 'ttl'='5m' cache_control block."
+    return None
+
+
+def _marker_blocks(body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    """The marked blocks of ``_boundaries``, with their boundary's index."""
+    blocks = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    system = body.get("system")
+    blocks += [b for b in system if isinstance(b, dict)] if isinstance(system, list) else []
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        blocks += [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+    return [(index, block) for index, block in enumerate(blocks) if _marked(block)]
+
+
 class AnthropicSim:
     """``api.anthropic.com``: messages (streamed or not), model listing, token counting; a prompt cache
     (``sim.prompt_cache``) for the ``cache_control`` markers a request carries."""
@@ -308,7 +339,10 @@ class AnthropicSim:
             "input_tokens": max(0, answer.tokens_in - cache.read - cache.written),
             "cache_creation_input_tokens": cache.written,
             "cache_read_input_tokens": cache.read,
-            "cache_creation": {"ephemeral_5m_input_tokens": cache.written, "ephemeral_1h_input_tokens": 0},
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": cache.written - cache.written_1h,
+                "ephemeral_1h_input_tokens": cache.written_1h,
+            },
             "output_tokens": output_tokens,
             "service_tier": "standard",
         }
@@ -327,8 +361,9 @@ class AnthropicSim:
 
         marks = [index for index, (_, marked) in enumerate(boundaries) if marked]
         before = {i for mark in marks for i in range(max(0, mark - LOOKBACK_BLOCKS), mark)} - set(marks)
+        lifetimes = [_lifetime(block) for _, block in _marker_blocks(body)]
         return self.prompt_cache.use(
-            [sized(boundaries[i][0]) for i in marks],
+            [(*sized(boundaries[i][0]), lifetime) for i, lifetime in zip(marks, lifetimes, strict=True)],
             [sized(boundaries[i][0]) for i in sorted(before)],
             minimum_tokens=claude_minimum(model),
         )
@@ -353,6 +388,9 @@ class AnthropicSim:
         flagged = _bad_error_flag(body)
         if flagged is not None:
             return self._error(400, "invalid_request_error", f"{flagged}.is_error: Input should be a valid boolean")
+        lifetimes = _ttl_problem(body)
+        if lifetimes is not None:
+            return self._error(400, "invalid_request_error", lifetimes)
         markers = sum(marked for _, marked in _boundaries(body))
         if markers > MAX_CACHE_BREAKPOINTS:
             return self._error(

@@ -69,7 +69,7 @@ from urllib.parse import quote, unquote
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
-from gtl_nb.sim.prompt_cache import MINIMUM_TOKENS, CacheUse, PromptCache, claude_minimum, prefix_key
+from gtl_nb.sim.prompt_cache import MINIMUM_TOKENS, TTLS, CacheUse, PromptCache, claude_minimum, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
 __all__ = ["BEDROCK_MODELS", "BedrockSim", "encode_frame"]
@@ -519,6 +519,40 @@ def _tally_block(tally: Tally, block: dict[str, Any]) -> None:
 # The simulator
 
 
+def _cache_lifetimes(body: dict[str, Any]) -> list[str]:
+    """Each ``cachePoint`` block's ``ttl`` (``"5m"`` when it gives none), in ``_cache_prefixes``' order."""
+    config = body.get("toolConfig") if isinstance(body.get("toolConfig"), dict) else {}
+    blocks = [t for t in config.get("tools") or [] if isinstance(t, dict)]
+    blocks += [b for b in body.get("system") or [] if isinstance(b, dict)]
+    for message in body.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        blocks += [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
+    points = [block["cachePoint"] for block in blocks if "cachePoint" in block]
+    return [point.get("ttl", "5m") if isinstance(point, dict) else "5m" for point in points]
+
+
+def _keeps_an_hour(model: str) -> bool:
+    """Whether the service takes a one-hour ``cachePoint`` ``ttl`` for ``model``: Claude 4.5 and later."""
+    found = re.search(r"claude-(?:sonnet|haiku|opus)-(\d{1,2})-(\d{1,2})(?!\d)", model)
+    return "anthropic." in model and found is not None and (int(found.group(1)), int(found.group(2))) >= (4, 5)
+
+
+def _ttl_problem(lifetimes: list[str], model: str) -> str | None:
+    """The service's ValidationException for the cache points' ``ttl`` values, or ``None``."""
+    for ttl in lifetimes:
+        if ttl not in TTLS:
+            return (
+                f"1 validation error detected: Value '{ttl}' at 'cachePoint.ttl' failed to satisfy constraint: "
+                "Member must satisfy enum value set: [5m, 1h]"
+            )
+    if "1h" in lifetimes and not _keeps_an_hour(model):
+        return "Extended cache TTL is not supported for this model. Remove the ttl field from cachePoint and try again."
+    hours = [ttl == "1h" for ttl in lifetimes]
+    if False in hours and True in hours[hours.index(False) :]:
+        return "A cachePoint with a 1h TTL must not come after a cachePoint with a 5m TTL."
+    return None
+
+
 def _cache_prefixes(body: dict[str, Any]) -> list[dict[str, Any]]:
     """The prompt before each ``cachePoint`` block, in prompt order (tools, system, messages), as a
     body of its own."""
@@ -641,14 +675,19 @@ class BedrockSim:
         if len(prefixes) > MAX_CACHE_POINTS:
             message = f"The number of cachePoint blocks ({len(prefixes)}) exceeds the maximum of {MAX_CACHE_POINTS}."
             return self._error(400, "ValidationException", message, req, ctx)
+        lifetimes = _cache_lifetimes(body)
+        problem = _ttl_problem(lifetimes, model)
+        if problem is not None:
+            return self._error(400, "ValidationException", problem, req, ctx)
         answer = _answer(body, ctx)
         cache = self.prompt_cache.use(
             [
                 (
                     prefix_key(model, ctx.aws_access_key_id, prefix, marker="cachePoint"),
                     min(answer.tokens_in, _input_tokens(prefix)),
+                    TTLS[ttl],
                 )
-                for prefix in prefixes
+                for prefix, ttl in zip(prefixes, lifetimes, strict=True)
             ],
             minimum_tokens=claude_minimum(model) if "anthropic." in model else MINIMUM_TOKENS,
         )
@@ -683,19 +722,23 @@ class BedrockSim:
             return "max_tokens"
         return "stop_sequence" if answer.stop_sequence is not None else "end_turn"
 
-    def _usage(self, answer: Answer, cache: CacheUse | None) -> dict[str, int]:
+    def _usage(self, answer: Answer, cache: CacheUse | None) -> dict[str, Any]:
         """The usage object; with ``cache`` (the request had cache points) its two counts, which
         ``inputTokens`` then excludes (``totalTokens`` counts them)."""
         output = answer.tokens_out + answer.tokens_thinking
         if cache is None:
             return {"inputTokens": answer.tokens_in, "outputTokens": output, "totalTokens": answer.tokens_in + output}
-        return {
+        usage: dict[str, Any] = {
             "inputTokens": max(0, answer.tokens_in - cache.read - cache.written),
             "outputTokens": output,
             "totalTokens": answer.tokens_in + output,
             "cacheReadInputTokens": cache.read,
             "cacheWriteInputTokens": cache.written,
         }
+        if cache.written:  # the writes by ttl, the hour's first (the API reference's order)
+            details = [("1h", cache.written_1h), ("5m", cache.written - cache.written_1h)]
+            usage["cacheDetails"] = [{"ttl": ttl, "inputTokens": tokens} for ttl, tokens in details if tokens]
+        return usage
 
     def _latency(self, req: SimRequest, ctx: SimContext) -> int:
         return ctx.rng("latency", req.body).randint(150, 600)

@@ -10,6 +10,7 @@ import uuid
 from typing import Any
 
 import anthropic
+import msgspec
 import openai
 import pytest
 
@@ -204,8 +205,11 @@ def test_anthropic_usage_counts_cache_reads_and_writes_apart():
         "input_tokens": 12,
         "output_tokens": 3,
         "cache_creation_input_tokens": 2048,
+        "cache_creation": {"ephemeral_5m_input_tokens": 2048, "ephemeral_1h_input_tokens": 0},
         "cache_read_input_tokens": 4096,
     }
+    hour = msgspec.structs.replace(usage, cache_write_1h_tokens_in=1536)
+    assert usage_object(hour)["cache_creation"] == {"ephemeral_5m_input_tokens": 512, "ephemeral_1h_input_tokens": 1536}
 
 
 # -- end to end, with the SDKs ----------------------------------------------------------------------------
@@ -213,6 +217,37 @@ def test_anthropic_usage_counts_cache_reads_and_writes_apart():
 
 def anthropic_body(backends: dict[str, Any], provider: str) -> dict[str, Any]:
     return json.loads(backends[provider].requests[-1].body)
+
+
+def test_anthropic_sdks_one_hour_marker_reaches_the_provider_and_its_writes_come_back_apart(
+    claude, oai, backends, ledger_path
+):
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    system = [{"type": "text", "text": document(), "cache_control": hour}]
+    messages = [{"role": "user", "content": [{"type": "text", "text": QUESTION, "cache_control": EPHEMERAL}]}]
+    answer = claude.messages.create(model=target("anthropic"), max_tokens=50, system=system, messages=messages)
+    sent = anthropic_body(backends, "anthropic")
+    assert sent["system"][0]["cache_control"] == hour  # carried, no longer dropped to five minutes
+    assert sent["messages"][0]["content"][-1]["cache_control"] == EPHEMERAL
+    usage = answer.usage
+    assert usage.cache_creation is not None
+    assert usage.cache_creation.ephemeral_1h_input_tokens > 1024  # the system prompt: an hour
+    total = usage.cache_creation.ephemeral_1h_input_tokens + usage.cache_creation.ephemeral_5m_input_tokens
+    assert total == usage.cache_creation_input_tokens
+    (row,) = rows_of(ledger_path, answer.id)
+    assert row["cache_write_tokens_in"] == usage.cache_creation_input_tokens and row["cost"] > 0
+    # the reverse order is the provider's 400, said by the gateway before any call
+    late = [{"type": "text", "text": "rules", "cache_control": EPHEMERAL}]
+    asked = [{"role": "user", "content": [{"type": "text", "text": "q", "cache_control": hour}]}]
+    calls = len(backends["anthropic"].requests)
+    with pytest.raises(anthropic.BadRequestError, match="longer-lived"):
+        claude.messages.create(model=target("anthropic"), max_tokens=50, system=late, messages=asked)
+    assert len(backends["anthropic"].requests) == calls
+    # the OpenAI form other proxies take carries the ttl too
+    parts = [{"type": "text", "text": document(), "cache_control": hour}]
+    oai.chat.completions.create(model=target("anthropic"), messages=[{"role": "system", "content": parts},
+                                {"role": "user", "content": QUESTION}])  # fmt: skip
+    assert anthropic_body(backends, "anthropic")["system"][0]["cache_control"] == hour
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -50,7 +50,7 @@ def test_help_lists_subcommands_and_options(ip):
     _, text = run(ip, "%%gtl --help\nignored")
     options = (
         "--system --temperature --max-tokens --no-stream --format --out --no-cache --endpoint --providers "
-        "--chat --tools --max-steps --tools-dry-run --compare --context --cache-prompt"
+        "--chat --tools --max-steps --tools-dry-run --compare --context --cache-prompt --cache-ttl"
     )
     for option in options.split():
         assert option in text
@@ -323,6 +323,26 @@ def test_cache_prompt_against_anthropic_reads_the_document_the_second_time(ip, m
         )
         _, second = run(ip, "%%gtl claude:claude-sonnet-4-5 --cache-prompt --system {charter}\nAnd of midnight?")
     assert "to prompt cache" in first and "from prompt cache" in second
+
+
+def test_cache_ttl_keeps_the_document_an_hour_and_prices_its_write_so(ip, monkeypatch):
+    from gtl_nb import sim
+
+    with sim.running("anthropic") as url:
+        monkeypatch.setenv("SIM_ANTHROPIC_KEY", "sim-key")
+        run(ip, f"%gtl providers claude type=anthropic base_url={url} api_key_env=SIM_ANTHROPIC_KEY")
+        ip.user_ns["charter"] = " ".join(f"Clause {i}: the bells ring at {i % 24} o'clock." for i in range(200))
+        _, first = run(ip, "%%gtl claude:claude-sonnet-4-5 --cache-ttl 1h --system {charter}\nWhich clause is noon?")
+        written = ip.user_ns["_gtl"]
+        _, second = run(ip, "%%gtl claude:claude-sonnet-4-5 --cache-ttl 1h --system {charter}\nAnd midnight?")
+    usage = written.usage
+    assert usage.cache_write_1h_tokens_in == usage.cache_write_tokens_in > 1024  # system prompt and turn: an hour
+    assert "to prompt cache for 1h" in first and "from prompt cache" in second
+    fresh = usage.tokens_in - usage.cache_write_tokens_in
+    # Sonnet 4.5: $3 per million fresh, $6 per million written for an hour, $15 per million out
+    expected = (fresh * 0.003 + usage.cache_write_tokens_in * 0.006 + usage.tokens_out * 0.015) / 1000
+    assert written.cost == pytest.approx(expected)
+    assert "--cache-ttl" in mistake(ip, "%%gtl --cache-ttl 2h\nhi")
 
 
 # -- subcommands ----------------------------------------------------------------------------------

@@ -68,6 +68,7 @@ def test_wire_names_are_the_specs():
         "cost": 0.001,
         "cache_hit": False,
         "cache_write_tokens_in": None,
+        "cache_write_1h_tokens_in": None,
     }
     assert set(MESSAGE_TYPES) == {
         "completion_request",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -238,3 +239,64 @@ def test_bedrock_sim_refuses_a_fifth_cache_point(serve_sim: Any) -> None:
     messages.append({"role": "user", "content": [{"text": "?"}]})
     with pytest.raises(ClientError, match="maximum of 4"):
         converse_client(s.base_url).converse(modelId="us.amazon.nova-micro-v1:0", messages=messages)
+
+
+# -- the one-hour cache -----------------------------------------------------------------------------------
+
+
+def test_an_hours_entry_outlives_five_minutes_and_its_writes_are_told_apart():
+    clock = Clock()
+    cache = PromptCache(clock=clock)
+    # a system prompt kept an hour, then a turn kept five minutes: each stretch has its breakpoint's life
+    assert cache.use([("system", 1500, 3600.0), ("turn", 2600, 300.0)]) == CacheUse(
+        read=0, written=2600, written_1h=1500
+    )
+    clock.now += 600.0  # the turn is gone, the system prompt is not
+    assert cache.use([("system", 1500, 3600.0), ("turn", 2600, 300.0)]) == CacheUse(
+        read=1500, written=1100, written_1h=0
+    )
+    clock.now += 3599.0  # renewed by that hit for another hour
+    assert cache.use([("system", 1500, 3600.0)]).read == 1500
+    clock.now += 3601.0
+    assert cache.use([("system", 1500, 3600.0)]) == CacheUse(read=0, written=1500, written_1h=1500)
+
+
+def test_anthropic_sim_keeps_a_one_hour_prefix_and_says_so(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    system = [{"type": "text", "text": document(), "cache_control": hour}]
+    ask = {"role": "user", "content": "Which clause speaks of noon?"}
+    first = claude(s.base_url).messages.create(model=SONNET, max_tokens=50, system=system, messages=[ask])
+    assert first.usage.cache_creation.ephemeral_1h_input_tokens == first.usage.cache_creation_input_tokens > 1024
+    assert first.usage.cache_creation.ephemeral_5m_input_tokens == 0
+    s.provider.prompt_cache.clock = lambda: time.monotonic() + 1800  # half an hour later: still there
+    second = claude(s.base_url).messages.create(model=SONNET, max_tokens=50, system=system, messages=[ask])
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+
+
+@pytest.mark.parametrize(
+    ("system_ttl", "turn_ttl", "complaint"),
+    [("5m", "1h", "must not come after"), ("2h", None, "'5m' or '1h'")],
+)
+def test_anthropic_sim_refuses_lifetimes_the_api_refuses(serve_sim: Any, system_ttl, turn_ttl, complaint) -> None:
+    s = serve_sim("anthropic")
+    system = [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral", "ttl": system_ttl}}]
+    turn: dict[str, Any] = {"type": "text", "text": "q"}
+    if turn_ttl:
+        turn["cache_control"] = {"type": "ephemeral", "ttl": turn_ttl}
+    with pytest.raises(anthropic.BadRequestError, match=complaint):
+        claude(s.base_url).messages.create(
+            model=SONNET, max_tokens=50, system=system, messages=[{"role": "user", "content": [turn]}]
+        )
+
+
+def test_bedrock_sim_keeps_an_hour_for_claude_4_5_and_reports_cache_details(serve_sim: Any) -> None:
+    s = serve_sim("bedrock", aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET)
+    system = [{"text": document()}, {"cachePoint": {"type": "default", "ttl": "1h"}}]
+    messages = [{"role": "user", "content": [{"text": "Which clause speaks of noon?"}]}]
+    usage = converse_client(s.base_url).converse(
+        modelId="anthropic.claude-sonnet-4-5-20250929-v1:0", system=system, messages=messages
+    )["usage"]
+    assert usage["cacheDetails"] == [{"ttl": "1h", "inputTokens": usage["cacheWriteInputTokens"]}]
+    with pytest.raises(ClientError, match="Extended cache TTL is not supported"):
+        converse_client(s.base_url).converse(modelId="us.amazon.nova-micro-v1:0", system=system, messages=messages)

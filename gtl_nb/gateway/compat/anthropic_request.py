@@ -26,8 +26,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   block, so the breakpoint stays where it was put; a tool result is a message of its own; an
   assistant turn is marked whole); the request's own top-level ``cache_control`` (Anthropic's
   automatic caching) → on the last message. A marker other than ``{"type": "ephemeral"}`` is refused
-  (400). The deployment that answers asks for its own five-minute cache (a ``ttl`` is not carried);
-  one on a tool definition is accepted and ignored.
+  (400). A marker's ``ttl`` (``"5m"`` or ``"1h"``) is GTL's ``cache_ttl``; a message several markers
+  fall on keeps the longest-lived. One on a tool definition is accepted and ignored.
 * ``top_k``, ``metadata``, ``thinking`` and ``service_tier`` are accepted and ignored.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 
 from gtl_nb.gateway.compat import fields
-from gtl_nb.gateway.compat.cache_marks import marked, split_at_marks
+from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall
 
@@ -60,8 +60,9 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
     messages = _system(body.get("system"))
     for index, raw in enumerate(raw_messages):
         messages.extend(_turn(raw, f"messages.{index}"))
-    if marked(body, "") and messages:  # automatic caching: the breakpoint goes on the last block
-        messages[-1] = msgspec.structs.replace(messages[-1], cache_point=True)
+    automatic = marked(body, "")
+    if automatic and messages:  # automatic caching: the breakpoint goes on the last block
+        messages[-1] = msgspec.structs.replace(messages[-1], **as_fields(longest([automatic, mark_of(messages[-1])])))
     stop = fields.items(body, "stop_sequences", "stop_sequences")
     if stop is not None and not all(isinstance(item, str) for item in stop):
         raise FieldError("stop_sequences", "expected an array of strings")
@@ -110,8 +111,8 @@ def _system(raw: Any) -> list[Message]:
         texts.append(_str(block, "text", f"system.{index}.text"))
     runs = split_at_marks(list(zip(texts, raw, strict=True)), lambda i, pair: marked(pair[1], f"system.{i}"))
     return [
-        Message(role="system", content="\n\n".join(text for text, _ in run), cache_point=is_marked)
-        for run, is_marked in runs
+        Message(role="system", content="\n\n".join(text for text, _ in run), **as_fields(mark))
+        for run, mark in runs
         if any(text for text, _ in run)
     ]
 
@@ -171,8 +172,8 @@ def _assistant(blocks: list[tuple[str, dict[str, Any], str]]) -> Message:
         elif kind not in ("thinking", "redacted_thinking"):
             raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported in an assistant turn")
     text = "".join(texts)
-    whole = any([marked(block, where) for _, block, where in blocks])  # (every marker checked)
-    return Message(role="assistant", content=text or (None if calls else ""), tool_calls=calls, cache_point=whole)
+    whole = longest([marked(block, where) for _, block, where in blocks])  # (every marker checked)
+    return Message(role="assistant", content=text or (None if calls else ""), tool_calls=calls, **as_fields(whole))
 
 
 def _user(blocks: list[tuple[str, dict[str, Any], str]]) -> list[Message]:
@@ -190,8 +191,9 @@ def _user(blocks: list[tuple[str, dict[str, Any], str]]) -> list[Message]:
             continue
         else:
             raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported; use text, image and tool_result")
-        if marked(block, where):
-            said.append(Message.from_pieces("user", pieces, cache_point=True))
+        mark = marked(block, where)
+        if mark is not None:
+            said.append(Message.from_pieces("user", pieces, **as_fields(mark)))
             pieces = []
     if pieces or not (results or said):
         said.append(Message.from_pieces("user", pieces))
@@ -224,7 +226,7 @@ def _tool_result(block: dict[str, Any], where: str) -> Message:
                 raise FieldError(f"{here}.type", f"a tool result holds text and image blocks, not {kind!r}")
     failed = bool(fields.boolean(block, "is_error", f"{where}.is_error"))
     message = Message.from_pieces(
-        "tool", pieces, tool_call_id=call_id, cache_point=marked(block, where), tool_error=failed
+        "tool", pieces, tool_call_id=call_id, tool_error=failed, **as_fields(marked(block, where))
     )
     return message if message.content is not None else msgspec.structs.replace(message, content="")
 

@@ -53,6 +53,11 @@ def usage_object(usage: Usage | None) -> dict[str, Any]:
     }
     if usage.cache_write_tokens_in is not None:
         result["cache_creation_input_tokens"] = usage.cache_write_tokens_in
+        hour = min(usage.cache_write_1h_tokens_in or 0, usage.cache_write_tokens_in)
+        result["cache_creation"] = {
+            "ephemeral_5m_input_tokens": usage.cache_write_tokens_in - hour,
+            "ephemeral_1h_input_tokens": hour,
+        }
     if usage.cached_tokens_in is not None:
         result["cache_read_input_tokens"] = usage.cached_tokens_in
     return result

@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from gtl_nb.gateway.compat import fields
-from gtl_nb.gateway.compat.cache_marks import marked, split_at_marks
+from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.protocol.messages import MAX_TEMPERATURE, CompletionRequest, Message, Tool, ToolCall
 
@@ -95,14 +95,16 @@ def _messages(raw: Any, where: str) -> list[Message]:
     whole = marked(raw, where)
     content = raw.get("content")
     if not isinstance(content, list):
-        return [msgspec.structs.replace(message, cache_point=True) if whole else message]
+        return [msgspec.structs.replace(message, **as_fields(whole)) if whole else message]
     runs = split_at_marks(content, lambda index, part: marked(part, f"{where}.content[{index}]"))
     if message.role in ("user", "system") and len(runs) > 1:
-        messages = [msgspec.structs.replace(_message({**raw, "content": run}, where), cache_point=m) for run, m in runs]
+        messages = [
+            msgspec.structs.replace(_message({**raw, "content": run}, where), **as_fields(mark)) for run, mark in runs
+        ]
     else:  # an assistant or tool message is marked whole
-        messages = [msgspec.structs.replace(message, cache_point=any(m for _, m in runs))]
+        messages = [msgspec.structs.replace(message, **as_fields(longest(mark for _, mark in runs)))]
     if whole:
-        messages[-1] = msgspec.structs.replace(messages[-1], cache_point=True)
+        messages[-1] = msgspec.structs.replace(messages[-1], **as_fields(longest([whole, mark_of(messages[-1])])))
     return messages
 
 

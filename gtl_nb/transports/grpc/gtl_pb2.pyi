@@ -207,7 +207,7 @@ class ToolCall(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
 
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content", "images", "tool_calls", "tool_call_id", "name", "provider_data_json", "cache_point", "parts", "tool_error")
+    __slots__ = ("role", "content", "images", "tool_calls", "tool_call_id", "name", "provider_data_json", "cache_point", "parts", "tool_error", "cache_ttl")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -218,6 +218,7 @@ class ChatMessage(_message.Message):
     CACHE_POINT_FIELD_NUMBER: _ClassVar[int]
     PARTS_FIELD_NUMBER: _ClassVar[int]
     TOOL_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CACHE_TTL_FIELD_NUMBER: _ClassVar[int]
     role: Role
     content: str
     images: _containers.RepeatedScalarFieldContainer[str]
@@ -228,7 +229,8 @@ class ChatMessage(_message.Message):
     cache_point: bool
     parts: _containers.RepeatedCompositeFieldContainer[ContentPart]
     tool_error: bool
-    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., images: _Optional[_Iterable[str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., provider_data_json: _Optional[str] = ..., cache_point: _Optional[bool] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ..., tool_error: _Optional[bool] = ...) -> None: ...
+    cache_ttl: str
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., images: _Optional[_Iterable[str]] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ..., name: _Optional[str] = ..., provider_data_json: _Optional[str] = ..., cache_point: _Optional[bool] = ..., parts: _Optional[_Iterable[_Union[ContentPart, _Mapping]]] = ..., tool_error: _Optional[bool] = ..., cache_ttl: _Optional[str] = ...) -> None: ...
 
 class ContentPart(_message.Message):
     __slots__ = ("type", "text", "url")
@@ -251,7 +253,7 @@ class Tool(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "context_window", "max_tokens", "supports_streaming", "supports_functions", "supports_vision", "cost_per_1k_input", "cost_per_1k_output", "cost_per_1k_cached_input", "cost_per_1k_cache_write_input")
+    __slots__ = ("name", "context_window", "max_tokens", "supports_streaming", "supports_functions", "supports_vision", "cost_per_1k_input", "cost_per_1k_output", "cost_per_1k_cached_input", "cost_per_1k_cache_write_input", "cost_per_1k_cache_write_1h_input")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +264,7 @@ class ModelInfo(_message.Message):
     COST_PER_1K_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     COST_PER_1K_CACHED_INPUT_FIELD_NUMBER: _ClassVar[int]
     COST_PER_1K_CACHE_WRITE_INPUT_FIELD_NUMBER: _ClassVar[int]
+    COST_PER_1K_CACHE_WRITE_1H_INPUT_FIELD_NUMBER: _ClassVar[int]
     name: str
     context_window: int
     max_tokens: int
@@ -272,7 +275,8 @@ class ModelInfo(_message.Message):
     cost_per_1k_output: float
     cost_per_1k_cached_input: float
     cost_per_1k_cache_write_input: float
-    def __init__(self, name: _Optional[str] = ..., context_window: _Optional[int] = ..., max_tokens: _Optional[int] = ..., supports_streaming: _Optional[bool] = ..., supports_functions: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., cost_per_1k_input: _Optional[float] = ..., cost_per_1k_output: _Optional[float] = ..., cost_per_1k_cached_input: _Optional[float] = ..., cost_per_1k_cache_write_input: _Optional[float] = ...) -> None: ...
+    cost_per_1k_cache_write_1h_input: float
+    def __init__(self, name: _Optional[str] = ..., context_window: _Optional[int] = ..., max_tokens: _Optional[int] = ..., supports_streaming: _Optional[bool] = ..., supports_functions: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., cost_per_1k_input: _Optional[float] = ..., cost_per_1k_output: _Optional[float] = ..., cost_per_1k_cached_input: _Optional[float] = ..., cost_per_1k_cache_write_input: _Optional[float] = ..., cost_per_1k_cache_write_1h_input: _Optional[float] = ...) -> None: ...
 
 class StringList(_message.Message):
     __slots__ = ("values",)
@@ -365,7 +369,7 @@ class ToolCallEvent(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., function: _Optional[_Union[ToolCall, _Mapping]] = ...) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("session_id", "tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out", "cost", "cache_hit", "cache_write_tokens_in")
+    __slots__ = ("session_id", "tokens_in", "tokens_out", "cached_tokens_in", "reasoning_tokens_out", "cost", "cache_hit", "cache_write_tokens_in", "cache_write_1h_tokens_in")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     TOKENS_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -374,6 +378,7 @@ class Usage(_message.Message):
     COST_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     CACHE_WRITE_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_1H_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tokens_in: int
     tokens_out: int
@@ -382,7 +387,8 @@ class Usage(_message.Message):
     cost: float
     cache_hit: bool
     cache_write_tokens_in: int
-    def __init__(self, session_id: _Optional[str] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., reasoning_tokens_out: _Optional[int] = ..., cost: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., cache_write_tokens_in: _Optional[int] = ...) -> None: ...
+    cache_write_1h_tokens_in: int
+    def __init__(self, session_id: _Optional[str] = ..., tokens_in: _Optional[int] = ..., tokens_out: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., reasoning_tokens_out: _Optional[int] = ..., cost: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., cache_write_tokens_in: _Optional[int] = ..., cache_write_1h_tokens_in: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ("session_id", "finish_reason", "provider", "model", "ttft_ms", "latency_ms", "provider_data_json", "stop_sequence")
