@@ -1178,8 +1178,8 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
         item = {**item, "cache_point": item.get("cache_point", True)}
         ttls = {marker.get("ttl") for marker in asked}  # several on one message: the longest-lived
         ttl = "1h" if "1h" in ttls else "5m" if "5m" in ttls else None
-        if ttl is not None and "cache_ttl" not in item:
-            item["cache_ttl"] = ttl
+        if ttl is not None and item["cache_point"] is True and "cache_ttl" not in item:
+            item["cache_ttl"] = ttl  # (a message that says cache_point false stays unmarked, ttl or not)
     item = {key: value for key, value in item.items() if key != "cache_control"}
     if "is_error" in item:  # Anthropic's name for a failed tool's result
         if "tool_error" in item:

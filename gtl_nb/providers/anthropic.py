@@ -300,7 +300,6 @@ def convert_messages(
     messages whose indexes ``points`` holds (``base.cache_points``). The system prompt is one text,
     the system messages joined, unless one of them carries a breakpoint: then each is a text block,
     so a breakpoint falls between them where it was asked for."""
-    cache_ttls_in_order(messages, points)
     system: list[tuple[str, dict[str, str] | None]] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
@@ -321,6 +320,11 @@ def convert_messages(
     for turn in turns:
         if turn["role"] == "user":  # tool results must open their user message (stable sort)
             turn["content"].sort(key=lambda block: block.get("type") != "tool_result")
+    if points:  # in the order the API reads the breakpoints: the system prompt's, then the turns' as sorted
+        sent = [marker for _, marker in system if marker] + [
+            block["cache_control"] for turn in turns for block in turn["content"] if "cache_control" in block
+        ]
+        cache_ttls_in_order([marker.get("ttl") for marker in sent])
     if any(marker for _, marker in system):
         blocks = [{"type": "text", "text": text} for text, _ in system]
         for block, (_, marker) in zip(blocks, system, strict=True):

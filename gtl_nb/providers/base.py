@@ -97,23 +97,32 @@ Bedrock's Converse refuse a fifth)."""
 def cache_points(messages: Sequence[Message], limit: int = MAX_CACHE_POINTS) -> frozenset[int]:
     """The indexes of the messages whose ``cache_point`` a provider that caches only when asked is asked
     to honour: at most ``limit``, the last ones kept (the longest prefixes: a hit on a longer prefix
-    covers the shorter). A mark on a message with nothing to send (no text, image, tool call or
-    result, say an assistant turn of replayed reasoning alone) takes no place: no breakpoint can
-    stand there."""
+    covers the shorter) — but the last one-hour mark is kept in place of the oldest of them, which
+    would otherwise always be cut (one-hour marks come before five-minute ones). A mark on a message
+    with nothing to send (no text, image, tool call or result, say an assistant turn of replayed
+    reasoning alone) takes no place: no breakpoint can stand there."""
     marked = [index for index, message in enumerate(messages) if message.cache_point and _carries(message)]
-    return frozenset(marked[-limit:] if limit > 0 else ())
+    if limit <= 0:
+        return frozenset()
+    kept = marked[-limit:]
+    hours = [index for index in marked if messages[index].cache_ttl == "1h"]
+    if hours and hours[-1] not in kept:  # one-hour marks come first, so the cut would take them all:
+        kept = [hours[-1], *marked[-(limit - 1) :]] if limit > 1 else [hours[-1]]  # keep the last of them
+    return frozenset(kept)
 
 
-def cache_ttls_in_order(messages: Sequence[Message], points: frozenset[int]) -> None:
-    """``InvalidRequestError`` when a one-hour ``cache_point`` (``cache_ttl="1h"``) follows a
-    five-minute one where the provider reads them — the system prompt's first, then the turns' —
-    which Anthropic's API and Bedrock's refuse: a longer-lived prefix must come first."""
-    read_order = sorted(points, key=lambda i: (messages[i].role != "system", i))
-    hour = [messages[i].cache_ttl == "1h" for i in read_order]
+def cache_ttls_in_order(ttls: Sequence[str | None]) -> None:
+    """``InvalidRequestError`` when, in the order a request's body holds its breakpoints (``ttls``: each
+    one's ``"1h"``, ``"5m"`` or ``None`` for the default five minutes), a one-hour breakpoint follows a
+    five-minute one — which Anthropic's API and Bedrock's refuse: a longer-lived prefix must come first.
+    Read off the body each dialect built, after whatever it moved (system prompt first, tool results
+    first in their turn)."""
+    hour = [ttl == "1h" for ttl in ttls]
     if False in hour and True in hour[hour.index(False) :]:
         raise InvalidRequestError(
-            'a cache_point with cache_ttl "1h" follows a five-minute one: the provider keeps the longer-lived '
-            'prefix first; mark the earlier points "1h" too, or this one "5m"'
+            'a cache_point with cache_ttl "1h" follows a five-minute one where the provider reads the prompt '
+            "(system prompt first, tool results first in their turn): it keeps the longer-lived prefix first; "
+            'mark the earlier points "1h" too, or this one "5m"'
         )
 
 

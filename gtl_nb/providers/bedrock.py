@@ -283,8 +283,6 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
     (``caches_on_request``)."""
     points = cache_points(messages) if caches_on_request(model) else frozenset()
     hour = keeps_an_hour(model)
-    if hour:
-        cache_ttls_in_order(messages, points)
     system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
@@ -304,6 +302,9 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
             out[-1]["content"].extend(blocks)
         else:
             out.append({"role": role, "content": blocks})
+    if hour and points:  # in the order Converse reads them: the system's cache points, then the turns'
+        blocks = system + [block for turn in out for block in turn["content"]]
+        cache_ttls_in_order([block["cachePoint"].get("ttl") for block in blocks if "cachePoint" in block])
     return system, out
 
 
@@ -315,15 +316,16 @@ def _cache_point(message: Message, hour: bool) -> dict[str, Any]:
     return {"cachePoint": {"type": "default"}}
 
 
-# a Claude generation in a model id: "claude-sonnet-4-5-20250929" → 4, 5 (a date is no minor version)
-_CLAUDE_VERSION = re.compile(r"claude-(?:sonnet|haiku|opus)-(\d{1,2})-(\d{1,2})(?!\d)")
+# a Claude generation in a model id: "claude-sonnet-4-5-20250929" → 4, 5; "claude-opus-5-v1" → 5, 0
+# ("claude-sonnet-4-20250514" → 4, 0: a date is no minor version)
+_CLAUDE_VERSION = re.compile(r"claude-(?:sonnet|haiku|opus)-(\d{1,2})(?:-(\d{1,2}))?(?!\d)")
 
 
 def keeps_an_hour(model: str) -> bool:
     """Whether Converse takes a ``cachePoint`` ``ttl`` of one hour for ``model``: Claude 4.5 and later
     (API reference, CachePointBlock); the others cache for five minutes only."""
     found = _CLAUDE_VERSION.search(model) if _is_anthropic(model) else None
-    return found is not None and (int(found.group(1)), int(found.group(2))) >= (4, 5)
+    return found is not None and (int(found.group(1)), int(found.group(2) or 0)) >= (4, 5)
 
 
 _UNCACHED_CLAUDE = (

@@ -169,7 +169,8 @@ def _marked(block: dict[str, Any]) -> bool:
 def _lifetime(block: dict[str, Any]) -> float:
     """Seconds a marked block's prefix is kept: its ``ttl`` (``"5m"`` when it gives none)."""
     marker = block.get("cache_control")
-    return TTLS.get(marker.get("ttl", "5m"), TTL_SECONDS) if isinstance(marker, dict) else TTL_SECONDS
+    ttl = marker.get("ttl", "5m") if isinstance(marker, dict) else "5m"
+    return TTLS.get(ttl, TTL_SECONDS) if isinstance(ttl, str) else TTL_SECONDS
 
 
 def _ttl_problem(body: dict[str, Any]) -> str | None:
@@ -178,7 +179,7 @@ def _ttl_problem(body: dict[str, Any]) -> str | None:
     hours: list[bool] = []
     for _, block in _marker_blocks(body):
         ttl = block["cache_control"].get("ttl", "5m") if isinstance(block["cache_control"], dict) else "5m"
-        if ttl not in TTLS:
+        if not isinstance(ttl, str) or ttl not in TTLS:
             return "cache_control.ttl: Input should be '5m' or '1h'"
         hours.append(ttl == "1h")
     if False in hours and True in hours[hours.index(False) :]:

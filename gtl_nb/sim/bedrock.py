@@ -533,14 +533,14 @@ def _cache_lifetimes(body: dict[str, Any]) -> list[str]:
 
 def _keeps_an_hour(model: str) -> bool:
     """Whether the service takes a one-hour ``cachePoint`` ``ttl`` for ``model``: Claude 4.5 and later."""
-    found = re.search(r"claude-(?:sonnet|haiku|opus)-(\d{1,2})-(\d{1,2})(?!\d)", model)
-    return "anthropic." in model and found is not None and (int(found.group(1)), int(found.group(2))) >= (4, 5)
+    found = re.search(r"claude-(?:sonnet|haiku|opus)-(\d{1,2})(?:-(\d{1,2}))?(?!\d)", model)
+    return "anthropic." in model and found is not None and (int(found.group(1)), int(found.group(2) or 0)) >= (4, 5)
 
 
 def _ttl_problem(lifetimes: list[str], model: str) -> str | None:
     """The service's ValidationException for the cache points' ``ttl`` values, or ``None``."""
     for ttl in lifetimes:
-        if ttl not in TTLS:
+        if not isinstance(ttl, str) or ttl not in TTLS:
             return (
                 f"1 validation error detected: Value '{ttl}' at 'cachePoint.ttl' failed to satisfy constraint: "
                 "Member must satisfy enum value set: [5m, 1h]"

@@ -124,8 +124,11 @@ class PromptCache:
                 written += stretch
                 written_1h += stretch if lifetime >= HOUR_SECONDS else 0
                 start = max(start, tokens)
-            renewals = [(key, self._lifetime.get(key, self.ttl)) for key, _ in hits]
-            for key, lifetime in [*renewals, *((key, lifetime) for key, _, lifetime in eligible)]:
+            renewals = {key: self._lifetime.get(key, self.ttl) for key, _ in hits}
+            # a hit keeps the longer of its lifetimes: a five-minute mark rereading an hour's entry
+            # does not shorten what was paid for
+            stored = [(key, max(lifetime, renewals.get(key, 0.0))) for key, _, lifetime in eligible]
+            for key, lifetime in [*renewals.items(), *stored]:
                 self._expiry.pop(key, None)  # re-inserted last: the dict's order is the order of use
                 self._expiry[key] = now + lifetime
                 self._lifetime[key] = lifetime

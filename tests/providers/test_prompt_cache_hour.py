@@ -159,6 +159,8 @@ def test_converse_usage_reads_the_hours_writes_from_cache_details():
         ("anthropic.claude-opus-4-1-20250805-v1:0", False),
         ("anthropic.claude-sonnet-4-20250514-v1:0", False),  # a date is no minor version
         ("meta.llama3-claude-sonnet-4-5", False),  # not an Anthropic model
+        ("anthropic.claude-opus-5-v1:0", True),  # a major version alone
+        ("anthropic.claude-opus-5-20260301-v1:0", True),
     ],
 )
 def test_which_converse_models_keep_an_hour(model, expected):
@@ -186,3 +188,47 @@ def test_an_hour_nobody_priced_leaves_the_cost_unknown():
     assert catalog.cost("bedrock", model, 10_000, 100, 0, 5_000, 2_000) is None
     assert catalog.cost("bedrock", model, 10_000, 100, 0, 5_000, 0) is not None
     assert anthropic.asks_for_cache({"type": "ephemeral", "ttl": "1h"})
+
+
+# -- from the review: the order the API reads, the four-mark limit ---------------------------------------
+
+
+def tool_turns(text_ttl: str | None, result_ttl: str | None) -> list[Message]:
+    """A turn that answers a tool call with a note before the result: Anthropic puts the result first."""
+    from gtl_nb.protocol.messages import ToolCall
+
+    return [
+        Message(role="user", content="go"),
+        Message(role="assistant", tool_calls=[ToolCall(id="t1", name="f")]),
+        Message(role="user", content="note", cache_point=True, cache_ttl=text_ttl),
+        Message(role="tool", content="done", tool_call_id="t1", cache_point=True, cache_ttl=result_ttl),
+    ]
+
+
+def test_the_order_checked_is_the_order_anthropic_reads_after_moving_tool_results_first():
+    with pytest.raises(InvalidRequestError, match="tool results first"):
+        anthropic_body(tool_turns("1h", "5m"))  # sent as the result (5m), then the note (1h)
+    body = anthropic_body(tool_turns("5m", "1h"))  # sent as the result (1h), then the note (5m): valid
+    assert [block["cache_control"]["ttl"] for block in marked_blocks(body)] == ["1h", "5m"]
+
+
+def test_past_four_marks_the_one_hour_mark_is_kept():
+    from gtl_nb.providers.base import cache_points
+
+    turns = [Message(role="user", content=f"turn {i}", cache_point=True) for i in range(4)]
+    kept = cache_points([DOCUMENT, *turns])
+    assert kept == frozenset({0, 2, 3, 4})  # the document's hour, then the last three turns
+    assert [block["cache_control"].get("ttl") for block in marked_blocks(anthropic_body([DOCUMENT, *turns]))] == [
+        "1h",
+        None,
+        None,
+        None,
+    ]
+    assert cache_points(turns) == frozenset({0, 1, 2, 3})  # no hour: the last four, as before
+
+
+def test_a_message_that_says_no_cache_point_stays_unmarked_whatever_the_ttl():
+    (item,) = _messages(
+        [{"role": "user", "content": "x", "cache_point": False, "cache_control": {"type": "ephemeral", "ttl": "1h"}}]
+    )
+    assert (item.cache_point, item.cache_ttl) == (False, None)

@@ -276,7 +276,7 @@ def test_anthropic_sim_keeps_a_one_hour_prefix_and_says_so(serve_sim: Any) -> No
 
 @pytest.mark.parametrize(
     ("system_ttl", "turn_ttl", "complaint"),
-    [("5m", "1h", "must not come after"), ("2h", None, "'5m' or '1h'")],
+    [("5m", "1h", "must not come after"), ("2h", None, "'5m' or '1h'"), (["1h"], None, "'5m' or '1h'")],
 )
 def test_anthropic_sim_refuses_lifetimes_the_api_refuses(serve_sim: Any, system_ttl, turn_ttl, complaint) -> None:
     s = serve_sim("anthropic")
@@ -300,3 +300,13 @@ def test_bedrock_sim_keeps_an_hour_for_claude_4_5_and_reports_cache_details(serv
     assert usage["cacheDetails"] == [{"ttl": "1h", "inputTokens": usage["cacheWriteInputTokens"]}]
     with pytest.raises(ClientError, match="Extended cache TTL is not supported"):
         converse_client(s.base_url).converse(modelId="us.amazon.nova-micro-v1:0", system=system, messages=messages)
+
+
+def test_a_five_minute_reread_does_not_shorten_an_hours_entry():
+    clock = Clock()
+    cache = PromptCache(clock=clock)
+    cache.use([("system", 1500, 3600.0)])
+    clock.now += 60.0
+    assert cache.use([("system", 1500, 300.0)]).read == 1500  # reread by a five-minute mark
+    clock.now += 1800.0  # past five minutes: the hour paid for still holds
+    assert cache.use([("system", 1500, 300.0)]).read == 1500
