@@ -82,10 +82,10 @@ class GtlCommands:
             return None
         import pandas as pd
 
+        from gtl_nb.protocol import GTLError
+
         client = client_for(self.session, None)
         if opts.live:
-            from gtl_nb.protocol import GTLError
-
             try:
                 names = client.list_models(opts.live)
             except GTLError as exc:
@@ -93,6 +93,10 @@ class GtlCommands:
             return pd.DataFrame({"deployment": opts.live, "model": names})
         from gtl_nb.analysis import Table
 
+        try:
+            infos = client.providers()
+        except GTLError as exc:  # a gateway gone: said, rather than the list it once announced
+            raise cell_error(exc) from None
         rows = [
             {
                 "deployment": info.provider,
@@ -104,7 +108,7 @@ class GtlCommands:
                 "input_per_1m": _per_million(model.cost_per_1k_input),
                 "output_per_1m": _per_million(model.cost_per_1k_output),
             }
-            for info in client.providers()
+            for info in infos
             for model in info.models
         ]
         columns = ["deployment", "type", "model", "offline", "context_window", "input_per_1m", "output_per_1m"]

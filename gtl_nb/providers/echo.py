@@ -45,7 +45,7 @@ from gtl_nb.providers.tokenizer import count_message_tokens, count_tokens, split
 MODEL_NAME = "echo"
 
 _CONTINUATIONS = (
-    "This answer comes from echo, the offline model built into gtl_nb: it runs on your machine and costs nothing.",
+    "This answer comes from echo, the offline model built into gtl_nb: it needs no key and costs nothing.",
     "Echo repeats your words and adds this sentence, so every run gives the same answer and the same counts.",
     "No provider was called: echo answers locally, which makes it handy for trying prompts, widgets and tests.",
     "Point the same cell at a real provider when you are ready; the protocol, events and usage stay the same.",

@@ -127,7 +127,10 @@ class HttpBackend(RemoteBackend):
         )
 
     def providers(self) -> list[ProviderInfo]:
-        if not self._fetched and not self.loop.in_loop_thread:
+        """The gateway's ``provider_info`` list, asked again each time (one ``GET``: a reloaded
+        gateway's list, and a gateway that went away is said to be gone, not shown as it was); from
+        the loop thread itself, the list last fetched."""
+        if not self.loop.in_loop_thread:
             self.loop.run(self._fetch_providers(), timeout=self.open_timeout + 5)
         return list(self._providers)
 

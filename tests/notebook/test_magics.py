@@ -683,3 +683,18 @@ def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path
         assert "(with the token given before)" in run(ip, f"%gtl connect {gateway.url('http')}")[1]
     assert "no models listed" in text and "models:read" in text
     assert len(result.result) == 0
+
+
+def test_models_on_a_gateway_that_went_away_says_so_rather_than_its_old_list(ip, tmp_path):
+    from tests.gateway.conftest import write_toml
+    from tests.gateway.test_http import serving
+
+    config = write_toml(tmp_path / "gtl.toml", {"ledger": {"path": str(tmp_path / "ledger.sqlite3")}})
+    with serving(config) as served:
+        run(ip, f"%gtl connect {served.url}")
+        assert "echo" in set(ip.run_line_magic("gtl", "models")["deployment"])
+    try:
+        result, text = run(ip, "%gtl models")  # the gateway has stopped: said, not its stale list
+        assert isinstance(result.error_in_exec, GTLCellError) and "cannot reach the http gateway" in text
+    finally:
+        run(ip, "%gtl connect embedded://")
