@@ -326,7 +326,7 @@ class Client:
         max_tokens: int | None = None,
         top_p: float | None = None,
         stop: str | Sequence[str] | None = None,
-        response_format: dict[str, Any] | None = None,
+        response_format: dict[str, Any] | type | None = None,
         metadata: dict[str, Any] | None = None,
         reasoning: bool | None = None,
         cache: bool | None = None,
@@ -347,6 +347,7 @@ class Client:
         temperature = defaults.temperature if temperature is None else temperature
         max_tokens = defaults.max_tokens if max_tokens is None else max_tokens
         reasoning = defaults.reasoning if reasoning is None else reasoning
+        response_format = _response_format(response_format)
         _check_arguments(
             model=model,
             provider=provider,
@@ -1097,6 +1098,27 @@ def _check_arguments(
             raise InvalidRequestError(f"{name} nests deeper than {MAX_ARGUMENT_DEPTH} levels; flatten it")
 
 
+_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def _response_format(value: Any) -> dict[str, Any] | None:
+    """``response_format`` as the request carries it: a dict of OpenAI's shape as given; a pydantic model
+    class (what the OpenAI SDK's ``parse`` takes) as its JSON Schema; a bare JSON Schema refused with
+    the shape to wrap it in (read as a format, it would be an unknown type)."""
+    if value is None or (isinstance(value, dict) and value.get("type") in _FORMAT_TYPES):
+        return value
+    schema_of = getattr(value, "model_json_schema", None)
+    if isinstance(value, type) and callable(schema_of):
+        return {"type": "json_schema", "json_schema": {"name": value.__name__, "schema": schema_of()}}
+    wrap = 'response_format is {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'
+    if isinstance(value, dict) and (value.get("type") == "object" or "properties" in value):
+        raise InvalidRequestError(f"{wrap} or a pydantic model class; this looks like the schema alone: wrap it so")
+    if not isinstance(value, dict):
+        kind = type(value).__name__
+        raise InvalidRequestError(f"{wrap}, a pydantic model class or {{'type': 'json_object'}}, not {kind}")
+    return value  # another type: the provider's dialect names it
+
+
 def _stop_sequences(stop: Any) -> list[str] | None:
     """``stop`` as the request's list: one string, or any iterable of strings (a list, a tuple, a
     generator — read once, here); nothing (``None``, empty) is ``None``."""
@@ -1147,7 +1169,7 @@ def _messages(value: Any) -> list[Message]:
             f"messages must be a prompt string, a message dict or a list of them, not {type(value).__name__}"
         )
     out: list[Message] = []
-    for item in value or ():
+    for index, item in enumerate(value or ()):
         if isinstance(item, Message):
             out.append(item)
         elif isinstance(item, dict):
@@ -1156,12 +1178,29 @@ def _messages(value: Any) -> list[Message]:
             try:
                 out.append(msgspec.convert(_openai_message(item), Message))
             except msgspec.ValidationError as exc:
-                raise InvalidRequestError(f"invalid message {item!r}: {exc}") from None
+                raise InvalidRequestError(f"{_which_message(index, item)}: {_in_its_words(exc, item)}") from None
         elif isinstance(item, str):
             out.append(Message(role="user", content=item))
         else:
             raise InvalidRequestError(f"a message must be a str, dict or Message, not {type(item).__name__}")
     return out
+
+
+def _which_message(index: int, item: dict[str, Any]) -> str:
+    """A message dict as an error names it: its place and role, and the start of its text (a cached
+    document may be megabytes: never the whole of it)."""
+    content = item.get("content")
+    text = content if isinstance(content, str) else ""
+    start = f", {text[:40]!r}{'…' if len(text) > 40 else ''}" if text else ""
+    return f"messages[{index}] (role {str(item.get('role'))[:20]!r}{start})"
+
+
+def _in_its_words(exc: Exception, item: dict[str, Any]) -> str:
+    """A validation error about a message dict, naming the fields as the dict did (``is_error``)."""
+    said = str(exc)
+    if "is_error" in item:
+        said = said.replace("$.tool_error", "$.is_error").replace("tool_error is", "is_error is")
+    return said
 
 
 def _openai_message(item: dict[str, Any]) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def _read_only(path: Path, read: Any) -> Any:
     try:
         with contextlib.closing(sqlite3.connect(f"{base}?mode=ro", uri=True, timeout=5)) as conn:
             return read(conn)
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:  # (OperationalError's base: "file is not a database" too)
         first = exc
     if not any(sign in str(first) for sign in ("unable to open", "readonly", "read-only")):
         raise ConfigurationError(f"{path}: cannot read it as a usage ledger ({first})")

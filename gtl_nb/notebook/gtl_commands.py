@@ -272,6 +272,8 @@ class GtlCommands:
         kept = token is None and self.session.has_token  # say so: the user may think they connect without one
         self._switch_endpoint(opts.url, token)
         print(f"connected to {opts.url}" + (" (with the token given before)" if kept else ""))
+        for unused in self.session.set_aside(opts.url):
+            print(f"(the gateway serves its own deployments: {unused} applies when you connect embedded:// again)")
 
     def _switch_endpoint(self, url: str, token: str | None) -> None:
         from gtl_nb.protocol import GTLError

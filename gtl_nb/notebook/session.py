@@ -51,6 +51,11 @@ PLATFORM_BY_PROVIDER_TYPE = {
 }
 
 
+def is_embedded(url: str) -> bool:
+    """Whether ``url`` names the engine in this process (``embedded://``), not a gateway."""
+    return url.strip().lower().startswith("embedded:")
+
+
 def utc_now() -> str:
     """Now, UTC, ISO 8601 to the second (``2025-05-01T12:00:00Z``)."""
     return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
@@ -97,14 +102,27 @@ class NotebookSession:
             import gtl_nb
 
             options: dict[str, Any] = {}
-            if self.providers:
-                options["providers"] = {name: dict(values) for name, values in self.providers.items()}
-            if self.settings.config_file:
-                options["config"] = self.settings.config_file
+            if is_embedded(url):  # a gateway serves its own deployments: the notebook's stay here for later
+                if self.providers:
+                    options["providers"] = {name: dict(values) for name, values in self.providers.items()}
+                if self.settings.config_file:
+                    options["config"] = self.settings.config_file
             token = self._token or environment_token()
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client
         return client
+
+    def set_aside(self, url: str) -> list[str]:
+        """What of the notebook's own set-up a client of ``url`` does not use (a gateway's: the
+        deployments added with ``%gtl providers`` and the configuration file), to say so."""
+        if is_embedded(url):
+            return []
+        aside = []
+        if self.providers:
+            aside.append(f"the deployment(s) {', '.join(sorted(self.providers))} added with %gtl providers")
+        if self.settings.config_file:
+            aside.append(f"the configuration file {self.settings.config_file}")
+        return aside
 
     @property
     def has_token(self) -> bool:

@@ -103,8 +103,14 @@ def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) ->
         print(sim.base_url, flush=True)
         key = args.api_key if args.api_key is not None else DEFAULT_API_KEY
         # the key on standard error only: standard output stays the one line scripts read
+        if args.provider == "bedrock":
+            credentials = f"AWS key pair {DEFAULT_AWS_ACCESS_KEY_ID} / {DEFAULT_AWS_SECRET_ACCESS_KEY}"
+        elif args.provider == "ollama":
+            credentials = "no key"
+        else:
+            credentials = f"API key {key!r}"
         print(
-            f"gtl sim: {args.provider} simulator listening (API key {key!r}); Ctrl-C to stop\n"
+            f"gtl sim: {args.provider} simulator listening ({credentials}); Ctrl-C to stop\n"
             f"gtl sim: {_how_to_use(args.provider, sim.base_url, key)}",
             file=sys.stderr,
             flush=True,

@@ -260,8 +260,21 @@ def test_catalog_model_without_its_provider_names_what_to_set(client):
 def test_bad_input_is_a_clear_error(client):
     with pytest.raises(InvalidRequestError, match="messages is empty"):
         client.complete("echo", [])
-    with pytest.raises(InvalidRequestError, match="invalid message"):
+    with pytest.raises(InvalidRequestError, match=r"messages\[0\] \(role 'wizard', 'x'\)"):
         client.complete("echo", [{"role": "wizard", "content": "x"}])
+
+
+def test_a_bad_message_is_named_by_its_place_never_quoted_whole(client):
+    document = "clause " * 5000  # a cached document is long: the error must not carry it
+    with pytest.raises(InvalidRequestError) as refused:
+        client.complete(
+            "echo",
+            [{"role": "system", "content": document, "cache_point": True, "cache_ttl": "2h"}, {"role": "user"}],
+        )
+    said = str(refused.value)
+    assert len(said) < 200 and "messages[0] (role 'system', 'clause clause" in said and "5m or 1h" in said
+    with pytest.raises(InvalidRequestError, match=r"\$\.is_error"):  # named as the dict named it
+        client.complete("echo", [{"role": "tool", "content": "x", "tool_call_id": "t", "is_error": 1}])
 
 
 def test_a_prompt_passed_alone_is_told_it_was_read_as_the_model(client):

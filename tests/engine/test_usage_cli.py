@@ -110,6 +110,10 @@ def test_a_file_that_is_no_ledger_is_one_clear_line(tmp_path, capsys):
     status, _, err = usage(capsys, "--ledger", str(other))
     assert status == 2 and err.startswith("gtl: error:") and "cannot read it as a usage ledger" in err
     assert usage(capsys, "--ledger", str(other), "--days", "-1")[0] == 2
+    text = tmp_path / "gtl.toml"
+    text.write_text("[ledger]\npath = 'x'\n", encoding="utf-8")  # not a database at all
+    status, _, err = usage(capsys, "--ledger", str(text))
+    assert status == 2 and "cannot read it as a usage ledger" in err and "Traceback" not in err
 
 
 def test_the_ledger_commands_refuse_a_gateway_given_on_the_command_line(ledger, capsys, monkeypatch):

@@ -698,3 +698,23 @@ def test_models_on_a_gateway_that_went_away_says_so_rather_than_its_old_list(ip,
         assert isinstance(result.error_in_exec, GTLCellError) and "cannot reach the http gateway" in text
     finally:
         run(ip, "%gtl connect embedded://")
+
+
+def test_a_notebook_with_its_own_deployments_can_still_use_a_gateway(ip, tmp_path):
+    from tests.gateway.conftest import write_toml
+    from tests.gateway.test_http import serving
+
+    run(ip, "%gtl providers local type=echo")
+    config = write_toml(tmp_path / "gtl.toml", {"ledger": {"path": str(tmp_path / "ledger.sqlite3")}})
+    try:
+        with serving(config) as served:
+            result, text = run(ip, f"%%gtl echo --endpoint {served.url}\nhi")  # (it said: takes no providers=)
+            assert result.success, text
+            _, said = run(ip, f"%gtl connect {served.url}")
+            assert "connected to" in said and "local added with %gtl providers" in said
+            assert "local" not in set(ip.run_line_magic("gtl", "models")["deployment"])  # the gateway's list
+            run(ip, "%gtl connect embedded://")
+        assert "local" in set(ip.run_line_magic("gtl", "models")["deployment"])  # back, with its own
+    finally:
+        run(ip, "%gtl connect embedded://")
+        run(ip, "%gtl providers local --remove")

@@ -99,3 +99,27 @@ def test_a_format_echo_cannot_read_is_refused_through_the_engine():
             assert refused.value.provider == "echo"  # the deployment's refusal, not an internal error
     finally:
         client.close()
+
+
+def test_a_pydantic_model_is_a_response_format_and_a_bare_schema_is_told_how_to_wrap():
+    import pydantic
+
+    import gtl_nb
+    from gtl_nb.protocol import InvalidRequestError
+
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
+    try:
+        sent = client.request("echo", "Name a city", response_format=City).response_format
+        assert sent == {"type": "json_schema", "json_schema": {"name": "City", "schema": City.model_json_schema()}}
+        answer = client.complete("echo", "Name a city", response_format=City)
+        assert isinstance(City.model_validate_json(answer.text), City)
+        with pytest.raises(InvalidRequestError, match="looks like the schema alone: wrap it so"):
+            client.complete("echo", "x", response_format={"type": "object", "properties": {}})
+        with pytest.raises(InvalidRequestError, match="a pydantic model class"):
+            client.complete("echo", "x", response_format="json")
+    finally:
+        client.close()

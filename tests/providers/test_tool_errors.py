@@ -156,5 +156,5 @@ def test_echo_says_a_tool_failed():
         worked = client.complete("echo", conversation(WORKED), tools=TOOLS).text
     finally:
         client.close()
-    assert failed.startswith("The tool returned t1 failed: the weather service timed out")
+    assert failed.startswith("The tool returned t1: an error (the weather service timed out).")
     assert worked.startswith('The tool returned t1: {"celsius": 4}')
