@@ -194,6 +194,7 @@ def _models(args: argparse.Namespace) -> int:
     if not infos and not args.json:
         print(f"gtl: no providers listed{' for this token' if remote else ''}", file=sys.stderr)
         return 0
+    width = max([40, *(len(model.name) for info in infos for model in info.models)])  # long Bedrock ids too
     for info in infos:
         if args.json:
             print(encode(info).decode())
@@ -207,7 +208,7 @@ def _models(args: argparse.Namespace) -> int:
                 else "price unknown"
             )
             window = _window(model.context_window, offline=info.offline)
-            print(f"  {model.name:<40} {window:>14}  {price}")
+            print(f"  {model.name:<{width}} {window:>14}  {price}")
     return 0
 
 

@@ -93,6 +93,7 @@ def _usage(args: argparse.Namespace) -> int:
         print(f"gtl: no requests recorded{window} (ledger {path})", file=sys.stderr)
         return 0
     print(_usage_table(args.by, groups))
+    print(f"gtl: read {path}", file=sys.stderr)  # which file: standard error, so the table pipes alone
     return 0
 
 

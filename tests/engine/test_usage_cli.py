@@ -43,8 +43,8 @@ def usage(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
 
 
 def test_usage_sums_each_model_the_busiest_first_with_a_total(ledger, capsys):
-    status, out, _ = usage(capsys, "--ledger", str(ledger))
-    assert status == 0
+    status, out, err = usage(capsys, "--ledger", str(ledger))
+    assert status == 0 and f"gtl: read {ledger}" in err  # which file, apart from the table
     lines = out.splitlines()
     assert lines[0].split() == ["model", "requests", "errors", "tokens", "in", "tokens", "out", "cost"]
     echo, priced, total = lines[1].split(), lines[2].split(), lines[3].split()
