@@ -97,22 +97,39 @@ def _usage(args: argparse.Namespace) -> int:
     return 0
 
 
-_USAGE_FIELDS = ("requests", "errors", "tokens_in", "tokens_out", "cost", "cost_unknown")
+_USAGE_FIELDS = (
+    "requests",
+    "errors",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "cost_unknown",
+    "cached_tokens_in",
+    "cache_write_tokens_in",
+)
 
 
 def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[Any, ...]]:
-    """``(group, requests, errors, tokens in, tokens out, cost, rows without a known cost)`` a group,
-    the busiest first; read-only, so a running writer is never disturbed and no file is created."""
+    """``(group, requests, errors, tokens in, tokens out, cost, rows without a known cost, tokens read
+    from the prompt cache, tokens written to it)`` a group, the busiest first; read-only, so a running
+    writer is never disturbed and no file is created."""
     where, params = (" WHERE time >= ?", (since,)) if since is not None else ("", ())
-    # TOTAL, not SUM: a float that cannot overflow (SUM of integers raises past 2**63)
-    query = (
-        f"SELECT {grouping} AS grouped, COUNT(*), TOTAL(status IN ('error', 'interrupted')), "
-        "TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), TOTAL(cost IS NULL AND status = 'ok') "
-        f"FROM requests{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
-    )
-    rows = _read_only(path, lambda conn: conn.execute(query, params).fetchall())
-    return [(group, count, int(errors), int(tokens_in), int(tokens_out), cost, int(unknown))
-            for group, count, errors, tokens_in, tokens_out, cost, unknown in rows]  # fmt: skip
+
+    def read(conn: sqlite3.Connection) -> list[Any]:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+        # a file an older release wrote, never migrated (this read writes nothing): no writes column
+        written = "TOTAL(cache_write_tokens_in)" if "cache_write_tokens_in" in columns else "0"
+        # TOTAL, not SUM: a float that cannot overflow (SUM of integers raises past 2**63)
+        query = (
+            f"SELECT {grouping} AS grouped, COUNT(*), TOTAL(status IN ('error', 'interrupted')), "
+            "TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), TOTAL(cost IS NULL AND status = 'ok'), "
+            f"TOTAL(cached_tokens_in), {written} "
+            f"FROM requests{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
+        )
+        return conn.execute(query, params).fetchall()
+
+    return [(row[0], row[1], *(int(value) for value in row[2:5]), row[5], *(int(value) for value in row[6:]))
+            for row in _read_only(path, read)]  # fmt: skip
 
 
 def _read_only(path: Path, read: Any) -> Any:
@@ -142,21 +159,25 @@ def _read_only(path: Path, read: Any) -> Any:
 
 
 def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
-    """The groups as an aligned table with a total line; a cost some of whose rows had no known
-    price is marked ``*`` and explained under it."""
-    totals = [sum(group[i] for group in groups) for i in range(1, 7)]
+    """The groups as an aligned table with a total line; the prompt cache's reads and writes when it
+    did anything; a cost some of whose rows had no known price is marked ``*`` and explained under it."""
+    totals = [sum(group[i] for group in groups) for i in range(1, 9)]
     lines = [(str(group[0]), *group[1:]) for group in groups] + [("total", *totals)]
+    cache = bool(totals[6] or totals[7])
     width = max(len(by), *(len(line[0]) for line in lines))
     header = f"{by:<{width}}  {'requests':>8}  {'errors':>6}  {'tokens in':>12}  {'tokens out':>12}  {'cost':>11}"
-    out = [header]
-    for name, requests, errors, tokens_in, tokens_out, cost, unknown in lines:
+    out = [header + (f"   {'from cache':>11}  {'to cache':>11}" if cache else "")]
+    for name, requests, errors, tokens_in, tokens_out, cost, unknown, cached, written in lines:
         mark = "*" if unknown else " "
-        out.append(
+        row = (
             f"{name:<{width}}  {requests:>8,}  {errors:>6,}  {tokens_in:>12,}  {tokens_out:>12,}  "
             f"{'$' + format(cost, ',.4f'):>11}{mark}"
         )
+        out.append(row + (f"  {cached:>11,}  {written:>11,}" if cache else ""))
     if totals[5]:
         out.append(f"* {totals[5]:,} answered request(s) with no known price: their cost is not in the sum")
+    if cache:
+        out.append("(from cache / to cache: input tokens the provider's prompt cache read and wrote, inside tokens in)")
     return "\n".join(out)
 
 

@@ -69,6 +69,8 @@ def test_usage_as_json_agrees_with_the_rows(ledger, capsys):
         "tokens_out": 0,
         "cost": 0.0,
         "cost_unknown": 0,
+        "cached_tokens_in": 0,
+        "cache_write_tokens_in": 0,
     }
 
 
@@ -157,3 +159,39 @@ def test_a_ledger_in_a_folder_it_cannot_write_is_read_as_immutable(ledger, capsy
 def test_a_folder_given_as_the_ledger_is_said_to_be_one(tmp_path, capsys):
     status, _, err = usage(capsys, "--ledger", str(tmp_path))
     assert status == 2 and "is a folder" in err
+
+
+def test_the_prompt_caches_reads_and_writes_show_when_it_did_anything(ledger, tmp_path, capsys):
+    status, out, _ = usage(capsys, "--ledger", str(ledger))
+    assert "from cache" not in out  # no caching in that ledger: the columns stay out of the way
+    path = tmp_path / "cached.sqlite3"
+    charter = " ".join(f"Clause {i}: the tide turns at {i % 24} o'clock." for i in range(200))
+    asked = [{"role": "system", "content": charter, "cache_point": True}, {"role": "user", "content": "noon?"}]
+    with gtl_nb.sim.running("anthropic") as url:
+        client = gtl_nb.connect(
+            providers={"anthropic": {"api_key": "sim-key", "base_url": url}},
+            config={"ledger": {"path": str(path)}},
+            environ={},
+        )
+        try:
+            first = client.complete("anthropic:claude-sonnet-4-5", asked, max_tokens=20)
+            second = client.complete("anthropic:claude-sonnet-4-5", asked, max_tokens=20)
+        finally:
+            client.close()
+    status, out, _ = usage(capsys, "--ledger", str(path))
+    header, row = out.splitlines()[:2]
+    assert status == 0 and header.split()[-4:] == ["from", "cache", "to", "cache"]
+    assert row.split()[-2:] == [f"{second.usage.cached_tokens_in:,}", f"{first.usage.cache_write_tokens_in:,}"]
+    (group,) = map(json.loads, usage(capsys, "--ledger", str(path), "--json")[1].splitlines())
+    assert group["cache_write_tokens_in"] == first.usage.cache_write_tokens_in > 1024
+
+
+def test_a_ledger_an_older_release_wrote_is_read_as_it_is(ledger, tmp_path, capsys):
+    older = tmp_path / "older.sqlite3"
+    with sqlite3.connect(ledger) as source, sqlite3.connect(older) as copy:
+        source.backup(copy)
+        copy.execute("ALTER TABLE requests DROP COLUMN cache_write_tokens_in")  # before schema version 4
+    status, out, _ = usage(capsys, "--ledger", str(older))
+    assert status == 0 and out.splitlines()[-1].split()[:2] == ["total", "6"]
+    with sqlite3.connect(older) as copy:  # read, never migrated
+        assert "cache_write_tokens_in" not in {row[1] for row in copy.execute("PRAGMA table_info(requests)")}
