@@ -20,6 +20,7 @@ import inspect
 import math
 import numbers
 import queue
+import re
 import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -1103,20 +1104,46 @@ _FORMAT_TYPES = ("text", "json_object", "json_schema")
 
 def _response_format(value: Any) -> dict[str, Any] | None:
     """``response_format`` as the request carries it: a dict of OpenAI's shape as given; a pydantic model
-    class (what the OpenAI SDK's ``parse`` takes) as its JSON Schema; a bare JSON Schema refused with
-    the shape to wrap it in (read as a format, it would be an unknown type)."""
+    class, a dataclass or a ``TypedDict`` (what the OpenAI SDK's ``parse`` takes) as its JSON Schema; a
+    bare JSON Schema, or a model instance, refused with what to pass instead."""
     if value is None or (isinstance(value, dict) and value.get("type") in _FORMAT_TYPES):
         return value
-    schema_of = getattr(value, "model_json_schema", None)
-    if isinstance(value, type) and callable(schema_of):
-        return {"type": "json_schema", "json_schema": {"name": value.__name__, "schema": schema_of()}}
     wrap = 'response_format is {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'
-    if isinstance(value, dict) and (value.get("type") == "object" or "properties" in value):
-        raise InvalidRequestError(f"{wrap} or a pydantic model class; this looks like the schema alone: wrap it so")
-    if not isinstance(value, dict):
-        kind = type(value).__name__
-        raise InvalidRequestError(f"{wrap}, a pydantic model class or {{'type': 'json_object'}}, not {kind}")
-    return value  # another type: the provider's dialect names it
+    if isinstance(value, type):
+        return {"type": "json_schema", "json_schema": {"name": _schema_name(value), "schema": _schema_of(value)}}
+    if isinstance(value, dict):
+        if value.get("type") in _JSON_TYPES or any(key in value for key in ("properties", "items", "$schema")):
+            raise InvalidRequestError(f"{wrap} or a pydantic model class; this looks like the schema alone: wrap it so")
+        return value  # another type: the provider's dialect names it
+    if callable(getattr(type(value), "model_json_schema", None)):
+        raise InvalidRequestError(f"response_format takes the model class ({type(value).__name__}), not an instance")
+    kind = type(value).__name__
+    raise InvalidRequestError(f"{wrap}, a pydantic model class or {{'type': 'json_object'}}, not {kind}")
+
+
+_JSON_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
+
+
+def _schema_of(model: type) -> dict[str, Any]:
+    """A class's JSON Schema: a pydantic model's own, else pydantic's reading of it (a dataclass, a
+    ``TypedDict``); ``InvalidRequestError`` when it has none."""
+    try:
+        schema_of = getattr(model, "model_json_schema", None)
+        if callable(schema_of):
+            return dict(schema_of())
+        from pydantic import TypeAdapter  # (pydantic comes with the SDKs that take such classes)
+
+        return dict(TypeAdapter(model).json_schema())
+    except ImportError:
+        needs = f"response_format={model.__name__}: reading a class's schema needs pydantic"
+        raise InvalidRequestError(needs) from None
+    except Exception as exc:  # pydantic's own refusal (BaseModel itself, an unsupported type)
+        raise InvalidRequestError(f"response_format={model.__name__}: no JSON Schema for it ({exc})"[:300]) from None
+
+
+def _schema_name(model: type) -> str:
+    """The class's name as the APIs take a schema's name: letters, digits, ``_`` and ``-``, 64 at most."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", model.__name__)[:64] or "response"
 
 
 def _stop_sequences(stop: Any) -> list[str] | None:
@@ -1186,21 +1213,29 @@ def _messages(value: Any) -> list[Message]:
     return out
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error names a value, never a document."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
 def _which_message(index: int, item: dict[str, Any]) -> str:
     """A message dict as an error names it: its place and role, and the start of its text (a cached
     document may be megabytes: never the whole of it)."""
     content = item.get("content")
     text = content if isinstance(content, str) else ""
     start = f", {text[:40]!r}{'…' if len(text) > 40 else ''}" if text else ""
-    return f"messages[{index}] (role {str(item.get('role'))[:20]!r}{start})"
+    role = f"role {_short(item['role'], 24)}" if "role" in item else "no role"
+    return f"messages[{index}] ({role}{start})"
 
 
 def _in_its_words(exc: Exception, item: dict[str, Any]) -> str:
-    """A validation error about a message dict, naming the fields as the dict did (``is_error``)."""
+    """A validation error about a message dict, naming the fields as the dict did (``is_error``), and
+    cut short (a validator may quote the whole value it refused)."""
     said = str(exc)
     if "is_error" in item:
         said = said.replace("$.tool_error", "$.is_error").replace("tool_error is", "is_error is")
-    return said
+    return said if len(said) <= 300 else f"{said[:300]}…"
 
 
 def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
@@ -1246,7 +1281,7 @@ def _cache_marker(marker: Any) -> bool:
     try:
         return asks_for_cache(marker)
     except ValueError as exc:
-        raise InvalidRequestError(f"cache_control: {exc} (or say cache_point=True), not {marker!r}") from None
+        raise InvalidRequestError(f"cache_control: {exc} (or say cache_point=True), not {_short(marker)}") from None
 
 
 def _content_parts(parts: list[Any], role: Any) -> dict[str, Any]:
@@ -1265,12 +1300,12 @@ def _content_parts(parts: list[Any], role: Any) -> dict[str, Any]:
             image = part.get("image_url", part.get("url"))
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str) or not url:
-                raise InvalidRequestError(f"an image part needs a URL (https: or data:), not {part!r}")
+                raise InvalidRequestError(f"an image part needs a URL (https: or data:), not {_short(part)}")
             pieces.append(("image", url))
         else:
             raise InvalidRequestError(
                 f'a content part is {{"type": "text", "text": ...}} or {{"type": "image_url", "image_url": '
-                f'{{"url": ...}}}}, not {part!r}'
+                f'{{"url": ...}}}}, not {_short(part)}'
             )
     if role not in ("user", "tool") and any(kind == "image" for kind, _ in pieces):
         raise InvalidRequestError(f"a {role} message takes text parts only; images go in user and tool messages")

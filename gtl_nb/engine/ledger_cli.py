@@ -141,6 +141,8 @@ def _read_only(path: Path, read: Any) -> Any:
     try:
         with contextlib.closing(sqlite3.connect(f"{base}?mode=ro", uri=True, timeout=5)) as conn:
             return read(conn)
+    except (sqlite3.ProgrammingError, sqlite3.IntegrityError):
+        raise  # this code's own mistakes: never "cannot read it"
     except sqlite3.DatabaseError as exc:  # (OperationalError's base: "file is not a database" too)
         first = exc
     if not any(sign in str(first) for sign in ("unable to open", "readonly", "read-only")):

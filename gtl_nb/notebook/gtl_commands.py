@@ -250,6 +250,7 @@ class GtlCommands:
             raise mistake(exc) from None
         names = ", ".join(info.provider for info in client.providers())
         print(f"providers: {names}")
+        say_set_aside(self.session, self.session.settings.endpoint)
 
     def _connect(self, words: list[str]) -> None:
         parser = cli.connect_parser()
@@ -272,8 +273,6 @@ class GtlCommands:
         kept = token is None and self.session.has_token  # say so: the user may think they connect without one
         self._switch_endpoint(opts.url, token)
         print(f"connected to {opts.url}" + (" (with the token given before)" if kept else ""))
-        for unused in self.session.set_aside(opts.url):
-            print(f"(the gateway serves its own deployments: {unused} applies when you connect embedded:// again)")
 
     def _switch_endpoint(self, url: str, token: str | None) -> None:
         from gtl_nb.protocol import GTLError
@@ -284,6 +283,7 @@ class GtlCommands:
         except (ValueError, GTLError) as exc:  # an unknown scheme, no gateway there, a refused token
             refused = mistake(exc)
             raise UsageError(f"{refused}; the notebook stays on {staying}") from None
+        say_set_aside(self.session, url)
 
     def _history(self, words: list[str]) -> None:
         history = self.session.history
@@ -326,3 +326,9 @@ def setting_value(key: str, value: str) -> Any:
         except ValueError:
             pass
     return value
+
+
+def say_set_aside(session: Any, url: str) -> None:
+    """On a gateway, say what of the notebook's own set-up waits for ``embedded://``."""
+    for unused in session.set_aside(url):
+        print(f"(the gateway serves its own deployments: {unused} applies when you connect embedded:// again)")

@@ -52,8 +52,11 @@ PLATFORM_BY_PROVIDER_TYPE = {
 
 
 def is_embedded(url: str) -> bool:
-    """Whether ``url`` names the engine in this process (``embedded://``), not a gateway."""
-    return url.strip().lower().startswith("embedded:")
+    """Whether ``url`` names the engine in this process (``embedded://``, ``embedded``), not a gateway:
+    as ``gtl_nb.connect`` reads it."""
+    from gtl_nb.client import _is_embedded, _normalized
+
+    return _is_embedded(_normalized(url.strip()))
 
 
 def utc_now() -> str:
@@ -143,8 +146,14 @@ class NotebookSession:
             raise
 
     def reconnect(self) -> Client:
-        """Close every client; the next use connects again with the current settings."""
+        """Close every client; the next use connects again with the current settings. On a gateway,
+        the notebook's own set-up (``%gtl providers``, ``file=``) is checked too, by an embedded
+        engine built and closed: it applies when the notebook returns to ``embedded://``, and a
+        mistake there must be said now, not then (when the gateway may be gone)."""
         self.close()
+        if not is_embedded(self.settings.endpoint) and (self.providers or self.settings.config_file):
+            self.client("embedded://")
+            self.drop_client("embedded://")
         return self.client()
 
     def drop_client(self, endpoint: str) -> None:

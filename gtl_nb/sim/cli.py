@@ -105,6 +105,8 @@ def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) ->
         # the key on standard error only: standard output stays the one line scripts read
         if args.provider == "bedrock":
             credentials = f"AWS key pair {DEFAULT_AWS_ACCESS_KEY_ID} / {DEFAULT_AWS_SECRET_ACCESS_KEY}"
+            if args.api_key is not None:
+                credentials += f", or the bearer key {key!r}"
         elif args.provider == "ollama":
             credentials = "no key"
         else:

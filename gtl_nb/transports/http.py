@@ -100,8 +100,10 @@ class HttpBackend(RemoteBackend):
     async def _fetch_providers(self) -> None:
         import httpx
 
-        try:
-            response = await self._client().get("/v1/gtl/providers")
+        if self._closed:
+            raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
+        try:  # a bounded read: a gateway that accepts and never answers is one that cannot be reached
+            response = await self._client().get("/v1/gtl/providers", timeout=self.open_timeout)
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if response.status_code != 200:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from gtl_nb.gateway.devauth import DevAuth
 from gtl_nb.gateway.http import bind, serve_http
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown, TlsFiles
 from gtl_nb.gateway.settings import GatewaySettings
-from gtl_nb.protocol import AuthenticationError, GTLError, Token
+from gtl_nb.protocol import AuthenticationError, GTLError, ProviderUnavailableError, Token
 from gtl_nb.protocol.errors import ConfigurationError
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
 from tests.ledger_wait import rows_when
@@ -148,6 +149,52 @@ def test_streaming_text_through_connect(base_url, scheme):
         assert len(tokens) > 1
         assert client.complete(f"openai:{MODEL}", "Say something").text == "".join(tokens)
         assert "openai" in [info.provider for info in client.providers()]
+
+
+def test_the_provider_list_is_asked_each_time_and_a_closed_client_says_so(base_url):
+    client = gtl_nb.connect(base_url)
+    assert "openai" in [info.provider for info in client.providers()]
+    client.close()
+    with pytest.raises(ConfigurationError, match="this client is closed"):
+        client.providers()  # (it raised httpx's own RuntimeError)
+
+
+def test_a_gateway_that_stops_answering_is_unreachable_within_the_open_timeout(base_url):
+    """A listener that answers the first provider list and then accepts without a word: asked again,
+    the list is a ``PROVIDER_UNAVAILABLE`` after ``open_timeout``, not a bare TimeoutError later."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        first = True
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if first:  # relay one answer from the real gateway, then go silent
+                first = False
+                conn.recv(65536)
+                body = httpx.get(f"{base_url}/v1/gtl/providers").content
+                head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n"
+                conn.sendall(head.encode() + body)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        client = gtl_nb.connect(f"http://127.0.0.1:{port}")
+        client.backend.open_timeout = 1.0  # (the default waits longer)
+        held[0].close()  # the kept-alive connection goes: the next ask opens one that stays silent
+        started = time.monotonic()
+        with pytest.raises(ProviderUnavailableError, match="cannot reach"):
+            client.providers()
+        assert time.monotonic() - started < 4.0
+        client.close()
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
 
 
 def test_a_bad_provider_key_is_auth_failed(base_url):

@@ -713,7 +713,10 @@ def test_a_notebook_with_its_own_deployments_can_still_use_a_gateway(ip, tmp_pat
             _, said = run(ip, f"%gtl connect {served.url}")
             assert "connected to" in said and "local added with %gtl providers" in said
             assert "local" not in set(ip.run_line_magic("gtl", "models")["deployment"])  # the gateway's list
-            run(ip, "%gtl connect embedded://")
+            # set-up made on the gateway is still checked now, not when the notebook comes back
+            assert "nosuchtype" in mistake(ip, "%gtl providers bogus type=nosuchtype")
+            assert "nope.toml" in mistake(ip, f"%gtl config file={tmp_path / 'nope.toml'}")
+            run(ip, "%gtl connect embedded")  # bare, as connect() reads it: the engine here, with its own
         assert "local" in set(ip.run_line_magic("gtl", "models")["deployment"])  # back, with its own
     finally:
         run(ip, "%gtl connect embedded://")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jsonschema
@@ -121,5 +122,18 @@ def test_a_pydantic_model_is_a_response_format_and_a_bare_schema_is_told_how_to_
             client.complete("echo", "x", response_format={"type": "object", "properties": {}})
         with pytest.raises(InvalidRequestError, match="a pydantic model class"):
             client.complete("echo", "x", response_format="json")
+        with pytest.raises(InvalidRequestError, match="looks like the schema alone"):
+            client.complete("echo", "x", response_format={"type": "array", "items": {"type": "string"}})
+        with pytest.raises(InvalidRequestError, match=r"takes the model class \(City\), not an instance"):
+            client.complete("echo", "x", response_format=City(name="Oslo", population=1))
+        with pytest.raises(InvalidRequestError, match="no JSON Schema for it"):
+            client.complete("echo", "x", response_format=pydantic.BaseModel)
+
+        @dataclasses.dataclass
+        class Harbour:
+            depth_m: int
+
+        answer = client.complete("echo", "How deep?", response_format=Harbour)  # as the OpenAI SDK's parse takes
+        assert isinstance(Harbour(**json.loads(answer.text)).depth_m, int)
     finally:
         client.close()
