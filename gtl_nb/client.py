@@ -50,6 +50,7 @@ from gtl_nb.protocol.messages import (
     ProviderInfo,
     StreamEvent,
     Tool,
+    longest_ttl,
 )
 from gtl_nb.protocol.session import Transcript
 from gtl_nb.providers.anthropic import asks_for_cache
@@ -1250,8 +1251,7 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
     asked = [marker for marker in marks if _cache_marker(marker)]
     if asked:
         item = {**item, "cache_point": item.get("cache_point", True)}
-        ttls = {marker.get("ttl") for marker in asked}  # several on one message: the longest-lived
-        ttl = "1h" if "1h" in ttls else "5m" if "5m" in ttls else None
+        ttl = longest_ttl(marker.get("ttl") for marker in asked)  # several on one message: the longest-lived
         if ttl is not None and item["cache_point"] is True and "cache_ttl" not in item:
             item["cache_ttl"] = ttl  # (a message that says cache_point false stays unmarked, ttl or not)
     item = {key: value for key, value in item.items() if key != "cache_control"}

@@ -22,7 +22,7 @@ Extensions the spec leaves implicit, all optional on the wire:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -173,6 +173,13 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
 
 CACHE_TTLS = ("5m", "1h")
 """The prompt-cache lifetimes a ``cache_point`` may ask for (Anthropic's and Bedrock's)."""
+
+
+def longest_ttl(ttls: Iterable[str | None]) -> str | None:
+    """The lifetime one mark takes from the markers that fall on it: the longest asked for, ``None``
+    (the providers' five minutes) when none names one."""
+    named = set(ttls)
+    return "1h" if "1h" in named else "5m" if "5m" in named else None
 
 
 def _check_cache_ttl(message: Message) -> None:

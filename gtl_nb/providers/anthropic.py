@@ -73,6 +73,7 @@ from typing import Any, ClassVar
 
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
+    CACHE_TTLS,
     CompletionRequest,
     Done,
     Error,
@@ -275,7 +276,6 @@ def _content_blocks(message: Message) -> list[dict[str, Any]]:
 
 
 _EPHEMERAL = {"type": "ephemeral"}  # the five-minute cache unless a ttl says 1h (which costs 2x to write)
-_CACHE_TTLS = ("5m", "1h")
 
 
 def asks_for_cache(marker: Any) -> bool:
@@ -285,7 +285,7 @@ def asks_for_cache(marker: Any) -> bool:
     ``false`` must not turn caching on."""
     if marker is None:
         return False
-    if not isinstance(marker, dict) or marker.get("type") != "ephemeral" or marker.get("ttl", "5m") not in _CACHE_TTLS:
+    if not isinstance(marker, dict) or marker.get("type") != "ephemeral" or marker.get("ttl", "5m") not in CACHE_TTLS:
         raise ValueError('expected {"type": "ephemeral"} (with an optional ttl of 5m or 1h)')
     return True
 

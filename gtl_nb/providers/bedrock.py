@@ -239,11 +239,12 @@ def _supports_tool_status(model: str) -> bool:
 
 def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     if message.role == "tool":
-        result: dict[str, Any] = {"toolUseId": message.tool_call_id or "", "content": _tool_result_content(message)}
-        if _supports_tool_status(model):
+        status = _supports_tool_status(model)
+        # a failed tool's result says so in its status, or in its text for a model that takes none
+        content = _tool_result_content(message, error_text=message.tool_error and not status)
+        result: dict[str, Any] = {"toolUseId": message.tool_call_id or "", "content": content}
+        if status:
             result["status"] = "error" if message.tool_error else "success"
-        elif message.tool_error:  # no status for this model: the text says it
-            result["content"] = _tool_result_content(message, error_text=True)
         return [{"toolResult": result}]
     blocks: list[dict[str, Any]] = []
     if message.role == "assistant":
@@ -257,7 +258,7 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
 
 def _tool_result_content(message: Message, *, error_text: bool = False) -> list[dict[str, Any]]:
     """A tool result's content: its text and its images (``_text_and_images``), an empty text at least;
-    with ``error_text``, a failed tool's text says so (``tool_result_text``: the model has no status)."""
+    with ``error_text``, a failed tool's text says so (``said_failed``: the model takes no status)."""
     blocks = _text_and_images(message) or [{"text": message.content or ""}]
     if error_text:
         first = next((block for block in blocks if "text" in block), None)

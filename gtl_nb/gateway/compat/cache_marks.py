@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gtl_nb.gateway.compat.fields import FieldError
-from gtl_nb.protocol.messages import Message
+from gtl_nb.protocol.messages import Message, longest_ttl
 from gtl_nb.providers.anthropic import asks_for_cache
 
 __all__ = ["Mark", "as_fields", "longest", "mark_of", "marked", "split_at_marks"]
@@ -44,9 +44,10 @@ def marked(holder: Any, where: str) -> Mark | None:
 
 
 def longest(marks: Iterable[Mark | None]) -> Mark | None:
-    """The one mark of a message several markers fall on: the longest-lived, ``None`` when none."""
+    """The one mark of a message several markers fall on: the longest-lived (``longest_ttl``), ``None``
+    when none."""
     found = [mark for mark in marks if mark is not None]
-    return max(found, key=lambda mark: mark.ttl == "1h") if found else None
+    return Mark(longest_ttl(mark.ttl for mark in found)) if found else None
 
 
 def mark_of(message: Message) -> Mark | None:
