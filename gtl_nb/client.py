@@ -54,6 +54,7 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.protocol.session import Transcript
 from gtl_nb.providers.anthropic import asks_for_cache
+from gtl_nb.strict_schema import strict_schema
 
 if TYPE_CHECKING:
     import pandas
@@ -1105,13 +1106,15 @@ _FORMAT_TYPES = ("text", "json_object", "json_schema")
 
 def _response_format(value: Any) -> dict[str, Any] | None:
     """``response_format`` as the request carries it: a dict of OpenAI's shape as given; a pydantic model
-    class, a dataclass or a ``TypedDict`` (what the OpenAI SDK's ``parse`` takes) as its JSON Schema; a
-    bare JSON Schema, or a model instance, refused with what to pass instead."""
+    class, a dataclass or a ``TypedDict`` (what the OpenAI SDK's ``parse`` takes) as its JSON Schema made
+    strict (``gtl_nb.strict_schema``); a bare JSON Schema, or a model instance, refused with what to
+    pass instead."""
     if value is None or (isinstance(value, dict) and value.get("type") in _FORMAT_TYPES):
         return value
     wrap = 'response_format is {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'
-    if isinstance(value, type):
-        return {"type": "json_schema", "json_schema": {"name": _schema_name(value), "schema": _schema_of(value)}}
+    if isinstance(value, type):  # as the OpenAI SDK's ``parse`` sends a class: strict, every object closed
+        schema = strict_schema(_schema_of(value))
+        return {"type": "json_schema", "json_schema": {"name": _schema_name(value), "schema": schema, "strict": True}}
     if isinstance(value, dict):
         if value.get("type") in _JSON_TYPES or any(key in value for key in ("properties", "items", "$schema")):
             raise InvalidRequestError(f"{wrap} or a pydantic model class; this looks like the schema alone: wrap it so")

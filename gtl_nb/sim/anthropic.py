@@ -21,6 +21,7 @@ from typing import Any
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
 from gtl_nb.sim.prompt_cache import TTL_SECONDS, TTLS, CacheUse, PromptCache, claude_minimum, prefix_key
+from gtl_nb.sim.schemas import schema_problem
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
 __all__ = ["ANTHROPIC_MODELS", "AnthropicSim"]
@@ -196,6 +197,16 @@ def _marker_blocks(body: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
         content = message.get("content") if isinstance(message, dict) else None
         blocks += [b for b in content if isinstance(b, dict)] if isinstance(content, list) else []
     return [(index, block) for index, block in enumerate(blocks) if _marked(block)]
+
+
+def _output_schema_problem(body: dict[str, Any]) -> str | None:
+    """The API's 400 for a structured-output schema with an object left open (``sim.schemas``), or ``None``."""
+    output = body.get("output_config")
+    form = output.get("format") if isinstance(output, dict) else None
+    if not isinstance(form, dict) or form.get("type") != "json_schema":
+        return None
+    problem = schema_problem(form.get("schema"), every_property_required=False)
+    return None if problem is None else f"output_config.format.schema: {problem}"
 
 
 class AnthropicSim:
@@ -392,6 +403,9 @@ class AnthropicSim:
         lifetimes = _ttl_problem(body)
         if lifetimes is not None:
             return self._error(400, "invalid_request_error", lifetimes)
+        open_schema = _output_schema_problem(body)
+        if open_schema is not None:
+            return self._error(400, "invalid_request_error", open_schema)
         markers = sum(marked for _, marked in _boundaries(body))
         if markers > MAX_CACHE_BREAKPOINTS:
             return self._error(

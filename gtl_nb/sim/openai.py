@@ -23,6 +23,7 @@ from typing import Any
 
 from gtl_nb.sim.answers import Answer
 from gtl_nb.sim.base import FIXED_EPOCH, SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.schemas import schema_problem
 from gtl_nb.sim.tokens import Rates, Tally, data_url_bytes, openai_image_tokens
 
 __all__ = ["OPENAI_MODELS", "AzureSim", "OpenAICompatibleSim", "OpenAISim"]
@@ -129,6 +130,19 @@ def _structured(response_format: Any) -> dict[str, Any] | None:
         schema = wrapper.get("schema")
         return schema if isinstance(schema, dict) else {}
     return None
+
+
+def _strict_schema_refusal(response_format: Any) -> dict[str, Any] | None:
+    """The API's 400 for a strict ``json_schema`` whose objects are not all closed and fully required
+    (``sim.schemas``), or ``None``."""
+    wrapper = response_format.get("json_schema") if isinstance(response_format, dict) else None
+    if not isinstance(wrapper, dict) or wrapper.get("strict") is not True:
+        return None
+    problem = schema_problem(wrapper.get("schema"), every_property_required=True)
+    if problem is None:
+        return None
+    message = f"Invalid schema for response_format '{wrapper.get('name')}': {problem}"
+    return _error(message, "invalid_request_error", None, "response_format")
 
 
 def _retry_header(seconds: float) -> str:
@@ -315,7 +329,7 @@ class _ChatCompletionsSim:
                     "decimal_above_max_value" if above else "decimal_below_min_value",
                     name,
                 )
-        return None
+        return _strict_schema_refusal(req.json.get("response_format"))
 
 
 class OpenAISim(_ChatCompletionsSim):

@@ -115,7 +115,8 @@ def test_a_pydantic_model_is_a_response_format_and_a_bare_schema_is_told_how_to_
     client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
     try:
         sent = client.request("echo", "Name a city", response_format=City).response_format
-        assert sent == {"type": "json_schema", "json_schema": {"name": "City", "schema": City.model_json_schema()}}
+        schema = {**City.model_json_schema(), "additionalProperties": False}  # strict, as the SDK's parse sends it
+        assert sent == {"type": "json_schema", "json_schema": {"name": "City", "schema": schema, "strict": True}}
         answer = client.complete("echo", "Name a city", response_format=City)
         assert isinstance(City.model_validate_json(answer.text), City)
         with pytest.raises(InvalidRequestError, match="looks like the schema alone: wrap it so"):

@@ -1,0 +1,104 @@
+"""A class given as ``response_format`` is sent strict, as the OpenAI SDK's ``parse`` sends it.
+
+OpenAI's strict mode and Anthropic's structured outputs refuse an object schema that is not closed
+(``additionalProperties: false``; OpenAI also wants every property required). pydantic's schema of
+a class says neither: ``gtl_nb.strict_schema`` closes it, and the simulators refuse what the APIs
+refuse, so a class works against both while a hand-written open schema gets the provider's 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import pydantic
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.protocol import InvalidRequestError
+from gtl_nb.sim.schemas import schema_problem
+from gtl_nb.strict_schema import MAX_SCHEMA_DEPTH, strict_schema
+
+
+class Harbour(pydantic.BaseModel):
+    name: str
+    depth_m: int = pydantic.Field(ge=0, description="at low tide")
+
+
+class City(pydantic.BaseModel):
+    name: str
+    mayor: Optional[str] = None  # noqa: UP045 (the spelling many users' models have)
+    harbours: list[Harbour] = []
+    nickname: str | None = None
+
+
+def test_every_object_is_closed_and_every_property_required_and_nothing_else_changes() -> None:
+    original = City.model_json_schema()
+    strict = strict_schema(original)
+    assert strict["additionalProperties"] is False and strict["required"] == ["name", "mayor", "harbours", "nickname"]
+    assert strict["$defs"]["Harbour"]["additionalProperties"] is False
+    assert strict["$defs"]["Harbour"]["required"] == ["name", "depth_m"]
+    assert strict["$defs"]["Harbour"]["properties"]["depth_m"] == original["$defs"]["Harbour"]["properties"]["depth_m"]
+    assert "default" not in strict["properties"]["mayor"]  # null defaults go: every property is required
+    assert strict["properties"]["harbours"]["default"] == []  # others stay
+    assert strict["properties"]["mayor"]["anyOf"] == original["properties"]["mayor"]["anyOf"]
+    assert original == City.model_json_schema() and "additionalProperties" not in original  # a copy, not changed
+    assert schema_problem(strict, every_property_required=True) is None
+    closed_only = original | {"additionalProperties": False}
+    assert "Missing 'mayor'" in str(schema_problem(closed_only, every_property_required=True))
+
+
+def test_nested_shapes_are_closed_where_they_hide_and_an_object_left_open_stays_open() -> None:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {
+            "pair": {"type": "array", "prefixItems": [{"type": "object", "properties": {"a": {"type": "string"}}}]},
+            "either": {"anyOf": [{"type": ["object", "null"], "properties": {"b": {"type": "integer"}}}]},
+            "free": {"type": "object", "additionalProperties": True},
+            "mapping": {"type": "object", "additionalProperties": {"type": "object", "properties": {}}},
+        },
+    }
+    strict = strict_schema(schema)
+    properties = strict["properties"]
+    assert properties["pair"]["prefixItems"][0]["additionalProperties"] is False
+    assert properties["either"]["anyOf"][0] == {
+        "type": ["object", "null"],
+        "properties": {"b": {"type": "integer"}},
+        "additionalProperties": False,
+        "required": ["b"],
+    }
+    assert properties["free"]["additionalProperties"] is True  # the class said so: the provider answers for it
+    assert properties["mapping"]["additionalProperties"]["additionalProperties"] is False
+    assert "context=('properties', 'free')" in str(schema_problem(strict, every_property_required=True))
+
+
+def test_a_schema_nested_past_the_bound_is_refused_clearly() -> None:
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(MAX_SCHEMA_DEPTH + 2):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(InvalidRequestError, match="nests deeper than"):
+        strict_schema(deep)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_class_is_answered_by_both_apis_and_an_open_schema_gets_their_refusal(provider: str) -> None:
+    model = "gpt-4o-mini" if provider == "openai" else "claude-sonnet-4-5"
+    with sim.serve(provider, api_key="sim-key") as simulator:
+        deployment = {"type": provider, "api_key": "sim-key", "base_url": simulator.base_url}
+        client = gtl_nb.connect(providers={"p": deployment}, config={"ledger": {"enabled": False}}, environ={})
+        try:
+            answer = client.complete(f"p:{model}", "Describe a harbour town", response_format=City)
+            city = City.model_validate_json(answer.text)
+            assert isinstance(city.harbours, list)
+            sent = simulator.requests[-1].json
+            if provider == "openai":
+                assert sent["response_format"]["json_schema"]["strict"] is True
+            else:
+                assert sent["output_config"]["format"]["schema"]["additionalProperties"] is False
+            open_schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+            wrapped = {"type": "json_schema", "json_schema": {"name": "town", "schema": open_schema, "strict": True}}
+            with pytest.raises(InvalidRequestError, match="additionalProperties") as refused:
+                client.complete(f"p:{model}", "Name a town", response_format=wrapped)
+            assert refused.value.provider == "p"
+        finally:
+            client.close()
