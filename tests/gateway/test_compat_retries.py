@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
 from gtl_nb import sim
-from gtl_nb.gateway.compat.reply import error_headers, retried_already
+from gtl_nb.gateway.compat.reply import SDK_WAIT_LIMIT, error_headers, retried_already
 from gtl_nb.protocol.messages import Error, Status
 from tests.gateway.conftest import SIM_KEY, write_toml
 from tests.gateway.test_http import serving
@@ -116,3 +117,39 @@ def test_which_statuses_say_the_gateway_tried_again():
     assert error_headers(error, retried=True) == {"x-should-retry": "false", "retry-after": "2"}
     refused = Error(session_id="s", code="INVALID_REQUEST", message="no", retryable=False)
     assert error_headers(refused)["x-should-retry"] == "false"
+    # a wait longer than the SDKs' own longest backoff is said, but the SDK is not told to sit through it
+    open_circuit = Error(session_id="s", code="PROVIDER_UNAVAILABLE", message="open", retryable=True, retry_after=26.2)
+    assert error_headers(open_circuit) == {"x-should-retry": "false", "retry-after": "27"}
+    at_limit = Error(session_id="s", code="RATE_LIMIT", message="slow", retryable=True, retry_after=SDK_WAIT_LIMIT)
+    assert error_headers(at_limit)["x-should-retry"] == "true"
+
+
+def test_an_open_circuit_fails_the_sdk_call_at_once_not_after_its_retry_after(tmp_path):
+    """Every circuit open: the gateway says so with ``retry-after`` (the circuit's wait), and the SDK
+    makes one call, not three spread over that wait."""
+    with sim.serve("openai", sim.Fault.http(503)) as down:
+        config = write_toml(
+            tmp_path / "gtl.toml",
+            {
+                "providers.down": {"type": "openai", "api_key": SIM_KEY, "base_url": down.base_url},
+                "routing.retry": {"max_attempts": 1},
+                "routing.breaker": {"failure_threshold": 1, "cooldown": 30},
+                "ledger": {"path": str(tmp_path / "ledger.sqlite3")},
+            },
+        )
+        with serving(config) as served:
+            sent: list[object] = []
+            hooks = {"request": [sent.append]}
+            oai = openai.OpenAI(
+                base_url=f"{served.url}/v1", api_key="none", max_retries=2, http_client=httpx.Client(event_hooks=hooks)
+            )
+            ask = {"model": "down:gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            with pytest.raises(openai.APIStatusError):
+                oai.chat.completions.create(**ask)  # the failure that opens the circuit
+            sent.clear()
+            with pytest.raises(openai.APIStatusError) as raised:
+                oai.chat.completions.create(**ask)
+            assert "every circuit is open" in raised.value.message
+            assert raised.value.response.headers["x-should-retry"] == "false"
+            assert int(raised.value.response.headers["retry-after"]) > SDK_WAIT_LIMIT
+            assert len(sent) == 1

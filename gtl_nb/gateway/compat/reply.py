@@ -11,7 +11,7 @@ import msgspec
 
 from gtl_nb.protocol.messages import Error, Status
 
-__all__ = ["Reply", "error_headers", "json_reply", "retried_already"]
+__all__ = ["SDK_WAIT_LIMIT", "Reply", "error_headers", "json_reply", "retried_already"]
 
 
 @dataclass(frozen=True)
@@ -45,10 +45,20 @@ def retried_already(statuses: Iterable[Status]) -> bool:
     return any(status.state == "retrying" for status in statuses)
 
 
+SDK_WAIT_LIMIT = 8.0
+"""Seconds an SDK is asked to wait before its retry at most: the OpenAI and Anthropic SDKs' own longest
+backoff. A longer ``retry-after`` (every circuit open for half a minute, a provider's long 429) is
+still sent, for the caller to schedule by, but the SDK is not told to sit through it: a notebook
+cell or a request handler would block that long and, on its second try, often fail anyway."""
+
+
 def error_headers(error: Error, *, retried: bool = False) -> dict[str, str]:
     """``x-should-retry`` (both SDKs obey it before their own status rules) and ``retry-after``:
-    ``true`` for a retryable error the gateway did not try again (``retried``: it did), else ``false``."""
-    headers = {"x-should-retry": "true" if error.retryable and not retried else "false"}
+    ``true`` for a retryable error the gateway did not try again (``retried``: it did) whose wait is
+    at most ``SDK_WAIT_LIMIT``, else ``false``."""
+    wait = error.retry_after
+    short = wait is None or not math.isfinite(wait) or wait <= SDK_WAIT_LIMIT
+    headers = {"x-should-retry": "true" if error.retryable and not retried and short else "false"}
     if error.retry_after is not None and math.isfinite(error.retry_after):
         headers["retry-after"] = str(max(0, math.ceil(error.retry_after)))
     return headers
