@@ -611,11 +611,6 @@ class BodySniffer:
         return chunk
 
 
-MERGED_TEXT_LIMIT = 16_384
-"""Characters up to which tokens of one read are joined into one ``Token`` (``GuardedDecoder._accepted``):
-a merged event stays far inside every transport's frame limit; a token longer than this passes alone."""
-
-
 class GuardedDecoder:
     """The base of every dialect's ``ResponseDecoder``: where a hostile body becomes one ``error`` event.
 
@@ -679,34 +674,12 @@ class GuardedDecoder:
         return self._accepted(events)
 
     def _accepted(self, events: list[StreamEvent]) -> list[StreamEvent]:
-        """``events`` up to the first terminal one; an event no GTL frame can carry ends the response.
-
-        Tokens that follow each other in one read leave as one ``Token`` (up to ``MERGED_TEXT_LIMIT``):
-        they arrived together, so no reader could see them apart, and every level above — the engine,
-        the transcript, a gateway's encoder, a widget — then handles one event where it handled many.
-        """
+        """``events`` up to the first terminal one; an event no GTL frame can carry ends the response."""
         accepted: list[StreamEvent] = []
-        run: list[str] = []  # the texts joined into the token ending ``accepted`` (when two or more)
-        size = 0  # their length
         for event in events:
             if type(event) is Token and type(event.text) is str and type(event.session_id) is str:
-                # the bulk of a stream: ``is_carriable``'s first test, without the call
-                if accepted and type(accepted[-1]) is Token and size + len(event.text) <= MERGED_TEXT_LIMIT:
-                    if not run:
-                        run.append(accepted[-1].text)  # type: ignore[union-attr]
-                        size = len(run[0])
-                    run.append(event.text)
-                    size += len(event.text)
-                    continue
-                if run:
-                    accepted[-1] = Token(session_id=event.session_id, text="".join(run))
-                    run = []
-                accepted.append(event)
-                size = len(event.text)
+                accepted.append(event)  # the bulk of a stream: ``is_carriable``'s first test, without the call
                 continue
-            if run:
-                accepted[-1] = Token(session_id=accepted[-1].session_id, text="".join(run))
-                run = []
             if not is_carriable(event):
                 kind = type(event).__name__
                 event = self._fault(MalformedResponseError(f"malformed response: a value of the wrong type in {kind}"))
@@ -714,8 +687,6 @@ class GuardedDecoder:
             if type(event) in TERMINAL_EVENTS:
                 self._terminated = True
                 break
-        if run:
-            accepted[-1] = Token(session_id=accepted[-1].session_id, text="".join(run))
         return accepted
 
     def _fault(self, exc: Exception) -> Error:

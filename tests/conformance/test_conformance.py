@@ -88,10 +88,7 @@ def test_text_streams_and_completes_as_embedded(scheme, open_client, embedded):
     prompt = "Tell me about transports and gateways."
     same_answer(client.complete(f"openai:{MODEL}", prompt), embedded.complete(f"openai:{MODEL}", prompt))
     tokens = [event.text for event in client.stream(f"openai:{MODEL}", prompt) if isinstance(event, Token)]
-    assert "".join(tokens) == embedded.complete(f"openai:{MODEL}", prompt).text
-    # tokens that arrive together leave as one: the paced deployment shows the answer arriving in pieces
-    paced = [event.text for event in client.stream(f"slow:{MODEL}", prompt, max_tokens=5) if isinstance(event, Token)]
-    assert len(paced) > 3 and "".join(paced) == embedded.complete(f"slow:{MODEL}", prompt, max_tokens=5).text
+    assert len(tokens) > 3 and "".join(tokens) == embedded.complete(f"openai:{MODEL}", prompt).text
     assert client.complete("echo", "hello remote").text == embedded.complete("echo", "hello remote").text
 
 

@@ -25,15 +25,12 @@ PROMPT = "Tell me about the harbour of Bergen"
 
 
 def comparable(events: list) -> list:
-    """Events without what differs between two runs: the session id, the timings, and how the tokens
-    fell into reads (a decoder joins the tokens of one read)."""
+    """Events without what differs between two runs: the session id and the timings."""
     out = []
     for event in events:
         event = msgspec.structs.replace(event, session_id="s")
         if isinstance(event, Done):
             event = msgspec.structs.replace(event, ttft_ms=None, latency_ms=None)
-        if isinstance(event, Token) and out and isinstance(out[-1], Token):
-            event = Token(session_id="s", text=out.pop().text + event.text)
         out.append(event)
     return out
 
