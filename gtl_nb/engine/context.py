@@ -72,6 +72,24 @@ class RequestContext:
         qualified = f"{deployment}:{model}"
         return any(_matches(entry, model) or _matches(entry, qualified) for entry in self.allowed_models)
 
+    def allowances(self, most: int = 10) -> str:
+        """What the allow-lists let this principal use, for a refusal to name (its own lists, no one
+        else's): ``"deployments a, b; models x*"``, ``"no deployment"``; ``""`` when nothing is restricted."""
+        said: list[str] = []
+        if self.allowed_deployments is not None:
+            if not self.allowed_deployments:
+                return "no deployment"
+            said.append("deployments " + _first(self.allowed_deployments, most))
+        if self.allowed_models is not None:
+            said.append("models " + _first(self.allowed_models, most) if self.allowed_models else "no model")
+        return "; ".join(said)
+
+
+def _first(names: frozenset[str], most: int) -> str:
+    ordered = sorted(names)
+    more = f" and {len(ordered) - most} more" if len(ordered) > most else ""
+    return ", ".join(ordered[:most]) + more
+
 
 def _matches(entry: str, name: str) -> bool:
     return name.startswith(entry[:-1]) if entry.endswith("*") else name == entry

@@ -72,7 +72,12 @@ def add_subcommands(subparsers: Any) -> None:
         help="the stored provider key a deployment's requests use (repeat); limits the token to these deployments",
     )
     mint.add_argument("--model", action="append", help="a model the token may use (repeat; a trailing * is a prefix)")
-    mint.add_argument("--deployment", action="append", help="a deployment the token may use (repeat)")
+    mint.add_argument(
+        "--deployment",
+        action="append",
+        help="limit the token to this deployment (repeat); it narrows the --provider-key deployments (or the "
+        "policy's default_deployments), never adds to them",
+    )
     mint.add_argument("--tenant", help="the organisation the principal belongs to")
     mint.set_defaults(handler=_mint)
 

@@ -158,5 +158,15 @@ def test_a_gateways_forbidden_names_only_what_the_caller_asked_for():
             assert message.startswith("this token may not use")
             if audience == GATEWAY:
                 assert "secret-anthropic" not in message and "claude-sonnet-4-5" in message
+                assert message.endswith("; it may use deployments public")  # its own allow-list, to choose from
             else:  # the embedded user configured the deployments: naming them helps
                 assert "secret-anthropic" in message
+
+
+def test_a_contexts_allowances_say_what_its_own_lists_let_it_use():
+    assert RequestContext(principal="p").allowances() == ""  # nothing restricted
+    assert RequestContext(principal="p", allowed_deployments=frozenset()).allowances() == "no deployment"
+    both = RequestContext(principal="p", allowed_deployments=frozenset({"b", "a"}), allowed_models=frozenset({"gpt-*"}))
+    assert both.allowances() == "deployments a, b; models gpt-*"
+    many = RequestContext(principal="p", allowed_models=frozenset(f"m{i:02d}" for i in range(12)))
+    assert many.allowances() == "models m00, m01, m02, m03, m04, m05, m06, m07, m08, m09 and 2 more"

@@ -539,6 +539,43 @@ def test_deployments_without_provider_keys_follow_the_policy():
     assert authenticator(hs_policy(default_deployments=None))(only_claim).allowed_deployments == {"openai"}
 
 
+def test_a_token_whose_allow_lists_leave_it_nothing_is_not_minted():
+    """``allowed_deployments`` narrows what the provider keys (or the policy's defaults) allow, never adds
+    to it: a token whose lists do not meet would be refused every time, so minting it is refused."""
+    keys = {"openai": "team-openai", "anthropic": "team-anthropic"}
+    with pytest.raises(
+        ConfigurationError, match=r"could use no deployment.*provider-key deployments \(anthropic, openai\)"
+    ):
+        mint_token(
+            hs_policy(),
+            subject="ann",
+            scopes=["chat:write"],
+            lifetime=60,
+            now=NOW,
+            provider_keys=keys,
+            allowed_deployments=["echo"],
+        )
+    with pytest.raises(ConfigurationError, match=r"default_deployments \(none\)"):
+        mint_token(
+            hs_policy(), subject="ann", scopes=["chat:write"], lifetime=60, now=NOW, allowed_deployments=["echo"]
+        )
+    meeting = mint_token(
+        hs_policy(),
+        subject="ann",
+        scopes=["chat:write"],
+        lifetime=60,
+        now=NOW,
+        provider_keys=keys,
+        allowed_deployments=["openai", "echo"],
+    )
+    assert authenticator()(meeting).allowed_deployments == {"openai"}
+    open_policy = hs_policy(default_deployments=None)  # "*": every deployment, narrowed to echo
+    echo_only = mint_token(
+        open_policy, subject="ann", scopes=["chat:write"], lifetime=60, now=NOW, allowed_deployments=["echo"]
+    )
+    assert authenticator(open_policy)(echo_only).allowed_deployments == {"echo"}
+
+
 # ----------------------------------------------------------------------------------------------
 # revocation stores and the registry
 

@@ -69,6 +69,7 @@ def mint_token(
             "a token's subject, tenant, kid, provider keys, models and deployments must be names of 1 to "
             f"{MAX_NAME} printable characters"
         )
+    _refuse_useless(provider_keys, deployments, signer.default_deployments if isinstance(signer, TokenPolicy) else None)
     issued = math.floor(time.time() if now is None else now)
     claims: dict[str, Any] = {
         "iss": issuer or default_issuer,
@@ -95,6 +96,29 @@ def mint_token(
     if registry is not None:
         registry.record(MintedToken(claims["jti"], subject, tuple(scope_list), issued, claims["exp"], tenant))
     return token
+
+
+def _refuse_useless(
+    provider_keys: Mapping[str, str] | None, deployments: list[str] | None, defaults: frozenset[str] | None
+) -> None:
+    """Refuse a token whose allow-lists leave it no deployment at all (it would be refused every time).
+
+    A token may use its provider keys' deployments, else the policy's default ones (``defaults``;
+    ``None``: every one), and ``allowed_deployments`` narrows that set — it never adds to it."""
+    if deployments is None:
+        return
+    if provider_keys is not None:
+        usable, source = set(provider_keys), "its --provider-key deployments"
+    elif defaults is not None:
+        usable, source = set(defaults), "[gateway.jwt] default_deployments"
+    else:
+        return
+    if not usable & set(deployments):
+        names = ", ".join(sorted(usable)) or "none"
+        raise ConfigurationError(
+            f"the token could use no deployment: --deployment only narrows {source} ({names}), and "
+            f"none of {', '.join(deployments)} is among them; give each a --provider-key, or leave --deployment out"
+        )
 
 
 def _spoken(seconds: float) -> str:
