@@ -80,6 +80,8 @@ def _usage(args: argparse.Namespace) -> int:
     if path.is_dir():
         raise ConfigurationError(f"{path} is a folder; give the ledger file in it with --ledger")
     if not path.is_file():
+        if args.ledger_file:  # a file named by hand that is not there: most often a typo
+            raise ConfigurationError(f"--ledger {path}: no such file")
         print(f"gtl: no usage recorded yet (no ledger at {path})", file=sys.stderr)
         return 0
     since = time.time() - args.days * 86400 if args.days is not None else None

@@ -57,6 +57,9 @@ def add_subcommands(subparsers: Any) -> None:
     add.add_argument("name", help="the key's name, e.g. team-openai")
     add.add_argument("--deployment", metavar="D", help="allow only this deployment to use the key")
     add.add_argument("--replace", action="store_true", help="replace the secret of an existing key")
+    # a secret typed after the name: caught, so argparse's "unrecognized arguments" cannot echo it
+    add.add_argument("secret_given", nargs="*", help=argparse.SUPPRESS)
+    add.add_argument("--secret", "--key", "--api-key", "--value", dest="secret_option", help=argparse.SUPPRESS)
     add.set_defaults(handler=_add)
 
     listing = actions.add_parser("list", parents=[vault], help="list stored keys (never their secrets)")
@@ -88,6 +91,12 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
+    if args.secret_given or args.secret_option:
+        raise ConfigurationError(
+            "gtl keys add takes the key's name only: a secret on the command line stays in the shell's history "
+            'and the process list. Pipe it on standard input (printf %s "$KEY" | gtl keys add NAME) or type it '
+            "at the hidden prompt; nothing was stored"
+        )
     vault_module = _vault_module()
     vault_module.check_key_name(args.name)  # before asking for the secret
     vault = _open(args)

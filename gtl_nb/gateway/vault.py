@@ -423,8 +423,8 @@ class Vault:
             old = entries.get(name)
             if old is not None and not replace:
                 raise ConfigurationError(
-                    f"the vault {self.path} already has a key named {name!r}; replace its secret with --replace "
-                    "(replace=True), or remove it first"
+                    f"the vault {self.path} already has a key named {name!r}; replace its secret (gtl keys add "
+                    "--replace), or remove it first"
                 )
             now = _timestamp(self._wall_clock())
             if old is None:

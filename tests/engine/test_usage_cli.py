@@ -99,10 +99,19 @@ def test_a_window_without_requests_says_so(ledger, capsys):
     assert status == 0 and not out and "no requests recorded in the last 1 day(s)" in err
 
 
-def test_no_ledger_yet_is_said_and_no_file_is_made(tmp_path, capsys):
-    missing = tmp_path / "none.sqlite3"
-    status, out, err = usage(capsys, "--ledger", str(missing))
+def test_no_ledger_yet_is_said_and_no_file_is_made(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # the default file, not made yet
+    monkeypatch.delenv("GTL_NB_CONFIG", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    status, out, err = usage(capsys)
     assert status == 0 and not out and "no usage recorded yet" in err
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_ledger_file_named_by_hand_that_is_not_there_is_an_error(tmp_path, capsys):
+    missing = tmp_path / "none.sqlite3"  # most often a typo: never "no usage yet"
+    status, out, err = usage(capsys, "--ledger", str(missing))
+    assert status == 2 and not out and f"--ledger {missing}: no such file" in err
     assert not missing.exists()
 
 

@@ -687,17 +687,16 @@ def test_gtl_keys_uses_the_default_vault_and_variable(tmp_path: Path, cli_env: d
     assert refused.returncode == 2 and "$GTL_NB_VAULT_KEY is not set" in refused.stderr
 
 
-def test_the_command_line_has_no_way_to_pass_a_secret():
-    import argparse
-
-    from gtl_nb.gateway.keys_cli import add_subcommands
-
-    parser = argparse.ArgumentParser()
-    add_subcommands(parser.add_subparsers())
-    with pytest.raises(SystemExit):
-        parser.parse_args(["keys", "add", "name", "--secret", "x"])
-    with pytest.raises(SystemExit):
-        parser.parse_args(["keys", "add", "name", "extra-positional-secret"])
+def test_the_command_line_has_no_way_to_pass_a_secret(tmp_path: Path, cli_env: dict[str, str]):
+    """A secret typed on the command line is refused without being echoed back (argparse's "unrecognized
+    arguments" would print it), and nothing is stored."""
+    where = ["--vault", str(tmp_path / "v.json"), "--key-env", "GTL_TEST_VAULT_KEY"]
+    for typed in ([CANARY], ["--secret", CANARY], [CANARY, "--replace"]):
+        refused = keys("add", "team-openai", *typed, *where, env=cli_env, stdin="")
+        assert refused.returncode == 2, refused.stderr
+        assert CANARY not in refused.stdout + refused.stderr
+        assert "Pipe it on standard input" in refused.stderr and "nothing was stored" in refused.stderr
+    assert not (tmp_path / "v.json").exists()
 
 
 # ----------------------------------------------------------------------------------------------
