@@ -132,10 +132,38 @@ def _structured(response_format: Any) -> dict[str, Any] | None:
     return None
 
 
-def _strict_schema_refusal(response_format: Any) -> dict[str, Any] | None:
-    """The API's 400 for a strict ``json_schema`` whose objects are not all closed and fully required
-    (``sim.schemas``), or ``None``."""
-    wrapper = response_format.get("json_schema") if isinstance(response_format, dict) else None
+_FORMAT_TYPES = ("text", "json_object", "json_schema")
+
+
+def _response_format_refusal(response_format: Any) -> dict[str, Any] | None:
+    """The API's 400 for a ``response_format`` it cannot read: a type it does not know, a
+    ``json_schema`` type without its ``json_schema``, or a strict schema whose objects are not all
+    closed and fully required (``sim.schemas``); else ``None``."""
+    if not isinstance(response_format, dict):
+        return None
+    kind = response_format.get("type")
+    if kind is None:
+        return _error(
+            "Missing required parameter: 'response_format.type'.",
+            "invalid_request_error",
+            "missing_required_parameter",
+            "response_format.type",
+        )
+    if kind not in _FORMAT_TYPES:
+        return _error(
+            f"Invalid value: {kind!r}. Supported values are: 'text', 'json_object', and 'json_schema'.",
+            "invalid_request_error",
+            "invalid_value",
+            "response_format.type",
+        )
+    wrapper = response_format.get("json_schema")
+    if kind == "json_schema" and not isinstance(wrapper, dict):
+        return _error(
+            "Missing required parameter: 'response_format.json_schema'.",
+            "invalid_request_error",
+            "missing_required_parameter",
+            "response_format.json_schema",
+        )
     if not isinstance(wrapper, dict) or wrapper.get("strict") is not True:
         return None
     problem = schema_problem(wrapper.get("schema"), every_property_required=True)
@@ -155,6 +183,10 @@ def _error(message: str, type_: str | None, code: str | None, param: str | None 
 
 class _ChatCompletionsSim:
     """What OpenAI, OpenAI-compatible servers and Azure share: request reading and the answer's chunks."""
+
+    #: whether ``response_format`` is checked as OpenAI's API checks it (an OpenAI-compatible server may
+    #: take other types, and ignores ``strict``)
+    checks_response_format = True
 
     name = "openai"
     base_path = "/v1"
@@ -329,7 +361,9 @@ class _ChatCompletionsSim:
                     "decimal_above_max_value" if above else "decimal_below_min_value",
                     name,
                 )
-        return _strict_schema_refusal(req.json.get("response_format"))
+        if not self.checks_response_format:
+            return None
+        return _response_format_refusal(req.json.get("response_format"))
 
 
 class OpenAISim(_ChatCompletionsSim):
@@ -578,6 +612,7 @@ class OpenAICompatibleSim(OpenAISim):
     name = "openai_compatible"
     check_key_default = False
     known_models = None
+    checks_response_format = False
 
 
 class AzureSim(_ChatCompletionsSim):

@@ -102,3 +102,24 @@ def test_a_class_is_answered_by_both_apis_and_an_open_schema_gets_their_refusal(
             assert refused.value.provider == "p"
         finally:
             client.close()
+
+
+def test_openais_refusals_of_a_format_it_cannot_read_reach_the_caller_and_a_compatible_server_takes_it():
+    """OpenAI refuses a ``response_format`` type it does not know and a ``json_schema`` without its schema
+    (a 400 naming the parameter); an OpenAI-compatible server may take other types, and is not held to it."""
+    with sim.serve("openai", api_key="sim-key") as openai_sim, sim.serve("openai_compatible") as local:
+        providers = {
+            "p": {"type": "openai", "api_key": "sim-key", "base_url": openai_sim.base_url},
+            "local": {"type": "openai_compatible", "base_url": local.base_url},
+        }
+        client = gtl_nb.connect(providers=providers, config={"ledger": {"enabled": False}}, environ={})
+        try:
+            for odd, said in (
+                ({"type": "bogus"}, "Supported values are: 'text', 'json_object', and 'json_schema'"),
+                ({"type": "json_schema"}, "Missing required parameter: 'response_format.json_schema'"),
+            ):
+                with pytest.raises(InvalidRequestError, match=said):
+                    client.complete("p:gpt-4o-mini", "hi", response_format=odd)
+            assert client.complete("local:any-model", "hi", response_format={"type": "bogus"}).text
+        finally:
+            client.close()
