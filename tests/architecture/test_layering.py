@@ -30,6 +30,7 @@ RANKS: dict[str, int] = {
     "tools": 5,  # Python callables as GTL tools (schemas from signatures), used by the magics
     "backend": 5,  # the client's backend seam: the embedded engine now, a remote transport next
     "handoff": 5,  # events from the loop thread to a stream's reader, in batches
+    "strict_schema": 5,  # a class's JSON Schema made strict, for response_format
     "client": 6,
     "gateway": 7,
     "analysis": 8,
