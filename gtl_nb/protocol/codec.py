@@ -34,7 +34,17 @@ from typing import Any
 import msgspec
 
 from gtl_nb.protocol.errors import FrameTooLargeError, ProtocolError, UnknownMessageTypeError
-from gtl_nb.protocol.messages import MESSAGE_TYPES, Answer, CompletionRequest, Done, Query, Tool, WireMessage
+from gtl_nb.protocol.messages import (
+    MESSAGE_TYPES,
+    Answer,
+    CompletionRequest,
+    Done,
+    Query,
+    Reasoning,
+    Token,
+    Tool,
+    WireMessage,
+)
 
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 64
@@ -66,6 +76,27 @@ def encode(message: WireMessage) -> bytes:
 def encode_frame(message: WireMessage) -> bytes:
     """Serialise one GTL message as a newline-terminated frame."""
     return encode(message) + b"\n"
+
+
+def frames_within(message: WireMessage, max_bytes: int) -> bytes:
+    """``message`` as newline-terminated frames of at most ``max_bytes`` each (the newlines aside).
+
+    A ``token`` or ``reasoning`` whose text makes its frame too long goes as several of the same
+    event, their texts in order: the protocol says nothing of how an answer's text is cut into events,
+    and a peer's frame limit must not end an answer a smaller cut carries (a long answer not streamed
+    arrives as one token). Anything else over the limit is a ``FrameTooLargeError``."""
+    data = encode(message)
+    if len(data) <= max_bytes:
+        return data + b"\n"
+    text = getattr(message, "text", None)
+    if type(message) in (Token, Reasoning) and isinstance(text, str) and len(text) > 1:
+        half = len(text) // 2  # halves until each fits: a few encodes, once in a long while
+        first = msgspec.structs.replace(message, text=text[:half])  # type: ignore[type-var]
+        rest = msgspec.structs.replace(message, text=text[half:])  # type: ignore[type-var]
+        return frames_within(first, max_bytes) + frames_within(rest, max_bytes)
+    kind = getattr(type(message), "__struct_config__", None)
+    name = getattr(kind, "tag", None) or type(message).__name__
+    raise FrameTooLargeError(f"{name} frame of {len(data)} bytes exceeds the maximum frame size of {max_bytes} bytes")
 
 
 def _reason(exc: BaseException) -> str:

@@ -71,7 +71,7 @@ from typing import Literal
 
 import msgspec
 
-from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME_BYTES, encode
+from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, DEFAULT_MAX_FRAME_BYTES, encode, frames_within
 from gtl_nb.protocol.connection_events import (
     CONNECTION_CLOSED,
     NEED_DATA,
@@ -84,7 +84,6 @@ from gtl_nb.protocol.connection_events import (
 from gtl_nb.protocol.errors import (
     ERROR_CLASSES,
     ConfigurationError,
-    FrameTooLargeError,
     GTLError,
     ProtocolError,
     SessionStateError,
@@ -526,12 +525,8 @@ class GTLConnection:
     # -- helpers ------------------------------------------------------------------------------------
 
     def _frame(self, message: WireMessage) -> bytes:
-        data = encode(message)
-        if len(data) > self.send_limit:
-            raise FrameTooLargeError(
-                f"{_kind(message)} frame of {len(data)} bytes exceeds the maximum frame size of {self.send_limit} bytes"
-            )
-        return data + b"\n"
+        # (a token or reasoning too long for one frame goes as several: codec.frames_within)
+        return frames_within(message, self.send_limit)
 
     def _queue(self, message: WireMessage) -> None:
         self._out += encode(message) + b"\n"  # the connection's own replies are small: no size check

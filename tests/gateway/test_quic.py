@@ -39,7 +39,13 @@ from gtl_nb.protocol import (
     Token,
 )
 from gtl_nb.protocol.codec import decode
-from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError, OverloadedError, ProviderUnavailableError
+from gtl_nb.protocol.errors import (
+    ConfigurationError,
+    FrameTooLargeError,
+    InvalidRequestError,
+    OverloadedError,
+    ProviderUnavailableError,
+)
 from gtl_nb.transports.quic.backend import parse_address
 from gtl_nb.transports.quic.config import client_configuration
 from gtl_nb.transports.quic.peer import QuicPeer
@@ -515,3 +521,14 @@ def test_an_address_without_a_gateway_fails_fast_naming_it(certs):
     with pytest.raises(ProviderUnavailableError) as caught:
         connect(f"quic://127.0.0.1:{port}", certs)
     assert f"127.0.0.1:{port}" in caught.value.message and caught.value.retryable
+
+
+def test_a_token_longer_than_a_frame_goes_as_several_frames_of_its_text():
+    """The QUIC framing cuts a token too long for one frame, as every GTL connection does
+    (``codec.frames_within``); anything else over the limit is refused."""
+    text = "a quay, 港 " * 100
+    frames = frame(Token(session_id="s1", text=text), 300).splitlines()
+    assert len(frames) > 3 and all(len(piece) <= 300 for piece in frames)
+    assert "".join(decode(piece).text for piece in frames) == text  # type: ignore[union-attr]
+    with pytest.raises(FrameTooLargeError):
+        frame(Error(session_id="s1", code="INTERNAL", message="x" * 400), 300)

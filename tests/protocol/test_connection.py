@@ -30,6 +30,7 @@ from gtl_nb.protocol import (
     ProtocolError,
     ProtocolViolation,
     ProviderInfo,
+    Reasoning,
     SessionStateError,
     Status,
     Token,
@@ -38,6 +39,7 @@ from gtl_nb.protocol import (
     decode,
     encode,
 )
+from gtl_nb.protocol.codec import frames_within
 from gtl_nb.protocol.frames import string_field
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "gtl_nb" / "protocol"
@@ -333,6 +335,31 @@ def test_a_client_refuses_a_request_over_the_limit_the_server_announced():
     pair.client_send(request("s2", "small"))  # nothing changed: the connection carries on
     _, server_events = pair.pump()
     assert [event.session_id for event in server_events] == ["s2"]
+
+
+def test_an_answers_text_longer_than_the_peers_frames_goes_as_several_tokens_of_the_same_text():
+    """A ``token`` (or ``reasoning``) too long for the connection's frames is cut, never refused: a long
+    answer not streamed arrives as one token, and the protocol says nothing of how text is cut."""
+    pair = ConnectionPair(server=GTLConnection("server", max_frame_bytes=400))  # a gateway's [gateway] setting
+    pair.handshake()
+    assert pair.server.send_limit == 400
+    pair.client_send(request("s1"))
+    pair.pump()
+    text = "Å harbour, a quay — 港. " * 60  # ~1.6 KB in UTF-8, several characters of two and three bytes
+    pair.server_send(streaming("s1"))
+    pair.server_send(Reasoning(session_id="s1", text=text))
+    pair.server_send(Token(session_id="s1", text=text))
+    pair.server_send(Done(session_id="s1"))
+    client_events, _ = pair.pump()
+    tokens = [e.text for e in client_events if isinstance(e, Token)]
+    thoughts = [e.text for e in client_events if isinstance(e, Reasoning)]
+    assert "".join(tokens) == text == "".join(thoughts) and len(tokens) > 4 and len(thoughts) > 4
+    assert client_events[-1] == Done(session_id="s1") and pair.client.bad_frames == 0
+    assert all(len(encode(event)) <= 400 for event in client_events)
+    with pytest.raises(FrameTooLargeError):  # anything else still is refused whole
+        frames_within(Error(session_id="s1", code="INTERNAL", message="x" * 500), 400)
+    with pytest.raises(FrameTooLargeError):  # a token whose one character cannot fit (its id is the bulk)
+        frames_within(Token(session_id="s" * 500, text="ab"), 400)
 
 
 # -- bad frames -------------------------------------------------------------------------------------

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, encode
+from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, frames_within
 from gtl_nb.protocol.errors import (
     ERROR_CLASSES,
     ConfigurationError,
-    FrameTooLargeError,
     GTLError,
     ProtocolError,
     ProviderUnavailableError,
@@ -76,13 +75,9 @@ _MAX_REASON = 512  # bytes of reason phrase: a close frame must fit in one packe
 
 
 def frame(message: WireMessage, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> bytes:
-    """``message`` as one newline-terminated frame; ``FrameTooLargeError`` over ``max_frame_bytes``."""
-    data = encode(message)
-    if len(data) > max_frame_bytes:
-        raise FrameTooLargeError(
-            f"{_kind(message)} frame of {len(data)} bytes exceeds the maximum frame size of {max_frame_bytes} bytes"
-        )
-    return data + b"\n"
+    """``message`` as a newline-terminated frame — a token or reasoning too long for one as several
+    (``codec.frames_within``); ``FrameTooLargeError`` for anything else over ``max_frame_bytes``."""
+    return frames_within(message, max_frame_bytes)
 
 
 def close_code(error: GTLError | None) -> tuple[int, str]:
