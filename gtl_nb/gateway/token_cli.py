@@ -121,6 +121,20 @@ def _policy(args: argparse.Namespace, config: Any = None) -> Any:
     return TokenPolicy.from_table(table, base, os.environ)
 
 
+def _revocation_settings(args: argparse.Namespace) -> Any:
+    """What ``list`` and ``revoke`` need of ``[gateway.jwt]``: the stores, never a key (``RevocationSettings``)."""
+    try:
+        from gtl_nb.gateway.tokens.policy import RevocationSettings
+    except ImportError:
+        raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
+    config = _configuration(args)
+    table = config.gateway.get("jwt")
+    if not table:
+        raise ConfigurationError("gtl token needs a [gateway.jwt] table in the configuration (docs/tokens.md)")
+    base = config.source_path.parent if config.source_path is not None else Path.cwd()
+    return RevocationSettings.from_table(table, base)
+
+
 def _store(policy: Any) -> Any:
     from gtl_nb.gateway.tokens import SqliteTokenStore
 
@@ -209,7 +223,7 @@ def _warn_of_unknown_keys(config: Any, provider_keys: dict[str, str]) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    policy = _policy(args)
+    policy = _revocation_settings(args)
     now = time.time()
     with _store(policy) as store:
         store.prune(now - policy.leeway)
@@ -248,7 +262,7 @@ def _revoke(args: argparse.Namespace) -> int:
     jti = args.jti.strip()
     if not jti or len(jti) > 256 or not jti.isprintable():
         raise ConfigurationError("give the token's jti, as gtl token list shows it")
-    policy = _policy(args)
+    policy = _revocation_settings(args)
     now = time.time()
     with _store(policy) as store:
         expires = store.expiry_of(jti)

@@ -909,6 +909,20 @@ def test_gtl_token_mint_list_revoke(gtl, capsys, tmp_path):
         assert store.is_revoked("minted-elsewhere")
 
 
+def test_listing_and_revoking_need_no_signing_secret(gtl, capsys, monkeypatch):
+    """During an incident the operator revoking a token may not hold the secret that mints them."""
+    assert gtl("token", "mint", "--sub", "ann", "--scope", "chat:write") == 0
+    token = capsys.readouterr().out.strip()
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    monkeypatch.delenv("GTL_TEST_TOKEN_SECRET")
+    assert gtl("token", "list") == 0 and jti in capsys.readouterr().out
+    assert gtl("token", "revoke", jti) == 0 and f"revoked {jti}" in capsys.readouterr().out
+    assert gtl("token", "mint", "--sub", "ann", "--scope", "chat:write") == 2  # minting still needs it
+    assert "GTL_TEST_TOKEN_SECRET is not set" in capsys.readouterr().err
+    with SqliteTokenStore(gtl.config.parent / "tokens.sqlite3") as store:
+        assert store.is_revoked(jti)
+
+
 def test_gtl_token_mistakes(gtl, capsys):
     assert gtl("token", "mint", "--sub", "a", "--scope", "chat:wirte") == 2
     assert "did you mean 'chat:write'" in capsys.readouterr().err

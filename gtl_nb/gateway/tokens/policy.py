@@ -176,6 +176,55 @@ class TokenPolicy:
         return self.revocations if self.revocations is not None else default_token_store_path()
 
 
+@dataclass(frozen=True)
+class RevocationSettings:
+    """What listing and revoking tokens need of ``[gateway.jwt]``: where minted tokens and revocations
+    are kept and how long an entry must live — and no key. Revoking a token during an incident must
+    not need the secret that mints them (an operator may not hold it; an RS256 gateway's signing key
+    is not even on the gateway)."""
+
+    revocations: Path | None
+    revocations_url: str | None
+    refresh: float
+    leeway: float
+    max_lifetime: float
+
+    @property
+    def store_path(self) -> Path:
+        """The token store's file (as ``TokenPolicy.store_path``)."""
+        return self.revocations if self.revocations is not None else default_token_store_path()
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], base_dir: Path) -> RevocationSettings:
+        """The settings of a ``[gateway.jwt]`` table, read as ``TokenPolicy.from_table`` reads them."""
+        if not isinstance(table, Mapping):
+            raise ConfigurationError("[gateway.jwt] must be a table")
+        for key in table:
+            if key not in TABLE_KEYS:
+                raise ConfigurationError(_unknown_key(str(key)))
+        reader = _TableReader(table, base_dir)
+        revocations_value = reader.string("revocations")
+        revocations_url = None
+        revocations = None
+        if revocations_value is not None and revocations_value.split("://", 1)[0].lower() in ("redis", "rediss"):
+            from gtl_nb.engine.stores.urls import parse_store_url
+
+            parse_store_url(revocations_value, where="[gateway.jwt] revocations")
+            revocations_url = revocations_value
+        else:
+            revocations = reader.path("revocations")
+        settings = cls(
+            revocations=revocations,
+            revocations_url=revocations_url,
+            refresh=reader.number("refresh", DEFAULT_REFRESH),
+            leeway=reader.number("leeway", DEFAULT_LEEWAY),
+            max_lifetime=reader.number("max_lifetime", DEFAULT_MAX_LIFETIME),
+        )
+        if not 0 <= settings.leeway <= MAX_LEEWAY or not settings.max_lifetime > 0 or settings.refresh < 0:
+            raise ConfigurationError("[gateway.jwt] leeway, max_lifetime or refresh is out of range")
+        return settings
+
+
 def _unknown_key(key: str) -> str:
     if key.lower() in _SECRET_LOOKING_KEYS:
         return (
