@@ -290,7 +290,7 @@ async def discover(
         except (ConfigurationError, VersionMismatchError):
             raise  # a refused certificate or a version this client cannot speak: no other form would help
         except GTLError as exc:
-            failures.append(f"{base}: {exc.message}")
+            failures.append(exc.message if base in exc.message else f"{base}: {exc.message}")  # the URL once
             continue
         return await choose(
             offered_urls(document, base),
@@ -302,7 +302,9 @@ async def discover(
             try_timeout=try_timeout,
             where=f"the gateway at {base}",
         )
-    raise ProviderUnavailableError(f"found no GTL gateway at {endpoint}: {'; '.join(failures)}")
+    said = "; ".join(failures)
+    where = "" if endpoint in said else f" at {endpoint}"
+    raise ProviderUnavailableError(f"found no GTL gateway{where}: {said}")
 
 
 def discovery_endpoint(

@@ -160,3 +160,15 @@ def test_offers_must_name_the_documents_host_and_over_tls_a_tls_scheme():
         ("sse", "sses://gw.example:6"),
     ]
     assert [name for name, _ in offered_urls(document, "http://GW.example:80")] == ["quic", "grpc", "sse"]
+
+
+def test_no_gateway_found_names_each_url_once():
+    import gtl_nb
+    from gtl_nb.protocol.errors import ProviderUnavailableError
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(ProviderUnavailableError) as refused:
+        gtl_nb.connect(f"https://127.0.0.1:{port}")
+    assert refused.value.message.count(f"https://127.0.0.1:{port}") == 1
