@@ -112,7 +112,8 @@ _USAGE_FIELDS = (
 
 
 def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[Any, ...]]:
-    """``(group, requests, errors, tokens in, tokens out, cost, rows without a known cost, tokens read
+    """``(group, requests, errors, tokens in, tokens out, cost, rows whose cost is unknown — answered with
+    no price, or cancelled mid-answer with no usage — tokens read
     from the prompt cache, tokens written to it)`` a group, the busiest first; read-only, so a running
     writer is never disturbed and no file is created."""
     where, params = (" WHERE time >= ?", (since,)) if since is not None else ("", ())
@@ -124,7 +125,9 @@ def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[
         # TOTAL, not SUM: a float that cannot overflow (SUM of integers raises past 2**63)
         query = (
             f"SELECT {grouping} AS grouped, COUNT(*), TOTAL(status IN ('error', 'interrupted')), "
-            "TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), TOTAL(cost IS NULL AND status = 'ok'), "
+            "TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), TOTAL(cost IS NULL AND (status = 'ok' OR "
+            # a request cancelled once its answer had begun (ttft known) was billed for what was generated
+            "(status = 'cancelled' AND ttft_ms IS NOT NULL))), "
             f"TOTAL(cached_tokens_in), {written} "
             f"FROM requests{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
         )
@@ -179,7 +182,10 @@ def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
         )
         out.append(row + (f"  {cached:>11,}  {written:>11,}" if cache else ""))
     if totals[5]:
-        out.append(f"* {totals[5]:,} answered request(s) with no known price: their cost is not in the sum")
+        out.append(
+            f"* {totals[5]:,} request(s) with no known cost — no price for the model, or cancelled once the answer "
+            "had begun, before the provider reported usage: not in the sum"
+        )
     if cache:
         out.append("(from cache / to cache: input tokens the provider's prompt cache read and wrote, inside tokens in)")
     return "\n".join(out)

@@ -204,3 +204,20 @@ def test_a_ledger_an_older_release_wrote_is_read_as_it_is(ledger, tmp_path, caps
     assert status == 0 and out.splitlines()[-1].split()[:2] == ["total", "6"]
     with sqlite3.connect(older) as copy:  # read, never migrated
         assert "cache_write_tokens_in" not in {row[1] for row in copy.execute("PRAGMA table_info(requests)")}
+
+
+def test_a_request_cancelled_mid_answer_without_usage_is_a_cost_unknown_not_a_free_one(tmp_path, capsys):
+    """The provider bills what it generated before the cancel; with no usage reported the cost is
+    unknown (marked), never $0. A request cancelled before its answer began cost nothing."""
+    from gtl_nb.engine.ledger import Ledger
+
+    path = tmp_path / "cancelled.sqlite3"
+    with Ledger(str(path)) as ledger:
+        for session, ttft in (("mid-answer", 120.0), ("queued", None)):
+            row = ledger.start(session_id=session, user="u", model="gpt-4o-mini")
+            ledger.finish(row, status="cancelled", error_code="CANCELLED", deployment="openai", ttft_ms=ttft)
+    status, out, _ = usage(capsys, "--ledger", str(path))
+    assert status == 0 and "$0.0000*" in out
+    assert "* 1 request(s) with no known cost" in out and "cancelled once the answer had begun" in out
+    status, out, _ = usage(capsys, "--ledger", str(path), "--json")
+    assert json.loads(out)["cost_unknown"] == 1
