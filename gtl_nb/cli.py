@@ -4,6 +4,8 @@
     gtl models
     gtl --gateway URL complete|models ...   the same on a running gateway ($GTL_NB_GATEWAY; its token
                                             in $GTL_NB_TOKEN or $GTL_TOKEN, never on the command line)
+    gtl usage [--by model|deployment|user|day|status] [--days N] [--json]   the ledger's sums
+                                            (this machine's file; a gateway's with gtl --gateway URL usage)
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
     gtl gap wrap|transform|parse|graph ...
     gtl serve [--config FILE] [--stdio | --http/--grpc/--quic HOST:PORT] [--tls-cert F --tls-key F]
@@ -47,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--gateway",
         metavar="URL",
         default=os.environ.get(GATEWAY_ENV) or None,
-        help=f"run complete and models on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
+        help=f"run complete, models and usage on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
         f"in this process (default: ${GATEWAY_ENV}); its token is read from ${TOKEN_ENV} (or ${NOTEBOOK_TOKEN_ENV})",
     )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_models)
 
     _optional_subcommands(sub)
+    parser.set_defaults(gateway_usage_rows=_gateway_usage_rows)  # `gtl --gateway URL usage` (engine.ledger_cli)
     return parser
 
 
@@ -118,6 +121,16 @@ def _client(args: argparse.Namespace) -> Any:
     if args.config is not None and not Path(args.config).expanduser().is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")
     return connect(config=args.config)
+
+
+def _gateway_usage_rows(args: argparse.Namespace, since: float | None) -> tuple[list[dict[str, Any]], str]:
+    """The usage rows the gateway lets this token read (its own with ``usage:read``, everyone's with
+    ``usage:admin``), and the words naming where they came from."""
+    filters: dict[str, Any] = {} if since is None else {"since": since}
+    with _client(args) as client:
+        frame = client.usage(**filters)
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return rows, f"the gateway at {args.gateway}"
 
 
 # The engine words its set-up advice for Python callers; a shell user sets a variable or a TOML section.

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sqlite3
 import sys
 import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,8 @@ def add_subcommands(subparsers: Any) -> None:
         "usage",
         help="requests, tokens and cost the usage ledger recorded, by model",
         description="Sum the usage ledger of this machine (the file the embedded engine writes, or a "
-        "gateway's with --ledger): requests, errors, tokens and cost, grouped.",
+        "gateway's with --ledger), or with gtl --gateway URL usage a running gateway's rows: requests, "
+        "errors, tokens and cost, grouped.",
     )
     usage.add_argument(
         "--by", choices=sorted(GROUPINGS), default="model", help="group rows by this (default: model; day: the UTC day)"
@@ -73,10 +76,17 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _usage(args: argparse.Namespace) -> int:
-    _refuse_a_gateway(args, "usage")
-    path, _ = _configured(args)
     if args.days is not None and not args.days > 0:  # not >: NaN is refused too
         raise ConfigurationError(f"--days must be more than 0, got {args.days:g}")
+    since = time.time() - args.days * 86400 if args.days is not None else None
+    remote = getattr(args, "gateway_usage_rows", None)  # the gtl command's way to a gateway's rows
+    if _gateway_given(args) and remote is not None:
+        if args.ledger_file or args.ledger_config:
+            raise ConfigurationError("--ledger and --config name a file on this machine; --gateway asks the gateway")
+        rows, source = remote(args, since)
+        return _print_usage(args, group_rows(rows, args.by), source)
+    _refuse_a_gateway(args, "usage")
+    path, _ = _configured(args)
     if path.is_dir():
         raise ConfigurationError(f"{path} is a folder; give the ledger file in it with --ledger")
     if not path.is_file():
@@ -84,19 +94,70 @@ def _usage(args: argparse.Namespace) -> int:
             raise ConfigurationError(f"--ledger {path}: no such file")
         print(f"gtl: no usage recorded yet (no ledger at {path})", file=sys.stderr)
         return 0
-    since = time.time() - args.days * 86400 if args.days is not None else None
-    groups = _usage_groups(path, GROUPINGS[args.by], since)
+    return _print_usage(args, _usage_groups(path, GROUPINGS[args.by], since), f"ledger {path}")
+
+
+def _print_usage(args: argparse.Namespace, groups: list[tuple[Any, ...]], source: str) -> int:
+    """The groups as JSON lines or a table; which ledger was read on standard error (the table pipes alone)."""
     if args.json:
         for group in groups:
             print(json.dumps({args.by: group[0], **dict(zip(_USAGE_FIELDS, group[1:], strict=True))}))
         return 0
     if not groups:
         window = f" in the last {args.days:g} day(s)" if args.days is not None else ""
-        print(f"gtl: no requests recorded{window} (ledger {path})", file=sys.stderr)
+        print(f"gtl: no requests recorded{window} ({source})", file=sys.stderr)
         return 0
     print(_usage_table(args.by, groups))
-    print(f"gtl: read {path}", file=sys.stderr)  # which file: standard error, so the table pipes alone
+    print(f"gtl: read {source.removeprefix('ledger ')}", file=sys.stderr)
     return 0
+
+
+def group_rows(rows: Iterable[Mapping[str, Any]], by: str) -> list[tuple[Any, ...]]:
+    """``_usage_groups`` of ledger rows already read (a gateway's, through its query): the same sums,
+    the same unknown costs, the same order."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        key = _group_of(row, by)
+        status, cost = row.get("status"), _number(row.get("cost"))
+        mid_answer = status == "cancelled" and _number(row.get("ttft_ms")) is not None
+        values = (
+            1,
+            status in ("error", "interrupted"),
+            _number(row.get("tokens_in")) or 0,
+            _number(row.get("tokens_out")) or 0,
+            cost or 0.0,
+            cost is None and (status == "ok" or mid_answer),
+            _number(row.get("cached_tokens_in")) or 0,
+            _number(row.get("cache_write_tokens_in")) or 0,
+        )
+        total = sums.setdefault(key, [0] * len(values))
+        for index, value in enumerate(values):
+            total[index] += value
+    ordered = sorted(sums.items(), key=lambda item: (-item[1][0], item[0]))
+    return [
+        (key, int(t[0]), int(t[1]), int(t[2]), int(t[3]), float(t[4]), int(t[5]), int(t[6]), int(t[7]))
+        for key, t in ordered
+    ]
+
+
+def _group_of(row: Mapping[str, Any], by: str) -> str:
+    if by == "day":
+        when = row.get("time")
+        if hasattr(when, "strftime"):  # a DataFrame's timestamp
+            return str(when.strftime("%Y-%m-%d"))
+        seconds = _number(when)
+        return "-" if seconds is None else time.strftime("%Y-%m-%d", time.gmtime(seconds))
+    value = row.get(by)
+    return value if isinstance(value, str) and value else ("-" if by != "status" else str(value))
+
+
+def _number(value: Any) -> float | None:
+    """A row's number, or ``None`` for a missing one (``None``, NaN, pandas' NA)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
 
 _USAGE_FIELDS = (
@@ -191,6 +252,13 @@ def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
     return "\n".join(out)
 
 
+def _gateway_given(args: argparse.Namespace) -> bool:
+    """Whether ``--gateway`` was given on the command line (``$GTL_NB_GATEWAY`` alone is set for
+    ``complete`` and ``models``, and does not move ``usage`` off this machine's ledger)."""
+    given = getattr(args, "gateway", None)
+    return bool(given) and given != os.environ.get("GTL_NB_GATEWAY")
+
+
 def _refuse_a_gateway(args: argparse.Namespace, command: str) -> None:
     """``--gateway`` given on the command line to a command that reads this machine's ledger file: say
     so rather than answer for another ledger (``$GTL_NB_GATEWAY`` alone is not refused: it is set for
@@ -198,8 +266,8 @@ def _refuse_a_gateway(args: argparse.Namespace, command: str) -> None:
     given = getattr(args, "gateway", None)
     if given and given != os.environ.get("GTL_NB_GATEWAY"):
         raise ConfigurationError(
-            f"gtl {command} reads a ledger file on this machine, not a gateway's: drop --gateway, and give the "
-            "gateway's file with --ledger where it is readable (a notebook on the gateway has %gtl usage)"
+            f"gtl {command} works on a ledger file on this machine, not a gateway's: drop --gateway, and give the "
+            "gateway's file with --ledger where it is readable (gtl --gateway URL usage reads a gateway's usage)"
         )
 
 

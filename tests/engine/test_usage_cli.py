@@ -128,11 +128,24 @@ def test_a_file_that_is_no_ledger_is_one_clear_line(tmp_path, capsys):
 
 
 def test_the_ledger_commands_refuse_a_gateway_given_on_the_command_line(ledger, capsys, monkeypatch):
-    for command in (["usage", "--ledger", str(ledger)], ["ledger", "prune", "--ledger", str(ledger), "--days", "30"]):
-        assert main(["--gateway", "ws://127.0.0.1:9", *command]) == 2
-        assert "reads a ledger file on this machine, not a gateway's" in capsys.readouterr().err
+    assert main(["--gateway", "ws://127.0.0.1:9", "ledger", "prune", "--ledger", str(ledger), "--days", "30"]) == 2
+    assert "works on a ledger file on this machine, not a gateway's" in capsys.readouterr().err
+    # usage asks the gateway instead; a file named beside it is one too many
+    assert main(["--gateway", "ws://127.0.0.1:9", "usage", "--ledger", str(ledger)]) == 2
+    assert "--gateway asks the gateway" in capsys.readouterr().err
     monkeypatch.setenv("GTL_NB_GATEWAY", "ws://127.0.0.1:9")  # set for complete and models: not a refusal
     assert main(["usage", "--ledger", str(ledger)]) == 0
+
+
+def test_rows_read_through_a_gateway_group_as_the_file_does(ledger):
+    """``group_rows`` (for a gateway's rows) sums exactly as the SQL of a file does, every grouping."""
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.engine.ledger_cli import GROUPINGS, _usage_groups, group_rows
+
+    with Ledger(str(ledger)) as read:
+        rows = read.rows()
+    for by in GROUPINGS:
+        assert group_rows(rows, by) == _usage_groups(ledger, GROUPINGS[by], None), by
 
 
 def test_a_ledger_in_a_folder_it_cannot_write_is_read_as_immutable(ledger, capsys, monkeypatch):

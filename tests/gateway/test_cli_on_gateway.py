@@ -70,6 +70,28 @@ def test_models_with_a_token_that_may_not_list_them_says_why_the_list_is_empty(t
     assert captured.err.count("\n") == 1  # one line
 
 
+def test_usage_on_a_gateway_reads_what_the_token_may_see(tmp_path, capsys, monkeypatch):
+    from gtl_nb.gateway.local import start_gateway
+    from tests.gateway.conftest import jwt_echo_gateway
+
+    config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "GTL_TEST_CLI_SECRET")
+    with start_gateway(config) as running:
+        address = running.url("ws")
+        monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write", "usage:read"))
+        for prompt in ("one", "two"):
+            assert main(["--gateway", address, "complete", prompt, "--model", "echo"]) == 0
+        capsys.readouterr()
+        assert main(["--gateway", address, "usage", "--json"]) == 0
+        (group,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert group["model"] == "echo" and group["requests"] == 2 and group["tokens_out"] > 0
+        assert main(["--gateway", address, "usage", "--by", "day"]) == 0
+        captured = capsys.readouterr()
+        assert captured.out.splitlines()[0].startswith("day") and f"gtl: read the gateway at {address}" in captured.err
+        monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write"))  # no usage:read
+        assert main(["--gateway", address, "usage"]) == 2
+        assert "usage:read" in capsys.readouterr().err
+
+
 def test_models_on_a_gateway_that_serves_nothing_says_so_and_succeeds(tmp_path, capsys, monkeypatch):
     from gtl_nb.gateway.local import start_gateway
     from tests.gateway.conftest import jwt_echo_gateway
