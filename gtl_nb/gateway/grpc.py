@@ -72,7 +72,7 @@ from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, Signal, TlsFiles
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.proxies import peer_text
-from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst
+from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.ids import unique_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
@@ -318,9 +318,8 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     async def _context_of(self, context: grpc.aio.ServicerContext) -> RequestContext:
         try:
-            who = self._authenticate(_bearer(context))
+            who = authenticated_or_logged(self._authenticate, _bearer(context), _peer(context.peer()))
         except AuthenticationError as exc:
-            log.warning("refused a call from %s: %s", _peer(context.peer()), exc.message)
             await _abort(context, grpc.StatusCode.UNAUTHENTICATED, exc)
         return dataclasses.replace(who, peer=self._client_of(context), transport="grpc")
 

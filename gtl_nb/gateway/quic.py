@@ -44,7 +44,7 @@ from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import QueryDesk
-from gtl_nb.gateway.sessions import Authenticate, cancel_started, fitted
+from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.connection_events import (
@@ -293,9 +293,8 @@ class _Connection:
 
     def welcome(self, event: HandshakeComplete) -> None:
         try:
-            context = self.gateway.authenticate(event.token)
+            context = authenticated_or_logged(self.gateway.authenticate, event.token, self.where)
         except AuthenticationError as exc:
-            log.warning("refused client %s: %s", self.where, exc.message)
             self.close(exc)
             return
         except Exception:  # a bug in the hook must not leave the connection half-open

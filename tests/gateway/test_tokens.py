@@ -970,11 +970,12 @@ def test_the_operators_log_line_says_why_a_token_was_refused_and_never_holds_it(
     revocations.revoke("jti-1", NOW + 7200)
     expired = hs(claims(jti="jti-2", iat=int(NOW) - 7200, exp=int(NOW) - 3600))
     for token in (hs(claims()), expired):
-        with caplog.at_level("WARNING", logger="gtl_nb"), pytest.raises(TokenRefusedError) as refused:
+        with caplog.at_level("INFO", logger="gtl_nb"), pytest.raises(TokenRefusedError) as refused:
             authenticated_or_logged(auth, token, "127.0.0.1:5000")
         assert "[" not in refused.value.message  # the client hears only its message
     lines = [record.getMessage() for record in caplog.records if "refused client" in record.getMessage()]
     assert len(lines) == 2 and all("127.0.0.1:5000" in line for line in lines)
+    assert len([record for record in caplog.records if "refused" in record.getMessage()]) == 2  # one line each
     assert "[revoked (sub='alice', jti='jti-1')]" in lines[0]
     assert "[expired" in lines[1]
     assert not any(token_part in caplog.text for token_part in hs(claims()).split(".") + expired.split("."))

@@ -110,11 +110,12 @@ class TokenAuthenticator:
                 claims = self._verify(token)
                 context = self._context(claims)
             except _Refusal as refusal:
-                log.info("GhostToken refused: %s%s", refusal.reason, refusal.detail)
+                # (debug: the gateway logs each refusal once, with this reason — sessions.authenticated_or_logged)
+                log.debug("GhostToken refused: %s%s", refusal.reason, refusal.detail)
                 raise TokenRefusedError(refusal.message, refusal.reason, detail=refusal.detail) from None
             self._remember(token, context, now)
         if self._revoked(context.key_id or ""):
-            log.info("GhostToken refused: revoked (sub=%r, jti=%r)", context.principal, context.key_id)
+            log.debug("GhostToken refused: revoked (sub=%r, jti=%r)", context.principal, context.key_id)
             raise TokenRefusedError(REFUSED, "revoked", detail=f" (sub={context.principal!r}, jti={context.key_id!r})")
         log.debug(
             "GhostToken accepted: sub=%r, jti=%r, scopes=%s", context.principal, context.key_id, sorted(context.scopes)
