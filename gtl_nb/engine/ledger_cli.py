@@ -279,11 +279,9 @@ def _prune(args: argparse.Namespace) -> int:
     days = args.days if args.days is not None else getattr(configured, "days", None)
     rows = args.max_rows if args.max_rows is not None else getattr(configured, "max_rows", None)
     if days is None and rows is None:
-        print(
-            "nothing to prune by: give --days or --max-rows, or set [ledger] retention_days or max_rows",
-            file=sys.stderr,
+        raise ConfigurationError(
+            "nothing to prune by: give --days or --max-rows, or set [ledger] retention_days or max_rows"
         )
-        return 2
     if days is not None and not days >= 1:  # not >=: NaN is refused too
         raise ConfigurationError(f"--days must be at least 1, got {days:g}")
     if rows is not None and rows < 1:
