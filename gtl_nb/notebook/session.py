@@ -107,13 +107,26 @@ class NotebookSession:
             options: dict[str, Any] = {}
             if is_embedded(url):  # a gateway serves its own deployments: the notebook's stay here for later
                 if self.providers:
-                    options["providers"] = {name: dict(values) for name, values in self.providers.items()}
+                    added = {name: dict(values) for name, values in self.providers.items()}
+                    options["providers"] = {**self._from_the_environment(), **added}
                 if self.settings.config_file:
                     options["config"] = self.settings.config_file
             token = self._token or environment_token()
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client
         return client
+
+    def _from_the_environment(self) -> dict[str, dict[str, Any]]:
+        """The deployments the environment implies (``OPENAI_API_KEY`` …) when nothing else configures
+        any: ``%gtl providers`` *adds* a deployment, so these stay beside it (given ``providers=``,
+        the engine would otherwise take the notebook's as the whole list and drop them)."""
+        from gtl_nb.engine.config import load_config
+
+        try:
+            implied = load_config(config=self.settings.config_file).implied
+        except ValueError:  # the file's mistake: said when the client connects
+            return {}
+        return {provider_type: {} for provider_type in implied if provider_type != "echo"}
 
     def set_aside(self, url: str) -> list[str]:
         """What of the notebook's own set-up a client of ``url`` does not use (a gateway's: the

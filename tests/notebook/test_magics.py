@@ -450,6 +450,24 @@ def test_providers_are_configured_with_settings_never_with_literal_keys(ip):
     assert "local" not in set(ip.run_line_magic("gtl", "models")["deployment"])
 
 
+def test_adding_a_deployment_keeps_those_the_environment_gave(ip, monkeypatch):
+    """``%gtl providers`` adds a deployment: the ones ``OPENAI_API_KEY`` and friends imply stay beside it
+    (the engine, given a providers list, would otherwise take it as the whole list)."""
+    from gtl_nb import sim
+
+    with sim.running("openai") as url:
+        monkeypatch.setenv("OPENAI_API_KEY", "sim-key")
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        before = set(ip.run_line_magic("gtl", "models")["deployment"])
+        assert "openai" in before
+        _, text = run(ip, "%gtl providers local type=echo models=echo-a")
+        assert "openai" in text and "local" in text
+        _, answer = run(ip, "%%gtl openai:gpt-4o-mini\nstill here?")
+        assert "openai" in answer
+        run(ip, "%gtl providers local --remove")
+        assert set(ip.run_line_magic("gtl", "models")["deployment"]) == before
+
+
 def test_the_magic_line_gets_the_same_substitution_word_by_word(ip, monkeypatch):
     ip.user_ns["rules"] = "Be brief, and polite."
     ip.user_ns["deployment"] = {"name": "local"}
