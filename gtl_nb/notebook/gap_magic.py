@@ -115,7 +115,7 @@ class GapMagic:
 
         if opts.from_last:
             if self.session.last_completion is None:
-                raise UsageError("--from-last: no answer yet; run a %%gtl cell first")
+                raise UsageError(_no_last_answer(self.session.last_result))
             return self.session.last_completion
         value = self.shell.user_ns.get(opts.from_var)
         if value is None:
@@ -339,3 +339,18 @@ def _show_suggestions(suggestions: list[Any]) -> None:
         lines.append(f"| {md_cell(s.key)} | {md_cell(s.value)} | {s.score:.2f} | {md_cell(origin)} |")
         plain.append(f"{s.key} = {s.value}  ({s.score:.2f}, {origin})")
     show_bundle("\n".join(lines), "\n".join(plain))
+
+
+def _no_last_answer(last: object) -> str:
+    """Why ``--from-last`` has nothing to wrap: no cell yet, a comparison (which answer?), or an error."""
+    results = getattr(last, "results", None)
+    if isinstance(results, dict):
+        models = ", ".join(results)
+        first = next(iter(results), "MODEL")
+        return (
+            f"--from-last: the last %%gtl cell compared {models}; pick one answer and wrap it: "
+            f'`answer = _gtl.completion("{first}")`, then `%gap --from answer`'
+        )
+    if isinstance(last, BaseException):
+        return "--from-last: the last %%gtl cell ended in an error, with no answer to wrap"
+    return "--from-last: no answer yet; run a %%gtl cell first"

@@ -91,6 +91,7 @@ class NotebookSession:
     history: list[Message] = field(default_factory=list)  # the conversation (chat mode)
     gap_messages: list[WrappedMessage] = field(default_factory=list)  # this notebook's GAP messages
     last_completion: Completion | None = None
+    last_result: Any = None  # what the last %%gtl cell gave: a Completion, a Comparison or an error
     _token: str | None = field(default=None, repr=False)
     _clients: dict[str, Client] = field(default_factory=dict, repr=False)
     _finished_at: dict[str, str] = field(default_factory=dict, repr=False)  # session id -> time
@@ -204,8 +205,11 @@ class NotebookSession:
         """``result`` becomes ``_gtl`` (and ``out``) in the user namespace."""
         from gtl_nb.completion import Completion
 
+        # --from-last wraps the last cell's answer; a comparison or an error leaves none to wrap (never
+        # an older cell's answer, silently)
+        self.last_completion = result if isinstance(result, Completion) else None
+        self.last_result = result
         if isinstance(result, Completion):
-            self.last_completion = result
             self._finished_at.setdefault(result.session_id, utc_now())
         self.shell.user_ns[RESULT_NAME] = result
         if out:

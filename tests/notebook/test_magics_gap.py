@@ -293,3 +293,23 @@ def test_gap_help_lists_the_options_and_subcommands(ip):
     _, text = run(ip, "%gap --help")
     for option in ("--platform", "--thread", "--role", "--id", "--reply-to", "--to", "--from-last", "--from"):
         assert option in text
+
+
+def test_from_last_after_a_comparison_or_an_error_wraps_no_older_answer(ip, monkeypatch):
+    """``--from-last`` is the last cell's answer: after a comparison it says how to pick one, after an
+    error that there is none — never, silently, an answer from a cell before."""
+    run(ip, "%%gtl echo\nAn earlier answer.")
+    result, text = run(ip, "%%gtl --compare echo echo:echo\nWhich harbour is deeper?")
+    assert result.success, text
+    result, text = run(ip, "%gap --from-last")
+    assert not result.success and "compared echo, echo:echo" in text and '_gtl.completion("echo")' in text
+    ip.user_ns["picked"] = ip.user_ns["_gtl"].completion("echo")
+    result, text = run(ip, "%gap --from picked")
+    assert result.success, text
+    assert "harbour" in ip.user_ns["_gap"].content
+    monkeypatch.setenv("DEAD_KEY", "k")
+    run(ip, "%gtl providers dead type=openai base_url=http://127.0.0.1:9/v1 api_key_env=DEAD_KEY")
+    result, text = run(ip, "%%gtl dead:gpt-4o-mini\nfails")  # the provider cannot be reached: an error answer
+    assert not result.success and "PROVIDER_UNAVAILABLE" in text
+    result, text = run(ip, "%gap --from-last")
+    assert not result.success and "ended in an error" in text
