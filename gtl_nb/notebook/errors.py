@@ -22,7 +22,7 @@ from gtl_nb.notebook.template import TemplateError
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession
 
-__all__ = ["GTLCellError", "cell_error", "client_for", "mistake", "one_line_errors"]
+__all__ = ["GTLCellError", "cell_error", "client_for", "in_notebook_words", "mistake", "one_line_errors"]
 
 
 class GTLCellError(Exception):
@@ -33,11 +33,29 @@ class GTLCellError(Exception):
     """
 
     def __init__(self, error: Any, message: str | None = None) -> None:
-        super().__init__(message or str(error))
+        super().__init__(message or in_notebook_words(str(error)))
         self.error = error
 
     def _render_traceback_(self) -> list[str]:
         return [str(self)]
+
+
+_NOTEBOOK_TOKEN = (
+    "with `%gtl connect URL --token-env VAR` (or `--ask-token`, or $GTL_TOKEN in the kernel's environment)"
+)
+# The client's and the gateway's advice, worded for Python callers, as a notebook user follows it.
+_REWORDED = (
+    ("as gtl_nb.connect's token argument, or as the API key of an OpenAI or Anthropic SDK", _NOTEBOOK_TOKEN),
+    ("or give it to gtl_nb.connect as its token argument", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
+    ("`gtl models`", "`%gtl models`"),
+)
+
+
+def in_notebook_words(message: str) -> str:
+    """``message`` with advice meant for a Python caller or a terminal reworded for a notebook."""
+    for python_words, notebook_words in _REWORDED:
+        message = message.replace(python_words, notebook_words)
+    return message
 
 
 def mistake(exc: BaseException) -> UsageError:
@@ -45,13 +63,13 @@ def mistake(exc: BaseException) -> UsageError:
     from gtl_nb.protocol import ConfigurationError, InvalidRequestError, ModelNotFoundError
 
     if isinstance(exc, ModelNotFoundError):
-        return UsageError(str(exc).replace("`gtl models`", "`%gtl models`"))
+        return UsageError(in_notebook_words(str(exc)))
     if isinstance(exc, (ConfigurationError, InvalidRequestError)):
         message = getattr(exc, "message", "") or str(exc)
         if "provider" in message and ("configured" in message or "missing" in message):
             message += " (in a notebook: `%gtl providers NAME key=value ...` or `%gtl config file=PATH`)"
-        return UsageError(message)
-    return UsageError(str(exc))
+        return UsageError(in_notebook_words(message))
+    return UsageError(in_notebook_words(str(exc)))
 
 
 def cell_error(exc: Exception) -> Exception:

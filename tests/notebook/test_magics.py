@@ -739,3 +739,15 @@ def test_a_notebook_with_its_own_deployments_can_still_use_a_gateway(ip, tmp_pat
     finally:
         run(ip, "%gtl connect embedded://")
         run(ip, "%gtl providers local --remove")
+
+
+def test_a_gateway_that_wants_a_token_is_told_how_to_give_one_in_a_notebook(ip, tmp_path, monkeypatch):
+    """The gateway words its advice for Python callers (connect's token argument): a notebook user
+    reads the magic's own way to send a token."""
+    config, _ = jwt_gateway(tmp_path, monkeypatch, ("chat:write",))
+    monkeypatch.delenv("GTL_TOKEN", raising=False)
+    monkeypatch.delenv("GTL_NB_TOKEN", raising=False)
+    with start_gateway(config) as gateway:
+        refused = mistake(ip, f"%gtl connect {gateway.url('ws')}")
+    assert "%gtl connect URL --token-env VAR" in refused and "gtl_nb.connect" not in refused
+    assert "stays on embedded://" in refused
