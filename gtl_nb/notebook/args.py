@@ -247,7 +247,12 @@ def gap_cell_parser() -> Parser:
 
 def usage_parser() -> Parser:
     p = Parser("%gtl usage", "Cost and tokens from the usage ledger.")
-    p.add_argument("--by", choices=("provider", "model", "day"), default="provider")
+    p.add_argument(
+        "--by",
+        choices=("provider", "model", "day", "hour", "user", "status", "provider_type", "error_code"),
+        default="provider",
+        help="group by this (as usage_table's by=; day and hour are UTC)",
+    )
     return p
 
 

@@ -21,7 +21,7 @@ from gtl_nb.completion import code_span, no_math_markdown
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for, mistake
 from gtl_nb.notebook.output import show_bundle
-from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint
+from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint, is_embedded
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession, Settings
@@ -270,7 +270,8 @@ class GtlCommands:
             import getpass
 
             token = getpass.getpass(f"token for {opts.url}: ") or None
-        kept = token is None and self.session.has_token  # say so: the user may think they connect without one
+        # say so: the user may think they connect without one (the embedded engine takes none)
+        kept = token is None and self.session.has_token and not is_embedded(opts.url)
         self._switch_endpoint(opts.url, token)
         print(f"connected to {opts.url}" + (" (with the token given before)" if kept else ""))
 

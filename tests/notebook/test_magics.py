@@ -357,9 +357,9 @@ def test_models_lists_what_the_notebook_can_use(ip):
 def test_usage_tables_come_from_the_ledger(ip):
     run(ip, "%%gtl\none")
     run(ip, "%%gtl\ntwo")
-    for by in ("provider", "model", "day"):
+    for by in ("provider", "model", "day", "hour", "user", "status", "provider_type", "error_code"):
         frame = ip.run_line_magic("gtl", f"usage --by {by}")
-        assert int(frame["requests"].sum()) == 2
+        assert int(frame["requests"].sum()) == 2, by
     assert "--by" in mistake(ip, "%gtl usage --by week")
 
 
@@ -699,6 +699,7 @@ def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path
         result, text = run(ip, "%gtl models")
         # a second connect without a token source keeps the first token, and says so
         assert "(with the token given before)" in run(ip, f"%gtl connect {gateway.url('http')}")[1]
+        assert run(ip, "%gtl connect embedded://")[1].strip() == "connected to embedded://"  # it takes no token
     assert "no models listed" in text and "models:read" in text
     assert len(result.result) == 0
 
