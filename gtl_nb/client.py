@@ -54,7 +54,7 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.protocol.session import Transcript
 from gtl_nb.providers.anthropic import asks_for_cache
-from gtl_nb.strict_schema import strict_schema
+from gtl_nb.strict_schema import left_open, strict_schema
 
 if TYPE_CHECKING:
     import pandas
@@ -1114,7 +1114,10 @@ def _response_format(value: Any) -> dict[str, Any] | None:
     wrap = 'response_format is {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'
     if isinstance(value, type):  # as the OpenAI SDK's ``parse`` sends a class: strict, every object closed
         schema = strict_schema(_schema_of(value))
-        return {"type": "json_schema", "json_schema": {"name": _schema_name(value), "schema": schema, "strict": True}}
+        spec: dict[str, Any] = {"name": _schema_name(value), "schema": schema}
+        if left_open(schema) is None:  # a dict[str, X] field cannot be strict: sent without, as it was before
+            spec["strict"] = True
+        return {"type": "json_schema", "json_schema": spec}
     if isinstance(value, dict):
         if value.get("type") in _JSON_TYPES or any(key in value for key in ("properties", "items", "$schema")):
             raise InvalidRequestError(f"{wrap} or a pydantic model class; this looks like the schema alone: wrap it so")

@@ -19,7 +19,7 @@ from typing import Any
 
 from gtl_nb.protocol.errors import InvalidRequestError
 
-__all__ = ["MAX_SCHEMA_DEPTH", "strict_schema"]
+__all__ = ["MAX_SCHEMA_DEPTH", "left_open", "strict_schema"]
 
 MAX_SCHEMA_DEPTH = 64
 """Levels of nesting a schema may have here (a class's schema nests by ``$ref``, a few levels deep)."""
@@ -30,25 +30,45 @@ _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``schema`` with every object closed and every property required (module docstring);
-    ``InvalidRequestError`` for a schema nested deeper than ``MAX_SCHEMA_DEPTH``."""
-    return _strict(schema, 0)
+    ``InvalidRequestError`` for a schema nested deeper than ``MAX_SCHEMA_DEPTH``.
+
+    Strict mode takes a ``$ref`` alone: one with keywords beside it (pydantic writes a field's
+    ``description`` or ``default`` there) is replaced by what it names, those keywords on top; and
+    the top level must be the object itself, so a schema that is only a ``$ref`` to its definitions
+    (pydantic's form for a recursive model) gets the definition inlined at the top."""
+    definitions = {
+        f"#/{key}/{name}": member for key in ("$defs", "definitions") for name, member in _members(schema, key)
+    }
+    root = schema
+    if isinstance(schema.get("$ref"), str) and schema["$ref"] in definitions:
+        root = {**definitions[schema["$ref"]], **{k: v for k, v in schema.items() if k != "$ref"}}
+    return _strict(root, 0, definitions)
 
 
-def _strict(schema: dict[str, Any], depth: int) -> dict[str, Any]:
+def _members(schema: dict[str, Any], key: str) -> list[tuple[str, Any]]:
+    members = schema.get(key)
+    return list(members.items()) if isinstance(members, dict) else []
+
+
+def _strict(schema: dict[str, Any], depth: int, definitions: dict[str, Any]) -> dict[str, Any]:
     if depth > MAX_SCHEMA_DEPTH:
         raise InvalidRequestError(f"response_format: the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
     out = dict(schema)
+    ref = out.get("$ref")
+    if isinstance(ref, str) and len(out) > 1 and isinstance(definitions.get(ref), dict):
+        del out["$ref"]
+        out = {**definitions[ref], **out}  # the field's own description or default on top
     for key in _SUBSCHEMA_MAPS:
         members = out.get(key)
         if isinstance(members, dict):
-            out[key] = {name: _sub(member, depth) for name, member in members.items()}
+            out[key] = {name: _sub(member, depth, definitions) for name, member in members.items()}
     for key in _SUBSCHEMA_LISTS:
         members = out.get(key)
         if isinstance(members, list):
-            out[key] = [_sub(member, depth) for member in members]
+            out[key] = [_sub(member, depth, definitions) for member in members]
     for key in ("items", "additionalProperties", "not"):
         if isinstance(out.get(key), dict):
-            out[key] = _sub(out[key], depth)
+            out[key] = _sub(out[key], depth, definitions)
     properties = out.get("properties")
     kind = out.get("type")
     if kind == "object" or (isinstance(kind, list) and "object" in kind) or isinstance(properties, dict):
@@ -60,5 +80,40 @@ def _strict(schema: dict[str, Any], depth: int) -> dict[str, Any]:
     return out
 
 
-def _sub(member: Any, depth: int) -> Any:
-    return _strict(member, depth + 1) if isinstance(member, dict) else member
+def _sub(member: Any, depth: int, definitions: dict[str, Any]) -> Any:
+    return _strict(member, depth + 1, definitions) if isinstance(member, dict) else member
+
+
+def left_open(schema: Any) -> str | None:
+    """Where ``schema`` (as ``strict_schema`` made it) still has an object open to keys it does not
+    name — a ``dict[str, X]`` field, a model with ``extra="allow"`` — as a path of property names;
+    ``None`` when every object is closed. Strict mode cannot take such a schema."""
+    steps = _open_at(schema, 0)
+    return None if steps is None else ".".join(steps) or "(the top level)"
+
+
+def _open_at(schema: Any, depth: int) -> list[str] | None:
+    if not isinstance(schema, dict) or depth > MAX_SCHEMA_DEPTH:
+        return None
+    kind = schema.get("type")
+    is_object = kind == "object" or (isinstance(kind, list) and "object" in kind) or "properties" in schema
+    if is_object and schema.get("additionalProperties", False) is not False:
+        return []
+    for step, member in _nested(schema):
+        below = _open_at(member, depth + 1)
+        if below is not None:
+            return [step, *below]
+    return None
+
+
+def _nested(schema: dict[str, Any]) -> list[tuple[str, Any]]:
+    """``schema``'s subschemas, each with the step that names it (a property by its name)."""
+    nested = [(name, member) for name, member in _members(schema, "properties")]
+    nested += [(f"{key}/{name}", member) for key in ("$defs", "definitions") for name, member in _members(schema, key)]
+    for key in _SUBSCHEMA_LISTS:
+        members = schema.get(key)
+        nested += [(f"{key}[{i}]", member) for i, member in enumerate(members)] if isinstance(members, list) else []
+    nested += [
+        (key, schema[key]) for key in ("items", "additionalProperties", "not") if isinstance(schema.get(key), dict)
+    ]
+    return nested

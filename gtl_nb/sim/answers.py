@@ -174,10 +174,11 @@ def _resolve_ref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]
 
 def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str = "value", depth: int = 0) -> Any:
     """A value validating ``schema``: required properties filled by type, enums take their first value."""
-    if not isinstance(schema, dict) or depth > 8:
-        return None if depth > 8 else "sample"
+    if not isinstance(schema, dict) or depth > _DEEPEST:
+        return None if depth > _DEEPEST else "sample"
     root = root if root is not None else schema
     schema = _resolve_ref(schema, root)
+    deep = depth >= _SHALLOW_FROM  # a recursive schema (a tree) ends here: empty lists, null where allowed
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -185,7 +186,10 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
     for combinator in ("anyOf", "oneOf", "allOf"):
         options = schema.get(combinator)
         if isinstance(options, list) and options:
-            non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") in ("null", "NULL"))]
+            null = [o for o in options if isinstance(o, dict) and o.get("type") in ("null", "NULL")]
+            if deep and null and combinator != "allOf":
+                return None
+            non_null = [o for o in options if o not in null]
             return sample_for_schema((non_null or options)[0], root, name, depth + 1)
     kind = schema.get("type")
     if isinstance(kind, list):
@@ -198,7 +202,10 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
         }
     if kind == "array":
         # bounded whatever the schema says (a minItems of millions, nested, must not hang the simulator)
-        count = min(max(1, _whole(schema.get("minItems"), 1)), _MAX_ITEMS if depth < 2 else 1)
+        least = _whole(schema.get("minItems"), 0)
+        if deep and least == 0:
+            return []
+        count = min(max(1, least), _MAX_ITEMS if depth < 2 else 1)
         count = min(count, max(0, _whole(schema.get("maxItems"), count)))
         return [sample_for_schema(schema.get("items", {}), root, name, depth + 1) for _ in range(count)]
     if kind in ("integer", "number"):
@@ -220,6 +227,8 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
 
 _MAX_ITEMS = 16
 _MAX_TEXT = 4096
+_SHALLOW_FROM = 5  # levels from which a sample takes the least a schema allows (a tree's leaves)
+_DEEPEST = 24  # levels past which nothing is built (a schema with no leaf at all)
 
 
 def _whole(value: Any, default: int) -> int:

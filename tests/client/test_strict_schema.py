@@ -8,6 +8,7 @@ refuse, so a class works against both while a hand-written open schema gets the 
 
 from __future__ import annotations
 
+import enum
 from typing import Any, Optional
 
 import pydantic
@@ -17,7 +18,7 @@ import gtl_nb
 from gtl_nb import sim
 from gtl_nb.protocol import InvalidRequestError
 from gtl_nb.sim.schemas import schema_problem
-from gtl_nb.strict_schema import MAX_SCHEMA_DEPTH, strict_schema
+from gtl_nb.strict_schema import MAX_SCHEMA_DEPTH, left_open, strict_schema
 
 
 class Harbour(pydantic.BaseModel):
@@ -78,6 +79,74 @@ def test_a_schema_nested_past_the_bound_is_refused_clearly() -> None:
         deep = {"type": "array", "items": deep}
     with pytest.raises(InvalidRequestError, match="nests deeper than"):
         strict_schema(deep)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class Quay(pydantic.BaseModel):
+    harbour: Harbour = pydantic.Field(description="where it is")  # a $ref with a keyword beside it
+    paint: Colour = Colour.RED  # a $ref with a default beside it
+
+
+class Node(pydantic.BaseModel):  # recursive: pydantic's schema is only a $ref to its definitions
+    value: int
+    children: list[Node] = []
+
+
+class Tagged(pydantic.BaseModel):
+    name: str
+    tags: dict[str, int]  # open to any key: strict mode cannot say it
+
+
+def test_a_ref_with_keywords_beside_it_is_inlined_and_a_recursive_models_top_is_the_object() -> None:
+    quay = strict_schema(Quay.model_json_schema())
+    harbour = quay["properties"]["harbour"]
+    assert "$ref" not in harbour and harbour["description"] == "where it is"
+    assert harbour["additionalProperties"] is False and harbour["required"] == ["name", "depth_m"]
+    paint = {"enum": ["red", "blue"], "title": "Colour", "type": "string", "default": "red"}
+    assert quay["properties"]["paint"] == paint
+    node = strict_schema(Node.model_json_schema())
+    assert node["type"] == "object" and node["required"] == ["value", "children"] and "$ref" not in node
+    assert node["properties"]["children"]["items"] == {"$ref": "#/$defs/Node"}  # a reference alone stays one
+    for schema in (quay, node):
+        assert schema_problem(schema, every_property_required=True) is None
+    closed_only = {
+        **quay,
+        "properties": {**quay["properties"], "harbour": Quay.model_json_schema()["properties"]["harbour"]},
+    }
+    assert "$ref cannot have keywords {'description'}" in str(schema_problem(closed_only, every_property_required=True))
+
+
+def test_a_class_with_an_open_mapping_is_sent_without_strict_and_says_where() -> None:
+    sent = (
+        gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
+        .request("echo", "x", response_format=Tagged)
+        .response_format
+    )
+    assert "strict" not in sent["json_schema"] and left_open(sent["json_schema"]["schema"]) == "tags"
+    assert left_open(strict_schema(City.model_json_schema())) is None
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "echo"])
+def test_a_recursive_model_is_answered_with_a_tree_that_validates(provider: str) -> None:
+    model = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "echo": "echo"}[provider]
+    if provider == "echo":
+        client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
+        answer = client.complete("echo", "a tree", response_format=Node)
+        client.close()
+        Node.model_validate_json(answer.text)
+        return
+    with sim.serve(provider, api_key="sim-key") as simulator:
+        deployment = {"type": provider, "api_key": "sim-key", "base_url": simulator.base_url}
+        client = gtl_nb.connect(providers={"p": deployment}, config={"ledger": {"enabled": False}}, environ={})
+        try:
+            for shape in (Node, Quay):
+                shape.model_validate_json(client.complete(f"p:{model}", "a tree", response_format=shape).text)
+        finally:
+            client.close()
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
