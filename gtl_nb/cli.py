@@ -266,7 +266,16 @@ def _window(tokens: int | None, *, offline: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        if args.command == "keys":  # a secret typed on the command line: never printed back
+            print(
+                "gtl: error: gtl keys takes no such argument (not shown: it may be a key). A key's secret is read "
+                "from standard input or a hidden prompt, never from the command line; nothing was stored",
+                file=sys.stderr,
+            )
+            return 2
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     if args.log:
         from gtl_nb.log import configure_logging
 

@@ -91,7 +91,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _add(args: argparse.Namespace) -> int:
-    if args.secret_given or args.secret_option:
+    if args.secret_given or args.secret_option or (args.deployment and _looks_like_a_key(args.deployment)):
         raise ConfigurationError(
             "gtl keys add takes the key's name only: a secret on the command line stays in the shell's history "
             'and the process list. Pipe it on standard input (printf %s "$KEY" | gtl keys add NAME) or type it '
@@ -240,3 +240,10 @@ def _read_secret(name: str) -> str:
     if not text.strip():
         raise ConfigurationError(f"no secret for key {name!r} on standard input")
     return text
+
+
+def _looks_like_a_key(value: str) -> bool:
+    """Whether a value given as a name (``--deployment``) is more likely a secret pasted in its place."""
+    from gtl_nb.gateway.tokens import looks_like_a_key
+
+    return bool(looks_like_a_key(value))

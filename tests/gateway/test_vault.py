@@ -691,11 +691,22 @@ def test_the_command_line_has_no_way_to_pass_a_secret(tmp_path: Path, cli_env: d
     """A secret typed on the command line is refused without being echoed back (argparse's "unrecognized
     arguments" would print it), and nothing is stored."""
     where = ["--vault", str(tmp_path / "v.json"), "--key-env", "GTL_TEST_VAULT_KEY"]
-    for typed in ([CANARY], ["--secret", CANARY], [CANARY, "--replace"]):
+    shapes = (
+        [CANARY],
+        ["--secret", CANARY],
+        [CANARY, "--replace"],
+        ["--deployment", "d", CANARY],
+        ["--replace", CANARY],
+        ["--", CANARY],
+        [f"--password={CANARY}"],
+        ["-k", CANARY],
+        ["--deployment", CANARY],  # a key pasted where the deployment's name goes
+    )
+    for typed in shapes:
         refused = keys("add", "team-openai", *typed, *where, env=cli_env, stdin="")
-        assert refused.returncode == 2, refused.stderr
-        assert CANARY not in refused.stdout + refused.stderr
-        assert "Pipe it on standard input" in refused.stderr and "nothing was stored" in refused.stderr
+        assert refused.returncode == 2, (typed, refused.stderr)
+        assert CANARY not in refused.stdout + refused.stderr, typed
+        assert "nothing was stored" in refused.stderr, (typed, refused.stderr)
     assert not (tmp_path / "v.json").exists()
 
 
