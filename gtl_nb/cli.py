@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--gateway",
         metavar="URL",
-        default=os.environ.get(GATEWAY_ENV) or None,
+        default=None,  # $GTL_NB_GATEWAY is read after parsing: a command may ask whether it was typed
         help=f"run complete, models and usage on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
         f"in this process (default: ${GATEWAY_ENV}); its token is read from ${TOKEN_ENV} (or ${NOTEBOOK_TOKEN_ENV})",
     )
@@ -267,6 +267,9 @@ def _window(tokens: int | None, *, offline: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
+    args.gateway_given = args.gateway is not None  # typed (gtl usage then asks the gateway), or from the environment
+    if args.gateway is None:
+        args.gateway = os.environ.get(GATEWAY_ENV) or None
     if extras:
         if args.command == "keys":  # a secret typed on the command line: never printed back
             print(

@@ -559,10 +559,9 @@ class Engine:
             return targets
         permitted = [target for target in targets if context.allows(target.name, target.model)]
         if targets and not permitted:
-            if self.audience == GATEWAY:  # (its own allow-lists are the token's to know)
-                raise PermissionDeniedError(
-                    f"this token may not use {_asked_for(request)}; it may use {context.allowances()}"
-                )
+            if self.audience == GATEWAY:  # its own allow-lists, to a token that may list models
+                may = f"; it may use {context.allowances()}" if _MODELS_READ in context.scopes else ""
+                raise PermissionDeniedError(f"this token may not use {_asked_for(request)}{may}")
             names = ", ".join(f"{target.name}:{target.model}" for target in targets)
             raise PermissionDeniedError(f"this token may not use {names}")
         return permitted

@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sqlite3
 import sys
 import time
@@ -148,7 +147,9 @@ def _group_of(row: Mapping[str, Any], by: str) -> str:
         seconds = _number(when)
         return "-" if seconds is None else time.strftime("%Y-%m-%d", time.gmtime(seconds))
     value = row.get(by)
-    return value if isinstance(value, str) and value else ("-" if by != "status" else str(value))
+    if by == "user":  # as GROUPINGS: no user and an empty one are one group
+        return value if isinstance(value, str) and value else "-"
+    return "-" if value is None else str(value)  # an empty model or deployment is a group of its own, as in SQL
 
 
 def _number(value: Any) -> float | None:
@@ -255,16 +256,14 @@ def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
 def _gateway_given(args: argparse.Namespace) -> bool:
     """Whether ``--gateway`` was given on the command line (``$GTL_NB_GATEWAY`` alone is set for
     ``complete`` and ``models``, and does not move ``usage`` off this machine's ledger)."""
-    given = getattr(args, "gateway", None)
-    return bool(given) and given != os.environ.get("GTL_NB_GATEWAY")
+    return bool(getattr(args, "gateway_given", False))
 
 
 def _refuse_a_gateway(args: argparse.Namespace, command: str) -> None:
     """``--gateway`` given on the command line to a command that reads this machine's ledger file: say
     so rather than answer for another ledger (``$GTL_NB_GATEWAY`` alone is not refused: it is set for
     ``complete`` and ``models``)."""
-    given = getattr(args, "gateway", None)
-    if given and given != os.environ.get("GTL_NB_GATEWAY"):
+    if _gateway_given(args):
         raise ConfigurationError(
             f"gtl {command} works on a ledger file on this machine, not a gateway's: drop --gateway, and give the "
             "gateway's file with --ledger where it is readable (gtl --gateway URL usage reads a gateway's usage)"

@@ -1078,7 +1078,7 @@ def build_app(
         """A path nobody here serves (the compatible endpoints answer under their own paths, in their own shape)."""
         where = f"{request.method} {request.url.path}"
         if request.url.path == "/metrics" and metrics is None:  # a scraper's first request: say how to turn them on
-            off = "metrics are off on this gateway: its operator turns them on with a [gateway.metrics] table"
+            off = "metrics are off on this gateway: its operator turns them on in [gateway.metrics]"
             return _error_response(InvalidRequestError(f"no endpoint at {where}; {off} (docs/operations.md)"), 404)
         return _error_response(InvalidRequestError(f"no endpoint at {where}; this gateway serves {_ENDPOINTS}"), 404)
 

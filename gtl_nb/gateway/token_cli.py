@@ -169,6 +169,13 @@ def _mint(args: argparse.Namespace) -> int:
     policy = _policy(args, config)
     if provider_keys:
         _warn_of_unknown_keys(config, provider_keys)
+    elif "chat:write" in args.scope and policy.default_deployments == frozenset():
+        print(
+            "gtl token: warning: this token may call no deployment — it carries no --provider-key and "
+            "[gateway.jwt] default_deployments is empty — so every completion it asks for is refused; give "
+            "--provider-key DEPLOYMENT=KEY_NAME, or list deployments in default_deployments (docs/tokens.md)",
+            file=sys.stderr,
+        )
     with _store(policy) as store:
         token = mint_token(
             policy,

@@ -4,6 +4,7 @@ gateway's client cannot (``engine.routing``, "audience")."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -159,6 +160,8 @@ def test_a_gateways_forbidden_names_only_what_the_caller_asked_for():
             if audience == GATEWAY:
                 assert "secret-anthropic" not in message and "claude-sonnet-4-5" in message
                 assert message.endswith("; it may use deployments public")  # its own allow-list, to choose from
+                blind = dataclasses.replace(limited, scopes=frozenset({"chat:write"}))  # may not list models
+                assert "it may use" not in _first_error(engine, request, blind)
             else:  # the embedded user configured the deployments: naming them helps
                 assert "secret-anthropic" in message
 

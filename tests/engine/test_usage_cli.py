@@ -148,6 +148,21 @@ def test_rows_read_through_a_gateway_group_as_the_file_does(ledger):
         assert group_rows(rows, by) == _usage_groups(ledger, GROUPINGS[by], None), by
 
 
+def test_odd_rows_group_through_a_gateway_as_in_the_file(tmp_path):
+    """Rows with no model, an empty model, an empty user, no cost: the same groups both ways."""
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.engine.ledger_cli import GROUPINGS, _usage_groups, group_rows
+
+    path = tmp_path / "odd.sqlite3"
+    with Ledger(str(path)) as ledger:
+        for session, user, model in (("a", "", None), ("b", "u", ""), ("c", "", "m"), ("d", "v", "m")):
+            row = ledger.start(session_id=session, user=user, model=model)
+            ledger.finish(row, status="ok", deployment="" if session == "b" else "x", tokens_in=2, tokens_out=3)
+        rows = ledger.rows()
+    for by in GROUPINGS:
+        assert group_rows(rows, by) == _usage_groups(path, GROUPINGS[by], None), by
+
+
 def test_a_ledger_in_a_folder_it_cannot_write_is_read_as_immutable(ledger, capsys, monkeypatch):
     """A stopped gateway's ledger, readable but in a folder this user cannot write: SQLite's read-only
     open of a WAL file needs a -shm file it cannot create there (played here by refusing that open)."""

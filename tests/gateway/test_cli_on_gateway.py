@@ -87,6 +87,9 @@ def test_usage_on_a_gateway_reads_what_the_token_may_see(tmp_path, capsys, monke
         assert main(["--gateway", address, "usage", "--by", "day"]) == 0
         captured = capsys.readouterr()
         assert captured.out.splitlines()[0].startswith("day") and f"gtl: read the gateway at {address}" in captured.err
+        monkeypatch.setenv("GTL_NB_GATEWAY", address)  # the same URL in the environment: still typed, still asked
+        assert main(["--gateway", address, "usage", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["requests"] == 2
         monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write"))  # no usage:read
         assert main(["--gateway", address, "usage"]) == 2
         assert "usage:read" in capsys.readouterr().err

@@ -122,6 +122,8 @@ def test_which_statuses_say_the_gateway_tried_again():
     assert error_headers(open_circuit) == {"x-should-retry": "false", "retry-after": "27"}
     at_limit = Error(session_id="s", code="RATE_LIMIT", message="slow", retryable=True, retry_after=SDK_WAIT_LIMIT)
     assert error_headers(at_limit)["x-should-retry"] == "true"
+    endless = Error(session_id="s", code="RATE_LIMIT", message="slow", retryable=True, retry_after=float("inf"))
+    assert error_headers(endless) == {"x-should-retry": "false"}  # no wait an SDK could sit through
 
 
 def test_an_open_circuit_fails_the_sdk_call_at_once_not_after_its_retry_after(tmp_path):

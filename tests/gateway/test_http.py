@@ -250,7 +250,7 @@ def test_unknown_paths_methods_and_malformed_http_are_gtl_errors(base_url):
     assert missing.json()["type"] == "error" and missing.json()["code"] == "INVALID_REQUEST"
     assert "/v1/gtl/sse" in missing.json()["message"] and "/.well-known/gtl" in missing.json()["message"]
     scraped = httpx.get(f"{base_url}/metrics")  # metrics off here: the 404 says how they are turned on
-    assert scraped.status_code == 404 and "[gateway.metrics] table" in scraped.json()["message"]
+    assert scraped.status_code == 404 and "turns them on in [gateway.metrics]" in scraped.json()["message"]
     wrong = httpx.get(f"{base_url}/v1/gtl")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
     assert wrong.json()["code"] == "INVALID_REQUEST" and "POST /v1/gtl" in wrong.json()["message"]

@@ -555,7 +555,7 @@ def test_a_token_whose_allow_lists_leave_it_nothing_is_not_minted():
             provider_keys=keys,
             allowed_deployments=["echo"],
         )
-    with pytest.raises(ConfigurationError, match=r"default_deployments \(none\)"):
+    with pytest.raises(ConfigurationError, match=r"default_deployments \(none\).*list them in \[gateway.jwt\]"):
         mint_token(
             hs_policy(), subject="ann", scopes=["chat:write"], lifetime=60, now=NOW, allowed_deployments=["echo"]
         )
@@ -907,6 +907,14 @@ def test_gtl_token_mint_list_revoke(gtl, capsys, tmp_path):
         assert gtl("token", "revoke", "minted-elsewhere") == 0
         assert "max_lifetime" in capsys.readouterr().out
         assert store.is_revoked("minted-elsewhere")
+
+
+def test_minting_a_chat_token_that_may_call_nothing_is_warned_of(gtl, capsys):
+    assert gtl("token", "mint", "--sub", "ann", "--scope", "chat:write") == 0  # no provider key, no defaults
+    captured = capsys.readouterr()
+    assert captured.out.count(".") == 2 and "may call no deployment" in captured.err
+    assert gtl("token", "mint", "--sub", "ann", "--scope", "usage:read") == 0  # it calls nothing: nothing to say
+    assert capsys.readouterr().err == ""
 
 
 def test_listing_and_revoking_need_no_signing_secret(gtl, capsys, monkeypatch):

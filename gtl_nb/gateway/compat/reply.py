@@ -57,7 +57,7 @@ def error_headers(error: Error, *, retried: bool = False) -> dict[str, str]:
     ``true`` for a retryable error the gateway did not try again (``retried``: it did) whose wait is
     at most ``SDK_WAIT_LIMIT``, else ``false``."""
     wait = error.retry_after
-    short = wait is None or not math.isfinite(wait) or wait <= SDK_WAIT_LIMIT
+    short = wait is None or (math.isfinite(wait) and wait <= SDK_WAIT_LIMIT)
     headers = {"x-should-retry": "true" if error.retryable and not retried and short else "false"}
     if error.retry_after is not None and math.isfinite(error.retry_after):
         headers["retry-after"] = str(max(0, math.ceil(error.retry_after)))

@@ -115,9 +115,14 @@ def _refuse_useless(
         return
     if not usable & set(deployments):
         names = ", ".join(sorted(usable)) or "none"
+        fix = (
+            "give each a --provider-key, or leave --deployment out"
+            if usable
+            else "give --provider-key DEPLOYMENT=KEY_NAME, or list them in [gateway.jwt] default_deployments"
+        )
         raise ConfigurationError(
             f"the token could use no deployment: --deployment only narrows {source} ({names}), and "
-            f"none of {', '.join(deployments)} is among them; give each a --provider-key, or leave --deployment out"
+            f"none of {', '.join(deployments)} is among them; {fix}"
         )
 
 
