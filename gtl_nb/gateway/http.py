@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gzip as gzip_module
 import logging
 import math
@@ -79,7 +80,7 @@ from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_sessio
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, decode, encode, nesting_exceeds
+from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, decode, encode, frames_within, nesting_exceeds
 from gtl_nb.protocol.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -836,19 +837,23 @@ class _SessionResponse:
         await stream_session(pump(), running, receive)
 
 
-def _ndjson(event: StreamEvent) -> bytes:
-    return encode(event) + b"\n"
+def _ndjson(event: StreamEvent, limit: int) -> bytes:
+    # a token longer than a frame goes as several, as on every other transport (codec.frames_within)
+    return frames_within(event, limit)
 
 
 _SSE_FIELDS: dict[type, bytes] = {}
 """``event: <type>\ndata: `` for each message class, made once (its tag is fixed)."""
 
 
-def _sse(event: StreamEvent) -> bytes:
+def _sse(event: StreamEvent, limit: int) -> bytes:
     head = _SSE_FIELDS.get(type(event))
     if head is None:
         head = _SSE_FIELDS[type(event)] = b"event: " + str(event.__struct_config__.tag).encode() + b"\ndata: "
-    return head + encode(event) + b"\n\n"
+    data = encode(event)
+    if len(data) <= limit:
+        return head + data + b"\n\n"
+    return b"".join(head + frame + b"\n\n" for frame in frames_within(event, limit).splitlines())
 
 
 def _bearer(header: str | None) -> str | None:
@@ -1018,7 +1023,8 @@ def build_app(
             return _body_refusal(exc)
         gzip = compression and accepts_gzip(request.headers.get("accept-encoding"))
         if sse or message.stream:
-            media, render = ("text/event-stream", _sse) if sse else (NDJSON, _ndjson)
+            media, format_event = ("text/event-stream", _sse) if sse else (NDJSON, _ndjson)
+            render = functools.partial(format_event, limit=max_body_bytes)  # (a frame, as the client reads one)
             return _SessionResponse(sessions, message, context, media_type=media, render=render, gzip=gzip)
         return await collected(request, message, context, gzip=gzip)
 

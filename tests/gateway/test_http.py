@@ -27,7 +27,7 @@ from gtl_nb.gateway.devauth import DevAuth
 from gtl_nb.gateway.http import bind, serve_http
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown, TlsFiles
 from gtl_nb.gateway.settings import GatewaySettings
-from gtl_nb.protocol import AuthenticationError, GTLError, ProviderUnavailableError, Token
+from gtl_nb.protocol import AuthenticationError, Done, GTLError, ProviderUnavailableError, Token
 from gtl_nb.protocol.errors import ConfigurationError
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
 from tests.ledger_wait import rows_when
@@ -365,3 +365,60 @@ def test_accepted_connections_turn_nagle_off():
             _no_delay(SimpleNamespace(get_extra_info=lambda name: accepted if name == "socket" else None))
             assert accepted.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY) != 0
         assert client  # the client end stays open until the check is done
+
+
+@pytest.mark.parametrize("scheme", ["http", "sse"])
+def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path, scheme):
+    """A long answer not streamed is one token: over HTTP/SSE, as on every transport, it goes as several
+    frames of at most the gateway's max_frame_bytes (the client reads no larger one), never an error."""
+    import json as json_module
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.gateway.conftest import write_toml
+
+    text = "A long quay, 港 and harbour. " * 400  # ~12 KB: three frames of 4 KiB
+
+    class Upstream(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["content-length"]))
+            body = json_module.dumps(
+                {
+                    "id": "c1",
+                    "object": "chat.completion",
+                    "model": "m",
+                    "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 900, "total_tokens": 903},
+                }
+            ).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{upstream.server_port}/v1"
+        config = write_toml(
+            tmp_path / "gtl.toml",
+            {
+                "providers.up": {"type": "openai", "api_key": "k", "base_url": base},
+                "gateway": {"max_frame_bytes": 4096},
+                "ledger": {"path": str(tmp_path / "ledger.sqlite3")},
+            },
+        )
+        with serving(config, limits=Limits(max_frame_bytes=4096)) as served:
+            address = served.url.partition("://")[2]
+            with gtl_nb.connect(f"{scheme}://{address}") as client:
+                events = list(client.stream("up:m", "hi", stream=False))
+        tokens = [event.text for event in events if isinstance(event, Token)]
+        assert "".join(tokens) == text and len(tokens) >= 3 and isinstance(events[-1], Done)
+    finally:
+        upstream.shutdown()
