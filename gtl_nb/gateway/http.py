@@ -92,7 +92,16 @@ from gtl_nb.protocol.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from gtl_nb.protocol.messages import MAX_ID_LENGTH, CompletionRequest, Done, Error, Query, StreamEvent
+from gtl_nb.protocol.messages import (
+    MAX_ID_LENGTH,
+    CompletionRequest,
+    Done,
+    Error,
+    Query,
+    Reasoning,
+    StreamEvent,
+    Token,
+)
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
 from gtl_nb.transports.http import MAX_FRAME_HEADER
 from gtl_nb.transports.messages import JOIN_BYTES
@@ -838,8 +847,14 @@ class _SessionResponse:
 
 
 def _ndjson(event: StreamEvent, limit: int) -> bytes:
-    # a token longer than a frame goes as several, as on every other transport (codec.frames_within)
-    return frames_within(event, limit)
+    data = encode(event)
+    if len(data) <= limit or type(event) not in _CUT:
+        return data + b"\n"  # (anything but text goes whole, as it always did)
+    return frames_within(event, limit)  # a token longer than a frame goes as several, as on every transport
+
+
+_CUT = (Token, Reasoning)
+"""The events whose text ``frames_within`` cuts into several when one is longer than a frame."""
 
 
 _SSE_FIELDS: dict[type, bytes] = {}
@@ -851,7 +866,7 @@ def _sse(event: StreamEvent, limit: int) -> bytes:
     if head is None:
         head = _SSE_FIELDS[type(event)] = b"event: " + str(event.__struct_config__.tag).encode() + b"\ndata: "
     data = encode(event)
-    if len(data) <= limit:
+    if len(data) <= limit or type(event) not in _CUT:
         return head + data + b"\n\n"
     return b"".join(head + frame + b"\n\n" for frame in frames_within(event, limit).splitlines())
 

@@ -146,6 +146,8 @@ async def stream_session(
             watching.exception()  # (retrieved: a receive that failed says the client is gone too)
         if not pumping.done():  # the client left (or the server is going down without grace)
             running.cancel("the client" if watching.done() else "the gateway shutting down")
+        elif not pumping.cancelled() and pumping.exception() is not None:  # the writing failed: stop the session,
+            running.cancel("the gateway")  # which would otherwise wait for ever on an outbox nobody drains
         watching.cancel()  # nothing to wait for: it only reads the disconnect
         await running.wait()  # the ledger row is complete before the response task ends
         if not pumping.done():

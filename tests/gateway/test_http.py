@@ -27,7 +27,7 @@ from gtl_nb.gateway.devauth import DevAuth
 from gtl_nb.gateway.http import bind, serve_http
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown, TlsFiles
 from gtl_nb.gateway.settings import GatewaySettings
-from gtl_nb.protocol import AuthenticationError, Done, GTLError, ProviderUnavailableError, Token
+from gtl_nb.protocol import AuthenticationError, Done, GTLError, ProviderUnavailableError, Token, Tool, ToolCallEvent
 from gtl_nb.protocol.errors import ConfigurationError
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
 from tests.ledger_wait import rows_when
@@ -368,9 +368,11 @@ def test_accepted_connections_turn_nagle_off():
 
 
 @pytest.mark.parametrize("scheme", ["http", "sse"])
-def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path, scheme):
+@pytest.mark.parametrize("kind", ["text", "tool call"])
+def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path, scheme, kind):
     """A long answer not streamed is one token: over HTTP/SSE, as on every transport, it goes as several
-    frames of at most the gateway's max_frame_bytes (the client reads no larger one), never an error."""
+    frames of at most the gateway's max_frame_bytes, never an error; any other long event (a tool call's
+    arguments) goes whole, as it always did."""
     import json as json_module
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -378,6 +380,10 @@ def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path,
     from tests.gateway.conftest import write_toml
 
     text = "A long quay, 港 and harbour. " * 400  # ~12 KB: three frames of 4 KiB
+    arguments = json_module.dumps({"notes": text[:6000]})
+    call = {"id": "call_1", "type": "function", "function": {"name": "log", "arguments": arguments}}
+    message = {"role": "assistant", "content": text} if kind == "text" else {"role": "assistant", "tool_calls": [call]}
+    finish = "stop" if kind == "text" else "tool_calls"
 
     class Upstream(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -387,9 +393,7 @@ def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path,
                     "id": "c1",
                     "object": "chat.completion",
                     "model": "m",
-                    "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                    ],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                     "usage": {"prompt_tokens": 3, "completion_tokens": 900, "total_tokens": 903},
                 }
             ).encode()
@@ -417,8 +421,14 @@ def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path,
         with serving(config, limits=Limits(max_frame_bytes=4096)) as served:
             address = served.url.partition("://")[2]
             with gtl_nb.connect(f"{scheme}://{address}") as client:
-                events = list(client.stream("up:m", "hi", stream=False))
+                tools = [Tool(name="log", parameters={"type": "object"})] if kind == "tool call" else None
+                events = list(client.stream("up:m", "hi", stream=False, tools=tools))
+        assert isinstance(events[-1], Done), events[-1]
         tokens = [event.text for event in events if isinstance(event, Token)]
-        assert "".join(tokens) == text and len(tokens) >= 3 and isinstance(events[-1], Done)
+        if kind == "text":
+            assert "".join(tokens) == text and len(tokens) >= 3
+        else:
+            (called,) = [event for event in events if isinstance(event, ToolCallEvent)]
+            assert called.function.arguments == arguments
     finally:
         upstream.shutdown()
