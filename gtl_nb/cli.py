@@ -267,8 +267,8 @@ def _window(tokens: int | None, *, offline: bool) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    args.gateway_given = args.gateway is not None  # typed (gtl usage then asks the gateway), or from the environment
-    if args.gateway is None:
+    args.gateway_given = bool(args.gateway)  # typed (gtl usage then asks the gateway), or from the environment
+    if not args.gateway:
         args.gateway = os.environ.get(GATEWAY_ENV) or None
     if extras:
         if args.command == "keys":  # a secret typed on the command line: never printed back

@@ -346,7 +346,8 @@ def _no_last_answer(last: object) -> str:
     results = getattr(last, "results", None)
     if isinstance(results, dict):
         models = ", ".join(results)
-        first = next(iter(results), "MODEL")
+        answered = [model for model, result in results.items() if not isinstance(result, BaseException)]
+        first = answered[0] if answered else "MODEL"
         return (
             f"--from-last: the last %%gtl cell compared {models}; pick one answer and wrap it: "
             f'`answer = _gtl.completion("{first}")`, then `%gap --from answer`'

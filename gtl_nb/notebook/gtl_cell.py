@@ -42,6 +42,15 @@ class GtlCell:
 
     def run(self, line: str, cell: str) -> None:
         """Ask the model(s) the ``%%gtl`` line names, with the cell (its ``{name}`` substituted) as prompt."""
+        answers_before = self.session.last_result
+        try:
+            self._run(line, cell)
+        except BaseException as exc:
+            if self.session.last_result is answers_before:  # failed before any answer: none to wrap now
+                self.session.forget_last(exc)
+            raise
+
+    def _run(self, line: str, cell: str) -> None:
         parser = cli.gtl_cell_parser()
         opts = parser.parse(cli.split(line, self.shell.user_ns))
         if opts is None or opts.help:

@@ -109,7 +109,7 @@ class NotebookSession:
             if is_embedded(url):  # a gateway serves its own deployments: the notebook's stay here for later
                 if self.providers:
                     added = {name: dict(values) for name, values in self.providers.items()}
-                    options["providers"] = {**self._from_the_environment(), **added}
+                    options["providers"] = {**added, **self._from_the_environment(added)}  # the added first
                 if self.settings.config_file:
                     options["config"] = self.settings.config_file
             token = self._token or environment_token()
@@ -117,17 +117,20 @@ class NotebookSession:
             self._clients[url] = client
         return client
 
-    def _from_the_environment(self) -> dict[str, dict[str, Any]]:
+    def _from_the_environment(self, added: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """The deployments the environment implies (``OPENAI_API_KEY`` …) when nothing else configures
         any: ``%gtl providers`` *adds* a deployment, so these stay beside it (given ``providers=``,
-        the engine would otherwise take the notebook's as the whole list and drop them)."""
+        the engine would otherwise take the notebook's as the whole list and drop them) — but never
+        one of a type the notebook added a deployment of: that one is how the user wants that
+        provider reached (another account, a private endpoint), and a model must not go elsewhere."""
         from gtl_nb.engine.config import load_config
 
         try:
             implied = load_config(config=self.settings.config_file).implied
         except ValueError:  # the file's mistake: said when the client connects
             return {}
-        return {provider_type: {} for provider_type in implied if provider_type != "echo"}
+        types_added = {str(spec.get("type") or name) for name, spec in added.items()}
+        return {kind: {} for kind in implied if kind != "echo" and kind not in types_added and kind not in added}
 
     def set_aside(self, url: str) -> list[str]:
         """What of the notebook's own set-up a client of ``url`` does not use (a gateway's: the
@@ -207,13 +210,18 @@ class NotebookSession:
 
         # --from-last wraps the last cell's answer; a comparison or an error leaves none to wrap (never
         # an older cell's answer, silently)
-        self.last_completion = result if isinstance(result, Completion) else None
+        self.last_completion = result if isinstance(result, Completion) else None  # (forget: see forget_last)
         self.last_result = result
         if isinstance(result, Completion):
             self._finished_at.setdefault(result.session_id, utc_now())
         self.shell.user_ns[RESULT_NAME] = result
         if out:
             self.shell.user_ns[out] = result
+
+    def forget_last(self, why: BaseException) -> None:
+        """A ``%%gtl`` cell failed before it had an answer: ``--from-last`` has nothing to wrap now."""
+        self.last_completion = None
+        self.last_result = why
 
     def finished_at(self, completion: Completion) -> str:
         """When a completion finished (its ``created_at``; now, for one that has none)."""

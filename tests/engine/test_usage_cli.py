@@ -135,6 +135,7 @@ def test_the_ledger_commands_refuse_a_gateway_given_on_the_command_line(ledger, 
     assert "--gateway asks the gateway" in capsys.readouterr().err
     monkeypatch.setenv("GTL_NB_GATEWAY", "ws://127.0.0.1:9")  # set for complete and models: not a refusal
     assert main(["usage", "--ledger", str(ledger)]) == 0
+    assert main(["--gateway", "", "usage", "--ledger", str(ledger)]) == 0  # an empty --gateway ($GW unset)
 
 
 def test_rows_read_through_a_gateway_group_as_the_file_does(ledger):

@@ -466,6 +466,12 @@ def test_adding_a_deployment_keeps_those_the_environment_gave(ip, monkeypatch):
         assert "openai" in answer
         run(ip, "%gtl providers local --remove")
         assert set(ip.run_line_magic("gtl", "models")["deployment"]) == before
+        with sim.running("openai") as mine:  # a deployment of the same type: how the user wants openai reached
+            monkeypatch.setenv("MY_KEY", "sim-key")
+            _, text = run(ip, f"%gtl providers mine type=openai base_url={mine} api_key_env=MY_KEY")
+            assert "mine" in text and "openai," not in text
+            _, answer = run(ip, "%%gtl gpt-4o-mini\nwhich account?")
+            assert "mine" in answer
 
 
 def test_the_magic_line_gets_the_same_substitution_word_by_word(ip, monkeypatch):

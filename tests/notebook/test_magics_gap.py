@@ -313,3 +313,11 @@ def test_from_last_after_a_comparison_or_an_error_wraps_no_older_answer(ip, monk
     assert not result.success and "PROVIDER_UNAVAILABLE" in text
     result, text = run(ip, "%gap --from-last")
     assert not result.success and "ended in an error" in text
+    run(ip, "%%gtl echo\nAnother answer.")
+    result, text = run(ip, "%%gtl echoo\nrefused before it is sent")  # an unknown model: no answer at all
+    assert not result.success
+    result, text = run(ip, "%gap --from-last")
+    assert not result.success and "ended in an error" in text
+    run(ip, "%%gtl --compare dead:gpt-4o-mini echo\none of them fails")
+    _, text = run(ip, "%gap --from-last")
+    assert '_gtl.completion("echo")' in text  # the one that answered
