@@ -30,19 +30,28 @@ _SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
 
 def strict_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``schema`` with every object closed and every property required (module docstring);
-    ``InvalidRequestError`` for a schema nested deeper than ``MAX_SCHEMA_DEPTH``.
+    ``InvalidRequestError`` for a schema nested deeper than ``MAX_SCHEMA_DEPTH`` or grown past
+    ``MAX_SCHEMA_PARTS`` once its references are inlined.
 
     Strict mode takes a ``$ref`` alone: one with keywords beside it (pydantic writes a field's
-    ``description`` or ``default`` there) is replaced by what it names, those keywords on top; and
-    the top level must be the object itself, so a schema that is only a ``$ref`` to its definitions
-    (pydantic's form for a recursive model) gets the definition inlined at the top."""
+    ``description`` or ``default`` there) is replaced by what it names, those keywords on top — but
+    within the very definition it names (a model that holds itself) it stays a reference, its keywords
+    dropped; and the top level must be the object itself, so a schema that is only a ``$ref`` to its
+    definitions (pydantic's form for a recursive model) gets the definition inlined at the top."""
     definitions = {
         f"#/{key}/{name}": member for key in ("$defs", "definitions") for name, member in _members(schema, key)
     }
-    root = schema
-    if isinstance(schema.get("$ref"), str) and schema["$ref"] in definitions:
-        root = {**definitions[schema["$ref"]], **{k: v for k, v in schema.items() if k != "$ref"}}
-    return _strict(root, 0, definitions)
+    root, within = schema, frozenset[str]()
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref in definitions:
+        root = {**definitions[ref], **{k: v for k, v in schema.items() if k != "$ref"}}
+        within = frozenset({ref})
+    return _Strict(definitions).made(root, 0, within)
+
+
+MAX_SCHEMA_PARTS = 20_000
+"""Subschemas a strict schema may have once its references are inlined (each inlining copies a
+definition: a chain of described references could otherwise grow it without bound)."""
 
 
 def _members(schema: dict[str, Any], key: str) -> list[tuple[str, Any]]:
@@ -50,38 +59,56 @@ def _members(schema: dict[str, Any], key: str) -> list[tuple[str, Any]]:
     return list(members.items()) if isinstance(members, dict) else []
 
 
-def _strict(schema: dict[str, Any], depth: int, definitions: dict[str, Any]) -> dict[str, Any]:
-    if depth > MAX_SCHEMA_DEPTH:
-        raise InvalidRequestError(f"response_format: the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
-    out = dict(schema)
-    ref = out.get("$ref")
-    if isinstance(ref, str) and len(out) > 1 and isinstance(definitions.get(ref), dict):
-        del out["$ref"]
-        out = {**definitions[ref], **out}  # the field's own description or default on top
-    for key in _SUBSCHEMA_MAPS:
-        members = out.get(key)
-        if isinstance(members, dict):
-            out[key] = {name: _sub(member, depth, definitions) for name, member in members.items()}
-    for key in _SUBSCHEMA_LISTS:
-        members = out.get(key)
-        if isinstance(members, list):
-            out[key] = [_sub(member, depth, definitions) for member in members]
-    for key in ("items", "additionalProperties", "not"):
-        if isinstance(out.get(key), dict):
-            out[key] = _sub(out[key], depth, definitions)
-    properties = out.get("properties")
-    kind = out.get("type")
-    if kind == "object" or (isinstance(kind, list) and "object" in kind) or isinstance(properties, dict):
-        out.setdefault("additionalProperties", False)
-        if isinstance(properties, dict):
-            out["required"] = list(properties)
-    if "default" in out and out["default"] is None:
-        del out["default"]
-    return out
+class _Strict:
+    """One schema made strict: its definitions, and how many parts it has grown to."""
 
+    def __init__(self, definitions: dict[str, Any]) -> None:
+        self.definitions = definitions
+        self.parts = 0
 
-def _sub(member: Any, depth: int, definitions: dict[str, Any]) -> Any:
-    return _strict(member, depth + 1, definitions) if isinstance(member, dict) else member
+    def made(self, schema: dict[str, Any], depth: int, within: frozenset[str]) -> dict[str, Any]:
+        self.parts += 1
+        if depth > MAX_SCHEMA_DEPTH:
+            raise InvalidRequestError(f"response_format: the schema nests deeper than {MAX_SCHEMA_DEPTH} levels")
+        if self.parts > MAX_SCHEMA_PARTS:
+            raise InvalidRequestError(
+                f"response_format: the schema grows past {MAX_SCHEMA_PARTS:,} parts once its references are inlined "
+                "(strict mode takes a $ref alone); describe fewer of the fields that refer to other models"
+            )
+        out = dict(schema)
+        ref = out.get("$ref")
+        if isinstance(ref, str) and len(out) > 1 and isinstance(self.definitions.get(ref), dict):
+            if ref in within:  # a model within itself: a reference alone, its keywords dropped
+                return {"$ref": ref}
+            del out["$ref"]
+            out = {**self.definitions[ref], **out}  # the field's own description or default on top
+            within = within | {ref}
+        for key in _SUBSCHEMA_MAPS:
+            members = out.get(key)
+            if isinstance(members, dict):  # (a definition is within itself)
+                out[key] = {
+                    name: self._sub(member, depth, within if key == "properties" else within | {f"#/{key}/{name}"})
+                    for name, member in members.items()
+                }
+        for key in _SUBSCHEMA_LISTS:
+            members = out.get(key)
+            if isinstance(members, list):
+                out[key] = [self._sub(member, depth, within) for member in members]
+        for key in ("items", "additionalProperties", "not"):
+            if isinstance(out.get(key), dict):
+                out[key] = self._sub(out[key], depth, within)
+        properties = out.get("properties")
+        kind = out.get("type")
+        if kind == "object" or (isinstance(kind, list) and "object" in kind) or isinstance(properties, dict):
+            out.setdefault("additionalProperties", False)
+            if isinstance(properties, dict):
+                out["required"] = list(properties)
+        if "default" in out and out["default"] is None:
+            del out["default"]
+        return out
+
+    def _sub(self, member: Any, depth: int, within: frozenset[str]) -> Any:
+        return self.made(member, depth + 1, within) if isinstance(member, dict) else member
 
 
 def left_open(schema: Any) -> str | None:

@@ -172,13 +172,30 @@ def _resolve_ref(schema: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]
     return node if isinstance(node, dict) else {}
 
 
-def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str = "value", depth: int = 0) -> Any:
-    """A value validating ``schema``: required properties filled by type, enums take their first value."""
+def sample_for_schema(
+    schema: Any,
+    root: dict[str, Any] | None = None,
+    name: str = "value",
+    depth: int = 0,
+    built: list[int] | None = None,
+    inside: tuple[str, ...] = (),
+) -> Any:
+    """A value validating ``schema``: required properties filled by type, enums take their first value.
+
+    A recursive schema (a tree) ends: from ``_SHALLOW_FROM`` levels down, or once ``_MOST_NODES`` values
+    are built, a sample takes the least the schema allows — an empty list, null, the choice that is no
+    reference (a leaf) — so a tree stays small, whatever the schema."""
+    built = built if built is not None else [0]
+    built[0] += 1
+    if built[0] > _NO_MORE_NODES:  # a schema no small sample satisfies (arrays of arrays, each long): stop
+        return None
     if not isinstance(schema, dict) or depth > _DEEPEST:
         return None if depth > _DEEPEST else "sample"
     root = root if root is not None else schema
+    ref = schema.get("$ref")
+    inside = (*inside, ref) if isinstance(ref, str) else inside  # the definitions this value is within
     schema = _resolve_ref(schema, root)
-    deep = depth >= _SHALLOW_FROM  # a recursive schema (a tree) ends here: empty lists, null where allowed
+    deep = depth >= _SHALLOW_FROM or built[0] > _MOST_NODES
     if "const" in schema:
         return schema["const"]
     if schema.get("enum"):
@@ -190,7 +207,9 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
             if deep and null and combinator != "allOf":
                 return None
             non_null = [o for o in options if o not in null]
-            return sample_for_schema((non_null or options)[0], root, name, depth + 1)
+            if deep and combinator != "allOf":  # a leaf: a choice that does not lead back to where it is
+                non_null = sorted(non_null, key=lambda option: _leads_back(option, inside))
+            return sample_for_schema((non_null or options)[0], root, name, depth + 1, built, inside)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -198,16 +217,17 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
     if kind == "object":
         props = schema.get("properties") or {}
         return {
-            key: sample_for_schema(props.get(key, {}), root, key, depth + 1) for key in schema.get("required") or []
+            key: sample_for_schema(props.get(key, {}), root, key, depth + 1, built, inside)
+            for key in schema.get("required") or []
         }
     if kind == "array":
         # bounded whatever the schema says (a minItems of millions, nested, must not hang the simulator)
         least = _whole(schema.get("minItems"), 0)
         if deep and least == 0:
             return []
-        count = min(max(1, least), _MAX_ITEMS if depth < 2 else 1)
+        count = min(max(1, least), _MAX_ITEMS)  # as many as the schema asks, bounded (the node budget too)
         count = min(count, max(0, _whole(schema.get("maxItems"), count)))
-        return [sample_for_schema(schema.get("items", {}), root, name, depth + 1) for _ in range(count)]
+        return [sample_for_schema(schema.get("items", {}), root, name, depth + 1, built, inside) for _ in range(count)]
     if kind in ("integer", "number"):
         return _number_within(schema, integer=kind == "integer")
     if kind == "boolean":
@@ -225,10 +245,17 @@ def sample_for_schema(schema: Any, root: dict[str, Any] | None = None, name: str
     return text[: max(min_len, _whole(max_len, len(text)))] if max_len is not None else text
 
 
+def _leads_back(option: Any, inside: tuple[str, ...]) -> bool:
+    """Whether a choice refers to a definition the value is already within (a branch, not a leaf)."""
+    return isinstance(option, dict) and option.get("$ref") in inside
+
+
 _MAX_ITEMS = 16
 _MAX_TEXT = 4096
 _SHALLOW_FROM = 5  # levels from which a sample takes the least a schema allows (a tree's leaves)
 _DEEPEST = 24  # levels past which nothing is built (a schema with no leaf at all)
+_MOST_NODES = 500  # values built before a sample takes the least everywhere
+_NO_MORE_NODES = 4 * _MOST_NODES  # and past which it builds nothing more: a bounded answer, whatever the schema
 
 
 def _whole(value: Any, default: int) -> int:

@@ -9,7 +9,8 @@ refuse, so a class works against both while a hand-written open schema gets the 
 from __future__ import annotations
 
 import enum
-from typing import Any, Optional
+import json
+from typing import Annotated, Any, Optional
 
 import pydantic
 import pytest
@@ -96,6 +97,20 @@ class Node(pydantic.BaseModel):  # recursive: pydantic's schema is only a $ref t
     children: list[Node] = []
 
 
+class Num(pydantic.BaseModel):
+    value: float
+
+
+class BinOp(pydantic.BaseModel):  # a union of a branch and a leaf: the sample must pick the leaf to end
+    op: str
+    left: BinOp | Num
+    right: BinOp | Num
+
+
+class Expr(pydantic.BaseModel):
+    args: list[Expr | int] = pydantic.Field(min_length=2)  # at least two, at every level
+
+
 class Tagged(pydantic.BaseModel):
     name: str
     tags: dict[str, int]  # open to any key: strict mode cannot say it
@@ -143,8 +158,10 @@ def test_a_recursive_model_is_answered_with_a_tree_that_validates(provider: str)
         deployment = {"type": provider, "api_key": "sim-key", "base_url": simulator.base_url}
         client = gtl_nb.connect(providers={"p": deployment}, config={"ledger": {"enabled": False}}, environ={})
         try:
-            for shape in (Node, Quay):
-                shape.model_validate_json(client.complete(f"p:{model}", "a tree", response_format=shape).text)
+            for shape in (Node, Quay, BinOp, Expr):
+                answer = client.complete(f"p:{model}", "a tree", response_format=shape).text
+                assert len(answer) < 20_000, shape  # a tree that ends, small
+                shape.model_validate_json(answer)
         finally:
             client.close()
 
@@ -192,3 +209,34 @@ def test_openais_refusals_of_a_format_it_cannot_read_reach_the_caller_and_a_comp
             assert client.complete("local:any-model", "hi", response_format={"type": "bogus"}).text
         finally:
             client.close()
+
+
+def test_a_schema_no_small_sample_satisfies_is_answered_in_bounded_time_and_size() -> None:
+    from gtl_nb.sim.answers import sample_for_schema
+
+    schema: dict[str, Any] = {"type": "string"}
+    for _ in range(20):  # sixteen items a level, twenty levels: 16**20 strings if built
+        schema = {"type": "array", "items": schema, "minItems": 16}
+    root = {"type": "object", "properties": {"x": schema}, "required": ["x"]}
+    assert len(json.dumps(sample_for_schema(root))) < 100_000
+
+
+class Described(pydantic.BaseModel):  # a model within itself, the reference described
+    name: str
+    children: list[Annotated[Described, pydantic.Field(description="a child")]] = []
+
+
+def test_a_described_reference_to_the_model_itself_stays_a_reference() -> None:
+    strict = strict_schema(Described.model_json_schema())
+    assert strict["properties"]["children"]["items"] == {"$ref": "#/$defs/Described"}
+    assert strict["$defs"]["Described"]["properties"]["children"]["items"] == {"$ref": "#/$defs/Described"}
+    assert schema_problem(strict, every_property_required=True) is None
+
+
+def test_a_schema_that_inlining_would_grow_without_bound_is_refused_clearly() -> None:
+    definitions: dict[str, Any] = {"L0": {"type": "object", "properties": {"v": {"type": "integer"}}}}
+    for level in range(1, 12):  # each level refers three times, described, to the one below: 3**11 copies
+        below = {"$ref": f"#/$defs/L{level - 1}", "description": "d"}
+        definitions[f"L{level}"] = {"type": "object", "properties": {"a": below, "b": below, "c": below}}
+    with pytest.raises(InvalidRequestError, match="grows past 20,000 parts"):
+        strict_schema({"$defs": definitions, "$ref": "#/$defs/L11"})
