@@ -63,45 +63,80 @@ _WORD = re.compile(r"(?<![\w'’-])[^\W\d_][\w'’-]*")  # the look-behind: one 
 _SENTENCE_END = ".!?:;\n"
 
 
-def example_value(schema: Any, prompt: str = "", *, name: str = "value", root: Any = None, depth: int = 0) -> Any:
-    """A value valid for ``schema``; ``prompt`` (the user's message) and ``name`` shape the strings."""
-    root = schema if root is None else root
-    if not isinstance(schema, dict) or depth > 12:
-        return _string({}, name, prompt)
-    if "$ref" in schema:
-        return example_value(_resolve(root, schema["$ref"]), prompt, name=name, root=root, depth=depth + 1)
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    if "default" in schema:
-        return schema["default"]
-    if schema.get("examples"):
-        return schema["examples"][0]
-    for key in ("anyOf", "oneOf"):
-        if schema.get(key):
-            return example_value(schema[key][0], prompt, name=name, root=root, depth=depth + 1)
-    if schema.get("allOf"):
-        return example_value(_merge(schema["allOf"], root), prompt, name=name, root=root, depth=depth + 1)
-    kind = _kind(schema)
-    if kind == "object":
-        properties = schema.get("properties", {})
-        required = schema.get("required", list(properties))
-        return {
-            key: example_value(properties.get(key, {}), prompt, name=key, root=root, depth=depth + 1)
-            for key in required
-        }
-    if kind == "array":
-        count = max(1, int(schema.get("minItems", 1)))
-        items = schema.get("items", {})
-        return [example_value(items, prompt, name=name, root=root, depth=depth + 1) for _ in range(count)]
-    if kind in ("integer", "number"):
-        return _number(schema, integer=kind == "integer")
-    if kind == "boolean":
-        return True
-    if kind == "null":
-        return None
-    return _string(schema, name, prompt)
+def example_value(schema: Any, prompt: str = "", *, name: str = "value", root: Any = None) -> Any:
+    """A value valid for ``schema``; ``prompt`` (the user's message) and ``name`` shape the strings.
+
+    Bounded whatever the schema asks (it comes from a request, and on a gateway from anyone): arrays
+    of at most ``MAX_ITEMS``, and a recursive schema (a tree) ends — from ``SHALLOW_FROM`` levels down,
+    or once ``MOST_VALUES`` are built, a value takes the least the schema allows (an empty list, null,
+    a choice that does not lead back into itself); past ``NO_MORE_VALUES`` nothing more is built."""
+    return _Example(schema if root is None else root, prompt).value(schema, name, 0, ())
+
+
+MAX_ITEMS = 16
+SHALLOW_FROM = 5
+MOST_VALUES = 500
+NO_MORE_VALUES = 4 * MOST_VALUES
+
+
+class _Example:
+    """One example value being built: the schema's root (for ``$ref``), the prompt, the count so far."""
+
+    def __init__(self, root: Any, prompt: str) -> None:
+        self.root = root
+        self.prompt = prompt
+        self.built = 0
+
+    def value(self, schema: Any, name: str, depth: int, inside: tuple[str, ...]) -> Any:
+        self.built += 1
+        if not isinstance(schema, dict) or depth > 12 or self.built > NO_MORE_VALUES:
+            return _string({}, name, self.prompt)
+        deep = depth >= SHALLOW_FROM or self.built > MOST_VALUES
+        if "$ref" in schema:
+            ref = schema["$ref"]
+            within = (*inside, ref) if isinstance(ref, str) else inside
+            return self.value(_resolve(self.root, ref), name, depth + 1, within)
+        if "const" in schema:
+            return schema["const"]
+        if schema.get("enum"):
+            return schema["enum"][0]
+        if "default" in schema:
+            return schema["default"]
+        if schema.get("examples"):
+            return schema["examples"][0]
+        for key in ("anyOf", "oneOf"):
+            options = schema.get(key)
+            if options and isinstance(options, list):
+                if deep:  # the least: null when allowed, else a choice that does not lead back (a leaf)
+                    if any(isinstance(o, dict) and o.get("type") == "null" for o in options):
+                        return None
+                    options = sorted(options, key=lambda o: isinstance(o, dict) and o.get("$ref") in inside)
+                return self.value(options[0], name, depth + 1, inside)
+        if schema.get("allOf"):
+            return self.value(_merge(schema["allOf"], self.root), name, depth + 1, inside)
+        kind = _kind(schema)
+        if kind == "object":
+            properties = schema.get("properties", {})
+            required = schema.get("required", list(properties))
+            return {key: self.value(properties.get(key, {}), key, depth + 1, inside) for key in required}
+        if kind == "array":
+            least = _whole(schema.get("minItems"))
+            if deep and least == 0:
+                return []
+            items = schema.get("items", {})
+            return [self.value(items, name, depth + 1, inside) for _ in range(min(max(1, least), MAX_ITEMS))]
+        if kind in ("integer", "number"):
+            return _number(schema, integer=kind == "integer")
+        if kind == "boolean":
+            return True
+        if kind == "null":
+            return None
+        return _string(schema, name, self.prompt)
+
+
+def _whole(value: Any) -> int:
+    """A count a schema gives (``minItems``), or 0 for anything that is not a whole number."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def _kind(schema: dict[str, Any]) -> str:

@@ -138,3 +138,23 @@ def test_a_pydantic_model_is_a_response_format_and_a_bare_schema_is_told_how_to_
         assert isinstance(Harbour(**json.loads(answer.text)).depth_m, int)
     finally:
         client.close()
+
+
+def test_echo_answers_recursive_schemas_with_trees_that_end_and_any_schema_in_bounded_size():
+    """A tree ends at a leaf; a schema asking for a billion items (from a request — on a gateway, from
+    anyone) gets a bounded answer at once, never a billion-element list."""
+    from gtl_nb.providers.schema_values import MAX_ITEMS, example_value
+
+    num = {"type": "object", "properties": {"value": {"type": "number"}}, "required": ["value"]}
+    binop = {
+        "type": "object",
+        "properties": {"left": {"anyOf": [{"$ref": "#/$defs/B"}, {"$ref": "#/$defs/N"}]}},
+        "required": ["left"],
+    }
+    schema = {"$defs": {"B": binop, "N": num}, **binop}
+    tree = example_value(schema)
+    while "left" in tree:  # the branch a few levels down, then the leaf
+        tree = tree["left"]
+    assert set(tree) == {"value"}
+    greedy = {"type": "array", "minItems": 10**9, "items": {"type": "array", "minItems": 10**9}}
+    assert len(example_value(greedy)) == MAX_ITEMS
