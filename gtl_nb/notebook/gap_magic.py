@@ -114,9 +114,17 @@ class GapMagic:
         from gtl_nb.completion import Completion
 
         if opts.from_last:
-            if self.session.last_completion is None:
+            if self.session.last_completion is not None:
+                return self.session.last_completion
+            picked = _first_answer(self.session.last_result)
+            if picked is None:
                 raise UsageError(_no_last_answer(self.session.last_result))
-            return self.session.last_completion
+            model, completion = picked
+            print(
+                f"note: the last %%gtl cell compared {', '.join(self.session.last_result.results)}; wrapping "
+                f'{model}\'s answer (another: `answer = _gtl.completion("MODEL")`, then `%gap --from answer`)'
+            )
+            return completion
         value = self.shell.user_ns.get(opts.from_var)
         if value is None:
             raise UsageError(f"--from: {opts.from_var!r} is not defined in the notebook")
@@ -341,17 +349,21 @@ def _show_suggestions(suggestions: list[Any]) -> None:
     show_bundle("\n".join(lines), "\n".join(plain))
 
 
+def _first_answer(last: object) -> tuple[str, Any] | None:
+    """A comparison's first model that answered, and its answer (``--from-last`` wraps it, and says so)."""
+    from gtl_nb.completion import Completion
+
+    results = getattr(last, "results", None)
+    if not isinstance(results, dict):
+        return None
+    return next(((model, result) for model, result in results.items() if isinstance(result, Completion)), None)
+
+
 def _no_last_answer(last: object) -> str:
-    """Why ``--from-last`` has nothing to wrap: no cell yet, a comparison (which answer?), or an error."""
+    """Why ``--from-last`` has nothing to wrap: no cell yet, a comparison no model answered, or an error."""
     results = getattr(last, "results", None)
     if isinstance(results, dict):
-        models = ", ".join(results)
-        answered = [model for model, result in results.items() if not isinstance(result, BaseException)]
-        first = answered[0] if answered else "MODEL"
-        return (
-            f"--from-last: the last %%gtl cell compared {models}; pick one answer and wrap it: "
-            f'`answer = _gtl.completion("{first}")`, then `%gap --from answer`'
-        )
+        return f"--from-last: the last %%gtl cell compared {', '.join(results)}, and none of them answered"
     if isinstance(last, BaseException):
         return "--from-last: the last %%gtl cell ended in an error, with no answer to wrap"
     return "--from-last: no answer yet; run a %%gtl cell first"

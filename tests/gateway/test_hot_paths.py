@@ -169,7 +169,7 @@ def test_a_text_chunk_is_the_chunk_the_encoder_would_build(include_usage: bool, 
 def test_a_gtl_server_sent_event_names_its_type() -> None:
     for event in (Token(session_id="s", text="x"), Done(session_id="s"), Status(session_id="s", state="queued")):
         tag = str(event.__struct_config__.tag)
-        assert _sse(event) == b"event: " + tag.encode() + b"\ndata: " + encode(event) + b"\n\n"
+        assert _sse(event, 1 << 20) == b"event: " + tag.encode() + b"\ndata: " + encode(event) + b"\n\n"
 
 
 # -- audit times ---------------------------------------------------------------------------------------

@@ -301,9 +301,11 @@ def test_from_last_after_a_comparison_or_an_error_wraps_no_older_answer(ip, monk
     run(ip, "%%gtl echo\nAn earlier answer.")
     result, text = run(ip, "%%gtl --compare echo echo:echo\nWhich harbour is deeper?")
     assert result.success, text
-    result, text = run(ip, "%gap --from-last")
-    assert not result.success and "compared echo, echo:echo" in text and '_gtl.completion("echo")' in text
-    ip.user_ns["picked"] = ip.user_ns["_gtl"].completion("echo")
+    result, text = run(ip, "%gap --from-last")  # the first model's answer, and it says so
+    assert result.success, text
+    assert "compared echo, echo:echo; wrapping echo's answer" in text and '_gtl.completion("MODEL")' in text
+    assert "harbour" in ip.user_ns["_gap"].content and "earlier" not in ip.user_ns["_gap"].content
+    ip.user_ns["picked"] = ip.user_ns["_gtl"].completion("echo:echo")
     result, text = run(ip, "%gap --from picked")
     assert result.success, text
     assert "harbour" in ip.user_ns["_gap"].content
@@ -320,4 +322,7 @@ def test_from_last_after_a_comparison_or_an_error_wraps_no_older_answer(ip, monk
     assert not result.success and "ended in an error" in text
     run(ip, "%%gtl --compare dead:gpt-4o-mini echo\none of them fails")
     _, text = run(ip, "%gap --from-last")
-    assert '_gtl.completion("echo")' in text  # the one that answered
+    assert "wrapping echo's answer" in text  # the one that answered
+    run(ip, "%%gtl --compare dead:gpt-4o-mini dead:gpt-4o\nboth fail")
+    result, text = run(ip, "%gap --from-last")
+    assert not result.success and "none of them answered" in text
