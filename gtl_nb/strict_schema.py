@@ -98,8 +98,7 @@ class _Strict:
             if isinstance(out.get(key), dict):
                 out[key] = self._sub(out[key], depth, within)
         properties = out.get("properties")
-        kind = out.get("type")
-        if kind == "object" or (isinstance(kind, list) and "object" in kind) or isinstance(properties, dict):
+        if _is_object(out):
             out.setdefault("additionalProperties", False)
             if isinstance(properties, dict):
                 out["required"] = list(properties)
@@ -122,15 +121,20 @@ def left_open(schema: Any) -> str | None:
 def _open_at(schema: Any, depth: int) -> list[str] | None:
     if not isinstance(schema, dict) or depth > MAX_SCHEMA_DEPTH:
         return None
-    kind = schema.get("type")
-    is_object = kind == "object" or (isinstance(kind, list) and "object" in kind) or "properties" in schema
-    if is_object and schema.get("additionalProperties", False) is not False:
+    if _is_object(schema) and schema.get("additionalProperties", False) is not False:
         return []
     for step, member in _nested(schema):
         below = _open_at(member, depth + 1)
         if below is not None:
             return [step, *below]
     return None
+
+
+def _is_object(schema: dict[str, Any]) -> bool:
+    """Whether ``schema`` describes an object (by its type, or by naming properties)."""
+    kind = schema.get("type")
+    named = isinstance(schema.get("properties"), dict)
+    return kind == "object" or (isinstance(kind, list) and "object" in kind) or named
 
 
 def _nested(schema: dict[str, Any]) -> list[tuple[str, Any]]:

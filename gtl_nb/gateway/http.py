@@ -80,7 +80,7 @@ from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_sessio
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, decode, encode, frames_within, nesting_exceeds
+from gtl_nb.protocol.codec import CUT_EVENTS, DEFAULT_MAX_DEPTH, decode, encode, frames_within, nesting_exceeds
 from gtl_nb.protocol.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -92,16 +92,7 @@ from gtl_nb.protocol.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from gtl_nb.protocol.messages import (
-    MAX_ID_LENGTH,
-    CompletionRequest,
-    Done,
-    Error,
-    Query,
-    Reasoning,
-    StreamEvent,
-    Token,
-)
+from gtl_nb.protocol.messages import MAX_ID_LENGTH, CompletionRequest, Done, Error, Query, StreamEvent
 from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
 from gtl_nb.transports.http import MAX_FRAME_HEADER
 from gtl_nb.transports.messages import JOIN_BYTES
@@ -848,13 +839,9 @@ class _SessionResponse:
 
 def _ndjson(event: StreamEvent, limit: int) -> bytes:
     data = encode(event)
-    if len(data) <= limit or type(event) not in _CUT:
+    if len(data) <= limit or type(event) not in CUT_EVENTS:
         return data + b"\n"  # (anything but text goes whole, as it always did)
     return frames_within(event, limit)  # a token longer than a frame goes as several, as on every transport
-
-
-_CUT = (Token, Reasoning)
-"""The events whose text ``frames_within`` cuts into several when one is longer than a frame."""
 
 
 _SSE_FIELDS: dict[type, bytes] = {}
@@ -866,7 +853,7 @@ def _sse(event: StreamEvent, limit: int) -> bytes:
     if head is None:
         head = _SSE_FIELDS[type(event)] = b"event: " + str(event.__struct_config__.tag).encode() + b"\ndata: "
     data = encode(event)
-    if len(data) <= limit or type(event) not in _CUT:
+    if len(data) <= limit or type(event) not in CUT_EVENTS:
         return head + data + b"\n\n"
     return b"".join(head + frame + b"\n\n" for frame in frames_within(event, limit).splitlines())
 

@@ -113,12 +113,7 @@ def _policy(args: argparse.Namespace, config: Any = None) -> Any:
         from gtl_nb.gateway.tokens import TokenPolicy
     except ImportError:
         raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
-    config = config if config is not None else _configuration(args)
-    table = config.gateway.get("jwt")
-    if not table:
-        raise ConfigurationError("gtl token needs a [gateway.jwt] table in the configuration (docs/tokens.md)")
-    base = config.source_path.parent if config.source_path is not None else Path.cwd()
-    return TokenPolicy.from_table(table, base, os.environ)
+    return TokenPolicy.from_table(*_jwt_table(args, config), os.environ)
 
 
 def _revocation_settings(args: argparse.Namespace) -> Any:
@@ -127,12 +122,16 @@ def _revocation_settings(args: argparse.Namespace) -> Any:
         from gtl_nb.gateway.tokens.policy import RevocationSettings
     except ImportError:
         raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
-    config = _configuration(args)
+    return RevocationSettings.from_table(*_jwt_table(args))
+
+
+def _jwt_table(args: argparse.Namespace, config: Any = None) -> tuple[Any, Path]:
+    """The configuration's ``[gateway.jwt]`` table and the folder its relative paths start from."""
+    config = config if config is not None else _configuration(args)
     table = config.gateway.get("jwt")
     if not table:
         raise ConfigurationError("gtl token needs a [gateway.jwt] table in the configuration (docs/tokens.md)")
-    base = config.source_path.parent if config.source_path is not None else Path.cwd()
-    return RevocationSettings.from_table(table, base)
+    return table, config.source_path.parent if config.source_path is not None else Path.cwd()
 
 
 def _store(policy: Any) -> Any:

@@ -90,7 +90,6 @@ class NotebookSession:
     providers: dict[str, dict[str, Any]] = field(default_factory=dict)  # from %gtl providers
     history: list[Message] = field(default_factory=list)  # the conversation (chat mode)
     gap_messages: list[WrappedMessage] = field(default_factory=list)  # this notebook's GAP messages
-    last_completion: Completion | None = None
     last_result: Any = None  # what the last %%gtl cell gave: a Completion, a Comparison or an error
     _token: str | None = field(default=None, repr=False)
     _clients: dict[str, Client] = field(default_factory=dict, repr=False)
@@ -208,9 +207,6 @@ class NotebookSession:
         """``result`` becomes ``_gtl`` (and ``out``) in the user namespace."""
         from gtl_nb.completion import Completion
 
-        # --from-last wraps the last cell's answer; a comparison or an error leaves none to wrap (never
-        # an older cell's answer, silently)
-        self.last_completion = result if isinstance(result, Completion) else None  # (forget: see forget_last)
         self.last_result = result
         if isinstance(result, Completion):
             self._finished_at.setdefault(result.session_id, utc_now())
@@ -220,8 +216,14 @@ class NotebookSession:
 
     def forget_last(self, why: BaseException) -> None:
         """A ``%%gtl`` cell failed before it had an answer: ``--from-last`` has nothing to wrap now."""
-        self.last_completion = None
         self.last_result = why
+
+    @property
+    def last_completion(self) -> Completion | None:
+        """The last ``%%gtl`` cell's answer when it was one (``--from-last``): never an older cell's."""
+        from gtl_nb.completion import Completion
+
+        return self.last_result if isinstance(self.last_result, Completion) else None
 
     def finished_at(self, completion: Completion) -> str:
         """When a completion finished (its ``created_at``; now, for one that has none)."""

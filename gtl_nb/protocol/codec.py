@@ -68,9 +68,7 @@ def encode(message: WireMessage) -> bytes:
     try:
         return _encoder.encode(message)
     except (UnicodeEncodeError, msgspec.EncodeError, TypeError, ValueError, RecursionError) as exc:
-        config = getattr(message, "__struct_config__", None)
-        name = getattr(config, "tag", None) or type(message).__name__
-        raise ProtocolError(f"cannot encode the {name!r} message as JSON: {_reason(exc)}") from None
+        raise ProtocolError(f"cannot encode the {_tag(message)!r} message as JSON: {_reason(exc)}") from None
 
 
 def encode_frame(message: WireMessage) -> bytes:
@@ -89,14 +87,24 @@ def frames_within(message: WireMessage, max_bytes: int) -> bytes:
     if len(data) <= max_bytes:
         return data + b"\n"
     text = getattr(message, "text", None)
-    if type(message) in (Token, Reasoning) and isinstance(text, str) and len(text) > 1:
+    if type(message) in CUT_EVENTS and isinstance(text, str) and len(text) > 1:
         half = len(text) // 2  # halves until each fits: a few encodes, once in a long while
         first = msgspec.structs.replace(message, text=text[:half])  # type: ignore[type-var]
         rest = msgspec.structs.replace(message, text=text[half:])  # type: ignore[type-var]
         return frames_within(first, max_bytes) + frames_within(rest, max_bytes)
-    kind = getattr(type(message), "__struct_config__", None)
-    name = getattr(kind, "tag", None) or type(message).__name__
-    raise FrameTooLargeError(f"{name} frame of {len(data)} bytes exceeds the maximum frame size of {max_bytes} bytes")
+    raise FrameTooLargeError(
+        f"{_tag(message)} frame of {len(data)} bytes exceeds the maximum frame size of {max_bytes} bytes"
+    )
+
+
+CUT_EVENTS = (Token, Reasoning)
+"""The events whose text ``frames_within`` cuts into several when one is longer than a frame."""
+
+
+def _tag(message: object) -> str:
+    """A message's type as the wire names it (``token``, ``done`` …)."""
+    config = getattr(type(message), "__struct_config__", None)
+    return str(getattr(config, "tag", None) or type(message).__name__)
 
 
 def _reason(exc: BaseException) -> str:

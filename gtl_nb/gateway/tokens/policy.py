@@ -123,12 +123,7 @@ class TokenPolicy:
         names the key and never quotes a secret (nor a value that could be one)."""
         environ = os.environ if environ is None else environ
         where = "[gateway.jwt]"
-        if not isinstance(table, Mapping):
-            raise ConfigurationError(f"{where} must be a table")
-        for key in table:
-            if key not in TABLE_KEYS:
-                raise ConfigurationError(_unknown_key(str(key)))
-        reader = _TableReader(table, base_dir)
+        reader = _checked_reader(table, base_dir)
         secret, source = read_secret(table, base_dir, environ)
         public_keys: tuple[VerificationKey, ...] = ()
         key_file, jwks_file = reader.path("public_key_file"), reader.path("jwks_file")
@@ -143,15 +138,7 @@ class TokenPolicy:
         )
         algorithms = reader.strings("algorithms")
         default_deployments = reader.strings("default_deployments") or []
-        revocations_value = reader.string("revocations")
-        revocations_url = None
-        if revocations_value is not None and revocations_value.split("://", 1)[0].lower() in ("redis", "rediss"):
-            from gtl_nb.engine.stores.urls import parse_store_url
-
-            parse_store_url(revocations_value, where="[gateway.jwt] revocations")  # a typo fails at start-up
-            revocations_url, revocations = revocations_value, None
-        else:
-            revocations = reader.path("revocations")
+        revocations, revocations_url = _revocations(reader)
         return cls(
             issuer=reader.string("issuer", required=True) or "",
             audience=reader.string("audience") or DEFAULT_AUDIENCE,
@@ -197,22 +184,8 @@ class RevocationSettings:
     @classmethod
     def from_table(cls, table: Mapping[str, Any], base_dir: Path) -> RevocationSettings:
         """The settings of a ``[gateway.jwt]`` table, read as ``TokenPolicy.from_table`` reads them."""
-        if not isinstance(table, Mapping):
-            raise ConfigurationError("[gateway.jwt] must be a table")
-        for key in table:
-            if key not in TABLE_KEYS:
-                raise ConfigurationError(_unknown_key(str(key)))
-        reader = _TableReader(table, base_dir)
-        revocations_value = reader.string("revocations")
-        revocations_url = None
-        revocations = None
-        if revocations_value is not None and revocations_value.split("://", 1)[0].lower() in ("redis", "rediss"):
-            from gtl_nb.engine.stores.urls import parse_store_url
-
-            parse_store_url(revocations_value, where="[gateway.jwt] revocations")
-            revocations_url = revocations_value
-        else:
-            revocations = reader.path("revocations")
+        reader = _checked_reader(table, base_dir)
+        revocations, revocations_url = _revocations(reader)
         settings = cls(
             revocations=revocations,
             revocations_url=revocations_url,
@@ -223,6 +196,27 @@ class RevocationSettings:
         if not 0 <= settings.leeway <= MAX_LEEWAY or not settings.max_lifetime > 0 or settings.refresh < 0:
             raise ConfigurationError("[gateway.jwt] leeway, max_lifetime or refresh is out of range")
         return settings
+
+
+def _checked_reader(table: Mapping[str, Any], base_dir: Path) -> _TableReader:
+    """A reader of ``table``, which must be a table of known keys (a misspelt key is an error)."""
+    if not isinstance(table, Mapping):
+        raise ConfigurationError("[gateway.jwt] must be a table")
+    for key in table:
+        if key not in TABLE_KEYS:
+            raise ConfigurationError(_unknown_key(str(key)))
+    return _TableReader(table, base_dir)
+
+
+def _revocations(reader: _TableReader) -> tuple[Path | None, str | None]:
+    """``revocations`` as the token store's file, or as the ``redis://`` URL of the replicas' shared list."""
+    value = reader.string("revocations")
+    if value is not None and value.split("://", 1)[0].lower() in ("redis", "rediss"):
+        from gtl_nb.engine.stores.urls import parse_store_url
+
+        parse_store_url(value, where="[gateway.jwt] revocations")  # a typo fails at start-up
+        return None, value
+    return reader.path("revocations"), None
 
 
 def _unknown_key(key: str) -> str:
