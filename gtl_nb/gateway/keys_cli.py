@@ -137,7 +137,36 @@ def _remove(args: argparse.Namespace) -> int:
     vault = _open(args)
     info = vault.remove(args.name)
     print(f"removed key {info.name!r} (fingerprint {info.fingerprint}) from {vault.path}")
+    _warn_of_tables_naming(args, Path(vault.path), info.name)
     return 0
+
+
+def _warn_of_tables_naming(args: argparse.Namespace, vault_path: Path, name: str) -> None:
+    """Say which deployments the configuration's ``[gateway.vault] keys`` still gives the removed key.
+
+    Removing stays immediate (it is how a leaked key is revoked), but a table still naming the key
+    means those deployments fail over or fail until it changes, and the gateway will not start.
+    Only the table of the configuration whose vault this is counts.
+    """
+    from gtl_nb.gateway.vault_credentials import VaultSettings
+
+    try:
+        config = _configuration(args)
+        table = dict(config.gateway.get("vault") or {})
+        base = config.source_path.parent if config.source_path is not None else Path.cwd()
+        settings = VaultSettings.from_table(table, base=base)
+    except ConfigurationError:
+        return  # no readable configuration (the vault was named on the command line): nothing to warn of
+    if settings.path.resolve() != vault_path.resolve():
+        return
+    deployments = sorted(deployment for deployment, key in settings.keys.items() if key == name)
+    if deployments:
+        print(
+            f"gtl keys: warning: [gateway.vault] keys still gives {name!r} to {', '.join(deployments)}: a running "
+            "gateway's requests there fail over to another deployment or end PROVIDER_UNAVAILABLE, and the gateway "
+            "will not start, until you add the key again or change that table",
+            file=sys.stderr,
+        )
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -207,12 +236,7 @@ def _open(args: argparse.Namespace) -> Any:
     table: dict[str, Any] = {}
     base = Path.cwd()
     if args.vault is None or (args.key_file is None and args.key_env is None):
-        from gtl_nb.engine.config import load_config
-
-        config_file = args.keys_config or getattr(args, "config", None)
-        if config_file is not None and not Path(config_file).expanduser().is_file():
-            raise ConfigurationError(f"--config {config_file}: no such file")
-        config = load_config(config=config_file)
+        config = _configuration(args)
         table = dict(config.gateway.get("vault") or {})
         args.configured_deployments = set(config.deployments)
         if config.source_path is not None:
@@ -225,6 +249,16 @@ def _open(args: argparse.Namespace) -> Any:
     elif args.key_env:
         master = vault_module.MasterKeySource(env=args.key_env)
     return vault_module.Vault(path, master.load())
+
+
+def _configuration(args: argparse.Namespace) -> Any:
+    """The configuration ``--config`` names (either place it may be given), else the default one."""
+    from gtl_nb.engine.config import load_config
+
+    config_file = args.keys_config or getattr(args, "config", None)
+    if config_file is not None and not Path(config_file).expanduser().is_file():
+        raise ConfigurationError(f"--config {config_file}: no such file")
+    return load_config(config=config_file)
 
 
 def _read_secret(name: str) -> str:

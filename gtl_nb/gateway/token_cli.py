@@ -3,7 +3,7 @@
     gtl token mint --sub NAME --scope chat:write [--scope ...] --ttl 8h [--provider-key DEPLOYMENT=KEY_NAME ...]
                    [--model M ...] [--deployment D ...] [--tenant T]
     gtl token list [--json]
-    gtl token revoke JTI
+    gtl token revoke JTI [--minted-elsewhere]
 
 Every command reads ``[gateway.jwt]`` of the configuration (``--config``, then ``$GTL_NB_CONFIG``, then
 the user's file): ``mint`` signs with its HS256 secret and prints the token on standard output and
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import difflib
 import json
 import os
 import sys
@@ -87,6 +88,11 @@ def add_subcommands(subparsers: Any) -> None:
 
     revoke = actions.add_parser("revoke", help="deny a token by its jti (the gateway sees it within seconds)")
     revoke.add_argument("jti", help="the token's id (gtl token list shows it)")
+    revoke.add_argument(
+        "--minted-elsewhere",
+        action="store_true",
+        help="revoke the id as typed even though a token minted here has an id close to it",
+    )
     revoke.set_defaults(handler=_revoke)
 
     parser.set_defaults(handler=lambda args: _usage(parser))
@@ -272,6 +278,8 @@ def _revoke(args: argparse.Namespace) -> int:
     now = time.time()
     with _store(policy) as store:
         expires = store.expiry_of(jti)
+        if expires is None and not args.minted_elsewhere:
+            _refuse_a_likely_typo(jti, [token.jti for token in store.minted()])
         # a token minted elsewhere expires at the latest max_lifetime after it was issued, and it
         # cannot have been issued later than now (plus leeway): keep the entry that long
         until = (expires if expires is not None else now + policy.max_lifetime + policy.leeway) + policy.leeway
@@ -290,6 +298,22 @@ def _revoke(args: argparse.Namespace) -> int:
     origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
     print(f"revoked {jti} until {_when(until)} UTC{origin}")
     return 0
+
+
+def _refuse_a_likely_typo(jti: str, minted: list[str]) -> None:
+    """Refuse to revoke an id no token here has when one minted here is close to it.
+
+    Revoking a mistyped id would report success while the token meant stays valid: the worst
+    outcome during an incident. An id minted by another system is still revocable with
+    ``--minted-elsewhere``.
+    """
+    near = [candidate for candidate in minted if candidate.startswith(jti)] if len(jti) >= 4 else []
+    near = near or difflib.get_close_matches(jti, minted, n=3, cutoff=0.75)
+    if near:
+        raise ConfigurationError(
+            f"no token minted here has the id {jti}; did you mean {' or '.join(near)}? Nothing was revoked "
+            f"(to revoke {jti} as typed, a token minted elsewhere, add --minted-elsewhere)"
+        )
 
 
 def _when(timestamp: float) -> str:

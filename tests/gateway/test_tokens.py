@@ -909,6 +909,23 @@ def test_gtl_token_mint_list_revoke(gtl, capsys, tmp_path):
         assert store.is_revoked("minted-elsewhere")
 
 
+def test_revoking_an_id_close_to_a_minted_one_is_refused_as_a_typo(gtl, capsys):
+    assert gtl("token", "mint", "--sub", "ann", "--scope", "models:read") == 0
+    capsys.readouterr()
+    assert gtl("token", "list", "--json") == 0
+    jti = json.loads(capsys.readouterr().out)["jti"]
+    typo = jti[:10] + ("0" if jti[10] != "0" else "1") + jti[11:]  # one character wrong
+    for typed in (typo, jti[:8]):  # a slip, and an id cut short
+        assert gtl("token", "revoke", typed) == 2
+        err = capsys.readouterr().err
+        assert f"did you mean {jti}?" in err and "Nothing was revoked" in err and "--minted-elsewhere" in err
+    assert gtl("token", "list", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "active"  # the typo revoked nothing
+    assert gtl("token", "revoke", typo, "--minted-elsewhere") == 0  # the operator insists: as typed
+    assert "not minted here" in capsys.readouterr().out
+    assert gtl("token", "revoke", "someone-elses-token-7") == 0  # nothing close: revoked as before
+
+
 def test_minting_a_chat_token_that_may_call_nothing_is_warned_of(gtl, capsys):
     assert gtl("token", "mint", "--sub", "ann", "--scope", "chat:write") == 0  # no provider key, no defaults
     captured = capsys.readouterr()

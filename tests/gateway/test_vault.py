@@ -884,3 +884,28 @@ def test_gtl_keys_add_warns_of_a_deployment_the_configuration_does_not_have(
     assert "warning: no deployment 'opneai' is configured here (configured: echo, openai)" in typo.stderr
     known = keys("add", "k2", "--deployment", "openai", "--config", str(config), env=cli_env, stdin="secret-k2")
     assert known.returncode == 0 and "warning" not in known.stderr
+
+
+def test_gtl_keys_remove_warns_when_the_configuration_still_gives_the_key_to_a_deployment(
+    tmp_path: Path, cli_env: dict[str, str], master_text: str
+):
+    cli_env["GTL_NB_VAULT_KEY"] = master_text
+    config = tmp_path / "gtl.toml"
+    config.write_text(
+        '[providers.openai]\ntype = "openai"\napi_key_env = "GTL_TEST_UNSET"\n\n'
+        '[gateway.vault]\npath = "v.json"\nkeys = { openai = "team-openai" }\n',
+        encoding="utf-8",
+    )
+    for name in ("team-openai", "spare"):
+        assert keys("add", name, "--config", str(config), env=cli_env, stdin="secret").returncode == 0
+    named = keys("remove", "team-openai", "--config", str(config), env=cli_env)
+    assert named.returncode == 0 and "removed key 'team-openai'" in named.stdout  # removed at once all the same
+    assert "warning: [gateway.vault] keys still gives 'team-openai' to openai" in named.stderr
+    assert "will not start" in named.stderr
+    unnamed = keys("remove", "spare", "--config", str(config), env=cli_env)
+    assert unnamed.returncode == 0 and "warning" not in unnamed.stderr
+    # another vault than the configuration's: its table is about other keys
+    other = ["--vault", str(tmp_path / "other.json"), "--key-env", "GTL_NB_VAULT_KEY", "--config", str(config)]
+    assert keys("add", "team-openai", *other, env=cli_env, stdin="secret").returncode == 0
+    elsewhere = keys("remove", "team-openai", *other, env=cli_env)
+    assert elsewhere.returncode == 0 and "warning" not in elsewhere.stderr
