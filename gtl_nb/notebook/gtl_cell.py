@@ -20,7 +20,7 @@ from IPython.display import display
 from gtl_nb.completion import code_span
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
-from gtl_nb.notebook.errors import GTLCellError, client_for
+from gtl_nb.notebook.errors import GTLCellError, client_for, in_notebook_words
 from gtl_nb.notebook.formats import FORMAT_INSTRUCTIONS, code_of, shown
 from gtl_nb.notebook.gap_magic import wrapped_variable
 from gtl_nb.notebook.output import clip, show_bundle
@@ -198,7 +198,7 @@ class GtlCell:
         except KeyboardInterrupt:  # Ctrl-C / "interrupt the kernel": the stream has cancelled itself
             self._cancelled(events, view, time.monotonic() - started, opts.out)
         except GTLError as exc:
-            self._failed(exc, view, opts.out)
+            self._failed(exc, events, view, time.monotonic() - started, opts.out)
         except BaseException as exc:
             if view is not None:
                 view.finish(exc)  # never leave a live widget behind
@@ -210,13 +210,16 @@ class GtlCell:
             display(answer)
         return completion
 
-    def _failed(self, exc: Exception, view: Any, out: str | None) -> NoReturn:
+    def _failed(self, exc: Exception, events: Any, view: Any, seconds: float, out: str | None) -> NoReturn:
         """A provider error: ``_gtl`` is the exception (its ``.completion`` has what arrived); the cell
-        fails with its one line, and the view keeps only what arrived before it (so it is said once)."""
+        fails with its one line — how long it took and, if an answer had begun, how much of it came —
+        and the view keeps only what arrived before it (so the error is said once)."""
         if view is not None:
             view.finish(exc, show_error=False)
         self.session.remember(exc, out)
-        raise GTLCellError(exc) from None
+        count = _tokens_arrived(events, getattr(exc, "completion", None))
+        arrived = f"{count} token{'s' if count != 1 else ''}, " if count else ""
+        raise GTLCellError(exc, f"{in_notebook_words(str(exc))} · after {arrived}{seconds:.2f} s") from None
 
     def _cancelled(self, events: Any, view: Any, seconds: float, out: str | None) -> NoReturn:
         """The user interrupted the stream: keep what arrived as ``_gtl`` and fail the cell with one line
@@ -226,7 +229,7 @@ class GtlCell:
         if view is not None:
             view.finish(partial, show_error=False)
         self.session.remember(partial, out)
-        count = partial.tokens_out if partial.tokens_out is not None else len(events.transcript.tokens)
+        count = _tokens_arrived(events, partial)
         raise GTLCellError(partial, f"cancelled after {count} token{'s' if count != 1 else ''}, {seconds:.1f} s")
 
     # -- several models ---------------------------------------------------------------------------
@@ -249,6 +252,12 @@ class GtlCell:
             raise GTLCellError(comparison, f"cancelled after {time.monotonic() - started:.1f} s") from None
         grid.finish(comparison)
         self.session.remember(comparison, out)
+
+
+def _tokens_arrived(events: Any, partial: Any) -> int:
+    """How many tokens of the answer arrived: the provider's count when it sent one, else the stream's."""
+    counted = getattr(partial, "tokens_out", None)
+    return counted if counted is not None else len(events.transcript.tokens)
 
 
 def check_cell_options(opts: Any) -> None:

@@ -7,6 +7,7 @@ or ``$GTL_NB_CONFIG``) naming each simulator's URL and the environment variable 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from IPython.core.error import UsageError
@@ -73,6 +74,7 @@ def test_a_provider_error_is_one_line_with_its_code_and_the_cell_fails(ip):
     assert isinstance(result.error_in_exec, GTLCellError)
     assert "Traceback" not in text
     assert "RATE_LIMIT [quota]: " in text
+    assert re.search(r" · after \d+\.\d\d s$", str(result.error_in_exec))  # how long it took; nothing arrived
     error = ip.user_ns["_gtl"]
     assert isinstance(error, RateLimitError) and ip.user_ns["answer"] is error
     assert isinstance(error.completion, Completion)
@@ -91,6 +93,7 @@ def test_a_provider_error_is_said_once_and_what_arrived_before_it_stays(ip, sims
     error = ip.user_ns["_gtl"]
     assert isinstance(result.error_in_exec, GTLCellError) and error.completion.text
     assert error.completion.text in text and text.count(error.code) == 1, text
+    assert re.search(r" · after \d+ tokens?, \d+\.\d\d s$", str(result.error_in_exec))  # how much came, how long
 
 
 def test_a_missing_key_is_a_usage_error_naming_the_variable(ip, tmp_path, monkeypatch):
