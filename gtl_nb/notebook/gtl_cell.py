@@ -137,10 +137,9 @@ class GtlCell:
             completion = self._one(client, model, convo, request, stream, opts)
             if not (tools and completion.tool_calls):
                 return completion, convo[start:]
-            for call in completion.tool_calls:
-                _show_call(call, dry_run=opts.tools_dry_run)
+            # the answer above shows its calls already: what follows is what became of them
             if opts.tools_dry_run:
-                print(f"dry run: {len(completion.tool_calls)} tool call(s) shown, not run")
+                print(f"dry run: the {len(completion.tool_calls)} tool call(s) above were not run")
                 return completion, convo[start:]
             if rounds >= opts.max_steps:
                 print(
@@ -285,13 +284,12 @@ def check_cell_options(opts: Any) -> None:
         raise ArgumentError("--tools-dry-run needs --tools f,g (the functions whose calls to show)")
 
 
-def _show_call(call: Any, *, dry_run: bool) -> None:
-    label = "tool call (dry run, not run)" if dry_run else "tool call"
-    shown_call = f"{call.name}({clip(call.arguments)})"
-    show_bundle(f"**{label}** {code_span(shown_call)}", f"[{label}] {shown_call}")
-
-
 def _show_result(result: Any) -> None:
-    content = clip(result.content)
-    mark = "→" if result.ok else "→ **failed**:"
-    show_bundle(f"{mark} {code_span(content)}", f"  -> {content}")
+    """What a tool call of the answer above returned (or how it failed), under its tool's name."""
+    name = result.call.name
+    if result.ok:
+        content = clip(result.content)
+        show_bundle(f"{code_span(name)} → {code_span(content)}", f"[{name}] -> {content}")
+    else:
+        error = clip(result.error or "")
+        show_bundle(f"{code_span(name)} → **failed**: {code_span(error)}", f"[{name}] -> failed: {error}")

@@ -209,7 +209,7 @@ def test_tools_run_the_models_calls_and_send_the_results_back(ip, sims):
     assert [c[0] for c in ip.user_ns["CALLS"]] == ["get_weather"]
     answer = ip.user_ns["_gtl"]
     assert answer.finish_reason == "stop" and "The tool returned" in answer.text
-    assert "get_weather(" in text and "sunny in" in text  # the call and its result are shown
+    assert text.count("[tool call]") == 1 and "[get_weather] -> sunny in" in text, text  # the call once, its result
     first, second = (json.loads(r.body) for r in sims["good"].requests[-2:])
     assert {t["function"]["name"] for t in first["tools"]} == {"get_weather", "get_time"}
     schema = next(t for t in first["tools"] if t["function"]["name"] == "get_weather")["function"]["parameters"]
@@ -225,7 +225,7 @@ def test_tools_dry_run_shows_calls_without_running_them(ip, sims):
     assert result.success, text
     assert ip.user_ns["CALLS"] == []
     assert len(sims["good"].requests) == before + 1
-    assert "dry run" in text and "get_weather(" in text
+    assert "dry run" in text and text.count("[tool call") == 1, text  # the answer shows the call, once
     assert ip.user_ns["_gtl"].tool_calls
 
 
@@ -268,7 +268,7 @@ def test_a_tool_that_raises_sends_the_error_back_to_the_model(ip):
     ip.run_cell("def broken(city: str):\n    raise RuntimeError('no network')\n")
     result, text = run(ip, "%%gtl echo --tools broken\nweather?")
     assert result.success
-    assert "RuntimeError: no network" in text
+    assert "[broken] -> failed: RuntimeError: no network" in text, text
     assert "error: RuntimeError: no network" in ip.user_ns["_gtl"].text
     run(ip, "%gtl reset")
     run(ip, "%%gtl echo --chat --tools broken\nweather?")
