@@ -6,7 +6,7 @@ counts Int64, times float64 seconds, so sums, filters and plots work on the numb
 a notebook or ``print`` shows is formatted, by column name:
 
 ==========================================  ===========================================
-``cost``, ``*_cost``, ``cost_per_*``        money as in the footers: ``$0``, ``$0.000953``
+``cost``, ``*_cost``, ``cost_per_*``        money as in the footers, one precision a column: ``$0``, ``$0.000953``
 ``*_per_1m``                                 a price per 1M tokens: ``$0.15``, ``$2.50``
 ``*_s``                                      seconds: ``0.21 s``
 ``success_rate``                             a percentage: ``75%``
@@ -80,9 +80,20 @@ def formatter_for(name: Any, dtype: Any) -> Callable[[Any], str] | None:
     return None
 
 
+def _money_column(column: pd.Series) -> list[str]:
+    """Money cells with one number of decimals down the column (six if any amount is under a cent,
+    as ``money`` writes it, else four), so the amounts line up: ``$0.012500`` beside ``$0.000953``."""
+    amounts = [None if _missing(value) else float(value) for value in column]
+    small = any(amount is not None and 0 < abs(amount) < 0.01 for amount in amounts)
+    decimals = 6 if small else 4
+    return [MISSING if a is None else ("$0" if a == 0 else f"${a:.{decimals}f}") for a in amounts]
+
+
 def shown(name: Any, column: pd.Series) -> list[str]:
     """The cells of ``column`` as a ``Table`` shows them."""
     formatter = formatter_for(name, column.dtype)
+    if formatter is _money:
+        return _money_column(column)
     if formatter is not None:
         return [formatter(value) for value in column]
     if pd.api.types.is_float_dtype(column.dtype) and len(column):

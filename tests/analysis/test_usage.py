@@ -220,6 +220,13 @@ def test_a_table_formats_by_column_name():
     }
 
 
+def test_a_money_column_has_one_precision_so_its_amounts_line_up():
+    mixed = analysis.Table({"cost": [0.0125, 0.000953, 0.0, np.nan, 12.5]})
+    assert mixed.formatted()["cost"].tolist() == ["$0.012500", "$0.000953", "$0", "", "$12.500000"]
+    large = analysis.Table({"cost_per_request": [0.0125, 1.5]})  # nothing under a cent: four decimals
+    assert large.formatted()["cost_per_request"].tolist() == ["$0.0125", "$1.5000"]
+
+
 def test_requests_that_reached_no_deployment_have_a_named_group(filled):
     frame = filled.frame
     refused = frame.iloc[[0]].copy()
