@@ -1,7 +1,7 @@
 """Deterministic example values that validate against a JSON Schema (for the offline providers).
 
 Covers the subset tool definitions use: ``type`` (and lists of types), ``enum``, ``const``,
-``default``, ``examples``, ``properties`` / ``required``, ``items`` / ``minItems``, ``anyOf`` /
+``default``, ``examples``, ``properties`` / ``required``, ``items`` / ``prefixItems`` / ``minItems``, ``anyOf`` /
 ``oneOf`` / ``allOf`` (first branch / merged), ``minimum`` / ``maximum`` / ``exclusiveMinimum``,
 ``minLength`` / ``maxLength``, ``format`` (date, date-time, email, uri, uuid) and local ``$ref``
 into ``$defs`` / ``definitions``.
@@ -74,6 +74,7 @@ def example_value(schema: Any, prompt: str = "", *, name: str = "value", root: A
 
 
 MAX_ITEMS = 16
+MAX_TEXT = 4096  # characters a string is padded to at most, whatever its minLength
 SHALLOW_FROM = 5
 MOST_VALUES = 500
 NO_MORE_VALUES = 4 * MOST_VALUES
@@ -121,6 +122,14 @@ class _Example:
             return {key: self.value(properties.get(key, {}), key, depth + 1, inside) for key in required}
         if kind == "array":
             least = _whole(schema.get("minItems"))
+            prefix = schema.get("prefixItems")
+            if isinstance(prefix, list) and prefix:  # a tuple: one value per position, then items if more are asked
+                head = [self.value(part, name, depth + 1, inside) for part in prefix[:MAX_ITEMS]]
+                rest = max(0, min(least, MAX_ITEMS) - len(head))
+                items = schema.get("items", {})
+                return head + [
+                    self.value(items, name, depth + 1, inside) for _ in range(rest if items is not False else 0)
+                ]
             if deep and least == 0:
                 return []
             items = schema.get("items", {})
@@ -174,14 +183,17 @@ def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
 
 
 def _string(schema: dict[str, Any], name: str, prompt: str) -> str:
+    """A string for ``name``: its ``format``'s example, else a plausible one, padded to ``minLength``
+    (at most ``MAX_TEXT`` characters: the schema comes from a request) and cut to ``maxLength``."""
     if schema.get("format") in _FORMATS:
         return _FORMATS[schema["format"]]
     text = _plausible(name, prompt)
-    min_length = int(schema.get("minLength", 0))
+    min_length = min(_whole(schema.get("minLength")), MAX_TEXT)
     if len(text) < min_length:
         text = text + "x" * (min_length - len(text))
-    if "maxLength" in schema:
-        text = text[: int(schema["maxLength"])]
+    max_length = schema.get("maxLength")
+    if isinstance(max_length, int) and not isinstance(max_length, bool) and max_length >= 0:
+        text = text[: max(max_length, min_length)]
     return text
 
 

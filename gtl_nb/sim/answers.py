@@ -223,6 +223,12 @@ def sample_for_schema(
     if kind == "array":
         # bounded whatever the schema says (a minItems of millions, nested, must not hang the simulator)
         least = _whole(schema.get("minItems"), 0)
+        prefix = schema.get("prefixItems")
+        if isinstance(prefix, list) and prefix:  # a tuple: one value per position, then items if more are asked
+            head = [sample_for_schema(part, root, name, depth + 1, built, inside) for part in prefix[:_MAX_ITEMS]]
+            items = schema.get("items", {})
+            rest = max(0, min(least, _MAX_ITEMS) - len(head)) if items is not False else 0
+            return head + [sample_for_schema(items, root, name, depth + 1, built, inside) for _ in range(rest)]
         if deep and least == 0:
             return []
         count = min(max(1, least), _MAX_ITEMS)  # as many as the schema asks, bounded (the node budget too)
@@ -234,10 +240,8 @@ def sample_for_schema(
         return True
     if kind == "null":
         return None
-    if schema.get("format") == "date":
-        return "2025-01-01"
-    if schema.get("format") == "date-time":
-        return "2025-01-01T00:00:00Z"
+    if schema.get("format") in _FORMATS:
+        return _FORMATS[schema["format"]]
     text = f"sample {name}"
     min_len = min(_whole(schema.get("minLength"), 0), _MAX_TEXT)
     text += "x" * max(0, min_len - len(text))
@@ -251,6 +255,19 @@ def _leads_back(option: Any, inside: tuple[str, ...]) -> bool:
 
 
 _MAX_ITEMS = 16
+# a value of each ``format`` the providers' structured outputs accept (what a model writes for it)
+_FORMATS = {
+    "date": "2025-01-01",
+    "date-time": "2025-01-01T00:00:00Z",
+    "time": "00:00:00",
+    "duration": "P1D",
+    "email": "user@example.com",
+    "hostname": "example.com",
+    "uri": "https://example.com/",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "ipv4": "127.0.0.1",
+    "ipv6": "::1",
+}
 _MAX_TEXT = 4096
 _SHALLOW_FROM = 5  # levels from which a sample takes the least a schema allows (a tree's leaves)
 _DEEPEST = 24  # levels past which nothing is built (a schema with no leaf at all)

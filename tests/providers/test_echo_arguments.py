@@ -158,3 +158,29 @@ def test_echo_answers_recursive_schemas_with_trees_that_end_and_any_schema_in_bo
     assert set(tree) == {"value"}
     greedy = {"type": "array", "minItems": 10**9, "items": {"type": "array", "minItems": 10**9}}
     assert len(example_value(greedy)) == MAX_ITEMS
+    # a string's minLength too (a billion characters was built; ten billion ran out of memory)
+    from gtl_nb.providers.schema_values import MAX_TEXT
+
+    assert len(example_value({"type": "string", "minLength": 10**10})) == MAX_TEXT
+    assert example_value({"type": "string", "minLength": "lots", "maxLength": -1}, name="x") == "example x"
+
+
+def test_tuples_and_formats_are_answered_with_valid_values_by_echo_and_the_simulators() -> None:
+    import jsonschema
+
+    from gtl_nb.providers.schema_values import example_value
+    from gtl_nb.sim.answers import sample_for_schema
+
+    schemas = (
+        {"type": "array", "prefixItems": [{"type": "string", "format": "uuid"}, {"type": "integer"}], "items": False},
+        {"type": "array", "prefixItems": [{"type": "number"}], "minItems": 3, "items": {"type": "string"}},
+        {
+            "type": "object",
+            "properties": {name: {"type": "string", "format": name} for name in ("uuid", "email", "date-time", "uri")},
+            "required": ["uuid", "email", "date-time", "uri"],
+        },
+    )
+    checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+    for schema in schemas:
+        for generate in (example_value, sample_for_schema):
+            jsonschema.Draft202012Validator(schema, format_checker=checker).validate(generate(schema))
