@@ -26,6 +26,7 @@ import json
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
+from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
     CompletionRequest,
     Done,
@@ -39,6 +40,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import parse_tool_choice, schema_asked
+from gtl_nb.providers.schema_shape import schema_shape_problem
 from gtl_nb.providers.schema_values import example_value
 from gtl_nb.providers.tokenizer import count_message_tokens, count_tokens, split_tokens
 
@@ -84,7 +86,8 @@ class EchoProvider:
     # -- generation -----------------------------------------------------------------------------
 
     def generate(self, request: CompletionRequest) -> Iterator[tuple[float, StreamEvent]]:
-        answer = _answer_text(request)  # first: a response_format it cannot honour fails before any event
+        _refuse_malformed_tools(request)  # first: what it cannot honour fails before any event
+        answer = _answer_text(request)
         sid = request.session_id
         tokens_in = count_message_tokens(_message_text(m) for m in request.messages)
         tokens_out = 0
@@ -141,6 +144,9 @@ def _answer_text(request: CompletionRequest) -> str:
         return json.dumps({"answer": _prose(request)}, ensure_ascii=False)
     asked = schema_asked(request.response_format, "echo")
     if asked is not None:
+        problem = schema_shape_problem(asked[0], "response_format's schema")
+        if problem is not None:
+            raise InvalidRequestError(problem)
         user = _last_user(request)
         return json.dumps(example_value(asked[0], user.content or "" if user else ""), ensure_ascii=False)
     return _prose(request)
@@ -191,6 +197,14 @@ def _limit(text: str, request: CompletionRequest) -> tuple[str, str]:
             text = "".join(pieces[: max(0, request.max_tokens)])
             finish = "length"
     return text, finish
+
+
+def _refuse_malformed_tools(request: CompletionRequest) -> None:
+    """A tool whose parameters are no well-formed schema is the caller's mistake, said as such."""
+    for tool in request.tools or []:
+        problem = schema_shape_problem(tool.parameters, f"tool {tool.name!r}: parameters")
+        if problem is not None:
+            raise InvalidRequestError(problem)
 
 
 def _tool_calls(request: CompletionRequest) -> list[ToolCall]:

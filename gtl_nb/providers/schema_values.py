@@ -163,7 +163,9 @@ def _merge(parts: list[Any], root: Any) -> dict[str, Any]:
     merged: dict[str, Any] = {}
     for part in parts:
         part = _resolve(root, part["$ref"]) if isinstance(part, dict) and "$ref" in part else part
-        for key, value in (part or {}).items():
+        if not isinstance(part, dict):  # true adds nothing (false no value satisfies: not ours to refuse)
+            continue
+        for key, value in part.items():
             if key == "properties" and key in merged:
                 merged[key] = {**merged[key], **value}
             elif key == "required" and key in merged:

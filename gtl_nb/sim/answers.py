@@ -194,12 +194,15 @@ def sample_for_schema(
     root = root if root is not None else schema
     ref = schema.get("$ref")
     inside = (*inside, ref) if isinstance(ref, str) else inside  # the definitions this value is within
+    # (a malformed schema — a keyword of the wrong JSON type — is read as if that keyword were absent:
+    # the simulator answers something, as a lenient provider would, instead of failing with a 500)
     schema = _resolve_ref(schema, root)
     deep = depth >= _SHALLOW_FROM or built[0] > _MOST_NODES
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
     for combinator in ("anyOf", "oneOf", "allOf"):
         options = schema.get(combinator)
         if isinstance(options, list) and options:
@@ -215,11 +218,11 @@ def sample_for_schema(
         kind = next((k for k in kind if k != "null"), "null")
     kind = kind.lower() if isinstance(kind, str) else ("object" if "properties" in schema else "string")
     if kind == "object":
-        props = schema.get("properties") or {}
-        return {
-            key: sample_for_schema(props.get(key, {}), root, key, depth + 1, built, inside)
-            for key in schema.get("required") or []
-        }
+        props = schema.get("properties")
+        props = props if isinstance(props, dict) else {}
+        required = schema.get("required")
+        names = [key for key in required if isinstance(key, str)] if isinstance(required, list) else []
+        return {key: sample_for_schema(props.get(key, {}), root, key, depth + 1, built, inside) for key in names}
     if kind == "array":
         # bounded whatever the schema says (a minItems of millions, nested, must not hang the simulator)
         least = _whole(schema.get("minItems"), 0)
@@ -240,8 +243,9 @@ def sample_for_schema(
         return True
     if kind == "null":
         return None
-    if schema.get("format") in _FORMATS:
-        return _FORMATS[schema["format"]]
+    form = schema.get("format")
+    if isinstance(form, str) and form in _FORMATS:
+        return _FORMATS[form]
     text = f"sample {name}"
     min_len = min(_whole(schema.get("minLength"), 0), _MAX_TEXT)
     text += "x" * max(0, min_len - len(text))
@@ -277,6 +281,8 @@ _NO_MORE_NODES = 4 * _MOST_NODES  # and past which it builds nothing more: a bou
 
 def _whole(value: Any, default: int) -> int:
     """``value`` as a whole number, or ``default`` when it is none."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return default
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import itertools
 import random
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from gtl_nb.sim.answers import count_tokens, make_answer, sample_for_schema, split_pieces
 
 WEATHER = {
@@ -163,3 +166,49 @@ def test_a_structured_answer_keeps_to_the_schemas_bounds_and_never_runs_away() -
     }
     assert len(sample_for_schema(huge)) <= 16
     assert len(sample_for_schema({"type": "string", "minLength": 10**7})) <= 4096
+
+
+_KEYWORDS = st.sampled_from(
+    [
+        "type",
+        "properties",
+        "required",
+        "items",
+        "prefixItems",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "$ref",
+        "$defs",
+        "format",
+    ]
+)
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.sampled_from(["string", "object", "array", "null", "#/$defs/a", "#/x", "uuid"]),
+)
+_ANY_JSON = st.recursive(
+    _LEAVES,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYWORDS, inner, max_size=5)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.dictionaries(_KEYWORDS, _ANY_JSON, max_size=6))
+def test_a_malformed_schema_still_gets_a_sample_never_an_exception(schema) -> None:
+    """A keyword of the wrong JSON type (``properties: null``, ``enum: {}``, ``minItems: inf``) is read as
+    absent: the simulator answers, as a lenient provider would, instead of failing with a 500."""
+    sample_for_schema(schema)
