@@ -348,6 +348,10 @@ def test_anthropic_sdk_gets_the_embedded_answer(provider, claude, embedded, ledg
     assert final.content[0].text == expected.text and final.stop_reason == "end_turn"
     assert final.usage.output_tokens == expected.usage.tokens_out
     assert final.usage.input_tokens == expected.usage.tokens_in - (expected.usage.cached_tokens_in or 0)
+    for usage in (message.usage, final.usage):  # every count there, as the API writes them: clients add them
+        total = usage.input_tokens + usage.cache_creation_input_tokens + usage.cache_read_input_tokens
+        assert total == expected.usage.tokens_in, usage
+        assert usage.cache_creation is not None and usage.cache_creation.ephemeral_1h_input_tokens == 0
     for answered in (message.id, final.id):
         assert [row["status"] for row in rows_of(ledger_path, answered)] == ["ok"]
 

@@ -14,8 +14,8 @@
   Gemini and Ollama do not say whether a stop sequence ended the answer).
 * ``usage``: ``input_tokens`` = GTL ``tokens_in`` minus its cache reads and writes (Anthropic counts
   both apart), ``cache_read_input_tokens`` = the cached tokens and ``cache_creation_input_tokens`` the
-  tokens written to the cache, each when reported, ``output_tokens`` =
-  ``tokens_out``; an unreported count is 0. A stream's ``message_start`` says 0 for both — the counts
+  tokens written to the cache (split by lifetime in ``cache_creation``), ``output_tokens`` =
+  ``tokens_out``; every count is always there, 0 when unreported. A stream's ``message_start`` says 0 for both — the counts
   are known only at the end — and ``message_delta`` carries the real ones (the SDK takes both).
 * An error after the answer began is an ``error`` event (the SDK raises it) and the stream ends there.
 """
@@ -43,24 +43,23 @@ def stop_reason(done: Done) -> str:
 
 
 def usage_object(usage: Usage | None) -> dict[str, Any]:
-    """Anthropic's ``usage`` object (zeros where nothing was reported)."""
+    """Anthropic's ``usage`` object, every count present (0 where nothing was reported), as the API
+    writes it: a client adds ``input_tokens`` and the two cache counts, and a missing one is ``None``
+    in the SDK's types."""
     if usage is None:
-        return {"input_tokens": 0, "output_tokens": 0}
-    apart = (usage.cached_tokens_in or 0) + (usage.cache_write_tokens_in or 0)
-    result: dict[str, Any] = {
-        "input_tokens": max(0, (usage.tokens_in or 0) - apart),
+        usage = _NOTHING_REPORTED
+    cache_writes, cache_reads = usage.cache_write_tokens_in or 0, usage.cached_tokens_in or 0
+    hour = min(usage.cache_write_1h_tokens_in or 0, cache_writes)
+    return {
+        "input_tokens": max(0, (usage.tokens_in or 0) - cache_reads - cache_writes),
         "output_tokens": usage.tokens_out or 0,
+        "cache_creation_input_tokens": cache_writes,
+        "cache_read_input_tokens": cache_reads,
+        "cache_creation": {"ephemeral_5m_input_tokens": cache_writes - hour, "ephemeral_1h_input_tokens": hour},
     }
-    if usage.cache_write_tokens_in is not None:
-        result["cache_creation_input_tokens"] = usage.cache_write_tokens_in
-        hour = min(usage.cache_write_1h_tokens_in or 0, usage.cache_write_tokens_in)
-        result["cache_creation"] = {
-            "ephemeral_5m_input_tokens": usage.cache_write_tokens_in - hour,
-            "ephemeral_1h_input_tokens": hour,
-        }
-    if usage.cached_tokens_in is not None:
-        result["cache_read_input_tokens"] = usage.cached_tokens_in
-    return result
+
+
+_NOTHING_REPORTED = Usage(session_id="")
 
 
 def tool_input(call: ToolCall) -> dict[str, Any]:
