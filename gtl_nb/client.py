@@ -325,6 +325,7 @@ class Client:
         system: str | None = None,
         tools: Sequence[Tool | dict[str, Any]] | None = None,
         tool_choice: str | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
         top_p: float | None = None,
@@ -340,8 +341,14 @@ class Client:
 
         Arguments left out take the ``[defaults]`` of the configuration (``model``, ``provider``,
         ``providers``, ``system`` — for a request without a system message —, ``temperature``,
-        ``max_tokens``, ``reasoning``).
+        ``max_tokens``, ``reasoning``). ``parallel_tool_calls=False`` lets the answer hold at most one
+        tool call (``tool_choice`` then carries GTL's ``"parallel": false``); a deployment whose API
+        cannot be so limited is skipped, and when none can the request fails ``INVALID_REQUEST``.
         """
+        if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
+            raise InvalidRequestError(f"parallel_tool_calls must be True or False, not {parallel_tool_calls!r}")
+        if parallel_tool_calls is False:
+            tool_choice = _one_call_at_most(tool_choice)
         defaults = self.backend.defaults
         named = bool(model)
         model = model or defaults.model
@@ -1055,6 +1062,21 @@ def _completion_or_raise(outcome: Completion | GTLError) -> Completion:
 
 #: How deeply ``metadata``, ``response_format`` and tool schemas may nest (the codec's limit on frames).
 MAX_ARGUMENT_DEPTH = 64
+
+
+def _one_call_at_most(tool_choice: str | dict[str, Any] | None) -> dict[str, Any]:
+    """``tool_choice`` with GTL's ``"parallel": false`` (a tool's name, a mode word or an object)."""
+    if tool_choice is None:
+        return {"type": "auto", "parallel": False}
+    if isinstance(tool_choice, str):
+        word = tool_choice.strip()
+        return {"type": word, "parallel": False} if word in _MODE_WORDS else {"name": word, "parallel": False}
+    if not isinstance(tool_choice, dict):
+        raise InvalidRequestError(f"tool_choice must be a string or an object, not {type(tool_choice).__name__}")
+    return {**tool_choice, "parallel": False}
+
+
+_MODE_WORDS = frozenset({"auto", "none", "required", "any"})
 
 
 def _check_arguments(

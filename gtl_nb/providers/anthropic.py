@@ -223,8 +223,12 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
     if parsed is None:
         return None
     if parsed.mode == "tool":
-        return {"type": "tool", "name": parsed.name}
-    return {"type": "any" if parsed.mode == "required" else parsed.mode}
+        result: dict[str, Any] = {"type": "tool", "name": parsed.name}
+    else:
+        result = {"type": "any" if parsed.mode == "required" else parsed.mode}
+    if not parsed.parallel and parsed.mode != "none":  # ("none" takes no such flag)
+        result["disable_parallel_tool_use"] = True
+    return result
 
 
 def _image_block(url: str) -> dict[str, Any]:

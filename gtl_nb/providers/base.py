@@ -440,10 +440,13 @@ def split_data_url(url: str) -> tuple[str, str] | None:
 @dataclass(frozen=True)
 class ToolChoice:
     """A request's ``tool_choice``, read once for every dialect: ``mode`` is ``auto``, ``none``,
-    ``required`` or ``tool`` (then ``name`` is the one tool the model must call)."""
+    ``required`` or ``tool`` (then ``name`` is the one tool the model must call); ``parallel`` is
+    ``False`` when the answer may hold at most one tool call (OpenAI's ``parallel_tool_calls:
+    false``, Anthropic's ``disable_parallel_tool_use``)."""
 
     mode: str
     name: str | None = None
+    parallel: bool = True
 
 
 _CHOICE_WORDS = {"auto": "auto", "none": "none", "required": "required", "any": "required"}
@@ -454,23 +457,45 @@ def parse_tool_choice(choice: str | Mapping[str, Any] | None) -> ToolChoice | No
 
     Accepted: ``"auto"``, ``"none"``, ``"required"`` (or ``"any"``), any other string as a tool's name,
     OpenAI's ``{"type": "function", "function": {"name": ...}}``, ``{"name": ...}`` and
-    ``{"type": "auto" | "none" | "required" | "any"}``.
+    ``{"type": "auto" | "none" | "required" | "any"}``; an object may add ``"parallel": false`` (at
+    most one tool call; Anthropic's ``"disable_parallel_tool_use": true`` says the same), alone it
+    means ``auto`` with that limit.
     """
     if choice is None:
         return None
+    parallel = True
     if isinstance(choice, Mapping):
+        parallel = choice.get("parallel") is not False and choice.get("disable_parallel_tool_use") is not True
         function = choice.get("function")
         name = function.get("name") if isinstance(function, Mapping) else choice.get("name")
         if name:
-            return ToolChoice("tool", str(name))
+            return ToolChoice("tool", str(name), parallel)
         word = choice.get("type")
         if not isinstance(word, str):
-            return None
+            return None if parallel else ToolChoice("auto", parallel=False)
         choice = word
     word = choice.strip()
     if word in _CHOICE_WORDS:
-        return ToolChoice(_CHOICE_WORDS[word])
-    return ToolChoice("tool", word) if word else None
+        return ToolChoice(_CHOICE_WORDS[word], parallel=parallel)
+    return ToolChoice("tool", word, parallel) if word else None
+
+
+def one_call_at_most(request: CompletionRequest) -> bool:
+    """Whether ``request`` offers tools and allows at most one call in its answer (``parallel: false``)."""
+    if not request.tools:
+        return False
+    choice = parse_tool_choice(request.tool_choice)
+    return choice is not None and not choice.parallel and choice.mode != "none"
+
+
+def refuse_one_call_at_most(request: CompletionRequest, api: str) -> None:
+    """``NotServedHere`` for an API that cannot be told to make at most one tool call, when the request
+    asks it: another deployment may serve it, else the caller learns why (never more calls than asked)."""
+    if one_call_at_most(request):
+        raise NotServedHere(
+            f"tool_choice: {api} cannot be limited to one tool call per answer (parallel: false / "
+            "parallel_tool_calls: false / disable_parallel_tool_use); drop the limit or use another deployment"
+        )
 
 
 def check_tool_choice(request: CompletionRequest) -> None:
@@ -502,7 +527,14 @@ def _reads_as_gtl(choice: Mapping[str, Any]) -> bool:
     if (isinstance(function, Mapping) and function.get("name")) or choice.get("name"):
         return True
     kind = choice.get("type")
+    if kind is None:  # {"parallel": false} alone: auto, with the limit
+        return choice.get("parallel") is False or choice.get("disable_parallel_tool_use") is True
     return isinstance(kind, str) and kind.strip() in _CHOICE_WORDS
+
+
+def reads_as_gtl(choice: str | Mapping[str, Any]) -> bool:
+    """Whether ``tool_choice`` is one of GTL's forms (every string is), not a provider's own object."""
+    return isinstance(choice, str) or _reads_as_gtl(choice)
 
 
 def arguments_object(call: ToolCall) -> dict[str, Any]:

@@ -103,6 +103,7 @@ from gtl_nb.providers.base import (
     header,
     parse_json_body,
     parse_tool_choice,
+    refuse_one_call_at_most,
     retry_after_seconds,
     said_failed,
     schema_asked,
@@ -371,6 +372,7 @@ def _tool_config(request: CompletionRequest, messages: list[dict[str, Any]]) -> 
         return None
     if request.tool_choice == "none" and not _has_tool_blocks(messages):
         return None
+    refuse_one_call_at_most(request, "Bedrock's Converse")
     tools = []
     for tool in request.tools:
         spec: dict[str, Any] = {"name": tool.name, "inputSchema": {"json": tool.parameters}}

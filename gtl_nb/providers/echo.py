@@ -5,10 +5,11 @@ deterministically from the conversation (SHA-256 of its text). It is streamed to
 split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per deployment with
 ``options={"pace": 0.02}``; 0 by default). Token counts come from the same tokenizer; the cost is 0.
 
-* With tools (and ``tool_choice`` not ``"none"``), when the last message is the user's, it calls
-  every offered tool (or the one ``tool_choice`` names) with arguments generated from each tool's
-  JSON Schema, so they validate, and plausible for what each property is called (a ``city`` takes the
-  place the prompt names, e.g. "Oslo"; see ``schema_values``); ``finish_reason`` is ``tool_calls``.
+* With tools (and ``tool_choice`` not ``"none"``), when the last message is the user's, it calls every
+  offered tool (or the one ``tool_choice`` names; only the first with ``parallel: false``) with
+  arguments generated from each tool's JSON Schema, so they validate, and plausible for what each
+  property is called (a ``city`` takes the place the prompt names, e.g. "Oslo"; see
+  ``schema_values``); ``finish_reason`` is ``tool_calls``.
 * After tool results, it reports what the tools returned.
 * ``request.reasoning`` adds a short ``reasoning`` stream before the answer.
 * ``response_format``: ``json_schema`` answers a JSON value built from the schema by the generator
@@ -216,6 +217,8 @@ def _tool_calls(request: CompletionRequest) -> list[ToolCall]:
         return []
     if choice is not None and choice.mode == "tool":
         tools = [t for t in tools if t.name == choice.name]
+    if choice is not None and not choice.parallel:
+        tools = tools[:1]
     prompt = (_last_user(request) or Message(role="user", content="")).content or ""
     return [
         ToolCall(

@@ -98,6 +98,7 @@ from gtl_nb.providers.base import (
     finite_seconds,
     parse_json_body,
     parse_tool_choice,
+    refuse_one_call_at_most,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
@@ -339,6 +340,7 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
                 declaration["description"] = tool.description
             declarations.append(declaration)
         body["tools"] = [{"functionDeclarations": declarations}]
+        refuse_one_call_at_most(request, "Gemini")
         tool_config = _tool_config(request.tool_choice)
         if tool_config is not None:
             body["toolConfig"] = tool_config

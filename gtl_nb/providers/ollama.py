@@ -64,6 +64,7 @@ from gtl_nb.providers.base import (
     error_event,
     parse_json_body,
     parse_tool_choice,
+    refuse_one_call_at_most,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
@@ -149,6 +150,7 @@ def _chosen_tool(tool_choice: str | dict[str, Any] | None) -> str | None:
 def _tools(request: CompletionRequest) -> list[dict[str, Any]] | None:
     if not request.tools or request.tool_choice == "none":
         return None
+    refuse_one_call_at_most(request, "Ollama")
     tools = request.tools
     chosen = _chosen_tool(request.tool_choice)
     if chosen is not None:

@@ -59,6 +59,9 @@ from gtl_nb.providers.base import (
     Requirement,
     encode_body,
     error_boundary,
+    one_call_at_most,
+    parse_tool_choice,
+    reads_as_gtl,
     tool_result_text,
 )
 from gtl_nb.providers.openai_chat import (
@@ -73,7 +76,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 AZURE_API_VERSION = "2024-10-21"
 
 _REASONING_MODEL = re.compile(r"^(?:o[0-9]+|gpt-5)(?:$|[-.:_])")
-_TOOL_CHOICE_KEYWORDS = frozenset({"auto", "none", "required"})
 
 
 def is_reasoning_model(model: str) -> bool:
@@ -178,12 +180,17 @@ def chat_tools(tools: list[Tool]) -> list[dict[str, Any]]:
 
 
 def chat_tool_choice(choice: str | Mapping[str, Any]) -> str | dict[str, Any]:
-    """``auto``/``none``/``required`` and dicts pass through; any other string names a tool."""
-    if isinstance(choice, str):
-        if choice in _TOOL_CHOICE_KEYWORDS:
-            return choice
-        return {"type": "function", "function": {"name": choice}}
-    return dict(choice)
+    """GTL's forms as Chat Completions writes them (``auto``/``none``/``required``, a named function);
+    a provider's own object (``allowed_tools``, a custom tool) passes through. GTL's ``parallel`` goes
+    in ``parallel_tool_calls`` instead (``chat_body``)."""
+    if not reads_as_gtl(choice):
+        return {key: value for key, value in choice.items() if key != "parallel"}  # type: ignore[union-attr]
+    parsed = parse_tool_choice(choice)
+    if parsed is None:
+        return "auto"
+    if parsed.mode == "tool":
+        return {"type": "function", "function": {"name": parsed.name}}
+    return parsed.mode
 
 
 def chat_body(
@@ -217,6 +224,8 @@ def chat_body(
         body["tools"] = chat_tools(request.tools)
         if request.tool_choice is not None:
             body["tool_choice"] = chat_tool_choice(request.tool_choice)
+        if one_call_at_most(request):
+            body["parallel_tool_calls"] = False
     if request.response_format is not None:
         body["response_format"] = request.response_format
     if options.get("reasoning_effort"):

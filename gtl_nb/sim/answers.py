@@ -322,8 +322,12 @@ def make_answer(
     salt: str = "",
     schema: dict[str, Any] | None = None,
     stop: Sequence[str] = (),
+    one_call: bool = False,
 ) -> Answer:
     """Compute the answer; see the module docstring for the rules.
+
+    ``one_call``: the request allows at most one tool call (OpenAI's ``parallel_tool_calls: false``,
+    Anthropic's ``disable_parallel_tool_use``): only the first chosen tool is called.
 
     ``stop``: the request's stop sequences; the text ends before the first of them it would contain
     (which is not sent, as the services do) and ``Answer.stop_sequence`` names it.
@@ -348,7 +352,8 @@ def make_answer(
     text = ""
     finish = "stop"
     if tools and not tool_results:
-        for tool in _choose_tools(prompt_text, tools):
+        chosen = _choose_tools(prompt_text, tools)
+        for tool in chosen[:1] if one_call else chosen:
             params = tool.get("parameters") or {"type": "object", "properties": {}}
             tool_calls.append({"name": tool["name"], "arguments": sample_for_schema(params)})
         finish = "tool_calls"

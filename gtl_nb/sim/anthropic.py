@@ -333,6 +333,7 @@ class AnthropicSim:
             tokens_in=_input_tokens(body, thinking),
             schema=schema,
             stop=body.get("stop_sequences"),
+            one_call=choice.get("disable_parallel_tool_use") is True,
         )
 
     def _stop_reason(self, answer: Answer) -> str:

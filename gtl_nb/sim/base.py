@@ -189,6 +189,7 @@ class SimContext:
         tokens_in: int | None = None,
         schema: dict[str, Any] | None = None,
         stop: Any = None,
+        one_call: bool = False,
     ) -> Answer:
         """The deterministic answer to ``prompt_text`` (see :mod:`gtl_nb.sim.answers`).
 
@@ -198,7 +199,7 @@ class SimContext:
         reasoning text too. ``max_tokens`` cuts the text (``Answer.finish == "length"``). ``tokens_in`` is the
         whole request's input estimate (:mod:`gtl_nb.sim.tokens`). ``schema``: the structured output the request
         asks for (``{}``: any JSON object), which the text then is. ``stop``: the request's stop sequences
-        (a string or a list), before the first of which the text ends.
+        (a string or a list), before the first of which the text ends. ``one_call``: at most one tool call.
         """
         return make_answer(
             self.seed,
@@ -211,6 +212,7 @@ class SimContext:
             salt=self.provider,
             schema=schema,
             stop=_stop_sequences(stop),
+            one_call=one_call,
         )
 
     def accepts_model(self, model: str, known: Iterable[str]) -> bool:

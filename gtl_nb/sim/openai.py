@@ -234,6 +234,7 @@ class _ChatCompletionsSim:
             tokens_in=self._input_tokens(body),
             schema=_structured(body.get("response_format")),
             stop=body.get("stop"),
+            one_call=body.get("parallel_tool_calls") is False,
         )
 
     def _input_tokens(self, body: dict[str, Any]) -> int:
@@ -361,6 +362,14 @@ class _ChatCompletionsSim:
                     "decimal_above_max_value" if above else "decimal_below_min_value",
                     name,
                 )
+        if "parallel_tool_calls" in req.json and not req.json.get("tools"):  # as the API refuses it
+            return _error(
+                "Invalid value for 'parallel_tool_calls': 'parallel_tool_calls' is only allowed when 'tools' are "
+                "specified.",
+                "invalid_request_error",
+                None,
+                "parallel_tool_calls",
+            )
         if not self.checks_response_format:
             return None
         return _response_format_refusal(req.json.get("response_format"))

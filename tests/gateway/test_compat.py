@@ -471,6 +471,39 @@ def test_a_tool_choice_the_tools_cannot_give_is_a_bad_request_not_prose(oai, cla
         )
 
 
+def test_one_tool_call_at_most_when_the_sdk_turns_parallel_calls_off(oai, claude, backends):
+    """OpenAI's ``parallel_tool_calls: false`` and Anthropic's ``disable_parallel_tool_use`` reach the
+    provider (an agent loop that runs one call at a time needs it), whichever SDK asked; a deployment
+    whose API cannot be so limited refuses it (400) rather than answer with more calls."""
+    time_tool = {"name": "get_time", "description": "Time in a city", "input_schema": {"type": "object"}}
+    time_function = {"name": "get_time", "description": "Time in a city", "parameters": {"type": "object"}}
+    openai_tools = [OPENAI_TOOL, {"type": "function", "function": time_function}]
+    prompt = chat("Call get_weather and get_time for Paris")
+    both = oai.chat.completions.create(model=target("openai"), messages=prompt, tools=openai_tools)
+    assert len(both.choices[0].message.tool_calls) == 2
+    for provider in ("openai", "anthropic"):
+        one = oai.chat.completions.create(
+            model=target(provider), messages=prompt, tools=openai_tools, parallel_tool_calls=False
+        )
+        assert [call.function.name for call in one.choices[0].message.tool_calls] == ["get_weather"], provider
+    sent = json.loads(backends["openai"].requests[-1].body)
+    assert sent["parallel_tool_calls"] is False
+    sent = json.loads(backends["anthropic"].requests[-1].body)
+    assert sent["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
+    message = claude.messages.create(
+        model=target("openai"),
+        max_tokens=300,
+        messages=[{"role": "user", "content": "Call get_weather and get_time for Paris"}],
+        tools=[ANTHROPIC_TOOL, time_tool],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+    )
+    assert [block.name for block in message.content if block.type == "tool_use"] == ["get_weather"]
+    with pytest.raises(openai.BadRequestError, match="cannot be limited to one tool call"):
+        oai.chat.completions.create(
+            model=target("gemini"), messages=prompt, tools=openai_tools, parallel_tool_calls=False
+        )
+
+
 def test_echo_answers_a_structured_output_request_in_json_that_parses(oai):
     parsed = oai.chat.completions.parse(model="echo", messages=chat("Name a city"), response_format=City)
     assert isinstance(parsed.choices[0].message.parsed, City)

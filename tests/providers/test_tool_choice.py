@@ -10,7 +10,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb.protocol import CompletionRequest, InvalidRequestError, Message, Tool
-from gtl_nb.providers.base import Deployment, ToolChoice, check_tool_choice, parse_tool_choice
+from gtl_nb.providers.base import Deployment, NotServedHere, ToolChoice, check_tool_choice, parse_tool_choice
 from gtl_nb.providers.registry import get_provider
 
 
@@ -135,3 +135,89 @@ def test_openais_allowed_tools_still_reaches_openai():
         finally:
             client.close()
     assert [call.name for call in answer.tool_calls] == ["get_weather"]
+
+
+# -- at most one tool call (GTL's "parallel": false) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ({"type": "auto", "parallel": False}, ToolChoice("auto", parallel=False)),
+        ({"parallel": False}, ToolChoice("auto", parallel=False)),
+        ({"type": "any", "disable_parallel_tool_use": True}, ToolChoice("required", parallel=False)),  # Anthropic's
+        ({"name": "get_weather", "parallel": False}, ToolChoice("tool", "get_weather", parallel=False)),
+        ({"type": "auto", "parallel": True}, ToolChoice("auto")),
+    ],
+)
+def test_parallel_false_reads_as_one_call_at_most(given, expected):
+    assert parse_tool_choice(given) == expected
+
+
+ONE_CALL = {
+    "openai": lambda body: body["parallel_tool_calls"] is False and body["tool_choice"] == "auto",
+    "anthropic": lambda body: body["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True},
+}
+
+
+@pytest.mark.parametrize("provider", sorted(DEPLOYMENTS))
+def test_one_call_at_most_reaches_the_apis_that_take_it_and_is_refused_by_the_others(provider):
+    request = CompletionRequest(
+        session_id="s",
+        model="m",
+        messages=[Message(role="user", content="hi")],
+        tools=TOOLS,
+        tool_choice={"type": "auto", "parallel": False},
+    )
+    dialect = get_provider(provider)
+    if provider in ONE_CALL:
+        body = json.loads(dialect.build_request(request, DEPLOYMENTS[provider], now=0.0).body)
+        assert ONE_CALL[provider](body), body
+        untooled = msgspec.structs.replace(request, tools=None)  # no tools: no flag (OpenAI refuses it then)
+        assert "parallel_tool_calls" not in json.loads(
+            dialect.build_request(untooled, DEPLOYMENTS[provider], now=0.0).body
+        )
+    else:
+        with pytest.raises(NotServedHere, match="cannot be limited to one tool call"):
+            dialect.build_request(request, DEPLOYMENTS[provider], now=0.0)
+        # "none" calls nothing: nothing to limit, nothing refused
+        dialect.build_request(
+            msgspec.structs.replace(request, tool_choice={"type": "none", "parallel": False}),
+            DEPLOYMENTS[provider],
+            now=0.0,
+        )
+
+
+def test_gtls_own_object_forms_reach_openai_as_its_words():
+    for choice, sent in (({"type": "required"}, "required"), ({"type": "any"}, "required"), ("any", "required")):
+        request = CompletionRequest(
+            session_id="s", model="m", messages=[Message(role="user", content="hi")], tools=TOOLS, tool_choice=choice
+        )
+        body = json.loads(get_provider("openai").build_request(request, DEPLOYMENTS["openai"], now=0.0).body)
+        assert body["tool_choice"] == sent and "parallel_tool_calls" not in body
+
+
+def test_parallel_tool_calls_false_makes_one_call_from_echo_and_the_simulators():
+    two = [
+        Tool(name="get_weather", parameters={"type": "object"}),
+        Tool(name="get_time", parameters={"type": "object"}),
+    ]
+    prompt = "Call get_weather and get_time for Paris"
+    with gtl_nb.sim.running("openai") as openai_url, gtl_nb.sim.running("anthropic") as anthropic_url:
+        client = gtl_nb.connect(
+            providers={
+                "openai": {"api_key": "sim-key", "base_url": openai_url},
+                "anthropic": {"api_key": "sim-key", "base_url": anthropic_url},
+            },
+            config={"ledger": {"enabled": False}},
+            environ={},
+        )
+        try:
+            for model in ("echo", "openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5"):
+                assert len(client.complete(model, prompt, tools=two).tool_calls) == 2, model
+                one = client.complete(model, prompt, tools=two, parallel_tool_calls=False)
+                assert [call.name for call in one.tool_calls] == ["get_weather"], model
+            with pytest.raises(InvalidRequestError, match="parallel_tool_calls must be True or False"):
+                client.request("echo", prompt, tools=two, parallel_tool_calls="no")
+        finally:
+            client.close()

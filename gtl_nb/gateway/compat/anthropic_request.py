@@ -16,7 +16,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   other blocks are refused (400).
 * ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused),
   ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
-  ``none``), ``temperature``, ``top_p``, ``stop_sequences`` and ``stream`` pass through.
+  ``none``; ``disable_parallel_tool_use: true`` → GTL's ``"parallel": false``), ``temperature``,
+  ``top_p``, ``stop_sequences`` and ``stream`` pass through.
 * ``output_config.format`` (structured outputs: ``{"type": "json_schema", "schema": …}``, or the
   beta's top-level ``output_format``) → GTL's ``response_format`` ``json_schema``, which every
   deployment type that has structured output honours (and the others refuse, rather than answer in
@@ -255,8 +256,14 @@ def _tool_choice(raw: dict[str, Any] | None) -> str | dict[str, Any] | None:
     if raw is None:
         return None
     kind = fields.text(raw, "type", "tool_choice.type", required=True)
+    one_call = fields.boolean(raw, "disable_parallel_tool_use", "tool_choice.disable_parallel_tool_use")
+    choice: str | dict[str, Any]
     if kind == "tool":
-        return {"type": "function", "function": {"name": _str(raw, "name", "tool_choice.name")}}
-    if kind in _CHOICES:
-        return _CHOICES[kind]
-    raise FieldError("tool_choice.type", f"expected auto, any, tool or none, not {kind!r}")
+        choice = {"type": "function", "function": {"name": _str(raw, "name", "tool_choice.name")}}
+    elif kind in _CHOICES:
+        choice = _CHOICES[kind]
+    else:
+        raise FieldError("tool_choice.type", f"expected auto, any, tool or none, not {kind!r}")
+    if not one_call:
+        return choice
+    return {"type": choice, "parallel": False} if isinstance(choice, str) else {**choice, "parallel": False}

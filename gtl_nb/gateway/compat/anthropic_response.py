@@ -15,8 +15,9 @@
 * ``usage``: ``input_tokens`` = GTL ``tokens_in`` minus its cache reads and writes (Anthropic counts
   both apart), ``cache_read_input_tokens`` = the cached tokens and ``cache_creation_input_tokens`` the
   tokens written to the cache (split by lifetime in ``cache_creation``), ``output_tokens`` =
-  ``tokens_out``; every count is always there, 0 when unreported. A stream's ``message_start`` says 0 for both — the counts
-  are known only at the end — and ``message_delta`` carries the real ones (the SDK takes both).
+  ``tokens_out``; every count is always there, 0 when unreported. A stream's ``message_start`` says 0
+  for both — the counts are known only at the end — and ``message_delta`` carries the real ones (the
+  SDK takes both).
 * An error after the answer began is an ``error`` event (the SDK raises it) and the stream ends there.
 """
 

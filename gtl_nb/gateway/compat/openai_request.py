@@ -20,8 +20,10 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   (``compat.cache_marks``: a system or user message is split after a marked part); the deployment
   that answers asks for its provider's cache if it caches only on request (OpenAI caches by itself).
   A marker other than ``{"type": "ephemeral"}`` is refused (400).
-* Anything else (``seed``, ``user``, ``logprobs``, penalties, ``parallel_tool_calls``, ``store``,
-  ``metadata``…) is accepted and ignored, as a proxy in front of a model that lacks it would.
+* ``parallel_tool_calls: false`` → GTL's ``"parallel": false`` in ``tool_choice`` (at most one tool
+  call; a deployment whose API cannot be so limited is skipped, else the request is refused).
+* Anything else (``seed``, ``user``, ``logprobs``, penalties, ``store``, ``metadata``…) is accepted
+  and ignored, as a proxy in front of a model that lacks it would.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         top_p=fields.number(body, "top_p", "top_p", within=(0.0, 1.0)),
         stop=_stop(body.get("stop")),
         tools=_tools(fields.items(body, "tools", "tools")),
-        tool_choice=_tool_choice(body.get("tool_choice")),
+        tool_choice=_tool_choice(
+            body.get("tool_choice"), fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")
+        ),
         response_format=fields.obj(body, "response_format", "response_format"),
     )
     return ChatRequest(request, include_usage)
@@ -225,16 +229,29 @@ def _tools(raw: list[Any] | None) -> list[Tool] | None:
     return tools
 
 
-def _tool_choice(raw: Any) -> str | dict[str, Any] | None:
+def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None:
+    """GTL's ``tool_choice``; ``parallel_tool_calls: false`` rides in it as ``"parallel": false``."""
+    choice: str | dict[str, Any] | None
     if raw is None:
-        return None
-    if isinstance(raw, str) and raw in _TOOL_CHOICE_WORDS:
-        return raw
-    if isinstance(raw, dict):
-        function = raw.get("function")
-        if raw.get("type") == "function" and isinstance(function, dict) and isinstance(function.get("name"), str):
-            return {"type": "function", "function": {"name": function["name"]}}
-    raise FieldError("tool_choice", 'expected "none", "auto", "required" or {"type": "function", "function": {"name"}}')
+        choice = None
+    elif isinstance(raw, str) and raw in _TOOL_CHOICE_WORDS:
+        choice = raw
+    elif (
+        isinstance(raw, dict)
+        and raw.get("type") == "function"
+        and isinstance(raw.get("function"), dict)
+        and isinstance(raw["function"].get("name"), str)
+    ):
+        choice = {"type": "function", "function": {"name": raw["function"]["name"]}}
+    else:
+        raise FieldError(
+            "tool_choice", 'expected "none", "auto", "required" or {"type": "function", "function": {"name"}}'
+        )
+    if parallel is not False:
+        return choice
+    if choice is None or isinstance(choice, str):
+        return {"type": choice or "auto", "parallel": False}
+    return {**choice, "parallel": False}
 
 
 def _stop(raw: Any) -> list[str] | None:
