@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -122,9 +123,18 @@ class RedisServer:
         except OSError:
             return False
 
+    def freeze(self) -> None:
+        """Stop the server in its tracks (SIGSTOP): its port still accepts, nothing answers."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server run again (SIGCONT)."""
+        self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         """End the server (SIGTERM, then SIGKILL if it lingers) and wait for it."""
         if self.process.poll() is None:
+            self.thaw()  # a frozen server would take SIGTERM only once it runs
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)

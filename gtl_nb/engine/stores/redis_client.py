@@ -12,7 +12,10 @@ Timeouts (each can be set in the URL's query): 0.5 s to connect, 1 s for a reply
 connections per pool and 1 s to wait for a free one; a command that fails on a dropped connection
 is sent once more (every store's writes are idempotent, so a retry never counts twice). They are
 short on purpose: every store command is one short step, and a request that meets a server dying
-under it should be held for about a second, not many, before its store falls back.
+under it should be held for about a second, not many, before its store falls back. A reply timeout
+is not retried (a frozen server would hold the request twice as long), and the first store to find
+the server unreachable tells the others of the same server (``redis_fallback``): a request is held
+once per outage, not once per store.
 
 When the server is unreachable or fails, ``run`` raises ``RedisUnavailableError`` (a ``StoreError``,
 retryable) naming the server without its password; when every connection of the pool stayed in use
@@ -49,6 +52,7 @@ __all__ = [
     "RedisBusyError",
     "RedisConnector",
     "RedisUnavailableError",
+    "RedisUnreachableError",
     "cancel_was_swallowed",
     "key_part",
     "require_redis",
@@ -77,6 +81,11 @@ INSTALL_HINT = "pip install 'gtl-nb[redis]'"
 
 class RedisUnavailableError(StoreError):
     """Redis could not be reached, or failed to do what a store asked (retryable: it may come back)."""
+
+
+class RedisUnreachableError(RedisUnavailableError):
+    """The server itself did not answer (refused, reset, timed out): every store of that server is
+    affected, not only the one whose command failed (``redis_fallback`` tells the others)."""
 
     default_retryable = True
 
@@ -136,7 +145,7 @@ def translated(shown: str, what: str) -> Iterator[None]:
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         if _pool_exhausted(exc):
             raise RedisBusyError(f"Redis at {shown}: no free connection ({what}): {_reason(exc)}") from None
-        raise RedisUnavailableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}") from None
+        raise RedisUnreachableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}") from None
     except redis.exceptions.RedisError as exc:
         raise RedisUnavailableError(f"Redis at {shown} failed ({what}): {_reason(exc)}") from None
 
@@ -224,6 +233,11 @@ class RedisConnector:
     def __repr__(self) -> str:
         return f"RedisConnector({self.shown!r})"
 
+    @property
+    def closed(self) -> bool:
+        """Whether its store has let go of it (``aclose``/``close``)."""
+        return self._closed
+
     async def client(self) -> Any:
         """The ``redis.asyncio.Redis`` this process shares for the URL on the running loop."""
         if self._closed:
@@ -294,7 +308,13 @@ class RedisConnector:
                 max_connections=MAX_CONNECTIONS,
                 timeout=POOL_WAIT,
                 health_check_interval=30,
-                retry=Retry(EqualJitterBackoff(cap=RETRY_BACKOFF[1], base=RETRY_BACKOFF[0]), 1),
+                # once more on a dropped connection, never after a reply timeout: a server that froze
+                # would otherwise hold the request two timeouts instead of one
+                retry=Retry(
+                    EqualJitterBackoff(cap=RETRY_BACKOFF[1], base=RETRY_BACKOFF[0]),
+                    1,
+                    supported_errors=(module.ConnectionError,),
+                ),
             )
         except (ValueError, TypeError) as exc:
             raise ConfigurationError(f"{self.what}: {self.shown!r} cannot be used ({exc})") from None
@@ -349,7 +369,13 @@ def sync_client(url: str) -> tuple[Any, str]:
                     socket_connect_timeout=CONNECT_TIMEOUT,
                     socket_timeout=REPLY_TIMEOUT,
                     health_check_interval=30,
-                    retry=Retry(EqualJitterBackoff(cap=RETRY_BACKOFF[1], base=RETRY_BACKOFF[0]), 1),
+                    # once more on a dropped connection, never after a reply timeout: a server that froze
+                    # would otherwise hold the request two timeouts instead of one
+                    retry=Retry(
+                        EqualJitterBackoff(cap=RETRY_BACKOFF[1], base=RETRY_BACKOFF[0]),
+                        1,
+                        supported_errors=(redis.ConnectionError,),
+                    ),
                 )
             except (ValueError, TypeError) as exc:
                 raise ConfigurationError(f"{shown_url(url)!r} cannot be used ({exc})") from None

@@ -8,7 +8,10 @@ and costs nothing. The first call that fails (``failed``) logs ONE warning — n
 a connect timeout to every request. Meanwhile a background task probes every ``retry`` seconds
 (1 s) — with or without traffic, so ``/readyz`` turns ready again on its own — and the first answer
 (``answered``) logs one info line; the store uses Redis again from its next call.
-``degraded_reason`` is the one line ``/readyz`` shows while it is down.
+``degraded_reason`` is the one line ``/readyz`` shows while it is down. When the server itself does
+not answer (refused, reset, timed out), the first store to find it tells every other store of that
+server, which falls back at once and probes on its own: a request is held for one timeout per outage,
+not one per store, and ``/readyz`` names every store of the server from the first failure.
 
 The probe is a small write (``SET <prefix>probe`` with a short expiry), not a ``PING``: a Redis that
 answers but refuses writes — out of memory under ``noeviction``, a read-only replica after a
@@ -28,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -36,6 +40,7 @@ from gtl_nb.engine.stores.redis_client import (
     RedisBusyError,
     RedisConnector,
     RedisUnavailableError,
+    RedisUnreachableError,
     cancel_was_swallowed,
 )
 from gtl_nb.engine.stores.sqlite_db import StoreError
@@ -55,6 +60,11 @@ MAX_RETRY = 30.0
 """The longest pause between probes, after returns that failed again at once."""
 PROBE_TTL_MS = 10_000
 """How long the probe's key lives (milliseconds): it is written again at each probe."""
+
+
+# Every store's outage watch by its server (the client URL: host, port, database), so the first to
+# find the server gone tells the others (``RedisOutage.failed``). Touched on the engine's loop only.
+_same_server: dict[str, weakref.WeakSet[RedisOutage]] = {}
 
 
 def one_line(text: str) -> str:
@@ -97,6 +107,7 @@ class RedisOutage:
         self._back_at: float | None = None  # monotonic, when Redis last answered again after an outage
         self._relapses = 0  # returns of this outage that failed again within RELAPSE seconds
         self._probe: asyncio.Task[None] | None = None
+        _same_server.setdefault(connector.client_url, weakref.WeakSet()).add(self)
 
     @property
     def down(self) -> bool:
@@ -131,8 +142,17 @@ class RedisOutage:
         self.answered()
         return result
 
-    def failed(self, error: StoreError) -> None:
-        """Redis failed a call: from now on, the fallback (the first failure of an outage is logged)."""
+    def failed(self, error: StoreError, *, tell_the_others: bool = True) -> None:
+        """Redis failed a call: from now on, the fallback (the first failure of an outage is logged).
+
+        When the server itself did not answer, the other stores of the same server fall back too, at
+        once: each would otherwise find out on its own, holding a request for a timeout each (a frozen
+        server held one request up to a timeout per store), and ``/readyz`` would name only the stores
+        that happened to be called."""
+        if tell_the_others and self._problem is None and isinstance(error, RedisUnreachableError):
+            for other in list(_same_server.get(self.connector.client_url, ())):
+                if other is not self and not other.down and not other.connector.closed:
+                    other.failed(error, tell_the_others=False)
         problem = one_line(error.message)
         if self._problem is None and self._back_at is not None and self.clock() - self._back_at < RELAPSE:
             self._relapses += 1  # the same outage again (module docstring): still since its start, no warning
@@ -171,6 +191,7 @@ class RedisOutage:
 
     async def aclose(self) -> None:
         """Stop a probe under way (on the loop it runs on)."""
+        _same_server.get(self.connector.client_url, weakref.WeakSet()).discard(self)
         probe, self._probe = self._probe, None
         if probe is not None and not probe.done():
             probe.cancel()

@@ -178,6 +178,47 @@ def test_a_dead_redis_adds_no_wait_to_requests_between_probes(server: Any):
     assert isinstance(counter.local, MemoryBudgetCounter)
 
 
+def test_a_frozen_redis_holds_one_request_one_timeout_and_every_store_of_it_falls_back_at_once(server: Any):
+    """A server that stops answering (SIGSTOP: the port accepts, nothing replies) costs the request that
+    finds it one reply timeout — not one per retry, nor one per store: the first store to find the server
+    gone tells the others of the same server, so /readyz names them all before they are called."""
+    from gtl_nb.engine.stores.redis_client import REPLY_TIMEOUT
+
+    counter = RedisBudgetCounter(server.url)
+    cache = RedisResponseCache(server.url)
+    breakers = RedisBreakerStore(server.url, BreakerConfig())
+    for store in (counter, cache, breakers):
+        store.outage.retry = 0.05
+
+    async def scenario() -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        await counter.reserve("ann", Limits(), now=time.time())  # connections open, Redis answers
+        assert await cache.get("k") is None and await breakers.acquire("oa") == "pass"
+        server.freeze()
+        try:
+            started = time.monotonic()
+            await counter.reserve("ann", Limits(), now=time.time())
+            seen["first"] = time.monotonic() - started
+            seen["reasons"] = [store.degraded_reason for store in (counter, cache, breakers)]
+            started = time.monotonic()
+            seen["cache"] = await cache.get("k")
+            seen["breakers"] = await breakers.acquire("oa")
+            seen["others"] = time.monotonic() - started
+        finally:
+            server.thaw()
+        await until(
+            lambda: all(s.degraded_reason is None for s in (counter, cache, breakers)), lambda: asyncio.sleep(0.02)
+        )
+        for store in (counter, cache, breakers):
+            await store.aclose()
+        return seen
+
+    seen = run(scenario())
+    assert REPLY_TIMEOUT * 0.9 < seen["first"] < REPLY_TIMEOUT * 1.9, seen  # one timeout (two took 2.1 s)
+    assert all(reason and "unreachable" in reason and CANARY not in reason for reason in seen["reasons"]), seen
+    assert seen["cache"] is None and seen["breakers"] == "pass" and seen["others"] < 0.2, seen
+
+
 # -- breakers and the cache ------------------------------------------------------------------------------
 
 
@@ -364,7 +405,9 @@ class _SwallowingConnector:
     """A connector whose commands swallow a cancellation, as redis-py's asyncio client can mid-command."""
 
     shown = "redis://127.0.0.1:1/0"
+    client_url = "redis://127.0.0.1:1/0"
     prefix = "gtl:"
+    closed = False
 
     def __init__(self) -> None:
         self.calls = 0
