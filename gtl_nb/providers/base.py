@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
+from urllib.parse import quote
 
 import msgspec
 
@@ -424,6 +425,18 @@ def parse_json_body(body: bytes, *, limit: int = MAX_BODY_BYTES) -> Any:
         return parse_json(body, limit=limit)
     except MalformedResponseError:
         return None
+
+
+def path_segment(value: str, what: str = "model") -> str:
+    """``value`` as one segment of an upstream URL's path, every reserved character encoded.
+
+    A model name reaches the path of some APIs (Gemini, Azure, Bedrock). Encoded whole, a ``/`` or a
+    ``?`` cannot leave its segment; ``.`` and ``..`` are refused outright — they are unchanged by
+    encoding and an HTTP stack resolves them, so ``deployments/..`` would call another resource with
+    the deployment's key than the one a token's allow-list checked."""
+    if value in ("", ".", ".."):
+        raise InvalidRequestError(f"{what} {value!r} cannot name a resource: give the model's name")
+    return quote(value, safe="")
 
 
 def split_data_url(url: str) -> tuple[str, str] | None:

@@ -70,7 +70,6 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote
 
 from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -103,6 +102,7 @@ from gtl_nb.providers.base import (
     header,
     parse_json_body,
     parse_tool_choice,
+    path_segment,
     refuse_one_call_at_most,
     retry_after_seconds,
     said_failed,
@@ -175,7 +175,7 @@ def _base_url(deployment: Deployment) -> str:
 
 def model_path(model: str, *, stream: bool) -> str:
     """``/model/{modelId}/converse[-stream]`` with the model id encoded as one path segment."""
-    return f"/model/{quote(model, safe='')}/{'converse-stream' if stream else 'converse'}"
+    return f"/model/{path_segment(model)}/{'converse-stream' if stream else 'converse'}"
 
 
 def _authorize(

@@ -66,7 +66,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -98,6 +98,7 @@ from gtl_nb.providers.base import (
     finite_seconds,
     parse_json_body,
     parse_tool_choice,
+    path_segment,
     refuse_one_call_at_most,
     retry_after_seconds,
     retryable_for_status,
@@ -175,8 +176,10 @@ def _headers(deployment: Deployment, *, json_body: bool) -> dict[str, str]:
 
 
 def _model_path(model: str) -> str:
-    path = model if "/" in model else f"models/{model}"
-    return quote(path, safe="/")
+    """``models/{model}``, or a resource path the model names itself (``tunedModels/…``): each segment
+    encoded on its own, none of them ``.`` or ``..`` (``path_segment``)."""
+    segments = model.split("/") if "/" in model else ["models", model]
+    return "/".join(path_segment(segment) for segment in segments)
 
 
 def _image_part(url: str) -> dict[str, Any]:

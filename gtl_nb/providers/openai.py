@@ -61,6 +61,7 @@ from gtl_nb.providers.base import (
     error_boundary,
     one_call_at_most,
     parse_tool_choice,
+    path_segment,
     reads_as_gtl,
     tool_result_text,
 )
@@ -398,7 +399,7 @@ class AzureDialect(_ChatCompletionsDialect):
         base = self._base_url(deployment)
         if self._v1(deployment):
             return f"{base}/openai/v1/chat/completions"
-        name = quote(self._model(request, deployment), safe="")
+        name = path_segment(self._model(request, deployment), "Azure deployment")
         version = quote(self._api_version(deployment))
         return f"{base}/openai/deployments/{name}/chat/completions?api-version={version}"
 

@@ -301,3 +301,45 @@ def test_a_deeply_nested_tool_result_is_sent_to_gemini_as_text() -> None:
     request = CompletionRequest(session_id=ps.SESSION_ID, model="fuzz-model", messages=history)
     built = get_provider("gemini").build_request(request, ps.deployment("gemini"), now=0.0)
     assert b'"result":"[[[' in built.body
+
+
+# -- a model name in an upstream path ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dialect_type", "options", "model"),
+    [
+        ("gemini", {}, "gemini-2.5-flash/../../v1beta/models/gemini-2.5-pro"),
+        ("gemini", {}, "../../../admin?x=1#"),
+        ("gemini", {}, "tunedModels/./x"),
+        ("azure", {"api_version": "2024-10-21"}, ".."),
+        ("bedrock", {"region": "us-east-1", "aws_access_key_id": "AKID", "aws_secret_access_key": "s"}, ".."),
+    ],
+)
+def test_a_model_name_cannot_walk_the_upstream_path(dialect_type, options, model):
+    """A model reaches the path of some APIs; a ``..`` segment would make the deployment's key call a
+    resource other than the one a token's allow-list checked (``gem:gemini-2.5-flash*`` reaching pro)."""
+    from gtl_nb.providers.base import Deployment
+
+    deployment = Deployment(name="d", type=dialect_type, api_key="k", base_url="http://127.0.0.1:9/", **options)
+    request = CompletionRequest(session_id="s", model=model, messages=[Message(role="user", content="hi")])
+    with pytest.raises(InvalidRequestError, match="cannot name a resource"):
+        get_provider(dialect_type).build_request(request, deployment, now=0.0)
+
+
+@pytest.mark.parametrize(
+    ("model", "path"),
+    [
+        ("gemini-2.5-flash", "/v1beta/models/gemini-2.5-flash:streamGenerateContent"),
+        ("tunedModels/my-model", "/v1beta/tunedModels/my-model:streamGenerateContent"),
+        ("gemini-2.5-flash?alt=x#y", "/v1beta/models/gemini-2.5-flash%3Falt%3Dx%23y:streamGenerateContent"),
+    ],
+)
+def test_a_gemini_model_stays_in_its_segments(model, path):
+    from urllib.parse import urlsplit
+
+    from gtl_nb.providers.base import Deployment
+
+    deployment = Deployment(name="g", type="gemini", api_key="k", base_url="http://127.0.0.1:9")
+    request = CompletionRequest(session_id="s", model=model, messages=[Message(role="user", content="hi")])
+    assert urlsplit(get_provider("gemini").build_request(request, deployment, now=0.0).url).path == path
