@@ -157,17 +157,26 @@ def _prose(request: CompletionRequest) -> str:
     last = request.messages[-1] if request.messages else None
     if last is not None and last.role == "tool":
         results = [m for m in _trailing_tool_results(request.messages)]
-        said = "; ".join(f"{m.tool_call_id}: {_result(m)}" for m in results)
+        said = _quoted("; ".join(f"{m.tool_call_id}: {_result(m)}" for m in results))
         return f"The tool returned {said}. " + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
     user = _last_user(request)
-    quoted = user.content or "" if user is not None else ""
+    quoted = _quoted(user.content or "") if user is not None else ""
     images = f" (with {len(user.images)} image{'s' if len(user.images) != 1 else ''})" if user and user.images else ""
     return f'You said: "{quoted}"{images}. ' + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
 
 
+MAX_QUOTED = 4000
+"""Characters of a message echo repeats at most (then "…"): its answer stays the size of a model's,
+whatever the prompt — an 8 MB prompt answered whole made an 80 MB body on a gateway, for any caller."""
+
+
+def _quoted(text: str) -> str:
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "…"
+
+
 def _result(message: Message) -> str:
     """What a tool result said, as echo repeats it: a failed tool's as an error."""
-    text = message.content or ""
+    text = _quoted(message.content or "")
     if message.tool_error:
         return f"an error ({text})" if text else "an error"
     return text

@@ -8,7 +8,7 @@ import json
 import jsonschema
 import pytest
 
-from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCallEvent
+from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall, ToolCallEvent
 from gtl_nb.providers.echo import EchoProvider
 from gtl_nb.providers.schema_values import example_value
 
@@ -184,3 +184,24 @@ def test_tuples_and_formats_are_answered_with_valid_values_by_echo_and_the_simul
     for schema in schemas:
         for generate in (example_value, sample_for_schema):
             jsonschema.Draft202012Validator(schema, format_checker=checker).validate(generate(schema))
+
+
+def test_echo_quotes_a_bounded_part_of_a_huge_prompt_or_tool_result() -> None:
+    """Its answer stays the size of a model's whatever the prompt: an 8 MB prompt answered whole was an
+    80 MB body on a gateway, held in memory for a client that might never read it."""
+    from gtl_nb.providers.echo import MAX_QUOTED
+
+    huge = "word " * 400_000
+    said = _answer({"type": "text"}, prompt=huge)
+    assert said.startswith('You said: "word word') and len(said) < MAX_QUOTED + 400 and '…"' in said
+    request = CompletionRequest(
+        session_id="s",
+        model="echo",
+        messages=[
+            Message(role="user", content="go"),
+            Message(role="assistant", tool_calls=[ToolCall(id=f"c{i}", name="f", arguments="{}") for i in range(50)]),
+            *(Message(role="tool", tool_call_id=f"c{i}", content=huge[:100_000]) for i in range(50)),
+        ],
+    )
+    text = "".join(getattr(event, "text", "") for _, event in EchoProvider().generate(request))
+    assert text.startswith("The tool returned c0: word") and len(text) < MAX_QUOTED + 400
