@@ -28,6 +28,7 @@ too. Whatever the input, ``decode``, ``encode`` and ``FrameDecoder`` raise only 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,8 +117,18 @@ def _reason(exc: BaseException) -> str:
 
 
 def _snippet(data: bytes | str, limit: int = 120) -> str:
-    text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray, memoryview)) else data
+    """The start of a bad frame, to quote in its error, with any token in it masked: an error names no
+    secret, and a malformed ``hello`` carries the client's token."""
+    head = data[: limit * 4]
+    text = head.decode("utf-8", "replace") if isinstance(head, (bytes, bytearray, memoryview)) else head
+    text = _JWT_LIKE.sub("…", _TOKEN_FIELD.sub(r'\1"…"', text))
     return text if len(text) <= limit else text[:limit] + "…"
+
+
+# a "token" field's value (closed or cut off), and anything shaped like a JWT wherever it stands;
+# both linear: one bounded prefix, then a character class
+_TOKEN_FIELD = re.compile(r'("token"\s{0,8}:\s{0,8})"[^"]*"?')
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){0,2}")
 
 
 # Only brackets and quotes matter to the depth scan; every other byte is deleted first.

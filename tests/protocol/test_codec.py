@@ -323,3 +323,22 @@ def test_every_message_says_its_wire_type():
         assert "type" not in kind.__struct_fields__  # a class attribute, not a field of its own
     token = decode(b'{"type":"token","session_id":"s","text":"hi"}')
     assert token.type == "token" and encode(token) == b'{"type":"token","session_id":"s","text":"hi"}'
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '{"type":"hello","versions":"1.0","token":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnkifQ.c2lnLWNhbmFyeQ"}',
+        '{"type":"hello","token": "opaque-canary-token-9f2e", "versions": 7}',
+        '{"type":"hello","token":"opaque-canary-token-9f2e' + "x" * 500,  # cut off: not even JSON
+        '{"type":"nonsense","note":"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJjYW5hcnkifQ.c2lnLWNhbmFyeQ"}',
+    ],
+)
+def test_a_bad_frames_error_quotes_no_token(frame):
+    """The error for a malformed frame quotes its start, to say what was wrong — never a token in it
+    (a malformed hello carries the client's)."""
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    message = str(caught.value)
+    assert "canary" not in message and "eyJzdWIi" not in message and "c2lnLWNhbmFyeQ" not in message, message
+    assert '"type":' in message  # still says what the frame was
