@@ -454,6 +454,17 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
 
 
+def test_a_model_name_longer_than_gtls_limit_is_refused_not_echoed(oai, claude):
+    """``/v1/gtl`` takes names of at most 512 characters; the compatible endpoints did not check, and a
+    3 MB name came back in the answer and went into a ledger row."""
+    long_name = "echo" + "m" * 600
+    with pytest.raises(openai.BadRequestError, match="at most 512 characters") as caught:
+        oai.chat.completions.create(model=long_name, messages=chat())
+    assert caught.value.param == "model" and long_name not in str(caught.value)
+    with pytest.raises(anthropic.BadRequestError, match="at most 512 characters"):
+        claude.messages.create(model=long_name, max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+
+
 def test_a_tool_choice_the_tools_cannot_give_is_a_bad_request_not_prose(oai, claude):
     # as OpenAI and Anthropic refuse it; answered in prose, the caller would wait for a call that never comes
     named = {"type": "function", "function": {"name": "nope"}}

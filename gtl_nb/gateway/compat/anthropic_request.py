@@ -41,7 +41,7 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
-from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall
+from gtl_nb.protocol.messages import MAX_NAME_LENGTH, CompletionRequest, Message, Tool, ToolCall
 
 __all__ = ["messages_request"]
 
@@ -50,7 +50,7 @@ _CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
 def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest:
     """The GTL request of a Messages body; ``FieldError`` names the first parameter that is wrong."""
-    model = fields.text(body, "model", "model", required=True)
+    model = fields.text(body, "model", "model", required=True, max_length=MAX_NAME_LENGTH)
     raw_messages = fields.items(body, "messages", "messages", required=True)
     max_tokens = fields.integer(body, "max_tokens", "max_tokens", required=True)
     assert model is not None and raw_messages is not None

@@ -39,13 +39,17 @@ def _missing(body: Mapping[str, Any], key: str, where: str, required: bool) -> b
     return True
 
 
-def text(body: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> str | None:
-    """A string field (``None`` when absent or ``null``)."""
+def text(
+    body: Mapping[str, Any], key: str, where: str, *, required: bool = False, max_length: int | None = None
+) -> str | None:
+    """A string field (``None`` when absent or ``null``), at most ``max_length`` characters when given."""
     if _missing(body, key, where, required):
         return None
     value = body[key]
     if not isinstance(value, str):
         raise FieldError(where, f"expected a string, not {_kind(value)}")
+    if max_length is not None and len(value) > max_length:
+        raise FieldError(where, f"expected at most {max_length} characters, not {len(value):,}")
     return value
 
 

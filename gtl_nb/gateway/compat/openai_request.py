@@ -36,7 +36,7 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
-from gtl_nb.protocol.messages import MAX_TEMPERATURE, CompletionRequest, Message, Tool, ToolCall
+from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TEMPERATURE, CompletionRequest, Message, Tool, ToolCall
 
 __all__ = ["ChatRequest", "chat_request"]
 
@@ -53,7 +53,7 @@ class ChatRequest:
 
 def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     """The GTL request of a Chat Completions body; ``FieldError`` names the first parameter that is wrong."""
-    model = fields.text(body, "model", "model", required=True)
+    model = fields.text(body, "model", "model", required=True, max_length=MAX_NAME_LENGTH)
     raw_messages = fields.items(body, "messages", "messages", required=True)
     assert model is not None and raw_messages is not None
     if not model:
