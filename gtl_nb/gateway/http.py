@@ -89,6 +89,7 @@ from gtl_nb.protocol.errors import (
     InternalError,
     InvalidRequestError,
     OverloadedError,
+    PermissionDeniedError,
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
@@ -670,22 +671,30 @@ async def _refuse(scope: Any, receive: Any, send: Any, status: int, error: GTLEr
             await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": body})
         else:
-            await send({"type": "websocket.close", "code": 1013})  # try again later
+            await send({"type": "websocket.close", "code": 1008 if status == 403 else 1013})  # policy; try later
         return
     await send({"type": "http.response.start", "status": status, "headers": [*headers, (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
 class _Gate:
-    """ASGI middleware in front of the routes: one connection too many from an address, or a shutdown."""
+    """ASGI middleware in front of the routes: one connection too many from an address, a shutdown, or
+    — on a development gateway (``loopback_callers_only``) — a request a web page could have sent."""
 
-    def __init__(self, app: Any, guard: _ConnectionGuard, shutdown: Shutdown) -> None:
+    def __init__(
+        self, app: Any, guard: _ConnectionGuard, shutdown: Shutdown, *, loopback_callers_only: bool = False
+    ) -> None:
         self.app = app
         self.guard = guard
         self.shutdown = shutdown
+        self.loopback_callers_only = loopback_callers_only
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
+            problem = _from_a_web_page(scope) if self.loopback_callers_only else None
+            if problem is not None:
+                await _refuse(scope, receive, send, 403, PermissionDeniedError(problem))
+                return
             if self.guard.refused(scope.get("client")):
                 error = OverloadedError(
                     f"this address already has {self.guard.cap} connections open to the gateway; reuse one",
@@ -700,6 +709,38 @@ class _Gate:
             if self.guard.trusted:
                 scope = _forwarded(scope, self.guard.trusted)
         await self.app(scope, receive, send)
+
+
+def _from_a_web_page(scope: Any) -> str | None:
+    """Why a request to a development gateway (no GhostToken checked, loopback only) may come from a web
+    page, or ``None``. Any page the user opens can send such a gateway a request — a plain ``POST``
+    needs no permission, a WebSocket none either — and spend the provider keys; a site whose name
+    resolves to 127.0.0.1 (DNS rebinding) can even read the answers. Programs on this machine name the
+    gateway by a loopback address and send no ``Origin``; a browser always names the page's."""
+    host = origin = None
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            host = value.decode("latin-1")
+        elif name == b"origin":
+            origin = value.decode("latin-1")
+    if host is not None and not is_loopback(_host_name(host)):
+        return (
+            f"this development gateway answers requests addressed to a loopback name only, not {host[:100]!r}: "
+            'with auth = "none" or "token" it checks no GhostToken, and a web page could use it (DNS rebinding)'
+        )
+    if origin is not None and not is_loopback(urlsplit(origin).hostname or ""):
+        return (
+            f"this development gateway refuses requests from web pages (Origin {origin[:100]!r}): with "
+            'auth = "none" or "token" it checks no GhostToken, so any page could spend the provider keys'
+        )
+    return None
+
+
+def _host_name(host: str) -> str:
+    """``host`` of a ``Host`` header without its port (``[::1]:8787`` → ``::1``)."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _forwarded(scope: Any, trusted: TrustedProxies) -> Any:
@@ -1215,6 +1256,7 @@ async def serve_http(
     compression: bool = True,
     metrics: Any = None,
     metrics_require_token: bool = True,
+    loopback_callers_only: bool = False,
 ) -> None:
     """Serve HTTP, SSE, WebSocket and discovery on ``listener`` (https/wss with its TLS files) until shutdown.
 
@@ -1223,6 +1265,8 @@ async def serve_http(
     ``shutdown.grace`` seconds, ends the rest with ``CANCELLED`` and returns with every ledger row
     complete. Cancelling it does the same at once. ``offers()`` gives the other listeners' client URLs
     for ``/.well-known/gtl``. ``compression=False`` never gzips and does not offer permessage-deflate.
+    ``loopback_callers_only`` (a development gateway, which checks no GhostToken) refuses what a web
+    page could send it (``_Gate``).
     uvicorn runs without its signal handlers: whoever runs the gateway owns the signals.
     """
     import uvicorn
@@ -1254,7 +1298,7 @@ async def serve_http(
         request_bytes = MAX_HEAD_BYTES + limits.max_frame_bytes
         http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout, request_bytes)
         config = uvicorn.Config(
-            _Gate(app, guard, shutdown),
+            _Gate(app, guard, shutdown, loopback_callers_only=loopback_callers_only),
             http=http_protocol,
             ws=ws_protocol,
             lifespan="off",

@@ -116,6 +116,7 @@ async def serve(
             }
             if listener.transport == "http":
                 options["offers"] = offers
+                options["loopback_callers_only"] = gateway.auth != "jwt"
                 if metrics is not None:
                     options["metrics"], options["metrics_require_token"] = metrics
             coroutine = functions[listener.transport](engine, listener, **options)

@@ -165,9 +165,10 @@ def _prose(request: CompletionRequest) -> str:
     return f'You said: "{quoted}"{images}. ' + _CONTINUATIONS[_digest(request) % len(_CONTINUATIONS)]
 
 
-MAX_QUOTED = 4000
-"""Characters of a message echo repeats at most (then "…"): its answer stays the size of a model's,
-whatever the prompt — an 8 MB prompt answered whole made an 80 MB body on a gateway, for any caller."""
+MAX_QUOTED = 65_536
+"""Characters of a message echo repeats at most (then "…"): its answer stays the size of a long one of
+a model's, whatever the prompt — an 8 MB prompt answered whole made an 80 MB body on a gateway, for any
+caller."""
 
 
 def _quoted(text: str) -> str:

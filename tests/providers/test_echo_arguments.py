@@ -200,7 +200,7 @@ def test_echo_quotes_a_bounded_part_of_a_huge_prompt_or_tool_result() -> None:
         messages=[
             Message(role="user", content="go"),
             Message(role="assistant", tool_calls=[ToolCall(id=f"c{i}", name="f", arguments="{}") for i in range(50)]),
-            *(Message(role="tool", tool_call_id=f"c{i}", content=huge[:100_000]) for i in range(50)),
+            *(Message(role="tool", tool_call_id=f"c{i}", content=huge[: MAX_QUOTED * 2]) for i in range(50)),
         ],
     )
     text = "".join(getattr(event, "text", "") for _, event in EchoProvider().generate(request))

@@ -1,0 +1,78 @@
+"""A development gateway (``auth = "none"``: no GhostToken checked, loopback only) refuses what a web page
+could send it: any page the user opens may POST to 127.0.0.1 or open a WebSocket there without asking,
+and a site whose name resolves to 127.0.0.1 (DNS rebinding) may even read the answers. Programs on this
+machine — the SDKs, ``gtl_nb.connect``, curl — name it by a loopback address and send no ``Origin``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+import gtl_nb
+from gtl_nb.gateway.local import LocalGateway
+from tests.gateway.conftest import write_toml
+
+BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGateway]:
+    folder = tmp_path_factory.mktemp("web_pages")
+    config = write_toml(folder / "gtl.toml", {"ledger": {"path": str(folder / "ledger.sqlite")}, "gateway": {}})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gtl_nb", "serve", "--config", str(config), "--http", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with LocalGateway(process, config) as running:
+        yield running
+
+
+def test_programs_on_this_machine_are_served(gateway: LocalGateway):
+    url = gateway.url("http")
+    for host in (None, "localhost", "127.0.0.1", f"localhost:{url.rpartition(':')[2]}"):
+        headers = {"host": host} if host else {}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=headers, timeout=30)
+        assert answer.status_code == 200, answer.text
+    page_on_this_machine = httpx.post(
+        f"{url}/v1/chat/completions", json=BODY, headers={"origin": "http://localhost:8888"}, timeout=30
+    )
+    assert page_on_this_machine.status_code == 200  # (a notebook's own page, say)
+    with gtl_nb.connect(url) as client:
+        assert client.complete("echo", "hi").text
+
+
+@pytest.mark.parametrize(
+    ("headers", "said"),
+    [
+        ({"origin": "https://evil.example"}, "refuses requests from web pages"),
+        ({"origin": "null"}, "refuses requests from web pages"),  # a sandboxed page, a file:// one
+        ({"host": "evil.example:8787", "origin": "http://evil.example:8787"}, "addressed to a loopback name only"),
+        ({"host": "evil.example"}, "addressed to a loopback name only"),
+    ],
+)
+def test_a_request_a_web_page_could_send_is_refused(gateway: LocalGateway, headers: dict[str, str], said: str):
+    url = gateway.url("http")
+    for path in ("/v1/chat/completions", "/v1/gtl"):
+        refused = httpx.post(
+            f"{url}{path}", content=json.dumps(BODY), headers={"content-type": "text/plain", **headers}, timeout=30
+        )
+        assert refused.status_code == 403, refused.text
+        assert said in refused.json()["message"] and refused.json()["code"] == "FORBIDDEN"
+
+
+def test_a_web_pages_websocket_is_refused(gateway: LocalGateway):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = gateway.url("ws")
+    with pytest.raises(InvalidStatus) as caught:
+        connect(f"{url}/v1/gtl/ws", origin="https://evil.example", open_timeout=10)  # type: ignore[arg-type]
+    assert caught.value.response.status_code == 403
