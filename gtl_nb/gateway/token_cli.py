@@ -239,7 +239,8 @@ def _list(args: argparse.Namespace) -> int:
     now = time.time()
     with _store(policy) as store:
         store.prune(now - policy.leeway)
-        tokens, revoked = store.minted(), store.revoked()
+        tokens, revoked = store.minted(), set(store.revoked())
+    shared = _shared_revocations(policy)
     rows = [
         {
             "jti": token.jti,
@@ -247,10 +248,17 @@ def _list(args: argparse.Namespace) -> int:
             "scopes": list(token.scopes),
             "tenant": token.tenant,
             "expires": _when(token.expires_at),
-            "state": "revoked" if token.jti in revoked else ("expired" if token.expires_at <= now else "active"),
+            "state": _state(token, revoked, shared, now),
         }
         for token in tokens
     ]
+    unshared = [row["jti"] for row in rows if row["state"] == UNSHARED]
+    for jti in unshared:
+        print(
+            f"gtl token: {jti} is revoked here but not in the shared list the gateways read: they still accept "
+            f"it; run gtl token revoke {jti} again",
+            file=sys.stderr,
+        )
     if args.json:
         for row in rows:
             print(json.dumps(row))
@@ -268,6 +276,40 @@ def _list(args: argparse.Namespace) -> int:
             f"{row['expires']:<17} {' '.join(row['scopes'])}"
         )
     return 0
+
+
+UNSHARED = "revoked here only"
+"""A token's state when this machine recorded its revocation but the shared list never got it."""
+
+
+def _state(token: Any, revoked: set[str], shared: set[str] | None, now: float) -> str:
+    """What the gateways do with ``token``: the shared list decides when there is one (``shared``)."""
+    if shared is not None and token.jti in shared:
+        return "revoked"
+    if token.jti in revoked:
+        return UNSHARED if shared is not None else "revoked"
+    return "expired" if token.expires_at <= now else "active"
+
+
+def _shared_revocations(policy: Any) -> set[str] | None:
+    """The ids in the replicas' shared list (``revocations`` is a Redis URL), ``None`` without one.
+
+    When it cannot be read, the states come from this machine's record alone, and a line says so."""
+    if policy.revocations_url is None:
+        return None
+    from gtl_nb.gateway.auth import revocation_list
+    from gtl_nb.gateway.tokens.redis_revocations import RevocationStoreError
+
+    try:
+        with revocation_list(policy) as shared:
+            return set(shared.revoked())
+    except RevocationStoreError as exc:
+        print(
+            f"gtl token: cannot read the shared revocation list ({exc.message}); the states below are this "
+            "machine's record: a token it shows revoked may still be accepted by the gateways",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _revoke(args: argparse.Namespace) -> int:

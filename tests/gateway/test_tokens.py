@@ -1043,3 +1043,46 @@ def test_gtl_token_revoke_with_the_shared_list_away_says_the_gateways_still_acce
     err = capsys.readouterr().err
     assert err.startswith("gtl: error:") and "jti-away is revoked in" in err and "not in the shared list" in err
     assert "still accept it: run gtl token revoke jti-away again once the shared list can be written" in err
+
+
+def test_gtl_token_list_says_when_a_revocation_never_reached_the_shared_list(gtl, capsys, tmp_path):
+    """``revoke`` failed to write the replicas' list (Redis away): the token is revoked on this machine
+    only, the gateways still accept it, and ``list`` must not show it "revoked" as if they did not."""
+    import importlib.util
+
+    from tests.redis_server import RedisServer, find_redis_server
+
+    if importlib.util.find_spec("redis") is None or find_redis_server() is None:
+        pytest.skip("redis-server or redis-py is not installed")
+    server = RedisServer.start(tmp_path / "redis", password="canary-pw-3c1d")
+    try:
+        gtl.config.write_text(
+            gtl.config.read_text(encoding="utf-8").replace(
+                'revocations = "tokens.sqlite3"', f'revocations = "{server.url}"'
+            ),
+            encoding="utf-8",
+        )
+        assert gtl("token", "mint", "--sub", "ann", "--scope", "models:read") == 0
+        capsys.readouterr()
+        assert gtl("token", "list", "--json") == 0
+        jti = json.loads(capsys.readouterr().out)["jti"]
+        server.freeze()
+        try:
+            assert gtl("token", "revoke", jti) == 1
+            assert "still accept it" in capsys.readouterr().err
+            assert gtl("token", "list", "--json") == 0
+            seen = capsys.readouterr()
+            assert json.loads(seen.out)["state"] == "revoked"  # this machine's record, and it says so
+            assert "cannot read the shared revocation list" in seen.err and "canary-pw" not in seen.err
+        finally:
+            server.thaw()
+        assert gtl("token", "list", "--json") == 0
+        seen = capsys.readouterr()
+        assert json.loads(seen.out)["state"] == "revoked here only", seen
+        assert f"run gtl token revoke {jti} again" in seen.err
+        assert gtl("token", "revoke", jti) == 0
+        capsys.readouterr()
+        assert gtl("token", "list", "--json") == 0
+        assert json.loads(capsys.readouterr().out)["state"] == "revoked"
+    finally:
+        server.stop()
