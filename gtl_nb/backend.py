@@ -99,8 +99,9 @@ class Backend(Protocol):
 
     async def breakers(self) -> dict[str, dict[str, Any]]: ...
 
-    async def usage_rows(self, **filters: Any) -> list[dict[str, Any]]:
-        """The usage-ledger rows the caller may see (``[]`` when no ledger is kept)."""
+    async def usage_rows(self, *, all_users: bool = False, **filters: Any) -> list[dict[str, Any]]:
+        """The usage-ledger rows the caller may see (``[]`` when no ledger is kept); ``all_users``:
+        everyone's, where the caller's own are the default (a gateway's, with ``usage:admin``)."""
         ...
 
     def describe(self) -> str:
@@ -254,8 +255,8 @@ class EmbeddedBackend:
     async def breakers(self) -> dict[str, dict[str, Any]]:
         return await self.engine.breaker_states()
 
-    async def usage_rows(self, **filters: Any) -> list[dict[str, Any]]:
-        ledger = self.engine.ledger
+    async def usage_rows(self, *, all_users: bool = False, **filters: Any) -> list[dict[str, Any]]:
+        ledger = self.engine.ledger  # (this process's ledger: every row is the caller's to read)
         return [] if ledger is None else await ledger.rows(**filters)
 
     def describe(self) -> str:

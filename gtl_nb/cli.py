@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from gtl_nb.notebook.args import finite_float
-from gtl_nb.protocol.errors import ConfigurationError, GTLError, RequestError
+from gtl_nb.protocol.errors import ConfigurationError, GTLError, PermissionDeniedError, RequestError
 
 GATEWAY_ENV = "GTL_NB_GATEWAY"
 """The gateway ``complete`` and ``models`` use when ``--gateway`` is not given."""
@@ -128,7 +128,10 @@ def _gateway_usage_rows(args: argparse.Namespace, since: float | None) -> tuple[
     ``usage:admin``), and the words naming where they came from."""
     filters: dict[str, Any] = {} if since is None else {"since": since}
     with _client(args) as client:
-        frame = client.usage(**filters)
+        try:  # everyone's, when the token may read them; else its own
+            frame = client.usage(all_users=True, **filters)
+        except PermissionDeniedError:
+            frame = client.usage(**filters)
     rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return rows, f"the gateway at {args.gateway}"
 

@@ -714,24 +714,26 @@ class Client:
             raise ConfigurationError("cancel_session() asks a gateway; this client runs the engine in this process")
         return self._loop.run(cancel(session_id), timeout=60)  # type: ignore[no-any-return]
 
-    def usage(self, **filters: Any) -> pandas.DataFrame:
+    def usage(self, *, all_users: bool = False, **filters: Any) -> pandas.DataFrame:
         """The usage rows this client may see as a DataFrame (the columns of ``docs/ledger.md``).
 
         ``filters`` narrow it like the ledger's readers do: ``user=``, ``status=``, ``since=``,
-        ``until=`` … Works the same over every backend; empty when no ledger is kept.
+        ``until=`` … Works the same over every backend; empty when no ledger is kept. From a gateway,
+        the rows are the token's own; ``all_users=True`` asks for everyone's (``usage:admin``).
         """
         from gtl_nb.engine.ledger import frame_from_rows
 
-        return frame_from_rows(self._loop.run(self.backend.usage_rows(**filters), timeout=60))
+        rows = self._loop.run(self.backend.usage_rows(all_users=all_users, **filters), timeout=60)
+        return frame_from_rows(rows)
 
-    async def ausage(self, **filters: Any) -> pandas.DataFrame:
+    async def ausage(self, *, all_users: bool = False, **filters: Any) -> pandas.DataFrame:
         """Async twin of ``usage`` (the way to read it from the loop of an ``aconnect`` client, where
         the synchronous call is refused). The rows still queued for the ledger are waited for in a
         worker thread, never on the loop, and the table is built in one too: pandas' first import
         (~0.2 s) and a large ledger's frame are work the awaiting loop need not stand still for."""
         from gtl_nb.engine.ledger import frame_from_rows
 
-        rows = await self._loop.call(self.backend.usage_rows(**filters))
+        rows = await self._loop.call(self.backend.usage_rows(all_users=all_users, **filters))
         return await asyncio.to_thread(frame_from_rows, rows)
 
     def provider_type(self, deployment: str | None) -> str | None:

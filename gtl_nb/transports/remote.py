@@ -248,15 +248,19 @@ class RemoteBackend:
         result = await link.query("breakers")  # type: ignore[attr-defined]
         return dict(result.get("breakers", {}))
 
-    async def usage_rows(self, **filters: Any) -> list[dict[str, Any]]:
-        """The caller's rows of the gateway's ledger, fetched page by page (``[]`` from an older gateway)."""
+    async def usage_rows(self, *, all_users: bool = False, **filters: Any) -> list[dict[str, Any]]:
+        """The caller's rows of the gateway's ledger (``all_users``: everyone's, which needs
+        ``usage:admin``), fetched page by page (``[]`` from an older gateway)."""
         link = await self._current()
         if not self._answers_queries(link):
             return []
         rows: list[dict[str, Any]] = []
         offset: int | None = 0
         while offset is not None:
-            page = await link.query("usage", {"filters": filters, "offset": offset})  # type: ignore[attr-defined]
+            params: dict[str, Any] = {"filters": filters, "offset": offset}
+            if all_users:
+                params["all_users"] = True
+            page = await link.query("usage", params)  # type: ignore[attr-defined]
             rows.extend(page.get("rows", []))
             following = page.get("next")
             offset = following if isinstance(following, int) and following > offset else None

@@ -72,8 +72,8 @@ def jwt_echo_gateway(
         },
     )
 
-    def mint(*scopes: str, **claims: Any) -> str:
-        return mint_token(secret, subject="ann", scopes=scopes, lifetime=600, issuer="gtl-test", **claims)
+    def mint(*scopes: str, subject: str = "ann", **claims: Any) -> str:
+        return mint_token(secret, subject=subject, scopes=scopes, lifetime=600, issuer="gtl-test", **claims)
 
     return config, mint
 

@@ -90,6 +90,12 @@ def test_usage_on_a_gateway_reads_what_the_token_may_see(tmp_path, capsys, monke
         monkeypatch.setenv("GTL_NB_GATEWAY", address)  # the same URL in the environment: still typed, still asked
         assert main(["--gateway", address, "usage", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["requests"] == 2
+        monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write", "usage:admin", subject="boss"))
+        assert main(["--gateway", address, "complete", "mine", "--model", "echo"]) == 0
+        capsys.readouterr()
+        assert main(["--gateway", address, "usage", "--by", "user", "--json"]) == 0  # everyone's, with usage:admin
+        by_user = {row["user"]: row["requests"] for row in map(json.loads, capsys.readouterr().out.splitlines())}
+        assert by_user == {"ann": 2, "boss": 1}
         monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write"))  # no usage:read
         assert main(["--gateway", address, "usage"]) == 2
         assert "usage:read" in capsys.readouterr().err
