@@ -99,9 +99,14 @@ def _tail(args: argparse.Namespace) -> int:
     if url is not None:
         if args.follow:
             raise ConfigurationError("--follow reads a file log; for PostgreSQL run tail again (or query it)")
-        from gtl_nb.gateway.audit_postgres import last_records
+        from gtl_nb.gateway.audit_postgres import last_records, replica_names
 
         lines = _reading(last_records, url, max(0, args.lines), replica=args.replica)
+        if args.replica and not lines and args.lines > 0:  # a typo must not read as "no records"
+            names = _reading(replica_names, url)
+            raise ConfigurationError(
+                f"no audit records of replica {args.replica!r} (replicas with records: {', '.join(names) or 'none'})"
+            )
         out = sys.stdout.buffer
         out.writelines(line.encode("utf-8") + b"\n" for line in lines)
         out.flush()

@@ -821,6 +821,16 @@ def last_records(
     return [line for (line,) in reversed(found)]
 
 
+def replica_names(url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
+    """The names of the replicas with records in the database (a chain's id is ``name:pid:random``)."""
+    parsed = parse_postgres_url(url, where="audit tail")
+    with _connect(parsed, connect_timeout, autocommit=True) as conn:
+        if not conn.execute("SELECT to_regclass('audit_records') IS NOT NULL").fetchone()[0]:
+            return []
+        chains = conn.execute("SELECT DISTINCT replica FROM audit_records").fetchall()
+    return sorted({chain.split(":", 1)[0] for (chain,) in chains})
+
+
 def records_of(url: str, replica: str | None = None) -> Iterable[dict[str, Any]]:
     """The records (as dicts) in the database, chain by chain in ``seq`` order; one chain with ``replica``."""
     parsed = parse_postgres_url(url, where="audit")

@@ -454,6 +454,10 @@ def test_gtl_audit_tail_and_verify_read_postgresql(tmp_path, postgres_url, secre
     assert gtl_audit("tail", "--url", secret_url, "-n", "2", "--replica", "left") == 0
     tail = [json.loads(line) for line in capsysbinary.readouterr().out.splitlines()]
     assert [record["session_id"] for record in tail] == ["left-1", "left-2"]
+    with pytest.raises(
+        ConfigurationError, match=r"no audit records of replica 'lfet' \(replicas with records: left, right\)"
+    ):
+        gtl_audit("tail", "--url", secret_url, "--replica", "lfet")  # a typo is not "no records"
     assert gtl_audit("verify", "--url", secret_url) == 0
     out = capsysbinary.readouterr().out.decode()
     assert "6 in 2 chains" in out and out.count("3 records") == 2 and PASSWORD_CANARY not in out
