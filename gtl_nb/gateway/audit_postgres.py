@@ -70,6 +70,7 @@ from gtl_nb.engine.stores.postgres_pool import (
     PostgresLoop,
     PostgresUnavailableError,
     PostgresURL,
+    application_name_option,
     describe,
     is_unreachable,
     parse_postgres_url,
@@ -312,7 +313,7 @@ class PostgresAuditSink:
             open=False,
             kwargs={
                 "autocommit": True,
-                "application_name": f"gtl_nb audit {self.replica}"[:63],
+                **application_name_option(self._url.conninfo, f"gtl_nb audit {self.replica}"),
                 **self._connection_options(),
             },
             configure=self._configure,

@@ -84,6 +84,7 @@ from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
     PostgresLoop,
     PostgresUnavailableError,
+    application_name_option,
     describe,
     is_unreachable,
     parse_postgres_url,
@@ -545,12 +546,14 @@ class PostgresUsageLedger:
         return asyncio.Event()
 
     async def _open_pool(self) -> None:
+        # a fallback name: the URL's own application_name (or $PGAPPNAME) names the connections if given
+        naming = application_name_option(self._url.conninfo, f"gtl_nb ledger {self.replica}")
         self._pool = self._psycopg_pool.AsyncConnectionPool(
             self._url.conninfo,
             min_size=1,
             max_size=max(2, self._pool_max),
             open=False,
-            kwargs={"autocommit": True, "application_name": f"gtl_nb ledger {self.replica}"[:63]},
+            kwargs={"autocommit": True, **naming},
             timeout=self._connect_timeout,
             # give up a reconnection series early: the next request starts a new one from a short delay
             reconnect_timeout=max(2 * self._connect_timeout, 10.0),

@@ -2,7 +2,8 @@
 
 * **URL.** ``postgresql://[user[:password]@]host[:port]/database[?options]`` (``postgres://`` and
   ``postgresql+psycopg://`` too). The query may hold libpq's own parameters (``sslmode``,
-  ``connect_timeout``, ``application_name``, ``options``, …), passed to libpq as they are, and ours,
+  ``connect_timeout``, ``application_name``, ``options``, …), passed to libpq as they are (our name
+  for the connections is only libpq's ``fallback_application_name``), and ours,
   which are taken out first (``OPTIONS``): ``spool_path``, ``replica``, ``lease``, ``renew``,
   ``pool_max``. A password never reaches a message or a log: ``shown_url`` hides it.
 * **Driver.** psycopg 3 and psycopg_pool (the ``postgres`` extra); without them, opening a store
@@ -39,6 +40,7 @@ __all__ = [
     "PostgresLoop",
     "PostgresURL",
     "PostgresUnavailableError",
+    "application_name_option",
     "is_postgres_url",
     "is_unreachable",
     "parse_postgres_url",
@@ -156,6 +158,17 @@ def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {_first_line(exc)}") from None
     return PostgresURL(conninfo, shown, options)
+
+
+def application_name_option(conninfo: str, name: str) -> dict[str, str]:
+    """The connection option naming our connections ``name`` in ``pg_stat_activity`` — as libpq's
+    ``fallback_application_name``, so an ``application_name`` the URL (or ``$PGAPPNAME``) gives wins;
+    nothing when the URL sets a fallback of its own."""
+    psycopg, _ = require_psycopg()
+    given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    if "fallback_application_name" in given:
+        return {}
+    return {"fallback_application_name": name[:63]}  # PostgreSQL keeps 63 bytes of it
 
 
 def shown_url(url: str) -> str:

@@ -376,6 +376,26 @@ def test_a_clean_close_gives_the_lease_back_and_interrupts_what_it_never_finishe
     assert query(postgres_url, "SELECT count(*) FROM ledger_leases") == [(0,)]
 
 
+def test_an_application_name_in_the_url_names_the_connections(postgres_url: str, spool: Path):
+    """libpq's options pass through: the URL's application_name is what pg_stat_activity shows; without
+    one, the ledger names its connections after its replica."""
+    named = PostgresUsageLedger(f"{postgres_url}?application_name=gtl-gateway", spool_path=spool)
+    unnamed = PostgresUsageLedger(postgres_url, spool_path=spool.with_name("unnamed.sqlite3"))
+    try:
+        names = {
+            name
+            for (name,) in query(
+                postgres_url,
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()",
+            )
+        }
+    finally:
+        named.close()
+        unnamed.close()
+    assert names == {"gtl-gateway", f"gtl_nb ledger {unnamed.replica}"[:63]}
+
+
 # -- PostgreSQL away: the spool ------------------------------------------------------------------------
 
 
