@@ -82,6 +82,7 @@ from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.processes import own_identity
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
+    ConnectErrors,
     PostgresLoop,
     PostgresUnavailableError,
     application_name_option,
@@ -349,6 +350,7 @@ class PostgresUsageLedger:
         self._renewed = -math.inf  # monotonic time of the last renewal
         self._pid, self._identity = own_identity()
         self._pool: Any = None
+        self._connect_errors = ConnectErrors()  # why the pool's last connection attempt failed
         self._loop = PostgresLoop(name=f"gtl_nb postgres ledger {self.replica}")
         try:
             self._wake = self._loop.run(self._make_event())
@@ -554,6 +556,7 @@ class PostgresUsageLedger:
             max_size=max(2, self._pool_max),
             open=False,
             kwargs={"autocommit": True, **naming},
+            connection_class=self._connect_errors.connection_class(),
             timeout=self._connect_timeout,
             # give up a reconnection series early: the next request starts a new one from a short delay
             reconnect_timeout=max(2 * self._connect_timeout, 10.0),
@@ -625,7 +628,7 @@ class PostgresUsageLedger:
 
     def _failed(self, exc: BaseException, doing: str) -> None:
         """PostgreSQL cannot be used: say so once, spool from now on, fail the readers waiting."""
-        reason = describe(exc)
+        reason = self._connect_errors.describe(exc)  # a pool timeout's real cause, not "couldn't get a connection"
         if not is_unreachable(exc):
             reason = f"{type(exc).__name__}: {reason}"
         if self._problem is None:
@@ -956,7 +959,7 @@ class PostgresUsageLedger:
         except Exception as exc:
             if is_unreachable(exc):
                 raise PostgresUnavailableError(
-                    f"the ledger {self._url.shown} cannot be read now: {describe(exc)}"
+                    f"the ledger {self._url.shown} cannot be read now: {self._connect_errors.describe(exc)}"
                 ) from None
             raise
 

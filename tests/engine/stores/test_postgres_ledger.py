@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import inspect
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -454,6 +455,31 @@ def test_an_unreachable_server_spools_and_another_process_drains_the_spool_once(
             time.sleep(0.1)
     finally:
         judge.close()
+
+
+def test_a_wrong_password_is_named_once_and_the_pool_does_not_flood_the_log(
+    postgres_server: Any, postgres_url: str, spool: Path, caplog: pytest.LogCaptureFixture
+):
+    """The warning and /readyz's reason say why PostgreSQL refuses (not the pool's "couldn't get a
+    connection after … sec"); psycopg_pool's own line per failed attempt stays out of the log; the
+    password is never shown."""
+    postgres_server.password_role("gtl_pw", "the-right-one")
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"gtl_pw:canary-WRONG-pw@127.0.0.1:{parts.port}"))
+    caplog.set_level(logging.WARNING)
+    ledger = PostgresUsageLedger(url, spool_path=spool, connect_timeout=1, lease=2.0, renew=0.5)
+    try:
+        time.sleep(4)  # the pool tries again and again meanwhile; the keeper probes
+        reason = ledger.degraded_reason or ""
+    finally:
+        ledger.close()
+    assert 'password authentication failed for user "gtl_pw"' in reason and "canary-WRONG-pw" not in reason
+    warned = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    ours = [record.getMessage() for record in warned if record.name.startswith("gtl_nb")]
+    assert len([message for message in ours if "cannot be used" in message]) == 1
+    assert "password authentication failed" in ours[0]
+    assert [record.getMessage() for record in warned if record.name.startswith("psycopg")] == []
+    assert all("canary-WRONG-pw" not in record.getMessage() for record in caplog.records)
 
 
 def test_writes_an_older_release_spooled_without_the_cache_write_count_are_drained_not_lost(
