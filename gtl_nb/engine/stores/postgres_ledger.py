@@ -29,7 +29,12 @@ the request path as the SQLite writer does them:
   one UPDATE guarded by ``status = 'started'``, so two replicas doing it at once mark each row once.
   Such a row is flagged ``recovered``: if its writer was only cut off (a network partition longer
   than the lease) its real outcome, arriving later, replaces the guess. A clean ``aclose`` marks its
-  own unfinished rows ``interrupted`` and gives its lease back.
+  own unfinished rows ``interrupted`` and gives its lease back. The lease of a replica that did not
+  (killed, its host lost) is deleted once it ran out more than ``forget_after`` seconds ago
+  (``FORGET_AFTER``, 15 minutes) and none of its rows is still ``started`` — judged first, in the
+  same round, so recovery never loses the lease it needs; each replica sweeps when it opens and
+  every minute. A replica that was only cut off for that long takes a new lease at its next renewal
+  (an upsert), and its late outcomes need none.
 * **PostgreSQL unreachable.** Writes go to a local spool (``engine.stores.postgres_spool``; default
   file ``postgres-spool-<digest>.sqlite3`` — host, port, database and user, hashed — beside the
   default SQLite ledger) instead, in order; the
@@ -98,14 +103,15 @@ from gtl_nb.log import get_logger
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["MAX_BATCH", "MAX_PENDING", "SPOOL_CHUNK", "PostgresUsageLedger"]
+__all__ = ["FORGET_AFTER", "MAX_BATCH", "MAX_PENDING", "SPOOL_CHUNK", "PostgresUsageLedger"]
 
 log = get_logger("engine.stores")
 
 MAX_PENDING = 10_000  # queued writes before a start waits: a few MB at most
 MAX_BATCH = 500  # writes per transaction
 SPOOL_CHUNK = 500  # spooled writes replayed per transaction
-_GC_EVERY = 720  # renewals between two sweeps of old leases (an hour at the default 5 s)
+FORGET_AFTER = 900.0  # seconds past its end a dead replica's lease is kept (to see who ran lately)
+_SWEEP_EVERY = 60.0  # seconds between two sweeps of dead leases, at most
 _REFUSALS = ("RATE_LIMIT", "BUDGET_EXCEEDED")  # a request refused by a budget (totals skip them)
 
 # ----------------------------------------------------------------------------------------------
@@ -211,10 +217,13 @@ _RENEW = (
     "ON CONFLICT (replica) DO UPDATE SET lease_until = EXCLUDED.lease_until"
 )
 # The rows of a replica whose spooled writes another process drains: it gets one lease period to
-# come back and renew (if it is alive), then its unfinished rows are judged like any others.
+# come back and renew (if it is alive), then its unfinished rows are judged like any others. An
+# update, not DO NOTHING, of a lease that is there: it locks the row, so a sweep of dead leases
+# (_FORGET_LEASES) waits for the drain's commit and then finds the lease running again.
 _ADOPT = (
-    f"INSERT INTO {LEASES} (replica, lease_until) VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "
-    "ON CONFLICT (replica) DO NOTHING"
+    f"INSERT INTO {LEASES} AS l (replica, lease_until) "
+    "VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "
+    "ON CONFLICT (replica) DO UPDATE SET lease_until = GREATEST(l.lease_until, EXCLUDED.lease_until)"
 )
 # Exactly once per row however many replicas run it at once: the second waits for the first's row
 # locks, then finds the rows no longer 'started'.
@@ -224,8 +233,9 @@ _JUDGE = (
     "WHERE r.replica = l.replica AND r.status = 'started' AND l.lease_until < clock_timestamp() "
     "RETURNING r.replica"
 )
+# Run after _JUDGE: a lease whose rows are still started is kept, or nothing could judge them.
 _FORGET_LEASES = (
-    f"DELETE FROM {LEASES} AS l WHERE l.lease_until < clock_timestamp() - interval '1 day' "
+    f"DELETE FROM {LEASES} AS l WHERE l.lease_until < clock_timestamp() - make_interval(secs => %s) "
     f"AND NOT EXISTS (SELECT 1 FROM {TABLE} AS r WHERE r.replica = l.replica AND r.status = 'started')"
 )
 _RELEASE_ROWS = (
@@ -281,7 +291,8 @@ class PostgresUsageLedger:
     writer's id (the host name by default; a random part keeps ids unique). ``clock`` stamps rows
     written without ``now``. Opening makes one attempt to reach the server (``connect_timeout``): a
     server that does not answer leaves the ledger ``degraded``, spooling, not failed. ``group_commit``:
-    the seconds a busy writer gathers rows into one transaction.
+    the seconds a busy writer gathers rows into one transaction. ``forget_after``: the seconds a dead
+    replica's lease is kept once it ran out (its rows judged).
     """
 
     def __init__(
@@ -298,6 +309,7 @@ class PostgresUsageLedger:
         wait_for: float = 60.0,
         connect_timeout: float = CONNECT_TIMEOUT,
         group_commit: float | None = None,
+        forget_after: float = FORGET_AFTER,
     ) -> None:
         self.group_commit = GROUP_COMMIT if group_commit is None else checked_window(group_commit)
         self._url = parse_postgres_url(url, where="ledger")
@@ -319,6 +331,8 @@ class PostgresUsageLedger:
         self._wait_for = wait_for
         self._connect_timeout = connect_timeout
         self._pool_max = int(options["pool_max"])
+        self._forget_after = max(0.0, float(forget_after))
+        self._swept = -math.inf  # monotonic time of the last sweep of dead leases
         chosen = spool_path or options["spool_path"]
         self.spool_path = (
             Path(chosen).expanduser()
@@ -574,10 +588,9 @@ class PostgresUsageLedger:
         """Migrate the schema, take the lease, judge the leases that ran out (first contact)."""
         async with self._pool.connection(timeout=self._connect_timeout) as conn:
             await migrate(conn, "ledger", LEDGER_MIGRATIONS)
-            async with conn.transaction():
-                await self._take_lease(conn)
-                await conn.execute(_FORGET_LEASES)
+            await self._take_lease(conn)
             await self._judge(conn)
+            await self._forget_leases(conn)
         self._ready = True
 
     async def _take_lease(self, conn: Any) -> None:
@@ -590,7 +603,7 @@ class PostgresUsageLedger:
     async def _keep_lease(self) -> None:
         """Renew the lease and judge the others every ``renew`` s; while PostgreSQL cannot be used,
         probe it more often (from 0.25 s, doubling up to ``renew``) and wake the writer when it answers."""
-        failures = renewals = 0
+        failures = 0
         while True:
             await asyncio.sleep(self._renew if failures == 0 else min(self._renew, 0.25 * 2 ** (failures - 1)))
             try:
@@ -600,9 +613,8 @@ class PostgresUsageLedger:
                     async with self._pool.connection(timeout=self._connect_timeout) as conn:
                         await self._take_lease(conn)
                         await self._judge(conn)
-                        renewals += 1
-                        if renewals % _GC_EVERY == 0:
-                            await conn.execute(_FORGET_LEASES)
+                        if time.monotonic() - self._swept >= min(_SWEEP_EVERY, self._forget_after / 4):
+                            await self._forget_leases(conn)
             except Exception as exc:
                 failures += 1
                 self._failed(exc, "renewing its lease")
@@ -621,6 +633,13 @@ class PostgresUsageLedger:
                 len(set(replicas)),
             )
         return len(replicas)
+
+    async def _forget_leases(self, conn: Any) -> None:
+        """Delete the leases of replicas gone for more than ``forget_after`` seconds whose rows are judged."""
+        self._swept = time.monotonic()
+        cursor = await conn.execute(_FORGET_LEASES, (self._forget_after,))
+        if cursor.rowcount > 0:
+            log.info("ledger %s: forgot the leases of %d replica(s) long gone", self._url.shown, cursor.rowcount)
 
     async def _judge_now(self) -> int:
         async with self._pool.connection(timeout=self._connect_timeout) as conn:

@@ -377,6 +377,68 @@ def test_a_clean_close_gives_the_lease_back_and_interrupts_what_it_never_finishe
     assert query(postgres_url, "SELECT count(*) FROM ledger_leases") == [(0,)]
 
 
+def _lease(url: str, replica: str, seconds: float, *started: str) -> None:
+    """A replica's lease ending ``seconds`` from now (negative: ran out that long ago), with a started
+    row per name in ``started`` and one finished row — what a replica leaves when it is killed."""
+    query(
+        url,
+        "INSERT INTO ledger_leases (replica, lease_until) "
+        "VALUES (%s, clock_timestamp() + make_interval(secs => %s)) RETURNING replica",
+        replica,
+        seconds,
+    )
+    for seq, (session, status) in enumerate([("finished", "ok"), *((name, "started") for name in started)], 1):
+        query(
+            url,
+            "INSERT INTO requests (time, time_utc, session_id, status, replica, replica_seq) "
+            "VALUES (%s, 'then', %s, %s, %s, %s) RETURNING id",
+            T0,
+            f"{replica} {session}",
+            status,
+            replica,
+            seq,
+        )
+
+
+def test_leases_of_replicas_long_gone_are_forgotten_once_their_rows_are_judged(postgres_url: str, spool: Path):
+    first = PostgresUsageLedger(postgres_url, spool_path=spool)  # the tables
+    first.close()
+    _lease(postgres_url, "killed:1:a", -2 * 3600, "in flight")  # killed two hours ago, a row still started
+    _lease(postgres_url, "killed:2:b", -3 * 3600)
+    _lease(postgres_url, "killed lately:3:c", -5)  # ran out just now: kept a while
+    lately = time.monotonic() - 5
+    _lease(postgres_url, "alive:4:d", 3600, "running")
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool.with_name("two.sqlite3"), lease=2.0, renew=0.2)
+    try:
+        leases = {replica for (replica,) in query(postgres_url, "SELECT replica FROM ledger_leases")}
+        assert leases == {"killed lately:3:c", "alive:4:d", ledger.replica}
+        statuses = dict(query(postgres_url, "SELECT session_id, status FROM requests WHERE status <> 'ok'"))
+        # the dead replica's row was judged before its lease went; the live one's is left alone
+        assert statuses == {"killed:1:a in flight": "interrupted", "alive:4:d running": "started"}
+        query(postgres_url, "DELETE FROM ledger_leases WHERE replica = %s RETURNING 1", ledger.replica)  # a sweep did
+        deadline = time.monotonic() + 30  # a replica whose lease was forgotten takes a new one
+        while query(postgres_url, "SELECT count(*) FROM ledger_leases WHERE replica = %s", ledger.replica) != [(1,)]:
+            assert time.monotonic() < deadline, "the lease was never taken again"
+            time.sleep(0.05)
+    finally:
+        ledger.close()
+    keeper = PostgresUsageLedger(
+        postgres_url, spool_path=spool.with_name("three.sqlite3"), lease=2.0, renew=0.2, forget_after=8.0
+    )
+    gone = "SELECT count(*) FROM ledger_leases WHERE replica = 'killed lately:3:c'"
+    try:  # not when it opened (its lease ran out less than 8 s before); by its renewals, once it did
+        if time.monotonic() - lately < 7:
+            assert query(postgres_url, gone) == [(1,)]
+        deadline = time.monotonic() + 60
+        while query(postgres_url, gone) != [(0,)]:
+            assert time.monotonic() < deadline, "the lease was never forgotten"
+            time.sleep(0.1)
+        assert time.monotonic() - lately >= 8
+        assert query(postgres_url, "SELECT count(*) FROM ledger_leases WHERE replica = 'alive:4:d'") == [(1,)]
+    finally:
+        keeper.close()
+
+
 def test_an_application_name_in_the_url_names_the_connections(postgres_url: str, spool: Path):
     """libpq's options pass through: the URL's application_name is what pg_stat_activity shows; without
     one, the ledger names its connections after its replica."""
