@@ -35,6 +35,11 @@ the request path as the SQLite writer does them:
   same round, so recovery never loses the lease it needs; each replica sweeps when it opens and
   every minute. A replica that was only cut off for that long takes a new lease at its next renewal
   (an upsert), and its late outcomes need none.
+* **Retention** (``retention``: ``[ledger] retention_days`` and ``max_rows``), as the SQLite
+  writer's: a task of its own prunes once PostgreSQL is usable after opening, then every
+  ``prune_every`` seconds (an hour) — in bounded batches that other replicas pruning at once never
+  collide with (``engine.stores.postgres_retention``). Not in the lease keeper: a first prune of a
+  large table takes a while, and the lease must not run out meanwhile.
 * **PostgreSQL unreachable.** Writes go to a local spool (``engine.stores.postgres_spool``; default
   file ``postgres-spool-<digest>.sqlite3`` — host, port, database and user, hashed — beside the
   default SQLite ledger) instead, in order; the
@@ -81,6 +86,7 @@ from gtl_nb.engine.ledger import (
     iso_utc,
     unknown_filter,
 )
+from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
 from gtl_nb.engine.ledger_writer import IDLE_AFTER
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
@@ -96,6 +102,7 @@ from gtl_nb.engine.stores.postgres_pool import (
     parse_postgres_url,
     require_psycopg,
 )
+from gtl_nb.engine.stores.postgres_retention import prune_postgres
 from gtl_nb.engine.stores.postgres_schema import LEASES, LEDGER_MIGRATIONS, migrate, quoted
 from gtl_nb.engine.stores.postgres_spool import Spool, SpoolEntry
 from gtl_nb.log import get_logger
@@ -292,7 +299,8 @@ class PostgresUsageLedger:
     written without ``now``. Opening makes one attempt to reach the server (``connect_timeout``): a
     server that does not answer leaves the ledger ``degraded``, spooling, not failed. ``group_commit``:
     the seconds a busy writer gathers rows into one transaction. ``forget_after``: the seconds a dead
-    replica's lease is kept once it ran out (its rows judged).
+    replica's lease is kept once it ran out (its rows judged). ``retention``: which finished rows to
+    delete (``None``: keep them all), every ``prune_every`` seconds.
     """
 
     def __init__(
@@ -310,6 +318,8 @@ class PostgresUsageLedger:
         connect_timeout: float = CONNECT_TIMEOUT,
         group_commit: float | None = None,
         forget_after: float = FORGET_AFTER,
+        retention: Retention | None = None,
+        prune_every: float = PRUNE_EVERY,
     ) -> None:
         self.group_commit = GROUP_COMMIT if group_commit is None else checked_window(group_commit)
         self._url = parse_postgres_url(url, where="ledger")
@@ -333,6 +343,9 @@ class PostgresUsageLedger:
         self._pool_max = int(options["pool_max"])
         self._forget_after = max(0.0, float(forget_after))
         self._swept = -math.inf  # monotonic time of the last sweep of dead leases
+        self._retention = retention if retention is not None and retention.enabled else None
+        self._prune_every = float(prune_every)
+        self._pruner: asyncio.Future[None] | None = None
         chosen = spool_path or options["spool_path"]
         self.spool_path = (
             Path(chosen).expanduser()
@@ -583,6 +596,8 @@ class PostgresUsageLedger:
             self._failed(exc, "opening")
         self._writer = asyncio.ensure_future(self._write_loop())
         self._keeper = asyncio.ensure_future(self._keep_lease())
+        if self._retention is not None:
+            self._pruner = asyncio.ensure_future(self._keep_retention(self._retention))
 
     async def _prepare(self) -> None:
         """Migrate the schema, take the lease, judge the leases that ran out (first contact)."""
@@ -621,6 +636,35 @@ class PostgresUsageLedger:
                 continue
             failures = 0
             self._recovered()
+
+    # -- the ledger's loop: retention ----------------------------------------------------------------
+
+    async def _keep_retention(self, retention: Retention) -> None:
+        """Prune once PostgreSQL is usable, then every ``prune_every`` seconds; a failed prune is said and
+        tried again at the next one (rows are written whatever happens here)."""
+        while True:
+            if not self._healthy:
+                await asyncio.sleep(self._renew)  # the keeper probes; look again after its next try
+                continue
+            try:
+                async with self._pool.connection(timeout=self._connect_timeout) as conn:
+                    pruned = await prune_postgres(conn, retention, now=self._clock())
+            except Exception as exc:
+                log.warning(
+                    "ledger %s: pruning failed (%s); trying again in %g s",
+                    self._url.shown,
+                    self._connect_errors.describe(exc),
+                    self._prune_every,
+                )
+            else:
+                if pruned.total:
+                    log.info(
+                        "ledger %s: pruned %d row(s) by age and %d by size",
+                        self._url.shown,
+                        pruned.by_age,
+                        pruned.by_size,
+                    )
+            await asyncio.sleep(self._prune_every)
 
     async def _judge(self, conn: Any) -> int:
         cursor = await conn.execute(_JUDGE)
@@ -1014,8 +1058,10 @@ class PostgresUsageLedger:
             self._mine_spooled = True
         except Exception:
             log.exception("ledger %s: the writer failed", self._url.shown)
-        self._keeper.cancel()
-        await asyncio.gather(self._keeper, return_exceptions=True)
+        for task in (self._keeper, self._pruner):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._healthy and not self._mine_spooled:
             try:
                 async with self._pool.connection(timeout=self._connect_timeout) as conn, conn.transaction():

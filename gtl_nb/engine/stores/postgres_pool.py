@@ -28,7 +28,7 @@ import concurrent.futures
 import hashlib
 import logging
 import math
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -53,6 +53,7 @@ __all__ = [
     "is_unreachable",
     "parse_postgres_url",
     "require_psycopg",
+    "run_once",
     "shown_url",
 ]
 
@@ -291,6 +292,28 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
     return line if len(line) <= 300 else line[:300] + "…"
+
+
+def run_once(url: str, work: Callable[[Any], Awaitable[T]], *, name: str, where: str = "ledger") -> T:
+    """``await work(conn)`` on one new connection to the database ``url`` names (autocommit, our query
+    options left out, called ``name`` in ``pg_stat_activity`` unless the URL names it), closed after:
+    for commands, from a thread without a running loop. PostgreSQL unreachable or refusing us:
+    ``PostgresUnavailableError``; a statement's error: ``StoreError`` — both name why, never the password."""
+    parsed = parse_postgres_url(url, where=where)
+    psycopg, _ = require_psycopg()
+
+    async def session() -> T:
+        naming = application_name_option(parsed.conninfo, name)
+        conn = await psycopg.AsyncConnection.connect(parsed.conninfo, autocommit=True, **naming)
+        async with conn:
+            return await work(conn)
+
+    try:
+        return asyncio.run(session())
+    except psycopg.Error as exc:
+        if is_unreachable(exc):
+            raise PostgresUnavailableError(f"PostgreSQL {parsed.shown} cannot be used: {describe(exc)}") from None
+        raise StoreError(f"PostgreSQL {parsed.shown}: {describe(exc)}") from None
 
 
 # ----------------------------------------------------------------------------------------------
