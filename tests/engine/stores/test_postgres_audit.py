@@ -404,3 +404,18 @@ def test_an_application_name_in_the_url_names_the_audit_connections(postgres_url
     finally:
         sink.close()
     assert names == [("gtl-audit",)]
+
+
+def test_a_wrong_password_is_the_reason_the_audit_records_wait(postgres_server: Any, postgres_url: str, tmp_path: Path):
+    """/readyz's audit reason says PostgreSQL refused the password, not only that the pool timed out."""
+    postgres_server.password_role("gtl_audit_pw", "the-right-one")
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"gtl_audit_pw:canary-audit-WRONG@127.0.0.1:{parts.port}"))
+    sink = PostgresAuditSink(url, replica="refused", spool_path=tmp_path / "refused.jsonl", connect_timeout=1)
+    try:
+        sink.append([record(0)])
+        reason = sink.degraded_reason or ""
+    finally:
+        sink.close()
+    assert 'password authentication failed for user "gtl_audit_pw"' in reason
+    assert "canary-audit-WRONG" not in reason
