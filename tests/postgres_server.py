@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,34 @@ class PostgresServer:
         """A new empty database; its URL."""
         self._admin(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def password_role(self, name: str, password: str) -> None:
+        """A login role that must give ``password`` over loopback TCP (the cluster trusts everyone
+        else): for tests of a wrong password. Idempotent."""
+        hba = self.data / "pg_hba.conf"
+        rule = f"host all {name} 127.0.0.1/32 scram-sha-256\n"
+        text = hba.read_text()
+        if rule not in text:
+            hba.write_text(rule + text)  # the first matching line wins
+        self._admin(
+            f"DO $$BEGIN CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'; "
+            f"EXCEPTION WHEN duplicate_object THEN ALTER ROLE \"{name}\" PASSWORD '{password}'; END$$"
+        )
+        self._admin("SELECT pg_reload_conf()")
+        self._until_a_wrong_password_fails(name)
+
+    def _until_a_wrong_password_fails(self, name: str) -> None:
+        """Wait for the server to have read its new pg_hba.conf (a reload is a signal, not a reply)."""
+        import psycopg
+
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                psycopg.connect(f"postgresql://{name}:not-it@127.0.0.1:{self.port}/postgres", connect_timeout=5).close()
+            except psycopg.OperationalError:
+                return
+            time.sleep(0.05)
+        raise PostgresServerError("the server never asked for a password")
 
     def drop_database(self, name: str) -> None:
         self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -8,6 +8,11 @@ Without ``--ledger`` the file is ``[ledger] path``/``url`` of the configuration 
 ``gtl --config``), then the default ledger file; without ``--days``/``--max-rows`` the limits are
 ``[ledger] retention_days``/``max_rows``. ``--vacuum`` then hands the freed space back to the file
 system. Prints what was deleted; exits 0, or 2 when there is nothing to prune by.
+
+A ``postgresql://`` URL (``[ledger] url``, or given to ``--ledger``) is read and pruned in that
+database: the same groups, sums and order as from a file (``POSTGRES_GROUPINGS``), and the same
+retention, safe beside running replicas (``engine.stores.postgres_retention``). PostgreSQL
+unreachable or refusing: exit 2, saying why.
 """
 
 from __future__ import annotations
@@ -36,6 +41,15 @@ GROUPINGS = {
     "day": "strftime('%Y-%m-%d', time, 'unixepoch')",
     "status": "status",
 }
+#: The same groups in PostgreSQL (``COLLATE "C"`` in the query orders them by code point, as SQLite's
+#: BINARY text and Python's ``sorted`` do; a database's own collation would not).
+POSTGRES_GROUPINGS = {
+    "model": "COALESCE(model, '-')",
+    "deployment": "COALESCE(deployment, '-')",
+    "user": """COALESCE(NULLIF("user", ''), '-')""",
+    "day": "to_char(to_timestamp(time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "status": "status",
+}
 
 
 def add_subcommands(subparsers: Any) -> None:
@@ -51,7 +65,7 @@ def add_subcommands(subparsers: Any) -> None:
         "--by", choices=sorted(GROUPINGS), default="model", help="group rows by this (default: model; day: the UTC day)"
     )
     usage.add_argument("--days", type=float, metavar="N", help="only requests of the last N days")
-    usage.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file")
+    usage.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file (or postgresql:// URL)")
     usage.add_argument("--config", dest="ledger_config", metavar="FILE", help="TOML configuration (as gtl --config)")
     usage.add_argument("--json", action="store_true", help="print one JSON object a group")
     usage.set_defaults(handler=_usage)
@@ -65,7 +79,7 @@ def add_subcommands(subparsers: Any) -> None:
         description="Delete the oldest finished rows the retention settings no longer keep (never a started row, "
         "never one of the current or previous UTC day).",
     )
-    prune.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file")
+    prune.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file (or postgresql:// URL)")
     # its own name: a subcommand's default would overwrite the global --config given before it
     prune.add_argument("--config", dest="ledger_config", metavar="FILE", help="TOML configuration (as gtl --config)")
     prune.add_argument("--days", type=float, metavar="N", help="delete finished rows older than N days (N >= 1)")
@@ -86,6 +100,8 @@ def _usage(args: argparse.Namespace) -> int:
         return _print_usage(args, group_rows(rows, args.by), source)
     _refuse_a_gateway(args, "usage")
     path, _ = _configured(args)
+    if isinstance(path, str):
+        return _postgres_usage(args, path, since)
     if path.is_dir():
         raise ConfigurationError(f"{path} is a folder; give the ledger file in it with --ledger")
     if not path.is_file():
@@ -94,6 +110,69 @@ def _usage(args: argparse.Namespace) -> int:
         print(f"gtl: no usage recorded yet (no ledger at {path})", file=sys.stderr)
         return 0
     return _print_usage(args, _usage_groups(path, GROUPINGS[args.by], since), f"ledger {path}")
+
+
+def _postgres_usage(args: argparse.Namespace, url: str, since: float | None) -> int:
+    """``gtl usage`` of the ledger in the PostgreSQL database ``url`` names."""
+    from gtl_nb.engine.stores.postgres_pool import shown_url
+
+    groups = _postgres_groups(url, POSTGRES_GROUPINGS[args.by], since)
+    if groups is None:
+        print(f"gtl: no usage recorded yet (no ledger table in {shown_url(url)})", file=sys.stderr)
+        return 0
+    return _print_usage(args, groups, f"ledger {shown_url(url)}")
+
+
+def _postgres_groups(url: str, grouping: str, since: float | None) -> list[tuple[Any, ...]] | None:
+    """``_usage_groups`` of a PostgreSQL ledger, summed in the database (one row a group comes back);
+    ``None`` when it holds no ledger table. Read-only, as from a file."""
+    from gtl_nb.engine.ledger_schema import TABLE
+    from gtl_nb.engine.stores.postgres_pool import run_once
+
+    where, params = (" WHERE time >= %s", (since,)) if since is not None else ("", ())
+
+    async def read(conn: Any) -> list[Any] | None:
+        await conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        found = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))).fetchone()
+        if not found[0]:
+            return None
+        # a database an older release made, never migrated (this read writes nothing): no writes column
+        columns = await conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attname = 'cache_write_tokens_in' AND NOT attisdropped",
+            (TABLE,),
+        )
+        written = "SUM(cache_write_tokens_in)" if (await columns.fetchone())[0] else "0"
+        # SUM of bigint is numeric: no overflow, as SQLite's TOTAL
+        query = (
+            f'SELECT ({grouping}) COLLATE "C" AS grouped, COUNT(*), '
+            "COUNT(*) FILTER (WHERE status IN ('error', 'interrupted')), "
+            "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost), 0.0), "
+            "COUNT(*) FILTER (WHERE cost IS NULL AND (status = 'ok' OR "
+            "(status = 'cancelled' AND ttft_ms IS NOT NULL))), "
+            f"COALESCE(SUM(cached_tokens_in), 0), COALESCE({written}, 0) "
+            f"FROM {TABLE}{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
+        )
+        return await (await conn.execute(query, params)).fetchall()
+
+    rows = _said(run_once, url, read, name="gtl usage")
+    return None if rows is None else [_typed_group(row) for row in rows]
+
+
+def _said(call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(...)``, PostgreSQL's refusal (unreachable, a wrong password, no permission) as the
+    command's one-line error (exit 2), as ``gtl audit`` says it."""
+    from gtl_nb.engine.stores.sqlite_db import StoreError
+
+    try:
+        return call(*args, **kwargs)
+    except StoreError as exc:
+        raise ConfigurationError(exc.message) from None
+
+
+def _typed_group(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A group as ``_usage_groups`` gives it: the counts ints (PostgreSQL's sums are ``Decimal``), the cost a float."""
+    return (row[0], *(int(value) for value in row[1:5]), float(row[5]), *(int(value) for value in row[6:]))
 
 
 def _print_usage(args: argparse.Namespace, groups: list[tuple[Any, ...]], source: str) -> int:
@@ -285,25 +364,51 @@ def _prune(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--days must be at least 1, got {days:g}")
     if rows is not None and rows < 1:
         raise ConfigurationError(f"--max-rows must be at least 1, got {rows}")
+    if isinstance(path, str):
+        return _prune_postgres(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
     pruned = prune_file(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
     vacuumed = ", then vacuumed" if args.vacuum else ""
     print(f"{path}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size{vacuumed}")
     return 0
 
 
-def _configured(args: argparse.Namespace) -> tuple[Path, Any]:
-    """The ledger file and the configured ``Retention`` (``None``: none configured)."""
+def _prune_postgres(url: str, retention: Any, *, vacuum: bool) -> int:
+    """``gtl ledger prune`` of the ledger in the PostgreSQL database ``url`` names."""
+    from gtl_nb.engine.stores.postgres_pool import shown_url
+    from gtl_nb.engine.stores.postgres_retention import prune_database
+
+    if vacuum:  # VACUUM FULL would lock the table every replica writes, for as long as it takes
+        raise ConfigurationError(
+            "--vacuum shrinks a SQLite file; in PostgreSQL autovacuum reuses the space of deleted rows "
+            "(VACUUM FULL requests gives it back to the operating system, but locks the table meanwhile)"
+        )
+    pruned = _said(prune_database, url, retention)
+    if pruned is None:
+        print(f"gtl: no ledger table in {shown_url(url)}: nothing to prune", file=sys.stderr)
+        return 0
+    print(f"{shown_url(url)}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size")
+    return 0
+
+
+def _configured(args: argparse.Namespace) -> tuple[Path | str, Any]:
+    """The ledger — a file, or a PostgreSQL URL — and the configured ``Retention`` (``None``: none
+    configured)."""
     from gtl_nb.engine.ledger import default_ledger_path
     from gtl_nb.engine.settings import load_settings
+    from gtl_nb.engine.stores.postgres_pool import is_postgres_url
     from gtl_nb.engine.stores.urls import parse_store_url
 
     config_file = args.ledger_config or getattr(args, "config", None)
     if config_file is not None and not Path(config_file).expanduser().is_file():
         raise ConfigurationError(f"--config {config_file}: no such file")
     settings = load_settings(config=config_file)
+    if args.ledger_file and is_postgres_url(args.ledger_file):
+        return args.ledger_file, settings.ledger.retention
     path: Path | None = Path(args.ledger_file).expanduser() if args.ledger_file else None
     if path is None and settings.ledger.url:
         where = settings.ledger.url
+        if is_postgres_url(where):  # the ledger replicas share: read and pruned in the database
+            return where, settings.ledger.retention
         if "://" not in where:
             path = Path(where).expanduser()
         else:

@@ -67,9 +67,11 @@ from gtl_nb.engine.ledger import default_ledger_path
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
+    ConnectErrors,
     PostgresLoop,
     PostgresUnavailableError,
     PostgresURL,
+    application_name_option,
     describe,
     is_unreachable,
     parse_postgres_url,
@@ -198,6 +200,7 @@ class PostgresAuditSink:
         self._retry_delay = _FIRST_RETRY
         self._loop = PostgresLoop(name=f"gtl_nb postgres audit {self.replica}")
         self._pool: Any = None
+        self._connect_errors = ConnectErrors()  # why the pool's last connection attempt failed
         try:
             self._run(self._open(), connect_timeout + write_timeout)
         except _NoAnswer as exc:  # a server that hangs is one that is away
@@ -312,13 +315,14 @@ class PostgresAuditSink:
             open=False,
             kwargs={
                 "autocommit": True,
-                "application_name": f"gtl_nb audit {self.replica}"[:63],
+                **application_name_option(self._url.conninfo, f"gtl_nb audit {self.replica}"),
                 **self._connection_options(),
             },
             configure=self._configure,
             timeout=self._timeout,
             reconnect_timeout=max(2 * self._timeout, 10.0),
             name=f"gtl_nb-audit-{self.replica}",
+            connection_class=self._connect_errors.connection_class(),
         )
         await self._pool.open(wait=False)
         try:
@@ -351,7 +355,7 @@ class PostgresAuditSink:
         self._migrated = True
 
     def _failed(self, exc: BaseException) -> None:
-        reason = describe(exc)
+        reason = self._connect_errors.describe(exc)  # a pool timeout's real cause, not "couldn't get a connection"
         self._retry_at = time.monotonic() + self._retry_delay
         self._retry_delay = min(2 * self._retry_delay, _LAST_RETRY)
         if self._problem is None:

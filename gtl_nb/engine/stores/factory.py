@@ -108,7 +108,7 @@ def _open_ledger(
     if isinstance(ledger, str) and is_postgres_url(ledger):
         from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
 
-        return PostgresUsageLedger(ledger, clock=wall_clock, group_commit=group_commit)
+        return PostgresUsageLedger(ledger, clock=wall_clock, group_commit=group_commit, retention=retention)
     if isinstance(ledger, str) and "://" in ledger:
         url = parse_store_url(ledger, where="ledger")
         if url.scheme == "memory":

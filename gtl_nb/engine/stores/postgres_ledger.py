@@ -29,7 +29,17 @@ the request path as the SQLite writer does them:
   one UPDATE guarded by ``status = 'started'``, so two replicas doing it at once mark each row once.
   Such a row is flagged ``recovered``: if its writer was only cut off (a network partition longer
   than the lease) its real outcome, arriving later, replaces the guess. A clean ``aclose`` marks its
-  own unfinished rows ``interrupted`` and gives its lease back.
+  own unfinished rows ``interrupted`` and gives its lease back. The lease of a replica that did not
+  (killed, its host lost) is deleted once it ran out more than ``forget_after`` seconds ago
+  (``FORGET_AFTER``, 15 minutes) and none of its rows is still ``started`` — judged first, in the
+  same round, so recovery never loses the lease it needs; each replica sweeps when it opens and
+  every minute. A replica that was only cut off for that long takes a new lease at its next renewal
+  (an upsert), and its late outcomes need none.
+* **Retention** (``retention``: ``[ledger] retention_days`` and ``max_rows``), as the SQLite
+  writer's: a task of its own prunes once PostgreSQL is usable after opening, then every
+  ``prune_every`` seconds (an hour) — in bounded batches that other replicas pruning at once never
+  collide with (``engine.stores.postgres_retention``). Not in the lease keeper: a first prune of a
+  large table takes a while, and the lease must not run out meanwhile.
 * **PostgreSQL unreachable.** Writes go to a local spool (``engine.stores.postgres_spool``; default
   file ``postgres-spool-<digest>.sqlite3`` — host, port, database and user, hashed — beside the
   default SQLite ledger) instead, in order; the
@@ -76,19 +86,23 @@ from gtl_nb.engine.ledger import (
     iso_utc,
     unknown_filter,
 )
+from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
 from gtl_nb.engine.ledger_writer import IDLE_AFTER
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.processes import own_identity
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
+    ConnectErrors,
     PostgresLoop,
     PostgresUnavailableError,
+    application_name_option,
     describe,
     is_unreachable,
     parse_postgres_url,
     require_psycopg,
 )
+from gtl_nb.engine.stores.postgres_retention import prune_postgres
 from gtl_nb.engine.stores.postgres_schema import LEASES, LEDGER_MIGRATIONS, migrate, quoted
 from gtl_nb.engine.stores.postgres_spool import Spool, SpoolEntry
 from gtl_nb.log import get_logger
@@ -96,14 +110,15 @@ from gtl_nb.log import get_logger
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["MAX_BATCH", "MAX_PENDING", "SPOOL_CHUNK", "PostgresUsageLedger"]
+__all__ = ["FORGET_AFTER", "MAX_BATCH", "MAX_PENDING", "SPOOL_CHUNK", "PostgresUsageLedger"]
 
 log = get_logger("engine.stores")
 
 MAX_PENDING = 10_000  # queued writes before a start waits: a few MB at most
 MAX_BATCH = 500  # writes per transaction
 SPOOL_CHUNK = 500  # spooled writes replayed per transaction
-_GC_EVERY = 720  # renewals between two sweeps of old leases (an hour at the default 5 s)
+FORGET_AFTER = 900.0  # seconds past its end a dead replica's lease is kept (to see who ran lately)
+_SWEEP_EVERY = 60.0  # seconds between two sweeps of dead leases, at most
 _REFUSALS = ("RATE_LIMIT", "BUDGET_EXCEEDED")  # a request refused by a budget (totals skip them)
 
 # ----------------------------------------------------------------------------------------------
@@ -209,10 +224,13 @@ _RENEW = (
     "ON CONFLICT (replica) DO UPDATE SET lease_until = EXCLUDED.lease_until"
 )
 # The rows of a replica whose spooled writes another process drains: it gets one lease period to
-# come back and renew (if it is alive), then its unfinished rows are judged like any others.
+# come back and renew (if it is alive), then its unfinished rows are judged like any others. An
+# update, not DO NOTHING, of a lease that is there: it locks the row, so a sweep of dead leases
+# (_FORGET_LEASES) waits for the drain's commit and then finds the lease running again.
 _ADOPT = (
-    f"INSERT INTO {LEASES} (replica, lease_until) VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "
-    "ON CONFLICT (replica) DO NOTHING"
+    f"INSERT INTO {LEASES} AS l (replica, lease_until) "
+    "VALUES (%s, clock_timestamp() + make_interval(secs => %s)) "
+    "ON CONFLICT (replica) DO UPDATE SET lease_until = GREATEST(l.lease_until, EXCLUDED.lease_until)"
 )
 # Exactly once per row however many replicas run it at once: the second waits for the first's row
 # locks, then finds the rows no longer 'started'.
@@ -222,8 +240,9 @@ _JUDGE = (
     "WHERE r.replica = l.replica AND r.status = 'started' AND l.lease_until < clock_timestamp() "
     "RETURNING r.replica"
 )
+# Run after _JUDGE: a lease whose rows are still started is kept, or nothing could judge them.
 _FORGET_LEASES = (
-    f"DELETE FROM {LEASES} AS l WHERE l.lease_until < clock_timestamp() - interval '1 day' "
+    f"DELETE FROM {LEASES} AS l WHERE l.lease_until < clock_timestamp() - make_interval(secs => %s) "
     f"AND NOT EXISTS (SELECT 1 FROM {TABLE} AS r WHERE r.replica = l.replica AND r.status = 'started')"
 )
 _RELEASE_ROWS = (
@@ -279,7 +298,9 @@ class PostgresUsageLedger:
     writer's id (the host name by default; a random part keeps ids unique). ``clock`` stamps rows
     written without ``now``. Opening makes one attempt to reach the server (``connect_timeout``): a
     server that does not answer leaves the ledger ``degraded``, spooling, not failed. ``group_commit``:
-    the seconds a busy writer gathers rows into one transaction.
+    the seconds a busy writer gathers rows into one transaction. ``forget_after``: the seconds a dead
+    replica's lease is kept once it ran out (its rows judged). ``retention``: which finished rows to
+    delete (``None``: keep them all), every ``prune_every`` seconds.
     """
 
     def __init__(
@@ -296,6 +317,9 @@ class PostgresUsageLedger:
         wait_for: float = 60.0,
         connect_timeout: float = CONNECT_TIMEOUT,
         group_commit: float | None = None,
+        forget_after: float = FORGET_AFTER,
+        retention: Retention | None = None,
+        prune_every: float = PRUNE_EVERY,
     ) -> None:
         self.group_commit = GROUP_COMMIT if group_commit is None else checked_window(group_commit)
         self._url = parse_postgres_url(url, where="ledger")
@@ -317,6 +341,11 @@ class PostgresUsageLedger:
         self._wait_for = wait_for
         self._connect_timeout = connect_timeout
         self._pool_max = int(options["pool_max"])
+        self._forget_after = max(0.0, float(forget_after))
+        self._swept = -math.inf  # monotonic time of the last sweep of dead leases
+        self._retention = retention if retention is not None and retention.enabled else None
+        self._prune_every = float(prune_every)
+        self._pruner: asyncio.Future[None] | None = None
         chosen = spool_path or options["spool_path"]
         self.spool_path = (
             Path(chosen).expanduser()
@@ -348,6 +377,7 @@ class PostgresUsageLedger:
         self._renewed = -math.inf  # monotonic time of the last renewal
         self._pid, self._identity = own_identity()
         self._pool: Any = None
+        self._connect_errors = ConnectErrors()  # why the pool's last connection attempt failed
         self._loop = PostgresLoop(name=f"gtl_nb postgres ledger {self.replica}")
         try:
             self._wake = self._loop.run(self._make_event())
@@ -545,12 +575,15 @@ class PostgresUsageLedger:
         return asyncio.Event()
 
     async def _open_pool(self) -> None:
+        # a fallback name: the URL's own application_name (or $PGAPPNAME) names the connections if given
+        naming = application_name_option(self._url.conninfo, f"gtl_nb ledger {self.replica}")
         self._pool = self._psycopg_pool.AsyncConnectionPool(
             self._url.conninfo,
             min_size=1,
             max_size=max(2, self._pool_max),
             open=False,
-            kwargs={"autocommit": True, "application_name": f"gtl_nb ledger {self.replica}"[:63]},
+            kwargs={"autocommit": True, **naming},
+            connection_class=self._connect_errors.connection_class(),
             timeout=self._connect_timeout,
             # give up a reconnection series early: the next request starts a new one from a short delay
             reconnect_timeout=max(2 * self._connect_timeout, 10.0),
@@ -563,15 +596,16 @@ class PostgresUsageLedger:
             self._failed(exc, "opening")
         self._writer = asyncio.ensure_future(self._write_loop())
         self._keeper = asyncio.ensure_future(self._keep_lease())
+        if self._retention is not None:
+            self._pruner = asyncio.ensure_future(self._keep_retention(self._retention))
 
     async def _prepare(self) -> None:
         """Migrate the schema, take the lease, judge the leases that ran out (first contact)."""
         async with self._pool.connection(timeout=self._connect_timeout) as conn:
             await migrate(conn, "ledger", LEDGER_MIGRATIONS)
-            async with conn.transaction():
-                await self._take_lease(conn)
-                await conn.execute(_FORGET_LEASES)
+            await self._take_lease(conn)
             await self._judge(conn)
+            await self._forget_leases(conn)
         self._ready = True
 
     async def _take_lease(self, conn: Any) -> None:
@@ -584,7 +618,7 @@ class PostgresUsageLedger:
     async def _keep_lease(self) -> None:
         """Renew the lease and judge the others every ``renew`` s; while PostgreSQL cannot be used,
         probe it more often (from 0.25 s, doubling up to ``renew``) and wake the writer when it answers."""
-        failures = renewals = 0
+        failures = 0
         while True:
             await asyncio.sleep(self._renew if failures == 0 else min(self._renew, 0.25 * 2 ** (failures - 1)))
             try:
@@ -594,15 +628,43 @@ class PostgresUsageLedger:
                     async with self._pool.connection(timeout=self._connect_timeout) as conn:
                         await self._take_lease(conn)
                         await self._judge(conn)
-                        renewals += 1
-                        if renewals % _GC_EVERY == 0:
-                            await conn.execute(_FORGET_LEASES)
+                        if time.monotonic() - self._swept >= min(_SWEEP_EVERY, self._forget_after / 4):
+                            await self._forget_leases(conn)
             except Exception as exc:
                 failures += 1
                 self._failed(exc, "renewing its lease")
                 continue
             failures = 0
             self._recovered()
+
+    # -- the ledger's loop: retention ----------------------------------------------------------------
+
+    async def _keep_retention(self, retention: Retention) -> None:
+        """Prune once PostgreSQL is usable, then every ``prune_every`` seconds; a failed prune is said and
+        tried again at the next one (rows are written whatever happens here)."""
+        while True:
+            if not self._healthy:
+                await asyncio.sleep(self._renew)  # the keeper probes; look again after its next try
+                continue
+            try:
+                async with self._pool.connection(timeout=self._connect_timeout) as conn:
+                    pruned = await prune_postgres(conn, retention, now=self._clock())
+            except Exception as exc:
+                log.warning(
+                    "ledger %s: pruning failed (%s); trying again in %g s",
+                    self._url.shown,
+                    self._connect_errors.describe(exc),
+                    self._prune_every,
+                )
+            else:
+                if pruned.total:
+                    log.info(
+                        "ledger %s: pruned %d row(s) by age and %d by size",
+                        self._url.shown,
+                        pruned.by_age,
+                        pruned.by_size,
+                    )
+            await asyncio.sleep(self._prune_every)
 
     async def _judge(self, conn: Any) -> int:
         cursor = await conn.execute(_JUDGE)
@@ -616,13 +678,20 @@ class PostgresUsageLedger:
             )
         return len(replicas)
 
+    async def _forget_leases(self, conn: Any) -> None:
+        """Delete the leases of replicas gone for more than ``forget_after`` seconds whose rows are judged."""
+        self._swept = time.monotonic()
+        cursor = await conn.execute(_FORGET_LEASES, (self._forget_after,))
+        if cursor.rowcount > 0:
+            log.info("ledger %s: forgot the leases of %d replica(s) long gone", self._url.shown, cursor.rowcount)
+
     async def _judge_now(self) -> int:
         async with self._pool.connection(timeout=self._connect_timeout) as conn:
             return await self._judge(conn)
 
     def _failed(self, exc: BaseException, doing: str) -> None:
         """PostgreSQL cannot be used: say so once, spool from now on, fail the readers waiting."""
-        reason = describe(exc)
+        reason = self._connect_errors.describe(exc)  # a pool timeout's real cause, not "couldn't get a connection"
         if not is_unreachable(exc):
             reason = f"{type(exc).__name__}: {reason}"
         if self._problem is None:
@@ -953,7 +1022,7 @@ class PostgresUsageLedger:
         except Exception as exc:
             if is_unreachable(exc):
                 raise PostgresUnavailableError(
-                    f"the ledger {self._url.shown} cannot be read now: {describe(exc)}"
+                    f"the ledger {self._url.shown} cannot be read now: {self._connect_errors.describe(exc)}"
                 ) from None
             raise
 
@@ -989,8 +1058,10 @@ class PostgresUsageLedger:
             self._mine_spooled = True
         except Exception:
             log.exception("ledger %s: the writer failed", self._url.shown)
-        self._keeper.cancel()
-        await asyncio.gather(self._keeper, return_exceptions=True)
+        for task in (self._keeper, self._pruner):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._healthy and not self._mine_spooled:
             try:
                 async with self._pool.connection(timeout=self._connect_timeout) as conn, conn.transaction():

@@ -2,7 +2,8 @@
 
 * **URL.** ``postgresql://[user[:password]@]host[:port]/database[?options]`` (``postgres://`` and
   ``postgresql+psycopg://`` too). The query may hold libpq's own parameters (``sslmode``,
-  ``connect_timeout``, ``application_name``, ``options``, …), passed to libpq as they are, and ours,
+  ``connect_timeout``, ``application_name``, ``options``, …), passed to libpq as they are (our name
+  for the connections is only libpq's ``fallback_application_name``), and ours,
   which are taken out first (``OPTIONS``): ``spool_path``, ``replica``, ``lease``, ``renew``,
   ``pool_max``. A password never reaches a message or a log: ``shown_url`` hides it.
 * **Driver.** psycopg 3 and psycopg_pool (the ``postgres`` extra); without them, opening a store
@@ -12,7 +13,12 @@
   store therefore runs its pool and its writer on a loop thread of its own (``engine.loop.LoopThread``)
   and callers reach it through ``PostgresLoop.call``: their loop ending never cancels a write.
 * **Errors.** The server being down, restarting or refusing connections is ``PostgresUnavailableError``
-  (retryable); ``is_unreachable`` tells those failures from a statement's own error.
+  (retryable); ``is_unreachable`` tells those failures from a statement's own error. A pool's
+  ``ConnectErrors`` keeps the last failure of its connection attempts, so a store's warning and
+  ``/readyz`` name the cause ("password authentication failed …") rather than the pool's
+  "couldn't get a connection after 5.00 sec"; psycopg_pool's own warning per failed attempt, for
+  our pools (named ``gtl_nb-…``), is dropped (shown at DEBUG when ``psycopg.pool`` logs DEBUG): the
+  store logs the outage once, with that cause.
 """
 
 from __future__ import annotations
@@ -20,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import logging
 import math
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
@@ -36,13 +43,17 @@ __all__ = [
     "CONNECT_TIMEOUT",
     "INSTALL_HINT",
     "OPTIONS",
+    "POOL_PREFIX",
+    "ConnectErrors",
     "PostgresLoop",
     "PostgresURL",
     "PostgresUnavailableError",
+    "application_name_option",
     "is_postgres_url",
     "is_unreachable",
     "parse_postgres_url",
     "require_psycopg",
+    "run_once",
     "shown_url",
 ]
 
@@ -56,6 +67,8 @@ CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection, or to wait for one from the pool, before the server counts as unreachable."""
 _POOL_MAX = 4  # the writer, the lease keeper and a couple of readers: rows are written in batches
 _LIBPQ_SECRETS = frozenset({"password", "sslpassword", "passfile"})
+POOL_PREFIX = "gtl_nb-"
+"""How the names of our pools begin: psycopg_pool's per-attempt warnings about them are ours to report."""
 
 #: Our own query options (libpq would refuse them), with their type and default.
 OPTIONS: dict[str, tuple[type, Any]] = {
@@ -158,6 +171,17 @@ def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
     return PostgresURL(conninfo, shown, options)
 
 
+def application_name_option(conninfo: str, name: str) -> dict[str, str]:
+    """The connection option naming our connections ``name`` in ``pg_stat_activity`` — as libpq's
+    ``fallback_application_name``, so an ``application_name`` the URL (or ``$PGAPPNAME``) gives wins;
+    nothing when the URL sets a fallback of its own."""
+    psycopg, _ = require_psycopg()
+    given = psycopg.conninfo.conninfo_to_dict(conninfo)
+    if "fallback_application_name" in given:
+        return {}
+    return {"fallback_application_name": name[:63]}  # PostgreSQL keeps 63 bytes of it
+
+
 def shown_url(url: str) -> str:
     """``url`` with its password (in the authority or as a ``password=`` option) replaced by ``***``."""
     try:
@@ -200,10 +224,96 @@ def describe(exc: BaseException) -> str:
     return _first_line(exc) or type(exc).__name__
 
 
+class ConnectErrors:
+    """The last failure of a pool's connection attempts, until one succeeds (``connection_class``
+    records them): the cause a ``PoolTimeout`` — all a caller of ``pool.connection()`` gets — hides."""
+
+    def __init__(self) -> None:
+        self.last: BaseException | None = None
+        _quiet_pool_log()
+
+    def connection_class(self) -> type:
+        """psycopg's ``AsyncConnection``, recording into this object how each connection attempt ended."""
+        psycopg, _ = require_psycopg()
+        errors = self
+
+        class RecordingConnection(psycopg.AsyncConnection):  # type: ignore[misc,name-defined]
+            @classmethod
+            async def connect(cls, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    conn = await super().connect(*args, **kwargs)
+                except Exception as exc:
+                    errors.last = exc
+                    raise
+                errors.last = None
+                return conn
+
+        return RecordingConnection
+
+    def describe(self, exc: BaseException) -> str:
+        """``describe(exc)``; for a pool's timeout, followed by why its last connection attempt failed."""
+        _, psycopg_pool = require_psycopg()
+        reason = describe(exc)
+        if isinstance(exc, psycopg_pool.PoolTimeout) and self.last is not None:
+            return f"{reason}: {describe(self.last)}"
+        return reason
+
+
+class _PoolAttemptNoise(logging.Filter):
+    """Drops psycopg_pool's warnings about failed connection attempts of our pools (one a second or so
+    while the server is away): the store's own warning names the outage once, with its cause. With
+    ``psycopg.pool`` logging DEBUG they are still shown, as DEBUG."""
+
+    _MESSAGES = ("error connecting in ", "reconnection attempt in pool ")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        ours = bool(args) and str(args[0]).startswith(POOL_PREFIX)
+        if not (ours and record.levelno >= logging.WARNING and str(record.msg).startswith(self._MESSAGES)):
+            return True
+        if not logging.getLogger(_POOL_LOGGER).isEnabledFor(logging.DEBUG):
+            return False
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+_POOL_LOGGER = "psycopg.pool"
+_NOISE_FILTER = _PoolAttemptNoise()
+
+
+def _quiet_pool_log() -> None:
+    """Put ``_PoolAttemptNoise`` on psycopg_pool's logger (once)."""
+    pool_log = logging.getLogger(_POOL_LOGGER)
+    if _NOISE_FILTER not in pool_log.filters:
+        pool_log.addFilter(_NOISE_FILTER)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = text[0] if text else ""
     return line if len(line) <= 300 else line[:300] + "…"
+
+
+def run_once(url: str, work: Callable[[Any], Awaitable[T]], *, name: str, where: str = "ledger") -> T:
+    """``await work(conn)`` on one new connection to the database ``url`` names (autocommit, our query
+    options left out, called ``name`` in ``pg_stat_activity`` unless the URL names it), closed after:
+    for commands, from a thread without a running loop. PostgreSQL unreachable or refusing us:
+    ``PostgresUnavailableError``; a statement's error: ``StoreError`` — both name why, never the password."""
+    parsed = parse_postgres_url(url, where=where)
+    psycopg, _ = require_psycopg()
+
+    async def session() -> T:
+        naming = application_name_option(parsed.conninfo, name)
+        conn = await psycopg.AsyncConnection.connect(parsed.conninfo, autocommit=True, **naming)
+        async with conn:
+            return await work(conn)
+
+    try:
+        return asyncio.run(session())
+    except psycopg.Error as exc:
+        if is_unreachable(exc):
+            raise PostgresUnavailableError(f"PostgreSQL {parsed.shown} cannot be used: {describe(exc)}") from None
+        raise StoreError(f"PostgreSQL {parsed.shown}: {describe(exc)}") from None
 
 
 # ----------------------------------------------------------------------------------------------

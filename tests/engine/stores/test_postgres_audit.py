@@ -387,3 +387,35 @@ def test_taken_spools_a_drain_leaves_are_written_by_the_next_and_a_live_drains_i
     report = verify_postgres(postgres_url)
     assert report.ok and report.records == 6, report.describe()
     assert [r["session_id"] for r in records_of(postgres_url, away.replica)] == [f"s{i}" for i in range(1, 6)]
+
+
+def test_an_application_name_in_the_url_names_the_audit_connections(postgres_url: str, tmp_path: Path):
+    """libpq's options pass through: pg_stat_activity shows the URL's application_name, not ours."""
+    sink = PostgresAuditSink(
+        f"{postgres_url}?application_name=gtl-audit", replica="named", spool_path=tmp_path / "named.jsonl"
+    )
+    try:
+        assert sink.append([record(0)]) == 0
+        names = execute(
+            postgres_url,
+            "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()",
+        )
+    finally:
+        sink.close()
+    assert names == [("gtl-audit",)]
+
+
+def test_a_wrong_password_is_the_reason_the_audit_records_wait(postgres_server: Any, postgres_url: str, tmp_path: Path):
+    """/readyz's audit reason says PostgreSQL refused the password, not only that the pool timed out."""
+    postgres_server.password_role("gtl_audit_pw", "the-right-one")
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"gtl_audit_pw:canary-audit-WRONG@127.0.0.1:{parts.port}"))
+    sink = PostgresAuditSink(url, replica="refused", spool_path=tmp_path / "refused.jsonl", connect_timeout=1)
+    try:
+        sink.append([record(0)])
+        reason = sink.degraded_reason or ""
+    finally:
+        sink.close()
+    assert 'password authentication failed for user "gtl_audit_pw"' in reason
+    assert "canary-audit-WRONG" not in reason

@@ -8,6 +8,7 @@ import asyncio
 import importlib.util
 import inspect
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -376,6 +377,88 @@ def test_a_clean_close_gives_the_lease_back_and_interrupts_what_it_never_finishe
     assert query(postgres_url, "SELECT count(*) FROM ledger_leases") == [(0,)]
 
 
+def _lease(url: str, replica: str, seconds: float, *started: str) -> None:
+    """A replica's lease ending ``seconds`` from now (negative: ran out that long ago), with a started
+    row per name in ``started`` and one finished row — what a replica leaves when it is killed."""
+    query(
+        url,
+        "INSERT INTO ledger_leases (replica, lease_until) "
+        "VALUES (%s, clock_timestamp() + make_interval(secs => %s)) RETURNING replica",
+        replica,
+        seconds,
+    )
+    for seq, (session, status) in enumerate([("finished", "ok"), *((name, "started") for name in started)], 1):
+        query(
+            url,
+            "INSERT INTO requests (time, time_utc, session_id, status, replica, replica_seq) "
+            "VALUES (%s, 'then', %s, %s, %s, %s) RETURNING id",
+            T0,
+            f"{replica} {session}",
+            status,
+            replica,
+            seq,
+        )
+
+
+def test_leases_of_replicas_long_gone_are_forgotten_once_their_rows_are_judged(postgres_url: str, spool: Path):
+    first = PostgresUsageLedger(postgres_url, spool_path=spool)  # the tables
+    first.close()
+    _lease(postgres_url, "killed:1:a", -2 * 3600, "in flight")  # killed two hours ago, a row still started
+    _lease(postgres_url, "killed:2:b", -3 * 3600)
+    _lease(postgres_url, "killed lately:3:c", -5)  # ran out just now: kept a while
+    lately = time.monotonic() - 5
+    _lease(postgres_url, "alive:4:d", 3600, "running")
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool.with_name("two.sqlite3"), lease=2.0, renew=0.2)
+    try:
+        leases = {replica for (replica,) in query(postgres_url, "SELECT replica FROM ledger_leases")}
+        assert leases == {"killed lately:3:c", "alive:4:d", ledger.replica}
+        statuses = dict(query(postgres_url, "SELECT session_id, status FROM requests WHERE status <> 'ok'"))
+        # the dead replica's row was judged before its lease went; the live one's is left alone
+        assert statuses == {"killed:1:a in flight": "interrupted", "alive:4:d running": "started"}
+        query(postgres_url, "DELETE FROM ledger_leases WHERE replica = %s RETURNING 1", ledger.replica)  # a sweep did
+        deadline = time.monotonic() + 30  # a replica whose lease was forgotten takes a new one
+        while query(postgres_url, "SELECT count(*) FROM ledger_leases WHERE replica = %s", ledger.replica) != [(1,)]:
+            assert time.monotonic() < deadline, "the lease was never taken again"
+            time.sleep(0.05)
+    finally:
+        ledger.close()
+    keeper = PostgresUsageLedger(
+        postgres_url, spool_path=spool.with_name("three.sqlite3"), lease=2.0, renew=0.2, forget_after=8.0
+    )
+    gone = "SELECT count(*) FROM ledger_leases WHERE replica = 'killed lately:3:c'"
+    try:  # not when it opened (its lease ran out less than 8 s before); by its renewals, once it did
+        if time.monotonic() - lately < 7:
+            assert query(postgres_url, gone) == [(1,)]
+        deadline = time.monotonic() + 60
+        while query(postgres_url, gone) != [(0,)]:
+            assert time.monotonic() < deadline, "the lease was never forgotten"
+            time.sleep(0.1)
+        assert time.monotonic() - lately >= 8
+        assert query(postgres_url, "SELECT count(*) FROM ledger_leases WHERE replica = 'alive:4:d'") == [(1,)]
+    finally:
+        keeper.close()
+
+
+def test_an_application_name_in_the_url_names_the_connections(postgres_url: str, spool: Path):
+    """libpq's options pass through: the URL's application_name is what pg_stat_activity shows; without
+    one, the ledger names its connections after its replica."""
+    named = PostgresUsageLedger(f"{postgres_url}?application_name=gtl-gateway", spool_path=spool)
+    unnamed = PostgresUsageLedger(postgres_url, spool_path=spool.with_name("unnamed.sqlite3"))
+    try:
+        names = {
+            name
+            for (name,) in query(
+                postgres_url,
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid()",
+            )
+        }
+    finally:
+        named.close()
+        unnamed.close()
+    assert names == {"gtl-gateway", f"gtl_nb ledger {unnamed.replica}"[:63]}
+
+
 # -- PostgreSQL away: the spool ------------------------------------------------------------------------
 
 
@@ -434,6 +517,31 @@ def test_an_unreachable_server_spools_and_another_process_drains_the_spool_once(
             time.sleep(0.1)
     finally:
         judge.close()
+
+
+def test_a_wrong_password_is_named_once_and_the_pool_does_not_flood_the_log(
+    postgres_server: Any, postgres_url: str, spool: Path, caplog: pytest.LogCaptureFixture
+):
+    """The warning and /readyz's reason say why PostgreSQL refuses (not the pool's "couldn't get a
+    connection after … sec"); psycopg_pool's own line per failed attempt stays out of the log; the
+    password is never shown."""
+    postgres_server.password_role("gtl_pw", "the-right-one")
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"gtl_pw:canary-WRONG-pw@127.0.0.1:{parts.port}"))
+    caplog.set_level(logging.WARNING)
+    ledger = PostgresUsageLedger(url, spool_path=spool, connect_timeout=1, lease=2.0, renew=0.5)
+    try:
+        time.sleep(4)  # the pool tries again and again meanwhile; the keeper probes
+        reason = ledger.degraded_reason or ""
+    finally:
+        ledger.close()
+    assert 'password authentication failed for user "gtl_pw"' in reason and "canary-WRONG-pw" not in reason
+    warned = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    ours = [record.getMessage() for record in warned if record.name.startswith("gtl_nb")]
+    assert len([message for message in ours if "cannot be used" in message]) == 1
+    assert "password authentication failed" in ours[0]
+    assert [record.getMessage() for record in warned if record.name.startswith("psycopg")] == []
+    assert all("canary-WRONG-pw" not in record.getMessage() for record in caplog.records)
 
 
 def test_writes_an_older_release_spooled_without_the_cache_write_count_are_drained_not_lost(
