@@ -347,7 +347,7 @@ class GTLConnection:
             if self.state is ConnectionState.HANDSHAKE:
                 self._fail(item.error)
             else:
-                self._violation(item.error, item.session_id, kind=item.message_type)
+                self._violation(item.error, item.session_id, kind=item.message_type, unreadable=True)
         elif isinstance(item, Error) and not item.session_id:
             self._terminate(
                 error_from_event(item),
@@ -451,10 +451,18 @@ class GTLConnection:
 
     # -- bad frames and the end --------------------------------------------------------------------
 
-    def _violation(self, error: ProtocolError, sid: str | None, *, kind: str | None = None) -> None:
-        """One bad frame: report it, end its session, and end the connection at the limit."""
+    def _violation(
+        self, error: ProtocolError, sid: str | None, *, kind: str | None = None, unreadable: bool = False
+    ) -> None:
+        """One bad frame: report it, end its session, and end the connection at the limit (or at once:
+        a request whose session cannot be told, which could be answered no other way)."""
         self.bad_frames += 1
         self._events.append(ProtocolViolation(error, sid or None, self.bad_frames))
+        if unreadable and not sid and self.role == "server" and kind == "completion_request":
+            # a request whose session cannot be read cannot be answered on its own: the client would wait
+            # for ever. Ending the connection is the one answer it gets (its sessions end with this error)
+            self._fail(ProtocolError(f"a request whose session_id cannot be read; closing ({error.message})"))
+            return
         if sid:
             if self.role == "client":
                 self._abandon_on_client(sid, error, peer_ended=kind in ("done", "error"))

@@ -597,3 +597,24 @@ def test_a_subclass_of_provider_info_is_sent_like_provider_info():
     pair.handshake()
     data = pair.server.send(Described(provider="p"))
     assert data == b'{"type":"provider_info","provider":"p"}\n'
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b'{"type":"completion_request","session_id":"\\ud800","model":"echo","messages":[]}\n',  # a lone surrogate
+        b'{"type":"completion_request","session_id":7,"model":"echo","messages":[]}\n',
+    ],
+)
+def test_a_request_whose_session_cannot_be_read_is_answered_by_ending_the_connection(frame):
+    """Its session cannot be told, so no session's error can answer it; left alone, the client would
+    wait for it until two more bad frames. Ending the connection answers it (and every other session)."""
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.inject_to_server(frame)
+    client_events, server_events = pair.pump()
+    assert [type(e) for e in server_events][-1] is ConnectionTerminated
+    assert "session_id cannot be read" in str(server_events[-1].error)
+    assert any(isinstance(e, Error) and e.session_id == "s1" and e.code == "INVALID_REQUEST" for e in client_events)
+    assert pair.server.closed
