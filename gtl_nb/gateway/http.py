@@ -70,7 +70,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
-from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, is_loopback
+from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
@@ -133,10 +133,6 @@ MAX_HEAD_BYTES = 64 * 1024
 check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""
 CLOSE_WAIT = 5.0
 """Seconds the last step of a shutdown waits for cancelled sessions and closing connections."""
-MIN_REQUEST_RATE = 32 * 1024
-"""Bytes a second a request must keep arriving at once ``header_timeout`` has passed: each byte received
-moves its deadline on by ``1 / MIN_REQUEST_RATE`` s. A 256 kbit/s uplink keeps up with it; a client sending
-a byte a second is cut at ``header_timeout``."""
 _WAITING, _HEAD, _BODY, _WHOLE = "waiting", "head", "body", "whole"
 """Where a connection's current request is: not begun, its head arriving, its body arriving, all of it in."""
 _CUT = "gtl_nb.cut"

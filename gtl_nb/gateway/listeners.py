@@ -51,6 +51,12 @@ Ready = Callable[[str], None]
 """Called once with the URL a client connects to, when the listener accepts connections."""
 
 
+MIN_REQUEST_RATE = 32 * 1024
+"""Bytes a second a request must keep arriving at once ``header_timeout`` has passed: each byte received
+moves its deadline on by ``1 / MIN_REQUEST_RATE`` s. A 256 kbit/s uplink keeps up with it; a client sending
+a byte a second is cut at ``header_timeout``. (HTTP requests and QUIC session streams alike.)"""
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address (or ``localhost``)."""
     if host == "localhost":

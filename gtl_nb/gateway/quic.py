@@ -41,7 +41,7 @@ from typing import Any
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
-from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown
+from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.queries import QueryDesk
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted
@@ -125,6 +125,11 @@ async def serve_quic(
         server.close()
 
 
+MAX_ARRIVING_FRAMES = 4
+"""Frames' worth of requests (``max_frame_bytes`` each) a connection's session streams may hold together
+before each is whole: without a bound, 128 streams each sending most of a frame held a GiB."""
+
+
 class _Gateway:
     """Every connection of one listener, the sessions they run, and the limits across them."""
 
@@ -193,6 +198,7 @@ class _Connection:
         self.where = "?"
         self.counted = False  # in the gateway's count of connections per address
         self.running: dict[int, _Session] = {}
+        self.arriving = 0  # bytes of requests not yet whole, over every session stream
         self.bad_streams = 0
         self.cancel_reason = "the client"
         self._closing: asyncio.Future[None] | None = None
@@ -202,6 +208,11 @@ class _Connection:
         peer.on_handshake = self._handshake
         peer.on_stream = self._stream
         peer.on_terminated = self._terminated
+
+    @property
+    def closing(self) -> bool:
+        """Whether the connection is closing (or closed): nothing more is written to it."""
+        return self._closing is not None
 
     # -- the connection's life ---------------------------------------------------------------------
 
@@ -392,6 +403,9 @@ class _Session:
         self.done = False  # the terminal event went out (or the stream was refused)
         self.client_done = False  # the client ended or reset its side
         self._cancelled = False
+        self._deadline: float | None = None  # (loop time) by when the request must be whole
+        self._late_timer: asyncio.TimerHandle | None = None
+        self._arriving = 0  # bytes of this stream's request received so far, until it is whole
 
     # -- what the client sends ---------------------------------------------------------------------
 
@@ -399,6 +413,8 @@ class _Session:
         self.client_done = self.client_done or end
         if self.done:
             self._forget_when_over()
+            return
+        if self.machine is None and not self._arrives(len(data)):
             return
         for item in self.reader.feed(data, end):
             if isinstance(item, CompletionRequest):
@@ -408,8 +424,63 @@ class _Session:
             else:
                 self.connection.violation(self, item)
 
+    def _arrives(self, size: int) -> bool:
+        """Count ``size`` more bytes of the request still arriving; ``False`` when the stream was refused.
+
+        As for an HTTP request: the request must arrive within ``header_timeout`` of its first byte, each
+        ``MIN_REQUEST_RATE`` bytes moving that on by a second (a stream trickling a byte every few
+        seconds is refused, its bytes let go), and every stream of the connection together may hold at
+        most ``MAX_ARRIVING_FRAMES`` frames' worth of requests not yet whole."""
+        connection = self.connection
+        loop = asyncio.get_running_loop()
+        if self._deadline is None:
+            self._deadline = loop.time() + connection.limits.header_timeout
+            self._late_timer = loop.call_at(self._deadline, self._late)
+        self._deadline += size / MIN_REQUEST_RATE
+        self._arriving += size
+        connection.arriving += size
+        limit = MAX_ARRIVING_FRAMES * self.max_frame_bytes
+        if connection.arriving > limit:  # (a client may send several large requests at once: not a bad stream)
+            why = f"the requests still arriving on this connection hold more than {limit:,} bytes; send this one later"
+            self._give_up(Error(session_id="", code="OVERLOADED", message=why, retryable=True), bad=False)
+            return False
+        return True
+
+    def _late(self) -> None:
+        if self.machine is not None or self.done or self._deadline is None or self.connection.closing:
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._deadline:  # bytes came since the timer was set: wait until the deadline they earned
+            self._late_timer = asyncio.get_running_loop().call_at(self._deadline, self._late)
+            return
+        why = (
+            f"the request did not arrive within {self.connection.limits.header_timeout:g} s "
+            f"(at least {MIN_REQUEST_RATE // 1024} KiB/s after that)"
+        )
+        self._give_up(Error(session_id="", code="TIMEOUT", message=why, retryable=True), bad=True)
+
+    def _give_up(self, refusal: Error, *, bad: bool) -> None:
+        """Refuse the stream whose request is too slow or too much, and let go of what it holds; ``bad``:
+        it counts toward the connection's bad streams."""
+        log.info("client %s: %s; stream %d refused", self.connection.where, refusal.message, self.stream_id)
+        self._stop_counting()
+        self.reader = RequestStream(self.max_frame_bytes)
+        self.reader.broken = True
+        self.refuse(refusal)
+        if bad:
+            self.connection.bad(InvalidRequestError(refusal.message))
+
+    def _stop_counting(self) -> None:
+        """The request is whole (or refused): its bytes no longer count as arriving."""
+        self.connection.arriving -= self._arriving
+        self._arriving = 0
+        if self._late_timer is not None:
+            self._late_timer.cancel()
+            self._late_timer = None
+
     def reset_received(self, code: int) -> None:
         self.client_done = True
+        self._stop_counting()
         self.cancel()  # the client gave up on the session
         if self.task is None:
             self.peer.forget(self.stream_id)
@@ -431,6 +502,7 @@ class _Session:
     # -- what the gateway sends --------------------------------------------------------------------
 
     def run(self, request: CompletionRequest, context: RequestContext) -> None:
+        self._stop_counting()
         self.machine = SessionStateMachine(request.session_id)
         self.task = asyncio.get_running_loop().create_task(
             self._run(request, context), name=f"gtl-quic-{request.session_id}"
@@ -478,6 +550,7 @@ class _Session:
 
     def refuse(self, event: Error) -> None:
         """End the stream with ``event`` without running anything (and cancel what runs, if anything)."""
+        self._stop_counting()
         self.cancel()
         if not self.done:
             self.done = True

@@ -532,3 +532,31 @@ def test_a_token_longer_than_a_frame_goes_as_several_frames_of_its_text():
     assert "".join(decode(piece).text for piece in frames) == text  # type: ignore[union-attr]
     with pytest.raises(FrameTooLargeError):
         frame(Error(session_id="s1", code="INTERNAL", message="x" * 400), 300)
+
+
+def test_a_request_trickling_in_or_piling_up_is_refused_and_its_bytes_let_go(quic_config, certs):
+    """As an HTTP request: a session stream's request must arrive within ``header_timeout`` (then at
+    32 KiB/s), and the requests still arriving on one connection hold at most four frames' worth —
+    a stream fed a byte every few seconds was held until the connection's idle timeout, and 128
+    streams of partial frames held up to a GiB."""
+    with quic_gateway(quic_config, certs, header_timeout=0.5, max_frame_bytes=64 * 1024) as gateway:
+
+        async def main() -> None:
+            async with raw_peer(gateway.url, certs) as (peer, _quic):
+                slow = open_raw(peer, b'{"type": "completion_request", "session_id": "slow", ')
+                await asyncio.wait_for(slow.ended.wait(), 5)
+                assert [(e.code, e.retryable) for e in slow.frames()] == [("TIMEOUT", True)]
+                assert "did not arrive within 0.5 s" in slow.frames()[0].message
+                piling = [open_raw(peer, b'{"type": "completion_request", "pad": "' + b"x" * 60_000) for _ in range(6)]
+                await asyncio.sleep(1.0)  # (each stream's bytes have arrived; none is late yet)
+                refused = [c.frames() for c in piling if c.ended.is_set()]
+                assert refused and all(
+                    [(e.code, e.retryable) for e in frames] == [("OVERLOADED", True)] for frames in refused
+                )
+                assert "hold more than 262,144 bytes" in refused[0][0].message and len(refused) <= 2
+            async with raw_peer(gateway.url, certs) as (peer, _quic):  # (the streams left above end up late)
+                good = open_raw(peer, frame(request("echo", "still served", "good")))
+                await asyncio.wait_for(good.ended.wait(), 10)
+                assert isinstance(good.frames()[-1], Done)
+
+        asyncio.run(main())
