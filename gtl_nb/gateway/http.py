@@ -131,6 +131,8 @@ _ENDPOINTS = ", ".join(
 MAX_HEAD_BYTES = 64 * 1024
 """Largest request head (h11's default was 16 KiB): an oversized token is then refused by the token
 check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""
+OVER_CAP_WAIT = 1.0
+"""Seconds a connection beyond the per-address cap may take to send the request its ``429`` answers."""
 CLOSE_WAIT = 5.0
 """Seconds the last step of a shutdown waits for cancelled sessions and closing connections."""
 _WAITING, _HEAD, _BODY, _WHOLE = "waiting", "head", "body", "whole"
@@ -383,6 +385,16 @@ class _HttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.guard.opened(transport, self.client)
         self._start_deadline()
+        if self.guard.refused(self.client):  # one too many: answered 429 at its request, or closed soon
+            self.loop.call_later(OVER_CAP_WAIT, self._over_cap_and_silent)
+
+    def _over_cap_and_silent(self) -> None:
+        """A connection beyond the per-address cap that sent no request yet: close it now with its 429
+        rather than hold it (and its descriptor) until ``header_timeout``."""
+        if self._phase is _WAITING and self.cycle is None and not self.transport.is_closing():
+            cap = self.guard.cap
+            error = OverloadedError(f"this address already has {cap} connections open to the gateway; reuse one")
+            self._cut(429, error, f"one connection more than the {cap} of its address, and silent")
 
     def data_received(self, data: bytes) -> None:
         if self._phase is _WHOLE:

@@ -133,6 +133,13 @@ def test_one_connection_too_many_from_an_address_is_answered_429(base_config):
                 gtl_nb.connect(served.url)
             with pytest.raises(OverloadedError):  # the WebSocket upgrade is refused the same way
                 gtl_nb.connect(served.url.replace("http://", "ws://"))
+            silent = socket.create_connection(_address(served.url))  # one too many, sending nothing
+            silent.settimeout(5)
+            started = time.monotonic()
+            answer = silent.recv(4096)  # closed within about a second, not held until header_timeout
+            assert answer.startswith(b"HTTP/1.1 429") and time.monotonic() - started < 3, answer
+            assert silent.recv(4096) == b""
+            silent.close()
             first.close()
             _ask(second)  # answered after the server has seen the first connection close
             assert httpx.get(f"{served.url}/healthz").status_code == 200
