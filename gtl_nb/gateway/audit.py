@@ -1218,8 +1218,7 @@ class AuditLog:
         }
         if self._full:
             record["prompt"] = pending.prompt if pending is not None else None
-            answer = getattr(event, "answer", None)
-            record["answer"] = answer if isinstance(answer, str) else None
+            record["answer"] = _answer_of(getattr(event, "answer", None))
         return record
 
     def _enqueue(self, record: dict[str, Any]) -> None:
@@ -1379,10 +1378,38 @@ def _code_of(reason: str) -> str:
     return code if code and len(code) <= 40 and code.replace("_", "").isalpha() and code.isupper() else "OTHER"
 
 
+FULL_TEXT_BYTES = 64 * 1024
+"""The most of a prompt (its messages as JSON) or of an answer a ``verbosity = "full"`` record keeps;
+past it, the record keeps the start, the whole's size and SHA-256. One caller's 8 MB prompt made a 16 MB
+record that rotated the log on its own: about a dozen of them pushed every earlier file out."""
+
+
 def _prompt_of(event: RequestStarted) -> Any:
-    """The request's messages, for ``verbosity = "full"`` (``RequestStarted.request``)."""
+    """The request's messages, for ``verbosity = "full"`` (``RequestStarted.request``), or — past
+    ``FULL_TEXT_BYTES`` of JSON — what ``_cut_short`` keeps of them."""
     messages = getattr(getattr(event, "request", None), "messages", None)
-    return None if messages is None else msgspec.to_builtins(messages)
+    if messages is None:
+        return None
+    encoded = msgspec.json.encode(messages)
+    if len(encoded) <= FULL_TEXT_BYTES:
+        return msgspec.to_builtins(messages)
+    return _cut_short(encoded.decode("utf-8", "replace"), len(encoded), hashlib.sha256(encoded).hexdigest())
+
+
+def _answer_of(answer: Any) -> Any:
+    """The answer's text for a full record, or what ``_cut_short`` keeps of one past ``FULL_TEXT_BYTES``."""
+    if not isinstance(answer, str):
+        return None
+    encoded = answer.encode("utf-8", "surrogatepass")
+    if len(encoded) <= FULL_TEXT_BYTES:
+        return answer
+    return _cut_short(answer, len(encoded), hashlib.sha256(encoded).hexdigest())
+
+
+def _cut_short(text: str, size: int, digest: str) -> dict[str, Any]:
+    """The start of a text too long to keep whole, with its size in bytes and its SHA-256 (so a copy
+    kept elsewhere can be matched to the record)."""
+    return {"truncated": True, "bytes": size, "sha256": digest, "start": text[: FULL_TEXT_BYTES // 4]}
 
 
 def read_records(path: Path, *, last: int | None = None) -> Iterator[dict[str, Any]]:

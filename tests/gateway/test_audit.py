@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 
 from gtl_nb import sim
@@ -229,6 +230,26 @@ def test_prompts_and_answers_only_at_full_verbosity_and_the_token_never(tmp_path
     else:
         assert record["prompt"] == [{"role": "user", "content": f"Say hello. {PROMPT_CANARY}"}]
         assert record["answer"] == f"Hello! {PROMPT_CANARY}"
+
+
+def test_a_full_record_keeps_the_start_size_and_hash_of_a_huge_prompt_or_answer(tmp_path):
+    """One caller's 8 MB prompt made a 16 MB record that rotated the log by itself: a dozen pushed every
+    earlier file out. A record keeps at most ``FULL_TEXT_BYTES`` of each, and how to match the rest."""
+    import hashlib
+
+    from gtl_nb.gateway.audit import FULL_TEXT_BYTES
+
+    log_path = tmp_path / "audit.jsonl"
+    huge = "word " * 400_000
+    message = CompletionRequest(session_id="s1", model="echo", messages=[Message(role="user", content=huge)])
+    with AuditLog(AuditSettings(path=log_path, verbosity="full", fsync=False)) as audit:
+        audit(StartedWithRequest(session_id="s1", context=CONTEXT, model="echo", request=message))
+        audit(finished("s1", answer=huge))
+    (record,) = records(log_path)
+    assert log_path.stat().st_size < 3 * FULL_TEXT_BYTES
+    for kept, whole in ((record["prompt"], msgspec.json.encode(message.messages)), (record["answer"], huge.encode())):
+        assert kept["truncated"] is True and kept["bytes"] == len(whole)
+        assert kept["sha256"] == hashlib.sha256(whole).hexdigest() and kept["start"].startswith(('[{"role"', "word"))
 
 
 def test_full_verbosity_records_what_a_real_engine_was_asked_and_answered(tmp_path, upstream):
