@@ -301,6 +301,8 @@ def test_a_lifetime_beyond_the_policy_is_refused():
         ({"exp": "tomorrow"}, "bad-claim"),
         ({"iat": True}, "bad-claim"),
         ({"sub": "ali\nce"}, "bad-claim"),
+        ({"sub": "\ud800"}, "bad-claim"),  # a lone surrogate: the ledger stored six other characters
+        ({"sub": "ali\x85ce"}, "bad-claim"),  # a C1 control
         ({"jti": 12}, "bad-claim"),
         ({"tenant": ""}, "bad-claim"),
         ({"provider_keys": ["openai"]}, "bad-claim"),

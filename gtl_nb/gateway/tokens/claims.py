@@ -4,6 +4,7 @@ names, times and JSON, and the strict JSON reading that the header, the claims a
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from gtl_nb.protocol.codec import nesting_exceeds
@@ -23,8 +24,13 @@ _MAX_JSON_DEPTH = 8  # claims are flat; provider_keys is the deepest (2)
 
 
 def is_name(value: Any) -> bool:
-    """A non-empty string of at most ``MAX_NAME`` characters without control characters."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_NAME and all(ch >= " " and ch != "\x7f" for ch in value)
+    """A non-empty string of at most ``MAX_NAME`` characters without control characters (C0, DEL, C1) or
+    lone surrogates: a name goes into ledger rows, logs and audit records, which must read it back as
+    the token said it (a ``\ud800`` subject was stored as six other characters)."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_NAME and not _NOT_IN_A_NAME.search(value)
+
+
+_NOT_IN_A_NAME = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")  # one character class: linear
 
 
 def is_time(value: Any) -> bool:
