@@ -15,7 +15,9 @@ the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``.
 from __future__ import annotations
 
 import base64
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from gtl_nb.sim.answers import Answer
@@ -141,26 +143,47 @@ def _error_body(type_: str, message: str, request_id: str = "req_011Sim000000000
     return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
 
 
-def _boundaries(body: dict[str, Any]) -> list[tuple[dict[str, Any], bool]]:
-    """Every block boundary of the prompt in Anthropic's prefix order (tools, system, messages): the
-    prompt up to it, as a body of its own, and whether a ``cache_control`` marker stands there."""
+def _boundaries(body: dict[str, Any]) -> list[tuple[Callable[[], dict[str, Any]], bool]]:
+    """Every block boundary of the prompt in Anthropic's prefix order (tools, system, messages): how to
+    build the prompt up to it, as a body of its own, and whether a ``cache_control`` marker stands
+    there. A prefix is built only when asked (at the marks and the blocks just before them): building
+    every prefix of a prompt of n blocks took memory quadratic in n (100,000 system blocks, 10 GB)."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
     raw_system = body.get("system")
     if isinstance(raw_system, str):
         raw_system = [{"type": "text", "text": raw_system}] if raw_system else []
     system = [b for b in raw_system or [] if isinstance(b, dict)] if isinstance(raw_system, list) else []
     messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
-    out: list[tuple[dict[str, Any], bool]] = []
-    out += [({"tools": tools[: i + 1], "system": [], "messages": []}, _marked(t)) for i, t in enumerate(tools)]
-    out += [({"tools": tools, "system": system[: i + 1], "messages": []}, _marked(b)) for i, b in enumerate(system)]
+    parts = (tools, system, messages)
+    out: list[tuple[Callable[[], dict[str, Any]], bool]] = []
+    out += [(functools.partial(_prefix, parts, i + 1, 0), _marked(t)) for i, t in enumerate(tools)]
+    out += [(functools.partial(_prefix, parts, len(tools), i + 1), _marked(b)) for i, b in enumerate(system)]
     for i, message in enumerate(messages):
         content = message.get("content")
         blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
         for j, block in enumerate(blocks if isinstance(blocks, list) else []):
             if isinstance(block, dict):
-                turn = {**message, "content": blocks[: j + 1]}
-                out.append(({"tools": tools, "system": system, "messages": [*messages[:i], turn]}, _marked(block)))
+                turn = functools.partial(_turn, message, blocks, j + 1)
+                out.append((functools.partial(_prefix, parts, len(tools), len(system), i, turn), _marked(block)))
     return out
+
+
+def _prefix(
+    parts: tuple[list[Any], list[Any], list[Any]],
+    tools: int,
+    system: int,
+    messages: int = 0,
+    turn: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The prompt's first ``tools`` tools, ``system`` blocks and ``messages`` messages, then ``turn``."""
+    all_tools, all_system, all_messages = parts
+    kept = all_messages[:messages] + ([turn()] if turn is not None else [])
+    return {"tools": all_tools[:tools], "system": all_system[:system], "messages": kept}
+
+
+def _turn(message: dict[str, Any], blocks: list[Any], count: int) -> dict[str, Any]:
+    """``message`` with its first ``count`` content blocks."""
+    return {**message, "content": blocks[:count]}
 
 
 def _marked(block: dict[str, Any]) -> bool:
@@ -376,8 +399,8 @@ class AnthropicSim:
         before = {i for mark in marks for i in range(max(0, mark - LOOKBACK_BLOCKS), mark)} - set(marks)
         lifetimes = [_lifetime(block) for _, block in _marker_blocks(body)]
         return self.prompt_cache.use(
-            [(*sized(boundaries[i][0]), lifetime) for i, lifetime in zip(marks, lifetimes, strict=True)],
-            [sized(boundaries[i][0]) for i in sorted(before)],
+            [(*sized(boundaries[i][0]()), lifetime) for i, lifetime in zip(marks, lifetimes, strict=True)],
+            [sized(boundaries[i][0]()) for i in sorted(before)],
             minimum_tokens=claude_minimum(model),
         )
 

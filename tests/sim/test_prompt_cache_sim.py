@@ -310,3 +310,24 @@ def test_a_five_minute_reread_does_not_shorten_an_hours_entry():
     assert cache.use([("system", 1500, 300.0)]).read == 1500  # reread by a five-minute mark
     clock.now += 1800.0  # past five minutes: the hour paid for still holds
     assert cache.use([("system", 1500, 300.0)]).read == 1500
+
+
+def test_a_prompt_of_many_blocks_costs_memory_in_proportion_not_its_square():
+    """Every block boundary's prefix was built up front: 100,000 system blocks drove the simulator to
+    10 GB. Prefixes are built only where the cache looks (the marks and the blocks before them)."""
+    import tracemalloc
+
+    from gtl_nb.sim.anthropic import _boundaries
+
+    blocks = [{"type": "text", "text": f"rule {n}"} for n in range(20_000)]
+    blocks[-1] = {**blocks[-1], "cache_control": {"type": "ephemeral"}}
+    body = {"model": "claude-sonnet-4-5", "system": blocks, "messages": [{"role": "user", "content": "hi"}]}
+    tracemalloc.start()
+    try:
+        boundaries = _boundaries(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(boundaries) == 20_001 and peak < 50_000_000  # its square would be gigabytes
+    prefix, marked = boundaries[19_999]
+    assert marked and prefix()["system"] == blocks and prefix()["messages"] == []
