@@ -1000,7 +1000,7 @@ class Engine:
                         # breaker replicas may share, no retry (none mends it): fail over
                         last_failure = (target, failed)
                         break
-                    if failed.retryable:
+                    if failed.retryable and not _momentary_limit(failed):
                         self._breaker_changed(target.name, await breakers.record_failure(target.name))
                         grant = None
                     if not failed.retryable:
@@ -1410,6 +1410,17 @@ def _never_waits(store: Any) -> bool:
     counters). Such a call is awaited directly: nothing can cancel it half-way, so it needs neither a
     task of its own nor a shield, which cost more than the call itself."""
     return type(store) in (MemoryBreakerStore, MemoryBudgetCounter)
+
+
+MOMENTARY_LIMIT = 1.0
+"""Seconds: a rate limit whose provider asks for less than this before the next try is a momentary
+throttle, which the request's own retry rides out — not a verdict on the deployment's health. Counted,
+a burst of 429s asking for 20 ms opened the circuit and shut every caller out for its whole cooldown."""
+
+
+def _momentary_limit(error: Error) -> bool:
+    """Whether ``error`` is a rate limit the provider expects to lift within ``MOMENTARY_LIMIT``."""
+    return error.code == "RATE_LIMIT" and error.retry_after is not None and error.retry_after < MOMENTARY_LIMIT
 
 
 def _scrubbed(event: Error, deployment: Deployment) -> Error:

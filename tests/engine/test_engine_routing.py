@@ -341,6 +341,29 @@ def test_breaker_opens_cools_down_and_closes_again():
         assert asyncio.run(engine.breaker_states())["openai"]["state"] == "closed"
 
 
+@pytest.mark.parametrize(("retry_after", "opens"), [(0.02, False), (7, True)])
+def test_a_rate_limit_opens_the_circuit_unless_it_asks_for_under_a_second(retry_after, opens):
+    """A 429 asking for 20 ms is a throttle the request's retry rides out: counted, a burst of them shut
+    every caller out for the breaker's whole cooldown. One asking for seconds counts."""
+    with sim.serve("openai", faults=[sim.Fault.http(429, retry_after=retry_after)] * 3) as s:
+        settings = load_settings(
+            providers={"openai": openai_conf(s.base_url)},
+            environ={},
+            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 1}},
+        )
+        engine = build_engine(settings, ledger=False, clock=FakeClock(), sleep=RecordedSleep())
+
+        def ask(i: int) -> Error:
+            request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
+            return run(engine, request)[-1]
+
+        assert [ask(1).code, ask(2).code] == ["RATE_LIMIT", "RATE_LIMIT"]
+        state = asyncio.run(engine.breaker_states())["openai"]["state"]
+        third = ask(3)
+    assert (state == "open") is opens, state
+    assert third.code == ("PROVIDER_UNAVAILABLE" if opens else "RATE_LIMIT"), third  # refused, or asked again
+
+
 def test_an_open_circuit_is_skipped_in_favour_of_a_healthy_deployment():
     with sim.serve("openai", faults=sim.Fault.http(503)) as bad, sim.serve("openai") as good:
         client = connect(
