@@ -247,7 +247,7 @@ def wait_closed(sock: socket.socket, limit: float, *, drip: bytes = b"", interva
 
 def http_request(method: str, path: str, body: bytes = b"", *headers: str, length: bool = True) -> bytes:
     """A whole HTTP/1.1 request (``content-length`` added unless ``length`` is false)."""
-    lines = [f"{method} {path} HTTP/1.1", "host: gateway", *headers]
+    lines = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", *headers]
     if length and method == "POST":
         lines.append(f"content-length: {len(body)}")
     return "\r\n".join([*lines, "", ""]).encode() + body

@@ -157,7 +157,10 @@ def test_half_open_connections_are_closed_and_their_sessions_end(gateway):
     def http_shut_after_request() -> None:
         # a whole request, then the client shuts its write side: uvicorn takes the end of input for a client
         # that left, so the connection closes (unanswered) and the session, if it started, ends
-        for data in (http_request("POST", "/v1/gtl", REQUEST), b"POST /v1/gtl HTTP/1.1\r\nhost: x\r\ncontent-le"):
+        for data in (
+            http_request("POST", "/v1/gtl", REQUEST),
+            b"POST /v1/gtl HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-le",
+        ):
             with dial(gateway, source) as sock:
                 sock.sendall(data)
                 sock.shutdown(socket.SHUT_WR)
