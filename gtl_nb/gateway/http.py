@@ -647,6 +647,22 @@ def _error_response(exc: GTLError, status: int, session_id: str = "", headers: d
     )
 
 
+def _in_the_callers_shape(request: Any, exc: GTLError, status: int) -> Any:
+    """An error in the shape the caller's SDK reads — Anthropic's (it sends ``anthropic-version``),
+    OpenAI's (``x-stainless-*`` headers without it), else GTL's — so a mistyped path is a readable
+    ``NotFoundError`` with its advice, not raw JSON the SDK cannot parse."""
+    headers = request.headers
+    if "anthropic-version" in headers:
+        from gtl_nb.gateway.compat import anthropic
+
+        return anthropic.error_reply(exc.to_event(), status=status, kind="not_found_error")
+    if any(name.startswith("x-stainless-") for name in headers):
+        from gtl_nb.gateway.compat import openai
+
+        return openai.error_reply(exc.to_event(), status=status, kind="invalid_request_error", code="unknown_url")
+    return _error_response(exc, status)
+
+
 def _body_refusal(exc: GTLError) -> Any:
     """A body that is too large (``413``) or not the frame the endpoint takes (``400``), answered with
     the session id the body claimed, when it could be read (the caller's way to match the answer)."""
@@ -1137,7 +1153,14 @@ def build_app(
         if request.url.path == "/metrics" and metrics is None:  # a scraper's first request: say how to turn them on
             off = "metrics are off on this gateway: its operator turns them on in [gateway.metrics]"
             return _error_response(InvalidRequestError(f"no endpoint at {where}; {off} (docs/operations.md)"), 404)
-        return _error_response(InvalidRequestError(f"no endpoint at {where}; this gateway serves {_ENDPOINTS}"), 404)
+        if request.url.path.startswith("/v1/v1/"):  # an SDK given a base URL that ends in /v1 already
+            advice = (
+                "the SDK's base URL ends in /v1 already: give the Anthropic SDK the gateway's root "
+                f"({request.base_url}), the OpenAI SDK its /v1 ({request.base_url}v1)"
+            )
+        else:
+            advice = f"this gateway serves {_ENDPOINTS}"
+        return _in_the_callers_shape(request, InvalidRequestError(f"no endpoint at {where}; {advice}"), 404)
 
     async def not_allowed(request: Request, exc: Exception) -> Any:
         allow = (exc.headers or {}).get("Allow", "") if isinstance(exc, HTTPException) else ""

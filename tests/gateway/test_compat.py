@@ -561,6 +561,20 @@ def test_what_gtl_has_no_message_for_is_a_clear_not_found(oai, claude):
         claude.messages.count_tokens(model=target("openai"), messages=[{"role": "user", "content": "hello"}])
 
 
+def test_an_sdk_given_a_base_url_ending_in_v1_twice_reads_an_error_saying_so(base_url):
+    """``Anthropic(base_url=".../v1")`` posts to ``/v1/v1/messages``: its 404 came in GTL's shape, which the
+    SDK printed as raw JSON. Each SDK now reads an error of its own kind, saying which base URL to give."""
+    wrong_claude = anthropic.Anthropic(base_url=f"{base_url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        wrong_claude.messages.create(model="echo", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.body["error"]["type"] == "not_found_error"
+    assert "ends in /v1 already" in caught.value.message and f"({base_url}/)" in caught.value.message
+    wrong_openai = openai.OpenAI(base_url=f"{base_url}/v1/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="ends in /v1 already") as seen:
+        wrong_openai.chat.completions.create(model="echo", messages=chat())
+    assert seen.value.code == "unknown_url"
+
+
 def test_a_wrong_method_on_a_compatible_path_is_refused_in_that_apis_shape(oai, claude, base_url):
     import httpx
 
