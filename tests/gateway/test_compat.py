@@ -406,8 +406,20 @@ def test_anthropic_sdk_image_block_reaches_the_provider(claude, backends):
 
 
 def test_anthropic_sdk_lists_the_gateways_models(claude):
-    ids = [model.id for model in claude.models.list()]
+    ids = [model.id for model in claude.models.list()]  # the SDK walks every page
     assert "openai:gpt-4o-mini" in ids and "gpt-4o-mini" in ids and "echo" in ids
+    assert len(ids) == len(set(ids)) > 20
+    # pages as the API pages them: limit, after_id, before_id, has_more (they were ignored: one page of all)
+    first = claude.models.list(limit=5)
+    assert [model.id for model in first.data] == ids[:5] and first.has_more and first.last_id == ids[4]
+    following = claude.models.list(limit=5, after_id=first.last_id)
+    assert [model.id for model in following.data] == ids[5:10]
+    earlier = claude.models.list(limit=3, before_id=ids[5])
+    assert [model.id for model in earlier.data] == ids[2:5] and earlier.has_more
+    last = claude.models.list(limit=1000, after_id=ids[-3])
+    assert [model.id for model in last.data] == ids[-2:] and not last.has_more
+    with pytest.raises(anthropic.BadRequestError, match="limit"):
+        claude.models.list(limit=0)
 
 
 def test_a_model_name_the_gateway_answers_to_can_be_retrieved(claude, oai):

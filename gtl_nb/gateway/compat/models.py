@@ -4,14 +4,14 @@ Every model of every deployment (``engine.provider_info()``) is listed as ``depl
 form that always reaches that deployment — and also under its bare name when exactly one deployment
 lists it, so the bare name is unambiguous. The shape follows the caller: the Anthropic SDK sends an
 ``anthropic-version`` header and gets ``{"data": [{"type": "model", …}], "has_more", "first_id",
-"last_id"}``; anyone else gets OpenAI's ``{"object": "list", "data": [{"id", "object": "model",
+"last_id"}``, a page at a time (``limit``, ``after_id``, ``before_id``); anyone else gets OpenAI's ``{"object": "list", "data": [{"id", "object": "model",
 "created", "owned_by"}]}`` (``owned_by`` is the deployment).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gtl_nb.protocol.messages import ProviderInfo
@@ -34,18 +34,42 @@ def openai_listing(infos: list[ProviderInfo]) -> dict[str, Any]:
     return {"object": "list", "data": data}
 
 
-def anthropic_listing(infos: list[ProviderInfo]) -> dict[str, Any]:
-    """Anthropic's model list (one page: the gateway lists everything at once)."""
-    data = [
-        {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
-        for name, _ in model_ids(infos)
-    ]
+ANTHROPIC_PAGE = 20
+"""Models a page of Anthropic's list holds when ``limit`` is not given (its API's default)."""
+ANTHROPIC_MAX_PAGE = 1000
+
+
+def anthropic_listing(infos: list[ProviderInfo], query: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Anthropic's model list, one page of it as its API pages: ``limit`` (1 to 1,000, default 20),
+    then the models after ``after_id`` or before ``before_id``; ``has_more`` says whether more follow
+    (the SDK's iterator walks the pages). ``ValueError`` names a parameter it cannot read."""
+    query = query or {}
+    ids = [name for name, _ in model_ids(infos)]
+    limit = _page_size(query.get("limit"))
+    after, before = query.get("after_id"), query.get("before_id")
+    if after is not None and before is not None:
+        raise ValueError("give after_id or before_id, not both")
+    if before is not None:
+        end = ids.index(before) if before in ids else len(ids)
+        page, more = ids[max(0, end - limit) : end], end - limit > 0
+    else:
+        start = ids.index(after) + 1 if after in ids else 0
+        page, more = ids[start : start + limit], start + limit < len(ids)
+    data = [{"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"} for name in page]
     return {
         "data": data,
-        "has_more": False,
+        "has_more": more,
         "first_id": data[0]["id"] if data else None,
         "last_id": data[-1]["id"] if data else None,
     }
+
+
+def _page_size(raw: str | None) -> int:
+    if raw is None:
+        return ANTHROPIC_PAGE
+    if not raw.isdigit() or not 1 <= int(raw) <= ANTHROPIC_MAX_PAGE:
+        raise ValueError(f"limit: expected a whole number from 1 to {ANTHROPIC_MAX_PAGE}, not {raw[:20]!r}")
+    return int(raw)
 
 
 def find_model(

@@ -15,7 +15,7 @@ from gtl_nb.gateway.listeners import Limits
 from gtl_nb.gateway.permissions import visible_providers
 from gtl_nb.gateway.scopes import require_scope
 from gtl_nb.gateway.sessions import Authenticate
-from gtl_nb.protocol.errors import GTLError, ModelNotFoundError
+from gtl_nb.protocol.errors import GTLError, InvalidRequestError, ModelNotFoundError
 from gtl_nb.protocol.messages import Error
 
 __all__ = ["compat_routes"]
@@ -72,7 +72,12 @@ class _Models:
         except GTLError as exc:
             return _refusal(exc, styled)
         infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
-        return json_reply(200, anthropic_listing(infos) if styled else openai_listing(infos))
+        if not styled:
+            return json_reply(200, openai_listing(infos))
+        try:
+            return json_reply(200, anthropic_listing(infos, request.query_params))
+        except ValueError as exc:
+            return _refusal(InvalidRequestError(str(exc)), styled)
 
     def _listed_name(self, deployment: str, name: str) -> str | None:
         """The catalog's name of the entry ``name`` is an alias of, at ``deployment``'s provider type, or
