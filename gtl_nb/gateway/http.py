@@ -761,10 +761,13 @@ def _from_a_web_page(scope: Any) -> str | None:
 
 
 def _host_name(host: str) -> str:
-    """``host`` of a ``Host`` header without its port (``[::1]:8787`` → ``::1``)."""
+    """``host`` of a ``Host`` header without its port (``[::1]:8787`` → ``::1``), as DNS compares names:
+    case folded, without a final dot (``LOCALHOST.:8787`` → ``localhost``)."""
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name = host[1 : host.find("]")] if "]" in host else host
+    else:
+        name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    return name.lower().rstrip(".")
 
 
 def _forwarded(scope: Any, trusted: TrustedProxies) -> Any:

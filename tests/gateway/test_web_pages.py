@@ -37,7 +37,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGateway]:
 
 def test_programs_on_this_machine_are_served(gateway: LocalGateway):
     url = gateway.url("http")
-    for host in (None, "localhost", "127.0.0.1", f"localhost:{url.rpartition(':')[2]}"):
+    port = url.rpartition(":")[2]
+    for host in (None, "localhost", "127.0.0.1", f"localhost:{port}", f"LOCALHOST.:{port}", f"[::1]:{port}"):
         headers = {"host": host} if host else {}
         answer = httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=headers, timeout=30)
         assert answer.status_code == 200, answer.text

@@ -4,8 +4,9 @@ Every model of every deployment (``engine.provider_info()``) is listed as ``depl
 form that always reaches that deployment — and also under its bare name when exactly one deployment
 lists it, so the bare name is unambiguous. The shape follows the caller: the Anthropic SDK sends an
 ``anthropic-version`` header and gets ``{"data": [{"type": "model", …}], "has_more", "first_id",
-"last_id"}``, a page at a time (``limit``, ``after_id``, ``before_id``); anyone else gets OpenAI's ``{"object": "list", "data": [{"id", "object": "model",
-"created", "owned_by"}]}`` (``owned_by`` is the deployment).
+"last_id"}``, a page at a time (``limit``, ``after_id``, ``before_id``); anyone else gets OpenAI's
+``{"object": "list", "data": [{"id", "object": "model", "created", "owned_by"}]}`` (``owned_by`` is the
+deployment).
 """
 
 from __future__ import annotations
