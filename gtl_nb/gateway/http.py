@@ -375,6 +375,7 @@ class _HttpProtocol(HttpToolsProtocol):
         self._phase = _WAITING  # where the client's current request is (module constants)
         self._head_bytes = 0  # bytes received since the current request's head began (an incomplete head's size)
         self._head_size = 0  # the parsed head's size: its URL and header lines
+        self._codings: list[bytes] = []  # the current request's transfer codings, as its head lists them
         self._completed = False  # a request became whole during the current read
         self._keep_alive_held: Any = None  # the cycle whose keep-alive waits for its body (on_headers_complete)
         self._close_after_answer = False  # a shutdown found a request queued behind an answer being written
@@ -423,6 +424,7 @@ class _HttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         self._phase = _HEAD
         self._head_size = 0
+        self._codings = []
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -431,12 +433,22 @@ class _HttpProtocol(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4  # ": " and CRLF
+        if name.lower() == b"transfer-encoding":
+            self._codings += [coding.strip().lower() for coding in value.split(b",")]
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         if self._head_size > MAX_HEAD_BYTES:  # whole, but over the limit (it may have come in several reads)
             what = f"the request head is longer than {MAX_HEAD_BYTES // 1024} KiB"
             self._cut(431, InvalidRequestError(what), what)  # (judged as a head: no cycle of its own yet)
+            self._phase = _BODY
+            return
+        codings, self._codings = self._codings, []
+        if codings and codings != [b"chunked"]:
+            # RFC 9112 (6.1): a transfer coding the server does not know is answered 501. Read as plain
+            # chunked, "gzip, chunked" handed the application compressed bytes as if they were JSON
+            what = f"transfer-encoding {b', '.join(codings).decode('latin-1')[:60]!r}: only chunked is understood"
+            self._cut(501, InvalidRequestError(what), what)
             self._phase = _BODY
             return
         self._phase = _BODY

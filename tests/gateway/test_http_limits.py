@@ -547,3 +547,22 @@ def test_tls_asked_of_a_plaintext_port_says_which_scheme_to_use(base_config, tls
         # (https:// is discovery's, which may try other forms: its error is "found no gateway", with the hint)
         with pytest.raises(GTLError, match=f"(plain text, not TLS|serves no TLS).*connect with {plain}://"):
             gtl_nb.connect(url).complete(f"echo:{MODEL}", "hi")
+
+
+@pytest.mark.parametrize("codings", [b"gzip, chunked", b"deflate", b"identity"])
+def test_a_transfer_coding_other_than_chunked_is_answered_501(base_config, codings):
+    """RFC 9112: a transfer coding the server does not know is answered 501 — read as plain chunked,
+    "gzip, chunked" handed compressed bytes to the JSON reader as if they were the body."""
+    body = json.dumps(REQUEST).encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    head = b"POST /v1/gtl HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+    with serving(base_config) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.settimeout(5)
+        sock.sendall(head + b"transfer-encoding: " + codings + b"\r\n\r\n" + chunked)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 501"), answer[:200]
+        assert b"only chunked is understood" in answer
+        assert httpx.get(f"{served.url}/healthz").status_code == 200
