@@ -462,6 +462,9 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
     audio = [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]
     with pytest.raises(openai.BadRequestError, match="input_audio"):
         oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": audio}])
+    with pytest.raises(openai.BadRequestError, match="text only") as audio_out:  # message.audio would be None
+        oai.chat.completions.create(model=target("openai"), messages=chat(), modalities=["text", "audio"])
+    assert audio_out.value.param == "modalities"
     with pytest.raises(anthropic.BadRequestError, match="max_tokens: this field is required"):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
 

@@ -22,8 +22,10 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   A marker other than ``{"type": "ephemeral"}`` is refused (400).
 * ``parallel_tool_calls: false`` → GTL's ``"parallel": false`` in ``tool_choice`` (at most one tool
   call; a deployment whose API cannot be so limited is skipped, else the request is refused).
-* Anything else (``seed``, ``user``, ``logprobs``, penalties, ``store``, ``metadata``…) is accepted
-  and ignored, as a proxy in front of a model that lacks it would.
+* ``modalities`` asking for anything but text (audio output) is refused (400): the answer is text.
+* Anything else (``seed``, ``user``, ``logprobs``, penalties, ``store``, ``metadata``,
+  ``reasoning_effort``, ``verbosity``…) is accepted and ignored, as a proxy in front of a model that
+  lacks it would (a deployment's own ``reasoning_effort`` option sets the effort its requests use).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     n = body.get("n")
     if n is not None and n != 1:
         raise FieldError("n", "the gateway answers with one choice; n must be 1")
+    modalities = body.get("modalities")
+    if isinstance(modalities, list) and any(kind != "text" for kind in modalities):
+        # an app asking for audio reads message.audio: answered in text only, it would find None there
+        raise FieldError("modalities", "the gateway answers in text only; modalities must be [\"text\"]")
     for legacy in ("functions", "function_call"):
         if body.get(legacy) is not None:
             raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
