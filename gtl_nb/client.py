@@ -1066,12 +1066,14 @@ def _completion_or_raise(outcome: Completion | GTLError) -> Completion:
 MAX_ARGUMENT_DEPTH = 64
 
 
-def _one_call_at_most(tool_choice: str | dict[str, Any] | None) -> dict[str, Any]:
+def _one_call_at_most(tool_choice: str | dict[str, Any] | None) -> str | dict[str, Any]:
     """``tool_choice`` with GTL's ``"parallel": false`` (a tool's name, a mode word or an object)."""
     if tool_choice is None:
         return {"type": "auto", "parallel": False}
     if isinstance(tool_choice, str):
         word = tool_choice.strip()
+        if word == "none":  # calls nothing: nothing to limit
+            return word
         return {"type": word, "parallel": False} if word in _MODE_WORDS else {"name": word, "parallel": False}
     if not isinstance(tool_choice, dict):
         raise InvalidRequestError(f"tool_choice must be a string or an object, not {type(tool_choice).__name__}")

@@ -1000,7 +1000,11 @@ class Engine:
                         # breaker replicas may share, no retry (none mends it): fail over
                         last_failure = (target, failed)
                         break
-                    if failed.retryable and not _momentary_limit(failed):
+                    if failed.retryable and _momentary_limit(failed):
+                        if grant == "probe":  # no verdict, but the probe's slot is given back before a retry
+                            await asyncio.shield(breakers.release(target.name))
+                        grant = None
+                    elif failed.retryable:
                         self._breaker_changed(target.name, await breakers.record_failure(target.name))
                         grant = None
                     if not failed.retryable:

@@ -764,12 +764,20 @@ def _from_a_web_page(scope: Any) -> str | None:
             f"this development gateway answers requests addressed to a loopback name only, not {host[:100]!r}: "
             'with auth = "none" or "token" it checks no GhostToken, and a web page could use it (DNS rebinding)'
         )
-    if origin is not None and not is_loopback(urlsplit(origin).hostname or ""):
+    if origin is not None and not is_loopback(_origin_host(origin)):
         return (
             f"this development gateway refuses requests from web pages (Origin {origin[:100]!r}): with "
             'auth = "none" or "token" it checks no GhostToken, so any page could spend the provider keys'
         )
     return None
+
+
+def _origin_host(origin: str) -> str:
+    """The host of an ``Origin`` header (``""`` for one that is no URL: ``null``, a broken ``[::1``)."""
+    try:
+        return (urlsplit(origin).hostname or "").rstrip(".")
+    except ValueError:
+        return ""
 
 
 def _host_name(host: str) -> str:

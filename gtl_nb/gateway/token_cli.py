@@ -269,10 +269,11 @@ def _list(args: argparse.Namespace) -> int:
     # columns as wide as their widest value: ids are 32 characters, subjects what the operator chose
     jti_width = max(3, *(len(row["jti"]) for row in rows))
     subject_width = max(7, *(len(row["subject"]) for row in rows))
-    print(f"{'JTI':<{jti_width}}  {'SUBJECT':<{subject_width}}  {'STATE':<8} {'EXPIRES (UTC)':<17} SCOPES")
+    state_width = max(5, *(len(row["state"]) for row in rows))
+    print(f"{'JTI':<{jti_width}}  {'SUBJECT':<{subject_width}}  {'STATE':<{state_width}}  {'EXPIRES (UTC)':<17} SCOPES")
     for row in rows:
         print(
-            f"{row['jti']:<{jti_width}}  {row['subject']:<{subject_width}}  {row['state']:<8} "
+            f"{row['jti']:<{jti_width}}  {row['subject']:<{subject_width}}  {row['state']:<{state_width}}  "
             f"{row['expires']:<17} {' '.join(row['scopes'])}"
         )
     return 0

@@ -493,6 +493,12 @@ def parse_tool_choice(choice: str | Mapping[str, Any] | None) -> ToolChoice | No
     return ToolChoice("tool", word, parallel) if word else None
 
 
+def calls_no_tool(tool_choice: str | Mapping[str, Any] | None) -> bool:
+    """Whether ``tool_choice`` is ``none`` in any of its forms (``"none"``, ``{"type": "none", …}``)."""
+    choice = parse_tool_choice(tool_choice)
+    return choice is not None and choice.mode == "none"
+
+
 def one_call_at_most(request: CompletionRequest) -> bool:
     """Whether ``request`` offers tools and allows at most one call in its answer (``parallel: false``)."""
     if not request.tools:

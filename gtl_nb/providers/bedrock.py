@@ -95,6 +95,7 @@ from gtl_nb.providers.base import (
     arguments_object,
     cache_points,
     cache_ttls_in_order,
+    calls_no_tool,
     code_for_status,
     ends_response,
     error_boundary,
@@ -370,7 +371,7 @@ def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
 def _tool_config(request: CompletionRequest, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     if not request.tools:
         return None
-    if request.tool_choice == "none" and not _has_tool_blocks(messages):
+    if calls_no_tool(request.tool_choice) and not _has_tool_blocks(messages):
         return None
     refuse_one_call_at_most(request, "Bedrock's Converse")
     tools = []
@@ -380,7 +381,7 @@ def _tool_config(request: CompletionRequest, messages: list[dict[str, Any]]) -> 
             spec["description"] = tool.description
         tools.append({"toolSpec": spec})
     config: dict[str, Any] = {"tools": tools}
-    choice = None if request.tool_choice == "none" else _tool_choice(request.tool_choice)
+    choice = None if calls_no_tool(request.tool_choice) else _tool_choice(request.tool_choice)
     if choice is not None:
         config["toolChoice"] = choice
     return config

@@ -58,6 +58,7 @@ from gtl_nb.providers.base import (
     NotServedHere,
     ProviderNeeds,
     arguments_object,
+    calls_no_tool,
     code_for_status,
     ends_response,
     error_boundary,
@@ -148,7 +149,7 @@ def _chosen_tool(tool_choice: str | dict[str, Any] | None) -> str | None:
 
 
 def _tools(request: CompletionRequest) -> list[dict[str, Any]] | None:
-    if not request.tools or request.tool_choice == "none":
+    if not request.tools or calls_no_tool(request.tool_choice):
         return None
     refuse_one_call_at_most(request, "Ollama")
     tools = request.tools

@@ -17,6 +17,7 @@ Strings are chosen by what their property is called, so a tool call reads like o
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -176,12 +177,18 @@ def _merge(parts: list[Any], root: Any) -> dict[str, Any]:
 
 
 def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
-    low = schema.get("minimum")
-    if low is None and "exclusiveMinimum" in schema and not isinstance(schema["exclusiveMinimum"], bool):
-        low = schema["exclusiveMinimum"] + 1
-    high = schema.get("maximum")
+    """A number within ``minimum``/``exclusiveMinimum``/``maximum`` (a bound that is no finite number,
+    ``null`` say, is read as absent)."""
+    low, above, high = (_bound(schema.get(key)) for key in ("minimum", "exclusiveMinimum", "maximum"))
+    if low is None and above is not None:
+        low = above + 1
     value = low if low is not None else (min(1, high) if high is not None else 1)
     return int(value) if integer else float(value)
+
+
+def _bound(value: Any) -> float | None:
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if finite else None
 
 
 def _string(schema: dict[str, Any], name: str, prompt: str) -> str:

@@ -290,8 +290,9 @@ def _number_within(schema: dict[str, Any], *, integer: bool) -> int | float:
     """A number inside the schema's bounds (``minimum``, ``exclusiveMinimum``, ``maximum``, ``exclusiveMaximum``)."""
     step = 1 if integer else 0.5
     value: float = 1 if integer else 1.5
-    low, high = schema.get("minimum"), schema.get("maximum")
-    above, below = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    low, high, above, below = (
+        _finite(schema.get(key)) for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    )
     if isinstance(low, (int, float)) and not isinstance(low, bool):
         value = low
     elif isinstance(above, (int, float)) and not isinstance(above, bool):
@@ -303,6 +304,12 @@ def _number_within(schema: dict[str, Any], *, integer: bool) -> int | float:
     if integer:
         return math.ceil(value) if isinstance(low, (int, float)) and value == low else int(value)
     return value
+
+
+def _finite(value: Any) -> float | None:
+    """A bound as a number, or ``None`` for one that is none (a string, a boolean, an infinity)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return value if number else None
 
 
 def _choose_tools(prompt_text: str, tools: list[dict[str, Any]]) -> list[dict[str, Any]]:

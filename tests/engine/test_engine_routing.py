@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -362,6 +363,34 @@ def test_a_rate_limit_opens_the_circuit_unless_it_asks_for_under_a_second(retry_
         third = ask(3)
     assert (state == "open") is opens, state
     assert third.code == ("PROVIDER_UNAVAILABLE" if opens else "RATE_LIMIT"), third  # refused, or asked again
+
+
+def test_a_probe_that_meets_a_momentary_rate_limit_gives_its_slot_back():
+    """The half-open probe's answer was a 429 asking for 20 ms: no verdict, but the probe's slot must be
+    given back before the retry — kept, the circuit stayed half-open with its one slot taken, and every
+    later request was refused without asking the provider, for good."""
+    clock = FakeClock()
+    faults = [sim.Fault.http(503)] * 2 + [sim.Fault.http(429, retry_after=0.02)]
+    with sim.serve("openai", faults=faults) as s:
+        settings = load_settings(
+            providers={"openai": openai_conf(s.base_url)},
+            environ={},
+            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 2}},
+        )
+        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
+
+        def ask(i: int) -> Any:
+            request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
+            return run(engine, request)[-1]
+
+        ask(1)  # two 503s: the circuit opens
+        assert asyncio.run(engine.breaker_states())["openai"]["state"] == "open"
+        clock.now += 31
+        probe = ask(2)  # the probe meets the 429, gives its slot back, and its retry is answered
+        later = ask(3)
+        state = asyncio.run(engine.breaker_states())["openai"]["state"]
+    assert isinstance(probe, Done) and isinstance(later, Done), (probe, later)
+    assert state == "closed"
 
 
 def test_an_open_circuit_is_skipped_in_favour_of_a_healthy_deployment():

@@ -1082,6 +1082,9 @@ def test_gtl_token_list_says_when_a_revocation_never_reached_the_shared_list(gtl
         seen = capsys.readouterr()
         assert json.loads(seen.out)["state"] == "revoked here only", seen
         assert f"run gtl token revoke {jti} again" in seen.err
+        assert gtl("token", "list") == 0
+        head, line = capsys.readouterr().out.splitlines()
+        assert head.index("EXPIRES") == line.index("revoked here only") + len("revoked here only") + 2  # aligned
         assert gtl("token", "revoke", jti) == 0
         capsys.readouterr()
         assert gtl("token", "list", "--json") == 0

@@ -55,6 +55,7 @@ def test_programs_on_this_machine_are_served(gateway: LocalGateway):
     [
         ({"origin": "https://evil.example"}, "refuses requests from web pages"),
         ({"origin": "null"}, "refuses requests from web pages"),  # a sandboxed page, a file:// one
+        ({"origin": "http://[::1"}, "refuses requests from web pages"),  # no URL at all: refused, not a 500
         ({"host": "evil.example:8787", "origin": "http://evil.example:8787"}, "addressed to a loopback name only"),
         ({"host": "evil.example"}, "addressed to a loopback name only"),
     ],

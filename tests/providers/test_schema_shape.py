@@ -77,7 +77,7 @@ _TYPES = st.sampled_from(["string", "object", "array", "integer", "number", "boo
 _REFS = st.sampled_from(
     ["#/$defs/a", "#/$defs/b", "#/x", "#", "#/definitions/a", "other.json#/a", "#/properties/p", ""]
 )
-_NUMBERS = st.one_of(st.integers(-(10**6), 10**9), st.floats(allow_nan=False))
+_NUMBERS = st.one_of(st.integers(-(10**6), 10**9), st.floats(allow_nan=False), st.none())  # null: read as absent
 _COUNTS = st.integers(0, 10**9)
 
 
@@ -103,6 +103,8 @@ def _node(children: st.SearchStrategy) -> st.SearchStrategy:
             "maxLength": _COUNTS,
             "minimum": _NUMBERS,
             "exclusiveMaximum": st.one_of(_NUMBERS, st.booleans()),
+            "exclusiveMinimum": st.one_of(_NUMBERS, st.booleans()),
+            "maximum": _NUMBERS,
             "format": st.sampled_from(["uuid", "date", "email", "unknown"]),
             "examples": st.lists(st.integers(), max_size=2),
         },
@@ -118,3 +120,18 @@ def test_every_schema_the_check_passes_gets_a_value_from_echo_and_the_simulators
     if schema_shape_problem(schema) is None:
         example_value(schema, "weather in Oslo")
         sample_for_schema(schema)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "integer", "exclusiveMinimum": None},
+        {"type": "number", "minimum": None, "maximum": None},
+        {"type": "integer", "minimum": float("inf")},  # (no JSON carries it; a Python caller may)
+    ],
+)
+def test_a_bound_that_is_no_number_is_read_as_absent_by_both_generators(schema):
+    """``null`` passes the shape check (as absent); the generators read it so too — echo raised
+    ``None + 1`` as an INTERNAL error."""
+    assert isinstance(example_value(schema), (int, float))
+    assert isinstance(sample_for_schema(schema), (int, float))

@@ -221,3 +221,31 @@ def test_parallel_tool_calls_false_makes_one_call_from_echo_and_the_simulators()
                 client.request("echo", prompt, tools=two, parallel_tool_calls="no")
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("provider", ["ollama", "bedrock"])
+@pytest.mark.parametrize("choice", ["none", {"type": "none"}, {"type": "none", "parallel": False}])
+def test_none_in_any_form_keeps_the_tools_from_apis_without_a_tool_choice(provider, choice):
+    """Ollama has no tool_choice and Converse no "none": the tools are left out — for the object forms
+    too (they went out unrestricted, and the model could call them)."""
+    request = CompletionRequest(
+        session_id="s", model="m", messages=[Message(role="user", content="hi")], tools=TOOLS, tool_choice=choice
+    )
+    body = json.loads(get_provider(provider).build_request(request, DEPLOYMENTS[provider], now=0.0).body)
+    assert "tools" not in body and "toolConfig" not in body, body
+
+
+def test_parallel_false_with_none_stays_none_from_the_client_and_the_compatible_endpoints():
+    from gtl_nb.gateway.compat.anthropic_request import _tool_choice as anthropic_choice
+    from gtl_nb.gateway.compat.openai_request import _tool_choice as openai_choice
+
+    client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
+    try:
+        assert (
+            client.request("echo", "hi", tools=TOOLS, tool_choice="none", parallel_tool_calls=False).tool_choice
+            == "none"
+        )
+    finally:
+        client.close()
+    assert openai_choice("none", False) == "none"
+    assert anthropic_choice({"type": "none", "disable_parallel_tool_use": True}) == "none"

@@ -82,12 +82,12 @@ INSTALL_HINT = "pip install 'gtl-nb[redis]'"
 class RedisUnavailableError(StoreError):
     """Redis could not be reached, or failed to do what a store asked (retryable: it may come back)."""
 
+    default_retryable = True
+
 
 class RedisUnreachableError(RedisUnavailableError):
     """The server itself did not answer (refused, reset, timed out): every store of that server is
     affected, not only the one whose command failed (``redis_fallback`` tells the others)."""
-
-    default_retryable = True
 
 
 class RedisBusyError(RedisUnavailableError):

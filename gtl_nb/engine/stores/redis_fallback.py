@@ -63,8 +63,15 @@ PROBE_TTL_MS = 10_000
 
 
 # Every store's outage watch by its server (the client URL: host, port, database), so the first to
-# find the server gone tells the others (``RedisOutage.failed``). Touched on the engine's loop only.
+# find the server gone tells the others of its own loop's engine (``RedisOutage.failed``).
 _same_server: dict[str, weakref.WeakSet[RedisOutage]] = {}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def one_line(text: str) -> str:
@@ -107,6 +114,7 @@ class RedisOutage:
         self._back_at: float | None = None  # monotonic, when Redis last answered again after an outage
         self._relapses = 0  # returns of this outage that failed again within RELAPSE seconds
         self._probe: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop its calls run on (its engine's)
         _same_server.setdefault(connector.client_url, weakref.WeakSet()).add(self)
 
     @property
@@ -133,6 +141,7 @@ class RedisOutage:
     async def call(self, what: str, operation: Callable[[Any], Awaitable[T]]) -> T:
         """``connector.run(what, operation)``, its outcome noted (``failed``/``answered``);
         ``RedisUnavailableError`` is raised on, for the store to fall back."""
+        self._loop = asyncio.get_running_loop()
         try:
             result = await self.connector.run(what, operation)
         except RedisUnavailableError as exc:
@@ -150,8 +159,12 @@ class RedisOutage:
         server held one request up to a timeout per store), and ``/readyz`` would name only the stores
         that happened to be called."""
         if tell_the_others and self._problem is None and isinstance(error, RedisUnreachableError):
+            here = _running_loop()
             for other in list(_same_server.get(self.connector.client_url, ())):
-                if other is not self and not other.down and not other.connector.closed:
+                # (only the stores of this loop's engine, or not used yet: another engine's stores
+                # belong to its loop, where their probe and their recovery must run)
+                ours = other._loop is None or other._loop is here
+                if other is not self and ours and not other.down and not other.connector.closed:
                     other.failed(error, tell_the_others=False)
         problem = one_line(error.message)
         if self._problem is None and self._back_at is not None and self.clock() - self._back_at < RELAPSE:

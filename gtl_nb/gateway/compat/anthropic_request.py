@@ -264,6 +264,6 @@ def _tool_choice(raw: dict[str, Any] | None) -> str | dict[str, Any] | None:
         choice = _CHOICES[kind]
     else:
         raise FieldError("tool_choice.type", f"expected auto, any, tool or none, not {kind!r}")
-    if not one_call:
+    if not one_call or choice == "none":  # ("none" calls nothing: nothing to limit)
         return choice
     return {"type": choice, "parallel": False} if isinstance(choice, str) else {**choice, "parallel": False}

@@ -68,7 +68,7 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     modalities = body.get("modalities")
     if isinstance(modalities, list) and any(kind != "text" for kind in modalities):
         # an app asking for audio reads message.audio: answered in text only, it would find None there
-        raise FieldError("modalities", "the gateway answers in text only; modalities must be [\"text\"]")
+        raise FieldError("modalities", 'the gateway answers in text only; modalities must be ["text"]')
     for legacy in ("functions", "function_call"):
         if body.get(legacy) is not None:
             raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
@@ -253,7 +253,7 @@ def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None
         raise FieldError(
             "tool_choice", 'expected "none", "auto", "required" or {"type": "function", "function": {"name"}}'
         )
-    if parallel is not False:
+    if parallel is not False or choice == "none":  # ("none" calls nothing: nothing to limit)
         return choice
     if choice is None or isinstance(choice, str):
         return {"type": choice or "auto", "parallel": False}

@@ -219,6 +219,27 @@ def test_a_frozen_redis_holds_one_request_one_timeout_and_every_store_of_it_fall
     assert seen["cache"] is None and seen["breakers"] == "pass" and seen["others"] < 0.2, seen
 
 
+def test_an_outage_is_told_only_to_the_stores_of_the_same_engines_loop(server: Any):
+    """Two engines in one process sharing a Redis URL (two embedded clients): a failure found on one's
+    loop marks that engine's stores, never the other's — whose probe and recovery belong to its loop."""
+    theirs = RedisResponseCache(server.url)
+    ours_first, ours_too = RedisBudgetCounter(server.url), RedisResponseCache(server.url)
+    run(theirs.get("k"))  # used on a loop of its own (another engine's), while Redis answers
+    server.freeze()
+    try:
+
+        async def here() -> None:
+            await ours_first.reserve("ann", Limits(), now=time.time())
+
+        run(here())
+    finally:
+        server.thaw()
+    assert ours_first.degraded_reason is not None and ours_too.degraded_reason is not None  # (never used: told)
+    assert theirs.degraded_reason is None
+    for store in (theirs, ours_first, ours_too):
+        run(store.aclose())
+
+
 # -- breakers and the cache ------------------------------------------------------------------------------
 
 
@@ -443,3 +464,9 @@ def test_a_probe_cancelled_while_the_client_swallows_the_cancellation_still_ends
         assert connector.calls == 1
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_every_kind_of_redis_unavailability_is_retryable():
+    from gtl_nb.engine.stores.redis_client import RedisBusyError, RedisUnavailableError, RedisUnreachableError
+
+    assert all(kind("Redis away").retryable for kind in (RedisUnavailableError, RedisBusyError, RedisUnreachableError))
