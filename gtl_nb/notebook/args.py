@@ -253,6 +253,11 @@ def usage_parser() -> Parser:
         default="provider",
         help="group by this (as usage_table's by=; day and hour are UTC)",
     )
+    p.add_argument(
+        "--all-users",
+        action="store_true",
+        help="from a gateway: everyone's requests, not only your token's (the token needs usage:admin)",
+    )
     return p
 
 

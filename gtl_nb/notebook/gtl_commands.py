@@ -31,7 +31,7 @@ __all__ = ["GTL_HELP", "GtlCommands", "setting_value"]
 GTL_HELP = """\
 %%gtl [MODEL] [options]      send the cell to a model (`%%gtl --help` lists the options)
 %gtl models [--live DEPLOYMENT]   the models this notebook can use
-%gtl usage [--by provider|model|day]   cost and tokens from the usage ledger
+%gtl usage [--by provider|model|day] [--all-users]   cost and tokens from the usage ledger
 %gtl config [key=value ...]  show or set model=, chat=on|off, stream=on|off, endpoint=URL, file=PATH
 %gtl providers [NAME key=value ... | NAME --remove]   configure a provider deployment
 %gtl connect URL [--token-env VAR | --ask-token]   connect to a GTL endpoint
@@ -128,9 +128,10 @@ class GtlCommands:
             raise UsageError("the usage ledger is off ([ledger] enabled = false): there is no usage to show")
         from gtl_nb.analysis import usage_table
 
-        table = usage_table(client.usage(), by=opts.by)
+        table = usage_table(client.usage(all_users=opts.all_users), by=opts.by)
         if client.config is None:  # a gateway's ledger and this machine's look alike: say which this is
-            print(f"usage from the gateway at {self.session.settings.endpoint} (your token's requests)")
+            whose = "everyone's requests" if opts.all_users else "your token's requests"
+            print(f"usage from the gateway at {self.session.settings.endpoint} ({whose})")
         return table
 
     def _config(self, words: list[str]) -> None:

@@ -690,7 +690,9 @@ def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path
             assert f"endpoint  {gateway.url('http')}  ($GTL_NB_GATEWAY)" in run(shell, "%gtl config")[1]
             run(shell, "%%gtl echo\nover the gateway")
             _, shown = run(shell, "%gtl usage")
-            assert f"usage from the gateway at {gateway.url('http')}" in shown
+            assert f"usage from the gateway at {gateway.url('http')} (your token's requests)" in shown
+            result, shown = run(shell, "%gtl usage --all-users")  # everyone's needs usage:admin
+            assert not result.success and "usage:admin" in shown, shown
         finally:
             shells.close()
     assert len(Ledger(tmp_path / "gateway-ledger.sqlite3").rows()) == 1
