@@ -116,6 +116,21 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+def json_kind(value: Any) -> str:
+    """The JSON name of a value's type, for an error message (never the value: it may be anything)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array" if value else "an empty array"
+    return "an object"
+
+
 def _snippet(data: bytes | str, limit: int = 120) -> str:
     """The start of a bad frame, to quote in its error, with any token in it masked: an error names no
     secret, and a malformed ``hello`` carries the client's token."""

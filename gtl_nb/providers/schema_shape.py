@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gtl_nb.protocol.codec import json_kind
+
 __all__ = ["MAX_DEPTH", "MAX_PARTS", "schema_shape_problem"]
 
 MAX_DEPTH = 64
@@ -61,7 +63,7 @@ def schema_shape_problem(schema: Any, where: str = "schema") -> str | None:
         if isinstance(node, bool):  # true and false are schemas too
             continue
         if not isinstance(node, Mapping):
-            return f"{path}: a schema must be an object (or true/false), not {_named(node)}"
+            return f"{path}: a schema must be an object (or true/false), not {json_kind(node)}"
         problem = _keyword_problem(node, path)
         if problem is not None:
             return problem
@@ -84,35 +86,35 @@ def _keyword_problem(node: Mapping[str, Any], path: str) -> str | None:
     if kind is not None and not (
         isinstance(kind, str) or (isinstance(kind, list) and kind and all(isinstance(k, str) for k in kind))
     ):
-        return f"{path}.type: must be a type name or a non-empty list of them, not {_named(kind)}"
+        return f"{path}.type: must be a type name or a non-empty list of them, not {json_kind(kind)}"
     for keyword in _SCHEMA_MAPS:
         if keyword in node and not isinstance(node[keyword], Mapping):
-            return f"{path}.{keyword}: must be an object of schemas, not {_named(node[keyword])}"
+            return f"{path}.{keyword}: must be an object of schemas, not {json_kind(node[keyword])}"
     for keyword in _SCHEMA_LISTS:
         if keyword in node and not (isinstance(node[keyword], list) and node[keyword]):
-            return f"{path}.{keyword}: must be a non-empty list of schemas, not {_named(node[keyword])}"
+            return f"{path}.{keyword}: must be a non-empty list of schemas, not {json_kind(node[keyword])}"
     required = node.get("required")
     if required is not None and not (isinstance(required, list) and all(isinstance(r, str) for r in required)):
-        return f"{path}.required: must be a list of property names, not {_named(required)}"
+        return f"{path}.required: must be a list of property names, not {json_kind(required)}"
     examples = node.get("examples")
     if examples is not None and not isinstance(examples, list):
-        return f"{path}.examples: must be a list, not {_named(examples)}"
+        return f"{path}.examples: must be a list, not {json_kind(examples)}"
     enum = node.get("enum")
     if enum is not None and not (isinstance(enum, list) and enum):
-        return f"{path}.enum: must be a non-empty list, not {_named(enum)}"
+        return f"{path}.enum: must be a non-empty list, not {json_kind(enum)}"
     for keyword in _COUNTS:
         value = node.get(keyword)
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            return f"{path}.{keyword}: must be a whole number ≥ 0, not {_named(value)}"
+            return f"{path}.{keyword}: must be a whole number ≥ 0, not {json_kind(value)}"
     for keyword in (*_NUMBERS, "exclusiveMinimum", "exclusiveMaximum"):
         value = node.get(keyword)
         # (exclusiveMinimum/Maximum were booleans in draft 4: still accepted)
         boolean_allowed = keyword.startswith("exclusive")
         if value is not None and not _is_number(value, boolean_allowed=boolean_allowed):
-            return f"{path}.{keyword}: must be a number, not {_named(value)}"
+            return f"{path}.{keyword}: must be a number, not {json_kind(value)}"
     for keyword in _TEXTS:
         if keyword in node and not isinstance(node[keyword], str):
-            return f"{path}.{keyword}: must be a string, not {_named(node[keyword])}"
+            return f"{path}.{keyword}: must be a string, not {json_kind(node[keyword])}"
     return None
 
 
@@ -120,18 +122,3 @@ def _is_number(value: Any, *, boolean_allowed: bool) -> bool:
     if isinstance(value, bool):
         return boolean_allowed
     return isinstance(value, (int, float)) and value == value  # NaN is no bound
-
-
-def _named(value: Any) -> str:
-    """The JSON type of ``value``, as a caller reads it (never the value: it may be long)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list" if value else "an empty list"
-    return "an object"

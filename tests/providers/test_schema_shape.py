@@ -21,7 +21,7 @@ from gtl_nb.sim.answers import sample_for_schema
         ({"properties": {"a": 3}}, "schema.properties.a: a schema must be an object (or true/false), not a number"),
         ({"required": "city"}, "schema.required: must be a list of property names, not a string"),
         ({"items": {"minItems": -1}}, "schema.items.minItems: must be a whole number ≥ 0, not a number"),
-        ({"anyOf": []}, "schema.anyOf: must be a non-empty list of schemas, not an empty list"),
+        ({"anyOf": []}, "schema.anyOf: must be a non-empty list of schemas, not an empty array"),
         ({"prefixItems": [{"type": 7}]}, "schema.prefixItems[0].type: must be a type name or a non-empty list"),
         ({"$ref": None}, "schema.$ref: must be a string, not null"),
         ({"enum": True}, "schema.enum: must be a non-empty list, not a boolean"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gtl_nb.protocol.codec import json_kind
 from gtl_nb.protocol.errors import InvalidRequestError
 
 __all__ = [
@@ -47,7 +48,7 @@ def text(
         return None
     value = body[key]
     if not isinstance(value, str):
-        raise FieldError(where, f"expected a string, not {_kind(value)}")
+        raise FieldError(where, f"expected a string, not {json_kind(value)}")
     if max_length is not None and len(value) > max_length:
         raise FieldError(where, f"expected at most {max_length} characters, not {len(value):,}")
     return value
@@ -60,7 +61,7 @@ def number(body: Mapping[str, Any], key: str, where: str, *, within: tuple[float
         return None
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise FieldError(where, f"expected a number, not {_kind(value)}")
+        raise FieldError(where, f"expected a number, not {json_kind(value)}")
     if within is not None and not within[0] <= value <= within[1]:  # (NaN is in no range)
         raise FieldError(where, f"expected a number from {within[0]:g} to {within[1]:g}, not {value!r}")
     return float(value)
@@ -72,7 +73,7 @@ def integer(body: Mapping[str, Any], key: str, where: str, *, required: bool = F
         return None
     value = body[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FieldError(where, f"expected an integer, not {_kind(value)}")
+        raise FieldError(where, f"expected an integer, not {json_kind(value)}")
     if value < 1:
         raise FieldError(where, f"expected an integer of at least 1, not {value}")
     return value
@@ -84,7 +85,7 @@ def boolean(body: Mapping[str, Any], key: str, where: str) -> bool | None:
         return None
     value = body[key]
     if not isinstance(value, bool):
-        raise FieldError(where, f"expected true or false, not {_kind(value)}")
+        raise FieldError(where, f"expected true or false, not {json_kind(value)}")
     return value
 
 
@@ -94,7 +95,7 @@ def obj(body: Mapping[str, Any], key: str, where: str, *, required: bool = False
         return None
     value = body[key]
     if not isinstance(value, dict):
-        raise FieldError(where, f"expected an object, not {_kind(value)}")
+        raise FieldError(where, f"expected an object, not {json_kind(value)}")
     return value
 
 
@@ -104,20 +105,5 @@ def items(body: Mapping[str, Any], key: str, where: str, *, required: bool = Fal
         return None
     value = body[key]
     if not isinstance(value, list):
-        raise FieldError(where, f"expected an array, not {_kind(value)}")
+        raise FieldError(where, f"expected an array, not {json_kind(value)}")
     return value
-
-
-def _kind(value: Any) -> str:
-    """The JSON name of a value's type, for an error message (never the value: it may be anything)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
