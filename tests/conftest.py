@@ -1,12 +1,33 @@
-"""Shared test set-up: the strategies module is importable, hypothesis has a CI profile."""
+"""Shared test set-up: the strategies module is importable, hypothesis has a CI profile, and the
+PostgreSQL kit's fixtures (``postgres_server``, ``postgres_url``) serve every test."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from hypothesis import HealthCheck, settings
+
+
+def _load_postgres_kit() -> ModuleType:
+    """``tests/postgres_server.py`` under one module name for the whole run (by path: putting ``tests/``
+    on ``sys.path`` would shadow names), so every module's tests share its one session server."""
+    spec = importlib.util.spec_from_file_location(POSTGRES_KIT, Path(__file__).parent / "postgres_server.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[POSTGRES_KIT] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+POSTGRES_KIT = "gtl_nb_tests_postgres_server"
+"""The name test modules find the PostgreSQL kit under (``sys.modules[POSTGRES_KIT]``)."""
+_postgres_kit = _load_postgres_kit()
+postgres_server = _postgres_kit.postgres_server  # the session's server, for every test that asks
+postgres_url = _postgres_kit.postgres_url  # a new empty database of it, per test
 
 sys.path.insert(0, str(Path(__file__).parent / "protocol"))
 sys.path.insert(0, str(Path(__file__).parent / "client"))

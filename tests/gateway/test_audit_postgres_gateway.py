@@ -13,7 +13,6 @@ import asyncio
 import base64
 import errno
 import http.server
-import importlib.util
 import json
 import os
 import subprocess
@@ -21,8 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -38,29 +35,14 @@ from gtl_nb.gateway.local import start_gateway
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Message
-from tests.gateway.conftest import write_toml
+from tests.gateway.conftest import send_body, write_toml
 
-REPO = Path(__file__).resolve().parents[2]
 KEY_CANARY = "canary-audit-provider-key-8e2b4d6f0a1c"  # the quoting provider sends it back in its error
 PASSWORD_CANARY = "pw-canary-41d7"  # the test server trusts loopback: any password connects
 SECRET = "audit-jwt-secret-" + "s" * 32
 
 
-def _load_kit() -> ModuleType:
-    """``tests/postgres_server.py`` under the name every module loads it by: one server per test process."""
-    name = "gtl_nb_tests_postgres_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "postgres_server.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-kit = _load_kit()
-postgres_server = kit.postgres_server
-postgres_url = kit.postgres_url
+kit = sys.modules["gtl_nb_tests_postgres_server"]  # the PostgreSQL kit, loaded by tests/conftest.py
 
 
 @pytest.fixture
@@ -92,11 +74,7 @@ class _Quoting(http.server.BaseHTTPRequestHandler):
         self.rfile.read(int(self.headers.get("content-length") or 0))
         sent = self.headers.get("authorization", "").removeprefix("Bearer ")
         body = json.dumps({"error": {"message": f"bad key {sent}", "type": "invalid_request_error"}}).encode()
-        self.send_response(401)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, 401, body)
 
     def log_message(self, *args: object) -> None:
         pass

@@ -6,7 +6,6 @@ close, or the other processes sharing the spool."""
 from __future__ import annotations
 
 import errno
-import importlib.util
 import json
 import os
 import subprocess
@@ -26,21 +25,7 @@ from gtl_nb.gateway.audit_postgres import PostgresAuditSink, records_of, verify_
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _load_kit() -> Any:
-    """``tests/postgres_server.py``, loaded once by path (its session server is shared by every module)."""
-    name = "gtl_nb_tests_postgres_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "postgres_server.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-kit = _load_kit()
-postgres_server = kit.postgres_server
-postgres_url = kit.postgres_url
+kit = sys.modules["gtl_nb_tests_postgres_server"]  # the PostgreSQL kit, loaded by tests/conftest.py
 
 
 def record(index: int, principal: str = "ada") -> dict[str, Any]:

@@ -5,7 +5,6 @@ server is away."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import json
 import logging
@@ -17,7 +16,6 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,21 +35,7 @@ REPO = Path(__file__).resolve().parents[3]
 ADA = RequestContext(principal="ada", tenant="acme")
 
 
-def _load_kit() -> ModuleType:
-    """``tests/postgres_server.py``, loaded once by path (its session server is shared by every module)."""
-    name = "gtl_nb_tests_postgres_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "postgres_server.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-kit = _load_kit()
-postgres_server = kit.postgres_server
-postgres_url = kit.postgres_url
+kit = sys.modules["gtl_nb_tests_postgres_server"]  # the PostgreSQL kit, loaded by tests/conftest.py
 
 
 @pytest.fixture

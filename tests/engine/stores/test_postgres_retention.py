@@ -5,11 +5,9 @@ prune at once."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -20,26 +18,11 @@ from gtl_nb.engine.stores import open_stores
 from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
 from gtl_nb.engine.stores.postgres_retention import prune_postgres
 
-REPO = Path(__file__).resolve().parents[3]
 DAY, HOUR = 86400.0, 3600.0
 NOW = 1_700_049_600.0  # 2023-11-15T12:00:00Z: rows since 2023-11-14T00:00Z are always kept
 
 
-def _load_kit() -> ModuleType:
-    """``tests/postgres_server.py``, loaded once by path (its session server is shared by every module)."""
-    name = "gtl_nb_tests_postgres_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "postgres_server.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-kit = _load_kit()
-postgres_server = kit.postgres_server
-postgres_url = kit.postgres_url
+kit = sys.modules["gtl_nb_tests_postgres_server"]  # the PostgreSQL kit, loaded by tests/conftest.py
 
 
 def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:

@@ -5,13 +5,11 @@ grouping and option; the configured retention; a refusing server named as such."
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,25 +22,10 @@ from gtl_nb.engine.stores.base import UsageLedger
 from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
 from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
 
-REPO = Path(__file__).resolve().parents[3]
 DAY = 86400.0
 
 
-def _load_kit() -> ModuleType:
-    """``tests/postgres_server.py``, loaded once by path (its session server is shared by every module)."""
-    name = "gtl_nb_tests_postgres_server"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "postgres_server.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-kit = _load_kit()
-postgres_server = kit.postgres_server
-postgres_url = kit.postgres_url
+kit = sys.modules["gtl_nb_tests_postgres_server"]  # the PostgreSQL kit, loaded by tests/conftest.py
 
 # (session, user, model, age in days, status, outcome): odd users and models (none, empty, cases,
 # punctuation, accents — groups that order differently under a language's collation), unknown and
