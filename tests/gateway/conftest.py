@@ -11,6 +11,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -231,3 +232,14 @@ def marked_prompt_twice(prefix: str) -> list[CompletionRequest]:
         )
         for i in range(2)
     ]
+
+
+def send_body(
+    handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str = "application/json"
+) -> None:
+    """Answer an in-test fake upstream's request with ``status`` and ``body`` (its length said)."""
+    handler.send_response(status)
+    handler.send_header("content-type", content_type)
+    handler.send_header("content-length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)

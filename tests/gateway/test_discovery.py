@@ -18,6 +18,7 @@ from gtl_nb.gateway.listeners import Limits
 from gtl_nb.protocol import AuthenticationError
 from gtl_nb.protocol.errors import ConfigurationError, ProviderUnavailableError
 from gtl_nb.transports.discovery import BUDGET, Document, choose, document_urls, offered_urls
+from tests.gateway.conftest import send_body
 from tests.gateway.test_http import gateway, serving
 
 
@@ -111,11 +112,7 @@ class _Document(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         body = json.dumps(self.server.document).encode()  # type: ignore[attr-defined]
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, 200, body)
 
     def log_message(self, *args: object) -> None:
         pass

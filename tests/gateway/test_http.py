@@ -29,7 +29,7 @@ from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown, TlsFile
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol import AuthenticationError, Done, GTLError, ProviderUnavailableError, Token, Tool, ToolCallEvent
 from gtl_nb.protocol.errors import ConfigurationError
-from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, send_body
 from tests.ledger_wait import rows_when
 
 REQUEST = {
@@ -397,11 +397,7 @@ def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path,
                     "usage": {"prompt_tokens": 3, "completion_tokens": 900, "total_tokens": 903},
                 }
             ).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_body(self, 200, body)
 
         def log_message(self, *args: object) -> None:
             pass

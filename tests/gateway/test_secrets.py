@@ -18,7 +18,7 @@ import gtl_nb
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.gateway.local import LocalGateway, start_gateway
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
-from tests.gateway.conftest import write_toml
+from tests.gateway.conftest import send_body, write_toml
 
 CANARY = "canary-provider-key-7f3a9c1e5b2d4f60"  # not shaped like any known key: only exact scrubbing catches it
 MASKED = f"{CANARY[:8]}*******{CANARY[-4:]}"  # how OpenAI quotes a refused key: its first 8 and last 4 characters
@@ -38,11 +38,7 @@ class _Quoting(http.server.BaseHTTPRequestHandler):
             "code": "invalid_api_key",
         }
         body = json.dumps({"error": error}).encode()
-        self.send_response(401)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send_body(self, 401, body)
 
     do_POST = _refuse
     do_GET = _refuse

@@ -45,7 +45,7 @@ from gtl_nb.gateway.settings import GatewaySettings, TracingSettings
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Done, Message, StreamEvent, Token, ToolCall, Usage
 from gtl_nb.providers.base import Deployment
-from tests.gateway.conftest import LONG_PROMPT, marked_prompt_twice, write_toml
+from tests.gateway.conftest import LONG_PROMPT, marked_prompt_twice, send_body, write_toml
 
 KEY_CANARY = "sk-canary-TRACEKEY-5f4e3d2c1b"  # a fake provider key the simulators accept
 TOKEN_CANARY = "gtl.TOKEN-CANARY.77aa01"  # stands for a GhostToken in request metadata
@@ -639,11 +639,7 @@ class OtlpReceiver:
                 receiver.paths.add(self.path)
                 receiver.bodies.append(body)
                 reply = ExportTraceServiceResponse().SerializeToString()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/x-protobuf")
-                self.send_header("Content-Length", str(len(reply)))
-                self.end_headers()
-                self.wfile.write(reply)
+                send_body(self, 200, reply, "application/x-protobuf")
 
             def log_message(self, *args: Any) -> None:
                 pass
