@@ -54,6 +54,7 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.protocol.session import Transcript
 from gtl_nb.providers.anthropic import asks_for_cache
+from gtl_nb.providers.base import limited_to_one_call
 from gtl_nb.strict_schema import left_open, strict_schema
 
 if TYPE_CHECKING:
@@ -348,7 +349,7 @@ class Client:
         if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
             raise InvalidRequestError(f"parallel_tool_calls must be True or False, not {parallel_tool_calls!r}")
         if parallel_tool_calls is False:
-            tool_choice = _one_call_at_most(tool_choice)
+            tool_choice = limited_to_one_call(tool_choice)
         defaults = self.backend.defaults
         named = bool(model)
         model = model or defaults.model
@@ -1064,23 +1065,6 @@ def _completion_or_raise(outcome: Completion | GTLError) -> Completion:
 
 #: How deeply ``metadata``, ``response_format`` and tool schemas may nest (the codec's limit on frames).
 MAX_ARGUMENT_DEPTH = 64
-
-
-def _one_call_at_most(tool_choice: str | dict[str, Any] | None) -> str | dict[str, Any]:
-    """``tool_choice`` with GTL's ``"parallel": false`` (a tool's name, a mode word or an object)."""
-    if tool_choice is None:
-        return {"type": "auto", "parallel": False}
-    if isinstance(tool_choice, str):
-        word = tool_choice.strip()
-        if word == "none":  # calls nothing: nothing to limit
-            return word
-        return {"type": word, "parallel": False} if word in _MODE_WORDS else {"name": word, "parallel": False}
-    if not isinstance(tool_choice, dict):
-        raise InvalidRequestError(f"tool_choice must be a string or an object, not {type(tool_choice).__name__}")
-    return {**tool_choice, "parallel": False}
-
-
-_MODE_WORDS = frozenset({"auto", "none", "required", "any"})
 
 
 def _check_arguments(

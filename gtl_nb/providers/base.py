@@ -493,6 +493,24 @@ def parse_tool_choice(choice: str | Mapping[str, Any] | None) -> ToolChoice | No
     return ToolChoice("tool", word, parallel) if word else None
 
 
+def limited_to_one_call(tool_choice: str | Mapping[str, Any] | None) -> str | dict[str, Any]:
+    """``tool_choice`` (any GTL form, or none given: ``auto``) with ``"parallel": false`` — OpenAI's
+    ``parallel_tool_calls: false``, Anthropic's ``disable_parallel_tool_use`` — except ``none``, which
+    calls nothing and so has nothing to limit. ``InvalidRequestError`` for what is no tool_choice."""
+    if tool_choice is None:
+        return {"type": "auto", "parallel": False}
+    if isinstance(tool_choice, str):
+        word = tool_choice.strip()
+        if word == "none":
+            return word
+        return {"type": word, "parallel": False} if word in _CHOICE_WORDS else {"name": word, "parallel": False}
+    if not isinstance(tool_choice, Mapping):
+        raise InvalidRequestError(f"tool_choice must be a string or an object, not {type(tool_choice).__name__}")
+    if calls_no_tool(tool_choice):
+        return dict(tool_choice)
+    return {**tool_choice, "parallel": False}
+
+
 def calls_no_tool(tool_choice: str | Mapping[str, Any] | None) -> bool:
     """Whether ``tool_choice`` is ``none`` in any of its forms (``"none"``, ``{"type": "none", …}``)."""
     choice = parse_tool_choice(tool_choice)

@@ -42,6 +42,7 @@ from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.protocol.messages import MAX_NAME_LENGTH, CompletionRequest, Message, Tool, ToolCall
+from gtl_nb.providers.base import limited_to_one_call
 
 __all__ = ["messages_request"]
 
@@ -264,6 +265,4 @@ def _tool_choice(raw: dict[str, Any] | None) -> str | dict[str, Any] | None:
         choice = _CHOICES[kind]
     else:
         raise FieldError("tool_choice.type", f"expected auto, any, tool or none, not {kind!r}")
-    if not one_call or choice == "none":  # ("none" calls nothing: nothing to limit)
-        return choice
-    return {"type": choice, "parallel": False} if isinstance(choice, str) else {**choice, "parallel": False}
+    return limited_to_one_call(choice) if one_call else choice

@@ -39,6 +39,7 @@ from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TEMPERATURE, CompletionRequest, Message, Tool, ToolCall
+from gtl_nb.providers.base import limited_to_one_call
 
 __all__ = ["ChatRequest", "chat_request"]
 
@@ -253,11 +254,7 @@ def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None
         raise FieldError(
             "tool_choice", 'expected "none", "auto", "required" or {"type": "function", "function": {"name"}}'
         )
-    if parallel is not False or choice == "none":  # ("none" calls nothing: nothing to limit)
-        return choice
-    if choice is None or isinstance(choice, str):
-        return {"type": choice or "auto", "parallel": False}
-    return {**choice, "parallel": False}
+    return limited_to_one_call(choice) if parallel is False else choice
 
 
 def _stop(raw: Any) -> list[str] | None:
