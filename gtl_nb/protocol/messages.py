@@ -60,6 +60,9 @@ MAX_TEMPERATURE = 2.0
 stops at 1 and says so itself)."""
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TEMPERATURE)]
 TopP = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+MaxTokens = Annotated[int, msgspec.Meta(ge=1)]
+"""A request's ``max_tokens``: at least one token (what the client and the compatible endpoints ask too; a
+peer's ``0`` or ``-5`` would otherwise reach a provider, or be answered with an empty ``length`` answer)."""
 
 
 class ToolCall(msgspec.Struct, frozen=True):
@@ -248,7 +251,7 @@ class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", o
     # always written (a reader should not have to know the default); a factory default is one
     # msgspec's omit_defaults does not drop, unlike the unset optional fields after it
     stream: bool = msgspec.field(default_factory=lambda: True)
-    max_tokens: int | None = None
+    max_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     stop: list[str] | None = None

@@ -17,6 +17,7 @@ from gtl_nb.protocol import messages as m
 text = st.text(max_size=40)
 ident = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=20)
 opt_int = st.none() | st.integers(min_value=0, max_value=10**9)
+opt_count = st.none() | st.integers(min_value=1, max_value=10**9)  # a request's max_tokens: at least 1
 opt_float = st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False)
 json_scalar = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.text(max_size=10)
 json_obj = st.dictionaries(st.text(max_size=8), json_scalar, max_size=4)
@@ -46,7 +47,7 @@ requests = st.builds(
     messages=st.lists(chat_messages, min_size=1, max_size=3),
     provider=st.none() | ident,
     stream=st.booleans(),
-    max_tokens=opt_int,
+    max_tokens=opt_count,
     temperature=st.none() | st.floats(0, 2, allow_nan=False),
     top_p=st.none() | st.floats(0, 1, allow_nan=False),
     stop=st.none() | st.lists(text, max_size=2),

@@ -314,6 +314,16 @@ def test_ids_and_names_have_a_length_limit():
     assert decode(json.dumps({"type": "cancel", "session_id": "s" * 256}).encode())
 
 
+@pytest.mark.parametrize("max_tokens", [0, -5])
+def test_a_request_for_fewer_than_one_token_is_refused(max_tokens):
+    """``max_tokens`` counts tokens to generate: the client and the compatible endpoints refuse less than one,
+    and so must a frame from any other peer (it was answered with an empty ``length`` answer)."""
+    frame = {"type": "completion_request", "session_id": "s", "model": "echo", "messages": [], "max_tokens": max_tokens}
+    with pytest.raises(ProtocolError, match="max_tokens"):
+        decode(json.dumps(frame).encode())
+    assert decode(json.dumps({**frame, "max_tokens": 1}).encode()).max_tokens == 1
+
+
 def test_every_message_says_its_wire_type():
     """``message.type`` is the spec's message type, the tag the codec writes and reads."""
     from gtl_nb.protocol.messages import MESSAGE_TYPES

@@ -103,6 +103,7 @@ def test_a_credential_is_never_quoted():
         # the fields' own limits, which decoding a JSON frame checks and a Struct's constructor does not
         (pb.CompletionRequest(session_id="s", model="m", temperature=5.0), "temperature: must be at most 2, not 5.0"),
         (pb.CompletionRequest(session_id="s", model="m", top_p=-0.5), "top_p: must be at least 0, not -0.5"),
+        (pb.CompletionRequest(session_id="s", model="m", max_tokens=0), "max_tokens: must be at least 1, not 0"),
         (pb.CompletionRequest(session_id="s" * 300, model="m"), "session_id: is longer than 256 characters"),
         (pb.StringList(), "gtl.v1.StringList is not a GTL message"),
         (pb.CompletionResult(), "gtl.v1.CompletionResult is not a GTL message"),
