@@ -78,7 +78,7 @@ from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.gateway.tracecontext import trace_id_from
-from gtl_nb.ids import random_hex
+from gtl_nb.ids import random_hex, unique_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import CUT_EVENTS, DEFAULT_MAX_DEPTH, decode, encode, frames_within, nesting_exceeds
 from gtl_nb.protocol.errors import (
@@ -1111,6 +1111,8 @@ def build_app(
             message: CompletionRequest = await read_frame(request, CompletionRequest, "completion_request")
         except GTLError as exc:
             return _body_refusal(exc)
+        if not message.session_id:  # "" is a connection-level error's id; one session per call: any unique id
+            message = msgspec.structs.replace(message, session_id=unique_hex())  # (as gRPC's Complete)
         gzip = compression and accepts_gzip(request.headers.get("accept-encoding"))
         if sse or message.stream:
             media, format_event = ("text/event-stream", _sse) if sse else (NDJSON, _ndjson)

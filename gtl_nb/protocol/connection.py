@@ -387,8 +387,9 @@ class GTLConnection:
     def _from_client(self, message: WireMessage) -> None:
         if isinstance(message, CompletionRequest):
             sid = message.session_id
-            if not sid:
-                self._violation(ProtocolError("a completion_request without a session_id"), None)
+            if not sid:  # "" is the connection's own id: no session's error could answer it
+                error = ProtocolError("a completion_request without a session_id")
+                self._violation(error, None, kind="completion_request", unreadable=True)
             elif sid in self._live:
                 self._violation(SessionStateError(f"a second completion_request for live session {sid!r}"), sid)
             else:

@@ -226,6 +226,24 @@ def test_sse_answer_is_events(base_url):
     assert "event: done" in lines
 
 
+def test_a_request_without_a_session_id_is_given_one(base_url):
+    """An empty ``session_id`` is a connection-level ``error``'s: a session's frames must never carry it.
+    One request per HTTP call has no other session to tell apart, so the gateway names it, as gRPC's
+    ``Complete`` does, on every endpoint (it ran with frames whose ``session_id`` was ``""``)."""
+    nameless = {**REQUEST, "session_id": ""}
+    with httpx.stream("POST", f"{base_url}/v1/gtl", json=nameless) as response:
+        frames = [json.loads(line) for line in response.iter_lines() if line]
+    with httpx.stream("POST", f"{base_url}/v1/gtl/sse", json=nameless) as response:
+        sse = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    body = httpx.post(f"{base_url}/v1/gtl", json={**nameless, "stream": False}).json()
+    for events in (frames, sse, body["events"]):
+        assert events[-1]["type"] == "done"
+        (session_id,) = {event["session_id"] for event in events}
+        assert session_id
+    assert body["session_id"] == body["events"][0]["session_id"]
+    assert len({frames[0]["session_id"], sse[0]["session_id"], body["session_id"]}) == 3
+
+
 def test_refusals_have_their_statuses(base_url):
     assert httpx.post(f"{base_url}/v1/gtl", content=b"{not json").status_code == 400
     big = {**REQUEST, "messages": [{"role": "user", "content": "x" * (80 * 1024)}]}

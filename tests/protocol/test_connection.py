@@ -604,6 +604,9 @@ def test_a_subclass_of_provider_info_is_sent_like_provider_info():
     [
         b'{"type":"completion_request","session_id":"\\ud800","model":"echo","messages":[]}\n',  # a lone surrogate
         b'{"type":"completion_request","session_id":7,"model":"echo","messages":[]}\n',
+        # an empty id is the connection's own: no session's error can carry the answer either (it was
+        # counted as a bad frame and never answered, so a client waited for it)
+        b'{"type":"completion_request","session_id":"","model":"echo","messages":[]}\n',
     ],
 )
 def test_a_request_whose_session_cannot_be_read_is_answered_by_ending_the_connection(frame):
