@@ -16,7 +16,9 @@
 
 Before a session runs, a refusal is a status with one GTL ``error`` as the body: ``401`` for a token
 the gateway does not accept, ``413`` for a body over ``max_frame_bytes``, ``400`` for a body that is
-not a ``completion_request`` (or a request that is not HTTP/1.1 at all), ``404`` and ``405`` for a
+not a ``completion_request`` (or a request that is not HTTP/1.1 at all, or whose ``GTL-Version`` names
+no version this gateway speaks: the spec's negotiation, as these endpoints have no hello; their
+answers carry ``GTL-Version`` too), ``404`` and ``405`` for a
 path or method nobody here serves (``INVALID_REQUEST``, naming the endpoints; the OpenAI- and
 Anthropic-compatible routes answer under their own paths in their own shape), ``429`` for one
 connection too many from an address, ``503`` once the gateway is shutting down, ``408`` (then the
@@ -92,9 +94,10 @@ from gtl_nb.protocol.errors import (
     PermissionDeniedError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    VersionMismatchError,
 )
 from gtl_nb.protocol.messages import MAX_ID_LENGTH, CompletionRequest, Done, Error, Query, StreamEvent
-from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS
+from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS, VERSION_HEADER, header_value, negotiate_header
 from gtl_nb.transports.http import MAX_FRAME_HEADER
 from gtl_nb.transports.messages import JOIN_BYTES
 
@@ -135,6 +138,8 @@ OVER_CAP_WAIT = 1.0
 """Seconds a connection beyond the per-address cap may take to send the request its ``429`` answers."""
 CLOSE_WAIT = 5.0
 """Seconds the last step of a shutdown waits for cancelled sessions and closing connections."""
+SPOKEN = header_value(SUPPORTED_VERSIONS)
+"""This gateway's ``GTL-Version`` answer on the GTL endpoints: the versions it speaks (the spec's negotiation)."""
 _WAITING, _HEAD, _BODY, _WHOLE = "waiting", "head", "body", "whole"
 """Where a connection's current request is: not begun, its head arriving, its body arriving, all of it in."""
 _CUT = "gtl_nb.cut"
@@ -675,6 +680,19 @@ def _in_the_callers_shape(request: Any, exc: GTLError, status: int) -> Any:
     return _error_response(exc, status)
 
 
+def _version_refusal(request: Any) -> Any:
+    """A ``400`` for a request whose ``GTL-Version`` names no version this gateway speaks, else ``None``
+    (no header: a client from before the header, served as the version it spoke then)."""
+    offered = request.headers.get(VERSION_HEADER)
+    if offered is None:
+        return None
+    try:
+        negotiate_header(offered)
+    except VersionMismatchError as exc:
+        return _error_response(exc, 400, headers={VERSION_HEADER: SPOKEN})
+    return None
+
+
 def _body_refusal(exc: GTLError) -> Any:
     """A body that is too large (``413``) or not the frame the endpoint takes (``400``), answered with
     the session id the body claimed, when it could be read (the caller's way to match the answer)."""
@@ -906,6 +924,7 @@ class _SessionResponse:
             (b"content-type", self.media_type.encode()),
             (b"cache-control", b"no-store"),
             (b"vary", b"accept-encoding"),
+            (VERSION_HEADER.encode(), SPOKEN.encode()),
         ]
         if compressor is not None:
             headers.append((b"content-encoding", b"gzip"))
@@ -1107,6 +1126,8 @@ def build_app(
             context = context_of(request, transport="sse" if sse else "http")
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+        if (refusal := _version_refusal(request)) is not None:
+            return refusal
         try:
             message: CompletionRequest = await read_frame(request, CompletionRequest, "completion_request")
         except GTLError as exc:
@@ -1126,7 +1147,7 @@ def build_app(
         await collect_session(sessions, message, context, events.append, request.receive)
         body = b'{"session_id":' + msgspec.json.encode(message.session_id) + b',"events":['
         body += b",".join(encode(event) for event in events) + b"]}"
-        status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store"}
+        status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store", VERSION_HEADER: SPOKEN}
         last = events[-1] if events else None
         if isinstance(last, Error):
             status = STATUS_OF_CODE.get(last.code, 500)
@@ -1148,12 +1169,14 @@ def build_app(
             context = context_of(request)
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+        if (refusal := _version_refusal(request)) is not None:  # what connect() asks first
+            return refusal
         return Response(
             msgspec.json.encode(visible_providers(engine, context)),
             media_type="application/json",
             # the body size this gateway takes: a client refuses a larger request itself, with a clear
             # error, instead of losing its connection mid-upload (the others learn it from hello)
-            headers={MAX_FRAME_HEADER: str(max_body_bytes)},
+            headers={MAX_FRAME_HEADER: str(max_body_bytes), VERSION_HEADER: SPOKEN},
         )
 
     async def post_query(request: Request) -> Any:
@@ -1162,12 +1185,15 @@ def build_app(
             context = context_of(request)
         except AuthenticationError as exc:
             return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+        if (refusal := _version_refusal(request)) is not None:
+            return refusal
         try:
             query: Query = await read_frame(request, Query, "query")
         except GTLError as exc:
             return _body_refusal(exc)
         answer = await answer_query(engine, context, query, max_bytes=max_body_bytes)
-        return Response(encode(answer), media_type="application/json", headers={"cache-control": "no-store"})
+        headers = {"cache-control": "no-store", VERSION_HEADER: SPOKEN}
+        return Response(encode(answer), media_type="application/json", headers=headers)
 
     async def healthz(request: Request) -> Any:
         return JSONResponse({"status": "ok"})

@@ -3,6 +3,11 @@
 The highest version both sides support wins; having none in common is a ``VersionMismatchError``.
 Features are flags: the answer names those both sides know (a client that lists none accepts the
 server's). The client checks the answer with ``check_answer``; ``GTLConnection`` runs the exchange.
+
+Where a session is one HTTP request (HTTP and SSE: no connection, so no hello), the versions travel as
+the spec writes its negotiation, in a ``GTL-Version`` header: the client names those it speaks
+(``GTL-Version: 1.0``), the server answers with those it supports (``GTL-Version: 1.0, 1.1``) and
+refuses a request that names none of them (``negotiate_header``).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from gtl_nb.protocol.messages import PROTOCOL_VERSION, Hello
 SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_VERSION,)
 FEATURES: tuple[str, ...] = ("reasoning", "cancel", "provider_data", "failover", "tool_calls", "query")
 """``query``: the server answers ``query`` messages (usage rows, breakers, live model lists)."""
+VERSION_HEADER = "gtl-version"
+"""The HTTP header of the spec's version negotiation (``GTL-Version``; header names ignore case)."""
 
 
 def _key(version: str) -> tuple[int, ...]:
@@ -56,3 +63,15 @@ def check_answer(offer: Hello, answer: Hello) -> Hello:
         raise VersionMismatchError(f"the server answered version {answer.version!r}; the client offered {offered}")
     features = [f for f in answer.features if f in set(offer.features)] if offer.features else list(answer.features)
     return Hello(version=answer.version, features=features)
+
+
+def header_value(versions: Sequence[str] = SUPPORTED_VERSIONS) -> str:
+    """``versions`` as a ``GTL-Version`` header says them: ``"1.0, 1.1"``."""
+    return ", ".join(versions)
+
+
+def negotiate_header(value: str, supported: Sequence[str] = SUPPORTED_VERSIONS) -> str:
+    """The version a request's ``GTL-Version`` header (``"1.0"``, ``"1.0, 1.1"``) agrees on with ``supported``:
+    the highest both name, as ``negotiate`` picks it; ``VersionMismatchError`` when there is none."""
+    offered = [part.strip() for part in value.split(",") if part.strip()]
+    return negotiate(Hello(versions=offered), supported, ()).version or ""

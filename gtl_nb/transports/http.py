@@ -4,9 +4,11 @@
 Each session is one ``POST`` to the gateway (``/v1/gtl`` with NDJSON frames back, or ``/v1/gtl/sse``
 with server-sent events); the token goes in ``Authorization: Bearer``. The provider list comes from
 ``GET /v1/gtl/providers``, fetched by ``start()`` (so a gateway that is not there fails in
-``connect``). Cancelling a session closes its response, which the gateway takes as a cancel: the
-engine cancels upstream and the ledger row says cancelled. The provider questions the protocol cannot
-carry are answered as ``RemoteBackend`` answers them (docs/gateway.md).
+``connect``). Every request names the versions the client speaks in ``GTL-Version`` (the spec's
+negotiation, there being no hello); a gateway whose own ``GTL-Version`` names none of them is a
+``VersionMismatchError`` at ``connect``. Cancelling a session closes its response, which the gateway
+takes as a cancel: the engine cancels upstream and the ledger row says cancelled. The provider
+questions the protocol cannot carry are answered as ``RemoteBackend`` answers them (docs/gateway.md).
 
 Responses may come gzip-encoded (httpx asks for it and decodes each piece as it arrives, so a
 stream stays live); ``?compression=none`` on the URL asks for them uncompressed. TLS follows
@@ -29,9 +31,11 @@ from gtl_nb.protocol.errors import (
     InvalidRequestError,
     ProtocolError,
     ProviderUnavailableError,
+    VersionMismatchError,
     error_from_event,
 )
 from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
+from gtl_nb.protocol.negotiation import VERSION_HEADER, header_value, negotiate_header
 from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, tls_refused
 from gtl_nb.transports.link import Deliver
 from gtl_nb.transports.remote import RemoteBackend
@@ -85,6 +89,7 @@ class HttpBackend(RemoteBackend):
 
         if self._http is None:
             headers = {"authorization": f"Bearer {self._token}"} if self._token is not None else {}
+            headers[VERSION_HEADER] = header_value()  # the spec's negotiation: no hello over HTTP
             if not self.compression:
                 headers["accept-encoding"] = "identity"
             timeout = httpx.Timeout(self.open_timeout, read=None)
@@ -108,6 +113,7 @@ class HttpBackend(RemoteBackend):
             raise self._unreachable(exc) from None
         if response.status_code != 200:
             raise _failure(response.status_code, response.content, self.label)
+        _check_versions(response.headers.get(VERSION_HEADER), self.label)
         self._providers = msgspec.json.decode(response.content, type=list[ProviderInfo])
         said = response.headers.get(MAX_FRAME_HEADER, "")
         if said.isdigit() and 0 < int(said) < self._send_limit:
@@ -253,6 +259,19 @@ class SseData:
     def _check(self) -> None:
         if len(self._partial) > self._max_line:
             raise ProtocolError(f"a server-sent event line longer than {self._max_line} bytes")
+
+
+def _check_versions(spoken: str | None, label: str) -> None:
+    """``VersionMismatchError`` unless the gateway's ``GTL-Version`` (absent from a gateway older than the
+    header: it spoke 1.0) names a version this client speaks."""
+    if spoken is None:
+        return
+    try:
+        negotiate_header(spoken)
+    except VersionMismatchError:
+        raise VersionMismatchError(
+            f"the {label} speaks GTL {spoken[:200]}; this client speaks {header_value()}"
+        ) from None
 
 
 def _failure(status: int, body: bytes, label: str) -> GTLError:

@@ -290,10 +290,12 @@ def test_a_request_over_the_frame_limit_is_refused_and_the_connection_lives(sche
 
 
 def test_a_peer_with_an_unknown_protocol_version_is_refused(scheme, served, certs, monkeypatch):
-    not_for(scheme, ("http", "sse"), "one session per request, with no hello: the version is the URL's /v1/")
+    """In ``hello``, or — one session per request, no hello — in the spec's ``GTL-Version`` header."""
     from gtl_nb.protocol.connection import GTLConnection
+    from gtl_nb.transports import http
 
     defaults = dict(GTLConnection.__init__.__kwdefaults__)
     monkeypatch.setattr(GTLConnection.__init__, "__kwdefaults__", {**defaults, "versions": ("9.0",)})
+    monkeypatch.setattr(http, "header_value", lambda: "9.0")
     with pytest.raises(InvalidRequestError, match="no common GTL version"):
         connect_to(scheme, served, certs)

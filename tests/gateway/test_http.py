@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from gtl_nb.gateway.http import bind, serve_http
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown, TlsFiles
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol import AuthenticationError, Done, GTLError, ProviderUnavailableError, Token, Tool, ToolCallEvent
-from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.errors import ConfigurationError, VersionMismatchError
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, send_body
 from tests.ledger_wait import rows_when
 
@@ -242,6 +243,58 @@ def test_a_request_without_a_session_id_is_given_one(base_url):
         assert session_id
     assert body["session_id"] == body["events"][0]["session_id"]
     assert len({frames[0]["session_id"], sse[0]["session_id"], body["session_id"]}) == 3
+
+
+def test_the_gtl_version_header_is_negotiated(base_url):
+    """The spec's negotiation (``Client: GTL-Version: 1.0``, ``Server: GTL-Version: 1.0, 1.1``) on the
+    endpoints whose sessions have no hello: the gateway says what it speaks and refuses a request that
+    names none of it (it served any, as if it were 1.0)."""
+    newer = httpx.post(f"{base_url}/v1/gtl", json=REQUEST, headers={"GTL-Version": "2.0"})
+    assert newer.status_code == 400 and newer.headers["gtl-version"] == "1.0"
+    assert newer.json()["code"] == "INVALID_REQUEST" and "no common GTL version" in newer.json()["message"]
+    sse = httpx.post(f"{base_url}/v1/gtl/sse", json=REQUEST, headers={"GTL-Version": "2.0"})
+    query = httpx.post(
+        f"{base_url}/v1/gtl/query",
+        json={"type": "query", "query_id": "q", "name": "breakers"},
+        headers={"GTL-Version": "2.0"},
+    )
+    providers = httpx.get(f"{base_url}/v1/gtl/providers", headers={"GTL-Version": "2.0"})
+    assert sse.status_code == query.status_code == providers.status_code == 400
+    with httpx.stream("POST", f"{base_url}/v1/gtl", json=REQUEST, headers={"GTL-Version": "1.0, 1.1"}) as response:
+        assert response.status_code == 200 and response.headers["gtl-version"] == "1.0"
+        assert json.loads(list(response.iter_lines())[-1])["type"] == "done"
+    whole = httpx.post(f"{base_url}/v1/gtl", json={**REQUEST, "stream": False})  # no header: served as before
+    assert whole.status_code == 200 and whole.headers["gtl-version"] == "1.0"
+    assert httpx.get(f"{base_url}/v1/gtl/providers").headers["gtl-version"] == "1.0"
+
+
+def test_the_http_client_names_its_version_and_refuses_a_gateway_without_it():
+    """``connect("http://…")`` sends ``GTL-Version`` and reads the gateway's: one that speaks none of the
+    client's versions is a ``VersionMismatchError`` at ``connect``, not requests misread later."""
+    seen: list[str | None] = []
+
+    class Newer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("gtl-version"))
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("gtl-version", "2.0, 2.1")
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Newer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(VersionMismatchError, match=r"speaks GTL 2.0, 2.1; this client speaks 1.0"):
+            gtl_nb.connect(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["1.0"]
 
 
 def test_refusals_have_their_statuses(base_url):

@@ -21,6 +21,7 @@ from gtl_nb.protocol import (
     negotiate,
 )
 from gtl_nb.protocol.messages import ErrorCode
+from gtl_nb.protocol.negotiation import header_value, negotiate_header
 
 ALL_CODES = list(ErrorCode.__args__)  # type: ignore[attr-defined]
 
@@ -77,3 +78,14 @@ def test_negotiation_without_a_common_version_is_a_clear_error():
         negotiate(Hello(versions=["2.0"]))
     with pytest.raises(VersionMismatchError, match="malformed protocol version"):
         negotiate(Hello(versions=["one"]), supported=("one", "1.0"))
+
+
+def test_a_gtl_version_header_is_negotiated_as_the_spec_writes_it():
+    """``Client: GTL-Version: 1.0`` / ``Server: GTL-Version: 1.0, 1.1`` → 1.0, the highest both support."""
+    assert header_value(("1.0", "1.1")) == "1.0, 1.1"
+    assert negotiate_header("1.0", supported=("1.0", "1.1")) == "1.0"
+    assert negotiate_header(" 1.1 ,1.0,", supported=("1.0", "1.1")) == "1.1"
+    with pytest.raises(VersionMismatchError, match=r"no common GTL version: client offers \['2.0'\]"):
+        negotiate_header("2.0")
+    with pytest.raises(VersionMismatchError):
+        negotiate_header("")
