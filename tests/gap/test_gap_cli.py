@@ -152,6 +152,18 @@ def test_load_messages_accepts_a_json_array_and_reports_bad_json_lines():
         load_messages(to_json(messages[0]) + "\n{not json}\n")
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000, '{"a":' * 100_000, "[" + "1" * 5_000 + "]"],
+    ids=["deep-array", "deep-object", "long-number"],
+)
+def test_transform_and_graph_report_hostile_json_as_an_error_line(text):
+    # a file that looks like one JSON document is decoded within from_json's limits, not by json.loads alone
+    for argv in (["transform", "-", "--to", "chatgpt"], ["graph", "-"]):
+        code, _out, err = run(argv, stdin=text)
+        assert code == 1 and err.startswith(f"gtl gap {argv[0]}: error: line 1: ") and "Traceback" not in err
+
+
 def test_add_subcommands_plugs_into_a_parent_parser():
     parser = argparse.ArgumentParser(prog="gtl")
     add_subcommands(parser.add_subparsers(dest="command"))
