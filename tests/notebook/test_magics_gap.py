@@ -62,6 +62,16 @@ def test_the_parent_is_the_previous_message_of_the_same_thread_unless_reply_to(i
     assert session_of(ip).gap_messages[0].content == "first in a, edited"
 
 
+def test_a_cell_run_again_keeps_its_parent_not_a_later_message_of_its_thread(ip):
+    for chat_id in ("q1", "q2", "q3"):
+        run(ip, f"%%gap --thread db --id {chat_id}\nmessage {chat_id}")
+    run(ip, "%%gap --thread db --id q2\nmessage q2, edited")  # q3 replies to q2: q2 must not reply to q3
+    run(ip, "%%gap --thread db --id q1\nmessage q1, edited")
+    parents = {m.chat_id: m.parent_messages for m in session_of(ip).gap_messages}
+    assert parents == {"q1": (), "q2": ("q1",), "q3": ("q2",)}
+    assert gap.reply_chain(gap.create_context_graph(session_of(ip).gap_messages), "q3") == ["q1", "q2", "q3"]
+
+
 def test_options_set_platform_role_model_and_the_target_transform(ip):
     result, text = run(
         ip,
