@@ -305,6 +305,13 @@ def test_gap_help_lists_the_options_and_subcommands(ip):
         assert option in text
 
 
+def test_from_a_comparison_says_how_to_pick_one_answer(ip):
+    run(ip, "%%gtl --compare echo echo:echo --out race\nWhich harbour is deeper?")
+    message = mistake(ip, "%gap --from race")
+    assert "comparison of echo, echo:echo" in message and 'race.completion("MODEL")' in message
+    assert "method" not in message
+
+
 def test_from_last_after_a_comparison_or_an_error_wraps_no_older_answer(ip, monkeypatch):
     """``--from-last`` is the last cell's answer: after a comparison it says how to pick one, after an
     error that there is none — never, silently, an answer from a cell before."""
