@@ -139,7 +139,7 @@ def _from_dict(data: Any) -> WrappedMessage:
     content = _field(message, "content", "message", str)
     source = _field(message, "source", "message", dict)
     context = _field(message, "context", "message", dict, {}) or {}
-    role = _field(source, "role", "message.source", str, "assistant") or "assistant"
+    role = _field(source, "role", "message.source", str, "assistant")  # "" is a wrong role, not a missing one
     if role not in ("assistant", "user", "system"):
         raise GAPFormatError(f"role must be assistant, user or system, got {role!r}", path="message.source.role")
     parents = _field(context, "parent_messages", "message.context", list, []) or []
