@@ -205,7 +205,7 @@ class GapMagic:
             _show_suggestions(suggestions)
         from gtl_nb.notebook.widgets import EntityEditor
 
-        editor = EntityEditor(wrapped, on_apply=store, suggestions=suggestions)  # fields pre-filled
+        editor = EntityEditor(wrapped, on_apply=store, suggestions=suggestions, variable=var)  # fields pre-filled
         if opts.apply and suggestions:
             best: dict[str, str] = {}
             for suggestion in suggestions:  # ranked best first within each key

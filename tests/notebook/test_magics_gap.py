@@ -237,6 +237,17 @@ def test_entities_of_a_variable_update_that_variable(ip):
     assert ip.user_ns["msg"].entities["the_approach"].value == "retry with backoff"
 
 
+def test_the_hint_of_a_variables_editor_names_that_variable(ip):
+    # without it, the hint's command would define the notebook's last message, another one
+    ip.user_ns["msg"] = gap.wrap_message("The approach failed", "chatgpt", "v1")
+    run(ip, "%%gap --id last\nThe system is slow")
+    result, text = run(ip, "%gap entities msg")
+    assert result.success, text
+    assert '%gap entities msg the_approach="..."' in text
+    _, text = run(ip, "%gap entities")
+    assert '%gap entities the_system="..."' in text
+
+
 def test_graph_draws_the_notebooks_messages(ip, monkeypatch):
     from gtl_nb import analysis
 
