@@ -314,6 +314,7 @@ def test_gap_help_lists_the_options_and_subcommands(ip):
     _, text = run(ip, "%gap --help")
     for option in ("--platform", "--thread", "--role", "--id", "--reply-to", "--to", "--from-last", "--from"):
         assert option in text
+    assert "wrap the last %%gtl answer" in text  # the cell magic's name, not argparse's %-formatted "%gtl"
 
 
 def test_from_a_comparison_says_how_to_pick_one_answer(ip):
