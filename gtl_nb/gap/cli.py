@@ -63,10 +63,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def _read(path: str, stdin: TextIO) -> str:
+    """The file's (or stdin's) text, without a leading byte-order mark."""
     if path == "-":
-        return stdin.read()
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
+        text = stdin.read()
+    else:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    # Windows editors start UTF-8 files with a BOM: kept, it hides the first [GAP:START] or "{"
+    return text.removeprefix("\ufeff")
 
 
 def load_messages(text: str) -> list[WrappedMessage]:
