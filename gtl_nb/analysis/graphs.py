@@ -7,6 +7,7 @@ into tables and draws the graph with each kind of node in its own colour and sha
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
@@ -53,11 +54,26 @@ def _node_label(node: tuple[Any, ...]) -> str:
     return label if len(label) <= 18 else label[:17] + "…"
 
 
+def _in_time_order(times: list[str]) -> list[str]:
+    """ISO-8601 timestamps sorted by the instant they name (a time without an offset counts as UTC).
+
+    As strings, "12:00:00+02:00" sorts after "11:00:00Z" though it is an hour before it; when one
+    does not parse, they are sorted as strings.
+    """
+    try:
+        instants = [datetime.fromisoformat(t[:-1] + "+00:00" if t.endswith("Z") else t) for t in times]
+    except ValueError:
+        return sorted(times)
+    utc = [i.replace(tzinfo=timezone.utc) if i.tzinfo is None else i for i in instants]
+    return [t for _instant, t in sorted(zip(utc, times, strict=True), key=lambda pair: pair[0])]
+
+
 def graph_summary(graph: Any) -> pd.DataFrame:
     """One row per thread (``thread_id`` ``<NA>`` for unthreaded messages).
 
     Columns: ``messages``, ``platforms`` (sorted names), ``entities``, ``undefined``, ``missing_parents``
-    (ids referred to but absent), ``first`` and ``last`` (timestamps as given), all counts Int64.
+    (ids referred to but absent), ``first`` and ``last`` (the earliest and latest timestamps, written as
+    given), all counts Int64.
     """
     rows: dict[Any, dict[str, Any]] = {}
 
@@ -90,8 +106,8 @@ def graph_summary(graph: Any) -> pd.DataFrame:
             "entities": entry["entities"],
             "undefined": entry["undefined"],
             "missing_parents": len(entry["missing"]),
-            "first": min(entry["times"]) if entry["times"] else None,
-            "last": max(entry["times"]) if entry["times"] else None,
+            "first": _in_time_order(entry["times"])[0] if entry["times"] else None,
+            "last": _in_time_order(entry["times"])[-1] if entry["times"] else None,
         }
         for thread, entry in sorted(rows.items(), key=lambda item: (item[0] is None, item[0] or ""))
     ]

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from typing import TextIO
 
 from gtl_nb.gap.errors import GAPFormatError
-from gtl_nb.gap.jsonfmt import from_dict, from_json, to_json
+from gtl_nb.gap.jsonfmt import decode, from_dict, from_json, to_json
 from gtl_nb.gap.markdown import parse_all, to_markdown
 from gtl_nb.gap.model import ROLES, WrappedMessage
 from gtl_nb.gap.platforms import PLATFORMS, transform_for_platform
@@ -63,10 +63,14 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 
 def _read(path: str, stdin: TextIO) -> str:
+    """The file's (or stdin's) text, without a leading byte-order mark."""
     if path == "-":
-        return stdin.read()
-    with open(path, encoding="utf-8") as handle:
-        return handle.read()
+        text = stdin.read()
+    else:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    # Windows editors start UTF-8 files with a BOM: kept, it hides the first [GAP:START] or "{"
+    return text.removeprefix("\ufeff")
 
 
 def load_messages(text: str) -> list[WrappedMessage]:
@@ -75,9 +79,9 @@ def load_messages(text: str) -> list[WrappedMessage]:
     if not (stripped.startswith("{") or (stripped.startswith("[") and not stripped.startswith("[GAP:"))):
         return parse_all(text)
     try:
-        data = json.loads(stripped)
-    except json.JSONDecodeError:
-        data = None  # not one document: JSON lines
+        data = decode(stripped)  # bounded like from_json: a deep or odd document is a format error
+    except GAPFormatError:
+        data = None  # not one document: JSON lines, each read (and its error reported) by from_json
     if isinstance(data, list):
         return [from_dict(item) for item in data]
     if isinstance(data, dict):

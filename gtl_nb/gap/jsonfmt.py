@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gtl_nb.gap.errors import GAPFormatError
-from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep
+from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep, number_too_long
 from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage, default_pronoun_map
 
 _MISSING = object()
@@ -139,7 +139,7 @@ def _from_dict(data: Any) -> WrappedMessage:
     content = _field(message, "content", "message", str)
     source = _field(message, "source", "message", dict)
     context = _field(message, "context", "message", dict, {}) or {}
-    role = _field(source, "role", "message.source", str, "assistant") or "assistant"
+    role = _field(source, "role", "message.source", str, "assistant")  # "" is a wrong role, not a missing one
     if role not in ("assistant", "user", "system"):
         raise GAPFormatError(f"role must be assistant, user or system, got {role!r}", path="message.source.role")
     parents = _field(context, "parent_messages", "message.context", list, []) or []
@@ -186,16 +186,24 @@ def from_json(text: str | bytes) -> WrappedMessage:
     """
     if isinstance(text, (bytes, bytearray, memoryview)):
         text = _decode_bytes(bytes(text))
-    text = check_text(text, "a GAP JSON document")
+    return from_dict(decode(check_text(text, "a GAP JSON document")))
+
+
+def decode(text: str) -> Any:
+    """``json.loads(text)``, nesting bounded by ``MAX_JSON_DEPTH``; any failure is a ``GAPFormatError``.
+
+    ``from_json`` and ``gtl gap`` (whose files may hold a JSON array of messages) decode through it.
+    """
     if json_too_deep(text):
         raise GAPFormatError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}")
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise GAPFormatError(f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
     except RecursionError:  # the one boundary: a depth the scan missed must not escape as a foreign error
         raise GAPFormatError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}") from None
-    return from_dict(data)
+    except ValueError:  # not a JSONDecodeError: a number too long to convert (see gap.limits)
+        raise GAPFormatError(f"not valid JSON: {number_too_long()}") from None
 
 
 def _decode_bytes(data: bytes) -> str:

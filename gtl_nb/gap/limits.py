@@ -6,10 +6,14 @@ model's answer). They refuse, with ``GAPFormatError``:
 * a text longer than ``MAX_TEXT_CHARS`` characters (16 Mi);
 * JSON (a whole document, or a markdown block's ``Hints:`` object) whose arrays and objects nest
   deeper than ``MAX_JSON_DEPTH`` (64, the outermost one counting as one). The depth is found by a
-  linear scan, never by recursion, so no input reaches the recursion limit of the JSON parser.
+  linear scan, never by recursion, so no input reaches the recursion limit of the JSON parser;
+* JSON with a number longer than Python converts (``sys.get_int_max_str_digits()``, 4300 digits by
+  default): ``json`` raises a bare ``ValueError`` for it, which the parsers turn into the format error.
 """
 
 from __future__ import annotations
+
+import sys
 
 from gtl_nb.gap.errors import GAPFormatError
 
@@ -52,3 +56,8 @@ def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
             return outside.count(b"(") > limit  # unbalanced openers: not JSON, but the parser would recurse
         outside = reduced
     return b"()" in outside
+
+
+def number_too_long() -> str:
+    """The reason for a JSON number Python refuses to convert (``json`` raises a bare ``ValueError``)."""
+    return f"a number longer than {sys.get_int_max_str_digits()} digits"

@@ -31,7 +31,7 @@ from typing import Any
 
 from gtl_nb.gap.errors import GAPFormatError
 from gtl_nb.gap.jsonfmt import check_version, hints_from_dict, hints_to_dict
-from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep
+from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep, number_too_long
 from gtl_nb.gap.model import Entity, TransformHints, WrappedMessage
 
 START, CONTENT, END = "[GAP:START]", "[GAP:CONTENT]", "[GAP:END]"
@@ -292,6 +292,8 @@ def _parse_hints(cur: _Cursor, header: _Header) -> None:
     except json.JSONDecodeError as exc:
         cur.pos = exc.pos
         raise cur.error(f"expected a JSON object: {exc.msg}") from None
+    except ValueError:  # not a JSONDecodeError: a number too long to convert (see gap.limits)
+        raise cur.error(f"expected a JSON object: {number_too_long()}") from None
     cur.pos = end
     if not isinstance(data, dict) or not cur.at_end():
         raise cur.error("expected one JSON object")

@@ -1,10 +1,11 @@
 """``transform_for_platform``: a context preamble in the target platform's convention, then the content.
 
 The preamble lists the source platform, model, thread, role and time (absent ones are left out),
-every defined entity and every undefined one, flagged as needing a definition. Values are written on
-one line (a value that is not plain single-line text is shown as a JSON string). The content follows
-after a blank line with its first-person pronouns rewritten per the message's
-``transform_hints.pronoun_map`` and role; nothing else in it changes.
+every defined entity and every undefined one, flagged as needing a definition. Values, entity keys
+and types are written on one line (one that is not plain single-line text is shown as a JSON string),
+so text read from a message cannot end the preamble early. The content follows after a blank line
+with its first-person pronouns rewritten per the message's ``transform_hints.pronoun_map`` and role;
+nothing else in it changes.
 
 =============  =============================================================================
 claude.ai      ``[Context from GAP-wrapped message]`` then ``Key: value`` lines, closed by
@@ -49,7 +50,7 @@ def context_items(wrapped: WrappedMessage) -> list[tuple[str, str]]:
         items.append(("Time", _inline(wrapped.timestamp)))
     for key, entity in wrapped.entities.items():
         if entity.value is not None:
-            items.append((f"Entity {_inline(key)}", f"{_inline(entity.value)} ({entity.type})"))
+            items.append((f"Entity {_inline(key)}", f"{_inline(entity.value)} ({_inline(entity.type)})"))
     for key, entity in wrapped.entities.items():
         if entity.value is None:
             items.append((f"Entity {_inline(key)}", UNDEFINED_NOTE))

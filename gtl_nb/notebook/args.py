@@ -238,7 +238,8 @@ def gap_cell_parser() -> Parser:
     p.add_argument("--to", metavar="TARGET", help="also show the message transformed for TARGET")
     p.add_argument("--model", metavar="M", help="the model that wrote the content")
     source = p.add_mutually_exclusive_group()
-    source.add_argument("--from-last", action="store_true", help="wrap the last %%gtl answer")
+    # argparse %-formats help strings: "%%%%gtl" shows as "%%gtl" (the cell magic), "%%gtl" as "%gtl"
+    source.add_argument("--from-last", action="store_true", help="wrap the last %%%%gtl answer")
     source.add_argument("--from", dest="from_var", type=variable_name, metavar="VAR", help="wrap a Completion")
     p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the message in VAR")
     p.add_argument("-h", "--help", action="store_true", help="show this help")

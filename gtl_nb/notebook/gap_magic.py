@@ -111,7 +111,7 @@ class GapMagic:
 
     def _completion_source(self, opts: Any) -> Any:
         """The answer ``--from-last`` / ``--from VAR`` names: a Completion, or text."""
-        from gtl_nb.completion import Completion
+        from gtl_nb.completion import Comparison, Completion
 
         if opts.from_last:
             if self.session.last_completion is not None:
@@ -128,7 +128,13 @@ class GapMagic:
         value = self.shell.user_ns.get(opts.from_var)
         if value is None:
             raise UsageError(f"--from: {opts.from_var!r} is not defined in the notebook")
-        value = getattr(value, "completion", value)  # a GTL error keeps the partial answer
+        if isinstance(value, Comparison):  # its .completion is a method: say how to pick one answer
+            raise UsageError(
+                f"--from: {opts.from_var!r} is a comparison of {', '.join(value.results)}; pick one answer "
+                f'(`answer = {opts.from_var}.completion("MODEL")`, then `%gap --from answer`)'
+            )
+        if isinstance(value, BaseException):  # a GTL error keeps the partial answer
+            value = getattr(value, "completion", value)
         if not isinstance(value, (Completion, str)):
             raise UsageError(f"--from: {opts.from_var!r} is a {type(value).__name__}, not a Completion or text")
         return value
@@ -199,7 +205,7 @@ class GapMagic:
             _show_suggestions(suggestions)
         from gtl_nb.notebook.widgets import EntityEditor
 
-        editor = EntityEditor(wrapped, on_apply=store, suggestions=suggestions)  # fields pre-filled
+        editor = EntityEditor(wrapped, on_apply=store, suggestions=suggestions, variable=var)  # fields pre-filled
         if opts.apply and suggestions:
             best: dict[str, str] = {}
             for suggestion in suggestions:  # ranked best first within each key

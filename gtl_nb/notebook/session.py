@@ -257,9 +257,16 @@ class NotebookSession:
             namespace[name] = new
 
     def previous_in_thread(self, thread_id: str | None, exclude: str | None = None) -> str | None:
-        """The chat id of the thread's last message other than ``exclude`` (messages without a thread
-        form one thread of their own)."""
-        for message in reversed(self.gap_messages):
-            if message.thread_id == thread_id and message.chat_id != exclude:
+        """The chat id of the thread's last message before ``exclude`` (messages without a thread form
+        one thread of their own).
+
+        A message ``exclude`` already names is being wrapped again (a cell run again): it keeps its
+        place, so its parent is the message before that place — never one wrapped after it, which
+        replies to it (that would make the two each other's parent).
+        """
+        messages = self.gap_messages
+        place = next((i for i, message in enumerate(messages) if message.chat_id == exclude), len(messages))
+        for message in reversed(messages[:place]):
+            if message.thread_id == thread_id:
                 return message.chat_id
         return None

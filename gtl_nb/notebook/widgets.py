@@ -784,6 +784,7 @@ class EntityEditor:
     ``apply(values)`` (what the button does, with the fields' values) defines every entity given a
     non-empty value, returns the updated ``WrappedMessage`` and calls ``on_apply`` with it.
     ``suggestions`` (``gap.suggest_definitions`` output) pre-fill the fields with the best value.
+    ``variable`` names the notebook variable that holds the message, for the ``%gap entities`` hint.
 
     Its output always carries the entity table as markdown and text beside the widget (what a saved
     notebook shows where the widget cannot be drawn); once every entity is defined, the output
@@ -797,12 +798,14 @@ class EntityEditor:
         *,
         suggestions: Iterable[Any] | None = None,
         live: bool | None = None,
+        variable: str | None = None,
     ) -> None:
         from gtl_nb import gap
 
         self._gap = gap
         self._wrapped = wrapped
         self.on_apply = on_apply
+        self.variable = variable
         self.keys: list[str] = list(gap.find_undefined(wrapped))
         self.suggested: dict[str, str] = {}
         for suggestion in suggestions or ():
@@ -920,7 +923,8 @@ class EntityEditor:
             plain.append(f"{key} ({entity.type}): {entity.value if entity.value is not None else '(undefined)'}")
         left = self.undefined
         if left:
-            example = " ".join(f'{k}="..."' for k in left)
+            # without the variable, %gap entities defines the notebook's last message: maybe another one
+            example = " ".join([*([self.variable] if self.variable else []), *(f'{k}="..."' for k in left)])
             hint = f"Define them with `%gap entities {example}` (or `apply({{...}})` on this editor)."
             md += ["", hint]
             plain.append(hint.replace("`", ""))

@@ -54,6 +54,17 @@ def test_graph_summary_counts_each_thread(graph):
     assert summary["messages"].dtype == "Int64"
 
 
+def test_graph_summary_orders_times_by_instant_not_as_strings():
+    # 12:00+02:00 is 10:00 UTC: before 11:00Z, though it sorts after it as a string
+    messages = [
+        gap.wrap_message("x", "p", "a", thread_id="t", timestamp="2024-05-01T12:00:00+02:00"),
+        gap.wrap_message("y", "p", "b", thread_id="t", timestamp="2024-05-01T11:00:00Z"),
+        gap.wrap_message("z", "p", "c", thread_id="t", timestamp="2024-05-01T10:30:00"),  # no offset: UTC
+    ]
+    row = analysis.graph_summary(gap.create_context_graph(messages)).iloc[0]
+    assert (row["first"], row["last"]) == ("2024-05-01T12:00:00+02:00", "2024-05-01T11:00:00Z")
+
+
 def test_undefined_entities_table_follows_gap(graph):
     table = analysis.undefined_entities_table(graph)
     assert list(zip(table["thread_id"], table["key"], strict=True)) == [

@@ -152,6 +152,32 @@ def test_load_messages_accepts_a_json_array_and_reports_bad_json_lines():
         load_messages(to_json(messages[0]) + "\n{not json}\n")
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["[" * 100_000, '{"a":' * 100_000, "[" + "1" * 5_000 + "]"],
+    ids=["deep-array", "deep-object", "long-number"],
+)
+def test_transform_and_graph_report_hostile_json_as_an_error_line(text):
+    # a file that looks like one JSON document is decoded within from_json's limits, not by json.loads alone
+    for argv in (["transform", "-", "--to", "chatgpt"], ["graph", "-"]):
+        code, _out, err = run(argv, stdin=text)
+        assert code == 1 and err.startswith(f"gtl gap {argv[0]}: error: line 1: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["markdown", "json", "json-lines"])
+def test_a_file_with_a_byte_order_mark_reads_like_one_without(tmp_path, kind):
+    messages = [wrap_message("The system is slow", "claude.ai", "c1"), wrap_message("x", "p", "c2")]
+    text = {
+        "markdown": "\n".join(to_markdown(m) for m in messages),
+        "json": "[" + ",".join(to_json(m) for m in messages) + "]",
+        "json-lines": "\n".join(to_json(m) for m in messages),
+    }[kind]
+    path = tmp_path / "messages.txt"
+    path.write_text(text, encoding="utf-8-sig")  # as Notepad saves it
+    code, out, err = run(["transform", str(path), "--to", "generic"])
+    assert (code, err) == (0, "") and out.count("Context from GAP-wrapped message") == 2
+
+
 def test_add_subcommands_plugs_into_a_parent_parser():
     parser = argparse.ArgumentParser(prog="gtl")
     add_subcommands(parser.add_subparsers(dest="command"))

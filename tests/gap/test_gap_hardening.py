@@ -92,6 +92,17 @@ def test_from_json_raises_only_gap_format_errors(text):
         gap.from_json(text)
 
 
+def test_a_number_too_long_to_convert_is_a_format_error_in_both_formats():
+    # json raises a bare ValueError (Python's 4300-digit int conversion limit), not a JSONDecodeError
+    document = '{"gap_version":"0.1.0","message":{"content":"x","source":{"platform":"p","chat_id":"c"},'
+    document += f'"extra":{"1" * 5_000}}}}}'
+    with pytest.raises(GAPFormatError, match="number longer than"):
+        gap.from_json(document)
+    block = f'[GAP:START]\nFrom: p\nContext: user\nHints: {{"maintain_tense": {"1" * 5_000}}}\n'
+    with pytest.raises(GAPFormatError, match=r"line 4.*number longer than"):
+        gap.from_markdown(block + "[GAP:CONTENT]\nx\n[GAP:END]")
+
+
 def test_from_json_wraps_a_message_the_model_refuses():
     document = '{"gap_version":"0.1.0","message":{"content":"x","source":{"platform":"p","chat_id":"c"},'
     document += '"context":{"parent_messages":"not-a-list"}}}'

@@ -90,6 +90,7 @@ def test_from_json_accepts_bytes():
         (lambda d: d["message"]["source"].update(platform=3), "message.source.platform", "expected a string"),
         (lambda d: d["message"]["source"].pop("chat_id"), "message.source.chat_id", "missing"),
         (lambda d: d["message"]["source"].update(role="tool"), "message.source.role", "role must be"),
+        (lambda d: d["message"]["source"].update(role=""), "message.source.role", "role must be"),
         (lambda d: d["message"]["context"].update(parent_messages=[1]), "message.context.parent_messages[0]",
          "expected a string"),
         (lambda d: d["message"]["context"].update(entities=[]), "message.context.entities", "expected an object"),

@@ -62,6 +62,16 @@ def test_the_parent_is_the_previous_message_of_the_same_thread_unless_reply_to(i
     assert session_of(ip).gap_messages[0].content == "first in a, edited"
 
 
+def test_a_cell_run_again_keeps_its_parent_not_a_later_message_of_its_thread(ip):
+    for chat_id in ("q1", "q2", "q3"):
+        run(ip, f"%%gap --thread db --id {chat_id}\nmessage {chat_id}")
+    run(ip, "%%gap --thread db --id q2\nmessage q2, edited")  # q3 replies to q2: q2 must not reply to q3
+    run(ip, "%%gap --thread db --id q1\nmessage q1, edited")
+    parents = {m.chat_id: m.parent_messages for m in session_of(ip).gap_messages}
+    assert parents == {"q1": (), "q2": ("q1",), "q3": ("q2",)}
+    assert gap.reply_chain(gap.create_context_graph(session_of(ip).gap_messages), "q3") == ["q1", "q2", "q3"]
+
+
 def test_options_set_platform_role_model_and_the_target_transform(ip):
     result, text = run(
         ip,
@@ -227,6 +237,17 @@ def test_entities_of_a_variable_update_that_variable(ip):
     assert ip.user_ns["msg"].entities["the_approach"].value == "retry with backoff"
 
 
+def test_the_hint_of_a_variables_editor_names_that_variable(ip):
+    # without it, the hint's command would define the notebook's last message, another one
+    ip.user_ns["msg"] = gap.wrap_message("The approach failed", "chatgpt", "v1")
+    run(ip, "%%gap --id last\nThe system is slow")
+    result, text = run(ip, "%gap entities msg")
+    assert result.success, text
+    assert '%gap entities msg the_approach="..."' in text
+    _, text = run(ip, "%gap entities")
+    assert '%gap entities the_system="..."' in text
+
+
 def test_graph_draws_the_notebooks_messages(ip, monkeypatch):
     from gtl_nb import analysis
 
@@ -293,6 +314,14 @@ def test_gap_help_lists_the_options_and_subcommands(ip):
     _, text = run(ip, "%gap --help")
     for option in ("--platform", "--thread", "--role", "--id", "--reply-to", "--to", "--from-last", "--from"):
         assert option in text
+    assert "wrap the last %%gtl answer" in text  # the cell magic's name, not argparse's %-formatted "%gtl"
+
+
+def test_from_a_comparison_says_how_to_pick_one_answer(ip):
+    run(ip, "%%gtl --compare echo echo:echo --out race\nWhich harbour is deeper?")
+    message = mistake(ip, "%gap --from race")
+    assert "comparison of echo, echo:echo" in message and 'race.completion("MODEL")' in message
+    assert "method" not in message
 
 
 def test_from_last_after_a_comparison_or_an_error_wraps_no_older_answer(ip, monkeypatch):
