@@ -39,12 +39,18 @@ def client_hello(
 
 
 def negotiate(offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, features: Iterable[str] = FEATURES) -> Hello:
-    """The server's answer to a client's ``hello``: the highest common version, common features."""
+    """The server's answer to a client's ``hello``: the highest common version, common features.
+
+    Versions are compared by MAJOR.MINOR: a patch level (``1.0.2``) changes nothing on the wire
+    (the spec's semantic versioning), so an offer of ``1.0.0`` agrees on ``1.0``, answered as the
+    server spells it.
+    """
     offered = offer.versions or ([offer.version] if offer.version else [])
-    common = set(offered) & set(supported)
+    wanted = {release for version in offered if (release := _release(version)) is not None}
+    common = [version for version in supported if _key(version)[:2] in wanted]
     if not common:
         raise VersionMismatchError(
-            f"no common GTL version: client offers {sorted(offered)}, server supports {sorted(supported)}"
+            f"no common GTL version: client offers {_listed(offered)}, server supports {sorted(supported)}"
         )
     version = max(common, key=_key)
     ours = list(features)
@@ -55,14 +61,33 @@ def negotiate(offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, featu
 def check_answer(offer: Hello, answer: Hello) -> Hello:
     """The client's check of the server's answer: the agreed version and features.
 
-    The version must be one the client offered (anything else is a ``VersionMismatchError``); a
-    feature the client did not offer is dropped rather than refused, so a newer server degrades.
+    The version must be one the client offered, patch level aside (anything else is a
+    ``VersionMismatchError``); a feature the client did not offer is dropped rather than refused, so
+    a newer server degrades.
     """
     offered = offer.versions or ([offer.version] if offer.version else [])
-    if answer.version is None or answer.version not in offered:
-        raise VersionMismatchError(f"the server answered version {answer.version!r}; the client offered {offered}")
+    release = _release(answer.version) if answer.version is not None else None
+    if release is None or release not in {_release(version) for version in offered}:
+        raise VersionMismatchError(
+            f"the server answered version {answer.version!r:.40}; the client offered {_listed(offered)}"
+        )
     features = [f for f in answer.features if f in set(offer.features)] if offer.features else list(answer.features)
     return Hello(version=answer.version, features=features)
+
+
+def _release(version: str) -> tuple[int, int] | None:
+    """``version``'s MAJOR.MINOR as numbers (``"1.0"``, ``"1.0.3"``), or ``None`` when it is not a
+    version (another peer's text: never an error of its own, only not a match)."""
+    parts = version.split(".")
+    if not 2 <= len(parts) <= 3 or not all(part.isascii() and part.isdigit() and len(part) <= 9 for part in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _listed(versions: Sequence[str], most: int = 8) -> str:
+    """A peer's version list for an error message, bounded (a hello may offer thousands)."""
+    shown = [version[:40] for version in sorted(versions)[:most]]
+    return f"{shown}" + (f" and {len(versions) - most} more" if len(versions) > most else "")
 
 
 def header_value(versions: Sequence[str] = SUPPORTED_VERSIONS) -> str:

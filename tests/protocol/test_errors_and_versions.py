@@ -21,7 +21,7 @@ from gtl_nb.protocol import (
     negotiate,
 )
 from gtl_nb.protocol.messages import ErrorCode
-from gtl_nb.protocol.negotiation import header_value, negotiate_header
+from gtl_nb.protocol.negotiation import check_answer, header_value, negotiate_header
 
 ALL_CODES = list(ErrorCode.__args__)  # type: ignore[attr-defined]
 
@@ -78,6 +78,27 @@ def test_negotiation_without_a_common_version_is_a_clear_error():
         negotiate(Hello(versions=["2.0"]))
     with pytest.raises(VersionMismatchError, match="malformed protocol version"):
         negotiate(Hello(versions=["one"]), supported=("one", "1.0"))
+
+
+def test_a_patch_level_changes_nothing_in_negotiation():
+    """The spec's versions are semantic (Major.Minor.Patch): a peer that writes ``1.0.0`` or ``1.0.2``
+    speaks 1.0, and the answer is the version as the server spells it."""
+    assert negotiate(Hello(versions=["1.0.0"])).version == "1.0"
+    assert negotiate(Hello(versions=["1.0.2", "1.1.0"]), supported=("1.0", "1.1")).version == "1.1"
+    assert negotiate_header("1.0.0") == "1.0"
+    offer = Hello(versions=["1.0.0"], features=[])
+    assert check_answer(offer, Hello(version="1.0", features=[])).version == "1.0"
+    with pytest.raises(VersionMismatchError, match="client offers"):
+        negotiate(Hello(versions=["1.1.0", "2.0", "1", "1.0.0.0", "1.x", "\u00b9.0", "1." + "0" * 5000]))
+    with pytest.raises(VersionMismatchError, match=r"the server answered version '1\.1'"):
+        check_answer(offer, Hello(version="1.1", features=[]))
+
+
+def test_a_long_offer_is_named_briefly_in_the_refusal():
+    with pytest.raises(VersionMismatchError) as refused:
+        negotiate(Hello(versions=[f"9.{n}" + "0" * 200 for n in range(1000)]))
+    assert "and 992 more" in str(refused.value)
+    assert len(str(refused.value)) < 1000
 
 
 def test_a_gtl_version_header_is_negotiated_as_the_spec_writes_it():
