@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         default=None,  # $GTL_NB_GATEWAY is read after parsing: a command may ask whether it was typed
         help=f"run complete, models and usage on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
-        f"in this process (default: ${GATEWAY_ENV}); its token is read from ${TOKEN_ENV} (or ${NOTEBOOK_TOKEN_ENV})",
+        f"in this process (complete and models: default ${GATEWAY_ENV}; usage only as typed); its token is read "
+        f"from ${TOKEN_ENV} (or ${NOTEBOOK_TOKEN_ENV})",
     )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
     parser.add_argument("--version", action="version", version=f"gtl_nb {_version()}")

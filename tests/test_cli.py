@@ -87,6 +87,13 @@ def test_every_complete_option_has_help_text():
     assert all(action.help for action in complete._actions), [a.dest for a in complete._actions if not a.help]
 
 
+def test_the_gateway_option_says_usage_does_not_read_the_variable():
+    # `gtl usage` stays on this machine's ledger with only $GTL_NB_GATEWAY set (a typed --gateway asks the
+    # gateway): the help must not promise the variable to usage too
+    (option,) = [action for action in build_parser()._actions if "--gateway" in action.option_strings]
+    assert "complete and models: default $GTL_NB_GATEWAY" in " ".join(option.help.split()), option.help
+
+
 def test_models_says_echo_has_no_context_window_rather_than_an_unknown_one():
     result = gtl("models")
     echo = next(line for line in result.stdout.splitlines() if line.startswith("  echo "))  # the model row

@@ -169,7 +169,9 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
     "ledger": {
         "enabled": Field((bool,), True, "record every response's usage and cost"),
         "path": Field(_OPT_STR, None, "SQLite file (default: gtl_nb.engine.ledger.default_ledger_path())"),
-        "url": Field(_OPT_STR, None, "store URL: sqlite:///relative/path, sqlite:////absolute/path or memory://"),
+        "url": Field(
+            _OPT_STR, None, "store URL: sqlite:///relative/path, sqlite:////absolute/path, memory:// or postgresql://…"
+        ),
         "retention_days": Field(
             _OPT_NUM,
             None,

@@ -15,9 +15,9 @@ it was, and the reload's line says so ("token policy not renewed"); the rest is 
 
 Sessions already running finish on the deployments they resolved when they started; connections
 already authenticated keep their context. What a reload cannot change in place — the listener
-tables, ``[gateway.limits]``, the auth mode, the ledger and the other stores' backends, the audit
-log, ``/metrics``, the vault — is reported in the reload's line as "restart to apply".
-"""
+tables, ``[gateway.limits]``, the event loop and ``advertise``, the auth mode, the ledger and the
+other stores' backends, the audit log, ``/metrics``, the vault — is reported in the reload's line as
+"restart to apply"."""
 
 from __future__ import annotations
 
@@ -108,6 +108,9 @@ def _fixed_tables(settings: Settings, options: GatewaySettings) -> dict[str, Any
             "[gateway] auth": options.auth,
             "[gateway.limits]": options.limits,
             "[gateway] shutdown_grace": options.shutdown_grace,
+            # the loop runs the whole process, and discovery offers what the listeners were started with
+            "[gateway] event_loop": options.event_loop,
+            "[gateway] advertise": dict(options.advertise),
             "[gateway.audit]": options.audit,
             "[gateway.metrics]": options.metrics,
             "[gateway.tracing]": options.tracing,

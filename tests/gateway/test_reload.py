@@ -285,6 +285,21 @@ def test_the_engine_takes_every_reloadable_part_and_names_the_rest(tmp_path: Pat
     asyncio.run(engine.aclose())
 
 
+def test_the_event_loop_and_advertise_are_named_restart_to_apply(tmp_path: Path, sims: SimpleNamespace) -> None:
+    """Neither can change in a running gateway (the loop runs the process; discovery offers what it started
+    with): a reload that changes them says so instead of reporting them taken."""
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}))
+    settings = load_settings(config=config)
+    engine = build_engine(settings)
+    reloader = Reloader(engine, config=config, settings=settings, authenticate=SwappableAuthenticator(lambda _: None))
+    gateway = {"shutdown_grace": 2, "event_loop": "asyncio", "advertise": {"grpc": "grpcs://gw.example.com:443"}}
+    write_toml(config, tables(tmp_path, {"fast": fast}, gateway=gateway))
+    line = reloader.reload()
+    assert line.endswith("restart to apply: [gateway] advertise, [gateway] event_loop"), line
+    asyncio.run(engine.aclose())
+
+
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="asks /proc which program a process runs")
 def test_gtl_reload_never_signals_a_process_that_is_not_a_gateway(tmp_path: Path) -> None:
     # a pid file left by a gateway that was killed may name a process that took its id since

@@ -30,12 +30,15 @@ from gtl_nb.engine.stores.memory import (
 )
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url
 from gtl_nb.engine.stores.sqlite import SqliteBreakerStore, SqliteBudgetCounter, SqliteResponseCache, SqliteUsageLedger
-from gtl_nb.engine.stores.urls import ACCEPTED, parse_store_url
+from gtl_nb.engine.stores.urls import parse_store_url
 from gtl_nb.protocol.errors import ConfigurationError
 
 __all__ = ["open_stores"]
 
 LedgerChoice = UsageLedger | Ledger | str | os.PathLike[str] | None
+
+LEDGER_ACCEPTED = "sqlite:///path (sqlite:////absolute/path), memory:// or postgresql://user@host/database"
+"""The store URLs a usage ledger may have (not the other stores' redis://; docs/configuration.md, [ledger] url)."""
 
 
 def open_stores(
@@ -110,19 +113,23 @@ def _open_ledger(
 
         return PostgresUsageLedger(ledger, clock=wall_clock, group_commit=group_commit, retention=retention)
     if isinstance(ledger, str) and "://" in ledger:
+        scheme = ledger.partition("://")[0].lower()
+        if scheme in ("redis", "rediss"):
+            raise ConfigurationError(
+                "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
+                f"use {LEDGER_ACCEPTED}"
+            )
+        if scheme not in ("sqlite", "memory"):  # the stores' own list would offer redis:// and omit postgresql://
+            raise ConfigurationError(f"ledger: unknown store {scheme}://…; use {LEDGER_ACCEPTED}")
         url = parse_store_url(ledger, where="ledger")
         if url.scheme == "memory":
             return MemoryUsageLedger(clock=wall_clock)
-        if url.scheme == "redis":
-            raise ConfigurationError(
-                "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
-                "use postgresql://…, sqlite:///path or memory://"
-            )
         return SqliteUsageLedger(url.path, clock=wall_clock, **sqlite_options)
     if isinstance(ledger, (str, os.PathLike)):
         return SqliteUsageLedger(ledger, clock=wall_clock, **sqlite_options)
     raise ConfigurationError(
-        f"ledger must be a path, a store URL ({ACCEPTED}), a UsageLedger, a Ledger or None, got {ledger!r}"
+        f"ledger must be a path, a store URL ({LEDGER_ACCEPTED}), a UsageLedger, a Ledger, False or None, "
+        f"got {ledger!r}"
     )
 
 

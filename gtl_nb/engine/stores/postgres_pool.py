@@ -238,6 +238,8 @@ class ConnectErrors:
         errors = self
 
         class RecordingConnection(psycopg.AsyncConnection):  # type: ignore[misc,name-defined]
+            gtl_nb_pool = True  # psycopg_pool's lines about a connection of ours name it, not its pool
+
             @classmethod
             async def connect(cls, *args: Any, **kwargs: Any) -> Any:
                 try:
@@ -261,15 +263,21 @@ class ConnectErrors:
 
 class _PoolAttemptNoise(logging.Filter):
     """Drops psycopg_pool's warnings about failed connection attempts of our pools (one a second or so
-    while the server is away): the store's own warning names the outage once, with its cause. With
+    while the server is away), and about each of their connections the server closed (one per pooled
+    connection when it stops): the store's own warning names the outage once, with its cause. With
     ``psycopg.pool`` logging DEBUG they are still shown, as DEBUG."""
 
     _MESSAGES = ("error connecting in ", "reconnection attempt in pool ")
+    _CONNECTION_MESSAGES = ("discarding closed connection: ", "discarding broken connection: ")
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
-        ours = bool(args) and str(args[0]).startswith(POOL_PREFIX)
-        if not (ours and record.levelno >= logging.WARNING and str(record.msg).startswith(self._MESSAGES)):
+        message = str(record.msg)
+        if message.startswith(self._CONNECTION_MESSAGES):
+            ours = bool(args) and getattr(args[0], "gtl_nb_pool", False) is True
+        else:
+            ours = bool(args) and str(args[0]).startswith(POOL_PREFIX) and message.startswith(self._MESSAGES)
+        if not (ours and record.levelno >= logging.WARNING):
             return True
         if not logging.getLogger(_POOL_LOGGER).isEnabledFor(logging.DEBUG):
             return False

@@ -143,6 +143,12 @@ def test_a_store_in_the_wrong_backend_is_refused_clearly(tmp_path: Path):
         BudgetConfig.from_dict({"backend": "postgresql://db/gtl"})
     with pytest.raises(ConfigurationError, match="ledger must be a path"):
         open_stores(42)  # type: ignore[arg-type]
+    # what the ledger is told to use is what a ledger can be: PostgreSQL, never Redis
+    for wrong in ("redis://cache:6379/0", "mysql://db/gtl", 42):
+        with pytest.raises(ConfigurationError) as refused:
+            open_stores(wrong)  # type: ignore[arg-type]
+        assert "postgresql://" in str(refused.value), refused.value
+        assert "use redis://" not in str(refused.value) and "or redis://" not in str(refused.value), refused.value
 
 
 def test_a_store_that_fails_to_open_closes_those_opened_before(tmp_path: Path):
