@@ -15,15 +15,15 @@ it was, and the reload's line says so ("token policy not renewed"); the rest is 
 
 Sessions already running finish on the deployments they resolved when they started; connections
 already authenticated keep their context. What a reload cannot change in place — the listener
-tables, ``[gateway.limits]``, the event loop and ``advertise``, the auth mode, the ledger and the
-other stores' backends, the audit log, ``/metrics``, the vault — is reported in the reload's line as
-"restart to apply"."""
+tables, the ``[gateway]`` limits (``max_frame_bytes``, ``trusted_proxies``, …), the event loop and
+``advertise``, the auth mode, the ledger and the other stores' backends, the audit log, ``/metrics``,
+the vault — is reported in the reload's line as "restart to apply"."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from gtl_nb.engine.context import RequestContext
@@ -106,7 +106,8 @@ def _fixed_tables(settings: Settings, options: GatewaySettings) -> dict[str, Any
     tables.update(
         {
             "[gateway] auth": options.auth,
-            "[gateway.limits]": options.limits,
+            # the limits are keys of [gateway] itself (max_frame_bytes, trusted_proxies, …): each by its name
+            **{f"[gateway] {limit.name}": getattr(options.limits, limit.name) for limit in fields(options.limits)},
             "[gateway] shutdown_grace": options.shutdown_grace,
             # the loop runs the whole process, and discovery offers what the listeners were started with
             "[gateway] event_loop": options.event_loop,

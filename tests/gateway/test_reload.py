@@ -273,7 +273,9 @@ def test_the_engine_takes_every_reloadable_part_and_names_the_rest(tmp_path: Pat
     write_toml(config, changed)
     line = reloader.reload()
     assert "(~fast)" in line and "routing lowest_cost" in line, line
-    assert line.endswith("restart to apply: [gateway.limits], [gateway] shutdown_grace, [ledger]"), line
+    assert line.endswith(
+        "restart to apply: [gateway] max_sessions_per_connection, [gateway] shutdown_grace, [ledger]"
+    ), line
     assert engine.deployments["fast"].base_url.startswith(sims.slow.base_url.rstrip("/"))
     assert type(engine.strategy).__name__.lower().startswith("lowestcost")
     assert engine.http.timeouts.connect == 3
@@ -294,9 +296,10 @@ def test_the_event_loop_and_advertise_are_named_restart_to_apply(tmp_path: Path,
     engine = build_engine(settings)
     reloader = Reloader(engine, config=config, settings=settings, authenticate=SwappableAuthenticator(lambda _: None))
     gateway = {"shutdown_grace": 2, "event_loop": "asyncio", "advertise": {"grpc": "grpcs://gw.example.com:443"}}
+    gateway["trusted_proxies"] = ["10.0.0.0/8"]  # a limit: named by its own key, as the file spells it
     write_toml(config, tables(tmp_path, {"fast": fast}, gateway=gateway))
     line = reloader.reload()
-    assert line.endswith("restart to apply: [gateway] advertise, [gateway] event_loop"), line
+    assert line.endswith("restart to apply: [gateway] advertise, [gateway] event_loop, [gateway] trusted_proxies"), line
     asyncio.run(engine.aclose())
 
 
