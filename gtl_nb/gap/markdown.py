@@ -181,7 +181,7 @@ class _Cursor:
         while self.pos < len(self.text) and self.text[self.pos] not in stops:
             self.pos += 1
         bare = self.text[start : self.pos].strip()
-        if bare == "-":
+        if bare == "-" or (nullable and not bare):  # nothing written is null too ("" is written quoted)
             if not nullable:
                 self.pos = start
                 raise self.error("this value cannot be null ('-'); quote it as \"-\" if that is the value")

@@ -222,3 +222,15 @@ def test_a_later_malformed_block_fails_even_after_good_ones():
     with pytest.raises(GAPFormatError) as caught:
         parse_all(good + "\n[GAP:START]\nbroken\n")
     assert caught.value.line == good.count("\n") + 2
+
+
+def test_a_value_left_empty_is_null_where_null_is_allowed():
+    """``Thread:`` with nothing after it is what a hand-written header means by no thread: null, as
+    ``-`` is (the writer writes an empty string ``""``, so both still round-trip)."""
+    block = '[GAP:START]\nFrom: p | Thread:\nContext: user message from -\nEntities: "db" = \nbody\n'
+    parsed = from_markdown(block.replace("body\n", "[GAP:CONTENT]\nhi\n[GAP:END]\n"))
+    assert parsed.thread_id is None
+    assert parsed.entities["db"].value is None and parsed.entities["db"].type == "ambiguous_reference"
+    for thread in ("", None, "none", "-"):
+        wrapped = wrap_message("hi", "p", "c", thread_id=thread)
+        assert from_markdown(to_markdown(wrapped)).thread_id == thread
