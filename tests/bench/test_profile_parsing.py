@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 from bench.procstat import thread_cpu_seconds
 from bench.profile_gateway import by_thread, parse_raw, per_thread_report, python_thread_names, summarise
@@ -79,3 +80,13 @@ def test_chunk_cost_reports_the_slope_between_the_two_longest_answers() -> None:
     text = report({1: 0.8e6, 16: 1.0e6, 64: 1.96e6})
     assert "| 16 token(s) | 1.000 |" in text
     assert "per chunk (16 → 64 tokens): 20.0 k instructions" in text
+
+
+def test_the_compiled_comparison_names_modules_that_exist():
+    """``bench.ab_compiled`` compiles modules by path: a module renamed or removed must fail here, not
+    halfway through a half-hour benchmark."""
+    from bench.ab_compiled import HOT_MODULES
+
+    root = Path(__file__).resolve().parents[2]
+    assert len(set(HOT_MODULES)) == len(HOT_MODULES)
+    assert [module for module in HOT_MODULES if not (root / module).is_file()] == []
