@@ -36,6 +36,7 @@ from __future__ import annotations
 import html
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -270,6 +271,8 @@ class _Answer:
     final_calls: list[str] = field(default_factory=list)
     final_error: tuple[str, str] | None = None
     footer: str = ""
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # when the terminal event arrived
 
     @property
     def text(self) -> str:
@@ -306,8 +309,10 @@ class _Answer:
             self.status = "thinking"
         elif isinstance(event, Done):
             self.status = "done"
+            self.ended = time.monotonic()
         elif isinstance(event, Error):
             self.status = "error"
+            self.ended = time.monotonic()
         elif isinstance(event, Status):
             self.status = _status_word(event)
 
@@ -334,7 +339,18 @@ class _Answer:
             self.final_error = None
             if not self.final_text.strip() and not self.final_calls:
                 self.footer = ""  # nothing arrived: no output at all
+        elif self.final_error is not None and (completion is None or completion.latency_ms is None):
+            # an error's footer had no time (only done says latency): a refusal and a stream cut after
+            # seconds read alike; said here as %%gtl's error line says it
+            self.footer = " · ".join(part for part in (self._how_far(completion), self.footer) if part)
         self.finished = True
+
+    def _how_far(self, completion: Completion | None) -> str:
+        """``after 12 tokens, 4.02 s``: how much of the answer came before the error, and when."""
+        counted = completion.usage.tokens_out if completion is not None and completion.usage is not None else None
+        count = counted if counted else len(self.transcript.tokens)
+        arrived = f"{count} token{'s' if count != 1 else ''}, " if count else ""
+        return f"after {arrived}{(self.ended or time.monotonic()) - self.started:.2f} s"
 
     # -- rendering ------------------------------------------------------------------------------
 

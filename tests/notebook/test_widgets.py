@@ -209,6 +209,8 @@ def test_an_error_event_shows_its_code_live_and_in_the_final_state():
     assert "**RATE_LIMIT**: slow down" in bundle["text/markdown"]
     assert "[RATE_LIMIT] slow down" in bundle["text/plain"]
     assert "partial" in bundle["text/markdown"]  # what arrived before the error is kept
+    # an error's footer says how far the answer got and when (done's latency never came)
+    assert re.search(r"after 1 token, \d+\.\d\d s", bundle["text/plain"]), bundle["text/plain"]
 
 
 def test_a_real_provider_error_shows_the_gtl_code(shell):
@@ -429,6 +431,8 @@ def test_a_failed_column_shows_its_code_while_the_others_finish(shell):
     bundle = grid._repr_mimebundle_()
     assert "**OVERLOADED**: busy" in bundle["text/markdown"]
     assert "fine" in bundle["text/markdown"]
+    assert re.search(r"after \d+\.\d\d s", bundle["text/markdown"])  # the failed column's time, not nothing
+    assert "after" not in bundle["text/markdown"].split("**OVERLOADED**")[0]  # the answered one: its own footer
 
 
 def test_grid_events_from_the_loop_thread_and_others_are_safe(shell):
