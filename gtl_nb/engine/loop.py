@@ -468,6 +468,16 @@ def shared_loop() -> LoopThread:
         return _shared
 
 
+def stop_shared_loop() -> None:
+    """Stop the process-wide loop thread, if one runs (``LoopThread.stop``: its sessions end
+    ``cancelled`` first). What drains a ledger at exit calls this before draining: ``atexit`` runs
+    the last handler registered first, and a ledger opens after the loop started, so its drain would
+    otherwise run — and close the ledger — before the loop's sessions have queued their outcomes."""
+    shared = _shared
+    if shared is not None:
+        shared.stop()
+
+
 class Work(Generic[T]):
     """A coroutine running as a task on a ``LoopThread`` (``spawn``, and inside ``run`` and ``call``).
 

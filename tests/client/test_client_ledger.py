@@ -110,6 +110,30 @@ def test_a_process_killed_mid_stream_leaves_one_interrupted_row(ledger_path):
     assert frame.iloc[0]["status"] == "interrupted"
 
 
+EXITS_MID_STREAM = textwrap.dedent(
+    """
+    import sys, threading, gtl_nb
+    client = gtl_nb.connect(providers={"slow": {"type": "echo", "options": {"pace": 0.05}}},
+                            ledger=sys.argv[1], environ={})
+    stream = client.stream("slow:echo", "a long answer " * 50, max_tokens=500)
+    next(stream), next(stream)
+    reader = threading.Thread(target=lambda: client.complete("slow:echo", "another " * 50, max_tokens=500), daemon=True)
+    reader.start()
+    print("mid-stream", flush=True)
+    """
+)
+
+
+def test_exiting_with_sessions_open_ends_their_rows_cancelled(ledger_path):
+    # the ledger's writer registers its exit drain after the loop thread's stop, and atexit runs the
+    # last registered first: the writer closed before the loop's sessions could record their ends
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS_MID_STREAM, str(ledger_path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "mid-stream", done.stderr
+    assert list(rows(ledger_path)["status"]) == ["cancelled", "cancelled"]  # not left started (interrupted)
+
+
 def test_one_model_name_per_row_whatever_the_outcome(ledger_path):
     # a failed request named with its deployment prefix is recorded with the bare model, as a
     # successful one is, and the deployment in its own column
