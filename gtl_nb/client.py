@@ -535,7 +535,7 @@ class Client:
         if concurrency_error := [k for k in ("on_event", "session_id") if k in defaults]:
             raise InvalidRequestError(f"batch() does not take {concurrency_error[0]}")
         out: list[CompletionRequest | GTLError] = []
-        for item in requests:
+        for item in _listed(requests, "batch() takes a list of requests (prompts, dicts of complete() arguments)"):
             try:
                 if isinstance(item, CompletionRequest):
                     request = item
@@ -555,8 +555,8 @@ class Client:
     ) -> list[Completion | GTLError]:
         from gtl_nb.progress import Progress
 
-        if concurrency < 1:
-            raise InvalidRequestError("concurrency must be at least 1")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, numbers.Integral) or concurrency < 1:
+            raise InvalidRequestError(f"concurrency must be at least 1, not {_short(concurrency, 40)}")
         bar = Progress(len(prepared), "gtl batch") if show_progress and prepared else None
         gate = asyncio.Semaphore(concurrency)
 
@@ -590,7 +590,9 @@ class Client:
         thread), which is how the notebook grid streams all columns at the same time. A failing
         model does not stop the others.
         """
-        models = list(dict.fromkeys(models))
+        models = list(
+            dict.fromkeys(_listed(models, "compare() takes a list of models, e.g. ['echo', 'openai:gpt-4o']"))
+        )
         if not models:
             raise InvalidRequestError("compare() needs at least one model")
         requests: dict[str, CompletionRequest | GTLError] = {}
@@ -1174,6 +1176,16 @@ def _stop_sequences(stop: Any) -> list[str] | None:
     if not all(isinstance(item, str) for item in stops):
         raise InvalidRequestError("stop must be a string or a list of strings; one of them is not a string")
     return stops or None
+
+
+def _listed(value: Any, takes: str) -> Iterable[Any]:
+    """``value``, an iterable of items, or ``InvalidRequestError`` (``takes`` says what to pass) for one
+    item given alone: a string or a dict iterates as characters or keys, one request each."""
+    if isinstance(value, (str, bytes, dict, CompletionRequest)):
+        raise InvalidRequestError(f"{takes}, not one {type(value).__name__}: put it in a list")
+    if not isinstance(value, Iterable):
+        raise InvalidRequestError(f"{takes}, not {type(value).__name__}")
+    return value
 
 
 def _iterable(value: Any, name: str) -> Iterable[Any]:
