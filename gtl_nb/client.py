@@ -535,6 +535,7 @@ class Client:
         return await self._loop.call(self._run_batch(prepared, concurrency, progress), grace=_END_WAIT)
 
     def _prepare_batch(self, requests: Iterable[Any], defaults: dict[str, Any]) -> list[CompletionRequest | GTLError]:
+        self._ensure_open()  # (raised, as complete() raises it, not put in every item's slot)
         if concurrency_error := [k for k in ("on_event", "session_id") if k in defaults]:
             raise InvalidRequestError(f"batch() does not take {concurrency_error[0]}")
         out: list[CompletionRequest | GTLError] = []
@@ -593,6 +594,7 @@ class Client:
         thread), which is how the notebook grid streams all columns at the same time. A failing
         model does not stop the others.
         """
+        self._ensure_open()
         _check_callback(on_event)
         models = list(
             dict.fromkeys(_listed(models, "compare() takes a list of models, e.g. ['echo', 'openai:gpt-4o']"))
@@ -730,6 +732,7 @@ class Client:
         """
         from gtl_nb.engine.ledger import frame_from_rows
 
+        self._ensure_open()  # (its ledger is closed with it: a new client reads the same file)
         rows = self._loop.run(self.backend.usage_rows(all_users=all_users, **filters), timeout=60)
         return frame_from_rows(rows)
 
@@ -740,6 +743,7 @@ class Client:
         (~0.2 s) and a large ledger's frame are work the awaiting loop need not stand still for."""
         from gtl_nb.engine.ledger import frame_from_rows
 
+        self._ensure_open()
         rows = await self._loop.call(self.backend.usage_rows(all_users=all_users, **filters))
         return await asyncio.to_thread(frame_from_rows, rows)
 

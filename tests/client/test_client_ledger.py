@@ -13,7 +13,7 @@ import pytest
 import gtl_nb
 from gtl_nb import sim
 from gtl_nb.engine.ledger import Ledger
-from gtl_nb.protocol import AuthenticationError, Token
+from gtl_nb.protocol import AuthenticationError, ConfigurationError, Token
 
 
 @pytest.fixture
@@ -108,6 +108,17 @@ def test_a_process_killed_mid_stream_leaves_one_interrupted_row(ledger_path):
     frame = rows(ledger_path)  # opening the ledger recovers rows of dead processes
     assert len(frame) == 1
     assert frame.iloc[0]["status"] == "interrupted"
+
+
+def test_a_closed_client_says_so_when_asked_for_usage_or_a_batch(ledger_path):
+    # usage() read a closed ledger: LedgerStateError, code INTERNAL, as if the library had failed
+    client = gtl_nb.connect(ledger=ledger_path, environ={})
+    client.complete("echo", "hi")
+    client.close()
+    for call in (client.usage, lambda: client.batch(["hi"], model="echo"), lambda: client.compare(["echo"], "hi")):
+        with pytest.raises(ConfigurationError, match=r"this client is closed; gtl_nb\.connect"):
+            call()
+    assert list(gtl_nb.connect(ledger=ledger_path, environ={}).usage()["status"]) == ["ok"]  # a new one reads it
 
 
 EXITS_MID_STREAM = textwrap.dedent(
