@@ -381,6 +381,7 @@ class Client:
             # and the "model" is no model routing knows
             alone = named and isinstance(messages, tuple) and not messages and self._unknown_model(model)
             raise InvalidRequestError(_no_messages(model if alone else None, defaults.model))
+        request: CompletionRequest | None = None
         try:
             request = CompletionRequest(
                 session_id=session_id or new_session_id(),
@@ -393,7 +394,7 @@ class Client:
                 temperature=None if temperature is None else float(temperature),
                 top_p=None if top_p is None else float(top_p),
                 stop=stops,
-                tools=_tools(tools) if tools else None,
+                tools=_tools(_listed(tools, "tools takes a list of tools (gtl_nb.Tool or dicts)")) if tools else None,
                 tool_choice=tool_choice,
                 response_format=response_format,
                 metadata=metadata,
@@ -402,7 +403,9 @@ class Client:
             )
             # Struct constructors do not check types; one typed round trip does, for clear errors
             return msgspec.json.decode(msgspec.json.encode(request), type=CompletionRequest)
-        except (TypeError, msgspec.ValidationError) as exc:
+        except TypeError as exc:
+            raise InvalidRequestError(f"invalid request: {_holding(request, exc)}") from None
+        except msgspec.ValidationError as exc:
             raise InvalidRequestError(f"invalid request: {exc}") from None
         except UnicodeEncodeError as exc:
             raise InvalidRequestError(
@@ -532,10 +535,11 @@ class Client:
         return await self._loop.call(self._run_batch(prepared, concurrency, progress), grace=_END_WAIT)
 
     def _prepare_batch(self, requests: Iterable[Any], defaults: dict[str, Any]) -> list[CompletionRequest | GTLError]:
+        self._ensure_open()  # (raised, as complete() raises it, not put in every item's slot)
         if concurrency_error := [k for k in ("on_event", "session_id") if k in defaults]:
             raise InvalidRequestError(f"batch() does not take {concurrency_error[0]}")
         out: list[CompletionRequest | GTLError] = []
-        for item in requests:
+        for item in _listed(requests, "batch() takes a list of requests (prompts, dicts of complete() arguments)"):
             try:
                 if isinstance(item, CompletionRequest):
                     request = item
@@ -555,8 +559,8 @@ class Client:
     ) -> list[Completion | GTLError]:
         from gtl_nb.progress import Progress
 
-        if concurrency < 1:
-            raise InvalidRequestError("concurrency must be at least 1")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, numbers.Integral) or concurrency < 1:
+            raise InvalidRequestError(f"concurrency must be at least 1, not {_short(concurrency, 40)}")
         bar = Progress(len(prepared), "gtl batch") if show_progress and prepared else None
         gate = asyncio.Semaphore(concurrency)
 
@@ -590,7 +594,11 @@ class Client:
         thread), which is how the notebook grid streams all columns at the same time. A failing
         model does not stop the others.
         """
-        models = list(dict.fromkeys(models))
+        self._ensure_open()
+        _check_callback(on_event)
+        models = list(
+            dict.fromkeys(_listed(models, "compare() takes a list of models, e.g. ['echo', 'openai:gpt-4o']"))
+        )
         if not models:
             raise InvalidRequestError("compare() needs at least one model")
         requests: dict[str, CompletionRequest | GTLError] = {}
@@ -724,6 +732,7 @@ class Client:
         """
         from gtl_nb.engine.ledger import frame_from_rows
 
+        self._ensure_open()  # (its ledger is closed with it: a new client reads the same file)
         rows = self._loop.run(self.backend.usage_rows(all_users=all_users, **filters), timeout=60)
         return frame_from_rows(rows)
 
@@ -734,6 +743,7 @@ class Client:
         (~0.2 s) and a large ledger's frame are work the awaiting loop need not stand still for."""
         from gtl_nb.engine.ledger import frame_from_rows
 
+        self._ensure_open()
         rows = await self._loop.call(self.backend.usage_rows(all_users=all_users, **filters))
         return await asyncio.to_thread(frame_from_rows, rows)
 
@@ -811,6 +821,7 @@ class Client:
 
 class _StreamBase:
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
+        _check_callback(on_event)  # (before the session starts: it would fail at the first event)
         self.client = client
         self.request = request
         self.on_event = on_event
@@ -1096,16 +1107,18 @@ def _check_arguments(
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, numbers.Real):  # (numpy's numbers are Real too)
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "…"
-            raise InvalidRequestError(
-                f"{name} must be a number from 0 to {highest:g}, not {shown} (of type {type(value).__name__})"
-            )
-        if not math.isfinite(value):
+            shown = f"{_short(value, 40)} (of type {type(value).__name__})"
+            raise InvalidRequestError(f"{name} must be a number from 0 to {highest:g}, not {shown}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer past a float's range: out of range (below), not infinite
+            finite = True
+        if not finite:
             raise InvalidRequestError(f"{name} must be a finite number, not {value!r}")
         if not 0 <= value <= highest:  # (the providers' own range: OpenAI's and Gemini's; Anthropic's stops at 1)
-            raise InvalidRequestError(f"{name} must be a number from 0 to {highest:g}, not {value!r}")
+            raise InvalidRequestError(f"{name} must be a number from 0 to {highest:g}, not {_short(value, 40)}")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
-        raise InvalidRequestError(f"max_tokens must be a positive integer, not {max_tokens!r}")
+        raise InvalidRequestError(f"max_tokens must be a positive integer, not {_short(max_tokens, 40)}")
     for name, value in (("metadata", metadata), ("response_format", response_format), ("tool_choice", tool_choice)):
         if value is not None and nesting_depth(value, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
             raise InvalidRequestError(f"{name} nests deeper than {MAX_ARGUMENT_DEPTH} levels; flatten it")
@@ -1176,6 +1189,32 @@ def _stop_sequences(stop: Any) -> list[str] | None:
     return stops or None
 
 
+def _listed(value: Any, takes: str) -> Iterable[Any]:
+    """``value``, an iterable of items, or ``InvalidRequestError`` (``takes`` says what to pass) for one
+    item given alone: a string or a dict iterates as characters or keys, one request each."""
+    if isinstance(value, (str, bytes, dict, CompletionRequest, Tool, Message)):
+        raise InvalidRequestError(f"{takes}, not one {type(value).__name__}: put it in a list")
+    if not isinstance(value, Iterable):
+        raise InvalidRequestError(f"{takes}, not {type(value).__name__}")
+    return value
+
+
+def _holding(request: CompletionRequest | None, exc: TypeError) -> str:
+    """``exc``, a failure to encode ``request``, naming the argument holding what JSON cannot carry."""
+    for name in ("metadata", "response_format", "tools", "tool_choice", "messages"):
+        try:
+            msgspec.json.encode(getattr(request, name, None))
+        except TypeError:
+            return f"{name} holds a value JSON cannot carry ({exc})"
+    return str(exc)
+
+
+def _check_callback(on_event: Any) -> None:
+    """Refuse an ``on_event`` that cannot be called."""
+    if on_event is not None and not callable(on_event):
+        raise InvalidRequestError(f"on_event must be a function, called with each event; not {_short(on_event, 40)}")
+
+
 def _iterable(value: Any, name: str) -> Iterable[Any]:
     if isinstance(value, (dict, set)) or not isinstance(value, Iterable):
         raise InvalidRequestError(f"{name} must be a list, not {type(value).__name__}")
@@ -1232,7 +1271,10 @@ def _messages(value: Any) -> list[Message]:
 
 def _short(value: Any, limit: int = 80) -> str:
     """``repr(value)`` cut to ``limit`` characters: an error names a value, never a document."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past the interpreter's limit on digits (sys.set_int_max_str_digits)
+        text = f"<{type(value).__name__} too long to show>"
     return text if len(text) <= limit else f"{text[:limit]}…"
 
 
@@ -1335,12 +1377,18 @@ def _tools(tools: Iterable[Tool | dict[str, Any]]) -> list[Tool]:
         if isinstance(tool, Tool):
             out.append(tool)
             continue
+        if inspect.isroutine(tool):  # (a Python function: the magics build its schema, and so can the caller)
+            name = getattr(tool, "__name__", "f")
+            raise InvalidRequestError(
+                f"a tool is a gtl_nb.Tool or a JSON-Schema dict, not the function {name}: "
+                f"gtl_nb.tool_from_function({name}) builds one from its signature"
+            )
         if nesting_depth(tool, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
             raise InvalidRequestError(f"a tool definition nests deeper than {MAX_ARGUMENT_DEPTH} levels")
         try:
             out.append(msgspec.convert(normalise_tool(tool), Tool))
         except msgspec.ValidationError as exc:
-            raise InvalidRequestError(f"invalid tool definition {tool!r}: {exc}") from None
+            raise InvalidRequestError(f"invalid tool definition {_short(tool)}: {exc}") from None
     return out
 
 

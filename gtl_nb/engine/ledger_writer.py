@@ -64,6 +64,7 @@ from gtl_nb.engine.ledger import (
 from gtl_nb.engine.ledger_batch import Finish, Start, write_batch
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
+from gtl_nb.engine.loop import stop_shared_loop
 from gtl_nb.log import get_logger
 
 __all__ = ["MAX_BATCH", "MAX_PENDING", "LedgerWriter", "acquire_writer", "flush_rows_of", "release_writer"]
@@ -685,7 +686,10 @@ def flush_rows_of(path: str | os.PathLike[str], user: str | None) -> None:
 
 
 def _drain_all(writers: Iterable[LedgerWriter] | None = None) -> None:
-    """At interpreter exit: write what every writer still holds."""
+    """At interpreter exit: end the sessions the loop thread still runs (their rows' outcomes are
+    queued then: ``stop_shared_loop``), then write what every writer still holds."""
+    if writers is None:
+        stop_shared_loop()
     with _REGISTRY:
         found = list(_WRITERS.values()) if writers is None else list(writers)
         _WRITERS.clear()

@@ -81,7 +81,13 @@ def loop_factory(choice: str, *, setting: str = "GTL_NB_EVENT_LOOP") -> Callable
 
 
 class LoopThread:
-    """A daemon thread running an event loop forever: asyncio's unless ``event_loop`` says otherwise."""
+    """A daemon thread running an event loop forever: asyncio's unless ``event_loop`` says otherwise.
+
+    A forked child has none of its parent's threads: there, every call raises ``FORKED`` at once
+    (it would wait forever for a loop that no longer runs) and ``stop`` does nothing."""
+
+    forked = False
+    """Whether this process is a fork of the one that started the thread (set by ``_after_fork``)."""
 
     def __init__(self, name: str = "gtl_nb-loop", *, event_loop: str = "asyncio") -> None:
         self._new_loop = loop_factory(event_loop)
@@ -98,6 +104,7 @@ class LoopThread:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._ready.wait()
+        _started.add(self)
 
     def _run(self) -> None:
         loop = self._new_loop()
@@ -120,17 +127,21 @@ class LoopThread:
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; returns a thread-safe future."""
-        if self.in_loop_thread:
+        if self.in_loop_thread or self.forked:
             coro.close()
-            raise RuntimeError("the synchronous gtl_nb API cannot be called from its own loop thread")
+            raise RuntimeError(
+                FORKED if self.forked else "the synchronous gtl_nb API cannot be called from its own loop thread"
+            )
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def spawn(self, coro: Coroutine[Any, Any, T], ended: Callable[[asyncio.Task[T]], object] | None = None) -> Work[T]:
         """Start ``coro`` as a task on the loop (one wake-up of it); ``ended(task)`` is called there
         when the task is done. The returned ``Work`` can be cancelled from any thread."""
-        if self.in_loop_thread:
+        if self.in_loop_thread or self.forked:
             coro.close()
-            raise RuntimeError("the synchronous gtl_nb API cannot be called from its own loop thread")
+            raise RuntimeError(
+                FORKED if self.forked else "the synchronous gtl_nb API cannot be called from its own loop thread"
+            )
         if not asyncio.iscoroutine(coro):
             raise TypeError(f"a coroutine is required, not {type(coro).__name__}")
         work = Work(self.loop, coro, ended)
@@ -195,7 +206,7 @@ class LoopThread:
     def stop(self) -> None:
         """End what runs on the loop (see the module docstring), then stop the loop and its thread."""
         loop = self._loop
-        if loop is None or not loop.is_running():
+        if loop is None or not loop.is_running() or self.forked:  # (a forked child's copy runs nowhere)
             return
         if self.in_loop_thread:  # it cannot wait for itself: the loop just stops
             loop.stop()
@@ -440,6 +451,11 @@ LOOP_STALLED = (  # logged by a synchronous call from another thread while that 
     "is waiting for this one (thread.join(), future.result() in a cell), neither will go on; await the "
     "client's async methods there instead, or use gtl_nb.connect(), whose engine has a thread of its own"
 )
+FORKED = (  # what a call raises in a forked child, on a loop thread its parent started
+    "this client was made before the process forked, and the thread its engine runs on is not in this "
+    "process: make a client here, after the fork (gtl_nb.connect() in the worker), or start workers "
+    "with multiprocessing's 'spawn' or 'forkserver' method"
+)
 OWN_LOOP = (  # what a synchronous call on the thread of a ``CallersLoop`` raises
     "this client runs on this thread's event loop (gtl_nb.aconnect): a synchronous call here would wait "
     "for itself; use the async methods (await client.acomplete(...), client.astream(...), "
@@ -456,6 +472,20 @@ async def _close_quietly(resource: Closable) -> None:
 
 _shared: LoopThread | None = None
 _shared_lock = threading.Lock()
+_started: weakref.WeakSet[LoopThread] = weakref.WeakSet()  # every loop thread started in this process
+
+
+def _after_fork() -> None:
+    """In a forked child: mark the loop threads the parent started (none of them runs here)."""
+    global _shared_lock
+    for started in list(_started):
+        started.forked = True
+    _started.clear()
+    _shared_lock = threading.Lock()  # the parent may have held it at the fork
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
 
 
 def shared_loop() -> LoopThread:
@@ -466,6 +496,16 @@ def shared_loop() -> LoopThread:
             _shared = LoopThread(event_loop=os.environ.get("GTL_NB_EVENT_LOOP", "auto"))
             atexit.register(_shared.stop)
         return _shared
+
+
+def stop_shared_loop() -> None:
+    """Stop the process-wide loop thread, if one runs (``LoopThread.stop``: its sessions end
+    ``cancelled`` first). What drains a ledger at exit calls this before draining: ``atexit`` runs
+    the last handler registered first, and a ledger opens after the loop started, so its drain would
+    otherwise run — and close the ledger — before the loop's sessions have queued their outcomes."""
+    shared = _shared
+    if shared is not None:
+        shared.stop()
 
 
 class Work(Generic[T]):

@@ -88,6 +88,23 @@ def test_bad_arguments(client):
     assert isinstance(results[0], GTLError)
 
 
+def test_one_request_given_alone_is_refused_not_sent_once_a_character():
+    # a string (or a dict) given where a list goes was iterated: batch("hello") sent five billed requests
+    with sim.serve("openai") as simulator:
+        client = gtl_nb.connect(
+            providers={"openai": {"api_key": "sim-key", "base_url": simulator.base_url}}, ledger=False, environ={}
+        )
+        for alone in ("hello", {"messages": "hello"}):
+            with pytest.raises(InvalidRequestError, match=rf"batch\(\) takes a list .*not one {type(alone).__name__}"):
+                client.batch(alone, model="gpt-4o-mini", progress=False)
+        with pytest.raises(InvalidRequestError, match=r"compare\(\) takes a list of models.*not one str"):
+            client.compare("gpt-4o-mini", "hello")
+        with pytest.raises(InvalidRequestError, match="concurrency must be at least 1, not '4'"):
+            client.batch(["hello"], model="gpt-4o-mini", concurrency="4", progress=False)
+        client.close()
+    assert simulator.requests == []
+
+
 def test_terminal_progress_bar_draws_the_final_state():
     out = io.StringIO()
     bar = Progress(3, "demo", stream=out)

@@ -74,6 +74,18 @@ BAD_ARGUMENTS = {
     "stop a number": ({"messages": "hi", "stop": 5}, "stop must be a string or a list of strings, not int"),
     "stop holding a number": ({"messages": "hi", "stop": ["END", 3]}, "one of them is not a string"),
     "max_tokens zero": ({"messages": "hi", "max_tokens": 0}, "max_tokens must be a positive integer"),
+    "temperature past a float's range": ({"messages": "hi", "temperature": 10**400}, "from 0 to 2, not 1000000"),
+    "top_p past the digits an int shows": ({"messages": "hi", "top_p": 10**5000}, "from 0 to 1, not <int too long"),
+    "one tool not in a list": (
+        {"messages": "hi", "tools": {"name": "t", "parameters": {"type": "object"}}},
+        "tools takes a list of tools (gtl_nb.Tool or dicts), not one dict: put it in a list",
+    ),
+    "a function as a tool": ({"messages": "hi", "tools": [len]}, "gtl_nb.tool_from_function(len) builds one"),
+    "metadata holding a function": ({"messages": "hi", "metadata": {"f": len}}, "metadata holds a value JSON cannot"),
+    "a tool schema holding an object": (
+        {"messages": "hi", "tools": [{"name": "t", "parameters": {"type": "object", "x": object()}}]},
+        "tools holds a value JSON cannot carry",
+    ),
 }
 
 
@@ -85,6 +97,19 @@ def test_bad_arguments_are_refused_with_a_library_error_before_anything_is_sent(
         assert says in str(caught.value)
         assert "\n" not in str(caught.value)
     assert Ledger(ledger_path).to_dataframe().empty  # nothing was sent, so nothing was recorded
+
+
+def test_an_on_event_that_cannot_be_called_is_refused_before_anything_is_sent(client, ledger_path):
+    # it failed at the first event, a TypeError from inside the stream, the session already started
+    with pytest.raises(InvalidRequestError, match="on_event must be a function, called with each event; not 5"):
+        client.complete("echo", "hi", on_event=5)
+    with pytest.raises(InvalidRequestError, match="on_event must be a function"):
+        client.stream("echo", "hi", on_event="print")
+    with pytest.raises(InvalidRequestError, match="on_event must be a function"):
+        asyncio.run(client.acomplete("echo", "hi", on_event=5))
+    with pytest.raises(InvalidRequestError, match="on_event must be a function"):
+        client.compare(["echo"], "hi", on_event=5)
+    assert Ledger(ledger_path).to_dataframe().empty
 
 
 def test_nan_is_refused_by_the_command_line(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 import gtl_nb
 from gtl_nb import sim
 from gtl_nb.engine.ledger import Ledger
-from gtl_nb.protocol import AuthenticationError, Token
+from gtl_nb.protocol import AuthenticationError, ConfigurationError, Token
 
 
 @pytest.fixture
@@ -108,6 +108,41 @@ def test_a_process_killed_mid_stream_leaves_one_interrupted_row(ledger_path):
     frame = rows(ledger_path)  # opening the ledger recovers rows of dead processes
     assert len(frame) == 1
     assert frame.iloc[0]["status"] == "interrupted"
+
+
+def test_a_closed_client_says_so_when_asked_for_usage_or_a_batch(ledger_path):
+    # usage() read a closed ledger: LedgerStateError, code INTERNAL, as if the library had failed
+    client = gtl_nb.connect(ledger=ledger_path, environ={})
+    client.complete("echo", "hi")
+    client.close()
+    for call in (client.usage, lambda: client.batch(["hi"], model="echo"), lambda: client.compare(["echo"], "hi")):
+        with pytest.raises(ConfigurationError, match=r"this client is closed; gtl_nb\.connect"):
+            call()
+    assert list(gtl_nb.connect(ledger=ledger_path, environ={}).usage()["status"]) == ["ok"]  # a new one reads it
+
+
+EXITS_MID_STREAM = textwrap.dedent(
+    """
+    import sys, threading, gtl_nb
+    client = gtl_nb.connect(providers={"slow": {"type": "echo", "options": {"pace": 0.05}}},
+                            ledger=sys.argv[1], environ={})
+    stream = client.stream("slow:echo", "a long answer " * 50, max_tokens=500)
+    next(stream), next(stream)
+    reader = threading.Thread(target=lambda: client.complete("slow:echo", "another " * 50, max_tokens=500), daemon=True)
+    reader.start()
+    print("mid-stream", flush=True)
+    """
+)
+
+
+def test_exiting_with_sessions_open_ends_their_rows_cancelled(ledger_path):
+    # the ledger's writer registers its exit drain after the loop thread's stop, and atexit runs the
+    # last registered first: the writer closed before the loop's sessions could record their ends
+    done = subprocess.run(
+        [sys.executable, "-c", EXITS_MID_STREAM, str(ledger_path)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "mid-stream", done.stderr
+    assert list(rows(ledger_path)["status"]) == ["cancelled", "cancelled"]  # not left started (interrupted)
 
 
 def test_one_model_name_per_row_whatever_the_outcome(ledger_path):

@@ -8,7 +8,11 @@ import asyncio
 import concurrent.futures
 import gc
 import importlib.util
+import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import weakref
@@ -312,6 +316,32 @@ def test_closing_the_client_ends_a_complete_waiting_in_another_thread_as_cancell
     waiting.join(10)
     assert len(outcome) == 1 and isinstance(outcome[0], CancelledError)
     assert outcome[0].completion.error.code == "CANCELLED"  # type: ignore[attr-defined]
+
+
+FORKS = textwrap.dedent(
+    """
+    import os, sys, gtl_nb
+    client = gtl_nb.connect(ledger=False, environ={})
+    client.complete("echo", "before the fork")
+    if os.fork() == 0:  # the child: the engine's thread did not come with it
+        try:
+            client.complete("echo", "in the child")
+        except RuntimeError as exc:
+            print("refused:", exc, flush=True)
+        print("its own:", gtl_nb.connect(ledger=False, environ={}).complete("echo", "anew").text[:10], flush=True)
+        sys.exit(0)  # through atexit, which must not wait for the parent's loop either
+    print("child:", os.wait()[1], flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_client_used_in_a_forked_child_says_so_instead_of_waiting_forever():
+    # the call waited on the parent's loop thread, which a forked child does not have: forever
+    done = subprocess.run([sys.executable, "-c", FORKS], capture_output=True, text=True, timeout=30)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("refused: this client was made before the process forked"), done.stderr
+    assert lines[1:] == ["its own: You said: ", "child: 0"]
 
 
 @pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed")

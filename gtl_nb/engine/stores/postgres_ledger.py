@@ -90,6 +90,7 @@ from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
 from gtl_nb.engine.ledger_writer import IDLE_AFTER
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
+from gtl_nb.engine.loop import stop_shared_loop
 from gtl_nb.engine.processes import own_identity
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
@@ -1091,6 +1092,7 @@ def _statement(literal: Callable[[Any], bytes], sql: str, values: tuple[Any, ...
 def _close_at_exit(ref: weakref.ref[PostgresUsageLedger]) -> None:
     ledger = ref()
     if ledger is not None:
+        stop_shared_loop()  # the sessions still running end first, their rows' outcomes queued here
         ledger.close()
 
 
