@@ -381,7 +381,6 @@ class Client:
             # and the "model" is no model routing knows
             alone = named and isinstance(messages, tuple) and not messages and self._unknown_model(model)
             raise InvalidRequestError(_no_messages(model if alone else None, defaults.model))
-        request: CompletionRequest | None = None
         try:
             request = CompletionRequest(
                 session_id=session_id or new_session_id(),
@@ -401,17 +400,9 @@ class Client:
                 reasoning=reasoning,
                 cache=cache,
             )
-            # Struct constructors do not check types; one typed round trip does, for clear errors
-            return msgspec.json.decode(msgspec.json.encode(request), type=CompletionRequest)
         except TypeError as exc:
-            raise InvalidRequestError(f"invalid request: {_holding(request, exc)}") from None
-        except msgspec.ValidationError as exc:
             raise InvalidRequestError(f"invalid request: {exc}") from None
-        except UnicodeEncodeError as exc:
-            raise InvalidRequestError(
-                f"invalid request: the text contains {exc.object[exc.start : exc.end]!r}, an unpaired surrogate "
-                "that cannot be sent as UTF-8 (it often comes from decoding bytes with errors='surrogateescape')"
-            ) from None
+        return _typed(request)
 
     def _unknown_model(self, model: str) -> bool:
         """Whether routing knows no model ``model`` (asked only to word an error)."""
@@ -426,7 +417,9 @@ class Client:
     def _prepare(self, model: str | None, messages: Any, kwargs: dict[str, Any]) -> CompletionRequest:
         """The request ``complete``/``stream`` and their twins send: ``request=`` or one built from the
         arguments, checked — a routing or credential mistake raises here, with its own class."""
-        request = kwargs.pop("request", None) or self.request(model, messages, **kwargs)
+        given = kwargs.pop("request", None)
+        # a request built by hand was never checked (Struct constructors check no types or limits)
+        request = _typed(given) if given is not None else self.request(model, messages, **kwargs)
         return self._check_route(request)
 
     def _check_route(self, request: CompletionRequest) -> CompletionRequest:
@@ -542,7 +535,7 @@ class Client:
         for item in _listed(requests, "batch() takes a list of requests (prompts, dicts of complete() arguments)"):
             try:
                 if isinstance(item, CompletionRequest):
-                    request = item
+                    request = _typed(item)
                 elif isinstance(item, str):
                     request = self.request(messages=item, **defaults)
                 elif isinstance(item, dict):
@@ -1197,6 +1190,31 @@ def _listed(value: Any, takes: str) -> Iterable[Any]:
     if not isinstance(value, Iterable):
         raise InvalidRequestError(f"{takes}, not {type(value).__name__}")
     return value
+
+
+def _typed(request: Any) -> CompletionRequest:
+    """``request`` checked as the wire would check it — types, limits (``max_tokens`` ≥ 1, the
+    temperature's range), a session id — or ``InvalidRequestError`` naming what is wrong. A Struct's
+    constructor checks nothing, and a frame a transport's own decoder refuses must not get that far:
+    one typed round trip, the same check for every transport and for the embedded engine."""
+    if not isinstance(request, CompletionRequest):
+        raise InvalidRequestError(f"request= takes a CompletionRequest, not {type(request).__name__}")
+    if not isinstance(request.session_id, str) or not request.session_id:
+        raise InvalidRequestError(
+            "request.session_id is empty: give the request an id (client.request(...) makes one, "
+            "gtl_nb.client.new_session_id() too)"
+        )
+    try:
+        return msgspec.json.decode(msgspec.json.encode(request), type=CompletionRequest)
+    except TypeError as exc:
+        raise InvalidRequestError(f"invalid request: {_holding(request, exc)}") from None
+    except msgspec.ValidationError as exc:
+        raise InvalidRequestError(f"invalid request: {exc}") from None
+    except UnicodeEncodeError as exc:
+        raise InvalidRequestError(
+            f"invalid request: the text contains {exc.object[exc.start : exc.end]!r}, an unpaired surrogate "
+            "that cannot be sent as UTF-8 (it often comes from decoding bytes with errors='surrogateescape')"
+        ) from None
 
 
 def _holding(request: CompletionRequest | None, exc: TypeError) -> str:

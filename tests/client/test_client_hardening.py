@@ -112,6 +112,34 @@ def test_an_on_event_that_cannot_be_called_is_refused_before_anything_is_sent(cl
     assert Ledger(ledger_path).to_dataframe().empty
 
 
+def test_a_request_built_by_hand_is_checked_as_the_wire_checks_it(client, ledger_path):
+    """``request=`` (and a batch's ``CompletionRequest`` items) skipped every check: the embedded
+    engine answered ``max_tokens=0`` with an empty ``length`` answer that every transport refuses, and
+    an empty session id broke the HTTP client's matching of events to sessions."""
+    from gtl_nb.protocol import CompletionRequest, Message
+
+    hello = [Message(role="user", content="hi")]
+    for bad, says in (
+        (CompletionRequest(session_id="s1", model="echo", messages=hello, max_tokens=0), "max_tokens"),
+        (CompletionRequest(session_id="s1", model="echo", messages=hello, temperature=5.0), "temperature"),
+        (CompletionRequest(session_id="", model="echo", messages=hello), "session_id is empty"),
+        (CompletionRequest(session_id="s1", model="echo", messages="hi"), "messages"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidRequestError, match=says):
+            client.complete(request=bad)
+        with pytest.raises(InvalidRequestError, match=says):
+            list(client.stream(request=bad))
+        with pytest.raises(InvalidRequestError, match=says):
+            asyncio.run(client.acomplete(request=bad))
+        (refused,) = client.batch([bad])
+        assert isinstance(refused, InvalidRequestError) and says in str(refused)
+    with pytest.raises(InvalidRequestError, match="takes a CompletionRequest, not dict"):
+        client.complete(request={"model": "echo"})
+    assert Ledger(ledger_path).to_dataframe().empty  # nothing was sent
+    good = CompletionRequest(session_id="s2", model="echo", messages=hello, max_tokens=3)
+    assert client.complete(request=good).session_id == "s2"
+
+
 def test_nan_is_refused_by_the_command_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "gtl_nb.cli", "complete", "hi", "-m", "echo", "--temperature", "nan"],

@@ -108,3 +108,34 @@ def test_a_bad_or_nested_entry_ends_the_batch_after_the_frames_before_it():
         lines = read.splitlines()
         assert lines[:2] == [frame.rstrip(b"\n") for frame in good] and len(lines) == 3  # then one bad frame
         assert lines[2].startswith(b'{"grpc_frame_refused":')
+
+
+def test_a_request_the_wire_refuses_is_answered_not_dropped():
+    """A request built by hand with a value no decoder takes (``max_tokens`` 0) cannot be read back by
+    the client's own channel: its session gets ``INVALID_REQUEST`` at once, as the gateway would
+    answer it, instead of a request that never leaves and a caller that waits forever."""
+
+    async def scenario() -> tuple[list[bytes], list[dict[str, Any]]]:
+        sent: list[bytes] = []
+
+        async def send(data: bytes) -> None:
+            sent.append(data)
+
+        async def receive() -> Any:
+            await asyncio.sleep(3600)  # the gateway says nothing
+
+        channel = GrpcStreamChannel(receive, send, role="client")
+        bad = b'{"type":"completion_request","session_id":"s1","model":"echo","messages":[],"max_tokens":0}\n'
+        query = b'{"type":"query","query_id":"q1","what":"nothing-such"}\n'
+        channel.write(bad + query)
+        answers = [json.loads(line) for line in (await channel.read()).splitlines()]
+        answers += [json.loads(line) for line in (await channel.read()).splitlines()] if len(answers) < 2 else []
+        await channel.aclose()
+        return sent, answers
+
+    sent, answers = asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert sent == []  # nothing the gateway could not read went out
+    error, answer = answers
+    assert error["type"] == "error" and error["session_id"] == "s1" and error["code"] == "INVALID_REQUEST"
+    assert "max_tokens" in error["message"]
+    assert answer["type"] == "answer" and answer["query_id"] == "q1" and answer["error"]["code"] == "INVALID_REQUEST"

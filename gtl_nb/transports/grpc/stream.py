@@ -297,8 +297,8 @@ class GrpcStreamChannel:
     def _put(self, frame: bytes) -> None:
         try:
             message = decode(frame, max_bytes=len(frame))
-        except ProtocolError as exc:  # our own connection wrote it: cannot happen
-            log.error("dropped a frame this end could not read back: %s", exc.message)
+        except ProtocolError as exc:  # our own connection wrote it: a value the wire refuses, built by hand
+            self._unreadable(frame, exc)
             return
         session_id = getattr(message, "session_id", "")
         if session_id in self._dropping:
@@ -322,6 +322,27 @@ class GrpcStreamChannel:
             data = replacement
         self._outbox.append(data)
         self._outbox_bytes += len(data)
+
+    def _unreadable(self, frame: bytes, exc: ProtocolError) -> None:
+        """A frame this end wrote but cannot read back — a request built by hand with a value the wire
+        refuses (``max_tokens`` 0, a temperature of 5): the client answers its session (or query) as
+        the gateway would have, so the caller gets its error instead of waiting forever; anything
+        else is dropped, and logged."""
+        try:
+            raw = msgspec.json.decode(frame)  # (our own encoder wrote it: bounded by its own limits)
+        except (msgspec.DecodeError, RecursionError):
+            raw = None
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        session_id, query_id = (raw.get("session_id"), raw.get("query_id")) if isinstance(raw, dict) else (None, None)
+        reason = f"the {kind or 'frame'} cannot be sent: {exc.message}"
+        if self.role == "client" and kind == "completion_request" and isinstance(session_id, str) and session_id:
+            self._answer(Error(session_id=session_id, code="INVALID_REQUEST", message=reason))
+        elif self.role == "client" and kind == "query" and isinstance(query_id, str) and query_id:
+            self._answer(
+                Answer(query_id=query_id, error=Error(session_id=query_id, code="INVALID_REQUEST", message=reason))
+            )
+        else:
+            log.error("dropped a frame this end could not read back: %s", exc.message)
 
     def _refuse(self, message: WireMessage, reason: str) -> None:
         """Client: answer a request (or query) the gateway will never see, as the gateway would have."""
