@@ -682,9 +682,11 @@ def _in_the_callers_shape(request: Any, exc: GTLError, status: int) -> Any:
 
 def _version_refusal(request: Any) -> Any:
     """A ``400`` for a request whose ``GTL-Version`` names no version this gateway speaks, else ``None``
-    (no header: a client from before the header, served as the version it spoke then)."""
-    offered = request.headers.get(VERSION_HEADER)
-    if offered is None:
+    (no header, or an empty one: a client from before the header, served as the version it spoke
+    then). Several header lines are one list, as HTTP reads them (RFC 9110, 5.3): a proxy may join
+    them or not."""
+    offered = ", ".join(request.headers.getlist(VERSION_HEADER))
+    if not offered.strip(" ,"):
         return None
     try:
         negotiate_header(offered)

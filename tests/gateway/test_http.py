@@ -266,6 +266,11 @@ def test_the_gtl_version_header_is_negotiated(base_url):
     whole = httpx.post(f"{base_url}/v1/gtl", json={**REQUEST, "stream": False})  # no header: served as before
     assert whole.status_code == 200 and whole.headers["gtl-version"] == "1.0"
     assert httpx.get(f"{base_url}/v1/gtl/providers").headers["gtl-version"] == "1.0"
+    # several header lines are one list (a proxy may join them or not), and an empty one names nothing
+    lines = [("GTL-Version", "2.0"), ("GTL-Version", "1.0")]
+    assert httpx.get(f"{base_url}/v1/gtl/providers", headers=httpx.Headers(lines)).status_code == 200
+    assert httpx.get(f"{base_url}/v1/gtl/providers", headers={"GTL-Version": ""}).status_code == 200
+    assert httpx.get(f"{base_url}/v1/gtl/providers", headers={"GTL-Version": ","}).status_code == 200
 
 
 def test_the_http_client_names_its_version_and_refuses_a_gateway_without_it():
