@@ -30,7 +30,7 @@ from gtl_nb.engine.stores.memory import (
 )
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url
 from gtl_nb.engine.stores.sqlite import SqliteBreakerStore, SqliteBudgetCounter, SqliteResponseCache, SqliteUsageLedger
-from gtl_nb.engine.stores.urls import parse_store_url
+from gtl_nb.engine.stores.urls import parse_store_url, unknown_scheme
 from gtl_nb.protocol.errors import ConfigurationError
 
 __all__ = ["open_stores"]
@@ -120,7 +120,7 @@ def _open_ledger(
                 f"use {LEDGER_ACCEPTED}"
             )
         if scheme not in ("sqlite", "memory"):  # the stores' own list would offer redis:// and omit postgresql://
-            raise ConfigurationError(f"ledger: unknown store {scheme}://…; use {LEDGER_ACCEPTED}")
+            raise ConfigurationError(f"ledger: unknown store {unknown_scheme(scheme)}; use {LEDGER_ACCEPTED}")
         url = parse_store_url(ledger, where="ledger")
         if url.scheme == "memory":
             return MemoryUsageLedger(clock=wall_clock)

@@ -64,7 +64,7 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
     """Parse ``url``; a ``ConfigurationError`` prefixed with ``where`` names what is accepted."""
     if not isinstance(url, str):
         raise ConfigurationError(f"{where}: a store URL must be a string ({ACCEPTED}), got {url!r}")
-    if url in ("memory", "memory://"):
+    if url.lower() in ("memory", "memory://"):
         return StoreURL("memory")
     scheme, separator, rest = url.partition("://")
     base_scheme = scheme.split("+", 1)[0].lower()  # postgresql+psycopg://
@@ -75,7 +75,7 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
     if separator and scheme.lower() in _REDIS:
         return _parse_redis(url, where)
     if not separator or scheme.lower() != "sqlite":
-        shown = f"{scheme}://…" if separator else repr(url[:40])  # a URL may carry user:password@
+        shown = unknown_scheme(scheme) if separator else repr(url[:40])
         raise ConfigurationError(f"{where}: unknown store {shown}; use {ACCEPTED}")
     host, slash, path = rest.partition("/")
     if host or not slash or not path:
@@ -83,6 +83,13 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
             f"{where}: {url!r} names no file; write sqlite:///relative/path or sqlite:////absolute/path"
         )
     return StoreURL("sqlite", Path(unquote(path)).expanduser())
+
+
+def unknown_scheme(scheme: str) -> str:
+    """How an error names a URL of a scheme no store has: ``ftp://…``, never more of the URL — and
+    not even that when the "scheme" is not one (``user:password@host://…`` could show a password)."""
+    plain = scheme.replace("+", "").replace("-", "").replace(".", "").isalnum()
+    return f"{scheme}://…" if plain else "URL"
 
 
 def shown_url(url: str) -> str:

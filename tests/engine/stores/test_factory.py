@@ -32,6 +32,7 @@ from gtl_nb.protocol.errors import ConfigurationError
     [
         ("memory://", StoreURL("memory")),
         ("memory", StoreURL("memory")),
+        ("MEMORY://", StoreURL("memory")),  # a scheme's case is no part of it (SQLite:/// was read too)
         ("sqlite:///relative/state.db", StoreURL("sqlite", Path("relative/state.db"))),
         ("sqlite:////var/lib/gtl/state.db", StoreURL("sqlite", Path("/var/lib/gtl/state.db"))),
         ("sqlite:///with%20space.db", StoreURL("sqlite", Path("with space.db"))),
@@ -51,6 +52,7 @@ def test_store_urls(url: str, expected: StoreURL):
         ("sqlite:///", "names no file"),
         ("/plain/path.db", "unknown store"),
         (3, "must be a string"),
+        ("user:secret@host://x", "unknown store URL"),  # never quotes what may be a password
     ],
 )
 def test_store_url_mistakes_name_what_is_accepted(url: object, fragment: str):
@@ -149,6 +151,12 @@ def test_a_store_in_the_wrong_backend_is_refused_clearly(tmp_path: Path):
             open_stores(wrong)  # type: ignore[arg-type]
         assert "postgresql://" in str(refused.value), refused.value
         assert "use redis://" not in str(refused.value) and "or redis://" not in str(refused.value), refused.value
+    stores = open_stores("MEMORY://")
+    assert type(stores.ledger).__name__ == "MemoryUsageLedger"
+    close(stores)
+    with pytest.raises(ConfigurationError) as refused:
+        open_stores("user:secret@db://x")
+    assert "secret" not in str(refused.value)
 
 
 def test_a_store_that_fails_to_open_closes_those_opened_before(tmp_path: Path):
