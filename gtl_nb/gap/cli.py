@@ -81,7 +81,10 @@ def load_messages(text: str) -> list[WrappedMessage]:
     try:
         data = decode(stripped)  # bounded like from_json: a deep or odd document is a format error
     except GAPFormatError:
-        data = None  # not one document: JSON lines, each read (and its error reported) by from_json
+        lines = [line for line in stripped.split("\n") if line.strip()]
+        if len(lines) < 2 or not _whole_json(lines[0]):
+            raise  # one document, pretty-printed perhaps: its own error, not its first line's
+        data = None  # JSON lines, each read (and its error reported) by from_json
     if isinstance(data, list):
         return [from_dict(item) for item in data]
     if isinstance(data, dict):
@@ -94,6 +97,15 @@ def load_messages(text: str) -> list[WrappedMessage]:
             except GAPFormatError as exc:
                 raise GAPFormatError(exc.reason, line=number, path=exc.path) from None
     return messages
+
+
+def _whole_json(line: str) -> bool:
+    """Whether ``line`` is a JSON document of its own (the first of JSON lines)."""
+    try:
+        decode(line)
+    except GAPFormatError:
+        return False
+    return True
 
 
 def _wrap(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:

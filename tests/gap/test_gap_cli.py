@@ -161,7 +161,26 @@ def test_transform_and_graph_report_hostile_json_as_an_error_line(text):
     # a file that looks like one JSON document is decoded within from_json's limits, not by json.loads alone
     for argv in (["transform", "-", "--to", "chatgpt"], ["graph", "-"]):
         code, _out, err = run(argv, stdin=text)
-        assert code == 1 and err.startswith(f"gtl gap {argv[0]}: error: line 1: ") and "Traceback" not in err
+        assert code == 1 and err.startswith(f"gtl gap {argv[0]}: error: ") and "Traceback" not in err
+        assert "nested deeper than 64" in err or "a number longer than" in err, err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{\n" + '  "a": [' * 100 + "1" + "]" * 100 + "\n}", "nested deeper than 64"),
+        ('{\n  "gap_version": ' + "1" * 5_000 + "\n}", "a number longer than"),
+        ('{\n  "gap_version": "0.1.0",\n  "message": {\n}', "not valid JSON"),
+    ],
+    ids=["deep", "long-number", "unclosed"],
+)
+def test_a_pretty_printed_document_is_reported_by_its_own_error(text, says):
+    """An indented document spans lines, so it is not JSON lines: its error is its own, not the
+    first line's ("Expecting property name", which sent the reader looking at line 1)."""
+    with pytest.raises(ValueError, match=says):
+        load_messages(text)
+    code, _out, err = run(["graph", "-"], stdin=text)
+    assert code == 1 and says in err and "Expecting property name" not in err, err
 
 
 @pytest.mark.parametrize("kind", ["markdown", "json", "json-lines"])
