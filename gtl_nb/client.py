@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import getpass
 import inspect
 import math
@@ -375,6 +376,8 @@ class Client:
         if system is None and defaults.system and not any(m.role == "system" for m in msgs):
             system = defaults.system
         if system is not None:
+            if not isinstance(system, str):  # (it would be named as messages[0].content, never given)
+                raise InvalidRequestError(f"system must be text (a str), not {type(system).__name__}")
             msgs.insert(0, Message(role="system", content=system))
         if not msgs:
             # a prompt passed alone was read as the model: said so when no messages were given at all
@@ -418,6 +421,7 @@ class Client:
         """The request ``complete``/``stream`` and their twins send: ``request=`` or one built from the
         arguments, checked — a routing or credential mistake raises here, with its own class."""
         given = kwargs.pop("request", None)
+        _check_options(kwargs)
         # a request built by hand was never checked (Struct constructors check no types or limits)
         request = _typed(given) if given is not None else self.request(model, messages, **kwargs)
         return self._check_route(request)
@@ -1071,6 +1075,10 @@ def _completion_or_raise(outcome: Completion | GTLError) -> Completion:
 MAX_ARGUMENT_DEPTH = 64
 
 
+_REQUEST_OPTIONS = frozenset(inspect.signature(Client.request).parameters) - {"self", "model", "messages"}
+"""The keywords ``complete``, ``stream`` and their twins pass on to ``Client.request``."""
+
+
 def _check_arguments(
     *,
     model: Any,
@@ -1190,6 +1198,18 @@ def _listed(value: Any, takes: str) -> Iterable[Any]:
     if not isinstance(value, Iterable):
         raise InvalidRequestError(f"{takes}, not {type(value).__name__}")
     return value
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """``TypeError`` for a keyword no request takes, naming the likely one: the interpreter's own
+    message named ``Client.request()``, which the caller never called, and suggested nothing."""
+    for name in options:
+        if name not in _REQUEST_OPTIONS:
+            close = difflib.get_close_matches(name, _REQUEST_OPTIONS, n=1)
+            hint = (
+                f"; did you mean {close[0]!r}?" if close else f"; a request takes {', '.join(sorted(_REQUEST_OPTIONS))}"
+            )
+            raise TypeError(f"unexpected keyword argument {name!r}{hint}")
 
 
 def _typed(request: Any) -> CompletionRequest:

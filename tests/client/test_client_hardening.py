@@ -140,6 +140,22 @@ def test_a_request_built_by_hand_is_checked_as_the_wire_checks_it(client, ledger
     assert client.complete(request=good).session_id == "s2"
 
 
+def test_a_misspelt_keyword_names_the_likely_one(client, ledger_path):
+    """The interpreter's own message named ``Client.request()`` — which the caller never called —
+    and suggested nothing."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'temprature'; did you mean 'temperature'"):
+        client.complete("echo", "hi", temprature=0.5)
+    with pytest.raises(TypeError, match="did you mean 'max_tokens'"):
+        client.stream("echo", "hi", max_token=3)
+    with pytest.raises(TypeError, match="did you mean 'max_tokens'"):
+        asyncio.run(client.acomplete("echo", "hi", max_token=3))
+    with pytest.raises(TypeError, match="'colour'; a request takes cache, max_tokens"):
+        client.complete("echo", "hi", colour="red")
+    with pytest.raises(InvalidRequestError, match=r"system must be text \(a str\), not int"):
+        client.complete("echo", "hi", system=5)
+    assert Ledger(ledger_path).to_dataframe().empty
+
+
 def test_nan_is_refused_by_the_command_line(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "gtl_nb.cli", "complete", "hi", "-m", "echo", "--temperature", "nan"],
