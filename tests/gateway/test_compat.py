@@ -469,6 +469,19 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
 
 
+def test_logprobs_asked_for_are_refused_not_answered_with_null(oai):
+    """Accepted and ignored, ``logprobs=True`` came back as ``choice.logprobs = None``: the app's next
+    line, ``choice.logprobs.content``, failed with an ``AttributeError`` far from the cause."""
+    with pytest.raises(openai.BadRequestError, match="no token log probabilities") as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), logprobs=True)
+    assert caught.value.param == "logprobs"
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model="echo", messages=chat(), stream=True, top_logprobs=3)
+    assert caught.value.param == "top_logprobs"
+    asked_nothing = oai.chat.completions.create(model="echo", messages=chat(), logprobs=False, top_logprobs=0)
+    assert asked_nothing.choices[0].logprobs is None
+
+
 def test_a_model_name_longer_than_gtls_limit_is_refused_not_echoed(oai, claude):
     """``/v1/gtl`` takes names of at most 512 characters; the compatible endpoints did not check, and a
     3 MB name came back in the answer and went into a ledger row."""
