@@ -23,7 +23,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   A marker other than ``{"type": "ephemeral"}`` is refused (400).
 * ``parallel_tool_calls: false`` → GTL's ``"parallel": false`` in ``tool_choice`` (at most one tool
   call; a deployment whose API cannot be so limited is skipped, else the request is refused).
-* ``modalities`` asking for anything but text (audio output) is refused (400): the answer is text.
+* ``modalities`` asking for anything but text (audio output) is refused (400): the answer is text;
+  so is ``web_search_options`` (a search the provider would run itself, which GTL cannot ask for).
 * Anything else (``seed``, ``user``, penalties, ``store``, ``metadata``,
   ``reasoning_effort``, ``verbosity``…) is accepted and ignored, as a proxy in front of a model that
   lacks it would (a deployment's own ``reasoning_effort`` option sets the effort its requests use).
@@ -72,6 +73,9 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         # an app asking for audio reads message.audio: answered in text only, it would find None there
         raise FieldError("modalities", 'the gateway answers in text only; modalities must be ["text"]')
     _refuse_logprobs(body)
+    if fields.obj(body, "web_search_options", "web_search_options") is not None:
+        # a search model's server-side search: ignored, the model would answer without searching
+        raise FieldError("web_search_options", "the gateway runs no web search; leave web_search_options out")
     for legacy in ("functions", "function_call"):
         if body.get(legacy) is not None:
             raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
