@@ -469,6 +469,36 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
 
 
+def test_logprobs_asked_for_are_refused_not_answered_with_null(oai):
+    """Accepted and ignored, ``logprobs=True`` came back as ``choice.logprobs = None``: the app's next
+    line, ``choice.logprobs.content``, failed with an ``AttributeError`` far from the cause."""
+    with pytest.raises(openai.BadRequestError, match="no token log probabilities") as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), logprobs=True)
+    assert caught.value.param == "logprobs"
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model="echo", messages=chat(), stream=True, top_logprobs=3)
+    assert caught.value.param == "top_logprobs"
+    asked_nothing = oai.chat.completions.create(model="echo", messages=chat(), logprobs=False, top_logprobs=0)
+    assert asked_nothing.choices[0].logprobs is None
+
+
+def test_tools_the_provider_would_run_itself_are_refused_not_dropped(oai, claude):
+    """OpenAI's ``web_search_options`` and Anthropic's MCP connector (``mcp_servers``) were accepted and
+    ignored: the model answered without searching or calling a tool, and the SDK could not tell."""
+    with pytest.raises(openai.BadRequestError, match="no web search") as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), web_search_options={})
+    assert caught.value.param == "web_search_options"
+    server = {"type": "url", "url": "https://mcp.example.com/sse", "name": "docs"}
+    with pytest.raises(anthropic.BadRequestError, match="mcp_servers: server-side MCP tools"):
+        claude.beta.messages.create(
+            model=target("anthropic"),
+            max_tokens=50,
+            messages=[{"role": "user", "content": "hi"}],
+            mcp_servers=[server],
+            betas=["mcp-client-2025-04-04"],
+        )
+
+
 def test_a_model_name_longer_than_gtls_limit_is_refused_not_echoed(oai, claude):
     """``/v1/gtl`` takes names of at most 512 characters; the compatible endpoints did not check, and a
     3 MB name came back in the answer and went into a ledger row."""

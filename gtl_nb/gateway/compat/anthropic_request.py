@@ -14,7 +14,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a provider's reasoning
   through its own ``provider_data``, which this format does not carry). Documents, server-tool and
   other blocks are refused (400).
-* ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused),
+* ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused, and
+  so are the MCP connector's ``mcp_servers``, tools the provider would call itself),
   ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
   ``none``; ``disable_parallel_tool_use: true`` → GTL's ``"parallel": false``), ``temperature``,
   ``top_p``, ``stop_sequences`` and ``stream`` pass through.
@@ -65,6 +66,9 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
     automatic = marked(body, "")
     if automatic and messages:  # automatic caching: the breakpoint goes on the last block
         messages[-1] = msgspec.structs.replace(messages[-1], **as_fields(longest([automatic, mark_of(messages[-1])])))
+    if fields.items(body, "mcp_servers", "mcp_servers"):
+        # the MCP connector's tools run at Anthropic; ignored, the model would answer without them
+        raise FieldError("mcp_servers", "server-side MCP tools are not supported; declare custom tools instead")
     stop = fields.items(body, "stop_sequences", "stop_sequences")
     if stop is not None and not all(isinstance(item, str) for item in stop):
         raise FieldError("stop_sequences", "expected an array of strings")

@@ -14,7 +14,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   ``{"type": "function", "function": {"name": …}}``, both GTL's own forms), ``temperature``,
   ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array),
   ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
-  usage chunk. ``n`` other than 1 is refused: a session has one answer.
+  usage chunk. ``n`` other than 1 is refused: a session has one answer; so are ``logprobs: true``
+  and ``top_logprobs`` (GTL carries no token probabilities: ``choice.logprobs`` would be null).
 * ``cache_control`` on a message or on one of its content parts (the form other OpenAI-compatible
   proxies take for Anthropic's prompt caching) → GTL's ``cache_point`` on the message that ends there
   (``compat.cache_marks``: a system or user message is split after a marked part); the deployment
@@ -22,8 +23,9 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   A marker other than ``{"type": "ephemeral"}`` is refused (400).
 * ``parallel_tool_calls: false`` → GTL's ``"parallel": false`` in ``tool_choice`` (at most one tool
   call; a deployment whose API cannot be so limited is skipped, else the request is refused).
-* ``modalities`` asking for anything but text (audio output) is refused (400): the answer is text.
-* Anything else (``seed``, ``user``, ``logprobs``, penalties, ``store``, ``metadata``,
+* ``modalities`` asking for anything but text (audio output) is refused (400): the answer is text;
+  so is ``web_search_options`` (a search the provider would run itself, which GTL cannot ask for).
+* Anything else (``seed``, ``user``, penalties, ``store``, ``metadata``,
   ``reasoning_effort``, ``verbosity``…) is accepted and ignored, as a proxy in front of a model that
   lacks it would (a deployment's own ``reasoning_effort`` option sets the effort its requests use).
 """
@@ -70,6 +72,10 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     if isinstance(modalities, list) and any(kind != "text" for kind in modalities):
         # an app asking for audio reads message.audio: answered in text only, it would find None there
         raise FieldError("modalities", 'the gateway answers in text only; modalities must be ["text"]')
+    _refuse_logprobs(body)
+    if fields.obj(body, "web_search_options", "web_search_options") is not None:
+        # a search model's server-side search: ignored, the model would answer without searching
+        raise FieldError("web_search_options", "the gateway runs no web search; leave web_search_options out")
     for legacy in ("functions", "function_call"):
         if body.get(legacy) is not None:
             raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
@@ -97,6 +103,17 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         response_format=fields.obj(body, "response_format", "response_format"),
     )
     return ChatRequest(request, include_usage)
+
+
+def _refuse_logprobs(body: dict[str, Any]) -> None:
+    """``logprobs: true`` or a ``top_logprobs`` above 0 is refused (400): GTL carries no token
+    probabilities, and an app that asked reads ``choice.logprobs.content`` — ``None`` would fail there,
+    far from the cause (OpenAI answers a model without them the same way). ``false`` and ``0`` ask nothing."""
+    if body.get("logprobs") not in (None, False):
+        raise FieldError("logprobs", "the gateway returns no token log probabilities; leave logprobs out or false")
+    top = body.get("top_logprobs")
+    if top is not None and top != 0:
+        raise FieldError("top_logprobs", "the gateway returns no token log probabilities; leave top_logprobs out")
 
 
 def _messages(raw: Any, where: str) -> list[Message]:
