@@ -101,6 +101,8 @@ class LoopThread:
         # needs it, and goes — its loop with it — once none does (a loop closed with a delivery
         # queued drops that delivery, the last holder)
         self._mailboxes: weakref.WeakValueDictionary[int, _Mailbox] = weakref.WeakValueDictionary()
+        self._stop_lock = threading.Lock()
+        self._stopping = False  # stop() was called: a later call has nothing to add
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -208,6 +210,10 @@ class LoopThread:
         loop = self._loop
         if loop is None or not loop.is_running() or self.forked:  # (a forked child's copy runs nowhere)
             return
+        with self._stop_lock:  # once: at exit several drains ask, and a wedged loop costs each the wait
+            if self._stopping:
+                return
+            self._stopping = True
         if self.in_loop_thread:  # it cannot wait for itself: the loop just stops
             loop.stop()
             return
@@ -477,10 +483,11 @@ _started: weakref.WeakSet[LoopThread] = weakref.WeakSet()  # every loop thread s
 
 def _after_fork() -> None:
     """In a forked child: mark the loop threads the parent started (none of them runs here)."""
-    global _shared_lock
+    global _shared, _shared_lock
     for started in list(_started):
         started.forked = True
     _started.clear()
+    _shared = None  # (forked from the loop thread itself, its copy is this thread: alive, yet no loop)
     _shared_lock = threading.Lock()  # the parent may have held it at the fork
 
 

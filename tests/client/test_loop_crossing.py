@@ -344,6 +344,52 @@ def test_a_client_used_in_a_forked_child_says_so_instead_of_waiting_forever():
     assert lines[1:] == ["its own: You said: ", "child: 0"]
 
 
+FORKS_FROM_THE_LOOP = textwrap.dedent(
+    """
+    import os, sys, gtl_nb
+    client = gtl_nb.connect(ledger=False, environ={})
+    forked = []
+
+    def fork_here(model, event):  # compare's on_event runs on the engine's loop thread
+        if not forked and os.fork() == 0:  # the child: this thread's copy, no loop running it
+            print("its own:", gtl_nb.connect(ledger=False, environ={}).complete("echo", "anew").text[:10], flush=True)
+            os._exit(0)
+        forked.append(True)
+
+    client.compare(["echo"], "hi", on_event=fork_here)
+    print("child:", os.wait()[1], flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_from_the_loop_thread_makes_a_client_of_its_own():
+    # there the copied loop thread is the current one (alive), and the shared loop was still the parent's
+    done = subprocess.run([sys.executable, "-c", FORKS_FROM_THE_LOOP], capture_output=True, text=True, timeout=30)
+    assert done.stdout.splitlines() == ["its own: You said: ", "child: 0"], done.stderr
+
+
+def test_a_wedged_loop_thread_is_waited_for_once_however_many_ask():
+    """At exit every ledger's drain and the loop's own handler ask to stop it: with its thread stuck
+    (a callback that blocks), each of them waited the whole bound (~10 s), where one wait is enough."""
+    thread = LoopThread(name="test-stop-once")
+    wedge = threading.Event()
+    thread.loop.call_soon_threadsafe(wedge.wait)  # the loop thread is stuck until the wedge goes
+    first = threading.Thread(target=thread.stop)
+    first.start()
+    time.sleep(0.2)  # the first stop is waiting for the loop
+    second = threading.Thread(target=thread.stop)
+    second.start()
+    second.join(timeout=3)
+    try:
+        assert not second.is_alive(), "a second stop waited for the wedged loop again"
+    finally:
+        wedge.set()
+        first.join(timeout=30)
+        second.join(timeout=30)
+    assert not thread._thread.is_alive()
+
+
 @pytest.mark.skipif(not HAS_UVLOOP, reason="uvloop is not installed")
 def test_the_loop_thread_runs_uvloop_when_asked_or_when_auto_finds_it():
     for choice in ("auto", "uvloop"):
