@@ -434,6 +434,19 @@ def test_a_failed_column_shows_its_code_while_the_others_finish(shell):
     assert re.search(r"after \d+\.\d\d s", bundle["text/markdown"])  # the failed column's time, not nothing
     assert "after" not in bundle["text/markdown"].split("**OVERLOADED**")[0]  # the answered one: its own footer
 
+    # a model refused before its session began (no event came): no time of the others' run
+    grid = ComparisonGrid(["a", "nosuch"], min_interval=0.0, live=True)
+    grid.on_event("a", Token(session_id=SID, text="fine"))
+    refused = Comparison(
+        models=["a", "nosuch"],
+        results={
+            "a": completion_of(Token(session_id=SID, text="fine"), Done(session_id=SID, provider="x")),
+            "nosuch": OverloadedError("no such model"),
+        },
+    )
+    grid.finish(refused)
+    assert "after" not in grid._repr_mimebundle_()["text/markdown"]
+
 
 def test_grid_events_from_the_loop_thread_and_others_are_safe(shell):
     models = [f"m{i}" for i in range(4)]
