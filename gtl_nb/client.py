@@ -23,7 +23,7 @@ import numbers
 import queue
 import re
 import threading
-from collections.abc import Callable, Coroutine, Generator, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -378,7 +378,7 @@ class Client:
         if system is not None:
             if not isinstance(system, str):  # (it would be named as messages[0].content, never given)
                 raise InvalidRequestError(f"system must be text (a str), not {type(system).__name__}")
-            msgs.insert(0, Message(role="system", content=system))
+            msgs.insert(0, Message(role="system", content=str(system)))
         if not msgs:
             # a prompt passed alone was read as the model: said so when no messages were given at all
             # and the "model" is no model routing knows
@@ -422,6 +422,9 @@ class Client:
         arguments, checked — a routing or credential mistake raises here, with its own class."""
         given = kwargs.pop("request", None)
         _check_options(kwargs)
+        if given is not None and (kwargs or model is not None or (messages != () and messages is not None)):
+            others = [*(["model"] if model is not None else []), *(["messages"] if messages != () else []), *kwargs]
+            raise TypeError(f"request= carries its own options; {', '.join(others)} would be ignored: set them in it")
         # a request built by hand was never checked (Struct constructors check no types or limits)
         request = _typed(given) if given is not None else self.request(model, messages, **kwargs)
         return self._check_route(request)
@@ -535,6 +538,7 @@ class Client:
         self._ensure_open()  # (raised, as complete() raises it, not put in every item's slot)
         if concurrency_error := [k for k in ("on_event", "session_id") if k in defaults]:
             raise InvalidRequestError(f"batch() does not take {concurrency_error[0]}")
+        _check_options(defaults, also=("model", "messages"))
         out: list[CompletionRequest | GTLError] = []
         for item in _listed(requests, "batch() takes a list of requests (prompts, dicts of complete() arguments)"):
             try:
@@ -543,6 +547,7 @@ class Client:
                 elif isinstance(item, str):
                     request = self.request(messages=item, **defaults)
                 elif isinstance(item, dict):
+                    _check_options(item, also=("model", "messages"))
                     request = self.request(**{**defaults, **item})
                 else:
                     raise InvalidRequestError(f"a batch item must be a str, dict or CompletionRequest, not {item!r}")
@@ -598,6 +603,7 @@ class Client:
         )
         if not models:
             raise InvalidRequestError("compare() needs at least one model")
+        _check_options(kwargs)
         requests: dict[str, CompletionRequest | GTLError] = {}
         for model in models:
             try:
@@ -1200,12 +1206,13 @@ def _listed(value: Any, takes: str) -> Iterable[Any]:
     return value
 
 
-def _check_options(options: dict[str, Any]) -> None:
-    """``TypeError`` for a keyword no request takes, naming the likely one: the interpreter's own
-    message named ``Client.request()``, which the caller never called, and suggested nothing."""
+def _check_options(options: Mapping[str, Any], also: tuple[str, ...] = ()) -> None:
+    """``TypeError`` for a keyword no request takes (``also``: more it may hold here, a batch item's
+    ``model``), naming the likely one: the interpreter's own message named ``Client.request()``,
+    which the caller never called, and suggested nothing."""
     for name in options:
-        if name not in _REQUEST_OPTIONS:
-            close = difflib.get_close_matches(name, _REQUEST_OPTIONS, n=1)
+        if name not in _REQUEST_OPTIONS and name not in also:
+            close = difflib.get_close_matches(name, [*_REQUEST_OPTIONS, *also], n=1)
             hint = (
                 f"; did you mean {close[0]!r}?" if close else f"; a request takes {', '.join(sorted(_REQUEST_OPTIONS))}"
             )
@@ -1281,8 +1288,8 @@ def nesting_depth(value: Any, stop_after: int) -> int:
 
 
 def _messages(value: Any) -> list[Message]:
-    if isinstance(value, str):
-        return [Message(role="user", content=value)]
+    if isinstance(value, str):  # (a str subclass — numpy's str_ — as the str it is: JSON knows no subclass)
+        return [Message(role="user", content=str(value))]
     if isinstance(value, (Message, dict)):
         value = [value]
     elif value is not None and (isinstance(value, (bytes, set)) or not isinstance(value, Iterable)):
@@ -1301,7 +1308,7 @@ def _messages(value: Any) -> list[Message]:
             except msgspec.ValidationError as exc:
                 raise InvalidRequestError(f"{_which_message(index, item)}: {_in_its_words(exc, item)}") from None
         elif isinstance(item, str):
-            out.append(Message(role="user", content=item))
+            out.append(Message(role="user", content=str(item)))
         else:
             raise InvalidRequestError(f"a message must be a str, dict or Message, not {type(item).__name__}")
     return out

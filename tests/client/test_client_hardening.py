@@ -153,7 +153,30 @@ def test_a_misspelt_keyword_names_the_likely_one(client, ledger_path):
         client.complete("echo", "hi", colour="red")
     with pytest.raises(InvalidRequestError, match=r"system must be text \(a str\), not int"):
         client.complete("echo", "hi", system=5)
+    # compare and batch name it too (their defaults and a batch's dict items)
+    with pytest.raises(TypeError, match="did you mean 'temperature'"):
+        client.compare(["echo"], "hi", temprature=0.5)
+    with pytest.raises(TypeError, match="did you mean 'temperature'"):
+        client.batch(["hi"], temprature=0.5)
+    with pytest.raises(TypeError, match="did you mean 'messages'"):
+        client.batch([{"model": "echo", "mesages": "hi"}])
+    # a request given whole carries its own options: one given beside it was silently dropped
+    request = client.request("echo", "hi")
+    with pytest.raises(TypeError, match="request= carries its own options; temperature would be ignored"):
+        client.complete(request=request, temperature=0.2)
+    with pytest.raises(TypeError, match="model would be ignored"):
+        client.stream("echo", request=request)
     assert Ledger(ledger_path).to_dataframe().empty
+
+
+def test_a_str_subclass_is_the_text_it_is(client):
+    """numpy's ``str_`` (a prompt from a DataFrame or an array) is a ``str``: JSON could not carry the
+    subclass, and the error named ``messages`` for a ``system`` text."""
+    numpy = pytest.importorskip("numpy")
+    answer = client.complete("echo", numpy.str_("hi"), system=numpy.str_("be brief"))
+    assert answer.text.startswith('You said: "hi"')
+    texts = [item.text[:13] for item in client.batch(numpy.array(["a", "b"]))]
+    assert texts == ['You said: "a"', 'You said: "b"']
 
 
 def test_nan_is_refused_by_the_command_line(tmp_path):
