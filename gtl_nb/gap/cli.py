@@ -82,7 +82,7 @@ def load_messages(text: str) -> list[WrappedMessage]:
         data = decode(stripped)  # bounded like from_json: a deep or odd document is a format error
     except GAPFormatError:
         lines = [line for line in stripped.split("\n") if line.strip()]
-        if len(lines) < 2 or not _whole_json(lines[0]):
+        if len(lines) < 2 or not any(_whole_json(line) for line in lines[:2]):
             raise  # one document, pretty-printed perhaps: its own error, not its first line's
         data = None  # JSON lines, each read (and its error reported) by from_json
     if isinstance(data, list):
@@ -100,12 +100,12 @@ def load_messages(text: str) -> list[WrappedMessage]:
 
 
 def _whole_json(line: str) -> bool:
-    """Whether ``line`` is a JSON document of its own (the first of JSON lines)."""
+    """Whether ``line`` is a JSON object of its own, as a line of JSON lines is (one of the first two
+    is: the first may be the broken one; a pretty-printed GAP document has no such line)."""
     try:
-        decode(line)
+        return isinstance(decode(line), dict)
     except GAPFormatError:
         return False
-    return True
 
 
 def _wrap(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:

@@ -150,6 +150,10 @@ def test_load_messages_accepts_a_json_array_and_reports_bad_json_lines():
     assert load_messages(array) == messages
     with pytest.raises(ValueError, match="line 2"):
         load_messages(to_json(messages[0]) + "\n{not json}\n")
+    # the broken line may be the first: the next one says these are JSON lines, and line 1 is named
+    broken_first = to_json(messages[0])[:-5] + "\n" + to_json(messages[1]) + "\n"
+    with pytest.raises(ValueError, match="line 1: not valid JSON: Unterminated string"):
+        load_messages(broken_first)
 
 
 @pytest.mark.parametrize(

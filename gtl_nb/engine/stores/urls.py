@@ -75,7 +75,7 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
     if separator and scheme.lower() in _REDIS:
         return _parse_redis(url, where)
     if not separator or scheme.lower() != "sqlite":
-        shown = unknown_scheme(scheme) if separator else repr(url[:40])
+        shown = unknown_scheme(scheme) if separator else "text with an @" if "@" in url else repr(url[:40])
         raise ConfigurationError(f"{where}: unknown store {shown}; use {ACCEPTED}")
     host, slash, path = rest.partition("/")
     if host or not slash or not path:

@@ -53,6 +53,7 @@ def test_store_urls(url: str, expected: StoreURL):
         ("/plain/path.db", "unknown store"),
         (3, "must be a string"),
         ("user:secret@host://x", "unknown store URL"),  # never quotes what may be a password
+        ("alice:hunter2@db.example.com/ledger", "unknown store text with an @"),  # nor without a scheme
     ],
 )
 def test_store_url_mistakes_name_what_is_accepted(url: object, fragment: str):
