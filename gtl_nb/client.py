@@ -378,7 +378,7 @@ class Client:
         if system is not None:
             if not isinstance(system, str):  # (it would be named as messages[0].content, never given)
                 raise InvalidRequestError(f"system must be text (a str), not {type(system).__name__}")
-            msgs.insert(0, Message(role="system", content=str(system)))
+            msgs.insert(0, Message(role="system", content=_text(system)))
         if not msgs:
             # a prompt passed alone was read as the model: said so when no messages were given at all
             # and the "model" is no model routing knows
@@ -422,8 +422,9 @@ class Client:
         arguments, checked — a routing or credential mistake raises here, with its own class."""
         given = kwargs.pop("request", None)
         _check_options(kwargs)
-        if given is not None and (kwargs or model is not None or (messages != () and messages is not None)):
-            others = [*(["model"] if model is not None else []), *(["messages"] if messages != () else []), *kwargs]
+        no_messages = messages is None or (isinstance(messages, tuple) and not messages)  # (an array has no ==)
+        if given is not None and (kwargs or model is not None or not no_messages):
+            others = [*(["model"] if model is not None else []), *([] if no_messages else ["messages"]), *kwargs]
             raise TypeError(f"request= carries its own options; {', '.join(others)} would be ignored: set them in it")
         # a request built by hand was never checked (Struct constructors check no types or limits)
         request = _typed(given) if given is not None else self.request(model, messages, **kwargs)
@@ -538,7 +539,7 @@ class Client:
         self._ensure_open()  # (raised, as complete() raises it, not put in every item's slot)
         if concurrency_error := [k for k in ("on_event", "session_id") if k in defaults]:
             raise InvalidRequestError(f"batch() does not take {concurrency_error[0]}")
-        _check_options(defaults, also=("model", "messages"))
+        _check_options(defaults, also=("model",))  # (messages are the items)
         out: list[CompletionRequest | GTLError] = []
         for item in _listed(requests, "batch() takes a list of requests (prompts, dicts of complete() arguments)"):
             try:
@@ -1211,6 +1212,8 @@ def _check_options(options: Mapping[str, Any], also: tuple[str, ...] = ()) -> No
     ``model``), naming the likely one: the interpreter's own message named ``Client.request()``,
     which the caller never called, and suggested nothing."""
     for name in options:
+        if not isinstance(name, str):
+            raise TypeError(f"keywords must be strings, not {type(name).__name__} ({_short(name, 40)})")
         if name not in _REQUEST_OPTIONS and name not in also:
             close = difflib.get_close_matches(name, [*_REQUEST_OPTIONS, *also], n=1)
             hint = (
@@ -1289,7 +1292,7 @@ def nesting_depth(value: Any, stop_after: int) -> int:
 
 def _messages(value: Any) -> list[Message]:
     if isinstance(value, str):  # (a str subclass — numpy's str_ — as the str it is: JSON knows no subclass)
-        return [Message(role="user", content=str(value))]
+        return [Message(role="user", content=_text(value))]
     if isinstance(value, (Message, dict)):
         value = [value]
     elif value is not None and (isinstance(value, (bytes, set)) or not isinstance(value, Iterable)):
@@ -1308,10 +1311,16 @@ def _messages(value: Any) -> list[Message]:
             except msgspec.ValidationError as exc:
                 raise InvalidRequestError(f"{_which_message(index, item)}: {_in_its_words(exc, item)}") from None
         elif isinstance(item, str):
-            out.append(Message(role="user", content=str(item)))
+            out.append(Message(role="user", content=_text(item)))
         else:
             raise InvalidRequestError(f"a message must be a str, dict or Message, not {type(item).__name__}")
     return out
+
+
+def _text(value: str) -> str:
+    """A ``str`` or a subclass of it (numpy's ``str_``, a ``(str, Enum)`` member) as the plain text it
+    holds — not its ``str()``, which an enum (``'Prompt.HI'``) or any subclass may override."""
+    return value if type(value) is str else str.__str__(value)
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -4,6 +4,7 @@ on how a session ended — also when it is cancelled at the last moment or from 
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
 import subprocess
 import sys
@@ -166,6 +167,12 @@ def test_a_misspelt_keyword_names_the_likely_one(client, ledger_path):
         client.complete(request=request, temperature=0.2)
     with pytest.raises(TypeError, match="model would be ignored"):
         client.stream("echo", request=request)
+    with pytest.raises(TypeError, match="; temperature would be ignored"):  # messages=None is no messages
+        client.complete(request=request, messages=None, temperature=0.5)
+    with pytest.raises(TypeError, match="; messages would be ignored"):
+        client.complete(request=request, messages=("hi",))
+    with pytest.raises(TypeError, match="keywords must be strings, not int"):
+        client.batch([{"messages": "hi", 1: 2}])
     assert Ledger(ledger_path).to_dataframe().empty
 
 
@@ -177,6 +184,12 @@ def test_a_str_subclass_is_the_text_it_is(client):
     assert answer.text.startswith('You said: "hi"')
     texts = [item.text[:13] for item in client.batch(numpy.array(["a", "b"]))]
     assert texts == ['You said: "a"', 'You said: "b"']
+
+    class Prompt(str, enum.Enum):  # str() of a member is its name: the text is its value
+        HI = "hello there"
+
+    assert client.complete("echo", Prompt.HI, system=Prompt.HI).text.startswith('You said: "hello there"')
+    assert client.request("echo", [Prompt.HI], system=Prompt.HI).messages[0].content == "hello there"
 
 
 def test_nan_is_refused_by_the_command_line(tmp_path):
