@@ -271,7 +271,8 @@ class _Answer:
     final_calls: list[str] = field(default_factory=list)
     final_error: tuple[str, str] | None = None
     footer: str = ""
-    started: float | None = None  # when the first event arrived (its session had begun)
+    started: float = field(default_factory=time.monotonic)  # the view's making: the request's start
+    began: bool = False  # an event arrived: the session had begun (one refused before it shows no time)
     ended: float | None = None  # when the terminal event arrived
 
     @property
@@ -302,8 +303,7 @@ class _Answer:
 
     def apply(self, event: Any) -> None:
         """Fold one GTL event into the state (unknown events are ignored)."""
-        if self.started is None:
-            self.started = time.monotonic()
+        self.began = True
         self.transcript.add(event)
         if isinstance(event, Token):
             self.status = "streaming"
@@ -341,11 +341,7 @@ class _Answer:
             self.final_error = None
             if not self.final_text.strip() and not self.final_calls:
                 self.footer = ""  # nothing arrived: no output at all
-        elif (
-            self.final_error is not None
-            and self.started is not None
-            and (completion is None or completion.latency_ms is None)
-        ):
+        elif self.final_error is not None and self.began and (completion is None or completion.latency_ms is None):
             # an error's footer had no time (only done says latency): a refusal and a stream cut after
             # seconds read alike; said here as %%gtl's error line says it
             self.footer = " · ".join(part for part in (self._how_far(completion), self.footer) if part)
@@ -356,8 +352,7 @@ class _Answer:
         counted = completion.usage.tokens_out if completion is not None and completion.usage is not None else None
         count = counted if counted else len(self.transcript.tokens)
         arrived = f"{count} token{'s' if count != 1 else ''}, " if count else ""
-        started = self.started if self.started is not None else time.monotonic()
-        return f"after {arrived}{(self.ended or time.monotonic()) - started:.2f} s"
+        return f"after {arrived}{(self.ended or time.monotonic()) - self.started:.2f} s"
 
     # -- rendering ------------------------------------------------------------------------------
 

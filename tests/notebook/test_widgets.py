@@ -213,6 +213,17 @@ def test_an_error_event_shows_its_code_live_and_in_the_final_state():
     assert re.search(r"after 1 token, \d+\.\d\d s", bundle["text/plain"]), bundle["text/plain"]
 
 
+def test_an_error_that_is_the_first_event_is_timed_from_the_request():
+    """Over a remote transport a refusal after a wait (a 503 after 2 s) is often the only event: timed
+    from it, the footer read 'after 0.00 s', an instant failure."""
+    view = StreamView("gpt-4o", min_interval=0.0, live=False)
+    view._answer.started -= 2.0  # the request began two seconds ago
+    view.on_event(Error(session_id=SID, code="TIMEOUT", message="no answer", provider="gw"))
+    view.finish(ProviderTimeoutError("no answer", provider="gw"))
+    footer = re.search(r"after (\d+\.\d\d) s", view._repr_mimebundle_()["text/plain"])
+    assert footer is not None and float(footer.group(1)) >= 2.0
+
+
 def test_a_real_provider_error_shows_the_gtl_code(shell):
     with sim.running("openai", faults=sim.Fault.http(401)) as url:
         client = gtl_nb.connect(providers={"openai": {"api_key": "sim-key", "base_url": url}}, ledger=False, environ={})
