@@ -75,14 +75,22 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
     if separator and scheme.lower() in _REDIS:
         return _parse_redis(url, where)
     if not separator or scheme.lower() != "sqlite":
-        shown = unknown_scheme(scheme) if separator else "text with an @" if "@" in url else repr(url[:40])
+        shown = unknown_scheme(scheme) if separator else _quoted(url)
         raise ConfigurationError(f"{where}: unknown store {shown}; use {ACCEPTED}")
     host, slash, path = rest.partition("/")
     if host or not slash or not path:
         raise ConfigurationError(
-            f"{where}: {url!r} names no file; write sqlite:///relative/path or sqlite:////absolute/path"
+            f"{where}: {_quoted(url)} names no file; write sqlite:///relative/path or sqlite:////absolute/path"
         )
     return StoreURL("sqlite", Path(unquote(path)).expanduser())
+
+
+def _quoted(text: str) -> str:
+    """``text`` quoted for an error (its start), or said in words when it may hold a password
+    (``user:password@…``, ``?password=…``)."""
+    if "@" in text or "password" in text.lower():
+        return "the URL given (not shown: it may hold a password)"
+    return repr(text[:40])
 
 
 def unknown_scheme(scheme: str) -> str:

@@ -53,7 +53,9 @@ def test_store_urls(url: str, expected: StoreURL):
         ("/plain/path.db", "unknown store"),
         (3, "must be a string"),
         ("user:secret@host://x", "unknown store URL"),  # never quotes what may be a password
-        ("alice:hunter2@db.example.com/ledger", "unknown store text with an @"),  # nor without a scheme
+        ("alice:hunter2@db.example.com/ledger", "unknown store the URL given (not shown"),  # nor without a scheme
+        ("db:6379/0?password=s3cret", "not shown: it may hold a password"),
+        ("sqlite://admin:s3cret@db/x.db", "the URL given (not shown: it may hold a password) names no file"),
     ],
 )
 def test_store_url_mistakes_name_what_is_accepted(url: object, fragment: str):
