@@ -79,6 +79,13 @@ class GapMagic:
                 )
             else:
                 content = completion.text
+                if not content.strip():  # (as an empty cell is refused: a GAP message carries text)
+                    calls = (
+                        f" (its {len(completion.tool_calls)} tool call(s) are no message)"
+                        if completion.tool_calls
+                        else ""
+                    )
+                    raise UsageError(f"%%gap: that answer has no text to wrap{calls}; wrap one that does")
                 platform = platform_for(completion.provider_type)
                 model, chat_id = completion.model, completion.session_id
                 time, role = self.session.finished_at(completion), "assistant"

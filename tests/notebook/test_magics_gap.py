@@ -142,6 +142,24 @@ def test_from_var_wraps_a_completion_made_in_code(ip):
     assert wrapped.chat_id == ip.user_ns["answer"].session_id
 
 
+def test_an_answer_without_text_is_not_wrapped(ip):
+    """An answer made only of tool calls has no text: wrapped, it was an empty GAP message — which an
+    empty ``%%gap`` cell is refused for."""
+    from gtl_nb.completion import Completion
+    from gtl_nb.protocol import ToolCall
+
+    ip.user_ns["calls_only"] = Completion(
+        text="",
+        session_id="s1",
+        provider="echo",
+        model="echo",
+        finish_reason="tool_calls",
+        tool_calls=[ToolCall(id="c1", name="lookup")],
+    )
+    message = mistake(ip, "%gap --from calls_only")
+    assert "that answer has no text to wrap (its 1 tool call(s) are no message)" in message
+
+
 @pytest.mark.parametrize(
     ("model", "server", "marker"),
     [
