@@ -1069,6 +1069,15 @@ def _degraded(engine: Engine, authenticate: Authenticate) -> dict[str, str]:
     return degraded
 
 
+def _refuses_every_token(authenticate: Authenticate) -> bool:
+    """Whether the token checker has a revocation list it never read (a replica started while Redis
+    was away): it then refuses every token, so ``/readyz`` must not call it ready — an orchestrator
+    would send it traffic, and a rollout would replace the replicas that still serve with it."""
+    target = getattr(authenticate, "target", authenticate)
+    revocations = getattr(target, "revocations", None)
+    return revocations is not None and not getattr(revocations, "loaded", True)
+
+
 def build_app(
     engine: Engine,
     *,
@@ -1240,8 +1249,11 @@ def build_app(
 
     async def readyz(request: Request) -> Any:
         """``ready``, or ``degraded`` with what and why (still 200: the gateway serves while a shared store
-        is away — the PostgreSQL ledger spooling its rows, Redis stores falling back to local ones)."""
+        is away — the PostgreSQL ledger spooling its rows, Redis stores falling back to local ones);
+        ``503`` ``unavailable`` while it refuses every token (``_refuses_every_token``)."""
         degraded = _degraded(engine, authenticate)
+        if _refuses_every_token(authenticate):
+            return JSONResponse({"status": "unavailable", "degraded": degraded}, status_code=503)
         if degraded:
             return JSONResponse({"status": "degraded", "degraded": degraded})
         return JSONResponse({"status": "ready"})

@@ -40,7 +40,9 @@ the request path as the SQLite writer does them:
   ``prune_every`` seconds (an hour) — in bounded batches that other replicas pruning at once never
   collide with (``engine.stores.postgres_retention``). Not in the lease keeper: a first prune of a
   large table takes a while, and the lease must not run out meanwhile.
-* **PostgreSQL unreachable.** Writes go to a local spool (``engine.stores.postgres_spool``; default
+* **PostgreSQL unreachable** — down, refusing, or not answering a write, a lease renewal or the first
+  contact within ``write_timeout`` (a hung host, a network black hole: the connection stays open and
+  would never fail). Writes go to a local spool (``engine.stores.postgres_spool``; default
   file ``postgres-spool-<digest>.sqlite3`` — host, port, database and user, hashed — beside the
   default SQLite ledger) instead, in order; the
   lease keeper probes the server (backoff up to ``renew``) and, once it answers, the writer drains the
@@ -65,11 +67,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger import (
@@ -111,14 +113,20 @@ from gtl_nb.log import get_logger
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["FORGET_AFTER", "MAX_BATCH", "MAX_PENDING", "SPOOL_CHUNK", "PostgresUsageLedger"]
+__all__ = ["FORGET_AFTER", "MAX_BATCH", "MAX_PENDING", "SPOOL_CHUNK", "WRITE_TIMEOUT", "PostgresUsageLedger"]
 
 log = get_logger("engine.stores")
+
+T = TypeVar("T")
 
 MAX_PENDING = 10_000  # queued writes before a start waits: a few MB at most
 MAX_BATCH = 500  # writes per transaction
 SPOOL_CHUNK = 500  # spooled writes replayed per transaction
 FORGET_AFTER = 900.0  # seconds past its end a dead replica's lease is kept (to see who ran lately)
+WRITE_TIMEOUT = 10.0
+"""Seconds a write, a lease renewal or the first contact may wait for the server's answer before it
+counts as unreachable: a batch is one round trip of milliseconds, and a server that stopped answering
+(a hung host, a network black hole) keeps the connection open without ever failing it."""
 _SWEEP_EVERY = 60.0  # seconds between two sweeps of dead leases, at most
 _REFUSALS = ("RATE_LIMIT", "BUDGET_EXCEEDED")  # a request refused by a budget (totals skip them)
 
@@ -317,6 +325,7 @@ class PostgresUsageLedger:
         max_batch: int = MAX_BATCH,
         wait_for: float = 60.0,
         connect_timeout: float = CONNECT_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
         group_commit: float | None = None,
         forget_after: float = FORGET_AFTER,
         retention: Retention | None = None,
@@ -341,6 +350,7 @@ class PostgresUsageLedger:
         self._max_batch = max(1, max_batch)
         self._wait_for = wait_for
         self._connect_timeout = connect_timeout
+        self._write_timeout = write_timeout
         self._pool_max = int(options["pool_max"])
         self._forget_after = max(0.0, float(forget_after))
         self._swept = -math.inf  # monotonic time of the last sweep of dead leases
@@ -592,7 +602,7 @@ class PostgresUsageLedger:
         )
         await self._pool.open(wait=False)
         try:
-            await self._prepare()
+            await self._answered(self._prepare())
         except Exception as exc:
             self._failed(exc, "opening")
         self._writer = asyncio.ensure_future(self._write_loop())
@@ -623,20 +633,36 @@ class PostgresUsageLedger:
         while True:
             await asyncio.sleep(self._renew if failures == 0 else min(self._renew, 0.25 * 2 ** (failures - 1)))
             try:
-                if not self._ready:
-                    await self._prepare()
-                else:
-                    async with self._pool.connection(timeout=self._connect_timeout) as conn:
-                        await self._take_lease(conn)
-                        await self._judge(conn)
-                        if time.monotonic() - self._swept >= min(_SWEEP_EVERY, self._forget_after / 4):
-                            await self._forget_leases(conn)
+                await self._answered(self._prepare() if not self._ready else self._renew_lease())
             except Exception as exc:
                 failures += 1
                 self._failed(exc, "renewing its lease")
                 continue
             failures = 0
             self._recovered()
+
+    async def _renew_lease(self) -> None:
+        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+            await self._take_lease(conn)
+            await self._judge(conn)
+            if time.monotonic() - self._swept >= min(_SWEEP_EVERY, self._forget_after / 4):
+                await self._forget_leases(conn)
+
+    async def _answered(self, work: Coroutine[Any, Any, T]) -> T:
+        """``await work``, or ``asyncio.TimeoutError`` (unreachable) when the server has not answered it
+        within ``write_timeout``. The work is cancelled without waiting for it: psycopg then tries to
+        cancel the statement, which a server that stopped answering ignores for seconds more."""
+        task = asyncio.ensure_future(work)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=self._write_timeout)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if not done:
+            task.cancel()
+            task.add_done_callback(_consumed)
+            raise asyncio.TimeoutError(f"no answer within {self._write_timeout:g} s")
+        return task.result()
 
     # -- the ledger's loop: retention ----------------------------------------------------------------
 
@@ -869,6 +895,11 @@ class PostgresUsageLedger:
         }
 
     async def _commit(self, entries: list[_Entry], *, adopt: Iterable[str] = ()) -> int:
+        """``_commit_now``, bounded by ``write_timeout`` (``_answered``): a batch that may have reached a
+        server that stopped answering is spooled too, and replaying it changes nothing."""
+        return await self._answered(self._commit_now(entries, adopt=adopt))
+
+    async def _commit_now(self, entries: list[_Entry], *, adopt: Iterable[str] = ()) -> int:
         """Write ``entries`` in one transaction and one round trip; return how many finishes found no
         started row.
 
@@ -1065,16 +1096,19 @@ class PostgresUsageLedger:
                 await asyncio.gather(task, return_exceptions=True)
         if self._healthy and not self._mine_spooled:
             try:
-                async with self._pool.connection(timeout=self._connect_timeout) as conn, conn.transaction():
-                    # the handles of these rows are gone with this ledger: nobody can finish them now
-                    await conn.execute(_RELEASE_ROWS, (self._clock(), self.replica))
-                    await conn.execute(_RELEASE_LEASE, (self.replica,))
+                await self._answered(self._release())
             except Exception as exc:  # the lease runs out by itself and another replica judges the rows
                 log.warning("ledger %s: could not give back its lease (%s)", self._url.shown, describe(exc))
         for _, waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(LedgerStateError(f"the ledger {self._url.shown} is closed"))
         await self._pool.close(timeout=5.0)
+
+    async def _release(self) -> None:
+        async with self._pool.connection(timeout=self._connect_timeout) as conn, conn.transaction():
+            # the handles of these rows are gone with this ledger: nobody can finish them now
+            await conn.execute(_RELEASE_ROWS, (self._clock(), self.replica))
+            await conn.execute(_RELEASE_LEASE, (self.replica,))
 
     def _take_all(self) -> list[_Start | _Finish]:
         ops = list(self._queue)
@@ -1087,6 +1121,12 @@ def _statement(literal: Callable[[Any], bytes], sql: str, values: tuple[Any, ...
     """``sql`` with its ``%s`` replaced by ``values`` as SQL literals."""
     parts = sql.encode().split(b"%s")
     return parts[0] + b"".join(literal(value) + part for value, part in zip(values, parts[1:], strict=True))
+
+
+def _consumed(task: asyncio.Future[Any]) -> None:
+    """A timed-out write's end, which nobody awaits: marked seen rather than logged as never retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _close_at_exit(ref: weakref.ref[PostgresUsageLedger]) -> None:

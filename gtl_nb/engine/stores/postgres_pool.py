@@ -18,7 +18,8 @@
   ``/readyz`` name the cause ("password authentication failed …") rather than the pool's
   "couldn't get a connection after 5.00 sec"; psycopg_pool's own warning per failed attempt, for
   our pools (named ``gtl_nb-…``), is dropped (shown at DEBUG when ``psycopg.pool`` logs DEBUG): the
-  store logs the outage once, with that cause.
+  store logs the outage once, with that cause. So is psycopg's own warning when it cannot cancel a
+  statement our timeout cut short (a server that stopped answering), logged on our loop threads.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from gtl_nb.protocol.errors import ConfigurationError
 __all__ = [
     "CONNECT_TIMEOUT",
     "INSTALL_HINT",
+    "LOOP_PREFIX",
     "OPTIONS",
     "POOL_PREFIX",
     "ConnectErrors",
@@ -69,6 +71,8 @@ _POOL_MAX = 4  # the writer, the lease keeper and a couple of readers: rows are 
 _LIBPQ_SECRETS = frozenset({"password", "sslpassword", "passfile"})
 POOL_PREFIX = "gtl_nb-"
 """How the names of our pools begin: psycopg_pool's per-attempt warnings about them are ours to report."""
+LOOP_PREFIX = "gtl_nb postgres "
+"""How the names of our stores' loop threads begin (``PostgresLoop``): psycopg's lines logged there are ours."""
 
 #: Our own query options (libpq would refuse them), with their type and default.
 OPTIONS: dict[str, tuple[type, Any]] = {
@@ -264,36 +268,45 @@ class ConnectErrors:
 class _PoolAttemptNoise(logging.Filter):
     """Drops psycopg_pool's warnings about failed connection attempts of our pools (one a second or so
     while the server is away), and about each of their connections the server closed (one per pooled
-    connection when it stops): the store's own warning names the outage once, with its cause. With
-    ``psycopg.pool`` logging DEBUG they are still shown, as DEBUG."""
+    connection when it stops), and psycopg's own warning that it could not cancel a statement of ours
+    (our timeout cut it short, and a server that stopped answering ignores the cancel request too):
+    the store's own warning names the outage once, with its cause. With the logger (``psycopg.pool``,
+    ``psycopg``) at DEBUG they are still shown, as DEBUG."""
 
     _MESSAGES = ("error connecting in ", "reconnection attempt in pool ")
     _CONNECTION_MESSAGES = ("discarding closed connection: ", "discarding broken connection: ")
+    _CANCEL_MESSAGES = ("query cancellation failed: ",)
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()
         message = str(record.msg)
-        if message.startswith(self._CONNECTION_MESSAGES):
+        if record.name == _PSYCOPG_LOGGER:
+            # the line names no connection: ours are those that run on our stores' loop threads
+            ours = message.startswith(self._CANCEL_MESSAGES) and (record.threadName or "").startswith(LOOP_PREFIX)
+        elif message.startswith(self._CONNECTION_MESSAGES):
             ours = bool(args) and getattr(args[0], "gtl_nb_pool", False) is True
         else:
             ours = bool(args) and str(args[0]).startswith(POOL_PREFIX) and message.startswith(self._MESSAGES)
         if not (ours and record.levelno >= logging.WARNING):
             return True
-        if not logging.getLogger(_POOL_LOGGER).isEnabledFor(logging.DEBUG):
+        if not logging.getLogger(record.name).isEnabledFor(logging.DEBUG):
             return False
         record.levelno, record.levelname = logging.DEBUG, "DEBUG"
         return True
 
 
 _POOL_LOGGER = "psycopg.pool"
+_PSYCOPG_LOGGER = "psycopg"
 _NOISE_FILTER = _PoolAttemptNoise()
 
 
 def _quiet_pool_log() -> None:
-    """Put ``_PoolAttemptNoise`` on psycopg_pool's logger (once)."""
-    pool_log = logging.getLogger(_POOL_LOGGER)
-    if _NOISE_FILTER not in pool_log.filters:
-        pool_log.addFilter(_NOISE_FILTER)
+    """Put ``_PoolAttemptNoise`` on psycopg_pool's and psycopg's loggers (once; a logger's filter does
+    not see what its children's records propagate to it)."""
+    for name in (_POOL_LOGGER, _PSYCOPG_LOGGER):
+        driver_log = logging.getLogger(name)
+        if _NOISE_FILTER not in driver_log.filters:
+            driver_log.addFilter(_NOISE_FILTER)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -335,7 +348,8 @@ class PostgresLoop:
     the work); ``run(coro)`` waits for it from a thread without a running loop."""
 
     def __init__(self, name: str) -> None:
-        self._thread = LoopThread(name=name)
+        # the prefix tells psycopg's lines about our connections from others' (``_PoolAttemptNoise``)
+        self._thread = LoopThread(name=name if name.startswith(LOOP_PREFIX) else LOOP_PREFIX + name)
         self.loop = self._thread.loop
 
     @property

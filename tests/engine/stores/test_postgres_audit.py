@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -268,6 +269,26 @@ def test_a_frozen_postgresql_holds_append_and_close_for_write_timeout_at_most(
     report = verify_postgres(postgres_url)
     assert report.ok and report.records == 3, report.describe()
     assert not list(tmp_path.glob("spool.jsonl.*"))  # every taken spool written and removed
+
+
+def test_a_frozen_postgresql_leaves_no_psycopg_warning_in_the_log(
+    postgres_server: Any, postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """The sink names the outage once itself. The statement its write timeout cut short is cancelled by
+    psycopg, whose cancel request a frozen server never answers: psycopg's own warning about it ("query
+    cancellation failed: cancellation timeout expired", printed bare on stderr by a gateway) stays out."""
+    caplog.set_level(logging.WARNING)
+    sink = PostgresAuditSink(postgres_url, replica="q", spool_path=tmp_path / "spool.jsonl", write_timeout=1.0)
+    try:
+        assert sink.append([record(1)]) == 0  # a pooled connection exists now
+        with frozen(postgres_server):
+            assert sink.append([record(2)]) == 0  # spooled after write_timeout; psycopg cancels the statement
+            time.sleep(6.5)  # its cancel request times out after 5 s
+    finally:
+        sink.close()
+    warned = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert [record.getMessage() for record in warned if record.name.startswith("psycopg")] == []
+    assert [record.getMessage() for record in warned if "cannot be used" in record.getMessage()] != []
 
 
 _OTHER_PROCESS = """

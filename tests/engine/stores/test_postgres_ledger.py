@@ -638,6 +638,54 @@ def test_postgresql_stopped_and_restarted_under_load_loses_and_doubles_nothing(
     assert [record.getMessage() for record in warned if record.name.startswith("psycopg")] == []
 
 
+def test_a_frozen_postgresql_is_noticed_and_its_rows_spooled_then_written(
+    postgres_server: Any, postgres_url: str, spool: Path, caplog: pytest.LogCaptureFixture
+):
+    """A server that stops answering (SIGSTOP: a hung host, a network black hole) holds neither the writer
+    nor the lease keeper: within a few seconds the ledger says it is degraded and spools, and once the
+    server answers again every row is written once. (The writer waited on its statement for as long as
+    the server was frozen: no warning, /readyz ready, and the queue growing toward back-pressure.)"""
+    caplog.set_level(logging.WARNING)
+    ledger = PostgresUsageLedger(
+        postgres_url, spool_path=spool, lease=6.0, renew=1.0, connect_timeout=1, write_timeout=1.0
+    )
+
+    async def one(name: str) -> None:
+        handle = await ledger.start(session_id=name, context=ADA, model="m")
+        await ledger.finish(handle, status="ok", tokens_in=1)
+
+    async def scenario() -> tuple[bool, int]:
+        await one("before")
+        await ledger.rows()  # written: the pool holds an idle connection to the server now
+        with kit.frozen(postgres_server):
+            await one("frozen")
+            deadline = time.monotonic() + 10
+            while not (ledger.degraded and ledger.spooled > 0):
+                assert time.monotonic() < deadline, "the ledger never noticed the server had stopped answering"
+                await asyncio.sleep(0.05)
+            seen = (ledger.degraded, ledger.spooled)
+            await one("meanwhile")
+        deadline = time.monotonic() + 30
+        while ledger.degraded or ledger.spooled:
+            assert time.monotonic() < deadline, ledger.degraded_reason
+            await asyncio.sleep(0.05)
+        return seen
+
+    try:
+        degraded, spooled = run(scenario())
+        rows = run(ledger.rows())
+    finally:
+        ledger.close()
+    assert degraded and spooled > 0
+    assert [(row["session_id"], row["status"]) for row in rows] == [
+        ("before", "ok"),
+        ("frozen", "ok"),
+        ("meanwhile", "ok"),
+    ]
+    warned = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert [record.getMessage() for record in warned if record.name.startswith("psycopg")] == []
+
+
 # -- URLs ------------------------------------------------------------------------------------------------
 
 

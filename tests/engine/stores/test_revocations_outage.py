@@ -199,6 +199,27 @@ def test_a_gateway_answers_at_once_while_its_redis_is_frozen(server: Any, tmp_pa
         thaw(server)
 
 
+def test_a_gateway_started_while_redis_is_down_is_not_ready_until_it_reads_the_list(server: Any, tmp_path: Path):
+    """A replica that never read the list refuses every token: ``/readyz`` answers ``503`` then (an
+    orchestrator must not send it traffic, nor let a rollout replace serving replicas with it), and
+    ``200`` once the list is read."""
+    config = write_toml(tmp_path / "gtl.toml", gateway_tables(tmp_path, server.url, refresh=0.2))
+    bearer = token("ann")
+    server.stop()
+    with start_gateway(config, env={SECRET_ENV: SECRET}) as gateway, httpx.Client(timeout=30) as client:
+        base = gateway.url("http")
+        response = ask(client, base, bearer)
+        assert response.status_code == 401 and "could not check" in response.text  # every token, retryably
+        ready = client.get(f"{base}/readyz")
+        assert ready.status_code == 503, ready.text
+        assert ready.json()["status"] == "unavailable"
+        assert "every token is refused" in ready.json()["degraded"]["revocations"]
+        server.restart()
+        eventually(lambda: client.get(f"{base}/readyz").status_code == 200, "the list was never read")
+        assert client.get(f"{base}/readyz").json() == {"status": "ready"}
+        assert accepted(ask(client, base, bearer))
+
+
 def test_a_reload_while_redis_is_down_keeps_the_revocations_read_before(server: Any, tmp_path: Path):
     """Valid tokens still pass and a revoked one stays refused — through a reload that changes
     ``refresh`` and through one that names another (unreachable) Redis, which is not taken."""
