@@ -648,20 +648,22 @@ class PostgresUsageLedger:
             if time.monotonic() - self._swept >= min(_SWEEP_EVERY, self._forget_after / 4):
                 await self._forget_leases(conn)
 
-    async def _answered(self, work: Coroutine[Any, Any, T]) -> T:
+    async def _answered(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """``await work``, or ``asyncio.TimeoutError`` (unreachable) when the server has not answered it
-        within ``write_timeout``. The work is cancelled without waiting for it: psycopg then tries to
-        cancel the statement, which a server that stopped answering ignores for seconds more."""
+        within ``timeout`` (default ``write_timeout``). The work is cancelled without waiting for it:
+        psycopg then tries to cancel the statement, which a server that stopped answering ignores for
+        seconds more."""
+        timeout = self._write_timeout if timeout is None else timeout
         task = asyncio.ensure_future(work)
         try:
-            done, _ = await asyncio.wait({task}, timeout=self._write_timeout)
+            done, _ = await asyncio.wait({task}, timeout=timeout)
         except asyncio.CancelledError:
             task.cancel()
             raise
         if not done:
             task.cancel()
             task.add_done_callback(_consumed)
-            raise asyncio.TimeoutError(f"no answer within {self._write_timeout:g} s")
+            raise asyncio.TimeoutError(f"no answer within {timeout:g} s")
         return task.result()
 
     # -- the ledger's loop: retention ----------------------------------------------------------------
@@ -1046,9 +1048,8 @@ class PostgresUsageLedger:
         await self._until_durable(target)
         psycopg = self._psycopg
         try:
-            async with self._pool.connection(timeout=self._connect_timeout) as conn:
-                cursor = await conn.execute(sql, params)
-                return await cursor.fetchall()
+            # a read may be long (a year of rows), but not as long as a server that stopped answering
+            return await self._answered(self._query(sql, params), timeout=max(self._wait_for, self._write_timeout))
         except (psycopg.DataError, psycopg.errors.UndefinedFunction) as exc:
             raise LedgerValueError(f"a ledger filter has a value of the wrong type: {describe(exc)}") from None
         except Exception as exc:
@@ -1057,6 +1058,11 @@ class PostgresUsageLedger:
                     f"the ledger {self._url.shown} cannot be read now: {self._connect_errors.describe(exc)}"
                 ) from None
             raise
+
+    async def _query(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+            cursor = await conn.execute(sql, params)
+            return await cursor.fetchall()
 
     async def _rows(self, target: int, where: str, params: list[Any]) -> list[dict[str, Any]]:
         found = await self._fetch(target, f"{_SELECT}{where} ORDER BY id", params)

@@ -275,7 +275,12 @@ class _PoolAttemptNoise(logging.Filter):
 
     _MESSAGES = ("error connecting in ", "reconnection attempt in pool ")
     _CONNECTION_MESSAGES = ("discarding closed connection: ", "discarding broken connection: ")
-    _CANCEL_MESSAGES = ("query cancellation failed: ",)
+    # psycopg's lines as it cancels a statement our timeout cut short (3.3: then closes the connection)
+    _CANCEL_MESSAGES = (
+        "query cancellation failed: ",
+        "query not terminated after cancellation",
+        "query cancellation interrupted",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args if isinstance(record.args, tuple) else ()

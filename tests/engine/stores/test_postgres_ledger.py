@@ -686,6 +686,51 @@ def test_a_frozen_postgresql_is_noticed_and_its_rows_spooled_then_written(
     assert [record.getMessage() for record in warned if record.name.startswith("psycopg")] == []
 
 
+def test_a_read_from_a_frozen_postgresql_is_refused_not_held(postgres_server: Any, postgres_url: str, spool: Path):
+    """A usage read begun as the server stopped answering waited for as long as it stayed frozen (the
+    writes had a bound, the reads none): it is refused as unavailable once the reader's wait is over."""
+    ledger = PostgresUsageLedger(
+        postgres_url, spool_path=spool, lease=30.0, renew=10.0, connect_timeout=1, write_timeout=1.0, wait_for=1.0
+    )
+
+    async def scenario() -> None:
+        handle = await ledger.start(session_id="s", context=ADA, model="m")
+        await ledger.finish(handle, status="ok", tokens_in=1)
+        await ledger.rows()  # written, and the pool holds a connection to the server
+        with kit.frozen(postgres_server):
+            started = time.monotonic()
+            with pytest.raises(PostgresUnavailableError, match="cannot be read now"):
+                await ledger.totals()
+            assert time.monotonic() - started < 8  # the reader's wait, not the freeze's length
+
+    try:
+        run(scenario())
+    finally:
+        ledger.close()
+
+
+def test_psycopgs_lines_about_cancelling_our_cut_statements_stay_out_of_the_log():
+    """As the store's timeout cuts a statement short psycopg cancels it and, against a frozen server,
+    says so in three ways (3.3); from our stores' loop threads all three are the outage the store
+    already named. The same lines from another application's thread, and other lines, pass."""
+    from gtl_nb.engine.stores.postgres_pool import _NOISE_FILTER, LOOP_PREFIX
+
+    def record(message: str, thread: str) -> logging.LogRecord:
+        made = logging.LogRecord("psycopg", logging.WARNING, __file__, 1, message, (), None)
+        made.threadName = thread
+        return made
+
+    ours = LOOP_PREFIX + "ledger x"
+    for message in (
+        "query cancellation failed: cancellation timeout expired",
+        "query not terminated after cancellation: closing connection",
+        "query cancellation interrupted (CancelledError): closing connection",
+    ):
+        assert _NOISE_FILTER.filter(record(message, ours)) is False, message
+        assert _NOISE_FILTER.filter(record(message, "MainThread")) is True, message
+    assert _NOISE_FILTER.filter(record("some other psycopg warning", ours)) is True
+
+
 # -- URLs ------------------------------------------------------------------------------------------------
 
 
