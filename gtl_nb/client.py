@@ -1247,11 +1247,11 @@ def _typed(request: Any) -> CompletionRequest:
         ) from None
 
 
-def _holding(request: CompletionRequest | None, exc: TypeError) -> str:
+def _holding(request: CompletionRequest, exc: TypeError) -> str:
     """``exc``, a failure to encode ``request``, naming the argument holding what JSON cannot carry."""
     for name in ("metadata", "response_format", "tools", "tool_choice", "messages"):
         try:
-            msgspec.json.encode(getattr(request, name, None))
+            msgspec.json.encode(getattr(request, name))
         except TypeError:
             return f"{name} holds a value JSON cannot carry ({exc})"
     return str(exc)

@@ -14,6 +14,7 @@ import gtl_nb
 from gtl_nb import sim
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.protocol import AuthenticationError, ConfigurationError, Token
+from tests.ledger_wait import EXITS_MID_STREAM
 
 
 @pytest.fixture
@@ -119,20 +120,6 @@ def test_a_closed_client_says_so_when_asked_for_usage_or_a_batch(ledger_path):
         with pytest.raises(ConfigurationError, match=r"this client is closed; gtl_nb\.connect"):
             call()
     assert list(gtl_nb.connect(ledger=ledger_path, environ={}).usage()["status"]) == ["ok"]  # a new one reads it
-
-
-EXITS_MID_STREAM = textwrap.dedent(
-    """
-    import sys, threading, gtl_nb
-    client = gtl_nb.connect(providers={"slow": {"type": "echo", "options": {"pace": 0.05}}},
-                            ledger=sys.argv[1], environ={})
-    stream = client.stream("slow:echo", "a long answer " * 50, max_tokens=500)
-    next(stream), next(stream)
-    reader = threading.Thread(target=lambda: client.complete("slow:echo", "another " * 50, max_tokens=500), daemon=True)
-    reader.start()
-    print("mid-stream", flush=True)
-    """
-)
 
 
 def test_exiting_with_sessions_open_ends_their_rows_cancelled(ledger_path):

@@ -30,6 +30,7 @@ from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
 from gtl_nb.engine.stores.postgres_pool import PostgresUnavailableError, parse_postgres_url, shown_url
 from gtl_nb.engine.stores.postgres_schema import LEDGER_MIGRATIONS, OWN_COLUMNS, Migration, migrate, quoted
 from gtl_nb.protocol.errors import ConfigurationError
+from tests.ledger_wait import EXITS_MID_STREAM
 
 REPO = Path(__file__).resolve().parents[3]
 ADA = RequestContext(principal="ada", tenant="acme")
@@ -781,26 +782,12 @@ def test_readyz_says_the_ledger_is_degraded_while_postgresql_is_away(tmp_path):
         assert "spool" in ready.json()["degraded"]["ledger"] and "secret-canary-pw" not in ready.text
 
 
-_EXITS_MID_STREAM = textwrap.dedent(
-    """
-    import sys, threading, gtl_nb
-    client = gtl_nb.connect(providers={"slow": {"type": "echo", "options": {"pace": 0.05}}},
-                            ledger=sys.argv[1], environ={})
-    stream = client.stream("slow:echo", "a long answer " * 50, max_tokens=500)
-    next(stream), next(stream)
-    reader = threading.Thread(target=lambda: client.complete("slow:echo", "another " * 50, max_tokens=500), daemon=True)
-    reader.start()
-    print("mid-stream", flush=True)
-    """
-)
-
-
 def test_exiting_with_sessions_open_ends_their_rows_cancelled(postgres_url: str):
     """As with SQLite: the PostgreSQL ledger's exit drain is registered after the loop thread's stop,
     and atexit runs the last registered first, so it stops the loop (the sessions record their
     ends) before it writes what it holds and closes."""
     done = subprocess.run(
-        [sys.executable, "-c", _EXITS_MID_STREAM, postgres_url], capture_output=True, text=True, timeout=60, cwd=REPO
+        [sys.executable, "-c", EXITS_MID_STREAM, postgres_url], capture_output=True, text=True, timeout=60, cwd=REPO
     )
     assert done.returncode == 0 and done.stdout.strip() == "mid-stream", done.stderr
     statuses = [status for (status,) in query(postgres_url, "SELECT status FROM requests ORDER BY time")]
