@@ -301,7 +301,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
         hint = ""
-        if getattr(args, "gateway", None) and exc.message.startswith("cannot reach the"):
+        # nothing answered: perhaps no gateway runs (one that answered in another protocol is told
+        # which scheme to use instead, and "is it running?" would send its user the wrong way)
+        unreached = exc.message.startswith(("cannot reach the", "found no GTL gateway"))
+        if getattr(args, "gateway", None) and unreached and "connect with" not in exc.message:
             hint = " (is it running? `gtl serve` starts one)"
         print(f"gtl: error: {_for_the_shell(str(exc))}{hint}", file=sys.stderr)
         return 1
