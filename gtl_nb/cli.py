@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
     complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")
-    complete.set_defaults(handler=_complete)
+    unquoted = 'the prompt is one argument: quote it (gtl complete "hello world")'
+    complete.set_defaults(handler=_complete, unknown_option_hints={"": unquoted})
 
     models = sub.add_parser("models", help="list providers and models")
     models.add_argument("--json", action="store_true", help="print provider_info messages as JSON lines")
@@ -282,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        from gtl_nb.cli_unknown import HINTS_KEY, refusal
+
+        own, message = refusal(parser, args.command, extras, getattr(args, HINTS_KEY, {}))
+        own.error(message)  # the subcommand's usage line, which names its options
     if args.log:
         from gtl_nb.log import configure_logging
 
