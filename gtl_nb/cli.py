@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
     complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")
-    complete.set_defaults(handler=_complete)
+    unquoted = 'the prompt is one argument: quote it (gtl complete "hello world")'
+    complete.set_defaults(handler=_complete, unknown_option_hints={"": unquoted})
 
     models = sub.add_parser("models", help="list providers and models")
     models.add_argument("--json", action="store_true", help="print provider_info messages as JSON lines")
@@ -282,7 +283,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        from gtl_nb.cli_unknown import HINTS_KEY, refusal
+
+        own, message = refusal(parser, args.command, extras, getattr(args, HINTS_KEY, {}))
+        own.error(message)  # the subcommand's usage line, which names its options
     if args.log:
         from gtl_nb.log import configure_logging
 
@@ -301,7 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
         hint = ""
-        if getattr(args, "gateway", None) and exc.message.startswith("cannot reach the"):
+        # nothing answered: perhaps no gateway runs (one that answered in another protocol is told
+        # which scheme to use instead, and "is it running?" would send its user the wrong way)
+        unreached = exc.message.startswith(("cannot reach the", "found no GTL gateway"))
+        if getattr(args, "gateway", None) and unreached and "connect with" not in exc.message:
             hint = " (is it running? `gtl serve` starts one)"
         print(f"gtl: error: {_for_the_shell(str(exc))}{hint}", file=sys.stderr)
         return 1

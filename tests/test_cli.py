@@ -180,3 +180,34 @@ def test_prices_per_million_never_look_free_or_scientific(per_1k, shown):
     from gtl_nb.cli import _per_million
 
     assert _per_million(per_1k) == shown
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["serve", "--port", "9000"], "for --port, give the address as --http HOST:PORT"),
+        (["serve", "--host", "0.0.0.0"], "for --host, give the address as --http HOST:PORT"),
+        (["serve", "--htp", "127.0.0.1:9000"], "--htp: did you mean --http?"),
+        (["complete", "hi", "--modle", "echo"], "--modle: did you mean --model?"),
+        (["complete", "hello", "world"], 'the prompt is one argument: quote it (gtl complete "hello world")'),
+        (["models", "--jsn"], "--jsn: did you mean --json?"),
+    ],
+)
+def test_an_unknown_argument_is_reported_by_its_subcommand_with_the_option_meant(capsys, argv, said):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    command = argv[0]
+    assert err.startswith(f"usage: gtl {command} ")  # the usage line that names the subcommand's options
+    assert f"gtl {command}: error: unrecognized arguments: " in err
+    assert said in err and f"(`gtl {command} --help` lists the options)" in err
+
+
+def test_an_unknown_argument_with_nothing_close_names_only_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["models", "--frobnicate"])
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith(
+        "gtl models: error: unrecognized arguments: --frobnicate (`gtl models --help` lists the options)"
+    )

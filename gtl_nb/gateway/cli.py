@@ -24,7 +24,9 @@ def add_subcommands(subparsers: Any) -> None:
     add_arguments(parser, config=False)
     # its own name: a subcommand's default would overwrite the global --config given before it
     parser.add_argument("--config", dest="serve_config", metavar="FILE", help="TOML configuration (as gtl --config)")
-    parser.set_defaults(handler=_serve)
+    # the spellings of other servers' commands: one option here says host and port at once
+    listen = "give the address as --http HOST:PORT (127.0.0.1:8787; port 0: any free port)"
+    parser.set_defaults(handler=_serve, unknown_option_hints={"--port": listen, "--host": listen, "--bind": listen})
     from gtl_nb.gateway.reload_cli import add_reload_subcommand
 
     add_reload_subcommand(subparsers)  # gtl reload: the running gateway's other half

@@ -55,6 +55,7 @@ from gtl_nb.providers.limits import (
     parse_json,
     parse_json_object,
 )
+from gtl_nb.providers.url_hint import with_url_hint
 
 Unit = TypeVar("Unit")
 
@@ -768,7 +769,8 @@ DecodeError = Callable[[Any, CompletionRequest, Deployment, int, Mapping[str, st
 def error_boundary(decode_error: DecodeError) -> DecodeError:
     """Decorator of a dialect's ``decode_error``: whatever the body does to it, the answer is an ``error``.
 
-    An exception, or an event no GTL frame can carry, falls back to the HTTP status's own code.
+    An exception, or an event no GTL frame can carry, falls back to the HTTP status's own code; a 404
+    whose message names no model says to check the deployment's ``base_url`` (``url_hint``).
     """
 
     @functools.wraps(decode_error)
@@ -786,7 +788,7 @@ def error_boundary(decode_error: DecodeError) -> DecodeError:
             return _status_error(request, deployment, status, _fault_message(exc))
         if not is_carriable(error):
             return _status_error(request, deployment, status, "the error body holds a value of the wrong type")
-        return error
+        return with_url_hint(error, deployment, status)
 
     return guarded
 

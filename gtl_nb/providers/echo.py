@@ -17,7 +17,8 @@ split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per 
   SDKs' ``parse`` helpers need; ``pattern`` and the like are not followed), ``json_object`` the usual
   answer as ``{"answer": ...}``; a format it cannot read is an ``InvalidRequestError``, never prose.
 * A failed tool's result (``tool_error``) is reported as failed.
-* ``max_tokens`` truncates the answer (``finish_reason`` ``length``); ``stop`` sequences cut it.
+* ``max_tokens`` truncates the answer (``finish_reason`` ``length``); ``stop`` sequences cut it, and
+  ``done.stop_sequence`` names the one that did (so Anthropic's endpoint answers ``stop_sequence``).
 """
 
 from __future__ import annotations
@@ -100,13 +101,14 @@ class EchoProvider:
                 yield self.pace, Reasoning(session_id=sid, text=piece)
 
         calls = _tool_calls(request)
+        stop_sequence: str | None = None
         if calls:
             for call in calls:
                 tokens_out += count_tokens(call.name) + count_tokens(call.arguments)
                 yield self.pace, ToolCallEvent(session_id=sid, function=call)
             finish = "tool_calls"
         else:
-            text, finish = _limit(answer, request)
+            text, finish, stop_sequence = _limit(answer, request)
             for piece in split_tokens(text):
                 tokens_out += 1
                 yield self.pace, Token(session_id=sid, text=piece)
@@ -120,7 +122,8 @@ class EchoProvider:
                 cost=0.0,
             ),
         )
-        yield 0.0, Done(session_id=sid, finish_reason=finish, model=MODEL_NAME)  # type: ignore[arg-type]
+        done = Done(session_id=sid, finish_reason=finish, model=MODEL_NAME, stop_sequence=stop_sequence)  # type: ignore[arg-type]
+        yield 0.0, done
 
 
 def _message_text(message: Message) -> str:
@@ -197,17 +200,23 @@ def _reasoning_text(request: CompletionRequest) -> str:
     return f"The conversation has {count} message{'s' if count != 1 else ''}; echo quotes the last user message."
 
 
-def _limit(text: str, request: CompletionRequest) -> tuple[str, str]:
+def _limit(text: str, request: CompletionRequest) -> tuple[str, str, str | None]:
+    """The answer cut at the first stop sequence it holds, then at ``max_tokens``: the text, the
+    finish reason and the stop sequence that ended it (``None`` when none did, or ``max_tokens`` came first)."""
     finish = "stop"
+    matched: str | None = None
+    cut = len(text)
     for stop in request.stop or ():
-        if stop and stop in text:
-            text = text[: text.index(stop)]
+        at = text.find(stop) if stop else -1
+        if 0 <= at < cut:  # the earliest wins; at a tie the first listed, as a provider scanning in order
+            cut, matched = at, stop
+    text = text[:cut]
     if request.max_tokens is not None:
         pieces = split_tokens(text)
         if len(pieces) > request.max_tokens:
             text = "".join(pieces[: max(0, request.max_tokens)])
-            finish = "length"
-    return text, finish
+            finish, matched = "length", None
+    return text, finish, matched
 
 
 def _refuse_malformed_tools(request: CompletionRequest) -> None:

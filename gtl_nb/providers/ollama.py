@@ -1,5 +1,8 @@
 """``ollama``: Ollama's native chat API (``POST {base}/api/chat``), NDJSON streaming.
 
+``base`` is the server's root (``OLLAMA_HOST``, default ``http://localhost:11434``); a trailing ``/v1``
+(the root of Ollama's OpenAI-compatible API) is tolerated and dropped.
+
 Request mapping (wire-formats.md §5):
 
 * ``stream`` is always sent explicitly: Ollama streams when it is absent.
@@ -86,7 +89,9 @@ _FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
 def _base_url(deployment: Deployment) -> str:
-    return (deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
+    # a trailing /v1 is Ollama's OpenAI-compatible API, not the native one this dialect speaks: dropped
+    base = (deployment.base_url or DEFAULT_BASE_URL).rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
 
 
 def _headers(deployment: Deployment, *, accept: str) -> dict[str, str]:

@@ -147,9 +147,28 @@ def answered_in_plain_text(exc: BaseException) -> bool:
 
 def tls_hint(scheme: str) -> str:
     """What to add to the failure of a plaintext connection that the server closed without an answer —
-    what a TLS listener does with plaintext: the scheme to use instead (``""`` for a TLS scheme)."""
+    what a TLS listener does with plaintext: the scheme to use instead (``""`` for a TLS scheme). An
+    HTTP/1.1 scheme also names ``grpc://``: a gRPC listener answers HTTP/1.1 with HTTP/2 frames, which
+    the client reads as no answer either."""
     twin = _TLS_TWIN.get(scheme.lower())
-    return f"; if that port serves TLS, connect with {twin}://" if twin else ""
+    if not twin:
+        return ""
+    grpc = "; if it is the gateway's gRPC listener, with grpc://" if scheme.lower() != "grpc" else ""
+    return f"; if that port serves TLS, connect with {twin}://{grpc}"
+
+
+HTTP1_ANSWER_MARK = "http1.x server"
+"""What gRPC's details say when a plaintext dial met an HTTP/1.1 server (the gateway's HTTP listener)."""
+
+
+def http1_hint(details: str) -> str:
+    """What to add to a gRPC dial that met an HTTP/1.1 server: the schemes of the HTTP listener."""
+    if HTTP1_ANSWER_MARK not in details.lower():
+        return ""
+    return (
+        "; that port answers HTTP/1.1, not gRPC: if it is the gateway's HTTP listener, connect with "
+        "http://, sse:// or ws://"
+    )
 
 
 def schemes() -> tuple[str, ...]:

@@ -887,3 +887,20 @@ def test_anthropic_sdk_hears_which_stop_sequence_ended_the_answer(claude, stream
     other = ask("openai")  # OpenAI's API does not say whether a sequence stopped it
     assert (other.stop_reason, other.stop_sequence) == ("end_turn", None)
     assert "harbour" not in other.content[0].text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_hears_which_stop_sequence_ended_an_echo_answer(claude, stream):
+    """The offline model a user first tries stop_sequences on says which one cut it, as Anthropic does."""
+    arguments = {
+        "model": "echo",
+        "max_tokens": 200,
+        "stop_sequences": ["zzz", "said"],
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    if stream:
+        with claude.messages.stream(**arguments) as events:
+            answer = events.get_final_message()
+    else:
+        answer = claude.messages.create(**arguments)
+    assert (answer.stop_reason, answer.stop_sequence, answer.content[0].text) == ("stop_sequence", "said", "You ")

@@ -8,6 +8,7 @@ import json
 import jsonschema
 import pytest
 
+import gtl_nb
 from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall, ToolCallEvent
 from gtl_nb.providers.echo import EchoProvider
 from gtl_nb.providers.schema_values import example_value
@@ -205,3 +206,24 @@ def test_echo_quotes_a_bounded_part_of_a_huge_prompt_or_tool_result() -> None:
     )
     text = "".join(getattr(event, "text", "") for _, event in EchoProvider().generate(request))
     assert text.startswith("The tool returned c0: word") and len(text) < MAX_QUOTED + 400
+
+
+@pytest.mark.parametrize(
+    ("stop", "max_tokens", "text", "finish", "matched"),
+    [
+        (["said"], None, "You ", "stop", "said"),
+        (["Echo", "said"], None, "You ", "stop", "said"),  # the earliest in the text, not the first listed
+        (["said", "You"], None, "", "stop", "You"),
+        (["zzz"], None, None, "stop", None),  # none occurs: the whole answer, no sequence named
+        (["Echo"], 2, "You said", "length", None),  # max_tokens came first
+    ],
+)
+def test_echo_names_the_stop_sequence_that_ended_its_answer(stop, max_tokens, text, finish, matched):
+    client = gtl_nb.connect(ledger=False)
+    try:
+        answer = client.complete("echo", "hi", stop=stop, max_tokens=max_tokens)
+    finally:
+        client.close()
+    assert (answer.finish_reason, answer.stop_sequence) == (finish, matched)
+    if text is not None:
+        assert answer.text == text

@@ -32,7 +32,7 @@ from gtl_nb.engine.loop import LoopThread
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.transports.channel import CLOSE_WAIT, Channel
-from gtl_nb.transports.endpoints import split_endpoint, tls_hint
+from gtl_nb.transports.endpoints import http1_hint, split_endpoint, tls_hint
 from gtl_nb.transports.grpc.stream import (
     BATCH_KEY,
     BATCH_VALUE,
@@ -148,7 +148,7 @@ async def open_session(
                 # a plaintext dial whose socket the server closed: most often a TLS listener
                 closed = any(mark in text for mark in _CLOSED_UNANSWERED)
                 hint = tls_hint("grpc") if credentials is None and closed and first_contact else ""
-                raise ConnectionError(f"{address}: {text}{hint}")
+                raise ConnectionError(f"{address}: {text}{hint or http1_hint(text)}")
             raise status_error(code, details, where=where)
     except BaseException:
         await channel.close()

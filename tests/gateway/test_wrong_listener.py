@@ -1,0 +1,43 @@
+"""A client pointed at the gateway's other listener — an HTTP scheme at the gRPC port, ``grpc://`` at the
+HTTP port — is told which scheme that port takes, and ``gtl`` does not ask whether the gateway runs."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+import gtl_nb
+from gtl_nb.cli import main
+from gtl_nb.protocol.errors import ProviderUnavailableError
+from tests.gateway.test_grpc import grpc_gateway
+from tests.gateway.test_http import gateway
+
+
+@pytest.mark.parametrize("scheme", ["http", "sse", "ws"])
+def test_an_http_scheme_at_the_grpc_listener_names_grpc(base_config, scheme):
+    with grpc_gateway(base_config) as running:
+        address = running.url.partition("://")[2]
+        with pytest.raises(ProviderUnavailableError) as unreachable:
+            gtl_nb.connect(f"{scheme}://{address}")
+    assert "if it is the gateway's gRPC listener, with grpc://" in str(unreachable.value)
+
+
+def test_grpc_at_the_http_listener_names_the_http_schemes(base_config):
+    with gateway(base_config) as url, pytest.raises(ProviderUnavailableError) as unreachable:
+        gtl_nb.connect(url.replace("http://", "grpc://"))
+    assert "that port answers HTTP/1.1, not gRPC" in str(unreachable.value)
+    assert "connect with http://, sse:// or ws://" in str(unreachable.value)
+
+
+def test_the_cli_asks_whether_a_gateway_runs_only_when_nothing_answered(base_config, capsys):
+    with gateway(base_config) as url:
+        assert main(["--gateway", url.replace("http://", "grpc://"), "models"]) == 1
+    err = capsys.readouterr().err
+    assert "answers HTTP/1.1" in err and "is it running?" not in err  # it runs: the scheme is wrong
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]  # closed again before the dial: nothing listens there
+    for address in (f"ws://127.0.0.1:{port}", f"127.0.0.1:{port}"):  # a scheme, and discovery
+        assert main(["--gateway", address, "models"]) == 1
+        assert "(is it running? `gtl serve` starts one)" in capsys.readouterr().err
