@@ -7,6 +7,13 @@ One ``CircuitBreaker`` per deployment (``BreakerBoard`` creates them on demand):
     half_open --a probe succeeds--> closed          (counters and window cleared)
     half_open --a probe fails--> open               (a new cooldown starts)
 
+**A provider's Retry-After holds the circuit open.** ``record_failure(retry_after=...)`` passes the
+wait the provider asked for (a 429/503/529's ``Retry-After``). When that failure is the one that opens
+the circuit (from closed, or a failed probe from half-open) and asks for longer than ``cooldown``, the
+circuit stays open until then — bounded by ``max_cooldown`` — so the deployment is not probed while its
+provider has said it will refuse. A shorter wait never shortens the cooldown, and the waits of failures
+that arrive while the circuit is already open change nothing (such results are ignored, below).
+
 In ``half_open`` at most K probe calls are let through at a time: ``allow()`` reserves a slot,
 ``record_success`` / ``record_failure`` / ``release`` give it back. After every ``allow()`` that
 returned True the caller reports exactly one of those three (``release`` for a call that ended
@@ -89,6 +96,10 @@ class BreakerConfig:
     """Calls the window must hold before its error rate can open the circuit."""
     cooldown: float = 30.0
     """Seconds the circuit stays open before it lets probes through."""
+    max_cooldown: float = 300.0
+    """Longest a provider's ``Retry-After`` may hold an opening circuit open (seconds). A circuit opened by
+    a failure asking for longer than ``cooldown`` stays open for that long, up to this; 0: never longer
+    than ``cooldown``."""
     half_open_probes: int = 1
     """Probe calls allowed at the same time while half-open."""
     backend: str = "memory://"
@@ -104,6 +115,9 @@ class BreakerConfig:
             )
         if self.window <= 0 or self.cooldown < 0:
             raise ConfigurationError("breaker window must be > 0 and cooldown >= 0 seconds")
+        if not (math.isfinite(self.max_cooldown) and self.max_cooldown >= 0):
+            # a ceiling of inf would let one provider's Retry-After of a year shut a deployment for a year
+            raise ConfigurationError(f"breaker max_cooldown must be a finite number >= 0, got {self.max_cooldown}")
         if self.min_calls < 1 or self.half_open_probes < 1:
             raise ConfigurationError("breaker min_calls and half_open_probes must be >= 1")
         from gtl_nb.engine.stores.urls import parse_store_url
@@ -161,6 +175,7 @@ class CircuitBreaker:
         self._calls_in_window = 0
         self._failures_in_window = 0
         self._opened_at: float | None = None
+        self._provider_retry_after: float | None = None  # the wait asked with the failure that opened it
         self._probes = 0  # reserved half-open slots
 
     # -- reading --------------------------------------------------------------------------------
@@ -182,7 +197,11 @@ class CircuitBreaker:
             return state == "closed" or (state == "half_open" and self._probes < self.config.half_open_probes)
 
     def snapshot(self) -> dict[str, Any]:
-        """The breaker's state for the public API (times are values of the breaker's clock)."""
+        """The breaker's state for the public API (times are values of the breaker's clock).
+
+        ``retry_at`` / ``retry_in`` say when the circuit lets a probe through (the cooldown, or the
+        provider's wait when longer); ``provider_retry_after`` is the wait the failure that opened it
+        asked for (bounded by ``max_cooldown``), ``None`` when it asked for none."""
         with self._lock:
             now = self.clock()
             state = self._current(now)
@@ -198,6 +217,7 @@ class CircuitBreaker:
                 "opened_at": self._opened_at,
                 "retry_at": retry_at,
                 "retry_in": max(0.0, retry_at - now) if retry_at is not None and state == "open" else None,
+                "provider_retry_after": self._provider_retry_after,
                 "probes_in_flight": self._probes,
             }
 
@@ -246,19 +266,21 @@ class CircuitBreaker:
                 self._add(now, failed=False)
             return None if self._state == state else (state, self._state)
 
-    def record_failure(self) -> tuple[BreakerState, BreakerState] | None:
+    def record_failure(self, retry_after: float | None = None) -> tuple[BreakerState, BreakerState] | None:
         """A call failed in a way that says the deployment is unwell (see "which failures count").
 
-        Returns the change it caused, ``(old, new)``, or None."""
+        ``retry_after``: seconds the provider asked the caller to wait (its ``Retry-After``), if it said;
+        should this failure open the circuit, it stays open that long when that is past the cooldown
+        (module docstring). Returns the change it caused, ``(old, new)``, or None."""
         if not self.config.enabled:
             return None
         with self._lock:
             now = self.clock()
             state = self._current(now)
             if state == "half_open":
-                self._open(now, "a probe failed")
+                self._open(now, "a probe failed", retry_after)
             elif state == "closed":
-                self._count_failure(now)
+                self._count_failure(now, retry_after)
             return None if self._state == state else (state, self._state)
 
     def release(self) -> None:
@@ -288,6 +310,7 @@ class CircuitBreaker:
                 "buckets": [list(bucket) for bucket in self._window],
                 "bucket_width": repr(self._width()),
                 "opened_at": self._opened_at,
+                "provider_retry_after": self._provider_retry_after,
                 "probes": self._probes,
             }
 
@@ -324,6 +347,8 @@ class CircuitBreaker:
                     breaker._count(index, int(calls), int(failures))
             opened_at = state["opened_at"]
             breaker._opened_at = None if opened_at is None else float(opened_at)
+            # absent from the state of versions before it existed: the cooldown alone
+            breaker._provider_retry_after = provider_wait(state.get("provider_retry_after"), breaker.config)
             breaker._probes = int(state["probes"])
         except (KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise ValueError(f"not a breaker state: {state!r}") from exc
@@ -331,19 +356,20 @@ class CircuitBreaker:
 
     # -- internals (called with the lock held) ---------------------------------------------------
 
-    def _count_failure(self, now: float) -> None:
+    def _count_failure(self, now: float, retry_after: float | None) -> None:
         """A failure while closed: the two rules that may open the circuit."""
         self._consecutive += 1
         self._add(now, failed=True)
         cfg = self.config
         if cfg.failure_threshold and self._consecutive >= cfg.failure_threshold:
-            self._open(now, f"{self._consecutive} consecutive failures")
+            self._open(now, f"{self._consecutive} consecutive failures", retry_after)
             return
         calls = self._calls_in_window
         if cfg.error_rate_threshold and calls >= cfg.min_calls:
             rate = self._failures_in_window / calls
             if rate >= cfg.error_rate_threshold:
-                self._open(now, f"error rate {rate:.0%} over the last {cfg.window:g} s ({calls} calls)")
+                reason = f"error rate {rate:.0%} over the last {cfg.window:g} s ({calls} calls)"
+                self._open(now, reason, retry_after)
 
     def _current(self, now: float) -> BreakerState:
         if self._state == "open":
@@ -354,7 +380,9 @@ class CircuitBreaker:
         return self._state
 
     def _retry_at(self) -> float | None:
-        return None if self._opened_at is None else self._opened_at + self.config.cooldown
+        if self._opened_at is None:
+            return None
+        return self._opened_at + open_for(self._provider_retry_after, self.config)
 
     def _width(self) -> float:
         """Seconds of one bucket of the error-rate window."""
@@ -395,9 +423,14 @@ class CircuitBreaker:
             self._calls_in_window -= calls
             self._failures_in_window -= failures
 
-    def _open(self, now: float, reason: str) -> None:
+    def _open(self, now: float, reason: str, retry_after: float | None) -> None:
         self._opened_at = now
+        self._provider_retry_after = provider_wait(retry_after, self.config)
         self._probes = 0
+        if self._provider_retry_after is not None:
+            hold = open_for(self._provider_retry_after, self.config)
+            if hold > self.config.cooldown:
+                reason += f"; open {hold:g} s, as the provider's Retry-After asked"
         self._transition("open", reason)
 
     def _close(self) -> None:
@@ -406,6 +439,7 @@ class CircuitBreaker:
         self._calls_in_window = 0
         self._failures_in_window = 0
         self._opened_at = None
+        self._provider_retry_after = None
         self._probes = 0
         self._transition("closed", "recovered")
 
@@ -417,6 +451,23 @@ class CircuitBreaker:
         log.info("circuit %s: %s -> %s (%s)", self.name or "?", old, new, reason)
         if self.on_change is not None:
             self.on_change(self.name, old, new)
+
+
+def provider_wait(retry_after: Any, config: BreakerConfig) -> float | None:
+    """A provider's ``retry_after`` as an opening circuit keeps it: bounded by ``max_cooldown``;
+    ``None`` when there is none (absent, not a finite number, not above 0)."""
+    if retry_after is None or isinstance(retry_after, bool):
+        return None
+    wait = min(float(retry_after), config.max_cooldown)  # float(): the Redis script stores it as a string
+    return wait if math.isfinite(wait) and wait > 0 else None
+
+
+def open_for(provider_retry_after: float | None, config: BreakerConfig) -> float:
+    """Seconds a circuit stays open: ``cooldown``, or the provider's wait when that is longer (bounded
+    again by the current ``max_cooldown``: a reload may have lowered it since the circuit opened)."""
+    if provider_retry_after is None:
+        return config.cooldown
+    return max(config.cooldown, min(provider_retry_after, config.max_cooldown))
 
 
 class BreakerBoard:

@@ -1005,7 +1005,9 @@ class Engine:
                             await asyncio.shield(breakers.release(target.name))
                         grant = None
                     elif failed.retryable:
-                        self._breaker_changed(target.name, await breakers.record_failure(target.name))
+                        # the provider's Retry-After: an opening circuit stays open until then (breaker.py)
+                        change = await breakers.record_failure(target.name, retry_after=failed.retry_after)
+                        self._breaker_changed(target.name, change)
                         grant = None
                     if not failed.retryable:
                         fallback = self._context_fallback(failed, target)

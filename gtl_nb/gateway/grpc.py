@@ -26,8 +26,13 @@ token counts when the metadata has none. A token ``authenticate`` refuses is sta
                                 ``max_receive_message_length`` (the limit + ``MESSAGE_SLACK``) bounds
                                 memory: a message beyond it ends the call with ``RESOURCE_EXHAUSTED``
 ``max_sessions_per_connection`` ``GatewayConnection``, per ``Session`` call (``OVERLOADED``)
-``max_connections_per_address`` open ``Session`` calls per client IP (``context.peer()``); one more
-                                is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``
+``max_connections_per_address`` open calls per client IP (``context.peer()``, or the client a trusted
+                                proxy forwards), whichever the method: a ``Session`` (a GTL
+                                connection, as a WebSocket is) and a ``Complete`` or ``ListProviders``
+                                (one request, as an HTTP connection carries) each count one; one more
+                                is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``. HTTP/2 connections with no
+                                call are not counted (gRPC shows the gateway calls, not connections):
+                                ``header_timeout`` and ``idle_timeout`` close them
 ``header_timeout``              gRPC's ``grpc.server_handshake_timeout_ms`` (TLS and the HTTP/2
                                 preface); the hello of a ``Session``: ``GatewayConnection``; the
                                 request message of ``Complete`` and ``ListProviders``: here, within
@@ -180,7 +185,7 @@ class GTLServicer(pb_grpc.GTLServicer):
         self.grace_over = Signal()
         """Set by ``stop`` when the grace ended or was cut short: every ``Session`` ends what it still runs."""
         self._authenticate = authenticate
-        self._connections: Counter[str] = Counter()  # open Session calls per client address
+        self._connections: Counter[str] = Counter()  # open calls per client address (the per-address cap)
         self._calls: set[asyncio.Task[Any]] = set()  # the tasks running our calls (gRPC's own)
         self._work: dict[asyncio.Task[Any], bool] = {}  # what each call runs (-> is it a Session's connection)
 
@@ -203,21 +208,7 @@ class GTLServicer(pb_grpc.GTLServicer):
     async def Session(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         """One GTL connection: ``GatewayConnection`` over the call."""
         async with self._call(context):
-            peer = self._client_of(context)
-            address = _address(peer)
-            most = self.limits.max_connections_per_address
-            proxied = self.limits.trusted_proxies.trusts(_address(_peer(context.peer())))
-            if self._connections[address] >= most and not (proxied and peer == _peer(context.peer())):
-                log.warning("refused a connection from %s: it has %d open", address, most)
-                refusal = OverloadedError(f"{address} already has {most} open connections to this gateway")
-                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-            self._connections[address] += 1
-            try:
-                await self._session(context, peer)
-            finally:
-                self._connections[address] -= 1
-                if self._connections[address] <= 0:
-                    del self._connections[address]
+            await self._session(context, self._client_of(context))
 
     async def _session(self, context: grpc.aio.ServicerContext, peer: str) -> None:
         bearer = _bearer(context)
@@ -285,21 +276,45 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     @contextlib.asynccontextmanager
     async def _call(self, context: grpc.aio.ServicerContext) -> AsyncIterator[bool]:
-        """Refuse a call once shutdown began; count it while it runs; honour its compression wish
-        (yields whether its answers are compressed: gRPC applies that when the headers go out)."""
+        """Refuse a call once shutdown began, or one more than its address may hold open; count it while
+        it runs; honour its compression wish (yields whether its answers are compressed: gRPC applies
+        that when the headers go out)."""
         if self.stopping.is_stopping:
             refusal = ProviderUnavailableError("the gateway is shutting down; connect again")
             await _abort(context, grpc.StatusCode.UNAVAILABLE, refusal)
-        compressing = _metadata(context, COMPRESSION_KEY) == "gzip"
-        if compressing:
-            context.set_compression(grpc.Compression.Gzip)
-        task = asyncio.current_task()
-        assert task is not None
-        self._calls.add(task)
+        address = self._capped_address(context)
+        if address is not None:
+            most = self.limits.max_connections_per_address
+            if self._connections[address] >= most:
+                log.info("refused a call from %s: it has %d open (the cap)", address, most)
+                refusal = OverloadedError(f"{address} already has {most} open connections (gRPC calls) to this gateway")
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            self._connections[address] += 1
         try:
-            yield compressing
+            compressing = _metadata(context, COMPRESSION_KEY) == "gzip"
+            if compressing:
+                context.set_compression(grpc.Compression.Gzip)
+            task = asyncio.current_task()
+            assert task is not None
+            self._calls.add(task)
+            try:
+                yield compressing
+            finally:
+                self._calls.discard(task)
         finally:
-            self._calls.discard(task)
+            if address is not None:
+                self._connections[address] -= 1
+                if self._connections[address] <= 0:
+                    del self._connections[address]
+
+    def _capped_address(self, context: grpc.aio.ServicerContext) -> str | None:
+        """The client address a call counts against ``max_connections_per_address``; ``None`` for a
+        trusted proxy's own call (no forwarded client: capping it would cap every client behind it)."""
+        peer = _peer(context.peer())
+        client = self._client_of(context)
+        if client == peer and self.limits.trusted_proxies.trusts(_address(peer)):
+            return None
+        return _address(client)
 
     async def _work_on(self, work: Coroutine[Any, Any, None], *, connection: bool = False) -> None:
         """Run a call's work as a task the shutdown can cancel; cancelling the call cancels it too."""
@@ -498,7 +513,7 @@ def _peer(peer: str | None) -> str:
 
 
 def _address(peer: str) -> str:
-    """The client's address without its port (what ``max_connections_per_address`` counts)."""
+    """The client's address without its port (whose calls ``max_connections_per_address`` counts)."""
     host, sep, port = peer.rpartition(":")
     return host.strip("[]") if sep and port.isdigit() else peer
 

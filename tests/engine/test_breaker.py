@@ -202,6 +202,98 @@ def test_results_arriving_while_open_are_ignored():
     assert breaker.state == "half_open"  # the late failure did not restart the cooldown
 
 
+# -- a provider's Retry-After ----------------------------------------------------------------------
+
+
+def test_a_retry_after_past_the_cooldown_holds_the_opening_circuit_open_until_then():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=2, error_rate_threshold=0, cooldown=30)
+    breaker.record_failure(retry_after=500.0)  # no opening: only the failure that opens sets the hold
+    assert breaker.record_failure(retry_after=120.0) == ("closed", "open")
+    snap = breaker.snapshot()
+    assert (snap["retry_at"], snap["retry_in"], snap["provider_retry_after"]) == (1120.0, 120.0, 120.0)
+    clock.advance(119.999)
+    assert breaker.state == "open" and not breaker.allow()  # not probed while the provider refuses
+    clock.advance(0.001)
+    assert breaker.acquire() == "probe"
+    assert breaker.record_success() == ("half_open", "closed")
+    assert breaker.snapshot()["provider_retry_after"] is None
+    fail(breaker, 2)  # opened again without a wait asked: the plain cooldown
+    assert breaker.snapshot()["retry_in"] == 30.0
+
+
+@pytest.mark.parametrize("retry_after", [None, 0.0, 5.0, 30.0, -4.0, float("nan"), float("inf")])
+def test_a_retry_after_never_shortens_the_cooldown(retry_after):
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=30, max_cooldown=300)
+    breaker.record_failure(retry_after=retry_after)
+    retry_in = breaker.snapshot()["retry_in"]
+    clock.advance(29.999)
+    still = breaker.state
+    clock.advance(0.001)
+    # inf (never from the provider parsers, which drop it) is held to the ceiling
+    assert (retry_in, still) == ((300.0, "open") if retry_after == float("inf") else (30.0, "open"))
+
+
+def test_the_hold_is_bounded_by_max_cooldown_and_zero_switches_it_off():
+    clock = FakeClock()
+    bounded = make(clock, failure_threshold=1, cooldown=30, max_cooldown=300)
+    off = make(clock, failure_threshold=1, cooldown=30, max_cooldown=0)
+    bounded.record_failure(retry_after=86_400.0)
+    off.record_failure(retry_after=120.0)
+    assert (bounded.snapshot()["retry_in"], bounded.snapshot()["provider_retry_after"]) == (300.0, 300.0)
+    assert (off.snapshot()["retry_in"], off.snapshot()["provider_retry_after"]) == (30.0, None)
+    clock.advance(300)
+    assert bounded.state == "half_open"
+
+
+def test_a_failed_probe_that_asks_for_longer_reopens_for_that_long():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=10)
+    breaker.record_failure(retry_after=60.0)
+    clock.advance(60)
+    assert breaker.acquire() == "probe"
+    assert breaker.record_failure(retry_after=90.0) == ("half_open", "open")
+    clock.advance(89)
+    assert not breaker.allow()
+    clock.advance(1)
+    assert breaker.acquire() == "probe"
+    assert breaker.record_failure() == ("half_open", "open")  # no wait asked this time: the cooldown
+    assert breaker.snapshot()["retry_in"] == 10.0
+
+
+def test_the_error_rate_rule_opens_with_the_hold_too():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=0, error_rate_threshold=0.5, min_calls=2, cooldown=10)
+    breaker.record_success()
+    assert breaker.record_failure(retry_after=45.0) == ("closed", "open")
+    assert breaker.snapshot()["retry_in"] == 45.0
+
+
+def test_a_wait_asked_while_open_changes_nothing():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=10)
+    breaker.record_failure()
+    breaker.record_failure(retry_after=200.0)  # a call started before it opened: ignored, as any result
+    clock.advance(10)
+    assert breaker.state == "half_open"
+
+
+def test_the_hold_survives_export_and_a_lowered_ceiling_bounds_it_again():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=30)
+    breaker.record_failure(retry_after=250.0)
+    state = breaker.to_state()
+    assert state["provider_retry_after"] == 250.0
+    again = CircuitBreaker.from_state(state, "dep", BreakerConfig(failure_threshold=1, cooldown=30), clock=clock)
+    lowered = CircuitBreaker.from_state(
+        state, "dep", BreakerConfig(failure_threshold=1, cooldown=30, max_cooldown=100), clock=clock
+    )
+    assert (again.snapshot()["retry_in"], lowered.snapshot()["retry_in"]) == (250.0, 100.0)
+    older = {key: value for key, value in state.items() if key != "provider_retry_after"}  # before it existed
+    assert CircuitBreaker.from_state(older, "dep", BreakerConfig(cooldown=30), clock=clock).snapshot()["retry_in"] == 30
+
+
 def test_a_single_deployment_is_cooled_down_too():
     clock = FakeClock()
     board = BreakerBoard(BreakerConfig(failure_threshold=2, cooldown=30), clock=clock)
@@ -234,6 +326,7 @@ def test_snapshot_reports_state_counts_and_times():
         "opened_at": 500.0,
         "retry_at": 530.0,
         "retry_in": 20.0,
+        "provider_retry_after": None,
         "probes_in_flight": 0,
     }
 
@@ -315,6 +408,7 @@ def test_config_defaults_are_documented_values():
     assert config == BreakerConfig()
     assert (config.failure_threshold, config.error_rate_threshold, config.min_calls) == (5, 0.5, 10)
     assert (config.window, config.cooldown, config.half_open_probes) == (60.0, 30.0, 1)
+    assert config.max_cooldown == 300.0
 
 
 def test_config_from_routing_breaker_table():
@@ -336,6 +430,10 @@ def test_config_from_routing_breaker_table():
         ({"enabled": 1}, "true or false"),
         ({"error_rate_threshold": 1.5}, "between 0 and 1"),
         ({"half_open_probes": 0}, ">= 1"),
+        ({"max_cooldown": -1}, "max_cooldown must be a finite number >= 0"),
+        ({"max_cooldown": float("inf")}, "max_cooldown must be a finite number >= 0"),
+        ({"max_cooldown": float("nan")}, "max_cooldown must be a finite number >= 0"),
+        ({"max_cooldown": "5m"}, "max_cooldown must be a number"),
         (5, "must be a table"),
     ],
 )
@@ -389,6 +487,7 @@ def test_state_exports_and_restores_with_the_same_behaviour():
         "buckets": [[333, 3, 2]],  # bucket 333 of 3 s: [999, 1002); 3 calls, 2 failed
         "bucket_width": "3.0",
         "opened_at": None,
+        "provider_retry_after": None,
         "probes": 0,
     }
     restored = CircuitBreaker.from_state(state, "dep", original.config, clock=clock)

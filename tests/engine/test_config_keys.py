@@ -394,6 +394,22 @@ def routing_breaker_cooldown(tmp_path):
         assert _fail(c) == "ok"
 
 
+def routing_breaker_max_cooldown(tmp_path):
+    # a 429 asking for an hour: the circuit stays open past the 7 s cooldown, up to the 60 s ceiling
+    clock = Clock()
+    faults = [sim.Fault.http(429, retry_after=3600), sim.Fault.ok()]
+    s, c = _breaker_client(faults, clock, failure_threshold=1, cooldown=7, max_cooldown=60)
+    with s:
+        _fail(c)
+        shown = c.breakers()["openai"]
+        clock.now += 59.5
+        assert "every circuit is open" in _fail(c)  # past the cooldown, not the provider's wait
+        clock.now += 0.5
+        assert _fail(c) == "ok"
+    assert (shown["retry_in"], shown["provider_retry_after"]) == (60, 60)
+    assert len(s.requests) == 2
+
+
 def routing_breaker_half_open_probes(tmp_path):
     clock = Clock()
     s, c = _breaker_client([sim.Fault.http(503)], clock, failure_threshold=1, cooldown=1, half_open_probes=2)

@@ -365,6 +365,64 @@ def test_a_rate_limit_opens_the_circuit_unless_it_asks_for_under_a_second(retry_
     assert third.code == ("PROVIDER_UNAVAILABLE" if opens else "RATE_LIMIT"), third  # refused, or asked again
 
 
+@pytest.mark.parametrize("fault", [sim.Fault.http(429, retry_after=120), sim.Fault.overloaded(retry_after=120)])
+def test_a_providers_retry_after_keeps_the_circuit_open_past_the_cooldown(fault):
+    """The failure that opens the circuit said "retry after 120 s": with a 30 s cooldown the deployment
+    was probed at 30 s, while its provider had said it would refuse. Now it is left alone until then,
+    the refusal and ``client.breakers()`` say when, and after it one probe closes the circuit."""
+    clock = FakeClock()
+    with sim.serve("openai", faults=[fault] * 2) as s:
+        settings = load_settings(
+            providers={"openai": openai_conf(s.base_url)},
+            environ={},
+            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 1}},
+        )
+        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
+
+        def ask(i: int) -> Any:
+            request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
+            return run(engine, request)[-1]
+
+        first, second = ask(1), ask(2)
+        assert first.retry_after == second.retry_after == pytest.approx(120), second
+        opened = asyncio.run(engine.breaker_states())["openai"]
+        clock.now += 31
+        past_cooldown = ask(3)
+        clock.now += 88
+        still = asyncio.run(engine.breaker_states())["openai"]
+        clock.now += 1
+        probe = ask(4)
+        closed = asyncio.run(engine.breaker_states())["openai"]["state"]
+    assert (opened["state"], opened["retry_in"], opened["provider_retry_after"]) == ("open", 120, 120)
+    assert past_cooldown.code == "PROVIDER_UNAVAILABLE" and "every circuit is open" in past_cooldown.message
+    assert past_cooldown.retry_after == pytest.approx(89)  # the caller is told when, too
+    assert (still["state"], still["retry_in"]) == ("open", pytest.approx(1))
+    assert len(s.requests) == 3  # the two failures and the probe: nothing sent while the provider refused
+    assert isinstance(probe, Done) and closed == "closed"
+
+
+def test_a_shorter_retry_after_keeps_the_cooldown_and_a_longer_one_is_bounded():
+    clock = FakeClock()
+    faults = [sim.Fault.http(429, retry_after=5), sim.Fault.http(429, retry_after=86_400)]
+    with sim.serve("openai", faults=faults) as s:
+        settings = load_settings(
+            providers={"short": openai_conf(s.base_url), "long": openai_conf(s.base_url)},
+            environ={},
+            routing={
+                "breaker": {"failure_threshold": 1, "cooldown": 30, "max_cooldown": 600},
+                "retry": {"max_attempts": 1},
+            },
+        )
+        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
+        for i, deployment in enumerate(("short", "long")):
+            request = CompletionRequest(
+                session_id=f"s{i}", model=OPENAI, providers=[deployment], messages=[Message(role="user", content="hi")]
+            )
+            run(engine, request)
+        states = asyncio.run(engine.breaker_states())
+    assert (states["short"]["retry_in"], states["long"]["retry_in"]) == (30, 600)
+
+
 def test_a_probe_that_meets_a_momentary_rate_limit_gives_its_slot_back():
     """The half-open probe's answer was a 429 asking for 20 ms: no verdict, but the probe's slot must be
     given back before the retry — kept, the circuit stayed half-open with its one slot taken, and every

@@ -25,6 +25,7 @@ import grpc
 import pytest
 
 import gtl_nb
+from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import load_settings
@@ -32,6 +33,7 @@ from gtl_nb.gateway.certs import make_dev_certificates
 from gtl_nb.gateway.devauth import DevAuth
 from gtl_nb.gateway.grpc import serve_grpc
 from gtl_nb.gateway.listeners import ListenerSettings, Shutdown, TlsFiles
+from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol import AuthenticationError, Token
 from gtl_nb.protocol import messages as m
@@ -49,7 +51,7 @@ from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame, to_proto
 from gtl_nb.transports.grpc.stream import HIGH_WATER_BYTES, SESSION_METHOD, GrpcStreamChannel, status_error
-from tests.gateway.conftest import LONG_PROMPT, MODEL
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
 from tests.ledger_wait import rows_when
 
 # -- an in-process gateway -----------------------------------------------------------------------------
@@ -442,6 +444,92 @@ def test_connections_per_address_are_limited(write_config):
             first.close()
         with gtl_nb.connect(running.url) as again:  # the first one's call has ended: its place is free
             assert again.complete("echo", "room again").text
+
+
+def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait for ``condition`` (a state the gateway reaches by itself), failing after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _refused(call: Callable[[], Any]) -> GTLError:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    return status_error(refused.value.code(), refused.value.details(), where="gateway")
+
+
+def test_every_call_counts_against_the_per_address_cap_over_any_number_of_connections(write_config):
+    """The cap bounds what one address holds open, as on HTTP, where each request needs a connection.
+    Only ``Session`` calls were counted: ``Complete`` and ``ListProviders`` calls — one HTTP/2
+    connection carries hundreds, and a client may open any number of connections — each held an
+    upstream call (or waited minutes for its request message) with no bound per address."""
+    held = sim.serve("openai", faults=sim.Fault.stall(seconds=60), api_key=SIM_KEY)  # answers nothing
+    config = write_config(providers={"held": {"type": "openai", "api_key": SIM_KEY, "base_url": held.base_url}})
+    stalled = to_proto(request("wait", model=f"held:{MODEL}"))
+    with (
+        held,
+        grpc_gateway(config, max_connections_per_address=2) as running,
+        grpc.insecure_channel(running.address, options=[("grpc.use_local_subchannel_pool", 1)]) as one,
+        grpc.insecure_channel(running.address, options=[("grpc.use_local_subchannel_pool", 1)]) as two,
+    ):
+        first = pb_grpc.GTLStub(one).Complete.future(stalled, timeout=30)
+        _until(lambda: len(held.requests) == 1, "the first call upstream")
+        second = pb_grpc.GTLStub(two).Complete.future(stalled, timeout=30)  # another HTTP/2 connection
+        _until(lambda: len(held.requests) == 2, "the second call upstream")
+        try:
+            stub = pb_grpc.GTLStub(one)
+            over = [
+                _refused(lambda: stub.Complete(to_proto(request("third")), timeout=10)),  # a stream more on `one`
+                _refused(lambda: stub.ListProviders(pb.ListProvidersRequest(), timeout=10)),
+            ]
+            with pytest.raises(OverloadedError, match="open connections"):
+                gtl_nb.connect(running.url)  # a Session counts with them
+            assert all(isinstance(error, OverloadedError) and "already has 2" in error.message for error in over)
+            assert len(held.requests) == 2  # the refused calls went nowhere
+        finally:
+            first.cancel()
+        # the cancelled call's place is free again; the second still holds its own
+        _until(lambda: _lists(pb_grpc.GTLStub(two)), "a call to be let in after one ended")
+        second.cancel()
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_is_capped_and_the_proxy_itself_is_not(write_config):
+    held = sim.serve("openai", faults=sim.Fault.stall(seconds=60), api_key=SIM_KEY)
+    config = write_config(providers={"held": {"type": "openai", "api_key": SIM_KEY, "base_url": held.base_url}})
+    stalled = to_proto(request("wait", model=f"held:{MODEL}"))
+    client = (("x-forwarded-for", "203.0.113.9"),)
+    trusted = TrustedProxies.parse(["127.0.0.1"])
+    with (
+        held,
+        grpc_gateway(config, max_connections_per_address=1, trusted_proxies=trusted) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        stub = pb_grpc.GTLStub(channel)
+        calls = [stub.Complete.future(stalled, timeout=30, metadata=client)]
+        _until(lambda: len(held.requests) == 1, "the forwarded client's call upstream")
+        try:
+            over = _refused(lambda: stub.ListProviders(pb.ListProvidersRequest(), timeout=10, metadata=client))
+            other = (("x-forwarded-for", "203.0.113.10"),)  # another client behind the same proxy: its own count
+            assert stub.ListProviders(pb.ListProvidersRequest(), timeout=10, metadata=other).providers
+            calls += [stub.Complete.future(stalled, timeout=30) for _ in range(2)]  # the proxy's own calls
+            _until(lambda: len(held.requests) == 3, "the proxy's own calls upstream")
+        finally:
+            for call in calls:
+                call.cancel()
+    assert isinstance(over, OverloadedError) and "203.0.113.9 already has 1" in over.message
+
+
+def _lists(stub: pb_grpc.GTLStub) -> bool:
+    """Whether a ``ListProviders`` call is let in (``False``: refused by the cap)."""
+    try:
+        return bool(stub.ListProviders(pb.ListProvidersRequest(), timeout=10).providers)
+    except grpc.RpcError as error:
+        if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return False
+        raise
 
 
 def test_a_session_that_never_says_hello_is_closed_after_the_header_timeout(write_config):

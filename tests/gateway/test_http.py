@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 import gtl_nb
+from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import load_settings
@@ -29,8 +30,8 @@ from gtl_nb.gateway.http import bind, serve_http
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown, TlsFiles
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol import AuthenticationError, Done, GTLError, ProviderUnavailableError, Token, Tool, ToolCallEvent
-from gtl_nb.protocol.errors import ConfigurationError, VersionMismatchError
-from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, send_body
+from gtl_nb.protocol.errors import ConfigurationError, RateLimitError, VersionMismatchError
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, send_body, write_toml
 from tests.ledger_wait import rows_when
 
 REQUEST = {
@@ -196,6 +197,30 @@ def test_a_gateway_that_stops_answering_is_unreachable_within_the_open_timeout(b
         listener.close()
         for conn in held:
             conn.close()
+
+
+def test_the_breakers_query_says_when_a_provider_that_sent_retry_after_may_be_tried_again(tmp_path):
+    """A 429 asking for two minutes opened the circuit: the gateway's snapshot (``client.breakers()``
+    over the connection) says the circuit reopens then, not after the 30 s cooldown."""
+    with sim.serve("openai", faults=sim.Fault.http(429, retry_after=120), api_key=SIM_KEY) as limited:
+        config = write_toml(
+            tmp_path / "gtl.toml",
+            {
+                "providers.limited": {"type": "openai", "api_key": SIM_KEY, "base_url": limited.base_url},
+                "routing.retry": {"max_attempts": 1},
+                "routing.breaker": {"failure_threshold": 1, "cooldown": 30},
+                "ledger": {"path": str(tmp_path / "ledger.sqlite3")},
+            },
+        )
+        with gateway(config) as url, gtl_nb.connect(url) as client:
+            with pytest.raises(RateLimitError):
+                client.complete(f"limited:{MODEL}", "hi")
+            with pytest.raises(ProviderUnavailableError, match="every circuit is open") as refused:
+                client.complete(f"limited:{MODEL}", "again")
+            shown = client.breakers()["limited"]
+    assert (shown["state"], shown["provider_retry_after"]) == ("open", 120.0)
+    assert 110 < shown["retry_in"] <= 120 and 110 < refused.value.retry_after <= 120
+    assert len(limited.requests) == 1
 
 
 def test_a_bad_provider_key_is_auth_failed(base_url):

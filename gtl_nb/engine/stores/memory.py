@@ -573,8 +573,8 @@ class MemoryBreakerStore:
     async def record_success(self, deployment: str) -> tuple[str, str] | None:
         return self.board.get(deployment).record_success()
 
-    async def record_failure(self, deployment: str) -> tuple[str, str] | None:
-        return self.board.get(deployment).record_failure()
+    async def record_failure(self, deployment: str, retry_after: float | None = None) -> tuple[str, str] | None:
+        return self.board.get(deployment).record_failure(retry_after)
 
     async def release(self, deployment: str) -> None:
         self.board.get(deployment).release()

@@ -9,11 +9,12 @@ and writes only what it changes:
 * **A closed circuit's verdicts** (``record_success``, ``record_failure``) are one Lua script that
   applies the closed circuit's rules to the stored JSON and writes it back, atomically: end or
   extend the failure streak, count the call in its bucket (dropping the buckets that left the
-  window), and for a failure the two reasons to open. These few rules are restated in Lua
-  (``_CLOSED``), the one place outside ``engine.breaker``; ``tests/engine/stores`` checks that both
-  decide alike on random sequences. On anything else — no state yet, a circuit not closed, state of
-  an earlier version or of another ``window`` — the script changes nothing and says so, and the
-  call takes the general path below.
+  window), and for a failure the two reasons to open — an opening keeps the provider's Retry-After
+  (``provider_retry_after``, which holds the circuit open past its cooldown for every replica).
+  These few rules are restated in Lua (``_CLOSED``), the one place outside ``engine.breaker``;
+  ``tests/engine/stores`` checks that both decide alike on random sequences. On anything else — no
+  state yet, a circuit not closed, state of an earlier version or of another ``window`` — the script
+  changes nothing and says so, and the call takes the general path below.
 * **Everything else** (an open circuit turning half-open, probes, their verdicts, ``release``) reads
   the state, applies ``engine.breaker``'s rules in Python and writes the new state with a Lua
   compare-and-set that succeeds only if the key still holds exactly what was read. When another
@@ -47,11 +48,11 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from gtl_nb.engine.breaker import WINDOW_BUCKETS, BreakerBoard, BreakerConfig, CircuitBreaker
+from gtl_nb.engine.breaker import WINDOW_BUCKETS, BreakerBoard, BreakerConfig, CircuitBreaker, open_for, provider_wait
 from gtl_nb.engine.ratelimit import DAY
 from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
-from gtl_nb.engine.stores.shared_breakers import RulesOverState, stored_json
+from gtl_nb.engine.stores.shared_breakers import RulesOverState, stored_json, verdict
 from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
 
@@ -71,7 +72,8 @@ few milliseconds would pass it; such a breaker takes the general path)."""
 # A closed circuit's verdict (module docstring): engine.breaker's rules for a closed circuit, restated.
 # KEYS: the breaker.  ARGV: 1 '1' a failure / '0' a success, 2 the current bucket, 3 bucket_width as
 # to_state() writes it, 4 now, 5 this call's token, 6 milliseconds to keep the key, 7 failure_threshold,
-# 8 error_rate_threshold, 9 min_calls, 10 WINDOW_BUCKETS.
+# 8 error_rate_threshold, 9 min_calls, 10 WINDOW_BUCKETS, 11 the provider's wait as breaker.provider_wait
+# bounds it ('' none; kept as a string, like opened_at, so that the encoder's 14 digits leave it exact).
 # Returns {'slow'} (not a closed circuit in this version's format: nothing written), {'ok'},
 # {'opened', consecutive failures, calls in the window, failures in the window}, or {'again', state}
 # (the token is this call's: a retry of a script that ran, whose reply was lost).
@@ -119,6 +121,7 @@ local function decide()
     if (threshold > 0 and s.consecutive >= threshold)
       or (rate > 0 and calls >= least and failures / calls >= rate) then
       s.state, s.opened_at, s.probes, s.probe_at = 'open', ARGV[4], 0, cjson.null
+      s.provider_retry_after = ARGV[11] ~= '' and ARGV[11] or cjson.null
       answer = {'opened', s.consecutive, calls, failures}
     end
   end
@@ -228,17 +231,21 @@ class RedisBreakerStore(RulesOverState):
                 return await self._shared_update(deployment, operation)
         return operation(self.local_board().get(deployment))
 
-    async def _record(self, deployment: str, *, failed: bool) -> tuple[str, str] | None:
+    async def _record(
+        self, deployment: str, *, failed: bool, retry_after: float | None = None
+    ) -> tuple[str, str] | None:
         """A verdict: one script while the circuit is closed (``_CLOSED``), else the general path."""
         if self.outage.usable():
             with contextlib.suppress(RedisUnavailableError):  # as _update: decided locally
-                done, change = await self._closed_verdict(deployment, failed)
+                done, change = await self._closed_verdict(deployment, failed, retry_after)
                 if done:
                     return change
-                return await self._shared_update(deployment, _verdict(failed))
-        return _verdict(failed)(self.local_board().get(deployment))
+                return await self._shared_update(deployment, verdict(failed, retry_after))
+        return verdict(failed, retry_after)(self.local_board().get(deployment))
 
-    async def _closed_verdict(self, deployment: str, failed: bool) -> tuple[bool, tuple[str, str] | None]:
+    async def _closed_verdict(
+        self, deployment: str, failed: bool, retry_after: float | None = None
+    ) -> tuple[bool, tuple[str, str] | None]:
         """``(True, change)`` when the ``_CLOSED`` script recorded the verdict, ``(False, None)`` when the
         circuit is not one it handles (nothing was written)."""
         config = self.config
@@ -248,6 +255,7 @@ class RedisBreakerStore(RulesOverState):
         if abs(current) >= _FAST_BUCKETS:
             return False, None
         key = self._key(deployment)
+        wait = provider_wait(retry_after, config) if failed else None
         args = [
             "1" if failed else "0",
             str(current),
@@ -259,6 +267,7 @@ class RedisBreakerStore(RulesOverState):
             repr(float(config.error_rate_threshold)),
             str(config.min_calls),
             str(WINDOW_BUCKETS),
+            "" if wait is None else repr(wait),
         ]
         answer = await self.outage.call("recording a verdict", lambda client: _CLOSED(client, [key], args))
         kind = _text(answer[0])
@@ -273,6 +282,9 @@ class RedisBreakerStore(RulesOverState):
                 reason = f"{consecutive} consecutive failures"
             else:
                 reason = f"error rate {failures / calls:.0%} over the last {config.window:g} s ({calls} calls)"
+            hold = open_for(wait, config)
+            if hold > config.cooldown:
+                reason += f"; open {hold:g} s, as the provider's Retry-After asked"
             log.info("circuit %s: closed -> open (%s)", deployment, reason)
             return True, ("closed", "open")
         return True, None
@@ -339,7 +351,8 @@ class RedisBreakerStore(RulesOverState):
 
     def _keep(self) -> str:
         """Milliseconds a breaker's key outlives its last change."""
-        return str(int((max(self.config.window, self.config.cooldown) + self.probe_lease + DAY) * 1000))
+        longest = max(self.config.window, self.config.cooldown, self.config.max_cooldown)
+        return str(int((longest + self.probe_lease + DAY) * 1000))
 
     def _lock(self, deployment: str) -> asyncio.Lock:
         """This loop's lock for writes of ``deployment`` (an asyncio lock belongs to one loop)."""
@@ -368,10 +381,6 @@ class RedisBreakerStore(RulesOverState):
         except (ValueError, TypeError, AttributeError):
             log.warning("circuit %s: unreadable stored state; starting closed", deployment)
             return CircuitBreaker(deployment, self.config, clock=clock), None, None
-
-
-def _verdict(failed: bool) -> Callable[[CircuitBreaker], tuple[str, str] | None]:
-    return CircuitBreaker.record_failure if failed else CircuitBreaker.record_success
 
 
 def _text(value: Any) -> str:

@@ -7,7 +7,9 @@ buckets of counts, not a list of calls — plus each store's own fields, plus ``
 last one is for processes of earlier versions sharing the store during an upgrade: they read the
 window from it (as a list of every call) and find it empty, so they still see the circuit's state,
 its failure streak, its cooldown and its probes; ``from_state`` reads what they write back (every
-call of the window, as ``[time, failed]``) into buckets.
+call of the window, as ``[time, failed]``) into buckets. Such a process does not know
+``provider_retry_after`` either: it lets probes through after the plain cooldown, and what it writes
+back lacks the field (read as none).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from gtl_nb.engine.breaker import BreakerConfig, CircuitBreaker
 
-__all__ = ["RulesOverState", "stored_json"]
+__all__ = ["RulesOverState", "stored_json", "verdict"]
 
 
 def stored_json(state: dict[str, Any]) -> str:
@@ -43,16 +45,23 @@ class RulesOverState:
             return None
         return await self._record(deployment, failed=False)
 
-    async def record_failure(self, deployment: str) -> tuple[str, str] | None:
+    async def record_failure(self, deployment: str, retry_after: float | None = None) -> tuple[str, str] | None:
         if not self.config.enabled:
             return None
-        return await self._record(deployment, failed=True)
+        return await self._record(deployment, failed=True, retry_after=retry_after)
 
     async def release(self, deployment: str) -> None:
         await self._update(deployment, lambda breaker: breaker.release())
 
-    async def _record(self, deployment: str, *, failed: bool) -> tuple[str, str] | None:
+    async def _record(
+        self, deployment: str, *, failed: bool, retry_after: float | None = None
+    ) -> tuple[str, str] | None:
         """A verdict, through ``_update`` (a store overrides this to serve a closed circuit in one step)."""
-        if failed:
-            return await self._update(deployment, lambda breaker: breaker.record_failure())
-        return await self._update(deployment, lambda breaker: breaker.record_success())
+        return await self._update(deployment, verdict(failed, retry_after))
+
+
+def verdict(failed: bool, retry_after: float | None = None) -> Callable[[CircuitBreaker], tuple[str, str] | None]:
+    """The breaker operation of a verdict: a success, or a failure with the provider's ``retry_after``."""
+    if failed:
+        return lambda breaker: breaker.record_failure(retry_after)
+    return CircuitBreaker.record_success

@@ -104,6 +104,68 @@ def test_snapshots_say_state_counts_times_and_whether_a_call_is_allowed(store: B
     assert (probing["state"], probing["probes_in_flight"], probing["allowed"]) == ("half_open", 1, False)
 
 
+def test_a_providers_retry_after_holds_the_opening_circuit_open_until_then(store: BreakerStore, clock: FakeClock):
+    """The failure that opens (through a closed circuit's verdict) or re-opens (a failed probe) asks for
+    longer than the cooldown: no probe before then; a shorter wait keeps the cooldown."""
+
+    async def scenario() -> list[Any]:
+        await store.record_failure("oa")
+        seen: list[Any] = [await store.record_failure("oa", retry_after=120.0)]
+        opened = (await store.snapshots(["oa"]))["oa"]
+        seen += [opened["retry_at"] - T0, opened["retry_in"], opened["provider_retry_after"]]
+        clock.now += 30
+        seen.append(await store.acquire("oa"))  # the cooldown is over, the provider's wait is not
+        clock.now += 90
+        seen += [await store.acquire("oa"), await store.record_failure("oa", retry_after=200.0)]
+        clock.now += 199.5
+        seen.append(await store.acquire("oa"))
+        clock.now += 0.5
+        seen += [await store.acquire("oa"), await store.record_failure("oa", retry_after=5.0)]
+        reopened = (await store.snapshots(["oa"]))["oa"]
+        seen += [reopened["retry_in"], reopened["provider_retry_after"]]
+        clock.now += 30
+        seen += [await store.acquire("oa"), await store.record_success("oa")]
+        seen.append((await store.snapshots(["oa"]))["oa"]["provider_retry_after"])
+        return seen
+
+    assert run(scenario()) == [
+        ("closed", "open"),
+        120.0,
+        120.0,
+        120.0,
+        None,
+        "probe",
+        ("half_open", "open"),
+        None,
+        "probe",
+        ("half_open", "open"),
+        30.0,  # 5 s asked: the cooldown stands
+        5.0,
+        "probe",
+        ("half_open", "closed"),
+        None,
+    ]
+
+
+def test_a_retry_after_is_held_to_max_cooldown(
+    backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest
+):
+    url = redis_url_of(backend, request)
+    config = BreakerConfig(failure_threshold=1, error_rate_threshold=0, cooldown=30.0, max_cooldown=90.0)
+
+    async def scenario() -> list[Any]:
+        store = open_store(backend, store_file, clock, config, redis_url=url)
+        await store.record_success("oa")  # state written first, so the opening is a closed circuit's verdict
+        await store.record_failure("oa", retry_after=86_400.0)
+        seen = [(await store.snapshots(["oa"]))["oa"]["retry_in"]]
+        clock.now += 90
+        seen.append(await store.acquire("oa"))
+        await store.aclose()
+        return seen
+
+    assert run(scenario()) == [90.0, "probe"]
+
+
 def test_a_disabled_breaker_lets_everything_through(
     backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest
 ):
@@ -245,6 +307,33 @@ def test_concurrent_failures_from_both_replicas_are_all_counted(replica_urls: tu
     assert (snapshot["state"], snapshot["consecutive_failures"], snapshot["calls_in_window"]) == ("closed", 200, 200)
 
 
+def test_every_replica_keeps_a_circuit_closed_until_the_providers_retry_after(
+    replica_urls: tuple[str, str], clock: FakeClock
+):
+    """The opening replica's Retry-After is in the shared state: the other replica does not probe
+    before it either, whether the circuit opened through the closed circuit's script or a failed probe."""
+
+    async def scenario() -> list[Any]:
+        one = RedisBreakerStore(replica_urls[0], CONFIG, wall_clock=clock)
+        two = RedisBreakerStore(replica_urls[1], CONFIG, wall_clock=clock)
+        await one.record_failure("oa")
+        seen: list[Any] = [await one.record_failure("oa", retry_after=150.0)]
+        seen.append((await two.snapshots(["oa"]))["oa"]["retry_in"])
+        clock.now += 149
+        seen += [await two.acquire("oa"), await one.acquire("oa")]
+        clock.now += 1
+        seen += [await two.acquire("oa"), await two.record_failure("oa", retry_after=60.0)]
+        clock.now += 59
+        seen.append(await one.acquire("oa"))
+        clock.now += 1
+        seen.append(await one.acquire("oa"))
+        await one.aclose()
+        await two.aclose()
+        return seen
+
+    assert run(scenario()) == [("closed", "open"), 150.0, None, None, "probe", ("half_open", "open"), None, "probe"]
+
+
 def test_unreadable_redis_state_starts_closed_and_state_expires(redis_url: str, clock: FakeClock):
     client = raw(redis_url)
 
@@ -252,7 +341,8 @@ def test_unreadable_redis_state_starts_closed_and_state_expires(redis_url: str, 
         store = RedisBreakerStore(redis_url, CONFIG, wall_clock=clock)
         await store.record_failure("a:b")
         stored = json.loads(client.get("gtl:breaker:a%3Ab"))
-        assert 86_400_000 < client.pttl("gtl:breaker:a%3Ab") <= (60 + 300 + 86_400) * 1000  # expires on its own
+        kept = client.pttl("gtl:breaker:a%3Ab")
+        assert 86_400_000 < kept <= (300 + 300 + 86_400) * 1000  # max_cooldown, probe lease, a day: then it expires
         client.set("gtl:breaker:a%3Ab", b'{"state": "melted"}')
         seen = [stored["consecutive"], await store.acquire("a:b"), await store.record_failure("a:b")]
         seen.append(json.loads(client.get("gtl:breaker:a%3Ab"))["consecutive"])  # written over
@@ -343,18 +433,28 @@ def _random_steps(seed: int, count: int) -> list[tuple[str, float]]:
 
 
 @pytest.mark.parametrize(
-    ("seed", "config"),
+    ("seed", "config", "asked"),
     [
-        (1, BreakerConfig(failure_threshold=3, error_rate_threshold=0.5, min_calls=4, window=10.0, cooldown=3.0)),
-        (2, BreakerConfig(failure_threshold=0, error_rate_threshold=0.3, min_calls=6, window=5.0, cooldown=1.0)),
-        (3, BreakerConfig(failure_threshold=2, error_rate_threshold=0, window=60.0, cooldown=2.0, half_open_probes=2)),
+        (1, BreakerConfig(failure_threshold=3, error_rate_threshold=0.5, min_calls=4, window=10.0, cooldown=3.0), 0),
+        (2, BreakerConfig(failure_threshold=0, error_rate_threshold=0.3, min_calls=6, window=5.0, cooldown=1.0), 0),
+        (
+            3,
+            BreakerConfig(failure_threshold=2, error_rate_threshold=0, window=60.0, cooldown=2.0, half_open_probes=2),
+            0,
+        ),
+        (
+            4,
+            BreakerConfig(failure_threshold=3, error_rate_threshold=0.5, min_calls=4, cooldown=3.0, max_cooldown=20),
+            3,
+        ),
     ],
-    ids=["both-rules", "error-rate", "streak"],
+    ids=["both-rules", "error-rate", "streak", "retry-after"],
 )
 def test_redis_decides_as_the_rules_in_memory_on_random_calls(
-    seed: int, config: BreakerConfig, redis_url: str, clock: FakeClock
+    seed: int, config: BreakerConfig, asked: float, redis_url: str, clock: FakeClock
 ):
-    """The closed circuit's Lua script restates engine.breaker's rules: both must decide alike."""
+    """The closed circuit's Lua script restates engine.breaker's rules: both must decide alike.
+    ``asked``: failures carry a Retry-After of this many times the step's wait (0: none)."""
 
     async def scenario() -> tuple[list[Any], list[Any]]:
         memory = MemoryBreakerStore(config, clock=clock)
@@ -364,8 +464,9 @@ def test_redis_decides_as_the_rules_in_memory_on_random_calls(
             if verb == "wait":
                 clock.now += wait
                 continue
+            extra = {"retry_after": wait * asked} if asked and verb == "record_failure" else {}
             for store, answers in ((memory, seen[0]), (shared, seen[1])):
-                answers.append((verb, await getattr(store, verb)("oa")))
+                answers.append((verb, await getattr(store, verb)("oa", **extra)))
             snapshots = [(await store.snapshots(["oa"]))["oa"] for store in (memory, shared)]
             seen[0].append(snapshots[0])
             seen[1].append(snapshots[1])
