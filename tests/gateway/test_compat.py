@@ -469,6 +469,25 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
 
 
+def test_stream_options_without_stream_is_refused_as_openai_refuses_it(oai, backends):
+    """OpenAI answers ``stream_options`` on a request that does not stream with a 400 naming it; the gateway
+    took it and answered, so an app that asked for a usage chunk never learnt it would get none."""
+    sent = len(backends["openai"].requests)
+    for stream in (False, None):  # said, or left to its default
+        asked = {"stream": stream} if stream is not None else {}
+        with pytest.raises(openai.BadRequestError, match="only allowed when stream is enabled") as caught:
+            oai.chat.completions.create(
+                model=target("openai"), messages=chat(), stream_options={"include_usage": True}, **asked
+            )
+        assert caught.value.status_code == 400 and caught.value.param == "stream_options"
+        assert caught.value.type == "invalid_request_error"
+    assert len(backends["openai"].requests) == sent  # refused before any session
+    plain = oai.chat.completions.with_raw_response.create(
+        model=target("openai"), messages=chat(), stream=False, extra_body={"stream_options": None}
+    )
+    assert plain.status_code == 200  # null says nothing
+
+
 def test_logprobs_asked_for_are_refused_not_answered_with_null(oai):
     """Accepted and ignored, ``logprobs=True`` came back as ``choice.logprobs = None``: the app's next
     line, ``choice.logprobs.content``, failed with an ``AttributeError`` far from the cause."""

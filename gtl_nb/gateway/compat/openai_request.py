@@ -14,7 +14,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   ``{"type": "function", "function": {"name": …}}``, both GTL's own forms), ``temperature``,
   ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array),
   ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
-  usage chunk. ``n`` other than 1 is refused: a session has one answer; so are ``logprobs: true``
+  usage chunk (``stream_options`` without ``stream: true`` is refused, as OpenAI refuses it: 400 naming
+  it). ``n`` other than 1 is refused: a session has one answer; so are ``logprobs: true``
   and ``top_logprobs`` (GTL carries no token probabilities: ``choice.logprobs`` would be null).
 * ``cache_control`` on a message or on one of its content parts (the form other OpenAI-compatible
   proxies take for Anthropic's prompt caching) → GTL's ``cache_point`` on the message that ends there
@@ -80,8 +81,11 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         if body.get(legacy) is not None:
             raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
     stream = bool(fields.boolean(body, "stream", "stream"))
-    options = fields.obj(body, "stream_options", "stream_options") or {}
-    include_usage = stream and bool(fields.boolean(options, "include_usage", "stream_options.include_usage"))
+    options = fields.obj(body, "stream_options", "stream_options")
+    if options is not None and not stream:
+        # OpenAI's own 400: an app that asked for a usage chunk must learn it gets none
+        raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
+    include_usage = stream and bool(fields.boolean(options or {}, "include_usage", "stream_options.include_usage"))
     max_tokens = fields.integer(body, "max_completion_tokens", "max_completion_tokens")
     if max_tokens is None:
         max_tokens = fields.integer(body, "max_tokens", "max_tokens")
