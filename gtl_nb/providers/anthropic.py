@@ -22,6 +22,9 @@ Request mapping (``build_request``):
   Usage's ``cache_creation_input_tokens`` → ``cache_write_tokens_in`` (its
   ``cache_creation.ephemeral_1h_input_tokens`` → ``cache_write_1h_tokens_in``),
   ``cache_read_input_tokens`` → ``cached_tokens_in``; ``tokens_in`` is their sum with ``input_tokens``.
+* ``stop`` → ``stop_sequences``; one that is empty or whitespace only, which the API refuses, is
+  refused before sending (``NotServedHere``: another deployment may take it). The API documents no
+  limit on their number.
 * ``temperature`` is passed through unchanged although Anthropic's range is 0–1, not 0–2: the API
   validates it and answers with a clear 400, where silent clamping would hide a caller mistake.
 * ``request.reasoning`` → ``thinking: {"type": "enabled", "budget_tokens": N}`` with N from
@@ -105,6 +108,7 @@ from gtl_nb.providers.base import (
     header,
     parse_json_body,
     parse_tool_choice,
+    refuse_stop_sequences,
     retry_after_seconds,
     retryable_for_status,
     schema_asked,
@@ -363,6 +367,8 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.stop:
+        # the API's 400s ("each stop sequence must be non-empty", "… must contain non-whitespace")
+        refuse_stop_sequences(request, "Anthropic's Messages API", takes_empty=False, takes_whitespace=False)
         body["stop_sequences"] = list(request.stop)
     if request.tools:
         body["tools"] = [

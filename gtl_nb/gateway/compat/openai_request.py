@@ -12,7 +12,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   rather than silently dropped.
 * ``tools`` (``type: function`` only), ``tool_choice`` (``none``/``auto``/``required`` or
   ``{"type": "function", "function": {"name": …}}``, both GTL's own forms), ``temperature``,
-  ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array),
+  ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array of at
+  most 4, OpenAI's limit: more is its 400 naming ``stop``),
   ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
   usage chunk (``stream_options`` without ``stream: true`` is refused, as OpenAI refuses it: 400 naming
   it). ``n`` other than 1 is refused: a session has one answer; so are ``logprobs: true``
@@ -278,11 +279,17 @@ def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None
     return limited_to_one_call(choice) if parallel is False else choice
 
 
+MAX_STOP = 4
+"""The most stop sequences OpenAI's API takes (more is its 400 naming ``stop``)."""
+
+
 def _stop(raw: Any) -> list[str] | None:
     if raw is None:
         return None
     if isinstance(raw, str):
         return [raw]
     if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        if len(raw) > MAX_STOP:
+            raise FieldError("stop", f"array too long: expected at most {MAX_STOP} stop sequences, but got {len(raw)}")
         return list(raw) or None
     raise FieldError("stop", "expected a string or an array of strings")
