@@ -36,7 +36,9 @@ Request mapping (``build_request``):
   ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
 * Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; in the order of the
   message's ``parts`` when it has them, else placed before the text of user and tool messages
-  (Anthropic's advice). Assistant messages carry no images.
+  (Anthropic's advice). Assistant messages carry no images. A user or tool message's ``parts`` are
+  its blocks, several texts too: adjacent text blocks stay blocks (a tool result's as its
+  ``content`` list), never one text joined with a newline the caller did not send.
 * ``response_format`` ``json_schema`` → ``output_config.format`` (``{"type": "json_schema", "schema":
   …}``, Anthropic's structured outputs); ``text`` → nothing. ``json_object`` (any JSON object, no
   schema) has no Anthropic form: it is refused (``NotServedHere``: another deployment may serve it)
@@ -263,7 +265,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     content = _content_blocks(message)
     if message.role == "tool":
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
-        if message.images:
+        if message.images or (message.parts and content):  # its pieces, as blocks, in their order
             result["content"] = content
         elif message.content is not None:
             result["content"] = message.content

@@ -4,13 +4,16 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
 * ``model`` is GTL's model string as is; ``max_tokens`` is required, as Anthropic requires it.
 * ``system`` (a string, or ``text`` blocks joined with blank lines) → one leading ``system`` message.
-* ``messages``: content is a string or blocks. In a ``user`` turn, ``text`` blocks (joined with
-  newlines) and ``image`` blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL)
-  make one user message (text and images together keep their order in GTL's ``parts``), and each
-  ``tool_result`` (``tool_use_id``; string or text/image content) becomes a GTL tool result placed
-  before it, in order; ``is_error: true`` → its ``tool_error`` (a deployment without such a flag
-  reads "Error:" before the text: ``providers.base.tool_result_text``). In an ``assistant``
-  turn, ``text`` blocks → the content and ``tool_use`` blocks (``input`` object) → GTL tool calls.
+* ``messages``: content is a string or blocks. In a ``user`` turn, ``text`` blocks and ``image``
+  blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL) make one user message
+  (several blocks keep their order in GTL's ``parts``, so an Anthropic deployment gets the same
+  blocks, adjacent text blocks too; its ``content`` is their texts joined with newlines, for a
+  reader without parts), and each ``tool_result`` (``tool_use_id``; string or text/image content,
+  its blocks kept the same way) becomes a GTL tool result placed before it, in order;
+  ``is_error: true`` → its ``tool_error`` (a deployment without such a flag reads "Error:" before
+  the text: ``providers.base.tool_result_text``). In an ``assistant`` turn, ``text`` blocks → the
+  content (joined as the answer's tokens are, without a separator) and ``tool_use`` blocks
+  (``input`` object) → GTL tool calls.
   ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a provider's reasoning
   through its own ``provider_data``, which this format does not carry). Documents, server-tool and
   other blocks are refused (400).

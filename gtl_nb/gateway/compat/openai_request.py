@@ -4,8 +4,9 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
 * ``model`` is GTL's model string as is: ``deployment:model`` or a bare model the gateway routes.
 * ``messages``: ``system`` and ``developer`` → ``system``; ``user`` content is a string or an array
-  of ``text`` parts (joined with newlines) and ``image_url`` parts (``data:`` or ``https:`` URLs →
-  the message's ``images``; text and images together keep their order in GTL's ``parts``);
+  of ``text`` parts and ``image_url`` parts (``data:`` or ``https:`` URLs → the message's ``images``;
+  several parts keep their order in GTL's ``parts``, its ``content`` their texts joined with
+  newlines: what an OpenAI deployment is sent for text alone);
   ``assistant`` content and ``tool_calls`` (``{id, function: {name, arguments}}``) → an assistant
   message with GTL tool calls; ``tool`` (``tool_call_id``, content) → a tool result. ``name`` is
   kept. Audio and file parts, the legacy ``function`` role and ``function_call`` are refused (400)
