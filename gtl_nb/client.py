@@ -1422,7 +1422,9 @@ def _content_parts(parts: list[Any], role: Any) -> dict[str, Any]:
     if role not in ("user", "tool") and any(kind == "image" for kind, _ in pieces):
         raise InvalidRequestError(f"a {role} message takes text parts only; images go in user and tool messages")
     message = Message.from_pieces("user", pieces)
-    return {"content": message.content, "images": message.images, "parts": message.parts}
+    # parts are a user or tool message's (a system or assistant message's texts are its content, joined)
+    parts = message.parts if role in ("user", "tool") else []
+    return {"content": message.content, "images": message.images, "parts": parts}
 
 
 def _tools(tools: Iterable[Tool | dict[str, Any]]) -> list[Tool]:

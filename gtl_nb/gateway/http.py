@@ -17,8 +17,8 @@
 Before a session runs, a refusal is a status with one GTL ``error`` as the body: ``401`` for a token
 the gateway does not accept, ``413`` for a body over ``max_frame_bytes``, ``400`` for a body that is
 not a ``completion_request`` (or a request that is not HTTP/1.1 at all, or whose ``GTL-Version`` names
-no version this gateway speaks: the spec's negotiation, as these endpoints have no hello; their
-answers carry ``GTL-Version`` too), ``404`` and ``405`` for a
+no version this gateway speaks: the spec's negotiation, as these endpoints have no hello; every
+answer that is a GTL frame, each of these refusals included, carries ``GTL-Version``), ``404`` and ``405`` for a
 path or method nobody here serves (``INVALID_REQUEST``, naming the endpoints; the OpenAI- and
 Anthropic-compatible routes answer under their own paths in their own shape), ``429`` for one
 connection too many from an address, ``503`` once the gateway is shutting down, ``408`` (then the
@@ -651,17 +651,18 @@ def _raw_response(status: int, error: GTLError) -> bytes:
     body = encode(error.to_event(""))
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-        f"connection: close\r\ncontent-length: {len(body)}\r\n\r\n"
+        f"{VERSION_HEADER}: {SPOKEN}\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
 
 def _error_response(exc: GTLError, status: int, session_id: str = "", headers: dict[str, str] | None = None) -> Any:
+    """A GTL ``error`` frame as a whole answer. Like every GTL answer it says the versions this gateway
+    speaks (the spec's negotiation holds on refusals too: a client reads them before the error)."""
     from starlette.responses import Response
 
-    return Response(
-        encode(exc.to_event(session_id)), status_code=status, media_type="application/json", headers=headers
-    )
+    said = {VERSION_HEADER: SPOKEN, **headers} if headers else {VERSION_HEADER: SPOKEN}
+    return Response(encode(exc.to_event(session_id)), status_code=status, media_type="application/json", headers=said)
 
 
 def _in_the_callers_shape(request: Any, exc: GTLError, status: int) -> Any:
@@ -691,7 +692,7 @@ def _version_refusal(request: Any) -> Any:
     try:
         negotiate_header(offered)
     except VersionMismatchError as exc:
-        return _error_response(exc, 400, headers={VERSION_HEADER: SPOKEN})
+        return _error_response(exc, 400)
     return None
 
 
@@ -718,7 +719,11 @@ def claimed_session_id(body: bytes) -> str:
 async def _refuse(scope: Any, receive: Any, send: Any, status: int, error: GTLError) -> None:
     """Answer a request or a WebSocket upgrade with ``status`` and one GTL error, then close."""
     body = encode(error.to_event(""))
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (VERSION_HEADER.encode(), SPOKEN.encode()),  # a GTL frame: it says the versions, as every GTL answer
+    ]
     if error.retry_after is not None:
         headers.append((b"retry-after", str(math.ceil(error.retry_after)).encode()))
     if scope["type"] == "websocket":

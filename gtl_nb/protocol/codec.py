@@ -2,7 +2,10 @@
 
 Decoding is strict and typed (msgspec validates while it parses): a missing or mistyped field is a
 ``ProtocolError`` that names the field and quotes the frame, an unknown ``type`` is an
-``UnknownMessageTypeError``, unknown extra fields are ignored for forward compatibility.
+``UnknownMessageTypeError``, unknown extra fields are ignored for forward compatibility. A key given
+twice in one object is read last-wins, as msgspec reads it: a typed struct keeps no trace of the
+repeat, and finding it would take a second parse of every frame (docs/security.md, "Frames"; the
+compatible endpoints, whose bodies are plain values, refuse it: ``gateway.compat.duplicates``).
 
 Only when strict decoding fails does ``decode`` take a slow path that accepts the aliases other
 implementations of the spec use (``sid`` for ``session_id``, ``msg`` for an error's ``message``)

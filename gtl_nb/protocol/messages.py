@@ -108,11 +108,13 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     tool result has role ``tool`` and ``tool_call_id``. ``provider_data`` is opaque state a provider
     dialect attached (a reasoning signature, say) that is replayed verbatim in later turns.
 
-    ``parts``: the content of a user or tool message whose text and images come in an order that
-    matters (``"Image 1:", <image>, "Image 2:", <image>``), sent in that order to every provider that
-    takes it (``in_order``). The message keeps each image once: an image part's URL moves to
-    ``images`` (the parts then say only where each image falls), and ``content`` becomes the texts
-    joined by newlines — what a peer or a provider without order (Ollama's API) reads.
+    ``parts``: the content of a user or tool message given in pieces whose order matters — text and
+    images (``"Image 1:", <image>, "Image 2:", <image>``), or several texts (Anthropic's adjacent text
+    blocks) — sent as those pieces, in that order, to every provider that takes them (``in_order``):
+    never one text of them joined with a character the caller did not send. The message keeps each
+    image once: an image part's URL moves to ``images`` (the parts then say only where each image
+    falls), and ``content`` becomes the texts joined by newlines — what a peer or a provider without
+    order (Ollama's API, OpenAI's for text alone) reads.
 
     ``cache_point``: the prompt up to and including this message is worth keeping in the provider's
     prompt cache (a long system prompt, a document, the conversation so far). Providers that cache
@@ -152,10 +154,11 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     @classmethod
     def from_pieces(cls, role: Role, pieces: Sequence[tuple[str, str]], **fields: Any) -> Message:
         """The message of ``pieces`` — ``("text", text)`` and ``("image", url)`` in order — with ``fields``:
-        text and images together keep their order in ``parts``; text alone is joined by newlines."""
+        text and images together, or several texts, keep their pieces and order in ``parts``; one text is
+        the content; images alone are the images."""
         texts = [value for kind, value in pieces if kind == "text"]
         images = [value for kind, value in pieces if kind == "image"]
-        if texts and images:
+        if texts and len(pieces) > 1:
             parts = [
                 Part(type="image", url=value) if kind == "image" else Part(type="text", text=value)
                 for kind, value in pieces

@@ -22,6 +22,9 @@ Request mapping (``build_request``):
   Usage's ``cache_creation_input_tokens`` → ``cache_write_tokens_in`` (its
   ``cache_creation.ephemeral_1h_input_tokens`` → ``cache_write_1h_tokens_in``),
   ``cache_read_input_tokens`` → ``cached_tokens_in``; ``tokens_in`` is their sum with ``input_tokens``.
+* ``stop`` → ``stop_sequences``; one that is empty or whitespace only, which the API refuses, is
+  refused before sending (``NotServedHere``: another deployment may take it). The API documents no
+  limit on their number.
 * ``temperature`` is passed through unchanged although Anthropic's range is 0–1, not 0–2: the API
   validates it and answers with a clear 400, where silent clamping would hide a caller mistake.
 * ``request.reasoning`` → ``thinking: {"type": "enabled", "budget_tokens": N}`` with N from
@@ -33,7 +36,9 @@ Request mapping (``build_request``):
   ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
 * Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; in the order of the
   message's ``parts`` when it has them, else placed before the text of user and tool messages
-  (Anthropic's advice). Assistant messages carry no images.
+  (Anthropic's advice). Assistant messages carry no images. A user or tool message's ``parts`` are
+  its blocks, several texts too: adjacent text blocks stay blocks (a tool result's as its
+  ``content`` list), never one text joined with a newline the caller did not send.
 * ``response_format`` ``json_schema`` → ``output_config.format`` (``{"type": "json_schema", "schema":
   …}``, Anthropic's structured outputs); ``text`` → nothing. ``json_object`` (any JSON object, no
   schema) has no Anthropic form: it is refused (``NotServedHere``: another deployment may serve it)
@@ -105,6 +110,7 @@ from gtl_nb.providers.base import (
     header,
     parse_json_body,
     parse_tool_choice,
+    refuse_stop_sequences,
     retry_after_seconds,
     retryable_for_status,
     schema_asked,
@@ -259,7 +265,7 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
     content = _content_blocks(message)
     if message.role == "tool":
         result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
-        if message.images:
+        if message.images or (message.parts and content):  # its pieces, as blocks, in their order
             result["content"] = content
         elif message.content is not None:
             result["content"] = message.content
@@ -363,6 +369,8 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     if request.top_p is not None:
         body["top_p"] = request.top_p
     if request.stop:
+        # the API's 400s ("each stop sequence must be non-empty", "… must contain non-whitespace")
+        refuse_stop_sequences(request, "Anthropic's Messages API", takes_empty=False, takes_whitespace=False)
         body["stop_sequences"] = list(request.stop)
     if request.tools:
         body["tools"] = [

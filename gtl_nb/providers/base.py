@@ -536,6 +536,33 @@ def refuse_one_call_at_most(request: CompletionRequest, api: str) -> None:
         )
 
 
+def refuse_stop_sequences(
+    request: CompletionRequest,
+    api: str,
+    *,
+    most: int | None = None,
+    takes_empty: bool = True,
+    takes_whitespace: bool = True,
+) -> None:
+    """``NotServedHere`` for ``stop`` sequences ``api`` refuses — more than ``most``, an empty one (unless
+    ``takes_empty``), one of whitespace only (unless ``takes_whitespace``) — before anything is sent: the
+    provider's own 400 would come back after a round trip, or be retried elsewhere with no word of why;
+    another deployment of the request's list may take them, else the caller learns which and why."""
+    stop = request.stop or ()
+    if most is not None and len(stop) > most:
+        raise NotServedHere(
+            f"stop: {api} takes at most {most} stop sequences, not {len(stop)}; send fewer, or use a "
+            "deployment that takes them"
+        )
+    for sequence in stop:
+        if (not sequence and not takes_empty) or (not sequence.strip() and not takes_whitespace):
+            what = "empty" if not sequence else "whitespace only"
+            raise NotServedHere(
+                f"stop: {api} refuses a stop sequence that is {what} ({sequence[:20]!r}); leave it out, or use "
+                "a deployment that takes it"
+            )
+
+
 def check_tool_choice(request: CompletionRequest) -> None:
     """``InvalidRequestError`` when ``request.tool_choice`` asks what its ``tools`` cannot give: a tool
     they do not hold, or a call when there are none. Every API refuses both; without this check a

@@ -19,7 +19,8 @@ Body mapping:
   (``keeps_an_hour``; the others keep five minutes, and are asked for that). ``cacheWriteInputTokens``
   → ``cache_write_tokens_in``, the ``1h`` entries of ``cacheDetails`` → ``cache_write_1h_tokens_in``,
   ``cacheReadInputTokens`` → ``cached_tokens_in``.
-* ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences``.
+* ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences`` (at most 4, none
+  empty, Converse's limits: else ``NotServedHere``).
 * ``response_format`` ``json_schema`` → ``outputConfig.textFormat`` (``{"type": "json_schema",
   "structure": {"jsonSchema": {"schema": <the schema as JSON text>, "name"}}}``, Converse's structured
   output); ``json_object`` (no schema) has no Converse form and is refused (``NotServedHere``: another
@@ -105,6 +106,7 @@ from gtl_nb.providers.base import (
     parse_tool_choice,
     path_segment,
     refuse_one_call_at_most,
+    refuse_stop_sequences,
     retry_after_seconds,
     said_failed,
     schema_asked,
@@ -403,6 +405,8 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     if request.top_p is not None:
         inference["topP"] = request.top_p
     if request.stop:
+        # Converse's InferenceConfiguration: at most 4, each at least one character
+        refuse_stop_sequences(request, "Bedrock's Converse", most=4, takes_empty=False)
         inference["stopSequences"] = list(request.stop)
     body: dict[str, Any] = {"messages": messages}
     if system:

@@ -19,7 +19,8 @@ Request mapping (``build_request``):
 * Images: ``data:`` URLs → ``inlineData``, other URLs → ``fileData {mimeType, fileUri}`` with the
   MIME type guessed from the extension (default ``image/jpeg``); images precede the text, unless the
   message's ``parts`` give their order.
-* ``generationConfig``: temperature, topP, maxOutputTokens, stopSequences; ``response_format``
+* ``generationConfig``: temperature, topP, maxOutputTokens, stopSequences (at most 5, the API's limit:
+  more is refused, ``NotServedHere``); ``response_format``
   ``json_object`` → ``responseMimeType: application/json``, ``json_schema`` → that plus
   ``responseJsonSchema``; ``request.reasoning`` → ``thinkingConfig {includeThoughts: true}`` (and
   ``thinkingBudget`` from ``deployment.options["thinking_budget"]`` when set).
@@ -100,6 +101,7 @@ from gtl_nb.providers.base import (
     parse_tool_choice,
     path_segment,
     refuse_one_call_at_most,
+    refuse_stop_sequences,
     retry_after_seconds,
     retryable_for_status,
     split_data_url,
@@ -307,6 +309,7 @@ def _generation_config(request: CompletionRequest, deployment: Deployment) -> di
     if request.max_tokens is not None:
         config["maxOutputTokens"] = request.max_tokens
     if request.stop:
+        refuse_stop_sequences(request, "Gemini", most=5)  # "up to 5", its API reference says
         config["stopSequences"] = list(request.stop)
     response_format = request.response_format or {}
     kind = response_format.get("type")

@@ -29,7 +29,9 @@ message; images on assistant messages are dropped (the API takes none there). To
 ``{"type": "function", "function": {name, description, parameters}}``;
 ``tool_choice`` passes through, a plain tool name (not ``auto``/``none``/``required``) becomes
 ``{"type": "function", "function": {"name": …}}``, and it is left out when no tools are sent (the
-API rejects it then). ``response_format`` passes through. Streaming requests ask for usage with
+API rejects it then). ``response_format`` passes through. ``stop``: OpenAI and Azure take at most 4
+sequences, so more is refused before sending (``NotServedHere``: another deployment may take them);
+a compatible server decides for itself. Streaming requests ask for usage with
 ``stream_options.include_usage`` unless ``options["stream_usage"] is False``.
 ``options["reasoning_effort"]`` is sent as ``reasoning_effort``; ``options["extra_body"]`` (a
 dict) is merged into the body last; ``deployment.headers`` are added last (they win).
@@ -63,6 +65,7 @@ from gtl_nb.providers.base import (
     parse_tool_choice,
     path_segment,
     reads_as_gtl,
+    refuse_stop_sequences,
     tool_result_text,
 )
 from gtl_nb.providers.openai_chat import (
@@ -249,6 +252,8 @@ class _ChatCompletionsDialect:
     """What the three dialects share; subclasses choose URLs, auth and defaults."""
 
     name: ClassVar[str] = ""
+    api: ClassVar[str] = "OpenAI's Chat Completions API"  # how an error names it
+    max_stop_sequences: ClassVar[int | None] = 4  # OpenAI's limit (a 400 beyond); None: the server decides
     reasoning_system_role: ClassVar[str] = "system"  # the role of system messages for reasoning models
     detects_reasoning_models: ClassVar[bool] = True
     replays_reasoning: ClassVar[bool] = False
@@ -286,6 +291,7 @@ class _ChatCompletionsDialect:
 
     def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
         """The Chat Completions HTTP request for ``request`` (``now`` is unused: nothing is signed)."""
+        refuse_stop_sequences(request, self.api, most=self.max_stop_sequences)
         reasoning = self._is_reasoning(request, deployment)
         options = deployment.options
         system_role = options.get("system_role") or (self.reasoning_system_role if reasoning else "system")
@@ -361,6 +367,7 @@ class AzureDialect(_ChatCompletionsDialect):
     """Azure OpenAI: classic per-deployment URLs with ``api-version``, or the v1 API."""
 
     name: ClassVar[str] = "azure"
+    api: ClassVar[str] = "Azure OpenAI's Chat Completions API"
     needs: ClassVar[ProviderNeeds] = ProviderNeeds(
         env={
             "api_key": ("AZURE_OPENAI_API_KEY",),
@@ -420,6 +427,8 @@ class OpenAICompatibleDialect(_ChatCompletionsDialect):
     """Any server with an OpenAI-compatible ``/chat/completions`` at a configured ``base_url``."""
 
     name: ClassVar[str] = "openai_compatible"
+    api: ClassVar[str] = "this OpenAI-compatible server"
+    max_stop_sequences: ClassVar[int | None] = None  # each server has its own (vLLM's is configurable)
     needs: ClassVar[ProviderNeeds] = ProviderNeeds()  # a local server: no key required
     detects_reasoning_models: ClassVar[bool] = False
     replays_reasoning: ClassVar[bool] = True

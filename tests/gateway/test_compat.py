@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pydantic
 import pytest
@@ -467,6 +468,62 @@ def test_a_request_gtl_cannot_express_is_bad_request(oai, claude):
     assert audio_out.value.param == "modalities"
     with pytest.raises(anthropic.BadRequestError, match="max_tokens: this field is required"):
         claude.post("/v1/messages", body={"model": target("openai"), "messages": []}, cast_to=object)
+
+
+def test_stream_options_without_stream_is_refused_as_openai_refuses_it(oai, backends):
+    """OpenAI answers ``stream_options`` on a request that does not stream with a 400 naming it; the gateway
+    took it and answered, so an app that asked for a usage chunk never learnt it would get none."""
+    sent = len(backends["openai"].requests)
+    for stream in (False, None):  # said, or left to its default
+        asked = {"stream": stream} if stream is not None else {}
+        with pytest.raises(openai.BadRequestError, match="only allowed when stream is enabled") as caught:
+            oai.chat.completions.create(
+                model=target("openai"), messages=chat(), stream_options={"include_usage": True}, **asked
+            )
+        assert caught.value.status_code == 400 and caught.value.param == "stream_options"
+        assert caught.value.type == "invalid_request_error"
+    assert len(backends["openai"].requests) == sent  # refused before any session
+    plain = oai.chat.completions.with_raw_response.create(
+        model=target("openai"), messages=chat(), stream=False, extra_body={"stream_options": None}
+    )
+    assert plain.status_code == 200  # null says nothing
+
+
+def test_stop_sequences_are_refused_as_each_api_refuses_them(oai, claude, backends, base_url):
+    """OpenAI takes at most 4 stop sequences and answers more with a 400 naming ``stop``; Anthropic takes any
+    number but none empty or of whitespace only. Each endpoint refuses what its API refuses; and a deployment
+    whose API would refuse the request's stop sequences is never sent them: the engine refuses first, naming
+    ``stop``, or fails over to a deployment of the request's list that takes them."""
+    sent = {name: len(backends[name].requests) for name in ("openai", "anthropic")}
+    five = ["<1>", "<2>", "<3>", "<4>", "<5>"]
+    with pytest.raises(openai.BadRequestError, match="at most 4 stop sequences, but got 5") as caught:
+        oai.chat.completions.create(model=target("anthropic"), messages=chat(), stop=five)  # whatever answers
+    assert caught.value.status_code == 400 and caught.value.param == "stop"
+    user = [{"role": "user", "content": "hi"}]
+    for blank, said in (("", "must be non-empty"), ("\n", "must contain non-whitespace")):
+        with pytest.raises(anthropic.BadRequestError, match=f"stop_sequences: each stop sequence {said}"):
+            claude.messages.create(model=target("openai"), max_tokens=10, messages=user, stop_sequences=["END", blank])
+    # what the endpoint takes but the deployment's API would refuse: refused before it is sent
+    with pytest.raises(anthropic.BadRequestError, match="stop: OpenAI's Chat Completions API takes at most 4"):
+        claude.messages.create(model=target("openai"), max_tokens=10, messages=user, stop_sequences=five)
+    with pytest.raises(openai.BadRequestError, match=r"stop: Anthropic's Messages API refuses .* whitespace only"):
+        oai.chat.completions.create(model=target("anthropic"), messages=chat(), stop=["\n"])
+    assert {name: len(backends[name].requests) for name in sent} == sent  # nothing reached either
+    claude.messages.create(model=target("anthropic"), max_tokens=10, messages=user, stop_sequences=five * 2)
+    assert json.loads(backends["anthropic"].requests[-1].body)["stop_sequences"] == five * 2
+    # a list of deployments: the one whose API cannot take them is passed over at once
+    request = {
+        "type": "completion_request",
+        "session_id": "stops",
+        "model": MODELS["anthropic"],
+        "providers": ["openai", "anthropic"],
+        "stop": five,
+        "stream": False,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    answered = httpx.post(f"{base_url}/v1/gtl", json=request)
+    assert answered.status_code == 200 and answered.json()["events"][-1]["provider"] == "anthropic"
+    assert len(backends["openai"].requests) == sent["openai"]
 
 
 def test_logprobs_asked_for_are_refused_not_answered_with_null(oai):

@@ -6,6 +6,7 @@ provider receives, in that order (GTL's ``parts``)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,3 +107,65 @@ def test_a_blank_text_part_between_images_is_no_blank_block(oai, backends):
     answer = oai.chat.completions.create(model=target("bedrock"), messages=[{"role": "user", "content": content}])
     assert answer.choices[0].message.content  # the service refuses a blank text block
     assert order_sent("bedrock", json.loads(backends["bedrock"].requests[-1].body)) == ["Image 1:", "IMAGE", "IMAGE"]
+
+
+# -- Anthropic's text blocks, as Anthropic takes them --------------------------------------------------------
+
+RECORDED = Path(__file__).resolve().parents[1] / "fixtures" / "wire" / "anthropic"
+ACCEPTED = sorted(  # every recorded request the endpoint serves (server tools it refuses: the model would not call)
+    path.name.removesuffix(".request.json")
+    for path in RECORDED.glob("*.request.json")
+    if "server-tool" not in path.name
+)
+
+
+def as_blocks(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """String content → one text block (Anthropic reads both alike), so turns compare block by block."""
+    return [
+        {"role": turn["role"], "content": [{"type": "text", "text": c}] if isinstance(c, str) else c}
+        for turn in messages
+        for c in [turn["content"]]
+    ]
+
+
+def split_text(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with each text block of a user turn split in two adjacent blocks at its middle, and each
+    tool result's string content as two text blocks."""
+    out = []
+    for turn in as_blocks(messages):
+        blocks = []
+        for block in turn["content"]:
+            if block["type"] == "text" and turn["role"] == "user" and len(block["text"]) > 1:
+                half = len(block["text"]) // 2
+                blocks += [{**block, "text": block["text"][:half]}, {**block, "text": block["text"][half:]}]
+            elif block["type"] == "tool_result" and isinstance(block.get("content"), str):
+                texts = [{"type": "text", "text": f"{block['content']} (1)"}, {"type": "text", "text": "(2)"}]
+                blocks.append({**block, "content": texts})
+            else:
+                blocks.append(block)
+        out.append({**turn, "content": blocks})
+    return out
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["as-recorded", "text-split-in-blocks"])
+@pytest.mark.parametrize("name", ACCEPTED)
+def test_recorded_anthropic_requests_reach_an_anthropic_deployment_block_for_block(name, split, claude, backends):
+    """A request as the Anthropic SDK recorded it, sent to the Anthropic-compatible endpoint, reaches an
+    Anthropic deployment with the same blocks: adjacent text blocks stay adjacent blocks — GTL's ``parts``,
+    its ``content`` their newline-joined text for a peer that reads no parts — never one block of the texts
+    joined with a newline (a character the caller never sent); so do a tool result's text blocks."""
+    body = json.loads((RECORDED / f"{name}.request.json").read_text())
+    messages = split_text(body["messages"]) if split else body["messages"]
+    claude.post(
+        "/v1/messages",
+        body={**body, "messages": messages, "model": target("anthropic"), "stream": False},
+        cast_to=object,
+    )
+    sent = json.loads(backends["anthropic"].requests[-1].body)["messages"]
+    assert as_blocks(sent) == as_blocks(messages)
+
+
+def test_adjacent_text_blocks_from_the_anthropic_sdk_stay_blocks(claude, backends):
+    content = [{"type": "text", "text": "Here is the report:"}, {"type": "text", "text": "Q3 revenue rose 4%."}]
+    claude.messages.create(model=target("anthropic"), max_tokens=50, messages=[{"role": "user", "content": content}])
+    assert json.loads(backends["anthropic"].requests[-1].body)["messages"][-1]["content"] == content

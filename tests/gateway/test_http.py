@@ -298,6 +298,57 @@ def test_the_gtl_version_header_is_negotiated(base_url):
     assert httpx.get(f"{base_url}/v1/gtl/providers", headers={"GTL-Version": ","}).status_code == 200
 
 
+def _raw_answer(url: str, request: bytes) -> bytes:
+    """What the listener writes back for ``request`` sent as is, until it closes the connection."""
+    host, _, port = url.partition("://")[2].rpartition(":")
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        with suppress(OSError):
+            while chunk := sock.recv(4096):
+                answer += chunk
+    return answer
+
+
+def test_every_refusal_of_a_gtl_endpoint_says_the_gtl_version(base_config):
+    """The spec's negotiation holds on every answer, not only on the good ones: a refused token, a body
+    that is not JSON, too large or the wrong frame, a wrong method, and what the listener answers itself
+    (a request that is not HTTP, an unknown transfer coding) all say the versions the gateway speaks."""
+    query = {"type": "query", "query_id": "q", "name": "breakers"}
+    with gateway(base_config, token="right-token") as url:
+        wrong = {"authorization": "Bearer wrong"}
+        right = {"authorization": "Bearer right-token"}
+        refused = [
+            httpx.post(f"{url}/v1/gtl", json=REQUEST, headers=wrong),
+            httpx.post(f"{url}/v1/gtl/sse", json=REQUEST),  # no token at all
+            httpx.post(f"{url}/v1/gtl/query", json=query, headers=wrong),
+            httpx.get(f"{url}/v1/gtl/providers", headers=wrong),
+        ]
+        assert [response.status_code for response in refused] == [401] * 4
+        big = {**REQUEST, "messages": [{"role": "user", "content": "x" * (80 * 1024)}]}
+        chunked = (piece for piece in [json.dumps(big).encode()])  # no content-length: refused while read
+        bodies = [
+            httpx.post(f"{url}/v1/gtl", content=b"{not json", headers=right),
+            httpx.post(f"{url}/v1/gtl/sse", json=big, headers=right),
+            httpx.post(f"{url}/v1/gtl", content=chunked, headers=right),
+            httpx.post(f"{url}/v1/gtl/query", json=REQUEST, headers=right),  # not a query frame
+            httpx.post(f"{url}/v1/gtl", json=query, headers=right),  # not a completion_request
+            httpx.get(f"{url}/v1/gtl", headers=right),  # the wrong method
+        ]
+        assert [response.status_code for response in bodies] == [400, 413, 413, 400, 400, 405]
+        for response in refused + bodies:
+            assert response.headers.get("gtl-version") == "1.0", (response.request.url, response.status_code)
+            assert response.json()["type"] == "error"
+        not_http = _raw_answer(url, b"NOT HTTP AT ALL\r\n\r\n")
+        coding = _raw_answer(
+            url,
+            b"POST /v1/gtl HTTP/1.1\r\nhost: 127.0.0.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        )
+        for raw, status in ((not_http, b"400"), (coding, b"501")):
+            head = raw.partition(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 " + status) and b"\r\ngtl-version: 1.0" in head, raw[:300]
+
+
 def test_the_http_client_names_its_version_and_refuses_a_gateway_without_it():
     """``connect("http://…")`` sends ``GTL-Version`` and reads the gateway's: one that speaks none of the
     client's versions is a ``VersionMismatchError`` at ``connect``, not requests misread later."""

@@ -129,6 +129,7 @@ def test_one_connection_too_many_from_an_address_is_answered_429(base_config):
             refused = httpx.get(f"{served.url}/healthz")
             assert refused.status_code == 429 and refused.headers["connection"] == "close"
             assert refused.json()["code"] == "OVERLOADED" and refused.json()["retryable"] is True
+            assert refused.headers["gtl-version"] == "1.0"  # a GTL error frame, as every GTL answer says
             with pytest.raises(OverloadedError):
                 gtl_nb.connect(served.url)
             with pytest.raises(OverloadedError):  # the WebSocket upgrade is refused the same way

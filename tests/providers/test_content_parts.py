@@ -49,8 +49,22 @@ def test_the_order_leaves_blank_texts_out():
 
 def test_a_message_without_parts_has_no_order():
     assert Message(role="user", content="hi", images=[PNG]).in_order() is None
-    assert Message.from_pieces("user", [("text", "a"), ("text", "b")]) == Message(role="user", content="a\nb")
+    assert Message.from_pieces("user", [("text", "a")]) == Message(role="user", content="a")
     assert Message.from_pieces("user", [("image", PNG)]) == Message(role="user", images=[PNG])
+
+
+def test_several_texts_keep_their_pieces_and_anthropic_gets_them_as_blocks():
+    """Adjacent text blocks were joined with a newline into one, a character the caller never sent; the
+    pieces are kept (``content`` still joins them, for a reader without parts)."""
+    message = Message.from_pieces("user", [("text", "a"), ("text", "b")])
+    assert message.in_order() == [("text", "a"), ("text", "b")] and message.content == "a\nb"
+    deployment = Deployment(name="a", type="anthropic", base_url="http://127.0.0.1:9", api_key="k")
+    body = anthropic.build_body(request(message, "claude-sonnet-4-5"), deployment)
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    (block,) = anthropic._blocks(Message.from_pieces("tool", [("text", "a"), ("text", "b")], tool_call_id="t1"))
+    assert block["content"] == [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    (entry,) = chat_messages([message])
+    assert entry["content"] == "a\nb"  # OpenAI's text alone is the content, as it always was
 
 
 @pytest.mark.parametrize(

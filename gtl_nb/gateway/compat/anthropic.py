@@ -103,7 +103,8 @@ class AnthropicEndpoints:
         session_id = f"msg_{unique_hex()}"
         try:
             context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
-            message = messages_request(await intake.read_json(request, self.max_bytes), session_id)
+            body = await intake.read_json(request, self.max_bytes, dotted=True)
+            message = messages_request(body, session_id)
         except GTLError as exc:
             return refusal(exc)
         if message.stream:

@@ -4,13 +4,16 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
 * ``model`` is GTL's model string as is; ``max_tokens`` is required, as Anthropic requires it.
 * ``system`` (a string, or ``text`` blocks joined with blank lines) → one leading ``system`` message.
-* ``messages``: content is a string or blocks. In a ``user`` turn, ``text`` blocks (joined with
-  newlines) and ``image`` blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL)
-  make one user message (text and images together keep their order in GTL's ``parts``), and each
-  ``tool_result`` (``tool_use_id``; string or text/image content) becomes a GTL tool result placed
-  before it, in order; ``is_error: true`` → its ``tool_error`` (a deployment without such a flag
-  reads "Error:" before the text: ``providers.base.tool_result_text``). In an ``assistant``
-  turn, ``text`` blocks → the content and ``tool_use`` blocks (``input`` object) → GTL tool calls.
+* ``messages``: content is a string or blocks. In a ``user`` turn, ``text`` blocks and ``image``
+  blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL) make one user message
+  (several blocks keep their order in GTL's ``parts``, so an Anthropic deployment gets the same
+  blocks, adjacent text blocks too; its ``content`` is their texts joined with newlines, for a
+  reader without parts), and each ``tool_result`` (``tool_use_id``; string or text/image content,
+  its blocks kept the same way) becomes a GTL tool result placed before it, in order;
+  ``is_error: true`` → its ``tool_error`` (a deployment without such a flag reads "Error:" before
+  the text: ``providers.base.tool_result_text``). In an ``assistant`` turn, ``text`` blocks → the
+  content (joined as the answer's tokens are, without a separator) and ``tool_use`` blocks
+  (``input`` object) → GTL tool calls.
   ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a provider's reasoning
   through its own ``provider_data``, which this format does not carry). Documents, server-tool and
   other blocks are refused (400).
@@ -18,7 +21,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   so are the MCP connector's ``mcp_servers``, tools the provider would call itself),
   ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
   ``none``; ``disable_parallel_tool_use: true`` → GTL's ``"parallel": false``), ``temperature``,
-  ``top_p``, ``stop_sequences`` and ``stream`` pass through.
+  ``top_p``, ``stop_sequences`` and ``stream`` pass through (a stop sequence that is empty or whitespace
+  only is refused, in Anthropic's words).
 * ``output_config.format`` (structured outputs: ``{"type": "json_schema", "schema": …}``, or the
   beta's top-level ``output_format``) → GTL's ``response_format`` ``json_schema``, which every
   deployment type that has structured output honours (and the others refuse, rather than answer in
@@ -69,9 +73,7 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
     if fields.items(body, "mcp_servers", "mcp_servers"):
         # the MCP connector's tools run at Anthropic; ignored, the model would answer without them
         raise FieldError("mcp_servers", "server-side MCP tools are not supported; declare custom tools instead")
-    stop = fields.items(body, "stop_sequences", "stop_sequences")
-    if stop is not None and not all(isinstance(item, str) for item in stop):
-        raise FieldError("stop_sequences", "expected an array of strings")
+    stop = _stop_sequences(fields.items(body, "stop_sequences", "stop_sequences"))
     return CompletionRequest(
         session_id=session_id,
         model=model,
@@ -85,6 +87,20 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),
         response_format=_response_format(body),
     )
+
+
+def _stop_sequences(stop: list[Any] | None) -> list[str] | None:
+    """The stop sequences, refused as Anthropic refuses them: each a string with something but
+    whitespace in it (its API names no limit on how many)."""
+    if stop is None:
+        return None
+    if not all(isinstance(item, str) for item in stop):
+        raise FieldError("stop_sequences", "expected an array of strings")
+    if any(not item for item in stop):
+        raise FieldError("stop_sequences", "each stop sequence must be non-empty")
+    if any(not item.strip() for item in stop):
+        raise FieldError("stop_sequences", "each stop sequence must contain non-whitespace")
+    return stop
 
 
 def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -15,6 +15,8 @@ from typing import Any
 import msgspec
 
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway.compat.duplicates import duplicated_key
+from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged
 from gtl_nb.gateway.tracecontext import trace_id_from
@@ -46,11 +48,14 @@ def authenticated(authenticate: Authenticate, token: str | None, request: Any) -
     return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id)
 
 
-async def read_json(request: Any, max_bytes: int) -> dict[str, Any]:
+async def read_json(request: Any, max_bytes: int, *, dotted: bool = False) -> dict[str, Any]:
     """The request body as a JSON object, at most ``max_bytes`` long (``FrameTooLargeError`` beyond).
 
     The size is checked from ``Content-Length`` before anything is read, then while reading (a chunked
     body has no length); the nesting depth before parsing, so a hostile body cannot exhaust the parser.
+    An object that holds a key twice is refused (``FieldError`` naming it by its path, written as the
+    API writes one: ``messages[0].role``, or ``messages.0.role`` when ``dotted``): read last-wins here,
+    first-wins by a proxy in front, it would be two different requests (``compat.duplicates``).
     """
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
@@ -69,4 +74,22 @@ async def read_json(request: Any, max_bytes: int) -> dict[str, Any]:
         raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise InvalidRequestError("the body must be a JSON object")
+    try:
+        twice = duplicated_key(data, value)
+    except ValueError as exc:  # what msgspec read, json did not: never seen, refused rather than unchecked
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
+    if twice is not None:
+        where = _path(twice, dotted=dotted)
+        raise FieldError(where, f"the key {str(twice[-1])[:100]!r} is given twice in one object; give it once")
     return value
+
+
+def _path(parts: list[str | int], *, dotted: bool) -> str:
+    """A parameter's path as an API's error names it: ``messages[0].role`` (OpenAI), ``messages.0.role``."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int) and not dotted:
+            text += f"[{part}]"
+        else:
+            text += f".{str(part)[:100]}" if text else str(part)[:100]
+    return text

@@ -4,17 +4,20 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
 * ``model`` is GTL's model string as is: ``deployment:model`` or a bare model the gateway routes.
 * ``messages``: ``system`` and ``developer`` → ``system``; ``user`` content is a string or an array
-  of ``text`` parts (joined with newlines) and ``image_url`` parts (``data:`` or ``https:`` URLs →
-  the message's ``images``; text and images together keep their order in GTL's ``parts``);
+  of ``text`` parts and ``image_url`` parts (``data:`` or ``https:`` URLs → the message's ``images``;
+  several parts keep their order in GTL's ``parts``, its ``content`` their texts joined with
+  newlines: what an OpenAI deployment is sent for text alone);
   ``assistant`` content and ``tool_calls`` (``{id, function: {name, arguments}}``) → an assistant
   message with GTL tool calls; ``tool`` (``tool_call_id``, content) → a tool result. ``name`` is
   kept. Audio and file parts, the legacy ``function`` role and ``function_call`` are refused (400)
   rather than silently dropped.
 * ``tools`` (``type: function`` only), ``tool_choice`` (``none``/``auto``/``required`` or
   ``{"type": "function", "function": {"name": …}}``, both GTL's own forms), ``temperature``,
-  ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array),
+  ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array of at
+  most 4, OpenAI's limit: more is its 400 naming ``stop``),
   ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
-  usage chunk. ``n`` other than 1 is refused: a session has one answer; so are ``logprobs: true``
+  usage chunk (``stream_options`` without ``stream: true`` is refused, as OpenAI refuses it: 400 naming
+  it). ``n`` other than 1 is refused: a session has one answer; so are ``logprobs: true``
   and ``top_logprobs`` (GTL carries no token probabilities: ``choice.logprobs`` would be null).
 * ``cache_control`` on a message or on one of its content parts (the form other OpenAI-compatible
   proxies take for Anthropic's prompt caching) → GTL's ``cache_point`` on the message that ends there
@@ -80,8 +83,11 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         if body.get(legacy) is not None:
             raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
     stream = bool(fields.boolean(body, "stream", "stream"))
-    options = fields.obj(body, "stream_options", "stream_options") or {}
-    include_usage = stream and bool(fields.boolean(options, "include_usage", "stream_options.include_usage"))
+    options = fields.obj(body, "stream_options", "stream_options")
+    if options is not None and not stream:
+        # OpenAI's own 400: an app that asked for a usage chunk must learn it gets none
+        raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
+    include_usage = stream and bool(fields.boolean(options or {}, "include_usage", "stream_options.include_usage"))
     max_tokens = fields.integer(body, "max_completion_tokens", "max_completion_tokens")
     if max_tokens is None:
         max_tokens = fields.integer(body, "max_tokens", "max_tokens")
@@ -274,11 +280,17 @@ def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None
     return limited_to_one_call(choice) if parallel is False else choice
 
 
+MAX_STOP = 4
+"""The most stop sequences OpenAI's API takes (more is its 400 naming ``stop``)."""
+
+
 def _stop(raw: Any) -> list[str] | None:
     if raw is None:
         return None
     if isinstance(raw, str):
         return [raw]
     if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
+        if len(raw) > MAX_STOP:
+            raise FieldError("stop", f"array too long: expected at most {MAX_STOP} stop sequences, but got {len(raw)}")
         return list(raw) or None
     raise FieldError("stop", "expected a string or an array of strings")
