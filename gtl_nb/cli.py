@@ -269,6 +269,17 @@ def _window(tokens: int | None, *, offline: bool) -> str:
     return "ctx n/a" if offline else "ctx ?"
 
 
+_REFUSED_MARKS = ("connection refused", "all connection attempts failed", "errno 111")
+"""How each transport's client words a connection nobody accepted (asyncio, httpx, gRPC, QUIC)."""
+
+
+def _nothing_listened(message: str) -> bool:
+    """Whether ``message``, a failure to reach a gateway, says only that nothing accepted the connection."""
+    lowered = message.lower()
+    unreached = lowered.startswith(("cannot reach the", "found no gtl gateway"))
+    return unreached and "connect with" not in lowered and any(mark in lowered for mark in _REFUSED_MARKS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -285,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         from gtl_nb.cli_unknown import HINTS_KEY, refusal
 
-        own, message = refusal(parser, args.command, extras, getattr(args, HINTS_KEY, {}))
+        own, message = refusal(parser, sys.argv[1:] if argv is None else argv, extras, getattr(args, HINTS_KEY, {}))
         own.error(message)  # the subcommand's usage line, which names its options
     if args.log:
         from gtl_nb.log import configure_logging
@@ -305,10 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
         hint = ""
-        # nothing answered: perhaps no gateway runs (one that answered in another protocol is told
-        # which scheme to use instead, and "is it running?" would send its user the wrong way)
-        unreached = exc.message.startswith(("cannot reach the", "found no GTL gateway"))
-        if getattr(args, "gateway", None) and unreached and "connect with" not in exc.message:
+        # nothing listened (the connection was refused): perhaps no gateway runs. One that answered —
+        # in another protocol, or TLS where plaintext was asked — is told so, and "is it running?" would
+        # send its user the wrong way
+        if getattr(args, "gateway", None) and _nothing_listened(exc.message):
             hint = " (is it running? `gtl serve` starts one)"
         print(f"gtl: error: {_for_the_shell(str(exc))}{hint}", file=sys.stderr)
         return 1

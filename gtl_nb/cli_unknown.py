@@ -2,52 +2,94 @@
 
 argparse collects a subcommand's unknown arguments at the top level and reports them under ``gtl``'s
 own usage line, which names none of the subcommand's options: ``gtl serve --port 9000`` said only
-"unrecognized arguments: --port 9000". ``refusal`` names the subcommand, the option meant when one is
-close (or a subcommand's own hint for a spelling of another tool: ``serve`` maps ``--port`` and
-``--host`` to ``--http HOST:PORT``; ``complete`` says to quote a prompt of several words), and where
-the options are listed.
+"unrecognized arguments: --port 9000". ``refusal`` answers under the innermost command the words name
+(``gtl token mint``, not ``gtl token``), with the option meant when one is close, a command's own hint
+for a spelling of another tool (``serve`` turns ``--host``/``--port`` into ``--http HOST:PORT``), what
+to do with words that are no option (``complete``: quote a prompt of several words), and where the
+options are listed.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 HINTS_KEY = "unknown_option_hints"
-"""A subcommand's ``set_defaults`` key: ``{"--port": "what to write instead"}``; the key ``""`` is
-said of words that are no option (``gtl complete hello world``: the prompt unquoted)."""
+"""A subcommand's ``set_defaults`` key: ``{"--port": hint}``, where a hint is the text said after "for
+--port, ", or a function of all the unknown words that returns the whole note (it may read their
+values); the key ``""`` is said of words that are no option (``gtl complete hello world``)."""
+
+Hint = str | Callable[[Sequence[str]], str]
 
 
-def command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
-    """The parser of ``command`` (``None`` when there is no such subcommand)."""
+def innermost_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The parser of the deepest subcommand ``argv`` names (``gtl token mint …``: ``mint``'s)."""
+    current = parser
+    for word in argv:
+        choices = _subcommands(current)
+        if word in choices:
+            current = choices[word]
+    return current
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Mapping[str, argparse.ArgumentParser]:
     for action in parser._actions:  # argparse keeps its subparsers here, and nowhere public
-        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
-            return action.choices[command]  # type: ignore[no-any-return]
-    return None
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices  # type: ignore[no-any-return]
+    return {}
+
+
+def option_values(extras: Sequence[str], *names: str) -> list[str]:
+    """The values given to the unknown options ``names`` among ``extras`` (``--port 9000``, ``--port=9000``)."""
+    values: list[str] = []
+    for index, word in enumerate(extras):
+        name, equals, value = word.partition("=")
+        if name in names:
+            if equals:
+                values.append(value)
+            elif index + 1 < len(extras) and not extras[index + 1].startswith("-"):
+                values.append(extras[index + 1])
+    return values
+
+
+def _stray_words(extras: Sequence[str]) -> list[str]:
+    """The unknown words that are neither an option nor the value right after an unknown option."""
+    stray: list[str] = []
+    for index, word in enumerate(extras):
+        if word.startswith("-"):
+            continue
+        before = extras[index - 1] if index else ""
+        if before.startswith("-") and "=" not in before:
+            continue  # ``--temprature 0.5``: the value of the misspelt option, not a word of the prompt
+        stray.append(word)
+    return stray
 
 
 def refusal(
-    parser: argparse.ArgumentParser, command: str | None, extras: Sequence[str], hints: Mapping[str, str]
+    parser: argparse.ArgumentParser, argv: Sequence[str], extras: Sequence[str], hints: Mapping[str, Hint]
 ) -> tuple[argparse.ArgumentParser, str]:
-    """The parser whose usage to show, and the message for ``extras`` given to ``command``."""
-    own = command_parser(parser, command) or parser
+    """The parser whose usage to show, and the message for ``extras``, the words of ``argv`` no option took."""
+    own = innermost_parser(parser, argv)
     known = sorted({name for action in own._actions for name in action.option_strings if name.startswith("--")})
     notes: list[str] = []
-    if "" in hints and any(not word.startswith("-") for word in extras):
-        notes.append(hints[""])  # a word that is no option: the command's hint for stray words
+    stray = hints.get("")
+    if isinstance(stray, str) and _stray_words(extras):
+        notes.append(stray)
     for word in extras:
         name = word.partition("=")[0]
-        if not name.startswith("--"):
+        if not name.startswith("-") or name == "-":
             continue
-        if name in hints:
-            notes.append(f"for {name}, {hints[name]}")
-        else:
+        hint = hints.get(name)
+        if callable(hint):
+            notes.append(hint(extras))
+        elif hint:
+            notes.append(f"for {name}, {hint}")
+        elif name.startswith("--"):
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
             if close:
                 notes.append(f"{name}: did you mean {close[0]}?")
-    listed = f"`gtl {command} --help`" if own is not parser else "`gtl --help`"
     message = f"unrecognized arguments: {' '.join(extras)}"
     if notes:
-        message += "; " + "; ".join(notes)
-    return own, f"{message} ({listed} lists the options)"
+        message += "; " + "; ".join(dict.fromkeys(notes))  # each note once (--host and --port share one)
+    return own, f"{message} (`{own.prog} --help` lists the options)"

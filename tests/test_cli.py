@@ -185,8 +185,11 @@ def test_prices_per_million_never_look_free_or_scientific(per_1k, shown):
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (["serve", "--port", "9000"], "for --port, give the address as --http HOST:PORT"),
-        (["serve", "--host", "0.0.0.0"], "for --host, give the address as --http HOST:PORT"),
+        (["serve", "--port", "9000"], "for --port, give the address as --http 127.0.0.1:9000"),
+        (["serve", "--host", "0.0.0.0"], "for --host, give the address as --http 0.0.0.0:8787"),
+        (["serve", "--host", "0.0.0.0", "--port=9000"], "for --host/--port, give the address as --http 0.0.0.0:9000"),
+        (["serve", "-p", "9000"], "for -p, give the address as --http 127.0.0.1:9000"),
+        (["serve", "--bind", "::1"], "for --bind, give the address as --http [::1]:8787"),
         (["serve", "--htp", "127.0.0.1:9000"], "--htp: did you mean --http?"),
         (["complete", "hi", "--modle", "echo"], "--modle: did you mean --model?"),
         (["complete", "hello", "world"], 'the prompt is one argument: quote it (gtl complete "hello world")'),
@@ -202,6 +205,28 @@ def test_an_unknown_argument_is_reported_by_its_subcommand_with_the_option_meant
     assert err.startswith(f"usage: gtl {command} ")  # the usage line that names the subcommand's options
     assert f"gtl {command}: error: unrecognized arguments: " in err
     assert said in err and f"(`gtl {command} --help` lists the options)" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "said"),
+    [
+        (["token", "mint", "--sub", "bob", "--tenent", "x"], "token mint", "--tenent: did you mean --tenant?"),
+        (["audit", "verify", "--confg", "x"], "audit verify", "--confg: did you mean --config?"),
+    ],
+)
+def test_an_unknown_argument_of_a_nested_command_is_reported_by_that_command(capsys, argv, command, said):
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: gtl {command} ")
+    assert said in err and f"(`gtl {command} --help` lists the options)" in err
+
+
+@pytest.mark.parametrize("argv", [["complete", "hi", "--temprature", "0.5"], ["complete", "hi", "-x", "5"]])
+def test_the_value_of_an_unknown_option_is_not_taken_for_an_unquoted_prompt(capsys, argv):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "quote it" not in capsys.readouterr().err
 
 
 def test_an_unknown_argument_with_nothing_close_names_only_the_help(capsys):

@@ -815,7 +815,7 @@ def error_boundary(decode_error: DecodeError) -> DecodeError:
             return _status_error(request, deployment, status, _fault_message(exc))
         if not is_carriable(error):
             return _status_error(request, deployment, status, "the error body holds a value of the wrong type")
-        return with_url_hint(error, deployment, status)
+        return with_url_hint(error, deployment, status, body)
 
     return guarded
 

@@ -143,6 +143,9 @@ async def read_document(base_url: str, *, verify: Any = True, timeout: float = B
     except httpx.HTTPError as exc:
         # (a port that answers TLS in plain text is not refused here: discovery may go on to plain HTTP)
         hint = "; that port serves no TLS: connect with http://" if answered_in_plain_text(exc) else ""
+        if isinstance(exc, httpx.RemoteProtocolError) and base_url.startswith("http:"):
+            # an answer that is no HTTP/1.1: a gRPC listener's HTTP/2 frames
+            hint = "; that port does not answer HTTP/1.1: if it is the gateway's gRPC listener, connect with grpc://"
         raise certificate_refused(exc, label) or ProviderUnavailableError(
             f"cannot reach the {label}: {exc or type(exc).__name__}{hint}"
         ) from None

@@ -9,7 +9,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb.cli import main
-from gtl_nb.protocol.errors import ProviderUnavailableError
+from gtl_nb.protocol.errors import ConfigurationError, ProviderUnavailableError
 from tests.gateway.test_grpc import grpc_gateway
 from tests.gateway.test_http import gateway
 
@@ -41,3 +41,23 @@ def test_the_cli_asks_whether_a_gateway_runs_only_when_nothing_answered(base_con
     for address in (f"ws://127.0.0.1:{port}", f"127.0.0.1:{port}"):  # a scheme, and discovery
         assert main(["--gateway", address, "models"]) == 1
         assert "(is it running? `gtl serve` starts one)" in capsys.readouterr().err
+
+
+def test_grpcs_at_a_plaintext_listener_says_the_port_serves_no_tls(base_config, capsys):
+    with grpc_gateway(base_config) as running:
+        address = running.url.partition("://")[2]
+        with pytest.raises(ConfigurationError, match=r"that port serves no TLS; connect with grpc://"):
+            gtl_nb.connect(f"grpcs://{address}")
+        assert main(["--gateway", f"grpcs://{address}", "models"]) == 2
+    err = capsys.readouterr().err
+    assert "connect with grpc://" in err and "is it running?" not in err
+
+
+def test_discovery_at_the_grpc_listener_names_grpc(base_config, capsys):
+    with grpc_gateway(base_config) as running:
+        address = running.url.partition("://")[2]
+        with pytest.raises(ProviderUnavailableError) as unreachable:
+            gtl_nb.connect(address)
+        assert main(["--gateway", address, "models"]) == 1
+    assert "grpc://" in str(unreachable.value)
+    assert "is it running?" not in capsys.readouterr().err

@@ -94,7 +94,8 @@ def test_an_azure_deployment_that_does_not_exist_gets_no_base_url_hint() -> None
 
 
 def test_a_long_provider_message_gives_way_to_the_hint() -> None:
-    _, message = _decode(OpenAIDialect(), "openai", 404, {"error": {"message": "x" * 10_000}})
+    long = "Invalid URL (POST /chat/completions) " + "x" * 10_000
+    _, message = _decode(OpenAIDialect(), "openai", 404, {"error": {"message": long}})
     assert len(message) <= MAX_ERROR_MESSAGE_CHARS
     assert message.endswith("OpenAI's ends in /v1, as https://api.openai.com/v1)")
 
@@ -118,3 +119,32 @@ def test_ollama_base_url_with_v1_reaches_the_native_api() -> None:
             assert client.complete("ollama:llama3.2", "hi").text.startswith('You said: "hi"')
         finally:
             client.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        # a router's verdict at the right URL: no backend serves what the request asks
+        ("openai_compatible", {"error": {"message": "No endpoints found that support tool use.", "code": 404}}),
+        ("gemini", {"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}}),
+    ],
+)
+def test_a_providers_own_404_verdict_in_json_gets_no_base_url_hint(kind: str, body: object) -> None:
+    dialect = GeminiDialect() if kind == "gemini" else OpenAICompatibleDialect()
+    code, message = _decode(dialect, kind, 404, body)
+    assert code == "MODEL_NOT_FOUND"
+    assert "base_url" not in message
+
+
+@pytest.mark.parametrize("body", [b"", b"Not Found", b"<!DOCTYPE html><html><body>nope</body></html>"])
+def test_a_404_body_that_is_no_json_object_is_the_servers_for_the_path(body: bytes) -> None:
+    _, message = _decode(OpenAICompatibleDialect(), "openai_compatible", 404, body)
+    assert "check the base_url of deployment 'team-llm'" in message
+
+
+def test_a_very_long_deployment_name_keeps_the_message_in_its_bound() -> None:
+    deployment = Deployment(name="n" * 5000, type="openai", api_key="k", base_url="http://127.0.0.1:9/api")
+    raw = json.dumps({"error": {"message": "Invalid URL (POST /chat/completions)"}}).encode()
+    error = OpenAIDialect().decode_error(REQUEST, deployment, 404, JSON, raw)
+    assert len(error.message) <= MAX_ERROR_MESSAGE_CHARS
+    assert "check the base_url of deployment 'nnnn" in error.message

@@ -139,6 +139,11 @@ async def open_session(
         if call.done():  # ended before it started: not reachable, or refused
             code, details = await call.code(), await call.details()
             text = details or code.name
+            if credentials is not None and "WRONG_VERSION_NUMBER" in text.upper():  # plaintext answered TLS
+                raise ConfigurationError(
+                    f"{address} answered in plain text, not TLS (OpenSSL: wrong version number): that port serves "
+                    "no TLS; connect with grpc:// (or http://, sse://, ws:// if it is the gateway's HTTP listener)"
+                )
             if credentials is not None and any(mark in text for mark in _CERTIFICATE_REFUSED):
                 raise ConfigurationError(
                     f"the TLS certificate of {address} was refused ({text.rpartition('last error: ')[2]}); pass "
