@@ -1122,11 +1122,18 @@ class AuditLog:
     def for_engine(cls, settings: AuditSettings, engine: Any, **options: Any) -> AuditLog:
         """An audit log that knows ``engine``'s deployments, subscribed to its hooks (and found by
         ``audit_log_of(engine)`` until it is closed)."""
-        types = {name: deployment.type for name, deployment in engine.deployments.items()}
-        audit = cls(settings, provider_types=types, **options)
-        audit.attach(engine.hooks)
-        _LOGS[engine] = audit
+        audit = cls(settings, **options)
+        audit.watch(engine)
         return audit
+
+    def watch(self, engine: Any) -> None:
+        """Record ``engine``'s requests: learn its deployments' provider types, subscribe to its hooks, and
+        be found by ``audit_log_of(engine)`` until closed (the gateway opens the log and the engine at
+        the same time, then calls this)."""
+        types = {name: deployment.type for name, deployment in engine.deployments.items()}
+        self._provider_types = {**self._provider_types, **types}
+        self.attach(engine.hooks)
+        _LOGS[engine] = self
 
     @property
     def closed(self) -> bool:

@@ -85,23 +85,26 @@ def run(args: argparse.Namespace) -> int:
         with _pidfile(getattr(args, "pidfile", None)):
             event_loop.run(serve_pipes(), options.event_loop)
         return 0
-    early = _EarlyHangUps()  # first: from here until the loop handles SIGHUP, one must not end the gateway
-    settings = load_settings(config=args.config)
-    options = _with_command_line(GatewaySettings.from_settings(settings), args)
-    check_exposure(options)
-    authenticate = build_authenticator(settings, options, principal=args.principal)
-    pidfile = getattr(args, "pidfile", None)
-    with _pidfile(pidfile):
-        return _serve_listeners(
-            settings,
-            options,
-            authenticate,
-            build_credentials(settings, options),
-            config=args.config,
-            principal=args.principal,
-            pidfile=pidfile,
-            early=early,
-        )
+    early = _EarlySignals()  # first: from here until the loop handles them, a signal must not end the gateway
+    try:
+        settings = load_settings(config=args.config)
+        options = _with_command_line(GatewaySettings.from_settings(settings), args)
+        check_exposure(options)
+        authenticate = build_authenticator(settings, options, principal=args.principal)
+        pidfile = getattr(args, "pidfile", None)
+        with _pidfile(pidfile):
+            return _serve_listeners(
+                settings,
+                options,
+                authenticate,
+                build_credentials(settings, options),
+                config=args.config,
+                principal=args.principal,
+                pidfile=pidfile,
+                early=early,
+            )
+    finally:
+        early.restore()  # SIGTERM and Ctrl-C end the process as before (a caller of run() goes on)
 
 
 @contextlib.contextmanager
@@ -169,56 +172,58 @@ def _serve_listeners(
     config: str | None = None,
     principal: str | None = None,
     pidfile: str | None = None,
-    early: _EarlyHangUps | None = None,
+    early: _EarlySignals | None = None,
 ) -> int:
     """Run the listeners; each prints ``gtl gateway: listening on URL`` on standard error once it accepts,
     then ``gtl gateway: ready`` once all do. SIGTERM (and a first Ctrl-C) shut down gracefully; SIGHUP
     reloads ``config`` (the file the gateway started with) and prints one ``gtl gateway: reload…`` line,
-    and with a ``pidfile`` keeps what each reload came to beside it (``gateway.reload_report``)."""
-    from gtl_nb.engine.builder import build_engine
-    from gtl_nb.engine.routing import GATEWAY
+    and with a ``pidfile`` keeps what each reload came to beside it (``gateway.reload_report``).
+
+    A SIGTERM (or Ctrl-C) while the gateway starts stops the start: what is being opened is closed
+    once open (a thread cannot be stopped halfway), no listener starts, no ``ready`` line follows the
+    ``shutting down`` one, and the exit status is 0. A SIGHUP then is kept for after the start."""
     from gtl_nb.gateway.listeners import Shutdown
     from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
     from gtl_nb.gateway.reload_report import ReloadReporter, report_path
-    from gtl_nb.gateway.server import serve
+    from gtl_nb.gateway.server import open_parts, serve
 
     hook = SwappableAuthenticator(authenticate)  # the listeners hold this one; a reload swaps its target
     loop = event_loop.loop_name(options.event_loop)  # a missing uvloop that was asked for stops here
 
     announced: set[str] = set()
+    shutdowns: list[Any] = []  # the one of the loop, once it runs
 
     def announce(listener: Any, url: str) -> None:
         print(f"gtl gateway: listening on {url}", file=sys.stderr, flush=True)
         announced.add(listener.transport)
-        if len(announced) == len(options.listeners):
+        stopping = any(shutdown.is_stopping for shutdown in shutdowns)  # a signal as the last one started
+        if len(announced) == len(options.listeners) and not stopping:
             print(f"gtl gateway: ready (event loop {loop})", file=sys.stderr, flush=True)
 
     async def serve_all() -> None:
         shutdown = Shutdown(grace=options.shutdown_grace)
+        shutdowns.append(shutdown)
         task = asyncio.current_task()
-        # built here rather than by serve(): the reloader needs the very engine the listeners run
-        engine = build_engine(settings, credentials=credentials, audience=GATEWAY)
-        for problem in settings.missing_credentials(engine.credentials.resolve):
-            print(f"gtl gateway: warning: {problem} ({FAIL_OVER_NOTE})", file=sys.stderr, flush=True)
+        # first, before anything opens: a signal during the start is handled at once, a SIGHUP kept
+        hang_ups = _HangUpsWhileStarting(early.count if early is not None else 0)
+        stop = _on_signals(shutdown, force=task.cancel if task is not None else None, reload=hang_ups)
+        if early is not None and early.stopping:  # a SIGTERM or Ctrl-C before the loop could handle it
+            stop()
+            return
+        # opened here rather than by serve(): the reloader needs the very engine the listeners run
+        parts = await open_parts(settings, options, credentials=credentials)
         try:
-            reloader = Reloader(engine, config=config, settings=settings, authenticate=hook, principal=principal)
+            if shutdown.is_stopping:  # a signal came while the stores opened: no listener starts
+                return
+            for problem in settings.missing_credentials(parts.engine.credentials.resolve):
+                print(f"gtl gateway: warning: {problem} ({FAIL_OVER_NOTE})", file=sys.stderr, flush=True)
+            reloader = Reloader(parts.engine, config=config, settings=settings, authenticate=hook, principal=principal)
             reporter = ReloadReporter(report_path(pidfile) if pidfile else None)
             reporters.append(reporter)
-            reload = _reloading(reloader, reporter)
-            _on_signals(shutdown, force=task.cancel if task is not None else None, reload=reload)
-            if early is not None and early.count:  # a SIGHUP while the gateway was starting: reload now
-                reload()
-            await serve(
-                settings,
-                options,
-                authenticate=hook,
-                shutdown=shutdown,
-                announce=announce,
-                engine=engine,
-                credentials=credentials,
-            )
+            hang_ups.started(_reloading(reloader, reporter))  # a SIGHUP while the gateway was starting: now
+            await serve(settings, options, authenticate=hook, shutdown=shutdown, announce=announce, parts=parts)
         finally:
-            await engine.aclose()
+            await parts.aclose()
 
     reporters: list[Any] = []
     try:
@@ -229,25 +234,45 @@ def _serve_listeners(
             early.ignore()  # the loop's handlers are gone: a late SIGHUP must not cut the clean-up short
         for reporter in reporters:
             reporter.remove()
-    if announced:  # it had started: say it has stopped, its stores closed (a supervisor's log ends here)
+    stopped_early = any(shutdown.is_stopping for shutdown in shutdowns)  # it said it was shutting down
+    if announced or stopped_early:  # say it has stopped, its stores closed (a supervisor's log ends here)
         with contextlib.suppress(OSError, ValueError):  # a log pipe gone (closed reader) changes nothing
             print("gtl gateway: stopped", file=sys.stderr, flush=True)
     return 0
 
 
-class _EarlyHangUps:
-    """Counts the SIGHUPs that arrive before the event loop handles them (while the gateway starts:
-    reading its file, opening its stores), which would otherwise end it; the loop's own handler
-    replaces this one, and a reload runs at once if any came. In the main thread only (signals)."""
+class _EarlySignals:
+    """Notes the signals that arrive before the event loop handles them (while the gateway starts:
+    reading its file, building its token checker), which would otherwise end it at once: SIGHUPs are
+    counted (a reload runs once the gateway has started), a SIGTERM or Ctrl-C stops the start (the loop
+    says so and starts nothing). A second SIGTERM or Ctrl-C ends the process as it would have. The
+    loop's own handlers replace these. In the main thread only (signals)."""
 
     def __init__(self) -> None:
         self.count = 0
-        hang_up = getattr(signal, "SIGHUP", None)
-        if hang_up is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(hang_up, self._noted)
+        self.stopping = False
+        self._before: dict[int, Any] = {}  # SIGTERM's and SIGINT's handlers before these
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in ("SIGHUP", "SIGTERM", "SIGINT"):
+            signum = getattr(signal, name, None)
+            if signum is None:
+                continue
+            if name != "SIGHUP":
+                self._before[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._hung_up if name == "SIGHUP" else self._stop)
 
-    def _noted(self, signum: int, frame: Any) -> None:
+    def _hung_up(self, signum: int, frame: Any) -> None:
         self.count += 1
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        if not self.stopping:
+            self.stopping = True
+            return
+        if signum == getattr(signal, "SIGINT", None):  # a second Ctrl-C: as Python's own would
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)  # a second SIGTERM: end as an unhandled one does
+        os.kill(os.getpid(), signum)
 
     @staticmethod
     def ignore() -> None:
@@ -255,6 +280,36 @@ class _EarlyHangUps:
         hang_up = getattr(signal, "SIGHUP", None)
         if hang_up is not None and threading.current_thread() is threading.main_thread():
             signal.signal(hang_up, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        """SIGTERM and SIGINT back to their handlers before these (SIGHUP is ignored from now on)."""
+        self.ignore()
+        for signum, handler in self._before.items():
+            if handler is not None:  # (None: set from outside Python, nothing to put back)
+                signal.signal(signum, handler)
+        self._before = {}
+
+
+class _HangUpsWhileStarting:
+    """SIGHUP's handler on the loop: while the gateway starts there is nothing to reload yet, so the
+    SIGHUPs are counted; ``started(reload)`` then reloads once if any came, and from then on each
+    SIGHUP calls ``reload``."""
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+        self._reload: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        if self._reload is None:
+            self.count += 1
+        else:
+            self._reload()
+
+    def started(self, reload: Callable[[], None]) -> None:
+        """The gateway runs: ``reload`` handles SIGHUP from now on (and at once, if one came meanwhile)."""
+        self._reload = reload
+        if self.count:
+            reload()
 
 
 def _reloading(reloader: Any, reporter: Any) -> Callable[[], None]:
@@ -313,9 +368,10 @@ def _say(line: str) -> None:
 
 def _on_signals(
     shutdown: Any, *, force: Callable[[], Any] | None = None, reload: Callable[[], None] | None = None
-) -> None:
+) -> Callable[[], None]:
     """SIGTERM and SIGINT begin a graceful shutdown; a second one (with ``force``) stops at once. SIGHUP calls
-    ``reload`` when given (not once shutting down), else shuts down like the others."""
+    ``reload`` when given (not once shutting down), else shuts down like the others. Returns what a
+    SIGTERM does (for one that came before the loop could handle it)."""
     loop = asyncio.get_running_loop()
 
     def hang_up() -> None:
@@ -341,6 +397,7 @@ def _on_signals(
         if signum is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, hang_up if name == "SIGHUP" else handle)
+    return handle
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,8 @@ configuration needs — settings, catalog, credentials and, with ``auth = "jwt"`
 ``TokenAuthenticator`` — raising ``ConfigurationError`` before anything changed. ``Reloader.apply()``
 then swaps it all in one synchronous step on the event loop: ``Engine.reload`` (deployments, routing,
 prices, timeouts, budget limits, credentials) and the target of the ``SwappableAuthenticator`` the
-listeners hold, so the next connection's token is checked by the new policy.
+listeners hold, so the next connection's token is checked by the new policy. The reload's line names
+exactly what changed in place (``gateway.reload_changes``): a part that did not change is not named.
 
 The new authenticator keeps the running revocation list when ``[gateway.jwt] revocations`` names the
 same one (a Redis list takes the new ``refresh``): a reload while Redis is down keeps answering from
@@ -16,8 +17,9 @@ it was, and the reload's line says so ("token policy not renewed"); the rest is 
 Sessions already running finish on the deployments they resolved when they started; connections
 already authenticated keep their context. What a reload cannot change in place — the listener
 tables, the ``[gateway]`` limits (``max_frame_bytes``, ``trusted_proxies``, …), the event loop and
-``advertise``, the auth mode, the ledger and the other stores' backends, the audit log, ``/metrics``,
-the vault — is reported in the reload's line as "restart to apply"."""
+``advertise``, the auth mode, the ledger and the other stores' backends, the HTTP client of
+``[upstream]``, the audit log, ``/metrics``, the vault — is reported in the reload's line as "restart
+to apply"."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from gtl_nb.gateway.auth import (
     configured_fallback,
     kept_revocations,
 )
+from gtl_nb.gateway.reload_changes import applied_changes, policy_changes
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
@@ -89,6 +92,8 @@ class PreparedReload:
     """The tables that changed but apply only at a restart."""
     not_renewed: str | None = None
     """Why the token policy was not renewed (its new revocation list cannot be read), else ``None``."""
+    token_changes: tuple[str, ...] = ()
+    """The ``[gateway.jwt]`` keys in which the new token policy differs from the running one."""
 
 
 def _catalog(settings: Settings) -> Any:
@@ -120,6 +125,7 @@ def _fixed_tables(settings: Settings, options: GatewaySettings) -> dict[str, Any
             "[cache]": settings.cache,
             "[budgets] backend": budgets.backend if budgets is not None else None,
             "[routing.breaker] backend": settings.routing.breaker.backend,
+            "[upstream]": settings.upstream,  # the HTTP client and its pool, made at start
         }
     )
     return tables
@@ -169,7 +175,7 @@ class Reloader:
         else:
             fallback = configured_fallback(settings) or StaticCredentials()
             credentials = self.engine.credentials.rebound(fallback, deployments=settings.deployments)
-        authenticate, not_renewed = None, None
+        authenticate, not_renewed, token_changes = None, None, ()
         if options.auth == "jwt" and self.options.auth == "jwt":
             current = self.authenticate.target
             # the same revocation list is kept (``kept_revocations``): one that Redis cannot give now
@@ -179,9 +185,14 @@ class Reloader:
             if not_renewed is not None:
                 close_revocations(authenticate.revocations)  # type: ignore[attr-defined]
                 authenticate = None
+            else:  # (built anew either way; the line names only what differs)
+                policy = getattr(authenticate, "policy", None)
+                token_changes = tuple(policy_changes(getattr(current, "policy", None), policy))
         before, after = self._fixed, _fixed_tables(settings, options)
         restart = tuple(name for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name))
-        return PreparedReload(settings, options, catalog, credentials, authenticate, restart, not_renewed)
+        return PreparedReload(
+            settings, options, catalog, credentials, authenticate, restart, not_renewed, token_changes
+        )
 
     def apply(self, prepared: PreparedReload) -> str:
         """Swap ``prepared`` in (synchronously, between requests); returns the line that says what changed."""
@@ -196,7 +207,7 @@ class Reloader:
             previous = self.authenticate.swap(prepared.authenticate)
             _hand_over_revocations(previous, prepared.authenticate)
         self.settings = prepared.settings
-        changes = _summary(old, prepared.settings, token_policy=prepared.authenticate is not None)
+        changes = applied_changes(old, prepared.settings, token_policy=prepared.token_changes)
         line = f"reloaded the configuration: {changes}"
         if prepared.not_renewed is not None:
             line += f"; token policy not renewed, the previous one still checks tokens: {prepared.not_renewed}"
@@ -239,21 +250,3 @@ def _hand_over_revocations(previous: Any, new: Any) -> None:
         close_revocations(old_list)
     elif hasattr(new_list, "refresh") and new_list.refresh != new.policy.refresh:
         new_list.refresh = new.policy.refresh
-
-
-def _summary(old: Settings, new: Settings, *, token_policy: bool) -> str:
-    """``2 deployments (+b, -c, ~a)``, the routing strategy, and the token policy when it was rebuilt."""
-    added = sorted(new.deployments.keys() - old.deployments.keys())
-    removed = sorted(old.deployments.keys() - new.deployments.keys())
-    changed = sorted(
-        name
-        for name in new.deployments.keys() & old.deployments.keys()
-        if new.deployments[name] != old.deployments[name]
-    )
-    marks = [f"+{name}" for name in added] + [f"-{name}" for name in removed] + [f"~{name}" for name in changed]
-    count = len(new.deployments)
-    parts = [f"{count} deployment{'s' if count != 1 else ''}" + (f" ({', '.join(marks)})" if marks else "")]
-    parts.append(f"routing {new.routing.strategy}")
-    if token_policy:
-        parts.append("token policy renewed")
-    return ", ".join(parts)

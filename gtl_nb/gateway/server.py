@@ -9,6 +9,13 @@ their running sessions finished or the grace period ended them — with every le
 A listener that cannot start (its port is taken, its TLS files do not load, its extra is not
 installed) stops the others and raises ``ConfigurationError`` naming it: a gateway never runs with
 part of its configuration silently missing.
+
+``open_parts`` opens what the listeners serve with — the engine (its stores) and the audit log —
+each in a worker thread, at the same time: their first contacts with a shared store that does not
+answer (the PostgreSQL ledger and the PostgreSQL audit chain, a connect timeout each) then cost one
+wait, not one after the other, and the event loop stays free meanwhile (a SIGTERM during the start is
+handled at once). A shutdown begun before the listeners start starts none of them: nothing is
+announced, and what was opened is closed.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import contextlib
 import importlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from gtl_nb.engine.builder import build_engine
@@ -29,7 +37,7 @@ from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 
-__all__ = ["LISTENER_FUNCTIONS", "serve"]
+__all__ = ["LISTENER_FUNCTIONS", "Parts", "open_parts", "serve"]
 
 log = get_logger("gateway.server")
 
@@ -66,26 +74,28 @@ async def serve(
     announce: Announce | None = None,
     engine: Any = None,
     credentials: Any = None,
+    parts: Parts | None = None,
 ) -> None:
     """Serve every listener of ``gateway`` until they stop (see the module docstring); ``credentials``
-    is the engine's credential resolver (the vault's, ``gateway.auth.build_credentials``)."""
+    is the engine's credential resolver (the vault's, ``gateway.auth.build_credentials``).
+
+    ``parts`` (``open_parts``'s, which the caller opened first) are served and closed at the end;
+    without them ``serve`` opens its own (with ``engine`` when given: closed by its owner)."""
     if not gateway.listeners:
         raise ConfigurationError("no listener to serve: add a [gateway.http], [gateway.grpc] or [gateway.quic] table")
     functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
-    own_engine = engine is None
-    engine = engine if engine is not None else build_engine(settings, credentials=credentials, audience=GATEWAY)
-    tracing = _tracing(gateway, engine)  # [gateway.tracing]: a missing extra stops the start, before the audit log
-    audit, metrics = _operations(gateway, engine)  # before any listener: a tampered audit log stops the start
+    if parts is None:
+        parts = await open_parts(settings, gateway, engine=engine, credentials=credentials)
+    engine, own_engine = parts.engine, parts.own_engine
     try:
         live_sessions(engine)  # every session, on every listener, is known to the sessions and cancel queries
         join = getattr(engine.stores.budgets, "join_replicas", None)
+        if shutdown.is_stopping:  # stopped while it started: no listener starts, nothing is announced
+            return await parts.aclose()
         if join is not None:  # shared budgets: the other replicas count this one before it serves anything
             join()
     except BaseException:  # no listener ran: nothing of this start outlives it (the metrics' gc timer)
-        if metrics is not None:
-            metrics[0].detach()
-        if audit is not None:
-            audit.close()
+        await parts.aclose()
         raise
     urls: dict[str, str] = {}
 
@@ -117,8 +127,8 @@ async def serve(
             if listener.transport == "http":
                 options["offers"] = offers
                 options["loopback_callers_only"] = gateway.auth != "jwt"
-                if metrics is not None:
-                    options["metrics"], options["metrics_require_token"] = metrics
+                if parts.metrics is not None:
+                    options["metrics"], options["metrics_require_token"] = parts.metrics
             coroutine = functions[listener.transport](engine, listener, **options)
             task = asyncio.ensure_future(coroutine)
             tasks[task] = listener
@@ -127,53 +137,144 @@ async def serve(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if audit is not None:  # after the listeners: the cancelled sessions' records are in
-            await asyncio.to_thread(audit.close)
-        if metrics is not None:
-            metrics[0].detach()
-        if tracing is not None:  # after the listeners: every session's span has ended; flushes the exporter
-            await asyncio.to_thread(tracing.close)
-        if own_engine:
-            await engine.aclose()
-        elif lent_audience != GATEWAY:
+        await parts.aclose()  # after the listeners: the cancelled sessions' records and spans are in
+        if not own_engine and lent_audience != GATEWAY:
             engine.set_audience(lent_audience)
 
 
-def _operations(gateway: GatewaySettings, engine: Any) -> tuple[Any, Any]:
-    """The audit log and ``(metrics, require_token)`` that ``[gateway.audit]`` and ``[gateway.metrics]`` ask
-    for (``None`` each when not configured), subscribed to the engine's hooks. The audit log (its files,
-    its PostgreSQL connection and writer thread) is opened last, so nothing after it can fail and leave
-    it open; ``gateway.audit.audit_log_of(engine)`` finds it (``/readyz`` reads its ``degraded_reason``)."""
-    audit = metrics = None
-    if gateway.metrics is not None:
-        from gtl_nb.gateway.metrics import Metrics, MetricsSettings
+@dataclass
+class Parts:
+    """What one gateway serves with besides its listeners (``open_parts``): the engine, and the request
+    tracer, metrics and audit log subscribed to its hooks (``None`` each when not configured).
+    ``own_engine``: the engine was opened with the parts, and closes with them."""
 
-        metrics_settings = MetricsSettings.from_table(gateway.metrics)
-        if metrics_settings.enabled:
-            metrics = (Metrics.for_engine(engine), metrics_settings.require_token)
-    if gateway.audit is not None:
-        from gtl_nb.gateway.audit import AuditLog, AuditSettings
+    engine: Any
+    own_engine: bool
+    tracing: Any = None
+    metrics: tuple[Any, bool] | None = None
+    audit: Any = None
 
-        audit_settings = AuditSettings.from_table(gateway.audit, base=gateway.base)
-        if audit_settings.enabled:
+    async def aclose(self) -> None:
+        """Close them (once; later calls do nothing): the audit log first (the last records written),
+        the metrics, the tracer (its exporter flushed), then the engine if it is ``own_engine``."""
+        audit, metrics, tracing, own = self.audit, self.metrics, self.tracing, self.own_engine
+        self.audit = self.metrics = self.tracing = None
+        self.own_engine = False
+        try:
+            if audit is not None:
+                await asyncio.to_thread(audit.close)
+        finally:
+            if metrics is not None:
+                metrics[0].detach()
             try:
-                audit = AuditLog.for_engine(audit_settings, engine)
-            except BaseException:  # (a tampered log stops the start) the metrics' gc timer must not outlive it
-                if metrics is not None:
-                    metrics[0].detach()
-                raise
-    return audit, metrics
+                if tracing is not None:
+                    await asyncio.to_thread(tracing.close)
+            finally:
+                if own:
+                    await self.engine.aclose()
 
 
-def _tracing(gateway: GatewaySettings, engine: Any) -> Any:
-    """The request tracer ``[gateway.tracing]`` asks for (``None`` when off, the default), subscribed to the
-    engine's hooks; OpenTelemetry is imported only here, and its absence is a ``ConfigurationError``."""
+async def open_parts(
+    settings: Settings, gateway: GatewaySettings, *, engine: Any = None, credentials: Any = None
+) -> Parts:
+    """Open the engine (unless ``engine`` is given) and the audit log ``[gateway.audit]`` asks for, at the
+    same time in worker threads (module docstring), then subscribe the tracer, the metrics and the audit
+    log to the engine's hooks. A configuration mistake (a missing tracing extra, a bad audit key) stops
+    it before anything opens; a failure of one part (a tampered audit log) closes the other; cancelled,
+    it waits for both to finish opening and closes them (a thread cannot be stopped halfway)."""
+    provider = _tracer_provider(gateway)  # [gateway.tracing]: a missing extra stops the start, before the rest
+    audit_settings = _audit_settings(gateway)
+    metrics_settings = _metrics_settings(gateway)
+    loop = asyncio.get_running_loop()
+    jobs: dict[str, asyncio.Future[Any]] = {}
+    if engine is None:
+        jobs["engine"] = loop.run_in_executor(
+            None, lambda: build_engine(settings, credentials=credentials, audience=GATEWAY)
+        )
+    if audit_settings is not None:
+        from gtl_nb.gateway.audit import AuditLog
+
+        jobs["audit"] = loop.run_in_executor(None, AuditLog, audit_settings)
+    opened = await _all_opened(jobs)
+    parts = Parts(
+        engine if engine is not None else opened["engine"], own_engine=engine is None, audit=opened.get("audit")
+    )
+    try:
+        if provider is not None:
+            parts.tracing = _tracer_for(provider, parts.engine)
+        if metrics_settings is not None:
+            from gtl_nb.gateway.metrics import Metrics
+
+            parts.metrics = (Metrics.for_engine(parts.engine), metrics_settings.require_token)
+        if parts.audit is not None:  # last: it records what the hooks before it saw of each request
+            parts.audit.watch(parts.engine)
+    except BaseException:
+        await parts.aclose()
+        raise
+    return parts
+
+
+async def _all_opened(jobs: dict[str, asyncio.Future[Any]]) -> dict[str, Any]:
+    """What each job opened, once all have finished; when one failed (or the wait was cancelled) what
+    the others opened is closed and the first failure (or the cancellation) is raised."""
+    if not jobs:
+        return {}
+    try:
+        await asyncio.wait(set(jobs.values()))
+    except asyncio.CancelledError:  # the threads go on: wait for them, or what they open is never closed
+        await asyncio.wait(set(jobs.values()))
+        await _close_opened(jobs)
+        raise
+    failed = [job.exception() for job in jobs.values() if job.exception() is not None]
+    if failed:
+        await _close_opened(jobs)
+        raise failed[0]
+    return {name: job.result() for name, job in jobs.items()}
+
+
+async def _close_opened(jobs: dict[str, asyncio.Future[Any]]) -> None:
+    """Close what the finished jobs opened (an engine, an audit log), whatever else failed."""
+    for name, job in jobs.items():
+        if job.cancelled() or job.exception() is not None:
+            continue
+        with contextlib.suppress(Exception):
+            if name == "engine":
+                await job.result().aclose()
+            else:
+                await asyncio.to_thread(job.result().close)
+
+
+def _metrics_settings(gateway: GatewaySettings) -> Any:
+    """``[gateway.metrics]``'s settings when metrics are on, else ``None``."""
+    if gateway.metrics is None:
+        return None
+    from gtl_nb.gateway.metrics import MetricsSettings
+
+    settings = MetricsSettings.from_table(gateway.metrics)
+    return settings if settings.enabled else None
+
+
+def _audit_settings(gateway: GatewaySettings) -> Any:
+    """``[gateway.audit]``'s settings when the audit log is on, else ``None`` (a bad key raises here,
+    before anything opens). The log itself opens in ``open_parts``; ``gateway.audit.audit_log_of(engine)``
+    finds it once it watches the engine (``/readyz`` reads its ``degraded_reason``)."""
+    if gateway.audit is None:
+        return None
+    from gtl_nb.gateway.audit import AuditSettings
+
+    settings = AuditSettings.from_table(gateway.audit, base=gateway.base)
+    return settings if settings.enabled else None
+
+
+def _tracer_provider(gateway: GatewaySettings) -> tuple[Any, Any] | None:
+    """``[gateway.tracing]``'s settings and tracer provider (``None`` when off, the default); OpenTelemetry
+    is imported only here, and its absence is a ``ConfigurationError``."""
     from gtl_nb.gateway.settings import TracingSettings
 
     settings = TracingSettings.from_table(gateway.tracing)
     if not settings.enabled:
         return None
-    from gtl_nb.engine.tracing import RequestTracer, build_tracer_provider
+    from gtl_nb.engine.tracing import build_tracer_provider
 
     try:
         provider = build_tracer_provider(
@@ -181,6 +282,14 @@ def _tracing(gateway: GatewaySettings, engine: Any) -> Any:
         )
     except ConfigurationError as exc:
         raise ConfigurationError(f"[gateway.tracing] {exc.message}") from None
+    return settings, provider
+
+
+def _tracer_for(chosen: tuple[Any, Any], engine: Any) -> Any:
+    """The request tracer of ``_tracer_provider``'s choice, subscribed to ``engine``'s hooks."""
+    from gtl_nb.engine.tracing import RequestTracer
+
+    settings, provider = chosen
     return RequestTracer.for_engine(
         engine, tracer_provider=provider, capture_content=settings.capture_content, owns_provider=True
     )

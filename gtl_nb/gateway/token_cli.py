@@ -327,20 +327,33 @@ def _revoke(args: argparse.Namespace) -> int:
         # cannot have been issued later than now (plus leeway): keep the entry that long
         until = (expires if expires is not None else now + policy.max_lifetime + policy.leeway) + policy.leeway
         store.revoke(jti, until)
-    if policy.revocations_url is not None:  # the replicas' shared list
-        from gtl_nb.gateway.auth import revocation_list
-        from gtl_nb.gateway.tokens.redis_revocations import RevocationStoreError
-
-        try:
-            revocation_list(policy).revoke(jti, until)
-        except RevocationStoreError as exc:
-            raise RevocationStoreError(
-                f"{jti} is revoked in {policy.store_path} but not in the shared list: {exc.message}. The gateways "
-                f"still accept it: run gtl token revoke {jti} again once the shared list can be written"
-            ) from None
+    if policy.revocations_url is not None and not _revoke_shared(policy, jti, until):
+        return 1
     origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
     print(f"revoked {jti} until {_when(until)} UTC{origin}")
     return 0
+
+
+def _revoke_shared(policy: Any, jti: str, until: float) -> bool:
+    """Revoke ``jti`` in the replicas' shared list too (after this machine's store took it); when the
+    list cannot be written, say so on one line — which store (its URL without the password) and why,
+    that this machine's store has the revocation and the gateways do not — and return ``False``."""
+    from gtl_nb.engine.stores.redis_fallback import one_line
+    from gtl_nb.gateway.auth import revocation_list
+    from gtl_nb.gateway.tokens.redis_revocations import RevocationStoreError
+
+    try:
+        with revocation_list(policy) as shared:
+            shared.revoke(jti, until)
+    except RevocationStoreError as exc:  # the store's trouble, not a bug: no INTERNAL, exit status 1
+        print(
+            f"gtl: error: the shared revocation list cannot be written: {one_line(exc.message)}. {jti} is revoked "
+            f"in this machine's token store ({policy.store_path}) only: the gateways still accept it (gtl token "
+            f"list shows it as '{UNSHARED}'); run gtl token revoke {jti} again once the shared list can be written",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _refuse_a_likely_typo(jti: str, minted: list[str]) -> None:

@@ -326,17 +326,17 @@ def test_every_garbage_collection_is_timed_while_attached_and_none_after_detach(
 def test_a_start_refused_by_a_tampered_audit_log_leaves_no_gc_timer_behind(tmp_path, upstream):
     import gc
 
-    from gtl_nb.gateway.server import _operations
+    from gtl_nb.gateway.server import open_parts
     from tests.gateway.test_audit import rewrite, write_log
 
     path = tmp_path / "audit.jsonl"
     write_log(path, 3)
     rewrite(path, lambda lines: [lines[0], lines[2]])
-    gateway = SimpleNamespace(metrics={"require_token": False}, audit={"path": str(path)}, base=tmp_path)
+    gateway = SimpleNamespace(metrics={"require_token": False}, audit={"path": str(path)}, base=tmp_path, tracing=None)
     engine = make_engine(upstream)
     callbacks = list(gc.callbacks)
     with pytest.raises(ConfigurationError, match="failed verification"):
-        _operations(gateway, engine)  # type: ignore[arg-type]
+        asyncio.run(open_parts(None, gateway, engine=engine))  # type: ignore[arg-type]
     assert gc.callbacks == callbacks
     asyncio.run(engine.aclose())
 

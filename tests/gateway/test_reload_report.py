@@ -221,16 +221,18 @@ def test_a_sighup_while_the_gateway_starts_is_noted_not_fatal() -> None:
     counted — the gateway reloads once it is up — and after the loop it is ignored."""
     import signal
 
-    from gtl_nb.gateway.main import _EarlyHangUps
+    from gtl_nb.gateway.main import _EarlySignals
 
-    before = signal.getsignal(signal.SIGHUP)
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
     try:
-        early = _EarlyHangUps()
+        early = _EarlySignals()
         os.kill(os.getpid(), signal.SIGHUP)
         os.kill(os.getpid(), signal.SIGHUP)
         assert early.count == 2  # (Python runs the handler before the next bytecode: the test still runs)
+        assert not early.stopping  # a reload asked for, not a stop
         early.ignore()
         os.kill(os.getpid(), signal.SIGHUP)
         assert early.count == 2 and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGHUP, before)
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

@@ -1031,20 +1031,35 @@ def test_gtl_token_mint_warns_of_a_provider_key_the_vault_does_not_hold(gtl, cap
 
 
 def test_gtl_token_revoke_with_the_shared_list_away_says_the_gateways_still_accept_it(gtl, capsys, tmp_path):
+    """Redis refuses the connection: one line says the shared list cannot be written and why, names the
+    store without its password, says this machine's store has the revocation and the gateways do not
+    (never an INTERNAL error, as for a bug), and the status is 1."""
     import socket
+
+    from gtl_nb.gateway.tokens import SqliteTokenStore
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         dead = probe.getsockname()[1]
     gtl.config.write_text(
         '[gateway.jwt]\nissuer = "https://issuer.test"\nsecret_env = "GTL_TEST_TOKEN_SECRET"\n'
-        f'revocations = "redis://127.0.0.1:{dead}/0"\n',
+        f'revocations = "redis://:canary-pw-5e0a@127.0.0.1:{dead}/0"\n',
         encoding="utf-8",
     )
-    assert gtl("token", "revoke", "jti-away") == 1
-    err = capsys.readouterr().err
-    assert err.startswith("gtl: error:") and "jti-away is revoked in" in err and "not in the shared list" in err
-    assert "still accept it: run gtl token revoke jti-away again once the shared list can be written" in err
+    assert gtl("token", "revoke", "jti-away", "--minted-elsewhere") == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1, err
+    assert err.startswith(
+        f"gtl: error: the shared revocation list cannot be written: Redis at redis://:***@127.0.0.1:{dead}/0 is "
+        "unreachable (revoking a token): "
+    ), err
+    assert "INTERNAL" not in err and "canary-pw" not in err and ".." not in err
+    assert "jti-away is revoked in this machine's token store (" in err and "only: the gateways still accept it" in err
+    assert "run gtl token revoke jti-away again once the shared list can be written" in err
+    stores = list(tmp_path.rglob("tokens.sqlite3"))
+    assert len(stores) == 1 and str(stores[0]) in err  # the store it names ...
+    with SqliteTokenStore(stores[0]) as store:
+        assert "jti-away" in store.revoked()  # ... did take it
 
 
 def test_gtl_token_list_says_when_a_revocation_never_reached_the_shared_list(gtl, capsys, tmp_path):

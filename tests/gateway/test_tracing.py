@@ -40,7 +40,7 @@ from gtl_nb.engine.hooks import AttemptStarted, Hooks, Reloaded, RequestFinished
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.engine.tracing import RequestTraceIds, RequestTracer, build_tracer_provider, server_of
 from gtl_nb.gateway.local import start_gateway
-from gtl_nb.gateway.server import _tracing
+from gtl_nb.gateway.server import _tracer_provider
 from gtl_nb.gateway.settings import GatewaySettings, TracingSettings
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Done, Message, StreamEvent, Token, ToolCall, Usage
@@ -569,14 +569,14 @@ def test_tracing_settings_from_the_table():
         assert KEY_CANARY not in str(caught.value)
 
 
-def test_without_the_extra_the_error_says_what_to_install(monkeypatch, upstream):
+def test_without_the_extra_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'gtl_nb\[otel\]'"):
         build_tracer_provider("otlp")
     gateway = GatewaySettings(tracing={"enabled": True})
     with pytest.raises(ConfigurationError, match=r"^\[gateway.tracing\] OpenTelemetry tracing needs .*gtl_nb\[otel\]"):
-        _tracing(gateway, make_engine(upstream))
-    assert _tracing(GatewaySettings(tracing={"enabled": False}), make_engine(upstream)) is None
+        _tracer_provider(gateway)  # before anything of the gateway opens
+    assert _tracer_provider(GatewaySettings(tracing={"enabled": False})) is None
     monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
     with pytest.raises(ConfigurationError, match=r"gtl_nb\[otel\]"):
         RequestTracer()

@@ -159,6 +159,8 @@ def test_redis_stopped_and_restarted_during_load(cluster: Cluster):
     wait_until(ready_again, timeout=30, what="every replica back on Redis", every=0.5)
     warnings = [line for line in cluster.output().splitlines() if "redis" in line.lower() and "WARNING" in line]
     assert warnings, "the fallback is logged"
+    # and so is its end, at the same level: an operator who saw Redis go sees it come back
+    assert [line for line in warnings if "answers again" in line], warnings
 
 
 def test_postgres_stopped_and_restarted_the_spool_drains(cluster: Cluster):

@@ -40,7 +40,7 @@ cancelled is taken back once it lands, as the SQLite counter does.
 When Redis cannot be used (``redis_fallback``), requests are not refused for it: ``reserve``,
 ``settle`` and ``usage`` go to a ``MemoryBudgetCounter`` of this process, with every limit divided
 by the number of live replicas last seen (``replicas``; ``local_limits`` says how it rounds), one
-warning logged when that starts and one info line when Redis answers again; from then on new
+warning logged when that starts and one when Redis answers again; from then on new
 requests are counted in Redis again. A reservation made locally is settled locally (its id is the
 memory counter's integer, a Redis one is a hex string); what the local counter counted is added to
 Redis when it answers again (below). The settlement of

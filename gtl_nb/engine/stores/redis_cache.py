@@ -11,7 +11,7 @@ server's memory for everyone.
 
 While Redis cannot be used (``redis_fallback``), ``get`` answers a miss and ``set``/``delete`` do
 nothing, without raising — a cache never fails a request — and without a log line per request: one
-warning when the outage starts, one info line when Redis answers again, and no call waits on the
+warning when the outage starts, one when Redis answers again, and no call waits on the
 dead server in between (a background probe asks every second). ``clear``, an operator's explicit
 request, still raises ``RedisUnavailableError``.
 """

@@ -7,7 +7,8 @@ and costs nothing. The first call that fails (``failed``) logs ONE warning — n
 ``usable()`` is false, so requests are served from the fallback at once: a dead server does not add
 a connect timeout to every request. Meanwhile a background task probes every ``retry`` seconds
 (1 s) — with or without traffic, so ``/readyz`` turns ready again on its own — and the first answer
-(``answered``) logs one info line; the store uses Redis again from its next call.
+(``answered``) logs one warning too — an operator who saw the outage at the default level sees its end,
+as PostgreSQL's stores log theirs; the store uses Redis again from its next call.
 ``degraded_reason`` is the one line ``/readyz`` shows while it is down. When the server itself does
 not answer (refused, reset, timed out), the first store to find it tells every other store of that
 server, which falls back at once and probes on its own: a request is held for one timeout per outage,
@@ -17,7 +18,7 @@ The probe is a small write (``SET <prefix>probe`` with a short expiry), not a ``
 answers but refuses writes — out of memory under ``noeviction``, a read-only replica after a
 fail-over — is still down for the stores, which all write. A failure within ``RELAPSE`` seconds of
 Redis answering again (a store's command that keeps failing while Redis itself works) is the same
-outage: no new warning (nor a second info line), and the probe waits twice as long after each such
+outage: no new warning (neither for the failure nor for the return), and the probe waits twice as long after each such
 return, up to ``MAX_RETRY`` seconds. So there is one warning per outage, flapping or not.
 
 A store may say that a busy pool (``RedisBusyError``: no free connection within the wait) is not an
@@ -192,7 +193,8 @@ class RedisOutage:
         self._problem = None
         self._back_at = self.clock()
         if self._relapses == 0:  # a return after a relapse was said already
-            log.info(
+            # a warning like the outage's: at the default level an operator sees both ends of it
+            log.warning(
                 "%s: Redis at %s answers again after %.1f s; %s",
                 self.store,
                 self.connector.shown,

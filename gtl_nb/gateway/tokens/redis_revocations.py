@@ -23,8 +23,8 @@ When Redis cannot be reached:
   ``max(refresh, 1 s)``, with or without traffic, so ``/readyz`` turns ready on its own): every token
   revoked before the outage stays refused, and the gateway keeps serving. What it cannot know is a
   revocation written to Redis by a replica that still reaches it; that one is refused from the
-  first look after Redis answers again (logged at info). It cannot be written through this replica
-  meanwhile either: ``revoke`` raises.
+  first look after Redis answers again (logged as a warning, as the outage was). It cannot be
+  written through this replica meanwhile either: ``revoke`` raises.
 * before the set was ever read (Redis down when the gateway started), ``is_revoked`` raises
   ``RevocationStoreError`` (a ``GTLError``) and ``TokenAuthenticator`` refuses the token,
   retryably: with nothing known it fails closed rather than let a revoked token through.
@@ -379,7 +379,8 @@ class RedisRevocationList:
         """Redis answered: the list is current again (logged when it had not been; caller holds ``_io``)."""
         if self._problem is not None:
             self._problem = None
-            log.info("token revocations: Redis at %s answers again; the revocation list is current", self.shown)
+            # a warning like the outage's: at the default level an operator sees both ends of it
+            log.warning("token revocations: Redis at %s answers again; the revocation list is current", self.shown)
 
     def revoke(self, jti: str, expires_at: float) -> None:
         """Deny ``jti`` until ``expires_at`` for every replica (an earlier revocation's later time is kept).

@@ -59,6 +59,14 @@ def messages(caplog: pytest.LogCaptureFixture, level: int, text: str) -> list[st
     return [r.getMessage() for r in caplog.records if r.levelno == level and text in r.getMessage()]
 
 
+def outage_and_return(caplog: pytest.LogCaptureFixture, store: str) -> tuple[list[str], list[str]]:
+    """The warnings of ``store`` (its prefix) that an outage began, and those that Redis answers again:
+    both ends are warnings, so an operator at the default level sees the end of what it saw begin."""
+    warnings = messages(caplog, logging.WARNING, store)
+    back = [message for message in warnings if "answers again" in message]
+    return [message for message in warnings if message not in back], back
+
+
 # -- the share of each limit ------------------------------------------------------------------------
 
 
@@ -154,9 +162,10 @@ def test_budgets_fall_back_to_a_share_of_each_limit_and_go_back_to_redis(server:
     assert seen["usage_back"]["usd_today"] == pytest.approx(0.26)  # the owed settlement landed, and the local $0.01
     assert in_redis == (4, 260_000_000)
     assert counter.local.principals == 0 and counter.local.reservations == 0  # nothing left behind
-    warnings = messages(caplog, logging.WARNING, "budgets:")
+    warnings, back = outage_and_return(caplog, "budgets:")
     assert len(warnings) == 1 and "divided by 3 live replicas" in warnings[0]
-    assert len(messages(caplog, logging.INFO, "answers again")) == 1
+    assert len(back) == 1 and back[0].startswith(f"budgets: Redis at redis://:***@127.0.0.1:{server.port}/0 answers")
+    assert messages(caplog, logging.INFO, "answers again") == []  # a warning, not an info line
     assert CANARY not in caplog.text and CANARY not in reason
 
 
@@ -266,7 +275,8 @@ def test_breakers_are_kept_locally_while_redis_is_down(server: Any, caplog: pyte
     assert seen["open"] is None and seen["snapshot"]["state"] == "open" and seen["snapshot"]["allowed"] is False
     assert "kept by this replica alone" in seen["reason"] and CANARY not in seen["reason"]
     assert seen["shared"] == "pass"
-    assert len(messages(caplog, logging.WARNING, "breakers:")) == 1
+    warnings, back = outage_and_return(caplog, "breakers:")
+    assert len(warnings) == 1 and len(back) == 1 and back[0].endswith("circuit breakers are shared again")
     assert CANARY not in caplog.text
 
 
@@ -294,8 +304,8 @@ def test_the_cache_is_skipped_without_an_error_or_a_log_line_per_request(server:
     seen = run(scenario())
     assert "every lookup is a miss" in seen["reason"]
     assert seen["back"] == answer
-    assert len(messages(caplog, logging.WARNING, "cache")) == 1  # one for the outage, not one per request
-    assert len(messages(caplog, logging.INFO, "answers again")) == 1
+    warnings, back = outage_and_return(caplog, "cache")
+    assert len(warnings) == 1 and len(back) == 1  # one for the outage and one for its end, not one per request
 
 
 # -- revocations -------------------------------------------------------------------------------------
@@ -325,8 +335,12 @@ def test_revocations_answer_from_the_last_list_read_while_redis_is_down(server: 
         eventually(lambda: revocations.degraded_reason is None, "Redis was not noticed back")  # and ready again
         assert answers == [True, False] and revocations.is_revoked("jti-gone") is True
         assert reason is not None and "1 revocations read at" in reason and CANARY not in reason
-    assert len(messages(caplog, logging.WARNING, "token revocations:")) == 1
-    assert len(messages(caplog, logging.INFO, "answers again")) == 1
+    warnings, back = outage_and_return(caplog, "token revocations:")
+    assert len(warnings) == 1 and back == [
+        f"token revocations: Redis at redis://:***@127.0.0.1:{server.port}/0 answers again; "
+        "the revocation list is current"
+    ]
+    assert messages(caplog, logging.INFO, "answers again") == []  # a warning, not an info line
 
 
 # -- a Redis that answers but refuses -------------------------------------------------------------------
@@ -393,8 +407,8 @@ def test_a_redis_that_answers_ping_but_refuses_writes_is_one_outage_not_one_a_se
         client.close()
     assert failures == 1 and still, f"{failures} failures in a second: it went back and forth"
     assert not down
-    assert len(messages(caplog, logging.WARNING, "teststore:")) == 1
-    assert len(messages(caplog, logging.INFO, "answers again")) == 1  # once writes work again
+    warnings, back = outage_and_return(caplog, "teststore:")
+    assert len(warnings) == 1 and len(back) == 1  # back once writes work again
 
 
 def test_a_failure_that_returns_right_after_redis_answered_again_is_the_same_outage(
@@ -418,8 +432,8 @@ def test_a_failure_that_returns_right_after_redis_answered_again_is_the_same_out
     finally:
         client.close()
     assert 2 <= failures <= 6, f"{failures} failures in 1.5 s, probing every 0.05 s: the probe did not back off"
-    assert len(messages(caplog, logging.WARNING, "teststore:")) == 1
-    assert len(messages(caplog, logging.INFO, "answers again")) <= 1
+    warnings, back = outage_and_return(caplog, "teststore:")
+    assert len(warnings) == 1 and len(back) <= 1  # the relapses say nothing more
 
 
 class _SwallowingConnector:
