@@ -135,16 +135,27 @@ class QueryDesk:
         *,
         max_bytes: int,
         on_idle: Callable[[], object] | None = None,
+        recheck: Callable[[RequestContext], object] | None = None,
     ) -> None:
         self.engine = engine
         self.max_bytes = max_bytes
         self._send = send
         self._on_idle = on_idle  # told when the last query being answered has ended
+        # the connection's authenticator's ``recheck``: a token revoked or expired since the connection
+        # opened must not keep reading everyone's usage or cancelling anyone's session on it
+        self._recheck = recheck
         self._tasks: set[asyncio.Task[None]] = set()
         live_sessions(engine)  # from the first connection on, every session is known to the sessions query
 
     def ask(self, query: Query, context: RequestContext) -> None:
-        """Start answering ``query`` for a client whose sessions run under ``context``."""
+        """Start answering ``query`` for a client whose sessions run under ``context`` — or refuse it
+        (``AUTH_FAILED``) when the token behind ``context`` has expired or been revoked since."""
+        if self._recheck is not None:
+            try:
+                self._recheck(context)
+            except GTLError as exc:
+                self._reply(Answer(query_id=query.query_id, error=exc.to_event(query.query_id)))
+                return
         if len(self._tasks) >= MAX_QUERIES:
             error = Error(
                 session_id=query.query_id, code="OVERLOADED", message="too many queries at once", retryable=True
