@@ -45,6 +45,10 @@ class RequestContext:
     """Deployments the principal may use; ``None``: no restriction."""
     expires_at: float | None = None
     """When the credential behind this context stops being valid (Unix seconds; a GhostToken's ``exp``)."""
+    verified_by: str | None = field(default=None, repr=False)
+    """A fingerprint of the key that verified the credential (one-way, never the key): an open connection's
+    later requests are refused once the gateway no longer trusts that key (a secret replaced by a reload,
+    a key removed from the JWKS file)."""
     # a read-only mapping, left out of the hash (a mapping has none) and of the repr (a misused claim
     # could hold a real key)
     provider_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)

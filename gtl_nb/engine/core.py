@@ -1253,7 +1253,11 @@ class Engine:
         if status >= 400:
             request = CompletionRequest(session_id="models", model="", messages=[])
             event = _scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)
-            raise error_from_event(_without_account_ids(event) if self.audience == GATEWAY else event)
+            if self.audience == GATEWAY:  # as a completion's: the provider's words go to the operator's log
+                event = _without_account_ids(event)
+                if event.code == "AUTH_FAILED":
+                    event = _gateways_key_refused(event, Target(deployment, ""), self._described(deployment))
+            raise error_from_event(event)
         try:
             return provider.parse_models(body)
         except ValueError as exc:

@@ -14,7 +14,8 @@
   is ``FORBIDDEN`` without ``session:admin`` — whether it exists is not told.
 * ``breakers`` — ``{"breakers": {deployment: state}}``, the engine's circuit breakers (``models:read``).
 * ``models`` — ``{"models": [...]}``, a deployment's live model list (``params``: ``deployment``;
-  ``models:read``), narrowed to what the token's allow-lists let it use.
+  ``models:read``), narrowed to what the token's allow-lists let it use. One call to the provider
+  serves every caller for a minute (``gateway.model_lists``): no budget counts these calls.
 
 A refused or failed query answers with an ``error`` (its ``session_id`` is the ``query_id``): the
 same ``GTLError`` the embedded client would raise, or ``INTERNAL`` for a bug (logged here).
@@ -34,6 +35,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.engine.ledger import LedgerError, LedgerValueError, row_filter
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.gateway.live import live_sessions
+from gtl_nb.gateway.model_lists import model_lists
 from gtl_nb.gateway.permissions import usage_scope
 from gtl_nb.gateway.scopes import SCOPES, has_scope, require_scope
 from gtl_nb.log import get_logger
@@ -68,7 +70,7 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
             if not isinstance(asked, str) or not asked:
                 raise InvalidRequestError('the models query needs params {"deployment": NAME}')
             deployment = engine.permitted_deployment(asked, context)  # before any call upstream
-            names = await engine.list_models(deployment.name)
+            names = await model_lists(engine).names(deployment)  # one provider call serves every caller a while
             result = {"models": [name for name in names if context.allows(deployment.name, name)]}
         else:
             raise InvalidRequestError(f"unknown query {query.name!r}; the gateway answers: {', '.join(QUERY_NAMES)}")
@@ -135,16 +137,27 @@ class QueryDesk:
         *,
         max_bytes: int,
         on_idle: Callable[[], object] | None = None,
+        recheck: Callable[[RequestContext], object] | None = None,
     ) -> None:
         self.engine = engine
         self.max_bytes = max_bytes
         self._send = send
         self._on_idle = on_idle  # told when the last query being answered has ended
+        # the connection's authenticator's ``recheck``: a token revoked or expired since the connection
+        # opened must not keep reading everyone's usage or cancelling anyone's session on it
+        self._recheck = recheck
         self._tasks: set[asyncio.Task[None]] = set()
         live_sessions(engine)  # from the first connection on, every session is known to the sessions query
 
     def ask(self, query: Query, context: RequestContext) -> None:
-        """Start answering ``query`` for a client whose sessions run under ``context``."""
+        """Start answering ``query`` for a client whose sessions run under ``context`` — or refuse it
+        (``AUTH_FAILED``) when the token behind ``context`` has expired or been revoked since."""
+        if self._recheck is not None:
+            try:
+                self._recheck(context)
+            except GTLError as exc:
+                self._reply(Answer(query_id=query.query_id, error=exc.to_event(query.query_id)))
+                return
         if len(self._tasks) >= MAX_QUERIES:
             error = Error(
                 session_id=query.query_id, code="OVERLOADED", message="too many queries at once", retryable=True

@@ -203,7 +203,12 @@ class _Connection:
         self.cancel_reason = "the client"
         self._closing: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self.desk = QueryDesk(gateway.engine, self._send_control, max_bytes=self.limits.max_frame_bytes)
+        self.desk = QueryDesk(
+            gateway.engine,
+            self._send_control,
+            max_bytes=self.limits.max_frame_bytes,
+            recheck=getattr(gateway.authenticate, "recheck", None),
+        )
         peer.on_address = self._arrived
         peer.on_handshake = self._handshake
         peer.on_stream = self._stream

@@ -78,7 +78,8 @@ Authenticate = Callable[[str | None], RequestContext]
 """The client's hello token → the context its sessions run under; raises ``AuthenticationError``.
 
 An authenticator may also offer ``recheck(context)``, raising when the token behind an open
-connection's context has since expired or been revoked (``gateway.permissions.completion_refusal``)."""
+connection's context has since expired or been revoked (``gateway.permissions.completion_refusal``;
+``gateway.queries.QueryDesk`` asks it before each query too)."""
 
 
 def authenticated_or_logged(authenticate: Authenticate, token: str | None, peer: str | None) -> RequestContext:
@@ -184,7 +185,11 @@ class GatewayConnection:
         self._watching = True  # until run() ends: nothing is armed after that
         self._reading: asyncio.Future[None] | None = None
         self._desk = QueryDesk(
-            engine, framed.send_nowait, max_bytes=framed.connection.max_frame_bytes, on_idle=self._quiet
+            engine,
+            framed.send_nowait,
+            max_bytes=framed.connection.max_frame_bytes,
+            on_idle=self._quiet,
+            recheck=getattr(authenticate, "recheck", None),
         )
         self._closed_here = False
 

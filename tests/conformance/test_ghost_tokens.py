@@ -149,6 +149,28 @@ def test_a_token_revoked_while_its_connection_is_open_starts_nothing_more(scheme
         assert outcomes == [("ok", None), ("error", "AUTH_FAILED")]
 
 
+def test_a_token_revoked_while_its_connection_is_open_answers_no_more_queries(scheme, guarded, certs):
+    """Queries read everyone's usage and list or cancel anyone's session with an admin token: a revoked
+    one keeps none of that on a connection opened before the revocation."""
+    credential = token(["chat:write", "models:read", "usage:admin", "session:admin"], subject=f"revoked-q-{scheme}")
+    claims = pyjwt.decode(credential, options={"verify_signature": False})
+    with connect(scheme, guarded, certs, credential) as client:
+        assert client.complete("echo", "before the revocation").text
+        assert client.sessions(all_users=True) == [] and client.breakers() is not None
+        SqliteTokenStore(guarded.config.parent / "tokens.db").revoke(claims["jti"], claims["exp"])
+        asks = {
+            "usage": lambda: client.usage(all_users=True),
+            "sessions": lambda: client.sessions(all_users=True),
+            "cancel": lambda: client.cancel_session("someone-elses"),
+            "breakers": client.breakers,
+            "models": lambda: client.list_models("echo"),
+        }
+        for name, ask in asks.items():
+            with pytest.raises(AuthenticationError) as refused:
+                ask()
+            assert credential not in str(refused.value), name
+
+
 def test_scopes_are_enforced_per_operation_and_a_refusal_leaves_its_row(scheme, guarded, certs):
     with connect(scheme, guarded, certs, token(["models:read"], subject=f"reader-{scheme}")) as client:
         assert client.providers()  # models:read: the provider list

@@ -180,8 +180,12 @@ def test_a_reload_with_a_new_secret_refuses_old_tokens_and_accepts_new_ones(
             configure("b")
             line = reload_and_wait(gateway)
             assert line == "gtl gateway: reloaded the configuration: token policy renewed (secret)\n", line
-            # a connection already checked keeps its context
-            assert client.complete(f"fast:{MODEL}", "same connection").text
+            # a connection opened with a token of the retired secret starts nothing more: a secret is
+            # replaced when it leaked, and tokens forged with it must not live on in open connections
+            with pytest.raises(AuthenticationError):
+                client.complete(f"fast:{MODEL}", "same connection")
+            with pytest.raises(AuthenticationError):
+                client.usage()
         with pytest.raises(AuthenticationError):
             gtl_nb.connect(url, token=old)
         with gtl_nb.connect(url, token=token("b")) as client:

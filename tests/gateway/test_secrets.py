@@ -87,6 +87,10 @@ def test_a_quoted_key_is_scrubbed_from_what_clients_see(leaky_gateway, scheme):
         with pytest.raises(GTLError) as listing:
             client.list_models("leaky")
         assert CANARY not in str(listing.value) and CANARY[:8] not in str(listing.value)
+        # the model list's refusal too: the provider's words about the key (in whatever form it quotes
+        # it: scrubbing finds only the forms it knows) are the operator's, not the client's
+        assert listing.value.code == "AUTH_FAILED" and "Incorrect API key" not in str(listing.value)
+        assert "refused the gateway's own credentials" in str(listing.value) and "'leaky'" in str(listing.value)
 
 
 def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):

@@ -209,6 +209,29 @@ def test_es256_jwks_with_two_keys_rotates_by_kid(tmp_path, ec_keys):
     assert auth(token(k3, "k3")).principal == "by-k3"
 
 
+def test_a_retired_key_stops_its_tokens_on_open_connections_and_in_the_memory_of_verified_ones(tmp_path, ec_keys):
+    """A key removed from the JWKS file (rotated out, or leaked) verified a connection's token: that
+    connection's next completion or query is refused, and a remembered token is checked again at once
+    rather than living on for ``VERIFIED_FOR`` seconds."""
+    k1, k2, _ = ec_keys
+    jwks = write_jwks(tmp_path / "jwks.json", {"k1": k1, "k2": k2})
+    policy = TokenPolicy.from_table({"issuer": ISSUER, "jwks_file": "jwks.json", "refresh": 5}, tmp_path, {})
+    clock = Clock()
+    auth = authenticator(policy, clock)
+    old = mint_token(k1, subject="by-k1", scopes=[], lifetime=3600, issuer=ISSUER, kid="k1", now=NOW)
+    kept = mint_token(k2, subject="by-k2", scopes=[], lifetime=3600, issuer=ISSUER, kid="k2", now=NOW)
+    opened, staying = auth(old), auth(kept)
+    auth.recheck(opened)
+    write_jwks(jwks, {"k2": k2})  # k1 retired
+    clock.now += 6  # past refresh: the file is looked at again
+    with pytest.raises(TokenRefusedError) as refused:
+        auth.recheck(opened)
+    assert refused.value.reason == "key-retired" and refused.value.message == REFUSED
+    assert refusal(auth, old).reason == "unknown-kid"  # remembered as verified 6 s ago: checked again
+    auth.recheck(staying)
+    assert auth(kept).principal == "by-k2"
+
+
 def test_a_token_within_the_leeway_is_accepted():
     clock = Clock(NOW + 3600 + 20)  # 20 s past exp, leeway 30
     assert authenticator(hs_policy(), clock)(hs(claims())).principal == "alice"

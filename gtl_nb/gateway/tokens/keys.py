@@ -4,6 +4,7 @@ owner-only file, never a configuration value), a PEM public key, or a JWKS file 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gtl_nb.gateway.tokens.claims import MAX_NAME, json_object
@@ -45,6 +46,18 @@ class VerificationKey:
     algorithm: str
     key: PublicKey = field(repr=False)
     kid: str | None = None
+    fingerprint: str = field(init=False, repr=False, compare=False)
+    """``key_fingerprint`` of the key (what a context it verified records in ``verified_by``)."""
+
+    def __post_init__(self) -> None:
+        der = self.key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        object.__setattr__(self, "fingerprint", key_fingerprint(self.algorithm, der))
+
+
+def key_fingerprint(algorithm: str, material: bytes) -> str:
+    """A one-way name of a verifying key (an HS256 secret's bytes, a public key's DER): the same key
+    always gives the same name, and the name gives nothing of the key."""
+    return hashlib.sha256(b"gtl-nb verifying key\0" + algorithm.encode() + b"\0" + material).hexdigest()[:32]
 
 
 def load_public_key_file(path: Path) -> VerificationKey:

@@ -19,7 +19,7 @@ import jwt
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.tokens.claims import MAX_ITEMS, MAX_NAME, is_name, is_time, json_object
-from gtl_nb.gateway.tokens.keys import KeyRing
+from gtl_nb.gateway.tokens.keys import KeyRing, key_fingerprint
 from gtl_nb.gateway.tokens.policy import TokenPolicy
 from gtl_nb.gateway.tokens.store import RevocationList
 from gtl_nb.log import get_logger
@@ -95,6 +95,7 @@ class TokenAuthenticator:
         self._keys = KeyRing(policy, clock)
         self._jws = jwt.PyJWS(algorithms=list(policy.algorithms))
         self._verified: OrderedDict[str, tuple[RequestContext, float]] = OrderedDict()
+        self._secret_print = key_fingerprint("HS256", policy.secret) if policy.secret else None
 
     def __repr__(self) -> str:
         return f"TokenAuthenticator(issuer={self.policy.issuer!r}, algorithms={list(self.policy.algorithms)})"
@@ -103,12 +104,12 @@ class TokenAuthenticator:
         """The context of the client that offered ``token``; ``TokenRefusedError`` when refused."""
         now = self.clock()
         remembered = self._verified.get(token) if isinstance(token, str) else None
-        if remembered is not None and now < remembered[1]:
+        if remembered is not None and now < remembered[1] and self._trusts(remembered[0].verified_by):
             context = remembered[0]
-        else:
+        else:  # (a remembered token whose key was retired since is checked again, and refused)
             try:
-                claims = self._verify(token)
-                context = self._context(claims)
+                claims, verified_by = self._verify(token)
+                context = self._context(claims, verified_by)
             except _Refusal as refusal:
                 # (debug: the gateway logs each refusal once, with this reason — sessions.authenticated_or_logged)
                 log.debug("GhostToken refused: %s%s", refusal.reason, refusal.detail)
@@ -134,14 +135,23 @@ class TokenAuthenticator:
             self._verified.popitem(last=False)
 
     def recheck(self, context: RequestContext) -> None:
-        """Refuse a context whose token has expired or been revoked since its connection was accepted.
+        """Refuse a context whose token has expired or been revoked since its connection was accepted,
+        or whose verifying key this authenticator does not trust (any more).
 
-        A connection authenticates once, but may live for hours: each completion it starts asks again,
-        from memory (the clock and the revocation set), so ``gtl token revoke`` reaches open connections.
+        A connection authenticates once, but may live for hours: each completion and query it starts
+        asks again, from memory (the clock, the keys and the revocation set), so ``gtl token revoke``,
+        a secret replaced by a reload and a key removed from the JWKS file reach open connections.
         """
         if context.expires_at is not None and self.clock() > context.expires_at + self.policy.leeway:
             log.info("GhostToken refused on an open connection: expired (sub=%r)", context.principal)
             raise TokenRefusedError(EXPIRED, "expired")
+        if not self._trusts(context.verified_by):
+            log.info(
+                "GhostToken refused on an open connection: its signing key is no longer trusted (sub=%r, jti=%r)",
+                context.principal,
+                context.key_id,
+            )
+            raise TokenRefusedError(REFUSED, "key-retired")
         if context.key_id and self._revoked(context.key_id):
             log.info(
                 "GhostToken refused on an open connection: revoked (sub=%r, jti=%r)",
@@ -149,6 +159,14 @@ class TokenAuthenticator:
                 context.key_id,
             )
             raise TokenRefusedError(REFUSED, "revoked")
+
+    def _trusts(self, verified_by: str | None) -> bool:
+        """Whether the key ``verified_by`` names is one this authenticator verifies with now (``None``:
+        a context no GhostToken key verified, such as a development gateway's, is not judged here)."""
+        if verified_by is None or verified_by == self._secret_print:
+            return True
+        trusted = self._keys.keys()  # (a KeyRing's current keys, the JWKS file re-read when due)
+        return any(key.fingerprint == verified_by for key in trusted)
 
     def _revoked(self, jti: str) -> bool:
         try:
@@ -163,7 +181,8 @@ class TokenAuthenticator:
 
     # the steps, in order: each refuses before the next one costs anything
 
-    def _verify(self, token: str | None) -> dict[str, Any]:
+    def _verify(self, token: str | None) -> tuple[dict[str, Any], str]:
+        """The token's claims and the fingerprint of the key that verified it."""
         if token is None or token == "":
             raise _Refusal("missing", MISSING)
         if not isinstance(token, str):
@@ -175,7 +194,7 @@ class TokenAuthenticator:
         if token.count(".") != 2 or not _BASE64URL.issuperset(token):
             raise _Refusal("malformed")
         header = self._header(token)
-        key = self._key(header)
+        key, verified_by = self._key(header)
         try:
             payload = self._jws.decode_complete(token, key=key, algorithms=[header["alg"]])["payload"]
         except Exception:  # PyJWT's messages are never passed on: one refusal for every signature problem
@@ -184,7 +203,7 @@ class TokenAuthenticator:
         if claims is None:
             raise _Refusal("malformed-claims")
         self._check_claims(claims)
-        return claims
+        return claims, verified_by
 
     def _header(self, token: str) -> dict[str, Any]:
         try:
@@ -213,12 +232,15 @@ class TokenAuthenticator:
             raise _Refusal("malformed")
         return header
 
-    def _key(self, header: dict[str, Any]) -> Any:
-        """The verifying key for ``header``: its type always matches the algorithm (HS256: the secret
-        bytes; RS256: an RSA public key; ES256: a P-256 public key), so no key serves two algorithms."""
+    def _key(self, header: dict[str, Any]) -> tuple[Any, str]:
+        """The verifying key for ``header`` and its fingerprint: its type always matches the algorithm
+        (HS256: the secret bytes; RS256: an RSA public key; ES256: a P-256 public key), so no key serves
+        two algorithms."""
         alg = header["alg"]
         if alg == "HS256":
-            return self.policy.secret
+            if self._secret_print is None:
+                raise _Refusal("alg-key-mismatch")
+            return self.policy.secret, self._secret_print
         keys = self._keys.keys()
         if any(key.kid is not None for key in keys):  # a key set: the kid chooses, and must be in it
             kid = header.get("kid")
@@ -231,7 +253,7 @@ class TokenAuthenticator:
             chosen = next((key for key in keys if key.algorithm == alg), None)
         if chosen is None or chosen.algorithm != alg:
             raise _Refusal("alg-key-mismatch")
-        return chosen.key
+        return chosen.key, chosen.fingerprint
 
     def _check_claims(self, claims: dict[str, Any]) -> None:
         policy = self.policy
@@ -263,7 +285,7 @@ class TokenAuthenticator:
         if exp is not None and iat is not None and exp - iat > policy.max_lifetime:
             raise _Refusal("lifetime-too-long", detail=who)
 
-    def _context(self, claims: dict[str, Any]) -> RequestContext:
+    def _context(self, claims: dict[str, Any], verified_by: str | None = None) -> RequestContext:
         scopes = _string_list(claims.get("scopes"), "scopes")
         models = _string_list(claims.get("allowed_models"), "allowed_models")
         deployments = _string_list(claims.get("allowed_deployments"), "allowed_deployments")
@@ -291,6 +313,7 @@ class TokenAuthenticator:
             allowed_deployments=usable,
             provider_keys=MappingProxyType(dict(keys or {})),
             expires_at=float(claims["exp"]) if isinstance(claims.get("exp"), (int, float)) else None,
+            verified_by=verified_by,
         )
 
 

@@ -1,0 +1,97 @@
+"""A gateway's live model lists, shared by its callers for a while (the ``models`` query).
+
+Every ``models`` query used to call the provider's model-list endpoint with the gateway's own key:
+no budget counts such a call and no ledger row records it, so one ``models:read`` token, however
+rate-limited its completions, could send the provider as many calls as it liked — spending the
+provider's rate limit on that key, which every other caller shares. Here one call serves every caller
+of a deployment for ``FRESH_FOR`` seconds (a failure for ``FAILED_FOR``), and callers asking while
+a call is under way wait for that call instead of starting their own. A reload that changes a
+deployment gives it a new ``Deployment`` object, so its list is asked again at once.
+
+``model_lists(engine).names(deployment)`` is the one way in; the list is the same for every caller
+(the query narrows it to the caller's allow-lists afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gtl_nb.engine.core import Engine
+from gtl_nb.protocol.errors import GTLError, error_from_event
+from gtl_nb.protocol.messages import Error
+from gtl_nb.providers.base import Deployment
+
+__all__ = ["FAILED_FOR", "FRESH_FOR", "ModelLists", "model_lists"]
+
+FRESH_FOR = 60.0
+"""Seconds a deployment's model list is served without asking the provider again."""
+FAILED_FOR = 10.0
+"""Seconds a failed listing is answered with its error (short: an operator mending a key sees it soon)."""
+
+
+@dataclass(frozen=True)
+class _Kept:
+    deployment: Deployment  # the configuration it was asked with: another object (a reload) asks again
+    until: float
+    names: tuple[str, ...] = ()
+    error: Error | None = None
+
+
+class ModelLists:
+    """One engine's model lists, each kept for a while and asked once at a time (module docstring)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        fresh_for: float = FRESH_FOR,
+        failed_for: float = FAILED_FOR,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.fresh_for = fresh_for
+        self.failed_for = failed_for
+        self._kept: dict[str, _Kept] = {}
+        self._asking: dict[str, tuple[Deployment, asyncio.Task[None]]] = {}
+
+    async def names(self, deployment: Deployment) -> list[str]:
+        """The live model list of ``deployment``; raises the listing's ``GTLError`` (its copy)."""
+        kept = self._kept.get(deployment.name)
+        if kept is None or kept.deployment is not deployment or kept.until <= self.clock():
+            asking = self._asking.get(deployment.name)
+            if asking is None or asking[0] is not deployment:
+                task = asyncio.get_running_loop().create_task(self._ask(deployment), name="gtl-model-list")
+                self._asking[deployment.name] = asking = (deployment, task)
+            # shielded: a caller that goes away (its connection closed) does not cancel the others' call
+            await asyncio.shield(asking[1])
+            kept = self._kept[deployment.name]
+        if kept.error is not None:
+            raise error_from_event(kept.error)
+        return list(kept.names)
+
+    async def _ask(self, deployment: Deployment) -> None:
+        try:
+            names = await self.engine.list_models(deployment.name)
+            kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
+        except GTLError as exc:
+            kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))
+        finally:
+            if self._asking.get(deployment.name, (None,))[0] is deployment:
+                del self._asking[deployment.name]
+        self._kept[deployment.name] = kept
+
+
+_LISTS: weakref.WeakKeyDictionary[Engine, ModelLists] = weakref.WeakKeyDictionary()
+
+
+def model_lists(engine: Engine) -> ModelLists:
+    """The model lists of ``engine`` (made on first use)."""
+    lists = _LISTS.get(engine)
+    if lists is None:
+        lists = _LISTS[engine] = ModelLists(engine)
+    return lists

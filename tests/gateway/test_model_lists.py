@@ -1,0 +1,103 @@
+"""The ``models`` query's provider calls: one serves every caller for a while, so a token whose
+completions are rate-limited cannot spend the provider's limit on the gateway's key by listing models."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from gtl_nb import sim
+from gtl_nb.gateway.local import start_gateway
+from gtl_nb.gateway.model_lists import ModelLists
+from gtl_nb.protocol.errors import AuthenticationError
+from gtl_nb.providers.base import Deployment
+from tests.gateway.conftest import SIM_KEY, write_toml
+
+
+def test_a_caller_at_its_rate_limit_cannot_flood_the_provider_with_model_lists(tmp_path):
+    provider = sim.serve("openai", api_key=SIM_KEY)
+    tables = {
+        "providers.openai": {"api_key": SIM_KEY, "base_url": provider.base_url},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+        "budgets": {"requests_per_minute": 1},
+        "gateway.http": {"port": 0},
+    }
+    gateway = start_gateway(write_toml(tmp_path / "gtl.toml", tables))
+    try:
+        url = gateway.url("http")
+        request = {"type": "completion_request", "session_id": "", "model": "openai:gpt-4o-mini", "stream": False}
+        request["messages"] = [{"role": "user", "content": "hi"}]
+        assert [httpx.post(url + "/v1/gtl", json=request, timeout=30).status_code for _ in range(2)] == [200, 429]
+        query = {"type": "query", "query_id": "q", "name": "models", "params": {"deployment": "openai"}}
+        for _ in range(20):
+            answer = httpx.post(url + "/v1/gtl/query", json=query, timeout=30).json()
+            assert "gpt-4o-mini" in answer["result"]["models"]
+        listings = [r for r in provider.requests if r.method == "GET" and r.path.endswith("/models")]
+        assert len(listings) == 1
+    finally:
+        gateway.stop()
+        provider.close()
+
+
+class _Provider:
+    """An engine whose ``list_models`` counts its calls, answers once ``release`` is set, and fails
+    (``AUTH_FAILED``) while ``refusing``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.refusing = False
+        self.release = asyncio.Event()
+
+    async def list_models(self, name: str) -> list[str]:
+        self.calls += 1
+        await self.release.wait()
+        if self.refusing:
+            raise AuthenticationError(f"deployment {name!r} refused the gateway's own credentials")
+        return [f"{name}-model-{self.calls}"]
+
+
+def test_model_lists_are_kept_asked_once_at_a_time_and_asked_again_after_a_reload():
+    async def main() -> None:
+        provider, now = _Provider(), SimpleNamespace(value=0.0)
+        lists = ModelLists(provider, clock=lambda: now.value, fresh_for=60, failed_for=10)  # type: ignore[arg-type]
+        deployment = Deployment(name="openai", type="openai")
+        waiting = [asyncio.ensure_future(lists.names(deployment)) for _ in range(5)]
+        await asyncio.sleep(0)
+        provider.release.set()
+        assert await asyncio.gather(*waiting) == [["openai-model-1"]] * 5 and provider.calls == 1
+        now.value = 59.0
+        assert await lists.names(deployment) == ["openai-model-1"] and provider.calls == 1
+        now.value = 60.0  # kept no longer
+        assert await lists.names(deployment) == ["openai-model-2"] and provider.calls == 2
+        reloaded = dataclasses.replace(deployment)  # a reload's new configuration: not the list asked before
+        assert await lists.names(reloaded) == ["openai-model-3"] and provider.calls == 3
+        provider.refusing, now.value = True, 200.0
+        for _ in range(3):  # a failure is kept too, for a shorter while
+            with pytest.raises(AuthenticationError, match="refused the gateway's own credentials"):
+                await lists.names(reloaded)
+        assert provider.calls == 4
+        provider.refusing, now.value = False, 210.0
+        assert await lists.names(reloaded) == ["openai-model-5"]
+
+    asyncio.run(main())
+
+
+def test_a_caller_that_goes_away_does_not_cancel_the_others_listing():
+    async def main() -> None:
+        provider = _Provider()
+        lists = ModelLists(provider)  # type: ignore[arg-type]
+        deployment = Deployment(name="openai", type="openai")
+        leaving = asyncio.ensure_future(lists.names(deployment))
+        staying = asyncio.ensure_future(lists.names(deployment))
+        await asyncio.sleep(0)
+        leaving.cancel()
+        await asyncio.sleep(0)
+        provider.release.set()
+        assert await staying == ["openai-model-1"] and provider.calls == 1
+        assert leaving.cancelled()
+
+    asyncio.run(main())
