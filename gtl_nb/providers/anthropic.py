@@ -110,6 +110,7 @@ from gtl_nb.providers.base import (
     header,
     parse_json_body,
     parse_tool_choice,
+    refuse_empty_turn,
     refuse_stop_sequences,
     retry_after_seconds,
     retryable_for_status,
@@ -319,6 +320,7 @@ def convert_messages(
             continue
         blocks = _blocks(message)
         if not blocks:
+            refuse_empty_turn(message, index, "Anthropic's Messages API")
             continue
         if index in points:
             _mark_for_cache(blocks, _cache_control(message))

@@ -536,6 +536,17 @@ def refuse_one_call_at_most(request: CompletionRequest, api: str) -> None:
         )
 
 
+def refuse_empty_turn(message: Message, index: int, api: str) -> None:
+    """``InvalidRequestError`` for a user message that gives ``api`` nothing to send — no text but blank
+    text, no image. Left out, the turn before it would end the conversation: an assistant's text is then
+    continued (a prefill), not answered; the APIs that take blocks refuse a blank one anyway."""
+    if message.role == "user":
+        raise InvalidRequestError(
+            f"messages[{index}] (user) holds no text or image (its text is empty or blank): {api} takes no "
+            "empty turn; give it content or leave the message out"
+        )
+
+
 def refuse_stop_sequences(
     request: CompletionRequest,
     api: str,

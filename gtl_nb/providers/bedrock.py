@@ -19,8 +19,8 @@ Body mapping:
   (``keeps_an_hour``; the others keep five minutes, and are asked for that). ``cacheWriteInputTokens``
   → ``cache_write_tokens_in``, the ``1h`` entries of ``cacheDetails`` → ``cache_write_1h_tokens_in``,
   ``cacheReadInputTokens`` → ``cached_tokens_in``.
-* ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences`` (at most 4, none
-  empty, Converse's limits: else ``NotServedHere``).
+* ``inferenceConfig``: ``maxTokens``, ``temperature``, ``topP``, ``stopSequences`` (at most 2,500, none
+  empty, Converse's limits: else ``NotServedHere``; the limit of 4 is the Agents runtime's, not Converse's).
 * ``response_format`` ``json_schema`` → ``outputConfig.textFormat`` (``{"type": "json_schema",
   "structure": {"jsonSchema": {"schema": <the schema as JSON text>, "name"}}}``, Converse's structured
   output); ``json_object`` (no schema) has no Converse form and is refused (``NotServedHere``: another
@@ -105,6 +105,7 @@ from gtl_nb.providers.base import (
     parse_json_body,
     parse_tool_choice,
     path_segment,
+    refuse_empty_turn,
     refuse_one_call_at_most,
     refuse_stop_sequences,
     retry_after_seconds,
@@ -127,6 +128,8 @@ DEFAULT_BASE_URL = "https://bedrock-runtime.{region}.amazonaws.com"
 CONTROL_PLANE_URL = "https://bedrock.{region}.amazonaws.com"
 SERVICE = "bedrock"
 DEFAULT_THINKING_BUDGET = 1024
+CONVERSE_MOST_STOPS = 2500
+"""Converse's ``inferenceConfig.stopSequences`` holds at most 2,500 (botocore's model, the API reference)."""
 PROVIDER_DATA_KEY = "bedrock_reasoning"
 
 _IMAGE_FORMATS = {
@@ -300,6 +303,7 @@ def _messages(messages: list[Message], model: str) -> tuple[list[dict[str, Any]]
         role = "assistant" if message.role == "assistant" else "user"
         blocks = _content_blocks(message, model)
         if not blocks:
+            refuse_empty_turn(message, index, "Bedrock's Converse")
             continue
         if index in points:  # (cache_points keeps no message of reasoning blocks alone)
             blocks.append(_cache_point(message, hour))
@@ -405,8 +409,8 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     if request.top_p is not None:
         inference["topP"] = request.top_p
     if request.stop:
-        # Converse's InferenceConfiguration: at most 4, each at least one character
-        refuse_stop_sequences(request, "Bedrock's Converse", most=4, takes_empty=False)
+        # Converse's InferenceConfiguration: at most 2,500, each at least one character
+        refuse_stop_sequences(request, "Bedrock's Converse", most=CONVERSE_MOST_STOPS, takes_empty=False)
         inference["stopSequences"] = list(request.stop)
     body: dict[str, Any] = {"messages": messages}
     if system:

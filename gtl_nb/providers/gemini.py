@@ -100,6 +100,7 @@ from gtl_nb.providers.base import (
     parse_json_body,
     parse_tool_choice,
     path_segment,
+    refuse_empty_turn,
     refuse_one_call_at_most,
     refuse_stop_sequences,
     retry_after_seconds,
@@ -272,7 +273,7 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
     system: list[str] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # the nearest earlier assistant call wins when ids repeat
-    for message in messages:
+    for index, message in enumerate(messages):
         if message.role == "system":
             if message.content:
                 system.append(message.content)
@@ -281,6 +282,7 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
         if message.role == "assistant":
             names.update({call.id: call.name for call in message.tool_calls})
         if not parts:
+            refuse_empty_turn(message, index, "Gemini's API")
             continue
         role = "model" if message.role == "assistant" else "user"
         if contents and contents[-1]["role"] == role:

@@ -506,8 +506,10 @@ def test_stop_sequences_are_refused_as_each_api_refuses_them(oai, claude, backen
     # what the endpoint takes but the deployment's API would refuse: refused before it is sent
     with pytest.raises(anthropic.BadRequestError, match="stop: OpenAI's Chat Completions API takes at most 4"):
         claude.messages.create(model=target("openai"), max_tokens=10, messages=user, stop_sequences=five)
-    with pytest.raises(openai.BadRequestError, match=r"stop: Anthropic's Messages API refuses .* whitespace only"):
+    whitespace = r"stop: Anthropic's Messages API refuses .* whitespace only"
+    with pytest.raises(openai.BadRequestError, match=whitespace) as by:
         oai.chat.completions.create(model=target("anthropic"), messages=chat(), stop=["\n"])
+    assert by.value.param == "stop"  # the engine's refusal names its parameter as the endpoint's own does
     assert {name: len(backends[name].requests) for name in sent} == sent  # nothing reached either
     claude.messages.create(model=target("anthropic"), max_tokens=10, messages=user, stop_sequences=five * 2)
     assert json.loads(backends["anthropic"].requests[-1].body)["stop_sequences"] == five * 2

@@ -157,3 +157,33 @@ def test_colons_in_the_text_are_no_duplicates(base_url):
     escaped = escaped.replace('"\\u003a', '":').replace('\\u003a "', ': "')  # the separators back
     whole = httpx.post(f"{base_url}/v1/chat/completions", content=escaped, headers={"content-type": "application/json"})
     assert whole.status_code == 200, whole.text
+
+
+def test_a_body_with_escaped_colons_and_no_duplicate_takes_the_count_alone(monkeypatch):
+    """An escaped colon (or Go's escaped ``<``) no longer sends a body to the exact parse: one was a
+    twenty-fold amplification of an authenticated request's cost, the event loop held meanwhile."""
+    from gtl_nb.gateway.compat import duplicates
+
+    def exact(data):
+        raise AssertionError("the exact path ran")
+
+    monkeypatch.setattr(duplicates, "_first_twice", exact)
+    for body in (
+        b'{"model": "m", "messages": [{"role": "user", "content": "a\\u003ab \\u003c"}], "k\\u003A": 1}',
+        b'{"a\\u003ab": 1, "a\\\\u003ab": 2}',  # an escaped backslash before the letters: no colon at all
+    ):
+        assert duplicates.duplicated_key(body, msgspec.json.decode(body)) is None
+
+
+def test_two_keys_told_apart_only_by_an_escaped_colon_are_no_duplicate():
+    from gtl_nb.gateway.compat import duplicates
+
+    body = b'{"a\\u003ab": 1, "a\\ue000b": 2}'
+    assert duplicates.duplicated_key(body, msgspec.json.decode(body)) is None
+
+
+def test_a_duplicate_in_a_body_over_a_megabyte_is_refused_without_its_name():
+    from gtl_nb.gateway.compat import duplicates
+
+    body = b'{"model": "m", "model": "n", "pad": "' + b"x" * duplicates.NAMED_UP_TO + b'"}'
+    assert duplicates.duplicated_key(body, msgspec.json.decode(body)) == []

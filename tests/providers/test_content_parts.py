@@ -7,6 +7,7 @@ import json
 import msgspec
 import pytest
 
+from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import CompletionRequest, Message, Part, Tool, ToolCall
 from gtl_nb.providers import anthropic, bedrock, gemini, ollama
 from gtl_nb.providers.base import Deployment
@@ -185,3 +186,44 @@ def test_converse_sends_a_tool_results_images_in_it():
         deployment,
     )
     assert body["messages"][-1]["content"][0]["toolResult"]["content"] == [{"text": ""}]  # as before
+
+
+BLANK_TURNS = [
+    Message.from_pieces("user", [("text", " "), ("text", "\n")]),  # several blank texts: parts, none sent
+    Message(role="user", content=""),
+]
+
+
+@pytest.mark.parametrize("blank", BLANK_TURNS)
+@pytest.mark.parametrize("dialect", ["anthropic", "gemini", "bedrock"])
+def test_a_user_turn_with_nothing_to_send_is_refused_not_left_out(dialect, blank):
+    """Left out, the assistant's turn before it ended the conversation: the model continued its own text
+    (a prefill) instead of answering — and the caller never learnt why."""
+    history = [
+        Message(role="user", content="Write a poem"),
+        Message(role="assistant", content="Roses are red"),
+        blank,
+    ]
+    with pytest.raises(InvalidRequestError, match=r"messages\[2\] \(user\) holds no text or image"):
+        if dialect == "anthropic":
+            deployment = Deployment(name="a", type="anthropic", base_url="http://127.0.0.1:9", api_key="k")
+            anthropic.build_body(
+                CompletionRequest(session_id="s", model="claude-sonnet-4-5", messages=history), deployment
+            )
+        elif dialect == "bedrock":
+            deployment = Deployment(name="b", type="bedrock", base_url="http://127.0.0.1:9")
+            bedrock.build_body(
+                CompletionRequest(session_id="s", model="amazon.nova-lite-v1:0", messages=history), deployment
+            )
+        else:
+            gemini.convert_messages(history)
+
+
+def test_an_empty_assistant_turn_is_still_left_out():
+    history = [
+        Message(role="user", content="a"),
+        Message(role="assistant", content=""),
+        Message(role="user", content="b"),
+    ]
+    _, contents = gemini.convert_messages(history)
+    assert [content["role"] for content in contents] == ["user"]  # the two user turns, one after the other

@@ -143,7 +143,7 @@ def test_anthropic_never_marks_a_replayed_thinking_block():
 def test_a_mark_with_nothing_to_carry_it_leaves_the_others_in_place():
     messages = [
         *[Message(role="user" if i % 2 == 0 else "assistant", content=f"turn {i}", cache_point=True) for i in range(4)],
-        Message(role="user", content="", cache_point=True),
+        Message(role="assistant", content="", cache_point=True),  # (an empty user turn is refused instead)
     ]
     assert [block["text"] for block in marked_blocks(anthropic_body(messages))] == [f"turn {i}" for i in range(4)]
 

@@ -2,7 +2,7 @@
 
 GTL's request takes any number (the spec has no ``stop`` at all: it is one of the implementation's
 extensions), so each dialect holds what its API takes: OpenAI and Azure at most 4, Gemini at most 5,
-Bedrock's Converse at most 4 and none empty, Anthropic none empty or of whitespace only (and no limit
+Bedrock's Converse at most 2,500 and none empty, Anthropic none empty or of whitespace only (and no limit
 on the number). A refusal is ``NotServedHere``: another deployment of the request's list may take them.
 """
 
@@ -40,7 +40,7 @@ DIALECTS: dict[str, tuple[Any, Deployment, str]] = {
     "bedrock": (BedrockDialect(), Deployment(name="b", type="bedrock", **AWS_KEYS), "amazon.nova-lite-v1:0"),
     "ollama": (OllamaDialect(), Deployment(name="l", type="ollama"), "llama3.1:8b"),
 }
-MOST = {"openai": 4, "azure": 4, "gemini": 5, "bedrock": 4}
+MOST = {"openai": 4, "azure": 4, "gemini": 5, "bedrock": 2500}  # (Converse's 2,500: 4 is the Agents runtime's)
 """The most stop sequences each API takes (the others name no limit)."""
 SENT = {
     "openai": lambda body: body["stop"],

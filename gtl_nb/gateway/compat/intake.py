@@ -78,6 +78,8 @@ async def read_json(request: Any, max_bytes: int, *, dotted: bool = False) -> di
         twice = duplicated_key(data, value)
     except ValueError as exc:  # what msgspec read, json did not: never seen, refused rather than unchecked
         raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
+    if twice == []:  # a body too large to name it in
+        raise InvalidRequestError("a key is given twice in one object of the body; give each key once")
     if twice is not None:
         where = _path(twice, dotted=dotted)
         raise FieldError(where, f"the key {str(twice[-1])[:100]!r} is given twice in one object; give it once")

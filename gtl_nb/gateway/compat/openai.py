@@ -83,6 +83,16 @@ def error_body(error: Error, *, param: str | None = None, code: str | None = Non
     return msgspec.json.encode(body)
 
 
+_NAMED_PARAMS = frozenset(("stop", "max_tokens", "temperature", "top_p", "tools", "tool_choice", "response_format"))
+"""Parameters the engine's refusals name first (``stop: Bedrock's Converse takes …``): OpenAI's ``param``."""
+
+
+def _param_named(message: str) -> str | None:
+    """The parameter an engine refusal names before its first colon, when it is one of ``_NAMED_PARAMS``."""
+    name, colon, _ = message.partition(": ")
+    return name if colon and name in _NAMED_PARAMS else None
+
+
 def error_reply(
     error: Error,
     *,
@@ -96,6 +106,8 @@ def error_reply(
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
     gateway tried again already (``reply.error_headers``)."""
     status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
+    if param is None and error.code == "INVALID_REQUEST":
+        param = _param_named(error.message)
     extra = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
         extra["x-request-id"] = error.session_id
