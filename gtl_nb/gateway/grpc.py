@@ -437,9 +437,9 @@ async def serve_grpc(
     server = grpc.aio.server(options=server_options(limits))
     servicer.attach(server)
     port = _bind(server, listener)
-    await server.start()
     graceful = False
     try:
+        await server.start()  # (inside: a stop while it starts still stops the server, on this loop)
         ready(listener.url(port))
         await shutdown.wait()
         graceful = True

@@ -205,8 +205,10 @@ def _serve_listeners(
         shutdowns.append(shutdown)
         task = asyncio.current_task()
         # first, before anything opens: a signal during the start is handled at once, a SIGHUP kept
-        hang_ups = _HangUpsWhileStarting(early.count if early is not None else 0)
+        hang_ups = _HangUpsWhileStarting()
         stop = _on_signals(shutdown, force=task.cancel if task is not None else None, reload=hang_ups)
+        # the early count read once the loop's handlers are in: a SIGHUP between the two is not lost
+        hang_ups.count += early.count if early is not None else 0
         if early is not None and early.stopping:  # a SIGTERM or Ctrl-C before the loop could handle it
             stop()
             return

@@ -21,11 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gtl_nb.engine.core import Engine
+from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, error_from_event
 from gtl_nb.protocol.messages import Error
 from gtl_nb.providers.base import Deployment
 
 __all__ = ["FAILED_FOR", "FRESH_FOR", "ModelLists", "model_lists"]
+
+log = get_logger("gateway.model_lists")
 
 FRESH_FOR = 60.0
 """Seconds a deployment's model list is served without asking the provider again."""
@@ -57,7 +60,7 @@ class ModelLists:
         self.fresh_for = fresh_for
         self.failed_for = failed_for
         self._kept: dict[str, _Kept] = {}
-        self._asking: dict[str, tuple[Deployment, asyncio.Task[None]]] = {}
+        self._asking: dict[str, tuple[Deployment, asyncio.Task[_Kept]]] = {}
 
     async def names(self, deployment: Deployment) -> list[str]:
         """The live model list of ``deployment``; raises the listing's ``GTLError`` (its copy)."""
@@ -67,23 +70,33 @@ class ModelLists:
             if asking is None or asking[0] is not deployment:
                 task = asyncio.get_running_loop().create_task(self._ask(deployment), name="gtl-model-list")
                 self._asking[deployment.name] = asking = (deployment, task)
-            # shielded: a caller that goes away (its connection closed) does not cancel the others' call
-            await asyncio.shield(asking[1])
-            kept = self._kept[deployment.name]
+            # shielded: a caller that goes away (its connection closed) does not cancel the others' call;
+            # the call's own answer, never what another configuration's call left kept meanwhile
+            kept = await asyncio.shield(asking[1])
         if kept.error is not None:
             raise error_from_event(kept.error)
         return list(kept.names)
 
-    async def _ask(self, deployment: Deployment) -> None:
+    async def _ask(self, deployment: Deployment) -> _Kept:
+        """Ask the provider once; what it said is kept while this call is still the deployment's own (a
+        reload that changed the deployment meanwhile started another, whose answer counts)."""
         try:
             names = await self.engine.list_models(deployment.name)
             kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
         except GTLError as exc:
             kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))
+        except Exception as exc:  # a body no parser expected: kept like any failure, never asked again at once
+            log.warning("the model list of %s could not be read", deployment.name, exc_info=True)
+            problem = f"the model list of {deployment.name} could not be read ({type(exc).__name__})"
+            error = Error(session_id="", code="PROVIDER_UNAVAILABLE", message=problem, provider=deployment.name)
+            kept = _Kept(deployment, self.clock() + self.failed_for, error=error)
         finally:
-            if self._asking.get(deployment.name, (None,))[0] is deployment:
+            current = self._asking.get(deployment.name, (None,))[0] is deployment
+            if current:
                 del self._asking[deployment.name]
-        self._kept[deployment.name] = kept
+        if current:
+            self._kept[deployment.name] = kept
+        return kept
 
 
 _LISTS: weakref.WeakKeyDictionary[Engine, ModelLists] = weakref.WeakKeyDictionary()

@@ -10,8 +10,8 @@ an unchanged file says ``no change to apply``.
 
 ``policy_changes(old, new)`` names the ``[gateway.jwt]`` settings in which two token policies differ:
 each by its key (``secret`` for a new secret, however it was given — never the secret itself),
-``keys`` for other public keys, ``revocations`` for another revocation list. Public keys compare by
-their encoded form, not by identity.
+``public keys`` for other public keys (a PEM file or a JWKS file), ``revocations`` for another
+revocation list. Public keys compare by their encoded form, not by identity.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ _NAMED = 5  # budget users or tenants named one by one; more are counted
 
 # TokenPolicy fields by the [gateway.jwt] key an operator changes for them
 _POLICY_KEYS = {
-    "public_keys": "keys",
+    "public_keys": "public keys",
     "revocations_url": "revocations",
 }
 

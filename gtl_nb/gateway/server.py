@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,8 @@ async def serve(
 
     def ready_of(listener: ListenerSettings) -> Callable[[str], None]:
         def ready(url: str) -> None:
+            if shutdown.is_stopping:  # up as the gateway began to stop: never announced, it is closing
+                return
             urls[listener.transport] = url
             log.info("listening on %s", url)
             if announce is not None:
@@ -222,14 +224,30 @@ async def _all_opened(jobs: dict[str, asyncio.Future[Any]]) -> dict[str, Any]:
     try:
         await asyncio.wait(set(jobs.values()))
     except asyncio.CancelledError:  # the threads go on: wait for them, or what they open is never closed
-        await asyncio.wait(set(jobs.values()))
-        await _close_opened(jobs)
+        await _despite_cancels(_close_when_opened(jobs))
         raise
     failed = [job.exception() for job in jobs.values() if job.exception() is not None]
     if failed:
         await _close_opened(jobs)
         raise failed[0]
     return {name: job.result() for name, job in jobs.items()}
+
+
+async def _close_when_opened(jobs: dict[str, asyncio.Future[Any]]) -> None:
+    """Wait for every job to finish, then close what they opened."""
+    await asyncio.wait(set(jobs.values()))
+    await _close_opened(jobs)
+
+
+async def _despite_cancels(work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` to its end however often the caller is cancelled meanwhile (a third Ctrl-C during
+    the start must not leave an engine or an audit log open); the caller re-raises its own cancel."""
+    task = asyncio.ensure_future(work)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    if not task.cancelled():
+        task.exception()  # (retrieved: _close_opened's failures are its own to suppress)
 
 
 async def _close_opened(jobs: dict[str, asyncio.Future[Any]]) -> None:

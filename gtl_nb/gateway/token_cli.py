@@ -348,8 +348,8 @@ def _revoke_shared(policy: Any, jti: str, until: float) -> bool:
     except RevocationStoreError as exc:  # the store's trouble, not a bug: no INTERNAL, exit status 1
         print(
             f"gtl: error: the shared revocation list cannot be written: {one_line(exc.message)}. {jti} is revoked "
-            f"in this machine's token store ({policy.store_path}) only: the gateways still accept it (gtl token "
-            f"list shows it as '{UNSHARED}'); run gtl token revoke {jti} again once the shared list can be written",
+            f"in this machine's token store ({policy.store_path}) only: the gateways still accept it; run gtl "
+            f"token revoke {jti} again once the shared list can be written",
             file=sys.stderr,
         )
         return False

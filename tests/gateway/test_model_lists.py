@@ -13,7 +13,7 @@ import pytest
 from gtl_nb import sim
 from gtl_nb.gateway.local import start_gateway
 from gtl_nb.gateway.model_lists import ModelLists
-from gtl_nb.protocol.errors import AuthenticationError
+from gtl_nb.protocol.errors import AuthenticationError, ProviderUnavailableError
 from gtl_nb.providers.base import Deployment
 from tests.gateway.conftest import SIM_KEY, write_toml
 
@@ -99,5 +99,62 @@ def test_a_caller_that_goes_away_does_not_cancel_the_others_listing():
         provider.release.set()
         assert await staying == ["openai-model-1"] and provider.calls == 1
         assert leaving.cancelled()
+
+    asyncio.run(main())
+
+
+def test_a_listing_that_fails_with_no_gtl_error_is_kept_and_said_as_the_providers_trouble():
+    """A provider body no parser expected raised a plain ``TypeError``: nothing was kept, so every query
+    called the provider again, and the caller read that its own params were unusable."""
+
+    class Odd:
+        calls = 0
+
+        async def list_models(self, name: str) -> list[str]:
+            Odd.calls += 1
+            raise TypeError("'int' object is not iterable")
+
+    async def main() -> None:
+        lists = ModelLists(Odd(), clock=lambda: 0.0)  # type: ignore[arg-type]
+        deployment = Deployment(name="odd", type="anthropic")
+        for _ in range(3):
+            with pytest.raises(
+                ProviderUnavailableError, match=r"the model list of odd could not be read \(TypeError\)"
+            ):
+                await lists.names(deployment)
+        assert Odd.calls == 1
+
+    asyncio.run(main())
+
+
+def test_a_caller_of_the_reloaded_deployment_gets_its_own_calls_answer():
+    """A call begun before a reload that ended after the one begun after it left its answer kept (and
+    handed it to the caller of the new configuration)."""
+
+    class TwoCalls:
+        def __init__(self) -> None:
+            self.gates = [asyncio.Event(), asyncio.Event()]
+            self.calls = 0
+
+        async def list_models(self, name: str) -> list[str]:
+            number = self.calls
+            self.calls += 1
+            await self.gates[number].wait()
+            return [f"list-from-call-{number + 1}"]
+
+    async def main() -> None:
+        provider = TwoCalls()
+        lists = ModelLists(provider, clock=lambda: 0.0)  # type: ignore[arg-type]
+        old = Deployment(name="openai", type="openai", base_url="https://old.example/v1")
+        new = dataclasses.replace(old, base_url="https://new.example/v1")
+        before = asyncio.ensure_future(lists.names(old))
+        await asyncio.sleep(0)
+        after = asyncio.ensure_future(lists.names(new))
+        await asyncio.sleep(0)
+        provider.gates[1].set()
+        assert await after == ["list-from-call-2"]
+        provider.gates[0].set()
+        assert await before == ["list-from-call-1"]  # its own caller still hears its answer
+        assert await lists.names(new) == ["list-from-call-2"] and provider.calls == 2  # the new one stays kept
 
     asyncio.run(main())

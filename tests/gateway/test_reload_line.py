@@ -132,5 +132,9 @@ def test_public_keys_compare_by_what_they_are_not_by_which_object(tmp_path: Path
         return TokenPolicy.from_table({"issuer": ISSUER, "public_key_file": str(path), **more}, tmp_path, {})
 
     assert policy_changes(policy(first), policy(first)) == []  # read twice: two objects, the same key
-    assert policy_changes(policy(first), policy(second)) == ["keys"]
-    assert policy_changes(policy(first), policy(second, audience="other", leeway=5)) == ["audience", "keys", "leeway"]
+    assert policy_changes(policy(first), policy(second)) == ["public keys"]
+    assert policy_changes(policy(first), policy(second, audience="other", leeway=5)) == [
+        "audience",
+        "public keys",
+        "leeway",
+    ]

@@ -9,6 +9,7 @@ what the replica served is kept in their local spools. A SIGTERM while it starts
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,3 +164,124 @@ def test_a_hang_up_while_starting_reloads_once_started():
     assert reloads == [1]  # one reload covers every SIGHUP before it
     hang_ups()
     assert reloads == [1, 1]
+
+
+@pytest.mark.parametrize("cancels", [1, 2, 3])
+def test_what_was_opening_is_closed_however_often_the_start_is_cancelled(monkeypatch, cancels):
+    """A stop during the start cancels the opening; the threads that open the engine cannot be stopped
+    halfway, so what they open is closed once they finish — also when a second and a third signal
+    cancel the start again while it waits for them."""
+    from types import SimpleNamespace
+
+    import gtl_nb.gateway.server as server
+
+    closed: list[str] = []
+    opening = threading.Event()
+
+    class Opened:
+        async def aclose(self) -> None:
+            closed.append("engine")
+
+    def slow_build(*args: object, **kwargs: object) -> Opened:
+        opening.set()
+        time.sleep(0.5)
+        return Opened()
+
+    monkeypatch.setattr(server, "build_engine", slow_build)
+    gateway = SimpleNamespace(metrics=None, audit=None, base=None, tracing=None)
+
+    async def start_and_stop() -> None:
+        task = asyncio.ensure_future(server.open_parts(None, gateway))  # type: ignore[arg-type]
+        while not opening.is_set():
+            await asyncio.sleep(0.01)
+        for _ in range(cancels):
+            task.cancel()
+            await asyncio.sleep(0.05)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(start_and_stop())
+    assert closed == ["engine"]
+
+
+def test_a_listener_that_comes_up_after_the_stop_began_is_never_announced(monkeypatch):
+    """A listener slow to start (gRPC's takes ~150 ms) came up after 'shutting down' and printed its URL:
+    a supervisor reading the log was handed an address already closing."""
+    from types import SimpleNamespace
+
+    import gtl_nb.gateway.server as server
+    from gtl_nb.gateway.listeners import Shutdown
+
+    announced: list[str] = []
+
+    async def slow_listener(engine: object, listener: object, *, shutdown: Shutdown, ready: Any, **_: object) -> None:
+        shutdown.begin()  # the stop arrives while this listener is still starting
+        ready("grpc://127.0.0.1:1")
+
+    monkeypatch.setattr(server, "_serve_function", lambda transport: slow_listener)
+
+    class Engine:  # what serve() asks of an engine here (the live-sessions registry keeps a weak reference)
+        hooks = SimpleNamespace(subscribe=lambda subscriber: None)
+        stores = SimpleNamespace(budgets=None)
+        audience = server.GATEWAY
+
+    engine = Engine()
+    gateway = SimpleNamespace(listeners=[SimpleNamespace(transport="grpc")], advertise={}, auth="jwt", limits=None)
+    parts = server.Parts(engine=engine, own_engine=False)
+
+    async def serve() -> None:
+        await server.serve(
+            None,  # type: ignore[arg-type]
+            gateway,  # type: ignore[arg-type]
+            authenticate=lambda *args: None,  # type: ignore[arg-type,return-value]
+            shutdown=Shutdown(),
+            announce=lambda listener, url: announced.append(url),
+            parts=parts,
+        )
+
+    asyncio.run(serve())
+    assert announced == []
+
+
+def test_a_grpc_listener_stopped_while_it_starts_stops_its_server(monkeypatch):
+    """``server.start()`` ran outside the block that stops the server: a second SIGTERM while it started
+    left a started gRPC server behind, and its finaliser printed a traceback after 'stopped'."""
+    import gtl_nb.gateway.grpc as grpc_listener
+    from gtl_nb.gateway.listeners import Limits, ListenerSettings, Shutdown
+
+    stopped: list[float] = []
+    real_stop = grpc_listener.GTLServicer.stop
+
+    async def recorded_stop(self: Any, server: Any, grace: float) -> None:
+        stopped.append(grace)
+        await real_stop(self, server, grace)
+
+    real_server = grpc_listener.grpc.aio.server
+
+    def cancelled_while_starting(*args: Any, **kwargs: Any) -> Any:
+        server = real_server(*args, **kwargs)
+        start = server.start
+
+        async def start_then_cancelled() -> None:
+            await start()
+            raise asyncio.CancelledError  # the stop arrives as start() returns
+
+        server.start = start_then_cancelled
+        return server
+
+    monkeypatch.setattr(grpc_listener.GTLServicer, "stop", recorded_stop)
+    monkeypatch.setattr(grpc_listener.grpc.aio, "server", cancelled_while_starting)
+
+    async def serve() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await grpc_listener.serve_grpc(
+                None,  # type: ignore[arg-type]
+                ListenerSettings(transport="grpc"),
+                authenticate=lambda *args: None,  # type: ignore[arg-type,return-value]
+                limits=Limits(),
+                shutdown=Shutdown(),
+                ready=lambda url: None,
+            )
+
+    asyncio.run(serve())
+    assert stopped == [0.0]  # stopped at once, on the loop it started on

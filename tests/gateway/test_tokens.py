@@ -232,6 +232,28 @@ def test_a_retired_key_stops_its_tokens_on_open_connections_and_in_the_memory_of
     assert auth(kept).principal == "by-k2"
 
 
+def test_an_algorithm_a_reload_stopped_accepting_stops_the_tokens_it_verified(tmp_path, ec_keys):
+    """A reload that narrowed ``algorithms`` to ES256 while the HS256 secret stayed configured refused new
+    HS256 tokens, yet open connections verified by that secret went on without a limit."""
+    k1, _, _ = ec_keys
+    write_jwks(tmp_path / "jwks.json", {"k1": k1})
+    table = {"issuer": ISSUER, "secret_env": "S", "jwks_file": "jwks.json"}
+    clock = Clock()
+    both = authenticator(TokenPolicy.from_table(table, tmp_path, {"S": SECRET}), clock)
+    by_secret = both(hs(claims()))
+    by_key = both(mint_token(k1, subject="bob", scopes=[], lifetime=600, issuer=ISSUER, kid="k1", now=NOW))
+    narrowed = TokenPolicy.from_table({**table, "algorithms": ["ES256"]}, tmp_path, {"S": SECRET})
+    reloaded = authenticator(narrowed, clock)
+    with pytest.raises(TokenRefusedError) as refused:
+        reloaded.recheck(by_secret)
+    assert refused.value.reason == "key-retired"
+    reloaded.recheck(by_key)  # ES256 is still accepted: its connections go on
+    only_hs = authenticator(TokenPolicy.from_table({**table, "algorithms": ["HS256"]}, tmp_path, {"S": SECRET}), clock)
+    with pytest.raises(TokenRefusedError):
+        only_hs.recheck(by_key)
+    only_hs.recheck(by_secret)
+
+
 def test_a_token_within_the_leeway_is_accepted():
     clock = Clock(NOW + 3600 + 20)  # 20 s past exp, leeway 30
     assert authenticator(hs_policy(), clock)(hs(claims())).principal == "alice"

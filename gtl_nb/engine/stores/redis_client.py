@@ -145,6 +145,10 @@ def translated(shown: str, what: str) -> Iterator[None]:
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
         if _pool_exhausted(exc):
             raise RedisBusyError(f"Redis at {shown}: no free connection ({what}): {_reason(exc)}") from None
+        if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+            # (redis-py's kinds of ConnectionError: the server answered, and refused the credentials)
+            refused = f"Redis at {shown} refused the credentials ({what}): {_reason(exc)}"
+            raise RedisUnreachableError(refused) from None
         raise RedisUnreachableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}") from None
     except redis.exceptions.RedisError as exc:
         raise RedisUnavailableError(f"Redis at {shown} failed ({what}): {_reason(exc)}") from None

@@ -95,7 +95,9 @@ class TokenAuthenticator:
         self._keys = KeyRing(policy, clock)
         self._jws = jwt.PyJWS(algorithms=list(policy.algorithms))
         self._verified: OrderedDict[str, tuple[RequestContext, float]] = OrderedDict()
-        self._secret_print = key_fingerprint("HS256", policy.secret) if policy.secret else None
+        # (a secret kept in the file while HS256 left ``algorithms`` verifies nothing any more)
+        hs256 = policy.secret and "HS256" in policy.algorithms
+        self._secret_print = key_fingerprint("HS256", policy.secret) if hs256 else None
 
     def __repr__(self) -> str:
         return f"TokenAuthenticator(issuer={self.policy.issuer!r}, algorithms={list(self.policy.algorithms)})"
@@ -166,7 +168,8 @@ class TokenAuthenticator:
         if verified_by is None or verified_by == self._secret_print:
             return True
         trusted = self._keys.keys()  # (a KeyRing's current keys, the JWKS file re-read when due)
-        return any(key.fingerprint == verified_by for key in trusted)
+        accepted = self.policy.algorithms
+        return any(key.fingerprint == verified_by and key.algorithm in accepted for key in trusted)
 
     def _revoked(self, jti: str) -> bool:
         try:

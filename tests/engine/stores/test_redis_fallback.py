@@ -484,3 +484,16 @@ def test_every_kind_of_redis_unavailability_is_retryable():
     from gtl_nb.engine.stores.redis_client import RedisBusyError, RedisUnavailableError, RedisUnreachableError
 
     assert all(kind("Redis away").retryable for kind in (RedisUnavailableError, RedisBusyError, RedisUnreachableError))
+
+
+def test_credentials_the_server_refuses_are_not_called_unreachable(server: Any) -> None:
+    """redis-py's refusal of a password is a kind of ConnectionError: `gtl token revoke` and the stores
+    said the server "is unreachable" when it had answered — and refused the password."""
+    from gtl_nb.engine.stores.redis_client import RedisUnreachableError, translated
+
+    client = raw(f"redis://:wrong-pw-7c2@127.0.0.1:{server.port}/0")
+    shown = f"redis://127.0.0.1:{server.port}/0"
+    with pytest.raises(RedisUnreachableError, match="refused the credentials") as caught, translated(shown, "a ping"):
+        client.ping()
+    assert "unreachable" not in str(caught.value)
+    assert "wrong-pw-7c2" not in str(caught.value) and CANARY not in str(caught.value)
