@@ -76,6 +76,7 @@ from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings,
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
+from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
@@ -1033,7 +1034,7 @@ def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authen
 
     async def refresh() -> None:
         await metrics.refresh_breakers(engine)
-        metrics.store_states(_degraded(engine, authenticate))
+        metrics.store_states(degraded_parts(engine, authenticate))
 
     return [
         metrics_route(
@@ -1044,43 +1045,6 @@ def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authen
             refresh=refresh,
         )
     ]
-
-
-def _degraded(engine: Engine, authenticate: Authenticate) -> dict[str, str]:
-    """``/readyz``'s ``degraded``: part -> the one-line ``degraded_reason`` of each part that has one now.
-
-    The engine's stores (``ledger``, ``budgets``, ``cache``, ``breakers``) and its registry of
-    requests in flight shared across replicas (``coalescing``), the token revocation list of the
-    authenticator (``revocations``: behind a reload's ``SwappableAuthenticator`` too) and the audit
-    log the server opened for the engine (``audit``, ``audit.audit_log_of``)."""
-    from gtl_nb.gateway.audit import audit_log_of
-
-    target = getattr(authenticate, "target", authenticate)
-    stores = engine.stores
-    parts: dict[str, Any] = {
-        "ledger": stores.ledger,
-        "budgets": stores.budgets,
-        "cache": stores.cache,
-        "breakers": stores.breakers,
-        "coalescing": getattr(engine, "flights", None),
-        "revocations": getattr(target, "revocations", None),
-        "audit": audit_log_of(engine),
-    }
-    degraded = {}
-    for name, part in parts.items():
-        reason = getattr(part, "degraded_reason", None) if part is not None else None
-        if reason:
-            degraded[name] = str(reason)
-    return degraded
-
-
-def _refuses_every_token(authenticate: Authenticate) -> bool:
-    """Whether the token checker has a revocation list it never read (a replica started while Redis
-    was away): it then refuses every token, so ``/readyz`` must not call it ready — an orchestrator
-    would send it traffic, and a rollout would replace the replicas that still serve with it."""
-    target = getattr(authenticate, "target", authenticate)
-    revocations = getattr(target, "revocations", None)
-    return revocations is not None and not getattr(revocations, "loaded", True)
 
 
 def build_app(
@@ -1095,10 +1059,12 @@ def build_app(
     compression: bool = True,
     metrics: Any = None,
     metrics_require_token: bool = True,
+    loopback_callers_only: bool = False,
 ) -> Any:
     """The application of one gateway listener: Starlette's, with the busiest routes called directly
     (``_HotRoutes``; ``serve_http`` puts the connection gate in front); with ``metrics``
-    (``gateway.metrics.Metrics``) it also serves ``GET /metrics``."""
+    (``gateway.metrics.Metrics``) it also serves ``GET /metrics``. ``loopback_callers_only``: a
+    development gateway (no GhostToken checked), whose ``/readyz`` reasons go to loopback callers."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
@@ -1253,15 +1219,15 @@ def build_app(
         await _refuse(socket_.scope, socket_.receive, socket_.send, 404, error)
 
     async def readyz(request: Request) -> Any:
-        """``ready``, or ``degraded`` with what and why (still 200: the gateway serves while a shared store
-        is away — the PostgreSQL ledger spooling its rows, Redis stores falling back to local ones);
-        ``503`` ``unavailable`` while it refuses every token (``_refuses_every_token``)."""
-        degraded = _degraded(engine, authenticate)
-        if _refuses_every_token(authenticate):
-            return JSONResponse({"status": "unavailable", "degraded": degraded}, status_code=503)
-        if degraded:
-            return JSONResponse({"status": "degraded", "degraded": degraded})
-        return JSONResponse({"status": "ready"})
+        """``ready``, or ``degraded`` (still 200: the gateway serves while a shared store is away — the
+        PostgreSQL ledger spooling its rows, Redis stores falling back to local ones); ``503``
+        ``unavailable`` while it refuses every token. Why a part is degraded only for a caller who may
+        read operations data (``gateway.readiness``): the reasons name internal hosts and users."""
+        bearer = _bearer(request.headers.get("authorization"))
+        peer = request.client.host if request.client else None
+        reasons = may_read_reasons(authenticate, bearer, peer, development=loopback_callers_only)
+        status, body = readiness(engine, authenticate, reasons=reasons)
+        return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
 
     async def discovery(request: Request) -> Any:
         base = base_url()
@@ -1390,6 +1356,7 @@ async def serve_http(
             compression=compression,
             metrics=metrics,
             metrics_require_token=metrics_require_token,
+            loopback_callers_only=loopback_callers_only,
         )
         # uvicorn warns "Invalid HTTP request received." for every malformed request — a client's TLS hello
         # on this plaintext port during discovery, say — and logs a traceback for a WebSocket text message that
