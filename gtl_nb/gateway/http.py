@@ -74,6 +74,7 @@ from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
@@ -231,10 +232,13 @@ class _Running:
 
 
 class _Sessions:
-    """The HTTP sessions and WebSocket connections of one listener, so a shutdown can wait for them or end them."""
+    """The HTTP sessions and WebSocket connections of one listener, so a shutdown can wait for them or end them.
+    ``max_per_principal``: the sessions a principal may run at once in the process (``0``: no cap)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_per_principal: int = 0) -> None:
         self.engine = engine
+        self.max_per_principal = max_per_principal
+        self._principals = sessions_of(engine)
         self._running: set[_Running] = set()
         self._sockets = 0
         self._idle = asyncio.Event()
@@ -247,7 +251,9 @@ class _Sessions:
         send: Callable[[StreamEvent], None],
         drain: Callable[[], Awaitable[Any] | None] | None = None,
     ) -> _Running:
-        """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens)."""
+        """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens).
+        ``OverloadedError``, with nothing run, when the principal runs ``max_per_principal`` sessions already
+        (a refusal before the session: ``429``)."""
         running = _Running()
 
         async def run() -> None:
@@ -267,7 +273,12 @@ class _Sessions:
                 self._running.discard(running)
                 self._update()
 
-        running.task = asyncio.get_running_loop().create_task(run(), name=f"gtl-http-{request.session_id}")
+        loop = asyncio.get_running_loop()
+        running.task = self._principals.start(
+            context.principal,
+            self.max_per_principal,
+            lambda: loop.create_task(run(), name=f"gtl-http-{request.session_id}"),
+        )
         self._running.add(running)
         self._update()
         return running
@@ -926,7 +937,11 @@ class _SessionResponse:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         outbox = EventOutbox()  # a slow client holds the engine back once its high-water mark is reached
-        running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
+        try:
+            running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
+        except OverloadedError as exc:  # the principal's sessions are at their cap: refused before it starts
+            await _error_response(exc, 429, self.request.session_id)(scope, receive, send)
+            return
         compressor = _GzipStream() if self.gzip else None
         headers = [
             (b"content-type", self.media_type.encode()),
@@ -1072,7 +1087,7 @@ def build_app(
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
 
-    sessions = sessions or _Sessions(engine)
+    sessions = sessions or _Sessions(engine, limits.max_sessions_per_principal)
     max_body_bytes = limits.max_frame_bytes
 
     def context_of(request: Request, **more: Any) -> RequestContext:
@@ -1126,7 +1141,10 @@ def build_app(
     async def collected(request: Request, message: CompletionRequest, context: RequestContext, *, gzip: bool) -> Any:
         """``stream: false``: the whole session in one JSON object, its status from how it ended."""
         events: list[StreamEvent] = []
-        await collect_session(sessions, message, context, events.append, request.receive)
+        try:
+            await collect_session(sessions, message, context, events.append, request.receive)
+        except OverloadedError as exc:  # the principal's sessions are at their cap: refused before it starts
+            return _error_response(exc, 429, message.session_id)
         body = b'{"session_id":' + msgspec.json.encode(message.session_id) + b',"events":['
         body += b",".join(encode(event) for event in events) + b"]}"
         status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store", VERSION_HEADER: SPOKEN}
@@ -1343,7 +1361,7 @@ async def serve_http(
     try:
         tls = listener.tls.server_context(alpn=("http/1.1",)) if listener.tls is not None else None
         url = listener.url(sock.getsockname()[1])
-        sessions = _Sessions(engine)
+        sessions = _Sessions(engine, limits.max_sessions_per_principal)
         guard = _ConnectionGuard(limits.max_connections_per_address, limits.trusted_proxies)
         app = build_app(
             engine,
