@@ -161,12 +161,13 @@ def is_cacheable(request: CompletionRequest, cache_config: CacheConfig) -> bool:
 
 def partition(scope: str, context: RequestContext | None) -> list[str] | None:
     """Whose cache a gateway request's answers live in under ``[cache] scope`` (module docstring):
-    ``["tenant", name]``, ``["principal", name]``, or ``None`` (everyone's: ``shared``, or no context)."""
+    ``["tenant", tenant]``, ``["principal", tenant or "", sub]``, or ``None`` (everyone's: ``shared``,
+    or no context). A principal is named with its tenant: two tenants' tokens may carry the same ``sub``."""
     if scope == "shared" or context is None:
         return None
     if scope == "tenant" and context.tenant:
         return ["tenant", context.tenant]
-    return ["principal", context.principal]
+    return ["principal", context.tenant or "", context.principal]
 
 
 def cache_key(deployment: str, model: str, request: CompletionRequest, owner: list[str] | None = None) -> str:

@@ -80,7 +80,13 @@ def test_the_embedded_engine_keeps_one_cache():
 def test_the_owner_is_part_of_the_key_and_never_shown_in_it():
     keys = {
         cache_key("d", "m", REQUEST, owner)
-        for owner in (None, ["tenant", "acme"], ["tenant", "globex"], ["principal", "acme"], ["principal", "ann"])
+        for owner in (
+            None,
+            ["tenant", "acme"],
+            ["tenant", "globex"],
+            ["principal", "", "acme"],
+            ["principal", "", "ann"],
+        )
     }
     assert len(keys) == 5
     assert all(len(key) == 64 and "acme" not in key for key in keys)
@@ -88,8 +94,10 @@ def test_the_owner_is_part_of_the_key_and_never_shown_in_it():
 
 def test_partition():
     assert partition("tenant", ANN) == ["tenant", "acme"]
-    assert partition("tenant", DAN) == ["principal", "dan"]
-    assert partition("principal", ANN) == ["principal", "ann"]
+    assert partition("tenant", DAN) == ["principal", "", "dan"]
+    assert partition("principal", ANN) == ["principal", "acme", "ann"]
+    # two tenants' tokens may carry one sub: under "principal" they are still two owners
+    assert partition("principal", RequestContext(principal="ann", tenant="globex")) != partition("principal", ANN)
     assert partition("shared", ANN) is None
     assert partition("tenant", None) is None
 

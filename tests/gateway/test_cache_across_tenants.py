@@ -77,6 +77,7 @@ def test_scope_principal_and_shared(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with started as gateway:
         ask = asker(gateway.url("http"), mint)
         assert [ask("ann", "acme"), ask("cat", "acme"), ask("ann", "acme")] == [False, False, True]
+        assert not ask("ann", "globex")  # another tenant's "ann" is another principal
     started, mint = gateway_with(tmp_path / "s", monkeypatch, {"scope": "shared"})
     with started as gateway:
         ask = asker(gateway.url("http"), mint)
