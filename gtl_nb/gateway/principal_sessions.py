@@ -54,7 +54,10 @@ class PrincipalSessions:
         if limit and count >= limit:
             if principal not in self._told:
                 self._told.add(principal)
-                log.info("a principal reached max_sessions_per_principal (%d): refusing its new sessions", limit)
+                # (the operator's log names who; the refusal the client reads names only the limit)
+                log.info(
+                    "principal %r reached max_sessions_per_principal (%d): refusing its new sessions", principal, limit
+                )
             raise OverloadedError(
                 f"this token's principal already runs {limit} sessions on this gateway (its "
                 "max_sessions_per_principal); start more when some have ended"
