@@ -16,7 +16,8 @@ fake upstream speaks h2c on the same port) the gateway's sessions share a few up
 it holds one descriptor per session; over HTTP/1.1 (``httptools``) two. It ends by itself within ten
 minutes (clients that are still running then are counted as errors), and is never run in CI. The
 gateway is configured as ``bench.suite`` does (tokens, ledger, audit on) with the per-address
-connection cap raised to fit the sessions and no bound on the upstream connection pool.
+connection cap and the per-principal session cap raised to fit the sessions and no bound on the
+upstream connection pool.
 """
 
 from __future__ import annotations
@@ -184,7 +185,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gtl-scale-") as tmp:
         directory = Path(tmp)
         upstream = Upstream(pace=args.pace, extra_args=["--backlog", "65535"])
-        limits = {"max_connections_per_address": args.sessions + 64, "idle_timeout": 600}
+        # one principal (the token's "bench") runs every session: its cap too is raised to fit them
+        limits = {
+            "max_connections_per_address": args.sessions + 64,
+            "max_sessions_per_principal": args.sessions + 64,
+            "idle_timeout": 600,
+        }
         upstream_table = {"client": args.upstream_client, "max_connections": 0, "max_connections_per_host": 0}
         files = gateway_setup.prepare(
             directory / "gateway", upstream.port, grpc=False, quic=False, limits=limits, upstream=upstream_table

@@ -9,6 +9,15 @@ they do not change the answer: ``session_id``, ``metadata``, ``stream``, ``provi
 (the deployment in the key is the one that answers) and ``cache`` itself. Fields left at their
 defaults are omitted before hashing, so an explicit default and an absent field give one key.
 
+**Scope.** Behind a gateway the key also holds whose cache it is (``partition``, from ``[cache]
+scope``): ``"tenant"`` (the default) — the token's tenant, or the principal alone when its token
+names none; ``"principal"`` — each principal its own; ``"shared"`` — everyone's one cache. A cached
+answer tells its reader that someone asked the same question (status ``cached``, cost 0) and hands
+over an answer another team's key paid for, so by default answers stay within the organisation that
+paid. The partition is hashed with the rest: no key, log line or answer shows it. Identical requests
+in flight share one upstream call within the same partition only. The embedded engine has no tenants
+and its caller holds every key: its keys hold no partition (``scope`` does not apply).
+
 **What is cached** (``is_cacheable``): nothing unless ``[cache] enabled = true`` — the operator's
 master switch — and never a request with ``cache = false``. A request that samples (temperature
 above 0, *or no temperature at all*, because every provider's default samples) is cached only when
@@ -36,6 +45,7 @@ from typing import Any, cast
 
 import msgspec
 
+from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.stores.base import ResponseCache
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import (
@@ -51,6 +61,8 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.protocol.session import Transcript
 
 KEY_VERSION = 1  # part of every key: bump it when the key's contents change
+SCOPES = ("tenant", "principal", "shared")
+"""``[cache] scope``: whose requests may read one another's answers behind a gateway (module docstring)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,10 +88,15 @@ class CacheConfig:
     """Where identical in-flight requests find one another: ``auto`` (through ``backend`` when it is a
     ``redis://`` URL, else in this process), ``memory://`` (this process only) or a ``redis://`` URL
     (replicas share one upstream call: ``engine.stores.redis_flights``)."""
+    scope: str = "tenant"
+    """Behind a gateway, whose requests share answers (``SCOPES``): ``tenant`` (the token's tenant; a
+    principal whose token names none is its own), ``principal`` or ``shared`` (module docstring)."""
 
     def __post_init__(self) -> None:
         if self.ttl <= 0 or self.max_entries < 1:
             raise ConfigurationError("[cache] ttl must be > 0 seconds and max_entries >= 1")
+        if isinstance(self.scope, str) and self.scope not in SCOPES:
+            raise ConfigurationError(f"[cache] scope must be one of {', '.join(SCOPES)}, not {self.scope[:40]!r}")
         from gtl_nb.engine.stores.urls import parse_store_url
 
         if isinstance(self.backend, str):  # from_dict reports a wrong type itself
@@ -142,9 +159,21 @@ def is_cacheable(request: CompletionRequest, cache_config: CacheConfig) -> bool:
 # The key
 
 
-def cache_key(deployment: str, model: str, request: CompletionRequest) -> str:
-    """SHA-256 hex digest of the canonical JSON of what shapes the answer (module docstring)."""
-    payload = {
+def partition(scope: str, context: RequestContext | None) -> list[str] | None:
+    """Whose cache a gateway request's answers live in under ``[cache] scope`` (module docstring):
+    ``["tenant", tenant]``, ``["principal", tenant or "", sub]``, or ``None`` (everyone's: ``shared``,
+    or no context). A principal is named with its tenant: two tenants' tokens may carry the same ``sub``."""
+    if scope == "shared" or context is None:
+        return None
+    if scope == "tenant" and context.tenant:
+        return ["tenant", context.tenant]
+    return ["principal", context.tenant or "", context.principal]
+
+
+def cache_key(deployment: str, model: str, request: CompletionRequest, owner: list[str] | None = None) -> str:
+    """SHA-256 hex digest of the canonical JSON of what shapes the answer (module docstring), and of
+    ``owner`` (``partition``'s) when given: one owner's key is never another's."""
+    payload: dict[str, Any] = {
         "v": KEY_VERSION,
         "deployment": deployment,
         "model": model,
@@ -159,6 +188,8 @@ def cache_key(deployment: str, model: str, request: CompletionRequest) -> str:
         "stop": request.stop,
         "reasoning": request.reasoning,
     }
+    if owner is not None:  # (absent otherwise: a shared or embedded cache keeps the keys it always had)
+        payload["owner"] = owner
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -205,6 +205,12 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "max_sessions_per_connection": Field(
             (int,), 256, "sessions one connection may run at once", check=lambda v, w: _at_least(v, w, 1)
         ),
+        "max_sessions_per_principal": Field(
+            (int,),
+            1000,
+            "sessions one principal may run at once in this gateway process (0: no cap)",
+            check=lambda v, w: _at_least(v, w, 0),
+        ),
         "max_connections_per_address": Field(
             (int,), 256, "open connections from one client address", check=lambda v, w: _at_least(v, w, 1)
         ),

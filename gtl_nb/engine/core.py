@@ -46,7 +46,7 @@ from typing import Any, cast
 
 import msgspec
 
-from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, replay
+from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, partition, replay
 from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.config import missing_credentials
 from gtl_nb.engine.context import RequestContext
@@ -784,7 +784,7 @@ class Engine:
         targets = await self._ordered(request, targets)
         key = None
         if is_cacheable(request, self.cache_config):
-            key = cache_key(targets[0].name, targets[0].model, request)
+            key = cache_key(targets[0].name, targets[0].model, request, self._cache_owner())
             try:
                 hit = await self.stores.cache.get(key)
             except Exception as exc:  # a shared cache that is down is a miss, never a failed request
@@ -920,7 +920,14 @@ class Engine:
         deterministic = request.temperature is not None and request.temperature == 0
         if not (deterministic or request.cache is True or self.cache_config.cache_nonzero_temperature):
             return None
-        return "flight:" + cache_key(target.name, target.model, request)
+        return "flight:" + cache_key(target.name, target.model, request, self._cache_owner())
+
+    def _cache_owner(self) -> list[str] | None:
+        """Whose answers the running request may read and share (``cache.partition``): behind a gateway,
+        as ``[cache] scope`` says; embedded, everyone's (no tenants, and the caller holds every key)."""
+        if self.audience != GATEWAY:
+            return None
+        return partition(self.cache_config.scope, _REQUEST_CONTEXT.get(None))
 
     async def _attempts(
         self,
@@ -1091,7 +1098,8 @@ class Engine:
             )
             if answer is not None:
                 try:
-                    await self.stores.cache.set(cache_key(target.name, target.model, request), answer)
+                    owner = self._cache_owner()
+                    await self.stores.cache.set(cache_key(target.name, target.model, request, owner), answer)
                 except Exception:  # a cache that cannot store must not fail the answer
                     log.exception("cache: could not store the answer of %s", request.session_id)
 

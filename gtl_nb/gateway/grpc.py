@@ -76,6 +76,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, Signal, TlsFiles
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.ids import unique_hex
@@ -257,9 +258,17 @@ class GTLServicer(pb_grpc.GTLServicer):
                 return "the gateway shutting down" if self.stopping.is_stopping else "the client"
 
             refused = completion_refusal(who)
-            await self._work_on(
-                run_session(self.engine, message, who, events.append, cancelled_by=cancelled_by, refused=refused)
-            )
+            principals = sessions_of(self.engine)  # (gateway.principal_sessions: counted until the session ends)
+            try:
+                principals.take(who.principal, self.limits.max_sessions_per_principal)
+            except OverloadedError as exc:
+                await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc)
+            try:
+                await self._work_on(
+                    run_session(self.engine, message, who, events.append, cancelled_by=cancelled_by, refused=refused)
+                )
+            finally:
+                principals.release(who.principal)
             return _result(events).SerializeToString()
 
     async def ListProviders(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:

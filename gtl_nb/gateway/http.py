@@ -74,8 +74,10 @@ from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
+from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
@@ -230,10 +232,13 @@ class _Running:
 
 
 class _Sessions:
-    """The HTTP sessions and WebSocket connections of one listener, so a shutdown can wait for them or end them."""
+    """The HTTP sessions and WebSocket connections of one listener, so a shutdown can wait for them or end them.
+    ``max_per_principal``: the sessions a principal may run at once in the process (``0``: no cap)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_per_principal: int = 0) -> None:
         self.engine = engine
+        self.max_per_principal = max_per_principal
+        self._principals = sessions_of(engine)
         self._running: set[_Running] = set()
         self._sockets = 0
         self._idle = asyncio.Event()
@@ -246,7 +251,9 @@ class _Sessions:
         send: Callable[[StreamEvent], None],
         drain: Callable[[], Awaitable[Any] | None] | None = None,
     ) -> _Running:
-        """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens)."""
+        """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens).
+        ``OverloadedError``, with nothing run, when the principal runs ``max_per_principal`` sessions already
+        (a refusal before the session: ``429``)."""
         running = _Running()
 
         async def run() -> None:
@@ -266,7 +273,12 @@ class _Sessions:
                 self._running.discard(running)
                 self._update()
 
-        running.task = asyncio.get_running_loop().create_task(run(), name=f"gtl-http-{request.session_id}")
+        loop = asyncio.get_running_loop()
+        running.task = self._principals.start(
+            context.principal,
+            self.max_per_principal,
+            lambda: loop.create_task(run(), name=f"gtl-http-{request.session_id}"),
+        )
         self._running.add(running)
         self._update()
         return running
@@ -925,7 +937,11 @@ class _SessionResponse:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         outbox = EventOutbox()  # a slow client holds the engine back once its high-water mark is reached
-        running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
+        try:
+            running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
+        except OverloadedError as exc:  # the principal's sessions are at their cap: refused before it starts
+            await _error_response(exc, 429, self.request.session_id)(scope, receive, send)
+            return
         compressor = _GzipStream() if self.gzip else None
         headers = [
             (b"content-type", self.media_type.encode()),
@@ -1033,7 +1049,7 @@ def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authen
 
     async def refresh() -> None:
         await metrics.refresh_breakers(engine)
-        metrics.store_states(_degraded(engine, authenticate))
+        metrics.store_states(degraded_parts(engine, authenticate))
 
     return [
         metrics_route(
@@ -1044,43 +1060,6 @@ def _metrics_routes(engine: Engine, metrics: Any, *, require_token: bool, authen
             refresh=refresh,
         )
     ]
-
-
-def _degraded(engine: Engine, authenticate: Authenticate) -> dict[str, str]:
-    """``/readyz``'s ``degraded``: part -> the one-line ``degraded_reason`` of each part that has one now.
-
-    The engine's stores (``ledger``, ``budgets``, ``cache``, ``breakers``) and its registry of
-    requests in flight shared across replicas (``coalescing``), the token revocation list of the
-    authenticator (``revocations``: behind a reload's ``SwappableAuthenticator`` too) and the audit
-    log the server opened for the engine (``audit``, ``audit.audit_log_of``)."""
-    from gtl_nb.gateway.audit import audit_log_of
-
-    target = getattr(authenticate, "target", authenticate)
-    stores = engine.stores
-    parts: dict[str, Any] = {
-        "ledger": stores.ledger,
-        "budgets": stores.budgets,
-        "cache": stores.cache,
-        "breakers": stores.breakers,
-        "coalescing": getattr(engine, "flights", None),
-        "revocations": getattr(target, "revocations", None),
-        "audit": audit_log_of(engine),
-    }
-    degraded = {}
-    for name, part in parts.items():
-        reason = getattr(part, "degraded_reason", None) if part is not None else None
-        if reason:
-            degraded[name] = str(reason)
-    return degraded
-
-
-def _refuses_every_token(authenticate: Authenticate) -> bool:
-    """Whether the token checker has a revocation list it never read (a replica started while Redis
-    was away): it then refuses every token, so ``/readyz`` must not call it ready — an orchestrator
-    would send it traffic, and a rollout would replace the replicas that still serve with it."""
-    target = getattr(authenticate, "target", authenticate)
-    revocations = getattr(target, "revocations", None)
-    return revocations is not None and not getattr(revocations, "loaded", True)
 
 
 def build_app(
@@ -1095,10 +1074,12 @@ def build_app(
     compression: bool = True,
     metrics: Any = None,
     metrics_require_token: bool = True,
+    loopback_callers_only: bool = False,
 ) -> Any:
     """The application of one gateway listener: Starlette's, with the busiest routes called directly
     (``_HotRoutes``; ``serve_http`` puts the connection gate in front); with ``metrics``
-    (``gateway.metrics.Metrics``) it also serves ``GET /metrics``."""
+    (``gateway.metrics.Metrics``) it also serves ``GET /metrics``. ``loopback_callers_only``: a
+    development gateway (no GhostToken checked), whose ``/readyz`` reasons go to loopback callers."""
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect, Request
@@ -1106,7 +1087,7 @@ def build_app(
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
 
-    sessions = sessions or _Sessions(engine)
+    sessions = sessions or _Sessions(engine, limits.max_sessions_per_principal)
     max_body_bytes = limits.max_frame_bytes
 
     def context_of(request: Request, **more: Any) -> RequestContext:
@@ -1160,7 +1141,10 @@ def build_app(
     async def collected(request: Request, message: CompletionRequest, context: RequestContext, *, gzip: bool) -> Any:
         """``stream: false``: the whole session in one JSON object, its status from how it ended."""
         events: list[StreamEvent] = []
-        await collect_session(sessions, message, context, events.append, request.receive)
+        try:
+            await collect_session(sessions, message, context, events.append, request.receive)
+        except OverloadedError as exc:  # the principal's sessions are at their cap: refused before it starts
+            return _error_response(exc, 429, message.session_id)
         body = b'{"session_id":' + msgspec.json.encode(message.session_id) + b',"events":['
         body += b",".join(encode(event) for event in events) + b"]}"
         status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store", VERSION_HEADER: SPOKEN}
@@ -1253,15 +1237,15 @@ def build_app(
         await _refuse(socket_.scope, socket_.receive, socket_.send, 404, error)
 
     async def readyz(request: Request) -> Any:
-        """``ready``, or ``degraded`` with what and why (still 200: the gateway serves while a shared store
-        is away — the PostgreSQL ledger spooling its rows, Redis stores falling back to local ones);
-        ``503`` ``unavailable`` while it refuses every token (``_refuses_every_token``)."""
-        degraded = _degraded(engine, authenticate)
-        if _refuses_every_token(authenticate):
-            return JSONResponse({"status": "unavailable", "degraded": degraded}, status_code=503)
-        if degraded:
-            return JSONResponse({"status": "degraded", "degraded": degraded})
-        return JSONResponse({"status": "ready"})
+        """``ready``, or ``degraded`` (still 200: the gateway serves while a shared store is away — the
+        PostgreSQL ledger spooling its rows, Redis stores falling back to local ones); ``503``
+        ``unavailable`` while it refuses every token. Why a part is degraded only for a caller who may
+        read operations data (``gateway.readiness``): the reasons name internal hosts and users."""
+        bearer = _bearer(request.headers.get("authorization"))
+        peer = request.client.host if request.client else None
+        reasons = may_read_reasons(authenticate, bearer, peer, development=loopback_callers_only)
+        status, body = readiness(engine, authenticate, reasons=reasons)
+        return JSONResponse(body, status_code=status, headers={"cache-control": "no-store"})
 
     async def discovery(request: Request) -> Any:
         base = base_url()
@@ -1377,7 +1361,7 @@ async def serve_http(
     try:
         tls = listener.tls.server_context(alpn=("http/1.1",)) if listener.tls is not None else None
         url = listener.url(sock.getsockname()[1])
-        sessions = _Sessions(engine)
+        sessions = _Sessions(engine, limits.max_sessions_per_principal)
         guard = _ConnectionGuard(limits.max_connections_per_address, limits.trusted_proxies)
         app = build_app(
             engine,
@@ -1390,6 +1374,7 @@ async def serve_http(
             compression=compression,
             metrics=metrics,
             metrics_require_token=metrics_require_token,
+            loopback_callers_only=loopback_callers_only,
         )
         # uvicorn warns "Invalid HTTP request received." for every malformed request — a client's TLS hello
         # on this plaintext port during discovery, say — and logs a traceback for a WebSocket text message that

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gtl_nb.gateway.principal_sessions import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
 from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
@@ -133,6 +134,9 @@ class Limits:
     """Largest frame (or HTTP request body, or gRPC message) accepted."""
     max_sessions_per_connection: int = 256
     """Sessions one connection may run at once; one more ends at once with a retryable ``OVERLOADED``."""
+    max_sessions_per_principal: int = DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
+    """Sessions one principal may run at once in this process, over every transport and connection
+    (``gateway.principal_sessions``); one more is refused with a retryable ``OVERLOADED``. ``0``: no cap."""
     max_connections_per_address: int = 256
     """Open connections from one client address; one more is refused (HTTP 429, gRPC RESOURCE_EXHAUSTED, …)."""
     header_timeout: float = 10.0

@@ -43,6 +43,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import QueryDesk
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted
 from gtl_nb.log import get_logger
@@ -335,10 +336,15 @@ class _Connection:
             message = f"this connection already runs {len(self.running)} sessions; start more when some have ended"
             session.refuse(Error(session_id=sid, code="OVERLOADED", message=message, retryable=True))
         else:
+            context, limit = self.context, self.limits.max_sessions_per_principal
+            try:  # counted until its task is done (gateway.principal_sessions)
+                sessions_of(self.gateway.engine).start(context.principal, limit, lambda: session.run(request, context))
+            except OverloadedError as exc:
+                session.refuse(exc.to_event(sid))
+                return
             if self._timer is not None:
                 self._timer.cancel()
             self.running[session.stream_id] = session
-            session.run(request, self.context)
 
     def ended(self, session: _Session) -> None:
         if self.running.pop(session.stream_id, None) is not None and not self.running and self._closing is None:
@@ -506,13 +512,15 @@ class _Session:
 
     # -- what the gateway sends --------------------------------------------------------------------
 
-    def run(self, request: CompletionRequest, context: RequestContext) -> None:
+    def run(self, request: CompletionRequest, context: RequestContext) -> asyncio.Task[None]:
+        """Start the session's task (returned)."""
         self._stop_counting()
         self.machine = SessionStateMachine(request.session_id)
-        self.task = asyncio.get_running_loop().create_task(
+        self.task = task = asyncio.get_running_loop().create_task(
             self._run(request, context), name=f"gtl-quic-{request.session_id}"
         )
-        self.connection.gateway.tasks.add(self.task)
+        self.connection.gateway.tasks.add(task)
+        return task
 
     async def _run(self, request: CompletionRequest, context: RequestContext) -> None:
         try:

@@ -10,8 +10,10 @@ whatever the transport under ``framed``:
 * **Sessions.** Each ``completion_request`` runs as its own task over ``engine.stream``; its events
   go back through the connection in order. The task awaits the channel's drain after every event, so
   a slow reader stops the engine from pulling more from the provider: per session, at most one event
-  is held beyond the channel's buffer. At most ``max_sessions`` run at once per connection; a request
-  beyond that ends at once with a retryable ``OVERLOADED`` error.
+  is held beyond the channel's buffer. At most ``max_sessions`` run at once per connection, and
+  ``limits.max_sessions_per_principal`` per principal over every connection of the process
+  (``gateway.principal_sessions``); a request beyond either ends at once with a retryable
+  ``OVERLOADED`` error.
 * **Cancel.** A ``cancel`` cancels the session's task: the engine closes the upstream response and
   completes the ledger row as cancelled, and the client gets one ``CANCELLED`` error (or the
   ``done``/``error`` the engine had already recorded, so the client and the ledger agree).
@@ -47,6 +49,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import Limits, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import encode
@@ -56,7 +59,7 @@ from gtl_nb.protocol.connection_events import (
     HandshakeComplete,
     ProtocolViolation,
 )
-from gtl_nb.protocol.errors import AuthenticationError, GTLError, ProviderUnavailableError
+from gtl_nb.protocol.errors import AuthenticationError, GTLError, OverloadedError, ProviderUnavailableError
 from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, ProviderInfo, Query, StreamEvent
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
@@ -192,6 +195,7 @@ class GatewayConnection:
             recheck=getattr(authenticate, "recheck", None),
         )
         self._closed_here = False
+        self._principals = sessions_of(engine)
 
     @property
     def live_sessions(self) -> int:
@@ -268,7 +272,17 @@ class GatewayConnection:
             message = f"this connection already runs {len(self._tasks)} sessions; start more when some have ended"
             self._end(Error(session_id=sid, code="OVERLOADED", message=message, retryable=True))
             return
-        task = asyncio.get_running_loop().create_task(self._session(request, self.context), name=f"gtl-{sid}")
+        context = self.context
+        loop = asyncio.get_running_loop()
+        try:
+            task = self._principals.start(
+                context.principal,
+                self.limits.max_sessions_per_principal,
+                lambda: loop.create_task(self._session(request, context), name=f"gtl-{sid}"),
+            )
+        except OverloadedError as exc:
+            self._end(exc.to_event(sid))
+            return
         self._tasks[sid] = task
 
     def _ask(self, query: Query) -> None:

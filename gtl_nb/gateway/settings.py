@@ -79,6 +79,7 @@ class GatewaySettings:
         limits = Limits(
             max_frame_bytes=int(table.get("max_frame_bytes") or DEFAULT_MAX_FRAME_BYTES),
             max_sessions_per_connection=int(table.get("max_sessions_per_connection") or 256),
+            max_sessions_per_principal=_per_principal(table.get("max_sessions_per_principal")),
             max_connections_per_address=int(table.get("max_connections_per_address") or 256),
             header_timeout=float(table.get("header_timeout") or 10.0),
             idle_timeout=float(table.get("idle_timeout") or 300.0),
@@ -101,6 +102,13 @@ class GatewaySettings:
             tracing=table.get("tracing"),
             base=base,
         )
+
+
+def _per_principal(value: Any) -> int:
+    """``max_sessions_per_principal``: absent is the default, ``0`` no cap (not the default, as for the others)."""
+    from gtl_nb.gateway.principal_sessions import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
+
+    return DEFAULT_MAX_SESSIONS_PER_PRINCIPAL if value is None else int(value)
 
 
 def _listener(transport: str, table: dict[str, Any], base: Path) -> ListenerSettings:

@@ -504,6 +504,15 @@ def cache_coalescing(tmp_path):
     assert len(s.requests) == 1 and len(answers) == 4 and len(set(answers)) == 1
 
 
+def cache_scope(tmp_path):
+    # behind a gateway (the engine serving one): tests/gateway/test_cache_across_tenants.py runs a real one
+    from tests.engine.test_cache_scope import ANN, BOB, CAT, cached, engine_for
+
+    principal, shared = engine_for("principal"), engine_for("shared")
+    assert [cached(principal, who) for who in (ANN, CAT, ANN)] == [False, False, True]
+    assert [cached(shared, who) for who in (ANN, BOB)] == [False, True]
+
+
 # -- [budgets] --------------------------------------------------------------------------------------
 
 

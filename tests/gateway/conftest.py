@@ -54,10 +54,14 @@ def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
 
 
 def jwt_echo_gateway(
-    directory: Path, monkeypatch: pytest.MonkeyPatch, secret_env: str
+    directory: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    secret_env: str,
+    more: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Path, Callable[..., str]]:
     """A GhostToken gateway's configuration in ``directory`` (the echo provider, every deployment open to
-    every token, HS256 with a secret in ``secret_env``), and ``mint(*scopes)`` for tokens of ``ann``."""
+    every token, HS256 with a secret in ``secret_env``; ``more`` tables added or replaced), and
+    ``mint(*scopes)`` for tokens of ``ann``."""
     from gtl_nb.gateway.tokens.mint import mint_token
 
     secret = secret_env.lower().ljust(40, "s")
@@ -70,6 +74,7 @@ def jwt_echo_gateway(
             "gateway": {"auth": "jwt"},
             "gateway.jwt": {"issuer": "gtl-test", "secret_env": secret_env, "default_deployments": ["*"]},
             "gateway.http": {"port": 0},
+            **(more or {}),
         },
     )
 

@@ -129,6 +129,21 @@ def gateway_max_sessions_per_connection(tmp_path, config, **_):
         assert first.text and second.text  # type: ignore[union-attr]
 
 
+def gateway_max_sessions_per_principal(tmp_path, config, **_):
+    # (tests/gateway/test_sessions_per_principal.py: across every transport, and the places given back)
+    with start_gateway(config(gateway={"max_sessions_per_principal": 1})) as served:
+        first, second = gtl_nb.connect(served.url("ws")), gtl_nb.connect(served.url("sse"))
+        try:
+            held = first.stream(f"slow:{MODEL}", LONG_PROMPT)
+            next(event for event in held if isinstance(event, Token))
+            with pytest.raises(OverloadedError, match="max_sessions_per_principal"):
+                second.complete("echo", "the development gateway's one principal, over another connection")
+            held.close()
+        finally:
+            first.close()
+            second.close()
+
+
 def _healthz_from(url: str, source: str) -> tuple[socket.socket, bytes]:
     """A kept-alive connection from ``source`` and its answer to ``GET /healthz``."""
     host, port = url.split("://", 1)[1].rsplit(":", 1)
@@ -381,6 +396,7 @@ EFFECTS: dict[str, Callable[..., None]] = {
     "gateway.auth": gateway_auth,
     "gateway.max_frame_bytes": gateway_max_frame_bytes,
     "gateway.max_sessions_per_connection": gateway_max_sessions_per_connection,
+    "gateway.max_sessions_per_principal": gateway_max_sessions_per_principal,
     "gateway.max_connections_per_address": gateway_max_connections_per_address,
     "gateway.header_timeout": gateway_header_timeout,
     "gateway.idle_timeout": gateway_idle_timeout,

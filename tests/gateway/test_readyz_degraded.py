@@ -86,7 +86,7 @@ def test_readyz_collects_every_part_that_says_it_is_degraded(monkeypatch: pytest
     from types import SimpleNamespace
 
     from gtl_nb.gateway import audit
-    from gtl_nb.gateway.http import _degraded
+    from gtl_nb.gateway.readiness import degraded_parts as _degraded
     from gtl_nb.gateway.reload import SwappableAuthenticator
 
     def part(reason: str | None) -> SimpleNamespace:

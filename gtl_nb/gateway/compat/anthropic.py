@@ -25,7 +25,7 @@ from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retrie
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
-from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError
+from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
 from gtl_nb.protocol.messages import Error
 
 __all__ = ["ERRORS", "AnthropicEndpoints", "error_object", "error_reply"]
@@ -86,6 +86,8 @@ def refusal(exc: GTLError) -> Reply:
         return error_reply(exc.to_event(), status=401, kind="authentication_error")
     if isinstance(exc, FrameTooLargeError):
         return error_reply(exc.to_event(), status=413, kind="request_too_large")
+    if isinstance(exc, OverloadedError):  # the caller's own sessions at their cap: a 429 (RateLimitError), not a 529
+        return error_reply(exc.to_event(), status=429, kind="rate_limit_error")
     return error_reply(exc.to_event())
 
 
@@ -110,9 +112,19 @@ class AnthropicEndpoints:
         if message.stream:
             encoder = MessageEncoder(session_id, model=message.model, error_object=error_object)
             return StreamedSession(
-                self.sessions, message, context, encoder=encoder, refuse=error_reply, headers={"request-id": session_id}
+                self.sessions,
+                message,
+                context,
+                encoder=encoder,
+                refuse=error_reply,
+                refused=refusal,
+                headers={"request-id": session_id},
             )
-        transcript = await collect(self.sessions, message, context, request.receive)
+        try:
+            transcript = await collect(self.sessions, message, context, request.receive)
+        except OverloadedError as exc:  # refused before it started (the principal's sessions at their cap)
+            exc.session_id = session_id
+            return refusal(exc)
         if transcript.done is None:
             error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
             return error_reply(error, retried=retried_already(transcript.statuses))

@@ -34,7 +34,7 @@ from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retrie
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
-from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError
+from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
 from gtl_nb.protocol.messages import Error
 
 __all__ = ["ERRORS", "UNSUPPORTED", "OpenAIEndpoints", "error_body", "error_reply"]
@@ -123,6 +123,8 @@ def refusal(exc: GTLError) -> Reply:
         return error_reply(refused, status=401, code="invalid_api_key", kind="invalid_request_error", headers=bearer)
     if isinstance(exc, FrameTooLargeError):
         return error_reply(exc.to_event(), status=400, code="request_too_large")
+    if isinstance(exc, OverloadedError):  # the caller's own sessions at their cap: a 429 (RateLimitError), not a 503
+        return error_reply(exc.to_event(), status=429, kind="requests", code="too_many_sessions")
     return error_reply(exc.to_event(), param=exc.param if isinstance(exc, FieldError) else None)
 
 
@@ -154,9 +156,14 @@ class OpenAIEndpoints:
                 context,
                 encoder=encoder,
                 refuse=error_reply,
+                refused=refusal,
                 headers={"x-request-id": session_id},
             )
-        transcript = await collect(self.sessions, chat.request, context, request.receive)
+        try:
+            transcript = await collect(self.sessions, chat.request, context, request.receive)
+        except OverloadedError as exc:  # refused before it started (the principal's sessions at their cap)
+            exc.session_id = session_id
+            return refusal(exc)
         if transcript.done is None:
             error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
             return error_reply(error, retried=retried_already(transcript.statuses))

@@ -24,6 +24,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.compat.reply import Reply, retried_already
 from gtl_nb.gateway.streaming import EventOutbox, Running, SessionRunner, collect_session, stream_session
 from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import GTLError, OverloadedError
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Status, StreamEvent
 from gtl_nb.protocol.session import Transcript, is_failover
 
@@ -81,6 +82,7 @@ class StreamedSession:
         *,
         encoder: EventEncoder,
         refuse: Refuse,
+        refused: Callable[[GTLError], Reply],
         headers: dict[str, str] | None = None,
     ) -> None:
         self.sessions = sessions
@@ -88,11 +90,17 @@ class StreamedSession:
         self.context = context
         self.encoder = encoder
         self.refuse = refuse
+        self.refused = refused  # the format's answer to a refusal before the session (``openai.refusal``)
         self.headers = headers or {}
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         outbox = EventOutbox()  # a slow client holds the engine back once its high-water mark is reached
-        running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
+        try:
+            running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
+        except OverloadedError as exc:  # the principal's sessions are at their cap: nothing started
+            exc.session_id = self.request.session_id
+            await self.refused(exc)(scope, receive, send)
+            return
         await stream_session(self._pump(outbox, send, running), running, receive)
 
     async def _pump(self, outbox: EventOutbox, send: Any, running: Running) -> None:
