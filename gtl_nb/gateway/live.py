@@ -30,10 +30,16 @@ class LiveSession:
 
     session_id: str
     principal: str
+    tenant: str | None
+    """The principal's tenant (a GhostToken's claim): two tenants' tokens with one ``sub`` are not one owner."""
     transport: str | None
     model: str | None
     started: float
     task: asyncio.Task[Any] | None
+
+    def owned_by(self, context: RequestContext) -> bool:
+        """Whether ``context``'s principal (its ``sub`` within its tenant) started this session."""
+        return self.principal == context.principal and self.tenant == context.tenant
 
     def describe(self) -> dict[str, Any]:
         """What a ``sessions`` query shows of it (never the task)."""
@@ -55,14 +61,15 @@ class LiveSessions:
     def __call__(self, event: EngineEvent) -> None:
         if isinstance(event, RequestStarted):
             task = asyncio.current_task() if _in_loop() else None
+            context = event.context
             live = LiveSession(
-                event.session_id, event.context.principal, event.context.transport, event.model, time.time(), task
+                event.session_id, context.principal, context.tenant, context.transport, event.model, time.time(), task
             )
             self._running.setdefault(event.session_id, []).append(live)
         elif isinstance(event, RequestFinished):
             entries = self._running.get(event.session_id, [])
             for entry in entries:
-                if entry.principal == event.context.principal:
+                if entry.owned_by(event.context):
                     entries.remove(entry)
                     break
             if not entries:
@@ -72,7 +79,7 @@ class LiveSessions:
         """The caller's own sessions, or (``everyone``) all of them, oldest first."""
         found = [entry for entries in self._running.values() for entry in entries]
         if not everyone:
-            found = [entry for entry in found if entry.principal == context.principal]
+            found = [entry for entry in found if entry.owned_by(context)]
         return sorted(found, key=lambda entry: entry.started)
 
     def find(self, session_id: str) -> list[LiveSession]:

@@ -102,6 +102,12 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
     everyone = params.get("all_users") is True
     asked = None if everyone else filters.get("user", context.principal)
     usage_scope(context, asked)  # one's own rows: usage:read; anyone else's or everyone's: usage:admin
+    if asked == context.principal and not has_scope(context, SCOPES["usage.admin"]):
+        # one's own rows are one's sub's within one's tenant: another tenant's token with the same sub
+        # is another principal (an administrator reads any rows anyway)
+        if filters.get("tenant", context.tenant) != context.tenant:
+            require_scope(context, "usage.admin")
+        filters = {**filters, "tenant": context.tenant}
     row_filter(filters)  # the ledger's own check of the filters (names and values), with or without a ledger
     ledger = engine.ledger
     if ledger is None:
@@ -220,7 +226,7 @@ def _cancel(engine: Engine, context: RequestContext, params: dict[str, Any]) -> 
         raise InvalidRequestError('the cancel query needs params {"session_id": ID}')
     require_scope(context, "session.cancel")
     entries = live_sessions(engine).find(session_id)
-    own = [entry for entry in entries if entry.principal == context.principal]
+    own = [entry for entry in entries if entry.owned_by(context)]
     if len(own) < len(entries) and (not own or has_scope(context, SCOPES["session.admin"])):
         # another user's session: only an administrator may touch it. A user's own sessions are
         # never held hostage by another's that took the same id (a client may choose its ids)

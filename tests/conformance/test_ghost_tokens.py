@@ -208,6 +208,19 @@ def test_usage_is_ones_own_unless_usage_admin(scheme, guarded, certs):
         assert f"own-{scheme}" in set(admin.usage(user=f"own-{scheme}")["user"])
 
 
+def test_the_same_sub_in_another_tenant_reads_only_its_own_rows(scheme, guarded, certs):
+    """Two tenants' tokens with one ``sub``: each ``usage:read`` read the other's rows as its own."""
+    sub = f"shared-sub-{scheme}"
+    with connect(scheme, guarded, certs, token(subject=sub, tenant="acme")) as acme:
+        acme.complete("echo", "acme's")
+    with connect(scheme, guarded, certs, token(subject=sub, tenant="beta")) as beta:
+        beta.complete("echo", "beta's")
+        mine = beta.usage()
+        assert set(mine["tenant"]) == {"beta"} and len(mine) == 1
+        with pytest.raises(PermissionDeniedError, match="usage:admin"):
+            beta.usage(tenant="acme")
+
+
 def test_a_token_of_one_user_cannot_reach_another_users_session(scheme, guarded, certs):
     if scheme == "stdio":
         pytest.skip("stdio: each client starts a gateway of its own, so no other connection shares its sessions")

@@ -16,6 +16,12 @@ from gtl_nb.protocol.errors import InvalidRequestError, PermissionDeniedError
 ID = "sess_shared"
 
 
+def who(owner: str) -> tuple[str, str | None]:
+    """``"acme/alice"``: sub ``alice`` of tenant ``acme``; ``"alice"``: a principal with no tenant."""
+    tenant, _, sub = owner.rpartition("/")
+    return sub, tenant or None
+
+
 def cancel(monkeypatch: pytest.MonkeyPatch, principal: str, scopes: set[str], owners: list[str]) -> tuple[object, dict]:
     """Run ``cancel`` of ``ID`` as ``principal`` with sessions of ``owners`` under that id running; its
     answer (or the exception raised) and which owners' sessions were cancelled."""
@@ -26,12 +32,13 @@ def cancel(monkeypatch: pytest.MonkeyPatch, principal: str, scopes: set[str], ow
         tasks = {}
         for owner in owners:
             tasks[owner] = asyncio.ensure_future(asyncio.sleep(3600))
-            registry._running.setdefault(ID, []).append(LiveSession(ID, owner, "ws", "m", 0.0, tasks[owner]))
+            sub, tenant = who(owner)
+            registry._running.setdefault(ID, []).append(LiveSession(ID, sub, tenant, "ws", "m", 0.0, tasks[owner]))
         await asyncio.sleep(0)
         try:
-            answer: object = queries._cancel(
-                None, RequestContext(principal=principal, scopes=frozenset(scopes)), {"session_id": ID}
-            )  # type: ignore[arg-type]
+            sub, tenant = who(principal)
+            context = RequestContext(principal=sub, tenant=tenant, scopes=frozenset(scopes))
+            answer: object = queries._cancel(None, context, {"session_id": ID})  # type: ignore[arg-type]
         except Exception as exc:
             answer = exc
         await asyncio.sleep(0.01)
@@ -67,3 +74,23 @@ def test_an_administrator_cancels_every_session_of_the_id(monkeypatch, owners):
 def test_no_session_of_that_id_is_a_clear_error(monkeypatch):
     answer, _ = cancel(monkeypatch, "bob", WRITE, [])
     assert isinstance(answer, InvalidRequestError) and "no session" in str(answer)
+
+
+def test_the_same_sub_of_another_tenant_is_another_user(monkeypatch):
+    """Two tenants' tokens with one ``sub`` were one owner: each could cancel the other's sessions."""
+    answer, cancelled = cancel(monkeypatch, "beta/alice", WRITE, ["acme/alice"])
+    assert isinstance(answer, PermissionDeniedError)
+    assert cancelled == {"acme/alice": False}
+    answer, cancelled = cancel(monkeypatch, "acme/alice", WRITE, ["acme/alice", "beta/alice"])
+    assert answer == {"cancelled": 1} and cancelled == {"acme/alice": True, "beta/alice": False}
+
+
+def test_sessions_are_listed_to_their_owner_within_its_tenant():
+    registry = LiveSessions()
+    for owner in ("acme/alice", "beta/alice", "alice"):
+        sub, tenant = who(owner)
+        registry._running.setdefault(owner, []).append(LiveSession(owner, sub, tenant, "ws", "m", 0.0, None))
+    for owner in ("acme/alice", "beta/alice", "alice"):
+        sub, tenant = who(owner)
+        seen = registry.visible_to(RequestContext(principal=sub, tenant=tenant), everyone=False)
+        assert [entry.session_id for entry in seen] == [owner]
