@@ -72,6 +72,8 @@ def may_read_reasons(
     gateway the caller must also come from a loopback address. Never raises: a refusal is a ``False``."""
     if development and (peer_host is None or not is_loopback(peer_host)):
         return False
+    if refuses_every_token(authenticate):  # no token can pass: not asked (each ask logs an error)
+        return False
     try:
         context = authenticate(bearer)
     except Exception as exc:  # refused (or the checker failed): the probe's answer stays the short one

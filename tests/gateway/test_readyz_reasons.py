@@ -96,3 +96,23 @@ def test_the_reasons_need_the_callers_loopback_address_on_a_development_gateway(
     guarded = DevAuth("ann", token="dev-secret")  # auth = "token": its token, as /metrics asks
     assert not may_read_reasons(guarded, None, "127.0.0.1", development=True)
     assert may_read_reasons(guarded, "dev-secret", "127.0.0.1", development=True)
+
+
+def test_a_token_is_not_checked_while_no_token_can_pass():
+    """While the revocation list was never read every token is refused, and each check logged an ERROR:
+    a probe carrying a token filled the log at the default level. No token is asked then."""
+    from types import SimpleNamespace
+
+    from gtl_nb.gateway.readiness import may_read_reasons
+
+    asked: list[object] = []
+
+    class Checker:
+        revocations = SimpleNamespace(loaded=False)
+
+        def __call__(self, bearer: object) -> object:
+            asked.append(bearer)
+            raise AssertionError("the token was checked")
+
+    assert may_read_reasons(Checker(), "a-token", "127.0.0.1", development=False) is False  # type: ignore[arg-type]
+    assert asked == []
