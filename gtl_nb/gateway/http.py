@@ -79,7 +79,13 @@ from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
 from gtl_nb.gateway.scopes import SCOPES
-from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
+from gtl_nb.gateway.sessions import (
+    Authenticate,
+    GatewayConnection,
+    HeaderTokenFirst,
+    authenticated_or_logged,
+    cancel_started,
+)
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex, unique_hex
@@ -224,7 +230,7 @@ class _Running:
         if self.task is not None and not self.task.done() and not self.cancelled:
             self.cancelled = True
             self.reason = reason
-            self.task.cancel()
+            cancel_started(self.task)  # (a task cancelled before it ran would never end its session)
 
     async def wait(self) -> None:
         if self.task is not None and not self.task.done():
