@@ -7,7 +7,9 @@
   and back-pressure work as on every other transport. The call's initial metadata announces the frame
   limit (``gtl-max-frame-bytes``).
 * ``Complete`` (unary) — one session through ``engine.core.run_session``; the ``CompletionResult``
-  holds every event, the last one its ``done`` or ``error``.
+  holds every event, the last one its ``done`` or ``error``. One beyond the principal's
+  ``max_sessions_per_principal`` is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``, once its ledger row and
+  audit record are written (``gateway.refusals``).
 * ``ListProviders`` (unary) — ``engine.provider_info()``.
 
 **Tokens** travel in the call metadata, ``authorization: Bearer <token>``; on ``Session`` hello's
@@ -25,12 +27,16 @@ token counts when the metadata has none. A token ``authenticate`` refuses is sta
                                 over the limit is ``RESOURCE_EXHAUSTED`` / ``INVALID_REQUEST``. gRPC's
                                 ``max_receive_message_length`` (the limit + ``MESSAGE_SLACK``) bounds
                                 memory: a message beyond it ends the call with ``RESOURCE_EXHAUSTED``
-``max_sessions_per_connection`` ``GatewayConnection``, per ``Session`` call (``OVERLOADED``)
+``max_sessions_per_connection`` ``GatewayConnection``, per ``Session`` call (``OVERLOADED``, with
+                                its ledger row); ``Complete`` calls on one HTTP/2 connection:
+                                ``grpc.max_concurrent_streams``, which holds a call back in the
+                                client rather than refusing it
 ``max_connections_per_address`` open calls per client IP (``context.peer()``, or the client a trusted
                                 proxy forwards), whichever the method: a ``Session`` (a GTL
                                 connection, as a WebSocket is) and a ``Complete`` or ``ListProviders``
                                 (one request, as an HTTP connection carries) each count one; one more
-                                is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``. HTTP/2 connections with no
+                                is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``, before its request is read
+                                (a connection refused: no ledger row). HTTP/2 connections with no
                                 call are not counted (gRPC shows the gateway calls, not connections):
                                 ``header_timeout`` and ``idle_timeout`` close them
 ``header_timeout``              gRPC's ``grpc.server_handshake_timeout_ms`` (TLS and the HTTP/2
@@ -78,6 +84,7 @@ from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, 
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import peer_text
+from gtl_nb.gateway.refusals import recorded_refusal
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.ids import unique_hex
 from gtl_nb.log import get_logger
@@ -261,7 +268,8 @@ class GTLServicer(pb_grpc.GTLServicer):
             principals = sessions_of(self.engine)  # (gateway.principal_sessions: counted until the session ends)
             try:
                 principals.take(who.principal, self.limits.max_sessions_per_principal)
-            except OverloadedError as exc:
+            except OverloadedError as exc:  # counted nowhere, but recorded first (gateway.refusals)
+                await recorded_refusal(self.engine, message, who, exc)
                 await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc)
             try:
                 await self._work_on(

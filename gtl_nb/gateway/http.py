@@ -21,7 +21,9 @@ no version this gateway speaks: the spec's negotiation, as these endpoints have 
 answer that is a GTL frame, each of these refusals included, carries ``GTL-Version``), ``404`` and ``405`` for a
 path or method nobody here serves (``INVALID_REQUEST``, naming the endpoints; the OpenAI- and
 Anthropic-compatible routes answer under their own paths in their own shape), ``429`` for one
-connection too many from an address, ``503`` once the gateway is shutting down, ``408`` (then the
+connection too many from an address (no ledger row: no request was read) or for a request beyond the
+principal's ``max_sessions_per_principal`` (its ledger row and audit record written first:
+``gateway.refusals``), ``503`` once the gateway is shutting down, ``408`` (then the
 connection closes) for a request that arrives too slowly (below).
 
 **Limits** (``gateway.listeners.Limits``): a body is read a piece at a time and refused as soon as it
@@ -78,8 +80,15 @@ from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
+from gtl_nb.gateway.refusals import recorded_refusal
 from gtl_nb.gateway.scopes import SCOPES
-from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
+from gtl_nb.gateway.sessions import (
+    Authenticate,
+    GatewayConnection,
+    HeaderTokenFirst,
+    authenticated_or_logged,
+    cancel_started,
+)
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex, unique_hex
@@ -224,7 +233,7 @@ class _Running:
         if self.task is not None and not self.task.done() and not self.cancelled:
             self.cancelled = True
             self.reason = reason
-            self.task.cancel()
+            cancel_started(self.task)  # (a task cancelled before it ran would never end its session)
 
     async def wait(self) -> None:
         if self.task is not None and not self.task.done():
@@ -282,6 +291,11 @@ class _Sessions:
         self._running.add(running)
         self._update()
         return running
+
+    async def refused(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> Error:
+        """The error event of ``request``, refused by ``start`` at the principal's cap, once its ledger row
+        and audit record are written (``gateway.refusals``): in the request's own task, counted nowhere."""
+        return await recorded_refusal(self.engine, request, context, error)
 
     @contextlib.contextmanager
     def socket(self) -> Any:
@@ -940,6 +954,7 @@ class _SessionResponse:
         try:
             running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
         except OverloadedError as exc:  # the principal's sessions are at their cap: refused before it starts
+            await self.sessions.refused(self.request, self.context, exc)
             await _error_response(exc, 429, self.request.session_id)(scope, receive, send)
             return
         compressor = _GzipStream() if self.gzip else None

@@ -12,8 +12,9 @@ One UDP port, TLS 1.3 with the listener's certificate, ALPN ``gtl/1``. Per conne
   with the terminal event. A ``cancel`` frame, a reset of the stream or a stop-sending request
   cancels the session. A stream that opens before hello, or carries anything but one request (then
   perhaps one cancel), gets an ``INVALID_REQUEST`` error and is closed; the third such stream closes
-  the connection. A session beyond ``limits.max_sessions_per_connection`` ends at once with a
-  retryable ``OVERLOADED`` error.
+  the connection. A session beyond ``limits.max_sessions_per_connection`` (or the principal's
+  ``max_sessions_per_principal``) ends with a retryable ``OVERLOADED`` error once its ledger row and
+  audit record are written (``gateway.refusals``), counted against neither cap.
 * **Back-pressure**: each session awaits its own stream's drain after every event (``QuicPeer.drain``),
   so a client that reads one session slowly holds that session's engine stream only.
 * **Address validation**: a client's first Initial is answered with a Retry (aioquic's stateless
@@ -45,6 +46,7 @@ from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings,
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import QueryDesk
+from gtl_nb.gateway.refusals import recorded_refusal
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
@@ -334,13 +336,13 @@ class _Connection:
             session.refuse(ProviderUnavailableError("the gateway is shutting down; try again").to_event(sid))
         elif len(self.running) >= self.limits.max_sessions_per_connection:
             message = f"this connection already runs {len(self.running)} sessions; start more when some have ended"
-            session.refuse(Error(session_id=sid, code="OVERLOADED", message=message, retryable=True))
+            session.refuse_recorded(request, self.context, OverloadedError(message))
         else:
             context, limit = self.context, self.limits.max_sessions_per_principal
             try:  # counted until its task is done (gateway.principal_sessions)
                 sessions_of(self.gateway.engine).start(context.principal, limit, lambda: session.run(request, context))
             except OverloadedError as exc:
-                session.refuse(exc.to_event(sid))
+                session.refuse_recorded(request, context, exc)
                 return
             if self._timer is not None:
                 self._timer.cancel()
@@ -560,6 +562,23 @@ class _Session:
             self.send(event)
         except GTLError as exc:
             log.debug("could not end session %s: %s", event.session_id, exc)
+
+    def refuse_recorded(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> None:
+        """Refuse a whole ``request`` at a session cap: its ledger row and audit record are written, then
+        ``error`` ends the stream (``gateway.refusals``). It runs nothing and counts against neither cap;
+        what bounds these recordings is the stream itself, open until its error goes out — QUIC lets a
+        connection hold only so many (aioquic: 128, a new one granted as one ends)."""
+        self._stop_counting()
+        self.machine = SessionStateMachine(request.session_id)  # the request is whole: later bytes are not arriving
+        gateway = self.connection.gateway
+        task = asyncio.get_running_loop().create_task(
+            self._refused(request, context, error), name=f"gtl-quic-refused-{request.session_id}"
+        )
+        gateway.tasks.add(task)  # a shutdown waits for it, as for a session
+        task.add_done_callback(gateway.tasks.discard)
+
+    async def _refused(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> None:
+        self.refuse(await recorded_refusal(self.connection.gateway.engine, request, context, error))
 
     def refuse(self, event: Error) -> None:
         """End the stream with ``event`` without running anything (and cancel what runs, if anything)."""

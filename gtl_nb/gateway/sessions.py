@@ -13,7 +13,9 @@ whatever the transport under ``framed``:
   is held beyond the channel's buffer. At most ``max_sessions`` run at once per connection, and
   ``limits.max_sessions_per_principal`` per principal over every connection of the process
   (``gateway.principal_sessions``); a request beyond either ends at once with a retryable
-  ``OVERLOADED`` error.
+  ``OVERLOADED`` error, counted against neither cap but still recorded — its ledger row and audit
+  record are written first (``gateway.refusals``), by the connection's reader, which reads the next
+  frame only then: a client flooding requests past a cap is paced by those writes.
 * **Cancel.** A ``cancel`` cancels the session's task: the engine closes the upstream response and
   completes the ledger row as cancelled, and the client gets one ``CANCELLED`` error (or the
   ``done``/``error`` the engine had already recorded, so the client and the ledger agree).
@@ -40,7 +42,7 @@ import asyncio
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -51,6 +53,7 @@ from gtl_nb.gateway.listeners import Limits, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
+from gtl_nb.gateway.refusals import recorded_refusal
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import encode
 from gtl_nb.protocol.connection_events import (
@@ -225,15 +228,18 @@ class GatewayConnection:
     async def _read(self) -> None:
         async for event in self.framed.events():
             self._last_activity = self._clock()
-            self._handle(event)
+            refusal = self._handle(event)
+            if refusal is not None:  # a request refused at a cap: its row first (gateway.refusals)
+                await refusal
 
     # -- events ------------------------------------------------------------------------------------
 
-    def _handle(self, event: ConnectionEvent) -> None:
+    def _handle(self, event: ConnectionEvent) -> Awaitable[None] | None:
+        """Act on one event; what to await before the next one (a refusal's ledger row), if anything."""
         if isinstance(event, HandshakeComplete):
             self._welcome(event)
         elif isinstance(event, CompletionRequest):
-            self._start(event)
+            return self._start(event)
         elif isinstance(event, Query):
             self._ask(event)
         elif isinstance(event, (Cancel, Error)):
@@ -245,6 +251,7 @@ class GatewayConnection:
             log.warning("client %s broke the protocol: %s", self.framed.channel.peer, event.error)
         elif isinstance(event, ConnectionTerminated) and event.error is not None:
             log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
+        return None
 
     def _welcome(self, event: HandshakeComplete) -> None:
         self._said_hello = True
@@ -259,20 +266,20 @@ class GatewayConnection:
             self.framed.send_nowait(fitted(info, self.framed.connection.max_frame_bytes))
         self.framed.send_nowait(PROVIDERS_END)
 
-    def _start(self, request: CompletionRequest) -> None:
+    def _start(self, request: CompletionRequest) -> Awaitable[None] | None:
+        """Start the session of ``request``; a refusal at a cap is returned, for the reader to await."""
         sid = request.session_id
         if self.context is None:  # cannot happen: a refused client's connection is closed
             self._end(AuthenticationError("the client is not authenticated").to_event(sid))
-            return
+            return None
         if self.shutdown is not None and self.shutdown.is_stopping:
             error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
             self._end(error.to_event(sid))
-            return
+            return None
+        context = self.context
         if len(self._tasks) >= self.max_sessions:
             message = f"this connection already runs {len(self._tasks)} sessions; start more when some have ended"
-            self._end(Error(session_id=sid, code="OVERLOADED", message=message, retryable=True))
-            return
-        context = self.context
+            return self._refuse(request, context, OverloadedError(message))
         loop = asyncio.get_running_loop()
         try:
             task = self._principals.start(
@@ -281,9 +288,13 @@ class GatewayConnection:
                 lambda: loop.create_task(self._session(request, context), name=f"gtl-{sid}"),
             )
         except OverloadedError as exc:
-            self._end(exc.to_event(sid))
-            return
+            return self._refuse(request, context, exc)
         self._tasks[sid] = task
+        return None
+
+    async def _refuse(self, request: CompletionRequest, context: RequestContext, error: OverloadedError) -> None:
+        """Refuse ``request`` at a cap: its ledger row and audit record, then its error (``gateway.refusals``)."""
+        self._end(await recorded_refusal(self.engine, request, context, error))
 
     def _ask(self, query: Query) -> None:
         if self.context is not None:  # (always: a refused client's connection is closed)

@@ -2,7 +2,8 @@
 (``gateway.http``) and the compatible ones (``gateway.compat``).
 
 * ``collect_session`` runs a session to its end for a one-shot answer; a client that disconnects first
-  cancels it (``"the client"``), and so does a shutdown that cancels the waiting task.
+  cancels it (``"the client"``), and so does a shutdown that cancels the waiting task. A session the
+  runner refuses at a cap (``OverloadedError``) has its ledger row written before the error is raised.
 * ``stream_session`` runs a response writer (``pump``) beside the session; whichever side ends first,
   the other is stopped, and the session's ledger row is complete before the response task returns.
 * ``EventOutbox`` carries the events from the session to the writer in batches: what one upstream
@@ -20,7 +21,8 @@ from typing import Any, Protocol
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.messages import CompletionRequest, StreamEvent
+from gtl_nb.protocol.errors import GTLError, OverloadedError
+from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
 
 __all__ = ["EventOutbox", "Running", "SessionRunner", "collect_session", "disconnected", "stream_session"]
 
@@ -47,6 +49,11 @@ class SessionRunner(Protocol):
         send: Callable[[StreamEvent], None],
         drain: Callable[[], Awaitable[Any] | None] | None = None,
     ) -> Running: ...
+
+    async def refused(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> Error:
+        """Record a request ``start`` refused at a cap (``OverloadedError``): its ledger row and audit record
+        (``gateway.refusals``); returns its error event."""
+        ...
 
 
 class EventOutbox:
@@ -113,8 +120,13 @@ async def collect_session(
     deliver: Callable[[StreamEvent], None],
     receive: Callable[[], Awaitable[Any]],
 ) -> None:
-    """Run one session to its end, handing each event to ``deliver`` (see the module docstring)."""
-    running = sessions.start(request, context, deliver)
+    """Run one session to its end, handing each event to ``deliver`` (see the module docstring).
+    ``OverloadedError`` when the runner refused it at a cap — its ledger row written already."""
+    try:
+        running = sessions.start(request, context, deliver)
+    except OverloadedError as exc:
+        await sessions.refused(request, context, exc)
+        raise
     watching = asyncio.ensure_future(disconnected(receive))
 
     def client_left(watcher: asyncio.Task[None]) -> None:

@@ -423,3 +423,50 @@ def test_a_store_that_is_away_is_the_gateways_trouble_and_its_address_stays_in_t
     assert "try again" in answer.error.message and "db.internal" not in answer.error.message
     assert "spool" not in answer.error.message
     assert "db.internal" in caplog.text  # the operator's
+
+
+def test_a_flood_past_the_cap_leaves_a_row_per_request_and_no_work_behind(tmp_path):
+    """200 requests in one read to a connection at its cap of 1: each is refused ``OVERLOADED`` with its
+    own ledger row, recorded by the connection's reader itself — no task, no queue per refusal — and none
+    counts against the connection's or the principal's cap."""
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.gateway.principal_sessions import sessions_of
+
+    async def main() -> None:
+        channel = HeldChannel()
+        options = {"providers": {"echo": {"options": {"pace": 0.05}}}}
+        settings = load_settings(config=options, environ={})
+        engine = build_engine(settings, ledger=tmp_path / "rows.sqlite", audience="gateway")
+        gateway = GatewayConnection(
+            engine,
+            FramedConnection(GTLConnection("server"), channel),
+            authenticate=lambda token: RequestContext(principal="tester", scopes=SCOPE_NAMES),
+            limits=Limits(max_sessions_per_connection=1),
+        )
+        running, client = await said_hello(gateway, channel)
+        channel.inbox.put_nowait(client.send(request("held", "word " * 400)))  # seconds of paced tokens
+        await settle()
+        made: list[str] = []
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(
+            lambda loop, coro, **kw: made.append(coro.__qualname__) or asyncio.Task(coro, loop=loop, **kw)
+        )
+        channel.inbox.put_nowait(b"".join(client.send(request(f"r{i}")) for i in range(200)))
+        await settle()
+        loop.set_task_factory(None)
+        ends = [e for e in take(channel, client) if isinstance(e, Error)]
+        assert [e.session_id for e in ends] == [f"r{i}" for i in range(200)]
+        assert {(e.code, e.retryable) for e in ends} == {("OVERLOADED", True)}
+        assert made == []  # every refusal was written by the reader, in turn
+        assert gateway.live_sessions == 1 and sessions_of(engine).running("tester") == 1
+        channel.inbox.put_nowait(b"")
+        await asyncio.wait_for(running, 10)
+        await engine.aclose()
+
+    asyncio.run(main())
+    rows = Ledger(tmp_path / "rows.sqlite").rows()
+    refused = [row for row in rows if row["session_id"] != "held"]
+    assert len(refused) == 200 and len({row["session_id"] for row in refused}) == 200
+    assert {(row["status"], row["error_code"], row["user"], row["model"]) for row in refused} == {
+        ("error", "OVERLOADED", "tester", "echo")
+    }

@@ -98,6 +98,7 @@ class StreamedSession:
         try:
             running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
         except OverloadedError as exc:  # the principal's sessions are at their cap: nothing started
+            await self.sessions.refused(self.request, self.context, exc)  # (its ledger row and audit record)
             exc.session_id = self.request.session_id
             await self.refused(exc)(scope, receive, send)
             return
