@@ -334,6 +334,8 @@ class _Connection:
             self.bad(error)
         elif self.gateway.stopping:
             session.refuse(ProviderUnavailableError("the gateway is shutting down; try again").to_event(sid))
+        elif (refused := completion_refusal(self.context, self.gateway.authenticate)) is not None:
+            session.refuse_recorded(request, self.context, refused)  # before the caps: a revoked token is told so
         elif len(self.running) >= self.limits.max_sessions_per_connection:
             message = f"this connection already runs {len(self.running)} sessions; start more when some have ended"
             session.refuse_recorded(request, self.context, OverloadedError(message))
@@ -534,7 +536,6 @@ class _Session:
                 drain=self.drain,
                 finish=self.finish,
                 cancelled_by=lambda: self.connection.cancel_reason,
-                refused=completion_refusal(context, self.connection.gateway.authenticate),
             )
         except Exception:  # a bug, or an event this stream cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)

@@ -277,6 +277,9 @@ class GatewayConnection:
             self._end(error.to_event(sid))
             return None
         context = self.context
+        refused = completion_refusal(context, self._authenticate)
+        if refused is not None:  # before the caps: a revoked token is told so, not to try again later
+            return self._refuse(request, context, refused)
         if len(self._tasks) >= self.max_sessions:
             message = f"this connection already runs {len(self._tasks)} sessions; start more when some have ended"
             return self._refuse(request, context, OverloadedError(message))
@@ -292,8 +295,9 @@ class GatewayConnection:
         self._tasks[sid] = task
         return None
 
-    async def _refuse(self, request: CompletionRequest, context: RequestContext, error: OverloadedError) -> None:
-        """Refuse ``request`` at a cap: its ledger row and audit record, then its error (``gateway.refusals``)."""
+    async def _refuse(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> None:
+        """Refuse ``request`` (a cap, a scope, a token no longer valid): its ledger row and audit record, then
+        its error (``gateway.refusals``)."""
         self._end(await recorded_refusal(self.engine, request, context, error))
 
     def _ask(self, query: Query) -> None:
@@ -320,7 +324,6 @@ class GatewayConnection:
                 drain=self.framed.drain_when_full,
                 finish=self._end,
                 cancelled_by=lambda: self._cancel_reason,
-                refused=completion_refusal(context, self._authenticate),
             )
         except Exception:  # a bug, or an event this connection cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)

@@ -373,3 +373,47 @@ def test_the_count_itself():
 
     asyncio.run(cancelled_before_it_ran())
     assert len(counts) == 0
+
+
+@pytest.mark.parametrize("scheme", ["ws", "quic"])
+def test_a_revoked_token_at_its_cap_is_refused_as_revoked_not_told_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certs: DevCertificates, scheme: str
+):
+    """The cap was counted before the token was checked again: a revoked client at its cap heard a
+    retryable OVERLOADED, and retried until a place freed."""
+    import jwt as pyjwt
+
+    from gtl_nb.gateway.tokens.store import SqliteTokenStore
+    from gtl_nb.protocol.errors import AuthenticationError
+
+    revocations = tmp_path / "tokens.sqlite3"
+    tls = {"port": 0, "tls_cert": str(certs.certificate), "tls_key": str(certs.key)}
+    jwt_table = {"issuer": "gtl-test", "secret_env": "REVOKED_AT_CAP", "default_deployments": ["*"]}
+    more = {
+        "providers.slowecho": {"type": "echo", "options": {"pace": 0.1}},
+        "gateway": {"auth": "jwt", "max_sessions_per_principal": 2},
+        "gateway.jwt": {**jwt_table, "revocations": str(revocations), "refresh": 0.2},
+        "gateway.quic": tls,
+    }
+    config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "REVOKED_AT_CAP", more)
+    with start_gateway(config) as gateway:
+        token = mint(*SCOPES, subject="ann")
+        extra = {"verify": str(certs.ca)} if scheme == "quic" else {}
+        with gtl_nb.connect(gateway.url(scheme), token=token, **extra) as client:
+            held = [_held_ws_stream(client), _held_ws_stream(client)]  # at the cap
+            jti = pyjwt.decode(token, options={"verify_signature": False})["jti"]
+            SqliteTokenStore(revocations).revoke(jti, time.time() + 600)
+
+            deadline = time.monotonic() + 10  # the list is read again every 0.2 s: OVERLOADED until then
+            while True:
+                try:
+                    client.complete("echo", "after the revocation")
+                except AuthenticationError:
+                    break  # refused as what it is, though the principal is still at its cap
+                except OverloadedError:
+                    assert time.monotonic() < deadline, "a revoked token at its cap was told to retry"
+                    time.sleep(0.05)
+                else:
+                    raise AssertionError("a revoked token was served")
+            for stream in held:
+                stream.close()
