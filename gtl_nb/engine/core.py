@@ -434,7 +434,9 @@ class Engine:
             # inside the try: a cancel during the insert still settles the reservation below
             row = await self._ledger_start(request, context, model)
             if self.hooks:
-                self.hooks.emit(RequestStarted(request.session_id, context, request.model, request))
+                self.hooks.emit(
+                    RequestStarted(request.session_id, context, request.model, request, refused=refused is not None)
+                )
             machine = SessionStateMachine(request.session_id)
             started = self.clock()
             queued = Status(session_id=request.session_id, state="queued")

@@ -41,6 +41,8 @@ class RequestStarted:
     model: str
     request: CompletionRequest | None = None
     """The request itself (its sampling parameters, its messages): for tracing and a full audit log."""
+    refused: bool = False
+    """Refused before it ran (a scope, a session cap): it is recorded, and never runs."""
 
 
 @dataclass(frozen=True)

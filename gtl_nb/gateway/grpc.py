@@ -266,8 +266,10 @@ class GTLServicer(pb_grpc.GTLServicer):
 
             refused = completion_refusal(who)
             principals = sessions_of(self.engine)  # (gateway.principal_sessions: counted until the session ends)
+            counted = refused is None  # refused for its token or scopes: runs nothing, outside the cap
             try:
-                principals.take(who.principal, self.limits.max_sessions_per_principal)
+                if counted:
+                    principals.take(who.principal, self.limits.max_sessions_per_principal)
             except OverloadedError as exc:  # counted nowhere, but recorded first (gateway.refusals)
                 await recorded_refusal(self.engine, message, who, exc)
                 await _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, exc)
@@ -276,7 +278,8 @@ class GTLServicer(pb_grpc.GTLServicer):
                     run_session(self.engine, message, who, events.append, cancelled_by=cancelled_by, refused=refused)
                 )
             finally:
-                principals.release(who.principal)
+                if counted:
+                    principals.release(who.principal)
             return _result(events).SerializeToString()
 
     async def ListProviders(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:

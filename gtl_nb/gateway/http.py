@@ -264,6 +264,7 @@ class _Sessions:
         ``OverloadedError``, with nothing run, when the principal runs ``max_per_principal`` sessions already
         (a refusal before the session: ``429``)."""
         running = _Running()
+        refused = completion_refusal(context)
 
         async def run() -> None:
             try:
@@ -274,7 +275,7 @@ class _Sessions:
                     send,
                     drain=drain,
                     cancelled_by=lambda: running.reason,
-                    refused=completion_refusal(context),
+                    refused=refused,
                 )
             except Exception:  # a bug: run_session already ended the session with INTERNAL
                 log.exception("session %s failed in the gateway", request.session_id)
@@ -283,11 +284,15 @@ class _Sessions:
                 self._update()
 
         loop = asyncio.get_running_loop()
-        running.task = self._principals.start(
-            context.principal,
-            self.max_per_principal,
-            lambda: loop.create_task(run(), name=f"gtl-http-{request.session_id}"),
-        )
+
+        def spawn() -> asyncio.Task[None]:
+            return loop.create_task(run(), name=f"gtl-http-{request.session_id}")
+
+        # refused for its token or scopes, it runs nothing: outside the cap, and told why, not to retry
+        if refused is not None:
+            running.task = spawn()
+        else:
+            running.task = self._principals.start(context.principal, self.max_per_principal, spawn)
         self._running.add(running)
         self._update()
         return running

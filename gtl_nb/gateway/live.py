@@ -60,6 +60,8 @@ class LiveSessions:
 
     def __call__(self, event: EngineEvent) -> None:
         if isinstance(event, RequestStarted):
+            if event.refused:  # recorded, never run: nothing to list or cancel (its task is its caller's)
+                return
             task = asyncio.current_task() if _in_loop() else None
             context = event.context
             live = LiveSession(

@@ -12,7 +12,9 @@ called and no budget used; the audit log hears of it through the engine's hooks 
 start and end and the two hook events, no budget reservation — less than a budget refusal. With the
 SQLite ledger both writes are queued without waiting, so the refusal never waits at all; once the
 ledger's writer holds its 10,000 queued operations the start waits for room (its back-pressure,
-docs/ledger.md), and with PostgreSQL it waits for the insert. The caller awaits the row in the task
+docs/ledger.md); the PostgreSQL ledger queues its writes the same way. A refused request is no
+running session: the ``sessions`` query does not list it, and a ``cancel`` query cannot reach the
+task that writes its row (the caller's own — a connection's reader). The caller awaits the row in the task
 that read the request — an HTTP request's, a gRPC call's, a connection's reader (which reads the
 next frame only then) — so a flood of refused requests is paced by those writes and holds no more
 than one recording per reader, never a queue of its own. On QUIC, where each request has a stream,

@@ -244,3 +244,47 @@ def test_a_refusal_over_stdio_leaves_one_row(tmp_path: Path):
     (row,) = rows
     assert (row["status"], row["error_code"], row["user"], row["model"]) == ("error", "OVERLOADED", "sam", "echo")
     assert row["deployment"] is None and not row["tokens_in"] and not row["cost"]
+
+
+def test_a_refused_request_is_no_live_session_a_cancel_query_could_reach(tmp_path: Path):
+    """The row of a refusal is written in the caller's own task — a connection's reader — and the
+    ``sessions`` query listed that task as the refused request's: a ``cancel`` query for the id cancelled
+    the reader, every session of the connection with it, and the refusal never reached its client."""
+    import asyncio
+
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.gateway.live import live_sessions
+    from gtl_nb.gateway.refusals import recorded_refusal
+
+    client = gtl_nb.connect(config={"ledger": {"path": str(tmp_path / "ledger.sqlite")}})
+    engine = client.backend.engine
+    registry = live_sessions(engine)
+    written = engine._finish
+
+    async def slow_finish(*args: Any, **kwargs: Any) -> Any:  # a ledger slow to end the row (PostgreSQL's)
+        try:
+            await asyncio.sleep(0.2)
+        finally:
+            await written(*args, **kwargs)
+
+    engine._finish = slow_finish
+    request = client.request("echo", "hi", session_id="refused-1")
+
+    async def reader() -> tuple[str, list[object]]:
+        refusing = asyncio.ensure_future(
+            recorded_refusal(engine, request, RequestContext(principal="ann"), OverloadedError("at the cap"))
+        )
+        listed: list[object] = []
+        while not refusing.done():
+            listed += registry.find("refused-1")  # what the sessions and cancel queries look up
+            await asyncio.sleep(0.01)
+        return (await refusing).code, listed
+
+    try:
+        code, listed = client.backend.loop.run(reader())
+    finally:
+        engine._finish = written
+        client.close()
+    assert code == "OVERLOADED" and listed == []
+    rows = Ledger(tmp_path / "ledger.sqlite").rows(session_id="refused-1")
+    assert [(row["status"], row["error_code"]) for row in rows] == [("error", "OVERLOADED")]

@@ -417,3 +417,32 @@ def test_a_revoked_token_at_its_cap_is_refused_as_revoked_not_told_to_retry(
                     raise AssertionError("a revoked token was served")
             for stream in held:
                 stream.close()
+
+
+def test_a_token_lacking_a_scope_at_its_principals_cap_is_told_so_on_every_transport(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, certs: DevCertificates
+):
+    """HTTP and gRPC ``Complete`` counted the cap before the scope: a token without ``chat:write`` whose
+    ``sub`` was at its cap (through another token) heard a retryable 429, WebSocket a FORBIDDEN."""
+    from gtl_nb.protocol.errors import PermissionDeniedError
+
+    more = {
+        "providers.slowecho": {"type": "echo", "options": {"pace": 0.1}},
+        "gateway": {"auth": "jwt", "max_sessions_per_principal": 1},
+        "gateway.grpc": {"port": 0},
+    }
+    config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "SCOPE_AT_CAP", more)
+    with start_gateway(config) as gateway:
+        base, full, reader = gateway.url("http"), mint(*SCOPES, subject="ann"), mint("models:read", subject="ann")
+        held = HttpStream(base, full)  # ann's one place
+        try:
+            assert held.refused is None
+            body = _gtl_request("echo", "hi", stream=False)
+            answer = httpx.post(f"{base}/v1/gtl", json=body, headers={"authorization": f"Bearer {reader}"}, timeout=30)
+            assert answer.status_code == 403 and answer.json()["events"][-1]["code"] == "FORBIDDEN"
+            result = _grpc_complete(gateway.url("grpc"), reader, "echo", "hi")  # the error in its result
+            assert "FORBIDDEN" in str(result) and "OVERLOADED" not in str(result)
+            with gtl_nb.connect(gateway.url("ws"), token=reader) as over_ws:
+                assert isinstance(_error_of(lambda: over_ws.complete("echo", "hi")), PermissionDeniedError)
+        finally:
+            held.close()
