@@ -221,6 +221,7 @@ class _SessionRecord:
     coalesced: bool = False
     answer: list[str] | None = None  # the answer's text pieces, kept only when a hook subscriber wants it
     finish_reason: str | None = None
+    refused: bool = False  # refused before it ran (a scope, a session cap): its hook events say so
 
 
 @dataclass
@@ -425,7 +426,7 @@ class Engine:
         reservation, refusal = (None, None) if refused is not None else await self._reserve(request, context, targets)
         # the row's model is the bare name, also for a request routing refused ("openai:gpt-x" → "gpt-x")
         model = targets[0].model if isinstance(targets, list) and targets else self.router.bare_model(request.model)
-        record = _SessionRecord(answer=[] if self.hooks.want_answers else None)
+        record = _SessionRecord(answer=[] if self.hooks.want_answers else None, refused=refused is not None)
         usage: Usage | None = None
         end: Done | Error | None = None
         row: int | None = None
@@ -435,7 +436,7 @@ class Engine:
             row = await self._ledger_start(request, context, model)
             if self.hooks:
                 self.hooks.emit(
-                    RequestStarted(request.session_id, context, request.model, request, refused=refused is not None)
+                    RequestStarted(request.session_id, context, request.model, request, refused=record.refused)
                 )
             machine = SessionStateMachine(request.session_id)
             started = self.clock()
@@ -1542,4 +1543,5 @@ def _finished_event(
         answer=None if record.answer is None else "".join(record.answer),
         cached_tokens_in=fields.get("cached_tokens_in"),
         cache_write_tokens_in=fields.get("cache_write_tokens_in"),
+        refused=record.refused,
     )

@@ -117,6 +117,8 @@ class RequestFinished:
     """The part of ``tokens_in`` read from the provider's prompt cache."""
     cache_write_tokens_in: int | None = None
     """The part of ``tokens_in`` written to the provider's prompt cache."""
+    refused: bool = False
+    """Refused before it ran (its ``RequestStarted`` said so): a running session of the same id is another's."""
 
 
 @dataclass(frozen=True)

@@ -65,11 +65,19 @@ class LiveSessions:
             task = asyncio.current_task() if _in_loop() else None
             context = event.context
             live = LiveSession(
-                event.session_id, context.principal, context.tenant, context.transport, event.model, time.time(), task
+                event.session_id,
+                context.principal,
+                context.tenant,
+                context.transport,
+                event.model,
+                time.time(),
+                task,
             )
             self._running.setdefault(event.session_id, []).append(live)
         elif isinstance(event, RequestFinished):
             entries = self._running.get(event.session_id, [])
+            if event.refused:  # never listed: a running session that took the same id is another's
+                return
             for entry in entries:
                 if entry.owned_by(event.context):
                     entries.remove(entry)

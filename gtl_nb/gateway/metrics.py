@@ -253,9 +253,10 @@ class Metrics:
         if isinstance(event, RequestFinished):
             self._finished(event)
         elif isinstance(event, RequestStarted):
-            if len(self._started) >= _MAX_PENDING:
-                self._started.pop(next(iter(self._started)))
-            self._started[event.session_id] = self._clock()
+            if not event.refused:  # (a refused request that took a running one's id leaves the other's time)
+                if len(self._started) >= _MAX_PENDING:
+                    self._started.pop(next(iter(self._started)))
+                self._started[event.session_id] = self._clock()
             transport = event.context.transport
             if transport:  # a gateway session: open until its RequestFinished
                 self.session_opened(transport)
@@ -288,7 +289,7 @@ class Metrics:
         self._models = fresh
 
     def _finished(self, event: RequestFinished) -> None:
-        started = self._started.pop(event.session_id, None)
+        started = None if event.refused else self._started.pop(event.session_id, None)
         if event.context.transport:
             self.session_closed(event.context.transport)
         provider = self.provider_label(event.deployment)

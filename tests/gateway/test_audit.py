@@ -287,6 +287,24 @@ def test_reasons_keep_the_error_code_and_never_the_message(tmp_path):
     assert KEY_CANARY.encode() not in all_bytes(tmp_path)
 
 
+def test_a_refused_request_that_took_a_running_sessions_id_leaves_that_sessions_record_whole(tmp_path):
+    """Ids are the clients': a request refused at a cap with a running session's id overwrote, then
+    took, that session's pending record — its failover path and requested model were lost."""
+    from gtl_nb.engine.hooks import AttemptStarted, FailedOver
+
+    log_path = tmp_path / "audit.jsonl"
+    with AuditLog(AuditSettings(path=log_path, fsync=False)) as audit:
+        audit(RequestStarted(session_id="s1", context=CONTEXT, model="gpt-4o-mini"))
+        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=1))
+        audit(RequestStarted(session_id="s1", context=CONTEXT, model="echo", refused=True))
+        audit(finished("s1", status="error", error_code="OVERLOADED", deployment=None, refused=True))
+        audit(FailedOver(session_id="s1", from_deployment="a", to_deployment="b", reason="TIMEOUT: slow"))
+        audit(finished("s1", deployment="b"))
+    refused, running = records(log_path)
+    assert refused["requested_model"] == "echo" and refused["failover_path"] == []
+    assert running["requested_model"] == "gpt-4o-mini" and running["failover_path"] == ["a"]
+
+
 # -- the chain and verify ---------------------------------------------------------------------------
 
 

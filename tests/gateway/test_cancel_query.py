@@ -94,3 +94,24 @@ def test_sessions_are_listed_to_their_owner_within_its_tenant():
         sub, tenant = who(owner)
         seen = registry.visible_to(RequestContext(principal=sub, tenant=tenant), everyone=False)
         assert [entry.session_id for entry in seen] == [owner]
+
+
+def test_the_end_of_a_refused_request_that_took_a_running_ones_id_removes_nothing():
+    """A refused request is never listed; its end removed the first entry of its id and owner — a
+    running session of the same principal that took the same id vanished from ``sessions`` and
+    ``cancel`` while it ran on."""
+    from gtl_nb.engine.hooks import RequestFinished, RequestStarted
+
+    def finished(context: RequestContext, *, refused: bool = False) -> RequestFinished:
+        return RequestFinished(
+            "S", context, "error", "OVERLOADED", None, "echo", None, None, None, None, False, refused=refused
+        )
+
+    registry = LiveSessions()
+    running, refused = RequestContext(principal="ann"), RequestContext(principal="ann")
+    registry(RequestStarted("S", running, "echo"))
+    registry(RequestStarted("S", refused, "echo", refused=True))
+    registry(finished(refused, refused=True))
+    assert [entry.principal for entry in registry.find("S")] == ["ann"]
+    registry(finished(running))
+    assert registry.find("S") == []
