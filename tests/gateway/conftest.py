@@ -20,6 +20,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
+from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
 from gtl_nb.protocol.messages import CompletionRequest, Message
 
 SIM_KEY = "sim-key"
@@ -82,6 +83,12 @@ def jwt_echo_gateway(
         return mint_token(secret, subject=subject, scopes=scopes, lifetime=600, issuer="gtl-test", **claims)
 
     return config, mint
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
+    """A development CA and a server certificate for localhost, 127.0.0.1 and ::1 (TLS and QUIC)."""
+    return make_dev_certificates(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb.engine.ledger import Ledger
-from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
+from gtl_nb.gateway.certs import DevCertificates
 from gtl_nb.gateway.local import LocalGateway, start_gateway
 from gtl_nb.protocol.errors import OverloadedError
 from tests.gateway.conftest import jwt_echo_gateway, write_toml
@@ -26,11 +26,6 @@ from tests.gateway.test_sessions_per_principal import LONG, SLOW, HttpStream, _e
 
 PER_PRINCIPAL = 2
 SCOPES = ("chat:write", "models:read")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return make_dev_certificates(tmp_path_factory.mktemp("certs"), ["127.0.0.1"])
 
 
 @pytest.fixture

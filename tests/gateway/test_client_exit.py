@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
+from gtl_nb.gateway.certs import DevCertificates
 from gtl_nb.gateway.local import LocalGateway, start_gateway
 from tests.gateway.conftest import write_toml
 
@@ -41,20 +41,15 @@ SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return make_dev_certificates(tmp_path_factory.mktemp("certs"))
-
-
 @pytest.fixture
-def gateway(tmp_path: Path, certificates: DevCertificates) -> Iterator[LocalGateway]:
+def gateway(tmp_path: Path, certs: DevCertificates) -> Iterator[LocalGateway]:
     """A gateway of this test's own: plain HTTP (``ws://``) and QUIC, both on free loopback ports."""
     config = write_toml(
         tmp_path / "gtl.toml",
         {
             "ledger": {"path": tmp_path / "ledger.sqlite"},
             "gateway": {"shutdown_grace": 1},
-            "gateway.quic": {"tls_cert": certificates.certificate, "tls_key": certificates.key},
+            "gateway.quic": {"tls_cert": certs.certificate, "tls_key": certs.key},
         },
     )
     running = start_gateway(config, http="127.0.0.1:0", quic="127.0.0.1:0")
@@ -91,7 +86,7 @@ def run_script(url: str, ca: Path, before_exit: Callable[[], None]) -> tuple[str
 
 @pytest.mark.parametrize("scheme", ["ws", "quic"])
 @pytest.mark.parametrize("gateway_state", ["running", "killed", "frozen"])
-def test_a_client_never_closed_exits_silently(gateway, certificates, scheme, gateway_state):
+def test_a_client_never_closed_exits_silently(gateway, certs, scheme, gateway_state):
     url = gateway.url(scheme)
     assert url.startswith(f"{scheme}://")
 
@@ -101,7 +96,7 @@ def test_a_client_never_closed_exits_silently(gateway, certificates, scheme, gat
         elif gateway_state == "frozen":  # alive to the kernel (TCP still answers), silent to the client
             os.kill(gateway.process.pid, signal.SIGSTOP)
 
-    errors, seconds, status = run_script(url, certificates.ca, before_exit)
+    errors, seconds, status = run_script(url, certs.ca, before_exit)
     assert errors == ""
     assert status == 0
     assert seconds < EXIT_LIMIT, f"the script took {seconds:.1f} s to exit"

@@ -22,7 +22,6 @@ import pytest
 
 import gtl_nb
 from gtl_nb.engine.ledger import Ledger
-from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
 from gtl_nb.gateway.local import start_gateway
 from gtl_nb.protocol import Error, Token
 from gtl_nb.protocol.errors import (
@@ -74,11 +73,6 @@ def config(tmp_path, sims) -> Callable[..., Path]:
         return write_toml(tmp_path / "gtl.toml", tables)
 
     return write
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> DevCertificates:
-    return make_dev_certificates(tmp_path_factory.mktemp("certs"), ["127.0.0.1", "localhost"])
 
 
 def _stdio_config(tmp_path, **gateway) -> Path:

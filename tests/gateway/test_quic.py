@@ -134,11 +134,6 @@ def quic_gateway(
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return make_dev_certificates(tmp_path_factory.mktemp("quic-certs"))
-
-
-@pytest.fixture(scope="module")
 def quic_config(tmp_path_factory: pytest.TempPathFactory, sims: Any) -> Path:
     """The shared deployments (a 64 KiB frame limit) and ``paced``: echo at 20 ms a token, for sessions that
     must overlap (the simulator serves about ten streams at once)."""

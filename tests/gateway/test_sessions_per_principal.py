@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 import gtl_nb
-from gtl_nb.gateway.certs import DevCertificates, make_dev_certificates
+from gtl_nb.gateway.certs import DevCertificates
 from gtl_nb.gateway.local import LocalGateway, start_gateway
 from gtl_nb.protocol import Error, Token
 from gtl_nb.protocol.errors import GTLError, ModelNotFoundError, OverloadedError, error_from_event
@@ -30,11 +30,6 @@ CAP = 3
 SLOW = "slowecho:echo"  # an echo deployment at 0.1 s a token: a long prompt streams for minutes
 LONG = " ".join(f"word{i}" for i in range(2000))
 SCOPES = ("chat:write", "models:read")
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return make_dev_certificates(tmp_path_factory.mktemp("certs"), ["127.0.0.1"])
 
 
 @pytest.fixture

@@ -25,20 +25,15 @@ SCHEMES = ("https", "sses", "wss")
 
 
 @pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> DevCertificates:
-    return make_dev_certificates(tmp_path_factory.mktemp("certs"))
-
-
-@pytest.fixture(scope="module")
-def tls_url(base_config: Path, certificates: DevCertificates) -> Iterator[str]:
-    with serving(base_config, tls=TlsFiles(certificates.certificate, certificates.key)) as served:
+def tls_url(base_config: Path, certs: DevCertificates) -> Iterator[str]:
+    with serving(base_config, tls=TlsFiles(certs.certificate, certs.key)) as served:
         yield served.url
 
 
-def test_the_listener_reports_https_and_offers_the_tls_forms(tls_url, certificates):
+def test_the_listener_reports_https_and_offers_the_tls_forms(tls_url, certs):
     assert tls_url.startswith("https://127.0.0.1:")
     address = tls_url.partition("://")[2]
-    trust = ssl.create_default_context(cafile=str(certificates.ca))
+    trust = ssl.create_default_context(cafile=str(certs.ca))
     found = httpx.get(f"{tls_url}/.well-known/gtl", verify=trust).json()
     assert found["transports"] == {"ws": f"wss://{address}", "sse": f"sses://{address}", "http": tls_url}
     with pytest.raises(httpx.HTTPError):  # the port speaks TLS only
@@ -46,9 +41,9 @@ def test_the_listener_reports_https_and_offers_the_tls_forms(tls_url, certificat
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_sessions_over_tls_with_the_gtl_certs_ca(tls_url, certificates, scheme):
+def test_sessions_over_tls_with_the_gtl_certs_ca(tls_url, certs, scheme):
     address = tls_url.partition("://")[2]
-    with gtl_nb.connect(f"{scheme}://{address}", verify=str(certificates.ca)) as client:
+    with gtl_nb.connect(f"{scheme}://{address}", verify=str(certs.ca)) as client:
         # https:// discovers; with only this listener offered the best transport is the secure WebSocket
         assert client.transport == ("wss" if scheme == "https" else scheme)
         assert client.complete("echo", "Hello over TLS").text.count("Hello over TLS") == 1
@@ -97,8 +92,8 @@ def test_a_name_the_certificate_does_not_list_is_refused(base_config, tmp_path):
             assert client.complete("echo", "unverified").text
 
 
-def test_a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout(base_config, certificates):
-    tls = TlsFiles(certificates.certificate, certificates.key)
+def test_a_tls_handshake_that_never_comes_is_cut_at_the_header_timeout(base_config, certs):
+    tls = TlsFiles(certs.certificate, certs.key)
     with serving(base_config, tls=tls, limits=Limits(max_frame_bytes=64 * 1024, header_timeout=0.5)) as served:
         host, _, port = served.url.partition("://")[2].rpartition(":")
         with socket.create_connection((host, int(port))) as silent:
@@ -116,11 +111,11 @@ def test_a_missing_ca_file_is_a_configuration_error(tls_url, tmp_path):
         gtl_nb.connect(tls_url.replace("https://", "sses://"), verify=str(tmp_path / "missing.pem"))
 
 
-def test_plaintext_beyond_loopback_is_refused(certificates):
+def test_plaintext_beyond_loopback_is_refused(certs):
     with pytest.raises(ConfigurationError, match="loopback"):
         ListenerSettings("http", host="0.0.0.0", port=0)
     # with TLS files (or insecure = true, on purpose) any address is allowed
-    assert ListenerSettings("http", host="0.0.0.0", tls=TlsFiles(certificates.certificate, certificates.key))
+    assert ListenerSettings("http", host="0.0.0.0", tls=TlsFiles(certs.certificate, certs.key))
     assert ListenerSettings("http", host="0.0.0.0", insecure=True).url(8787) == "http://0.0.0.0:8787"
 
 
