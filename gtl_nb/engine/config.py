@@ -25,6 +25,7 @@ from __future__ import annotations
 import configparser
 import difflib
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Collection, Mapping
@@ -238,6 +239,12 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             None,
             "reverse proxies (addresses or CIDR networks) whose X-Forwarded-For/-Proto are believed",
         ),
+        "allowed_hosts": Field(
+            (list, type(None)),
+            None,
+            "host names besides loopback ones that a development gateway (auth none or token) answers to",
+            check=lambda v, w: _check_host_names(v, w),
+        ),
         "advertise": Field(
             (dict, type(None)),
             None,
@@ -332,6 +339,20 @@ def _check_advertise(value: Any, where: str) -> None:
             )
         if not isinstance(url, str) or url.partition("://")[0] not in schemes[name] or not url.partition("://")[2]:
             raise ConfigurationError(f"{where}.{name} must be a URL like {schemes[name][-1]}://host:port")
+
+
+# letters, digits, hyphens and dots (an IPv4 address matches too); one pass, no backtracking to speak of
+_HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}")
+
+
+def _check_host_names(value: Any, where: str) -> None:
+    """``allowed_hosts = ["devbox", "gateway.test"]``: bare host names, as a ``Host`` header names them."""
+    for name in value:
+        if not isinstance(name, str) or not name.strip(".") or not _HOST_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{where} holds {str(name)[:100]!r}: give host names only, without a scheme, port or path "
+                '(allowed_hosts = ["devbox", "gateway.test"])'
+            )
 
 
 def _table_only(value: Any, where: str) -> None:

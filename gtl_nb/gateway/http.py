@@ -774,16 +774,23 @@ class _Gate:
     — on a development gateway (``loopback_callers_only``) — a request a web page could have sent."""
 
     def __init__(
-        self, app: Any, guard: _ConnectionGuard, shutdown: Shutdown, *, loopback_callers_only: bool = False
+        self,
+        app: Any,
+        guard: _ConnectionGuard,
+        shutdown: Shutdown,
+        *,
+        loopback_callers_only: bool = False,
+        allowed_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.guard = guard
         self.shutdown = shutdown
         self.loopback_callers_only = loopback_callers_only
+        self.allowed_hosts = allowed_hosts
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket"):
-            problem = _from_a_web_page(scope) if self.loopback_callers_only else None
+            problem = _from_a_web_page(scope, self.allowed_hosts) if self.loopback_callers_only else None
             if problem is not None:
                 await _refuse(scope, receive, send, 403, PermissionDeniedError(problem))
                 return
@@ -803,29 +810,38 @@ class _Gate:
         await self.app(scope, receive, send)
 
 
-def _from_a_web_page(scope: Any) -> str | None:
+def _from_a_web_page(scope: Any, allowed_hosts: frozenset[str] = frozenset()) -> str | None:
     """Why a request to a development gateway (no GhostToken checked, loopback only) may come from a web
     page, or ``None``. Any page the user opens can send such a gateway a request — a plain ``POST``
     needs no permission, a WebSocket none either — and spend the provider keys; a site whose name
     resolves to 127.0.0.1 (DNS rebinding) can even read the answers. Programs on this machine name the
-    gateway by a loopback address and send no ``Origin``; a browser always names the page's."""
+    gateway by a loopback name (or one of ``allowed_hosts``, names the operator gave this machine) and
+    send no ``Origin``; a browser always names the page's, which must be a loopback name."""
     host = origin = None
     for name, value in scope.get("headers", ()):
         if name == b"host":
             host = value.decode("latin-1")
         elif name == b"origin":
             origin = value.decode("latin-1")
-    if host is not None and not is_loopback(_host_name(host)):
+    if host is not None and not _names_this_machine(_host_name(host), allowed_hosts):
         return (
             f"this development gateway answers requests addressed to a loopback name only, not {host[:100]!r}: "
-            'with auth = "none" or "token" it checks no GhostToken, and a web page could use it (DNS rebinding)'
+            'with auth = "none" or "token" it checks no GhostToken, and a web page could use it (DNS rebinding). '
+            "If that name is this machine's, add it to [gateway] allowed_hosts"
         )
-    if origin is not None and not is_loopback(_origin_host(origin)):
+    if origin is not None and not _names_this_machine(_origin_host(origin)):
         return (
             f"this development gateway refuses requests from web pages (Origin {origin[:100]!r}): with "
             'auth = "none" or "token" it checks no GhostToken, so any page could spend the provider keys'
         )
     return None
+
+
+def _names_this_machine(name: str, allowed_hosts: frozenset[str] = frozenset()) -> bool:
+    """Whether ``name`` (case folded, no final dot) is a loopback name — an address, ``localhost`` or a
+    name under ``.localhost``, which resolves to loopback only (RFC 6761; browsers never ask DNS for
+    it) — or one of ``allowed_hosts``."""
+    return is_loopback(name) or name.endswith(".localhost") or name in allowed_hosts
 
 
 def _origin_host(origin: str) -> str:
@@ -1362,6 +1378,7 @@ async def serve_http(
     metrics: Any = None,
     metrics_require_token: bool = True,
     loopback_callers_only: bool = False,
+    allowed_hosts: frozenset[str] = frozenset(),
 ) -> None:
     """Serve HTTP, SSE, WebSocket and discovery on ``listener`` (https/wss with its TLS files) until shutdown.
 
@@ -1371,7 +1388,8 @@ async def serve_http(
     complete. Cancelling it does the same at once. ``offers()`` gives the other listeners' client URLs
     for ``/.well-known/gtl``. ``compression=False`` never gzips and does not offer permessage-deflate.
     ``loopback_callers_only`` (a development gateway, which checks no GhostToken) refuses what a web
-    page could send it (``_Gate``).
+    page could send it (``_Gate``), answering requests addressed to a loopback name or to one of
+    ``allowed_hosts`` (``[gateway] allowed_hosts``).
     uvicorn runs without its signal handlers: whoever runs the gateway owns the signals.
     """
     import uvicorn
@@ -1404,7 +1422,7 @@ async def serve_http(
         request_bytes = MAX_HEAD_BYTES + limits.max_frame_bytes
         http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout, request_bytes)
         config = uvicorn.Config(
-            _Gate(app, guard, shutdown, loopback_callers_only=loopback_callers_only),
+            _Gate(app, guard, shutdown, loopback_callers_only=loopback_callers_only, allowed_hosts=allowed_hosts),
             http=http_protocol,
             ws=ws_protocol,
             lifespan="off",

@@ -129,6 +129,7 @@ async def serve(
             if listener.transport == "http":
                 options["offers"] = offers
                 options["loopback_callers_only"] = gateway.auth != "jwt"
+                options["allowed_hosts"] = gateway.allowed_hosts
                 if parts.metrics is not None:
                     options["metrics"], options["metrics_require_token"] = parts.metrics
             coroutine = functions[listener.transport](engine, listener, **options)

@@ -50,6 +50,9 @@ class GatewaySettings:
     shutdown_grace: float = 30.0
     event_loop: str = "auto"
     """``[gateway] event_loop``: ``auto`` (uvloop when installed), ``uvloop`` or ``asyncio``."""
+    allowed_hosts: frozenset[str] = frozenset()
+    """``[gateway] allowed_hosts``: names besides loopback ones a development gateway answers to, as
+    DNS compares them (case folded, no final dot)."""
     advertise: Mapping[str, str] = field(default_factory=dict)
     """``[gateway] advertise``: the gRPC/QUIC URLs discovery offers instead of the listeners' own
     (behind a proxy, clients must not be sent around it)."""
@@ -93,6 +96,7 @@ class GatewaySettings:
             limits=limits,
             listeners=listeners,
             shutdown_grace=float(table.get("shutdown_grace", 30.0)),
+            allowed_hosts=frozenset(name.lower().rstrip(".") for name in table.get("allowed_hosts") or ()),
             advertise=dict(table.get("advertise") or {}),
             event_loop=str(table.get("event_loop") or "auto"),
             jwt=table.get("jwt"),

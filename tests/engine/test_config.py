@@ -275,6 +275,22 @@ def test_listener_tables_are_checked_when_loaded(home, listener, expected):
         load(home, gateway={"grpc": listener})
 
 
+@pytest.mark.parametrize("name", ["http://devbox", "devbox:8787", "devbox/v1", "dev box", "", ".", 5, "x" * 300])
+def test_allowed_hosts_are_bare_host_names(home, name):
+    with pytest.raises(ConfigurationError, match="host names only") as refused:
+        load(home, gateway={"allowed_hosts": ["devbox", name]})
+    assert "x" * 101 not in str(refused.value)  # a long value is quoted cut
+
+
+def test_allowed_hosts_are_kept_as_dns_compares_them(home):
+    from gtl_nb.engine.settings import Settings
+    from gtl_nb.gateway.settings import GatewaySettings
+
+    config = load(home, gateway={"allowed_hosts": ["DevBox.", "gateway.test"]})
+    gateway = GatewaySettings.from_settings(Settings.from_config(config))
+    assert gateway.allowed_hosts == {"devbox", "gateway.test"}
+
+
 @pytest.mark.parametrize(
     ("sections", "key", "place", "suggestion"),
     [

@@ -23,7 +23,10 @@ BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGateway]:
     folder = tmp_path_factory.mktemp("web_pages")
-    config = write_toml(folder / "gtl.toml", {"ledger": {"path": str(folder / "ledger.sqlite")}, "gateway": {}})
+    config = write_toml(
+        folder / "gtl.toml",
+        {"ledger": {"path": str(folder / "ledger.sqlite")}, "gateway": {"allowed_hosts": ["devbox.test"]}},
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "gtl_nb", "serve", "--config", str(config), "--http", "127.0.0.1:0"],
         stdin=subprocess.DEVNULL,
@@ -38,7 +41,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGateway]:
 def test_programs_on_this_machine_are_served(gateway: LocalGateway):
     url = gateway.url("http")
     port = url.rpartition(":")[2]
-    for host in (None, "localhost", "127.0.0.1", f"localhost:{port}", f"LOCALHOST.:{port}", f"[::1]:{port}"):
+    names = (None, "localhost", "127.0.0.1", f"localhost:{port}", f"LOCALHOST.:{port}", f"[::1]:{port}")
+    # a name under .localhost resolves to loopback only; a name [gateway] allowed_hosts gives this machine
+    aliases = (f"notebooks.localhost:{port}", "devbox.test", f"DevBox.Test.:{port}")
+    for host in (*names, *aliases):
         headers = {"host": host} if host else {}
         answer = httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=headers, timeout=30)
         assert answer.status_code == 200, answer.text
@@ -46,6 +52,10 @@ def test_programs_on_this_machine_are_served(gateway: LocalGateway):
         f"{url}/v1/chat/completions", json=BODY, headers={"origin": "http://localhost:8888"}, timeout=30
     )
     assert page_on_this_machine.status_code == 200  # (a notebook's own page, say)
+    page_under_localhost = httpx.post(
+        f"{url}/v1/chat/completions", json=BODY, headers={"origin": "http://lab.localhost:8888"}, timeout=30
+    )
+    assert page_under_localhost.status_code == 200
     with gtl_nb.connect(url) as client:
         assert client.complete("echo", "hi").text
 
@@ -58,6 +68,12 @@ def test_programs_on_this_machine_are_served(gateway: LocalGateway):
         ({"origin": "http://[::1"}, "refuses requests from web pages"),  # no URL at all: refused, not a 500
         ({"host": "evil.example:8787", "origin": "http://evil.example:8787"}, "addressed to a loopback name only"),
         ({"host": "evil.example"}, "addressed to a loopback name only"),
+        ({"host": "localhost.evil.example"}, "addressed to a loopback name only"),
+        ({"host": "devbox.test.evil.example"}, "addressed to a loopback name only"),
+        ({"host": "evil-localhost"}, "add it to [gateway] allowed_hosts"),
+        # allowed_hosts names how programs address the gateway; a page's origin must still be loopback
+        ({"origin": "http://devbox.test:3000"}, "refuses requests from web pages"),
+        ({"origin": "http://localhost.evil.example"}, "refuses requests from web pages"),
     ],
 )
 def test_a_request_a_web_page_could_send_is_refused(gateway: LocalGateway, headers: dict[str, str], said: str):
