@@ -20,6 +20,7 @@ import getpass
 import inspect
 import math
 import numbers
+import os
 import queue
 import re
 import threading
@@ -75,6 +76,19 @@ def new_session_id() -> str:
     return "sess_" + time_ordered_hex()
 
 
+TOKEN_VARIABLES = ("GTL_TOKEN", "GTL_NB_TOKEN")
+"""Where ``connect`` to a gateway finds its token when given none, in order: the notebook's variable,
+then the ``gtl`` command's (which reads them the other way round) — one set-up serves all three."""
+
+
+def environment_token() -> str | None:
+    """The gateway token the environment holds: ``$GTL_TOKEN``, else ``$GTL_NB_TOKEN``, else ``None``."""
+    for name in TOKEN_VARIABLES:
+        if value := os.environ.get(name, "").strip():
+            return value
+    return None
+
+
 def connect(
     endpoint: str = "embedded://",
     token: str | None = None,
@@ -102,7 +116,8 @@ def connect(
     (docs/gateway.md); ``token`` goes in its ``hello``, ``user`` becomes its principal.
     ``"http://HOST:PORT"`` and ``"sse://HOST:PORT"`` run every session on a gateway started with
     ``gtl serve --http HOST:PORT``, ``"ws://HOST:PORT"`` runs them over one WebSocket to it; ``token``
-    goes in ``Authorization: Bearer``. ``sses://`` and ``wss://`` are their TLS forms; ``verify=`` is
+    goes in ``Authorization: Bearer``. For a gateway, ``token`` defaults to ``$GTL_TOKEN``, else
+    ``$GTL_NB_TOKEN`` (``environment_token``). ``sses://`` and ``wss://`` are their TLS forms; ``verify=`` is
     ``True`` (the system's trust store), a CA file (``gtl certs`` writes ``ca.pem``) or ``False``.
     ``"https://HOST:PORT"`` and a bare ``"HOST:PORT"`` read the gateway's ``/.well-known/gtl`` and use
     the best transport it offers (QUIC, gRPC, WebSocket, SSE, HTTP, in that order); ``client.transport``
@@ -115,6 +130,7 @@ def connect(
     verify = _gateway_options(endpoint, local)
     from gtl_nb.transports.endpoints import backend_for
 
+    token = environment_token() if token is None else token
     backend: Backend = backend_for(endpoint, token=token, user=user, verify=verify)
     client = Client(backend=backend, user=user)
     try:
@@ -208,6 +224,7 @@ async def _connected(endpoint: str, token: str | None, options: dict[str, Any]) 
         verify = _gateway_options(endpoint, options)
         from gtl_nb.transports.endpoints import open_backend
 
+        token = environment_token() if token is None else token
         backend = await open_backend(endpoint, token=token, user=user, verify=verify, loop=CallersLoop())
         return Client(backend=backend, user=user)
     if token is not None:

@@ -45,5 +45,5 @@ def pytest_configure(config):
     home = Path(tempfile.mkdtemp(prefix="gtl_nb-test-home-"))
     os.environ["XDG_DATA_HOME"] = str(home / "data")
     os.environ["XDG_CONFIG_HOME"] = str(home / "config")
-    for name in ("GTL_NB_CONFIG", "GTL_NB_GATEWAY", "GTL_NB_TOKEN"):  # the developer's own, not the tests'
+    for name in ("GTL_NB_CONFIG", "GTL_NB_GATEWAY", "GTL_NB_TOKEN", "GTL_TOKEN"):  # the developer's own, not the tests'
         os.environ.pop(name, None)

@@ -25,13 +25,6 @@ TOKEN_ENV = "GTL_TOKEN"
 GATEWAY_ENV = "GTL_NB_GATEWAY"
 """The gateway the notebook connects to at start, as the ``gtl`` command does (``gtl_nb.cli``): a
 kernel restarted with it set is back on the gateway, not silently on the embedded engine."""
-CLI_TOKEN_ENV = "GTL_NB_TOKEN"
-"""The ``gtl`` command's token variable, read after ``$GTL_TOKEN``: one set-up serves both."""
-
-
-def environment_token() -> str | None:
-    """The token the environment holds for the notebook: ``$GTL_TOKEN``, else ``$GTL_NB_TOKEN``."""
-    return os.environ.get(TOKEN_ENV) or os.environ.get(CLI_TOKEN_ENV) or None
 
 
 def default_endpoint() -> str:
@@ -111,6 +104,8 @@ class NotebookSession:
                     options["providers"] = {**added, **self._from_the_environment(added)}  # the added first
                 if self.settings.config_file:
                     options["config"] = self.settings.config_file
+            from gtl_nb.client import environment_token
+
             token = self._token or environment_token()
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client

@@ -1,0 +1,59 @@
+"""``gtl_nb.connect`` to a gateway reads its token from ``$GTL_TOKEN``, else ``$GTL_NB_TOKEN``, when given
+none — the variables the notebook and the ``gtl`` command read — and a ``token=`` given wins."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import gtl_nb
+from gtl_nb.protocol.errors import AuthenticationError
+from tests.gateway.test_http import gateway
+
+TOKEN = "the-development-token"
+
+
+@pytest.fixture(scope="module")
+def url(base_config):
+    with gateway(base_config, token=TOKEN) as served:
+        yield served
+
+
+@pytest.mark.parametrize("variable", ["GTL_TOKEN", "GTL_NB_TOKEN"])
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_a_token_in_the_environment_is_sent(url, monkeypatch, variable, scheme):
+    monkeypatch.setenv(variable, f"  {TOKEN}\n")  # as a shell's $(cat file) or an .env line may leave it
+    with gtl_nb.connect(url.replace("http://", f"{scheme}://")) as client:
+        assert client.complete("echo", "hi").text
+
+
+def test_the_notebooks_variable_comes_first_and_a_given_token_wins(url, monkeypatch):
+    monkeypatch.setenv("GTL_TOKEN", TOKEN)
+    monkeypatch.setenv("GTL_NB_TOKEN", "stale")
+    with gtl_nb.connect(url) as client:
+        assert client.complete("echo", "hi").text
+    with pytest.raises(AuthenticationError), gtl_nb.connect(url, token="wrong") as client:
+        client.complete("echo", "hi")
+    monkeypatch.setenv("GTL_TOKEN", "wrong")
+    with gtl_nb.connect(url, token=TOKEN) as client:
+        assert client.complete("echo", "hi").text
+
+
+def test_aconnect_reads_it_too_and_the_embedded_engine_ignores_it(url, monkeypatch):
+    monkeypatch.setenv("GTL_TOKEN", TOKEN)
+
+    async def over_websocket() -> str:
+        async with gtl_nb.aconnect(url.replace("http://", "ws://")) as client:
+            return (await client.acomplete("echo", "hi")).text
+
+    assert asyncio.run(over_websocket())
+    with gtl_nb.connect() as embedded:  # runs in this process: no token to send, none refused
+        assert embedded.complete("echo", "hi").text
+
+
+def test_without_one_the_gateway_still_refuses(url, monkeypatch):
+    monkeypatch.delenv("GTL_TOKEN", raising=False)
+    monkeypatch.delenv("GTL_NB_TOKEN", raising=False)
+    with pytest.raises(AuthenticationError), gtl_nb.connect(url) as client:
+        client.complete("echo", "hi")
