@@ -427,12 +427,17 @@ class Client:
     def _unknown_model(self, model: str) -> bool:
         """Whether routing knows no model ``model`` (asked only to word an error)."""
         try:
-            self.route(model)
+            if self.route(model):
+                return False
+            # a gateway routes for itself (no candidates here): judge from the models it lists
+            listed = {(info.provider, entry.name) for info in self.providers() for entry in info.models}
         except ModelNotFoundError:
             return True
         except Exception:  # another refusal (credentials, scopes): the name itself was a model's
             return False
-        return False
+        deployment, _, name = model.partition(":")
+        known = (deployment, name) in listed or any(model in pair for pair in listed)  # dep:model, model, dep
+        return not known
 
     def _prepare(self, model: str | None, messages: Any, kwargs: dict[str, Any]) -> CompletionRequest:
         """The request ``complete``/``stream`` and their twins send: ``request=`` or one built from the

@@ -580,3 +580,16 @@ def test_an_answer_longer_than_a_frame_arrives_whole_in_several_tokens(tmp_path,
             assert called.function.arguments == arguments
     finally:
         upstream.shutdown()
+
+
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_a_prompt_passed_alone_is_told_it_was_read_as_the_model_on_a_gateway_too(base_url, scheme):
+    from gtl_nb.protocol.errors import InvalidRequestError
+
+    with gtl_nb.connect(base_url.replace("http://", f"{scheme}://")) as client:
+        with pytest.raises(InvalidRequestError, match=r"'hello there' was read as the model"):
+            client.complete("hello there")
+        # a model the gateway lists, by itself or by its deployment, is told only that the messages are empty
+        for named in ("echo", MODEL, f"openai:{MODEL}", "openai"):
+            with pytest.raises(InvalidRequestError, match="messages is empty: pass a prompt string"):
+                client.complete(named)
