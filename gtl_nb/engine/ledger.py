@@ -42,7 +42,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -986,13 +986,20 @@ def _text(value: Any) -> str | None:
 
 
 def bound_seconds(value: Any) -> float:
-    """A ``since``/``until`` bound as unix seconds: a number, a timezone-aware ``datetime``, or
-    ISO-8601 text with its offset (``"2026-12-01T00:00:00Z"``)."""
+    """A ``since``/``until`` bound as unix seconds: a number, a timezone-aware ``datetime``, ISO-8601
+    text with its offset (``"2026-12-01T00:00:00Z"``), or a day alone — a ``date`` or
+    ``"2026-12-01"`` — which starts at midnight UTC, as the ledger's ``time_utc`` counts days."""
     if isinstance(value, str):
         try:
             return float(value)  # unix seconds as text, as float() always took them
         except ValueError:
             pass
+        if len(value.strip()) == 10:  # YYYY-MM-DD: a day has no time to be ambiguous about
+            with contextlib.suppress(ValueError):
+                value = date.fromisoformat(value.strip())
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc).timestamp()
+    if isinstance(value, str):
         try:
             value = datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
@@ -1013,8 +1020,8 @@ def bound_seconds(value: Any) -> float:
 
 
 _BOUND_ADVICE = (
-    "since/until takes unix seconds, a timezone-aware datetime or ISO-8601 text with its offset "
-    "('2026-12-01T00:00:00Z'), not {value}"
+    "since/until takes unix seconds, a timezone-aware datetime, ISO-8601 text with its offset "
+    "('2026-12-01T00:00:00Z') or a day ('2026-12-01', from midnight UTC), not {value}"
 )
 
 

@@ -283,7 +283,11 @@ def test_an_unknown_filter_is_a_caller_mistake(ledger: UsageLedger):
         run(ledger.rows(since=datetime(2024, 1, 1)))
     with pytest.raises(LedgerValueError, match="timezone-aware"):
         run(ledger.rows(since="2024-01-01T00:00:00"))
-    with pytest.raises(LedgerValueError, match="unix seconds, a timezone-aware datetime or ISO-8601") as bound:
+    with pytest.raises(LedgerValueError, match="timezone-aware"):  # a time of day says not in which zone
+        run(ledger.rows(since="2024-01-01 00:00"))
+    with pytest.raises(LedgerValueError, match=r"or a day \('2026-12-01', from midnight UTC\)"):
+        run(ledger.rows(since="2024-13-01"))
+    with pytest.raises(LedgerValueError, match="unix seconds, a timezone-aware datetime, ISO-8601") as bound:
         run(ledger.rows(since="yesterday"))
     assert bound.value.code == "INVALID_REQUEST"  # the call is wrong: nothing failed
     with pytest.raises(LedgerValueError, match=r"usage_table\(client.usage\(\), by=...\)"):
@@ -304,6 +308,20 @@ def test_bounds_may_be_iso_text_with_an_offset(ledger: UsageLedger):
         )
 
     assert run(scenario()) == (1, 0, 1)
+
+
+def test_a_day_alone_starts_at_midnight_utc(ledger: UsageLedger):
+    day = datetime.fromtimestamp(T0, timezone.utc).date()
+
+    async def scenario() -> list[int]:
+        row_id = await ledger.start(session_id="s", context=ADA, model="m", now=T0)
+        await ledger.finish(row_id, status="ok", now=T0)
+        bounds = [{"since": day.isoformat()}, {"since": day}, {"until": day.isoformat()}]
+        bounds.append({"since": (day + timedelta(days=1)).isoformat()})
+        bounds.append({"since": f" {day.isoformat()} ", "until": day + timedelta(days=1)})
+        return [len(await ledger.rows(**bound)) for bound in bounds]
+
+    assert run(scenario()) == [1, 1, 0, 0, 1]
 
 
 def test_totals_count_as_budgets_did(ledger: UsageLedger):
