@@ -269,17 +269,6 @@ def _window(tokens: int | None, *, offline: bool) -> str:
     return "ctx n/a" if offline else "ctx ?"
 
 
-_REFUSED_MARKS = ("connection refused", "all connection attempts failed", "errno 111")
-"""How each transport's client words a connection nobody accepted (asyncio, httpx, gRPC, QUIC)."""
-
-
-def _nothing_listened(message: str) -> bool:
-    """Whether ``message``, a failure to reach a gateway, says only that nothing accepted the connection."""
-    lowered = message.lower()
-    unreached = lowered.startswith(("cannot reach the", "found no gtl gateway"))
-    return unreached and "connect with" not in lowered and any(mark in lowered for mark in _REFUSED_MARKS)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
@@ -315,13 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
         return 2
     except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
-        hint = ""
-        # nothing listened (the connection was refused): perhaps no gateway runs. One that answered —
-        # in another protocol, or TLS where plaintext was asked — is told so, and "is it running?" would
-        # send its user the wrong way
-        if getattr(args, "gateway", None) and _nothing_listened(exc.message):
-            hint = " (is it running? `gtl serve` starts one)"
-        print(f"gtl: error: {_for_the_shell(str(exc))}{hint}", file=sys.stderr)
+        # (a refused connection already asks whether the gateway runs: transports/unreached.py)
+        print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ngtl: cancelled", file=sys.stderr)

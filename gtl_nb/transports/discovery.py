@@ -44,6 +44,7 @@ from gtl_nb.transports.endpoints import (
     parse_endpoint,
     tls_context,
 )
+from gtl_nb.transports.unreached import NOTHING_LISTENS, unreached_reason
 
 __all__ = [
     "BUDGET",
@@ -147,7 +148,7 @@ async def read_document(base_url: str, *, verify: Any = True, timeout: float = B
             # an answer that is no HTTP/1.1: a gRPC listener's HTTP/2 frames
             hint = "; that port does not answer HTTP/1.1: if it is the gateway's gRPC listener, connect with grpc://"
         raise certificate_refused(exc, label) or ProviderUnavailableError(
-            f"cannot reach the {label}: {exc or type(exc).__name__}{hint}"
+            f"cannot reach the {label}: {unreached_reason(exc)}{hint}"
         ) from None
     try:
         document = msgspec.json.decode(bytes(body), type=Document)
@@ -305,6 +306,8 @@ async def discover(
             try_timeout=try_timeout,
             where=f"the gateway at {base}",
         )
+    if failures and all(failure.endswith(NOTHING_LISTENS) for failure in failures):  # said once, not per form
+        raise ProviderUnavailableError(f"found no GTL gateway at {endpoint}: {NOTHING_LISTENS}")
     said = "; ".join(failures)
     where = "" if endpoint in said else f" at {endpoint}"
     raise ProviderUnavailableError(f"found no GTL gateway{where}: {said}")

@@ -40,6 +40,7 @@ from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, t
 from gtl_nb.transports.link import Deliver
 from gtl_nb.transports.remote import RemoteBackend
 from gtl_nb.transports.stream_reading import SessionStreamReader, stream_fault
+from gtl_nb.transports.unreached import unreached_reason
 
 __all__ = ["SCHEMES", "HttpBackend", "http_backend"]
 
@@ -129,7 +130,7 @@ class HttpBackend(RemoteBackend):
         closed = isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError))
         hint = tls_hint(self.transport) if closed and not lost and not self._fetched else ""
         what = "lost the" if lost else "cannot reach the"
-        reason = str(exc) or type(exc).__name__
+        reason = unreached_reason(exc)
         return tls_refused(exc, self.label, self.transport) or ProviderUnavailableError(
             f"{what} {self.label}: {reason.rstrip('.') if hint else reason}{hint}"
         )

@@ -35,6 +35,7 @@ from gtl_nb.providers.registry import provider_types
 from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.framed import FramedConnection
 from gtl_nb.transports.link import OPEN_TIMEOUT, ClientLink, Deliver
+from gtl_nb.transports.unreached import unreached_reason
 
 __all__ = ["Dialer", "Link", "LinkOpener", "RemoteBackend"]
 
@@ -170,9 +171,10 @@ class RemoteBackend:
         try:
             link = await self._open_link() if self._open_link is not None else await self._dial_link()
         except FileNotFoundError as exc:
-            raise ConfigurationError(f"cannot start the {self.label}: {exc.strerror}: {exc.filename}") from None
+            where = f": {exc.filename}" if exc.filename else ""  # (the label names the command already)
+            raise ConfigurationError(f"cannot start the {self.label}: {exc.strerror}{where}") from None
         except OSError as exc:
-            raise ProviderUnavailableError(f"cannot reach the {self.label}: {exc}") from None
+            raise ProviderUnavailableError(f"cannot reach the {self.label}: {unreached_reason(exc)}") from None
         await link.open(self.open_timeout)
         self._link = link
         self._providers = list(link.providers)

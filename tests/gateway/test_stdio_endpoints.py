@@ -62,3 +62,6 @@ def test_connect_refuses_local_configuration_for_a_gateway(tmp_path: Path):
 def test_a_command_that_does_not_exist_is_a_configuration_error():
     with pytest.raises(ConfigurationError, match="cannot start"):
         gtl_nb.connect("stdio://?command=/nonexistent/gtl-gateway%20--stdio")
+    with pytest.raises(ConfigurationError, match="cannot start") as bare_name:  # looked up in $PATH
+        gtl_nb.connect("stdio://?command=no-such-gtl-command%20--stdio")
+    assert "None" not in str(bare_name.value) and "no-such-gtl-command" in str(bare_name.value)

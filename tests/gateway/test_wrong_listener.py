@@ -38,9 +38,12 @@ def test_the_cli_asks_whether_a_gateway_runs_only_when_nothing_answered(base_con
     with socket.socket() as spare:
         spare.bind(("127.0.0.1", 0))
         port = spare.getsockname()[1]  # closed again before the dial: nothing listens there
-    for address in (f"ws://127.0.0.1:{port}", f"127.0.0.1:{port}"):  # a scheme, and discovery
+    for scheme in ("ws://", "", "http://", "grpc://", "quic://"):  # "": discovery
+        address = f"{scheme}127.0.0.1:{port}"
         assert main(["--gateway", address, "models"]) == 1
-        assert "(is it running? `gtl serve` starts one)" in capsys.readouterr().err
+        assert capsys.readouterr().err.count("nothing accepts connections there (is it running?") == 1
+        with pytest.raises(ProviderUnavailableError, match=r"nothing accepts connections there \(is it running\?"):
+            gtl_nb.connect(address)  # the Python API says it too, whichever library's words it had
 
 
 def test_grpcs_at_a_plaintext_listener_says_the_port_serves_no_tls(base_config, capsys):

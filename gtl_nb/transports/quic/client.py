@@ -46,8 +46,15 @@ from gtl_nb.transports.quic.wire import (
     is_terminal,
     stream_fault,
 )
+from gtl_nb.transports.unreached import refused, unreached_reason
 
 __all__ = ["CLOSE_WAIT", "QuicLink"]
+
+
+def _reason(exc: OSError) -> str:
+    """Why the gateway could not be reached: ``unreached_reason``'s words for a refusal, else the system's."""
+    return unreached_reason(exc) if refused(exc) else exc.strerror or str(exc)
+
 
 log = get_logger("transports.quic")
 CLOSE_WAIT = 1.0
@@ -212,7 +219,7 @@ class QuicLink:
         try:
             found = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
         except OSError as exc:
-            raise ProviderUnavailableError(f"cannot reach the {self.label}: {exc.strerror or exc}") from None
+            raise ProviderUnavailableError(f"cannot reach the {self.label}: {_reason(exc)}") from None
         for number, (family, _, _, _, address) in enumerate(found):
             try:
                 alpn = await self._handshake(family, address, max(0.0, deadline - loop.time()))
@@ -223,7 +230,7 @@ class QuicLink:
                 if number + 1 < len(found) and loop.time() < deadline:
                     await self._drop_socket()
                     continue
-                raise ProviderUnavailableError(f"cannot reach the {self.label}: {exc.strerror or exc}") from None
+                raise ProviderUnavailableError(f"cannot reach the {self.label}: {_reason(exc)}") from None
         peer = self.peer
         assert peer is not None
         if alpn != ALPN:
