@@ -15,7 +15,7 @@ a dropped default changes nothing. ``cache=False`` is a use (it opts out of the 
 which a gateway dropping it would not do).
 
 The check costs nothing when every extension was agreed (the connection keeps the set of those that
-were not, ``missing``, and an empty set is falsy); against an older gateway it reads each named
+were not, ``GTLConnection.missing_extensions``, and an empty set is falsy); against an older gateway it reads each named
 field of the request and of its messages once.
 """
 
@@ -64,7 +64,6 @@ MESSAGE_FIELDS: tuple[_Field, ...] = (
 EXTENSION_FEATURES: tuple[str, ...] = tuple(dict.fromkeys(feature for _, feature, _ in REQUEST_FIELDS + MESSAGE_FIELDS))
 """Every feature a request field needs, in a stable order (``tool_calls``, ``reasoning`` and
 ``provider_data`` were flags of the first ``hello``; the others came with this check)."""
-_MESSAGE_FEATURES = frozenset(feature for _, feature, _ in MESSAGE_FIELDS)
 
 
 def missing_extensions(agreed: Iterable[str]) -> frozenset[str]:
@@ -87,16 +86,16 @@ def unsupported_field(request: CompletionRequest, missing: frozenset[str]) -> tu
     return None
 
 
-def check_request(request: CompletionRequest, missing: frozenset[str], peer: str = "gateway") -> None:
+def check_request(request: CompletionRequest, missing: frozenset[str]) -> None:
     """Raise ``UnsupportedFeatureError`` when ``request`` uses an extension in ``missing`` (call it only
     when ``missing`` is not empty: that test is the whole cost on a connection that agreed to all)."""
     found = unsupported_field(request, missing)
     if found is not None:
         where, feature = found
         raise UnsupportedFeatureError(
-            f"{where}: the {peer} does not support this GTL extension (it did not offer the feature "
+            f"{where}: the gateway does not support this GTL extension (it did not offer the feature "
             f"{feature!r}), so it would drop the field silently and answer a different request. Upgrade the "
-            f"{peer}, or leave {where} out",
+            f"gateway, or leave {where} out",
             field=where,
             feature=feature,
         )
