@@ -82,6 +82,9 @@ def test_defaults_are_no_use():
     )
     assert unsupported_field(request, ALL) is None
     assert unsupported_field(build({"stop": None}), ALL) is None
+    # a tool result's name repeats its call's (the tool runner sets it): tool calling, not the name feature
+    result = build(message={"role": "tool", "tool_call_id": "t1", "content": "42", "name": "f"})
+    assert unsupported_field(result, ALL - {"tool_calls"}) is None
 
 
 def handshake(client: GTLConnection, server: GTLConnection) -> ConnectionPair:
