@@ -233,7 +233,7 @@ class GTLServicer(pb_grpc.GTLServicer):
         refused: list[AuthenticationError] = []
         authenticate = HeaderTokenFirst(self._authenticate, bearer, refused.append)
 
-        connection = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes)
+        connection = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes, features=self.limits.features)
         shutdown = _SessionShutdown(self.stopping, self.grace_over)
         gateway = GatewayConnection(
             self.engine,

@@ -9,7 +9,8 @@
   whose status says how the session ended (``STATUS_OF_CODE``).
 * ``POST /v1/gtl/sse`` — the same session as server-sent events (``event: <type>``, ``data: <frame>``).
 * ``GET /v1/gtl/ws`` — a WebSocket carrying one GTL connection (``GatewayConnection``), many sessions.
-* ``GET /v1/gtl/providers`` — the gateway's ``provider_info`` list as a JSON array.
+* ``GET /v1/gtl/providers`` — the gateway's ``provider_info`` list as a JSON array; its ``GTL-Features`` header names
+  the features the gateway knows (the request extensions a client may use: no hello over HTTP).
 * ``POST /v1/gtl/query`` — one ``query`` frame in, its ``answer`` frame out.
 * ``GET /healthz``, ``GET /readyz``, ``GET /.well-known/gtl`` (every transport this gateway offers,
   with the URL a client passes to ``gtl_nb.connect``, and the protocol versions).
@@ -108,7 +109,14 @@ from gtl_nb.protocol.errors import (
     VersionMismatchError,
 )
 from gtl_nb.protocol.messages import MAX_ID_LENGTH, CompletionRequest, Done, Error, Query, StreamEvent
-from gtl_nb.protocol.negotiation import SUPPORTED_VERSIONS, VERSION_HEADER, header_value, negotiate_header
+from gtl_nb.protocol.negotiation import (
+    FEATURES_HEADER,
+    SUPPORTED_VERSIONS,
+    VERSION_HEADER,
+    features_value,
+    header_value,
+    negotiate_header,
+)
 from gtl_nb.transports.http import MAX_FRAME_HEADER
 from gtl_nb.transports.messages import JOIN_BYTES
 
@@ -1125,6 +1133,7 @@ def build_app(
 
     sessions = sessions or _Sessions(engine, limits.max_sessions_per_principal)
     max_body_bytes = limits.max_frame_bytes
+    features = features_value(limits.features)
 
     def context_of(request: Request, **more: Any) -> RequestContext:
         """The caller's context (``AuthenticationError`` when refused): its address, its trace id (its
@@ -1212,7 +1221,8 @@ def build_app(
             media_type="application/json",
             # the body size this gateway takes: a client refuses a larger request itself, with a clear
             # error, instead of losing its connection mid-upload (the others learn it from hello)
-            headers={MAX_FRAME_HEADER: str(max_body_bytes), VERSION_HEADER: SPOKEN},
+            # and the features it knows (no hello here): the client refuses a request field it lacks
+            headers={MAX_FRAME_HEADER: str(max_body_bytes), VERSION_HEADER: SPOKEN, FEATURES_HEADER: features},
         )
 
     async def post_query(request: Request) -> Any:
@@ -1310,7 +1320,8 @@ def build_app(
             await socket_.close()
 
         channel = MessageChannel(recv, socket_.send_text, close, peer=peer_text(socket_.client), joins_frames=joins)
-        framed = FramedConnection(GTLConnection("server", max_frame_bytes=max_body_bytes), channel)
+        connection = GTLConnection("server", max_frame_bytes=max_body_bytes, features=limits.features)
+        framed = FramedConnection(connection, channel)
         with sessions.socket():
             try:
                 await GatewayConnection(

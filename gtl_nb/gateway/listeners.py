@@ -30,6 +30,7 @@ from gtl_nb.gateway.principal_sessions import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
 from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.negotiation import FEATURES
 
 __all__ = [
     "LISTENER_SCHEMES",
@@ -145,6 +146,9 @@ class Limits:
     """Seconds a connection with no running session may stay silent before it is closed."""
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     """Peers whose ``X-Forwarded-For``/``-Proto`` are believed and whose connections are not capped."""
+    features: tuple[str, ...] = FEATURES
+    """The features the gateway offers: in each ``hello`` answer (those the client also offered), and in
+    ``GTL-Features`` over HTTP. Every one it knows; fewer make it act as an older gateway (tests)."""
 
 
 class Signal:

@@ -195,7 +195,9 @@ class _Connection:
         self.gateway = gateway
         self.peer = peer
         self.limits = gateway.limits
-        self.control = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes)
+        self.control = GTLConnection(
+            "server", max_frame_bytes=self.limits.max_frame_bytes, features=self.limits.features
+        )
         self.context: RequestContext | None = None
         self.host: str | None = None
         self.where = "?"

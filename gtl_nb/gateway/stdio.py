@@ -40,7 +40,7 @@ async def serve_stdio(
     finish within its grace period."""
     options = GatewaySettings.from_settings(settings)
     limits = dataclasses.replace(options.limits, idle_timeout=math.inf)
-    connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes)
+    connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes, features=limits.features)
     engine = build_engine(settings, credentials=credentials, audience=GATEWAY)
     try:
         channel = await open_server_channel(frames_fd, in_fd=in_fd)

@@ -39,6 +39,11 @@ A ``cancel`` changes nothing in the order: the server's events stay legal until 
 event (a ``CANCELLED`` error, or a ``done`` that crossed the cancel). A cancel for a session that
 is not live is ignored on both sides (it may have crossed the end).
 
+**Request extensions** (``protocol.extensions``): each request field beyond GTL 1.0 (``stop``,
+``parts``, ``tool_error``, …) is a feature; ``send`` refuses (``UnsupportedFeatureError``) a
+``completion_request`` that uses one the server's answer did not name, rather than have the server
+drop it. A server serves whatever fields it knows, offered or not.
+
 **Queries** (feature ``query``, an extension of GTL 1.0): a client may send ``query`` (a fresh
 ``query_id`` each) once the server agreed to the feature; the server answers each pending one with
 exactly one ``answer``. An answer nobody asked for is a bad frame; when the connection ends, every
@@ -90,6 +95,7 @@ from gtl_nb.protocol.errors import (
     VersionMismatchError,
     error_from_event,
 )
+from gtl_nb.protocol.extensions import EXTENSION_FEATURES, check_request, missing_extensions
 from gtl_nb.protocol.frames import BadFrame, FrameReader, ReadFrame
 from gtl_nb.protocol.messages import (
     TERMINAL_EVENTS,
@@ -163,6 +169,9 @@ class GTLConnection:
         self.state = ConnectionState.HANDSHAKE
         self.version: str | None = None
         self.features: tuple[str, ...] = ()
+        self.missing_extensions: frozenset[str] = frozenset(EXTENSION_FEATURES)
+        """The request extensions the hello exchange did not agree to (``protocol.extensions``): a client
+        refuses a request that uses one. Empty — nothing to check — once a peer that knows them all agreed."""
         self.bad_frames = 0
         self._versions = tuple(versions)
         self._features = tuple(features)
@@ -290,6 +299,8 @@ class GTLConnection:
                 raise ProtocolError("a completion_request needs a non-empty session_id")
             if sid in self._live or sid in self._abandoned:
                 raise SessionStateError(f"session {sid!r} is still live on this connection")
+            if self.missing_extensions:  # an older server: it would drop a field it does not know, silently
+                check_request(message, self.missing_extensions)
             self._live[sid] = SessionStateMachine(sid)
             return True
         if isinstance(message, Cancel):
@@ -381,6 +392,7 @@ class GTLConnection:
         self.state = ConnectionState.OPEN
         self.version = agreed.version
         self.features = tuple(agreed.features)
+        self.missing_extensions = missing_extensions(self.features)
         token = message.token if self.role == "server" else None
         self._events.append(HandshakeComplete(agreed.version or "", self.features, message, token))
 

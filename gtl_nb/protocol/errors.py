@@ -7,6 +7,7 @@
     │   ├── FrameTooLargeError
     │   ├── UnknownMessageTypeError
     │   ├── VersionMismatchError
+    │   ├── UnsupportedFeatureError     a request field the peer did not agree to (INVALID_REQUEST)
     │   └── SessionStateError
     ├── ConfigurationError (ValueError)   a caller mistake in set-up: unknown key, missing credential
     ├── RequestError                      the request itself is wrong (never retried, never failed over)
@@ -98,6 +99,18 @@ class UnknownMessageTypeError(ProtocolError):
 
 class VersionMismatchError(ProtocolError):
     """Version negotiation found no common protocol version."""
+
+
+class UnsupportedFeatureError(ProtocolError):
+    """A request uses a GTL extension the peer did not agree to in ``hello`` (``protocol.extensions``):
+    refused before it is sent, since the peer would drop the field and answer another request."""
+
+    def __init__(self, message: str = "", *, field: str = "", feature: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        """Where in the request: ``"stop"``, ``"messages[2].tool_error"``."""
+        self.feature = feature
+        """The ``hello`` feature it needs."""
 
 
 class SessionStateError(ProtocolError):

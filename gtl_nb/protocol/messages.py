@@ -17,6 +17,10 @@ Extensions the spec leaves implicit, all optional on the wire:
   ``model``, the ``stop_sequence`` that ended the answer (when the provider says which), and the
   opaque ``provider_data`` (reasoning signatures…) that the answer's assistant message must carry in
   later turns, so remote clients see what embedded ones see.
+
+Each request field beyond GTL 1.0 is a ``hello`` feature (``protocol.extensions``): a client sends it
+only to a gateway that agreed, since one that does not know it would drop it silently. A new request
+or message field needs its entry there (a test fails until it has one).
 """
 
 from __future__ import annotations

@@ -2,12 +2,15 @@
 
 The highest version both sides support wins; having none in common is a ``VersionMismatchError``.
 Features are flags: the answer names those both sides know (a client that lists none accepts the
-server's). The client checks the answer with ``check_answer``; ``GTLConnection`` runs the exchange.
+server's). A request field that extends GTL 1.0 is a feature too (``protocol.extensions``): the client
+refuses a request using one the answer did not name. The client checks the answer with ``check_answer``;
+``GTLConnection`` runs the exchange.
 
 Where a session is one HTTP request (HTTP and SSE: no connection, so no hello), the versions travel as
 the spec writes its negotiation, in a ``GTL-Version`` header: the client names those it speaks
 (``GTL-Version: 1.0``), the server answers with those it supports (``GTL-Version: 1.0, 1.1``) and
-refuses a request that names none of them (``negotiate_header``).
+refuses a request that names none of them (``negotiate_header``); the features travel the same way,
+the gateway's in a ``GTL-Features`` header of its answers (``features_value``).
 """
 
 from __future__ import annotations
@@ -15,13 +18,20 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from gtl_nb.protocol.errors import VersionMismatchError
+from gtl_nb.protocol.extensions import EXTENSION_FEATURES
 from gtl_nb.protocol.messages import PROTOCOL_VERSION, Hello
 
 SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_VERSION,)
-FEATURES: tuple[str, ...] = ("reasoning", "cancel", "provider_data", "failover", "tool_calls", "query")
-"""``query``: the server answers ``query`` messages (usage rows, breakers, live model lists)."""
+FIRST_FEATURES: tuple[str, ...] = ("reasoning", "cancel", "provider_data", "failover", "tool_calls", "query")
+"""The flags of a gateway from before the request extensions were negotiated (what it announced).
+``query``: the server answers ``query`` messages (usage rows, breakers, live model lists)."""
+FEATURES: tuple[str, ...] = tuple(dict.fromkeys(FIRST_FEATURES + EXTENSION_FEATURES))
+"""Every feature this side knows: the first flags and each request extension (``protocol.extensions``)."""
 VERSION_HEADER = "gtl-version"
 """The HTTP header of the spec's version negotiation (``GTL-Version``; header names ignore case)."""
+FEATURES_HEADER = "gtl-features"
+"""The HTTP header in which a gateway's GTL endpoints name the features it knows (``GTL-Features: stop,
+parts``): HTTP and SSE have no ``hello``, so the client reads them from the provider list's answer."""
 
 
 def _key(version: str) -> tuple[int, ...]:
@@ -93,6 +103,17 @@ def _listed(versions: Sequence[str], most: int = 8) -> str:
 def header_value(versions: Sequence[str] = SUPPORTED_VERSIONS) -> str:
     """``versions`` as a ``GTL-Version`` header says them: ``"1.0, 1.1"``."""
     return ", ".join(versions)
+
+
+def features_value(features: Iterable[str] = FEATURES) -> str:
+    """``features`` as a ``GTL-Features`` header says them: ``"stop, top_p, parts"``."""
+    return ", ".join(features)
+
+
+def features_from_header(value: str | None) -> tuple[str, ...]:
+    """The features a ``GTL-Features`` header names; none when there is no header (a gateway older than
+    it, which knew none of the negotiated extensions)."""
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
 
 
 def negotiate_header(value: str, supported: Sequence[str] = SUPPORTED_VERSIONS) -> str:

@@ -6,9 +6,12 @@ with server-sent events); the token goes in ``Authorization: Bearer``. The provi
 ``GET /v1/gtl/providers``, fetched by ``start()`` (so a gateway that is not there fails in
 ``connect``). Every request names the versions the client speaks in ``GTL-Version`` (the spec's
 negotiation, there being no hello); a gateway whose own ``GTL-Version`` names none of them is a
-``VersionMismatchError`` at ``connect``. Cancelling a session closes its response, which the gateway
-takes as a cancel: the engine cancels upstream and the ledger row says cancelled. The provider
-questions the protocol cannot carry are answered as ``RemoteBackend`` answers them (docs/gateway.md).
+``VersionMismatchError`` at ``connect``. The provider list's ``GTL-Features`` header names the features
+the gateway knows (none when it has no such header): a request using an extension field it did not
+name is refused before it is sent (``protocol.extensions``), as on a connection. Cancelling a session
+closes its response, which the gateway takes as a cancel: the engine cancels upstream and the ledger
+row says cancelled. The provider questions the protocol cannot carry are answered as ``RemoteBackend``
+answers them (docs/gateway.md).
 
 Responses may come gzip-encoded (httpx asks for it and decodes each piece as it arrives, so a
 stream stays live); ``?compression=none`` on the URL asks for them uncompressed. TLS follows
@@ -34,8 +37,15 @@ from gtl_nb.protocol.errors import (
     VersionMismatchError,
     error_from_event,
 )
+from gtl_nb.protocol.extensions import check_request, missing_extensions
 from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
-from gtl_nb.protocol.negotiation import VERSION_HEADER, header_value, negotiate_header
+from gtl_nb.protocol.negotiation import (
+    FEATURES_HEADER,
+    VERSION_HEADER,
+    features_from_header,
+    header_value,
+    negotiate_header,
+)
 from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, tls_refused
 from gtl_nb.transports.link import Deliver
 from gtl_nb.transports.remote import RemoteBackend
@@ -77,6 +87,10 @@ class HttpBackend(RemoteBackend):
         self._http: Any = None
         self._fetched = False
         self._send_limit = DEFAULT_MAX_FRAME_BYTES  # the gateway's, once its provider list said
+        self.features: tuple[str, ...] = ()
+        """The features the gateway's provider list named in ``GTL-Features`` (none: a gateway older than it)."""
+        self.missing_extensions = missing_extensions(())
+        """The request extensions the gateway did not name: a request using one is refused here."""
 
     def __repr__(self) -> str:  # never the token
         return f"<HttpBackend {self.label}>"
@@ -119,6 +133,9 @@ class HttpBackend(RemoteBackend):
         said = response.headers.get(MAX_FRAME_HEADER, "")
         if said.isdigit() and 0 < int(said) < self._send_limit:
             self._send_limit = int(said)
+        # no hello over HTTP: the provider list's answer is where the client learns what the gateway knows
+        self.features = features_from_header(response.headers.get(FEATURES_HEADER))
+        self.missing_extensions = missing_extensions(self.features)
         self._fetched = True
 
     def _unreachable(self, exc: Exception, *, lost: bool = False) -> GTLError:
@@ -184,11 +201,13 @@ class HttpBackend(RemoteBackend):
                 ended = isinstance(event, (Done, Error))
                 deliver(event)
 
-        body = encode(msgspec.structs.replace(request, stream=True))
         path = "/v1/gtl/sse" if self.sse else "/v1/gtl"
         try:
             if self._closed:
                 raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
+            if self.missing_extensions:  # an older gateway would drop the field and answer another request
+                check_request(request, self.missing_extensions)
+            body = encode(msgspec.structs.replace(request, stream=True))
             if len(body) > self._send_limit:  # refused here: the gateway would close mid-upload
                 raise InvalidRequestError(
                     f"completion_request frame of {len(body)} bytes exceeds the maximum frame size of "

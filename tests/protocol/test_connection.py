@@ -306,10 +306,11 @@ def test_the_server_reports_one_cancel_per_session_and_none_for_a_session_it_doe
 
 
 def test_a_frame_over_the_limit_is_refused_on_send_and_changes_nothing():
-    pair = ConnectionPair(GTLConnection("client", max_frame_bytes=200), GTLConnection("server"))
+    # (400: the client's own hello, every feature listed, must fit)
+    pair = ConnectionPair(GTLConnection("client", max_frame_bytes=400), GTLConnection("server"))
     pair.handshake()
-    with pytest.raises(FrameTooLargeError, match="exceeds the maximum frame size of 200 bytes"):
-        pair.client.send(request("s1", "x" * 300))
+    with pytest.raises(FrameTooLargeError, match="exceeds the maximum frame size of 400 bytes"):
+        pair.client.send(request("s1", "x" * 500))
     pair.client_send(request("s1"))
 
 

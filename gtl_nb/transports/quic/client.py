@@ -29,6 +29,7 @@ from gtl_nb.protocol.errors import (
     GTLError,
     ProviderUnavailableError,
 )
+from gtl_nb.protocol.extensions import check_request
 from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Error, ProviderInfo, StreamEvent
 from gtl_nb.transports.conventions import is_providers_end
 from gtl_nb.transports.link import CANCEL_WAIT, OPEN_TIMEOUT, Deliver
@@ -275,6 +276,9 @@ class QuicLink:
             deliver(self.gone(sid))
             return
         try:
+            missing = self._control.missing_extensions if self._control is not None else None
+            if missing:  # an older gateway's control hello: it would drop the field (no GTLConnection sends this)
+                check_request(request, missing)
             data = frame(request, self.max_frame_bytes)
         except GTLError as exc:
             deliver(exc.to_event(sid))

@@ -1,0 +1,108 @@
+"""The request fields that extend GTL 1.0, each the feature a peer names in ``hello`` when it knows it.
+
+GTL 1.0's ``completion_request`` has ``session_id``, ``provider``, ``model``, ``messages`` (``role``,
+``content``, ``images``), ``stream``, ``max_tokens``, ``temperature``, ``providers`` and ``tools``.
+Everything else a request may carry is this project's, and a gateway that does not know a field
+decodes the request without it (msgspec skips unknown fields; an older schema has no place for it):
+it would answer another question than the one asked — no stop sequence, a tool's failure read as its
+result, the parts' order lost — and say nothing. So each extension is a feature: the client and the
+gateway list those they know in ``hello`` (HTTP: the gateway's ``GTL-Features`` header), and the
+client refuses, before sending, a request that *uses* one the gateway did not agree to
+(``UnsupportedFeatureError``, naming the field).
+
+A field at its default is no use of it: ``stop=None`` or ``[]``, ``tool_error=False``, ``parts=[]``;
+a dropped default changes nothing. ``cache=False`` is a use (it opts out of the response cache,
+which a gateway dropping it would not do). A tool result's ``name`` is no use of ``name``: it repeats
+its call's, and belongs to tool calling (its ``tool_call_id`` needs ``tool_calls``).
+
+The check costs nothing when every extension was agreed (the connection keeps the set of those that
+were not, ``GTLConnection.missing_extensions``, and an empty set is falsy); against an older gateway it reads each named
+field of the request and of its messages once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gtl_nb.protocol.errors import UnsupportedFeatureError
+from gtl_nb.protocol.messages import CompletionRequest
+
+
+def _set(name: str) -> Callable[[Any], bool]:
+    return lambda owner: getattr(owner, name) is not None
+
+
+def _given(name: str) -> Callable[[Any], bool]:
+    return lambda owner: bool(getattr(owner, name))  # None, False, "", [] and {}: each field's default
+
+
+def _named(message: Any) -> bool:
+    # a tool result's name repeats its call's (which the history's tool_calls carry; tool_call_id needs
+    # that feature already): every gateway that knew tool calls read it, and the tool runner sets it
+    return bool(message.name) and message.role != "tool"
+
+
+_Field = tuple[str, str, Callable[[Any], bool]]
+
+REQUEST_FIELDS: tuple[_Field, ...] = (
+    ("stop", "stop", _given("stop")),
+    ("top_p", "top_p", _set("top_p")),  # 0.0 is a value asked for
+    ("tool_choice", "tool_calls", _set("tool_choice")),
+    ("response_format", "response_format", _given("response_format")),
+    ("metadata", "metadata", _given("metadata")),
+    ("reasoning", "reasoning", _given("reasoning")),
+    ("cache", "cache", _set("cache")),  # False opts out of the response cache: a use
+)
+"""``completion_request``'s extension fields: (field, feature, whether the request uses it)."""
+
+MESSAGE_FIELDS: tuple[_Field, ...] = (
+    ("parts", "parts", _given("parts")),
+    ("tool_error", "tool_error", _given("tool_error")),
+    ("cache_point", "cache_point", _given("cache_point")),
+    ("cache_ttl", "cache_ttl", _set("cache_ttl")),
+    ("tool_calls", "tool_calls", _given("tool_calls")),
+    ("tool_call_id", "tool_calls", _set("tool_call_id")),
+    ("provider_data", "provider_data", _given("provider_data")),
+    ("name", "name", _named),
+)
+"""A chat message's extension fields, as ``REQUEST_FIELDS`` (whether the message uses it)."""
+
+EXTENSION_FEATURES: tuple[str, ...] = tuple(dict.fromkeys(feature for _, feature, _ in REQUEST_FIELDS + MESSAGE_FIELDS))
+"""Every feature a request field needs, in a stable order (``tool_calls``, ``reasoning`` and
+``provider_data`` were flags of the first ``hello``; the others came with this check)."""
+
+
+def missing_extensions(agreed: Iterable[str]) -> frozenset[str]:
+    """The extension features a connection that agreed on ``agreed`` cannot carry (empty: every one)."""
+    return frozenset(EXTENSION_FEATURES).difference(agreed)
+
+
+def unsupported_field(request: CompletionRequest, missing: frozenset[str]) -> tuple[str, str] | None:
+    """The first field of ``request`` that uses a feature in ``missing``, as ``(where, feature)``
+    (``("stop", "stop")``, ``("messages[2].tool_error", "tool_error")``), or ``None``."""
+    for name, feature, uses in REQUEST_FIELDS:
+        if feature in missing and uses(request):
+            return name, feature
+    fields = [field for field in MESSAGE_FIELDS if field[1] in missing]
+    if fields:
+        for index, message in enumerate(request.messages):
+            for name, feature, uses in fields:
+                if uses(message):
+                    return f"messages[{index}].{name}", feature
+    return None
+
+
+def check_request(request: CompletionRequest, missing: frozenset[str]) -> None:
+    """Raise ``UnsupportedFeatureError`` when ``request`` uses an extension in ``missing`` (call it only
+    when ``missing`` is not empty: that test is the whole cost on a connection that agreed to all)."""
+    found = unsupported_field(request, missing)
+    if found is not None:
+        where, feature = found
+        raise UnsupportedFeatureError(
+            f"{where}: the gateway does not support this GTL extension (it did not offer the feature "
+            f"{feature!r}), so it would drop the field silently and answer a different request. Upgrade the "
+            f"gateway, or leave {where} out",
+            field=where,
+            feature=feature,
+        )
