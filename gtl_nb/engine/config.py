@@ -32,6 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.lingering import GROUP_COMMIT
@@ -527,6 +528,8 @@ def load_config(
 
     file_data, source_path, file_where = _read_file(config, env, home_dir, platform)
     _validate_source(file_data, file_where)
+    if source_path is not None:
+        file_data = _anchored(file_data, source_path.parent.absolute())
 
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:
@@ -654,6 +657,42 @@ def _read_file(
     if from_env:
         return _parse(Path(from_env).expanduser(), required=True, named_by=f"${CONFIG_ENV}")
     return _parse(user_config_path(environ=env, home=home, platform=platform), required=False, named_by="")
+
+
+# The file's keys that name a SQLite file: a path, or a store URL (sqlite:///relative/path)
+_FILE_PATHS = (("ledger", "path"),)
+_FILE_URLS = (("ledger", "url"), ("cache", "backend"), ("budgets", "backend"), ("routing", "breaker", "backend"))
+_SQLITE = "sqlite:///"
+
+
+def _anchored(data: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """``data``, a file's tables, with each relative SQLite file its ``_FILE_PATHS`` and ``_FILE_URLS``
+    name read from ``folder`` — the file's own, as the ``[gateway]`` tables' paths are — so where a
+    process starts (a service manager's working directory, ``gtl usage`` run elsewhere) never moves
+    the ledger. Paths given as keyword arguments stay relative to the working directory."""
+    for keys, rewrite in [*((keys, _anchored_path) for keys in _FILE_PATHS), *((k, _anchored_url) for k in _FILE_URLS)]:
+        *tables, key = keys
+        table: Any = data
+        for name in tables:
+            table = table.get(name) if isinstance(table, Mapping) else None
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            table[key] = rewrite(table[key], folder)
+    return data
+
+
+def _anchored_path(path: str, folder: Path) -> str:
+    if not path or path == ":memory:" or path.startswith("~") or Path(path).is_absolute():
+        return path
+    return str(folder / path)
+
+
+def _anchored_url(url: str, folder: Path) -> str:
+    if not url.startswith(_SQLITE) or url.startswith(_SQLITE + "/"):  # another store, or an absolute path
+        return url
+    path = url[len(_SQLITE) :]
+    if not path or path.startswith("~"):
+        return url
+    return f"{_SQLITE}{quote(str(folder), safe='/')}/{path}"  # (the URL's path is %-encoded)
 
 
 #: A configuration file larger than this is refused unread (a configuration is a few KB).

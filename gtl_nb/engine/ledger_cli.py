@@ -107,7 +107,7 @@ def _usage(args: argparse.Namespace) -> int:
     if not path.is_file():
         if args.ledger_file:  # a file named by hand that is not there: most often a typo
             raise ConfigurationError(f"--ledger {path}: no such file")
-        print(f"gtl: no usage recorded yet (no ledger at {path})", file=sys.stderr)
+        print(f"gtl: no usage recorded yet (no ledger at {path.absolute()})", file=sys.stderr)
         return 0
     return _print_usage(args, _usage_groups(path, GROUPINGS[args.by], since), f"ledger {path}")
 

@@ -578,3 +578,37 @@ def test_provider_options_must_be_plain_json_as_they_go_into_request_bodies(home
     options = 'options = { extra_body = { seed = 7, stop = ["x"], deep = { t = 0.5, n = "s", b = true } } }'
     fine = write(tmp_path / "fine.toml", f'[providers.o]\ntype = "openai"\napi_key = "k"\n{options}\n')
     assert load(home, config=fine).deployments["o"].options["extra_body"]["seed"] == 7
+
+
+def test_a_files_relative_sqlite_paths_start_at_its_folder(home, tmp_path, monkeypatch):
+    folder = tmp_path / "team 100%"  # a space and a percent sign: the URL's path is %-encoded
+    write(
+        folder / "gtl.toml",
+        '[ledger]\npath = "data/usage.sqlite"\n'
+        '[cache]\nbackend = "sqlite:///cache.sqlite"\n'
+        '[budgets]\nbackend = "sqlite:////absolute/budgets.sqlite"\n'
+        '[routing.breaker]\nbackend = "memory://"\n',
+    )
+    monkeypatch.chdir(tmp_path)  # where the process starts moves nothing
+    loaded = load(home, config="team 100%/gtl.toml")
+    assert loaded.ledger["path"] == str(folder / "data" / "usage.sqlite")
+    assert loaded.cache["backend"] == f"sqlite:///{str(folder).replace('%', '%25').replace(' ', '%20')}/cache.sqlite"
+    from gtl_nb.engine.stores.urls import parse_store_url
+
+    assert parse_store_url(loaded.cache["backend"]).path == folder / "cache.sqlite"
+    assert loaded.budgets["backend"] == "sqlite:////absolute/budgets.sqlite"  # absolute: as written
+    assert loaded.routing["breaker"]["backend"] == "memory://"
+    url_config = write(folder / "url.toml", '[ledger]\nurl = "sqlite:///usage.sqlite"\n')
+    assert parse_store_url(load(home, config=url_config).ledger["url"]).path == folder / "usage.sqlite"
+
+
+@pytest.mark.parametrize("path", ["~/usage.sqlite", ":memory:", "/var/lib/gtl/usage.sqlite"])
+def test_home_memory_and_absolute_ledger_paths_are_kept(home, tmp_path, path):
+    config = write(tmp_path / "gtl.toml", f'[ledger]\npath = "{path}"\n')
+    assert load(home, config=config).ledger["path"] == path
+
+
+def test_paths_given_as_arguments_stay_relative_to_the_working_directory(home, tmp_path):
+    config = write(tmp_path / "conf" / "gtl.toml", '[ledger]\npath = "from-file.sqlite"\n')
+    assert load(home, config=config, ledger={"path": "mine.sqlite"}).ledger["path"] == "mine.sqlite"
+    assert load(home, config={"ledger": {"path": "dict.sqlite"}}).ledger["path"] == "dict.sqlite"  # no file: no folder
