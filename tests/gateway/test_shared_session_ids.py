@@ -195,3 +195,52 @@ def test_metrics_and_spans_of_two_running_sessions_of_one_id_stay_their_own():
     for model, span in spans.items():
         (attempt,) = [event for event in span.events if event.name == "gtl.attempt"]
         assert attempt.attributes["gtl.deployment"] == model.partition(":")[0]
+
+
+# -- one connection: a second request for a running id ----------------------------------------------
+
+
+def test_a_second_request_for_a_running_id_on_one_connection_ends_that_id_once(served: Any):
+    """On a connection (WebSocket here; stdio and gRPC's ``Session`` share its code) a second request for
+    a running id is a bad frame: the running session ends with one ``INVALID_REQUEST`` and the request
+    never runs. Reusing the id at once is either refused on its own (``still ending``, retryable) or runs
+    as a session of its own — it was made the live session while the gateway still ended the first,
+    and often got the first's ``CANCELLED`` as its end. Every session that ran leaves exactly one
+    complete ledger row and one audit record."""
+    from websockets.sync.client import connect as ws_connect
+
+    gateway, mint, ledger, audit = served
+    sid = "sess_one_connection"
+
+    def request(model: str, content: str) -> str:
+        body = {"model": model, "messages": [{"role": "user", "content": content}]}
+        return json.dumps({"type": "completion_request", "session_id": sid, **body})
+
+    def until_terminal(socket_: Any) -> list[dict[str, Any]]:
+        frames: list[dict[str, Any]] = []
+        while not frames or frames[-1]["type"] not in ("done", "error"):
+            frame = json.loads(socket_.recv(timeout=30))
+            if frame.get("session_id") == sid:
+                frames.append(frame)
+        return frames
+
+    url = gateway.url("http").replace("http", "ws", 1) + "/v1/gtl/ws"
+    with ws_connect(url, additional_headers={"authorization": f"Bearer {mint(None)}"}) as socket_:
+        socket_.send(json.dumps({"type": "hello", "versions": ["1.0"]}))
+        socket_.send(request("slow_a:echo", LONG))
+        while json.loads(socket_.recv(timeout=30)).get("type") != "token":
+            pass
+        socket_.send(request("echo", "the duplicate"))
+        socket_.send(request("echo", "reused"))  # at once: the gateway is still ending the first
+        ended = until_terminal(socket_)
+        assert [frame["type"] for frame in ended if frame["type"] != "token"] == ["error"], ended
+        assert ended[-1]["code"] == "INVALID_REQUEST" and "second completion_request" in ended[-1]["message"]
+        reused = until_terminal(socket_)
+        if reused[-1]["type"] == "error":  # refused on its own: it never ran
+            assert len(reused) == 1 and reused[0]["retryable"] and "still ending" in reused[0]["message"], reused
+        else:  # the first had ended already: it ran as a session of its own, never with the first's events
+            assert '"reused"' in "".join(frame["text"] for frame in reused if frame["type"] == "token"), reused
+    ran = 1 if reused[-1]["type"] == "error" else 2
+    rows = _rows(ledger, sid, ran)
+    assert sorted(row["status"] for row in rows) == ["cancelled", "ok"][:ran]
+    _audit_records(audit, sid, ran)
