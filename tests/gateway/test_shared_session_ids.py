@@ -3,7 +3,9 @@ loopback gateway, whether the two come from two tenants' tokens of one ``sub`` o
 two connections, each keeps its own entry in the live sessions (the ``sessions`` and ``cancel``
 queries), its own audit record (the model it asked for) and its own ledger row. Keyed by the id
 alone, one's end removed the other's live entry — so ``cancel`` reached a session that had ended and
-left the running one going — and took the other's pending audit record."""
+left the running one going — and took the other's pending audit record; in process, the metrics'
+start times and the traces' spans were taken the same way. On one connection a second request for a
+running id is refused by the connection itself (the last test)."""
 
 from __future__ import annotations
 
