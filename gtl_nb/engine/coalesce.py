@@ -35,7 +35,7 @@ import msgspec
 from gtl_nb.protocol.messages import Done, Error, Status, StreamEvent, Usage
 
 ELSEWHERE = "\x00elsewhere"
-"""``Flight.paid_by`` when another replica's reader pays for the call (never a session id)."""
+"""``Flight.paid_by`` when another replica's reader pays for the call (never one of this one's readers)."""
 
 
 class Flight:
@@ -47,8 +47,10 @@ class Flight:
         self.followers = 0
         self.readers = 0
         self.task: asyncio.Future[None] | None = None
-        self.payer: str | None = None  # the session with the right to pay (the leader while it reads)
-        self.paid_by: str | None = None  # the session whose row carries the cost, once one read the usage
+        # readers are told apart by a token of their own, never by session id: ids are the clients', and
+        # two identical requests of one id would otherwise both pay
+        self.payer: object | None = None  # the reader with the right to pay (the leader while it reads)
+        self.paid_by: object | None = None  # the reader whose row carries the cost, once one read the usage
         self._asking: asyncio.Future[None] | None = None  # the claim under way (its answer decides)
         self._won = False  # this replica's claim won: a reader here pays without asking again
         self.abandoned = False  # every reader left and the call is being cancelled
@@ -77,18 +79,18 @@ class Flight:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def _pays(self, session_id: str) -> bool:
-        """Whether ``session_id``'s ``usage`` keeps the cost (decided once per flight: module docstring)."""
+    async def _pays(self, reader: object) -> bool:
+        """Whether ``reader``'s ``usage`` keeps the cost (decided once per flight: module docstring)."""
         while True:
             if self.paid_by is not None:
-                return self.paid_by == session_id
-            if self.payer is not None and self.payer != session_id:
+                return self.paid_by is reader
+            if self.payer is not None and self.payer is not reader:
                 return False
             if self._asking is not None:  # another reader's claim is under way: its answer decides
                 await asyncio.shield(self._asking)
                 continue
             if self.claim is None or self._won:
-                self.paid_by = session_id
+                self.paid_by = reader
                 return True
             asking = self._asking = asyncio.ensure_future(self._ask(self.claim))
             try:
@@ -97,9 +99,9 @@ class Flight:
                 # the caller left while the answer was on its way; a second cancel stops this wait,
                 # not the claim (whose answer then goes to the next reader here)
                 await asyncio.wait({asking})
-                if self.paid_by is not None or not self._won or (self.payer not in (None, session_id)):
+                if self.paid_by is not None or not self._won or (self.payer is not None and self.payer is not reader):
                     raise
-                self.paid_by = session_id  # won: this row carries the cost, the cancellation goes on after it
+                self.paid_by = reader  # won: this row carries the cost, the cancellation goes on after it
                 _cancel_again()
                 return True
 
@@ -121,8 +123,9 @@ class Flight:
         """The flight's events for ``session_id`` (the ``queued`` status is skipped: every reader
         sent its own). ``own`` is the session the flight was started for: its events already carry
         its session id, and it has the first right to pay."""
+        reader = object()  # this reader, whatever its session id
         if own:
-            self.payer = session_id
+            self.payer = reader
         else:
             self.followers += 1
         self.readers += 1
@@ -135,7 +138,7 @@ class Flight:
                     index += 1
                     if isinstance(event, Status) and event.state == "queued":
                         continue
-                    if isinstance(event, Usage) and not await self._pays(session_id):
+                    if isinstance(event, Usage) and not await self._pays(reader):
                         event = msgspec.structs.replace(event, cost=0.0)
                     if not own:
                         event = msgspec.structs.replace(event, session_id=session_id)
@@ -155,7 +158,7 @@ class Flight:
                 await self._changed.wait()
         finally:
             self.readers -= 1
-            if not ended and self.payer == session_id:
+            if not ended and self.payer is reader:
                 self.payer = None  # left before the end: a follower still reading pays instead (if unpaid)
             orphaned = not ended and self.readers == 0 and self.task is not None and not self.task.done()
             if orphaned and (self.on_idle is None or not self.on_idle()):

@@ -222,6 +222,9 @@ class _SessionRecord:
     answer: list[str] | None = None  # the answer's text pieces, kept only when a hook subscriber wants it
     finish_reason: str | None = None
     refused: bool = False  # refused before it ran (a scope, a session cap): its hook events say so
+    # the request's identity in its hook events: subscribers key per-request state by it, never by the
+    # session id (the client's: two running requests may share one)
+    handle: object = field(default_factory=object)
 
 
 @dataclass
@@ -436,7 +439,7 @@ class Engine:
             row = await self._ledger_start(request, context, model)
             if self.hooks:
                 self.hooks.emit(
-                    RequestStarted(request.session_id, context, request.model, request, refused=record.refused)
+                    RequestStarted(request.session_id, context, request.model, request, record.refused, record.handle)
                 )
             machine = SessionStateMachine(request.session_id)
             started = self.clock()
@@ -798,7 +801,7 @@ class Engine:
                 record.path.append(hit.deployment)
                 record.model = hit.model
                 if self.hooks:
-                    self.hooks.emit(CacheHit(sid, hit.deployment))
+                    self.hooks.emit(CacheHit(sid, hit.deployment, record.handle))
                 answer: list[StreamEvent] = []
                 for event in replay(hit, sid):
                     if isinstance(event, Done):
@@ -976,7 +979,7 @@ class Engine:
                     )
                     machine.advance(status)
                     if self.hooks:
-                        self.hooks.emit(FailedOver(sid, previous.name, target.name, reason))
+                        self.hooks.emit(FailedOver(sid, previous.name, target.name, reason, record.handle))
                     yield [status]
                 record.path.append(target.name)
                 record.model = target.model
@@ -984,7 +987,7 @@ class Engine:
                 while True:  # attempts at this target, each holding the breaker grant
                     attempt += 1
                     if self.hooks:
-                        self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt))
+                        self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt, record.handle))
                     outcome = _AttemptOutcome(events=[] if key is not None else None)
                     batches = self._one_attempt(request, target, machine, started, outcome)
                     try:  # (``aclosing`` without its two coroutines an attempt)
@@ -1041,7 +1044,7 @@ class Engine:
                     status = Status(session_id=sid, state="retrying", attempt=attempt + 1, reason=reason)
                     machine.advance(status)
                     if self.hooks:
-                        self.hooks.emit(RetryScheduled(sid, target.name, attempt + 1, delay, reason))
+                        self.hooks.emit(RetryScheduled(sid, target.name, attempt + 1, delay, reason, record.handle))
                     yield [status]
                     await self._sleep(delay)
             finally:
@@ -1544,4 +1547,5 @@ def _finished_event(
         cached_tokens_in=fields.get("cached_tokens_in"),
         cache_write_tokens_in=fields.get("cache_write_tokens_in"),
         refused=record.refused,
+        handle=record.handle,
     )

@@ -1,14 +1,19 @@
 """Lifecycle hooks: the engine announces what happens to each request as typed events.
 
 In-process subscribers (metrics, the audit log, tests) receive them synchronously on the engine's
-loop; a subscriber that raises is logged and never disturbs the request. Widgets keep reading the
+loop; a subscriber that raises is logged and never disturbs the request.
+
+**Which request.** Every event of one request carries the same ``handle``, an object made for that
+request alone: a subscriber that keeps state per request keys it by ``handle``, never by
+``session_id`` — ids are the clients', and two running requests (two connections, two tenants) may
+share one, so state keyed by the id lets one request's end take or remove the other's. Widgets keep reading the
 GTL events of their own stream (``status: failover``), which also reach a remote client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gtl_nb.engine.context import RequestContext
@@ -43,6 +48,8 @@ class RequestStarted:
     """The request itself (its sampling parameters, its messages): for tracing and a full audit log."""
     refused: bool = False
     """Refused before it ran (a scope, a session cap): it is recorded, and never runs."""
+    handle: object = field(default_factory=object, compare=False, repr=False)
+    """This request's own identity in the process (the same object in each of its events; never sent)."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,8 @@ class AttemptStarted:
     deployment: str
     model: str
     attempt: int
+    handle: object = field(default_factory=object, compare=False, repr=False)
+    """This request's own identity in the process (the same object in each of its events; never sent)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,8 @@ class RetryScheduled:
     attempt: int
     delay: float
     reason: str
+    handle: object = field(default_factory=object, compare=False, repr=False)
+    """This request's own identity in the process (the same object in each of its events; never sent)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,8 @@ class FailedOver:
     from_deployment: str
     to_deployment: str
     reason: str
+    handle: object = field(default_factory=object, compare=False, repr=False)
+    """This request's own identity in the process (the same object in each of its events; never sent)."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +104,8 @@ class CacheHit:
 
     session_id: str
     deployment: str
+    handle: object = field(default_factory=object, compare=False, repr=False)
+    """This request's own identity in the process (the same object in each of its events; never sent)."""
 
 
 @dataclass(frozen=True)
@@ -118,7 +133,9 @@ class RequestFinished:
     cache_write_tokens_in: int | None = None
     """The part of ``tokens_in`` written to the provider's prompt cache."""
     refused: bool = False
-    """Refused before it ran (its ``RequestStarted`` said so): a running session of the same id is another's."""
+    """Refused before it ran (its ``RequestStarted`` said so)."""
+    handle: object = field(default_factory=object, compare=False, repr=False)
+    """This request's own identity in the process (the same object in each of its events; never sent)."""
 
 
 @dataclass(frozen=True)

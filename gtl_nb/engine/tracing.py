@@ -343,9 +343,8 @@ class RequestTracer:
         self._owns_provider = owns_provider
         self._ids = getattr(tracer_provider, "id_generator", None)
         self._deployments = _describe(deployments or {})
-        # session id -> the open requests of that id (clients choose ids: two may collide)
-        self._open: dict[str, list[tuple[RequestContext, Any]]] = {}
-        self._count = 0
+        # each request's span by its hook handle (ids are the clients': two running requests may share one)
+        self._open: dict[object, Any] = {}
         self._unsubscribe: list[Callable[[], None]] = []
 
     @classmethod
@@ -366,7 +365,7 @@ class RequestTracer:
     @property
     def open_requests(self) -> int:
         """Requests whose span has started and not ended yet."""
-        return self._count
+        return len(self._open)
 
     # -- the hooks (the engine's loop)
 
@@ -380,7 +379,7 @@ class RequestTracer:
             self._deployments = _describe(event.engine.deployments)
         elif isinstance(event, AttemptStarted):
             self._event(
-                event.session_id,
+                event.handle,
                 "gtl.attempt",
                 {
                     "gtl.deployment": _short(event.deployment),
@@ -390,7 +389,7 @@ class RequestTracer:
             )
         elif isinstance(event, RetryScheduled):
             self._event(
-                event.session_id,
+                event.handle,
                 "gtl.retry",
                 {
                     "gtl.deployment": _short(event.deployment),
@@ -401,7 +400,7 @@ class RequestTracer:
             )
         elif isinstance(event, FailedOver):
             self._event(
-                event.session_id,
+                event.handle,
                 "gtl.failover",
                 {
                     "gtl.failover.from": _short(event.from_deployment),
@@ -410,10 +409,10 @@ class RequestTracer:
                 },
             )
         elif isinstance(event, CacheHit):
-            self._event(event.session_id, "gtl.cache_hit", {"gtl.deployment": _short(event.deployment)})
+            self._event(event.handle, "gtl.cache_hit", {"gtl.deployment": _short(event.deployment)})
 
     def _started(self, event: RequestStarted) -> None:
-        if self._count >= _MAX_OPEN:
+        if len(self._open) >= _MAX_OPEN:
             self._evict_oldest()
         model = _short(event.model) if event.model else ""
         attributes: dict[str, Any] = {
@@ -428,8 +427,7 @@ class RequestTracer:
         span = self._start(f"chat {model}" if model else "chat", event.context, attributes)
         if self.capture_content and request is not None and span.is_recording():
             span.set_attribute("gen_ai.input.messages", _input_messages(request.messages))
-        self._open.setdefault(event.session_id, []).append((event.context, span))
-        self._count += 1
+        self._open[event.handle] = span
 
     def _start(self, name: str, context: RequestContext, attributes: dict[str, Any]) -> Any:
         """Start the request's span under the request's own trace, when it has a usable one."""
@@ -465,13 +463,13 @@ class RequestTracer:
             return None  # two different traces claimed: the request's own trace id wins
         return extracted
 
-    def _event(self, session_id: str, name: str, attributes: dict[str, Any]) -> None:
-        entries = self._open.get(session_id)
-        if entries:
-            entries[-1][1].add_event(name, attributes)
+    def _event(self, handle: object, name: str, attributes: dict[str, Any]) -> None:
+        span = self._open.get(handle)
+        if span is not None:
+            span.add_event(name, attributes)
 
     def _finished(self, event: RequestFinished) -> None:
-        span = self._pop(event.session_id, event.context)
+        span = self._open.pop(event.handle, None)
         if span is None:
             return
         try:
@@ -479,17 +477,6 @@ class RequestTracer:
                 self._outcome(span, event)
         finally:
             span.end()
-
-    def _pop(self, session_id: str, context: RequestContext) -> Any:
-        entries = self._open.get(session_id)
-        if not entries:
-            return None
-        index = next((i for i, (ctx, _) in enumerate(entries) if ctx is context), 0)
-        _, span = entries.pop(index)
-        if not entries:
-            del self._open[session_id]
-        self._count -= 1
-        return span
 
     def _outcome(self, span: Any, event: RequestFinished) -> None:
         """The attributes a finished request sets: provider, response, usage, outcome."""
@@ -535,12 +522,9 @@ class RequestTracer:
         span.set_attributes(attributes)
 
     def _evict_oldest(self) -> None:
-        session_id = next(iter(self._open))
-        context, _ = self._open[session_id][0]
-        span = self._pop(session_id, context)
-        if span is not None:
-            span.set_attribute("error.type", "_OTHER")
-            span.end()
+        span = self._open.pop(next(iter(self._open)))
+        span.set_attribute("error.type", "_OTHER")
+        span.end()
         log.warning("tracing: more than %d requests open; ended the oldest span", _MAX_OPEN)
 
     # -- the end
@@ -551,12 +535,10 @@ class RequestTracer:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         self._unsubscribe.clear()
-        for entries in list(self._open.values()):
-            for _, span in entries:
-                span.set_attribute("error.type", "_OTHER")
-                span.end()
+        for span in list(self._open.values()):
+            span.set_attribute("error.type", "_OTHER")
+            span.end()
         self._open.clear()
-        self._count = 0
         if self._owns_provider and self.provider is not None:
             self._owns_provider = False
             self.provider.shutdown()

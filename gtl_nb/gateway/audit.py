@@ -1086,7 +1086,7 @@ class AuditLog:
         self._clock = clock
         self._provider_types = dict(provider_types or {})
         self._full = settings.verbosity == "full"
-        self._pending: dict[Any, _Pending] = {}  # by _pending_key
+        self._pending: dict[object, _Pending] = {}  # by the request's hook handle (never its session id)
         # woken only when idle: a busy writer takes a batch every few ms instead of a wake-up per record
         self._queue: LingeringQueue[dict[str, Any]] = LingeringQueue(
             maxsize=settings.queue_size, linger=settings.group_commit
@@ -1166,20 +1166,20 @@ class AuditLog:
             self._provider_types = {**self._provider_types, **types}
             return
         if isinstance(event, RequestFinished):
-            pending = self._pending.pop(_pending_key(event.session_id, event.refused), None)
+            pending = self._pending.pop(event.handle, None)
             self._enqueue(self._record(event, pending))
             return
         if isinstance(event, RequestStarted):
             if len(self._pending) >= _MAX_PENDING:
                 self._pending.pop(next(iter(self._pending)))
-            self._pending[_pending_key(event.session_id, event.refused)] = _Pending(
+            self._pending[event.handle] = _Pending(
                 started=self._clock(),
                 requested_model=_short(event.model),
                 prompt=_prompt_of(event) if self._full else None,
             )
             return
-        session_id = getattr(event, "session_id", None)
-        pending = self._pending.get(session_id) if session_id is not None else None
+        handle = getattr(event, "handle", None)
+        pending = self._pending.get(handle) if handle is not None else None
         if pending is None:
             return
         if isinstance(event, AttemptStarted):
@@ -1389,12 +1389,6 @@ FULL_TEXT_BYTES = 64 * 1024
 """The most of a prompt (its messages as JSON) or of an answer a ``verbosity = "full"`` record keeps;
 past it, the record keeps the start, the whole's size and SHA-256. One caller's 8 MB prompt made a 16 MB
 record that rotated the log on its own: about a dozen of them pushed every earlier file out."""
-
-
-def _pending_key(session_id: str, refused: bool) -> Any:
-    """Where a session's pending record is kept: a refused request's apart, so one that took a running
-    session's id (ids are the clients') never overwrites or takes that session's."""
-    return (session_id, "refused") if refused else session_id
 
 
 def _prompt_of(event: RequestStarted) -> Any:

@@ -2,11 +2,12 @@
 
 ``live_sessions(engine)`` is the one registry of an engine (made on first use, subscribed to its hooks):
 ``RequestStarted`` is emitted inside the task that runs the session, so the registry keeps that task;
-``RequestFinished`` forgets it. The ``sessions`` and ``cancel`` queries (``gateway.queries``) read it:
-a caller sees and cancels its own sessions (``session:read``, ``session:write``) and, with
-``session:admin``, anyone's — so a token of one user can never reach another user's session, and a
-session of another user that took the same id (clients may name their sessions) never stops a user
-cancelling their own.
+``RequestFinished`` forgets it — the entry its own request made (both events carry the request's
+``handle``), never another running session that took the same id. The ``sessions`` and ``cancel``
+queries (``gateway.queries``) read it: a caller sees and cancels its own sessions (``session:read``,
+``session:write``) and, with ``session:admin``, anyone's — so a token of one user can never reach
+another user's session, and a session of another user that took the same id (clients may name their
+sessions) never stops a user cancelling their own.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class LiveSessions:
     """The running sessions of one engine (see the module docstring)."""
 
     def __init__(self) -> None:
-        self._running: dict[str, list[LiveSession]] = {}  # ids are the clients': two may share one
+        # by session id, then by the request's hook handle: ids are the clients', two running sessions
+        # may share one, and each one's end removes its own entry only
+        self._running: dict[str, dict[object, LiveSession]] = {}
 
     def __call__(self, event: EngineEvent) -> None:
         if isinstance(event, RequestStarted):
@@ -73,27 +76,26 @@ class LiveSessions:
                 time.time(),
                 task,
             )
-            self._running.setdefault(event.session_id, []).append(live)
+            self.add(live, event.handle)
         elif isinstance(event, RequestFinished):
-            entries = self._running.get(event.session_id, [])
-            if event.refused:  # never listed: a running session that took the same id is another's
-                return
-            for entry in entries:
-                if entry.owned_by(event.context):
-                    entries.remove(entry)
-                    break
-            if not entries:
-                self._running.pop(event.session_id, None)
+            entries = self._running.get(event.session_id)
+            if entries is not None and entries.pop(event.handle, None) is not None and not entries:
+                del self._running[event.session_id]
+
+    def add(self, entry: LiveSession, handle: object) -> None:
+        """List ``entry`` until the ``RequestFinished`` carrying ``handle``."""
+        self._running.setdefault(entry.session_id, {})[handle] = entry
 
     def visible_to(self, context: RequestContext, *, everyone: bool) -> list[LiveSession]:
         """The caller's own sessions, or (``everyone``) all of them, oldest first."""
-        found = [entry for entries in self._running.values() for entry in entries]
+        found = [entry for entries in self._running.values() for entry in entries.values()]
         if not everyone:
             found = [entry for entry in found if entry.owned_by(context)]
         return sorted(found, key=lambda entry: entry.started)
 
     def find(self, session_id: str) -> list[LiveSession]:
-        return list(self._running.get(session_id, []))
+        """Every running session of ``session_id``, whoever started it."""
+        return list(self._running.get(session_id, {}).values())
 
 
 def _in_loop() -> bool:

@@ -150,7 +150,7 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._models = {name: frozenset(names) for name, names in (models or {}).items()}
         self._clock = clock
-        self._started: dict[str, float] = {}
+        self._started: dict[object, float] = {}  # by the request's hook handle: ids are the clients
         self._unsubscribe: list[Callable[[], None]] = []
         r = self.registry
         self.requests = Counter("gtl_requests", "Finished requests.", ("provider", "model", "status"), registry=r)
@@ -253,10 +253,10 @@ class Metrics:
         if isinstance(event, RequestFinished):
             self._finished(event)
         elif isinstance(event, RequestStarted):
-            if not event.refused:  # (a refused request that took a running one's id leaves the other's time)
+            if not event.refused:  # (refused: it never ran, no duration is observed)
                 if len(self._started) >= _MAX_PENDING:
                     self._started.pop(next(iter(self._started)))
-                self._started[event.session_id] = self._clock()
+                self._started[event.handle] = self._clock()
             transport = event.context.transport
             if transport:  # a gateway session: open until its RequestFinished
                 self.session_opened(transport)
@@ -289,7 +289,7 @@ class Metrics:
         self._models = fresh
 
     def _finished(self, event: RequestFinished) -> None:
-        started = None if event.refused else self._started.pop(event.session_id, None)
+        started = self._started.pop(event.handle, None)
         if event.context.transport:
             self.session_closed(event.context.transport)
         provider = self.provider_label(event.deployment)

@@ -57,7 +57,9 @@ from the frame's first bytes, see ``frames.py``), ends that session: the local s
 ``error`` event for it (``INVALID_REQUEST`` on a server — the client is at fault — ``INTERNAL`` on
 a client), the server also sends that ``error`` to the client, and the client sends the server a
 ``cancel``. The session is then *abandoned*: its remaining traffic (the server's frames on a client,
-the application's ``send`` calls on a server) is dropped until its terminal event. The
+the application's ``send`` calls on a server) is dropped until its terminal event. Until then a
+server answers a ``completion_request`` reusing its id with a retryable ``INVALID_REQUEST`` of that
+request alone (not a bad frame): as a new session it would receive the old one's late events. The
 ``max_bad_frames``-th bad frame ends the connection with a connection-level error.
 
 **The end.** Whatever ends the connection, every session still live gets one ``error`` event (the
@@ -404,8 +406,11 @@ class GTLConnection:
                 self._violation(error, None, kind="completion_request", unreadable=True)
             elif sid in self._live:
                 self._violation(SessionStateError(f"a second completion_request for live session {sid!r}"), sid)
+            elif sid in self._abandoned:
+                # ended on the wire (the client was told) but the application still ends it: as a new live
+                # session, the old one's late events — its terminal one — would go to the new one
+                self._queue(_still_ending(sid))
             else:
-                self._abandoned.discard(sid)  # the client may reuse an id once it has seen the end
                 self._live[sid] = SessionStateMachine(sid)
                 self._events.append(message)
         elif isinstance(message, Cancel):
@@ -561,6 +566,13 @@ class GTLConnection:
 
     def _describe(self, sid: str) -> str:
         return "ended" if sid in self._ended else "unknown"
+
+
+def _still_ending(sid: str) -> Error:
+    """The answer to a request for an id whose session the connection ended while the server still ends
+    it: the request alone is refused (retryable, not a bad frame — the client did see that end)."""
+    message = f"session {sid!r} is still ending on the server; send the request again, or under a new id"
+    return Error(session_id=sid, code="INVALID_REQUEST", message=message, retryable=True)
 
 
 def _connection_error(code: str, message: str) -> Error:

@@ -51,6 +51,34 @@ def test_the_leader_pays_and_followers_see_cost_zero_whoever_reads_the_usage_fir
     assert {event.session_id for event in follower} == {"f1"}
 
 
+def test_readers_that_share_a_session_id_still_have_one_payer():
+    """Ids are the clients': two identical requests of one id (one token on two connections) shared a
+    call, and the follower — its id equal to the leader's — was taken for the payer, whoever read the
+    usage first: the call's cost landed on both rows."""
+
+    async def scenario():
+        flight = published(Flight())
+        leader = flight.follow("lead", own=True)
+        await leader.__anext__()
+        follower = await read(flight, "lead")  # reads the usage first
+        rest = [event async for event in leader]
+        after = await read(published(Flight()), "lead")  # nobody else: a lone reader pays
+        return follower, rest, after
+
+    follower, rest, after = asyncio.run(scenario())
+    assert costs(follower) == [0.0] and costs(rest) == [0.5] and costs(after) == [0.5]
+
+
+def test_a_leader_that_left_before_the_usage_hands_the_cost_to_the_next_reader_of_its_id():
+    async def scenario():
+        flight = published(Flight())
+        await read(flight, "lead", own=True, stop_after=Token)
+        return await read(flight, "lead"), await read(flight, "lead")
+
+    first, second = asyncio.run(scenario())
+    assert costs(first) == [0.5] and costs(second) == [0.0]
+
+
 def test_a_leader_that_left_before_the_usage_hands_the_cost_to_the_next_reader():
     async def scenario():
         flight = published(Flight())

@@ -180,6 +180,9 @@ def test_canaries_reach_no_record_and_no_log_line_at_the_default_verbosity(tmp_p
         assert canary not in logged
 
 
+HANDLE = object()  # one request's hook handle (its events share it)
+
+
 @dataclass(frozen=True)
 class StartedWithRequest(RequestStarted):
     """``RequestStarted`` with the request, as the hook may carry it (docs/operations.md)."""
@@ -219,8 +222,8 @@ def test_prompts_and_answers_only_at_full_verbosity_and_the_token_never(tmp_path
     log_path = tmp_path / "audit.jsonl"
     message = request("s1", "echo")
     with AuditLog(AuditSettings(path=log_path, verbosity=verbosity, fsync=False)) as audit:
-        audit(StartedWithRequest(session_id="s1", context=CONTEXT, model="echo", request=message))
-        audit(finished("s1", answer=f"Hello! {PROMPT_CANARY}", ttft_ms=12.5))
+        audit(StartedWithRequest(session_id="s1", context=CONTEXT, model="echo", request=message, handle=HANDLE))
+        audit(finished("s1", answer=f"Hello! {PROMPT_CANARY}", ttft_ms=12.5, handle=HANDLE))
     (record,) = records(log_path)
     assert record["ttft_ms"] == 12.5
     written = all_bytes(tmp_path)
@@ -243,8 +246,8 @@ def test_a_full_record_keeps_the_start_size_and_hash_of_a_huge_prompt_or_answer(
     huge = "word " * 400_000
     message = CompletionRequest(session_id="s1", model="echo", messages=[Message(role="user", content=huge)])
     with AuditLog(AuditSettings(path=log_path, verbosity="full", fsync=False)) as audit:
-        audit(StartedWithRequest(session_id="s1", context=CONTEXT, model="echo", request=message))
-        audit(finished("s1", answer=huge))
+        audit(StartedWithRequest(session_id="s1", context=CONTEXT, model="echo", request=message, handle=HANDLE))
+        audit(finished("s1", answer=huge, handle=HANDLE))
     (record,) = records(log_path)
     assert log_path.stat().st_size < 3 * FULL_TEXT_BYTES
     for kept, whole in ((record["prompt"], msgspec.json.encode(message.messages)), (record["answer"], huge.encode())):
@@ -273,14 +276,26 @@ def test_reasons_keep_the_error_code_and_never_the_message(tmp_path):
 
     log_path = tmp_path / "audit.jsonl"
     with AuditLog(AuditSettings(path=log_path, fsync=False)) as audit:
-        audit(RequestStarted(session_id="s1", context=CONTEXT, model="gpt-4o-mini"))
-        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=1))
-        audit(RetryScheduled(session_id="s1", deployment="a", attempt=2, delay=0.1, reason=f"TIMEOUT: {KEY_CANARY}"))
-        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=2))
-        audit(FailedOver(session_id="s1", from_deployment="a", to_deployment="b", reason=f"AUTH_FAILED: {KEY_CANARY}"))
-        audit(AttemptStarted(session_id="s1", deployment="b", model="m", attempt=1))
-        audit(FailedOver(session_id="s1", from_deployment="b", to_deployment="c", reason=KEY_CANARY))
-        audit(finished("s1", deployment="c"))
+        audit(RequestStarted(session_id="s1", context=CONTEXT, model="gpt-4o-mini", handle=HANDLE))
+        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=1, handle=HANDLE))
+        audit(
+            RetryScheduled(
+                session_id="s1", deployment="a", attempt=2, delay=0.1, reason=f"TIMEOUT: {KEY_CANARY}", handle=HANDLE
+            )
+        )
+        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=2, handle=HANDLE))
+        audit(
+            FailedOver(
+                session_id="s1",
+                from_deployment="a",
+                to_deployment="b",
+                reason=f"AUTH_FAILED: {KEY_CANARY}",
+                handle=HANDLE,
+            )
+        )
+        audit(AttemptStarted(session_id="s1", deployment="b", model="m", attempt=1, handle=HANDLE))
+        audit(FailedOver(session_id="s1", from_deployment="b", to_deployment="c", reason=KEY_CANARY, handle=HANDLE))
+        audit(finished("s1", deployment="c", handle=HANDLE))
     (record,) = records(log_path)
     assert record["failover_path"] == ["a", "b"] and record["retries"] == 1
     assert record["failover_reasons"] == ["AUTH_FAILED", "OTHER"]
@@ -292,17 +307,43 @@ def test_a_refused_request_that_took_a_running_sessions_id_leaves_that_sessions_
     took, that session's pending record — its failover path and requested model were lost."""
     from gtl_nb.engine.hooks import AttemptStarted, FailedOver
 
+    running, refused = object(), object()
     log_path = tmp_path / "audit.jsonl"
     with AuditLog(AuditSettings(path=log_path, fsync=False)) as audit:
-        audit(RequestStarted(session_id="s1", context=CONTEXT, model="gpt-4o-mini"))
-        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=1))
-        audit(RequestStarted(session_id="s1", context=CONTEXT, model="echo", refused=True))
-        audit(finished("s1", status="error", error_code="OVERLOADED", deployment=None, refused=True))
-        audit(FailedOver(session_id="s1", from_deployment="a", to_deployment="b", reason="TIMEOUT: slow"))
-        audit(finished("s1", deployment="b"))
-    refused, running = records(log_path)
-    assert refused["requested_model"] == "echo" and refused["failover_path"] == []
-    assert running["requested_model"] == "gpt-4o-mini" and running["failover_path"] == ["a"]
+        audit(RequestStarted(session_id="s1", context=CONTEXT, model="gpt-4o-mini", handle=running))
+        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=1, handle=running))
+        audit(RequestStarted(session_id="s1", context=CONTEXT, model="echo", refused=True, handle=refused))
+        audit(finished("s1", status="error", error_code="OVERLOADED", deployment=None, refused=True, handle=refused))
+        audit(
+            FailedOver(session_id="s1", from_deployment="a", to_deployment="b", reason="TIMEOUT: slow", handle=running)
+        )
+        audit(finished("s1", deployment="b", handle=running))
+    refused_record, running_record = records(log_path)
+    assert refused_record["requested_model"] == "echo" and refused_record["failover_path"] == []
+    assert running_record["requested_model"] == "gpt-4o-mini" and running_record["failover_path"] == ["a"]
+
+
+def test_two_running_sessions_of_one_id_keep_their_own_records(tmp_path):
+    """Two running requests that share an id (two connections, two tenants): each one's record has
+    its own requested model, failover path and retries, whichever ends first."""
+    from gtl_nb.engine.hooks import AttemptStarted, RetryScheduled
+
+    first, second = object(), object()
+    acme, beta = RequestContext(principal="ann", tenant="acme"), RequestContext(principal="ann", tenant="beta")
+    log_path = tmp_path / "audit.jsonl"
+    with AuditLog(AuditSettings(path=log_path, fsync=False)) as audit:
+        audit(RequestStarted(session_id="s1", context=acme, model="model-a", handle=first))
+        audit(AttemptStarted(session_id="s1", deployment="a", model="m", attempt=1, handle=first))
+        audit(RequestStarted(session_id="s1", context=beta, model="model-b", handle=second))
+        audit(AttemptStarted(session_id="s1", deployment="b", model="m", attempt=1, handle=second))
+        audit(RetryScheduled(session_id="s1", deployment="a", attempt=2, delay=0.1, reason="TIMEOUT", handle=first))
+        audit(finished("s1", context=beta, deployment="b", handle=second))
+        audit(finished("s1", context=acme, deployment="a", handle=first))
+    ended_first, ended_last = records(log_path)
+    assert (ended_first["tenant"], ended_first["requested_model"]) == ("beta", "model-b")
+    assert (ended_first["failover_path"], ended_first["retries"]) == (["b"], 0)
+    assert (ended_last["tenant"], ended_last["requested_model"]) == ("acme", "model-a")
+    assert (ended_last["failover_path"], ended_last["retries"]) == (["a"], 1)
 
 
 # -- the chain and verify ---------------------------------------------------------------------------

@@ -5,6 +5,7 @@ name their sessions) is never in a user's way."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ def cancel(monkeypatch: pytest.MonkeyPatch, principal: str, scopes: set[str], ow
         for owner in owners:
             tasks[owner] = asyncio.ensure_future(asyncio.sleep(3600))
             sub, tenant = who(owner)
-            registry._running.setdefault(ID, []).append(LiveSession(ID, sub, tenant, "ws", "m", 0.0, tasks[owner]))
+            registry.add(LiveSession(ID, sub, tenant, "ws", "m", 0.0, tasks[owner]), object())
         await asyncio.sleep(0)
         try:
             sub, tenant = who(principal)
@@ -89,29 +90,48 @@ def test_sessions_are_listed_to_their_owner_within_its_tenant():
     registry = LiveSessions()
     for owner in ("acme/alice", "beta/alice", "alice"):
         sub, tenant = who(owner)
-        registry._running.setdefault(owner, []).append(LiveSession(owner, sub, tenant, "ws", "m", 0.0, None))
+        registry.add(LiveSession(owner, sub, tenant, "ws", "m", 0.0, None), object())
     for owner in ("acme/alice", "beta/alice", "alice"):
         sub, tenant = who(owner)
         seen = registry.visible_to(RequestContext(principal=sub, tenant=tenant), everyone=False)
         assert [entry.session_id for entry in seen] == [owner]
 
 
+def finished(context: RequestContext, handle: object, *, refused: bool = False) -> Any:
+    from gtl_nb.engine.hooks import RequestFinished
+
+    return RequestFinished(
+        "S", context, "error", "OVERLOADED", None, "echo", None, None, None, None, False, refused=refused, handle=handle
+    )
+
+
 def test_the_end_of_a_refused_request_that_took_a_running_ones_id_removes_nothing():
     """A refused request is never listed; its end removed the first entry of its id and owner — a
     running session of the same principal that took the same id vanished from ``sessions`` and
     ``cancel`` while it ran on."""
-    from gtl_nb.engine.hooks import RequestFinished, RequestStarted
-
-    def finished(context: RequestContext, *, refused: bool = False) -> RequestFinished:
-        return RequestFinished(
-            "S", context, "error", "OVERLOADED", None, "echo", None, None, None, None, False, refused=refused
-        )
+    from gtl_nb.engine.hooks import RequestStarted
 
     registry = LiveSessions()
-    running, refused = RequestContext(principal="ann"), RequestContext(principal="ann")
-    registry(RequestStarted("S", running, "echo"))
-    registry(RequestStarted("S", refused, "echo", refused=True))
-    registry(finished(refused, refused=True))
+    context, running, refused = RequestContext(principal="ann"), object(), object()
+    registry(RequestStarted("S", context, "echo", handle=running))
+    registry(RequestStarted("S", context, "echo", refused=True, handle=refused))
+    registry(finished(context, refused, refused=True))
     assert [entry.principal for entry in registry.find("S")] == ["ann"]
-    registry(finished(running))
+    registry(finished(context, running))
     assert registry.find("S") == []
+
+
+def test_the_end_of_one_of_two_running_sessions_of_an_id_removes_its_own_entry():
+    """One principal runs two sessions of one id (two connections): the second's end removed the
+    first's entry (the first of its id and owner), so ``sessions`` listed the ended one and ``cancel``
+    reached a task that had finished while the other ran on."""
+    from gtl_nb.engine.hooks import RequestStarted
+
+    registry = LiveSessions()
+    ann, first, second = RequestContext(principal="ann"), object(), object()
+    registry(RequestStarted("S", ann, "model-a", handle=first))
+    registry(RequestStarted("S", ann, "model-b", handle=second))
+    registry(finished(ann, second))
+    assert [entry.model for entry in registry.find("S")] == ["model-a"]
+    registry(finished(ann, first))
+    assert registry.find("S") == [] and registry._running == {}

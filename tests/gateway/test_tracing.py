@@ -6,6 +6,7 @@ real gateway that sends spans over OTLP only when ``[gateway.tracing]`` says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import json
 import os
@@ -385,8 +386,9 @@ def _conversation() -> CompletionRequest:
 def _emit_content_request(tracer: RequestTracer) -> None:
     hooks = Hooks()
     tracer.attach(hooks)
-    hooks.emit(StartedWithRequest("content-1", CONTEXT, "gpt-4o", request=_conversation()))
-    hooks.emit(AttemptStarted("content-1", "openai", "gpt-4o", 1))
+    request = object()  # the request's hook handle: its events share it
+    hooks.emit(StartedWithRequest("content-1", CONTEXT, "gpt-4o", request=_conversation(), handle=request))
+    hooks.emit(AttemptStarted("content-1", "openai", "gpt-4o", 1, handle=request))
     hooks.emit(
         FinishedWithAnswer(
             session_id="content-1",
@@ -403,6 +405,7 @@ def _emit_content_request(tracer: RequestTracer) -> None:
             provider_type="openai",
             finish_reason="length",
             answer="It is rainy.",
+            handle=request,
         )
     )
 
@@ -457,8 +460,11 @@ def test_a_reload_names_the_new_deployments_server():
     seen.tracer.attach(hooks)
     added = Deployment(name="azure-west", type="azure", api_key=KEY_CANARY, base_url="https://west.example.net")
     hooks.emit(Reloaded(SimpleNamespace(deployments={"azure-west": added})))
-    hooks.emit(RequestStarted("r-1", CONTEXT, "gpt-4o"))
-    hooks.emit(RequestFinished("r-1", CONTEXT, "ok", None, "azure-west", "gpt-4o", 1, 1, None, 1.0, False))
+    request = object()  # the request's hook handle: its events share it
+    hooks.emit(RequestStarted("r-1", CONTEXT, "gpt-4o", handle=request))
+    hooks.emit(
+        RequestFinished("r-1", CONTEXT, "ok", None, "azure-west", "gpt-4o", 1, 1, None, 1.0, False, handle=request)
+    )
     (span,) = seen.spans
     assert span.attributes["gen_ai.provider.name"] == "azure.ai.openai"  # the well-known value, from the type
     assert (span.attributes["server.address"], span.attributes["server.port"]) == ("west.example.net", 443)
@@ -510,8 +516,10 @@ def test_the_console_exporter_writes_one_json_line_per_span_on_standard_error(ca
     tracer = RequestTracer(provider, owns_provider=True)
     hooks = Hooks()
     tracer.attach(hooks)
-    hooks.emit(RequestStarted("c-1", CONTEXT, "echo"))
-    hooks.emit(RequestFinished("c-1", CONTEXT, "ok", None, "echo", "echo", 3, 4, 0.0, 1.0, False, provider_type="echo"))
+    request = object()
+    hooks.emit(RequestStarted("c-1", CONTEXT, "echo", handle=request))
+    finished = RequestFinished("c-1", CONTEXT, "ok", None, "echo", "echo", 3, 4, 0.0, 1.0, False, provider_type="echo")
+    hooks.emit(dataclasses.replace(finished, handle=request))
     tracer.close()  # shuts the provider down: its batch is written
     captured = capsys.readouterr()
     assert captured.out == ""  # a stdio gateway's standard output carries frames
@@ -530,8 +538,11 @@ def test_none_builds_no_provider_and_otlp_sends_to_the_endpoint(receiver):
     tracer = RequestTracer(provider, owns_provider=True)
     hooks = Hooks()
     tracer.attach(hooks)
-    hooks.emit(RequestStarted("o-1", CONTEXT, "echo"))
-    hooks.emit(RequestFinished("o-1", CONTEXT, "error", "TIMEOUT", None, None, None, None, None, 1.0, False))
+    request = object()
+    hooks.emit(RequestStarted("o-1", CONTEXT, "echo", handle=request))
+    hooks.emit(
+        RequestFinished("o-1", CONTEXT, "error", "TIMEOUT", None, None, None, None, None, 1.0, False, handle=request)
+    )
     tracer.close()
     (span,) = receiver.spans()
     assert receiver.paths == {"/v1/traces"}  # a bare collector address gets the traces path

@@ -210,6 +210,30 @@ def test_a_second_request_with_a_live_id_from_the_peer_ends_that_session():
     assert pair.server.send(Token(session_id="s1", text="late")) == b""  # the application's late events go nowhere
 
 
+def test_a_request_for_an_id_the_server_still_ends_is_refused_and_never_gets_the_old_sessions_events():
+    """The connection ended a session (a bad frame) and told the client, but the application is still
+    ending it: a request reusing that id became the live session, so the old session's late events —
+    its terminal ``CANCELLED`` — ended the new one. It is refused on its own (retryable; no bad frame
+    counted), and once the old session's end has been sent the id may be used again."""
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    pair.inject_to_server(encode(request("s1")) + b"\n")  # the duplicate: s1 is abandoned
+    pair.pump()
+    bad_frames = pair.server.bad_frames
+    pair.client_send(request("s1", "again"))  # the client has seen s1 end: it may reuse the id
+    client_events, server_events = pair.pump()
+    assert server_events == []  # the application never sees it: its old session of the id still runs
+    (refused,) = client_events
+    assert (refused.session_id, refused.code, refused.retryable) == ("s1", "INVALID_REQUEST", True)
+    assert "still ending" in refused.message and pair.server.bad_frames == bad_frames
+    assert pair.server.send(Token(session_id="s1", text="late")) == b""  # the old session's events go nowhere
+    assert pair.server.send(Error(session_id="s1", code="CANCELLED", message="old")) == b""
+    pair.client_send(request("s1", "now"))  # the old one has ended: the id is free
+    _, server_events = pair.pump()
+    assert server_events == [request("s1", "now")]
+
+
 def test_the_server_may_not_send_events_out_of_order():
     pair = opened()
     pair.client_send(request("s1"))
