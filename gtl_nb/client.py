@@ -45,6 +45,7 @@ from gtl_nb.protocol.errors import (
 )
 from gtl_nb.protocol.messages import (
     MAX_TEMPERATURE,
+    MAX_TOKENS_LIMIT,
     TERMINAL_EVENTS,
     CompletionRequest,
     Error,
@@ -1149,6 +1150,10 @@ def _check_arguments(
             raise InvalidRequestError(f"{name} must be a number from 0 to {highest:g}, not {_short(value, 40)}")
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise InvalidRequestError(f"max_tokens must be a positive integer, not {_short(max_tokens, 40)}")
+    if max_tokens is not None and max_tokens > MAX_TOKENS_LIMIT:  # (a model's own limit: the engine's check)
+        raise InvalidRequestError(
+            f"max_tokens must be at most {MAX_TOKENS_LIMIT:,} (no model writes more), not {_short(max_tokens, 40)}"
+        )
     for name, value in (("metadata", metadata), ("response_format", response_format), ("tool_choice", tool_choice)):
         if value is not None and nesting_depth(value, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
             raise InvalidRequestError(f"{name} nests deeper than {MAX_ARGUMENT_DEPTH} levels; flatten it")
@@ -1332,6 +1337,8 @@ def _messages(value: Any) -> list[Message]:
                 out.append(msgspec.convert(_openai_message(item), Message))
             except msgspec.ValidationError as exc:
                 raise InvalidRequestError(f"{_which_message(index, item)}: {_in_its_words(exc, item)}") from None
+            except ValueError as exc:  # a rule of the message built from its parts (an image URL's scheme)
+                raise InvalidRequestError(f"{_which_message(index, item)}: {exc}") from None
         elif isinstance(item, str):
             out.append(Message(role="user", content=_text(item)))
         else:

@@ -271,6 +271,8 @@ class Engine:
         self.catalog = catalog
         self.router = Router(self.deployments, catalog, audience=audience)
         self._bare_targets: dict[str, tuple[Target, ...]] = {}  # the router's answers by bare model name
+        # each model's most output tokens per answer as the catalog says (``None``: unknown), looked up once
+        self._output_limits: dict[tuple[str, str], int | None] = {}
         # a gateway's deployments as resolved when their credentials were found complete, and what the
         # operator was last told about each that could not be called (``_uncallable``)
         self._complete_credentials: dict[str, Deployment] = {}
@@ -353,6 +355,7 @@ class Engine:
         self.catalog = catalog
         self.router = Router(self.deployments, catalog, audience=self.audience)
         self._bare_targets = {}  # after the router (``_targets`` reads them the other way round)
+        self._output_limits = {}
         self.credentials = credentials
         self.retry = retry
         self.strategy = strategy
@@ -1341,6 +1344,11 @@ class Engine:
         them). For HTTP that is ``HttpRunner.run``'s own generator; a local provider's events, or the
         error that stopped the call before it began, come from a small generator here."""
         sid = request.session_id
+        if request.max_tokens is not None:
+            refused = self._over_output_limit(request.max_tokens, target, sid)
+            if refused is not None:  # nothing is sent: another deployment of the list may write that much
+                outcome.uncallable = True
+                return _batches_of([refused]), None
         sent = msgspec.structs.replace(request, model=target.model, provider=target.name, providers=None)
         try:
             provider = get_provider(target.deployment.type)
@@ -1360,6 +1368,25 @@ class Engine:
             return _batches_of([streaming, self._uncallable(exc, target, sid, outcome)]), None
         timeouts = self.deployment_timeouts.get(target.name)
         return self.http.run(provider, sent, deployment, timeouts, announce=streaming), deployment
+
+    def _over_output_limit(self, max_tokens: int, target: Target, sid: str) -> Error | None:
+        """The ``INVALID_REQUEST`` (``NotServedHere``) of a ``max_tokens`` above the most ``target``'s model
+        writes per answer, as the catalog knows it: the provider would refuse it after a round trip (or
+        read it clipped), and no such answer can come. ``None`` when it is within, or the limit unknown."""
+        key = (target.deployment.type, target.model)
+        if key not in self._output_limits:
+            if len(self._output_limits) >= _OUTPUT_LIMITS_KEPT:  # model names are the callers': keep few
+                self._output_limits.clear()
+            entry = self.catalog.entry(*key) if self.catalog is not None else None
+            self._output_limits[key] = entry.max_tokens if entry is not None else None
+        limit = self._output_limits[key]
+        if limit is None or max_tokens <= limit:
+            return None
+        message = (
+            f"max_tokens: {target.model} writes at most {limit:,} tokens per answer, not {max_tokens:,}; "
+            f"ask for at most {limit:,}"
+        )
+        return _with_provider(NotServedHere(message).to_event(sid), target)
 
     async def _local_call(
         self, provider: Any, sent: CompletionRequest, target: Target, streaming: Status
@@ -1494,6 +1521,10 @@ def _gateways_key_refused(event: Error, target: Target, key: str | None = None) 
         "your token was accepted; the gateway's operator must set a valid key for that deployment"
     )
     return msgspec.structs.replace(event, message=message, provider=event.provider or target.name)
+
+
+_OUTPUT_LIMITS_KEPT = 4096
+"""The most models whose output limit ``Engine._over_output_limit`` keeps looked up."""
 
 
 def _with_provider(event: Error, target: Target) -> Error:

@@ -64,9 +64,26 @@ MAX_TEMPERATURE = 2.0
 stops at 1 and says so itself)."""
 Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_TEMPERATURE)]
 TopP = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
-MaxTokens = Annotated[int, msgspec.Meta(ge=1)]
+MAX_TOKENS_LIMIT = 2**31 - 1
+"""The most ``max_tokens`` a request may ask for whatever the model: no model writes that many, and a
+provider's API reads the number as a 32-bit integer (a larger one is its 400 after a round trip, or is
+read wrapped). A model the catalog knows is held to its own maximum output by the engine."""
+MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_LIMIT)]
 """A request's ``max_tokens``: at least one token (what the client and the compatible endpoints ask too; a
-peer's ``0`` or ``-5`` would otherwise reach a provider, or be answered with an empty ``length`` answer)."""
+peer's ``0`` or ``-5`` would otherwise reach a provider, or be answered with an empty ``length`` answer),
+at most ``MAX_TOKENS_LIMIT``."""
+IMAGE_URL_SCHEMES = ("https:", "data:")
+"""How an image is given: a URL the provider fetches over TLS, or the image itself (base64 ``data:``)."""
+
+
+def image_url_refusal(url: str) -> str | None:
+    """Why ``url`` cannot be an image's URL, or ``None``: only ``https:`` and ``data:`` URLs are (an
+    ``ftp:``, ``file:`` or plain ``http:`` URL would be forwarded for the provider to refuse, or fetch)."""
+    if url[:6].lower() == "https:" or url[:5].lower() == "data:":
+        return None
+    scheme, colon, _ = url.partition(":")
+    shown = f"{scheme[:20]}:" if colon and scheme.isascii() and scheme.isalnum() else repr(url[:20])
+    return f"an image URL must be https: or data: (base64), not {shown}"
 
 
 class ToolCall(msgspec.Struct, frozen=True):
@@ -150,6 +167,10 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     def __post_init__(self) -> None:
         if self.parts:  # the parts decide: content and images follow them, for whoever reads those
             _settle_parts(self)
+        for url in self.images:
+            refused = image_url_refusal(url)
+            if refused is not None:
+                raise ValueError(refused)
         if self.tool_error and self.role != "tool":
             raise ValueError(f"tool_error is a tool result's flag; this message's role is {self.role!r}")
         if self.cache_ttl is not None:

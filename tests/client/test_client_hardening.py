@@ -75,6 +75,17 @@ BAD_ARGUMENTS = {
     "stop a number": ({"messages": "hi", "stop": 5}, "stop must be a string or a list of strings, not int"),
     "stop holding a number": ({"messages": "hi", "stop": ["END", 3]}, "one of them is not a string"),
     "max_tokens zero": ({"messages": "hi", "max_tokens": 0}, "max_tokens must be a positive integer"),
+    # no model writes that many, and a provider reads the number as a 32-bit integer
+    "max_tokens past 2**31 - 1": ({"messages": "hi", "max_tokens": 2**31}, "max_tokens must be at most 2,147,483,647"),
+    "max_tokens 10**30": ({"messages": "hi", "max_tokens": 10**30}, "max_tokens must be at most 2,147,483,647"),
+    "an ftp: image URL": (
+        {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]},
+        "messages[0] (role 'user'): an image URL must be https: or data: (base64), not ftp:",
+    ),
+    "a file: image in images": (
+        {"messages": [{"role": "user", "content": "x", "images": ["file:///etc/passwd"]}]},
+        "an image URL must be https: or data: (base64), not file:",
+    ),
     "temperature past a float's range": ({"messages": "hi", "temperature": 10**400}, "from 0 to 2, not 1000000"),
     "top_p past the digits an int shows": ({"messages": "hi", "top_p": 10**5000}, "from 0 to 1, not <int too long"),
     "one tool not in a list": (
@@ -122,6 +133,7 @@ def test_a_request_built_by_hand_is_checked_as_the_wire_checks_it(client, ledger
     hello = [Message(role="user", content="hi")]
     for bad, says in (
         (CompletionRequest(session_id="s1", model="echo", messages=hello, max_tokens=0), "max_tokens"),
+        (CompletionRequest(session_id="s1", model="echo", messages=hello, max_tokens=2**64), "max_tokens"),
         (CompletionRequest(session_id="s1", model="echo", messages=hello, temperature=5.0), "temperature"),
         (CompletionRequest(session_id="", model="echo", messages=hello), "session_id is empty"),
         (CompletionRequest(session_id="s1", model="echo", messages="hi"), "messages"),  # type: ignore[arg-type]
@@ -399,3 +411,27 @@ def test_stop_takes_any_iterable_of_strings_read_once(client):
     assert client.request("echo", "hi", stop={"END"}).stop == ["END"]
     assert client.request("echo", "hi", stop="END").stop == ["END"]
     assert client.request("echo", "hi", stop=[]).stop is None
+
+
+def test_max_tokens_above_the_models_own_limit_is_refused_before_the_provider_is_called(ledger_path):
+    """``max_tokens=10**6`` went to the provider, which refused it after a round trip (or, behind another
+    API, clipped it): the catalog knows gpt-4o-mini writes at most 16,384 tokens per answer. Refused
+    before anything is sent, one ledger row; a deployment of the request's list that can write that
+    much answers instead."""
+    from gtl_nb import sim
+
+    simulator = sim.serve("openai", seed=3)
+    try:
+        providers = {"openai": {"api_key": "sim-key", "base_url": simulator.base_url}, "echo": {}}
+        with gtl_nb.connect(providers=providers, ledger=ledger_path, environ={}) as client:
+            with pytest.raises(InvalidRequestError, match="max_tokens: gpt-4o-mini writes at most 16,384 tokens"):
+                client.complete("openai:gpt-4o-mini", "hi", max_tokens=16_385)
+            assert simulator.requests == []  # nothing was sent
+            rows = Ledger(ledger_path).rows()
+            assert [(row["status"], row["error_code"]) for row in rows] == [("error", "INVALID_REQUEST")]
+            moved = client.complete("gpt-4o-mini", "hi", max_tokens=16_385, providers=["openai", "echo"])
+            assert moved.provider == "echo" and simulator.requests == []
+            assert client.complete("openai:gpt-4o-mini", "hi", max_tokens=16_384).provider == "openai"
+            assert len(simulator.requests) == 1
+    finally:
+        simulator.close()

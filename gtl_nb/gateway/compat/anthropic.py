@@ -106,9 +106,12 @@ class AnthropicEndpoints:
         try:
             context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
             body = await intake.read_json(request, self.max_bytes, dotted=True)
-            message = messages_request(body, session_id)
         except GTLError as exc:
             return refusal(exc)
+        try:
+            message = messages_request(body, session_id)
+        except GTLError as exc:  # a completion request refused for what it asks: its ledger row, then the 400
+            return refusal(await intake.record_refused(self.sessions, body, session_id, context, exc))
         if message.stream:
             encoder = MessageEncoder(session_id, model=message.model, error_object=error_object)
             return StreamedSession(

@@ -2,10 +2,11 @@
 
 Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
-* ``model`` is GTL's model string as is; ``max_tokens`` is required, as Anthropic requires it.
+* ``model`` is GTL's model string as is; ``max_tokens`` is required, as Anthropic requires it (at
+  most 2**31 - 1; the engine holds it to the model's own limit).
 * ``system`` (a string, or ``text`` blocks joined with blank lines) → one leading ``system`` message.
 * ``messages``: content is a string or blocks. In a ``user`` turn, ``text`` blocks and ``image``
-  blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL) make one user message
+  blocks (``base64`` sources → ``data:`` URLs, ``url`` sources → the URL, ``https:`` only) make one user message
   (several blocks keep their order in GTL's ``parts``, so an Anthropic deployment gets the same
   blocks, adjacent text blocks too; its ``content`` is their texts joined with newlines, for a
   reader without parts), and each ``tool_result`` (``tool_use_id``; string or text/image content,
@@ -34,7 +35,12 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   automatic caching) → on the last message. A marker other than ``{"type": "ephemeral"}`` is refused
   (400). A marker's ``ttl`` (``"5m"`` or ``"1h"``) is GTL's ``cache_ttl``; a message several markers
   fall on keeps the longest-lived. One on a tool definition is accepted and ignored.
-* ``top_k``, ``metadata``, ``thinking`` and ``service_tier`` are accepted and ignored.
+* ``IGNORED`` (``top_k``, ``metadata``, ``thinking``, ``service_tier``, ``context_management``…) is
+  accepted and ignored: each tunes, labels or bills the call (Claude Code sends ``context_management``
+  with every request), and none changes what the answer must be.
+* Any other field is refused (400) as Anthropic refuses it — "max_token: Extra inputs are not
+  permitted" — with the field it is a near miss of; GTL's own request fields (``providers``…, what
+  ``extra_body`` would carry) are refused saying where they go.
 """
 
 from __future__ import annotations
@@ -46,19 +52,84 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
-from gtl_nb.protocol.messages import MAX_NAME_LENGTH, CompletionRequest, Message, Tool, ToolCall
+from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TOKENS_LIMIT, CompletionRequest, Message, Tool, ToolCall
 from gtl_nb.providers.base import limited_to_one_call
 
-__all__ = ["messages_request"]
+__all__ = ["IGNORED", "MAPPED", "REFUSED", "messages_request"]
 
 _CHOICES = {"auto": "auto", "any": "required", "none": "none"}
+
+MAPPED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "output_config",
+        "output_format",
+        "cache_control",
+    }
+)
+"""The Messages fields that reach the GTL request."""
+REFUSED = frozenset({"mcp_servers"})
+"""The fields refused when they ask what GTL cannot give (MCP servers the provider would call itself)."""
+IGNORED = frozenset(
+    {
+        "top_k",
+        "metadata",
+        "thinking",
+        "service_tier",
+        "inference_geo",
+        "speed",
+        "container",  # the code-execution tool's container: server tools are refused anyway
+        "context_management",
+        "compaction",
+        "diagnostics",
+        "user_profile_id",
+        "workspace_id",
+        "billing_policy",
+        "fallbacks",
+        "fallback_credit_token",
+        "thread",
+    }
+)
+"""The fields accepted and ignored: each tunes, labels or bills the call; the answer is still the answer."""
+_KNOWN = MAPPED | REFUSED | IGNORED
+_GTL_FIELDS = frozenset({"providers", "provider", "session_id", "reasoning", "cache", "type"})
+"""GTL's own request fields, which a caller of the Anthropic SDK might send in ``extra_body``."""
+
+
+def unknown_field(body: dict[str, Any]) -> None:
+    """``FieldError`` for the first field of ``body`` that Messages has not (a slip such as
+    ``max_token``, ignored, would silently change the answer), worded as Anthropic words it."""
+    for key in body:
+        if key in _KNOWN:
+            continue
+        name = key[:100]
+        if key in _GTL_FIELDS:
+            raise FieldError(
+                name,
+                "Extra inputs are not permitted: a GTL request field, which this endpoint does not take; here "
+                'the model string chooses the deployment ("deployment:model") or the gateway routes a bare '
+                "model, and a failover list (providers) is taken by POST /v1/gtl and gtl_nb.connect()",
+            )
+        close = fields.did_you_mean(key, _KNOWN)
+        said = "Extra inputs are not permitted"  # Anthropic's words
+        raise FieldError(name, f"{said}; did you mean {close}?" if close else said)
 
 
 def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest:
     """The GTL request of a Messages body; ``FieldError`` names the first parameter that is wrong."""
+    unknown_field(body)
     model = fields.text(body, "model", "model", required=True, max_length=MAX_NAME_LENGTH)
     raw_messages = fields.items(body, "messages", "messages", required=True)
-    max_tokens = fields.integer(body, "max_tokens", "max_tokens", required=True)
+    max_tokens = fields.integer(body, "max_tokens", "max_tokens", required=True, most=MAX_TOKENS_LIMIT)
     assert model is not None and raw_messages is not None
     if not model:
         raise FieldError("model", "the model must not be empty")
@@ -230,7 +301,7 @@ def _image(block: dict[str, Any], where: str) -> str:
         media_type = _str(source, "media_type", f"{where}.source.media_type")
         return f"data:{media_type};base64,{_str(source, 'data', f'{where}.source.data')}"
     if kind == "url":
-        return _str(source, "url", f"{where}.source.url")
+        return fields.image_url(source.get("url"), f"{where}.source.url")
     raise FieldError(f"{where}.source.type", f"image sources are base64 or url, not {kind!r}")
 
 

@@ -2,20 +2,25 @@
 
 The compatible endpoints take bodies written for another API, so a mistake is reported the way that
 API would: a 400 naming the offending parameter by its path (``messages[2].content[0].type``). The
-readers check types only; what a value means is the GTL engine's business.
+readers check types, and the ranges no request may leave (``max_tokens`` past 2**31 - 1, an image
+URL neither ``https:`` nor ``data:``); what a value means to a model is the GTL engine's business.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from gtl_nb.protocol.codec import json_kind
 from gtl_nb.protocol.errors import InvalidRequestError
+from gtl_nb.protocol.messages import image_url_refusal
 
 __all__ = [
     "FieldError",
     "boolean",
+    "did_you_mean",
+    "image_url",
     "integer",
     "items",
     "number",
@@ -25,11 +30,28 @@ __all__ = [
 
 
 class FieldError(InvalidRequestError):
-    """An ``INVALID_REQUEST`` about one parameter of the body; ``param`` is its path."""
+    """An ``INVALID_REQUEST`` about one parameter of the body; ``param`` is its path. The message is
+    ``"{param}: {message}"``, or ``message`` alone when it is ``whole`` (it names the parameter itself)."""
 
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(f"{param}: {message}")
+    def __init__(self, param: str, message: str, *, whole: bool = False) -> None:
+        super().__init__(message if whole else f"{param}: {message}")
         self.param = param
+
+
+def did_you_mean(name: str, known: Collection[str]) -> str | None:
+    """The known name ``name`` is most likely a slip for (``max_token`` → ``max_tokens``), or ``None``."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
+def image_url(value: Any, where: str) -> str:
+    """An image's URL: a non-empty ``https:`` or ``data:`` URL (``protocol.messages.image_url_refusal``)."""
+    if not isinstance(value, str) or not value:
+        raise FieldError(where, "an image needs a URL (https: or data:)")
+    refused = image_url_refusal(value)
+    if refused is not None:
+        raise FieldError(where, refused)
+    return value
 
 
 def _missing(body: Mapping[str, Any], key: str, where: str, required: bool) -> bool:
@@ -67,8 +89,10 @@ def number(body: Mapping[str, Any], key: str, where: str, *, within: tuple[float
     return float(value)
 
 
-def integer(body: Mapping[str, Any], key: str, where: str, *, required: bool = False) -> int | None:
-    """A positive integer field."""
+def integer(
+    body: Mapping[str, Any], key: str, where: str, *, required: bool = False, most: int | None = None
+) -> int | None:
+    """A positive integer field, at most ``most`` when given."""
     if _missing(body, key, where, required):
         return None
     value = body[key]
@@ -76,6 +100,9 @@ def integer(body: Mapping[str, Any], key: str, where: str, *, required: bool = F
         raise FieldError(where, f"expected an integer, not {json_kind(value)}")
     if value < 1:
         raise FieldError(where, f"expected an integer of at least 1, not {value}")
+    if most is not None and value > most:
+        shown = f"{value:,}" if value.bit_length() <= 128 else "a number above 2**128"
+        raise FieldError(where, f"expected an integer of at most {most:,}, not {shown}")
     return value
 
 

@@ -19,12 +19,14 @@ from gtl_nb.gateway.compat.duplicates import duplicated_key
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged
+from gtl_nb.gateway.streaming import SessionRunner
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex
 from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, nesting_exceeds
-from gtl_nb.protocol.errors import FrameTooLargeError, InvalidRequestError
+from gtl_nb.protocol.errors import FrameTooLargeError, GTLError, InvalidRequestError
+from gtl_nb.protocol.messages import MAX_NAME_LENGTH, CompletionRequest
 
-__all__ = ["api_key", "authenticated", "bearer", "read_json"]
+__all__ = ["api_key", "authenticated", "bearer", "read_json", "record_refused"]
 
 
 def bearer(headers: Mapping[str, str]) -> str | None:
@@ -95,3 +97,18 @@ def _path(parts: list[str | int], *, dotted: bool) -> str:
         else:
             text += f".{str(part)[:100]}" if text else str(part)[:100]
     return text
+
+
+async def record_refused(
+    sessions: SessionRunner, body: dict[str, Any], session_id: str, context: RequestContext, error: GTLError
+) -> GTLError:
+    """``error``, a refusal of the request ``body`` for what it asks (a field unknown or out of range),
+    once its one ledger row and audit record are written (``gateway.refusals``): an authenticated
+    caller's completion request, refused before any provider is called — its row says who asked, for
+    which model, and why. ``error`` carries ``session_id`` then, so its answer names the row."""
+    model = body.get("model")
+    named = model if isinstance(model, str) and 0 < len(model) <= MAX_NAME_LENGTH else ""
+    stand_in = CompletionRequest(session_id=session_id, model=named, messages=[], stream=body.get("stream") is True)
+    await sessions.refused(stand_in, context, error)
+    error.session_id = session_id
+    return error

@@ -17,6 +17,7 @@ rules, and ``retry-after`` when the error has one.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -102,12 +103,16 @@ def error_reply(
     kind: str | None = None,
     headers: dict[str, str] | None = None,
     retried: bool = False,
+    max_tokens_param: str = "max_tokens",
 ) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
-    gateway tried again already (``reply.error_headers``)."""
+    gateway tried again already (``reply.error_headers``); ``max_tokens_param``: what the request called
+    its limit (``max_completion_tokens``), which an engine refusal of ``max_tokens`` names."""
     status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
     if param is None and error.code == "INVALID_REQUEST":
         param = _param_named(error.message)
+        if param == "max_tokens":
+            param = max_tokens_param
     extra = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
         extra["x-request-id"] = error.session_id
@@ -142,9 +147,13 @@ class OpenAIEndpoints:
         session_id = f"chatcmpl-{unique_hex()}"
         try:
             context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request)
-            chat = chat_request(await intake.read_json(request, self.max_bytes), session_id)
+            body = await intake.read_json(request, self.max_bytes)
         except GTLError as exc:
             return refusal(exc)
+        try:
+            chat = chat_request(body, session_id)
+        except GTLError as exc:  # a completion request refused for what it asks: its ledger row, then the 400
+            return refusal(await intake.record_refused(self.sessions, body, session_id, context, exc))
         model, created = chat.request.model, int(time.time())
         if chat.request.stream:
             encoder = ChunkEncoder(
@@ -155,7 +164,7 @@ class OpenAIEndpoints:
                 chat.request,
                 context,
                 encoder=encoder,
-                refuse=error_reply,
+                refuse=functools.partial(error_reply, max_tokens_param=chat.max_tokens_param),
                 refused=refusal,
                 headers={"x-request-id": session_id},
             )
@@ -166,7 +175,8 @@ class OpenAIEndpoints:
             return refusal(exc)
         if transcript.done is None:
             error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
-            return error_reply(error, retried=retried_already(transcript.statuses))
+            retried = retried_already(transcript.statuses)
+            return error_reply(error, retried=retried, max_tokens_param=chat.max_tokens_param)
         return json_reply(
             200, completion_object(transcript, model=model, created=created), {"x-request-id": session_id}
         )

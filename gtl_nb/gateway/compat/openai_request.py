@@ -4,7 +4,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
 * ``model`` is GTL's model string as is: ``deployment:model`` or a bare model the gateway routes.
 * ``messages``: ``system`` and ``developer`` → ``system``; ``user`` content is a string or an array
-  of ``text`` parts and ``image_url`` parts (``data:`` or ``https:`` URLs → the message's ``images``;
+  of ``text`` parts and ``image_url`` parts (``data:`` or ``https:`` URLs → the message's ``images``,
+  any other URL refused naming its path;
   several parts keep their order in GTL's ``parts``, its ``content`` their texts joined with
   newlines: what an OpenAI deployment is sent for text alone);
   ``assistant`` content and ``tool_calls`` (``{id, function: {name, arguments}}``) → an assistant
@@ -28,9 +29,14 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   call; a deployment whose API cannot be so limited is skipped, else the request is refused).
 * ``modalities`` asking for anything but text (audio output) is refused (400): the answer is text;
   so is ``web_search_options`` (a search the provider would run itself, which GTL cannot ask for).
-* Anything else (``seed``, ``user``, penalties, ``store``, ``metadata``,
-  ``reasoning_effort``, ``verbosity``…) is accepted and ignored, as a proxy in front of a model that
-  lacks it would (a deployment's own ``reasoning_effort`` option sets the effort its requests use).
+* ``IGNORED`` (``seed``, ``user``, penalties, ``store``, ``metadata``, ``reasoning_effort``,
+  ``verbosity``…) is accepted and ignored, as a proxy in front of a model that lacks it would (a
+  deployment's own ``reasoning_effort`` option sets the effort its requests use): each tunes, labels
+  or bills the call, and none changes what the answer must be. ``logit_bias`` is ignored only empty:
+  a bias that bans or forces tokens would be silently lost.
+* Any other field is refused (400, ``param`` naming it) as OpenAI refuses it — "Unrecognized request
+  argument supplied: max_token" — with the field it is a near miss of; GTL's own request fields
+  (``providers``, ``provider``…, what ``extra_body`` would carry) are refused saying where they go.
 """
 
 from __future__ import annotations
@@ -43,12 +49,68 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
-from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TEMPERATURE, CompletionRequest, Message, Tool, ToolCall
+from gtl_nb.protocol.messages import (
+    MAX_NAME_LENGTH,
+    MAX_TEMPERATURE,
+    MAX_TOKENS_LIMIT,
+    CompletionRequest,
+    Message,
+    Tool,
+    ToolCall,
+)
 from gtl_nb.providers.base import limited_to_one_call
 
-__all__ = ["ChatRequest", "chat_request"]
+__all__ = ["IGNORED", "MAPPED", "REFUSED", "ChatRequest", "chat_request"]
 
 _TOOL_CHOICE_WORDS = frozenset({"none", "auto", "required"})
+
+MAPPED = frozenset(
+    {
+        "model",
+        "messages",
+        "max_completion_tokens",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "stream",
+        "stream_options",
+    }
+)
+"""The Chat Completions fields that reach the GTL request."""
+REFUSED = frozenset(
+    {"n", "logprobs", "top_logprobs", "modalities", "audio", "web_search_options", "functions", "function_call"}
+)
+"""The fields refused when they ask what GTL cannot give (``n`` other than 1, ``logprobs: true``, audio…);
+their neutral values (``n: 1``, ``logprobs: false``, ``modalities: ["text"]``, ``null``) are accepted."""
+IGNORED = frozenset(
+    {
+        "frequency_penalty",
+        "presence_penalty",
+        "logit_bias",  # only empty: see the module docstring
+        "seed",
+        "user",
+        "safety_identifier",
+        "store",
+        "metadata",
+        "service_tier",
+        "reasoning_effort",
+        "verbosity",
+        "prediction",  # a latency hint: the answer is the same without it
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "prompt_cache_options",
+        "moderation",
+    }
+)
+"""The fields accepted and ignored: each tunes, labels or bills the call; the answer is still the answer."""
+_KNOWN = MAPPED | REFUSED | IGNORED
+_GTL_FIELDS = frozenset({"providers", "provider", "session_id", "reasoning", "cache", "type"})
+"""GTL's own request fields, which a caller of the OpenAI SDK might send in ``extra_body``."""
 
 
 @dataclass(frozen=True)
@@ -57,10 +119,35 @@ class ChatRequest:
 
     request: CompletionRequest
     include_usage: bool
+    max_tokens_param: str = "max_tokens"  # what the caller named its limit: an error about it names that
+
+
+def unknown_field(body: dict[str, Any]) -> None:
+    """``FieldError`` for the first field of ``body`` that Chat Completions has not (a slip such as
+    ``max_token``, ignored, would silently change the answer), worded as OpenAI words it."""
+    for key in body:
+        if key not in _KNOWN:
+            raise _unknown(key)
+
+
+def _unknown(key: str) -> FieldError:
+    name = key[:100]
+    said = f"Unrecognized request argument supplied: {name}"
+    if key in _GTL_FIELDS:
+        return FieldError(
+            name,
+            f"{said}: a GTL request field, which this endpoint does not take; here the model string chooses "
+            'the deployment ("deployment:model") or the gateway routes a bare model, and a failover list '
+            "(providers) is taken by POST /v1/gtl and gtl_nb.connect()",
+            whole=True,
+        )
+    close = fields.did_you_mean(key, _KNOWN)
+    return FieldError(name, f"{said}; did you mean {close}?" if close else said, whole=True)
 
 
 def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     """The GTL request of a Chat Completions body; ``FieldError`` names the first parameter that is wrong."""
+    unknown_field(body)
     model = fields.text(body, "model", "model", required=True, max_length=MAX_NAME_LENGTH)
     raw_messages = fields.items(body, "messages", "messages", required=True)
     assert model is not None and raw_messages is not None
@@ -88,9 +175,14 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         # OpenAI's own 400: an app that asked for a usage chunk must learn it gets none
         raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
     include_usage = stream and bool(fields.boolean(options or {}, "include_usage", "stream_options.include_usage"))
-    max_tokens = fields.integer(body, "max_completion_tokens", "max_completion_tokens")
+    if fields.obj(body, "audio", "audio"):  # audio output's voice and format: the answer has no audio
+        raise FieldError("audio", 'the gateway answers in text only; leave audio out (and modalities ["text"])')
+    if fields.obj(body, "logit_bias", "logit_bias"):  # a ban or a push on tokens, silently lost if ignored
+        raise FieldError("logit_bias", "the gateway cannot bias tokens; leave logit_bias out or empty")
+    limit = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = fields.integer(body, "max_completion_tokens", "max_completion_tokens", most=MAX_TOKENS_LIMIT)
     if max_tokens is None:
-        max_tokens = fields.integer(body, "max_tokens", "max_tokens")
+        max_tokens = fields.integer(body, "max_tokens", "max_tokens", most=MAX_TOKENS_LIMIT)
     request = CompletionRequest(
         session_id=session_id,
         model=model,
@@ -108,7 +200,7 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         ),
         response_format=fields.obj(body, "response_format", "response_format"),
     )
-    return ChatRequest(request, include_usage)
+    return ChatRequest(request, include_usage, limit)
 
 
 def _refuse_logprobs(body: dict[str, Any]) -> None:
@@ -214,9 +306,7 @@ def _user_content(content: Any, where: str) -> list[tuple[str, str]]:
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image  # an older form: the URL itself
-            if not isinstance(url, str) or not url:
-                raise FieldError(f"{here}.image_url.url", "an image part needs a URL (https: or data:)")
-            pieces.append(("image", url))
+            pieces.append(("image", fields.image_url(url, f"{here}.image_url.url")))
         else:
             raise FieldError(f"{here}.type", f"{kind!r} parts are not supported; use text and image_url")
     return pieces

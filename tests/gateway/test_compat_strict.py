@@ -1,0 +1,259 @@
+"""What the compatible endpoints refuse rather than ignore, driven by the official ``openai`` and
+``anthropic`` SDKs: a field the API does not have (``max_token``, ``temprature``, GTL's ``providers``
+in ``extra_body``), a ``max_tokens`` no model can write, an image URL neither ``https:`` nor ``data:``.
+
+Each was accepted: the slip ignored, the number or the URL forwarded. Each is now a ``400`` in the
+API's own error shape naming the field — the SDK's ``BadRequestError`` — with no provider called and
+exactly one ledger row (``error``, ``INVALID_REQUEST``, under the answer's request id)."""
+
+# ruff: noqa: F811 - the tests take test_compat's fixtures, imported below, by name
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from gtl_nb import sim
+from gtl_nb.gateway.compat import anthropic_request, openai_request
+from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: one gateway before every simulator
+    PIXEL_URL,
+    backends,
+    base_url,
+    chat,
+    claude,
+    ledger_path,
+    oai,
+    providers,
+    rows_of,
+    target,
+)
+
+USER = [{"role": "user", "content": "hi"}]
+
+
+def sent(backends: dict[str, sim.Simulator]) -> dict[str, int]:
+    """How many requests each provider's simulator has been sent."""
+    return {name: len(simulator.requests) for name, simulator in backends.items()}
+
+
+def one_refusal_row(ledger: Path, error: openai.APIStatusError | anthropic.APIStatusError) -> dict[str, Any]:
+    """The one ledger row of a refused request, found by the id its answer named."""
+    session_id = error.response.headers.get("x-request-id") or error.response.headers["request-id"]
+    rows = rows_of(ledger, session_id)
+    assert [(row["status"], row["error_code"]) for row in rows] == [("error", "INVALID_REQUEST")], rows
+    assert not rows[0]["tokens_in"] and not rows[0]["cost"]
+    return rows[0]
+
+
+# -- fields the API does not have --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field, hint",
+    [("max_token", "; did you mean max_tokens?"), ("temprature", "; did you mean temperature?"), ("colour", "")],
+)
+def test_a_field_chat_completions_has_not_is_refused_as_openai_refuses_it(oai, backends, ledger_path, field, hint):
+    before = sent(backends)
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), extra_body={field: 3})
+    error = caught.value
+    said = error.body["message"]  # (the SDK's body is the "error" object)
+    assert said == f"Unrecognized request argument supplied: {field}{hint}"
+    assert (error.status_code, error.type, error.param, error.code) == (400, "invalid_request_error", field, None)
+    assert sent(backends) == before  # refused before any provider
+    assert one_refusal_row(ledger_path, error)["model"] == "gpt-4o-mini"
+    with pytest.raises(openai.BadRequestError, match=f"supplied: {field}"):  # streamed: the same 400
+        list(oai.chat.completions.create(model=target("openai"), messages=chat(), stream=True, extra_body={field: 3}))
+
+
+@pytest.mark.parametrize(
+    "field, hint",
+    [("max_token", "; did you mean max_tokens?"), ("stop_sequence", "; did you mean stop_sequences?"), ("n", "")],
+)
+def test_a_field_messages_has_not_is_refused_as_anthropic_refuses_it(claude, backends, ledger_path, field, hint):
+    before = sent(backends)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(model=target("anthropic"), max_tokens=10, messages=USER, extra_body={field: 2})
+    error = caught.value
+    assert error.body["error"] == {
+        "type": "invalid_request_error",
+        "message": f"{field}: Extra inputs are not permitted{hint}",
+    }
+    assert error.status_code == 400 and sent(backends) == before
+    one_refusal_row(ledger_path, error)
+
+
+def test_gtl_request_fields_in_extra_body_are_refused_saying_where_they_go(oai, claude, backends, ledger_path):
+    """``extra_body={"providers": [...]}`` — a GTL failover list — was ignored: the request went where the
+    model string sent it, and the caller believed it had a failover. The model string is this endpoint's
+    way to choose; a failover list is ``/v1/gtl``'s."""
+    before = sent(backends)
+    failover = {"providers": ["openai", "anthropic"]}
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model="gpt-4o-mini", messages=chat(), extra_body=failover)
+    assert caught.value.param == "providers"
+    assert "a GTL request field" in caught.value.message and "POST /v1/gtl" in caught.value.message
+    with pytest.raises(anthropic.BadRequestError, match=r"providers: Extra inputs are not permitted: a GTL request"):
+        claude.messages.create(model="echo", max_tokens=10, messages=USER, extra_body=failover)
+    assert sent(backends) == before
+
+
+def sdk_fields(create: Any, *header_only: str) -> set[str]:
+    """The body fields an SDK's ``create`` takes (its keyword arguments, less the transport's own)."""
+    own = {"self", "extra_headers", "extra_query", "extra_body", "timeout", *header_only}
+    return set(inspect.signature(create).parameters) - own
+
+
+def test_every_field_the_sdks_send_is_known_to_its_endpoint():
+    """Refusing unknown fields must never refuse what the official SDK sends: each of its keyword
+    arguments is mapped, refused for a reason, or ignored — a new one fails here, to be placed."""
+    known = openai_request.MAPPED | openai_request.REFUSED | openai_request.IGNORED
+    assert sdk_fields(openai.resources.chat.Completions.create) <= known
+    known = anthropic_request.MAPPED | anthropic_request.REFUSED | anthropic_request.IGNORED
+    assert sdk_fields(anthropic.resources.Messages.create) <= known
+    assert sdk_fields(anthropic.resources.beta.Messages.create, "betas") <= known  # betas: a header
+    assert not (openai_request.MAPPED & openai_request.IGNORED) and not (
+        anthropic_request.MAPPED & anthropic_request.IGNORED
+    )
+
+
+def test_what_is_accepted_and_ignored_is_answered(oai, claude):
+    ignored = {
+        "seed": 7,
+        "user": "u-1",
+        "frequency_penalty": 0.5,
+        "presence_penalty": 0.5,
+        "store": False,
+        "metadata": {"job": "nightly"},
+        "service_tier": "auto",
+        "reasoning_effort": "low",
+        "verbosity": "low",
+        "prompt_cache_key": "k",
+        "safety_identifier": "s",
+        "logit_bias": {},
+        "n": 1,
+        "logprobs": False,
+        "modalities": ["text"],
+    }
+    assert oai.chat.completions.create(model="echo", messages=chat(), **ignored).choices[0].message.content
+    streamed = oai.chat.completions.create(
+        model="echo", messages=chat(), stream=True, stream_options={"include_usage": True}, **ignored
+    )
+    assert [chunk for chunk in streamed][-1].usage is not None
+    extra = {"top_k": 5, "context_management": {"edits": []}, "temperature": 0.5, "top_p": 0.9}
+    answer = claude.messages.create(
+        model="echo", max_tokens=50, messages=USER, metadata={"user_id": "u-1"}, service_tier="auto", extra_body=extra
+    )
+    assert answer.content
+    with claude.messages.stream(model="echo", max_tokens=50, messages=USER, metadata={"user_id": "u-1"}) as stream:
+        assert stream.get_final_message().content
+
+
+def test_a_token_bias_or_audio_settings_are_refused_not_dropped(oai):
+    with pytest.raises(openai.BadRequestError, match="cannot bias tokens") as caught:
+        oai.chat.completions.create(model="echo", messages=chat(), logit_bias={"1734": -100})
+    assert caught.value.param == "logit_bias"
+    with pytest.raises(openai.BadRequestError, match="text only") as caught:
+        oai.chat.completions.create(model="echo", messages=chat(), audio={"voice": "alloy", "format": "wav"})
+    assert caught.value.param == "audio"
+
+
+def test_every_refusal_of_what_a_request_asks_leaves_one_row(oai, claude, backends, ledger_path):
+    """A request refused for what it asks — here fields refused before this change too — is a completion
+    request its caller sent: one row, as a budget or scope refusal has, under the id its answer names."""
+    before = sent(backends)
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), n=2)
+    assert one_refusal_row(ledger_path, caught.value)["model"] == "gpt-4o-mini"
+    body = {"model": target("anthropic"), "max_tokens": 10, "messages": USER, "temperature": 1.5}
+    with pytest.raises(anthropic.BadRequestError) as by:
+        claude.post("/v1/messages", body=body, cast_to=object)
+    assert one_refusal_row(ledger_path, by.value)["model"] == "claude-sonnet-4-5"
+    with pytest.raises(anthropic.BadRequestError, match="model: this field is required") as unnamed:
+        claude.post("/v1/messages", body={"max_tokens": 10, "messages": USER}, cast_to=object)
+    one_refusal_row(ledger_path, unnamed.value)
+    assert sent(backends) == before
+
+
+# -- max_tokens no model can write -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("asked", [2**31, 10**30, 2**64])
+def test_max_tokens_past_any_model_is_refused_on_every_endpoint(oai, claude, backends, ledger_path, base_url, asked):
+    before = sent(backends)
+    for name in ("max_tokens", "max_completion_tokens"):
+        with pytest.raises(
+            openai.BadRequestError, match=f"{name}: expected an integer of at most 2,147,483,647"
+        ) as caught:
+            oai.chat.completions.create(model=target("openai"), messages=chat(), **{name: asked})
+        assert caught.value.param == name
+        one_refusal_row(ledger_path, caught.value)
+    with pytest.raises(
+        anthropic.BadRequestError, match="max_tokens: expected an integer of at most 2,147,483,647"
+    ) as by:
+        # (streamed: the SDK itself refuses to wait for that many tokens without a stream)
+        claude.messages.create(model=target("anthropic"), max_tokens=asked, messages=USER, stream=True)
+    one_refusal_row(ledger_path, by.value)
+    gtl = {"type": "completion_request", "session_id": "huge", "model": target("openai"), "messages": USER}
+    answered = httpx.post(f"{base_url}/v1/gtl", json={**gtl, "stream": False, "max_tokens": asked})
+    assert answered.status_code == 400 and "max_tokens" in answered.text
+    assert sent(backends) == before
+
+
+def test_max_tokens_above_the_models_own_limit_is_refused_before_it_is_sent(oai, claude, backends, ledger_path):
+    """The catalog knows gpt-4o-mini writes at most 16,384 tokens per answer: more is refused naming the
+    parameter as the caller named it, with no call to the provider; the limit itself is answered."""
+    before = sent(backends)
+    for name in ("max_completion_tokens", "max_tokens"):
+        with pytest.raises(openai.BadRequestError, match="gpt-4o-mini writes at most 16,384 tokens") as caught:
+            oai.chat.completions.create(model=target("openai"), messages=chat(), **{name: 16_385})
+        assert caught.value.param == name
+        one_refusal_row(ledger_path, caught.value)
+    with pytest.raises(anthropic.BadRequestError, match="max_tokens: gpt-4o-mini writes at most 16,384") as by:
+        claude.messages.create(model=target("openai"), max_tokens=100_000, messages=USER, stream=True)
+    one_refusal_row(ledger_path, by.value)
+    assert sent(backends) == before
+    assert oai.chat.completions.create(model=target("openai"), messages=chat(), max_completion_tokens=16_384).choices
+    assert sent(backends)["openai"] == before["openai"] + 1
+
+
+# -- image URLs --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["ftp://x/y.png", "http://example.com/y.png", "file:///etc/passwd"])
+def test_an_image_url_neither_https_nor_data_is_refused_naming_its_path(
+    oai, claude, backends, ledger_path, base_url, url
+):
+    before = sent(backends)
+    scheme = url.split(":")[0]
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+    with pytest.raises(openai.BadRequestError, match=f"must be https: or data: .base64., not {scheme}:") as caught:
+        oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": parts}])
+    assert caught.value.param == "messages[0].content[1].image_url.url"
+    one_refusal_row(ledger_path, caught.value)
+    blocks = [{"type": "text", "text": "What is this?"}, {"type": "image", "source": {"type": "url", "url": url}}]
+    with pytest.raises(
+        anthropic.BadRequestError, match=r"messages\.0\.content\.1\.source\.url: an image URL must be"
+    ) as by:
+        claude.messages.create(model=target("anthropic"), max_tokens=10, messages=[{"role": "user", "content": blocks}])
+    one_refusal_row(ledger_path, by.value)
+    gtl = {"type": "completion_request", "session_id": "ftp", "model": target("openai"), "stream": False}
+    answered = httpx.post(
+        f"{base_url}/v1/gtl", json={**gtl, "messages": [{"role": "user", "content": "x", "images": [url]}]}
+    )
+    assert answered.status_code == 400 and "an image URL must be https: or data:" in answered.text
+    assert sent(backends) == before
+
+
+def test_https_and_data_image_urls_still_reach_the_provider(oai, backends):
+    for url in ("https://example.com/y.png", PIXEL_URL):
+        parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+        assert oai.chat.completions.create(
+            model=target("openai"), messages=[{"role": "user", "content": parts}]
+        ).choices
