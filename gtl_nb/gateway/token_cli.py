@@ -136,7 +136,12 @@ def _jwt_table(args: argparse.Namespace, config: Any = None) -> tuple[Any, Path]
     config = config if config is not None else _configuration(args)
     table = config.gateway.get("jwt")
     if not table:
-        raise ConfigurationError("gtl token needs a [gateway.jwt] table in the configuration (docs/tokens.md)")
+        read = (
+            f"{config.source_path} has none"
+            if config.source_path is not None
+            else "no configuration file was found: name the gateway's with --config"
+        )
+        raise ConfigurationError(f"gtl token needs a [gateway.jwt] table in the configuration; {read} (docs/tokens.md)")
     return table, config.source_path.parent if config.source_path is not None else Path.cwd()
 
 
@@ -326,11 +331,13 @@ def _revoke(args: argparse.Namespace) -> int:
         # a token minted elsewhere expires at the latest max_lifetime after it was issued, and it
         # cannot have been issued later than now (plus leeway): keep the entry that long
         until = (expires if expires is not None else now + policy.max_lifetime + policy.leeway) + policy.leeway
-        store.revoke(jti, until)
+        already = store.is_revoked(jti)
+        store.revoke(jti, until)  # again all the same: the shared list may have missed the first time
     if policy.revocations_url is not None and not _revoke_shared(policy, jti, until):
         return 1
     origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
-    print(f"revoked {jti} until {_when(until)} UTC{origin}")
+    done = f"{jti} was already revoked; it stays revoked" if already else f"revoked {jti}"
+    print(f"{done} until {_when(until)} UTC{origin}")
     return 0
 
 

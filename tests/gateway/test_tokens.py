@@ -694,9 +694,8 @@ def test_revocation_through_the_store_reaches_the_authenticator(tmp_path):
 def test_minting_checks_what_it_signs(rsa_key):
     with pytest.raises(ConfigurationError, match="chat:write"):
         mint_token(hs_policy(), subject="x", scopes=["chat:wirte"], lifetime=60)
-    with pytest.raises(
-        ConfigurationError, match=r"a lifetime of 31 days is longer than \[gateway.jwt\] max_lifetime \(30 days"
-    ):
+    too_long = r"a lifetime of 31 days is longer than \[gateway.jwt\] max_lifetime \(30 days, 2592000 s\)"
+    with pytest.raises(ConfigurationError, match=too_long):
         mint_token(hs_policy(), subject="x", scopes=[], lifetime=31 * 86400)
     with pytest.raises(ConfigurationError, match="positive"):
         mint_token(hs_policy(), subject="x", scopes=[], lifetime=0)
@@ -989,6 +988,7 @@ def test_listing_and_revoking_need_no_signing_secret(gtl, capsys, monkeypatch):
     monkeypatch.delenv("GTL_TEST_TOKEN_SECRET")
     assert gtl("token", "list") == 0 and jti in capsys.readouterr().out
     assert gtl("token", "revoke", jti) == 0 and f"revoked {jti}" in capsys.readouterr().out
+    assert gtl("token", "revoke", jti) == 0 and f"{jti} was already revoked" in capsys.readouterr().out
     assert gtl("token", "mint", "--sub", "ann", "--scope", "chat:write") == 2  # minting still needs it
     assert "GTL_TEST_TOKEN_SECRET is not set" in capsys.readouterr().err
     with SqliteTokenStore(gtl.config.parent / "tokens.sqlite3") as store:
@@ -1015,7 +1015,10 @@ def test_gtl_token_without_a_jwt_table(tmp_path, monkeypatch, capsys, gtl):
     empty = tmp_path / "empty.toml"
     empty.write_text("", encoding="utf-8")
     assert cli.main(["--config", str(empty), "token", "list"]) == 2
-    assert "[gateway.jwt]" in capsys.readouterr().err
+    assert f"[gateway.jwt] table in the configuration; {empty} has none" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)  # no file named, none in the user's folder
+    assert cli.main(["token", "list"]) == 2
+    assert "no configuration file was found: name the gateway's with --config" in capsys.readouterr().err
 
 
 def test_parse_duration():

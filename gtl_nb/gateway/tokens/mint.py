@@ -135,6 +135,11 @@ def _spoken(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def _exact(seconds: float) -> str:
+    """Seconds as written in a configuration: ``2592000``, never ``2.592e+06``."""
+    return f"{seconds:.0f}" if seconds == int(seconds) else f"{seconds:g}"
+
+
 def _signing_key(signer: Any, seconds: float) -> tuple[Any, str, str, str]:
     """The key, algorithm, issuer and audience ``mint_token`` signs with."""
     if isinstance(signer, TokenPolicy):
@@ -146,7 +151,7 @@ def _signing_key(signer: Any, seconds: float) -> tuple[Any, str, str, str]:
         if seconds > signer.max_lifetime:
             raise ConfigurationError(
                 f"a lifetime of {_spoken(seconds)} is longer than [gateway.jwt] max_lifetime "
-                f"({_spoken(signer.max_lifetime)}, {signer.max_lifetime:g} s)"
+                f"({_spoken(signer.max_lifetime)}, {_exact(signer.max_lifetime)} s)"
             )
         return signer.secret, "HS256", signer.issuer, signer.audience
     if isinstance(signer, (str, bytes)):
