@@ -216,6 +216,13 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "max_connections_per_address": Field(
             (int,), 256, "open connections from one client address", check=lambda v, w: _at_least(v, w, 1)
         ),
+        "max_connections": Field(
+            (int,),
+            0,
+            "client connections the HTTP and gRPC listeners may hold at once, shared equally "
+            "(0: half the file-descriptor limit)",
+            check=lambda v, w: _at_least(v, w, 0),
+        ),
         "header_timeout": Field(
             _NUM,
             10.0,

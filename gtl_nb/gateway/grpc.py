@@ -37,8 +37,11 @@ token counts when the metadata has none. A token ``authenticate`` refuses is sta
                                 (one request, as an HTTP connection carries) each count one; one more
                                 is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``, before its request is read
                                 (a connection refused: no ledger row). HTTP/2 connections with no
-                                call are not counted (gRPC shows the gateway calls, not connections):
-                                ``header_timeout`` and ``idle_timeout`` close them
+                                call are not counted per address (gRPC shows the gateway calls, not
+                                connections): ``header_timeout`` and ``idle_timeout`` close them
+``max_connections``             gRPC's ``grpc.max_allowed_incoming_connections``: this listener's share
+                                (``gateway.connection_budget``) of HTTP/2 connections, counted from
+                                accept whether they carry a call or not; one more is closed at once
 ``header_timeout``              gRPC's ``grpc.server_handshake_timeout_ms`` (TLS and the HTTP/2
                                 preface); the hello of a ``Session``: ``GatewayConnection``; the
                                 request message of ``Complete`` and ``ListProviders``: here, within
@@ -80,6 +83,7 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, Signal, TlsFiles
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
@@ -138,7 +142,7 @@ this rate."""
 
 def server_options(limits: Limits) -> list[tuple[str, int]]:
     """The gRPC server options that apply ``limits`` (see the module docstring)."""
-    return [
+    options = [
         ("grpc.max_receive_message_length", limits.max_frame_bytes + MESSAGE_SLACK),
         # an oversized token is refused by the token check (AUTH_FAILED), not by gRPC's 8 KiB default
         ("grpc.max_metadata_size", MAX_METADATA_BYTES),
@@ -153,6 +157,13 @@ def server_options(limits: Limits) -> list[tuple[str, int]]:
         # the client pings every 30 s to find a dead gateway; allow that (gRPC's default refuses it)
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
     ]
+    share = listener_share(limits.max_connections, limits.tcp_listeners)
+    if share:
+        # HTTP/2 connections at once, counted from accept (a handshake under way too), whether they carry a
+        # call or not: one more is closed as soon as it is accepted. Without it idle connections took every
+        # descriptor of the process (gateway.connection_budget)
+        options.append(("grpc.max_allowed_incoming_connections", share))
+    return options
 
 
 class _SessionShutdown(Shutdown):

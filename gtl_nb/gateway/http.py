@@ -63,6 +63,7 @@ import logging
 import math
 import socket
 import string
+import time
 import zlib
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -75,6 +76,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
+from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
@@ -153,6 +155,8 @@ _ENDPOINTS = ", ".join(
 MAX_HEAD_BYTES = 64 * 1024
 """Largest request head (h11's default was 16 KiB): an oversized token is then refused by the token
 check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""
+FULL_LOG_EVERY = 60.0
+"""Seconds between two log lines about connections closed for the listener's share of ``max_connections``."""
 OVER_CAP_WAIT = 1.0
 """Seconds a connection beyond the per-address cap may take to send the request its ``429`` answers."""
 CLOSE_WAIT = 5.0
@@ -351,9 +355,13 @@ class _ConnectionGuard:
     WebSocket — so it is keyed by its transport, which survives the WebSocket upgrade.
     """
 
-    def __init__(self, cap: int, trusted: TrustedProxies | None = None) -> None:
+    def __init__(self, cap: int, trusted: TrustedProxies | None = None, listener_cap: int = 0) -> None:
         self.cap = cap
         self.trusted = trusted or TrustedProxies()
+        self.listener_cap = listener_cap
+        """Connections the whole listener may hold (its share of ``max_connections``; 0: no bound)."""
+        self._turned_away = 0  # connections closed for the listener's cap since the last line saying so
+        self._said_full_at = -math.inf
         self._counts: dict[str, int] = {}
         self._open: dict[Any, str] = {}
         self._refused: set[tuple[str, int]] = set()
@@ -382,6 +390,23 @@ class _ConnectionGuard:
             self._counts[address] = left
         else:
             self._counts.pop(address, None)
+
+    def full(self) -> bool:
+        """Whether the listener holds more connections than ``listener_cap`` (the newest is to close at once)."""
+        return 0 < self.listener_cap < len(self._open)
+
+    def turned_away(self) -> None:
+        """Count a connection closed for the listener's cap; say so at most once every ``FULL_LOG_EVERY``
+        seconds (a flood would otherwise write a line a connection)."""
+        self._turned_away += 1
+        now = time.monotonic()
+        if now - self._said_full_at >= FULL_LOG_EVERY:
+            log.warning(
+                "closed %d new connection(s): the listener holds its share of [gateway] max_connections (%d)",
+                self._turned_away,
+                self.listener_cap,
+            )
+            self._said_full_at, self._turned_away = now, 0
 
     def refused(self, client: Any) -> bool:
         """Whether the connection of an ASGI scope's ``client`` was one too many."""
@@ -429,6 +454,12 @@ class _HttpProtocol(HttpToolsProtocol):
         _no_delay(transport)
         super().connection_made(transport)
         self.guard.opened(transport, self.client)
+        if self.guard.full():  # every descriptor of this listener's share is taken: this one goes at once
+            self.guard.turned_away()
+            error = OverloadedError("the gateway holds all the connections it can; connect again", retry_after=1.0)
+            transport.write(_raw_response(503, error))
+            transport.close()
+            return
         self._start_deadline()
         if self.guard.refused(self.client):  # one too many: answered 429 at its request, or closed soon
             self.loop.call_later(OVER_CAP_WAIT, self._over_cap_and_silent)
@@ -1411,7 +1442,8 @@ async def serve_http(
         tls = listener.tls.server_context(alpn=("http/1.1",)) if listener.tls is not None else None
         url = listener.url(sock.getsockname()[1])
         sessions = _Sessions(engine, limits.max_sessions_per_principal)
-        guard = _ConnectionGuard(limits.max_connections_per_address, limits.trusted_proxies)
+        share = listener_share(limits.max_connections, limits.tcp_listeners)
+        guard = _ConnectionGuard(limits.max_connections_per_address, limits.trusted_proxies, share)
         app = build_app(
             engine,
             authenticate=authenticate,

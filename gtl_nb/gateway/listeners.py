@@ -140,6 +140,12 @@ class Limits:
     (``gateway.principal_sessions``); one more is refused with a retryable ``OVERLOADED``. ``0``: no cap."""
     max_connections_per_address: int = 256
     """Open connections from one client address; one more is refused (HTTP 429, gRPC RESOURCE_EXHAUSTED, …)."""
+    max_connections: int = 0
+    """``[gateway] max_connections``: client connections the TCP listeners (HTTP, gRPC) may hold at once, all
+    together; each gets an equal share and closes a connection beyond it at once (``gateway.connection_budget``).
+    ``0``: half of what the process's file-descriptor limit leaves after a fixed reserve."""
+    tcp_listeners: int = 1
+    """How many TCP listeners share ``max_connections`` (set by ``gateway.server`` for the listeners it starts)."""
     header_timeout: float = 10.0
     """Seconds a new connection has to send its request head (HTTP) or its hello (the other transports)."""
     idle_timeout: float = 300.0

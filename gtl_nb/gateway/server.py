@@ -24,12 +24,13 @@ import asyncio
 import contextlib
 import importlib
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import Settings
+from gtl_nb.gateway.connection_budget import TCP_TRANSPORTS, listener_share
 from gtl_nb.gateway.listeners import ListenerSettings, Shutdown
 from gtl_nb.gateway.live import live_sessions
 from gtl_nb.gateway.sessions import Authenticate
@@ -114,6 +115,12 @@ async def serve(
         return ready
 
     tasks: dict[asyncio.Task[None], ListenerSettings] = {}
+    # the TCP listeners share [gateway] max_connections (gateway.connection_budget): each knows how many do
+    tcp_listeners = sum(listener.transport in TCP_TRANSPORTS for listener in gateway.listeners)
+    limits = replace(gateway.limits, tcp_listeners=max(1, tcp_listeners))
+    if tcp_listeners:
+        share = listener_share(limits.max_connections, limits.tcp_listeners)
+        log.info("each TCP listener holds at most %s client connections", share or "any number of")
     # an embedder's engine: while it serves, its errors go to a gateway's clients (given back after)
     lent_audience = getattr(engine, "audience", GATEWAY)
     if lent_audience != GATEWAY:
@@ -122,7 +129,7 @@ async def serve(
         for listener in gateway.listeners:
             options: dict[str, Any] = {
                 "authenticate": authenticate,
-                "limits": gateway.limits,
+                "limits": limits,
                 "shutdown": shutdown,
                 "ready": ready_of(listener),
             }

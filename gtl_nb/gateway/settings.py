@@ -84,6 +84,7 @@ class GatewaySettings:
             max_sessions_per_connection=int(table.get("max_sessions_per_connection") or 256),
             max_sessions_per_principal=_per_principal(table.get("max_sessions_per_principal")),
             max_connections_per_address=int(table.get("max_connections_per_address") or 256),
+            max_connections=int(table.get("max_connections") or 0),
             header_timeout=float(table.get("header_timeout") or 10.0),
             idle_timeout=float(table.get("idle_timeout") or 300.0),
             trusted_proxies=TrustedProxies.parse(table.get("trusted_proxies")),
