@@ -185,8 +185,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gtl-scale-") as tmp:
         directory = Path(tmp)
         upstream = Upstream(pace=args.pace, extra_args=["--backlog", "65535"])
-        # one principal (the token's "bench") runs every session: its cap too is raised to fit them
+        # one principal (the token's "bench") runs every session: its cap too is raised to fit them, and
+        # the listener's share of descriptors (by default half the limit: the rest for upstream sockets —
+        # over HTTP/2 a few, so the sessions may take the rest)
         limits = {
+            "max_connections": args.sessions + 64,
             "max_connections_per_address": args.sessions + 64,
             "max_sessions_per_principal": args.sessions + 64,
             "idle_timeout": 600,
