@@ -247,6 +247,25 @@ def gateway_idle_timeout(tmp_path, config, **_):
             assert client.complete("echo", "two, on a new connection").text
 
 
+def gateway_max_unfinished_bytes(tmp_path, config, **_):
+    from tests.gateway.test_unfinished_budget import _upgraded
+    from tests.network.conftest import gtl_errors, wait_closed, ws_frame, ws_hello, ws_messages
+
+    held = 900 * 1024  # 836 KiB of each counts (64 KiB are the connection's own): three fit in 3 MiB, not four
+    gateway = {"max_frame_bytes": 1024 * 1024, "max_unfinished_bytes": 3 * 1024 * 1024}
+    with start_gateway(config(gateway=gateway)) as served:
+        holders = [_upgraded(served.url("http")) for _ in range(4)]
+        try:
+            for sock in holders:
+                sock.sendall(ws_hello() + ws_frame(b" " * held, fin=False))
+            outcomes = [wait_closed(sock, 2) for sock in holders]
+        finally:
+            for sock in holders:
+                sock.close()
+    assert [outcome.how == "open" for outcome in outcomes] == [True, True, True, False]
+    assert gtl_errors(ws_messages(outcomes[3].data))[-1].code == "OVERLOADED"
+
+
 def gateway_shutdown_grace(tmp_path, config, **_):
     served = start_gateway(config(gateway={"shutdown_grace": 0.5}))
     try:
@@ -394,6 +413,7 @@ EFFECTS: dict[str, Callable[..., None]] = {
     "gateway.max_connections_per_address": gateway_max_connections_per_address,
     "gateway.header_timeout": gateway_header_timeout,
     "gateway.idle_timeout": gateway_idle_timeout,
+    "gateway.max_unfinished_bytes": gateway_max_unfinished_bytes,
     "gateway.shutdown_grace": gateway_shutdown_grace,
     "gateway.trusted_proxies": gateway_trusted_proxies,
     "gateway.advertise": gateway_advertise,
