@@ -235,6 +235,12 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             "seconds a connection without a running session may stay silent",
             check=lambda v, w: _at_least(v, w, 0.001),
         ),
+        "max_unfinished_bytes": Field(
+            (int,),
+            256 * 1024 * 1024,
+            "bytes the HTTP listener holds in WebSocket messages and request bodies still arriving",
+            check=lambda v, w: _at_least(v, w, 0),
+        ),
         "shutdown_grace": Field(_NUM, 30.0, "seconds running streams get to finish after SIGTERM"),
         "event_loop": Field(
             (str,),

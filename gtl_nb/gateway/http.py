@@ -33,7 +33,10 @@ opening (after TLS, whose handshake has the same deadline) or of its first byte 
 connection, plus one second for every ``MIN_REQUEST_RATE`` (32 KiB) received (``_HttpProtocol``): a
 head, or a body, sent a byte a second is cut at ``header_timeout``, a body arriving at 32 KiB/s or
 faster never is (a request is held at most ``header_timeout`` + (``max_frame_bytes`` + 64 KiB) / 32 KiB/s:
-4 min 28 s with the defaults). A kept-alive connection may wait ``idle_timeout`` seconds for its next
+4 min 28 s with the defaults), and one that stops for ``header_timeout`` seconds is cut whatever it earned;
+bytes of requests and WebSocket messages still arriving count against the listener's ``max_unfinished_bytes``
+(``gateway.unfinished``, which bounds WebSocket messages the same way). A kept-alive connection may wait
+``idle_timeout`` seconds for its next
 request; an address may hold ``max_connections_per_address`` connections at once (the next one gets
 one ``429`` and is closed); a WebSocket connection runs at most ``max_sessions_per_connection``
 sessions (``GatewayConnection``).
@@ -94,6 +97,7 @@ from gtl_nb.gateway.sessions import (
 )
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.gateway.tracecontext import trace_id_from
+from gtl_nb.gateway.unfinished import FREE_BYTES, UnfinishedBytes, limited_websocket, over_free
 from gtl_nb.ids import random_hex, unique_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import CUT_EVENTS, DEFAULT_MAX_DEPTH, decode, encode, frames_within, nesting_exceeds
@@ -435,12 +439,15 @@ class _HttpProtocol(HttpToolsProtocol):
     guard: ClassVar[_ConnectionGuard]
     header_timeout: ClassVar[float]
     max_request_bytes: ClassVar[int]
+    unfinished: ClassVar[UnfinishedBytes]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._request_started = 0.0
         self._request_bytes = 0
+        self._progress = 0.0  # when the current request's last byte arrived
+        self._charged = 0  # of its bytes, those the listener's budget of unfinished bytes holds
         self._phase = _WAITING  # where the client's current request is (module constants)
         self._head_bytes = 0  # bytes received since the current request's head began (an incomplete head's size)
         self._head_size = 0  # the parsed head's size: its URL and header lines
@@ -481,6 +488,11 @@ class _HttpProtocol(HttpToolsProtocol):
             self._start_deadline()
         if self._deadline_timer is not None:
             self._request_bytes += len(data)
+            self._progress = self.loop.time()
+            if self._request_bytes > FREE_BYTES and not self._charge():
+                error = OverloadedError("the gateway holds too many requests still arriving; send it again later")
+                self._cut(503, error, "its request would pass max_unfinished_bytes")
+                return
         if self._phase is not _BODY:
             self._head_bytes += len(data)  # reset when the head is complete (on_headers_complete)
         super().data_received(data)
@@ -629,7 +641,7 @@ class _HttpProtocol(HttpToolsProtocol):
 
     def _start_deadline(self) -> None:
         self._stop_deadline()
-        self._request_started = self.loop.time()
+        self._request_started = self._progress = self.loop.time()
         self._request_bytes = 0
         self._deadline_timer = self.loop.call_later(self.header_timeout, self._deadline_passed)
 
@@ -637,17 +649,37 @@ class _HttpProtocol(HttpToolsProtocol):
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
+        if self._charged:  # the request is whole, or cut: its bytes no longer count as unfinished
+            self.unfinished.give(self._charged)
+            self._charged = 0
+
+    def _charge(self) -> bool:
+        """Hold the request's bytes beyond ``FREE_BYTES`` against the listener's budget (``gateway.unfinished``);
+        ``False`` when they would pass it."""
+        charge = over_free(min(self._request_bytes, self.max_request_bytes))
+        if charge > self._charged:
+            if not self.unfinished.take(charge - self._charged):
+                return False
+            self._charged = charge
+        return True
 
     def _deadline_passed(self) -> None:
         self._deadline_timer = None
         # the timer is set once and looked at when it fires: counting bytes costs nothing per read
+        now = self.loop.time()
+        if self.flow is not None and self.flow.read_paused:  # the application is not reading: not the client's time
+            self._request_started += now - self._progress
+            self._progress = now
         earned = min(self._request_bytes, self.max_request_bytes) / MIN_REQUEST_RATE
-        remaining = self._request_started + self.header_timeout + earned - self.loop.time()
+        stalled = self._progress + self.header_timeout  # no byte more for that long: cut whatever was earned
+        remaining = min(self._request_started + self.header_timeout + earned, stalled) - now
         if remaining > 0:
             self._deadline_timer = self.loop.call_later(remaining, self._deadline_passed)
             return
         if self._phase is not _BODY:
             what = f"no whole request head within {self.header_timeout:g} s"
+        elif stalled <= now:
+            what = f"the request body stopped arriving for {self.header_timeout:g} s"
         else:
             rate = MIN_REQUEST_RATE // 1024
             what = f"the request body did not arrive in time ({self.header_timeout:g} s, plus 1 s per {rate} KiB)"
@@ -690,14 +722,15 @@ def _no_delay(transport: Any) -> None:
 
 
 def _protocol_classes(
-    guard: _ConnectionGuard, header_timeout: float, max_request_bytes: int
+    guard: _ConnectionGuard, header_timeout: float, max_request_bytes: int, unfinished: UnfinishedBytes
 ) -> tuple[type[Any], type[Any]]:
-    """This listener's HTTP and WebSocket protocol classes (both report closed connections to ``guard``)."""
-    from uvicorn.protocols.websockets.auto import AutoWebSocketsProtocol
-
-    if AutoWebSocketsProtocol is None:
-        raise ConfigurationError("[gateway.http] needs websockets: pip install 'gtl_nb[gateway]'")
-    base: type[Any] = AutoWebSocketsProtocol  # type: ignore[assignment]
+    """This listener's HTTP and WebSocket protocol classes (both report closed connections to ``guard``, and
+    hold what is still arriving against ``unfinished``: ``gateway.unfinished``)."""
+    try:  # websockets' sans-I/O protocol, whose fragments and parser buffer LimitedWebSocket measures
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    except ImportError:
+        raise ConfigurationError("[gateway.http] needs websockets: pip install 'gtl_nb[gateway]'") from None
+    base = limited_websocket(WebSocketsSansIOProtocol, header_timeout=header_timeout, budget=unfinished)
 
     class WebSocketProtocol(base):  # type: ignore[misc, valid-type]
         """After an upgrade the transport reports its end here, no longer to ``_HttpProtocol``."""
@@ -708,7 +741,12 @@ def _protocol_classes(
             finally:
                 guard.closed(self.transport)
 
-    settings = {"guard": guard, "header_timeout": header_timeout, "max_request_bytes": max_request_bytes}
+    settings = {
+        "guard": guard,
+        "header_timeout": header_timeout,
+        "max_request_bytes": max_request_bytes,
+        "unfinished": unfinished,
+    }
     http = type("GatewayHttpProtocol", (_HttpProtocol,), settings)
     return http, WebSocketProtocol
 
@@ -1463,7 +1501,11 @@ async def serve_http(
         logging.getLogger("uvicorn.error").addFilter(_quiet_invalid_requests)
         # a request counts towards its deadline at most its largest head and body (then it is refused anyway)
         request_bytes = MAX_HEAD_BYTES + limits.max_frame_bytes
-        http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout, request_bytes)
+        # a message may hold JOIN_BYTES of frames (gtl.ndjson); GTLConnection refuses a frame over the limit itself
+        ws_max_size = max(limits.max_frame_bytes, JOIN_BYTES) + 1024
+        # one budget for what every connection of the listener holds of messages still arriving
+        unfinished = UnfinishedBytes(max(limits.max_unfinished_bytes, ws_max_size + FREE_BYTES))
+        http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout, request_bytes, unfinished)
         config = uvicorn.Config(
             _Gate(app, guard, shutdown, loopback_callers_only=loopback_callers_only, allowed_hosts=allowed_hosts),
             http=http_protocol,
@@ -1474,8 +1516,7 @@ async def serve_http(
             proxy_headers=False,  # the per-address cap and the ledger's peer are the real peer's
             server_header=False,
             timeout_keep_alive=limits.idle_timeout,  # type: ignore[arg-type]
-            # a message may hold JOIN_BYTES of frames (gtl.ndjson); GTLConnection refuses a frame over the limit itself
-            ws_max_size=max(limits.max_frame_bytes, JOIN_BYTES) + 1024,
+            ws_max_size=ws_max_size,
             ws_per_message_deflate=compression,
         )
         config.load()

@@ -53,6 +53,9 @@ Ready = Callable[[str], None]
 """Called once with the URL a client connects to, when the listener accepts connections."""
 
 
+DEFAULT_MAX_UNFINISHED_BYTES = 256 * 1024 * 1024
+"""``[gateway] max_unfinished_bytes``: 32 messages of the default 8 MiB arriving at once (``gateway.unfinished``)."""
+
 MIN_REQUEST_RATE = 32 * 1024
 """Bytes a second a request must keep arriving at once ``header_timeout`` has passed: each byte received
 moves its deadline on by ``1 / MIN_REQUEST_RATE`` s. A 256 kbit/s uplink keeps up with it; a client sending
@@ -150,6 +153,9 @@ class Limits:
     """Seconds a new connection has to send its request head (HTTP) or its hello (the other transports)."""
     idle_timeout: float = 300.0
     """Seconds a connection with no running session may stay silent before it is closed."""
+    max_unfinished_bytes: int = DEFAULT_MAX_UNFINISHED_BYTES
+    """Bytes the HTTP listener's connections may hold together in WebSocket messages and request bodies still
+    arriving, beyond 64 KiB each (``gateway.unfinished``); at least one largest message."""
     trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
     """Peers whose ``X-Forwarded-For``/``-Proto`` are believed and whose connections are not capped."""
     features: tuple[str, ...] = FEATURES

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 
 from gtl_nb.engine.settings import Settings
 from gtl_nb.engine.tracing import EXPORTERS  # a module that imports OpenTelemetry only when a tracer is built
-from gtl_nb.gateway.listeners import TRANSPORTS, Limits, ListenerSettings, TlsFiles
+from gtl_nb.gateway.listeners import DEFAULT_MAX_UNFINISHED_BYTES, TRANSPORTS, Limits, ListenerSettings, TlsFiles
 from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
@@ -87,6 +87,7 @@ class GatewaySettings:
             max_connections=int(table.get("max_connections") or 0),
             header_timeout=float(table.get("header_timeout") or 10.0),
             idle_timeout=float(table.get("idle_timeout") or 300.0),
+            max_unfinished_bytes=int(table.get("max_unfinished_bytes", DEFAULT_MAX_UNFINISHED_BYTES)),
             trusted_proxies=TrustedProxies.parse(table.get("trusted_proxies")),
         )
         listeners = tuple(

@@ -201,6 +201,15 @@ def gateway_advertise(tmp_path, config, **_):
         start_gateway(config(gateway={"advertise": {"ws": "ws://elsewhere"}}))
 
 
+def gateway_allowed_hosts(tmp_path, config, **_):
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    with start_gateway(config(gateway={"allowed_hosts": ["devbox.test"]})) as served:
+        url = served.url("http") + "/v1/chat/completions"
+        assert httpx.post(url, json=body, headers={"host": "devbox.test"}, timeout=30).status_code == 200
+        refused = httpx.post(url, json=body, headers={"host": "elsewhere.test"}, timeout=30)
+        assert refused.status_code == 403 and "allowed_hosts" in refused.json()["message"]
+
+
 def gateway_max_connections_per_address(tmp_path, config, **_):
     with start_gateway(config(gateway={"max_connections_per_address": 2})) as served:
         url = served.url("ws")
@@ -214,6 +223,27 @@ def gateway_max_connections_per_address(tmp_path, config, **_):
         finally:
             for client in kept:
                 client.close()
+
+
+def gateway_max_connections(tmp_path, config, **_):
+    # the HTTP and gRPC listeners share 6 connections: 3 each; from several addresses, so the
+    # per-address cap is not what refuses
+    path = config(gateway={"max_connections": 6}, http={"port": 0}, grpc={"port": 0})
+    with start_gateway(path) as served:
+        url = served.url("http")
+        opened = []
+        try:
+            answers = []
+            for number in range(4):
+                sock, answer = _healthz_from(url, f"127.0.0.{2 + number}")
+                opened.append(sock)
+                answers.append(answer.split(b"\r\n", 1)[0])
+            assert answers[:3] == [b"HTTP/1.1 200 OK"] * 3 and answers[3].startswith(b"HTTP/1.1 503")
+            with gtl_nb.connect(served.url("grpc")) as other_listener:  # its own share is untouched
+                assert other_listener.complete("echo", "still served").text
+        finally:
+            for sock in opened:
+                sock.close()
 
 
 def gateway_header_timeout(tmp_path, config, **_):
@@ -245,6 +275,25 @@ def gateway_idle_timeout(tmp_path, config, **_):
             assert client.complete("echo", "one").text
             time.sleep(1.0)
             assert client.complete("echo", "two, on a new connection").text
+
+
+def gateway_max_unfinished_bytes(tmp_path, config, **_):
+    from tests.gateway.test_unfinished_budget import _upgraded
+    from tests.network.conftest import gtl_errors, wait_closed, ws_frame, ws_hello, ws_messages
+
+    held = 900 * 1024  # 836 KiB of each counts (64 KiB are the connection's own): three fit in 3 MiB, not four
+    gateway = {"max_frame_bytes": 1024 * 1024, "max_unfinished_bytes": 3 * 1024 * 1024}
+    with start_gateway(config(gateway=gateway)) as served:
+        holders = [_upgraded(served.url("http")) for _ in range(4)]
+        try:
+            for sock in holders:
+                sock.sendall(ws_hello() + ws_frame(b" " * held, fin=False))
+            outcomes = [wait_closed(sock, 2) for sock in holders]
+        finally:
+            for sock in holders:
+                sock.close()
+    assert [outcome.how == "open" for outcome in outcomes] == [True, True, True, False]
+    assert gtl_errors(ws_messages(outcomes[3].data))[-1].code == "OVERLOADED"
 
 
 def gateway_shutdown_grace(tmp_path, config, **_):
@@ -394,9 +443,12 @@ EFFECTS: dict[str, Callable[..., None]] = {
     "gateway.max_connections_per_address": gateway_max_connections_per_address,
     "gateway.header_timeout": gateway_header_timeout,
     "gateway.idle_timeout": gateway_idle_timeout,
+    "gateway.max_unfinished_bytes": gateway_max_unfinished_bytes,
     "gateway.shutdown_grace": gateway_shutdown_grace,
     "gateway.trusted_proxies": gateway_trusted_proxies,
     "gateway.advertise": gateway_advertise,
+    "gateway.allowed_hosts": gateway_allowed_hosts,
+    "gateway.max_connections": gateway_max_connections,
     "gateway.event_loop": gateway_event_loop,
     **{
         f"gateway.{t}.{key}": listeners_where_they_are_told

@@ -1,0 +1,206 @@
+"""Bounds on messages still arriving: WebSocket messages and HTTP requests that have begun and not ended.
+
+A message that has not ended never reaches the GTL layer, whose timers count whole frames only: left alone,
+a client could send most of a ``ws_max_size`` message and stop — ~8 MiB held per connection until the
+connection's idle timeout, on each of the ``max_connections_per_address`` connections of an address. Two
+bounds apply while a message arrives (``LimitedWebSocket``, and ``gateway.http._HttpProtocol`` for a request):
+
+* **Time.** From its first byte a message must be whole within ``header_timeout`` seconds plus one second
+  for every ``MIN_REQUEST_RATE`` (32 KiB) of it received — the rule an HTTP request already had — and it
+  may not stall: ``header_timeout`` seconds without a byte more of it ends the connection too (pings and
+  pongs in between do not count). A legitimate 8 MiB frame has 10 s + 256 s with the defaults: a 256 kbit/s
+  uplink. Time the gateway itself stops reading (a whole message waiting for the application) is not held
+  against the client.
+* **Memory.** ``UnfinishedBytes``: every connection's first ``FREE_BYTES`` (64 KiB) of an unfinished
+  message are its own; beyond, bytes come from one budget for the listener, ``max_unfinished_bytes``
+  (default 256 MiB). A message that would pass it ends its connection with a retryable ``OVERLOADED``.
+
+Either way the connection is closed at once (its close frame, or its ``408``/``503``, written first) —
+no close handshake is waited for from a client in the middle of a message — with one ``INFO`` line. No
+ledger row or audit record: no request was ever whole (docs/ledger.md, "What leaves a row").
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, ClassVar
+
+from gtl_nb.gateway.listeners import MIN_REQUEST_RATE
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.codec import encode
+from gtl_nb.protocol.errors import GTLError, OverloadedError, ProviderTimeoutError
+
+log = get_logger(__name__)
+
+FREE_BYTES = 64 * 1024
+"""Bytes of an unfinished message a connection holds outside the budget (its request head, a small frame)."""
+
+# WebSocket close codes (RFC 6455 7.4.1)
+POLICY_VIOLATION = 1008
+TRY_AGAIN_LATER = 1013
+
+
+class UnfinishedBytes:
+    """The bytes one listener's connections hold in messages that have not ended, against one budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def take(self, count: int) -> bool:
+        """Hold ``count`` more bytes; ``False`` (nothing held) when that would pass the budget."""
+        if self.held + count > self.budget:
+            return False
+        self.held += count
+        return True
+
+    def give(self, count: int) -> None:
+        self.held = max(0, self.held - count)
+
+
+def over_free(count: int) -> int:
+    """The part of a connection's unfinished bytes that counts against the budget."""
+    return count - FREE_BYTES if count > FREE_BYTES else 0
+
+
+def limited_websocket(base: type[Any], *, header_timeout: float, budget: UnfinishedBytes) -> type[Any]:
+    """uvicorn's WebSocket protocol ``base`` (websockets' sans-I/O one) with the bounds of this module."""
+
+    class LimitedWebSocket(base):  # type: ignore[misc, valid-type]
+        """Fragments are joined as they arrive (one ``bytearray``: a message of a million one-byte fragments
+        costs its bytes, not a million objects), and the message still arriving — those fragments and the
+        parser's incomplete frame — is measured after every read."""
+
+        timeout: ClassVar[float] = header_timeout
+        unfinished: ClassVar[UnfinishedBytes] = budget
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._message = bytearray()  # the fragments of the message arriving
+            self._size = 0  # its bytes after the last read: fragments and the parser's buffer
+            self._charged = 0  # of which the budget holds
+            self._begun = 0.0  # when its first byte arrived
+            self._progress = 0.0  # when its last new byte arrived
+            self._timer: asyncio.TimerHandle | None = None
+            self._delivered = False  # a whole message went to the application during the current read
+
+        # -- fragments -------------------------------------------------------------------------------
+
+        def handle_text(self, event: Any) -> None:
+            self._first(event, "text")
+
+        def handle_bytes(self, event: Any) -> None:
+            self._first(event, "bytes")
+
+        def _first(self, event: Any, kind: str) -> None:
+            self.curr_msg_data_type = kind
+            self._message = bytearray()
+            if event.fin:
+                self.frames = [event.data]
+                self.send_receive_event_to_app()
+            else:
+                self._message += event.data
+
+        def handle_cont(self, event: Any) -> None:
+            self._message += event.data
+            if event.fin:
+                self.frames = [bytes(self._message)]
+                self._message = bytearray()
+                self.send_receive_event_to_app()
+
+        def send_receive_event_to_app(self) -> None:
+            self._delivered = True
+            super().send_receive_event_to_app()
+
+        # -- measuring -------------------------------------------------------------------------------
+
+        def data_received(self, data: bytes) -> None:
+            self._delivered = False
+            super().data_received(data)
+            if self.transport.is_closing():
+                self._settle(0)
+                return
+            size = len(self._message) + len(self.conn.reader.buffer)
+            if size == self._size and not self._delivered:
+                return
+            if size and self.close_sent:
+                # the application has closed; a client still sending its message is not waited for
+                self._settle(0)
+                self.transport.close()
+                return
+            now = self.loop.time()
+            if size and (not self._size or self._delivered):  # a message begins (another ended in this read)
+                self._begun = self._progress = now
+                if self._timer is None:
+                    self._timer = self.loop.call_later(self.timeout, self._check)
+            elif size > self._size:
+                self._progress = now
+            self._size = size
+            if not self._settle(size):
+                error = OverloadedError("the gateway holds too many messages still arriving; send it again later")
+                self._fail(TRY_AGAIN_LATER, error, "its message would pass max_unfinished_bytes")
+                return
+            if not size:
+                self._stop()
+
+        def _settle(self, size: int) -> bool:
+            """Hold ``size`` bytes against the budget (``False``: it would pass); 0 releases them all."""
+            charge = over_free(size)
+            if charge > self._charged:
+                if not self.unfinished.take(charge - self._charged):
+                    return False
+            elif charge < self._charged:
+                self.unfinished.give(self._charged - charge)
+            self._charged = charge
+            if not size:
+                self._size = 0
+                self._stop()
+            return True
+
+        def _check(self) -> None:
+            self._timer = None
+            if not self._size or self.transport.is_closing():
+                return
+            now = self.loop.time()
+            if self.read_paused:  # the gateway stopped reading, not the client: its time is not counted
+                self._begun += now - self._progress
+                self._progress = now
+            deadline = self._begun + self.timeout + self._size / MIN_REQUEST_RATE
+            stalled = self._progress + self.timeout
+            if min(deadline, stalled) > now:
+                self._timer = self.loop.call_later(min(deadline, stalled) - now, self._check)
+                return
+            if stalled <= now:
+                what = f"a message stopped arriving for {self.timeout:g} s"
+            else:
+                rate = MIN_REQUEST_RATE // 1024
+                what = f"a message did not arrive in time ({self.timeout:g} s, plus 1 s per {rate} KiB)"
+            self._fail(POLICY_VIOLATION, ProviderTimeoutError(what), what)
+
+        def _stop(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _fail(self, code: int, error: GTLError, why: str) -> None:
+            """Tell the client (one GTL ``error``, then a close frame) and close the connection now."""
+            peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+            log.info("closing the WebSocket from %s: %s", peer, why)
+            self._settle(0)
+            self._message = bytearray()
+            if self.handshake_complete and not self.close_sent and self.initial_response is None:
+                try:
+                    self.conn.send_text(encode(error.to_event("")))
+                    self.conn.fail(code, why[:120])
+                    self.transport.write(b"".join(self.conn.data_to_send()))
+                except Exception as exc:  # the protocol's state allows no more frames: just close
+                    log.debug("no close frame for %s: %s", peer, exc)
+                self.close_sent = True
+            self.transport.close()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._settle(0)
+            self._message = bytearray()
+            super().connection_lost(exc)
+
+    return LimitedWebSocket
