@@ -455,6 +455,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
             self._on_json_body(events)
         elif self._sniffer.mode is None:
             self._fail(events, "stream ended before [DONE]: the response body was empty")
+            self.ended_early = True
         else:
             # an event the body ended without its blank line
             events = self._each(self._sse.close(), lambda sse_event: self._sse_unit(sse_event, at_eof=True))
@@ -464,6 +465,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
                 self._finish(events)  # finish_reason then clean EOF: complete, only [DONE] is missing
             else:
                 self._fail(events, "stream ended before [DONE] (no finish_reason received)")
+                self.ended_early = True
         return events
 
     # -- stream handling
@@ -623,6 +625,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
         body = bytes(self._sniffer.body)
         if not body.strip():
             self._fail(events, "the response body was empty")
+            self.ended_early = True
             return
         payload = parse_json_body(body)
         if not isinstance(payload, dict):

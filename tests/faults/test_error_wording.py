@@ -1,0 +1,214 @@
+"""What a gateway's caller reads when a provider fails: the gateway's own words, naming the deployment,
+never the provider's account text nor its API's terms.
+
+One real gateway (``gtl serve`` in a child process, JWT auth, ledger on; retries and breakers off)
+fronts the in-repo simulators, each injecting one fault:
+
+* an answer cut after three chunks, on each of the five providers, streamed and not: the same words
+  for every provider ("deployment 'x' ended its answer early"), read through the Anthropic SDK while
+  the deployment is OpenAI's — no ``[DONE]``, no quote of the provider's truncated body;
+* a provider's 429 (a rate limit, a used-up quota) and overload: the provider's text names the
+  operator's organisation and account pages; the caller hears the deployment, the status and when to
+  retry (``Retry-After`` kept) — a canary checks that no piece of the provider's own text reaches it,
+  while the embedded user, who owns the key, still reads the provider's words;
+* every circuit open: ``503`` with ``Retry-After`` on each HTTP face (the GTL endpoint, both SDKs);
+* refusals for a missing scope say what the caller did; the "unknown model" hint points at the
+  caller's own API and names a scope only to a token that lacks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.protocol import GTLError
+from tests.faults.conftest import SIM_KEY, gateway_file, start, token
+
+PROVIDERS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-haiku-4-5",
+    "gemini": "gemini-2.5-flash",
+    "bedrock": "amazon.nova-lite-v1:0",
+    "ollama": "llama3.1:8b",
+}
+PROMPT = "Tell me about the harbour of Bergen and its ships, at length."
+RETRY_AFTER = 30
+ANSWER_TERMS = ("[DONE]", "finish_reason", "message_stop", "finishReason", "done:true", "chatcmpl", "{")
+"""Words of one provider API's wire (or a quote of its body) that must not reach a gateway's caller."""
+
+
+def _deployment(provider: str, simulator: sim.Simulator) -> dict[str, Any]:
+    settings: dict[str, Any] = {"type": provider, "base_url": simulator.base_url}
+    if provider == "bedrock":
+        settings.update(aws_access_key_id="AKIDSIMULATOR", aws_secret_access_key="sim-secret", region="us-east-1")
+    elif provider != "ollama":
+        settings["api_key"] = SIM_KEY
+    return settings
+
+
+def _simulator(provider: str, fault: sim.Fault) -> sim.Simulator:
+    if provider == "bedrock":
+        return sim.serve("bedrock", fault, aws_access_key_id="AKIDSIMULATOR", aws_secret_access_key="sim-secret")
+    return sim.serve(provider, fault, api_key=None if provider == "ollama" else SIM_KEY)
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[dict[str, sim.Simulator]]:
+    running = {f"cut-{provider}": _simulator(provider, sim.Fault.drop_after(3)) for provider in PROVIDERS}
+    running["limited"] = sim.serve("openai", sim.Fault.http(429, retry_after=RETRY_AFTER), api_key=SIM_KEY)
+    running["quota"] = sim.serve("openai", sim.Fault.http(429, kind="quota"), api_key=SIM_KEY)
+    running["claude-limited"] = sim.serve("anthropic", sim.Fault.http(429, retry_after=RETRY_AFTER), api_key=SIM_KEY)
+    running["mid-error"] = sim.serve("gemini", sim.Fault.stream_error("server_error", after=2), api_key=SIM_KEY)
+    running["mid-error-openai"] = sim.serve("openai", sim.Fault.stream_error("server_error", after=2), api_key=SIM_KEY)
+    running["busy"] = sim.serve("anthropic", sim.Fault.overloaded(retry_after=RETRY_AFTER), api_key=SIM_KEY)
+    yield running
+    for simulator in running.values():
+        simulator.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, upstreams: dict[str, sim.Simulator]) -> Iterator[Any]:
+    directory = tmp_path_factory.mktemp("error-wording")
+    tables: dict[str, dict[str, Any]] = {
+        "routing.retry": {"max_attempts": 1},
+        "routing.breaker": {"enabled": False},
+    }
+    for name, simulator in upstreams.items():
+        provider = name.removeprefix("cut-") if name.startswith("cut-") else "openai"
+        if name in ("claude-limited", "busy"):
+            provider = "anthropic"
+        elif name == "mid-error":
+            provider = "gemini"
+        tables[f"providers.{name}"] = _deployment(provider, simulator)
+    # listed, so an unknown model is the gateway's own 404, not a question to the one open Ollama deployment
+    tables["providers.cut-ollama"]["models"] = [PROVIDERS["ollama"]]
+    gateway = start(gateway_file(directory, tables))
+    yield gateway
+    gateway.stop()
+
+
+def _sdks(gateway: Any, scopes: tuple[str, ...] = ("chat:write", "models:read")) -> SimpleNamespace:
+    key = token(scopes=scopes)
+    url = gateway.url("http")
+    return SimpleNamespace(
+        openai=openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0),
+        anthropic=anthropic.Anthropic(base_url=url, api_key=key, max_retries=0),
+    )
+
+
+def _openai_error(sdks: SimpleNamespace, model: str, stream: bool) -> openai.APIError:
+    with pytest.raises(openai.APIError) as raised:
+        answer = sdks.openai.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": PROMPT}], stream=stream
+        )
+        if stream:
+            for _ in answer:
+                pass
+    return raised.value
+
+
+def _anthropic_error(sdks: SimpleNamespace, model: str, stream: bool) -> anthropic.APIError:
+    with pytest.raises(anthropic.APIError) as raised:
+        answer = sdks.anthropic.messages.create(
+            model=model, max_tokens=200, messages=[{"role": "user", "content": PROMPT}], stream=stream
+        )
+        if stream:
+            for _ in answer:
+                pass
+    return raised.value
+
+
+def _said(error: Any) -> str:
+    """What the SDK's caller reads: the error object's message."""
+    body = error.body if isinstance(error.body, dict) else {}
+    inner = body.get("error", body) if isinstance(body.get("error", body), dict) else body
+    return str(inner.get("message", error.message))
+
+
+# -- 1. an answer cut short ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_a_cut_answer_is_worded_alike_for_every_provider(served, provider, stream):
+    name = f"cut-{provider}"
+    said = _said(_anthropic_error(_sdks(served), f"{name}:{PROVIDERS[provider]}", stream))
+    assert said.startswith(f"deployment {name!r} ended its answer early (the connection closed after "), said
+    assert not [term for term in ANSWER_TERMS if term in said], said
+
+
+def test_a_cut_answer_reaches_a_gtl_client_and_the_openai_sdk_in_the_same_words(served):
+    worded = "deployment 'cut-openai' ended its answer early"
+    assert _said(_openai_error(_sdks(served), "cut-openai:gpt-4o-mini", stream=False)).startswith(worded)
+    with gtl_nb.connect(served.url("ws"), token=token()) as client, pytest.raises(GTLError) as raised:
+        client.complete("cut-openai:gpt-4o-mini", PROMPT)
+    assert raised.value.code == "PROVIDER_UNAVAILABLE" and raised.value.retryable
+    assert raised.value.message.startswith(worded) and "[DONE]" not in raised.value.message
+
+
+_WHOLE_BUT_UNFINISHED = {
+    # a whole body (its length announced and sent), whose answer lacks its end: no finish_reason, no [DONE]
+    "openai": 'data: {"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o-mini",'
+    '"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n',
+    # no message_stop
+    "anthropic": 'event: message_start\ndata: {"type":"message_start","message":{"id":"m1","type":"message",'
+    '"role":"assistant","model":"claude-haiku-4-5","content":[],"stop_reason":null,'
+    '"usage":{"input_tokens":1,"output_tokens":0}}}\n\n'
+    'event: content_block_start\ndata: {"type":"content_block_start","index":0,'
+    '"content_block":{"type":"text","text":""}}\n\n'
+    'event: content_block_delta\ndata: {"type":"content_block_delta","index":0,'
+    '"delta":{"type":"text_delta","text":"Hel"}}\n\n',
+}
+
+
+@contextlib.contextmanager
+def _answering(body: str) -> Iterator[str]:
+    """A loopback server answering every POST with ``body`` as a whole server-sent-event stream."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("provider", list(_WHOLE_BUT_UNFINISHED))
+def test_a_whole_body_without_the_answers_end_is_worded_alike(provider):
+    with _answering(_WHOLE_BUT_UNFINISHED[provider]) as url:
+        base_url = f"{url}/v1" if provider == "openai" else url
+        settings = {"type": provider, "api_key": SIM_KEY, "base_url": base_url}
+        routing = {"retry": {"max_attempts": 1}}
+        client = gtl_nb.connect(providers={"up": settings}, routing=routing, environ={})
+        with client, pytest.raises(GTLError) as raised:
+            client.complete(f"up:{PROVIDERS[provider]}", "hi")
+    expected = "deployment 'up' ended its answer early (its response ended, without the answer's end, after "
+    assert raised.value.message.startswith(expected), raised.value.message
+    assert raised.value.code == "PROVIDER_UNAVAILABLE" and raised.value.retryable
