@@ -276,11 +276,14 @@ def error_from_response(
 
 
 def stream_error(request: CompletionRequest, deployment: Deployment, err: Mapping[str, Any]) -> Error:
-    """An error object that arrived inside a 200 response as an ``error`` event."""
+    """An error object that arrived inside a 200 response as an ``error`` event (``http_status`` 200, as
+    the other dialects mark the provider's own error inside an answer)."""
     gtl_code, retryable = classify_error(None, err)
     message = _text(err.get("message")) or _text(err.get("type")) or "error inside the response stream"
     retry_after = retry_after_seconds({}, message=message) if retryable else None
-    return error_event(request, deployment, gtl_code, message, retryable=retryable, retry_after=retry_after)
+    return error_event(
+        request, deployment, gtl_code, message, retryable=retryable, retry_after=retry_after, http_status=200
+    )
 
 
 def parse_models(body: bytes) -> list[str]:

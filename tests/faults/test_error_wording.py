@@ -212,3 +212,82 @@ def test_a_whole_body_without_the_answers_end_is_worded_alike(provider):
     expected = "deployment 'up' ended its answer early (its response ended, without the answer's end, after "
     assert raised.value.message.startswith(expected), raised.value.message
     assert raised.value.code == "PROVIDER_UNAVAILABLE" and raised.value.retryable
+
+
+# -- 2. the provider's account text ----------------------------------------------------------------
+
+
+def _providers_own_words(simulator: sim.Simulator, path: str, headers: dict[str, str]) -> str:
+    """The message the provider itself answers (the canary: none of it may reach the gateway's caller)."""
+    body = {"model": "gpt-4o-mini", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    answer = httpx.post(f"{simulator.base_url}{path}", json=body, headers=headers, timeout=10)
+    assert answer.status_code in (429, 529)
+    return str(answer.json()["error"]["message"])
+
+
+def _canary_pieces(words: str) -> list[str]:
+    """Distinctive pieces of a provider's message: its account ids, its addresses, and each clause."""
+    pieces = re.findall(r"org-\w+|proj_\w+|https?://\S+", words)
+    pieces += [clause.strip() for clause in re.split(r"[.;:]", words) if len(clause.strip()) > 12]
+    return pieces
+
+
+OPENAI_HEADERS = {"authorization": f"Bearer {SIM_KEY}"}
+ANTHROPIC_HEADERS = {"x-api-key": SIM_KEY, "anthropic-version": "2023-06-01"}
+CASES = {
+    # deployment: (the provider's own path and headers, the caller's status, the gateway's words)
+    "limited": ("/chat/completions", OPENAI_HEADERS, 429, "is rate-limiting the gateway (HTTP 429); retry in 30 s"),
+    "quota": ("/chat/completions", OPENAI_HEADERS, 429, "the gateway's quota with it is used up (HTTP 429)"),
+    "claude-limited": (
+        "/v1/messages",
+        ANTHROPIC_HEADERS,
+        429,
+        "is rate-limiting the gateway (HTTP 429); retry in 30 s",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_providers_account_text_never_reaches_the_gateways_caller(served, upstreams, name, stream):
+    path, headers, status, worded = CASES[name]
+    canaries = _canary_pieces(_providers_own_words(upstreams[name], path, headers))
+    assert len(canaries) >= 3
+    model = f"{name}:{'claude-haiku-4-5' if name.startswith('claude') else 'gpt-4o-mini'}"
+    sdks = _sdks(served)
+    for error in (_openai_error(sdks, model, stream), _anthropic_error(sdks, model, stream)):
+        said = _said(error)
+        assert isinstance(error, (openai.APIStatusError, anthropic.APIStatusError))
+        text = said + error.response.text
+        assert [piece for piece in canaries if piece in text] == [], text
+        assert "organization" not in text and "https://" not in text
+        assert said.startswith(f"the provider of deployment {name!r} ") and worded in said, said
+        assert error.response.status_code == status
+        if "retry in" in worded:
+            assert error.response.headers["retry-after"] == str(RETRY_AFTER)
+
+
+def test_a_providers_overload_is_said_in_the_gateways_words(served):
+    error = _anthropic_error(_sdks(served), "busy:claude-haiku-4-5", stream=False)
+    assert isinstance(error, anthropic.APIStatusError) and error.response.status_code == 529
+    assert _said(error) == "the provider of deployment 'busy' is overloaded (HTTP 529); retry in 30 s"
+
+
+def test_the_embedded_user_who_owns_the_key_still_reads_the_providers_words(upstreams):
+    settings = _deployment("openai", upstreams["limited"])
+    routing = {"retry": {"max_attempts": 1}}
+    with (
+        gtl_nb.connect(providers={"limited": settings}, routing=routing, environ={}) as client,
+        pytest.raises(GTLError) as raised,
+    ):
+        client.complete("limited:gpt-4o-mini", "hi")
+    assert raised.value.code == "RATE_LIMIT" and "Rate limit reached" in raised.value.message
+
+
+@pytest.mark.parametrize(("name", "model"), [("mid-error", "gemini-2.5-flash"), ("mid-error-openai", "gpt-4o-mini")])
+def test_a_providers_error_inside_its_answer_is_said_in_the_gateways_words(served, name, model):
+    worded = f"the provider of deployment {name!r} failed mid-answer"
+    with gtl_nb.connect(served.url("sse"), token=token()) as client, pytest.raises(GTLError) as raised:
+        client.complete(f"{name}:{model}", PROMPT)
+    assert raised.value.message == worded
+    assert _said(_openai_error(_sdks(served), f"{name}:{model}", stream=True)) == worded
