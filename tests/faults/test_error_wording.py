@@ -291,3 +291,38 @@ def test_a_providers_error_inside_its_answer_is_said_in_the_gateways_words(serve
         client.complete(f"{name}:{model}", PROMPT)
     assert raised.value.message == worded
     assert _said(_openai_error(_sdks(served), f"{name}:{model}", stream=True)) == worded
+
+
+# -- 3. every circuit open -------------------------------------------------------------------------
+
+
+def test_every_circuit_open_is_a_503_with_retry_after_on_every_http_face(tmp_path):
+    with sim.serve("openai", sim.Fault.http(429, retry_after=RETRY_AFTER), api_key=SIM_KEY) as limited:
+        tables = {
+            "providers.openai": _deployment("openai", limited),
+            "routing.retry": {"max_attempts": 1},
+            "routing.breaker": {"failure_threshold": 1, "error_rate_threshold": 0, "cooldown": 5},
+        }
+        gateway = start(gateway_file(tmp_path, tables))
+        try:
+            sdks = _sdks(gateway)
+            first = _openai_error(sdks, "gpt-4o-mini", stream=False)  # the 429 that opens the circuit
+            assert isinstance(first, openai.RateLimitError)
+            for error in (
+                _openai_error(sdks, "gpt-4o-mini", stream=False),
+                _openai_error(sdks, "gpt-4o-mini", stream=True),
+                _anthropic_error(sdks, "gpt-4o-mini", stream=False),
+                _anthropic_error(sdks, "gpt-4o-mini", stream=True),
+            ):
+                assert error.response.status_code == 503, _said(error)
+                assert "every circuit is open" in _said(error)
+                assert 0 < int(error.response.headers["retry-after"]) <= RETRY_AFTER
+            frame = {"type": "completion_request", "session_id": "s-open", "model": "gpt-4o-mini", "stream": False}
+            frame["messages"] = [{"role": "user", "content": "hi"}]
+            native = httpx.post(
+                f"{gateway.url('http')}/v1/gtl", json=frame, headers={"authorization": f"Bearer {token()}"}
+            )
+            assert native.status_code == 503 and int(native.headers["retry-after"]) > 0
+            assert native.json()["events"][-1]["code"] == "PROVIDER_UNAVAILABLE"
+        finally:
+            gateway.stop()

@@ -30,7 +30,7 @@ from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
-from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already
+from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
@@ -105,7 +105,7 @@ def error_reply(
 ) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
     gateway tried again already (``reply.error_headers``)."""
-    status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
+    status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
     if param is None and error.code == "INVALID_REQUEST":
         param = _param_named(error.message)
     extra = {**error_headers(error, retried=retried), **(headers or {})}
