@@ -67,7 +67,7 @@ from gtl_nb.engine.hooks import (
 from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
 from gtl_nb.engine.ratelimit import BudgetConfig
-from gtl_nb.engine.routing import EMBEDDED, GATEWAY, Router, Target, Visible
+from gtl_nb.engine.routing import EMBEDDED, GATEWAY, GATEWAY_LIST, Router, Target, Visible
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, FlightLost, FlightRegistry, LocalFlights
@@ -518,6 +518,16 @@ class Engine:
         ``reload`` (which starts a new memo). (A ``provider_type:model`` is not remembered: the types
         registered may change.) Failures are not remembered; the memo is emptied when it holds
         ``_TARGETS_MEMO`` names (they come from callers)."""
+        try:
+            return self._routed(request, context)
+        except (ModelNotFoundError, InvalidRequestError) as exc:
+            if context is None or self.audience != GATEWAY or GATEWAY_LIST not in exc.message:
+                raise
+            exc.message = exc.message.replace(GATEWAY_LIST, _listing_for(context))
+            raise
+
+    def _routed(self, request: CompletionRequest, context: RequestContext | None) -> list[Target]:
+        """``_targets`` before a gateway's errors are worded for the caller's API."""
         model = request.model
         # read once, the memo first: ``reload`` replaces the router, then the memo, so a caller's thread
         # (``targets``) that sees the new memo sees the new router too, and never stores an answer of
@@ -1552,6 +1562,16 @@ def _reworded_for_caller(event: Error, target: Target) -> Error:
     elif not event.retryable:
         message += "; the gateway's operator can see why in its log"
     return msgspec.structs.replace(event, message=message, provider=event.provider or target.name)
+
+
+def _listing_for(context: RequestContext) -> str:
+    """How a gateway's caller sees what it serves (``routing.GATEWAY_LIST`` for a GTL caller), in the
+    caller's API: ``GET /v1/models`` for an OpenAI or Anthropic SDK, which knows no ``client.models()``;
+    and the scope it needs only to a token that lacks it (a gateway checking no token grants every scope)."""
+    listing = "GET /v1/models lists what this gateway serves" if context.api else GATEWAY_LIST
+    if _MODELS_READ not in context.scopes:
+        listing += f", to a token with the {_MODELS_READ} scope (this one has not)"
+    return listing
 
 
 def _with_provider(event: Error, target: Target) -> Error:

@@ -326,3 +326,57 @@ def test_every_circuit_open_is_a_503_with_retry_after_on_every_http_face(tmp_pat
             assert native.json()["events"][-1]["code"] == "PROVIDER_UNAVAILABLE"
         finally:
             gateway.stop()
+
+
+# -- 4. scopes and the model list ------------------------------------------------------------------
+
+
+def test_every_operation_has_words_for_what_the_caller_did():
+    from gtl_nb.gateway.scopes import DOING, SCOPES
+
+    assert set(DOING) == set(SCOPES)
+    assert not [words for words in DOING.values() if re.search(r"\b[a-z]+\.[a-z]+\b(?!\()", words)]
+
+
+def test_a_missing_scope_is_said_as_what_the_caller_did(served):
+    with gtl_nb.connect(served.url("ws"), token=token(scopes=("chat:write",))) as client:
+        with pytest.raises(GTLError) as usage:
+            client.usage()
+        with pytest.raises(GTLError) as breakers:
+            client.breakers()
+    assert usage.value.code == "FORBIDDEN"
+    assert "'usage:read', needed for reading usage (client.usage())" in usage.value.message
+    assert "usage.read" not in usage.value.message
+    assert "reading the circuit breakers (client.breakers())" in breakers.value.message
+    with pytest.raises(openai.PermissionDeniedError) as listing:
+        _sdks(served, scopes=("chat:write",)).openai.models.list()
+    assert "'models:read', needed for listing models (GET /v1/models)" in _said(listing.value)
+    assert "models.list" not in _said(listing.value)
+
+
+def test_an_unknown_model_points_at_the_callers_own_api_unnested(served, tmp_path):
+    lacking = _openai_error(_sdks(served, scopes=("chat:write",)), "no-such-model", stream=False)
+    assert isinstance(lacking, openai.NotFoundError)
+    said = _said(lacking)
+    assert "GET /v1/models lists what this gateway serves" in said and "client.models()" not in said
+    assert "models:read scope (this one has not)" in said
+    assert "((" not in said and not re.search(r"\([^)]*\(", said), said  # no bracket inside a bracket
+    holding = _said(_openai_error(_sdks(served), "no-such-model", stream=False))
+    assert "GET /v1/models" in holding and "models:read" not in holding and "client.models()" not in holding
+    with gtl_nb.connect(served.url("ws"), token=token()) as client, pytest.raises(GTLError) as gtl:
+        client.complete("no-such-model", "hi")
+    assert "client.models()" in gtl.value.message and "GET /v1/models" not in gtl.value.message
+    assert "models:read" not in gtl.value.message
+
+
+def test_a_gateway_checking_no_token_names_no_scope(tmp_path):
+    from tests.gateway.conftest import write_toml
+    from tests.gateway.test_http import serving
+
+    config = write_toml(tmp_path / "gtl.toml", {"providers.echo": {}, "ledger": {"path": str(tmp_path / "l.sqlite")}})
+    with serving(config) as gateway:
+        sdk = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.NotFoundError) as raised:
+            sdk.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "hi"}])
+    said = _said(raised.value)
+    assert said.endswith("; GET /v1/models lists what this gateway serves"), said

@@ -104,7 +104,7 @@ class AnthropicEndpoints:
         """``POST /v1/messages``."""
         session_id = f"msg_{unique_hex()}"
         try:
-            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request, api="anthropic")
             body = await intake.read_json(request, self.max_bytes, dotted=True)
             message = messages_request(body, session_id)
         except GTLError as exc:

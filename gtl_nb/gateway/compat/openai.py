@@ -141,7 +141,7 @@ class OpenAIEndpoints:
         """``POST /v1/chat/completions``."""
         session_id = f"chatcmpl-{unique_hex()}"
         try:
-            context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request)
+            context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request, api="openai")
             chat = chat_request(await intake.read_json(request, self.max_bytes), session_id)
         except GTLError as exc:
             return refusal(exc)
