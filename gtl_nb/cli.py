@@ -149,7 +149,7 @@ def _for_the_shell(message: str) -> str:
     message = message.replace(
         "give it to gtl_nb.connect as its token argument", f"put it in ${TOKEN_ENV} for gtl --gateway"
     )
-    message = message.replace("or gtl_nb's client.models()", "or gtl --gateway URL models")
+    message = message.replace("the models query (gtl_nb's client.models())", "gtl --gateway URL models")
     return message.replace("(named by config=)", "(named by --config)")
 
 

@@ -37,6 +37,9 @@ class RequestContext:
     """The caller's network address behind the gateway; ``None`` when embedded."""
     transport: str | None = None
     """The scheme the request came over behind the gateway (``ws``, ``grpc``, …; metrics count by it)."""
+    api: str | None = None
+    """The API the caller speaks behind the gateway: ``"openai"`` or ``"anthropic"`` on the compatible
+    endpoints, ``None`` for GTL (its errors point at that API's own ways, ``GET /v1/models``)."""
     scopes: frozenset[str] = frozenset()
     """What the principal may do (``gateway.tokens.SCOPES``); none unless a token granted them."""
     allowed_models: frozenset[str] | None = None

@@ -36,6 +36,8 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import logging
+import math
 import random
 import re
 import time
@@ -65,7 +67,7 @@ from gtl_nb.engine.hooks import (
 from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
 from gtl_nb.engine.ratelimit import BudgetConfig
-from gtl_nb.engine.routing import EMBEDDED, GATEWAY, Router, Target, Visible
+from gtl_nb.engine.routing import EMBEDDED, GATEWAY, GATEWAY_LIST, Router, Target, Visible
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, FlightLost, FlightRegistry, LocalFlights
@@ -522,6 +524,16 @@ class Engine:
         ``reload`` (which starts a new memo). (A ``provider_type:model`` is not remembered: the types
         registered may change.) Failures are not remembered; the memo is emptied when it holds
         ``_TARGETS_MEMO`` names (they come from callers)."""
+        try:
+            return self._routed(request, context)
+        except (ModelNotFoundError, InvalidRequestError) as exc:
+            if context is None or self.audience != GATEWAY or GATEWAY_LIST not in exc.message:
+                raise
+            exc.message = exc.message.replace(GATEWAY_LIST, _listing_for(context))
+            raise
+
+    def _routed(self, request: CompletionRequest, context: RequestContext | None) -> list[Target]:
+        """``_targets`` before a gateway's errors are worded for the caller's API."""
         model = request.model
         # read once, the memo first: ``reload`` replaces the router, then the memo, so a caller's thread
         # (``targets``) that sees the new memo sees the new router too, and never stores an answer of
@@ -1169,9 +1181,7 @@ class Engine:
                     elif kind is Error and deployment is not None:  # a provider may quote the key it refused
                         event = _scrubbed(event, deployment)
                         if self.audience == GATEWAY:
-                            event = _without_account_ids(event)
-                            if event.code == "AUTH_FAILED":
-                                event = _gateways_key_refused(event, target, self._described(deployment))
+                            event = self._for_gateway_caller(event, target, deployment)
                     done = kind is Done
                     if done:
                         event = _stamp(event, target, started, first, self.clock())
@@ -1271,9 +1281,7 @@ class Engine:
             request = CompletionRequest(session_id="models", model="", messages=[])
             event = _scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)
             if self.audience == GATEWAY:  # as a completion's: the provider's words go to the operator's log
-                event = _without_account_ids(event)
-                if event.code == "AUTH_FAILED":
-                    event = _gateways_key_refused(event, Target(deployment, ""), self._described(deployment))
+                event = self._for_gateway_caller(event, Target(deployment, ""), deployment)
             raise error_from_event(event)
         try:
             return provider.parse_models(body)
@@ -1308,6 +1316,16 @@ class Engine:
             "(its operator is told so in the gateway's log)"
         )
         return Error(session_id=sid, code="PROVIDER_UNAVAILABLE", message=message, retryable=True, provider=target.name)
+
+    def _for_gateway_caller(self, event: Error, target: Target, deployment: Deployment) -> Error:
+        """A provider's error as a gateway's caller reads it (``OPERATORS_SIDE``): about the caller's
+        request, in the provider's words with its account ids redacted; about the gateway's own account
+        with the provider, in the gateway's words, the provider's going to the operator's log."""
+        if event.code == "AUTH_FAILED":
+            return _gateways_key_refused(event, target, self._described(deployment))
+        if _operators_side(event):
+            return _reworded_for_caller(event, target)
+        return _without_account_ids(event)
 
     def _described(self, deployment: Deployment) -> str | None:
         """What the operator calls the key ``deployment`` carries, when the resolver can say (the
@@ -1525,6 +1543,69 @@ def _gateways_key_refused(event: Error, target: Target, key: str | None = None) 
 
 _OUTPUT_LIMITS_KEPT = 4096
 """The most models whose output limit ``Engine._over_output_limit`` keeps looked up."""
+
+
+OPERATORS_SIDE = frozenset({"AUTH_FAILED", "FORBIDDEN", "RATE_LIMIT", "OVERLOADED"})
+"""Error codes a provider answers about the account the gateway calls it with — its key, its
+permissions, its rate limits and quota, its capacity — never about the caller's request. A provider's
+words for them name the gateway operator's organisation, project, plan or account pages ("Rate limit
+reached … in organization org-… Visit https://platform.openai.com/account/rate-limits"), and the
+caller can act on none of it: a gateway's caller hears the gateway's own words (the deployment, the
+HTTP status, when to retry), the operator reads the provider's in the log. The provider's failures
+(``PROVIDER_UNAVAILABLE``, ``INTERNAL``, ``TIMEOUT``) are worded so too when they are the provider's
+answer (``http_status``: an error status, or 200 for an error inside an answer); the gateway's own words
+about the connection (unreachable, a timeout, an answer cut short) stay. The caller's own mistakes (``INVALID_REQUEST``,
+``CONTEXT_LENGTH_EXCEEDED``, ``CONTENT_FILTERED``, ``MODEL_NOT_FOUND``) keep the provider's words, which
+say what to change, with account ids redacted (``_ACCOUNT_IDS``)."""
+
+_PROVIDER_FAILURES = frozenset({"PROVIDER_UNAVAILABLE", "INTERNAL", "TIMEOUT"})
+
+
+def _operators_side(event: Error) -> bool:
+    """Whether a gateway words ``event`` itself for its caller (``OPERATORS_SIDE``)."""
+    if event.code in OPERATORS_SIDE:
+        return True
+    return event.code in _PROVIDER_FAILURES and event.http_status is not None
+
+
+_CALLERS_WORDS = {
+    "FORBIDDEN": "refused the gateway's request: the gateway's account with it may not do what was asked",
+    "OVERLOADED": "is overloaded",
+    "TIMEOUT": "timed out",
+}
+
+
+def _reworded_for_caller(event: Error, target: Target) -> Error:
+    """``event`` (a provider's, ``OPERATORS_SIDE``) in the gateway's words for its caller; the
+    provider's words, scrubbed already, to the operator's log."""
+    answered = event.http_status is not None and event.http_status >= 400
+    status = f" (HTTP {event.http_status})" if answered else ""
+    level = logging.INFO if event.retryable else logging.WARNING  # a quota used up, a refusal: the operator acts
+    log.log(level, "deployment %s: the provider answered %s%s: %s", target.name, event.code, status, event.message)
+    if event.code == "RATE_LIMIT":
+        said = (
+            "is rate-limiting the gateway"
+            if event.retryable
+            else "refused the request: the gateway's quota with it is used up"
+        )
+    else:
+        said = _CALLERS_WORDS.get(event.code, "failed" if answered else "failed mid-answer")
+    message = f"the provider of deployment {target.name!r} {said}{status}"
+    if event.retry_after is not None:
+        message += f"; retry in {math.ceil(event.retry_after)} s"
+    elif not event.retryable:
+        message += "; the gateway's operator can see why in its log"
+    return msgspec.structs.replace(event, message=message, provider=event.provider or target.name)
+
+
+def _listing_for(context: RequestContext) -> str:
+    """How a gateway's caller sees what it serves (``routing.GATEWAY_LIST`` for a GTL caller), in the
+    caller's API: ``GET /v1/models`` for an OpenAI or Anthropic SDK, which knows no ``client.models()``;
+    and the scope it needs only to a token that lacks it (a gateway checking no token grants every scope)."""
+    listing = "GET /v1/models lists what this gateway serves" if context.api else GATEWAY_LIST
+    if _MODELS_READ not in context.scopes:
+        listing += f", to a token with the {_MODELS_READ} scope (this one has not)"
+    return listing
 
 
 def _with_provider(event: Error, target: Target) -> Error:

@@ -10,7 +10,9 @@ puts bytes on the wire; this module owns the three timeouts, the body cap and th
 
 Each becomes a retryable ``TIMEOUT`` error event naming the timeout and its value. Connection
 failures become ``PROVIDER_UNAVAILABLE``; a connection lost mid-body is handed to the dialect's
-decoder as end-of-body, which reports the missing terminator.
+decoder as end-of-body, and the error it reports for the missing end is worded alike for every
+provider, "deployment 'x' ended its answer early (the connection closed after N bytes of it)", its
+own words going to the log (``_cut_short``).
 """
 
 from __future__ import annotations
@@ -188,6 +190,7 @@ class HttpRunner:
             received = 0
             timeout = None if first_byte_deadline is None else max(0.0, first_byte_deadline - loop.time())
             first_chunk = True
+            lost = False
             pending: Done | None = None
             last: list[StreamEvent] = []  # the events of the read that held ``done`` when the body was whole
             while True:
@@ -200,8 +203,9 @@ class HttpRunner:
                     message = f"stream stalled: {which} timeout ({limit} s) exceeded"
                     yield [_error(request, deployment, "TIMEOUT", message)]
                     return
-                except ConnectionLost as exc:  # the decoder reports the missing terminator
+                except ConnectionLost as exc:  # the answer is cut: ``_cut_short`` words it
                     log.debug("connection lost mid-stream from %s: %s", deployment.name, exc)
+                    lost = True
                     break
                 timeout = limits.idle
                 first_chunk = False
@@ -227,7 +231,12 @@ class HttpRunner:
                     yield batch
                     if type(batch[-1]) is Error:
                         return
-            pending, batch = _held_back(decoder.close(), pending, deployment)
+            closing = decoder.close()
+            if lost or getattr(decoder, "ended_early", False):
+                # the detail is the gateway operator's to read (a WARNING); embedded, the user's, on demand
+                level = logging.INFO if self.names_upstream else logging.WARNING
+                closing = _cut_short(closing, deployment, received, lost, level)
+            pending, batch = _held_back(closing, pending, deployment)
             if last:
                 batch = last + batch
             if pending is not None:
@@ -334,6 +343,33 @@ class _ReadDeadline:
             return
         self._expired = True
         task.cancel()
+
+
+def _cut_short(
+    events: list[StreamEvent], deployment: Deployment, received: int, lost: bool, level: int
+) -> list[StreamEvent]:
+    """The events the decoder gave at the end of a body that ended before the answer's end — its
+    connection ``lost``, or a whole body without the answer's end (``ended_early``) — with its error
+    in the same words for every provider. Each decoder words a cut-short answer in its own
+    API's terms ("stream ended before [DONE]", "no message_stop event", a quote of the truncated JSON
+    body): meaningless to a client of another API — an Anthropic SDK behind a gateway whose deployment
+    is OpenAI's — and a quote of the provider's body is the provider's to give, not the client's to
+    read. That detail goes to the log, at ``level``."""
+    worded: list[StreamEvent] = []
+    for event in events:
+        if type(event) is Error:
+            log.log(level, "deployment %s: the answer ended early: %s", deployment.name, event.message)
+            how = "the connection closed" if lost else "its response ended, without the answer's end,"
+            event = msgspec.structs.replace(
+                event,
+                code="PROVIDER_UNAVAILABLE",
+                message=f"deployment {deployment.name!r} ended its answer early ({how} after {received} bytes of it)",
+                retryable=True,
+                http_status=None,
+                retry_after=None,
+            )
+        worded.append(event)
+    return worded
 
 
 def _seconds_retry_after(headers: dict[str, str], now: float) -> dict[str, str]:

@@ -21,7 +21,7 @@ client, who cannot configure it — a model, provider or deployment the gateway 
 ``ModelNotFoundError`` (HTTP 404 on the compatible endpoints) that names none of its deployments,
 "did you mean" offers only models the gateway serves *and the caller may see* (``visible``: a
 token's allow-lists and its ``models:read`` scope), and the way to see them is the gateway's model
-list.
+list (``GATEWAY_LIST``, which the engine words for the caller's API).
 """
 
 from __future__ import annotations
@@ -44,10 +44,9 @@ GATEWAY = "gateway"
 AUDIENCES = (EMBEDDED, GATEWAY)
 """Who reads the router's errors (see the module docstring)."""
 
-_GATEWAY_LIST = (
-    "the gateway's model list shows what it serves: GET /v1/models, or gtl_nb's client.models() (a gateway "
-    "that checks tokens shows it to a token with the models:read scope)"
-)
+GATEWAY_LIST = "the models query (gtl_nb's client.models()) lists what this gateway serves"
+"""How a gateway's errors tell its GTL caller to see what it serves; the engine puts the caller's own
+way in its place (``GET /v1/models`` on the compatible endpoints, and the scope a token lacks for it)."""
 
 Visible = Callable[[str, str], bool]
 """``visible(deployment, model)``: may the caller learn that this deployment serves this model?"""
@@ -139,19 +138,19 @@ class Router:
         if of_type:
             if self.audience == GATEWAY:  # which ones is for its model list to say, to whom it may
                 raise InvalidRequestError(
-                    f"{name!r} names several deployments on this gateway; name one ({_GATEWAY_LIST})"
+                    f"{name!r} names several deployments on this gateway; name one: {GATEWAY_LIST}"
                 )
             names = ", ".join(d.name for d in of_type)
             raise ConfigurationError(f"{name!r} has several deployments ({names}); name one of them")
         if name in provider_types():
             if self.audience == GATEWAY:
                 raise ModelNotFoundError(
-                    f"this gateway has no {name} provider ({self._operator_hint(name)}); {_GATEWAY_LIST}"
+                    f"this gateway has no {name} provider ({self._operator_hint(name)}); {GATEWAY_LIST}"
                 )
             extra = f" (set {credential_hint(name)}, or pass providers={{{name!r}: {{...}}}})"
             raise ConfigurationError(f"provider {name!r} is not configured{extra}")
         if self.audience == GATEWAY:
-            raise ModelNotFoundError(f"this gateway has no deployment or provider named {name!r} ({_GATEWAY_LIST})")
+            raise ModelNotFoundError(f"this gateway has no deployment or provider named {name!r}; {GATEWAY_LIST}")
         known = ", ".join(sorted(self.deployments))
         raise ConfigurationError(f"unknown provider {name!r}; configured deployments: {known}")
 
@@ -187,7 +186,7 @@ class Router:
             if self.audience == GATEWAY:
                 raise ModelNotFoundError(
                     f"model {name!r} is served by {provider_type}, and this gateway has no {provider_type} provider "
-                    f"({self._operator_hint(provider_type)}); {_GATEWAY_LIST}"
+                    f"({self._operator_hint(provider_type)}); {GATEWAY_LIST}"
                 )
             hint = credential_hint(provider_type)
             raise ConfigurationError(
@@ -225,7 +224,8 @@ class Router:
         matches = difflib.get_close_matches(name, sorted(set(known)), n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
         if self.audience == GATEWAY:
-            return f"unknown model {name!r}{hint} ({_GATEWAY_LIST})"
+            offer = f" (did you mean {', '.join(repr(m) for m in matches)}?)" if matches else ""
+            return f"unknown model {name!r}{offer}; {GATEWAY_LIST}"
         return f"unknown model {name!r}{hint} (`gtl models` lists what is available)"
 
     @staticmethod

@@ -79,6 +79,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
+from gtl_nb.gateway.compat.reply import try_later
 from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
@@ -1264,7 +1265,7 @@ def build_app(
         status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store", VERSION_HEADER: SPOKEN}
         last = events[-1] if events else None
         if isinstance(last, Error):
-            status = STATUS_OF_CODE.get(last.code, 500)
+            status = 503 if try_later(last) else STATUS_OF_CODE.get(last.code, 500)
             if last.retry_after is not None and math.isfinite(last.retry_after):
                 headers["retry-after"] = str(max(0, math.ceil(last.retry_after)))
         if gzip and len(body) > 1024:

@@ -26,6 +26,24 @@ SCOPES: Mapping[str, str] = MappingProxyType(
 )
 """Gateway operation → the scope a token needs for it (docs/tokens.md has the same table)."""
 
+DOING: Mapping[str, str] = MappingProxyType(
+    {
+        "completion": "running a completion",
+        "session.read": "reading your sessions (client.sessions())",
+        "session.cancel": "cancelling a session from another connection",
+        "session.admin": "reading or cancelling other users' sessions (all_users=True)",
+        "providers.list": "listing the providers",
+        "models.list": "listing models (client.models())",
+        "breakers.read": "reading the circuit breakers (client.breakers())",
+        "usage.read": "reading usage (client.usage())",
+        "usage.admin": "reading other users' usage (client.usage(all_users=True), or a user=)",
+        "metrics.read": "reading metrics (GET /metrics)",
+        "tools.execute": "executing tools on the gateway",
+    }
+)
+"""Gateway operation → what the caller did, as a refusal says it: the caller knows its own call, not
+the gateway's name for the operation."""
+
 IMPLIED_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "session:admin": frozenset({"session:read", "session:write"}),
@@ -45,13 +63,14 @@ def has_scope(context: RequestContext, scope: str) -> bool:
     return any(scope in IMPLIED_SCOPES.get(held, ()) for held in context.scopes)
 
 
-def require_scope(context: RequestContext, operation: str) -> None:
-    """``PermissionDeniedError`` (``FORBIDDEN``) naming the scope unless ``context`` may do ``operation``."""
+def require_scope(context: RequestContext, operation: str, *, doing: str | None = None) -> None:
+    """``PermissionDeniedError`` (``FORBIDDEN``) naming the scope unless ``context`` may do ``operation``;
+    the refusal says what the caller did — ``doing``, else ``DOING``'s words for the operation."""
     scope = SCOPES.get(operation)
     if scope is None:  # a programming error in the gateway, never a client's
         raise ValueError(f"unknown gateway operation {operation!r}; known: {', '.join(sorted(SCOPES))}")
     if not has_scope(context, scope):
-        raise PermissionDeniedError(f"this token lacks the scope {scope!r}, which {operation} needs")
+        raise PermissionDeniedError(f"this token lacks the scope {scope!r}, needed for {doing or DOING[operation]}")
 
 
 def check_allowed(context: RequestContext, deployment: str, model: str) -> None:

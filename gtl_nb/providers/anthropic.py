@@ -442,9 +442,11 @@ class AnthropicDecoder(GuardedDecoder):
         if self._sniffer.mode == "json":
             return self._decode_message(bytes(self._sniffer.body))
         if self._sniffer.mode is None:
+            self.ended_early = True
             return [self._fail("PROVIDER_UNAVAILABLE", "empty response body from Anthropic")]
         events = self._dispatch(self._sse.close())
         if not self._finished and not ends_response(events):
+            self.ended_early = True
             events.append(self._fail("PROVIDER_UNAVAILABLE", "stream ended early: no message_stop event"))
         return events
 

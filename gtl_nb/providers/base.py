@@ -732,6 +732,11 @@ class GuardedDecoder:
     ``done`` or ``error``.
     """
 
+    ended_early = False
+    """Set by a dialect whose body ended before the answer's end (no terminator, an empty body): the
+    runner then words the error alike for every provider (``engine.http._cut_short``), the dialect's
+    own words — in its API's terms — going to the log."""
+
     def __init__(self, request: CompletionRequest, deployment: Deployment) -> None:
         self._request = request
         self._deployment = deployment

@@ -564,8 +564,10 @@ class BedrockDecoder(GuardedDecoder):
         try:
             self._frames.close()
         except EventStreamError as exc:
+            self.ended_early = True
             return [self._error("PROVIDER_UNAVAILABLE", f"Bedrock stream ended early: {exc}", retryable=True)]
         if self._stop_reason is None or not self._saw_metadata:
+            self.ended_early = True
             missing = "messageStop" if self._stop_reason is None else "metadata"
             return [
                 self._error("PROVIDER_UNAVAILABLE", f"Bedrock stream ended early, before {missing}", retryable=True)

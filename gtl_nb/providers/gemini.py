@@ -492,6 +492,7 @@ class GeminiDecoder(GuardedDecoder):
             return events
         if self._finish_reason is None and not self._blocked:
             problem = "stream ended early: no chunk with a finishReason"
+            self.ended_early = True
             events.append(self._fail("PROVIDER_UNAVAILABLE", problem))
             return events
         return events + self._finish()

@@ -271,6 +271,7 @@ class OllamaDecoder(GuardedDecoder):
         limit = MAX_EVENT_BYTES if self._request.stream else MAX_BODY_BYTES
         events = self._each([rest], lambda raw: self._line(raw, limit=limit))  # the done line may lack its newline
         if not self._finished and not ends_response(events):
+            self.ended_early = True
             events.append(self._error("PROVIDER_UNAVAILABLE", "Ollama stream ended early, without a done:true line"))
         return events
 

@@ -276,11 +276,14 @@ def error_from_response(
 
 
 def stream_error(request: CompletionRequest, deployment: Deployment, err: Mapping[str, Any]) -> Error:
-    """An error object that arrived inside a 200 response as an ``error`` event."""
+    """An error object that arrived inside a 200 response as an ``error`` event (``http_status`` 200, as
+    the other dialects mark the provider's own error inside an answer)."""
     gtl_code, retryable = classify_error(None, err)
     message = _text(err.get("message")) or _text(err.get("type")) or "error inside the response stream"
     retry_after = retry_after_seconds({}, message=message) if retryable else None
-    return error_event(request, deployment, gtl_code, message, retryable=retryable, retry_after=retry_after)
+    return error_event(
+        request, deployment, gtl_code, message, retryable=retryable, retry_after=retry_after, http_status=200
+    )
 
 
 def parse_models(body: bytes) -> list[str]:
@@ -455,6 +458,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
             self._on_json_body(events)
         elif self._sniffer.mode is None:
             self._fail(events, "stream ended before [DONE]: the response body was empty")
+            self.ended_early = True
         else:
             # an event the body ended without its blank line
             events = self._each(self._sse.close(), lambda sse_event: self._sse_unit(sse_event, at_eof=True))
@@ -464,6 +468,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
                 self._finish(events)  # finish_reason then clean EOF: complete, only [DONE] is missing
             else:
                 self._fail(events, "stream ended before [DONE] (no finish_reason received)")
+                self.ended_early = True
         return events
 
     # -- stream handling
@@ -623,6 +628,7 @@ class ChatCompletionsDecoder(GuardedDecoder):
         body = bytes(self._sniffer.body)
         if not body.strip():
             self._fail(events, "the response body was empty")
+            self.ended_early = True
             return
         payload = parse_json_body(body)
         if not isinstance(payload, dict):

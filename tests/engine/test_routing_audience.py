@@ -38,7 +38,7 @@ def test_a_gateways_client_is_told_the_model_is_not_served_here():
             router(GATEWAY).candidates(model)
         message = str(caught.value)
         assert "this gateway has no anthropic provider" in message and "[providers.anthropic]" in message
-        assert "GET /v1/models" in message and "providers=" not in message and "gtl_nb.connect" not in message
+        assert "client.models()" in message and "providers=" not in message and "gtl_nb.connect" not in message
     with pytest.raises(ModelNotFoundError) as unknown:
         router(GATEWAY).resolve_model("claude-sonet-4-5")
     assert "did you mean" not in str(unknown.value) and "gtl models" not in str(unknown.value)

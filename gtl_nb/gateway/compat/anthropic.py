@@ -21,7 +21,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.anthropic_request import messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
-from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already
+from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
@@ -72,7 +72,7 @@ def error_reply(
 ) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
     gateway tried again already (``reply.error_headers``)."""
-    status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
+    status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
     body: dict[str, Any] = {"type": "error", "error": error_object(error, kind=kind)}
     headers = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
@@ -104,7 +104,7 @@ class AnthropicEndpoints:
         """``POST /v1/messages``."""
         session_id = f"msg_{unique_hex()}"
         try:
-            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request, api="anthropic")
             body = await intake.read_json(request, self.max_bytes, dotted=True)
         except GTLError as exc:
             return refusal(exc)

@@ -41,13 +41,14 @@ def api_key(headers: Mapping[str, str]) -> str | None:
     return value.strip() if value else bearer(headers)
 
 
-def authenticated(authenticate: Authenticate, token: str | None, request: Any) -> RequestContext:
-    """The caller's ``RequestContext`` with its network address; ``AuthenticationError`` when refused."""
+def authenticated(authenticate: Authenticate, token: str | None, request: Any, *, api: str) -> RequestContext:
+    """The caller's ``RequestContext`` with its network address and the ``api`` it speaks (``"openai"`` or
+    ``"anthropic"``); ``AuthenticationError`` when refused."""
     context = authenticated_or_logged(authenticate, token, peer_text(request.client))
     # a caller's W3C traceparent gives the request its trace id; without one a new one, made here as the
     # engine would make it (one dataclasses.replace of the context for both, not a second in the engine)
     trace_id = trace_id_from(request.headers.get("traceparent")) or random_hex(2)
-    return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id)
+    return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id, api=api)
 
 
 async def read_json(request: Any, max_bytes: int, *, dotted: bool = False) -> dict[str, Any]:

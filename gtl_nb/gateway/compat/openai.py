@@ -31,7 +31,7 @@ from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
-from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already
+from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
@@ -108,7 +108,7 @@ def error_reply(
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
     gateway tried again already (``reply.error_headers``); ``max_tokens_param``: what the request called
     its limit (``max_completion_tokens``), which an engine refusal of ``max_tokens`` names."""
-    status = status or ERRORS.get(error.code, ERRORS["INTERNAL"])[0]
+    status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
     if param is None and error.code == "INVALID_REQUEST":
         param = _param_named(error.message)
         if param == "max_tokens":
@@ -146,7 +146,7 @@ class OpenAIEndpoints:
         """``POST /v1/chat/completions``."""
         session_id = f"chatcmpl-{unique_hex()}"
         try:
-            context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request)
+            context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request, api="openai")
             body = await intake.read_json(request, self.max_bytes)
         except GTLError as exc:
             return refusal(exc)

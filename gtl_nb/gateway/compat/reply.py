@@ -11,7 +11,7 @@ import msgspec
 
 from gtl_nb.protocol.messages import Error, Status
 
-__all__ = ["SDK_WAIT_LIMIT", "Reply", "error_headers", "json_reply", "retried_already"]
+__all__ = ["SDK_WAIT_LIMIT", "Reply", "error_headers", "json_reply", "retried_already", "try_later"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,16 @@ SDK_WAIT_LIMIT = 8.0
 backoff. A longer ``retry-after`` (every circuit open for half a minute, a provider's long 429) is
 still sent, for the caller to schedule by, but the SDK is not told to sit through it: a notebook
 cell or a request handler would block that long and, on its second try, often fail anyway."""
+
+
+def try_later(error: Error) -> bool:
+    """Whether ``error`` is a ``PROVIDER_UNAVAILABLE`` that says when to try again (``retry_after``):
+    every circuit of the request open, or a provider's failure with a ``Retry-After``. It is answered
+    ``503`` with ``retry-after``, as HTTP says a service unable to serve *for now* answers (RFC 9110,
+    15.6.4), not ``502``, which says the upstream's answer was bad: on every HTTP face of the gateway
+    (``POST /v1/gtl`` and both compatible endpoints). Both SDKs retry a ``502`` and a ``503`` alike; what
+    decides whether they do is ``x-should-retry`` (``error_headers``)."""
+    return error.code == "PROVIDER_UNAVAILABLE" and error.retry_after is not None
 
 
 def error_headers(error: Error, *, retried: bool = False) -> dict[str, str]:

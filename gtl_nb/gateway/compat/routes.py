@@ -65,10 +65,12 @@ class _Models:
     async def list(self, request: Any) -> Any:
         styled = _is_anthropic(request)
         try:
-            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
+            context = intake.authenticated(
+                self.authenticate, intake.api_key(request.headers), request, api="anthropic" if styled else "openai"
+            )
             # asked for outright, the list is refused without the scope (an empty one would read as "serves
             # nothing"); the GTL provider list a client reads on connecting stays empty instead
-            require_scope(context, "models.list")
+            require_scope(context, "models.list", doing="listing models (GET /v1/models)")
         except GTLError as exc:
             return _refusal(exc, styled)
         infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
@@ -92,8 +94,10 @@ class _Models:
     async def retrieve(self, request: Any) -> Any:
         styled = _is_anthropic(request)
         try:
-            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request)
-            require_scope(context, "models.list")
+            context = intake.authenticated(
+                self.authenticate, intake.api_key(request.headers), request, api="anthropic" if styled else "openai"
+            )
+            require_scope(context, "models.list", doing="reading a model (GET /v1/models/{model})")
             found = find_model(visible_providers(self.engine, context), request.path_params["model"], self._listed_name)
             if found is None:
                 raise ModelNotFoundError(f"this gateway lists no model {request.path_params['model']!r}")
