@@ -254,3 +254,42 @@ def test_a_refusal_over_stdio_during_the_drain_leaves_one_row(tmp_path: Path) ->
     for row in rows:
         if row["session_id"] in refused:
             assert (row["status"], row["error_code"], row["user"]) == ("error", "PROVIDER_UNAVAILABLE", "sam"), row
+
+
+def test_on_postgresql_the_refusals_rows_and_audit_records_go_in_before_the_stores_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres_url: str
+) -> None:
+    """The PostgreSQL ledger and audit chain: the stop closes them (the ledger marks what it left
+    ``started`` as ``interrupted``, the audit log drains its queue) only after the refusals were recorded."""
+    import psycopg
+
+    more = {
+        "providers.slowecho": {"type": "echo", "options": {"pace": 0.1}},
+        "ledger": {"url": f"{postgres_url}?spool_path={tmp_path / 'ledger-spool.sqlite3'}"},
+        "gateway": {"auth": "jwt", "shutdown_grace": 60},
+        "gateway.audit": {"url": postgres_url, "replica": "gw", "spool_path": str(tmp_path / "spool.jsonl")},
+    }
+    config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "SHUTDOWN_PG_SECRET", more)
+    token = mint(*SCOPES, subject="ann")
+    gateway = start_gateway(config)
+    try:
+        with gtl_nb.connect(gateway.url("ws"), token=token) as client:
+            held = _held_ws_stream(client)
+            gateway.process.send_signal(signal.SIGTERM)
+            _until(lambda: _port_closed(gateway.ports["http"]), "the HTTP listener to stop accepting")
+            refused = [_refused(lambda: client.complete("echo", "too late")) for _ in range(3)]
+            held.close()
+        assert gateway.process.wait(60) == 0
+    finally:
+        gateway.kill()
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        rows = conn.execute('SELECT session_id, status, error_code, "user" FROM requests').fetchall()
+        lines = [json.loads(line) for (line,) in conn.execute("SELECT line FROM audit_records").fetchall()]
+    assert not [row for row in rows if row[1] in ("started", "interrupted")], rows
+    assert sorted(row for row in rows if row[0] in refused) == sorted(
+        (sid, "error", "PROVIDER_UNAVAILABLE", "ann") for sid in refused
+    )
+    records = [(r["session_id"], r["status"], r["error_code"]) for r in lines if r.get("kind") == "request"]
+    assert sorted(record for record in records if record[0] in refused) == sorted(
+        (sid, "error", "PROVIDER_UNAVAILABLE") for sid in refused
+    )
