@@ -803,9 +803,11 @@ class _Gate:
                 )
                 await _refuse(scope, receive, send, 429, error)
                 return
-            if self.shutdown.is_stopping and not _completion(scope):  # (a completion is refused with its row)
-                await _refuse(scope, receive, send, 503, GatewayStopping())
-                return
+            if self.shutdown.is_stopping:
+                if not _completion(scope):
+                    await _refuse(scope, receive, send, 503, GatewayStopping())
+                    return
+                send = _closing(send)  # a completion is refused with its row; the connection then closes
             if self.guard.trusted:
                 scope = _forwarded(scope, self.guard.trusted)
         await self.app(scope, receive, send)
@@ -819,6 +821,19 @@ body parsed — so that its refusal (``_Sessions.start``) leaves its ledger row 
 def _completion(scope: Any) -> bool:
     """Whether an ASGI scope is a completion request (``_COMPLETION_PATHS``)."""
     return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _COMPLETION_PATHS
+
+
+def _closing(send: Any) -> Any:
+    """``send`` that says ``connection: close`` on the response it starts (uvicorn then closes the connection
+    after it): a connection the stop did not shut — it was not served yet — carries no request after this one."""
+
+    async def closing_send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(name, value) for name, value in message.get("headers", ()) if name.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
 
 
 def _refusal_status(error: GTLError) -> int:

@@ -101,16 +101,17 @@ HTTP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
 
 
 def _post(raw: socket.socket, ca: Path, port: int, path: str, auth: str, body: dict[str, Any], token: str) -> Any:
-    """TLS over ``raw`` (connected before the stop), then one POST; the status, headers and body read."""
+    """TLS over ``raw`` (connected before the stop), then one POST; the status, headers and body read
+    (until the gateway closes the connection)."""
     context = ssl.create_default_context(cafile=str(ca))
+    raw.settimeout(20)
     with context.wrap_socket(raw, server_hostname="localhost") as tls:
         data = json.dumps(body).encode()
         credential = f"authorization: Bearer {token}" if auth == "bearer" else f"x-api-key: {token}"
         head = (
             f"POST {path} HTTP/1.1\r\nhost: localhost:{port}\r\ncontent-type: application/json\r\n"
-            f"anthropic-version: 2023-06-01\r\n{credential}\r\ncontent-length: {len(data)}\r\n"
-            "connection: close\r\n\r\n"
-        )
+            f"anthropic-version: 2023-06-01\r\n{credential}\r\ncontent-length: {len(data)}\r\n\r\n"
+        )  # keep-alive asked (HTTP/1.1's default): the gateway closes the connection after its answer
         tls.sendall(head.encode() + data)
         answer = b""
         while chunk := tls.recv(65536):
@@ -127,7 +128,7 @@ def _http_refusals(gateway: LocalGateway, sockets: list[socket.socket], ca: Path
     ids = []
     for raw, (path, auth, body) in zip(sockets, HTTP_REQUESTS, strict=True):
         status, headers, answer = _post(raw, ca, port, path, auth, body, token)
-        assert status == 503, (path, answer)
+        assert status == 503 and headers["connection"] == "close", (path, headers, answer)
         if path.startswith("/v1/gtl"):
             assert (answer["code"], answer["retryable"]) == ("PROVIDER_UNAVAILABLE", True), answer
             assert answer["session_id"] == body["session_id"], answer
