@@ -128,10 +128,12 @@ class Recordings:
 
     async def _until_idle(self, timeout: float) -> bool:
         """Wait until no recording runs, ``timeout`` seconds at most; whether none runs."""
-        if self._callers:
-            waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._callers and (left := deadline - loop.time()) > 0:  # (one may begin as the last ends)
+            waiter = loop.create_future()
             self._idle.append(waiter)
-            await asyncio.wait({waiter}, timeout=timeout)
+            await asyncio.wait({waiter}, timeout=left)
         return not self._callers
 
 
