@@ -199,3 +199,32 @@ def test_a_grpc_complete_that_arrives_as_the_gateway_stops_is_refused_with_its_r
     assert call.status is not None and call.status[0] == grpc.StatusCode.UNAVAILABLE
     assert "PROVIDER_UNAVAILABLE" in call.status[1] and "shutting down" in call.status[1], call.status
     assert _rows(tmp_path, "late-complete") == [("error", "PROVIDER_UNAVAILABLE")]
+
+
+def test_settle_waits_for_a_refusal_that_begins_as_the_last_one_ends(
+    embedded: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """One reader records two refusals in turn: the second begins in the same step the first ends, before
+    the waiting stop looks again — it is waited for, not taken for a stuck one and cancelled."""
+    engine = embedded.backend.engine
+    started = _slow_start(engine, 0.1)
+    first, second = (embedded.request("echo", "hi", session_id=sid) for sid in ("one", "two"))
+    context = RequestContext(principal="ann")
+
+    async def reader() -> None:
+        await recorded_refusal(engine, first, context, GatewayStopping())
+        await recorded_refusal(engine, second, context, GatewayStopping())
+
+    async def stop() -> None:
+        reading = asyncio.ensure_future(reader())
+        await asyncio.sleep(0.02)
+        await recordings_of(engine).settle(2.0)
+        assert reading.done() and not reading.cancelled()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="gtl_nb.gateway"):
+            embedded.backend.loop.run(stop())
+    finally:
+        engine._ledger_start = started
+    assert "still being recorded" not in caplog.text
+    assert _rows(tmp_path, "one") == _rows(tmp_path, "two") == [("error", "PROVIDER_UNAVAILABLE")]
