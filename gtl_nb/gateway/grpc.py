@@ -88,7 +88,7 @@ from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, 
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import peer_text
-from gtl_nb.gateway.refusals import recorded_refusal
+from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.ids import unique_hex
 from gtl_nb.log import get_logger
@@ -265,11 +265,15 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     async def Complete(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
         """One session; every event in one ``CompletionResult``."""
-        async with self._call(context) as compressing:
+        async with self._call(context, read_when_stopping=True) as compressing:
             if compressing:  # grpc.aio compresses a unary answer only when the headers went out first
                 await context.send_initial_metadata(())
             who = await self._context_of(context)
             message = await self._request_of(await self._request_bytes(context), context)
+            if self.stopping.is_stopping:  # read, so that its refusal has its row (gateway.refusals)
+                refusal = GatewayStopping("the gateway is shutting down; connect again")
+                await recorded_refusal(self.engine, message, who, refusal)
+                await _abort(context, grpc.StatusCode.UNAVAILABLE, refusal)
             events: list[StreamEvent] = []
 
             def cancelled_by() -> str:
@@ -306,11 +310,14 @@ class GTLServicer(pb_grpc.GTLServicer):
     # -- what every call does ------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def _call(self, context: grpc.aio.ServicerContext) -> AsyncIterator[bool]:
-        """Refuse a call once shutdown began, or one more than its address may hold open; count it while
-        it runs; honour its compression wish (yields whether its answers are compressed: gRPC applies
-        that when the headers go out)."""
-        if self.stopping.is_stopping:
+    async def _call(
+        self, context: grpc.aio.ServicerContext, *, read_when_stopping: bool = False
+    ) -> AsyncIterator[bool]:
+        """Refuse a call once shutdown began (unless ``read_when_stopping``: a ``Complete``, whose request is
+        read and then refused with its ledger row), or one more than its address may hold open; count it
+        while it runs; honour its compression wish (yields whether its answers are compressed: gRPC
+        applies that when the headers go out)."""
+        if self.stopping.is_stopping and not read_when_stopping:
             refusal = ProviderUnavailableError("the gateway is shutting down; connect again")
             await _abort(context, grpc.StatusCode.UNAVAILABLE, refusal)
         address = self._capped_address(context)

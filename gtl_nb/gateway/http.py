@@ -24,7 +24,8 @@ path or method nobody here serves (``INVALID_REQUEST``, naming the endpoints; th
 Anthropic-compatible routes answer under their own paths in their own shape), ``429`` for one
 connection too many from an address (no ledger row: no request was read) or for a request beyond the
 principal's ``max_sessions_per_principal`` (its ledger row and audit record written first:
-``gateway.refusals``), ``503`` once the gateway is shutting down, ``408`` (then the
+``gateway.refusals``), ``503`` once the gateway is shutting down (a completion request is read first,
+so that its refusal leaves its ledger row and audit record), ``408`` (then the
 connection closes) for a request that arrives too slowly (below).
 
 **Limits** (``gateway.listeners.Limits``): a body is read a piece at a time and refused as soon as it
@@ -42,7 +43,9 @@ one ``429`` and is closed); a WebSocket connection runs at most ``max_sessions_p
 sessions (``GatewayConnection``).
 
 **Shutdown** (``shutdown.begin()``): the port stops accepting, idle keep-alive connections close, a
-request whose body is still arriving, or that arrives now, gets ``503``; running NDJSON/SSE streams and
+request whose body is still arriving, or that arrives now, gets ``503`` (one that arrives now on a
+completion route — a connection accepted before the port closed — with its ledger row and audit
+record: ``_Sessions.start`` refuses it after its token and body were read); running NDJSON/SSE streams and
 WebSocket sessions have ``shutdown.grace`` seconds, then end with ``CANCELLED`` and their ledger rows
 complete. uvicorn's own server loop (and its signal handlers) is not used: the listener is
 ``loop.create_server`` with uvicorn's protocols, and whoever runs the gateway owns the signals.
@@ -87,7 +90,7 @@ from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
-from gtl_nb.gateway.refusals import recorded_refusal
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping, recorded_refusal
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import (
     Authenticate,
@@ -259,11 +262,13 @@ class _Running:
 
 class _Sessions:
     """The HTTP sessions and WebSocket connections of one listener, so a shutdown can wait for them or end them.
-    ``max_per_principal``: the sessions a principal may run at once in the process (``0``: no cap)."""
+    ``max_per_principal``: the sessions a principal may run at once in the process (``0``: no cap);
+    once ``shutdown`` began no session starts."""
 
-    def __init__(self, engine: Engine, max_per_principal: int = 0) -> None:
+    def __init__(self, engine: Engine, max_per_principal: int = 0, shutdown: Shutdown | None = None) -> None:
         self.engine = engine
         self.max_per_principal = max_per_principal
+        self.shutdown = shutdown
         self._principals = sessions_of(engine)
         self._running: set[_Running] = set()
         self._sockets = 0
@@ -279,7 +284,10 @@ class _Sessions:
     ) -> _Running:
         """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens).
         ``OverloadedError``, with nothing run, when the principal runs ``max_per_principal`` sessions already
-        (a refusal before the session: ``429``)."""
+        (a refusal before the session: ``429``); ``GatewayStopping`` once the shutdown began (``503``). The
+        caller records either with ``refused`` (``gateway.refusals.REFUSED_BEFORE_START``)."""
+        if self.shutdown is not None and self.shutdown.is_stopping:
+            raise GatewayStopping()
         running = _Running()
         refused = completion_refusal(context)
 
@@ -315,8 +323,9 @@ class _Sessions:
         return running
 
     async def refused(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> Error:
-        """The error event of ``request``, refused by ``start`` at the principal's cap, once its ledger row
-        and audit record are written (``gateway.refusals``): in the request's own task, counted nowhere."""
+        """The error event of ``request``, refused by ``start`` (the principal's cap, the stop), once its
+        ledger row and audit record are written (``gateway.refusals``): awaited by the request's own task,
+        counted nowhere."""
         return await recorded_refusal(self.engine, request, context, error)
 
     @contextlib.contextmanager
@@ -880,12 +889,41 @@ class _Gate:
                 await _refuse(scope, receive, send, 429, error)
                 return
             if self.shutdown.is_stopping:
-                error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
-                await _refuse(scope, receive, send, 503, error)
-                return
+                if not _completion(scope):
+                    await _refuse(scope, receive, send, 503, GatewayStopping())
+                    return
+                send = _closing(send)  # a completion is refused with its row; the connection then closes
             if self.guard.trusted:
                 scope = _forwarded(scope, self.guard.trusted)
         await self.app(scope, receive, send)
+
+
+_COMPLETION_PATHS = frozenset({PATHS["http"], PATHS["sse"], "/v1/chat/completions", "/v1/messages"})
+"""Where a completion request is posted: once the stop began it is still read — its token checked, its
+body parsed — so that its refusal (``_Sessions.start``) leaves its ledger row and audit record."""
+
+
+def _completion(scope: Any) -> bool:
+    """Whether an ASGI scope is a completion request (``_COMPLETION_PATHS``)."""
+    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _COMPLETION_PATHS
+
+
+def _closing(send: Any) -> Any:
+    """``send`` that says ``connection: close`` on the response it starts (uvicorn then closes the connection
+    after it): a connection the stop did not shut — it was not served yet — carries no request after this one."""
+
+    async def closing_send(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            headers = [(name, value) for name, value in message.get("headers", ()) if name.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
+
+    return closing_send
+
+
+def _refusal_status(error: GTLError) -> int:
+    """The status of a refusal before the session (``REFUSED_BEFORE_START``): ``503`` for the stop, else ``429``."""
+    return 503 if isinstance(error, GatewayStopping) else 429
 
 
 def _from_a_web_page(scope: Any, allowed_hosts: frozenset[str] = frozenset()) -> str | None:
@@ -1052,9 +1090,9 @@ class _SessionResponse:
         outbox = EventOutbox()  # a slow client holds the engine back once its high-water mark is reached
         try:
             running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
-        except OverloadedError as exc:  # the principal's sessions are at their cap: refused before it starts
+        except REFUSED_BEFORE_START as exc:  # the principal's cap, or the stop: refused before it starts
             await self.sessions.refused(self.request, self.context, exc)
-            await _error_response(exc, 429, self.request.session_id)(scope, receive, send)
+            await _error_response(exc, _refusal_status(exc), self.request.session_id)(scope, receive, send)
             return
         compressor = _GzipStream() if self.gzip else None
         headers = [
@@ -1201,7 +1239,7 @@ def build_app(
     from starlette.routing import Route, WebSocketRoute
     from starlette.websockets import WebSocket
 
-    sessions = sessions or _Sessions(engine, limits.max_sessions_per_principal)
+    sessions = sessions or _Sessions(engine, limits.max_sessions_per_principal, shutdown)
     max_body_bytes = limits.max_frame_bytes
     features = features_value(limits.features)
 
@@ -1258,8 +1296,8 @@ def build_app(
         events: list[StreamEvent] = []
         try:
             await collect_session(sessions, message, context, events.append, request.receive)
-        except OverloadedError as exc:  # the principal's sessions are at their cap: refused before it starts
-            return _error_response(exc, 429, message.session_id)
+        except REFUSED_BEFORE_START as exc:  # the principal's cap, or the stop: refused before it starts
+            return _error_response(exc, _refusal_status(exc), message.session_id)
         body = b'{"session_id":' + msgspec.json.encode(message.session_id) + b',"events":['
         body += b",".join(encode(event) for event in events) + b"]}"
         status, headers = 200, {"vary": "accept-encoding", "cache-control": "no-store", VERSION_HEADER: SPOKEN}
@@ -1480,7 +1518,7 @@ async def serve_http(
     try:
         tls = listener.tls.server_context(alpn=("http/1.1",)) if listener.tls is not None else None
         url = listener.url(sock.getsockname()[1])
-        sessions = _Sessions(engine, limits.max_sessions_per_principal)
+        sessions = _Sessions(engine, limits.max_sessions_per_principal, shutdown)
         share = listener_share(limits.max_connections, limits.tcp_listeners)
         guard = _ConnectionGuard(limits.max_connections_per_address, limits.trusted_proxies, share)
         app = build_app(

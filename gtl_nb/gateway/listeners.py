@@ -6,9 +6,10 @@ ready)`` coroutine (``gateway.http``, ``gateway.grpc``, ``gateway.quic``) with o
 * it binds ``listener.host``/``listener.port`` (port 0: any free port) and calls ``ready(url)`` once
   it accepts connections — ``url`` is what a client passes to ``gtl_nb.connect`` (``https://…``,
   ``grpc://…``, ``quic://…``), with the real port;
-* it runs until ``shutdown.stopping`` is set, then stops accepting, lets running sessions finish for
-  up to ``shutdown.grace`` seconds, ends the rest with a ``CANCELLED`` error (every ledger row
-  completed) and returns;
+* it runs until ``shutdown.stopping`` is set, then stops accepting, refuses a completion request that
+  still reaches it with ``gateway.refusals.GatewayStopping`` — its ledger row and audit record written
+  (``recorded_refusal``) —, lets running sessions finish for up to ``shutdown.grace`` seconds, ends
+  the rest with a ``CANCELLED`` error (every ledger row completed) and returns;
 * cancelling it is the same without the grace period.
 
 Limits apply to every transport alike (``Limits``); where a transport cannot enforce one, its module

@@ -27,7 +27,8 @@ One UDP port, TLS 1.3 with the listener's certificate, ALPN ``gtl/1``. Per conne
   shorter offer usually make it 3 s: ``transports.quic.config``), and a connection that runs no session
   for ``limits.idle_timeout`` seconds is closed.
 * **Shutdown**: once ``shutdown.stopping`` is set, new connections are closed with
-  ``PROVIDER_UNAVAILABLE`` after their handshake and new sessions refused with it; running sessions
+  ``PROVIDER_UNAVAILABLE`` after their handshake and new sessions refused with it (each with its ledger
+  row and audit record, ``gateway.refusals``); running sessions
   get ``shutdown.grace`` seconds, then are cancelled (each client reads ``CANCELLED``, each ledger row
   completes); then every connection closes and ``serve_quic`` returns. Cancelling it skips the grace.
 """
@@ -46,7 +47,7 @@ from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings,
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import QueryDesk
-from gtl_nb.gateway.refusals import recorded_refusal
+from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
@@ -334,8 +335,8 @@ class _Connection:
             error = InvalidRequestError("a session stream opened before the hello exchange on the control stream")
             session.refuse(error.to_event(sid))
             self.bad(error)
-        elif self.gateway.stopping:
-            session.refuse(ProviderUnavailableError("the gateway is shutting down; try again").to_event(sid))
+        elif self.gateway.stopping:  # recorded too (gateway.refusals); the stop waits for its row
+            session.refuse_recorded(request, self.context, GatewayStopping())
         elif (refused := completion_refusal(self.context, self.gateway.authenticate)) is not None:
             session.refuse_recorded(request, self.context, refused)  # before the caps: a revoked token is told so
         elif len(self.running) >= self.limits.max_sessions_per_connection:

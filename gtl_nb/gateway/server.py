@@ -33,6 +33,7 @@ from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.connection_budget import TCP_TRANSPORTS, listener_share
 from gtl_nb.gateway.listeners import ListenerSettings, Shutdown
 from gtl_nb.gateway.live import live_sessions
+from gtl_nb.gateway.refusals import recordings_of
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.log import get_logger
@@ -165,23 +166,33 @@ class Parts:
     audit: Any = None
 
     async def aclose(self) -> None:
-        """Close them (once; later calls do nothing): the audit log first (the last records written),
-        the metrics, the tracer (its exporter flushed), then the engine if it is ``own_engine``."""
+        """Close them (once; later calls do nothing): after the refusals still being recorded (at most
+        ``gateway.refusals.RECORDING_WAIT`` seconds: their rows and records go in first), the audit log
+        (the last records written), the metrics, the tracer (its exporter flushed), then the engine if
+        it is ``own_engine``."""
         audit, metrics, tracing, own = self.audit, self.metrics, self.tracing, self.own_engine
         self.audit = self.metrics = self.tracing = None
         self.own_engine = False
         try:
-            if audit is not None:
-                await asyncio.to_thread(audit.close)
+            await recordings_of(self.engine).settle()  # (at once when none runs: a later call costs nothing)
         finally:
-            if metrics is not None:
-                metrics[0].detach()
-            try:
-                if tracing is not None:
-                    await asyncio.to_thread(tracing.close)
-            finally:
-                if own:
-                    await self.engine.aclose()
+            await _close_parts(self.engine if own else None, audit, metrics, tracing)
+
+
+async def _close_parts(engine: Any, audit: Any, metrics: Any, tracing: Any) -> None:
+    """``Parts.aclose``'s closing in its order, each step whatever the one before did (``engine``: when owned)."""
+    try:
+        if audit is not None:
+            await asyncio.to_thread(audit.close)
+    finally:
+        if metrics is not None:
+            metrics[0].detach()
+        try:
+            if tracing is not None:
+                await asyncio.to_thread(tracing.close)
+        finally:
+            if engine is not None:
+                await engine.aclose()
 
 
 async def open_parts(

@@ -26,10 +26,11 @@ whatever the transport under ``framed``:
   ``idle_timeout`` seconds, is closed (a dropped idle connection is reopened by the client's next
   request).
 * **Shutdown** (``gateway.listeners.Shutdown``). Once ``shutdown.stopping`` is set, a new
-  ``completion_request`` ends at once with a retryable ``PROVIDER_UNAVAILABLE`` ("shutting down");
-  running sessions may finish for ``shutdown.grace`` seconds, after which they are cancelled
-  (``CANCELLED``, "cancelled by the gateway shutting down"); the connection closes as soon as it runs
-  no session, so ``run`` returns.
+  ``completion_request`` is refused with a retryable ``PROVIDER_UNAVAILABLE`` ("shutting down"), its
+  ledger row and audit record written first, as at a cap (``gateway.refusals``); running sessions may
+  finish for ``shutdown.grace`` seconds, after which they are cancelled (``CANCELLED``, "cancelled by
+  the gateway shutting down"); the connection closes as soon as it runs no session and records no
+  refusal (whose error goes out first), so ``run`` returns.
 * **The end.** When the connection ends — the client closed it, broke the protocol too often, or
   ``run`` was cancelled — every session's task is cancelled and awaited, so each ledger row is
   complete before ``run`` returns. A session the connection itself ended (a bad frame) is cancelled
@@ -53,7 +54,7 @@ from gtl_nb.gateway.listeners import Limits, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
-from gtl_nb.gateway.refusals import recorded_refusal
+from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import encode
 from gtl_nb.protocol.connection_events import (
@@ -198,6 +199,7 @@ class GatewayConnection:
             recheck=getattr(authenticate, "recheck", None),
         )
         self._closed_here = False
+        self._refusing = False  # the reader awaits a refusal's row: the stop closes the connection after it
         self._principals = sessions_of(engine)
 
     @property
@@ -229,8 +231,15 @@ class GatewayConnection:
         async for event in self.framed.events():
             self._last_activity = self._clock()
             refusal = self._handle(event)
-            if refusal is not None:  # a request refused at a cap: its row first (gateway.refusals)
-                await refusal
+            if refusal is not None:  # a request refused at a cap or by the stop: its row first (gateway.refusals)
+                self._refusing = True
+                try:
+                    await refusal
+                finally:
+                    self._refusing = False
+                if self._stopped_and_idle():  # its error went out: the connection's last word in a stop
+                    self._close(None)
+                    return
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -272,11 +281,9 @@ class GatewayConnection:
         if self.context is None:  # cannot happen: a refused client's connection is closed
             self._end(AuthenticationError("the client is not authenticated").to_event(sid))
             return None
-        if self.shutdown is not None and self.shutdown.is_stopping:
-            error = ProviderUnavailableError("the gateway is shutting down; connect again (to another replica)")
-            self._end(error.to_event(sid))
-            return None
         context = self.context
+        if self.shutdown is not None and self.shutdown.is_stopping:
+            return self._refuse(request, context, GatewayStopping())
         refused = completion_refusal(context, self._authenticate)
         if refused is not None:  # before the caps: a revoked token is told so, not to try again later
             return self._refuse(request, context, refused)
@@ -296,7 +303,7 @@ class GatewayConnection:
         return None
 
     async def _refuse(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> None:
-        """Refuse ``request`` (a cap, a scope, a token no longer valid): its ledger row and audit record, then
+        """Refuse ``request`` (a cap, a scope, a token no longer valid, the stop): its ledger row and audit record, then
         its error (``gateway.refusals``)."""
         self._end(await recorded_refusal(self.engine, request, context, error))
 
@@ -332,11 +339,10 @@ class GatewayConnection:
             if self._tasks.get(request.session_id) is task:
                 del self._tasks[request.session_id]
             self._cancelled.discard(task)  # type: ignore[arg-type]
-            if not self._tasks:
-                if self.shutdown is not None and self.shutdown.is_stopping:
-                    self._close(None)  # the last session of a shutdown has ended
-                else:
-                    self._quiet()
+            if self._stopped_and_idle():
+                self._close(None)  # the last session of a shutdown has ended
+            elif not self._tasks:
+                self._quiet()
 
     def _end(self, event: StreamEvent) -> None:
         """Send a session's terminal event without waiting (nothing is sent once the connection ended it)."""
@@ -390,11 +396,16 @@ class GatewayConnection:
         self._unwatch_shutdown = None
         if self.framed.closed or not self._watching:
             return
-        if not self._tasks:
+        if self._stopped_and_idle():
             self._close(None)
             return
         assert self.shutdown is not None
         self._unwatch_grace = self.shutdown.after_grace(self._grace_over)
+
+    def _stopped_and_idle(self) -> bool:
+        """Shutdown began and the connection has nothing left to end: no session, no refusal being recorded."""
+        stopping = self.shutdown is not None and self.shutdown.is_stopping
+        return stopping and not self._tasks and not self._refusing
 
     def _grace_over(self) -> None:
         self._unwatch_grace = None

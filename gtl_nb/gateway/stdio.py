@@ -15,6 +15,7 @@ from gtl_nb.engine.credentials import CredentialResolver
 from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.listeners import Shutdown
+from gtl_nb.gateway.refusals import recordings_of
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.connection import GTLConnection
@@ -53,4 +54,7 @@ async def serve_stdio(
         finally:
             await channel.aclose()
     finally:
-        await engine.aclose()
+        try:
+            await recordings_of(engine).settle()  # the refusals' rows go in before the ledger closes
+        finally:
+            await engine.aclose()

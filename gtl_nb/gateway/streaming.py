@@ -3,7 +3,8 @@
 
 * ``collect_session`` runs a session to its end for a one-shot answer; a client that disconnects first
   cancels it (``"the client"``), and so does a shutdown that cancels the waiting task. A session the
-  runner refuses at a cap (``OverloadedError``) has its ledger row written before the error is raised.
+  runner refuses before it starts (``gateway.refusals.REFUSED_BEFORE_START``: a cap, the stop) has its
+  ledger row written before the error is raised.
 * ``stream_session`` runs a response writer (``pump``) beside the session; whichever side ends first,
   the other is stopped, and the session's ledger row is complete before the response task returns.
 * ``EventOutbox`` carries the events from the session to the writer in batches: what one upstream
@@ -20,8 +21,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import GTLError, OverloadedError
+from gtl_nb.protocol.errors import GTLError
 from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
 
 __all__ = ["EventOutbox", "Running", "SessionRunner", "collect_session", "disconnected", "stream_session"]
@@ -51,8 +53,8 @@ class SessionRunner(Protocol):
     ) -> Running: ...
 
     async def refused(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> Error:
-        """Record a request ``start`` refused at a cap (``OverloadedError``): its ledger row and audit record
-        (``gateway.refusals``); returns its error event."""
+        """Record a request ``start`` refused (``REFUSED_BEFORE_START``: a cap, the stop): its ledger row and
+        audit record (``gateway.refusals``); returns its error event."""
         ...
 
 
@@ -121,10 +123,10 @@ async def collect_session(
     receive: Callable[[], Awaitable[Any]],
 ) -> None:
     """Run one session to its end, handing each event to ``deliver`` (see the module docstring).
-    ``OverloadedError`` when the runner refused it at a cap — its ledger row written already."""
+    ``REFUSED_BEFORE_START`` when the runner refused it (a cap, the stop) — its ledger row written already."""
     try:
         running = sessions.start(request, context, deliver)
-    except OverloadedError as exc:
+    except REFUSED_BEFORE_START as exc:
         await sessions.refused(request, context, exc)
         raise
     watching = asyncio.ensure_future(disconnected(receive))

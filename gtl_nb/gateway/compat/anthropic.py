@@ -23,6 +23,7 @@ from gtl_nb.gateway.compat.anthropic_request import messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
@@ -88,6 +89,8 @@ def refusal(exc: GTLError) -> Reply:
         return error_reply(exc.to_event(), status=413, kind="request_too_large")
     if isinstance(exc, OverloadedError):  # the caller's own sessions at their cap: a 429 (RateLimitError), not a 529
         return error_reply(exc.to_event(), status=429, kind="rate_limit_error")
+    if isinstance(exc, GatewayStopping):  # the gateway is stopping: 503 (ServiceUnavailableError, retried)
+        return error_reply(exc.to_event(), status=503, kind="api_error")
     return error_reply(exc.to_event())
 
 
@@ -125,7 +128,7 @@ class AnthropicEndpoints:
             )
         try:
             transcript = await collect(self.sessions, message, context, request.receive)
-        except OverloadedError as exc:  # refused before it started (the principal's sessions at their cap)
+        except REFUSED_BEFORE_START as exc:  # refused before it started (the principal's cap, the stop)
             exc.session_id = session_id
             return refusal(exc)
         if transcript.done is None:

@@ -33,6 +33,7 @@ from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
@@ -130,6 +131,8 @@ def refusal(exc: GTLError) -> Reply:
         return error_reply(exc.to_event(), status=400, code="request_too_large")
     if isinstance(exc, OverloadedError):  # the caller's own sessions at their cap: a 429 (RateLimitError), not a 503
         return error_reply(exc.to_event(), status=429, kind="requests", code="too_many_sessions")
+    if isinstance(exc, GatewayStopping):  # the gateway is stopping: 503, which the SDK retries (another replica)
+        return error_reply(exc.to_event(), status=503, code="shutting_down")
     return error_reply(exc.to_event(), param=exc.param if isinstance(exc, FieldError) else None)
 
 
@@ -170,7 +173,7 @@ class OpenAIEndpoints:
             )
         try:
             transcript = await collect(self.sessions, chat.request, context, request.receive)
-        except OverloadedError as exc:  # refused before it started (the principal's sessions at their cap)
+        except REFUSED_BEFORE_START as exc:  # refused before it started (the principal's cap, the stop)
             exc.session_id = session_id
             return refusal(exc)
         if transcript.done is None:

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.compat.reply import Reply, retried_already
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START
 from gtl_nb.gateway.streaming import EventOutbox, Running, SessionRunner, collect_session, stream_session
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import GTLError, OverloadedError
+from gtl_nb.protocol.errors import GTLError
 from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Status, StreamEvent
 from gtl_nb.protocol.session import Transcript, is_failover
 
@@ -97,7 +98,7 @@ class StreamedSession:
         outbox = EventOutbox()  # a slow client holds the engine back once its high-water mark is reached
         try:
             running = self.sessions.start(self.request, self.context, outbox.put, drain=outbox.drain)
-        except OverloadedError as exc:  # the principal's sessions are at their cap: nothing started
+        except REFUSED_BEFORE_START as exc:  # the principal's sessions at their cap, or the stop: nothing started
             await self.sessions.refused(self.request, self.context, exc)  # (its ledger row and audit record)
             exc.session_id = self.request.session_id
             await self.refused(exc)(scope, receive, send)
