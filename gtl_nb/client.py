@@ -1441,7 +1441,7 @@ def _content_parts(parts: list[Any], role: Any) -> dict[str, Any]:
             image = part.get("image_url", part.get("url"))
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str) or not url:
-                raise InvalidRequestError(f"an image part needs a URL (https: or data:), not {_short(part)}")
+                raise InvalidRequestError(f"an image part needs a URL (https:, http: or data:), not {_short(part)}")
             pieces.append(("image", url))
         else:
             raise InvalidRequestError(

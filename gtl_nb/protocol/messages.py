@@ -77,13 +77,17 @@ IMAGE_URL_SCHEMES = ("https:", "data:")
 
 
 def image_url_refusal(url: str) -> str | None:
-    """Why ``url`` cannot be an image's URL, or ``None``: only ``https:`` and ``data:`` URLs are (an
-    ``ftp:``, ``file:`` or plain ``http:`` URL would be forwarded for the provider to refuse, or fetch)."""
-    if url[:6].lower() == "https:" or url[:5].lower() == "data:":
+    """Why ``url`` cannot be an image's URL, or ``None``: only ``https:``, ``http:`` and ``data:`` URLs
+    are. The gateway fetches none (each provider is sent the URL, or refuses all but ``data:``), but an
+    ``ftp:``, ``file:`` or ``javascript:`` URL is no image a provider's API takes, and a server that
+    fetches URLs for its model (an OpenAI-compatible one on a private network) must not be handed a
+    ``file:`` one; plain ``http:`` is what such a local server often serves its images over."""
+    head = url[:6].lower()
+    if head == "https:" or head[:5] in ("http:", "data:"):
         return None
     scheme, colon, _ = url.partition(":")
     shown = f"{scheme[:20]}:" if colon and scheme.isascii() and scheme.isalnum() else repr(url[:20])
-    return f"an image URL must be https: or data: (base64), not {shown}"
+    return f"an image URL must be https:, http: or data: (base64), not {shown}"
 
 
 class ToolCall(msgspec.Struct, frozen=True):

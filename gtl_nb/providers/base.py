@@ -442,7 +442,7 @@ def path_segment(value: str, what: str = "model") -> str:
 
 def split_data_url(url: str) -> tuple[str, str] | None:
     """``data:image/png;base64,AAAA`` → ``("image/png", "AAAA")``; ``None`` for other URLs."""
-    if not url.startswith("data:"):
+    if url[:5].lower() != "data:":  # (a scheme is case-insensitive: DATA: too)
         return None
     head, sep, data = url[5:].partition(",")
     if not sep:

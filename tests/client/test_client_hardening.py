@@ -80,11 +80,11 @@ BAD_ARGUMENTS = {
     "max_tokens 10**30": ({"messages": "hi", "max_tokens": 10**30}, "max_tokens must be at most 2,147,483,647"),
     "an ftp: image URL": (
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://x/y.png"}}]}]},
-        "messages[0] (role 'user'): an image URL must be https: or data: (base64), not ftp:",
+        "messages[0] (role 'user'): an image URL must be https:, http: or data: (base64), not ftp:",
     ),
     "a file: image in images": (
         {"messages": [{"role": "user", "content": "x", "images": ["file:///etc/passwd"]}]},
-        "an image URL must be https: or data: (base64), not file:",
+        "an image URL must be https:, http: or data: (base64), not file:",
     ),
     "temperature past a float's range": ({"messages": "hi", "temperature": 10**400}, "from 0 to 2, not 1000000"),
     "top_p past the digits an int shows": ({"messages": "hi", "top_p": 10**5000}, "from 0 to 1, not <int too long"),

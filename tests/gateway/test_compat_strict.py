@@ -164,6 +164,28 @@ def test_a_token_bias_or_audio_settings_are_refused_not_dropped(oai):
     assert caught.value.param == "audio"
 
 
+def test_server_side_features_that_would_change_the_answer_are_refused_not_dropped(oai, claude, backends):
+    before = sent(backends)
+    moderation = {"model": "omni-moderation-latest", "policy": {"output": {"mode": "block"}}}
+    with pytest.raises(openai.BadRequestError, match="runs no moderation") as caught:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), extra_body={"moderation": moderation})
+    assert caught.value.param == "moderation"
+    for name, value, said in (
+        ("thread", {"type": "continue", "previous_message_id": "msg_x"}, "send the whole conversation"),
+        ("compaction", {"type": "enabled"}, "compaction requests are not served"),
+        ("fallbacks", "default", "fallback models are not tried"),
+    ):
+        with pytest.raises(anthropic.BadRequestError, match=f"{name}: .*{said}"):
+            claude.messages.create(model=target("anthropic"), max_tokens=10, messages=USER, extra_body={name: value})
+    assert sent(backends) == before
+    # null is no request for them
+    answer = claude.messages.create(
+        model="echo", max_tokens=10, messages=USER, extra_body={"thread": None, "compaction": None, "fallbacks": None}
+    )
+    assert answer.content
+    assert oai.chat.completions.create(model="echo", messages=chat(), extra_body={"moderation": None}).choices
+
+
 def test_every_refusal_of_what_a_request_asks_leaves_one_row(oai, claude, backends, ledger_path):
     """A request refused for what it asks — here fields refused before this change too — is a completion
     request its caller sent: one row, as a budget or scope refusal has, under the id its answer names."""
@@ -226,14 +248,15 @@ def test_max_tokens_above_the_models_own_limit_is_refused_before_it_is_sent(oai,
 # -- image URLs --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", ["ftp://x/y.png", "http://example.com/y.png", "file:///etc/passwd"])
-def test_an_image_url_neither_https_nor_data_is_refused_naming_its_path(
+@pytest.mark.parametrize("url", ["ftp://x/y.png", "file:///etc/passwd", "javascript:alert(1)"])
+def test_an_image_url_neither_https_http_nor_data_is_refused_naming_its_path(
     oai, claude, backends, ledger_path, base_url, url
 ):
     before = sent(backends)
     scheme = url.split(":")[0]
     parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
-    with pytest.raises(openai.BadRequestError, match=f"must be https: or data: .base64., not {scheme}:") as caught:
+    refused = f"must be https:, http: or data: .base64., not {scheme}:"
+    with pytest.raises(openai.BadRequestError, match=refused) as caught:
         oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": parts}])
     assert caught.value.param == "messages[0].content[1].image_url.url"
     one_refusal_row(ledger_path, caught.value)
@@ -247,12 +270,13 @@ def test_an_image_url_neither_https_nor_data_is_refused_naming_its_path(
     answered = httpx.post(
         f"{base_url}/v1/gtl", json={**gtl, "messages": [{"role": "user", "content": "x", "images": [url]}]}
     )
-    assert answered.status_code == 400 and "an image URL must be https: or data:" in answered.text
+    assert answered.status_code == 400 and "an image URL must be https:, http: or data:" in answered.text
     assert sent(backends) == before
 
 
-def test_https_and_data_image_urls_still_reach_the_provider(oai, backends):
-    for url in ("https://example.com/y.png", PIXEL_URL):
+def test_https_http_and_data_image_urls_still_reach_the_provider(oai, backends):
+    # http: too: an OpenAI-compatible server on a private network fetches images from its neighbours
+    for url in ("https://example.com/y.png", "http://images.internal/y.png", PIXEL_URL, "DATA:" + PIXEL_URL[5:]):
         parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
         assert oai.chat.completions.create(
             model=target("openai"), messages=[{"role": "user", "content": parts}]

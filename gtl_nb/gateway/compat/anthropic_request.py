@@ -35,6 +35,8 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   automatic caching) → on the last message. A marker other than ``{"type": "ephemeral"}`` is refused
   (400). A marker's ``ttl`` (``"5m"`` or ``"1h"``) is GTL's ``cache_ttl``; a message several markers
   fall on keeps the longest-lived. One on a tool definition is accepted and ignored.
+* ``thread``, ``compaction`` and ``fallbacks`` (Anthropic's server-side state, summaries and fallback models)
+  are refused (400) unless null: ignored, they would change what the answer is an answer to.
 * ``IGNORED`` (``top_k``, ``metadata``, ``thinking``, ``service_tier``, ``context_management``…) is
   accepted and ignored: each tunes, labels or bills the call (Claude Code sends ``context_management``
   with every request), and none changes what the answer must be.
@@ -77,7 +79,7 @@ MAPPED = frozenset(
     }
 )
 """The Messages fields that reach the GTL request."""
-REFUSED = frozenset({"mcp_servers"})
+REFUSED = frozenset({"mcp_servers", "thread", "compaction", "fallbacks"})
 """The fields refused when they ask what GTL cannot give (MCP servers the provider would call itself)."""
 IGNORED = frozenset(
     {
@@ -89,18 +91,23 @@ IGNORED = frozenset(
         "speed",
         "container",  # the code-execution tool's container: server tools are refused anyway
         "context_management",
-        "compaction",
         "diagnostics",
         "user_profile_id",
         "workspace_id",
         "billing_policy",
-        "fallbacks",
         "fallback_credit_token",
-        "thread",
     }
 )
 """The fields accepted and ignored: each tunes, labels or bills the call; the answer is still the answer."""
 _KNOWN = MAPPED | REFUSED | IGNORED
+_SERVER_SIDE = {
+    "thread": "server-held conversation state is not kept by this gateway: send the whole conversation in messages",
+    "compaction": "compaction requests are not served by this gateway: send the conversation as it is",
+    "fallbacks": "server-side fallback models are not tried by this gateway: name the model to answer",
+}
+"""Fields of Anthropic's own server-side features, refused unless null: ignored, the model would see only the
+new turn (``thread``), answer instead of summarising (``compaction``), or decline where a fallback would
+answer (``fallbacks``)."""
 _GTL_FIELDS = frozenset({"providers", "provider", "session_id", "reasoning", "cache", "type"})
 """GTL's own request fields, which a caller of the Anthropic SDK might send in ``extra_body``."""
 
@@ -144,6 +151,9 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
     if fields.items(body, "mcp_servers", "mcp_servers"):
         # the MCP connector's tools run at Anthropic; ignored, the model would answer without them
         raise FieldError("mcp_servers", "server-side MCP tools are not supported; declare custom tools instead")
+    for name, why in _SERVER_SIDE.items():  # each would change the answer, or what it is an answer to
+        if body.get(name) is not None:
+            raise FieldError(name, why)
     stop = _stop_sequences(fields.items(body, "stop_sequences", "stop_sequences"))
     return CompletionRequest(
         session_id=session_id,

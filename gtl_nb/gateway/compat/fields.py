@@ -47,7 +47,7 @@ def did_you_mean(name: str, known: Collection[str]) -> str | None:
 def image_url(value: Any, where: str) -> str:
     """An image's URL: a non-empty ``https:`` or ``data:`` URL (``protocol.messages.image_url_refusal``)."""
     if not isinstance(value, str) or not value:
-        raise FieldError(where, "an image needs a URL (https: or data:)")
+        raise FieldError(where, "an image needs a URL (https:, http: or data:)")
     refused = image_url_refusal(value)
     if refused is not None:
         raise FieldError(where, refused)

@@ -83,7 +83,17 @@ MAPPED = frozenset(
 )
 """The Chat Completions fields that reach the GTL request."""
 REFUSED = frozenset(
-    {"n", "logprobs", "top_logprobs", "modalities", "audio", "web_search_options", "functions", "function_call"}
+    {
+        "n",
+        "logprobs",
+        "top_logprobs",
+        "modalities",
+        "audio",
+        "web_search_options",
+        "functions",
+        "function_call",
+        "moderation",
+    }
 )
 """The fields refused when they ask what GTL cannot give (``n`` other than 1, ``logprobs: true``, audio…);
 their neutral values (``n: 1``, ``logprobs: false``, ``modalities: ["text"]``, ``null``) are accepted."""
@@ -104,7 +114,6 @@ IGNORED = frozenset(
         "prompt_cache_key",
         "prompt_cache_retention",
         "prompt_cache_options",
-        "moderation",
     }
 )
 """The fields accepted and ignored: each tunes, labels or bills the call; the answer is still the answer."""
@@ -163,6 +172,9 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         # an app asking for audio reads message.audio: answered in text only, it would find None there
         raise FieldError("modalities", 'the gateway answers in text only; modalities must be ["text"]')
     _refuse_logprobs(body)
+    if fields.obj(body, "moderation", "moderation") is not None:
+        # OpenAI's moderation of the input and output: ignored, a blocked answer would be given unblocked
+        raise FieldError("moderation", "the gateway runs no moderation; leave moderation out")
     if fields.obj(body, "web_search_options", "web_search_options") is not None:
         # a search model's server-side search: ignored, the model would answer without searching
         raise FieldError("web_search_options", "the gateway runs no web search; leave web_search_options out")
