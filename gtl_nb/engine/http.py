@@ -232,10 +232,11 @@ class HttpRunner:
                     if type(batch[-1]) is Error:
                         return
             closing = decoder.close()
-            if lost or getattr(decoder, "ended_early", False):
+            ended_early = getattr(decoder, "ended_early", False)
+            if lost or ended_early:
                 # the detail is the gateway operator's to read (a WARNING); embedded, the user's, on demand
                 level = logging.INFO if self.names_upstream else logging.WARNING
-                closing = _cut_short(closing, deployment, received, lost, level)
+                closing = _cut_short(closing, deployment, received, lost, level, ended_early)
             pending, batch = _held_back(closing, pending, deployment)
             if last:
                 batch = last + batch
@@ -345,8 +346,12 @@ class _ReadDeadline:
         task.cancel()
 
 
+_CUT_CODES = frozenset({"PROVIDER_UNAVAILABLE", "INTERNAL"})
+"""What a decoder calls a body it cannot read to the end (a truncated JSON body, a broken event)."""
+
+
 def _cut_short(
-    events: list[StreamEvent], deployment: Deployment, received: int, lost: bool, level: int
+    events: list[StreamEvent], deployment: Deployment, received: int, lost: bool, level: int, ended_early: bool
 ) -> list[StreamEvent]:
     """The events the decoder gave at the end of a body that ended before the answer's end — its
     connection ``lost``, or a whole body without the answer's end (``ended_early``) — with its error
@@ -357,7 +362,10 @@ def _cut_short(
     read. That detail goes to the log, at ``level``."""
     worded: list[StreamEvent] = []
     for event in events:
-        if type(event) is Error:
+        # the decoder's own finding — the answer's end missing (``ended_early``), or a body the cut left
+        # unreadable — not an error the provider sent and the close flushed (an ``overloaded_error`` event
+        # without its blank line keeps its code, retry and words)
+        if type(event) is Error and (ended_early or event.code in _CUT_CODES):
             log.log(level, "deployment %s: the answer ended early: %s", deployment.name, event.message)
             how = "the connection closed" if lost else "its response ended, without the answer's end,"
             event = msgspec.structs.replace(

@@ -370,7 +370,17 @@ class _ConnectionGuard:
     """
 
     def __init__(self, cap: int, trusted: TrustedProxies | None = None, listener_cap: int = 0) -> None:
-        self.cap = cap
+        # one address may hold at most half the listener's share: else, under a low descriptor limit
+        # (ulimit -n 1024 leaves a share of ~240 against a cap of 256), one client fills the listener
+        self.cap = min(cap, max(1, listener_cap // 2)) if listener_cap else cap
+        if self.cap < cap:
+            log.warning(
+                "one address may hold %d connections, not max_connections_per_address (%d): half this "
+                "listener's share of the descriptors (%d; raise the descriptor limit or [gateway] max_connections)",
+                self.cap,
+                cap,
+                listener_cap,
+            )
         self.trusted = trusted or TrustedProxies()
         self.listener_cap = listener_cap
         """Connections the whole listener may hold (its share of ``max_connections``; 0: no bound)."""
@@ -767,8 +777,9 @@ def _protocol_classes(
 def _raw_response(status: int, error: GTLError) -> bytes:
     """A whole response carrying one GTL error, closing the connection, for the protocol to write itself."""
     body = encode(error.to_event(""))
+    wait = f"retry-after: {math.ceil(error.retry_after)}\r\n" if error.retry_after is not None else ""
     head = (
-        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n{wait}"
         f"{VERSION_HEADER}: {SPOKEN}\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body

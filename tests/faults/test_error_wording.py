@@ -174,8 +174,9 @@ _WHOLE_BUT_UNFINISHED = {
 
 
 @contextlib.contextmanager
-def _answering(body: str) -> Iterator[str]:
-    """A loopback server answering every POST with ``body`` as a whole server-sent-event stream."""
+def _answering(body: str, announced: int | None = None) -> Iterator[str]:
+    """A loopback server answering every POST with ``body`` as a whole server-sent-event stream (or, with
+    ``announced`` longer than it, a stream whose connection closes before its length)."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -183,7 +184,8 @@ def _answering(body: str) -> Iterator[str]:
             data = body.encode()
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
-            self.send_header("content-length", str(len(data)))
+            self.send_header("content-length", str(announced or len(data)))
+            self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
 
@@ -212,6 +214,21 @@ def test_a_whole_body_without_the_answers_end_is_worded_alike(provider):
     expected = "deployment 'up' ended its answer early (its response ended, without the answer's end, after "
     assert raised.value.message.startswith(expected), raised.value.message
     assert raised.value.code == "PROVIDER_UNAVAILABLE" and raised.value.retryable
+
+
+def test_a_providers_own_error_at_the_end_of_a_cut_body_keeps_its_code_and_words():
+    """An ``error`` event the provider sent, left unterminated at the body's end (no blank line after
+    it), is the provider's answer — flushed by the decoder's close — not the decoder's finding that
+    the answer was cut: it keeps its code, retryability and (embedded) its words."""
+    body = _WHOLE_BUT_UNFINISHED["anthropic"] + (
+        'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded CANARY"}}'
+    )
+    with _answering(body, announced=len(body) + 100) as url:  # the connection closes short of its length
+        settings = {"type": "anthropic", "api_key": SIM_KEY, "base_url": url}
+        client = gtl_nb.connect(providers={"up": settings}, routing={"retry": {"max_attempts": 1}}, environ={})
+        with client, pytest.raises(GTLError) as raised:
+            client.complete(f"up:{PROVIDERS['anthropic']}", "hi")
+    assert raised.value.code == "OVERLOADED" and "Overloaded CANARY" in raised.value.message, raised.value
 
 
 # -- 2. the provider's account text ----------------------------------------------------------------

@@ -30,3 +30,13 @@ def test_every_listener_keeps_at_least_one_connection():
 def test_the_grpc_server_caps_its_connections_at_its_share():
     options = dict(server_options(Limits(max_connections=1000, tcp_listeners=2)))
     assert options["grpc.max_allowed_incoming_connections"] == listener_share(1000, 2)  # 500, or less under a low limit
+
+
+def test_one_address_holds_at_most_half_its_listeners_share(caplog):
+    from gtl_nb.gateway.http import _ConnectionGuard
+
+    assert _ConnectionGuard(256, listener_cap=10_000).cap == 256
+    with caplog.at_level("WARNING", logger="gtl_nb"):
+        assert _ConnectionGuard(256, listener_cap=240).cap == 120  # ulimit -n 1024, two TCP listeners
+    assert "not max_connections_per_address (256)" in caplog.text
+    assert _ConnectionGuard(256).cap == 256 and _ConnectionGuard(256, listener_cap=1).cap == 1

@@ -237,8 +237,9 @@ def gateway_max_connections(tmp_path, config, **_):
             for number in range(4):
                 sock, answer = _healthz_from(url, f"127.0.0.{2 + number}")
                 opened.append(sock)
-                answers.append(answer.split(b"\r\n", 1)[0])
-            assert answers[:3] == [b"HTTP/1.1 200 OK"] * 3 and answers[3].startswith(b"HTTP/1.1 503")
+                answers.append(answer)
+            assert [answer.split(b"\r\n", 1)[0] for answer in answers[:3]] == [b"HTTP/1.1 200 OK"] * 3
+            assert answers[3].startswith(b"HTTP/1.1 503") and b"\r\nretry-after: 1\r\n" in answers[3].lower()
             with gtl_nb.connect(served.url("grpc")) as other_listener:  # its own share is untouched
                 assert other_listener.complete("echo", "still served").text
         finally:
