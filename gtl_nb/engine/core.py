@@ -66,7 +66,7 @@ from gtl_nb.engine.hooks import (
 )
 from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
-from gtl_nb.engine.ratelimit import BudgetConfig
+from gtl_nb.engine.ratelimit import BudgetConfig, counts_against_budgets
 from gtl_nb.engine.routing import EMBEDDED, GATEWAY, GATEWAY_LIST, Router, Target, Visible
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
@@ -643,8 +643,8 @@ class Engine:
                     )
                 )
             except GTLError as exc:
-                for reservation in held:  # nothing was used: the earlier counters get their room back
-                    await self._settle(reservation, None)
+                for reservation in held:  # refused: the earlier counters count it no more than the refusing one
+                    await self._settle(reservation, None, counted=False)
                 return None, exc.to_event(request.session_id)
         return tuple(held), None
 
@@ -714,14 +714,17 @@ class Engine:
                     log.exception("ledger: could not complete row %s", row)
             else:
                 work.append(self._ledger_finish(row, record, fields))
+        # refused before any provider was called (no deployment: ``ratelimit``'s "What counts"): the
+        # reservations are given back, as the SQLite counter skips such a row of a process without budgets
+        counted = counts_against_budgets(fields["status"], fields.get("deployment"))
         # in-process counters never wait: settled directly, a cancellation cannot come in between
         settle_now = not work and _never_waits(self.stores.budgets)
         if not settle_now:
-            work.extend(self._settle(held, usage) for held in reservation or ())
+            work.extend(self._settle(held, usage, counted=counted) for held in reservation or ())
         try:
             if settle_now:
                 for held in reservation or ():
-                    await self._settle(held, usage)
+                    await self._settle(held, usage, counted=counted)
             elif work:
                 # a cancellation must not lose the row's completion: the write runs as a task of its own;
                 # the caller hears of the end once it has landed, so a reader right after sees the row
@@ -747,7 +750,15 @@ class Engine:
         except Exception:
             log.exception("ledger: could not complete row %s", row)
 
-    async def _settle(self, reservation: Reservation, usage: Usage | None) -> None:
+    async def _settle(self, reservation: Reservation, usage: Usage | None, *, counted: bool = True) -> None:
+        """Settle the reservation with what was used, or give it back whole when the request does not
+        count (``ratelimit.counts_against_budgets``)."""
+        if not counted:
+            try:
+                await self.stores.budgets.release(reservation)
+            except Exception:
+                log.exception("budgets: could not give back the reservation of %s", reservation.principal)
+            return
         tokens = cost = None
         if usage is not None and not usage.cache_hit:
             tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0)

@@ -21,6 +21,19 @@ limits (another process sharing the counters, or a later configuration, may enfo
 budgets were read from the ledger, which records every request). ``refusal`` below is the one decision every
 ``BudgetCounter`` makes, from the counted requests of the last minute and the money spent today.
 
+**What counts** (``counts_against_budgets``, ``UNCOUNTED_ROW_SQL``): a request ends counted unless it
+ended — ``error`` or ``cancelled`` — with no deployment chosen for it, which is exactly a ledger row
+with no ``deployment``: refused before any provider was called (by the gateway — a scope, a session
+cap, a body refused field by field, a stopping gateway —, by a budget, by a token's allow-lists, by
+routing, or with every circuit open), or cancelled before routing chose. The engine gives such a
+request's reservation back (``BudgetCounter.release``), and the SQLite counter that also reads the
+ledger skips such rows, so every counter counts the same requests. A row that names a deployment
+counts, whatever its end: the provider was called (a provider's own refusal included: calls it
+refuses still spend the gateway's quota with it), answered from the cache or another session's call,
+or refused by the engine just before a call it would have made (a ``max_tokens`` above the catalog's
+limit, stop sequences its API refuses, a deployment whose key is missing) — the row cannot tell
+these apart from a provider's own refusal.
+
 **Overshoot bound** (tokens per minute and USD per day). A request is admitted while the counted
 total is below the limit, as before; its estimate is then counted. The counted total therefore
 stays below ``limit + e`` (``e``: the estimate of the request admitted last), and what was really
@@ -246,6 +259,17 @@ class Spend(NamedTuple):
 
     time: float
     tokens: int
+
+
+def counts_against_budgets(status: str, deployment: str | None) -> bool:
+    """Whether a request whose ledger row ends with ``status`` and ``deployment`` counts against
+    budgets (module docstring, "What counts"): not when it ended ``error`` or ``cancelled`` with no
+    deployment chosen for it. ``UNCOUNTED_ROW_SQL`` is the same rule on a ledger row."""
+    return deployment is not None or status not in ("error", "cancelled")
+
+
+#: ``counts_against_budgets``'s refusal in SQL: the ledger rows (``requests``) budgets never count.
+UNCOUNTED_ROW_SQL = "(status IN ('error', 'cancelled') AND deployment IS NULL)"
 
 
 def horizon(now: float) -> float:

@@ -55,3 +55,34 @@ def test_a_member_is_held_to_both_its_own_limits_and_the_tenants():
     refused = run(engine, "ana", "acme", 2)  # ana's own limit, though the tenant has room
     assert isinstance(refused, Error) and refused.code == "RATE_LIMIT"
     assert isinstance(run(engine, "bo", "acme", 3), Done)  # the tenant's room is still there for bo
+
+
+def test_a_member_its_tenant_refuses_keeps_its_own_room():
+    """The tenant's refusal gives the member's own reservation back whole: a refused request counts
+    for no one (``ratelimit``'s "What counts")."""
+    engine = engine_with(
+        {"users": {"ana": {"requests_per_minute": 1}}, "tenants": {"acme": {"requests_per_minute": 1}}}
+    )
+    assert isinstance(run(engine, "bo", "acme", 1), Done)  # the tenant's one request
+    refused = run(engine, "ana", "acme", 2)
+    assert isinstance(refused, Error) and refused.code == "RATE_LIMIT" and "acme" in refused.message
+    assert isinstance(run(engine, "ana", None, 3), Done)  # her own one request is still hers
+
+
+def test_a_request_routing_refuses_uses_none_of_the_budget():
+    """No deployment was chosen (an unknown one named), so no provider was called: the reservation
+    made before routing decided is given back."""
+    engine = engine_with({"requests_per_minute": 1, "usd_per_day": 1.0})
+    for n in range(3):
+        request = CompletionRequest(
+            session_id=f"s-{n}", model="nowhere:gpt-4o-mini", messages=[Message(role="user", content="hi")]
+        )
+
+        async def refused(request: CompletionRequest = request) -> Done | Error:
+            events = [event async for event in engine.stream(request, context=RequestContext(principal="ana"))]
+            return events[-1]
+
+        end = asyncio.run(refused())
+        assert isinstance(end, Error) and end.code == "MODEL_NOT_FOUND"
+    assert isinstance(run(engine, "ana", None, 4), Done)
+    assert isinstance(run(engine, "ana", None, 5), Error)  # and the one answered counts

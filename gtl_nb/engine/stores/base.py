@@ -60,7 +60,8 @@ class BudgetCounter(Protocol):
 
     ``reserve`` checks the limits and counts the request in one atomic step (so two callers at the
     same instant cannot both pass the last slot); tokens and cost are counted as the given estimate
-    and replaced by the actual figures at ``settle``. A refused request is not counted.
+    and replaced by the actual figures at ``settle``. A refused request is not counted, nor one
+    whose reservation is given back (``release``).
     """
 
     async def reserve(
@@ -83,6 +84,12 @@ class BudgetCounter(Protocol):
         self, reservation: Reservation, *, tokens: int | None, cost: float | None, now: float | None = None
     ) -> None:
         """Replace the estimate with what the request used (``None``: unknown, keep the estimate)."""
+        ...
+
+    async def release(self, reservation: Reservation) -> None:
+        """Take the reservation back whole — the request, its tokens and its cost: the request was
+        refused before any provider was called (``ratelimit.counts_against_budgets``), so it counts
+        no more than a refused one. An unknown reservation changes nothing."""
         ...
 
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:

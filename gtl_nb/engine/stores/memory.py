@@ -320,6 +320,22 @@ class _Counts:
                 del self.days[old]
         self.days[day] = self.days.get(day, 0) + record[3]
 
+    def remove(self, record: list[Any]) -> None:
+        """Take a record out of the records and every total that counts it (``release``)."""
+        records = self.records
+        index = bisect.bisect_left(records, record[1], self.head, len(records), key=_time)
+        while records[index] is not record:  # among those of the same instant
+            index += 1
+        del records[index]
+        if index < self.cut:  # before the totals' minute: not in them
+            self.cut -= 1
+        else:
+            self.requests -= 1
+            self.tokens -= record[2]
+        day = utc_day_start(record[1])
+        if day in self.days:
+            self.days[day] -= record[3]
+
     def settle(self, record: list[Any], tokens: int | None, cost: int | None) -> None:
         """Replace a record's figures, and the totals that count it."""
         if tokens is not None:
@@ -416,6 +432,15 @@ class MemoryBudgetCounter:
                 return
             record, counts = found
             counts.settle(record, None if tokens is None else int(tokens), None if cost is None else nanos(cost))
+
+    async def release(self, reservation: Reservation) -> None:
+        """Take the reservation back whole (its request, tokens and cost): it was never sent."""
+        with self._lock:
+            found = self._by_id.pop(int(reservation.id), None)
+            if found is None:  # unknown, forgotten, or handed over to another counter
+                return
+            record, counts = found
+            counts.remove(record)
 
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
         """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal``."""

@@ -38,12 +38,12 @@ again after a dropped reply is recognised and not counted twice; a reserve whose
 cancelled is taken back once it lands, as the SQLite counter does.
 
 When Redis cannot be used (``redis_fallback``), requests are not refused for it: ``reserve``,
-``settle`` and ``usage`` go to a ``MemoryBudgetCounter`` of this process, with every limit divided
+``settle``, ``release`` and ``usage`` go to a ``MemoryBudgetCounter`` of this process, with every limit divided
 by the number of live replicas last seen (``replicas``; ``local_limits`` says how it rounds), one
 warning logged when that starts and one when Redis answers again; from then on new
 requests are counted in Redis again. A reservation made locally is settled locally (its id is the
 memory counter's integer, a Redis one is a hex string); what the local counter counted is added to
-Redis when it answers again (below). The settlement of
+Redis when it answers again (below). The settlement (or take-back: ``release``) of
 a reservation made in Redis that cannot reach it is kept (up to ``MAX_OWED``, in memory) and sent
 when Redis answers again — settling is idempotent — so the day's spend in Redis is not left at the
 estimate.
@@ -551,6 +551,30 @@ class RedisBudgetCounter:
         except RedisUnavailableError:
             self._owe(reservation.id, keys, args)
 
+    async def release(self, reservation: Reservation) -> None:
+        """Take the reservation back whole (``_UNCOUNT``): its request was never sent. A local
+        reservation is released locally; a Redis one while Redis is down is owed, as a settlement is."""
+        if isinstance(reservation.id, int):  # the memory counter's id: made while Redis was down
+            await self.local.release(reservation)
+            return
+        keys = self._keys(reservation.principal, reservation.time)
+        args = [str(reservation.id)]  # one argument: owed, it is sent as a take-back (``_send_owed``)
+        if not self.outage.usable():
+            self._owe(reservation.id, keys, args)
+            return
+        write = asyncio.ensure_future(
+            self.outage.call("taking back a reservation", lambda client: _UNCOUNT(client, keys, args))
+        )
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:  # as settle: a cancelled caller's take-back still lands
+            await asyncio.wait({write})
+            if not write.cancelled() and isinstance(write.exception(), RedisUnavailableError):
+                self._owe(reservation.id, keys, args)
+            raise
+        except RedisUnavailableError:
+            self._owe(reservation.id, keys, args)
+
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
         """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal`` (while
         Redis is down, what this replica counted locally, from its share of what Redis had counted)."""
@@ -580,7 +604,8 @@ class RedisBudgetCounter:
         self.redis.close()
 
     def _owe(self, reservation_id: str, keys: list[str], args: list[str]) -> None:
-        """Keep a settlement Redis could not take, to send when it answers (the newest figures win)."""
+        """Keep a settlement (or a take-back: ``args`` the id alone) Redis could not take, to send when
+        it answers (the newest wins)."""
         self._owed.pop(reservation_id, None)
         self._owed[reservation_id] = (keys, args)
         while len(self._owed) > MAX_OWED:
@@ -687,7 +712,10 @@ class RedisBudgetCounter:
         while self._owed:
             reservation_id, (keys, args) = next(iter(self._owed.items()))
             try:
-                await self.outage.call("settling", lambda client, keys=keys, args=args: _SETTLE(client, keys, args))
+                script = _UNCOUNT if len(args) == 1 else _SETTLE  # a take-back (``release``), or a settlement
+                await self.outage.call(
+                    "settling", lambda client, keys=keys, args=args, script=script: script(client, keys, args)
+                )
             except StoreError:
                 return  # down again (noted) or closed: the rest wait for the next recovery
             if self._owed.get(reservation_id) == (keys, args):  # unless a newer settlement replaced it meanwhile

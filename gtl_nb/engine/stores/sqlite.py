@@ -43,7 +43,17 @@ from gtl_nb.engine.ledger_writer import (
     flush_rows_of,
     release_writer,
 )
-from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
+from gtl_nb.engine.ratelimit import (
+    DAY,
+    UNCOUNTED_ROW_SQL,
+    WINDOW,
+    Limits,
+    Spend,
+    horizon,
+    refusal,
+    usage_report,
+    utc_day_start,
+)
 from gtl_nb.engine.stores.base import Reservation
 from gtl_nb.engine.stores.memory import limits_reached
 from gtl_nb.engine.stores.shared_breakers import RulesOverState, stored_json
@@ -295,7 +305,9 @@ class SqliteBudgetCounter:
     budgets, as budgets always did — so a process pays nothing for budgets it does not have, and
     one that has them still sees everybody's use of the file. Before it reads them it waits for
     the principal's rows this process's ledger writer still holds (``ledger_writer.flush_rows_of``;
-    nothing to wait for when none are queued), so queued rows count as written ones did.
+    nothing to wait for when none are queued), so queued rows count as written ones did. It skips
+    the rows of requests refused before any provider was called (``ratelimit``'s "What counts") and
+    those a reservation of the same principal and session id counts already.
     """
 
     def __init__(
@@ -372,6 +384,17 @@ class SqliteBudgetCounter:
 
         await _settled(asyncio.ensure_future(asyncio.to_thread(self.db.transaction, work)))
 
+    async def release(self, reservation: Reservation) -> None:
+        """Take the reservation back whole: its row goes (the request was never sent)."""
+        if not reservation.id:
+            return
+        row_id = int(reservation.id)
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM budget_reservations WHERE id = ?", (row_id,))
+
+        await _settled(asyncio.ensure_future(asyncio.to_thread(self.db.transaction, work)))
+
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
         """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal``."""
 
@@ -411,12 +434,14 @@ class SqliteBudgetCounter:
         undo.add_done_callback(_log_failure("could not take back a cancelled reservation"))
 
 
-# Ledger rows that budgets count: not refused by a budget, and not already counted by a reservation.
+# Ledger rows that budgets count: not refused before any provider was called (``ratelimit``'s "What
+# counts": an error or cancellation with no deployment — a budget's refusal too), and not counted
+# already by a reservation — the principal's own: clients choose session ids, so another principal's
+# reservation of the same id must neither hide the row nor be hidden by it.
 _UNRESERVED_LEDGER_ROWS = (
-    "FROM requests WHERE user = ? AND time >= ? "
-    "AND NOT (status = 'error' AND deployment IS NULL "
-    "AND COALESCE(error_code, '') IN ('RATE_LIMIT', 'BUDGET_EXCEEDED')) "
-    "AND NOT EXISTS (SELECT 1 FROM budget_reservations r WHERE r.session_id = requests.session_id)"
+    f"FROM requests WHERE user = ? AND time >= ? AND NOT {UNCOUNTED_ROW_SQL} "
+    "AND NOT EXISTS (SELECT 1 FROM budget_reservations r "
+    "WHERE r.session_id = requests.session_id AND r.principal = requests.user)"
 )
 _LEDGER_TOKENS = "CASE WHEN cache_hit OR coalesced THEN 0 ELSE COALESCE(tokens_in, 0) + COALESCE(tokens_out, 0) END"
 

@@ -175,6 +175,36 @@ def test_settling_an_unknown_reservation_changes_nothing(counter: BudgetCounter)
     assert run(scenario())["tokens_last_minute"] == 5
 
 
+def test_a_released_reservation_counts_nothing(counter: BudgetCounter):
+    """``release``: a request refused before any provider was called gives back its request, its tokens
+    and its cost — one still in the minute's totals, and one that left them but is in the day's."""
+    limits = Limits(requests_per_minute=3, tokens_per_minute=1000, usd_per_day=5.0)
+
+    async def scenario() -> list[dict[str, float]]:
+        seen = []
+        older = await counter.reserve("ann", limits, now=NOON - 90, tokens=10, cost=1.0)
+        await counter.reserve("ann", limits, now=NOON - 10, tokens=100, cost=0.5)
+        refused = await counter.reserve("ann", limits, now=NOON - 5, tokens=200, cost=0.25)
+        await counter.reserve("ann", limits, now=NOON, tokens=300, cost=0.125)
+        with pytest.raises(RateLimitError):  # three in the minute
+            await counter.reserve("ann", limits, now=NOON)
+        await counter.release(refused)
+        seen.append(await counter.usage("ann", now=NOON))
+        await counter.release(older)
+        await counter.release(older)  # twice, and an unknown one: nothing more
+        await counter.release(Reservation(987_654, "ann", 5, 5.0, NOON))
+        seen.append(await counter.usage("ann", now=NOON))
+        await counter.reserve("ann", limits, now=NOON, tokens=1)  # the place given back
+        seen.append(await counter.usage("ann", now=NOON))
+        return seen
+
+    assert run(scenario()) == [
+        {"requests_last_minute": 2, "tokens_last_minute": 400, "usd_today": 1.625},
+        {"requests_last_minute": 2, "tokens_last_minute": 400, "usd_today": 0.625},
+        {"requests_last_minute": 3, "tokens_last_minute": 401, "usd_today": 0.625},
+    ]
+
+
 # -- the SQLite implementation's own promises ------------------------------------------------------
 
 

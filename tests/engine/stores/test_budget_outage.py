@@ -332,3 +332,27 @@ def test_a_seed_counts_in_the_minute_after_it_and_in_its_day():
     assert seen[2] == {"requests_last_minute": 3, "tokens_last_minute": 50, "usd_today": pytest.approx(0.716666667)}
     assert seen[4] == "day spent"
     assert seen[5] == {"requests_last_minute": 1, "tokens_last_minute": 0, "usd_today": pytest.approx(0.55)}
+
+
+def test_a_reservation_given_back_while_redis_is_down_is_taken_back_once_it_answers(server: Any):
+    """``release`` of a Redis reservation Redis cannot hear is owed, as a settlement is, and sent as a
+    take-back: the request, its tokens and its cost leave Redis's counts."""
+    (counter,) = replicas(server.url, 1)
+    limits = Limits(requests_per_minute=10, tokens_per_minute=1000, usd_per_day=5.0)
+
+    async def scenario() -> tuple[int, dict[str, float]]:
+        await counter.replicas.beat()
+        refused = await counter.reserve("ann", limits, now=NOON, tokens=100, cost=1.0)
+        await counter.reserve("ann", limits, now=NOON + 1, tokens=5, cost=0.5)
+        server.stop()
+        await counter.release(refused)  # Redis cannot hear it: owed
+        owed = counter.owed
+        server.restart()
+        await until(lambda: counter.degraded_reason is None and counter.owed == 0, lambda: asyncio.sleep(0.02))
+        usage = await counter.usage("ann", now=NOON + 2)
+        await counter.aclose()
+        return owed, usage
+
+    owed, usage = run(scenario())
+    assert owed == 1
+    assert usage == {"requests_last_minute": 1, "tokens_last_minute": 5, "usd_today": 0.5}
