@@ -37,6 +37,23 @@ def _given(name: str) -> Callable[[Any], bool]:
     return lambda owner: bool(getattr(owner, name))  # None, False, "", [] and {}: each field's default
 
 
+def _one_call_only(request: Any) -> bool:
+    # GTL's "parallel": false inside tool_choice came after the tool_calls flag: a gateway that knew
+    # tool calls but not this read the choice and let the model make several calls
+    choice = request.tool_choice
+    return isinstance(choice, dict) and choice.get("parallel") is False
+
+
+def _interleaved(message: Any) -> bool:
+    # parts say what content and images cannot: text and images in their order, or text in several
+    # pieces; one text part (or images alone) reads the same without them
+    parts = message.parts
+    if not parts:
+        return False
+    texts = sum(1 for part in parts if getattr(part, "type", None) == "text")
+    return texts > 1 or (texts == 1 and len(parts) > 1 and getattr(parts[0], "type", None) != "text")
+
+
 def _named(message: Any) -> bool:
     # a tool result's name repeats its call's (which the history's tool_calls carry; tool_call_id needs
     # that feature already): every gateway that knew tool calls read it, and the tool runner sets it
@@ -49,6 +66,7 @@ REQUEST_FIELDS: tuple[_Field, ...] = (
     ("stop", "stop", _given("stop")),
     ("top_p", "top_p", _set("top_p")),  # 0.0 is a value asked for
     ("tool_choice", "tool_calls", _set("tool_choice")),
+    ("tool_choice.parallel", "one_tool_call", _one_call_only),
     ("response_format", "response_format", _given("response_format")),
     ("metadata", "metadata", _given("metadata")),
     ("reasoning", "reasoning", _given("reasoning")),
@@ -57,7 +75,7 @@ REQUEST_FIELDS: tuple[_Field, ...] = (
 """``completion_request``'s extension fields: (field, feature, whether the request uses it)."""
 
 MESSAGE_FIELDS: tuple[_Field, ...] = (
-    ("parts", "parts", _given("parts")),
+    ("parts", "parts", _interleaved),
     ("tool_error", "tool_error", _given("tool_error")),
     ("cache_point", "cache_point", _given("cache_point")),
     ("cache_ttl", "cache_ttl", _set("cache_ttl")),

@@ -9,8 +9,8 @@ refuses a request using one the answer did not name. The client checks the answe
 Where a session is one HTTP request (HTTP and SSE: no connection, so no hello), the versions travel as
 the spec writes its negotiation, in a ``GTL-Version`` header: the client names those it speaks
 (``GTL-Version: 1.0``), the server answers with those it supports (``GTL-Version: 1.0, 1.1``) and
-refuses a request that names none of them (``negotiate_header``); the features travel the same way,
-the gateway's in a ``GTL-Features`` header of its answers (``features_value``).
+refuses a request that names none of them (``negotiate_header``); the gateway names its features in a
+``GTL-Features`` header of its provider list's answer (``features_value``), which the client reads first.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ FEATURES: tuple[str, ...] = tuple(dict.fromkeys(FIRST_FEATURES + EXTENSION_FEATU
 VERSION_HEADER = "gtl-version"
 """The HTTP header of the spec's version negotiation (``GTL-Version``; header names ignore case)."""
 FEATURES_HEADER = "gtl-features"
-"""The HTTP header in which a gateway's GTL endpoints name the features it knows (``GTL-Features: stop,
-parts``): HTTP and SSE have no ``hello``, so the client reads them from the provider list's answer."""
+"""The HTTP header in which a gateway names the features it knows (``GTL-Features: stop, parts``), on its
+answer to ``GET /v1/gtl/providers``: HTTP and SSE have no ``hello``, so the client reads them there."""
 
 
 def _key(version: str) -> tuple[int, ...]:
@@ -111,9 +111,13 @@ def features_value(features: Iterable[str] = FEATURES) -> str:
 
 
 def features_from_header(value: str | None) -> tuple[str, ...]:
-    """The features a ``GTL-Features`` header names; none when there is no header (a gateway older than
-    it, which knew none of the negotiated extensions)."""
-    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+    """The features a ``GTL-Features`` header names; with no header, ``FIRST_FEATURES`` — a gateway older
+    than the header, which announced those flags on every transport with a ``hello`` and read their
+    fields (tool calls, reasoning, provider data) over HTTP too: refusing them here only would break a
+    tool loop over ``http://`` that works over ``ws://`` against the same gateway."""
+    if value is None:
+        return FIRST_FEATURES
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def negotiate_header(value: str, supported: Sequence[str] = SUPPORTED_VERSIONS) -> str:

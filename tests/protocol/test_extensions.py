@@ -32,6 +32,7 @@ USES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "stop": ({"stop": ["\n\n"]}, {}),
     "top_p": ({"top_p": 0.0}, {}),
     "tool_choice": ({"tool_choice": "none"}, {}),
+    "tool_choice.parallel": ({"tool_choice": {"type": "auto", "parallel": False}}, {}),
     "response_format": ({"response_format": {"type": "json_object"}}, {}),
     "metadata": ({"metadata": {"team": "a"}}, {}),
     "reasoning": ({"reasoning": True}, {}),
@@ -58,9 +59,9 @@ def test_every_field_beyond_gtl_1_0_is_an_extension_with_a_feature():
     older gateway: this fails until it has one."""
     request_fields = set(CompletionRequest.__struct_fields__) - GTL_1_0_REQUEST
     message_fields = set(Message.__struct_fields__) - GTL_1_0_MESSAGE
-    assert request_fields == {name for name, _, _ in REQUEST_FIELDS}
+    assert request_fields == {name.partition(".")[0] for name, _, _ in REQUEST_FIELDS}
     assert message_fields == {name for name, _, _ in MESSAGE_FIELDS}
-    assert set(USES) == request_fields | message_fields
+    assert set(USES) == {name for name, _, _ in REQUEST_FIELDS + MESSAGE_FIELDS}
     assert set(EXTENSION_FEATURES) <= set(FEATURES) and set(FIRST_FEATURES) <= set(FEATURES)
 
 
@@ -82,6 +83,15 @@ def test_defaults_are_no_use():
     )
     assert unsupported_field(request, ALL) is None
     assert unsupported_field(build({"stop": None}), ALL) is None
+    # parts that say no more than content and images: one text, or one text before the images
+    alone = build(message={"parts": [Part(type="text", text="hi")]})
+    assert unsupported_field(alone, ALL - {"parts"}) is None
+    then_image = build(message={"parts": [Part(type="text", text="hi"), Part(type="image", url="https://x/y.png")]})
+    assert unsupported_field(then_image, ALL) is None
+    image_first = build(message={"parts": [Part(type="image", url="https://x/y.png"), Part(type="text", text="hi")]})
+    assert unsupported_field(image_first, frozenset({"parts"})) == ("messages[1].parts", "parts")
+    # a tool choice that does not limit the calls to one is tool calling alone
+    assert unsupported_field(build({"tool_choice": {"type": "auto"}}), frozenset({"one_tool_call"})) is None
     # a tool result's name repeats its call's (the tool runner sets it): tool calling, not the name feature
     result = build(message={"role": "tool", "tool_call_id": "t1", "content": "42", "name": "f"})
     assert unsupported_field(result, ALL - {"tool_calls"}) is None
@@ -132,5 +142,7 @@ def test_an_older_client_agrees_on_the_first_features_and_what_it_sends_is_serve
 
 def test_features_header():
     assert features_from_header(features_value(FEATURES)) == FEATURES
-    assert features_from_header(None) == () == features_from_header(" , ")
-    assert missing_extensions(features_from_header(None)) == ALL
+    assert features_from_header(" , ") == ()
+    # no header: a gateway older than it, which announced (and read) the first flags everywhere
+    assert features_from_header(None) == FIRST_FEATURES
+    assert missing_extensions(features_from_header(None)) == ALL - set(FIRST_FEATURES)
