@@ -127,6 +127,8 @@ class EchoProvider:
 
 
 def _message_text(message: Message) -> str:
+    if not message.tool_calls:  # (most messages: their content alone)
+        return message.content or ""
     parts = [message.content or ""]
     parts.extend(f"{c.name}({c.arguments})" for c in message.tool_calls)
     return " ".join(p for p in parts if p)
