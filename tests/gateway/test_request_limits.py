@@ -215,3 +215,40 @@ def test_the_embedded_client_refuses_past_a_limit_with_one_row_and_serves_at_it(
         assert len(served.tool_calls) == MAX_TOOLS
     finally:
         client.close()
+
+
+# -- the answer side: echo's generated values ----------------------------------------------------------------
+
+HUGE = {  # 229 bytes of schema whose every valid value is 7.7 MB: arrays of 16 of strings of 4,096
+    "type": "object",
+    "required": ["a"],
+    "properties": {
+        "a": {
+            "type": "array",
+            "minItems": 16,
+            "items": {
+                "type": "array",
+                "minItems": 16,
+                "items": {"type": "array", "minItems": 16, "items": {"type": "string", "minLength": 4096}},
+            },
+        }
+    },
+}
+
+
+def test_echo_refuses_to_write_arguments_or_values_larger_than_its_bound(tmp_path):
+    client = gtl_nb.connect(providers={"local": {"type": "echo"}}, ledger=False, environ={})
+    try:
+        many = [Tool(name=f"f{index}", parameters=HUGE) for index in range(MAX_TOOLS)]
+        with pytest.raises(InvalidRequestError, match="tool 'f0''s parameters asks for values of 7,675,901 characters"):
+            client.complete(ECHO, "x", tools=many)
+        form = {"type": "json_schema", "json_schema": {"name": "x", "schema": HUGE}}
+        with pytest.raises(InvalidRequestError, match="response_format's schema asks for values of"):
+            client.complete(ECHO, "x", response_format=form)
+        small = {"type": "object", "required": ["a"], "properties": {"a": {"type": "string", "minLength": 100}}}
+        served = client.complete(
+            ECHO, "x", tools=[Tool(name=f"f{index}", parameters=small) for index in range(MAX_TOOLS)]
+        )
+        assert len(served.tool_calls) == MAX_TOOLS
+    finally:
+        client.close()
