@@ -87,6 +87,7 @@ from gtl_nb.protocol.errors import (
     SessionStateError,
     error_from_event,
 )
+from gtl_nb.protocol.limits import request_limit_refusal
 from gtl_nb.protocol.messages import (
     TERMINAL_EVENTS,
     CompletionRequest,
@@ -423,6 +424,9 @@ class Engine:
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = context.traced(random_hex(2))
         try:
+            over = request_limit_refusal(request)  # before any per-message work: a request of too many pieces
+            if over is not None:
+                raise InvalidRequestError(over)
             if request.tool_choice is not None:
                 check_tool_choice(request)
             targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context, request)

@@ -85,6 +85,7 @@ from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.compat.reply import try_later
 from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
+from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
@@ -1273,8 +1274,8 @@ def build_app(
             body += chunk
             if len(body) > max_body_bytes:
                 raise FrameTooLargeError(f"the body exceeds the maximum of {max_body_bytes} bytes")
-        try:
-            message = decode(bytes(body), max_bytes=max_body_bytes)
+        try:  # (a large body decoded in a thread: ``offload``)
+            message = await converted(len(body), functools.partial(decode, max_bytes=max_body_bytes), bytes(body))
         except GTLError as exc:
             exc.session_id = claimed_session_id(bytes(body))  # type: ignore[attr-defined]  # (_body_refusal's)
             raise

@@ -185,6 +185,8 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
         """The message of ``pieces`` — ``("text", text)`` and ``("image", url)`` in order — with ``fields``:
         text and images together, or several texts, keep their pieces and order in ``parts``; one text is
         the content; images alone are the images."""
+        if len(pieces) == 1 and pieces[0][0] == "text":  # the common case: one text
+            return cls(role=role, content=pieces[0][1], **fields)
         texts = [value for kind, value in pieces if kind == "text"]
         images = [value for kind, value in pieces if kind == "image"]
         if texts and len(pieces) > 1:

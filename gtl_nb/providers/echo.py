@@ -90,6 +90,7 @@ class EchoProvider:
     def generate(self, request: CompletionRequest) -> Iterator[tuple[float, StreamEvent]]:
         _refuse_malformed_tools(request)  # first: what it cannot honour fails before any event
         answer = _answer_text(request)
+        calls = _tool_calls(request)  # (before any event too: arguments too large to write are refused)
         sid = request.session_id
         tokens_in = count_message_tokens(_message_text(m) for m in request.messages)
         tokens_out = 0
@@ -100,7 +101,6 @@ class EchoProvider:
                 reasoning_tokens += 1
                 yield self.pace, Reasoning(session_id=sid, text=piece)
 
-        calls = _tool_calls(request)
         stop_sequence: str | None = None
         if calls:
             for call in calls:
@@ -127,6 +127,8 @@ class EchoProvider:
 
 
 def _message_text(message: Message) -> str:
+    if not message.tool_calls:  # (most messages: their content alone)
+        return message.content or ""
     parts = [message.content or ""]
     parts.extend(f"{c.name}({c.arguments})" for c in message.tool_calls)
     return " ".join(p for p in parts if p)
@@ -152,7 +154,7 @@ def _answer_text(request: CompletionRequest) -> str:
         if problem is not None:
             raise InvalidRequestError(problem)
         user = _last_user(request)
-        return json.dumps(example_value(asked[0], user.content or "" if user else ""), ensure_ascii=False)
+        return _bounded(example_value(asked[0], user.content or "" if user else ""), "response_format's schema", 0)
     return _prose(request)
 
 
@@ -239,11 +241,28 @@ def _tool_calls(request: CompletionRequest) -> list[ToolCall]:
     if choice is not None and not choice.parallel:
         tools = tools[:1]
     prompt = (_last_user(request) or Message(role="user", content="")).content or ""
-    return [
-        ToolCall(
-            id=f"call_echo_{index}",
-            name=tool.name,
-            arguments=json.dumps(example_value(tool.parameters, prompt), ensure_ascii=False),
+    calls: list[ToolCall] = []
+    written = 0
+    for index, tool in enumerate(tools):
+        arguments = _bounded(example_value(tool.parameters, prompt), f"tool {tool.name[:100]!r}'s parameters", written)
+        written += len(arguments)
+        calls.append(ToolCall(id=f"call_echo_{index}", name=tool.name, arguments=arguments))
+    return calls
+
+
+MAX_WRITTEN = 1 << 20
+"""Characters of generated JSON echo writes at most in one answer (tool calls' arguments together, or a
+``response_format`` value): a 229-byte schema asks for 7.7 MB of valid arguments (arrays of 16 of
+strings of ``minLength`` 4,096), and 512 tools of it would be an answer of gigabytes."""
+
+
+def _bounded(value: Any, what: str, written: int) -> str:
+    """``value`` as JSON text, unless the answer would pass ``MAX_WRITTEN`` characters with it: then
+    ``InvalidRequestError`` (a value the schema allows would be that large; echo writes no invalid one)."""
+    text = json.dumps(value, ensure_ascii=False)
+    if written + len(text) > MAX_WRITTEN:
+        raise InvalidRequestError(
+            f"{what} asks for values of {written + len(text):,} characters in all; echo writes at most "
+            f"{MAX_WRITTEN:,} (lower minItems or minLength)"
         )
-        for index, tool in enumerate(tools)
-    ]
+    return text

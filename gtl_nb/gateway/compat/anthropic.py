@@ -23,6 +23,7 @@ from gtl_nb.gateway.compat.anthropic_request import messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
@@ -108,11 +109,11 @@ class AnthropicEndpoints:
         session_id = f"msg_{unique_hex()}"
         try:
             context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request, api="anthropic")
-            body = await intake.read_json(request, self.max_bytes, dotted=True)
+            body, size = await intake.read_json(request, self.max_bytes, dotted=True)
         except GTLError as exc:
             return refusal(exc)
         try:
-            message = messages_request(body, session_id)
+            message = await converted(size, messages_request, body, session_id)  # (a large body: in a thread)
         except GTLError as exc:  # a completion request refused for what it asks: its ledger row, then the 400
             return refusal(await intake.record_refused(self.sessions, body, session_id, context, exc))
         if message.stream:

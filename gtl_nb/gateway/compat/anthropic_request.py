@@ -54,6 +54,7 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_PARTS, MAX_STOP_SEQUENCES, MAX_TOOLS
 from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TOKENS_LIMIT, CompletionRequest, Message, Tool, ToolCall
 from gtl_nb.providers.base import limited_to_one_call
 
@@ -142,6 +143,10 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         raise FieldError("model", "the model must not be empty")
     if not raw_messages:  # as Anthropic answers: at least one user turn
         raise FieldError("messages", "expected at least one message")
+    fields.at_most(raw_messages, "messages", MAX_MESSAGES, "messages")
+    raw_tools = fields.items(body, "tools", "tools")
+    if raw_tools:
+        fields.at_most(raw_tools, "tools", MAX_TOOLS, "tools")
     messages = _system(body.get("system"))
     for index, raw in enumerate(raw_messages):
         messages.extend(_turn(raw, f"messages.{index}"))
@@ -164,7 +169,7 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         temperature=fields.number(body, "temperature", "temperature", within=(0.0, 1.0)),  # Anthropic's own range
         top_p=fields.number(body, "top_p", "top_p", within=(0.0, 1.0)),
         stop=list(stop) if stop else None,
-        tools=_tools(fields.items(body, "tools", "tools")),
+        tools=_tools(raw_tools),
         tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),
         response_format=_response_format(body),
     )
@@ -175,6 +180,7 @@ def _stop_sequences(stop: list[Any] | None) -> list[str] | None:
     whitespace in it (its API names no limit on how many)."""
     if stop is None:
         return None
+    fields.at_most(stop, "stop_sequences", MAX_STOP_SEQUENCES, "stop sequences")
     if not all(isinstance(item, str) for item in stop):
         raise FieldError("stop_sequences", "expected an array of strings")
     if any(not item for item in stop):
@@ -206,6 +212,7 @@ def _system(raw: Any) -> list[Message]:
         return [Message(role="system", content=raw)] if raw else []
     if not isinstance(raw, list):
         raise FieldError("system", "expected a string or an array of text blocks")
+    fields.at_most(raw, "system", MAX_PARTS, "text blocks")
     texts = []
     for index, block in enumerate(raw):
         kind = _kind(block, f"system.{index}")
@@ -221,6 +228,9 @@ def _system(raw: Any) -> list[Message]:
 
 
 def _kind(block: Any, where: str) -> str:
+    kind = block.get("type") if type(block) is dict else None
+    if type(kind) is str:  # the common case, with no path worded
+        return kind
     if not isinstance(block, dict):
         raise FieldError(where, "each content block must be an object")
     kind = fields.text(block, "type", f"{where}.type", required=True)
@@ -239,6 +249,8 @@ def _blocks(content: Any, where: str) -> list[tuple[str, dict[str, Any], str]]:
         return [("text", {"type": "text", "text": content}, where)]
     if not isinstance(content, list):
         raise FieldError(where, "expected a string or an array of content blocks")
+    if len(content) > MAX_PARTS:
+        fields.at_most(content, where, MAX_PARTS, "content blocks in one message")
     return [(_kind(block, f"{where}.{index}"), block, f"{where}.{index}") for index, block in enumerate(content)]
 
 

@@ -36,6 +36,8 @@ def marked(holder: Any, where: str) -> Mark | None:
     empty) carries, or ``None`` (``providers.anthropic.asks_for_cache``); one it cannot be is a
     ``FieldError`` naming the field."""
     marker = holder.get("cache_control") if isinstance(holder, dict) else None
+    if marker is None:  # (most holders: no call to tell)
+        return None
     try:
         asked = asks_for_cache(marker)
     except ValueError as exc:

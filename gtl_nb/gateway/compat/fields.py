@@ -14,10 +14,12 @@ from typing import Any
 
 from gtl_nb.protocol.codec import json_kind
 from gtl_nb.protocol.errors import InvalidRequestError
+from gtl_nb.protocol.limits import count_refusal
 from gtl_nb.protocol.messages import image_url_refusal
 
 __all__ = [
     "FieldError",
+    "at_most",
     "boolean",
     "did_you_mean",
     "image_url",
@@ -44,6 +46,15 @@ def did_you_mean(name: str, known: Collection[str]) -> str | None:
     return close[0] if close else None
 
 
+def at_most(values: list[Any], where: str, limit: int, what: str) -> list[Any]:
+    """``values``, unless there are more than ``limit`` of them (GTL's request limits,
+    ``protocol.limits``): checked on the body as read, before a single one is converted."""
+    refused = count_refusal(where, len(values), limit, what)
+    if refused is not None:
+        raise FieldError(where, refused, whole=True)
+    return values
+
+
 def image_url(value: Any, where: str) -> str:
     """An image's URL: a non-empty ``https:`` or ``data:`` URL (``protocol.messages.image_url_refusal``)."""
     if not isinstance(value, str) or not value:
@@ -66,9 +77,13 @@ def text(
     body: Mapping[str, Any], key: str, where: str, *, required: bool = False, max_length: int | None = None
 ) -> str | None:
     """A string field (``None`` when absent or ``null``), at most ``max_length`` characters when given."""
-    if _missing(body, key, where, required):
+    value = body.get(key)
+    if type(value) is str and max_length is None:  # the common case, read once (a role, a text, per message)
+        return value
+    if value is None:
+        if required:
+            raise FieldError(where, "this field is required")
         return None
-    value = body[key]
     if not isinstance(value, str):
         raise FieldError(where, f"expected a string, not {json_kind(value)}")
     if max_length is not None and len(value) > max_length:

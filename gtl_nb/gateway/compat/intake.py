@@ -17,6 +17,7 @@ import msgspec
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.compat.duplicates import duplicated_key
 from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.proxies import peer_text
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged
 from gtl_nb.gateway.streaming import SessionRunner
@@ -51,8 +52,9 @@ def authenticated(authenticate: Authenticate, token: str | None, request: Any, *
     return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id, api=api)
 
 
-async def read_json(request: Any, max_bytes: int, *, dotted: bool = False) -> dict[str, Any]:
-    """The request body as a JSON object, at most ``max_bytes`` long (``FrameTooLargeError`` beyond).
+async def read_json(request: Any, max_bytes: int, *, dotted: bool = False) -> tuple[dict[str, Any], int]:
+    """The request body as a JSON object, and its size in bytes: at most ``max_bytes`` (``FrameTooLargeError``
+    beyond).
 
     The size is checked from ``Content-Length`` before anything is read, then while reading (a chunked
     body has no length); the nesting depth before parsing, so a hostile body cannot exhaust the parser.
@@ -69,6 +71,11 @@ async def read_json(request: Any, max_bytes: int, *, dotted: bool = False) -> di
         if len(body) > max_bytes:
             raise FrameTooLargeError(f"the body exceeds the gateway's maximum of {max_bytes} bytes")
     data = bytes(body)
+    return await converted(len(data), _parsed, data, dotted), len(data)  # (a large body parsed in a thread)
+
+
+def _parsed(data: bytes, dotted: bool) -> dict[str, Any]:
+    """``read_json``'s object of ``data``: its depth, its JSON, its keys given once."""
     if nesting_exceeds(data, DEFAULT_MAX_DEPTH):
         raise InvalidRequestError(f"the body nests deeper than {DEFAULT_MAX_DEPTH} levels")
     try:

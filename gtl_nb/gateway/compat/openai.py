@@ -33,6 +33,7 @@ from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
@@ -150,11 +151,11 @@ class OpenAIEndpoints:
         session_id = f"chatcmpl-{unique_hex()}"
         try:
             context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request, api="openai")
-            body = await intake.read_json(request, self.max_bytes)
+            body, size = await intake.read_json(request, self.max_bytes)
         except GTLError as exc:
             return refusal(exc)
         try:
-            chat = chat_request(body, session_id)
+            chat = await converted(size, chat_request, body, session_id)  # (a large body: in a thread)
         except GTLError as exc:  # a completion request refused for what it asks: its ledger row, then the 400
             return refusal(await intake.record_refused(self.sessions, body, session_id, context, exc))
         model, created = chat.request.model, int(time.time())

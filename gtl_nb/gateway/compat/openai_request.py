@@ -49,6 +49,7 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_PARTS, MAX_TOOL_CALLS, MAX_TOOLS
 from gtl_nb.protocol.messages import (
     MAX_NAME_LENGTH,
     MAX_TEMPERATURE,
@@ -164,6 +165,10 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         raise FieldError("model", "the model must not be empty")
     if not raw_messages:  # as OpenAI answers: an empty conversation is the caller's bug, not a prompt
         raise FieldError("messages", "expected at least one message")
+    fields.at_most(raw_messages, "messages", MAX_MESSAGES, "messages")
+    raw_tools = fields.items(body, "tools", "tools")
+    if raw_tools:
+        fields.at_most(raw_tools, "tools", MAX_TOOLS, "tools")
     n = body.get("n")
     if n is not None and n != 1:
         raise FieldError("n", "the gateway answers with one choice; n must be 1")
@@ -206,7 +211,7 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         temperature=fields.number(body, "temperature", "temperature", within=(0.0, MAX_TEMPERATURE)),
         top_p=fields.number(body, "top_p", "top_p", within=(0.0, 1.0)),
         stop=_stop(body.get("stop")),
-        tools=_tools(fields.items(body, "tools", "tools")),
+        tools=_tools(raw_tools),
         tool_choice=_tool_choice(
             body.get("tool_choice"), fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")
         ),
@@ -249,19 +254,24 @@ def _messages(raw: Any, where: str) -> list[Message]:
 def _message(raw: Any, where: str) -> Message:
     if not isinstance(raw, dict):
         raise FieldError(where, "each message must be an object")
-    role = fields.text(raw, "role", f"{where}.role", required=True)
-    name = fields.text(raw, "name", f"{where}.name")
+    role, name = raw.get("role"), raw.get("name")
+    if type(role) is not str or (name is not None and type(name) is not str):  # (the paths worded only then)
+        role = fields.text(raw, "role", f"{where}.role", required=True)
+        name = fields.text(raw, "name", f"{where}.name")
     if role in ("system", "developer"):
         return Message(role="system", content=_text_only(raw.get("content"), f"{where}.content"), name=name)
     if role == "user":
-        return Message.from_pieces("user", _user_content(raw.get("content"), f"{where}.content"), name=name)
+        content = raw.get("content")
+        if type(content) is str:  # the common case: one text, no pieces to order
+            return Message(role="user", content=content, name=name)
+        return Message.from_pieces("user", _user_content(content, f"{where}.content"), name=name)
     if role == "assistant":
         if raw.get("function_call") is not None:
             raise FieldError(f"{where}.function_call", "the legacy function_call is not supported; use tool_calls")
-        calls = [
-            _tool_call(call, f"{where}.tool_calls[{index}]")
-            for index, call in enumerate(fields.items(raw, "tool_calls", f"{where}.tool_calls") or [])
-        ]
+        raw_calls = fields.items(raw, "tool_calls", f"{where}.tool_calls") or []
+        if len(raw_calls) > MAX_TOOL_CALLS:
+            fields.at_most(raw_calls, f"{where}.tool_calls", MAX_TOOL_CALLS, "tool calls in one message")
+        calls = [_tool_call(call, f"{where}.tool_calls[{index}]") for index, call in enumerate(raw_calls)]
         content = _text_only(raw.get("content"), f"{where}.content", refusals=True)
         return Message(role="assistant", content=content or (None if calls else ""), tool_calls=calls, name=name)
     if role == "tool":
@@ -276,6 +286,8 @@ def _parts(content: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
         return [("text", {"text": content})]
     if not isinstance(content, list):
         raise FieldError(where, "expected a string or an array of content parts")
+    if len(content) > MAX_PARTS:
+        fields.at_most(content, where, MAX_PARTS, "content parts in one message")
     parts = []
     for index, part in enumerate(content):
         if not isinstance(part, dict):
