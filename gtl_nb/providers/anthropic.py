@@ -98,6 +98,7 @@ from gtl_nb.providers.base import (
     GuardedDecoder,
     HttpRequest,
     ProviderNeeds,
+    about_the_account,
     arguments_object,
     arguments_text,
     cache_points,
@@ -190,6 +191,8 @@ def classify_error(status: int, error_type: Any, message: str, error: Any = None
         code, retryable = code_for_status(status), retryable_for_status(status)
     if code == "INVALID_REQUEST" and _CONTEXT_TEXT.search(message):
         code = "CONTEXT_LENGTH_EXCEEDED"
+    elif code == "INVALID_REQUEST" and about_the_account(message):  # a 400 about the operator's credits
+        code, retryable = "FORBIDDEN", False
     if code == "RATE_LIMIT" and _is_spend_limit(error, message):
         retryable = False
     return code, retryable

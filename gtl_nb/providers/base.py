@@ -325,6 +325,24 @@ def is_retryable_code(code: str) -> bool:
     return code in _RETRYABLE_CODES
 
 
+ACCOUNT_PHRASES = (
+    "credit balance is too low",  # Anthropic's 400 invalid_request_error when the credits run out
+    "organization must be verified",  # OpenAI's 400 for a model the account may not use yet
+    "billing hard limit",
+    "account is not active",
+    "account_deactivated",
+)
+"""Words of a provider's refusal that is about the account calling it — its credits, billing or
+verification — though the provider sends it as a ``400`` about the request: ``FORBIDDEN``, the
+account's (so a gateway words it for its caller, and the operator reads the provider's in the log)."""
+
+
+def about_the_account(message: str) -> bool:
+    """Whether a provider's error ``message`` is about the calling account (``ACCOUNT_PHRASES``)."""
+    lowered = message[:2000].lower()
+    return any(phrase in lowered for phrase in ACCOUNT_PHRASES)
+
+
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """Case-insensitive header lookup."""
     lowered = name.lower()

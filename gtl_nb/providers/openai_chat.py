@@ -77,6 +77,7 @@ from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
     ToolCallAssembler,
+    about_the_account,
     code_for_status,
     ends_response,
     error_event,
@@ -216,6 +217,8 @@ def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, boo
     keys = f"{code} {kind}".lower()
     if "insufficient_quota" in keys:
         return "RATE_LIMIT", False  # the quota is exhausted: waiting a little will not help
+    if about_the_account(message):  # billing, verification: the operator's account, worded as a 400
+        return "FORBIDDEN", False
     if code in ("context_length_exceeded", "string_above_max_length") or "maximum context length" in message:
         return "CONTEXT_LENGTH_EXCEEDED", False
     if code in ("content_filter", "content_policy_violation") or inner_code == "ResponsibleAIPolicyViolation":

@@ -172,6 +172,13 @@ def test_error_types_map_to_gtl_codes(status: int, error_type: str, code: str, r
     assert (error.code, error.retryable, error.http_status) == (code, retryable, status)
 
 
+def test_a_400_about_the_credit_balance_is_the_accounts_forbidden() -> None:
+    words = "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade."
+    error = err(400, "invalid_request_error", words)
+    assert (error.code, error.retryable) == ("FORBIDDEN", False)
+    assert err(400, "invalid_request_error", "max_tokens: field required").code == "INVALID_REQUEST"
+
+
 def test_rate_limit_carries_the_retry_after_header() -> None:
     error = err(429, "rate_limit_error", headers={"Retry-After": "12"})
     assert error.retry_after == 12.0 and error.retryable

@@ -651,6 +651,13 @@ def test_rate_limit_reset_header_is_the_last_resort_hint() -> None:
     assert DIALECT.decode_error(make_request(), DEPLOYMENT, 429, headers, body.encode()).retry_after == 360.0
 
 
+def test_a_400_about_the_accounts_verification_is_the_accounts_forbidden() -> None:
+    message = "Your organization must be verified to use the model `o3`. Please go to: https://platform.openai.com/..."
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    error = DIALECT.decode_error(make_request(), DEPLOYMENT, 400, {}, json.dumps(body).encode())
+    assert (error.code, error.retryable) == ("FORBIDDEN", False)
+
+
 def test_insufficient_quota_429_is_not_retryable() -> None:
     body = {
         "error": {
