@@ -166,7 +166,7 @@ def http1_hint(details: str) -> str:
     if HTTP1_ANSWER_MARK not in details.lower():
         return ""
     return (
-        "; that port answers HTTP/1.1, not gRPC: if it is the gateway's HTTP listener, connect with "
+        ": that port answers HTTP/1.1, not gRPC: if it is the gateway's HTTP listener, connect with "
         "http://, sse:// or ws://"
     )
 

@@ -149,11 +149,13 @@ async def open_session(
                     f"the TLS certificate of {address} was refused ({text.rpartition('last error: ')[2]}); pass "
                     "the gateway's CA file (verify=...) and connect by a name its certificate lists"
                 )
+            if http1_hint(text):  # the gateway's HTTP listener: a wrong scheme, the caller's to mend (not retried)
+                raise ConfigurationError(f"{address}{http1_hint(text)}")
             if code in _UNREACHABLE:
                 # a plaintext dial whose socket the server closed: most often a TLS listener
                 closed = any(mark in text for mark in _CLOSED_UNANSWERED)
                 hint = tls_hint("grpc") if credentials is None and closed and first_contact else ""
-                raise ConnectionError(f"{address}: {text}{hint or http1_hint(text)}")
+                raise ConnectionError(f"{address}: {text}{hint}")
             raise status_error(code, details, where=where)
     except BaseException:
         await channel.close()
