@@ -100,6 +100,7 @@ from gtl_nb.protocol.messages import (
     Token,
     ToolCallEvent,
     Usage,
+    plain_http_image,
 )
 from gtl_nb.protocol.session import SessionState, SessionStateMachine, is_failover
 from gtl_nb.providers.base import Deployment, NotServedHere, check_tool_choice
@@ -427,6 +428,11 @@ class Engine:
             over = request_limit_refusal(request)  # before any per-message work: a request of too many pieces
             if over is not None:
                 raise InvalidRequestError(over)
+            if self.audience == GATEWAY and (where := plain_http_image(request)) is not None:
+                raise InvalidRequestError(
+                    f"{where}: a gateway takes images by https: or data: URL only (an http: URL would be "
+                    "fetched by the provider's server from its own network)"
+                )
             if request.tool_choice is not None:
                 check_tool_choice(request)
             targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context, request)
@@ -435,7 +441,11 @@ class Engine:
         if refused is not None:
             targets = refused
         scope = _REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
-        reservation, refusal = (None, None) if refused is not None else await self._reserve(request, context, targets)
+        # a request already refused (by a cap, routing, its token's allow-list, a limit) reserves nothing:
+        # it would hold a budget's place until its client read its answer, and hear RATE_LIMIT, not its error
+        unserved = refused is not None or isinstance(targets, GTLError)
+        reservation: tuple[Reservation, ...] | None = None
+        refusal: Error | None = None
         # the row's model is the bare name, also for a request routing refused ("openai:gpt-x" → "gpt-x")
         model = targets[0].model if isinstance(targets, list) and targets else self.router.bare_model(request.model)
         record = _SessionRecord(answer=[] if self.hooks.want_answers else None, refused=refused is not None)
@@ -444,8 +454,9 @@ class Engine:
         row: int | None = None
         batches: AsyncGenerator[list[StreamEvent], None] | None = None
         try:
-            # inside the try: a cancel during the insert still settles the reservation below
             row = await self._ledger_start(request, context, model)
+            if not unserved:  # after the row's start: a cancel while counting still ends the row (below)
+                reservation, refusal = await self._reserve(request, context, targets)
             if self.hooks:
                 self.hooks.emit(
                     RequestStarted(request.session_id, context, request.model, request, record.refused, record.handle)
@@ -650,6 +661,10 @@ class Engine:
                 for reservation in held:  # refused: the earlier counters count it no more than the refusing one
                     await self._settle(reservation, None, counted=False)
                 return None, exc.to_event(request.session_id)
+            except BaseException:  # cancelled (or failed) between two counters: the earlier ones give theirs back
+                for reservation in held:
+                    await asyncio.shield(self._settle(reservation, None, counted=False))
+                raise
         return tuple(held), None
 
     async def _ledger_start(self, request: CompletionRequest, context: RequestContext, model: str) -> int | None:
@@ -704,7 +719,10 @@ class Engine:
         fields["coalesced"] = record.coalesced
         fields["cache_hit"] = record.cache_hit or bool(fields.get("cache_hit"))
         fields["model"] = fields.get("model") or record.model  # the bare model, never "deployment:model"
-        deployment = self.deployments.get(fields.get("deployment") or (record.path[-1] if record.path else ""))
+        # a follower's path names the deployment its leader was to call when it joined; whether the leader
+        # called it is the shared end's to say (an error before any call names no provider)
+        guessed = record.path[-1] if record.path and not (record.coalesced and type(end) is Error) else ""
+        deployment = self.deployments.get(fields.get("deployment") or guessed)
         if deployment is not None:
             fields["deployment"] = fields.get("deployment") or deployment.name
             fields["provider_type"] = deployment.type

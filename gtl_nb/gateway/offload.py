@@ -18,15 +18,31 @@ for at most a few milliseconds.
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-__all__ = ["OFF_LOOP_BYTES", "converted"]
+__all__ = ["OFF_LOOP_BYTES", "WORKERS", "converted"]
 
 OFF_LOOP_BYTES = 128 * 1024
 """The body size above which a body is converted in a worker thread (module docstring)."""
+WORKERS = 2
+"""Threads converting bodies. Their own: asyncio's default pool also runs the SQLite stores' calls
+(budgets, cache, breakers) and name lookups, which a few large bodies would otherwise queue behind."""
 
 T = TypeVar("T")
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _workers() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:  # (made once, on first use: most gateways never see a body this large)
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="gtl-convert")
+        return _pool
 
 
 async def converted(size: int, convert: Callable[..., T], *args: object) -> T:
@@ -34,4 +50,9 @@ async def converted(size: int, convert: Callable[..., T], *args: object) -> T:
     worker thread (its exception raised here either way)."""
     if size <= OFF_LOOP_BYTES:
         return convert(*args)
-    return await asyncio.to_thread(convert, *args)
+    return await _in_worker(convert, *args)
+
+
+async def _in_worker(convert: Callable[..., T], *args: object) -> T:
+    """``convert(*args)`` in one of the ``WORKERS`` threads."""
+    return await asyncio.get_running_loop().run_in_executor(_workers(), functools.partial(convert, *args))

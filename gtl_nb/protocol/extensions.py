@@ -45,13 +45,14 @@ def _one_call_only(request: Any) -> bool:
 
 
 def _interleaved(message: Any) -> bool:
-    # parts say what content and images cannot: text and images in their order, or text in several
-    # pieces; one text part (or images alone) reads the same without them
+    # parts say what content and images cannot: text and images in their order (without parts, a
+    # dialect places the images where its API prefers: Anthropic's and Gemini's before the text), or
+    # text in several pieces; one text part alone reads the same without them
     parts = message.parts
     if not parts:
         return False
     texts = sum(1 for part in parts if getattr(part, "type", None) == "text")
-    return texts > 1 or (texts == 1 and len(parts) > 1 and getattr(parts[0], "type", None) != "text")
+    return texts > 1 or (texts == 1 and len(parts) > 1)
 
 
 def _named(message: Any) -> bool:

@@ -72,8 +72,22 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_LIMIT)]
 """A request's ``max_tokens``: at least one token (what the client and the compatible endpoints ask too; a
 peer's ``0`` or ``-5`` would otherwise reach a provider, or be answered with an empty ``length`` answer),
 at most ``MAX_TOKENS_LIMIT``."""
-IMAGE_URL_SCHEMES = ("https:", "data:")
-"""How an image is given: a URL the provider fetches over TLS, or the image itself (base64 ``data:``)."""
+IMAGE_URL_SCHEMES = ("https:", "http:", "data:")
+"""How an image is given: a URL the provider fetches, or the image itself (base64 ``data:``). A gateway
+takes ``http:`` from no caller (``plain_http_image``)."""
+
+
+def plain_http_image(request: Any) -> str | None:
+    """Where ``request`` gives an image by a plain ``http:`` URL (``messages[2].images[0]``), or ``None``.
+
+    A gateway refuses these: the server its deployment calls fetches the URL from its own network, and an
+    ``http:`` one is how a caller would reach what only that network reaches (a cloud's metadata
+    service at 169.254.169.254 answers plain HTTP). The embedded client's user owns both ends."""
+    for index, message in enumerate(request.messages):
+        for position, url in enumerate(message.images):
+            if url[:5].lower() == "http:":
+                return f"messages[{index}].images[{position}]"
+    return None
 
 
 def image_url_refusal(url: str) -> str | None:

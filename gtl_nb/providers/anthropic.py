@@ -191,7 +191,7 @@ def classify_error(status: int, error_type: Any, message: str, error: Any = None
         code, retryable = code_for_status(status), retryable_for_status(status)
     if code == "INVALID_REQUEST" and _CONTEXT_TEXT.search(message):
         code = "CONTEXT_LENGTH_EXCEEDED"
-    elif code == "INVALID_REQUEST" and about_the_account(message):  # a 400 about the operator's credits
+    elif code == "INVALID_REQUEST" and status == 400 and about_the_account(message):  # the account's credits
         code, retryable = "FORBIDDEN", False
     if code == "RATE_LIMIT" and _is_spend_limit(error, message):
         retryable = False

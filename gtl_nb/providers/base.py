@@ -326,21 +326,21 @@ def is_retryable_code(code: str) -> bool:
 
 
 ACCOUNT_PHRASES = (
-    "credit balance is too low",  # Anthropic's 400 invalid_request_error when the credits run out
-    "organization must be verified",  # OpenAI's 400 for a model the account may not use yet
-    "billing hard limit",
-    "account is not active",
-    "account_deactivated",
+    "your credit balance is too low",  # Anthropic's 400 invalid_request_error when the credits run out
+    "your organization must be verified",  # OpenAI's 400 for a model the account may not use yet
 )
-"""Words of a provider's refusal that is about the account calling it — its credits, billing or
-verification — though the provider sends it as a ``400`` about the request: ``FORBIDDEN``, the
-account's (so a gateway words it for its caller, and the operator reads the provider's in the log)."""
+"""How a provider's ``400`` begins when it is about the account calling it — its credits, its
+verification — though sent as one about the request: ``FORBIDDEN``, the account's (so a gateway words
+it for its caller, and the operator reads the provider's in the log). Matched at the start of the
+message only: a message quoting the caller's own text ("… input_value='my credit balance is too low'")
+is the caller's."""
+ACCOUNT_CODES = frozenset({"billing_hard_limit_reached", "account_deactivated"})
+"""OpenAI's error codes for the same."""
 
 
-def about_the_account(message: str) -> bool:
-    """Whether a provider's error ``message`` is about the calling account (``ACCOUNT_PHRASES``)."""
-    lowered = message[:2000].lower()
-    return any(phrase in lowered for phrase in ACCOUNT_PHRASES)
+def about_the_account(message: str, code: str = "") -> bool:
+    """Whether a provider's ``400`` (``message``, ``code``) is about the calling account."""
+    return code in ACCOUNT_CODES or message.lstrip()[:100].lower().startswith(ACCOUNT_PHRASES)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:

@@ -217,8 +217,6 @@ def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, boo
     keys = f"{code} {kind}".lower()
     if "insufficient_quota" in keys:
         return "RATE_LIMIT", False  # the quota is exhausted: waiting a little will not help
-    if about_the_account(message):  # billing, verification: the operator's account, worded as a 400
-        return "FORBIDDEN", False
     if code in ("context_length_exceeded", "string_above_max_length") or "maximum context length" in message:
         return "CONTEXT_LENGTH_EXCEEDED", False
     if code in ("content_filter", "content_policy_violation") or inner_code == "ResponsibleAIPolicyViolation":
@@ -228,6 +226,8 @@ def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, boo
     if code == "invalid_api_key" or status == 401:
         return "AUTH_FAILED", False
     if status == 403:
+        return "FORBIDDEN", False
+    if status == 400 and about_the_account(message, code):  # billing, verification: the account's, as a 400
         return "FORBIDDEN", False
     if status == 429 or code in ("rate_limit_exceeded", "429") or kind in ("tokens", "requests"):
         return "RATE_LIMIT", True

@@ -19,6 +19,7 @@ import httpx
 import openai
 import pytest
 
+import gtl_nb
 from gtl_nb import sim
 from gtl_nb.gateway.compat import anthropic_request, openai_request
 from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: one gateway before every simulator
@@ -274,10 +275,28 @@ def test_an_image_url_neither_https_http_nor_data_is_refused_naming_its_path(
     assert sent(backends) == before
 
 
-def test_https_http_and_data_image_urls_still_reach_the_provider(oai, backends):
-    # http: too: an OpenAI-compatible server on a private network fetches images from its neighbours
-    for url in ("https://example.com/y.png", "http://images.internal/y.png", PIXEL_URL, "DATA:" + PIXEL_URL[5:]):
+def test_https_and_data_image_urls_still_reach_the_provider(oai, backends):
+    for url in ("https://example.com/y.png", PIXEL_URL, "DATA:" + PIXEL_URL[5:]):
         parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
         assert oai.chat.completions.create(
             model=target("openai"), messages=[{"role": "user", "content": parts}]
         ).choices
+
+
+def test_a_gateway_takes_no_plain_http_image_url(oai, backends, ledger_path):
+    """The server a deployment calls would fetch it from its own network (a cloud's metadata service
+    answers plain HTTP): refused, naming where, with its row; the embedded client's user may send one."""
+    before = sent(backends)
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": HTTP_IMAGE}}]
+    with pytest.raises(
+        openai.BadRequestError, match=r"messages\[0\]\.images\[0\]: a gateway takes images by https"
+    ) as caught:
+        oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": parts}])
+    one_refusal_row(ledger_path, caught.value)
+    assert sent(backends) == before
+    with gtl_nb.connect(providers={"local": {"type": "echo"}}, ledger=False, environ={}) as embedded:
+        message = {"role": "user", "content": [{"type": "text", "text": "hi"}, parts[1]]}
+        assert embedded.complete("local:echo", [message]).text
+
+
+HTTP_IMAGE = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"

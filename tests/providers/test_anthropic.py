@@ -177,6 +177,8 @@ def test_a_400_about_the_credit_balance_is_the_accounts_forbidden() -> None:
     error = err(400, "invalid_request_error", words)
     assert (error.code, error.retryable) == ("FORBIDDEN", False)
     assert err(400, "invalid_request_error", "max_tokens: field required").code == "INVALID_REQUEST"
+    quoted = "messages.0.content: 'your credit balance is too low' is not a valid block"
+    assert err(400, "invalid_request_error", quoted).code == "INVALID_REQUEST"  # the caller's own words
 
 
 def test_rate_limit_carries_the_retry_after_header() -> None:

@@ -656,6 +656,15 @@ def test_a_400_about_the_accounts_verification_is_the_accounts_forbidden() -> No
     body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
     error = DIALECT.decode_error(make_request(), DEPLOYMENT, 400, {}, json.dumps(body).encode())
     assert (error.code, error.retryable) == ("FORBIDDEN", False)
+    # the caller's own text quoted back, a tool named so, a 5xx saying it: the request's, or the provider's
+    for status, message in (
+        (400, "1 validation error: input_value={'txt': 'Hi, your organization must be verified'}"),
+        (400, "Invalid schema for function 'account_deactivated'"),
+        (500, "Your organization must be verified, and the server failed"),
+    ):
+        quoted = {"error": {"message": message, "type": "invalid_request_error", "code": None}}
+        error = DIALECT.decode_error(make_request(), DEPLOYMENT, status, {}, json.dumps(quoted).encode())
+        assert error.code != "FORBIDDEN", message
 
 
 def test_insufficient_quota_429_is_not_retryable() -> None:
