@@ -181,7 +181,7 @@ def test_server_side_features_that_would_change_the_answer_are_refused_not_dropp
     assert sent(backends) == before
     # null is no request for them
     answer = claude.messages.create(
-        model="echo", max_tokens=10, messages=USER, extra_body={"thread": None, "compaction": None, "fallbacks": None}
+        model="echo", max_tokens=10, messages=USER, extra_body={"thread": None, "compaction": None, "fallbacks": []}
     )
     assert answer.content
     assert oai.chat.completions.create(model="echo", messages=chat(), extra_body={"moderation": None}).choices

@@ -157,7 +157,7 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         # the MCP connector's tools run at Anthropic; ignored, the model would answer without them
         raise FieldError("mcp_servers", "server-side MCP tools are not supported; declare custom tools instead")
     for name, why in _SERVER_SIDE.items():  # each would change the answer, or what it is an answer to
-        if body.get(name) is not None:
+        if body.get(name) not in (None, []):  # (no fallbacks listed: none to try)
             raise FieldError(name, why)
     stop = _stop_sequences(fields.items(body, "stop_sequences", "stop_sequences"))
     return CompletionRequest(
