@@ -69,7 +69,7 @@ def _port_closed(port: int) -> bool:
     down in one step: once a connection is refused, every connection it had served is shut)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):  # (reset: queued for accept as the port closed)
         return True
     return False
 

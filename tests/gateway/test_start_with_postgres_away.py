@@ -210,7 +210,7 @@ def test_a_listener_that_comes_up_after_the_stop_began_is_never_announced(monkey
     from types import SimpleNamespace
 
     import gtl_nb.gateway.server as server
-    from gtl_nb.gateway.listeners import Shutdown
+    from gtl_nb.gateway.listeners import Limits, Shutdown
 
     announced: list[str] = []
 
@@ -226,7 +226,7 @@ def test_a_listener_that_comes_up_after_the_stop_began_is_never_announced(monkey
         audience = server.GATEWAY
 
     engine = Engine()
-    gateway = SimpleNamespace(listeners=[SimpleNamespace(transport="grpc")], advertise={}, auth="jwt", limits=None)
+    gateway = SimpleNamespace(listeners=[SimpleNamespace(transport="grpc")], advertise={}, auth="jwt", limits=Limits())
     parts = server.Parts(engine=engine, own_engine=False)
 
     async def serve() -> None:
