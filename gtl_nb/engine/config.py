@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.lingering import GROUP_COMMIT
@@ -700,12 +700,14 @@ def _anchored_path(path: str, folder: Path) -> str:
 
 
 def _anchored_url(url: str, folder: Path) -> str:
-    if not url.startswith(_SQLITE) or url.startswith(_SQLITE + "/"):  # another store, or an absolute path
+    if url[: len(_SQLITE)].lower() != _SQLITE:  # another store (a scheme's case is no matter)
         return url
-    path = url[len(_SQLITE) :]
-    if not path or path.startswith("~"):
+    written = url[len(_SQLITE) :]
+    path = unquote(written)
+    if not path or path == ":memory:" or path.startswith(("~", "/")) or Path(path).is_absolute():  # (C:/… too)
         return url
-    return f"{_SQLITE}{quote(str(folder), safe='/')}/{path}"  # (the URL's path is %-encoded)
+    # the URL's path is %-encoded; a folder's name in no encoding is kept as its bytes
+    return f"{url[: len(_SQLITE)]}{quote(str(folder), safe='/', errors='surrogateescape')}/{written}"
 
 
 #: A configuration file larger than this is refused unread (a configuration is a few KB).

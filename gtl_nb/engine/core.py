@@ -456,7 +456,12 @@ class Engine:
         try:
             row = await self._ledger_start(request, context, model)
             if not unserved:  # after the row's start: a cancel while counting still ends the row (below)
-                reservation, refusal = await self._reserve(request, context, targets)
+                try:
+                    reservation, refusal = await self._reserve(request, context, targets)
+                except Exception:  # the budget store failed: the request ends INTERNAL, its row with it
+                    log.exception("session %s: the budget counter failed", request.session_id)
+                    # (its words stay in the log: a store's error may name its address or credentials)
+                    refusal = Error(session_id=request.session_id, code="INTERNAL", message="the budget counter failed")
             if self.hooks:
                 self.hooks.emit(
                     RequestStarted(request.session_id, context, request.model, request, record.refused, record.handle)

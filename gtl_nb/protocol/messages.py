@@ -127,7 +127,7 @@ PartType = Literal["text", "image"]
 
 class Part(msgspec.Struct, frozen=True, omit_defaults=True):
     """One piece of a user or tool message's content, in order: ``text``, or an ``image`` — given with
-    its ``url`` (``data:`` or ``https:``), which the message moves to its ``images`` (see ``Message``)."""
+    its ``url`` (``IMAGE_URL_SCHEMES``), which the message moves to its ``images`` (see ``Message``)."""
 
     type: PartType
     text: str = ""
@@ -143,7 +143,7 @@ class Part(msgspec.Struct, frozen=True, omit_defaults=True):
 class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     """A chat message.
 
-    ``images`` holds ``data:`` or ``https:`` URLs; an assistant message may carry ``tool_calls``; a
+    ``images`` holds ``data:``, ``https:`` or ``http:`` URLs; an assistant message may carry ``tool_calls``; a
     tool result has role ``tool`` and ``tool_call_id``. ``provider_data`` is opaque state a provider
     dialect attached (a reasoning signature, say) that is replayed verbatim in later turns.
 

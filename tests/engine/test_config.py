@@ -612,3 +612,23 @@ def test_paths_given_as_arguments_stay_relative_to_the_working_directory(home, t
     config = write(tmp_path / "conf" / "gtl.toml", '[ledger]\npath = "from-file.sqlite"\n')
     assert load(home, config=config, ledger={"path": "mine.sqlite"}).ledger["path"] == "mine.sqlite"
     assert load(home, config={"ledger": {"path": "dict.sqlite"}}).ledger["path"] == "dict.sqlite"  # no file: no folder
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite:///C:/data/usage.sqlite", "sqlite:///:memory:", "sqlite:////var/lib/usage.sqlite", "memory://"],
+)
+def test_absolute_and_memory_store_urls_in_a_file_are_kept(home, tmp_path, url):
+    config = write(tmp_path / "gtl.toml", f'[ledger]\nurl = "{url}"\n')
+    loaded = load(home, config=config).ledger["url"]
+    import sys
+
+    if url.startswith("sqlite:///C:") and sys.platform != "win32":
+        assert loaded.endswith("/C:/data/usage.sqlite")  # relative here; on Windows an absolute path, kept
+    else:
+        assert loaded == url
+
+
+def test_a_store_urls_scheme_case_does_not_matter(home, tmp_path):
+    config = write(tmp_path / "gtl.toml", '[cache]\nbackend = "SQLITE:///cache.sqlite"\n')
+    assert load(home, config=config).cache["backend"].endswith(f"{tmp_path}/cache.sqlite")

@@ -171,3 +171,14 @@ def test_a_follower_of_a_call_refused_before_any_provider_is_not_counted():
         return [(await engine.stores.budgets.usage(who, now=now))["requests_last_minute"] for who in ("ana", "bo")]
 
     assert asyncio.run(together()) == [0, 0]
+
+
+def test_a_failing_budget_counter_ends_the_request_internal_without_its_words():
+    engine = engine_with({"requests_per_minute": 5})
+
+    async def broken(*args, **kwargs):
+        raise OSError("redis://user:hunter2@10.0.0.5:6379 unreachable")
+
+    engine.stores.budgets.reserve = broken
+    end = run(engine, "ana", None, 1)
+    assert isinstance(end, Error) and end.code == "INTERNAL" and "hunter2" not in end.message

@@ -58,7 +58,7 @@ def at_most(values: list[Any], where: str, limit: int, what: str) -> list[Any]:
 def image_url(value: Any, where: str) -> str:
     """An image's URL: a non-empty ``https:`` or ``data:`` URL (``protocol.messages.image_url_refusal``)."""
     if not isinstance(value, str) or not value:
-        raise FieldError(where, "an image needs a URL (https:, http: or data:)")
+        raise FieldError(where, "an image needs a URL (https: or data:)")
     refused = image_url_refusal(value)
     if refused is not None:
         raise FieldError(where, refused)
