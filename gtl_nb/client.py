@@ -37,6 +37,7 @@ from gtl_nb.ids import time_ordered_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import normalise_tool
 from gtl_nb.protocol.errors import (
+    AuthenticationError,
     ConfigurationError,
     GTLError,
     InvalidRequestError,
@@ -84,10 +85,28 @@ then the ``gtl`` command's (which reads them the other way round) — one set-up
 
 def environment_token() -> str | None:
     """The gateway token the environment holds: ``$GTL_TOKEN``, else ``$GTL_NB_TOKEN``, else ``None``."""
+    found = _token_variable()
+    return found[1] if found else None
+
+
+def _token_variable() -> tuple[str, str] | None:
+    """``(variable, token)`` of ``environment_token``."""
     for name in TOKEN_VARIABLES:
         if value := os.environ.get(name, "").strip():
-            return value
+            return name, value
     return None
+
+
+@contextlib.contextmanager
+def _saying_where_the_token_came_from(variable: str | None) -> Generator[None, None, None]:
+    """A refused token's error names the variable it was read from: a caller who gave no ``token=`` cannot
+    tell otherwise (and a stale export in a shell is the usual cause)."""
+    try:
+        yield
+    except AuthenticationError as exc:
+        if variable is not None:
+            exc.message = f"{exc.message} (the token sent was ${variable}'s: connect(token=...) sends another)"
+        raise
 
 
 def connect(
@@ -131,11 +150,13 @@ def connect(
     verify = _gateway_options(endpoint, local)
     from gtl_nb.transports.endpoints import backend_for
 
-    token = environment_token() if token is None else token
+    found = _token_variable() if token is None else None
+    token = found[1] if found else token
     backend: Backend = backend_for(endpoint, token=token, user=user, verify=verify)
     client = Client(backend=backend, user=user)
     try:
-        backend.loop.run(backend.start(), timeout=backend.open_timeout + 5)  # type: ignore[attr-defined]
+        with _saying_where_the_token_came_from(found[0] if found else None):
+            backend.loop.run(backend.start(), timeout=backend.open_timeout + 5)  # type: ignore[attr-defined]
     except BaseException:
         client.close()
         raise
@@ -225,8 +246,10 @@ async def _connected(endpoint: str, token: str | None, options: dict[str, Any]) 
         verify = _gateway_options(endpoint, options)
         from gtl_nb.transports.endpoints import open_backend
 
-        token = environment_token() if token is None else token
-        backend = await open_backend(endpoint, token=token, user=user, verify=verify, loop=CallersLoop())
+        found = _token_variable() if token is None else None
+        token = found[1] if found else token
+        with _saying_where_the_token_came_from(found[0] if found else None):
+            backend = await open_backend(endpoint, token=token, user=user, verify=verify, loop=CallersLoop())
         return Client(backend=backend, user=user)
     if token is not None:
         raise ConfigurationError("the embedded engine takes no token: it runs in this process")

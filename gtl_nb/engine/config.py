@@ -362,6 +362,11 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9.-]{1,253}")
 def _check_host_names(value: Any, where: str) -> None:
     """``allowed_hosts = ["devbox", "gateway.test"]``: bare host names, as a ``Host`` header names them."""
     for name in value:
+        if isinstance(name, str) and (name.startswith(".") or "*" in name):
+            raise ConfigurationError(
+                f"{where} holds {name[:100]!r}: each name is matched exactly; a domain with its subdomains "
+                "(a leading dot or a *) is not taken — list each name"
+            )
         if not isinstance(name, str) or not name.strip(".") or not _HOST_NAME.fullmatch(name):
             raise ConfigurationError(
                 f"{where} holds {str(name)[:100]!r}: give host names only, without a scheme, port or path "
@@ -542,7 +547,7 @@ def load_config(
     file_data, source_path, file_where = _read_file(config, env, home_dir, platform)
     _validate_source(file_data, file_where)
     if source_path is not None:
-        file_data = _anchored(file_data, source_path.parent.absolute())
+        file_data = _anchored(file_data, Path(os.path.abspath(source_path.parent)))  # (abspath: no "..")
 
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import sqlite3
 import sys
 import time
@@ -107,7 +108,7 @@ def _usage(args: argparse.Namespace) -> int:
     if not path.is_file():
         if args.ledger_file:  # a file named by hand that is not there: most often a typo
             raise ConfigurationError(f"--ledger {path}: no such file")
-        print(f"gtl: no usage recorded yet (no ledger at {path.absolute()})", file=sys.stderr)
+        print(f"gtl: no usage recorded yet (no ledger at {os.path.abspath(path)})", file=sys.stderr)
         return 0
     return _print_usage(args, _usage_groups(path, GROUPINGS[args.by], since), f"ledger {path}")
 

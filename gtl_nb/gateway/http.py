@@ -952,8 +952,9 @@ def _from_a_web_page(scope: Any, allowed_hosts: frozenset[str] = frozenset()) ->
         elif name == b"origin":
             origin = value.decode("latin-1")
     if host is not None and not _names_this_machine(_host_name(host), allowed_hosts):
+        names = "a loopback name" + (f" or {', '.join(sorted(allowed_hosts)[:5])}" if allowed_hosts else " only")
         return (
-            f"this development gateway answers requests addressed to a loopback name only, not {host[:100]!r}: "
+            f"this development gateway answers requests addressed to {names}, not {host[:100]!r}: "
             'with auth = "none" or "token" it checks no GhostToken, and a web page could use it (DNS rebinding). '
             "If that name is this machine's, add it to [gateway] allowed_hosts"
         )

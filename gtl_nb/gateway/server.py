@@ -30,7 +30,7 @@ from typing import Any
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import Settings
-from gtl_nb.gateway.connection_budget import TCP_TRANSPORTS, listener_share
+from gtl_nb.gateway.connection_budget import TCP_TRANSPORTS, connection_budget, descriptor_limit, listener_share
 from gtl_nb.gateway.listeners import ListenerSettings, Shutdown
 from gtl_nb.gateway.live import live_sessions
 from gtl_nb.gateway.refusals import recordings_of
@@ -122,6 +122,14 @@ async def serve(
     if tcp_listeners:
         share = listener_share(limits.max_connections, limits.tcp_listeners)
         log.info("each TCP listener holds at most %s client connections", share or "any number of")
+        asked = limits.max_connections
+        if asked and connection_budget(asked, descriptor_limit()) < asked:
+            log.warning(
+                "[gateway] max_connections %d is more than the file-descriptor limit allows: each TCP listener "
+                "holds at most %d (raise ulimit -n, LimitNOFILE in a unit)",
+                limits.max_connections,
+                share,
+            )
     # an embedder's engine: while it serves, its errors go to a gateway's clients (given back after)
     lent_audience = getattr(engine, "audience", GATEWAY)
     if lent_audience != GATEWAY:

@@ -88,7 +88,8 @@ class HttpBackend(RemoteBackend):
         self._fetched = False
         self._send_limit = DEFAULT_MAX_FRAME_BYTES  # the gateway's, once its provider list said
         self.features: tuple[str, ...] = ()
-        """The features the gateway's provider list named in ``GTL-Features`` (none: a gateway older than it)."""
+        """The features the gateway's provider list named in ``GTL-Features`` (without the header, a gateway
+        older than it: the first flags, ``negotiation.features_from_header``)."""
         self.missing_extensions = missing_extensions(())
         """The request extensions the gateway did not name: a request using one is refused here."""
 

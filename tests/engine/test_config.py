@@ -275,7 +275,13 @@ def test_listener_tables_are_checked_when_loaded(home, listener, expected):
         load(home, gateway={"grpc": listener})
 
 
-@pytest.mark.parametrize("name", ["http://devbox", "devbox:8787", "devbox/v1", "dev box", "", ".", 5, "x" * 300])
+@pytest.mark.parametrize("name", [".example.com", "*.example.com", "*"])
+def test_allowed_hosts_are_exact_names(home, name):
+    with pytest.raises(ConfigurationError, match="matched exactly"):
+        load(home, gateway={"allowed_hosts": [name]})
+
+
+@pytest.mark.parametrize("name", ["http://devbox", "devbox:8787", "devbox/v1", "dev box", "", 5, "x" * 300])
 def test_allowed_hosts_are_bare_host_names(home, name):
     with pytest.raises(ConfigurationError, match="host names only") as refused:
         load(home, gateway={"allowed_hosts": ["devbox", name]})
@@ -632,3 +638,10 @@ def test_absolute_and_memory_store_urls_in_a_file_are_kept(home, tmp_path, url):
 def test_a_store_urls_scheme_case_does_not_matter(home, tmp_path):
     config = write(tmp_path / "gtl.toml", '[cache]\nbackend = "SQLITE:///cache.sqlite"\n')
     assert load(home, config=config).cache["backend"].endswith(f"{tmp_path}/cache.sqlite")
+
+
+def test_a_file_named_through_dot_dot_anchors_at_its_folder_without_it(home, tmp_path, monkeypatch):
+    write(tmp_path / "cfg" / "gtl.toml", '[ledger]\npath = "u.sqlite"\n')
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path / "other")
+    assert load(home, config="../cfg/gtl.toml").ledger["path"] == str(tmp_path / "cfg" / "u.sqlite")

@@ -234,7 +234,7 @@ def test_max_tokens_above_the_models_own_limit_is_refused_before_it_is_sent(oai,
     parameter as the caller named it, with no call to the provider; the limit itself is answered."""
     before = sent(backends)
     for name in ("max_completion_tokens", "max_tokens"):
-        with pytest.raises(openai.BadRequestError, match="gpt-4o-mini writes at most 16,384 tokens") as caught:
+        with pytest.raises(openai.BadRequestError, match=f"{name}: gpt-4o-mini writes at most 16,384 tokens") as caught:
             oai.chat.completions.create(model=target("openai"), messages=chat(), **{name: 16_385})
         assert caught.value.param == name
         one_refusal_row(ledger_path, caught.value)
@@ -256,7 +256,7 @@ def test_an_image_url_neither_https_http_nor_data_is_refused_naming_its_path(
     before = sent(backends)
     scheme = url.split(":")[0]
     parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
-    refused = f"must be https:, http: or data: .base64., not {scheme}:"
+    refused = f"must be https: or data: .base64., not {scheme}:"
     with pytest.raises(openai.BadRequestError, match=refused) as caught:
         oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": parts}])
     assert caught.value.param == "messages[0].content[1].image_url.url"
@@ -288,10 +288,9 @@ def test_a_gateway_takes_no_plain_http_image_url(oai, backends, ledger_path):
     answers plain HTTP): refused, naming where, with its row; the embedded client's user may send one."""
     before = sent(backends)
     parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": HTTP_IMAGE}}]
-    with pytest.raises(
-        openai.BadRequestError, match=r"messages\[0\]\.images\[0\]: a gateway takes images by https"
-    ) as caught:
+    with pytest.raises(openai.BadRequestError, match=r"must be https: or data: .base64., not http:") as caught:
         oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": parts}])
+    assert caught.value.param == "messages[0].content[1].image_url.url"  # the caller's own path
     one_refusal_row(ledger_path, caught.value)
     assert sent(backends) == before
     with gtl_nb.connect(providers={"local": {"type": "echo"}}, ledger=False, environ={}) as embedded:

@@ -52,6 +52,22 @@ def test_aconnect_reads_it_too_and_the_embedded_engine_ignores_it(url, monkeypat
         assert embedded.complete("echo", "hi").text
 
 
+def test_a_refused_token_from_the_environment_says_which_variable_it_came_from(url, monkeypatch):
+    monkeypatch.setenv("GTL_TOKEN", "stale-export")
+    with pytest.raises(AuthenticationError, match=r"the token sent was \$GTL_TOKEN's") as refused:
+        gtl_nb.connect(url.replace("http://", "ws://")).close()
+    assert "stale-export" not in str(refused.value)
+    monkeypatch.delenv("GTL_TOKEN")
+    monkeypatch.setenv("GTL_NB_TOKEN", "stale-export")
+
+    async def over_websocket() -> None:
+        async with gtl_nb.aconnect(url.replace("http://", "ws://")):
+            pass
+
+    with pytest.raises(AuthenticationError, match=r"\$GTL_NB_TOKEN's"):
+        asyncio.run(over_websocket())
+
+
 def test_without_one_the_gateway_still_refuses(url, monkeypatch):
     monkeypatch.delenv("GTL_TOKEN", raising=False)
     monkeypatch.delenv("GTL_NB_TOKEN", raising=False)

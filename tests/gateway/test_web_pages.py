@@ -17,6 +17,7 @@ import gtl_nb
 from gtl_nb.gateway.local import LocalGateway
 from tests.gateway.conftest import write_toml
 
+NAMES = "addressed to a loopback name or devbox.test"  # (the fixture's allowed_hosts)
 BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -66,10 +67,10 @@ def test_programs_on_this_machine_are_served(gateway: LocalGateway):
         ({"origin": "https://evil.example"}, "refuses requests from web pages"),
         ({"origin": "null"}, "refuses requests from web pages"),  # a sandboxed page, a file:// one
         ({"origin": "http://[::1"}, "refuses requests from web pages"),  # no URL at all: refused, not a 500
-        ({"host": "evil.example:8787", "origin": "http://evil.example:8787"}, "addressed to a loopback name only"),
-        ({"host": "evil.example"}, "addressed to a loopback name only"),
-        ({"host": "localhost.evil.example"}, "addressed to a loopback name only"),
-        ({"host": "devbox.test.evil.example"}, "addressed to a loopback name only"),
+        ({"host": "evil.example:8787", "origin": "http://evil.example:8787"}, NAMES),
+        ({"host": "evil.example"}, NAMES),
+        ({"host": "localhost.evil.example"}, NAMES),
+        ({"host": "devbox.test.evil.example"}, NAMES),
         ({"host": "evil-localhost"}, "add it to [gateway] allowed_hosts"),
         # allowed_hosts names how programs address the gateway; a page's origin must still be loopback
         ({"origin": "http://devbox.test:3000"}, "refuses requests from web pages"),

@@ -56,12 +56,18 @@ def at_most(values: list[Any], where: str, limit: int, what: str) -> list[Any]:
 
 
 def image_url(value: Any, where: str) -> str:
-    """An image's URL: a non-empty ``https:`` or ``data:`` URL (``protocol.messages.image_url_refusal``)."""
+    """An image's URL: a non-empty ``https:`` or ``data:`` URL — what a gateway takes (plain ``http:`` too
+    is refused here, where the caller's own path can be named: ``protocol.messages.plain_http_image``)."""
     if not isinstance(value, str) or not value:
         raise FieldError(where, "an image needs a URL (https: or data:)")
-    refused = image_url_refusal(value)
-    if refused is not None:
-        raise FieldError(where, refused)
+    if image_url_refusal(value) is not None or value[:5].lower() == "http:":
+        scheme, colon, _ = value.partition(":")
+        shown = f"{scheme[:20]}:" if colon and scheme.isascii() and scheme.isalnum() else repr(value[:20])
+        raise FieldError(
+            where,
+            f"an image URL must be https: or data: (base64), not {shown} (a gateway fetches no image, and "
+            "the server its deployment calls would fetch an http: one from its own network)",
+        )
     return value
 
 

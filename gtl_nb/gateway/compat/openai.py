@@ -113,8 +113,9 @@ def error_reply(
     status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
     if param is None and error.code == "INVALID_REQUEST":
         param = _param_named(error.message)
-        if param == "max_tokens":
+        if param == "max_tokens" and max_tokens_param != param:  # said as the request named it, there too
             param = max_tokens_param
+            error = msgspec.structs.replace(error, message=error.message.replace("max_tokens", param, 1))
     extra = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
         extra["x-request-id"] = error.session_id
