@@ -454,14 +454,17 @@ class Engine:
         row: int | None = None
         batches: AsyncGenerator[list[StreamEvent], None] | None = None
         try:
-            row = await self._ledger_start(request, context, model)
-            if not unserved:  # after the row's start: a cancel while counting still ends the row (below)
+            # counted before the row starts: the SQLite counter counts rows without a reservation (another
+            # process's), and a row started here before its reservation would count against its own request
+            # and its neighbours'; a cancel while counting gives back what was taken (``_reserve``)
+            if not unserved:
                 try:
                     reservation, refusal = await self._reserve(request, context, targets)
                 except Exception:  # the budget store failed: the request ends INTERNAL, its row with it
                     log.exception("session %s: the budget counter failed", request.session_id)
                     # (its words stay in the log: a store's error may name its address or credentials)
                     refusal = Error(session_id=request.session_id, code="INTERNAL", message="the budget counter failed")
+            row = await self._ledger_start(request, context, model)
             if self.hooks:
                 self.hooks.emit(
                     RequestStarted(request.session_id, context, request.model, request, record.refused, record.handle)
