@@ -245,6 +245,9 @@ def gateway_max_connections(tmp_path, config, **_):
         finally:
             for sock in opened:
                 sock.close()
+    # more than the descriptor limit allows: lowered, and said at the default log level
+    said = "".join(run_gateway_reading_stderr(config(gateway={"max_connections": 10_000_000}), "lowered"))
+    assert "max_connections 10000000 is more than the file-descriptor limit allows" in said, said
 
 
 def gateway_header_timeout(tmp_path, config, **_):
