@@ -537,19 +537,7 @@ class RedisBudgetCounter:
             "" if cost is None else str(_nanos(cost)),
             str(KEEP_SECONDS),
         ]
-        if not self.outage.usable():
-            self._owe(reservation.id, keys, args)
-            return
-        write = asyncio.ensure_future(self.outage.call("settling", lambda client: _SETTLE(client, keys, args)))
-        try:
-            await asyncio.shield(write)
-        except asyncio.CancelledError:  # as the SQLite counter: a cancelled caller's settle still lands
-            await asyncio.wait({write})
-            if not write.cancelled() and isinstance(write.exception(), RedisUnavailableError):
-                self._owe(reservation.id, keys, args)
-            raise
-        except RedisUnavailableError:
-            self._owe(reservation.id, keys, args)
+        await self._write_or_owe("settling", _SETTLE, reservation.id, keys, args)
 
     async def release(self, reservation: Reservation) -> None:
         """Take the reservation back whole (``_UNCOUNT``): its request was never sent. A local
@@ -559,21 +547,26 @@ class RedisBudgetCounter:
             return
         keys = self._keys(reservation.principal, reservation.time)
         args = [str(reservation.id)]  # one argument: owed, it is sent as a take-back (``_send_owed``)
+        await self._write_or_owe("taking back a reservation", _UNCOUNT, reservation.id, keys, args)
+
+    async def _write_or_owe(
+        self, doing: str, script: Any, reservation_id: str, keys: list[str], args: list[str]
+    ) -> None:
+        """Run ``script`` on Redis for a reservation, or owe it (``_owe``) while Redis is down. As the SQLite
+        counter's: a cancelled caller's write still lands (it is shielded, and owed if Redis fails it)."""
         if not self.outage.usable():
-            self._owe(reservation.id, keys, args)
+            self._owe(reservation_id, keys, args)
             return
-        write = asyncio.ensure_future(
-            self.outage.call("taking back a reservation", lambda client: _UNCOUNT(client, keys, args))
-        )
+        write = asyncio.ensure_future(self.outage.call(doing, lambda client: script(client, keys, args)))
         try:
             await asyncio.shield(write)
-        except asyncio.CancelledError:  # as settle: a cancelled caller's take-back still lands
+        except asyncio.CancelledError:
             await asyncio.wait({write})
             if not write.cancelled() and isinstance(write.exception(), RedisUnavailableError):
-                self._owe(reservation.id, keys, args)
+                self._owe(reservation_id, keys, args)
             raise
         except RedisUnavailableError:
-            self._owe(reservation.id, keys, args)
+            self._owe(reservation_id, keys, args)
 
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
         """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal`` (while
