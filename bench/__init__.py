@@ -9,6 +9,8 @@ machines these run on are shared and noisy: absolute times are printed for conte
 * ``suite`` — the gateway of issue 13: ``upstream`` (the fake OpenAI upstream), ``gateway_setup`` (the
   gateway's configuration and token), ``servers`` (the processes), ``loadclient`` with ``paths`` and
   ``httpclient`` (the load client), ``procstat`` (CPU and memory from /proc), ``stats``, ``report``.
+* ``engine_parts`` — the embedded engine's CPU at concurrency 20 taken apart: its parts in one
+  coroutine, then its levels one by one, against the bare call.
 * ``callgrind`` — instructions per request; ``profile_gateway`` — py-spy profiles; ``scale`` with
   ``scale_client`` — thousands of concurrent streams in one gateway.
 """

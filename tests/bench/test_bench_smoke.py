@@ -169,3 +169,22 @@ def test_counting_some_paths_keeps_the_order_of_the_counted_dumps() -> None:
     assert _counted(None) == list(COUNTED)
     chosen = _counted({"bare", "callers"})
     assert [(group, how) for _, group, how in chosen] == [(1, "bare"), (20, "bare"), (1, "callers"), (20, "callers")]
+
+
+@pytest.mark.timeout(60)
+def test_engine_parts_smoke_run_measures_every_path(tmp_path: Path) -> None:
+    """``python -m bench.engine_parts --smoke``: every path of the engine's decomposition ran (its own
+    check that the parts give the engine's answer included) and is in the table; no figure asserted."""
+    from bench.engine_parts import PATHS
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.engine_parts", "--smoke"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert rows[2:] == list(PATHS)  # (after the head and its rule)
