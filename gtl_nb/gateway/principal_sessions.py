@@ -17,10 +17,10 @@ lock: admitting a session is a lookup and a store, ending one a lookup and a sto
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from gtl_nb.gateway.per_engine import PerEngine
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import OverloadedError
 
@@ -91,12 +91,5 @@ class PrincipalSessions:
         return sum(self._open.values())
 
 
-_COUNTS: weakref.WeakKeyDictionary[Any, PrincipalSessions] = weakref.WeakKeyDictionary()
-
-
-def sessions_of(engine: Any) -> PrincipalSessions:
-    """The one count of ``engine``'s gateway: every listener serving that engine shares it."""
-    counts = _COUNTS.get(engine)
-    if counts is None:
-        counts = _COUNTS[engine] = PrincipalSessions()
-    return counts
+sessions_of: PerEngine[PrincipalSessions] = PerEngine(PrincipalSessions)
+"""The one count of an engine's gateway: every listener serving that engine shares it."""

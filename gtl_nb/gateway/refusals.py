@@ -44,12 +44,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import weakref
 from collections.abc import Iterator
 from typing import Any
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
+from gtl_nb.gateway.per_engine import PerEngine
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, OverloadedError, ProviderUnavailableError
 from gtl_nb.protocol.messages import CompletionRequest, Error
@@ -137,15 +137,8 @@ class Recordings:
         return not self._callers
 
 
-_RECORDINGS: weakref.WeakKeyDictionary[Any, Recordings] = weakref.WeakKeyDictionary()
-
-
-def recordings_of(engine: Any) -> Recordings:
-    """The one ``Recordings`` of ``engine``'s gateway: every listener serving that engine shares it."""
-    recordings = _RECORDINGS.get(engine)
-    if recordings is None:
-        recordings = _RECORDINGS[engine] = Recordings()
-    return recordings
+recordings_of: PerEngine[Recordings] = PerEngine(Recordings)
+"""The one ``Recordings`` of an engine's gateway: every listener serving that engine shares it."""
 
 
 async def recorded_refusal(
