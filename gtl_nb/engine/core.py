@@ -453,6 +453,7 @@ class Engine:
         end: Done | Error | None = None
         row: int | None = None
         batches: AsyncGenerator[list[StreamEvent], None] | None = None
+        cancelled: asyncio.CancelledError | None = None
         try:
             # counted before the row starts: the SQLite counter counts rows without a reservation (another
             # process's), and a row started here before its reservation would count against its own request
@@ -460,15 +461,25 @@ class Engine:
             if not unserved:
                 try:
                     reservation, refusal = await self._reserve(request, context, targets)
+                except asyncio.CancelledError as exc:
+                    # cancelled while counting (a store that waits: a client gone, a caller's timeout): the
+                    # request still leaves its row, started now and ended ``cancelled`` as the cancel goes on
+                    cancelled = exc
                 except Exception:  # the budget store failed: the request ends INTERNAL, its row with it
                     log.exception("session %s: the budget counter failed", request.session_id)
                     # (its words stay in the log: a store's error may name its address or credentials)
                     refusal = Error(session_id=request.session_id, code="INTERNAL", message="the budget counter failed")
-            row = await self._ledger_start(request, context, model)
-            if self.hooks:
-                self.hooks.emit(
-                    RequestStarted(request.session_id, context, request.model, request, record.refused, record.handle)
-                )
+            try:
+                row = await self._ledger_start(request, context, model)
+            finally:  # also when cancelled while the row starts (it lands all the same, ``_ledger_start``)
+                if self.hooks:  # so every request's subscribers hear one start, then one end (``_finish``)
+                    self.hooks.emit(
+                        RequestStarted(
+                            request.session_id, context, request.model, request, record.refused, record.handle
+                        )
+                    )
+            if cancelled is not None:
+                raise cancelled  # the row is started: ``_finish`` below ends it ``cancelled``
             machine = SessionStateMachine(request.session_id)
             started = self.clock()
             queued = Status(session_id=request.session_id, state="queued")
@@ -666,14 +677,25 @@ class Engine:
                     )
                 )
             except GTLError as exc:
-                for reservation in held:  # refused: the earlier counters count it no more than the refusing one
-                    await self._settle(reservation, None, counted=False)
+                # refused: the earlier counters count it no more than the refusing one
+                await self._give_back(held)
                 return None, exc.to_event(request.session_id)
             except BaseException:  # cancelled (or failed) between two counters: the earlier ones give theirs back
-                for reservation in held:
-                    await asyncio.shield(self._settle(reservation, None, counted=False))
+                await self._give_back(held)
                 raise
         return tuple(held), None
+
+    async def _give_back(self, held: list[Reservation]) -> None:
+        """Give every reservation of ``held`` back whole, in a task of its own: a cancel while they are
+        being given back (a store that waits) stops the wait, never the giving back."""
+        if not held:
+            return
+        if _never_waits(self.stores.budgets):  # nothing can cancel an in-process counter half-way
+            for each in held:
+                await self._settle(each, None, counted=False)
+            return
+        work = asyncio.ensure_future(asyncio.gather(*(self._settle(each, None, counted=False) for each in held)))
+        await asyncio.shield(work)
 
     async def _ledger_start(self, request: CompletionRequest, context: RequestContext, model: str) -> int | None:
         ledger = self.stores.ledger
