@@ -695,6 +695,8 @@ class Engine:
                 await self._settle(each, None, counted=False)
             return
         work = asyncio.ensure_future(asyncio.gather(*(self._settle(each, None, counted=False) for each in held)))
+        self._background.add(work)  # held until done: a cancel below leaves it running, referenced by nobody else
+        work.add_done_callback(self._background.discard)
         await asyncio.shield(work)
 
     async def _ledger_start(self, request: CompletionRequest, context: RequestContext, model: str) -> int | None:
