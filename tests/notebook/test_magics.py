@@ -383,6 +383,23 @@ def test_config_file_switches_the_configuration_and_a_bad_file_is_one_line(ip, t
     assert "local (echo" in run(ip, "%gtl config")[1]  # the good file is still in use
 
 
+def test_configuration_mistakes_name_the_magic_the_user_typed(ip, tmp_path):
+    # the engine words them for Python (config=, the keyword arguments): the notebook user typed neither
+    missing = mistake(ip, f"%gtl config file={tmp_path / 'nope.toml'}")
+    assert "does not exist" in missing and "(named by `%gtl config file=`)" in missing and "config=)" not in missing
+    typo = mistake(ip, "%gtl providers openai apikey=X")
+    assert "unknown key 'apikey' in `%gtl providers openai`" in typo and "did you mean 'api_key'" in typo
+    assert "keyword arguments" not in typo
+    wrong = mistake(ip, "%gtl providers local type=echo weight=heavy")
+    assert wrong.startswith("`%gtl providers local`: weight must be") and "keyword arguments" not in wrong
+
+
+def test_a_compare_column_gives_the_notebook_advice_as_the_single_model_error_does(ip):
+    _, text = run(ip, "%%gtl --compare echo ehco\nhi")
+    assert "did you mean 'echo'? (`%gtl models` lists what is available)" in text
+    assert "(`gtl models`" not in text  # the terminal's command, not the notebook's
+
+
 def test_unknown_subcommand_is_a_usage_error(ip):
     assert "%%gtl" in mistake(ip, "%gtl tell me a joke")
 
