@@ -945,7 +945,8 @@ class EntityEditor:
         if left:
             # without the variable, %gap entities defines the notebook's last message: maybe another one
             example = " ".join([*([self.variable] if self.variable else []), *(f'{k}="..."' for k in left)])
-            hint = f"Define them with `%gap entities {example}` (or `apply({{...}})` on this editor)."
+            # (no "apply() on this editor": %gap entities, which shows it, hands the user no editor)
+            hint = f"Define them with `%gap entities {example}`."
             md += ["", hint]
             plain.append(hint.replace("`", ""))
         return {"text/markdown": "\n".join(md), "text/plain": "\n".join(plain)}
