@@ -250,7 +250,8 @@ def usage_parser() -> Parser:
     p = Parser("%gtl usage", "Cost and tokens from the usage ledger.")
     p.add_argument(
         "--by",
-        choices=("provider", "model", "day", "hour", "user", "status", "provider_type", "error_code"),
+        # deployment: the name gtl usage and the ledger give what this calls provider
+        choices=("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code"),
         default="provider",
         help="group by this (as usage_table's by=; day and hour are UTC)",
     )

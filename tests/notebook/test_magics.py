@@ -357,9 +357,12 @@ def test_models_lists_what_the_notebook_can_use(ip):
 def test_usage_tables_come_from_the_ledger(ip):
     run(ip, "%%gtl\none")
     run(ip, "%%gtl\ntwo")
-    for by in ("provider", "model", "day", "hour", "user", "status", "provider_type", "error_code"):
+    for by in ("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code"):
         frame = ip.run_line_magic("gtl", f"usage --by {by}")
         assert int(frame["requests"].sum()) == 2, by
+    # deployment (gtl usage's and the ledger's name for what this calls provider) groups alike
+    by_deployment = ip.run_line_magic("gtl", "usage --by deployment")
+    assert list(by_deployment["deployment"]) == list(ip.run_line_magic("gtl", "usage")["provider"]) == ["echo"]
     assert "--by" in mistake(ip, "%gtl usage --by week")
 
 
