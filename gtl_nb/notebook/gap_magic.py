@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.display import display
 
+from gtl_nb.cli_unknown import close_word
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for
 from gtl_nb.notebook.formats import fenced
@@ -195,7 +196,10 @@ class GapMagic:
         }
         handler = handlers.get(command)
         if handler is None:
-            raise UsageError(f"unknown %gap subcommand {command!r}; use entities, graph or export (or %%gap to wrap)")
+            raise UsageError(
+                f"unknown %gap subcommand {command!r}{close_word(command, list(handlers))} (use entities, graph or "
+                "export; %%gap to wrap)"
+            )
         return handler(rest)
 
     def _entities(self, words: list[str]) -> None:

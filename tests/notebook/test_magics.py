@@ -405,6 +405,14 @@ def test_a_compare_column_gives_the_notebook_advice_as_the_single_model_error_do
 
 def test_unknown_subcommand_is_a_usage_error(ip):
     assert "%%gtl" in mistake(ip, "%gtl tell me a joke")
+    assert "did you mean" not in mistake(ip, "%gtl tell me a joke")
+
+
+def test_a_misspelt_subcommand_or_choice_is_told_the_one_meant(ip):
+    assert "unknown %gtl subcommand 'modles'; did you mean 'models'?" in mistake(ip, "%gtl modles")
+    assert "invalid choice: 'modle'" in mistake(ip, "%gtl usage --by modle")
+    assert "; did you mean 'model'?" in mistake(ip, "%gtl usage --by modle")
+    assert "unknown %gap subcommand 'entites'; did you mean 'entities'?" in mistake(ip, "%gap entites")
 
 
 # -- tokens and connect -----------------------------------------------------------------------------
