@@ -29,7 +29,7 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, PermissionDeniedError, RequestError
@@ -42,8 +42,18 @@ NOTEBOOK_TOKEN_ENV = "GTL_TOKEN"
 """The notebook's token variable, read when ``$GTL_NB_TOKEN`` is unset: one set-up serves both."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """gtl's parsers (its subcommands' too: argparse makes them of the same class): a misspelt choice
+    (``gtl complet``, ``--by modle``) is told the choice meant."""
+
+    def error(self, message: str) -> NoReturn:
+        from gtl_nb.cli_unknown import with_close_choice
+
+        super().error(with_close_choice(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gtl", description="gtl_nb: every AI provider through one protocol.")
+    parser = _Parser(prog="gtl", description="gtl_nb: every AI provider through one protocol.")
     parser.add_argument("--config", help="TOML configuration file (default: $GTL_NB_CONFIG, then the user config)")
     parser.add_argument(
         "--gateway",

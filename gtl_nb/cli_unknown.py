@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 HINTS_KEY = "unknown_option_hints"
@@ -93,3 +94,23 @@ def refusal(
     if notes:
         message += "; " + "; ".join(dict.fromkeys(notes))  # each note once (--host and --port share one)
     return own, f"{message} (`{own.prog} --help` lists the options)"
+
+
+# argparse's words for a value outside ``choices`` (quoted since 3.12.8/3.13.1, bare before: both read)
+_INVALID_CHOICE = re.compile(r"invalid choice: (?P<word>.+?) \(choose from (?P<choices>.+)\)")
+
+
+def close_word(word: str, known: Sequence[str]) -> str:
+    """``"; did you mean 'models'?"`` when one of ``known`` is close to ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def with_close_choice(message: str) -> str:
+    """An argparse error ``message`` about an invalid choice, with the close choice meant (``gtl complet``,
+    ``--by provdier``); any other message as it is."""
+    found = _INVALID_CHOICE.search(message)
+    if found is None:
+        return message
+    choices = [choice.strip().strip("'") for choice in found["choices"].split(",")]
+    return message + close_word(found["word"].strip("'"), choices)

@@ -208,6 +208,23 @@ def test_an_unknown_argument_is_reported_by_its_subcommand_with_the_option_meant
 
 
 @pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["complet", "hi"], "invalid choice: 'complet' (choose from 'complete', "),
+        (["sim", "opnai"], "invalid choice: 'opnai' (choose from "),
+        (["usage", "--by", "modle"], "invalid choice: 'modle' (choose from "),
+        (["token", "mnt"], "invalid choice: 'mnt' (choose from "),
+    ],
+)
+def test_a_misspelt_command_or_choice_is_told_the_one_meant(capsys, argv, said):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    err = capsys.readouterr().err
+    meant = {"complet": "complete", "opnai": "openai", "modle": "model", "mnt": "mint"}[said.split("'")[1]]
+    assert exited.value.code == 2 and said in err and err.rstrip().endswith(f"; did you mean {meant!r}?")
+
+
+@pytest.mark.parametrize(
     ("argv", "command", "said"),
     [
         (["token", "mint", "--sub", "bob", "--tenent", "x"], "token mint", "--tenent: did you mean --tenant?"),

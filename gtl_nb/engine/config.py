@@ -551,7 +551,7 @@ def load_config(
 
     unknown = [name for name in sections if name not in SECTIONS]
     if unknown:
-        where = "the keyword arguments of load_config"
+        where = "the keyword arguments of gtl_nb.connect"  # (load_config's too, but a user called connect)
         raise ConfigurationError(_unknown_key_message(unknown[0], where, SECTIONS))
     keyword_data = {name: _plain(value) for name, value in sections.items() if value is not None}
     if providers is not None:

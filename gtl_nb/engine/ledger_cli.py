@@ -1,7 +1,7 @@
 """``gtl usage``: what the usage ledger recorded, summed by model (or deployment, user, day, status);
 ``gtl ledger prune``: apply its retention by hand (docs/ledger.md, "Retention").
 
-    gtl usage [--by model|deployment|user|day|status] [--days N] [--ledger FILE] [--json]
+    gtl usage [--by model|deployment|provider|user|day|status] [--days N] [--ledger FILE] [--json]
     gtl ledger prune [--ledger FILE] [--days N] [--max-rows N] [--vacuum]
 
 Without ``--ledger`` the file is ``[ledger] path``/``url`` of the configuration (``--config FILE``, as
@@ -52,6 +52,9 @@ POSTGRES_GROUPINGS = {
     "status": "status",
 }
 
+#: ``--by`` names kept for another's sake: ``provider`` is what ``%gtl usage`` and ``usage_table`` group by
+BY_ALIASES = {"provider": "deployment"}
+
 
 def add_subcommands(subparsers: Any) -> None:
     """Register ``usage`` and ``ledger`` on the ``gtl`` command's subparsers (handlers in ``handler``)."""
@@ -63,7 +66,10 @@ def add_subcommands(subparsers: Any) -> None:
         "errors, tokens and cost, grouped.",
     )
     usage.add_argument(
-        "--by", choices=sorted(GROUPINGS), default="model", help="group rows by this (default: model; day: the UTC day)"
+        "--by",
+        choices=sorted([*GROUPINGS, *BY_ALIASES]),
+        default="model",
+        help="group rows by this (default: model; provider: the deployment; day: the UTC day)",
     )
     usage.add_argument("--days", type=float, metavar="N", help="only requests of the last N days")
     usage.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file (or postgresql:// URL)")
@@ -90,6 +96,7 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def _usage(args: argparse.Namespace) -> int:
+    args.by = BY_ALIASES.get(args.by, args.by)
     if args.days is not None and not args.days > 0:  # not >: NaN is refused too
         raise ConfigurationError(f"--days must be more than 0, got {args.days:g}")
     since = time.time() - args.days * 86400 if args.days is not None else None

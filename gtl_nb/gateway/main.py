@@ -143,6 +143,9 @@ def _with_command_line(options: Any, args: argparse.Namespace) -> Any:
         host, sep, port = address.rpartition(":")
         if not sep or not port.isdigit():
             raise ConfigurationError(f"--{transport} takes HOST:PORT (127.0.0.1:8787), not {address!r}")
+        if int(port) > 65535:
+            # caught here: the HTTP bind raised a traceback and gRPC silently bound port % 65536
+            raise ConfigurationError(f"--{transport} {address}: the port must be 0..65535 (0: any free port)")
         known = listeners.get(transport)
         listeners[transport] = ListenerSettings(
             transport=transport,

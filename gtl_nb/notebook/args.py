@@ -15,6 +15,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from gtl_nb.cli_unknown import with_close_choice
 from gtl_nb.notebook.template import render
 
 __all__ = [
@@ -60,6 +61,7 @@ class Parser(argparse.ArgumentParser):
         )
 
     def error(self, message: str) -> NoReturn:
+        message = with_close_choice(message)  # --by modle: "; did you mean 'model'?"
         raise ArgumentError(f"{self.prog}: {message} (`{self.prog} --help` lists the options)")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
@@ -250,7 +252,8 @@ def usage_parser() -> Parser:
     p = Parser("%gtl usage", "Cost and tokens from the usage ledger.")
     p.add_argument(
         "--by",
-        choices=("provider", "model", "day", "hour", "user", "status", "provider_type", "error_code"),
+        # deployment: the name gtl usage and the ledger give what this calls provider
+        choices=("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code"),
         default="provider",
         help="group by this (as usage_table's by=; day and hour are UTC)",
     )

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -48,14 +49,18 @@ _REWORDED = (
     ("as gtl_nb.connect's token argument, or as the API key of an OpenAI or Anthropic SDK", _NOTEBOOK_TOKEN),
     ("or give it to gtl_nb.connect as its token argument", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
     ("`gtl models`", "`%gtl models`"),
+    # a notebook names its configuration file with %gtl config file=, which connects with config=
+    ("(named by config=)", "(named by `%gtl config file=`)"),
 )
+# %gtl providers NAME key=value ... reaches the configuration as connect's providers= keyword argument
+_PROVIDERS_KEYWORDS = re.compile(r"\[providers\.(?P<name>[^\]\s]+)\] in the keyword arguments")
 
 
 def in_notebook_words(message: str) -> str:
     """``message`` with advice meant for a Python caller or a terminal reworded for a notebook."""
     for python_words, notebook_words in _REWORDED:
         message = message.replace(python_words, notebook_words)
-    return message
+    return _PROVIDERS_KEYWORDS.sub(r"`%gtl providers \g<name>`", message)
 
 
 def mistake(exc: BaseException) -> UsageError:

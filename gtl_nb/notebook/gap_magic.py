@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 from IPython.display import display
 
+from gtl_nb.cli_unknown import close_word
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for
 from gtl_nb.notebook.formats import fenced
@@ -33,6 +34,39 @@ GAP_HELP = """\
 %gap entities [VAR] [KEY=VALUE ...] [--suggest-with MODEL] [--apply]   define undefined entities
 %gap graph [--out VAR]       draw the context graph of this notebook's GAP messages
 %gap export PATH             write this notebook's GAP messages as JSON lines"""
+
+
+#: A cell that starts with this is a GAP message pasted whole (from a chat, gap.to_markdown, gtl gap wrap)
+PASTED_MARKER = "[GAP:START]"
+#: What a pasted message already says: the options that would wrap it again
+_WRAPPING_OPTIONS = (
+    ("--platform", "platform"),
+    ("--thread", "thread"),
+    ("--role", "role"),
+    ("--id", "chat_id"),
+    ("--reply-to", "reply_to"),
+    ("--model", "model"),
+)
+
+
+def _pasted_message(content: str, opts: Any) -> Any:
+    """The GAP message pasted into a ``%%gap`` cell, read as it is (wrapping it again would bury its
+    metadata in the content, its markers escaped); what is wrong with it, as one line."""
+    from gtl_nb import gap
+
+    given = [option for option, name in _WRAPPING_OPTIONS if getattr(opts, name)]
+    if given:
+        raise UsageError(
+            f"%%gap: the cell is a GAP message, which carries its own platform, thread, role, chat id, parents "
+            f"and model; drop {', '.join(given)} (--out and --to apply to it)"
+        )
+    try:
+        wrapped = gap.from_markdown(content)
+    except gap.GAPFormatError as exc:
+        raise UsageError(f"%%gap: the cell starts with {PASTED_MARKER} but is not a GAP message: {exc}") from None
+    if not content.rstrip().endswith("[GAP:END]"):
+        raise UsageError("%%gap: text follows the GAP message's [GAP:END]; put the message in a cell of its own")
+    return wrapped
 
 
 class GapMagic:
@@ -64,6 +98,16 @@ class GapMagic:
             print(cli.help_text(parser))
             return
         content = cell.strip("\n")
+        target = None
+        if opts.to:
+            target = opts.to.strip().lower()
+            if target not in gap.PLATFORMS:
+                raise UsageError(f"--to: unknown platform {opts.to!r}; choose one of {', '.join(gap.PLATFORMS)}")
+        if content.lstrip().startswith(PASTED_MARKER) and not (opts.from_last or opts.from_var):
+            pasted = _pasted_message(content, opts)
+            self.session.add_gap(pasted, opts.out)
+            display(GapView(pasted, target))
+            return
         if opts.from_last or opts.from_var:
             if content.strip():
                 raise UsageError("%%gap --from-last/--from wraps an answer: leave the cell empty")
@@ -95,11 +139,6 @@ class GapMagic:
             platform, model, chat_id, time, role = "generic", None, None, utc_now(), "user"
         chat_id = opts.chat_id or chat_id or f"nb-{cell_number(self.shell)}"
         parent = opts.reply_to or self.session.previous_in_thread(opts.thread, exclude=chat_id)
-        target = None
-        if opts.to:
-            target = opts.to.strip().lower()
-            if target not in gap.PLATFORMS:
-                raise UsageError(f"--to: unknown platform {opts.to!r}; choose one of {', '.join(gap.PLATFORMS)}")
         try:
             wrapped = gap.wrap_message(
                 content,
@@ -157,7 +196,10 @@ class GapMagic:
         }
         handler = handlers.get(command)
         if handler is None:
-            raise UsageError(f"unknown %gap subcommand {command!r}; use entities, graph or export (or %%gap to wrap)")
+            raise UsageError(
+                f"unknown %gap subcommand {command!r}{close_word(command, list(handlers))} (use entities, graph or "
+                "export; %%gap to wrap)"
+            )
         return handler(rest)
 
     def _entities(self, words: list[str]) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from gtl_nb.cli_unknown import close_word
 from gtl_nb.completion import code_span, no_math_markdown
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for, mistake
@@ -69,8 +70,8 @@ class GtlCommands:
         handler = handlers.get(command)
         if handler is None:
             raise UsageError(
-                f"unknown %gtl subcommand {command!r}; use models, usage, config, providers, connect, "
-                "history, reset or help (to ask a model, start the cell with %%gtl)"
+                f"unknown %gtl subcommand {command!r}{close_word(command, [*handlers, 'help'])} (use models, "
+                "usage, config, providers, connect, history, reset or help; to ask a model, start the cell with %%gtl)"
             )
         return handler(rest)
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gtl_nb.completion import Comparison, Completion, code_span, no_math_html, no_math_markdown
+from gtl_nb.notebook.errors import in_notebook_words
 from gtl_nb.notebook.output import md_cell
 from gtl_nb.notebook.throttle import Throttle
 from gtl_nb.protocol.messages import Done, Error, Reasoning, Status, Token
@@ -294,7 +295,7 @@ class _Answer:
     @property
     def error(self) -> tuple[str, str] | None:
         error = self.transcript.error
-        return None if error is None else (error.code, error.message)
+        return None if error is None else (error.code, in_notebook_words(error.message))
 
     @property
     def empty(self) -> bool:
@@ -327,14 +328,15 @@ class _Answer:
             self.final_calls = [f"{c.name}({c.arguments})" for c in completion.tool_calls]
             self.footer = completion.footer()
             if completion.error is not None:
-                self.final_error = (completion.error.code, completion.error.message)
+                self.final_error = (completion.error.code, in_notebook_words(completion.error.message))
         else:
             self.final_text = self.transcript.text
             self.final_calls = self.calls
             self.footer = " · ".join(self.notes)
         if exc is not None and self.final_error is None:
             code = getattr(exc, "code", None) or type(exc).__name__
-            self.final_error = (str(code), getattr(exc, "message", None) or str(exc))
+            # worded as %%gtl's own error line: a column's advice is a notebook's (`%gtl models`)
+            self.final_error = (str(code), in_notebook_words(getattr(exc, "message", None) or str(exc)))
         if self.final_error is None and completion is None:
             self.final_error = self.error
         if not show_error:
@@ -943,7 +945,8 @@ class EntityEditor:
         if left:
             # without the variable, %gap entities defines the notebook's last message: maybe another one
             example = " ".join([*([self.variable] if self.variable else []), *(f'{k}="..."' for k in left)])
-            hint = f"Define them with `%gap entities {example}` (or `apply({{...}})` on this editor)."
+            # (no "apply() on this editor": %gap entities, which shows it, hands the user no editor)
+            hint = f"Define them with `%gap entities {example}`."
             md += ["", hint]
             plain.append(hint.replace("`", ""))
         return {"text/markdown": "\n".join(md), "text/plain": "\n".join(plain)}

@@ -257,6 +257,12 @@ def test_catalog_model_without_its_provider_names_what_to_set(client):
         client.complete("gpt-4o", "x")
 
 
+def test_a_misspelled_keyword_of_connect_is_named_as_connect_s():
+    # the user called connect: "the keyword arguments of load_config" named a function they never saw
+    with pytest.raises(ConfigurationError, match=r"unknown key 'provider' in the keyword arguments of gtl_nb\.connect"):
+        gtl_nb.connect(provider={"openai": {}})
+
+
 def test_bad_input_is_a_clear_error(client):
     with pytest.raises(InvalidRequestError, match="messages is empty"):
         client.complete("echo", [])

@@ -81,6 +81,13 @@ def test_usage_groups_by_what_is_asked(ledger, capsys, by):
     assert out.splitlines()[-1].split()[:2] == ["total", "6"]
 
 
+def test_usage_by_provider_is_by_deployment_as_in_the_notebook(ledger, capsys):
+    # %gtl usage groups by provider by default: the same word works here, for the ledger's deployment
+    status, out, _ = usage(capsys, "--ledger", str(ledger), "--by", "provider")
+    assert status == 0
+    assert out == usage(capsys, "--ledger", str(ledger), "--by", "deployment")[1]
+
+
 def test_a_window_without_requests_says_so(ledger, capsys):
     with sqlite3.connect(ledger) as conn:
         conn.execute("UPDATE requests SET time = time - 10 * 86400 WHERE model = 'gpt-4o-mini'")

@@ -12,6 +12,7 @@ import pytest
 from gtl_nb.gateway import cli, main
 from gtl_nb.gateway.listeners import ListenerSettings
 from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.protocol.errors import ConfigurationError
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -32,6 +33,13 @@ def test_command_line_listeners_join_or_move_the_configured_ones(tmp_path):
     by_name = {listener.transport: listener for listener in options.listeners}
     assert by_name["grpc"].port == 9000 and by_name["grpc"].tls is None
     assert by_name["http"].url() == "https://127.0.0.1:0" and by_name["quic"].url() == "quic://[::1]:0"
+
+
+def test_a_command_line_port_beyond_65535_is_a_configuration_error_on_every_listener():
+    # the HTTP listener's bind raised a traceback, and gRPC bound 99999 % 65536 = 34463 without a word
+    for transport in ("http", "grpc", "quic"):
+        with pytest.raises(ConfigurationError, match=f"--{transport} localhost:99999: the port must be 0..65535"):
+            main._with_command_line(GatewaySettings(), parse(f"--{transport}", "localhost:99999"))
 
 
 def tls(tmp_path) -> list[str]:

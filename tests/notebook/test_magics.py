@@ -357,9 +357,12 @@ def test_models_lists_what_the_notebook_can_use(ip):
 def test_usage_tables_come_from_the_ledger(ip):
     run(ip, "%%gtl\none")
     run(ip, "%%gtl\ntwo")
-    for by in ("provider", "model", "day", "hour", "user", "status", "provider_type", "error_code"):
+    for by in ("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code"):
         frame = ip.run_line_magic("gtl", f"usage --by {by}")
         assert int(frame["requests"].sum()) == 2, by
+    # deployment (gtl usage's and the ledger's name for what this calls provider) groups alike
+    by_deployment = ip.run_line_magic("gtl", "usage --by deployment")
+    assert list(by_deployment["deployment"]) == list(ip.run_line_magic("gtl", "usage")["provider"]) == ["echo"]
     assert "--by" in mistake(ip, "%gtl usage --by week")
 
 
@@ -383,8 +386,33 @@ def test_config_file_switches_the_configuration_and_a_bad_file_is_one_line(ip, t
     assert "local (echo" in run(ip, "%gtl config")[1]  # the good file is still in use
 
 
+def test_configuration_mistakes_name_the_magic_the_user_typed(ip, tmp_path):
+    # the engine words them for Python (config=, the keyword arguments): the notebook user typed neither
+    missing = mistake(ip, f"%gtl config file={tmp_path / 'nope.toml'}")
+    assert "does not exist" in missing and "(named by `%gtl config file=`)" in missing and "config=)" not in missing
+    typo = mistake(ip, "%gtl providers openai apikey=X")
+    assert "unknown key 'apikey' in `%gtl providers openai`" in typo and "did you mean 'api_key'" in typo
+    assert "keyword arguments" not in typo
+    wrong = mistake(ip, "%gtl providers local type=echo weight=heavy")
+    assert wrong.startswith("`%gtl providers local`: weight must be") and "keyword arguments" not in wrong
+
+
+def test_a_compare_column_gives_the_notebook_advice_as_the_single_model_error_does(ip):
+    _, text = run(ip, "%%gtl --compare echo ehco\nhi")
+    assert "did you mean 'echo'? (`%gtl models` lists what is available)" in text
+    assert "(`gtl models`" not in text  # the terminal's command, not the notebook's
+
+
 def test_unknown_subcommand_is_a_usage_error(ip):
     assert "%%gtl" in mistake(ip, "%gtl tell me a joke")
+    assert "did you mean" not in mistake(ip, "%gtl tell me a joke")
+
+
+def test_a_misspelt_subcommand_or_choice_is_told_the_one_meant(ip):
+    assert "unknown %gtl subcommand 'modles'; did you mean 'models'?" in mistake(ip, "%gtl modles")
+    assert "invalid choice: 'modle'" in mistake(ip, "%gtl usage --by modle")
+    assert "; did you mean 'model'?" in mistake(ip, "%gtl usage --by modle")
+    assert "unknown %gap subcommand 'entites'; did you mean 'entities'?" in mistake(ip, "%gap entites")
 
 
 # -- tokens and connect -----------------------------------------------------------------------------

@@ -91,6 +91,24 @@ def test_options_set_platform_role_model_and_the_target_transform(ip):
     assert "the AI assistant thinks" in expected or "the AI assistant" in expected
 
 
+def test_a_pasted_gap_message_is_read_as_it_is_not_wrapped_again(ip):
+    sent = gap.wrap_message(
+        "The system needs an index.", "claude.ai", "c-7", role="assistant", model="m1", thread_id="perf"
+    )
+    result, text = run(ip, f"%%gap --out got --to chatgpt\n{gap.to_markdown(sent)}\n")
+    assert result.success, text
+    assert ip.user_ns["got"] == sent and session_of(ip).gap_messages == [sent]  # not a message about a message
+    assert "[\\GAP:START]" not in text and gap.transform_for_platform(sent, "chatgpt") in text
+    # malformed, or wrapped again by options: one line saying why, nothing kept
+    unended = gap.to_markdown(sent).replace("[GAP:END]", "")
+    assert "is not a GAP message: " in mistake(ip, f"%%gap\n{unended}") and "[GAP:END]" in mistake(
+        ip, f"%%gap\n{unended}"
+    )
+    assert "drop --thread, --id" in mistake(ip, f"%%gap --thread t --id x\n{gap.to_markdown(sent)}")
+    assert "in a cell of its own" in mistake(ip, f"%%gap\n{gap.to_markdown(sent)}\nand a note below")
+    assert session_of(ip).gap_messages == [sent]
+
+
 @pytest.mark.parametrize(
     ("source", "fragment"),
     [

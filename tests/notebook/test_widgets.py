@@ -530,7 +530,8 @@ def test_the_editor_without_widgets_applies_values_and_rejects_unknown_keys(monk
     monkeypatch.setattr(widgets, "_frontend", lambda: "none")
     editor = EntityEditor(wrapped)
     editor.display()
-    assert '%gap entities the_system="..." the_config="..."' in capsys.readouterr().out
+    hint = capsys.readouterr().out.splitlines()[-1]
+    assert hint == 'Define them with %gap entities the_system="..." the_config="...".'  # no editor to apply() on
     updated = editor.apply({"the_system": "the billing service", "the_config": "  "})
     assert updated.entities["the_system"].value == "the billing service"
     assert editor.undefined == ["the_config"]
