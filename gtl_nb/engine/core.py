@@ -470,7 +470,7 @@ class Engine:
                     # (its words stay in the log: a store's error may name its address or credentials)
                     refusal = Error(session_id=request.session_id, code="INTERNAL", message="the budget counter failed")
             try:
-                row = await self._ledger_start(request, context, model)
+                row = await self._ledger_start(request, context, model, cancelled=cancelled is not None)
             finally:  # also when cancelled while the row starts (it lands all the same, ``_ledger_start``)
                 if self.hooks:  # so every request's subscribers hear one start, then one end (``_finish``)
                     self.hooks.emit(
@@ -681,13 +681,14 @@ class Engine:
                 await self._give_back(held)
                 return None, exc.to_event(request.session_id)
             except BaseException:  # cancelled (or failed) between two counters: the earlier ones give theirs back
-                await self._give_back(held)
+                await self._give_back(held, wait=CANCELLED_WRITE_WAIT)  # (its caller has gone: not held for long)
                 raise
         return tuple(held), None
 
-    async def _give_back(self, held: list[Reservation]) -> None:
+    async def _give_back(self, held: list[Reservation], *, wait: float | None = None) -> None:
         """Give every reservation of ``held`` back whole, in a task of its own: a cancel while they are
-        being given back (a store that waits) stops the wait, never the giving back."""
+        being given back (a store that waits) stops the wait, never the giving back; so does ``wait``
+        seconds, when given."""
         if not held:
             return
         if _never_waits(self.stores.budgets):  # nothing can cancel an in-process counter half-way
@@ -697,9 +698,17 @@ class Engine:
         work = asyncio.ensure_future(asyncio.gather(*(self._settle(each, None, counted=False) for each in held)))
         self._background.add(work)  # held until done: a cancel below leaves it running, referenced by nobody else
         work.add_done_callback(self._background.discard)
-        await asyncio.shield(work)
+        if wait is None:
+            await asyncio.shield(work)
+        else:
+            await asyncio.wait({work}, timeout=wait)
 
-    async def _ledger_start(self, request: CompletionRequest, context: RequestContext, model: str) -> int | None:
+    async def _ledger_start(
+        self, request: CompletionRequest, context: RequestContext, model: str, *, cancelled: bool = False
+    ) -> int | None:
+        """Start the request's row: its handle, or ``None`` (no ledger, a ledger that failed, or — for a
+        request ``cancelled`` already — a start that did not land within ``CANCELLED_WRITE_WAIT``: it is
+        ended ``cancelled`` when it lands, as the caller of a cancelled request is not held for longer)."""
         ledger = self.stores.ledger
         if ledger is None:
             return None
@@ -714,6 +723,11 @@ class Engine:
                 return handle
         insert = asyncio.ensure_future(ledger.start(session_id=request.session_id, context=context, model=model))
         try:
+            if cancelled:  # its caller has gone (a timeout, a client): waits as a cancelled write does, bounded
+                await asyncio.wait({insert}, timeout=CANCELLED_WRITE_WAIT)
+                if not insert.done():
+                    insert.add_done_callback(self._finish_cancelled_insert)
+                    return None
             return await asyncio.shield(insert)
         except asyncio.CancelledError:
             # cancelled while the row was being inserted: the insert still lands, so close it
@@ -1354,7 +1368,10 @@ class Engine:
             raise ProviderUnavailableError(f"unreadable model list from {deployment.name}: {exc}") from None
 
     async def aclose(self) -> None:
-        """Close the HTTP pool, the flight registry and the stores."""
+        """Close the HTTP pool, the flight registry and the stores — once the writes still running for
+        cancelled requests (a row's end, a reservation given back) have landed, for a while at most."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=CANCELLED_WRITE_WAIT)
         await self.http.aclose()
         await self.flights.aclose()
         await self.stores.aclose()

@@ -237,3 +237,46 @@ def test_subscribers_hear_the_start_of_a_request_cancelled_while_its_row_starts(
     ours = [event for event in heard if getattr(event, "session_id", None) == "s-cut"]
     assert [type(event) for event in ours] == [RequestStarted, RequestFinished]
     assert ours[0].handle is ours[1].handle
+
+
+def test_a_timeout_while_counting_is_not_held_by_a_row_start_that_waits(tmp_path, monkeypatch):
+    """A caller's timeout lands while the SQLite counter waits for the file's lock, and the ledger's
+    queue is full, so the row's start must wait for room: the caller hears its timeout within the bound a
+    cancelled write is given (``CANCELLED_WRITE_WAIT``), not when the lock goes; the row still lands,
+    ended ``cancelled``."""
+    from gtl_nb.engine import core
+
+    monkeypatch.setattr(core, "CANCELLED_WRITE_WAIT", 0.3)
+    hold = 3.0
+    path = tmp_path / "ledger.sqlite3"
+
+    async def scenario() -> tuple[str, float, list[tuple[str, str]]]:
+        ledger = SqliteUsageLedger(Ledger(path, busy_timeout=5.0), owns=True, max_pending=1)
+        counter = SqliteBudgetCounter(path, ledger_rows=True, busy_timeout=5.0)
+        engine = engine_over(ledger, counter, {"requests_per_minute": 100})
+        await ledger.flush()
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        bob = RequestContext(principal="bob")
+        await ledger.start(session_id="taken", context=bob, model="m")
+        await ledger.start(session_id="queued", context=bob, model="m")  # the queue is full now
+        asyncio.get_running_loop().call_later(hold, lambda: (other.execute("COMMIT"), other.close()))
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(0.2):
+                async for _ in engine.stream(request("s-timed"), user="alice"):
+                    pass
+            heard = "an answer"
+        except TimeoutError:
+            heard = "TimeoutError"
+        waited = time.monotonic() - began
+        await asyncio.sleep(hold)
+        await ledger.flush()
+        rows = [(row["session_id"], row["status"]) for row in await ledger.rows(user="alice")]
+        await engine.aclose()
+        return heard, waited, rows
+
+    heard, waited, rows = asyncio.run(scenario())
+    assert heard == "TimeoutError"
+    assert waited < 1.5, f"the caller's timeout was held {waited:.2f} s by the row's start"
+    assert rows == [("s-timed", "cancelled")]

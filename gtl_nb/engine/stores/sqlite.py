@@ -341,13 +341,12 @@ class SqliteBudgetCounter:
         def work(conn: sqlite3.Connection) -> int | Exception:
             per_minute = limits.requests_per_minute is not None or limits.tokens_per_minute is not None
             per_day = limits.usd_per_day is not None
-            # (the request's own row, started before it is counted, is not yet its reservation's)
             requests, used, spent = _budget_totals(
-                conn, principal, now, minute=per_minute, day=per_day, ledger_rows=self.ledger_rows, own=session_id
+                conn, principal, now, minute=per_minute, day=per_day, ledger_rows=self.ledger_rows
             )
             if limits_reached(limits, requests=requests, tokens=used, spent_today=spent):
                 minute, spent = _budget_window(
-                    conn, principal, now, minute=per_minute, day=per_day, ledger_rows=self.ledger_rows, own=session_id
+                    conn, principal, now, minute=per_minute, day=per_day, ledger_rows=self.ledger_rows
                 )
                 refused = refusal(principal, limits, now=now, minute=minute, spent_today=spent)
                 if refused is not None:
@@ -438,10 +437,10 @@ class SqliteBudgetCounter:
 # Ledger rows that budgets count: not refused before any provider was called (``ratelimit``'s "What
 # counts": an error or cancellation with no deployment — a budget's refusal too), and not counted
 # already by a reservation — the principal's own: clients choose session ids, so another principal's
-# reservation of the same id must neither hide the row nor be hidden by it. Nor the row of the request
-# being counted (``own``): its row starts before its reservation is made.
+# reservation of the same id must neither hide the row nor be hidden by it. (The request being counted
+# has no row yet: the engine starts it once the count is made, ``Engine.stream_batches``.)
 _UNRESERVED_LEDGER_ROWS = (
-    f"FROM requests WHERE user = ? AND time >= ? AND NOT {UNCOUNTED_ROW_SQL} AND session_id IS NOT ? "
+    f"FROM requests WHERE user = ? AND time >= ? AND NOT {UNCOUNTED_ROW_SQL} "
     "AND NOT EXISTS (SELECT 1 FROM budget_reservations r "
     "WHERE r.session_id = requests.session_id AND r.principal = requests.user)"
 )
@@ -456,7 +455,6 @@ def _budget_totals(
     minute: bool,
     day: bool,
     ledger_rows: bool = False,
-    own: str | None = None,
 ) -> tuple[int, int, float]:
     """``_budget_window``'s figures as sums: the minute's requests and tokens, today's USD (each
     read only when asked for, else 0)."""
@@ -471,10 +469,10 @@ def _budget_totals(
         requests, tokens = int(found[0]), int(found[1])
         if ledger_rows:
             counted = f"SELECT COUNT(*), COALESCE(SUM({_LEDGER_TOKENS}), 0) {_UNRESERVED_LEDGER_ROWS}"
-            found = conn.execute(counted, (principal, since, own)).fetchone()
+            found = conn.execute(counted, (principal, since)).fetchone()
             requests, tokens = requests + int(found[0]), tokens + int(found[1])
     if day:
-        spent = _budget_window(conn, principal, now, minute=False, day=True, ledger_rows=ledger_rows, own=own)[1]
+        spent = _budget_window(conn, principal, now, minute=False, day=True, ledger_rows=ledger_rows)[1]
     return requests, tokens, spent
 
 
@@ -486,7 +484,6 @@ def _budget_window(
     minute: bool,
     day: bool,
     ledger_rows: bool = False,
-    own: str | None = None,
 ) -> tuple[list[Spend], float]:
     """The principal's spends of the last minute and USD of today (each read only when asked for);
     with ``ledger_rows``, the ledger's rows without a reservation count too."""
@@ -499,7 +496,7 @@ def _budget_window(
         ).fetchall()
         if ledger_rows:
             found += conn.execute(
-                f"SELECT time, {_LEDGER_TOKENS} {_UNRESERVED_LEDGER_ROWS}", (principal, since, own)
+                f"SELECT time, {_LEDGER_TOKENS} {_UNRESERVED_LEDGER_ROWS}", (principal, since)
             ).fetchall()
         spends = [Spend(float(at), int(tokens)) for at, tokens in found]
     if day:
@@ -512,7 +509,7 @@ def _budget_window(
         if ledger_rows:
             spent += float(
                 conn.execute(
-                    f"SELECT COALESCE(SUM(cost), 0.0) {_UNRESERVED_LEDGER_ROWS}", (principal, start, own)
+                    f"SELECT COALESCE(SUM(cost), 0.0) {_UNRESERVED_LEDGER_ROWS}", (principal, start)
                 ).fetchone()[0]
             )
     return spends, spent
