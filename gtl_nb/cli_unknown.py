@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 HINTS_KEY = "unknown_option_hints"
@@ -96,8 +95,11 @@ def refusal(
     return own, f"{message} (`{own.prog} --help` lists the options)"
 
 
-# argparse's words for a value outside ``choices`` (quoted since 3.12.8/3.13.1, bare before: both read)
-_INVALID_CHOICE = re.compile(r"invalid choice: (?P<word>.+?) \(choose from (?P<choices>.+)\)")
+# argparse's words for a value outside ``choices``: "argument X: invalid choice: 'word' (choose from
+# 'a', 'b')" — the choices bare since Python 3.12.8/3.13.1, quoted before: both read. Found with string
+# searches, not a regular expression: the message quotes the user's own words, of any length.
+_INVALID_CHOICE = "invalid choice: "
+_CHOOSE_FROM = " (choose from "
 
 
 def close_word(word: str, known: Sequence[str]) -> str:
@@ -109,8 +111,12 @@ def close_word(word: str, known: Sequence[str]) -> str:
 def with_close_choice(message: str) -> str:
     """An argparse error ``message`` about an invalid choice, with the close choice meant (``gtl complet``,
     ``--by provdier``); any other message as it is."""
-    found = _INVALID_CHOICE.search(message)
-    if found is None:
+    start = message.find(_INVALID_CHOICE)
+    if start < 0 or not message.endswith(")"):
         return message
-    choices = [choice.strip().strip("'") for choice in found["choices"].split(",")]
-    return message + close_word(found["word"].strip("'"), choices)
+    rest = message[start + len(_INVALID_CHOICE) : -1]
+    cut = rest.rfind(_CHOOSE_FROM)  # (the choices are the program's: the last one is argparse's)
+    if cut < 0:
+        return message
+    choices = [choice.strip().strip("'") for choice in rest[cut + len(_CHOOSE_FROM) :].split(",")]
+    return message + close_word(rest[:cut].strip("'"), choices)

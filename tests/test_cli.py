@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -210,7 +211,8 @@ def test_an_unknown_argument_is_reported_by_its_subcommand_with_the_option_meant
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (["complet", "hi"], "invalid choice: 'complet' (choose from 'complete', "),
+        # (argparse quotes the choices before Python 3.12.8/3.13.1, not since: only the word is read here)
+        (["complet", "hi"], "invalid choice: 'complet' (choose from "),
         (["sim", "opnai"], "invalid choice: 'opnai' (choose from "),
         (["usage", "--by", "modle"], "invalid choice: 'modle' (choose from "),
         (["token", "mnt"], "invalid choice: 'mnt' (choose from "),
@@ -253,3 +255,17 @@ def test_an_unknown_argument_with_nothing_close_names_only_the_help(capsys):
     assert err.rstrip().endswith(
         "gtl models: error: unrecognized arguments: --frobnicate (`gtl models --help` lists the options)"
     )
+
+
+def test_the_close_choice_is_found_in_linear_time_whatever_the_user_typed():
+    """The did-you-mean reads argparse's message, which quotes the user's words: a message of many
+    "invalid choice: " pieces must not take quadratic time (a regular expression did)."""
+    from gtl_nb.cli_unknown import with_close_choice
+
+    said = "argument command: invalid choice: 'complet' (choose from complete, models)"
+    assert with_close_choice(said).endswith("; did you mean 'complete'?")
+    assert with_close_choice(said.replace("'complet'", "complet")).endswith("; did you mean 'complete'?")
+    huge = "unrecognized arguments: " + "invalid choice: " * 200_000
+    started = time.perf_counter()
+    assert with_close_choice(huge) == huge
+    assert time.perf_counter() - started < 1.0  # (quadratic: minutes; linear: milliseconds)

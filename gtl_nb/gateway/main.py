@@ -141,9 +141,9 @@ def _with_command_line(options: Any, args: argparse.Namespace) -> Any:
         if not address:
             continue
         host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
+        if not sep or not (port.isascii() and port.isdigit()):  # (str.isdigit takes '²' and other scripts' digits)
             raise ConfigurationError(f"--{transport} takes HOST:PORT (127.0.0.1:8787), not {address!r}")
-        if int(port) > 65535:
+        if len(port.lstrip("0")) > 5 or int(port) > 65535:  # (no int() of thousands of digits)
             # caught here: the HTTP bind raised a traceback and gRPC silently bound port % 65536
             raise ConfigurationError(f"--{transport} {address}: the port must be 0..65535 (0: any free port)")
         known = listeners.get(transport)

@@ -53,7 +53,8 @@ _REWORDED = (
     ("(named by config=)", "(named by `%gtl config file=`)"),
 )
 # %gtl providers NAME key=value ... reaches the configuration as connect's providers= keyword argument
-_PROVIDERS_KEYWORDS = re.compile(r"\[providers\.(?P<name>[^\]\s]+)\] in the keyword arguments")
+# (the name stops at a bracket or space: each "[providers." is scanned once, so the search stays linear)
+_PROVIDERS_KEYWORDS = re.compile(r"\[providers\.(?P<name>[^\[\]\s]+)\] in the keyword arguments")
 
 
 def in_notebook_words(message: str) -> str:

@@ -42,6 +42,14 @@ def test_a_command_line_port_beyond_65535_is_a_configuration_error_on_every_list
             main._with_command_line(GatewaySettings(), parse(f"--{transport}", "localhost:99999"))
 
 
+@pytest.mark.parametrize("port", ["\u00b2", "\u0661\u0662\u0663\u0664\u0665", "1" * 5000])
+def test_a_command_line_port_of_other_digits_or_thousands_of_them_is_a_configuration_error(port):
+    # str.isdigit takes '²' (then int() raised) and Arabic-Indic digits (bound as 12345, unsaid); int() of
+    # 5,000 digits raises past Python's digit limit: each is one line, as any port that is not one
+    with pytest.raises(ConfigurationError, match="--http"):
+        main._with_command_line(GatewaySettings(), parse("--http", f"127.0.0.1:{port}"))
+
+
 def tls(tmp_path) -> list[str]:
     return ["--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key")]
 

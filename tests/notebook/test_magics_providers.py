@@ -276,3 +276,19 @@ def test_a_tool_that_raises_sends_the_error_back_to_the_model(ip):
     assert result_message.tool_error  # the model is told the call failed, in its provider's terms
     run(ip, "%gtl reset")
     ip.user_ns.pop("broken")
+
+
+def test_python_words_are_reworded_for_a_notebook_in_linear_time():
+    """``in_notebook_words`` runs on every error a notebook shows (a gateway's too): a message of many
+    "[providers." pieces must not take quadratic time (the name's pattern took brackets: 176,000
+    characters took 15 s)."""
+    import time
+
+    from gtl_nb.notebook.errors import in_notebook_words
+
+    said = "unknown setting 'apikey' in [providers.openai] in the keyword arguments"
+    assert in_notebook_words(said) == "unknown setting 'apikey' in `%gtl providers openai`"
+    huge = "[providers." * 16_000
+    started = time.perf_counter()
+    assert in_notebook_words(huge) == huge
+    assert time.perf_counter() - started < 1.0  # (quadratic: seconds; linear: milliseconds)
