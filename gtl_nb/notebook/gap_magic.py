@@ -18,7 +18,7 @@ from IPython.display import display
 
 from gtl_nb.cli_unknown import close_word
 from gtl_nb.notebook import args as cli
-from gtl_nb.notebook.errors import cell_error, client_for
+from gtl_nb.notebook.errors import a_kind_of, cell_error, client_for
 from gtl_nb.notebook.formats import fenced
 from gtl_nb.notebook.output import md_cell, show_bundle
 from gtl_nb.notebook.session import platform_for, utc_now
@@ -182,7 +182,7 @@ class GapMagic:
         if isinstance(value, BaseException):  # a GTL error keeps the partial answer
             value = getattr(value, "completion", value)
         if not isinstance(value, (Completion, str)):
-            raise UsageError(f"--from: {opts.from_var!r} is a {type(value).__name__}, not a Completion or text")
+            raise UsageError(f"--from: {opts.from_var!r} is {a_kind_of(value)}, not a Completion or text")
         return value
 
     # -- %gap subcommands -------------------------------------------------------------------------
@@ -380,7 +380,7 @@ def wrapped_variable(namespace: Mapping[str, Any], name: str) -> Any:
             except (ValueError, TypeError):
                 continue
     raise UsageError(
-        f"{name!r} is a {type(value).__name__}, not a GAP message; wrap it first (`%%gap --from {name} --out msg`)"
+        f"{name!r} is {a_kind_of(value)}, not a GAP message; wrap it first (`%%gap --from {name} --out msg`)"
     )
 
 

@@ -118,6 +118,7 @@ def test_a_pasted_gap_message_is_read_as_it_is_not_wrapped_again(ip):
         ("%%gap --from-last\nsome text", "leave the cell empty"),
         ("%gap --from-last", "no answer yet"),
         ("%gap --from nothing", "'nothing' is not defined"),
+        ("%gap --from In", "'In' is a list, not a Completion or text"),
         ("%gap entities", "no GAP message yet"),
         ("%gap graph", "no GAP messages"),
         ("%gap export out.jsonl", "no GAP messages"),
@@ -206,7 +207,7 @@ def test_context_accepts_gap_json_text_and_refuses_other_values(ip):
     result, _ = run(ip, "%%gtl echo --context msg\ngo")
     assert result.success
     ip.user_ns["msg"] = 42
-    assert "not a GAP message" in mistake(ip, "%%gtl echo --context msg\ngo")
+    assert "'msg' is an int, not a GAP message" in mistake(ip, "%%gtl echo --context msg\ngo")
     assert "'nothing' is not defined" in mistake(ip, "%%gtl echo --context nothing\ngo")
 
 
