@@ -134,14 +134,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_bool(text: str) -> bool:
-    """``on/off``, ``true/false``, ``yes/no``, ``1/0`` (any case)."""
+def parse_bool(text: str, *, what: str) -> bool:
+    """``on/off``, ``true/false``, ``yes/no``, ``1/0`` (any case); a mistake names the setting, ``what``
+    (``%gtl config: chat=``)."""
     lowered = text.strip().lower()
     if lowered in ("on", "true", "yes", "1"):
         return True
     if lowered in ("off", "false", "no", "0"):
         return False
-    raise ArgumentError(f"expected on or off, got {text!r}")
+    raise ArgumentError(f"{what} takes on or off, got {text!r}")
 
 
 def parse_assignments(words: Sequence[str], *, what: str) -> dict[str, str]:

@@ -144,7 +144,11 @@ class GtlCommands:
         for key in changes:
             if key not in known:
                 raise UsageError(f"%gtl config: unknown setting {key!r}; known: {', '.join(known)}")
-        switches = {key: cli.parse_bool(changes[key]) for key in ("chat", "stream") if key in changes}
+        switches = {
+            key: cli.parse_bool(changes[key], what=f"%gtl config: {key}=")
+            for key in ("chat", "stream")
+            if key in changes
+        }
         before = dataclasses.replace(self.session.settings)  # a refused line changes nothing
         try:
             self._apply_settings(changes, switches)

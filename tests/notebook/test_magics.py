@@ -370,7 +370,8 @@ def test_config_shows_and_sets_and_refuses_unknown_settings(ip):
     _, text = run(ip, "%gtl config chat=on stream=off")
     assert "chat      on" in text and "stream    off" in text
     assert "unknown setting 'colour'" in mistake(ip, "%gtl config colour=blue")
-    assert "on or off" in mistake(ip, "%gtl config chat=maybe")
+    for key in ("chat", "stream"):  # the setting that was mistyped is named
+        assert f"%gtl config: {key}= takes on or off, got 'maybe'" in mistake(ip, f"%gtl config {key}=maybe")
     assert "key=value" in mistake(ip, "%gtl config chat")
 
 
