@@ -276,6 +276,11 @@ def _gateway_options(endpoint: str, options: dict[str, Any]) -> Any:
         from gtl_nb.transports.discovery import is_host_port
 
         if not is_host_port(endpoint):  # a bare HOST:PORT goes to discovery; anything else is a mistake
+            from gtl_nb.transports.endpoints import mistyped_scheme
+
+            mistyped = mistyped_scheme(endpoint)  # http//HOST:PORT: a scheme whose "://" was mistyped
+            if mistyped is not None:
+                raise ConfigurationError(mistyped)
             raise ConfigurationError(
                 f"{endpoint!r} is not a gateway address: give HOST:PORT (the best transport the gateway offers) "
                 "or a scheme (https://HOST:PORT, grpc://HOST:PORT, …); use connect() or connect('embedded://') "
