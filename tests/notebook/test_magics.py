@@ -437,21 +437,25 @@ def test_tokens_come_from_the_environment_or_a_prompt_and_stay_out_of_the_notebo
     seen = []
     real_connect = gtl_nb.connect
 
-    def spy(endpoint="embedded://", token=None, **kwargs):
+    def spy(endpoint="embedded://", token=None, **kwargs):  # the gateway "connected" to is the engine here
         seen.append((endpoint, token))
-        return real_connect(endpoint, token, **kwargs)
+        return real_connect(ledger=False)
 
+    gateway = "ws://127.0.0.1:9"
     monkeypatch.setattr(gtl_nb, "connect", spy)
     monkeypatch.setenv("GTL_TOKEN", "from-gtl-token")
-    run(ip, "%gtl connect embedded://")
+    run(ip, f"%gtl connect {gateway}")
     monkeypatch.setenv("TEAM_TOKEN", "from-team-var")
-    _, text1 = run(ip, "%gtl connect embedded:// --token-env TEAM_TOKEN")
+    _, text1 = run(ip, f"%gtl connect {gateway} --token-env TEAM_TOKEN")
     monkeypatch.setattr("getpass.getpass", lambda prompt="": "from-prompt")
-    _, text2 = run(ip, "%gtl connect embedded:// --ask-token")
+    _, text2 = run(ip, f"%gtl connect {gateway} --ask-token")
+    result, _ = run(ip, "%gtl connect embedded://")  # the engine in the kernel is given no token
+    assert result.success
     assert seen == [
-        ("embedded://", "from-gtl-token"),
-        ("embedded://", "from-team-var"),
-        ("embedded://", "from-prompt"),
+        (gateway, "from-gtl-token"),
+        (gateway, "from-team-var"),
+        (gateway, "from-prompt"),
+        ("embedded://", None),
     ]
     values = [repr(v) for v in ip.user_ns.values() if isinstance(v, str)]
     assert not any("from-" in v for v in values)
