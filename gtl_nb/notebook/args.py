@@ -258,6 +258,14 @@ def usage_parser() -> Parser:
         default="provider",
         help="group by this (as usage_table's by=; day and hour are UTC)",
     )
+    window = p.add_mutually_exclusive_group()
+    window.add_argument("--days", type=float, metavar="N", help="only requests of the last N days (as gtl usage)")
+    window.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only requests from WHEN on: a day (2026-12-01, from midnight UTC), ISO-8601 time with its offset, "
+        "or unix seconds (as client.usage's since=)",
+    )
     p.add_argument(
         "--all-users",
         action="store_true",

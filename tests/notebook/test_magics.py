@@ -366,6 +366,20 @@ def test_usage_tables_come_from_the_ledger(ip):
     assert "--by" in mistake(ip, "%gtl usage --by week")
 
 
+def test_usage_since_and_days_narrow_the_table_as_gtl_usage_and_client_usage_do(ip):
+    run(ip, "%%gtl\none")
+    run(ip, "%%gtl\ntwo")
+    for window in ("--days 1", "--since 2020-01-01", "--since 2020-01-01T00:00:00Z", "--since 1577836800"):
+        assert int(ip.run_line_magic("gtl", f"usage {window}")["requests"].sum()) == 2, window
+    for window, said in (("--days 1e-9", "in the last 1e-09 day(s)"), ("--since 2999-01-01", "since 2999-01-01")):
+        result, text = run(ip, f"%gtl usage --by model {window}")
+        assert result.success and result.result.empty and f"no requests recorded {said}" in text
+    assert "--days must be more than 0, got 0" in mistake(ip, "%gtl usage --days 0")
+    for when in ("yesterday", "2026-01-01T00:00:00"):  # a time without its offset is ambiguous
+        assert "--since: expected a day (2026-12-01, from midnight UTC)" in mistake(ip, f"%gtl usage --since {when}")
+    assert "not allowed with argument --days" in mistake(ip, "%gtl usage --days 1 --since 2020-01-01")
+
+
 def test_config_shows_and_sets_and_refuses_unknown_settings(ip):
     _, text = run(ip, "%gtl config chat=on stream=off")
     assert "chat      on" in text and "stream    off" in text
