@@ -49,23 +49,25 @@ _WRAPPING_OPTIONS = (
 )
 
 
-def _pasted_message(content: str, opts: Any) -> Any:
-    """The GAP message pasted into a ``%%gap`` cell, read as it is (wrapping it again would bury its
-    metadata in the content, its markers escaped); what is wrong with it, as one line."""
+def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
+    """The GAP message pasted into a ``%%gap`` cell (or held as text by ``--from VAR``: ``where`` says
+    which), read as it is (wrapping it again would bury its metadata in the content, its markers
+    escaped); what is wrong with it, as one line."""
     from gtl_nb import gap
 
     given = [option for option, name in _WRAPPING_OPTIONS if getattr(opts, name)]
     if given:
         raise UsageError(
-            f"%%gap: the cell is a GAP message, which carries its own platform, thread, role, chat id, parents "
+            f"%%gap: {where} is a GAP message, which carries its own platform, thread, role, chat id, parents "
             f"and model; drop {', '.join(given)} (--out and --to apply to it)"
         )
     try:
         wrapped = gap.from_markdown(content)
     except gap.GAPFormatError as exc:
-        raise UsageError(f"%%gap: the cell starts with {PASTED_MARKER} but is not a GAP message: {exc}") from None
+        raise UsageError(f"%%gap: {where} starts with {PASTED_MARKER} but is not a GAP message: {exc}") from None
     if not content.rstrip().endswith("[GAP:END]"):
-        raise UsageError("%%gap: text follows the GAP message's [GAP:END]; put the message in a cell of its own")
+        alone = "put the message in a cell of its own" if where == "the cell" else f"keep the message alone in {where}"
+        raise UsageError(f"%%gap: text follows the GAP message's [GAP:END] in {where}; {alone}")
     return wrapped
 
 
@@ -103,15 +105,23 @@ class GapMagic:
             target = opts.to.strip().lower()
             if target not in gap.PLATFORMS:
                 raise UsageError(f"--to: unknown platform {opts.to!r}; choose one of {', '.join(gap.PLATFORMS)}")
-        if content.lstrip().startswith(PASTED_MARKER) and not (opts.from_last or opts.from_var):
-            pasted = _pasted_message(content, opts)
-            self.session.add_gap(pasted, opts.out)
-            display(GapView(pasted, target))
-            return
+        source = None  # the answer (or text) --from-last / --from VAR names
         if opts.from_last or opts.from_var:
             if content.strip():
                 raise UsageError("%%gap --from-last/--from wraps an answer: leave the cell empty")
-            completion = self._completion_source(opts)
+            source = self._completion_source(opts)
+        # GAP markdown (pasted in the cell, or text --from VAR holds) is a message already: read as it is
+        if source is None:
+            text, where = content, "the cell"
+        else:
+            text, where = (source if isinstance(source, str) else ""), repr(opts.from_var)
+        if text.lstrip().startswith(PASTED_MARKER):
+            pasted = _pasted_message(text.strip("\n"), opts, where)
+            self.session.add_gap(pasted, opts.out)
+            display(GapView(pasted, target))
+            return
+        if source is not None:
+            completion = source
             if isinstance(completion, str):
                 content, platform, model, chat_id, time, role = (
                     completion,

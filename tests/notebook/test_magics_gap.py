@@ -109,6 +109,20 @@ def test_a_pasted_gap_message_is_read_as_it_is_not_wrapped_again(ip):
     assert session_of(ip).gap_messages == [sent]
 
 
+def test_from_a_variable_holding_gap_text_reads_it_as_a_pasted_cell_would(ip):
+    sent = gap.wrap_message("The system needs an index.", "claude.ai", "c-8", role="assistant", thread_id="perf")
+    ip.user_ns["md"] = "\n" + gap.to_markdown(sent) + "\n"
+    result, text = run(ip, "%gap --from md --out got --to chatgpt")
+    assert result.success, text
+    assert ip.user_ns["got"] == sent and session_of(ip).gap_messages == [sent]  # not a message about a message
+    assert "drop --thread" in mistake(ip, "%gap --from md --thread t")
+    ip.user_ns["md"] = gap.to_markdown(sent).replace("[GAP:END]", "")
+    assert "'md' starts with [GAP:START] but is not a GAP message: " in mistake(ip, "%gap --from md")
+    ip.user_ns["md"] = gap.to_markdown(sent) + "\nand a note below"
+    assert "keep the message alone in 'md'" in mistake(ip, "%gap --from md")
+    assert session_of(ip).gap_messages == [sent]
+
+
 @pytest.mark.parametrize(
     ("source", "fragment"),
     [
