@@ -61,12 +61,22 @@ def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
             f"%%gap: {where} is a GAP message, which carries its own platform, thread, role, chat id, parents "
             f"and model; drop {', '.join(given)} (--out and --to apply to it)"
         )
+    in_a_cell = where == "the cell"
     try:
-        wrapped = gap.from_markdown(content)
+        blocks = gap.parse_all(content)
     except gap.GAPFormatError as exc:
         raise UsageError(f"%%gap: {where} starts with {PASTED_MARKER} but is not a GAP message: {exc}") from None
+    if len(blocks) > 1:  # a wrap is one message: _gap, --out and the view hold one
+        each = "paste each in a %%gap cell of its own" if in_a_cell else "give each a variable of its own"
+        raise UsageError(f"%%gap: {where} holds {len(blocks)} GAP messages, and %%gap reads one; {each}")
+    if not blocks:  # "[GAP:START] ..." with more on its line: a marker counts only on a line of its own
+        raise UsageError(
+            f"%%gap: {where} starts with {PASTED_MARKER} but is not a GAP message: the marker must be on a line "
+            "of its own"
+        )
+    wrapped = blocks[0]
     if not content.rstrip().endswith("[GAP:END]"):
-        alone = "put the message in a cell of its own" if where == "the cell" else f"keep the message alone in {where}"
+        alone = "put the message in a cell of its own" if in_a_cell else f"keep the message alone in {where}"
         raise UsageError(f"%%gap: text follows the GAP message's [GAP:END] in {where}; {alone}")
     return wrapped
 

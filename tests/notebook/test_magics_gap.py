@@ -123,6 +123,20 @@ def test_from_a_variable_holding_gap_text_reads_it_as_a_pasted_cell_would(ip):
     assert session_of(ip).gap_messages == [sent]
 
 
+def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
+    first, second = (gap.wrap_message(f"The system {n}.", "chatgpt", f"c-{n}") for n in (1, 2))
+    both = f"{gap.to_markdown(first)}\n\n{gap.to_markdown(second)}"
+    refused = mistake(ip, f"%%gap\n{both}")
+    assert refused == (
+        "%%gap: the cell holds 2 GAP messages, and %%gap reads one; paste each in a %%gap cell of its own"
+    )
+    ip.user_ns["md"] = both
+    assert "'md' holds 2 GAP messages" in mistake(ip, "%gap --from md")
+    # a marker with more on its line is no marker: said so, not "found no [GAP:START] block"
+    assert "the marker must be on a line of its own" in mistake(ip, "%%gap\n[GAP:START] hello\nthere")
+    assert session_of(ip).gap_messages == []
+
+
 @pytest.mark.parametrize(
     ("source", "fragment"),
     [
