@@ -120,7 +120,7 @@ def _optional_subcommands(sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from gtl_nb.client import connect
+    from gtl_nb.client import connect, is_embedded
 
     if args.gateway:
         if args.config is not None:
@@ -129,6 +129,8 @@ def _client(args: argparse.Namespace) -> Any:
                 "give one of them"
             )
         token = os.environ.get(TOKEN_ENV) or os.environ.get(NOTEBOOK_TOKEN_ENV) or None
+        if is_embedded(args.gateway):  # $GTL_NB_GATEWAY=embedded://: the engine here, which takes no token
+            token = None
         return connect(args.gateway, token=token)
     if args.config is not None and not Path(args.config).expanduser().is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")

@@ -125,7 +125,8 @@ def connect(
     ``endpoint="embedded://"`` runs the engine in-process. ``providers`` configures deployments by
     name (``{"openai": {"api_key": ...}}``, ``{"azure-east": {"type": "azure", ...}}``); ``config``
     is a TOML path or dict; anything else (``routing=``, ``timeouts=``, …) is a configuration section.
-    With nothing configured, the offline model ``echo`` is always available.
+    With nothing configured, the offline model ``echo`` is always available. It takes no ``token``
+    (a ``ConfigurationError``: a token is a gateway's).
 
     ``user`` (default: the OS user) is who budgets and ledger rows are accounted to. ``ledger`` is
     the SQLite file of the usage ledger (a path, an open ``Ledger``, or ``False`` for none; default:
@@ -145,6 +146,8 @@ def connect(
     """
     endpoint = _normalized(endpoint)
     if _is_embedded(endpoint):
+        if token is not None:  # said, not dropped: the caller meant a gateway, or a provider's key
+            raise ConfigurationError(_EMBEDDED_TAKES_NO_TOKEN)
         return Client(providers=providers, config=config, user=user, ledger=ledger, environ=environ, **options)
     local = {"providers": providers, "config": config, "ledger": ledger, "environ": environ, **options}
     verify = _gateway_options(endpoint, local)
@@ -252,8 +255,20 @@ async def _connected(endpoint: str, token: str | None, options: dict[str, Any]) 
             backend = await open_backend(endpoint, token=token, user=user, verify=verify, loop=CallersLoop())
         return Client(backend=backend, user=user)
     if token is not None:
-        raise ConfigurationError("the embedded engine takes no token: it runs in this process")
+        raise ConfigurationError(_EMBEDDED_TAKES_NO_TOKEN)
     return Client(loop=CallersLoop(), **options)
+
+
+_EMBEDDED_TAKES_NO_TOKEN = (
+    "the embedded engine takes no token: it runs in this process (a token is for a gateway, "
+    "connect('http://HOST:PORT', token=...); a provider's key goes in providers=)"
+)
+
+
+def is_embedded(endpoint: str) -> bool:
+    """Whether ``endpoint`` names the engine in this process (``embedded://``, ``embedded``), not a
+    gateway: as ``connect`` reads it."""
+    return _is_embedded(_normalized(endpoint.strip()))
 
 
 def _normalized(endpoint: str) -> str:
@@ -276,6 +291,11 @@ def _gateway_options(endpoint: str, options: dict[str, Any]) -> Any:
         from gtl_nb.transports.discovery import is_host_port
 
         if not is_host_port(endpoint):  # a bare HOST:PORT goes to discovery; anything else is a mistake
+            from gtl_nb.transports.endpoints import mistyped_scheme
+
+            mistyped = mistyped_scheme(endpoint)  # http//HOST:PORT: a scheme whose "://" was mistyped
+            if mistyped is not None:
+                raise ConfigurationError(mistyped)
             raise ConfigurationError(
                 f"{endpoint!r} is not a gateway address: give HOST:PORT (the best transport the gateway offers) "
                 "or a scheme (https://HOST:PORT, grpc://HOST:PORT, …); use connect() or connect('embedded://') "

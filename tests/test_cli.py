@@ -129,6 +129,12 @@ def test_models_quotes_prices_per_million_in_plain_digits():
     assert "e-0" not in result.stdout
 
 
+def test_a_gateway_variable_naming_the_embedded_engine_sends_it_no_token():
+    result = gtl("models", env={"GTL_NB_GATEWAY": "embedded://", "GTL_NB_TOKEN": "for-a-gateway"})
+    assert result.returncode == 0, result.stderr
+    assert "echo [echo] (offline)" in result.stdout
+
+
 def test_an_unreachable_gateway_says_how_to_start_one(capsys):
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))

@@ -31,7 +31,7 @@ from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["add_subcommands"]
+__all__ = ["add_subcommands", "days_ago"]
 
 
 #: ``gtl usage --by`` choices → the SQL expression rows are grouped by
@@ -95,11 +95,19 @@ def add_subcommands(subparsers: Any) -> None:
     prune.set_defaults(handler=_prune)
 
 
+def days_ago(days: float | None) -> float | None:
+    """``--days N`` (``gtl usage``, ``%gtl usage``) as the unix time N days ago, ``None`` for no
+    ``--days``; N must be more than 0."""
+    if days is None:
+        return None
+    if not days > 0:  # not >: NaN is refused too
+        raise ConfigurationError(f"--days must be more than 0, got {days:g}")
+    return time.time() - days * 86400
+
+
 def _usage(args: argparse.Namespace) -> int:
     args.by = BY_ALIASES.get(args.by, args.by)
-    if args.days is not None and not args.days > 0:  # not >: NaN is refused too
-        raise ConfigurationError(f"--days must be more than 0, got {args.days:g}")
-    since = time.time() - args.days * 86400 if args.days is not None else None
+    since = days_ago(args.days)
     remote = getattr(args, "gateway_usage_rows", None)  # the gtl command's way to a gateway's rows
     if _gateway_given(args) and remote is not None:
         if args.ledger_file or args.ledger_config:

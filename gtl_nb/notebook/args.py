@@ -134,14 +134,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def parse_bool(text: str) -> bool:
-    """``on/off``, ``true/false``, ``yes/no``, ``1/0`` (any case)."""
+def parse_bool(text: str, *, what: str) -> bool:
+    """``on/off``, ``true/false``, ``yes/no``, ``1/0`` (any case); a mistake names the setting, ``what``
+    (``%gtl config: chat=``)."""
     lowered = text.strip().lower()
     if lowered in ("on", "true", "yes", "1"):
         return True
     if lowered in ("off", "false", "no", "0"):
         return False
-    raise ArgumentError(f"expected on or off, got {text!r}")
+    raise ArgumentError(f"{what} takes on or off, got {text!r}")
 
 
 def parse_assignments(words: Sequence[str], *, what: str) -> dict[str, str]:
@@ -256,6 +257,14 @@ def usage_parser() -> Parser:
         choices=("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code"),
         default="provider",
         help="group by this (as usage_table's by=; day and hour are UTC)",
+    )
+    window = p.add_mutually_exclusive_group()
+    window.add_argument("--days", type=float, metavar="N", help="only requests of the last N days (as gtl usage)")
+    window.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only requests from WHEN on: a day (2026-12-01, from midnight UTC), ISO-8601 time with its offset, "
+        "or unix seconds (as client.usage's since=)",
     )
     p.add_argument(
         "--all-users",

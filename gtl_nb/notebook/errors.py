@@ -23,7 +23,15 @@ from gtl_nb.notebook.template import TemplateError
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession
 
-__all__ = ["GTLCellError", "cell_error", "client_for", "in_notebook_words", "mistake", "one_line_errors"]
+__all__ = [
+    "GTLCellError",
+    "a_kind_of",
+    "cell_error",
+    "client_for",
+    "in_notebook_words",
+    "mistake",
+    "one_line_errors",
+]
 
 
 class GTLCellError(Exception):
@@ -62,6 +70,12 @@ def in_notebook_words(message: str) -> str:
     for python_words, notebook_words in _REWORDED:
         message = message.replace(python_words, notebook_words)
     return _PROVIDERS_KEYWORDS.sub(r"`%gtl providers \g<name>`", message)
+
+
+def a_kind_of(value: object) -> str:
+    """What ``value`` is, for a message: its type's name with an article (``an int``, ``a list``)."""
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def mistake(exc: BaseException) -> UsageError:

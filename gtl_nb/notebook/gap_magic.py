@@ -18,7 +18,7 @@ from IPython.display import display
 
 from gtl_nb.cli_unknown import close_word
 from gtl_nb.notebook import args as cli
-from gtl_nb.notebook.errors import cell_error, client_for
+from gtl_nb.notebook.errors import a_kind_of, cell_error, client_for
 from gtl_nb.notebook.formats import fenced
 from gtl_nb.notebook.output import md_cell, show_bundle
 from gtl_nb.notebook.session import platform_for, utc_now
@@ -49,23 +49,35 @@ _WRAPPING_OPTIONS = (
 )
 
 
-def _pasted_message(content: str, opts: Any) -> Any:
-    """The GAP message pasted into a ``%%gap`` cell, read as it is (wrapping it again would bury its
-    metadata in the content, its markers escaped); what is wrong with it, as one line."""
+def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
+    """The GAP message pasted into a ``%%gap`` cell (or held as text by ``--from VAR``: ``where`` says
+    which), read as it is (wrapping it again would bury its metadata in the content, its markers
+    escaped); what is wrong with it, as one line."""
     from gtl_nb import gap
 
     given = [option for option, name in _WRAPPING_OPTIONS if getattr(opts, name)]
     if given:
         raise UsageError(
-            f"%%gap: the cell is a GAP message, which carries its own platform, thread, role, chat id, parents "
+            f"%%gap: {where} is a GAP message, which carries its own platform, thread, role, chat id, parents "
             f"and model; drop {', '.join(given)} (--out and --to apply to it)"
         )
+    in_a_cell = where == "the cell"
     try:
-        wrapped = gap.from_markdown(content)
+        blocks = gap.parse_all(content)
     except gap.GAPFormatError as exc:
-        raise UsageError(f"%%gap: the cell starts with {PASTED_MARKER} but is not a GAP message: {exc}") from None
+        raise UsageError(f"%%gap: {where} starts with {PASTED_MARKER} but is not a GAP message: {exc}") from None
+    if len(blocks) > 1:  # a wrap is one message: _gap, --out and the view hold one
+        each = "paste each in a %%gap cell of its own" if in_a_cell else "give each a variable of its own"
+        raise UsageError(f"%%gap: {where} holds {len(blocks)} GAP messages, and %%gap reads one; {each}")
+    if not blocks:  # "[GAP:START] ..." with more on its line: a marker counts only on a line of its own
+        raise UsageError(
+            f"%%gap: {where} starts with {PASTED_MARKER} but is not a GAP message: the marker must be on a line "
+            "of its own"
+        )
+    wrapped = blocks[0]
     if not content.rstrip().endswith("[GAP:END]"):
-        raise UsageError("%%gap: text follows the GAP message's [GAP:END]; put the message in a cell of its own")
+        alone = "put the message in a cell of its own" if in_a_cell else f"keep the message alone in {where}"
+        raise UsageError(f"%%gap: text follows the GAP message's [GAP:END] in {where}; {alone}")
     return wrapped
 
 
@@ -103,15 +115,23 @@ class GapMagic:
             target = opts.to.strip().lower()
             if target not in gap.PLATFORMS:
                 raise UsageError(f"--to: unknown platform {opts.to!r}; choose one of {', '.join(gap.PLATFORMS)}")
-        if content.lstrip().startswith(PASTED_MARKER) and not (opts.from_last or opts.from_var):
-            pasted = _pasted_message(content, opts)
-            self.session.add_gap(pasted, opts.out)
-            display(GapView(pasted, target))
-            return
+        source = None  # the answer (or text) --from-last / --from VAR names
         if opts.from_last or opts.from_var:
             if content.strip():
                 raise UsageError("%%gap --from-last/--from wraps an answer: leave the cell empty")
-            completion = self._completion_source(opts)
+            source = self._completion_source(opts)
+        # GAP markdown (pasted in the cell, or text --from VAR holds) is a message already: read as it is
+        if source is None:
+            text, where = content, "the cell"
+        else:
+            text, where = (source if isinstance(source, str) else ""), repr(opts.from_var)
+        if text.lstrip().startswith(PASTED_MARKER):
+            pasted = _pasted_message(text.strip("\n"), opts, where)
+            self.session.add_gap(pasted, opts.out)
+            display(GapView(pasted, target))
+            return
+        if source is not None:
+            completion = source
             if isinstance(completion, str):
                 content, platform, model, chat_id, time, role = (
                     completion,
@@ -182,7 +202,7 @@ class GapMagic:
         if isinstance(value, BaseException):  # a GTL error keeps the partial answer
             value = getattr(value, "completion", value)
         if not isinstance(value, (Completion, str)):
-            raise UsageError(f"--from: {opts.from_var!r} is a {type(value).__name__}, not a Completion or text")
+            raise UsageError(f"--from: {opts.from_var!r} is {a_kind_of(value)}, not a Completion or text")
         return value
 
     # -- %gap subcommands -------------------------------------------------------------------------
@@ -380,7 +400,7 @@ def wrapped_variable(namespace: Mapping[str, Any], name: str) -> Any:
             except (ValueError, TypeError):
                 continue
     raise UsageError(
-        f"{name!r} is a {type(value).__name__}, not a GAP message; wrap it first (`%%gap --from {name} --out msg`)"
+        f"{name!r} is {a_kind_of(value)}, not a GAP message; wrap it first (`%%gap --from {name} --out msg`)"
     )
 
 

@@ -20,7 +20,7 @@ from IPython.display import display
 from gtl_nb.completion import code_span
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
-from gtl_nb.notebook.errors import GTLCellError, client_for, in_notebook_words
+from gtl_nb.notebook.errors import GTLCellError, a_kind_of, client_for, in_notebook_words
 from gtl_nb.notebook.formats import FORMAT_INSTRUCTIONS, code_of, shown
 from gtl_nb.notebook.gap_magic import wrapped_variable
 from gtl_nb.notebook.output import clip, show_bundle
@@ -162,7 +162,7 @@ class GtlCell:
             if func is None:
                 raise UsageError(f"--tools: {name!r} is not defined in the notebook; define the function first")
             if not callable(func):
-                raise UsageError(f"--tools: {name!r} is a {type(func).__name__}, not a function")
+                raise UsageError(f"--tools: {name!r} is {a_kind_of(func)}, not a function")
             try:
                 tool = tool_from_function(func, name=name)
             except (TypeError, ValueError) as exc:

@@ -32,7 +32,7 @@ __all__ = ["GTL_HELP", "GtlCommands", "setting_value"]
 GTL_HELP = """\
 %%gtl [MODEL] [options]      send the cell to a model (`%%gtl --help` lists the options)
 %gtl models [--live DEPLOYMENT]   the models this notebook can use
-%gtl usage [--by provider|model|day] [--all-users]   cost and tokens from the usage ledger
+%gtl usage [--by provider|model|day] [--days N | --since WHEN] [--all-users]   cost and tokens from the ledger
 %gtl config [key=value ...]  show or set model=, chat=on|off, stream=on|off, endpoint=URL, file=PATH
 %gtl providers [NAME key=value ... | NAME --remove]   configure a provider deployment
 %gtl connect URL [--token-env VAR | --ask-token]   connect to a GTL endpoint
@@ -124,12 +124,17 @@ class GtlCommands:
         if opts is None:
             print(cli.help_text(parser))
             return None
+        since = _usage_since(opts)  # (a mistake in it is said before connecting)
         client = client_for(self.session, None)
         if client.config is not None and client.ledger is None:  # embedded, with the ledger switched off
             raise UsageError("the usage ledger is off ([ledger] enabled = false): there is no usage to show")
         from gtl_nb.analysis import usage_table
 
-        table = usage_table(client.usage(all_users=opts.all_users), by=opts.by)
+        filters = {} if since is None else {"since": since}
+        table = usage_table(client.usage(all_users=opts.all_users, **filters), by=opts.by)
+        if table.empty and since is not None:
+            window = f"in the last {opts.days:g} day(s)" if opts.days is not None else f"since {opts.since}"
+            print(f"no requests recorded {window}")
         if client.config is None:  # a gateway's ledger and this machine's look alike: say which this is
             whose = "everyone's requests" if opts.all_users else "your token's requests"
             print(f"usage from the gateway at {self.session.settings.endpoint} ({whose})")
@@ -144,7 +149,11 @@ class GtlCommands:
         for key in changes:
             if key not in known:
                 raise UsageError(f"%gtl config: unknown setting {key!r}; known: {', '.join(known)}")
-        switches = {key: cli.parse_bool(changes[key]) for key in ("chat", "stream") if key in changes}
+        switches = {
+            key: cli.parse_bool(changes[key], what=f"%gtl config: {key}=")
+            for key in ("chat", "stream")
+            if key in changes
+        }
         before = dataclasses.replace(self.session.settings)  # a refused line changes nothing
         try:
             self._apply_settings(changes, switches)
@@ -335,3 +344,23 @@ def say_set_aside(session: Any, url: str) -> None:
     """On a gateway, say what of the notebook's own set-up waits for ``embedded://``."""
     for unused in session.set_aside(url):
         print(f"(the gateway serves its own deployments: {unused} applies when you connect embedded:// again)")
+
+
+def _usage_since(opts: Any) -> float | None:
+    """``%gtl usage --days N`` / ``--since WHEN`` as unix seconds (``None``: neither), read as
+    ``gtl usage --days`` and ``client.usage(since=)`` read them; a mistake is one line naming the option."""
+    from gtl_nb.engine.ledger import bound_seconds
+    from gtl_nb.engine.ledger_cli import days_ago
+
+    if opts.since is None:
+        try:
+            return days_ago(opts.days)
+        except ValueError as exc:  # a ConfigurationError
+            raise UsageError(f"%gtl usage: {getattr(exc, 'message', None) or exc}") from None
+    try:
+        return bound_seconds(opts.since)
+    except ValueError:  # the ledger's words are a Python caller's (tzinfo=, datetime): these a notebook's
+        raise UsageError(
+            "%gtl usage --since: expected a day (2026-12-01, from midnight UTC), ISO-8601 time with its offset "
+            f"(2026-12-01T09:00:00Z) or unix seconds, got {opts.since!r}"
+        ) from None

@@ -47,9 +47,9 @@ PLATFORM_BY_PROVIDER_TYPE = {
 def is_embedded(url: str) -> bool:
     """Whether ``url`` names the engine in this process (``embedded://``, ``embedded``), not a gateway:
     as ``gtl_nb.connect`` reads it."""
-    from gtl_nb.client import _is_embedded, _normalized
+    from gtl_nb.client import is_embedded as embedded
 
-    return _is_embedded(_normalized(url.strip()))
+    return embedded(url)
 
 
 def utc_now() -> str:
@@ -106,7 +106,7 @@ class NotebookSession:
                     options["config"] = self.settings.config_file
             from gtl_nb.client import environment_token
 
-            token = self._token or environment_token()
+            token = None if is_embedded(url) else self._token or environment_token()  # a gateway's only
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client
         return client

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ __all__ = [
     "Endpoint",
     "backend_for",
     "certificate_refused",
+    "mistyped_scheme",
     "open_backend",
     "parse_endpoint",
     "schemes",
@@ -176,6 +178,24 @@ def schemes() -> tuple[str, ...]:
     return tuple(_ENDPOINTS)
 
 
+# a scheme name, then anything but "://" between it and the rest: http//HOST, http:/HOST, grpc:://HOST
+_MALFORMED_SEPARATOR = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9]*)(?P<sep>:*/{0,2})(?P<rest>.*)", re.DOTALL)
+
+
+def mistyped_scheme(endpoint: str) -> str | None:
+    """Why ``endpoint`` is refused when it starts with a known scheme's name but mistypes the ``://``
+    after it, naming the URL it was probably meant to be (``http//HOST:PORT`` -> ``http://HOST:PORT``);
+    ``None`` for anything else."""
+    match = _MALFORMED_SEPARATOR.fullmatch(endpoint.strip())
+    if match is None or match["sep"] in ("", "://"):
+        return None
+    scheme = match["scheme"].lower()
+    if scheme not in ("embedded", *_ENDPOINTS):
+        return None
+    meant = f"{scheme}://{match['rest']}"
+    return f"{endpoint!r} is not a gateway address: a scheme is followed by :// (did you mean {meant!r}?)"
+
+
 def split_endpoint(endpoint: str, schemes_: tuple[str, ...] | None = None) -> tuple[str, str]:
     """``"grpc://127.0.0.1:7443/x?y"`` -> ``("grpc", "127.0.0.1:7443")``; a ``ConfigurationError`` for no host."""
     scheme, sep, rest = endpoint.partition("://")
@@ -247,6 +267,9 @@ def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
         )
     entry = _ENDPOINTS.get(scheme) if scheme else _DISCOVERY
     if entry is None:
+        mistyped = mistyped_scheme(endpoint)  # http:://HOST: "http:" is no scheme, "http" was meant
+        if mistyped is not None:
+            raise ConfigurationError(mistyped)
         known = ", ".join(f"{name}://" for name in ("embedded", *_ENDPOINTS))
         raise ConfigurationError(f"unknown endpoint scheme {scheme!r} in {endpoint!r} (known: {known})")
     return scheme, entry

@@ -409,11 +409,18 @@ def test_a_failure_after_the_caller_stopped_waiting_is_still_reported(caplog):
 
 
 def test_the_embedded_engine_takes_no_token():
+    """Refused, not dropped: ``connect`` and ``aconnect`` alike, and the token is not shown."""
+
     async def main() -> None:
-        with pytest.raises(ConfigurationError, match="no token"):
+        with pytest.raises(ConfigurationError, match="no token") as refused:
             await gtl_nb.aconnect(token="secret")
+        assert "a token is for a gateway" in str(refused.value)
 
     asyncio.run(main())
+    for endpoint in ("embedded://", "EMBEDDED://", "embedded"):
+        with pytest.raises(ConfigurationError, match="a token is for a gateway") as refused:
+            gtl_nb.connect(endpoint, token="secret")
+        assert "secret" not in str(refused.value)
 
 
 def test_another_threads_loop_awaits_it_across_the_thread():

@@ -83,6 +83,12 @@ def test_a_gateway_found_by_discovery_is_opened_on_the_callers_loop(served: Loca
         ("ws://user:secret@127.0.0.1:1", {}, "carries no credentials"),
         ("ws://127.0.0.1:1", {"ledger": False}, "takes no ledger="),
         ("nope://127.0.0.1:1", {}, "unknown endpoint scheme"),
+        # a known scheme with its "://" mistyped: the URL meant is named
+        ("http//127.0.0.1:8787", {}, "did you mean 'http://127.0.0.1:8787'"),
+        ("WS:/127.0.0.1:1", {}, "did you mean 'ws://127.0.0.1:1'"),
+        ("grpc:://127.0.0.1:1", {}, "did you mean 'grpc://127.0.0.1:1'"),
+        ("stdio///etc/gtl.toml", {}, "did you mean 'stdio:///etc/gtl.toml'"),
+        ("embedded//", {}, "did you mean 'embedded://'"),
     ],
 )
 def test_a_gateway_address_and_arguments_are_checked_as_connect_checks_them(endpoint, options, message):

@@ -366,11 +366,26 @@ def test_usage_tables_come_from_the_ledger(ip):
     assert "--by" in mistake(ip, "%gtl usage --by week")
 
 
+def test_usage_since_and_days_narrow_the_table_as_gtl_usage_and_client_usage_do(ip):
+    run(ip, "%%gtl\none")
+    run(ip, "%%gtl\ntwo")
+    for window in ("--days 1", "--since 2020-01-01", "--since 2020-01-01T00:00:00Z", "--since 1577836800"):
+        assert int(ip.run_line_magic("gtl", f"usage {window}")["requests"].sum()) == 2, window
+    for window, said in (("--days 1e-9", "in the last 1e-09 day(s)"), ("--since 2999-01-01", "since 2999-01-01")):
+        result, text = run(ip, f"%gtl usage --by model {window}")
+        assert result.success and result.result.empty and f"no requests recorded {said}" in text
+    assert "--days must be more than 0, got 0" in mistake(ip, "%gtl usage --days 0")
+    for when in ("yesterday", "2026-01-01T00:00:00"):  # a time without its offset is ambiguous
+        assert "--since: expected a day (2026-12-01, from midnight UTC)" in mistake(ip, f"%gtl usage --since {when}")
+    assert "not allowed with argument --days" in mistake(ip, "%gtl usage --days 1 --since 2020-01-01")
+
+
 def test_config_shows_and_sets_and_refuses_unknown_settings(ip):
     _, text = run(ip, "%gtl config chat=on stream=off")
     assert "chat      on" in text and "stream    off" in text
     assert "unknown setting 'colour'" in mistake(ip, "%gtl config colour=blue")
-    assert "on or off" in mistake(ip, "%gtl config chat=maybe")
+    for key in ("chat", "stream"):  # the setting that was mistyped is named
+        assert f"%gtl config: {key}= takes on or off, got 'maybe'" in mistake(ip, f"%gtl config {key}=maybe")
     assert "key=value" in mistake(ip, "%gtl config chat")
 
 
@@ -436,21 +451,25 @@ def test_tokens_come_from_the_environment_or_a_prompt_and_stay_out_of_the_notebo
     seen = []
     real_connect = gtl_nb.connect
 
-    def spy(endpoint="embedded://", token=None, **kwargs):
+    def spy(endpoint="embedded://", token=None, **kwargs):  # the gateway "connected" to is the engine here
         seen.append((endpoint, token))
-        return real_connect(endpoint, token, **kwargs)
+        return real_connect(ledger=False)
 
+    gateway = "ws://127.0.0.1:9"
     monkeypatch.setattr(gtl_nb, "connect", spy)
     monkeypatch.setenv("GTL_TOKEN", "from-gtl-token")
-    run(ip, "%gtl connect embedded://")
+    run(ip, f"%gtl connect {gateway}")
     monkeypatch.setenv("TEAM_TOKEN", "from-team-var")
-    _, text1 = run(ip, "%gtl connect embedded:// --token-env TEAM_TOKEN")
+    _, text1 = run(ip, f"%gtl connect {gateway} --token-env TEAM_TOKEN")
     monkeypatch.setattr("getpass.getpass", lambda prompt="": "from-prompt")
-    _, text2 = run(ip, "%gtl connect embedded:// --ask-token")
+    _, text2 = run(ip, f"%gtl connect {gateway} --ask-token")
+    result, _ = run(ip, "%gtl connect embedded://")  # the engine in the kernel is given no token
+    assert result.success
     assert seen == [
-        ("embedded://", "from-gtl-token"),
-        ("embedded://", "from-team-var"),
-        ("embedded://", "from-prompt"),
+        (gateway, "from-gtl-token"),
+        (gateway, "from-team-var"),
+        (gateway, "from-prompt"),
+        ("embedded://", None),
     ]
     values = [repr(v) for v in ip.user_ns.values() if isinstance(v, str)]
     assert not any("from-" in v for v in values)

@@ -109,6 +109,34 @@ def test_a_pasted_gap_message_is_read_as_it_is_not_wrapped_again(ip):
     assert session_of(ip).gap_messages == [sent]
 
 
+def test_from_a_variable_holding_gap_text_reads_it_as_a_pasted_cell_would(ip):
+    sent = gap.wrap_message("The system needs an index.", "claude.ai", "c-8", role="assistant", thread_id="perf")
+    ip.user_ns["md"] = "\n" + gap.to_markdown(sent) + "\n"
+    result, text = run(ip, "%gap --from md --out got --to chatgpt")
+    assert result.success, text
+    assert ip.user_ns["got"] == sent and session_of(ip).gap_messages == [sent]  # not a message about a message
+    assert "drop --thread" in mistake(ip, "%gap --from md --thread t")
+    ip.user_ns["md"] = gap.to_markdown(sent).replace("[GAP:END]", "")
+    assert "'md' starts with [GAP:START] but is not a GAP message: " in mistake(ip, "%gap --from md")
+    ip.user_ns["md"] = gap.to_markdown(sent) + "\nand a note below"
+    assert "keep the message alone in 'md'" in mistake(ip, "%gap --from md")
+    assert session_of(ip).gap_messages == [sent]
+
+
+def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
+    first, second = (gap.wrap_message(f"The system {n}.", "chatgpt", f"c-{n}") for n in (1, 2))
+    both = f"{gap.to_markdown(first)}\n\n{gap.to_markdown(second)}"
+    refused = mistake(ip, f"%%gap\n{both}")
+    assert refused == (
+        "%%gap: the cell holds 2 GAP messages, and %%gap reads one; paste each in a %%gap cell of its own"
+    )
+    ip.user_ns["md"] = both
+    assert "'md' holds 2 GAP messages" in mistake(ip, "%gap --from md")
+    # a marker with more on its line is no marker: said so, not "found no [GAP:START] block"
+    assert "the marker must be on a line of its own" in mistake(ip, "%%gap\n[GAP:START] hello\nthere")
+    assert session_of(ip).gap_messages == []
+
+
 @pytest.mark.parametrize(
     ("source", "fragment"),
     [
@@ -118,6 +146,7 @@ def test_a_pasted_gap_message_is_read_as_it_is_not_wrapped_again(ip):
         ("%%gap --from-last\nsome text", "leave the cell empty"),
         ("%gap --from-last", "no answer yet"),
         ("%gap --from nothing", "'nothing' is not defined"),
+        ("%gap --from In", "'In' is a list, not a Completion or text"),
         ("%gap entities", "no GAP message yet"),
         ("%gap graph", "no GAP messages"),
         ("%gap export out.jsonl", "no GAP messages"),
@@ -206,7 +235,7 @@ def test_context_accepts_gap_json_text_and_refuses_other_values(ip):
     result, _ = run(ip, "%%gtl echo --context msg\ngo")
     assert result.success
     ip.user_ns["msg"] = 42
-    assert "not a GAP message" in mistake(ip, "%%gtl echo --context msg\ngo")
+    assert "'msg' is an int, not a GAP message" in mistake(ip, "%%gtl echo --context msg\ngo")
     assert "'nothing' is not defined" in mistake(ip, "%%gtl echo --context nothing\ngo")
 
 

@@ -258,7 +258,10 @@ def test_max_steps_bounds_the_tool_rounds(ip):
 
 
 def test_tools_must_be_callables_of_the_notebook(ip):
-    cases = (("%%gtl --tools nope\nhi", "'nope' is not defined"), ("%%gtl --tools x\nhi", "not a function"))
+    cases = (
+        ("%%gtl --tools nope\nhi", "'nope' is not defined"),
+        ("%%gtl --tools x\nhi", "'x' is an int, not a function"),
+    )
     ip.user_ns["x"] = 5
     for source, fragment in cases:
         assert fragment in mistake(ip, source)
