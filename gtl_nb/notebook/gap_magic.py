@@ -36,8 +36,21 @@ GAP_HELP = """\
 %gap export PATH             write this notebook's GAP messages as JSON lines"""
 
 
-#: A cell that starts with this is a GAP message pasted whole (from a chat, gap.to_markdown, gtl gap wrap)
+#: A cell whose first line is this alone is a GAP message pasted whole (from a chat, gap.to_markdown,
+#: gtl gap wrap); text that merely begins with it is text to wrap, as before
 PASTED_MARKER = "[GAP:START]"
+_END_MARKER = "[GAP:END]"
+
+
+def is_pasted(text: str) -> bool:
+    """Whether ``text``'s first line that is not blank is the GAP start marker alone (as GAP's grammar
+    reads a marker: on a line of its own)."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip() == PASTED_MARKER
+    return False
+
+
 #: What a pasted message already says: the options that would wrap it again
 _WRAPPING_OPTIONS = (
     ("--platform", "platform"),
@@ -69,13 +82,12 @@ def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
     if len(blocks) > 1:  # a wrap is one message: _gap, --out and the view hold one
         each = "paste each in a %%gap cell of its own" if in_a_cell else "give each a variable of its own"
         raise UsageError(f"%%gap: {where} holds {len(blocks)} GAP messages, and %%gap reads one; {each}")
-    if not blocks:  # "[GAP:START] ..." with more on its line: a marker counts only on a line of its own
-        raise UsageError(
-            f"%%gap: {where} starts with {PASTED_MARKER} but is not a GAP message: the marker must be on a line "
-            "of its own"
-        )
+    if not blocks:  # (the grammar found no whole block after the start marker)
+        raise UsageError(f"%%gap: {where} starts with {PASTED_MARKER} but holds no whole GAP message")
     wrapped = blocks[0]
-    if not content.rstrip().endswith("[GAP:END]"):
+    lines = [line.strip() for line in content.strip().splitlines()]
+    end = lines.index(_END_MARKER) if _END_MARKER in lines else len(lines)
+    if any(lines[end + 1 :]) or end == len(lines):  # (a marker counts only on a line of its own)
         alone = "put the message in a cell of its own" if in_a_cell else f"keep the message alone in {where}"
         raise UsageError(f"%%gap: text follows the GAP message's [GAP:END] in {where}; {alone}")
     return wrapped
@@ -125,7 +137,7 @@ class GapMagic:
             text, where = content, "the cell"
         else:
             text, where = (source if isinstance(source, str) else ""), repr(opts.from_var)
-        if text.lstrip().startswith(PASTED_MARKER):
+        if is_pasted(text):
             pasted = _pasted_message(text.strip("\n"), opts, where)
             self.session.add_gap(pasted, opts.out)
             display(GapView(pasted, target))

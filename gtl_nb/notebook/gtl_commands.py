@@ -131,7 +131,8 @@ class GtlCommands:
         from gtl_nb.analysis import usage_table
 
         filters = {} if since is None else {"since": since}
-        table = usage_table(client.usage(all_users=opts.all_users, **filters), by=opts.by)
+        by = "provider" if opts.by == "deployment" else opts.by  # (gtl usage's name: the same table)
+        table = usage_table(client.usage(all_users=opts.all_users, **filters), by=by)
         if table.empty and since is not None:
             window = f"in the last {opts.days:g} day(s)" if opts.days is not None else f"since {opts.since}"
             print(f"no requests recorded {window}")

@@ -132,8 +132,21 @@ def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
     )
     ip.user_ns["md"] = both
     assert "'md' holds 2 GAP messages" in mistake(ip, "%gap --from md")
-    # a marker with more on its line is no marker: said so, not "found no [GAP:START] block"
-    assert "the marker must be on a line of its own" in mistake(ip, "%%gap\n[GAP:START] hello\nthere")
+    assert session_of(ip).gap_messages == []
+
+
+def test_text_that_only_begins_with_the_start_marker_is_wrapped_as_text(ip):
+    """A marker counts only on a line of its own (GAP's grammar): a question that quotes one is text to
+    wrap, as before the pasted cell was read as a message."""
+    result, text = run(ip, "%%gap --out asked\n[GAP:START] is what my export begins with: why?")
+    assert result.success, text
+    assert ip.user_ns["asked"].content == "[GAP:START] is what my export begins with: why?"
+
+
+def test_text_after_the_end_marker_is_refused_also_when_its_line_ends_with_a_marker(ip):
+    sent = gap.wrap_message("The system needs an index.", "claude.ai", "c-8")
+    pasted = gap.to_markdown(sent) + "\nand this line too [GAP:END]"
+    assert "text follows the GAP message's [GAP:END] in the cell" in mistake(ip, f"%%gap\n{pasted}")
     assert session_of(ip).gap_messages == []
 
 
