@@ -64,7 +64,7 @@ from gtl_nb.strict_schema import left_open, strict_schema
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "new_session_id"]
+__all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "is_embedded", "new_session_id"]
 
 log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
@@ -268,11 +268,13 @@ _EMBEDDED_TAKES_NO_TOKEN = (
 def is_embedded(endpoint: str) -> bool:
     """Whether ``endpoint`` names the engine in this process (``embedded://``, ``embedded``), not a
     gateway: as ``connect`` reads it."""
-    return _is_embedded(_normalized(endpoint.strip()))
+    return _is_embedded(_normalized(endpoint))
 
 
 def _normalized(endpoint: str) -> str:
-    """``endpoint`` with its scheme in lower case (URL schemes are case-insensitive: HTTP://host is http://host)."""
+    """``endpoint`` with its scheme in lower case (URL schemes are case-insensitive: HTTP://host is http://host)
+    and without the spaces around it (an environment variable's, a notebook line's)."""
+    endpoint = endpoint.strip()
     if "://" not in endpoint:
         return endpoint
     scheme, rest = endpoint.split("://", 1)

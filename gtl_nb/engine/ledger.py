@@ -990,11 +990,15 @@ def bound_seconds(value: Any) -> float:
     text with its offset (``"2026-12-01T00:00:00Z"``), or a day alone — a ``date`` or
     ``"2026-12-01"`` — which starts at midnight UTC, as the ledger's ``time_utc`` counts days."""
     if isinstance(value, str):
-        try:
-            return float(value)  # unix seconds as text, as float() always took them
-        except ValueError:
-            pass
-        if len(value.strip()) == 10:  # YYYY-MM-DD: a day has no time to be ambiguous about
+        text = value.strip()
+        # unix seconds as text, as float() always took them — in ASCII digits (float() takes other scripts'
+        # too); eight digits are a day written without dashes (20200101), not a time in 1970
+        if text.isascii() and not (len(text) == 8 and text.isdigit()):
+            try:
+                return _finite(float(text), value)
+            except ValueError:
+                pass
+        if len(text) in (8, 10):  # YYYY-MM-DD or YYYYMMDD: a day has no time to be ambiguous about
             with contextlib.suppress(ValueError):
                 value = date.fromisoformat(value.strip())
     if isinstance(value, date) and not isinstance(value, datetime):
@@ -1014,9 +1018,18 @@ def bound_seconds(value: Any) -> float:
     try:
         if isinstance(value, bool):
             raise TypeError
-        return float(value)  # (numpy's numbers too)
+        seconds = float(value)  # (numpy's numbers too)
     except (TypeError, ValueError):
         raise LedgerValueError(_BOUND_ADVICE.format(value=repr(value)[:60])) from None
+    return _finite(seconds, value)
+
+
+def _finite(seconds: float, value: Any) -> float:
+    """``seconds``, refused when not a finite number (NaN matched no row embedded and every row through
+    a gateway's query: neither is what was asked)."""
+    if not math.isfinite(seconds):
+        raise LedgerValueError(_BOUND_ADVICE.format(value=repr(value)[:60]))
+    return seconds
 
 
 _BOUND_ADVICE = (

@@ -178,6 +178,10 @@ def schemes() -> tuple[str, ...]:
     return tuple(_ENDPOINTS)
 
 
+_CREDENTIALS_REFUSED = (
+    "a gateway address carries no credentials (user:password@ is not used, and would be shown in errors); "
+    "give the gateway's token with token= (the gtl command: $GTL_NB_TOKEN)"
+)
 # a scheme name, then anything but "://" between it and the rest: http//HOST, http:/HOST, grpc:://HOST
 _MALFORMED_SEPARATOR = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9]*)(?P<sep>:*/{0,2})(?P<rest>.*)", re.DOTALL)
 
@@ -189,11 +193,24 @@ def mistyped_scheme(endpoint: str) -> str | None:
     match = _MALFORMED_SEPARATOR.fullmatch(endpoint.strip())
     if match is None or match["sep"] in ("", "://"):
         return None
-    scheme = match["scheme"].lower()
+    scheme, sep, rest = match["scheme"].lower(), match["sep"], match["rest"]
     if scheme not in ("embedded", *_ENDPOINTS):
         return None
-    meant = f"{scheme}://{match['rest']}"
-    return f"{endpoint!r} is not a gateway address: a scheme is followed by :// (did you mean {meant!r}?)"
+    if "@" in rest.split("/", 1)[0].split("?", 1)[0]:  # never echoed: it holds what looks like a password
+        return _CREDENTIALS_REFUSED
+    said = _clipped(endpoint.strip())
+    if scheme != "embedded" and not rest:
+        return f"{said!r} is not a gateway address: a scheme is followed by :// and the gateway's HOST:PORT"
+    if scheme == "stdio":  # its path: what followed the colon, slashes and all (stdio:/etc/x is /etc/x)
+        path = sep.lstrip(":") + rest if ":" in sep else rest
+        rest = "/" + path.lstrip("/") if path.startswith("/") else path
+    meant = _clipped(f"{scheme}://{rest}")
+    return f"{said!r} is not a gateway address: a scheme is followed by :// (did you mean {meant!r}?)"
+
+
+def _clipped(text: str, keep: int = 80) -> str:
+    """``text`` as an error quotes it: at most ``keep`` characters (it is the caller's, of any length)."""
+    return text if len(text) <= keep else text[:keep] + "…"
 
 
 def split_endpoint(endpoint: str, schemes_: tuple[str, ...] | None = None) -> tuple[str, str]:
@@ -261,10 +278,7 @@ def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
     authority = endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
     if "@" in authority:  # said without the address: it holds what looks like a password
-        raise ConfigurationError(
-            "a gateway address carries no credentials (user:password@ is not used, and would be shown in "
-            "errors); give the gateway's token with token= (the gtl command: $GTL_NB_TOKEN)"
-        )
+        raise ConfigurationError(_CREDENTIALS_REFUSED)
     entry = _ENDPOINTS.get(scheme) if scheme else _DISCOVERY
     if entry is None:
         mistyped = mistyped_scheme(endpoint)  # http:://HOST: "http:" is no scheme, "http" was meant

@@ -583,3 +583,12 @@ def test_its_loop_may_run_on_another_thread_later():
         loop.call_soon_threadsafe(loop.stop)
         runner.join(10)
         loop.close()
+
+
+def test_spaces_around_an_address_are_read_as_is_embedded_reads_them():
+    # GTL_NB_GATEWAY=' embedded ' was embedded to the notebook (is_embedded) and refused by connect
+    from gtl_nb.client import is_embedded
+
+    assert is_embedded(" embedded ")
+    with gtl_nb.connect(" embedded ") as client:
+        assert client.complete("echo", "hi").text

@@ -89,6 +89,11 @@ def test_a_gateway_found_by_discovery_is_opened_on_the_callers_loop(served: Loca
         ("grpc:://127.0.0.1:1", {}, "did you mean 'grpc://127.0.0.1:1'"),
         ("stdio///etc/gtl.toml", {}, "did you mean 'stdio:///etc/gtl.toml'"),
         ("embedded//", {}, "did you mean 'embedded://'"),
+        # credentials in a mistyped address are refused as in a well-typed one, never echoed back
+        ("http//user:secret@127.0.0.1:1", {}, "carries no credentials"),
+        ("stdio:/etc/gtl.toml", {}, "did you mean 'stdio:///etc/gtl.toml'"),  # the path typed: absolute
+        ("http:", {}, "followed by :// and the gateway's HOST:PORT"),
+        ("http//" + "x" * 100_000, {}, r"did you mean 'http://x{73}…'\?\)$"),  # an error quotes 80 characters
     ],
 )
 def test_a_gateway_address_and_arguments_are_checked_as_connect_checks_them(endpoint, options, message):

@@ -763,3 +763,22 @@ def test_the_failover_path_column_is_json_dumps_of_its_steps(steps: list[str]) -
     assert _path_json(steps) == json.dumps(steps)
     assert _path_json(None) is None
     assert _path_json("one") == json.dumps(["one"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", float("nan"), float("inf")])
+def test_a_bound_that_is_no_finite_time_is_refused(value):
+    # NaN matched no row embedded and every row through a gateway's query: neither is what was asked
+    with pytest.raises(LedgerValueError, match="since/until takes unix seconds"):
+        ledger_module.bound_seconds(value)
+
+
+def test_a_bound_in_other_scripts_digits_is_refused_and_eight_digits_are_a_day():
+    with pytest.raises(LedgerValueError, match="since/until takes unix seconds"):
+        ledger_module.bound_seconds("\u0661\u0665\u0667\u0667")  # float() takes Arabic-Indic digits
+    day = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()
+    if sys.version_info >= (3, 11):  # (date.fromisoformat reads the basic form from Python 3.11)
+        assert ledger_module.bound_seconds("20200101") == day  # a day without dashes, not 1970-08-23
+    else:
+        with pytest.raises(LedgerValueError):
+            ledger_module.bound_seconds("20200101")
+    assert ledger_module.bound_seconds("1577836800") == day and ledger_module.bound_seconds(" 1577836800.5 ") > day
