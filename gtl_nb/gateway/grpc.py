@@ -85,6 +85,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, Signal, TlsFiles
+from gtl_nb.gateway.offload import OFF_LOOP_PROTO_BYTES, OffloadedFrames, converted
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import peer_text
@@ -104,7 +105,6 @@ from gtl_nb.protocol.errors import (
     ProviderUnavailableError,
 )
 from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
-from gtl_nb.transports.framed import FramedConnection
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame, to_proto
@@ -240,6 +240,7 @@ class GTLServicer(pb_grpc.GTLServicer):
         channel = GrpcStreamChannel(
             context.read, context.write, role="server", peer=peer, where="client",
             max_json_bytes=self.limits.max_frame_bytes, batches=batches,
+            convert=_read_message,  # a large message read into its frame in a worker thread (offload)
         )  # fmt: skip
         refused: list[AuthenticationError] = []
         authenticate = HeaderTokenFirst(self._authenticate, bearer, refused.append)
@@ -248,7 +249,7 @@ class GTLServicer(pb_grpc.GTLServicer):
         shutdown = _SessionShutdown(self.stopping, self.grace_over)
         gateway = GatewayConnection(
             self.engine,
-            FramedConnection(connection, channel),
+            OffloadedFrames(connection, channel),  # a large frame decoded in a worker thread
             authenticate=authenticate,
             max_sessions=self.limits.max_sessions_per_connection,
             limits=self.limits,
@@ -535,6 +536,12 @@ def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
             value = item[1]
             return value.decode("latin-1") if isinstance(value, bytes) else str(value)
     return None
+
+
+async def _read_message(size: int, read: Callable[[bytes], bytes], message: bytes) -> bytes:
+    """``read(message)`` (a ``Session`` message into its JSON frame), in a worker thread for a message over
+    ``OFF_LOOP_PROTO_BYTES`` (``gateway.offload``)."""
+    return await converted(size, read, message, above=OFF_LOOP_PROTO_BYTES)
 
 
 def _bearer(context: grpc.aio.ServicerContext) -> str | None:

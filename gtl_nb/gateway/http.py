@@ -85,7 +85,7 @@ from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.compat.reply import try_later
 from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
-from gtl_nb.gateway.offload import converted
+from gtl_nb.gateway.offload import OffloadedFrames, converted
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
@@ -1424,7 +1424,6 @@ def build_app(
     async def websocket(socket_: WebSocket) -> None:
         """``/v1/gtl/ws``: one GTL connection, many sessions; the header's token counts as hello's."""
         from gtl_nb.protocol.connection import GTLConnection
-        from gtl_nb.transports.framed import FramedConnection
         from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 
         bearer = _bearer(socket_.headers.get("authorization"))
@@ -1442,7 +1441,7 @@ def build_app(
 
         channel = MessageChannel(recv, socket_.send_text, close, peer=peer_text(socket_.client), joins_frames=joins)
         connection = GTLConnection("server", max_frame_bytes=max_body_bytes, features=limits.features)
-        framed = FramedConnection(connection, channel)
+        framed = OffloadedFrames(connection, channel)  # a large frame decoded in a worker thread
         with sessions.socket():
             try:
                 await GatewayConnection(

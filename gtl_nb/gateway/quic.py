@@ -44,6 +44,7 @@ from typing import Any
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown
+from gtl_nb.gateway.offload import InTurn
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import QueryDesk
@@ -67,6 +68,7 @@ from gtl_nb.protocol.errors import (
     OverloadedError,
     ProviderUnavailableError,
 )
+from gtl_nb.protocol.frames import ReadFrame
 from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, Query, StreamEvent
 from gtl_nb.protocol.session import SessionStateMachine
 from gtl_nb.transports.conventions import PROVIDERS_END
@@ -76,6 +78,7 @@ from gtl_nb.transports.quic.wire import (
     ALPN,
     CONTROL_STREAM_ID,
     STREAM_DONE,
+    RequestInput,
     RequestStream,
     StreamViolation,
     close_code,
@@ -132,6 +135,9 @@ async def serve_quic(
 MAX_ARRIVING_FRAMES = 4
 """Frames' worth of requests (``max_frame_bytes`` each) a connection's session streams may hold together
 before each is whole: without a bound, 128 streams each sending most of a frame held a GiB."""
+LATE_RECHECK = 0.1
+"""Seconds before a stream past its request deadline is looked at again while its frame is being decoded
+in a worker thread (``offload.InTurn``): it arrived whole, so it is not late unless the decode found none."""
 
 
 class _Gateway:
@@ -224,6 +230,11 @@ class _Connection:
     def closing(self) -> bool:
         """Whether the connection is closing (or closed): nothing more is written to it."""
         return self._closing is not None
+
+    @property
+    def over(self) -> bool:
+        """Whether it is closing or QUIC ended it: a request decoded now starts nothing."""
+        return self._closing is not None or self.peer.terminated is not None
 
     # -- the connection's life ---------------------------------------------------------------------
 
@@ -373,15 +384,29 @@ class _Connection:
 
 
 class _ControlStream:
-    """The control stream's listener: bytes into the server ``GTLConnection``, its answers back out."""
+    """The control stream's listener: bytes into the server ``GTLConnection``, its answers back out (a
+    read completing a large frame is decoded in a worker thread, in turn: ``offload.InTurn``)."""
 
     def __init__(self, connection: _Connection) -> None:
         self.connection = connection
+        control = connection.control
+        self.reads = InTurn(self._decoded, self._apply, lambda: control.reader.pending_bytes, name="gtl-quic-control")
 
     def data_received(self, data: bytes, end: bool) -> None:
+        self.reads.take(data, end)
+
+    def _decoded(self, data: bytes, end: bool) -> tuple[list[ReadFrame], bool]:
+        """The frames ``data`` completes (perhaps in a worker thread: only this stream feeds the reader)."""
+        control = self.connection.control
+        return (control.reader.feed(data) if data and not control.closed else []), end
+
+    def _apply(self, decoded: tuple[list[ReadFrame], bool]) -> None:
         connection, control = self.connection, self.connection.control
-        if data:
-            control.receive_data(data)
+        frames, end = decoded
+        if connection.peer.terminated is not None:  # it ended while this read was in a worker
+            return
+        if frames:
+            control.receive_frames(frames)
         if end:
             control.receive_data(b"")
         while (event := control.next_event()) is not NEED_DATA and event is not CONNECTION_CLOSED:
@@ -401,9 +426,11 @@ class _ControlStream:
             connection.peer.write(CONTROL_STREAM_ID, control.data_to_send())
 
     def reset_received(self, code: int) -> None:
+        self.reads.cancel()
         self.connection.close(None)
 
     def stop_received(self, code: int) -> None:
+        self.reads.cancel()
         self.connection.close(None)
 
 
@@ -416,6 +443,13 @@ class _Session:
         self.stream_id = stream_id
         self.max_frame_bytes = connection.limits.max_frame_bytes
         self.reader = RequestStream(self.max_frame_bytes)
+        # a read completing a large frame is decoded in a worker thread; what comes after waits its turn
+        self.reads = InTurn(
+            lambda data, end: self.reader.feed(data, end),
+            self._take,
+            lambda: self.reader.pending_bytes,
+            name=f"gtl-quic-read-{stream_id}",
+        )
         self.machine: SessionStateMachine | None = None
         self.task: asyncio.Task[None] | None = None
         self.done = False  # the terminal event went out (or the stream was refused)
@@ -434,7 +468,12 @@ class _Session:
             return
         if self.machine is None and not self._arrives(len(data)):
             return
-        for item in self.reader.feed(data, end):
+        self.reads.take(data, end)
+
+    def _take(self, items: list[RequestInput]) -> None:
+        if self.done or self.connection.over:  # refused, or the connection ended, while its read was in a worker
+            return
+        for item in items:
             if isinstance(item, CompletionRequest):
                 self.connection.start(self, item)
             elif isinstance(item, Cancel):
@@ -467,6 +506,9 @@ class _Session:
     def _late(self) -> None:
         if self.machine is not None or self.done or self._deadline is None or self.connection.closing:
             return
+        if self.reads.busy:  # a frame arrived whole and is being decoded: look again once it is
+            self._late_timer = asyncio.get_running_loop().call_later(LATE_RECHECK, self._late)
+            return
         now = asyncio.get_running_loop().time()
         if now < self._deadline:  # bytes came since the timer was set: wait until the deadline they earned
             self._late_timer = asyncio.get_running_loop().call_at(self._deadline, self._late)
@@ -497,6 +539,9 @@ class _Session:
             self._late_timer = None
 
     def reset_received(self, code: int) -> None:
+        self.reads.later(self._reset)  # after a request still being decoded: it is then cancelled
+
+    def _reset(self) -> None:
         self.client_done = True
         self._stop_counting()
         self.cancel()  # the client gave up on the session
@@ -505,7 +550,7 @@ class _Session:
         self._forget_when_over()
 
     def stop_received(self, code: int) -> None:
-        self.cancel()
+        self.reads.later(self.cancel)
 
     def _forget_when_over(self) -> None:
         if self.done and self.client_done:

@@ -15,11 +15,11 @@ from gtl_nb.engine.credentials import CredentialResolver
 from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.listeners import Shutdown
+from gtl_nb.gateway.offload import OffloadedFrames
 from gtl_nb.gateway.refusals import recordings_of
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.connection import GTLConnection
-from gtl_nb.transports.framed import FramedConnection
 from gtl_nb.transports.stdio import open_server_channel
 
 __all__ = ["serve_stdio"]
@@ -46,7 +46,7 @@ async def serve_stdio(
     try:
         channel = await open_server_channel(frames_fd, in_fd=in_fd)
         try:
-            framed = FramedConnection(connection, channel)
+            framed = OffloadedFrames(connection, channel)  # a large frame decoded in a worker thread
             gateway = GatewayConnection(
                 engine, framed, authenticate=authenticate, limits=limits, shutdown=shutdown, transport="stdio"
             )

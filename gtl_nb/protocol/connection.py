@@ -263,6 +263,22 @@ class GTLConnection:
             self._inbox.extend(self._reader.close())
             self._inbox.append(_EOF)
 
+    @property
+    def reader(self) -> FrameReader:
+        """The reader ``receive_data`` decodes the peer's bytes with (``receive_frames``)."""
+        return self._reader
+
+    def receive_frames(self, frames: Iterable[ReadFrame]) -> None:
+        """Hand over frames that ``reader.feed(data)`` decoded from the peer's bytes outside this call —
+        a transport may decode a large frame elsewhere (the gateway: in a worker thread, with nothing
+        else touching the reader meanwhile). Exactly what ``receive_data(data)`` does with them: applied
+        by ``next_event()`` in stream order; ignored once the connection ended; after ``b""`` a
+        ``ProtocolError``."""
+        if self._eof:
+            raise ProtocolError("receive_frames() called with frames after the end of the stream")
+        if not self.closed:
+            self._inbox.extend(frames)
+
     def next_event(self) -> ConnectionEvent | Sentinel:
         """The next event from the peer (or produced by the connection), ``NEED_DATA`` or ``CONNECTION_CLOSED``."""
         events, inbox = self._events, self._inbox

@@ -14,7 +14,9 @@ Both ends of every transport use it, so the rules below hold for the gateway and
   with the last bytes queued (closing the channel sends them, within the channel's own time limit).
   With ``reader_waits`` (the gateway) it also waits for those replies to drain, so a peer that does
   not read is not read either; a client's reader must not wait (``reader_waits=False``), or two full
-  pipes could wait on each other.
+  pipes could wait on each other. Each read goes to the connection through ``receive``, whose result
+  (if any) the reader awaits before it reads on: the gateway's ``offload.OffloadedFrames`` decodes a
+  large frame in a worker thread there, the frames after it waiting their turn.
 """
 
 from __future__ import annotations
@@ -90,6 +92,15 @@ class FramedConnection:
                 self.flush_nowait()
                 if self.reader_waits:
                     await self.drain()
-                connection.receive_data(await self.channel.read())
+                received = self.receive(await self.channel.read())
+                if received is not None:
+                    await received
                 continue
             yield event
+
+    def receive(self, data: bytes) -> Awaitable[None] | None:
+        """Hand ``data`` read from the channel to the connection; ``events()`` awaits what this returns
+        (if anything) before it reads on. Here the connection decodes it at once; the gateway's
+        ``offload.OffloadedFrames`` decodes a large frame in a worker thread instead."""
+        self.connection.receive_data(data)
+        return None

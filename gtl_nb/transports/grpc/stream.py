@@ -19,7 +19,9 @@ sessions, cancels, bad frames, one terminal event per session — exactly as on 
   connection's frame reader looks for them (``protocol/frames.py``), so the connection ends that
   session and counts the frame toward ``max_bad_frames``, as for a bad JSON frame. Its error message
   quotes the mapping's reason, which names the field, never the value. The end of the stream, a
-  cancelled call and a broken one read as ``b""``.
+  cancelled call and a broken one read as ``b""``. With ``convert`` (the gateway) each message is
+  read by ``read()`` itself, through ``convert`` — which reads a large one in a worker thread — one
+  message at a time, in the order they came.
 * **A frame this end cannot send** (a value the proto cannot carry, ``mapping``): the gateway sends
   an ``INTERNAL`` error for that session (or an ``answer`` with that error for a query) in its place
   and drops the session's later frames; the client hands its own connection an ``INVALID_REQUEST``
@@ -98,6 +100,9 @@ Role = Literal["client", "server"]
 Receive = Callable[[], Awaitable[Any]]
 """The next message of the call as bytes; ``grpc.aio.EOF`` (or ``None``) at its end."""
 Send = Callable[[bytes], Awaitable[None]]
+Convert = Callable[[int, Callable[[bytes], bytes], bytes], Awaitable[bytes]]
+"""``convert(size, read, message)``: ``read(message)`` for a message of ``size`` bytes, run where the
+caller chooses (the gateway: a large one in a worker thread, ``gateway.offload.converted``)."""
 
 _FRAME_TYPES = {"client": (pb.ClientFrame, pb.ServerFrame), "server": (pb.ServerFrame, pb.ClientFrame)}
 """role -> (what this end sends, what it receives)."""
@@ -147,6 +152,15 @@ def status_error(code: grpc.StatusCode, details: str | None, *, where: str) -> G
     return error_class(gtl_code)(f"the {where} answered {code.name}: {text}")
 
 
+class _Unread:
+    """A received message not yet read into its JSON frame(s): ``read()`` hands it to ``convert``."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: bytes) -> None:
+        self.message = message
+
+
 # -- the channel ---------------------------------------------------------------------------------------
 
 
@@ -172,6 +186,7 @@ class GrpcStreamChannel:
         max_json_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         close: Callable[[], Awaitable[None]] | None = None,
         batches: bool = False,
+        convert: Convert | None = None,
     ) -> None:
         self.peer = peer
         self.batches = batches and role == "server"
@@ -193,7 +208,8 @@ class GrpcStreamChannel:
         self._stopping_sender = False
         self._queued = asyncio.Event()  # the sender has work (or should stop)
         self._room = asyncio.Event()  # the outbox went down to HIGH_WATER_BYTES (or the call broke)
-        self._inbox: deque[bytes] = deque()  # frames for read(): received, or refusals made here
+        self._inbox: deque[bytes | _Unread] = deque()  # frames for read(): received, or refusals made here
+        self._convert = convert
         self._receiving: asyncio.Future[Any] | None = None
         self._reader: asyncio.Future[None] | None = None  # what read() waits on
         self._finished = False  # the call's end was read
@@ -218,7 +234,11 @@ class GrpcStreamChannel:
                 await self._reader
             finally:
                 self._reader = None
-        return self._inbox.popleft()
+        item = self._inbox.popleft()
+        if type(item) is _Unread:  # read in turn: a later message waits behind it, as on the wire
+            assert self._convert is not None
+            return await self._convert(len(item.message), self._frame_of, item.message)
+        return item  # type: ignore[return-value]
 
     def _received(self, received: asyncio.Future[Any]) -> None:
         if self._receiving is received:
@@ -246,7 +266,7 @@ class GrpcStreamChannel:
         if data is None or data is grpc.aio.EOF:
             self._finished = True
             return
-        self._inbox.append(self._frame_of(data))
+        self._inbox.append(self._frame_of(data) if self._convert is None else _Unread(data))
 
     def _frame_of(self, data: bytes) -> bytes:
         """One message as its JSON frame(s) — a ``ServerFrame`` may carry more after its own — or as a

@@ -144,6 +144,11 @@ class RequestStream:
         self.cancelled = False
         self.broken = False
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an incomplete frame held back."""
+        return self._reader.pending_bytes
+
     def feed(self, data: bytes, end: bool = False) -> list[RequestInput]:
         if self.broken:
             return []
