@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 from gtl_nb.log import get_logger
+from gtl_nb.protocol.errors import GTLError, InternalError, OverloadedError
 from gtl_nb.transports.framed import FramedConnection
 
 __all__ = [
@@ -125,6 +126,8 @@ class InTurn(Generic[T]):
         pending: Callable[[], int],
         *,
         name: str,
+        most_waiting: int,
+        failed: Callable[[GTLError], None],
     ) -> None:
         self._read = read
         self._handle = handle
@@ -132,6 +135,14 @@ class InTurn(Generic[T]):
         self._name = name
         self._waiting: deque[tuple[bytes, bool] | Callable[[], None]] | None = None  # while one is in a worker
         self._task: asyncio.Task[None] | None = None
+        # what the peer may send while a read is in a worker: its transport's flow control does not see
+        # what waits here (QUIC's windows grow with what arrives), so past ``most_waiting`` bytes the reads
+        # stop and ``failed`` is told why — as it is of a read that raised (a bug), which on the loop would
+        # have reached the protocol's callback and ended the connection
+        self._most_waiting = most_waiting
+        self._waiting_bytes = 0
+        self._failed = failed
+        self._stopped = False  # cancelled: what comes after is dropped
 
     @property
     def busy(self) -> bool:
@@ -140,29 +151,42 @@ class InTurn(Generic[T]):
 
     def take(self, data: bytes, end: bool) -> None:
         """Read ``data`` (``end``: the stream's last bytes) now, in a worker, or after those before it."""
+        if self._stopped:
+            return
         if self._waiting is not None:
             self._waiting.append((data, end))
+            self._waiting_bytes += len(data)
+            if self._waiting_bytes > self._most_waiting:
+                self.cancel()
+                why = f"more than {self._most_waiting:,} bytes arrived while a large frame was being decoded"
+                self._failed(OverloadedError(why))
         elif completed_bytes(self._pending(), data) <= OFF_LOOP_BYTES:
             self._handle(self._read(data, end))
         else:
-            self._waiting = deque([(data, end)])
+            self._waiting = deque([(data, end)])  # (the read in the worker: not counted as waiting)
             self._task = asyncio.get_running_loop().create_task(self._in_turn(), name=self._name)
 
     def later(self, call: Callable[[], None]) -> None:
         """``call()`` once the reads taken before it were handled (at once when none waits)."""
+        if self._stopped:
+            return
         if self._waiting is None:
             call()
         else:
             self._waiting.append(call)
 
     def cancel(self) -> None:
-        """Drop what waits (the stream or its connection ended); a read in a worker is not handled."""
+        """Drop what waits, and whatever comes later (the stream or its connection ended, or ``failed`` was
+        told): a read in a worker is not handled."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
         self._waiting = None
+        self._waiting_bytes = 0
 
     async def _in_turn(self) -> None:
         waiting = self._waiting
+        first = True
         try:
             while waiting:
                 item = waiting.popleft()
@@ -170,11 +194,18 @@ class InTurn(Generic[T]):
                     item()
                     continue
                 data, end = item
+                if not first:
+                    self._waiting_bytes -= len(data)
+                first = False
                 self._handle(await converted(completed_bytes(self._pending(), data), self._read, data, end))
         except asyncio.CancelledError:
             pass
         except Exception:  # (on the loop it would have reached the protocol's callback: a bug either way)
             log.exception("reading %s failed", self._name)
+            if self._waiting is waiting:
+                self._waiting, self._stopped = None, True
+                self._failed(InternalError("internal error"))
         finally:
             if self._waiting is waiting:
                 self._waiting = None
+                self._waiting_bytes = 0

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -211,6 +212,8 @@ class _Connection:
         self.counted = False  # in the gateway's count of connections per address
         self.running: dict[int, _Session] = {}
         self.arriving = 0  # bytes of requests not yet whole, over every session stream
+        # every stream's reads in turn, to stop at the connection's end (weak: a stream forgotten goes)
+        self.readers: weakref.WeakSet[InTurn[Any]] = weakref.WeakSet()
         self.bad_streams = 0
         self.cancel_reason = "the client"
         self._closing: asyncio.Future[None] | None = None
@@ -269,8 +272,21 @@ class _Connection:
             self._timer.cancel()
         self._timer = asyncio.get_running_loop().call_later(delay, callback)
 
+    def reading_failed(self, error: GTLError) -> None:
+        """A stream's reads in turn (``offload.InTurn``) stopped: too much arrived while a large frame was
+        decoded, or the decode raised. The connection ends, as a callback that raised on the loop ends it."""
+        log.warning("client %s: %s; closing", self.where, error.message)
+        self.close(error)
+
+    def _stop_reading(self) -> None:
+        """Drop every stream's reads still waiting for a decode in a worker: the connection is over."""
+        for reads in list(self.readers):
+            reads.cancel()
+        self.readers.clear()
+
     def _terminated(self, event: Any) -> None:
         """QUIC ended the connection (the client closed it, went silent, or our own close completed)."""
+        self._stop_reading()
         if self._timer is not None:
             self._timer.cancel()
         self.cancel_sessions(self.cancel_reason)
@@ -296,6 +312,7 @@ class _Connection:
         """End the connection: say why on the control stream, end the sessions, then close QUIC once the
         last frames — those of the running sessions and of the streams in ``flush`` — were acknowledged."""
         if self._closing is None:
+            self._stop_reading()
             if self._timer is not None:
                 self._timer.cancel()
             self.peer.write(CONTROL_STREAM_ID, self.control.close(error), end=True)
@@ -390,7 +407,15 @@ class _ControlStream:
     def __init__(self, connection: _Connection) -> None:
         self.connection = connection
         control = connection.control
-        self.reads = InTurn(self._decoded, self._apply, lambda: control.reader.pending_bytes, name="gtl-quic-control")
+        self.reads = InTurn(
+            self._decoded,
+            self._apply,
+            lambda: control.reader.pending_bytes,
+            name="gtl-quic-control",
+            most_waiting=connection.limits.max_frame_bytes,
+            failed=connection.reading_failed,
+        )
+        connection.readers.add(self.reads)
 
     def data_received(self, data: bytes, end: bool) -> None:
         self.reads.take(data, end)
@@ -449,7 +474,10 @@ class _Session:
             self._take,
             lambda: self.reader.pending_bytes,
             name=f"gtl-quic-read-{stream_id}",
+            most_waiting=self.max_frame_bytes,
+            failed=connection.reading_failed,
         )
+        connection.readers.add(self.reads)
         self.machine: SessionStateMachine | None = None
         self.task: asyncio.Task[None] | None = None
         self.done = False  # the terminal event went out (or the stream was refused)
@@ -472,6 +500,7 @@ class _Session:
 
     def _take(self, items: list[RequestInput]) -> None:
         if self.done or self.connection.over:  # refused, or the connection ended, while its read was in a worker
+            self._stop_counting()
             return
         for item in items:
             if isinstance(item, CompletionRequest):

@@ -21,7 +21,7 @@ import pytest
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway import offload, quic
 from gtl_nb.gateway.devauth import DevAuth
-from gtl_nb.gateway.offload import OFF_LOOP_BYTES, OffloadedFrames
+from gtl_nb.gateway.offload import OFF_LOOP_BYTES, InTurn, OffloadedFrames
 from gtl_nb.gateway.sessions import GatewayConnection
 from gtl_nb.gateway.stdio import serve_stdio
 from gtl_nb.protocol import messages as m
@@ -156,7 +156,6 @@ def test_a_read_completing_a_large_frame_is_decoded_in_a_worker_with_the_same_ev
 def test_a_streams_reads_and_calls_wait_for_a_read_in_a_worker():
     """``InTurn`` (QUIC's streams): a read completing a large frame goes to a worker; the reads and the calls
     (a reset, a stop) taken meanwhile run after it, in order; a small read alone runs at once, on the loop."""
-    from gtl_nb.gateway.offload import InTurn
 
     large, small = b"x" * OFF_LOOP_BYTES + b"\n", b"{}\n"
 
@@ -168,7 +167,7 @@ def test_a_streams_reads_and_calls_wait_for_a_read_in_a_worker():
             where.append(threading.current_thread().name)
             return len(data)
 
-        reads = InTurn(read, done.append, lambda: 0, name="test")
+        reads = InTurn(read, done.append, lambda: 0, name="test", most_waiting=1 << 20, failed=failures.append)
         reads.take(small, False)
         assert done == [len(small)] and not reads.busy
         reads.take(large, False)
@@ -180,9 +179,48 @@ def test_a_streams_reads_and_calls_wait_for_a_read_in_a_worker():
         reads.later(lambda: done.append("at once"))
         return done, where[1]
 
+    failures: list[Any] = []
     done, large_thread = asyncio.run(main())
     assert done == [len(small), len(large), len(small), "reset", "at once"]
-    assert large_thread.startswith("gtl-convert")
+    assert large_thread.startswith("gtl-convert") and failures == []
+
+
+def test_what_waits_behind_a_read_in_a_worker_is_bounded_and_a_failing_read_is_said():
+    """A stream's transport does not see what waits here (QUIC's windows grow with what arrives): past
+    ``most_waiting`` bytes the reads stop and ``failed`` hears OVERLOADED; a read that raises in the
+    worker is ``failed``'s INTERNAL, as a callback raising on the loop ends the connection — not a
+    stream left without an answer."""
+    large = b"x" * OFF_LOOP_BYTES + b"\n"
+
+    async def flooded() -> tuple[list[Any], list[Any]]:
+        done: list[Any] = []
+        failures: list[Any] = []
+        reads = InTurn(
+            lambda data, end: len(data), done.append, lambda: 0, name="t", most_waiting=1000, failed=failures.append
+        )
+        reads.take(large, False)
+        for _ in range(3):
+            reads.take(b"y" * 400, False)  # the third passes 1,000 bytes waiting behind the large one
+        reads.take(b"z", False)  # (stopped: dropped, not read at once)
+        await asyncio.sleep(0.2)
+        return done, failures
+
+    done, failures = asyncio.run(flooded())
+    assert [error.code for error in failures] == ["OVERLOADED"] and done == []
+
+    async def broken() -> list[Any]:
+        failures: list[Any] = []
+
+        def read(data: bytes, end: bool) -> int:
+            raise MemoryError("planted")
+
+        reads = InTurn(read, print, lambda: 0, name="t", most_waiting=1 << 20, failed=failures.append)
+        reads.take(large, False)
+        while reads.busy:
+            await asyncio.sleep(0.01)
+        return failures
+
+    assert [error.code for error in asyncio.run(broken())] == ["INTERNAL"]
 
 
 def test_websocket(echo_config, handed, started):
