@@ -188,7 +188,7 @@ class InTurn(Generic[T]):
         waiting = self._waiting
         first = True
         try:
-            while waiting:
+            while waiting and self._waiting is waiting:  # (cancelled from a handler: what waits is dropped)
                 item = waiting.popleft()
                 if callable(item):
                     item()

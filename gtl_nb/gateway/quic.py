@@ -214,6 +214,7 @@ class _Connection:
         self.arriving = 0  # bytes of requests not yet whole, over every session stream
         # every stream's reads in turn, to stop at the connection's end (weak: a stream forgotten goes)
         self.readers: weakref.WeakSet[InTurn[Any]] = weakref.WeakSet()
+        self.requests_arriving: weakref.WeakSet[_Session] = weakref.WeakSet()  # counted in ``arriving``
         self.bad_streams = 0
         self.cancel_reason = "the client"
         self._closing: asyncio.Future[None] | None = None
@@ -283,6 +284,8 @@ class _Connection:
         for reads in list(self.readers):
             reads.cancel()
         self.readers.clear()
+        for session in list(self.requests_arriving):  # (a request whose decode was dropped: its timer too)
+            session._stop_counting()
 
     def _terminated(self, event: Any) -> None:
         """QUIC ended the connection (the client closed it, went silent, or our own close completed)."""
@@ -524,6 +527,7 @@ class _Session:
             self._late_timer = loop.call_at(self._deadline, self._late)
         self._deadline += size / MIN_REQUEST_RATE
         self._arriving += size
+        connection.requests_arriving.add(self)
         connection.arriving += size
         limit = MAX_ARRIVING_FRAMES * self.max_frame_bytes
         if connection.arriving > limit:  # (a client may send several large requests at once: not a bad stream)
@@ -534,6 +538,8 @@ class _Session:
 
     def _late(self) -> None:
         if self.machine is not None or self.done or self._deadline is None or self.connection.closing:
+            return
+        if self.connection.over:  # (it ended meanwhile: nothing to refuse, and no bad stream to count)
             return
         if self.reads.busy:  # a frame arrived whole and is being decoded: look again once it is
             self._late_timer = asyncio.get_running_loop().call_later(LATE_RECHECK, self._late)
@@ -563,6 +569,7 @@ class _Session:
         """The request is whole (or refused): its bytes no longer count as arriving."""
         self.connection.arriving -= self._arriving
         self._arriving = 0
+        self.connection.requests_arriving.discard(self)
         if self._late_timer is not None:
             self._late_timer.cancel()
             self._late_timer = None

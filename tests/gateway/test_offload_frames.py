@@ -336,3 +336,47 @@ def test_quic(echo_config, certs, handed, started):
     assert isinstance(small[-1], m.Done)
     assert handed == ["<lambda>"]  # the session stream's read, its request only
     assert sorted(started) == ["big", "small"]  # (two streams: either may start first)
+
+
+def test_quic_a_connection_ending_while_a_request_is_decoded_lets_the_request_go(echo_config, certs, monkeypatch):
+    """The client ends the connection while its whole request is in a worker: the decode is dropped, and
+    so are the request's arrival count and timer (its timer refused the stream of a dead connection
+    minutes later, counting it a bad stream, and kept the decoded request alive until then)."""
+    gate = threading.Event()
+
+    async def held(function: Any, *args: Any) -> Any:  # the workers busy with others' frames
+        await asyncio.get_running_loop().run_in_executor(None, gate.wait, 30)
+        return function(*args)
+
+    monkeypatch.setattr(offload, "_in_worker", held)
+    refused: list[str] = []
+    give_up = quic._Session._give_up
+
+    def giving_up(self: Any, refusal: m.Error, **kwargs: Any) -> None:
+        refused.append(refusal.code)
+        give_up(self, refusal, **kwargs)
+
+    monkeypatch.setattr(quic._Session, "_give_up", giving_up)
+    connections: list[Any] = []
+    accept = quic._Gateway.accept
+
+    def accepting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        peer = accept(self, *args, **kwargs)
+        connections.extend(self.connections)
+        return peer
+
+    monkeypatch.setattr(quic._Gateway, "accept", accepting)
+
+    async def main() -> None:
+        async with raw_peer(served.url, certs) as (peer, _quic):
+            open_raw(peer, quic_frame(request("big", 5_000)), end=True)
+            await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
+
+    with quic_gateway(echo_config, certs, header_timeout=1.0) as served:
+        asyncio.run(main())
+        gate.set()
+        (connection,) = set(connections)
+        assert connection.arriving == 0 and not connection.requests_arriving
+        threading.Event().wait(2.5)  # past the request's deadline
+    assert refused == []
