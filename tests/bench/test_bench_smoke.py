@@ -21,21 +21,26 @@ REPO = Path(__file__).resolve().parents[2]
 PATHS = {"direct", "gtl-openai", "gtl-sse", "gtl-ws", "gtl-grpc", "gtl-quic"}
 
 
+def run_bench(*arguments: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGUMENTS`` from the repository, this tree on the path; it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", *arguments],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
 @pytest.mark.timeout(90)
 def test_smoke_run_measures_every_path_without_errors(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     docs = REPO / "docs" / "benchmarks.md"
     before = docs.read_bytes() if docs.exists() else None
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--json", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=80,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_bench("bench", "--smoke", "--json", str(out), timeout=80)
     result = json.loads(out.read_text())
     summaries = result["summaries"]
     assert {s["path"] for s in summaries} == PATHS
@@ -70,15 +75,7 @@ def test_stores_smoke_run_measures_every_configuration(tmp_path: Path) -> None:
     out = tmp_path / "stores.json"
     docs = REPO / "docs" / "benchmarks.md"
     before = docs.read_bytes() if docs.exists() else None
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.bench_stores", "--smoke", "--json", str(out)],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_bench("bench.bench_stores", "--smoke", "--json", str(out), timeout=50)
     result = json.loads(out.read_text())
     configs = set(result["options"]["configs"])
     assert {"sqlite", "memory", "redis", "postgres", "redis+pg"} <= configs
@@ -177,14 +174,6 @@ def test_engine_parts_smoke_run_measures_every_path(tmp_path: Path) -> None:
     check that the parts give the engine's answer included) and is in the table; no figure asserted."""
     from bench.engine_parts import PATHS
 
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.engine_parts", "--smoke"],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=50,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_bench("bench.engine_parts", "--smoke", timeout=50)
     rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows[2:] == list(PATHS)  # (after the head and its rule)
