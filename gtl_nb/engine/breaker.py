@@ -488,6 +488,9 @@ class BreakerBoard:
 
     def get(self, deployment: str) -> CircuitBreaker:
         """The breaker of ``deployment`` (created closed on first use)."""
+        breaker = self._breakers.get(deployment)  # (every call but the first: no lock needed to read)
+        if breaker is not None:
+            return breaker
         with self._lock:
             breaker = self._breakers.get(deployment)
             if breaker is None:

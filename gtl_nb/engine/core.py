@@ -458,7 +458,7 @@ class Engine:
             # counted before the row starts: the SQLite counter counts rows without a reservation (another
             # process's), and a row started here before its reservation would count against its own request
             # and its neighbours'; a cancel while counting gives back what was taken (``_reserve``)
-            if not unserved:
+            if not unserved and self.budgets is not None:
                 try:
                     reservation, refusal = await self._reserve(request, context, targets)
                 except asyncio.CancelledError as exc:
@@ -881,7 +881,8 @@ class Engine:
             return _batches_of([refusal])
         if isinstance(targets, GTLError):
             return _batches_of([targets.to_event(sid)])
-        targets = await self._ordered(request, targets)
+        if len(targets) > 1:  # (the only one is tried, open or not: its breaker decides)
+            targets = await self._ordered(request, targets)
         key = None
         if is_cacheable(request, self.cache_config):
             key = cache_key(targets[0].name, targets[0].model, request, self._cache_owner())
