@@ -177,3 +177,23 @@ def test_engine_parts_smoke_run_measures_every_path(tmp_path: Path) -> None:
     done = run_bench("bench.engine_parts", "--smoke", timeout=50)
     rows = [line.split("|")[1].strip() for line in done.stdout.splitlines() if line.startswith("| ")]
     assert rows[2:] == list(PATHS)  # (after the head and its rule)
+
+
+@pytest.mark.timeout(60)
+def test_engine_lines_counts_every_path_and_the_counts_repeat() -> None:
+    """``python -m bench.engine_lines``: each path's lines a session are counted (the parts' answer
+    checked against the engine's first), the engine executes more than its parts and the whole call
+    more than the engine, and — the point of counting lines — two runs agree to within 2 %."""
+
+    def totals(done: subprocess.CompletedProcess[str]) -> dict[str, int]:
+        found = {}
+        for line in done.stdout.splitlines():
+            cells = [cell.strip() for cell in line.split("|")[1:-1]]
+            if len(cells) == 2 and cells[1].replace(",", "").isdigit():
+                found[cells[0]] = int(cells[1].replace(",", ""))
+        return found
+
+    first, second = (totals(run_bench("bench.engine_lines", "--sessions", "20", timeout=50)) for _ in range(2))
+    assert list(first) == ["parts", "engine", "whole"], first
+    assert 0 < first["parts"] < first["engine"] < first["whole"]
+    assert all(abs(first[path] - second[path]) <= first[path] * 0.02 for path in first), (first, second)
