@@ -40,6 +40,7 @@ from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.providers.base import Deployment, ProviderNeeds, needs_of
 from gtl_nb.providers.catalog import validate_overrides
 from gtl_nb.providers.registry import BUILTIN_PROVIDERS, get_provider
+from gtl_nb.words import a_kind_of
 
 try:  # Python >= 3.11
     import tomllib
@@ -876,7 +877,7 @@ def _json_value(value: Any, where: str, depth: int = 0) -> None:
             _json_value(item, f"{where}[{index}]", depth + 1)
         return
     raise ConfigurationError(
-        f"{where} is a {type(value).__name__}: a provider option must be a string, number, boolean, array or table"
+        f"{where} is {a_kind_of(value)}: a provider option must be a string, number, boolean, array or table"
     )
 
 

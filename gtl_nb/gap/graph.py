@@ -32,6 +32,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from gtl_nb.gap.model import GAP_VERSION, WrappedMessage
+from gtl_nb.words import a_kind_of
 
 if TYPE_CHECKING:  # pragma: no cover
     import networkx as nx
@@ -50,7 +51,7 @@ def _index(messages: Iterable[WrappedMessage]) -> dict[str, WrappedMessage]:
     by_id: dict[str, WrappedMessage] = {}
     for position, message in enumerate(messages):
         if not isinstance(message, WrappedMessage):
-            raise TypeError(f"message {position} is a {type(message).__name__}, not a WrappedMessage")
+            raise TypeError(f"message {position} is {a_kind_of(message)}, not a WrappedMessage")
         if not message.chat_id:
             raise ValueError(f"message {position} has no chat_id; graph nodes are keyed by chat_id")
         kept = by_id.get(message.chat_id)

@@ -19,6 +19,7 @@ from IPython.core.error import UsageError
 
 from gtl_nb.notebook.args import ArgumentError
 from gtl_nb.notebook.template import TemplateError
+from gtl_nb.words import a_kind_of
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession
@@ -70,12 +71,6 @@ def in_notebook_words(message: str) -> str:
     for python_words, notebook_words in _REWORDED:
         message = message.replace(python_words, notebook_words)
     return _PROVIDERS_KEYWORDS.sub(r"`%gtl providers \g<name>`", message)
-
-
-def a_kind_of(value: object) -> str:
-    """What ``value`` is, for a message: its type's name with an article (``an int``, ``a list``)."""
-    name = type(value).__name__
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def mistake(exc: BaseException) -> UsageError:

@@ -645,3 +645,9 @@ def test_a_file_named_through_dot_dot_anchors_at_its_folder_without_it(home, tmp
     (tmp_path / "other").mkdir()
     monkeypatch.chdir(tmp_path / "other")
     assert load(home, config="../cfg/gtl.toml").ledger["path"] == str(tmp_path / "cfg" / "u.sqlite")
+
+
+def test_a_provider_option_of_no_json_type_is_named_with_its_article(home):
+    providers = {"o": {"type": "openai", "api_key": "k", "options": {"extra_body": {"seed": object()}}}}
+    with pytest.raises(ConfigurationError, match=r"extra_body\.seed is an object: a provider option must be"):
+        load(home, providers=providers)

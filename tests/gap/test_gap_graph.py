@@ -168,3 +168,8 @@ def test_graph_to_dataframes(graph):
     assert len(nodes) == graph.number_of_nodes() and len(edges) == graph.number_of_edges()
     assert nodes.set_index("label").loc["m1", "role"] == "assistant"
     assert edges["kind"].value_counts()["reply_to"] == 4
+
+
+def test_a_graph_of_something_not_a_message_names_what_it_was_given():
+    with pytest.raises(TypeError, match=r"^message 1 is an int, not a WrappedMessage$"):
+        create_context_graph([wrap_message("hi", "chatgpt", "a"), 7])
