@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import gtl_nb
+from gtl_nb.completion import money
 from gtl_nb.protocol.messages import Token, Tool
 
 
@@ -29,7 +30,8 @@ def main() -> int:
     out.write("2. Usage of that completion:\n")
     usage = answer.usage
     assert usage is not None
-    out.write(f"   tokens in {usage.tokens_in}, tokens out {usage.tokens_out}, cost ${usage.cost}\n")
+    cost = money(usage.cost) or "unknown"  # ("$0": echo is free; "$0.0" read like a rounding)
+    out.write(f"   tokens in {usage.tokens_in}, tokens out {usage.tokens_out}, cost {cost}\n")
     out.write(f"   time to first token {answer.ttft_ms} ms, total {answer.latency_ms} ms\n\n")
 
     out.write("3. A tool call:\n")
