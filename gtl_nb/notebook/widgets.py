@@ -284,6 +284,19 @@ class _Answer:
     def calls(self) -> list[str]:
         return [f"{call.name}({call.arguments})" for call in self.transcript.tool_calls]
 
+    def heading(self, *, arrow: str = "→") -> str:
+        """A column's title: the model asked for — and, once the stream failed over, what answers
+        instead (``deployment:model`` from its ``done``; the deployment failed over to before it)."""
+        failovers = self.transcript.failovers
+        if not failovers:
+            return self.model
+        done = self.transcript.done
+        if done is not None and done.provider:
+            answering = f"{done.provider}:{done.model}" if done.model else done.provider
+        else:
+            answering = failovers[-1].to_provider or "?"
+        return f"{self.model} {arrow} {answering}"
+
     @property
     def notes(self) -> list[str]:
         """One note per failover, worded as ``Completion.footer()`` words them."""
@@ -738,24 +751,25 @@ class ComparisonGrid(_LiveView):
         answers = self._answers
         return {
             "text/markdown": "\n\n".join(
-                f"**{_md_inline(m)}**: {no_math_markdown(a.text) or '…'}" for m, a in answers.items()
+                f"**{_md_inline(a.heading())}**: {no_math_markdown(a.text) or '…'}" for a in answers.values()
             ),
-            "text/plain": "\n".join(a.live_plain(m) for m, a in answers.items()),
+            "text/plain": "\n".join(a.live_plain(a.heading(arrow="->")) for a in answers.values()),
         }
 
     def _frame_unlocked(self) -> _Frame:
         answers = self._answers
         return _Frame(
-            html=[answers[m].live_html(m) for m in self.models],
-            plain="\n".join(answers[m].live_plain(m) for m in self.models),
+            html=[answers[m].live_html(answers[m].heading()) for m in self.models],
+            plain="\n".join(answers[m].live_plain(answers[m].heading(arrow="->")) for m in self.models),
         )
 
     def _final(self) -> _Final:
-        columns = [self._answers[m].final_markdown(m, style="flex: 1 1 0; min-width: 0;") for m in self.models]
+        answers = [self._answers[m] for m in self.models]
+        columns = [a.final_markdown(a.heading(), style="flex: 1 1 0; min-width: 0;") for a in answers]
         grid = "\n".join(
             ['<div class="gtl-grid" style="display: flex; gap: 1.5em; align-items: flex-start;">', *columns, "</div>"]
         )
-        plain = "\n".join(self._answers[m].final_plain(m) for m in self.models)
+        plain = "\n".join(a.final_plain(a.heading(arrow="->")) for a in answers)
         if self.summary is not None:
             grid += "\n\n" + _markdown_table(self.summary)
             plain += "\n\n" + self.summary.to_string(index=False)

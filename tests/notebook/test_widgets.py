@@ -625,3 +625,28 @@ def test_dollars_in_live_and_final_forms_are_never_math(shell):
     shown = [form for form in forms if "costs" in form]
     assert len(shown) >= 2 and all("$" not in form for form in shown)
     assert "$5" in view._repr_mimebundle_()["text/plain"]  # plain text is plain
+
+
+def test_a_column_that_failed_over_is_titled_with_what_answered_instead(shell):
+    grid = ComparisonGrid(["gpt-4o", "echo"], min_interval=0.0, live=True)
+    grid.display()
+    moved = Status(session_id=SID, state="failover", from_provider="openai", to_provider="backup", reason="500")
+    grid.on_event("gpt-4o", moved)
+    grid.on_event("gpt-4o", Token(session_id=SID, text="hi"))
+    assert "gpt-4o → backup" in grid._surface.cells[0].value  # while it streams: where it went
+    done = Done(session_id=SID, provider="backup", model="gpt-4o-mini")
+    grid.on_event("gpt-4o", done)
+    grid.on_event("echo", Token(session_id=SID, text="yo"))
+    grid.on_event("echo", Done(session_id=SID, provider="echo", model="echo"))
+    comparison = Comparison(
+        models=["gpt-4o", "echo"],
+        results={
+            "gpt-4o": completion_of(moved, Token(session_id=SID, text="hi"), done),
+            "echo": completion_of(Token(session_id=SID, text="yo"), Done(session_id=SID, provider="echo")),
+        },
+    )
+    grid.finish(comparison)
+    bundle = grid._repr_mimebundle_()
+    assert "**gpt-4o → backup:gpt-4o-mini**" in bundle["text/markdown"]
+    assert "== gpt-4o -> backup:gpt-4o-mini ==" in bundle["text/plain"]
+    assert "**echo**" in bundle["text/markdown"] and "echo →" not in bundle["text/markdown"]  # no failover, no arrow
