@@ -15,6 +15,7 @@ carries ``transport``: the scheme its sessions travel over (``Client.transport``
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import os
 import re
@@ -284,8 +285,14 @@ def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
         mistyped = mistyped_scheme(endpoint)  # http:://HOST: "http:" is no scheme, "http" was meant
         if mistyped is not None:
             raise ConfigurationError(mistyped)
-        known = ", ".join(f"{name}://" for name in ("embedded", *_ENDPOINTS))
-        raise ConfigurationError(f"unknown endpoint scheme {scheme!r} in {endpoint!r} (known: {known})")
+        schemes = ("embedded", *_ENDPOINTS)
+        known = ", ".join(f"{name}://" for name in schemes)
+        said = _clipped(endpoint)
+        # a mistyped scheme (htp, grcp): the URL it was probably meant to be (a scheme is a short word;
+        # a longer one is compared with nothing, difflib's work grows with its length)
+        close = difflib.get_close_matches(scheme.lower(), schemes, n=1, cutoff=0.6) if len(scheme) <= 16 else []
+        meant = f" (did you mean {_clipped(close[0] + '://' + endpoint.split('://', 1)[1])!r}?)" if close else ""
+        raise ConfigurationError(f"unknown endpoint scheme {_clipped(scheme, 16)!r} in {said!r}{meant}; known: {known}")
     return scheme, entry
 
 

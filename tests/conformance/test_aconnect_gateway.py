@@ -94,6 +94,10 @@ def test_a_gateway_found_by_discovery_is_opened_on_the_callers_loop(served: Loca
         ("stdio:/etc/gtl.toml", {}, "did you mean 'stdio:///etc/gtl.toml'"),  # the path typed: absolute
         ("http:", {}, "followed by :// and the gateway's HOST:PORT"),
         ("http//" + "x" * 100_000, {}, r"did you mean 'http://x{73}…'\?\)$"),  # an error quotes 80 characters
+        # a mistyped scheme: the URL meant is named; an unknown one is quoted clipped, never whole
+        ("htp://127.0.0.1:8787", {}, r"'htp'.*did you mean 'http://127.0.0.1:8787'"),
+        ("grcp://127.0.0.1:1/x", {}, r"did you mean 'grpc://127.0.0.1:1/x'"),
+        ("nope" * 50_000 + "://h:1", {}, r"unknown endpoint scheme 'n[nope]{15}…' in 'n[nope]{79}…'; known"),
     ],
 )
 def test_a_gateway_address_and_arguments_are_checked_as_connect_checks_them(endpoint, options, message):
