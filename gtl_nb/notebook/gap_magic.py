@@ -62,18 +62,47 @@ _WRAPPING_OPTIONS = (
 )
 
 
-def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
-    """The GAP message pasted into a ``%%gap`` cell (or held as text by ``--from VAR``: ``where`` says
-    which), read as it is (wrapping it again would bury its metadata in the content, its markers
-    escaped); what is wrong with it, as one line."""
-    from gtl_nb import gap
-
+def _refuse_wrapping_options(opts: Any, where: str) -> None:
+    """A GAP message is read as it is: the options that would wrap it again are refused, named."""
     given = [option for option, name in _WRAPPING_OPTIONS if getattr(opts, name)]
     if given:
         raise UsageError(
             f"%%gap: {where} is a GAP message, which carries its own platform, thread, role, chat id, parents "
             f"and model; drop {', '.join(given)} (--out and --to apply to it)"
         )
+
+
+def _gap_message_held(value: Any, name: str) -> Any:
+    """The GAP message a ``--from`` variable holds as a ``WrappedMessage``, as GAP's JSON structure (a
+    dict with ``gap_version``), or as its JSON text; ``None`` for anything else (a Completion, text to
+    wrap). A structure that says it is GAP but is not a valid message: its fault, as one line."""
+    from gtl_nb import gap
+
+    if isinstance(value, gap.WrappedMessage):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not (text.startswith("{") and '"gap_version"' in text):
+            return None
+        try:
+            return gap.from_json(text)
+        except gap.GAPFormatError as exc:
+            raise UsageError(f"--from: {name!r} holds GAP JSON that is not a GAP message: {exc}") from None
+    if isinstance(value, dict) and "gap_version" in value:
+        try:
+            return gap.from_dict(value)
+        except gap.GAPFormatError as exc:
+            raise UsageError(f"--from: {name!r} holds a GAP structure that is not a GAP message: {exc}") from None
+    return None
+
+
+def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
+    """The GAP message pasted into a ``%%gap`` cell (or held as text by ``--from VAR``: ``where`` says
+    which), read as it is (wrapping it again would bury its metadata in the content, its markers
+    escaped); what is wrong with it, as one line."""
+    from gtl_nb import gap
+
+    _refuse_wrapping_options(opts, where)
     in_a_cell = where == "the cell"
     try:
         blocks = gap.parse_all(content)
@@ -132,7 +161,13 @@ class GapMagic:
             if content.strip():
                 raise UsageError("%%gap --from-last/--from wraps an answer: leave the cell empty")
             source = self._completion_source(opts)
-        # GAP markdown (pasted in the cell, or text --from VAR holds) is a message already: read as it is
+        # GAP markdown (pasted in the cell, or text --from VAR holds) is a message already: read as it is;
+        # so is a WrappedMessage, or GAP's JSON (text or a dict), --from VAR holds
+        if isinstance(source, gap.WrappedMessage):
+            _refuse_wrapping_options(opts, repr(opts.from_var))
+            self.session.add_gap(source, opts.out)
+            display(GapView(source, target))
+            return
         if source is None:
             text, where = content, "the cell"
         else:
@@ -188,7 +223,8 @@ class GapMagic:
         display(GapView(wrapped, target))
 
     def _completion_source(self, opts: Any) -> Any:
-        """The answer ``--from-last`` / ``--from VAR`` names: a Completion, or text."""
+        """The answer ``--from-last`` / ``--from VAR`` names: a Completion, text, or a GAP message
+        (``_gap_message_held``)."""
         from gtl_nb.completion import Comparison, Completion
 
         if opts.from_last:
@@ -213,8 +249,11 @@ class GapMagic:
             )
         if isinstance(value, BaseException):  # a GTL error keeps the partial answer
             value = getattr(value, "completion", value)
+        held = _gap_message_held(value, opts.from_var)
+        if held is not None:
+            return held
         if not isinstance(value, (Completion, str)):
-            raise UsageError(f"--from: {opts.from_var!r} is {a_kind_of(value)}, not a Completion or text")
+            raise UsageError(f"--from: {opts.from_var!r} is {a_kind_of(value)}, not a Completion, text or GAP message")
         return value
 
     # -- %gap subcommands -------------------------------------------------------------------------

@@ -123,6 +123,23 @@ def test_from_a_variable_holding_gap_text_reads_it_as_a_pasted_cell_would(ip):
     assert session_of(ip).gap_messages == [sent]
 
 
+def test_from_a_variable_holding_a_gap_message_object_or_its_json_reads_it_as_it_is(ip):
+    sent = gap.wrap_message("The system needs an index.", "claude.ai", "c-9", role="assistant", thread_id="perf")
+    for held in (sent, gap.to_json(sent), gap.to_dict(sent)):
+        ip.user_ns["held"] = held
+        result, text = run(ip, "%gap --from held --out got --to chatgpt")
+        assert result.success, text
+        assert ip.user_ns["got"] == sent  # the message itself, not a message about it
+        assert gap.transform_for_platform(sent, "chatgpt") in text
+    assert session_of(ip).gap_messages == [sent]  # (one message, however often it is read)
+    assert "drop --role" in mistake(ip, "%gap --from held --role user")
+    ip.user_ns["held"] = gap.to_json(sent).replace('"content"', '"contents"')
+    assert "'held' holds GAP JSON that is not a GAP message: " in mistake(ip, "%gap --from held")
+    ip.user_ns["held"] = '{"question": "what is a gap_version?"}'  # JSON text, not GAP's: text to wrap
+    result, _ = run(ip, "%gap --from held --out plain")
+    assert result.success and ip.user_ns["plain"].content == '{"question": "what is a gap_version?"}'
+
+
 def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
     first, second = (gap.wrap_message(f"The system {n}.", "chatgpt", f"c-{n}") for n in (1, 2))
     both = f"{gap.to_markdown(first)}\n\n{gap.to_markdown(second)}"
@@ -159,7 +176,7 @@ def test_text_after_the_end_marker_is_refused_also_when_its_line_ends_with_a_mar
         ("%%gap --from-last\nsome text", "leave the cell empty"),
         ("%gap --from-last", "no answer yet"),
         ("%gap --from nothing", "'nothing' is not defined"),
-        ("%gap --from In", "'In' is a list, not a Completion or text"),
+        ("%gap --from In", "'In' is a list, not a Completion, text or GAP message"),
         ("%gap entities", "no GAP message yet"),
         ("%gap graph", "no GAP messages"),
         ("%gap export out.jsonl", "no GAP messages"),
