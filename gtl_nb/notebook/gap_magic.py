@@ -77,23 +77,27 @@ def _gap_message_held(value: Any, name: str) -> Any:
     dict with ``gap_version``), or as its JSON text; ``None`` for anything else (a Completion, text to
     wrap). A structure that says it is GAP but is not a valid message: its fault, as one line."""
     from gtl_nb import gap
+    from gtl_nb.gap.jsonfmt import decode
+    from gtl_nb.gap.limits import check_text
 
     if isinstance(value, gap.WrappedMessage):
         return value
+    what = "a GAP structure"
     if isinstance(value, str):
         text = value.strip()
-        if not (text.startswith("{") and '"gap_version"' in text):
+        if not (text.startswith("{") and '"gap_version"' in text):  # (the parse below only for a likely one)
             return None
-        try:
-            return gap.from_json(text)
-        except gap.GAPFormatError as exc:
-            raise UsageError(f"--from: {name!r} holds GAP JSON that is not a GAP message: {exc}") from None
-    if isinstance(value, dict) and "gap_version" in value:
-        try:
-            return gap.from_dict(value)
-        except gap.GAPFormatError as exc:
-            raise UsageError(f"--from: {name!r} holds a GAP structure that is not a GAP message: {exc}") from None
-    return None
+        try:  # GAP's JSON is an object with gap_version at its top: anything else is text to wrap
+            value = decode(check_text(text, "a GAP JSON document"))
+        except gap.GAPFormatError:
+            return None
+        what = "GAP JSON"
+    if not (isinstance(value, dict) and "gap_version" in value):
+        return None
+    try:
+        return gap.from_dict(value)
+    except gap.GAPFormatError as exc:
+        raise UsageError(f"--from: {name!r} holds {what} that is not a GAP message: {exc}") from None
 
 
 def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:

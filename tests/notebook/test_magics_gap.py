@@ -135,9 +135,15 @@ def test_from_a_variable_holding_a_gap_message_object_or_its_json_reads_it_as_it
     assert "drop --role" in mistake(ip, "%gap --from held --role user")
     ip.user_ns["held"] = gap.to_json(sent).replace('"content"', '"contents"')
     assert "'held' holds GAP JSON that is not a GAP message: " in mistake(ip, "%gap --from held")
-    ip.user_ns["held"] = '{"question": "what is a gap_version?"}'  # JSON text, not GAP's: text to wrap
-    result, _ = run(ip, "%gap --from held --out plain")
-    assert result.success and ip.user_ns["plain"].content == '{"question": "what is a gap_version?"}'
+    # text that only mentions GAP's key is text to wrap: JSON whose top has no gap_version, or no JSON
+    for text in (
+        '{"question": "what is a gap_version?"}',
+        json.dumps({"examples": [{"gap_version": "0.1.0"}]}),
+        '{"gap_version": "0.1.0", ...} - what does this field mean?',
+    ):
+        ip.user_ns["held"] = text
+        result, _ = run(ip, "%gap --from held --out plain")
+        assert result.success and ip.user_ns["plain"].content == text
 
 
 def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
