@@ -285,15 +285,28 @@ def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
         mistyped = mistyped_scheme(endpoint)  # http:://HOST: "http:" is no scheme, "http" was meant
         if mistyped is not None:
             raise ConfigurationError(mistyped)
-        schemes = ("embedded", *_ENDPOINTS)
-        known = ", ".join(f"{name}://" for name in schemes)
-        said = _clipped(endpoint)
-        # a mistyped scheme (htp, grcp): the URL it was probably meant to be (a scheme is a short word;
-        # a longer one is compared with nothing, difflib's work grows with its length)
-        close = difflib.get_close_matches(scheme.lower(), schemes, n=1, cutoff=0.6) if len(scheme) <= 16 else []
-        meant = f" (did you mean {_clipped(close[0] + '://' + endpoint.split('://', 1)[1])!r}?)" if close else ""
-        raise ConfigurationError(f"unknown endpoint scheme {_clipped(scheme, 16)!r} in {said!r}{meant}; known: {known}")
+        raise ConfigurationError(_unknown_scheme(scheme, endpoint))
     return scheme, entry
+
+
+def _unknown_scheme(scheme: str, endpoint: str) -> str:
+    """Why ``endpoint``'s ``scheme`` is refused: the known ones, and for a mistyped one (``htp``,
+    ``grcp``) the URL it was probably meant to be. The address is quoted, clipped, only when it holds no
+    ``@`` (a password typed with a ``/`` in it gets past the authority's check)."""
+    schemes = ("embedded", *_ENDPOINTS)
+    known = ", ".join(f"{name}://" for name in schemes)
+    shown = "" if "@" in endpoint else f" in {_clipped(endpoint)!r}"
+    # only a word that can be a scheme (RFC 3986: a letter, then letters, digits, + - .) is compared,
+    # and only a short one (difflib's work grows with its length)
+    close: list[str] = []
+    a_word = 0 < len(scheme) <= 16 and scheme.isascii() and scheme[0].isalpha()
+    if a_word and all(char.isalnum() or char in "+-." for char in scheme):
+        close = difflib.get_close_matches(scheme.lower(), schemes, n=1, cutoff=0.6)
+    meant = ""
+    if close:
+        url = f"{close[0]}://{endpoint.split('://', 1)[1]}"
+        meant = f" (did you mean {close[0] + '://' if shown == '' else _clipped(url)!r}?)"
+    return f"unknown endpoint scheme {_clipped(scheme, 16)!r}{shown}{meant}; known: {known}"
 
 
 def _imported(path: str, entry: Endpoint, scheme: str) -> Any:

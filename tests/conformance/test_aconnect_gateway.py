@@ -98,6 +98,9 @@ def test_a_gateway_found_by_discovery_is_opened_on_the_callers_loop(served: Loca
         ("htp://127.0.0.1:8787", {}, r"'htp'.*did you mean 'http://127.0.0.1:8787'"),
         ("grcp://127.0.0.1:1/x", {}, r"did you mean 'grpc://127.0.0.1:1/x'"),
         ("nope" * 50_000 + "://h:1", {}, r"unknown endpoint scheme 'n[nope]{15}…' in 'n[nope]{79}…'; known"),
+        ("h:1/http://x", {}, r"scheme 'h:1/http' in 'h:1/http://x'; known"),  # no scheme: nothing to correct
+        # a password behind a "/" gets past the authority's check: the address is not quoted at all
+        ("htp://us/er:secret@host:1", {}, r"scheme 'htp' \(did you mean 'http://'\?\); known"),
     ],
 )
 def test_a_gateway_address_and_arguments_are_checked_as_connect_checks_them(endpoint, options, message):
