@@ -378,7 +378,7 @@ def _check_host_names(value: Any, where: str) -> None:
 def _table_only(value: Any, where: str) -> None:
     """A table whose keys its reader checks; anything else is refused without quoting it (it may be a secret)."""
     if not isinstance(value, Mapping):
-        raise ConfigurationError(f"{where} must be a table, not a {type(value).__name__}")
+        raise ConfigurationError(f"{where} must be a table, not {a_kind_of(value)}")
 
 
 def _check_listener(table: Any, where: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from gtl_nb.gap.errors import GAPFormatError
 from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep, number_too_long
 from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage, default_pronoun_map
+from gtl_nb.words import a_kind_of
 
 _MISSING = object()
 
@@ -100,7 +101,7 @@ def _shown(value: Any, limit: int = 60) -> str:
     try:
         return json.dumps(value, ensure_ascii=False)[:limit]
     except (TypeError, ValueError, RecursionError):  # from_dict may be handed any Python value
-        return f"a {type(value).__name__}"
+        return a_kind_of(value)
 
 
 def _string_map(obj: Mapping[str, Any], path: str) -> dict[str, str]:

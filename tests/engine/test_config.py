@@ -651,3 +651,8 @@ def test_a_provider_option_of_no_json_type_is_named_with_its_article(home):
     providers = {"o": {"type": "openai", "api_key": "k", "options": {"extra_body": {"seed": object()}}}}
     with pytest.raises(ConfigurationError, match=r"extra_body\.seed is an object: a provider option must be"):
         load(home, providers=providers)
+
+
+def test_a_gateway_section_that_is_no_table_is_named_with_its_article(home):
+    with pytest.raises(ConfigurationError, match=r"audit must be a table, not an int$"):
+        load(home, config={"gateway": {"audit": 7}})

@@ -119,3 +119,9 @@ def test_invalid_json_text_reports_its_line():
     assert caught.value.line == 3
     with pytest.raises(GAPFormatError, match="must be a JSON object"):
         from_json("[]")
+
+
+def test_a_python_value_json_cannot_show_is_named_with_its_article():
+    from gtl_nb.gap.jsonfmt import _shown
+
+    assert _shown(object()) == "an object"
