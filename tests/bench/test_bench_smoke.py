@@ -193,7 +193,7 @@ def test_engine_lines_counts_every_path_and_the_counts_repeat() -> None:
                 found[cells[0]] = int(cells[1].replace(",", ""))
         return found
 
-    first, second = (totals(run_bench("bench.engine_lines", "--sessions", "20", timeout=50)) for _ in range(2))
+    first, second = (totals(run_bench("bench.engine_lines", "--sessions", "20", timeout=25)) for _ in range(2))
     assert list(first) == ["parts", "engine", "whole"], first
     assert 0 < first["parts"] < first["engine"] < first["whole"]
     assert all(abs(first[path] - second[path]) <= first[path] * 0.02 for path in first), (first, second)
