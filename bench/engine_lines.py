@@ -169,7 +169,7 @@ async def _measure(paths: list[str], sessions: int, count_only: bool) -> dict[st
 def report(counted: dict[str, collections.Counter[Any]], top: int) -> str:
     lines = ["| path | lines a session |", "| --- | --- |"]
     lines += [f"| {path} | {sum(counts.values()):,.0f} |" for path, counts in counted.items()]
-    for path, counts in counted.items():
+    for path, counts in counted.items() if top > 0 else ():
         lines += ["", f"{path}, the functions executing most lines a session:", ""]
         lines += [f"  {count:7.1f}  {name}" for name, count in counts.most_common(top)]
     return "\n".join(lines)
