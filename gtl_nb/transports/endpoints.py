@@ -303,9 +303,9 @@ def _unknown_scheme(scheme: str, endpoint: str) -> str:
     if a_word and all(char.isalnum() or char in "+-." for char in scheme):
         close = difflib.get_close_matches(scheme.lower(), schemes, n=1, cutoff=0.6)
     meant = ""
-    if close:
-        url = f"{close[0]}://{endpoint.split('://', 1)[1]}"
-        meant = f" (did you mean {close[0] + '://' if shown == '' else _clipped(url)!r}?)"
+    if close:  # the whole URL corrected when the address may be quoted, else the scheme alone
+        url = f"{close[0]}://" + (endpoint.split("://", 1)[1] if shown else "")
+        meant = f" (did you mean {_clipped(url)!r}?)"
     return f"unknown endpoint scheme {_clipped(scheme, 16)!r}{shown}{meant}; known: {known}"
 
 
