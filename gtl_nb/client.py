@@ -289,6 +289,11 @@ def _gateway_options(endpoint: str, options: dict[str, Any]) -> Any:
     """``verify=`` out of ``options``, the arguments ``connect`` was given for the gateway at
     ``endpoint``, after checking the address and that nothing else is given: a gateway reads its own
     configuration."""
+    from gtl_nb.transports.endpoints import unusable_address
+
+    unusable = unusable_address(endpoint)  # (before anything quotes it)
+    if unusable is not None:
+        raise ConfigurationError(unusable)
     if "://" not in endpoint:
         from gtl_nb.transports.discovery import is_host_port
 

@@ -59,6 +59,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.protocol.session import Transcript
+from gtl_nb.words import with_article
 
 KEY_VERSION = 1  # part of every key: bump it when the key's contents change
 SCOPES = ("tenant", "principal", "shared")
@@ -138,7 +139,8 @@ class CacheConfig:
             else:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok:
-                raise ConfigurationError(f"{where}: {key} must be a {type(default).__name__}, got {value!r}")
+                wanted = with_article(type(default).__name__)
+                raise ConfigurationError(f"{where}: {key} must be {wanted}, got {value!r}")
         try:
             return cls(**table)
         except ConfigurationError as exc:

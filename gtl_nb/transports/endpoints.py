@@ -183,6 +183,23 @@ _CREDENTIALS_REFUSED = (
     "a gateway address carries no credentials (user:password@ is not used, and would be shown in errors); "
     "give the gateway's token with token= (the gtl command: $GTL_NB_TOKEN)"
 )
+MAX_ADDRESS_CHARS = 2048
+"""The longest gateway address taken: an error may quote the address, and none is longer."""
+
+
+def unusable_address(endpoint: str) -> str | None:
+    """Why ``endpoint`` cannot be a gateway address whatever its scheme, quoting none of it: longer than
+    any address (``MAX_ADDRESS_CHARS``), or holding what may be a password — an ``@`` anywhere but in a
+    ``stdio://`` path (``https://user:pa/ss@HOST``: a check of the authority alone stops at the ``/``,
+    and the rest would be echoed by the error of whatever read it next)."""
+    if len(endpoint) > MAX_ADDRESS_CHARS:
+        return f"a gateway address is at most {MAX_ADDRESS_CHARS:,} characters; this one has {len(endpoint):,}"
+    scheme, separator, _ = endpoint.partition("://")
+    if "@" in endpoint and not (separator and scheme.lower() == "stdio"):
+        return _CREDENTIALS_REFUSED
+    return None
+
+
 # a scheme name, then anything but "://" between it and the rest: http//HOST, http:/HOST, grpc:://HOST
 _MALFORMED_SEPARATOR = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9]*)(?P<sep>:*/{0,2})(?P<rest>.*)", re.DOTALL)
 
@@ -277,9 +294,11 @@ async def open_backend(
 def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
     """``endpoint``'s scheme (``""`` for a bare ``HOST:PORT``) and its entry, or a ``ConfigurationError``."""
     scheme = endpoint.split("://", 1)[0] if "://" in endpoint else ""
-    authority = endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0]
-    if "@" in authority:  # said without the address: it holds what looks like a password
-        raise ConfigurationError(_CREDENTIALS_REFUSED)
+    unusable = unusable_address(endpoint)  # said without the address: too long, or a password in it
+    if unusable is not None:
+        raise ConfigurationError(unusable)
+    if scheme not in ("stdio", "embedded"):
+        _check_host(endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0], endpoint)
     entry = _ENDPOINTS.get(scheme) if scheme else _DISCOVERY
     if entry is None:
         mistyped = mistyped_scheme(endpoint)  # http:://HOST: "http:" is no scheme, "http" was meant
@@ -287,6 +306,22 @@ def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
             raise ConfigurationError(mistyped)
         raise ConfigurationError(_unknown_scheme(scheme, endpoint))
     return scheme, entry
+
+
+def _check_host(authority: str, endpoint: str) -> None:
+    """A ``ConfigurationError`` for a host no name lookup could take (a label over 63 characters, one
+    empty, a character IDNA refuses), before a connection's resolver raises its codec's own error."""
+    host = authority
+    if host.startswith("["):  # an IPv6 literal: the resolver's to judge
+        return
+    host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        raise ConfigurationError(
+            f"{_clipped(endpoint)!r}: {_clipped(host, 40)!r} is not a host name (a dot-separated label is empty "
+            "or longer than 63 characters, or holds a character no host name may)"
+        ) from None
 
 
 def _unknown_scheme(scheme: str, endpoint: str) -> str:

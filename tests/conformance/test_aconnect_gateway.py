@@ -93,14 +93,25 @@ def test_a_gateway_found_by_discovery_is_opened_on_the_callers_loop(served: Loca
         ("http//user:secret@127.0.0.1:1", {}, "carries no credentials"),
         ("stdio:/etc/gtl.toml", {}, "did you mean 'stdio:///etc/gtl.toml'"),  # the path typed: absolute
         ("http:", {}, "followed by :// and the gateway's HOST:PORT"),
-        ("http//" + "x" * 100_000, {}, r"did you mean 'http://x{73}…'\?\)$"),  # an error quotes 80 characters
+        ("http//" + "x" * 2_000, {}, r"did you mean 'http://x{73}…'\?\)$"),  # an error quotes 80 characters
+        ("http//" + "x" * 100_000, {}, r"at most 2,048 characters; this one has 100,006$"),  # none: too long
         # a mistyped scheme: the URL meant is named; an unknown one is quoted clipped, never whole
         ("htp://127.0.0.1:8787", {}, r"'htp'.*did you mean 'http://127.0.0.1:8787'"),
         ("grcp://127.0.0.1:1/x", {}, r"did you mean 'grpc://127.0.0.1:1/x'"),
-        ("nope" * 50_000 + "://h:1", {}, r"unknown endpoint scheme 'n[nope]{15}…' in 'n[nope]{79}…'; known"),
+        ("nope" * 500 + "://h:1", {}, r"unknown endpoint scheme 'n[nope]{15}…' in 'n[nope]{79}…'; known"),
         ("h:1/http://x", {}, r"scheme 'h:1/http' in 'h:1/http://x'; known"),  # no scheme: nothing to correct
-        # a password behind a "/" gets past the authority's check: the address is not quoted at all
-        ("htp://us/er:secret@host:1", {}, r"scheme 'htp' \(did you mean 'http://'\?\); known"),
+        # a password behind a "/" or "?" (which end an authority) is refused as any other, never quoted —
+        # whatever the scheme, mistyped or not, or none
+        ("htp://us/er:secret@host:1", {}, "carries no credentials"),
+        ("https://user:pa/secret@127.0.0.1:1", {}, "carries no credentials"),
+        ("ws://user:pa?secret@127.0.0.1:1", {}, "carries no credentials"),
+        ("http:://user:pa/secret@h:1", {}, "carries no credentials"),
+        ("user:pa/secret@h:1", {}, "carries no credentials"),
+        ("user:secret@host://x", {}, "carries no credentials"),
+        # an address of no use is refused before anything quotes it: too long, a host no lookup can take
+        ("ws://h:1/" + "x" * 5000, {}, r"at most 2,048 characters; this one has 5,009$"),
+        ("ws://" + "a" * 64 + ":1", {}, r"is not a host name \(a dot-separated label is empty or longer than 63"),
+        ("grpc://a..b:1", {}, "is not a host name"),
     ],
 )
 def test_a_gateway_address_and_arguments_are_checked_as_connect_checks_them(endpoint, options, message):

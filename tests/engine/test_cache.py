@@ -216,7 +216,8 @@ def test_cache_config_from_table():
     [
         ({"enable": True}, "did you mean 'enabled'"),
         ({"enabled": "yes"}, "enabled must be a bool"),
-        ({"max_entries": 1.5}, "max_entries must be a int"),
+        ({"max_entries": 1.5}, "max_entries must be an int"),
+        ({"ttl": "long"}, "ttl must be a float"),
         ({"ttl": 0}, "ttl must be > 0"),
         ({"backend": 3}, "backend must be a str"),
         (True, "must be a table"),

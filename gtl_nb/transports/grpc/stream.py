@@ -63,6 +63,7 @@ from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, Wir
 from gtl_nb.transports.channel import CLOSE_WAIT
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc.mapping import FRAME_ONEOF, from_proto, to_frame
+from gtl_nb.words import with_article
 
 __all__ = [
     "COMPRESSION_KEY",
@@ -379,8 +380,8 @@ class GrpcStreamChannel:
     def _replacement(self, message: WireMessage, exc: ProtocolError) -> bytes | None:
         """Gateway: what goes out instead of a message gRPC cannot carry (``None``: nothing)."""
         kind = _kind(message)
-        log.warning("a %s cannot be sent over gRPC: %s", kind, exc.message)
-        reason = f"the gateway cannot send a {kind} over gRPC"
+        log.warning("%s cannot be sent over gRPC: %s", with_article(kind), exc.message)
+        reason = f"the gateway cannot send {with_article(kind)} over gRPC"
         session_id, query_id = getattr(message, "session_id", ""), getattr(message, "query_id", "")
         if session_id:
             if not isinstance(message, (Done, Error)):
