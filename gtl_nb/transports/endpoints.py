@@ -336,7 +336,8 @@ def _unknown_scheme(scheme: str, endpoint: str) -> str:
     close: list[str] = []
     a_word = 0 < len(scheme) <= 16 and scheme.isascii() and scheme[0].isalpha()
     if a_word and all(char.isalnum() or char in "+-." for char in scheme):
-        close = difflib.get_close_matches(scheme.lower(), schemes, n=1, cutoff=0.6)
+        word = scheme.lower()  # (a known scheme is never its own correction: embedded:// reaches here)
+        close = [name for name in difflib.get_close_matches(word, schemes, n=1, cutoff=0.6) if name != word]
     meant = ""
     if close:  # the whole URL corrected when the address may be quoted, else the scheme alone
         url = f"{close[0]}://" + (endpoint.split("://", 1)[1] if shown else "")
