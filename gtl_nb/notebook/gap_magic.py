@@ -167,19 +167,19 @@ class GapMagic:
             source = self._completion_source(opts)
         # GAP markdown (pasted in the cell, or text --from VAR holds) is a message already: read as it is;
         # so is a WrappedMessage, or GAP's JSON (text or a dict), --from VAR holds
-        if isinstance(source, gap.WrappedMessage):
-            _refuse_wrapping_options(opts, repr(opts.from_var))
-            self.session.add_gap(source, opts.out)
-            display(GapView(source, target))
-            return
         if source is None:
             text, where = content, "the cell"
         else:
             text, where = (source if isinstance(source, str) else ""), repr(opts.from_var)
-        if is_pasted(text):
-            pasted = _pasted_message(text.strip("\n"), opts, where)
-            self.session.add_gap(pasted, opts.out)
-            display(GapView(pasted, target))
+        message = None
+        if isinstance(source, gap.WrappedMessage):
+            _refuse_wrapping_options(opts, where)
+            message = source
+        elif is_pasted(text):
+            message = _pasted_message(text.strip("\n"), opts, where)
+        if message is not None:
+            self.session.add_gap(message, opts.out)
+            display(GapView(message, target))
             return
         if source is not None:
             completion = source

@@ -214,8 +214,9 @@ def mistyped_scheme(endpoint: str) -> str | None:
     scheme, sep, rest = match["scheme"].lower(), match["sep"], match["rest"]
     if scheme not in ("embedded", *_ENDPOINTS):
         return None
-    if "@" in rest.split("/", 1)[0].split("?", 1)[0]:  # never echoed: it holds what looks like a password
-        return _CREDENTIALS_REFUSED
+    refused = unusable_address(endpoint)  # never echoed: too long, or what looks like a password
+    if refused is not None:
+        return refused
     said = _clipped(endpoint.strip())
     if scheme != "embedded" and not rest:
         return f"{said!r} is not a gateway address: a scheme is followed by :// and the gateway's HOST:PORT"
