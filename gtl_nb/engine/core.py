@@ -190,7 +190,15 @@ async def run_session(
     recorded = SessionEnd()
     ended = False
     try:
-        batches = engine.stream_batches(request, context=context, ending=recorded, refused=refused)
+        lane = None if refused is not None else engine.lane_targets(request, context)
+        if lane is None:
+            batches = engine.stream_batches(request, context=context, ending=recorded, refused=refused)
+        else:  # the common session, in this coroutine (``_run_lane``); the general path only if it needs it
+            handover = await _run_lane(engine, request, lane, send, end, drain, recorded)
+            if handover is None:
+                ended = True
+                return
+            batches = handover
         try:  # (``aclosing`` without its two coroutines a session)
             async for batch in batches:
                 for event in batch:
@@ -213,6 +221,137 @@ async def run_session(
             message = f"gtl_nb internal error: {type(exc).__name__}: {exc}"
             end(Error(session_id=request.session_id, code="INTERNAL", message=message))
         raise
+
+
+@dataclass
+class _Lane:
+    """A session ``run_session`` runs in its own coroutine (``Engine.lane_targets``)."""
+
+    context: RequestContext
+    target: Target
+    targets: list[Target]  # (the one target, as the general path takes it)
+
+
+@dataclass
+class _LaneHandover:
+    """A lane's session as the general path takes it over (``stream_batches(resume=...)``)."""
+
+    targets: list[Target]
+    record: _SessionRecord
+    row: int | None
+    machine: SessionStateMachine
+    started: float
+    usage: Usage | None
+    first: tuple[str | None, _AttemptOutcome | None]  # the breaker's grant, and the attempt made with it
+
+
+async def _run_lane(
+    engine: Engine,
+    request: CompletionRequest,
+    lane: _Lane,
+    send: Callable[[StreamEvent], None],
+    finish: Callable[[StreamEvent], None],
+    drain: Callable[[], Awaitable[None] | None] | None,
+    recorded: SessionEnd,
+) -> AsyncGenerator[list[StreamEvent], None] | None:
+    """The common session — one target, nothing to count, cache, share or announce — in one coroutine:
+    what ``stream_batches``, ``_attempts`` and ``_one_attempt`` do for it, with each event handed to
+    ``send`` as it is checked rather than climbing three generators. ``None`` once the session has
+    ended here (its terminal event sent, its row completed); else the general path's batches, taking
+    the session over where the lane stopped — the breaker gave no plain pass, or the first attempt did
+    not answer (an error, a cut, a refusal): retries, failover and their bookkeeping are theirs alone.
+
+    A cancel ends the row ``cancelled``, as ``stream_batches`` would; ``recorded`` gets the terminal event
+    before the row is completed with it. An exception — a bug below, or ``send`` refusing an event —
+    ends the session and its row ``INTERNAL``, the error handed to ``finish`` (``run_session``'s own
+    channel for an end the stream could not deliver). (Down the general path a ``send`` that raises
+    leaves the row ``cancelled`` though its reader was told ``INTERNAL``; the lane records what the
+    reader was told.)
+    """
+    sid = request.session_id
+    context, target = lane.context, lane.target
+    scope = _REQUEST_CONTEXT.set(context)  # the attempt reads it: which stored key a token chose
+    record = _SessionRecord()
+    usage: Usage | None = None
+    end: Done | Error | None = None
+    row: int | None = None
+    try:
+        row = await engine._ledger_start(request, context, target.model)
+        machine = SessionStateMachine(sid)
+        started = engine.clock()
+        queued = Status(session_id=sid, state="queued")
+        machine.advance(queued)
+        send(queued)
+        if drain is not None and (waiting := drain()) is not None:
+            await waiting
+        grant = await engine._acquire(target.name)
+        if grant != "pass":  # refused or a probe: the general path decides (and hands a probe back)
+            handover = _LaneHandover(lane.targets, record, row, machine, started, None, (grant, None))
+            row = None  # (the general path's from here: it completes the row)
+            return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
+        record.path.append(target.name)
+        record.model = target.model
+        outcome = _AttemptOutcome()
+        attempt_started = engine.clock()
+        attempt, deployment = engine._call(request, target, outcome)
+        flowing = False
+        try:
+            async for batch in attempt:
+                for event in batch:
+                    kind = type(event)
+                    if flowing and kind is Token:
+                        send(event)
+                        continue
+                    checked = engine._checked(
+                        event, kind, target, deployment, machine, started, attempt_started, outcome
+                    )
+                    if checked is None or outcome.done is not None:
+                        break
+                    if kind is Usage:
+                        usage = checked  # type: ignore[assignment]
+                    send(checked)
+                    flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
+                if drain is not None and (waiting := drain()) is not None:
+                    await waiting
+                if outcome.done is not None or outcome.error is not None:
+                    break
+        except GTLError as exc:  # a dialect refusing the request
+            if deployment is None:
+                raise
+            _refused_by_dialect(exc, target, deployment, sid, outcome)
+        finally:
+            await _close_attempt(attempt, target, sid)
+        done = outcome.done
+        if done is None:  # the attempt failed: the general path's retries and failover go on from it
+            if outcome.error is None:
+                outcome.error = _ended_unfinished(target, sid)
+            handover = _LaneHandover(lane.targets, record, row, machine, started, usage, (grant, outcome))
+            row = None
+            return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
+        engine._breaker_changed(target.name, await engine.stores.breakers.record_success(target.name))
+        await engine._remember_success(request, target, outcome, None)
+        end = done
+        record.finish_reason = done.finish_reason
+        recorded.event = done
+        finished, row = row, None
+        await engine._finish(request, context, finished, end, usage, record, None)
+        send(done)
+    except Exception as exc:  # the session and its row end INTERNAL, as ``stream_batches`` ends them
+        if end is not None:
+            raise
+        end = engine._internal_error(request, record, exc)
+        recorded.event = end
+        finished, row = row, None
+        await engine._finish(request, context, finished, end, usage, record, None)
+        finish(end)
+    finally:
+        with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
+            _REQUEST_CONTEXT.reset(scope)
+        if end is None and row is not None:  # cancelled: the row ends ``cancelled``
+            await engine._finish(request, context, row, None, usage, record, None)
+    if drain is not None and (waiting := drain()) is not None:  # (as after every batch of the general path)
+        await waiting
+    return None
 
 
 @dataclass
@@ -240,6 +379,7 @@ class _AttemptOutcome:
     error: Error | None = None
     content: bool = False  # content or usage reached the caller: a retry would duplicate it
     ttft: float | None = None  # this attempt's own time to first content, for lowest_latency
+    first: float | None = None  # when the first content came (the clock's), for ``done``'s ttft_ms
     # this process could not call the target at all (``Engine._uncallable``), or the target's API cannot
     # carry the request (``NotServedHere``): fail over at once
     uncallable: bool = False
@@ -405,6 +545,7 @@ class Engine:
         user: str | None = None,
         ending: SessionEnd | None = None,
         refused: GTLError | None = None,
+        resume: _LaneHandover | None = None,
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """The complete, validated event stream of ``request``, recorded as one ledger row, in batches:
         the events one read of the upstream decoded go through the engine's levels together (one step
@@ -419,25 +560,15 @@ class Engine:
         once, before the terminal event is handed on — also when the caller stops listening early
         (``cancelled``). ``ending`` receives the terminal event as soon as the row is being completed
         with it, so a runner cancelled in between reports that event rather than ``CANCELLED``.
+
+        ``resume``: the session so far, from ``run_session``'s lane (``_run_lane``), which ran it until
+        its first attempt did not simply answer: the row, state and attempt are taken over from there.
         """
         if context is None:
             context = RequestContext(principal=user or "", trace_id=random_hex(2))
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = context.traced(random_hex(2))
-        try:
-            over = request_limit_refusal(request)  # before any per-message work: a request of too many pieces
-            if over is not None:
-                raise InvalidRequestError(over)
-            if self.audience == GATEWAY and (where := plain_http_image(request)) is not None:
-                raise InvalidRequestError(
-                    f"{where}: a gateway takes images by https: or data: URL only (an http: URL would be "
-                    "fetched by the provider's server from its own network)"
-                )
-            if request.tool_choice is not None:
-                check_tool_choice(request)
-            targets: list[Target] | GTLError = self._allowed(self._targets(request, context), context, request)
-        except GTLError as exc:
-            targets = exc
+        targets = self.checked_targets(request, context) if resume is None else resume.targets
         if refused is not None:
             targets = refused
         scope = _REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
@@ -448,43 +579,52 @@ class Engine:
         refusal: Error | None = None
         # the row's model is the bare name, also for a request routing refused ("openai:gpt-x" → "gpt-x")
         model = targets[0].model if isinstance(targets, list) and targets else self.router.bare_model(request.model)
-        record = _SessionRecord(answer=[] if self.hooks.want_answers else None, refused=refused is not None)
-        usage: Usage | None = None
+        if resume is None:
+            record = _SessionRecord(answer=[] if self.hooks.want_answers else None, refused=refused is not None)
+        else:
+            record = resume.record
+        usage: Usage | None = None if resume is None else resume.usage
         end: Done | Error | None = None
         row: int | None = None
         batches: AsyncGenerator[list[StreamEvent], None] | None = None
         cancelled: asyncio.CancelledError | None = None
         try:
-            # counted before the row starts: the SQLite counter counts rows without a reservation (another
-            # process's), and a row started here before its reservation would count against its own request
-            # and its neighbours'; a cancel while counting gives back what was taken (``_reserve``)
-            if not unserved and self.budgets is not None:
-                try:
-                    reservation, refusal = await self._reserve(request, context, targets)
-                except asyncio.CancelledError as exc:
-                    # cancelled while counting (a store that waits: a client gone, a caller's timeout): the
-                    # request still leaves its row, started now and ended ``cancelled`` as the cancel goes on
-                    cancelled = exc
-                except Exception:  # the budget store failed: the request ends INTERNAL, its row with it
-                    log.exception("session %s: the budget counter failed", request.session_id)
-                    # (its words stay in the log: a store's error may name its address or credentials)
-                    refusal = Error(session_id=request.session_id, code="INTERNAL", message="the budget counter failed")
-            try:
-                row = await self._ledger_start(request, context, model, cancelled=cancelled is not None)
-            finally:  # also when cancelled while the row starts (it lands all the same, ``_ledger_start``)
-                if self.hooks:  # so every request's subscribers hear one start, then one end (``_finish``)
-                    self.hooks.emit(
-                        RequestStarted(
-                            request.session_id, context, request.model, request, record.refused, record.handle
+            if resume is not None:  # the lane's session (no await before this ``try``: the row is ours)
+                row, machine, started = resume.row, resume.machine, resume.started
+                batches = self._attempts(request, targets, record, machine, started, None, first=resume.first)  # type: ignore[arg-type]
+            else:
+                # counted before the row starts: the SQLite counter counts rows without a reservation (another
+                # process's), and a row started here before its reservation would count against its own request
+                # and its neighbours'; a cancel while counting gives back what was taken (``_reserve``)
+                if not unserved and self.budgets is not None:
+                    try:
+                        reservation, refusal = await self._reserve(request, context, targets)
+                    except asyncio.CancelledError as exc:
+                        # cancelled while counting (a store that waits: a client gone, a caller's timeout): the
+                        # request still leaves its row, started now and ended ``cancelled`` as the cancel goes on
+                        cancelled = exc
+                    except Exception:  # the budget store failed: the request ends INTERNAL, its row with it
+                        log.exception("session %s: the budget counter failed", request.session_id)
+                        # (its words stay in the log: a store's error may name its address or credentials)
+                        refusal = Error(
+                            session_id=request.session_id, code="INTERNAL", message="the budget counter failed"
                         )
-                    )
-            if cancelled is not None:
-                raise cancelled  # the row is started: ``_finish`` below ends it ``cancelled``
-            machine = SessionStateMachine(request.session_id)
-            started = self.clock()
-            queued = Status(session_id=request.session_id, state="queued")
-            machine.advance(queued)
-            yield [queued]
+                try:
+                    row = await self._ledger_start(request, context, model, cancelled=cancelled is not None)
+                finally:  # also when cancelled while the row starts (it lands all the same, ``_ledger_start``)
+                    if self.hooks:  # so every request's subscribers hear one start, then one end (``_finish``)
+                        self.hooks.emit(
+                            RequestStarted(
+                                request.session_id, context, request.model, request, record.refused, record.handle
+                            )
+                        )
+                if cancelled is not None:
+                    raise cancelled  # the row is started: ``_finish`` below ends it ``cancelled``
+                machine = SessionStateMachine(request.session_id)
+                started = self.clock()
+                queued = Status(session_id=request.session_id, state="queued")
+                machine.advance(queued)
+                yield [queued]
             # The levels below are one generator fewer than they read: choosing the source
             # (``_source``) is a coroutine, and a bug anywhere below is turned into an ``INTERNAL``
             # error that ends the session and its row here (each level is an async-generator step
@@ -543,6 +683,41 @@ class Engine:
                     _REQUEST_CONTEXT.reset(scope)
                 if end is None or row is not None or reservation is not None:  # ended without a terminal event
                     await self._finish(request, context, row, end, usage, record, reservation)
+
+    def lane_targets(self, request: CompletionRequest, context: RequestContext) -> _Lane | None:
+        """The lane of ``request`` when ``run_session`` may run it in its own coroutine (``_run_lane``):
+        one target to try, no budget to count, no cache or shared call to consult, no hook to tell, a
+        breaker answered in-process. ``None`` sends it down the general path."""
+        if self.hooks or self.budgets is not None or not _never_waits(self.stores.breakers):
+            return None
+        if context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
+            context = context.traced(random_hex(2))
+        targets = self.checked_targets(request, context)
+        if type(targets) is not list or len(targets) != 1:
+            return None  # (a refusal: the general path words and records it)
+        target = targets[0]
+        if is_cacheable(request, self.cache_config) or self._coalescing_key(request, target) is not None:
+            return None
+        return _Lane(context, target, targets)
+
+    def checked_targets(self, request: CompletionRequest, context: RequestContext) -> list[Target] | GTLError:
+        """Who may serve ``request`` for ``context``, in routing's order — or the error that refuses it
+        before anything runs: too many pieces, an ``http:`` image at a gateway, a malformed
+        ``tool_choice``, no route, or a token's allow-lists."""
+        try:
+            over = request_limit_refusal(request)  # before any per-message work: a request of too many pieces
+            if over is not None:
+                raise InvalidRequestError(over)
+            if self.audience == GATEWAY and (where := plain_http_image(request)) is not None:
+                raise InvalidRequestError(
+                    f"{where}: a gateway takes images by https: or data: URL only (an http: URL would be "
+                    "fetched by the provider's server from its own network)"
+                )
+            if request.tool_choice is not None:
+                check_tool_choice(request)
+            return self._allowed(self._targets(request, context), context, request)
+        except GTLError as exc:
+            return exc
 
     def targets(self, request: CompletionRequest) -> list[Target]:
         """The deployments and models that may serve ``request``, in routing's order (``Router.targets``;
@@ -1038,6 +1213,8 @@ class Engine:
         machine: SessionStateMachine,
         started: float,
         key: str | None,
+        *,
+        first: tuple[str | None, _AttemptOutcome | None] | None = None,
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """Try the targets in order, in batches: breakers, retries with backoff, failover, the context fallback.
 
@@ -1045,6 +1222,9 @@ class Engine:
         ``try``/``finally`` that hands it back on any exit (a consumer that stops reading, a cancel
         during back-off). Success bookkeeping (breaker, latency, cache) happens *before* ``done`` is
         yielded, so a consumer that stops at ``done`` loses none of it.
+
+        ``first``: what the lane (``_run_lane``) already did at the first target — the breaker's grant it
+        got, and the outcome of the attempt it made with it (``None``: it made none) — taken up from there.
         """
         sid = request.session_id
         breakers = self.stores.breakers
@@ -1057,7 +1237,11 @@ class Engine:
         while index < len(targets):
             target = targets[index]
             index += 1
-            grant = await self._acquire(target.name)
+            made: _AttemptOutcome | None = None  # the attempt the lane made, taken up as this target's first
+            if first is not None:
+                (grant, made), first = first, None
+            else:
+                grant = await self._acquire(target.name)
             if grant is None:
                 refused.append(target.name)
                 continue
@@ -1076,28 +1260,32 @@ class Engine:
                     if self.hooks:
                         self.hooks.emit(FailedOver(sid, previous.name, target.name, reason, record.handle))
                     yield [status]
-                record.path.append(target.name)
-                record.model = target.model
+                if made is None:  # (the lane named the target it tried)
+                    record.path.append(target.name)
+                    record.model = target.model
                 attempt = 0
                 while True:  # attempts at this target, each holding the breaker grant
                     attempt += 1
-                    if self.hooks:
-                        self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt, record.handle))
-                    outcome = _AttemptOutcome(events=[] if key is not None else None)
-                    batches = self._one_attempt(request, target, machine, started, outcome)
-                    try:  # (``aclosing`` without its two coroutines an attempt)
-                        async for batch in batches:
-                            if type(batch[-1]) is not Done:
-                                yield batch
-                                continue
-                            if len(batch) > 1:  # the answer reaches the caller even if the bookkeeping is cancelled
-                                yield batch[:-1]
-                            self._breaker_changed(target.name, await breakers.record_success(target.name))
-                            grant = None
-                            await self._remember_success(request, target, outcome, key)
-                            yield batch[-1:]
-                    finally:
-                        await batches.aclose()
+                    if made is not None:
+                        outcome, made = made, None
+                    else:
+                        if self.hooks:
+                            self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt, record.handle))
+                        outcome = _AttemptOutcome(events=[] if key is not None else None)
+                        batches = self._one_attempt(request, target, machine, started, outcome)
+                        try:  # (``aclosing`` without its two coroutines an attempt)
+                            async for batch in batches:
+                                if type(batch[-1]) is not Done:
+                                    yield batch
+                                    continue
+                                if len(batch) > 1:  # the answer reaches the caller even if the bookkeeping is cancelled
+                                    yield batch[:-1]
+                                self._breaker_changed(target.name, await breakers.record_success(target.name))
+                                grant = None
+                                await self._remember_success(request, target, outcome, key)
+                                yield batch[-1:]
+                        finally:
+                            await batches.aclose()
                     if outcome.done is not None:
                         return
                     failed = outcome.error
@@ -1234,12 +1422,11 @@ class Engine:
         of the deployment's key here, not in a generator of their own: one level less for every read
         of every stream (see ``_call``)."""
         sid = request.session_id
-        first: float | None = None
         attempt_started = self.clock()
         attempt, deployment = self._call(request, target, outcome)
         kept = outcome.events
         # once an answer flows (content seen, first token timed, the session open), a token needs no
-        # pricing, stamping or state change: the bulk of every stream skips the checks below
+        # pricing, stamping or state change: the bulk of every stream skips the checks (``_checked``)
         flowing = False
         try:
             async for batch in attempt:
@@ -1256,40 +1443,15 @@ class Engine:
                             kept.append(event)
                         checked.append(event)
                         continue
-                    if kind is Usage:
-                        event = self._priced(event, target)
-                    elif kind is Error and deployment is not None:  # a provider may quote the key it refused
-                        event = _scrubbed(event, deployment)
-                        if self.audience == GATEWAY:
-                            event = self._for_gateway_caller(event, target, deployment)
-                    done = kind is Done
-                    if done:
-                        event = _stamp(event, target, started, first, self.clock())
-                    elif first is None and kind in _CONTENT:
-                        first = self.clock()
-                        outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
-                    elif kind is Error:
-                        outcome.error = event
+                    event = self._checked(event, kind, target, deployment, machine, started, attempt_started, outcome)
+                    if event is None:
                         break
-                    try:
-                        machine.advance(event)
-                    except SessionStateError as exc:
-                        outcome.error = Error(
-                            session_id=sid,
-                            code="INTERNAL",
-                            message=f"{target.name} broke the event order: {exc}",
-                            provider=target.name,
-                        )
-                        break
-                    if not outcome.content and kind in _ANSWER:
-                        outcome.content = True  # the caller has it: a retry would duplicate it
                     if kept is not None:
                         kept.append(event)
                     checked.append(event)
-                    if done:
-                        outcome.done = event
+                    if outcome.done is not None:
                         break
-                    flowing = outcome.content and first is not None and machine.state is SessionState.OPEN
+                    flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
                 if checked:
                     yield checked
                 if outcome.done is not None or outcome.error is not None:
@@ -1297,19 +1459,59 @@ class Engine:
         except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
             if deployment is None:
                 raise
-            # what this deployment cannot carry, another may: fail over at once, no verdict, no retry
-            if isinstance(exc, NotServedHere):
-                outcome.uncallable = True
-            outcome.error = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
+            _refused_by_dialect(exc, target, deployment, sid, outcome)
             return
         finally:
-            try:
-                await attempt.aclose()
-            except Exception:  # closing the response failed after its events were read: the answer stands
-                log.exception("%s: closing the response of %s failed", target.name, sid)
-        outcome.error = Error(
-            session_id=sid, code="INTERNAL", message=f"{target.name} ended without done or error", provider=target.name
-        )
+            await _close_attempt(attempt, target, sid)
+        outcome.error = _ended_unfinished(target, sid)
+
+    def _checked(
+        self,
+        event: StreamEvent,
+        kind: type,
+        target: Target,
+        deployment: Deployment | None,
+        machine: SessionStateMachine,
+        started: float,
+        attempt_started: float,
+        outcome: _AttemptOutcome,
+    ) -> StreamEvent | None:
+        """One event of an attempt as the caller may see it — ``usage`` priced, an ``error`` scrubbed of
+        the deployment's key, ``done`` stamped, the session's order kept — or ``None`` when it ends the
+        attempt unseen: a provider's ``error`` (the attempt loop decides what follows) or an event out of
+        order (``INTERNAL``), left in ``outcome``. ``outcome`` also learns the first content's time, that
+        content reached the caller, and the ``done``. Every event goes through here until the answer
+        flows; after that, a token needs none of it."""
+        if kind is Usage:
+            event = self._priced(event, target)
+        elif kind is Error and deployment is not None:  # a provider may quote the key it refused
+            event = _scrubbed(event, deployment)  # type: ignore[arg-type]
+            if self.audience == GATEWAY:
+                event = self._for_gateway_caller(event, target, deployment)  # type: ignore[arg-type]
+        done = kind is Done
+        if done:
+            event = _stamp(event, target, started, outcome.first, self.clock())  # type: ignore[arg-type]
+        elif outcome.first is None and kind in _CONTENT:
+            outcome.first = first = self.clock()
+            outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
+        elif kind is Error:
+            outcome.error = event  # type: ignore[assignment]
+            return None
+        try:
+            machine.advance(event)
+        except SessionStateError as exc:
+            outcome.error = Error(
+                session_id=event.session_id,
+                code="INTERNAL",
+                message=f"{target.name} broke the event order: {exc}",
+                provider=target.name,
+            )
+            return None
+        if not outcome.content and kind in _ANSWER:
+            outcome.content = True  # the caller has it: a retry would duplicate it
+        if done:
+            outcome.done = event  # type: ignore[assignment]
+        return event
 
     def provider_info(self) -> list[ProviderInfo]:
         """``provider_info`` for every configured deployment."""
@@ -1539,6 +1741,29 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
+
+
+def _refused_by_dialect(
+    exc: GTLError, target: Target, deployment: Deployment, sid: str, outcome: _AttemptOutcome
+) -> None:
+    """A dialect refused to carry the request (an unsupported image URL, say): what this deployment cannot
+    carry another may — ``NotServedHere`` fails over at once, with no verdict and no retry."""
+    if isinstance(exc, NotServedHere):
+        outcome.uncallable = True
+    outcome.error = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
+
+
+async def _close_attempt(attempt: AsyncGenerator[list[StreamEvent], None], target: Target, sid: str) -> None:
+    try:
+        await attempt.aclose()
+    except Exception:  # closing the response failed after its events were read: the answer stands
+        log.exception("%s: closing the response of %s failed", target.name, sid)
+
+
+def _ended_unfinished(target: Target, sid: str) -> Error:
+    return Error(
+        session_id=sid, code="INTERNAL", message=f"{target.name} ended without done or error", provider=target.name
+    )
 
 
 def _check_credentials(deployment: Deployment) -> None:

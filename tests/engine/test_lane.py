@@ -1,0 +1,463 @@
+"""``run_session``'s lane (``core._run_lane``): the common session — one target, no budget, cache,
+shared call or hook — runs in one coroutine instead of climbing ``stream_batches``, ``_attempts`` and
+``_one_attempt``. It must be a shortcut and nothing else: every scenario here runs twice, once down
+the lane and once with the lane refused (the general path), against the same upstream, and the two
+must hand the caller the same events, leave the same ledger row and the same circuit — for an answer,
+and for each way the first attempt can fail and the general path takes the session over."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from engine_kit import make_engine
+
+from gtl_nb.engine import core
+from gtl_nb.engine.breaker import BreakerConfig
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.http import Timeouts
+from gtl_nb.engine.stores import MemoryBreakerStore, MemoryBudgetCounter, MemoryResponseCache, Stores
+from gtl_nb.engine.stores.memory import MemoryUsageLedger
+from gtl_nb.protocol import CompletionRequest, Done, Error, Message, SessionStateMachine, Token
+from gtl_nb.protocol.messages import TERMINAL_EVENTS
+from gtl_nb.providers import registry
+from gtl_nb.providers.base import Deployment, HttpRequest, error_event
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+TIMEOUTS = Timeouts(connect=2, first_byte=0.5, idle=0.3)
+ROW_FIELDS = (
+    "status",
+    "error_code",
+    "deployment",
+    "provider_type",
+    "model",
+    "tokens_in",
+    "tokens_out",
+    "cost",
+    "failover_path",
+    "cache_hit",
+    "coalesced",
+    "finish_reason",
+)
+TIMES = ("latency_ms", "ttft_ms", "retry_after")
+
+
+def _chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+class _Decoder:
+    """``t:<text>`` lines are tokens, ``u`` usage, ``done`` the end, ``boom`` a decoder bug."""
+
+    def __init__(self, request: CompletionRequest) -> None:
+        self.sid = request.session_id
+        self.buffer = b""
+        self.ended = False
+
+    def feed(self, chunk: bytes) -> list:
+        from gtl_nb.protocol import Usage
+
+        self.buffer += chunk
+        events: list = []
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line.startswith(b"t:"):
+                events.append(Token(session_id=self.sid, text=line[2:].decode()))
+            elif line == b"u":
+                events.append(Usage(session_id=self.sid, tokens_in=3, tokens_out=2))
+            elif line == b"done":
+                self.ended = True
+                events.append(Done(session_id=self.sid, finish_reason="stop"))
+            elif line == b"boom":
+                raise ValueError("decoder bug")
+        return events
+
+    def close(self) -> list:
+        if self.ended:
+            return []
+        return [Error(session_id=self.sid, code="PROVIDER_UNAVAILABLE", message="stream ended early", retryable=True)]
+
+
+class _Dialect:
+    name = "lane-lines"
+
+    def build_request(self, request, deployment, *, now):
+        return HttpRequest("POST", f"{deployment.base_url}/chat", {"content-type": "text/plain"}, b"hi")
+
+    def response_decoder(self, request, deployment):
+        return _Decoder(request)
+
+    def decode_error(self, request, deployment, status, headers, body):
+        code = {503: "OVERLOADED", 401: "AUTHENTICATION"}.get(status, "INVALID_REQUEST")
+        return error_event(request, deployment, code, body.decode(), http_status=status)
+
+
+registry.register("lane-lines", _Dialect())
+
+
+class _Upstream:
+    """A loopback server answering its n-th connection with ``script[n]`` (the last one from then on)."""
+
+    def __init__(self, *script: Callable[[socket.socket], None]) -> None:
+        self.script = script
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            behaviour = self.script[min(self.connections, len(self.script) - 1)]
+            self.connections += 1
+            threading.Thread(target=self._handle, args=(conn, behaviour), daemon=True).start()
+
+    @staticmethod
+    def _handle(conn: socket.socket, behaviour: Callable[[socket.socket], None]) -> None:
+        with conn:
+            conn.recv(65536)
+            try:
+                behaviour(conn)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _answer(conn: socket.socket) -> None:
+    conn.sendall(HEAD + _chunked(b"t:hel", b"lo\nt: world\nu\ndone\n"))
+
+
+def _status(code: int, reason: str = "Busy") -> Callable[[socket.socket], None]:
+    def reply(conn: socket.socket) -> None:
+        conn.sendall(f"HTTP/1.1 {code} {reason}\r\nConnection: close\r\nContent-Length: 4\r\n\r\nnope".encode())
+
+    return reply
+
+
+def _cut_after_a_token(conn: socket.socket) -> None:
+    conn.sendall(HEAD + b"8\r\nt:part\nu\n")  # then the connection closes mid-body
+
+
+def _silent(conn: socket.socket) -> None:
+    conn.settimeout(3)
+    try:
+        conn.recv(1)
+    except OSError:
+        pass
+
+
+def _out_of_order(conn: socket.socket) -> None:
+    conn.sendall(HEAD + _chunked(b"u\nt:late token\ndone\n"))
+
+
+def _decoder_bug(conn: socket.socket) -> None:
+    conn.sendall(HEAD + _chunked(b"t:x\nboom\n"))
+
+
+def _engine(url: str, *, lane: bool, ledger: Any, routing: dict[str, Any] | None = None) -> Engine:
+    built: dict[str, Any] = {"ledger": ledger}  # a path: the SQLite ledger, as ``connect`` builds it
+    if not isinstance(ledger, Path):
+        breakers = MemoryBreakerStore(BreakerConfig.from_dict((routing or {}).get("breaker")))
+        built = {
+            "stores": Stores(
+                ledger=ledger, budgets=MemoryBudgetCounter(), cache=MemoryResponseCache(), breakers=breakers
+            )
+        }
+    engine = make_engine(
+        {"a": Deployment(name="a", type="lane-lines", base_url=url, models=("m",))},
+        **built,
+        timeouts=TIMEOUTS,
+        routing=routing or {"retry": {"max_attempts": 1}},
+        sleep=lambda _: asyncio.sleep(0),
+    )
+    taken: list[bool] = []
+    choose = engine.lane_targets
+
+    def spied(request: CompletionRequest, context: RequestContext) -> Any:
+        chosen = choose(request, context) if lane else None
+        taken.append(chosen is not None)
+        return chosen
+
+    engine.lane_targets = spied  # type: ignore[method-assign]
+    engine.lanes_taken = taken  # type: ignore[attr-defined]
+    return engine
+
+
+def _request(**fields: Any) -> CompletionRequest:
+    return CompletionRequest(session_id="s1", model="m", messages=[Message(role="user", content="hi")], **fields)
+
+
+def _plain(event: Any) -> dict[str, Any]:
+    fields = msgspec.structs.asdict(event)
+    fields = {k: v for k, v in fields.items() if k not in TIMES}
+    fields["type"] = type(event).__name__
+    return fields
+
+
+async def _rows(engine: Engine) -> list[dict[str, Any]]:
+    rows = engine.stores.ledger.rows()
+    return await rows if inspect.isawaitable(rows) else rows
+
+
+async def _session(engine: Engine, *, prepare: Callable[[Engine], Any] | None = None) -> tuple[list, list, dict]:
+    if prepare is not None:
+        await prepare(engine)
+    sent: list = []
+    await run_session(engine, _request(), RequestContext(principal="alice"), sent.append)
+    rows = await _rows(engine)
+    circuits = await engine.breaker_states()
+    await engine.aclose()
+    return sent, rows, circuits
+
+
+def _both(*script: Callable[[socket.socket], None], **options: Any) -> tuple[tuple, tuple]:
+    """The scenario down the lane and down the general path: (events, rows, circuits) of each."""
+    outcomes = []
+    for lane in (True, False):
+        upstream = _Upstream(*script)
+        try:
+            engine = _engine(upstream.url, lane=lane, ledger=MemoryUsageLedger(), routing=options.get("routing"))
+            outcome = asyncio.run(_session(engine, prepare=options.get("prepare")))
+            assert engine.lanes_taken == [lane]  # type: ignore[attr-defined]
+        finally:
+            upstream.close()
+        outcomes.append(outcome)
+    return outcomes[0], outcomes[1]
+
+
+def _same(lane: tuple, general: tuple) -> list:
+    (lane_events, lane_rows, lane_circuits), (events, rows, circuits) = lane, general
+    assert [_plain(e) for e in lane_events] == [_plain(e) for e in events]
+    assert [{k: r.get(k) for k in ROW_FIELDS} for r in lane_rows] == [{k: r.get(k) for k in ROW_FIELDS} for r in rows]
+    keep = ("state", "consecutive_failures", "calls_in_window", "probes_in_flight")
+    assert {n: {k: c[k] for k in keep} for n, c in lane_circuits.items()} == {
+        n: {k: c[k] for k in keep} for n, c in circuits.items()
+    }
+    # one session, told in order, ended once, with one row
+    machine = SessionStateMachine("s1")
+    for event in lane_events:
+        machine.advance(event)
+    machine.end_of_stream()
+    assert sum(type(e) in TERMINAL_EVENTS for e in lane_events) == 1 and len(lane_rows) == 1
+    return lane_events
+
+
+def test_an_answer_down_the_lane_is_the_general_paths_answer():
+    events = _same(*_both(_answer))
+    assert "".join(e.text for e in events if isinstance(e, Token)) == "hello world"
+    assert isinstance(events[-1], Done) and events[-1].provider == "a" and events[-1].latency_ms is not None
+
+
+def test_a_first_attempt_refused_with_503_is_retried_by_the_general_path_taking_over():
+    events = _same(*_both(_status(503), _answer, routing={"retry": {"max_attempts": 2}}))
+    states = [e.state for e in events if type(e).__name__ == "Status"]
+    assert states == ["queued", "streaming", "retrying", "streaming"] and isinstance(events[-1], Done)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code"),
+    [
+        (_status(400, "Bad"), "INVALID_REQUEST"),
+        (_status(401, "No"), "AUTHENTICATION"),
+        (_cut_after_a_token, "PROVIDER_UNAVAILABLE"),
+        (_silent, "TIMEOUT"),
+        (_out_of_order, "INTERNAL"),
+        (_decoder_bug, "INTERNAL"),
+    ],
+    ids=["invalid", "auth", "cut-mid-answer", "first-byte-timeout", "out-of-order", "decoder-bug"],
+)
+def test_a_first_attempt_that_fails_ends_as_the_general_path_ends_it(behaviour, code, caplog):
+    with caplog.at_level(logging.CRITICAL, logger="gtl_nb"):
+        events = _same(*_both(behaviour))
+    assert isinstance(events[-1], Error) and events[-1].code == code
+
+
+def test_an_unreachable_provider_ends_as_the_general_path_ends_it():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    outcomes = []
+    for lane in (True, False):
+        engine = _engine(url, lane=lane, ledger=MemoryUsageLedger())
+        outcomes.append(asyncio.run(_session(engine)))
+    events = _same(*outcomes)
+    assert events[-1].code == "PROVIDER_UNAVAILABLE"
+
+
+def _open_circuit(cooldown: float) -> tuple[dict[str, Any], Callable[[Engine], Any]]:
+    routing = {"retry": {"max_attempts": 1}, "breaker": {"failure_threshold": 1, "cooldown": cooldown}}
+
+    async def prepare(engine: Engine) -> None:
+        await engine.stores.breakers.record_failure("a")
+
+    return routing, prepare
+
+
+def test_an_open_circuit_is_the_general_paths_refusal():
+    routing, prepare = _open_circuit(cooldown=60)
+    events = _same(*_both(_answer, routing=routing, prepare=prepare))
+    assert events[-1].code == "PROVIDER_UNAVAILABLE" and "every circuit is open" in events[-1].message
+
+
+def test_a_half_open_circuits_probe_is_the_general_paths_and_closes_it():
+    routing, prepare = _open_circuit(cooldown=0)
+    lane, general = _both(_answer, routing=routing, prepare=prepare)
+    events = _same(lane, general)
+    assert isinstance(events[-1], Done) and lane[2]["a"]["state"] == "closed"
+
+
+def test_a_session_with_two_targets_or_hooks_or_budgets_does_not_take_the_lane():
+    engine = make_engine(
+        {
+            "a": Deployment(name="a", type="lane-lines", base_url="http://127.0.0.1:9", models=("m",)),
+            "b": Deployment(name="b", type="lane-lines", base_url="http://127.0.0.1:9", models=("m",)),
+        }
+    )
+    context = RequestContext(principal="alice")
+    assert engine.lane_targets(_request(provider="a"), context) is not None
+    assert engine.lane_targets(_request(providers=["a", "b"]), context) is None
+    assert engine.lane_targets(_request(temperature=0.0, provider="a"), context) is None  # shared (coalesced)
+    assert engine.lane_targets(_request(provider="nowhere"), context) is None  # refused: worded by the general path
+    engine.hooks.subscribe(lambda event: None)
+    assert engine.lane_targets(_request(provider="a"), context) is None
+    budgeted = make_engine(
+        {"a": Deployment(name="a", type="lane-lines", base_url="http://127.0.0.1:9", models=("m",))},
+        budgets={"tokens_per_minute": 1000},
+    )
+    assert budgeted.lane_targets(_request(), context) is None
+
+
+def test_a_cancel_mid_answer_down_the_lane_ends_the_row_cancelled_and_the_session_once():
+    def slow(conn: socket.socket) -> None:
+        conn.sendall(HEAD + _chunked(b"t:first\n")[:-5])  # a token, then nothing more for a while
+        _silent(conn)
+
+    async def main(engine: Engine) -> tuple[list, list]:
+        sent: list = []
+        task = asyncio.ensure_future(run_session(engine, _request(), RequestContext(principal="alice"), sent.append))
+        while not any(isinstance(e, Token) for e in sent):
+            await asyncio.sleep(0.005)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rows = await _rows(engine)
+        await engine.aclose()
+        return sent, rows
+
+    upstream = _Upstream(slow)
+    try:
+        engine = _engine(upstream.url, lane=True, ledger=MemoryUsageLedger())
+        engine.http.timeouts = Timeouts(connect=2, first_byte=5, idle=5)
+        sent, rows = asyncio.run(main(engine))
+    finally:
+        upstream.close()
+    assert engine.lanes_taken == [True]  # type: ignore[attr-defined]
+    assert [type(e).__name__ for e in sent][-1] == "Error" and sent[-1].code == "CANCELLED"
+    assert sum(type(e) in TERMINAL_EVENTS for e in sent) == 1
+    assert [(r["status"], r["error_code"]) for r in rows] == [("cancelled", "CANCELLED")]
+    assert core._REQUEST_CONTEXT.get(None) is None
+
+
+def test_a_bug_in_the_lane_itself_ends_the_session_and_its_row_internal(caplog):
+    async def main(engine: Engine) -> tuple[list, list]:
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("lane bug")
+
+        engine._call = broken  # type: ignore[method-assign]
+        sent: list = []
+        await run_session(engine, _request(), RequestContext(principal="alice"), sent.append)
+        rows = await _rows(engine)
+        await engine.aclose()
+        return sent, rows
+
+    engine = _engine("http://127.0.0.1:9", lane=True, ledger=MemoryUsageLedger())
+    with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+        sent, rows = asyncio.run(main(engine))
+    assert sent[-1].code == "INTERNAL" and "lane bug" in sent[-1].message
+    assert [(r["status"], r["error_code"]) for r in rows] == [("error", "INTERNAL")]
+    assert any("failed inside the engine" in r.getMessage() for r in caplog.records)
+
+
+def test_the_lane_answers_through_the_sqlite_ledger_as_the_general_path_does(tmp_path):
+    outcomes = []
+    for lane in (True, False):
+        upstream = _Upstream(_answer)
+        try:
+            engine = _engine(upstream.url, lane=lane, ledger=tmp_path / f"{lane}.sqlite3")
+            outcomes.append(asyncio.run(_session(engine)))
+        finally:
+            upstream.close()
+    events = _same(*outcomes)
+    assert isinstance(events[-1], Done)
+
+
+def test_the_lane_lets_a_slow_reader_hold_it_back_as_often_as_the_general_path_does():
+    async def main(engine: Engine) -> tuple[list, list]:
+        sent: list = []
+        drained: list = []
+
+        def drain() -> Any:
+            drained.append(len(sent))  # how much the reader had been handed at each chance to hold back
+            return asyncio.sleep(0) if len(drained) % 2 else None
+
+        await run_session(engine, _request(), RequestContext(principal="alice"), sent.append, drain=drain)
+        await engine.aclose()
+        return sent, drained
+
+    outcomes = []
+    for lane in (True, False):
+        upstream = _Upstream(_answer)
+        try:
+            outcomes.append(asyncio.run(main(_engine(upstream.url, lane=lane, ledger=MemoryUsageLedger()))))
+        finally:
+            upstream.close()
+    (lane_sent, lane_drained), (sent, drained) = outcomes
+    assert [_plain(e) for e in lane_sent] == [_plain(e) for e in sent]
+    assert lane_drained[0] == drained[0] == 1 and lane_drained[-1] == drained[-1] == len(sent)
+    assert len(lane_drained) == len(drained)
+
+
+def test_a_reader_refusing_an_event_down_the_lane_is_told_internal_and_the_row_says_so(caplog):
+    async def main(engine: Engine) -> tuple[list, list, list]:
+        sent: list = []
+        ended: list = []
+
+        def send(event: Any) -> None:
+            if isinstance(event, Token):
+                raise ValueError("this connection cannot carry that")
+            sent.append(event)
+
+        await run_session(engine, _request(), RequestContext(principal="alice"), send, finish=ended.append)
+        rows = await _rows(engine)
+        await engine.aclose()
+        return sent, ended, rows
+
+    upstream = _Upstream(_answer)
+    try:
+        engine = _engine(upstream.url, lane=True, ledger=MemoryUsageLedger())
+        with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+            sent, ended, rows = asyncio.run(main(engine))
+    finally:
+        upstream.close()
+    assert [e.code for e in ended] == ["INTERNAL"] and "cannot carry" in ended[0].message
+    assert not any(type(e) in TERMINAL_EVENTS for e in sent)
+    assert [(r["status"], r["error_code"]) for r in rows] == [("error", "INTERNAL")]
