@@ -9,13 +9,14 @@ Python's own work — is counted with ``sys.settrace``: the lines each function 
 which repeat from run to run to within a few lines in a thousand (what varies is periodic: the pool of
 random ids refilled every few hundred sessions), so a change's effect shows in one run.
 
-Three paths, as in ``engine_parts``: ``parts`` (the engine's parts in one coroutine), ``engine``
-(``aconnect``'s engine alone) and ``whole`` (the awaited ``acomplete``). A line is a rough unit (one
+Four paths, as in ``engine_parts``: ``parts`` (the engine's parts in one coroutine), ``engine``
+(``aconnect``'s engine alone), ``general`` (the same with ``run_session``'s lane refused: the session
+down ``stream_batches`` and the attempt levels) and ``whole`` (the awaited ``acomplete``). A line is a rough unit (one
 may call into C for a microsecond, another test a flag), so confirm a saving in instructions —
 ``valgrind --tool=callgrind python -m bench.engine_lines --count-only`` counts the same sessions —
 and in ``engine_parts``' CPU figures. What the counts said is in docs/benchmarks.md, "Lines executed".
 
-Run: ``python -m bench.engine_lines [--sessions N] [--top N] [--paths parts,engine,whole]``.
+Run: ``python -m bench.engine_lines [--sessions N] [--top N] [--paths parts,engine,general,whole]``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from gtl_nb.client import Client, new_session_id
 from gtl_nb.protocol.messages import StreamEvent
 from gtl_nb.providers.base import HttpRequest
 
-PATHS = ("parts", "engine", "whole")
+PATHS = ("parts", "engine", "general", "whole")
 Call = Callable[[], Awaitable[Any]]
 
 
@@ -97,7 +98,8 @@ async def _client() -> Client:
     return client
 
 
-def _calls(client: Client) -> dict[str, Call]:
+def _engine_alone(client: Client) -> Call:
+    """One session of ``client``'s engine in the caller's task, its events dropped."""
     request = client.request(MODEL, "hi", max_tokens=16)
 
     def drop(_: StreamEvent) -> None:
@@ -107,10 +109,22 @@ def _calls(client: Client) -> dict[str, Call]:
         fresh = msgspec.structs.replace(request, session_id=new_session_id())
         await client.backend.session(fresh, drop, callers_task=True)  # type: ignore[call-arg]
 
+    return engine
+
+
+def _calls(client: Client, general: Client) -> dict[str, Call]:
+    """The paths (module docstring); ``general``'s engine has ``run_session``'s lane refused."""
+    general.backend.engine.lane_targets = lambda request, context: None  # type: ignore[attr-defined]
+
     async def whole() -> None:
         await client.acomplete(MODEL, "hi", max_tokens=16)
 
-    return {"parts": _Parts(client, ledger=False).answer, "engine": engine, "whole": whole}
+    return {
+        "parts": _Parts(client, ledger=False).answer,
+        "engine": _engine_alone(client),
+        "general": _engine_alone(general),
+        "whole": whole,
+    }
 
 
 class _LineCounter:
@@ -139,9 +153,9 @@ class _LineCounter:
 
 
 async def _measure(paths: list[str], sessions: int, count_only: bool) -> dict[str, collections.Counter[Any]]:
-    client = await _client()
+    client, general = await _client(), await _client()
     try:
-        calls = _calls(client)
+        calls = _calls(client, general)
         answer = (await client.acomplete(MODEL, "hi", max_tokens=16)).text
         if not answer or answer != await calls["parts"]():
             raise RuntimeError("the parts' answer is not the engine's")
@@ -164,6 +178,7 @@ async def _measure(paths: list[str], sessions: int, count_only: bool) -> dict[st
         return counted
     finally:
         await client.aclose()
+        await general.aclose()
 
 
 def report(counted: dict[str, collections.Counter[Any]], top: int) -> str:

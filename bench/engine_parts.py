@@ -17,14 +17,13 @@ call (CPU a request, 20 calls at once; medians over rounds):
 * ``engine`` — ``aconnect``'s engine alone (``EmbeddedBackend.session`` on a request built once, its
   events dropped: ``bench_embedded``'s ``engine_only``);
 * ``engine_no_ledger`` — the same engine with ``[ledger] enabled = false``;
-* ``engine_flat`` — an upper bound, not a usable engine: the same engine whose attempt loop and
-  attempt level (``Engine._attempts``, ``Engine._one_attempt``: breakers, retries, failover, pricing,
-  the state machine, the time stamps) are skipped — the batches of ``HttpRunner.run`` go straight to
-  ``stream_batches``. What those two levels and all their work cost;
+* ``engine_general`` — the same engine with ``run_session``'s lane refused (``Engine.lane_targets``
+  answering ``None``): the session down the general path — ``stream_batches``, ``_attempts`` and
+  ``_one_attempt`` — as every session ran before the lane. What the lane saves, in the same rounds;
 * ``whole`` — the awaited ``acomplete`` of ``aconnect``'s client (what a notebook runs).
 
-Each engine path runs in a client of its own, so the bound's patch (an attribute of that one engine)
-touches no other. ``parts`` must hand back the engine's own answer (checked before measuring), so it
+Each engine path runs in a client of its own, so ``engine_general``'s patch (an attribute of that one
+engine) touches no other. ``parts`` must hand back the engine's own answer (checked before measuring), so it
 is not cheaply wrong.
 
 Run: ``python -m bench.engine_parts [--rounds N] [--groups N]`` (``--smoke``: tiny counts, no figures
@@ -38,7 +37,7 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +49,9 @@ from bench.bench_embedded import BODY, HEADERS, MODEL
 from bench.servers import Upstream
 from gtl_nb.client import Client, new_session_id
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, _AttemptOutcome
+from gtl_nb.engine.core import Engine
 from gtl_nb.engine.httptools_transport import HttptoolsTransport
-from gtl_nb.protocol.messages import CompletionRequest, Status, StreamEvent, Token, Usage
+from gtl_nb.protocol.messages import Status, StreamEvent, Token, Usage
 from gtl_nb.protocol.session import SessionStateMachine
 from gtl_nb.providers.base import HttpRequest
 from gtl_nb.providers.registry import get_provider
@@ -66,7 +65,7 @@ PATHS = (
     "parts_no_ledger",
     "engine",
     "engine_no_ledger",
-    "engine_flat",
+    "engine_general",
     "whole",
 )
 
@@ -90,17 +89,9 @@ def _engine_session(client: Client) -> Call:
     )
 
 
-def _flattened(engine: Engine) -> None:
-    """Make ``engine``'s attempt loop hand on ``HttpRunner.run``'s batches as they come (the bound of
-    the module docstring): its first target, called once, nothing checked, priced or stamped."""
-
-    def straight(
-        request: CompletionRequest, targets: list[Any], record: Any, *_: object
-    ) -> AsyncGenerator[list[StreamEvent], None]:
-        record.path.append(targets[0].name)
-        return engine._call(request, targets[0], _AttemptOutcome())[0]
-
-    engine._attempts = straight  # type: ignore[method-assign]
+def _general_only(engine: Engine) -> None:
+    """Send every session of ``engine`` down the general path (``engine_general`` in the module docstring)."""
+    engine.lane_targets = lambda request, context: None  # type: ignore[method-assign]
 
 
 class _Parts:
@@ -169,10 +160,10 @@ async def _measure(port: int, folder: Path, rounds: int, groups: int) -> dict[st
         "parts": await _client(port, folder / "parts.sqlite3"),
         "engine": await _client(port, folder / "engine.sqlite3"),
         "engine_no_ledger": await _client(port, None),
-        "engine_flat": await _client(port, folder / "flat.sqlite3"),
+        "engine_general": await _client(port, folder / "general.sqlite3"),
         "whole": await _client(port, folder / "whole.sqlite3"),
     }
-    _flattened(clients["engine_flat"].backend.engine)  # type: ignore[attr-defined]
+    _general_only(clients["engine_general"].backend.engine)  # type: ignore[attr-defined]
     parts = _Parts(clients["parts"], ledger=True)
     parts_no_ledger = _Parts(clients["parts"], ledger=False)
     whole = clients["whole"]
@@ -197,7 +188,7 @@ async def _measure(port: int, folder: Path, rounds: int, groups: int) -> dict[st
         "parts_no_ledger": parts_no_ledger.answer,
         "engine": _engine_session(clients["engine"]),
         "engine_no_ledger": _engine_session(clients["engine_no_ledger"]),
-        "engine_flat": _engine_session(clients["engine_flat"]),
+        "engine_general": _engine_session(clients["engine_general"]),
         "whole": lambda: whole.acomplete(MODEL, "hi", max_tokens=16),
     }
     try:

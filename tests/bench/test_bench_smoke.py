@@ -182,8 +182,9 @@ def test_engine_parts_smoke_run_measures_every_path(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_engine_lines_counts_every_path_and_the_counts_repeat() -> None:
     """``python -m bench.engine_lines``: each path's lines a session are counted (the parts' answer
-    checked against the engine's first), the engine executes more than its parts and the whole call
-    more than the engine, and — the point of counting lines — two runs agree to within 2 %."""
+    checked against the engine's first), the engine executes more than its parts, the general path
+    more than the lane and the whole call more than the engine, and — the point of counting lines —
+    two runs agree to within 2 %."""
 
     def totals(done: subprocess.CompletedProcess[str]) -> dict[str, int]:
         found = {}
@@ -194,6 +195,7 @@ def test_engine_lines_counts_every_path_and_the_counts_repeat() -> None:
         return found
 
     first, second = (totals(run_bench("bench.engine_lines", "--sessions", "20", timeout=25)) for _ in range(2))
-    assert list(first) == ["parts", "engine", "whole"], first
+    assert list(first) == ["parts", "engine", "general", "whole"], first
     assert 0 < first["parts"] < first["engine"] < first["whole"]
+    assert first["engine"] < first["general"]  # the lane (``core._run_lane``) runs fewer lines
     assert all(abs(first[path] - second[path]) <= first[path] * 0.02 for path in first), (first, second)
