@@ -194,9 +194,11 @@ async def run_session(
         if lane is None:
             batches = engine.stream_batches(request, context=context, ending=recorded, refused=refused)
         else:  # the common session, in this coroutine (``_run_lane``); the general path only if it needs it
-            handover = await _run_lane(engine, request, lane, send, end, drain, recorded)
-            if handover is None:
+            handover = await _run_lane(engine, request, lane, send, drain, recorded)
+            if handover is None:  # ended there: its end sent, its row completed
                 ended = True
+                if drain is not None and (waiting := drain()) is not None:  # (after the end, as below)
+                    await waiting
                 return
             batches = handover
         try:  # (``aclosing`` without its two coroutines a session)
@@ -250,23 +252,22 @@ async def _run_lane(
     request: CompletionRequest,
     lane: _Lane,
     send: Callable[[StreamEvent], None],
-    finish: Callable[[StreamEvent], None],
     drain: Callable[[], Awaitable[None] | None] | None,
     recorded: SessionEnd,
 ) -> AsyncGenerator[list[StreamEvent], None] | None:
     """The common session — one target, nothing to count, cache, share or announce — in one coroutine:
-    what ``stream_batches``, ``_attempts`` and ``_one_attempt`` do for it, with each event handed to
-    ``send`` as it is checked rather than climbing three generators. ``None`` once the session has
-    ended here (its terminal event sent, its row completed); else the general path's batches, taking
-    the session over where the lane stopped — the breaker gave no plain pass, or the first attempt did
-    not answer (an error, a cut, a refusal): retries, failover and their bookkeeping are theirs alone.
+    what ``stream_batches``, ``_attempts`` and ``_one_attempt`` do for it, each read's events checked
+    and then handed to ``send`` here rather than climbing three generators. ``None`` once the session
+    has ended here (its terminal event sent, its row completed; ``run_session`` drains after it); else
+    the general path's batches, taking the session over where the lane stopped — the breaker gave no
+    plain pass, or the first attempt did not answer (an error, a cut, a refusal): retries, failover
+    and their bookkeeping are theirs alone.
 
-    A cancel ends the row ``cancelled``, as ``stream_batches`` would; ``recorded`` gets the terminal event
-    before the row is completed with it. An exception — a bug below, or ``send`` refusing an event —
-    ends the session and its row ``INTERNAL``, the error handed to ``finish`` (``run_session``'s own
-    channel for an end the stream could not deliver). (Down the general path a ``send`` that raises
-    leaves the row ``cancelled`` though its reader was told ``INTERNAL``; the lane records what the
-    reader was told.)
+    Everything ends as down the general path: a cancel completes the row ``cancelled``; a bug below
+    (the runner, a decoder) ends the session and its row ``INTERNAL``, that error sent like any event;
+    ``send`` or ``drain`` raising is the reader's failure, left to ``run_session`` (the row completed
+    ``cancelled``, as a stream closed early). ``recorded`` gets the terminal event before the row is
+    completed with it.
     """
     sid = request.session_id
     context, target = lane.context, lane.target
@@ -275,15 +276,20 @@ async def _run_lane(
     usage: Usage | None = None
     end: Done | Error | None = None
     row: int | None = None
+    reader_failed = False  # ``send`` or ``drain`` raised: not the engine's bug (``run_session`` says so)
     try:
         row = await engine._ledger_start(request, context, target.model)
         machine = SessionStateMachine(sid)
         started = engine.clock()
         queued = Status(session_id=sid, state="queued")
         machine.advance(queued)
-        send(queued)
-        if drain is not None and (waiting := drain()) is not None:
-            await waiting
+        try:
+            send(queued)
+            if drain is not None and (waiting := drain()) is not None:
+                await waiting
+        except Exception:
+            reader_failed = True
+            raise
         grant = await engine._acquire(target.name)
         if grant != "pass":  # refused or a probe: the general path decides (and hands a probe back)
             handover = _LaneHandover(lane.targets, record, row, machine, started, None, (grant, None))
@@ -294,29 +300,40 @@ async def _run_lane(
         outcome = _AttemptOutcome()
         attempt_started = engine.clock()
         attempt, deployment = engine._call(request, target, outcome)
-        flowing = False
+        flowing = False  # (as in ``_one_attempt``: once the answer flows, a token needs no check)
         try:
             async for batch in attempt:
-                for event in batch:
-                    kind = type(event)
-                    if flowing and kind is Token:
-                        send(event)
-                        continue
-                    checked = engine._checked(
-                        event, kind, target, deployment, machine, started, attempt_started, outcome
-                    )
-                    if checked is None or outcome.done is not None:
-                        break
-                    if kind is Usage:
-                        usage = checked  # type: ignore[assignment]
-                    send(checked)
-                    flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
-                if drain is not None and (waiting := drain()) is not None:
-                    await waiting
+                if flowing and _TOKENS.issuperset(map(type, batch)):
+                    checked = batch
+                else:
+                    checked = []
+                    for event in batch:
+                        kind = type(event)
+                        if flowing and kind is Token:
+                            checked.append(event)
+                            continue
+                        event = engine._checked(
+                            event, kind, target, deployment, machine, started, attempt_started, outcome
+                        )  # type: ignore[assignment]
+                        if event is None or outcome.done is not None:
+                            break  # (an error ends the attempt unseen; ``done`` goes out after the bookkeeping)
+                        if kind is Usage:
+                            usage = event  # type: ignore[assignment]
+                        checked.append(event)
+                        flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
+                if checked:  # handed on as ``run_session`` hands on a batch of the general path
+                    try:
+                        for event in checked:
+                            send(event)
+                        if drain is not None and (waiting := drain()) is not None:
+                            await waiting
+                    except Exception:
+                        reader_failed = True
+                        raise
                 if outcome.done is not None or outcome.error is not None:
                     break
         except GTLError as exc:  # a dialect refusing the request
-            if deployment is None:
+            if deployment is None or reader_failed:
                 raise
             _refused_by_dialect(exc, target, deployment, sid, outcome)
         finally:
@@ -331,26 +348,21 @@ async def _run_lane(
         engine._breaker_changed(target.name, await engine.stores.breakers.record_success(target.name))
         await engine._remember_success(request, target, outcome, None)
         end = done
-        record.finish_reason = done.finish_reason
-        recorded.event = done
-        finished, row = row, None
-        await engine._finish(request, context, finished, end, usage, record, None)
-        send(done)
-    except Exception as exc:  # the session and its row end INTERNAL, as ``stream_batches`` ends them
-        if end is not None:
+    except Exception as exc:  # a bug below: the session and its row end INTERNAL, as ``stream_batches`` ends them
+        if reader_failed:
             raise
         end = engine._internal_error(request, record, exc)
-        recorded.event = end
-        finished, row = row, None
-        await engine._finish(request, context, finished, end, usage, record, None)
-        finish(end)
     finally:
         with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
             _REQUEST_CONTEXT.reset(scope)
-        if end is None and row is not None:  # cancelled: the row ends ``cancelled``
+        if end is None and row is not None:  # cancelled, or the reader failed: the row ends ``cancelled``
             await engine._finish(request, context, row, None, usage, record, None)
-    if drain is not None and (waiting := drain()) is not None:  # (as after every batch of the general path)
-        await waiting
+    # the end: recorded, the row completed, then sent (a cancel meanwhile reports it, as it is recorded)
+    if type(end) is Done:
+        record.finish_reason = end.finish_reason
+    recorded.event = end
+    await engine._finish(request, context, row, end, usage, record, None)
+    send(end)  # type: ignore[arg-type]
     return None
 
 

@@ -12,6 +12,7 @@ import inspect
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,14 @@ def _status(code: int, reason: str = "Busy") -> Callable[[socket.socket], None]:
     return reply
 
 
+def _done_in_a_read_of_its_own(conn: socket.socket) -> None:
+    conn.sendall(HEAD + b"10\r\nt:hel\nt:lo world\n\r\n")
+    time.sleep(0.05)
+    conn.sendall(b"2\r\nu\n\r\n")
+    time.sleep(0.05)
+    conn.sendall(_chunked(b"done\n"))
+
+
 def _cut_after_a_token(conn: socket.socket) -> None:
     conn.sendall(HEAD + b"8\r\nt:part\nu\n")  # then the connection closes mid-body
 
@@ -207,6 +216,8 @@ def _request(**fields: Any) -> CompletionRequest:
 
 
 def _plain(event: Any) -> dict[str, Any]:
+    if isinstance(event, tuple):  # (``finish``, the event) — an end the stream did not deliver
+        return {"finish": _plain(event[1])}
     fields = msgspec.structs.asdict(event)
     fields = {k: v for k, v in fields.items() if k not in TIMES}
     fields["type"] = type(event).__name__
@@ -222,11 +233,12 @@ async def _session(engine: Engine, *, prepare: Callable[[Engine], Any] | None = 
     if prepare is not None:
         await prepare(engine)
     sent: list = []
-    await run_session(engine, _request(), RequestContext(principal="alice"), sent.append)
+    ended: list = []  # what ``run_session`` sent through ``finish``: nothing, when the stream delivered its end
+    await run_session(engine, _request(), RequestContext(principal="alice"), sent.append, finish=ended.append)
     rows = await _rows(engine)
     circuits = await engine.breaker_states()
     await engine.aclose()
-    return sent, rows, circuits
+    return [*sent, *(("finish", e) for e in ended)], rows, circuits
 
 
 def _both(*script: Callable[[socket.socket], None], **options: Any) -> tuple[tuple, tuple]:
@@ -410,7 +422,8 @@ def test_the_lane_answers_through_the_sqlite_ledger_as_the_general_path_does(tmp
     assert isinstance(events[-1], Done)
 
 
-def test_the_lane_lets_a_slow_reader_hold_it_back_as_often_as_the_general_path_does():
+@pytest.mark.parametrize("behaviour", [_answer, _done_in_a_read_of_its_own], ids=["one-read", "done-alone"])
+def test_the_lane_lets_a_slow_reader_hold_it_back_as_often_as_the_general_path_does(behaviour):
     async def main(engine: Engine) -> tuple[list, list]:
         sent: list = []
         drained: list = []
@@ -425,18 +438,55 @@ def test_the_lane_lets_a_slow_reader_hold_it_back_as_often_as_the_general_path_d
 
     outcomes = []
     for lane in (True, False):
-        upstream = _Upstream(_answer)
+        upstream = _Upstream(behaviour)
         try:
             outcomes.append(asyncio.run(main(_engine(upstream.url, lane=lane, ledger=MemoryUsageLedger()))))
         finally:
             upstream.close()
     (lane_sent, lane_drained), (sent, drained) = outcomes
     assert [_plain(e) for e in lane_sent] == [_plain(e) for e in sent]
-    assert lane_drained[0] == drained[0] == 1 and lane_drained[-1] == drained[-1] == len(sent)
-    assert len(lane_drained) == len(drained)
+    assert lane_drained == drained and drained[0] == 1 and drained[-1] == len(sent)
 
 
-def test_a_reader_refusing_an_event_down_the_lane_is_told_internal_and_the_row_says_so(caplog):
+def test_a_cancel_while_a_slow_reader_holds_the_end_sends_no_second_end():
+    # the reader is slow after ``done`` was handed to it: a cancel then (the client leaving) must not
+    # make the session runner send an end again — down either path
+    async def main(engine: Engine) -> tuple[list, list]:
+        sent: list = []
+        ended: list = []
+        full = asyncio.Event()
+
+        def drain() -> Any:
+            return full.wait() if any(isinstance(e, Done) for e in sent) else None
+
+        task = asyncio.ensure_future(
+            run_session(
+                engine, _request(), RequestContext(principal="alice"), sent.append, drain=drain, finish=ended.append
+            )
+        )
+        while not any(isinstance(e, Done) for e in sent):
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await engine.aclose()
+        return sent, ended
+
+    outcomes = []
+    for lane in (True, False):
+        upstream = _Upstream(_answer)
+        try:
+            outcomes.append(asyncio.run(main(_engine(upstream.url, lane=lane, ledger=MemoryUsageLedger()))))
+        finally:
+            upstream.close()
+    for sent, ended in outcomes:
+        assert ended == [] and sum(type(e) in TERMINAL_EVENTS for e in sent) == 1
+
+
+def test_a_reader_refusing_an_event_fails_the_session_as_down_the_general_path():
+    # the reader's failure is not the engine's bug: the exception goes on to the session's runner, the
+    # reader hears INTERNAL through ``finish``, the row ends as a stream closed early
     async def main(engine: Engine) -> tuple[list, list, list]:
         sent: list = []
         ended: list = []
@@ -446,18 +496,22 @@ def test_a_reader_refusing_an_event_down_the_lane_is_told_internal_and_the_row_s
                 raise ValueError("this connection cannot carry that")
             sent.append(event)
 
-        await run_session(engine, _request(), RequestContext(principal="alice"), send, finish=ended.append)
+        with pytest.raises(ValueError, match="cannot carry"):
+            await run_session(engine, _request(), RequestContext(principal="alice"), send, finish=ended.append)
         rows = await _rows(engine)
         await engine.aclose()
         return sent, ended, rows
 
-    upstream = _Upstream(_answer)
-    try:
-        engine = _engine(upstream.url, lane=True, ledger=MemoryUsageLedger())
-        with caplog.at_level(logging.ERROR, logger="gtl_nb"):
-            sent, ended, rows = asyncio.run(main(engine))
-    finally:
-        upstream.close()
+    outcomes = []
+    for lane in (True, False):
+        upstream = _Upstream(_answer)
+        try:
+            outcomes.append(asyncio.run(main(_engine(upstream.url, lane=lane, ledger=MemoryUsageLedger()))))
+        finally:
+            upstream.close()
+    (sent, ended, rows), general = outcomes
+    assert [_plain(e) for e in sent] == [_plain(e) for e in general[0]]
+    assert [_plain(e) for e in ended] == [_plain(e) for e in general[1]]
     assert [e.code for e in ended] == ["INTERNAL"] and "cannot carry" in ended[0].message
-    assert not any(type(e) in TERMINAL_EVENTS for e in sent)
-    assert [(r["status"], r["error_code"]) for r in rows] == [("error", "INTERNAL")]
+    assert [(r["status"], r["error_code"]) for r in rows] == [(r["status"], r["error_code"]) for r in general[2]]
+    assert [(r["status"], r["error_code"]) for r in rows] == [("cancelled", "CANCELLED")]
