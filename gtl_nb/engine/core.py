@@ -255,7 +255,7 @@ async def _run_lane(
     drain: Callable[[], Awaitable[None] | None] | None,
     recorded: SessionEnd,
 ) -> AsyncGenerator[list[StreamEvent], None] | None:
-    """The common session — one target, nothing to count, cache, share or announce — in one coroutine:
+    """The common session — one target, nothing to count, cache or share — in one coroutine:
     what ``stream_batches``, ``_attempts`` and ``_one_attempt`` do for it, each read's events checked
     and then handed to ``send`` here rather than climbing three generators. ``None`` once the session
     has ended here (its terminal event sent, its row completed; ``run_session`` drains after it); else
@@ -277,8 +277,13 @@ async def _run_lane(
     end: Done | Error | None = None
     row: int | None = None
     reader_failed = False  # ``send`` or ``drain`` raised: not the engine's bug (``run_session`` says so)
+    hooks = engine.hooks
     try:
-        row = await engine._ledger_start(request, context, target.model)
+        try:
+            row = await engine._ledger_start(request, context, target.model)
+        finally:  # (also when cancelled while the row starts: one start, then one end, as ``stream_batches``)
+            if hooks:
+                hooks.emit(RequestStarted(sid, context, request.model, request, False, record.handle))
         machine = SessionStateMachine(sid)
         started = engine.clock()
         queued = Status(session_id=sid, state="queued")
@@ -297,6 +302,8 @@ async def _run_lane(
             return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
         record.path.append(target.name)
         record.model = target.model
+        if hooks:
+            hooks.emit(AttemptStarted(sid, target.name, target.model, 1, record.handle))
         outcome = _AttemptOutcome()
         attempt_started = engine.clock()
         attempt, deployment = engine._call(request, target, outcome)
@@ -698,9 +705,10 @@ class Engine:
 
     def lane_targets(self, request: CompletionRequest, context: RequestContext) -> _Lane | None:
         """The lane of ``request`` when ``run_session`` may run it in its own coroutine (``_run_lane``):
-        one target to try, no budget to count, no cache or shared call to consult, no hook to tell, a
-        breaker answered in-process. ``None`` sends it down the general path."""
-        if self.hooks or self.budgets is not None or not _never_waits(self.stores.breakers):
+        one target to try, no budget to count, no cache or shared call to consult, no hook subscriber
+        that wants the answer's text, a breaker answered in-process. ``None`` sends it down the
+        general path."""
+        if self.hooks.want_answers or self.budgets is not None or not _never_waits(self.stores.breakers):
             return None
         if context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = context.traced(random_hex(2))

@@ -8,6 +8,7 @@ and for each way the first attempt can fail and the general path takes the sessi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 import socket
@@ -208,7 +209,29 @@ def _engine(url: str, *, lane: bool, ledger: Any, routing: dict[str, Any] | None
 
     engine.lane_targets = spied  # type: ignore[method-assign]
     engine.lanes_taken = taken  # type: ignore[attr-defined]
+    engine.heard = []  # type: ignore[attr-defined]
+    if _HOOKED["on"]:  # a subscriber that does not want the answer's text: the lane is still taken
+        engine.hooks.subscribe(lambda event: engine.heard.append(_hook_event(event)))  # type: ignore[attr-defined]
     return engine
+
+
+_HOOKED = {"on": False}
+
+
+@pytest.fixture(autouse=True, params=["no hooks", "hooks"])
+def hooked(request: pytest.FixtureRequest) -> bool:
+    """Every test here runs with no hook subscriber and with one (metrics and an audit log subscribe,
+    never wanting the answer's text): the lane must tell hooks what the general path tells them."""
+    _HOOKED["on"] = request.param == "hooks"
+    return _HOOKED["on"]
+
+
+def _hook_event(event: Any) -> tuple:
+    """What a hook heard, without times and identities."""
+    skip = ("handle", "context", "request", "latency_ms", "ttft_ms", "delay", "engine")
+    names = [f.name for f in dataclasses.fields(event)] if dataclasses.is_dataclass(event) else []
+    kept = {name: repr(getattr(event, name)) for name in names if name not in skip}
+    return (type(event).__name__, tuple(sorted(kept.items(), key=lambda kv: kv[0])))
 
 
 def _request(**fields: Any) -> CompletionRequest:
@@ -216,6 +239,8 @@ def _request(**fields: Any) -> CompletionRequest:
 
 
 def _plain(event: Any) -> dict[str, Any]:
+    if isinstance(event, tuple) and event[0] == "hook":  # what a hook subscriber heard
+        return {"hook": repr(event[1])}
     if isinstance(event, tuple):  # (``finish``, the event) — an end the stream did not deliver
         return {"finish": _plain(event[1])}
     fields = msgspec.structs.asdict(event)
@@ -238,7 +263,7 @@ async def _session(engine: Engine, *, prepare: Callable[[Engine], Any] | None = 
     rows = await _rows(engine)
     circuits = await engine.breaker_states()
     await engine.aclose()
-    return [*sent, *(("finish", e) for e in ended)], rows, circuits
+    return [*sent, *(("finish", e) for e in ended), *(("hook", h) for h in engine.heard)], rows, circuits
 
 
 def _both(*script: Callable[[socket.socket], None], **options: Any) -> tuple[tuple, tuple]:
@@ -264,13 +289,17 @@ def _same(lane: tuple, general: tuple) -> list:
     assert {n: {k: c[k] for k in keep} for n, c in lane_circuits.items()} == {
         n: {k: c[k] for k in keep} for n, c in circuits.items()
     }
-    # one session, told in order, ended once, with one row
+    # one session, told in order, ended once, with one row (and its hooks: one start, one end)
+    sent = [e for e in lane_events if not isinstance(e, tuple)]
     machine = SessionStateMachine("s1")
-    for event in lane_events:
+    for event in sent:
         machine.advance(event)
     machine.end_of_stream()
-    assert sum(type(e) in TERMINAL_EVENTS for e in lane_events) == 1 and len(lane_rows) == 1
-    return lane_events
+    assert sum(type(e) in TERMINAL_EVENTS for e in sent) == 1 and len(lane_rows) == 1
+    heard = [e[1][0] for e in lane_events if isinstance(e, tuple) and e[0] == "hook"]
+    if _HOOKED["on"]:
+        assert heard.count("RequestStarted") == 1 and heard.count("RequestFinished") == 1
+    return sent
 
 
 def test_an_answer_down_the_lane_is_the_general_paths_answer():
@@ -337,7 +366,7 @@ def test_a_half_open_circuits_probe_is_the_general_paths_and_closes_it():
     assert isinstance(events[-1], Done) and lane[2]["a"]["state"] == "closed"
 
 
-def test_a_session_with_two_targets_or_hooks_or_budgets_does_not_take_the_lane():
+def test_a_session_with_two_targets_or_answers_recorded_or_budgets_does_not_take_the_lane():
     engine = make_engine(
         {
             "a": Deployment(name="a", type="lane-lines", base_url="http://127.0.0.1:9", models=("m",)),
@@ -349,7 +378,9 @@ def test_a_session_with_two_targets_or_hooks_or_budgets_does_not_take_the_lane()
     assert engine.lane_targets(_request(providers=["a", "b"]), context) is None
     assert engine.lane_targets(_request(temperature=0.0, provider="a"), context) is None  # shared (coalesced)
     assert engine.lane_targets(_request(provider="nowhere"), context) is None  # refused: worded by the general path
-    engine.hooks.subscribe(lambda event: None)
+    engine.hooks.subscribe(lambda event: None)  # (metrics, an audit log: told of each request, not its text)
+    assert engine.lane_targets(_request(provider="a"), context) is not None
+    engine.hooks.want_answers = True  # a subscriber that records the answer's text (traces with content)
     assert engine.lane_targets(_request(provider="a"), context) is None
     budgeted = make_engine(
         {"a": Deployment(name="a", type="lane-lines", base_url="http://127.0.0.1:9", models=("m",))},
