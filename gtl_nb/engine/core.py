@@ -1,6 +1,7 @@
 """The engine: turns one ``CompletionRequest`` into one well-formed, recorded GTL event stream.
 
-``Engine.stream(request)`` is the one path every request takes, embedded or behind the gateway:
+``Engine.stream(request)`` (``stream_batches``, and ``run_session`` over it) is the path every request
+takes, embedded or behind the gateway:
 
 1. **Budgets** — the principal's requests/tokens per minute and money per UTC day are reserved in
    the ``BudgetCounter`` (one atomic check-and-count, shared by processes when the store is) before
@@ -24,6 +25,10 @@
    ends with ``INTERNAL``); ``usage`` is priced from the catalog; ``done`` is stamped with the
    deployment, model, ``ttft_ms``, ``latency_ms`` and ``provider_data``; the session ends with
    exactly one ``done`` or ``error`` — a stream is never silently truncated.
+
+``run_session`` runs the common session — one target, nothing to count, cache or share — in its own
+coroutine (``_run_lane``), the same steps without the levels between them, and hands it to the
+general path the moment it needs more (a retry, failover, a breaker's probe).
 
 The engine reads its state only through the store interfaces (``engine.stores``), its clock, sleep
 and HTTP transport only as injected by ``engine.builder.build_engine`` (the one place that builds
@@ -277,6 +282,7 @@ async def _run_lane(
     end: Done | Error | None = None
     row: int | None = None
     reader_failed = False  # ``send`` or ``drain`` raised: not the engine's bug (``run_session`` says so)
+    handed_over = False  # the general path completes the row and tells the hooks from there
     hooks = engine.hooks
     try:
         try:
@@ -298,7 +304,7 @@ async def _run_lane(
         grant = await engine._acquire(target.name)
         if grant != "pass":  # refused or a probe: the general path decides (and hands a probe back)
             handover = _LaneHandover(lane.targets, record, row, machine, started, None, (grant, None))
-            row = None  # (the general path's from here: it completes the row)
+            handed_over = True
             return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
         record.path.append(target.name)
         record.model = target.model
@@ -350,7 +356,7 @@ async def _run_lane(
             if outcome.error is None:
                 outcome.error = _ended_unfinished(target, sid)
             handover = _LaneHandover(lane.targets, record, row, machine, started, usage, (grant, outcome))
-            row = None
+            handed_over = True
             return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
         engine._breaker_changed(target.name, await engine.stores.breakers.record_success(target.name))
         await engine._remember_success(request, target, outcome, None)
@@ -362,8 +368,8 @@ async def _run_lane(
     finally:
         with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
             _REQUEST_CONTEXT.reset(scope)
-        if end is None and row is not None:  # cancelled, or the reader failed: the row ends ``cancelled``
-            await engine._finish(request, context, row, None, usage, record, None)
+        if end is None and not handed_over:  # cancelled, or the reader failed: the row ends ``cancelled``
+            await engine._finish(request, context, row, None, usage, record, None)  # (and the hooks hear it)
     # the end: recorded, the row completed, then sent (a cancel meanwhile reports it, as it is recorded)
     if type(end) is Done:
         record.finish_reason = end.finish_reason

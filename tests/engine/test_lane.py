@@ -29,7 +29,7 @@ from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.stores import MemoryBreakerStore, MemoryBudgetCounter, MemoryResponseCache, Stores
 from gtl_nb.engine.stores.memory import MemoryUsageLedger
-from gtl_nb.protocol import CompletionRequest, Done, Error, Message, SessionStateMachine, Token
+from gtl_nb.protocol import CompletionRequest, Done, Error, Message, SessionStateMachine, Token, Usage
 from gtl_nb.protocol.messages import TERMINAL_EVENTS
 from gtl_nb.providers import registry
 from gtl_nb.providers.base import Deployment, HttpRequest, error_event
@@ -250,6 +250,8 @@ def _plain(event: Any) -> dict[str, Any]:
 
 
 async def _rows(engine: Engine) -> list[dict[str, Any]]:
+    if engine.stores.ledger is None:
+        return []
     rows = engine.stores.ledger.rows()
     return await rows if inspect.isawaitable(rows) else rows
 
@@ -417,6 +419,61 @@ def test_a_cancel_mid_answer_down_the_lane_ends_the_row_cancelled_and_the_sessio
     assert [type(e).__name__ for e in sent][-1] == "Error" and sent[-1].code == "CANCELLED"
     assert sum(type(e) in TERMINAL_EVENTS for e in sent) == 1
     assert [(r["status"], r["error_code"]) for r in rows] == [("cancelled", "CANCELLED")]
+    assert core._REQUEST_CONTEXT.get(None) is None
+
+
+@pytest.mark.parametrize("where", ["mid-answer", "recording-success"])
+@pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "no-ledger"])
+def test_a_cancel_is_told_and_recorded_as_down_the_general_path(where, ledger):
+    # cancelled mid-answer, or while a slow breaker store records the success after ``done`` was read:
+    # the same events, the same row, and — with no ledger at all — the hooks still hear the end
+    def slow(conn: socket.socket) -> None:
+        conn.sendall(HEAD + _chunked(b"t:first\n")[:-5])  # a token, then nothing more for a while
+        _silent(conn)
+
+    async def main(engine: Engine) -> tuple[list, list]:
+        if where == "recording-success":
+            record_success = engine.stores.breakers.record_success
+
+            async def slowly(name: str) -> Any:
+                await asyncio.sleep(5)
+                return await record_success(name)
+
+            engine.stores.breakers.record_success = slowly  # type: ignore[method-assign]
+        sent: list = []
+        ended: list = []
+        task = asyncio.ensure_future(
+            run_session(engine, _request(), RequestContext(principal="alice"), sent.append, finish=ended.append)
+        )
+        while not any(isinstance(e, Usage if where == "recording-success" else Token) for e in sent):
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rows = await _rows(engine)
+        await engine.aclose()
+        heard = [("hook", h) for h in engine.heard]  # type: ignore[attr-defined]
+        return [*sent, *(("finish", e) for e in ended), *heard], rows
+
+    outcomes = []
+    for lane in (True, False):
+        upstream = _Upstream(slow if where == "mid-answer" else _answer)
+        try:
+            engine = _engine(upstream.url, lane=lane, ledger=MemoryUsageLedger() if ledger else None)
+            engine.http.timeouts = Timeouts(connect=2, first_byte=5, idle=5)
+            outcomes.append(asyncio.run(main(engine)))
+            assert engine.lanes_taken == [lane]  # type: ignore[attr-defined]
+        finally:
+            upstream.close()
+    (lane_events, lane_rows), (events, rows) = outcomes
+    assert [_plain(e) for e in lane_events] == [_plain(e) for e in events]
+    assert [{k: r.get(k) for k in ROW_FIELDS} for r in lane_rows] == [{k: r.get(k) for k in ROW_FIELDS} for r in rows]
+    ends = [e for e in lane_events if not isinstance(e, tuple) or e[0] == "finish"]
+    assert sum(type(e[1] if isinstance(e, tuple) else e) in TERMINAL_EVENTS for e in ends) == 1
+    if _HOOKED["on"]:
+        heard = [e[1][0] for e in lane_events if isinstance(e, tuple) and e[0] == "hook"]
+        assert heard.count("RequestStarted") == 1 and heard.count("RequestFinished") == 1
     assert core._REQUEST_CONTEXT.get(None) is None
 
 
