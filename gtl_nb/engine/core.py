@@ -716,14 +716,17 @@ class Engine:
         general path."""
         if self.hooks.want_answers or self.budgets is not None or not _never_waits(self.stores.breakers):
             return None
-        if context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
-            context = context.traced(random_hex(2))
+        # (what needs no routing first: a session that will not take the lane is routed once, down the general path)
+        if (request.providers is not None and len(request.providers) > 1) or is_cacheable(request, self.cache_config):
+            return None
         targets = self.checked_targets(request, context)
         if type(targets) is not list or len(targets) != 1:
             return None  # (a refusal: the general path words and records it)
         target = targets[0]
-        if is_cacheable(request, self.cache_config) or self._coalescing_key(request, target) is not None:
+        if self._coalescing_key(request, target) is not None:
             return None
+        if context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
+            context = context.traced(random_hex(2))
         return _Lane(context, target, targets)
 
     def checked_targets(self, request: CompletionRequest, context: RequestContext) -> list[Target] | GTLError:
