@@ -48,7 +48,6 @@ ROW_FIELDS = (
     "failover_path",
     "cache_hit",
     "coalesced",
-    "finish_reason",
 )
 TIMES = ("latency_ms", "ttft_ms", "retry_after")
 
