@@ -236,7 +236,6 @@ class _Lane:
 
     context: RequestContext
     target: Target
-    targets: list[Target]  # (the one target, as the general path takes it)
 
 
 @dataclass
@@ -303,7 +302,7 @@ async def _run_lane(
             raise
         grant = await engine._acquire(target.name)
         if grant != "pass":  # refused or a probe: the general path decides (and hands a probe back)
-            handover = _LaneHandover(lane.targets, record, row, machine, started, None, (grant, None))
+            handover = _LaneHandover([target], record, row, machine, started, None, (grant, None))
             handed_over = True
             return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
         record.path.append(target.name)
@@ -355,7 +354,7 @@ async def _run_lane(
         if done is None:  # the attempt failed: the general path's retries and failover go on from it
             if outcome.error is None:
                 outcome.error = _ended_unfinished(target, sid)
-            handover = _LaneHandover(lane.targets, record, row, machine, started, usage, (grant, outcome))
+            handover = _LaneHandover([target], record, row, machine, started, usage, (grant, outcome))
             handed_over = True
             return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
         engine._breaker_changed(target.name, await engine.stores.breakers.record_success(target.name))
@@ -727,7 +726,7 @@ class Engine:
             return None
         if context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = context.traced(random_hex(2))
-        return _Lane(context, target, targets)
+        return _Lane(context, target)
 
     def checked_targets(self, request: CompletionRequest, context: RequestContext) -> list[Target] | GTLError:
         """Who may serve ``request`` for ``context``, in routing's order — or the error that refuses it

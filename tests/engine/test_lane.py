@@ -27,6 +27,7 @@ from gtl_nb.engine.breaker import BreakerConfig
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.engine.http import Timeouts
+from gtl_nb.engine.ledger import FINISH_FIELDS
 from gtl_nb.engine.stores import MemoryBreakerStore, MemoryBudgetCounter, MemoryResponseCache, Stores
 from gtl_nb.engine.stores.memory import MemoryUsageLedger
 from gtl_nb.protocol import CompletionRequest, Done, Error, Message, SessionStateMachine, Token, Usage
@@ -36,19 +37,7 @@ from gtl_nb.providers.base import Deployment, HttpRequest, error_event
 
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
 TIMEOUTS = Timeouts(connect=2, first_byte=0.5, idle=0.3)
-ROW_FIELDS = (
-    "status",
-    "error_code",
-    "deployment",
-    "provider_type",
-    "model",
-    "tokens_in",
-    "tokens_out",
-    "cost",
-    "failover_path",
-    "cache_hit",
-    "coalesced",
-)
+ROW_FIELDS = ("status", *sorted(FINISH_FIELDS - {"latency_ms", "ttft_ms"}))  # the row, times aside
 TIMES = ("latency_ms", "ttft_ms", "retry_after")
 
 
@@ -267,25 +256,45 @@ async def _session(engine: Engine, *, prepare: Callable[[Engine], Any] | None = 
     return [*sent, *(("finish", e) for e in ended), *(("hook", h) for h in engine.heard)], rows, circuits
 
 
-def _both(*script: Callable[[socket.socket], None], **options: Any) -> tuple[tuple, tuple]:
-    """The scenario down the lane and down the general path: (events, rows, circuits) of each."""
+def _down_both(
+    main: Callable[[Engine], Any],
+    *script: Callable[[socket.socket], None],
+    ledger: Callable[[bool], Any] = lambda lane: MemoryUsageLedger(),
+    routing: dict[str, Any] | None = None,
+    timeouts: Timeouts | None = None,
+) -> list[Any]:
+    """What ``main(engine)`` returns down the lane, then down the general path — each engine new, its
+    ledger ``ledger(lane)``, against an upstream of its own answering with ``script``."""
     outcomes = []
     for lane in (True, False):
         upstream = _Upstream(*script)
         try:
-            engine = _engine(upstream.url, lane=lane, ledger=MemoryUsageLedger(), routing=options.get("routing"))
-            outcome = asyncio.run(_session(engine, prepare=options.get("prepare")))
+            engine = _engine(upstream.url, lane=lane, ledger=ledger(lane), routing=routing)
+            if timeouts is not None:
+                engine.http.timeouts = timeouts
+            outcomes.append(asyncio.run(main(engine)))
             assert engine.lanes_taken == [lane]  # type: ignore[attr-defined]
         finally:
             upstream.close()
-        outcomes.append(outcome)
-    return outcomes[0], outcomes[1]
+    return outcomes
+
+
+def _both(*script: Callable[[socket.socket], None], **options: Any) -> tuple[tuple, tuple]:
+    """The scenario down the lane and down the general path: (events, rows, circuits) of each."""
+    lane, general = _down_both(
+        lambda engine: _session(engine, prepare=options.get("prepare")), *script, routing=options.get("routing")
+    )
+    return lane, general
+
+
+def _row_fields(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: row.get(k) for k in ROW_FIELDS} for row in rows]
 
 
 def _same(lane: tuple, general: tuple) -> list:
     (lane_events, lane_rows, lane_circuits), (events, rows, circuits) = lane, general
     assert [_plain(e) for e in lane_events] == [_plain(e) for e in events]
-    assert [{k: r.get(k) for k in ROW_FIELDS} for r in lane_rows] == [{k: r.get(k) for k in ROW_FIELDS} for r in rows]
+    assert _row_fields(lane_rows) == _row_fields(rows)
     keep = ("state", "consecutive_failures", "calls_in_window", "probes_in_flight")
     assert {n: {k: c[k] for k in keep} for n, c in lane_circuits.items()} == {
         n: {k: c[k] for k in keep} for n, c in circuits.items()
@@ -455,19 +464,14 @@ def test_a_cancel_is_told_and_recorded_as_down_the_general_path(where, ledger):
         heard = [("hook", h) for h in engine.heard]  # type: ignore[attr-defined]
         return [*sent, *(("finish", e) for e in ended), *heard], rows
 
-    outcomes = []
-    for lane in (True, False):
-        upstream = _Upstream(slow if where == "mid-answer" else _answer)
-        try:
-            engine = _engine(upstream.url, lane=lane, ledger=MemoryUsageLedger() if ledger else None)
-            engine.http.timeouts = Timeouts(connect=2, first_byte=5, idle=5)
-            outcomes.append(asyncio.run(main(engine)))
-            assert engine.lanes_taken == [lane]  # type: ignore[attr-defined]
-        finally:
-            upstream.close()
-    (lane_events, lane_rows), (events, rows) = outcomes
+    (lane_events, lane_rows), (events, rows) = _down_both(
+        main,
+        slow if where == "mid-answer" else _answer,
+        ledger=lambda lane: MemoryUsageLedger() if ledger else None,
+        timeouts=Timeouts(connect=2, first_byte=5, idle=5),
+    )
     assert [_plain(e) for e in lane_events] == [_plain(e) for e in events]
-    assert [{k: r.get(k) for k in ROW_FIELDS} for r in lane_rows] == [{k: r.get(k) for k in ROW_FIELDS} for r in rows]
+    assert _row_fields(lane_rows) == _row_fields(rows)
     ends = [e for e in lane_events if not isinstance(e, tuple) or e[0] == "finish"]
     assert sum(type(e[1] if isinstance(e, tuple) else e) in TERMINAL_EVENTS for e in ends) == 1
     if _HOOKED["on"]:
@@ -497,15 +501,7 @@ def test_a_bug_in_the_lane_itself_ends_the_session_and_its_row_internal(caplog):
 
 
 def test_the_lane_answers_through_the_sqlite_ledger_as_the_general_path_does(tmp_path):
-    outcomes = []
-    for lane in (True, False):
-        upstream = _Upstream(_answer)
-        try:
-            engine = _engine(upstream.url, lane=lane, ledger=tmp_path / f"{lane}.sqlite3")
-            outcomes.append(asyncio.run(_session(engine)))
-        finally:
-            upstream.close()
-    events = _same(*outcomes)
+    events = _same(*_down_both(_session, _answer, ledger=lambda lane: tmp_path / f"{lane}.sqlite3"))
     assert isinstance(events[-1], Done)
 
 
@@ -523,13 +519,7 @@ def test_the_lane_lets_a_slow_reader_hold_it_back_as_often_as_the_general_path_d
         await engine.aclose()
         return sent, drained
 
-    outcomes = []
-    for lane in (True, False):
-        upstream = _Upstream(behaviour)
-        try:
-            outcomes.append(asyncio.run(main(_engine(upstream.url, lane=lane, ledger=MemoryUsageLedger()))))
-        finally:
-            upstream.close()
+    outcomes = _down_both(main, behaviour)
     (lane_sent, lane_drained), (sent, drained) = outcomes
     assert [_plain(e) for e in lane_sent] == [_plain(e) for e in sent]
     assert lane_drained == drained and drained[0] == 1 and drained[-1] == len(sent)
@@ -560,13 +550,7 @@ def test_a_cancel_while_a_slow_reader_holds_the_end_sends_no_second_end():
         await engine.aclose()
         return sent, ended
 
-    outcomes = []
-    for lane in (True, False):
-        upstream = _Upstream(_answer)
-        try:
-            outcomes.append(asyncio.run(main(_engine(upstream.url, lane=lane, ledger=MemoryUsageLedger()))))
-        finally:
-            upstream.close()
+    outcomes = _down_both(main, _answer)
     for sent, ended in outcomes:
         assert ended == [] and sum(type(e) in TERMINAL_EVENTS for e in sent) == 1
 
@@ -589,13 +573,7 @@ def test_a_reader_refusing_an_event_fails_the_session_as_down_the_general_path()
         await engine.aclose()
         return sent, ended, rows
 
-    outcomes = []
-    for lane in (True, False):
-        upstream = _Upstream(_answer)
-        try:
-            outcomes.append(asyncio.run(main(_engine(upstream.url, lane=lane, ledger=MemoryUsageLedger()))))
-        finally:
-            upstream.close()
+    outcomes = _down_both(main, _answer)
     (sent, ended, rows), general = outcomes
     assert [_plain(e) for e in sent] == [_plain(e) for e in general[0]]
     assert [_plain(e) for e in ended] == [_plain(e) for e in general[1]]
