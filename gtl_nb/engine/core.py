@@ -144,7 +144,9 @@ _TARGETS_MEMO = 1024
 
 
 class SessionEnd:
-    """Where ``Engine.stream`` puts a session's terminal event once it decided it (see ``stream``)."""
+    """Where ``Engine.stream`` puts a session's terminal event once it decided it (see ``stream``) —
+    or ``run_session`` the ``INTERNAL`` error a failed reader ends it with (``reader_failure``), which
+    the row is then completed with, so the reader and the ledger tell the same end."""
 
     __slots__ = ("event",)
 
@@ -208,13 +210,18 @@ async def run_session(
             batches = handover
         try:  # (``aclosing`` without its two coroutines a session)
             async for batch in batches:
-                for event in batch:
-                    send(event)
-                ended = type(batch[-1]) in TERMINAL_EVENTS
-                if drain is not None:
-                    waiting = drain()
-                    if waiting is not None:
-                        await waiting
+                try:
+                    for event in batch:
+                        send(event)
+                    ended = type(batch[-1]) in TERMINAL_EVENTS
+                    if drain is not None:
+                        waiting = drain()
+                        if waiting is not None:
+                            await waiting
+                except Exception as exc:  # the reader failed: the row ends as the reader is told (below)
+                    if recorded.event is None:
+                        recorded.event = reader_failure(request.session_id, exc)
+                    raise
         finally:
             await batches.aclose()
     except asyncio.CancelledError:
@@ -224,10 +231,15 @@ async def run_session(
             end(recorded.event or cancelled)
         raise
     except Exception as exc:
-        if not ended:
-            message = f"gtl_nb internal error: {type(exc).__name__}: {exc}"
-            end(Error(session_id=request.session_id, code="INTERNAL", message=message))
+        if not ended:  # what the row was completed with, when it was (a reader's failure); else a bug's
+            end(recorded.event or reader_failure(request.session_id, exc))
         raise
+
+
+def reader_failure(session_id: str, exc: Exception) -> Error:
+    """The ``INTERNAL`` error that ends a session whose reader raised (``send`` or ``drain``: an event
+    the connection cannot carry), or that ``run_session`` itself broke."""
+    return Error(session_id=session_id, code="INTERNAL", message=f"gtl_nb internal error: {type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -361,13 +373,15 @@ async def _run_lane(
         await engine._remember_success(request, target, outcome, None)
         end = done
     except Exception as exc:  # a bug below: the session and its row end INTERNAL, as ``stream_batches`` ends them
-        if reader_failed:
+        if reader_failed:  # the reader's failure: the row ends as ``run_session`` tells the reader (not sent here)
+            recorded.event = failure = reader_failure(sid, exc)
+            await engine._finish(request, context, row, failure, usage, record, None)
             raise
         end = engine._internal_error(request, record, exc)
     finally:
         with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
             _REQUEST_CONTEXT.reset(scope)
-        if end is None and not handed_over:  # cancelled, or the reader failed: the row ends ``cancelled``
+        if end is None and not handed_over and not reader_failed:  # cancelled: the row ends ``cancelled``
             await engine._finish(request, context, row, None, usage, record, None)  # (and the hooks hear it)
     # the end: recorded, the row completed, then sent (a cancel meanwhile reports it, as it is recorded)
     if type(end) is Done:
@@ -706,6 +720,8 @@ class Engine:
                 with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
                     _REQUEST_CONTEXT.reset(scope)
                 if end is None or row is not None or reservation is not None:  # ended without a terminal event
+                    if end is None and ending is not None:  # a failed reader's end, as it is told (``run_session``)
+                        end = ending.event
                     await self._finish(request, context, row, end, usage, record, reservation)
 
     def lane_targets(self, request: CompletionRequest, context: RequestContext) -> _Lane | None:
