@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from gtl_nb.client import CONNECT_READS
 from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, PermissionDeniedError, RequestError
 
@@ -86,8 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=_models)
 
     _optional_subcommands(sub)
+    for name in GATEWAY_COMMANDS:  # `gtl complete --gateway URL ...` reads as well as `gtl --gateway URL complete ...`
+        sub.choices[name].add_argument(
+            "--gateway",
+            metavar="URL",
+            default=argparse.SUPPRESS,  # not typed here: the one before the command (or none) stands
+            help=f"run on this gateway instead of in this process (as gtl --gateway; token from ${TOKEN_ENV})",
+        )
     parser.set_defaults(gateway_usage_rows=_gateway_usage_rows)  # `gtl --gateway URL usage` (engine.ledger_cli)
     return parser
+
+
+GATEWAY_COMMANDS = ("complete", "models", "usage")
+"""The commands ``--gateway`` sends to a gateway; it may follow their name too."""
 
 
 def _version() -> str:
@@ -154,14 +166,30 @@ def _gateway_usage_rows(args: argparse.Namespace, since: float | None) -> tuple[
 _PYTHON_ADVICE = re.compile(r"pass providers=\{'(?P<name>[\w.-]+)': \{\.\.\.\}\}(?: to gtl_nb\.connect)?")
 
 
+# A scope refusal names the Python call it refused (``gateway.scopes.DOING``): the terminal's command instead
+_SCOPE_ADVICE = (
+    (
+        "reading usage (client.usage())",
+        "gtl --gateway URL usage (a token with it: gtl token mint ... --scope usage:read)",
+    ),
+    (
+        "reading other users' usage (client.usage(all_users=True), or a user=)",
+        "other users' usage (gtl usage --by user; a token with it: gtl token mint ... --scope usage:admin)",
+    ),
+    ("listing models (client.models())", "gtl --gateway URL models (gtl token mint ... --scope models:read)"),
+)
+
+
 def _for_the_shell(message: str) -> str:
     """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
     message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
     message = message.replace("as gtl_nb.connect's token argument", f"in ${TOKEN_ENV} for gtl --gateway")
     message = message.replace(
-        "give it to gtl_nb.connect as its token argument", f"put it in ${TOKEN_ENV} for gtl --gateway"
+        f"give it to gtl_nb.connect as its token argument {CONNECT_READS}", f"put it in ${TOKEN_ENV} for gtl --gateway"
     )
     message = message.replace("the models query (gtl_nb's client.models())", "gtl --gateway URL models")
+    for python_words, shell_words in _SCOPE_ADVICE:
+        message = message.replace(python_words, shell_words)
     return message.replace("(named by config=)", "(named by --config)")
 
 

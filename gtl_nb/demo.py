@@ -6,7 +6,10 @@ the configured providers — with no key and no network.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+from pathlib import Path
 
 import gtl_nb
 from gtl_nb.completion import money
@@ -48,11 +51,22 @@ def main() -> int:
         models = ", ".join(m.name for m in info.models) or "(from the catalog)"
         out.write(f"   {info.provider} [{info.provider_type}] offline={info.offline}: {models}\n")
     out.write(
-        '\nNext: `gtl complete "hello"`, the notebooks in notebooks/, `make serve` for a gateway on '
+        f'\nNext: `{gtl_command()} complete "hello"`, the notebooks in notebooks/, `make serve` for a gateway on '
         "127.0.0.1:8787 (docs/gateway.md), and `make test` (it needs redis-server and PostgreSQL 15: README).\n"
     )
     client.close()
     return 0
+
+
+def gtl_command() -> str:
+    """How to type the ``gtl`` command from here: ``gtl`` when the shell finds this installation's, else
+    its path (``.venv/bin/gtl`` after ``make demo``, whose virtual environment is not activated)."""
+    installed = Path(sys.executable).parent / "gtl"
+    found = shutil.which("gtl")
+    if not installed.exists() or (found is not None and Path(found).resolve() == installed.resolve()):
+        return "gtl"
+    relative = os.path.relpath(installed)
+    return relative if not relative.startswith("..") else str(installed)
 
 
 if __name__ == "__main__":

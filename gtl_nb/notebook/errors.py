@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
+from gtl_nb.client import CONNECT_READS
 from gtl_nb.notebook.args import ArgumentError
 from gtl_nb.notebook.template import TemplateError
 from gtl_nb.words import a_kind_of
@@ -31,6 +32,7 @@ __all__ = [
     "client_for",
     "in_notebook_words",
     "mistake",
+    "no_gateway",
     "one_line_errors",
 ]
 
@@ -56,8 +58,12 @@ _NOTEBOOK_TOKEN = (
 # The client's and the gateway's advice, worded for Python callers, as a notebook user follows it.
 _REWORDED = (
     ("as gtl_nb.connect's token argument, or as the API key of an OpenAI or Anthropic SDK", _NOTEBOOK_TOKEN),
-    ("or give it to gtl_nb.connect as its token argument", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
+    (f"or give it to gtl_nb.connect as its token argument {CONNECT_READS}", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
     ("`gtl models`", "`%gtl models`"),
+    ("the models query (gtl_nb's client.models())", "`%gtl models`"),
+    ("reading usage (client.usage())", "`%gtl usage`"),
+    ("reading other users' usage (client.usage(all_users=True), or a user=)", "`%gtl usage --all-users`"),
+    ("listing models (client.models())", "`%gtl models`"),
     # a notebook names its configuration file with %gtl config file=, which connects with config=
     ("(named by config=)", "(named by `%gtl config file=`)"),
 )
@@ -114,8 +120,25 @@ def one_line_errors() -> Iterator[None]:
 
 
 def client_for(session: NotebookSession, endpoint: str | None) -> Any:
-    """The session's client for ``endpoint``; a bad config file or endpoint is a ``UsageError``."""
+    """The session's client for ``endpoint``; a bad config file or endpoint is a ``UsageError``, and so
+    is a gateway that cannot be reached or refuses the token — with the way out (``NO_GATEWAY``)."""
+    from gtl_nb.notebook.session import is_embedded
+    from gtl_nb.protocol import GTLError
+
     try:
         return session.client(endpoint)
     except ValueError as exc:  # ConfigurationError: a bad config file or endpoint
         raise mistake(exc) from None
+    except GTLError as exc:  # the gateway is not there, or refused the token: every magic would fail alike
+        url = endpoint or session.settings.endpoint
+        if is_embedded(url):
+            raise
+        raise UsageError(f"{in_notebook_words(str(exc))} {no_gateway(url)}") from None
+
+
+def no_gateway(url: str) -> str:
+    """What a notebook whose gateway ``url`` gives no connection can do (said after why)."""
+    return (
+        f"(the notebook's endpoint is {url}: `%gtl connect {url} --token-env VAR` connects again with a token, "
+        "`%gtl connect embedded://` runs the engine in this kernel instead)"
+    )

@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from gtl_nb.cli_unknown import close_word
 from gtl_nb.completion import code_span, no_math_markdown
 from gtl_nb.notebook import args as cli
-from gtl_nb.notebook.errors import cell_error, client_for, mistake
+from gtl_nb.notebook.errors import cell_error, client_for, mistake, no_gateway
 from gtl_nb.notebook.output import show_bundle
 from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint, is_embedded
 
@@ -207,14 +207,24 @@ class GtlCommands:
             self.session.close()
 
     def _show_config(self) -> None:
+        """The settings — also when the endpoint gives no connection (a gateway away, a token refused):
+        this is where a user looks to see why, so it says so rather than failing like the others."""
         settings = self.session.settings
-        client = client_for(self.session, None)
-        model, source = self.session.default_model(client)
-        deployments = ", ".join(
-            f"{info.provider} ({info.provider_type}{', offline' if info.offline else ''})"
-            for info in client.providers()
-        )
-        config_path = getattr(getattr(client, "config", None), "source_path", None)
+        try:
+            client = client_for(self.session, None)
+        except UsageError as exc:
+            unconnected = str(exc)
+            client = None
+        if client is None:
+            model, source = settings.model or "?", "%gtl config model=..." if settings.model else "not connected"
+            deployments, config_path = f"not connected: {unconnected}", None
+        else:
+            model, source = self.session.default_model(client)
+            deployments = ", ".join(
+                f"{info.provider} ({info.provider_type}{', offline' if info.offline else ''})"
+                for info in client.providers()
+            )
+            config_path = getattr(getattr(client, "config", None), "source_path", None)
         rows = [
             ("model", f"{model}  ({source})"),
             ("chat", "on" if settings.chat else "off"),
@@ -295,6 +305,8 @@ class GtlCommands:
             self.session.connect(url, token)
         except (ValueError, GTLError) as exc:  # an unknown scheme, no gateway there, a refused token
             refused = mistake(exc)
+            if url == staying and not is_embedded(url):  # "stays on" the very address that failed: say the way out
+                raise UsageError(f"{refused} {no_gateway(url)}") from None
             raise UsageError(f"{refused}; the notebook stays on {staying}") from None
         say_set_aside(self.session, url)
 

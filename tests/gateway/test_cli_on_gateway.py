@@ -22,6 +22,11 @@ def test_complete_and_models_run_on_the_gateway_with_the_token_from_the_environm
         assert main(["--gateway", address, "models", "--json"]) == 0
         providers = [json.loads(line)["provider"] for line in capsys.readouterr().out.splitlines()]
         assert "openai" in providers  # the gateway's deployments, not this process's
+        # --gateway may follow the command's name too (where a user types it after a first try)
+        assert main(["complete", "--gateway", address, "after the command", "--model", "echo"]) == 0
+        assert "after the command" in capsys.readouterr().out
+        assert main(["models", "--json", "--gateway", address]) == 0
+        assert "openai" in [json.loads(line)["provider"] for line in capsys.readouterr().out.splitlines()]
         monkeypatch.setenv("GTL_NB_GATEWAY", address)  # the same from the environment
         assert main(["complete", "again", "--model", f"openai:{MODEL}", "--json"]) == 0
         assert '"type":"done"' in capsys.readouterr().out.replace(" ", "")
@@ -84,6 +89,8 @@ def test_usage_on_a_gateway_reads_what_the_token_may_see(tmp_path, capsys, monke
         assert main(["--gateway", address, "usage", "--json"]) == 0
         (group,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert group["model"] == "echo" and group["requests"] == 2 and group["tokens_out"] > 0
+        assert main(["usage", "--json", "--gateway", address]) == 0  # the gateway's rows, typed after the command
+        assert [json.loads(line)["requests"] for line in capsys.readouterr().out.splitlines()] == [2]
         assert main(["--gateway", address, "usage", "--by", "day"]) == 0
         captured = capsys.readouterr()
         assert captured.out.splitlines()[0].startswith("day") and f"gtl: read the gateway at {address}" in captured.err
@@ -98,7 +105,9 @@ def test_usage_on_a_gateway_reads_what_the_token_may_see(tmp_path, capsys, monke
         assert by_user == {"ann": 2, "boss": 1}
         monkeypatch.setenv("GTL_NB_TOKEN", mint("chat:write"))  # no usage:read
         assert main(["--gateway", address, "usage"]) == 2
-        assert "usage:read" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "usage:read" in err and "gtl token mint ... --scope usage:read" in err  # the terminal's way to one
+        assert "client.usage()" not in err  # (the Python call the gateway names for a Python caller)
 
 
 def test_models_on_a_gateway_that_serves_nothing_says_so_and_succeeds(tmp_path, capsys, monkeypatch):

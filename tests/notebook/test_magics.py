@@ -748,6 +748,41 @@ def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path
     assert not (tmp_path / "kernel" / "ledger.sqlite3").exists()  # nothing went to a ledger of its own
 
 
+def test_a_kernel_on_a_gateway_without_a_token_shows_its_settings_and_the_way_out(tmp_path, monkeypatch):
+    """$GTL_NB_GATEWAY set and no token: every magic used to fail alike, ``%gtl config`` (where a user
+    looks to see why) included, and ``%gtl connect`` said the notebook "stays on" the address that had
+    just failed. The settings show, and each refusal names the two ways out."""
+    config, token = jwt_gateway(tmp_path, monkeypatch, ("chat:write",))
+    monkeypatch.delenv("GTL_TOKEN", raising=False)
+    monkeypatch.delenv("GTL_NB_TOKEN", raising=False)
+    with start_gateway(config) as gateway:
+        url = gateway.url("ws")
+        shells = loaded_shell(tmp_path / "kernel", monkeypatch)
+        (tmp_path / "kernel").mkdir()
+        shell = next(shells)
+        try:
+            monkeypatch.setenv("GTL_NB_GATEWAY", url)
+            unload_ipython_extension(shell)
+            load_ipython_extension(shell)  # a kernel started with the variable
+            result, shown = run(shell, "%gtl config")
+            assert result.success, shown
+            assert f"endpoint  {url}  ($GTL_NB_GATEWAY)" in shown and "not connected: AUTH_FAILED" in shown
+            assert "%gtl connect embedded://" in shown
+            result, shown = run(shell, "%%gtl echo\nhi")
+            assert not result.success and "%gtl connect embedded://" in shown and "--token-env VAR" in shown
+            result, shown = run(shell, f"%gtl connect {url}")  # the same address, still no token
+            assert not result.success and f"stays on {url}" not in shown and "%gtl connect embedded://" in shown
+            monkeypatch.setenv("TEAM_TOKEN", token)
+            assert run(shell, f"%gtl connect {url} --token-env TEAM_TOKEN")[0].success
+            result, shown = run(shell, "%%gtl echo\nwith a token now")
+            assert result.success and "with a token now" in shown, shown
+            result, shown = run(shell, "%%gtl gpt-9\nan unknown model")  # the notebook's way to the list
+            assert not result.success and "`%gtl models` lists what this gateway serves" in shown, shown
+            assert "client.models()" not in shown
+        finally:
+            shells.close()
+
+
 def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path, monkeypatch):
     config, token = jwt_gateway(tmp_path, monkeypatch, ("chat:write",))
     monkeypatch.setenv("TEAM_TOKEN", token)

@@ -17,6 +17,7 @@ from typing import Any
 
 import jwt
 
+from gtl_nb.client import CONNECT_READS
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.tokens.claims import MAX_ITEMS, MAX_NAME, is_name, is_time, json_object
 from gtl_nb.gateway.tokens.keys import KeyRing, key_fingerprint
@@ -57,7 +58,7 @@ EXPIRED = "the GhostToken has expired; get a new one"
 MISSING = (  # read by SDK, curl and gtl_nb users alike, and logged (worded so the log's redaction keeps it whole)
     "the gateway needs a GhostToken, the token its administrator gave you: send it in the Authorization "
     "header as a bearer token (an SDK takes it as its api_key; x-api-key works too), or give it to "
-    "gtl_nb.connect as its token argument"
+    f"gtl_nb.connect as its token argument {CONNECT_READS}"
 )
 VERIFIED_CACHE = 4096
 """Tokens remembered as verified (the least recently used are forgotten first)."""
