@@ -73,6 +73,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -495,11 +496,25 @@ def _bind(server: grpc.aio.Server, listener: ListenerSettings) -> int:
             port = server.add_insecure_port(address)
         else:
             port = server.add_secure_port(address, _credentials(listener.tls))
-    except RuntimeError as exc:
-        raise ConfigurationError(f"[gateway.grpc] cannot listen on {address}: {exc}") from None
+    except RuntimeError as exc:  # gRPC says only "Failed to bind": the system's own reason says why
+        raise listener.cannot_listen(_why_not_bound(listener) or str(exc)) from None
     if not port:
-        raise ConfigurationError(f"[gateway.grpc] cannot listen on {address}")
+        raise listener.cannot_listen(
+            _why_not_bound(listener) or "the port is taken, or the address is not this machine's"
+        )
     return int(port)
+
+
+def _why_not_bound(listener: ListenerSettings) -> OSError | None:
+    """The system's reason a socket cannot bind the listener's address (in use, not this machine's),
+    asked with a socket of our own once gRPC failed to bind; ``None`` when that one binds."""
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((listener.host, listener.port))
+        except OSError as exc:
+            return exc
+    return None
 
 
 def _credentials(tls: TlsFiles) -> grpc.ServerCredentials:

@@ -19,6 +19,7 @@ says so and why.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import math
 import ssl
@@ -118,6 +119,20 @@ class ListenerSettings:
                 "loopback only (127.0.0.1, ::1); give it tls_cert and tls_key, or insecure = true (--insecure) "
                 'on purpose (and beyond loopback, auth = "jwt": a development gateway listens on loopback only)'
             )
+
+    def cannot_listen(self, error: OSError | str, *, udp: bool = False) -> ConfigurationError:
+        """Why this listener could not bind, named as the user set it (``--http`` or ``[gateway.http]``),
+        with the usual cause of a taken port said."""
+        where = f"{'udp ' if udp else ''}{self.host}:{self.port}"
+        reason = error if isinstance(error, str) else (error.strerror or str(error))
+        named = f"the {self.transport} listener (--{self.transport} or [gateway.{self.transport}])"
+        message = f"{named} cannot listen on {where}: {reason}"
+        if (isinstance(error, OSError) and error.errno == errno.EADDRINUSE) or "in use" in str(reason).lower():
+            message += (
+                " — another process holds that port (a gateway still running? `ss -ltnp` names it); choose "
+                "another port, or port 0 for any free one (the gateway prints the address it took)"
+            )
+        return ConfigurationError(message)
 
     @property
     def scheme(self) -> str:

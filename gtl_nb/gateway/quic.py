@@ -119,9 +119,7 @@ async def serve_quic(
             local_addr=(listener.host, listener.port),
         )
     except OSError as exc:
-        raise ConfigurationError(
-            f"[gateway.quic] cannot listen on udp {listener.host}:{listener.port}: {exc.strerror or exc}"
-        ) from None
+        raise listener.cannot_listen(exc, udp=True) from None
     try:
         ready(listener.url(transport.get_extra_info("sockname")[1]))
         await shutdown.wait()

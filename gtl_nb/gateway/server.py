@@ -357,10 +357,7 @@ async def _until_all_stop(tasks: dict[asyncio.Task[None], ListenerSettings]) -> 
             with contextlib.suppress(Exception):
                 await asyncio.gather(*pending, return_exceptions=True)
             if isinstance(error, OSError):
-                raise ConfigurationError(
-                    f"[gateway.{listener.transport}] cannot listen on {listener.host}:{listener.port}: "
-                    f"{error.strerror or error}"
-                ) from None
+                raise listener.cannot_listen(error) from None
             if isinstance(error, GTLError):
                 raise error
             raise error

@@ -65,3 +65,19 @@ def test_discovery_at_the_grpc_listener_names_grpc(base_config, capsys):
         assert main(["--gateway", address, "models"]) == 1
     assert "grpc://" in str(unreachable.value)
     assert "is it running?" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_port_another_process_holds_is_one_line_naming_the_option_and_the_cause(base_config, transport):
+    # (said "[gateway.http] cannot listen on …" for a port given with --http, and no more)
+    from gtl_nb.gateway.local import start_gateway
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        with pytest.raises(ConfigurationError) as taken:
+            start_gateway(base_config, **{transport: address})
+    said = str(taken.value)
+    assert f"the {transport} listener (--{transport} or [gateway.{transport}]) cannot listen on {address}" in said
+    assert "another process holds that port" in said and "port 0 for any free one" in said
