@@ -139,6 +139,9 @@ class GtlCommands:
         if client.config is None:  # a gateway's ledger and this machine's look alike: say which this is
             whose = "everyone's requests" if opts.all_users else "your token's requests"
             print(f"usage from the gateway at {self.session.settings.endpoint} ({whose})")
+        elif (where := _ledger_file(client.ledger)) is not None:  # shared by every kernel and run on this machine
+            recent = "" if since is not None else "; --days N for recent ones"
+            print(f"usage from the ledger {where} (every run that wrote it, not this notebook alone{recent})")
         return table
 
     def _config(self, words: list[str]) -> None:
@@ -328,6 +331,12 @@ class GtlCommands:
         count = len(self.session.history)
         self.session.history.clear()
         print(f"conversation cleared ({count} message{'s' if count != 1 else ''})")
+
+
+def _ledger_file(store: Any) -> str | None:
+    """The file an embedded client's ledger store writes (``None``: in memory, or not a SQLite file)."""
+    path = getattr(getattr(store, "ledger", None), "path", None)
+    return None if path is None or str(path) == ":memory:" else str(path)
 
 
 def _endpoint_source(endpoint: str) -> str:

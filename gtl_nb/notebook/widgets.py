@@ -284,18 +284,20 @@ class _Answer:
     def calls(self) -> list[str]:
         return [f"{call.name}({call.arguments})" for call in self.transcript.tool_calls]
 
-    def heading(self, *, arrow: str = "→") -> str:
-        """A column's title: the model asked for — and, once the stream failed over, what answers
-        instead (``deployment:model`` from its ``done``; the deployment failed over to before it)."""
+    def heading(self, *, arrow: str = "→", asked: str | None = None) -> str:
+        """A column's title: the model asked for (``asked``, default ``model``) — and, once the stream
+        failed over, what answers instead (``deployment:model`` from its ``done``; the deployment failed
+        over to before it)."""
         failovers = self.transcript.failovers
+        asked = asked or self.model
         if not failovers:
-            return self.model
+            return asked
         done = self.transcript.done
         if done is not None and done.provider:
             answering = f"{done.provider}:{done.model}" if done.model else done.provider
         else:
             answering = failovers[-1].to_provider or "?"
-        return f"{self.model} {arrow} {answering}"
+        return f"{asked} {arrow} {answering}"
 
     @property
     def notes(self) -> list[str]:
@@ -651,19 +653,23 @@ class StreamView(_LiveView):
 
     # -- drawing --------------------------------------------------------------------------------
 
+    def _heading(self, *, arrow: str = "→") -> str | None:
+        """The title as the answer stands: the model asked for, and what answers once it failed over."""
+        return self._answer.heading(arrow=arrow, asked=self.title) if self.title else None
+
     def _live_bundle(self) -> dict[str, Any]:
         answer = self._answer
         text = no_math_markdown(answer.transcript.text) or "_…_"
         return {
             "text/markdown": f"{text}\n\n<sub>{no_math_html(answer.live_footer())}</sub>",
-            "text/plain": answer.live_plain(self.title),
+            "text/plain": answer.live_plain(self._heading(arrow="->")),
         }
 
     def _frame_unlocked(self) -> _Frame:
         answer = self._answer
         return _Frame(
-            html=[answer.live_html(self.title)],
-            plain=answer.live_plain(self.title),
+            html=[answer.live_html(self._heading())],
+            plain=answer.live_plain(self._heading(arrow="->")),
             text=answer.transcript.text,
             resets=len(answer.transcript.failovers),
             notes=tuple(answer.notes),
@@ -673,7 +679,10 @@ class StreamView(_LiveView):
         answer = self._answer
         bundle = None
         if not answer.empty:
-            bundle = {"text/markdown": answer.final_markdown(self.title), "text/plain": answer.final_plain(self.title)}
+            bundle = {
+                "text/markdown": answer.final_markdown(self._heading()),
+                "text/plain": answer.final_plain(self._heading(arrow="->")),
+            }
         return _Final(bundle=bundle, frame=self._frame_unlocked(), text=answer.final_text, tail=answer.final_tail())
 
 

@@ -366,6 +366,10 @@ def test_usage_tables_come_from_the_ledger(ip):
     assert by_deployment.equals(ip.run_line_magic("gtl", "usage"))
     assert list(by_deployment["provider"]) == ["echo"]
     assert "--by" in mistake(ip, "%gtl usage --by week")
+    # which ledger: the machine's file holds every kernel's and run's rows, not this notebook's alone
+    _, said = run(ip, "%gtl usage")
+    assert re.search(r"usage from the ledger \S+ledger\.sqlite3 \(every run that wrote it", said), said
+    assert "--days N for recent ones" in said and "--days N" not in run(ip, "%gtl usage --days 1")[1]
 
 
 def test_usage_since_and_days_narrow_the_table_as_gtl_usage_and_client_usage_do(ip):

@@ -111,6 +111,8 @@ def test_providers_list_fails_over_to_the_next_deployment(ip, sims):
     assert answer.provider == "good"
     assert answer.failovers and "down -> good" in answer.failovers[0]
     assert "failover" in text
+    # the title says what answered, not only what was asked (the footer alone said so)
+    assert re.search(r"== \S*gpt-4o-mini -> good:gpt-4o-mini ==", text), text
 
 
 def test_no_cache_asks_again_where_the_cache_would_answer(ip, sims):

@@ -59,9 +59,9 @@ def test_the_notebooks_use_the_magics_and_the_python_api_side_by_side():
         assert usage in sources, usage
 
 
-def test_the_sanitize_file_masks_only_timings_ids_timestamps_and_widget_ids():
+def test_the_sanitize_file_masks_only_timings_ids_timestamps_widget_ids_and_temporary_folders():
     sections = re.findall(r"^\[([\w-]+)\]$", SANITIZE.read_text(), flags=re.M)
-    assert sections == ["timings", "session-ids", "timestamps", "dates", "widget-model-ids"]
+    assert sections == ["timings", "session-ids", "timestamps", "dates", "widget-model-ids", "workdirs"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
