@@ -8,6 +8,8 @@ keys in one slot), under the URL's key prefix (``gtl:`` by default)::
                                              running totals: =since, =requests, =tokens, =members
     gtl:budget:{ann}:day:<d>    string       nano-USD counted for the UTC day starting at <d>
     gtl:budget:{ann}:handed:<h> string       the mark of a hand-over (below), for an hour
+    gtl:budget:{ann}:void       sorted set   reservation id -> time, of reservations taken back before
+                                             they landed (below)
 
 ``reserve`` is one Lua script, so it is atomic across replicas, and it costs the same however many
 reservations the principal's minute holds (amortised): it does not read the minute. The hash keeps
@@ -36,6 +38,13 @@ Every key expires on its own two days after its principal's last reservation: an
 leaves nothing behind. Reservation ids are made here (random), so a reserve that redis-py sends
 again after a dropped reply is recognised and not counted twice; a reserve whose caller is
 cancelled is taken back once it lands, as the SQLite counter does.
+
+**A reserve whose reply never came** (Redis frozen past ``REPLY_TIMEOUT``, a connection cut after the
+script was sent) may still run later — after this replica counted the request locally instead. So
+it is taken back, owed like a settlement (below) and sent once Redis answers again: the take-back
+(``_UNCOUNT``) removes a reservation that landed, and of one that has not landed yet it leaves a
+tombstone in ``void``, which the reserve, when it does run, finds and counts nothing. Either order
+leaves the request counted once — locally, then handed over. Tombstones leave with the day's slack.
 
 When Redis cannot be used (``redis_fallback``), requests are not refused for it: ``reserve``,
 ``settle``, ``release`` and ``usage`` go to a ``MemoryBudgetCounter`` of this process, with every limit divided
@@ -110,7 +119,13 @@ from typing import Any
 from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
 from gtl_nb.engine.stores.base import Reservation
 from gtl_nb.engine.stores.memory import MemoryBudgetCounter
-from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
+from gtl_nb.engine.stores.redis_client import (
+    LuaScript,
+    RedisConnector,
+    RedisUnavailableError,
+    RedisUnreachableError,
+    key_part,
+)
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.replicas import ReplicaRegistry
 from gtl_nb.engine.stores.sqlite_db import StoreError
@@ -155,17 +170,20 @@ local function sum_tokens(minute)
 end
 """
 
-# KEYS: times, spends, day.  ARGV: id, now, tokens, nanos, minute start, forget before, check limits
-# (1/0), requests per minute, tokens per minute, USD per day ('' = none), seconds to keep the keys.
+# KEYS: times, spends, day, void.  ARGV: id, now, tokens, nanos, minute start, forget before, check
+# limits (1/0), requests per minute, tokens per minute, USD per day ('' = none), seconds to keep the keys.
 # Returns {1, requests, tokens, nanos spent today} (counted: the minute's totals with this one, as the
-# check saw them — without a check, the running totals), {1} (a retry of a reserve that landed) or
+# check saw them — without a check, the running totals), {1} (a retry of a reserve that landed), {2}
+# (taken back before it landed: its caller has long given up on it) or
 # {0, nanos spent today, time, tokens, time, tokens, ...} (refused).
 _RESERVE = LuaScript(
     _READ_MINUTE
     + """
-local times, spends, day = KEYS[1], KEYS[2], KEYS[3]
+local times, spends, day, void = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, since = ARGV[1], ARGV[5]
 if redis.call('HEXISTS', spends, id) == 1 then return {1} end  -- a retry of a reserve that landed
+if redis.call('ZSCORE', void, id) then return {2} end  -- its reply was lost and it was taken back: count nothing
+redis.call('ZREMRANGEBYSCORE', void, '-inf', '(' .. ARGV[6])  -- tombstones leave with the day's slack
 -- the running totals of the reservations at or after =since (module docstring)
 local kept = redis.call('HMGET', spends, '=since', '=requests', '=tokens', '=members')
 local members = redis.call('ZCARD', times)
@@ -265,11 +283,17 @@ return 1
 """
 )
 
-# KEYS: times, spends, day of the reservation.  ARGV: id.  Takes a reservation back (cancelled caller).
+# KEYS: times, spends, day, void of the reservation.  ARGV: id, its time, seconds to keep the keys.
+# Takes a reservation back (a cancelled caller, a request never sent, a reserve whose reply was lost);
+# one that has not landed is marked void, so that it counts nothing if it lands later.
 _UNCOUNT = LuaScript(
     """
 local record = redis.call('HGET', KEYS[2], ARGV[1])
-if not record then return 0 end
+if not record then
+  redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+  redis.call('EXPIRE', KEYS[4], ARGV[3])
+  return 0
+end
 local space = string.find(record, ' ')
 local tokens, nanos = tonumber(string.sub(record, 1, space - 1)), tonumber(string.sub(record, space + 1))
 local at = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -406,7 +430,7 @@ class RedisBudgetCounter:
         self._seeded: set[str] = set()  # principals whose local counter started from ``_seen`` in this outage
         self._unsent: set[str] = set()  # principals whose local usage is still to be added to Redis
         self._sending: dict[str, asyncio.Future[None]] = {}  # principal -> its hand-over under way
-        self._owed: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
+        self._owed: OrderedDict[str, tuple[LuaScript, list[str], list[str]]] = OrderedDict()
         self._dropped = 0  # settlements dropped from a full ``_owed`` during this outage
         self._background: set[asyncio.Future[Any]] = set()
         with contextlib.suppress(RuntimeError):  # opened on a running loop: among the live replicas at once
@@ -443,8 +467,9 @@ class RedisBudgetCounter:
         return f"budgets are counted by this replica alone, each limit {divided}"
 
     def _keys(self, principal: str, at: float) -> list[str]:
+        """The principal's keys the scripts take: times, spends, the day of ``at``, void (module docstring)."""
         base = f"{self.redis.prefix}budget:{{{key_part(principal)}}}"
-        return [f"{base}:times", f"{base}:spends", f"{base}:day:{int(utc_day_start(at))}"]
+        return [f"{base}:times", f"{base}:spends", f"{base}:day:{int(utc_day_start(at))}", f"{base}:void"]
 
     async def reserve(
         self,
@@ -507,6 +532,12 @@ class RedisBudgetCounter:
         except asyncio.CancelledError:
             attempt.add_done_callback(lambda done: self._uncount(done, reservation, keys))
             raise
+        except RedisUnavailableError as exc:  # counted locally instead: should the script run still, it counts nothing
+            if _may_have_run(exc) and self.outage.down:
+                self._owe_take_back(reservation, keys)
+            raise
+        if int(outcome[0]) == 2:  # (only a reserve whose caller gave up is taken back: never this one)
+            raise StoreError(f"Redis at {self.redis.shown} found reservation {reservation.id} already taken back")
         if int(outcome[0]) == 1:
             if len(outcome) == 4 and limits.any:
                 self._remember(principal, (now, int(outcome[1]), int(outcome[2]), int(outcome[3])))
@@ -546,8 +577,7 @@ class RedisBudgetCounter:
             await self.local.release(reservation)
             return
         keys = self._keys(reservation.principal, reservation.time)
-        args = [str(reservation.id)]  # one argument: owed, it is sent as a take-back (``_send_owed``)
-        await self._write_or_owe("taking back a reservation", _UNCOUNT, reservation.id, keys, args)
+        await self._write_or_owe("taking back a reservation", _UNCOUNT, reservation.id, keys, _take_back(reservation))
 
     async def _write_or_owe(
         self, doing: str, script: Any, reservation_id: str, keys: list[str], args: list[str]
@@ -555,7 +585,7 @@ class RedisBudgetCounter:
         """Run ``script`` on Redis for a reservation, or owe it (``_owe``) while Redis is down. As the SQLite
         counter's: a cancelled caller's write still lands (it is shielded, and owed if Redis fails it)."""
         if not self.outage.usable():
-            self._owe(reservation_id, keys, args)
+            self._owe(reservation_id, script, keys, args)
             return
         write = asyncio.ensure_future(self.outage.call(doing, lambda client: script(client, keys, args)))
         try:
@@ -563,10 +593,10 @@ class RedisBudgetCounter:
         except asyncio.CancelledError:
             await asyncio.wait({write})
             if not write.cancelled() and isinstance(write.exception(), RedisUnavailableError):
-                self._owe(reservation_id, keys, args)
+                self._owe(reservation_id, script, keys, args)
             raise
         except RedisUnavailableError:
-            self._owe(reservation_id, keys, args)
+            self._owe(reservation_id, script, keys, args)
 
     async def usage(self, principal: str, *, now: float) -> dict[str, float]:
         """``requests_last_minute``, ``tokens_last_minute`` and ``usd_today`` of ``principal`` (while
@@ -596,11 +626,14 @@ class RedisBudgetCounter:
         """Close without a loop."""
         self.redis.close()
 
-    def _owe(self, reservation_id: str, keys: list[str], args: list[str]) -> None:
-        """Keep a settlement (or a take-back: ``args`` the id alone) Redis could not take, to send when
-        it answers (the newest wins)."""
-        self._owed.pop(reservation_id, None)
-        self._owed[reservation_id] = (keys, args)
+    def _owe(self, reservation_id: str, script: LuaScript, keys: list[str], args: list[str]) -> None:
+        """Keep a settlement or a take-back Redis could not take, to send when it answers (the newest
+        wins: a take-back replaces a settlement, and is never replaced by one — a settlement of a
+        reservation taken back finds nothing to settle)."""
+        previous = self._owed.pop(reservation_id, None)
+        if previous is not None and previous[0] is _UNCOUNT and script is not _UNCOUNT:
+            script, keys, args = previous
+        self._owed[reservation_id] = (script, keys, args)
         while len(self._owed) > MAX_OWED:
             self._owed.popitem(last=False)
             self._dropped += 1
@@ -657,7 +690,7 @@ class RedisBudgetCounter:
             args = [str(KEEP_SECONDS), str(nanos)]
             for number, at, tokens in minute:
                 args += [f"{handing}:{number}", repr(at), str(tokens)]
-            keys = self._keys(principal, day)
+            keys = self._keys(principal, day)[:3]
             keys.append(f"{keys[0].removesuffix(':times')}:handed:{handing}")
             await self.outage.call("adding what was counted locally", lambda client: _ADD_LOCAL(client, keys, args))
             seen = self._seen.get(principal)
@@ -703,29 +736,52 @@ class RedisBudgetCounter:
     async def _send_owed(self) -> None:
         sent = 0
         while self._owed:
-            reservation_id, (keys, args) = next(iter(self._owed.items()))
+            reservation_id, owed = next(iter(self._owed.items()))
+            script, keys, args = owed
             try:
-                script = _UNCOUNT if len(args) == 1 else _SETTLE  # a take-back (``release``), or a settlement
                 await self.outage.call(
                     "settling", lambda client, keys=keys, args=args, script=script: script(client, keys, args)
                 )
             except StoreError:
                 return  # down again (noted) or closed: the rest wait for the next recovery
-            if self._owed.get(reservation_id) == (keys, args):  # unless a newer settlement replaced it meanwhile
+            if self._owed.get(reservation_id) == owed:  # unless a newer settlement replaced it meanwhile
                 del self._owed[reservation_id]
             sent += 1
         log.info("budgets: %d settlements made while Redis was down were sent to it", sent)
 
+    def _owe_take_back(self, reservation: Reservation, keys: list[str]) -> None:
+        """Take back, once Redis answers again, a reserve whose reply was lost (module docstring)."""
+        self._owe(reservation.id, _UNCOUNT, keys, _take_back(reservation))
+
     def _uncount(self, attempt: asyncio.Future[Any], reservation: Reservation, keys: list[str]) -> None:
-        """The reserve of a cancelled caller landed: take it back (the request will not be sent)."""
-        if attempt.cancelled() or attempt.exception() is not None or int(attempt.result()[0]) != 1:
+        """The reserve of a cancelled caller landed: take it back (the request will not be sent); if its
+        reply was lost, it may land still: owe the take-back (``_owe_take_back``)."""
+        if attempt.cancelled():
             return
+        if attempt.exception() is not None:
+            if _may_have_run(attempt.exception()) and self.outage.down:
+                self._owe_take_back(reservation, keys)
+            return
+        if int(attempt.result()[0]) != 1:
+            return
+        args = _take_back(reservation)
         undo = asyncio.ensure_future(
-            self.redis.run("taking back a reservation", lambda client: _UNCOUNT(client, keys, [reservation.id]))
+            self.redis.run("taking back a reservation", lambda client: _UNCOUNT(client, keys, args))
         )
         self._background.add(undo)
         undo.add_done_callback(self._background.discard)
         undo.add_done_callback(_log_failure)
+
+
+def _may_have_run(exc: BaseException | None) -> bool:
+    """Whether a reserve that failed with ``exc`` may run on the server still (its reply lost): not when
+    no connection was made, nor when the pool had no connection to give (``RedisBusyError``)."""
+    return isinstance(exc, RedisUnreachableError) and exc.may_have_run
+
+
+def _take_back(reservation: Reservation) -> list[str]:
+    """``_UNCOUNT``'s arguments for ``reservation``: its id, its time (a tombstone's), how long keys stay."""
+    return [str(reservation.id), repr(float(reservation.time)), str(KEEP_SECONDS)]
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:

@@ -356,3 +356,54 @@ def test_a_reservation_given_back_while_redis_is_down_is_taken_back_once_it_answ
     owed, usage = run(scenario())
     assert owed == 1
     assert usage == {"requests_last_minute": 1, "tokens_last_minute": 5, "usd_today": 0.5}
+
+
+# -- a reserve whose reply was lost ----------------------------------------------------------------
+
+
+def test_a_reserve_whose_reply_was_lost_is_counted_once_when_it_lands_after_all(server: Any):
+    """Redis frozen past the reply timeout: the replica counts the request locally — and the reserve it
+    had sent runs once Redis wakes. Taken back (owed, then sent on the return), it leaves the request
+    counted once: the local reservation, handed over. (It was counted twice: refused early after.)"""
+    (counter,) = replicas(server.url, 1)
+    limits = Limits(requests_per_minute=100, usd_per_day=5.0)
+
+    async def scenario() -> tuple[Any, int, dict[str, float]]:
+        await counter.replicas.beat()
+        await counter.reserve("ann", limits, now=NOON, cost=0.5)  # in Redis
+        server.freeze()
+        try:
+            lost = await counter.reserve("ann", limits, now=NOON + 1, cost=0.25)  # its reply never comes
+            owed = counter.owed
+        finally:
+            server.thaw()  # ... and the script runs now
+        await until(lambda: counter.degraded_reason is None and counter.owed == 0, lambda: asyncio.sleep(0.02))
+        usage = await counter.usage("ann", now=NOON + 2)
+        await counter.aclose()
+        return lost, owed, usage
+
+    lost, owed, usage = run(scenario())
+    assert isinstance(lost.id, int) and owed == 1  # counted locally; its Redis twin owed a take-back
+    assert usage == {"requests_last_minute": 2, "tokens_last_minute": 0, "usd_today": 0.75}
+
+
+def test_a_take_back_that_overtakes_its_reserve_leaves_a_tombstone_the_reserve_obeys(redis_url: str):
+    """The take-back can reach Redis first (another connection): the reserve that follows counts nothing."""
+    from gtl_nb.engine.stores.base import Reservation as Kept
+    from gtl_nb.engine.stores.redis_budget import _RESERVE
+
+    counter = RedisBudgetCounter(redis_url)
+
+    async def scenario() -> tuple[list[Any], dict[str, float]]:
+        lost = Kept("lost-reply-id", "bea", 7, 0.25, NOON)
+        await counter.release(lost)  # nothing to remove yet: a tombstone
+        keys = counter._keys("bea", NOON)
+        args = [lost.id, repr(NOON), "7", "250000000", repr(NOON - 60), repr(NOON - 2 * DAY), "0", "", "", "", "3600"]
+        late = await counter.redis.run("test", lambda client: _RESERVE(client, keys, args))
+        usage = await counter.usage("bea", now=NOON + 1)
+        await counter.aclose()
+        return late, usage
+
+    late, usage = run(scenario())
+    assert int(late[0]) == 2  # taken back before it landed
+    assert usage == {"requests_last_minute": 0, "tokens_last_minute": 0, "usd_today": 0.0}
