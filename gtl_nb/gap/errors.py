@@ -1,4 +1,4 @@
-"""The one GAP error: a text (markdown or JSON) that does not follow the format.
+"""The GAP errors: a text (markdown or JSON) that does not follow the format, or is beyond a limit.
 
 Caller mistakes with Python values (a wrong role, an unknown platform) are plain ``ValueError`` /
 ``TypeError``; ``GAPFormatError`` is for *text* that cannot be parsed, and says what is wrong and where.
@@ -26,3 +26,12 @@ class GAPFormatError(ValueError):
             where.append(path)
         prefix = f"{', '.join(where)}: " if where else ""
         super().__init__(prefix + message)
+
+
+class GAPLimitError(GAPFormatError):
+    """A GAP text beyond one of the limits of ``gap.limits``: too long, JSON nested too deep, a number
+    with too many digits.
+
+    The text may be well-formed otherwise: a reader that tells GAP text from other text should report
+    this error rather than take the text for something else.
+    """

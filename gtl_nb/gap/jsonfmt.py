@@ -11,15 +11,20 @@ dotted path of the field.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
-from gtl_nb.gap.errors import GAPFormatError
-from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep, number_too_long
+from gtl_nb.gap.errors import GAPFormatError, GAPLimitError
+from gtl_nb.gap.limits import MAX_JSON_DEPTH, MAX_TEXT_CHARS, check_text, json_too_deep, number_too_long
 from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage, default_pronoun_map
 from gtl_nb.words import a_kind_of
 
 _MISSING = object()
+BOM = "\ufeff"
+# The first key of a JSON object, as written (escapes and all); a GAP document's is gap_version.
+# (Bounded: the longest spelling of gap_version, every letter escaped, is 66 characters.)
+_FIRST_KEY_RE = re.compile(r'\{[ \t\r\n]*"(?P<key>(?:[^"\\]|\\.){0,100})"[ \t\r\n]*:')
 
 
 def check_version(version: object, *, path: str = "gap_version", line: int | None = None) -> None:
@@ -191,20 +196,53 @@ def from_json(text: str | bytes) -> WrappedMessage:
 
 
 def decode(text: str) -> Any:
-    """``json.loads(text)``, nesting bounded by ``MAX_JSON_DEPTH``; any failure is a ``GAPFormatError``.
+    """``json.loads(text)``, nesting bounded by ``MAX_JSON_DEPTH``; any failure is a ``GAPFormatError``
+    (a ``GAPLimitError`` when the text is beyond a limit of ``gap.limits``).
 
-    ``from_json`` and ``gtl gap`` (whose files may hold a JSON array of messages) decode through it.
+    A leading byte-order mark is dropped: it is how an editor saved the text, not JSON (``json.loads``
+    refuses it). ``from_json`` and ``gtl gap`` (whose files may hold a JSON array of messages) decode
+    through it.
     """
+    text = text.removeprefix(BOM)
     if json_too_deep(text):
-        raise GAPFormatError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}")
+        raise GAPLimitError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise GAPFormatError(f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
     except RecursionError:  # the one boundary: a depth the scan missed must not escape as a foreign error
-        raise GAPFormatError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}") from None
+        raise GAPLimitError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}") from None
     except ValueError:  # not a JSONDecodeError: a number too long to convert (see gap.limits)
-        raise GAPFormatError(f"not valid JSON: {number_too_long()}") from None
+        raise GAPLimitError(f"not valid JSON: {number_too_long()}") from None
+
+
+def is_meant_as_gap_json(text: str) -> bool:
+    """Whether ``text`` is plainly a GAP JSON document, even one ``decode`` refuses for a limit.
+
+    It is when its object's first key is ``gap_version`` (escaped or not, as ``to_json`` writes it
+    first), or when it decodes, integers left unconverted, to an object with ``gap_version`` at its
+    top. A reader that wraps other text as a message uses this to report a ``GAPLimitError`` instead
+    of wrapping a GAP document as if it were prose.
+    """
+    text = text.removeprefix(BOM).strip()
+    first = _FIRST_KEY_RE.match(text)
+    if first is not None and _json_string(first.group("key")) == "gap_version":
+        return True
+    if len(text) > MAX_TEXT_CHARS or json_too_deep(text):
+        return False  # (not decoded at all: the limits protect this decode too)
+    try:
+        data = json.loads(text, parse_int=lambda digits: 0)  # a too-long number is still a number
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and "gap_version" in data
+
+
+def _json_string(body: str) -> str | None:
+    """The value of the JSON string literal ``"body"``, or None when it is not one."""
+    try:
+        return json.loads(f'"{body}"')
+    except ValueError:
+        return None
 
 
 def _decode_bytes(data: bytes) -> str:

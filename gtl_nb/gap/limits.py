@@ -1,7 +1,7 @@
 """The limits of the GAP parsers, and the checks that enforce them before any parsing starts.
 
 ``from_json``, ``from_markdown`` and ``parse_all`` read outside text (a pasted chat, a file, a
-model's answer). They refuse, with ``GAPFormatError``:
+model's answer). They refuse, with ``GAPLimitError`` (a ``GAPFormatError``):
 
 * a text longer than ``MAX_TEXT_CHARS`` characters (16 Mi);
 * JSON (a whole document, or a markdown block's ``Hints:`` object) whose arrays and objects nest
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from gtl_nb.gap.errors import GAPFormatError
+from gtl_nb.gap.errors import GAPLimitError
 
 MAX_TEXT_CHARS = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64
@@ -26,7 +26,7 @@ _NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
 
 
 def check_text(text: object, what: str) -> str:
-    """``text`` itself, refused when it is too long (``GAPFormatError``) or not a ``str``.
+    """``text`` itself, refused when it is too long (``GAPLimitError``) or not a ``str``.
 
     A value that is not text at all is a caller's mistake: ``TypeError``, as for every GAP function
     given a wrong Python value.
@@ -34,7 +34,7 @@ def check_text(text: object, what: str) -> str:
     if not isinstance(text, str):
         raise TypeError(f"{what} must be a str, not {type(text).__name__}")
     if len(text) > MAX_TEXT_CHARS:
-        raise GAPFormatError(f"{what} is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}")
+        raise GAPLimitError(f"{what} is {len(text)} characters long; the limit is {MAX_TEXT_CHARS}")
     return text
 
 
