@@ -77,18 +77,25 @@ def _gap_message_held(value: Any, name: str) -> Any:
     dict with ``gap_version``), or as its JSON text; ``None`` for anything else (a Completion, text to
     wrap). A structure that says it is GAP but is not a valid message: its fault, as one line."""
     from gtl_nb import gap
-    from gtl_nb.gap.jsonfmt import decode
+    from gtl_nb.gap.errors import GAPLimitError
+    from gtl_nb.gap.jsonfmt import BOM, decode, is_meant_as_gap_json
     from gtl_nb.gap.limits import check_text
 
     if isinstance(value, gap.WrappedMessage):
         return value
     what = "a GAP structure"
     if isinstance(value, str):
-        text = value.strip()
-        if not (text.startswith("{") and '"gap_version"' in text):  # (the parse below only for a likely one)
+        text = value.strip().removeprefix(BOM).strip()  # (a BOM: how an editor saved the file)
+        # The parse below only for a likely one; a key written with escapes ("gap\u005fversion") is
+        # gap_version too once decoded
+        if not (text.startswith("{") and ('"gap_version"' in text or "\\u" in text)):
             return None
         try:  # GAP's JSON is an object with gap_version at its top: anything else is text to wrap
             value = decode(check_text(text, "a GAP JSON document"))
+        except GAPLimitError as exc:  # a GAP document beyond a limit is refused, not wrapped as prose
+            if is_meant_as_gap_json(text):
+                raise UsageError(f"--from: {name!r} holds GAP JSON beyond GAP's limits: {exc}") from None
+            return None
         except gap.GAPFormatError:
             return None
         what = "GAP JSON"
@@ -449,9 +456,15 @@ def wrapped_variable(namespace: Mapping[str, Any], name: str) -> Any:
     if isinstance(value, gap.WrappedMessage):
         return value
     if isinstance(value, str):
+        from gtl_nb.gap.errors import GAPLimitError
+        from gtl_nb.gap.jsonfmt import is_meant_as_gap_json
+
         for parse in (gap.from_json, gap.from_markdown):
             try:
                 return parse(value)
+            except GAPLimitError as exc:  # GAP JSON beyond a limit: say so, not "not a GAP message"
+                if parse is gap.from_json and is_meant_as_gap_json(value):
+                    raise UsageError(f"{name!r} holds GAP JSON beyond GAP's limits: {exc}") from None
             except (ValueError, TypeError):
                 continue
     raise UsageError(

@@ -146,6 +146,42 @@ def test_from_a_variable_holding_a_gap_message_object_or_its_json_reads_it_as_it
         assert result.success and ip.user_ns["plain"].content == text
 
 
+def test_from_a_variable_holding_gap_json_with_a_bom_or_an_escaped_key_reads_it(ip):
+    sent = gap.wrap_message("The system needs an index.", "claude.ai", "c-10", thread_id="perf")
+    document = gap.to_json(sent)
+    for held in ("\ufeff" + document, document.replace('"gap_version"', '"gap\\u005fversion"', 1)):
+        ip.user_ns["held"] = held
+        result, text = run(ip, "%gap --from held --out got")
+        assert result.success, text
+        assert ip.user_ns["got"] == sent  # the message itself, not a message about its JSON
+    assert session_of(ip).gap_messages == [sent]
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [
+        ("[" * 70 + "]" * 70, "nested deeper than 64"),
+        ("1" * 100_000, "a number longer than"),
+    ],
+    ids=["deep", "long-number"],
+)
+def test_gap_json_beyond_a_limit_is_refused_in_one_line_not_wrapped(ip, value, limit):
+    document = gap.to_json(gap.wrap_message("The system.", "claude.ai", "c-11", thread_id="perf"))
+    beyond = document.replace('"thread_id":"perf"', f'"thread_id":{value}', 1)
+    assert beyond != document
+    for held in (beyond, "\ufeff" + beyond, beyond.replace('"gap_version"', '"gap\\u005fversion"', 1)):
+        ip.user_ns["held"] = held
+        refused = mistake(ip, "%gap --from held --out got")
+        assert refused.startswith("--from: 'held' holds GAP JSON beyond GAP's limits: ") and limit in refused
+        assert "\n" not in refused
+        assert limit in mistake(ip, "%gap entities held")  # read as a message elsewhere: the same reason
+    assert "got" not in ip.user_ns and session_of(ip).gap_messages == []
+    # other JSON beyond a limit, mentioning GAP's key or not, is still text to wrap
+    ip.user_ns["held"] = '{"examples": [{"gap_version": "0.1.0"}], "n": ' + value + "}"
+    result, _ = run(ip, "%gap --from held --out plain")
+    assert result.success and ip.user_ns["plain"].content == ip.user_ns["held"]
+
+
 def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
     first, second = (gap.wrap_message(f"The system {n}.", "chatgpt", f"c-{n}") for n in (1, 2))
     both = f"{gap.to_markdown(first)}\n\n{gap.to_markdown(second)}"
