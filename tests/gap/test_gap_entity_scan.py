@@ -1,9 +1,12 @@
 """The fast typed-entity scan against the straightforward one it replaced, and its cost in regex passes.
 
 ``entities._typed_hits`` finds product names with one scan for name starts and anchored matches
-there, and component names by scanning capitalised words only. The reference below is the loop it
-replaced: every product's regex run over the whole text, every word tested. The two must list the
-same hits, in the same order (overlap resolution breaks ties by that order), for every text.
+there, component names by scanning capitalised words only, and versions, dot files and well-known
+file names with patterns written literal-first. The reference below is what it replaced: every
+product's regex run over the whole text, every word tested, the patterns as first written. The two
+must list the same hits, in the same order (overlap resolution breaks ties by that order), for every
+text; and overlap resolution, which now sets aside the hits that overlap no other, must choose as
+the greedy pass over every hit did.
 """
 
 from __future__ import annotations
@@ -18,9 +21,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gtl_nb.gap import entities, vocabulary, wrap_message
-from gtl_nb.gap.spans import overlaps, protected_spans
+from gtl_nb.gap.spans import SpanSet, overlaps, protected_spans
 
 _WORD_RE = re.compile(r"\w+")
+# The patterns entities now writes literal-first (the boundary checked after the first character), as
+# they were written before.
+OLD_BARE_VERSION_RE = re.compile(
+    rf"{entities._BEFORE}(?:v(?P<v>\d+(?:\.\d+){{1,3}}(?:-[0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*)?)"
+    rf"|[Vv]ersion[ \t]+(?P<word>\d+(?:\.\d+){{1,3}}))(?![\w-]|\.\w)"
+)
+OLD_FILE_RES = (
+    *entities._FILE_RES[:3],
+    re.compile(rf"(?<![\w./])\.(?:{'|'.join(map(re.escape, vocabulary.DOT_FILES))})(?:\.\w+)?(?![\w-]|\.\w)"),
+    re.compile(rf"\b(?:{'|'.join(vocabulary.BARE_FILE_NAMES)})(?![\w-]|\.\w)"),
+)
 
 
 def reference_component_spans(text: str) -> list[tuple[int, int]]:
@@ -47,12 +61,12 @@ def reference_typed_hits(text: str, protected: list[tuple[int, int]]) -> list[en
         for key, entity_type, priority, regex in entities._PRODUCTS
         for m in regex.finditer(text)
     ]
-    for m in entities._BARE_VERSION_RE.finditer(text):
+    for m in OLD_BARE_VERSION_RE.finditer(text):
         version = m.group("v") or m.group("word")
         hits.append(
             entities._Hit(m.start(), m.end(), entities._version_key(version), "software_version", m.group(0), 1)
         )
-    for regex in entities._FILE_RES:
+    for regex in OLD_FILE_RES:
         for m in regex.finditer(text):
             if not entities._PRODUCT_NAME_RE.fullmatch(m.group(0)):
                 hits.append(entities._Hit(m.start(), m.end(), m.group(0), "file_reference", m.group(0), 2))
@@ -64,9 +78,22 @@ def reference_typed_hits(text: str, protected: list[tuple[int, int]]) -> list[en
     return [hit for hit in hits if not overlaps(hit.start, hit.end, protected)]
 
 
+def reference_resolve_overlaps(hits: list[entities._Hit]) -> list[entities._Hit]:
+    """The greedy pass over every hit, as before uncontested hits were set aside."""
+    taken = SpanSet()
+    chosen = [
+        hit
+        for hit in sorted(hits, key=lambda h: (-h.priority, -(h.end - h.start), h.start))
+        if taken.add(hit.start, hit.end)
+    ]
+    return sorted(chosen, key=lambda h: h.start)
+
+
 def assert_same_hits(text: str) -> None:
     protected = protected_spans(text)
-    assert entities._typed_hits(text, protected) == reference_typed_hits(text, protected)
+    hits = entities._typed_hits(text, protected)
+    assert hits == reference_typed_hits(text, protected)
+    assert entities._resolve_overlaps(hits) == reference_resolve_overlaps(hits)
 
 
 def _spellings() -> list[str]:
@@ -88,6 +115,8 @@ NAME_PIECES = (
     "Node.js 20", "NodeJS", "Go 1.21", "Golang", "ES2015", "ES 6", "\u212aubernetes 1.29", "\u017fqlite",
     "Po\u017ftgres", "\u0130OS 17", "\u0131os 17", "K8s 1.30", "React.js", "ReactJS 18", "Next.js 14", "v2.3.1",
     "version 3.2", "src/app.py", "config.yaml", "AuthService", "HTTPClient", "UserRepo", "parse_args()",
+    "Version 1.2", "vv1.2", "v1.0.0-rc1", "V2.0", "v2", "xDockerfile", "Dockerfile", "Makefile.lock", "Pipfile-x",
+    ".env.local", "a.env", "..env", ".gitignore", ".python-version",
 )  # fmt: skip
 GLUE = (" ", "", ".", "-", "/", "@", "#", "$", "\\", "_", "\t", "\n", "`", "1", "x", ", ", "(", ")", "://")
 
@@ -106,6 +135,16 @@ def test_typed_hits_match_the_per_regex_scan_on_name_heavy_text(text: str) -> No
 @given(gap_strategies.prose)
 def test_typed_hits_match_the_per_regex_scan_on_prose(text: str) -> None:
     assert_same_hits(text)
+
+
+spans = st.tuples(st.integers(0, 30), st.integers(1, 8), st.integers(1, 4), st.sampled_from("abc"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(spans, max_size=25))
+def test_overlap_resolution_matches_the_greedy_pass_over_every_hit(drawn: list[tuple[int, int, int, str]]) -> None:
+    hits = [entities._Hit(start, start + length, key, "t", key, priority) for start, length, priority, key in drawn]
+    assert entities._resolve_overlaps(hits) == reference_resolve_overlaps(hits)
 
 
 @pytest.mark.parametrize("text", [*gap_strategies.PIECES, *gap_strategies.HOSTILE, *NAME_PIECES])
