@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +184,11 @@ _FILE_RES = (
     # a well-known name at the start of a word (as \b before it, checked after its first letter)
     re.compile(rf"(?:{_BARE_FILE_NAMES})(?![\w-]|\.\w)"),
 )
+# What every match of each _FILE_RES pattern holds, for _finditer_in_runs (None: searched throughout).
+_FILE_MARKERS = ("/", "/", None, None, None)
+# The characters of paths and calls besides word characters (see _finditer_in_runs).
+_RUN_CHARS = frozenset(".~/-()")
+_RUN_RE = re.compile(r"[\w.~/()-]*")
 # A file-looking span that is really a product name ("Node.js", "Next.js") is not a file.
 _PRODUCT_NAME_RE = re.compile(
     "|".join(f"(?:{pattern})" for _key, pattern, _cs in (*vocab.DATABASES, *vocab.FRAMEWORKS, *vocab.SOFTWARE)),
@@ -306,20 +311,44 @@ def _product_hits(text: str) -> list[_Hit]:
     return [hit for hits in found for hit in hits]
 
 
+def _in_run(char: str) -> bool:
+    return char in _RUN_CHARS or _is_word_char(char)
+
+
+def _finditer_in_runs(regex: re.Pattern, text: str, marker: str) -> Iterator[re.Match]:
+    """``regex.finditer(text)``, searching only the runs of ``_RUN_CHARS`` and word characters that
+    hold ``marker``.
+
+    For a regex whose every match holds ``marker``, consists of such characters only and looks at
+    most two characters past its end, the matches are the same: a match lies in one run, and a run
+    without the marker holds none. Paths ("/") and calls ("()") are rare in prose, so most of the
+    text is skipped by ``str.find`` instead of being tried position by position.
+    """
+    pos = 0
+    while (found := text.find(marker, pos)) >= 0:
+        start = found
+        while start > pos and _in_run(text[start - 1]):
+            start -= 1
+        end = _RUN_RE.match(text, found).end()
+        # (the view ends two characters after the run, so the look-ahead past a match sees as before)
+        yield from regex.finditer(text, start, end + 2)
+        pos = end + 1  # text[end] is not in a run (or is the end)
+
+
 def _typed_hits(text: str, protected: list[tuple[int, int]]) -> list[_Hit]:
     """Every typed candidate span, before overlap resolution."""
     hits = _product_hits(text)
     for m in _BARE_VERSION_RE.finditer(text):
         version = m.group("v") or m.group("word")
         hits.append(_Hit(m.start(), m.end(), _version_key(version), "software_version", m.group(0), 1))
-    for regex in _FILE_RES:
-        for m in regex.finditer(text):
+    for regex, marker in zip(_FILE_RES, _FILE_MARKERS, strict=True):
+        for m in regex.finditer(text) if marker is None else _finditer_in_runs(regex, text, marker):
             if not _PRODUCT_NAME_RE.fullmatch(m.group(0)):
                 hits.append(_Hit(m.start(), m.end(), m.group(0), "file_reference", m.group(0), 2))
     for start, end in _component_spans(text):
         name = text[start:end]
         hits.append(_Hit(start, end, _snake(name), "technical_component", name, 2))
-    for m in _CALL_RE.finditer(text):
+    for m in _finditer_in_runs(_CALL_RE, text, "()"):
         hits.append(_Hit(m.start(), m.end(), m.group("name").lower(), "technical_component", m.group(0), 2))
     return [hit for hit in hits if not overlaps(hit.start, hit.end, protected)]
 
