@@ -189,6 +189,7 @@ _FILE_MARKERS = ("/", "/", None, None, None)
 # The characters of paths and calls besides word characters (see _finditer_in_runs).
 _RUN_CHARS = frozenset(".~/-()")
 _RUN_RE = re.compile(r"[\w.~/()-]*")
+_RUN_SPACING = 64  # markers closer than this on average: one pass over the text instead of windows
 # A file-looking span that is really a product name ("Node.js", "Next.js") is not a file.
 _PRODUCT_NAME_RE = re.compile(
     "|".join(f"(?:{pattern})" for _key, pattern, _cs in (*vocab.DATABASES, *vocab.FRAMEWORKS, *vocab.SOFTWARE)),
@@ -322,8 +323,12 @@ def _finditer_in_runs(regex: re.Pattern, text: str, marker: str) -> Iterator[re.
     For a regex whose every match holds ``marker``, consists of such characters only and looks at
     most two characters past its end, the matches are the same: a match lies in one run, and a run
     without the marker holds none. Paths ("/") and calls ("()") are rare in prose, so most of the
-    text is skipped by ``str.find`` instead of being tried position by position.
+    text is skipped by ``str.find`` instead of being tried position by position. A text full of
+    markers is searched in one pass, as windows would then cost more than they save.
     """
+    if text.count(marker) * _RUN_SPACING > len(text):
+        yield from regex.finditer(text)
+        return
     pos = 0
     while (found := text.find(marker, pos)) >= 0:
         start = found

@@ -148,6 +148,13 @@ def test_overlap_resolution_matches_the_greedy_pass_over_every_hit(drawn: list[t
     assert entities._resolve_overlaps(hits) == reference_resolve_overlaps(hits)
 
 
+@pytest.mark.parametrize("spacing", [1, 3, 63, 64, 65, 200])
+def test_paths_and_calls_are_found_alike_however_dense(spacing: int) -> None:
+    # around _RUN_SPACING, the windows give way to one pass over the text: the same hits either way
+    for piece in ("a/b.py ", "/etc/x ", "f() "):
+        assert_same_hits((piece + "x" * max(0, spacing - len(piece)) + " ") * 20)
+
+
 @pytest.mark.parametrize("text", [*gap_strategies.PIECES, *gap_strategies.HOSTILE, *NAME_PIECES])
 def test_typed_hits_match_the_per_regex_scan_on_each_piece(text: str) -> None:
     assert_same_hits(text)
