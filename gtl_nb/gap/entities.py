@@ -434,7 +434,7 @@ def detect_entities(content: str, *, message_id: str | None = None) -> dict[str,
     typed_spans = [(hit.start, hit.end) for hit in typed]
     inline_code = {start: end for start, end in code_spans(content) if content.startswith("`", start)}
     consumed: set[_Hit] = set()
-    found: list[tuple[int, str, Entity]] = []
+    found: list[tuple[int, str, tuple[str, str | None, str | None]]] = []
 
     for m in _DETERMINER_NOUN_RE.finditer(content):
         det, noun = m.group("det").lower(), m.group("noun").lower()
@@ -447,25 +447,26 @@ def detect_entities(content: str, *, message_id: str | None = None) -> dict[str,
         key = f"{det}_{noun}"
         definer = _definer(content, m.end(), singular, typed_at, inline_code)
         if definer is None:
-            found.append((m.start(), key, Entity("ambiguous_reference", None, None)))
+            found.append((m.start(), key, ("ambiguous_reference", None, None)))
             continue
         _end, value, entity_type, hit = definer
         if hit is not None:
             consumed.add(hit)
-        found.append((m.start(), key, Entity(entity_type, value, message_id)))
+        found.append((m.start(), key, (entity_type, value, message_id)))
 
     for hit in typed:
         if hit not in consumed:
-            found.append((hit.start, hit.key, Entity(hit.type, hit.value, message_id)))
+            found.append((hit.start, hit.key, (hit.type, hit.value, message_id)))
 
+    # (type, value, defined_in) until kept: a long text repeats its names, and most are not
     entities: dict[str, Entity] = {}
-    for _start, key, entity in sorted(found, key=lambda item: item[0]):
+    for _start, key, (entity_type, value, defined_in) in sorted(found, key=lambda item: item[0]):
         kept = entities.get(key)
         if kept is None or (
-            entity.value is not None
-            and (kept.value is None or (len(entity.value) > len(kept.value) and entity.value.startswith(kept.value)))
+            value is not None
+            and (kept.value is None or (len(value) > len(kept.value) and value.startswith(kept.value)))
         ):
-            entities[key] = entity
+            entities[key] = Entity(entity_type, value, defined_in)
     return entities
 
 
