@@ -185,7 +185,7 @@ _FILE_RES = (
     re.compile(rf"(?:{_BARE_FILE_NAMES})(?![\w-]|\.\w)"),
 )
 # What every match of each _FILE_RES pattern holds, for _finditer_in_runs (None: searched throughout).
-_FILE_MARKERS = ("/", "/", None, None, None)
+_FILE_MARKERS = ("/", "/", ".", None, None)
 # The characters of paths and calls besides word characters (see _finditer_in_runs).
 _RUN_CHARS = frozenset(".~/-()")
 _RUN_RE = re.compile(r"[\w.~/()-]*")
@@ -322,8 +322,9 @@ def _finditer_in_runs(regex: re.Pattern, text: str, marker: str) -> Iterator[re.
 
     For a regex whose every match holds ``marker``, consists of such characters only and looks at
     most two characters past its end, the matches are the same: a match lies in one run, and a run
-    without the marker holds none. Paths ("/") and calls ("()") are rare in prose, so most of the
-    text is skipped by ``str.find`` instead of being tried position by position. A text full of
+    without the marker holds none. Paths ("/"), calls ("()") and file names (".") are a small part
+    of prose, so most of the text is skipped by ``str.find`` instead of being tried position by
+    position. A text full of
     markers is searched in one pass, as windows would then cost more than they save.
     """
     if text.count(marker) * _RUN_SPACING > len(text):

@@ -151,7 +151,7 @@ def test_overlap_resolution_matches_the_greedy_pass_over_every_hit(drawn: list[t
 @pytest.mark.parametrize("spacing", [1, 3, 63, 64, 65, 200])
 def test_paths_and_calls_are_found_alike_however_dense(spacing: int) -> None:
     # around _RUN_SPACING, the windows give way to one pass over the text: the same hits either way
-    for piece in ("a/b.py ", "/etc/x ", "f() "):
+    for piece in ("a/b.py ", "/etc/x ", "f() ", "x.md ", "e.g. "):
         assert_same_hits((piece + "x" * max(0, spacing - len(piece)) + " ") * 20)
 
 
