@@ -133,6 +133,36 @@ def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
     return wrapped
 
 
+def _pasted_json(content: str, opts: Any) -> Any:
+    """The GAP message a ``%%gap`` cell holds in GAP's JSON form, read as it is; ``None`` for any other
+    text (JSON that is not GAP's included: wrapped as text, as before). A GAP document that cannot be
+    read — beyond a limit, or missing what GAP requires — is one line saying why, not wrapped as prose."""
+    from gtl_nb import gap
+    from gtl_nb.gap.errors import GAPLimitError
+    from gtl_nb.gap.jsonfmt import BOM, decode, from_dict, is_meant_as_gap_json
+    from gtl_nb.gap.limits import check_text
+
+    text = content.strip().removeprefix(BOM)
+    if not text.startswith("{"):
+        return None
+    try:
+        document = decode(check_text(text, "a GAP JSON document"))
+    except GAPLimitError as exc:  # (checked first: the limits protect the look at its first key too)
+        if is_meant_as_gap_json(text):
+            raise UsageError(f"%%gap: the cell holds GAP JSON that cannot be read: {exc}") from None
+        return None
+    except gap.GAPFormatError:  # not JSON: text to wrap
+        return None
+    if not isinstance(document, dict) or "gap_version" not in document:
+        return None  # JSON, not GAP's
+    try:
+        message = from_dict(document)
+    except gap.GAPFormatError as exc:
+        raise UsageError(f"%%gap: the cell holds GAP JSON that cannot be read: {exc}") from None
+    _refuse_wrapping_options(opts, "the cell")
+    return message
+
+
 class GapMagic:
     """Runs ``%%gap`` cells and ``%gap`` lines for one shell; the notebook's state is ``session``."""
 
@@ -184,6 +214,8 @@ class GapMagic:
             message = source
         elif is_pasted(text):
             message = _pasted_message(text.strip("\n"), opts, where)
+        elif source is None:  # GAP's JSON form pasted whole (gtl gap wrap --to-json, a line of %gap export)
+            message = _pasted_json(text, opts)
         if message is not None:
             self.session.add_gap(message, opts.out)
             display(GapView(message, target))

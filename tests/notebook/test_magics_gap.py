@@ -182,6 +182,29 @@ def test_gap_json_beyond_a_limit_is_refused_in_one_line_not_wrapped(ip, value, l
     assert result.success and ip.user_ns["plain"].content == ip.user_ns["held"]
 
 
+def test_gap_json_pasted_in_a_cell_is_read_as_it_is_as_pasted_markdown_is(ip):
+    """GAP's JSON form (``gtl gap wrap --to-json``, a line of ``%gap export``) pasted into a cell is a
+    message, read as it is — it was wrapped as text, a message about a message. JSON that is not
+    GAP's stays text to wrap; GAP JSON that cannot be read is one line saying why."""
+    sent = gap.wrap_message("The system needs an index.", "claude.ai", "c-12", role="assistant", thread_id="perf")
+    document = gap.to_json(sent)
+    for pasted in (document, "\ufeff" + document, "\n  " + document.replace('"gap_version"', '"gap\\u005fversion"', 1)):
+        result, text = run(ip, f"%%gap --out got --to chatgpt\n{pasted}\n")
+        assert result.success, text
+        assert ip.user_ns["got"] == sent and gap.transform_for_platform(sent, "chatgpt") in text
+    assert session_of(ip).gap_messages == [sent]
+    assert "drop --role" in mistake(ip, f"%%gap --role user\n{document}")
+    broken = document.replace('"content"', '"contents"')
+    refused = mistake(ip, f"%%gap\n{broken}")
+    assert refused.startswith("%%gap: the cell holds GAP JSON that cannot be read: ") and "\n" not in refused
+    deep = document.replace('"thread_id":"perf"', '"thread_id":' + "[" * 70 + "]" * 70, 1)
+    assert "nested deeper than 64" in mistake(ip, f"%%gap\n{deep}")
+    for other in ('{"question": "what is a gap_version?"}', '{"gap_version": "0.1.0", ...} - what is this?'):
+        result, _ = run(ip, f"%%gap --out plain\n{other}")
+        assert result.success and ip.user_ns["plain"].content == other  # text to wrap
+    assert session_of(ip).gap_messages[0] == sent
+
+
 def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
     first, second = (gap.wrap_message(f"The system {n}.", "chatgpt", f"c-{n}") for n in (1, 2))
     both = f"{gap.to_markdown(first)}\n\n{gap.to_markdown(second)}"
