@@ -199,3 +199,9 @@ def test_engine_lines_counts_every_path_and_the_counts_repeat() -> None:
     assert 0 < first["parts"] < first["engine"] < first["whole"]
     assert first["engine"] < first["general"]  # the lane (``core._run_lane``) runs fewer lines
     assert all(abs(first[path] - second[path]) <= first[path] * 0.02 for path in first), (first, second)
+
+
+@pytest.mark.timeout(60)
+def test_the_gap_wrap_benchmark_runs(tmp_path: Path) -> None:
+    done = run_bench("bench.bench_gap", "--smoke", timeout=60)
+    assert "| 0.01 MB |" in done.stdout and "wrap_message" in done.stdout
