@@ -144,14 +144,16 @@ _TARGETS_MEMO = 1024
 
 
 class SessionEnd:
-    """Where ``Engine.stream`` puts a session's terminal event once it decided it (see ``stream``) —
-    or ``run_session`` the ``INTERNAL`` error a failed reader ends it with (``reader_failure``), which
-    the row is then completed with, so the reader and the ledger tell the same end."""
+    """How a session ended, as ``run_session`` must tell its reader: ``event``, the terminal event the
+    engine decided (put there as its row is completed: see ``stream``); ``failure``, the ``INTERNAL``
+    error a reader that failed before that is told (``reader_failure``) — its row completed with it,
+    so the reader and the ledger tell one end."""
 
-    __slots__ = ("event",)
+    __slots__ = ("event", "failure")
 
     def __init__(self) -> None:
         self.event: Done | Error | None = None
+        self.failure: Error | None = None
 
 
 async def _batches_of(*batches: list[StreamEvent]) -> AsyncGenerator[list[StreamEvent], None]:
@@ -219,8 +221,8 @@ async def run_session(
                         if waiting is not None:
                             await waiting
                 except Exception as exc:  # the reader failed: the row ends as the reader is told (below)
-                    if recorded.event is None:
-                        recorded.event = reader_failure(request.session_id, exc)
+                    if recorded.event is None:  # (failing on the end itself, its row is complete already)
+                        recorded.failure = reader_failure(request.session_id, exc)
                     raise
         finally:
             await batches.aclose()
@@ -228,11 +230,13 @@ async def run_session(
         if not ended:
             who = cancelled_by() if callable(cancelled_by) else cancelled_by
             cancelled = Error(session_id=request.session_id, code="CANCELLED", message=f"cancelled by {who}")
-            end(recorded.event or cancelled)
+            end(recorded.event or recorded.failure or cancelled)
         raise
     except Exception as exc:
-        if not ended:  # what the row was completed with, when it was (a reader's failure); else a bug's
-            end(recorded.event or reader_failure(request.session_id, exc))
+        if not ended:  # the failed reader's end its row was completed with; else a bug's, or the end's own failure
+            # (a reader that could not take the terminal event is told INTERNAL: the row, complete
+            # already, says how the engine ended — the one case where the two differ)
+            end(recorded.failure or reader_failure(request.session_id, exc))
         raise
 
 
@@ -281,9 +285,9 @@ async def _run_lane(
 
     Everything ends as down the general path: a cancel completes the row ``cancelled``; a bug below
     (the runner, a decoder) ends the session and its row ``INTERNAL``, that error sent like any event;
-    ``send`` or ``drain`` raising is the reader's failure, left to ``run_session`` (the row completed
-    ``cancelled``, as a stream closed early). ``recorded`` gets the terminal event before the row is
-    completed with it.
+    ``send`` or ``drain`` raising is the reader's failure, left to ``run_session``: the row completed
+    with the ``INTERNAL`` error the reader is told (``recorded.failure``). ``recorded`` gets the
+    terminal event before the row is completed with it.
     """
     sid = request.session_id
     context, target = lane.context, lane.target
@@ -374,7 +378,7 @@ async def _run_lane(
         end = done
     except Exception as exc:  # a bug below: the session and its row end INTERNAL, as ``stream_batches`` ends them
         if reader_failed:  # the reader's failure: the row ends as ``run_session`` tells the reader (not sent here)
-            recorded.event = failure = reader_failure(sid, exc)
+            recorded.failure = failure = reader_failure(sid, exc)
             await engine._finish(request, context, row, failure, usage, record, None)
             raise
         end = engine._internal_error(request, record, exc)
@@ -721,7 +725,7 @@ class Engine:
                     _REQUEST_CONTEXT.reset(scope)
                 if end is None or row is not None or reservation is not None:  # ended without a terminal event
                     if end is None and ending is not None:  # a failed reader's end, as it is told (``run_session``)
-                        end = ending.event
+                        end = ending.failure
                     await self._finish(request, context, row, end, usage, record, reservation)
 
     def lane_targets(self, request: CompletionRequest, context: RequestContext) -> _Lane | None:

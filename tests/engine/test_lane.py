@@ -581,3 +581,38 @@ def test_a_reader_refusing_an_event_fails_the_session_as_down_the_general_path()
     assert [e.code for e in ended] == ["INTERNAL"] and "cannot carry" in ended[0].message
     assert [(r["status"], r["error_code"]) for r in rows] == [(r["status"], r["error_code"]) for r in general[2]]
     assert [(r["status"], r["error_code"]) for r in rows] == [("error", "INTERNAL")]
+
+
+def test_a_reader_refusing_the_end_itself_is_told_internal_once_down_both_paths():
+    # the row is complete before the end goes out (it says ok: the provider answered); a reader that
+    # cannot take that end hears INTERNAL through ``finish`` — not the same end again, which it just refused
+    async def main(engine: Engine) -> tuple[list, list, list]:
+        sent: list = []
+        ended: list = []
+
+        def send(event: Any) -> None:
+            if isinstance(event, Done):
+                raise ValueError("this connection cannot carry that end")
+            sent.append(event)
+
+        def finish(event: Any) -> None:
+            if isinstance(event, Done):  # (as a gateway's finish would fail to frame it again)
+                raise AssertionError("the refused end was sent again")
+            ended.append(event)
+
+        with pytest.raises(ValueError, match="cannot carry that end"):
+            await run_session(engine, _request(), RequestContext(principal="alice"), send, finish=finish)
+        rows = await _rows(engine)
+        await engine.aclose()
+        return sent, ended, rows
+
+    outcomes = _down_both(main, _answer)
+    (sent, ended, rows), general = outcomes
+    assert [_plain(e) for e in sent] == [_plain(e) for e in general[0]]
+    assert [e.code for e in ended] == ["INTERNAL"] == [e.code for e in general[1]]
+    assert "cannot carry that end" in ended[0].message
+    assert (
+        [(r["status"], r["error_code"]) for r in rows]
+        == [("ok", None)]
+        == [(r["status"], r["error_code"]) for r in general[2]]
+    )
