@@ -41,7 +41,8 @@ cancelled is taken back once it lands, as the SQLite counter does.
 
 **A reserve whose reply never came** (Redis frozen past ``REPLY_TIMEOUT``, a connection cut after the
 script was sent) may still run later — after this replica counted the request locally instead. So
-it is taken back, owed like a settlement (below) and sent once Redis answers again: the take-back
+it is taken back, owed like a settlement (below) and sent once Redis answers again (at once, should
+another call have found it answering meanwhile): the take-back
 (``_UNCOUNT``) removes a reservation that landed, and of one that has not landed yet it leaves a
 tombstone in ``void``, which the reserve, when it does run, finds and counts nothing. Either order
 leaves the request counted once — locally, then handed over. Tombstones leave with the day's slack.
@@ -139,7 +140,8 @@ log = get_logger("engine.stores")
 NANOS = 1_000_000_000  # nano-dollars per dollar
 KEEP_SECONDS = int(2 * DAY + 2 * WINDOW)  # how long a principal's keys outlive its last reservation
 MAX_OWED = 10_000
-"""Settlements kept for Redis while it is down; past them the oldest are dropped (and counted in a log line)."""
+"""Settlements and take-backs kept for Redis while it is down; past them the oldest settlement is dropped
+(a take-back only when nothing else is left: losing one counts a request twice), counted in a log line."""
 MAX_SEEN = 4096
 """Principals whose last usage Redis reported is remembered (the least recently reserved are forgotten first)."""
 
@@ -432,6 +434,7 @@ class RedisBudgetCounter:
         self._sending: dict[str, asyncio.Future[None]] = {}  # principal -> its hand-over under way
         self._owed: OrderedDict[str, tuple[LuaScript, list[str], list[str]]] = OrderedDict()
         self._dropped = 0  # settlements dropped from a full ``_owed`` during this outage
+        self._paying: asyncio.Task[None] | None = None  # the task sending what is owed, while it runs
         self._background: set[asyncio.Future[Any]] = set()
         with contextlib.suppress(RuntimeError):  # opened on a running loop: among the live replicas at once
             self.join_replicas()
@@ -532,9 +535,8 @@ class RedisBudgetCounter:
         except asyncio.CancelledError:
             attempt.add_done_callback(lambda done: self._uncount(done, reservation, keys))
             raise
-        except RedisUnavailableError as exc:  # counted locally instead: should the script run still, it counts nothing
-            if _may_have_run(exc) and self.outage.down:
-                self._owe_take_back(reservation, keys)
+        except RedisUnreachableError:  # counted locally instead: should the script run still, it counts nothing
+            self._owe_take_back(reservation, keys)
             raise
         if int(outcome[0]) == 2:  # (only a reserve whose caller gave up is taken back: never this one)
             raise StoreError(f"Redis at {self.redis.shown} found reservation {reservation.id} already taken back")
@@ -634,8 +636,9 @@ class RedisBudgetCounter:
         if previous is not None and previous[0] is _UNCOUNT and script is not _UNCOUNT:
             script, keys, args = previous
         self._owed[reservation_id] = (script, keys, args)
-        while len(self._owed) > MAX_OWED:
-            self._owed.popitem(last=False)
+        while len(self._owed) > MAX_OWED:  # the oldest settlement goes first: a lost take-back counts a request twice
+            oldest = next((key for key, owed in self._owed.items() if owed[0] is not _UNCOUNT), None)
+            self._owed.pop(oldest) if oldest is not None else self._owed.popitem(last=False)
             self._dropped += 1
 
     def _remember(self, principal: str, seen: tuple[float, int, int, int]) -> None:
@@ -727,9 +730,9 @@ class RedisBudgetCounter:
                 "budgets: %d settlements were dropped while Redis was down (over %d kept)", self._dropped, MAX_OWED
             )
             self._dropped = 0
-        if not self._owed:
-            return
-        task = asyncio.get_running_loop().create_task(self._send_owed())
+        if not self._owed or (self._paying is not None and not self._paying.done()):
+            return  # (one sender at a time: it goes on until nothing is owed)
+        task = self._paying = asyncio.get_running_loop().create_task(self._send_owed())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -750,8 +753,12 @@ class RedisBudgetCounter:
         log.info("budgets: %d settlements made while Redis was down were sent to it", sent)
 
     def _owe_take_back(self, reservation: Reservation, keys: list[str]) -> None:
-        """Take back, once Redis answers again, a reserve whose reply was lost (module docstring)."""
+        """Take back, once Redis answers again, a reserve whose reply was lost (module docstring) — at
+        once if it answers already (another call succeeded meanwhile: no recovery will send it). One
+        that never reached Redis leaves a tombstone nothing obeys, gone with the day's slack."""
         self._owe(reservation.id, _UNCOUNT, keys, _take_back(reservation))
+        if not self.outage.down:
+            self._pay_owed()
 
     def _uncount(self, attempt: asyncio.Future[Any], reservation: Reservation, keys: list[str]) -> None:
         """The reserve of a cancelled caller landed: take it back (the request will not be sent); if its
@@ -759,7 +766,7 @@ class RedisBudgetCounter:
         if attempt.cancelled():
             return
         if attempt.exception() is not None:
-            if _may_have_run(attempt.exception()) and self.outage.down:
+            if isinstance(attempt.exception(), RedisUnreachableError):
                 self._owe_take_back(reservation, keys)
             return
         if int(attempt.result()[0]) != 1:
@@ -771,12 +778,6 @@ class RedisBudgetCounter:
         self._background.add(undo)
         undo.add_done_callback(self._background.discard)
         undo.add_done_callback(_log_failure)
-
-
-def _may_have_run(exc: BaseException | None) -> bool:
-    """Whether a reserve that failed with ``exc`` may run on the server still (its reply lost): not when
-    no connection was made, nor when the pool had no connection to give (``RedisBusyError``)."""
-    return isinstance(exc, RedisUnreachableError) and exc.may_have_run
 
 
 def _take_back(reservation: Reservation) -> list[str]:

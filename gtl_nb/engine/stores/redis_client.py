@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import hashlib
 import os
-import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -88,12 +87,10 @@ class RedisUnavailableError(StoreError):
 
 class RedisUnreachableError(RedisUnavailableError):
     """The server itself did not answer (refused, reset, timed out): every store of that server is
-    affected, not only the one whose command failed (``redis_fallback`` tells the others).
-
-    ``may_have_run``: the command may have reached the server — its reply timed out, or the connection
-    was lost after it was sent — so it may still run, or have run (``False``: no connection was made)."""
-
-    may_have_run = True
+    affected, not only the one whose command failed (``redis_fallback`` tells the others). The
+    command may have reached the server all the same — its reply timed out, or the connection was
+    lost after it was sent, and redis-py's retry then found no server, the only error it reports —
+    so a write the caller must not have twice is to be taken back (``redis_budget``)."""
 
 
 class RedisBusyError(RedisUnavailableError):
@@ -155,19 +152,9 @@ def translated(shown: str, what: str) -> Iterator[None]:
             # (redis-py's kinds of ConnectionError: the server answered, and refused the credentials)
             refused = f"Redis at {shown} refused the credentials ({what}): {_reason(exc)}"
             raise RedisUnreachableError(refused) from None
-        unreachable = RedisUnreachableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}")
-        unreachable.may_have_run = not _never_connected(exc)
-        raise unreachable from None
+        raise RedisUnreachableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}") from None
     except redis.exceptions.RedisError as exc:
         raise RedisUnavailableError(f"Redis at {shown} failed ({what}): {_reason(exc)}") from None
-
-
-def _never_connected(exc: BaseException) -> bool:
-    """Whether ``exc`` is a failure to connect, before any command was sent: refused, no route, a
-    connect that timed out (redis-py words these "Error … connecting to …" / "Timeout connecting to …")."""
-    if isinstance(exc, (ConnectionRefusedError, socket.gaierror)):
-        return True
-    return " connecting to " in str(exc) or str(exc).startswith("Timeout connecting")
 
 
 def _pool_exhausted(exc: BaseException) -> bool:

@@ -407,3 +407,37 @@ def test_a_take_back_that_overtakes_its_reserve_leaves_a_tombstone_the_reserve_o
     late, usage = run(scenario())
     assert int(late[0]) == 2  # taken back before it landed
     assert usage == {"requests_last_minute": 0, "tokens_last_minute": 0, "usd_today": 0.0}
+
+
+def test_a_take_back_owed_while_redis_already_answers_again_is_sent_at_once(redis_url: str):
+    """A reserve's reply lost, and another call answered before its caller resumed: no recovery will
+    come to send what is owed, so it goes at once (it waited for an outage that had ended)."""
+    from gtl_nb.engine.stores.base import Reservation as Kept
+
+    counter = RedisBudgetCounter(redis_url)
+
+    async def scenario() -> tuple[int, dict[str, float]]:
+        await counter.reserve("cy", Limits(), now=NOON)  # connections open, Redis answers
+        lost = Kept("reply-lost-id", "cy", 0, 0.0, NOON)
+        counter._owe_take_back(lost, counter._keys("cy", NOON))  # as _reserve_in_redis does, Redis up
+        owed_then = counter.owed
+        await until(lambda: counter.owed == 0, lambda: asyncio.sleep(0.01), seconds=5)
+        usage = await counter.usage("cy", now=NOON + 1)
+        await counter.aclose()
+        return owed_then, usage
+
+    owed_then, usage = run(scenario())
+    assert owed_then == 1
+    assert usage["requests_last_minute"] == 1  # the first reservation alone
+
+
+def test_a_full_list_of_owed_writes_drops_a_settlement_before_a_take_back():
+    from gtl_nb.engine.stores import redis_budget
+
+    counter = RedisBudgetCounter("redis://127.0.0.1:9/0")
+    keys = ["t", "s", "d", "v"]
+    counter._owe("take-back", redis_budget._UNCOUNT, keys, ["take-back", "1.0", "60"])
+    for index in range(redis_budget.MAX_OWED):
+        counter._owe(f"s{index}", redis_budget._SETTLE, keys, [f"s{index}", "1", "", "60"])
+    assert counter.owed == redis_budget.MAX_OWED and "take-back" in counter._owed and "s0" not in counter._owed
+    counter.close()
