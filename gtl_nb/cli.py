@@ -166,6 +166,9 @@ def _gateway_usage_rows(args: argparse.Namespace, since: float | None) -> tuple[
 _PYTHON_ADVICE = re.compile(r"pass providers=\{'(?P<name>[\w.-]+)': \{\.\.\.\}\}(?: to gtl_nb\.connect)?")
 
 
+_OLDER_ADVICE = "give it to gtl_nb.connect as its token argument"
+"""The same advice from a gateway older than ``CONNECT_READS`` (reworded alike; the longer form first)."""
+
 # A scope refusal names the Python call it refused (``gateway.scopes.DOING``): the terminal's command instead
 _SCOPE_ADVICE = (
     (
@@ -184,9 +187,8 @@ def _for_the_shell(message: str) -> str:
     """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
     message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
     message = message.replace("as gtl_nb.connect's token argument", f"in ${TOKEN_ENV} for gtl --gateway")
-    message = message.replace(
-        f"give it to gtl_nb.connect as its token argument {CONNECT_READS}", f"put it in ${TOKEN_ENV} for gtl --gateway"
-    )
+    for python_words in (f"give it to gtl_nb.connect as its token argument {CONNECT_READS}", _OLDER_ADVICE):
+        message = message.replace(python_words, f"put it in ${TOKEN_ENV} for gtl --gateway")
     message = message.replace("the models query (gtl_nb's client.models())", "gtl --gateway URL models")
     for python_words, shell_words in _SCOPE_ADVICE:
         message = message.replace(python_words, shell_words)

@@ -21,6 +21,7 @@ from typing import Any
 
 from gtl_nb.protocol.messages import Done, Error, Message, StreamEvent, ToolCall, Usage
 from gtl_nb.protocol.session import Transcript
+from gtl_nb.words import dollars
 
 
 @dataclass(frozen=True)
@@ -184,9 +185,7 @@ def money(value: float | None) -> str:
     """A cost in USD as it reads in footers and tables: ``$0``, ``$0.000953``, ``$1.2500``; ``""`` when unknown."""
     if value is None or value != value:  # None or NaN: unknown
         return ""
-    if value == 0:
-        return "$0"
-    return f"${value:.6f}" if abs(value) < 0.01 else f"${value:.4f}"
+    return dollars(value)
 
 
 # -- markdown that keeps dollars dollars ----------------------------------------------------------

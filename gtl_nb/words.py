@@ -1,8 +1,8 @@
-"""How messages name what they were given: a leaf every layer may use."""
+"""How messages name what they were given, and how a cost reads: a leaf every layer may use."""
 
 from __future__ import annotations
 
-__all__ = ["a_kind_of", "with_article"]
+__all__ = ["a_kind_of", "dollars", "with_article"]
 
 
 def with_article(name: str) -> str:
@@ -13,3 +13,17 @@ def with_article(name: str) -> str:
 def a_kind_of(value: object) -> str:
     """What ``value`` is, for a message: its type's name with an article (``an int``, ``a list``)."""
     return with_article(type(value).__name__)
+
+
+def dollars(value: float) -> str:
+    """A cost in USD as footers, tables and ``gtl usage`` write it: ``$0`` when free, ``$1.2500`` from a
+    cent up, ``$0.000953`` under it, and below a millionth its own digits (``$0.00000015``: a one-token
+    request of a cheap model is a paid one, never ``$0.000000``)."""
+    if value == 0:
+        return "$0"
+    if round(abs(value), 6) >= 0.01:  # (what would print as $0.010000 is a cent)
+        return f"${value:,.4f}"
+    if abs(value) >= 0.0000005:  # (what prints as at least $0.000001)
+        return f"${value:.6f}"
+    digits = f"{value:.12f}".rstrip("0")
+    return f"${digits}" if not digits.endswith(".") else "<$0.000000000001"  # (paid, however little)

@@ -105,8 +105,16 @@ def test_a_ghosttoken_refusal_tells_the_terminal_where_its_token_goes():
     from gtl_nb.cli import _for_the_shell
     from gtl_nb.gateway.tokens.verify import MISSING
 
-    told = _for_the_shell(MISSING)
-    assert "put it in $GTL_NB_TOKEN for gtl --gateway" in told and "gtl_nb.connect" not in told
+    from gtl_nb.notebook.errors import in_notebook_words
+
+    # this version's words, and an older gateway's (without the $GTL_TOKEN hint for Python callers)
+    older = MISSING.replace(" (or put it in $GTL_TOKEN, which connect reads)", "")
+    assert older != MISSING
+    for said in (MISSING, older):
+        told = _for_the_shell(said)
+        assert told.endswith("or put it in $GTL_NB_TOKEN for gtl --gateway") and "gtl_nb.connect" not in told
+        in_a_notebook = in_notebook_words(said)
+        assert "%gtl connect URL --token-env VAR" in in_a_notebook and "gtl_nb.connect" not in in_a_notebook
 
 
 def test_a_development_token_refusal_survives_the_log_and_tells_the_terminal_where_its_token_goes():

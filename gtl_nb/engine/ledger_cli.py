@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import dollars
 
 __all__ = ["add_subcommands", "days_ago"]
 
@@ -322,14 +323,6 @@ def _read_only(path: Path, read: Any) -> Any:
         raise ConfigurationError(f"{path}: cannot read it as a usage ledger ({exc})") from None
 
 
-def _dollars(cost: float) -> str:
-    """A cost as ``%gtl usage`` and the footers write it (``completion.money``): ``$0``, ``$0.000046``
-    under a cent — four places would show a paid request's ``$0.0000`` beside a free one's —, else ``$1.2500``."""
-    if cost == 0:
-        return "$0"
-    return f"${cost:.6f}" if abs(cost) < 0.01 else f"${cost:,.4f}"
-
-
 def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
     """The groups as an aligned table with a total line; the prompt cache's reads and writes when it
     did anything; a cost some of whose rows had no known price is marked ``*`` and explained under it."""
@@ -343,7 +336,7 @@ def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
         mark = "*" if unknown else " "
         row = (
             f"{name:<{width}}  {requests:>8,}  {errors:>6,}  {tokens_in:>12,}  {tokens_out:>12,}  "
-            f"{_dollars(cost):>11}{mark}"
+            f"{dollars(cost):>11}{mark}"
         )
         out.append(row + (f"  {cached:>11,}  {written:>11,}" if cache else ""))
     if totals[5]:

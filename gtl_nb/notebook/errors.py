@@ -59,6 +59,8 @@ _NOTEBOOK_TOKEN = (
 _REWORDED = (
     ("as gtl_nb.connect's token argument, or as the API key of an OpenAI or Anthropic SDK", _NOTEBOOK_TOKEN),
     (f"or give it to gtl_nb.connect as its token argument {CONNECT_READS}", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
+    # (the same from a gateway older than CONNECT_READS: after the longer form, which holds it)
+    ("or give it to gtl_nb.connect as its token argument", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
     ("`gtl models`", "`%gtl models`"),
     ("the models query (gtl_nb's client.models())", "`%gtl models`"),
     ("reading usage (client.usage())", "`%gtl usage`"),
