@@ -104,7 +104,6 @@ def test_models_says_echo_has_no_context_window_rather_than_an_unknown_one():
 def test_a_ghosttoken_refusal_tells_the_terminal_where_its_token_goes():
     from gtl_nb.cli import _for_the_shell
     from gtl_nb.gateway.tokens.verify import MISSING
-
     from gtl_nb.notebook.errors import in_notebook_words
 
     # this version's words, and an older gateway's (without the $GTL_TOKEN hint for Python callers)

@@ -177,6 +177,7 @@ def _mint(args: argparse.Namespace) -> int:
         raise ConfigurationError("give at least one --scope (e.g. --scope chat:write --scope models:read)")
     config = _configuration(args)
     policy = _policy(args, config)
+    _refuse_unknown_deployments(config, [*(provider_keys or ()), *(args.deployment or ())])
     if provider_keys:
         _warn_of_unknown_keys(config, provider_keys)
     elif "chat:write" in args.scope and policy.default_deployments == frozenset():
@@ -200,6 +201,27 @@ def _mint(args: argparse.Namespace) -> int:
         )
     sys.stdout.write(token + "\n")
     return 0
+
+
+def _refuse_unknown_deployments(config: Any, named: list[str]) -> None:
+    """Refuse a ``--deployment`` or ``--provider-key`` deployment the configuration does not have: the
+    token would be refused for it every time (a typo minted a useless token without a word). Only a
+    configuration that sets up deployments of its own is asked — a token is sometimes minted with a
+    file that holds little more than ``[gateway.jwt]``."""
+    from difflib import get_close_matches
+
+    known = set(config.deployments)
+    if not known - set(config.implied):
+        return
+    for name in dict.fromkeys(named):
+        if name not in known:
+            close = get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            where = config.source_path or "the configuration"
+            raise ConfigurationError(
+                f"no deployment {name!r} in {where} (its deployments: {', '.join(sorted(known))}): a token for it "
+                f"would be refused every time{hint}"
+            )
 
 
 def _warn_of_unknown_keys(config: Any, provider_keys: dict[str, str]) -> None:

@@ -1009,6 +1009,23 @@ def test_gtl_token_mistakes(gtl, capsys):
     assert gtl("token") == 2
 
 
+def test_a_token_for_a_deployment_the_configuration_lacks_is_not_minted(gtl, capsys):
+    """A mistyped --deployment (or --provider-key deployment) minted a token refused every time, with
+    no word; the configuration names its deployments, so the mint refuses one it does not have."""
+    gtl.config.write_text(
+        gtl.config.read_text(encoding="utf-8") + 'default_deployments = ["*"]\n'
+        '[providers.primary]\ntype = "openai"\napi_key = "sim-key"\nbase_url = "http://127.0.0.1:9/v1"\n',
+        encoding="utf-8",
+    )
+    assert gtl("token", "mint", "--sub", "a", "--scope", "chat:write", "--deployment", "primray") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "no deployment 'primray'" in err and "did you mean 'primary'?" in err
+    assert gtl("token", "mint", "--sub", "a", "--scope", "chat:write", "--provider-key", "nosuch=team-key") == 2
+    assert "no deployment 'nosuch'" in capsys.readouterr().err
+    assert gtl("token", "mint", "--sub", "a", "--scope", "chat:write", "--deployment", "primary") == 0
+    assert capsys.readouterr().out.count(".") == 2  # the token
+
+
 def test_gtl_token_without_a_jwt_table(tmp_path, monkeypatch, capsys, gtl):
     from gtl_nb import cli
 
