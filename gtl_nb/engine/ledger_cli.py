@@ -383,10 +383,24 @@ def _prune(args: argparse.Namespace) -> int:
         raise ConfigurationError(f"--max-rows must be at least 1, got {rows}")
     if isinstance(path, str):
         return _prune_postgres(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
+    if path.is_dir():
+        raise ConfigurationError(f"{path} is a folder; give the ledger file in it with --ledger")
+    if not path.is_file():  # (pruning would create an empty ledger, and report success on a typo for ever)
+        if args.ledger_file:
+            raise ConfigurationError(f"--ledger {path}: no such file")
+        print(f"gtl: no ledger at {os.path.abspath(path)}: nothing to prune", file=sys.stderr)
+        return 0
     pruned = prune_file(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
     vacuumed = ", then vacuumed" if args.vacuum else ""
-    print(f"{path}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size{vacuumed}")
+    print(f"{path}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size{vacuumed}{_kept(pruned)}")
     return 0
+
+
+def _kept(pruned: Any) -> str:
+    """Why a prune that deleted nothing did so (the rule is in the docs, not in the user's head)."""
+    if pruned.total:
+        return ""
+    return " (never pruned: rows of the current and previous UTC day, which budgets may count, and rows still started)"
 
 
 def _prune_postgres(url: str, retention: Any, *, vacuum: bool) -> int:
@@ -403,7 +417,7 @@ def _prune_postgres(url: str, retention: Any, *, vacuum: bool) -> int:
     if pruned is None:
         print(f"gtl: no ledger table in {shown_url(url)}: nothing to prune", file=sys.stderr)
         return 0
-    print(f"{shown_url(url)}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size")
+    print(f"{shown_url(url)}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size{_kept(pruned)}")
     return 0
 
 

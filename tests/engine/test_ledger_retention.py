@@ -214,3 +214,25 @@ def test_the_command_says_when_there_is_nothing_to_prune_by(tmp_path: Path, caps
     assert err.startswith("gtl: error: nothing to prune by") and "give --days or --max-rows" in err  # as every error
     with pytest.raises(ConfigurationError, match="--days must be at least 1"):
         gtl_ledger("ledger", "prune", "--ledger", str(path), "--days", "0.5")
+
+
+def test_the_command_refuses_a_ledger_file_that_is_not_there_rather_than_making_one(tmp_path: Path, capsys):
+    # a typo in a cron job's --ledger made an empty file and said "deleted 0 row(s)" for ever
+    missing = tmp_path / "ledgr.sqlite3"
+    with pytest.raises(ConfigurationError, match=r"--ledger .*ledgr\.sqlite3: no such file"):
+        gtl_ledger("ledger", "prune", "--ledger", str(missing), "--days", "3")
+    assert not missing.exists()
+    config = tmp_path / "gtl.toml"  # the configured file not made yet: nothing to prune, said so
+    config.write_text(f'[ledger]\npath = "{missing}"\nretention_days = 5\n', encoding="utf-8")
+    assert gtl_ledger("--config", str(config), "ledger", "prune") == 0
+    assert "no ledger at" in capsys.readouterr().err and not missing.exists()
+
+
+def test_a_prune_that_deletes_nothing_says_which_rows_are_never_pruned(tmp_path: Path, capsys):
+    path = tmp_path / "ledger.sqlite3"
+    with Ledger(path) as setup:
+        for index in range(5):
+            setup.finish(setup.start(session_id=f"today{index}", model="m"), status="ok")
+    assert gtl_ledger("ledger", "prune", "--ledger", str(path), "--max-rows", "2") == 0
+    out = capsys.readouterr().out
+    assert "deleted 0 row(s) by age and 0 by size" in out and "current and previous UTC day" in out
