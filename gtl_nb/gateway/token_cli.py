@@ -256,7 +256,7 @@ def _warn_of_unknown_keys(config: Any, provider_keys: dict[str, str]) -> None:
             continue
         print(
             f"gtl token: warning: --provider-key {deployment}={name}: {why}; the gateway refuses the token for "
-            f"{deployment} until it does",
+            f"{deployment} until {name!r} is a key of {deployment!r} in its vault (gtl keys list shows them)",
             file=sys.stderr,
         )
 
@@ -358,7 +358,12 @@ def _revoke(args: argparse.Namespace) -> int:
     if policy.revocations_url is not None and not _revoke_shared(policy, jti, until):
         return 1
     origin = "" if expires is not None else " (not minted here: kept for [gateway.jwt] max_lifetime)"
-    done = f"{jti} was already revoked; it stays revoked" if already else f"revoked {jti}"
+    if not already:
+        done = f"revoked {jti}"
+    elif policy.revocations_url is not None:  # (a first revoke may have reached this machine's store only)
+        done = f"{jti} was already revoked here; the shared revocation list has it now too, and it stays revoked"
+    else:
+        done = f"{jti} was already revoked; it stays revoked"
     print(f"{done} until {_when(until)} UTC{origin}")
     return 0
 

@@ -306,7 +306,12 @@ class VaultCredentials:
         if bound is not None and bound != deployment:
             message = f"stored key {name!r} is for deployment {bound!r}, not {deployment!r}"
             if chosen_by_token:
-                raise PermissionDeniedError(f"the token chooses {message}", provider=deployment)
+                raise PermissionDeniedError(
+                    f"the token chooses stored key {name!r} for deployment {deployment!r}, but that key is for "
+                    f"deployment {bound!r}: mint a token whose --provider-key {deployment}= names a key of "
+                    f"{deployment!r} (gtl keys list shows which)",
+                    provider=deployment,
+                )
             raise ConfigurationError(f"[gateway.vault] keys: {message}")
         return entry
 

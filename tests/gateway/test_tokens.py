@@ -1166,7 +1166,8 @@ def test_gtl_token_list_says_when_a_revocation_never_reached_the_shared_list(gtl
         head, line = capsys.readouterr().out.splitlines()
         assert head.index("EXPIRES") == line.index("revoked here only") + len("revoked here only") + 2  # aligned
         assert gtl("token", "revoke", jti) == 0
-        capsys.readouterr()
+        said = capsys.readouterr().out  # what the second revoke did, not "already revoked" alone
+        assert f"{jti} was already revoked here; the shared revocation list has it now too" in said
         assert gtl("token", "list", "--json") == 0
         assert json.loads(capsys.readouterr().out)["state"] == "revoked"
     finally:

@@ -394,7 +394,10 @@ def test_the_token_choosing_a_missing_or_foreign_key(vault: Vault, key_file: Pat
     with pytest.raises(AuthenticationError, match="stored key 'gone' for deployment 'openai'") as missing:
         credentials.resolve_for(openai(), "gone")
     assert missing.value.code == "AUTH_FAILED" and missing.value.provider == "openai"
-    with pytest.raises(PermissionDeniedError, match="'azure-only' is for deployment 'azure-east', not 'openai'"):
+    with pytest.raises(
+        PermissionDeniedError,
+        match="chooses stored key 'azure-only' for deployment 'openai', but that key is for deployment 'azure-east'",
+    ):
         credentials.resolve_for(openai(), "azure-only")
 
 
