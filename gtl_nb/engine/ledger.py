@@ -173,13 +173,19 @@ def default_ledger_path(
 def finish_fields(end: Done | Error, usage: Usage | None = None) -> dict[str, Any]:
     """The ``Ledger.finish`` keyword arguments that a session's last event (and usage) imply.
 
-    ``done`` → ``ok``; an ``error`` with code ``CANCELLED`` → ``cancelled``; any other error →
-    ``error`` with its code. ``failover_path`` is not in the events: pass it yourself.
+    ``done`` → ``ok`` with its ``finish_reason``; an ``error`` with code ``CANCELLED`` → ``cancelled``;
+    any other error → ``error`` with its code (neither has a finish reason: NULL). ``failover_path`` is
+    not in the events: pass it yourself.
     """
     fields: dict[str, Any] = {}
     if isinstance(end, Done):
         fields.update(
-            status="ok", deployment=end.provider, model=end.model, ttft_ms=end.ttft_ms, latency_ms=end.latency_ms
+            status="ok",
+            deployment=end.provider,
+            model=end.model,
+            ttft_ms=end.ttft_ms,
+            latency_ms=end.latency_ms,
+            finish_reason=end.finish_reason,
         )
     else:
         fields.update(
@@ -212,14 +218,15 @@ INSERT_STARTED = (
 #: finish are written together (``finished_row_values`` builds the parameters).
 INSERT_FINISHED = (
     f"INSERT INTO {TABLE} (time, time_utc, end_time, session_id, user, deployment, provider_type, model, "
-    "status, error_code, tokens_in, tokens_out, cached_tokens_in, cache_write_tokens_in, reasoning_tokens_out, "
-    "cost, ttft_ms, latency_ms, cache_hit, coalesced, failover_path, pid, proc_start, hostname, tenant, key_id, "
-    "trace_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "status, error_code, finish_reason, tokens_in, tokens_out, cached_tokens_in, cache_write_tokens_in, "
+    "reasoning_tokens_out, cost, ttft_ms, latency_ms, cache_hit, coalesced, failover_path, pid, proc_start, "
+    "hostname, tenant, key_id, trace_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # One UPDATE completes a row; the status guard makes a second finish change nothing.
 _FINISH = (
-    f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, "
+    f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, finish_reason = ?, "
     "deployment = COALESCE(?, deployment), provider_type = COALESCE(?, provider_type), "
     "model = COALESCE(?, model), tokens_in = ?, tokens_out = ?, cached_tokens_in = ?, cache_write_tokens_in = ?, "
     "reasoning_tokens_out = ?, cost = ?, ttft_ms = ?, latency_ms = COALESCE(?, (? - time) * 1000.0), "
@@ -235,13 +242,14 @@ FINISH_UPDATE = _FINISH
 #: ``_FINISH``, and every assignment is ``_FINISH``'s (a row no longer ``started`` is left alone).
 FINISH_UPDATE_ROWS = (
     f"UPDATE {TABLE} SET status = v.column1, end_time = v.column2, error_code = v.column3, "
-    "deployment = COALESCE(v.column4, deployment), provider_type = COALESCE(v.column5, provider_type), "
-    "model = COALESCE(v.column6, model), tokens_in = v.column7, tokens_out = v.column8, "
-    "cached_tokens_in = v.column9, cache_write_tokens_in = v.column10, reasoning_tokens_out = v.column11, "
-    "cost = v.column12, ttft_ms = v.column13, latency_ms = COALESCE(v.column14, (v.column15 - time) * 1000.0), "
-    "cache_hit = COALESCE(v.column16, cache_hit), coalesced = COALESCE(v.column17, coalesced), "
-    "failover_path = COALESCE(v.column18, failover_path) "
-    "FROM (VALUES {values}) AS v WHERE id = v.column19 AND status = 'started'"
+    "finish_reason = v.column4, "
+    "deployment = COALESCE(v.column5, deployment), provider_type = COALESCE(v.column6, provider_type), "
+    "model = COALESCE(v.column7, model), tokens_in = v.column8, tokens_out = v.column9, "
+    "cached_tokens_in = v.column10, cache_write_tokens_in = v.column11, reasoning_tokens_out = v.column12, "
+    "cost = v.column13, ttft_ms = v.column14, latency_ms = COALESCE(v.column15, (v.column16 - time) * 1000.0), "
+    "cache_hit = COALESCE(v.column17, cache_hit), coalesced = COALESCE(v.column18, coalesced), "
+    "failover_path = COALESCE(v.column19, failover_path) "
+    "FROM (VALUES {values}) AS v WHERE id = v.column20 AND status = 'started'"
 )
 
 
@@ -256,6 +264,7 @@ FINISH_STATUS_ONLY = (
 # The finish() fields in _FINISH's order (after status and end_time; latency_ms's default is bound between).
 _FINISH_DETAILS = (
     "error_code",
+    "finish_reason",
     "deployment",
     "provider_type",
     "model",
@@ -275,11 +284,15 @@ _FINISH_DETAILS = (
 FINISH_FIELDS: frozenset[str] = frozenset(_FINISH_DETAILS)
 #: The token counts among them: whole numbers as reported, validated alike (``clean_finish_fields``).
 TOKEN_COUNTS = ("tokens_in", "tokens_out", "cached_tokens_in", "cache_write_tokens_in", "reasoning_tokens_out")
+#: The longest ``finish_reason`` a row keeps: GTL's reasons are a word or two (``content_filter``);
+#: a longer one is cut, so a provider's or caller's odd value cannot grow the table without bound.
+FINISH_REASON_MAX = 32
 
 
 def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any]:
     """``finish`` fields as a ledger stores them: text as ``str``, an implausible token count or a
-    non-finite number as unknown (``None``, with a warning), flags as bool, the path as a list.
+    non-finite number as unknown (``None``, with a warning), a ``finish_reason`` that is no text as
+    unknown and a long one cut (``_finish_reason``), flags as bool, the path as a list.
 
     Every ``UsageLedger`` applies it, so rows read back alike whatever stores them. It may raise on
     values it cannot make sense of (a ``failover_path`` that is no sequence): then a ledger records
@@ -289,6 +302,9 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
     for name in ("error_code", "deployment", "provider_type", "model"):
         value = fields.get(name)
         clean[name] = value if value is None or type(value) is str else str(value)
+    value = fields.get("finish_reason")
+    short = value is None or (type(value) is str and len(value) <= FINISH_REASON_MAX)
+    clean["finish_reason"] = value if short else _finish_reason(value, row_id)
     for name in TOKEN_COUNTS:
         value = fields.get(name)
         plausible = value is None or (type(value) is int and 0 <= value <= _INT64_MAX)
@@ -381,6 +397,7 @@ def finished_row_values(
         started[6] if clean["model"] is None else clean["model"],
         status,
         clean["error_code"],
+        clean["finish_reason"],
         clean["tokens_in"],
         clean["tokens_out"],
         clean["cached_tokens_in"],
@@ -396,7 +413,7 @@ def finished_row_values(
     )
 
 
-_NO_OUTCOME = (None,) * 9  # error_code, the five token counts, cost, ttft_ms, latency_ms
+_NO_OUTCOME = (None,) * 10  # error_code, finish_reason, the five token counts, cost, ttft_ms, latency_ms
 
 
 def started_row_values(started: Sequence[Any]) -> tuple[Any, ...]:
@@ -506,6 +523,7 @@ class Ledger:
         *,
         status: str,
         error_code: str | None = None,
+        finish_reason: str | None = None,
         deployment: str | None = None,
         provider_type: str | None = None,
         model: str | None = None,
@@ -527,8 +545,9 @@ class Ledger:
         ``status`` is ``ok``, ``error``, ``cancelled`` or ``interrupted``. ``deployment``,
         ``provider_type``, ``model``, ``cache_hit``, ``coalesced`` and ``failover_path`` overwrite
         the values given to ``start`` only when not None (failover changes the deployment). Token
-        counts, cost and timings are stored as given (None = unknown); ``latency_ms`` defaults to
-        the wall-clock time since ``start``.
+        counts, cost, timings and ``finish_reason`` (why an ok answer ended: the ``done`` event's)
+        are stored as given (None = unknown); ``latency_ms`` defaults to the wall-clock time since
+        ``start``.
 
         Raises ``LedgerStateError`` (and changes nothing) when the row does not exist or is no
         longer ``started`` — finished already, or marked ``interrupted`` by recovery.
@@ -543,6 +562,7 @@ class Ledger:
                 row_id,
                 {
                     "error_code": error_code,
+                    "finish_reason": finish_reason,
                     "deployment": deployment,
                     "provider_type": provider_type,
                     "model": model,
@@ -964,6 +984,24 @@ def _count(value: Any, column: str, row_id: int) -> int | None:
         log.warning("ledger row %s: %s %.40r is not a plausible token count; stored as unknown", row_id, column, value)
         return None
     return value
+
+
+def _finish_reason(value: Any, row_id: int) -> str | None:
+    """A ``finish_reason`` as a row keeps it: text of at most ``FINISH_REASON_MAX`` characters (a
+    longer one cut, with a warning); anything that is no text is stored as unknown, with a warning
+    (the ``str`` of an arbitrary object is no reason a reader could group by)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        log.warning("ledger row %s: finish_reason %.40r is not text; stored as unknown", row_id, value)
+        return None
+    text = str.__str__(value)  # a str subclass (an enum's member) as its text, not its repr-like str()
+    if len(text) > FINISH_REASON_MAX:
+        log.warning(
+            "ledger row %s: finish_reason %.40r is longer than %d characters; cut", row_id, text, FINISH_REASON_MAX
+        )
+        text = text[:FINISH_REASON_MAX]
+    return text
 
 
 def _measure(value: Any, column: str, row_id: int) -> float | None:

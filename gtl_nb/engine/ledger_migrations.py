@@ -95,11 +95,18 @@ def _m004_cache_writes(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE requests ADD COLUMN cache_write_tokens_in INTEGER")
 
 
+def _m005_finish_reason(conn: sqlite3.Connection) -> None:
+    """``finish_reason``: why an answer ended, as its ``done`` event said (``stop``, ``length``,
+    ``tool_calls``, ``content_filter``, ``other``). NULL for older rows: not recorded then."""
+    conn.execute("ALTER TABLE requests ADD COLUMN finish_reason TEXT")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _m001_create_requests,
     _m002_request_context,
     _m003_bare_models,
     _m004_cache_writes,
+    _m005_finish_reason,
 )
 
 

@@ -71,11 +71,18 @@ COLUMNS: tuple[Column, ...] = (
         "Int64",
         "input tokens the provider wrote to its prompt cache (part of tokens_in); NULL = not reported",
     ),
+    # schema version 5: why the answer ended (the done event's), beside status and error_code
+    Column(
+        "finish_reason",
+        "TEXT",
+        "string",
+        "why an ok answer ended: stop, length, tool_calls, content_filter or other; NULL when not ok",
+    ),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
 
-_BESIDE = {"cache_write_tokens_in": "cached_tokens_in"}
+_BESIDE = {"cache_write_tokens_in": "cached_tokens_in", "finish_reason": "error_code"}
 """Columns added after their kin (``ALTER TABLE`` appends), shown next to it in a DataFrame."""
 
 

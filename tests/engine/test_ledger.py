@@ -121,6 +121,7 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         latency_ms=1500.25,
         cache_hit=True,
         failover_path=["primary", "backup"],
+        finish_reason="length",  # (stored as given: the engine gives it for ok rows only)
         now=T0 + 1.5,
     )
     expected = {
@@ -152,6 +153,7 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         "key_id": "key_7",
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
         "cache_write_tokens_in": 30,
+        "finish_reason": "length",
     }
     assert ledger.row(row_id) == expected
     # The same values through pandas, converted to the documented dtypes.
@@ -245,13 +247,14 @@ def test_finish_fields_map_gtl_events_to_outcomes():
         cost=0.25,
         cache_hit=True,
     )
-    done = Done(session_id="s", provider="oa", model="gpt", ttft_ms=12.0, latency_ms=80.0)
+    done = Done(session_id="s", provider="oa", model="gpt", ttft_ms=12.0, latency_ms=80.0, finish_reason="length")
     assert finish_fields(done, usage) == {
         "status": "ok",
         "deployment": "oa",
         "model": "gpt",
         "ttft_ms": 12.0,
         "latency_ms": 80.0,
+        "finish_reason": "length",
         "tokens_in": 10,
         "tokens_out": 5,
         "cached_tokens_in": 2,
@@ -279,6 +282,7 @@ EXPECTED_DTYPES = {
     "model": "string",
     "status": "string",
     "error_code": "string",
+    "finish_reason": "string",  # (added in version 5: a DataFrame shows it beside status and error_code)
     "tokens_in": "Int64",
     "tokens_out": "Int64",
     "cached_tokens_in": "Int64",
@@ -708,6 +712,7 @@ def test_a_ledger_of_the_previous_release_opens_upgraded_with_its_rows_intact(tm
             assert upgraded[name] == as_read(name, value), (upgraded["session_id"], name)
         assert (upgraded["tenant"], upgraded["key_id"], upgraded["trace_id"]) == (None, None, None)
         assert upgraded["cache_write_tokens_in"] is None  # not reported: NULL, never 0
+        assert upgraded["finish_reason"] is None  # not recorded then
     assert {name: str(dtype) for name, dtype in frame.dtypes.items()} == EXPECTED_DTYPES
 
 

@@ -225,6 +225,8 @@ _FIELDS = st.fixed_dictionaries(
         "cache_hit": st.one_of(st.none(), st.booleans()),
         "failover_path": st.one_of(st.none(), st.lists(_TEXT, max_size=3), st.just(5)),
         "error_code": _TEXT,
+        # (a reason too long, or not text: cut or unknown, the same one by one as batched)
+        "finish_reason": st.one_of(_TEXT, st.text(min_size=33, max_size=40), st.integers(0, 3)),
     },
 )
 

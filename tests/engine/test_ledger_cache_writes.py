@@ -46,6 +46,7 @@ HOST = "host-a"
 #: A value of its own for every ``finish`` field: a value in the wrong column cannot go unseen.
 DETAILS: dict[str, Any] = {
     "error_code": "OVERLOADED",
+    "finish_reason": "length",
     "deployment": "backup",
     "provider_type": "anthropic",
     "model": "claude-x",
@@ -94,7 +95,8 @@ def path(tmp_path: Path) -> Path:
 
 def test_the_details_name_every_finish_field():
     assert set(DETAILS) == FINISH_FIELDS  # a new field needs a value of its own here
-    assert "cache_write_tokens_in" in COLUMN_NAMES and COLUMN_NAMES[-1] == "cache_write_tokens_in"
+    # appended by version 4, after version 2's columns (later versions append after it)
+    assert COLUMN_NAMES.index("cache_write_tokens_in") == COLUMN_NAMES.index("trace_id") + 1
 
 
 def test_finish_fields_take_the_cache_writes_from_usage():
@@ -278,11 +280,11 @@ def _file_at_version_3(path: Path) -> None:
 def test_a_file_of_the_previous_version_migrates_and_keeps_its_rows(tmp_path: Path):
     path = tmp_path / "v3.sqlite3"
     _file_at_version_3(path)
-    before_columns = COLUMN_NAMES[:-1]
+    before_columns = COLUMN_NAMES[: COLUMN_NAMES.index("cache_write_tokens_in")]
     before = raw_rows(path, before_columns)
     assert len(before) == 3 and "cache_write_tokens_in" not in before_columns
     with Ledger(path) as ledger:
-        assert ledger.schema_version == len(ledger_migrations.MIGRATIONS) == 4
+        assert ledger.schema_version == len(ledger_migrations.MIGRATIONS) >= 4
         rows = ledger.rows()
         assert [(row["session_id"], row["cache_write_tokens_in"]) for row in rows] == [
             ("old_ok", None),
@@ -297,7 +299,7 @@ def test_a_file_of_the_previous_version_migrates_and_keeps_its_rows(tmp_path: Pa
     conn = sqlite3.connect(path)
     try:
         assert [row[1] for row in conn.execute("PRAGMA table_info(requests)")] == list(COLUMN_NAMES)
-        assert conn.execute("PRAGMA user_version").fetchone() == (4,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (len(ledger_migrations.MIGRATIONS),)
     finally:
         conn.close()
     after = raw_rows(path, before_columns)
@@ -316,4 +318,4 @@ def test_migrating_twice_is_a_no_op(tmp_path: Path):
     _file_at_version_3(path)
     for _ in range(2):
         with Ledger(path) as ledger:
-            assert ledger.schema_version == 4 and len(ledger.rows()) == 3
+            assert ledger.schema_version == len(ledger_migrations.MIGRATIONS) and len(ledger.rows()) == 3

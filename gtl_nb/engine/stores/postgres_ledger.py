@@ -152,6 +152,7 @@ _OUTCOME_COLUMNS = (
     "end_time",
     "status",
     "error_code",
+    "finish_reason",
     "deployment",
     "provider_type",
     "tokens_in",
@@ -199,7 +200,8 @@ _STARTED = {
 _FINISH_COLUMNS = (*_OUTCOME_COLUMNS, "model", "replica", "replica_seq")
 _FINISH_HEAD = (
     f"UPDATE {TABLE} AS r SET status = v.status, end_time = v.end_time, error_code = v.error_code, "
-    "deployment = COALESCE(v.deployment, r.deployment), provider_type = COALESCE(v.provider_type, r.provider_type), "
+    "finish_reason = v.finish_reason, deployment = COALESCE(v.deployment, r.deployment), "
+    "provider_type = COALESCE(v.provider_type, r.provider_type), "
     "model = COALESCE(v.model, r.model), tokens_in = v.tokens_in, tokens_out = v.tokens_out, "
     "cached_tokens_in = v.cached_tokens_in, cache_write_tokens_in = v.cache_write_tokens_in, "
     "reasoning_tokens_out = v.reasoning_tokens_out, cost = v.cost, "
@@ -878,6 +880,7 @@ class PostgresUsageLedger:
             "status": op.status,
             "end_time": op.when,
             "error_code": _text(clean["error_code"]),
+            "finish_reason": _text(clean["finish_reason"]),
             "deployment": _text(clean["deployment"]),
             "provider_type": _text(clean["provider_type"]),
             "model": _text(clean["model"]),
@@ -1170,7 +1173,7 @@ def _json_list(path: Iterable[Any]) -> str:
 
 # Columns the writes gained after spools were first written: an entry an older gtl_nb spooled has
 # none of them (NULL: that writer did not know them), and it is still written, not lost.
-_LATER_COLUMNS = ("cache_write_tokens_in",)
+_LATER_COLUMNS = ("cache_write_tokens_in", "finish_reason")
 
 
 def _clean_params(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,8 @@ appends; every reader names its columns). Its own columns:
 ``ledger_leases`` holds one lease per writing replica (``engine.stores.postgres_ledger``).
 
 Ledger versions: 1 ``create_requests``, 2 ``create_leases``, 3 ``cache_writes`` (the SQLite ledger's
-version 4: ``cache_write_tokens_in``, NULL in older rows).
+version 4: ``cache_write_tokens_in``, NULL in older rows), 4 ``finish_reason`` (the SQLite ledger's
+version 5: ``finish_reason``, NULL in older rows).
 """
 
 from __future__ import annotations
@@ -138,7 +139,11 @@ _CREATE_LEASES = Migration(
 # rows: not reported).
 _CACHE_WRITES = Migration("cache_writes", (f"ALTER TABLE {TABLE} ADD COLUMN cache_write_tokens_in BIGINT",))
 
-LEDGER_MIGRATIONS: tuple[Migration, ...] = (_CREATE_REQUESTS, _CREATE_LEASES, _CACHE_WRITES)
+# The SQLite ledger's version 5: why an answer ended, its done event's finish_reason (NULL in older
+# rows: not recorded then).
+_FINISH_REASON = Migration("finish_reason", (f"ALTER TABLE {TABLE} ADD COLUMN finish_reason TEXT",))
+
+LEDGER_MIGRATIONS: tuple[Migration, ...] = (_CREATE_REQUESTS, _CREATE_LEASES, _CACHE_WRITES, _FINISH_REASON)
 
 AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

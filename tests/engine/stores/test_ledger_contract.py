@@ -103,6 +103,7 @@ def test_every_finish_field_round_trips(ledger: UsageLedger):
         "model": "claude-x",
         "status": "error",
         "error_code": "RATE_LIMIT",
+        "finish_reason": None,  # an error row: no answer ended, so no reason
         "tokens_in": 120,
         "tokens_out": 45,
         "cached_tokens_in": 100,
@@ -152,6 +153,48 @@ def test_each_token_count_lands_in_its_own_column_whichever_way_the_row_is_writt
     assert str(frame["cache_write_tokens_in"].dtype) == "Int64"
     writes = frame["cache_write_tokens_in"]
     assert list(writes[:2]) == [103, 203] and writes.isna().tolist() == [False, False, True]
+
+
+def test_the_finish_reason_of_each_row_lands_in_its_column_whichever_way_it_is_written(ledger: UsageLedger):
+    # written with its start (one INSERT), as an UPDATE of a started row, an error row, and none given
+    async def scenario() -> list[dict[str, Any]]:
+        first = await ledger.start(session_id="cut", context=ADA, model="m", now=T0)
+        await ledger.finish(first, status="ok", finish_reason="length", tokens_out=16, now=T0 + 1)
+        second = await ledger.start(session_id="tools", context=ADA, model="m", now=T0 + 2)
+        assert [row["status"] for row in await ledger.rows(session_id="tools")] == ["started"]
+        await ledger.finish(second, status="ok", finish_reason="tool_calls", now=T0 + 3)
+        third = await ledger.start(session_id="failed", context=ADA, model="m", now=T0 + 4)
+        await ledger.finish(third, status="error", error_code="OVERLOADED", now=T0 + 5)
+        fourth = await ledger.start(session_id="unsaid", context=ADA, model="m", now=T0 + 6)
+        await ledger.finish(fourth, status="ok", now=T0 + 7)
+        return await ledger.rows()
+
+    rows = run(scenario())
+    assert [(row["session_id"], row["status"], row["finish_reason"]) for row in rows] == [
+        ("cut", "ok", "length"),
+        ("tools", "ok", "tool_calls"),
+        ("failed", "error", None),
+        ("unsaid", "ok", None),  # not given: unknown, never a guessed "stop"
+    ]
+    assert [row["session_id"] for row in run(ledger.rows(finish_reason="length"))] == ["cut"]
+    frame = frame_from_rows(rows)
+    assert str(frame["finish_reason"].dtype) == "string"
+    assert list(frame.columns[list(frame.columns).index("status") :][:3]) == ["status", "error_code", "finish_reason"]
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [(7, None), (b"length", None), (["stop"], None), ("x" * 500, "x" * 32), ("content_filter", "content_filter")],
+    ids=["int", "bytes", "list", "long", "content_filter"],
+)
+def test_a_finish_reason_is_kept_short_text_or_unknown(ledger: UsageLedger, value: Any, stored: str | None):
+    async def scenario() -> dict[str, Any]:
+        row_id = await ledger.start(session_id="s", context=BOB, model="m", now=T0)
+        await ledger.finish(row_id, status="ok", tokens_in=10, finish_reason=value, now=T0 + 1)
+        return await only_row(ledger)
+
+    row = run(scenario())
+    assert (row["status"], row["tokens_in"], row["finish_reason"]) == ("ok", 10, stored)
 
 
 @pytest.mark.parametrize("value", [-1, True, 2**63, 1.5], ids=repr)

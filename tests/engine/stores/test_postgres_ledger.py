@@ -85,7 +85,9 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             "WHERE table_name = 'requests' ORDER BY ordinal_position",
         )
         # the columns of the SQLite ledger's version 3, its own, then those added since (ADD COLUMN appends)
-        assert [name for name, _ in columns] == [*COLUMN_NAMES[:-1], *OWN_COLUMNS, "cache_write_tokens_in"]
+        later = ["cache_write_tokens_in", "finish_reason"]
+        assert list(COLUMN_NAMES[-len(later) :]) == later
+        assert [name for name, _ in columns] == [*COLUMN_NAMES[: -len(later)], *OWN_COLUMNS, *later]
         types = dict(columns)
         assert (types["time"], types["tokens_in"], types["cache_hit"], types["failover_path"]) == (
             "double precision",
@@ -94,10 +96,11 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             "jsonb",
         )
         assert types["cache_write_tokens_in"] == types["cached_tokens_in"] == "bigint"
+        assert types["finish_reason"] == types["error_code"] == "text"
         assert query(postgres_url, "SELECT component, version FROM gtl_schema_version") == [
             ("ledger", len(LEDGER_MIGRATIONS))
         ]
-        assert len(LEDGER_MIGRATIONS) == 3
+        assert len(LEDGER_MIGRATIONS) == 4
         assert not ledgers[0].degraded and ledgers[0].degraded_reason is None
         assert ledgers[0].replica != ledgers[1].replica
     finally:
@@ -105,7 +108,7 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             ledger.close()
     reopened = open_one()  # a migrated database: nothing to do
     reopened.close()
-    assert query(postgres_url, "SELECT version FROM gtl_schema_version") == [(3,)]
+    assert query(postgres_url, "SELECT version FROM gtl_schema_version") == [(4,)]
 
 
 async def _migrated(url: str, migrations: tuple[Migration, ...]) -> tuple[int, int]:
@@ -140,7 +143,9 @@ def test_a_database_of_the_previous_version_gains_the_cache_write_column_and_kee
     before = query(postgres_url, "SELECT * FROM requests")
     ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
     try:
-        assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [(3,)]
+        assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [
+            (len(LEDGER_MIGRATIONS),)
+        ]
 
         async def scenario() -> list[dict[str, Any]]:
             handle = await ledger.start(session_id="new", context=ADA, model="claude", now=T0 + 5)
@@ -158,6 +163,76 @@ def test_a_database_of_the_previous_version_gains_the_cache_write_column_and_kee
         query(postgres_url, f"SELECT {', '.join(map(quoted, old_columns))} FROM requests WHERE session_id = 'old'")
         == before
     )
+
+
+def test_a_database_of_ledger_version_3_gains_the_finish_reason_column_and_keeps_its_rows(
+    postgres_url: str, spool: Path
+):
+    assert run(_migrated(postgres_url, LEDGER_MIGRATIONS[:3])) == (0, 3)  # as the release before left it
+    old_columns = [
+        name
+        for (name,) in query(
+            postgres_url,
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'requests' ORDER BY ordinal_position",
+        )
+    ]
+    assert "finish_reason" not in old_columns and old_columns[-1] == "cache_write_tokens_in"
+    query(
+        postgres_url,
+        'INSERT INTO requests (time, time_utc, end_time, session_id, "user", model, status, tokens_in, '
+        "cache_write_tokens_in, replica, replica_seq) VALUES "
+        "(%s, 'then', %s, 'old', 'ada', 'claude', 'ok', 900, 7, 'gone', 1) RETURNING id",
+        T0,
+        T0 + 1,
+    )
+    before = query(postgres_url, f"SELECT {', '.join(map(quoted, old_columns))} FROM requests")
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    try:
+        assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [(4,)]
+
+        async def scenario() -> list[dict[str, Any]]:
+            cut = await ledger.start(session_id="cut", context=ADA, model="claude", now=T0 + 5)
+            await ledger.finish(cut, status="ok", finish_reason="length", tokens_out=16, now=T0 + 6)
+            failed = await ledger.start(session_id="failed", context=ADA, model="claude", now=T0 + 7)
+            await ledger.finish(failed, status="error", error_code="OVERLOADED", now=T0 + 8)
+            return await ledger.rows()
+
+        rows = run(scenario())
+    finally:
+        ledger.close()
+    assert [(row["session_id"], row["status"], row["finish_reason"]) for row in rows] == [
+        ("old", "ok", None),  # not recorded by the release that wrote it
+        ("cut", "ok", "length"),
+        ("failed", "error", None),
+    ]
+    assert query(postgres_url, f"SELECT {', '.join(map(quoted, old_columns))} FROM requests WHERE id = 1") == before
+
+
+def test_the_finish_reasons_of_many_rows_in_one_batch_land_in_their_rows(ledger: PostgresUsageLedger):
+    """One transaction of many: new rows finished at once (the multi-row INSERT) and outcomes of rows
+    written started (the UPDATE from a VALUES list), each with a reason of its own or none."""
+    reasons = ["stop", "length", "tool_calls", "content_filter", "other", None]
+
+    async def scenario() -> list[dict[str, Any]]:
+        handles = [await ledger.start(session_id=f"s{n}", context=ADA, model="m", now=T0 + n) for n in range(24)]
+        await ledger.flush()  # the starts are written: the outcomes below are one UPDATE of many
+        for n, handle in enumerate(handles[:12]):
+            reason = reasons[n % len(reasons)]
+            status = "ok" if reason is not None else "error"
+            await ledger.finish(handle, status=status, finish_reason=reason, now=T0 + 30 + n)
+        together = []
+        for n in range(24, 36):  # started and finished before a write: inserted finished
+            handle = await ledger.start(session_id=f"s{n}", context=ADA, model="m", now=T0 + n)
+            together.append(handle)
+            await ledger.finish(handle, status="ok", finish_reason=reasons[n % len(reasons)], now=T0 + 40 + n)
+        return await ledger.rows()
+
+    rows = run(scenario())
+    by_session = {row["session_id"]: row["finish_reason"] for row in rows}
+    for n in range(36):
+        expected = None if 12 <= n < 24 else reasons[n % len(reasons)]  # 12–23: still started
+        assert by_session[f"s{n}"] == expected, n
 
 
 def test_text_postgresql_cannot_store_is_written_escaped_rather_than_lost(ledger: PostgresUsageLedger):
@@ -580,6 +655,58 @@ def test_writes_an_older_release_spooled_without_the_cache_write_count_are_drain
         ("older", "ok", 5, None),  # the older writer knew no such count: unknown
         ("newer", "ok", 5, 22),
         ("older running", "ok", None, None),
+    ]
+
+
+def test_writes_an_older_release_spooled_without_the_finish_reason_are_drained_with_null(
+    postgres_url: str, spool: Path
+):
+    away = PostgresUsageLedger(_unreachable_url(postgres_url), spool_path=spool, connect_timeout=2)
+
+    async def while_away() -> None:
+        for session in ("older", "newer"):
+            handle = await away.start(session_id=session, context=ADA, model="m", now=T0)
+            await away.finish(handle, status="ok", finish_reason="length", now=T0 + 1)
+        running = await away.start(session_id="older running", context=ADA, model="m", now=T0)
+        await away.finish(running, status="ok", finish_reason="stop", now=T0 + 2)
+
+    run(while_away())
+    away.close()  # every write is in the spool
+    # the "older" rows' entries as a release before the column wrote them: no finish_reason key at all
+    import sqlite3
+
+    conn = sqlite3.connect(spool, isolation_level=None)
+    try:
+        entries = conn.execute("SELECT n, params FROM spool").fetchall()
+        seqs = {
+            json.loads(params)["replica_seq"]
+            for _, params in entries
+            if json.loads(params).get("session_id", "").startswith("older")
+        }
+        stripped = 0
+        for n, params in entries:
+            values = json.loads(params)
+            if values["replica_seq"] in seqs:  # whatever its kind: start, finished, finish
+                assert values.pop("finish_reason", None) is not None or "session_id" in values
+                values.pop("cache_write_tokens_in", None)  # (that release may be older still)
+                conn.execute("UPDATE spool SET params = ? WHERE n = ?", (json.dumps(values), n))
+                stripped += 1
+    finally:
+        conn.close()
+    assert len(seqs) == 2 and stripped >= 2
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    try:
+        deadline = time.monotonic() + 60
+        while ledger.degraded or ledger.spooled:
+            assert time.monotonic() < deadline, ledger.degraded_reason
+            time.sleep(0.05)
+        rows = run(ledger.rows())
+    finally:
+        ledger.close()
+    assert sorted((row["session_id"], row["status"], row["finish_reason"]) for row in rows) == [
+        ("newer", "ok", "length"),
+        ("older", "ok", None),  # the older writer knew no finish reason: unknown
+        ("older running", "ok", None),
     ]
 
 
