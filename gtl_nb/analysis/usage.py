@@ -42,7 +42,7 @@ __all__ = [
 
 #: ``by=`` names that are not plain columns: an alias or a computed bucket.
 GROUP_KEYS: dict[str, str] = {"provider": "deployment", "day": "D", "hour": "h"}
-_PLAIN_KEYS = ("deployment", "provider_type", "model", "user", "status", "error_code")
+_PLAIN_KEYS = ("deployment", "provider_type", "model", "user", "status", "error_code", "finish_reason")
 NOT_ROUTED = "(not routed)"
 """The ``provider`` of requests that reached no deployment (an unknown model, a missing key, a budget or a
 token's refusal), so their group has a name in a table rather than a blank."""

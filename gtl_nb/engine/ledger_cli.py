@@ -1,7 +1,8 @@
-"""``gtl usage``: what the usage ledger recorded, summed by model (or deployment, user, day, status);
+"""``gtl usage``: what the usage ledger recorded, summed by model (or deployment, user, day, status,
+finish reason);
 ``gtl ledger prune``: apply its retention by hand (docs/ledger.md, "Retention").
 
-    gtl usage [--by model|deployment|provider|user|day|status] [--days N] [--ledger FILE] [--json]
+    gtl usage [--by model|deployment|provider|user|day|status|finish_reason] [--days N] [--ledger FILE] [--json]
     gtl ledger prune [--ledger FILE] [--days N] [--max-rows N] [--vacuum]
 
 Without ``--ledger`` the file is ``[ledger] path``/``url`` of the configuration (``--config FILE``, as
@@ -42,6 +43,7 @@ GROUPINGS = {
     "user": "COALESCE(NULLIF(user, ''), '-')",
     "day": "strftime('%Y-%m-%d', time, 'unixepoch')",
     "status": "status",
+    "finish_reason": "COALESCE(finish_reason, '-')",
 }
 #: The same groups in PostgreSQL (``COLLATE "C"`` in the query orders them by code point, as SQLite's
 #: BINARY text and Python's ``sorted`` do; a database's own collation would not).
@@ -51,7 +53,11 @@ POSTGRES_GROUPINGS = {
     "user": """COALESCE(NULLIF("user", ''), '-')""",
     "day": "to_char(to_timestamp(time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
     "status": "status",
+    "finish_reason": "COALESCE(finish_reason, '-')",
 }
+#: Columns later schema versions added, which a ledger an older release wrote and nobody migrated
+#: lacks (``gtl usage`` only reads: it never migrates): read there as NULL, as its rows would hold.
+_LATER_COLUMNS = ("cache_write_tokens_in", "finish_reason")
 
 #: ``--by`` names kept for another's sake: ``provider`` is what ``%gtl usage`` and ``usage_table`` group by
 BY_ALIASES = {"provider": "deployment"}
@@ -70,7 +76,8 @@ def add_subcommands(subparsers: Any) -> None:
         "--by",
         choices=sorted([*GROUPINGS, *BY_ALIASES]),
         default="model",
-        help="group rows by this (default: model; provider: the deployment; day: the UTC day)",
+        help="group rows by this (default: model; provider: the deployment; day: the UTC day; "
+        "finish_reason: why answers ended, - for errors)",
     )
     usage.add_argument("--days", type=float, metavar="N", help="only requests of the last N days")
     usage.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file (or postgresql:// URL)")
@@ -153,16 +160,17 @@ def _postgres_groups(url: str, grouping: str, since: float | None) -> list[tuple
         found = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,))).fetchone()
         if not found[0]:
             return None
-        # a database an older release made, never migrated (this read writes nothing): no writes column
-        columns = await conn.execute(
-            "SELECT count(*) FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-            "AND attname = 'cache_write_tokens_in' AND NOT attisdropped",
-            (TABLE,),
+        # a database an older release made, never migrated (this read writes nothing): later columns are NULL
+        named = await conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+            "AND attname = ANY(%s) AND NOT attisdropped",
+            (TABLE, list(_LATER_COLUMNS)),
         )
-        written = "SUM(cache_write_tokens_in)" if (await columns.fetchone())[0] else "0"
+        columns = {row[0] for row in await named.fetchall()}
+        written = "SUM(cache_write_tokens_in)" if "cache_write_tokens_in" in columns else "0"
         # SUM of bigint is numeric: no overflow, as SQLite's TOTAL
         query = (
-            f'SELECT ({grouping}) COLLATE "C" AS grouped, COUNT(*), '
+            f'SELECT ({_present(grouping, columns)}) COLLATE "C" AS grouped, COUNT(*), '
             "COUNT(*) FILTER (WHERE status IN ('error', 'interrupted')), "
             "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost), 0.0), "
             "COUNT(*) FILTER (WHERE cost IS NULL AND (status = 'ok' OR "
@@ -278,11 +286,11 @@ def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[
 
     def read(conn: sqlite3.Connection) -> list[Any]:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-        # a file an older release wrote, never migrated (this read writes nothing): no writes column
+        # a file an older release wrote, never migrated (this read writes nothing): later columns are NULL
         written = "TOTAL(cache_write_tokens_in)" if "cache_write_tokens_in" in columns else "0"
         # TOTAL, not SUM: a float that cannot overflow (SUM of integers raises past 2**63)
         query = (
-            f"SELECT {grouping} AS grouped, COUNT(*), TOTAL(status IN ('error', 'interrupted')), "
+            f"SELECT {_present(grouping, columns)} AS grouped, COUNT(*), TOTAL(status IN ('error', 'interrupted')), "
             "TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), TOTAL(cost IS NULL AND (status = 'ok' OR "
             # a request cancelled once its answer had begun (ttft known) was billed for what was generated
             "(status = 'cancelled' AND ttft_ms IS NOT NULL))), "
@@ -293,6 +301,15 @@ def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[
 
     return [(row[0], row[1], *(int(value) for value in row[2:5]), row[5], *(int(value) for value in row[6:]))
             for row in _read_only(path, read)]  # fmt: skip
+
+
+def _present(grouping: str, columns: set[str]) -> str:
+    """``grouping`` (an expression of ``GROUPINGS``) with each of ``_LATER_COLUMNS`` a ledger lacks
+    read as NULL: an older release's unmigrated ledger groups its rows under ``-``, as if migrated."""
+    for name in _LATER_COLUMNS:
+        if name not in columns:
+            grouping = grouping.replace(name, "NULL")
+    return grouping
 
 
 def _read_only(path: Path, read: Any) -> Any:

@@ -254,7 +254,18 @@ def usage_parser() -> Parser:
     p.add_argument(
         "--by",
         # deployment: the name gtl usage and the ledger give what this calls provider
-        choices=("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code"),
+        choices=(
+            "provider",
+            "deployment",
+            "model",
+            "day",
+            "hour",
+            "user",
+            "status",
+            "provider_type",
+            "error_code",
+            "finish_reason",
+        ),
         default="provider",
         help="group by this (as usage_table's by=; day and hour are UTC)",
     )

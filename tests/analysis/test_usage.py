@@ -246,3 +246,16 @@ def test_a_categorical_deployment_column_still_groups_its_unrouted_rows(filled):
     table = analysis.usage_table(frame, by="provider")
     assert analysis.usage.NOT_ROUTED in set(table["provider"])
     assert int(table["requests"].sum()) == len(frame)
+
+
+def test_answers_cut_short_group_by_finish_reason():
+    from gtl_nb.engine.ledger import frame_from_rows
+
+    def row(n: int, status: str, reason: str | None) -> dict[str, object]:
+        return {"id": n, "time": 1.7e9 + n, "deployment": "oa", "model": "m", "status": status, "tokens_in": 10,
+                "tokens_out": 20, "cost": 0.5, "finish_reason": reason}  # fmt: skip
+
+    rows = [row(1, "ok", "length"), row(2, "ok", "stop"), row(3, "ok", "length"), row(4, "error", None)]
+    table = analysis.usage_table(frame_from_rows(rows), by="finish_reason").set_index("finish_reason")
+    assert (table.loc["length", "requests"], table.loc["length", "cost"]) == (2, 1.0)
+    assert table.loc["stop", "requests"] == 1 and int(table["failed"].sum()) == 1  # the error: no reason

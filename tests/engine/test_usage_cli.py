@@ -258,3 +258,60 @@ def test_a_request_cancelled_mid_answer_without_usage_is_a_cost_unknown_not_a_fr
     assert "* 1 request(s) with no known cost" in out and "cancelled once the answer had begun" in out
     status, out, _ = usage(capsys, "--ledger", str(path), "--json")
     assert json.loads(out)["cost_unknown"] == 1
+
+
+# -- by finish_reason (schema version 5) -------------------------------------------------------------------
+
+REASONS = ("stop", "length", "tool_calls", "content_filter", "other")
+
+
+def _reasons_ledger(path: Path) -> None:
+    """Eight rows: every fourth an error (no reason), the others a reason each in turn."""
+    from gtl_nb.engine.ledger import Ledger
+
+    with Ledger(str(path)) as ledger:
+        for n in range(8):
+            row = ledger.start(session_id=f"s{n}", user="ada", model="m", now=1_700_000_000 + n)
+            if n % 4 == 3:
+                ledger.finish(row, status="error", error_code="OVERLOADED", cost=0.25)
+            else:
+                ledger.finish(row, status="ok", finish_reason=REASONS[n % len(REASONS)], tokens_out=n, cost=0.25)
+
+
+def test_usage_groups_by_finish_reason(tmp_path, capsys):
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.engine.ledger_cli import GROUPINGS, _usage_groups, group_rows
+
+    path = tmp_path / "reasons.sqlite3"
+    _reasons_ledger(path)
+    status, out, _ = usage(capsys, "--ledger", str(path), "--by", "finish_reason", "--json")
+    groups = {group["finish_reason"]: group for group in map(json.loads, out.splitlines())}
+    assert status == 0 and {name: group["requests"] for name, group in groups.items()} == {
+        "-": 2,  # the errors: no reason
+        "stop": 2,
+        "length": 2,
+        "tool_calls": 1,
+        "other": 1,
+    }
+    assert groups["-"]["errors"] == 2 and groups["length"]["errors"] == 0
+    with Ledger(str(path)) as read:
+        rows = read.rows()
+    assert group_rows(rows, "finish_reason") == _usage_groups(path, GROUPINGS["finish_reason"], None)
+    # a gateway of the release before sends rows without the key: one group of unknowns
+    assert [group[:2] for group in group_rows([{"status": "ok"}] * 3, "finish_reason")] == [("-", 3)]
+    status, out, _ = usage(capsys, "--ledger", str(path), "--by", "finish_reason")
+    assert status == 0 and out.splitlines()[0].split()[:2] == ["finish_reason", "requests"]
+
+
+def test_a_ledger_an_older_release_wrote_groups_by_finish_reason_as_unknown(tmp_path, capsys):
+    path, older = tmp_path / "reasons.sqlite3", tmp_path / "older.sqlite3"
+    _reasons_ledger(path)
+    with sqlite3.connect(path) as source, sqlite3.connect(older) as copy:
+        source.backup(copy)
+        copy.execute("ALTER TABLE requests DROP COLUMN finish_reason")  # as schema version 4 left it
+        copy.execute("PRAGMA user_version = 4")
+    status, out, _ = usage(capsys, "--ledger", str(older), "--by", "finish_reason", "--json")
+    (group,) = map(json.loads, out.splitlines())
+    assert status == 0 and (group["finish_reason"], group["requests"], group["errors"]) == ("-", 8, 2)
+    with sqlite3.connect(older) as copy:  # read, never migrated
+        assert "finish_reason" not in {row[1] for row in copy.execute("PRAGMA table_info(requests)")}

@@ -357,9 +357,12 @@ def test_models_lists_what_the_notebook_can_use(ip):
 def test_usage_tables_come_from_the_ledger(ip):
     run(ip, "%%gtl\none")
     run(ip, "%%gtl\ntwo")
-    for by in ("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code"):
+    groupings = ("provider", "deployment", "model", "day", "hour", "user", "status", "provider_type", "error_code")
+    for by in (*groupings, "finish_reason"):
         frame = ip.run_line_magic("gtl", f"usage --by {by}")
         assert int(frame["requests"].sum()) == 2, by
+    by_reason = ip.run_line_magic("gtl", "usage --by finish_reason")
+    assert list(by_reason["finish_reason"]) == ["stop"]  # why both echo answers ended
     # deployment (gtl usage's and the ledger's name for what this calls provider) groups alike
     # — the same table, its unrouted requests labelled alike (usage_table's by="deployment" differs)
     by_deployment = ip.run_line_magic("gtl", "usage --by deployment")

@@ -32,14 +32,16 @@ kit = sys.modules["gtl_nb_tests_postgres_server"]  # the PostgreSQL kit, loaded 
 # cancelled costs, cache counts, several days; costs exact in binary, so no sum depends on its order.
 ROWS: list[tuple[str, str | None, str | None, float, str, dict[str, Any]]] = [
     ("a", "ada", "gpt-4o-mini", 0.1, "ok", {"tokens_in": 100, "tokens_out": 20, "cost": 0.25, "deployment": "openai",
-                                            "cached_tokens_in": 64, "cache_write_tokens_in": 16}),
-    ("b", "", None, 0.2, "ok", {"tokens_in": 3, "tokens_out": 4}),
+                                            "cached_tokens_in": 64, "cache_write_tokens_in": 16,
+                                            "finish_reason": "stop"}),
+    ("b", "", None, 0.2, "ok", {"tokens_in": 3, "tokens_out": 4, "finish_reason": "length"}),
     ("c", None, "", 0.9, "error", {"error_code": "X", "deployment": ""}),
     ("d", "Bob", "Zeta", 2.5, "cancelled", {"ttft_ms": 120.0, "deployment": "anthropic"}),
     ("e", "bob", "alpha", 3.5, "cancelled", {"deployment": "anthropic"}),
     ("f", "ada", "éclair", 4.5, "interrupted", {}),
-    ("g", "_x", "-", 5.5, "ok", {"tokens_in": 2**40, "cost": 0.5, "deployment": "Openai"}),
-    ("h", "ada", "gpt-4o-mini", 0.3, "ok", {"tokens_in": 1, "tokens_out": 1, "cost": 0.125, "deployment": "openai"}),
+    ("g", "_x", "-", 5.5, "ok", {"tokens_in": 2**40, "cost": 0.5, "deployment": "Openai", "finish_reason": "length"}),
+    ("h", "ada", "gpt-4o-mini", 0.3, "ok", {"tokens_in": 1, "tokens_out": 1, "cost": 0.125, "deployment": "openai",
+                                            "finish_reason": "tool_calls"}),
     ("i", "ada", "gpt-4o-mini", 0.4, "error", {"error_code": "RATE_LIMIT"}),
 ]  # fmt: skip
 
@@ -110,6 +112,23 @@ def test_the_grouping_sql_agrees_with_the_file_and_with_rows_read_through_a_gate
         "alpha",
         "éclair",
     ]
+
+
+def test_a_database_an_older_release_made_groups_by_finish_reason_as_unknown(ledgers, capsys):
+    """A database at ledger version 3 (before ``finish_reason``), read and never migrated: one ``-`` group."""
+    _, url, _ = ledgers
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE requests DROP COLUMN finish_reason")
+        conn.execute("UPDATE gtl_schema_version SET version = 3 WHERE component = 'ledger'")
+    status, out, err = gtl(capsys, "usage", "--ledger", url, "--by", "finish_reason", "--json")
+    assert status == 0, err
+    (group,) = map(json.loads, out.splitlines())
+    assert (group["finish_reason"], group["requests"]) == ("-", len(ROWS))
+    with psycopg.connect(url, autocommit=True) as conn:  # read, never migrated
+        found = conn.execute("SELECT version FROM gtl_schema_version WHERE component = 'ledger'").fetchall()
+    assert found == [(3,)]
 
 
 def test_prune_applies_the_configured_retention_to_the_postgresql_ledger(ledgers, capsys):
