@@ -16,16 +16,33 @@ class GAPFormatError(ValueError):
     """
 
     def __init__(self, message: str, *, line: int | None = None, path: str | None = None) -> None:
-        self.reason = message
+        # one short line whatever the text held: a path names a document's keys and a message may quote
+        # its values, and either can be 16 MiB of newlines (an error is read, logged and shown in cells)
+        self.reason = one_line(message, MAX_SHOWN)
         self.line = line
-        self.path = path
+        self.path = None if path is None else one_line(path, MAX_PATH_SHOWN)
         where = []
         if line is not None:
             where.append(f"line {line}")
-        if path:
-            where.append(path)
+        if self.path:
+            where.append(self.path)
         prefix = f"{', '.join(where)}: " if where else ""
-        super().__init__(prefix + message)
+        super().__init__(prefix + self.reason)
+
+
+MAX_SHOWN = 300
+"""Characters of an error's own words at most (what it quotes of the text is cut to fit)."""
+MAX_PATH_SHOWN = 120
+"""Characters of a JSON path in an error at most (a key may be any text)."""
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` as one line of at most ``limit`` characters (and an ellipsis): control characters
+    written as escapes (``\\n``), the rest cut."""
+    if len(text) <= limit and text.isprintable():
+        return text
+    shown = "".join(char if char.isprintable() else repr(char)[1:-1] for char in text[: limit + 1])
+    return shown if len(shown) <= limit and len(text) <= limit else shown[:limit] + "…"
 
 
 class GAPLimitError(GAPFormatError):

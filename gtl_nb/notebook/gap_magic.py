@@ -138,20 +138,17 @@ def _pasted_json(content: str, opts: Any) -> Any:
     text (JSON that is not GAP's included: wrapped as text, as before). A GAP document that cannot be
     read — beyond a limit, or missing what GAP requires — is one line saying why, not wrapped as prose."""
     from gtl_nb import gap
-    from gtl_nb.gap.errors import GAPLimitError
     from gtl_nb.gap.jsonfmt import BOM, decode, from_dict, is_meant_as_gap_json
     from gtl_nb.gap.limits import check_text
 
-    text = content.strip().removeprefix(BOM)
+    text = content.strip().removeprefix(BOM).strip()
     if not text.startswith("{"):
         return None
     try:
         document = decode(check_text(text, "a GAP JSON document"))
-    except GAPLimitError as exc:  # (checked first: the limits protect the look at its first key too)
-        if is_meant_as_gap_json(text):
+    except gap.GAPFormatError as exc:  # beyond a limit, or not JSON: a GAP document cut short, or text
+        if is_meant_as_gap_json(text):  # (its first key says so, or it decodes to one)
             raise UsageError(f"%%gap: the cell holds GAP JSON that cannot be read: {exc}") from None
-        return None
-    except gap.GAPFormatError:  # not JSON: text to wrap
         return None
     if not isinstance(document, dict) or "gap_version" not in document:
         return None  # JSON, not GAP's

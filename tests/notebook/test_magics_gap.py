@@ -199,10 +199,33 @@ def test_gap_json_pasted_in_a_cell_is_read_as_it_is_as_pasted_markdown_is(ip):
     assert refused.startswith("%%gap: the cell holds GAP JSON that cannot be read: ") and "\n" not in refused
     deep = document.replace('"thread_id":"perf"', '"thread_id":' + "[" * 70 + "]" * 70, 1)
     assert "nested deeper than 64" in mistake(ip, f"%%gap\n{deep}")
-    for other in ('{"question": "what is a gap_version?"}', '{"gap_version": "0.1.0", ...} - what is this?'):
+    for cut_short in (document[:-5], document[:-1] + ",}"):  # a paste cut short, a trailing comma
+        refused = mistake(ip, f"%%gap\n{cut_short}")
+        assert refused.startswith("%%gap: the cell holds GAP JSON that cannot be read: "), refused
+    result, _ = run(ip, f"%%gap --out got\n\ufeff\n  {document}")  # a byte-order mark before blank lines
+    assert result.success and ip.user_ns["got"] == sent
+    for other in ('{"question": "what is a gap_version?"}', '{"gap": "version"} - what is this?'):
         result, _ = run(ip, f"%%gap --out plain\n{other}")
         assert result.success and ip.user_ns["plain"].content == other  # text to wrap
     assert session_of(ip).gap_messages[0] == sent
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda doc: doc.replace('"role":"assistant"', '"role":"' + "x\\n" * 200_000 + '"', 1),
+        lambda doc: doc.replace('"entities":{', '"entities":{"' + "k\\n" * 100_000 + '":{"type":1},', 1),
+        lambda doc: doc.replace('"gap_version":"0.1.0"', '"gap_version":"' + "9" * 100_000 + '"', 1),
+    ],
+    ids=["role", "entity-key", "version"],
+)
+def test_a_gap_json_mistake_is_one_short_line_whatever_the_document_held(ip, bad):
+    document = gap.to_json(gap.wrap_message("The system.", "claude.ai", "c-13", role="assistant"))
+    broken = bad(document)
+    assert broken != document
+    refused = mistake(ip, f"%%gap\n{broken}")
+    assert refused.startswith("%%gap: the cell holds GAP JSON that cannot be read: ")
+    assert "\n" not in refused and len(refused) < 600, (len(refused), refused[:200])
 
 
 def test_two_pasted_gap_messages_are_refused_in_the_magics_words(ip):
