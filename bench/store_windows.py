@@ -96,7 +96,7 @@ async def _budget_redis(
     counter = RedisBudgetCounter(url)
     admin = Redis.from_url(url.split("?", 1)[0])
     try:
-        times, spends, _ = counter._keys(principal, now)
+        times, spends, *_ = counter._keys(principal, now)
         stamps = _times(window, placed, now)
         for first in range(0, window, 5000):
             pipe = admin.pipeline(transaction=False)
