@@ -303,7 +303,7 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
         value = fields.get(name)
         clean[name] = value if value is None or type(value) is str else str(value)
     value = fields.get("finish_reason")
-    short = value is None or (type(value) is str and len(value) <= FINISH_REASON_MAX)
+    short = value is None or (type(value) is str and len(value) <= FINISH_REASON_MAX and value.isascii())
     clean["finish_reason"] = value if short else _finish_reason(value, row_id)
     for name in TOKEN_COUNTS:
         value = fields.get(name)
@@ -996,6 +996,8 @@ def _finish_reason(value: Any, row_id: int) -> str | None:
         log.warning("ledger row %s: finish_reason %.40r is not text; stored as unknown", row_id, value)
         return None
     text = str.__str__(value)  # a str subclass (an enum's member) as its text, not its repr-like str()
+    if not text.isascii():  # (every provider's reason is ASCII; a lone surrogate would cost the row its details)
+        text = text.encode("ascii", "backslashreplace").decode("ascii")
     if len(text) > FINISH_REASON_MAX:
         log.warning(
             "ledger row %s: finish_reason %.40r is longer than %d characters; cut", row_id, text, FINISH_REASON_MAX

@@ -102,8 +102,10 @@ class Reason(str, enum.Enum):
         (3, None, True),
         (b"stop", None, True),
         ({"reason": "stop"}, None, True),
+        ("\ud800", "\\ud800", False),  # a lone surrogate, escaped: the row keeps its tokens and cost
+        ("arrêt", "arr\\xeat", False),
     ],
-    ids=["str-enum", "long", "int", "bytes", "dict"],
+    ids=["str-enum", "long", "int", "bytes", "dict", "lone-surrogate", "non-ascii"],
 )
 def test_a_reason_is_short_text_or_unknown(
     path: Path, caplog: pytest.LogCaptureFixture, value: Any, stored: str | None, warned: bool
