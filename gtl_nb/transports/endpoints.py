@@ -7,7 +7,8 @@ principal. ``verify`` is for the TLS schemes: ``True`` (the system's trust store
 (``gtl certs`` writes ``ca.pem``), or ``False`` (no verification; for a throw-away test only);
 ``tls_context(verify)`` turns it into the client's ``ssl.SSLContext``.
 
-``https://HOST:PORT`` and a bare ``HOST:PORT`` go to discovery (``transports.discovery``), which reads
+``https://HOST:PORT`` and a bare ``HOST:PORT`` go to discovery (``transports.discovery``; ``https://HOST:PORT/v1/gtl``
+is the HTTP transport over TLS itself), which reads
 the gateway's ``/.well-known/gtl`` and picks the best transport it offers. Every backend made here
 carries ``transport``: the scheme its sessions travel over (``Client.transport``).
 """
@@ -301,12 +302,25 @@ def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
     if scheme not in ("stdio", "embedded"):
         _check_host(endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0], endpoint)
     entry = _ENDPOINTS.get(scheme) if scheme else _DISCOVERY
+    if scheme == "https" and _names_the_http_endpoint(endpoint):  # the HTTP transport over TLS, asked by name
+        return scheme, _ENDPOINTS["http"]
     if entry is None:
         mistyped = mistyped_scheme(endpoint)  # http:://HOST: "http:" is no scheme, "http" was meant
         if mistyped is not None:
             raise ConfigurationError(mistyped)
         raise ConfigurationError(_unknown_scheme(scheme, endpoint))
     return scheme, entry
+
+
+HTTP_ENDPOINT_PATH = "/v1/gtl"
+"""The gateway's one-POST-per-session path: ``https://HOST:PORT/v1/gtl`` is that transport over TLS, where
+``https://HOST:PORT`` alone is discovery (which may choose another); ``http://`` is the transport either way."""
+
+
+def _names_the_http_endpoint(endpoint: str) -> bool:
+    """Whether ``endpoint``'s path is the gateway's HTTP endpoint (``HTTP_ENDPOINT_PATH``, a slash after it or not)."""
+    path = "/" + endpoint.split("://", 1)[1].split("?", 1)[0].partition("/")[2]
+    return path.rstrip("/") == HTTP_ENDPOINT_PATH
 
 
 def _check_host(authority: str, endpoint: str) -> None:

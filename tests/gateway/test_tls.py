@@ -51,6 +51,18 @@ def test_sessions_over_tls_with_the_gtl_certs_ca(tls_url, certs, scheme):
         assert len(tokens) > 1
 
 
+@pytest.mark.parametrize("path", ["/v1/gtl", "/v1/gtl/"])
+def test_the_http_transport_over_tls_is_asked_for_by_its_path(tls_url, certs, path):
+    # https://HOST:PORT discovers (and may choose another transport); https://HOST:PORT/v1/gtl is the
+    # one-POST-per-session transport itself, as http:// is in plaintext (there was no way to ask for it)
+    with gtl_nb.connect(f"{tls_url}{path}", verify=str(certs.ca)) as client:
+        assert client.transport == "https"
+        assert client.complete("echo", "Hello over HTTPS").text.count("Hello over HTTPS") == 1
+    other = make_dev_certificates(Path(certs.ca).parent / "elsewhere")
+    with pytest.raises(ConfigurationError, match="does not accept"):  # verified as every TLS scheme is
+        gtl_nb.connect(f"{tls_url}{path}", verify=str(other.ca))
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_a_certificate_from_another_ca_is_refused_clearly(tls_url, tmp_path, scheme):
     other = make_dev_certificates(tmp_path / "other")
