@@ -1280,6 +1280,11 @@ class Engine:
         targets = list(targets)
         tried = {(t.name, t.model) for t in targets}
         last_failure: tuple[Target, Error] | None = None
+        # the error the session ends with when no target answers: the last failure of a call — or, when
+        # every target refused before any call (``uncallable``: each deployment refusing the same
+        # max_tokens), the first refusal, of the deployment the request would have gone to, not of
+        # whichever the list happened to end on
+        reported: Error | None = None
         refused: list[str] = []
         index = 0
         while index < len(targets):
@@ -1343,7 +1348,9 @@ class Engine:
                         # cannot carry the request (``NotServedHere``): no verdict on the provider for a
                         # breaker replicas may share, no retry (none mends it): fail over
                         last_failure = (target, failed)
+                        reported = reported or failed
                         break
+                    reported = failed
                     if failed.retryable and _momentary_limit(failed):
                         if grant == "probe":  # no verdict, but the probe's slot is given back before a retry
                             await asyncio.shield(breakers.release(target.name))
@@ -1384,7 +1391,7 @@ class Engine:
                     # cancellation cannot leave the probe slot taken)
                     await asyncio.shield(breakers.release(target.name))
         if last_failure is not None:
-            yield [last_failure[1]]
+            yield [reported or last_failure[1]]
             return
         snapshots = await breakers.snapshots(refused)
         retry_in = [snapshots.get(name, {}).get("retry_in") for name in refused]

@@ -435,3 +435,24 @@ def test_max_tokens_above_the_models_own_limit_is_refused_before_the_provider_is
             assert len(simulator.requests) == 1
     finally:
         simulator.close()
+
+
+def test_a_request_every_deployment_refuses_before_a_call_names_the_first_not_the_last(tmp_path):
+    """Three deployments of one model, a ``max_tokens`` above what it writes per answer: each refuses
+    before any call and the request fails over to the next — and the error and the row named the last
+    one, a deployment the caller never asked for first."""
+    with sim.running("openai") as base_url:
+        spec = {"type": "openai", "api_key": "sim-key", "base_url": base_url}
+        client = gtl_nb.connect(
+            providers={"primary": spec, "east": spec, "west": spec},
+            config={"ledger": {"path": str(tmp_path / "ledger.sqlite3")}},
+            environ={},
+        )
+        try:
+            with pytest.raises(InvalidRequestError, match="writes at most") as refused:
+                client.complete("gpt-4o-mini", "hi", providers=["primary", "east", "west"], max_tokens=999_999)
+            rows = client.usage()
+        finally:
+            client.close()
+    assert refused.value.provider == "primary"
+    assert list(rows["deployment"]) == ["primary"] and list(rows["failover_path"][0]) == ["primary", "east", "west"]
