@@ -137,8 +137,8 @@ class Completion:
             parts.append(f"{who} ({', '.join(said)})" if said else who)
         if self.truncated:
             parts.append("truncated at max_tokens")
-        if self.failovers:
-            parts.append("failover: " + "; ".join(self.failovers))
+        if self.failovers:  # (each in short: a provider's message runs to lines; ``failovers`` keeps it whole)
+            parts.append("failover: " + "; ".join(short_reason(step) for step in self.failovers))
         return " · ".join(parts)
 
     def _body_markdown(self) -> str:
@@ -179,6 +179,18 @@ def _prompt_cache(usage: Usage) -> str:
         kept = " for 1h" if hour == usage.cache_write_tokens_in else f", {hour:,} for 1h" if hour else ""
         said.append(f"{usage.cache_write_tokens_in:,} to prompt cache{kept}")
     return f" ({', '.join(said)})" if said else ""
+
+
+FOOTER_REASON = 80
+"""Characters of a failover's words a footer shows at most (``Completion.failovers`` keeps them whole)."""
+
+
+def short_reason(text: str, limit: int = FOOTER_REASON) -> str:
+    """``text`` cut at a word before ``limit`` characters, with an ellipsis (whole when it fits)."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
+    return cut.rstrip(" ,.;:") + "…"
 
 
 def money(value: float | None) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from gtl_nb.completion import money
+from gtl_nb.completion import DOLLAR, money
 
 __all__ = ["MISSING", "Table", "price", "shown"]
 
@@ -120,7 +120,10 @@ class Table(pd.DataFrame):
     # pandas draws the formatted cells with its own options (rows, columns, width, truncation)
 
     def _repr_html_(self) -> str | None:
-        return self.formatted()._repr_html_()
+        html = self.formatted()._repr_html_()
+        # every "$" in an element of its own, as the magics write them: JupyterLab's MathJax reads two
+        # in one cell ("Paid $5 … $3") as a formula (pandas has escaped the cells' HTML already)
+        return None if html is None else html.replace("$", DOLLAR)
 
     def __repr__(self) -> str:
         return repr(self.formatted())

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gtl_nb.completion import Comparison, Completion, code_span, no_math_html, no_math_markdown
+from gtl_nb.completion import Comparison, Completion, code_span, no_math_html, no_math_markdown, short_reason
 from gtl_nb.notebook.errors import in_notebook_words
 from gtl_nb.notebook.output import md_cell
 from gtl_nb.notebook.throttle import Throttle
@@ -303,7 +303,9 @@ class _Answer:
     def notes(self) -> list[str]:
         """One note per failover, worded as ``Completion.footer()`` words them."""
         return [
-            f"failover: {s.from_provider or '?'} -> {s.to_provider or '?'}" + (f": {s.reason}" if s.reason else "")
+            short_reason(
+                f"failover: {s.from_provider or '?'} -> {s.to_provider or '?'}" + (f": {s.reason}" if s.reason else "")
+            )
             for s in self.transcript.failovers
         ]
 

@@ -259,3 +259,11 @@ def test_answers_cut_short_group_by_finish_reason():
     table = analysis.usage_table(frame_from_rows(rows), by="finish_reason").set_index("finish_reason")
     assert (table.loc["length", "requests"], table.loc["length", "cost"]) == (2, 1.0)
     assert table.loc["stop", "requests"] == 1 and int(table["failed"].sum()) == 1  # the error: no reason
+
+
+def test_a_tables_page_writes_each_dollar_apart_so_two_in_a_cell_are_no_formula():
+    # map_prompt's table of reviews: "Paid $5 for soup and $3 for tea" was a formula in JupyterLab
+    table = analysis.Table(pd.DataFrame({"review": ["Paid $5 for soup and $3 for tea"], "cost": [0.000046]}))
+    page = table._repr_html_()
+    assert "$" not in page.replace("&#36;", "") and page.count("<span>&#36;</span>") == 3
+    assert "Paid $5 for soup and $3 for tea" in repr(table)  # the text form keeps its dollars

@@ -693,7 +693,7 @@ def test_models_show_prices_per_million_tokens_as_money(ip):
     shown = repr(table[["model", "input_per_1m", "output_per_1m"]])
     assert re.search(r"gpt-4o-mini\s+\$0\.15\s+\$0\.60", shown), shown
     assert "<NA>" not in repr(table) and "None" not in repr(table)
-    assert "$0.15" in table._repr_html_()
+    assert "<span>&#36;</span>0.15" in table._repr_html_()  # each dollar apart: no MathJax formula
 
 
 def test_the_magics_run_on_a_gateway_and_usage_shows_its_rows(ip, tmp_path):

@@ -186,6 +186,20 @@ def test_a_failover_clears_the_partial_text_and_notes_the_switch():
     assert "failover: openai -> anthropic" in bundle["text/plain"]
 
 
+def test_a_failover_note_and_footer_keep_a_providers_long_words_short():
+    # a provider's whole message ran to several wrapped lines in the footer's small print
+    said = (
+        "OVERLOADED: That model is currently overloaded with other requests. You can retry your request, "
+        "or contact us through our help center at help.openai.com if the error persists."
+    )
+    view = StreamView("m", min_interval=0.0, live=False)
+    view.on_event(Status(session_id=SID, state="failover", from_provider="a", to_provider="b", reason=said))
+    (note,) = view._frame().notes
+    assert note.startswith("failover: a -> b: OVERLOADED: That model") and note.endswith("…") and len(note) <= 80
+    completion = Completion("", "s", "b", "m", "stop", failovers=[f"a -> b: {said}"])
+    assert "help.openai.com" not in completion.footer() and completion.failovers[0].endswith("persists.")
+
+
 def test_a_synthetic_failover_resets_the_live_fragment():
     view = StreamView("m", min_interval=0.0, live=False)
     for event in tokens("old ", "text"):
