@@ -129,8 +129,8 @@ class ListenerSettings:
         message = f"{named} cannot listen on {where}: {reason}"
         if (isinstance(error, OSError) and error.errno == errno.EADDRINUSE) or "in use" in str(reason).lower():
             message += (
-                " — another process holds that port (a gateway still running? `ss -ltnp` names it); choose "
-                "another port, or port 0 for any free one (the gateway prints the address it took)"
+                " — another process holds that port (a gateway still running?); choose another port, or port 0 "
+                "for any free one (the gateway prints the address it took)"
             )
         return ConfigurationError(message)
 
