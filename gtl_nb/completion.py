@@ -186,10 +186,14 @@ FOOTER_REASON = 80
 
 
 def short_reason(text: str, limit: int = FOOTER_REASON) -> str:
-    """``text`` cut at a word before ``limit`` characters, with an ellipsis (whole when it fits)."""
+    """``text`` on one line, cut at a word before ``limit`` characters with an ellipsis (whole when it
+    fits; cut mid-word when the last word boundary is far back: a URL, a JSON body)."""
+    text = " ".join(text[: limit * 4].split())  # (a blank line would end the footer's <sub> in markdown)
     if len(text) <= limit:
         return text
-    cut = text[: limit - 1].rsplit(" ", 1)[0] if " " in text[: limit - 1] else text[: limit - 1]
+    head = text[: limit - 1]
+    at_word = head.rsplit(" ", 1)[0]
+    cut = at_word if len(at_word) >= limit * 3 // 4 else head
     return cut.rstrip(" ,.;:") + "…"
 
 

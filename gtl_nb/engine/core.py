@@ -1284,7 +1284,7 @@ class Engine:
         # every target refused before any call (``uncallable``: each deployment refusing the same
         # max_tokens), the first refusal, of the deployment the request would have gone to, not of
         # whichever the list happened to end on
-        reported: Error | None = None
+        reported: tuple[Target, Error] | None = None  # (its target: the row names that one's model too)
         refused: list[str] = []
         index = 0
         while index < len(targets):
@@ -1348,9 +1348,9 @@ class Engine:
                         # cannot carry the request (``NotServedHere``): no verdict on the provider for a
                         # breaker replicas may share, no retry (none mends it): fail over
                         last_failure = (target, failed)
-                        reported = reported or failed
+                        reported = reported or (target, failed)
                         break
-                    reported = failed
+                    reported = (target, failed)
                     if failed.retryable and _momentary_limit(failed):
                         if grant == "probe":  # no verdict, but the probe's slot is given back before a retry
                             await asyncio.shield(breakers.release(target.name))
@@ -1391,7 +1391,9 @@ class Engine:
                     # cancellation cannot leave the probe slot taken)
                     await asyncio.shield(breakers.release(target.name))
         if last_failure is not None:
-            yield [reported or last_failure[1]]
+            target, failed = reported or last_failure
+            record.model = target.model  # (the row's deployment is the error's: its model with it)
+            yield [failed]
             return
         snapshots = await breakers.snapshots(refused)
         retry_in = [snapshots.get(name, {}).get("retry_in") for name in refused]

@@ -303,8 +303,9 @@ class _Answer:
     def notes(self) -> list[str]:
         """One note per failover, worded as ``Completion.footer()`` words them."""
         return [
-            short_reason(
-                f"failover: {s.from_provider or '?'} -> {s.to_provider or '?'}" + (f": {s.reason}" if s.reason else "")
+            "failover: "
+            + short_reason(
+                f"{s.from_provider or '?'} -> {s.to_provider or '?'}" + (f": {s.reason}" if s.reason else "")
             )
             for s in self.transcript.failovers
         ]

@@ -302,8 +302,16 @@ def _entry_of(endpoint: str) -> tuple[str, Endpoint]:
     if scheme not in ("stdio", "embedded"):
         _check_host(endpoint.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0], endpoint)
     entry = _ENDPOINTS.get(scheme) if scheme else _DISCOVERY
-    if scheme == "https" and _names_the_http_endpoint(endpoint):  # the HTTP transport over TLS, asked by name
-        return scheme, _ENDPOINTS["http"]
+    if scheme == "https":
+        path = _path_of(endpoint)
+        if path == HTTP_ENDPOINT_PATH:  # the HTTP transport over TLS, asked for by its path
+            return scheme, _ENDPOINTS["http"]
+        if path not in ("", "/.well-known/gtl"):  # discovery would drop it without a word
+            raise ConfigurationError(
+                f"{endpoint!r}: https://HOST:PORT finds the best transport (discovery) and "
+                f"https://HOST:PORT{HTTP_ENDPOINT_PATH} is the HTTP transport over TLS; another path means "
+                "neither (server-sent events over TLS: sses://HOST:PORT, WebSocket: wss://HOST:PORT)"
+            )
     if entry is None:
         mistyped = mistyped_scheme(endpoint)  # http:://HOST: "http:" is no scheme, "http" was meant
         if mistyped is not None:
@@ -317,10 +325,10 @@ HTTP_ENDPOINT_PATH = "/v1/gtl"
 ``https://HOST:PORT`` alone is discovery (which may choose another); ``http://`` is the transport either way."""
 
 
-def _names_the_http_endpoint(endpoint: str) -> bool:
-    """Whether ``endpoint``'s path is the gateway's HTTP endpoint (``HTTP_ENDPOINT_PATH``, a slash after it or not)."""
-    path = "/" + endpoint.split("://", 1)[1].split("?", 1)[0].partition("/")[2]
-    return path.rstrip("/") == HTTP_ENDPOINT_PATH
+def _path_of(endpoint: str) -> str:
+    """``endpoint``'s path without its trailing slashes (``""`` for none), query and fragment aside."""
+    rest = endpoint.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
+    return ("/" + rest.partition("/")[2]).rstrip("/")
 
 
 def _check_host(authority: str, endpoint: str) -> None:

@@ -456,3 +456,23 @@ def test_a_request_every_deployment_refuses_before_a_call_names_the_first_not_th
             client.close()
     assert refused.value.provider == "primary"
     assert list(rows["deployment"]) == ["primary"] and list(rows["failover_path"][0]) == ["primary", "east", "west"]
+
+
+def test_the_row_of_a_request_refused_everywhere_names_the_model_of_the_deployment_it_names(tmp_path):
+    # the row took its deployment from the error (the first) and its model from the last target tried
+    with sim.running("openai") as base_url:
+        spec = {"type": "openai", "api_key": "sim-key", "base_url": base_url}
+        client = gtl_nb.connect(
+            providers={"primary": spec, "east": spec},
+            config={"ledger": {"path": str(tmp_path / "ledger.sqlite3")}},
+            environ={},
+        )
+        try:
+            with pytest.raises(InvalidRequestError):
+                client.complete(
+                    "gpt-4o-mini", "hi", providers=["primary:gpt-4o-mini", "east:gpt-4.1-nano"], max_tokens=999_999
+                )
+            rows = client.usage()
+        finally:
+            client.close()
+    assert (rows["deployment"][0], rows["model"][0]) == ("primary", "gpt-4o-mini")

@@ -195,9 +195,15 @@ def test_a_failover_note_and_footer_keep_a_providers_long_words_short():
     view = StreamView("m", min_interval=0.0, live=False)
     view.on_event(Status(session_id=SID, state="failover", from_provider="a", to_provider="b", reason=said))
     (note,) = view._frame().notes
-    assert note.startswith("failover: a -> b: OVERLOADED: That model") and note.endswith("…") and len(note) <= 80
+    assert note.startswith("failover: a -> b: OVERLOADED: That model") and note.endswith("…")
     completion = Completion("", "s", "b", "m", "stop", failovers=[f"a -> b: {said}"])
     assert "help.openai.com" not in completion.footer() and completion.failovers[0].endswith("persists.")
+    assert note == "failover: " + completion.footer().split("failover: ", 1)[1]  # worded alike
+    # on one line (a blank line would end the footer's small print), and cut mid-word when it must
+    body = Completion("", "s", "b", "m", "stop", failovers=['a -> b: E: upstream said\n\n{"error": 1}'])
+    assert body.footer().endswith('failover: a -> b: E: upstream said {"error": 1}')
+    unbroken = Completion("", "s", "b", "m", "stop", failovers=["a -> b: E: " + "y" * 150]).footer()
+    assert unbroken.count("y") > 50 and unbroken.endswith("…")
 
 
 def test_a_synthetic_failover_resets_the_live_fragment():

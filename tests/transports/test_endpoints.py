@@ -32,3 +32,25 @@ def test_an_address_is_refused_for_a_password_or_its_length_without_being_quoted
     said = unusable_address(endpoint)
     assert (said is None) is usable
     assert said is None or ("pa/ss" not in said and "x" * 50 not in said and "u:p" not in said)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "factory"),
+    [
+        ("https://h:1", "discovery"),
+        ("https://h:1/", "discovery"),
+        ("https://h:1/.well-known/gtl", "discovery"),
+        ("https://h:1/v1/gtl", "http"),  # the HTTP transport over TLS, asked for by its path
+        ("https://h:1/v1/gtl/?compression=none", "http"),
+    ],
+)
+def test_https_is_discovery_or_by_its_path_the_http_transport(endpoint, factory):
+    from gtl_nb.transports.endpoints import _entry_of
+
+    assert _entry_of(endpoint)[1].factory.split(":")[0].endswith(factory)
+
+
+@pytest.mark.parametrize("endpoint", ["https://h:1/v1/gtl/sse", "https://h:1/gtl", "https://h:1/x#frag"])
+def test_another_https_path_is_refused_rather_than_dropped_by_discovery(endpoint):
+    with pytest.raises(ConfigurationError, match=r"https://HOST:PORT/v1/gtl is the HTTP transport over TLS"):
+        backend_for(endpoint)
