@@ -269,6 +269,17 @@ def test_idle_tcp_connections_up_to_twice_the_per_address_limit(gateway):
     memory.assert_bounded()
 
 
+# QUIC's APPLICATION_ERROR (0x0c): how an application's close reaches a peer while the handshake is not
+# yet confirmed at the closing end — RFC 9000, 10.2.3: the application's own code is withheld then. Only
+# the at-once refusal of a connection over the address's cap can come that early (the no-hello close
+# waits for header_timeout), so it stands for OVERLOADED; a loaded machine's client hears it now and then.
+_HIDDEN_APPLICATION_CLOSE = 0x0C
+
+
+def _as_closed(code: int) -> int:
+    return CLOSE_CODES["OVERLOADED"] if code == _HIDDEN_APPLICATION_CLOSE else code
+
+
 def test_idle_quic_connections_up_to_twice_the_per_address_limit(gateway):
     """(Apart from the TCP ones: 200 handshakes keep the gateway's loop busy for a second or more, which would
     make the 1 s head deadline above a race.)"""
@@ -289,7 +300,8 @@ def test_idle_quic_connections_up_to_twice_the_per_address_limit(gateway):
                     peers.append(raw.peer)
                 waits = [asyncio.wait_for(peer.wait_closed(), HEADER_TIMEOUT + 2 * MARGIN) for peer in peers]
                 await asyncio.gather(*waits)
-                return [(peer.terminated.error_code, open_, at) for peer, (open_, at) in zip(peers, seen, strict=True)]
+                pairs = zip(peers, seen, strict=True)
+                return [(_as_closed(peer.terminated.error_code), open_, at) for peer, (open_, at) in pairs]
 
         ended = asyncio.run(main())
         assert {code for code, _, _ in ended} <= {CLOSE_CODES["OVERLOADED"], CLOSE_CODES["PROVIDER_UNAVAILABLE"]}
