@@ -618,8 +618,20 @@ def test_writes_an_older_release_spooled_without_the_cache_write_count_are_drain
 
     run(while_away())
     away.close()  # every write is in the spool
-    # Make the "older" rows' entries (whatever their kind: start, finished, finish) look like those of a
-    # release before the column: no cache_write_tokens_in key at all.
+    assert _as_an_older_release_spooled(spool, ("cache_write_tokens_in",)) >= 2
+    rows = _drained(postgres_url, spool)
+    assert [
+        (row["session_id"], row["status"], row["cached_tokens_in"], row["cache_write_tokens_in"]) for row in rows
+    ] == [
+        ("older", "ok", 5, None),  # the older writer knew no such count: unknown
+        ("newer", "ok", 5, 22),
+        ("older running", "ok", None, None),
+    ]
+
+
+def _as_an_older_release_spooled(spool: Path, columns: tuple[str, ...]) -> int:
+    """Rewrite the spooled entries of the "older…" sessions (whatever their kind: start, finished, finish)
+    as a release before ``columns`` wrote them: without those keys. How many entries were rewritten."""
     import sqlite3
 
     conn = sqlite3.connect(spool, isolation_level=None)
@@ -634,28 +646,28 @@ def test_writes_an_older_release_spooled_without_the_cache_write_count_are_drain
         for n, params in entries:
             values = json.loads(params)
             if values["replica_seq"] in seqs:
-                assert values.pop("cache_write_tokens_in", None) is not None or "session_id" in values
+                assert values.pop(columns[0], None) is not None or "session_id" in values
+                for column in columns[1:]:
+                    values.pop(column, None)
                 conn.execute("UPDATE spool SET params = ? WHERE n = ?", (json.dumps(values), n))
                 stripped += 1
     finally:
         conn.close()
-    assert len(seqs) == 2 and stripped >= 2
+    assert len(seqs) == 2
+    return stripped
+
+
+def _drained(postgres_url: str, spool: Path) -> list[dict[str, Any]]:
+    """The rows once a ledger on ``spool`` has drained it into PostgreSQL."""
     ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
     try:
         deadline = time.monotonic() + 60
         while ledger.degraded or ledger.spooled:
             assert time.monotonic() < deadline, ledger.degraded_reason
             time.sleep(0.05)
-        rows = run(ledger.rows())
+        return run(ledger.rows())
     finally:
         ledger.close()
-    assert [
-        (row["session_id"], row["status"], row["cached_tokens_in"], row["cache_write_tokens_in"]) for row in rows
-    ] == [
-        ("older", "ok", 5, None),  # the older writer knew no such count: unknown
-        ("newer", "ok", 5, 22),
-        ("older running", "ok", None, None),
-    ]
 
 
 def test_writes_an_older_release_spooled_without_the_finish_reason_are_drained_with_null(
@@ -672,37 +684,9 @@ def test_writes_an_older_release_spooled_without_the_finish_reason_are_drained_w
 
     run(while_away())
     away.close()  # every write is in the spool
-    # the "older" rows' entries as a release before the column wrote them: no finish_reason key at all
-    import sqlite3
-
-    conn = sqlite3.connect(spool, isolation_level=None)
-    try:
-        entries = conn.execute("SELECT n, params FROM spool").fetchall()
-        seqs = {
-            json.loads(params)["replica_seq"]
-            for _, params in entries
-            if json.loads(params).get("session_id", "").startswith("older")
-        }
-        stripped = 0
-        for n, params in entries:
-            values = json.loads(params)
-            if values["replica_seq"] in seqs:  # whatever its kind: start, finished, finish
-                assert values.pop("finish_reason", None) is not None or "session_id" in values
-                values.pop("cache_write_tokens_in", None)  # (that release may be older still)
-                conn.execute("UPDATE spool SET params = ? WHERE n = ?", (json.dumps(values), n))
-                stripped += 1
-    finally:
-        conn.close()
-    assert len(seqs) == 2 and stripped >= 2
-    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
-    try:
-        deadline = time.monotonic() + 60
-        while ledger.degraded or ledger.spooled:
-            assert time.monotonic() < deadline, ledger.degraded_reason
-            time.sleep(0.05)
-        rows = run(ledger.rows())
-    finally:
-        ledger.close()
+    # (the release before finish_reason may be older still: no cache writes' count either)
+    assert _as_an_older_release_spooled(spool, ("finish_reason", "cache_write_tokens_in")) >= 2
+    rows = _drained(postgres_url, spool)
     assert sorted((row["session_id"], row["status"], row["finish_reason"]) for row in rows) == [
         ("newer", "ok", "length"),
         ("older", "ok", None),  # the older writer knew no finish reason: unknown
