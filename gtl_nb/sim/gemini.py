@@ -283,6 +283,7 @@ class GeminiSim:
             max_tokens=limit if isinstance(limit, int) else None,
             tokens_in=_input_tokens(body, model),
             stop=_get(config, "stopSequences"),
+            schema=_structured(config),
         )
 
     def _signature(self, req: SimRequest, ctx: SimContext) -> str:
@@ -445,3 +446,17 @@ class GeminiSim:
     def malformed_chunk(self) -> bytes:
         """A well-framed SSE event whose JSON is cut short."""
         return b'data: {"candidates": [{"content": {"parts": [{"text": "bro\r\n\r\n'
+
+
+def _structured(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The structured output a ``generationConfig`` asks for: with ``responseMimeType`` JSON, the schema of
+    ``responseJsonSchema`` (JSON Schema) or else ``responseSchema`` (the OpenAPI subset: upper-case type
+    names, which the sampler reads alike), or ``{}`` — any JSON object — when it names none; ``None`` for text."""
+    mime = _get(config, "responseMimeType")
+    if not isinstance(mime, str) or mime.split(";")[0].strip().lower() != "application/json":
+        return None
+    for field in ("responseJsonSchema", "responseSchema"):
+        schema = _get(config, field)
+        if isinstance(schema, dict):
+            return schema
+    return {}

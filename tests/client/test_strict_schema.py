@@ -145,9 +145,11 @@ def test_a_class_with_an_open_mapping_is_sent_without_strict_and_says_where() ->
     assert left_open(strict_schema(City.model_json_schema())) is None
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "echo"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "echo"])
 def test_a_recursive_model_is_answered_with_a_tree_that_validates(provider: str) -> None:
-    model = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "echo": "echo"}[provider]
+    model = {"openai": "gpt-4o-mini", "anthropic": "claude-sonnet-4-5", "gemini": "gemini-2.5-flash", "echo": "echo"}[
+        provider
+    ]
     if provider == "echo":
         client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
         answer = client.complete("echo", "a tree", response_format=Node)

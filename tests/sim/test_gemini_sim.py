@@ -52,6 +52,43 @@ def test_sdk_streams_text_with_usage_on_every_chunk(serve_sim: Any) -> None:
     assert s.requests[-1].query.get("alt") == "sse" and s.requests[-1].headers["x-goog-api-key"] == "sim-key"
 
 
+def test_sdk_structured_output_follows_either_schema_field(serve_sim: Any) -> None:
+    """``responseMimeType`` JSON with ``responseSchema`` (the OpenAPI subset, upper-case types) or
+    ``responseJsonSchema`` (JSON Schema) is answered with JSON of that shape; the MIME type alone with
+    some JSON object; neither with prose."""
+    s = serve_sim("gemini")
+    models = client(s).models
+    openapi = types.Schema(
+        type="OBJECT",
+        properties={"city": types.Schema(type="STRING"), "days": types.Schema(type="INTEGER")},
+        required=["city", "days"],
+    )
+    answer = models.generate_content(
+        model=MODEL,
+        contents="Plan a trip",
+        config=types.GenerateContentConfig(response_mime_type="application/json", response_schema=openapi),
+    )
+    trip = json.loads(answer.text)
+    assert isinstance(trip["city"], str) and isinstance(trip["days"], int)
+    assert s.requests[-1].json["generationConfig"]["responseSchema"]["type"] == "OBJECT"
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}}
+    schema["required"] = ["tags"]
+    streamed = models.generate_content_stream(
+        model=MODEL,
+        contents="Tag this",
+        config=types.GenerateContentConfig(response_mime_type="application/json", response_json_schema=schema),
+    )
+    tags = json.loads("".join(chunk.text or "" for chunk in streamed))["tags"]
+    assert isinstance(tags, list) and all(isinstance(tag, str) for tag in tags)
+    loose = models.generate_content(
+        model=MODEL, contents="Anything", config=types.GenerateContentConfig(response_mime_type="application/json")
+    )
+    assert isinstance(json.loads(loose.text), dict)
+    prose = models.generate_content(model=MODEL, contents="Plan a trip").text
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(prose)
+
+
 def test_sdk_streams_whole_function_calls_without_ids(serve_sim: Any) -> None:
     s = serve_sim("gemini")
     chunks = list(
