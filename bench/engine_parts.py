@@ -20,7 +20,16 @@ call (CPU a request, 20 calls at once; medians over rounds):
 * ``engine_general`` — the same engine with ``run_session``'s lane refused (``Engine.lane_targets``
   answering ``None``): the session down the general path — ``stream_batches``, ``_attempts`` and
   ``_one_attempt`` — as every session ran before the lane. What the lane saves, in the same rounds;
-* ``whole`` — the awaited ``acomplete`` of ``aconnect``'s client (what a notebook runs).
+* ``whole`` — the awaited ``acomplete`` of ``aconnect``'s client (what a notebook runs);
+* ``whole_no_ledger`` — the same with ``[ledger] enabled = false``: what the ledger costs the whole call
+  in situ (its row built and queued, its share of the loop's group commits, the collector's work on the
+  rows it holds meanwhile), which ``parts`` against ``parts_no_ledger`` shows for the parts alone.
+
+Beside each path the report gives the cycle collector's runs per 1,000 calls (generations 0/1/2, all
+rounds). A session leaves no cyclic garbage (``gc.DEBUG_SAVEALL`` after 1,000 calls finds none); the
+runs follow how many objects twenty calls hold at once — the collector runs whenever the tracked objects
+alive grow by 700 — and each full run (generation 2) walks every object of the process, tens of
+milliseconds here and more in a notebook's kernel.
 
 Each engine path runs in a client of its own, so ``engine_general``'s patch (an attribute of that one
 engine) touches no other. ``parts`` must hand back the engine's own answer (checked before measuring), so it
@@ -34,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import tempfile
 import time
@@ -67,6 +77,7 @@ PATHS = (
     "engine_no_ledger",
     "engine_general",
     "whole",
+    "whole_no_ledger",
 )
 
 
@@ -151,7 +162,21 @@ async def _cpu_per_call(call: Call, groups: int) -> float:
     return (time.process_time() - start) / (groups * CONCURRENCY) * 1e6
 
 
-async def _measure(port: int, folder: Path, rounds: int, groups: int) -> dict[str, list[float]]:
+class _Collections:
+    """The cycle collector's runs by generation while ``counting`` is set (a ``gc.callbacks`` entry)."""
+
+    def __init__(self) -> None:
+        self.counting: str | None = None
+        self.runs: dict[str, list[int]] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and self.counting is not None:
+            self.runs.setdefault(self.counting, [0, 0, 0])[info["generation"]] += 1
+
+
+async def _measure(
+    port: int, folder: Path, rounds: int, groups: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     transport = HttptoolsTransport()
@@ -162,6 +187,7 @@ async def _measure(port: int, folder: Path, rounds: int, groups: int) -> dict[st
         "engine_no_ledger": await _client(port, None),
         "engine_general": await _client(port, folder / "general.sqlite3"),
         "whole": await _client(port, folder / "whole.sqlite3"),
+        "whole_no_ledger": await _client(port, None),
     }
     _general_only(clients["engine_general"].backend.engine)  # type: ignore[attr-defined]
     parts = _Parts(clients["parts"], ledger=True)
@@ -190,6 +216,7 @@ async def _measure(port: int, folder: Path, rounds: int, groups: int) -> dict[st
         "engine_no_ledger": _engine_session(clients["engine_no_ledger"]),
         "engine_general": _engine_session(clients["engine_general"]),
         "whole": lambda: whole.acomplete(MODEL, "hi", max_tokens=16),
+        "whole_no_ledger": lambda: clients["whole_no_ledger"].acomplete(MODEL, "hi", max_tokens=16),
     }
     try:
         said = (await whole.acomplete(MODEL, "hi", max_tokens=16)).text
@@ -198,11 +225,18 @@ async def _measure(port: int, folder: Path, rounds: int, groups: int) -> dict[st
         for call in calls.values():  # warm: connections, the ledger files
             await _cpu_per_call(call, 3)
         samples: dict[str, list[float]] = {path: [] for path in PATHS}
-        for round_ in range(rounds):
-            order = PATHS[round_ % len(PATHS) :] + PATHS[: round_ % len(PATHS)]  # rotated
-            for path in order:
-                samples[path].append(await _cpu_per_call(calls[path], groups))
-        return samples
+        collections = _Collections()
+        gc.callbacks.append(collections)
+        try:
+            for round_ in range(rounds):
+                order = PATHS[round_ % len(PATHS) :] + PATHS[: round_ % len(PATHS)]  # rotated
+                for path in order:
+                    collections.counting = path
+                    samples[path].append(await _cpu_per_call(calls[path], groups))
+                    collections.counting = None
+        finally:
+            gc.callbacks.remove(collections)
+        return samples, collections.runs
     finally:
         for client in clients.values():
             await client.aclose()
@@ -215,21 +249,26 @@ def measure(rounds: int = 6, groups: int = 100) -> dict[str, Any]:
     upstream = Upstream()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            samples = asyncio.run(_measure(upstream.port, Path(tmp), rounds, groups))
+            samples, runs = asyncio.run(_measure(upstream.port, Path(tmp), rounds, groups))
     finally:
         upstream.stop()
     medians = {path: statistics.median(values) for path, values in samples.items()}
-    return {"us": medians, "ratio": {path: medians[path] / medians["bare"] for path in PATHS}, "samples": samples}
+    calls = rounds * groups * CONCURRENCY
+    collections = {path: [count * 1000 / calls for count in runs.get(path, [0, 0, 0])] for path in PATHS}
+    ratios = {path: medians[path] / medians["bare"] for path in PATHS}
+    return {"us": medians, "ratio": ratios, "samples": samples, "collections": collections}
 
 
 def report(figures: dict[str, Any]) -> str:
     lines = [
-        f"| path (CPU a call, {CONCURRENCY} at once) | µs | ÷ bare | rounds (µs) |",
-        "| --- | --- | --- | --- |",
+        f"| path (CPU a call, {CONCURRENCY} at once) | µs | ÷ bare | rounds (µs) "
+        "| collector runs a 1,000 calls (gen 0/1/2) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for path in PATHS:
         spread = ", ".join(f"{value:.0f}" for value in figures["samples"][path])
-        lines.append(f"| {path} | {figures['us'][path]:.1f} | {figures['ratio'][path]:.2f}x | {spread} |")
+        runs = " / ".join(f"{count:.1f}" for count in figures["collections"][path])
+        lines.append(f"| {path} | {figures['us'][path]:.1f} | {figures['ratio'][path]:.2f}x | {spread} | {runs} |")
     return "\n".join(lines)
 
 
