@@ -13,7 +13,8 @@ Lifecycle of a row (``docs/ledger.md`` has the whole story)::
 * Each row records the writer's hostname, pid and a process identity that survives pid reuse
   (``process_identity``, from ``engine.processes`` and re-exported here). Opening a ledger marks
   ``interrupted`` the rows of *this* host that are still ``started`` although their process is
-  gone; rows of other hosts are never judged.
+  gone; rows of other hosts are never judged. The rows it marked wait in ``Ledger.interrupted``
+  (``engine.ledger_interrupted``) for the gateway's audit log, which writes a record for each.
 * Concurrency: WAL journal, ``busy_timeout``, and every write is one short ``BEGIN IMMEDIATE``
   transaction on the ledger's single writer connection (guarded by a lock, so every public method
   is thread-safe). Contention that outlasts SQLite's busy timeout is retried with jittered backoff,
@@ -48,6 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from gtl_nb.engine import ledger_migrations
+from gtl_nb.engine.ledger_interrupted import COLUMNS as INTERRUPTED_COLUMNS
+from gtl_nb.engine.ledger_interrupted import InterruptedRows
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DATETIME, DTYPES, FINAL_STATUSES, LIST, TABLE
 from gtl_nb.engine.processes import own_identity, process_alive, process_identity
 from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy, run_transaction
@@ -470,6 +473,8 @@ class Ledger:
         #: Names this ledger's database in the process (the file's real path), so the queued writes
         #: of every ``Ledger`` and writer on one file are found by each reader of it.
         self.key = f"{MEMORY}{id(self)}" if self._memory else os.path.realpath(self.path)
+        #: The rows ``recover`` marked ``interrupted``, for the gateway's audit log (``engine.ledger_interrupted``).
+        self.interrupted = InterruptedRows()
         try:
             self._write(ledger_migrations.migrate)
             self.recover()
@@ -599,7 +604,9 @@ class Ledger:
 
         Runs when the ledger is opened. A process is gone when its pid is not running (or is a
         zombie), or runs with another identity (the pid was reused). Rows of other hostnames are
-        left alone: this host cannot see their processes.
+        left alone: this host cannot see their processes. The rows marked — read in the transaction
+        that marks them, so a row is handed over once however many processes recover at once — go to
+        ``interrupted``, where the gateway's audit log takes them.
         """
         writers = self._read(
             lambda conn: conn.execute(
@@ -614,20 +621,26 @@ class Ledger:
             return 0
         when = self._clock()
 
-        def mark(conn: sqlite3.Connection) -> int:
-            changed = 0
-            for pid, identity in gone:
-                changed += conn.execute(
-                    f"UPDATE {TABLE} SET status = 'interrupted', end_time = ? "
-                    "WHERE status = 'started' AND hostname = ? AND pid = ? AND proc_start IS ?",
-                    (when, self.hostname, pid, identity),
-                ).rowcount
-            return changed
+        wanted = ", ".join(INTERRUPTED_COLUMNS)
+        where = "WHERE status = 'started' AND hostname = ? AND pid = ? AND proc_start IS ?"
 
-        count = self._write(mark)
-        if count:
-            log.info("ledger %s: %d request(s) of ended processes marked interrupted", self.path, count)
-        return count
+        def mark(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            marked: list[dict[str, Any]] = []
+            for pid, identity in gone:
+                key = (self.hostname, pid, identity)
+                found = conn.execute(f"SELECT {wanted} FROM {TABLE} {where} ORDER BY id", key).fetchall()
+                conn.execute(f"UPDATE {TABLE} SET status = 'interrupted', end_time = ? {where}", (when, *key))
+                marked.extend(dict(zip(INTERRUPTED_COLUMNS, row, strict=True)) for row in found)
+            return marked
+
+        marked = self._write(mark)
+        if marked:
+            log.info("ledger %s: %d request(s) of ended processes marked interrupted", self.path, len(marked))
+            for row in marked:
+                row["end_time"] = when
+                row["cache_hit"] = bool(row["cache_hit"])
+            self.interrupted.add(marked)
+        return len(marked)
 
     # -- reading ------------------------------------------------------------------------------
 

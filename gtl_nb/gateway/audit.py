@@ -56,6 +56,7 @@ checkpoint) stops the gateway from starting: the evidence is left as it is.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -85,6 +86,7 @@ from gtl_nb.engine.hooks import (
     RetryScheduled,
 )
 from gtl_nb.engine.ledger import iso_utc
+from gtl_nb.engine.ledger_interrupted import InterruptedRows
 from gtl_nb.engine.lingering import GROUP_COMMIT, LingeringQueue
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url, parse_postgres_url, shown_url
@@ -1133,7 +1135,75 @@ class AuditLog:
         types = {name: deployment.type for name, deployment in engine.deployments.items()}
         self._provider_types = {**self._provider_types, **types}
         self.attach(engine.hooks)
+        self.follow_interrupted(getattr(getattr(engine, "stores", None), "ledger", None))
         _LOGS[engine] = self
+
+    def follow_interrupted(self, ledger: Any) -> None:
+        """Write a record for each request ``ledger``'s crash recovery marks ``interrupted`` (its
+        ``interrupted``, ``engine.ledger_interrupted``): those waiting now — the rows of a gateway killed
+        before this one started — at once, later ones (a PostgreSQL replica's lease ran out) as they come.
+        Called on the loop that feeds the hooks (``watch`` is); rows recovered on another thread are
+        handed to that loop. A ledger without recovery (in memory, a plug-in) is let be."""
+        rows = getattr(ledger, "interrupted", None)
+        if not isinstance(rows, InterruptedRows):
+            return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+
+        def take(batch: list[dict[str, Any]]) -> None:
+            if loop is None or _running_loop() is loop:
+                self.record_interrupted(batch)
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop closed: the gateway has stopped
+                    loop.call_soon_threadsafe(self.record_interrupted, batch)
+
+        self._unsubscribe.append(rows.follow(take))
+
+    def record_interrupted(self, rows: list[dict[str, Any]]) -> None:
+        """One ``request`` record per ledger row recovery marked ``interrupted`` (dicts of
+        ``engine.ledger_interrupted.COLUMNS``): who, session, model and deployment as far as the row
+        knows them, status ``interrupted``, ``recovered: true``. The row holds no key and no token, and
+        nothing of them is written; neither are a prompt or an answer (the row has none). On the loop
+        that feeds the hooks, as every record is queued."""
+        for row in rows:
+            self._enqueue(self._interrupted_record(row))
+
+    def _interrupted_record(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        deployment = _short(row.get("deployment"))
+        started, ended = _finite(row.get("time")), _finite(row.get("end_time"))
+        duration = round((ended - started) * 1000.0, 3) if started is not None and ended is not None else None
+        record: dict[str, Any] = {
+            "kind": "request",
+            "time": iso_utc(ended if ended is not None else self._wall_clock()),
+            "session_id": _short(row.get("session_id")),
+            "trace_id": _short(row.get("trace_id")),
+            "principal": _short(row.get("user")),
+            "tenant": _short(row.get("tenant")),
+            "key_id": _short(row.get("key_id")),
+            "peer": None,
+            "deployment": deployment,
+            "provider": _short(row.get("provider_type") or self._provider_types.get(deployment or "")),
+            "model": _short(row.get("model")),
+            "requested_model": _short(row.get("model")),
+            "status": "interrupted",
+            "error_code": None,
+            "tokens_in": None,
+            "tokens_out": None,
+            "cost": None,
+            "duration_ms": _finite(duration),
+            "ttft_ms": None,
+            "cache_hit": bool(row.get("cache_hit")),
+            "failover_path": [],
+            "failover_reasons": [],
+            "retries": 0,
+            "recovered": True,
+        }
+        if self._full:
+            record["prompt"] = None
+            record["answer"] = None
+        return record
 
     @property
     def closed(self) -> bool:
@@ -1369,6 +1439,13 @@ def _open_database(settings: AuditSettings) -> AuditSink:
     return PostgresAuditSink(
         settings.url, replica=settings.replica, spool_path=settings.spool_path, fsync=settings.fsync
     )
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _short(value: str | None) -> str | None:

@@ -642,6 +642,56 @@ def test_a_reused_pid_counts_as_a_gone_process(ledger: Ledger, path: Path):
     ledger.finish(mine, status="ok")
 
 
+def _dead_row(path: Path, hostname: str, session_id: str, **columns: object) -> None:
+    """A ``started`` row of an earlier process that had this pid (another identity: it is gone)."""
+    names = ["time", "time_utc", "session_id", "status", "pid", "proc_start", "hostname", *columns]
+    values = [T0, "2023-11-14T22:13:20.250Z", session_id, "started", os.getpid(), "linux:gone:7", hostname]
+    raw(
+        path,
+        f"INSERT INTO requests ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+        (*values, *columns.values()),
+    )
+
+
+def test_recovery_hands_over_the_rows_it_interrupted(ledger: Ledger, path: Path):
+    live = ledger.start(session_id="live", user="bo")
+    _dead_row(path, ledger.hostname, "killed-1", user="ann", model="gpt-4o-mini", tenant="acme", key_id="jti-1")
+    _dead_row(path, ledger.hostname, "killed-2", user="cy", deployment="openai", provider_type="openai")
+    _dead_row(path, ledger.hostname + "-elsewhere", "remote")  # another host's: never judged, never handed over
+    handed: list[list[dict[str, object]]] = []
+    stop = ledger.interrupted.follow(handed.append)
+    assert handed == []  # nothing was recovered when the ledger opened
+    assert ledger.recover() == 2
+    (rows,) = handed
+    assert [row["session_id"] for row in rows] == ["killed-1", "killed-2"]
+    first, second = rows
+    assert set(first) == {
+        "time", "end_time", "session_id", "user", "deployment", "provider_type", "model",
+        "tenant", "key_id", "trace_id", "cache_hit",
+    }  # fmt: skip
+    assert (first["user"], first["model"], first["tenant"], first["key_id"]) == ("ann", "gpt-4o-mini", "acme", "jti-1")
+    assert (second["user"], second["deployment"], second["provider_type"]) == ("cy", "openai", "openai")
+    assert first["time"] == T0 and first["cache_hit"] is False
+    assert first["end_time"] == ledger.row(2)["end_time"]  # type: ignore[index]
+    assert ledger.recover() == 0 and len(handed) == 1  # a row is handed over once
+    stop()
+    ledger.finish(live, status="ok")
+
+
+def test_rows_recovered_as_the_ledger_opens_wait_for_their_listener(path: Path):
+    with Ledger(path) as ledger:
+        hostname = ledger.hostname
+    _dead_row(path, hostname, "killed", user="ann")
+    with Ledger(path) as reopened:  # opening recovers: nobody follows yet
+        assert reopened.interrupted.waiting() == 1
+        handed: list[list[dict[str, object]]] = []
+        reopened.interrupted.follow(handed.append)
+        assert [[row["session_id"] for row in batch] for batch in handed] == [["killed"]]
+        assert reopened.interrupted.waiting() == 0
+    with Ledger(path) as again:  # the row is interrupted now: a later opening has nothing to hand over
+        assert again.interrupted.waiting() == 0
+
+
 def test_process_probe_tells_live_dead_and_reused_apart():
     me = process_identity(os.getpid())
     assert me is not None

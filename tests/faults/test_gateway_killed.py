@@ -5,7 +5,9 @@ to 100 raw clients at once — half over SSE, half over WebSocket, each on its o
 client has its first token, the gateway is killed. Every client must then see an ``error`` event or its
 connection closed within 5 s; the ledger must hold a ``started`` row for each of the 100 sessions (their
 rows were written long before the kill); and a gateway started again on the same file marks every one
-of them ``interrupted``, leaving nothing ``started``.
+of them ``interrupted``, leaving nothing ``started`` — and writes the audit record the killed gateway
+never could, one per session: who asked, the session, the model, ``interrupted``. No key and no token
+reaches the log.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import WebSocketException
 
 from gtl_nb import sim
-from tests.faults.conftest import LONG_PROMPT, SIM_KEY, gateway_file, ledger_rows, start, token
+from tests.faults.conftest import (
+    LONG_PROMPT,
+    SECRET,
+    SIM_KEY,
+    USER,
+    audit_records,
+    gateway_file,
+    ledger_rows,
+    start,
+    token,
+)
 
 CLIENTS = 100
 NOTICE = 5.0
@@ -141,6 +153,8 @@ def test_sigkill_while_100_clients_stream(tmp_path: Path):
 
         endings = {stream.session_id: stream.ending for stream in streams}
         assert {how for how in endings.values()} <= {"error", "closed"}, endings
+        audit = tmp_path / "audit.jsonl"
+        assert audit_records(audit) == [], "a record of a request that was still running when it was killed"
         late = {
             stream.session_id: None if stream.ended_at is None else round(stream.ended_at - killed_at, 2)
             for stream in streams
@@ -167,5 +181,19 @@ def test_sigkill_while_100_clients_stream(tmp_path: Path):
         assert sorted(row["session_id"] for row in dead) == sorted(sessions)
         assert {row["status"] for row in dead} == {"interrupted"}
         assert all(row["end_time"] is not None for row in dead)
+
+        # ... and its audit log records each of them once, as the ledger does
+        records = audit_records(audit)
+        assert sorted(record["session_id"] for record in records) == sorted(sessions)
+        by_session = {row["session_id"]: row for row in dead}
+        for record in records:
+            row = by_session[record["session_id"]]
+            assert (record["status"], record["recovered"], record["error_code"]) == ("interrupted", True, None)
+            assert (record["principal"], record["key_id"], record["trace_id"]) == (USER, row["key_id"], row["trace_id"])
+            assert record["key_id"] is not None and row["model"] is not None
+            assert record["model"] == record["requested_model"] == row["model"]
+        written = b"".join(path.read_bytes() for path in tmp_path.glob("audit.jsonl*"))
+        for secret in (SECRET.encode(), SIM_KEY.encode(), b"eyJ"):  # b"eyJ": how every JWT begins
+            assert secret not in written
     finally:
         paced.close()

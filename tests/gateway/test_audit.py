@@ -180,6 +180,117 @@ def test_canaries_reach_no_record_and_no_log_line_at_the_default_verbosity(tmp_p
         assert canary not in logged
 
 
+def _killed_gateway_row(ledger_path: Path, session_id: str, **columns: Any) -> None:
+    """A ``started`` row of a gateway process that is gone (this pid, another process identity)."""
+    import platform
+    import sqlite3
+
+    values = {
+        "time": NOW - 2.5,
+        "time_utc": "2025-06-15T15:06:37.500Z",
+        "session_id": session_id,
+        "status": "started",
+        "pid": os.getpid(),
+        "proc_start": "linux:gone:1",
+        "hostname": platform.node() or "localhost",
+        **columns,
+    }
+    connection = sqlite3.connect(ledger_path)
+    with connection:
+        connection.execute(
+            f"INSERT INTO requests ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            tuple(values.values()),
+        )
+    connection.close()
+
+
+def test_requests_interrupted_by_a_kill_get_their_record_when_the_ledger_is_recovered(tmp_path):
+    """A gateway killed mid-request leaves its rows ``started`` and no record; the next start's recovery
+    marks the rows ``interrupted`` and the audit log writes one record for each, from what the row knows."""
+    from gtl_nb.engine.ledger import Ledger
+
+    ledger_path = tmp_path / "ledger.sqlite3"
+    Ledger(ledger_path).close()  # the schema
+    _killed_gateway_row(
+        ledger_path,
+        "killed-1",
+        user="ann",
+        tenant="acme",
+        key_id="jti-0001",
+        trace_id=CONTEXT.trace_id,
+        model="gpt-4o-mini",
+    )
+    _killed_gateway_row(ledger_path, "killed-2", user="bo", deployment="openai", provider_type="openai", model="gpt-4o")
+    settings = load_settings(providers={"echo": {"type": "echo"}}, environ={})
+    engine = build_engine(settings, ledger=str(ledger_path))  # opening the ledger recovers the two rows
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine, wall_clock=lambda: NOW)
+    drive(engine, [request("after", "echo")])
+    audit.close()
+
+    first, second, after = records(log_path)
+    assert [r["session_id"] for r in (first, second, after)] == ["killed-1", "killed-2", "after"]
+    assert [r["status"] for r in (first, second, after)] == ["interrupted", "interrupted", "ok"]
+    assert first["recovered"] is True and second["recovered"] is True and "recovered" not in after
+    assert (first["principal"], first["tenant"], first["key_id"]) == ("ann", "acme", "jti-0001")
+    assert (first["trace_id"], first["model"], first["deployment"]) == (CONTEXT.trace_id, "gpt-4o-mini", None)
+    assert (second["principal"], second["deployment"], second["provider"], second["model"]) == (
+        "bo",
+        "openai",
+        "openai",
+        "gpt-4o",
+    )
+    for record in (first, second):
+        assert record["error_code"] is None and record["tokens_in"] is None and record["cost"] is None
+        assert record["duration_ms"] > 0  # from the row's start to the recovery that ended it
+        assert record["peer"] is None and record["failover_path"] == [] and record["retries"] == 0
+    ledger_rows = {row["session_id"]: row for row in Ledger(ledger_path).rows()}
+    assert {name: row["status"] for name, row in ledger_rows.items()} == {
+        "killed-1": "interrupted",
+        "killed-2": "interrupted",
+        "after": "ok",
+    }
+    assert verify(log_path).ok
+
+
+def test_rows_a_replica_recovers_while_the_gateway_runs_are_recorded_on_its_loop(tmp_path):
+    """A PostgreSQL replica's lease keeper recovers rows on the ledger's own thread, any time: each batch
+    is handed to the loop that feeds the hooks, and recorded there like every other record."""
+    from gtl_nb.engine.ledger_interrupted import InterruptedRows
+
+    rows = InterruptedRows()
+    ledger = SimpleNamespace(interrupted=rows)  # what the PostgreSQL ledger offers
+    log_path = tmp_path / "audit.jsonl"
+    seen_on: list[threading.Thread] = []
+
+    async def main() -> None:
+        audit = AuditLog(AuditSettings(path=log_path, fsync=False), wall_clock=lambda: NOW)
+        audit.follow_interrupted(ledger)  # on this loop, as ``watch`` does
+        recorded = audit.record_interrupted
+
+        def spy(batch: list[dict[str, Any]]) -> None:
+            seen_on.append(threading.current_thread())
+            recorded(batch)
+
+        audit.record_interrupted = spy  # type: ignore[method-assign]
+        keeper = threading.Thread(target=rows.add, args=([{"session_id": "elsewhere", "user": "cy", "end_time": NOW}],))
+        keeper.start()
+        keeper.join()
+        for _ in range(100):
+            if seen_on:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(audit.close)
+        rows.add([{"session_id": "after-close"}])  # unsubscribed: waits for another listener
+
+    asyncio.run(main())
+    assert seen_on == [threading.main_thread()]
+    (record,) = records(log_path)
+    assert (record["session_id"], record["principal"], record["status"]) == ("elsewhere", "cy", "interrupted")
+    assert record["time"] == "2025-06-15T15:06:40.000Z" and record["duration_ms"] is None
+    assert rows.waiting() == 1
+
+
 HANDLE = object()  # one request's hook handle (its events share it)
 
 

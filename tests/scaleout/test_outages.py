@@ -105,6 +105,21 @@ def test_a_replica_killed_mid_stream(cluster: Cluster):
     killed_rows = [row for row in rows.values() if row["replica"].startswith("replica-0:")]
     assert killed_rows and {row["status"] for row in killed_rows} == {"interrupted"}
     assert {rows[stream.session_id]["status"] for stream in streams if stream.ended == "done"} == {"ok"}
+    # the replica that marked them writes their audit records (the killed one never could): one for each
+    killed_sessions = sorted(row["session_id"] for row in killed_rows)
+
+    def interrupted_records() -> list[dict]:
+        found = [r for r in cluster.audit_records() if r.get("kind") == "request" and r["status"] == "interrupted"]
+        return found if sorted(r["session_id"] for r in found) == killed_sessions else []
+
+    for record in wait_until(interrupted_records, 15, "an audit record for each interrupted row"):
+        row = rows[record["session_id"]]
+        assert record["recovered"] is True
+        assert (record["principal"], record["model"], record["trace_id"]) == (
+            row["user"],
+            row["model"],
+            row["trace_id"],
+        )
     # nginx routes around the dead replica: new requests succeed
     with gtl_nb.connect(cluster.http_url, token=token()) as client:
         answers = [client.complete("openai:gpt-4o", f"after the kill {i}") for i in range(6)]

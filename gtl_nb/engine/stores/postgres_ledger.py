@@ -28,7 +28,9 @@ the request path as the SQLite writer does them:
   at each renewal, marks ``interrupted`` the ``started`` rows of every replica whose lease ran out:
   one UPDATE guarded by ``status = 'started'``, so two replicas doing it at once mark each row once.
   Such a row is flagged ``recovered``: if its writer was only cut off (a network partition longer
-  than the lease) its real outcome, arriving later, replaces the guess. A clean ``aclose`` marks its
+  than the lease) its real outcome, arriving later, replaces the guess. The replica whose UPDATE
+  marked a row hands it over (``interrupted``: ``engine.ledger_interrupted``), so its gateway writes
+  the row's audit record — each row's record once, across replicas. A clean ``aclose`` marks its
   own unfinished rows ``interrupted`` and gives its lease back. The lease of a replica that did not
   (killed, its host lost) is deleted once it ran out more than ``forget_after`` seconds ago
   (``FORGET_AFTER``, 15 minutes) and none of its rows is still ``started`` — judged first, in the
@@ -88,6 +90,8 @@ from gtl_nb.engine.ledger import (
     iso_utc,
     unknown_filter,
 )
+from gtl_nb.engine.ledger_interrupted import COLUMNS as INTERRUPTED_COLUMNS
+from gtl_nb.engine.ledger_interrupted import InterruptedRows
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
 from gtl_nb.engine.ledger_writer import IDLE_AFTER
@@ -249,7 +253,7 @@ _JUDGE = (
     f"UPDATE {TABLE} AS r SET status = 'interrupted', end_time = extract(epoch FROM clock_timestamp()), "
     f"recovered = true FROM {LEASES} AS l "
     "WHERE r.replica = l.replica AND r.status = 'started' AND l.lease_until < clock_timestamp() "
-    "RETURNING r.replica"
+    f"RETURNING r.replica, {', '.join('r.' + quoted(name) for name in INTERRUPTED_COLUMNS)}"
 )
 # Run after _JUDGE: a lease whose rows are still started is kept, or nothing could judge them.
 _FORGET_LEASES = (
@@ -366,6 +370,9 @@ class PostgresUsageLedger:
             else default_ledger_path().parent / f"postgres-spool-{self._url.digest}.sqlite3"
         )
         self._spool = Spool(self.spool_path)
+        #: The rows the lease keeper marked ``interrupted``, for the gateway's audit log
+        #: (``engine.ledger_interrupted``): each row once, handed over by the replica whose UPDATE marked it.
+        self.interrupted = InterruptedRows()
         # -- the request path (any thread), under _lock
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
@@ -699,7 +706,8 @@ class PostgresUsageLedger:
 
     async def _judge(self, conn: Any) -> int:
         cursor = await conn.execute(_JUDGE)
-        replicas = [row[0] for row in await cursor.fetchall()]
+        judged = await cursor.fetchall()
+        replicas = [row[0] for row in judged]
         if replicas:
             log.warning(
                 "ledger %s: %d request(s) of %d replica(s) whose lease ran out marked interrupted",
@@ -707,6 +715,7 @@ class PostgresUsageLedger:
                 len(replicas),
                 len(set(replicas)),
             )
+            self.interrupted.add(dict(zip(INTERRUPTED_COLUMNS, row[1:], strict=True)) for row in judged)
         return len(replicas)
 
     async def _forget_leases(self, conn: Any) -> None:

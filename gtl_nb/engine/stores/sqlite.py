@@ -34,6 +34,7 @@ from gtl_nb.engine.ledger import (
     LedgerValueError,
     Totals,
 )
+from gtl_nb.engine.ledger_interrupted import InterruptedRows
 from gtl_nb.engine.ledger_retention import Retention
 from gtl_nb.engine.ledger_schema import FINAL_STATUSES
 from gtl_nb.engine.ledger_writer import (
@@ -136,6 +137,11 @@ class SqliteUsageLedger:
                 self.ledger.close()
             raise
         self._closed = False
+
+    @property
+    def interrupted(self) -> InterruptedRows:
+        """The rows the file's crash recovery marked ``interrupted`` (``Ledger.interrupted``)."""
+        return self.ledger.interrupted
 
     @property
     def path(self) -> Path | None:

@@ -414,6 +414,9 @@ def test_the_rows_of_a_replica_whose_lease_ran_out_are_interrupted_once(postgres
 
         counts = run(both())
         rows = run(judges[1].rows())
+        handed = [[], []]
+        for judge, batches in zip(judges, handed, strict=True):
+            judge.interrupted.follow(batches.append)
     finally:
         if dying.poll() is None:
             dying.kill()
@@ -427,6 +430,12 @@ def test_the_rows_of_a_replica_whose_lease_ran_out_are_interrupted_once(postgres
         "done": "ok",
     }
     assert all(row["end_time"] is not None for row in rows)
+    # the judge whose UPDATE marked the rows hands them over, for its gateway's audit log; the other none
+    marked = handed[counts.index(2)]
+    assert handed[counts.index(0)] == [] and len(marked) == 1
+    assert sorted(row["session_id"] for row in marked[0]) == ["in flight 1", "in flight 2"]
+    assert {(row["user"], row["model"]) for row in marked[0]} == {("ada", "m")}
+    assert all(row["end_time"] >= row["time"] for row in marked[0])
 
 
 def test_a_clean_close_gives_the_lease_back_and_interrupts_what_it_never_finished(postgres_url: str, spool: Path):
