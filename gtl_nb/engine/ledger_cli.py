@@ -8,7 +8,9 @@ finish reason);
 Without ``--ledger`` the file is ``[ledger] path``/``url`` of the configuration (``--config FILE``, as
 ``gtl --config``), then the default ledger file; without ``--days``/``--max-rows`` the limits are
 ``[ledger] retention_days``/``max_rows``. ``--vacuum`` then hands the freed space back to the file
-system. Prints what was deleted; exits 0, or 2 when there is nothing to prune by.
+system. Prints what was deleted; exits 0, or 2 when there is nothing to prune by or the file is not
+there (``--ledger`` or the configuration named it: a typo, most often; the default file not made yet
+is only said to hold nothing).
 
 A ``postgresql://`` URL (``[ledger] url``, or given to ``--ledger``) is read and pruned in that
 database: the same groups, sums and order as from a file (``POSTGRES_GROUPINGS``), and the same
@@ -123,7 +125,7 @@ def _usage(args: argparse.Namespace) -> int:
         rows, source = remote(args, since)
         return _print_usage(args, group_rows(rows, args.by), source)
     _refuse_a_gateway(args, "usage")
-    path, _ = _configured(args)
+    path, _, _ = _configured(args)
     if isinstance(path, str):
         return _postgres_usage(args, path, since)
     if path.is_dir():
@@ -387,7 +389,7 @@ def _prune(args: argparse.Namespace) -> int:
     from gtl_nb.engine.ledger_retention import Retention, prune_file
 
     _refuse_a_gateway(args, "ledger prune")
-    path, configured = _configured(args)
+    path, configured, named_by = _configured(args)
     days = args.days if args.days is not None else getattr(configured, "days", None)
     rows = args.max_rows if args.max_rows is not None else getattr(configured, "max_rows", None)
     if days is None and rows is None:
@@ -405,6 +407,11 @@ def _prune(args: argparse.Namespace) -> int:
     if not path.is_file():  # (pruning would create an empty ledger, and report success on a typo for ever)
         if args.ledger_file:
             raise ConfigurationError(f"--ledger {path}: no such file")
+        if named_by is not None:  # a path someone wrote down that is not there: as likely a typo as --ledger's
+            raise ConfigurationError(
+                f"{named_by} names {os.path.abspath(path)}: no such file (check the path; "
+                "a gateway or client with that configuration creates it as it first starts)"
+            )
         print(f"gtl: no ledger at {os.path.abspath(path)}: nothing to prune", file=sys.stderr)
         return 0
     pruned = prune_file(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
@@ -438,9 +445,10 @@ def _prune_postgres(url: str, retention: Any, *, vacuum: bool) -> int:
     return 0
 
 
-def _configured(args: argparse.Namespace) -> tuple[Path | str, Any]:
-    """The ledger — a file, or a PostgreSQL URL — and the configured ``Retention`` (``None``: none
-    configured)."""
+def _configured(args: argparse.Namespace) -> tuple[Path | str, Any, str | None]:
+    """The ledger — a file, or a PostgreSQL URL —, the configured ``Retention`` (``None``: none
+    configured), and where the configuration named the ledger (``[ledger] path in FILE``; ``None`` for
+    ``--ledger`` and the default file)."""
     from gtl_nb.engine.ledger import default_ledger_path
     from gtl_nb.engine.settings import load_settings
     from gtl_nb.engine.stores.postgres_pool import is_postgres_url
@@ -451,12 +459,14 @@ def _configured(args: argparse.Namespace) -> tuple[Path | str, Any]:
         raise ConfigurationError(f"--config {config_file}: no such file")
     settings = load_settings(config=config_file)
     if args.ledger_file and is_postgres_url(args.ledger_file):
-        return args.ledger_file, settings.ledger.retention
+        return args.ledger_file, settings.ledger.retention, None
     path: Path | None = Path(args.ledger_file).expanduser() if args.ledger_file else None
+    named_by = None
     if path is None and settings.ledger.url:
         where = settings.ledger.url
+        named_by = _where_configured(settings)
         if is_postgres_url(where):  # the ledger replicas share: read and pruned in the database
-            return where, settings.ledger.retention
+            return where, settings.ledger.retention, named_by
         if "://" not in where:
             path = Path(where).expanduser()
         else:
@@ -464,4 +474,13 @@ def _configured(args: argparse.Namespace) -> tuple[Path | str, Any]:
             if url.scheme != "sqlite" or url.path is None:
                 raise ConfigurationError(f"[ledger] {where!r} is not a ledger file; give one with --ledger")
             path = url.path
-    return path or default_ledger_path(), settings.ledger.retention
+    return path or default_ledger_path(), settings.ledger.retention, named_by
+
+
+def _where_configured(settings: Any) -> str:
+    """``[ledger] path`` (or ``url``) and the configuration file that set it, for a message."""
+    config = settings.config
+    table = config.ledger if config is not None else {}
+    key = "url" if table.get("url") else "path"
+    source = getattr(config, "source_path", None)
+    return f"[ledger] {key}" + (f" in {source}" if source is not None else "")

@@ -222,10 +222,34 @@ def test_the_command_refuses_a_ledger_file_that_is_not_there_rather_than_making_
     with pytest.raises(ConfigurationError, match=r"--ledger .*ledgr\.sqlite3: no such file"):
         gtl_ledger("ledger", "prune", "--ledger", str(missing), "--days", "3")
     assert not missing.exists()
-    config = tmp_path / "gtl.toml"  # the configured file not made yet: nothing to prune, said so
+
+
+def test_the_command_refuses_a_configured_ledger_file_that_is_not_there(tmp_path: Path, capsys, monkeypatch):
+    """A typo in ``[ledger] path`` is as likely as in ``--ledger``: refused, naming the path and the file
+    that set it, and no empty ledger made; with no ledger configured, a default file not made yet is only
+    said to hold nothing to prune."""
+    from gtl_nb.cli import main
+
+    missing = tmp_path / "ledgr.sqlite3"
+    config = tmp_path / "gtl.toml"
     config.write_text(f'[ledger]\npath = "{missing}"\nretention_days = 5\n', encoding="utf-8")
-    assert gtl_ledger("--config", str(config), "ledger", "prune") == 0
-    assert "no ledger at" in capsys.readouterr().err and not missing.exists()
+    assert main(["--config", str(config), "ledger", "prune"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gtl: error: ") and f"[ledger] path in {config} names {missing}: no such file" in err
+    with pytest.raises(ConfigurationError, match=r"\[ledger\] url in .*gtl\.toml names .*ledgr\.sqlite3: no such"):
+        config.write_text(f'[ledger]\nurl = "sqlite:///{missing}"\nretention_days = 5\n', encoding="utf-8")
+        gtl_ledger("--config", str(config), "ledger", "prune")
+    monkeypatch.setenv("GTL_NB_CONFIG", str(config))  # named by the environment: the same refusal
+    with pytest.raises(ConfigurationError, match=r"ledgr\.sqlite3: no such file"):
+        gtl_ledger("ledger", "prune")
+    assert not missing.exists()
+
+    monkeypatch.delenv("GTL_NB_CONFIG")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no user configuration: the default file
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    assert gtl_ledger("ledger", "prune", "--days", "3") == 0
+    assert "no ledger at" in capsys.readouterr().err
 
 
 def test_a_prune_that_deletes_nothing_says_which_rows_are_never_pruned(tmp_path: Path, capsys):
