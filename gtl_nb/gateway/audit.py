@@ -8,7 +8,9 @@ the failover path with the error code that moved the request on, and the number 
 or answers unless ``verbosity = "full"``. Two other kinds exist: ``dropped`` (how many records the
 writer could not keep: a full queue or a failed write) and ``recovery`` (what the writer repaired
 after a crash). One record per request: it is written when ``RequestFinished`` arrives, and the
-earlier hooks (attempts, retries, failovers, a cache hit) only add to it.
+earlier hooks (attempts, retries, failovers, a cache hit) only add to it. A request whose gateway was
+killed while it ran never finishes that way: its record (status ``interrupted``, ``recovered: true``,
+what the ledger row knows) is written when crash recovery marks its row (``follow_interrupted``).
 
 **The chain.** Every line is ``{..., "prev": "<hash of the previous record>", "hash": "<hash>"}``,
 where ``hash`` is the SHA-256 of the line's own bytes up to (without) ``,"hash":…`` plus the closing

@@ -15,7 +15,9 @@ each in a worker thread, at the same time: their first contacts with a shared st
 answer (the PostgreSQL ledger and the PostgreSQL audit chain, a connect timeout each) then cost one
 wait, not one after the other, and the event loop stays free meanwhile (a SIGTERM during the start is
 handled at once). A shutdown begun before the listeners start starts none of them: nothing is
-announced, and what was opened is closed.
+announced, and what was opened is closed. Once both are open, the audit log follows the ledger's
+crash recovery (``AuditLog.watch``): the requests a killed gateway left running, which opening the
+ledger marked ``interrupted``, have their records queued before the first listener starts.
 """
 
 from __future__ import annotations
