@@ -141,8 +141,12 @@ class Completion:
             parts.append("failover: " + "; ".join(short_reason(step) for step in self.failovers))
         return " · ".join(parts)
 
+    def text_markdown(self) -> str:
+        """The answer's text as its markdown form shows it (dollars kept dollars); the plain form is ``text``."""
+        return no_math_markdown(self.text)
+
     def _body_markdown(self) -> str:
-        body = no_math_markdown(self.text)
+        body = self.text_markdown()
         for call in self.tool_calls:
             body += f"\n\n{code_span(f'{call.name}({call.arguments})')}"
         if self.error is not None:

@@ -1,8 +1,9 @@
 """``%%gtl --format``: the instruction each format adds to the system prompt, and how the answer is shown.
 
-``markdown`` (the default) shows the answer as is; ``text``, ``json`` and ``code`` show it in a fenced
-block (JSON pretty-printed when it parses). ``code_of`` takes the code out of an answer for
-``--format code``'s next cell.
+``markdown`` (the default) shows the answer as is; ``json`` and ``code`` show it in a fenced block
+(JSON pretty-printed when it parses); ``text`` shows it in a fenced block in its markdown form only
+(``PlainText``), so its plain form is the answer as written. ``code_of`` takes the code out of an
+answer for ``--format code``'s next cell.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import dataclasses
 import json
 from typing import Any
 
-__all__ = ["FORMAT_INSTRUCTIONS", "code_of", "fenced", "shown"]
+from gtl_nb.completion import Completion
+
+__all__ = ["FORMAT_INSTRUCTIONS", "PlainText", "code_of", "fenced", "shown"]
 
 FORMAT_INSTRUCTIONS = {
     "json": "Answer with JSON only: no prose before or after it, no code fences.",
@@ -41,10 +44,22 @@ def _first_fence(text: str) -> tuple[str, str] | None:
     return info[:length], text[newline + 1 : end]
 
 
+@dataclasses.dataclass(frozen=True)
+class PlainText(Completion):
+    """An answer shown with ``--format text``: its markdown form holds the text in a fenced block (no
+    markdown rendering, dollars literal), its plain form the text as written."""
+
+    def text_markdown(self) -> str:
+        return fenced(self.text, "text") if self.text else ""
+
+
 def shown(completion: Any, fmt: str) -> Any:
-    """The Completion as ``--format`` shows it: markdown as is; text, json and code in a fenced block."""
+    """The Completion as ``--format`` shows it: markdown as is; json and code in a fenced block; text
+    as a ``PlainText``, fenced in markdown only."""
     if fmt == "markdown" or completion.tool_calls:
         return completion
+    if fmt == "text":
+        return PlainText(**{f.name: getattr(completion, f.name) for f in dataclasses.fields(completion)})
     if fmt == "json":
         body = code_of(completion.text)
         try:
@@ -57,7 +72,7 @@ def shown(completion: Any, fmt: str) -> Any:
         language = (fence[0] if fence else "") or "python"
         text = fenced(code_of(completion.text), language)
     else:
-        text = fenced(completion.text, "text")
+        raise ValueError(f"unknown --format {fmt!r}")
     return dataclasses.replace(completion, text=text)
 
 

@@ -269,6 +269,7 @@ class _Answer:
     # set by finish()
     finished: bool = False
     final_text: str = ""
+    final_text_markdown: str | None = None  # the answer's own markdown form of its text, when it has one
     final_calls: list[str] = field(default_factory=list)
     final_error: tuple[str, str] | None = None
     footer: str = ""
@@ -343,6 +344,7 @@ class _Answer:
         completion, exc = _outcome(result)
         if completion is not None:
             self.final_text = completion.text
+            self.final_text_markdown = completion.text_markdown().strip("\n")
             self.final_calls = [f"{c.name}({c.arguments})" for c in completion.tool_calls]
             self.footer = completion.footer()
             if completion.error is not None:
@@ -434,10 +436,12 @@ class _Answer:
         lines = [f'<div class="gtl-stream gtl-final" data-model="{_attr(self.model)}"{style_attr}>']
         if heading:
             lines += ['<div class="gtl-title">', "", f"**{_md_inline(heading)}**", "", "</div>"]
-        body = self.final_text.strip("\n")
-        if not body and not self.final_calls and not self.final_error:
-            body = "_(empty answer)_"
-        lines += ['<div class="gtl-text">', "", no_math_markdown(body), "", "</div>"] if body else []
+        text = self.final_text.strip("\n")
+        if text:
+            body = self.final_text_markdown if self.final_text_markdown is not None else no_math_markdown(text)
+        else:
+            body = "" if self.final_calls or self.final_error else "_(empty answer)_"
+        lines += ['<div class="gtl-text">', "", body, "", "</div>"] if body else []
         for call in self.final_calls:
             lines += ['<div class="gtl-call">', "", code_span(call), "", "</div>"]
         if self.final_error:

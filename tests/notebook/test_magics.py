@@ -237,6 +237,24 @@ def test_format_json_and_text_show_the_answer_in_a_fenced_block(ip):
     assert isinstance(ip.user_ns["_gtl"], Completion) and not ip.user_ns["_gtl"].text.startswith("```")
 
 
+def shown_bundles(shell, source: str) -> tuple[Any, list[dict[str, str]]]:
+    """Run a cell; its result and the outputs it displayed that have a markdown form."""
+    with capture_output() as captured:
+        result = shell.run_cell(source, store_history=True)
+    return result, [dict(out.data) for out in captured.outputs if "text/markdown" in out.data]
+
+
+@pytest.mark.parametrize("stream", ["", " --no-stream"])
+def test_format_text_is_fenced_in_markdown_only_and_plain_in_text(ip, stream):
+    result, bundles = shown_bundles(ip, f"%%gtl --format text{stream}\nkeep *this* plain, $5")
+    assert result.success
+    (bundle,) = bundles
+    answer = ip.user_ns["_gtl"].text
+    assert "```text\n" + answer in bundle["text/markdown"]  # no markdown rendering: a preformatted block
+    plain = bundle["text/plain"]
+    assert "```" not in plain and answer in plain and "-- " in plain, plain  # the answer as written, and the footer
+
+
 def test_format_json_pretty_prints_valid_json(ip, monkeypatch):
     from gtl_nb.notebook import magics
 
