@@ -1,6 +1,9 @@
 """A small progress bar for batches: an ipywidgets bar in a notebook, a one-line bar in a terminal.
 
 Updates are coalesced (at most ``max_redraws_per_second``) and the final state is always drawn.
+In a notebook the bar's output also carries a ``text/plain`` form — the terminal's line — and
+``close()`` updates it to the final count, so a saved notebook (an HTML export, GitHub, a run
+without widget state) shows how the batch ended, not the bar as it started.
 """
 
 from __future__ import annotations
@@ -8,6 +11,8 @@ from __future__ import annotations
 import sys
 import time
 from typing import Any, TextIO
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def in_notebook() -> bool:
@@ -34,6 +39,8 @@ class Progress:
         self._interval = 1.0 / max_redraws_per_second
         self._last = 0.0
         self._widget: Any = None
+        self._view: Any = None
+        self._handle: Any = None  # the bar's display in a notebook, whose text form close() updates
         if in_notebook():
             self._widget = self._make_widget()
 
@@ -46,8 +53,13 @@ class Progress:
         bar = ipywidgets.IntProgress(min=0, max=max(1, self.total), description=self.label)
         text = ipywidgets.Label()
         box = ipywidgets.HBox([bar, text])
-        display(box)
+        self._view = box._repr_mimebundle_()[WIDGET_VIEW]
+        self._handle = display(self._bundle(), raw=True, display_id=True)
         return bar, text
+
+    def _bundle(self) -> dict[str, Any]:
+        """The bar's output: the widget, and the terminal's line for where no widget is drawn."""
+        return {WIDGET_VIEW: self._view, "text/plain": self._line()}
 
     def advance(self, ok: bool = True) -> None:
         self.done += 1
@@ -62,19 +74,24 @@ class Progress:
         failed = f", {self.failed} failed" if self.failed else ""
         return f"{self.done}/{self.total}{failed}"
 
+    def _line(self) -> str:
+        width = 24
+        filled = int(width * self.done / max(1, self.total))
+        return f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self._summary()}"
+
     def _draw(self) -> None:
         if self._widget is not None:
             bar, text = self._widget
             bar.value = self.done
             text.value = self._summary()
             return
-        width = 24
-        filled = int(width * self.done / max(1, self.total))
-        self._stream.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] {self._summary()}")
+        self._stream.write(f"\r{self._line()}")
         self._stream.flush()
 
     def close(self) -> None:
         self._draw()
+        if self._handle is not None:
+            self._handle.update(self._bundle(), raw=True)
         if self._widget is None:
             self._stream.write("\n")
             self._stream.flush()

@@ -602,6 +602,18 @@ def test_every_output_that_keeps_a_widget_view_carries_a_static_form_beside_it(s
     assert all(static_form(bundle).strip() for bundle in others)
 
 
+def test_a_batchs_progress_bar_saves_its_final_count_as_text(shell, echo_client, monkeypatch):
+    from gtl_nb import progress
+
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    results = echo_client.batch(["one", "two", {"model": "no-such-model", "messages": "x"}], model="echo")
+    assert len(results) == 3
+    [saved] = shell.display_pub.saved()  # the bar, as a saved notebook keeps it
+    assert WIDGET_VIEW in saved
+    assert saved["text/plain"].endswith("] 3/3, 1 failed"), saved["text/plain"]
+    assert "value=0" not in saved["text/plain"]
+
+
 def test_the_editor_becomes_its_table_once_every_entity_is_defined(shell, wrapped):
     editor = EntityEditor(wrapped, live=True)
     editor.display()
