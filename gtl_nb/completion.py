@@ -16,7 +16,7 @@ import html
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gtl_nb.protocol.messages import Done, Error, Message, StreamEvent, ToolCall, Usage
@@ -45,6 +45,9 @@ class Completion:
     error: Error | None = None
     created_at: float | None = None  # Unix time the answer finished (for GAP timestamps and logs)
     stop_sequence: str | None = None  # the stop sequence that ended the answer, when the provider says
+    steps: list[Completion] = field(default_factory=list, repr=False)
+    """The requests a tool loop made for this answer, in order, each a ``Completion`` of its own (its
+    usage, cost and times); empty for an answer of one request. See ``over_steps``."""
 
     @classmethod
     def from_transcript(cls, transcript: Transcript, provider_type: str | None = None) -> Completion:
@@ -67,6 +70,30 @@ class Completion:
             error=transcript.error,
             created_at=time.time(),
             stop_sequence=done.stop_sequence if done else None,
+        )
+
+    @classmethod
+    def over_steps(cls, steps: Sequence[Completion]) -> Completion:
+        """One answer from the requests of a tool loop (the model called tools, the results went back,
+        it answered again): the last request's text, tool calls, model and ending, with the whole
+        loop's numbers — ``usage`` summed over the steps (tokens and cost unknown when a step did not
+        report them; the prompt-cache and reasoning parts summed over the steps that report them),
+        ``latency_ms`` their sum, ``ttft_ms`` the first step's, every step's ``failovers`` — and
+        ``steps`` holding each request's own ``Completion``. One step is returned as it is."""
+        flat = [step for given in steps for step in (given.steps or [given])]
+        if not flat:
+            raise ValueError("over_steps() needs at least one step")
+        if len(flat) == 1:
+            return flat[0]
+        last = flat[-1]
+        latencies = [step.latency_ms for step in flat]
+        return replace(
+            last,
+            usage=_summed_usage([step.usage for step in flat], last.session_id),
+            ttft_ms=flat[0].ttft_ms,
+            latency_ms=None if None in latencies else sum(latencies),  # type: ignore[arg-type]
+            failovers=[failover for step in flat for failover in step.failovers],
+            steps=flat,
         )
 
     # -- derived ------------------------------------------------------------------------------
@@ -125,6 +152,8 @@ class Completion:
             parts.append(money(self.usage.cost) or "cost unknown")
             if self.usage.cache_hit:
                 parts.append("cached")
+        if len(self.steps) > 1:  # the numbers around this are the whole tool loop's
+            parts.append(f"{len(self.steps)} requests")
         if self.ttft_ms is not None:
             parts.append(f"first token {self.ttft_ms / 1000:.2f} s")
         if self.latency_ms is not None:
@@ -169,6 +198,32 @@ class Completion:
 
 def _count(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
+
+
+def _summed_usage(usages: Sequence[Usage | None], session_id: str) -> Usage | None:
+    """Several requests' usage as one: a total a request did not report is unknown (``None``); the
+    parts (prompt cache, reasoning) add up what was reported."""
+    if all(usage is None for usage in usages):
+        return None
+
+    def total(name: str, *, every: bool = True) -> Any:
+        values = [getattr(usage, name) if usage is not None else None for usage in usages]
+        known = [value for value in values if value is not None]
+        if not known or (every and len(known) < len(values)):
+            return None
+        return sum(known)
+
+    return Usage(
+        session_id=session_id,
+        tokens_in=total("tokens_in"),
+        tokens_out=total("tokens_out"),
+        cost=total("cost"),
+        cached_tokens_in=total("cached_tokens_in", every=False),
+        reasoning_tokens_out=total("reasoning_tokens_out", every=False),
+        cache_write_tokens_in=total("cache_write_tokens_in", every=False),
+        cache_write_1h_tokens_in=total("cache_write_1h_tokens_in", every=False),
+        cache_hit=all(usage is not None and usage.cache_hit for usage in usages),
+    )
 
 
 def _prompt_cache(usage: Usage) -> str:

@@ -17,7 +17,7 @@ import msgspec
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from gtl_nb.completion import code_span
+from gtl_nb.completion import Completion, code_span
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
 from gtl_nb.notebook.errors import GTLCellError, a_kind_of, client_for, in_notebook_words
@@ -132,20 +132,23 @@ class GtlCell:
             request = {**request, "tools": tools}
         convo = list(messages)
         start = len(messages) - 1  # the user's message is the first one this cell adds
+        steps: list[Any] = []  # this cell's requests so far, each its own Completion
         rounds = 0
         while True:
-            completion = self._one(client, model, convo, request, stream, opts)
+            answer = self._one(client, model, convo, request, stream, opts, steps)  # the cell's whole answer
+            steps = list(answer.steps) or [answer]
+            completion = steps[-1]  # this request's own
             if not (tools and completion.tool_calls):
-                return completion, convo[start:]
+                return answer, convo[start:]
             # the answer above shows its calls already: what follows is what became of them
             if opts.tools_dry_run:
                 print(f"dry run: the {len(completion.tool_calls)} tool call(s) above were not run")
-                return completion, convo[start:]
+                return answer, convo[start:]
             if rounds >= opts.max_steps:
                 print(
                     f"stopped after {rounds} tool round(s) (--max-steps {opts.max_steps}); the calls above were not run"
                 )
-                return completion, convo[start:]
+                return answer, convo[start:]
             results = run_tool_calls(completion.tool_calls, functions)
             for result in results:
                 _show_result(result)
@@ -172,10 +175,19 @@ class GtlCell:
         return tools, functions
 
     def _one(
-        self, client: Any, model: str, messages: list[Any], request: dict[str, Any], stream: bool, opts: Any
+        self,
+        client: Any,
+        model: str,
+        messages: list[Any],
+        request: dict[str, Any],
+        stream: bool,
+        opts: Any,
+        earlier: Sequence[Any] = (),
     ) -> Any:
         """One request: a live ``StreamView`` (or the Completion when not streaming); errors as one line.
 
+        After ``earlier`` requests of the cell's tool loop, the answer shown and returned is the whole
+        loop's (``Completion.over_steps``): this request's text, every request's tokens and cost.
         ``client.stream`` raises set-up and routing mistakes before anything is sent (they become a
         ``UsageError`` in ``gtl``); what goes wrong after that is the provider's, shown with its code.
         """
@@ -202,6 +214,7 @@ class GtlCell:
             if view is not None:
                 view.finish(exc)  # never leave a live widget behind
             raise
+        completion = Completion.over_steps([*earlier, completion])
         answer = shown(completion, opts.format)
         if view is not None:
             view.finish(answer)

@@ -319,6 +319,29 @@ def test_completion_renders_as_markdown_and_text(client):
     assert bundle["text/plain"].startswith('You said: "render"')
 
 
+def test_a_tool_loops_steps_make_one_answer_with_the_loops_totals():
+    from gtl_nb.completion import Completion
+
+    def step(text, usage, latency_ms, ttft_ms):
+        return Completion(text=text, session_id=f"s_{text}", provider="p", model="m", finish_reason="stop",
+                          usage=usage, latency_ms=latency_ms, ttft_ms=ttft_ms)  # fmt: skip
+
+    calls = step("", Usage(session_id="a", tokens_in=10, tokens_out=5, cost=0.001, cached_tokens_in=4), 300.0, 100.0)
+    answer = step("sunny", Usage(session_id="b", tokens_in=30, tokens_out=7, cost=0.002), 200.0, 150.0)
+    total = Completion.over_steps([calls, answer])
+    assert total.text == "sunny" and total.session_id == "s_sunny" and total.steps == [calls, answer]
+    assert (total.tokens_in, total.tokens_out, total.usage.cached_tokens_in) == (40, 12, 4)
+    assert total.cost == pytest.approx(0.003)
+    assert (total.latency_ms, total.ttft_ms) == (500.0, 100.0)
+    assert total.footer().startswith("40 in (4 from prompt cache) · 12 out · $0.003000 · 2 requests · ")
+    assert Completion.over_steps([total, answer]).steps == [calls, answer, answer]  # a total's steps, not it
+    assert Completion.over_steps([answer]) is answer
+    unreported = step("?", Usage(session_id="c", tokens_in=None, tokens_out=3, cost=None), None, None)
+    partly = Completion.over_steps([calls, unreported])
+    assert (partly.tokens_in, partly.tokens_out, partly.cost, partly.latency_ms) == (None, 8, None, None)
+    assert "? in" in partly.footer() and "cost unknown" in partly.footer()
+
+
 def test_compare_runs_models_side_by_side_and_keeps_going_past_a_failure():
     with gtl_nb.sim.running("openai", faults=gtl_nb.sim.Fault.http(401)) as url:
         client = gtl_nb.connect(

@@ -11,13 +11,15 @@ import re
 
 import pytest
 from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
 
 from gtl_nb import sim
-from gtl_nb.completion import Comparison, Completion
+from gtl_nb.completion import DOLLAR, Comparison, Completion
 from gtl_nb.notebook import widgets
 from gtl_nb.notebook.magics import GTLCellError
 from gtl_nb.protocol import RateLimitError, Token
 from gtl_nb.sim import Fault
+from gtl_nb.words import dollars
 
 from .conftest import deployments, loaded_shell, mistake, run, session_of
 
@@ -218,6 +220,28 @@ def test_tools_run_the_models_calls_and_send_the_results_back(ip, sims):
     assert schema["required"] == ["city"]
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
     assert second["messages"][2]["content"].startswith("sunny in")
+
+
+@pytest.mark.parametrize("stream", ["", " --no-stream"])
+def test_a_tool_loops_answer_reports_the_whole_cells_tokens_and_cost(ip, sims, stream):
+    ip.run_cell(TOOLS)
+    with capture_output() as captured:
+        result = ip.run_cell(f"%%gtl good:gpt-4o-mini --tools get_weather{stream} --out answer\nUse get_weather")
+    assert result.success
+    answer = ip.user_ns["_gtl"]
+    calls, final = answer.steps  # the request that called the tool, then the one that answered
+    assert calls.tool_calls and not final.tool_calls and answer.text == final.text
+    assert answer.tokens_in == calls.tokens_in + final.tokens_in > final.tokens_in
+    assert answer.tokens_out == calls.tokens_out + final.tokens_out
+    assert answer.cost == pytest.approx(calls.cost + final.cost) and answer.cost > final.cost
+    assert ip.user_ns["answer"] is answer
+    last = [out.data for out in captured.outputs if "text/markdown" in out.data][-1]  # the final answer
+    footer = f"{answer.tokens_in:,} in · {answer.tokens_out:,} out · {dollars(answer.cost)} · 2 requests"
+    assert footer in last["text/plain"], last["text/plain"]
+    assert footer.replace("$", DOLLAR) in last["text/markdown"]
+    rows = session_of(ip).client().usage()  # what the ledger recorded of the cell, request by request
+    cell = rows[rows["session_id"].isin([calls.session_id, final.session_id])]
+    assert len(cell) == 2 and cell["tokens_in"].sum() == answer.tokens_in
 
 
 def test_tools_dry_run_shows_calls_without_running_them(ip, sims):
