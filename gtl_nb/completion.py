@@ -19,8 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gtl_nb.protocol.messages import Done, Error, Message, StreamEvent, ToolCall, Usage
-from gtl_nb.protocol.session import Transcript
+from gtl_nb.protocol.messages import Done, Error, Message, StreamEvent, Token, ToolCall, Usage
+from gtl_nb.protocol.session import Transcript, is_failover
 from gtl_nb.words import dollars
 
 
@@ -104,6 +104,18 @@ class Completion:
         return self.error is not None and self.error.code == "CANCELLED"
 
     @property
+    def tokens_arrived(self) -> int:
+        """How many pieces of text (``token`` events) of this answer arrived: after a failover, of the
+        answer that counts. What a cancelled answer without the provider's usage has to say."""
+        count = 0
+        for event in self.events:
+            if type(event) is Token:
+                count += 1
+            elif is_failover(event):
+                count = 0
+        return count
+
+    @property
     def truncated(self) -> bool:
         """True when the answer stopped at the token limit (``finish_reason == "length"``)."""
         return self.finish_reason == "length"
@@ -144,8 +156,14 @@ class Completion:
     # -- rendering ----------------------------------------------------------------------------
 
     def footer(self) -> str:
-        """``12 in · 30 out · $0.000123 · first token 0.21 s · 1.40 s · openai (gpt-4o)``."""
+        """``12 in · 30 out · $0.000123 · first token 0.21 s · 1.40 s · openai (gpt-4o)``.
+
+        A cancelled answer's says what arrived, ending with ``cancelled``: its usage when the provider
+        had sent it, else the tokens that arrived (``12 out · 1.40 s · openai (gpt-4o) · cancelled``).
+        """
         parts: list[str] = []
+        if self.usage is None and self.cancelled:
+            parts.append(f"{self.tokens_arrived:,} out")
         if self.usage is not None:
             parts.append(f"{_count(self.usage.tokens_in)} in{_prompt_cache(self.usage)}")
             parts.append(f"{_count(self.usage.tokens_out)} out")
@@ -168,6 +186,8 @@ class Completion:
             parts.append("truncated at max_tokens")
         if self.failovers:  # (each in short: a provider's message runs to lines; ``failovers`` keeps it whole)
             parts.append("failover: " + "; ".join(short_reason(step) for step in self.failovers))
+        if self.cancelled:
+            parts.append("cancelled")
         return " · ".join(parts)
 
     def text_markdown(self) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from gtl_nb.completion import Completion, code_span
+from gtl_nb.completion import Comparison, Completion, code_span
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
 from gtl_nb.notebook.errors import GTLCellError, a_kind_of, client_for, in_notebook_words
@@ -26,6 +27,7 @@ from gtl_nb.notebook.gap_magic import wrapped_variable
 from gtl_nb.notebook.output import clip, show_bundle
 from gtl_nb.notebook.session import platform_for
 from gtl_nb.notebook.template import render
+from gtl_nb.protocol.session import is_failover
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession
@@ -207,7 +209,8 @@ class GtlCell:
                 pass
             completion = events.result()
         except KeyboardInterrupt:  # Ctrl-C / "interrupt the kernel": the stream has cancelled itself
-            self._cancelled(events, view, time.monotonic() - started, opts.out)
+            seconds = time.monotonic() - started
+            self._cancelled(events, view, seconds, opts.out, _routed(client, model, request), earlier)
         except GTLError as exc:
             self._failed(exc, events, view, time.monotonic() - started, opts.out)
         except BaseException as exc:
@@ -233,15 +236,25 @@ class GtlCell:
         arrived = f"{count} token{'s' if count != 1 else ''}, " if count else ""
         raise GTLCellError(exc, f"{in_notebook_words(str(exc))} · after {arrived}{seconds:.2f} s") from None
 
-    def _cancelled(self, events: Any, view: Any, seconds: float, out: str | None) -> NoReturn:
-        """The user interrupted the stream: keep what arrived as ``_gtl`` and fail the cell with one line
-        (failing, so "Run all" stops where the user stopped it)."""
+    def _cancelled(
+        self,
+        events: Any,
+        view: Any,
+        seconds: float,
+        out: str | None,
+        routed: list[tuple[str, str, str]],
+        earlier: Sequence[Any] = (),
+    ) -> NoReturn:
+        """The user interrupted the stream: keep what arrived as ``_gtl`` — with the time it took and
+        the deployment it was with, so its footer reads as a finished answer's, marked cancelled — and
+        fail the cell with one line (failing, so "Run all" stops where the user stopped it)."""
         events.close()  # a no-op once the stream has ended with its CANCELLED error
         partial = events.completion()
+        count = _tokens_arrived(events, partial)
+        partial = Completion.over_steps([*earlier, _cut_short(partial, routed, seconds)])
         if view is not None:
             view.finish(partial, show_error=False)
         self.session.remember(partial, out)
-        count = _tokens_arrived(events, partial)
         raise GTLCellError(partial, f"cancelled after {count} token{'s' if count != 1 else ''}, {seconds:.1f} s")
 
     # -- several models ---------------------------------------------------------------------------
@@ -259,11 +272,48 @@ class GtlCell:
             comparison = client.compare(models, messages, on_event=grid.on_event, **request)
         except KeyboardInterrupt:  # the client cancelled every request; the columns keep what arrived
             comparison = grid.interrupted()
+            results = {
+                model: _cut_short(result, _routed(client, model, request))
+                if isinstance(result, Completion) and result.cancelled
+                else result
+                for model, result in comparison.results.items()
+            }
+            comparison = Comparison(models=comparison.models, results=results)
             grid.finish(comparison)
             self.session.remember(comparison, out)
             raise GTLCellError(comparison, f"cancelled after {time.monotonic() - started:.1f} s") from None
         grid.finish(comparison)
         self.session.remember(comparison, out)
+
+
+def _routed(client: Any, model: str, request: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Where routing sends ``model`` (``Client.route``; ``[]`` when it cannot say): for an answer cut
+    short before its ``done`` named the deployment."""
+    from gtl_nb.protocol import GTLError
+
+    try:
+        return client.route(model, providers=request.get("providers"))
+    except GTLError:
+        return []
+
+
+def _cut_short(partial: Completion, routed: Sequence[tuple[str, str, str]], seconds: float | None = None) -> Completion:
+    """A cancelled answer as far as it got, with what its ``done`` would have said: the deployment it
+    was with (the one it failed over to last, else the first ``routed``), its type and model, and
+    ``seconds`` as its time (a time it has already is kept)."""
+    deployment = partial.provider
+    if deployment is None:
+        failovers = [event for event in partial.events if is_failover(event)]
+        deployment = failovers[-1].to_provider if failovers else (routed[0][0] if routed else None)
+    kind, model = next(((kind, model) for name, kind, model in routed if name == deployment), (None, None))
+    latency = partial.latency_ms if partial.latency_ms is not None or seconds is None else seconds * 1000
+    return replace(
+        partial,
+        provider=deployment,
+        provider_type=partial.provider_type or kind,
+        model=partial.model or model,
+        latency_ms=latency,
+    )
 
 
 def _tokens_arrived(events: Any, partial: Any) -> int:

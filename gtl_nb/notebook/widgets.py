@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gtl_nb.completion import Comparison, Completion, code_span, no_math_html, no_math_markdown, short_reason
@@ -347,7 +347,7 @@ class _Answer:
             self.final_text_markdown = completion.text_markdown().strip("\n")
             self.final_calls = [f"{c.name}({c.arguments})" for c in completion.tool_calls]
             self.footer = completion.footer()
-            if completion.error is not None:
+            if completion.error is not None and not completion.cancelled:  # (a cancelled one's footer says so)
                 self.final_error = (completion.error.code, in_notebook_words(completion.error.message))
         else:
             self.final_text = self.transcript.text
@@ -744,8 +744,10 @@ class ComparisonGrid(_LiveView):
 
     def interrupted(self) -> Comparison:
         """What every column received so far, as a ``Comparison`` for ``finish``: the user stopped the
-        comparison, so a column that had not ended is a ``Completion`` marked cancelled."""
+        comparison, so a column that had not ended is a ``Completion`` marked cancelled, timed from the
+        grid's start to the interrupt."""
         results: dict[str, Completion | Exception] = {}
+        now = time.monotonic()
         with self._lock:
             for model, answer in self._answers.items():
                 transcript = Transcript(session_id=answer.transcript.session_id)
@@ -753,7 +755,10 @@ class ComparisonGrid(_LiveView):
                     transcript.add(event)
                 if not transcript.finished:
                     transcript.add(Error(session_id=transcript.session_id, code="CANCELLED", message="cancelled"))
-                results[model] = Completion.from_transcript(transcript)
+                completion = Completion.from_transcript(transcript)
+                if completion.cancelled and completion.latency_ms is None:
+                    completion = replace(completion, latency_ms=((answer.ended or now) - answer.started) * 1000)
+                results[model] = completion
         return Comparison(models=list(self.models), results=results)
 
     def text(self, model: str) -> str:

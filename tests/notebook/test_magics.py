@@ -654,9 +654,14 @@ def test_ctrl_c_while_streaming_keeps_the_partial_answer_and_says_so_in_one_line
     line = str(result.error_in_exec)
     assert re.fullmatch(r"cancelled after \d+ tokens?, \d+\.\d s", line), line
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
-    assert text.count("cancelled") == 1 and "[CANCELLED]" not in text and "-- ?" not in text
+    assert text.count("cancelled after") == 1 and "[CANCELLED]" not in text and "-- ?" not in text
     answer = ip.user_ns["_gtl"]
     assert isinstance(answer, Completion) and answer.cancelled and answer.error.code == "CANCELLED"
+    # the footer of a finished answer, as far as it got: what arrived, the time, the provider; marked cancelled
+    count = int(line.split()[2])
+    assert answer.footer() == f"{count} out · {answer.latency:.2f} s · echo (offline) · cancelled"
+    assert answer.latency >= float(line.split()[-2]) - 0.1
+    assert f"\n-- {answer.footer()}" in text and f"<sub>{answer.footer()}</sub>" in text
     assert ip.user_ns["partial"] is answer
     full = session_of(ip).client().complete("echo", "Tell me a long story").text
     assert answer.text and full.startswith(answer.text) and answer.text != full
@@ -682,7 +687,14 @@ def test_ctrl_c_during_a_comparison_keeps_every_column_as_far_as_it_got(ip, monk
     assert "Traceback" not in text
     comparison = ip.user_ns["_gtl"]
     assert all(isinstance(answer, Completion) and answer.cancelled for answer in comparison.results.values())
-    assert set(comparison.to_dataframe()["status"]) == {"cancelled"}
+    table = comparison.to_dataframe()
+    assert set(table["status"]) == {"cancelled"}
+    assert dict(zip(table["model"], table["provider"], strict=True)) == {"echo": "echo", "echo:other": "echo"}
+    assert table["latency_s"].notna().all()
+    for answer in comparison.results.values():  # each column's footer: what arrived, marked cancelled
+        assert re.fullmatch(r"\d+ out · \d+\.\d\d s · echo \((other, )?offline\) · cancelled", answer.footer())
+        assert answer.footer() in text
+    assert "**CANCELLED**" not in text  # said by each footer and the cell's line, not by an error line too
 
 
 def test_config_model_is_checked_at_once_with_the_same_did_you_mean(ip):

@@ -630,6 +630,21 @@ def test_the_editor_becomes_its_table_once_every_entity_is_defined(shell, wrappe
     assert WIDGET_VIEW not in bundle and "the billing service" in bundle["text/markdown"]
 
 
+def test_a_cancelled_answer_ends_with_the_footer_of_what_arrived_marked_cancelled(shell):
+    cancelled = Error(session_id=SID, code="CANCELLED", message="cancelled")
+    partial = completion_of(Token(session_id=SID, text="Once"), Token(session_id=SID, text=" upon"), cancelled)
+    assert partial.footer() == "2 out · cancelled"  # no usage came: the pieces of text that did
+    view = StreamView("gpt-4o", live=True)
+    view.display()
+    view.finish(partial)
+    final = shell.display_pub.saved()[-1]
+    assert final["text/plain"] == "== gpt-4o ==\nOnce upon\n-- 2 out · cancelled"  # no CANCELLED error line
+    assert "CANCELLED" not in final["text/markdown"] and "<sub>2 out · cancelled</sub>" in final["text/markdown"]
+    usage = Usage(session_id=SID, tokens_in=8, tokens_out=3, cost=0.5)
+    reported = completion_of(Token(session_id=SID, text="Once"), usage, cancelled)
+    assert reported.footer() == "8 in · 3 out · $0.5000 · cancelled"
+
+
 def test_finish_without_the_error_keeps_what_arrived_and_shows_nothing_when_nothing_did(shell):
     view = StreamView("gpt-4o", live=True)
     view.display()
