@@ -198,7 +198,7 @@ class Completion:
         body = self.text_markdown()
         for call in self.tool_calls:
             body += f"\n\n{code_span(f'{call.name}({call.arguments})')}"
-        if self.error is not None:
+        if self.error is not None and not self.cancelled:  # (a cancelled answer's footer says so)
             body += f"\n\n**{self.error.code}**: {no_math_html(self.error.message)}"
         return body.strip() or "_(empty answer)_"
 

@@ -643,6 +643,8 @@ def test_a_cancelled_answer_ends_with_the_footer_of_what_arrived_marked_cancelle
     usage = Usage(session_id=SID, tokens_in=8, tokens_out=3, cost=0.5)
     reported = completion_of(Token(session_id=SID, text="Once"), usage, cancelled)
     assert reported.footer() == "8 in · 3 out · $0.5000 · cancelled"
+    shown = partial._repr_markdown_()  # the Completion as a cell's value: the same, no error line
+    assert "CANCELLED" not in shown and shown.endswith("<sub>2 out · cancelled</sub>")
 
 
 def test_finish_without_the_error_keeps_what_arrived_and_shows_nothing_when_nothing_did(shell):
