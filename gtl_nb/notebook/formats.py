@@ -1,9 +1,10 @@
 """``%%gtl --format``: the instruction each format adds to the system prompt, and how the answer is shown.
 
-``markdown`` (the default) shows the answer as is; ``json`` and ``code`` show it in a fenced block
-(JSON pretty-printed when it parses); ``text`` shows it in a fenced block in its markdown form only
-(``PlainText``), so its plain form is the answer as written. ``code_of`` takes the code out of an
-answer for ``--format code``'s next cell.
+``markdown`` (the default) shows the answer as is; ``json``, ``code`` and ``text`` show it in a fenced
+block in its markdown form only (``PlainText``): JSON pretty-printed when it parses, the code taken out
+of the answer's own fence, the text as written — and the plain form (a saved notebook's text, a
+terminal) is that body without a fence. ``code_of`` takes the code out of an answer for ``--format
+code``'s next cell.
 """
 
 from __future__ import annotations
@@ -46,34 +47,33 @@ def _first_fence(text: str) -> tuple[str, str] | None:
 
 @dataclasses.dataclass(frozen=True)
 class PlainText(Completion):
-    """An answer shown with ``--format text``: its markdown form holds the text in a fenced block (no
-    markdown rendering, dollars literal), its plain form the text as written."""
+    """An answer shown with ``--format text``, ``json`` or ``code``: its markdown form holds the text in a
+    block fenced for ``language`` (no markdown rendering, dollars literal), its plain form the text as it is."""
+
+    language: str = "text"
 
     def text_markdown(self) -> str:
-        return fenced(self.text, "text") if self.text else ""
+        return fenced(self.text, self.language) if self.text else ""
 
 
 def shown(completion: Any, fmt: str) -> Any:
-    """The Completion as ``--format`` shows it: markdown as is; json and code in a fenced block; text
-    as a ``PlainText``, fenced in markdown only."""
+    """The Completion as ``--format`` shows it: markdown as is; text, json and code as a ``PlainText``
+    (fenced in its markdown form only)."""
     if fmt == "markdown" or completion.tool_calls:
         return completion
-    if fmt == "text":
-        return PlainText(**{f.name: getattr(completion, f.name) for f in dataclasses.fields(completion)})
+    text, language = completion.text, "text"
     if fmt == "json":
-        body = code_of(completion.text)
         try:
-            text = fenced(json.dumps(json.loads(body), indent=2, ensure_ascii=False), "json")
+            text, language = json.dumps(json.loads(code_of(text)), indent=2, ensure_ascii=False), "json"
         except ValueError as exc:
             print(f"the answer is not valid JSON ({exc}); shown as text")
-            text = fenced(completion.text, "text")
     elif fmt == "code":
-        fence = _first_fence(completion.text)
-        language = (fence[0] if fence else "") or "python"
-        text = fenced(code_of(completion.text), language)
-    else:
+        fence = _first_fence(text)
+        text, language = code_of(text), (fence[0] if fence else "") or "python"
+    elif fmt != "text":
         raise ValueError(f"unknown --format {fmt!r}")
-    return dataclasses.replace(completion, text=text)
+    fields = {f.name: getattr(completion, f.name) for f in dataclasses.fields(completion)}
+    return PlainText(**{**fields, "text": text, "language": language})
 
 
 def fenced(body: str, language: str = "") -> str:

@@ -244,6 +244,18 @@ def shown_bundles(shell, source: str) -> tuple[Any, list[dict[str, str]]]:
     return result, [dict(out.data) for out in captured.outputs if "text/markdown" in out.data]
 
 
+@pytest.mark.parametrize("fmt", ["json", "code"])
+def test_format_json_and_code_are_fenced_in_markdown_only_and_plain_in_text(ip, fmt, monkeypatch):
+    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: None)
+    result, bundles = shown_bundles(ip, f'%%gtl --format {fmt} --no-stream\n```python\n{{"a": 1}}\n```')
+    assert result.success
+    (bundle,) = bundles
+    plain = bundle["text/plain"]
+    assert "```" not in plain and "-- " in plain, plain  # the body as written (or pretty-printed), the footer
+    assert f"```{'json' if fmt == 'json' else 'python'}\n" in bundle["text/markdown"]
+    assert ip.user_ns["_gtl"].text.startswith("You said")  # the answer itself, never the shown form
+
+
 @pytest.mark.parametrize("stream", ["", " --no-stream"])
 def test_format_text_is_fenced_in_markdown_only_and_plain_in_text(ip, stream):
     result, bundles = shown_bundles(ip, f"%%gtl --format text{stream}\nkeep *this* plain, $5")
@@ -261,7 +273,8 @@ def test_format_json_pretty_prints_valid_json(ip, monkeypatch):
     completion = Completion(text='```json\n{"a": [1, 2]}\n```', session_id="s", provider="p", model="m",
                             finish_reason="stop")  # fmt: skip
     shown = magics._shown(completion, "json")
-    assert shown.text == '```json\n{\n  "a": [\n    1,\n    2\n  ]\n}\n```'
+    assert shown.text == '{\n  "a": [\n    1,\n    2\n  ]\n}'  # the plain form: the JSON, no fence
+    assert shown.text_markdown() == '```json\n{\n  "a": [\n    1,\n    2\n  ]\n}\n```'
     assert magics._code_of("Here:\n```js\nlet a = 1;\n```\nDone") == "let a = 1;"
 
 
