@@ -125,7 +125,7 @@ def _usage(args: argparse.Namespace) -> int:
         rows, source = remote(args, since)
         return _print_usage(args, group_rows(rows, args.by), source)
     _refuse_a_gateway(args, "usage")
-    path, _, _ = _configured(args)
+    path, _, named_by = _configured(args)
     if isinstance(path, str):
         return _postgres_usage(args, path, since)
     if path.is_dir():
@@ -133,7 +133,9 @@ def _usage(args: argparse.Namespace) -> int:
     if not path.is_file():
         if args.ledger_file:  # a file named by hand that is not there: most often a typo
             raise ConfigurationError(f"--ledger {path}: no such file")
-        print(f"gtl: no usage recorded yet (no ledger at {os.path.abspath(path)})", file=sys.stderr)
+        # a configured file that is not there yet: nothing ran with it, or its name is mistyped
+        named = f"; {named_by} names it: check the name if something has run with it" if named_by else ""
+        print(f"gtl: no usage recorded yet (no ledger at {os.path.abspath(path)}{named})", file=sys.stderr)
         return 0
     return _print_usage(args, _usage_groups(path, GROUPINGS[args.by], since), f"ledger {path}")
 

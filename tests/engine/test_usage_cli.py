@@ -116,6 +116,18 @@ def test_no_ledger_yet_is_said_and_no_file_is_made(tmp_path, capsys, monkeypatch
     assert not (tmp_path / "data").exists()
 
 
+def test_a_configured_ledger_not_there_yet_names_where_it_was_configured(tmp_path, capsys, monkeypatch):
+    """Nothing has run with it yet, or its name is mistyped: either way the message says which setting
+    of which file named it (and makes no file)."""
+    config = tmp_path / "gtl.toml"
+    config.write_text(f'[ledger]\npath = "{tmp_path / "ledgr.sqlite3"}"\n')
+    monkeypatch.setenv("GTL_NB_CONFIG", str(config))
+    status, out, err = usage(capsys)
+    assert status == 0 and not out
+    assert f"no ledger at {tmp_path / 'ledgr.sqlite3'}; [ledger] path in {config} names it" in err
+    assert not (tmp_path / "ledgr.sqlite3").exists()
+
+
 def test_a_ledger_file_named_by_hand_that_is_not_there_is_an_error(tmp_path, capsys):
     missing = tmp_path / "none.sqlite3"  # most often a typo: never "no usage yet"
     status, out, err = usage(capsys, "--ledger", str(missing))
