@@ -64,7 +64,16 @@ from gtl_nb.strict_schema import left_open, strict_schema
 if TYPE_CHECKING:
     import pandas
 
-__all__ = ["Client", "Comparison", "Completion", "EventStream", "connect", "is_embedded", "new_session_id"]
+__all__ = [
+    "Client",
+    "Comparison",
+    "Completion",
+    "EventStream",
+    "connect",
+    "is_embedded",
+    "new_session_id",
+    "response_format_of",
+]
 
 log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
@@ -430,7 +439,7 @@ class Client:
         temperature = defaults.temperature if temperature is None else temperature
         max_tokens = defaults.max_tokens if max_tokens is None else max_tokens
         reasoning = defaults.reasoning if reasoning is None else reasoning
-        response_format = _response_format(response_format)
+        response_format = response_format_of(response_format)
         _check_arguments(
             model=model,
             provider=provider,
@@ -1215,11 +1224,11 @@ def _check_arguments(
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
 
 
-def _response_format(value: Any) -> dict[str, Any] | None:
+def response_format_of(value: Any) -> dict[str, Any] | None:
     """``response_format`` as the request carries it: a dict of OpenAI's shape as given; a pydantic model
     class, a dataclass or a ``TypedDict`` (what the OpenAI SDK's ``parse`` takes) as its JSON Schema made
     strict (``gtl_nb.strict_schema``); a bare JSON Schema, or a model instance, refused with what to
-    pass instead."""
+    pass instead (``InvalidRequestError``). What ``Client.request`` applies to its ``response_format``."""
     if value is None or (isinstance(value, dict) and value.get("type") in _FORMAT_TYPES):
         return value
     wrap = 'response_format is {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'

@@ -173,6 +173,7 @@ Examples:
   %%gtl gpt-4o-mini --system "Answer in one sentence" --temperature 0.2
   %%gtl --compare echo gpt-4o-mini claude-haiku-4-5
   %%gtl --tools get_weather --max-steps 3
+  %%gtl gpt-4o-mini --schema Person
 """
 
 
@@ -192,6 +193,13 @@ def gtl_cell_parser() -> Parser:
         help="stream tokens as they arrive (default)",
     )
     p.add_argument("--format", type=format_choice, default="markdown", help="markdown (default), text, json or code")
+    p.add_argument(
+        "--schema",
+        type=variable_name,
+        metavar="VAR",
+        help="structured output: the answer is JSON of the notebook's class VAR (a pydantic model, dataclass or "
+        "TypedDict) or response_format dict VAR; shown as --format json",
+    )
     p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the result in VAR")
     p.add_argument("--no-cache", action="store_true", help="do not answer from the response cache")
     p.add_argument("--endpoint", metavar="URL", help="anything gtl_nb.connect accepts (default: embedded://)")

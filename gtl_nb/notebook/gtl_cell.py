@@ -87,6 +87,8 @@ class GtlCell:
             request["cache"] = False
         if opts.providers:
             request["providers"] = opts.providers
+        if opts.schema:
+            request["response_format"] = _schema(ns, opts.schema)
         if opts.compare:
             self._compare(client, opts.compare, messages, request, opts.out)
             return
@@ -322,9 +324,28 @@ def _tokens_arrived(events: Any, partial: Any) -> int:
     return counted if counted is not None else len(events.transcript.tokens)
 
 
+def _schema(namespace: dict[str, Any], name: str) -> Any:
+    """``--schema VAR``: the request's ``response_format`` made from the notebook's ``VAR`` (a class
+    into its strict JSON Schema), or one line saying what to pass instead."""
+    from gtl_nb.client import response_format_of
+    from gtl_nb.protocol import GTLError
+
+    if name not in namespace:
+        raise UsageError(f"--schema {name}: no variable {name!r} in the notebook (define the class or dict first)")
+    try:
+        return response_format_of(namespace[name])
+    except GTLError as exc:
+        raise UsageError(f"--schema {name}: {in_notebook_words(exc.message)}") from None
+
+
 def check_cell_options(opts: Any) -> None:
     """Refuse the ``%%gtl`` option combinations that cannot work, naming the fix (and take ``--model M``
-    as the word ``M``)."""
+    as the word ``M``; ``--schema`` shows the answer as ``--format json``)."""
+    if getattr(opts, "schema", None):
+        if opts.format not in ("markdown", "json"):
+            raise ArgumentError(f"--schema answers with JSON; drop --format {opts.format} (it is shown as json)")
+        if not opts.compare:
+            opts.format = "json"
     if getattr(opts, "model_option", None):
         if opts.model:
             raise ArgumentError(f"give the model once: {opts.model[0]!r} or --model {opts.model_option!r}")

@@ -237,6 +237,27 @@ def test_format_json_and_text_show_the_answer_in_a_fenced_block(ip):
     assert isinstance(ip.user_ns["_gtl"], Completion) and not ip.user_ns["_gtl"].text.startswith("```")
 
 
+def test_schema_asks_for_structured_output_of_a_notebook_class_and_shows_json(ip):
+    ip.run_cell("from pydantic import BaseModel\nclass City(BaseModel):\n    name: str\n    population: int")
+    result, bundles = shown_bundles(ip, "%%gtl --schema City --no-stream\nDescribe a harbour town")
+    assert result.success
+    answer = ip.user_ns["_gtl"]
+    city = ip.user_ns["City"].model_validate_json(answer.text)  # the answer is JSON of the class
+    assert isinstance(city.population, int)
+    (bundle,) = bundles
+    assert bundle["text/markdown"].startswith("```json\n{")
+    sent = session_of(ip).client().request("echo", "x", response_format=ip.user_ns["City"]).response_format
+    assert sent["json_schema"]["name"] == "City" and sent["json_schema"]["strict"] is True
+
+
+def test_schema_mistakes_are_one_line_each(ip):
+    assert "no variable 'Nowhere'" in mistake(ip, "%%gtl --schema Nowhere\nhi")
+    assert "drop --format code" in mistake(ip, "%%gtl --schema Nowhere --format code\nhi")
+    ip.user_ns["bare"] = {"type": "object", "properties": {"name": {"type": "string"}}}
+    assert mistake(ip, "%%gtl --schema bare\nhi").startswith("--schema bare: response_format is {")
+    assert "wrap it so" in mistake(ip, "%%gtl --compare echo echo --schema bare\nhi")  # before anything is sent
+
+
 def shown_bundles(shell, source: str) -> tuple[Any, list[dict[str, str]]]:
     """Run a cell; its result and the outputs it displayed that have a markdown form."""
     with capture_output() as captured:
