@@ -159,11 +159,13 @@ class Completion:
         """``12 in · 30 out · $0.000123 · first token 0.21 s · 1.40 s · openai (gpt-4o)``.
 
         A cancelled answer's says what arrived, ending with ``cancelled``: its usage when the provider
-        had sent it, else the tokens that arrived (``12 out · 1.40 s · openai (gpt-4o) · cancelled``).
+        had sent it, else the pieces of text that arrived — stream chunks, not tokens: a provider may
+        send many tokens in one (``12 chunks arrived · 1.40 s · openai (gpt-4o) · cancelled``).
         """
         parts: list[str] = []
         if self.usage is None and self.cancelled:
-            parts.append(f"{self.tokens_arrived:,} out")
+            count = self.tokens_arrived
+            parts.append(f"{count:,} chunk{'' if count == 1 else 's'} arrived")
         if self.usage is not None:
             parts.append(f"{_count(self.usage.tokens_in)} in{_prompt_cache(self.usage)}")
             parts.append(f"{_count(self.usage.tokens_out)} out")

@@ -139,7 +139,8 @@ class GtlCell:
         steps: list[Any] = []  # this cell's requests so far, each its own Completion
         rounds = 0
         while True:
-            answer = self._one(client, model, convo, request, stream, opts, steps)  # the cell's whole answer
+            last = not tools or opts.tools_dry_run or rounds >= opts.max_steps  # no calls run after this one
+            answer = self._one(client, model, convo, request, stream, opts, steps, last=last)  # the cell's whole answer
             steps = list(answer.steps) or [answer]
             completion = steps[-1]  # this request's own
             if not (tools and completion.tool_calls):
@@ -187,11 +188,16 @@ class GtlCell:
         stream: bool,
         opts: Any,
         earlier: Sequence[Any] = (),
+        *,
+        last: bool = True,
     ) -> Any:
         """One request: a live ``StreamView`` (or the Completion when not streaming); errors as one line.
 
-        After ``earlier`` requests of the cell's tool loop, the answer shown and returned is the whole
-        loop's (``Completion.over_steps``): this request's text, every request's tokens and cost.
+        After ``earlier`` requests of the cell's tool loop, the answer returned is the whole loop's
+        (``Completion.over_steps``): this request's text, every request's tokens and cost. It is also
+        what is shown when no request follows (no tool calls, or ``last``: none of them will be run);
+        a request whose calls the loop runs next shows its own numbers, so the footers never count a
+        request twice.
         ``client.stream`` raises set-up and routing mistakes before anything is sent (they become a
         ``UsageError`` in ``gtl``); what goes wrong after that is the provider's, shown with its code.
         """
@@ -214,29 +220,35 @@ class GtlCell:
             seconds = time.monotonic() - started
             self._cancelled(events, view, seconds, opts.out, _routed(client, model, request), earlier)
         except GTLError as exc:
-            self._failed(exc, events, view, time.monotonic() - started, opts.out)
+            self._failed(exc, events, view, time.monotonic() - started, opts.out, earlier)
         except BaseException as exc:
             if view is not None:
                 view.finish(exc)  # never leave a live widget behind
             raise
-        completion = Completion.over_steps([*earlier, completion])
-        answer = shown(completion, opts.format)
+        whole = Completion.over_steps([*earlier, completion])
+        answer = shown(whole if last or not completion.tool_calls else completion, opts.format)
         if view is not None:
             view.finish(answer)
         else:
             display(answer)
-        return completion
+        return whole
 
-    def _failed(self, exc: Exception, events: Any, view: Any, seconds: float, out: str | None) -> NoReturn:
-        """A provider error: ``_gtl`` is the exception (its ``.completion`` has what arrived); the cell
+    def _failed(
+        self, exc: Exception, events: Any, view: Any, seconds: float, out: str | None, earlier: Sequence[Any] = ()
+    ) -> NoReturn:
+        """A provider error: ``_gtl`` is the exception (its ``.completion`` has what arrived — after
+        ``earlier`` requests of a tool loop, the loop's, as ``Completion.over_steps`` adds it up); the cell
         fails with its one line — how long it took and, if an answer had begun, how much of it came —
         and the view keeps only what arrived before it (so the error is said once)."""
         if view is not None:
             view.finish(exc, show_error=False)
+        arrived_here = getattr(exc, "completion", None)
+        arrived = _arrived(events, arrived_here)  # of this request, before the loop's are added
+        if earlier and isinstance(arrived_here, Completion):
+            exc.completion = Completion.over_steps([*earlier, arrived_here])  # type: ignore[attr-defined]
         self.session.remember(exc, out)
-        count = _tokens_arrived(events, getattr(exc, "completion", None))
-        arrived = f"{count} token{'s' if count != 1 else ''}, " if count else ""
-        raise GTLCellError(exc, f"{in_notebook_words(str(exc))} · after {arrived}{seconds:.2f} s") from None
+        after = f"{arrived}, " if arrived else ""
+        raise GTLCellError(exc, f"{in_notebook_words(str(exc))} · after {after}{seconds:.2f} s") from None
 
     def _cancelled(
         self,
@@ -252,12 +264,12 @@ class GtlCell:
         fail the cell with one line (failing, so "Run all" stops where the user stopped it)."""
         events.close()  # a no-op once the stream has ended with its CANCELLED error
         partial = events.completion()
-        count = _tokens_arrived(events, partial)
+        arrived = _arrived(events, partial) or "0 tokens"
         partial = Completion.over_steps([*earlier, _cut_short(partial, routed, seconds)])
         if view is not None:
             view.finish(partial, show_error=False)
         self.session.remember(partial, out)
-        raise GTLCellError(partial, f"cancelled after {count} token{'s' if count != 1 else ''}, {seconds:.1f} s")
+        raise GTLCellError(partial, f"cancelled after {arrived}, {seconds:.1f} s")
 
     # -- several models ---------------------------------------------------------------------------
 
@@ -301,12 +313,13 @@ def _routed(client: Any, model: str, request: dict[str, Any]) -> list[tuple[str,
 
 def _cut_short(partial: Completion, routed: Sequence[tuple[str, str, str]], seconds: float | None = None) -> Completion:
     """A cancelled answer as far as it got, with what its ``done`` would have said: the deployment it
-    was with (the one it failed over to last, else the first ``routed``), its type and model, and
-    ``seconds`` as its time (a time it has already is kept)."""
+    was with (the one it failed over to last, else the one deployment routing has for it — with
+    several, a strategy or a breaker chose, and the footer names none rather than guess), its type
+    and model, and ``seconds`` as its time (a time it has already is kept)."""
     deployment = partial.provider
     if deployment is None:
         failovers = [event for event in partial.events if is_failover(event)]
-        deployment = failovers[-1].to_provider if failovers else (routed[0][0] if routed else None)
+        deployment = failovers[-1].to_provider if failovers else (routed[0][0] if len(routed) == 1 else None)
     kind, model = next(((kind, model) for name, kind, model in routed if name == deployment), (None, None))
     latency = partial.latency_ms if partial.latency_ms is not None or seconds is None else seconds * 1000
     return replace(
@@ -318,10 +331,14 @@ def _cut_short(partial: Completion, routed: Sequence[tuple[str, str, str]], seco
     )
 
 
-def _tokens_arrived(events: Any, partial: Any) -> int:
-    """How many tokens of the answer arrived: the provider's count when it sent one, else the stream's."""
+def _arrived(events: Any, partial: Any) -> str:
+    """How much of the answer arrived, in words (``""`` for nothing): the provider's count of tokens
+    when it sent one, else the stream's pieces of text (chunks: a provider may send many tokens in one)."""
     counted = getattr(partial, "tokens_out", None)
-    return counted if counted is not None else len(events.transcript.tokens)
+    if counted is not None:
+        return f"{counted} token{'s' if counted != 1 else ''}" if counted else ""
+    chunks = len(events.transcript.tokens)
+    return f"{chunks} chunk{'s' if chunks != 1 else ''}" if chunks else ""
 
 
 def _schema(namespace: dict[str, Any], name: str) -> Any:

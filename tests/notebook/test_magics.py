@@ -686,14 +686,15 @@ def test_ctrl_c_while_streaming_keeps_the_partial_answer_and_says_so_in_one_line
     result, text = run_until_ctrl_c(ip, "%%gtl --out partial\nTell me a long story", arrived)
     assert isinstance(result.error_in_exec, GTLCellError), text  # the cell fails, so "Run all" stops here
     line = str(result.error_in_exec)
-    assert re.fullmatch(r"cancelled after \d+ tokens?, \d+\.\d s", line), line
+    assert re.fullmatch(r"cancelled after \d+ chunks?, \d+\.\d s", line), line  # (echo sends no usage)
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
     assert text.count("cancelled after") == 1 and "[CANCELLED]" not in text and "-- ?" not in text
     answer = ip.user_ns["_gtl"]
     assert isinstance(answer, Completion) and answer.cancelled and answer.error.code == "CANCELLED"
     # the footer of a finished answer, as far as it got: what arrived, the time, the provider; marked cancelled
     count = int(line.split()[2])
-    assert answer.footer() == f"{count} out · {answer.latency:.2f} s · echo (offline) · cancelled"
+    chunks = f"{count} chunk{'' if count == 1 else 's'} arrived"
+    assert answer.footer() == f"{chunks} · {answer.latency:.2f} s · echo (offline) · cancelled"
     assert answer.latency >= float(line.split()[-2]) - 0.1
     assert f"\n-- {answer.footer()}" in text and f"<sub>{answer.footer()}</sub>" in text
     assert ip.user_ns["partial"] is answer
@@ -726,7 +727,8 @@ def test_ctrl_c_during_a_comparison_keeps_every_column_as_far_as_it_got(ip, monk
     assert dict(zip(table["model"], table["provider"], strict=True)) == {"echo": "echo", "echo:other": "echo"}
     assert table["latency_s"].notna().all()
     for answer in comparison.results.values():  # each column's footer: what arrived, marked cancelled
-        assert re.fullmatch(r"\d+ out · \d+\.\d\d s · echo \((other, )?offline\) · cancelled", answer.footer())
+        footer = r"\d+ chunks? arrived · \d+\.\d\d s · echo \((other, )?offline\) · cancelled"
+        assert re.fullmatch(footer, answer.footer())
         assert answer.footer() in text
     assert "**CANCELLED**" not in text  # said by each footer and the cell's line, not by an error line too
 
@@ -915,3 +917,17 @@ def test_a_gateway_that_wants_a_token_is_told_how_to_give_one_in_a_notebook(ip, 
         refused = mistake(ip, f"%gtl connect {gateway.url('ws')}")
     assert "%gtl connect URL --token-env VAR" in refused and "gtl_nb.connect" not in refused
     assert "stays on embedded://" in refused
+
+
+def test_a_cancelled_answer_names_its_deployment_only_when_routing_had_one():
+    """Cut short before its ``done`` and without a failover, an answer's deployment is known only when
+    routing had one candidate: with several, a strategy or a breaker chose, and guessing the first
+    could name one the request never went to."""
+    from gtl_nb.notebook.gtl_cell import _cut_short
+
+    partial = Completion(text="Once", session_id="s", provider=None, model=None, finish_reason=None)
+    one = [("east", "openai", "gpt-4o")]
+    assert _cut_short(partial, one, 1.5).provider == "east"
+    assert _cut_short(partial, one, 1.5).model == "gpt-4o" and _cut_short(partial, one, 1.5).latency_ms == 1500
+    several = [("east", "openai", "gpt-4o"), ("west", "openai", "gpt-4o")]
+    assert _cut_short(partial, several, 1.5).provider is None

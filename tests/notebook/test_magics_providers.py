@@ -95,7 +95,8 @@ def test_a_provider_error_is_said_once_and_what_arrived_before_it_stays(ip, sims
     error = ip.user_ns["_gtl"]
     assert isinstance(result.error_in_exec, GTLCellError) and error.completion.text
     assert error.completion.text in text and text.count(error.code) == 1, text
-    assert re.search(r" · after \d+ tokens?, \d+\.\d\d s$", str(result.error_in_exec))  # how much came, how long
+    came = r" · after \d+ (tokens?|chunks?), \d+\.\d\d s$"  # how much came, how long
+    assert re.search(came, str(result.error_in_exec))
 
 
 def test_a_missing_key_is_a_usage_error_naming_the_variable(ip, tmp_path, monkeypatch):
@@ -235,13 +236,40 @@ def test_a_tool_loops_answer_reports_the_whole_cells_tokens_and_cost(ip, sims, s
     assert answer.tokens_out == calls.tokens_out + final.tokens_out
     assert answer.cost == pytest.approx(calls.cost + final.cost) and answer.cost > final.cost
     assert ip.user_ns["answer"] is answer
-    last = [out.data for out in captured.outputs if "text/markdown" in out.data][-1]  # the final answer
+    shown = [out.data for out in captured.outputs if "text/markdown" in out.data]
+    first, last = shown[0], shown[-1]  # the request that called the tool, and the final answer
     footer = f"{answer.tokens_in:,} in · {answer.tokens_out:,} out · {dollars(answer.cost)} · 2 requests"
     assert footer in last["text/plain"], last["text/plain"]
     assert footer.replace("$", DOLLAR) in last["text/markdown"]
+    own = f"-- {calls.tokens_in:,} in · {calls.tokens_out:,} out · {dollars(calls.cost)} · first token"
+    assert own in first["text/plain"] and "requests" not in first["text/plain"]  # its own numbers: none twice
     rows = session_of(ip).client().usage()  # what the ledger recorded of the cell, request by request
     cell = rows[rows["session_id"].isin([calls.session_id, final.session_id])]
     assert len(cell) == 2 and cell["tokens_in"].sum() == answer.tokens_in
+
+
+def test_a_tool_loops_later_request_failing_keeps_the_earlier_requests_in_its_completion(ip, sims):
+    """The second request of the loop fails: ``_gtl`` is its error, whose ``completion`` holds both
+    requests (``steps``), as a cancelled loop's does — the first one's usage is not lost."""
+    ip.run_cell(TOOLS)
+    client = ip.magics_manager.registry["GTLMagics"].session.client()
+    real_stream = client.stream
+    sent: list[str] = []
+
+    def then_down(model, messages, **kwargs):  # the answer to the tool's result goes to the failing one
+        sent.append(model)
+        return real_stream("down:gpt-4o-mini" if len(sent) > 1 else model, messages, **kwargs)
+
+    client.stream = then_down
+    try:
+        result, _ = run(ip, "%%gtl good:gpt-4o-mini --no-stream --tools get_weather\nUse get_weather")
+    finally:
+        del client.stream
+    assert isinstance(result.error_in_exec, GTLCellError) and len(sent) == 2
+    error = ip.user_ns["_gtl"]
+    first, failed = error.completion.steps
+    assert first.tool_calls and first.tokens_in and failed.error is not None
+    assert error.completion.tokens_in is None  # the failed request's usage is unknown: so is the total
 
 
 def test_tools_dry_run_shows_calls_without_running_them(ip, sims):
@@ -281,6 +309,13 @@ def test_max_steps_bounds_the_tool_rounds(ip):
     assert result.success
     assert calls["n"] == 3 and len(ip.user_ns["CALLS"]) == 2
     assert "stopped after 2 tool round(s)" in text
+    # each request whose calls ran shows its own numbers; the last (its calls not run) the cell's three
+    steps = ip.user_ns["_gtl"].steps
+    footers = [line for line in text.splitlines() if line.startswith("-- ")]
+    assert [footer.split(" · ")[:2] for footer in footers[:2]] == [
+        [f"-- {step.tokens_in} in", f"{step.tokens_out} out"] for step in steps[:2]
+    ]
+    assert f"-- {sum(step.tokens_in for step in steps)} in" in footers[-1] and "3 requests" in footers[-1]
 
 
 def test_tools_must_be_callables_of_the_notebook(ip):

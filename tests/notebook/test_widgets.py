@@ -633,18 +633,19 @@ def test_the_editor_becomes_its_table_once_every_entity_is_defined(shell, wrappe
 def test_a_cancelled_answer_ends_with_the_footer_of_what_arrived_marked_cancelled(shell):
     cancelled = Error(session_id=SID, code="CANCELLED", message="cancelled")
     partial = completion_of(Token(session_id=SID, text="Once"), Token(session_id=SID, text=" upon"), cancelled)
-    assert partial.footer() == "2 out · cancelled"  # no usage came: the pieces of text that did
+    assert partial.footer() == "2 chunks arrived · cancelled"  # no usage came: the pieces of text that did
     view = StreamView("gpt-4o", live=True)
     view.display()
     view.finish(partial)
     final = shell.display_pub.saved()[-1]
-    assert final["text/plain"] == "== gpt-4o ==\nOnce upon\n-- 2 out · cancelled"  # no CANCELLED error line
-    assert "CANCELLED" not in final["text/markdown"] and "<sub>2 out · cancelled</sub>" in final["text/markdown"]
+    assert final["text/plain"] == "== gpt-4o ==\nOnce upon\n-- 2 chunks arrived · cancelled"  # no CANCELLED error line
+    assert "CANCELLED" not in final["text/markdown"]
+    assert "<sub>2 chunks arrived · cancelled</sub>" in final["text/markdown"]
     usage = Usage(session_id=SID, tokens_in=8, tokens_out=3, cost=0.5)
     reported = completion_of(Token(session_id=SID, text="Once"), usage, cancelled)
     assert reported.footer() == "8 in · 3 out · $0.5000 · cancelled"
     shown = partial._repr_markdown_()  # the Completion as a cell's value: the same, no error line
-    assert "CANCELLED" not in shown and shown.endswith("<sub>2 out · cancelled</sub>")
+    assert "CANCELLED" not in shown and shown.endswith("<sub>2 chunks arrived · cancelled</sub>")
 
 
 def test_finish_without_the_error_keeps_what_arrived_and_shows_nothing_when_nothing_did(shell):
