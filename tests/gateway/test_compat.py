@@ -24,7 +24,7 @@ import pytest
 import gtl_nb
 from gtl_nb import sim
 from gtl_nb.engine.ledger import Ledger
-from gtl_nb.gateway.compat.models import model_ids
+from gtl_nb.gateway.compat.models import find_model, model_ids
 from gtl_nb.protocol import ModelInfo, ProviderInfo, Tool
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
 from tests.gateway.test_http import serving
@@ -320,9 +320,43 @@ def test_openai_sdk_lists_the_gateways_models(oai):
         oai.models.retrieve("nobody:lists-this")
 
 
-def test_a_bare_model_id_is_listed_only_when_one_deployment_lists_it():
+def test_a_bare_model_id_is_listed_once_owned_by_every_deployment_that_lists_it():
+    """A request for ``m2`` goes to east or west (as the routing strategy orders them): the list has it, and
+    ``GET /v1/models/m2`` finds it, as it finds ``m1``."""
     infos = [ProviderInfo("east", [ModelInfo("m1"), ModelInfo("m2")]), ProviderInfo("west", [ModelInfo("m2")])]
-    assert model_ids(infos) == [("east:m1", "east"), ("east:m2", "east"), ("west:m2", "west"), ("m1", "east")]
+    assert model_ids(infos) == [
+        ("east:m1", "east"),
+        ("east:m2", "east"),
+        ("west:m2", "west"),
+        ("m1", "east"),
+        ("m2", "east,west"),
+    ]
+    assert find_model(infos, "m2") == ("m2", "east,west")
+    assert find_model(infos, "west:m2") == ("west:m2", "west")
+
+
+def test_a_bare_model_two_deployments_serve_is_listed_retrieved_and_answered(tmp_path):
+    """``gpt-4o-mini`` served by two deployments: chat answers it, so the list shows it (owned by both)
+    and ``models.retrieve`` finds it, in each SDK's shape."""
+    sims = [sim.serve("openai", seed=seed) for seed in (1, 2)]
+    tables: dict[str, dict[str, Any]] = {
+        f"providers.{name}": {**deployment("openai", simulator.base_url), "type": "openai", "models": ["gpt-4o-mini"]}
+        for name, simulator in zip(("east", "west"), sims, strict=True)
+    }
+    tables["ledger"] = {"path": str(tmp_path / "ledger.sqlite")}
+    try:
+        with serving(write_toml(tmp_path / "gtl.toml", tables)) as served:
+            client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="anything: auth is none", max_retries=0)
+            answer = client.chat.completions.create(model="gpt-4o-mini", messages=chat())
+            assert answer.choices[0].message.content
+            listed = {model.id: model.owned_by for model in client.models.list()}
+            assert listed["gpt-4o-mini"] == "east,west" and listed["west:gpt-4o-mini"] == "west"
+            assert client.models.retrieve("gpt-4o-mini").owned_by == "east,west"
+            claude_sdk = anthropic.Anthropic(base_url=served.url, api_key="anything: auth is none", max_retries=0)
+            assert claude_sdk.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    finally:
+        for simulator in sims:
+            simulator.close()
 
 
 # -- the Anthropic SDK -------------------------------------------------------------------------------------

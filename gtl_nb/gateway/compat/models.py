@@ -1,17 +1,17 @@
 """``GET /v1/models``: the gateway's models, as the OpenAI or the Anthropic SDK lists them.
 
 Every model of every deployment (``engine.provider_info()``) is listed as ``deployment:model`` — the
-form that always reaches that deployment — and also under its bare name when exactly one deployment
-lists it, so the bare name is unambiguous. The shape follows the caller: the Anthropic SDK sends an
-``anthropic-version`` header and gets ``{"data": [{"type": "model", …}], "has_more", "first_id",
-"last_id"}``, a page at a time (``limit``, ``after_id``, ``before_id``); anyone else gets OpenAI's
-``{"object": "list", "data": [{"id", "object": "model", "created", "owned_by"}]}`` (``owned_by`` is the
-deployment).
+form that always reaches that deployment — and also once under its bare name, the name a request may
+use: its owner is the deployment that lists it, or, when several do (a request for the bare name goes
+to any of them, as ``[routing] strategy`` orders them), all of them, comma-separated. The shape
+follows the caller: the Anthropic SDK sends an ``anthropic-version`` header and gets ``{"data":
+[{"type": "model", …}], "has_more", "first_id", "last_id"}``, a page at a time (``limit``,
+``after_id``, ``before_id``); anyone else gets OpenAI's ``{"object": "list", "data": [{"id",
+"object": "model", "created", "owned_by"}]}`` (``owned_by`` is the deployment, or those of a bare name).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,11 +21,14 @@ __all__ = ["anthropic_listing", "find_model", "model_ids", "openai_listing"]
 
 
 def model_ids(infos: list[ProviderInfo]) -> list[tuple[str, str]]:
-    """``(model id, deployment)`` of every listed model: ``deployment:model`` ids, then unambiguous bare ones."""
-    listed = [(info.provider, model.name) for info in infos for model in info.models]
-    served_by = Counter(name for _, name in dict.fromkeys(listed))
-    ids = [(f"{deployment}:{name}", deployment) for deployment, name in dict.fromkeys(listed)]
-    ids += [(name, deployment) for deployment, name in dict.fromkeys(listed) if served_by[name] == 1]
+    """``(model id, owner)`` of every listed model: ``deployment:model`` ids, owned by that deployment, then
+    each bare name once, owned by the deployments that list it (comma-separated when several do)."""
+    listed = list(dict.fromkeys((info.provider, model.name) for info in infos for model in info.models))
+    owners: dict[str, list[str]] = {}
+    for deployment, name in listed:
+        owners.setdefault(name, []).append(deployment)
+    ids = [(f"{deployment}:{name}", deployment) for deployment, name in listed]
+    ids += [(name, ",".join(deployments)) for name, deployments in owners.items()]
     return ids
 
 
@@ -95,6 +98,6 @@ def find_model(
         if listed is None or listed == bare or listed not in {entry.name for entry in info.models}:
             continue
         wanted = f"{info.provider}:{listed}"
-        bare_id = next((pair for pair in ids if pair == (listed, info.provider)), None)
+        bare_id = next((pair for pair in ids if pair[0] == listed and info.provider in pair[1].split(",")), None)
         return bare_id if bare_id is not None and not named else (wanted, info.provider)
     return None
