@@ -102,6 +102,26 @@ class InterruptedRows:
         with self._lock:
             return len(self._waiting)
 
+    def give_up(self, why: str) -> int:
+        """Forget the rows waiting for a listener, naming in the log the requests that get no record and
+        ``why`` (the gateway's audit log could not open after its ledger recovered them, or closed
+        before them): they are ``interrupted`` in the ledger already, so no later start hands them over
+        again. How many there were."""
+        with self._lock:
+            waiting = list(self._waiting)
+            self._waiting.clear()
+        if waiting:
+            shown = ", ".join(str(row.get("session_id")) for row in waiting[:5])
+            more = f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+            log.error(
+                "%d request(s) the ledger marked interrupted have no audit record (%s): %s%s",
+                len(waiting),
+                why,
+                shown,
+                more,
+            )
+        return len(waiting)
+
 
 def _hand(listeners: list[Listener], batch: list[dict[str, Any]]) -> None:
     for listener in listeners:

@@ -1187,8 +1187,8 @@ class AuditLog:
             "peer": None,
             "deployment": deployment,
             "provider": _short(row.get("provider_type") or self._provider_types.get(deployment or "")),
-            "model": _short(row.get("model")),
-            "requested_model": _short(row.get("model")),
+            "model": _short(row.get("model")),  # as the row has it: the name the deployment was asked
+            "requested_model": None,  # what the caller asked for: the row does not keep it
             "status": "interrupted",
             "error_code": None,
             "tokens_in": None,

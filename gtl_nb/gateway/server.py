@@ -203,6 +203,15 @@ async def _close_parts(engine: Any, audit: Any, metrics: Any, tracing: Any) -> N
         finally:
             if engine is not None:
                 await engine.aclose()
+                if audit is not None:  # (a replica's lease keeper may mark rows after the log stopped following)
+                    _unrecorded(engine, "the audit log closed before they were recovered")
+
+
+def _unrecorded(engine: Any, why: str) -> None:
+    """Say which requests ``engine``'s ledger marked ``interrupted`` and no audit log took (``why``)."""
+    rows = getattr(getattr(getattr(engine, "stores", None), "ledger", None), "interrupted", None)
+    if rows is not None and hasattr(rows, "give_up"):
+        rows.give_up(why)
 
 
 async def open_parts(
@@ -280,12 +289,17 @@ async def _despite_cancels(work: Coroutine[Any, Any, None]) -> None:
 
 
 async def _close_opened(jobs: dict[str, asyncio.Future[Any]]) -> None:
-    """Close what the finished jobs opened (an engine, an audit log), whatever else failed."""
+    """Close what the finished jobs opened (an engine, an audit log), whatever else failed. An engine
+    whose audit log did not open says which recovered requests are left without a record."""
+    audit = jobs.get("audit")
+    audit_failed = audit is not None and (audit.cancelled() or audit.exception() is not None)
     for name, job in jobs.items():
         if job.cancelled() or job.exception() is not None:
             continue
         with contextlib.suppress(Exception):
             if name == "engine":
+                if audit_failed:
+                    _unrecorded(job.result(), "the audit log could not open")
                 await job.result().aclose()
             else:
                 await asyncio.to_thread(job.result().close)

@@ -61,3 +61,17 @@ def test_without_a_listener_the_rows_kept_are_bounded(
     handed: list[list[dict[str, object]]] = []
     rows.follow(handed.append)
     assert handed == [_rows("a", "b", "c")]
+
+
+def test_rows_nobody_will_record_are_given_up_by_name(caplog: pytest.LogCaptureFixture):
+    rows = InterruptedRows()
+    rows.add(_rows(*(f"s{index}" for index in range(7))))
+    with caplog.at_level(logging.ERROR):
+        assert rows.give_up("the audit log could not open") == 7
+        assert rows.give_up("again") == 0  # nothing waits any more: nothing said twice
+    (said,) = [record.getMessage() for record in caplog.records]
+    assert said == (
+        "7 request(s) the ledger marked interrupted have no audit record (the audit log could not open): "
+        "s0, s1, s2, s3, s4 and 2 more"
+    )
+    assert rows.waiting() == 0

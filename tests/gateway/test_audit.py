@@ -253,6 +253,32 @@ def test_requests_interrupted_by_a_kill_get_their_record_when_the_ledger_is_reco
     assert verify(log_path).ok
 
 
+def test_a_start_the_audit_log_refuses_names_the_recovered_requests_left_without_a_record(tmp_path, caplog):
+    """The engine and the audit log open at the same time; opening the ledger marks a killed gateway's
+    rows ``interrupted`` at once. When the audit log then refuses to start (a tampered chain), those rows
+    will never be handed over again: the log says which requests have no record, rather than nothing."""
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.gateway.server import open_parts
+
+    ledger_path = tmp_path / "ledger.sqlite3"
+    Ledger(ledger_path).close()
+    _killed_gateway_row(ledger_path, "killed-1", user="ann")
+    log_path = tmp_path / "audit.jsonl"
+    write_log(log_path, 3)
+    rewrite(log_path, lambda lines: [lines[0], lines[2]])
+    settings = load_settings(
+        providers={"echo": {"type": "echo"}}, config={"ledger": {"path": str(ledger_path)}}, environ={}
+    )
+    gateway = SimpleNamespace(metrics=None, audit={"path": str(log_path)}, base=tmp_path, tracing=None)
+    with caplog.at_level(logging.ERROR), pytest.raises(ConfigurationError, match="failed verification"):
+        asyncio.run(open_parts(settings, gateway))  # type: ignore[arg-type]
+    said = [record.getMessage() for record in caplog.records if "no audit record" in record.getMessage()]
+    assert said == [
+        "1 request(s) the ledger marked interrupted have no audit record (the audit log could not open): killed-1"
+    ]
+    assert [row["status"] for row in Ledger(ledger_path).rows()] == ["interrupted"]
+
+
 def test_rows_a_replica_recovers_while_the_gateway_runs_are_recorded_on_its_loop(tmp_path):
     """A PostgreSQL replica's lease keeper recovers rows on the ledger's own thread, any time: each batch
     is handed to the loop that feeds the hooks, and recorded there like every other record."""

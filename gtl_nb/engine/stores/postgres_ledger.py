@@ -30,8 +30,9 @@ the request path as the SQLite writer does them:
   Such a row is flagged ``recovered``: if its writer was only cut off (a network partition longer
   than the lease) its real outcome, arriving later, replaces the guess. The replica whose UPDATE
   marked a row hands it over (``interrupted``: ``engine.ledger_interrupted``), so its gateway writes
-  the row's audit record — each row's record once, across replicas. A clean ``aclose`` marks its
-  own unfinished rows ``interrupted`` and gives its lease back. The lease of a replica that did not
+  the row's audit record — one replica's record for each row marked (a writer only cut off later
+  writes its own record of the real outcome too: its row is replaced, records are not). A clean
+  ``aclose`` marks its own unfinished rows ``interrupted`` and gives its lease back. The lease of a replica that did not
   (killed, its host lost) is deleted once it ran out more than ``forget_after`` seconds ago
   (``FORGET_AFTER``, 15 minutes) and none of its rows is still ``started`` — judged first, in the
   same round, so recovery never loses the lease it needs; each replica sweeps when it opens and
