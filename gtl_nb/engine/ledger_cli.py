@@ -412,7 +412,7 @@ def _prune(args: argparse.Namespace) -> int:
         if named_by is not None:  # a path someone wrote down that is not there: as likely a typo as --ledger's
             raise ConfigurationError(
                 f"{named_by} names {os.path.abspath(path)}: no such file (check the path; "
-                "a gateway or client with that configuration creates it as it first starts)"
+                "a gateway or client with that configuration and the ledger on creates it as it first starts)"
             )
         print(f"gtl: no ledger at {os.path.abspath(path)}: nothing to prune", file=sys.stderr)
         return 0
