@@ -216,7 +216,8 @@ def draw_context_graph(
     seed: int = 0,
 ) -> Any:
     """Draw a context graph: messages, missing parents, threads, platforms and entities (defined and
-    undefined) each in its own colour and shape, edge kinds in their own line styles, with a legend.
+    undefined) each in its own colour and shape, edge kinds in their own line styles, with a legend of
+    each (nodes upper left, edges lower left) and each node's label under its marker.
 
     The layout is networkx's spring layout with a fixed ``seed`` (the same picture every run);
     ``platforms=False`` leaves the platform nodes out. Returns the ``Axes``.
@@ -232,12 +233,17 @@ def draw_context_graph(
         ax.text(0.5, 0.5, "empty graph", ha="center", va="center", transform=ax.transAxes)
         return ax
     position = nx.spring_layout(nx.Graph(shown), seed=seed)
+    edge_handles = []
     for kind, style in EDGE_STYLES.items():
         edges = [(u, v) for u, v, key in shown.edges(keys=True) if key == kind]
         if edges:
             nx.draw_networkx_edges(
                 shown, position, edgelist=edges, ax=ax, style=style["style"], width=style["width"],
                 alpha=style["alpha"], arrows=True, arrowsize=8, node_size=300,
+            )  # fmt: skip
+            edge_handles.append(
+                plt.Line2D([], [], color="black", linestyle=style["style"], linewidth=style["width"],
+                           alpha=max(style["alpha"], 0.6), label=kind.replace("_", " "))
             )  # fmt: skip
     handles = []
     for key, style in NODE_STYLES.items():
@@ -253,8 +259,13 @@ def draw_context_graph(
             plt.Line2D([], [], linestyle="none", marker=style["shape"], markersize=9, markerfacecolor=style["color"],
                        markeredgecolor="black", label=style["label"])
         )  # fmt: skip
-    if labels:
+    if labels:  # under each marker, not over it
         names = {node: _node_label(node) for node in shown.nodes}
-        nx.draw_networkx_labels(shown, position, labels=names, ax=ax, font_size=7)
-    ax.legend(handles=handles, loc="best", fontsize=8, title="nodes")
+        spread = max((abs(y) for _x, y in position.values()), default=1.0) or 1.0
+        below = {node: (x, y - 0.06 * spread) for node, (x, y) in position.items()}
+        nx.draw_networkx_labels(shown, below, labels=names, ax=ax, font_size=7, verticalalignment="top")
+    nodes_legend = ax.legend(handles=handles, loc="upper left", fontsize=8, title="nodes")
+    if edge_handles:  # a second legend: the line styles say what joins two nodes
+        ax.add_artist(nodes_legend)
+        ax.legend(handles=edge_handles, loc="lower left", fontsize=8, title="edges")
     return ax

@@ -165,9 +165,12 @@ def plot_latency_distribution(
         ax.set_xticks(range(1, len(groups) + 1), [label for label, _values in groups])
         ax.set_ylabel(f"{column[:-3]} (ms)")
     else:
+        from matplotlib.ticker import MaxNLocator
+
         for label, values in groups:
             ax.hist(values, bins="auto", alpha=0.5, label=label)
         ax.set_xlabel(f"{column[:-3]} (ms)")
         ax.set_ylabel("requests")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of requests: no 2.5 ticks
         ax.legend(title=" / ".join(keys))
     return ax

@@ -96,8 +96,18 @@ def test_cooccurrence_table_matches_gap_weights(graph):
 
 def test_draw_context_graph_tells_each_kind_apart_with_a_legend(graph, plt):
     ax = analysis.draw_context_graph(graph)
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["message", "missing parent", "thread", "platform", "entity (defined)", "entity (undefined)"]
+    nodes, edges = (legend for legend in [*ax.artists, ax.get_legend()] if legend is not None)
+    assert [t.get_text() for t in nodes.get_texts()] == [
+        "message",
+        "missing parent",
+        "thread",
+        "platform",
+        "entity (defined)",
+        "entity (undefined)",
+    ]
+    kinds = {edge_kind for _u, _v, edge_kind in graph.edges(keys=True)}
+    assert [t.get_text() for t in edges.get_texts()] == [k.replace("_", " ") for k in gap_edge_order() if k in kinds]
+    assert len({line.get_linestyle() for line in edges.get_lines()}) > 1  # the kinds are told apart by their lines
     groups = {c.get_gid(): c for c in ax.collections if c.get_gid()}
     assert set(groups) == {"gtl-message", "gtl-missing", "gtl-thread", "gtl-platform", "gtl-entity", "gtl-undefined"}
     assert len(groups["gtl-message"].get_offsets()) == 4
@@ -106,6 +116,8 @@ def test_draw_context_graph_tells_each_kind_apart_with_a_legend(graph, plt):
     colours = {tuple(c.get_facecolor()[0]) for c in groups.values()}
     assert len(colours) == len(groups)  # every kind has its own colour
     assert len(ax.texts) == graph.number_of_nodes()  # one label per node
+    for text in ax.texts:  # each under its marker
+        assert text.get_verticalalignment() == "top"
     assert ax.patches  # the edges (arrows)
 
 
@@ -121,3 +133,10 @@ def test_draw_context_graph_without_platforms_and_on_given_axes(graph, plt):
 def test_an_empty_graph_draws_a_note(plt):
     ax = analysis.draw_context_graph(gap.create_context_graph([]))
     assert [t.get_text() for t in ax.texts] == ["empty graph"]
+
+
+def gap_edge_order() -> list[str]:
+    """The edge kinds in the order the drawing's legend lists them."""
+    from gtl_nb.analysis.graphs import EDGE_STYLES
+
+    return list(EDGE_STYLES)

@@ -89,6 +89,8 @@ def test_ttft_histogram_overlays_the_groups(filled, plt):
     assert sorted(legend_texts(ax)) == ["claude-sonnet-4-5", "echo", "gpt-4o-mini"]
     assert len(ax.patches) >= 3
     assert ax.get_xlabel() == "ttft (ms)"
+    ticks = [tick for tick in ax.get_yticks() if tick >= 0]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)  # counts of requests: whole numbers
 
 
 def test_plots_of_nothing_say_so(filled, plt):
