@@ -3,16 +3,20 @@
 One ``CircuitBreaker`` per deployment (``BreakerBoard`` creates them on demand)::
 
     closed --N consecutive failures, or error rate >= R over the last W s with >= M calls--> open
-    open --cooldown elapsed (checked lazily against the clock)--> half_open
+    open --cooldown (or the provider's wait) elapsed, checked lazily against the clock--> half_open
     half_open --a probe succeeds--> closed          (counters and window cleared)
-    half_open --a probe fails--> open               (a new cooldown starts)
+    half_open --a probe fails--> open               (a new cooldown, or the provider's new wait, starts)
 
-**A provider's Retry-After holds the circuit open.** ``record_failure(retry_after=...)`` passes the
-wait the provider asked for (a 429/503/529's ``Retry-After``). When that failure is the one that opens
-the circuit (from closed, or a failed probe from half-open) and asks for longer than ``cooldown``, the
-circuit stays open until then — bounded by ``max_cooldown`` — so the deployment is not probed while its
-provider has said it will refuse. A shorter wait never shortens the cooldown, and the waits of failures
-that arrive while the circuit is already open change nothing (such results are ignored, below).
+**A provider's Retry-After sets how long the circuit stays open.** ``record_failure(retry_after=...)``
+passes the wait the provider asked for (a 429/503/529's ``Retry-After``). When that failure is the one
+that opens the circuit (from closed, or a failed probe from half-open), the circuit stays open for
+exactly that wait instead of ``cooldown`` — longer or shorter — bounded below by ``MOMENTARY_LIMIT``
+(1 s) and above by ``max_cooldown``: the provider said when it will take requests again, so the
+half-open probe goes then, neither before (it would be refused) nor long after (callers honouring the
+provider's wait would find the circuit still open). A failure that asks for no wait (or for none that
+is a finite number above 0) opens the circuit for ``cooldown``; ``max_cooldown = 0`` ignores providers'
+waits altogether (every opening is for ``cooldown``). The waits of failures that arrive while the
+circuit is already open change nothing (such results are ignored, below).
 
 In ``half_open`` at most K probe calls are let through at a time: ``allow()`` reserves a slot,
 ``record_success`` / ``record_failure`` / ``release`` give it back. After every ``allow()`` that
@@ -74,6 +78,13 @@ StateListener = Callable[[str, str, str], None]  # (deployment, old state, new s
 WINDOW_BUCKETS = 20
 """Buckets the error-rate window is kept in, each ``window / WINDOW_BUCKETS`` seconds long (module docstring)."""
 
+MOMENTARY_LIMIT = 1.0
+"""Seconds: a rate limit whose provider asks for less than this before the next try is a momentary
+throttle, which the request's own retry rides out — not a verdict on the deployment's health, so the
+engine does not count it (``engine.core``). Counted, a burst of 429s asking for 20 ms opened the circuit
+and shut every caller out for its whole cooldown. It is also the shortest a provider's wait holds an
+opening circuit open (``open_for``): a circuit is never opened for less than a second."""
+
 
 @dataclass(frozen=True)
 class BreakerConfig:
@@ -95,11 +106,12 @@ class BreakerConfig:
     min_calls: int = 10
     """Calls the window must hold before its error rate can open the circuit."""
     cooldown: float = 30.0
-    """Seconds the circuit stays open before it lets probes through."""
+    """Seconds the circuit stays open before it lets probes through, when the failure that opened it
+    carried no ``Retry-After`` (one that did holds it open for the provider's wait instead)."""
     max_cooldown: float = 300.0
     """Longest a provider's ``Retry-After`` may hold an opening circuit open (seconds). A circuit opened by
-    a failure asking for longer than ``cooldown`` stays open for that long, up to this; 0: never longer
-    than ``cooldown``."""
+    a failure asking for a wait stays open for that wait (at least ``MOMENTARY_LIMIT``), up to this;
+    0: providers' waits are ignored, every circuit opens for ``cooldown``."""
     half_open_probes: int = 1
     """Probe calls allowed at the same time while half-open."""
     backend: str = "memory://"
@@ -199,9 +211,10 @@ class CircuitBreaker:
     def snapshot(self) -> dict[str, Any]:
         """The breaker's state for the public API (times are values of the breaker's clock).
 
-        ``retry_at`` / ``retry_in`` say when the circuit lets a probe through (the cooldown, or the
-        provider's wait when longer); ``provider_retry_after`` is the wait the failure that opened it
-        asked for (bounded by ``max_cooldown``), ``None`` when it asked for none."""
+        ``retry_at`` / ``retry_in`` say when the circuit lets a probe through (after the provider's wait
+        when the failure that opened it asked for one, else after the cooldown); ``provider_retry_after``
+        is the wait the failure that opened it asked for (bounded by ``max_cooldown``), ``None`` when it
+        asked for none."""
         with self._lock:
             now = self.clock()
             state = self._current(now)
@@ -270,8 +283,9 @@ class CircuitBreaker:
         """A call failed in a way that says the deployment is unwell (see "which failures count").
 
         ``retry_after``: seconds the provider asked the caller to wait (its ``Retry-After``), if it said;
-        should this failure open the circuit, it stays open that long when that is past the cooldown
-        (module docstring). Returns the change it caused, ``(old, new)``, or None."""
+        should this failure open the circuit, it stays open that long instead of the cooldown, within
+        ``MOMENTARY_LIMIT`` and ``max_cooldown`` (module docstring). Returns the change it caused,
+        ``(old, new)``, or None."""
         if not self.config.enabled:
             return None
         with self._lock:
@@ -427,10 +441,7 @@ class CircuitBreaker:
         self._opened_at = now
         self._provider_retry_after = provider_wait(retry_after, self.config)
         self._probes = 0
-        if self._provider_retry_after is not None:
-            hold = open_for(self._provider_retry_after, self.config)
-            if hold > self.config.cooldown:
-                reason += f"; open {hold:g} s, as the provider's Retry-After asked"
+        reason += held_reason(self._provider_retry_after, self.config)
         self._transition("open", reason)
 
     def _close(self) -> None:
@@ -463,11 +474,21 @@ def provider_wait(retry_after: Any, config: BreakerConfig) -> float | None:
 
 
 def open_for(provider_retry_after: float | None, config: BreakerConfig) -> float:
-    """Seconds a circuit stays open: ``cooldown``, or the provider's wait when that is longer (bounded
-    again by the current ``max_cooldown``: a reload may have lowered it since the circuit opened)."""
-    if provider_retry_after is None:
+    """Seconds a circuit stays open: the provider's wait when the failure that opened it asked for one —
+    at least ``MOMENTARY_LIMIT``, at most ``max_cooldown`` (bounded again by the current configuration: a
+    reload may have changed it since the circuit opened; 0 now means the wait is ignored; a ceiling set
+    under the floor wins) — else ``cooldown``."""
+    wait = provider_wait(provider_retry_after, config)
+    if wait is None:
         return config.cooldown
-    return max(config.cooldown, min(provider_retry_after, config.max_cooldown))
+    return min(max(wait, MOMENTARY_LIMIT), config.max_cooldown)
+
+
+def held_reason(provider_retry_after: float | None, config: BreakerConfig) -> str:
+    """What an opening's log line adds when the provider's wait, not the cooldown, holds it open."""
+    if provider_wait(provider_retry_after, config) is None:
+        return ""
+    return f"; open {open_for(provider_retry_after, config):g} s, as the provider's Retry-After asked"
 
 
 class BreakerBoard:

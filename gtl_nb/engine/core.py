@@ -53,6 +53,7 @@ from typing import Any, cast
 
 import msgspec
 
+from gtl_nb.engine.breaker import MOMENTARY_LIMIT
 from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, partition, replay
 from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.config import missing_credentials
@@ -1356,7 +1357,7 @@ class Engine:
                             await asyncio.shield(breakers.release(target.name))
                         grant = None
                     elif failed.retryable:
-                        # the provider's Retry-After: an opening circuit stays open until then (breaker.py)
+                        # the provider's Retry-After: an opening circuit stays open until then, no longer (breaker.py)
                         change = await breakers.record_failure(target.name, retry_after=failed.retry_after)
                         self._breaker_changed(target.name, change)
                         grant = None
@@ -1846,14 +1847,9 @@ def _never_waits(store: Any) -> bool:
     return type(store) in (MemoryBreakerStore, MemoryBudgetCounter)
 
 
-MOMENTARY_LIMIT = 1.0
-"""Seconds: a rate limit whose provider asks for less than this before the next try is a momentary
-throttle, which the request's own retry rides out — not a verdict on the deployment's health. Counted,
-a burst of 429s asking for 20 ms opened the circuit and shut every caller out for its whole cooldown."""
-
-
 def _momentary_limit(error: Error) -> bool:
-    """Whether ``error`` is a rate limit the provider expects to lift within ``MOMENTARY_LIMIT``."""
+    """Whether ``error`` is a rate limit the provider expects to lift within ``MOMENTARY_LIMIT``
+    (``engine.breaker``, where it is also the shortest a provider's wait holds a circuit open)."""
     return error.code == "RATE_LIMIT" and error.retry_after is not None and error.retry_after < MOMENTARY_LIMIT
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gtl_nb.engine.breaker import WINDOW_BUCKETS, BreakerBoard, BreakerConfig, CircuitBreaker
+from gtl_nb.engine.breaker import MOMENTARY_LIMIT, WINDOW_BUCKETS, BreakerBoard, BreakerConfig, CircuitBreaker
 from gtl_nb.protocol import ConfigurationError
 
 
@@ -222,29 +222,81 @@ def test_a_retry_after_past_the_cooldown_holds_the_opening_circuit_open_until_th
     assert breaker.snapshot()["retry_in"] == 30.0
 
 
-@pytest.mark.parametrize("retry_after", [None, 0.0, 5.0, 30.0, -4.0, float("nan"), float("inf")])
-def test_a_retry_after_never_shortens_the_cooldown(retry_after):
+def test_a_retry_after_shorter_than_the_cooldown_holds_the_circuit_open_for_that_wait_alone():
+    """The provider said when it takes requests again: the probe goes then, not after the 30 s cooldown."""
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=2, error_rate_threshold=0, cooldown=30)
+    breaker.record_failure()
+    assert breaker.record_failure(retry_after=3.0) == ("closed", "open")
+    snap = breaker.snapshot()
+    assert (snap["retry_at"], snap["retry_in"], snap["provider_retry_after"]) == (1003.0, 3.0, 3.0)
+    clock.advance(2.999)
+    assert breaker.state == "open" and not breaker.allow()
+    clock.advance(0.001)
+    assert breaker.acquire() == "probe"
+    assert breaker.record_failure(retry_after=4.0) == ("half_open", "open")  # the probe's wait: anew
+    assert breaker.snapshot()["retry_in"] == 4.0
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "held"),
+    [
+        (3.0, 3.0),  # shorter than the cooldown
+        (30.0, 30.0),
+        (120.0, 120.0),  # longer
+        (300.0, 300.0),
+        (86_400.0, 300.0),  # longer than max_cooldown: held to it
+        (float("inf"), 300.0),  # (never from the provider parsers, which drop it) held to the ceiling
+        (1.0, 1.0),
+        (0.25, 1.0),  # under MOMENTARY_LIMIT: held for it
+        (0.001, 1.0),
+    ],
+)
+def test_the_opening_failures_wait_holds_the_circuit_open_within_the_floor_and_max_cooldown(retry_after, held):
     clock = FakeClock()
     breaker = make(clock, failure_threshold=1, cooldown=30, max_cooldown=300)
     breaker.record_failure(retry_after=retry_after)
-    retry_in = breaker.snapshot()["retry_in"]
-    clock.advance(29.999)
+    assert breaker.snapshot()["retry_in"] == held
+    clock.advance(held - 0.001)
     still = breaker.state
     clock.advance(0.001)
-    # inf (never from the provider parsers, which drop it) is held to the ceiling
-    assert (retry_in, still) == ((300.0, "open") if retry_after == float("inf") else (30.0, "open"))
+    assert (still, breaker.state) == ("open", "half_open")
+    assert MOMENTARY_LIMIT == 1.0
+
+
+@pytest.mark.parametrize("retry_after", [None, 0.0, -4.0, float("nan")])
+def test_a_failure_asking_for_no_wait_opens_for_the_cooldown(retry_after):
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=30, max_cooldown=300)
+    breaker.record_failure(retry_after=retry_after)
+    snap = breaker.snapshot()
+    assert (snap["retry_in"], snap["provider_retry_after"]) == (30.0, None)
+    clock.advance(29.999)
+    assert breaker.state == "open"
+    clock.advance(0.001)
+    assert breaker.state == "half_open"
 
 
 def test_the_hold_is_bounded_by_max_cooldown_and_zero_switches_it_off():
     clock = FakeClock()
     bounded = make(clock, failure_threshold=1, cooldown=30, max_cooldown=300)
     off = make(clock, failure_threshold=1, cooldown=30, max_cooldown=0)
+    off_short = make(clock, failure_threshold=1, cooldown=30, max_cooldown=0)
     bounded.record_failure(retry_after=86_400.0)
     off.record_failure(retry_after=120.0)
+    off_short.record_failure(retry_after=3.0)  # 0: providers' waits are ignored, shorter ones too
     assert (bounded.snapshot()["retry_in"], bounded.snapshot()["provider_retry_after"]) == (300.0, 300.0)
     assert (off.snapshot()["retry_in"], off.snapshot()["provider_retry_after"]) == (30.0, None)
+    assert (off_short.snapshot()["retry_in"], off_short.snapshot()["provider_retry_after"]) == (30.0, None)
     clock.advance(300)
     assert bounded.state == "half_open"
+
+
+def test_a_max_cooldown_under_the_floor_is_still_the_ceiling():
+    clock = FakeClock()
+    breaker = make(clock, failure_threshold=1, cooldown=30, max_cooldown=0.5)
+    breaker.record_failure(retry_after=10.0)
+    assert breaker.snapshot()["retry_in"] == 0.5
 
 
 def test_a_failed_probe_that_asks_for_longer_reopens_for_that_long():
@@ -289,7 +341,14 @@ def test_the_hold_survives_export_and_a_lowered_ceiling_bounds_it_again():
     lowered = CircuitBreaker.from_state(
         state, "dep", BreakerConfig(failure_threshold=1, cooldown=30, max_cooldown=100), clock=clock
     )
+    switched_off = CircuitBreaker.from_state(
+        state, "dep", BreakerConfig(failure_threshold=1, cooldown=30, max_cooldown=0), clock=clock
+    )
     assert (again.snapshot()["retry_in"], lowered.snapshot()["retry_in"]) == (250.0, 100.0)
+    assert switched_off.snapshot()["retry_in"] == 30.0  # a reload set 0: the cooldown alone
+    unfloored = {**state, "provider_retry_after": 0.5}  # kept as asked (the Redis script does): floored on reading
+    floored = CircuitBreaker.from_state(unfloored, "dep", BreakerConfig(cooldown=30), clock=clock)
+    assert floored.snapshot()["retry_in"] == 1.0
     older = {key: value for key, value in state.items() if key != "provider_retry_after"}  # before it existed
     assert CircuitBreaker.from_state(older, "dep", BreakerConfig(cooldown=30), clock=clock).snapshot()["retry_in"] == 30
 

@@ -121,8 +121,8 @@ class BreakerStore(Protocol):
     ``acquire`` returns ``"pass"`` (closed), ``"probe"`` (a half-open slot: report a verdict or
     ``release`` it) or ``None`` (open). ``record_success``/``record_failure`` return the state change
     they caused as ``(old, new)``, else ``None``. ``record_failure``'s ``retry_after`` is the wait the
-    provider asked for, which holds a circuit this failure opens open for longer than its cooldown
-    (``CircuitBreaker.record_failure``); a shared store keeps it so that every process agrees.
+    provider asked for, which holds a circuit this failure opens open for that wait instead of its
+    cooldown (``CircuitBreaker.record_failure``); a shared store keeps it so that every process agrees.
     """
 
     async def acquire(self, deployment: str) -> str | None: ...

@@ -10,7 +10,8 @@ and writes only what it changes:
   applies the closed circuit's rules to the stored JSON and writes it back, atomically: end or
   extend the failure streak, count the call in its bucket (dropping the buckets that left the
   window), and for a failure the two reasons to open — an opening keeps the provider's Retry-After
-  (``provider_retry_after``, which holds the circuit open past its cooldown for every replica).
+  (``provider_retry_after``: every replica holds the circuit open for that wait instead of the
+  cooldown, as ``engine.breaker.open_for`` reads it when the circuit is next loaded).
   These few rules are restated in Lua (``_CLOSED``), the one place outside ``engine.breaker``;
   ``tests/engine/stores`` checks that both decide alike on random sequences. On anything else — no
   state yet, a circuit not closed, state of an earlier version or of another ``window`` — the script
@@ -48,7 +49,14 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from gtl_nb.engine.breaker import WINDOW_BUCKETS, BreakerBoard, BreakerConfig, CircuitBreaker, open_for, provider_wait
+from gtl_nb.engine.breaker import (
+    WINDOW_BUCKETS,
+    BreakerBoard,
+    BreakerConfig,
+    CircuitBreaker,
+    held_reason,
+    provider_wait,
+)
 from gtl_nb.engine.ratelimit import DAY
 from gtl_nb.engine.stores.redis_client import LuaScript, RedisConnector, RedisUnavailableError, key_part
 from gtl_nb.engine.stores.redis_fallback import RedisOutage
@@ -282,9 +290,7 @@ class RedisBreakerStore(RulesOverState):
                 reason = f"{consecutive} consecutive failures"
             else:
                 reason = f"error rate {failures / calls:.0%} over the last {config.window:g} s ({calls} calls)"
-            hold = open_for(wait, config)
-            if hold > config.cooldown:
-                reason += f"; open {hold:g} s, as the provider's Retry-After asked"
+            reason += held_reason(wait, config)
             log.info("circuit %s: closed -> open (%s)", deployment, reason)
             return True, ("closed", "open")
         return True, None

@@ -9,7 +9,10 @@ window from it (as a list of every call) and find it empty, so they still see th
 its failure streak, its cooldown and its probes; ``from_state`` reads what they write back (every
 call of the window, as ``[time, failed]``) into buckets. Such a process does not know
 ``provider_retry_after`` either: it lets probes through after the plain cooldown, and what it writes
-back lacks the field (read as none).
+back lacks the field (read as none). Every process reads the stored ``provider_retry_after`` with its
+own rule (``engine.breaker.open_for``): one of a version that held a circuit open for the longer of the
+cooldown and the provider's wait refuses a circuit that this version already probes after a shorter
+wait, until the cooldown ends or the probe's verdict is written.
 """
 
 from __future__ import annotations

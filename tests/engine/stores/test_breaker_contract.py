@@ -105,8 +105,8 @@ def test_snapshots_say_state_counts_times_and_whether_a_call_is_allowed(store: B
 
 
 def test_a_providers_retry_after_holds_the_opening_circuit_open_until_then(store: BreakerStore, clock: FakeClock):
-    """The failure that opens (through a closed circuit's verdict) or re-opens (a failed probe) asks for
-    longer than the cooldown: no probe before then; a shorter wait keeps the cooldown."""
+    """The failure that opens (through a closed circuit's verdict) or re-opens (a failed probe) asks for a
+    wait: no probe before then, and one then, whether that is past the cooldown or short of it."""
 
     async def scenario() -> list[Any]:
         await store.record_failure("oa")
@@ -123,7 +123,12 @@ def test_a_providers_retry_after_holds_the_opening_circuit_open_until_then(store
         seen += [await store.acquire("oa"), await store.record_failure("oa", retry_after=5.0)]
         reopened = (await store.snapshots(["oa"]))["oa"]
         seen += [reopened["retry_in"], reopened["provider_retry_after"]]
-        clock.now += 30
+        clock.now += 4.5
+        seen.append(await store.acquire("oa"))
+        clock.now += 0.5
+        seen += [await store.acquire("oa"), await store.record_failure("oa", retry_after=0.25)]
+        seen.append((await store.snapshots(["oa"]))["oa"]["retry_in"])
+        clock.now += 1
         seen += [await store.acquire("oa"), await store.record_success("oa")]
         seen.append((await store.snapshots(["oa"]))["oa"]["provider_retry_after"])
         return seen
@@ -139,16 +144,29 @@ def test_a_providers_retry_after_holds_the_opening_circuit_open_until_then(store
         None,
         "probe",
         ("half_open", "open"),
-        30.0,  # 5 s asked: the cooldown stands
+        5.0,  # 5 s asked: open 5 s, not the 30 s cooldown
         5.0,
+        None,
+        "probe",
+        ("half_open", "open"),
+        1.0,  # 0.25 s asked: held for the 1 s floor
         "probe",
         ("half_open", "closed"),
         None,
     ]
 
 
-def test_a_retry_after_is_held_to_max_cooldown(
-    backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest
+@pytest.mark.parametrize(
+    ("retry_after", "held"),
+    [(3.0, 3.0), (0.25, 1.0), (60.0, 60.0), (86_400.0, 90.0), (None, 30.0), (-1.0, 30.0), (float("nan"), 30.0)],
+)
+def test_a_closed_circuit_opened_by_a_wait_is_held_for_it_within_the_floor_and_max_cooldown(
+    retry_after: float | None,
+    held: float,
+    backend: str,
+    store_file: Path,
+    clock: FakeClock,
+    request: pytest.FixtureRequest,
 ):
     url = redis_url_of(backend, request)
     config = BreakerConfig(failure_threshold=1, error_rate_threshold=0, cooldown=30.0, max_cooldown=90.0)
@@ -156,14 +174,37 @@ def test_a_retry_after_is_held_to_max_cooldown(
     async def scenario() -> list[Any]:
         store = open_store(backend, store_file, clock, config, redis_url=url)
         await store.record_success("oa")  # state written first, so the opening is a closed circuit's verdict
-        await store.record_failure("oa", retry_after=86_400.0)
+        await store.record_failure("oa", retry_after=retry_after)
         seen = [(await store.snapshots(["oa"]))["oa"]["retry_in"]]
-        clock.now += 90
+        clock.now += held - 0.01
+        seen.append(await store.acquire("oa"))
+        clock.now += 0.01
         seen.append(await store.acquire("oa"))
         await store.aclose()
         return seen
 
-    assert run(scenario()) == [90.0, "probe"]
+    assert run(scenario()) == [held, None, "probe"]
+
+
+def test_a_max_cooldown_of_zero_ignores_the_providers_wait(
+    backend: str, store_file: Path, clock: FakeClock, request: pytest.FixtureRequest
+):
+    url = redis_url_of(backend, request)
+    config = BreakerConfig(failure_threshold=1, error_rate_threshold=0, cooldown=30.0, max_cooldown=0)
+
+    async def scenario() -> list[Any]:
+        store = open_store(backend, store_file, clock, config, redis_url=url)
+        await store.record_success("oa")
+        await store.record_failure("oa", retry_after=3.0)
+        shorter = (await store.snapshots(["oa"]))["oa"]
+        clock.now += 30
+        seen = [shorter["retry_in"], shorter["provider_retry_after"], await store.acquire("oa")]
+        await store.record_failure("oa", retry_after=600.0)
+        seen.append((await store.snapshots(["oa"]))["oa"]["retry_in"])
+        await store.aclose()
+        return seen
+
+    assert run(scenario()) == [30.0, None, "probe", 30.0]
 
 
 def test_a_disabled_breaker_lets_everything_through(
