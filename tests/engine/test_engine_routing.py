@@ -401,7 +401,42 @@ def test_a_providers_retry_after_keeps_the_circuit_open_past_the_cooldown(fault)
     assert isinstance(probe, Done) and closed == "closed"
 
 
-def test_a_shorter_retry_after_keeps_the_cooldown_and_a_longer_one_is_bounded():
+def test_a_rate_limit_asking_for_2_s_opens_the_circuit_for_2_s_not_the_cooldown():
+    """A provider answering 429 with ``Retry-After: 2`` opened the circuit for the 30 s cooldown: for 30 s
+    every request was refused, and a client honouring the provider's wait (the OpenAI SDK's retries)
+    gave up. The circuit is open for the provider's 2 s, the refusal says so, and then a probe goes."""
+    clock = FakeClock()
+    with sim.serve("openai", faults=[sim.Fault.http(429, retry_after=2)] * 2) as s:
+        settings = load_settings(
+            providers={"openai": openai_conf(s.base_url)},
+            environ={},
+            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 1}},
+        )
+        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
+
+        def ask(i: int) -> Any:
+            request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
+            return run(engine, request)[-1]
+
+        limited = [ask(1), ask(2)]
+        opened = asyncio.run(engine.breaker_states())["openai"]
+        refused = ask(3)
+        clock.now += 1.5
+        still_refused = ask(4)
+        clock.now += 0.5
+        probe = ask(5)
+        closed = asyncio.run(engine.breaker_states())["openai"]["state"]
+    assert [error.code for error in limited] == ["RATE_LIMIT", "RATE_LIMIT"]
+    assert (opened["state"], opened["retry_in"], opened["provider_retry_after"]) == ("open", 2, 2)
+    assert refused.code == "PROVIDER_UNAVAILABLE", refused
+    assert refused.message == "every circuit is open (openai); retry in 2 s"
+    assert refused.retry_after == pytest.approx(2)
+    assert still_refused.code == "PROVIDER_UNAVAILABLE" and still_refused.retry_after == pytest.approx(0.5)
+    assert len(s.requests) == 3  # the two 429s and the probe: nothing sent while the provider refused
+    assert isinstance(probe, Done) and closed == "closed"
+
+
+def test_a_shorter_retry_after_holds_the_circuit_for_itself_and_a_longer_one_is_bounded():
     clock = FakeClock()
     faults = [sim.Fault.http(429, retry_after=5), sim.Fault.http(429, retry_after=86_400)]
     with sim.serve("openai", faults=faults) as s:
@@ -420,7 +455,7 @@ def test_a_shorter_retry_after_keeps_the_cooldown_and_a_longer_one_is_bounded():
             )
             run(engine, request)
         states = asyncio.run(engine.breaker_states())
-    assert (states["short"]["retry_in"], states["long"]["retry_in"]) == (30, 600)
+    assert (states["short"]["retry_in"], states["long"]["retry_in"]) == (5, 600)
 
 
 def test_a_probe_that_meets_a_momentary_rate_limit_gives_its_slot_back():
