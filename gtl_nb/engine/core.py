@@ -1399,10 +1399,12 @@ class Engine:
         snapshots = await breakers.snapshots(refused)
         retry_in = [snapshots.get(name, {}).get("retry_in") for name in refused]
         wait = min((r for r in retry_in if r is not None), default=None)
+        # rounded up, as a provider's wait is (and the Retry-After header): never "retry in 0 s"
+        when = f"; retry in {math.ceil(wait)} s" if wait else ""
         every_circuit_open = Error(
             session_id=sid,
             code="PROVIDER_UNAVAILABLE",
-            message=f"every circuit is open ({', '.join(refused)})" + (f"; retry in {wait:.0f} s" if wait else ""),
+            message=f"every circuit is open ({', '.join(refused)})" + when,
             retryable=True,
             retry_after=wait,
         )

@@ -432,6 +432,7 @@ def test_a_rate_limit_asking_for_2_s_opens_the_circuit_for_2_s_not_the_cooldown(
     assert refused.message == "every circuit is open (openai); retry in 2 s"
     assert refused.retry_after == pytest.approx(2)
     assert still_refused.code == "PROVIDER_UNAVAILABLE" and still_refused.retry_after == pytest.approx(0.5)
+    assert still_refused.message.endswith("; retry in 1 s")  # rounded up: never "retry in 0 s"
     assert len(s.requests) == 3  # the two 429s and the probe: nothing sent while the provider refused
     assert isinstance(probe, Done) and closed == "closed"
 
