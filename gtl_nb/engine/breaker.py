@@ -83,7 +83,7 @@ MOMENTARY_LIMIT = 1.0
 throttle, which the request's own retry rides out — not a verdict on the deployment's health, so the
 engine does not count it (``engine.core``). Counted, a burst of 429s asking for 20 ms opened the circuit
 and shut every caller out for its whole cooldown. It is also the shortest a provider's wait holds an
-opening circuit open (``open_for``): a circuit is never opened for less than a second."""
+opening circuit open (``open_for``), unless ``max_cooldown`` is set lower."""
 
 
 @dataclass(frozen=True)
