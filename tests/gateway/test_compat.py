@@ -620,6 +620,36 @@ def test_a_tool_choice_the_tools_cannot_give_is_a_bad_request_not_prose(oai, cla
         )
 
 
+def test_allowed_tools_narrow_what_the_model_may_call(oai, backends):
+    """OpenAI's ``tool_choice: {"type": "allowed_tools", …}``: the tools it names reach the provider (the
+    model may call those and no other), with its mode as the choice; a name no tool has is a 400."""
+    time_function = {"name": "get_time", "description": "Time in a city", "parameters": {"type": "object"}}
+    tools = [OPENAI_TOOL, {"type": "function", "function": time_function}]
+    allowed = {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "required", "tools": [{"type": "function", "function": {"name": "get_time"}}]},
+    }
+    answer = oai.chat.completions.create(
+        model=target("openai"), messages=chat("Call get_weather and get_time"), tools=tools, tool_choice=allowed
+    )
+    assert {call.function.name for call in answer.choices[0].message.tool_calls} == {"get_time"}
+    sent = json.loads(backends["openai"].requests[-1].body)
+    assert [tool["function"]["name"] for tool in sent["tools"]] == ["get_time"] and sent["tool_choice"] == "required"
+    missing = {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "auto", "tools": [{"type": "function", "function": {"name": "nope"}}]},
+    }
+    with pytest.raises(openai.BadRequestError, match="names no tool of tools: 'nope'") as refused:
+        oai.chat.completions.create(model=target("openai"), messages=chat(), tools=tools, tool_choice=missing)
+    assert refused.value.param == "tool_choice.allowed_tools.tools"
+    with pytest.raises(openai.BadRequestError, match='expected "auto" or "required"'):
+        bad_mode = {
+            "type": "allowed_tools",
+            "allowed_tools": {"mode": "none", "tools": allowed["allowed_tools"]["tools"]},
+        }
+        oai.chat.completions.create(model=target("openai"), messages=chat(), tools=tools, tool_choice=bad_mode)
+
+
 def test_one_tool_call_at_most_when_the_sdk_turns_parallel_calls_off(oai, claude, backends):
     """OpenAI's ``parallel_tool_calls: false`` and Anthropic's ``disable_parallel_tool_use`` reach the
     provider (an agent loop that runs one call at a time needs it), whichever SDK asked; a deployment

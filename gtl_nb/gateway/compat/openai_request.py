@@ -13,7 +13,9 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   kept. Audio and file parts, the legacy ``function`` role and ``function_call`` are refused (400)
   rather than silently dropped.
 * ``tools`` (``type: function`` only), ``tool_choice`` (``none``/``auto``/``required`` or
-  ``{"type": "function", "function": {"name": …}}``, both GTL's own forms), ``temperature``,
+  ``{"type": "function", "function": {"name": …}}``, both GTL's own forms; ``{"type":
+  "allowed_tools", "allowed_tools": {"mode", "tools"}}`` → the tools it names, with its mode as the
+  choice: the model may call those and no other, as OpenAI's API lets it), ``temperature``,
   ``top_p``, ``max_completion_tokens`` (else ``max_tokens``), ``stop`` (a string or an array of at
   most 4, OpenAI's limit: more is its 400 naming ``stop``),
   ``response_format`` and ``stream`` pass through; ``stream_options.include_usage`` asks for the final
@@ -200,6 +202,7 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     max_tokens = fields.integer(body, "max_completion_tokens", "max_completion_tokens", most=MAX_TOKENS_LIMIT)
     if max_tokens is None:
         max_tokens = fields.integer(body, "max_tokens", "max_tokens", most=MAX_TOKENS_LIMIT)
+    tools, choice = _allowed_tools(_tools(raw_tools), body.get("tool_choice"))
     request = CompletionRequest(
         session_id=session_id,
         model=model,
@@ -211,10 +214,8 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         temperature=fields.number(body, "temperature", "temperature", within=(0.0, MAX_TEMPERATURE)),
         top_p=fields.number(body, "top_p", "top_p", within=(0.0, 1.0)),
         stop=_stop(body.get("stop")),
-        tools=_tools(raw_tools),
-        tool_choice=_tool_choice(
-            body.get("tool_choice"), fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")
-        ),
+        tools=tools,
+        tool_choice=_tool_choice(choice, fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")),
         response_format=fields.obj(body, "response_format", "response_format"),
     )
     return ChatRequest(request, include_usage, limit)
@@ -373,6 +374,35 @@ def _tools(raw: list[Any] | None) -> list[Tool] | None:
     return tools
 
 
+def _allowed_tools(tools: list[Tool] | None, raw: Any) -> tuple[list[Tool] | None, Any]:
+    """An ``allowed_tools`` choice as GTL carries it: the request's tools narrowed to those it names (in
+    the request's order), the choice its ``mode`` (``auto`` or ``required``); any other choice as given.
+    A name no tool of ``tools`` has is refused, as a ``function`` choice naming none would be."""
+    if not (isinstance(raw, dict) and raw.get("type") == "allowed_tools"):
+        return tools, raw
+    where = "tool_choice.allowed_tools"
+    allowed = fields.obj(raw, "allowed_tools", where, required=True)
+    assert allowed is not None
+    mode = allowed.get("mode")
+    if mode not in ("auto", "required"):
+        raise FieldError(f"{where}.mode", 'expected "auto" or "required"')
+    listed = allowed.get("tools")
+    if not isinstance(listed, list) or not listed:
+        raise FieldError(f"{where}.tools", 'expected a non-empty list of {"type": "function", "function": {"name"}}')
+    names: set[str] = set()
+    for index, item in enumerate(listed):
+        function = item.get("function") if isinstance(item, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(item, dict) or item.get("type", "function") != "function" or not isinstance(name, str):
+            raise FieldError(f"{where}.tools[{index}]", 'expected {"type": "function", "function": {"name": ...}}')
+        names.add(name)
+    known = {tool.name for tool in tools or ()}
+    missing = sorted(names - known)
+    if missing:
+        raise FieldError(f"{where}.tools", f"names no tool of tools: {', '.join(repr(name) for name in missing)}")
+    return [tool for tool in tools or () if tool.name in names], mode
+
+
 def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None:
     """GTL's ``tool_choice``; ``parallel_tool_calls: false`` rides in it as ``"parallel": false``."""
     choice: str | dict[str, Any] | None
@@ -389,7 +419,9 @@ def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None
         choice = {"type": "function", "function": {"name": raw["function"]["name"]}}
     else:
         raise FieldError(
-            "tool_choice", 'expected "none", "auto", "required" or {"type": "function", "function": {"name"}}'
+            "tool_choice",
+            'expected "none", "auto", "required", {"type": "function", "function": {"name"}} or '
+            '{"type": "allowed_tools", "allowed_tools": {"mode", "tools"}}',
         )
     return limited_to_one_call(choice) if parallel is False else choice
 
