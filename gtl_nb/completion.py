@@ -6,8 +6,9 @@ terminal, and offers ``message`` — the assistant turn to append for the next r
 and the provider's opaque ``provider_data`` kept for replay.
 
 The module also holds what every notebook rendering of an answer shares: ``no_math_markdown`` and
-``no_math_html`` (a ``$`` in an answer, a footer or a table is a dollar, never LaTeX), ``code_span``
-and ``money`` (how a cost reads: ``$0.000953``).
+``no_math_html`` (a ``$`` in an answer, a footer or a table is a dollar, never LaTeX; and a model's
+text is never live HTML or a ``javascript:`` link in the notebook's page), ``code_span`` and ``money``
+(how a cost reads: ``$0.000953``).
 """
 
 from __future__ import annotations
@@ -285,26 +286,41 @@ def money(value: float | None) -> str:
     return dollars(value)
 
 
-# -- markdown that keeps dollars dollars ----------------------------------------------------------
+# -- markdown that keeps dollars dollars, and a model's HTML text --------------------------------
 #
 # JupyterLab, Notebook 7 and nbconvert's HTML pages run MathJax over the rendered output, and MathJax
 # pairs two "$" of one run of text into a formula whether the markdown escaped them ("\$", "&#36;")
 # or not. It never pairs a "$" standing in an element of its own, so that is how a dollar is written.
+#
+# The markdown of an output the kernel produced is rendered with its raw HTML (JupyterLab trusts a
+# session's own outputs; nbconvert's HTML keeps it): a model repeating "<img src=x onerror=…>" — from a
+# document it summarised, say — would run script in the notebook's page, which can drive the kernel.
+# So outside code every "<" and "&" of the text is escaped (the text shows as written, tags and entities
+# included) and a "javascript:" link is disarmed; code is left as written, which every markdown
+# renderer shows literally — but only code it cannot read otherwise: a fence as CommonMark opens one,
+# and inline spans counting a backslash-escaped backtick as text. An indented block may be code or a
+# list item's continuation, depending on what precedes it: its "<" and "&" are escaped too.
 
 DOLLAR = "<span>&#36;</span>"
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
+# "javascript:", or "javascript\:" (markdown reads the backslash escape as the colon itself); linear
+_SCRIPT_SCHEME = re.compile(r"(?i)java(?=script\\*:)")
+_WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
 
 
 def no_math_html(text: str) -> str:
-    """``text`` escaped for HTML, each ``$`` in an element of its own (never the start of a formula)."""
-    return html.escape(text, quote=False).replace("$", DOLLAR)
+    """``text`` escaped for HTML, each ``$`` in an element of its own (never the start of a formula) and
+    a ``javascript:`` link's scheme broken (markdown around the HTML would still make it a link)."""
+    return _disarmed(html.escape(text, quote=False)).replace("$", DOLLAR)
 
 
 def no_math_markdown(text: str) -> str:
-    """Markdown ``text`` whose dollar signs show as dollars, never as LaTeX.
+    """Markdown ``text`` whose dollar signs show as dollars, never as LaTeX, and which holds no live HTML.
 
-    Code is left as written (a dollar is literal there already): fenced blocks, indented blocks
-    after a blank line, and inline code spans. Elsewhere each ``$`` (or ``\\$``) becomes ``DOLLAR``.
+    Code is left as written (a dollar is literal there already): fenced blocks and inline code spans
+    (module comment: only as CommonMark reads them); indented blocks after a blank line keep their
+    dollars. Elsewhere each ``$`` (or ``\\$``) becomes ``DOLLAR``, and outside fenced blocks and code
+    spans every ``<`` and ``&`` is escaped and a ``javascript:`` link disarmed.
     ``\\(…\\)`` and ``\\[…\\]`` math still renders. One pass over the text.
     """
     out: list[str] = []
@@ -325,15 +341,17 @@ def no_math_markdown(text: str) -> str:
             continue
         blank = not line.strip()
         if indented and (blank or _indented(line)):
-            out.append(line)
+            out.append(_no_html(line))
             continue
         indented = False
         opening = _FENCE_OPEN.match(line)
+        if opening and opening.group(1)[0] == "`" and "`" in line[opening.end() :]:
+            opening = None  # a backtick in the info string: no fence to CommonMark, text to escape
         if opening or blank or (_indented(line) and not paragraph):
             flush()
             fence = opening.group(1) if opening else None
             indented = not opening and not blank
-            out.append(line)
+            out.append(line if opening or blank else _no_html(line))
             continue
         paragraph.append(line)
     flush()
@@ -358,8 +376,18 @@ def _closes_fence(line: str, fence: str) -> bool:
 
 
 def _escape_inline(text: str) -> str:
-    """Dollars escaped outside code spans (a run of N backticks up to the next run of exactly N)."""
-    runs = [(m.start(), m.end()) for m in re.finditer(r"`+", text)]
+    """Dollars and HTML escaped outside code spans (a run of N backticks up to the next run of exactly
+    N; a backtick after an odd number of backslashes is text, as CommonMark reads it)."""
+    runs = []
+    for match in re.finditer(r"`+", text):
+        start, end = match.start(), match.end()
+        before = start
+        while before > 0 and text[before - 1] == "\\":  # (the backslashes right before it: linear overall)
+            before -= 1
+        if (start - before) % 2:  # "\`": that backtick is text; the run starts after it
+            start += 1
+        if start < end:
+            runs.append((start, end))
     closer: list[int | None] = [None] * len(runs)
     following: dict[int, int] = {}  # run length -> index of the next run of that length
     for index in range(len(runs) - 1, -1, -1):
@@ -379,7 +407,21 @@ def _escape_inline(text: str) -> str:
     return "".join(pieces)
 
 
+def _no_html(text: str) -> str:
+    """``text`` with every ``<`` and ``&`` escaped and ``javascript:`` disarmed: shown as written, never live."""
+    if "<" in text or "&" in text:
+        text = text.replace("&", "&amp;").replace("<", "&lt;")
+    return _disarmed(text)
+
+
+def _disarmed(text: str) -> str:
+    """``javascript:`` with an invisible word joiner inside it: the same to read, no scheme to a browser
+    (escaping the colon would not do: markdown decodes entities and backslash escapes in a link)."""
+    return _SCRIPT_SCHEME.sub(lambda match: match.group(0) + _WORD_JOINER, text) if ":" in text else text
+
+
 def _escape_dollars(text: str) -> str:
+    text = _no_html(text)
     if "$" not in text:
         return text
     out: list[str] = []

@@ -276,6 +276,24 @@ def run(engine: Engine, request: CompletionRequest) -> list:
 
     return asyncio.run(go())
 
+def circuit_engine(base_url: str, clock: FakeClock, *, attempts: int = 1) -> tuple[Engine, Callable[[int], Any]]:
+    """An engine on the simulator at ``base_url`` whose circuit opens after two failures (30 s cooldown),
+    ``attempts`` tries a request, ``clock`` its time; and ``ask(i)``, which sends request ``s{i}`` and
+    returns its last event."""
+    settings = load_settings(
+        providers={"openai": openai_conf(base_url)},
+        environ={},
+        routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": attempts}},
+    )
+    engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
+
+    def ask(i: int) -> Any:
+        request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
+        return run(engine, request)[-1]
+
+    return engine, ask
+
+
 
 def test_what_a_deployment_cannot_carry_fails_over_at_once_without_a_verdict():
     """JSON without a schema asked of a list whose first deployment cannot give it (Bedrock's Converse
@@ -372,16 +390,7 @@ def test_a_providers_retry_after_keeps_the_circuit_open_past_the_cooldown(fault)
     the refusal and ``client.breakers()`` say when, and after it one probe closes the circuit."""
     clock = FakeClock()
     with sim.serve("openai", faults=[fault] * 2) as s:
-        settings = load_settings(
-            providers={"openai": openai_conf(s.base_url)},
-            environ={},
-            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 1}},
-        )
-        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
-
-        def ask(i: int) -> Any:
-            request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
-            return run(engine, request)[-1]
+        engine, ask = circuit_engine(s.base_url, clock)
 
         first, second = ask(1), ask(2)
         assert first.retry_after == second.retry_after == pytest.approx(120), second
@@ -407,16 +416,7 @@ def test_a_rate_limit_asking_for_2_s_opens_the_circuit_for_2_s_not_the_cooldown(
     gave up. The circuit is open for the provider's 2 s, the refusal says so, and then a probe goes."""
     clock = FakeClock()
     with sim.serve("openai", faults=[sim.Fault.http(429, retry_after=2)] * 2) as s:
-        settings = load_settings(
-            providers={"openai": openai_conf(s.base_url)},
-            environ={},
-            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 1}},
-        )
-        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
-
-        def ask(i: int) -> Any:
-            request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
-            return run(engine, request)[-1]
+        engine, ask = circuit_engine(s.base_url, clock)
 
         limited = [ask(1), ask(2)]
         opened = asyncio.run(engine.breaker_states())["openai"]
@@ -466,16 +466,7 @@ def test_a_probe_that_meets_a_momentary_rate_limit_gives_its_slot_back():
     clock = FakeClock()
     faults = [sim.Fault.http(503)] * 2 + [sim.Fault.http(429, retry_after=0.02)]
     with sim.serve("openai", faults=faults) as s:
-        settings = load_settings(
-            providers={"openai": openai_conf(s.base_url)},
-            environ={},
-            routing={"breaker": {"failure_threshold": 2, "cooldown": 30}, "retry": {"max_attempts": 2}},
-        )
-        engine = build_engine(settings, ledger=False, clock=clock, sleep=RecordedSleep())
-
-        def ask(i: int) -> Any:
-            request = CompletionRequest(session_id=f"s{i}", model=OPENAI, messages=[Message(role="user", content="hi")])
-            return run(engine, request)[-1]
+        engine, ask = circuit_engine(s.base_url, clock, attempts=2)
 
         ask(1)  # two 503s: the circuit opens
         assert asyncio.run(engine.breaker_states())["openai"]["state"] == "open"

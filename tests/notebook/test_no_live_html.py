@@ -1,0 +1,104 @@
+"""A model's text is never live HTML in the notebook's page.
+
+JupyterLab renders the markdown of a session's own outputs with their raw HTML, and nbconvert's HTML
+export keeps it: a model repeating ``<img src=x onerror=…>`` (from a document it was asked to
+summarise) would run script in the page, which can drive the kernel. ``no_math_markdown`` — what every
+answer, table cell and history line goes through — escapes ``<`` and ``&`` outside code and disarms
+``javascript:`` links; code is left as written where every renderer shows it literally. Each case is
+also rendered by mistune (nbconvert's markdown renderer) to check what a page would get.
+"""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import mistune
+import pytest
+from IPython.utils.capture import capture_output
+
+from gtl_nb.completion import Completion, no_math_html, no_math_markdown
+
+from .conftest import loaded_shell
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    yield from loaded_shell(tmp_path, monkeypatch)
+
+
+HOSTILE = '<img src=x onerror="alert(document.domain)"><script>alert(1)</script>'
+
+
+def rendered(markdown: str) -> str:
+    """The HTML a page gets for ``markdown`` (raw HTML kept, as a trusted output's is)."""
+    return str(mistune.create_markdown(escape=False)(markdown))
+
+
+class _Elements(HTMLParser):
+    """The elements of a page that could run script: an ``img``/``script``/``iframe`` tag, an ``on…``
+    attribute, a link or source whose URL is ``javascript:``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("img", "script", "iframe", "object", "embed"):
+            self.live.append(tag)
+        for name, value in attrs:
+            if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
+                self.live.append(f"{tag} {name}={value}")
+
+
+def live_tags(page: str) -> list[str]:
+    parser = _Elements()
+    parser.feed(page)
+    parser.close()
+    return parser.live
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        HOSTILE,
+        f"Summary:\n\n{HOSTILE}\n\nDone.",
+        f"- item\n\n    {HOSTILE}",  # a list item's continuation, not code, though indented
+        f"\\`{HOSTILE}`",  # a backslash-escaped backtick opens no code span
+        f"``` `\n{HOSTILE}\n```",  # a backtick in the info string: no fence
+        f"> quoted {HOSTILE}",
+        "[click](javascript:alert(1)) [or](JavaScript\\:alert(2)) [or](jav&#97;script:alert(3))",
+        "[ref]: javascript:alert(4)\n\n[see][ref]",
+        f"| a | b |\n| --- | --- |\n| {HOSTILE} | x |",
+    ],
+)
+def test_hostile_text_renders_as_text(text):
+    page = rendered(no_math_markdown(text))
+    assert live_tags(page) == [], page
+
+
+def test_code_is_left_as_written():
+    fenced = "```html\n<b>bold</b> & <i>if a < b</i>\n```\n"
+    assert no_math_markdown(fenced) == fenced
+    assert no_math_markdown("use `List<int>` or ``a ` <b>``") == "use `List<int>` or ``a ` <b>``"
+    page = rendered(no_math_markdown(f"```\n{HOSTILE}\n```"))
+    assert "&lt;img" in page and live_tags(page) == []  # shown as code, escaped by the renderer itself
+
+
+def test_text_outside_code_shows_as_written():
+    markdown = no_math_markdown("a <b>tag</b> & an &amp; entity, 3 < 4")
+    assert markdown == "a &lt;b>tag&lt;/b> &amp; an &amp;amp; entity, 3 &lt; 4"
+    assert "a &lt;b&gt;tag&lt;/b&gt; &amp; an &amp;amp; entity" in rendered(markdown)  # what the page shows
+    assert no_math_html("[m](javascript:x)") == "[m](java\u2060script:x)"  # the footers' escaping too
+
+
+def test_a_completion_an_answer_and_the_magics_output_carry_no_live_html(ip):
+    answer = Completion(text=HOSTILE, session_id="s", provider="p", model="<b>m</b>", finish_reason="stop")
+    assert live_tags(rendered(answer._repr_markdown_())) == []
+    for stream in ("--no-stream", "--stream"):
+        with capture_output() as captured:
+            result = ip.run_cell(f"%%gtl echo {stream}\nRepeat this: {HOSTILE}", store_history=True)
+        assert result.success and "onerror" in ip.user_ns["_gtl"].text  # the answer repeats it, as text
+        markdown = [out.data["text/markdown"] for out in captured.outputs if "text/markdown" in out.data]
+        assert markdown and all(live_tags(rendered(shown)) == [] for shown in markdown), markdown
+        html = [out.data["text/html"] for out in captured.outputs if "text/html" in out.data]
+        assert all(live_tags(page) == [] for page in html), html
