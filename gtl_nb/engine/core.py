@@ -1453,9 +1453,17 @@ class Engine:
                     log.exception("cache: could not store the answer of %s", request.session_id)
 
     def _context_fallback(self, failed: Error, target: Target) -> Target | None:
+        """Where a prompt ``target`` found too long goes next, if anywhere: the configured fallback,
+        when the request's context (a token's allow-lists) may use it — else the request ends with the
+        provider's refusal, as it would have without a fallback (the fallback spends another
+        deployment's key: a token must not reach through it what it may not ask for)."""
         if failed.code != "CONTEXT_LENGTH_EXCEEDED":
             return None
-        return self.context_fallback_for(target)
+        fallback = self.context_fallback_for(target)
+        context = _REQUEST_CONTEXT.get(None)
+        if fallback is not None and context is not None and not context.allows(fallback.name, fallback.model):
+            return None
+        return fallback
 
     def context_fallback_for(self, target: Target) -> Target | None:
         """Where ``[routing] context_fallbacks`` sends a prompt too long for ``target``, if anywhere."""

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -276,6 +277,7 @@ def run(engine: Engine, request: CompletionRequest) -> list:
 
     return asyncio.run(go())
 
+
 def circuit_engine(base_url: str, clock: FakeClock, *, attempts: int = 1) -> tuple[Engine, Callable[[int], Any]]:
     """An engine on the simulator at ``base_url`` whose circuit opens after two failures (30 s cooldown),
     ``attempts`` tries a request, ``clock`` its time; and ``ask(i)``, which sends request ``s{i}`` and
@@ -292,7 +294,6 @@ def circuit_engine(base_url: str, clock: FakeClock, *, attempts: int = 1) -> tup
         return run(engine, request)[-1]
 
     return engine, ask
-
 
 
 def test_what_a_deployment_cannot_carry_fails_over_at_once_without_a_verdict():
@@ -599,7 +600,9 @@ def test_money_per_day_is_shared_by_processes_through_the_ledger(tmp_path):
 # -- context-length fallback -------------------------------------------------------------------
 
 
-def test_context_length_errors_move_to_the_configured_larger_model():
+def register_small_context_provider() -> None:
+    """An offline provider type ``smallctx`` whose model ``tiny`` refuses every prompt as too long and
+    whose other models answer ``answered by MODEL``."""
     from gtl_nb.providers import registry
 
     class Small:
@@ -618,6 +621,10 @@ def test_context_length_errors_move_to_the_configured_larger_model():
             yield 0.0, Done(session_id=request.session_id)
 
     registry.register("smallctx", Small())
+
+
+def test_context_length_errors_move_to_the_configured_larger_model():
+    register_small_context_provider()
     client = connect(
         {"ctx": {"type": "smallctx", "models": ["tiny", "huge"]}}, routing={"context_fallbacks": {"tiny": "huge"}}
     )
@@ -627,6 +634,30 @@ def test_context_length_errors_move_to_the_configured_larger_model():
     plain = connect({"ctx": {"type": "smallctx", "models": ["tiny"]}})
     with pytest.raises(gtl_nb.protocol.ContextLengthExceededError):
         plain.complete("tiny", "a very long prompt")
+
+
+def test_a_context_fallback_a_token_may_not_use_is_not_taken():
+    """The fallback spends another deployment's key: a token whose allow-lists do not reach it gets the
+    provider's refusal, as without a fallback — never an answer from a model it may not ask for."""
+    from gtl_nb.engine.context import RequestContext
+
+    register_small_context_provider()
+    settings = load_settings(
+        providers={"ctx": {"type": "smallctx", "models": ["tiny"]}, "big": {"type": "smallctx", "models": ["huge"]}},
+        environ={},
+        routing={"context_fallbacks": {"tiny": "big:huge"}},
+    )
+    engine = build_engine(settings, ledger=False)
+    request = CompletionRequest(session_id="s", model="ctx:tiny", messages=[Message(role="user", content="long")])
+
+    async def ended(context: RequestContext) -> Any:
+        return [event async for event in engine.stream(request, context=context)][-1]
+
+    narrow = RequestContext(principal="grace", allowed_deployments=frozenset({"ctx"}))
+    wide = RequestContext(principal="grace", allowed_deployments=frozenset({"ctx", "big"}))
+    refused, answered = asyncio.run(ended(narrow)), asyncio.run(ended(wide))
+    assert refused.code == "CONTEXT_LENGTH_EXCEEDED"
+    assert isinstance(answered, Done) and answered.provider == "big"
 
 
 def test_a_coalesced_request_survives_the_caller_it_shared_with_leaving():
