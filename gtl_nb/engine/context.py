@@ -70,14 +70,18 @@ class RequestContext:
 
     def allows(self, deployment: str, model: str) -> bool:
         """Whether the allow-lists let this principal use ``model`` on ``deployment``: deployments are
-        named exactly; an ``allowed_models`` entry matches the model or ``deployment:model``, exactly or
-        — ending in ``*`` — by prefix."""
+        named exactly; an ``allowed_models`` entry matches the model, exactly or — ending in ``*`` — by
+        prefix, and an entry with a colon also ``deployment:model``. (Only such an entry reaches the
+        deployment's name: ``gpt-4o*`` matched ``gpt-4o-azure:o1-pro`` by its deployment, any model of
+        a deployment named like one.)"""
         if self.allowed_deployments is not None and deployment not in self.allowed_deployments:
             return False
         if self.allowed_models is None:
             return True
         qualified = f"{deployment}:{model}"
-        return any(_matches(entry, model) or _matches(entry, qualified) for entry in self.allowed_models)
+        return any(
+            _matches(entry, model) or (":" in entry and _matches(entry, qualified)) for entry in self.allowed_models
+        )
 
     def allowances(self, most: int = 10) -> str:
         """What the allow-lists let this principal use, for a refusal to name (its own lists, no one

@@ -57,3 +57,16 @@ def test_traced_goes_through_replace_for_a_slotted_or_deriving_subclass() -> Non
             object.__setattr__(self, "label", f"{self.principal}/{self.trace_id}")
 
     assert Deriving(principal="p").traced("T").label == "p/T"
+
+
+def test_a_model_entry_without_a_colon_never_matches_by_the_deployments_name() -> None:
+    """``gpt-4o*`` matched ``gpt-4o-azure:o1-pro`` through ``deployment:model``: every model of any
+    deployment named like a model. A bare entry matches the model; one with a colon, the pair too."""
+    wildcard = RequestContext(principal="p", allowed_models=frozenset({"gpt-4o*"}))
+    assert wildcard.allows("openai", "gpt-4o-mini") and wildcard.allows("gpt-4o-azure", "gpt-4o")
+    assert not wildcard.allows("gpt-4o-azure", "o1-pro") and not wildcard.allows("gpt-4o-azure", "claude-opus-4")
+    echo = RequestContext(principal="p", allowed_models=frozenset({"echo*"}))
+    assert echo.allows("echo", "echo") and not echo.allows("echo", "gpt-4o")
+    paired = RequestContext(principal="p", allowed_models=frozenset({"anthropic:claude-*", "llama3.1:8b"}))
+    assert paired.allows("anthropic", "claude-sonnet-4-5") and not paired.allows("bedrock", "claude-sonnet-4-5")
+    assert paired.allows("ollama", "llama3.1:8b")  # a model whose own name holds a colon, matched as the model
