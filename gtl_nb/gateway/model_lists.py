@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gtl_nb.engine.core import Engine
-from gtl_nb.log import get_logger
+from gtl_nb.log import get_logger, redact, scrub_secret
 from gtl_nb.protocol.errors import GTLError, error_from_event
 from gtl_nb.protocol.messages import Error
 from gtl_nb.providers.base import Deployment
@@ -81,7 +81,7 @@ class ModelLists:
         """Ask the provider once; what it said is kept while this call is still the deployment's own (a
         reload that changed the deployment meanwhile started another, whose answer counts)."""
         try:
-            names = await self.engine.list_models(deployment.name)
+            names = _without_secrets(await self.engine.list_models(deployment.name), deployment)
             kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
         except GTLError as exc:
             kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))
@@ -97,6 +97,20 @@ class ModelLists:
         if current:
             self._kept[deployment.name] = kept
         return kept
+
+
+def _without_secrets(names: list[str], deployment: Deployment) -> list[str]:
+    """``names`` without any that holds the deployment's secret or a credential's shape (``scrub_secret``,
+    ``redact``): a model id is the provider's text, passed to whoever may list models — the place a
+    provider (or whoever answers at its address) could quote the key back. Dropped names are logged."""
+    secrets = [s for s in (deployment.api_key, deployment.aws_secret_access_key, deployment.aws_session_token) if s]
+    kept = [name for name in names if all(scrub_secret(name, secret) == name for secret in secrets)]
+    kept = [name for name in kept if redact(name) == name]
+    if len(kept) < len(names):
+        log.warning(
+            "the model list of %s: %d name(s) holding a credential left out", deployment.name, len(names) - len(kept)
+        )
+    return kept
 
 
 _LISTS: weakref.WeakKeyDictionary[Engine, ModelLists] = weakref.WeakKeyDictionary()

@@ -158,3 +158,28 @@ def test_a_caller_of_the_reloaded_deployment_gets_its_own_calls_answer():
         assert await lists.names(new) == ["list-from-call-2"] and provider.calls == 2  # the new one stays kept
 
     asyncio.run(main())
+
+
+def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
+    """A model id is the provider's text, passed to anyone who may list models: one quoting the
+    deployment's key (whoever answers at its address chose the ids) never reaches them, nor one shaped
+    like a credential; the others are listed."""
+    key = "sk-canary-0123456789abcdefghij"
+
+    class Quoting:
+        async def list_models(self, name: str) -> list[str]:
+            return [
+                "gpt-4o",
+                f"m-{key}",
+                "o1-sk-canary-0123…ghij",
+                "Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc",
+                "gpt-4o-mini",
+            ]
+
+    async def ask() -> list[str]:
+        lists = ModelLists(Quoting(), clock=lambda: 0.0)  # type: ignore[arg-type]
+        return await lists.names(Deployment(name="openai", type="openai", api_key=key))
+
+    names = asyncio.run(ask())
+    assert names == ["gpt-4o", "gpt-4o-mini"]
+    assert "3 name(s) holding a credential left out" in caplog.text and key not in caplog.text
