@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import numbers
 import os
 import platform
 import sqlite3
@@ -1104,7 +1105,7 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
             raise LedgerValueError(unknown_filter(key))
         elif value is None:
             clauses.append(f"{key} IS NULL")
-        elif isinstance(value, (list, tuple, set, frozenset)):
+        elif isinstance(checked_filter_value(key, value), (list, tuple, set, frozenset)):
             values = [_bindable(v) for v in value]
             clauses.append(f"{key} IN ({', '.join('?' * len(values))})" if values else "0")
             params.extend(values)
@@ -1138,12 +1139,31 @@ def row_filter(filters: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool
             raise LedgerValueError(unknown_filter(key))
         elif value is None:
             tests.append(lambda row, k=key: row[k] is None)
-        elif isinstance(value, (list, tuple, set, frozenset)):
+        elif isinstance(checked_filter_value(key, value), (list, tuple, set, frozenset)):
             wanted = [v for v in value if v is not None]
             tests.append(lambda row, k=key, w=wanted: row[k] is not None and row[k] in w)
         else:
             tests.append(lambda row, k=key, v=value: row[k] is not None and row[k] == v)
     return lambda row: all(test(row) for test in tests)
+
+
+_FILTER_VALUES = (str, numbers.Real)
+"""What a filter compares a column with (``bool`` is an ``int``; numpy's numbers are ``Real`` too): a
+column holds text or numbers."""
+
+
+def _not_a_value(key: str) -> str:
+    return f"the filter {key!r} takes text or a number, or a list of them, to match the column with"
+
+
+def checked_filter_value(key: str, value: Any) -> Any:
+    """``value`` of the filter ``key`` when a column can be matched with it (``None``, text, a number, or
+    a list of those); else ``LedgerValueError`` — a dict from a query's JSON reached SQL, which cannot
+    bind it, and read as a store away. Every ledger's ``rows``/``to_dataframe`` filters go through it."""
+    values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
+    if not all(v is None or isinstance(v, _FILTER_VALUES) for v in values):
+        raise LedgerValueError(_not_a_value(key))
+    return value
 
 
 def refused_by_budget(row: Mapping[str, Any]) -> bool:

@@ -29,6 +29,7 @@ from gtl_nb.engine.ledger import (
     finish_fields,
     process_alive,
     process_identity,
+    row_filter,
 )
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DTYPES
 from gtl_nb.protocol.messages import Done, Error, Usage
@@ -339,6 +340,12 @@ def test_to_dataframe_filters_by_value_list_null_and_time(ledger: Ledger):
     assert sessions(status=[]) == []
     with pytest.raises(LedgerValueError, match="unknown ledger filter 'colour'"):
         ledger.to_dataframe(colour="red")
+    # a value no column holds (a dict from a query's JSON): the caller's mistake, never a failing store
+    for odd in ({"$ne": 1}, [{"$ne": 1}], object()):
+        with pytest.raises(LedgerValueError, match="the filter 'model' takes text or a number"):
+            ledger.to_dataframe(model=odd)
+        with pytest.raises(LedgerValueError, match="the filter 'model' takes text or a number"):
+            row_filter({"model": odd})
 
 
 def test_totals_count_every_row_and_sum_only_known_costs(ledger: Ledger):

@@ -85,6 +85,7 @@ from gtl_nb.engine.ledger import (
     LedgerValueError,
     Totals,
     bound_seconds,
+    checked_filter_value,
     clean_finish_fields,
     default_ledger_path,
     frame_from_rows,
@@ -1227,6 +1228,7 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
         if key not in COLUMN_NAMES:
             raise LedgerValueError(unknown_filter(key))
         column = "failover_path::text" if key == "failover_path" else quoted(key)
+        checked_filter_value(key, value)
         if value is None:
             clauses.append(f"{column} IS NULL")
         elif isinstance(value, (list, tuple, set, frozenset)):
