@@ -295,16 +295,20 @@ def money(value: float | None) -> str:
 # The markdown of an output the kernel produced is rendered with its raw HTML (JupyterLab trusts a
 # session's own outputs; nbconvert's HTML keeps it): a model repeating "<img src=x onerror=…>" — from a
 # document it summarised, say — would run script in the notebook's page, which can drive the kernel.
-# So outside code every "<" and "&" of the text is escaped (the text shows as written, tags and entities
-# included) and a "javascript:" link is disarmed; code is left as written, which every markdown
-# renderer shows literally — but only code it cannot read otherwise: a fence as CommonMark opens one,
-# and inline spans counting a backslash-escaped backtick as text. An indented block may be code or a
-# list item's continuation, depending on what precedes it: its "<" and "&" are escaped too.
+# So outside fenced code every "<" and "&" of the text is escaped (the text shows as written, tags and
+# entities included) and a "javascript:" link is disarmed. A fenced block — a line-level structure
+# every renderer finds as CommonMark does, lines split where CommonMark splits them (\n, \r\n, \r) —
+# is left as written: it shows literally. An inline code span is written as a <code> element whose
+# text is all entities but letters and digits: where a renderer's reading of the backticks would differ
+# from this one (a span across a heading's line, a "|" of a table row inside it) nothing of it can
+# turn live. An indented block may be code or a list item's continuation, depending on what precedes
+# it: its "<" and "&" are escaped too.
 
 DOLLAR = "<span>&#36;</span>"
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
 # "javascript:", or "javascript\:" (markdown reads the backslash escape as the colon itself); linear
 _SCRIPT_SCHEME = re.compile(r"(?i)java(?=script\\*:)")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # CommonMark's lines, each with its ending (linear)
 _WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
 
 
@@ -317,10 +321,10 @@ def no_math_html(text: str) -> str:
 def no_math_markdown(text: str) -> str:
     """Markdown ``text`` whose dollar signs show as dollars, never as LaTeX, and which holds no live HTML.
 
-    Code is left as written (a dollar is literal there already): fenced blocks and inline code spans
-    (module comment: only as CommonMark reads them); indented blocks after a blank line keep their
-    dollars. Elsewhere each ``$`` (or ``\\$``) becomes ``DOLLAR``, and outside fenced blocks and code
-    spans every ``<`` and ``&`` is escaped and a ``javascript:`` link disarmed.
+    Fenced code blocks are left as written (a dollar is literal there already); inline code spans are
+    written as ``<code>`` elements of the same text (``code_span``); indented blocks after a blank line
+    keep their dollars. Elsewhere each ``$`` (or ``\\$``) becomes ``DOLLAR``, and outside fenced blocks
+    every ``<`` and ``&`` is escaped and a ``javascript:`` link disarmed (module comment).
     ``\\(…\\)`` and ``\\[…\\]`` math still renders. One pass over the text.
     """
     out: list[str] = []
@@ -333,7 +337,7 @@ def no_math_markdown(text: str) -> str:
             out.append(_escape_inline("".join(paragraph)))
             paragraph.clear()
 
-    for line in text.splitlines(keepends=True):
+    for line in _LINE.findall(text):
         if fence is not None:
             out.append(line)
             if _closes_fence(line, fence):
@@ -359,11 +363,23 @@ def no_math_markdown(text: str) -> str:
 
 
 def code_span(text: str) -> str:
-    """``text`` as one inline code span, fenced by more backticks than it holds in a row."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * (longest + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
+    """``text`` as one inline code element: ``<code>`` holding it with every character but a letter, a
+    digit or a space written as an entity, so no markdown of it (a backtick, a ``|`` of a table row, a
+    line break, a link) and no HTML is read — only shown, in code's type, whatever surrounds it."""
+    return f"<code>{''.join(_ENTITY.get(char, char) for char in text)}</code>"
+
+
+_ENTITY = {char: f"&#{ord(char)};" for char in map(chr, range(128)) if not (char.isalnum() or char == " ")}
+"""Every ASCII character but letters, digits and the space, as its numeric entity (``code_span``)."""
+
+
+def _span_text(inside: str) -> str:
+    """A code span's text as CommonMark makes it: line endings as spaces, then one space stripped from
+    each end when both ends have one and it is not all spaces."""
+    inside = inside.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
+    if len(inside) > 1 and inside[0] == " " and inside[-1] == " " and inside.strip(" "):
+        return inside[1:-1]
+    return inside
 
 
 def _indented(line: str) -> bool:
@@ -401,7 +417,9 @@ def _escape_inline(text: str) -> str:
         if end is None:  # no closing run: the backticks are plain text
             index += 1
             continue
-        pieces += [_escape_dollars(text[position : runs[index][0]]), text[runs[index][0] : runs[end][1]]]
+        opened = runs[index][1] - runs[index][0]
+        inside = text[runs[index][0] + opened : runs[end][0]]
+        pieces += [_escape_dollars(text[position : runs[index][0]]), code_span(_span_text(inside))]
         position, index = runs[end][1], end + 1
     pieces.append(_escape_dollars(text[position:]))
     return "".join(pieces)

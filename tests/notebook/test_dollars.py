@@ -21,7 +21,10 @@ from gtl_nb.notebook.formats import fenced
         ("A $5 budget and $0.15 per 1M", f"A {DOLLAR}5 budget and {DOLLAR}0.15 per 1M"),
         ("already escaped \\$5", f"already escaped {DOLLAR}5"),  # the element replaces the backslash
         ("a backslash then \\\\$5", f"a backslash then \\\\{DOLLAR}5"),
-        ("inline `$HOME` and ``a ` $b`` then $c", f"inline `$HOME` and ``a ` $b`` then {DOLLAR}c"),
+        (  # code spans as <code> elements of the same text (``code_span``): no dollar of theirs is math
+            "inline `$HOME` and ``a ` $b`` then $c",
+            f"inline <code>&#36;HOME</code> and <code>a &#96; &#36;b</code> then {DOLLAR}c",
+        ),
         ("an unclosed ` leaves $1", f"an unclosed ` leaves {DOLLAR}1"),
         ("```sh\necho $HOME\n```\nafter $1", f"```sh\necho $HOME\n```\nafter {DOLLAR}1"),
         ("~~~~\n$a\n~~~\n$b\n~~~~\n$c", f"~~~~\n$a\n~~~\n$b\n~~~~\n{DOLLAR}c"),
@@ -46,7 +49,8 @@ def test_no_math_markdown_is_linear_on_hostile_input():
 
 def test_html_and_code_spans():
     assert no_math_html("<b>$1</b>") == f"&lt;b&gt;{DOLLAR}1&lt;/b&gt;"
-    assert code_span("f(x)") == "`f(x)`" and code_span("a`b") == "``a`b``" and code_span("`x") == "`` `x ``"
+    assert code_span("f(x)") == "<code>f&#40;x&#41;</code>" and code_span("a`b") == "<code>a&#96;b</code>"
+    assert code_span("a|b\n[x](y)") == "<code>a&#124;b&#10;&#91;x&#93;&#40;y&#41;</code>"  # nothing read, all shown
     assert fenced("has ``` inside", "text") == "````text\nhas ``` inside\n````"
 
 

@@ -69,6 +69,10 @@ def live_tags(page: str) -> list[str]:
         "[click](javascript:alert(1)) [or](JavaScript\\:alert(2)) [or](jav&#97;script:alert(3))",
         "[ref]: javascript:alert(4)\n\n[see][ref]",
         f"| a | b |\n| --- | --- |\n| {HOSTILE} | x |",
+        f"`x\n# {HOSTILE}`",  # a span this reads across lines, a renderer ends at the heading
+        f"| a | b |\n| --- | --- |\n| `x | {HOSTILE} ` | y |",  # a table row's "|" inside a span
+        f"```\nabc\r```\r{HOSTILE}\n",  # CommonMark's lines end at \r too: the fence closes there
+        f"abc\u2028```\n{HOSTILE}\n",  # and not at U+2028: no fence opens there
     ],
 )
 def test_hostile_text_renders_as_text(text):
@@ -79,7 +83,9 @@ def test_hostile_text_renders_as_text(text):
 def test_code_is_left_as_written():
     fenced = "```html\n<b>bold</b> & <i>if a < b</i>\n```\n"
     assert no_math_markdown(fenced) == fenced
-    assert no_math_markdown("use `List<int>` or ``a ` <b>``") == "use `List<int>` or ``a ` <b>``"
+    spans = no_math_markdown("use `List<int>` or ``a ` <b>``")  # as <code> elements of the same text
+    assert spans == "use <code>List&#60;int&#62;</code> or <code>a &#96; &#60;b&#62;</code>"
+    assert "<code>List&lt;int&gt;</code>" in rendered(spans)  # what the page shows: List<int>, in code
     page = rendered(no_math_markdown(f"```\n{HOSTILE}\n```"))
     assert "&lt;img" in page and live_tags(page) == []  # shown as code, escaped by the renderer itself
 

@@ -531,7 +531,7 @@ def test_the_editor_has_one_field_per_undefined_entity_and_the_button_applies_th
     editor.display()
     [(bundle, _transient, _update)] = shell.display_pub.outputs
     assert {WIDGET_VIEW, "text/markdown", "text/plain"} <= set(bundle)
-    assert "`the_system`" in bundle["text/markdown"] and "(undefined)" in bundle["text/plain"]
+    assert "<code>the&#95;system</code>" in bundle["text/markdown"] and "(undefined)" in bundle["text/plain"]
     assert sorted(editor._fields) == ["the_config", "the_system"]
     editor._fields["the_system"].value = "PostgreSQL 14.5 cluster"
     button = editor.widget.children[-1].children[0]
