@@ -13,6 +13,7 @@ text is never live HTML or a ``javascript:`` link in the notebook's page), ``cod
 
 from __future__ import annotations
 
+import bisect
 import html
 import re
 import time
@@ -302,7 +303,8 @@ def money(value: float | None) -> str:
 # text is all entities but letters and digits: where a renderer's reading of the backticks would differ
 # from this one (a span across a heading's line, a "|" of a table row inside it) nothing of it can
 # turn live. An indented block may be code or a list item's continuation, depending on what precedes
-# it: its "<" and "&" are escaped too.
+# it: its "<" and "&" are escaped too. A fence indented 1-3 spaces may be a list item's, which ends —
+# and the fence with it — at a line indented less: such a line is no longer taken as code.
 
 DOLLAR = "<span>&#36;</span>"
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
@@ -337,7 +339,10 @@ def no_math_markdown(text: str) -> str:
             out.append(_escape_inline("".join(paragraph)))
             paragraph.clear()
 
+    fence_indent = 0
     for line in _LINE.findall(text):
+        if fence is not None and line.strip() and len(line) - len(line.lstrip(" ")) < fence_indent:
+            fence = None  # an indented fence may be a list item's, which a line indented less ends: text again
         if fence is not None:
             out.append(line)
             if _closes_fence(line, fence):
@@ -354,12 +359,21 @@ def no_math_markdown(text: str) -> str:
         if opening or blank or (_indented(line) and not paragraph):
             flush()
             fence = opening.group(1) if opening else None
+            fence_indent = opening.start(1) if opening else 0
             indented = not opening and not blank
             out.append(line if opening or blank else _no_html(line))
             continue
         paragraph.append(line)
     flush()
     return "".join(out)
+
+
+def no_math_inline(text: str) -> str:
+    """``text`` on one line of markdown where no block of its own may start — a table cell, after a
+    label: its whitespace runs made one space, then written as ``no_math_markdown`` writes a paragraph's
+    text (dollars as dollars, ``<`` and ``&`` escaped, code spans as ``code_span``). Text whose blocks
+    matter (a fence) goes through ``no_math_markdown``, at the start of a line."""
+    return _escape_inline(" ".join(text.split()))
 
 
 def code_span(text: str) -> str:
@@ -392,35 +406,34 @@ def _closes_fence(line: str, fence: str) -> bool:
 
 
 def _escape_inline(text: str) -> str:
-    """Dollars and HTML escaped outside code spans (a run of N backticks up to the next run of exactly
-    N; a backtick after an odd number of backslashes is text, as CommonMark reads it)."""
-    runs = []
-    for match in re.finditer(r"`+", text):
-        start, end = match.start(), match.end()
-        before = start
-        while before > 0 and text[before - 1] == "\\":  # (the backslashes right before it: linear overall)
-            before -= 1
-        if (start - before) % 2:  # "\`": that backtick is text; the run starts after it
-            start += 1
-        if start < end:
-            runs.append((start, end))
-    closer: list[int | None] = [None] * len(runs)
-    following: dict[int, int] = {}  # run length -> index of the next run of that length
-    for index in range(len(runs) - 1, -1, -1):
-        length = runs[index][1] - runs[index][0]
-        closer[index] = following.get(length)
-        following[length] = index
+    """Dollars and HTML escaped outside code spans, each span written as ``code_span`` writes it.
+
+    As CommonMark reads spans: a run of N backticks opens one, closed by the next run of exactly N; an
+    opening backtick after an odd number of backslashes is text (the run opens with the rest), while
+    inside a span a backslash is text, so it never keeps a run from closing one. (Were this reading
+    wrong somewhere, nothing turns live: a span's text is all entities, and the text around is escaped.)"""
+    runs = [(match.start(), match.end()) for match in re.finditer(r"`+", text)]
+    of_length: dict[int, list[int]] = {}  # run length -> the indexes of the runs of that length, in order
+    for index, (start, end) in enumerate(runs):
+        of_length.setdefault(end - start, []).append(index)
     pieces: list[str] = []
     position = index = 0
     while index < len(runs):
-        end = closer[index]
-        if end is None:  # no closing run: the backticks are plain text
+        start, end = runs[index]
+        before = start
+        while before > position and text[before - 1] == "\\":  # (backslashes since the last span: linear)
+            before -= 1
+        if (start - before) % 2:  # "\`": that backtick is text; the run opens with the rest
+            start += 1
+        candidates = of_length.get(end - start, [])
+        at = bisect.bisect_right(candidates, index)
+        closing = candidates[at] if at < len(candidates) else None
+        if start == end or closing is None:  # no span opens here: the backticks are plain text
             index += 1
             continue
-        opened = runs[index][1] - runs[index][0]
-        inside = text[runs[index][0] + opened : runs[end][0]]
-        pieces += [_escape_dollars(text[position : runs[index][0]]), code_span(_span_text(inside))]
-        position, index = runs[end][1], end + 1
+        inside = text[end : runs[closing][0]]
+        pieces += [_escape_dollars(text[position:start]), code_span(_span_text(inside))]
+        position, index = runs[closing][1], closing + 1
     pieces.append(_escape_dollars(text[position:]))
     return "".join(pieces)
 

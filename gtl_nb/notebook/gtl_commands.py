@@ -324,7 +324,8 @@ class GtlCommands:
             calls = [f"{call.name}({call.arguments})" for call in message.tool_calls]
             plain.append(f"{message.role}: {text}" + "".join(f" [tool call] {call}" for call in calls))
             shown_calls = "".join(f" {code_span(call)}" for call in calls)
-            markdown.append(f"**{message.role}**: {no_math_markdown(text)}{shown_calls}")
+            # the text at a line's start: a fence of it is one only there (after the label it would be text)
+            markdown.append(f"**{message.role}**:{shown_calls}\n\n{no_math_markdown(text)}".rstrip())
         show_bundle("\n\n".join(markdown), "\n".join(plain))
 
     def _reset(self, words: list[str]) -> None:

@@ -772,7 +772,7 @@ class ComparisonGrid(_LiveView):
         answers = self._answers
         return {
             "text/markdown": "\n\n".join(
-                f"**{_md_inline(a.heading())}**: {no_math_markdown(a.text) or '…'}" for a in answers.values()
+                f"**{_md_inline(a.heading())}**:\n\n{no_math_markdown(a.text) or '…'}" for a in answers.values()
             ),
             "text/plain": "\n".join(a.live_plain(a.heading(arrow="->")) for a in answers.values()),
         }

@@ -73,6 +73,8 @@ def live_tags(page: str) -> list[str]:
         f"| a | b |\n| --- | --- |\n| `x | {HOSTILE} ` | y |",  # a table row's "|" inside a span
         f"```\nabc\r```\r{HOSTILE}\n",  # CommonMark's lines end at \r too: the fence closes there
         f"abc\u2028```\n{HOSTILE}\n",  # and not at U+2028: no fence opens there
+        f"- a\n  ```\n{HOSTILE}\n```",  # the list item ends, and its fence with it, at the unindented line
+        f"`a\\` {HOSTILE} `",  # a backslash in a span is text: the span closes after it
     ],
 )
 def test_hostile_text_renders_as_text(text):
@@ -88,6 +90,17 @@ def test_code_is_left_as_written():
     assert "<code>List&lt;int&gt;</code>" in rendered(spans)  # what the page shows: List<int>, in code
     page = rendered(no_math_markdown(f"```\n{HOSTILE}\n```"))
     assert "&lt;img" in page and live_tags(page) == []  # shown as code, escaped by the renderer itself
+
+
+def test_callers_put_block_text_at_a_lines_start_and_cells_in_one_line():
+    """A fence is one only at a line's start: after a label (``**user**: ```html``) it is text, so a
+    caller puts the text on a line of its own; a table cell holds no block at all (``md_cell``)."""
+    from gtl_nb.notebook.output import md_cell
+
+    answer = f"```html\n{HOSTILE}\n```"
+    assert live_tags(rendered(f"**user**:\n\n{no_math_markdown(answer)}")) == []
+    assert live_tags(rendered(f"| a |\n| --- |\n| {md_cell(answer)} |")) == []
+    assert live_tags(rendered(f"| a |\n| --- |\n| {md_cell('~~~ ' + HOSTILE)} |")) == []
 
 
 def test_text_outside_code_shows_as_written():
