@@ -124,7 +124,17 @@ class Router:
 
     def _target(self, deployment: Deployment, model: str) -> Target:
         """The model under the id this deployment's provider knows it by (aliases from the catalog:
-        ``claude-sonnet-4-5`` on Bedrock is ``global.anthropic.claude-sonnet-4-5-…``)."""
+        ``claude-sonnet-4-5`` on Bedrock is ``global.anthropic.claude-sonnet-4-5-…``).
+
+        A model that itself begins with a deployment's or provider type's name and a colon
+        (``openai-prod:anthropic:claude-x``: ``anthropic:claude-x`` asked of ``openai-prod``) is refused:
+        no provider has such a model, and a token's ``allowed_models`` entry ``anthropic:claude-*``
+        would read it as a model it allows, on a deployment it was not given."""
+        if ":" in model and self._split(model)[0] is not None:
+            raise InvalidRequestError(
+                f"the model {model!r} asked of deployment {deployment.name!r} begins with another deployment's "
+                "name: name the deployment once (deployment:model)"
+            )
         if self.catalog is not None:
             model = self.catalog.model_id(deployment.type, model)
         return Target(deployment, model)

@@ -70,3 +70,33 @@ def test_a_model_entry_without_a_colon_never_matches_by_the_deployments_name() -
     paired = RequestContext(principal="p", allowed_models=frozenset({"anthropic:claude-*", "llama3.1:8b"}))
     assert paired.allows("anthropic", "claude-sonnet-4-5") and not paired.allows("bedrock", "claude-sonnet-4-5")
     assert paired.allows("ollama", "llama3.1:8b")  # a model whose own name holds a colon, matched as the model
+
+
+def test_a_model_that_names_another_deployment_is_refused_before_any_allow_list():
+    """``openai-prod:anthropic:claude-x`` asked ``anthropic:claude-x`` of openai-prod: a token allowed
+    ``anthropic:claude-*`` (Claude on the anthropic deployment) matched that model name and reached a
+    deployment it was not given. No provider has such a model: routing refuses it, in every form."""
+    from gtl_nb.engine.builder import build_engine
+    from gtl_nb.engine.settings import load_settings
+    from gtl_nb.protocol.errors import InvalidRequestError
+    from gtl_nb.protocol.messages import CompletionRequest, Message
+
+    settings = load_settings(
+        providers={
+            "openai-prod": {"type": "openai", "api_key": "k"},
+            "anthropic": {"type": "anthropic", "api_key": "k"},
+            "ollama": {"type": "ollama"},
+        },
+        environ={},
+    )
+    engine = build_engine(settings, ledger=False)
+    hi = [Message(role="user", content="hi")]
+    for asked in (
+        {"model": "openai-prod:anthropic:claude-x"},
+        {"model": "anthropic:claude-x", "providers": ["openai-prod:anthropic:claude-x"]},
+        {"model": "openai-prod:openai:gpt-4o"},
+    ):
+        with pytest.raises(InvalidRequestError, match="begins with another deployment's name"):
+            engine.targets(CompletionRequest(session_id="s", messages=hi, **asked))  # type: ignore[arg-type]
+    (target,) = engine.targets(CompletionRequest(session_id="s", model="ollama:llama3.1:8b", messages=hi))
+    assert (target.name, target.model) == ("ollama", "llama3.1:8b")  # a model's own colon is fine
