@@ -1245,7 +1245,14 @@ class Engine:
         deterministic = request.temperature is not None and request.temperature == 0
         if not (deterministic or request.cache is True or self.cache_config.cache_nonzero_temperature):
             return None
-        return "flight:" + cache_key(target.name, target.model, request, self._cache_owner())
+        key = "flight:" + cache_key(target.name, target.model, request, self._cache_owner())
+        # a flight may end at the context fallback: only callers alike in whether they may use it share one
+        # (a token without it must not be handed the fallback's answer, nor one with it the refusal)
+        fallback = self.context_fallback_for(target) if self.context_fallbacks else None
+        context = _REQUEST_CONTEXT.get(None)
+        if fallback is not None and context is not None and not context.allows(fallback.name, fallback.model):
+            key += ":no-fallback"
+        return key
 
     def _cache_owner(self) -> list[str] | None:
         """Whose answers the running request may read and share (``cache.partition``): behind a gateway,

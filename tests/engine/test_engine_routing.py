@@ -660,6 +660,39 @@ def test_a_context_fallback_a_token_may_not_use_is_not_taken():
     assert isinstance(answered, Done) and answered.provider == "big"
 
 
+def test_callers_that_differ_in_whether_they_may_use_the_context_fallback_share_no_call():
+    """A shared call may end at the context fallback: a token that may not use it must not be handed that
+    answer by joining one that may (nor the other the refusal), so their flights are apart."""
+    import contextvars
+
+    from gtl_nb.engine import core
+    from gtl_nb.engine.context import RequestContext
+
+    register_small_context_provider()
+    settings = load_settings(
+        providers={"ctx": {"type": "smallctx", "models": ["tiny"]}, "big": {"type": "smallctx", "models": ["huge"]}},
+        environ={},
+        routing={"context_fallbacks": {"tiny": "big:huge"}},
+    )
+    engine = build_engine(settings, ledger=False)
+    request = CompletionRequest(
+        session_id="s", model="ctx:tiny", temperature=0, messages=[Message(role="user", content="long")]
+    )
+    (target,) = engine.targets(request)
+
+    def key(*deployments: str) -> str | None:
+        context = RequestContext(principal="p", allowed_deployments=frozenset(deployments))
+
+        def under() -> str | None:
+            core._REQUEST_CONTEXT.set(context)
+            return engine._coalescing_key(request, target)
+
+        return contextvars.copy_context().run(under)
+
+    assert key("ctx") != key("ctx", "big")
+    assert key("ctx") == key("ctx") and key("ctx", "big") == key("ctx", "big")
+
+
 def test_a_coalesced_request_survives_the_caller_it_shared_with_leaving():
     with sim.serve("openai", pace=0.02) as s:
         client = connect({"openai": openai_conf(s.base_url)})
