@@ -1161,9 +1161,17 @@ def checked_filter_value(key: str, value: Any) -> Any:
     a list of those); else ``LedgerValueError`` — a dict from a query's JSON reached SQL, which cannot
     bind it, and read as a store away. Every ledger's ``rows``/``to_dataframe`` filters go through it."""
     values = value if isinstance(value, (list, tuple, set, frozenset)) else (value,)
-    if not all(v is None or isinstance(v, _FILTER_VALUES) for v in values):
+    if not all(v is None or (isinstance(v, _FILTER_VALUES) and _storable_number(v)) for v in values):
         raise LedgerValueError(_not_a_value(key))
     return value
+
+
+def _storable_number(value: Any) -> bool:
+    """Whether ``value`` (text or a number) can be compared in SQL: an integer within 64 bits (a larger one
+    raised ``OverflowError`` when bound), a finite float; text always."""
+    if isinstance(value, numbers.Integral):
+        return -(2**63) <= int(value) < 2**63
+    return not isinstance(value, numbers.Real) or math.isfinite(float(value))
 
 
 def refused_by_budget(row: Mapping[str, Any]) -> bool:

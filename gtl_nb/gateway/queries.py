@@ -84,7 +84,7 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
         return Answer(query_id=query.query_id, error=away.to_event(query.query_id))
     except GTLError as exc:
         return Answer(query_id=query.query_id, error=exc.to_event(query.query_id))
-    except (ValueError, TypeError, KeyError) as exc:  # a ledger filter it does not know, a value of the wrong kind
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:  # an unknown filter, a value of the wrong kind
         message = f"the {query.name} query's params are not usable: {type(exc).__name__}: {exc}"[:500]
         return Answer(query_id=query.query_id, error=InvalidRequestError(message).to_event(query.query_id))
     except Exception as exc:

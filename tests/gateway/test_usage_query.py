@@ -20,3 +20,14 @@ def test_a_usage_filter_no_column_can_hold_is_the_callers_mistake():
     answer = asyncio.run(queries.answer_query(engine, context, query, max_bytes=1 << 20))  # type: ignore[arg-type]
     assert answer.error is not None and answer.error.code == "INVALID_REQUEST"
     assert "the filter 'model' takes text or a number" in answer.error.message
+
+
+def test_a_number_no_column_can_hold_or_a_bound_past_any_date_is_the_callers_mistake():
+    """An integer beyond 64 bits as a filter, or a ``since`` of 10**400 seconds, raised ``OverflowError`` in
+    SQLite's binding or the date: answered ``INTERNAL`` with a traceback. Both are ``INVALID_REQUEST``."""
+    engine = SimpleNamespace(ledger=None)
+    context = RequestContext(principal="ann", scopes=frozenset({"usage:read"}))
+    for filters in ({"tokens_in": 10**30}, {"cost": float("nan")}, {"since": 10**400}):
+        query = Query(query_id="q", name="usage", params={"filters": filters})
+        answer = asyncio.run(queries.answer_query(engine, context, query, max_bytes=1 << 20))  # type: ignore[arg-type]
+        assert answer.error is not None and answer.error.code == "INVALID_REQUEST", (filters, answer.error)
