@@ -81,7 +81,8 @@ class ModelLists:
         """Ask the provider once; what it said is kept while this call is still the deployment's own (a
         reload that changed the deployment meanwhile started another, whose answer counts)."""
         try:
-            names = _without_secrets(await self.engine.list_models(deployment.name), deployment)
+            listed = await self.engine.list_models(deployment.name)
+            names = _without_secrets(listed, self.engine.credentials.resolve(deployment))  # (the key it was sent)
             kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
         except GTLError as exc:
             kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))
@@ -103,7 +104,17 @@ def _without_secrets(names: list[str], deployment: Deployment) -> list[str]:
     """``names`` without any that holds the deployment's secret or a credential's shape (``scrub_secret``,
     ``redact``): a model id is the provider's text, passed to whoever may list models — the place a
     provider (or whoever answers at its address) could quote the key back. Dropped names are logged."""
-    secrets = [s for s in (deployment.api_key, deployment.aws_secret_access_key, deployment.aws_session_token) if s]
+    secrets = [
+        secret
+        for secret in (
+            deployment.api_key,
+            deployment.aws_secret_access_key,
+            deployment.aws_session_token,
+            deployment.options.get("azure_ad_token"),
+            *deployment.headers.values(),  # (a gateway's own headers may carry a credential too)
+        )
+        if isinstance(secret, str) and secret
+    ]
     kept = [name for name in names if all(scrub_secret(name, secret) == name for secret in secrets)]
     kept = [name for name in kept if redact(name) == name]
     if len(kept) < len(names):

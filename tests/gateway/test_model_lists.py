@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from gtl_nb import sim
+from gtl_nb.engine.credentials import StaticCredentials
 from gtl_nb.gateway.local import start_gateway
 from gtl_nb.gateway.model_lists import ModelLists
 from gtl_nb.protocol.errors import AuthenticationError, ProviderUnavailableError
@@ -46,6 +47,8 @@ def test_a_caller_at_its_rate_limit_cannot_flood_the_provider_with_model_lists(t
 class _Provider:
     """An engine whose ``list_models`` counts its calls, answers once ``release`` is set, and fails
     (``AUTH_FAILED``) while ``refusing``."""
+
+    credentials = StaticCredentials()
 
     def __init__(self) -> None:
         self.calls = 0
@@ -132,6 +135,8 @@ def test_a_caller_of_the_reloaded_deployment_gets_its_own_calls_answer():
     handed it to the caller of the new configuration)."""
 
     class TwoCalls:
+        credentials = StaticCredentials()
+
         def __init__(self) -> None:
             self.gates = [asyncio.Event(), asyncio.Event()]
             self.calls = 0
@@ -166,7 +171,13 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
     like a credential; the others are listed."""
     key = "sk-canary-0123456789abcdefghij"
 
+    class Rotated:  # the key a listing is sent: re-read since the deployment was configured
+        def resolve(self, deployment: Deployment) -> Deployment:
+            return dataclasses.replace(deployment, api_key=key)
+
     class Quoting:
+        credentials = Rotated()
+
         async def list_models(self, name: str) -> list[str]:
             return [
                 "gpt-4o",
@@ -178,7 +189,7 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
 
     async def ask() -> list[str]:
         lists = ModelLists(Quoting(), clock=lambda: 0.0)  # type: ignore[arg-type]
-        return await lists.names(Deployment(name="openai", type="openai", api_key=key))
+        return await lists.names(Deployment(name="openai", type="openai", api_key="sk-configured-before-rotation-0000"))
 
     names = asyncio.run(ask())
     assert names == ["gpt-4o", "gpt-4o-mini"]
