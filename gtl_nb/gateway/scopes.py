@@ -76,8 +76,9 @@ def require_scope(context: RequestContext, operation: str, *, doing: str | None 
 def check_allowed(context: RequestContext, deployment: str, model: str) -> None:
     """``PermissionDeniedError`` unless the token's allow-lists let it use ``model`` on ``deployment``.
 
-    ``allowed_deployments`` lists names exactly; an ``allowed_models`` entry matches the model, or
-    ``deployment:model``, exactly or — ending in ``*`` — by prefix. ``None`` restricts nothing.
+    ``allowed_deployments`` lists names exactly; an ``allowed_models`` entry matches the model exactly
+    or — ending in ``*`` — by prefix, and an entry with a colon ``deployment:model`` too
+    (``RequestContext.allows``). ``None`` restricts nothing.
     """
     if context.allows(deployment, model):
         return
