@@ -296,20 +296,18 @@ def money(value: float | None) -> str:
 # The markdown of an output the kernel produced is rendered with its raw HTML (JupyterLab trusts a
 # session's own outputs; nbconvert's HTML keeps it): a model repeating "<img src=x onerror=…>" — from a
 # document it summarised, say — would run script in the notebook's page, which can drive the kernel.
-# So outside fenced code every "<" and "&" of the text is escaped (the text shows as written, tags and
-# entities included) and a "javascript:" link is disarmed. A fenced block — a line-level structure
-# every renderer finds as CommonMark does, lines split where CommonMark splits them (\n, \r\n, \r) —
-# is left as written: it shows literally. An inline code span is written as a <code> element whose
-# text is all entities but letters and digits: where a renderer's reading of the backticks would differ
-# from this one (a span across a heading's line, a "|" of a table row inside it) nothing of it can
-# turn live. An indented block may be code or a list item's continuation, depending on what precedes
-# it: its "<" and "&" are escaped too. A fence indented 1-3 spaces may be a list item's, which ends —
-# and the fence with it — at a line indented less: such a line is no longer taken as code.
+# So nothing of a text is passed on as written. Every "<", "&" and '"' is escaped and a script's scheme
+# ("javascript:") broken by an invisible word joiner; code is written as HTML of its own whose text is
+# all entities: a fenced block as one line, "<pre><code>…</code></pre>", an inline span as "<code>…</code>".
+# Where this reading of the text's blocks and spans differs from a renderer's (a fence inside a quote,
+# math JupyterLab takes out before rendering, a table row), the difference shows — text as code, or
+# code as text — but nothing turns live. An indented block may be code or a list item's continuation:
+# it is escaped, its dollars kept (which code would show as written).
 
 DOLLAR = "<span>&#36;</span>"
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
 # "javascript:", or "javascript\:" (markdown reads the backslash escape as the colon itself); linear
-_SCRIPT_SCHEME = re.compile(r"(?i)java(?=script\\*:)")
+_SCRIPT_SCHEME = re.compile(r"(?i)(?:java|vb)(?=script\\*:)|data(?=\\*:\\s*text/html)")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # CommonMark's lines, each with its ending (linear)
 _WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
 
@@ -317,21 +315,22 @@ _WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no 
 def no_math_html(text: str) -> str:
     """``text`` escaped for HTML, each ``$`` in an element of its own (never the start of a formula) and
     a ``javascript:`` link's scheme broken (markdown around the HTML would still make it a link)."""
-    return _disarmed(html.escape(text, quote=False)).replace("$", DOLLAR)
+    return _disarmed(html.escape(text)).replace("$", DOLLAR)  # (quotes too: see ``_no_html``)
 
 
 def no_math_markdown(text: str) -> str:
     """Markdown ``text`` whose dollar signs show as dollars, never as LaTeX, and which holds no live HTML.
 
-    Fenced code blocks are left as written (a dollar is literal there already); inline code spans are
-    written as ``<code>`` elements of the same text (``code_span``); indented blocks after a blank line
-    keep their dollars. Elsewhere each ``$`` (or ``\\$``) becomes ``DOLLAR``, and outside fenced blocks
-    every ``<`` and ``&`` is escaped and a ``javascript:`` link disarmed (module comment).
-    ``\\(…\\)`` and ``\\[…\\]`` math still renders. One pass over the text.
+    Nothing of ``text`` is passed on as written (module comment): a fenced code block becomes one line,
+    a ``<pre><code>`` element whose text is entities (its language kept as the code's class); an inline
+    code span a ``<code>`` element alike (``code_span``); elsewhere every ``<``, ``&`` and ``"`` is
+    escaped, a ``javascript:`` (or ``vbscript:``, ``data:text/html``) scheme broken, and each ``$`` (or
+    ``\\$``) becomes ``DOLLAR``, but in an indented block, which may be code. ``\\(…\\)`` and
+    ``\\[…\\]`` math still renders. One pass over the text.
     """
     out: list[str] = []
     paragraph: list[str] = []
-    fence: str | None = None
+    fence: tuple[str, int, str, list[str]] | None = None  # its marker, indentation, language and lines so far
     indented = False
 
     def flush() -> None:
@@ -339,14 +338,14 @@ def no_math_markdown(text: str) -> str:
             out.append(_escape_inline("".join(paragraph)))
             paragraph.clear()
 
-    fence_indent = 0
     for line in _LINE.findall(text):
-        if fence is not None and line.strip() and len(line) - len(line.lstrip(" ")) < fence_indent:
-            fence = None  # an indented fence may be a list item's, which a line indented less ends: text again
         if fence is not None:
-            out.append(line)
-            if _closes_fence(line, fence):
-                fence = None
+            marker, indent, language, lines = fence
+            if not _closes_fence(line, marker):
+                lines.append(line[min(indent, len(line) - len(line.lstrip(" "))) :])
+                continue
+            out.append(_code_block(indent, language, lines))
+            fence = None
             continue
         blank = not line.strip()
         if indented and (blank or _indented(line)):
@@ -354,18 +353,35 @@ def no_math_markdown(text: str) -> str:
             continue
         indented = False
         opening = _FENCE_OPEN.match(line)
-        if opening and opening.group(1)[0] == "`" and "`" in line[opening.end() :]:
+        info = line[opening.end() :].strip() if opening else ""
+        if opening and opening.group(1)[0] == "`" and "`" in info:
             opening = None  # a backtick in the info string: no fence to CommonMark, text to escape
         if opening or blank or (_indented(line) and not paragraph):
             flush()
-            fence = opening.group(1) if opening else None
-            fence_indent = opening.start(1) if opening else 0
+            if opening:
+                fence = (opening.group(1), opening.start(1), info.split(" ")[0], [])
             indented = not opening and not blank
-            out.append(line if opening or blank else _no_html(line))
+            if not opening:
+                out.append(line if blank else _no_html(line))
             continue
         paragraph.append(line)
     flush()
+    if fence is not None:  # not closed: code to the end, as CommonMark reads it
+        out.append(_code_block(fence[1], fence[2], fence[3]))
     return "".join(out)
+
+
+def _code_block(indent: int, language: str, lines: list[str]) -> str:
+    """A fenced block as one line of markdown, between blank lines: a ``<pre><code>`` element (a list
+    item's when indented as its content) whose text is entities, its line breaks included — whatever a
+    renderer made of the lines around it, nothing in it can be read as markdown or HTML."""
+    code = "".join(lines)
+    if code.endswith("\n"):
+        code = code[:-1]
+    language = "".join(char for char in language if char.isalnum() or char in "+-_.#")[:40]
+    kind = f' class="language-{language}"' if language else ""
+    body = "".join(_ENTITY.get(char, char) for char in code)
+    return f"\n{' ' * indent}<pre><code{kind}>{body}</code></pre>\n\n"
 
 
 def no_math_inline(text: str) -> str:
@@ -401,8 +417,15 @@ def _indented(line: str) -> bool:
 
 
 def _closes_fence(line: str, fence: str) -> bool:
-    stripped = line.strip()
-    return len(line) - len(line.lstrip(" ")) <= 3 and stripped.startswith(fence) and not stripped.strip(fence[0])
+    """Whether ``line`` closes a block ``fence`` opened, as CommonMark reads it: up to 3 spaces, at least
+    as many of its character, then only spaces and tabs."""
+    body = line.rstrip("\r\n")
+    indent = len(body) - len(body.lstrip(" "))
+    if indent > 3:
+        return False
+    rest = body[indent:]
+    run = len(rest) - len(rest.lstrip(fence[0]))
+    return run >= len(fence) and not rest[run:].strip(" \t")
 
 
 def _escape_inline(text: str) -> str:
@@ -439,9 +462,11 @@ def _escape_inline(text: str) -> str:
 
 
 def _no_html(text: str) -> str:
-    """``text`` with every ``<`` and ``&`` escaped and ``javascript:`` disarmed: shown as written, never live."""
-    if "<" in text or "&" in text:
-        text = text.replace("&", "&amp;").replace("<", "&lt;")
+    """``text`` with every ``<``, ``&`` and ``"`` escaped and a script's scheme disarmed: shown as written,
+    never live. (``"``: JupyterLab puts math it took out before rendering back into an image's ``alt`` or
+    a link's title unescaped, where a quote would end the attribute.)"""
+    if "<" in text or "&" in text or '"' in text:
+        text = text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
     return _disarmed(text)
 
 

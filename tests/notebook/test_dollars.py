@@ -26,8 +26,14 @@ from gtl_nb.notebook.formats import fenced
             f"inline <code>&#36;HOME</code> and <code>a &#96; &#36;b</code> then {DOLLAR}c",
         ),
         ("an unclosed ` leaves $1", f"an unclosed ` leaves {DOLLAR}1"),
-        ("```sh\necho $HOME\n```\nafter $1", f"```sh\necho $HOME\n```\nafter {DOLLAR}1"),
-        ("~~~~\n$a\n~~~\n$b\n~~~~\n$c", f"~~~~\n$a\n~~~\n$b\n~~~~\n{DOLLAR}c"),
+        (  # a fenced block: one <pre><code> line of entities (no dollar of it is math, nothing of it HTML)
+            "```sh\necho $HOME\n```\nafter $1",
+            f'\n<pre><code class="language-sh">echo &#36;HOME</code></pre>\n\nafter {DOLLAR}1',
+        ),
+        (
+            "~~~~\n$a\n~~~\n$b\n~~~~\n$c",
+            f"\n<pre><code>&#36;a&#10;&#126;&#126;&#126;&#10;&#36;b</code></pre>\n\n{DOLLAR}c",
+        ),
         (
             "text\n    still text $1\n\n    code $2\nback $3",
             f"text\n    still text {DOLLAR}1\n\n    code $2\nback {DOLLAR}3",

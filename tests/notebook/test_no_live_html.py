@@ -10,6 +10,7 @@ also rendered by mistune (nbconvert's markdown renderer) to check what a page wo
 
 from __future__ import annotations
 
+from html import unescape
 from html.parser import HTMLParser
 
 import mistune
@@ -30,8 +31,11 @@ HOSTILE = '<img src=x onerror="alert(document.domain)"><script>alert(1)</script>
 
 
 def rendered(markdown: str) -> str:
-    """The HTML a page gets for ``markdown`` (raw HTML kept, as a trusted output's is)."""
-    return str(mistune.create_markdown(escape=False)(markdown))
+    """The HTML a page gets for ``markdown`` (raw HTML kept, as a trusted output's is), with and without
+    GFM's tables, strikethrough and bare URLs (two pages, one after the other)."""
+    plain = mistune.create_markdown(escape=False)
+    gfm = mistune.create_markdown(escape=False, plugins=["table", "strikethrough", "url"])
+    return str(plain(markdown)) + str(gfm(markdown))
 
 
 class _Elements(HTMLParser):
@@ -75,6 +79,16 @@ def live_tags(page: str) -> list[str]:
         f"abc\u2028```\n{HOSTILE}\n",  # and not at U+2028: no fence opens there
         f"- a\n  ```\n{HOSTILE}\n```",  # the list item ends, and its fence with it, at the unindented line
         f"`a\\` {HOSTILE} `",  # a backslash in a span is text: the span closes after it
+        f" ```\n```\n{HOSTILE}",  # a line that closes a fence opens none
+        f"```\n\t```\n```\n{HOSTILE}",  # a tab-indented fence closes nothing
+        f"```\n```\x0c\n```\n{HOSTILE}",
+        f"```\n\xa0```\n```\n{HOSTILE}",
+        f"```\n```~\n{HOSTILE}",
+        f"~~~\n~~~`\n{HOSTILE}",
+        f'[r]: /u\n"t\n```\n"\n{HOSTILE}',  # a reference title over several lines swallows a fence line
+        f"a | b\n--|--\n``` |\n{HOSTILE}",  # a table row, not a fence
+        f"\\\\[\n```\n\\\\]{HOSTILE}",  # math JupyterLab takes out before rendering hides a fence
+        "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==) [y](vbscript:msgbox)",
     ],
 )
 def test_hostile_text_renders_as_text(text):
@@ -82,14 +96,36 @@ def test_hostile_text_renders_as_text(text):
     assert live_tags(page) == [], page
 
 
-def test_code_is_left_as_written():
+@pytest.mark.parametrize(
+    "text",
+    [
+        '![\\\\(" onerror="alert(1)//\\\\)](x)',
+        '![\\begin{x}" onerror="alert(1)//\\end{x}](y)',
+        '[x](http://a "\\\\(" onmouseover="alert(1)//\\\\)")',
+        f'```"\n{HOSTILE}"\n```',
+    ],
+)
+def test_no_quote_of_the_text_reaches_the_markdown(text):
+    """JupyterLab takes math (``\\(…\\)``, ``\\begin{…}``) out before rendering and puts it back after,
+    escaping only ``&``, ``<`` and ``>``: inside an image's ``alt`` or a link's title a quote of it would
+    end the attribute and add a handler. No quote of the text is left for that: only the code's own class."""
+    markdown = no_math_markdown(text)
+    assert '"' not in markdown.replace('class="language-', ""), markdown
+
+
+def test_code_shows_as_written():
+    """Code is HTML of this function's own whose text is entities: what the page shows is the code."""
     fenced = "```html\n<b>bold</b> & <i>if a < b</i>\n```\n"
-    assert no_math_markdown(fenced) == fenced
-    spans = no_math_markdown("use `List<int>` or ``a ` <b>``")  # as <code> elements of the same text
+    page = rendered(no_math_markdown(fenced))
+    inside = page.split('<pre><code class="language-html">')[1].split("</code></pre>")[0]
+    assert unescape(inside) == "<b>bold</b> & <i>if a < b</i>"  # what the browser shows, in code
+    spans = no_math_markdown("use `List<int>` or ``a ` <b>``")
     assert spans == "use <code>List&#60;int&#62;</code> or <code>a &#96; &#60;b&#62;</code>"
     assert "<code>List&lt;int&gt;</code>" in rendered(spans)  # what the page shows: List<int>, in code
     page = rendered(no_math_markdown(f"```\n{HOSTILE}\n```"))
-    assert "&lt;img" in page and live_tags(page) == []  # shown as code, escaped by the renderer itself
+    assert unescape(page.split("<pre><code>")[1].split("</code></pre>")[0]) == HOSTILE and live_tags(page) == []
+    unclosed = rendered(no_math_markdown(f"```\n{HOSTILE}") + no_math_markdown(f"```\n{HOSTILE}"))
+    assert live_tags(unclosed) == []  # an answer ending inside its fence leaves none open for the next
 
 
 def test_callers_put_block_text_at_a_lines_start_and_cells_in_one_line():

@@ -10,7 +10,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import gap, sim
-from gtl_nb.completion import Comparison, Completion, no_math_html
+from gtl_nb.completion import Comparison, Completion, no_math_html, no_math_markdown
 from gtl_nb.notebook import widgets
 from gtl_nb.notebook.throttle import Throttle
 from gtl_nb.notebook.widgets import WIDGET_VIEW, ComparisonGrid, EntityEditor, StreamView
@@ -136,7 +136,7 @@ def test_a_real_echo_stream_shows_partial_text_then_the_final_answer_with_its_fo
     assert updates == [({"text/plain": ""}, first[1], True)]
     # the final answer, as a new output with markdown and plain text
     assert final[2] is False and set(final[0]) == {"text/markdown", "text/plain"}
-    assert result.text in final[0]["text/markdown"]
+    assert no_math_markdown(result.text) in final[0]["text/markdown"]  # (its quotes escaped: never live HTML)
     assert no_math_html(result.footer()) in final[0]["text/markdown"]
     assert "echo (offline)" in final[0]["text/markdown"]
     assert final[0]["text/plain"].endswith("-- " + result.footer())
@@ -307,7 +307,7 @@ def test_display_mode_updates_a_display_handle_then_shows_the_final_answer(shell
     live_updates = [o for o in outputs[1:-1] if o[0].get("text/html")]
     assert live_updates and all(o[2] and o[1] == first[1] for o in live_updates)
     assert outputs[-2] == ({"text/plain": ""}, first[1], True)
-    assert result.text in final[0]["text/markdown"] and not final[2]
+    assert no_math_markdown(result.text) in final[0]["text/markdown"] and not final[2]
 
 
 def test_without_ipython_the_view_prints_the_tokens_then_the_footer(monkeypatch, capsys, echo_client):
@@ -430,7 +430,7 @@ def test_the_grid_streams_every_column_at_once_and_ends_with_a_ranked_summary(sh
     markdown, plain = final["text/markdown"], final["text/plain"]
     for model in models[:3]:
         assert f'class="gtl-stream gtl-final" data-model="{model}"' in markdown
-        assert comparison.results[model].text in markdown
+        assert no_math_markdown(comparison.results[model].text) in markdown
     assert "**MODEL_NOT_FOUND**" in markdown and "[MODEL_NOT_FOUND]" in plain
     # the summary: one row per model, ranked, as a markdown table and in plain text
     assert list(grid.summary["model"])[-1] == "no-such-model"
