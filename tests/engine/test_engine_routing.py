@@ -636,18 +636,24 @@ def test_context_length_errors_move_to_the_configured_larger_model():
         plain.complete("tiny", "a very long prompt")
 
 
-def test_a_context_fallback_a_token_may_not_use_is_not_taken():
-    """The fallback spends another deployment's key: a token whose allow-lists do not reach it gets the
-    provider's refusal, as without a fallback — never an answer from a model it may not ask for."""
-    from gtl_nb.engine.context import RequestContext
-
+def fallback_engine() -> Engine:
+    """An engine whose deployment ``ctx`` serves ``tiny`` (every prompt too long: ``smallctx``) and
+    whose ``[routing] context_fallbacks`` sends it to ``huge`` on another deployment, ``big``."""
     register_small_context_provider()
     settings = load_settings(
         providers={"ctx": {"type": "smallctx", "models": ["tiny"]}, "big": {"type": "smallctx", "models": ["huge"]}},
         environ={},
         routing={"context_fallbacks": {"tiny": "big:huge"}},
     )
-    engine = build_engine(settings, ledger=False)
+    return build_engine(settings, ledger=False)
+
+
+def test_a_context_fallback_a_token_may_not_use_is_not_taken():
+    """The fallback spends another deployment's key: a token whose allow-lists do not reach it gets the
+    provider's refusal, as without a fallback — never an answer from a model it may not ask for."""
+    from gtl_nb.engine.context import RequestContext
+
+    engine = fallback_engine()
     request = CompletionRequest(session_id="s", model="ctx:tiny", messages=[Message(role="user", content="long")])
 
     async def ended(context: RequestContext) -> Any:
@@ -668,13 +674,7 @@ def test_callers_that_differ_in_whether_they_may_use_the_context_fallback_share_
     from gtl_nb.engine import core
     from gtl_nb.engine.context import RequestContext
 
-    register_small_context_provider()
-    settings = load_settings(
-        providers={"ctx": {"type": "smallctx", "models": ["tiny"]}, "big": {"type": "smallctx", "models": ["huge"]}},
-        environ={},
-        routing={"context_fallbacks": {"tiny": "big:huge"}},
-    )
-    engine = build_engine(settings, ledger=False)
+    engine = fallback_engine()
     request = CompletionRequest(
         session_id="s", model="ctx:tiny", temperature=0, messages=[Message(role="user", content="long")]
     )
