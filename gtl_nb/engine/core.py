@@ -1248,9 +1248,7 @@ class Engine:
         key = "flight:" + cache_key(target.name, target.model, request, self._cache_owner())
         # a flight may end at the context fallback: only callers alike in whether they may use it share one
         # (a token without it must not be handed the fallback's answer, nor one with it the refusal)
-        fallback = self.context_fallback_for(target) if self.context_fallbacks else None
-        context = _REQUEST_CONTEXT.get(None)
-        if fallback is not None and context is not None and not context.allows(fallback.name, fallback.model):
+        if self.context_fallbacks and self.context_fallback_for(target) and not self._usable_fallback(target):
             key += ":no-fallback"
         return key
 
@@ -1466,6 +1464,11 @@ class Engine:
         deployment's key: a token must not reach through it what it may not ask for)."""
         if failed.code != "CONTEXT_LENGTH_EXCEEDED":
             return None
+        return self._usable_fallback(target)
+
+    def _usable_fallback(self, target: Target) -> Target | None:
+        """``context_fallback_for(target)`` when the running request's context (a token's allow-lists) may
+        use it, else ``None``."""
         fallback = self.context_fallback_for(target)
         context = _REQUEST_CONTEXT.get(None)
         if fallback is not None and context is not None and not context.allows(fallback.name, fallback.model):
