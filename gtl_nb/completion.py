@@ -106,7 +106,7 @@ class Completion:
         return self.error is not None and self.error.code == "CANCELLED"
 
     @property
-    def tokens_arrived(self) -> int:
+    def chunks_arrived(self) -> int:
         """How many pieces of text (``token`` events) of this answer arrived: after a failover, of the
         answer that counts. What a cancelled answer without the provider's usage has to say."""
         count = 0
@@ -166,7 +166,7 @@ class Completion:
         """
         parts: list[str] = []
         if self.usage is None and self.cancelled:
-            count = self.tokens_arrived
+            count = self.chunks_arrived
             parts.append(f"{count:,} chunk{'' if count == 1 else 's'} arrived")
         if self.usage is not None:
             parts.append(f"{_count(self.usage.tokens_in)} in{_prompt_cache(self.usage)}")
@@ -306,7 +306,7 @@ def money(value: float | None) -> str:
 
 DOLLAR = "<span>&#36;</span>"
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
-# "javascript:", or "javascript\:" (markdown reads the backslash escape as the colon itself); linear
+# "javascript:", "vbscript:", "data:text/html" — or with "\:" (markdown reads that escape as the colon); linear
 _SCRIPT_SCHEME = re.compile(r"(?i)(?:java|vb)(?=script\\*:)|data(?=\\*:\\s*text/html)")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # CommonMark's lines, each with its ending (linear)
 _WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
@@ -376,8 +376,7 @@ def _code_block(indent: int, language: str, lines: list[str]) -> str:
     item's when indented as its content) whose text is entities, its line breaks included — whatever a
     renderer made of the lines around it, nothing in it can be read as markdown or HTML."""
     code = "".join(lines)
-    if code.endswith("\n"):
-        code = code[:-1]
+    code = code[:-2] if code.endswith("\r\n") else code[:-1] if code.endswith(("\n", "\r")) else code
     language = "".join(char for char in language if char.isalnum() or char in "+-_.#")[:40]
     kind = f' class="language-{language}"' if language else ""
     body = "".join(_ENTITY.get(char, char) for char in code)
