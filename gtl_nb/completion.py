@@ -308,7 +308,7 @@ DOLLAR = "<span>&#36;</span>"
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
 # "javascript:", "vbscript:", "data:text/html" — or with "\:" (markdown reads that escape as the colon); linear
 _SCRIPT_SCHEME = re.compile(r"(?i)(?:java|vb)(?=script\\*:)|data(?=\\*:\\s*text/html)")
-_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")  # CommonMark's lines, each with its ending (linear)
+_LINE_END = re.compile(r"(\r\n|\r|\n)")  # CommonMark's line endings (``_lines``)
 _WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
 
 
@@ -338,7 +338,7 @@ def no_math_markdown(text: str) -> str:
             out.append(_escape_inline("".join(paragraph)))
             paragraph.clear()
 
-    for line in _LINE.findall(text):
+    for line in _lines(text):
         if fence is not None:
             marker, indent, language, lines = fence
             if not _closes_fence(line, marker):
@@ -369,6 +369,14 @@ def no_math_markdown(text: str) -> str:
     if fence is not None:  # not closed: code to the end, as CommonMark reads it
         out.append(_code_block(fence[1], fence[2], fence[3]))
     return "".join(out)
+
+
+def _lines(text: str) -> list[str]:
+    """``text``'s lines as CommonMark splits them (at ``\\n``, ``\\r\\n`` and ``\\r`` only: ``str.splitlines`` also
+    splits at U+2028 and other characters a renderer does not), each with its ending; in one pass."""
+    pieces = _LINE_END.split(text)  # line, ending, line, ending, …, last line
+    lines = [pieces[index] + pieces[index + 1] for index in range(0, len(pieces) - 1, 2)]
+    return [*lines, pieces[-1]] if pieces[-1] else lines
 
 
 def _code_block(indent: int, language: str, lines: list[str]) -> str:
