@@ -13,6 +13,7 @@ import time
 from typing import Any, TextIO
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+"""The MIME type of a widget's view in an output (the notebook layer's widgets and runner use it too)."""
 
 
 def in_notebook() -> bool:

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gtl_nb.progress import WIDGET_VIEW
+
 __all__ = [
     "DEFAULT_NOTEBOOKS",
     "execute_notebook",
@@ -38,7 +40,6 @@ __all__ = [
     "static_outputs",
 ]
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 #: What ``make demo`` runs: the quickstart and the comparison of providers.

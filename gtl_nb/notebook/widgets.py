@@ -45,12 +45,12 @@ from gtl_nb.completion import Comparison, Completion, code_span, no_math_html, n
 from gtl_nb.notebook.errors import in_notebook_words
 from gtl_nb.notebook.output import md_cell
 from gtl_nb.notebook.throttle import Throttle
+from gtl_nb.progress import WIDGET_VIEW
 from gtl_nb.protocol.messages import Done, Error, Reasoning, Status, Token
 from gtl_nb.protocol.session import Transcript
 
 __all__ = ["ComparisonGrid", "EntityEditor", "StreamView"]
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _TEXT_STYLE = "white-space: pre-wrap; word-break: break-word;"
 
 
