@@ -64,6 +64,15 @@ class Closable(Protocol):
     async def aclose(self) -> None: ...
 
 
+def running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or ``None`` when none is (``asyncio.get_running_loop``
+    without its exception)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def loop_factory(choice: str, *, setting: str = "GTL_NB_EVENT_LOOP") -> Callable[[], asyncio.AbstractEventLoop]:
     """The function that makes the event loop ``choice`` names (one of ``EVENT_LOOPS``); ``setting``
     names where the choice came from, for the error (the gateway's is ``[gateway] event_loop``)."""

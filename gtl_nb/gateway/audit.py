@@ -58,7 +58,6 @@ checkpoint) stops the gateway from starting: the evidence is left as it is.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -90,6 +89,7 @@ from gtl_nb.engine.hooks import (
 from gtl_nb.engine.ledger import iso_utc
 from gtl_nb.engine.ledger_interrupted import InterruptedRows
 from gtl_nb.engine.lingering import GROUP_COMMIT, LingeringQueue
+from gtl_nb.engine.loop import running_loop
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url, parse_postgres_url, shown_url
 from gtl_nb.log import get_logger
@@ -1149,13 +1149,10 @@ class AuditLog:
         rows = getattr(ledger, "interrupted", None)
         if not isinstance(rows, InterruptedRows):
             return
-        try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
+        loop = running_loop()
 
         def take(batch: list[dict[str, Any]]) -> None:
-            if loop is None or _running_loop() is loop:
+            if loop is None or running_loop() is loop:
                 self.record_interrupted(batch)
             else:
                 with contextlib.suppress(RuntimeError):  # the loop closed: the gateway has stopped
@@ -1441,13 +1438,6 @@ def _open_database(settings: AuditSettings) -> AuditSink:
     return PostgresAuditSink(
         settings.url, replica=settings.replica, spool_path=settings.spool_path, fsync=settings.fsync
     )
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _short(value: str | None) -> str | None:

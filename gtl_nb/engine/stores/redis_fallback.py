@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from gtl_nb.engine.loop import running_loop
 from gtl_nb.engine.stores.redis_client import (
     RedisBusyError,
     RedisConnector,
@@ -66,13 +67,6 @@ PROBE_TTL_MS = 10_000
 # Every store's outage watch by its server (the client URL: host, port, database), so the first to
 # find the server gone tells the others of its own loop's engine (``RedisOutage.failed``).
 _same_server: dict[str, weakref.WeakSet[RedisOutage]] = {}
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def one_line(text: str) -> str:
@@ -160,7 +154,7 @@ class RedisOutage:
         server held one request up to a timeout per store), and ``/readyz`` would name only the stores
         that happened to be called."""
         if tell_the_others and self._problem is None and isinstance(error, RedisUnreachableError):
-            here = _running_loop()
+            here = running_loop()
             for other in list(_same_server.get(self.connector.client_url, ())):
                 # (only the stores of this loop's engine, or not used yet: another engine's stores
                 # belong to its loop, where their probe and their recovery must run)

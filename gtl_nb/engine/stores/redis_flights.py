@@ -86,6 +86,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from gtl_nb.engine.loop import running_loop
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightLost, LocalLead
 from gtl_nb.engine.stores.redis_client import (
     REPLY_TIMEOUT,
@@ -715,7 +716,7 @@ class _Reader:
         self._stopped = error
         self._fail(error)
         task = self._task
-        if task is not None and not task.done() and task.get_loop() is _running_loop():
+        if task is not None and not task.done() and task.get_loop() is running_loop():
             task.cancel()
 
     async def _poke(self, client: Any) -> None:
@@ -767,13 +768,6 @@ class _Reader:
         for followers in inboxes.values():
             for inbox in followers:
                 inbox.fail(error)
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
 
 
 def _stream_id(value: bytes | str) -> tuple[int, int]:
