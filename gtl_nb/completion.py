@@ -5,17 +5,12 @@ renders as markdown with a footer in notebooks (``_repr_mimebundle_``) and as pl
 terminal, and offers ``message`` — the assistant turn to append for the next request, with tool calls
 and the provider's opaque ``provider_data`` kept for replay.
 
-The module also holds what every notebook rendering of an answer shares: ``no_math_markdown`` and
-``no_math_html`` (a ``$`` in an answer, a footer or a table is a dollar, never LaTeX; and a model's
-text is never live HTML or a ``javascript:`` link in the notebook's page), ``code_span`` and ``money``
-(how a cost reads: ``$0.000953``).
+How an answer's text reaches a notebook's markdown — dollars as dollars, never live HTML — is
+``safe_markdown``'s; ``money`` is how a cost reads (``$0.000953``).
 """
 
 from __future__ import annotations
 
-import bisect
-import html
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -23,6 +18,7 @@ from typing import Any
 
 from gtl_nb.protocol.messages import Done, Error, Message, StreamEvent, Token, ToolCall, Usage
 from gtl_nb.protocol.session import Transcript, is_failover
+from gtl_nb.safe_markdown import code_span, no_math_html, no_math_markdown
 from gtl_nb.words import dollars
 
 
@@ -285,219 +281,6 @@ def money(value: float | None) -> str:
     if value is None or value != value:  # None or NaN: unknown
         return ""
     return dollars(value)
-
-
-# -- markdown that keeps dollars dollars, and a model's HTML text --------------------------------
-#
-# JupyterLab, Notebook 7 and nbconvert's HTML pages run MathJax over the rendered output, and MathJax
-# pairs two "$" of one run of text into a formula whether the markdown escaped them ("\$", "&#36;")
-# or not. It never pairs a "$" standing in an element of its own, so that is how a dollar is written.
-#
-# The markdown of an output the kernel produced is rendered with its raw HTML (JupyterLab trusts a
-# session's own outputs; nbconvert's HTML keeps it): a model repeating "<img src=x onerror=…>" — from a
-# document it summarised, say — would run script in the notebook's page, which can drive the kernel.
-# So nothing of a text is passed on as written. Every "<", "&" and '"' is escaped and a script's scheme
-# ("javascript:") broken by an invisible word joiner; code is written as HTML of its own whose text is
-# all entities: a fenced block as one line, "<pre><code>…</code></pre>", an inline span as "<code>…</code>".
-# Where this reading of the text's blocks and spans differs from a renderer's (a fence inside a quote,
-# math JupyterLab takes out before rendering, a table row), the difference shows — text as code, or
-# code as text — but nothing turns live. An indented block may be code or a list item's continuation:
-# it is escaped, its dollars kept (which code would show as written).
-
-DOLLAR = "<span>&#36;</span>"
-_FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
-# "javascript:", "vbscript:", "data:text/html" — or with "\:" (markdown reads that escape as the colon); linear
-_SCRIPT_SCHEME = re.compile(r"(?i)(?:java|vb)(?=script\\*:)|data(?=\\*:\\s*text/html)")
-_LINE_END = re.compile(r"(\r\n|\r|\n)")  # CommonMark's line endings (``_lines``)
-_WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
-
-
-def no_math_html(text: str) -> str:
-    """``text`` escaped for HTML, each ``$`` in an element of its own (never the start of a formula) and
-    a ``javascript:`` link's scheme broken (markdown around the HTML would still make it a link)."""
-    return _disarmed(html.escape(text)).replace("$", DOLLAR)  # (quotes too: see ``_no_html``)
-
-
-def no_math_markdown(text: str) -> str:
-    """Markdown ``text`` whose dollar signs show as dollars, never as LaTeX, and which holds no live HTML.
-
-    Nothing of ``text`` is passed on as written (module comment): a fenced code block becomes one line,
-    a ``<pre><code>`` element whose text is entities (its language kept as the code's class); an inline
-    code span a ``<code>`` element alike (``code_span``); elsewhere every ``<``, ``&`` and ``"`` is
-    escaped, a ``javascript:`` (or ``vbscript:``, ``data:text/html``) scheme broken, and each ``$`` (or
-    ``\\$``) becomes ``DOLLAR``, but in an indented block, which may be code. ``\\(…\\)`` and
-    ``\\[…\\]`` math still renders. One pass over the text.
-    """
-    out: list[str] = []
-    paragraph: list[str] = []
-    fence: tuple[str, int, str, list[str]] | None = None  # its marker, indentation, language and lines so far
-    indented = False
-
-    def flush() -> None:
-        if paragraph:
-            out.append(_escape_inline("".join(paragraph)))
-            paragraph.clear()
-
-    for line in _lines(text):
-        if fence is not None:
-            marker, indent, language, lines = fence
-            if not _closes_fence(line, marker):
-                lines.append(line[min(indent, len(line) - len(line.lstrip(" "))) :])
-                continue
-            out.append(_code_block(indent, language, lines))
-            fence = None
-            continue
-        blank = not line.strip()
-        if indented and (blank or _indented(line)):
-            out.append(_no_html(line))
-            continue
-        indented = False
-        opening = _FENCE_OPEN.match(line)
-        info = line[opening.end() :].strip() if opening else ""
-        if opening and opening.group(1)[0] == "`" and "`" in info:
-            opening = None  # a backtick in the info string: no fence to CommonMark, text to escape
-        if opening or blank or (_indented(line) and not paragraph):
-            flush()
-            if opening:
-                fence = (opening.group(1), opening.start(1), info.split(" ")[0], [])
-            indented = not opening and not blank
-            if not opening:
-                out.append(line if blank else _no_html(line))
-            continue
-        paragraph.append(line)
-    flush()
-    if fence is not None:  # not closed: code to the end, as CommonMark reads it
-        out.append(_code_block(fence[1], fence[2], fence[3]))
-    return "".join(out)
-
-
-def _lines(text: str) -> list[str]:
-    """``text``'s lines as CommonMark splits them (at ``\\n``, ``\\r\\n`` and ``\\r`` only: ``str.splitlines`` also
-    splits at U+2028 and other characters a renderer does not), each with its ending; in one pass."""
-    pieces = _LINE_END.split(text)  # line, ending, line, ending, …, last line
-    lines = [pieces[index] + pieces[index + 1] for index in range(0, len(pieces) - 1, 2)]
-    return [*lines, pieces[-1]] if pieces[-1] else lines
-
-
-def _code_block(indent: int, language: str, lines: list[str]) -> str:
-    """A fenced block as one line of markdown, between blank lines: a ``<pre><code>`` element (a list
-    item's when indented as its content) whose text is entities, its line breaks included — whatever a
-    renderer made of the lines around it, nothing in it can be read as markdown or HTML."""
-    code = "".join(lines)
-    code = code[:-2] if code.endswith("\r\n") else code[:-1] if code.endswith(("\n", "\r")) else code
-    language = "".join(char for char in language if char.isalnum() or char in "+-_.#")[:40]
-    kind = f' class="language-{language}"' if language else ""
-    body = "".join(_ENTITY.get(char, char) for char in code)
-    return f"\n{' ' * indent}<pre><code{kind}>{body}</code></pre>\n\n"
-
-
-def no_math_inline(text: str) -> str:
-    """``text`` on one line of markdown where no block of its own may start — a table cell, after a
-    label: its whitespace runs made one space, then written as ``no_math_markdown`` writes a paragraph's
-    text (dollars as dollars, ``<`` and ``&`` escaped, code spans as ``code_span``). Text whose blocks
-    matter (a fence) goes through ``no_math_markdown``, at the start of a line."""
-    return _escape_inline(" ".join(text.split()))
-
-
-def code_span(text: str) -> str:
-    """``text`` as one inline code element: ``<code>`` holding it with every character but a letter, a
-    digit or a space written as an entity, so no markdown of it (a backtick, a ``|`` of a table row, a
-    line break, a link) and no HTML is read — only shown, in code's type, whatever surrounds it."""
-    return f"<code>{''.join(_ENTITY.get(char, char) for char in text)}</code>"
-
-
-_ENTITY = {char: f"&#{ord(char)};" for char in map(chr, range(128)) if not (char.isalnum() or char == " ")}
-"""Every ASCII character but letters, digits and the space, as its numeric entity (``code_span``)."""
-
-
-def _span_text(inside: str) -> str:
-    """A code span's text as CommonMark makes it: line endings as spaces, then one space stripped from
-    each end when both ends have one and it is not all spaces."""
-    inside = inside.replace("\r\n", " ").replace("\r", " ").replace("\n", " ")
-    if len(inside) > 1 and inside[0] == " " and inside[-1] == " " and inside.strip(" "):
-        return inside[1:-1]
-    return inside
-
-
-def _indented(line: str) -> bool:
-    return line.startswith(("    ", "\t"))
-
-
-def _closes_fence(line: str, fence: str) -> bool:
-    """Whether ``line`` closes a block ``fence`` opened, as CommonMark reads it: up to 3 spaces, at least
-    as many of its character, then only spaces and tabs."""
-    body = line.rstrip("\r\n")
-    indent = len(body) - len(body.lstrip(" "))
-    if indent > 3:
-        return False
-    rest = body[indent:]
-    run = len(rest) - len(rest.lstrip(fence[0]))
-    return run >= len(fence) and not rest[run:].strip(" \t")
-
-
-def _escape_inline(text: str) -> str:
-    """Dollars and HTML escaped outside code spans, each span written as ``code_span`` writes it.
-
-    As CommonMark reads spans: a run of N backticks opens one, closed by the next run of exactly N; an
-    opening backtick after an odd number of backslashes is text (the run opens with the rest), while
-    inside a span a backslash is text, so it never keeps a run from closing one. (Were this reading
-    wrong somewhere, nothing turns live: a span's text is all entities, and the text around is escaped.)"""
-    runs = [(match.start(), match.end()) for match in re.finditer(r"`+", text)]
-    of_length: dict[int, list[int]] = {}  # run length -> the indexes of the runs of that length, in order
-    for index, (start, end) in enumerate(runs):
-        of_length.setdefault(end - start, []).append(index)
-    pieces: list[str] = []
-    position = index = 0
-    while index < len(runs):
-        start, end = runs[index]
-        before = start
-        while before > position and text[before - 1] == "\\":  # (backslashes since the last span: linear)
-            before -= 1
-        if (start - before) % 2:  # "\`": that backtick is text; the run opens with the rest
-            start += 1
-        candidates = of_length.get(end - start, [])
-        at = bisect.bisect_right(candidates, index)
-        closing = candidates[at] if at < len(candidates) else None
-        if start == end or closing is None:  # no span opens here: the backticks are plain text
-            index += 1
-            continue
-        inside = text[end : runs[closing][0]]
-        pieces += [_escape_dollars(text[position:start]), code_span(_span_text(inside))]
-        position, index = runs[closing][1], closing + 1
-    pieces.append(_escape_dollars(text[position:]))
-    return "".join(pieces)
-
-
-def _no_html(text: str) -> str:
-    """``text`` with every ``<``, ``&`` and ``"`` escaped and a script's scheme disarmed: shown as written,
-    never live. (``"``: JupyterLab puts math it took out before rendering back into an image's ``alt`` or
-    a link's title unescaped, where a quote would end the attribute.)"""
-    if "<" in text or "&" in text or '"' in text:
-        text = text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
-    return _disarmed(text)
-
-
-def _disarmed(text: str) -> str:
-    """``javascript:`` with an invisible word joiner inside it: the same to read, no scheme to a browser
-    (escaping the colon would not do: markdown decodes entities and backslash escapes in a link)."""
-    return _SCRIPT_SCHEME.sub(lambda match: match.group(0) + _WORD_JOINER, text) if ":" in text else text
-
-
-def _escape_dollars(text: str) -> str:
-    text = _no_html(text)
-    if "$" not in text:
-        return text
-    out: list[str] = []
-    slashes = 0
-    for char in text:
-        if char == "$":
-            if slashes % 2:  # "\$" was the markdown escape: the element does its work now
-                out.pop()
-            out.append(DOLLAR)
-        else:
-            out.append(char)
-        slashes = slashes + 1 if char == "\\" else 0
-    return "".join(out)
 
 
 @dataclass(frozen=True)

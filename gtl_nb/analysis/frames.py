@@ -24,7 +24,8 @@ from typing import Any
 
 import pandas as pd
 
-from gtl_nb.completion import DOLLAR, money
+from gtl_nb.completion import money
+from gtl_nb.safe_markdown import DOLLAR
 
 __all__ = ["MISSING", "Table", "price", "shown"]
 

@@ -18,7 +18,7 @@ import msgspec
 from IPython.core.error import UsageError
 from IPython.display import display
 
-from gtl_nb.completion import Comparison, Completion, code_span
+from gtl_nb.completion import Comparison, Completion
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
 from gtl_nb.notebook.errors import GTLCellError, a_kind_of, client_for, in_notebook_words
@@ -28,6 +28,7 @@ from gtl_nb.notebook.output import clip, show_bundle
 from gtl_nb.notebook.session import platform_for
 from gtl_nb.notebook.template import render
 from gtl_nb.protocol.session import is_failover
+from gtl_nb.safe_markdown import code_span
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession

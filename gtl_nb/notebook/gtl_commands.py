@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from IPython.core.error import UsageError
 
 from gtl_nb.cli_unknown import close_word
-from gtl_nb.completion import code_span, no_math_markdown
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import cell_error, client_for, mistake, no_gateway
 from gtl_nb.notebook.output import show_bundle
 from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint, is_embedded
+from gtl_nb.safe_markdown import code_span, no_math_markdown
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession, Settings

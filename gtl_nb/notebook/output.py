@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.display import display
 
-from gtl_nb.completion import no_math_inline
+from gtl_nb.safe_markdown import no_math_inline
 
 __all__ = ["clip", "md_cell", "show_bundle"]
 

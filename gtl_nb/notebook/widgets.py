@@ -20,7 +20,7 @@ The live area is a placeholder that always ends empty; every output that keeps a
 ``EntityEditor``, a view shown as a cell's value) carries its text forms beside it, which is what
 ``gtl_nb.notebook.runner`` keeps of it in a notebook executed headless (``static_outputs``).
 Footers print times as ``0.21 s``, so a sanitize pattern can mask them. A ``$`` is written as
-``completion.DOLLAR`` in every markdown and HTML form, so MathJax never reads two of them as a formula.
+``safe_markdown.DOLLAR`` in every markdown and HTML form, so MathJax never reads two of them as a formula.
 
 DOM hooks (for browser tests): every answer's root element has class ``gtl-stream`` and
 ``data-model="<model>"``; its text is in ``.gtl-text``; the final output's root also has ``gtl-final``.
@@ -41,13 +41,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gtl_nb.completion import Comparison, Completion, code_span, no_math_html, no_math_markdown, short_reason
+from gtl_nb.completion import Comparison, Completion, short_reason
 from gtl_nb.notebook.errors import in_notebook_words
 from gtl_nb.notebook.output import md_cell
 from gtl_nb.notebook.throttle import Throttle
 from gtl_nb.progress import WIDGET_VIEW
 from gtl_nb.protocol.messages import Done, Error, Reasoning, Status, Token
 from gtl_nb.protocol.session import Transcript
+from gtl_nb.safe_markdown import code_span, no_math_html, no_math_markdown
 
 __all__ = ["ComparisonGrid", "EntityEditor", "StreamView"]
 

@@ -21,6 +21,7 @@ RANKS: dict[str, int] = {
     "log": 0,  # the redacting logger: a leaf every layer may use
     "ids": 0,  # unique ids without a system call each: a leaf
     "words": 0,  # how messages name what they were given (``a_kind_of``): a leaf
+    "safe_markdown": 0,  # any text as notebook markdown, shown as written and never live: a leaf
     "cli_unknown": 0,  # what gtl says of arguments no option takes (argparse only: gtl and gtl serve use it)
     "protocol": 1,
     "providers": 2,

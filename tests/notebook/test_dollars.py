@@ -2,7 +2,7 @@
 
 JupyterLab, Notebook 7 and nbconvert's pages run MathJax over rendered output, and it pairs two ``$``
 of one run of text into a formula however the markdown escaped them; it never pairs a ``$`` that
-stands in an element of its own (``completion.DOLLAR``).
+stands in an element of its own (``safe_markdown.DOLLAR``).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from gtl_nb.completion import DOLLAR, Completion, code_span, no_math_html, no_math_markdown
+from gtl_nb.completion import Completion
 from gtl_nb.notebook.formats import fenced
+from gtl_nb.safe_markdown import DOLLAR, code_span, no_math_html, no_math_markdown
 
 
 @pytest.mark.parametrize(
@@ -34,9 +35,9 @@ from gtl_nb.notebook.formats import fenced
             "~~~~\n$a\n~~~\n$b\n~~~~\n$c",
             f"\n<pre><code>&#36;a&#10;&#126;&#126;&#126;&#10;&#36;b</code></pre>\n\n{DOLLAR}c",
         ),
-        (
+        (  # an indented block after a blank line is code, a <pre><code> line alike; a paragraph's indented line is text
             "text\n    still text $1\n\n    code $2\nback $3",
-            f"text\n    still text {DOLLAR}1\n\n    code $2\nback {DOLLAR}3",
+            f"text\n    still text {DOLLAR}1\n\n\n<pre><code>code &#36;2</code></pre>\n\nback {DOLLAR}3",
         ),
         ("math as \\(x^2\\) stays", "math as \\(x^2\\) stays"),
         ("no dollars at all", "no dollars at all"),

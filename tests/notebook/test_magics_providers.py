@@ -14,10 +14,11 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 from gtl_nb import sim
-from gtl_nb.completion import DOLLAR, Comparison, Completion
+from gtl_nb.completion import Comparison, Completion
 from gtl_nb.notebook import widgets
 from gtl_nb.notebook.magics import GTLCellError
 from gtl_nb.protocol import RateLimitError, Token
+from gtl_nb.safe_markdown import DOLLAR
 from gtl_nb.sim import Fault
 from gtl_nb.words import dollars
 

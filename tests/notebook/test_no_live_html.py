@@ -10,6 +10,7 @@ also rendered by mistune (nbconvert's markdown renderer) to check what a page wo
 
 from __future__ import annotations
 
+import time
 from html import unescape
 from html.parser import HTMLParser
 
@@ -17,7 +18,8 @@ import mistune
 import pytest
 from IPython.utils.capture import capture_output
 
-from gtl_nb.completion import Completion, no_math_html, no_math_markdown
+from gtl_nb.completion import Completion
+from gtl_nb.safe_markdown import no_math_html, no_math_markdown
 
 from .conftest import loaded_shell
 
@@ -89,6 +91,17 @@ def live_tags(page: str) -> list[str]:
         f"a | b\n--|--\n``` |\n{HOSTILE}",  # a table row, not a fence
         f"\\\\[\n```\n\\\\]{HOSTILE}",  # math JupyterLab takes out before rendering hides a fence
         "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==) [y](vbscript:msgbox)",
+        f"    {HOSTILE}",  # indented code
+        f"\t{HOSTILE}\n\n \t{HOSTILE}",
+        f"1. a\n\n    {HOSTILE}\n\n    ```\n    {HOSTILE}\n    ```",  # a list item's paragraph and fence
+        f"- a\n\n        {HOSTILE}\n\n{HOSTILE}",  # code in an item, then the item ended
+        f"1. ```\n{HOSTILE}",  # a fence on the item's own line is text: the line after it too
+        f"- a\n  ```\n  x\n{HOSTILE}\n  ```\n{HOSTILE}",  # an unindented line ends the item and its fence
+        f"- a\n{HOSTILE}\n- `b\n# {HOSTILE}`",  # a lazy line; a heading in an item
+        "- " * 200 + HOSTILE,  # nesting past any stack
+        "".join(f"{' ' * (2 * depth)}- {HOSTILE}\n" for depth in range(60)),
+        f"- a\n\n\t\t{HOSTILE}\n\n  * `x\n\n  {HOSTILE}`",
+        f"10) a\n\n     ~~~\n{HOSTILE}\n     ~~~",
     ],
 )
 def test_hostile_text_renders_as_text(text):
@@ -126,6 +139,55 @@ def test_code_shows_as_written():
     assert unescape(page.split("<pre><code>")[1].split("</code></pre>")[0]) == HOSTILE and live_tags(page) == []
     unclosed = rendered(no_math_markdown(f"```\n{HOSTILE}") + no_math_markdown(f"```\n{HOSTILE}"))
     assert live_tags(unclosed) == []  # an answer ending inside its fence leaves none open for the next
+
+
+def _shown_code(page: str) -> list[str]:
+    """The text of each code element of ``page``, as the browser shows it."""
+    return [unescape(piece.split(">", 1)[1].split("</code>")[0]) for piece in page.split("<code")[1:]]
+
+
+def test_code_in_list_items_and_indented_blocks_shows_as_written():
+    """Answers number their steps: a step's paragraphs, spans and fences are indented under its marker
+    (often by four spaces), and a block indented four more is code. Each shows as written, in code."""
+    answer = (
+        "1. **Install**\n\n"
+        '    Run `pip install "x<2"` and check `a && b`.\n\n'
+        "    ```bash\n"
+        '    echo "<hi>" && ls $HOME\n'
+        "    ```\n\n"
+        "2. Then:\n\n"
+        "   - nested `List<int>`\n\n"
+        "         if a < b:\n"
+        "             pass\n\n"
+        "Example, indented:\n\n"
+        "    x = y & z  # $1\n"
+    )
+    page = str(mistune.create_markdown(escape=False)(no_math_markdown(answer)))
+    assert _shown_code(page) == [
+        'pip install "x<2"',
+        "a && b",
+        'echo "<hi>" && ls $HOME',
+        "List<int>",
+        "if a < b:\n    pass",
+        "x = y & z  # $1",
+    ], page
+    assert page.count("<li>") == 3 and "Example, indented" in page.split("</ol>")[1]  # the list ended where it did
+    assert live_tags(page) == []
+
+
+def test_the_block_reading_is_linear_on_hostile_input():
+    """List items nested without end, fences never closed, markers on every line: linear time."""
+    texts = [
+        "- " * 50_000 + "`x`",
+        "".join(f"{' ' * (depth % 40)}- `a<b`\n" for depth in range(20_000)),
+        "1. a\n\n" + "    ```\n" * 20_000,
+        "\t" * 50_000 + "x\n" + "    code\n\n" * 10_000,
+    ]
+    for text in texts:
+        started = time.monotonic()
+        markdown = no_math_markdown(text)
+        assert time.monotonic() - started < 2, text[:40]
+        assert "<code" in markdown and "<b" not in markdown.replace("<br", "")
 
 
 def test_callers_put_block_text_at_a_lines_start_and_cells_in_one_line():

@@ -10,7 +10,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import gap, sim
-from gtl_nb.completion import Comparison, Completion, no_math_html, no_math_markdown
+from gtl_nb.completion import Comparison, Completion
 from gtl_nb.notebook import widgets
 from gtl_nb.notebook.throttle import Throttle
 from gtl_nb.notebook.widgets import WIDGET_VIEW, ComparisonGrid, EntityEditor, StreamView
@@ -27,6 +27,7 @@ from gtl_nb.protocol import (
     Usage,
 )
 from gtl_nb.protocol.session import Transcript
+from gtl_nb.safe_markdown import no_math_html, no_math_markdown
 
 SID = "sess_test"
 
