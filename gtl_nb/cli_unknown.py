@@ -40,6 +40,15 @@ def _subcommands(parser: argparse.ArgumentParser) -> Mapping[str, argparse.Argum
     return {}
 
 
+def option_meant(word: str, known: Sequence[str]) -> str | None:
+    """The long option of ``known`` a misspelt ``word`` (``--temprature``, ``--temprature=0.5``) is close to, if any."""
+    name = word.partition("=")[0]
+    if not name.startswith("--"):
+        return None
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def option_values(extras: Sequence[str], *names: str) -> list[str]:
     """The values given to the unknown options ``names`` among ``extras`` (``--port 9000``, ``--port=9000``)."""
     values: list[str] = []
@@ -85,10 +94,8 @@ def refusal(
             notes.append(hint(extras))
         elif hint:
             notes.append(f"for {name}, {hint}")
-        elif name.startswith("--"):
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
-            if close:
-                notes.append(f"{name}: did you mean {close[0]}?")
+        elif meant := option_meant(name, known):
+            notes.append(f"{name}: did you mean {meant}?")
     message = f"unrecognized arguments: {' '.join(extras)}"
     if notes:
         message += "; " + "; ".join(dict.fromkeys(notes))  # each note once (--host and --port share one)

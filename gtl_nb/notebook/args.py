@@ -15,7 +15,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from gtl_nb.cli_unknown import with_close_choice
+from gtl_nb.cli_unknown import option_meant, with_close_choice
 from gtl_nb.notebook.template import render
 
 __all__ = [
@@ -43,6 +43,9 @@ TOKEN_REFUSAL = (
 SECRET_KEYS = ("api_key", "aws_secret_access_key", "aws_session_token", "token")
 
 
+_UNRECOGNIZED = "unrecognized arguments: "  # argparse's words for options no action takes
+
+
 class ArgumentError(ValueError):
     """A mistake in a magic's options; the message is one line with the fix."""
 
@@ -62,6 +65,11 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         message = with_close_choice(message)  # --by modle: "; did you mean 'model'?"
+        if message.startswith(_UNRECOGNIZED):  # --temprature 0.5: "; --temprature: did you mean --temperature?"
+            known = [name for action in self._actions for name in action.option_strings]
+            for word in message[len(_UNRECOGNIZED) :].split(" "):
+                if meant := option_meant(word, known):
+                    message += f"; {word.partition('=')[0]}: did you mean {meant}?"
         raise ArgumentError(f"{self.prog}: {message} (`{self.prog} --help` lists the options)")
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:

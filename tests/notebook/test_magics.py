@@ -489,6 +489,9 @@ def test_a_misspelt_subcommand_or_choice_is_told_the_one_meant(ip):
     assert "invalid choice: 'modle'" in mistake(ip, "%gtl usage --by modle")
     assert "; did you mean 'model'?" in mistake(ip, "%gtl usage --by modle")
     assert "unknown %gap subcommand 'entites'; did you mean 'entities'?" in mistake(ip, "%gap entites")
+    typo = mistake(ip, "%%gtl echo --temprature 0.5 --max_tokens=5\nhi")
+    assert "--temprature: did you mean --temperature?" in typo and "--max_tokens: did you mean --max-tokens?" in typo
+    assert "did you mean" not in mistake(ip, "%%gtl echo --zzz\nhi")  # nothing close: nothing guessed
 
 
 # -- tokens and connect -----------------------------------------------------------------------------
