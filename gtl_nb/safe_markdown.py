@@ -34,8 +34,10 @@ DOLLAR = "<span>&#36;</span>"
 _FENCE_OPEN = re.compile(r" {0,3}(`{3,}|~{3,})")
 _HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t\r\n]|$)")
 _LIST_MARKER = re.compile(r" {0,3}(?:[-+*]|[0-9]{1,9}[.)])(?=[ \r\n]|$)")
-# "javascript:", "vbscript:", "data:text/html" — or with "\:" (markdown reads that escape as the colon); linear
-_SCRIPT_SCHEME = re.compile(r"(?i)(?:java|vb)(?=script\\*:)|data(?=\\*:\\s*text/html)")
+# "javascript:", "vbscript:", "data:" (of any type: text/html, image/svg+xml, "text\/html" once markdown
+# reads the escape) — or with "\:" (markdown reads that escape as the colon); linear
+_SCRIPT_SCHEME = re.compile(r"(?i)(?:java|vb)(?=script\\*:)|data(?=\\*:)")
+_ESCAPED_SPECIAL = re.compile(r'\\(?=[<&"])')  # a backslash right before what ``_no_html`` escapes
 _LINE_END = re.compile(r"(\r\n|\r|\n)")  # CommonMark's line endings (``_lines``)
 _WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
 _MAX_ITEM_DEPTH = 32  # list items nested deeper are read as their parent's text (a bound on the stack)
@@ -54,7 +56,7 @@ def no_math_markdown(text: str) -> str:
     becomes one line, a ``<pre><code>`` element whose text is entities (a fence's language kept as the
     code's class), at the indentation of the list item it is in; an inline code span a ``<code>``
     element alike (``code_span``); elsewhere every ``<``, ``&`` and ``"`` is escaped, a ``javascript:``
-    (or ``vbscript:``, ``data:text/html``) scheme broken, and each ``$`` (or ``\\$``) becomes
+    (or ``vbscript:``, ``data:``) scheme broken, and each ``$`` (or ``\\$``) becomes
     ``DOLLAR``. ``\\(…\\)`` and ``\\[…\\]`` math still renders. One pass over the text.
     """
     blocks = _Blocks()
@@ -80,8 +82,8 @@ class _Blocks:
         self.code: list[str] = []  # the lines of the code block being gathered
         self.after_blank = True  # the last line was blank (or there was none)
 
-    def line(self, line: str) -> None:
-        line = _tabs_expanded(line)
+    def line(self, raw: str) -> None:
+        line = _tabs_expanded(raw)  # (the structure's view, indentation in columns; code keeps its tabs)
         width = len(line) - len(line.lstrip(" "))
         blank = not line.strip()
         if self.fence is not None:
@@ -89,13 +91,13 @@ class _Blocks:
             if blank or width >= column:
                 if not blank and _closes_fence(line[column:], marker):
                     self._end_code()
-                    return
-                self.code.append(line[min(column + indent, width) :] if not blank else line[column + indent :] or "\n")
+                else:
+                    self.code.append(_dedented(raw, column + indent))
                 return
             self._end_code()  # a line less indented than the fence's list item ends the item, and the fence
         if self.indented is not None:
             if blank or width >= self.indented + 4:
-                self.code.append(line[self.indented + 4 :] or "\n")
+                self.code.append(_dedented(raw, self.indented + 4))
                 return
             self._end_code()
         if blank:
@@ -103,23 +105,27 @@ class _Blocks:
             self.out.append(line)
             self.after_blank = True
             return
-        self._block_line(line, width)
+        self._block_line(raw, line, width)
         self.after_blank = False
 
-    def _block_line(self, line: str, width: int) -> None:
-        """A line that is neither blank nor in a code block."""
+    def _block_line(self, raw: str, line: str, width: int) -> None:
+        """A line that is neither blank nor in a code block (``line``: ``raw``, its indentation's tabs expanded)."""
         items = self.items
-        lazy = bool(self.paragraph) and not self.after_blank and _plain_text(line)  # a paragraph's continuation
-        while items and width < items[-1] and not lazy:
-            items.pop()  # the line is not inside that item's content: the item ended
-        column = items[-1] if items and width >= items[-1] else 0
+        if items and width < items[-1]:  # not inside the innermost item's content
+            landing = next((column for column in reversed(items) if column <= width), 0)
+            if self.paragraph and not self.after_blank and _plain_text(line[landing:]):
+                self.paragraph.append(line)  # a paragraph's lazy continuation: the items stay open
+                return
+            while items and width < items[-1]:
+                items.pop()  # the item ended
+        column = items[-1] if items else 0
         rest = line[column:]
-        if width - column >= 4 or lazy:
+        if width - column >= 4:
             if self.paragraph:  # a paragraph's continuation, however indented
                 self.paragraph.append(line)
             else:  # after a blank line or a block: indented code
                 self.indented = column
-                self.code.append(rest[4:])
+                self.code.append(_dedented(raw, column + 4))
             return
         marker = _LIST_MARKER.match(rest)
         if marker and len(items) < _MAX_ITEM_DEPTH:
@@ -177,12 +183,31 @@ def _tabs_expanded(line: str) -> str:
     return indentation.expandtabs(4) + body if "\t" in indentation else line
 
 
-def _plain_text(line: str) -> bool:
-    """Whether ``line`` would be a paragraph's text wherever it stood: no item, fence or heading opens there."""
-    stripped = line.lstrip(" ")
-    if len(line) - len(stripped) > 3:
+def _plain_text(rest: str) -> bool:
+    """Whether ``rest`` — a line from the column of the list item it would be in — is a paragraph's text
+    there: indented code cannot interrupt a paragraph, and no item, fence or heading opens there."""
+    if len(rest) - len(rest.lstrip(" ")) > 3:
         return True
-    return not (_LIST_MARKER.match(stripped) or _FENCE_OPEN.match(stripped) or _HEADING.match(stripped))
+    return not (_LIST_MARKER.match(rest) or _FENCE_OPEN.match(rest) or _HEADING.match(rest))
+
+
+def _dedented(line: str, columns: int) -> str:
+    """``line`` without up to ``columns`` columns of its indentation (a tab reaching past them leaves the
+    rest of its width as spaces); what follows, tabs included, as written (a Makefile's recipe keeps its tab)."""
+    at = column = 0
+    while at < len(line) and column < columns:
+        char = line[at]
+        if char == "\t":
+            stop = column + 4 - column % 4
+            if stop > columns:
+                return " " * (stop - columns) + line[at + 1 :]
+            column = stop
+        elif char == " ":
+            column += 1
+        else:
+            break
+        at += 1
+    return line[at:]
 
 
 def _lines(text: str) -> list[str]:
@@ -198,7 +223,9 @@ def _code_block(indent: int, language: str, lines: list[str]) -> str:
     item's when indented as its content) whose text is entities, its line breaks included — whatever a
     renderer made of the lines around it, nothing in it can be read as markdown or HTML."""
     code = "".join(lines)
-    code = code[:-2] if code.endswith("\r\n") else code[:-1] if code.endswith(("\n", "\r")) else code
+    if "\r" in code:  # (a carriage return's entity shows as a space in a page, not as a line break)
+        code = code.replace("\r\n", "\n").replace("\r", "\n")
+    code = code[:-1] if code.endswith("\n") else code
     language = "".join(char for char in language if char.isalnum() or char in "+-_.#")[:40]
     kind = f' class="language-{language}"' if language else ""
     body = "".join(_ENTITY.get(char, char) for char in code)
@@ -283,8 +310,28 @@ def _no_html(text: str) -> str:
     never live. (``"``: JupyterLab puts math it took out before rendering back into an image's ``alt`` or
     a link's title unescaped, where a quote would end the attribute.)"""
     if "<" in text or "&" in text or '"' in text:
+        if "\\" in text:
+            text = _without_escaping_backslashes(text)
         text = text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
     return _disarmed(text)
+
+
+def _without_escaping_backslashes(text: str) -> str:
+    """``text`` without the backslash that escapes a ``<``, ``&`` or ``"`` (``\\"`` is markdown for ``"``):
+    left before the entity ``_no_html`` writes, it would escape the entity's ``&`` and show it as typed.
+    Each run of backslashes is looked at once, by the character it ends at: linear."""
+    pieces: list[str] = []
+    position = 0
+    for match in _ESCAPED_SPECIAL.finditer(text):
+        start = match.start()
+        run_start = start
+        while run_start > position and text[run_start - 1] == "\\":
+            run_start -= 1
+        if (start + 1 - run_start) % 2:  # an odd run: its last backslash escapes the character
+            pieces.append(text[position:start])
+            position = start + 1
+    pieces.append(text[position:])
+    return "".join(pieces)
 
 
 def _disarmed(text: str) -> str:

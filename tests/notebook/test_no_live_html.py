@@ -42,7 +42,7 @@ def rendered(markdown: str) -> str:
 
 class _Elements(HTMLParser):
     """The elements of a page that could run script: an ``img``/``script``/``iframe`` tag, an ``on…``
-    attribute, a link or source whose URL is ``javascript:``."""
+    attribute, a link or source whose URL is ``javascript:``, ``vbscript:`` or ``data:``."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -52,7 +52,7 @@ class _Elements(HTMLParser):
         if tag in ("img", "script", "iframe", "object", "embed"):
             self.live.append(tag)
         for name, value in attrs:
-            if name.startswith("on") or (value or "").strip().lower().startswith("javascript:"):
+            if name.startswith("on") or (value or "").strip().lower().startswith(("javascript:", "vbscript:", "data:")):
                 self.live.append(f"{tag} {name}={value}")
 
 
@@ -91,6 +91,7 @@ def live_tags(page: str) -> list[str]:
         f"a | b\n--|--\n``` |\n{HOSTILE}",  # a table row, not a fence
         f"\\\\[\n```\n\\\\]{HOSTILE}",  # math JupyterLab takes out before rendering hides a fence
         "[x](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==) [y](vbscript:msgbox)",
+        "[x](data:image/svg+xml;base64,PHN2Zz4=) [y](DATA\\:text\\/html,x) [z](data:application/xhtml+xml,x)",
         f"    {HOSTILE}",  # indented code
         f"\t{HOSTILE}\n\n \t{HOSTILE}",
         f"1. a\n\n    {HOSTILE}\n\n    ```\n    {HOSTILE}\n    ```",  # a list item's paragraph and fence
@@ -173,6 +174,29 @@ def test_code_in_list_items_and_indented_blocks_shows_as_written():
     ], page
     assert page.count("<li>") == 3 and "Example, indented" in page.split("</ol>")[1]  # the list ended where it did
     assert live_tags(page) == []
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ('- Option A:\n    ```python\n    x = "<b>"\n    ```\n- Option B', ['x = "<b>"']),  # right after an item's line
+        ("- a\n  - b\n    ```\n    x<y\n    ```", ["x<y"]),
+        ('10. a\n    ```\n    "x"\n\n    ```', ['"x"\n']),  # an item's content at column four
+        ("```make\nall:\n\tgcc -o x x.c\n```", ["all:\n\tgcc -o x x.c"]),  # a recipe keeps its tab
+        ("    a\tb\n\tc", ["a\tb\nc"]),  # indented code: its indentation's tab, not its text's
+        ("```\rx\ry\r```", ["x\ny"]),  # carriage returns as line breaks (an entity of one shows a space)
+        ("-   Run\n    1.   Use\n\n            x = 1\n", []),  # a sub-list's paragraph, not code
+    ],
+)
+def test_code_shows_where_it_was_written(text, code):
+    page = str(mistune.create_markdown(escape=False)(no_math_markdown(text)))
+    assert _shown_code(page) == code, page
+
+
+def test_a_backslash_escape_before_what_is_escaped_shows_the_character():
+    """``\\"`` is markdown for ``"``: the backslash would escape the entity's ``&`` and show it as typed."""
+    page = rendered(no_math_markdown('Use \\"x\\" or \\<b>, and \\\\<i> & \\&amp;'))
+    assert unescape(page.split("</p>")[0]) == '<p>Use "x" or <b>, and \\<i> & &amp;'
 
 
 def test_the_block_reading_is_linear_on_hostile_input():
