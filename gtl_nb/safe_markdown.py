@@ -12,9 +12,10 @@ So nothing of a text is passed on as written. Every ``<``, ``&`` and ``"`` is es
 scheme (``javascript:``) broken by an invisible word joiner; code is written as HTML of its own whose
 text is all entities: a code block (fenced or indented) as one line, ``<pre><code>…</code></pre>``, at
 the indentation of the list item holding it; an inline span as ``<code>…</code>``. The text's blocks
-are read as CommonMark reads them — list items and their content's indentation, fences, indented code,
-headings — so that code shows as code where it was written. Where this reading differs from a
-renderer's (a fence inside a quote, math JupyterLab takes out before rendering, a table row), the
+are read as CommonMark reads them — list items and their content's indentation, block quotes, fences,
+indented code, headings — so that code shows as code where it was written. Where this reading differs
+from a renderer's (loose indentation renderers read differently among themselves, a tab after a list
+marker, math JupyterLab takes out before rendering, a table row), the
 difference shows — text as code, or code as text — but nothing turns live: every piece of the text is
 written escaped, whatever block a renderer puts it in.
 
@@ -40,7 +41,9 @@ _SCRIPT_SCHEME = re.compile(r"(?i)(?:java|vb)(?=script\\*:)|data(?=\\*:)")
 _ESCAPED_SPECIAL = re.compile(r'\\(?=[<&"])')  # a backslash right before what ``_no_html`` escapes
 _LINE_END = re.compile(r"(\r\n|\r|\n)")  # CommonMark's line endings (``_lines``)
 _WORD_JOINER = "\u2060"  # invisible: "java⁠script:" reads the same and is no scheme a browser runs
+_QUOTE = re.compile(r" {0,3}>")
 _MAX_ITEM_DEPTH = 32  # list items nested deeper are read as their parent's text (a bound on the stack)
+_MAX_QUOTE_DEPTH = 8  # block quotes nested deeper are read as text (a bound on the readers' recursion)
 
 
 def no_math_html(text: str) -> str:
@@ -69,23 +72,40 @@ class _Blocks:
     """CommonMark's block structure, as far as code needs it, read line by line (``no_math_markdown``).
 
     Kept: the open list items (the column each one's content starts at, innermost last), the paragraph
-    being gathered (its text escaped when it ends, so a code span may cross its lines), and the code
-    block being gathered: a fence (its marker, the column of the item it is in, its own indentation,
-    its language) or an indented block (the column of its item)."""
+    being gathered (its text escaped when it ends, so a code span may cross its lines), the code block
+    being gathered — a fence (its marker, the column of the item it is in, its own indentation, its
+    language) or an indented block (the column of its item) — and an open block quote: its column and
+    the reader of its content, whose markdown is written back behind ``>`` when the quote ends (quotes
+    nested ``_MAX_QUOTE_DEPTH`` deep are read as text)."""
 
-    def __init__(self) -> None:
+    def __init__(self, depth: int = 0) -> None:
+        self.depth = depth  # the quotes around this reader's text
+        self.quote: tuple[int, _Blocks] | None = None
+        self.item_opened_empty = False  # the last line was a list marker with nothing after it
         self.out: list[str] = []
         self.paragraph: list[str] = []
         self.items: list[int] = []
         self.fence: tuple[str, int, int, str] | None = None  # marker, item column, indentation, language
         self.indented: int | None = None  # an indented code block's item column
         self.code: list[str] = []  # the lines of the code block being gathered
+        self.code_tight = False  # it is an empty item's first block: no blank line before it (one would end the item)
         self.after_blank = True  # the last line was blank (or there was none)
 
     def line(self, raw: str) -> None:
         line = _tabs_expanded(raw)  # (the structure's view, indentation in columns; code keeps its tabs)
         width = len(line) - len(line.lstrip(" "))
         blank = not line.strip()
+        if self.quote is not None:
+            column, inner = self.quote
+            marker = _QUOTE.match(line, column) if width >= column else None
+            if marker:
+                after = marker.end() + (line[marker.end() : marker.end() + 1] == " ")
+                inner.line(line[after:])
+                return
+            if not blank and inner.paragraph and not inner.after_blank and _plain_text(line[column:]):
+                inner.line(line)  # a paragraph's lazy continuation, inside the quote
+                return
+            self._end_quote()
         if self.fence is not None:
             marker, column, indent, _ = self.fence
             if blank or width >= column:
@@ -105,10 +125,11 @@ class _Blocks:
             self.out.append(line)
             self.after_blank = True
             return
-        self._block_line(raw, line, width)
+        opened_empty, self.item_opened_empty = self.item_opened_empty, False
+        self._block_line(raw, line, width, opened_empty)
         self.after_blank = False
 
-    def _block_line(self, raw: str, line: str, width: int) -> None:
+    def _block_line(self, raw: str, line: str, width: int, after_empty_item: bool = False) -> None:
         """A line that is neither blank nor in a code block (``line``: ``raw``, its indentation's tabs expanded)."""
         items = self.items
         if items and width < items[-1]:  # not inside the innermost item's content
@@ -124,8 +145,13 @@ class _Blocks:
             if self.paragraph:  # a paragraph's continuation, however indented
                 self.paragraph.append(line)
             else:  # after a blank line or a block: indented code
-                self.indented = column
+                self.indented, self.code_tight = column, after_empty_item
                 self.code.append(_dedented(raw, column + 4))
+            return
+        if _QUOTE.match(rest) and self.depth < _MAX_QUOTE_DEPTH:
+            self._flush()
+            self.quote = (column, _Blocks(self.depth + 1))
+            self.line(raw)  # (now read as the quote's first line)
             return
         marker = _LIST_MARKER.match(rest)
         if marker and len(items) < _MAX_ITEM_DEPTH:
@@ -135,6 +161,7 @@ class _Blocks:
             # the content starts after the marker and its spaces; after five or more, one space (the rest is code)
             items.append(column + marker.end() + (spaces if 1 <= spaces <= 4 and after.strip() else 1))
             self.paragraph.append(line)
+            self.item_opened_empty = not after.strip()
             return
         opening = _FENCE_OPEN.match(rest)
         info = rest[opening.end() :].strip() if opening else ""
@@ -143,6 +170,7 @@ class _Blocks:
         if opening:
             self._flush()
             self.fence = (opening.group(1), column, opening.start(1), info.split(" ")[0])
+            self.code_tight = after_empty_item
             return
         if _HEADING.match(rest):  # a heading is a block of its own line: no span crosses it
             self._flush()
@@ -165,11 +193,21 @@ class _Blocks:
             column, language = self.indented or 0, ""
             while self.code and not self.code[-1].strip():
                 trailing.append(self.code.pop())
-        self.out.append(_code_block(column, language, self.code))
+        self.out.append(_code_block(column, language, self.code, tight=self.code_tight))
         self.out += trailing
-        self.fence, self.indented, self.code = None, None, []
+        self.fence, self.indented, self.code, self.code_tight = None, None, [], False
+
+    def _end_quote(self) -> None:
+        """Write the quote's content, read as text of its own, back behind its ``>`` markers."""
+        assert self.quote is not None
+        column, inner = self.quote
+        self.quote = None
+        prefix = " " * column + "> "
+        self.out.append("".join(prefix + piece for piece in _lines(inner.end())))
 
     def end(self) -> str:
+        if self.quote is not None:
+            self._end_quote()
         self._flush()
         if self.fence is not None or self.indented is not None:  # a fence not closed: code to the end
             self._end_code()
@@ -218,10 +256,11 @@ def _lines(text: str) -> list[str]:
     return [*lines, pieces[-1]] if pieces[-1] else lines
 
 
-def _code_block(indent: int, language: str, lines: list[str]) -> str:
-    """A code block as one line of markdown, between blank lines: a ``<pre><code>`` element (a list
-    item's when indented as its content) whose text is entities, its line breaks included — whatever a
-    renderer made of the lines around it, nothing in it can be read as markdown or HTML."""
+def _code_block(indent: int, language: str, lines: list[str], *, tight: bool = False) -> str:
+    """A code block as one line of markdown, between blank lines (``tight``: none before it): a
+    ``<pre><code>`` element (a list item's when indented as its content) whose text is entities, its
+    line breaks included — whatever a renderer made of the lines around it, nothing in it can be read
+    as markdown or HTML."""
     code = "".join(lines)
     if "\r" in code:  # (a carriage return's entity shows as a space in a page, not as a line break)
         code = code.replace("\r\n", "\n").replace("\r", "\n")
@@ -229,7 +268,7 @@ def _code_block(indent: int, language: str, lines: list[str]) -> str:
     language = "".join(char for char in language if char.isalnum() or char in "+-_.#")[:40]
     kind = f' class="language-{language}"' if language else ""
     body = "".join(_ENTITY.get(char, char) for char in code)
-    return f"\n{' ' * indent}<pre><code{kind}>{body}</code></pre>\n\n"
+    return f"{'' if tight else chr(10)}{' ' * indent}<pre><code{kind}>{body}</code></pre>\n\n"
 
 
 def no_math_inline(text: str) -> str:

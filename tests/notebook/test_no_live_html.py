@@ -103,6 +103,10 @@ def live_tags(page: str) -> list[str]:
         "".join(f"{' ' * (2 * depth)}- {HOSTILE}\n" for depth in range(60)),
         f"- a\n\n\t\t{HOSTILE}\n\n  * `x\n\n  {HOSTILE}`",
         f"10) a\n\n     ~~~\n{HOSTILE}\n     ~~~",
+        f"> ```\n> {HOSTILE}\n> ```\n> {HOSTILE}",  # a quote's fence and text
+        f"> a `x\n{HOSTILE}\n> ```\n{HOSTILE}\n> > > {HOSTILE}`",  # a lazy line, a fence the next line ends
+        ">" * 30 + f" {HOSTILE}\n" + "> " * 12 + f"```\n{HOSTILE}",  # quotes nested past any reader
+        f"- > ```\n  > {HOSTILE}\n  > ```\n  >\t{HOSTILE}\n1.\n   ```\n{HOSTILE}",  # a quote in an item; an empty item
     ],
 )
 def test_hostile_text_renders_as_text(text):
@@ -186,11 +190,22 @@ def test_code_in_list_items_and_indented_blocks_shows_as_written():
         ("    a\tb\n\tc", ["a\tb\nc"]),  # indented code: its indentation's tab, not its text's
         ("```\rx\ry\r```", ["x\ny"]),  # carriage returns as line breaks (an entity of one shows a space)
         ("-   Run\n    1.   Use\n\n            x = 1\n", []),  # a sub-list's paragraph, not code
+        ("> Note:\n> ```\n> x < y\n> ```\n\nafter `a<b`", ["x < y", "a<b"]),  # a quote's fence, then a span
+        ("- item\n  > quoted `c<d`\n  > ```\n  > z & w\n  > ```\n- next", ["c<d", "z & w"]),
+        ("Text `a\n> b` end", []),  # a quote interrupts the paragraph: no span across it
     ],
 )
 def test_code_shows_where_it_was_written(text, code):
     page = str(mistune.create_markdown(escape=False)(no_math_markdown(text)))
     assert _shown_code(page) == code, page
+
+
+def test_an_empty_items_code_and_a_quotes_code_stay_inside_them():
+    """An item whose marker stands alone holds the code on the next lines (a blank line before it would end
+    the item); a quote holds its fence: each written behind its own marker."""
+    for text, inside in (('1.\n   ```\n   "x"\n   ```', "<li><pre>"), ("> ```\n> <b>\n> ```", "<blockquote>\n<pre>")):
+        page = str(mistune.create_markdown(escape=False)(no_math_markdown(text)))
+        assert inside in page and live_tags(page) == [], page
 
 
 def test_a_backslash_escape_before_what_is_escaped_shows_the_character():
@@ -206,6 +221,7 @@ def test_the_block_reading_is_linear_on_hostile_input():
         "".join(f"{' ' * (depth % 40)}- `a<b`\n" for depth in range(20_000)),
         "1. a\n\n" + "    ```\n" * 20_000,
         "\t" * 50_000 + "x\n" + "    code\n\n" * 10_000,
+        ">" * 50_000 + "`a`\n" + "> " * 5_000 + "```\n" + "> > x\n" * 10_000,
     ]
     for text in texts:
         started = time.monotonic()
