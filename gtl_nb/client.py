@@ -25,7 +25,7 @@ import queue
 import re
 import threading
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
@@ -42,6 +42,7 @@ from gtl_nb.protocol.errors import (
     GTLError,
     InvalidRequestError,
     ModelNotFoundError,
+    ProviderUnavailableError,
     error_from_event,
 )
 from gtl_nb.protocol.messages import (
@@ -60,6 +61,7 @@ from gtl_nb.protocol.session import Transcript
 from gtl_nb.providers.anthropic import asks_for_cache
 from gtl_nb.providers.base import limited_to_one_call
 from gtl_nb.strict_schema import left_open, strict_schema
+from gtl_nb.transports.questions import QUERY_TIMEOUT
 
 if TYPE_CHECKING:
     import pandas
@@ -78,6 +80,10 @@ __all__ = [
 log = get_logger("client")
 EventCallback = Callable[[StreamEvent], Any]
 _END_WAIT = 5.0  # seconds to wait for the loop thread's last event after a cancel
+QUESTION_WAIT = QUERY_TIMEOUT + 30.0
+"""Seconds ``usage()``, ``sessions()`` and the like wait: longer than a gateway's query waits (and a
+shared store's read, 60 s), so the answer that says why comes first."""
+T = TypeVar("T")
 
 
 def new_session_id() -> str:
@@ -788,13 +794,23 @@ class Client:
         request = self.request(model, "?", provider=provider, providers=providers)
         return self.backend.route(request)
 
+    def _ask(self, question: Coroutine[Any, Any, T], what: str, *, timeout: float | None = None) -> T:
+        """Wait for ``question`` — a gateway's query, a shared store's read — longer than the gateway and
+        the stores wait themselves, so that their own answer, which says why, comes first; past that, a
+        retryable ``PROVIDER_UNAVAILABLE`` naming what had no answer."""
+        timeout = QUESTION_WAIT if timeout is None else timeout
+        try:
+            return self._loop.run(question, timeout=timeout)
+        except TimeoutError:
+            raise ProviderUnavailableError(f"{what} had no answer in {timeout:g} s") from None
+
     def list_models(self, deployment: str) -> list[str]:
         """Ask the provider itself which models it offers (``GET /v1/models`` and the like)."""
-        return self._loop.run(self.backend.list_models(deployment), timeout=120)
+        return self._ask(self.backend.list_models(deployment), f"the model list of {deployment}", timeout=120)
 
     def breakers(self) -> dict[str, dict[str, Any]]:
         """Each deployment's circuit breaker: state, failures, error rate, when it may be tried again."""
-        return self._loop.run(self.backend.breakers(), timeout=30)
+        return self._ask(self.backend.breakers(), "the circuit breakers")
 
     def sessions(self, *, all_users: bool = False) -> list[dict[str, Any]]:
         """Your sessions running on the gateway, over any connection (``all_users``: everyone's, with the
@@ -802,7 +818,7 @@ class Client:
         ask = getattr(self.backend, "sessions", None)
         if ask is None:
             raise ConfigurationError("sessions() asks a gateway; this client runs the engine in this process")
-        return self._loop.run(ask(all_users=all_users), timeout=60)  # type: ignore[no-any-return]
+        return self._ask(ask(all_users=all_users), "the sessions query")  # type: ignore[no-any-return]
 
     def cancel_session(self, session_id: str) -> int:
         """Cancel one of your sessions running on the gateway (from any connection; anyone's with
@@ -810,7 +826,7 @@ class Client:
         cancel = getattr(self.backend, "cancel_session", None)
         if cancel is None:
             raise ConfigurationError("cancel_session() asks a gateway; this client runs the engine in this process")
-        return self._loop.run(cancel(session_id), timeout=60)  # type: ignore[no-any-return]
+        return self._ask(cancel(session_id), "the cancel query")  # type: ignore[no-any-return]
 
     def usage(self, *, all_users: bool = False, **filters: Any) -> pandas.DataFrame:
         """The usage rows this client may see as a DataFrame (the columns of ``docs/ledger.md``).
@@ -822,7 +838,7 @@ class Client:
         from gtl_nb.engine.ledger import frame_from_rows
 
         self._ensure_open()  # (its ledger is closed with it: a new client reads the same file)
-        rows = self._loop.run(self.backend.usage_rows(all_users=all_users, **filters), timeout=60)
+        rows = self._ask(self.backend.usage_rows(all_users=all_users, **filters), "the usage query")
         return frame_from_rows(rows)
 
     async def ausage(self, *, all_users: bool = False, **filters: Any) -> pandas.DataFrame:

@@ -140,6 +140,9 @@ _REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVa
 """The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
 #: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
 DEFAULT_OUTPUT_ESTIMATE = 256
+PROBE_UNDER_WAY_WAIT = 1.0
+"""Seconds a caller refused by a half-open circuit (its probe under way) is told to wait: the
+``retry_after`` of "every circuit is open", which the gateway answers ``503`` with ``Retry-After``."""
 _TARGETS_MEMO = 1024
 """Bare model names whose targets ``Engine._targets`` remembers at most (then it starts again)."""
 
@@ -1402,8 +1405,10 @@ class Engine:
             yield [failed]
             return
         snapshots = await breakers.snapshots(refused)
+        # a circuit open until a time says so; one half-open whose probe is under way (here or on
+        # another replica) names no time: its verdict comes with that call, so ask again shortly
         retry_in = [snapshots.get(name, {}).get("retry_in") for name in refused]
-        wait = min((r for r in retry_in if r is not None), default=None)
+        wait = min((PROBE_UNDER_WAY_WAIT if r is None else r for r in retry_in), default=None)
         # rounded up, as a provider's wait is (and the Retry-After header): never "retry in 0 s"
         when = f"; retry in {math.ceil(wait)} s" if wait else ""
         every_circuit_open = Error(

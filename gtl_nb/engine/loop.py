@@ -174,7 +174,7 @@ class LoopThread:
         try:
             if not ended.acquire(timeout=-1 if timeout is None else timeout):
                 work.cancel()  # do not leave the work running on the loop after giving up on it
-                raise concurrent.futures.TimeoutError
+                raise concurrent.futures.TimeoutError(f"no result within {timeout:g} s")
         except KeyboardInterrupt:
             work.cancel()
             # Let the coroutine's clean-up (closing upstream responses, recording the cancel) run.
@@ -372,7 +372,7 @@ class CallersLoop(LoopThread):
                 if not work.started:
                     log.warning(LOOP_STALLED, STALL_SECONDS)
             if deadline is not None and now >= deadline:
-                raise concurrent.futures.TimeoutError
+                raise concurrent.futures.TimeoutError("no result by the deadline")
 
     async def call(self, coro: Coroutine[Any, Any, T], *, grace: float = _CLEANUP_GRACE_SECONDS) -> T:
         """Await ``coro`` as a task of this loop (from a coroutine on it), or from another loop as

@@ -67,6 +67,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from gtl_nb.protocol.errors import BudgetExceededError, ConfigurationError, GTLError, RateLimitError
+from gtl_nb.words import dollars
 
 UsageSource = Callable[[str, float], tuple[int, int, float]]  # (user, since_unix) -> requests, tokens, usd
 
@@ -336,10 +337,15 @@ def _day_refusal(user: str, now: float, limit: float, spent: float) -> BudgetExc
     reset = utc_day_start(now) + DAY
     when = datetime.fromtimestamp(reset, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return BudgetExceededError(
-        f"daily budget of ${limit:.2f} for user {user!r} is used up: ${spent:.4f} spent today; "
+        f"daily budget of {_budget(limit)} for user {user!r} is used up: {dollars(spent)} spent today; "
         f"it resets at {when} (in {_duration(reset - now)})",
         retryable=False,
     )
+
+
+def _budget(limit: float) -> str:
+    """A configured budget as written: ``$5.00`` when whole cents, else every digit (``$0.000500``, not ``$0.00``)."""
+    return f"${limit:,.2f}" if round(limit, 2) == limit else dollars(limit)
 
 
 def _blocked(user: str, what: str) -> RateLimitError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
@@ -148,3 +149,30 @@ def test_one_model_name_per_row_whatever_the_outcome(ledger_path):
     frame = rows(ledger_path)
     assert list(frame["model"]) == ["gpt-4o-mini", "gpt-4o-mini"]
     assert list(frame["deployment"]) == ["goodoa", "badoa"]
+
+
+def test_a_question_without_an_answer_is_a_retryable_error_after_the_stores_own_wait(ledger_path, monkeypatch):
+    """``usage()`` and the gateway's queries wait longer than a gateway's query and a shared store's read
+    wait themselves (their answer says why); past that, a retryable error naming what had no answer —
+    not a bare ``TimeoutError``."""
+    import asyncio
+
+    import gtl_nb.client as client_module
+    from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
+    from gtl_nb.protocol import ProviderUnavailableError
+    from gtl_nb.transports.questions import QUERY_TIMEOUT
+
+    store_wait = inspect.signature(PostgresUsageLedger).parameters["wait_for"].default
+    assert max(QUERY_TIMEOUT, store_wait) < client_module.QUESTION_WAIT
+    client = gtl_nb.connect(config={"ledger": {"path": str(ledger_path)}})
+
+    async def hung(**_: object) -> list[dict[str, object]]:
+        await asyncio.sleep(30)
+        return []
+
+    monkeypatch.setattr(client.backend, "usage_rows", hung)
+    monkeypatch.setattr(client_module, "QUESTION_WAIT", 0.2)
+    with pytest.raises(ProviderUnavailableError, match=r"the usage query had no answer in 0\.2 s") as raised:
+        client.usage()
+    assert raised.value.retryable
+    client.close()

@@ -22,7 +22,7 @@ import gtl_nb
 from gtl_nb import sim
 from gtl_nb.backend import EmbeddedBackend
 from gtl_nb.engine.builder import build_engine
-from gtl_nb.engine.core import Engine
+from gtl_nb.engine.core import PROBE_UNDER_WAY_WAIT, Engine
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.protocol import (
     AuthenticationError,
@@ -436,6 +436,25 @@ def test_a_rate_limit_asking_for_2_s_opens_the_circuit_for_2_s_not_the_cooldown(
     assert still_refused.message.endswith("; retry in 1 s")  # rounded up: never "retry in 0 s"
     assert len(s.requests) == 3  # the two 429s and the probe: nothing sent while the provider refused
     assert isinstance(probe, Done) and closed == "closed"
+
+
+def test_a_caller_refused_while_the_probe_is_under_way_is_told_to_ask_again_shortly():
+    """Past the cooldown one probe goes (here, or on another replica sharing the circuit); everyone else is
+    refused until its verdict. That refusal named no wait, so a gateway answered it 502 without
+    ``Retry-After``; it says a second, the gateway's 503 with ``Retry-After: 1``."""
+    clock = FakeClock()
+    with sim.serve("openai", faults=[sim.Fault.http(500)] * 2) as s:
+        engine, ask = circuit_engine(s.base_url, clock)
+        ask(1), ask(2)
+        clock.now += 31
+        grant = asyncio.run(engine.stores.breakers.acquire("openai"))  # the probe, under way elsewhere
+        state = asyncio.run(engine.breaker_states())["openai"]
+        refused = ask(3)
+    assert grant == "probe" and (state["state"], state["retry_in"]) == ("half_open", None)
+    assert refused.code == "PROVIDER_UNAVAILABLE" and refused.retryable
+    assert refused.retry_after == PROBE_UNDER_WAY_WAIT == 1.0
+    assert refused.message == "every circuit is open (openai); retry in 1 s"
+    assert len(s.requests) == 2
 
 
 def test_a_shorter_retry_after_holds_the_circuit_for_itself_and_a_longer_one_is_bounded():

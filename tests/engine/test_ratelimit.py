@@ -317,3 +317,15 @@ def test_refusal_checks_the_day_first_and_ignores_spends_outside_the_window():
         "tokens_last_minute": 5,
         "usd_today": 1.5,
     }
+
+
+def test_a_budget_under_a_cent_is_written_with_its_digits_in_the_refusal():
+    """A budget of $0.0005 a day was refused as "daily budget of $0.00": every digit the budget has."""
+    from gtl_nb.engine.ratelimit import _day_refusal
+
+    assert "daily budget of $0.000500 for user 'cents' is used up: $0.000600 spent today" in (
+        _day_refusal("cents", 1_700_000_000.0, 0.0005, 0.0006).message
+    )
+    assert "daily budget of $5.00 for user 'ann' is used up: $5.2500 spent today" in (
+        _day_refusal("ann", 1_700_000_000.0, 5.0, 5.25).message
+    )

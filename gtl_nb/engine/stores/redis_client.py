@@ -138,6 +138,14 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(kept), parts.fragment)), prefix
 
 
+def server_of(url: str) -> str:
+    """Which Redis server and database ``url`` names, whatever its client options: stores that reach it
+    through pools of their own (``client_name``, timeouts) share its outages (``redis_fallback``)."""
+    parts = urlsplit(url)
+    database = next((value for name, value in parse_qsl(parts.query) if name == "db"), "")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode({"db": database}), ""))
+
+
 @contextlib.contextmanager
 def translated(shown: str, what: str) -> Iterator[None]:
     """Turn redis-py's errors into ``RedisUnavailableError`` naming the server (never its password)."""
@@ -235,6 +243,7 @@ class RedisConnector:
         self.what = what
         self.shown = shown_url(url)
         self.client_url, self.prefix = split_url(url)
+        self.server = server_of(self.client_url)
         self._closed = False
 
     def __repr__(self) -> str:

@@ -64,8 +64,9 @@ PROBE_TTL_MS = 10_000
 """How long the probe's key lives (milliseconds): it is written again at each probe."""
 
 
-# Every store's outage watch by its server (the client URL: host, port, database), so the first to
-# find the server gone tells the others of its own loop's engine (``RedisOutage.failed``).
+# Every store's outage watch by its server (host, port, database: ``server_of``, whatever pool and
+# client options a store uses — the coalescing registry has a pool of its own), so the first to find
+# the server gone tells the others of its own loop's engine (``RedisOutage.failed``).
 _same_server: dict[str, weakref.WeakSet[RedisOutage]] = {}
 
 
@@ -110,7 +111,7 @@ class RedisOutage:
         self._relapses = 0  # returns of this outage that failed again within RELAPSE seconds
         self._probe: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop its calls run on (its engine's)
-        _same_server.setdefault(connector.client_url, weakref.WeakSet()).add(self)
+        _same_server.setdefault(connector.server, weakref.WeakSet()).add(self)
 
     @property
     def down(self) -> bool:
@@ -155,7 +156,7 @@ class RedisOutage:
         that happened to be called."""
         if tell_the_others and self._problem is None and isinstance(error, RedisUnreachableError):
             here = running_loop()
-            for other in list(_same_server.get(self.connector.client_url, ())):
+            for other in list(_same_server.get(self.connector.server, ())):
                 # (only the stores of this loop's engine, or not used yet: another engine's stores
                 # belong to its loop, where their probe and their recovery must run)
                 ours = other._loop is None or other._loop is here
@@ -200,7 +201,7 @@ class RedisOutage:
 
     async def aclose(self) -> None:
         """Stop a probe under way (on the loop it runs on)."""
-        _same_server.get(self.connector.client_url, weakref.WeakSet()).discard(self)
+        _same_server.get(self.connector.server, weakref.WeakSet()).discard(self)
         probe, self._probe = self._probe, None
         if probe is not None and not probe.done():
             probe.cancel()

@@ -192,13 +192,16 @@ def test_a_dead_redis_adds_no_wait_to_requests_between_probes(server: Any):
 def test_a_frozen_redis_holds_one_request_one_timeout_and_every_store_of_it_falls_back_at_once(server: Any):
     """A server that stops answering (SIGSTOP: the port accepts, nothing replies) costs the request that
     finds it one reply timeout — not one per retry, nor one per store: the first store to find the server
-    gone tells the others of the same server, so /readyz names them all before they are called."""
+    gone tells the others of the same server, so /readyz names them all before they are called — the
+    coalescing registry too, though it reaches the server through a pool of its own."""
     from gtl_nb.engine.stores.redis_client import REPLY_TIMEOUT
+    from gtl_nb.engine.stores.redis_flights import RedisFlights
 
     counter = RedisBudgetCounter(server.url)
     cache = RedisResponseCache(server.url)
     breakers = RedisBreakerStore(server.url, BreakerConfig())
-    for store in (counter, cache, breakers):
+    flights = RedisFlights(server.url)
+    for store in (counter, cache, breakers, flights):
         store.outage.retry = 0.05
 
     async def scenario() -> dict[str, Any]:
@@ -210,7 +213,7 @@ def test_a_frozen_redis_holds_one_request_one_timeout_and_every_store_of_it_fall
             started = time.monotonic()
             await counter.reserve("ann", Limits(), now=time.time())
             seen["first"] = time.monotonic() - started
-            seen["reasons"] = [store.degraded_reason for store in (counter, cache, breakers)]
+            seen["reasons"] = [store.degraded_reason for store in (counter, cache, breakers, flights)]
             started = time.monotonic()
             seen["cache"] = await cache.get("k")
             seen["breakers"] = await breakers.acquire("oa")
@@ -218,9 +221,10 @@ def test_a_frozen_redis_holds_one_request_one_timeout_and_every_store_of_it_fall
         finally:
             server.thaw()
         await until(
-            lambda: all(s.degraded_reason is None for s in (counter, cache, breakers)), lambda: asyncio.sleep(0.02)
+            lambda: all(s.degraded_reason is None for s in (counter, cache, breakers, flights)),
+            lambda: asyncio.sleep(0.02),
         )
-        for store in (counter, cache, breakers):
+        for store in (counter, cache, breakers, flights):
             await store.aclose()
         return seen
 
@@ -443,6 +447,7 @@ class _SwallowingConnector:
 
     shown = "redis://127.0.0.1:1/0"
     client_url = "redis://127.0.0.1:1/0"
+    server = "redis://127.0.0.1:1/0?db="
     prefix = "gtl:"
     closed = False
 
