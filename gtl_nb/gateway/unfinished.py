@@ -114,9 +114,46 @@ def limited_websocket(base: type[Any], *, header_timeout: float, budget: Unfinis
 
         # -- measuring -------------------------------------------------------------------------------
 
+        # -- a peer that reads nothing ----------------------------------------------------------------
+        # The protocol answers a ping with a pong (and a close with a close) on its own, past the
+        # application's flow control: a client sending pings and reading nothing filled the gateway's
+        # write buffer without bound (15 MB/s). While the peer takes none of what is written (the
+        # transport's buffer is over its high-water mark) none of its input is read either; and a close
+        # the application sends then cannot reach it, so the connection is dropped instead.
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            self.transport.pause_reading()
+
+        def resume_writing(self) -> None:
+            super().resume_writing()
+            if not self.read_paused and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+        async def send(self, message: Any) -> None:
+            if message.get("type") == "websocket.close" and not self.writable.is_set():
+                peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+                log.info("dropping the WebSocket from %s: it reads nothing, so no close frame can reach it", peer)
+                self.transport.abort()  # (connection_lost follows: the application's close returns)
+                return
+            await super().send(message)
+            if message.get("type") == "websocket.close" and self.close_timer is not None:
+                self.close_timer.cancel()  # (its close would wait for ever on a buffer nobody reads)
+                self.close_timer = self.loop.call_later(self.close_timeout, self._close_unanswered)
+
+        def _close_unanswered(self) -> None:
+            """The peer did not answer the close frame in time: close, dropping what it never read."""
+            self.close_timer = None
+            if self.transport.get_write_buffer_size():
+                self.transport.abort()
+            else:
+                self.transport.close()
+
         def data_received(self, data: bytes) -> None:
             self._delivered = False
             super().data_received(data)
+            if not self.writable.is_set() and not self.transport.is_closing():
+                self.transport.pause_reading()  # (the protocol resumed reading for the application meanwhile)
             if self.transport.is_closing():
                 self._settle(0)
                 return

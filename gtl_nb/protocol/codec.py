@@ -304,6 +304,9 @@ class FrameDecoder:
     ``close()`` ends the stream and returns a ``FrameError`` for a partial frame left over (or
     nothing); the decoder is then empty and may be reused. ``head_bytes``: how many of a refused
     frame's first bytes its ``FrameError`` carries (``FrameReader`` reads its session from them).
+    ``max_refused``: after that many refused frames the stream is given up — the rest of the chunk
+    and every later one are dropped undecoded (a connection that closes at its ``max_bad_frames``
+    would otherwise pay for every line of a message of a million bad ones before it could close).
 
     A line that arrives whole, with nothing of an earlier frame held back (the usual case: a
     WebSocket message, a read of several frames), is decoded straight from the chunk, never copied
@@ -316,12 +319,15 @@ class FrameDecoder:
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
         head_bytes: int = 0,
+        max_refused: int | None = None,
     ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.max_depth = max_depth
         self.head_bytes = max(0, head_bytes)
+        self.max_refused = max_refused
         self._buffer = bytearray()
         self._skipping = False  # inside an oversized frame, already reported: drop bytes up to the newline
+        self.given_up = False  # ``max_refused`` frames were refused: nothing more is decoded
         self.frames_decoded = 0
         self.frames_refused = 0
 
@@ -329,6 +335,8 @@ class FrameDecoder:
         """The messages (and ``FrameError`` items) of the frames that ``chunk`` completes."""
         data = chunk if type(chunk) is bytes else _chunk_bytes(chunk)
         out: list[DecodedFrame] = []
+        if self.given_up:
+            return out
         start = 0
         if self._buffer or self._skipping:  # first the end of a frame begun in an earlier chunk
             newline = data.find(b"\n")
@@ -339,13 +347,15 @@ class FrameDecoder:
             start = newline + 1
         limit = self.max_frame_bytes
         while (newline := data.find(b"\n", start)) >= 0:
+            if self.given_up:
+                return out
             if newline - start > limit:
                 self._take(data[start:newline], out, complete=True)  # refused there
             # a frame starts with "{"; anything else may be a blank keep-alive line
             elif data[start] == 123 or data[start:newline].strip():
                 out.append(self._decode(data[start:newline]))
             start = newline + 1
-        if start < len(data):
+        if start < len(data) and not self.given_up:
             self._take(data[start:], out, complete=False)
         return out
 
@@ -388,6 +398,9 @@ class FrameDecoder:
 
     def _refuse(self, error: ProtocolError, head: bytes = b"") -> FrameError:
         self.frames_refused += 1
+        if self.max_refused is not None and self.frames_refused >= self.max_refused:
+            self.given_up = True
+            self._buffer.clear()
         return FrameError(error, self.frames_decoded + self.frames_refused, head)
 
     @property
@@ -400,7 +413,7 @@ class FrameDecoder:
         leftover = bytes(self._buffer)
         self._buffer.clear()
         self._skipping = False
-        if not leftover.strip():
+        if self.given_up or not leftover.strip():
             return []
         error = ProtocolError(f"stream ended inside a frame: {_snippet(leftover)!r}")
         return [self._refuse(error, leftover[: self.head_bytes])]

@@ -177,7 +177,8 @@ class GTLConnection:
         self.bad_frames = 0
         self._versions = tuple(versions)
         self._features = tuple(features)
-        self._reader = FrameReader(max_frame_bytes, max_depth=max_depth)
+        # past max_bad_frames bad frames the connection is closed: the rest of what arrived is not decoded
+        self._reader = FrameReader(max_frame_bytes, max_depth=max_depth, max_refused=max_bad_frames)
         self._inbox: deque[ReadFrame | object] = deque()  # decoded on receipt, applied by next_event
         self._events: deque[ConnectionEvent] = deque()
         self._out = bytearray()

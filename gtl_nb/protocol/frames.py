@@ -47,12 +47,21 @@ ReadFrame = WireMessage | BadFrame
 
 
 class FrameReader:
-    """``FrameDecoder`` plus recovery of the session of each bad frame (see the module docstring)."""
+    """``FrameDecoder`` plus recovery of the session of each bad frame (see the module docstring);
+    ``max_refused`` as the decoder's: the stream is given up after that many bad frames."""
 
-    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, *, max_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        *,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        max_refused: int | None = None,
+    ) -> None:
         # the decoder keeps each refused frame's first bytes: the head this reader looks in
         head_bytes = min(HEAD_BYTES, max_frame_bytes)
-        self._decoder = FrameDecoder(max_frame_bytes, max_depth=max_depth, head_bytes=head_bytes)
+        self._decoder = FrameDecoder(
+            max_frame_bytes, max_depth=max_depth, head_bytes=head_bytes, max_refused=max_refused
+        )
 
     def feed(self, data: bytes) -> list[ReadFrame]:
         """The messages and ``BadFrame`` items of the frames that ``data`` completes (or refuses)."""

@@ -10,6 +10,7 @@ they run many at once against the real process, with its memory watched.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import os
@@ -24,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gtl_nb.protocol import messages as m
+from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc.mapping import to_proto
 from gtl_nb.transports.quic.wire import frame as quic_frame
@@ -332,6 +334,41 @@ def test_garbage_bytes_on_every_port_are_dropped(gateway):
         attack.join()
         assert_serves(gateway, ("quic",))
     # before QUIC's address validation (retry) each forged Initial held a connection (~80 KB) for a second
+    memory.assert_bounded(40 * 1024)
+
+
+def test_a_websocket_message_of_bad_lines_ends_its_connection_at_its_third(gateway):
+    """One text message, a hello then 120,000 lines of junk (just under the frame limit): the connection is
+    closed at its third bad frame. The lines after it are not decoded — each one decoded made an error of
+    its own, ~20 µs and a traceback each: a 2 MB message held a core for 20 s and grew the gateway by
+    gigabytes before its hello could be read."""
+    source = attacker()
+    junk = GTLConnection("client").data_to_send() + b"x\n" * 120_000
+    assert len(junk) < MAX_FRAME
+
+    def flood() -> list[float]:
+        took = []
+        for _ in range(5):
+            with ws_upgrade(gateway, source) as sock:
+                sock.settimeout(0.1)
+                started, data = time.monotonic(), b""
+                sock.sendall(ws_frame(junk))
+                while close_code(ws_messages(data)) is None and time.monotonic() - started < 10:
+                    with contextlib.suppress(TimeoutError):
+                        piece = sock.recv(65536)
+                        if not piece:
+                            break
+                        data += piece
+                took.append(time.monotonic() - started)
+            frames = ws_messages(data)
+            assert close_code(frames) is not None, data[:200]
+            assert any("3 bad frames" in error.message for error in gtl_errors(frames)), frames[:3]
+        return took
+
+    with RssWatch(gateway) as memory, Attack(flood) as attack:
+        assert_serves(gateway, ("ws",))
+        attack.join()
+    assert max(attack.results[0]) < 2, attack.results  # (before: ~2.5 s a message of this size, on a quiet machine)
     memory.assert_bounded(40 * 1024)
 
 

@@ -148,6 +148,30 @@ def test_slow_and_silent_clients_are_cut_within_their_bounds(gateway):
     memory.assert_bounded()
 
 
+def test_a_client_flooding_pings_and_reading_nothing_holds_no_more_than_its_buffers(gateway):
+    """Every ping is answered with a pong, past the application's flow control: a client that sends pings and
+    reads nothing grew the gateway by 15 MB a second, and outlived its hello deadline by 40 s (the close
+    frame waited behind the pongs). While the client reads nothing, the gateway reads nothing of it either;
+    at the hello deadline the connection is dropped."""
+    source = attacker()
+    pings = ws_frame(b"x" * 125, opcode=9) * 1000
+    with RssWatch(gateway) as memory:
+        with ws_upgrade(gateway, source) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(0.2)
+            started, sent, dropped = time.monotonic(), 0, None
+            while dropped is None and time.monotonic() - started < HEADER_TIMEOUT + 3 * MARGIN:
+                try:
+                    sent += sock.send(pings)
+                except TimeoutError:
+                    continue  # the gateway reads no more of it: its sending blocks
+                except OSError:
+                    dropped = time.monotonic() - started
+        assert_serves(gateway, ("ws",))
+    assert dropped is not None and dropped < HEADER_TIMEOUT + 2 * MARGIN, (dropped, sent)
+    memory.assert_bounded(32 * 1024)
+
+
 # -- half-open connections ------------------------------------------------------------------------------------------
 
 

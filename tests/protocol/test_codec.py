@@ -352,3 +352,16 @@ def test_a_bad_frames_error_quotes_no_token(frame):
     message = str(caught.value)
     assert "canary" not in message and "eyJzdWIi" not in message and "c2lnLWNhbmFyeQ" not in message, message
     assert '"type":' in message  # still says what the frame was
+
+
+def test_a_decoder_gives_up_the_stream_at_its_max_refused_frame():
+    """Past ``max_refused`` bad frames nothing more is decoded — the rest of the chunk, later chunks, a
+    partial frame at the end: a connection closing at its ``max_bad_frames`` pays for no more lines."""
+    hello = b'{"type":"hello","versions":["1.0"]}\n'
+    decoder = FrameDecoder(max_refused=3)
+    items = decoder.feed(hello + b"x\n" * 1_000_000 + b'{"type":"ca')
+    assert [type(item).__name__ for item in items] == ["Hello", "FrameError", "FrameError", "FrameError"]
+    assert decoder.given_up and decoder.frames_refused == 3 and decoder.pending_bytes == 0
+    assert decoder.feed(hello) == [] and decoder.close() == []
+    unbounded = FrameDecoder()  # (the default: every frame, as before)
+    assert len(unbounded.feed(b"x\n" * 10)) == 10 and not unbounded.given_up

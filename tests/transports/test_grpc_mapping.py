@@ -46,8 +46,9 @@ def values_of(kind: mi.Type) -> st.SearchStrategy[Any]:
         return st.none()
     if isinstance(kind, mi.StrType):
         return st.text(max_size=30) | st.sampled_from(["", "\x00", "ünï😀", "a\nb"])
-    if isinstance(kind, mi.IntType) and kind.ge is not None:  # a field with a least value (max_tokens)
-        return st.integers(min_value=kind.ge, max_value=2**63 - 1) | st.sampled_from([kind.ge, 2**63 - 1])
+    if isinstance(kind, mi.IntType) and kind.ge is not None:  # a field with limits of its own (max_tokens)
+        greatest = 2**63 - 1 if kind.le is None else kind.le
+        return st.integers(min_value=kind.ge, max_value=greatest) | st.sampled_from([kind.ge, greatest])
     if isinstance(kind, mi.IntType):
         return INT64 | st.sampled_from([0, -(2**63), 2**63 - 1])
     if isinstance(kind, mi.FloatType) and (kind.ge is not None or kind.le is not None):
