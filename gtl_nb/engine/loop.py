@@ -33,11 +33,12 @@ import contextlib
 import importlib
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Generic, Protocol, TypeVar
 
 from gtl_nb.log import get_logger
@@ -71,6 +72,18 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
+
+
+async def within(awaitable: Awaitable[T], timeout: float) -> T:
+    """``await awaitable``, or ``TimeoutError`` after ``timeout`` seconds — never losing a cancellation of
+    the caller. Python 3.11's ``asyncio.wait_for`` returns what completed in the same turn as its caller
+    was cancelled and drops the cancellation (fixed in 3.12): a gRPC call whose request and reset came
+    in one burst ran its session to the end. ``asyncio.timeout`` delivers it; Python 3.10 has no
+    ``asyncio.timeout``, and keeps ``wait_for``'s race."""
+    if sys.version_info >= (3, 11):
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout)
 
 
 def loop_factory(choice: str, *, setting: str = "GTL_NB_EVENT_LOOP") -> Callable[[], asyncio.AbstractEventLoop]:

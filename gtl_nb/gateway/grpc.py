@@ -84,6 +84,7 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.loop import within
 from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, Signal, TlsFiles
 from gtl_nb.gateway.offload import OFF_LOOP_PROTO_BYTES, OffloadedFrames, converted
@@ -395,7 +396,7 @@ class GTLServicer(pb_grpc.GTLServicer):
         largest = self.limits.max_frame_bytes + MESSAGE_SLACK
         deadline = self.limits.header_timeout + largest / MIN_MESSAGE_RATE
         try:
-            data = await asyncio.wait_for(context.read(), deadline)
+            data = await within(context.read(), deadline)  # (not wait_for: it could drop the call's reset)
         except asyncio.TimeoutError:
             refusal = ProviderTimeoutError(f"the request message did not arrive within {deadline:g} s")
             await _abort(context, grpc.StatusCode.DEADLINE_EXCEEDED, refusal)

@@ -411,3 +411,32 @@ def test_the_loop_thread_runs_asyncio_by_default_and_when_asked():
 def test_an_unknown_event_loop_is_a_configuration_error():
     with pytest.raises(ConfigurationError, match="GTL_NB_EVENT_LOOP must be one of auto, uvloop, asyncio"):
         loop_factory("trio")
+
+
+def test_within_never_loses_a_cancellation_that_came_with_the_result():
+    """A read completing in the same turn as its caller is cancelled: ``asyncio.wait_for`` (Python 3.11)
+    returned the read and dropped the cancel — a gRPC call reset with its request ran its session to the
+    end. ``within`` delivers the cancel; it still times out, and returns what came in time."""
+    from gtl_nb.engine.loop import within
+
+    async def scenario() -> list[str]:
+        outcomes = []
+        for wait in (within, asyncio.wait_for):
+            arrived: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+            reader = asyncio.ensure_future(wait(arrived, 5))
+            await asyncio.sleep(0)  # the reader waits on the read
+            arrived.set_result(b"request")  # the request and the reset, in one turn
+            reader.cancel()
+            try:
+                outcomes.append(f"read {await reader!r}")
+            except asyncio.CancelledError:
+                outcomes.append("cancelled")
+        with pytest.raises(TimeoutError):
+            await within(asyncio.sleep(1), 0.01)
+        assert await within(asyncio.sleep(0, "in time"), 1) == "in time"
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    assert outcomes[0] == "cancelled"
+    if sys.version_info[:2] == (3, 11):
+        assert outcomes[1] == "read b'request'"  # the race within replaces
