@@ -388,7 +388,14 @@ class _Connection:
 
     def violation(self, session: _Session, violation: StreamViolation) -> None:
         log.warning("client %s sent a bad stream: %s", self.where, violation.error.message)
-        session.refuse(InvalidRequestError(violation.error.message).to_event(violation.session_id or ""))
+        if session.task is not None:
+            # its session runs: it is cancelled, and ends as its row does (an answer already whole is
+            # delivered). Refused with an error of its own, the client was told INVALID_REQUEST while the
+            # row said ok — the answer finished in the same turn — or cancelled
+            session.cancel_reason = f"the client, which sent a bad frame on its stream ({violation.error.message})"
+            session.cancel()
+        else:
+            session.refuse(InvalidRequestError(violation.error.message).to_event(violation.session_id or ""))
         self.bad(violation.error)
 
     def bad(self, error: GTLError) -> None:
@@ -483,6 +490,7 @@ class _Session:
         self.task: asyncio.Task[None] | None = None
         self.done = False  # the terminal event went out (or the stream was refused)
         self.client_done = False  # the client ended or reset its side
+        self.cancel_reason: str | None = None  # who cancelled it, when not the connection's own reason
         self._cancelled = False
         self._deadline: float | None = None  # (loop time) by when the request must be whole
         self._late_timer: asyncio.TimerHandle | None = None
@@ -617,7 +625,7 @@ class _Session:
                 self.send,
                 drain=self.drain,
                 finish=self.finish,
-                cancelled_by=lambda: self.connection.cancel_reason,
+                cancelled_by=lambda: self.cancel_reason or self.connection.cancel_reason,
             )
         except Exception:  # a bug, or an event this stream cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)

@@ -257,7 +257,7 @@ class GatewayConnection:
             if task is not None:
                 self._cancel(task)
         elif isinstance(event, ProtocolViolation):
-            log.warning("client %s broke the protocol: %s", self.framed.channel.peer, event.error)
+            log.warning("client %s broke the protocol: %s", self.framed.channel.peer, event.error.message)
         elif isinstance(event, ConnectionTerminated) and event.error is not None:
             log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
         return None

@@ -422,6 +422,36 @@ def test_a_grpc_call_reset_in_the_burst_that_sent_it_runs_no_session_to_its_end(
     assert_serves(gateway, ("grpc",))
 
 
+def test_a_bad_frame_after_a_quic_request_ends_its_session_as_its_ledger_row_says(gateway):
+    """A session stream carrying a request, then a line that is no frame: the client was told INVALID_REQUEST
+    while the session ran on — its row ``ok`` (paid, an answer the client never got) or ``cancelled``. The
+    session is cancelled now and ends as its row does: an answer already whole is delivered."""
+
+    async def main() -> dict[str, tuple[list[Any], bool]]:
+        seen = {}
+        async with quic_peer(gateway, attacker()) as raw:
+            for session_id, model in (("quic-then-junk-fast", "echo"), ("quic-then-junk-slow", "paced:echo")):
+                stream = raw.open(quic_frame(_echo(session_id, LONG_PROMPT, model=model)) + b"not json\n")
+                await asyncio.wait_for(stream.ended.wait(), 10)
+                seen[session_id] = stream.frames()
+        return seen
+
+    for session_id, frames in asyncio.run(main()).items():
+        end = frames[-1]
+        for _ in range(50):  # (the gateway's ledger commits in groups: the row comes within a moment)
+            rows = [row for row in gateway.rows() if row["session_id"] == session_id]
+            if rows and rows[0]["status"] != "started":
+                break
+            time.sleep(0.1)
+        assert len(rows) == 1 and [type(f).__name__ for f in frames].count(type(end).__name__) == 1, (rows, frames)
+        if isinstance(end, m.Done):
+            assert rows[0]["status"] == "ok", (rows, end)
+        else:
+            assert (rows[0]["status"], rows[0]["error_code"], end.code) == ("cancelled", "CANCELLED", "CANCELLED")
+            assert "bad frame on its stream" in end.message, end
+    assert_serves(gateway, ("quic",))
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(grpc_bodies())
 def test_broken_grpc_length_prefixed_frames_end_their_call_with_a_status(gateway, body):
