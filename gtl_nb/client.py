@@ -31,7 +31,7 @@ import msgspec
 
 from gtl_nb.backend import Backend, EmbeddedBackend
 from gtl_nb.completion import Comparison, Completion
-from gtl_nb.engine.loop import LOOP_CLOSED, OWN_LOOP, CallersLoop, LoopThread, Work
+from gtl_nb.engine.loop import LOOP_CLOSED, OWN_LOOP, CallersLoop, LoopThread, WaitedTooLong, Work
 from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
 from gtl_nb.ids import time_ordered_hex
 from gtl_nb.log import get_logger
@@ -801,7 +801,7 @@ class Client:
         timeout = QUESTION_WAIT if timeout is None else timeout
         try:
             return self._loop.run(question, timeout=timeout)
-        except TimeoutError:
+        except WaitedTooLong:  # (not a TimeoutError of the question's own: that is its answer)
             raise ProviderUnavailableError(f"{what} had no answer in {timeout:g} s") from None
 
     def list_models(self, deployment: str) -> list[str]:

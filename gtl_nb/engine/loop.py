@@ -74,6 +74,11 @@ def running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
+class WaitedTooLong(concurrent.futures.TimeoutError):
+    """``LoopThread.run`` waited its ``timeout`` for the work's result (a ``TimeoutError``, told apart
+    from one the work itself raised)."""
+
+
 async def within(awaitable: Awaitable[T], timeout: float) -> T:
     """``await awaitable``, or ``TimeoutError`` after ``timeout`` seconds — never losing a cancellation of
     the caller. Python 3.11's ``asyncio.wait_for`` returns what completed in the same turn as its caller
@@ -187,7 +192,7 @@ class LoopThread:
         try:
             if not ended.acquire(timeout=-1 if timeout is None else timeout):
                 work.cancel()  # do not leave the work running on the loop after giving up on it
-                raise concurrent.futures.TimeoutError(f"no result within {timeout:g} s")
+                raise WaitedTooLong(f"no result within {timeout:g} s")
         except KeyboardInterrupt:
             work.cancel()
             # Let the coroutine's clean-up (closing upstream responses, recording the cancel) run.
@@ -385,7 +390,7 @@ class CallersLoop(LoopThread):
                 if not work.started:
                     log.warning(LOOP_STALLED, STALL_SECONDS)
             if deadline is not None and now >= deadline:
-                raise concurrent.futures.TimeoutError("no result by the deadline")
+                raise WaitedTooLong("no result by the deadline")
 
     async def call(self, coro: Coroutine[Any, Any, T], *, grace: float = _CLEANUP_GRACE_SECONDS) -> T:
         """Await ``coro`` as a task of this loop (from a coroutine on it), or from another loop as

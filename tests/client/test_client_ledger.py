@@ -175,4 +175,11 @@ def test_a_question_without_an_answer_is_a_retryable_error_after_the_stores_own_
     with pytest.raises(ProviderUnavailableError, match=r"the usage query had no answer in 0\.2 s") as raised:
         client.usage()
     assert raised.value.retryable
+
+    async def timed_out_itself(**_: object) -> list[dict[str, object]]:
+        raise TimeoutError("the store's own timeout")
+
+    monkeypatch.setattr(client.backend, "usage_rows", timed_out_itself)
+    with pytest.raises(TimeoutError, match="the store's own timeout"):  # its own answer, not relabelled
+        client.usage()
     client.close()
