@@ -394,7 +394,7 @@ class _Connection:
             # row said ok — the answer finished in the same turn — or cancelled
             session.cancel_reason = f"the client, which sent a bad frame on its stream ({violation.error.message})"
             session.cancel()
-        else:
+        elif session.machine is None:  # (else its request is being refused with its row: that error ends it)
             session.refuse(InvalidRequestError(violation.error.message).to_event(violation.session_id or ""))
         self.bad(violation.error)
 

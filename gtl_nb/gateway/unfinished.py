@@ -83,6 +83,7 @@ def limited_websocket(base: type[Any], *, header_timeout: float, budget: Unfinis
             self._progress = 0.0  # when its last new byte arrived
             self._timer: asyncio.TimerHandle | None = None
             self._delivered = False  # a whole message went to the application during the current read
+            self._unsent_pong = b""  # the answer to the latest ping, while the peer reads nothing
 
         # -- fragments -------------------------------------------------------------------------------
 
@@ -112,23 +113,26 @@ def limited_websocket(base: type[Any], *, header_timeout: float, budget: Unfinis
             self._delivered = True
             super().send_receive_event_to_app()
 
-        # -- measuring -------------------------------------------------------------------------------
-
         # -- a peer that reads nothing ----------------------------------------------------------------
-        # The protocol answers a ping with a pong (and a close with a close) on its own, past the
-        # application's flow control: a client sending pings and reading nothing filled the gateway's
-        # write buffer without bound (15 MB/s). While the peer takes none of what is written (the
-        # transport's buffer is over its high-water mark) none of its input is read either; and a close
-        # the application sends then cannot reach it, so the connection is dropped instead.
+        # The protocol answers each ping with a pong on its own, past the application's flow control: a
+        # client sending pings and reading nothing grew the gateway's write buffer without bound (15 MB/s).
+        # While the peer reads nothing of what is written (the buffer over its high-water mark) only the
+        # most recent ping is answered, once it reads again — RFC 6455 (5.5.3) allows that — and its input
+        # is still read, so a client that sends before it reads is never held up. A close the application
+        # sends then cannot reach it: the connection is dropped instead.
 
-        def pause_writing(self) -> None:
-            super().pause_writing()
-            self.transport.pause_reading()
+        def handle_ping(self) -> None:
+            pong = b"".join(self.conn.data_to_send())
+            if self.writable.is_set():
+                self.transport.write(pong)
+            else:
+                self._unsent_pong = pong  # (only the latest: the ones before it are answered by it)
 
         def resume_writing(self) -> None:
             super().resume_writing()
-            if not self.read_paused and not self.transport.is_closing():
-                self.transport.resume_reading()
+            pong, self._unsent_pong = self._unsent_pong, b""
+            if pong and not self.transport.is_closing():
+                self.transport.write(pong)
 
         async def send(self, message: Any) -> None:
             if message.get("type") == "websocket.close" and not self.writable.is_set():
@@ -149,11 +153,11 @@ def limited_websocket(base: type[Any], *, header_timeout: float, budget: Unfinis
             else:
                 self.transport.close()
 
+        # -- measuring -------------------------------------------------------------------------------
+
         def data_received(self, data: bytes) -> None:
             self._delivered = False
             super().data_received(data)
-            if not self.writable.is_set() and not self.transport.is_closing():
-                self.transport.pause_reading()  # (the protocol resumed reading for the application meanwhile)
             if self.transport.is_closing():
                 self._settle(0)
                 return

@@ -427,13 +427,19 @@ def test_a_bad_frame_after_a_quic_request_ends_its_session_as_its_ledger_row_say
     while the session ran on — its row ``ok`` (paid, an answer the client never got) or ``cancelled``. The
     session is cancelled now and ends as its row does: an answer already whole is delivered."""
 
-    async def main() -> dict[str, tuple[list[Any], bool]]:
+    async def main() -> dict[str, list[Any]]:
         seen = {}
         async with quic_peer(gateway, attacker()) as raw:
             for session_id, model in (("quic-then-junk-fast", "echo"), ("quic-then-junk-slow", "paced:echo")):
                 stream = raw.open(quic_frame(_echo(session_id, LONG_PROMPT, model=model)) + b"not json\n")
                 await asyncio.wait_for(stream.ended.wait(), 10)
                 seen[session_id] = stream.frames()
+            # at the connection's cap of sessions: a request refused with its row, then junk — the refusal ends it
+            running = [raw.open(quic_frame(_echo(f"quic-cap-{n}", LONG_PROMPT, model="paced:echo"))) for n in range(16)]
+            await asyncio.gather(*(s.wait_for(lambda s=s: b'"type":"token"' in s.data) for s in running))
+            stream = raw.open(quic_frame(_echo("quic-refused-then-junk", "hi")) + b"not json\n")
+            await asyncio.wait_for(stream.ended.wait(), 10)
+            seen["quic-refused-then-junk"] = stream.frames()
         return seen
 
     for session_id, frames in asyncio.run(main()).items():
@@ -446,6 +452,8 @@ def test_a_bad_frame_after_a_quic_request_ends_its_session_as_its_ledger_row_say
         assert len(rows) == 1 and [type(f).__name__ for f in frames].count(type(end).__name__) == 1, (rows, frames)
         if isinstance(end, m.Done):
             assert rows[0]["status"] == "ok", (rows, end)
+        elif session_id == "quic-refused-then-junk":
+            assert (rows[0]["status"], rows[0]["error_code"], end.code) == ("error", "OVERLOADED", "OVERLOADED")
         else:
             assert (rows[0]["status"], rows[0]["error_code"], end.code) == ("cancelled", "CANCELLED", "CANCELLED")
             assert "bad frame on its stream" in end.message, end

@@ -148,13 +148,15 @@ def test_slow_and_silent_clients_are_cut_within_their_bounds(gateway):
     memory.assert_bounded()
 
 
-def test_a_client_flooding_pings_and_reading_nothing_holds_no_more_than_its_buffers(gateway):
+@pytest.mark.parametrize("with_messages", [False, True])
+def test_a_client_flooding_pings_and_reading_nothing_holds_no_more_than_its_buffers(gateway, with_messages):
     """Every ping is answered with a pong, past the application's flow control: a client that sends pings and
     reads nothing grew the gateway by 15 MB a second, and outlived its hello deadline by 40 s (the close
-    frame waited behind the pongs). While the client reads nothing, the gateway reads nothing of it either;
-    at the hello deadline the connection is dropped."""
+    frame waited behind the pongs). While it reads nothing only its latest ping is answered — also when
+    each burst carries a message for the application (a blank line), whose reading resumes the reads —
+    and at the hello deadline the connection is dropped."""
     source = attacker()
-    pings = ws_frame(b"x" * 125, opcode=9) * 1000
+    pings = (ws_frame(b"\n") if with_messages else b"") + ws_frame(b"x" * 125, opcode=9) * 1000
     with RssWatch(gateway) as memory:
         with ws_upgrade(gateway, source) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
