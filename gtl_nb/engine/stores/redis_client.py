@@ -139,11 +139,14 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 def server_of(url: str) -> str:
-    """Which Redis server and database ``url`` names, whatever its client options: stores that reach it
-    through pools of their own (``client_name``, timeouts) share its outages (``redis_fallback``)."""
+    """Which Redis server and database ``url`` names, whatever its client options and however the database
+    is written (``/0``, ``?db=0``, none): stores that reach it through pools of their own (``client_name``,
+    timeouts) share its outages (``redis_fallback``)."""
     parts = urlsplit(url)
-    database = next((value for name, value in parse_qsl(parts.query) if name == "db"), "")
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode({"db": database}), ""))
+    asked = next((value for name, value in parse_qsl(parts.query) if name == "db"), "")
+    if parts.scheme == "unix":  # the path is the socket's
+        return f"unix://{parts.netloc}{parts.path}/{asked or '0'}"
+    return f"{parts.scheme}://{parts.netloc}/{parts.path.strip('/') or asked or '0'}"  # (redis-py: the path's first)
 
 
 @contextlib.contextmanager

@@ -504,3 +504,14 @@ def test_credentials_the_server_refuses_are_not_called_unreachable(server: Any) 
         client.ping()
     assert "unreachable" not in str(caught.value)
     assert "wrong-pw-7c2" not in str(caught.value) and CANARY not in str(caught.value)
+
+
+def test_stores_of_one_server_share_its_outages_however_their_urls_are_written():
+    """The budgets' URL and the coalescing registry's own pool (another ``client_name``), ``/0`` or ``?db=0``
+    or no database at all: one server, told of one outage together."""
+    from gtl_nb.engine.stores.redis_client import server_of
+
+    one = {server_of(url) for url in ("redis://h:1/0", "redis://h:1?db=0&client_name=x-flights", "redis://h:1")}
+    assert one == {"redis://h:1/0"}
+    assert server_of("redis://h:1/2") != server_of("redis://h:1/0") != server_of("redis://other:1/0")
+    assert server_of("unix:///run/redis.sock?db=1") == "unix:///run/redis.sock/1"
