@@ -22,6 +22,7 @@ from gtl_nb.notebook.errors import a_kind_of, cell_error, client_for
 from gtl_nb.notebook.formats import fenced
 from gtl_nb.notebook.output import md_cell, show_bundle
 from gtl_nb.notebook.session import platform_for, utc_now
+from gtl_nb.safe_markdown import code_span
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession
@@ -435,12 +436,12 @@ class GapView:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         text, transformed, undefined = self._parts()
-        note = f"undefined entities: {', '.join(undefined)} (define them with `%gap entities`)" if undefined else ""
         markdown = [fenced(text)]
         plain = [text]
-        if note:
-            markdown.append(f"_{note}_")
-            plain.append(note)
+        if undefined:  # (the keys are the message's, from outside: each one code of entities, never markdown)
+            keys = ", ".join(code_span(key) for key in undefined)
+            markdown.append(f"_undefined entities: {keys} (define them with {code_span('%gap entities')})_")
+            plain.append(f"undefined entities: {', '.join(undefined)} (define them with `%gap entities`)")
         if transformed is not None:
             markdown.append(f"**For {self.target}:**\n\n{fenced(transformed)}")
             plain.append(f"-- for {self.target} --\n{transformed}")

@@ -982,9 +982,8 @@ class EntityEditor:
             # without the variable, %gap entities defines the notebook's last message: maybe another one
             example = " ".join([*([self.variable] if self.variable else []), *(f'{k}="..."' for k in left)])
             # (no "apply() on this editor": %gap entities, which shows it, hands the user no editor)
-            hint = f"Define them with `%gap entities {example}`."
-            md += ["", hint]
-            plain.append(hint.replace("`", ""))
+            md += ["", f"Define them with {code_span(f'%gap entities {example}')}."]  # (keys from outside: entities)
+            plain.append(f"Define them with %gap entities {example}.")
         return {"text/markdown": "\n".join(md), "text/plain": "\n".join(plain)}
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ also rendered by mistune (nbconvert's markdown renderer) to check what a page wo
 
 from __future__ import annotations
 
+import json
 import time
 from html import unescape
 from html.parser import HTMLParser
@@ -259,3 +260,21 @@ def test_a_completion_an_answer_and_the_magics_output_carry_no_live_html(ip):
         assert markdown and all(live_tags(rendered(shown)) == [] for shown in markdown), markdown
         html = [out.data["text/html"] for out in captured.outputs if "text/html" in out.data]
         assert all(live_tags(page) == [] for page in html), html
+
+
+def test_a_pasted_gap_messages_entity_keys_reach_no_markdown_as_written():
+    """Entity keys come from outside (a GAP block pasted from another platform): the view's note of the
+    undefined ones and the editor's hint wrote them as typed — a key holding ``<img onerror>``, or a
+    backtick that closed the hint's code span, was live in the page."""
+    from gtl_nb import gap
+    from gtl_nb.notebook.gap_magic import GapView
+    from gtl_nb.notebook.widgets import EntityEditor
+
+    keys = [HOSTILE, f"x\n\n{HOSTILE}", f"a` {HOSTILE} `b"]
+    entities = ", ".join(f"{json.dumps(key)} = -" for key in keys)
+    block = f"[GAP:START]\nFrom: p\nContext: user\nEntities: {entities}\n[GAP:CONTENT]\nhi\n[GAP:END]"
+    wrapped = gap.from_markdown(block)
+    assert list(wrapped.undefined) == keys
+    for view in (GapView(wrapped, "chatgpt"), EntityEditor(wrapped, live=False)):
+        markdown = view._repr_mimebundle_()["text/markdown"]
+        assert live_tags(rendered(markdown)) == [], markdown
