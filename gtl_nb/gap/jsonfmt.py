@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from gtl_nb.gap.errors import GAPFormatError, GAPLimitError
-from gtl_nb.gap.limits import MAX_JSON_DEPTH, MAX_TEXT_CHARS, check_text, json_too_deep, number_too_long
+from gtl_nb.gap.limits import (
+    MAX_JSON_DEPTH,
+    MAX_PRONOUN_MAP,
+    MAX_TEXT_CHARS,
+    check_text,
+    json_too_deep,
+    number_too_long,
+)
 from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage, default_pronoun_map
 from gtl_nb.words import a_kind_of
 
@@ -122,6 +129,9 @@ def hints_from_dict(obj: Mapping[str, Any], role: str, path: str = "transform_hi
     perspective = _field(obj, "preserve_perspective", path, str, None)
     if "pronoun_map" in obj:
         pronouns: Mapping[str, str] = _string_map(_field(obj, "pronoun_map", path, dict), f"{path}.pronoun_map")
+        if len(pronouns) > MAX_PRONOUN_MAP:
+            too_many = f"a pronoun_map holds at most {MAX_PRONOUN_MAP} entries, not {len(pronouns)}"
+            raise GAPLimitError(too_many, path=f"{path}.pronoun_map")
     else:
         pronouns = default_pronoun_map(role)
     return TransformHints(tense, perspective, pronouns)

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from gtl_nb.gap.limits import MAX_PRONOUN_MAP
+
 GAP_VERSION = "0.1.0"
 ROLES: tuple[str, ...] = ("assistant", "user", "system")
 ENTITY_TYPES: tuple[str, ...] = (
@@ -140,6 +142,8 @@ class TransformHints:
         for old, new in pronoun_map.items():
             if not isinstance(old, str) or not isinstance(new, str):
                 raise TypeError("pronoun_map must map strings to strings")
+        if len(pronoun_map) > MAX_PRONOUN_MAP:  # (each word is a pass over the content: gap.limits)
+            raise ValueError(f"pronoun_map holds at most {MAX_PRONOUN_MAP} entries, not {len(pronoun_map)}")
 
     @classmethod
     def for_role(cls, role: str) -> TransformHints:

@@ -88,3 +88,26 @@ def test_gap_documents_are_recognised_even_beyond_a_limit(text):
 )
 def test_other_json_and_text_are_not_taken_for_gap_documents(text):
     assert not is_meant_as_gap_json(text)
+
+
+def test_a_pronoun_map_of_more_than_its_limit_is_refused_where_it_is_read():
+    """Each word a pronoun_map names is one more pass over the content when it is transformed: a pasted
+    block with sixteen thousand took 36 s over 389 KB. More than ``MAX_PRONOUN_MAP`` is refused by both
+    readers (and by ``TransformHints`` itself); the limit itself is read and transformed."""
+    from gtl_nb.gap import from_markdown, transform_for_platform
+    from gtl_nb.gap.limits import MAX_PRONOUN_MAP
+    from gtl_nb.gap.model import TransformHints
+
+    def block(count: int) -> str:
+        hints = json.dumps({"pronoun_map": {f"w{i}": "x" for i in range(count)}})
+        return f"[GAP:START]\nFrom: p\nContext: user\nHints: {hints}\n[GAP:CONTENT]\nw1 w2\n[GAP:END]"
+
+    with pytest.raises(GAPFormatError, match=f"at most {MAX_PRONOUN_MAP} entries, not {MAX_PRONOUN_MAP + 1}"):
+        from_markdown(block(MAX_PRONOUN_MAP + 1))
+    over = json.loads(to_json(wrap_message("hi", platform="p", chat_id="c")))
+    over["message"]["transform_hints"]["pronoun_map"] = {f"w{i}": "x" for i in range(MAX_PRONOUN_MAP + 1)}
+    with pytest.raises(GAPLimitError, match="pronoun_map"):
+        from_json(json.dumps(over))
+    with pytest.raises(ValueError, match="at most"):
+        TransformHints(pronoun_map={f"w{i}": "x" for i in range(MAX_PRONOUN_MAP + 1)})
+    assert "x x" in transform_for_platform(from_markdown(block(MAX_PRONOUN_MAP)), "generic")
