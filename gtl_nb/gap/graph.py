@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from gtl_nb.gap.errors import GAPFormatError
 from gtl_nb.gap.model import GAP_VERSION, WrappedMessage
 from gtl_nb.words import a_kind_of
 
@@ -199,16 +200,22 @@ def graph_to_json(graph: nx.MultiDiGraph) -> dict[str, Any]:
 
 
 def graph_from_json(data: dict[str, Any]) -> nx.MultiDiGraph:
-    """Rebuild a context graph from ``graph_to_json`` output (node ids become tuples again)."""
+    """Rebuild a context graph from ``graph_to_json`` output (node ids become tuples again); data of
+    another shape is a ``GAPFormatError`` naming what is missing or wrong."""
     nx = _nx()
-    graph = nx.MultiDiGraph(**{k: v for k, v in data.get("graph", {}).items()})
-    graph.graph["refused_edges"] = [tuple(pair) for pair in graph.graph.get("refused_edges", [])]
-    for node in data["nodes"]:
-        attributes = {k: v for k, v in node.items() if k != "id"}
-        graph.add_node(tuple(node["id"]), **attributes)
-    for edge in data["edges"]:
-        attributes = {k: v for k, v in edge.items() if k not in ("source", "target", "key")}
-        graph.add_edge(tuple(edge["source"]), tuple(edge["target"]), key=edge["key"], **attributes)
+    try:
+        graph = nx.MultiDiGraph(**{k: v for k, v in data.get("graph", {}).items()})
+        graph.graph["refused_edges"] = [tuple(pair) for pair in graph.graph.get("refused_edges", [])]
+        for node in data["nodes"]:
+            attributes = {k: v for k, v in node.items() if k != "id"}
+            graph.add_node(tuple(node["id"]), **attributes)
+        for edge in data["edges"]:
+            attributes = {k: v for k, v in edge.items() if k not in ("source", "target", "key")}
+            graph.add_edge(tuple(edge["source"]), tuple(edge["target"]), key=edge["key"], **attributes)
+    except KeyError as exc:
+        raise GAPFormatError(f"not a context graph's JSON: no {exc.args[0]!r}") from None
+    except (TypeError, AttributeError, ValueError) as exc:  # a list for an object, a number for a list, …
+        raise GAPFormatError(f"not a context graph's JSON: {type(exc).__name__}: {exc}") from None
     return graph
 
 

@@ -126,7 +126,7 @@ def _pasted_message(content: str, opts: Any, where: str = "the cell") -> Any:
     if not blocks:  # (the grammar found no whole block after the start marker)
         raise UsageError(f"%%gap: {where} starts with {PASTED_MARKER} but holds no whole GAP message")
     wrapped = blocks[0]
-    lines = [line.strip() for line in content.strip().splitlines()]
+    lines = [line.strip() for line in content.strip().split("\n")]  # (its lines as the reader split them)
     end = lines.index(_END_MARKER) if _END_MARKER in lines else len(lines)
     if any(lines[end + 1 :]) or end == len(lines):  # (a marker counts only on a line of its own)
         alone = "put the message in a cell of its own" if in_a_cell else f"keep the message alone in {where}"

@@ -173,3 +173,14 @@ def test_graph_to_dataframes(graph):
 def test_a_graph_of_something_not_a_message_names_what_it_was_given():
     with pytest.raises(TypeError, match=r"^message 1 is an int, not a WrappedMessage$"):
         create_context_graph([wrap_message("hi", "chatgpt", "a"), 7])
+
+
+@pytest.mark.parametrize("data", [{}, {"nodes": 5, "edges": []}, {"nodes": [{"id": 1}], "edges": []}, {"graph": []}])
+def test_json_of_another_shape_is_a_gap_format_error(data):
+    """What ``graph_from_json`` reads may come from a file: another shape raised a bare KeyError, TypeError
+    or AttributeError."""
+    from gtl_nb.gap import GAPFormatError
+    from gtl_nb.gap.graph import graph_from_json
+
+    with pytest.raises(GAPFormatError, match="not a context graph's JSON"):
+        graph_from_json(data)

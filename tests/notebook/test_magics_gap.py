@@ -552,3 +552,12 @@ def test_from_last_after_a_comparison_or_an_error_wraps_no_older_answer(ip, monk
     run(ip, "%%gtl --compare dead:gpt-4o-mini dead:gpt-4o\nboth fail")
     result, text = run(ip, "%gap --from-last")
     assert not result.success and "none of them answered" in text
+
+
+def test_a_pasted_block_is_split_into_lines_as_its_reader_splits_it(ip):
+    """A vertical tab or form feed in the content is no line break to GAP's reader: the cell's check for
+    text after [GAP:END] split there too, and refused a message the reader takes."""
+    block = "[GAP:START]\nFrom: p\nContext: user\n[GAP:CONTENT]\nsee \x0b[GAP:END]\x0c here\n[GAP:END]"
+    result, text = run(ip, f"%%gap --out pasted\n{block}")
+    assert result.success, text
+    assert ip.user_ns["pasted"].content == "see \x0b[GAP:END]\x0c here"
