@@ -412,27 +412,22 @@ class GapMagic:
         if not messages:
             raise UsageError("%gap export: no GAP messages in this notebook yet; wrap some with %%gap")
         path = Path(opts.path).expanduser()
-        try:  # (encoded before the file is opened: a message that cannot be written leaves it as it was)
-            data = "".join(gap.to_json(message) + "\n" for message in messages).encode("utf-8")
-        except UnicodeEncodeError as exc:
-            which = next(m.chat_id for m in messages if not _encodes(gap.to_json(m)))
-            raise UsageError(
-                f"%gap export: the message of chat {which!r} holds text that is not Unicode (a lone surrogate, "
-                f"{exc.object[exc.start : exc.end]!a}: a \\ud800-style escape it was read with); nothing was written"
-            ) from None
+        chunks = []  # (encoded before the file is opened: a message that cannot be written leaves it as it was)
+        for message in messages:
+            try:
+                chunks.append((gap.to_json(message) + "\n").encode("utf-8"))
+            except UnicodeEncodeError as exc:
+                raise UsageError(
+                    f"%gap export: the message of chat {message.chat_id!r} holds text that is not Unicode (a lone "
+                    f"surrogate, {exc.object[exc.start : exc.end]!a}: a \\ud800-style escape it was read with); "
+                    "nothing was written"
+                ) from None
+        data = b"".join(chunks)
         try:
             path.write_bytes(data)
         except OSError as exc:
             raise UsageError(f"%gap export: cannot write {path}: {exc.strerror or exc}") from None
         print(f"wrote {len(messages)} GAP message{'s' if len(messages) != 1 else ''} to {path}")
-
-
-def _encodes(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class GapView:
