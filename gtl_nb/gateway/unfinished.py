@@ -18,6 +18,11 @@ bounds apply while a message arrives (``LimitedWebSocket``, and ``gateway.http._
 Either way the connection is closed at once (its close frame, or its ``408``/``503``, written first) —
 no close handshake is waited for from a client in the middle of a message — with one ``INFO`` line. No
 ledger row or audit record: no request was ever whole (docs/ledger.md, "What leaves a row").
+
+The same WebSocket protocol also bounds what a peer that reads nothing costs (``LimitedWebSocket``'s
+"a peer that reads nothing"): while the connection's write buffer is over its high-water mark only the
+latest ping is answered, once the peer reads again, and a close that cannot reach it drops the
+connection instead of waiting behind what it never read.
 """
 
 from __future__ import annotations
