@@ -639,9 +639,24 @@ def test_a_stream_beyond_the_grace_is_cancelled_and_its_row_completed(write_conf
 
 def test_cancelling_serve_grpc_during_the_grace_ends_its_sessions_at_once(write_config, tmp_path):
     """The gateway's second signal: a graceful stop with a long grace is under way when ``serve_grpc`` is
-    cancelled; the running stream ends within moments, not after the grace."""
+    cancelled; the running stream ends within moments, not after the grace.
+
+    Its provider is paced at half a second a chunk (a stream of half a minute): the stream must still be
+    running when ``serve_grpc`` is cancelled, and on a loaded CI machine the refused second connection once
+    took the ~4 s the usual ``slow`` stream lasts."""
     ledger = tmp_path / "rows.sqlite"
-    with grpc_gateway(write_config(ledger=ledger), grace=60) as running, gtl_nb.connect(running.url) as client:
+    with sim.serve("openai", seed=3, api_key=SIM_KEY, pace=0.5) as glacial:
+        providers = {"slow": {"type": "openai", "api_key": SIM_KEY, "base_url": glacial.base_url}}
+        config = write_config(providers=providers, ledger=ledger)
+        stream = _cancelled_during_the_grace(config)
+    rows = rows_when(ledger, session_id=stream.session_id)
+    assert [row["status"] for row in rows] == ["cancelled"]
+
+
+def _cancelled_during_the_grace(config: Path) -> Any:
+    """A ``slow`` stream, the gateway's graceful stop begun, then ``serve_grpc`` cancelled: the stream ends
+    ``CANCELLED`` within two seconds (returned, for its row)."""
+    with grpc_gateway(config, grace=60) as running, gtl_nb.connect(running.url) as client:
         stream = client.stream(f"slow:{MODEL}", LONG_PROMPT)
         for event in stream:
             if isinstance(event, Token):
@@ -657,8 +672,7 @@ def test_cancelling_serve_grpc_during_the_grace_ends_its_sessions_at_once(write_
         assert "the gateway shutting down" in last.message
         assert seconds < 2.0, f"the stream ran {seconds:.1f} s after serve_grpc was cancelled"
         assert running.stopped(5)
-    rows = rows_when(ledger, session_id=stream.session_id)
-    assert [row["status"] for row in rows] == ["cancelled"]
+    return stream
 
 
 def test_the_status_details_rebuild_the_gtl_error():
