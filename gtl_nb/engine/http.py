@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from gtl_nb.engine.loop import within
 from gtl_nb.engine.transport import (
     ConnectionLost,
     ConnectTimeout,
@@ -109,7 +110,7 @@ class HttpRunner:
                 await response.aclose()
             return response.status, dict(response.headers), body
 
-        return await asyncio.wait_for(exchange(), limits.first_byte)
+        return await within(exchange(), limits.first_byte)  # (a caller's cancel is never dropped: loop.within)
 
     def unreachable(self, what: str, description: HttpRequest, deployment: Deployment, reason: str) -> str:
         """The message of an upstream that could not be reached (``what`` it was, the address, the
@@ -442,7 +443,7 @@ async def _read_capped(response: HttpResponse, idle: float | None, limit: int) -
                 break
         return b"".join(parts)
 
-    return await asyncio.wait_for(read(), idle)
+    return await within(read(), idle)
 
 
 def _host(url: str) -> str:

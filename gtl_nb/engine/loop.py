@@ -79,12 +79,12 @@ class WaitedTooLong(concurrent.futures.TimeoutError):
     from one the work itself raised)."""
 
 
-async def within(awaitable: Awaitable[T], timeout: float) -> T:
-    """``await awaitable``, or ``TimeoutError`` after ``timeout`` seconds — never losing a cancellation of
-    the caller. Python 3.11's ``asyncio.wait_for`` returns what completed in the same turn as its caller
-    was cancelled and drops the cancellation (fixed in 3.12): a gRPC call whose request and reset came
-    in one burst ran its session to the end. ``asyncio.timeout`` delivers it; Python 3.10 has no
-    ``asyncio.timeout``, and keeps ``wait_for``'s race."""
+async def within(awaitable: Awaitable[T], timeout: float | None) -> T:
+    """``await awaitable``, or ``TimeoutError`` after ``timeout`` seconds (``None``: no limit) — never
+    losing a cancellation of the caller. Python 3.11's ``asyncio.wait_for`` returns what completed in
+    the same turn as its caller was cancelled and drops the cancellation (fixed in 3.12): a gRPC call
+    whose request and reset came in one burst ran its session to the end. ``asyncio.timeout``
+    delivers it; Python 3.10 has no ``asyncio.timeout``, and keeps ``wait_for``'s race."""
     if sys.version_info >= (3, 11):
         async with asyncio.timeout(timeout):
             return await awaitable
