@@ -236,6 +236,12 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             "seconds a connection without a running session may stay silent",
             check=lambda v, w: _at_least(v, w, 0.001),
         ),
+        "write_timeout": Field(
+            _NUM,
+            60.0,
+            "seconds a connection may leave what the gateway writes unread before it is dropped",
+            check=lambda v, w: _at_least(v, w, 0.001),
+        ),
         "max_unfinished_bytes": Field(
             (int,),
             256 * 1024 * 1024,

@@ -103,6 +103,7 @@ from gtl_nb.gateway.sessions import (
 from gtl_nb.gateway.streaming import EventOutbox, collect_session, stream_session
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.gateway.unfinished import FREE_BYTES, UnfinishedBytes, limited_websocket, over_free
+from gtl_nb.gateway.write_stall import WriteStallBound
 from gtl_nb.ids import random_hex, unique_hex
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import CUT_EVENTS, DEFAULT_MAX_DEPTH, decode, encode, frames_within, nesting_exceeds
@@ -441,7 +442,7 @@ class _ConnectionGuard:
         return self._counts.get(address, 0)
 
 
-class _HttpProtocol(HttpToolsProtocol):
+class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol over httptools (llhttp, compiled) with the listener's limits: the
     per-address count, a bounded request head, a deadline per request, and a GTL error for what it
     refuses itself. (It replaced uvicorn's h11 protocol, pure Python, which was 16 % of the gateway's
@@ -743,17 +744,18 @@ def _no_delay(transport: Any) -> None:
 
 
 def _protocol_classes(
-    guard: _ConnectionGuard, header_timeout: float, max_request_bytes: int, unfinished: UnfinishedBytes
+    guard: _ConnectionGuard, limits: Limits, max_request_bytes: int, unfinished: UnfinishedBytes
 ) -> tuple[type[Any], type[Any]]:
-    """This listener's HTTP and WebSocket protocol classes (both report closed connections to ``guard``, and
-    hold what is still arriving against ``unfinished``: ``gateway.unfinished``)."""
+    """This listener's HTTP and WebSocket protocol classes (both report closed connections to ``guard``, hold
+    what is still arriving against ``unfinished`` — ``gateway.unfinished`` — and drop a peer that reads
+    nothing for ``write_timeout`` seconds: ``gateway.write_stall``)."""
     try:  # websockets' sans-I/O protocol, whose fragments and parser buffer LimitedWebSocket measures
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
         raise ConfigurationError("[gateway.http] needs websockets: pip install 'gtl_nb[gateway]'") from None
-    base = limited_websocket(WebSocketsSansIOProtocol, header_timeout=header_timeout, budget=unfinished)
+    base = limited_websocket(WebSocketsSansIOProtocol, header_timeout=limits.header_timeout, budget=unfinished)
 
-    class WebSocketProtocol(base):  # type: ignore[misc, valid-type]
+    class WebSocketProtocol(WriteStallBound, base):  # type: ignore[misc, valid-type]
         """After an upgrade the transport reports its end here, no longer to ``_HttpProtocol``."""
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -762,11 +764,13 @@ def _protocol_classes(
             finally:
                 guard.closed(self.transport)
 
+    WebSocketProtocol.write_timeout = limits.write_timeout
     settings = {
         "guard": guard,
-        "header_timeout": header_timeout,
+        "header_timeout": limits.header_timeout,
         "max_request_bytes": max_request_bytes,
         "unfinished": unfinished,
+        "write_timeout": limits.write_timeout,
     }
     http = type("GatewayHttpProtocol", (_HttpProtocol,), settings)
     return http, WebSocketProtocol
@@ -1556,7 +1560,7 @@ async def serve_http(
         ws_max_size = max(limits.max_frame_bytes, JOIN_BYTES) + 1024
         # one budget for what every connection of the listener holds of messages still arriving
         unfinished = UnfinishedBytes(max(limits.max_unfinished_bytes, ws_max_size + FREE_BYTES))
-        http_protocol, ws_protocol = _protocol_classes(guard, limits.header_timeout, request_bytes, unfinished)
+        http_protocol, ws_protocol = _protocol_classes(guard, limits, request_bytes, unfinished)
         config = uvicorn.Config(
             _Gate(app, guard, shutdown, loopback_callers_only=loopback_callers_only, allowed_hosts=allowed_hosts),
             http=http_protocol,

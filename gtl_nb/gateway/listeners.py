@@ -169,6 +169,9 @@ class Limits:
     """Seconds a new connection has to send its request head (HTTP) or its hello (the other transports)."""
     idle_timeout: float = 300.0
     """Seconds a connection with no running session may stay silent before it is closed."""
+    write_timeout: float = 60.0
+    """Seconds a connection may leave what the gateway writes unread (its write buffer full, writing paused)
+    before it is dropped and its sessions end ``cancelled`` (``gateway.write_stall``; the HTTP listener)."""
     max_unfinished_bytes: int = DEFAULT_MAX_UNFINISHED_BYTES
     """Bytes the HTTP listener's connections may hold together in WebSocket messages and request bodies still
     arriving, beyond 64 KiB each (``gateway.unfinished``); at least one largest message."""

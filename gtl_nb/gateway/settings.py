@@ -87,6 +87,7 @@ class GatewaySettings:
             max_connections=int(table.get("max_connections") or 0),
             header_timeout=float(table.get("header_timeout") or 10.0),
             idle_timeout=float(table.get("idle_timeout") or 300.0),
+            write_timeout=float(table.get("write_timeout") or 60.0),
             max_unfinished_bytes=int(table.get("max_unfinished_bytes", DEFAULT_MAX_UNFINISHED_BYTES)),
             trusted_proxies=TrustedProxies.parse(table.get("trusted_proxies")),
         )

@@ -35,7 +35,7 @@ from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import encode
 from gtl_nb.protocol.errors import GTLError, OverloadedError, ProviderTimeoutError
 
-log = get_logger(__name__)
+log = get_logger("gateway.unfinished")
 
 FREE_BYTES = 64 * 1024
 """Bytes of an unfinished message a connection holds outside the budget (its request head, a small frame)."""

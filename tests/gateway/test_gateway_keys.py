@@ -281,6 +281,30 @@ def gateway_idle_timeout(tmp_path, config, **_):
             assert client.complete("echo", "two, on a new connection").text
 
 
+def gateway_write_timeout(tmp_path, config, **_):
+    from gtl_nb.protocol import CompletionRequest, Message
+    from gtl_nb.protocol.codec import encode
+    from tests.gateway.test_unfinished_budget import _upgraded
+    from tests.network.conftest import ws_frame, ws_hello
+
+    # eight echo answers of ~64 KB to a client that reads none of them (a 4 KiB receive buffer) fill the
+    # gateway's buffers: with write_timeout = 1 it resets the connection soon after; with 30, it does not
+    requests = [
+        CompletionRequest(session_id=f"unread-{n}", model="echo", messages=[Message("user", "word " * 40_000)])
+        for n in range(8)
+    ]
+    frames = ws_hello() + b"".join(ws_frame(encode(request).strip()) for request in requests)
+    for timeout, reset in ((1.0, True), (30.0, False)):
+        with (
+            start_gateway(config(gateway={"write_timeout": timeout})) as served,
+            _upgraded(served.url("http"), receive_buffer=4096) as unread,
+        ):
+            unread.sendall(frames)
+            time.sleep(timeout + 2.0 if reset else 3.0)
+            state = unread.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+        assert (state in (7, 8)) is reset, (timeout, state)  # TCP_CLOSE or TCP_CLOSE_WAIT: the gateway's end
+
+
 def gateway_max_unfinished_bytes(tmp_path, config, **_):
     from tests.gateway.test_unfinished_budget import _upgraded
     from tests.network.conftest import gtl_errors, wait_closed, ws_frame, ws_hello, ws_messages
@@ -447,6 +471,7 @@ EFFECTS: dict[str, Callable[..., None]] = {
     "gateway.max_connections_per_address": gateway_max_connections_per_address,
     "gateway.header_timeout": gateway_header_timeout,
     "gateway.idle_timeout": gateway_idle_timeout,
+    "gateway.write_timeout": gateway_write_timeout,
     "gateway.max_unfinished_bytes": gateway_max_unfinished_bytes,
     "gateway.shutdown_grace": gateway_shutdown_grace,
     "gateway.trusted_proxies": gateway_trusted_proxies,

@@ -22,9 +22,14 @@ frame limit fits, a second one does not."""
 HELD = 900 * 1024
 
 
-def _upgraded(url: str) -> socket.socket:
+def _upgraded(url: str, *, receive_buffer: int | None = None) -> socket.socket:
+    """A raw socket upgraded to a WebSocket at ``url``'s gateway; ``receive_buffer`` sets ``SO_RCVBUF`` first."""
     host, _, port = url.partition("://")[2].rpartition(":")
-    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(5)
+    sock.connect((host, int(port)))
     key = base64.b64encode(os.urandom(16)).decode()
     headers = ("upgrade: websocket", "connection: upgrade", "sec-websocket-version: 13", f"sec-websocket-key: {key}")
     sock.sendall(http_request("GET", "/v1/gtl/ws", b"", *headers))

@@ -45,12 +45,14 @@ CAP = 100
 """``max_connections_per_address``: twice it (200) stays under the 500 connections a test may open."""
 HEADER_TIMEOUT = 1.0
 IDLE_TIMEOUT = 3.0
+WRITE_TIMEOUT = 2.0
 LIMITS = {
     "max_frame_bytes": MAX_FRAME,
     "max_connections_per_address": CAP,
     "max_sessions_per_connection": 16,
     "header_timeout": HEADER_TIMEOUT,
     "idle_timeout": IDLE_TIMEOUT,
+    "write_timeout": WRITE_TIMEOUT,
     "shutdown_grace": 1.0,
 }
 RSS_BOUND_KIB = 200 * 1024
@@ -217,8 +219,17 @@ class Closed:
         return int(match.group(1)) if match else None
 
 
-def dial(target: Target, source: str, transport: str = "http") -> socket.socket:
-    return socket.create_connection(target.address(transport), timeout=5, source_address=(source, 0))
+def dial(target: Target, source: str, transport: str = "http", *, receive_buffer: int | None = None) -> socket.socket:
+    """A connection from ``source``; ``receive_buffer`` sets its ``SO_RCVBUF`` before it connects (the window
+    it offers: what a client that reads nothing lets the gateway send before its writes wait)."""
+    if receive_buffer is None:
+        return socket.create_connection(target.address(transport), timeout=5, source_address=(source, 0))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.bind((source, 0))
+    sock.settimeout(5)
+    sock.connect(target.address(transport))
+    return sock
 
 
 def wait_closed(sock: socket.socket, limit: float, *, drip: bytes = b"", interval: float = 0.1) -> Closed:
@@ -253,9 +264,9 @@ def http_request(method: str, path: str, body: bytes = b"", *headers: str, lengt
     return "\r\n".join([*lines, "", ""]).encode() + body
 
 
-def ws_upgrade(target: Target, source: str) -> socket.socket:
+def ws_upgrade(target: Target, source: str, *, receive_buffer: int | None = None) -> socket.socket:
     """A socket upgraded to a WebSocket on ``/v1/gtl/ws`` (the 101 read, nothing more)."""
-    sock = dial(target, source)
+    sock = dial(target, source, receive_buffer=receive_buffer)
     key = base64.b64encode(os.urandom(16)).decode()
     sock.sendall(
         http_request(

@@ -1,7 +1,8 @@
 """Slow, half-open and idle clients against a running gateway: each is cut within a bound, in bounded memory,
 while a well-behaved client is served.
 
-The bounds come from the gateway's limits (``conftest.LIMITS``: ``header_timeout`` 1 s, ``idle_timeout`` 3 s),
+The bounds come from the gateway's limits (``conftest.LIMITS``: ``header_timeout`` 1 s, ``idle_timeout`` 3 s,
+``write_timeout`` 2 s),
 plus what the libraries underneath add: uvicorn waits ``WS_CLOSE_WAIT`` seconds for a WebSocket client to
 answer its close frame before it drops the socket; a gRPC unary call's request message has
 ``header_timeout`` + its largest size at 32 KiB/s (``gateway.grpc.MIN_MESSAGE_RATE``).
@@ -21,6 +22,7 @@ import pytest
 
 from gtl_nb.gateway.grpc import MIN_MESSAGE_RATE
 from gtl_nb.protocol import messages as m
+from gtl_nb.protocol.codec import encode
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame
 from gtl_nb.transports.grpc.stream import MESSAGE_SLACK, SESSION_METHOD
@@ -34,6 +36,7 @@ from tests.network.conftest import (
     IDLE_TIMEOUT,
     LONG_PROMPT,
     MAX_FRAME,
+    WRITE_TIMEOUT,
     Attack,
     RssWatch,
     Target,
@@ -171,6 +174,44 @@ def test_a_client_flooding_pings_and_reading_nothing_holds_no_more_than_its_buff
                     dropped = time.monotonic() - started
         assert_serves(gateway, ("ws",))
     assert dropped is not None and dropped < HEADER_TIMEOUT + 2 * MARGIN, (dropped, sent)
+    memory.assert_bounded(32 * 1024)
+
+
+# -- a client that reads nothing of its answers ----------------------------------------------------------------------
+
+BIG_PROMPT = "word " * 40_000  # echo answers with ~64 KB of it
+
+
+def _dropped(sock: socket.socket, limit: float) -> float | None:
+    """Seconds until the gateway drops ``sock`` (read then, not before), or ``None`` if it is still open."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        time.sleep(0.2)
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+        if info[0] in (7, 8):  # TCP_CLOSE, TCP_CLOSE_WAIT: the gateway closed or reset its side
+            return time.monotonic() - started
+    return None
+
+
+def test_a_client_reading_none_of_its_answers_is_dropped_at_the_write_timeout(gateway):
+    """A client that stops reading held its sessions, blocked on the connection's full buffer, until it
+    closed the connection itself — for ever on a TCP connection left up. After ``write_timeout`` seconds
+    with writing paused the gateway resets it: a paced session still running ends ``cancelled``, no row
+    is left ``started``, and the gateway keeps serving. (Eight ``echo`` answers of ~64 KB fill the buffers;
+    the same bound holds the HTTP listener's SSE answers: tests/gateway/test_write_stall.py.)"""
+    source = attacker()
+    fillers = [_request(f"unread-echo-{n}", prompt=BIG_PROMPT) for n in range(8)]
+    paced = _request("unread-paced", model="paced:echo", prompt=LONG_PROMPT)
+    with RssWatch(gateway) as memory, ws_upgrade(gateway, source, receive_buffer=4096) as sock:
+        # the paced session first: once the buffers are full the gateway reads no further request
+        sock.sendall(ws_hello() + b"".join(ws_frame(encode(request).strip()) for request in [paced, *fillers]))
+        after = _dropped(sock, WRITE_TIMEOUT + 2 * MARGIN)
+        assert_serves(gateway, ("sse", "ws"))
+    assert after is not None, "the gateway still holds a connection that reads nothing"
+    assert after >= WRITE_TIMEOUT - 0.5, after  # not before its bound
+    assert _row_status(gateway, "unread-paced", 5) == "cancelled"
+    rows = [row for row in gateway.rows() if row["session_id"].startswith("unread-")]
+    assert len(rows) == 9 and all(row["status"] in ("ok", "cancelled") for row in rows), rows
     memory.assert_bounded(32 * 1024)
 
 
