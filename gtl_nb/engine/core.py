@@ -1879,12 +1879,12 @@ def _momentary_limit(error: Error) -> bool:
 
 
 def _scrubbed(event: Error, deployment: Deployment) -> Error:
-    """``event`` with the deployment's secrets, and anything shaped like a credential, out of its message
-    ("Incorrect API key provided: sk-…" reaches a gateway's clients and the ledger otherwise)."""
+    """``event`` with the deployment's secrets (``Deployment.secrets``: its headers' values too), and
+    anything shaped like a credential, out of its message ("Incorrect API key provided: sk-…" reaches a
+    gateway's clients and the ledger otherwise)."""
     message = event.message
-    for secret in (deployment.api_key, deployment.aws_secret_access_key, deployment.aws_session_token):
-        if secret:
-            message = scrub_secret(message, secret)  # the key, and its masked form (prefix…last four)
+    for secret in deployment.secrets:
+        message = scrub_secret(message, secret)  # the key, and its masked form (prefix…last four)
     message = redact(message)
     return event if message == event.message else msgspec.structs.replace(event, message=message)
 

@@ -104,17 +104,7 @@ def _without_secrets(names: list[str], deployment: Deployment) -> list[str]:
     """``names`` without any that holds the deployment's secret or a credential's shape (``scrub_secret``,
     ``redact``): a model id is the provider's text, passed to whoever may list models — the place a
     provider (or whoever answers at its address) could quote the key back. Dropped names are logged."""
-    secrets = [
-        secret
-        for secret in (
-            deployment.api_key,
-            deployment.aws_secret_access_key,
-            deployment.aws_session_token,
-            deployment.options.get("azure_ad_token"),
-            *deployment.headers.values(),  # (a gateway's own headers may carry a credential too)
-        )
-        if isinstance(secret, str) and secret
-    ]
+    secrets = deployment.secrets
     kept = [name for name in names if all(scrub_secret(name, secret) == name for secret in secrets)]
     kept = [name for name in kept if redact(name) == name]
     if len(kept) < len(names):

@@ -189,6 +189,20 @@ class Deployment:
     def __repr__(self) -> str:  # never show a credential
         return f"Deployment(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r})"
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Every value of this deployment that may be a credential, to keep out of what a provider's
+        answer puts in front of someone: its keys, an Azure AD token, and its extra headers' values (a
+        proxy's or API manager's key travels as one: ``X-Proxy-Key``, ``Ocp-Apim-Subscription-Key``)."""
+        candidates = (
+            self.api_key,
+            self.aws_secret_access_key,
+            self.aws_session_token,
+            self.options.get("azure_ad_token"),
+            *self.headers.values(),
+        )
+        return tuple(value for value in candidates if isinstance(value, str) and value)
+
 
 @dataclass(frozen=True)
 class Requirement:

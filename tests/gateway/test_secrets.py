@@ -20,6 +20,7 @@ from gtl_nb.gateway.local import LocalGateway, start_gateway
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from tests.gateway.conftest import send_body, write_toml
 
+HEADER_CANARY = "canary-proxy-header-0b8e61d27c4a"  # a proxy's key, sent as a configured extra header
 CANARY = "canary-provider-key-7f3a9c1e5b2d4f60"  # not shaped like any known key: only exact scrubbing catches it
 MASKED = f"{CANARY[:8]}*******{CANARY[-4:]}"  # how OpenAI quotes a refused key: its first 8 and last 4 characters
 
@@ -31,6 +32,11 @@ class _Quoting(http.server.BaseHTTPRequestHandler):
     def _refuse(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         self.rfile.read(length)
+        proxy_key = self.headers.get("x-proxy-key")
+        if proxy_key:  # a proxy in front of the provider that quotes its own key in a request error
+            error = {"message": f"model not allowed for proxy key {proxy_key}", "type": "invalid_request_error"}
+            send_body(self, 400, json.dumps({"error": error}).encode())
+            return
         key = self.headers.get("authorization", "")[7:]
         error = {
             "message": f"Incorrect API key provided: {key}. Shown masked: {key[:8]}*******{key[-4:]}.",
@@ -57,6 +63,12 @@ def leaky_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalGat
             "type": "openai",
             "api_key": CANARY,
             "base_url": f"http://127.0.0.1:{provider.server_port}/v1",
+        },
+        "providers.proxied": {
+            "type": "openai",
+            "api_key": "sk-not-the-point",
+            "base_url": f"http://127.0.0.1:{provider.server_port}/v1",
+            "headers": {"X-Proxy-Key": HEADER_CANARY},
         },
         "routing.retry": {"max_attempts": 1},
         "ledger": {"path": str(directory / "ledger.sqlite")},
@@ -93,6 +105,17 @@ def test_a_quoted_key_is_scrubbed_from_what_clients_see(leaky_gateway, scheme):
         assert "refused the gateway's own credentials" in str(listing.value) and "'leaky'" in str(listing.value)
 
 
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_a_quoted_header_credential_is_scrubbed_from_what_clients_see(leaky_gateway, scheme):
+    """A request error keeps the provider's words (they say what to change) — but not a configured header's
+    value quoted in them: a proxy's or API manager's key is a credential like the deployment's key."""
+    with gtl_nb.connect(leaky_gateway.url(scheme)) as client, pytest.raises(GTLError) as refused:
+        client.complete("proxied:gpt-4o-mini", "hello")
+    assert refused.value.code == "INVALID_REQUEST", refused.value
+    assert "model not allowed for proxy key [redacted]" in str(refused.value)
+    assert HEADER_CANARY not in str(refused.value)
+
+
 def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
     request = {
         "type": "completion_request",
@@ -103,6 +126,9 @@ def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
     }
     answer = httpx.post(leaky_gateway.url("http") + "/v1/gtl", json=request, timeout=30)
     assert answer.status_code == 502 and CANARY not in answer.text and CANARY[:8] not in answer.text
+    proxied = {**request, "session_id": "s-header-secret", "model": "proxied:gpt-4o-mini"}
+    answer = httpx.post(leaky_gateway.url("http") + "/v1/gtl", json=proxied, timeout=30)
+    assert answer.status_code == 400 and HEADER_CANARY not in answer.text and "[redacted]" in answer.text
     metrics = httpx.get(leaky_gateway.url("http") + "/metrics", timeout=30)
     assert "gtl_requests_total" in metrics.text and CANARY not in metrics.text
     assert leaky_gateway.stop() == 0
@@ -112,6 +138,8 @@ def test_the_key_is_nowhere_in_bodies_ledger_or_output(leaky_gateway):
     rows = Ledger(leaky_gateway.config.parent / "ledger.sqlite").rows()  # type: ignore[union-attr]
     assert rows and CANARY not in json.dumps(rows) and CANARY[:8] not in json.dumps(rows)
     assert CANARY not in "".join(leaky_gateway.output) and CANARY[:8] not in "".join(leaky_gateway.output)
+    for place in (audit, json.dumps(rows), "".join(leaky_gateway.output)):
+        assert HEADER_CANARY not in place
     # the operator reads the provider's own words in the gateway's log, scrubbed
     refusals = [line for line in leaky_gateway.output if "refused the gateway's credentials" in line]
     assert refusals and all("Incorrect API key provided: [redacted]" in line for line in refusals)
