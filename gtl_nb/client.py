@@ -942,11 +942,17 @@ class _StreamBase:
         return self.transcript.finished  # (the per-event checks read ``_finished``, which ``_record`` keeps)
 
     def _record(self, event: StreamEvent) -> None:
+        if self._finished:
+            return  # one terminal event per session, and nothing after it, whoever records it
         self.transcript.add(event)
         if type(event) in TERMINAL_EVENTS:
             self._finished = True
+            self._on_end()
         if self.on_event is not None:
             self.on_event(event)
+
+    def _on_end(self) -> None:
+        """The terminal event was just recorded (a stream with readers to wake does so here)."""
 
     def completion(self) -> Completion:
         """What arrived so far, as a ``Completion`` (complete once the stream finished)."""
@@ -1097,11 +1103,11 @@ class AsyncEventStream(_StreamBase):
         return self
 
     async def __anext__(self) -> StreamEvent:
+        if self._finished:  # (also closed before its first read: no session is started then)
+            raise StopAsyncIteration
         handoff = self._handoff
         if handoff is None:
             handoff = self._start_session()
-        if self._finished:
-            raise StopAsyncIteration
         if handoff.ready:  # the rest of a batch that already arrived: no waiting, no coroutine
             event = handoff.ready.popleft()
         else:
@@ -1111,6 +1117,8 @@ class AsyncEventStream(_StreamBase):
                 self._work.cancel()  # the task reading the stream was cancelled: so is the session
                 await self._collect_end()  # its one terminal event, as the ledger records it
                 raise
+            if event is None or self._finished:  # another task (``aclose``) recorded the end meanwhile
+                raise StopAsyncIteration
         self._record(event)
         return event
 
@@ -1124,11 +1132,18 @@ class AsyncEventStream(_StreamBase):
         engine had already recorded in the ledger), so the caller sees what the ledger says."""
         try:
             while not self.finished and self._handoff is not None:
-                self._record(await asyncio.wait_for(self._handoff.next(), _END_WAIT))
+                event = await asyncio.wait_for(self._handoff.next(), _END_WAIT)
+                if event is None:  # (another reader recorded the end)
+                    break
+                self._record(event)
         except asyncio.TimeoutError:  # pragma: no cover - the loop thread is wedged
             pass
         finally:
             self._stop()
+
+    def _on_end(self) -> None:
+        if self._handoff is not None:
+            self._handoff.close()  # a reader waiting in another task learns the stream ended
 
     def _stop(self) -> None:
         if not self.finished:

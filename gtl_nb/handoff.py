@@ -22,6 +22,7 @@ from gtl_nb.protocol.messages import TERMINAL_EVENTS, StreamEvent
 __all__ = ["AsyncEventHandoff", "Batcher", "EventHandoff"]
 
 Batch = list[StreamEvent]
+_CLOSED: Batch = []  # (its identity: a batch the engine hands on always holds an event)
 
 
 class Batcher:
@@ -103,8 +104,16 @@ class AsyncEventHandoff:
 
         self.deliver = Batcher(send).deliver
 
-    async def next(self) -> StreamEvent:
-        """The next event, as soon as its batch arrives."""
+    async def next(self) -> StreamEvent | None:
+        """The next event, as soon as its batch arrives; ``None`` once ``close`` was called."""
         if not self.ready:
-            self.ready.extend(await self._batches.get())
+            batch = await self._batches.get()
+            if batch is _CLOSED:
+                self._batches.put_nowait(batch)  # for any other reader waiting, or coming later
+                return None
+            self.ready.extend(batch)
         return self.ready.popleft()
+
+    def close(self) -> None:
+        """Wake every reader waiting in ``next`` (``None``): the stream ended, recorded by another task."""
+        self._batches.put_nowait(_CLOSED)

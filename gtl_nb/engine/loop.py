@@ -31,6 +31,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import importlib
+import inspect
 import os
 import queue
 import sys
@@ -584,8 +585,16 @@ class Work(Generic[T]):
             self._loop.call_soon_threadsafe(self._cancel)
 
     def _cancel(self) -> None:  # on the loop thread
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is None or task.done():
+            return
+        if inspect.getcoroutinestate(self._coro) == inspect.CORO_CREATED:
+            # A task cancelled before its first step never runs its coroutine: a session would end with no
+            # ledger row and no terminal event (and its reader wait for one). Its first step is queued
+            # already (``_start``): cancel once it has taken it, where its own handling of a cancel runs.
+            self._loop.call_soon(self._cancel)
+            return
+        task.cancel()
 
     def outcome(self, cancelled: type[BaseException]) -> T:
         """The ended task's result, or its exception raised (``cancelled`` if it was cancelled)."""

@@ -4,12 +4,14 @@ on how a session ended — also when it is cancelled at the last moment or from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import math
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -358,6 +360,88 @@ def test_a_cancel_mid_stream_is_cancelled_for_both(ledger_path):
     end = stream.transcript.events[-1]
     assert isinstance(end, Error) and end.code == "CANCELLED"
     assert list(Ledger(ledger_path).to_dataframe()["status"]) == ["cancelled"]
+
+
+def test_a_stream_closed_before_its_session_took_a_step_is_cancelled_for_both_at_once(ledger_path):
+    """``close()`` right after ``stream()``: the session's task was cancelled before its first step, so its
+    coroutine never ran — no ledger row, no terminal event, and ``close()`` waited 5 s for one."""
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.02}}}, ledger=ledger_path, environ={})
+    try:
+        streams = []
+        for _ in range(5):
+            stream = client.stream("echo", "closed at once")
+            started = time.monotonic()
+            stream.close()
+            assert time.monotonic() - started < 2.0
+            streams.append(stream)
+    finally:
+        client.close()
+    for stream in streams:
+        end = stream.transcript.events[-1]
+        assert isinstance(end, Error) and end.code == "CANCELLED" and end.message == "cancelled by the caller"
+    frame = Ledger(ledger_path).to_dataframe()
+    assert sorted(frame["session_id"]) == sorted(stream.session_id for stream in streams)
+    assert set(frame["status"]) == {"cancelled"}
+
+
+def test_an_awaited_call_cancelled_before_its_session_began_leaves_its_row(ledger_path):
+    client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.02}}}, ledger=ledger_path, environ={})
+
+    async def cancelled_calls() -> int:
+        cancelled = 0
+        for _ in range(10):
+            call = asyncio.ensure_future(client.acomplete("echo", "cancelled as it starts"))
+            await asyncio.sleep(0)
+            call.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await call
+            cancelled += call.cancelled()
+        return cancelled
+
+    try:
+        cancelled = asyncio.run(cancelled_calls())
+    finally:
+        client.close()
+    assert cancelled == 10
+    assert list(Ledger(ledger_path).to_dataframe()["status"]) == ["cancelled"] * 10
+
+
+@pytest.mark.parametrize("steps", range(5))
+def test_aclose_from_another_task_ends_the_reader_too(ledger_path, steps):
+    """A task reading ``astream`` and another closing it: the reader stayed blocked for ever (the closing
+    task took the events it waited for), or recorded an event after the terminal one; closed before the
+    reader's first step, the stream started a session anyway — billed, while the caller read CANCELLED."""
+    simulator = sim.serve("openai", pace=0.01)
+    providers = {"openai": {"api_key": "sim-key", "base_url": simulator.base_url}}
+    client = gtl_nb.connect(providers=providers, ledger=ledger_path, environ={})
+
+    async def read_and_close() -> gtl_nb.AsyncEventStream:
+        stream = client.astream("openai:gpt-4o-mini", "read by one task, closed by another")
+
+        async def reader() -> None:
+            async for _ in stream:
+                pass
+
+        reading = asyncio.ensure_future(reader())
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        await stream.aclose()
+        await asyncio.wait_for(reading, 5)
+        return stream
+
+    try:
+        stream = asyncio.run(read_and_close())
+    finally:
+        client.close()
+        simulator.close()
+    events = stream.transcript.events
+    assert isinstance(events[-1], Error) and events[-1].code == "CANCELLED", events
+    assert sum(isinstance(event, (Done, Error)) for event in events) == 1, events
+    statuses = list(Ledger(ledger_path).to_dataframe()["status"])
+    assert statuses in ([], ["cancelled"]), statuses  # none when closed before any session was started
+    if steps == 0:
+        assert statuses == [] and [type(event) for event in events] == [Error]
+        assert simulator.requests == []  # nothing was sent for a stream closed before its first read
 
 
 def test_every_refusal_is_a_gtl_error():
