@@ -1620,15 +1620,25 @@ class Engine:
                 infos.append(ProviderInfo(provider=deployment.name, provider_type=deployment.type))
         return infos
 
-    async def list_models(self, deployment_name: str) -> list[str]:
-        """Live model listing from the provider's own endpoint (local providers list their models)."""
+    async def list_models(self, deployment_name: str, key_name: str | None = None) -> list[str]:
+        """Live model listing from the provider's own endpoint (local providers list their models),
+        asked with the deployment's key — or the stored key ``key_name`` (a token's ``provider_keys``
+        choice: a fine-tuned model of one team's account is listed to that team only)."""
         deployment = self.router._deployment(deployment_name)
         provider = get_provider(deployment.type)
         if is_local(provider):
             return [model.name for model in provider.models()]
         if not hasattr(provider, "models_request"):
             raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
-        deployment = self.credentials.resolve(deployment)
+        if key_name is None:
+            deployment = self.credentials.resolve(deployment)
+        else:
+            choose = getattr(self.credentials, "resolve_for", None)
+            if choose is None:  # never fall back to another key than the one the token names
+                raise AuthenticationError(
+                    f"the token names a stored key for {deployment_name!r}, but no key vault is set up"
+                )
+            deployment = choose(deployment, key_name)
         description = provider.models_request(deployment, now=self.wall_clock())
         try:
             status, headers, body = await self.http.fetch(description, self.deployment_timeouts.get(deployment.name))

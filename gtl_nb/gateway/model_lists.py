@@ -8,8 +8,11 @@ of a deployment for ``FRESH_FOR`` seconds (a failure for ``FAILED_FOR``), and ca
 a call is under way wait for that call instead of starting their own. A reload that changes a
 deployment gives it a new ``Deployment`` object, so its list is asked again at once.
 
-``model_lists(engine).names(deployment)`` is the one way in; the list is the same for every caller
-(the query narrows it to the caller's allow-lists afterwards).
+``model_lists(engine).names(deployment, key_name)`` is the one way in. A list is kept per deployment
+and per stored key: a caller whose token chooses a key of the vault (``provider_keys``) is answered
+with what the provider lists for that key — a fine-tuned model of one team's account is never listed
+to another team — and callers on the deployment's own key share one list (the query then narrows
+each list to the caller's allow-lists).
 """
 
 from __future__ import annotations
@@ -59,17 +62,19 @@ class ModelLists:
         self.clock = clock
         self.fresh_for = fresh_for
         self.failed_for = failed_for
-        self._kept: dict[str, _Kept] = {}
-        self._asking: dict[str, tuple[Deployment, asyncio.Task[_Kept]]] = {}
+        self._kept: dict[tuple[str, str | None], _Kept] = {}
+        self._asking: dict[tuple[str, str | None], tuple[Deployment, asyncio.Task[_Kept]]] = {}
 
-    async def names(self, deployment: Deployment) -> list[str]:
-        """The live model list of ``deployment``; raises the listing's ``GTLError`` (its copy)."""
-        kept = self._kept.get(deployment.name)
+    async def names(self, deployment: Deployment, key_name: str | None = None) -> list[str]:
+        """The live model list of ``deployment`` as its own key — or the vault's key ``key_name`` — sees
+        it; raises the listing's ``GTLError`` (its copy)."""
+        which = (deployment.name, key_name)
+        kept = self._kept.get(which)
         if kept is None or kept.deployment is not deployment or kept.until <= self.clock():
-            asking = self._asking.get(deployment.name)
+            asking = self._asking.get(which)
             if asking is None or asking[0] is not deployment:
-                task = asyncio.get_running_loop().create_task(self._ask(deployment), name="gtl-model-list")
-                self._asking[deployment.name] = asking = (deployment, task)
+                task = asyncio.get_running_loop().create_task(self._ask(deployment, key_name), name="gtl-model-list")
+                self._asking[which] = asking = (deployment, task)
             # shielded: a caller that goes away (its connection closed) does not cancel the others' call;
             # the call's own answer, never what another configuration's call left kept meanwhile
             kept = await asyncio.shield(asking[1])
@@ -77,12 +82,13 @@ class ModelLists:
             raise error_from_event(kept.error)
         return list(kept.names)
 
-    async def _ask(self, deployment: Deployment) -> _Kept:
+    async def _ask(self, deployment: Deployment, key_name: str | None) -> _Kept:
         """Ask the provider once; what it said is kept while this call is still the deployment's own (a
         reload that changed the deployment meanwhile started another, whose answer counts)."""
+        which = (deployment.name, key_name)
         try:
-            listed = await self.engine.list_models(deployment.name)
-            names = _without_secrets(listed, self.engine.credentials.resolve(deployment))  # (the key it was sent)
+            listed = await self.engine.list_models(deployment.name, key_name)
+            names = _without_secrets(listed, self._keyed(deployment, key_name))  # (the key it was sent)
             kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
         except GTLError as exc:
             kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))
@@ -92,12 +98,19 @@ class ModelLists:
             error = Error(session_id="", code="PROVIDER_UNAVAILABLE", message=problem, provider=deployment.name)
             kept = _Kept(deployment, self.clock() + self.failed_for, error=error)
         finally:
-            current = self._asking.get(deployment.name, (None,))[0] is deployment
+            current = self._asking.get(which, (None,))[0] is deployment
             if current:
-                del self._asking[deployment.name]
+                del self._asking[which]
         if current:
-            self._kept[deployment.name] = kept
+            self._kept[which] = kept
         return kept
+
+    def _keyed(self, deployment: Deployment, key_name: str | None) -> Deployment:
+        """``deployment`` with the key its list was asked with."""
+        credentials = self.engine.credentials
+        if key_name is None:
+            return credentials.resolve(deployment)
+        return credentials.resolve_for(deployment, key_name)  # type: ignore[attr-defined, no-any-return]
 
 
 def _without_secrets(names: list[str], deployment: Deployment) -> list[str]:

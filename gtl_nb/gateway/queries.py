@@ -70,7 +70,10 @@ async def answer_query(engine: Engine, context: RequestContext, query: Query, *,
             if not isinstance(asked, str) or not asked:
                 raise InvalidRequestError('the models query needs params {"deployment": NAME}')
             deployment = engine.permitted_deployment(asked, context)  # before any call upstream
-            names = await model_lists(engine).names(deployment)  # one provider call serves every caller a while
+            # one provider call serves every caller on the same key for a while; a token's own stored key
+            # (provider_keys) is asked with that key: one team's fine-tunes are not listed to another
+            key_name = context.provider_keys.get(deployment.name)
+            names = await model_lists(engine).names(deployment, key_name)
             result = {"models": [name for name in names if context.allows(deployment.name, name)]}
         else:
             raise InvalidRequestError(f"unknown query {query.name!r}; the gateway answers: {', '.join(QUERY_NAMES)}")

@@ -55,7 +55,7 @@ class _Provider:
         self.refusing = False
         self.release = asyncio.Event()
 
-    async def list_models(self, name: str) -> list[str]:
+    async def list_models(self, name: str, key_name: str | None = None) -> list[str]:
         self.calls += 1
         await self.release.wait()
         if self.refusing:
@@ -113,7 +113,7 @@ def test_a_listing_that_fails_with_no_gtl_error_is_kept_and_said_as_the_provider
     class Odd:
         calls = 0
 
-        async def list_models(self, name: str) -> list[str]:
+        async def list_models(self, name: str, key_name: str | None = None) -> list[str]:
             Odd.calls += 1
             raise TypeError("'int' object is not iterable")
 
@@ -141,7 +141,7 @@ def test_a_caller_of_the_reloaded_deployment_gets_its_own_calls_answer():
             self.gates = [asyncio.Event(), asyncio.Event()]
             self.calls = 0
 
-        async def list_models(self, name: str) -> list[str]:
+        async def list_models(self, name: str, key_name: str | None = None) -> list[str]:
             number = self.calls
             self.calls += 1
             await self.gates[number].wait()
@@ -178,7 +178,7 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
     class Quoting:
         credentials = Rotated()
 
-        async def list_models(self, name: str) -> list[str]:
+        async def list_models(self, name: str, key_name: str | None = None) -> list[str]:
             return [
                 "gpt-4o",
                 f"m-{key}",
@@ -194,3 +194,34 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
     names = asyncio.run(ask())
     assert names == ["gpt-4o", "gpt-4o-mini"]
     assert "3 name(s) holding a credential left out" in caplog.text and key not in caplog.text
+
+
+def test_a_token_choosing_a_stored_key_is_listed_what_that_key_sees():
+    """A deployment with a vault key per team: every ``models`` query was asked with the deployment's own
+    key and its list shared, so one team read another's fine-tuned models. Each stored key has its list."""
+
+    class Keyed(StaticCredentials):
+        def resolve_for(self, deployment: Deployment, key_name: str) -> Deployment:
+            return dataclasses.replace(deployment, api_key=f"secret-of-{key_name}")
+
+    class PerKey:
+        credentials = Keyed()
+
+        def __init__(self) -> None:
+            self.asked: list[str | None] = []
+
+        async def list_models(self, name: str, key_name: str | None = None) -> list[str]:
+            self.asked.append(key_name)
+            return ["gpt-4o-mini", *([f"ft:gpt-4o-mini:{key_name}:private"] if key_name else [])]
+
+    async def main() -> None:
+        provider = PerKey()
+        lists = ModelLists(provider, clock=lambda: 0.0)  # type: ignore[arg-type]
+        shared = Deployment(name="shared", type="openai")
+        assert await lists.names(shared, "team-a") == ["gpt-4o-mini", "ft:gpt-4o-mini:team-a:private"]
+        assert await lists.names(shared, "team-b") == ["gpt-4o-mini", "ft:gpt-4o-mini:team-b:private"]
+        assert await lists.names(shared) == ["gpt-4o-mini"]
+        assert await lists.names(shared, "team-a") == ["gpt-4o-mini", "ft:gpt-4o-mini:team-a:private"]
+        assert provider.asked == ["team-a", "team-b", None]  # each key's list asked once, then kept
+
+    asyncio.run(main())
