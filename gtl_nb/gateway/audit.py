@@ -528,7 +528,7 @@ class VerifyReport:
             )
         if self.ok:
             tip = f"; head {self.last_hash[:16]}… at record {self.last_seq}" if self.last_hash else ""
-            return f"{head}; the chain is intact and matches its checkpoint{tip}"
+            return f"{head}; the chain is intact and matches its checkpoint{tip}{self._retained()}"
         lines = [f"{head}; {len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}:"]
         lines.extend(f"  - {problem.message}" for problem in self.problems)
         if all(problem.after_crash for problem in self.problems):
@@ -536,6 +536,18 @@ class VerifyReport:
                 "  (what an abrupt stop leaves: the gateway repairs it, and records that, when it next starts)"
             )
         return "\n".join(lines)
+
+    def _retained(self) -> str:
+        """Where the kept part of the chain starts, when retention removed older files: intact means the
+        records kept are whole, not that every record ever written is still there."""
+        gone = self.checkpoint.base_seq if self.checkpoint is not None else 0
+        if not gone:
+            return ""
+        plural = "s" if gone != 1 else ""
+        return (
+            f"\n  (it begins at record {gone + 1}: the {gone} record{plural} before it were in older files, "
+            "removed by rotation — [gateway.audit] backups and max_bytes say how many are kept)"
+        )
 
 
 class _Walk:

@@ -628,12 +628,24 @@ def test_rotation_keeps_backups_files_and_the_chain_verifies(tmp_path):
     point = Checkpoint.read(checkpoint_path(path))
     assert point is not None and (point.first_segment, point.base_seq, point.rotations) == (7, 12, 9)
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+    # intact means the records kept are whole: the verdict says the first twelve are gone (rotation pushed
+    # them out — a caller sending refused requests fast could, and verify said only "intact")
+    assert "it begins at record 13: the 12 records before it were in older files, removed by rotation" in (
+        report.describe()
+    )
 
 
 def test_backups_zero_keeps_only_the_current_file(tmp_path):
     path = tmp_path / "audit.jsonl"
     write_log(path, 9, max_bytes=1200, backups=0)
     assert rotated_files(path) == {} and verify(path).ok and len(records(path)) == 1
+    assert "removed by rotation" in verify(path).describe()
+
+
+def test_a_log_that_never_rotated_says_nothing_of_rotation(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 5, max_bytes=1 << 20, backups=3)
+    assert verify(path).ok and "rotation" not in verify(path).describe()
 
 
 def test_retention_removes_rotated_files_older_than_retention_days(tmp_path):
