@@ -27,3 +27,8 @@ def dollars(value: float) -> str:
         return f"${value:.6f}"
     digits = f"{value:.12f}".rstrip("0")
     return f"${digits}" if not digits.endswith(".") else "<$0.000000000001"  # (paid, however little)
+
+
+def counted(count: int, noun: str) -> str:
+    """``count`` and ``noun``, plural but for one: ``counted(1, "session")`` is ``"1 session"``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from gtl_nb.gateway.per_engine import PerEngine
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import OverloadedError
+from gtl_nb.words import counted
 
 __all__ = ["DEFAULT_MAX_SESSIONS_PER_PRINCIPAL", "PrincipalSessions", "sessions_of"]
 
@@ -59,7 +60,7 @@ class PrincipalSessions:
                     "principal %r reached max_sessions_per_principal (%d): refusing its new sessions", principal, limit
                 )
             raise OverloadedError(
-                f"this token's principal already runs {limit} sessions on this gateway (its "
+                f"this token's principal already runs {counted(limit, 'session')} on this gateway (its "
                 "max_sessions_per_principal); start more when some have ended"
             )
         self._open[principal] = count + 1

@@ -86,6 +86,7 @@ from gtl_nb.transports.quic.wire import (
     frame,
     is_terminal,
 )
+from gtl_nb.words import counted
 
 __all__ = ["MAX_BAD_STREAMS", "serve_quic"]
 
@@ -369,7 +370,8 @@ class _Connection:
         elif (refused := completion_refusal(self.context, self.gateway.authenticate)) is not None:
             session.refuse_recorded(request, self.context, refused)  # before the caps: a revoked token is told so
         elif len(self.running) >= self.limits.max_sessions_per_connection:
-            message = f"this connection already runs {len(self.running)} sessions; start more when some have ended"
+            running = counted(len(self.running), "session")
+            message = f"this connection already runs {running}; start more when some have ended"
             session.refuse_recorded(request, self.context, OverloadedError(message))
         else:
             context, limit = self.context, self.limits.max_sessions_per_principal

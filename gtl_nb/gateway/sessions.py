@@ -67,6 +67,7 @@ from gtl_nb.protocol.errors import AuthenticationError, GTLError, OverloadedErro
 from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, ProviderInfo, Query, StreamEvent
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
+from gtl_nb.words import counted
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
@@ -288,7 +289,8 @@ class GatewayConnection:
         if refused is not None:  # before the caps: a revoked token is told so, not to try again later
             return self._refuse(request, context, refused)
         if len(self._tasks) >= self.max_sessions:
-            message = f"this connection already runs {len(self._tasks)} sessions; start more when some have ended"
+            running = counted(len(self._tasks), "session")
+            message = f"this connection already runs {running}; start more when some have ended"
             return self._refuse(request, context, OverloadedError(message))
         loop = asyncio.get_running_loop()
         try:

@@ -165,7 +165,7 @@ def _principal_refusals(gateway: LocalGateway, token: str, certs: DevCertificate
 def _connection_refusals(gateway: LocalGateway, mint: Callable[[str], str], certs: DevCertificates) -> list[str]:
     """A connection running its 1 session refuses a second, on WebSocket, gRPC ``Session`` and QUIC; once
     the first ends the connection runs one again, and only one."""
-    limit = "this connection already runs 1 sessions"
+    limit = "this connection already runs 1 session"
     ids: list[str] = []
     for scheme in ("ws", "grpc", "quic"):
         verify = str(certs.ca) if scheme == "quic" else None
@@ -231,7 +231,7 @@ def test_a_refusal_over_stdio_leaves_one_row(tmp_path: Path):
     with gtl_nb.connect(f"stdio://{config}", user="sam") as client:
         held = client.stream(SLOW, LONG)
         next(iter(held))
-        refused = _refused(lambda: client.complete("echo", "a second"), "this connection already runs 1 sessions")
+        refused = _refused(lambda: client.complete("echo", "a second"), "this connection already runs 1 session")
         held.close()
         assert _eventually(lambda: client.complete("echo", "the place is back").text)
     rows = [row for row in Ledger(ledger).rows() if row["session_id"] == refused]

@@ -359,7 +359,7 @@ def test_the_count_itself():
 
     async def cancelled_before_it_ran() -> None:
         task = counts.start("ann", 1, lambda: asyncio.ensure_future(asyncio.sleep(10)))
-        with pytest.raises(OverloadedError, match="already runs 1 sessions"):
+        with pytest.raises(OverloadedError, match="already runs 1 session"):
             counts.start("ann", 1, lambda: asyncio.ensure_future(asyncio.sleep(10)))
         other = counts.start("bob", 1, lambda: asyncio.ensure_future(asyncio.sleep(0)))
         task.cancel()
