@@ -13,7 +13,9 @@ Request mapping (``build_request``):
   ``system`` string. Other roles become ``user`` / ``assistant`` turns; consecutive turns of the
   same role are merged into one (role ``tool`` results join the user turn, ``tool_result`` blocks
   first as Anthropic requires; a failed tool's, ``tool_error``, with ``is_error: true``). Empty
-  turns are dropped.
+  turns are dropped. A tool-call id outside the API's pattern (``^[a-zA-Z0-9_-]+$``: one another
+  provider minted, ``functions.f:0``) is sent as ``base.safe_tool_id`` maps it, in its ``tool_use``
+  and its ``tool_result`` alike.
 * A message's ``cache_point`` → ``cache_control: {"type": "ephemeral"}`` (the five-minute cache; with
   its ``cache_ttl`` as ``ttl``, ``"1h"`` for the one-hour cache, a one-hour mark never after a
   five-minute one) on its last block that may carry one (never a replayed thinking block); a marked
@@ -115,6 +117,7 @@ from gtl_nb.providers.base import (
     refuse_stop_sequences,
     retry_after_seconds,
     retryable_for_status,
+    safe_tool_id,
     schema_asked,
     split_data_url,
 )
@@ -264,11 +267,13 @@ def _blocks(message: Message) -> list[dict[str, Any]]:
         if message.content:
             blocks.append({"type": "text", "text": message.content})
         for call in message.tool_calls:
-            blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": _tool_input(call)})
+            blocks.append(
+                {"type": "tool_use", "id": safe_tool_id(call.id), "name": call.name, "input": _tool_input(call)}
+            )
         return blocks
     content = _content_blocks(message)
     if message.role == "tool":
-        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": safe_tool_id(message.tool_call_id or "")}
         if message.images or (message.parts and content):  # its pieces, as blocks, in their order
             result["content"] = content
         elif message.content is not None:

@@ -26,6 +26,7 @@ sleeps the delays, so the generator stays pure and tests run at full speed with 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -657,6 +658,24 @@ def arguments_object(call: ToolCall) -> dict[str, Any]:
 def arguments_text(fragments: str) -> str:
     """Assembled tool-call argument text; empty means ``{}``."""
     return fragments if fragments.strip() else "{}"
+
+
+MAX_TOOL_ID = 64  # Bedrock's documented toolUseId limit; Anthropic documents none, so the same cap serves
+_TOOL_ID = re.compile(r"[A-Za-z0-9_-]+")
+_TOOL_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def safe_tool_id(call_id: str) -> str:
+    """A tool-call id as the Anthropic and Bedrock APIs accept it (``^[a-zA-Z0-9_-]+$``, at most
+    ``MAX_TOOL_ID`` characters). An id another provider minted (``functions.f:0``, an empty one, a
+    very long one) is refused there with a 400, so it becomes its safe characters, cut short, then
+    ``_`` and a hash of the whole id: the same for a call and its result, so they still pair, and
+    different for two ids that differ only in what was replaced or cut. An id that fits is kept."""
+    if len(call_id) <= MAX_TOOL_ID and _TOOL_ID.fullmatch(call_id):
+        return call_id
+    digest = hashlib.sha256(call_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    stem = _TOOL_ID_UNSAFE.sub("_", call_id)[: MAX_TOOL_ID - len(digest) - 1]
+    return f"{stem}_{digest}"
 
 
 class ToolCallAssembler:

@@ -36,6 +36,8 @@ Body mapping:
   ``toolResult{toolUseId, content: [{text}]}`` blocks of a **user** message, with ``status`` —
   ``"error"`` for a failed tool's (``tool_error``), else ``"success"`` — for the models that accept
   that field (Anthropic Claude, Amazon Nova); the others read a failure as "Error:" in the text.
+  A ``toolUseId`` must be 1 to 64 of ``[a-zA-Z0-9_-]`` (the API reference): an id another provider
+  minted is sent as ``base.safe_tool_id`` maps it, the same in the call and its result.
 * ``request.reasoning`` on an Anthropic model (``anthropic.`` in the id) →
   ``additionalModelRequestFields.thinking = {type: "enabled", budget_tokens}``; the budget is
   ``deployment.options["thinking_budget_tokens"]`` (default 1024), and ``maxTokens`` is raised to
@@ -109,6 +111,7 @@ from gtl_nb.providers.base import (
     refuse_one_call_at_most,
     refuse_stop_sequences,
     retry_after_seconds,
+    safe_tool_id,
     said_failed,
     schema_asked,
     split_data_url,
@@ -249,7 +252,7 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
         status = _supports_tool_status(model)
         # a failed tool's result says so in its status, or in its text for a model that takes none
         content = _tool_result_content(message, error_text=message.tool_error and not status)
-        result: dict[str, Any] = {"toolUseId": message.tool_call_id or "", "content": content}
+        result: dict[str, Any] = {"toolUseId": safe_tool_id(message.tool_call_id or ""), "content": content}
         if status:
             result["status"] = "error" if message.tool_error else "success"
         return [{"toolResult": result}]
@@ -259,7 +262,8 @@ def _content_blocks(message: Message, model: str) -> list[dict[str, Any]]:
     blocks.extend(_text_and_images(message))
     if message.role == "assistant":
         for call in message.tool_calls:
-            blocks.append({"toolUse": {"toolUseId": call.id, "name": call.name, "input": _tool_input(call)}})
+            use = {"toolUseId": safe_tool_id(call.id), "name": call.name, "input": _tool_input(call)}
+            blocks.append({"toolUse": use})
     return blocks
 
 

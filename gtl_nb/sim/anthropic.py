@@ -9,7 +9,8 @@ fragments, ``partial_json: ""`` for empty input) → ``message_delta`` (stop_rea
 ``message_stop``; a ``ping`` after the first block starts. Like the real service, some payloads carry
 whitespace padding before their closing brace. ``cache_control`` markers (at most four; a fifth is the
 service's 400) read and write a prompt cache of the simulator's own (``sim.prompt_cache``), reported in
-the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``.
+the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``. A ``tool_use`` id or
+``tool_use_id`` outside ``^[a-zA-Z0-9_-]+$`` is the service's 400, naming the block's path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -136,6 +138,25 @@ def _bad_error_flag(body: dict[str, Any]) -> str | None:
             is_result = isinstance(block, dict) and block.get("type") == "tool_result"
             if is_result and not isinstance(block.get("is_error", False), bool):
                 return f"messages.{i}.content.{j}"
+    return None
+
+
+_ID_PATTERN = "^[a-zA-Z0-9_-]+$"  # as the API's message quotes it
+_ID = re.compile(r"[a-zA-Z0-9_-]+")
+_ID_FIELDS = {"tool_use": "id", "tool_result": "tool_use_id"}
+
+
+def _bad_tool_id(body: dict[str, Any]) -> str | None:
+    """The API's 400 for a ``tool_use`` id or a ``tool_result``'s ``tool_use_id`` outside its pattern
+    (an id another provider minted, such as ``functions.f:0``), or ``None``."""
+    for i, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, block in enumerate(content if isinstance(content, list) else []):
+            kind = block.get("type") if isinstance(block, dict) else None
+            field = _ID_FIELDS.get(kind) if isinstance(kind, str) else None
+            value = block.get(field) if field else None
+            if field and not (isinstance(value, str) and _ID.fullmatch(value)):
+                return f"messages.{i}.content.{j}.{kind}.{field}: String should match pattern '{_ID_PATTERN}'"
     return None
 
 
@@ -424,6 +445,9 @@ class AnthropicSim:
         flagged = _bad_error_flag(body)
         if flagged is not None:
             return self._error(400, "invalid_request_error", f"{flagged}.is_error: Input should be a valid boolean")
+        bad_id = _bad_tool_id(body)
+        if bad_id is not None:
+            return self._error(400, "invalid_request_error", bad_id)
         lifetimes = _ttl_problem(body)
         if lifetimes is not None:
             return self._error(400, "invalid_request_error", lifetimes)

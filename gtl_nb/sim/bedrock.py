@@ -19,11 +19,12 @@ Validation answers 400 ``ValidationException`` with the service's messages: a mo
 that does not start with a user message or does not alternate, blank text blocks, toolUse/toolResult blocks
 without a ``toolConfig``, an empty ``toolConfig.tools`` or a tool schema whose type is not ``object``,
 ``toolResult.status`` sent to a model other than Claude or Nova (the API reference says only those accept it;
-the message wording is our assumption), bad image formats. An image whose bytes do not match its declared
-format fails as the recording shows: inside the 200 stream (a ``validationException`` frame) for
-ConverseStream, 400 for Converse. ``cachePoint`` blocks (in ``system``, a message's content or
-``toolConfig.tools``; at most four, for the Claude and Nova models AWS lists with prompt caching — both
-refusals' wordings are our assumption) read and write a prompt cache of the simulator's own
+the message wording is our assumption), a ``toolUseId`` other than 1 to 64 of ``[a-zA-Z0-9_-]`` (the API
+reference's constraint; the wording is Smithy's usual one, our assumption), bad image formats. An image whose
+bytes do not match its declared format fails as the recording shows: inside the 200 stream (a
+``validationException`` frame) for ConverseStream, 400 for Converse. ``cachePoint`` blocks (in ``system``, a
+message's content or ``toolConfig.tools``; at most four, for the Claude and Nova models AWS lists with prompt
+caching — both refusals' wordings are our assumption) read and write a prompt cache of the simulator's own
 (``sim.prompt_cache``), reported as ``cacheReadInputTokens`` / ``cacheWriteInputTokens`` beside an
 ``inputTokens`` that excludes them.
 
@@ -331,6 +332,23 @@ def _check_tool_config(config: Any) -> None:
             )
 
 
+_TOOL_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def _check_tool_id(block: dict[str, Any], i: int, j: int) -> None:
+    """The service's ValidationException for a ``toolUseId`` outside its documented pattern and length
+    (1 to 64 of ``[a-zA-Z0-9_-]``): an id another provider minted, such as ``functions.f:0``."""
+    for kind in ("toolUse", "toolResult"):
+        inner = block.get(kind)
+        value = inner.get("toolUseId") if isinstance(inner, dict) else None
+        if isinstance(inner, dict) and not (isinstance(value, str) and _TOOL_ID.fullmatch(value)):
+            raise _Invalid(
+                f"1 validation error detected: Value '{value}' at 'messages.{i + 1}.member.content.{j + 1}.member."
+                f"{kind}.toolUseId' failed to satisfy constraint: Member must satisfy regular expression pattern: "
+                "[a-zA-Z0-9_-]+"
+            )
+
+
 def _check_messages(body: dict[str, Any], model: str) -> str | None:
     """Structural validation; returns the message of an image whose bytes do not match its format."""
     messages = body.get("messages")
@@ -367,6 +385,7 @@ def _check_messages(body: dict[str, Any], model: str) -> str | None:
                     "Add text to the text field, and try again."
                 )
             uses_tools = uses_tools or "toolUse" in block or "toolResult" in block
+            _check_tool_id(block, i, j)
             result = block.get("toolResult")
             if isinstance(result, dict) and "status" in result and not _accepts_tool_status(model):
                 raise _Invalid(

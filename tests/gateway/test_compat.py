@@ -231,6 +231,19 @@ def test_openai_sdk_tool_call_round_trip(provider, oai, embedded):
     assert follow.choices[0].message.content == expected.text and "sunny, 21 C" in expected.text
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "bedrock"])
+def test_a_tool_call_id_another_provider_minted_reaches_a_provider_with_an_id_pattern(provider, oai, backends):
+    call = {"id": "functions.get_weather:0", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    history = [
+        {"role": "user", "content": "What is the weather in Oslo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21 C"},
+    ]
+    answer = oai.chat.completions.create(model=target(provider), messages=history, tools=[OPENAI_TOOL])
+    assert "sunny, 21 C" in answer.choices[0].message.content
+    assert "functions.get_weather:0" not in backends[provider].requests[-1].body.decode()
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_openai_sdk_image_part_reaches_the_provider(provider, oai, embedded, backends):
     content = [

@@ -474,6 +474,21 @@ def test_tool_result_round_trip_from_decoded_tool_calls() -> None:
     assert [b["content"] for b in results["content"][:2]] == ["Charles", "Sammy"]
 
 
+def test_a_foreign_tool_call_id_is_sent_in_the_apis_pattern_and_still_pairs_with_its_result() -> None:
+    ids = ["functions.f:0", "functions_f_0", "functions f:0", "", "x" * 80, "toolu_01AbC-d_9"]
+    messages: list[Message] = [Message(role="user", content="go")]
+    messages.append(Message(role="assistant", tool_calls=[ToolCall(id=i, name="f", arguments="{}") for i in ids]))
+    messages += [Message(role="tool", tool_call_id=i, content="ok") for i in ids]
+    body = body_of(request(messages))
+    sent = [block["id"] for block in body["messages"][1]["content"]]
+    assert [block["tool_use_id"] for block in body["messages"][2]["content"]] == sent  # still paired
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in sent)
+    assert len(set(sent)) == len(ids)  # "functions.f:0" and "functions_f_0" do not collide
+    assert sent[1] == "functions_f_0" and sent[-1] == "toolu_01AbC-d_9"  # an id that fits is kept
+    assert sent[0].startswith("functions_f_0_") and sent[0] != sent[2]
+    assert body_of(request(messages))["messages"] == body["messages"]  # the same every time (the cache's prefix)
+
+
 def test_tool_results_open_their_user_message_even_after_user_text() -> None:
     body = body_of(
         request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -389,6 +390,20 @@ def test_tool_call_round_trip_puts_results_in_one_user_message() -> None:
         {"toolResult": {"toolUseId": "tu_2", "content": [{"text": "two"}], "status": "success"}},
         {"text": "Thanks"},
     ]
+
+
+def test_a_foreign_tool_call_id_is_sent_in_the_services_pattern_and_still_pairs_with_its_result() -> None:
+    ids = ["functions.f:0", "functions_f_0", "y" * 65, "tooluse_Ab-9"]
+    history = [
+        Message(role="user", content="Do it"),
+        Message(role="assistant", tool_calls=[ToolCall(id=i, name="f", arguments="{}") for i in ids]),
+        *[Message(role="tool", tool_call_id=i, content="ok") for i in ids],
+    ]
+    body = _body(_request(messages=history, tools=[Tool(name="f")]))
+    sent = [block["toolUse"]["toolUseId"] for block in body["messages"][1]["content"]]
+    assert [block["toolResult"]["toolUseId"] for block in body["messages"][2]["content"]] == sent
+    assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in sent) and len(set(sent)) == len(ids)
+    assert sent[1:4:2] == ["functions_f_0", "tooluse_Ab-9"]  # ids that fit are kept
 
 
 def test_reasoning_on_anthropic_models_asks_for_thinking() -> None:

@@ -133,6 +133,30 @@ def test_a_temperature_above_1_is_refused_as_the_api_does(serve_sim: Any) -> Non
     }
 
 
+@pytest.mark.parametrize(
+    ("turn", "where"),
+    [
+        (
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "functions.f:0", "name": "f", "input": {}}]},
+            "messages.1.content.0.tool_use.id",
+        ),
+        (
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call 1", "content": "ok"}]},
+            "messages.1.content.0.tool_result.tool_use_id",
+        ),
+    ],
+)
+def test_a_tool_id_outside_the_apis_pattern_is_refused_as_the_api_does(turn, where, serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    body = {"model": MODEL, "messages": [*USER, turn], "max_tokens": 10}
+    response = httpx.post(s.base_url + "/v1/messages", json=body, headers=HEADERS)
+    assert response.status_code == 400
+    assert response.json()["error"] == {
+        "type": "invalid_request_error",
+        "message": f"{where}: String should match pattern '^[a-zA-Z0-9_-]+$'",
+    }
+
+
 def test_max_tokens_is_required(serve_sim: Any) -> None:
     s = serve_sim("anthropic")
     response = httpx.post(s.base_url + "/v1/messages", json={"model": MODEL, "messages": USER}, headers=HEADERS)

@@ -268,8 +268,22 @@ def test_validation_errors_are_400_validation_exception(sim: Any) -> None:
             },
             "toolResult.status",
         ),
+        (
+            {
+                "messages": [
+                    *_user("q"),
+                    {
+                        "role": "assistant",
+                        "content": [{"toolUse": {"toolUseId": "functions.f:0", "name": "f", "input": {}}}],
+                    },
+                ],
+                "toolConfig": {"tools": [WEATHER]},
+            },
+            "Value 'functions.f:0' at 'messages.2.member.content.1.member.toolUse.toolUseId' failed to satisfy "
+            "constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+",
+        ),
     ],
-    ids=["empty-tools", "tool-blocks-without-tool-config", "status-on-llama"],
+    ids=["empty-tools", "tool-blocks-without-tool-config", "status-on-llama", "tool-use-id-pattern"],
 )
 def test_tool_validation_like_the_service(sim: Any, kwargs: dict[str, Any], message: str) -> None:
     kwargs.setdefault("modelId", MODEL)
