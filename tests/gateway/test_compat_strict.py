@@ -90,6 +90,204 @@ def test_a_field_messages_has_not_is_refused_as_anthropic_refuses_it(claude, bac
     one_refusal_row(ledger_path, error)
 
 
+SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+
+
+@pytest.mark.parametrize(
+    "asked, path, hint",
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "paramters": SCHEMA}}]},
+            "tools[0].function.paramters",
+            "; did you mean parameters?",
+        ),
+        (
+            {"stream": True, "stream_options": {"include_usages": True}},
+            "stream_options.include_usages",
+            "; did you mean include_usage?",
+        ),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "cache_contrl": {}}]}]},
+            "messages[0].content[0].cache_contrl",
+            "; did you mean cache_control?",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": PIXEL_URL, "detial": "low"}}],
+                    }
+                ]
+            },
+            "messages[0].content[0].image_url.detial",
+            "; did you mean detail?",
+        ),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "tool_choice": {"type": "function", "function": {"name": "f"}, "strict": True},
+            },
+            "tool_choice.strict",
+            "",
+        ),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "c", "shema": SCHEMA}}},
+            "response_format.json_schema.shema",
+            "; did you mean schema?",
+        ),
+    ],
+    ids=["function", "stream-options", "text-part", "image-url", "tool-choice", "json-schema"],
+)
+def test_a_nested_key_chat_completions_has_not_is_refused_naming_its_path(
+    oai, backends, ledger_path, asked, path, hint
+):
+    """A misspelt nested key (``paramters``, ``include_usages``) was ignored: the tool went without its
+    parameters, the stream without its usage chunk, and nothing was said."""
+    before = sent(backends)
+    body = {"model": target("openai"), "messages": chat(), **asked}
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.chat.completions.create(**body)
+    error = caught.value
+    assert error.body["message"] == f"Unrecognized request argument supplied: {path}{hint}"
+    assert (error.status_code, error.param) == (400, path)
+    assert sent(backends) == before
+    one_refusal_row(ledger_path, error)
+
+
+@pytest.mark.parametrize(
+    "asked, path, hint",
+    [
+        (
+            {"output_config": {"fromat": {"type": "json_schema", "schema": SCHEMA}}},
+            "output_config.fromat",
+            "; did you mean format?",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "text", "text": "a"},
+                            {"type": "text", "text": "b", "cache_contrl": {"type": "ephemeral"}},
+                        ],
+                    }
+                ]
+            },
+            "messages.0.content.1.cache_contrl",
+            "; did you mean cache_control?",
+        ),
+        (
+            {
+                "tools": [{"name": "f", "input_schema": SCHEMA}],
+                "tool_choice": {"type": "auto", "disable_parallel_tool_us": True},
+            },
+            "tool_choice.disable_parallel_tool_us",
+            "; did you mean disable_parallel_tool_use?",
+        ),
+        ({"tools": [{"name": "f", "input_shema": SCHEMA}]}, "tools.0.input_shema", "; did you mean input_schema?"),
+        (
+            {"system": [{"type": "text", "text": "Be brief.", "cahce_control": {"type": "ephemeral"}}]},
+            "system.0.cahce_control",
+            "; did you mean cache_control?",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "source": {"type": "base64", "mediatype": "image/png", "data": "AA=="}}
+                        ],
+                    }
+                ]
+            },
+            "messages.0.content.0.source.mediatype",
+            "; did you mean media_type?",
+        ),
+    ],
+    ids=["output-config", "text-block", "tool-choice", "tool", "system-block", "image-source"],
+)
+def test_a_nested_key_messages_has_not_is_refused_naming_its_path(claude, backends, ledger_path, asked, path, hint):
+    """A misspelt nested key (``fromat``, ``cache_contrl``) was ignored: the answer came in prose, the
+    prompt uncached, and nothing was said; Anthropic refuses extra inputs at every level."""
+    before = sent(backends)
+    body = {"model": target("anthropic"), "max_tokens": 10, "messages": USER, **asked}
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        claude.messages.create(**body)
+    error = caught.value
+    assert error.body["error"] == {
+        "type": "invalid_request_error",
+        "message": f"{path}: Extra inputs are not permitted{hint}",
+    }
+    assert error.status_code == 400 and sent(backends) == before
+    one_refusal_row(ledger_path, error)
+
+
+def test_nested_keys_each_api_defines_are_still_accepted(oai, claude):
+    """What the APIs define in those objects (and what their answers carry, which a client replays) is
+    not refused: OpenAI's ``strict``, ``detail``, ``include_obfuscation``, a part's ``cache_control``;
+    Anthropic's ``citations``, ``caller``, a tool's ``strict``, ``output_config.effort``."""
+    tool = {"type": "function", "function": {"name": "f", "description": "", "parameters": SCHEMA, "strict": True}}
+    parts = [
+        {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}},
+        {"type": "image_url", "image_url": {"url": PIXEL_URL, "detail": "low"}},
+    ]
+    form = {"type": "json_schema", "json_schema": {"name": "c", "description": "", "schema": SCHEMA, "strict": True}}
+    answer = oai.chat.completions.create(
+        model="echo",
+        messages=[{"role": "user", "content": parts}],
+        tools=[tool],
+        tool_choice="none",
+        response_format=form,
+    )
+    assert answer.choices[0].message.content
+    streamed = oai.chat.completions.create(
+        model="echo",
+        messages=chat(),
+        stream=True,
+        stream_options={"include_usage": True, "include_obfuscation": False},
+    )
+    assert list(streamed)[-1].usage is not None
+    history = [
+        {"role": "user", "content": [{"type": "text", "text": "weather?", "citations": None}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "thinking", "thinking": "hm", "signature": "s"},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_1",
+                    "name": "f",
+                    "input": {"city": "Oslo"},
+                    "caller": {"type": "direct"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {
+                    "type": "tool_result",
+                    "tool_use_id": "toolu_1",
+                    "content": [{"type": "text", "text": "sunny", "citations": None}],
+                    "is_error": False,
+                }
+            ],
+        },
+    ]
+    reply = claude.messages.create(
+        model="echo",
+        max_tokens=50,
+        messages=history,
+        tools=[{"name": "f", "description": "", "input_schema": SCHEMA, "strict": True}],
+        tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+        output_config={"effort": "low"},
+    )
+    assert reply.content
+
+
 def test_gtl_request_fields_in_extra_body_are_refused_saying_where_they_go(oai, claude, backends, ledger_path):
     """``extra_body={"providers": [...]}`` — a GTL failover list — was ignored: the request went where the
     model string sent it, and the caller believed it had a failover. The model string is this endpoint's

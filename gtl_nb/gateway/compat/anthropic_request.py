@@ -42,7 +42,11 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   with every request), and none changes what the answer must be.
 * Any other field is refused (400) as Anthropic refuses it — "max_token: Extra inputs are not
   permitted" — with the field it is a near miss of; GTL's own request fields (``providers``…, what
-  ``extra_body`` would carry) are refused saying where they go.
+  ``extra_body`` would carry) are refused saying where they go. So is a key the API does not define in
+  a content block (and an image's ``source``), a system block, a tool, ``tool_choice``,
+  ``output_config`` and its ``format`` (or ``output_format``), named by its path
+  (``messages.0.content.1.cache_contrl: Extra inputs are not permitted``), as Anthropic refuses extra
+  inputs at every level; the keys of its SDK's request types (beta ones too) are all accepted.
 """
 
 from __future__ import annotations
@@ -111,6 +115,51 @@ new turn (``thread``), answer instead of summarising (``compaction``), or declin
 answer (``fallbacks``)."""
 _GTL_FIELDS = frozenset({"providers", "provider", "session_id", "reasoning", "cache", "type"})
 """GTL's own request fields, which a caller of the Anthropic SDK might send in ``extra_body``."""
+
+# The keys each nested object the endpoint reads may have: the Messages API's own (its SDK's request
+# types, beta ones too), so a key the API takes is never refused. ``citations`` and ``caller`` come
+# back in answers, which a client replays as they came.
+_BLOCK_KEYS = {
+    "text": frozenset({"type", "text", "cache_control", "citations"}),
+    "image": frozenset({"type", "source", "cache_control", "transformations"}),
+    "tool_use": frozenset({"type", "id", "name", "input", "cache_control", "caller", "toolset_name"}),
+    "tool_result": frozenset({"type", "tool_use_id", "content", "is_error", "cache_control", "toolset_name"}),
+    "thinking": frozenset({"type", "thinking", "signature"}),
+    "redacted_thinking": frozenset({"type", "data"}),
+}
+_SOURCE_KEYS = {"base64": frozenset({"type", "media_type", "data"}), "url": frozenset({"type", "url"})}
+_TOOL_KEYS = frozenset(
+    {
+        "type",
+        "name",
+        "description",
+        "input_schema",
+        "cache_control",
+        "strict",
+        "input_examples",
+        "defer_loading",
+        "allowed_callers",
+        "eager_input_streaming",
+    }
+)
+_CHOICE_KEYS = {
+    "none": frozenset({"type"}),
+    "auto": frozenset({"type", "disable_parallel_tool_use"}),
+    "any": frozenset({"type", "disable_parallel_tool_use"}),
+    "tool": frozenset({"type", "name", "disable_parallel_tool_use"}),
+}
+_OUTPUT_CONFIG_KEYS = frozenset({"format", "effort", "task_budget"})
+_FORMAT_KEYS = frozenset({"type", "schema"})
+
+
+def _only(value: dict[str, Any], known: frozenset[str], where: str) -> None:
+    """``FieldError`` for a key of the nested object ``value`` (at ``where``) the API has not, named by
+    its path as Anthropic names it: ``messages.0.content.1.cache_contrl: Extra inputs are not permitted``."""
+    extra = fields.unknown_key(value, known)
+    if extra is not None:
+        key, close = extra
+        said = "Extra inputs are not permitted"
+        raise FieldError(f"{where}.{key}", f"{said}; did you mean {close}?" if close else said)
 
 
 def unknown_field(body: dict[str, Any]) -> None:
@@ -193,11 +242,14 @@ def _stop_sequences(stop: list[Any] | None) -> list[str] | None:
 def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
     """GTL's ``response_format`` for ``output_config.format`` (or the beta's ``output_format``)."""
     config = fields.obj(body, "output_config", "output_config")
+    if config is not None:
+        _only(config, _OUTPUT_CONFIG_KEYS, "output_config")
     where, form = "output_config.format", fields.obj(config, "format", "output_config.format") if config else None
     if form is None:
         where, form = "output_format", fields.obj(body, "output_format", "output_format")
     if form is None:
         return None
+    _only(form, _FORMAT_KEYS, where)
     kind = fields.text(form, "type", f"{where}.type", required=True)
     if kind != "json_schema":
         raise FieldError(f"{where}.type", f"expected 'json_schema', not {kind!r}")
@@ -218,6 +270,7 @@ def _system(raw: Any) -> list[Message]:
         kind = _kind(block, f"system.{index}")
         if kind != "text":
             raise FieldError(f"system.{index}.type", f"only text blocks are accepted in system, not {kind!r}")
+        _only(block, _BLOCK_KEYS["text"], f"system.{index}")
         texts.append(_str(block, "text", f"system.{index}.text"))
     runs = split_at_marks(list(zip(texts, raw, strict=True)), lambda i, pair: marked(pair[1], f"system.{i}"))
     return [
@@ -251,7 +304,11 @@ def _blocks(content: Any, where: str) -> list[tuple[str, dict[str, Any], str]]:
         raise FieldError(where, "expected a string or an array of content blocks")
     if len(content) > MAX_PARTS:
         fields.at_most(content, where, MAX_PARTS, "content blocks in one message")
-    return [(_kind(block, f"{where}.{index}"), block, f"{where}.{index}") for index, block in enumerate(content)]
+    read = [(_kind(block, f"{where}.{index}"), block, f"{where}.{index}") for index, block in enumerate(content)]
+    for kind, block, here in read:
+        if kind in _BLOCK_KEYS:  # (a block of another type is refused by its reader)
+            _only(block, _BLOCK_KEYS[kind], here)
+    return read
 
 
 def _turn(raw: Any, where: str) -> list[Message]:
@@ -319,6 +376,8 @@ def _image(block: dict[str, Any], where: str) -> str:
     source = fields.obj(block, "source", f"{where}.source", required=True)
     assert source is not None
     kind = fields.text(source, "type", f"{where}.source.type", required=True)
+    if kind in _SOURCE_KEYS:
+        _only(source, _SOURCE_KEYS[kind], f"{where}.source")
     if kind == "base64":
         media_type = _str(source, "media_type", f"{where}.source.media_type")
         return f"data:{media_type};base64,{_str(source, 'data', f'{where}.source.data')}"
@@ -358,6 +417,7 @@ def _tools(raw: list[Any] | None) -> list[Tool] | None:
             raise FieldError(
                 f"{where}.type", f"server tools ({item.get('type')!r}) are not supported; only custom tools"
             )
+        _only(item, _TOOL_KEYS, where)
         name = _str(item, "name", f"{where}.name")
         description = fields.text(item, "description", f"{where}.description") or ""
         schema = fields.obj(item, "input_schema", f"{where}.input_schema", required=True)
@@ -370,6 +430,8 @@ def _tool_choice(raw: dict[str, Any] | None) -> str | dict[str, Any] | None:
     if raw is None:
         return None
     kind = fields.text(raw, "type", "tool_choice.type", required=True)
+    if kind in _CHOICE_KEYS:
+        _only(raw, _CHOICE_KEYS[kind], "tool_choice")
     one_call = fields.boolean(raw, "disable_parallel_tool_use", "tool_choice.disable_parallel_tool_use")
     choice: str | dict[str, Any]
     if kind == "tool":

@@ -28,6 +28,7 @@ __all__ = [
     "number",
     "obj",
     "text",
+    "unknown_key",
 ]
 
 
@@ -44,6 +45,16 @@ def did_you_mean(name: str, known: Collection[str]) -> str | None:
     """The known name ``name`` is most likely a slip for (``max_token`` → ``max_tokens``), or ``None``."""
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
     return close[0] if close else None
+
+
+def unknown_key(value: Mapping[str, Any], known: Collection[str]) -> tuple[str, str | None] | None:
+    """The first key of the nested object ``value`` that ``known`` has not (cut to 100 characters), with
+    the known key it is a near miss of, or ``None``: a misspelt ``cache_contrl`` or ``paramters``,
+    ignored, would silently change the answer, as a misspelt top-level field would."""
+    for key in value:
+        if key not in known:
+            return key[:100], did_you_mean(key, known)
+    return None
 
 
 def at_most(values: list[Any], where: str, limit: int, what: str) -> list[Any]:

@@ -39,6 +39,11 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 * Any other field is refused (400, ``param`` naming it) as OpenAI refuses it — "Unrecognized request
   argument supplied: max_token" — with the field it is a near miss of; GTL's own request fields
   (``providers``, ``provider``…, what ``extra_body`` would carry) are refused saying where they go.
+  So is a key Chat Completions does not define in a content part (and its ``image_url``), a tool and
+  its ``function``, an object ``tool_choice``, ``response_format`` and its ``json_schema``, or
+  ``stream_options``, named by its path (``Unrecognized request argument supplied:
+  tools[0].function.paramters``); the keys of its SDK's request types, and a part's ``cache_control``,
+  are accepted. A message's and a tool call's own keys are not checked.
 """
 
 from __future__ import annotations
@@ -125,6 +130,40 @@ _GTL_FIELDS = frozenset({"providers", "provider", "session_id", "reasoning", "ca
 """GTL's own request fields, which a caller of the OpenAI SDK might send in ``extra_body``."""
 
 
+# The keys each nested object the endpoint reads may have: Chat Completions' own (its SDK's request
+# types), and ``cache_control`` on a content part (the form other OpenAI-compatible proxies take).
+_PART_KEYS = {
+    "text": frozenset({"type", "text", "cache_control", "prompt_cache_breakpoint"}),
+    "image_url": frozenset({"type", "image_url", "cache_control", "prompt_cache_breakpoint"}),
+    "refusal": frozenset({"type", "refusal", "cache_control"}),
+}
+_IMAGE_URL_KEYS = frozenset({"url", "detail"})
+_TOOL_KEYS = frozenset({"type", "function"})
+_FUNCTION_KEYS = frozenset({"name", "description", "parameters", "strict"})
+_NAMED_KEYS = frozenset({"name"})
+_CHOICE_KEYS = {"function": frozenset({"type", "function"}), "allowed_tools": frozenset({"type", "allowed_tools"})}
+_ALLOWED_KEYS = frozenset({"mode", "tools"})
+_STREAM_OPTION_KEYS = frozenset({"include_usage", "include_obfuscation"})
+_FORMAT_KEYS = {
+    "text": frozenset({"type"}),
+    "json_object": frozenset({"type"}),
+    "json_schema": frozenset({"type", "json_schema"}),
+}
+_JSON_SCHEMA_KEYS = frozenset({"name", "description", "schema", "strict"})
+
+
+def _only(value: dict[str, Any], known: frozenset[str], where: str) -> None:
+    """``FieldError`` for a key of the nested object ``value`` (at ``where``) Chat Completions has not,
+    named by its path, in the words of a top-level one: ``Unrecognized request argument supplied:
+    tools[0].function.paramters``."""
+    extra = fields.unknown_key(value, known)
+    if extra is not None:
+        key, close = extra
+        path = f"{where}.{key}"
+        said = f"Unrecognized request argument supplied: {path}"
+        raise FieldError(path, f"{said}; did you mean {close}?" if close else said, whole=True)
+
+
 @dataclass(frozen=True)
 class ChatRequest:
     """The GTL request, and what the answer's shape depends on."""
@@ -193,6 +232,8 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     if options is not None and not stream:
         # OpenAI's own 400: an app that asked for a usage chunk must learn it gets none
         raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
+    if options is not None:
+        _only(options, _STREAM_OPTION_KEYS, "stream_options")
     include_usage = stream and bool(fields.boolean(options or {}, "include_usage", "stream_options.include_usage"))
     if fields.obj(body, "audio", "audio"):  # audio output's voice and format: the answer has no audio
         raise FieldError("audio", 'the gateway answers in text only; leave audio out (and modalities ["text"])')
@@ -216,9 +257,23 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         stop=_stop(body.get("stop")),
         tools=tools,
         tool_choice=_tool_choice(choice, fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")),
-        response_format=fields.obj(body, "response_format", "response_format"),
+        response_format=_response_format(fields.obj(body, "response_format", "response_format")),
     )
     return ChatRequest(request, include_usage, limit)
+
+
+def _response_format(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``response_format`` as given, once no key of it (or of its ``json_schema``) is one OpenAI has not;
+    what its type and schema ask is the deployment's to read (``providers.base.schema_asked``)."""
+    if raw is None:
+        return None
+    known = _FORMAT_KEYS.get(raw.get("type"))
+    if known is not None:
+        _only(raw, known, "response_format")
+    schema = raw.get("json_schema")
+    if raw.get("type") == "json_schema" and isinstance(schema, dict):
+        _only(schema, _JSON_SCHEMA_KEYS, "response_format.json_schema")
+    return raw
 
 
 def _refuse_logprobs(body: dict[str, Any]) -> None:
@@ -294,6 +349,8 @@ def _parts(content: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(part, dict):
             raise FieldError(f"{where}[{index}]", "each content part must be an object")
         kind = fields.text(part, "type", f"{where}[{index}].type", required=True)
+        if kind in _PART_KEYS:  # (a part of another type is refused by its reader)
+            _only(part, _PART_KEYS[str(kind)], f"{where}[{index}]")
         parts.append((str(kind), part))
     return parts
 
@@ -330,6 +387,8 @@ def _user_content(content: Any, where: str) -> list[tuple[str, str]]:
             pieces.append(("text", _part_text(part, "text", f"{here}.text")))
         elif kind == "image_url":
             image = part.get("image_url")
+            if isinstance(image, dict):
+                _only(image, _IMAGE_URL_KEYS, f"{here}.image_url")
             url = image.get("url") if isinstance(image, dict) else image  # an older form: the URL itself
             pieces.append(("image", fields.image_url(url, f"{here}.image_url.url")))
         else:
@@ -362,8 +421,10 @@ def _tools(raw: list[Any] | None) -> list[Tool] | None:
             raise FieldError(where, "each tool must be an object")
         if item.get("type", "function") != "function":
             raise FieldError(f"{where}.type", f"only function tools are supported, not {item.get('type')!r}")
+        _only(item, _TOOL_KEYS, where)
         function = fields.obj(item, "function", f"{where}.function", required=True)
         assert function is not None
+        _only(function, _FUNCTION_KEYS, f"{where}.function")
         name = fields.text(function, "name", f"{where}.function.name", required=True)
         description = fields.text(function, "description", f"{where}.function.description") or ""
         parameters = fields.obj(function, "parameters", f"{where}.function.parameters")
@@ -381,8 +442,10 @@ def _allowed_tools(tools: list[Tool] | None, raw: Any) -> tuple[list[Tool] | Non
     if not (isinstance(raw, dict) and raw.get("type") == "allowed_tools"):
         return tools, raw
     where = "tool_choice.allowed_tools"
+    _only(raw, _CHOICE_KEYS["allowed_tools"], "tool_choice")
     allowed = fields.obj(raw, "allowed_tools", where, required=True)
     assert allowed is not None
+    _only(allowed, _ALLOWED_KEYS, where)
     mode = allowed.get("mode")
     if mode not in ("auto", "required"):
         raise FieldError(f"{where}.mode", 'expected "auto" or "required"')
@@ -395,6 +458,8 @@ def _allowed_tools(tools: list[Tool] | None, raw: Any) -> tuple[list[Tool] | Non
         name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(item, dict) or item.get("type", "function") != "function" or not isinstance(name, str):
             raise FieldError(f"{where}.tools[{index}]", 'expected {"type": "function", "function": {"name": ...}}')
+        _only(item, _TOOL_KEYS, f"{where}.tools[{index}]")
+        _only(function, _NAMED_KEYS, f"{where}.tools[{index}].function")
         names.add(name)
     known = {tool.name for tool in tools or ()}
     missing = sorted(names - known)
@@ -416,6 +481,8 @@ def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None
         and isinstance(raw.get("function"), dict)
         and isinstance(raw["function"].get("name"), str)
     ):
+        _only(raw, _CHOICE_KEYS["function"], "tool_choice")
+        _only(raw["function"], _NAMED_KEYS, "tool_choice.function")
         choice = {"type": "function", "function": {"name": raw["function"]["name"]}}
     else:
         raise FieldError(
