@@ -143,7 +143,9 @@ _TOOL_KEYS = frozenset(
     }
 )
 _CHOICE_KEYS = {
-    "none": frozenset({"type"}),
+    # (``none`` with the flag the other kinds take: the SDK's type has not it, but a client that sets it on
+    # every choice was answered before this check existed, and what it asks is already so)
+    "none": frozenset({"type", "disable_parallel_tool_use"}),
     "auto": frozenset({"type", "disable_parallel_tool_use"}),
     "any": frozenset({"type", "disable_parallel_tool_use"}),
     "tool": frozenset({"type", "name", "disable_parallel_tool_use"}),
