@@ -83,6 +83,7 @@ __all__ = [
     "finished_row_values",
     "frame_from_rows",
     "iso_utc",
+    "page_bounds",
     "process_alive",
     "process_identity",
     "refused_by_budget",
@@ -654,12 +655,17 @@ class Ledger:
         )
         return None if found is None else _record(found)
 
-    def rows(self, **filters: Any) -> list[dict[str, Any]]:
-        """Every matching row as ``row()`` gives it, in id order; filters as ``to_dataframe``'s."""
+    def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Every matching row as ``row()`` gives it, in id order; filters as ``to_dataframe``'s.
+
+        ``offset`` skips that many matching rows and ``limit`` (None: no limit) caps how many are
+        returned — in the SQL, so a page costs its own rows' memory, not every matching row's.
+        """
         where, params = _where(filters)
+        page = [*params, *page_bounds(offset, limit)]
         found = self._read(
             lambda conn: conn.execute(
-                f"SELECT {', '.join(COLUMN_NAMES)} FROM {TABLE}{where} ORDER BY id", params
+                f"SELECT {', '.join(COLUMN_NAMES)} FROM {TABLE}{where} ORDER BY id LIMIT ? OFFSET ?", page
             ).fetchall()
         )
         return [_record(values) for values in found]
@@ -1113,6 +1119,15 @@ def _where(filters: Mapping[str, Any]) -> tuple[str, list[Any]]:
             clauses.append(f"{key} = ?")
             params.append(_bindable(value))
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def page_bounds(offset: int, limit: int | None) -> tuple[int, int]:
+    """``(limit, offset)`` for SQL's ``LIMIT ? OFFSET ?`` (a negative limit is SQLite's "no limit");
+    ``LedgerValueError`` for a negative or non-integer offset or limit."""
+    for name, value in (("offset", offset), ("limit", limit)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise LedgerValueError(f"the ledger's {name} must be a whole number of rows, 0 or more")
+    return (-1 if limit is None else limit), offset
 
 
 def unknown_filter(key: str) -> str:

@@ -33,6 +33,7 @@ import msgspec
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.ledger import LedgerError, LedgerValueError, row_filter
+from gtl_nb.engine.stores.base import UsageLedger
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.gateway.live import live_sessions
 from gtl_nb.gateway.model_lists import model_lists
@@ -115,19 +116,38 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
     ledger = engine.ledger
     if ledger is None:
         return {"rows": [], "next": None}
-    rows = await ledger.rows(**(filters if asked is None or "user" in filters else {**filters, "user": asked}))
-    page: list[dict[str, Any]] = []
-    room = max(max_bytes - _ANSWER_OVERHEAD, 1024)
-    for row in rows[offset:]:
-        size = len(msgspec.json.encode(row)) + 1
-        if size > room:
-            if page:
-                break
-            row, size = _shortened(row), room  # a row too large for a page alone: shortened, so paging moves on
-        page.append(row)
-        room -= size
+    selected = filters if asked is None or "user" in filters else {**filters, "user": asked}
+    page, more = await _page(ledger, selected, offset, room=max(max_bytes - _ANSWER_OVERHEAD, 1024))
     following = offset + len(page)
-    return {"rows": page, "next": following if following < len(rows) else None}
+    return {"rows": page, "next": following if more else None}
+
+
+_CHUNK_ROWS = 500
+"""Rows read from the ledger at a time while filling a page: a page holds at most that many rows
+beyond its own in memory, whatever its ``offset`` or the ledger's size."""
+
+
+async def _page(
+    ledger: UsageLedger, filters: dict[str, Any], offset: int, *, room: int
+) -> tuple[list[dict[str, Any]], bool]:
+    """The rows from ``offset`` on that fit in ``room`` bytes of JSON, and whether any row follows them.
+
+    The ledger is read a chunk at a time (its own LIMIT/OFFSET): a page never loads every matching row."""
+    page: list[dict[str, Any]] = []
+    position = offset
+    while True:
+        chunk = await ledger.rows(offset=position, limit=_CHUNK_ROWS, **filters)
+        for row in chunk:
+            size = len(msgspec.json.encode(row)) + 1
+            if size > room:
+                if page:
+                    return page, True  # this row did not fit: it starts the next page
+                row, size = _shortened(row), room  # a row too large for a page alone: shortened, so paging moves on
+            page.append(row)
+            room -= size
+        if len(chunk) < _CHUNK_ROWS:
+            return page, False
+        position += len(chunk)
 
 
 MAX_QUERIES = 8

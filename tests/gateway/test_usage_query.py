@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway import queries
@@ -31,3 +32,54 @@ def test_a_number_no_column_can_hold_or_a_bound_past_any_date_is_the_callers_mis
         query = Query(query_id="q", name="usage", params={"filters": filters})
         answer = asyncio.run(queries.answer_query(engine, context, query, max_bytes=1 << 20))  # type: ignore[arg-type]
         assert answer.error is not None and answer.error.code == "INVALID_REQUEST", (filters, answer.error)
+
+
+class CountingLedger:
+    """A memory ledger that remembers the most rows one ``rows`` call handed over."""
+
+    def __init__(self) -> None:
+        from gtl_nb.engine.stores import MemoryUsageLedger
+
+        self.inner = MemoryUsageLedger()
+        self.most = 0
+
+    async def rows(self, **arguments: Any) -> list[dict[str, Any]]:
+        found = await self.inner.rows(**arguments)
+        self.most = max(self.most, len(found))
+        return found
+
+
+def test_a_usage_page_far_in_reads_a_chunk_of_the_ledger_not_every_row():
+    """The usage query read every matching row (``ledger.rows()``, no LIMIT) and sliced its page at
+    ``offset`` afterwards: a page at offset 300000 held 300000 rows in the gateway's memory, and 16 at
+    once took it to gigabytes. The ledger is read a chunk at a time, and the pages are what they were."""
+    ledger = CountingLedger()
+    context = RequestContext(principal="ann", tenant="t", scopes=frozenset({"usage:read"}))
+    other = RequestContext(principal="bob", tenant="t")
+    count = queries._CHUNK_ROWS * 2 + 37
+
+    async def fill() -> None:
+        for index in range(count):
+            await ledger.inner.start(session_id=f"s{index}", context=other if index % 5 == 0 else context, model="m")
+
+    def ask(offset: int, max_bytes: int) -> dict[str, Any]:
+        query = Query(query_id="q", name="usage", params={"offset": offset})
+        answer = asyncio.run(queries.answer_query(SimpleNamespace(ledger=ledger), context, query, max_bytes=max_bytes))  # type: ignore[arg-type]
+        assert answer.error is None, answer.error
+        return answer.result  # type: ignore[return-value]
+
+    asyncio.run(fill())
+    mine = [f"s{index}" for index in range(count) if index % 5]
+    last = ask(len(mine) - 3, 1 << 20)
+    assert [row["session_id"] for row in last["rows"]] == mine[-3:] and last["next"] is None
+    assert ledger.most <= queries._CHUNK_ROWS
+    whole = ask(0, 1 << 24)  # one page of every row, read over several chunks
+    assert [row["session_id"] for row in whole["rows"]] == mine and whole["next"] is None
+    paged, offset = [], 0
+    while offset is not None:  # small pages: each ends where the next begins, the last says so
+        page = ask(offset, 64 << 10)
+        assert page["rows"]
+        paged += [row["session_id"] for row in page["rows"]]
+        offset = page["next"]
+    assert paged == mine
+    assert ledger.most <= queries._CHUNK_ROWS

@@ -30,8 +30,10 @@ class UsageLedger(Protocol):
         """Complete a ``started`` row (the keyword fields of ``Ledger.finish``); never leaves it started."""
         ...
 
-    async def rows(self, **filters: Any) -> list[dict[str, Any]]:
-        """Rows as dicts of the documented columns, oldest first; filters as ``Ledger.to_dataframe``."""
+    async def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Rows as dicts of the documented columns, oldest first; filters as ``Ledger.to_dataframe``.
+        ``offset`` skips that many matching rows, ``limit`` (None: all) caps how many come back — done
+        by the store, so that a page of a large ledger never holds every matching row."""
         ...
 
     async def totals(

@@ -31,6 +31,7 @@ from gtl_nb.engine.ledger import (
     Totals,
     clean_finish_fields,
     iso_utc,
+    page_bounds,
     refused_by_budget,
     row_filter,
 )
@@ -123,12 +124,15 @@ class MemoryUsageLedger:
             if clean is None or clean["latency_ms"] is None:
                 row["latency_ms"] = (when - row["time"]) * 1000.0
 
-    async def rows(self, **filters: Any) -> list[dict[str, Any]]:
-        """Matching rows as dicts of every column, oldest first (filters as ``Ledger.to_dataframe``)."""
+    async def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """Matching rows as dicts of every column, oldest first (filters as ``Ledger.to_dataframe``;
+        ``offset`` and ``limit`` as ``Ledger.rows``'s)."""
         match = row_filter(filters)
+        count, skip = page_bounds(offset, limit)
         with self._lock:
             self._check_open()
-            return [_copy(row) for row in self._rows if match(row)]
+            matching = (row for row in self._rows if match(row))
+            return [_copy(row) for row in itertools.islice(matching, skip, None if count < 0 else skip + count)]
 
     async def totals(
         self, *, user: str | None = None, since: float | None = None, until: float | None = None

@@ -90,6 +90,7 @@ from gtl_nb.engine.ledger import (
     default_ledger_path,
     frame_from_rows,
     iso_utc,
+    page_bounds,
     unknown_filter,
 )
 from gtl_nb.engine.ledger_interrupted import COLUMNS as INTERRUPTED_COLUMNS
@@ -470,12 +471,15 @@ class PostgresUsageLedger:
         self._check_open()
         await self._loop.call(self._until_durable(self._seq))
 
-    async def rows(self, **filters: Any) -> list[dict[str, Any]]:
+    async def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Matching rows as dicts of every documented column, in id order (queued writes included);
-        filters as ``Ledger.to_dataframe``'s."""
+        filters as ``Ledger.to_dataframe``'s, ``offset`` and ``limit`` as ``Ledger.rows``'s (in the SQL)."""
         self._check_open()
         where, params = _where(filters)
-        return await self._loop.call(self._rows(self._seq, where, params))
+        count, skip = page_bounds(offset, limit)
+        # PostgreSQL's LIMIT NULL is no limit; the page is cut by the server, not here
+        page = f"{where} ORDER BY id LIMIT %s OFFSET %s"
+        return await self._loop.call(self._rows(self._seq, page, [*params, None if count < 0 else count, skip]))
 
     async def totals(
         self, *, user: str | None = None, since: float | None = None, until: float | None = None
@@ -494,7 +498,8 @@ class PostgresUsageLedger:
         """The rows as the documented DataFrame (``frame_from_rows``), from a thread without a running loop."""
         self._check_open()
         where, params = _where(filters)
-        return frame_from_rows(self._loop.run(self._rows(self._seq, where, params), timeout=self._wait_for + 30))
+        every = f"{where} ORDER BY id"
+        return frame_from_rows(self._loop.run(self._rows(self._seq, every, params), timeout=self._wait_for + 30))
 
     async def recover(self) -> int:
         """Mark ``interrupted`` the started rows of every replica whose lease ran out; how many (the
@@ -1079,7 +1084,8 @@ class PostgresUsageLedger:
             return await cursor.fetchall()
 
     async def _rows(self, target: int, where: str, params: list[Any]) -> list[dict[str, Any]]:
-        found = await self._fetch(target, f"{_SELECT}{where} ORDER BY id", params)
+        """The rows selected by ``where`` (its ORDER BY and LIMIT included), once ``target`` is written."""
+        found = await self._fetch(target, f"{_SELECT}{where}", params)
         return [_record(values) for values in found]
 
     async def _totals(self, target: int, user: str | None, since: float | None, until: float | None) -> Totals:

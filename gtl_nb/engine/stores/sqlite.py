@@ -205,10 +205,11 @@ class SqliteUsageLedger:
         self._check_open()
         await asyncio.to_thread(self._live_writer().flush)
 
-    async def rows(self, **filters: Any) -> list[dict[str, Any]]:
-        """``Ledger.rows(**filters)``: dicts of every column, oldest first (queued writes included)."""
+    async def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
+        """``Ledger.rows(offset=, limit=, **filters)``: dicts of every column, oldest first (queued writes
+        included)."""
         self._check_open()
-        return await asyncio.to_thread(self.ledger.rows, **filters)
+        return await asyncio.to_thread(self.ledger.rows, offset=offset, limit=limit, **filters)
 
     async def totals(
         self, *, user: str | None = None, since: float | None = None, until: float | None = None

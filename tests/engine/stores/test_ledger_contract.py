@@ -466,3 +466,27 @@ def test_a_start_is_never_cancelled_half_way(store_file: Path):
     assert [(row["session_id"], row["status"], row["error_code"]) for row in rows] == [
         ("ran", "cancelled", "CANCELLED")
     ]
+
+
+def test_a_page_of_rows_is_the_same_slice_of_the_same_order(ledger: UsageLedger):
+    """``rows(offset=, limit=)`` is done by the store (the gateway's ``usage`` query reads a page of a
+    large ledger so); it must give exactly the slice ``rows()`` would, filters and id order kept."""
+
+    async def scenario() -> tuple[list[str], list[list[str]], list[str], list[str]]:
+        for index in range(7):
+            context = ADA if index % 3 else BOB
+            await ledger.start(session_id=f"s{index}", context=context, model="m", now=T0 + index)
+
+        async def sessions(**arguments: Any) -> list[str]:
+            return [row["session_id"] for row in await ledger.rows(**arguments)]
+
+        pages = [await sessions(user="ada", offset=offset, limit=2) for offset in (0, 2, 4, 9)]
+        return await sessions(user="ada"), pages, await sessions(offset=5), await sessions(limit=0)
+
+    every, pages, tail, none = run(scenario())
+    assert every == ["s1", "s2", "s4", "s5"]
+    assert pages == [["s1", "s2"], ["s4", "s5"], [], []]
+    assert tail == ["s5", "s6"] and none == []
+    for wrong in ({"offset": -1}, {"limit": -2}, {"offset": "3"}, {"limit": True}):
+        with pytest.raises(LedgerValueError, match="whole number of rows"):
+            run(ledger.rows(**wrong))
