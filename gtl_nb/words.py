@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["a_kind_of", "dollars", "with_article"]
+__all__ = ["a_kind_of", "dollars", "looks_like_variable_name", "with_article"]
 
 
 def with_article(name: str) -> str:
@@ -32,3 +32,12 @@ def dollars(value: float) -> str:
 def counted(count: int, noun: str) -> str:
     """``count`` and ``noun``, plural but for one: ``counted(1, "session")`` is ``"1 session"``."""
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def looks_like_variable_name(text: object) -> bool:
+    """Whether ``text`` has the shape of an environment variable's name: capital letters, digits and ``_``,
+    64 at most, not starting with a digit. A setting that names a variable (``api_key_env``) may quote
+    such a name in a message; anything else may be the secret itself, pasted where its name belongs."""
+    if not isinstance(text, str) or not 0 < len(text) <= 64 or text[0].isdigit():
+        return False
+    return all(ch.isascii() and (ch.isupper() or ch.isdigit() or ch == "_") for ch in text)

@@ -40,7 +40,7 @@ from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.providers.base import Deployment, ProviderNeeds, needs_of
 from gtl_nb.providers.catalog import validate_overrides
 from gtl_nb.providers.registry import BUILTIN_PROVIDERS, get_provider
-from gtl_nb.words import a_kind_of
+from gtl_nb.words import a_kind_of, looks_like_variable_name
 
 try:  # Python >= 3.11
     import tomllib
@@ -140,6 +140,8 @@ class Field:
     doc: str = ""
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any, str], None] | None = None
+    secret: bool = False
+    """Whether the value may be a secret (a key, a token, a header's value): an error names its kind, never it."""
 
 
 def _str_list(value: Any, where: str) -> None:
@@ -813,17 +815,24 @@ def _check_table(table: Any, schema: Mapping[str, Field], where: str) -> None:
 
 def _check_value(value: Any, spec: Field, where: str) -> None:
     kinds = spec.kinds
+    shown = _shown(value, spec)
     if isinstance(value, bool) and bool not in kinds:
-        raise ConfigurationError(f"{where} must be {_kind_names(kinds)}, got {value!r}")
+        raise ConfigurationError(f"{where} must be {_kind_names(kinds)}, got {shown}")
     if not isinstance(value, kinds):
-        raise ConfigurationError(f"{where} must be {_kind_names(kinds)}, got {value!r}")
+        raise ConfigurationError(f"{where} must be {_kind_names(kinds)}, got {shown}")
     if spec.choices is not None and value not in spec.choices:
         allowed = ", ".join(repr(c) for c in spec.choices if c is not None)  # None is no setting (not TOML)
-        raise ConfigurationError(f"{where} must be one of {allowed}, got {value!r}")
+        raise ConfigurationError(f"{where} must be one of {allowed}, got {shown}")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-        raise ConfigurationError(f"{where} must not be negative, got {value!r}")
+        raise ConfigurationError(f"{where} must not be negative, got {shown}")
     if spec.check is not None:
         spec.check(value, where)
+
+
+def _shown(value: Any, spec: Field) -> str:
+    """``value`` as an error quotes it: a secret field's only by its kind (``a list``), since a key put in
+    a list or a table by mistake is still the key, and errors reach logs and terminals."""
+    return a_kind_of(value) if spec.secret else repr(value)
 
 
 def _kind_names(kinds: tuple[type, ...]) -> str:
@@ -842,18 +851,18 @@ def _kind_names(kinds: tuple[type, ...]) -> str:
 
 _DEPLOYMENT_FIELDS: dict[str, Field] = {
     "type": Field((str,)),
-    "api_key": Field((str,)),
-    "api_key_env": Field((str,)),
+    "api_key": Field((str,), secret=True),
+    "api_key_env": Field((str,), secret=True),  # a key is pasted here for its variable's name at times
     "base_url": Field((str,)),
     "api_version": Field((str,)),
     "region": Field((str,)),
     "aws_access_key_id": Field((str,)),
-    "aws_secret_access_key": Field((str,)),
-    "aws_session_token": Field((str,)),
+    "aws_secret_access_key": Field((str,), secret=True),
+    "aws_session_token": Field((str,), secret=True),
     "aws_profile": Field((str,)),
     "model": Field((str,)),
     "models": Field((list,), check=_str_list),
-    "headers": Field((dict,), check=lambda v, w: _str_dict(v, w)),
+    "headers": Field((dict,), check=lambda v, w: _str_dict(v, w), secret=True),
     "options": Field((dict,), check=lambda v, w: _json_value(v, w)),
     "weight": Field(_NUM),
     "timeouts": Field((dict,), check=lambda v, w: _check_table(v, SECTION_SCHEMAS["timeouts"], w)),
@@ -888,8 +897,12 @@ def _json_value(value: Any, where: str, depth: int = 0) -> None:
 
 
 def _str_dict(value: Mapping[str, Any], where: str) -> None:
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise ConfigurationError(f"{where} must map header names to strings, got {value!r}")
+    """Header names to strings; an error names the header, never a value (a header may carry a key)."""
+    for header, text in value.items():
+        if not isinstance(text, str):
+            raise ConfigurationError(
+                f"{where} must map header names to strings; header {header!r} holds {a_kind_of(text)}"
+            )
 
 
 def _check_deployment(spec: Any, where: str) -> None:
@@ -940,6 +953,17 @@ def _with_defaults(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
     return filled
 
 
+def _unset_key_variable(variable: str, where: str) -> str:
+    """What to say of ``api_key_env`` naming a variable that is not set: its name when it has a name's
+    shape; otherwise not even that — it may be the key itself, pasted where its variable's name belongs."""
+    if looks_like_variable_name(variable):
+        return f"{where} names ${variable}, which is not set"
+    return (
+        f"{where} names no variable that is set; its value is not quoted, as it is not capital letters, digits "
+        "and _ only and may be the key itself (put the key in an environment variable and name that)"
+    )
+
+
 def _timeouts(values: Mapping[str, Any]) -> Timeouts:
     def seconds(key: str) -> float | None:
         value = values.get(key, SECTION_SCHEMAS["timeouts"][key].default)
@@ -982,7 +1006,7 @@ def _build_deployment(
             values["api_key"] = env[variable]
             sources["api_key"] = f"${variable} (named by api_key_env in [providers.{name}])"
         else:
-            hint = f"api_key_env in [providers.{name}] names ${variable}, which is not set"
+            hint = _unset_key_variable(variable, f"api_key_env in [providers.{name}]")
     for field_name, variables in env_vars(provider_type).items():
         if values.get(field_name) or (field_name == "api_key" and "api_key_env" in spec):
             continue

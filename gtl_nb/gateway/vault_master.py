@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import looks_like_variable_name
 
 __all__ = [
     "DEFAULT_MASTER_KEY_ENV",
@@ -105,6 +106,14 @@ class MasterKeySource:
     file: Path | None = None
     environ: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
     """The environment to read ``env`` from (``None``: the live ``os.environ``)."""
+
+    def __post_init__(self) -> None:
+        # a key pasted where its variable's name belongs would be quoted by every "is not set" after
+        if not looks_like_variable_name(self.env):
+            raise ConfigurationError(
+                "the vault's master_key_env (--key-env) must name an environment variable (capital letters, "
+                "digits, _), not hold the master key itself"
+            )
 
     def describe(self) -> str:
         return f"the master key file {self.file}" if self.file is not None else f"${self.env}"

@@ -159,3 +159,35 @@ def test_an_azure_deployment_by_entra_token_and_resource_name_lacks_nothing():
     assert missing_credentials(bare) == ["api_key", "base_url"]
     with pytest.raises(ConfigurationError, match="AZURE_OPENAI_API_KEY"):
         load_config(providers={"az": {"type": "azure"}}, environ={}).require_credentials("az")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"api_key": [CANARY]},
+        {"api_key": {"value": CANARY}},
+        {"api_key_env": [CANARY]},
+        {"aws_secret_access_key": [CANARY]},
+        {"aws_session_token": {"token": CANARY}},
+        {"headers": {"X-Api-Key": [CANARY]}},
+        {"headers": f"Authorization: Bearer {CANARY}"},
+    ],
+)
+def test_a_secret_of_the_wrong_type_is_named_by_its_kind_never_quoted(spec):
+    """``api_key = ["sk-…"]`` was refused with "api_key must be a string, got ['sk-…']": the key itself in
+    an error that reaches logs and terminals. A secret-bearing setting's error tells its kind instead."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(environ={}, config={"providers": {"team": {"type": "openai", **spec}}})
+    assert CANARY not in caught.value.message
+    assert "got a " in caught.value.message or "holds a list" in caught.value.message
+
+
+def test_a_key_pasted_for_the_name_of_its_variable_is_not_quoted_as_one():
+    """``api_key_env = "sk-proj-…"`` (the key, not its variable) gave "names $sk-proj-…, which is not set"."""
+    config = load_config(environ={}, config={"providers": {"team": {"type": "openai", "api_key_env": CANARY}}})
+    with pytest.raises(ConfigurationError, match="may be the key itself") as caught:
+        config.require_credentials("team")
+    assert CANARY not in caught.value.message
+    named = load_config(environ={}, config={"providers": {"team": {"type": "openai", "api_key_env": "TEAM_KEY"}}})
+    with pytest.raises(ConfigurationError, match=r"names \$TEAM_KEY, which is not set"):
+        named.require_credentials("team")  # a variable's name is still told

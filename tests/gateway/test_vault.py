@@ -335,6 +335,18 @@ def test_master_key_text_forms(master_text: str):
         pickle.dumps(key)
 
 
+def test_a_master_key_pasted_for_its_variables_name_is_refused_without_quoting_it(tmp_path: Path, master_text: str):
+    """``master_key_env = "<the master key>"`` gave "no vault master key: $<the key> is not set". As
+    ``[gateway.jwt] secret_env``, a value that is no variable's name is refused, and never quoted."""
+    for make in (
+        lambda: VaultSettings.from_table({"master_key_env": master_text}, base=tmp_path, environ={}),
+        lambda: MasterKeySource(env=master_text, environ={}).load(),
+    ):
+        with pytest.raises(ConfigurationError, match="not hold the master key itself") as caught:
+            make()
+        assert master_text not in caught.value.message
+
+
 def test_master_key_sources(tmp_path: Path, master_text: str):
     with pytest.raises(ConfigurationError, match=r"\$MISSING is not set"):
         MasterKeySource(env="MISSING", environ={}).load()

@@ -20,6 +20,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from gtl_nb.gateway.tokens.claims import MAX_NAME, json_object
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import looks_like_variable_name
 
 if TYPE_CHECKING:
     from gtl_nb.gateway.tokens.policy import TokenPolicy
@@ -202,7 +203,7 @@ def read_secret(table: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
     if name is not None and file_value is not None:
         raise ConfigurationError("[gateway.jwt] names secret_env and secret_file; choose one")
     if name is not None:
-        if not _is_variable_name(name):
+        if not looks_like_variable_name(name):
             raise ConfigurationError(
                 "[gateway.jwt] secret_env must name an environment variable (capital letters, digits, _), "
                 "not hold the secret itself"
@@ -233,12 +234,6 @@ def read_secret(table: Mapping[str, Any], base_dir: Path, environ: Mapping[str, 
             raise ConfigurationError(f"[gateway.jwt] secret_file {path} is empty")
         return data, f"secret_file {path}"
     return None, "the secret"
-
-
-def _is_variable_name(name: Any) -> bool:
-    if not isinstance(name, str) or not 0 < len(name) <= 64 or name[0].isdigit():
-        return False
-    return all(ch.isascii() and (ch.isupper() or ch.isdigit() or ch == "_") for ch in name)
 
 
 def check_secret(secret: bytes, source: str) -> None:
