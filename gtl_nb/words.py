@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["a_kind_of", "dollars", "looks_like_variable_name", "with_article"]
+__all__ = ["a_kind_of", "dollars", "looks_like_variable_name", "shown_in_terminal", "with_article"]
 
 
 def with_article(name: str) -> str:
@@ -41,3 +41,13 @@ def looks_like_variable_name(text: object) -> bool:
     if not isinstance(text, str) or not 0 < len(text) <= 64 or text[0].isdigit():
         return False
     return all(ch.isascii() and (ch.isupper() or ch.isdigit() or ch == "_") for ch in text)
+
+
+def shown_in_terminal(text: str) -> str:
+    """``text`` safe to print to a terminal: every character a terminal would act on or not show (ESC,
+    a newline, a C1 control, a bidi override) as its Python escape — ``\\x1b``, ``\\n``, ``\\u202e`` — so
+    a value a client chose (a request's model or session id, stored as sent) cannot move the cursor,
+    recolour the screen or forge a line of the table it is printed in."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)

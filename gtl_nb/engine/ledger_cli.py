@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
-from gtl_nb.words import dollars
+from gtl_nb.words import dollars, shown_in_terminal
 
 __all__ = ["add_subcommands", "days_ago"]
 
@@ -348,7 +348,8 @@ def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
     """The groups as an aligned table with a total line; the prompt cache's reads and writes when it
     did anything; a cost some of whose rows had no known price is marked ``*`` and explained under it."""
     totals = [sum(group[i] for group in groups) for i in range(1, 9)]
-    lines = [(str(group[0]), *group[1:]) for group in groups] + [("total", *totals)]
+    # a group's name is a column as a client sent it (a model, a user): escaped, never acted on by the terminal
+    lines = [(shown_in_terminal(str(group[0])), *group[1:]) for group in groups] + [("total", *totals)]
     cache = bool(totals[6] or totals[7])
     width = max(len(by), *(len(line[0]) for line in lines))
     header = f"{by:<{width}}  {'requests':>8}  {'errors':>6}  {'tokens in':>12}  {'tokens out':>12}  {'cost':>11}"

@@ -327,3 +327,25 @@ def test_a_ledger_an_older_release_wrote_groups_by_finish_reason_as_unknown(tmp_
     assert status == 0 and (group["finish_reason"], group["requests"], group["errors"]) == ("-", 8, 2)
     with sqlite3.connect(older) as copy:  # read, never migrated
         assert "finish_reason" not in {row[1] for row in copy.execute("PRAGMA table_info(requests)")}
+
+
+def test_control_characters_a_client_sent_are_shown_escaped_not_sent_to_the_terminal(tmp_path, capsys):
+    """A request's model (bounded only by its length) or user is stored as sent; ``gtl usage`` printed it
+    raw, so ESC sequences recoloured or cleared the operator's terminal and a newline forged a table line.
+    The table shows them as escapes (``\\x1b``, ``\\n``); the ledger keeps what was sent."""
+    from gtl_nb.engine.ledger import Ledger
+
+    hostile = "gpt\x1b[2J\x1b[31m\nfake-model  999\r\x9b0m\u202e"
+    path = tmp_path / "hostile.sqlite3"
+    with Ledger(str(path)) as ledger:
+        row = ledger.start(session_id="s\x1b]0;owned\x07", user="eve\x1b[8m", model=hostile)
+        ledger.finish(row, status="ok", cost=0.5)
+        stored = ledger.rows()[0]
+    assert stored["model"] == hostile and stored["user"] == "eve\x1b[8m"  # the data as it came
+    for by in ("model", "user"):
+        status, out, _ = usage(capsys, "--ledger", str(path), "--by", by)
+        assert status == 0
+        assert not any(char in out for char in "\x1b\r\x9b\u202e\x07")
+        assert len(out.splitlines()) == 3  # the header, the one group, the total: no forged line
+    _, out, _ = usage(capsys, "--ledger", str(path), "--by", "model")
+    assert r"gpt\x1b[2J\x1b[31m\nfake-model  999\r\x9b0m\u202e" in out
