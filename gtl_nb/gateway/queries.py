@@ -6,7 +6,8 @@
   first. ``params``: ``filters`` (the ledger's filters: ``since``, ``until``, ``status``, ``model``,
   ``user`` …), ``all_users: true`` for everyone's, and ``offset``; another ``user`` or everyone's
   needs ``usage:admin``. Rows are paged to fit
-  the connection's frame limit: the result is ``{"rows": [...], "next": offset_or_null}``.
+  the connection's frame limit: the result is ``{"rows": [...], "next": offset_or_null}``. The
+  writer's ``hostname``, ``pid`` and ``proc_start`` are left out unless the caller holds ``metrics:read``.
 * ``sessions`` — ``{"sessions": [...]}``, the caller's sessions running on this gateway, over any
   connection (``session:read``); ``params`` ``all_users: true`` for everyone's (``session:admin``).
 * ``cancel`` — cancel a running session by ``params`` ``session_id``, from any connection: one's own
@@ -117,10 +118,16 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
     if ledger is None:
         return {"rows": [], "next": None}
     selected = filters if asked is None or "user" in filters else {**filters, "user": asked}
-    page, more = await _page(ledger, selected, offset, room=max(max_bytes - _ANSWER_OVERHEAD, 1024))
+    # the writer's host and process are the operator's, as /readyz's reasons are (docs/security.md)
+    hidden = frozenset() if has_scope(context, SCOPES["metrics.read"]) else _WRITER_COLUMNS
+    page, more = await _page(ledger, selected, offset, room=max(max_bytes - _ANSWER_OVERHEAD, 1024), hidden=hidden)
     following = offset + len(page)
     return {"rows": page, "next": following if more else None}
 
+
+_WRITER_COLUMNS = frozenset({"hostname", "pid", "proc_start"})
+"""Columns that name the gateway's host, process and boot: left out of the rows of a caller without
+``metrics:read``, the scope that reads the gateway's operations data."""
 
 _CHUNK_ROWS = 500
 """Rows read from the ledger at a time while filling a page: a page holds at most that many rows
@@ -128,16 +135,18 @@ beyond its own in memory, whatever its ``offset`` or the ledger's size."""
 
 
 async def _page(
-    ledger: UsageLedger, filters: dict[str, Any], offset: int, *, room: int
+    ledger: UsageLedger, filters: dict[str, Any], offset: int, *, room: int, hidden: frozenset[str] = frozenset()
 ) -> tuple[list[dict[str, Any]], bool]:
-    """The rows from ``offset`` on that fit in ``room`` bytes of JSON, and whether any row follows them.
+    """The rows from ``offset`` on, less their ``hidden`` columns, that fit in ``room`` bytes of JSON,
+    and whether any row follows them.
 
     The ledger is read a chunk at a time (its own LIMIT/OFFSET): a page never loads every matching row."""
     page: list[dict[str, Any]] = []
     position = offset
     while True:
         chunk = await ledger.rows(offset=position, limit=_CHUNK_ROWS, **filters)
-        for row in chunk:
+        for found in chunk:
+            row = {key: value for key, value in found.items() if key not in hidden} if hidden else found
             size = len(msgspec.json.encode(row)) + 1
             if size > room:
                 if page:

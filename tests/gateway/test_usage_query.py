@@ -83,3 +83,27 @@ def test_a_usage_page_far_in_reads_a_chunk_of_the_ledger_not_every_row():
         offset = page["next"]
     assert paged == mine
     assert ledger.most <= queries._CHUNK_ROWS
+
+
+def test_the_writers_host_and_process_are_shown_to_an_operator_only():
+    """Every ``usage:read`` token got the gateway's ``hostname``, ``pid`` and ``proc_start`` (its boot id)
+    in its rows: internals ``/readyz`` keeps from callers without ``metrics:read``. They are left out the
+    same way; an operator's token (``metrics:read``) still reads them."""
+    ledger = CountingLedger()
+    reader = RequestContext(principal="ann", tenant="t", scopes=frozenset({"usage:read"}))
+    operator = RequestContext(principal="ann", tenant="t", scopes=frozenset({"usage:read", "metrics:read"}))
+    asyncio.run(ledger.inner.start(session_id="s", context=reader, model="m"))
+
+    def row_for(context: RequestContext) -> dict[str, Any]:
+        query = Query(query_id="q", name="usage")
+        answer = asyncio.run(queries.answer_query(SimpleNamespace(ledger=ledger), context, query, max_bytes=1 << 20))  # type: ignore[arg-type]
+        assert answer.error is None and answer.result is not None
+        (row,) = answer.result["rows"]
+        return row
+
+    internals = {"hostname", "pid", "proc_start"}
+    shown = row_for(reader)
+    assert not internals & set(shown) and shown["session_id"] == "s" and shown["model"] == "m"
+    full = row_for(operator)
+    assert all(full[name] is not None for name in internals)
+    assert set(full) - set(shown) == internals
