@@ -68,6 +68,7 @@ from typing import Any, Literal
 
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import a_kind_of
 
 log = get_logger("engine.breaker")
 
@@ -150,8 +151,8 @@ class BreakerConfig:
                 raise ConfigurationError(f"{where}: unknown key {key!r}{hint} (known: {', '.join(known)})")
             default = known[key].default
             if isinstance(default, str):
-                if not isinstance(value, str):
-                    raise ConfigurationError(f"{where}: {key} must be a string, got {value!r}")
+                if not isinstance(value, str):  # named by its kind: the backend's redis:// URL may hold a password
+                    raise ConfigurationError(f"{where}: {key} must be a string, got {a_kind_of(value)}")
             elif isinstance(default, bool):
                 if not isinstance(value, bool):
                     raise ConfigurationError(f"{where}: {key} must be true or false, got {value!r}")

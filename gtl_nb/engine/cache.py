@@ -59,7 +59,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.protocol.session import Transcript
-from gtl_nb.words import with_article
+from gtl_nb.words import a_kind_of, with_article
 
 KEY_VERSION = 1  # part of every key: bump it when the key's contents change
 SCOPES = ("tenant", "principal", "shared")
@@ -140,7 +140,8 @@ class CacheConfig:
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok:
                 wanted = with_article(type(default).__name__)
-                raise ConfigurationError(f"{where}: {key} must be {wanted}, got {value!r}")
+                shown = a_kind_of(value) if key == "backend" else repr(value)  # a redis:// URL may hold a password
+                raise ConfigurationError(f"{where}: {key} must be {wanted}, got {shown}")
         try:
             return cls(**table)
         except ConfigurationError as exc:

@@ -175,7 +175,10 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "enabled": Field((bool,), True, "record every response's usage and cost"),
         "path": Field(_OPT_STR, None, "SQLite file (default: gtl_nb.engine.ledger.default_ledger_path())"),
         "url": Field(
-            _OPT_STR, None, "store URL: sqlite:///relative/path, sqlite:////absolute/path, memory:// or postgresql://…"
+            _OPT_STR,
+            None,
+            "store URL: sqlite:///relative/path, sqlite:////absolute/path, memory:// or postgresql://…",
+            secret=True,  # a postgresql:// URL may hold the database's password
         ),
         "retention_days": Field(
             _OPT_NUM,

@@ -191,3 +191,19 @@ def test_a_key_pasted_for_the_name_of_its_variable_is_not_quoted_as_one():
     named = load_config(environ={}, config={"providers": {"team": {"type": "openai", "api_key_env": "TEAM_KEY"}}})
     with pytest.raises(ConfigurationError, match=r"names \$TEAM_KEY, which is not set"):
         named.require_credentials("team")  # a variable's name is still told
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"ledger": {"url": [f"postgresql://gtl:{CANARY}@db.internal/gtl"]}},
+        {"cache": {"backend": [f"redis://:{CANARY}@cache.internal/0"]}},
+        {"budgets": {"backend": [f"redis://:{CANARY}@cache.internal/0"]}},
+        {"routing": {"breaker": {"backend": {"url": f"redis://:{CANARY}@cache.internal/0"}}}},
+    ],
+)
+def test_a_store_url_of_the_wrong_type_is_named_by_its_kind_never_quoted(config):
+    """A store URL may hold its database's password: put in a list by mistake, it was quoted whole."""
+    with pytest.raises(ConfigurationError) as caught:
+        load_config(environ={}, config=config)
+    assert CANARY not in caught.value.message and "got a " in caught.value.message

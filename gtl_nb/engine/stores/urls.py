@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import a_kind_of
 
 __all__ = ["ACCEPTED", "DEFAULT_KEY_PREFIX", "REDIS_OPTIONS", "StoreURL", "parse_store_url", "shown_url"]
 
@@ -63,7 +64,8 @@ class StoreURL:
 def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
     """Parse ``url``; a ``ConfigurationError`` prefixed with ``where`` names what is accepted."""
     if not isinstance(url, str):
-        raise ConfigurationError(f"{where}: a store URL must be a string ({ACCEPTED}), got {url!r}")
+        # named by its kind, never quoted: a URL put in a list by mistake still holds its password
+        raise ConfigurationError(f"{where}: a store URL must be a string ({ACCEPTED}), got {a_kind_of(url)}")
     if url.lower() in ("memory", "memory://"):
         return StoreURL("memory")
     scheme, separator, rest = url.partition("://")
