@@ -51,3 +51,9 @@ def shown_in_terminal(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+def install_extra(extra: str) -> str:
+    """How to install one of gtl_nb's extras, from a package index or in a clone of its repository (where
+    ``make demo`` and ``make serve`` install into ``.venv``)."""
+    return f"pip install 'gtl-nb[{extra}]' (in a clone of its repository: .venv/bin/pip install -e '.[{extra}]')"

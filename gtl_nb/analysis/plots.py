@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 
 from gtl_nb.analysis.usage import with_keys
+from gtl_nb.words import install_extra
 
 __all__ = ["auto_freq", "plot_cost_over_time", "plot_latency_distribution", "pyplot"]
 
@@ -20,7 +21,7 @@ def pyplot() -> Any:
     try:
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise ImportError("gtl_nb.analysis plots need matplotlib: pip install 'gtl_nb[plot]'") from exc
+        raise ImportError(f"gtl_nb.analysis plots need matplotlib: {install_extra('plot')}") from exc
     return plt
 
 

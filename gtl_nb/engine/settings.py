@@ -23,6 +23,7 @@ from gtl_nb.engine.ratelimit import BudgetConfig
 from gtl_nb.engine.retry import RetryPolicy
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from gtl_nb.providers.base import Deployment
+from gtl_nb.words import install_extra
 
 __all__ = [
     "LedgerSettings",
@@ -125,7 +126,7 @@ class UpstreamSettings:
             except ImportError as exc:
                 raise ConfigurationError(
                     f'[upstream] client = "h2" needs {exc.name or "h2"}, which is not installed: '
-                    "pip install 'gtl_nb[http2]'"
+                    f"{install_extra('http2')}"
                 ) from None
             return H2Transport(**bounds)
         from gtl_nb.engine.httptools_transport import HttptoolsTransport

@@ -52,6 +52,7 @@ from gtl_nb.engine.hooks import (
 )
 from gtl_nb.log import get_logger, redact
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import install_extra
 
 __all__ = [
     "EXPORTERS",
@@ -69,7 +70,7 @@ log = get_logger("engine.tracing")
 SEMCONV_VERSION = "1.37.0"
 """The OpenTelemetry semantic conventions the spans follow (the GenAI ones are still "development")."""
 SCHEMA_URL = f"https://opentelemetry.io/schemas/{SEMCONV_VERSION}"
-INSTALL_HINT = "pip install 'gtl_nb[otel]'"
+INSTALL_HINT = install_extra("otel")
 EXPORTERS = ("otlp", "console", "none")
 """``otlp``: OTLP over HTTP; ``console``: one JSON line per span on standard error; ``none``: no exporter
 of ours — spans go to the process's global tracer provider, if something set one up."""

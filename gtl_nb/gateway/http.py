@@ -131,6 +131,7 @@ from gtl_nb.protocol.negotiation import (
 )
 from gtl_nb.transports.http import MAX_FRAME_HEADER
 from gtl_nb.transports.messages import JOIN_BYTES
+from gtl_nb.words import install_extra
 
 __all__ = ["PATHS", "STATUS_OF_CODE", "accepts_gzip", "bind", "build_app", "discovery_document", "serve_http"]
 
@@ -752,7 +753,7 @@ def _protocol_classes(
     try:  # websockets' sans-I/O protocol, whose fragments and parser buffer LimitedWebSocket measures
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
-        raise ConfigurationError("[gateway.http] needs websockets: pip install 'gtl_nb[gateway]'") from None
+        raise ConfigurationError(f"[gateway.http] needs websockets: {install_extra('gateway')}") from None
     base = limited_websocket(WebSocketsSansIOProtocol, header_timeout=limits.header_timeout, budget=unfinished)
 
     class WebSocketProtocol(WriteStallBound, base):  # type: ignore[misc, valid-type]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import install_extra
 
 __all__ = ["add_subcommands"]
 
@@ -224,7 +225,7 @@ def _vault_module() -> Any:
     except ImportError as exc:
         if (exc.name or "").partition(".")[0] != "cryptography":
             raise
-        raise ConfigurationError("gtl keys needs the cryptography package: pip install 'gtl-nb[gateway]'") from None
+        raise ConfigurationError(f"gtl keys needs the cryptography package: {install_extra('gateway')}") from None
     return vault
 
 

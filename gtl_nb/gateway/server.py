@@ -40,6 +40,7 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
+from gtl_nb.words import install_extra
 
 __all__ = ["LISTENER_FUNCTIONS", "Parts", "open_parts", "serve"]
 
@@ -64,7 +65,7 @@ def _serve_function(transport: str) -> Callable[..., Awaitable[None]]:
         if (exc.name or "").startswith("gtl_nb"):
             raise
         raise ConfigurationError(
-            f"[gateway.{transport}] needs {exc.name}, which is not installed: pip install 'gtl_nb[{extra}]'"
+            f"[gateway.{transport}] needs {exc.name}, which is not installed: {install_extra(extra)}"
         ) from None
     return getattr(module, name)  # type: ignore[no-any-return]
 

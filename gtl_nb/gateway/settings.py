@@ -136,7 +136,7 @@ def _listener(transport: str, table: dict[str, Any], base: Path) -> ListenerSett
 # [gateway.tracing]
 
 TRACING_KEYS: Mapping[str, str] = {
-    "enabled": "send an OpenTelemetry span per request (default false; needs pip install 'gtl_nb[otel]')",
+    "enabled": "send an OpenTelemetry span per request (default false; needs the otel extra)",
     "exporter": '"otlp" (default: OTLP over HTTP), "console" (JSON lines on standard error) or "none" '
     "(the process's global tracer provider)",
     "endpoint": "the OTLP/HTTP collector, such as http://collector:4318 (default: OTEL_EXPORTER_OTLP_ENDPOINT)",

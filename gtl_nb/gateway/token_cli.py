@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import install_extra
 
 __all__ = ["add_subcommands", "parse_duration"]
 
@@ -118,7 +119,7 @@ def _policy(args: argparse.Namespace, config: Any = None) -> Any:
     try:
         from gtl_nb.gateway.tokens import TokenPolicy
     except ImportError:
-        raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
+        raise ConfigurationError(f"gtl token needs the gateway extra: {install_extra('gateway')}") from None
     return TokenPolicy.from_table(*_jwt_table(args, config), os.environ)
 
 
@@ -127,7 +128,7 @@ def _revocation_settings(args: argparse.Namespace) -> Any:
     try:
         from gtl_nb.gateway.tokens.policy import RevocationSettings
     except ImportError:
-        raise ConfigurationError("gtl token needs the gateway extra: pip install 'gtl-nb[gateway]'") from None
+        raise ConfigurationError(f"gtl token needs the gateway extra: {install_extra('gateway')}") from None
     return RevocationSettings.from_table(*_jwt_table(args))
 
 

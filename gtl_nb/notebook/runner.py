@@ -252,8 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  notebook: {target.resolve()}")
         print(f"  html:     {html_path.resolve()}")
     if not args.in_place:
-        print("\nOpen the .html files in a browser, or the notebooks in Jupyter (`pip install jupyterlab`, then")
-        print(f"`jupyter lab {out}`).")
+        print("\nOpen the .html files in a browser, or the notebooks in Jupyter, installed into the same")
+        print(f"environment as gtl_nb: `{sys.executable} -m pip install jupyterlab`, then")
+        print(f"`{sys.executable} -m jupyterlab {out}`.")
     return 0
 
 

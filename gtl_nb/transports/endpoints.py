@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import install_extra
 
 __all__ = [
     "TLS_SCHEMES",
@@ -376,9 +377,7 @@ def _imported(path: str, entry: Endpoint, scheme: str) -> Any:
     except ImportError as exc:
         if entry.extra is None or (exc.name or "").startswith("gtl_nb"):  # our own bug, not a missing extra
             raise
-        raise ConfigurationError(
-            f"the {scheme}:// transport needs {exc.name}: pip install 'gtl_nb[{entry.extra}]'"
-        ) from None
+        raise ConfigurationError(f"the {scheme}:// transport needs {exc.name}: {install_extra(entry.extra)}") from None
     return getattr(module, function)
 
 

@@ -111,5 +111,5 @@ def test_a_missing_matplotlib_names_the_extra(filled, monkeypatch):
     from gtl_nb.analysis import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
-    with pytest.raises(ImportError, match=r"pip install 'gtl_nb\[plot\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'gtl-nb\[plot\]'"):
         plots.plot_cost_over_time(filled.frame)

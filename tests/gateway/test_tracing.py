@@ -582,14 +582,14 @@ def test_tracing_settings_from_the_table():
 
 def test_without_the_extra_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter", None)
-    with pytest.raises(ConfigurationError, match=r"pip install 'gtl_nb\[otel\]'"):
+    with pytest.raises(ConfigurationError, match=r"pip install 'gtl-nb\[otel\]'"):
         build_tracer_provider("otlp")
     gateway = GatewaySettings(tracing={"enabled": True})
-    with pytest.raises(ConfigurationError, match=r"^\[gateway.tracing\] OpenTelemetry tracing needs .*gtl_nb\[otel\]"):
+    with pytest.raises(ConfigurationError, match=r"^\[gateway.tracing\] OpenTelemetry tracing needs .*gtl-nb\[otel\]"):
         _tracer_provider(gateway)  # before anything of the gateway opens
     assert _tracer_provider(GatewaySettings(tracing={"enabled": False})) is None
     monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
-    with pytest.raises(ConfigurationError, match=r"gtl_nb\[otel\]"):
+    with pytest.raises(ConfigurationError, match=r"gtl-nb\[otel\]"):
         RequestTracer()
 
 

@@ -470,7 +470,7 @@ def test_graph_without_matplotlib_says_which_extra_to_install(ip, monkeypatch):
     run(ip, "%%gap --thread a --id a1\nThe system is slow")
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # as if the plot extra were not installed
     text = mistake(ip, "%gap graph")
-    assert "matplotlib, which is not installed" in text and "pip install 'gtl_nb[plot]'" in text
+    assert "matplotlib, which is not installed" in text and "pip install 'gtl-nb[plot]'" in text
     assert "Traceback" not in text
 
 

@@ -39,6 +39,7 @@ from gtl_nb.engine.loop import LoopThread
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import install_extra
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -63,7 +64,7 @@ log = get_logger("engine.stores")
 
 T = TypeVar("T")
 
-INSTALL_HINT = "pip install 'gtl-nb[postgres]'"
+INSTALL_HINT = install_extra("postgres")
 SCHEMES = ("postgresql", "postgres")
 CONNECT_TIMEOUT = 5.0
 """Seconds to open a connection, or to wait for one from the pool, before the server counts as unreachable."""

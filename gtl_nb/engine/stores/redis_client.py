@@ -44,6 +44,7 @@ from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.engine.stores.urls import DEFAULT_KEY_PREFIX, parse_store_url, shown_url
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import install_extra
 
 __all__ = [
     "CONNECT_TIMEOUT",
@@ -76,7 +77,7 @@ POOL_WAIT = 1.0
 RETRY_BACKOFF = (0.05, 0.2)
 """Base and cap (seconds) of the pause before a command is sent again on a fresh connection."""
 
-INSTALL_HINT = "pip install 'gtl-nb[redis]'"
+INSTALL_HINT = install_extra("redis")
 
 
 class RedisUnavailableError(StoreError):
