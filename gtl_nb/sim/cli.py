@@ -34,9 +34,9 @@ def add_subcommands(subparsers: Any) -> None:
     )
     parser.add_argument("provider", choices=sorted(PROVIDERS), help="which provider to simulate")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="TCP port (default: 0, an ephemeral port)")
+    parser.add_argument("--port", type=_port, default=0, help="TCP port (default: 0, an ephemeral port)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic answers")
-    parser.add_argument("--pace", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--pace", type=_seconds, default=0.0, help="seconds between streamed chunks")
     parser.add_argument("--api-key", default=None, help="the key the simulator expects (default: sim-key)")
     models = parser.add_mutually_exclusive_group()
     models.add_argument(
@@ -54,6 +54,28 @@ def add_subcommands(subparsers: Any) -> None:
         help="accept any model name instead of answering an unknown one with the provider's 'not found' error",
     )
     parser.set_defaults(handler=run_sim)
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port: 0 (any free one) to 65535")
+    return port
+
+
+def _seconds(text: str) -> float:
+    """A pause of zero seconds or more."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not seconds >= 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} is not a pause: give 0 or more seconds")
+    return seconds
 
 
 #: the variables gtl_nb (and each provider's SDK) read a base URL and key from, where it reads them;
@@ -90,15 +112,21 @@ def run_sim(args: argparse.Namespace, *, stop: threading.Event | None = None) ->
     options: dict[str, Any] = {}
     if args.models:
         options["models"] = args.models
-    sim = serve(
-        args.provider,
-        seed=args.seed,
-        pace=args.pace,
-        api_key=args.api_key,
-        host=args.host,
-        port=args.port,
-        **options,
-    )
+    try:
+        sim = serve(
+            args.provider,
+            seed=args.seed,
+            pace=args.pace,
+            api_key=args.api_key,
+            host=args.host,
+            port=args.port,
+            **options,
+        )
+    except OSError as exc:  # a port in use, a name that does not resolve, an address not of this machine
+        reason = exc.strerror or str(exc)
+        hint = "; another process has it (pick another --port, or 0 for any free one)" if exc.errno == 98 else ""
+        print(f"gtl sim: cannot listen on {args.host}:{args.port}: {reason}{hint}", file=sys.stderr)
+        return 2
     try:
         print(sim.base_url, flush=True)
         key = args.api_key if args.api_key is not None else DEFAULT_API_KEY

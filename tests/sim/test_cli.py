@@ -115,3 +115,30 @@ def test_the_advice_it_prints_points_gtl_nb_at_the_simulator(provider: str, tmp_
             client.close()
     finally:
         simulator.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        (["--port", "99999"], "argument --port: 99999 is not a port: 0 (any free one) to 65535"),
+        (["--port", "http"], "argument --port: 'http' is not a port number"),
+        (["--pace", "-1"], "argument --pace: -1 is not a pause: give 0 or more seconds"),
+    ],
+)
+def test_a_port_or_pace_that_cannot_be_is_a_usage_error(option: list[str], says: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        parser().parse_args(["sim", "openai", *option])
+    assert stopped.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_a_port_in_use_or_an_address_not_of_this_machine_is_one_line_not_a_traceback(capsys: Any) -> None:
+    """An ``OSError`` from binding went up as a traceback (``gtl serve`` explained the same cases)."""
+    with serve("openai") as taken:
+        port = int(taken.base_url.rsplit(":", 1)[1].split("/")[0])
+        args = parser().parse_args(["sim", "openai", "--port", str(port)])
+        assert cli.run_sim(args, stop=threading.Event()) == 2
+    said = capsys.readouterr().err
+    assert f"gtl sim: cannot listen on 127.0.0.1:{port}: Address already in use; another process has it" in said
+    args = parser().parse_args(["sim", "openai", "--host", "192.0.2.1"])  # (TEST-NET-1: no DNS asked)
+    assert cli.run_sim(args, stop=threading.Event()) == 2
+    assert "gtl sim: cannot listen on 192.0.2.1:0: Cannot assign requested address" in capsys.readouterr().err
