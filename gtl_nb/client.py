@@ -1284,19 +1284,42 @@ _JSON_TYPES = ("object", "array", "string", "number", "integer", "boolean", "nul
 
 def _schema_of(model: type) -> dict[str, Any]:
     """A class's JSON Schema: a pydantic model's own, else pydantic's reading of it (a dataclass, a
-    ``TypedDict``); ``InvalidRequestError`` when it has none."""
+    ``TypedDict``) — or msgspec's where pydantic is not installed (a notebook set up by ``make demo``
+    has no pydantic); ``InvalidRequestError`` when it has none."""
     try:
         schema_of = getattr(model, "model_json_schema", None)
         if callable(schema_of):
             return dict(schema_of())
-        from pydantic import TypeAdapter  # (pydantic comes with the SDKs that take such classes)
-
+        try:
+            from pydantic import TypeAdapter  # (pydantic comes with the SDKs that take such classes)
+        except ImportError:
+            return _msgspec_schema(model)
         return dict(TypeAdapter(model).json_schema())
-    except ImportError:
-        needs = f"response_format={model.__name__}: reading a class's schema needs pydantic"
-        raise InvalidRequestError(needs) from None
-    except Exception as exc:  # pydantic's own refusal (BaseModel itself, an unsupported type)
+    except Exception as exc:  # pydantic's or msgspec's refusal (BaseModel itself, an unsupported type)
         raise InvalidRequestError(f"response_format={model.__name__}: no JSON Schema for it ({exc})"[:300]) from None
+
+
+def _msgspec_schema(model: type) -> dict[str, Any]:
+    """msgspec's JSON Schema of a dataclass, ``TypedDict``, ``NamedTuple`` or ``msgspec.Struct``, with its
+    root written out where msgspec refers to it (``{"$ref": "#/$defs/P"}``): the providers' structured
+    output wants an object at the root."""
+    schema = msgspec.json.schema(model)
+    definitions = dict(schema.get("$defs") or {})
+    reference = schema.get("$ref")
+    if isinstance(reference, str) and reference.startswith("#/$defs/"):
+        name = reference.removeprefix("#/$defs/")
+        root = dict(definitions[name])
+        if not _refers_to(definitions, reference):  # (a class that contains itself keeps its definition)
+            del definitions[name]
+        schema = root
+    if definitions:
+        schema["$defs"] = definitions
+    return schema
+
+
+def _refers_to(definitions: dict[str, Any], reference: str) -> bool:
+    """Whether any of ``definitions`` refers to ``reference``."""
+    return f'"{reference}"' in msgspec.json.encode(definitions).decode()
 
 
 def _schema_name(model: type) -> str:

@@ -8,9 +8,11 @@ refuse, so a class works against both while a hand-written open schema gets the 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import json
-from typing import Annotated, Any, Optional
+import sys
+from typing import Annotated, Any, Optional, TypedDict
 
 import pydantic
 import pytest
@@ -242,3 +244,38 @@ def test_a_schema_that_inlining_would_grow_without_bound_is_refused_clearly() ->
         definitions[f"L{level}"] = {"type": "object", "properties": {"a": below, "b": below, "c": below}}
     with pytest.raises(InvalidRequestError, match="grows past 20,000 parts"):
         strict_schema({"$defs": definitions, "$ref": "#/$defs/L11"})
+
+
+@dataclasses.dataclass
+class Point:
+    x: float
+    label: str = "origin"
+
+
+@dataclasses.dataclass
+class Shape:
+    name: str
+    points: list[Point]
+    parts: list[Shape]
+
+
+class Tally(TypedDict):
+    counts: list[int]
+
+
+def test_a_dataclass_or_typeddict_has_its_schema_without_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make demo`` installs no pydantic: a notebook's dataclass given to ``--schema`` was refused ("reading
+    a class's schema needs pydantic"). msgspec (a dependency) reads it, its root written out."""
+    monkeypatch.setitem(sys.modules, "pydantic", None)  # (as if it were not installed: importing it fails)
+    client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
+    try:
+        shape = client.request("echo", "x", response_format=Shape).response_format["json_schema"]
+        tally = client.request("echo", "x", response_format=Tally).response_format["json_schema"]
+        answer = client.complete("echo", "a tally", response_format=Tally)
+    finally:
+        client.close()
+    assert shape["name"] == "Shape" and shape["schema"]["type"] == "object" and "$ref" not in shape["schema"]
+    assert shape["schema"]["properties"]["points"]["items"] == {"$ref": "#/$defs/Point"}
+    assert set(shape["schema"]["$defs"]) == {"Point", "Shape"}  # a class that contains itself keeps its definition
+    assert tally["schema"]["properties"]["counts"] == {"type": "array", "items": {"type": "integer"}}
+    assert isinstance(json.loads(answer.text)["counts"], list)
