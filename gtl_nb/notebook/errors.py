@@ -90,7 +90,7 @@ def mistake(exc: BaseException) -> UsageError:
     if isinstance(exc, (ConfigurationError, InvalidRequestError)):
         message = getattr(exc, "message", "") or str(exc)
         if "provider" in message and ("configured" in message or "missing" in message):
-            message += " (in a notebook: `%gtl providers NAME key=value ...` or `%gtl config file=PATH`)"
+            message += " (in a notebook: `%gtl providers NAME api_key_env=VAR base_url=...` or `%gtl config file=PATH`)"
         return UsageError(in_notebook_words(message))
     return UsageError(in_notebook_words(str(exc)))
 

@@ -195,7 +195,7 @@ class GtlCommands:
         try:
             client_for(self.session, None).route(model)
         except ConfigurationError as exc:  # the model is known; its deployment may be added next
-            print(f"note: {getattr(exc, 'message', None) or exc} (in a notebook: `%gtl providers NAME key=value ...`)")
+            print(f"note: {getattr(exc, 'message', None) or exc} (in a notebook: `%gtl providers NAME api_key_env=VAR base_url=...`)")
         except GTLError as exc:
             raise mistake(exc) from None
 
