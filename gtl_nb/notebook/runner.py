@@ -163,16 +163,23 @@ def execute_notebook(
     from nbclient import NotebookClient
 
     notebook = nbformat.read(path, as_version=4)
+    manager = _kernel_manager()
     client = NotebookClient(
         notebook,
-        km=_kernel_manager(),
+        km=manager,
         timeout=timeout,
         resources={"metadata": {"path": str(cwd or path.parent)}},
         record_timing=False,  # no per-cell timestamps in the saved notebooks
         # the kernel's own start-up and shutdown warnings are noise on a user's terminal
         extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
-    client.execute(**({"env": env} if env is not None else {}))
+    try:
+        client.execute(**({"env": env} if env is not None else {}))
+    finally:
+        # a kernel manager handed in is not shut down by nbclient: left to be killed at exit, the kernel
+        # ran no exit handlers (a notebook's temporary folder stayed) and left its connection file behind
+        if manager.has_kernel:
+            manager.shutdown_kernel(now=False)
     static_outputs(notebook)
     prune_widget_state(notebook)
     return notebook

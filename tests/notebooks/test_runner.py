@@ -24,6 +24,8 @@ def run_runner(tmp_path: Path, *args: str, **extra_env: str) -> subprocess.Compl
 
 def test_runner_executes_quickstart_and_comparison_and_writes_html(tmp_path: Path):
     out = tmp_path / "out"
+    scratch = tmp_path / "tmp"  # the kernels' temporary files: their folders and connection files
+    scratch.mkdir()
     # a developer's settings must not leak in: the demo runs on the offline default whatever is set
     config = tmp_path / "user.toml"
     config.write_text('[defaults]\nmodel = "gpt-4o"\n')
@@ -34,8 +36,12 @@ def test_runner_executes_quickstart_and_comparison_and_writes_html(tmp_path: Pat
         GTL_NB_MODEL="gpt-4o",
         GTL_NB_CONFIG=str(config),
         OPENAI_API_KEY="sk-not-real",
+        TMPDIR=str(scratch),
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    # each kernel is shut down, so its exit handlers run: the tour's folder is removed (every run of the
+    # demo left one behind, with the kernel's connection file: the kernels were killed at the end)
+    assert list(scratch.iterdir()) == []
     for name in ("01-quickstart", "02-compare-providers"):
         executed = out / f"{name}.ipynb"
         html = out / f"{name}.html"
