@@ -69,7 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     complete = sub.add_parser("complete", help="stream a completion to the terminal")
-    complete.add_argument("prompt", help="the prompt ('-' reads standard input)")
+    complete.add_argument(
+        "prompt", nargs="?", help="the prompt ('-', or none with standard input piped in, reads standard input)"
+    )
     complete.add_argument("--model", "-m", default=None, help="model or provider:model (default: echo)")
     complete.add_argument("--provider", help="deployment to use")
     complete.add_argument("--system", "-s", help="system prompt")
@@ -195,9 +197,13 @@ def _for_the_shell(message: str) -> str:
     return message.replace("(named by config=)", "(named by --config)")
 
 
-def _read_prompt(prompt: str) -> str:
-    """The prompt argument, or standard input for ``-`` (less the newline ``echo`` and editors end it with)."""
-    if prompt != "-":
+def _read_prompt(prompt: str | None) -> str:
+    """The prompt argument, or standard input for ``-`` or for no prompt when input is piped in (less the
+    newline ``echo`` and editors end it with)."""
+    if prompt is None and sys.stdin.isatty():
+        needs = 'gtl complete needs a prompt: gtl complete "..." (or one piped in: echo ... | gtl complete)'
+        raise ConfigurationError(needs)
+    if prompt is not None and prompt != "-":
         return prompt
     text = sys.stdin.read()
     if text.endswith("\n"):
