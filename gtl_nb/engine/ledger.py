@@ -466,10 +466,7 @@ class Ledger:
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
         self._closed = False
-        if hasattr(os, "register_at_fork"):
-            # A fork while another thread holds the lock would leave the child's copy locked forever.
-            ref = weakref.ref(self)
-            os.register_at_fork(after_in_child=lambda: _reset_lock(ref))
+        _LEDGERS.add(self)  # (its lock is made anew in a forked child: _reset_locks)
         if not self._memory:
             _create_private_file(Path(self.path))
         #: Names this ledger's database in the process (the file's real path), so the queued writes
@@ -933,10 +930,20 @@ def _create_private_file(path: Path) -> None:
     )
 
 
-def _reset_lock(ref: weakref.ref[Ledger]) -> None:
-    ledger = ref()
-    if ledger is not None:
+_LEDGERS: weakref.WeakSet[Ledger] = weakref.WeakSet()
+"""Every open ``Ledger`` of the process, for the one fork handler (one handler registered per ledger was
+never removed: two more with every ``connect()``)."""
+
+
+def _reset_locks() -> None:
+    """In a forked child: a fork while another thread held a ledger's lock would leave the child's copy
+    locked for ever."""
+    for ledger in list(_LEDGERS):
         ledger._lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_locks)
 
 
 _ISO_SECOND: tuple[int, str] = (-1, "")
