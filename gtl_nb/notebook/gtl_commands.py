@@ -137,7 +137,14 @@ class GtlCommands:
             window = f"in the last {opts.days:g} day(s)" if opts.days is not None else f"since {opts.since}"
             print(f"no requests recorded {window}")
         if client.config is None:  # a gateway's ledger and this machine's look alike: say which this is
-            whose = "everyone's requests" if opts.all_users else "your token's requests"
+            from gtl_nb.client import environment_token
+
+            if opts.all_users:
+                whose = "everyone's requests"
+            elif self.session.has_token or environment_token():
+                whose = "your token's requests"
+            else:  # no token: the principal the gateway gives every caller it checks no token for
+                whose = "the requests of its development principal, which every caller without a token shares"
             print(f"usage from the gateway at {self.session.settings.endpoint} ({whose})")
         elif (where := _ledger_file(client.ledger)) is not None:  # shared by every kernel and run on this machine
             recent = "" if since is not None else "; --days N for recent ones"
@@ -195,7 +202,8 @@ class GtlCommands:
         try:
             client_for(self.session, None).route(model)
         except ConfigurationError as exc:  # the model is known; its deployment may be added next
-            print(f"note: {getattr(exc, 'message', None) or exc} (in a notebook: `%gtl providers NAME api_key_env=VAR base_url=...`)")
+            hint = "`%gtl providers NAME api_key_env=VAR base_url=...`"
+            print(f"note: {getattr(exc, 'message', None) or exc} (in a notebook: {hint})")
         except GTLError as exc:
             raise mistake(exc) from None
 

@@ -778,6 +778,8 @@ def test_the_magics_run_on_a_gateway_and_usage_shows_its_rows(ip, tmp_path):
         run(ip, f"%%gtl echo --endpoint {gateway.url('http')}\none cell over plain HTTP")
         frame = ip.run_line_magic("gtl", "usage --by model")
         assert int(frame["requests"].sum()) == 2  # both rows are the gateway's, none the notebook's own
+        shown = run(ip, "%gtl usage")[1]  # no token: not "your token's requests"
+        assert "(the requests of its development principal, which every caller without a token shares)" in shown
         assert "endpoint  ws://" in run(ip, "%gtl config")[1]
     rows = Ledger(tmp_path / "gateway-ledger.sqlite3").rows()
     assert len(rows) == 2 and not (tmp_path / "ledger.sqlite3").exists()
