@@ -381,7 +381,7 @@ def test_a_query_being_answered_keeps_the_connection_from_idling_out():
         engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=0.2))
         slow = asyncio.Event()
 
-        async def slow_models(name: str) -> list[str]:
+        async def slow_models(name: str, key_name: str | None = None) -> list[str]:
             await asyncio.sleep(0.6)  # three idle periods
             slow.set()
             return ["echo"]
