@@ -769,6 +769,9 @@ def test_a_wrong_method_on_a_compatible_path_is_refused_in_that_apis_shape(oai, 
         oai.chat.completions.retrieve("chatcmpl-123")
     with pytest.raises(openai.NotFoundError, match="stored chat completions"):
         oai.chat.completions.delete("chatcmpl-123")
+    # a browser's CORS preflight is told why no web page can call the gateway, not about stored completions
+    preflight = httpx.options(f"{base_url}/v1/chat/completions", timeout=10)
+    assert preflight.status_code == 405 and "answers no CORS preflight" in preflight.json()["error"]["message"]
     # and a method nobody sends: the same shapes, raw
     wrong = httpx.put(f"{base_url}/v1/messages", headers={"anthropic-version": "2023-06-01"}, timeout=10)
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"

@@ -200,6 +200,11 @@ class OpenAIEndpoints:
         stored = "GTL has no message for stored chat completions, and this gateway stores none"
         if path == "/v1/chat/completions":
             message = f"{request.method} {path} is not served: {stored}; use POST {path}"
+            if request.method == "OPTIONS":  # a browser's CORS preflight: no web page is served cross-origin
+                message = (
+                    f"OPTIONS {path} is not served: this gateway answers no CORS preflight, so a web page on "
+                    "another origin cannot call it; call it from a server, a notebook or a script"
+                )
             error = Error(session_id="", code="INVALID_REQUEST", message=message)
             return error_reply(error, status=405, code="method_not_allowed", headers={"allow": "POST"})
         if not request.path_params.get("rest"):  # ``/v1/chat/completions/``: where the router's slash redirect sent it
