@@ -62,6 +62,8 @@ class WriteStallBound:
 
     def _write_stalled(self) -> None:
         self._stall_timer = None
+        if self.transport.get_protocol() is not self:  # upgraded meanwhile: the new protocol keeps its own count
+            return
         if self.transport.is_closing() and not self.transport.get_write_buffer_size():
             return
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"

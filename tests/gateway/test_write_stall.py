@@ -35,6 +35,10 @@ class FakeTransport:
         self.socket = FakeSocket()
         self.aborted = False
         self.buffered = buffered
+        self.protocol: Any = None
+
+    def get_protocol(self) -> Any:
+        return self.protocol
 
     def get_extra_info(self, name: str) -> Any:
         return self.socket if name == "socket" else None
@@ -55,6 +59,7 @@ class Recording:
     def __init__(self, loop: asyncio.AbstractEventLoop, transport: FakeTransport) -> None:
         self.loop = loop
         self.transport = transport
+        transport.protocol = self
         self.client = ("127.0.0.9", 4242)
         self.calls: list[str] = []
 
@@ -112,6 +117,18 @@ def test_a_connection_lost_while_paused_is_not_touched_again():
         protocol.connection_lost(None)
         await asyncio.sleep(0.1)
         assert not transport.aborted and protocol.calls == ["pause", "lost"]
+
+    asyncio.run(scenario())
+
+
+def test_a_protocol_replaced_by_an_upgrade_leaves_the_connection_to_its_successor():
+    async def scenario() -> None:
+        transport = FakeTransport()
+        protocol = Bounded(asyncio.get_running_loop(), transport)
+        protocol.pause_writing()
+        transport.protocol = object()  # (a WebSocket upgrade hands the transport to another protocol)
+        await asyncio.sleep(0.2)
+        assert not transport.aborted
 
     asyncio.run(scenario())
 
