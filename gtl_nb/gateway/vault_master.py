@@ -107,16 +107,12 @@ class MasterKeySource:
     environ: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
     """The environment to read ``env`` from (``None``: the live ``os.environ``)."""
 
-    def __post_init__(self) -> None:
-        # a key pasted where its variable's name belongs would be quoted by every "is not set" after
-        if not looks_like_variable_name(self.env):
-            raise ConfigurationError(
-                "the vault's master_key_env (--key-env) must name an environment variable (capital letters, "
-                "digits, _), not hold the master key itself"
-            )
-
     def describe(self) -> str:
-        return f"the master key file {self.file}" if self.file is not None else f"${self.env}"
+        """Where the key comes from, for a message: a variable is named only when its name has a variable
+        name's usual shape — a key pasted where its variable's name belongs is never quoted."""
+        if self.file is not None:
+            return f"the master key file {self.file}"
+        return f"${self.env}" if looks_like_variable_name(self.env) else "the variable master_key_env names"
 
     def load(self) -> MasterKey:
         """The master key, or a ``ConfigurationError`` saying what to set (never quoting a key)."""
@@ -125,9 +121,12 @@ class MasterKeySource:
         environ = os.environ if self.environ is None else self.environ
         text = environ.get(self.env)
         if not text:
+            unquoted = (
+                "" if looks_like_variable_name(self.env) else " (is the key itself there, not its variable's name?)"
+            )
             raise ConfigurationError(
-                f"no vault master key: ${self.env} is not set; set it to a key from gtl keys genkey, "
-                "or name a key file (master_key_file in [gateway.vault], --key-file)"
+                f"no vault master key: {self.describe()} is not set{unquoted}; set it to a key from gtl keys "
+                "genkey, or name a key file (master_key_file in [gateway.vault], --key-file)"
             )
         return MasterKey.from_text(text, self.describe())
 

@@ -335,16 +335,18 @@ def test_master_key_text_forms(master_text: str):
         pickle.dumps(key)
 
 
-def test_a_master_key_pasted_for_its_variables_name_is_refused_without_quoting_it(tmp_path: Path, master_text: str):
-    """``master_key_env = "<the master key>"`` gave "no vault master key: $<the key> is not set". As
-    ``[gateway.jwt] secret_env``, a value that is no variable's name is refused, and never quoted."""
+def test_a_master_key_pasted_for_its_variables_name_is_never_quoted(tmp_path: Path, master_text: str):
+    """``master_key_env = "<the master key>"`` gave "no vault master key: $<the key> is not set". The
+    variable is named only when it has a variable name's usual shape; a lowercase name still works."""
     for make in (
-        lambda: VaultSettings.from_table({"master_key_env": master_text}, base=tmp_path, environ={}),
+        lambda: VaultSettings.from_table({"master_key_env": master_text}, base=tmp_path, environ={}).master.load(),
         lambda: MasterKeySource(env=master_text, environ={}).load(),
     ):
-        with pytest.raises(ConfigurationError, match="not hold the master key itself") as caught:
+        with pytest.raises(ConfigurationError, match="the variable master_key_env names is not set") as caught:
             make()
-        assert master_text not in caught.value.message
+        assert master_text not in caught.value.message and "is the key itself there" in caught.value.message
+    lower = MasterKeySource(env="my_vault_key", environ={"my_vault_key": master_text})
+    assert lower.load().key_id == MasterKey.from_text(master_text, "x").key_id
 
 
 def test_master_key_sources(tmp_path: Path, master_text: str):
