@@ -497,3 +497,23 @@ def test_a_gateway_takes_no_plain_http_image_url(oai, backends, ledger_path):
 
 
 HTTP_IMAGE = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+
+
+def test_allowed_tools_takes_whole_tool_definitions(oai):
+    """``tool_choice.allowed_tools.tools`` lists tool definitions (the API reference; the SDK types each as
+    an open object): a client passing its own tool list there was refused for their ``parameters``."""
+    tools = [
+        {"type": "function", "function": {"name": "f", "description": "", "parameters": SCHEMA, "strict": True}},
+        {"type": "function", "function": {"name": "g", "parameters": SCHEMA}},
+    ]
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": tools}}
+    answer = oai.chat.completions.create(model="echo", messages=chat(), tools=tools, tool_choice=choice)
+    assert answer.choices[0].finish_reason in ("stop", "tool_calls")
+
+
+@pytest.mark.parametrize("kind", [["json_object"], {"type": "json_object"}, 3])
+def test_a_response_format_type_of_another_kind_is_a_400_not_a_500(base_url, kind):
+    body = {"model": "echo", "messages": USER, "response_format": {"type": kind}}
+    answer = httpx.post(f"{base_url}/v1/chat/completions", json=body, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == "response_format.type" or "response_format" in answer.text

@@ -267,7 +267,8 @@ def _response_format(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     what its type and schema ask is the deployment's to read (``providers.base.schema_asked``)."""
     if raw is None:
         return None
-    known = _FORMAT_KEYS.get(raw.get("type"))
+    kind = raw.get("type")
+    known = _FORMAT_KEYS.get(kind) if isinstance(kind, str) else None  # (a type of another kind: refused later)
     if known is not None:
         _only(raw, known, "response_format")
     schema = raw.get("json_schema")
@@ -458,8 +459,8 @@ def _allowed_tools(tools: list[Tool] | None, raw: Any) -> tuple[list[Tool] | Non
         name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(item, dict) or item.get("type", "function") != "function" or not isinstance(name, str):
             raise FieldError(f"{where}.tools[{index}]", 'expected {"type": "function", "function": {"name": ...}}')
-        _only(item, _TOOL_KEYS, f"{where}.tools[{index}]")
-        _only(function, _NAMED_KEYS, f"{where}.tools[{index}].function")
+        # (each item may be the tool's whole definition — the API reference lists tool definitions here,
+        # and the SDK types them as open objects — so only its name is read, and no other key is checked)
         names.add(name)
     known = {tool.name for tool in tools or ()}
     missing = sorted(names - known)
