@@ -1134,7 +1134,11 @@ def page_bounds(offset: int, limit: int | None) -> tuple[int, int]:
     for name, value in (("offset", offset), ("limit", limit)):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise LedgerValueError(f"the ledger's {name} must be a whole number of rows, 0 or more")
-    return (-1 if limit is None else limit), offset
+    # (past SQLite's largest integer: no row is there, and SQLite cannot bind the number)
+    return (-1 if limit is None else min(limit, _LARGEST_ROWS)), min(offset, _LARGEST_ROWS)
+
+
+_LARGEST_ROWS = 2**63 - 1
 
 
 def unknown_filter(key: str) -> str:

@@ -118,8 +118,11 @@ async def _usage(engine: Engine, context: RequestContext, params: dict[str, Any]
     if ledger is None:
         return {"rows": [], "next": None}
     selected = filters if asked is None or "user" in filters else {**filters, "user": asked}
-    # the writer's host and process are the operator's, as /readyz's reasons are (docs/security.md)
+    # the writer's host and process are the operator's, as /readyz's reasons are (docs/security.md):
+    # neither shown nor filtered on (a filter would confirm a guess of them)
     hidden = frozenset() if has_scope(context, SCOPES["metrics.read"]) else _WRITER_COLUMNS
+    if hidden & set(filters):
+        require_scope(context, "metrics.read")
     page, more = await _page(ledger, selected, offset, room=max(max_bytes - _ANSWER_OVERHEAD, 1024), hidden=hidden)
     following = offset + len(page)
     return {"rows": page, "next": following if more else None}

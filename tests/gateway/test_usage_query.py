@@ -107,3 +107,21 @@ def test_the_writers_host_and_process_are_shown_to_an_operator_only():
     full = row_for(operator)
     assert all(full[name] is not None for name in internals)
     assert set(full) - set(shown) == internals
+
+    def filtered(context: RequestContext, filters: dict[str, Any]) -> Any:
+        query = Query(query_id="q", name="usage", params={"filters": filters})
+        return asyncio.run(queries.answer_query(SimpleNamespace(ledger=ledger), context, query, max_bytes=1 << 20))  # type: ignore[arg-type]
+
+    # nor can such a token confirm a guess of them by filtering on them
+    guessed = filtered(reader, {"hostname": full["hostname"]})
+    assert guessed.error is not None and guessed.error.code == "FORBIDDEN" and "metrics:read" in guessed.error.message
+    assert len(filtered(operator, {"hostname": full["hostname"]}).result["rows"]) == 1
+
+
+def test_a_page_past_any_row_is_empty_however_far():
+    """An offset past SQLite's largest integer was an ``INVALID_REQUEST`` naming an ``OverflowError``."""
+    ledger = CountingLedger()
+    reader = RequestContext(principal="ann", tenant="t", scopes=frozenset({"usage:read"}))
+    query = Query(query_id="q", name="usage", params={"offset": 2**70})
+    answer = asyncio.run(queries.answer_query(SimpleNamespace(ledger=ledger), reader, query, max_bytes=1 << 20))  # type: ignore[arg-type]
+    assert answer.error is None and answer.result == {"rows": [], "next": None}

@@ -132,7 +132,8 @@ class MemoryUsageLedger:
         with self._lock:
             self._check_open()
             matching = (row for row in self._rows if match(row))
-            return [_copy(row) for row in itertools.islice(matching, skip, None if count < 0 else skip + count)]
+            stop = None if count < 0 else min(skip + count, sys.maxsize)  # (islice takes no larger index)
+            return [_copy(row) for row in itertools.islice(matching, skip, stop)]
 
     async def totals(
         self, *, user: str | None = None, since: float | None = None, until: float | None = None
