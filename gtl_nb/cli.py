@@ -200,7 +200,7 @@ def _for_the_shell(message: str) -> str:
 def _read_prompt(prompt: str | None) -> str:
     """The prompt argument, or standard input for ``-`` or for no prompt when input is piped in (less the
     newline ``echo`` and editors end it with)."""
-    if prompt is None and sys.stdin.isatty():
+    if prompt is None and (sys.stdin is None or sys.stdin.isatty()):  # (None: no standard input at all)
         needs = 'gtl complete needs a prompt: gtl complete "..." (or one piped in: echo ... | gtl complete)'
         raise ConfigurationError(needs)
     if prompt is not None and prompt != "-":
