@@ -826,6 +826,8 @@ def _check_value(value: Any, spec: Field, where: str) -> None:
     if spec.choices is not None and value not in spec.choices:
         allowed = ", ".join(repr(c) for c in spec.choices if c is not None)  # None is no setting (not TOML)
         raise ConfigurationError(f"{where} must be one of {allowed}, got {shown}")
+    if isinstance(value, float) and value != value:  # TOML's nan: every comparison with it is false
+        raise ConfigurationError(f"{where} must be a number, got nan")
     if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
         raise ConfigurationError(f"{where} must not be negative, got {shown}")
     if spec.check is not None:

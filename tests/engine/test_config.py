@@ -656,3 +656,12 @@ def test_a_provider_option_of_no_json_type_is_named_with_its_article(home):
 def test_a_gateway_section_that_is_no_table_is_named_with_its_article(home):
     with pytest.raises(ConfigurationError, match=r"audit must be a table, not an int$"):
         load(home, config={"gateway": {"audit": 7}})
+
+
+@pytest.mark.parametrize("key", ["write_timeout", "header_timeout", "idle_timeout", "shutdown_grace"])
+def test_a_number_setting_of_nan_is_refused(home, tmp_path, key):
+    """TOML's ``nan`` passed every bound (each comparison with it is false): ``write_timeout = nan``
+    silently switched the bound off."""
+    path = write(tmp_path / "gtl.toml", f"[gateway]\n{key} = nan\n")
+    with pytest.raises(ConfigurationError, match=rf"{key} must be a number, got nan"):
+        load(home, config=path)
