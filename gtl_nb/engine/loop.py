@@ -588,7 +588,8 @@ class Work(Generic[T]):
         task = self._task
         if task is None or task.done():
             return
-        if inspect.getcoroutinestate(self._coro) == inspect.CORO_CREATED:
+        coro = self._coro  # (a native coroutine says whether it has started; another awaitable is cancelled at once)
+        if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
             # A task cancelled before its first step never runs its coroutine: a session would end with no
             # ledger row and no terminal event (and its reader wait for one). Its first step is queued
             # already (``_start``): cancel once it has taken it, where its own handling of a cancel runs.
