@@ -58,7 +58,7 @@ from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheab
 from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.config import missing_credentials
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.credentials import CredentialResolver
+from gtl_nb.engine.credentials import CredentialResolver, with_key
 from gtl_nb.engine.hooks import (
     AttemptStarted,
     BreakerChanged,
@@ -83,7 +83,6 @@ from gtl_nb.engine.transport import TransportError
 from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger, redact, scrub_secret
 from gtl_nb.protocol.errors import (
-    AuthenticationError,
     ConfigurationError,
     GTLError,
     InvalidRequestError,
@@ -1630,15 +1629,7 @@ class Engine:
             return [model.name for model in provider.models()]
         if not hasattr(provider, "models_request"):
             raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
-        if key_name is None:
-            deployment = self.credentials.resolve(deployment)
-        else:
-            choose = getattr(self.credentials, "resolve_for", None)
-            if choose is None:  # never fall back to another key than the one the token names
-                raise AuthenticationError(
-                    f"the token names a stored key for {deployment_name!r}, but no key vault is set up"
-                )
-            deployment = choose(deployment, key_name)
+        deployment = with_key(self.credentials, deployment, key_name)
         description = provider.models_request(deployment, now=self.wall_clock())
         try:
             status, headers, body = await self.http.fetch(description, self.deployment_timeouts.get(deployment.name))
@@ -1725,12 +1716,7 @@ class Engine:
         and whether the token chose it."""
         context = _REQUEST_CONTEXT.get(None)
         chosen = context.provider_keys.get(target.name) if context is not None else None
-        if chosen is None:
-            return self.credentials.resolve(target.deployment), False
-        choose = getattr(self.credentials, "resolve_for", None)
-        if choose is None:  # never fall back to another key than the one the token names
-            raise AuthenticationError(f"the token names a stored key for {target.name!r}, but no key vault is set up")
-        return choose(target.deployment, chosen), True
+        return with_key(self.credentials, target.deployment, chosen), chosen is not None
 
     def _call(
         self, request: CompletionRequest, target: Target, outcome: _AttemptOutcome

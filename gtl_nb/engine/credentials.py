@@ -13,9 +13,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from gtl_nb.protocol.errors import AuthenticationError
 from gtl_nb.providers.base import Deployment
 
-__all__ = ["ConfiguredCredentials", "CredentialResolver", "StaticCredentials"]
+__all__ = ["ConfiguredCredentials", "CredentialResolver", "StaticCredentials", "with_key"]
+
+
+def with_key(credentials: CredentialResolver, deployment: Deployment, key_name: str | None) -> Deployment:
+    """``deployment`` as it is sent: with its current key (``resolve``), or with the stored key ``key_name``
+    a token chose (``provider_keys``), through a resolver that can choose (``resolve_for``, the gateway's
+    vault) — never another key than the one named: ``AuthenticationError`` when none can be chosen."""
+    if key_name is None:
+        return credentials.resolve(deployment)
+    choose = getattr(credentials, "resolve_for", None)
+    if choose is None:
+        raise AuthenticationError(f"the token names a stored key for {deployment.name!r}, but no key vault is set up")
+    return choose(deployment, key_name)  # type: ignore[no-any-return]
 
 
 @runtime_checkable

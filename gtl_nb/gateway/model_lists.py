@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gtl_nb.engine.core import Engine
+from gtl_nb.engine.credentials import with_key
 from gtl_nb.log import get_logger, redact, scrub_secret
 from gtl_nb.protocol.errors import GTLError, error_from_event
 from gtl_nb.protocol.messages import Error
@@ -88,7 +89,7 @@ class ModelLists:
         which = (deployment.name, key_name)
         try:
             listed = await self.engine.list_models(deployment.name, key_name)
-            names = _without_secrets(listed, self._keyed(deployment, key_name))  # (the key it was sent)
+            names = _without_secrets(listed, with_key(self.engine.credentials, deployment, key_name))  # (its key)
             kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
         except GTLError as exc:
             kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))
@@ -104,13 +105,6 @@ class ModelLists:
         if current:
             self._kept[which] = kept
         return kept
-
-    def _keyed(self, deployment: Deployment, key_name: str | None) -> Deployment:
-        """``deployment`` with the key its list was asked with."""
-        credentials = self.engine.credentials
-        if key_name is None:
-            return credentials.resolve(deployment)
-        return credentials.resolve_for(deployment, key_name)  # type: ignore[attr-defined, no-any-return]
 
 
 def _without_secrets(names: list[str], deployment: Deployment) -> list[str]:
