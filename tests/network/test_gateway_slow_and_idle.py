@@ -210,8 +210,13 @@ def test_a_client_reading_none_of_its_answers_is_dropped_at_the_write_timeout(ga
     assert after is not None, "the gateway still holds a connection that reads nothing"
     assert after >= WRITE_TIMEOUT - 0.5, after  # not before its bound
     assert _row_status(gateway, "unread-paced", 5) == "cancelled"
-    rows = [row for row in gateway.rows() if row["session_id"].startswith("unread-")]
-    assert len(rows) == 9 and all(row["status"] in ("ok", "cancelled") for row in rows), rows
+    # how many of the eight the gateway read before the buffers filled depends on the machine's pace; each
+    # it read has one row, ended, and it read them in order
+    statuses = {row["session_id"]: row["status"] for row in gateway.rows() if row["session_id"].startswith("unread-")}
+    read = [request.session_id for request in [paced, *fillers] if request.session_id in statuses]
+    assert read == [request.session_id for request in [paced, *fillers]][: len(read)], statuses
+    assert len(statuses) == len([row for row in gateway.rows() if row["session_id"].startswith("unread-")])
+    assert all(status in ("ok", "cancelled") for status in statuses.values()), statuses
     memory.assert_bounded(32 * 1024)
 
 
