@@ -23,6 +23,9 @@ metric                              labels                     meaning
 ``gtl_gc_pause_seconds``            generation                 histogram: each garbage collection's pause
                                                                (0, 1, 2; ``gateway.gc_pauses``), from
                                                                ``attach`` to ``detach``
+``gtl_token_refusals_total``        reason                     tokens the gateway refused (``counting_refusals``):
+                                                               a GhostToken's fixed reason word, ``refused``
+                                                               for a development gateway's
 =================================== ========================== =============================================
 
 ``provider`` is the deployment's name — GTL's ``provider`` field, as in ``done`` and the ledger.
@@ -84,6 +87,9 @@ __all__ = [
 ]
 
 log = get_logger("gateway.metrics")
+
+Authenticate = Callable[[str | None], RequestContext]
+"""A token checker (``gateway.sessions.Authenticate``)."""
 
 OTHER = "other"
 NONE = "none"
@@ -207,6 +213,9 @@ class Metrics:
             registry=r,
         )
         self.reload_at.set_to_current_time()
+        self.token_refusals = Counter(
+            "gtl_token_refusals", "Tokens refused, by the refusal's fixed reason word.", ("reason",), registry=r
+        )
         self.gc_pauses = GcPauses(r)
         for deployment in self._models:
             self.breakers.labels(deployment).set(0)
@@ -233,6 +242,23 @@ class Metrics:
             unsubscribe()
         self._unsubscribe.clear()
         self.gc_pauses.stop()
+
+    def counting_refusals(self, authenticate: Authenticate) -> Authenticate:
+        """``authenticate``, each token it refuses counted in ``gtl_token_refusals_total`` — what a
+        dashboard watches for guessed, stolen or expired tokens. The refusals are not audited: a client
+        sending bad tokens would fill the audit log's rotation with them (docs/security.md)."""
+        return _RefusalCounting(authenticate, self.token_refused)
+
+    def token_refused(self, refusal: AuthenticationError) -> None:
+        """Count one refused token under its reason (a word of ``REFUSAL_REASONS``, never the token)."""
+        reason = getattr(refusal, "reason", None)
+        if reason is None:  # a development gateway's (auth = "token"): no reason word of its own
+            label = "refused"
+        else:  # (a TokenRefusedError: its module is loaded already)
+            from gtl_nb.gateway.tokens.verify import REFUSAL_REASONS
+
+            label = reason if reason in REFUSAL_REASONS else OTHER
+        self.token_refusals.labels(label).inc()
 
     # -- bounded label values
 
@@ -389,6 +415,42 @@ def _seconds(milliseconds: float | None) -> float | None:
 
 # ----------------------------------------------------------------------------------------------
 # GET /metrics
+
+
+class _RefusalCounting:
+    """``Metrics.counting_refusals``: the checker the listeners hold, its refusals counted — on every
+    transport, at a connection's hello and on each ``recheck`` of an open connection's token."""
+
+    def __init__(self, authenticate: Authenticate, refused: Callable[[AuthenticationError], None]) -> None:
+        self.authenticate = authenticate
+        self.refused = refused
+
+    @property
+    def target(self) -> Any:
+        """The checker behind this one (behind a reload's ``SwappableAuthenticator`` too): what
+        ``gateway.readiness`` asks about its revocation list."""
+        return getattr(self.authenticate, "target", self.authenticate)
+
+    def __call__(self, token: str | None) -> RequestContext:
+        try:
+            return self.authenticate(token)
+        except AuthenticationError as exc:
+            self.refused(exc)
+            raise
+
+    def recheck(self, context: RequestContext) -> None:
+        """The checker's own ``recheck`` (when it has one), its refusals counted too."""
+        recheck = getattr(self.authenticate, "recheck", None)
+        if recheck is None:
+            return
+        try:
+            recheck(context)
+        except AuthenticationError as exc:
+            self.refused(exc)
+            raise
+
+    def __repr__(self) -> str:
+        return f"counting refusals of {self.authenticate!r}"
 
 
 def metrics_route(

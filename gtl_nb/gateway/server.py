@@ -133,6 +133,8 @@ async def serve(
                 limits.max_connections,
                 share,
             )
+    if parts.metrics is not None:  # every listener's refusals of a token counted (gtl_token_refusals_total)
+        authenticate = parts.metrics[0].counting_refusals(authenticate)
     # an embedder's engine: while it serves, its errors go to a gateway's clients (given back after)
     lent_audience = getattr(engine, "audience", GATEWAY)
     if lent_audience != GATEWAY:

@@ -365,3 +365,59 @@ def test_prompt_cache_reads_and_writes_are_counted_from_a_real_engine():
     assert written > 1024
     assert value(metrics, "gtl_prompt_cache_tokens_total", kind="read", **labels) == written
     assert value(metrics, "gtl_tokens_total", direction="in", **labels) > 2 * written  # a part of the input
+
+
+# -- refused tokens ----------------------------------------------------------------------------------
+
+
+class _Checker:
+    """A token checker with a revocation list and a ``recheck`` that refuses a revoked context."""
+
+    revocations = SimpleNamespace(loaded=False)  # never read: every token would be refused
+
+    def __call__(self, token: str | None) -> RequestContext:
+        return authenticate(token)
+
+    def recheck(self, context: RequestContext) -> None:
+        from gtl_nb.gateway.tokens.verify import REFUSED, TokenRefusedError
+
+        if context.key_id == "jti-revoked":
+            raise TokenRefusedError(REFUSED, "revoked")
+
+
+def test_refusals_are_counted_at_the_check_and_the_recheck_and_the_checker_stays_reachable():
+    from gtl_nb.gateway.readiness import refuses_every_token
+    from gtl_nb.gateway.reload import SwappableAuthenticator
+    from gtl_nb.gateway.tokens.verify import TokenRefusedError
+
+    metrics = Metrics({"echo": ["echo"]})
+    checker = _Checker()
+    counting = metrics.counting_refusals(SwappableAuthenticator(checker))
+    assert counting(TOKEN_CANARY).principal == "prometheus"
+    with pytest.raises(AuthenticationError):
+        counting("a development gateway's wrong token")  # no reason word of its own
+    counting.recheck(CONTEXT)  # (accepted: nothing counted)
+    with pytest.raises(TokenRefusedError):
+        counting.recheck(RequestContext(principal="gone", key_id="jti-revoked"))
+    metrics.token_refused(TokenRefusedError("refused", "a reason nobody listed"))  # a label stays bounded
+    assert value(metrics, "gtl_token_refusals_total", reason="refused") == 1
+    assert value(metrics, "gtl_token_refusals_total", reason="revoked") == 1
+    assert value(metrics, "gtl_token_refusals_total", reason="other") == 1
+    assert counting.target is checker  # /readyz reads the revocation list behind both wrappers
+    assert refuses_every_token(counting)
+
+
+def test_every_reason_a_token_is_refused_for_is_a_label_value():
+    """The ``reason`` label's values are ``REFUSAL_REASONS``: every reason word ``verify`` raises is one."""
+    import ast
+    import inspect
+
+    from gtl_nb.gateway.tokens import verify
+
+    raised = set()
+    for node in ast.walk(ast.parse(inspect.getsource(verify))):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("_Refusal", "TokenRefusedError"):
+            words = [arg.value for arg in node.args if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+            if words:  # (not the boundary's re-raise of a ``_Refusal``'s own reason)
+                raised.add(words[0] if node.func.id == "_Refusal" else words[-1])  # type: ignore[attr-defined]
+    assert raised and raised <= set(verify.REFUSAL_REASONS), raised - set(verify.REFUSAL_REASONS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import httpx
 import pytest
@@ -89,6 +90,60 @@ def test_a_scraper_token_needs_metrics_read_and_nothing_else(tmp_path, monkeypat
         scraping = gtl_nb.connect(gateway.url("ws"), token=token("metrics:read"))
         with scraping as client, pytest.raises(PermissionDeniedError, match="chat:write"):
             client.complete("echo", "a scraper may not chat")
+
+
+def test_refused_tokens_are_counted_by_reason_on_every_transport_and_never_shown(tmp_path, monkeypatch):
+    """Each token the gateway refuses — on ``/v1/gtl``, the OpenAI-compatible endpoint through the official
+    SDK, a WebSocket's hello and ``/metrics`` itself — adds one to ``gtl_token_refusals_total`` under its
+    fixed reason word; the tokens themselves appear nowhere in the scrape."""
+    import openai
+
+    from gtl_nb.gateway.tokens.mint import mint_token
+    from gtl_nb.protocol.errors import AuthenticationError
+
+    secret = "s" * 40
+    monkeypatch.setenv("GTL_TEST_REFUSALS_SECRET", secret)
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+            "providers.echo": {},
+            "gateway": {"auth": "jwt"},
+            "gateway.jwt": {"issuer": "gtl-test", "secret_env": "GTL_TEST_REFUSALS_SECRET"},
+            "gateway.http": {"port": 0},
+            "gateway.metrics": {"require_token": True},
+        },
+    )
+
+    def token(signer: str = secret, **options: Any) -> str:
+        scopes = ["chat:write", "metrics:read"]
+        return mint_token(signer, subject="someone", scopes=scopes, issuer="gtl-test", **options)
+
+    forged = token("f" * 40, lifetime=600)  # signed with another secret: the canary of this test
+    expired = token(lifetime=60, now=1_700_000_000)
+    with start_gateway(config) as gateway:
+        http = gateway.url("http")
+        body = {"type": "completion_request", "session_id": "s1", "model": "echo", "messages": []}
+        for bearer in (forged, "not-a-token"):
+            answer = httpx.post(http + "/v1/gtl", json=body, headers={"authorization": f"Bearer {bearer}"}, timeout=10)
+            assert answer.status_code == 401, answer.text
+        sdk = openai.OpenAI(base_url=http + "/v1", api_key=expired, max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            sdk.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(AuthenticationError), gtl_nb.connect(gateway.url("ws"), token=forged) as client:
+            client.complete("echo", "refused at hello")
+        assert httpx.post(http + "/v1/gtl", json=body, timeout=10).status_code == 401  # no token at all
+        forged_scrape = httpx.get(http + "/metrics", headers={"authorization": f"Bearer {forged}"}, timeout=10)
+        assert forged_scrape.status_code == 401
+        scraped = httpx.get(http + "/metrics", headers={"authorization": f"Bearer {token(lifetime=600)}"}, timeout=10)
+    assert scraped.status_code == 200
+    counted = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in scraped.text.splitlines()
+        if line.startswith("gtl_token_refusals_total{")
+    }
+    assert counted == {"bad-signature": 3.0, "malformed": 1.0, "expired": 1.0, "missing": 1.0}, counted
+    assert forged not in scraped.text and expired not in scraped.text and forged.split(".")[2] not in scraped.text
 
 
 def test_listing_models_outright_without_models_read_is_refused_not_empty(tmp_path, monkeypatch):

@@ -52,6 +52,14 @@ class TokenRefusedError(AuthenticationError):
         return f"TokenRefusedError(reason={self.reason!r})"
 
 
+REFUSAL_REASONS = (
+    *("missing", "malformed", "oversized", "malformed-claims", "bad-signature", "alg-none", "alg-not-accepted"),
+    *("key-in-header", "critical-header", "wrong-type", "alg-key-mismatch", "missing-kid", "unknown-kid"),
+    *("missing-claim", "wrong-issuer", "bad-claim", "wrong-audience", "expired", "not-yet-valid"),
+    *("lifetime-too-long", "bad-scopes", "revoked", "key-retired", "store-unavailable"),
+)
+"""Every ``TokenRefusedError.reason``: the fixed words of the operator's log line and of the
+``reason`` label of ``gtl_token_refusals_total`` (``gateway.metrics``)."""
 REFUSED = "the gateway refused the token; ask the gateway's administrator for a valid GhostToken"
 """The one message for every refusal that could teach an attacker something (signature, claims, keys)."""
 EXPIRED = "the GhostToken has expired; get a new one"
