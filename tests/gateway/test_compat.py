@@ -25,7 +25,9 @@ import gtl_nb
 from gtl_nb import sim
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.gateway.compat.models import find_model, model_ids
+from gtl_nb.gateway.compat.runner import failover_code
 from gtl_nb.protocol import ModelInfo, ProviderInfo, Tool
+from gtl_nb.protocol.messages import Status
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
 from tests.gateway.test_http import serving
 from tests.ledger_wait import rows_when
@@ -1005,6 +1007,50 @@ def test_a_failover_after_the_answer_began_ends_the_stream_with_an_error(tmp_pat
         simulator.close()
     for session_id in (chunks[0].id, message_id):
         assert [row["status"] for row in rows_of(tmp_path / "ledger.sqlite", session_id)] == ["cancelled"]
+
+
+def test_an_overload_mid_answer_reaches_each_sdk_as_that_apis_overload(tmp_path):
+    """Anthropic's ``overloaded_error`` event after the answer began: alone, or moving the engine to a
+    twin deployment (a failover the stream cannot carry), each stream ends with the error type its API
+    gives an overload — as the table answers it before the answer began — not a generic server error."""
+    simulator = sim.serve("anthropic", seed=3, api_key=SIM_KEY)
+    twin = {"type": "anthropic", "api_key": SIM_KEY, "base_url": simulator.base_url, "models": [MODELS["anthropic"]]}
+    tables = {
+        "providers.first": twin,
+        "providers.second": twin,
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+    }
+    question = [{"role": "user", "content": LONG_PROMPT}]
+    try:
+        with serving(write_toml(tmp_path / "gtl.toml", tables)) as served:
+            claude = anthropic.Anthropic(base_url=served.url, api_key="unused", max_retries=0)
+            oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+            for model, faults in ((f"first:{MODELS['anthropic']}", 1), (MODELS["anthropic"], 2)):
+                simulator.set_faults([sim.Fault.stream_error("overloaded", after=4)] * faults)
+                streaming = claude.messages.stream(model=model, max_tokens=500, messages=question)
+                pieces: list[str] = []
+                with pytest.raises(anthropic.APIStatusError) as heard, streaming as stream:
+                    pieces.extend(stream.text_stream)
+                assert pieces and heard.value.status_code == 200  # in the stream, after the answer began
+                assert heard.value.body["error"]["type"] == "overloaded_error", (model, heard.value.body)
+                simulator.set_faults([sim.Fault.stream_error("overloaded", after=4)] * faults)
+                with pytest.raises(openai.APIError) as told:
+                    for _ in oai.chat.completions.create(model=model, messages=question, stream=True):
+                        pass
+                assert (told.value.type, told.value.code) == ("server_error", "overloaded"), (model, told.value.body)
+    finally:
+        simulator.close()
+
+
+def test_a_failover_naming_no_gtl_code_ends_the_stream_as_provider_unavailable():
+    def failover(reason: str | None) -> Status:
+        return Status(session_id="s", state="failover", reason=reason)
+
+    assert failover_code(failover("OVERLOADED: the provider of deployment 'a' is overloaded")) == "OVERLOADED"
+    assert failover_code(failover("TIMEOUT: stream stalled")) == "TIMEOUT"
+    for reason in (None, "", "the deployment failed", "overloaded: lower case", "NOT_A_CODE: x"):
+        assert failover_code(failover(reason)) == "PROVIDER_UNAVAILABLE"
 
 
 @pytest.mark.parametrize("stream", [False, True])

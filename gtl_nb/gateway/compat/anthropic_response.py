@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from gtl_nb.protocol.messages import Done, Error, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
+from gtl_nb.protocol.messages import Done, Error, ErrorCode, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
 from gtl_nb.protocol.session import Transcript
 
 __all__ = ["MessageEncoder", "message_object", "stop_reason", "tool_input", "usage_object"]
@@ -152,8 +152,8 @@ class MessageEncoder:
             return _event("error", {"error": self._error_object(event)})
         return b""  # statuses and reasoning (never asked for) have no event here
 
-    def interrupt(self, message: str) -> bytes:
-        error = Error(session_id=self.session_id, code="PROVIDER_UNAVAILABLE", message=message)
+    def interrupt(self, message: str, code: ErrorCode = "PROVIDER_UNAVAILABLE") -> bytes:
+        error = Error(session_id=self.session_id, code=code, message=message)
         return _event("error", {"error": self._error_object(error)})
 
     def _start(self, block: dict[str, Any]) -> bytes:

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from gtl_nb.protocol.messages import Done, Error, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
+from gtl_nb.protocol.messages import Done, Error, ErrorCode, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
 from gtl_nb.protocol.session import Transcript
 
 __all__ = ["ChunkEncoder", "completion_object", "finish_reason", "usage_object"]
@@ -133,8 +133,8 @@ class ChunkEncoder:
             return b"data: " + self._error_body(event) + b"\n\n"
         return b""  # statuses and reasoning (never asked for) have no place in a chunk
 
-    def interrupt(self, message: str) -> bytes:
-        error = Error(session_id=self.session_id, code="PROVIDER_UNAVAILABLE", message=message)
+    def interrupt(self, message: str, code: ErrorCode = "PROVIDER_UNAVAILABLE") -> bytes:
+        error = Error(session_id=self.session_id, code=code, message=message)
         return b"data: " + self._error_body(error) + b"\n\n"
 
     def _frame_text(self) -> tuple[bytes, bytes]:

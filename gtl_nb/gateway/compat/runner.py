@@ -11,14 +11,15 @@ the end): an error before any of the answer — an unknown model, a refused prov
 (``reply.retried_already``: the SDK's own retries would multiply the gateway's). Once the answer has
 begun, the status is ``200`` and a later error is an error event inside the stream. A ``failover``
 after the answer began (the engine moved to another deployment, which voids what was sent) cannot be
-expressed in either format: the stream ends with an error event saying so and the session is
-cancelled, so the ledger does not record an answer the client never got.
+expressed in either format: the stream ends with an error event saying so, of the code of the failure
+that moved it on (``failover_code``: an overload is the format's overload, as it is without a
+failover), and the session is cancelled, so the ledger does not record an answer the client never got.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast, get_args
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway.compat.reply import Reply, retried_already
@@ -26,15 +27,27 @@ from gtl_nb.gateway.refusals import REFUSED_BEFORE_START
 from gtl_nb.gateway.streaming import EventOutbox, Running, SessionRunner, collect_session, stream_session
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError
-from gtl_nb.protocol.messages import CompletionRequest, Done, Error, Status, StreamEvent
+from gtl_nb.protocol.messages import CompletionRequest, Done, Error, ErrorCode, Status, StreamEvent
 from gtl_nb.protocol.session import Transcript, is_failover
 
-__all__ = ["EventEncoder", "Running", "SessionRunner", "StreamedSession", "collect"]
+__all__ = ["EventEncoder", "Running", "SessionRunner", "StreamedSession", "collect", "failover_code"]
 
 log = get_logger("gateway.compat")
 
 FAILOVER_CANCEL = "the gateway (a failover after the answer began, which a compatible stream cannot carry)"
 """Who cancelled a session whose stream had to end at a failover (its ledger row's reason)."""
+
+
+_ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
+
+
+def failover_code(status: Status) -> ErrorCode:
+    """The GTL code of the failure that moved a session on, from the front of the failover's ``reason``
+    (the engine writes "CODE: message"); ``PROVIDER_UNAVAILABLE`` when it names none. A stream cut by a
+    failover ends with an error of that code, so an overload mid-answer reaches an SDK as the format's
+    overload (Anthropic's ``overloaded_error``), as a session that ended at it without a failover does."""
+    code = (status.reason or "").partition(":")[0].strip()
+    return cast(ErrorCode, code) if code in _ERROR_CODES else "PROVIDER_UNAVAILABLE"
 
 
 class Refuse(Protocol):
@@ -55,8 +68,8 @@ class EventEncoder(Protocol):
         """The bytes of one event (``b""`` for an event the format has no place for)."""
         ...
 
-    def interrupt(self, message: str) -> bytes:
-        """An error event that ends the stream early (no terminator after it)."""
+    def interrupt(self, message: str, code: ErrorCode = "PROVIDER_UNAVAILABLE") -> bytes:
+        """An error event that ends the stream early (no terminator after it), of GTL error ``code``."""
         ...
 
 
@@ -130,7 +143,7 @@ class StreamedSession:
                         f"the answer broke off after it began ({reason}); the gateway moved to another deployment, "
                         "which would start the answer again, and this format cannot take back what was sent: ask again"
                     )
-                    pieces.append(self.encoder.interrupt(message))
+                    pieces.append(self.encoder.interrupt(message, failover_code(event)))
                     running.cancel(FAILOVER_CANCEL)
                     ended = True
                     break
