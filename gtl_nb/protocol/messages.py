@@ -25,6 +25,7 @@ or message field needs its entry there (a test fails until it has one).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, ClassVar, Literal
@@ -97,11 +98,62 @@ def image_url_refusal(url: str) -> str | None:
     fetches URLs for its model (an OpenAI-compatible one on a private network) must not be handed a
     ``file:`` one; plain ``http:`` is what such a local server often serves its images over."""
     head = url[:6].lower()
-    if head == "https:" or head[:5] in ("http:", "data:"):
+    if head == "https:" or head[:5] == "http:":
         return None
+    if head[:5] == "data:":
+        return data_url_refusal(url)
     scheme, colon, _ = url.partition(":")
     shown = f"{scheme[:20]}:" if colon and scheme.isascii() and scheme.isalnum() else repr(url[:20])
     return f"an image URL must be https:, http: or data: (base64), not {shown}"
+
+
+_BASE64_CHUNK = 1 << 20
+"""Characters of a ``data:`` URL's base64 decoded at a time to check it (a multiple of 4): what the
+check holds in memory at once, whatever the image's size."""
+
+
+def data_url_refusal(url: str) -> str | None:
+    """Why the ``data:`` URL ``url`` cannot be an image, or ``None``: one that says ``;base64`` must carry
+    padded base64 (RFC 4648: the standard alphabet, or the URL-safe one throughout, as Google's SDKs
+    write Gemini's inline data; no spaces or line breaks), and something of it. Every provider decodes
+    it, and one that cannot answers a 400 after a round trip in its own words (Bedrock's about bytes
+    the caller never saw); refused here, it is the caller's named part, before any provider is called.
+
+    Linear in the URL, and never holds more than ``_BASE64_CHUNK`` characters of it decoded: the
+    base64 is checked a chunk at a time, with no regular expression of this module's own."""
+    comma = url.find(",", 5)
+    if comma == -1:
+        return "a data: URL needs a comma before its data (data:image/png;base64,…)"
+    if url[5:comma].rpartition(";")[2].strip().lower() != "base64":
+        return None  # percent-encoded data: the provider's to read
+    start, end = comma + 1, len(url)
+    size = end - start
+    if not size:
+        return "the image's base64 data is empty"
+    if size % 4:
+        return f"the image's base64 data is {size:,} characters, not a multiple of 4 (cut short, or not padded with =)"
+    if url.find("=", start, end - 2) != -1:  # padding only at the end: a chunk alone cannot tell
+        return "the image's base64 data has '=' before its end"
+    return _base64_refusal(url, start, end)
+
+
+_URL_SAFE = b"-_"
+_NOT_BASE64 = "the image's data is not valid base64 (A-Z, a-z, 0-9, + and / or - and _, padded with =; no spaces)"
+
+
+def _base64_refusal(url: str, start: int, end: int) -> str | None:
+    """Why ``url[start:end]`` (a multiple of 4 characters, ``=`` only at its end) is not base64 of one
+    alphabet, or ``None``; decoded ``_BASE64_CHUNK`` characters at a time."""
+    url_safe = url.find("-", start, end) != -1 or url.find("_", start, end) != -1
+    if url_safe and (url.find("+", start, end) != -1 or url.find("/", start, end) != -1):
+        return "the image's base64 data mixes the standard alphabet (+ /) with the URL-safe one (- _)"
+    altchars = _URL_SAFE if url_safe else None
+    for at in range(start, end, _BASE64_CHUNK):
+        try:
+            base64.b64decode(url[at : min(at + _BASE64_CHUNK, end)], altchars=altchars, validate=True)
+        except ValueError:  # (binascii.Error is one; so is a character outside ASCII)
+            return _NOT_BASE64
+    return None
 
 
 class ToolCall(msgspec.Struct, frozen=True):
@@ -185,10 +237,10 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     def __post_init__(self) -> None:
         if self.parts:  # the parts decide: content and images follow them, for whoever reads those
             _settle_parts(self)
-        for url in self.images:
+        for position, url in enumerate(self.images):
             refused = image_url_refusal(url)
             if refused is not None:
-                raise ValueError(refused)
+                raise ValueError(f"{refused} (the message's images[{position}])")
         if self.tool_error and self.role != "tool":
             raise ValueError(f"tool_error is a tool result's flag; this message's role is {self.role!r}")
         if self.cache_ttl is not None:

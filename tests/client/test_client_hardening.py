@@ -88,6 +88,24 @@ BAD_ARGUMENTS = {
         {"messages": [{"role": "user", "content": "x", "images": ["file:///etc/passwd"]}]},
         "an image URL must be https:, http: or data: (base64), not file:",
     ),
+    "a data: image whose base64 is not": (
+        {"messages": [{"role": "user", "content": "x", "images": ["data:image/png;base64,iVBOR w0KGgo"]}]},
+        "the image's data is not valid base64",
+    ),
+    "a data: image part cut short": (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:,x"}},
+                        {"type": "image", "url": "data:image/png;base64,iVBORw0"},
+                    ],
+                }
+            ]
+        },
+        "7 characters, not a multiple of 4 (cut short, or not padded with =) (the message's images[1])",
+    ),
     "temperature past a float's range": ({"messages": "hi", "temperature": 10**400}, "from 0 to 2, not 1000000"),
     "top_p past the digits an int shows": ({"messages": "hi", "top_p": 10**5000}, "from 0 to 1, not <int too long"),
     "one tool not in a list": (

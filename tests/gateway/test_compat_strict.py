@@ -481,6 +481,47 @@ def test_https_and_data_image_urls_still_reach_the_provider(oai, backends):
         ).choices
 
 
+NOT_BASE64 = {
+    "a character outside base64": PIXEL_URL[:40] + "!" + PIXEL_URL[41:],
+    "cut short": PIXEL_URL[:-1],
+    "padding in the middle": "data:image/png;base64,AA==AAAA",
+    "a line break": PIXEL_URL[:40] + "\n" + PIXEL_URL[40:-1],
+    "empty": "data:image/png;base64,",
+}
+
+
+@pytest.mark.parametrize("url", list(NOT_BASE64.values()), ids=list(NOT_BASE64))
+def test_a_data_url_whose_base64_is_not_base64_is_refused_naming_its_part(
+    oai, claude, backends, ledger_path, base_url, url
+):
+    """Every provider decodes it and would answer a 400 after a round trip, in its own words: refused
+    before any is called, by the field that holds it, on each endpoint."""
+    before = sent(backends)
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
+    with pytest.raises(openai.BadRequestError, match=r"the image's (base64 )?data") as caught:
+        oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": parts}])
+    assert caught.value.param == "messages[0].content[1].image_url.url"
+    one_refusal_row(ledger_path, caught.value)
+    media_type, _, data = url.removeprefix("data:").partition(";base64,")
+    source = {"type": "base64", "media_type": media_type, "data": data}
+    blocks = [{"type": "text", "text": "What is this?"}, {"type": "image", "source": source}]
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\.0\.content\.1\.source\.data: the image's") as by:
+        claude.messages.create(model=target("anthropic"), max_tokens=10, messages=[{"role": "user", "content": blocks}])
+    one_refusal_row(ledger_path, by.value)
+    gtl = {"type": "completion_request", "session_id": "b64", "model": target("openai"), "stream": False}
+    answered = httpx.post(
+        f"{base_url}/v1/gtl", json={**gtl, "messages": [{"role": "user", "content": "x", "images": [PIXEL_URL, url]}]}
+    )
+    assert answered.status_code == 400 and "the message's images[1]" in answered.text
+    assert sent(backends) == before
+
+
+def test_a_data_url_that_is_not_base64_is_the_providers_to_read(oai, backends):
+    """Only ``;base64`` promises base64: a percent-encoded ``data:`` URL is not checked as one."""
+    parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,A%20b!"}}]
+    assert oai.chat.completions.create(model=target("openai"), messages=[{"role": "user", "content": parts}]).choices
+
+
 def test_a_gateway_takes_no_plain_http_image_url(oai, backends, ledger_path):
     """The server a deployment calls would fetch it from its own network (a cloud's metadata service
     answers plain HTTP): refused, naming where, with its row; the embedded client's user may send one."""

@@ -382,7 +382,8 @@ def _image(block: dict[str, Any], where: str) -> str:
         _only(source, _SOURCE_KEYS[kind], f"{where}.source")
     if kind == "base64":
         media_type = _str(source, "media_type", f"{where}.source.media_type")
-        return f"data:{media_type};base64,{_str(source, 'data', f'{where}.source.data')}"
+        url = f"data:{media_type};base64,{_str(source, 'data', f'{where}.source.data')}"
+        return fields.data_url(url, f"{where}.source.data")
     if kind == "url":
         return fields.image_url(source.get("url"), f"{where}.source.url")
     raise FieldError(f"{where}.source.type", f"image sources are base64 or url, not {kind!r}")

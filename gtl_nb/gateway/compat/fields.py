@@ -15,12 +15,13 @@ from typing import Any
 from gtl_nb.protocol.codec import json_kind
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.limits import count_refusal
-from gtl_nb.protocol.messages import image_url_refusal
+from gtl_nb.protocol.messages import data_url_refusal, image_url_refusal
 
 __all__ = [
     "FieldError",
     "at_most",
     "boolean",
+    "data_url",
     "did_you_mean",
     "image_url",
     "integer",
@@ -71,6 +72,8 @@ def image_url(value: Any, where: str) -> str:
     is refused here, where the caller's own path can be named: ``protocol.messages.plain_http_image``)."""
     if not isinstance(value, str) or not value:
         raise FieldError(where, "an image needs a URL (https: or data:)")
+    if value[:5].lower() == "data:":
+        return data_url(value, where)
     if image_url_refusal(value) is not None or value[:5].lower() == "http:":
         scheme, colon, _ = value.partition(":")
         shown = f"{scheme[:20]}:" if colon and scheme.isascii() and scheme.isalnum() else repr(value[:20])
@@ -79,6 +82,15 @@ def image_url(value: Any, where: str) -> str:
             f"an image URL must be https: or data: (base64), not {shown} (a gateway fetches no image, and "
             "the server its deployment calls would fetch an http: one from its own network)",
         )
+    return value
+
+
+def data_url(value: str, where: str) -> str:
+    """``value``, a ``data:`` URL, unless its base64 is not base64 (``protocol.messages.data_url_refusal``):
+    refused before any provider is called, naming the part."""
+    refused = data_url_refusal(value)
+    if refused is not None:
+        raise FieldError(where, refused)
     return value
 
 

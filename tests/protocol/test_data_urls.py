@@ -1,0 +1,75 @@
+"""Which ``data:`` image URLs a message takes: base64 that is base64, checked a chunk at a time."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import msgspec
+import pytest
+
+from gtl_nb.protocol import Message, decode, messages
+from gtl_nb.protocol.errors import ProtocolError
+
+
+def url_of(payload: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(payload).decode()
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 3, 4, 5, 47, 48, 49])
+def test_every_base64_text_passes_whatever_its_length_against_the_chunk(monkeypatch, size):
+    monkeypatch.setattr(messages, "_BASE64_CHUNK", 16)  # a few chunks, and a chunk's edge at each place
+    payload = bytes(range(size))
+    assert messages.data_url_refusal(url_of(payload)) == (None if size else "the image's base64 data is empty")
+
+
+def test_what_is_not_base64_is_refused_in_whichever_chunk_it_falls(monkeypatch):
+    monkeypatch.setattr(messages, "_BASE64_CHUNK", 16)
+    good = url_of(bytes(range(60)))  # 80 characters of base64: five chunks
+    start = good.index(",") + 1
+    for at in (start, start + 15, start + 16, start + 47, len(good) - 1):
+        bad = good[:at] + "*" + good[at + 1 :]
+        assert "not valid base64" in (messages.data_url_refusal(bad) or ""), at
+    # padding that ends a chunk but not the text: each chunk alone is base64, the whole is not
+    edge = url_of(bytes(10)) + "YmM="  # 16 characters ending in "==", then 4 more
+    assert "'=' before its end" in (messages.data_url_refusal(edge) or "")
+    assert "not a multiple of 4" in (messages.data_url_refusal(good[:-1]) or "")
+    assert messages.data_url_refusal(good.replace(";base64", ";charset=x")) is None  # not said to be base64
+    # the URL-safe alphabet, as Google's SDKs write Gemini's inline data; but one alphabet throughout
+    url_safe = "data:image/jpeg;base64," + base64.urlsafe_b64encode(bytes(range(250, 256)) * 9).decode()
+    assert "-" in url_safe and "_" in url_safe and messages.data_url_refusal(url_safe) is None
+    assert "mixes the standard alphabet" in (messages.data_url_refusal(url_safe[:-4] + "ab+c") or "")
+    assert messages.data_url_refusal(good.replace(";base64", ";BASE64")) is None  # (a parameter's case)
+    assert messages.data_url_refusal("data:image/png;base64") == (
+        "a data: URL needs a comma before its data (data:image/png;base64,…)"
+    )
+
+
+def test_a_request_on_the_wire_is_refused_naming_the_message_and_the_image():
+    frame = {
+        "type": "completion_request",
+        "session_id": "s",
+        "model": "echo",
+        "messages": [{"role": "user", "content": "x", "images": [url_of(b"png"), "data:image/png;base64,iV BORw="]}],
+    }
+    with pytest.raises(ProtocolError) as refused:
+        decode(msgspec.json.encode(frame))
+    said = str(refused.value)
+    assert refused.value.code == "INVALID_REQUEST" and "not valid base64" in said
+    assert "images[1]" in said and "$.messages[0]" in said
+    assert Message(role="user", images=[url_of(b"png")]).images  # a valid one is taken as given
+
+
+def test_a_large_image_is_checked_in_linear_time():
+    """Twice the data takes about twice the time (a generous bound: a quadratic check would take four)."""
+    small, large = url_of(b"\x89PNG" * 250_000), url_of(b"\x89PNG" * 1_000_000)
+
+    def timed(url: str) -> float:
+        best = float("inf")
+        for _ in range(3):
+            began = time.perf_counter()
+            assert messages.data_url_refusal(url) is None
+            best = min(best, time.perf_counter() - began)
+        return best
+
+    assert timed(large) < 8 * timed(small) + 0.05
