@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 from gtl_nb.client import CONNECT_READS
 from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, PermissionDeniedError, RequestError
+from gtl_nb.words import shown_in_terminal
 
 GATEWAY_ENV = "GTL_NB_GATEWAY"
 """The gateway ``complete`` and ``models`` use when ``--gateway`` is not given."""
@@ -186,7 +187,9 @@ _SCOPE_ADVICE = (
 
 
 def _for_the_shell(message: str) -> str:
-    """A configuration error's message with Python advice rephrased as environment/``--config`` advice."""
+    """A configuration error's message with Python advice rephrased as environment/``--config`` advice,
+    shown as a terminal cannot act on (an error quotes what a provider or a gateway said: a model's name
+    with an escape sequence in it stays text, and the error one line)."""
     message = _PYTHON_ADVICE.sub(r"add a [providers.\g<name>] section to the TOML file given with --config", message)
     message = message.replace("as gtl_nb.connect's token argument", f"in ${TOKEN_ENV} for gtl --gateway")
     for python_words in (f"give it to gtl_nb.connect as its token argument {CONNECT_READS}", _OLDER_ADVICE):
@@ -194,7 +197,7 @@ def _for_the_shell(message: str) -> str:
     message = message.replace("the models query (gtl_nb's client.models())", "gtl --gateway URL models")
     for python_words, shell_words in _SCOPE_ADVICE:
         message = message.replace(python_words, shell_words)
-    return message.replace("(named by config=)", "(named by --config)")
+    return shown_in_terminal(message.replace("(named by config=)", "(named by --config)"))
 
 
 def _read_prompt(prompt: str | None) -> str:
@@ -238,14 +241,17 @@ def _stream_to_terminal(client: Any, args: argparse.Namespace, prompt: str) -> i
             out.write(event.text)
         elif isinstance(event, Reasoning):
             sys.stderr.write(event.text)
-        elif isinstance(event, Status) and event.state == "failover":
-            out.write(f"\n[failover {event.from_provider} -> {event.to_provider}: {event.reason}]\n")
+        elif isinstance(event, Status) and event.state == "failover":  # (the reason quotes the provider)
+            moved = f"{event.from_provider} -> {event.to_provider}: {event.reason}"
+            out.write(f"\n[failover {shown_in_terminal(moved)}]\n")
         out.flush()
     result = stream.result()  # raises the session's error
     if not args.json:
+        # the answer's text is printed as the model wrote it; the lines around it name what the
+        # provider chose (a call's name and arguments, the served model in the footer): shown escaped
         for call in result.tool_calls:
-            out.write(f"\n[tool call] {call.name}({call.arguments})")
-        out.write(f"\n-- {result.footer()}\n")
+            out.write(f"\n[tool call] {shown_in_terminal(f'{call.name}({call.arguments})')}")
+        out.write(f"\n-- {shown_in_terminal(result.footer())}\n")
     return 0
 
 
@@ -260,13 +266,17 @@ def _models(args: argparse.Namespace) -> int:
     if not infos and not args.json:
         print(f"gtl: no providers listed{' for this token' if remote else ''}", file=sys.stderr)
         return 0
-    width = max([40, *(len(model.name) for info in infos for model in info.models)])  # long Bedrock ids too
+    # every name as the terminal shows it: a deployment's name is the configuration's, a model's may be
+    # the provider's own list's, and neither may move the cursor or forge a row (``shown_in_terminal``)
+    names = {id(model): shown_in_terminal(model.name) for info in infos for model in info.models}
+    width = max([40, *map(len, names.values())])  # long Bedrock ids too
     for info in infos:
         if args.json:
             print(encode(info).decode())
             continue
         flag = " (offline)" if info.offline else ""
-        print(f"{info.provider} [{info.provider_type}]{flag}")
+        kind = shown_in_terminal(info.provider_type or "")
+        print(f"{shown_in_terminal(info.provider)} [{kind}]{flag}")
         for model in info.models:
             price = (
                 f"${_per_million(model.cost_per_1k_input)}/1M in, ${_per_million(model.cost_per_1k_output)}/1M out"
@@ -274,7 +284,7 @@ def _models(args: argparse.Namespace) -> int:
                 else "price unknown"
             )
             window = _window(model.context_window, offline=info.offline)
-            print(f"  {model.name:<{width}} {window:>14}  {price}")
+            print(f"  {names[id(model)]:<{width}} {window:>14}  {price}")
     return 0
 
 

@@ -45,6 +45,33 @@ def test_models_lists_providers_and_models():
     assert "echo [echo] (offline)" in result.stdout
 
 
+def test_models_shows_names_a_terminal_would_act_on_as_their_escapes(tmp_path, capsys):
+    """A deployment's name and its models' names (the configuration's, or a provider's own list's) reach
+    the terminal as text: no escape sequence clears the screen or recolours it, no newline forges a row."""
+    config = tmp_path / "gtl.toml"
+    config.write_text(
+        '[providers."team\\u001b[2J"]\ntype = "openai_compatible"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        'models = ["m\\u001b[31mred\\nforged  ctx 1M  $0.00/1M in", "plain\\u202eevil"]\n'
+    )
+    assert main(["--config", str(config), "models"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out
+    lines = out.splitlines()
+    head = lines.index("team\\x1b[2J [openai_compatible]")
+    red, plain = lines[head + 1 : head + 3]
+    assert red.startswith("  m\\x1b[31mred\\nforged  ctx 1M") and plain.startswith("  plain\\u202eevil ")
+    assert red.index("ctx ?") == plain.index("ctx ?")  # the columns line up as the terminal shows them
+
+
+def test_an_error_quoting_a_provider_shows_what_a_terminal_would_act_on_as_escapes(tmp_path, capsys):
+    with gtl_nb.sim.running("openai") as url:
+        config = tmp_path / "gtl.toml"
+        config.write_text(f'[providers.openai]\napi_key = "sim-key"\nbase_url = "{url}"\n')
+        assert main(["--config", str(config), "complete", "x", "--model", "openai:no-such\x1b[2J\nmodel"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such\\x1b[2J\\nmodel" in err and "\x1b" not in err and err.count("\n") == 1
+
+
 def test_user_mistakes_are_one_line_and_exit_2(capsys):
     assert main(["complete", "x", "--model", "gpt-4o"]) == 2
     err = capsys.readouterr().err.strip()
