@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +145,7 @@ def test_openai_sdk_gets_the_embedded_answer(provider, oai, embedded, ledger_pat
     expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
     answer = oai.chat.completions.create(model=target(provider), messages=chat(), temperature=0.2, max_tokens=500)
     assert SYSTEM in backends[provider].requests[-1].body.decode()  # the system message went upstream too
-    assert answer.object == "chat.completion" and answer.model == target(provider)
+    assert answer.object == "chat.completion" and answer.model == expected.model  # the model that served
     assert answer.choices[0].message.content == expected.text
     assert answer.choices[0].finish_reason == "stop"
     assert answer.usage.prompt_tokens == expected.usage.tokens_in
@@ -384,7 +386,7 @@ def test_anthropic_sdk_gets_the_embedded_answer(provider, claude, embedded, ledg
         model=target(provider), max_tokens=500, system=SYSTEM, messages=[{"role": "user", "content": PROMPT}]
     )
     assert SYSTEM in backends[provider].requests[-1].body.decode()
-    assert message.type == "message" and message.role == "assistant" and message.model == target(provider)
+    assert message.type == "message" and message.role == "assistant" and message.model == expected.model
     assert [block.type for block in message.content] == ["text"] and message.content[0].text == expected.text
     assert message.stop_reason == "end_turn"
     assert message.usage.output_tokens == expected.usage.tokens_out
@@ -1007,6 +1009,60 @@ def test_a_failover_after_the_answer_began_ends_the_stream_with_an_error(tmp_pat
         simulator.close()
     for session_id in (chunks[0].id, message_id):
         assert [row["status"] for row in rows_of(tmp_path / "ledger.sqlite", session_id)] == ["cancelled"]
+
+
+RECORDED = Path(__file__).parents[1] / "fixtures" / "wire"
+
+
+class _Recorded(BaseHTTPRequestHandler):
+    """An upstream that answers every POST with one recorded answer of the real API (``server.answer``)."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = self.server.answer  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def recorded() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorded)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    "kind, fixture, asked, served",
+    [
+        ("openai", "openai/nonstream-finish-length.json", "gpt-4o-mini", "gpt-4o-mini-2024-07-18"),
+        ("anthropic", "anthropic/nonstream-vision-url.json", "claude-haiku-4-5", "claude-haiku-4-5-20251001"),
+    ],
+)
+def test_an_answer_names_the_model_that_served_it_as_the_real_apis_do(tmp_path, recorded, kind, fixture, asked, served):
+    """OpenAI and Anthropic answer a model's alias with the dated snapshot that served it; so does each
+    compatible endpoint, whichever API the deployment speaks and whatever prefix routed the request."""
+    recorded.answer = (RECORDED / fixture).read_bytes()
+    url = f"http://127.0.0.1:{recorded.server_address[1]}"
+    tables = {
+        "providers.upstream": {"type": kind, "api_key": SIM_KEY, "base_url": url, "models": [asked]},
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+    }
+    with serving(write_toml(tmp_path / "gtl.toml", tables)) as served_at:
+        oai = openai.OpenAI(base_url=f"{served_at.url}/v1", api_key="unused", max_retries=0)
+        claude = anthropic.Anthropic(base_url=served_at.url, api_key="unused", max_retries=0)
+        for model in (asked, f"upstream:{asked}"):
+            answer = oai.chat.completions.create(model=model, messages=chat())
+            message = claude.messages.create(model=model, max_tokens=500, messages=[{"role": "user", "content": "x"}])
+            assert (answer.model, message.model) == (served, served), model
 
 
 def test_an_overload_mid_answer_reaches_each_sdk_as_that_apis_overload(tmp_path):

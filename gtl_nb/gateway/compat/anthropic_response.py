@@ -1,7 +1,10 @@
 """A GTL session's answer → an Anthropic ``message`` object, or the Messages stream's server-sent events.
 
 * ``id`` is the GTL session id (``msg_…``), also the ledger row's ``session_id`` and the
-  ``request-id`` header; ``model`` is the model the request named.
+  ``request-id`` header. A whole ``message``'s ``model`` is the model that served it, as GTL's
+  ``done`` names it (the provider's own word: Anthropic answers ``claude-sonnet-4-5`` with
+  ``claude-sonnet-4-5-20250929``, and so does this endpoint); a stream's ``message_start`` carries the
+  model the request named, since it is written before the provider's ``done`` says which.
 * Text → a ``text`` block; each GTL tool call → a ``tool_use`` block (``input`` is the parsed
   arguments; arguments that are not a JSON object arrive as ``{"_unparsed_arguments": "<text>"}``, so
   nothing the model wrote is lost). In a stream: ``message_start``, then per block
@@ -79,7 +82,8 @@ def _tool_block(call: ToolCall, tool_input: dict[str, Any]) -> dict[str, Any]:
 
 
 def message_object(transcript: Transcript, *, model: str) -> dict[str, Any]:
-    """The ``message`` object of a session that ended with ``done``."""
+    """The ``message`` object of a session that ended with ``done``; ``model``: the one the request
+    named, answered when ``done`` names none that served."""
     done = transcript.done
     assert done is not None
     content: list[dict[str, Any]] = []
@@ -90,7 +94,7 @@ def message_object(transcript: Transcript, *, model: str) -> dict[str, Any]:
         "id": transcript.session_id,
         "type": "message",
         "role": "assistant",
-        "model": model,
+        "model": done.model or model,
         "content": content,
         "stop_reason": stop_reason(done),
         "stop_sequence": (done.stop_sequence or None) if done.finish_reason == "stop" else None,

@@ -1,7 +1,10 @@
 """A GTL session's answer → an OpenAI ``chat.completion`` object, or ``chat.completion.chunk`` server-sent events.
 
 * The answer's ``id`` is the GTL session id (``chatcmpl-…``), which is also the ledger row's
-  ``session_id`` and the ``x-request-id`` header; ``model`` is the model the request named.
+  ``session_id`` and the ``x-request-id`` header. A whole answer's ``model`` is the model that served
+  it, as GTL's ``done`` names it (the provider's own word: OpenAI answers ``gpt-4o-mini`` with its
+  dated snapshot, ``gpt-4o-mini-2024-07-18``, and so does this endpoint); a stream's chunks carry the
+  model the request named, since the first is written before the provider's ``done`` says which.
 * Text → ``message.content`` / ``delta.content``; each GTL tool call → ``message.tool_calls[i]``, or in
   a stream one delta with ``index``, ``id``, ``type`` and the function's name and empty arguments, then
   one with the arguments (GTL hands a call over whole, so there is no finer piece to pass on).
@@ -67,7 +70,8 @@ def _tool_call(call: ToolCall) -> dict[str, Any]:
 
 
 def completion_object(transcript: Transcript, *, model: str, created: int) -> dict[str, Any]:
-    """The ``chat.completion`` object of a session that ended with ``done``."""
+    """The ``chat.completion`` object of a session that ended with ``done``; ``model``: the one the
+    request named, answered when ``done`` names none that served."""
     done = transcript.done
     assert done is not None
     message: dict[str, Any] = {"role": "assistant", "content": transcript.text or None, "refusal": None}
@@ -79,7 +83,7 @@ def completion_object(transcript: Transcript, *, model: str, created: int) -> di
         "id": transcript.session_id,
         "object": "chat.completion",
         "created": created,
-        "model": model,
+        "model": done.model or model,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason(done)}],
         "usage": usage_object(transcript.usage),
     }
