@@ -125,7 +125,7 @@ def data_url_refusal(url: str) -> str | None:
     if comma == -1:
         return "a data: URL needs a comma before its data (data:image/png;base64,…)"
     if url[5:comma].rpartition(";")[2].strip().lower() != "base64":
-        return None  # percent-encoded data: the provider's to read
+        return None  # percent-encoded (RFC 2397): each provider gets it as base64 (providers.base.split_data_url)
     start, end = comma + 1, len(url)
     size = end - start
     if not size:

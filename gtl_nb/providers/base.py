@@ -25,10 +25,12 @@ sleeps the delays, so the generator stays pure and tests run at full speed with 
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import math
 import re
+import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -473,15 +475,46 @@ def path_segment(value: str, what: str = "model") -> str:
     return quote(value, safe="")
 
 
-def split_data_url(url: str) -> tuple[str, str] | None:
-    """``data:image/png;base64,AAAA`` → ``("image/png", "AAAA")``; ``None`` for other URLs."""
+def split_data_url(url: str, *, url_safe: bool = False) -> tuple[str, str] | None:
+    """``data:image/png;base64,AAAA`` → ``("image/png", "AAAA")``; ``None`` for other URLs.
+
+    The data comes back in standard base64 whatever the URL held — what every provider that takes
+    inline bytes reads: URL-safe base64 (``-`` and ``_``) is translated, unless ``url_safe`` says the
+    provider reads it too (Gemini: Google's SDKs write it so), and a URL without ``;base64`` (RFC
+    2397's percent-encoded form) is decoded and encoded again."""
+    inline = _inline_data(url, url_safe=url_safe)
+    return None if inline is None else (inline[0], inline[1])
+
+
+def standard_data_url(url: str) -> str:
+    """``url``, or — for a ``data:`` URL whose data is not standard base64 (``split_data_url``) — the
+    same image as ``data:<type>;base64,<standard base64>``: what OpenAI's API reads in an
+    ``image_url``. Anything else is returned as it is."""
+    inline = _inline_data(url)
+    if inline is None or not inline[2]:
+        return url
+    return f"data:{inline[0]};base64,{inline[1]}"
+
+
+def _inline_data(url: str, *, url_safe: bool = False) -> tuple[str, str, bool] | None:
+    """A ``data:`` URL's type, its data in standard base64 (or left URL-safe, with ``url_safe``), and
+    whether that differs from the URL's."""
     if url[:5].lower() != "data:":  # (a scheme is case-insensitive: DATA: too)
         return None
     head, sep, data = url[5:].partition(",")
     if not sep:
         return None
-    mime = head.split(";")[0] or "application/octet-stream"
-    return mime, data
+    mime, _, parameters = head.partition(";")
+    mime = mime or "application/octet-stream"
+    if parameters.rpartition(";")[2].strip().lower() != "base64":
+        return mime, base64.b64encode(urllib.parse.unquote_to_bytes(data)).decode("ascii"), True
+    if not url_safe and ("-" in data or "_" in data):
+        return mime, data.translate(_STANDARD_ALPHABET), True
+    return mime, data, False
+
+
+_STANDARD_ALPHABET = str.maketrans("-_", "+/")
+"""URL-safe base64's two letters → the standard alphabet's (RFC 4648 §5)."""
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def _model_path(model: str) -> str:
 
 
 def _image_part(url: str) -> dict[str, Any]:
-    inline = split_data_url(url)
+    inline = split_data_url(url, url_safe=True)  # (as the recorded traffic of Google's own SDK)
     if inline is not None:
         mime, data = inline
         return {"inlineData": {"mimeType": mime, "data": data}}

@@ -66,6 +66,7 @@ from gtl_nb.providers.base import (
     path_segment,
     reads_as_gtl,
     refuse_stop_sequences,
+    standard_data_url,
     tool_result_text,
 )
 from gtl_nb.providers.openai_chat import (
@@ -92,7 +93,7 @@ def is_reasoning_model(model: str) -> bool:
 
 
 def _image_part(url: str) -> dict[str, Any]:
-    return {"type": "image_url", "image_url": {"url": url}}
+    return {"type": "image_url", "image_url": {"url": standard_data_url(url)}}
 
 
 def _user_content(message: Message) -> str | list[dict[str, Any]]:

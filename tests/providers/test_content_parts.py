@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import urllib.parse
 
 import msgspec
 import pytest
@@ -227,3 +229,54 @@ def test_an_empty_assistant_turn_is_still_left_out():
     ]
     _, contents = gemini.convert_messages(history)
     assert [content["role"] for content in contents] == ["user"]  # the two user turns, one after the other
+
+
+# -- inline images in every provider's alphabet --------------------------------------------------------
+
+RAW = bytes(range(250, 256)) + b"\xfb\xff>?"  # bytes whose base64 holds + and / (and - _ URL-safe)
+STANDARD = base64.b64encode(RAW).decode()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"data:image/png;base64,{STANDARD}",
+        f"data:image/png;base64,{base64.urlsafe_b64encode(RAW).decode()}",  # as Google's SDKs write it
+        "data:image/png," + urllib.parse.quote_from_bytes(RAW),  # RFC 2397's percent-encoded form
+    ],
+    ids=["standard", "url-safe", "percent-encoded"],
+)
+def test_every_provider_that_takes_inline_bytes_gets_them_in_standard_base64(url):
+    """A ``data:`` URL's bytes reach Anthropic, Bedrock and Ollama as the standard base64 each decodes,
+    whichever form the caller wrote them in — sent on as written, a URL-safe or percent-encoded image was
+    a 400 from the provider after a round trip; Gemini gets base64 in either alphabet as written."""
+    assert "+" in STANDARD and "/" in STANDARD
+    message = Message(role="user", content="What is this?", images=[url])
+    claude = anthropic.build_body(request(message, "claude-sonnet-4-5"), Deployment(name="a", type="anthropic"))
+    (image,) = [block for block in claude["messages"][0]["content"] if block["type"] == "image"]
+    assert image["source"] == {"type": "base64", "media_type": "image/png", "data": STANDARD}
+    _, contents = gemini.convert_messages([message])  # (Gemini reads URL-safe base64 too: kept as written)
+    expected = url.partition(",")[2] if ";base64" in url else STANDARD
+    assert [part["inlineData"] for part in contents[0]["parts"] if "inlineData" in part] == [
+        {"mimeType": "image/png", "data": expected}
+    ]
+    converse = bedrock.build_body(request(message, "amazon.nova-lite-v1:0"), Deployment(name="b", type="bedrock"))
+    assert [block["image"] for block in converse["messages"][0]["content"] if "image" in block] == [
+        {"format": "png", "source": {"bytes": STANDARD}}
+    ]
+    (entry,) = ollama._messages([message])
+    assert entry["images"] == [STANDARD]
+
+
+def test_openai_gets_a_data_url_in_standard_base64_and_any_other_url_as_written():
+    from gtl_nb.providers.base import standard_data_url
+
+    standard = f"data:image/png;base64,{STANDARD}"
+    assert standard_data_url(standard) is standard  # (no copy of an image already as it should be)
+    assert standard_data_url("data:image/png," + urllib.parse.quote_from_bytes(RAW)) == standard
+    assert standard_data_url(f"data:image/png;base64,{base64.urlsafe_b64encode(RAW).decode()}") == standard
+    assert standard_data_url("https://example.com/a.png") == "https://example.com/a.png"
+    percent_encoded = "data:image/png," + urllib.parse.quote_from_bytes(RAW)
+    message = Message(role="user", content="What is this?", images=[percent_encoded])
+    (entry,) = chat_messages([message])
+    assert [part["image_url"]["url"] for part in entry["content"] if part["type"] == "image_url"] == [standard]
