@@ -243,6 +243,7 @@ class GTLServicer(pb_grpc.GTLServicer):
             context.read, context.write, role="server", peer=peer, where="client",
             max_json_bytes=self.limits.max_frame_bytes, batches=batches,
             convert=_read_message,  # a large message read into its frame in a worker thread (offload)
+            write_timeout=self.limits.write_timeout,  # a client reading none of it is let go (stream.py)
         )  # fmt: skip
         refused: list[AuthenticationError] = []
         authenticate = HeaderTokenFirst(self._authenticate, bearer, refused.append)

@@ -13,6 +13,12 @@ sessions, cancels, bad frames, one terminal event per session — exactly as on 
   queued (bytes, not messages: a count of messages let a stalled peer pin 32 frames of 8 MiB), so a
   peer that stops reading holds every session at its next drain (the per-session
   back-pressure of ``FramedConnection``) once gRPC's own window (a few megabytes) is full.
+* **A peer that reads nothing** (``write_timeout``, the gateway's): a write that has not completed
+  after that many seconds — gRPC completes a message's write once HTTP/2 flow control let all of it
+  out, so the peer took not one more message in all that time — ends the call as a peer that left
+  would: nothing more is sent, the outbox is dropped, and the reads end (``b""``), so the connection
+  cancels its sessions. One ``INFO`` line says why. A slow reader is not cut: each message it takes
+  starts the count again.
 * **Reads.** Each message is parsed (``FromString``), mapped (``from_proto``) and handed to the
   connection as one JSON frame plus ``\\n``. A message that does not parse or map becomes a *bad
   frame*: a deliberately unterminated JSON object whose ``type`` and ``session_id`` stand where the
@@ -40,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
@@ -188,6 +195,7 @@ class GrpcStreamChannel:
         close: Callable[[], Awaitable[None]] | None = None,
         batches: bool = False,
         convert: Convert | None = None,
+        write_timeout: float = math.inf,
     ) -> None:
         self.peer = peer
         self.batches = batches and role == "server"
@@ -216,6 +224,9 @@ class GrpcStreamChannel:
         self._finished = False  # the call's end was read
         self._closed = False
         self._dropping: set[str] = set()  # sessions the gateway ended in place of a frame it could not send
+        self._write_timeout = write_timeout
+        self._writing_since: float | None = None  # (loop time) when the write under way began
+        self._stall_timer: asyncio.TimerHandle | None = None
 
     # -- reads ---------------------------------------------------------------------------------------
 
@@ -404,6 +415,7 @@ class GrpcStreamChannel:
         while True:
             while self._outbox:
                 message, size = self._next_message()
+                self._write_begins()
                 try:
                     await self._send(message)
                 except asyncio.CancelledError:
@@ -414,6 +426,8 @@ class GrpcStreamChannel:
                 except Exception:  # the call ended: reads report it
                     self._break()
                     return
+                finally:
+                    self._writing_since = None
                 self._outbox_bytes -= size
                 if self._outbox_bytes <= HIGH_WATER_BYTES:
                     self._room.set()
@@ -421,6 +435,47 @@ class GrpcStreamChannel:
                 return
             self._queued.clear()
             await self._queued.wait()
+
+    def _write_begins(self) -> None:
+        """Count the write about to wait on flow control (one timer for a run of writes: ``_check_stall``)."""
+        if not math.isfinite(self._write_timeout):
+            return
+        loop = asyncio.get_running_loop()
+        self._writing_since = loop.time()
+        if self._stall_timer is None:
+            self._stall_timer = loop.call_later(self._write_timeout, self._check_stall)
+
+    def _check_stall(self) -> None:
+        """End the call if the write under way has waited ``write_timeout`` seconds (see the module)."""
+        self._stall_timer = None
+        since = self._writing_since
+        if since is None or self.broken or self._closed:  # no write waits: the next one arms the timer again
+            return
+        loop = asyncio.get_running_loop()
+        left = since + self._write_timeout - loop.time()
+        if left > 0:  # a later write: its own count
+            self._stall_timer = loop.call_later(left, self._check_stall)
+            return
+        log.info(
+            "ending the gRPC call from %s: it read none of what was written to it for %g s (%d bytes wait)",
+            self.peer or "?",
+            self._write_timeout,
+            self._outbox_bytes,
+        )
+        self._break()
+        self._end_reads()
+        sender = self._sender
+        if sender is not None and not sender.done():  # its write never completes: nothing more is sent
+            self._stopping_sender = True
+            sender.cancel()
+
+    def _end_reads(self) -> None:
+        """The call is over for this end: ``read()`` returns ``b""`` (what arrived and was not read is dropped)."""
+        self._finished = True
+        self._inbox.clear()
+        if self._receiving is not None and not self._receiving.done():
+            self._receiving.cancel()
+        self._wake()
 
     def _next_message(self) -> tuple[bytes, int]:
         """The next gRPC message off the outbox and the outbox bytes it takes: one frame, or with
@@ -468,6 +523,9 @@ class GrpcStreamChannel:
                 self._stopping_sender = True
                 sender.cancel()
                 await asyncio.wait({sender})
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
         if self._close is not None:
             with contextlib.suppress(Exception):
                 await self._close()
