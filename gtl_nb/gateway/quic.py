@@ -16,7 +16,11 @@ One UDP port, TLS 1.3 with the listener's certificate, ALPN ``gtl/1``. Per conne
   ``max_sessions_per_principal``) ends with a retryable ``OVERLOADED`` error once its ledger row and
   audit record are written (``gateway.refusals``), counted against neither cap.
 * **Back-pressure**: each session awaits its own stream's drain after every event (``QuicPeer.drain``),
-  so a client that reads one session slowly holds that session's engine stream only.
+  so a client that reads one session slowly holds that session's engine stream only. A session stream
+  on which none of what waits goes out for ``limits.write_timeout`` seconds (the client grants it no
+  flow-control credit, for the stream or the connection) is reset and its session cancelled, with one
+  ``INFO`` line: a client that stops reading no longer holds its sessions, their provider streams and
+  their places in the session caps. A slow reader is not cut: each byte sent starts the count again.
 * **Address validation**: a client's first Initial is answered with a Retry (aioquic's stateless
   token), so datagrams from forged addresses never create a connection: without it each forged
   1,200-byte Initial held a connection (about 80 KB) until ``header_timeout``. It costs a round trip
@@ -78,6 +82,7 @@ from gtl_nb.transports.quic.peer import QuicPeer
 from gtl_nb.transports.quic.wire import (
     ALPN,
     CONTROL_STREAM_ID,
+    STREAM_CANCEL,
     STREAM_DONE,
     RequestInput,
     RequestStream,
@@ -228,6 +233,8 @@ class _Connection:
         peer.on_handshake = self._handshake
         peer.on_stream = self._stream
         peer.on_terminated = self._terminated
+        peer.on_write_stalled = self._write_stalled
+        peer.write_timeout = self.limits.write_timeout
 
     @property
     def closing(self) -> bool:
@@ -293,6 +300,21 @@ class _Connection:
             self._timer.cancel()
         self.cancel_sessions(self.cancel_reason)
         self.gateway.left(self)
+
+    def _write_stalled(self, stream_id: int) -> None:
+        """A session's stream took none of what waits for ``write_timeout`` seconds: end it (``QuicPeer``)."""
+        session = self.running.get(stream_id)
+        if session is None or self._closing is not None:  # (only a running session waits on its stream)
+            return
+        timeout = self.limits.write_timeout
+        log.info(
+            "client %s: stream %d read none of what was written to it for %g s (%d bytes wait); session cancelled",
+            self.where,
+            stream_id,
+            timeout,
+            self.peer.unsent(stream_id),
+        )
+        session.stalled(f"the gateway: the client read none of its answer for {timeout:g} s")
 
     def cancel_sessions(self, reason: str) -> None:
         self.cancel_reason = reason
@@ -599,6 +621,14 @@ class _Session:
     def _forget_when_over(self) -> None:
         if self.done and self.client_done:
             self.peer.forget(self.stream_id)  # both sides have ended: late bytes are dropped
+
+    def stalled(self, reason: str) -> None:
+        """Its client reads nothing of the stream: cancel the session and reset the stream, so that what waits
+        in QUIC's buffers for it is let go (the client gets no terminal event: it reads nothing)."""
+        self.cancel_reason = reason
+        self.cancel()
+        self.done = True  # nothing more is written: the stream is reset
+        self.peer.reset(self.stream_id, STREAM_CANCEL)
 
     def cancel(self) -> None:
         """Cancel the session's task once (a second cancel could cut short its ledger row's completion)."""

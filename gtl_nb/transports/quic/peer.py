@@ -10,6 +10,11 @@ stream's flow-control window (granted by the reader) and the congestion window a
 that drains after each frame holds at most ``HIGH_WATER`` plus one frame per stream, and a stream
 whose reader is slow stops its own writer only.
 
+**A stream that takes nothing.** While ``drain`` waits, the stream's sent offset is watched: when none
+of its bytes went out for ``write_timeout`` seconds (its reader granted no flow-control credit, or the
+connection's is used up) ``on_write_stalled(stream_id)`` is called, once per wait; the owner decides
+what to end. A slow reader is not cut: each byte QUIC sends on the stream starts the count again.
+
 aioquic has no public view of a stream's send state, so ``unsent`` reads the stream table
 (``QuicConnection._streams``, the same since aioquic 0.9); the slow-reader test fails if that changes.
 """
@@ -20,6 +25,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -62,6 +68,9 @@ class QuicPeer(QuicConnectionProtocol):
         self.on_address: Callable[[Any], None] = lambda address: None
         self.on_handshake: Callable[[str | None], None] = lambda alpn: None
         self.on_terminated: Callable[[events.ConnectionTerminated], None] = lambda event: None
+        self.on_write_stalled: Callable[[int], None] = lambda stream_id: None
+        self.write_timeout = math.inf
+        """Seconds ``drain`` may wait with none of its stream's bytes going out before ``on_write_stalled``."""
         self.address: Any = None
         self.terminated: events.ConnectionTerminated | None = None
         """How the connection ended (``None`` while it lasts)."""
@@ -76,6 +85,7 @@ class QuicPeer(QuicConnectionProtocol):
         self._stopped: set[int] = set()  # streams the peer stopped or we reset: nothing more goes out
         self._finished: set[int] = set()  # streams we ended (FIN written)
         self._blocked: dict[int, asyncio.Future[None]] = {}
+        self._stalls: dict[int, _Stall] = {}  # streams whose drain waits: since when none of their bytes went out
         self._progress = asyncio.Event()
         self._pinging: asyncio.Task[None] | None = None
 
@@ -116,14 +126,53 @@ class QuicPeer(QuicConnectionProtocol):
         return max(0, self._written.get(stream_id, 0) - stream.sender.highest_offset)
 
     async def drain(self, stream_id: int) -> None:
-        """Wait while more than ``HIGH_WATER`` bytes of ``stream_id`` wait to be sent."""
-        while self.is_open and stream_id not in self._stopped and self.unsent(stream_id) > HIGH_WATER:
-            waiter = self._blocked[stream_id] = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                if self._blocked.get(stream_id) is waiter:
-                    del self._blocked[stream_id]
+        """Wait while more than ``HIGH_WATER`` bytes of ``stream_id`` wait to be sent (watched for a stall:
+        ``write_timeout``)."""
+        try:
+            while self.is_open and stream_id not in self._stopped and self.unsent(stream_id) > HIGH_WATER:
+                self._watch_stall(stream_id)
+                waiter = self._blocked[stream_id] = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    if self._blocked.get(stream_id) is waiter:
+                        del self._blocked[stream_id]
+        finally:
+            stall = self._stalls.pop(stream_id, None)
+            if stall is not None:
+                stall.timer.cancel()
+
+    def _sent(self, stream_id: int) -> int:
+        """How far QUIC has sent ``stream_id`` (its highest offset sent at least once)."""
+        stream = self._quic._streams.get(stream_id)
+        return 0 if stream is None else int(stream.sender.highest_offset)
+
+    def _watch_stall(self, stream_id: int) -> None:
+        """Start counting, once per wait, how long none of ``stream_id``'s bytes go out."""
+        if stream_id in self._stalls or not math.isfinite(self.write_timeout):
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(self.write_timeout, self._check_stall, stream_id)
+        self._stalls[stream_id] = _Stall(self._sent(stream_id), loop.time(), timer)
+
+    def _moved(self, stream_id: int) -> None:
+        """Note whether a waiting stream sent more since its count began (then it starts again)."""
+        stall = self._stalls.get(stream_id)
+        if stall is not None and (sent := self._sent(stream_id)) > stall.sent:
+            stall.sent, stall.since = sent, asyncio.get_running_loop().time()
+
+    def _check_stall(self, stream_id: int) -> None:
+        stall = self._stalls.get(stream_id)
+        if stall is None:
+            return
+        self._moved(stream_id)
+        loop = asyncio.get_running_loop()
+        left = stall.since + self.write_timeout - loop.time()
+        if left > 0:  # it moved meanwhile: count from then
+            stall.timer = loop.call_later(left, self._check_stall, stream_id)
+            return
+        del self._stalls[stream_id]
+        self.on_write_stalled(stream_id)
 
     async def flushed(self, stream_ids: Iterable[int], timeout: float) -> None:
         """Wait (at most ``timeout`` s) until what was written to ``stream_ids`` and their FIN are acknowledged."""
@@ -206,6 +255,7 @@ class QuicPeer(QuicConnectionProtocol):
         self._progress.set()
         if self._blocked:
             for stream_id, waiter in list(self._blocked.items()):
+                self._moved(stream_id)
                 if self.unsent(stream_id) <= HIGH_WATER and not waiter.done():
                     waiter.set_result(None)
 
@@ -275,3 +325,14 @@ class QuicPeer(QuicConnectionProtocol):
             if not waiter.done():
                 waiter.set_result(None)
         self._blocked.clear()
+
+
+class _Stall:
+    """A waiting stream's count: how far it had sent, since when, and the timer that looks again."""
+
+    __slots__ = ("sent", "since", "timer")
+
+    def __init__(self, sent: int, since: float, timer: asyncio.TimerHandle) -> None:
+        self.sent = sent
+        self.since = since
+        self.timer = timer
