@@ -430,6 +430,38 @@ def h2_call(target: Target, source: str, frames: bytes, limit: float = 10) -> H2
         raise AssertionError(f"stream 1 was not ended within {limit} s: {seen}")
 
 
+def h2_reading_nothing(target: Target, source: str, frames: bytes, hold: float) -> list[tuple[int, int, int]]:
+    """An HTTP/2 connection that lets no DATA of the gateway's through: every stream's window is 0
+    (``SETTINGS_INITIAL_WINDOW_SIZE``) and never grows. Its HTTP/2 layer reads the socket and acknowledges
+    SETTINGS and PINGs — a gRPC client whose library keeps reading while its application reads none of its
+    messages. Sends ``frames`` and holds the connection ``hold`` seconds; the frames received (type, flags,
+    stream)."""
+    no_window = h2_frame(4, 0, 0, struct.pack("!HI", 4, 0))
+    with dial(target, source, "grpc") as sock:
+        sock.sendall(H2_PREFACE + no_window + frames)
+        sock.settimeout(0.1)
+        buffer, started, seen = b"", time.monotonic(), []
+        while time.monotonic() - started < hold:
+            try:
+                piece = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not piece:
+                break
+            buffer += piece
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                size = int.from_bytes(buffer[:3], "big")
+                kind, flags = buffer[3], buffer[4]
+                stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+                payload, buffer = buffer[9 : 9 + size], buffer[9 + size :]
+                seen.append((kind, flags, stream))
+                if kind == 4 and not flags & 1:
+                    sock.sendall(h2_frame(4, 1, 0))  # SETTINGS ack
+                elif kind == 6 and not flags & 1:
+                    sock.sendall(h2_frame(6, 1, 0, payload))  # PING ack
+    return seen
+
+
 # -- QUIC ------------------------------------------------------------------------------------------------------
 
 
@@ -480,8 +512,12 @@ class RawQuic:
 
 
 @asynccontextmanager
-async def quic_peer(target: Target, source: str, *, hello: bool = True) -> AsyncIterator[RawQuic]:
+async def quic_peer(
+    target: Target, source: str, *, hello: bool = True, stream_credit: int | None = None
+) -> AsyncIterator[RawQuic]:
     """A handshaken QUIC connection from ``source``; with ``hello`` the control stream's exchange is done.
+    With ``stream_credit`` each session stream lets the gateway send that many bytes and never more (aioquic
+    grants more as it receives: that is switched off but for the control stream) — a client reading none.
 
     On exit it is closed politely unless the test ``vanish``-ed it (``transport.close()`` alone: no
     CONNECTION_CLOSE, as when a client's machine goes away)."""
@@ -491,7 +527,15 @@ async def quic_peer(target: Target, source: str, *, hello: bool = True) -> Async
     from gtl_nb.transports.quic.peer import QuicPeer
 
     host, port = target.address("quic")
-    quic = QuicConnection(configuration=client_configuration(host, str(target.ca)))
+    configuration = client_configuration(host, str(target.ca))
+    if stream_credit is not None:
+        configuration.max_stream_data = stream_credit
+    quic = QuicConnection(configuration=configuration)
+    if stream_credit is not None:
+        grant = quic._write_stream_limits
+        quic._write_stream_limits = lambda builder, space, stream: (  # type: ignore[method-assign]
+            grant(builder, space, stream) if stream.stream_id == 0 else None
+        )
     transport, peer = await asyncio.get_running_loop().create_datagram_endpoint(
         lambda: QuicPeer(quic), local_addr=(source, 0)
     )

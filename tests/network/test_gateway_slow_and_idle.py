@@ -43,10 +43,12 @@ from tests.network.conftest import (
     assert_serves,
     attacker,
     dial,
+    grpc_message,
     gtl_errors,
     h2_call,
     h2_frame,
     h2_headers,
+    h2_reading_nothing,
     http_request,
     quic_peer,
     vanish,
@@ -218,6 +220,51 @@ def test_a_client_reading_none_of_its_answers_is_dropped_at_the_write_timeout(ga
     assert len(statuses) == len([row for row in gateway.rows() if row["session_id"].startswith("unread-")])
     assert all(status in ("ok", "cancelled") for status in statuses.values()), statuses
     memory.assert_bounded(32 * 1024)
+
+
+def test_a_grpc_client_reading_none_of_its_answers_is_let_go_at_the_write_timeout(gateway):
+    """A gRPC ``Session`` whose client lets none of the gateway's messages through (HTTP/2 flow control: a
+    window of 0, never grown) while its HTTP/2 layer stays alive held its sessions for ever once the channel's
+    outbox was full. After ``write_timeout`` seconds with a write waiting the call ends as a client that left:
+    the paced session still running ends ``cancelled`` and the gateway keeps serving."""
+    source = attacker()
+    paced = _request("grpc-unread-paced", model="paced:echo", prompt=LONG_PROMPT)
+    messages = [to_frame(m.Hello(versions=["1.0"]), pb.ClientFrame), to_frame(paced, pb.ClientFrame)]
+    call = h2_headers(1, SESSION_METHOD) + b"".join(
+        h2_frame(0, 0, 1, grpc_message(message.SerializeToString())) for message in messages
+    )
+    started = time.monotonic()
+    with Attack(lambda: h2_reading_nothing(gateway, source, call, WRITE_TIMEOUT + 2 * MARGIN)):
+        status = _row_status(gateway, "grpc-unread-paced", WRITE_TIMEOUT + 2 * MARGIN)
+        after = time.monotonic() - started
+        assert_serves(gateway, ("grpc",))
+    assert status == "cancelled", status
+    assert after >= WRITE_TIMEOUT - 0.5, after  # not before its bound
+
+
+def test_a_quic_stream_reading_none_of_its_answer_is_reset_at_the_write_timeout(gateway):
+    """A QUIC session stream whose client grants it no more flow-control credit held its session for ever, its
+    writer waiting in ``drain``. After ``write_timeout`` seconds with none of its bytes going out the gateway
+    resets the stream: the session ends ``cancelled``, and the connection and the gateway keep serving."""
+    source = attacker()
+    # a token each, of 8 KB (echo quotes 64 Ki characters: three bytes each), so the stream's 16 KiB of credit
+    # and the gateway's 64 KiB of buffer fill within a second of the session's 2.5 s
+    word = "€" * 2700
+    stalled = _request("quic-unread-paced", model="paced:echo", prompt=" ".join([word] * 24))
+
+    async def main() -> tuple[float, bool]:
+        async with quic_peer(gateway, source, stream_credit=16 * 1024) as raw:
+            stream = raw.open(quic_frame(stalled))
+            await stream.wait_for(lambda: len(stream.data) >= 16 * 1024)
+            started = time.monotonic()
+            await asyncio.wait_for(stream.ended.wait(), WRITE_TIMEOUT + 2 * MARGIN)
+            return time.monotonic() - started, raw.peer.is_open
+
+    after, still_open = asyncio.run(main())
+    assert after >= WRITE_TIMEOUT - 0.5, after  # not before its bound
+    assert still_open  # the stream was reset, not the connection
+    assert _row_status(gateway, "quic-unread-paced", 5) == "cancelled"
+    assert_serves(gateway, ("quic",))
 
 
 # -- half-open connections ------------------------------------------------------------------------------------------
