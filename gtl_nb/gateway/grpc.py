@@ -49,6 +49,10 @@ token counts when the metadata has none. A token ``authenticate`` refuses is sta
                                 / ``TIMEOUT``), and a call that ends without one is ``INVALID_ARGUMENT``
 ``idle_timeout``                gRPC's ``grpc.max_connection_idle_ms`` (an HTTP/2 connection with no
                                 call); a ``Session`` that runs nothing: ``GatewayConnection``
+``write_timeout``               a ``Session`` whose write to the client has waited on HTTP/2 flow
+                                control that long ends as a client that left, its sessions
+                                ``cancelled`` (``GrpcStreamChannel``); the HTTP/2 stream stays until
+                                the client ends it (grpc.aio cannot reset it from here)
 =============================== =================================================================
 
 gRPC keepalive pings (every ``KEEPALIVE_SECONDS``, answered within ``KEEPALIVE_TIMEOUT``) find a client

@@ -170,8 +170,10 @@ class Limits:
     idle_timeout: float = 300.0
     """Seconds a connection with no running session may stay silent before it is closed."""
     write_timeout: float = 60.0
-    """Seconds a connection may leave what the gateway writes unread (its write buffer full, writing paused)
-    before it is dropped and its sessions end ``cancelled`` (``gateway.write_stall``; the HTTP listener)."""
+    """Seconds a client may leave what the gateway writes unread before it is let go and its sessions end
+    ``cancelled``: an HTTP-listener connection whose writing stays paused (``gateway.write_stall``), a gRPC
+    ``Session`` call whose write waits on flow control (``GrpcStreamChannel``), a QUIC session stream that
+    sends nothing while its session waits (``QuicPeer.drain``)."""
     max_unfinished_bytes: int = DEFAULT_MAX_UNFINISHED_BYTES
     """Bytes the HTTP listener's connections may hold together in WebSocket messages and request bodies still
     arriving, beyond 64 KiB each (``gateway.unfinished``); at least one largest message."""

@@ -17,6 +17,8 @@ the client never read, as it would for a client that left while such an answer w
 
 It is a mix-in for asyncio protocols whose transport calls ``pause_writing``/``resume_writing`` (the HTTP
 listener's HTTP/1.1 and WebSocket protocols): put it first among the bases and set ``write_timeout``.
+gRPC and QUIC bound the same wait where they wait: ``GrpcStreamChannel`` (a write that does not complete)
+and ``QuicPeer.drain`` (a stream none of whose bytes go out).
 """
 
 from __future__ import annotations
