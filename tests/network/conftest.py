@@ -430,18 +430,25 @@ def h2_call(target: Target, source: str, frames: bytes, limit: float = 10) -> H2
         raise AssertionError(f"stream 1 was not ended within {limit} s: {seen}")
 
 
-def h2_reading_nothing(target: Target, source: str, frames: bytes, hold: float) -> list[tuple[int, int, int]]:
+def h2_reading_nothing(
+    target: Target, source: str, frames: bytes, hold: float, *, grant: int = 0, every: float = 0.5
+) -> list[tuple[int, int, int]]:
     """An HTTP/2 connection that lets no DATA of the gateway's through: every stream's window is 0
     (``SETTINGS_INITIAL_WINDOW_SIZE``) and never grows. Its HTTP/2 layer reads the socket and acknowledges
     SETTINGS and PINGs — a gRPC client whose library keeps reading while its application reads none of its
-    messages. Sends ``frames`` and holds the connection ``hold`` seconds; the frames received (type, flags,
-    stream)."""
+    messages. With ``grant``, stream 1's window grows by that many bytes every ``every`` seconds instead: a
+    slow reader. Sends ``frames`` and holds the connection ``hold`` seconds; the frames received (type,
+    flags, stream)."""
     no_window = h2_frame(4, 0, 0, struct.pack("!HI", 4, 0))
     with dial(target, source, "grpc") as sock:
         sock.sendall(H2_PREFACE + no_window + frames)
         sock.settimeout(0.1)
         buffer, started, seen = b"", time.monotonic(), []
+        granted = started
         while time.monotonic() - started < hold:
+            if grant and time.monotonic() - granted >= every:
+                granted = time.monotonic()
+                sock.sendall(h2_frame(8, 0, 1, struct.pack("!I", grant)))  # WINDOW_UPDATE
             try:
                 piece = sock.recv(65536)
             except TimeoutError:

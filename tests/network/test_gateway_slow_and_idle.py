@@ -242,6 +242,25 @@ def test_a_grpc_client_reading_none_of_its_answers_is_let_go_at_the_write_timeou
     assert after >= WRITE_TIMEOUT - 0.5, after  # not before its bound
 
 
+def test_a_slow_grpc_reader_is_never_cut_by_the_write_timeout(gateway):
+    """A client that lets 512 bytes through every half second keeps its call for as long as the answer takes
+    (twice the bound and more): its session ends ``ok``. The answer comes faster than that (ten tokens of
+    ~140 bytes a second), so the gateway's writes wait all along, each message for under a second."""
+    source = attacker()
+    paced = _request("grpc-slow-paced", model="paced:echo", prompt=("x" * 100 + " ") * 30)
+    messages = [to_frame(m.Hello(versions=["1.0"]), pb.ClientFrame), to_frame(paced, pb.ClientFrame)]
+    call = h2_headers(1, SESSION_METHOD) + b"".join(
+        h2_frame(0, 0, 1, grpc_message(message.SerializeToString())) for message in messages
+    )
+    started = time.monotonic()
+    hold = 3 * WRITE_TIMEOUT + 2 * MARGIN
+    with Attack(lambda: h2_reading_nothing(gateway, source, call, hold, grant=512, every=0.5)):
+        status = _row_status(gateway, "grpc-slow-paced", hold)
+        after = time.monotonic() - started
+    assert status == "ok", status
+    assert after > 2 * WRITE_TIMEOUT, after  # (it lasted long enough to have been cut, were it counted whole)
+
+
 def test_a_quic_stream_reading_none_of_its_answer_is_reset_at_the_write_timeout(gateway):
     """A QUIC session stream whose client grants it no more flow-control credit held its session for ever, its
     writer waiting in ``drain``. After ``write_timeout`` seconds with none of its bytes going out the gateway
