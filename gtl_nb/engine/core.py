@@ -1223,17 +1223,18 @@ class Engine:
 
     async def _follow_remote(self, flight: Flight, follow: FlightFollow, sid: str) -> bool:
         """Publish the events of the call another replica runs, re-addressed to ``sid``. ``False`` when
-        it was lost before its first event (this replica then runs the call itself); lost later, the
-        readers end with a retryable error."""
+        it was lost before any of its answer — nothing but statuses, which the call run here sends again
+        (a provider slow to its first token) — and this replica then runs the call itself; lost later,
+        the readers end with a retryable error."""
         flight.remote, flight.claim, flight.on_idle = True, follow.claim, None
-        published = False
+        answered = False  # a statuses-only start commits nothing: the call run here sends its own again
         try:
             async with aclosing(follow.events()) as events:  # type: ignore[type-var]
                 async for event in events:
                     flight.publish(msgspec.structs.replace(event, session_id=sid))
-                    published = True
+                    answered = answered or type(event) is not Status
         except FlightLost as lost:
-            if not published:
+            if not answered:
                 log.info("coalescing: %s; running the call here", lost)
                 return False
             message = f"the upstream call this request shared was lost: {lost}"

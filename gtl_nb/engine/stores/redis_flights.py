@@ -49,8 +49,11 @@ a double charge is the smaller error.
 **Failures** (every wait is bounded):
 
 * the leader's replica died: its lock lapses within ``lease`` seconds; a reader that then finds
-  nothing new in the stream stops with ``FlightLost`` — before the first event its replica runs the
-  call itself, after it the callers get a retryable ``PROVIDER_UNAVAILABLE`` error;
+  nothing new in the stream stops with ``FlightLost`` — before any of the answer (statuses only) its
+  replica runs the call itself, after it the callers get a retryable ``PROVIDER_UNAVAILABLE`` error;
+* a replica asking to join a call whose lock has less than ``lease/3`` left (no renewal for two turns:
+  its leader likely died) runs the call itself, unshared, rather than replay what the dead leader
+  wrote and fail at the lapse; a reader that joined before that and got only statuses runs it too;
 * the stream's first entries were trimmed or expired (a reader joined very late): ``FlightLost`` too;
 * the leader's replica shuts down (``aclose``): the calls it shares end for their readers elsewhere at
   once, with a retryable ``PROVIDER_UNAVAILABLE`` error;
@@ -129,10 +132,10 @@ LAPSE_WARNING_EVERY = 60.0
 _JOIN_TRIES = 3  # the lock changed hands between two scripts this often: lead here instead
 _READ_COUNT = 64  # stream entries per XREAD
 
-# Take the lock, or say who holds it (one step: no moment when neither is true).
+# Take the lock, or say who holds it and for how long yet (one step: no moment when neither is true).
 _ACQUIRE = LuaScript("""
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, ARGV[1]} end
-return {0, redis.call('GET', KEYS[1])}
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, ARGV[1], 0} end
+return {0, redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
 """)
 
 # Join (or touch) the flight ARGV[1] as reader ARGV[2] for ARGV[3] ms — only while its lock is held:
@@ -242,6 +245,9 @@ class RedisFlights:
         self.redis = RedisConnector(_own_pool(url), what="[cache] coalescing")
         self.lease = lease
         self.renew_every = lease / 3
+        self.stale_after = lease / 3
+        """A lock with less than this left was not renewed for two turns: its leader is likely gone (a
+        replica joining it would replay what it wrote and then fail at the lapse), so none joins it."""
         self.linger = max(linger, lease)
         self.payer_ttl = payer_ttl
         self.max_entries = max_entries
@@ -278,7 +284,7 @@ class RedisFlights:
         token = random_hex(2)
         try:
             for _ in range(_JOIN_TRIES):
-                won, holder = await self._script(
+                won, holder, left = await self._script(
                     "taking a flight's lock", _ACQUIRE, [names.lock], [token, _ms(self.lease)]
                 )
                 if won:
@@ -286,6 +292,9 @@ class RedisFlights:
                 holder = _text(holder)
                 if holder is None:
                     continue
+                if 0 <= int(left) < _ms(self.stale_after):  # its leader missed two renewals: likely gone
+                    log.info("coalescing: the replica leading this call has not renewed it; running the call here")
+                    return LOCAL_LEAD
                 member = random_hex()
                 readers = names.readers(holder)
                 if await self._script(

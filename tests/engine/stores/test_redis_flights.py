@@ -34,7 +34,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.engine.stores.flights import LocalFlights, LocalLead, open_flights
 from gtl_nb.engine.stores.redis_flights import RedisFlights, _Names
-from gtl_nb.protocol import CompletionRequest, Done, Error, Message, StreamEvent, Token, Usage
+from gtl_nb.protocol import CompletionRequest, Done, Error, Message, Status, StreamEvent, Token, Usage
 from gtl_nb.protocol.errors import ConfigurationError
 
 MODEL = "gpt-4o-mini"
@@ -258,9 +258,10 @@ _LEADER = textwrap.dedent(
     from gtl_nb.engine.builder import build_engine
     from gtl_nb.engine.settings import load_settings
     from gtl_nb.engine.stores.redis_flights import RedisFlights, _Names
-    from gtl_nb.protocol import CompletionRequest, Message, Token
+    from gtl_nb.protocol import CompletionRequest, Message, Status, Token
 
     base_url, redis_url, prompt = sys.argv[1:4]
+    tell = sys.argv[4] if len(sys.argv) > 4 else "token"  # print at the first token, or at "streaming"
 
     async def main():
         settings = load_settings(providers={"openai": {"api_key": "sim-key", "base_url": base_url}}, environ={})
@@ -270,8 +271,10 @@ _LEADER = textwrap.dedent(
             session_id="doomed", model="gpt-4o-mini", messages=[Message(role="user", content=prompt)], temperature=0
         )
         async for event in engine.stream(request, user="ann"):
-            if isinstance(event, Token):
+            if isinstance(event, Token) and tell == "token":
                 print("token", flush=True)
+            elif isinstance(event, Status) and event.state == "streaming" and tell == "streaming":
+                print("streaming", flush=True)
 
     asyncio.run(main())
     """
@@ -404,6 +407,85 @@ def test_a_leader_that_died_before_its_first_event_is_replaced_by_the_follower(u
     assert calls(upstream) == 1
     assert waited < LEASE + 5
     assert ledger[0]["cost"] > 0 and not ledger[0]["coalesced"]  # its own call: its row pays
+
+
+def _doomed_leader(base_url: str, redis_url: str, tell: str) -> subprocess.Popen[str]:
+    """A leader replica in a process of its own (``_LEADER``), once it has ``tell`` (``token``/``streaming``)."""
+    leader = subprocess.Popen(
+        [sys.executable, "-c", _LEADER, base_url, redis_url, PROMPT, tell],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    assert leader.stdout is not None and leader.stdout.readline().strip() == tell
+    return leader
+
+
+def test_a_leader_that_died_with_only_a_status_shared_is_replaced_by_the_follower(upstream, redis_url):
+    """A provider slow to its first token: the leader had shared its ``streaming`` status, nothing of
+    the answer, when its replica died. The follower, whose callers have nothing to take back, runs the
+    call itself and answers — it failed with ``PROVIDER_UNAVAILABLE`` at the lapse, as if mid-answer."""
+    with sim.serve("openai", sim.Fault.slow_first_token(30.0)) as slow:
+        leader = _doomed_leader(slow.base_url, redis_url, "streaming")
+        try:
+
+            async def scenario():
+                two = replica(upstream, redis_url, "two")  # (the same deployment's name: the same flight)
+                try:
+                    events: list[StreamEvent] = []
+
+                    async def follow() -> None:
+                        async for event in two.stream(ask("follow"), user="bob"):
+                            events.append(event)
+
+                    task = asyncio.ensure_future(follow())
+                    while not any(isinstance(event, Status) and event.state == "streaming" for event in events):
+                        await asyncio.sleep(0.01)  # the leader's status, read from its stream
+                    leader.send_signal(signal.SIGKILL)
+                    await asyncio.wait_for(task, 15)
+                    return events, await two.ledger.rows()
+                finally:
+                    await close(two)
+
+            events, ledger = asyncio.run(scenario())
+        finally:
+            leader.kill()
+            leader.wait(10)
+    assert isinstance(events[-1], Done) and text(events), events[-3:]
+    assert calls(upstream) == 1  # the follower's own call
+    assert [row["status"] for row in ledger] == ["ok"] and ledger[0]["cost"] > 0
+
+
+def test_a_request_finding_a_lock_left_unrenewed_runs_its_own_call_rather_than_replay_a_dead_one(upstream, redis_url):
+    """The leader died mid-answer; before its lock lapses a new request arrives. Joining, it would replay
+    what the dead leader wrote and then fail mid-answer at the lapse, past any retry of its caller's. A
+    lock not renewed for two turns (under ``lease/3`` left) is not joined: the request runs here."""
+    import redis
+
+    with sim.serve("openai", pace=0.2) as slow:
+        leader = _doomed_leader(slow.base_url, redis_url, "token")
+        leader.send_signal(signal.SIGKILL)
+        leader.wait(10)
+        lock = _Names("gtl:", "flight:" + cache_key("openai", MODEL, ask("any"))).lock
+        client = redis.Redis.from_url(redis_url)
+        try:
+            deadline = time.monotonic() + 5
+            while not 0 < client.pttl(lock) < LEASE * 1000 / 4:  # inside its last third: not renewed since
+                assert time.monotonic() < deadline, "the dead leader's lock never aged"
+                time.sleep(0.005)
+        finally:
+            client.close()
+
+        async def scenario():
+            two = replica(upstream, redis_url, "two")
+            try:
+                return await collect(two, "late"), await two.ledger.rows()
+            finally:
+                await close(two)
+
+        events, ledger = asyncio.run(scenario())
+    assert isinstance(events[-1], Done) and text(events), events[-3:]
+    assert calls(upstream) == 1 and [row["status"] for row in ledger] == ["ok"]
 
 
 def test_redis_dying_mid_call_never_fails_the_leaders_callers(upstream, redis_server, tmp_path):
