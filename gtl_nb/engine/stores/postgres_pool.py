@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from gtl_nb.engine.loop import LoopThread
 from gtl_nb.engine.stores.sqlite_db import StoreError
@@ -167,7 +167,8 @@ def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
         raise ConfigurationError(f"{where}: {shown!r}: renew ({options['renew']:g} s) must be shorter than lease")
     if not any(name == "connect_timeout" for name, _ in kept):
         kept.append(("connect_timeout", str(int(CONNECT_TIMEOUT))))
-    conninfo = urlunsplit(("postgresql", parts.netloc, parts.path, urlencode(kept, quote_via=quote), ""))
+    # (not urlunsplit: it drops the "//" of an empty authority, libpq's ``postgresql:///db?host=/socket``)
+    conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(kept, quote_via=quote)}"
     psycopg, _ = require_psycopg()
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)  # libpq's own check of its parameters
@@ -204,7 +205,8 @@ def shown_url(url: str) -> str:
         if ":" in host:  # an IPv6 address keeps its brackets
             host = f"[{host}]"
         netloc = f"{parts.username or ''}:***@{host}{'' if port is None else f':{port}'}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    shown = f"{parts.scheme}://{netloc}{parts.path}"  # (urlunsplit would drop the "//" of an empty authority)
+    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 # ----------------------------------------------------------------------------------------------

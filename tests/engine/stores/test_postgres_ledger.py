@@ -528,6 +528,29 @@ def test_an_application_name_in_the_url_names_the_connections(postgres_url: str,
     assert names == {"gtl-gateway", f"gtl_nb ledger {unnamed.replica}"[:63]}
 
 
+def test_a_url_without_a_host_of_its_own_reaches_the_server_through_its_socket(
+    postgres_server: Any, postgres_url: str, spool: Path
+):
+    """libpq's ``postgresql:///database?host=/socket/folder``: an empty authority, the Unix socket's folder
+    as an option. Its ``//`` was dropped when the URL was put back together, and every such URL refused."""
+    database = urlsplit(postgres_url).path
+    url = f"postgresql://{database}?host={postgres_server.folder}&port={postgres_server.port}&user=postgres"
+    assert parse_postgres_url(url).conninfo.startswith(f"postgresql://{database}?host=")
+    store = PostgresUsageLedger(url, spool_path=spool)
+    try:
+
+        async def one_row() -> list[dict[str, Any]]:
+            row = await store.start(session_id="through-the-socket", context=ADA, model="m")
+            await store.finish(row, status="ok")
+            return await store.rows()
+
+        rows = asyncio.run(one_row())
+    finally:
+        store.close()
+    assert [(row["session_id"], row["status"]) for row in rows] == [("through-the-socket", "ok")]
+    assert shown_url(url) == url  # shown as given (it holds no password)
+
+
 # -- PostgreSQL away: the spool ------------------------------------------------------------------------
 
 
