@@ -52,7 +52,7 @@ from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings,
 from gtl_nb.gateway.offload import InTurn
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
-from gtl_nb.gateway.queries import QueryDesk
+from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
 from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted
 from gtl_nb.log import get_logger
@@ -200,6 +200,12 @@ class _Gateway:
         await asyncio.gather(*closing, return_exceptions=True)
 
 
+def unread_answers_limit(max_frame_bytes: int) -> int:
+    """Bytes of answers a client may leave unread on its control stream and still ask: as many answers of
+    the largest size as it may have asked at once (``MAX_QUERIES``), and its provider list."""
+    return (MAX_QUERIES + 1) * max_frame_bytes
+
+
 class _Connection:
     """One client connection: its control stream, its session streams, its timers."""
 
@@ -323,9 +329,18 @@ class _Connection:
         self.desk.cancel_all()
 
     def ask(self, query: Query) -> None:
-        """Answer a ``query`` from the control stream (``gateway.queries``)."""
-        if self.context is not None and self._closing is None:
-            self.desk.ask(query, self.context)
+        """Answer a ``query`` from the control stream (``gateway.queries``) — unless the client has left
+        more answers unread there than it could have asked for at once (``unread_answers_limit``): it asks
+        on while reading nothing, and QUIC's flow control would not stop it (its windows grow with what
+        arrives), so each answer would stay in the gateway's memory. The connection is closed instead."""
+        if self.context is None or self._closing is not None:
+            return
+        unread = self.peer.unsent(CONTROL_STREAM_ID)
+        if unread > unread_answers_limit(self.limits.max_frame_bytes):
+            log.info("client %s: %d bytes of answers unread on its control stream; closing", self.where, unread)
+            self.close(OverloadedError(f"{unread:,} bytes of query answers are unread: read them before asking more"))
+            return
+        self.desk.ask(query, self.context)
 
     def _send_control(self, message: Any) -> None:
         if self._closing is not None or self.control.closed:

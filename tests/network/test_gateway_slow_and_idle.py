@@ -21,6 +21,7 @@ import grpc
 import pytest
 
 from gtl_nb.gateway.grpc import MIN_MESSAGE_RATE
+from gtl_nb.gateway.quic import unread_answers_limit
 from gtl_nb.protocol import messages as m
 from gtl_nb.protocol.codec import encode
 from gtl_nb.transports.grpc import gtl_pb2 as pb
@@ -283,6 +284,35 @@ def test_a_quic_stream_reading_none_of_its_answer_is_reset_at_the_write_timeout(
     assert after >= WRITE_TIMEOUT - 0.5, after  # not before its bound
     assert still_open  # the stream was reset, not the connection
     assert _row_status(gateway, "quic-unread-paced", 5) == "cancelled"
+    assert_serves(gateway, ("quic",))
+
+
+def test_a_quic_client_asking_on_while_reading_no_answer_is_closed_in_bounded_memory(gateway):
+    """Queries on the control stream of a client that grants the gateway no more credit: QUIC's flow control
+    does not stop the asking (its windows grow with what arrives), so every answer stayed in the gateway's
+    memory — 10 MB in 6 s of ``breakers`` queries, without end. Past ``unread_answers_limit`` unread the
+    connection is closed; the gateway keeps serving."""
+    source = attacker()
+    limit = unread_answers_limit(MAX_FRAME)
+
+    async def main() -> tuple[int, Any]:
+        async with quic_peer(gateway, source) as raw:
+            quic = raw.peer._quic  # no more credit for the gateway, on any stream or the connection
+            quic._write_stream_limits = lambda builder, space, stream: None
+            quic._write_connection_limits = lambda builder, space: None
+            asked, started = 0, time.monotonic()
+            while raw.peer.is_open and time.monotonic() - started < 20:
+                ids = range(asked, asked + 200)
+                raw.peer.write(0, b"".join(b'{"type":"query","query_id":"q%d","name":"breakers"}\n' % n for n in ids))
+                asked += 200
+                await asyncio.sleep(0.005)  # (the client's own sending: a turn of its loop)
+            return asked, raw.peer.terminated
+
+    with RssWatch(gateway) as memory:
+        asked, ended = asyncio.run(main())
+    # (closed for what it left unread, not at the idle timeout: queries are not a session's activity)
+    assert ended is not None and "unread" in ended.reason_phrase, (asked, ended)
+    memory.assert_bounded(4 * limit // 1024 + 32 * 1024)
     assert_serves(gateway, ("quic",))
 
 
