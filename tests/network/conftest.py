@@ -400,7 +400,7 @@ def h2_call(target: Target, source: str, frames: bytes, limit: float = 10) -> H2
         window = h2_frame(8, 0, 0, struct.pack("!I", 1 << 30))
         sock.sendall(H2_PREFACE + h2_frame(4, 0, 0) + window + frames)
         sock.settimeout(0.1)
-        buffer, started, seen = b"", time.monotonic(), []
+        buffer, started, seen = bytearray(), time.monotonic(), []
         while time.monotonic() - started < limit:
             try:
                 piece = sock.recv(65536)
@@ -411,17 +411,8 @@ def h2_call(target: Target, source: str, frames: bytes, limit: float = 10) -> H2
             if not piece:
                 return H2Outcome(None, False, time.monotonic() - started, seen)
             buffer += piece
-            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
-                size = int.from_bytes(buffer[:3], "big")
-                kind, flags = buffer[3], buffer[4]
-                stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
-                payload, buffer = buffer[9 : 9 + size], buffer[9 + size :]
-                seen.append((kind, flags, stream))
-                if kind == 4 and not flags & 1:
-                    sock.sendall(h2_frame(4, 1, 0))  # SETTINGS ack
-                elif kind == 6 and not flags & 1:
-                    sock.sendall(h2_frame(6, 1, 0, payload))  # PING ack
-                elif stream == 1 and kind == 3:
+            for kind, flags, stream, payload in _h2_frames_answered(sock, buffer, seen):
+                if stream == 1 and kind == 3:
                     return H2Outcome(None, True, time.monotonic() - started, seen)
                 elif stream == 1 and kind == 1 and flags & 1:
                     found = re.search(rb"grpc-status[\x00-\x7f](\d+)", payload)
@@ -443,7 +434,7 @@ def h2_reading_nothing(
     with dial(target, source, "grpc") as sock:
         sock.sendall(H2_PREFACE + no_window + frames)
         sock.settimeout(0.1)
-        buffer, started, seen = b"", time.monotonic(), []
+        buffer, started, seen = bytearray(), time.monotonic(), []
         granted = started
         while time.monotonic() - started < hold:
             if grant and time.monotonic() - granted >= every:
@@ -456,17 +447,28 @@ def h2_reading_nothing(
             if not piece:
                 break
             buffer += piece
-            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
-                size = int.from_bytes(buffer[:3], "big")
-                kind, flags = buffer[3], buffer[4]
-                stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
-                payload, buffer = buffer[9 : 9 + size], buffer[9 + size :]
-                seen.append((kind, flags, stream))
-                if kind == 4 and not flags & 1:
-                    sock.sendall(h2_frame(4, 1, 0))  # SETTINGS ack
-                elif kind == 6 and not flags & 1:
-                    sock.sendall(h2_frame(6, 1, 0, payload))  # PING ack
+            for _ in _h2_frames_answered(sock, buffer, seen):
+                pass
     return seen
+
+
+def _h2_frames_answered(
+    sock: socket.socket, buffer: bytearray, seen: list[tuple[int, int, int]]
+) -> Iterator[tuple[int, int, int, bytes]]:
+    """The whole frames at the front of ``buffer`` (taken out of it), each noted in ``seen`` as (type, flags,
+    stream) and yielded with its payload; SETTINGS and PINGs are acknowledged as an HTTP/2 layer does."""
+    while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+        size = int.from_bytes(buffer[:3], "big")
+        kind, flags = buffer[3], buffer[4]
+        stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+        payload = bytes(buffer[9 : 9 + size])
+        del buffer[: 9 + size]
+        seen.append((kind, flags, stream))
+        if kind == 4 and not flags & 1:
+            sock.sendall(h2_frame(4, 1, 0))  # SETTINGS ack
+        elif kind == 6 and not flags & 1:
+            sock.sendall(h2_frame(6, 1, 0, payload))  # PING ack
+        yield kind, flags, stream, payload
 
 
 # -- QUIC ------------------------------------------------------------------------------------------------------

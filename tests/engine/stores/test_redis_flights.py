@@ -281,16 +281,22 @@ _LEADER = textwrap.dedent(
 )
 
 
+def _doomed_leader(base_url: str, redis_url: str, tell: str) -> subprocess.Popen[str]:
+    """A leader replica in a process of its own (``_LEADER``), once it has ``tell`` (``token``/``streaming``)."""
+    leader = subprocess.Popen(
+        [sys.executable, "-c", _LEADER, base_url, redis_url, PROMPT, tell],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    assert leader.stdout is not None and leader.stdout.readline().strip() == tell
+    return leader
+
+
 def test_followers_of_a_leader_that_died_end_with_a_retryable_error_within_the_lease(redis_url):
     with sim.serve("openai", pace=0.2) as slow:  # about ten seconds of answer: it dies long before its end
-        leader = subprocess.Popen(
-            [sys.executable, "-c", _LEADER, slow.base_url, redis_url, PROMPT],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
-        )
+        leader = _doomed_leader(slow.base_url, redis_url, "token")
         try:
-            assert leader.stdout is not None and leader.stdout.readline().strip() == "token"
 
             async def scenario():
                 two = replica(slow, redis_url, "two")
@@ -407,18 +413,6 @@ def test_a_leader_that_died_before_its_first_event_is_replaced_by_the_follower(u
     assert calls(upstream) == 1
     assert waited < LEASE + 5
     assert ledger[0]["cost"] > 0 and not ledger[0]["coalesced"]  # its own call: its row pays
-
-
-def _doomed_leader(base_url: str, redis_url: str, tell: str) -> subprocess.Popen[str]:
-    """A leader replica in a process of its own (``_LEADER``), once it has ``tell`` (``token``/``streaming``)."""
-    leader = subprocess.Popen(
-        [sys.executable, "-c", _LEADER, base_url, redis_url, PROMPT, tell],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
-    )
-    assert leader.stdout is not None and leader.stdout.readline().strip() == tell
-    return leader
 
 
 def test_a_leader_that_died_with_only_a_status_shared_is_replaced_by_the_follower(upstream, redis_url):
