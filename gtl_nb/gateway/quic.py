@@ -29,7 +29,7 @@ One UDP port, TLS 1.3 with the listener's certificate, ALPN ``gtl/1``. Per conne
   handshake proved the address; one more is closed with ``OVERLOADED``); ``header_timeout`` for the
   handshake and hello together; QUIC's idle timeout is ``limits.idle_timeout`` (the client's pings and
   shorter offer usually make it 3 s: ``transports.quic.config``), and a connection that runs no session
-  for ``limits.idle_timeout`` seconds is closed.
+  and asks no query for ``limits.idle_timeout`` seconds is closed.
 * **Shutdown**: once ``shutdown.stopping`` is set, new connections are closed with
   ``PROVIDER_UNAVAILABLE`` after their handshake and new sessions refused with it (each with its ledger
   row and audit record, ``gateway.refusals``); running sessions
@@ -276,9 +276,13 @@ class _Connection:
             self.close(ProviderUnavailableError(f"no hello within {self.limits.header_timeout:g} s"))
 
     def _idle(self) -> None:
-        if not self.running:
-            log.info("closing the idle connection from %s", self.where)
-            self.close(None)
+        if self.running:
+            return
+        if self.desk.busy:  # a query still being answered: its client is not idle
+            self._arm(self.limits.idle_timeout, self._idle)
+            return
+        log.info("closing the idle connection from %s", self.where)
+        self.close(None)
 
     def _arm(self, delay: float, callback: Any) -> None:
         if self._timer is not None:
@@ -341,6 +345,8 @@ class _Connection:
             self.close(OverloadedError(f"{unread:,} bytes of query answers are unread: read them before asking more"))
             return
         self.desk.ask(query, self.context)
+        if not self.running:  # a query is activity, as on every other transport: the idle count starts again
+            self._arm(self.limits.idle_timeout, self._idle)
 
     def _send_control(self, message: Any) -> None:
         if self._closing is not None or self.control.closed:

@@ -287,6 +287,28 @@ def test_a_quic_stream_reading_none_of_its_answer_is_reset_at_the_write_timeout(
     assert_serves(gateway, ("quic",))
 
 
+def test_a_quic_client_that_only_asks_queries_is_not_idle_until_it_stops(gateway):
+    """On every other transport a query is activity; a QUIC connection that ran no session was closed at the
+    idle timeout however often it asked. Asking once a second it stays open past the bound, then is closed
+    about ``idle_timeout`` after its last query."""
+    source = attacker()
+
+    async def main() -> tuple[bool, float]:
+        async with quic_peer(gateway, source) as raw:
+            for n in range(int(IDLE_TIMEOUT) + 3):
+                raw.peer.write(0, b'{"type":"query","query_id":"idle-%d","name":"breakers"}\n' % n)
+                await asyncio.sleep(1)
+            open_after_asking = raw.peer.is_open
+            stopped = time.monotonic()
+            while raw.peer.is_open and time.monotonic() - stopped < IDLE_TIMEOUT + 2 * MARGIN:
+                await asyncio.sleep(0.05)
+            return open_after_asking, time.monotonic() - stopped
+
+    open_after_asking, closed_after = asyncio.run(main())
+    assert open_after_asking, "closed while it was asking"
+    assert IDLE_TIMEOUT - 1.5 < closed_after < IDLE_TIMEOUT + 2 * MARGIN, closed_after
+
+
 def test_a_quic_client_asking_on_while_reading_no_answer_is_closed_in_bounded_memory(gateway):
     """Queries on the control stream of a client that grants the gateway no more credit: QUIC's flow control
     does not stop the asking (its windows grow with what arrives), so every answer stayed in the gateway's
