@@ -68,6 +68,7 @@ from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
     ConnectErrors,
+    PooledConnections,
     PostgresLoop,
     PostgresUnavailableError,
     PostgresURL,
@@ -200,6 +201,7 @@ class PostgresAuditSink:
         self._retry_delay = _FIRST_RETRY
         self._loop = PostgresLoop(name=f"gtl_nb postgres audit {self.replica}")
         self._pool: Any = None
+        self._connections: Any = None  # the pool's connections, a stale one retried (PooledConnections)
         self._connect_errors = ConnectErrors()  # why the pool's last connection attempt failed
         try:
             self._run(self._open(), connect_timeout + write_timeout)
@@ -324,10 +326,12 @@ class PostgresAuditSink:
             name=f"gtl_nb-audit-{self.replica}",
             connection_class=self._connect_errors.connection_class(),
         )
+        self._connections = PooledConnections(
+            self._pool, timeout=self._timeout, where=f"audit {self._url.shown}", configure=self._configure
+        )
         await self._pool.open(wait=False)
         try:
-            async with self._pool.connection(timeout=self._timeout) as conn:
-                await migrate(conn, "audit", AUDIT_MIGRATIONS)
+            await self._connections.run(lambda conn: migrate(conn, "audit", AUDIT_MIGRATIONS))
             self._migrated = True
         except Exception as exc:
             if not is_unreachable(exc):
@@ -343,15 +347,22 @@ class PostgresAuditSink:
         for line in lines:
             if line.replica not in heads or heads[line.replica].seq < line.seq:
                 heads[line.replica] = line
-        async with self._pool.connection(timeout=self._timeout) as conn, conn.transaction():
-            if not self._migrated:  # the server was away at opening
-                await migrate(conn, "audit", AUDIT_MIGRATIONS)
-            cursor = conn.cursor()
-            if lines:  # none: a probe of a server that was away
-                await cursor.executemany(_INSERT, [line.params() for line in lines])
-            for replica, last in heads.items():
-                pid = os.getpid() if replica == self.replica else None
-                await cursor.execute(_HEAD, (replica, self.hostname, pid, last.seq, last.digest))
+
+        async def transaction(conn: Any) -> None:
+            async with conn.transaction():
+                if not self._migrated:  # the server was away at opening
+                    await migrate(conn, "audit", AUDIT_MIGRATIONS)
+                cursor = conn.cursor()
+                if lines:  # none: a probe of a server that was away
+                    await cursor.executemany(_INSERT, [line.params() for line in lines])
+                for replica, last in heads.items():
+                    pid = os.getpid() if replica == self.replica else None
+                    await cursor.execute(_HEAD, (replica, self.hostname, pid, last.seq, last.digest))
+
+        # run again on a new connection when the pooled one was closed by the server: the same sealed
+        # lines, keyed by (replica, seq) and inserted only where missing, and a head that only moves
+        # forward — a transaction that did commit the first time changes nothing the second
+        await self._connections.run(transaction)
         self._migrated = True
 
     def _failed(self, exc: BaseException) -> None:

@@ -104,6 +104,7 @@ from gtl_nb.engine.processes import own_identity
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
     ConnectErrors,
+    PooledConnections,
     PostgresLoop,
     PostgresUnavailableError,
     application_name_option,
@@ -400,6 +401,7 @@ class PostgresUsageLedger:
         self._renewed = -math.inf  # monotonic time of the last renewal
         self._pid, self._identity = own_identity()
         self._pool: Any = None
+        self._connections: Any = None  # the pool's connections, a stale one retried (PooledConnections)
         self._connect_errors = ConnectErrors()  # why the pool's last connection attempt failed
         self._loop = PostgresLoop(name=f"gtl_nb postgres ledger {self.replica}")
         try:
@@ -616,6 +618,9 @@ class PostgresUsageLedger:
             reconnect_timeout=max(2 * self._connect_timeout, 10.0),
             name=f"gtl_nb-ledger-{self.replica}",
         )
+        self._connections = PooledConnections(
+            self._pool, timeout=self._connect_timeout, where=f"ledger {self._url.shown}"
+        )
         await self._pool.open(wait=False)
         try:
             await self._answered(self._prepare())
@@ -628,11 +633,14 @@ class PostgresUsageLedger:
 
     async def _prepare(self) -> None:
         """Migrate the schema, take the lease, judge the leases that ran out (first contact)."""
-        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+
+        async def first_contact(conn: Any) -> None:
             await migrate(conn, "ledger", LEDGER_MIGRATIONS)
             await self._take_lease(conn)
             await self._judge(conn)
             await self._forget_leases(conn)
+
+        await self._connections.run(first_contact)
         self._ready = True
 
     async def _take_lease(self, conn: Any) -> None:
@@ -658,11 +666,13 @@ class PostgresUsageLedger:
             self._recovered()
 
     async def _renew_lease(self) -> None:
-        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+        async def renewal(conn: Any) -> None:
             await self._take_lease(conn)
             await self._judge(conn)
             if time.monotonic() - self._swept >= min(_SWEEP_EVERY, self._forget_after / 4):
                 await self._forget_leases(conn)
+
+        await self._connections.run(renewal)
 
     async def _answered(self, work: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         """``await work``, or ``asyncio.TimeoutError`` (unreachable) when the server has not answered it
@@ -692,8 +702,7 @@ class PostgresUsageLedger:
                 await asyncio.sleep(self._renew)  # the keeper probes; look again after its next try
                 continue
             try:
-                async with self._pool.connection(timeout=self._connect_timeout) as conn:
-                    pruned = await prune_postgres(conn, retention, now=self._clock())
+                pruned = await self._connections.run(lambda conn: prune_postgres(conn, retention, now=self._clock()))
             except Exception as exc:
                 log.warning(
                     "ledger %s: pruning failed (%s); trying again in %g s",
@@ -733,8 +742,7 @@ class PostgresUsageLedger:
             log.info("ledger %s: forgot the leases of %d replica(s) long gone", self._url.shown, cursor.rowcount)
 
     async def _judge_now(self) -> int:
-        async with self._pool.connection(timeout=self._connect_timeout) as conn:
-            return await self._judge(conn)
+        return await self._connections.run(self._judge)
 
     def _failed(self, exc: BaseException, doing: str) -> None:
         """PostgreSQL cannot be used: say so once, spool from now on, fail the readers waiting."""
@@ -936,7 +944,8 @@ class PostgresUsageLedger:
         finishes = [params for _, kind, params in entries if kind == "finish"]
         began = time.monotonic()
         renew = began - self._renewed > self._renew  # the keeper is late: renew with the rows
-        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+
+        async def batch(conn: Any) -> int:
             literal = self._psycopg.adapt.Transformer.from_context(conn).as_literal
             statements: list[bytes] = []
             if renew:
@@ -954,9 +963,15 @@ class PostgresUsageLedger:
                 return 0
             cursor = self._psycopg.AsyncClientCursor(conn)
             await cursor.execute(b"; ".join(statements))
-            updated = cursor.rowcount
+            updated = int(cursor.rowcount)
             while cursor.nextset():  # the UPDATE's is the last result
-                updated = cursor.rowcount
+                updated = int(cursor.rowcount)
+            return updated
+
+        # run again on a new connection when the pooled one was closed by the server: the batch is
+        # idempotent (inserts keyed by replica and number do nothing twice, a finish updates only a
+        # row still started), so even a batch whose COMMIT did reach the server doubles nothing
+        updated = await self._connections.run(batch)
         if renew:
             self._renewed = began
         return len(finishes) - max(0, updated) if finishes else 0
@@ -1079,9 +1094,11 @@ class PostgresUsageLedger:
             raise
 
     async def _query(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        async with self._pool.connection(timeout=self._connect_timeout) as conn:
+        async def read(conn: Any) -> list[tuple[Any, ...]]:
             cursor = await conn.execute(sql, params)
             return await cursor.fetchall()
+
+        return await self._connections.run(read)
 
     async def _rows(self, target: int, where: str, params: list[Any]) -> list[dict[str, Any]]:
         """The rows selected by ``where`` (its ORDER BY and LIMIT included), once ``target`` is written."""
@@ -1131,10 +1148,13 @@ class PostgresUsageLedger:
         await self._pool.close(timeout=5.0)
 
     async def _release(self) -> None:
-        async with self._pool.connection(timeout=self._connect_timeout) as conn, conn.transaction():
-            # the handles of these rows are gone with this ledger: nobody can finish them now
-            await conn.execute(_RELEASE_ROWS, (self._clock(), self.replica))
-            await conn.execute(_RELEASE_LEASE, (self.replica,))
+        async def release(conn: Any) -> None:
+            async with conn.transaction():
+                # the handles of these rows are gone with this ledger: nobody can finish them now
+                await conn.execute(_RELEASE_ROWS, (self._clock(), self.replica))
+                await conn.execute(_RELEASE_LEASE, (self.replica,))
+
+        await self._connections.run(release)
 
     def _take_all(self) -> list[_Start | _Finish]:
         ops = list(self._queue)

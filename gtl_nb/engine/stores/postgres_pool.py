@@ -20,6 +20,13 @@
   our pools (named ``gtl_nb-…``), is dropped (shown at DEBUG when ``psycopg.pool`` logs DEBUG): the
   store logs the outage once, with that cause. So is psycopg's own warning when it cannot cancel a
   statement our timeout cut short (a server that stopped answering), logged on our loop threads.
+* **Stale connections.** A connection idle in the pool may have been closed by the server meanwhile
+  (a restart, ``pg_terminate_backend``, a proxy's or a failover's idle kill): nobody notices until
+  it is used. ``PooledConnections.run`` runs a store's work on a pooled connection and, when that
+  connection turns out closed, once more on a new one (then has the pool check its other idle
+  ones) — only a failure of that retry counts as an outage. A healthy write pays nothing for it
+  (psycopg_pool's ``check`` callback would cost a round trip per checkout: a batch's is one); the
+  work must be idempotent, as every write of our stores is (keyed by replica and number).
 """
 
 from __future__ import annotations
@@ -48,12 +55,14 @@ __all__ = [
     "OPTIONS",
     "POOL_PREFIX",
     "ConnectErrors",
+    "PooledConnections",
     "PostgresLoop",
     "PostgresURL",
     "PostgresUnavailableError",
     "application_name_option",
     "is_postgres_url",
     "is_unreachable",
+    "lost_connection",
     "parse_postgres_url",
     "require_psycopg",
     "run_once",
@@ -226,6 +235,14 @@ def is_unreachable(exc: BaseException) -> bool:
     return sqlstate.startswith(("08", "57P"))
 
 
+def lost_connection(exc: BaseException, conn: Any) -> bool:
+    """Whether ``exc`` (raised while using ``conn``) means the connection itself is gone — the server
+    closed it ("terminating connection due to administrator command", "server closed the connection
+    unexpectedly", "the connection is closed") — rather than that one statement failed on a live one."""
+    psycopg, _ = require_psycopg()
+    return isinstance(exc, psycopg.Error) and bool(getattr(conn, "closed", False))
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason for logs and ``/readyz`` (libpq's messages span lines and never hold a password)."""
     return _first_line(exc) or type(exc).__name__
@@ -343,6 +360,70 @@ def run_once(url: str, work: Callable[[Any], Awaitable[T]], *, name: str, where:
         if is_unreachable(exc):
             raise PostgresUnavailableError(f"PostgreSQL {parsed.shown} cannot be used: {describe(exc)}") from None
         raise StoreError(f"PostgreSQL {parsed.shown}: {describe(exc)}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# running work on the pool's connections
+
+
+class PooledConnections:
+    """Runs a store's work on a connection of ``pool``, retrying it once on a new connection when the
+    pooled one was closed by the server while it sat idle (module docstring: "Stale connections").
+
+    ``configure`` prepares a new connection as the pool's own ``configure`` does; ``where`` names the
+    store in the log line a retry writes. The work is run twice at most: it must be idempotent."""
+
+    def __init__(
+        self,
+        pool: Any,
+        *,
+        timeout: float,
+        where: str,
+        configure: Callable[[Any], Awaitable[None]] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._where = where
+        self._configure = configure
+        self._checking: asyncio.Future[None] | None = None
+
+    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """``await work(conn)`` on a pooled connection; on a new one if that one turns out closed."""
+        async with self._pool.connection(timeout=self._timeout) as conn:
+            try:
+                return await work(conn)
+            except Exception as exc:
+                if not lost_connection(exc, conn):
+                    raise
+                reason = describe(exc)
+        # the pool discards the closed connection as it takes it back; the retry must not get another
+        # idle one just as dead, so it runs on a connection of its own (a server that is down refuses
+        # it at once: an outage is still noticed as fast as before)
+        result = await self._on_new_connection(work)
+        log.info("%s: a pooled connection was closed by the server (%s); done on a new one", self._where, reason)
+        self._check_idle()
+        return result
+
+    async def _on_new_connection(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        conn = await self._pool.connection_class.connect(self._pool.conninfo, **self._pool.kwargs)
+        async with conn:  # closed after: the pool makes its own new ones
+            if self._configure is not None:
+                await self._configure(conn)
+            return await work(conn)
+
+    def _check_idle(self) -> None:
+        """Have the pool test its idle connections now (one round trip each), in the background: those
+        the server closed too are replaced rather than found one write at a time."""
+        if self._checking is not None and not self._checking.done():
+            return
+        self._checking = asyncio.ensure_future(self._pool.check())
+        self._checking.add_done_callback(_consume)
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """A background check's end: a failure there is the next write's to find, not an unretrieved error."""
+    if not task.cancelled():
+        task.exception()
 
 
 # ----------------------------------------------------------------------------------------------

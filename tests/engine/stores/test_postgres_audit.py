@@ -163,6 +163,37 @@ def test_records_written_while_postgresql_is_away_are_spooled_and_written_once(p
     assert replayed.ok and replayed.records == 6  # written once
 
 
+def test_a_pooled_connection_the_server_closed_is_replaced_and_no_record_is_spooled_or_doubled(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """The sink's idle connections closed by the server (a restart, ``pg_terminate_backend``, a
+    proxy's idle kill) while it is up: the next batch fails once on its pooled connection and is
+    written on a new one — no outage logged, not degraded, nothing spooled, each record once and the
+    chain whole. (Before: a WARNING outage, ``degraded_reason`` set, the batch detoured via the spool.)"""
+    caplog.set_level(logging.INFO)
+    spool = tmp_path / "audit-spool.jsonl"
+    sink = PostgresAuditSink(postgres_url, replica="stale", spool_path=spool)
+    try:
+        assert sink.append([record(i) for i in range(3)]) == 0
+        ended = execute(
+            postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()",
+        )
+        assert ended
+        assert sink.append([record(i) for i in range(3, 5)]) == 0
+        assert sink.degraded_reason is None
+        assert not spool.exists() or spool.read_bytes() == b""
+    finally:
+        sink.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned == []
+    assert any("done on a new one" in r.getMessage() for r in caplog.records)
+    report = verify_postgres(postgres_url)
+    assert report.ok and (report.chains, report.records) == (1, 5), report.describe()
+    assert [r["session_id"] for r in records_of(postgres_url, sink.replica)] == [f"s{i}" for i in range(5)]
+
+
 def test_an_empty_database_verifies_as_empty(postgres_url: str):
     report = verify_postgres(postgres_url)
     assert report.ok and (report.chains, report.records) == (0, 0)

@@ -551,6 +551,68 @@ def test_a_url_without_a_host_of_its_own_reaches_the_server_through_its_socket(
     assert shown_url(url) == url  # shown as given (it holds no password)
 
 
+# -- connections the server closed while they sat in the pool -------------------------------------------
+
+
+def terminate_others(url: str) -> int:
+    """``pg_terminate_backend`` every other connection to the test's database (the ledger's, the
+    audit's) — what a restart, a failover or a proxy's idle kill does to a pool; how many."""
+    ended = query(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND pid <> pg_backend_pid()",
+    )
+    return len(ended)
+
+
+@pytest.mark.parametrize("first", ["write", "read", "lease renewal"])
+def test_pooled_connections_the_server_closed_are_replaced_not_taken_for_an_outage(
+    postgres_url: str, spool: Path, caplog: pytest.LogCaptureFixture, first: str
+):
+    """The pool's idle connections all closed by the server (which is up): the first use of each fails
+    once — a write, a read, the lease keeper's renewal — and is done again on a new connection. No
+    outage is logged, nothing goes to the spool, the ledger never says it is degraded, and every row
+    is there exactly once. (Before: a WARNING outage, ``degraded``, and the rows detoured via the spool.)"""
+    caplog.set_level(logging.INFO)
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool, lease=3.0, renew=0.5)
+    degraded: list[bool] = []
+
+    async def one(name: str) -> None:
+        handle = await ledger.start(session_id=name, context=ADA, model="m")
+        await ledger.finish(handle, status="ok", tokens_in=1)
+
+    async def scenario() -> list[dict[str, Any]]:
+        await one("before")
+        await ledger.flush()
+        assert terminate_others(postgres_url) >= 1
+        if first == "write":
+            await one("after")
+            await ledger.flush()  # refused (unavailable) if the rows had gone to the spool
+        elif first == "read":
+            assert [row["session_id"] for row in await ledger.rows()] == ["before"]
+            await one("after")
+        else:
+            deadline = time.monotonic() + 2.0  # four renewals, no traffic
+            while time.monotonic() < deadline:
+                degraded.append(ledger.degraded)
+                await asyncio.sleep(0.02)
+            await one("after")
+        degraded.append(ledger.degraded)
+        return await ledger.rows()
+
+    try:
+        rows = run(scenario())
+        spooled = ledger.spooled
+    finally:
+        ledger.close()
+    assert [(row["session_id"], row["status"]) for row in rows] == [("before", "ok"), ("after", "ok")]
+    assert spooled == 0 and not any(degraded)
+    warned = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert warned == []
+    retried = [record.getMessage() for record in caplog.records if "done on a new one" in record.getMessage()]
+    assert retried and "terminating connection due to administrator command" in retried[0]
+
+
 # -- PostgreSQL away: the spool ------------------------------------------------------------------------
 
 
