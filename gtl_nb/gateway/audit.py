@@ -1056,7 +1056,9 @@ class AuditSink(Protocol):
         """Seal ``records`` into this destination's chain and keep them; how many were lost."""
 
     def retry(self) -> None:
-        """Called every ``RETRY_EVERY`` seconds without records while degraded: try to recover."""
+        """Called when no record arrives: every ``RETRY_EVERY`` seconds while degraded (try to recover)
+        and, for a destination with a ``probe_every`` (PostgreSQL), at least that often while it is not
+        (see whether it still answers: ``/readyz`` must not wait for the next record to say it does not)."""
 
     def sync(self) -> None:
         """Bring what marks the chain's head up to date (the file log's checkpoint), when records stop
@@ -1126,6 +1128,9 @@ class AuditLog:
                 self._files.close()
             raise
         self._sinks: list[AuditSink] = [sink for sink in (self._files, database) if sink is not None]
+        # how often an idle writer lets a destination that asks for it see whether it still answers
+        probes = [every for sink in self._sinks if (every := getattr(sink, "probe_every", None))]
+        self._probe_every: float | None = min(probes, default=None)
         self._lost = [0] * len(self._sinks)  # per destination: records it lost, for its next ``dropped`` record
         for index, sink in enumerate(self._sinks):
             if sink.recovered is not None:  # the writer thread is not running yet: this thread may write
@@ -1339,7 +1344,7 @@ class AuditLog:
         while True:
             # a degraded destination (PostgreSQL away) gets another try now and then, traffic or not
             waiting = any(sink.degraded_reason for sink in self._sinks)
-            timeout = RETRY_EVERY if waiting else None
+            timeout = RETRY_EVERY if waiting else self._probe_every
             if self._unsynced:
                 # the checkpoint follows the last records within CHECKPOINT_EVERY — or within the group
                 # commit window when that is longer (a shorter wait would cut every window short)
@@ -1405,7 +1410,7 @@ class AuditLog:
 
     def _retry(self) -> None:
         for sink in self._sinks:
-            if sink.degraded_reason:
+            if sink.degraded_reason or getattr(sink, "probe_every", None):
                 try:
                     sink.retry()
                 except Exception:

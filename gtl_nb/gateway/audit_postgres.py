@@ -18,7 +18,12 @@ a dead host) is treated as an unreachable one. When PostgreSQL cannot be used th
 a local spool file (JSON lines, the file log's format, fsynced) and are written, oldest first and
 exactly once (the primary key makes a replay change nothing; a head only moves forward), before the
 next batch once it answers — or, with no traffic, at the writer's next ``retry`` — and a spool left
-by a stopped process is drained when the next sink on that file opens.
+by a stopped process is drained when the next sink on that file opens. With no traffic the idle
+writer also asks the database every ``probe_every`` seconds (``PROBE_EVERY``, an empty transaction)
+whether it still answers, so an outage shows in ``degraded_reason`` (``/readyz``) without waiting for
+the next record. A pooled connection the server closed meanwhile (a restart, ``pg_terminate_backend``,
+a proxy's idle kill) is no outage: the batch is written again on a new connection
+(``postgres_pool.PooledConnections``), which the keys above make safe.
 
 A record is part of the chain once it is in the database or in the spool: a spool write that fails
 (a full disk) is cut back to where it was and its records are reported lost, and the next record
@@ -89,6 +94,7 @@ except ImportError:  # Windows: one gateway per spool file is the operator's to 
     fcntl = None  # type: ignore[assignment]
 
 __all__ = [
+    "PROBE_EVERY",
     "WRITE_TIMEOUT",
     "ChainReport",
     "PostgresAuditReport",
@@ -100,6 +106,9 @@ __all__ = [
 
 log = get_logger("gateway.audit")
 
+PROBE_EVERY = 5.0
+"""Seconds without a record after which the idle writer asks PostgreSQL whether it still answers (one
+empty transaction): an outage with no traffic shows in ``/readyz`` as the ledger's does."""
 WRITE_TIMEOUT = 5.0
 """Seconds one batch (or one chunk of the spool) may take in PostgreSQL — a connection, the statements,
 the commit — before the server counts as unreachable and the records go to the spool."""
@@ -156,12 +165,14 @@ class PostgresAuditSink:
     """The audit records of one gateway replica in PostgreSQL (see the module docstring).
 
     ``AuditLog`` plugs it in beside (or instead of) the file log: it is an ``audit.AuditSink``
-    (``recovered``, ``append``, ``retry``, ``close``, ``degraded_reason``).
+    (``recovered``, ``append``, ``retry``, ``close``, ``degraded_reason``, ``probe_every``).
     ``replica`` prefixes the chain's id (the host name by default). ``spool_path`` is the local file
     for records written while the database is away (default: ``audit-spool-<digest>.jsonl`` beside
     the default ledger). ``write_timeout`` bounds each batch's time in the database (a server that
-    takes longer counts as unreachable). Opening migrates the tables; an unreachable database is not
-    an error (the records wait in the spool), a database that refuses the migration is.
+    takes longer counts as unreachable). ``probe_every``: seconds without a write after which the
+    idle writer's ``retry`` sees whether the database still answers (``PROBE_EVERY``). Opening
+    migrates the tables; an unreachable database is not an error (the records wait in the spool), a
+    database that refuses the migration is.
     """
 
     recovered: dict[str, Any] | None = None  # what AuditLog writes first after a repair: nothing to repair
@@ -175,6 +186,7 @@ class PostgresAuditSink:
         connect_timeout: float = CONNECT_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         fsync: bool = True,
+        probe_every: float | None = None,
     ) -> None:
         self._url = parse_postgres_url(url, where="[gateway.audit] url")
         self._psycopg, self._psycopg_pool = require_psycopg()
@@ -192,6 +204,10 @@ class PostgresAuditSink:
         self._fsync = fsync
         self._timeout = connect_timeout
         self._write_timeout = write_timeout
+        #: Seconds without a record before ``retry`` sees whether PostgreSQL still answers (``AuditLog``
+        #: calls ``retry`` at least this often while no record arrives).
+        self.probe_every = PROBE_EVERY if probe_every is None else probe_every
+        self._answered_at = time.monotonic()  # when PostgreSQL last took a write or a probe
         self._count = 0  # the chain so far: records kept (in the database or the spool) and the last hash
         self._head = GENESIS
         self._lock = threading.Lock()  # append and close may come from different threads
@@ -252,11 +268,23 @@ class PostgresAuditSink:
         """Nothing to do: each batch is committed with its chain's head."""
 
     def retry(self) -> None:
-        """While PostgreSQL is away, try it again (when the back-off allows) and write the spool if it
-        answers: what the writer thread calls when no record arrives."""
+        """What the writer thread calls when no record arrives: while PostgreSQL is away, try it again
+        (when the back-off allows) and write the spool if it answers; while it is not, and nothing was
+        written for ``probe_every`` seconds, see whether it still answers (a failure is an outage,
+        said and shown in ``degraded_reason`` as a failed write's)."""
         with self._lock:
-            if self._pool is not None:
-                self._drain()
+            if self._pool is None:
+                return
+            if self._problem is None and time.monotonic() - self._answered_at >= self.probe_every:
+                self._probe()
+            self._drain()
+
+    def _probe(self) -> None:
+        """One empty transaction (on a new connection if the pooled one was closed: not an outage)."""
+        try:
+            self._run(self._write([]))
+        except Exception as exc:
+            self._failed(exc)
 
     def close(self) -> None:
         """Write what the spool holds if the database answers (one more try, back-off or not), then
@@ -364,6 +392,7 @@ class PostgresAuditSink:
         # forward — a transaction that did commit the first time changes nothing the second
         await self._connections.run(transaction)
         self._migrated = True
+        self._answered_at = time.monotonic()
 
     def _failed(self, exc: BaseException) -> None:
         reason = self._connect_errors.describe(exc)  # a pool timeout's real cause, not "couldn't get a connection"

@@ -31,6 +31,7 @@ from gtl_nb.engine.hooks import RequestFinished
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway import audit_cli
 from gtl_nb.gateway.audit import AuditLog, AuditSettings, audit_log_of, verify
+from gtl_nb.gateway.audit_postgres import verify_postgres
 from gtl_nb.gateway.local import start_gateway
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
@@ -297,6 +298,139 @@ def test_degraded_reason_while_postgresql_is_away_and_none_once_the_spool_draine
     assert report.ok and report.records == 2, report.describe()
     lines = [json.loads(line) for (line,) in sql(postgres_url, "SELECT line FROM audit_records ORDER BY seq")]
     assert [line["session_id"] for line in lines] == ["before", "while-away"]
+
+
+def test_an_idle_audit_log_notices_postgresql_going_away_without_a_record(
+    tmp_path, postgres_server, postgres_url, monkeypatch
+):
+    """With no traffic the writer still asks the database every ``probe_every`` seconds, so an outage
+    shows in ``degraded_reason`` (``/readyz``) as the ledger's does — and clears once it answers.
+    (Before: the audit's readiness came only from its last write, ready all along.)"""
+    from gtl_nb.gateway import audit_postgres
+
+    monkeypatch.setattr(audit_postgres, "PROBE_EVERY", 0.3, raising=False)
+    engine = build_engine(load_settings(providers={"echo": {"type": "echo"}}, environ={}), ledger=False)
+    audit = AuditLog.for_engine(AuditSettings(url=postgres_url, spool_path=tmp_path / "spool.jsonl"), engine)
+    stopped = False
+    try:
+        _ask(engine, "before")
+        audit.flush()
+        assert audit.degraded_reason is None
+        postgres_server.stop("fast")
+        stopped = True
+        deadline = time.monotonic() + 15
+        while audit.degraded_reason is None:
+            assert time.monotonic() < deadline, "the idle audit log never noticed PostgreSQL had gone"
+            time.sleep(0.1)
+        assert "cannot be used" in audit.degraded_reason
+        postgres_server.restart()
+        stopped = False
+        deadline = time.monotonic() + 30
+        while audit.degraded_reason is not None:
+            assert time.monotonic() < deadline, audit.degraded_reason
+            time.sleep(0.1)
+    finally:
+        if stopped:
+            postgres_server.restart()
+        audit.close()
+        asyncio.run(engine.aclose())
+    assert verify_postgres(postgres_url).records == 1
+
+
+def _gateway_on_postgres(tmp_path: Any, url: str) -> Any:
+    """A gateway whose ledger and audit log are both in PostgreSQL at ``url`` (renewing its lease every
+    second), logging at INFO."""
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"url": f"{url}?renew=1&lease=3&spool_path={tmp_path / 'ledger-spool.sqlite3'}"},
+            "providers.echo": {},
+            "gateway.http": {"port": 0},
+            "gateway.audit": {"url": url, "replica": "gw-pg", "spool_path": str(tmp_path / "spool.jsonl")},
+        },
+    )
+    return start_gateway(config, env={"GTL_NB_LOG": "INFO"})
+
+
+def _chat(gateway: Any) -> None:
+    body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(gateway.url("http") + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+
+def _readyz(gateway: Any) -> dict[str, Any]:
+    answer = httpx.get(gateway.url("http") + "/readyz", timeout=10)
+    assert answer.status_code == 200
+    return dict(answer.json())
+
+
+def test_readyz_of_an_idle_gateway_names_the_ledger_and_the_audit_while_postgresql_is_stopped(
+    tmp_path, postgres_server, postgres_url
+):
+    """docs/deploy.md: PostgreSQL stopped, no traffic — ``/readyz`` says ``degraded``, ``ledger`` and
+    ``audit``; ``ready`` again once it is back. (Before: ``["ledger"]`` only, until a record failed.)"""
+    gateway = _gateway_on_postgres(tmp_path, postgres_url)
+    stopped = False
+    try:
+        _chat(gateway)
+        deadline = time.monotonic() + 15
+        while _readyz(gateway) != {"status": "ready"}:
+            assert time.monotonic() < deadline, _readyz(gateway)
+            time.sleep(0.1)
+        postgres_server.stop("fast")
+        stopped = True
+        deadline = time.monotonic() + 20  # the ledger's lease keeper (1 s) and the audit's probe (5 s)
+        while sorted(_readyz(gateway).get("degraded", [])) != ["audit", "ledger"]:
+            assert time.monotonic() < deadline, _readyz(gateway)
+            time.sleep(0.2)
+        assert _readyz(gateway)["status"] == "degraded"
+        postgres_server.restart()
+        stopped = False
+        deadline = time.monotonic() + 30
+        while _readyz(gateway) != {"status": "ready"}:
+            assert time.monotonic() < deadline, _readyz(gateway)
+            time.sleep(0.2)
+    finally:
+        if stopped:
+            postgres_server.restart()
+        assert gateway.stop() == 0
+
+
+def test_a_gateway_whose_postgresql_connections_were_terminated_stays_ready_and_writes_each_row_once(
+    tmp_path, postgres_url
+):
+    """``pg_terminate_backend`` of every connection the gateway holds (what a restart, a failover or a
+    PgBouncer idle kill does to them) while PostgreSQL stays up: the next writes are done on new
+    connections — no outage logged, ``/readyz`` ready, nothing spooled, each ledger row and audit
+    record once, and ``gtl audit verify --url`` accepts the chain. (Before: a WARNING outage for the
+    ledger and the audit, ``/readyz`` degraded, both detoured through their spools.)"""
+    gateway = _gateway_on_postgres(tmp_path, postgres_url)
+    try:
+        for _ in range(3):
+            _chat(gateway)
+        time.sleep(1.5)  # the audit's records and the ledger's rows written: the pools hold idle connections
+        ended = sql(
+            postgres_url,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND application_name LIKE 'gtl_nb %'",
+        )
+        assert len(ended) >= 2  # the ledger's and the audit's
+        seen = []
+        for _ in range(3):
+            _chat(gateway)
+            seen.append(_readyz(gateway))
+        time.sleep(2.5)  # the lease keeper's renewals and the writers' batches on the closed connections
+        seen.append(_readyz(gateway))
+    finally:
+        assert gateway.stop() == 0
+    assert seen == [{"status": "ready"}] * 4
+    said = "".join(gateway.output)
+    assert "cannot be used" not in said and "answers again" not in said and "WARNING" not in said, said
+    assert "ledger postgresql://" in said and "audit postgresql://" in said  # each retried on a new connection
+    rows = sql(postgres_url, "SELECT count(*), count(DISTINCT (replica, replica_seq)), min(status) FROM requests")
+    assert rows == [(6, 6, "ok")]
+    assert gtl_audit("verify", "--url", postgres_url) == 0
+    report = verify_postgres(postgres_url)
+    assert report.ok and (report.chains, report.records) == (1, 6), report.describe()
 
 
 def test_close_writes_everything_queued_to_postgresql_and_a_failing_file_holds_nothing_back(
