@@ -52,6 +52,10 @@ the request path as the SQLite writer does them:
   spool oldest first, one transaction per chunk, before it writes anything new of its own. Nothing
   is lost and nothing doubled. ``degraded`` and ``degraded_reason`` say so (for ``/readyz``); reads
   raise ``PostgresUnavailableError`` meanwhile (they could not include the spooled rows).
+* **A pooled connection the server closed** while it sat idle (a restart, ``pg_terminate_backend``,
+  a PgBouncer or fail-over idle kill) is not the server being unreachable: the batch, renewal or read
+  that finds it closed runs again, once, on a new connection (``postgres_pool.PooledConnections``) —
+  idempotent as a spooled replay is, so a batch whose COMMIT did reach the server doubles nothing.
 
 The pool and both tasks live on a loop thread of the ledger's own (``postgres_pool.PostgresLoop``):
 callers on any loop — the engine's, a test's ``asyncio.run``, a notebook — reach it safely, and a
