@@ -948,8 +948,11 @@ class PostgresUsageLedger:
         finishes = [params for _, kind, params in entries if kind == "finish"]
         began = time.monotonic()
         renew = began - self._renewed > self._renew  # the keeper is late: renew with the rows
+        runs = 0
 
         async def batch(conn: Any) -> int:
+            nonlocal runs
+            runs += 1
             literal = self._psycopg.adapt.Transformer.from_context(conn).as_literal
             statements: list[bytes] = []
             if renew:
@@ -970,7 +973,9 @@ class PostgresUsageLedger:
             updated = int(cursor.rowcount)
             while cursor.nextset():  # the UPDATE's is the last result
                 updated = int(cursor.rowcount)
-            return updated
+            # run again: a finish whose row is no longer started was finished by the first run's
+            # COMMIT, which reached the server before the connection was lost — not missed
+            return len(finishes) if runs > 1 else updated
 
         # run again on a new connection when the pooled one was closed by the server: the batch is
         # idempotent (inserts keyed by replica and number do nothing twice, a finish updates only a

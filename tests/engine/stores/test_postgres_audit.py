@@ -194,6 +194,47 @@ def test_a_pooled_connection_the_server_closed_is_replaced_and_no_record_is_spoo
     assert [r["session_id"] for r in records_of(postgres_url, sink.replica)] == [f"s{i}" for i in range(5)]
 
 
+def test_a_batch_retried_after_its_commit_reached_the_server_doubles_no_record(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """Each batch is committed, its connection lost before the answer, and the same sealed lines
+    written again on a new connection: each record once, the head where it was, the chain whole."""
+    import psycopg
+
+    caplog.set_level(logging.WARNING)
+    sink = PostgresAuditSink(postgres_url, replica="twice", spool_path=tmp_path / "audit-spool.jsonl")
+    real_run = sink._connections.run
+    lost: list[int] = []
+
+    async def run(work: Any) -> Any:
+        first = True
+
+        async def committed_then_lost(conn: Any) -> Any:
+            nonlocal first
+            result = await work(conn)
+            if first:
+                first = False
+                lost.append(1)
+                await conn.close()
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return result
+
+        return await real_run(committed_then_lost)
+
+    monkeypatch.setattr(sink._connections, "run", run)
+    try:
+        for batch in range(3):
+            assert sink.append([record(batch * 2 + i) for i in range(2)]) == 0
+        assert sink.degraded_reason is None
+    finally:
+        sink.close()
+    assert len(lost) == 3
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    report = verify_postgres(postgres_url)
+    assert report.ok and (report.chains, report.records) == (1, 6), report.describe()
+    assert execute(postgres_url, "SELECT count FROM audit_chains") == [(6,)]  # verify: it matches the last record
+
+
 def test_an_empty_database_verifies_as_empty(postgres_url: str):
     report = verify_postgres(postgres_url)
     assert report.ok and (report.chains, report.records) == (0, 0)

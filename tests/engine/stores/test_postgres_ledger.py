@@ -613,6 +613,66 @@ def test_pooled_connections_the_server_closed_are_replaced_not_taken_for_an_outa
     assert retried and "terminating connection due to administrator command" in retried[0]
 
 
+def lose_each_answer_once(connections: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make every piece of work ``connections`` runs commit, then lose its connection before the
+    answer — the worst case of a retry (the COMMIT reached the server): the work runs again on a new
+    connection. Returns a list that counts the losses."""
+    import psycopg
+
+    real_run = connections.run
+    lost: list[int] = []
+
+    async def run(work: Any) -> Any:
+        first = True
+
+        async def committed_then_lost(conn: Any) -> Any:
+            nonlocal first
+            result = await work(conn)
+            if first:
+                first = False
+                lost.append(1)
+                await conn.close()
+                raise psycopg.OperationalError("server closed the connection unexpectedly")
+            return result
+
+        return await real_run(committed_then_lost)
+
+    monkeypatch.setattr(connections, "run", run)
+    return lost
+
+
+def test_a_batch_retried_after_its_commit_reached_the_server_doubles_nothing(
+    postgres_url: str, spool: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    """Each batch is committed, its connection lost before the answer, and the batch run again on a
+    new connection: every row is there once with its outcome, and no outcome is said to be missed."""
+    caplog.set_level(logging.WARNING)
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool, lease=30.0, renew=10.0)
+    lost = lose_each_answer_once(ledger._connections, monkeypatch)
+
+    async def scenario() -> list[dict[str, Any]]:
+        started = await ledger.start(session_id="started-then-finished", context=ADA, model="m")
+        await ledger.flush()  # an INSERT of a started row, run twice
+        await ledger.finish(started, status="ok", tokens_in=7)
+        finished = await ledger.start(session_id="finished-at-once", context=ADA, model="m")
+        await ledger.finish(finished, status="error", error_code="X")
+        await ledger.flush()  # an UPDATE and an INSERT of a finished row, run twice
+        return await ledger.rows()
+
+    try:
+        rows = run(scenario())
+        spooled = ledger.spooled
+    finally:
+        ledger.close()
+    assert len(lost) >= 3 and spooled == 0
+    assert [(row["session_id"], row["status"], row["tokens_in"]) for row in rows] == [
+        ("started-then-finished", "ok", 7),
+        ("finished-at-once", "error", None),
+    ]
+    assert query(postgres_url, "SELECT count(*) FROM requests") == [(2,)]
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
 # -- PostgreSQL away: the spool ------------------------------------------------------------------------
 
 
