@@ -143,7 +143,7 @@ def _open_budgets(budgets: BudgetConfig | None, ledger: UsageLedger | None) -> B
     if url.scheme == "redis":
         from gtl_nb.engine.stores.redis_budget import RedisBudgetCounter
 
-        return RedisBudgetCounter(url.url)  # type: ignore[arg-type]
+        return RedisBudgetCounter(url.url, ledger=ledger)  # type: ignore[arg-type]
     return MemoryBudgetCounter() if url.scheme == "memory" else SqliteBudgetCounter(url.path)  # type: ignore[arg-type]
 
 

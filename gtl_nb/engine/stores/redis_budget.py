@@ -113,12 +113,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
 
 from gtl_nb.engine.ratelimit import DAY, WINDOW, Limits, Spend, horizon, refusal, usage_report, utc_day_start
-from gtl_nb.engine.stores.base import Reservation
+from gtl_nb.engine.stores.base import Reservation, UsageLedger
+from gtl_nb.engine.stores.budget_ledger import ledger_usage
 from gtl_nb.engine.stores.memory import MemoryBudgetCounter
 from gtl_nb.engine.stores.redis_client import (
     LuaScript,
@@ -132,8 +134,17 @@ from gtl_nb.engine.stores.replicas import ReplicaRegistry
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.ids import random_hex
 from gtl_nb.log import get_logger
+from gtl_nb.words import dollars
 
-__all__ = ["MAX_OWED", "MAX_SEEN", "RedisBudgetCounter", "local_limits", "local_seed"]
+__all__ = [
+    "LEDGER_RETRY",
+    "MAX_OWED",
+    "MAX_SEEN",
+    "REBUILD_TIMEOUT",
+    "RedisBudgetCounter",
+    "local_limits",
+    "local_seed",
+]
 
 log = get_logger("engine.stores")
 
@@ -142,6 +153,10 @@ KEEP_SECONDS = int(2 * DAY + 2 * WINDOW)  # how long a principal's keys outlive 
 MAX_OWED = 10_000
 """Settlements and take-backs kept for Redis while it is down; past them the oldest settlement is dropped
 (a take-back only when nothing else is left: losing one counts a request twice), counted in a log line."""
+REBUILD_TIMEOUT = 5.0
+"""Seconds a rebuild waits for the ledger (the reserves that need it wait as long) before counting without it."""
+LEDGER_RETRY = 10.0
+"""Seconds after a failed ledger read during which reserves count without asking for a rebuild."""
 MAX_SEEN = 4096
 """Principals whose last usage Redis reported is remembered (the least recently reserved are forgotten first)."""
 
@@ -172,11 +187,13 @@ local function sum_tokens(minute)
 end
 """
 
-# KEYS: times, spends, day, void.  ARGV: id, now, tokens, nanos, minute start, forget before, check
-# limits (1/0), requests per minute, tokens per minute, USD per day ('' = none), seconds to keep the keys.
+# KEYS: times, spends, day, void, the day's rebuilt mark.  ARGV: id, now, tokens, nanos, minute start,
+# forget before, check limits (1/0), requests per minute, tokens per minute, USD per day ('' = none),
+# seconds to keep the keys, ask for a rebuild when the mark is missing (1/0).
 # Returns {1, requests, tokens, nanos spent today} (counted: the minute's totals with this one, as the
 # check saw them — without a check, the running totals), {1} (a retry of a reserve that landed), {2}
-# (taken back before it landed: its caller has long given up on it) or
+# (taken back before it landed: its caller has long given up on it), {3} (the mark is missing: nothing
+# counted, rebuild the windows from the ledger first) or
 # {0, nanos spent today, time, tokens, time, tokens, ...} (refused).
 _RESERVE = LuaScript(
     _READ_MINUTE
@@ -185,6 +202,7 @@ local times, spends, day, void = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, since = ARGV[1], ARGV[5]
 if redis.call('HEXISTS', spends, id) == 1 then return {1} end  -- a retry of a reserve that landed
 if redis.call('ZSCORE', void, id) then return {2} end  -- its reply was lost and it was taken back: count nothing
+if ARGV[12] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {3} end  -- windows not rebuilt today
 redis.call('ZREMRANGEBYSCORE', void, '-inf', '(' .. ARGV[6])  -- tombstones leave with the day's slack
 -- the running totals of the reservations at or after =since (module docstring)
 local kept = redis.call('HMGET', spends, '=since', '=requests', '=tokens', '=members')
@@ -350,10 +368,38 @@ return 1
 """
 )
 
-# KEYS: times, spends, day.  ARGV: minute start.  Returns {nanos spent today, time, tokens, ...}.
+# KEYS: times, spends, day, the day's rebuilt mark.  ARGV: seconds to keep the keys, nanos the ledger
+# has for the day, minute start, then id, time, tokens of each request the ledger has in the last minute
+# (oldest first).  Once per mark (returns 0 when it is there already: another replica rebuilt): the
+# day's total becomes the larger of its own and the ledger's, and the minute gets the oldest of the
+# ledger's requests it lacks by count — never the sum, so nothing Redis still holds is counted twice.
+_REBUILD = LuaScript(
+    """
+local times, spends, day = KEYS[1], KEYS[2], KEYS[3]
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+if tonumber(ARGV[2]) > tonumber(redis.call('GET', day) or '0') then
+  redis.call('SET', day, ARGV[2], 'EX', ARGV[1])
+end
+local lacking = (#ARGV - 3) / 3 - redis.call('ZCOUNT', times, ARGV[3], '+inf')
+for i = 4, 3 + 3 * lacking, 3 do  -- (the running totals' =members no longer match: the next reserve recounts)
+  if redis.call('ZADD', times, ARGV[i + 1], ARGV[i]) == 1 then
+    redis.call('HSET', spends, ARGV[i], ARGV[i + 2] .. ' 0')  -- no nanos of its own: the day's are set whole
+  end
+end
+if lacking > 0 then
+  redis.call('EXPIRE', times, ARGV[1])
+  redis.call('EXPIRE', spends, ARGV[1])
+end
+return 1
+"""
+)
+
+# KEYS: times, spends, day, void, the day's rebuilt mark.  ARGV: minute start, ask for a rebuild when
+# the mark is missing (1/0).  Returns {nanos spent today, time, tokens, ...}, or {} (rebuild first).
 _USAGE = LuaScript(
     _READ_MINUTE
     + """
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {} end
 local answer = {redis.call('GET', KEYS[3]) or '0'}
 local minute = read_minute(KEYS[1], KEYS[2], ARGV[1])
 for i = 1, #minute do answer[#answer + 1] = minute[i] end
@@ -415,8 +461,12 @@ class RedisBudgetCounter:
     callers pass: wall-clock unix seconds, which replicas share. ``degraded_reason`` is ``None``
     while Redis answers, else why limits are counted locally (for ``/readyz``)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, ledger: UsageLedger | None = None) -> None:
         self.redis = RedisConnector(url, what="[budgets] backend")
+        self.ledger = ledger
+        """Where a principal's windows are rebuilt from when Redis has lost them (``None``: they are not)."""
+        self._rebuilding: dict[tuple[str, float], asyncio.Future[None]] = {}  # (principal, day) -> its rebuild
+        self._ledger_retry_at = 0.0  # (monotonic) no rebuild is asked for before then: the ledger failed
         self.outage = RedisOutage(
             self.redis,
             store="budgets",
@@ -528,16 +578,14 @@ class RedisBudgetCounter:
             optional(limits.tokens_per_minute),
             optional(limits.usd_per_day),
             str(KEEP_SECONDS),
+            "1" if self._may_rebuild() else "0",
         ]
-        attempt = asyncio.ensure_future(self.outage.call("reserving", lambda client: _RESERVE(client, keys, args)))
-        try:
-            outcome = await asyncio.shield(attempt)
-        except asyncio.CancelledError:
-            attempt.add_done_callback(lambda done: self._uncount(done, reservation, keys))
-            raise
-        except RedisUnreachableError:  # counted locally instead: should the script run still, it counts nothing
-            self._owe_take_back(reservation, keys)
-            raise
+        mark = [*keys, self._rebuilt_mark(principal, now)]
+        outcome = await self._run_reserve(reservation, mark, args)
+        if int(outcome[0]) == 3:  # Redis has no windows of this principal's day: rebuild them, count once
+            await self._rebuild(principal, now)
+            args[-1] = "0"  # (rebuilt, or the ledger failed: counted either way, never asked twice)
+            outcome = await self._run_reserve(reservation, mark, args)
         if int(outcome[0]) == 2:  # (only a reserve whose caller gave up is taken back: never this one)
             raise StoreError(f"Redis at {self.redis.shown} found reservation {reservation.id} already taken back")
         if int(outcome[0]) == 1:
@@ -551,6 +599,70 @@ class RedisBudgetCounter:
         if refused is None:  # cannot happen: the script decides as refusal() does, on the same numbers
             raise StoreError(f"Redis at {self.redis.shown} refused a request that the limits allow")
         raise refused
+
+    async def _run_reserve(self, reservation: Reservation, keys: list[str], args: list[str]) -> Any:
+        """``_RESERVE``'s outcome; a cancelled caller's reserve is taken back once it lands, one whose reply
+        was lost is owed a take-back (module docstring)."""
+        attempt = asyncio.ensure_future(self.outage.call("reserving", lambda client: _RESERVE(client, keys, args)))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            attempt.add_done_callback(lambda done: self._uncount(done, reservation, keys))
+            raise
+        except RedisUnreachableError:  # counted locally instead: should the script run still, it counts nothing
+            self._owe_take_back(reservation, keys)
+            raise
+
+    def _rebuilt_mark(self, principal: str, at: float) -> str:
+        """The key whose presence says ``principal``'s windows of the UTC day of ``at`` were rebuilt."""
+        return f"{self.redis.prefix}budget:{{{key_part(principal)}}}:rebuilt:{int(utc_day_start(at))}"
+
+    def _may_rebuild(self) -> bool:
+        """Whether a reserve should ask for a rebuild: a ledger to read, not failing lately, and not
+        reporting a problem itself (a PostgreSQL ledger spooling its rows: it would answer without them)."""
+        if self.ledger is None or time.monotonic() < self._ledger_retry_at:
+            return False
+        return getattr(self.ledger, "degraded_reason", None) is None
+
+    def _rebuild(self, principal: str, now: float) -> Awaitable[None]:
+        """Rebuild ``principal``'s windows at ``now`` from the ledger (``_REBUILD``): one read at a time
+        per principal and day on this replica, which the reserves that also found them missing wait for."""
+        key = (principal, utc_day_start(now))
+        rebuilding = self._rebuilding.get(key)
+        if rebuilding is None:
+            rebuilding = self._rebuilding[key] = self._in_background(self._rebuild_now(principal, now))
+            rebuilding.add_done_callback(lambda done: self._rebuilding.pop(key, None))
+            rebuilding.add_done_callback(_retrieved)
+        return asyncio.shield(rebuilding)
+
+    async def _rebuild_now(self, principal: str, now: float) -> None:
+        """Read the ledger and write what it says in one script. A ledger that fails or is slow
+        (``REBUILD_TIMEOUT``) is not asked again for ``LEDGER_RETRY`` seconds: requests are counted in
+        Redis meanwhile, and the next rebuild takes the larger of those counts and the ledger's."""
+        assert self.ledger is not None
+        try:
+            found = await asyncio.wait_for(ledger_usage(self.ledger, principal, now=now), REBUILD_TIMEOUT)
+        except Exception as exc:
+            self._ledger_retry_at = time.monotonic() + LEDGER_RETRY
+            log.warning(
+                "budgets: could not read the ledger to rebuild what Redis at %s lost (%s); counting without it "
+                "for %g s",
+                self.redis.shown,
+                _reason(exc),
+                LEDGER_RETRY,
+            )
+            return
+        args = [str(KEEP_SECONDS), str(_nanos(found.usd_today)), repr(now - WINDOW)]
+        for row_id, at, tokens in found.minute:
+            args += [f"ledger:{row_id}", repr(at), str(tokens)]
+        keys = [*self._keys(principal, now)[:3], self._rebuilt_mark(principal, now)]
+        if await self.outage.call("rebuilding from the ledger", lambda client: _REBUILD(client, keys, args)):
+            log.info(
+                "budgets: %r's windows were rebuilt from the ledger (%d requests this minute, %s today)",
+                principal,
+                len(found.minute),
+                dollars(found.usd_today),
+            )
 
     async def settle(
         self, reservation: Reservation, *, tokens: int | None, cost: float | None, now: float | None = None
@@ -605,13 +717,16 @@ class RedisBudgetCounter:
         Redis is down, what this replica counted locally, from its share of what Redis had counted)."""
         self.replicas.keep_beating()
         if self.outage.usable():
-            keys = self._keys(principal, now)
+            keys = [*self._keys(principal, now), self._rebuilt_mark(principal, now)]
+            args = [repr(now - WINDOW), "1" if self._may_rebuild() else "0"]
             with contextlib.suppress(RedisUnavailableError):
                 if self._unsent and principal in self._unsent:
                     await self._hand_over(principal)
-                found = await self.outage.call(
-                    "reading usage", lambda client: _USAGE(client, keys, [repr(now - WINDOW)])
-                )
+                found = await self.outage.call("reading usage", lambda client: _USAGE(client, keys, args))
+                if not found:  # Redis has no windows of this principal's day: rebuild them (as a reserve does)
+                    await self._rebuild(principal, now)
+                    args[-1] = "0"
+                    found = await self.outage.call("reading usage", lambda client: _USAGE(client, keys, args))
                 return usage_report(now=now, minute=_spends(found[1:]), spent_today=int(found[0]) / NANOS)
         return await self.local.usage(principal, now=now)
 
@@ -783,6 +898,12 @@ class RedisBudgetCounter:
 def _take_back(reservation: Reservation) -> list[str]:
     """``_UNCOUNT``'s arguments for ``reservation``: its id, its time (a tombstone's), how long keys stay."""
     return [str(reservation.id), repr(float(reservation.time)), str(KEEP_SECONDS)]
+
+
+def _reason(exc: BaseException) -> str:
+    """One line saying why a ledger read failed (a timeout has no message: its type says it)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
