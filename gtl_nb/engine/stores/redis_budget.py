@@ -10,6 +10,8 @@ keys in one slot), under the URL's key prefix (``gtl:`` by default)::
     gtl:budget:{ann}:handed:<h> string       the mark of a hand-over (below), for an hour
     gtl:budget:{ann}:void       sorted set   reservation id -> time, of reservations taken back before
                                              they landed (below)
+    gtl:budget:{ann}:rebuilt:<d> string      "1": the windows of the UTC day <d> were rebuilt from the
+                                             ledger (below), for two days
 
 ``reserve`` is one Lua script, so it is atomic across replicas, and it costs the same however many
 reservations the principal's minute holds (amortised): it does not read the minute. The hash keeps
@@ -38,6 +40,29 @@ Every key expires on its own two days after its principal's last reservation: an
 leaves nothing behind. Reservation ids are made here (random), so a reserve that redis-py sends
 again after a dropped reply is recognised and not counted twice; a reserve whose caller is
 cancelled is taken back once it lands, as the SQLite counter does.
+
+**A Redis that forgot** (restarted without persistence, ``FLUSHDB``, a failover to an empty replica)
+would admit a principal as if it had spent nothing. With a ledger (``ledger``, the one the replicas
+share) the reserve script first looks for the principal's ``rebuilt`` mark of the day — one
+``EXISTS`` in the script, no round trip of its own — and, without it, counts nothing and answers so.
+The replica then reads the principal's last minute and day from the ledger (``budget_ledger``; one
+read per principal and day at a time, which the reserves that also need it wait for) and
+``_REBUILD`` writes them, once per mark (``SET NX``): the day's total becomes the larger of Redis's
+and the ledger's, and the minute gets the oldest of the ledger's requests it lacks by count (as
+reservations ``ledger:<row id>``, so the same row is never added twice). Never the sum: what Redis
+still holds (keys of an earlier version without marks, an evicted mark, what a replica handed over
+after an outage) is not counted twice, and replicas rebuilding at once write once. Then the reserve
+runs again, asking for no rebuild. Nothing is reserved in Redis between the loss and the rebuild
+(the reserves wait for it), so the ledger, which has every request up to then, is the whole day.
+The mark is missing too at a principal's first request of each UTC day: one small read then.
+``usage`` rebuilds as a reserve does. Not rebuilt: the cost of requests in flight at the loss (their
+rows have none yet, their settlement finds no reservation), rows not yet written to the ledger (a
+PostgreSQL writer's few milliseconds, a spool), and, when an outage and an empty restart come
+together, what a replica counted locally and hands over after another one rebuilt is counted twice
+(a refusal sooner). A ledger read that fails or takes over ``REBUILD_TIMEOUT`` is not tried again
+for ``LEDGER_RETRY`` seconds, nor while the ledger reports a problem (``degraded_reason``: a
+PostgreSQL ledger spooling its rows would answer without them): requests are counted in Redis
+meanwhile, and the rebuild that follows takes the larger figures, so they are not lost either.
 
 **A reserve whose reply never came** (Redis frozen past ``REPLY_TIMEOUT``, a connection cut after the
 script was sent) may still run later — after this replica counted the request locally instead. So
@@ -459,7 +484,9 @@ class RedisBudgetCounter:
 
     ``url`` is a ``redis://`` or ``rediss://`` URL (``engine.stores.urls``). Times are the ``now``
     callers pass: wall-clock unix seconds, which replicas share. ``degraded_reason`` is ``None``
-    while Redis answers, else why limits are counted locally (for ``/readyz``)."""
+    while Redis answers, else why limits are counted locally (for ``/readyz``). ``ledger`` is the usage
+    ledger the replicas share, from which a principal's windows Redis lost are rebuilt (``None``: they
+    are not; module docstring)."""
 
     def __init__(self, url: str, *, ledger: UsageLedger | None = None) -> None:
         self.redis = RedisConnector(url, what="[budgets] backend")
