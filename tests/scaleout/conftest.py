@@ -42,6 +42,9 @@ UPSTREAM_KEY = "sk-scaleout-canary-4f1d9a2c7e"
 """The provider key the vault holds (a canary: it must never reach a client, a row or a log)."""
 BUDGET_USER = "budgeted"
 BUDGET_RPM = 9
+DAILY_USER = "daily-spender"
+DAILY_USD = 1e-9
+"""``DAILY_USER``'s budget per UTC day: one request spends it (the simulator's model has a price)."""
 REPLICAS = 3
 LEASE = "lease=3&renew=1"
 """The PostgreSQL ledger's lease (seconds): a killed replica's rows are marked within ~4 s."""
@@ -126,6 +129,7 @@ class Cluster:
             "ledger": {"url": f"{self.database_url}?{LEASE}&spool_path={spool}&replica=replica-{index}"},
             "budgets": {"backend": self.redis.url},
             f"budgets.users.{BUDGET_USER}": {"requests_per_minute": BUDGET_RPM},
+            f"budgets.users.{DAILY_USER}": {"usd_per_day": DAILY_USD},
             "cache": {"backend": self.redis.url},
             "gateway": {"auth": "jwt", "trusted_proxies": ["127.0.0.1"], "shutdown_grace": 2},
             "gateway.jwt": {

@@ -21,10 +21,18 @@ import pytest
 import gtl_nb
 from gtl_nb.completion import Completion
 from gtl_nb.gateway.local import start_gateway
-from gtl_nb.protocol.errors import GTLError
+from gtl_nb.protocol.errors import BudgetExceededError, GTLError
 from gtl_nb.protocol.messages import Done, Error, Token
 from tests.faults.conftest import LONG_PROMPT
-from tests.scaleout.conftest import SECRET, SECRET_ENV, Cluster, running_cluster, token, wait_until
+from tests.scaleout.conftest import (
+    DAILY_USER,
+    SECRET,
+    SECRET_ENV,
+    Cluster,
+    running_cluster,
+    token,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -176,6 +184,35 @@ def test_redis_stopped_and_restarted_during_load(cluster: Cluster):
     assert warnings, "the fallback is logged"
     # and so is its end, at the same level: an operator who saw Redis go sees it come back
     assert [line for line in warnings if "answers again" in line], warnings
+
+
+def test_redis_restarted_empty_still_refuses_what_the_ledger_says_was_spent(cluster: Cluster):
+    """The probe's case: a user over its daily budget per the PostgreSQL ledger, Redis (no persistence)
+    restarted empty: no replica admits the user again, each rebuilds the day from the ledger."""
+    spender = token(DAILY_USER)
+
+    def ask(url: str) -> object:
+        with gtl_nb.connect(url, token=spender) as client:
+            try:
+                return client.complete("openai:gpt-4o", "spend the day's budget")
+            except GTLError as exc:
+                return exc
+
+    first = ask(cluster.http_url)
+    assert isinstance(first, Completion), first
+    assert cluster.settled_rows([first.session_id])[0]["cost"] > 0
+    cluster.redis.stop()
+    cluster.redis.restart()  # without persistence: empty
+
+    def ready_again() -> bool:
+        return all(
+            httpx.get(replica.url("http") + "/readyz", timeout=10).json()["status"] == "ready"
+            for replica in cluster.replicas
+        )
+
+    wait_until(ready_again, timeout=30, what="every replica back on Redis", every=0.5)
+    after = [ask(replica.url("http")) for replica in cluster.replicas for _ in range(3)]
+    assert all(isinstance(result, BudgetExceededError) for result in after), after
 
 
 def test_postgres_stopped_and_restarted_the_spool_drains(cluster: Cluster):
