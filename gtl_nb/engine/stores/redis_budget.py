@@ -138,6 +138,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -398,13 +399,13 @@ return 1
 # (oldest first).  Once per mark (returns 0 when it is there already: another replica rebuilt): the
 # day's total becomes the larger of its own and the ledger's, and the minute gets the oldest of the
 # ledger's requests it lacks by count — never the sum, so nothing Redis still holds is counted twice.
+# Returns 2 when that changed anything (Redis had lost some), else 1.
 _REBUILD = LuaScript(
     """
 local times, spends, day = KEYS[1], KEYS[2], KEYS[3]
 if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-if tonumber(ARGV[2]) > tonumber(redis.call('GET', day) or '0') then
-  redis.call('SET', day, ARGV[2], 'EX', ARGV[1])
-end
+local raised = tonumber(ARGV[2]) > tonumber(redis.call('GET', day) or '0')
+if raised then redis.call('SET', day, ARGV[2], 'EX', ARGV[1]) end
 local lacking = (#ARGV - 3) / 3 - redis.call('ZCOUNT', times, ARGV[3], '+inf')
 for i = 4, 3 + 3 * lacking, 3 do  -- (the running totals' =members no longer match: the next reserve recounts)
   if redis.call('ZADD', times, ARGV[i + 1], ARGV[i]) == 1 then
@@ -414,8 +415,9 @@ end
 if lacking > 0 then
   redis.call('EXPIRE', times, ARGV[1])
   redis.call('EXPIRE', spends, ARGV[1])
+  return 2
 end
-return 1
+return raised and 2 or 1
 """
 )
 
@@ -494,6 +496,7 @@ class RedisBudgetCounter:
         """Where a principal's windows are rebuilt from when Redis has lost them (``None``: they are not)."""
         self._rebuilding: dict[tuple[str, float], asyncio.Future[None]] = {}  # (principal, day) -> its rebuild
         self._ledger_retry_at = 0.0  # (monotonic) no rebuild is asked for before then: the ledger failed
+        self._rebuilt_warned = -60.0  # (monotonic) the last rebuild that found Redis had lost something
         self.outage = RedisOutage(
             self.redis,
             store="budgets",
@@ -683,9 +686,13 @@ class RedisBudgetCounter:
         for row_id, at, tokens in found.minute:
             args += [f"ledger:{row_id}", repr(at), str(tokens)]
         keys = [*self._keys(principal, now)[:3], self._rebuilt_mark(principal, now)]
-        if await self.outage.call("rebuilding from the ledger", lambda client: _REBUILD(client, keys, args)):
-            log.info(
-                "budgets: %r's windows were rebuilt from the ledger (%d requests this minute, %s today)",
+        written = await self.outage.call("rebuilding from the ledger", lambda client: _REBUILD(client, keys, args))
+        if int(written) == 2:  # (not at a principal's first request of a day, when Redis had lost nothing)
+            warned, self._rebuilt_warned = self._rebuilt_warned, time.monotonic()
+            log.log(
+                logging.WARNING if self._rebuilt_warned - warned >= 60 else logging.INFO,  # one warning per loss
+                "budgets: Redis at %s had lost %r's usage: rebuilt from the ledger (%d requests this minute, %s today)",
+                self.redis.shown,
                 principal,
                 len(found.minute),
                 dollars(found.usd_today),

@@ -105,7 +105,7 @@ def delete(url: str, names: list[bytes]) -> None:
 
 
 def test_a_flushed_redis_still_refuses_what_the_ledger_says_was_spent_today(
-    redis_url: str, ledger: PostgresUsageLedger
+    redis_url: str, ledger: PostgresUsageLedger, caplog: pytest.LogCaptureFixture
 ):
     async def scenario() -> None:
         counters = replicas(redis_url, ledger)
@@ -116,6 +116,8 @@ def test_a_flushed_redis_still_refuses_what_the_ledger_says_was_spent_today(
             flushall(redis_url)
             admitted = [await request(counters[i % REPLICAS], ledger, DAILY, NOON + 10 + i) for i in range(9)]
             assert admitted == [False] * 9
+            lost = [record for record in caplog.records if "had lost 'dave'" in record.getMessage()]
+            assert [record.levelname for record in lost] == ["WARNING"]  # once, by the replica that rebuilt
             usage = await counters[1].usage("dave", now=NOON + 20)
             assert usage["usd_today"] == pytest.approx(3 * COST)
         finally:
@@ -197,7 +199,9 @@ def test_replicas_rebuilding_at_once_count_the_ledger_once(redis_url: str, ledge
     run(scenario())
 
 
-def test_a_lost_mark_alone_counts_nothing_twice(redis_url: str, ledger: PostgresUsageLedger):
+def test_a_lost_mark_alone_counts_nothing_twice(
+    redis_url: str, ledger: PostgresUsageLedger, caplog: pytest.LogCaptureFixture
+):
     """Keys Redis still holds (an evicted mark, keys of an earlier version) are not added to."""
     limits = Limits(usd_per_day=1.0, requests_per_minute=100)
 
@@ -214,6 +218,7 @@ def test_a_lost_mark_alone_counts_nothing_twice(redis_url: str, ledger: Postgres
             after = await counters[0].usage("dave", now=NOON + 5)
             assert after["usd_today"] == pytest.approx(before["usd_today"])
             assert after["requests_last_minute"] == before["requests_last_minute"] + 1
+            assert "had lost" not in caplog.text  # Redis had lost nothing: no warning
         finally:
             await closed(counters)
 
