@@ -43,11 +43,13 @@ cancelled is taken back once it lands, as the SQLite counter does.
 
 **A Redis that forgot** (restarted without persistence, ``FLUSHDB``, a failover to an empty replica)
 would admit a principal as if it had spent nothing. With a ledger (``ledger``, the one the replicas
-share) the reserve script first looks for the principal's ``rebuilt`` mark of the day — one
-``EXISTS`` in the script, no round trip of its own — and, without it, counts nothing and answers so.
+share) the reserve script first looks for the principal's ``rebuilt`` mark of the day and the day's
+total — one ``EXISTS`` in the script, no round trip of its own — and, without either, counts nothing
+and answers so (a total gone while its mark stayed was evicted).
 The replica then reads the principal's last minute and day from the ledger (``budget_ledger``; one
 read per principal and day at a time, which the reserves that also need it wait for) and
-``_REBUILD`` writes them, once per mark (``SET NX``): the day's total becomes the larger of Redis's
+``_REBUILD`` writes them, once (it does nothing when it finds the mark and the total there: another
+replica rebuilt, and both are written in the one script): the day's total becomes the larger of Redis's
 and the ledger's, and the minute gets the oldest of the ledger's requests it lacks by count (as
 reservations ``ledger:<row id>``, so the same row is never added twice). Never the sum: what Redis
 still holds (keys of an earlier version without marks, an evicted mark, what a replica handed over
@@ -63,6 +65,8 @@ together, what a replica counted locally and hands over after another one rebuil
 for ``LEDGER_RETRY`` seconds, nor while the ledger reports a problem (``degraded_reason``: a
 PostgreSQL ledger spooling its rows would answer without them): requests are counted in Redis
 meanwhile, and the rebuild that follows takes the larger figures, so they are not lost either.
+What eviction can still hide: the minute's keys alone, and a day's total that a settlement (an
+``INCRBY``) writes again before the next reserve looks.
 
 **A reserve whose reply never came** (Redis frozen past ``REPLY_TIMEOUT``, a connection cut after the
 script was sent) may still run later — after this replica counted the request locally instead. So
@@ -215,11 +219,11 @@ end
 
 # KEYS: times, spends, day, void, the day's rebuilt mark.  ARGV: id, now, tokens, nanos, minute start,
 # forget before, check limits (1/0), requests per minute, tokens per minute, USD per day ('' = none),
-# seconds to keep the keys, ask for a rebuild when the mark is missing (1/0).
+# seconds to keep the keys, ask for a rebuild when the mark or the day's total is missing (1/0).
 # Returns {1, requests, tokens, nanos spent today} (counted: the minute's totals with this one, as the
 # check saw them — without a check, the running totals), {1} (a retry of a reserve that landed), {2}
-# (taken back before it landed: its caller has long given up on it), {3} (the mark is missing: nothing
-# counted, rebuild the windows from the ledger first) or
+# (taken back before it landed: its caller has long given up on it), {3} (the mark
+# or the day's total is missing: nothing counted, rebuild the windows from the ledger first) or
 # {0, nanos spent today, time, tokens, time, tokens, ...} (refused).
 _RESERVE = LuaScript(
     _READ_MINUTE
@@ -228,7 +232,7 @@ local times, spends, day, void = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, since = ARGV[1], ARGV[5]
 if redis.call('HEXISTS', spends, id) == 1 then return {1} end  -- a retry of a reserve that landed
 if redis.call('ZSCORE', void, id) then return {2} end  -- its reply was lost and it was taken back: count nothing
-if ARGV[12] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {3} end  -- windows not rebuilt today
+if ARGV[12] == '1' and redis.call('EXISTS', KEYS[5], day) < 2 then return {3} end  -- not rebuilt, or lost since
 redis.call('ZREMRANGEBYSCORE', void, '-inf', '(' .. ARGV[6])  -- tombstones leave with the day's slack
 -- the running totals of the reservations at or after =since (module docstring)
 local kept = redis.call('HMGET', spends, '=since', '=requests', '=tokens', '=members')
@@ -396,16 +400,19 @@ return 1
 
 # KEYS: times, spends, day, the day's rebuilt mark.  ARGV: seconds to keep the keys, nanos the ledger
 # has for the day, minute start, then id, time, tokens of each request the ledger has in the last minute
-# (oldest first).  Once per mark (returns 0 when it is there already: another replica rebuilt): the
+# (oldest first).  Once per mark and day's total (returns 0 when both are there: another replica rebuilt;
+# the total alone missing is a total Redis evicted, the mark alone one it has not rebuilt yet): the
 # day's total becomes the larger of its own and the ledger's, and the minute gets the oldest of the
 # ledger's requests it lacks by count — never the sum, so nothing Redis still holds is counted twice.
 # Returns 2 when that changed anything (Redis had lost some), else 1.
 _REBUILD = LuaScript(
     """
 local times, spends, day = KEYS[1], KEYS[2], KEYS[3]
-if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-local raised = tonumber(ARGV[2]) > tonumber(redis.call('GET', day) or '0')
-if raised then redis.call('SET', day, ARGV[2], 'EX', ARGV[1]) end
+if redis.call('EXISTS', KEYS[4], day) == 2 then return 0 end
+redis.call('SET', KEYS[4], '1', 'EX', ARGV[1])
+local had = redis.call('GET', day)
+local raised = tonumber(ARGV[2]) > tonumber(had or '0')
+if raised or not had then redis.call('SET', day, raised and ARGV[2] or had or '0', 'EX', ARGV[1]) end
 local lacking = (#ARGV - 3) / 3 - redis.call('ZCOUNT', times, ARGV[3], '+inf')
 for i = 4, 3 + 3 * lacking, 3 do  -- (the running totals' =members no longer match: the next reserve recounts)
   if redis.call('ZADD', times, ARGV[i + 1], ARGV[i]) == 1 then
@@ -422,11 +429,12 @@ return raised and 2 or 1
 )
 
 # KEYS: times, spends, day, void, the day's rebuilt mark.  ARGV: minute start, ask for a rebuild when
-# the mark is missing (1/0).  Returns {nanos spent today, time, tokens, ...}, or {} (rebuild first).
+# the mark or the day's total is missing (1/0).  Returns {nanos spent today, time, tokens, ...}, or {}
+# (rebuild first).
 _USAGE = LuaScript(
     _READ_MINUTE
     + """
-if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5]) == 0 then return {} end
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[5], KEYS[3]) < 2 then return {} end
 local answer = {redis.call('GET', KEYS[3]) or '0'}
 local minute = read_minute(KEYS[1], KEYS[2], ARGV[1])
 for i = 1, #minute do answer[#answer + 1] = minute[i] end

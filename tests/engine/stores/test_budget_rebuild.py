@@ -225,6 +225,20 @@ def test_a_lost_mark_alone_counts_nothing_twice(
     run(scenario())
 
 
+def test_an_evicted_day_total_is_rebuilt_though_its_mark_stayed(redis_url: str, ledger: PostgresUsageLedger):
+    async def scenario() -> None:
+        counters = replicas(redis_url, ledger)
+        try:
+            assert [await request(counters[i], ledger, DAILY, NOON + i) for i in range(3)] == [True] * 3
+            delete(redis_url, keys(redis_url, "*:day:*"))
+            assert keys(redis_url, "*rebuilt*")
+            assert not await request(counters[1], ledger, DAILY, NOON + 10)
+        finally:
+            await closed(counters)
+
+    run(scenario())
+
+
 def test_a_tenants_shared_budget_is_rebuilt_from_its_members_rows(redis_url: str, ledger: PostgresUsageLedger):
     async def scenario() -> None:
         counters = replicas(redis_url, ledger)
