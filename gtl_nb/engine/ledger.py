@@ -667,7 +667,14 @@ class Ledger:
         )
         return [_record(values) for values in found]
 
-    def totals(self, user: str | None = None, since: float | None = None, *, until: float | None = None) -> Totals:
+    def totals(
+        self,
+        user: str | None = None,
+        since: float | None = None,
+        *,
+        until: float | None = None,
+        tenant: str | None = None,
+    ) -> Totals:
         """``(requests, tokens_in + tokens_out, cost)`` of rows started in ``[since, until)``, as
         budgets count them.
 
@@ -676,11 +683,13 @@ class Ledger:
         client waiting the ``retry_after`` it was given would be refused again by its own refusals.
         Tokens of cache hits and coalesced requests are not counted (nothing went upstream for
         them); unknown token counts count as 0; cost sums the known costs only (0.0 when none is
-        known). ``user=None`` means every user; times are unix seconds.
+        known). ``user=None`` means every user, ``tenant=None`` every tenant; times are unix seconds.
         """
         filters: dict[str, Any] = {"since": since, "until": until}
         if user is not None:
             filters["user"] = user
+        if tenant is not None:
+            filters["tenant"] = tenant
         where, params = _where(filters)
         refused = (
             "(status = 'error' AND deployment IS NULL"

@@ -37,9 +37,14 @@ class UsageLedger(Protocol):
         ...
 
     async def totals(
-        self, *, user: str | None = None, since: float | None = None, until: float | None = None
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tenant: str | None = None,
     ) -> Totals:
-        """Requests, tokens and cost of the matching rows."""
+        """Requests, tokens and cost of the matching rows (``user``, ``tenant``: ``None`` for every one)."""
         ...
 
     async def aclose(self) -> None: ...

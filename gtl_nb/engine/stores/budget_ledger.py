@@ -22,14 +22,12 @@ from typing import Any
 from gtl_nb.engine.ratelimit import DAY, WINDOW, counts_against_budgets, utc_day_start
 from gtl_nb.engine.stores.base import UsageLedger
 
-__all__ = ["MAX_MINUTE_ROWS", "PAGE_ROWS", "TENANT_PREFIX", "LedgerUsage", "ledger_usage"]
+__all__ = ["MAX_MINUTE_ROWS", "TENANT_PREFIX", "LedgerUsage", "ledger_usage"]
 
 TENANT_PREFIX = "tenant:"
 """A tenant's shared budget is counted under ``tenant:<name>`` (``Engine._reserve``)."""
 MAX_MINUTE_ROWS = 10_000
 """The most rows of the last minute read (the oldest first): more than any per-minute limit needs."""
-PAGE_ROWS = 5_000
-"""Rows read at a time when a tenant's day is summed row by row (``totals`` filters by user only)."""
 
 
 @dataclass(frozen=True)
@@ -62,16 +60,7 @@ def _counted(row: dict[str, Any]) -> bool:
 
 async def _usd_since(ledger: UsageLedger, principal: str, day: float) -> float:
     """USD of ``principal``'s rows started in the UTC day from ``day`` (uncounted rows have no cost)."""
-    which = _principal_filter(principal)
-    if "user" in which:
-        return float((await ledger.totals(user=principal, since=day, until=day + DAY)).cost)
-    spent, offset = 0.0, 0
-    while True:
-        page = await ledger.rows(offset=offset, limit=PAGE_ROWS, since=day, until=day + DAY, **which)
-        spent += sum(float(row.get("cost") or 0.0) for row in page)
-        if len(page) < PAGE_ROWS:
-            return spent
-        offset += len(page)
+    return float((await ledger.totals(since=day, until=day + DAY, **_principal_filter(principal))).cost)
 
 
 async def ledger_usage(ledger: UsageLedger, principal: str, *, now: float) -> LedgerUsage:

@@ -136,12 +136,19 @@ class MemoryUsageLedger:
             return [_copy(row) for row in itertools.islice(matching, skip, stop)]
 
     async def totals(
-        self, *, user: str | None = None, since: float | None = None, until: float | None = None
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tenant: str | None = None,
     ) -> Totals:
         """As ``Ledger.totals``: every row but budget refusals; no tokens of cache hits or coalesced ones."""
         filters: dict[str, Any] = {"since": since, "until": until}
         if user is not None:
             filters["user"] = user
+        if tenant is not None:
+            filters["tenant"] = tenant
         match = row_filter(filters)
         requests = tokens = 0
         cost = 0.0

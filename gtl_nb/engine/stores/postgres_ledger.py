@@ -488,11 +488,16 @@ class PostgresUsageLedger:
         return await self._loop.call(self._rows(self._seq, page, [*params, None if count < 0 else count, skip]))
 
     async def totals(
-        self, *, user: str | None = None, since: float | None = None, until: float | None = None
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tenant: str | None = None,
     ) -> Totals:
         """As ``Ledger.totals``: every row but budget refusals; no tokens of cache hits or coalesced ones."""
         self._check_open()
-        return await self._loop.call(self._totals(self._seq, user, since, until))
+        return await self._loop.call(self._totals(self._seq, user, since, until, tenant))
 
     async def spend_today(self, user: str | None = None, now: float | None = None) -> float:
         """USD spent by ``user`` (None: everyone) on requests started in the UTC day of ``now``."""
@@ -1114,10 +1119,14 @@ class PostgresUsageLedger:
         found = await self._fetch(target, f"{_SELECT}{where}", params)
         return [_record(values) for values in found]
 
-    async def _totals(self, target: int, user: str | None, since: float | None, until: float | None) -> Totals:
+    async def _totals(
+        self, target: int, user: str | None, since: float | None, until: float | None, tenant: str | None
+    ) -> Totals:
         filters: dict[str, Any] = {"since": since, "until": until}
         if user is not None:
             filters["user"] = user
+        if tenant is not None:
+            filters["tenant"] = tenant
         where, params = _where(filters)
         where = f"{where} AND {_NOT_REFUSED}" if where else f" WHERE {_NOT_REFUSED}"
         sql = f"SELECT COUNT(*), COALESCE(SUM({_TOKENS}), 0), COALESCE(SUM(cost), 0.0) FROM {TABLE}{where}"

@@ -212,11 +212,16 @@ class SqliteUsageLedger:
         return await asyncio.to_thread(self.ledger.rows, offset=offset, limit=limit, **filters)
 
     async def totals(
-        self, *, user: str | None = None, since: float | None = None, until: float | None = None
+        self,
+        *,
+        user: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        tenant: str | None = None,
     ) -> Totals:
         """``Ledger.totals`` (queued writes included)."""
         self._check_open()
-        return await asyncio.to_thread(self.ledger.totals, user, since, until=until)
+        return await asyncio.to_thread(self.ledger.totals, user, since, until=until, tenant=tenant)
 
     def to_dataframe(self, **filters: Any) -> pandas.DataFrame:
         """The rows as the documented DataFrame, read now (``Ledger.to_dataframe``; prefer

@@ -385,13 +385,17 @@ def test_totals_count_as_budgets_did(ledger: UsageLedger):
             await ledger.totals(),
             await ledger.totals(user="ada", since=T0 + 1),
             await ledger.totals(user="ada", until=T0 + 1),
+            await ledger.totals(tenant="acme"),  # ada's tenant (a tenant's shared budget is rebuilt from it)
+            await ledger.totals(tenant="acme", user="bob"),
         )
 
-    ada, everyone, later, until = run(scenario())
+    ada, everyone, later, until, acme, bob_in_acme = run(scenario())
     assert tuple(ada) == (5, 15, 0.25)
     assert tuple(everyone) == (6, 16, 1.25)
     assert tuple(later) == (0, 0, 0.0)
     assert until == ada
+    assert acme == ada
+    assert tuple(bob_in_acme) == (0, 0, 0.0)
 
 
 def test_frame_from_rows_has_the_documented_columns_and_dtypes(ledger: UsageLedger):
