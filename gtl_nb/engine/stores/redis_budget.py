@@ -699,7 +699,8 @@ class RedisBudgetCounter:
             warned, self._rebuilt_warned = self._rebuilt_warned, time.monotonic()
             log.log(
                 logging.WARNING if self._rebuilt_warned - warned >= 60 else logging.INFO,  # one warning per loss
-                "budgets: Redis at %s had lost %r's usage: rebuilt from the ledger (%d requests this minute, %s today)",
+                "budgets: Redis at %s had lost the usage of %r: rebuilt from the ledger "
+                "(%d requests this minute, %s today)",
                 self.redis.shown,
                 principal,
                 len(found.minute),

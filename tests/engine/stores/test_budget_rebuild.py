@@ -116,7 +116,7 @@ def test_a_flushed_redis_still_refuses_what_the_ledger_says_was_spent_today(
             flushall(redis_url)
             admitted = [await request(counters[i % REPLICAS], ledger, DAILY, NOON + 10 + i) for i in range(9)]
             assert admitted == [False] * 9
-            lost = [record for record in caplog.records if "had lost 'dave'" in record.getMessage()]
+            lost = [record for record in caplog.records if "had lost the usage of 'dave'" in record.getMessage()]
             assert [record.levelname for record in lost] == ["WARNING"]  # once, by the replica that rebuilt
             usage = await counters[1].usage("dave", now=NOON + 20)
             assert usage["usd_today"] == pytest.approx(3 * COST)
