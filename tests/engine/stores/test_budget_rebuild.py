@@ -5,6 +5,8 @@ once, and never count a request twice. Real ``redis-server`` and PostgreSQL (the
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -155,6 +157,55 @@ def test_replicas_opened_as_configured_refuse_after_redis_comes_back_empty(
         finally:
             for stores in opened:
                 await stores.aclose()
+
+    run(scenario())
+
+
+@pytest.fixture
+def server(redis_server: Any, tmp_path: Path) -> Iterator[Any]:
+    """A ``redis-server`` of this test alone, without persistence: a restart empties it."""
+    kit = sys.modules["gtl_nb_tests_redis_server"]  # loaded by the stores' conftest
+    started = kit.RedisServer.start(tmp_path / "redis")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+async def back_on_redis(counter: RedisBudgetCounter) -> None:
+    """Until ``counter`` counts in Redis again and has handed over what it counted alone."""
+    deadline = time.monotonic() + 15
+    while counter.degraded_reason is not None or counter.local.principals:
+        assert time.monotonic() < deadline, "not back on Redis in time"
+        await asyncio.sleep(0.02)
+
+
+def test_an_outage_that_ends_in_an_empty_redis_forgets_nothing_the_ledger_has(server: Any, ledger: PostgresUsageLedger):
+    """Redis stops (the replicas count alone, one of them admits a request) and comes back empty:
+    the day is rebuilt from the ledger, that request included whichever comes first, the rebuild or
+    the hand-over of what was counted alone — so no replica admits dave again."""
+    limits = Limits(usd_per_day=1.0)
+    spend = 0.25
+
+    async def scenario() -> None:
+        counters = replicas(server.url, ledger)
+        for counter in counters:
+            counter.outage.retry = 0.05
+        try:
+            for i in range(3):
+                assert await request(counters[i], ledger, limits, NOON + i, cost=spend)
+            server.stop()
+            assert await request(counters[0], ledger, limits, NOON + 5, cost=spend)  # alone: its share has room
+            assert counters[0].degraded_reason is not None
+            server.restart()
+            for counter in counters:
+                await back_on_redis(counter)
+            admitted = [await request(counters[i % REPLICAS], ledger, limits, NOON + 10 + i) for i in range(6)]
+            assert admitted == [False] * 6
+            usage = await counters[2].usage("dave", now=NOON + 20)
+            assert usage["usd_today"] >= 4 * spend  # (the local one may count twice: a refusal sooner)
+        finally:
+            await closed(counters)
 
     run(scenario())
 
