@@ -16,6 +16,7 @@ own, not for other replicas').
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +66,10 @@ async def _usd_since(ledger: UsageLedger, principal: str, day: float) -> float:
 
 async def ledger_usage(ledger: UsageLedger, principal: str, *, now: float) -> LedgerUsage:
     """``principal``'s usage at ``now`` per ``ledger`` (module docstring); the ledger's own errors pass."""
-    rows = await ledger.rows(limit=MAX_MINUTE_ROWS, since=now - WINDOW, **_principal_filter(principal))
+    rows, usd_today = await asyncio.gather(  # (two queries at once: the first request waits for both)
+        ledger.rows(limit=MAX_MINUTE_ROWS, since=now - WINDOW, **_principal_filter(principal)),
+        _usd_since(ledger, principal, utc_day_start(now)),
+    )
     minute = [(int(row["id"]), float(row["time"]), _tokens(row)) for row in rows if _counted(row)]
     minute.sort(key=lambda found: found[1])
-    return LedgerUsage(minute=minute, usd_today=await _usd_since(ledger, principal, utc_day_start(now)))
+    return LedgerUsage(minute=minute, usd_today=usd_today)
