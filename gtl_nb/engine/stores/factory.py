@@ -11,6 +11,7 @@ gateway replicas share (``engine.stores.redis``; the ledger does not live in Red
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -31,12 +32,14 @@ from gtl_nb.engine.stores.memory import (
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url
 from gtl_nb.engine.stores.sqlite import SqliteBreakerStore, SqliteBudgetCounter, SqliteResponseCache, SqliteUsageLedger
 from gtl_nb.engine.stores.urls import parse_store_url, unknown_scheme
+from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
 __all__ = ["open_stores"]
 
 LedgerChoice = UsageLedger | Ledger | str | os.PathLike[str] | None
 
+log = get_logger("engine.stores")
 LEDGER_ACCEPTED = "sqlite:///path (sqlite:////absolute/path), memory:// or postgresql://user@host/database"
 """The store URLs a usage ledger may have (not the other stores' redis://; docs/configuration.md, [ledger] url)."""
 
@@ -138,6 +141,12 @@ def _open_budgets(budgets: BudgetConfig | None, ledger: UsageLedger | None) -> B
     if backend is None:
         if isinstance(ledger, SqliteUsageLedger) and ledger.path is not None:
             return SqliteBudgetCounter(ledger.path, ledger_rows=True)
+        if budgets is not None and _limits_anything(budgets) and _shared_by_replicas(ledger):
+            log.warning(
+                "[budgets]: limits are set and the ledger is shared by replicas (PostgreSQL), but the budgets "
+                "are counted in this process's memory: each replica counts alone and a restart forgets today's "
+                'spend; set [budgets] backend = "redis://…" to share them'
+            )
         return MemoryBudgetCounter()
     url = parse_store_url(backend, where="[budgets] backend")
     if url.scheme == "redis":
@@ -145,6 +154,18 @@ def _open_budgets(budgets: BudgetConfig | None, ledger: UsageLedger | None) -> B
 
         return RedisBudgetCounter(url.url, ledger=ledger)  # type: ignore[arg-type]
     return MemoryBudgetCounter() if url.scheme == "memory" else SqliteBudgetCounter(url.path)  # type: ignore[arg-type]
+
+
+def _limits_anything(budgets: BudgetConfig) -> bool:
+    """Whether ``[budgets]`` sets any limit: its defaults, a user's or a tenant's."""
+    overrides = (*budgets.users.values(), *budgets.tenants.values())
+    return budgets.default.any or any(value is not None for table in overrides for value in table.values())
+
+
+def _shared_by_replicas(ledger: UsageLedger | None) -> bool:
+    """Whether ``ledger`` is one several gateway processes share across hosts (PostgreSQL's)."""
+    module = sys.modules.get("gtl_nb.engine.stores.postgres_ledger")  # (loaded when such a ledger exists)
+    return module is not None and isinstance(ledger, module.PostgresUsageLedger)
 
 
 def _open_cache(config: CacheConfig, clock: Callable[[], float], wall_clock: Callable[[], float]) -> ResponseCache:

@@ -174,3 +174,29 @@ def test_a_store_that_fails_to_open_closes_those_opened_before(tmp_path: Path):
         with pytest.raises(ConfigurationError):
             open_stores(kept, cache=CacheConfig(backend=f"sqlite:///{blocker / 'cache.db'}"))
         assert kept.totals().requests == 0
+
+
+def test_limits_on_a_shared_ledger_without_a_budgets_backend_are_warned_of(
+    postgres_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """Replicas sharing a PostgreSQL ledger, limits set and no ``[budgets] backend``: the budgets are each
+    process's own (every replica counts alone, a restart forgets the day's spend). That is said at the start;
+    without limits there is nothing to warn of, and a SQLite ledger's processes share its file."""
+    spool = f"spool_path={tmp_path / 'spool.sqlite3'}"
+    cases = [
+        (BudgetConfig(users={"dave": {"usd_per_day": 1.0}}), True),
+        (BudgetConfig(default=Limits(requests_per_minute=10)), True),
+        (BudgetConfig(), False),
+    ]
+    for budgets, warned in cases:
+        caplog.clear()
+        stores = open_stores(f"{postgres_url}?{spool}", budgets=budgets)
+        try:
+            messages = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+            assert any('backend = "redis://' in message for message in messages) is warned, (budgets, messages)
+        finally:
+            run(stores.aclose())
+    caplog.clear()
+    stores = open_stores(tmp_path / "ledger.sqlite", budgets=BudgetConfig(default=Limits(requests_per_minute=10)))
+    run(stores.aclose())
+    assert not [record for record in caplog.records if record.levelname == "WARNING"]
