@@ -183,7 +183,10 @@ def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
         psycopg.conninfo.conninfo_to_dict(conninfo)  # libpq's own check of its parameters
     except psycopg.ProgrammingError as exc:
         raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {_first_line(exc)}") from None
-    return PostgresURL(conninfo, shown, options)
+    # shown in logs and /readyz as the database it names: our own options (a spool's path…) left out
+    named = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name not in OPTIONS]
+    database = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{urlencode(named, quote_via=quote)}" if named else "")
+    return PostgresURL(conninfo, shown_url(database), options)
 
 
 def application_name_option(conninfo: str, name: str) -> dict[str, str]:

@@ -1009,6 +1009,7 @@ def test_urls_keep_libpq_options_take_ours_out_and_never_show_a_password():
     assert "sslmode=require" in parsed.conninfo and "lease" not in parsed.conninfo
     assert "connect_timeout=5" in parsed.conninfo and parsed.conninfo.startswith("postgresql://gtl:pw@")
     assert "pw" not in parsed.shown and "pw" not in repr(parsed)
+    assert parsed.shown == "postgresql+psycopg://gtl:***@db.example:5433/ledger?sslmode=require"  # (ours left out)
     assert (
         shown_url("postgresql://u@h/d?password=x&sslmode=disable") == "postgresql://u@h/d?password=***&sslmode=disable"
     )
