@@ -4,8 +4,8 @@
 ``gap_version`` (any ``0.1.x``) and ``message`` with ``content``, ``source.platform`` and
 ``source.chat_id``; every other field may be missing and then takes its default (``role``
 "assistant", ``transform_hints`` the role's pronoun map). Unknown keys are ignored, so a newer
-writer's extra fields do not break an older reader. A wrong type is a ``GAPFormatError`` naming the
-dotted path of the field.
+writer's extra fields do not break an older reader; a key twice in one object is refused. A wrong
+type is a ``GAPFormatError`` naming the dotted path of the field.
 """
 
 from __future__ import annotations
@@ -205,9 +205,24 @@ def from_json(text: str | bytes) -> WrappedMessage:
     return from_dict(decode(check_text(text, "a GAP JSON document")))
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook`` that refuses an object with a key twice (a ``GAPFormatError``).
+
+    ``json`` keeps the last of two, other parsers the first: a document that says ``content`` twice
+    would be two different messages to two readers, so neither is chosen.
+    """
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise GAPFormatError(f"the key {json.dumps(key, ensure_ascii=False)} appears twice in one object")
+        result[key] = value
+    return result
+
+
 def decode(text: str) -> Any:
     """``json.loads(text)``, nesting bounded by ``MAX_JSON_DEPTH``; any failure is a ``GAPFormatError``
-    (a ``GAPLimitError`` when the text is beyond a limit of ``gap.limits``).
+    (a ``GAPLimitError`` when the text is beyond a limit of ``gap.limits``). An object with a key
+    twice is one too (``unique_keys``).
 
     A leading byte-order mark is dropped: it is how an editor saved the text, not JSON (``json.loads``
     refuses it). ``from_json`` and ``gtl gap`` (whose files may hold a JSON array of messages) decode
@@ -217,7 +232,9 @@ def decode(text: str) -> Any:
     if json_too_deep(text):
         raise GAPLimitError(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except GAPFormatError:
+        raise
     except json.JSONDecodeError as exc:
         raise GAPFormatError(f"not valid JSON: {exc.msg} (column {exc.colno})", line=exc.lineno) from None
     except RecursionError:  # the one boundary: a depth the scan missed must not escape as a foreign error

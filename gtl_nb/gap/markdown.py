@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gtl_nb.gap.errors import GAPFormatError
-from gtl_nb.gap.jsonfmt import check_version, hints_from_dict, hints_to_dict
+from gtl_nb.gap.jsonfmt import check_version, hints_from_dict, hints_to_dict, unique_keys
 from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep, number_too_long
 from gtl_nb.gap.model import Entity, TransformHints, WrappedMessage
 
@@ -41,6 +41,7 @@ _ESCAPED_MARKER_RE = re.compile(r"\[(\\+)GAP:(START|CONTENT|END)\]")
 _HEADER_RE = re.compile(r"(?P<key>[A-Za-z][A-Za-z_-]*)[ \t]*:(?P<rest>.*)\Z", re.DOTALL)
 _CONTEXT_RE = re.compile(r"(?P<role>\w+)(?:[ \t]+message(?:[ \t]+from(?=[ \t]|\Z)(?P<ts>.*))?)?\Z", re.I | re.S)
 _DECODER = json.JSONDecoder()
+_OBJECT_DECODER = json.JSONDecoder(object_pairs_hook=unique_keys)  # for Hints:, whose keys may not repeat
 _NONE_WORDS = frozenset({"", "none", "-"})
 
 
@@ -288,7 +289,9 @@ def _parse_hints(cur: _Cursor, header: _Header) -> None:
     if json_too_deep(cur.text):
         raise cur.error(f"arrays/objects nested deeper than {MAX_JSON_DEPTH}")
     try:
-        data, end = _DECODER.raw_decode(cur.text, cur.pos)
+        data, end = _OBJECT_DECODER.raw_decode(cur.text, cur.pos)
+    except GAPFormatError as exc:
+        raise cur.error(exc.reason) from None
     except json.JSONDecodeError as exc:
         cur.pos = exc.pos
         raise cur.error(f"expected a JSON object: {exc.msg}") from None

@@ -111,3 +111,26 @@ def test_a_pronoun_map_of_more_than_its_limit_is_refused_where_it_is_read():
     with pytest.raises(ValueError, match="at most"):
         TransformHints(pronoun_map={f"w{i}": "x" for i in range(MAX_PRONOUN_MAP + 1)})
     assert "x x" in transform_for_platform(from_markdown(block(MAX_PRONOUN_MAP)), "generic")
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (DOCUMENT[:-2] + ',"content":"forged"}}', "content"),  # message.content twice
+        (DOCUMENT.replace(THREAD, THREAD + ',"thread_id":"other"', 1), "thread_id"),
+        (DOCUMENT.replace('"gap_version"', '"gap\\u005fversion":"0.1.0","gap_version"', 1), "gap_version"),
+    ],
+)
+def test_a_key_twice_in_one_object_is_refused_not_read_last_wins(text, key):
+    """``json`` keeps the last of two values and other parsers the first: a document saying
+    ``content`` twice is two different messages to two readers, so neither value is taken."""
+    with pytest.raises(GAPFormatError, match=f'key "{key}" appears twice'):
+        from_json(text)
+
+
+def test_a_key_twice_in_a_markdown_hints_object_is_refused():
+    from gtl_nb.gap import from_markdown
+
+    block = '[GAP:START]\nFrom: p\nContext: user\nHints: {"pronoun_map":{"I":"a","I":"b"}}\n[GAP:CONTENT]\nx\n[GAP:END]'
+    with pytest.raises(GAPFormatError, match='line 4: Hints: the key "I" appears twice'):
+        from_markdown(block)
