@@ -165,6 +165,8 @@ def _from_dict(data: Any) -> WrappedMessage:
     entities: dict[str, Entity] = {}
     raw_entities = _field(context, "entities", "message.context", dict, {}) or {}
     for key, raw in raw_entities.items():
+        if not key:
+            raise GAPFormatError("an entity key must not be empty", path="message.context.entities")
         path = f"message.context.entities.{key}"
         if not isinstance(raw, dict):
             raise GAPFormatError("expected an object", path=path)

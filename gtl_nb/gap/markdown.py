@@ -241,7 +241,11 @@ def _parse_entities(cur: _Cursor, header: _Header) -> None:
         cur.skip_space()
         if cur.peek() != '"':
             raise cur.error("expected a quoted entity key")
+        key_at = cur.pos
         key = cur.string()
+        if not key:
+            cur.pos = key_at
+            raise cur.error("an entity key must not be empty")
         if key in entities:
             raise cur.error(f"entity {key!r} appears twice")
         cur.expect("=")

@@ -190,6 +190,8 @@ class WrappedMessage:
             object.__setattr__(self, "entities", entities)
         for key, entity in entities.items():
             _check_str("entity key", key)
+            if not key:  # it could never be defined: update_entity and the suggestions need a name
+                raise ValueError("an entity key must not be empty")
             if not isinstance(entity, Entity):
                 raise TypeError(f"entity {key!r} must be an Entity, not {type(entity).__name__}")
         # None means "the role's defaults", stored explicitly so equal messages compare equal.

@@ -52,6 +52,22 @@ def test_invalid_fields_are_rejected(kwargs):
         WrappedMessage(**arguments)
 
 
+def test_an_empty_entity_key_is_refused_by_the_model_and_both_readers():
+    """An entity keyed "" was read and listed as undefined, but could never be defined: ``update_entity``
+    refuses an empty key, and the suggestions asked a model about ``- ("")``."""
+    with pytest.raises(ValueError, match="entity key must not be empty"):
+        WrappedMessage("x", "p", "c", entities={"": Entity("ambiguous_reference")})
+    with pytest.raises(ValueError, match="entity key must not be empty"):
+        gap.wrap_message("x", "p", "c", entities={"": "PostgreSQL"})
+    block = '[GAP:START]\nFrom: p\nContext: user\nEntities: "k" = -, "" = -\n[GAP:CONTENT]\nx\n[GAP:END]'
+    with pytest.raises(gap.GAPFormatError, match=r"line 4: Entities: an entity key must not be empty \(column 20\)"):
+        gap.from_markdown(block)
+    document = gap.to_dict(gap.wrap_message("x", "p", "c", entities={"k": None}))
+    document["message"]["context"]["entities"][""] = document["message"]["context"]["entities"].pop("k")
+    with pytest.raises(gap.GAPFormatError, match=r"message\.context\.entities: an entity key must not be empty"):
+        gap.from_dict(document)
+
+
 def test_entity_validation_and_defined_flag():
     assert Entity("user_defined", "v").defined
     assert not Entity("ambiguous_reference").defined
