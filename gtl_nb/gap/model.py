@@ -10,6 +10,7 @@ Constructors accept plain lists and dicts and convert them, so ``==`` compares b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -90,6 +91,31 @@ def _check_role(role: object) -> None:
         raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def join_surrogates(text: str) -> str:
+    """``text`` with each high surrogate that is followed by a low one joined into their character.
+
+    Two surrogates in a row are one character to every UTF-16 reader, and to JSON: the escapes
+    ``"\\ud83d\\ude00"`` read back as one emoji, so a message holding them apart could not be
+    written and read back unchanged. Lone surrogates are kept as they are.
+    """
+    if text.isascii() or _SURROGATE.search(text) is None:
+        return text  # (nearly every text: no copy)
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+
+
+def _joined(value: str | None) -> str | None:
+    return value if value is None else join_surrogates(value)
+
+
+def _set_joined(instance: object, *names: str) -> None:
+    """Join the surrogate pairs of the named string fields of a frozen dataclass (after type checks)."""
+    for name in names:
+        object.__setattr__(instance, name, _joined(getattr(instance, name)))
+
+
 def _check_optional_str(name: str, value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a string or None, not {type(value).__name__}")
@@ -115,6 +141,7 @@ class Entity:
         _check_str("entity type", self.type)
         _check_optional_str("entity value", self.value)
         _check_optional_str("entity defined_in", self.defined_in)
+        _set_joined(self, "type", "value", "defined_in")
 
     @property
     def defined(self) -> bool:
@@ -144,6 +171,9 @@ class TransformHints:
                 raise TypeError("pronoun_map must map strings to strings")
         if len(pronoun_map) > MAX_PRONOUN_MAP:  # (each word is a pass over the content: gap.limits)
             raise ValueError(f"pronoun_map holds at most {MAX_PRONOUN_MAP} entries, not {len(pronoun_map)}")
+        joined = FrozenMap((join_surrogates(old), join_surrogates(new)) for old, new in pronoun_map.items())
+        object.__setattr__(self, "pronoun_map", joined)
+        _set_joined(self, "maintain_tense", "preserve_perspective")
 
     @classmethod
     def for_role(cls, role: str) -> TransformHints:
@@ -183,13 +213,16 @@ class WrappedMessage:
         parents = tuple(self.parent_messages)
         for parent in parents:
             _check_str("parent message id", parent)
-        object.__setattr__(self, "parent_messages", parents)
+        object.__setattr__(self, "parent_messages", tuple(join_surrogates(parent) for parent in parents))
+        _set_joined(self, "content", "platform", "chat_id", "model", "timestamp", "thread_id")
         entities = self.entities
         if not isinstance(entities, FrozenMap):
             entities = FrozenMap(entities)
-            object.__setattr__(self, "entities", entities)
-        for key, entity in entities.items():
+        for key in entities:
             _check_str("entity key", key)
+        entities = FrozenMap((join_surrogates(key), entity) for key, entity in entities.items())
+        object.__setattr__(self, "entities", entities)
+        for key, entity in entities.items():
             if not key:  # it could never be defined: update_entity and the suggestions need a name
                 raise ValueError("an entity key must not be empty")
             if not isinstance(entity, Entity):
