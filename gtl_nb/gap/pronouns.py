@@ -30,7 +30,7 @@ message is left alone. Beyond the map:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from gtl_nb.gap.model import ROLE_PRONOUN_MAPS, ROLES
 from gtl_nb.gap.spans import SpanSet, overlaps, protected_spans
@@ -218,8 +218,19 @@ def _roman_numeral(text: str, start: int, end: int) -> bool:
     previous = re.search(r"(?<![\w'’-])([A-Z][a-z]*)\.?[ \t]+$", _window(text, start))
     if previous and previous.group(1) in _NUMBERED_NOUNS:
         return True
-    line_before = text[text.rfind("\n", 0, start) + 1 : start]
-    return end < len(text) and text[end] in ".)" and _is_line_prefix(line_before)
+    return end < len(text) and text[end] in ".)" and _opens_line(text, start)
+
+
+def _opens_line(text: str, start: int) -> bool:
+    """Whether only list markers, heading and quote marks and blanks come before ``start`` on its line.
+
+    It looks back over those characters alone, never to the line's start: taking the whole line
+    before each "I" made a long line of them quadratic.
+    """
+    lo = start
+    while lo > 0 and (text[lo - 1] in _LINE_PREFIX_MARKS or text[lo - 1] in ".)" or text[lo - 1].isdecimal()):
+        lo -= 1
+    return (lo == 0 or text[lo - 1] == "\n") and _is_line_prefix(text[lo:start])
 
 
 class _Rewriter:
@@ -239,6 +250,11 @@ class _Rewriter:
             return False
         self.edits[start] = new
         return True
+
+    def replace_all(self, spans: Iterable[tuple[int, int]], new: str) -> None:
+        """``replace`` each of ``spans`` (sorted, disjoint: one pattern's matches) with ``new``, at once."""
+        for start, _end in self.spans.add_all(span for span in spans if not overlaps(*span, self.protected)):
+            self.edits[start] = new
 
     def result(self) -> str:
         out, pos = [], 0
@@ -301,8 +317,7 @@ def transform_pronouns(text: str, role: str, *, pronoun_map: Mapping[str, str] |
         if old in _SPECIAL_KEYS or not old:
             continue
         pattern = re.compile(rf"(?<![\w'’-]){re.escape(old)}(?![\w'’-])")
-        for match in pattern.finditer(text):
-            rewriter.replace(match.start(), match.end(), new)
+        rewriter.replace_all((match.span() for match in pattern.finditer(text)), new)
     return rewriter.result()
 
 
