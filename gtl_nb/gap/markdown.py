@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -324,7 +324,7 @@ _PARSERS: dict[str, Callable[[_Cursor, _Header], None]] = {
 _LABELS = {key: key.capitalize() for key in _PARSERS}
 
 
-def _build(header_lines: list[tuple[int, str]], content: str, start_line: int) -> WrappedMessage:
+def _build(header_lines: Iterable[tuple[int, str]], content: str, start_line: int) -> WrappedMessage:
     header = _Header()
     for number, raw in header_lines:
         if not raw.strip():
@@ -384,25 +384,49 @@ def parse_all(text: str) -> list[WrappedMessage]:
         raise GAPFormatError("nested too deeply to parse") from None
 
 
+def _lines(text: str, start: int, stop: int, number: int) -> Iterator[tuple[int, int, int]]:
+    """``(number, start, end)`` of each line of ``text[start:stop]`` (``end`` before its line break).
+
+    One at a time, as offsets: splitting a text into a list of its lines held some twenty times its
+    size, fifty for an unclosed header, before anything was read.
+    """
+    while True:
+        end = text.find("\n", start, stop)
+        if end < 0:
+            yield number, start, stop
+            return
+        yield number, start, end
+        start, number = end + 1, number + 1
+
+
+def _marker(text: str, start: int, end: int) -> str | None:
+    """The marker the line ``text[start:end]`` is, or None (the search first: no line is copied for it)."""
+    if text.find("[GAP:", start, end) < 0:
+        return None
+    marker = text[start:end].strip()
+    return marker if marker in _MARKERS else None
+
+
+def _header_lines(text: str, start: int, stop: int, number: int) -> Iterator[tuple[int, str]]:
+    """The numbered header lines between a block's ``[GAP:START]`` and ``[GAP:CONTENT]``."""
+    if start < stop:
+        for line_number, begin, end in _lines(text, start, stop, number):
+            yield line_number, text[begin:end]
+
+
 def _parse_blocks(text: str) -> list[WrappedMessage]:
     blocks: list[WrappedMessage] = []
     state = "outside"
-    start_line = 0
-    header: list[tuple[int, str]] = []
-    content_lines: list[str] = []
+    start_line = header_start = header_stop = content_start = 0
     crlf = False
-    for number, raw in enumerate(text.split("\n"), start=1):
-        marker = raw.strip()
-        if marker not in _MARKERS:
-            if state == "header":
-                header.append((number, raw))
-            elif state == "content":
-                content_lines.append(raw)
+    for number, start, end in _lines(text, 0, len(text), 1):
+        marker = _marker(text, start, end)
+        if marker is None:
             continue
         if state == "outside":
             if marker != START:
                 raise GAPFormatError(f"{marker} without a [GAP:START] before it", line=number)
-            state, start_line, header = "header", number, []
+            state, start_line, header_start = "header", number, end + 1
         elif state == "header":
             if marker != CONTENT:
                 problem = "a new [GAP:START]" if marker == START else "[GAP:END]"
@@ -410,16 +434,18 @@ def _parse_blocks(text: str) -> list[WrappedMessage]:
                     f"{problem} before the [GAP:CONTENT] of the block opened at line {start_line}",
                     line=number,
                 )
-            state, content_lines, crlf = "content", [], raw.endswith("\r")
+            state, header_stop, content_start = "content", start - 1, end + 1
+            crlf = end > start and text[end - 1] == "\r"
         else:
             if marker != END:
                 raise GAPFormatError(
                     f"{marker} inside the content of the block opened at line {start_line} (is its [GAP:END] missing?)",
                     line=number,
                 )
-            content = "\n".join(content_lines)
+            content = text[content_start : start - 1] if start > content_start else ""
             if crlf and content.endswith("\r"):
                 content = content[:-1]  # the line break before [GAP:END] in a CRLF file
+            header = _header_lines(text, header_start, header_stop, start_line + 1)
             blocks.append(_build(header, unescape_content(content), start_line))
             state = "outside"
     if state != "outside":

@@ -156,3 +156,36 @@ def test_many_pronouns_on_one_long_line_are_linear():
     assert done.startswith("I. xxx") and done.count("the AI assistant.") == 1_999
     enumeration = "Look:\n  1. I. The first.\nI. Second"
     assert gap.transform_pronouns(enumeration, "user") == enumeration
+
+
+def peak_bytes(call: Callable[[], object]) -> int:
+    """The most memory allocated while ``call`` runs (its result or its GAPFormatError dropped)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+    except GAPFormatError:
+        pass
+    finally:
+        _size, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return peak
+
+
+HEAD = "[GAP:START]\nFrom: p\nContext: user\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ab\n" * 300_000,  # prose between blocks
+        HEAD + "[GAP:CONTENT]\n" + "ab\n" * 300_000 + "[GAP:END]",  # content of many lines
+        HEAD + "ab\n" * 300_000,  # a header never closed
+        HEAD + "X-a: b\n" * 150_000 + "[GAP:CONTENT]\nx\n[GAP:END]",  # headers of a newer version
+    ],
+    ids=["prose", "content", "unclosed", "headers"],
+)
+def test_the_markdown_reader_holds_little_more_than_its_input(text):
+    # the text was split into a list of its lines first: twenty times its size, fifty for the header
+    assert peak_bytes(lambda: gap.parse_all(text)) < 2 * len(text)
