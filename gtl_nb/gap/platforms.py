@@ -31,8 +31,8 @@ TITLE = "Context from GAP-wrapped message"
 UNDEFINED_NOTE = "UNDEFINED (needs definition)"
 
 
-def _inline(value: str) -> str:
-    """Plain single-line text as is; anything else as a JSON string."""
+def inline(value: str) -> str:
+    """Plain single-line text as is; anything else as a JSON string (so it cannot start a line of its own)."""
     if value and value.isprintable() and value == value.strip():
         return value
     return json.dumps(value, ensure_ascii=True)
@@ -40,20 +40,20 @@ def _inline(value: str) -> str:
 
 def context_items(wrapped: WrappedMessage) -> list[tuple[str, str]]:
     """The preamble as ``(label, text)`` pairs, in order, before any platform styling."""
-    items = [("Source platform", _inline(wrapped.platform))]
+    items = [("Source platform", inline(wrapped.platform))]
     if wrapped.model is not None:
-        items.append(("Model", _inline(wrapped.model)))
+        items.append(("Model", inline(wrapped.model)))
     if wrapped.thread_id is not None:
-        items.append(("Thread", _inline(wrapped.thread_id)))
+        items.append(("Thread", inline(wrapped.thread_id)))
     items.append(("Role", wrapped.role))
     if wrapped.timestamp is not None:
-        items.append(("Time", _inline(wrapped.timestamp)))
+        items.append(("Time", inline(wrapped.timestamp)))
     for key, entity in wrapped.entities.items():
         if entity.value is not None:
-            items.append((f"Entity {_inline(key)}", f"{_inline(entity.value)} ({_inline(entity.type)})"))
+            items.append((f"Entity {inline(key)}", f"{inline(entity.value)} ({inline(entity.type)})"))
     for key, entity in wrapped.entities.items():
         if entity.value is None:
-            items.append((f"Entity {_inline(key)}", UNDEFINED_NOTE))
+            items.append((f"Entity {inline(key)}", UNDEFINED_NOTE))
     return items
 
 

@@ -19,12 +19,15 @@ are suggestions with ``source="model"``, ``chat_id=None`` and score ``MODEL_SCOR
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from gtl_nb.gap import vocabulary as vocab
 from gtl_nb.gap.entities import detect_entities
 from gtl_nb.gap.model import Entity, WrappedMessage
+from gtl_nb.gap.platforms import inline
 
 MODEL_SCORE = 0.7
 RECENCY_DECAY = 0.9
@@ -41,6 +44,7 @@ _ALL_TYPES = (
 _NO_ANSWER = frozenset({"", "unknown", "none", "n/a", "na", "?", "unclear", "not specified", "null", "-", "not sure"})
 _LIST_MARKS = frozenset(">*•-.)")  # with whitespace and digits: what may precede the key of an answer line
 _SNIPPET = 600
+_BACKTICK_RUN = re.compile("`+")
 
 
 @dataclass(frozen=True)
@@ -118,27 +122,38 @@ def build_prompt(wrapped: WrappedMessage, history: Sequence[WrappedMessage], und
         "state. Say what each one refers to, using the conversation below.",
         "",
         "Undefined references:",
-        *(f'- {key} ("{key.replace("_", " ")}")' for key in undefined),
+        *(f"- {inline(key)} ({json.dumps(key.replace('_', ' '), ensure_ascii=False)})" for key in undefined),
     ]
     earlier = _sources(wrapped, history)[1:]
     if earlier:
         lines += ["", "Earlier messages, oldest first:"]
         for message in reversed(earlier):
             text = message.content if len(message.content) <= _SNIPPET else message.content[:_SNIPPET] + " [...]"
-            lines.append(f"[{message.chat_id}] {message.role} on {message.platform}: {text}")
-    known = [f"- {key} = {e.value}" for key, e in wrapped.entities.items() if e.value is not None]
+            lines += [f"[{inline(message.chat_id)}] {message.role} on {inline(message.platform)}:", fenced(text)]
+    known = [f"- {inline(key)} = {inline(e.value)}" for key, e in wrapped.entities.items() if e.value is not None]
     if known:
         lines += ["", "Already defined in the message:", *known]
     lines += [
         "",
-        f"The message ({wrapped.role} on {wrapped.platform}):",
-        wrapped.content,
+        f"The message ({wrapped.role} on {inline(wrapped.platform)}):",
+        fenced(wrapped.content),
         "",
         "Answer with one line per reference, exactly in the form `key: value`, where value names the "
         "specific thing (a product, version, file, component or method). If the conversation does not "
         "say, write `key: unknown`.",
     ]
     return "\n".join(lines)
+
+
+def fenced(text: str) -> str:
+    """``text`` in a fenced block that no line of it can close (its fence is longer than any backtick run).
+
+    Each message's content is quoted so in a prompt: a line of it can never pass for a line of the
+    prompt, such as another earlier message (``[c-0] user on claude.ai: ...``) or a known entity.
+    """
+    longest = max((len(run) for run in _BACKTICK_RUN.findall(text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
 
 
 def _clean(text: str) -> str:
