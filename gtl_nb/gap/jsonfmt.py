@@ -28,6 +28,7 @@ from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage
 from gtl_nb.words import a_kind_of
 
 _MISSING = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only ever inside a JSON string, where an escape may stand
 BOM = "\ufeff"
 # The first key of a JSON object, as written (escapes and all); a GAP document's is gap_version.
 # (Bounded: the longest spelling of gap_version, every letter escaped, is 66 characters.)
@@ -83,9 +84,15 @@ def to_dict(wrapped: WrappedMessage) -> dict[str, Any]:
 
 
 def to_json(wrapped: WrappedMessage, *, indent: int | None = None) -> str:
-    """The message as GAP JSON text: compact (one line) by default, indented with ``indent``."""
+    """The message as GAP JSON text: compact (one line) by default, indented with ``indent``.
+
+    A lone surrogate is written as its escape (``\\ud800``): raw, it made the text impossible to
+    write as UTF-8. (A message never holds a high surrogate before a low one, which would read back
+    as one character: ``WrappedMessage`` joins them.)
+    """
     separators = (",", ":") if indent is None else (",", ": ")
-    return json.dumps(to_dict(wrapped), ensure_ascii=False, indent=indent, separators=separators)
+    text = json.dumps(to_dict(wrapped), ensure_ascii=False, indent=indent, separators=separators)
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)
 
 
 def _field(obj: Mapping[str, Any], key: str, path: str, kind: type | tuple[type, ...], default: Any = _MISSING) -> Any:

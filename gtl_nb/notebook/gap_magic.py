@@ -412,17 +412,8 @@ class GapMagic:
         if not messages:
             raise UsageError("%gap export: no GAP messages in this notebook yet; wrap some with %%gap")
         path = Path(opts.path).expanduser()
-        chunks = []  # (encoded before the file is opened: a message that cannot be written leaves it as it was)
-        for message in messages:
-            try:
-                chunks.append((gap.to_json(message) + "\n").encode("utf-8"))
-            except UnicodeEncodeError as exc:
-                raise UsageError(
-                    f"%gap export: the message of chat {message.chat_id!r} holds text that is not Unicode (a lone "
-                    f"surrogate, {exc.object[exc.start : exc.end]!a}: a \\ud800-style escape it was read with); "
-                    "nothing was written"
-                ) from None
-        data = b"".join(chunks)
+        # GAP JSON is always UTF-8 (a lone surrogate is written as its escape: gap.to_json)
+        data = "".join(gap.to_json(message) + "\n" for message in messages).encode("utf-8")
         try:
             path.write_bytes(data)
         except OSError as exc:

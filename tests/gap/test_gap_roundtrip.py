@@ -155,3 +155,12 @@ def test_surrogates_survive_both_round_trips(message):
 def test_a_surrogate_pair_is_one_character_in_the_message():
     message = WrappedMessage("\ud83d\ude00 \ud800", "p\ud83d\ude00", "c", entities={"k\ud83d\ude00": Entity("t")})
     assert message.content == "😀 \ud800" and message.platform == "p😀" and list(message.entities) == ["k😀"]
+
+
+@settings(max_examples=200)
+@given(surrogate_messages)
+def test_gap_json_with_lone_surrogates_is_still_utf8(message):
+    """A lone surrogate was written raw, so the JSON of a message read from a ``"\\ud800"`` escape could not
+    be written to a file or a terminal (``gtl gap parse`` failed); it is written as that escape."""
+    data = to_json(message).encode("utf-8")
+    assert from_json(data) == message

@@ -276,18 +276,18 @@ def test_gap_mistakes_are_one_line(ip, source, fragment):
     assert fragment in mistake(ip, source)
 
 
-def test_an_export_that_cannot_be_written_leaves_the_file_as_it_was(ip, tmp_path):
-    """A pasted message read with a lone surrogate's escape (``"\\ud800"``) cannot be written as UTF-8:
-    the export raised a bare ``UnicodeEncodeError`` and left the file empty. It says which message, and
-    writes nothing."""
+def test_an_export_of_a_message_with_a_lone_surrogate_is_written_and_read_back(ip, tmp_path):
+    """A pasted message read with a lone surrogate's escape (``"\\ud800"``) could not be written as UTF-8
+    (the export refused it): GAP JSON writes the escape, so the file holds it and reads back the same."""
+    from gtl_nb import gap
+
     target = tmp_path / "out.jsonl"
-    target.write_text("kept\n")
     block = '[GAP:START]\nFrom: p\nChat: pasted\nContext: user\nEntities: "k" = "\\ud800"\n[GAP:CONTENT]\nx\n[GAP:END]'
     result, text = run(ip, f"%%gap\n{block}")
     assert result.success, text
-    message = mistake(ip, f"%gap export {target}")
-    assert "chat 'pasted' holds text that is not Unicode" in message and "nothing was written" in message
-    assert target.read_text() == "kept\n"
+    result, text = run(ip, f"%gap export {target}")
+    assert result.success, text
+    assert gap.from_json(target.read_bytes()) == gap.from_markdown(block)
 
 
 @pytest.mark.parametrize(
