@@ -96,6 +96,7 @@ _EED_PAST = frozenset(["agreed", "disagreed", "freed", "guaranteed", "decreed", 
 _ED_BASE = frozenset(["embed", "imbed", "shed", "wed", "bed", "shred", "sled"])
 _COMPOUND_SUBJECT_RE = re.compile(r"\b(?:you|he|she|they|we|him|her|them|us)[ \t]+(?:and|or)[ \t]+$", re.I)
 _AUX_BEFORE_RE = re.compile(r"(?<![\w'’-])(?P<aux>[A-Za-z]+(?:['’]t)?)[ \t]+$")
+_NUMBERED_BEFORE_RE = re.compile(r"(?<![\w'’-])([A-Z][a-z]*)\.?[ \t]+$")
 _ABBREVIATIONS = frozenset(["e.g", "i.e", "etc", "vs", "cf", "mr", "mrs", "ms", "dr", "st", "approx", "no"])
 _LINE_PREFIX_MARKS = frozenset(" \t-*+#>")  # with "12." / "3)": what may open a line before its first word
 _WORD_FOLLOWS_RE = re.compile(r"[ \t]+[\w*_\"“(]")
@@ -158,6 +159,22 @@ def _conjugate(verb: str) -> str | None:
 _WINDOW = 256  # how far back the context checks look (keeps long texts linear)
 
 
+def _tail_start(before: str, tokens: int) -> int:
+    """Where the last ``tokens`` words of ``before`` begin, with the blanks after them (a line break, too,
+    ends a word here).
+
+    The patterns that read the words before a pronoun end in ``[ \\t]+$`` and span at most that many
+    tokens, so a search from here finds what a search of the whole window finds, without trying each
+    of its positions (that was most of the time taken per pronoun). ``$`` also matches before a final
+    line break, so the tokens are counted before it.
+    """
+    head = before[:-1] if before.endswith("\n") else before
+    for _ in range(tokens):
+        head = head.rstrip(" \t")
+        head = head[: max(head.rfind(" "), head.rfind("\t"), head.rfind("\n")) + 1]
+    return len(head)
+
+
 def _is_line_prefix(line: str) -> bool:
     """Whether ``line`` holds only list markers, heading marks, quote marks and blanks.
 
@@ -215,7 +232,8 @@ def _sentence_start(text: str, pos: int) -> bool:
 
 def _roman_numeral(text: str, start: int, end: int) -> bool:
     """ "World War I", "Section I", or an "I." / "I)" enumeration at the start of a line."""
-    previous = re.search(r"(?<![\w'’-])([A-Z][a-z]*)\.?[ \t]+$", _window(text, start))
+    window = _window(text, start)
+    previous = _NUMBERED_BEFORE_RE.search(window, _tail_start(window, 1))
     if previous and previous.group(1) in _NUMBERED_NOUNS:
         return True
     return end < len(text) and text[end] in ".)" and _opens_line(text, start)
@@ -339,7 +357,7 @@ def _rewrite_subject(rewriter: _Rewriter, match: re.Match[str], subject: str) ->
 
     before = _window(text, start)
     inverted = False
-    aux = _AUX_BEFORE_RE.search(before)
+    aux = _AUX_BEFORE_RE.search(before, _tail_start(before, 1))
     if aux:
         aux_word = aux.group("aux")
         lower = aux_word.lower().replace("’", "'")
@@ -357,7 +375,7 @@ def _rewrite_subject(rewriter: _Rewriter, match: re.Match[str], subject: str) ->
         else:
             inverted = lower in _MODALS_AND_PAST_AUX or lower.endswith("n't")
     rewriter.replace(start, end, phrase)
-    if inverted or _COMPOUND_SUBJECT_RE.search(before):
+    if inverted or _COMPOUND_SUBJECT_RE.search(before, _tail_start(before, 2)):
         return
     following = _FOLLOWING_VERB_RE.match(text, end)
     if following is None:
