@@ -116,6 +116,12 @@ def _set_joined(instance: object, *names: str) -> None:
         object.__setattr__(instance, name, _joined(getattr(instance, name)))
 
 
+def _check_no_merged_keys(name: str, given: Mapping[str, Any], joined: Mapping[str, Any]) -> None:
+    """Refuse two keys that are one once their surrogate pairs are joined: one would be dropped silently."""
+    if len(joined) != len(given):
+        raise ValueError(f"{name} holds two keys that are the same text once their surrogate pairs are joined")
+
+
 def _check_optional_str(name: str, value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a string or None, not {type(value).__name__}")
@@ -172,6 +178,7 @@ class TransformHints:
         if len(pronoun_map) > MAX_PRONOUN_MAP:  # (each word is a pass over the content: gap.limits)
             raise ValueError(f"pronoun_map holds at most {MAX_PRONOUN_MAP} entries, not {len(pronoun_map)}")
         joined = FrozenMap((join_surrogates(old), join_surrogates(new)) for old, new in pronoun_map.items())
+        _check_no_merged_keys("pronoun_map", pronoun_map, joined)
         object.__setattr__(self, "pronoun_map", joined)
         _set_joined(self, "maintain_tense", "preserve_perspective")
 
@@ -220,7 +227,9 @@ class WrappedMessage:
             entities = FrozenMap(entities)
         for key in entities:
             _check_str("entity key", key)
-        entities = FrozenMap((join_surrogates(key), entity) for key, entity in entities.items())
+        joined = FrozenMap((join_surrogates(key), entity) for key, entity in entities.items())
+        _check_no_merged_keys("entities", entities, joined)
+        entities = joined
         object.__setattr__(self, "entities", entities)
         for key, entity in entities.items():
             if not key:  # it could never be defined: update_entity and the suggestions need a name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +18,7 @@ from gtl_nb.gap import (
     to_json,
     to_markdown,
 )
+from gtl_nb.gap.model import join_surrogates
 
 # Pieces that stress the formats: markers, the escape sequence, separators, quotes, line breaks,
 # the null and none words, unicode line separators and non-printables.
@@ -123,6 +125,13 @@ surrogate_texts = st.lists(
     ),
     max_size=8,
 ).map("".join)
+
+
+def distinct_once_joined(mapping: dict[str, object]) -> bool:
+    """Whether the keys stay distinct once their surrogate pairs are joined (else the message refuses them)."""
+    return len({join_surrogates(key) for key in mapping}) == len(mapping)
+
+
 surrogate_messages = st.builds(
     WrappedMessage,
     content=surrogate_texts,
@@ -135,9 +144,12 @@ surrogate_messages = st.builds(
         surrogate_texts.filter(bool),
         st.builds(Entity, type=surrogate_texts, value=st.none() | surrogate_texts),
         max_size=3,
-    ),
+    ).filter(distinct_once_joined),
     transform_hints=st.none()
-    | st.builds(TransformHints, pronoun_map=st.dictionaries(surrogate_texts, surrogate_texts, max_size=3)),
+    | st.builds(
+        TransformHints,
+        pronoun_map=st.dictionaries(surrogate_texts, surrogate_texts, max_size=3).filter(distinct_once_joined),
+    ),
 )
 
 
@@ -164,3 +176,14 @@ def test_gap_json_with_lone_surrogates_is_still_utf8(message):
     be written to a file or a terminal (``gtl gap parse`` failed); it is written as that escape."""
     data = to_json(message).encode("utf-8")
     assert from_json(data) == message
+
+
+def test_two_keys_that_are_one_once_pairs_are_joined_are_refused_not_merged():
+    with pytest.raises(ValueError, match="same text once their surrogate pairs are joined"):
+        WrappedMessage("x", "p", "c", entities={"\ud83d\ude00": Entity("t"), "😀": Entity("u")})
+    with pytest.raises(ValueError, match="same text once their surrogate pairs are joined"):
+        TransformHints(pronoun_map={"\ud83d\ude00": "a", "😀": "b"})
+    document = '{"gap_version":"0.1.0","message":{"content":"x","source":{"platform":"p","chat_id":"c"},'
+    document += '"context":{"entities":{"\ud83d\ude00":{},"😀":{}}}}}'
+    with pytest.raises(GAPFormatError, match="surrogate pairs"):
+        from_json(document)
