@@ -72,7 +72,7 @@ from gtl_nb.engine.hooks import (
 )
 from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
-from gtl_nb.engine.ratelimit import BudgetConfig, counts_against_budgets
+from gtl_nb.engine.ratelimit import TENANT_PREFIX, BudgetConfig, counts_against_budgets
 from gtl_nb.engine.routing import EMBEDDED, GATEWAY, GATEWAY_LIST, Router, Target, Visible
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
@@ -884,7 +884,7 @@ class Engine:
             return None, None
         counted = [(context.principal, self.budgets.limits_for(context.principal))]
         if context.tenant:
-            counted.append((f"tenant:{context.tenant}", self.budgets.limits_for_tenant(context.tenant)))
+            counted.append((TENANT_PREFIX + context.tenant, self.budgets.limits_for_tenant(context.tenant)))
         counted = [(key, limits) for key, limits in counted if limits.any]
         if not counted:
             return None, None

@@ -75,6 +75,9 @@ WINDOW = 60.0  # seconds of the per-minute limits
 DAY = 86_400.0
 UNLIMITED = "unlimited"
 _LIMIT_KEYS = ("requests_per_minute", "tokens_per_minute", "usd_per_day")
+TENANT_PREFIX = "tenant:"
+"""A tenant's shared budget is counted under ``tenant:<name>`` (``Engine._reserve``): no principal may be
+named so (a GhostToken's ``sub`` that starts with it is refused), or its requests would count as the tenant's."""
 
 
 @dataclass(frozen=True)

@@ -348,6 +348,7 @@ def test_a_lifetime_beyond_the_policy_is_refused():
         ({"sub": "ali\nce"}, "bad-claim"),
         ({"sub": "\ud800"}, "bad-claim"),  # a lone surrogate: the ledger stored six other characters
         ({"sub": "ali\x85ce"}, "bad-claim"),  # a C1 control
+        ({"sub": "tenant:acme"}, "bad-claim"),  # the name tenant acme's shared budget is counted under
         ({"jti": 12}, "bad-claim"),
         ({"tenant": ""}, "bad-claim"),
         ({"provider_keys": ["openai"]}, "bad-claim"),
@@ -701,6 +702,8 @@ def test_minting_checks_what_it_signs(rsa_key):
         mint_token(hs_policy(), subject="x", scopes=[], lifetime=0)
     with pytest.raises(ConfigurationError, match="names"):
         mint_token(hs_policy(), subject="", scopes=[], lifetime=60)
+    with pytest.raises(ConfigurationError, match="count as the tenant's"):  # tenant acme's budget's own name
+        mint_token(hs_policy(), subject="tenant:acme", scopes=[], lifetime=60)
     rs_only = TokenPolicy(
         issuer=ISSUER, algorithms=("RS256",), public_keys=(VerificationKey("RS256", rsa_key.public_key()),)
     )

@@ -20,13 +20,11 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from gtl_nb.engine.ratelimit import DAY, WINDOW, counts_against_budgets, utc_day_start
+from gtl_nb.engine.ratelimit import DAY, TENANT_PREFIX, WINDOW, counts_against_budgets, utc_day_start
 from gtl_nb.engine.stores.base import UsageLedger
 
-__all__ = ["MAX_MINUTE_ROWS", "TENANT_PREFIX", "LedgerUsage", "ledger_usage"]
+__all__ = ["MAX_MINUTE_ROWS", "LedgerUsage", "ledger_usage"]
 
-TENANT_PREFIX = "tenant:"
-"""A tenant's shared budget is counted under ``tenant:<name>`` (``Engine._reserve``)."""
 MAX_MINUTE_ROWS = 10_000
 """The most rows of the last minute read (the oldest first): more than any per-minute limit needs."""
 

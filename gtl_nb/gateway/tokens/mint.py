@@ -14,6 +14,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gtl_nb.engine.ratelimit import TENANT_PREFIX
 from gtl_nb.gateway.scopes import SCOPE_NAMES
 from gtl_nb.gateway.tokens.claims import DEFAULT_AUDIENCE, DEV_ISSUER, MAX_NAME, MAX_TIME, is_name
 from gtl_nb.gateway.tokens.keys import PrivateKey, check_secret
@@ -68,6 +69,11 @@ def mint_token(
         raise ConfigurationError(
             "a token's subject, tenant, kid, provider keys, models and deployments must be names of 1 to "
             f"{MAX_NAME} printable characters"
+        )
+    if subject.startswith(TENANT_PREFIX):
+        raise ConfigurationError(
+            f"a token's subject may not start with {TENANT_PREFIX!r}: a tenant's shared budget is counted under "
+            "that name, and the subject's requests would count as the tenant's"
         )
     _refuse_useless(provider_keys, deployments, signer.default_deployments if isinstance(signer, TokenPolicy) else None)
     issued = math.floor(time.time() if now is None else now)

@@ -19,6 +19,7 @@ import jwt
 
 from gtl_nb.client import CONNECT_READS
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.ratelimit import TENANT_PREFIX
 from gtl_nb.gateway.tokens.claims import MAX_ITEMS, MAX_NAME, is_name, is_time, json_object
 from gtl_nb.gateway.tokens.keys import KeyRing, key_fingerprint
 from gtl_nb.gateway.tokens.policy import TokenPolicy
@@ -283,6 +284,8 @@ class TokenAuthenticator:
         for name in ("sub", "jti"):
             if not is_name(claims[name]):
                 raise _Refusal("bad-claim", detail=f" ({name})")
+        if claims["sub"].startswith(TENANT_PREFIX):  # the name a tenant's shared budget is counted under
+            raise _Refusal("bad-claim", detail=f" (sub: {TENANT_PREFIX!r} names a tenant's budget)")
         times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
         for name, value in times.items():
             if value is not None and not is_time(value):
