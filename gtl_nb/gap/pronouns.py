@@ -32,6 +32,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 
+from gtl_nb.gap.limits import MAX_PRONOUN_MAP
 from gtl_nb.gap.model import ROLE_PRONOUN_MAPS, ROLES
 from gtl_nb.gap.spans import SpanSet, overlaps, protected_spans
 
@@ -293,6 +294,8 @@ def transform_pronouns(text: str, role: str, *, pronoun_map: Mapping[str, str] |
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
+    if pronoun_map is not None and len(pronoun_map) > MAX_PRONOUN_MAP:  # (each word is a pass: gap.limits)
+        raise ValueError(f"pronoun_map holds at most {MAX_PRONOUN_MAP} entries, not {len(pronoun_map)}")
     mapping = dict(ROLE_PRONOUN_MAPS[role] if pronoun_map is None else pronoun_map)
     if not mapping:
         return text

@@ -94,7 +94,7 @@ def test_a_pronoun_map_of_more_than_its_limit_is_refused_where_it_is_read():
     """Each word a pronoun_map names is one more pass over the content when it is transformed: a pasted
     block with sixteen thousand took 36 s over 389 KB. More than ``MAX_PRONOUN_MAP`` is refused by both
     readers (and by ``TransformHints`` itself); the limit itself is read and transformed."""
-    from gtl_nb.gap import from_markdown, transform_for_platform
+    from gtl_nb.gap import from_markdown, transform_for_platform, transform_pronouns
     from gtl_nb.gap.limits import MAX_PRONOUN_MAP
     from gtl_nb.gap.model import TransformHints
 
@@ -110,6 +110,8 @@ def test_a_pronoun_map_of_more_than_its_limit_is_refused_where_it_is_read():
         from_json(json.dumps(over))
     with pytest.raises(ValueError, match="at most"):
         TransformHints(pronoun_map={f"w{i}": "x" for i in range(MAX_PRONOUN_MAP + 1)})
+    with pytest.raises(ValueError, match="at most"):  # called directly, as the public API allows
+        transform_pronouns("w1 w2", "user", pronoun_map={f"w{i}": "x" for i in range(MAX_PRONOUN_MAP + 1)})
     assert "x x" in transform_for_platform(from_markdown(block(MAX_PRONOUN_MAP)), "generic")
 
 
