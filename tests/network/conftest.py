@@ -427,9 +427,9 @@ def h2_reading_nothing(
     """An HTTP/2 connection that lets no DATA of the gateway's through: every stream's window is 0
     (``SETTINGS_INITIAL_WINDOW_SIZE``) and never grows. Its HTTP/2 layer reads the socket and acknowledges
     SETTINGS and PINGs — a gRPC client whose library keeps reading while its application reads none of its
-    messages. With ``grant``, stream 1's window grows by that many bytes every ``every`` seconds instead: a
-    slow reader. Sends ``frames`` and holds the connection ``hold`` seconds; the frames received (type,
-    flags, stream)."""
+    messages. With ``grant``, stream 1's window (and the connection's) grows by that many bytes every ``every``
+    seconds instead: a slow reader. Sends ``frames`` and holds the connection ``hold`` seconds; the frames
+    received (type, flags, stream)."""
     no_window = h2_frame(4, 0, 0, struct.pack("!HI", 4, 0))
     with dial(target, source, "grpc") as sock:
         sock.sendall(H2_PREFACE + no_window + frames)
@@ -439,7 +439,8 @@ def h2_reading_nothing(
         while time.monotonic() - started < hold:
             if grant and time.monotonic() - granted >= every:
                 granted = time.monotonic()
-                sock.sendall(h2_frame(8, 0, 1, struct.pack("!I", grant)))  # WINDOW_UPDATE
+                increment = struct.pack("!I", grant)  # WINDOW_UPDATEs: the stream's, and the connection's
+                sock.sendall(h2_frame(8, 0, 1, increment) + h2_frame(8, 0, 0, increment))
             try:
                 piece = sock.recv(65536)
             except TimeoutError:

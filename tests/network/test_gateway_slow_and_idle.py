@@ -26,7 +26,7 @@ from gtl_nb.protocol import messages as m
 from gtl_nb.protocol.codec import encode
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame
-from gtl_nb.transports.grpc.stream import MESSAGE_SLACK, SESSION_METHOD
+from gtl_nb.transports.grpc.stream import MESSAGE_SLACK, MIN_WRITE_RATE, SESSION_METHOD
 from gtl_nb.transports.quic.wire import CLOSE_CODES
 from gtl_nb.transports.quic.wire import frame as quic_frame
 from tests.network.conftest import (
@@ -260,6 +260,28 @@ def test_a_slow_grpc_reader_is_never_cut_by_the_write_timeout(gateway):
         after = time.monotonic() - started
     assert status == "ok", status
     assert after > 2 * WRITE_TIMEOUT, after  # (it lasted long enough to have been cut, were it counted whole)
+
+
+def test_a_grpc_reader_taking_a_large_message_slowly_is_given_the_time_its_size_needs(gateway):
+    """gRPC says when a message's write completed, not how much of it went: a reader at 24 KB/s took this
+    answer's 60 KB token in two and a half seconds, past ``write_timeout``, and was cut — though it read all
+    along. A message's write may take ``write_timeout`` plus its size at ``MIN_WRITE_RATE``. (The request
+    stays under HTTP/2's first window of 64 KiB: this client does not wait for the gateway's.)"""
+    source = attacker()
+    word = "😀" * 15_000  # 60 KB of UTF-8, one token of echo's answer
+    session = _request("grpc-large-slow", model="paced:echo", prompt=word)
+    messages = [to_frame(m.Hello(versions=["1.0"]), pb.ClientFrame), to_frame(session, pb.ClientFrame)]
+    body = b"".join(grpc_message(message.SerializeToString()) for message in messages)
+    call = h2_headers(1, SESSION_METHOD) + b"".join(
+        h2_frame(0, 0, 1, body[at : at + 16_000])
+        for at in range(0, len(body), 16_000)  # (HTTP/2's frame size)
+    )
+    assert len(body) < 65_535
+    hold = 4 * WRITE_TIMEOUT + 4 * MARGIN
+    with Attack(lambda: h2_reading_nothing(gateway, source, call, hold, grant=6_144, every=0.25)):
+        status = _row_status(gateway, "grpc-large-slow", hold)
+    assert status == "ok", status
+    assert 60_000 / 24_576 > WRITE_TIMEOUT > 60_000 / 24_576 - 60_000 / MIN_WRITE_RATE  # (what it relies on)
 
 
 def test_a_quic_stream_reading_none_of_its_answer_is_reset_at_the_write_timeout(gateway):

@@ -14,11 +14,12 @@ sessions, cancels, bad frames, one terminal event per session — exactly as on 
   peer that stops reading holds every session at its next drain (the per-session
   back-pressure of ``FramedConnection``) once gRPC's own window (a few megabytes) is full.
 * **A peer that reads nothing** (``write_timeout``, the gateway's): a write that has not completed
-  after that many seconds — gRPC completes a message's write once HTTP/2 flow control let all of it
-  out, so the peer took not one more message in all that time — ends the call as a peer that left
-  would: nothing more is sent, the outbox is dropped, and the reads end (``b""``), so the connection
-  cancels its sessions. One ``INFO`` line says why. A slow reader is not cut: each message it takes
-  starts the count again.
+  after that many seconds, plus its message's size at ``MIN_WRITE_RATE`` — gRPC completes a message's
+  write once HTTP/2 flow control let all of it out, and says nothing of the bytes before — ends the
+  call as a peer that left would: nothing more is sent, the outbox is dropped, and the reads end
+  (``b""``), so the connection cancels its sessions. One ``INFO`` line says why. A slow reader is not
+  cut: each message it takes starts the count again, and a large message is given the time a reader
+  of ``MIN_WRITE_RATE`` needs (as the gateway gives a peer's own messages: ``MIN_MESSAGE_RATE``).
 * **Reads.** Each message is parsed (``FromString``), mapped (``from_proto``) and handed to the
   connection as one JSON frame plus ``\\n``. A message that does not parse or map becomes a *bad
   frame*: a deliberately unterminated JSON object whose ``type`` and ``session_id`` stand where the
@@ -98,6 +99,9 @@ BATCH_BYTES = 64 * 1024
 """Most bytes of a gRPC message of several frames (a frame longer than this goes alone)."""
 _MORE_TAG = bytes([(pb.ServerFrame.DESCRIPTOR.fields_by_name["more"].number << 3) | 2])
 """``ServerFrame.more``'s key: a serialized frame followed by entries of it is one longer frame."""
+MIN_WRITE_RATE = 32 * 1024
+"""Bytes a second the peer is assumed to take at the least: a message's write may take ``write_timeout``
+plus its size at this rate (an 8 MiB frame: 256 s more) before the peer counts as reading nothing."""
 HIGH_WATER_BYTES = 1024 * 1024
 """Bytes of serialized messages queued before ``drain()`` waits."""
 MESSAGE_SLACK = 64 * 1024
@@ -225,7 +229,7 @@ class GrpcStreamChannel:
         self._closed = False
         self._dropping: set[str] = set()  # sessions the gateway ended in place of a frame it could not send
         self._write_timeout = write_timeout
-        self._writing_since: float | None = None  # (loop time) when the write under way began
+        self._writing_until: float | None = None  # (loop time) when the write under way has taken too long
         self._stall_timer: asyncio.TimerHandle | None = None
 
     # -- reads ---------------------------------------------------------------------------------------
@@ -415,7 +419,7 @@ class GrpcStreamChannel:
         while True:
             while self._outbox:
                 message, size = self._next_message()
-                self._write_begins()
+                self._write_begins(len(message))
                 try:
                     await self._send(message)
                 except asyncio.CancelledError:
@@ -427,7 +431,7 @@ class GrpcStreamChannel:
                     self._break()
                     return
                 finally:
-                    self._writing_since = None
+                    self._writing_until = None
                 self._outbox_bytes -= size
                 if self._outbox_bytes <= HIGH_WATER_BYTES:
                     self._room.set()
@@ -436,25 +440,25 @@ class GrpcStreamChannel:
             self._queued.clear()
             await self._queued.wait()
 
-    def _write_begins(self) -> None:
-        """Count the write about to wait on flow control (one timer for a run of writes: ``_check_stall``)."""
+    def _write_begins(self, size: int) -> None:
+        """Count the write of ``size`` bytes about to wait on flow control: it may take ``write_timeout``
+        plus its size at ``MIN_WRITE_RATE`` (one timer for a run of writes: ``_check_stall``)."""
         if not math.isfinite(self._write_timeout):
             return
         loop = asyncio.get_running_loop()
-        self._writing_since = loop.time()
+        self._writing_until = until = loop.time() + self._write_timeout + size / MIN_WRITE_RATE
         if self._stall_timer is None:
-            self._stall_timer = loop.call_later(self._write_timeout, self._check_stall)
+            self._stall_timer = loop.call_at(until, self._check_stall)
 
     def _check_stall(self) -> None:
-        """End the call if the write under way has waited ``write_timeout`` seconds (see the module)."""
+        """End the call if the write under way has outlived its bound (see the module)."""
         self._stall_timer = None
-        since = self._writing_since
-        if since is None or self.broken or self._closed:  # no write waits: the next one arms the timer again
+        until = self._writing_until
+        if until is None or self.broken or self._closed:  # no write waits: the next one arms the timer again
             return
         loop = asyncio.get_running_loop()
-        left = since + self._write_timeout - loop.time()
-        if left > 0:  # a later write: its own count
-            self._stall_timer = loop.call_later(left, self._check_stall)
+        if until > loop.time():  # a later write: its own bound
+            self._stall_timer = loop.call_at(until, self._check_stall)
             return
         log.info(
             "ending the gRPC call from %s: it read none of what was written to it for %g s (%d bytes wait)",
