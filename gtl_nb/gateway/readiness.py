@@ -74,8 +74,10 @@ def may_read_reasons(
         return False
     if refuses_every_token(authenticate):  # no token can pass: not asked (each ask logs an error)
         return False
+    # a probe without a token is asked of the checker behind the metrics' count: it is no refused token
+    checker = authenticate if bearer is not None else getattr(authenticate, "target", authenticate)
     try:
-        context = authenticate(bearer)
+        context = checker(bearer)
     except Exception as exc:  # refused (or the checker failed): the probe's answer stays the short one
         log.debug("/readyz: the caller's token is not one for the reasons (%s)", type(exc).__name__)
         return False

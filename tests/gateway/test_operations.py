@@ -133,6 +133,8 @@ def test_refused_tokens_are_counted_by_reason_on_every_transport_and_never_shown
         with pytest.raises(AuthenticationError), gtl_nb.connect(gateway.url("ws"), token=forged) as client:
             client.complete("echo", "refused at hello")
         assert httpx.post(http + "/v1/gtl", json=body, timeout=10).status_code == 401  # no token at all
+        for _ in range(3):  # an orchestrator's probes, without a token: no refused token among them
+            assert httpx.get(http + "/readyz", timeout=10).status_code == 200
         forged_scrape = httpx.get(http + "/metrics", headers={"authorization": f"Bearer {forged}"}, timeout=10)
         assert forged_scrape.status_code == 401
         scraped = httpx.get(http + "/metrics", headers={"authorization": f"Bearer {token(lifetime=600)}"}, timeout=10)
