@@ -112,6 +112,19 @@ _BASE64_CHUNK = 1 << 20
 check holds in memory at once, whatever the image's size."""
 
 
+def data_url_parts(url: str) -> tuple[str, bool, int] | None:
+    """A ``data:`` URL's media type (``""`` when it names none), whether its data is base64 — RFC 2397's
+    ``;base64``, last in the header — and where its data begins; ``None`` without the comma that ends
+    the header. The one reading of the header: what is checked here is what the providers send on."""
+    comma = url.find(",", 5)
+    if comma == -1:
+        return None
+    header = url[5:comma]
+    rest, marker, last = header.rpartition(";")
+    in_base64 = bool(marker) and last.strip().lower() == "base64"  # ("data:base64,…" is a type, not a marker)
+    return (rest if in_base64 else header).partition(";")[0].strip(), in_base64, comma + 1
+
+
 def data_url_refusal(url: str) -> str | None:
     """Why the ``data:`` URL ``url`` cannot be an image, or ``None``: one that says ``;base64`` must carry
     padded base64 (RFC 4648: the standard alphabet, or the URL-safe one throughout, as Google's SDKs
@@ -121,12 +134,12 @@ def data_url_refusal(url: str) -> str | None:
 
     Linear in the URL, and never holds more than ``_BASE64_CHUNK`` characters of it decoded: the
     base64 is checked a chunk at a time, with no regular expression of this module's own."""
-    comma = url.find(",", 5)
-    if comma == -1:
+    parts = data_url_parts(url)
+    if parts is None:
         return "a data: URL needs a comma before its data (data:image/png;base64,…)"
-    if url[5:comma].rpartition(";")[2].strip().lower() != "base64":
+    if not parts[1]:
         return None  # percent-encoded (RFC 2397): each provider gets it as base64 (providers.base.split_data_url)
-    start, end = comma + 1, len(url)
+    start, end = parts[2], len(url)
     size = end - start
     if not size:
         return "the image's base64 data is empty"

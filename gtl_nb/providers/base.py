@@ -49,6 +49,7 @@ from gtl_nb.protocol.messages import (
     StreamEvent,
     Token,
     ToolCall,
+    data_url_parts,
 )
 from gtl_nb.providers.limits import (
     MAX_BODY_BYTES,
@@ -499,14 +500,12 @@ def standard_data_url(url: str) -> str:
 def _inline_data(url: str, *, url_safe: bool = False) -> tuple[str, str, bool] | None:
     """A ``data:`` URL's type, its data in standard base64 (or left URL-safe, with ``url_safe``), and
     whether that differs from the URL's."""
-    if url[:5].lower() != "data:":  # (a scheme is case-insensitive: DATA: too)
+    parts = data_url_parts(url) if url[:5].lower() == "data:" else None  # (a scheme is case-insensitive)
+    if parts is None:
         return None
-    head, sep, data = url[5:].partition(",")
-    if not sep:
-        return None
-    mime, _, parameters = head.partition(";")
-    mime = mime or "application/octet-stream"
-    if parameters.rpartition(";")[2].strip().lower() != "base64":
+    mime, marked, start = parts
+    mime, data = mime or "application/octet-stream", url[start:]
+    if not marked:
         return mime, base64.b64encode(urllib.parse.unquote_to_bytes(data)).decode("ascii"), True
     if not url_safe and ("-" in data or "_" in data):
         return mime, data.translate(_STANDARD_ALPHABET), True

@@ -516,6 +516,19 @@ def test_a_data_url_whose_base64_is_not_base64_is_refused_naming_its_part(
     assert sent(backends) == before
 
 
+@pytest.mark.parametrize("media_type", ["image/png,x", "image/png;q=1", "text/html", ""])
+def test_an_image_source_of_a_media_type_the_api_does_not_take_is_refused(claude, backends, ledger_path, media_type):
+    """Anthropic takes four image types. A ``,`` in the type made the data URL the gateway builds end its
+    header early, so its data went unchecked and reached the provider as percent-encoded garbage."""
+    before = sent(backends)
+    source = {"type": "base64", "media_type": media_type, "data": "!!not base64!!"}
+    blocks = [{"type": "text", "text": "What is this?"}, {"type": "image", "source": source}]
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\.0\.content\.1\.source\.media_type") as by:
+        claude.messages.create(model=target("anthropic"), max_tokens=10, messages=[{"role": "user", "content": blocks}])
+    one_refusal_row(ledger_path, by.value)
+    assert sent(backends) == before
+
+
 def test_a_data_url_that_is_not_base64_is_the_providers_to_read(oai, backends):
     """Only ``;base64`` promises base64: a percent-encoded ``data:`` URL is not checked as one."""
     parts = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": "data:,A%20b!"}}]

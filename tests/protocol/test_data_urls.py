@@ -73,3 +73,23 @@ def test_a_large_image_is_checked_in_linear_time():
         return best
 
     assert timed(large) < 8 * timed(small) + 0.05
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("data:image/png;base64,AAAA", ("image/png", "AAAA")),
+        ("data:base64,AAAA", ("base64", "QUFBQQ==")),  # a type named "base64", its data percent-encoded
+        ("data:image/png,x;base64,eA", ("image/png", "eDtiYXNlNjQsZUE=")),  # ";base64" after the comma is data
+        ("data:image/png;charset=x;base64,AAA=", ("image/png", "AAA=")),
+        ("data:;base64,AAAA", ("application/octet-stream", "AAAA")),
+    ],
+)
+def test_the_check_and_the_providers_read_a_data_urls_header_alike(url, sent):
+    """What is checked as base64 is what is sent as base64, and what is sent as percent-encoded bytes was
+    never taken for base64: one reading of the header (``data_url_parts``) for both."""
+    from gtl_nb.protocol.messages import data_url_parts
+    from gtl_nb.providers.base import split_data_url
+
+    assert split_data_url(url) == sent
+    assert data_url_parts(url)[1] == (";base64," in url.partition(",")[0] + ",")

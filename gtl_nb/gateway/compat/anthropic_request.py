@@ -127,6 +127,8 @@ _BLOCK_KEYS = {
     "thinking": frozenset({"type", "thinking", "signature"}),
     "redacted_thinking": frozenset({"type", "data"}),
 }
+IMAGE_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+"""The ``media_type`` of a base64 image source the Messages API takes."""
 _SOURCE_KEYS = {"base64": frozenset({"type", "media_type", "data"}), "url": frozenset({"type", "url"})}
 _TOOL_KEYS = frozenset(
     {
@@ -382,6 +384,9 @@ def _image(block: dict[str, Any], where: str) -> str:
         _only(source, _SOURCE_KEYS[kind], f"{where}.source")
     if kind == "base64":
         media_type = _str(source, "media_type", f"{where}.source.media_type")
+        if media_type not in IMAGE_MEDIA_TYPES:  # (as the API: and a "," or ";" in it would move the data)
+            allowed = ", ".join(repr(name) for name in IMAGE_MEDIA_TYPES)
+            raise FieldError(f"{where}.source.media_type", f"Input should be {allowed}; got {media_type[:40]!r}")
         url = f"data:{media_type};base64,{_str(source, 'data', f'{where}.source.data')}"
         return fields.data_url(url, f"{where}.source.data")
     if kind == "url":
