@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from store_kit import lose_each_answer_once
 
 from gtl_nb.gateway import audit_postgres
 from gtl_nb.gateway.audit import GENESIS, _seal
@@ -199,29 +200,9 @@ def test_a_batch_retried_after_its_commit_reached_the_server_doubles_no_record(
 ):
     """Each batch is committed, its connection lost before the answer, and the same sealed lines
     written again on a new connection: each record once, the head where it was, the chain whole."""
-    import psycopg
-
     caplog.set_level(logging.WARNING)
     sink = PostgresAuditSink(postgres_url, replica="twice", spool_path=tmp_path / "audit-spool.jsonl")
-    real_run = sink._connections.run
-    lost: list[int] = []
-
-    async def run(work: Any) -> Any:
-        first = True
-
-        async def committed_then_lost(conn: Any) -> Any:
-            nonlocal first
-            result = await work(conn)
-            if first:
-                first = False
-                lost.append(1)
-                await conn.close()
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-            return result
-
-        return await real_run(committed_then_lost)
-
-    monkeypatch.setattr(sink._connections, "run", run)
+    lost = lose_each_answer_once(sink._connections, monkeypatch)
     try:
         for batch in range(3):
             assert sink.append([record(batch * 2 + i) for i in range(2)]) == 0

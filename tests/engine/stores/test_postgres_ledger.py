@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import test_ledger_contract as contract
-from store_kit import T0, FakeClock, run
+from store_kit import T0, FakeClock, lose_each_answer_once, run
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES
@@ -611,34 +611,6 @@ def test_pooled_connections_the_server_closed_are_replaced_not_taken_for_an_outa
     assert warned == []
     retried = [record.getMessage() for record in caplog.records if "done on a new one" in record.getMessage()]
     assert retried and "terminating connection due to administrator command" in retried[0]
-
-
-def lose_each_answer_once(connections: Any, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Make every piece of work ``connections`` runs commit, then lose its connection before the
-    answer — the worst case of a retry (the COMMIT reached the server): the work runs again on a new
-    connection. Returns a list that counts the losses."""
-    import psycopg
-
-    real_run = connections.run
-    lost: list[int] = []
-
-    async def run(work: Any) -> Any:
-        first = True
-
-        async def committed_then_lost(conn: Any) -> Any:
-            nonlocal first
-            result = await work(conn)
-            if first:
-                first = False
-                lost.append(1)
-                await conn.close()
-                raise psycopg.OperationalError("server closed the connection unexpectedly")
-            return result
-
-        return await real_run(committed_then_lost)
-
-    monkeypatch.setattr(connections, "run", run)
-    return lost
 
 
 def test_a_batch_retried_after_its_commit_reached_the_server_doubles_nothing(
