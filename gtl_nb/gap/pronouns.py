@@ -384,6 +384,8 @@ def _rewrite_subject(rewriter: _Rewriter, match: re.Match[str], subject: str) ->
     if following is None:
         return
     verb_start, verb_end = following.span("verb")
+    if following.group("verb") == "I":  # a repeated subject ("I I think"): the second is rewritten on its own
+        return
     new_verb = _conjugate(following.group("verb"))
     if new_verb is not None:
         rewriter.replace(verb_start, verb_end, new_verb)

@@ -115,6 +115,8 @@ CASES = [
     (A, 'He wrote "I think so" to me.', 'He wrote "I think so" to the AI assistant.'),
     (A, "She said “I am done” and I agree.", "She said “I am done” and the AI assistant agrees."),
     (A, "See https://example.com/I/my/me for me.", "See https://example.com/I/my/me for the AI assistant."),
+    # a repeated subject is no verb ("Is"): each is rewritten, the verb after the second conjugated
+    (A, "I I think so.", "The AI assistant the AI assistant thinks so."),
 ]
 
 
