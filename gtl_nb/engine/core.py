@@ -148,15 +148,23 @@ _TARGETS_MEMO = 1024
 
 class SessionEnd:
     """How a session ended, as ``run_session`` must tell its reader: ``event``, the terminal event the
-    engine decided (put there as its row is completed: see ``stream``); ``failure``, the ``INTERNAL``
-    error a reader that failed before that is told (``reader_failure``) — its row completed with it,
-    so the reader and the ledger tell one end."""
+    engine decided (put there as its row is completed: see ``stream``); ``failure``, the error the
+    session ends with when it did not end by itself — the ``INTERNAL`` error a reader that failed is
+    told (``reader_failure``), or the error its front end ended it with (``end_with``) — its row
+    completed with it, so the reader and the ledger tell one end."""
 
     __slots__ = ("event", "failure")
 
     def __init__(self) -> None:
         self.event: Done | Error | None = None
         self.failure: Error | None = None
+
+    def end_with(self, error: Error) -> None:
+        """The session is ended from outside with ``error`` (a gateway connection that told its client
+        ``INVALID_REQUEST`` for a bad frame): the cancel that follows completes its row with ``error``
+        rather than ``cancelled``. Nothing changes once the engine has decided its end."""
+        if self.event is None and self.failure is None:
+            self.failure = error
 
 
 async def _batches_of(*batches: list[StreamEvent]) -> AsyncGenerator[list[StreamEvent], None]:
@@ -183,6 +191,7 @@ async def run_session(
     finish: Callable[[StreamEvent], None] | None = None,
     cancelled_by: str | Callable[[], str] = "the caller",
     refused: GTLError | None = None,
+    ending: SessionEnd | None = None,
 ) -> None:
     """Run one session of ``engine``, handing each event to ``send`` — the one session runner of every
     front end (the embedded backend, the gateway's connections).
@@ -197,9 +206,11 @@ async def run_session(
     who cancelled in that error (a callable is asked when the cancel happens: a gateway knows then
     whether the client or a shutdown did).
     ``refused`` goes to ``Engine.stream``: the session is that error (a gateway's permission check).
+    ``ending``, when given, is where the end is recorded: a front end that cancels the session with an
+    error of its own puts it there first (``SessionEnd.end_with``), and the row ends with that error.
     """
     end = finish or send
-    recorded = SessionEnd()
+    recorded = ending if ending is not None else SessionEnd()
     ended = False
     try:
         lane = None if refused is not None else engine.lane_targets(request, context)
@@ -389,7 +400,8 @@ async def _run_lane(
         with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
             _REQUEST_CONTEXT.reset(scope)
         if end is None and not handed_over and not reader_failed:  # cancelled: the row ends ``cancelled``
-            await engine._finish(request, context, row, None, usage, record, None)  # (and the hooks hear it)
+            # (or with the error its front end ended it with: ``SessionEnd.end_with``); the hooks hear it
+            await engine._finish(request, context, row, recorded.failure, usage, record, None)
     # the end: recorded, the row completed, then sent (a cancel meanwhile reports it, as it is recorded)
     if type(end) is Done:
         record.finish_reason = end.finish_reason
@@ -727,7 +739,7 @@ class Engine:
                 with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
                     _REQUEST_CONTEXT.reset(scope)
                 if end is None or row is not None or reservation is not None:  # ended without a terminal event
-                    if end is None and ending is not None:  # a failed reader's end, as it is told (``run_session``)
+                    if end is None and ending is not None:  # a failed reader's end, or its front end's (``SessionEnd``)
                         end = ending.failure
                     await self._finish(request, context, row, end, usage, record, reservation)
 

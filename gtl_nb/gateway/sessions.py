@@ -49,7 +49,7 @@ from typing import Any
 import msgspec
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.core import Engine, SessionEnd, run_session
 from gtl_nb.gateway.listeners import Limits, Shutdown
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
@@ -180,6 +180,7 @@ class GatewayConnection:
         self._authenticate = authenticate
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._endings: dict[str, SessionEnd] = {}  # each running session's, as ``run_session`` records it
         self._cancelled: set[asyncio.Task[None]] = set()
         self._last_activity = clock()
         self._said_hello = False
@@ -256,6 +257,8 @@ class GatewayConnection:
             # a client's cancel, or the connection ending a session itself (a bad frame, the end)
             task = self._tasks.get(event.session_id)
             if task is not None:
+                if type(event) is Error and event.code != "CANCELLED":  # the client was told this error:
+                    self._endings[event.session_id].end_with(event)  # the row ends with it too
                 self._cancel(task)
         elif isinstance(event, ProtocolViolation):
             log.warning("client %s broke the protocol: %s", self.framed.channel.peer, event.error.message)
@@ -293,15 +296,17 @@ class GatewayConnection:
             message = f"this connection already runs {running}; start more when some have ended"
             return self._refuse(request, context, OverloadedError(message))
         loop = asyncio.get_running_loop()
+        ending = SessionEnd()
         try:
             task = self._principals.start(
                 context.principal,
                 self.limits.max_sessions_per_principal,
-                lambda: loop.create_task(self._session(request, context), name=f"gtl-{sid}"),
+                lambda: loop.create_task(self._session(request, context, ending), name=f"gtl-{sid}"),
             )
         except OverloadedError as exc:
             return self._refuse(request, context, exc)
         self._tasks[sid] = task
+        self._endings[sid] = ending
         return None
 
     async def _refuse(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> None:
@@ -321,7 +326,7 @@ class GatewayConnection:
 
     # -- one session -------------------------------------------------------------------------------
 
-    async def _session(self, request: CompletionRequest, context: RequestContext) -> None:
+    async def _session(self, request: CompletionRequest, context: RequestContext, ending: SessionEnd) -> None:
         try:
             # the drain waits while the client is not reading; a terminal event the stream could not
             # deliver goes out through _end, which never waits
@@ -333,6 +338,7 @@ class GatewayConnection:
                 drain=self.framed.drain_when_full,
                 finish=self._end,
                 cancelled_by=lambda: self._cancel_reason,
+                ending=ending,
             )
         except Exception:  # a bug, or an event this connection cannot carry: already ended with INTERNAL
             log.exception("session %s failed in the gateway", request.session_id)
@@ -340,6 +346,7 @@ class GatewayConnection:
             task = asyncio.current_task()
             if self._tasks.get(request.session_id) is task:
                 del self._tasks[request.session_id]
+                del self._endings[request.session_id]
             self._cancelled.discard(task)  # type: ignore[arg-type]
             if self._stopped_and_idle():
                 self._close(None)  # the last session of a shutdown has ended

@@ -430,6 +430,51 @@ def test_a_cancel_mid_answer_down_the_lane_ends_the_row_cancelled_and_the_sessio
     assert core._REQUEST_CONTEXT.get(None) is None
 
 
+def test_a_session_its_front_end_ends_with_an_error_leaves_that_error_in_its_row_down_both_paths():
+    # a gateway connection that told its client INVALID_REQUEST (a second request for the running id)
+    # cancels the session: its row says what the client was told, not ``cancelled``, and the reader is
+    # handed that one end
+    def slow(conn: socket.socket) -> None:
+        conn.sendall(HEAD + _chunked(b"t:first\n")[:-5])  # a token, then nothing more for a while
+        _silent(conn)
+
+    told = Error(session_id="s1", code="INVALID_REQUEST", message="a second completion_request for live session")
+
+    async def main(engine: Engine) -> tuple[list, list]:
+        sent: list = []
+        ended: list = []
+        ending = core.SessionEnd()
+        context = RequestContext(principal="alice")
+        task = asyncio.ensure_future(
+            run_session(engine, _request(), context, sent.append, finish=ended.append, ending=ending)
+        )
+        while not any(isinstance(e, Token) for e in sent):
+            await asyncio.sleep(0.005)
+        ending.end_with(told)
+        ending.end_with(Error(session_id="s1", code="INTERNAL", message="a later one changes nothing"))
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        rows = await _rows(engine)
+        await engine.aclose()
+        return sent + ended, rows
+
+    (lane_events, lane_rows), (events, rows) = _down_both(
+        main, slow, timeouts=Timeouts(connect=2, first_byte=5, idle=5)
+    )
+    assert [_plain(e) for e in lane_events] == [_plain(e) for e in events]
+    assert lane_events[-1] is told and sum(type(e) in TERMINAL_EVENTS for e in lane_events) == 1
+    assert [(r["status"], r["error_code"]) for r in lane_rows] == [("error", "INVALID_REQUEST")]
+    assert _row_fields(lane_rows) == _row_fields(rows)
+
+
+def test_an_end_from_outside_changes_nothing_once_the_engine_has_decided_the_end():
+    ending = core.SessionEnd()
+    ending.event = Done(session_id="s1", finish_reason="stop")
+    ending.end_with(Error(session_id="s1", code="INVALID_REQUEST", message="too late"))
+    assert ending.failure is None
+
+
 @pytest.mark.parametrize("where", ["mid-answer", "recording-success"])
 @pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "no-ledger"])
 def test_a_cancel_is_told_and_recorded_as_down_the_general_path(where, ledger):

@@ -208,7 +208,7 @@ def test_a_second_request_for_a_running_id_on_one_connection_ends_that_id_once(s
     never runs. Reusing the id at once is either refused on its own (``still ending``, retryable) or runs
     as a session of its own — it was made the live session while the gateway still ended the first,
     and often got the first's ``CANCELLED`` as its end. Every session that ran leaves exactly one
-    complete ledger row and one audit record."""
+    complete ledger row and one audit record, and the first's say what its client was told."""
     from websockets.sync.client import connect as ws_connect
 
     gateway, mint, ledger, audit = served
@@ -244,5 +244,7 @@ def test_a_second_request_for_a_running_id_on_one_connection_ends_that_id_once(s
             assert '"reused"' in "".join(frame["text"] for frame in reused if frame["type"] == "token"), reused
     ran = 1 if reused[-1]["type"] == "error" else 2
     rows = _rows(ledger, sid, ran)
-    assert sorted(row["status"] for row in rows) == ["cancelled", "ok"][:ran]
-    _audit_records(audit, sid, ran)
+    ends = sorted((row["status"], row["error_code"]) for row in rows)
+    assert ends == [("error", "INVALID_REQUEST"), ("ok", None)][:ran], rows
+    records = _audit_records(audit, sid, ran)
+    assert sorted(str(record.get("error_code")) for record in records) == ["INVALID_REQUEST", "None"][:ran], records
