@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 LOGGER_NAME = "gtl_nb"
 
@@ -81,6 +81,21 @@ def scrub_secret(text: str, secret: str) -> str:
             or (len(tail) >= _KEEP_AROUND_MASK and secret.endswith(tail))
         ),
     )
+
+
+def quotes_secret(text: str, secrets: Iterable[str]) -> bool:
+    """Whether ``text`` quotes one of ``secrets`` (each of at least 8 characters): whole, in any letter
+    case, or in a masked rendering (``scrub_secret``). For a provider's text shown as a name — a model
+    id, the model that served an answer — which is left out rather than edited."""
+    folded: str | None = None
+    for secret in secrets:
+        if len(secret) < 8:
+            continue
+        if folded is None:
+            folded = text.casefold()
+        if secret.casefold() in folded or scrub_secret(text, secret) != text:
+            return True
+    return False
 
 
 def redact(text: str) -> str:

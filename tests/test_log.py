@@ -101,3 +101,15 @@ def test_scrubbing_masked_keys_is_linear_in_the_text():
     hostile = "*" + "sk-" * 50_000 + " a*" * 50_000 + "." * 100_000 + "a." * 50_000 + "\u2022" * 100_000
     assert "[redacted]" in redact(hostile)  # returns at all: no backtracking over the runs
     assert scrub_secret(hostile, "sk-sk-sk-sk") != hostile
+
+
+def test_quotes_secret_finds_a_key_whole_in_any_letter_case_or_masked_and_ignores_short_ones():
+    from gtl_nb.log import quotes_secret
+
+    key = "sk-canary-0123456789abcdef"
+    assert quotes_secret(f"model-{key}", [key])
+    assert quotes_secret(f"model-{key.upper()}", ["short", key])
+    assert quotes_secret("sk-canary-01234…cdef", [key])
+    assert not quotes_secret("gpt-4o-2024-08-06", [key])
+    assert not quotes_secret("a model named short", ["short"])  # under 8 characters: no secret to find
+    assert not quotes_secret(f"model-{key}", [])

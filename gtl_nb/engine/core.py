@@ -81,7 +81,7 @@ from gtl_nb.engine.stores.memory import MemoryBreakerStore, MemoryBudgetCounter
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
 from gtl_nb.ids import random_hex
-from gtl_nb.log import get_logger, redact, scrub_secret
+from gtl_nb.log import get_logger, quotes_secret, redact, scrub_secret
 from gtl_nb.protocol.errors import (
     ConfigurationError,
     GTLError,
@@ -1585,7 +1585,7 @@ class Engine:
                 event = self._for_gateway_caller(event, target, deployment)  # type: ignore[arg-type]
         done = kind is Done
         if done:
-            event = _stamp(event, target, started, outcome.first, self.clock())  # type: ignore[arg-type]
+            event = _stamp(event, target, deployment, started, outcome.first, self.clock())  # type: ignore[arg-type]
         elif outcome.first is None and kind in _CONTENT:
             outcome.first = first = self.clock()
             outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
@@ -2011,11 +2011,20 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
-def _stamp(done: Done, target: Target, started: float, first: float | None, now: float) -> Done:
+def _stamp(
+    done: Done, target: Target, deployment: Deployment | None, started: float, first: float | None, now: float
+) -> Done:
+    """``done`` as the caller sees it: the deployment that served it, the times, and the model the
+    provider says served it — unless that name quotes the deployment's key (whoever answers at its
+    address may put anything there, and the name reaches clients, the ledger and the audit log); then,
+    as when the provider names none, the model asked for."""
+    served = done.model
+    if served and deployment is not None and quotes_secret(served, deployment.secrets):
+        served = None
     return msgspec.structs.replace(
         done,
         provider=target.name,
-        model=done.model or target.model,
+        model=served or target.model,
         ttft_ms=round((first - started) * 1000.0, 3) if first is not None else None,
         latency_ms=round((now - started) * 1000.0, 3),
     )

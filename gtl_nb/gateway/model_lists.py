@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.credentials import with_key
-from gtl_nb.log import get_logger, redact, scrub_secret
+from gtl_nb.log import get_logger, quotes_secret, redact
 from gtl_nb.protocol.errors import GTLError, error_from_event
 from gtl_nb.protocol.messages import Error
 from gtl_nb.providers.base import Deployment
@@ -108,12 +108,11 @@ class ModelLists:
 
 
 def _without_secrets(names: list[str], deployment: Deployment) -> list[str]:
-    """``names`` without any that holds the deployment's secret or a credential's shape (``scrub_secret``,
-    ``redact``): a model id is the provider's text, passed to whoever may list models — the place a
+    """``names`` without any that holds the deployment's secret in any letter case or a credential's shape
+    (``quotes_secret``, ``redact``): a model id is the provider's text, passed to whoever may list models — the place a
     provider (or whoever answers at its address) could quote the key back. Dropped names are logged."""
     secrets = deployment.secrets
-    kept = [name for name in names if all(scrub_secret(name, secret) == name for secret in secrets)]
-    kept = [name for name in kept if redact(name) == name]
+    kept = [name for name in names if not quotes_secret(name, secrets) and redact(name) == name]
     if len(kept) < len(names):
         log.warning(
             "the model list of %s: %d name(s) holding a credential left out", deployment.name, len(names) - len(kept)

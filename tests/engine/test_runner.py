@@ -7,6 +7,7 @@ error bodies, failover, event-order enforcement), independent of any real provid
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import threading
@@ -35,7 +36,8 @@ from gtl_nb.providers.base import Deployment, HttpRequest, error_event
 
 
 class LineDecoder:
-    """``t:<text>`` lines are tokens, ``u`` is usage, ``done`` ends; anything else breaks order on purpose."""
+    """``t:<text>`` lines are tokens, ``u`` is usage, ``done`` ends (``done:<model>``: naming the model that
+    served it); anything else breaks order on purpose."""
 
     def __init__(self, request: CompletionRequest) -> None:
         self.request = request
@@ -52,9 +54,9 @@ class LineDecoder:
                 events.append(Token(session_id=sid, text=line[2:].decode()))
             elif line == b"u":
                 events.append(Usage(session_id=sid, tokens_in=1, tokens_out=1))
-            elif line == b"done":
+            elif line == b"done" or line.startswith(b"done:"):
                 self.ended = True
-                events.append(Done(session_id=sid))
+                events.append(Done(session_id=sid, model=line[5:].decode() or None))
         return events
 
     def close(self) -> list:
@@ -208,6 +210,30 @@ def test_a_good_stream(server_factory):
     done = events[-1]
     assert isinstance(done, Done) and done.provider == "a" and done.model == "m"
     assert done.latency_ms is not None and done.ttft_ms is not None
+
+
+@pytest.mark.parametrize(
+    "served",
+    ["sk-canary-0123456789abcdef", "m-SK-CANARY-0123456789ABCDEF", "sk-canary-01234…cdef"],
+    ids=["the-key", "in-capitals", "masked"],
+)
+def test_a_served_model_name_quoting_the_deployments_key_is_replaced_by_the_model_asked_for(server_factory, served):
+    # whoever answers at the deployment's address chooses the served model's name; it reaches the
+    # caller (a gateway's clients), the ledger and the audit log, so one quoting the key is not used
+    key = "sk-canary-0123456789abcdef"
+    body = f"t:hi\ndone:{served}\n".encode()
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(body) + b"0\r\n\r\n"))
+    deployment = dataclasses.replace(lines("a", server.url), api_key=key)
+    done = run(engine_for(deployment), request())[-1]
+    assert isinstance(done, Done) and done.model == "m"
+
+
+def test_a_served_model_name_is_kept_when_it_quotes_no_key(server_factory):
+    body = b"t:hi\ndone:m-2026-01-01\n"
+    server = server_factory(lambda c: c.sendall(HEAD + chunked(body) + b"0\r\n\r\n"))
+    deployment = dataclasses.replace(lines("a", server.url), api_key="sk-canary-0123456789abcdef")
+    done = run(engine_for(deployment), request())[-1]
+    assert isinstance(done, Done) and done.model == "m-2026-01-01"
 
 
 def test_connection_refused_is_provider_unavailable():

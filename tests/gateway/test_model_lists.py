@@ -182,6 +182,7 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
             return [
                 "gpt-4o",
                 f"m-{key}",
+                f"m-{key.upper()}",  # in another letter case: still the key
                 "o1-sk-canary-0123…ghij",
                 "Bearer eyJhbGciOiJIUzI1NiJ9.e30.abc",
                 "gpt-4o-mini",
@@ -193,7 +194,7 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
 
     names = asyncio.run(ask())
     assert names == ["gpt-4o", "gpt-4o-mini"]
-    assert "3 name(s) holding a credential left out" in caplog.text and key not in caplog.text
+    assert "4 name(s) holding a credential left out" in caplog.text and key not in caplog.text
 
 
 def test_a_token_choosing_a_stored_key_is_listed_what_that_key_sees():
