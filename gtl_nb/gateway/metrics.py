@@ -438,13 +438,13 @@ class _RefusalCounting:
             self.refused(exc)
             raise
 
-    def recheck(self, context: RequestContext) -> None:
+    def recheck(self, context: RequestContext) -> RequestContext:
         """The checker's own ``recheck`` (when it has one), its refusals counted too."""
         recheck = getattr(self.authenticate, "recheck", None)
         if recheck is None:
-            return
+            return context
         try:
-            recheck(context)
+            return recheck(context)  # type: ignore[no-any-return]
         except AuthenticationError as exc:
             self.refused(exc)
             raise

@@ -1,10 +1,13 @@
 """What a caller may do on the gateway, asked in one place by every listener (the scope table is
 ``gateway.tokens.SCOPES``; docs/tokens.md).
 
-* ``completion_refusal(context, authenticate)`` — ``None``, or the error a session becomes (it still
-  leaves its ledger row: ``run_session(..., refused=...)``): ``AUTH_FAILED`` when the token expired or
-  was revoked after its connection opened, ``FORBIDDEN`` when it lacks ``chat:write``;
-  which deployments and models it may use the engine checks against the context's allow-lists.
+* ``completion_context(context, authenticate)`` — the context an open connection's next session runs
+  under (``rechecked``: narrowed when a reload took deployments from the token policy's defaults), or
+  the error the session becomes (it still leaves its ledger row: ``run_session(..., refused=...)``):
+  ``AUTH_FAILED`` when the token expired or was revoked after its connection opened, ``FORBIDDEN``
+  when it lacks ``chat:write``; ``completion_refusal(context)`` the same error for a context just made
+  from its token (an HTTP request, a gRPC call). Which deployments and models it may use the engine
+  checks against the context's allow-lists.
 * ``visible_providers(engine, context)`` — the provider list a caller is shown: none without
   ``models:read``, and only the deployments and models its allow-lists let it use.
 * ``usage_scope(context, asked_user)`` — reading one's own rows needs ``usage:read``, anyone else's
@@ -19,22 +22,36 @@ from gtl_nb.gateway.scopes import require_scope
 from gtl_nb.protocol.errors import GTLError
 from gtl_nb.protocol.messages import ModelInfo, ProviderInfo
 
-__all__ = ["completion_refusal", "usage_scope", "visible_providers"]
+__all__ = ["completion_context", "completion_refusal", "rechecked", "usage_scope", "visible_providers"]
 
 
-def completion_refusal(context: RequestContext, authenticate: object = None) -> GTLError | None:
-    """Why this caller may not start a completion at all, or ``None``.
+def completion_refusal(context: RequestContext) -> GTLError | None:
+    """Why this caller, its context just made from its token, may not start a completion at all, or
+    ``None`` (an open connection's context: ``completion_context``)."""
+    checked = completion_context(context, None)
+    return checked if isinstance(checked, GTLError) else None
 
-    ``authenticate`` is the connection's authenticator: when it can ``recheck`` a context (GhostTokens
-    can), a token that expired or was revoked after the connection opened is refused here."""
-    recheck = getattr(authenticate, "recheck", None)
+
+def completion_context(context: RequestContext, authenticate: object) -> RequestContext | GTLError:
+    """The context an open connection's next completion runs under (``rechecked``), or the error the
+    session becomes (it still leaves its ledger row: ``run_session(..., refused=...)``): ``AUTH_FAILED``
+    when the token expired or was revoked after its connection opened, ``FORBIDDEN`` when it lacks
+    ``chat:write``."""
     try:
-        if recheck is not None:
-            recheck(context)
-        require_scope(context, "completion")
+        current = rechecked(context, authenticate)
+        require_scope(current, "completion")
     except GTLError as exc:
         return exc
-    return None
+    return current
+
+
+def rechecked(context: RequestContext, authenticate: object) -> RequestContext:
+    """The context an open connection's next completion or query runs under: ``authenticate`` is the
+    connection's authenticator, and when it can ``recheck`` a context (GhostTokens can), a token that
+    expired or was revoked after the connection opened is refused here (``GTLError``), and deployments
+    a reload took from the policy's defaults are taken from the context."""
+    recheck = getattr(authenticate, "recheck", None)
+    return context if recheck is None else recheck(context)  # type: ignore[no-any-return]
 
 
 def visible_providers(engine: Engine, context: RequestContext) -> list[ProviderInfo]:

@@ -178,7 +178,7 @@ class QueryDesk:
         *,
         max_bytes: int,
         on_idle: Callable[[], object] | None = None,
-        recheck: Callable[[RequestContext], object] | None = None,
+        recheck: Callable[[RequestContext], RequestContext] | None = None,
     ) -> None:
         self.engine = engine
         self.max_bytes = max_bytes
@@ -195,7 +195,7 @@ class QueryDesk:
         (``AUTH_FAILED``) when the token behind ``context`` has expired or been revoked since."""
         if self._recheck is not None:
             try:
-                self._recheck(context)
+                context = self._recheck(context)  # (narrowed, when a reload took deployments away)
             except GTLError as exc:
                 self._reply(Answer(query_id=query.query_id, error=exc.to_event(query.query_id)))
                 return

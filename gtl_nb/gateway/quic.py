@@ -50,7 +50,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown
 from gtl_nb.gateway.offload import InTurn
-from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.permissions import completion_context, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
@@ -410,14 +410,15 @@ class _Connection:
             self.bad(error)
         elif self.gateway.stopping:  # recorded too (gateway.refusals); the stop waits for its row
             session.refuse_recorded(request, self.context, GatewayStopping())
-        elif (refused := completion_refusal(self.context, self.gateway.authenticate)) is not None:
-            session.refuse_recorded(request, self.context, refused)  # before the caps: a revoked token is told so
+        elif isinstance(checked := completion_context(self.context, self.gateway.authenticate), GTLError):
+            session.refuse_recorded(request, self.context, checked)  # before the caps: a revoked token is told so
         elif len(self.running) >= self.limits.max_sessions_per_connection:
             running = counted(len(self.running), "session")
             message = f"this connection already runs {running}; start more when some have ended"
             session.refuse_recorded(request, self.context, OverloadedError(message))
         else:
-            context, limit = self.context, self.limits.max_sessions_per_principal
+            context, limit = checked, self.limits.max_sessions_per_principal
+            self.context = context  # (narrowed, when a reload took deployments from the policy's defaults)
             try:  # counted until its task is done (gateway.principal_sessions)
                 sessions_of(self.gateway.engine).start(context.principal, limit, lambda: session.run(request, context))
             except OverloadedError as exc:

@@ -63,11 +63,11 @@ class SwappableAuthenticator:
     def __call__(self, token: str | None) -> RequestContext:
         return self.target(token)
 
-    def recheck(self, context: RequestContext) -> None:
-        """Ask the current authenticator again about an open connection's context (when it can)."""
+    def recheck(self, context: RequestContext) -> RequestContext:
+        """Ask the current authenticator again about an open connection's context (when it can): the
+        context to use now (``sessions.Authenticate``)."""
         recheck = getattr(self.target, "recheck", None)
-        if recheck is not None:
-            recheck(context)
+        return context if recheck is None else recheck(context)
 
     def swap(self, target: Authenticate) -> Authenticate:
         """Make ``target`` check the next tokens; returns the one it replaces."""

@@ -51,7 +51,7 @@ import msgspec
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, SessionEnd, run_session
 from gtl_nb.gateway.listeners import Limits, Shutdown
-from gtl_nb.gateway.permissions import completion_refusal, visible_providers
+from gtl_nb.gateway.permissions import completion_context, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
@@ -85,9 +85,10 @@ DEFAULT_MAX_SESSIONS = 256
 Authenticate = Callable[[str | None], RequestContext]
 """The client's hello token → the context its sessions run under; raises ``AuthenticationError``.
 
-An authenticator may also offer ``recheck(context)``, raising when the token behind an open
-connection's context has since expired or been revoked (``gateway.permissions.completion_refusal``;
-``gateway.queries.QueryDesk`` asks it before each query too)."""
+An authenticator may also offer ``recheck(context)``, returning the context an open connection's next
+completion or query runs under — narrowed when a reload took deployments from the token policy's
+defaults — and raising when the token behind it has since expired or been revoked
+(``gateway.permissions.rechecked``; ``gateway.queries.QueryDesk`` asks it before each query too)."""
 
 
 def authenticated_or_logged(authenticate: Authenticate, token: str | None, peer: str | None) -> RequestContext:
@@ -123,11 +124,10 @@ class HeaderTokenFirst:
                 self.refused(exc)
             raise
 
-    def recheck(self, context: RequestContext) -> None:
-        """Ask the wrapped authenticator again (when it can)."""
+    def recheck(self, context: RequestContext) -> RequestContext:
+        """Ask the wrapped authenticator again (when it can): the context to use now."""
         recheck = getattr(self.authenticate, "recheck", None)
-        if recheck is not None:
-            recheck(context)
+        return context if recheck is None else recheck(context)
 
 
 def fitted(info: ProviderInfo, max_bytes: int) -> ProviderInfo:
@@ -288,9 +288,10 @@ class GatewayConnection:
         context = self.context
         if self.shutdown is not None and self.shutdown.is_stopping:
             return self._refuse(request, context, GatewayStopping())
-        refused = completion_refusal(context, self._authenticate)
-        if refused is not None:  # before the caps: a revoked token is told so, not to try again later
-            return self._refuse(request, context, refused)
+        checked = completion_context(context, self._authenticate)
+        if isinstance(checked, GTLError):  # before the caps: a revoked token is told so, not to try again later
+            return self._refuse(request, context, checked)
+        context = self.context = checked
         if len(self._tasks) >= self.max_sessions:
             running = counted(len(self._tasks), "session")
             message = f"this connection already runs {running}; start more when some have ended"

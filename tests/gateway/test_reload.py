@@ -29,7 +29,7 @@ from gtl_nb.gateway.reload import Reloader, SwappableAuthenticator
 from gtl_nb.gateway.reload_cli import gateway_pid
 from gtl_nb.gateway.reload_report import ReloadReporter, report_path
 from gtl_nb.gateway.tokens import mint_token
-from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
+from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError, PermissionDeniedError
 from gtl_nb.protocol.messages import Done, Token
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
 
@@ -190,6 +190,35 @@ def test_a_reload_with_a_new_secret_refuses_old_tokens_and_accepts_new_ones(
             gtl_nb.connect(url, token=old)
         with gtl_nb.connect(url, token=token("b")) as client:
             assert client.complete(f"fast:{MODEL}", "after").text
+
+
+def test_a_reload_taking_a_deployment_from_default_deployments_reaches_open_connections(
+    tmp_path: Path, sims: SimpleNamespace
+) -> None:
+    """An operator narrows ``default_deployments`` (a deployment withdrawn, say): a notebook whose
+    WebSocket opened before the reload may no longer use what was taken, on that connection too —
+    its token allowed it only through the policy's defaults."""
+    secret = "secret-of-the-narrowing-reload-test-0123456789"
+    (tmp_path / "secret").write_text(secret + "\n", encoding="utf-8")
+    (tmp_path / "secret").chmod(0o600)
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+
+    def configure(defaults: list[str]) -> Path:
+        jwt = {"issuer": ISSUER, "secret_file": "secret", "default_deployments": defaults}
+        return write_toml(
+            tmp_path / "gtl.toml",
+            tables(tmp_path, {"kept": fast, "withdrawn": fast}, **{"gateway.jwt": jwt}, gateway={"auth": "jwt"}),
+        )
+
+    token = mint_token(secret, subject="alice", scopes=["chat:write", "models:read"], lifetime=600, issuer=ISSUER)
+    with start_gateway(configure(["*"])) as gateway, gtl_nb.connect(gateway.url("ws"), token=token) as client:
+        assert client.complete(f"withdrawn:{MODEL}", "before").text
+        configure(["kept"])
+        line = reload_and_wait(gateway)
+        assert "token policy renewed (default_deployments)" in line, line
+        with pytest.raises(PermissionDeniedError, match="may not use"):
+            client.complete(f"withdrawn:{MODEL}", "same connection, after")
+        assert client.complete(f"kept:{MODEL}", "what is left").text
 
 
 def test_gtl_reload_signals_the_gateway_named_by_its_pidfile(tmp_path: Path, sims: SimpleNamespace) -> None:

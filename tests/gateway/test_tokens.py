@@ -26,7 +26,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.gateway import token_cli
-from gtl_nb.gateway.permissions import completion_refusal
+from gtl_nb.gateway.permissions import completion_context
 from gtl_nb.gateway.reload import SwappableAuthenticator
 from gtl_nb.gateway.sessions import HeaderTokenFirst
 from gtl_nb.gateway.tokens import (
@@ -470,8 +470,8 @@ def test_an_open_connections_context_is_rechecked_for_expiry_and_revocation():
     auth = authenticator(clock=clock, revocations=revocations)
     context = auth(hs(claims()))
     assert context.expires_at == NOW + 3600
-    auth.recheck(context)  # still valid: nothing raised
-    assert completion_refusal(context, auth) is None
+    assert auth.recheck(context) is context  # still valid: the same context
+    assert completion_context(context, auth) is context
     clock.now = NOW + 3600 + 10  # past exp, within the 30 s leeway: accepted at connect, so at each completion too
     auth.recheck(context)
     clock.now = NOW + 3600 + 31
@@ -480,12 +480,35 @@ def test_an_open_connections_context_is_rechecked_for_expiry_and_revocation():
     assert expired.value.reason == "expired" and expired.value.code == "AUTH_FAILED"
     clock.now = NOW + 10
     revocations.revoke("jti-1", NOW + 3600 + 30)
-    refused = completion_refusal(context, auth)
+    refused = completion_context(context, auth)
     assert isinstance(refused, TokenRefusedError) and refused.reason == "revoked"
     with pytest.raises(TokenRefusedError):
         SwappableAuthenticator(auth).recheck(context)  # the reloadable hook asks its target
     with pytest.raises(TokenRefusedError):
         HeaderTokenFirst(auth, None).recheck(context)  # so does a header token's wrapper
+
+
+def test_a_reload_narrowing_default_deployments_narrows_open_connections_contexts():
+    """An open connection's context came from the policy at its hello; a reload that takes deployments
+    out of ``default_deployments`` takes them from its next completion and query too (through every
+    wrapper the listeners hold). One that adds some reaches new connections only, and a token naming
+    its own ``provider_keys`` is not the policy's to narrow."""
+    wide = authenticator(hs_policy(default_deployments=None))  # "*"
+    opened = wide(hs(claims()))
+    keyed = wide(hs(claims(jti="jti-keys", provider_keys={"openai": "team-a"})))
+    pinned = wide(hs(claims(jti="jti-pinned", allowed_deployments=["openai", "anthropic"])))
+    assert opened.allowed_deployments is None
+    narrow = authenticator(hs_policy(default_deployments=frozenset({"echo", "anthropic"})))
+    for hook in (narrow, SwappableAuthenticator(narrow), HeaderTokenFirst(narrow, None)):
+        assert hook.recheck(opened).allowed_deployments == {"echo", "anthropic"}
+        assert hook.recheck(pinned).allowed_deployments == {"anthropic"}
+        assert hook.recheck(keyed) is keyed
+    narrowed = completion_context(opened, narrow)
+    assert not isinstance(narrowed, Exception) and not narrowed.allows("openai", "gpt-4o")
+    assert narrowed.allows("echo", "echo") and narrowed.principal == opened.principal
+    assert wide.recheck(narrowed) is narrowed  # widened again: an open connection keeps the narrower set
+    only_echo = authenticator(hs_policy(default_deployments=frozenset({"echo"})))
+    assert only_echo.recheck(narrowed).allowed_deployments == {"echo"}
 
 
 def test_a_verified_token_is_remembered_but_still_expires_and_can_be_revoked():

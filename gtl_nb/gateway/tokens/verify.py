@@ -9,6 +9,7 @@ no ``crit``/``b64``, a known ``kid``) → signature with a key whose type matche
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -146,13 +147,18 @@ class TokenAuthenticator:
         while len(self._verified) > VERIFIED_CACHE:
             self._verified.popitem(last=False)
 
-    def recheck(self, context: RequestContext) -> None:
-        """Refuse a context whose token has expired or been revoked since its connection was accepted,
-        or whose verifying key this authenticator does not trust (any more).
+    def recheck(self, context: RequestContext) -> RequestContext:
+        """The context an open connection's next completion or query runs under: ``context``, with its
+        deployments narrowed to what this policy's ``default_deployments`` still allow — or refused,
+        when its token has expired or been revoked since its connection was accepted, or its verifying
+        key is not trusted (any more).
 
         A connection authenticates once, but may live for hours: each completion and query it starts
-        asks again, from memory (the clock, the keys and the revocation set), so ``gtl token revoke``,
-        a secret replaced by a reload and a key removed from the JWKS file reach open connections.
+        asks again, from memory (the clock, the keys, the revocation set and the policy), so ``gtl
+        token revoke``, a secret replaced by a reload, a key removed from the JWKS file and a
+        deployment taken out of ``default_deployments`` by a reload reach open connections. (A reload
+        that adds deployments reaches new connections only: narrowing is all an open one can learn,
+        without its token's claims.)
         """
         if context.expires_at is not None and self.clock() > context.expires_at + self.policy.leeway:
             log.info("GhostToken refused on an open connection: expired (sub=%r)", context.principal)
@@ -171,6 +177,17 @@ class TokenAuthenticator:
                 context.key_id,
             )
             raise TokenRefusedError(REFUSED, "revoked")
+        return self._narrowed(context)
+
+    def _narrowed(self, context: RequestContext) -> RequestContext:
+        """``context`` within this policy's ``default_deployments`` when its token uses them (it names
+        no ``provider_keys``: a token's own keys choose its deployments, not the policy)."""
+        defaults = self.policy.default_deployments
+        if defaults is None or context.provider_keys:
+            return context
+        current = context.allowed_deployments
+        usable = defaults if current is None else current & defaults
+        return context if usable == current else dataclasses.replace(context, allowed_deployments=usable)
 
     def _trusts(self, verified_by: str | None) -> bool:
         """Whether the key ``verified_by`` names is one this authenticator verifies with now (``None``:
