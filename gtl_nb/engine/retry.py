@@ -7,9 +7,13 @@ failure) is::
     backoff = uniform(0, ceiling)          # "full jitter"; exactly ``ceiling`` with jitter = false
     delay   = max(backoff, retry_after)    # never sooner than the server asked, even past max_delay
 
-and there is no retry (``None``) when ``attempt >= max_attempts`` or when ``now + delay`` would not
-be before the request's ``deadline`` — in particular when the server's ``retry_after`` alone
-reaches past it: waiting would only end in a timeout. Full jitter spreads the retries of many
+and there is no retry (``None``) when ``attempt >= max_attempts``, when the server's ``retry_after``
+is longer than ``max_retry_after`` (a wait that long is the caller's to choose: the request fails over,
+or ends at once with the provider's error and its ``retry_after``, which a gateway's HTTP endpoints
+answer with ``Retry-After`` — an SDK retrying on its own then waits once, not the gateway's waits
+times its own), or when ``now + delay`` would not be before the request's ``deadline`` — in
+particular when the server's ``retry_after`` alone reaches past it: waiting would only end in a
+timeout. Full jitter spreads the retries of many
 clients that failed together over the whole interval, so they do not return in lockstep.
 
 ``deadline`` is an absolute time on the engine's monotonic clock; ``RetryPolicy.deadline`` is the
@@ -30,7 +34,7 @@ from gtl_nb.protocol.errors import ConfigurationError
 
 Seconds = float | None  # a duration in seconds, or None (no retry_after given / do not retry)
 
-_KEYS = ("max_attempts", "base_delay", "max_delay", "multiplier", "jitter", "deadline")
+_KEYS = ("max_attempts", "base_delay", "max_delay", "multiplier", "jitter", "deadline", "max_retry_after")
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,9 @@ class RetryPolicy:
     """Full jitter (uniform in ``[0, ceiling]``); false waits exactly the ceiling."""
     deadline: float = 120.0
     """Per-request time budget in seconds, retries included."""
+    max_retry_after: float = 10.0
+    """The longest a server's ``retry_after`` is waited before a retry on the same deployment; a longer
+    one fails over or ends the request with that error (module docstring)."""
     rng: random.Random = field(default_factory=random.Random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +68,8 @@ class RetryPolicy:
             raise ConfigurationError(f"retry multiplier must be >= 1, got {self.multiplier}")
         if self.deadline <= 0:
             raise ConfigurationError(f"retry deadline must be > 0 seconds, got {self.deadline}")
+        if self.max_retry_after < 0:
+            raise ConfigurationError(f"retry max_retry_after must be >= 0 seconds, got {self.max_retry_after}")
 
     @classmethod
     def from_dict(
@@ -110,7 +119,7 @@ class RetryPolicy:
 
         ``attempt`` is the number of attempts made so far; ``retry_after`` the server's wish in
         seconds (``None``: none given); ``now`` and ``deadline`` are times on one clock."""
-        if attempt >= self.max_attempts:
+        if attempt >= self.max_attempts or (retry_after is not None and retry_after > self.max_retry_after):
             return None
         ceiling = self.ceiling(attempt)
         delay = self.rng.uniform(0.0, ceiling) if self.jitter else ceiling

@@ -309,8 +309,15 @@ def routing_retry_jitter(tmp_path):
 
 
 def routing_retry_deadline(tmp_path):
-    s, sleep = _retrying([sim.Fault.http(429, retry_after=30)], deadline=5)
+    s, sleep = _retrying([sim.Fault.http(429, retry_after=8)], deadline=5)  # (a wait max_retry_after allows)
     assert len(s.requests) == 1 and sleep.delays == []
+
+
+def routing_retry_max_retry_after(tmp_path):
+    s, sleep = _retrying([sim.Fault.http(429, retry_after=8)], max_retry_after=5)
+    assert len(s.requests) == 1 and sleep.delays == []
+    s, sleep = _retrying([sim.Fault.http(429, retry_after=8)])  # within the default, 10 s: waited, then retried
+    assert len(s.requests) == 2 and sleep.delays == [8]
 
 
 def _breaker_client(faults, clock, **breaker):

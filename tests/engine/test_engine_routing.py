@@ -114,6 +114,27 @@ def test_retries_are_bounded_by_the_request_deadline():
     assert client.recorded_sleep.delays == []
 
 
+def test_a_rate_limit_asking_a_long_wait_is_not_waited_here_but_failed_over_or_told_at_once():
+    """A provider asking for 20 s (over ``max_retry_after``, 10 s): nothing sleeps. With another
+    deployment the request fails over to it at once; with none it ends with the provider's error and
+    its ``retry_after``, for the caller (or an SDK in front of a gateway) to wait on once."""
+    with sim.serve("openai", faults=[sim.Fault.http(429, retry_after=20)]) as s:
+        client = connect({"openai": openai_conf(s.base_url)})
+        with pytest.raises(RateLimitError) as info:
+            client.complete(OPENAI, "x")
+        assert len(s.requests) == 1 and info.value.retry_after == pytest.approx(20)
+    assert client.recorded_sleep.delays == []
+    with (
+        sim.serve("openai", faults=[sim.Fault.http(429, retry_after=20)]) as limited,
+        sim.serve("openai") as spare,
+    ):
+        client = connect({"limited": openai_conf(limited.base_url), "spare": openai_conf(spare.base_url)})
+        answer = client.complete(OPENAI, "x", providers=["limited", "spare"])
+        assert answer.provider == "spare" and len(limited.requests) == 1
+    assert client.recorded_sleep.delays == [] and not statuses(answer, "retrying")
+    assert statuses(answer, "failover")
+
+
 def test_quota_exhausted_is_not_retried():
     with sim.serve("openai", faults=[sim.Fault.http(429, kind="quota")]) as s:
         client = connect({"openai": openai_conf(s.base_url)})

@@ -72,19 +72,30 @@ def test_same_seed_gives_the_same_delays():
     seed=st.integers(min_value=0, max_value=1000),
 )
 def test_never_retries_sooner_than_retry_after(attempt, retry_after, seed):
-    p = RetryPolicy(max_attempts=5, rng=random.Random(seed))
+    p = RetryPolicy(max_attempts=5, max_retry_after=100.0, rng=random.Random(seed))
     delay = p.next_delay(attempt, retry_after, 0.0, FAR)
     assert delay is not None
     assert delay >= retry_after
 
 
 def test_retry_after_may_exceed_max_delay():
-    p = policy(max_delay=2, jitter=False)
+    p = policy(max_delay=2, jitter=False, max_retry_after=60)
     assert p.next_delay(1, 45.0, 0.0, FAR) == 45.0
 
 
-def test_gives_up_when_retry_after_passes_the_deadline():
+def test_a_retry_after_longer_than_max_retry_after_is_not_waited_here():
+    # the provider asks for more than the caller should be kept waiting without a word: the request
+    # fails over or ends with that error and its retry_after (the caller, or its SDK, waits once)
     p = policy(jitter=False)
+    assert p.max_retry_after == 10.0
+    assert p.next_delay(1, 10.0, 0.0, FAR) == 10.0
+    assert p.next_delay(1, 10.5, 0.0, FAR) is None
+    assert p.next_delay(1, None, 0.0, FAR) is not None  # no wait asked: the backoff alone
+    assert policy(max_retry_after=0).next_delay(1, 0.5, 0.0, FAR) is None  # never wait on a provider's word
+
+
+def test_gives_up_when_retry_after_passes_the_deadline():
+    p = policy(jitter=False, max_retry_after=60)
     assert p.next_delay(1, 30.0, now=100.0, deadline=120.0) is None
     assert p.next_delay(1, 19.0, now=100.0, deadline=120.0) == 19.0
 
@@ -128,11 +139,12 @@ def test_from_dict_reads_the_routing_retry_table():
             "multiplier": 3,
             "jitter": False,
             "deadline": 45,
+            "max_retry_after": 30,
         },
         rng=random.Random(1),
     )
     assert (p.max_attempts, p.base_delay, p.max_delay) == (5, 1, 10)
-    assert (p.multiplier, p.jitter, p.deadline) == (3, False, 45)
+    assert (p.multiplier, p.jitter, p.deadline, p.max_retry_after) == (3, False, 45, 30)
     assert p.next_delay(2, None, 0.0, FAR) == 3.0
     assert RetryPolicy.from_dict(None) == RetryPolicy()
 
@@ -148,6 +160,7 @@ def test_from_dict_reads_the_routing_retry_table():
         ({"multiplier": 0.5}, "multiplier"),
         ({"deadline": 0}, "deadline"),
         ({"deadline": "1m"}, "number"),
+        ({"max_retry_after": -1}, "max_retry_after must be >= 0"),
         ("fast", "must be a table"),
     ],
 )
