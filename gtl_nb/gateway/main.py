@@ -107,6 +107,16 @@ def run(args: argparse.Namespace) -> int:
         early.restore()  # SIGTERM and Ctrl-C end the process as before (a caller of run() goes on)
 
 
+def _auth_words(auth: str) -> str:
+    """What the ``ready`` line says of ``[gateway] auth``: whether tokens are checked is the first thing an
+    operator should be able to read off a gateway's start."""
+    if auth == "jwt":
+        return "clients need a GhostToken"
+    if auth == "token":
+        return "clients need the development token"
+    return "no token checked: every client that reaches it is trusted"
+
+
 @contextlib.contextmanager
 def _pidfile(path: str | None) -> Iterator[None]:
     """Write this process's id to ``path`` (if given) while the body runs; remove it after, if still ours."""
@@ -201,7 +211,7 @@ def _serve_listeners(
         announced.add(listener.transport)
         stopping = any(shutdown.is_stopping for shutdown in shutdowns)  # a signal as the last one started
         if len(announced) == len(options.listeners) and not stopping:
-            print(f"gtl gateway: ready (event loop {loop})", file=sys.stderr, flush=True)
+            print(f"gtl gateway: ready (event loop {loop}; {_auth_words(options.auth)})", file=sys.stderr, flush=True)
 
     async def serve_all() -> None:
         shutdown = Shutdown(grace=options.shutdown_grace)

@@ -179,7 +179,10 @@ def gateway_trusted_proxies(tmp_path, config, **_):
 
 def gateway_event_loop(tmp_path, config, **_):
     for choice, expected in (
-        ("asyncio", "gtl gateway: ready (event loop asyncio)"),
+        (
+            "asyncio",
+            "gtl gateway: ready (event loop asyncio; no token checked: every client that reaches it is trusted)",
+        ),
         ("uvloop", "gtl gateway: ready (event loop uvloop "),
     ):
         with start_gateway(config(gateway={"event_loop": choice})) as served:

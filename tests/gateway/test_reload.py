@@ -212,6 +212,9 @@ def test_a_reload_taking_a_deployment_from_default_deployments_reaches_open_conn
 
     token = mint_token(secret, subject="alice", scopes=["chat:write", "models:read"], lifetime=600, issuer=ISSUER)
     with start_gateway(configure(["*"])) as gateway, gtl_nb.connect(gateway.url("ws"), token=token) as client:
+        assert any(
+            line.startswith("gtl gateway: ready") and "clients need a GhostToken" in line for line in gateway.output
+        )
         assert client.complete(f"withdrawn:{MODEL}", "before").text
         configure(["kept"])
         line = reload_and_wait(gateway)
