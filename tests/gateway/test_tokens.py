@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from gtl_nb.gateway.tokens import (
     mint_token,
     require_scope,
 )
+from gtl_nb.gateway.tokens.store import MINTED_KEPT_AFTER_EXPIRY
 from gtl_nb.log import redact
 from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError, InternalError, PermissionDeniedError
 
@@ -695,7 +697,9 @@ def test_the_registry_records_minted_tokens_without_the_token(tmp_path):
         jti = jwt.decode(token, options={"verify_signature": False})["jti"]
         assert minted == MintedToken(jti, "carol", ("chat:write",), NOW, NOW + 60, "acme")
         assert store.expiry_of(jti) == NOW + 60 and store.expiry_of("unknown") is None
-        clock.now = NOW + 61
+        clock.now = NOW + 61  # expired: still listed for a week, so `gtl token list` can say "expired"
+        assert store.prune(clock.now) == 0 and store.minted() == [minted]
+        clock.now = NOW + 60 + MINTED_KEPT_AFTER_EXPIRY + 1
         assert store.prune(clock.now) == 1 and store.minted() == []
     assert token.encode() not in (tmp_path / "tokens.sqlite3").read_bytes()
 
@@ -979,6 +983,21 @@ def test_gtl_token_mint_list_revoke(gtl, capsys, tmp_path):
         assert gtl("token", "revoke", "minted-elsewhere") == 0
         assert "max_lifetime" in capsys.readouterr().out
         assert store.is_revoked("minted-elsewhere")
+
+
+def test_gtl_token_list_shows_an_expired_token_as_expired_for_a_week(gtl, capsys, monkeypatch):
+    """Whoever looks for why a client's token stopped working finds it listed ``expired`` — not gone
+    half a minute after its ``exp`` (revocations of it are forgotten then; the record is not)."""
+    assert gtl("token", "mint", "--sub", "ann", "--scope", "models:read", "--ttl", "90s") == 0
+    capsys.readouterr()
+    later = time.time() + 3600
+    monkeypatch.setattr(token_cli.time, "time", lambda: later)
+    assert gtl("token", "list", "--json") == 0
+    [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (row["subject"], row["state"]) == ("ann", "expired")
+    monkeypatch.setattr(token_cli.time, "time", lambda: later + MINTED_KEPT_AFTER_EXPIRY)
+    assert gtl("token", "list") == 0
+    assert "no tokens minted here" in capsys.readouterr().out
 
 
 def test_revoking_an_id_close_to_a_minted_one_is_refused_as_a_typo(gtl, capsys):

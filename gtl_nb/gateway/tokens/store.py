@@ -19,6 +19,10 @@ from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.protocol.errors import ConfigurationError, InternalError
 
 DEFAULT_REFRESH = 5.0
+MINTED_KEPT_AFTER_EXPIRY = 7 * 24 * 3600.0
+"""Seconds a minted token's record outlives its expiry, so ``gtl token list`` shows it ``expired`` —
+what an operator looks for when a client's token stops working. Revocations are forgotten at expiry:
+an expired token is refused anyway."""
 
 
 def default_token_store_path() -> Path:
@@ -175,7 +179,8 @@ class SqliteTokenStore:
     def _prune(self, now: float) -> int:
         def work(conn: sqlite3.Connection) -> int:
             gone = conn.execute("DELETE FROM revoked WHERE expires_at <= ?", (now,)).rowcount
-            return gone + conn.execute("DELETE FROM minted WHERE expires_at <= ?", (now,)).rowcount
+            forgotten = (now - MINTED_KEPT_AFTER_EXPIRY,)
+            return gone + conn.execute("DELETE FROM minted WHERE expires_at <= ?", forgotten).rowcount
 
         return int(self._run("pruning", work))
 
