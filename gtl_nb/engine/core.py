@@ -1423,10 +1423,13 @@ class Engine:
         wait = min((PROBE_UNDER_WAY_WAIT if r is None else r for r in retry_in), default=None)
         # rounded up, as a provider's wait is (and the Retry-After header): never "retry in 0 s"
         when = f"; retry in {math.ceil(wait)} s" if wait else ""
+        # (the breaker's word, then what it means to a caller who has never heard of one)
+        them = "it" if len(refused) == 1 else "them"
+        paused = f" — requests to {them} are paused after recent failures"
         every_circuit_open = Error(
             session_id=sid,
             code="PROVIDER_UNAVAILABLE",
-            message=f"every circuit is open ({', '.join(refused)})" + when,
+            message=f"every circuit is open ({', '.join(refused)}){paused}{when}",
             retryable=True,
             retry_after=wait,
         )

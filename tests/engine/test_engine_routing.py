@@ -42,6 +42,7 @@ from gtl_nb.protocol import (
 )
 
 OPENAI = "gpt-4o-mini"
+PAUSED = " — requests to it are paused after recent failures"  # what "every circuit is open" means, said
 
 
 def openai_conf(url: str) -> dict:
@@ -451,7 +452,7 @@ def test_a_rate_limit_asking_for_2_s_opens_the_circuit_for_2_s_not_the_cooldown(
     assert [error.code for error in limited] == ["RATE_LIMIT", "RATE_LIMIT"]
     assert (opened["state"], opened["retry_in"], opened["provider_retry_after"]) == ("open", 2, 2)
     assert refused.code == "PROVIDER_UNAVAILABLE", refused
-    assert refused.message == "every circuit is open (openai); retry in 2 s"
+    assert refused.message == f"every circuit is open (openai){PAUSED}; retry in 2 s"
     assert refused.retry_after == pytest.approx(2)
     assert still_refused.code == "PROVIDER_UNAVAILABLE" and still_refused.retry_after == pytest.approx(0.5)
     assert still_refused.message.endswith("; retry in 1 s")  # rounded up: never "retry in 0 s"
@@ -474,7 +475,7 @@ def test_a_caller_refused_while_the_probe_is_under_way_is_told_to_ask_again_shor
     assert grant == "probe" and (state["state"], state["retry_in"]) == ("half_open", None)
     assert refused.code == "PROVIDER_UNAVAILABLE" and refused.retryable
     assert refused.retry_after == PROBE_UNDER_WAY_WAIT == 1.0
-    assert refused.message == "every circuit is open (openai); retry in 1 s"
+    assert refused.message == f"every circuit is open (openai){PAUSED}; retry in 1 s"
     assert len(s.requests) == 2
 
 
