@@ -75,9 +75,28 @@ def _refused(call: Callable[[], Any], limit: str) -> str:
         call()
     except OverloadedError as exc:
         assert exc.retryable and limit in exc.message, exc.message
-        completion = getattr(exc, "completion", None)
-        return completion.session_id if completion is not None else str(exc.session_id)
+        return _session_of(exc)
     raise AssertionError("the request was not refused")
+
+
+def _session_of(exc: OverloadedError) -> str:
+    completion = getattr(exc, "completion", None)
+    return completion.session_id if completion is not None else str(exc.session_id)
+
+
+def _once_free(call: Callable[[], Any], principal: str, waited: list[tuple[str, str]]) -> Any:
+    """``call()`` once the place a session gave back is free (``_eventually``). Each attempt refused
+    while its task still ends — more of them the busier the machine — leaves its own row and record
+    too: it goes in ``waited`` as ``(session id, principal)``."""
+
+    def attempt() -> Any:
+        try:
+            return call()
+        except OverloadedError as exc:
+            waited.append((_session_of(exc), principal))
+            raise
+
+    return _eventually(attempt)
 
 
 def _grpc_complete(url: str, token: str, session_id: str, model: str) -> Any:
@@ -122,7 +141,9 @@ def _compat_refusals(base: str, token: str) -> None:
         assert anthropic.status_code == 429 and anthropic.json()["error"]["type"] == "rate_limit_error", anthropic.text
 
 
-def _principal_refusals(gateway: LocalGateway, token: str, certs: DevCertificates) -> list[str]:
+def _principal_refusals(
+    gateway: LocalGateway, token: str, certs: DevCertificates, waited: list[tuple[str, str]]
+) -> list[str]:
     """``ann`` runs her 2 sessions (WebSocket, HTTP); one more is refused on every transport (the ids of
     those whose id the client chose or reads; the compatible endpoints' are the gateway's own)."""
     base, limit = gateway.url("http"), "max_sessions_per_principal"
@@ -147,7 +168,7 @@ def _principal_refusals(gateway: LocalGateway, token: str, certs: DevCertificate
             _compat_refusals(base, token)
             # one place given back: exactly one more fits, the next is refused (no refusal took or freed one)
             held_http.close()
-            again = _eventually(lambda: _held_ws_stream(other))  # (holder's connection runs its 1 already)
+            again = _once_free(lambda: _held_ws_stream(other), "ann", waited)  # (holder's connection runs its 1)
             try:
                 ids.append(
                     _refused_over_http(
@@ -162,7 +183,9 @@ def _principal_refusals(gateway: LocalGateway, token: str, certs: DevCertificate
     return ids
 
 
-def _connection_refusals(gateway: LocalGateway, mint: Callable[[str], str], certs: DevCertificates) -> list[str]:
+def _connection_refusals(
+    gateway: LocalGateway, mint: Callable[[str], str], certs: DevCertificates, waited: list[tuple[str, str]]
+) -> list[str]:
     """A connection running its 1 session refuses a second, on WebSocket, gRPC ``Session`` and QUIC; once
     the first ends the connection runs one again, and only one."""
     limit = "this connection already runs 1 session"
@@ -173,12 +196,12 @@ def _connection_refusals(gateway: LocalGateway, mint: Callable[[str], str], cert
             held = _held_ws_stream(client)
             ids.append(_refused(lambda: client.complete("echo", "a second"), limit))
             held.close()
-            again = _eventually(lambda: _held_ws_stream(client))
+            again = _once_free(lambda: _held_ws_stream(client), f"bob-{scheme}", waited)
             try:
                 ids.append(_refused(lambda: client.complete("echo", "a second"), limit))
             finally:
                 again.close()
-            assert _eventually(lambda: client.complete("echo", "the place is back").text)
+            assert _once_free(lambda: client.complete("echo", "the place is back").text, f"bob-{scheme}", waited)
     return ids
 
 
@@ -189,14 +212,17 @@ def _audit_records(path: Path) -> list[dict[str, Any]]:
 def test_every_cap_refusal_leaves_one_row_and_one_audit_record(served: Any, certs: DevCertificates):
     gateway, mint, ledger, audit = served
     ann = mint("ann")
-    refused = _principal_refusals(gateway, ann, certs)
+    waited: list[tuple[str, str]] = []  # refused while a place given back was still being freed
+    refused = _principal_refusals(gateway, ann, certs, waited)
     compat = 4  # the compatible endpoints' refusals, whose ids the gateway chose
-    refused += _connection_refusals(gateway, mint, certs)
+    refused += _connection_refusals(gateway, mint, certs, waited)
+    assert len(refused) == 8 + 6
+    refused += [sid for sid, _ in waited]
     assert gateway.stop() == 0  # graceful: every row and record is written before it exits
 
     rows = Ledger(ledger).rows()
     overloaded = [row for row in rows if row["error_code"] == "OVERLOADED"]
-    assert len(overloaded) == len(refused) + compat == 8 + 6 + 4, Counter(row["session_id"] for row in overloaded)
+    assert len(overloaded) == len(refused) + compat, Counter(row["session_id"] for row in overloaded)
     by_id = Counter(row["session_id"] for row in rows)
     assert all(by_id[sid] == 1 for sid in refused), by_id
     compat_ids = {row["session_id"] for row in overloaded} - set(refused)
@@ -206,7 +232,8 @@ def test_every_cap_refusal_leaves_one_row_and_one_audit_record(served: Any, cert
         assert row["user"] == "ann" or row["user"].startswith("bob-"), row
         assert row["deployment"] is None and row["provider_type"] is None, row  # no provider called
         assert not row["tokens_in"] and not row["tokens_out"] and not row["cost"], row  # no budget used
-    assert Counter(row["user"] for row in overloaded) == {"ann": 8 + 4, "bob-ws": 2, "bob-grpc": 2, "bob-quic": 2}
+    expected = Counter({"ann": 8 + 4, "bob-ws": 2, "bob-grpc": 2, "bob-quic": 2}) + Counter(who for _, who in waited)
+    assert Counter(row["user"] for row in overloaded) == expected
 
     records = [record for record in _audit_records(audit) if record["error_code"] == "OVERLOADED"]
     assert Counter(record["session_id"] for record in records) == Counter(row["session_id"] for row in overloaded)
