@@ -28,7 +28,7 @@ from gtl_nb.sim.prompt_cache import TTL_SECONDS, TTLS, CacheUse, PromptCache, cl
 from gtl_nb.sim.schemas import schema_problem
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
-__all__ = ["ANTHROPIC_MODELS", "AnthropicSim"]
+__all__ = ["ANTHROPIC_CONTEXT_WINDOWS", "ANTHROPIC_MODELS", "AnthropicSim"]
 
 #: The models of the simulated account: dated ids and the aliases the API also accepts.
 ANTHROPIC_MODELS = (
@@ -54,6 +54,26 @@ ANTHROPIC_MODELS = (
     "claude-sonnet-5-5",
     "claude-opus-5-5",
 )
+#: The context windows (tokens) of those models, as the model catalog gives them; a model missing here has
+#: no limit in the simulator. A prompt over its window is the API's 400 "prompt is too long".
+ANTHROPIC_CONTEXT_WINDOWS: dict[str, int] = {
+    **dict.fromkeys(
+        (
+            "claude-haiku-4-5-20251001",
+            "claude-haiku-4-5",
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-5",
+            "claude-opus-4-1-20250805",
+            "claude-opus-4-1",
+            "claude-opus-4-5-20251101",
+            "claude-opus-4-5",
+            "claude-3-5-haiku-20241022",
+            "claude-3-5-haiku-latest",
+        ),
+        200000,
+    ),
+    **dict.fromkeys(("claude-opus-4-6", "claude-haiku-5-5", "claude-sonnet-5-5", "claude-opus-5-5"), 1000000),
+}
 # Framing measured on the recorded usage: a few tokens per turn; a request with tools pays the tool-use system
 # prompt Anthropic documents (~350 tokens) and more; each tool_use / tool_result block is wrapped with its id.
 _RATES = Rates(
@@ -78,6 +98,11 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text")
     return ""
+
+
+def _thinking(body: dict[str, Any]) -> bool:
+    """Whether the request switches extended thinking on."""
+    return isinstance(body.get("thinking"), dict) and body["thinking"].get("type") in ("enabled", "adaptive")
 
 
 def _input_tokens(body: dict[str, Any], thinking: bool) -> int:
@@ -358,10 +383,7 @@ class AnthropicSim:
             ]
             if choice.get("type") == "tool":
                 tools = [t for t in tools if t["name"] == choice.get("name")] or tools
-        thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") in (
-            "enabled",
-            "adaptive",
-        )
+        thinking = _thinking(body)
         limit = body.get("max_tokens")
         output = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
         form = output.get("format") if isinstance(output.get("format"), dict) else {}
@@ -461,6 +483,12 @@ class AnthropicSim:
                 "invalid_request_error",
                 f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. Found {markers}.",
             )
+        window = ctx.context_window(model, ANTHROPIC_CONTEXT_WINDOWS)
+        if window is not None:  # the whole prompt, cached parts included, against the window
+            tokens = _input_tokens(body, _thinking(body))
+            if tokens > window:
+                message = f"prompt is too long: {tokens} tokens > {window} maximum"
+                return self._error(400, "invalid_request_error", message, self._headers(req, ctx))
         answer = self._answer(body, ctx)
         cache = self._cache_use(body, ctx, answer.tokens_in)
         msg_id = ctx.make_id("msg_01", 22, req.body)

@@ -13,6 +13,14 @@ the rest of gtl_nb, the catalog included) and answers any other name with the pr
 found" error. ``serve(..., models=[...])`` replaces that list; ``models="*"`` (:data:`ANY_MODEL`) accepts any
 name, for tests and benchmarks that use made-up ones.
 
+Context windows: each provider module also holds the context window of the models it serves (the same
+numbers as the model catalog's ``context_window``; ``tests/sim/test_context_window.py`` checks that they
+agree) and refuses a request whose input, counted as its usage would be (:mod:`gtl_nb.sim.tokens`), is over
+it, with the provider's real error (Ollama excepted: it trims an over-long prompt silently, as its
+``truncate`` default does). A model without a window (not in the catalog, or a made-up name served
+through ``models=``) has no limit. ``serve(..., context_windows={"model": tokens})`` sets or replaces
+windows (``None`` removes one), e.g. a small window for a test.
+
 Registry: :data:`PROVIDERS` maps a provider name to a ``"module:Class"`` string resolved lazily by
 :func:`load_provider`, so a provider module that does not exist yet fails only when asked for.
 
@@ -26,7 +34,7 @@ import hashlib
 import importlib
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -226,6 +234,15 @@ class SimContext:
         """The model list to serve: the ``models=`` option when it is a list, else the provider's ``known``."""
         chosen = self.options.get("models")
         return list(known) if not chosen or chosen == ANY_MODEL else list(chosen)
+
+    def context_window(self, model: str, windows: Mapping[str, int]) -> int | None:
+        """The context window of ``model`` in tokens: the ``context_windows=`` option's, else the provider's
+        ``windows`` table; ``None`` (no limit) for a model in neither."""
+        chosen = self.options.get("context_windows")
+        if isinstance(chosen, Mapping) and model in chosen:
+            value = chosen[model]
+            return int(value) if value is not None else None
+        return windows.get(model)
 
     def rng(self, *parts: object) -> random.Random:
         """A random generator seeded from the server seed and ``parts`` (for ids and signatures)."""

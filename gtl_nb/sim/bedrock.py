@@ -73,7 +73,7 @@ from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
 from gtl_nb.sim.prompt_cache import MINIMUM_TOKENS, TTLS, CacheUse, PromptCache, claude_minimum, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
-__all__ = ["BEDROCK_MODELS", "BedrockSim", "encode_frame"]
+__all__ = ["BEDROCK_CONTEXT_WINDOWS", "BEDROCK_MODELS", "BedrockSim", "encode_frame"]
 
 #: The foundation models enabled in the simulated account; the cross-region inference profiles of each
 #: (``us.``, ``eu.``, ``apac.``, ``global.`` + id) and their ARNs are accepted too.
@@ -90,6 +90,17 @@ BEDROCK_MODELS = (
     "meta.llama3-1-8b-instruct-v1:0",
     "mistral.mistral-large-2407-v1:0",
 )
+#: The context windows (tokens) of those models, as the model catalog gives them (an inference profile or
+#: ARN has its model's); a model missing here has no limit in the simulator. A prompt over its window is
+#: the service's 400 ValidationException "Input is too long for requested model."
+BEDROCK_CONTEXT_WINDOWS: dict[str, int] = {
+    "amazon.nova-micro-v1:0": 128000,
+    "amazon.nova-lite-v1:0": 300000,
+    "amazon.nova-pro-v1:0": 300000,
+    "anthropic.claude-haiku-4-5-20251001-v1:0": 200000,
+    "anthropic.claude-sonnet-4-5-20250929-v1:0": 200000,
+    "anthropic.claude-opus-4-1-20250805-v1:0": 200000,
+}
 _PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.")
 # Framing measured on the recorded usage (Amazon Nova): no per-turn overhead; a request with tools pays a
 # long hidden tool-use prompt (~420 tokens). Images follow the width x height / 750 rule.
@@ -282,6 +293,12 @@ def verify_sigv4(req: SimRequest, ctx: SimContext, service: str = "bedrock") -> 
 
 class _Invalid(Exception):
     """A request the service rejects with ValidationException (carries the message)."""
+
+
+def _base_model(model: str) -> str:
+    """The foundation model id of a model id, a cross-region inference profile, or the ARN of either."""
+    model = model.rsplit("/", 1)[-1] if model.startswith("arn:") else model
+    return next((model[len(p) :] for p in _PROFILE_PREFIXES if model.startswith(p)), model)
 
 
 def _accepts_tool_status(model: str) -> bool:
@@ -657,9 +674,12 @@ class BedrockSim:
             return True
         if ctx.options.get("models"):
             return False  # an explicit list is taken literally
-        model = model.rsplit("/", 1)[-1] if model.startswith("arn:") else model
-        base = next((model[len(p) :] for p in _PROFILE_PREFIXES if model.startswith(p)), model)
-        return base in BEDROCK_MODELS
+        return _base_model(model) in BEDROCK_MODELS
+
+    def _window(self, model: str, ctx: SimContext) -> int | None:
+        """The context window of ``model`` (an inference profile or ARN has its foundation model's)."""
+        window = BEDROCK_CONTEXT_WINDOWS.get(_base_model(model))
+        return ctx.context_window(model, {model: window} if window is not None else {})
 
     # -- Converse / ConverseStream -----------------------------------------------------------------------
 
@@ -698,6 +718,9 @@ class BedrockSim:
         problem = _ttl_problem(lifetimes, model)
         if problem is not None:
             return self._error(400, "ValidationException", problem, req, ctx)
+        window = self._window(model, ctx)
+        if window is not None and _input_tokens(body) > window:
+            return self._error(400, "ValidationException", "Input is too long for requested model.", req, ctx)
         answer = _answer(body, ctx)
         cache = self.prompt_cache.use(
             [

@@ -23,7 +23,7 @@ from gtl_nb.sim.answers import Answer, count_tokens
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
 from gtl_nb.sim.tokens import Rates, Tally, b64_bytes, gemini_image_tokens
 
-__all__ = ["GEMINI_MODELS", "GeminiSim"]
+__all__ = ["GEMINI_CONTEXT_WINDOWS", "GEMINI_MODELS", "GeminiSim"]
 
 #: The text models of the simulated project (ListModels of the Gemini API, generateContent-capable).
 GEMINI_MODELS = (
@@ -45,6 +45,14 @@ GEMINI_MODELS = (
     "gemini-3.5-flash",
     "gemini-3.5-flash-lite",
 )
+#: The context windows (input token limits) of those models, as the model catalog gives them; a model
+#: missing here has no limit in the simulator (and lists the usual 1,048,576). A prompt over its window is the
+#: API's 400 INVALID_ARGUMENT "The input token count (N) exceeds the maximum number of tokens allowed (M)."
+GEMINI_CONTEXT_WINDOWS: dict[str, int] = dict.fromkeys(
+    ("gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.5-flash-lite", "gemini-3.1-pro-preview", "gemini-3.5-flash"),
+    1048576,
+)
+_LISTED_INPUT_LIMIT = 1048576
 # Framing measured on the recorded usage: Gemini bills text, calls and responses with next to no overhead;
 # function declarations cost their words. Later models add a little: 2.5 (and the "-latest" aliases of its
 # time) a couple of tokens per request and ~17 of hidden tool instructions, 3.x ~12 of tool instructions.
@@ -225,7 +233,7 @@ class GeminiSim:
             "version": "001",
             "displayName": name.replace("-", " ").title(),
             "description": f"Simulated {name}",
-            "inputTokenLimit": 1048576,
+            "inputTokenLimit": GEMINI_CONTEXT_WINDOWS.get(name, _LISTED_INPUT_LIMIT),
             "outputTokenLimit": 65536,
             "supportedGenerationMethods": ["generateContent", "countTokens"],
             "temperature": 1,
@@ -324,6 +332,12 @@ class GeminiSim:
                 f"models/{model} is not found for API version {version}, or is not "
                 "supported for generateContent. Call ListModels to see the list of available "
                 "models and their supported methods.",
+            )
+        window = ctx.context_window(model, GEMINI_CONTEXT_WINDOWS)
+        tokens = _input_tokens(body, model) if window is not None else 0
+        if window is not None and tokens > window:  # as answered to a Developer API key (gemini-cli #4118)
+            return _google_error(
+                400, f"The input token count ({tokens}) exceeds the maximum number of tokens allowed ({window})."
             )
         answer = self._answer(body, ctx, model)
         response_id = ctx.make_id("", 23, req.body)

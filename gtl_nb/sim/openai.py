@@ -26,7 +26,7 @@ from gtl_nb.sim.base import FIXED_EPOCH, SimContext, SimRequest, SimResponse, js
 from gtl_nb.sim.schemas import schema_problem
 from gtl_nb.sim.tokens import Rates, Tally, data_url_bytes, openai_image_tokens
 
-__all__ = ["OPENAI_MODELS", "AzureSim", "OpenAICompatibleSim", "OpenAISim"]
+__all__ = ["OPENAI_CONTEXT_WINDOWS", "OPENAI_MODELS", "AzureSim", "OpenAICompatibleSim", "OpenAISim"]
 
 #: The chat models of the simulated OpenAI account (and the deployments of the simulated Azure resource).
 OPENAI_MODELS = (
@@ -53,6 +53,17 @@ OPENAI_MODELS = (
     "gpt-5.4-nano",
     "gpt-5.5",
 )
+#: The context windows (tokens) of those models, as the model catalog gives them; a model missing here has
+#: no limit in the simulator. A prompt over its window is the API's 400 ``context_length_exceeded``.
+OPENAI_CONTEXT_WINDOWS: dict[str, int] = {
+    **dict.fromkeys(
+        ("gpt-4o-mini", "gpt-4o", "gpt-4o-2024-08-06", "gpt-4o-2024-11-20", "gpt-4o-mini-2024-07-18"), 128000
+    ),
+    **dict.fromkeys(("gpt-4.1", "gpt-4.1-mini", "gpt-4.1-nano"), 1047576),
+    **dict.fromkeys(("o3", "o4-mini"), 200000),
+    **dict.fromkeys(("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5.4-mini", "gpt-5.4-nano"), 400000),
+    **dict.fromkeys(("gpt-5.4", "gpt-5.5"), 1050000),
+}
 #: what an OpenAI-compatible server lists when it was given no names (it accepts any)
 _COMPATIBLE_LISTED = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini")
 # Framing measured on the recorded usage: 3 tokens per message and 3 to prime the reply; tools are rendered
@@ -181,6 +192,17 @@ def _error(message: str, type_: str | None, code: str | None, param: str | None 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def _context_length_exceeded(window: int, tokens: int) -> dict[str, Any]:
+    """The API's 400 for a prompt over the model's window (the recorded fixture's wording and shape)."""
+    return _error(
+        f"This model's maximum context length is {window} tokens. However, your messages resulted in {tokens} "
+        "tokens. Please reduce the length of the messages.",
+        "invalid_request_error",
+        "context_length_exceeded",
+        "messages",
+    )
+
+
 class _ChatCompletionsSim:
     """What OpenAI, OpenAI-compatible servers and Azure share: request reading and the answer's chunks."""
 
@@ -191,6 +213,8 @@ class _ChatCompletionsSim:
     name = "openai"
     base_path = "/v1"
     overloaded_status = 503
+    #: the models' context windows (an OpenAI-compatible server's are whatever it loaded: none known)
+    context_windows: dict[str, int] = OPENAI_CONTEXT_WINDOWS
 
     # -- request reading ------------------------------------------------------------------------------------
 
@@ -249,6 +273,14 @@ class _ChatCompletionsSim:
             if isinstance(t, dict) and isinstance(t.get("function"), dict)
         ]
         return tally.total(dataclasses.replace(_RATES, image=openai_image_tokens(str(body.get("model") or ""))))
+
+    def _over_window(self, body: dict[str, Any], model: str, ctx: SimContext) -> dict[str, Any] | None:
+        """The 400 body for a request whose input is over ``model``'s context window, else ``None``."""
+        window = ctx.context_window(model, self.context_windows)
+        if window is None:
+            return None
+        tokens = self._input_tokens(body)
+        return _context_length_exceeded(window, tokens) if tokens > window else None
 
     def _finish(self, answer: Answer) -> str:
         return "tool_calls" if answer.tool_calls else ("length" if answer.finish == "length" else "stop")
@@ -465,6 +497,9 @@ class OpenAISim(_ChatCompletionsSim):
             return json_response(400, _error("you must provide a model parameter", "invalid_request_error", None))
         if not self._accepts(str(model), ctx):
             return self._model_not_found(str(model))
+        too_long = self._over_window(body, str(model), ctx)
+        if too_long is not None:
+            return json_response(400, too_long, self._headers(req, ctx))
         answer = self._answer(body, ctx)
         chat_id = ctx.make_id("chatcmpl-", 29, req.body)
         if body.get("stream"):
@@ -622,6 +657,7 @@ class OpenAICompatibleSim(OpenAISim):
     check_key_default = False
     known_models = None
     checks_response_format = False
+    context_windows: dict[str, int] = {}
 
 
 class AzureSim(_ChatCompletionsSim):
@@ -705,12 +741,15 @@ class AzureSim(_ChatCompletionsSim):
                 },
             )
         body: dict[str, Any] = req.json
-        answer = self._answer(body, ctx)
-        chat_id = ctx.make_id("chatcmpl-", 29, req.body)
         headers = {
             "apim-request-id": ctx.make_id("", 32, req.body, alphabet="0123456789abcdef"),
             "x-ms-region": "Sim Region",
         }
+        too_long = self._over_window(body, deployment, ctx)  # the deployment's model decides the window
+        if too_long is not None:
+            return json_response(400, too_long, headers)
+        answer = self._answer(body, ctx)
+        chat_id = ctx.make_id("chatcmpl-", 29, req.body)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             chunks = self._stream(req, ctx, answer, chat_id, deployment, include_usage)
