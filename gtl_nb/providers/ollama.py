@@ -23,7 +23,8 @@ Decoding: one JSON object per line, lines split anywhere across chunks, the ``do
 parsed even without a trailing newline. ``message.content`` → ``token``, ``message.thinking`` →
 ``reasoning`` (only when asked; never ``token``), tool calls arrive whole (id kept, else
 ``call_<n>``), the ``done`` line gives usage (``prompt_eval_count`` / ``eval_count``, ``None`` when
-omitted) and ``done_reason``. A ``{"error": ...}`` line inside the 200 stream is an ``error``; a body
+omitted) and ``done_reason``. A ``{"error": ...}`` line inside the 200 stream is an ``error``
+(CONTEXT_LENGTH_EXCEEDED for "the input length exceeds the context length", as an error body is); a body
 ending without ``done: true`` is a retryable ``PROVIDER_UNAVAILABLE``. Non-streaming answers are one
 JSON object, parsed at ``close()``. The top-level ``response`` field of ``/api/generate`` lines is
 read as text too, so generate-shaped bodies decode the same way.
@@ -221,6 +222,13 @@ def build_body(request: CompletionRequest) -> dict[str, Any]:
 # Response
 
 
+def _says_context_exceeded(message: str) -> bool:
+    """Ollama's refusal of an input over the context (``truncate: false``, and embeddings):
+    "the input length exceeds the context length" (older servers: "… maximum context length")."""
+    lowered = message.lower()
+    return "exceeds the context length" in lowered or "exceeds maximum context length" in lowered
+
+
 class OllamaDecoder(GuardedDecoder):
     """Decodes one ``/api/chat`` response body (NDJSON stream or one JSON object)."""
 
@@ -289,6 +297,8 @@ class OllamaDecoder(GuardedDecoder):
         if "error" in obj:
             error = obj["error"]
             text = error if isinstance(error, str) else json.dumps(error)
+            if _says_context_exceeded(text):  # the runner's refusal of an over-long input: not worth a retry
+                return [self._error("CONTEXT_LENGTH_EXCEEDED", text, retryable=False)]
             # A failure of the runner after the 200 (like a 500): worth another try.
             return [self._error("INTERNAL", text or "Ollama reported an error", retryable=True)]
         events: list[StreamEvent] = []
@@ -397,6 +407,8 @@ class OllamaDialect:
         lowered = message.lower()
         if "not found" in lowered and ("pull" in lowered or "model" in lowered):
             code = "MODEL_NOT_FOUND"
+        elif _says_context_exceeded(message):
+            code = "CONTEXT_LENGTH_EXCEEDED"
         elif status == 401 or lowered == "unauthorized":
             code = "AUTH_FAILED"
         return error_event(
@@ -404,7 +416,7 @@ class OllamaDialect:
             deployment,
             code,
             message,
-            retryable=retryable_for_status(status) and code != "MODEL_NOT_FOUND",
+            retryable=retryable_for_status(status) and code not in ("MODEL_NOT_FOUND", "CONTEXT_LENGTH_EXCEEDED"),
             retry_after=retry_after_seconds(headers, message=message),
             http_status=status,
         )

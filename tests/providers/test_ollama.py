@@ -98,6 +98,21 @@ def test_error_404_model_not_found_maps_to_model_not_found() -> None:
     assert (error.http_status, error.provider, error.session_id) == (404, "ollama-local", "s1")
 
 
+@pytest.mark.parametrize("status", [400, 500])
+def test_the_input_length_refusal_maps_to_context_length_exceeded(status: int) -> None:
+    """Ollama's "the input length exceeds the context length" (``truncate: false``; embeddings, seen as a
+    400 and as a 500) is CONTEXT_LENGTH_EXCEEDED, not retried — not an INVALID_REQUEST or INTERNAL."""
+    body = b'{"error":"the input length exceeds the context length"}'
+    error = DIALECT.decode_error(_request(), LOCAL, status, {"content-type": "application/json"}, body)
+    assert (error.code, error.retryable, error.http_status) == ("CONTEXT_LENGTH_EXCEEDED", False, status)
+
+
+def test_the_input_length_refusal_inside_the_stream_is_context_length_exceeded() -> None:
+    events = _decode(_request(), b'{"error":"the input length exceeds the context length"}\n')
+    errors = [e for e in events if isinstance(e, Error)]
+    assert [(e.code, e.retryable) for e in errors] == [("CONTEXT_LENGTH_EXCEEDED", False)]
+
+
 def test_api_tags_lists_model_names_with_tags() -> None:
     expected = wire.expected(FIXTURES, "api-tags")
     assert DIALECT.parse_models((FIXTURES / "api-tags.json").read_bytes()) == expected["models"]
