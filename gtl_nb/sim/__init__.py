@@ -8,7 +8,9 @@
 (``.base_url``, ``.requests``, ``.set_faults()``, ``.close()``); :class:`Fault` scripts errors, drops,
 stalls and malformed chunks. Each simulator knows its provider's models and answers another name with the
 provider's real "model not found" error; ``serve(..., models=[...])`` replaces the list and
-``models=ANY_MODEL`` (``"*"``) accepts any name. Usage counts the whole request (:mod:`gtl_nb.sim.tokens`).
+``models=ANY_MODEL`` (``"*"``) accepts any name. Usage counts the whole request (:mod:`gtl_nb.sim.tokens`), and
+a request over the model's context window gets the provider's real refusal (``context_windows={...}`` sets
+windows; Ollama, which trims by default, refuses nothing).
 Standard library only, and independent of the rest of gtl_nb: the simulators are witnesses of the documented
 formats, not re-uses of the adapters under test.
 """

@@ -340,7 +340,8 @@ def serve(
 
     Returns once the socket accepts connections. Extra keyword arguments: ``host``, ``port``,
     ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_region``, and provider options such as
-    ``models=[...]`` (restrict the accepted models) or ``check_key=True`` (openai_compatible).
+    ``models=[...]`` (restrict the accepted models), ``context_windows={model: tokens}`` or
+    ``check_key=True`` (openai_compatible).
     """
     return Simulator(provider, faults, seed=seed, pace=pace, api_key=api_key, **options)
 
