@@ -760,7 +760,7 @@ class Client:
                 try:
                     on_event(event)
                 except Exception:  # a display callback must not break the run
-                    log.exception("on_event callback failed for %s", request.session_id)
+                    log.exception("on_event callback failed for %r", request.session_id)
 
         await self.backend.session(request, deliver)
         return self._outcome(transcript)

@@ -661,7 +661,7 @@ class Engine:
                         # request still leaves its row, started now and ended ``cancelled`` as the cancel goes on
                         cancelled = exc
                     except Exception:  # the budget store failed: the request ends INTERNAL, its row with it
-                        log.exception("session %s: the budget counter failed", request.session_id)
+                        log.exception("session %r: the budget counter failed", request.session_id)
                         # (its words stay in the log: a store's error may name its address or credentials)
                         refusal = Error(
                             session_id=request.session_id, code="INTERNAL", message="the budget counter failed"
@@ -734,7 +734,7 @@ class Engine:
                 if batches is not None:
                     await batches.aclose()
             except Exception:  # (a store that fails to take back a breaker's probe slot): the row still ends
-                log.exception("session %s: closing the levels below failed", request.session_id)
+                log.exception("session %r: closing the levels below failed", request.session_id)
             finally:  # also when a second cancel comes while they close
                 with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
                     _REQUEST_CONTEXT.reset(scope)
@@ -872,7 +872,7 @@ class Engine:
         """The ``INTERNAL`` error that ends a session a bug below ``stream_batches`` broke (logged with
         its traceback): the session and its ledger row still end properly, instead of an exception
         that leaves both open."""
-        log.exception("session %s failed inside the engine", request.session_id, exc_info=exc)
+        log.exception("session %r failed inside the engine", request.session_id, exc_info=exc)
         return Error(
             session_id=request.session_id,
             code="INTERNAL",
@@ -955,7 +955,7 @@ class Engine:
             try:
                 handle = start_nowait(session_id=request.session_id, context=context, model=model)
             except Exception:  # the ledger must never take a request down with it
-                log.exception("ledger: could not record the start of %s", request.session_id)
+                log.exception("ledger: could not record the start of %r", request.session_id)
                 return None
             if handle is not None:
                 return handle
@@ -972,7 +972,7 @@ class Engine:
             insert.add_done_callback(self._finish_cancelled_insert)
             raise
         except Exception:  # the ledger must never take a request down with it
-            log.exception("ledger: could not record the start of %s", request.session_id)
+            log.exception("ledger: could not record the start of %r", request.session_id)
             return None
 
     def _finish_cancelled_insert(self, insert: asyncio.Future[int]) -> None:
@@ -1221,7 +1221,7 @@ class Engine:
         except asyncio.CancelledError:
             pass  # every reader left
         except Exception as exc:  # a bug must still end every reader's session
-            log.exception("session %s failed inside the engine", sid)
+            log.exception("session %r failed inside the engine", sid)
             error = Error(session_id=sid, code="INTERNAL", message=f"gtl_nb internal error: {exc!r}")
             flight.publish(error)
             if lead is not None:
@@ -1475,7 +1475,7 @@ class Engine:
                     owner = self._cache_owner()
                     await self.stores.cache.set(cache_key(target.name, target.model, request, owner), answer)
                 except Exception:  # a cache that cannot store must not fail the answer
-                    log.exception("cache: could not store the answer of %s", request.session_id)
+                    log.exception("cache: could not store the answer of %r", request.session_id)
 
     def _context_fallback(self, failed: Error, target: Target) -> Target | None:
         """Where a prompt ``target`` found too long goes next, if anywhere: the configured fallback,
@@ -1852,7 +1852,7 @@ async def _close_attempt(attempt: AsyncGenerator[list[StreamEvent], None], targe
     try:
         await attempt.aclose()
     except Exception:  # closing the response failed after its events were read: the answer stands
-        log.exception("%s: closing the response of %s failed", target.name, sid)
+        log.exception("%s: closing the response of %r failed", target.name, sid)
 
 
 def _ended_unfinished(target: Target, sid: str) -> Error:

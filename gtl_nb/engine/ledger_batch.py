@@ -150,7 +150,7 @@ class _NewRows:
         if end is None:
             row = started_row_values(values)
         else:  # its details, or (when they cannot be cleaned) its outcome alone
-            clean = _clean(end, f"session {op.session_id}")
+            clean = _clean(end, f"session {op.session_id!r}")
             row = finished_row_values(values, end.status, end.when, clean, end.fields.get("error_code"))
         self._rows.append(row)
         self._ops.append(op)
@@ -315,12 +315,12 @@ def _insert(
         essentials = partial(finished_row_values, values, end.status, end.when, None, end.fields.get("error_code"))
         attempts = [(INSERT_FINISHED, essentials)]  # made only when the full row was refused
         if clean is _NOT_CLEANED:
-            clean = _clean(end, f"session {op.session_id}")
+            clean = _clean(end, f"session {op.session_id!r}")
         if clean is not None:
             attempts.insert(0, (INSERT_FINISHED, finished_row_values(values, end.status, end.when, clean)))
-    cursor = _first_that_works(conn, attempts, f"session {op.session_id}")
+    cursor = _first_that_works(conn, attempts, f"session {op.session_id!r}")
     if cursor is None:
-        log.error("ledger: the row of session %s could not be written at all; it is lost", op.session_id)
+        log.error("ledger: the row of session %r could not be written at all; it is lost", op.session_id)
         return None
     return int(cursor.lastrowid or 0)
 

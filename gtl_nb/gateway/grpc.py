@@ -544,7 +544,7 @@ def _result(events: list[StreamEvent]) -> pb.CompletionResult:
         try:
             frames.append(to_frame(event, pb.StreamEvent))
         except ProtocolError as exc:
-            log.warning("session %s: a %s cannot be sent over gRPC: %s", event.session_id, type(event).__name__, exc)
+            log.warning("session %r: a %s cannot be sent over gRPC: %s", event.session_id, type(event).__name__, exc)
             ended = Error(session_id=event.session_id, code="INTERNAL", message="the gateway cannot send an event")
             frames.append(to_frame(ended, pb.StreamEvent))
             break

@@ -306,7 +306,7 @@ class _Sessions:
                     refused=refused,
                 )
             except Exception:  # a bug: run_session already ended the session with INTERNAL
-                log.exception("session %s failed in the gateway", request.session_id)
+                log.exception("session %r failed in the gateway", request.session_id)
             finally:
                 self._running.discard(running)
                 self._update()

@@ -682,7 +682,7 @@ class _Session:
                 cancelled_by=lambda: self.cancel_reason or self.connection.cancel_reason,
             )
         except Exception:  # a bug, or an event this stream cannot carry: already ended with INTERNAL
-            log.exception("session %s failed in the gateway", request.session_id)
+            log.exception("session %r failed in the gateway", request.session_id)
         finally:
             self.connection.gateway.tasks.discard(self.task)  # type: ignore[arg-type]
             self.connection.ended(self)
@@ -706,7 +706,7 @@ class _Session:
         try:
             self.send(event)
         except GTLError as exc:
-            log.debug("could not end session %s: %s", event.session_id, exc)
+            log.debug("could not end session %r: %s", event.session_id, exc)
 
     def refuse_recorded(self, request: CompletionRequest, context: RequestContext, error: GTLError) -> None:
         """Refuse a whole ``request`` at a session cap: its ledger row and audit record are written, then

@@ -156,7 +156,7 @@ async def recorded_refusal(
             async for _batch in batches:  # ``queued``, then the refusal: only the row matters here
                 pass
         except Exception:  # a bug in the engine must not keep the refusal from its client
-            log.exception("session %s: recording its refusal failed", request.session_id)
+            log.exception("session %r: recording its refusal failed", request.session_id)
         finally:
             await batches.aclose()
     return refusal

@@ -342,7 +342,7 @@ class GatewayConnection:
                 ending=ending,
             )
         except Exception:  # a bug, or an event this connection cannot carry: already ended with INTERNAL
-            log.exception("session %s failed in the gateway", request.session_id)
+            log.exception("session %r failed in the gateway", request.session_id)
         finally:
             task = asyncio.current_task()
             if self._tasks.get(request.session_id) is task:
@@ -359,7 +359,7 @@ class GatewayConnection:
         try:
             self.framed.send_nowait(event)
         except GTLError as exc:
-            log.debug("could not end session %s: %s", event.session_id, exc)
+            log.debug("could not end session %r: %s", event.session_id, exc)
 
     # -- time limits and shutdown ------------------------------------------------------------------
 

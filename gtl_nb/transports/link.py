@@ -79,7 +79,7 @@ class _Slot:
         try:
             self.deliver(event)
         except Exception:  # the caller's callback must not stop the connection's reader
-            log.exception("delivering an event of session %s failed", self.session_id)
+            log.exception("delivering an event of session %r failed", self.session_id)
 
 
 class ClientLink:

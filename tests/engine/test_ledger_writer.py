@@ -380,6 +380,8 @@ def test_one_requests_unstorable_text_does_not_fail_the_others(path: Path, caplo
         ("bad\\udc80session", "error"),
     ]
     assert rows[1]["error_code"] == "TIMEOUT" and "escaped" in caplog.text
+    # a client's session id is quoted in the log, its characters escaped: no raw surrogate, no forged line
+    assert "bad\udc80session" not in caplog.text and "'bad\\udc80session'" in caplog.text
 
 
 def test_a_merged_row_whose_details_are_refused_is_written_with_its_outcome_alone(

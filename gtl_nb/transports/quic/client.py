@@ -82,14 +82,14 @@ class _Session:
         try:
             self.deliver(event)
         except Exception:  # the caller's callback must not stop the connection
-            log.exception("delivering an event of session %s failed", self.session_id)
+            log.exception("delivering an event of session %r failed", self.session_id)
 
     def data_received(self, data: bytes, end: bool) -> None:
         events, violation = self.reader.feed(data, end)
         for event in events:
             self.put(event)
         if violation is not None and not self.ended.is_set():
-            log.warning("the %s broke session %s's stream: %s", self.link.label, self.session_id, violation)
+            log.warning("the %s broke session %r's stream: %s", self.link.label, self.session_id, violation)
             self.put(stream_fault(self.session_id, violation))
             self.link.peer_reset(self.stream_id)
 
