@@ -3,7 +3,7 @@
     gtl complete "prompt" [--model echo] [--system S] [--temperature T] [--max-tokens N] [--json]
     gtl models
     gtl --gateway URL complete|models ...   the same on a running gateway ($GTL_NB_GATEWAY; its token
-                                            in $GTL_NB_TOKEN or $GTL_TOKEN, never on the command line)
+                                            in $GTL_TOKEN, else $GTL_NB_TOKEN, never on the command line)
     gtl usage [--by model|deployment|user|day|status|finish_reason] [--days N] [--json]   the ledger's sums
                                             (this machine's file; a gateway's with gtl --gateway URL usage)
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
@@ -31,17 +31,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gtl_nb.client import CONNECT_READS
+from gtl_nb.client import CONNECT_READS, TOKEN_VARIABLES
 from gtl_nb.notebook.args import finite_float
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, PermissionDeniedError, RequestError
 from gtl_nb.words import shown_in_terminal
 
 GATEWAY_ENV = "GTL_NB_GATEWAY"
 """The gateway ``complete`` and ``models`` use when ``--gateway`` is not given."""
-TOKEN_ENV = "GTL_NB_TOKEN"
-"""The token sent to that gateway: from the environment only, so it never shows in a process list."""
-NOTEBOOK_TOKEN_ENV = "GTL_TOKEN"
-"""The notebook's token variable, read when ``$GTL_NB_TOKEN`` is unset: one set-up serves both."""
+TOKEN_ENV = TOKEN_VARIABLES[0]
+"""The variable every message names for the gateway's token (``$GTL_TOKEN``): read from the environment
+only, so it never shows in a process list — by ``client.environment_token``, in the SDK's and the
+notebook's order (``TOKEN_VARIABLES``), so the terminal and ``gtl_nb.connect`` send the same token."""
+FALLBACK_TOKEN_ENV = TOKEN_VARIABLES[1]
+"""The older variable (``$GTL_NB_TOKEN``), read when ``$GTL_TOKEN`` is unset."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,  # $GTL_NB_GATEWAY is read after parsing: a command may ask whether it was typed
         help=f"run complete, models and usage on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
         f"in this process (complete and models: default ${GATEWAY_ENV}; usage only as typed); its token is read "
-        f"from ${TOKEN_ENV} (or ${NOTEBOOK_TOKEN_ENV})",
+        f"from ${TOKEN_ENV} (else ${FALLBACK_TOKEN_ENV})",
     )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
     parser.add_argument("--version", action="version", version=f"gtl_nb {_version()}")
@@ -135,7 +137,7 @@ def _optional_subcommands(sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from gtl_nb.client import connect, is_embedded
+    from gtl_nb.client import connect, environment_token, is_embedded
 
     if args.gateway:
         if args.config is not None:
@@ -143,7 +145,7 @@ def _client(args: argparse.Namespace) -> Any:
                 f"--config configures this process's engine; a gateway (--gateway or ${GATEWAY_ENV}) has its own: "
                 "give one of them"
             )
-        token = os.environ.get(TOKEN_ENV) or os.environ.get(NOTEBOOK_TOKEN_ENV) or None
+        token = environment_token()  # the same variables, in the same order, as gtl_nb.connect's
         if is_embedded(args.gateway):  # $GTL_NB_GATEWAY=embedded://: the engine here, which takes no token
             token = None
         return connect(args.gateway, token=token)

@@ -94,8 +94,9 @@ def new_session_id() -> str:
 
 
 TOKEN_VARIABLES = ("GTL_TOKEN", "GTL_NB_TOKEN")
-"""Where ``connect`` to a gateway finds its token when given none, in order: the notebook's variable,
-then the ``gtl`` command's (which reads them the other way round) — one set-up serves all three."""
+"""Where ``connect`` to a gateway finds its token when given none, in order: ``$GTL_TOKEN``, then the
+older ``$GTL_NB_TOKEN``. The ``gtl`` command and the notebook read them alike (``environment_token``),
+so one set-up serves all three and they send the same token."""
 CONNECT_READS = "(or put it in $GTL_TOKEN, which connect reads)"
 """How a missing token's advice (``gateway.tokens.verify.MISSING``) names ``TOKEN_VARIABLES`` for a
 Python caller; the ``gtl`` command and the notebook reword that advice whole, this included."""

@@ -138,7 +138,7 @@ def test_a_ghosttoken_refusal_tells_the_terminal_where_its_token_goes():
     assert older != MISSING
     for said in (MISSING, older):
         told = _for_the_shell(said)
-        assert told.endswith("or put it in $GTL_NB_TOKEN for gtl --gateway") and "gtl_nb.connect" not in told
+        assert told.endswith("or put it in $GTL_TOKEN for gtl --gateway") and "gtl_nb.connect" not in told
         in_a_notebook = in_notebook_words(said)
         assert "%gtl connect URL --token-env VAR" in in_a_notebook and "gtl_nb.connect" not in in_a_notebook
 
@@ -153,7 +153,7 @@ def test_a_development_token_refusal_survives_the_log_and_tells_the_terminal_whe
     with pytest.raises(AuthenticationError) as refused:
         auth("wrong")
     assert redact(refused.value.message) == refused.value.message  # logged as it is said
-    assert "in $GTL_NB_TOKEN for gtl --gateway" in _for_the_shell(refused.value.message)
+    assert "in $GTL_TOKEN for gtl --gateway" in _for_the_shell(refused.value.message)
 
 
 def test_models_quotes_prices_per_million_in_plain_digits():
@@ -164,7 +164,7 @@ def test_models_quotes_prices_per_million_in_plain_digits():
 
 
 def test_a_gateway_variable_naming_the_embedded_engine_sends_it_no_token():
-    result = gtl("models", env={"GTL_NB_GATEWAY": "embedded://", "GTL_NB_TOKEN": "for-a-gateway"})
+    result = gtl("models", env={"GTL_NB_GATEWAY": "embedded://", "GTL_TOKEN": "for-a-gateway"})
     assert result.returncode == 0, result.stderr
     assert "echo [echo] (offline)" in result.stdout
 
@@ -181,16 +181,16 @@ def test_an_unreachable_gateway_says_how_to_start_one(capsys):
 @pytest.mark.parametrize(
     ("environ", "sent"),
     [
-        ({"GTL_NB_TOKEN": "gtl-nb-token"}, "gtl-nb-token"),
-        ({"GTL_TOKEN": "notebook-token"}, "notebook-token"),  # the notebook's variable serves the terminal too
-        ({"GTL_NB_TOKEN": "gtl-nb-token", "GTL_TOKEN": "notebook-token"}, "gtl-nb-token"),
+        ({"GTL_TOKEN": "gtl-token"}, "gtl-token"),
+        ({"GTL_NB_TOKEN": "older-token"}, "older-token"),  # the older variable still serves
+        ({"GTL_NB_TOKEN": "older-token", "GTL_TOKEN": "gtl-token"}, "gtl-token"),  # $GTL_TOKEN first, as connect
+        ({"GTL_TOKEN": "  gtl-token\n"}, "gtl-token"),  # as a shell's $(cat file) leaves it, as connect reads it
         ({}, None),
     ],
 )
 def test_the_gateways_token_comes_from_either_variable(monkeypatch, environ, sent):
     from gtl_nb.cli import _client
 
-    monkeypatch.delenv("GTL_TOKEN", raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     seen = {}

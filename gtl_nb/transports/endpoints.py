@@ -183,7 +183,7 @@ def schemes() -> tuple[str, ...]:
 
 _CREDENTIALS_REFUSED = (
     "a gateway address carries no credentials (user:password@ is not used, and would be shown in errors); "
-    "give the gateway's token with token= (the gtl command: $GTL_NB_TOKEN)"
+    "give the gateway's token with token= (the gtl command: $GTL_TOKEN)"
 )
 MAX_ADDRESS_CHARS = 2048
 """The longest gateway address taken: an error may quote the address, and none is longer."""

@@ -28,7 +28,7 @@ def test_a_token_in_the_environment_is_sent(url, monkeypatch, variable, scheme):
         assert client.complete("echo", "hi").text
 
 
-def test_the_notebooks_variable_comes_first_and_a_given_token_wins(url, monkeypatch):
+def test_gtl_token_comes_before_gtl_nb_token_and_a_given_token_wins(url, monkeypatch):
     monkeypatch.setenv("GTL_TOKEN", TOKEN)
     monkeypatch.setenv("GTL_NB_TOKEN", "stale")
     with gtl_nb.connect(url) as client:

@@ -801,7 +801,7 @@ def jwt_gateway(tmp_path, monkeypatch, scopes: tuple[str, ...]) -> tuple[Any, st
 
 
 def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path, monkeypatch):
-    """The ``gtl`` command's $GTL_NB_GATEWAY and $GTL_NB_TOKEN serve the notebook too: a kernel restarted
+    """The ``gtl`` command's $GTL_NB_GATEWAY and $GTL_TOKEN serve the notebook too: a kernel restarted
     with them set is back on the gateway (it fell back to the embedded engine and the machine's own
     ledger, silently); ``%gtl config`` says where the endpoint came from, ``%gtl usage`` which ledger."""
     config, token = jwt_gateway(tmp_path, monkeypatch, ("chat:write", "usage:read"))
@@ -811,7 +811,7 @@ def test_a_kernel_started_with_the_gateways_variables_is_on_the_gateway(tmp_path
         shell = next(shells)
         try:
             monkeypatch.setenv("GTL_NB_GATEWAY", gateway.url("http"))
-            monkeypatch.setenv("GTL_NB_TOKEN", token)
+            monkeypatch.setenv("GTL_TOKEN", token)
             unload_ipython_extension(shell)
             load_ipython_extension(shell)  # what a restarted kernel does
             assert f"endpoint  {gateway.url('http')}  ($GTL_NB_GATEWAY)" in run(shell, "%gtl config")[1]
