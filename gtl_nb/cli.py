@@ -99,12 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
             default=argparse.SUPPRESS,  # not typed here: the one before the command (or none) stands
             help=f"run on this gateway instead of in this process (as gtl --gateway; token from ${TOKEN_ENV})",
         )
+    for name in CONFIG_COMMANDS:  # `gtl complete --config FILE ...` reads as well as `gtl --config FILE complete ...`
+        sub.choices[name].add_argument(
+            "--config",
+            metavar="FILE",
+            default=argparse.SUPPRESS,  # not typed here: the one before the command (or none) stands
+            help="TOML configuration file (as gtl --config)",
+        )
     parser.set_defaults(gateway_usage_rows=_gateway_usage_rows)  # `gtl --gateway URL usage` (engine.ledger_cli)
     return parser
 
 
 GATEWAY_COMMANDS = ("complete", "models", "usage")
 """The commands ``--gateway`` sends to a gateway; it may follow their name too."""
+CONFIG_COMMANDS = ("complete", "models")
+"""This module's commands ``--config`` may follow too (the others' modules take it after their names)."""
 
 
 def _version() -> str:

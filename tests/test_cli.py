@@ -122,6 +122,34 @@ def test_the_gateway_option_says_usage_does_not_read_the_variable():
     assert "complete and models: default $GTL_NB_GATEWAY" in " ".join(option.help.split()), option.help
 
 
+@pytest.mark.parametrize("before", [True, False], ids=["before-the-command", "after-the-command"])
+def test_complete_and_models_take_config_before_or_after_the_command(tmp_path, capsys, before):
+    from gtl_nb.engine.ledger import Ledger
+
+    config = tmp_path / "gtl.toml"
+    ledger = tmp_path / "ledger.sqlite3"
+    config.write_text(
+        f'[ledger]\npath = "{ledger.as_posix()}"\n[providers.team]\ntype = "openai_compatible"\n'
+        'base_url = "http://127.0.0.1:9/v1"\nmodels = ["team-model"]\n'
+    )
+
+    def run(*argv: str) -> int:
+        command, *rest = argv
+        given = ["--config", str(config)]
+        return main([*given, command, *rest] if before else [command, *given, *rest])
+
+    assert run("models") == 0
+    assert "team [openai_compatible]" in capsys.readouterr().out
+    assert run("complete", "hello", "--model", "echo") == 0
+    assert 'You said: "hello"' in capsys.readouterr().out
+    assert [row["model"] for row in Ledger(ledger).rows()] == ["echo"]  # the file's ledger, not the default
+
+
+def test_config_after_the_command_is_refused_with_a_gateway_as_before_it(capsys):
+    assert main(["models", "--config", "gtl.toml", "--gateway", "ws://127.0.0.1:9"]) == 2
+    assert "has its own" in capsys.readouterr().err
+
+
 def test_models_says_echo_has_no_context_window_rather_than_an_unknown_one():
     result = gtl("models")
     echo = next(line for line in result.stdout.splitlines() if line.startswith("  echo "))  # the model row

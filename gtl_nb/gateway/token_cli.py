@@ -5,10 +5,10 @@
     gtl token list [--json]
     gtl token revoke JTI [--minted-elsewhere]
 
-Every command reads ``[gateway.jwt]`` of the configuration (``--config``, then ``$GTL_NB_CONFIG``, then
-the user's file): ``mint`` signs with its HS256 secret and prints the token on standard output and
-nothing else; the token store (``revocations``) records what was minted — never the token — and
-holds the revocations the gateway checks.
+Every command reads ``[gateway.jwt]`` of the configuration (``--config`` — before ``token``, after it or
+after the action — then ``$GTL_NB_CONFIG``, then the user's file): ``mint`` signs with its HS256 secret
+and prints the token on standard output and nothing else; the token store (``revocations``) records
+what was minted — never the token — and holds the revocations the gateway checks.
 """
 
 from __future__ import annotations
@@ -59,8 +59,17 @@ def add_subcommands(subparsers: Any) -> None:
     # its own name: a subcommand's default would overwrite the global --config given before it
     parser.add_argument("--config", dest="token_config", metavar="FILE", help="TOML configuration (as gtl --config)")
     actions = parser.add_subparsers(dest="token_command", metavar="ACTION")
+    # after the action too (gtl token mint --config FILE): not typed there, the one before it stands
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument(
+        "--config",
+        dest="token_config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="TOML configuration (as gtl --config)",
+    )
 
-    mint = actions.add_parser("mint", help="print a new token on standard output")
+    mint = actions.add_parser("mint", parents=[after], help="print a new token on standard output")
     mint.add_argument("--sub", required=True, help="the principal the token stands for")
     mint.add_argument(
         "--scope", action="append", default=[], help="a scope to grant: at least one (repeat; docs/tokens.md)"
@@ -83,11 +92,13 @@ def add_subcommands(subparsers: Any) -> None:
     mint.add_argument("--tenant", help="the organisation the principal belongs to")
     mint.set_defaults(handler=_mint)
 
-    listing = actions.add_parser("list", help="the tokens minted here and whether each is revoked")
+    listing = actions.add_parser("list", parents=[after], help="the tokens minted here and whether each is revoked")
     listing.add_argument("--json", action="store_true", help="one JSON object per token")
     listing.set_defaults(handler=_list)
 
-    revoke = actions.add_parser("revoke", help="deny a token by its jti (the gateway sees it within seconds)")
+    revoke = actions.add_parser(
+        "revoke", parents=[after], help="deny a token by its jti (the gateway sees it within seconds)"
+    )
     revoke.add_argument("jti", help="the token's id (gtl token list shows it)")
     revoke.add_argument(
         "--minted-elsewhere",

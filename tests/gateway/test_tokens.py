@@ -1000,6 +1000,26 @@ def test_gtl_token_list_shows_an_expired_token_as_expired_for_a_week(gtl, capsys
     assert "no tokens minted here" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        lambda config, action: ["--config", config, "token", action],  # before the command
+        lambda config, action: ["token", "--config", config, action],  # after `token`
+        lambda config, action: ["token", action, "--config", config],  # after the action, where a user adds it
+    ],
+    ids=["before-token", "after-token", "after-the-action"],
+)
+def test_token_commands_take_config_before_or_after_their_names(gtl, capsys, where):
+    from gtl_nb import cli
+
+    config = str(gtl.config)
+    assert cli.main([*where(config, "mint"), "--sub", "ann", "--scope", "models:read"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.count(".") == 2  # a JWT, signed with this configuration's secret
+    assert cli.main([*where(config, "list"), "--json"]) == 0
+    assert [json.loads(line)["subject"] for line in capsys.readouterr().out.splitlines()] == ["ann"]
+
+
 def test_revoking_an_id_close_to_a_minted_one_is_refused_as_a_typo(gtl, capsys):
     assert gtl("token", "mint", "--sub", "ann", "--scope", "models:read") == 0
     capsys.readouterr()
