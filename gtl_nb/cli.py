@@ -211,18 +211,28 @@ def _for_the_shell(message: str) -> str:
     return shown_in_terminal(message.replace("(named by config=)", "(named by --config)"))
 
 
+_NEEDS_A_PROMPT = 'gtl complete needs a prompt: gtl complete "..." (or one piped in: echo ... | gtl complete)'
+
+
 def _read_prompt(prompt: str | None) -> str:
     """The prompt argument, or standard input for ``-`` or for no prompt when input is piped in (less the
-    newline ``echo`` and editors end it with)."""
+    newline ``echo`` and editors end it with); refused when there is none, or it is only blanks."""
     if prompt is None and (sys.stdin is None or sys.stdin.isatty()):  # (None: no standard input at all)
-        needs = 'gtl complete needs a prompt: gtl complete "..." (or one piped in: echo ... | gtl complete)'
-        raise ConfigurationError(needs)
+        raise ConfigurationError(_NEEDS_A_PROMPT)
     if prompt is not None and prompt != "-":
-        return prompt
+        return _not_blank(prompt, "the prompt given")
     text = sys.stdin.read()
     if text.endswith("\n"):
         text = text[:-2] if text.endswith("\r\n") else text[:-1]
-    return text
+    return _not_blank(text, "standard input")
+
+
+def _not_blank(prompt: str, where: str) -> str:
+    """``prompt``, refused before anything is sent when it is empty or only whitespace: a provider would
+    be paid (and the ledger written) for an answer to nothing — an unset shell variable, most often."""
+    if not prompt.strip():
+        raise ConfigurationError(f"{_NEEDS_A_PROMPT}; {where} was empty, and nothing was sent")
+    return prompt
 
 
 def _complete(args: argparse.Namespace) -> int:

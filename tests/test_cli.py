@@ -39,6 +39,30 @@ def test_complete_json_prints_every_event_as_a_gtl_frame():
         gtl_nb.protocol.decode(json.dumps(frame))
 
 
+@pytest.mark.parametrize(
+    ("argv", "stdin", "where"),
+    [
+        (["complete", ""], None, "the prompt given was empty"),
+        (["complete", "  \t "], None, "the prompt given was empty"),
+        (["complete", "-"], "", "standard input was empty"),  # gtl complete - </dev/null
+        (["complete"], "\n  \n", "standard input was empty"),  # piped in, only blank lines
+    ],
+)
+def test_complete_refuses_an_empty_prompt_before_sending_anything(tmp_path, argv, stdin, where):
+    from gtl_nb.engine.ledger import Ledger
+
+    ledger = tmp_path / "ledger.sqlite3"
+    config = tmp_path / "gtl.toml"
+    config.write_text(f'[ledger]\npath = "{ledger.as_posix()}"\n')
+    result = gtl(*argv, stdin=stdin, env={"GTL_NB_CONFIG": str(config)})
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("gtl: error: gtl complete needs a prompt") and where in result.stderr
+    assert result.stderr.count("\n") == 1  # one line
+    assert not ledger.exists() or Ledger(ledger).rows() == []  # nothing was sent, nothing recorded
+    sent = gtl("complete", "a prompt", env={"GTL_NB_CONFIG": str(config)})  # the same set-up records one
+    assert sent.returncode == 0 and len(Ledger(ledger).rows()) == 1
+
+
 def test_models_lists_providers_and_models():
     result = gtl("models")
     assert result.returncode == 0
