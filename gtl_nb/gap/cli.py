@@ -142,8 +142,19 @@ def _transform(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
     return 0
 
 
+class _NothingFound(Exception):
+    """A command found nothing to print: ``run`` says so on stderr and exits 1, as grep does."""
+
+
 def _parse(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> int:
-    for message in parse_all(_read(args.file, stdin)):
+    messages = parse_all(_read(args.file, stdin))
+    if not messages:  # silence and exit 0 read as "parsed, all fine": a wrong file, or markers off their lines
+        where = "standard input" if args.file == "-" else args.file
+        raise _NothingFound(
+            f"no GAP blocks found in {where} (a block is a [GAP:START] line through a [GAP:END] line, "
+            "each marker on a line of its own)"
+        )
+    for message in messages:
         stdout.write(to_json(message) + "\n")
     return 0
 
@@ -184,7 +195,8 @@ def run(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
 ) -> int:
-    """Run a parsed ``gtl gap ...`` command; returns the exit status (1 for bad input)."""
+    """Run a parsed ``gtl gap ...`` command; returns the exit status (1 for bad input, and for ``parse``
+    finding no GAP block)."""
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     handler = _HANDLERS.get(getattr(args, "gap_command", None) or "")
     if handler is None:
@@ -192,6 +204,9 @@ def run(
         return 2
     try:
         return handler(args, stdin, stdout)
+    except _NothingFound as exc:  # a note, not an error: the input was read and held nothing
+        stderr.write(f"gtl gap {args.gap_command}: {exc}\n")
+        return 1
     except (GAPFormatError, ValueError, OSError) as exc:
         stderr.write(f"gtl gap {args.gap_command}: error: {exc}\n")
         return 1

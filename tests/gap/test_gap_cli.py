@@ -105,6 +105,19 @@ def test_parse_reports_malformed_input_with_its_line():
     assert "gtl gap parse: error: line 2:" in err
 
 
+def test_parse_of_a_file_without_gap_blocks_says_so_on_stderr_and_exits_1(tmp_path, capsys):
+    from gtl_nb.cli import main as gtl_main
+
+    path = tmp_path / "notes.md"
+    path.write_text("# Notes\n\nplain markdown, [GAP:START] only inside a line\n", encoding="utf-8")
+    assert gtl_main(["gap", "parse", str(path)]) == 1  # as grep does when nothing matches
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"gtl gap parse: no GAP blocks found in {path} (")
+    assert err.count("\n") == 1 and "error" not in err  # a note: the file was read, and holds none
+    code, out, err = run(["parse", "-"], stdin="")
+    assert (code, out) == (1, "") and err.startswith("gtl gap parse: no GAP blocks found in standard input")
+
+
 def test_parse_missing_file_is_an_error(tmp_path):
     code, _out, err = run(["parse", str(tmp_path / "absent.md")])
     assert code == 1 and "absent.md" in err
