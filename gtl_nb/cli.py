@@ -4,7 +4,7 @@
     gtl models
     gtl --gateway URL complete|models ...   the same on a running gateway ($GTL_NB_GATEWAY; its token
                                             in $GTL_TOKEN, else $GTL_NB_TOKEN, never on the command line)
-    gtl usage [--by model|deployment|user|day|status|finish_reason] [--days N] [--json]   the ledger's sums
+    gtl usage [--by model|provider|day|hour|user|status|...] [--days N] [--json]   the ledger's sums
                                             (this machine's file; a gateway's with gtl --gateway URL usage)
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
     gtl gap wrap|transform|parse|graph ...
@@ -13,7 +13,7 @@
     gtl token mint|list|revoke ...      GhostTokens (docs/tokens.md)
     gtl keys add|list|remove|rotate|genkey ...   the provider-key vault (docs/vault.md)
     gtl audit verify|tail ...           the gateway's audit log (docs/operations.md)
-    gtl usage [--by model|deployment|user|day|status|finish_reason] [--days N]   what the usage ledger recorded
+    gtl usage [--by model|provider|day|hour|user|status|...] [--days N]   what the usage ledger recorded
     gtl ledger prune ...                the ledger's retention, by hand (docs/ledger.md)
 
 Errors a user can fix print one line (``gtl: error: …``) and exit with status 2; provider errors

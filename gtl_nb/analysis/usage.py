@@ -30,6 +30,7 @@ from typing import Any
 import pandas as pd
 
 from gtl_nb.analysis.frames import Table
+from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS
 
 __all__ = [
     "GROUP_KEYS",
@@ -42,7 +43,8 @@ __all__ = [
 
 #: ``by=`` names that are not plain columns: an alias or a computed bucket.
 GROUP_KEYS: dict[str, str] = {"provider": "deployment", "day": "D", "hour": "h"}
-_PLAIN_KEYS = ("deployment", "provider_type", "model", "user", "status", "error_code", "finish_reason")
+# the rest of the one list gtl usage --by and %gtl usage --by take too: columns as they are
+_PLAIN_KEYS = tuple(key for key in USAGE_GROUPINGS if key not in GROUP_KEYS)
 NOT_ROUTED = "(not routed)"
 """The ``provider`` of requests that reached no deployment (an unknown model, a missing key, a budget or a
 token's refusal), so their group has a name in a table rather than a blank."""

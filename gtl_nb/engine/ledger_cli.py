@@ -1,8 +1,8 @@
-"""``gtl usage``: what the usage ledger recorded, summed by model (or deployment, user, day, status,
-finish reason);
+"""``gtl usage``: what the usage ledger recorded, summed by model (or any of ``USAGE_GROUPINGS``: deployment,
+user, day, hour, status, provider type, error code, finish reason);
 ``gtl ledger prune``: apply its retention by hand (docs/ledger.md, "Retention").
 
-    gtl usage [--by model|deployment|provider|user|day|status|finish_reason] [--days N] [--ledger FILE] [--json]
+    gtl usage [--by model|provider|deployment|day|hour|user|status|...] [--days N] [--ledger FILE] [--json]
     gtl ledger prune [--ledger FILE] [--days N] [--max-rows N] [--vacuum]
 
 Without ``--ledger`` the file is ``[ledger] path``/``url`` of the configuration (``--config FILE``, as
@@ -32,19 +32,23 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.words import dollars, shown_in_terminal
 
 __all__ = ["add_subcommands", "days_ago"]
 
 
-#: ``gtl usage --by`` choices → the SQL expression rows are grouped by
+#: ``gtl usage --by`` choices (``USAGE_GROUPINGS`` less ``BY_ALIASES``) → the SQL expression rows are grouped by
 GROUPINGS = {
     "model": "COALESCE(model, '-')",
     "deployment": "COALESCE(deployment, '-')",
     "user": "COALESCE(NULLIF(user, ''), '-')",
     "day": "strftime('%Y-%m-%d', time, 'unixepoch')",
+    "hour": "strftime('%Y-%m-%d %H:00', time, 'unixepoch')",
     "status": "status",
+    "provider_type": "COALESCE(provider_type, '-')",
+    "error_code": "COALESCE(error_code, '-')",
     "finish_reason": "COALESCE(finish_reason, '-')",
 }
 #: The same groups in PostgreSQL (``COLLATE "C"`` in the query orders them by code point, as SQLite's
@@ -54,7 +58,10 @@ POSTGRES_GROUPINGS = {
     "deployment": "COALESCE(deployment, '-')",
     "user": """COALESCE(NULLIF("user", ''), '-')""",
     "day": "to_char(to_timestamp(time) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+    "hour": "to_char(to_timestamp(time) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:00')",
     "status": "status",
+    "provider_type": "COALESCE(provider_type, '-')",
+    "error_code": "COALESCE(error_code, '-')",
     "finish_reason": "COALESCE(finish_reason, '-')",
 }
 #: Columns later schema versions added, which a ledger an older release wrote and nobody migrated
@@ -76,10 +83,10 @@ def add_subcommands(subparsers: Any) -> None:
     )
     usage.add_argument(
         "--by",
-        choices=sorted([*GROUPINGS, *BY_ALIASES]),
+        choices=USAGE_GROUPINGS,  # the notebook's %gtl usage --by takes the same
         default="model",
-        help="group rows by this (default: model; provider: the deployment; day: the UTC day; "
-        "finish_reason: why answers ended, - for errors)",
+        help="group rows by this (default: model; provider: the deployment; day, hour: the UTC day, hour; "
+        "finish_reason: why answers ended, - for errors; error_code: - for requests without an error)",
     )
     usage.add_argument("--days", type=float, metavar="N", help="only requests of the last N days")
     usage.add_argument("--ledger", dest="ledger_file", metavar="FILE", help="the ledger file (or postgresql:// URL)")
@@ -247,13 +254,19 @@ def group_rows(rows: Iterable[Mapping[str, Any]], by: str) -> list[tuple[Any, ..
     ]
 
 
+#: The time groupings' labels, as ``GROUPINGS`` writes them in SQL (UTC).
+_TIME_FORMATS = {"day": "%Y-%m-%d", "hour": "%Y-%m-%d %H:00"}
+
+
 def _group_of(row: Mapping[str, Any], by: str) -> str:
-    if by == "day":
+    """The group ``row`` falls in, labelled as ``GROUPINGS`` labels it in SQL."""
+    if by in _TIME_FORMATS:
+        shape = _TIME_FORMATS[by]
         when = row.get("time")
-        if hasattr(when, "strftime"):  # a DataFrame's timestamp
-            return str(when.strftime("%Y-%m-%d"))
+        if hasattr(when, "strftime"):  # a DataFrame's timestamp (UTC)
+            return str(when.strftime(shape))
         seconds = _number(when)
-        return "-" if seconds is None else time.strftime("%Y-%m-%d", time.gmtime(seconds))
+        return "-" if seconds is None else time.strftime(shape, time.gmtime(seconds))
     value = row.get(by)
     if by == "user":  # as GROUPINGS: no user and an empty one are one group
         return value if isinstance(value, str) and value else "-"

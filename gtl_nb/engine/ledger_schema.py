@@ -16,6 +16,22 @@ STATUSES: tuple[str, ...] = ("started", "ok", "error", "cancelled", "interrupted
 #: The statuses ``Ledger.finish`` accepts.
 FINAL_STATUSES: tuple[str, ...] = STATUSES[1:]
 
+#: What usage may be grouped by, one list for every reader: ``gtl usage --by``, ``%gtl usage --by`` and
+#: ``usage_table(by=)``. ``provider`` is the deployment that answered (GTL's name for it), ``day`` and
+#: ``hour`` the UTC day and hour a request started; the others are columns as they are.
+USAGE_GROUPINGS: tuple[str, ...] = (
+    "provider",
+    "deployment",
+    "model",
+    "day",
+    "hour",
+    "user",
+    "status",
+    "provider_type",
+    "error_code",
+    "finish_reason",
+)
+
 
 class Column(NamedTuple):
     """One column of the ``requests`` table."""

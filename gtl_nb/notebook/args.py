@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
 from gtl_nb.cli_unknown import option_meant, with_close_choice
+from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS
 from gtl_nb.notebook.template import render
 
 __all__ = [
@@ -269,19 +270,8 @@ def usage_parser() -> Parser:
     p = Parser("%gtl usage", "Cost and tokens from the usage ledger.")
     p.add_argument(
         "--by",
-        # deployment: the name gtl usage and the ledger give what this calls provider
-        choices=(
-            "provider",
-            "deployment",
-            "model",
-            "day",
-            "hour",
-            "user",
-            "status",
-            "provider_type",
-            "error_code",
-            "finish_reason",
-        ),
+        # the one list gtl usage --by takes too (deployment: the ledger's name for what this calls provider)
+        choices=USAGE_GROUPINGS,
         default="provider",
         help="group by this (as usage_table's by=; day and hour are UTC)",
     )

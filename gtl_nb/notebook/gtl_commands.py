@@ -32,7 +32,7 @@ __all__ = ["GTL_HELP", "GtlCommands", "setting_value"]
 GTL_HELP = """\
 %%gtl [MODEL] [options]      send the cell to a model (`%%gtl --help` lists the options)
 %gtl models [--live DEPLOYMENT]   the models this notebook can use
-%gtl usage [--by provider|model|day] [--days N | --since WHEN] [--all-users]   cost and tokens from the ledger
+%gtl usage [--by provider|model|day|hour|...] [--days N | --since WHEN] [--all-users]   cost and tokens from the ledger
 %gtl config [key=value ...]  show or set model=, chat=on|off, stream=on|off, endpoint=URL, file=PATH
 %gtl providers [NAME key=value ... | NAME --remove]   configure a provider deployment
 %gtl connect URL [--token-env VAR | --ask-token]   connect to a GTL endpoint

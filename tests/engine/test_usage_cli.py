@@ -4,13 +4,14 @@ without disturbing (or creating) the file; and the ledger commands refuse ``--ga
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 import gtl_nb
-from gtl_nb.cli import main
+from gtl_nb.cli import build_parser, main
 from gtl_nb.protocol import InvalidRequestError
 
 
@@ -87,6 +88,38 @@ def test_usage_by_provider_is_by_deployment_as_in_the_notebook(ledger, capsys):
     status, out, _ = usage(capsys, "--ledger", str(ledger), "--by", "provider")
     assert status == 0
     assert out == usage(capsys, "--ledger", str(ledger), "--by", "deployment")[1]
+
+
+def test_usage_by_error_code_hour_or_provider_type_as_the_notebook_groups(ledger, capsys):
+    """Groupings only %gtl usage --by took: the terminal takes them too (one list, USAGE_GROUPINGS)."""
+    status, out, _ = usage(capsys, "--ledger", str(ledger), "--by", "error_code", "--json")
+    assert status == 0
+    assert {group["error_code"]: group["requests"] for group in map(json.loads, out.splitlines())} == {
+        "-": 5,  # the answers
+        "INVALID_REQUEST": 1,  # the refusal
+    }
+    status, out, _ = usage(capsys, "--ledger", str(ledger), "--by", "provider_type", "--json")
+    assert {group["provider_type"]: group["requests"] for group in map(json.loads, out.splitlines())} == {
+        "echo": 3,
+        "openai": 2,
+        "-": 1,  # the refusal reached no provider
+    }
+    status, out, _ = usage(capsys, "--ledger", str(ledger), "--by", "hour")
+    header, *hours, total = out.splitlines()
+    assert status == 0 and header.startswith("hour ") and total.split()[:2] == ["total", "6"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:00", line[:16]) for line in hours), hours  # the UTC hour
+
+
+def test_gtl_usage_takes_every_grouping_the_notebook_takes_and_no_other():
+    from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS
+    from gtl_nb.notebook.args import usage_parser
+
+    def by_choices(parser) -> set[str]:
+        (option,) = [action for action in parser._actions if "--by" in action.option_strings]
+        return set(option.choices)
+
+    cli_usage = build_parser()._subparsers._group_actions[0].choices["usage"]
+    assert by_choices(cli_usage) == by_choices(usage_parser()) == set(USAGE_GROUPINGS)
 
 
 def test_a_window_without_requests_says_so(ledger, capsys):
