@@ -361,8 +361,7 @@ def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
     """The groups as an aligned table with a total line; the prompt cache's reads and writes when it
     did anything; a cost some of whose rows had no known price is marked ``*`` and explained under it."""
     totals = [sum(group[i] for group in groups) for i in range(1, 9)]
-    # a group's name is a column as a client sent it (a model, a user): escaped, never acted on by the terminal
-    lines = [(shown_in_terminal(str(group[0])), *group[1:]) for group in groups] + [("total", *totals)]
+    lines = [(_group_label(group[0]), *group[1:]) for group in groups] + [("total", *totals)]
     cache = bool(totals[6] or totals[7])
     width = max(len(by), *(len(line[0]) for line in lines))
     header = f"{by:<{width}}  {'requests':>8}  {'errors':>6}  {'tokens in':>12}  {'tokens out':>12}  {'cost':>11}"
@@ -382,6 +381,23 @@ def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
     if cache:
         out.append("(from cache / to cache: input tokens the provider's prompt cache read and wrote, inside tokens in)")
     return "\n".join(out)
+
+
+NO_NAME = "(none)"
+"""The table's label for a group whose name is empty: a refused request that named no valid model
+(a gateway records it with the model ``""``), or a deployment left empty."""
+
+
+def _group_label(name: Any) -> str:
+    """A group's name as the table shows it: a column as a client sent it (a model, a user) is escaped,
+    never acted on by the terminal; an empty one is ``NO_NAME`` rather than a blank cell, and one only
+    of spaces is quoted, so neither reads as a missing row label. (``--json`` keeps the name as stored.)"""
+    text = str(name)
+    if not text:
+        return NO_NAME
+    if not text.strip():
+        return repr(text)
+    return shown_in_terminal(text)
 
 
 def _gateway_given(args: argparse.Namespace) -> bool:

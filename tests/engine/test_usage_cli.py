@@ -362,6 +362,27 @@ def test_a_ledger_an_older_release_wrote_groups_by_finish_reason_as_unknown(tmp_
         assert "finish_reason" not in {row[1] for row in copy.execute("PRAGMA table_info(requests)")}
 
 
+def test_a_refused_request_that_named_no_model_shows_as_none_not_a_blank_row(tmp_path, capsys):
+    """A gateway records a request refused for its model (none given, or no valid one) with the model
+    ``""`` (``gateway.compat.intake.record_refused``): the table named its row with nothing at all."""
+    from gtl_nb.engine.ledger import Ledger
+
+    path = tmp_path / "refused.sqlite3"
+    with Ledger(str(path)) as ledger:
+        ledger.finish(ledger.start(session_id="ok", model="echo"), status="ok", deployment="echo")
+        refused = ledger.start(session_id="refused", model="")
+        ledger.finish(refused, status="error", error_code="INVALID_REQUEST")
+        spaces = ledger.start(session_id="spaces", model="  ")  # a name of spaces: quoted, not blank either
+        ledger.finish(spaces, status="error", error_code="MODEL_NOT_FOUND")
+    status, out, _ = usage(capsys, "--ledger", str(path))
+    header, *rows = out.splitlines()
+    width = header.index("requests") - 2  # the group column's
+    labels = [row[:width].rstrip() for row in rows if not row.startswith(("total", "*"))]  # the groups
+    assert status == 0 and sorted(labels) == ["'  '", "(none)", "echo"]  # no row without a label
+    _, out, _ = usage(capsys, "--ledger", str(path), "--json")  # the data as stored
+    assert sorted(json.loads(line)["model"] for line in out.splitlines()) == ["", "  ", "echo"]
+
+
 def test_control_characters_a_client_sent_are_shown_escaped_not_sent_to_the_terminal(tmp_path, capsys):
     """A request's model (bounded only by its length) or user is stored as sent; ``gtl usage`` printed it
     raw, so ESC sequences recoloured or cleared the operator's terminal and a newline forged a table line.
