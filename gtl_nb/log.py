@@ -93,7 +93,8 @@ def quotes_secret(text: str, secrets: Iterable[str]) -> bool:
             continue
         if folded is None:
             folded = text.casefold()
-        if secret.casefold() in folded or scrub_secret(text, secret) != text:
+        secret_folded = secret.casefold()
+        if secret_folded in folded or scrub_secret(folded, secret_folded) != folded:
             return True
     return False
 

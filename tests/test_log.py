@@ -110,6 +110,7 @@ def test_quotes_secret_finds_a_key_whole_in_any_letter_case_or_masked_and_ignore
     assert quotes_secret(f"model-{key}", [key])
     assert quotes_secret(f"model-{key.upper()}", ["short", key])
     assert quotes_secret("sk-canary-01234…cdef", [key])
+    assert quotes_secret("SK-CANARY-01234…CDEF", [key])  # masked, in another letter case
     assert not quotes_secret("gpt-4o-2024-08-06", [key])
     assert not quotes_secret("a model named short", ["short"])  # under 8 characters: no secret to find
     assert not quotes_secret(f"model-{key}", [])

@@ -61,14 +61,14 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ConfigurationError(f"retry max_attempts must be >= 1, got {self.max_attempts}")
-        if self.base_delay < 0 or self.max_delay < self.base_delay:
+        if not 0 <= self.base_delay <= self.max_delay:
             got = f"got {self.base_delay} and {self.max_delay}"
             raise ConfigurationError(f"retry delays must satisfy 0 <= base_delay <= max_delay, {got}")
-        if self.multiplier < 1:
+        if not self.multiplier >= 1:
             raise ConfigurationError(f"retry multiplier must be >= 1, got {self.multiplier}")
-        if self.deadline <= 0:
+        if not self.deadline > 0:  # (written so that NaN, which TOML reads, is refused too)
             raise ConfigurationError(f"retry deadline must be > 0 seconds, got {self.deadline}")
-        if self.max_retry_after < 0:
+        if not self.max_retry_after >= 0:
             raise ConfigurationError(f"retry max_retry_after must be >= 0 seconds, got {self.max_retry_after}")
 
     @classmethod

@@ -15,7 +15,9 @@ the set read before, where a new list could read nothing and would refuse every 
 it was, and the reload's line says so ("token policy not renewed"); the rest is applied.
 
 Sessions already running finish on the deployments they resolved when they started; connections
-already authenticated keep their context. What a reload cannot change in place — the listener
+already authenticated keep their context, but for what a new token policy takes away: a retired key or
+secret refuses them, and deployments taken out of ``default_deployments`` are taken from their next
+completion and query (``TokenAuthenticator.recheck``). What a reload cannot change in place — the listener
 tables, the ``[gateway]`` limits (``max_frame_bytes``, ``trusted_proxies``, …), the event loop and
 ``advertise``, the auth mode, the ledger and the other stores' backends, the HTTP client of
 ``[upstream]``, the audit log, ``/metrics``, the vault — is reported in the reload's line as "restart

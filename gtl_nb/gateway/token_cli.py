@@ -365,6 +365,9 @@ def _revoke(args: argparse.Namespace) -> int:
         # a token minted elsewhere expires at the latest max_lifetime after it was issued, and it
         # cannot have been issued later than now (plus leeway): keep the entry that long
         until = (expires if expires is not None else now + policy.max_lifetime + policy.leeway) + policy.leeway
+        if until <= now:  # minted here and expired (its record is kept a week): every gateway refuses it already
+            print(f"{jti} expired at {_when(until - policy.leeway)} UTC: the gateways refuse it; nothing to revoke")
+            return 0
         already = store.is_revoked(jti)
         store.revoke(jti, until)  # again all the same: the shared list may have missed the first time
     if policy.revocations_url is not None and not _revoke_shared(policy, jti, until):

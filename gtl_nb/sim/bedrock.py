@@ -677,9 +677,12 @@ class BedrockSim:
         return _base_model(model) in BEDROCK_MODELS
 
     def _window(self, model: str, ctx: SimContext) -> int | None:
-        """The context window of ``model`` (an inference profile or ARN has its foundation model's)."""
-        window = BEDROCK_CONTEXT_WINDOWS.get(_base_model(model))
-        return ctx.context_window(model, {model: window} if window is not None else {})
+        """The context window of ``model``: an inference profile or ARN has its foundation model's, set by
+        the ``context_windows=`` option under either name, else the table's."""
+        base = _base_model(model)
+        chosen = ctx.options.get("context_windows")
+        named = model if isinstance(chosen, dict) and model in chosen else base
+        return ctx.context_window(named, BEDROCK_CONTEXT_WINDOWS)
 
     # -- Converse / ConverseStream -----------------------------------------------------------------------
 

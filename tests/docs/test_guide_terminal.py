@@ -14,8 +14,9 @@ import pytest
 
 from tests.docs.test_examples import DOCS, offline_env
 
-PORTS = (8900, 8787)
-"""The ports the block starts the simulator and the gateway on."""
+PORTS = ("8900", "8787")
+"""The ports the block starts the simulator and the gateway on: the test runs it on free ones instead
+(a gateway a developer keeps on 8787 must neither fail the test nor be the one it talks to)."""
 
 
 def first_shell_block(page: Path) -> str:
@@ -25,25 +26,34 @@ def first_shell_block(page: Path) -> str:
     return found.group(1)
 
 
-def _taken(port: int) -> bool:
-    """Whether something on this machine already listens on ``port`` (then the block cannot run here)."""
+def _free_port() -> str:
     with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def _on_free_ports(block: str) -> str:
+    """``block`` with each of ``PORTS`` replaced by a port free now (each is written as ``:PORT`` or
+    ``--port PORT``)."""
+    for port in PORTS:
+        assert port in block, f"the guide's block no longer uses port {port}: update PORTS"
+        free = _free_port()
+        block = block.replace(f":{port}", f":{free}").replace(f"--port {port}", f"--port {free}")
+    return block
 
 
 def test_the_guides_terminal_block_runs_as_written_offline(tmp_path):
     bin_dir = Path(sys.executable).parent
     if not (bin_dir / "gtl").exists() and shutil.which("gtl") is None:
         pytest.skip("the gtl command is not installed")
-    if any(_taken(port) for port in PORTS):
-        pytest.skip(f"a port the block uses ({PORTS}) is taken on this machine")
     env = offline_env(tmp_path)  # no provider key, no $GTL_TOKEN: the simulator's and echo's alone
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
     work = tmp_path / "work"
     work.mkdir()
+    block = _on_free_ports(first_shell_block(DOCS / "guide.md"))
     result = subprocess.run(
         # (the trap only stops what a failing line would leave running; the block stops its own)
-        ["bash", "-e", "-c", "trap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + first_shell_block(DOCS / "guide.md")],
+        ["bash", "-e", "-c", "trap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + block],
         capture_output=True,
         text=True,
         cwd=work,

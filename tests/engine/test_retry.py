@@ -161,6 +161,10 @@ def test_from_dict_reads_the_routing_retry_table():
         ({"deadline": 0}, "deadline"),
         ({"deadline": "1m"}, "number"),
         ({"max_retry_after": -1}, "max_retry_after must be >= 0"),
+        ({"max_retry_after": float("nan")}, "max_retry_after must be >= 0"),
+        ({"deadline": float("nan")}, "deadline must be > 0"),
+        ({"base_delay": float("nan")}, "base_delay <= max_delay"),
+        ({"multiplier": float("nan")}, "multiplier"),
         ("fast", "must be a table"),
     ],
 )

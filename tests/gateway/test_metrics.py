@@ -378,11 +378,12 @@ class _Checker:
     def __call__(self, token: str | None) -> RequestContext:
         return authenticate(token)
 
-    def recheck(self, context: RequestContext) -> None:
+    def recheck(self, context: RequestContext) -> RequestContext:
         from gtl_nb.gateway.tokens.verify import REFUSED, TokenRefusedError
 
         if context.key_id == "jti-revoked":
             raise TokenRefusedError(REFUSED, "revoked")
+        return context
 
 
 def test_refusals_are_counted_at_the_check_and_the_recheck_and_the_checker_stays_reachable():
@@ -396,7 +397,7 @@ def test_refusals_are_counted_at_the_check_and_the_recheck_and_the_checker_stays
     assert counting(TOKEN_CANARY).principal == "prometheus"
     with pytest.raises(AuthenticationError):
         counting("a development gateway's wrong token")  # no reason word of its own
-    counting.recheck(CONTEXT)  # (accepted: nothing counted)
+    assert counting.recheck(CONTEXT) is CONTEXT  # (accepted: the context handed on, nothing counted)
     with pytest.raises(TokenRefusedError):
         counting.recheck(RequestContext(principal="gone", key_id="jti-revoked"))
     metrics.token_refused(TokenRefusedError("refused", "a reason nobody listed"))  # a label stays bounded

@@ -995,6 +995,10 @@ def test_gtl_token_list_shows_an_expired_token_as_expired_for_a_week(gtl, capsys
     assert gtl("token", "list", "--json") == 0
     [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (row["subject"], row["state"]) == ("ann", "expired")
+    assert gtl("token", "revoke", row["jti"]) == 0  # nothing to revoke: it is refused already, and stays expired
+    assert "nothing to revoke" in capsys.readouterr().out
+    assert gtl("token", "list", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["state"] == "expired"
     monkeypatch.setattr(token_cli.time, "time", lambda: later + MINTED_KEPT_AFTER_EXPIRY)
     assert gtl("token", "list") == 0
     assert "no tokens minted here" in capsys.readouterr().out

@@ -172,6 +172,12 @@ def test_an_inference_profile_has_its_models_window() -> None:
     with _serve("bedrock") as server:
         reply = _post("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 130_000)
     assert reply.status_code == 400 and reply.json() == _refusal("bedrock", 0, 0)
+    # a window set for the model holds for its profiles too; one set for a profile, for that profile alone
+    with _serve("bedrock", context_windows={"amazon.nova-micro-v1:0": 50}) as server:
+        assert _post("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 200).status_code == 400
+    with _serve("bedrock", context_windows={"us.amazon.nova-micro-v1:0": 50}) as server:
+        assert _post("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 200).status_code == 400
+        assert _post("bedrock", server, "amazon.nova-micro-v1:0", "x " * 200).status_code == 200
 
 
 def test_ollama_trims_silently_as_its_truncate_default_does() -> None:
