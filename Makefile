@@ -38,9 +38,13 @@ demo: $(DEMO_STAMP)
 	$(PY) -m gtl_nb.demo
 	$(PY) -m gtl_nb.notebook.runner --out out
 
+# pytest in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them: its servers and
+# module fixtures start once. 2 fits the 2-core machines CI runs on; TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: $(TEST_STAMP)
 	$(PY) -m ruff check gtl_nb tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Benchmarks (docs/benchmarks.md): `bench` the full suite (~15 min, writes docs/benchmarks.md), with LiteLLM
 # when .venv-peers has it; `bench-peers` installs LiteLLM's proxy there first, then runs the suite;
