@@ -193,6 +193,8 @@ def test_a_ghosttoken_refusal_tells_the_terminal_where_its_token_goes():
         assert told.endswith("or put it in $GTL_TOKEN for gtl --gateway") and "gtl_nb.connect" not in told
         in_a_notebook = in_notebook_words(said)
         assert "%gtl connect URL --token-env VAR" in in_a_notebook and "gtl_nb.connect" not in in_a_notebook
+        assert "Authorization" not in in_a_notebook and "api_key" not in in_a_notebook  # an SDK's way, not a notebook's
+        assert in_a_notebook.startswith("the gateway needs a GhostToken, the token its administrator gave you: give it")
 
 
 def test_a_development_token_refusal_survives_the_log_and_tells_the_terminal_where_its_token_goes():

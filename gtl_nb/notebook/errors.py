@@ -56,7 +56,14 @@ _NOTEBOOK_TOKEN = (
     "with `%gtl connect URL --token-env VAR` (or `--ask-token`, or $GTL_TOKEN in the kernel's environment)"
 )
 # The client's and the gateway's advice, worded for Python callers, as a notebook user follows it.
+_TOKEN_FOR_EVERYONE = (  # the gateway's missing-token advice for every kind of client (tokens.verify.MISSING)
+    "send it in the Authorization header as a bearer token (an SDK takes it as its api_key; x-api-key works too), "
+    "or give it to gtl_nb.connect as its token argument"
+)
 _REWORDED = (
+    # a notebook user is told the notebook's way alone, not the headers an SDK or curl would send
+    (f"{_TOKEN_FOR_EVERYONE} {CONNECT_READS}", f"give it {_NOTEBOOK_TOKEN}"),
+    (_TOKEN_FOR_EVERYONE, f"give it {_NOTEBOOK_TOKEN}"),  # (a gateway older than CONNECT_READS)
     ("as gtl_nb.connect's token argument, or as the API key of an OpenAI or Anthropic SDK", _NOTEBOOK_TOKEN),
     (f"or give it to gtl_nb.connect as its token argument {CONNECT_READS}", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
     # (the same from a gateway older than CONNECT_READS: after the longer form, which holds it)
