@@ -7,6 +7,7 @@ into tables and draws the graph with each kind of node in its own colour and sha
 
 from __future__ import annotations
 
+import importlib.util
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "draw_context_graph",
     "entity_table",
     "graph_summary",
+    "layout",
     "undefined_entities_table",
 ]
 
@@ -207,6 +209,28 @@ def cooccurrence_table(graph: Any) -> pd.DataFrame:
     ).reset_index(drop=True)
 
 
+SPRING_WITHOUT_SCIPY = 500
+"""Nodes from which networkx's spring layout solves with scipy's sparse matrices (it is no dependency)."""
+FORCE_LAYOUT_NODES = 2000
+"""Nodes up to which the scipy-free force layout is drawn; its time and memory grow with their square."""
+
+
+def layout(graph: Any, seed: int = 0) -> dict[Any, Any]:
+    """Node positions for ``graph``: networkx's spring layout (seeded). From ``SPRING_WITHOUT_SCIPY``
+    nodes that layout needs scipy; without it, ForceAtlas2 (numpy only: a notebook with a couple of
+    hundred messages has that many nodes), and past ``FORCE_LAYOUT_NODES`` a circle, which costs
+    nothing — a drawing that large is read by its legend and colours, not its edges."""
+    import networkx as nx
+
+    nodes = graph.number_of_nodes()
+    if nodes < SPRING_WITHOUT_SCIPY or importlib.util.find_spec("scipy") is not None:
+        return dict(nx.spring_layout(graph, seed=seed))
+    force = getattr(nx, "forceatlas2_layout", None)  # (networkx 3.4 and later)
+    if force is not None and nodes <= FORCE_LAYOUT_NODES:
+        return dict(force(graph, seed=seed))
+    return dict(nx.circular_layout(graph))
+
+
 def draw_context_graph(
     graph: Any,
     ax: Any = None,
@@ -219,7 +243,8 @@ def draw_context_graph(
     undefined) each in its own colour and shape, edge kinds in their own line styles, with a legend of
     each (nodes upper left, edges lower left) and each node's label under its marker.
 
-    The layout is networkx's spring layout with a fixed ``seed`` (the same picture every run);
+    The layout is networkx's spring layout with a fixed ``seed`` (the same picture every run; for a
+    graph too large for it without scipy, ``layout`` says what stands in);
     ``platforms=False`` leaves the platform nodes out. Returns the ``Axes``.
     """
     import networkx as nx
@@ -232,7 +257,7 @@ def draw_context_graph(
     if shown.number_of_nodes() == 0:
         ax.text(0.5, 0.5, "empty graph", ha="center", va="center", transform=ax.transAxes)
         return ax
-    position = nx.spring_layout(nx.Graph(shown), seed=seed)
+    position = layout(nx.Graph(shown), seed)
     edge_handles = []
     for kind, style in EDGE_STYLES.items():
         edges = [(u, v) for u, v, key in shown.edges(keys=True) if key == kind]

@@ -135,6 +135,38 @@ def test_an_empty_graph_draws_a_note(plt):
     assert [t.get_text() for t in ax.texts] == ["empty graph"]
 
 
+@pytest.mark.parametrize("nodes", [600, 2500])
+def test_a_graph_too_large_for_the_spring_layout_without_scipy_is_laid_out_all_the_same(monkeypatch, nodes):
+    # networkx's spring layout needs scipy from 500 nodes (a notebook of ~170 messages): scipy is no
+    # dependency, so the drawing must not fail for the want of it
+    import importlib.util
+
+    import networkx as nx
+
+    from gtl_nb.analysis.graphs import layout
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    monkeypatch.setitem(__import__("sys").modules, "scipy", None)  # (imported, it would raise ImportError)
+    graph = nx.path_graph(nodes)
+    positions = layout(graph, seed=1)
+    assert set(positions) == set(graph) and all(len(xy) == 2 for xy in positions.values())
+    assert len({tuple(round(float(c), 6) for c in xy) for xy in positions.values()}) == nodes  # none on another
+
+
+def test_a_large_context_graph_draws_without_scipy(plt, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a))
+    monkeypatch.setitem(__import__("sys").modules, "scipy", None)
+    messages = [gap.wrap_message(f"message {i}", "chatgpt", f"m{i}", thread_id=f"t{i}") for i in range(260)]
+    graph = gap.create_context_graph(messages)
+    assert graph.number_of_nodes() >= 500
+    ax = analysis.draw_context_graph(graph, labels=False)
+    assert ax.get_title() == "context graph"
+
+
 def gap_edge_order() -> list[str]:
     """The edge kinds in the order the drawing's legend lists them."""
     from gtl_nb.analysis.graphs import EDGE_STYLES
