@@ -20,7 +20,7 @@ from gtl_nb.cli_unknown import close_word
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.errors import a_kind_of, cell_error, client_for
 from gtl_nb.notebook.formats import fenced
-from gtl_nb.notebook.output import md_cell, show_bundle
+from gtl_nb.notebook.output import md_cell, sendable, show_bundle
 from gtl_nb.notebook.session import platform_for, utc_now
 from gtl_nb.safe_markdown import code_span
 
@@ -445,7 +445,7 @@ class GapView:
         if transformed is not None:
             markdown.append(f"**For {self.target}:**\n\n{fenced(transformed)}")
             plain.append(f"-- for {self.target} --\n{transformed}")
-        return {"text/markdown": "\n\n".join(markdown), "text/plain": "\n\n".join(plain)}
+        return {"text/markdown": sendable("\n\n".join(markdown)), "text/plain": sendable("\n\n".join(plain))}
 
 
 def define_entities(wrapped: Any, values: Mapping[str, str]) -> Any:

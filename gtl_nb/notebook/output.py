@@ -19,7 +19,18 @@ __all__ = ["clip", "md_cell", "show_bundle"]
 
 def show_bundle(markdown: str, plain: str) -> None:
     """Display one output with a ``text/markdown`` and a ``text/plain`` form."""
-    display({"text/markdown": markdown, "text/plain": plain}, raw=True)
+    display({"text/markdown": sendable(markdown), "text/plain": sendable(plain)}, raw=True)
+
+
+def sendable(text: str) -> str:
+    """``text`` as a kernel can send it: a lone surrogate (kept in a GAP message, read from a ``\\ud800``
+    escape) is written as that escape, since the kernel's messages are UTF-8 and would fail on it, the
+    cell with them. Anything else is left as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def clip(text: str, limit: int = 500) -> str:

@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from IPython.utils.capture import capture_output
 
 import gtl_nb
 from gtl_nb import gap, sim
@@ -288,6 +289,21 @@ def test_an_export_of_a_message_with_a_lone_surrogate_is_written_and_read_back(i
     result, text = run(ip, f"%gap export {target}")
     assert result.success, text
     assert gap.from_json(target.read_bytes()) == gap.from_markdown(block)
+
+
+def test_a_message_with_a_lone_surrogate_is_shown_as_a_kernel_can_send_it(ip):
+    """A kernel sends every output as UTF-8 JSON: a lone surrogate in a message's text (kept by GAP)
+    failed the cell with a traceback from the kernel's message packing — after the message had joined
+    the notebook's list, so each retry added a copy. It is shown as its escape."""
+    ip.user_ns["pasted"] = "lone \ud800 surrogate the database"
+    with capture_output() as captured:
+        result = ip.run_cell("%gap --from pasted --out m", store_history=True)
+    assert result.success, result.error_in_exec
+    for output in captured.outputs:
+        json.dumps(output.data, ensure_ascii=False).encode("utf-8")  # what the kernel does with it
+    shown = "".join(output.data.get("text/plain", "") for output in captured.outputs)
+    assert "lone \\ud800 surrogate" in shown
+    assert ip.user_ns["m"].content == "lone \ud800 surrogate the database"  # the message keeps it
 
 
 @pytest.mark.parametrize(
