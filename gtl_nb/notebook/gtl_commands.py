@@ -8,6 +8,7 @@ prints the list below.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -361,7 +362,10 @@ def _per_million(per_1k: float | None) -> float | None:
 def setting_value(key: str, value: str) -> Any:
     """A ``%gtl providers`` value: ``models`` is a comma list, JSON values as JSON, anything else text."""
     if key == "models":
-        return cli.comma_list(value)
+        try:
+            return cli.comma_list(value)
+        except argparse.ArgumentTypeError as exc:  # one line, as every other bad value (docs/magics.md)
+            raise UsageError(f"%gtl providers: models={value!r}: {exc}") from None
     text = value.strip()
     if text and (text[0] in "[{" or text in ("true", "false") or re.fullmatch(r"-?\d+(\.\d+)?", text)):
         try:

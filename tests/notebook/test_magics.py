@@ -471,6 +471,8 @@ def test_configuration_mistakes_name_the_magic_the_user_typed(ip, tmp_path):
     assert "keyword arguments" not in typo
     wrong = mistake(ip, "%gtl providers local type=echo weight=heavy")
     assert wrong.startswith("`%gtl providers local`: weight must be") and "keyword arguments" not in wrong
+    for empty in ("models=,,", "models=,"):  # a list of nothing: one line too, never argparse's traceback
+        assert "expected a comma-separated list" in mistake(ip, f"%gtl providers local type=echo {empty}")
 
 
 def test_a_compare_column_gives_the_notebook_advice_as_the_single_model_error_does(ip):
