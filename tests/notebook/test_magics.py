@@ -677,6 +677,29 @@ def run_until_ctrl_c(shell, source: str, arrived: threading.Event) -> tuple[Any,
         presser.join()
 
 
+def test_ctrl_c_while_a_tool_function_runs_keeps_the_loop_so_far_and_says_so_in_one_line(ip):
+    """The interrupt comes while the notebook's own function runs (a tool call's), not while a stream
+    does: one line, no traceback, and ``_gtl`` the answers so far — not the previous cell's."""
+    arrived = threading.Event()
+    ip.user_ns["_gtl"] = "the previous cell's"
+    ip.user_ns["tool_started"] = arrived
+
+    ip.run_cell(
+        "import time\ndef sleepy(key: str) -> str:\n    tool_started.set()\n    time.sleep(30)\n    return key\n"
+    )
+    try:
+        result, text = run_until_ctrl_c(ip, "%%gtl --tools sleepy\nlook it up", arrived)
+    finally:
+        for name in ("sleepy", "tool_started"):
+            ip.user_ns.pop(name)
+    assert isinstance(result.error_in_exec, GTLCellError), text
+    line = str(result.error_in_exec)
+    assert line.startswith("cancelled while the notebook ran sleepy (tool round 1)"), line
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text
+    answer = ip.user_ns["_gtl"]
+    assert isinstance(answer, Completion) and [call.name for call in answer.tool_calls] == ["sleepy"]
+
+
 def test_ctrl_c_while_streaming_keeps_the_partial_answer_and_says_so_in_one_line(ip, monkeypatch):
     run(ip, "%gtl providers echo type=echo options='{\"pace\": 0.05}'")  # an answer that takes seconds
     arrived = threading.Event()
