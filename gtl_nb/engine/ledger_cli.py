@@ -119,6 +119,8 @@ def days_ago(days: float | None) -> float | None:
         return None
     if not days > 0:  # not >: NaN is refused too
         raise ConfigurationError(f"--days must be more than 0, got {days:g}")
+    if not math.isfinite(days) or days * 86400 >= time.time():  # inf, or before 1970: every row
+        raise ConfigurationError(f"--days {days:g} reaches before any ledger row; leave --days out for every row")
     return time.time() - days * 86400
 
 

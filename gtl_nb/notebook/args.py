@@ -119,6 +119,8 @@ def variable_name(text: str) -> str:
     """A Python identifier that can name a notebook variable."""
     if not text.isidentifier() or keyword.iskeyword(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid Python variable name")
+    if text.startswith("__") and text.endswith("__"):  # __builtins__, __name__: Python's own, every cell's
+        raise argparse.ArgumentTypeError(f"{text!r} is one of Python's own names; choose another")
     return text
 
 

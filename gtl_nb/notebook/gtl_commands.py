@@ -323,6 +323,7 @@ class GtlCommands:
         say_set_aside(self.session, url)
 
     def _history(self, words: list[str]) -> None:
+        _no_more_words("history", words)
         history = self.session.history
         if not history:
             print("no conversation yet (chat mode keeps one: `%gtl config chat=on` or `%%gtl --chat`)")
@@ -338,6 +339,7 @@ class GtlCommands:
         show_bundle("\n\n".join(markdown), "\n".join(plain))
 
     def _reset(self, words: list[str]) -> None:
+        _no_more_words("reset", words)
         count = len(self.session.history)
         self.session.history.clear()
         print(f"conversation cleared ({count} message{'s' if count != 1 else ''})")
@@ -357,6 +359,13 @@ def _endpoint_source(endpoint: str) -> str:
 def _per_million(per_1k: float | None) -> float | None:
     # round: 0.00015 * 1000 is 0.15000000000000002 in binary floating point
     return None if per_1k is None else round(per_1k * 1000, 9)
+
+
+def _no_more_words(command: str, words: list[str]) -> None:
+    """``%gtl history`` and ``%gtl reset`` take nothing: a word after them is refused, not ignored (a
+    user who typed ``%gtl reset chat`` or ``%gtl history 5`` expects it to mean something)."""
+    if words:
+        raise UsageError(f"%gtl {command} takes no arguments, got {' '.join(words)!r}")
 
 
 def setting_value(key: str, value: str) -> Any:
