@@ -316,8 +316,11 @@ class GTLConnection:
             sid = message.session_id
             if not sid:
                 raise ProtocolError("a completion_request needs a non-empty session_id")
-            if sid in self._live or sid in self._abandoned:
-                raise SessionStateError(f"session {sid!r} is still live on this connection")
+            if sid in self._live or sid in self._abandoned:  # the caller's mistake (INVALID_REQUEST), not ours
+                raise ProtocolError(
+                    f"session {sid!r} is still live on this connection: give each running request its own "
+                    "session_id (or leave it out: a new one is made)"
+                )
             if self.missing_extensions:  # an older server: it would drop a field it does not know, silently
                 check_request(message, self.missing_extensions)
             self._live[sid] = SessionStateMachine(sid)

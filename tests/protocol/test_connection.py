@@ -188,8 +188,9 @@ def test_many_sessions_interleave_and_each_arrives_in_order():
 def test_a_second_request_with_a_live_id_is_refused_locally():
     pair = opened()
     pair.client_send(request("s1"))
-    with pytest.raises(SessionStateError, match="still live"):
+    with pytest.raises(ProtocolError, match="still live") as refused:
         pair.client.send(request("s1"))
+    assert refused.value.code == "INVALID_REQUEST"  # the caller's mistake, not the library's
     pair.pump()
     pair.server_send(Error(session_id="s1", code="INTERNAL", message="x"))
     pair.pump()
