@@ -94,6 +94,10 @@ def quotes_secret(text: str, secrets: Iterable[str]) -> bool:
         if folded is None:
             folded = text.casefold()
         secret_folded = secret.casefold()
+        # the key whole, or masked (its first or last characters, at least _KEEP_AROUND_MASK of them), holds
+        # one of its two ends: without either, neither can be there (the common case, answered in C)
+        if secret_folded[:_KEEP_AROUND_MASK] not in folded and secret_folded[-_KEEP_AROUND_MASK:] not in folded:
+            continue
         if secret_folded in folded or scrub_secret(folded, secret_folded) != folded:
             return True
     return False

@@ -2022,7 +2022,8 @@ def _stamp(
     address may put anything there, and the name reaches clients, the ledger and the audit log); then,
     as when the provider names none, the model asked for."""
     served = done.model
-    if served and deployment is not None and quotes_secret(served, deployment.secrets):
+    # (the model asked for is the caller's or the configuration's words, not the provider's: no check)
+    if served and served != target.model and deployment is not None and quotes_secret(served, deployment.secrets):
         served = None
     return msgspec.structs.replace(
         done,

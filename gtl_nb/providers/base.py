@@ -193,7 +193,7 @@ class Deployment:
     def __repr__(self) -> str:  # never show a credential
         return f"Deployment(name={self.name!r}, type={self.type!r}, base_url={self.base_url!r})"
 
-    @property
+    @functools.cached_property  # (asked at every answer's end; a frozen deployment's never change)
     def secrets(self) -> tuple[str, ...]:
         """Every value of this deployment that may be a credential, to keep out of what a provider's
         answer puts in front of someone: its keys, an Azure AD token, and its extra headers' values (a
