@@ -25,7 +25,7 @@ from gtl_nb.sim.gemini import GEMINI_CONTEXT_WINDOWS, GEMINI_MODELS
 from gtl_nb.sim.ollama import OLLAMA_MODELS
 from gtl_nb.sim.openai import OPENAI_CONTEXT_WINDOWS, OPENAI_MODELS
 
-from .conftest import fixture_json
+from .conftest import chat_request, fixture_json
 
 MODELS = {
     "openai": "gpt-4o-mini",
@@ -39,30 +39,6 @@ WINDOWS = {"openai": 128000, "azure": 128000, "anthropic": 200000, "gemini": 104
 
 def _serve(provider: str, **options: Any) -> sim.Simulator:
     return sim.serve(provider, api_key="sim-key", **options)
-
-
-def _post(provider: str, server: sim.Simulator, model: str, prompt: str) -> httpx.Response:
-    """One non-streamed chat request for ``model`` in ``provider``'s dialect."""
-    user = [{"role": "user", "content": prompt}]
-    if provider in ("openai", "openai_compatible"):
-        body = {"model": model, "messages": user}
-        return httpx.post(f"{server.base_url}/chat/completions", json=body, headers={"authorization": "Bearer sim-key"})
-    if provider == "azure":
-        url = f"{server.root_url}/openai/deployments/{model}/chat/completions?api-version=2024-10-21"
-        return httpx.post(url, json={"messages": user}, headers={"api-key": "sim-key"})
-    if provider == "anthropic":
-        headers = {"x-api-key": "sim-key", "anthropic-version": "2023-06-01"}
-        body = {"model": model, "max_tokens": 20, "messages": user}
-        return httpx.post(f"{server.root_url}/v1/messages", json=body, headers=headers)
-    if provider == "gemini":
-        url = f"{server.root_url}/v1beta/models/{model}:generateContent"
-        body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
-        return httpx.post(url, json=body, headers={"x-goog-api-key": "sim-key"})
-    if provider == "bedrock":
-        body = {"messages": [{"role": "user", "content": [{"text": prompt}]}]}
-        url = f"{server.root_url}/model/{model}/converse"
-        return httpx.post(url, json=body, headers={"authorization": "Bearer sim-key"})
-    return httpx.post(f"{server.root_url}/api/chat", json={"model": model, "messages": user, "stream": False})
 
 
 def _tokens_in(provider: str, reply: httpx.Response) -> int:
@@ -109,7 +85,7 @@ def _refusal(provider: str, tokens: int, window: int) -> Any:
 def test_a_prompt_over_the_catalogs_window_gets_the_services_refusal(provider: str) -> None:
     window = WINDOWS[provider]
     with _serve(provider) as server:
-        reply = _post(provider, server, MODELS[provider], "x " * (window + 100))
+        reply = chat_request(provider, server, MODELS[provider], "x " * (window + 100))
     assert reply.status_code == 400
     body = reply.json()
     body.pop("request_id", None)
@@ -130,7 +106,7 @@ def test_a_prompt_over_the_catalogs_window_gets_the_services_refusal(provider: s
 def test_the_refusals_have_the_recorded_shapes() -> None:
     """Same keys as the recorded (transcribed) context-length errors of OpenAI and Anthropic."""
     with _serve("openai", context_windows={"gpt-4o-mini": 10}) as server:
-        openai_body = _post("openai", server, "gpt-4o-mini", "x " * 20).json()
+        openai_body = chat_request("openai", server, "gpt-4o-mini", "x " * 20).json()
     recorded = fixture_json("openai", "error-400-context-length-exceeded.json")
     assert openai_body["error"].keys() == recorded["error"].keys()
     assert {k: openai_body["error"][k] for k in ("type", "param", "code")} == {
@@ -138,7 +114,7 @@ def test_the_refusals_have_the_recorded_shapes() -> None:
     }
     assert "maximum context length" in openai_body["error"]["message"]
     with _serve("anthropic", context_windows={"claude-haiku-4-5": 10}) as server:
-        anthropic_body = _post("anthropic", server, "claude-haiku-4-5", "x " * 20).json()
+        anthropic_body = chat_request("anthropic", server, "claude-haiku-4-5", "x " * 20).json()
     recorded = fixture_json("anthropic", "error-400-prompt-too-long.json")
     assert anthropic_body["type"] == recorded["type"] and anthropic_body["error"].keys() == recorded["error"].keys()
     assert anthropic_body["error"]["message"].startswith("prompt is too long: ")
@@ -150,11 +126,11 @@ def test_the_window_is_compared_with_the_prompt_as_its_usage_counts_it(provider:
     model = MODELS[provider]
     prompt = "Tell me about the harbour of Bergen and its ships, at length."
     with _serve(provider) as server:
-        counted = _tokens_in(provider, _post(provider, server, model, prompt))
+        counted = _tokens_in(provider, chat_request(provider, server, model, prompt))
     with _serve(provider, context_windows={model: counted}) as server:
-        assert _post(provider, server, model, prompt).status_code == 200
+        assert chat_request(provider, server, model, prompt).status_code == 200
     with _serve(provider, context_windows={model: counted - 1}) as server:
-        reply = _post(provider, server, model, prompt)
+        reply = chat_request(provider, server, model, prompt)
     assert reply.status_code == 400
     if provider != "bedrock":  # Bedrock's message names no numbers
         assert str(counted) in reply.text and str(counted - 1) in reply.text
@@ -163,27 +139,27 @@ def test_the_window_is_compared_with_the_prompt_as_its_usage_counts_it(provider:
 @pytest.mark.parametrize("provider", list(MODELS))
 def test_a_model_without_a_window_has_no_limit(provider: str) -> None:
     with _serve(provider, models=sim.ANY_MODEL) as server:
-        assert _post(provider, server, "house-model-9", "x " * 130_000).status_code == 200
+        assert chat_request(provider, server, "house-model-9", "x " * 130_000).status_code == 200
     with _serve(provider, context_windows={MODELS[provider]: None}) as server:
-        assert _post(provider, server, MODELS[provider], "x " * 130_000).status_code == 200
+        assert chat_request(provider, server, MODELS[provider], "x " * 130_000).status_code == 200
 
 
 def test_an_inference_profile_has_its_models_window() -> None:
     with _serve("bedrock") as server:
-        reply = _post("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 130_000)
+        reply = chat_request("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 130_000)
     assert reply.status_code == 400 and reply.json() == _refusal("bedrock", 0, 0)
     # a window set for the model holds for its profiles too; one set for a profile, for that profile alone
     with _serve("bedrock", context_windows={"amazon.nova-micro-v1:0": 50}) as server:
-        assert _post("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 200).status_code == 400
+        assert chat_request("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 200).status_code == 400
     with _serve("bedrock", context_windows={"us.amazon.nova-micro-v1:0": 50}) as server:
-        assert _post("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 200).status_code == 400
-        assert _post("bedrock", server, "amazon.nova-micro-v1:0", "x " * 200).status_code == 200
+        assert chat_request("bedrock", server, "us.amazon.nova-micro-v1:0", "x " * 200).status_code == 400
+        assert chat_request("bedrock", server, "amazon.nova-micro-v1:0", "x " * 200).status_code == 200
 
 
 def test_ollama_trims_silently_as_its_truncate_default_does() -> None:
     """Ollama does not refuse an over-long chat (it trims it to ``num_ctx``): the simulator answers it."""
     with _serve("ollama") as server:
-        assert _post("ollama", server, "llama3.1:8b", "x " * 140_000).status_code == 200
+        assert chat_request("ollama", server, "llama3.1:8b", "x " * 140_000).status_code == 200
 
 
 @pytest.mark.parametrize(

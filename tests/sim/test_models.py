@@ -13,36 +13,13 @@ from gtl_nb import sim
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.sim import cli
 
-from .conftest import fixture_json
+from .conftest import chat_request, fixture_json
 
 UNKNOWN = "no-such-model-9"
 
 
 def _chat(provider: str, server: sim.Simulator, model: str) -> httpx.Response:
-    """One small non-streamed chat request for ``model`` in ``provider``'s dialect."""
-    user = [{"role": "user", "content": "hi"}]
-    if provider in ("openai", "openai_compatible"):
-        headers = {"authorization": "Bearer sim-key"}
-        return httpx.post(
-            f"{server.base_url}/chat/completions", json={"model": model, "messages": user}, headers=headers
-        )
-    if provider == "azure":
-        url = f"{server.root_url}/openai/deployments/{model}/chat/completions?api-version=2024-10-21"
-        return httpx.post(url, json={"messages": user}, headers={"api-key": "sim-key"})
-    if provider == "anthropic":
-        headers = {"x-api-key": "sim-key", "anthropic-version": "2023-06-01"}
-        body = {"model": model, "max_tokens": 20, "messages": user}
-        return httpx.post(f"{server.root_url}/v1/messages", json=body, headers=headers)
-    if provider == "gemini":
-        url = f"{server.root_url}/v1beta/models/{model}:generateContent"
-        body = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
-        return httpx.post(url, json=body, headers={"x-goog-api-key": "sim-key"})
-    if provider == "bedrock":
-        body = {"messages": [{"role": "user", "content": [{"text": "hi"}]}]}
-        return httpx.post(
-            f"{server.root_url}/model/{model}/converse", json=body, headers={"authorization": "Bearer sim-key"}
-        )
-    return httpx.post(f"{server.root_url}/api/chat", json={"model": model, "messages": user, "stream": False})
+    return chat_request(provider, server, model)
 
 
 def test_openai_answers_an_unknown_model_with_model_not_found(serve_sim: Any) -> None:
