@@ -380,7 +380,12 @@ def setting_value(key: str, value: str) -> Any:
         try:
             return json.loads(text)
         except ValueError:
-            pass
+            if text[0] in "[{":  # meant as JSON: most often its quotes were taken by the line's own quoting
+                example = '{"pace": 0.2}' if key == "options" else '{"name": "value"}'
+                raise UsageError(
+                    f"%gtl providers: {key}={value} is not JSON; quote the whole value so its own quotes stay: "
+                    f"{key}='{example}'"
+                ) from None
     return value
 
 

@@ -484,6 +484,9 @@ def test_configuration_mistakes_name_the_magic_the_user_typed(ip, tmp_path):
     assert "keyword arguments" not in typo
     wrong = mistake(ip, "%gtl providers local type=echo weight=heavy")
     assert wrong.startswith("`%gtl providers local`: weight must be") and "keyword arguments" not in wrong
+    # shell-like splitting takes the quotes of options={"pace":0.2}: the value is no longer JSON
+    unquoted = mistake(ip, '%gtl providers local type=echo options={"pace":0.2}')
+    assert "is not JSON; quote the whole value" in unquoted and "options='{\"pace\": 0.2}'" in unquoted
     for empty in ("models=,,", "models=,"):  # a list of nothing: one line too, never argparse's traceback
         assert "expected a comma-separated list" in mistake(ip, f"%gtl providers local type=echo {empty}")
 
