@@ -114,14 +114,15 @@ def add_subcommands(subparsers: Any) -> None:
 
 def days_ago(days: float | None) -> float | None:
     """``--days N`` (``gtl usage``, ``%gtl usage``) as the unix time N days ago, ``None`` for no
-    ``--days``; N must be more than 0."""
+    ``--days``; N must be more than 0, and one reaching before 1970 (``inf``, ``36500``) means every row."""
     if days is None:
         return None
     if not days > 0:  # not >: NaN is refused too
         raise ConfigurationError(f"--days must be more than 0, got {days:g}")
-    if not math.isfinite(days) or days * 86400 >= time.time():  # inf, or before 1970: every row
-        raise ConfigurationError(f"--days {days:g} reaches before any ledger row; leave --days out for every row")
-    return time.time() - days * 86400
+    now = time.time()
+    if not math.isfinite(days) or days * 86400 >= now:  # inf, or before 1970: every row, as a user means it
+        return 0.0
+    return now - days * 86400
 
 
 def _usage(args: argparse.Namespace) -> int:

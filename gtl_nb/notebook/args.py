@@ -27,6 +27,7 @@ __all__ = [
     "comma_list",
     "gap_cell_parser",
     "gtl_cell_parser",
+    "output_name",
     "parse_assignments",
     "parse_bool",
     "refuse_secret_settings",
@@ -116,12 +117,19 @@ def comma_list(text: str) -> list[str]:
 
 
 def variable_name(text: str) -> str:
-    """A Python identifier that can name a notebook variable."""
+    """A Python identifier that can name a notebook variable (one a magic reads: ``--from``, ``--context``)."""
     if not text.isidentifier() or keyword.iskeyword(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a valid Python variable name")
-    if text.startswith("__") and text.endswith("__"):  # __builtins__, __name__: Python's own, every cell's
-        raise argparse.ArgumentTypeError(f"{text!r} is one of Python's own names; choose another")
     return text
+
+
+def output_name(text: str) -> str:
+    """A notebook variable a magic may write (``--out``): not one of Python's own dunder names —
+    ``--out __builtins__`` broke every later cell (reading one, as ``--from __``, is harmless)."""
+    name = variable_name(text)
+    if name.startswith("__") and name.endswith("__"):
+        raise argparse.ArgumentTypeError(f"{name!r} is one of Python's own names; choose another")
+    return name
 
 
 def finite_float(text: str) -> float:
@@ -211,7 +219,7 @@ def gtl_cell_parser() -> Parser:
         help="structured output: the answer is JSON of the notebook's class VAR (a pydantic model, dataclass or "
         "TypedDict) or response_format dict VAR; shown as --format json",
     )
-    p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the result in VAR")
+    p.add_argument("--out", type=output_name, metavar="VAR", help="also store the result in VAR")
     p.add_argument("--no-cache", action="store_true", help="do not answer from the response cache")
     p.add_argument("--endpoint", metavar="URL", help="anything gtl_nb.connect accepts (default: embedded://)")
     p.add_argument("--providers", type=comma_list, metavar="A,B", help="failover list of deployments")
@@ -263,7 +271,7 @@ def gap_cell_parser() -> Parser:
     # argparse %-formats help strings: "%%%%gtl" shows as "%%gtl" (the cell magic), "%%gtl" as "%gtl"
     source.add_argument("--from-last", action="store_true", help="wrap the last %%%%gtl answer")
     source.add_argument("--from", dest="from_var", type=variable_name, metavar="VAR", help="wrap a Completion")
-    p.add_argument("--out", type=variable_name, metavar="VAR", help="also store the message in VAR")
+    p.add_argument("--out", type=output_name, metavar="VAR", help="also store the message in VAR")
     p.add_argument("-h", "--help", action="store_true", help="show this help")
     return p
 
@@ -317,7 +325,7 @@ def entities_parser() -> Parser:
 
 def graph_parser() -> Parser:
     p = Parser("%gap graph", "Draw the context graph of this notebook's GAP messages.")
-    p.add_argument("--out", type=variable_name, metavar="VAR", help="store the networkx graph in VAR")
+    p.add_argument("--out", type=output_name, metavar="VAR", help="store the networkx graph in VAR")
     return p
 
 

@@ -155,15 +155,15 @@ class GtlCell:
                     f"stopped after {rounds} tool round(s) (--max-steps {opts.max_steps}); the calls above were not run"
                 )
                 return answer, convo[start:]
-            try:
+            try:  # (the results shown too: no request streams until the next round's, to catch a Ctrl-C)
                 results = run_tool_calls(completion.tool_calls, functions)
+                for result in results:
+                    _show_result(result)
             except KeyboardInterrupt:  # Ctrl-C in one of the notebook's tool functions: the loop so far stands
                 names = ", ".join(dict.fromkeys(call.name for call in completion.tool_calls))
                 self.session.remember(answer, opts.out)
                 said = f"cancelled while the notebook ran {names} (tool round {rounds + 1}); _gtl has the answers"
                 raise GTLCellError(answer, said) from None
-            for result in results:
-                _show_result(result)
             convo.extend([completion.message, *(result.message for result in results)])
             rounds += 1
 

@@ -135,7 +135,7 @@ def test_an_empty_graph_draws_a_note(plt):
     assert [t.get_text() for t in ax.texts] == ["empty graph"]
 
 
-@pytest.mark.parametrize("nodes", [600, 2500])
+@pytest.mark.parametrize("nodes", [600, 1200])
 def test_a_graph_too_large_for_the_spring_layout_without_scipy_is_laid_out_all_the_same(monkeypatch, nodes):
     # networkx's spring layout needs scipy from 500 nodes (a notebook of ~170 messages): scipy is no
     # dependency, so the drawing must not fail for the want of it

@@ -436,8 +436,8 @@ def test_usage_since_and_days_narrow_the_table_as_gtl_usage_and_client_usage_do(
         result, text = run(ip, f"%gtl usage --by model {window}")
         assert result.success and result.result.empty and f"no requests recorded {said}" in text
     assert "--days must be more than 0, got 0" in mistake(ip, "%gtl usage --days 0")
-    for days in ("inf", "1e400", "100000"):  # before any row could be written: said of --days, not of unix seconds
-        assert "reaches before any ledger row; leave --days out" in mistake(ip, f"%gtl usage --days {days}")
+    for days in ("inf", "1e400", "36500"):  # before any row could be written: every row, as meant
+        assert int(ip.run_line_magic("gtl", f"usage --days {days}")["requests"].sum()) == 2, days
     for when in ("yesterday", "2026-01-01T00:00:00"):  # a time without its offset is ambiguous
         assert "--since: expected a day (2026-12-01, from midnight UTC)" in mistake(ip, f"%gtl usage --since {when}")
     assert "not allowed with argument --days" in mistake(ip, "%gtl usage --days 1 --since 2020-01-01")
@@ -451,6 +451,7 @@ def test_history_and_reset_refuse_words_they_would_ignore(ip):
 def test_out_refuses_pythons_own_names(ip):
     # `--out __builtins__` was taken, and every later cell broke (len, print: "not subscriptable")
     assert "one of Python's own names" in mistake(ip, "%%gtl --out __builtins__\nhi")
+    assert "one of Python's own names" in mistake(ip, "%%gap --out __name__\nhi")
     assert len([1, 2]) == 2 and run(ip, "x = len([1, 2])")[0].success
 
 
