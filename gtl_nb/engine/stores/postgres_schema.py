@@ -25,7 +25,8 @@ appends; every reader names its columns). Its own columns:
 
 Ledger versions: 1 ``create_requests``, 2 ``create_leases``, 3 ``cache_writes`` (the SQLite ledger's
 version 4: ``cache_write_tokens_in``, NULL in older rows), 4 ``finish_reason`` (the SQLite ledger's
-version 5: ``finish_reason``, NULL in older rows).
+version 5: ``finish_reason``, NULL in older rows), 5 ``tenant_time`` (the SQLite ledger's version 6: an
+index of a tenant's rows by time).
 """
 
 from __future__ import annotations
@@ -143,7 +144,20 @@ _CACHE_WRITES = Migration("cache_writes", (f"ALTER TABLE {TABLE} ADD COLUMN cach
 # rows: not recorded then).
 _FINISH_REASON = Migration("finish_reason", (f"ALTER TABLE {TABLE} ADD COLUMN finish_reason TEXT",))
 
-LEDGER_MIGRATIONS: tuple[Migration, ...] = (_CREATE_REQUESTS, _CREATE_LEASES, _CACHE_WRITES, _FINISH_REASON)
+# The SQLite ledger's version 6: a tenant's rows by time, for tenant budgets rebuilt from the ledger and
+# gateway usage queries (scoped to the caller's tenant); partial: rows of no tenant are not indexed.
+# Built in the migration's transaction, so writes wait while it is built, once, over an existing table.
+_TENANT_TIME = Migration(
+    "tenant_time", (f"CREATE INDEX requests_tenant_time ON {TABLE} (tenant, time) WHERE tenant IS NOT NULL",)
+)
+
+LEDGER_MIGRATIONS: tuple[Migration, ...] = (
+    _CREATE_REQUESTS,
+    _CREATE_LEASES,
+    _CACHE_WRITES,
+    _FINISH_REASON,
+    _TENANT_TIME,
+)
 
 AUDIT_MIGRATIONS: tuple[Migration, ...] = (
     Migration(

@@ -67,6 +67,14 @@ def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params or None).fetchall()
 
 
+def execute(url: str, sql: str) -> None:
+    """Run a statement that answers no rows (``ANALYZE``), as an administrator would."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(sql)
+
+
 # -- schema and migrations ---------------------------------------------------------------------------
 
 
@@ -100,7 +108,7 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
         assert query(postgres_url, "SELECT component, version FROM gtl_schema_version") == [
             ("ledger", len(LEDGER_MIGRATIONS))
         ]
-        assert len(LEDGER_MIGRATIONS) == 4
+        assert len(LEDGER_MIGRATIONS) == 5
         assert not ledgers[0].degraded and ledgers[0].degraded_reason is None
         assert ledgers[0].replica != ledgers[1].replica
     finally:
@@ -108,7 +116,7 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             ledger.close()
     reopened = open_one()  # a migrated database: nothing to do
     reopened.close()
-    assert query(postgres_url, "SELECT version FROM gtl_schema_version") == [(4,)]
+    assert query(postgres_url, "SELECT version FROM gtl_schema_version") == [(len(LEDGER_MIGRATIONS),)]
 
 
 async def _migrated(url: str, migrations: tuple[Migration, ...]) -> tuple[int, int]:
@@ -189,7 +197,9 @@ def test_a_database_of_ledger_version_3_gains_the_finish_reason_column_and_keeps
     before = query(postgres_url, f"SELECT {', '.join(map(quoted, old_columns))} FROM requests")
     ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
     try:
-        assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [(4,)]
+        assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [
+            (len(LEDGER_MIGRATIONS),)
+        ]
 
         async def scenario() -> list[dict[str, Any]]:
             cut = await ledger.start(session_id="cut", context=ADA, model="claude", now=T0 + 5)
@@ -1030,3 +1040,47 @@ def test_exiting_with_sessions_open_ends_their_rows_cancelled(postgres_url: str)
     assert done.returncode == 0 and done.stdout.strip() == "mid-stream", done.stderr
     statuses = [status for (status,) in query(postgres_url, "SELECT status FROM requests ORDER BY time")]
     assert statuses == ["cancelled", "cancelled"], statuses  # not left started for a lease to interrupt
+
+
+def test_a_tenants_usage_is_read_through_the_tenant_index(postgres_url: str, spool: Path):
+    """Ledger version 5: a tenant's rows of a span (a tenant budget rebuilt from the ledger, a usage report
+    of one tenant) are found through ``requests_tenant_time``, not by scanning the span of every tenant."""
+    from gtl_nb.engine.stores.postgres_ledger import _NOT_REFUSED, _where
+
+    PostgresUsageLedger(postgres_url, spool_path=spool).close()  # migrated
+    query(
+        postgres_url,
+        'INSERT INTO requests (time, time_utc, session_id, "user", status, tenant, tokens_in, replica, replica_seq) '
+        "SELECT %s + n, 'then', 's' || n, 'u', 'ok', CASE WHEN n %% 3 = 0 THEN NULL ELSE 't' || (n %% 50) END, 1, "
+        "'bulk', n FROM generate_series(1, 20000) AS n RETURNING id",
+        T0,
+    )
+    execute(postgres_url, "ANALYZE requests")
+    where, params = _where({"since": T0, "until": T0 + 86_400, "tenant": "t7"})
+    plan = "\n".join(
+        line
+        for (line,) in query(postgres_url, f"EXPLAIN SELECT COUNT(*) FROM requests{where} AND {_NOT_REFUSED}", *params)
+    )
+    assert "requests_tenant_time" in plan, plan
+    (definition,) = query(postgres_url, "SELECT indexdef FROM pg_indexes WHERE indexname = 'requests_tenant_time'")[0]
+    assert "WHERE (tenant IS NOT NULL)" in definition
+
+
+def test_a_database_of_ledger_version_4_gains_the_tenant_index_and_keeps_its_rows(postgres_url: str, spool: Path):
+    assert run(_migrated(postgres_url, LEDGER_MIGRATIONS[:4])) == (0, 4)  # as the release before left it
+    assert query(postgres_url, "SELECT indexname FROM pg_indexes WHERE indexname = 'requests_tenant_time'") == []
+    query(
+        postgres_url,
+        'INSERT INTO requests (time, time_utc, session_id, "user", status, tenant, tokens_in, replica, replica_seq) '
+        "VALUES (%s, 'then', 'old', 'ada', 'ok', 'acme', 12, 'gone', 1) RETURNING id",
+        T0,
+    )
+    before = query(postgres_url, "SELECT * FROM requests")
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    try:
+        assert run(ledger.totals(tenant="acme")).requests == 1
+    finally:
+        ledger.close()
+    assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [(5,)]
+    assert query(postgres_url, "SELECT indexname FROM pg_indexes WHERE indexname = 'requests_tenant_time'")
+    assert query(postgres_url, "SELECT * FROM requests") == before
