@@ -37,8 +37,14 @@ Request mapping (``build_request``):
     ]}}
 
 On replay a function-call signature goes back on the ``functionCall`` part with that id (or that
-name); a signature that came on an empty trailing text part is re-sent as such a part at the end of
-the turn; one on a non-empty text part goes on the turn's text part. Signatures on ``thought``
+name). Gemini 3 and later refuse a turn's function calls replayed without their signature (400
+"Function call is missing a thought_signature"): where an assistant message has none to give back — a
+history another provider answered, one a caller wrote or one that came through a compatible endpoint
+that could not carry it — the first call of the message is sent with Google's documented stand-in
+``skip_thought_signature_validator`` (``SKIP_SIGNATURE``), which the API accepts in its place (the
+model then continues without its earlier reasoning). A signature that came on an empty trailing text
+part is re-sent as such a part at the end of the turn; one on a non-empty text part goes on the turn's
+text part. Signatures on ``thought``
 parts are kept but not replayed (thought text is not part of the assistant message).
 
 Decoding: SSE (CRLF separators, no ``[DONE]``; the stream ends at EOF after a chunk with
@@ -137,6 +143,9 @@ _FILTER_REASONS = frozenset(
     }
 )
 _CONTEXT_PHRASE = "input token count"
+SKIP_SIGNATURE = "skip_thought_signature_validator"
+"""Google's stand-in for a function call's lost ``thoughtSignature``, which Gemini 3 checks (module docstring)."""
+_MAJOR_VERSION = re.compile(r"(?:models/)?gemini-(\d{1,3})")
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -241,13 +250,23 @@ def _apply_signatures(parts: list[dict[str, Any]], provider_data: dict[str, Any]
                 target["thoughtSignature"] = signature
 
 
-def _parts(message: Message, names: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The parts of one non-system message; ``names`` maps tool-call ids seen so far to names."""
+def checks_signatures(model: str) -> bool:
+    """Whether ``model`` (by its name) is Gemini 3 or later, which refuses function calls replayed unsigned."""
+    found = _MAJOR_VERSION.match(model)
+    return found is not None and int(found.group(1)) >= 3
+
+
+def _parts(message: Message, names: Mapping[str, str], *, signed_calls: bool = False) -> list[dict[str, Any]]:
+    """The parts of one non-system message; ``names`` maps tool-call ids seen so far to names;
+    ``signed_calls``: the model wants a signature on an assistant message's first function call."""
     if message.role == "assistant":
         parts: list[dict[str, Any]] = [{"text": message.content}] if message.content else []
         for call in message.tool_calls:
             parts.append({"functionCall": {"name": call.name, "args": _function_args(call), "id": call.id}})
         _apply_signatures(parts, message.provider_data)
+        if signed_calls and message.tool_calls:
+            first_call = next(part for part in parts if "functionCall" in part)
+            first_call.setdefault("thoughtSignature", SKIP_SIGNATURE)
         return parts
     images = [_image_part(url) for url in message.images]
     if message.role == "tool":
@@ -268,8 +287,8 @@ def _parts(message: Message, names: Mapping[str, str]) -> list[dict[str, Any]]:
     return images + ([{"text": message.content}] if message.content else [])
 
 
-def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:
-    """GTL messages → (``systemInstruction`` text, Gemini ``contents``)."""
+def convert_messages(messages: list[Message], *, signed_calls: bool = False) -> tuple[str | None, list[dict[str, Any]]]:
+    """GTL messages → (``systemInstruction`` text, Gemini ``contents``); ``signed_calls`` as ``_parts``'."""
     system: list[str] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}  # the nearest earlier assistant call wins when ids repeat
@@ -278,7 +297,7 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
             if message.content:
                 system.append(message.content)
             continue
-        parts = _parts(message, names)
+        parts = _parts(message, names, signed_calls=signed_calls)
         if message.role == "assistant":
             names.update({call.id: call.name for call in message.tool_calls})
         if not parts:
@@ -333,7 +352,7 @@ def _generation_config(request: CompletionRequest, deployment: Deployment) -> di
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The JSON body of a ``generateContent`` / ``streamGenerateContent`` call."""
-    system, contents = convert_messages(request.messages)
+    system, contents = convert_messages(request.messages, signed_calls=checks_signatures(request.model))
     body: dict[str, Any] = {"contents": contents}
     if system:
         body["systemInstruction"] = {"parts": [{"text": system}]}

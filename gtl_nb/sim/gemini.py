@@ -6,7 +6,11 @@ too). With ``?alt=sse`` the stream is SSE with ``data:`` lines and CRLF separato
 without it, one JSON array streamed element by element (``[{…}`` LF ``,`` CRLF ``{…}`` LF ``]``).
 Every chunk repeats a ``usageMetadata`` snapshot; function calls arrive whole with ``args`` objects and no
 id; ``finishReason`` is on the last chunk (``STOP`` even after a function call). Thought parts
-(``thought: true``) and a ``thoughtSignature`` appear when ``thinkingConfig.includeThoughts`` is set.
+(``thought: true``) and a ``thoughtSignature`` appear when ``thinkingConfig.includeThoughts`` is set; Gemini 3
+and later sign a function-call turn's first call always, and refuse a request whose current turn (what
+follows the last user message that is not only function responses) replays a function call without its
+signature: 400 "Function call is missing a thought_signature in functionCall parts" (Google's documented
+``skip_thought_signature_validator`` passes).
 Key: ``x-goog-api-key`` header or ``?key=``; a wrong key is a 400 ``API_KEY_INVALID``, a missing one a 403.
 Request fields are read in camelCase or snake_case.
 """
@@ -23,7 +27,7 @@ from gtl_nb.sim.answers import Answer, count_tokens
 from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
 from gtl_nb.sim.tokens import Rates, Tally, b64_bytes, gemini_image_tokens
 
-__all__ = ["GEMINI_CONTEXT_WINDOWS", "GEMINI_MODELS", "GeminiSim"]
+__all__ = ["GEMINI_CONTEXT_WINDOWS", "GEMINI_MODELS", "GeminiSim", "signs_function_calls"]
 
 #: The text models of the simulated project (ListModels of the Gemini API, generateContent-capable).
 GEMINI_MODELS = (
@@ -63,6 +67,7 @@ _FAMILY_RATES = (  # model-name prefix -> (per_request, with_tools); the first m
     (("gemini-",), (0, 12)),
 )
 _SIGNATURE_CHARS_PER_TOKEN = 6  # a thought signature replayed in the conversation is billed (compactly)
+_MAJOR_VERSION = re.compile(r"gemini-(\d{1,3})")
 _METHOD_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):([A-Za-z]+)$")
 _MODEL_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+)$")
 _QUOTA_METRIC = "generativelanguage.googleapis.com/generate_content_free_tier_requests"
@@ -117,6 +122,34 @@ def _google_error(
         {"content-type": "application/json; charset=UTF-8", **(headers or {})},
         _pretty({"error": error}).encode("utf-8"),
     )
+
+
+def signs_function_calls(model: str) -> bool:
+    """Whether ``model`` is Gemini 3 or later: it signs every function-call turn and checks the signatures."""
+    found = _MAJOR_VERSION.match(model)
+    return found is not None and int(found.group(1)) >= 3
+
+
+def _unsigned_call(contents: list[dict[str, Any]]) -> tuple[str, int] | None:
+    """The first function call of the current turn replayed without its signature: ``(name, position)``.
+
+    The current turn starts after the last user message with something other than function responses;
+    each model message of it must carry a signature on its first function-call part (parallel calls
+    are signed on the first only)."""
+    start = 0
+    for index, content in enumerate(contents):
+        parts = [part for part in content.get("parts") or [] if isinstance(part, dict)]
+        if content.get("role", "user") == "user" and any(_get(part, "functionResponse") is None for part in parts):
+            start = index + 1
+    for index in range(start, len(contents)):
+        content = contents[index]
+        if content.get("role") != "model":
+            continue
+        calls = [part for part in content.get("parts") or [] if isinstance(part, dict) and _get(part, "functionCall")]
+        if calls and not _get(calls[0], "thoughtSignature"):
+            call = _get(calls[0], "functionCall")
+            return str(call.get("name") if isinstance(call, dict) else ""), index
+    return None
 
 
 def _input_tokens(body: dict[str, Any], model: str) -> int:
@@ -339,9 +372,20 @@ class GeminiSim:
             return _google_error(
                 400, f"The input token count ({tokens}) exceeds the maximum number of tokens allowed ({window})."
             )
+        signed = signs_function_calls(model)
+        unsigned = _unsigned_call([c for c in _get(body, "contents") or [] if isinstance(c, dict)]) if signed else None
+        if unsigned is not None:
+            name, position = unsigned
+            return _google_error(
+                400,
+                "Function call is missing a thought_signature in functionCall parts. This is required for tools to "
+                "work correctly, and missing thought_signature may lead to degraded model performance. Additional "
+                f"data, function call `default_api:{name}` , position {position + 1}. Please refer to "
+                "https://ai.google.dev/gemini-api/docs/thought-signatures for more details.",
+            )
         answer = self._answer(body, ctx, model)
         response_id = ctx.make_id("", 23, req.body)
-        signature = self._signature(req, ctx) if answer.thinking else None
+        signature = self._signature(req, ctx) if answer.thinking or (signed and answer.tool_calls) else None
 
         def response(parts: list[dict[str, Any]], finish: bool, candidates: int) -> dict[str, Any]:
             candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"}}

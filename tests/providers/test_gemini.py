@@ -24,7 +24,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import Deployment, HttpDialect
-from gtl_nb.providers.gemini import GeminiDialect
+from gtl_nb.providers.gemini import SKIP_SIGNATURE, GeminiDialect, checks_signatures
 
 FIXTURES = wire.fixture_dir("gemini")
 SID = "sess-gemini"
@@ -757,3 +757,43 @@ def test_dialect_is_registered_and_satisfies_the_protocol() -> None:
     provider = get_provider("gemini")
     assert isinstance(provider, GeminiDialect) and isinstance(provider, HttpDialect)
     assert GeminiDialect.name == "gemini"
+
+
+# -- Gemini 3's check of function-call signatures ----------------------------------------------------
+
+
+def test_gemini_3_calls_replayed_without_a_signature_take_googles_stand_in() -> None:
+    """Gemini 3 and later refuse a turn's function calls replayed unsigned; a history with no signature to
+    give back (another provider's, a caller's own) sends the documented stand-in on each assistant
+    message's first call, and a real signature where the message has one."""
+    first = ToolCall(id="call_a", name="get_country", arguments="{}")
+    parallel = [ToolCall(id="call_b", name="get_city", arguments="{}"), ToolCall(id="call_c", name="get_time")]
+    history = [
+        Message(role="user", content="q"),
+        Message(role="assistant", tool_calls=[first]),
+        Message(role="tool", tool_call_id="call_a", content="France"),
+        Message(
+            role="assistant",
+            tool_calls=parallel,
+            provider_data={"gemini": {"parts": [{"functionCall": {"id": "call_b"}, "thoughtSignature": "real"}]}},
+        ),
+        Message(role="tool", tool_call_id="call_b", content="Paris"),
+        Message(role="tool", tool_call_id="call_c", content="noon"),
+    ]
+    for model in ("gemini-3-pro-preview", "gemini-3.1-flash-lite", "models/gemini-4-ultra"):
+        contents = body_of(wire.request_maker(session_id=SID, model=model)(history))["contents"]
+        signatures = [
+            [part.get("thoughtSignature") for part in content["parts"] if "functionCall" in part]
+            for content in contents
+            if content["role"] == "model"
+        ]
+        assert signatures == [[SKIP_SIGNATURE], ["real", None]], model
+    for model in ("gemini-2.5-flash", "gemini-flash-latest", "gemma-3-27b-it"):  # no check there: sent as given
+        contents = body_of(wire.request_maker(session_id=SID, model=model)(history))["contents"]
+        assert SKIP_SIGNATURE not in json.dumps(contents), model
+    assert [checks_signatures(name) for name in ("gemini-3", "gemini-30-x", "gemini-2.5-pro", "xgemini-3")] == [
+        True,
+        True,
+        False,
+        False,
+    ]

@@ -121,6 +121,42 @@ def test_sdk_thoughts_and_signature_when_include_thoughts(serve_sim: Any) -> Non
     assert chunks[-1].usage_metadata.thoughts_token_count > 0
 
 
+def test_gemini_3_signs_calls_and_refuses_them_replayed_unsigned_in_the_current_turn(serve_sim: Any) -> None:
+    """Gemini 3 signs a function-call turn without being asked for thoughts; the SDK's own replay of the
+    model's content passes, a history rebuilt without the signature is a 400 naming the call, earlier
+    turns are not checked, and Google's stand-in passes. Gemini 2.5 checks nothing."""
+    s = serve_sim("gemini")
+    sdk = client(s)
+    model = "gemini-3-pro-preview"
+    first = sdk.models.generate_content(model=model, contents="weather?", config=tools_config(WEATHER))
+    signed = first.candidates[0].content
+    assert signed.parts[0].function_call.name == "get_weather" and signed.parts[0].thought_signature
+    result = types.Part.from_function_response(name="get_weather", response={"sky": "clear"})
+    question = types.Content(role="user", parts=[types.Part(text="weather?")])
+    replayed = [question, signed, types.Content(role="user", parts=[result])]
+    assert sdk.models.generate_content(model=model, contents=replayed, config=tools_config(WEATHER)).text
+
+    unsigned = types.Content(role="model", parts=[types.Part(function_call=signed.parts[0].function_call)])
+    rebuilt = [question, unsigned, types.Content(role="user", parts=[result])]
+    with pytest.raises(errors.ClientError) as refused:
+        sdk.models.generate_content(model=model, contents=rebuilt, config=tools_config(WEATHER))
+    assert refused.value.code == 400 and "missing a thought_signature" in str(refused.value)
+    assert "`default_api:get_weather` , position 2" in str(refused.value)
+
+    later = [*rebuilt, types.Content(role="model", parts=[types.Part(text="Clear.")]), question]  # a new turn
+    assert sdk.models.generate_content(model=model, contents=later, config=tools_config(WEATHER)).function_calls
+    call = {"functionCall": {"name": "get_weather", "args": {}}, "thoughtSignature": "skip_thought_signature_validator"}
+    stand_in = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "weather?"}]},
+            {"role": "model", "parts": [call]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"sky": "clear"}}}]},
+        ]
+    }
+    assert sim_post(s, stand_in, method="generateContent", query="", model=model).json()["candidates"]
+    assert sdk.models.generate_content(model=MODEL, contents=rebuilt, config=tools_config(WEATHER)).text
+
+
 def test_a_function_response_turn_gets_text_mentioning_it(serve_sim: Any) -> None:
     s = serve_sim("gemini")
     contents = [
