@@ -14,14 +14,20 @@ after the answer began (the engine moved to another deployment, which voids what
 expressed in either format: the stream ends with an error event saying so, of the code of the failure
 that moved it on (``failover_code``: an overload is the format's overload, as it is without a
 failover), and the session is cancelled, so the ledger does not record an answer the client never got.
+
+**Replay state.** A provider's state for the next turn (Gemini 3's signatures, thinking blocks) rides on
+the first tool call's id (``replay_state``): both ways of running take it off the request's ids and
+put it on the answer's, for a request that offers tools (no tool call can come otherwise).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast, get_args
 
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.gateway.compat.replay_state import ReplayStamps, restored
 from gtl_nb.gateway.compat.reply import Reply, retried_already
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START
 from gtl_nb.gateway.streaming import EventOutbox, Running, SessionRunner, collect_session, stream_session
@@ -81,8 +87,16 @@ async def collect(
     A client that disconnects first cancels the session; so does a shutdown that cancels this task.
     """
     transcript = Transcript(session_id=request.session_id)
-    await collect_session(sessions, request, context, transcript.add, receive)
+    deliver: Callable[[StreamEvent], None] = transcript.add
+    if request.tools:
+        deliver = functools.partial(_stamped_into, ReplayStamps(), transcript)
+    await collect_session(sessions, restored(request), context, deliver, receive)
     return transcript
+
+
+def _stamped_into(stamps: ReplayStamps, transcript: Transcript, event: StreamEvent) -> None:
+    for handed in stamps.take(event):
+        transcript.add(handed)
 
 
 class StreamedSession:
@@ -100,7 +114,8 @@ class StreamedSession:
         headers: dict[str, str] | None = None,
     ) -> None:
         self.sessions = sessions
-        self.request = request
+        self.request = restored(request)
+        self.stamps = ReplayStamps() if request.tools else None
         self.context = context
         self.encoder = encoder
         self.refuse = refuse
@@ -124,7 +139,8 @@ class StreamedSession:
         retried = False  # whether the gateway tried again before the answer began (``reply.retried_already``)
         while not ended:
             pieces: list[bytes] = []  # what this batch of events writes, in one send
-            for event in await outbox.take():
+            events = await outbox.take()
+            for event in events if self.stamps is None else self.stamps.batch(events):
                 if not started:
                     if isinstance(event, Status):
                         retried = retried or retried_already((event,))

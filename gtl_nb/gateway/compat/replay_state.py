@@ -1,0 +1,162 @@
+"""A provider's replay state, carried through the compatible endpoints on a tool call's id.
+
+Some providers answer with state that the next turn must give back. Gemini 3 signs each
+function-call turn (``thoughtSignature``) and refuses the turn's calls replayed without it; Anthropic's
+and Bedrock's thinking blocks must come back in a tool loop. GTL carries that state as ``provider_data``
+on the ``done`` and on the assistant message that replays the answer: the embedded client and GTL's
+own transports keep it. The OpenAI and Anthropic formats have no field for it — but a client sends
+every tool call's id back exactly as it got it. So here:
+
+* an answer with tool calls whose ``done`` holds replay state has that state appended to its first
+  call's id: ``<id>__gtl1_<state>``, ``<state>`` the URL-safe base64 (unpadded) of the zlib-compressed
+  JSON of ``provider_data`` (``stamped``). A stream is held back from its first tool call until the ``done``
+  says what to stamp (``ReplayStamps``): GTL hands each call over whole, and the ``done`` follows the
+  last at once;
+* a request whose assistant message holds such an id gets the state back on that message, and every
+  id — the calls' and the tool results' — loses the suffix before the provider sees it (``restored``).
+
+Nothing changes for an answer without tool calls or without replay state (OpenAI, and Anthropic without
+thinking, have none): its ids are the provider's. A state larger than ``MAX_STATE_BYTES`` is not
+carried (Gemini then gets Google's stand-in signature, ``providers.gemini``). A suffix that does not
+decode — an id a client cut short or made up — is dropped (an INFO line), the id kept without it:
+the state only spares the model its earlier reasoning, and the conversation goes on without it.
+Decoding is bounded: at most ``MAX_STATE_BYTES`` inflated, JSON at most ``providers.limits``' depth.
+A caller can forge a state, as it can write any assistant turn it likes: the provider checks its own
+signatures, so a forged one is refused there, not trusted here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import zlib
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from gtl_nb.log import get_logger
+from gtl_nb.protocol.messages import (
+    CompletionRequest,
+    Done,
+    Error,
+    Message,
+    Status,
+    StreamEvent,
+    ToolCall,
+    ToolCallEvent,
+)
+from gtl_nb.protocol.session import is_failover
+from gtl_nb.providers.limits import parse_json
+
+__all__ = ["MARK", "MAX_STATE_BYTES", "ReplayStamps", "restored", "stamped", "unstamped"]
+
+log = get_logger("gateway.compat")
+
+MARK = "__gtl1_"
+"""What separates a tool call's own id from the state appended to it (only ``[A-Za-z0-9_-]``, so the id
+stays one Anthropic's pattern accepts)."""
+
+MAX_STATE_BYTES = 64 * 1024
+"""The most JSON of replay state carried on an id (a Gemini signature is a few KB; thinking text can be
+more): a larger state is not carried, and a suffix inflating past it is not read."""
+
+
+def stamped(call_id: str, provider_data: dict[str, Any] | None) -> str:
+    """``call_id`` with ``provider_data`` appended (module docstring); unchanged when there is none, when it
+    is too large, or when the id holds ``MARK`` already (it could not be told apart)."""
+    if not provider_data or MARK in call_id:
+        return call_id
+    state = msgspec.json.encode(provider_data)
+    if len(state) > MAX_STATE_BYTES:
+        log.debug("tool call %r: %d bytes of replay state, too many to carry", call_id, len(state))
+        return call_id
+    packed = base64.urlsafe_b64encode(zlib.compress(state, 6)).rstrip(b"=").decode("ascii")
+    return f"{call_id}{MARK}{packed}"
+
+
+def unstamped(call_id: str) -> tuple[str, dict[str, Any] | None]:
+    """``call_id`` without its suffix, and the state the suffix held (``None``: none, or none that decodes)."""
+    own, mark, packed = call_id.partition(MARK)
+    if not mark:
+        return call_id, None
+    try:
+        compressed = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
+        inflater = zlib.decompressobj()
+        state = inflater.decompress(compressed, MAX_STATE_BYTES)
+        if inflater.unconsumed_tail or not inflater.eof:
+            raise ValueError("larger than the gateway carries, or cut short")
+        value = parse_json(state, "a tool call's replay state", limit=MAX_STATE_BYTES)
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            raise ValueError("not an object")
+    except (ValueError, binascii.Error, zlib.error) as exc:  # (the parser's own errors are ValueErrors)
+        log.info("tool call %r: its replay state does not decode (%s); the call is replayed without it", own, exc)
+        return own, None
+    return own, value
+
+
+def restored(request: CompletionRequest) -> CompletionRequest:
+    """``request`` with every id's suffix taken off and each assistant message's state put back on it
+    (the request itself when no id has one: the common case costs a scan of the ids)."""
+    if not any(_marked(message) for message in request.messages):
+        return request
+    messages = [_restored(message) if _marked(message) else message for message in request.messages]
+    return msgspec.structs.replace(request, messages=messages)
+
+
+def _marked(message: Message) -> bool:
+    if message.tool_call_id is not None and MARK in message.tool_call_id:
+        return True
+    return any(MARK in call.id for call in message.tool_calls)
+
+
+def _restored(message: Message) -> Message:
+    if message.tool_call_id is not None:
+        return msgspec.structs.replace(message, tool_call_id=unstamped(message.tool_call_id)[0])
+    calls: list[ToolCall] = []
+    state: dict[str, Any] | None = None
+    for call in message.tool_calls:
+        own, found = unstamped(call.id)
+        state = state or found
+        calls.append(msgspec.structs.replace(call, id=own) if own != call.id else call)
+    if state is None or message.provider_data:  # (state the message carries itself wins)
+        return msgspec.structs.replace(message, tool_calls=calls)
+    return msgspec.structs.replace(message, tool_calls=calls, provider_data=state)
+
+
+class ReplayStamps:
+    """One session's events, from its first tool call on held until its ``done`` and then handed on in
+    their order, the first call's id stamped with the ``done``'s state (module docstring). An ``error``
+    lets the held events go as they came; a ``failover`` drops them, as it voids everything before it."""
+
+    def __init__(self) -> None:
+        self._held: list[StreamEvent] = []  # the first tool call, and every event after it
+
+    def take(self, event: StreamEvent) -> list[StreamEvent]:
+        """What to hand on now that ``event`` came."""
+        if not self._held:
+            if isinstance(event, ToolCallEvent):
+                self._held.append(event)
+                return []
+            return [event]
+        if isinstance(event, Done):
+            first, *rest = self._held
+            self._held = []
+            assert isinstance(first, ToolCallEvent)
+            call = msgspec.structs.replace(first.function, id=stamped(first.function.id, event.provider_data))
+            return [msgspec.structs.replace(first, function=call), *rest, event]
+        if isinstance(event, Error):
+            held, self._held = self._held, []
+            return [*held, event]
+        if isinstance(event, Status) and is_failover(event):
+            self._held = []
+            return [event]
+        self._held.append(event)
+        return []
+
+    def batch(self, events: Iterable[StreamEvent]) -> list[StreamEvent]:
+        """``take`` over a batch of events, in order."""
+        out: list[StreamEvent] = []
+        for event in events:
+            out += self.take(event)
+        return out
