@@ -48,6 +48,7 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +69,20 @@ from gtl_nb.protocol.messages import (
 )
 from gtl_nb.providers.base import limited_to_one_call
 
-__all__ = ["IGNORED", "MAPPED", "REFUSED", "ChatRequest", "chat_request"]
+__all__ = [
+    "IGNORED",
+    "MAPPED",
+    "REFUSED",
+    "ChatRequest",
+    "chat_request",
+    "content_pieces",
+    "function_tool",
+    "narrowed",
+    "only",
+    "response_format",
+    "tool_choice",
+    "unknown_field",
+]
 
 _TOOL_CHOICE_WORDS = frozenset({"none", "auto", "required"})
 
@@ -152,7 +166,7 @@ _FORMAT_KEYS = {
 _JSON_SCHEMA_KEYS = frozenset({"name", "description", "schema", "strict"})
 
 
-def _only(value: dict[str, Any], known: frozenset[str], where: str) -> None:
+def only(value: dict[str, Any], known: frozenset[str], where: str) -> None:
     """``FieldError`` for a key of the nested object ``value`` (at ``where``) Chat Completions has not,
     named by its path, in the words of a top-level one: ``Unrecognized request argument supplied:
     tools[0].function.paramters``."""
@@ -173,15 +187,16 @@ class ChatRequest:
     max_tokens_param: str = "max_tokens"  # what the caller named its limit: an error about it names that
 
 
-def unknown_field(body: dict[str, Any]) -> None:
-    """``FieldError`` for the first field of ``body`` that Chat Completions has not (a slip such as
-    ``max_token``, ignored, would silently change the answer), worded as OpenAI words it."""
+def unknown_field(body: dict[str, Any], known: frozenset[str] = _KNOWN) -> None:
+    """``FieldError`` for the first field of ``body`` that ``known`` (Chat Completions' fields, or the
+    Responses API's) has not — a slip such as ``max_token``, ignored, would silently change the answer —,
+    worded as OpenAI words it."""
     for key in body:
-        if key not in _KNOWN:
-            raise _unknown(key)
+        if key not in known:
+            raise _unknown(key, known)
 
 
-def _unknown(key: str) -> FieldError:
+def _unknown(key: str, known: frozenset[str]) -> FieldError:
     name = key[:100]
     said = f"Unrecognized request argument supplied: {name}"
     if key in _GTL_FIELDS:
@@ -192,7 +207,7 @@ def _unknown(key: str) -> FieldError:
             "(providers) is taken by POST /v1/gtl and gtl_nb.connect()",
             whole=True,
         )
-    close = fields.did_you_mean(key, _KNOWN)
+    close = fields.did_you_mean(key, known)
     return FieldError(name, f"{said}; did you mean {close}?" if close else said, whole=True)
 
 
@@ -233,7 +248,7 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         # OpenAI's own 400: an app that asked for a usage chunk must learn it gets none
         raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
     if options is not None:
-        _only(options, _STREAM_OPTION_KEYS, "stream_options")
+        only(options, _STREAM_OPTION_KEYS, "stream_options")
     include_usage = stream and bool(fields.boolean(options or {}, "include_usage", "stream_options.include_usage"))
     if fields.obj(body, "audio", "audio"):  # audio output's voice and format: the answer has no audio
         raise FieldError("audio", 'the gateway answers in text only; leave audio out (and modalities ["text"])')
@@ -256,13 +271,13 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         top_p=fields.number(body, "top_p", "top_p", within=(0.0, 1.0)),
         stop=_stop(body.get("stop")),
         tools=tools,
-        tool_choice=_tool_choice(choice, fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")),
-        response_format=_response_format(fields.obj(body, "response_format", "response_format")),
+        tool_choice=tool_choice(choice, fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")),
+        response_format=response_format(fields.obj(body, "response_format", "response_format")),
     )
     return ChatRequest(request, include_usage, limit)
 
 
-def _response_format(raw: dict[str, Any] | None) -> dict[str, Any] | None:
+def response_format(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     """``response_format`` as given, once no key of it (or of its ``json_schema``) is one OpenAI has not;
     what its type and schema ask is the deployment's to read (``providers.base.schema_asked``)."""
     if raw is None:
@@ -270,10 +285,10 @@ def _response_format(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     kind = raw.get("type")
     known = _FORMAT_KEYS.get(kind) if isinstance(kind, str) else None  # (a type of another kind: refused later)
     if known is not None:
-        _only(raw, known, "response_format")
+        only(raw, known, "response_format")
     schema = raw.get("json_schema")
     if raw.get("type") == "json_schema" and isinstance(schema, dict):
-        _only(schema, _JSON_SCHEMA_KEYS, "response_format.json_schema")
+        only(schema, _JSON_SCHEMA_KEYS, "response_format.json_schema")
     return raw
 
 
@@ -337,10 +352,31 @@ def _message(raw: Any, where: str) -> Message:
     raise FieldError(f"{where}.role", f"unsupported role {role!r}; use system, developer, user, assistant or tool")
 
 
-def _parts(content: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
-    """``(type, part)`` of each content part; a string is one text part."""
+Texts = Mapping[str, str]
+"""The content-part types that carry text, each with the key of its text (``{"text": "text"}``)."""
+Images = Mapping[str, Callable[[dict[str, Any], str], str]]
+"""The content-part types that carry an image, each with the reader of its URL (given the part and its path)."""
+
+_TEXT: Texts = {"text": "text"}
+_TEXT_OR_REFUSAL: Texts = {"text": "text", "refusal": "refusal"}
+
+
+def _image_url_part(part: dict[str, Any], where: str) -> str:
+    """The URL of a Chat Completions ``image_url`` part: ``{"image_url": {"url", "detail"}}``."""
+    image = part.get("image_url")
+    if isinstance(image, dict):
+        only(image, _IMAGE_URL_KEYS, f"{where}.image_url")
+    url = image.get("url") if isinstance(image, dict) else image  # an older form: the URL itself
+    return fields.image_url(url, f"{where}.image_url.url")
+
+
+_IMAGES: Images = {"image_url": _image_url_part}
+
+
+def _parts(content: Any, where: str, keys: Mapping[str, frozenset[str]]) -> list[tuple[str, dict[str, Any]]]:
+    """``(type, part)`` of each content part, whose keys ``keys`` has for its type; a string is one text part."""
     if isinstance(content, str):
-        return [("text", {"text": content})]
+        return [("", {"text": content})]
     if not isinstance(content, list):
         raise FieldError(where, "expected a string or an array of content parts")
     if len(content) > MAX_PARTS:
@@ -350,51 +386,56 @@ def _parts(content: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
         if not isinstance(part, dict):
             raise FieldError(f"{where}[{index}]", "each content part must be an object")
         kind = fields.text(part, "type", f"{where}[{index}].type", required=True)
-        if kind in _PART_KEYS:  # (a part of another type is refused by its reader)
-            _only(part, _PART_KEYS[str(kind)], f"{where}[{index}]")
+        if kind in keys:  # (a part of another type is refused by its reader)
+            only(part, keys[str(kind)], f"{where}[{index}]")
         parts.append((str(kind), part))
     return parts
 
 
-def _part_text(part: dict[str, Any], key: str, where: str) -> str:
-    value = fields.text(part, key, where, required=True)
-    assert value is not None
-    return value
+def content_pieces(
+    content: Any,
+    where: str,
+    *,
+    texts: Texts,
+    images: Images | None = None,
+    keys: Mapping[str, frozenset[str]] = _PART_KEYS,
+    refused: Mapping[str, str] | None = None,
+) -> list[tuple[str, str]]:
+    """The texts and image URLs of a message's content, in order — ``("text", text)`` and ``("image",
+    url)`` —, for either OpenAI API: ``texts`` and ``images`` name the part types it takes here (Chat
+    Completions' ``text`` and ``image_url``, the Responses API's ``input_text`` and ``input_image``),
+    ``keys`` the keys of each part type, ``refused`` why a part type is refused (else: which are taken)."""
+    pieces: list[tuple[str, str]] = []
+    images = images or {}
+    for index, (kind, part) in enumerate(_parts(content, where, keys)):
+        here = f"{where}[{index}]"
+        if not kind:  # the content was a string
+            pieces.append(("text", part["text"]))
+        elif kind in texts:
+            value = fields.text(part, texts[kind], f"{here}.{texts[kind]}", required=True)
+            pieces.append(("text", str(value)))
+        elif kind in images:
+            pieces.append(("image", images[kind](part, here)))
+        else:
+            taken = " and ".join(sorted({*texts, *images}))
+            reason = (refused or {}).get(kind) or f"a {kind!r} part is not accepted here; use {taken}"
+            raise FieldError(f"{here}.type", reason)
+    return pieces
 
 
 def _text_only(content: Any, where: str, *, refusals: bool = False) -> str | None:
     """The text of content that takes text parts only (system, assistant, tool messages)."""
     if content is None:
         return None
-    texts = []
-    for index, (kind, part) in enumerate(_parts(content, where)):
-        if kind == "text":
-            texts.append(_part_text(part, "text", f"{where}[{index}].text"))
-        elif kind == "refusal" and refusals:
-            texts.append(_part_text(part, "refusal", f"{where}[{index}].refusal"))
-        else:
-            raise FieldError(f"{where}[{index}].type", f"a {kind!r} part is not accepted here; only text is")
-    return "\n".join(texts)
+    pieces = content_pieces(content, where, texts=_TEXT_OR_REFUSAL if refusals else _TEXT)
+    return "\n".join(text for _, text in pieces)
 
 
 def _user_content(content: Any, where: str) -> list[tuple[str, str]]:
     """A user message's text and image URLs, in order: ``("text", text)`` and ``("image", url)``."""
     if content is None:
         raise FieldError(where, "a user message needs content")
-    pieces: list[tuple[str, str]] = []
-    for index, (kind, part) in enumerate(_parts(content, where)):
-        here = f"{where}[{index}]"
-        if kind == "text":
-            pieces.append(("text", _part_text(part, "text", f"{here}.text")))
-        elif kind == "image_url":
-            image = part.get("image_url")
-            if isinstance(image, dict):
-                _only(image, _IMAGE_URL_KEYS, f"{here}.image_url")
-            url = image.get("url") if isinstance(image, dict) else image  # an older form: the URL itself
-            pieces.append(("image", fields.image_url(url, f"{here}.image_url.url")))
-        else:
-            raise FieldError(f"{here}.type", f"{kind!r} parts are not supported; use text and image_url")
-    return pieces
+    return content_pieces(content, where, texts=_TEXT, images=_IMAGES)
 
 
 def _tool_call(raw: Any, where: str) -> ToolCall:
@@ -422,38 +463,38 @@ def _tools(raw: list[Any] | None) -> list[Tool] | None:
             raise FieldError(where, "each tool must be an object")
         if item.get("type", "function") != "function":
             raise FieldError(f"{where}.type", f"only function tools are supported, not {item.get('type')!r}")
-        _only(item, _TOOL_KEYS, where)
+        only(item, _TOOL_KEYS, where)
         function = fields.obj(item, "function", f"{where}.function", required=True)
         assert function is not None
-        _only(function, _FUNCTION_KEYS, f"{where}.function")
-        name = fields.text(function, "name", f"{where}.function.name", required=True)
-        description = fields.text(function, "description", f"{where}.function.description") or ""
-        parameters = fields.obj(function, "parameters", f"{where}.function.parameters")
-        if parameters is None:
-            tools.append(Tool(name=str(name), description=description))
-        else:
-            tools.append(Tool(name=str(name), description=description, parameters=parameters))
+        only(function, _FUNCTION_KEYS, f"{where}.function")
+        tools.append(function_tool(function, f"{where}.function"))
     return tools
 
 
+def function_tool(function: dict[str, Any], where: str) -> Tool:
+    """The GTL tool of a function's ``name``, ``description`` and ``parameters`` (Chat Completions'
+    ``tools[i].function``, or a Responses API tool itself); its keys are the caller's to check."""
+    name = fields.text(function, "name", f"{where}.name", required=True)
+    description = fields.text(function, "description", f"{where}.description") or ""
+    parameters = fields.obj(function, "parameters", f"{where}.parameters")
+    if parameters is None:
+        return Tool(name=str(name), description=description)
+    return Tool(name=str(name), description=description, parameters=parameters)
+
+
 def _allowed_tools(tools: list[Tool] | None, raw: Any) -> tuple[list[Tool] | None, Any]:
-    """An ``allowed_tools`` choice as GTL carries it: the request's tools narrowed to those it names (in
-    the request's order), the choice its ``mode`` (``auto`` or ``required``); any other choice as given.
-    A name no tool of ``tools`` has is refused, as a ``function`` choice naming none would be."""
+    """An ``allowed_tools`` choice as GTL carries it (``narrowed``); any other choice as given."""
     if not (isinstance(raw, dict) and raw.get("type") == "allowed_tools"):
         return tools, raw
     where = "tool_choice.allowed_tools"
-    _only(raw, _CHOICE_KEYS["allowed_tools"], "tool_choice")
+    only(raw, _CHOICE_KEYS["allowed_tools"], "tool_choice")
     allowed = fields.obj(raw, "allowed_tools", where, required=True)
     assert allowed is not None
-    _only(allowed, _ALLOWED_KEYS, where)
-    mode = allowed.get("mode")
-    if mode not in ("auto", "required"):
-        raise FieldError(f"{where}.mode", 'expected "auto" or "required"')
+    only(allowed, _ALLOWED_KEYS, where)
     listed = allowed.get("tools")
     if not isinstance(listed, list) or not listed:
         raise FieldError(f"{where}.tools", 'expected a non-empty list of {"type": "function", "function": {"name"}}')
-    names: set[str] = set()
+    names: list[str] = []
     for index, item in enumerate(listed):
         function = item.get("function") if isinstance(item, dict) else None
         name = function.get("name") if isinstance(function, dict) else None
@@ -461,15 +502,24 @@ def _allowed_tools(tools: list[Tool] | None, raw: Any) -> tuple[list[Tool] | Non
             raise FieldError(f"{where}.tools[{index}]", 'expected {"type": "function", "function": {"name": ...}}')
         # (each item may be the tool's whole definition — the API reference lists tool definitions here,
         # and the SDK types them as open objects — so only its name is read, and no other key is checked)
-        names.add(name)
+        names.append(name)
+    return narrowed(tools, allowed.get("mode"), names, where)
+
+
+def narrowed(tools: list[Tool] | None, mode: Any, names: list[str], where: str) -> tuple[list[Tool] | None, str]:
+    """An ``allowed_tools`` choice (``mode``, the ``names`` it lists, at ``where``) as GTL carries it: the
+    request's tools narrowed to those it names (in the request's order), the choice its ``mode`` (``auto``
+    or ``required``). A name no tool of ``tools`` has is refused, as a ``function`` choice naming none would be."""
+    if mode not in ("auto", "required"):
+        raise FieldError(f"{where}.mode", 'expected "auto" or "required"')
     known = {tool.name for tool in tools or ()}
-    missing = sorted(names - known)
+    missing = sorted(set(names) - known)
     if missing:
         raise FieldError(f"{where}.tools", f"names no tool of tools: {', '.join(repr(name) for name in missing)}")
-    return [tool for tool in tools or () if tool.name in names], mode
+    return [tool for tool in tools or () if tool.name in set(names)], mode
 
 
-def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None:
+def tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None:
     """GTL's ``tool_choice``; ``parallel_tool_calls: false`` rides in it as ``"parallel": false``."""
     choice: str | dict[str, Any] | None
     if raw is None:
@@ -482,8 +532,8 @@ def _tool_choice(raw: Any, parallel: bool | None) -> str | dict[str, Any] | None
         and isinstance(raw.get("function"), dict)
         and isinstance(raw["function"].get("name"), str)
     ):
-        _only(raw, _CHOICE_KEYS["function"], "tool_choice")
-        _only(raw["function"], _NAMED_KEYS, "tool_choice.function")
+        only(raw, _CHOICE_KEYS["function"], "tool_choice")
+        only(raw["function"], _NAMED_KEYS, "tool_choice.function")
         choice = {"type": "function", "function": {"name": raw["function"]["name"]}}
     else:
         raise FieldError(
