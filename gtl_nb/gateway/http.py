@@ -150,6 +150,7 @@ OFFER_ORDER = ("quic", "grpc", "ws", "sse", "http")
 _ENDPOINTS = ", ".join(
     [
         "POST /v1/chat/completions (OpenAI)",
+        "POST /v1/responses (OpenAI)",
         "POST /v1/messages (Anthropic)",
         "GET /v1/models",
         f"POST {PATHS['http']}",

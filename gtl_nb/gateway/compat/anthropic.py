@@ -141,7 +141,7 @@ class AnthropicEndpoints:
         """``/v1/messages/…`` (token counting, batches): 404, and why."""
         message = (
             f"this gateway does not serve {request.url.path}: GTL has no message for it; "
-            "it serves POST /v1/messages, POST /v1/chat/completions and GET /v1/models"
+            "it serves POST /v1/messages, POST /v1/chat/completions, POST /v1/responses and GET /v1/models"
         )
         return error_reply(Error(session_id="", code="MODEL_NOT_FOUND", message=message))
 

@@ -1,13 +1,17 @@
-"""The OpenAI-compatible endpoints: ``POST /v1/chat/completions``, and a clear 404 for what GTL cannot serve.
+"""The OpenAI-compatible endpoints: ``POST /v1/chat/completions``, ``POST /v1/responses``, and a clear 404
+for what GTL cannot serve.
 
 ``POST /v1/chat/completions`` maps the body to a GTL request (``openai_request``), runs it as one
 session of the listener (``runner``) and answers a ``chat.completion`` object or, with ``stream:
-true``, ``chat.completion.chunk`` events ending with ``data: [DONE]`` (``openai_response``). The key
-is ``Authorization: Bearer <GhostToken>`` (``intake``).
+true``, ``chat.completion.chunk`` events ending with ``data: [DONE]`` (``openai_response``).
+``POST /v1/responses`` does the same with the Responses API (``responses_request``,
+``responses_response``): a ``response`` object, or its ``response.*`` events. The key is
+``Authorization: Bearer <GhostToken>`` (``intake``).
 
-``/v1/embeddings``, ``/v1/responses`` and ``/v1/completions`` (and what lies under them) answer
-``404`` in OpenAI's error shape: GTL has no message for embeddings, the Responses API's stored
-conversations or bare-prompt completions, so there is nothing to translate them into.
+``/v1/embeddings`` and ``/v1/completions`` (and what lies under them) answer ``404`` in OpenAI's error
+shape: GTL has no message for embeddings or bare-prompt completions, so there is nothing to translate
+them into. What lies under ``/v1/responses`` (retrieve, delete, cancel, input items) is a ``404`` too:
+the gateway stores no responses (each answers ``store: false``).
 
 Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}``, with the status the SDK
 turns into its own exception class (``ERRORS``; docs/gateway.md has the same table). Every error
@@ -19,7 +23,8 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -32,15 +37,18 @@ from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
-from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.compat.responses_request import responses_request
+from gtl_nb.gateway.compat.responses_response import ResponseEventEncoder, response_object
+from gtl_nb.gateway.compat.runner import EventEncoder, Refuse, SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
-from gtl_nb.protocol.messages import Error
+from gtl_nb.protocol.messages import CompletionRequest, Error
+from gtl_nb.protocol.session import Transcript
 
-__all__ = ["ERRORS", "UNSUPPORTED", "OpenAIEndpoints", "error_body", "error_reply"]
+__all__ = ["ERRORS", "UNSUPPORTED", "OpenAIEndpoints", "error_body", "error_fields", "error_reply"]
 
 ERRORS: Mapping[str, tuple[int, str, str | None]] = MappingProxyType(
     {
@@ -69,21 +77,26 @@ over ``max_frame_bytes`` is ``400`` ``request_too_large``, a body that is not a 
 UNSUPPORTED: Mapping[str, str] = MappingProxyType(
     {
         "embeddings": "GTL has no message for embeddings, so this gateway cannot serve /v1/embeddings",
-        "responses": "GTL has no message for the Responses API (stored responses and conversations), so this "
-        "gateway cannot serve /v1/responses",
         "completions": "GTL has no message for legacy prompt completions, so this gateway cannot serve /v1/completions",
     }
 )
 """The OpenAI paths answered ``404`` (with what lies under them), and why."""
 
-_SERVED = "; it serves POST /v1/chat/completions, POST /v1/messages and GET /v1/models"
+_SERVED = "; it serves POST /v1/chat/completions, POST /v1/responses, POST /v1/messages and GET /v1/models"
+
+
+def error_fields(
+    error: Error, *, param: str | None = None, code: str | None = None, kind: str | None = None
+) -> dict[str, Any]:
+    """The fields of OpenAI's error object for a GTL ``error``: ``message``, ``type``, ``param``, ``code``
+    (``code`` and ``kind``, its ``type``, override the table's)."""
+    _, table_kind, table_code = ERRORS.get(error.code, ERRORS["INTERNAL"])
+    return {"message": error.message, "type": kind or table_kind, "param": param, "code": code or table_code}
 
 
 def error_body(error: Error, *, param: str | None = None, code: str | None = None, kind: str | None = None) -> bytes:
-    """OpenAI's error object for a GTL ``error`` (``code`` and ``kind``, its ``type``, override the table's)."""
-    _, table_kind, table_code = ERRORS.get(error.code, ERRORS["INTERNAL"])
-    body = {"error": {"message": error.message, "type": kind or table_kind, "param": param, "code": code or table_code}}
-    return msgspec.json.encode(body)
+    """OpenAI's error object for a GTL ``error`` (``error_fields``), as the body of an answer."""
+    return msgspec.json.encode({"error": error_fields(error, param=param, code=code, kind=kind)})
 
 
 _NAMED_PARAMS = frozenset(("stop", "max_tokens", "temperature", "top_p", "tools", "tool_choice", "response_format"))
@@ -96,6 +109,15 @@ def _param_named(message: str) -> str | None:
     return name if colon and name in _NAMED_PARAMS else None
 
 
+def _as_named(error: Error, names: Mapping[str, str]) -> tuple[Error, str | None]:
+    """An engine refusal, and the parameter it names, said as the request named that parameter."""
+    param = _param_named(error.message)
+    if param is not None and names.get(param, param) != param:  # said as the request named it, there too
+        error = msgspec.structs.replace(error, message=error.message.replace(param, names[param], 1))
+        param = names[param]
+    return error, param
+
+
 def error_reply(
     error: Error,
     *,
@@ -106,16 +128,16 @@ def error_reply(
     headers: dict[str, str] | None = None,
     retried: bool = False,
     max_tokens_param: str = "max_tokens",
+    renamed: Mapping[str, str] | None = None,
 ) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
     gateway tried again already (``reply.error_headers``); ``max_tokens_param``: what the request called
-    its limit (``max_completion_tokens``), which an engine refusal of ``max_tokens`` names."""
+    its limit (``max_completion_tokens``), which an engine refusal of ``max_tokens`` names; ``renamed``:
+    what the request called the other parameters an engine refusal names (the Responses API's
+    ``text.format`` for ``response_format``)."""
     status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
     if param is None and error.code == "INVALID_REQUEST":
-        param = _param_named(error.message)
-        if param == "max_tokens" and max_tokens_param != param:  # said as the request named it, there too
-            param = max_tokens_param
-            error = msgspec.structs.replace(error, message=error.message.replace("max_tokens", param, 1))
+        error, param = _as_named(error, {"max_tokens": max_tokens_param, **(renamed or {})})
     extra = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
         extra["x-request-id"] = error.session_id
@@ -138,6 +160,46 @@ def refusal(exc: GTLError) -> Reply:
     return error_reply(exc.to_event(), param=exc.param if isinstance(exc, FieldError) else None)
 
 
+@dataclass(frozen=True)
+class _Asked:
+    """A request read for one of the two OpenAI endpoints: the GTL request, and how its answer is written."""
+
+    request: CompletionRequest
+    encoder: Callable[[int], EventEncoder]  # a stream's encoder, given the answer's ``created``
+    answer: Callable[[Transcript, int], dict[str, Any]]  # the whole answer of a session that ended with ``done``
+    refuse: Refuse  # the whole answer for an error (``error_reply`` with the request's parameter names)
+
+
+def _chat(body: dict[str, Any], session_id: str) -> _Asked:
+    chat = chat_request(body, session_id)
+    model, include_usage = chat.request.model, chat.include_usage
+    return _Asked(
+        chat.request,
+        encoder=lambda created: ChunkEncoder(
+            session_id, model=model, created=created, include_usage=include_usage, error_body=error_body
+        ),
+        answer=lambda transcript, created: completion_object(transcript, model=model, created=created),
+        refuse=functools.partial(error_reply, max_tokens_param=chat.max_tokens_param),
+    )
+
+
+_RESPONSES_NAMES = MappingProxyType({"max_tokens": "max_output_tokens", "response_format": "text.format"})
+"""What the Responses API calls the parameters an engine refusal names."""
+
+
+def _responses(body: dict[str, Any], session_id: str) -> _Asked:
+    asked = responses_request(body, session_id)
+    model, settings = asked.request.model, asked.settings
+    return _Asked(
+        asked.request,
+        encoder=lambda created: ResponseEventEncoder(
+            session_id, model=model, created=created, settings=settings, error_fields=error_fields
+        ),
+        answer=lambda transcript, created: response_object(transcript, model=model, created=created, settings=settings),
+        refuse=functools.partial(error_reply, renamed=_RESPONSES_NAMES),
+    )
+
+
 class OpenAIEndpoints:
     """The OpenAI-compatible handlers of one listener."""
 
@@ -149,45 +211,46 @@ class OpenAIEndpoints:
 
     async def chat_completions(self, request: Any) -> Any:
         """``POST /v1/chat/completions``."""
-        session_id = f"chatcmpl-{unique_hex()}"
+        return await self._serve(request, f"chatcmpl-{unique_hex()}", _chat)
+
+    async def responses(self, request: Any) -> Any:
+        """``POST /v1/responses``."""
+        return await self._serve(request, f"resp_{unique_hex()}", _responses)
+
+    async def _serve(self, request: Any, session_id: str, read: Callable[[dict[str, Any], str], _Asked]) -> Any:
+        """One completion request of either endpoint, its body read by ``read``: one GTL session."""
         try:
             context = intake.authenticated(self.authenticate, intake.bearer(request.headers), request, api="openai")
             body, size = await intake.read_json(request, self.max_bytes)
         except GTLError as exc:
             return refusal(exc)
         try:
-            chat = await converted(size, chat_request, body, session_id)  # (a large body: in a thread)
+            asked = await converted(size, read, body, session_id)  # (a large body: in a thread)
         except GTLError as exc:  # a completion request refused for what it asks: its ledger row, then the 400
             return refusal(await intake.record_refused(self.sessions, body, session_id, context, exc))
-        model, created = chat.request.model, int(time.time())
-        if chat.request.stream:
-            encoder = ChunkEncoder(
-                session_id, model=model, created=created, include_usage=chat.include_usage, error_body=error_body
-            )
+        created = int(time.time())
+        if asked.request.stream:
             return StreamedSession(
                 self.sessions,
-                chat.request,
+                asked.request,
                 context,
-                encoder=encoder,
-                refuse=functools.partial(error_reply, max_tokens_param=chat.max_tokens_param),
+                encoder=asked.encoder(created),
+                refuse=asked.refuse,
                 refused=refusal,
                 headers={"x-request-id": session_id},
             )
         try:
-            transcript = await collect(self.sessions, chat.request, context, request.receive)
+            transcript = await collect(self.sessions, asked.request, context, request.receive)
         except REFUSED_BEFORE_START as exc:  # refused before it started (the principal's cap, the stop)
             exc.session_id = session_id
             return refusal(exc)
         if transcript.done is None:
             error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
-            retried = retried_already(transcript.statuses)
-            return error_reply(error, retried=retried, max_tokens_param=chat.max_tokens_param)
-        return json_reply(
-            200, completion_object(transcript, model=model, created=created), {"x-request-id": session_id}
-        )
+            return asked.refuse(error, retried=retried_already(transcript.statuses))
+        return json_reply(200, asked.answer(transcript, created), {"x-request-id": session_id})
 
     async def unsupported(self, request: Any) -> Any:
-        """``/v1/embeddings``, ``/v1/responses``, ``/v1/completions``: 404, and why."""
+        """``/v1/embeddings``, ``/v1/completions``: 404, and why."""
         name = request.url.path.removeprefix("/v1/").split("/", 1)[0]
         message = UNSUPPORTED.get(name, f"this gateway does not serve {request.url.path}") + _SERVED
         error = Error(session_id="", code="MODEL_NOT_FOUND", message=message)
@@ -196,20 +259,34 @@ class OpenAIEndpoints:
     async def stored_completions(self, request: Any) -> Any:
         """Any other method on ``/v1/chat/completions``, and anything under it (OpenAI's stored chat
         completions: list, retrieve, update, delete): 405 or 404 in OpenAI's shape, and why."""
-        path = request.url.path
         stored = "GTL has no message for stored chat completions, and this gateway stores none"
-        if path == "/v1/chat/completions":
-            message = f"{request.method} {path} is not served: {stored}; use POST {path}"
-            if request.method == "OPTIONS":  # a browser's CORS preflight: no web page is served cross-origin
-                message = (
-                    f"OPTIONS {path} is not served: this gateway answers no CORS preflight, so a web page on "
-                    "another origin cannot call it; call it from a server, a notebook or a script"
-                )
-            error = Error(session_id="", code="INVALID_REQUEST", message=message)
-            return error_reply(error, status=405, code="method_not_allowed", headers={"allow": "POST"})
-        if not request.path_params.get("rest"):  # ``/v1/chat/completions/``: where the router's slash redirect sent it
-            return RedirectResponse(request.url.replace(path=path.rstrip("/")), status_code=307)
-        error = Error(
-            session_id="", code="MODEL_NOT_FOUND", message=f"{request.method} {path} is not served: {stored}{_SERVED}"
+        return _stored(request, "/v1/chat/completions", stored)
+
+    async def stored_responses(self, request: Any) -> Any:
+        """Any other method on ``/v1/responses``, and anything under it (retrieve, delete, cancel,
+        ``input_items``, ``input_tokens``, ``compact``): 405 or 404 in OpenAI's shape, and why."""
+        stored = (
+            "this gateway stores no responses (each is answered with store: false), so none can be retrieved, "
+            "cancelled or deleted; keep the answer you were given, and send earlier turns in input"
         )
-        return error_reply(error, status=404, code="unsupported_endpoint")
+        return _stored(request, "/v1/responses", stored)
+
+
+def _stored(request: Any, endpoint: str, stored: str) -> Any:
+    """A wrong method on ``endpoint`` (405, ``Allow: POST``), or a path under it (404), and why: ``stored``."""
+    path = request.url.path
+    if path == endpoint:
+        message = f"{request.method} {path} is not served: {stored}; use POST {path}"
+        if request.method == "OPTIONS":  # a browser's CORS preflight: no web page is served cross-origin
+            message = (
+                f"OPTIONS {path} is not served: this gateway answers no CORS preflight, so a web page on "
+                "another origin cannot call it; call it from a server, a notebook or a script"
+            )
+        error = Error(session_id="", code="INVALID_REQUEST", message=message)
+        return error_reply(error, status=405, code="method_not_allowed", headers={"allow": "POST"})
+    if not request.path_params.get("rest"):  # ``/v1/chat/completions/``: where the router's slash redirect sent it
+        return RedirectResponse(request.url.replace(path=path.rstrip("/")), status_code=307)
+    error = Error(
+        session_id="", code="MODEL_NOT_FOUND", message=f"{request.method} {path} is not served: {stored}{_SERVED}"
+    )
+    return error_reply(error, status=404, code="unsupported_endpoint")

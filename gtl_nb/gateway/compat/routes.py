@@ -38,6 +38,7 @@ def compat_routes(
     listing = _Models(engine, authenticate)
     routes = [
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
+        Route("/v1/responses", chat.responses, methods=["POST"]),
         Route("/v1/messages", messages.messages, methods=["POST"]),
         Route("/v1/messages/{rest:path}", messages.unsupported, methods=_ANY_METHOD),
         Route("/v1/models", listing.list, methods=["GET"]),
@@ -45,6 +46,8 @@ def compat_routes(
         # a wrong method on a compatible path is refused in that API's shape, which its SDK can read
         Route("/v1/chat/completions", chat.stored_completions, methods=_BUT_POST),
         Route("/v1/chat/completions/{rest:path}", chat.stored_completions, methods=_ANY_METHOD),
+        Route("/v1/responses", chat.stored_responses, methods=_BUT_POST),
+        Route("/v1/responses/{rest:path}", chat.stored_responses, methods=_ANY_METHOD),
         Route("/v1/messages", messages.not_allowed, methods=_BUT_POST),
         Route("/v1/models", listing.not_allowed, methods=_BUT_GET),
         Route("/v1/models/{model:path}", listing.not_allowed, methods=_BUT_GET),

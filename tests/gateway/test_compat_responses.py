@@ -1,0 +1,473 @@
+"""``POST /v1/responses`` (OpenAI's Responses API), driven by the official ``openai`` SDK.
+
+The gateway of test_compat fronts every provider's simulator; ``client.responses.create`` and
+``client.responses.stream`` must get the very answer the embedded client gets from the same simulator
+for the same request, whichever provider answers, with a ledger row under the response's id. What the
+gateway cannot honour is the SDK's ``BadRequestError`` naming the parameter, before any provider is
+called; what it stores none of (a response to retrieve) is a ``NotFoundError`` saying so."""
+
+# ruff: noqa: F811 - the tests take test_compat's fixtures, imported below, by name
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from openai.resources.responses.responses import Responses
+
+from gtl_nb import sim
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.gateway.compat import responses_request
+from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
+from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: one gateway before every simulator
+    CITY_SCHEMA,
+    MODELS,
+    PIXEL,
+    PIXEL_URL,
+    PROMPT,
+    PROVIDERS,
+    SYSTEM,
+    TOKEN,
+    WEATHER,
+    City,
+    backends,
+    base_url,
+    embedded,
+    guarded,
+    ledger_path,
+    oai,
+    providers,
+    rows_of,
+    sent_schema,
+    target,
+)
+from tests.gateway.test_compat_strict import sdk_fields, sent
+from tests.gateway.test_http import serving
+from tests.ledger_wait import rows_when
+
+TOOL = {
+    "type": "function",
+    "name": WEATHER.name,
+    "description": WEATHER.description,
+    "parameters": WEATHER.parameters,
+}
+QUESTION = "What is the weather in Oslo?"
+LIFECYCLE = ["response.created", "response.in_progress"]
+TEXT_ITEM_OPEN = ["response.output_item.added", "response.content_part.added"]
+TEXT_ITEM_CLOSE = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
+
+
+def kinds(events: list[Any]) -> list[str]:
+    """The event types, consecutive text deltas as one (their number is the provider's)."""
+    said: list[str] = []
+    for event in events:
+        if not (event.type == "response.output_text.delta" and said and said[-1] == event.type):
+            said.append(event.type)
+    return said
+
+
+# -- answers ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_responses_create_gets_the_embedded_answer(provider, oai, embedded, ledger_path, backends):
+    expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
+    answer = oai.responses.create(
+        model=target(provider), instructions=SYSTEM, input=PROMPT, temperature=0.2, max_output_tokens=500
+    )
+    assert SYSTEM in backends[provider].requests[-1].body.decode()  # the instructions went upstream
+    assert answer.object == "response" and answer.status == "completed" and answer.id.startswith("resp_")
+    assert answer.output_text == expected.text and answer.model == expected.model  # the model that served
+    [message] = answer.output
+    assert message.type == "message" and message.role == "assistant" and message.id.startswith("msg_")
+    assert message.status == "completed" and message.content[0].annotations == []
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (
+        expected.usage.tokens_in,
+        expected.usage.tokens_out,
+    )
+    assert answer.usage.total_tokens == expected.usage.tokens_in + expected.usage.tokens_out
+    assert answer.usage.input_tokens_details.cached_tokens == (expected.usage.cached_tokens_in or 0)
+    # the request's settings, echoed; nothing is stored
+    assert (answer.instructions, answer.temperature, answer.max_output_tokens) == (SYSTEM, 0.2, 500)
+    assert answer.store is False and answer.error is None and answer.incomplete_details is None
+    assert answer.tools == [] and answer.tool_choice == "auto" and answer.parallel_tool_calls is True
+    assert answer._request_id == answer.id  # x-request-id: the GTL session id, the ledger row's
+    assert [row["status"] for row in rows_of(ledger_path, answer.id)] == ["ok"]
+
+
+def test_input_items_of_every_role_reach_the_provider(oai, backends):
+    history = [
+        {"role": "developer", "content": "Answer in English."},
+        {"role": "user", "content": [{"type": "input_text", "text": "Remember the word tangerine."}]},
+        {"role": "assistant", "content": [{"type": "output_text", "text": "Noted: tangerine.", "annotations": []}]},
+        {"type": "message", "role": "user", "content": "Which word?"},
+    ]
+    answer = oai.responses.create(model=target("anthropic"), input=history, metadata={"run": "7"}, user="u-1")
+    sent_body = json.loads(backends["anthropic"].requests[-1].body)
+    assert sent_body["system"] in ("Answer in English.", [{"type": "text", "text": "Answer in English."}])
+    roles = [message["role"] for message in sent_body["messages"]]
+    assert roles == ["user", "assistant", "user"] and "Noted: tangerine." in json.dumps(sent_body["messages"][1])
+    assert answer.output_text and answer.metadata == {"run": "7"} and answer.user == "u-1"
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
+def test_an_input_image_reaches_the_provider(provider, oai, embedded, backends):
+    content = [
+        {"type": "input_text", "text": "What is in this picture?"},
+        {"type": "input_image", "image_url": PIXEL_URL, "detail": "auto"},
+    ]
+    answer = oai.responses.create(model=target(provider), input=[{"role": "user", "content": content}])
+    assert PIXEL in backends[provider].requests[-1].body.decode()  # in the provider's own format
+    asked = {"role": "user", "content": "What is in this picture?", "images": [PIXEL_URL]}
+    assert answer.output_text == embedded.complete(target(provider), [asked]).text
+
+
+# -- streams -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "bedrock", "ollama"])
+def test_both_sdk_stream_entry_points_get_the_embedded_answer(provider, oai, embedded, ledger_path):
+    expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
+    events = list(oai.responses.create(model=target(provider), instructions=SYSTEM, input=PROMPT, stream=True))
+    assert kinds(events) == [*LIFECYCLE, *TEXT_ITEM_OPEN, "response.output_text.delta", *TEXT_ITEM_CLOSE,
+                             "response.completed"]  # fmt: skip
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    assert len(deltas) > 1 and "".join(event.delta for event in deltas) == expected.text
+    item_id = events[2].item.id
+    assert all(event.item_id == item_id for event in deltas) and events[-4].text == expected.text
+    final = events[-1].response
+    assert final.id == events[0].response.id and final.status == "completed" and final.output_text == expected.text
+    assert final.model == expected.model and final.usage.output_tokens == expected.usage.tokens_out
+    assert events[0].response.status == "in_progress" and events[0].response.output == []
+    assert [row["status"] for row in rows_of(ledger_path, final.id)] == ["ok"]
+    # the SDK's stream helper: its text deltas, and the final response
+    with oai.responses.stream(model=target(provider), instructions=SYSTEM, input=PROMPT) as stream:
+        texts = [event.delta for event in stream if event.type == "response.output_text.delta"]
+        whole = stream.get_final_response()
+    assert "".join(texts) == whole.output_text == expected.text and whole.status == "completed"
+    assert whole.usage.input_tokens == expected.usage.tokens_in
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "bedrock"])
+def test_a_function_tool_loop_round_trips(provider, oai, embedded, backends):
+    """function_call → function_call_output → the answer that uses it, whichever provider answers."""
+    question = [{"role": "user", "content": QUESTION}]
+    first = embedded.complete(target(provider), question, tools=[WEATHER])
+    answer = oai.responses.create(model=target(provider), input=QUESTION, tools=[TOOL], tool_choice="required")
+    [call] = [item for item in answer.output if item.type == "function_call"]
+    assert call.name == "get_weather" and call.id.startswith("fc_") and call.status == "completed"
+    assert json.loads(call.arguments) == first.tool_calls[0].parsed_arguments and call.call_id
+    assert answer.tools[0].name == "get_weather" and answer.tool_choice == "required"
+    # the whole output goes back as input, as the Responses API guide does it, with the tool's result
+    history = [
+        *question,
+        *answer.output,
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"},
+    ]
+    follow = oai.responses.create(model=target(provider), input=history, tools=[TOOL])
+    assert call.call_id not in ("", None) and "sunny, 21 C" in backends[provider].requests[-1].body.decode()
+    expected = embedded.complete(
+        target(provider),
+        [*question, first.message, {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "sunny, 21 C"}],
+        tools=[WEATHER],
+    )
+    assert follow.status == "completed" and follow.output_text == expected.text and "sunny, 21 C" in expected.text
+    # streamed: the call's item, its arguments as delta then done, and the stream helper's final response
+    events = list(oai.responses.create(model=target(provider), input=QUESTION, tools=[TOOL], stream=True))
+    calls = [event for event in events if event.type.startswith("response.function_call_arguments")]
+    assert [event.type for event in calls] == [
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+    ]
+    assert json.loads(calls[-1].arguments) == first.tool_calls[0].parsed_arguments
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    with oai.responses.stream(model=target(provider), input=QUESTION, tools=[TOOL]) as stream:
+        final = stream.get_final_response()
+    assert [item.type for item in final.output if item.type == "function_call"] == ["function_call"]
+
+
+def test_a_function_choice_and_allowed_tools_reach_the_provider(oai, backends):
+    other = {**TOOL, "name": "get_time", "description": "The time in a city"}
+    oai.responses.create(
+        model=target("openai"),
+        input=QUESTION,
+        tools=[TOOL, other],
+        tool_choice={"type": "function", "name": "get_time"},
+    )
+    body = json.loads(backends["openai"].requests[-1].body)
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_time"}}
+    allowed = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "get_weather"}]}
+    answer = oai.responses.create(model=target("openai"), input=QUESTION, tools=[TOOL, other], tool_choice=allowed)
+    body = json.loads(backends["openai"].requests[-1].body)
+    assert [tool["function"]["name"] for tool in body["tools"]] == ["get_weather"] and body["tool_choice"] == "required"
+    assert answer.output[0].type == "function_call"
+    oai.responses.create(model=target("openai"), input=QUESTION, tools=[TOOL], parallel_tool_calls=False)
+    assert json.loads(backends["openai"].requests[-1].body)["parallel_tool_calls"] is False
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock"])
+def test_structured_output_via_text_format_reaches_the_provider_and_parses(provider, oai, backends):
+    parsed = oai.responses.parse(model=target(provider), input="Name a city", text_format=City)
+    assert isinstance(parsed.output_parsed, City), parsed.output_text
+    assert set(sent_schema(provider, backends[provider].requests[-1].body)["properties"]) == {"name", "population"}
+    asked = {"format": {"type": "json_schema", "name": "city", "schema": CITY_SCHEMA, "strict": True}}
+    answer = oai.responses.create(model=target(provider), input="Name a city", text=asked)
+    assert City.model_validate_json(answer.output_text) and answer.text.format.type == "json_schema"
+    assert sent_schema(provider, backends[provider].requests[-1].body) == CITY_SCHEMA
+    with oai.responses.stream(model=target(provider), input="Name a city", text_format=City) as stream:
+        assert isinstance(stream.get_final_response().output_parsed, City)
+
+
+def test_a_format_the_provider_cannot_honour_names_text_format(oai):
+    with pytest.raises(openai.BadRequestError, match="json_object") as caught:
+        oai.responses.create(model=target("anthropic"), input="hi", text={"format": {"type": "json_object"}})
+    assert caught.value.param == "text.format" and "response_format" not in caught.value.message
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_max_output_tokens_reached_is_an_incomplete_response(provider, oai, ledger_path):
+    answer = oai.responses.create(model=target(provider), input=LONG_PROMPT, max_output_tokens=5)
+    assert answer.status == "incomplete" and answer.incomplete_details.reason == "max_output_tokens"
+    assert answer.output[0].status == "incomplete" and answer.output_text and answer.max_output_tokens == 5
+    assert answer.usage.output_tokens <= 5
+    events = list(oai.responses.create(model=target(provider), input=LONG_PROMPT, max_output_tokens=5, stream=True))
+    assert events[-1].type == "response.incomplete" and events[-1].response.incomplete_details.reason == (
+        "max_output_tokens"
+    )
+    assert events[-1].response.output_text == answer.output_text
+    assert [row["status"] for row in rows_of(ledger_path, answer.id)] == ["ok"]
+    with pytest.raises(openai.BadRequestError) as caught:  # more than the model writes: named as asked
+        oai.responses.create(model=target(provider), input="hi", max_output_tokens=10_000_000)
+    assert caught.value.param == "max_output_tokens" and "max_output_tokens" in caught.value.message
+
+
+# -- refused rather than ignored --------------------------------------------------------------------------------
+
+REFUSED = [
+    ({"previous_response_id": "resp_123"}, "previous_response_id", "stores no responses"),
+    ({"conversation": "conv_123"}, "conversation", "send the earlier turns in input"),
+    ({"background": True}, "background", "no background"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type", "'web_search'"),
+    ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type", "'file_search'"),
+    ({"tools": [{"type": "code_interpreter", "container": {"type": "auto"}}]}, "tools[0].type", "'code_interpreter'"),
+    ({"tools": [{"type": "image_generation"}]}, "tools[0].type", "'image_generation'"),
+    ({"tools": [{"type": "mcp", "server_label": "x", "server_url": "https://x"}]}, "tools[0].type", "'mcp'"),
+    (
+        {"tools": [{"type": "computer_use_preview", "display_height": 1, "display_width": 1, "environment": "linux"}]},
+        "tools[0].type",
+        "'computer_use_preview'",
+    ),
+    ({"tools": [TOOL], "tool_choice": {"type": "web_search_preview"}}, "tool_choice.type", "only a function"),
+    (
+        {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
+        "input[0].content[0].type",
+        "reads no files",
+    ),
+    (
+        {
+            "input": [
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}]}
+            ]
+        },
+        "input[0].content[0].type",
+        "takes no audio",
+    ),
+    (
+        {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-1", "detail": "auto"}]}]},
+        "input[0].content[0].file_id",
+        "no uploaded files",
+    ),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "stores no responses"),
+    ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary", "no reasoning items"),
+    ({"include": ["reasoning.encrypted_content"]}, "include[0]", "no reasoning items"),
+    ({"include": ["message.output_text.logprobs"]}, "include[0]", "log probabilities"),
+    ({"truncation": "auto"}, "truncation", "drops no input items"),
+    ({"top_logprobs": 3}, "top_logprobs", "log probabilities"),
+    ({"prompt": {"id": "pmpt_1"}}, "prompt", "no stored prompts"),
+    ({"extra_body": {"max_output_token": 5}}, "max_output_token", "did you mean max_output_tokens?"),
+    ({"extra_body": {"providers": ["openai"]}}, "providers", "a GTL request field"),
+    ({"tools": [{**TOOL, "paramters": {}}]}, "tools[0].paramters", "did you mean parameters?"),
+    ({"text": {"format": {"type": "json_schema", "schema": CITY_SCHEMA}}}, "text.format.name", "required"),
+]
+
+
+@pytest.mark.parametrize("asked, param, said", REFUSED, ids=[case[1] for case in REFUSED])
+def test_what_the_gateway_cannot_honour_is_a_bad_request_naming_it(asked, param, said, oai, backends, ledger_path):
+    before = sent(backends)
+    request = {"model": target("openai"), "input": "hi", **asked}
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.responses.create(**request)
+    error = caught.value
+    assert (error.status_code, error.type, error.param) == (400, "invalid_request_error", param)
+    assert said in error.message
+    rows = rows_of(ledger_path, error.response.headers["x-request-id"])  # its one ledger row
+    assert [(row["status"], row["error_code"]) for row in rows] == [("error", "INVALID_REQUEST")]
+    with pytest.raises(openai.BadRequestError) as streamed:  # streamed: the same 400, before any event
+        list(oai.responses.create(**request, stream=True))
+    assert streamed.value.param == param
+    assert sent(backends) == before  # refused before any provider
+
+
+def test_what_is_accepted_and_ignored_is_answered(oai):
+    answer = oai.responses.create(
+        model=target("openai"),
+        input="hi",
+        store=True,
+        safety_identifier="hashed-user",
+        service_tier="auto",
+        prompt_cache_key="k",
+        reasoning={"effort": "low"},
+        include=["web_search_call.action.sources"],
+        truncation="disabled",
+        text={"format": {"type": "text"}, "verbosity": "low"},
+        stream_options=None,
+    )
+    assert answer.output_text and answer.store is False  # nothing is stored, whatever was asked
+    assert answer.safety_identifier == "hashed-user" and answer.reasoning.effort == "low"
+
+
+def test_every_field_the_sdk_sends_is_known():
+    known = responses_request.MAPPED | responses_request.REFUSED | responses_request.IGNORED
+    assert sdk_fields(Responses.create) <= known
+    assert not (responses_request.MAPPED & responses_request.IGNORED)
+
+
+def test_an_oversized_body_and_an_unknown_model_are_refused(oai, ledger_path):
+    with pytest.raises(openai.BadRequestError) as caught:
+        oai.responses.create(model=target("openai"), input="x" * (80 * 1024))  # over the gateway's 64 KiB
+    assert caught.value.code == "request_too_large" and "65536" in caught.value.message
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.responses.create(model="openai:no-such-model", input="hi")
+    assert missing.value.code == "model_not_found"
+    session_id = missing.value.response.headers["x-request-id"]
+    assert session_id.startswith("resp_") and [row["status"] for row in rows_of(ledger_path, session_id)] == ["error"]
+    with pytest.raises(openai.NotFoundError):  # streamed: an HTTP error before any event, as on chat
+        list(oai.responses.create(model="openai:no-such-model", input="hi", stream=True))
+
+
+# -- nothing is stored -------------------------------------------------------------------------------------------
+
+
+def test_a_stored_response_is_not_found_saying_none_is_stored(oai, base_url):
+    for call in (
+        lambda: oai.responses.retrieve("resp_123"),
+        lambda: oai.responses.delete("resp_123"),
+        lambda: oai.responses.cancel("resp_123"),
+        lambda: oai.responses.input_items.list("resp_123"),
+    ):
+        with pytest.raises(openai.NotFoundError, match="stores no responses") as caught:
+            call()
+        assert caught.value.code == "unsupported_endpoint"
+    wrong = httpx.get(f"{base_url}/v1/responses", timeout=10)
+    assert wrong.status_code == 405 and wrong.headers["allow"] == "POST"
+    assert "use POST /v1/responses" in wrong.json()["error"]["message"]
+
+
+# -- tokens, providers that fail, disconnects, ledger rows -------------------------------------------------------
+
+
+def test_a_refused_token_is_an_authentication_error(guarded):
+    wrong = openai.OpenAI(base_url=f"{guarded[0]}/v1", api_key="wrong-token", max_retries=0)
+    for call in (
+        lambda: wrong.responses.create(model=f"limited:{MODEL}", input="hi"),
+        lambda: list(wrong.responses.create(model=f"limited:{MODEL}", input="hi", stream=True)),
+    ):
+        with pytest.raises(openai.AuthenticationError) as caught:
+            call()
+        assert caught.value.code == "invalid_api_key" and "wrong-token" not in caught.value.message
+    let_in = openai.OpenAI(base_url=f"{guarded[0]}/v1", api_key=TOKEN, max_retries=0)
+    assert let_in.responses.create(model=f"limited:{MODEL}", input="hi").output_text
+
+
+def test_a_provider_rate_limit_before_the_answer_is_a_rate_limit_error(guarded):
+    url, simulator, ledger = guarded
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
+    for stream in (False, True):
+        simulator.set_faults([sim.Fault.http(429, retry_after=7)])
+        with pytest.raises(openai.RateLimitError) as caught:
+            answer = client.responses.create(model=f"limited:{MODEL}", input="hi", stream=stream)
+            if stream:
+                list(answer)
+        headers = caught.value.response.headers
+        assert headers["retry-after"] == "7" and [
+            row["status"] for row in rows_of(ledger, headers["x-request-id"])
+        ] == ["error"]
+
+
+def test_a_provider_error_mid_stream_fails_the_response(tmp_path):
+    """An overload after the answer began: ``response.failed`` with what was answered, then the ``error``
+    event the SDK raises as ``APIError`` — from ``create(stream=True)`` and from the stream helper."""
+    simulator = sim.serve("anthropic", seed=3, api_key=SIM_KEY)
+    tables = {
+        "providers.only": {"type": "anthropic", "api_key": SIM_KEY, "base_url": simulator.base_url},
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+    }
+    model = f"only:{MODELS['anthropic']}"
+    try:
+        with serving(write_toml(tmp_path / "gtl.toml", tables)) as served:
+            client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+            simulator.set_faults([sim.Fault.stream_error("overloaded", after=4)])
+            events: list[Any] = []
+            with pytest.raises(openai.APIError) as told:
+                for event in client.responses.create(model=model, input=LONG_PROMPT, stream=True):
+                    events.append(event)
+            assert (told.value.type, told.value.code) == ("server_error", "overloaded")
+            assert "response.output_text.delta" in kinds(events) and events[-1].type == "response.failed"
+            failed = events[-1].response
+            assert failed.status == "failed" and failed.error.code == "server_error" and failed.error.message
+            assert failed.output[0].status == "incomplete" and failed.output_text  # what was answered
+            assert [event.sequence_number for event in events] == list(range(len(events)))
+            simulator.set_faults([sim.Fault.stream_error("overloaded", after=4)])
+            with (
+                pytest.raises(openai.APIError, match="overloaded"),
+                client.responses.stream(model=model, input=LONG_PROMPT) as stream,
+            ):
+                stream.get_final_response()
+    finally:
+        simulator.close()
+    assert [row["status"] for row in rows_of(tmp_path / "ledger.sqlite", failed.id)] == ["error"]
+
+
+def test_a_client_leaving_mid_stream_cancels_the_session(write_config, tmp_path, sims, relay_to):
+    ledger = tmp_path / "rows.sqlite"
+    relay = relay_to(sims.slow)
+    config = write_config(
+        ledger=ledger, providers={"slow": {"type": "openai", "api_key": SIM_KEY, "base_url": relay.url + "/v1"}}
+    )
+    with serving(config) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+        stream = client.responses.create(model=f"slow:{MODEL}", input=LONG_PROMPT, stream=True)
+        for event in stream:
+            if event.type == "response.created":
+                session_id = event.response.id
+            if event.type == "response.output_text.delta":
+                break
+        stream.close()
+        assert relay.cut.wait(10)  # the gateway closed the upstream response while it still ran
+    assert [row["status"] for row in rows_of(ledger, session_id)] == ["cancelled"]
+
+
+def test_every_request_leaves_exactly_one_row(oai, ledger_path):
+    before = len(Ledger(ledger_path).rows())
+    ids = [oai.responses.create(model=target("openai"), input="x").id]
+    with oai.responses.stream(model=target("gemini"), input="x") as stream:
+        ids.append(stream.get_final_response().id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        oai.responses.create(model=target("openai"), input="x", background=True)
+    ids.append(refused.value.response.headers["x-request-id"])
+    with pytest.raises(openai.NotFoundError) as missing:
+        oai.responses.create(model="openai:no-such-model", input="x")
+    ids.append(missing.value.response.headers["x-request-id"])
+    rows = rows_when(ledger_path, before + len(ids))
+    mine = [row for row in rows if row["session_id"] in set(ids)]
+    assert len(mine) == len(ids) == len(set(ids)) and len(rows) - before == len(ids)
+
+
+def test_the_gateway_lists_the_endpoint_among_those_it_serves(base_url):
+    answer = httpx.get(f"{base_url}/", timeout=10)
+    assert "POST /v1/responses" in answer.json()["message"]
