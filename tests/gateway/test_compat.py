@@ -948,9 +948,15 @@ def test_a_client_leaving_mid_stream_cancels_the_session(write_config, tmp_path,
         ) as events:
             next(iter(events.text_stream))
             message_id = events.current_message_snapshot.id
+        relay.cut.clear()
+        with oai.responses.stream(model=f"slow:{MODEL}", input=LONG_PROMPT) as response_events:  # the Responses API
+            response_id = next(event for event in response_events if event.type == "response.created").response.id
+            next(event for event in response_events if event.type == "response.output_text.delta")
+        assert relay.cut.wait(10)
     # the listener has stopped: every row is complete
     assert [row["status"] for row in rows_of(ledger, session_id)] == ["cancelled"]
     assert [row["status"] for row in rows_of(ledger, message_id)] == ["cancelled"]
+    assert [row["status"] for row in rows_of(ledger, response_id)] == ["cancelled"]
 
 
 def test_every_request_leaves_exactly_one_row(oai, claude, ledger_path):

@@ -74,12 +74,15 @@ __all__ = [
     "MAPPED",
     "REFUSED",
     "ChatRequest",
+    "arguments_text",
     "chat_request",
     "content_pieces",
     "function_tool",
+    "model_of",
     "narrowed",
     "only",
     "response_format",
+    "streamed",
     "tool_choice",
     "unknown_field",
 ]
@@ -214,11 +217,9 @@ def _unknown(key: str, known: frozenset[str]) -> FieldError:
 def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     """The GTL request of a Chat Completions body; ``FieldError`` names the first parameter that is wrong."""
     unknown_field(body)
-    model = fields.text(body, "model", "model", required=True, max_length=MAX_NAME_LENGTH)
+    model = model_of(body)
     raw_messages = fields.items(body, "messages", "messages", required=True)
-    assert model is not None and raw_messages is not None
-    if not model:
-        raise FieldError("model", "the model must not be empty")
+    assert raw_messages is not None
     if not raw_messages:  # as OpenAI answers: an empty conversation is the caller's bug, not a prompt
         raise FieldError("messages", "expected at least one message")
     fields.at_most(raw_messages, "messages", MAX_MESSAGES, "messages")
@@ -242,13 +243,7 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
     for legacy in ("functions", "function_call"):
         if body.get(legacy) is not None:
             raise FieldError(legacy, "the legacy function-calling fields are not supported; use tools and tool_choice")
-    stream = bool(fields.boolean(body, "stream", "stream"))
-    options = fields.obj(body, "stream_options", "stream_options")
-    if options is not None and not stream:
-        # OpenAI's own 400: an app that asked for a usage chunk must learn it gets none
-        raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
-    if options is not None:
-        only(options, _STREAM_OPTION_KEYS, "stream_options")
+    stream, options = streamed(body, _STREAM_OPTION_KEYS)
     include_usage = stream and bool(fields.boolean(options or {}, "include_usage", "stream_options.include_usage"))
     if fields.obj(body, "audio", "audio"):  # audio output's voice and format: the answer has no audio
         raise FieldError("audio", 'the gateway answers in text only; leave audio out (and modalities ["text"])')
@@ -275,6 +270,36 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         response_format=response_format(fields.obj(body, "response_format", "response_format")),
     )
     return ChatRequest(request, include_usage, limit)
+
+
+def model_of(body: dict[str, Any]) -> str:
+    """The body's ``model``: a non-empty string of at most GTL's name length."""
+    model = fields.text(body, "model", "model", required=True, max_length=MAX_NAME_LENGTH)
+    if not model:
+        raise FieldError("model", "the model must not be empty")
+    return model
+
+
+def streamed(body: dict[str, Any], option_keys: frozenset[str]) -> tuple[bool, dict[str, Any] | None]:
+    """``stream``, and ``stream_options`` (whose keys ``option_keys`` has): refused without ``stream:
+    true``, as OpenAI refuses it — an app that asked for a usage chunk must learn it gets none."""
+    stream = bool(fields.boolean(body, "stream", "stream"))
+    options = fields.obj(body, "stream_options", "stream_options")
+    if options is not None and not stream:
+        raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
+    if options is not None:
+        only(options, option_keys, "stream_options")
+    return stream, options
+
+
+def arguments_text(raw: Any, where: str) -> str:
+    """A tool call's ``arguments``: the JSON text of an object (an object is taken as its text, as some
+    clients send it; none is ``{}``)."""
+    if isinstance(raw, dict):
+        return msgspec.json.encode(raw).decode()
+    if raw is not None and not isinstance(raw, str):
+        raise FieldError(where, "expected the JSON text of an object")
+    return raw or "{}"
 
 
 def response_format(raw: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -445,12 +470,8 @@ def _tool_call(raw: Any, where: str) -> ToolCall:
     function = fields.obj(raw, "function", f"{where}.function", required=True)
     assert call_id is not None and function is not None
     name = fields.text(function, "name", f"{where}.function.name", required=True)
-    arguments = function.get("arguments")
-    if isinstance(arguments, dict):  # some clients send the object rather than its JSON text
-        arguments = msgspec.json.encode(arguments).decode()
-    elif arguments is not None and not isinstance(arguments, str):
-        raise FieldError(f"{where}.function.arguments", "expected the JSON text of an object")
-    return ToolCall(id=call_id, name=str(name), arguments=arguments or "{}")
+    arguments = arguments_text(function.get("arguments"), f"{where}.function.arguments")
+    return ToolCall(id=call_id, name=str(name), arguments=arguments)
 
 
 def _tools(raw: list[Any] | None) -> list[Tool] | None:

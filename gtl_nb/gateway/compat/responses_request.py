@@ -45,17 +45,19 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.openai_request import (
+    arguments_text,
     content_pieces,
     function_tool,
+    model_of,
     narrowed,
     only,
     response_format,
+    streamed,
     tool_choice,
     unknown_field,
 )
 from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_TOOL_CALLS, MAX_TOOLS
 from gtl_nb.protocol.messages import (
-    MAX_NAME_LENGTH,
     MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
     CompletionRequest,
@@ -175,17 +177,9 @@ class ResponsesRequest:
 def responses_request(body: dict[str, Any], session_id: str) -> ResponsesRequest:
     """The GTL request of a Responses API body; ``FieldError`` names the first parameter that is wrong."""
     unknown_field(body, _KNOWN)
-    model = fields.text(body, "model", "model", required=True, max_length=MAX_NAME_LENGTH)
-    assert model is not None
-    if not model:
-        raise FieldError("model", "the model must not be empty")
+    model = model_of(body)
     _refuse(body)
-    stream = bool(fields.boolean(body, "stream", "stream"))
-    options = fields.obj(body, "stream_options", "stream_options")
-    if options is not None and not stream:
-        raise FieldError("stream_options", "only allowed when stream is enabled (stream: true)")
-    if options is not None:
-        only(options, _STREAM_OPTION_KEYS, "stream_options")
+    stream, _ = streamed(body, _STREAM_OPTION_KEYS)
     instructions = fields.text(body, "instructions", "instructions")
     messages = [Message(role="system", content=instructions)] if instructions else []
     messages += _input(body.get("input"))
@@ -286,8 +280,10 @@ def _metadata(body: dict[str, Any]) -> dict[str, str]:
 def _input(raw: Any) -> list[Message]:
     if isinstance(raw, str):
         return [Message(role="user", content=raw)]
-    items = fields.items({"input": raw}, "input", "input", required=True)
-    assert items is not None
+    if not isinstance(raw, list):
+        said = "this field is required" if raw is None else "expected a string or an array of input items"
+        raise FieldError("input", said)
+    items = raw
     if not items:
         raise FieldError("input", "expected at least one input item")
     fields.at_most(items, "input", MAX_MESSAGES, "input items")
@@ -355,12 +351,8 @@ _IMAGES = {"input_image": _input_image}
 def _call(raw: dict[str, Any], where: str) -> ToolCall:
     call_id = fields.text(raw, "call_id", f"{where}.call_id", required=True)
     name = fields.text(raw, "name", f"{where}.name", required=True)
-    arguments = raw.get("arguments")
-    if isinstance(arguments, dict):  # some clients send the object rather than its JSON text
-        arguments = msgspec.json.encode(arguments).decode()
-    elif arguments is not None and not isinstance(arguments, str):
-        raise FieldError(f"{where}.arguments", "expected the JSON text of an object")
-    return ToolCall(id=str(call_id), name=str(name), arguments=arguments or "{}")
+    arguments = arguments_text(raw.get("arguments"), f"{where}.arguments")
+    return ToolCall(id=str(call_id), name=str(name), arguments=arguments)
 
 
 def _call_output(raw: dict[str, Any], where: str) -> Message:
