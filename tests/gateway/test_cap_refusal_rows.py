@@ -122,7 +122,8 @@ def _grpc_complete(url: str, token: str, session_id: str, model: str) -> Any:
 
 
 def _compat_refusals(base: str, token: str) -> None:
-    """The OpenAI- and Anthropic-compatible endpoints, whole and streamed: each refused with its ``429``."""
+    """The OpenAI- (chat and Responses) and Anthropic-compatible endpoints, whole and streamed: each refused
+    with its ``429``."""
     body = {"model": "echo", "messages": [{"role": "user", "content": "one too many"}]}
     for stream in (False, True):
         openai = httpx.post(
@@ -132,6 +133,13 @@ def _compat_refusals(base: str, token: str) -> None:
             timeout=30,
         )
         assert openai.status_code == 429 and openai.json()["error"]["type"] == "requests", openai.text
+        responses = httpx.post(
+            f"{base}/v1/responses",
+            json={"model": "echo", "input": "one too many", "stream": stream},
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert responses.status_code == 429 and responses.json()["error"]["type"] == "requests", responses.text
         anthropic = httpx.post(
             f"{base}/v1/messages",
             json={**body, "max_tokens": 10, "stream": stream},
@@ -214,7 +222,7 @@ def test_every_cap_refusal_leaves_one_row_and_one_audit_record(served: Any, cert
     ann = mint("ann")
     waited: list[tuple[str, str]] = []  # refused while a place given back was still being freed
     refused = _principal_refusals(gateway, ann, certs, waited)
-    compat = 4  # the compatible endpoints' refusals, whose ids the gateway chose
+    compat = 6  # the compatible endpoints' refusals, whose ids the gateway chose
     refused += _connection_refusals(gateway, mint, certs, waited)
     assert len(refused) == 8 + 6
     refused += [sid for sid, _ in waited]
@@ -226,13 +234,15 @@ def test_every_cap_refusal_leaves_one_row_and_one_audit_record(served: Any, cert
     by_id = Counter(row["session_id"] for row in rows)
     assert all(by_id[sid] == 1 for sid in refused), by_id
     compat_ids = {row["session_id"] for row in overloaded} - set(refused)
-    assert sorted(sid.split("-")[0].split("_")[0] for sid in compat_ids) == ["chatcmpl", "chatcmpl", "msg", "msg"]
+    prefixes = sorted(sid.split("-")[0].split("_")[0] for sid in compat_ids)
+    assert prefixes == ["chatcmpl", "chatcmpl", "msg", "msg", "resp", "resp"]
     for row in overloaded:
         assert row["status"] == "error" and row["model"] == "echo", row
         assert row["user"] == "ann" or row["user"].startswith("bob-"), row
         assert row["deployment"] is None and row["provider_type"] is None, row  # no provider called
         assert not row["tokens_in"] and not row["tokens_out"] and not row["cost"], row  # no budget used
-    expected = Counter({"ann": 8 + 4, "bob-ws": 2, "bob-grpc": 2, "bob-quic": 2}) + Counter(who for _, who in waited)
+    expected = Counter({"ann": 8 + compat, "bob-ws": 2, "bob-grpc": 2, "bob-quic": 2})
+    expected += Counter(who for _, who in waited)
     assert Counter(row["user"] for row in overloaded) == expected
 
     records = [record for record in _audit_records(audit) if record["error_code"] == "OVERLOADED"]

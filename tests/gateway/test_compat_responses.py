@@ -131,7 +131,8 @@ def test_an_input_image_reaches_the_provider(provider, oai, embedded, backends):
 @pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "bedrock", "ollama"])
 def test_both_sdk_stream_entry_points_get_the_embedded_answer(provider, oai, embedded, ledger_path):
     expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
-    events = list(oai.responses.create(model=target(provider), instructions=SYSTEM, input=PROMPT, stream=True))
+    streamed = oai.responses.create(model=target(provider), instructions=SYSTEM, input=PROMPT, stream=True)
+    events = list(streamed)
     assert kinds(events) == [*LIFECYCLE, *TEXT_ITEM_OPEN, "response.output_text.delta", *TEXT_ITEM_CLOSE,
                              "response.completed"]  # fmt: skip
     assert [event.sequence_number for event in events] == list(range(len(events)))
@@ -143,6 +144,7 @@ def test_both_sdk_stream_entry_points_get_the_embedded_answer(provider, oai, emb
     assert final.id == events[0].response.id and final.status == "completed" and final.output_text == expected.text
     assert final.model == expected.model and final.usage.output_tokens == expected.usage.tokens_out
     assert events[0].response.status == "in_progress" and events[0].response.output == []
+    assert streamed.response.headers["x-request-id"] == final.id  # the ledger row's session id
     assert [row["status"] for row in rows_of(ledger_path, final.id)] == ["ok"]
     # the SDK's stream helper: its text deltas, and the final response
     with oai.responses.stream(model=target(provider), instructions=SYSTEM, input=PROMPT) as stream:
