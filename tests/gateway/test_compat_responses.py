@@ -15,12 +15,18 @@ from typing import Any
 
 import httpx
 import openai
+import pydantic
 import pytest
 from openai.resources.responses.responses import Responses
+from openai.types.responses import Response, ResponseStreamEvent
 
 from gtl_nb import sim
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.gateway.compat import responses_request
+from gtl_nb.gateway.compat.openai import error_fields
+from gtl_nb.gateway.compat.responses_response import ResponseEventEncoder, response_object
+from gtl_nb.protocol.messages import Done, Error, Token, Usage
+from gtl_nb.protocol.session import Transcript
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY, write_toml
 from tests.gateway.test_compat import (  # noqa: F401 - the module's fixtures: one gateway before every simulator
     CITY_SCHEMA,
@@ -55,6 +61,7 @@ TOOL = {
     "parameters": WEATHER.parameters,
 }
 QUESTION = "What is the weather in Oslo?"
+STREAM_EVENT: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(ResponseStreamEvent)
 LIFECYCLE = ["response.created", "response.in_progress"]
 TEXT_ITEM_OPEN = ["response.output_item.added", "response.content_part.added"]
 TEXT_ITEM_CLOSE = ["response.output_text.done", "response.content_part.done", "response.output_item.done"]
@@ -454,3 +461,73 @@ def test_every_request_leaves_exactly_one_row(oai, ledger_path):
 def test_the_gateway_lists_the_endpoint_among_those_it_serves(base_url):
     answer = httpx.get(f"{base_url}/", timeout=10)
     assert "POST /v1/responses" in answer.json()["message"]
+
+
+def test_a_filtered_answer_is_an_incomplete_response_the_sdk_reads():
+    """No simulator filters content: GTL's ``content_filter`` end, fed to the encoders, must read as the
+    SDK's ``Response`` with ``incomplete_details.reason == "content_filter"``, whole and streamed."""
+    events = [
+        Token(session_id="resp_1", text="I can"),
+        Token(session_id="resp_1", text="not"),
+        Usage(session_id="resp_1", tokens_in=7, tokens_out=2, cached_tokens_in=3),
+        Done(session_id="resp_1", finish_reason="content_filter", model="served-model"),
+    ]
+    transcript = Transcript(session_id="resp_1")
+    for event in events:
+        transcript.add(event)
+    settings = responses_request.responses_request({"model": "asked", "input": "hi"}, "resp_1").settings
+    whole = Response.model_validate(response_object(transcript, model="asked", created=1, settings=settings))
+    assert (whole.status, whole.incomplete_details.reason, whole.model) == (
+        "incomplete",
+        "content_filter",
+        "served-model",
+    )
+    assert whole.output_text == "I cannot" and whole.output[0].status == "incomplete"
+    assert (whole.usage.input_tokens, whole.usage.input_tokens_details.cached_tokens) == (7, 3)
+    encoder = ResponseEventEncoder("resp_1", model="asked", created=1, settings=settings, error_fields=error_fields)
+    wire = encoder.open(events[0]) + b"".join(encoder.encode(event) for event in events)
+    frames = [frame for frame in wire.decode().split("\n\n") if frame]
+    last = json.loads(frames[-1].split("\ndata: ", 1)[1])
+    assert frames[-1].startswith("event: response.incomplete\n") and last["sequence_number"] == len(frames) - 1
+    streamed = Response.model_validate(last["response"])
+    assert streamed.incomplete_details.reason == "content_filter" and streamed.output_text == whole.output_text
+
+
+def frames_of(wire: str) -> list[tuple[str, dict[str, Any]]]:
+    """The ``(event, data)`` of each server-sent event."""
+    pairs = []
+    for frame in wire.split("\n\n"):
+        if frame.strip():
+            head, data = frame.split("\ndata: ", 1)
+            pairs.append((head.removeprefix("event: "), json.loads(data)))
+    return pairs
+
+
+@pytest.mark.parametrize("tools", [[], [TOOL]], ids=["text", "function_call"])
+def test_every_answer_and_event_is_what_the_sdks_types_require(tools, base_url, oai):
+    """The SDK reads leniently (a missing field is None, not an error): validated strictly here, whole and
+    streamed, so no field the API always sends is missing."""
+    asked = {"model": target("anthropic"), "input": QUESTION, "tools": tools, "max_output_tokens": 300}
+    whole = Response.model_validate(oai.responses.with_raw_response.create(**asked).http_response.json())
+    assert [item.type for item in whole.output] == (["function_call"] if tools else ["message"])
+    answer = httpx.post(f"{base_url}/v1/responses", json={**asked, "stream": True}, timeout=30)
+    frames = frames_of(answer.text)
+    validated = [STREAM_EVENT.validate_python(data) for _, data in frames]
+    assert [name for name, _ in frames] == [event.type for event in validated]
+    assert validated[-1].type == "response.completed" and validated[-1].response.output[0].type == whole.output[0].type
+
+
+def test_an_error_mid_stream_is_what_the_sdks_types_require():
+    settings = responses_request.responses_request({"model": "asked", "input": "hi"}, "resp_1").settings
+    encoder = ResponseEventEncoder("resp_1", model="asked", created=1, settings=settings, error_fields=error_fields)
+    first = Token(session_id="resp_1", text="Half an")
+    wire = encoder.open(first) + encoder.encode(first)
+    wire += encoder.encode(Error(session_id="resp_1", code="OVERLOADED", message="the provider is overloaded"))
+    frames = frames_of(wire.decode())
+    events = [STREAM_EVENT.validate_python(data) for _, data in frames]
+    assert [event.type for event in events][-2:] == ["response.failed", "error"]
+    failed, error = events[-2], events[-1]
+    assert failed.response.status == "failed" and failed.response.output_text == "Half an"
+    assert (error.code, error.message) == ("overloaded", "the provider is overloaded")
+    assert frames[-1][1]["error"]["type"] == "server_error"  # nested too: what makes the SDK raise APIError
+    assert [event.sequence_number for event in events] == list(range(len(events)))

@@ -10,7 +10,7 @@
 * ``status``: ``completed``; ``incomplete`` with ``incomplete_details.reason`` ``max_output_tokens``
   (GTL ``length``) or ``content_filter`` (the message item's status ``incomplete`` too).
 * ``usage``: ``input_tokens`` (cached included, as OpenAI counts) with
-  ``input_tokens_details.cached_tokens``, ``output_tokens`` with
+  ``input_tokens_details.cached_tokens`` and ``cache_write_tokens``, ``output_tokens`` with
   ``output_tokens_details.reasoning_tokens``, ``total_tokens``; ``null`` when the provider reported none.
 * The request's settings are echoed (``responses_request``), ``store: false`` among them.
 * A stream is ``event:``/``data:`` pairs, each with a ``sequence_number`` from 0: ``response.created``
@@ -52,7 +52,10 @@ def responses_usage(usage: Usage | None) -> dict[str, Any] | None:
     reasoning = (chat.get("completion_tokens_details") or {}).get("reasoning_tokens")
     return {
         "input_tokens": chat["prompt_tokens"],
-        "input_tokens_details": {**cached, "cached_tokens": cached.get("cached_tokens") or 0},
+        "input_tokens_details": {
+            "cached_tokens": cached.get("cached_tokens") or 0,
+            "cache_write_tokens": cached.get("cache_write_tokens") or 0,
+        },
         "output_tokens": chat["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": reasoning or 0},
         "total_tokens": chat["total_tokens"],
