@@ -135,7 +135,7 @@ def test_an_input_image_reaches_the_provider(provider, oai, embedded, backends):
 # -- streams -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "bedrock", "ollama"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_both_sdk_stream_entry_points_get_the_embedded_answer(provider, oai, embedded, ledger_path):
     expected = embedded.complete(target(provider), PROMPT, system=SYSTEM)
     streamed = oai.responses.create(model=target(provider), instructions=SYSTEM, input=PROMPT, stream=True)
@@ -161,7 +161,7 @@ def test_both_sdk_stream_entry_points_get_the_embedded_answer(provider, oai, emb
     assert whole.usage.input_tokens == expected.usage.tokens_in
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "bedrock"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 def test_a_function_tool_loop_round_trips(provider, oai, embedded, backends):
     """function_call → function_call_output → the answer that uses it, whichever provider answers."""
     question = [{"role": "user", "content": QUESTION}]
@@ -531,3 +531,25 @@ def test_an_error_mid_stream_is_what_the_sdks_types_require():
     assert (error.code, error.message) == ("overloaded", "the provider is overloaded")
     assert frames[-1][1]["error"]["type"] == "server_error"  # nested too: what makes the SDK raise APIError
     assert [event.sequence_number for event in events] == list(range(len(events)))
+
+
+def test_an_answers_text_and_its_calls_go_back_as_one_assistant_turn(oai, backends):
+    """A replayed output of a message and function calls is one assistant turn upstream (Anthropic's API
+    wants the tool_use blocks in the turn before their results), whatever the Responses API splits."""
+    history = [
+        {"role": "user", "content": QUESTION},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Let me look."}]},
+        {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Oslo"}'},
+        {"type": "function_call", "call_id": "call_2", "name": "get_weather", "arguments": {"city": "Bergen"}},
+        {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
+        {"type": "function_call_output", "call_id": "call_2", "output": [{"type": "input_text", "text": "rain"}]},
+        {"type": "reasoning", "id": "rs_1", "summary": []},  # dropped: only OpenAI could read it
+    ]
+    answer = oai.responses.create(model=target("anthropic"), input=history, tools=[TOOL])
+    sent_messages = json.loads(backends["anthropic"].requests[-1].body)["messages"]
+    assert [message["role"] for message in sent_messages] == ["user", "assistant", "user"]
+    blocks = sent_messages[1]["content"]
+    assert [block["type"] for block in blocks] == ["text", "tool_use", "tool_use"]
+    assert blocks[2]["input"] == {"city": "Bergen"}
+    results = [block for block in sent_messages[2]["content"] if block["type"] == "tool_result"]
+    assert [result["tool_use_id"] for result in results] == ["call_1", "call_2"] and answer.output_text
