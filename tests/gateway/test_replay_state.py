@@ -251,3 +251,27 @@ def test_an_answer_without_replay_state_keeps_the_providers_ids(base_url: str):
             model=model, messages=[{"role": "user", "content": "get_weather for Oslo"}], tools=tools
         )
         assert MARK not in reply.choices[0].message.tool_calls[0].id, model
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_responses_api_tool_loop_gives_gemini_3_its_own_signature_back(
+    base_url: str, gemini: sim.Simulator, stream: bool
+):
+    """The Responses API's loop sends the previous output back as input: its ``call_id`` carries the state."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0)
+    tools = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
+    items: list[Any] = [{"role": "user", "content": "get_weather for Bergen"}]
+    if stream:
+        with client.responses.stream(model=GEMINI_3, input=items, tools=tools) as events:
+            first = events.get_final_response()
+    else:
+        first = client.responses.create(model=GEMINI_3, input=items, tools=tools)
+    (call,) = [item for item in first.output if item.type == "function_call"]
+    _, state = unstamped(call.call_id)
+    assert state is not None
+    signature = state["gemini"]["parts"][0]["thoughtSignature"]
+    items += [item.model_dump(exclude_none=True) for item in first.output]
+    items.append({"type": "function_call_output", "call_id": call.call_id, "output": '{"sky": "clear"}'})
+    answer = client.responses.create(model=GEMINI_3, input=items, tools=tools)
+    assert answer.output_text
+    assert _signatures_sent(gemini) == [signature]
