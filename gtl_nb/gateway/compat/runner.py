@@ -56,6 +56,21 @@ def failover_code(status: Status) -> ErrorCode:
     return cast(ErrorCode, code) if code in _ERROR_CODES else "PROVIDER_UNAVAILABLE"
 
 
+ENCODING_FAILED = "the gateway (its answer could not be written in the compatible format: a defect, see the log)"
+"""Who cancelled a session whose events an encoder failed on (its ledger row's reason)."""
+
+_ENCODING_FAILED = "the gateway could not write the answer in this format (a defect in the gateway; its log says more)"
+
+
+def _failover_message(event: Status) -> str:
+    """What a stream cut by a failover after the answer began says."""
+    reason = event.reason or "the deployment failed"
+    return (
+        f"the answer broke off after it began ({reason}); the gateway moved to another deployment, "
+        "which would start the answer again, and this format cannot take back what was sent: ask again"
+    )
+
+
 class Refuse(Protocol):
     """A format's whole error answer (``openai.error_reply``, ``anthropic.error_reply``)."""
 
@@ -139,39 +154,58 @@ class StreamedSession:
         retried = False  # whether the gateway tried again before the answer began (``reply.retried_already``)
         while not ended:
             pieces: list[bytes] = []  # what this batch of events writes, in one send
+            refusal: Error | None = None  # an error before the answer began: the format's error reply
+            opened = started
             events = await outbox.take()
-            for event in events if self.stamps is None else self.stamps.batch(events):
+            try:  # (only the encoder runs in here: every write is after it)
+                for event in events if self.stamps is None else self.stamps.batch(events):
+                    if not started:
+                        if isinstance(event, Status):
+                            retried = retried or retried_already((event,))
+                            continue  # queued, retrying, a failover before any answer: nothing to tell yet
+                        if isinstance(event, Error):
+                            refusal = event
+                            break
+                        pieces.append(self.encoder.open(event))  # written with the batch: one write, not two
+                        started = True
+                    if isinstance(event, Status):  # (asked first: most events are not, and need no call to tell)
+                        if not is_failover(event):
+                            continue  # a status has no place in the format
+                        pieces.append(self.encoder.interrupt(_failover_message(event), failover_code(event)))
+                        running.cancel(FAILOVER_CANCEL)
+                        ended = True
+                        break
+                    pieces.append(self.encoder.encode(event))
+                    if isinstance(event, (Done, Error)):
+                        ended = True
+                        break
+            except Exception:  # a defect in the encoder: the client hears of it, and the session stops
+                log.exception("session %r: its answer could not be written in the format", self.request.session_id)
+                running.cancel(ENCODING_FAILED)
+                failed = Error(session_id=self.request.session_id, code="INTERNAL", message=_ENCODING_FAILED)
                 if not started:
-                    if isinstance(event, Status):
-                        retried = retried or retried_already((event,))
-                        continue  # queued, retrying, a failover before any answer: nothing to tell yet
-                    if isinstance(event, Error):
-                        await self.refuse(event, retried=retried)(None, None, send)
-                        return
-                    await self._start(send)
-                    pieces.append(self.encoder.open(event))  # written with the batch: one write, not two
-                    started = True
-                if isinstance(event, Status):  # (asked first: most events are not, and need no call to tell)
-                    if not is_failover(event):
-                        continue  # a status has no place in the format
-                    reason = event.reason or "the deployment failed"
-                    message = (
-                        f"the answer broke off after it began ({reason}); the gateway moved to another deployment, "
-                        "which would start the answer again, and this format cannot take back what was sent: ask again"
-                    )
-                    pieces.append(self.encoder.interrupt(message, failover_code(event)))
-                    running.cancel(FAILOVER_CANCEL)
-                    ended = True
-                    break
-                pieces.append(self.encoder.encode(event))
-                if isinstance(event, (Done, Error)):
-                    ended = True
-                    break
+                    await self.refuse(failed)(None, None, send)
+                    return
+                pieces.append(self._interrupted(failed))
+                ended = True
+            if refusal is not None:
+                await self.refuse(refusal, retried=retried)(None, None, send)
+                return
+            if started and not opened:
+                await self._start(send)
             chunk = b"".join(pieces)
             if ended:  # the last events and the end of the body in one write
                 await send({"type": "http.response.body", "body": chunk})
             elif chunk:
                 await self._write(send, chunk)
+
+    def _interrupted(self, failed: Error) -> bytes:
+        """The encoder's error event for ``failed``, or nothing when the encoder cannot write even that."""
+        try:
+            return self.encoder.interrupt(failed.message, failed.code)
+        except Exception:
+            log.exception("session %r: its error event could not be written either", self.request.session_id)
+            return b""
 
     async def _start(self, send: Any) -> None:
         headers = [
