@@ -10,7 +10,9 @@ fragments, ``partial_json: ""`` for empty input) → ``message_delta`` (stop_rea
 whitespace padding before their closing brace. ``cache_control`` markers (at most four; a fifth is the
 service's 400) read and write a prompt cache of the simulator's own (``sim.prompt_cache``), reported in
 the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``. A ``tool_use`` id or
-``tool_use_id`` outside ``^[a-zA-Z0-9_-]+$`` is the service's 400, naming the block's path.
+``tool_use_id`` outside ``^[a-zA-Z0-9_-]+$`` is the service's 400, naming the block's path. With
+thinking on, a tool loop's last assistant turn must start with its thinking block, as the service
+requires (its 400 otherwise).
 """
 
 from __future__ import annotations
@@ -182,6 +184,30 @@ def _bad_tool_id(body: dict[str, Any]) -> str | None:
             value = block.get(field) if field else None
             if field and not (isinstance(value, str) and _ID.fullmatch(value)):
                 return f"messages.{i}.content.{j}.{kind}.{field}: String should match pattern '{_ID_PATTERN}'"
+    return None
+
+
+def _unthought_tool_turn(body: dict[str, Any]) -> str | None:
+    """With thinking on, the API's 400 for a tool loop whose last assistant turn (the one holding the
+    calls the request answers) does not start with a thinking block, or ``None``."""
+    if not _thinking(body):
+        return None
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    for index in range(len(messages) - 1, -1, -1):
+        content = messages[index].get("content")
+        if messages[index].get("role") != "assistant" or not isinstance(content, list):
+            continue
+        kinds = [block.get("type") for block in content if isinstance(block, dict)]
+        if "tool_use" in kinds and kinds[0] not in ("thinking", "redacted_thinking"):
+            return (
+                f"messages.{index}.content.0.type: Expected `thinking` or `redacted_thinking`, but found "
+                f"`{kinds[0]}`. When `thinking` is enabled, a final `assistant` message must start with a "
+                "thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We "
+                "recommend you include thinking blocks from previous turns. To avoid this requirement, "
+                "disable `thinking`. Please consult our documentation at "
+                "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
+            )
+        return None
     return None
 
 
@@ -470,6 +496,9 @@ class AnthropicSim:
         bad_id = _bad_tool_id(body)
         if bad_id is not None:
             return self._error(400, "invalid_request_error", bad_id)
+        unthought = _unthought_tool_turn(body)
+        if unthought is not None:
+            return self._error(400, "invalid_request_error", unthought)
         lifetimes = _ttl_problem(body)
         if lifetimes is not None:
             return self._error(400, "invalid_request_error", lifetimes)

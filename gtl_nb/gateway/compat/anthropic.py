@@ -23,6 +23,7 @@ from gtl_nb.gateway.compat.anthropic_request import messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
+from gtl_nb.gateway.compat.thinking import NATIVE_KEYS
 from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping
 from gtl_nb.gateway.sessions import Authenticate
@@ -126,9 +127,10 @@ class AnthropicEndpoints:
                 refuse=error_reply,
                 refused=refusal,
                 headers={"request-id": session_id},
+                native=NATIVE_KEYS,
             )
         try:
-            transcript = await collect(self.sessions, message, context, request.receive)
+            transcript = await collect(self.sessions, message, context, request.receive, native=NATIVE_KEYS)
         except REFUSED_BEFORE_START as exc:  # refused before it started (the principal's cap, the stop)
             exc.session_id = session_id
             return refusal(exc)

@@ -15,9 +15,11 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   the text: ``providers.base.tool_result_text``). In an ``assistant`` turn, ``text`` blocks → the
   content (joined as the answer's tokens are, without a separator) and ``tool_use`` blocks
   (``input`` object) → GTL tool calls.
-  ``thinking`` and ``redacted_thinking`` blocks are dropped (GTL replays a provider's reasoning
-  through its own ``provider_data``, which this format does not carry). Documents, server-tool and
+  ``thinking`` and ``redacted_thinking`` blocks → that turn's replay state (GTL's ``provider_data``,
+  ``compat.thinking``), which the deployment that signed them gets back. Documents, server-tool and
   other blocks are refused (400).
+* ``thinking`` (``enabled``, ``adaptive``, ``between_tools``) → GTL's ``reasoning``, checked as
+  Anthropic checks it (``compat.thinking``); the deployment's own budget is the one sent.
 * ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused, and
   so are the MCP connector's ``mcp_servers``, tools the provider would call itself),
   ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
@@ -37,7 +39,7 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   fall on keeps the longest-lived. One on a tool definition is accepted and ignored.
 * ``thread``, ``compaction`` and ``fallbacks`` (Anthropic's server-side state, summaries and fallback models)
   are refused (400) unless null: ignored, they would change what the answer is an answer to.
-* ``IGNORED`` (``top_k``, ``metadata``, ``thinking``, ``service_tier``, ``context_management``…) is
+* ``IGNORED`` (``top_k``, ``metadata``, ``service_tier``, ``context_management``…) is
   accepted and ignored: each tunes, labels or bills the call (Claude Code sends ``context_management``
   with every request), and none changes what the answer must be.
 * Any other field is refused (400) as Anthropic refuses it — "max_token: Extra inputs are not
@@ -58,6 +60,7 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.gateway.compat.thinking import reasoning_asked, replayed_state
 from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_PARTS, MAX_STOP_SEQUENCES, MAX_TOOLS
 from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TOKENS_LIMIT, CompletionRequest, Message, Tool, ToolCall
 from gtl_nb.providers.base import limited_to_one_call
@@ -81,6 +84,7 @@ MAPPED = frozenset(
         "output_config",
         "output_format",
         "cache_control",
+        "thinking",
     }
 )
 """The Messages fields that reach the GTL request."""
@@ -90,7 +94,6 @@ IGNORED = frozenset(
     {
         "top_k",
         "metadata",
-        "thinking",
         "service_tier",
         "inference_geo",
         "speed",
@@ -225,6 +228,7 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         tools=_tools(raw_tools),
         tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),
         response_format=_response_format(body),
+        reasoning=reasoning_asked(body, max_tokens),
     )
 
 
@@ -333,6 +337,7 @@ def _turn(raw: Any, where: str) -> list[Message]:
 def _assistant(blocks: list[tuple[str, dict[str, Any], str]]) -> Message:
     texts: list[str] = []
     calls: list[ToolCall] = []
+    thoughts: list[dict[str, Any]] = []
     for kind, block, where in blocks:
         if kind == "text":
             texts.append(_str(block, "text", f"{where}.text"))
@@ -345,11 +350,15 @@ def _assistant(blocks: list[tuple[str, dict[str, Any], str]]) -> Message:
                     arguments=msgspec.json.encode(tool_input).decode(),
                 )
             )
-        elif kind not in ("thinking", "redacted_thinking"):
+        elif kind in ("thinking", "redacted_thinking"):
+            thoughts.append(block)
+        else:
             raise FieldError(f"{where}.type", f"{kind!r} blocks are not supported in an assistant turn")
     text = "".join(texts)
     whole = longest([marked(block, where) for _, block, where in blocks])  # (every marker checked)
-    return Message(role="assistant", content=text or (None if calls else ""), tool_calls=calls, **as_fields(whole))
+    state = replayed_state(thoughts) if thoughts else None
+    content = text or (None if calls else "")
+    return Message(role="assistant", content=content, tool_calls=calls, provider_data=state, **as_fields(whole))
 
 
 def _user(blocks: list[tuple[str, dict[str, Any], str]]) -> list[Message]:

@@ -5,6 +5,9 @@
   ``done`` names it (the provider's own word: Anthropic answers ``claude-sonnet-4-5`` with
   ``claude-sonnet-4-5-20250929``, and so does this endpoint); a stream's ``message_start`` carries the
   model the request named, since it is written before the provider's ``done`` says which.
+* Reasoning (asked with ``thinking``) → ``thinking`` blocks first, signed as the provider signed them
+  (``compat.thinking``: a stream sends each block's ``signature_delta`` at the end, once the provider's
+  ``done`` has them, and any ``redacted_thinking`` blocks whole after them).
 * Text → a ``text`` block; each GTL tool call → a ``tool_use`` block (``input`` is the parsed
   arguments; arguments that are not a JSON object arrive as ``{"_unparsed_arguments": "<text>"}``, so
   nothing the model wrote is lost). In a stream: ``message_start``, then per block
@@ -31,7 +34,18 @@ from typing import Any
 
 import msgspec
 
-from gtl_nb.protocol.messages import Done, Error, ErrorCode, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
+from gtl_nb.gateway.compat.thinking import answered_blocks, redacted_blocks, signatures
+from gtl_nb.protocol.messages import (
+    Done,
+    Error,
+    ErrorCode,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
 from gtl_nb.protocol.session import Transcript
 
 __all__ = ["MessageEncoder", "message_object", "stop_reason", "tool_input", "usage_object"]
@@ -86,7 +100,7 @@ def message_object(transcript: Transcript, *, model: str) -> dict[str, Any]:
     named, answered when ``done`` names none that served."""
     done = transcript.done
     assert done is not None
-    content: list[dict[str, Any]] = []
+    content = answered_blocks(done.provider_data, transcript.reasoning_text)
     if transcript.text:
         content.append({"type": "text", "text": transcript.text})
     content += [_tool_block(call, tool_input(call)) for call in transcript.tool_calls]
@@ -114,7 +128,8 @@ class MessageEncoder:
         self.model = model
         self._error_object = error_object
         self._blocks = 0  # blocks started so far: the next block's index
-        self._text_open = False
+        self._open: str | None = None  # the type of the block still open: "text", "thinking" or none
+        self._thinking: list[int] = []  # the indexes of the thinking blocks sent, to sign at the end
         self._usage: Usage | None = None
 
     def open(self, first: StreamEvent) -> bytes:
@@ -134,9 +149,19 @@ class MessageEncoder:
         if isinstance(event, Token):
             if not event.text:
                 return b""
-            out = b"" if self._text_open else self._start({"type": "text", "text": ""})
-            self._text_open = True
+            out = b"" if self._open == "text" else self._close() + self._start({"type": "text", "text": ""})
+            self._open = "text"
             delta = {"type": "text_delta", "text": event.text}
+            return out + _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
+        if isinstance(event, Reasoning):
+            if not event.text:
+                return b""
+            out = b""
+            if self._open != "thinking":
+                out = self._close() + self._start({"type": "thinking", "thinking": "", "signature": ""})
+                self._open = "thinking"
+                self._thinking.append(self._blocks - 1)
+            delta = {"type": "thinking_delta", "thinking": event.text}
             return out + _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
         if isinstance(event, ToolCallEvent):
             call = event.function
@@ -150,11 +175,12 @@ class MessageEncoder:
         if isinstance(event, Done):
             matched = (event.stop_sequence or None) if event.finish_reason == "stop" else None
             delta = {"stop_reason": stop_reason(event), "stop_sequence": matched}
-            out = self._close() + _event("message_delta", {"delta": delta, "usage": usage_object(self._usage)})
+            out = self._close() + self._signed(event)
+            out += _event("message_delta", {"delta": delta, "usage": usage_object(self._usage)})
             return out + _event("message_stop", {})
         if isinstance(event, Error):
             return _event("error", {"error": self._error_object(event)})
-        return b""  # statuses and reasoning (never asked for) have no event here
+        return b""  # statuses have no event here
 
     def interrupt(self, message: str, code: ErrorCode = "PROVIDER_UNAVAILABLE") -> bytes:
         error = Error(session_id=self.session_id, code=code, message=message)
@@ -165,7 +191,18 @@ class MessageEncoder:
         return _event("content_block_start", {"index": self._blocks - 1, "content_block": block})
 
     def _close(self) -> bytes:
-        if not self._text_open:
+        if self._open is None:
             return b""
-        self._text_open = False
+        self._open = None
         return _event("content_block_stop", {"index": self._blocks - 1})
+
+    def _signed(self, done: Done) -> bytes:
+        """Each thinking block's signature, by position, and the redacted blocks, once ``done`` has them."""
+        out = b""
+        for index, signature in zip(self._thinking, signatures(done.provider_data), strict=False):  # (by position)
+            if signature:
+                delta = {"type": "signature_delta", "signature": signature}
+                out += _event("content_block_delta", {"index": index, "delta": delta})
+        for block in redacted_blocks(done.provider_data):
+            out += self._start(block) + _event("content_block_stop", {"index": self._blocks - 1})
+        return out

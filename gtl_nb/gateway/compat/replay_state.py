@@ -119,9 +119,10 @@ def _restored(message: Message) -> Message:
         own, found = unstamped(call.id)
         state = state or found
         calls.append(msgspec.structs.replace(call, id=own) if own != call.id else call)
-    if state is None or message.provider_data:  # (state the message carries itself wins)
+    if state is None:
         return msgspec.structs.replace(message, tool_calls=calls)
-    return msgspec.structs.replace(message, tool_calls=calls, provider_data=state)
+    # (what the message's own blocks carry — thinking, ``compat.thinking`` — wins for its keys)
+    return msgspec.structs.replace(message, tool_calls=calls, provider_data={**state, **(message.provider_data or {})})
 
 
 class ReplayStamps:
@@ -129,7 +130,8 @@ class ReplayStamps:
     their order, the first call's id stamped with the ``done``'s state (module docstring). An ``error``
     lets the held events go as they came; a ``failover`` drops them, as it voids everything before it."""
 
-    def __init__(self) -> None:
+    def __init__(self, native: frozenset[str] = frozenset()) -> None:
+        self.native = native  # provider_data keys the format carries itself (``compat.thinking``): not stamped
         self._held: list[StreamEvent] = []  # the first tool call, and every event after it
 
     def take(self, event: StreamEvent) -> list[StreamEvent]:
@@ -143,7 +145,10 @@ class ReplayStamps:
             first, *rest = self._held
             self._held = []
             assert isinstance(first, ToolCallEvent)
-            call = msgspec.structs.replace(first.function, id=stamped(first.function.id, event.provider_data))
+            state = event.provider_data
+            if state and self.native:
+                state = {key: value for key, value in state.items() if key not in self.native}
+            call = msgspec.structs.replace(first.function, id=stamped(first.function.id, state))
             return [msgspec.structs.replace(first, function=call), *rest, event]
         if isinstance(event, Error):
             held, self._held = self._held, []

@@ -95,16 +95,22 @@ class EventEncoder(Protocol):
 
 
 async def collect(
-    sessions: SessionRunner, request: CompletionRequest, context: RequestContext, receive: Callable[[], Awaitable[Any]]
+    sessions: SessionRunner,
+    request: CompletionRequest,
+    context: RequestContext,
+    receive: Callable[[], Awaitable[Any]],
+    *,
+    native: frozenset[str] = frozenset(),
 ) -> Transcript:
-    """Run one session to its end and return what it produced (the failover reset applied).
+    """Run one session to its end and return what it produced (the failover reset applied); ``native``:
+    the replay state the format carries itself, not stamped on a tool call's id (``replay_state``).
 
     A client that disconnects first cancels the session; so does a shutdown that cancels this task.
     """
     transcript = Transcript(session_id=request.session_id)
     deliver: Callable[[StreamEvent], None] = transcript.add
     if request.tools:
-        deliver = functools.partial(_stamped_into, ReplayStamps(), transcript)
+        deliver = functools.partial(_stamped_into, ReplayStamps(native), transcript)
     await collect_session(sessions, restored(request), context, deliver, receive)
     return transcript
 
@@ -127,10 +133,11 @@ class StreamedSession:
         refuse: Refuse,
         refused: Callable[[GTLError], Reply],
         headers: dict[str, str] | None = None,
+        native: frozenset[str] = frozenset(),
     ) -> None:
         self.sessions = sessions
         self.request = restored(request)
-        self.stamps = ReplayStamps() if request.tools else None
+        self.stamps = ReplayStamps(native) if request.tools else None
         self.context = context
         self.encoder = encoder
         self.refuse = refuse

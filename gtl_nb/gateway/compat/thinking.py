@@ -1,0 +1,133 @@
+"""Anthropic's extended thinking through ``/v1/messages``: the request's ``thinking``, the answer's thinking
+blocks, and the blocks a client sends back.
+
+* ``thinking`` ``{"type": "enabled", "budget_tokens": N}``, ``{"type": "adaptive"}`` or ``{"type":
+  "between_tools"}`` asks for GTL's ``reasoning``; ``{"type": "disabled"}`` (or none) does not
+  (``reasoning_asked``). ``budget_tokens`` is checked as Anthropic checks it (at least 1,024, below
+  ``max_tokens``); the budget sent is the deployment's (``thinking_budget_tokens``, docs/providers.md):
+  GTL's request carries whether to think, not how much.
+* The answer's thinking comes first, as Anthropic sends it (``answered_blocks``): the provider's own
+  blocks when it has them — Anthropic's ``thinking`` / ``redacted_thinking`` blocks, Bedrock's reasoning
+  blocks, each with its ``signature`` — else the reasoning text as one ``thinking`` block with an empty
+  signature (Gemini's thoughts: a summary, with nothing to sign). A stream sends the thinking as it
+  comes and each block's signature at the end, once the provider's ``done`` has given them
+  (``signatures``; Anthropic sends a block's signature before it stops: the SDK's accumulator takes it
+  by the block's index either way), then any redacted blocks whole.
+* A ``thinking`` or ``redacted_thinking`` block in an assistant turn is the replay state of that turn
+  (``replayed_state``): GTL's ``provider_data`` for Anthropic (the blocks as they came) and for Bedrock
+  (the same, in Converse's shape), so the deployment that signed them gets them back first in that
+  turn, as a tool loop with thinking requires. A block without a signature (another provider's
+  thoughts) has nothing to replay and is dropped.
+
+These two providers' states travel in the blocks (``NATIVE_KEYS``): they are not also stamped on a tool
+call's id (``replay_state``), where the thinking text would ride twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from gtl_nb.gateway.compat import fields
+from gtl_nb.gateway.compat.fields import FieldError
+
+__all__ = ["NATIVE_KEYS", "answered_blocks", "reasoning_asked", "redacted_blocks", "replayed_state", "signatures"]
+
+ANTHROPIC = "anthropic"  # the Anthropic dialect's provider_data key (``providers.anthropic``)
+BEDROCK = "bedrock_reasoning"  # the Bedrock dialect's (``providers.bedrock``)
+NATIVE_KEYS = frozenset({ANTHROPIC, BEDROCK})
+"""The ``provider_data`` keys this format carries in its own thinking blocks."""
+
+MIN_BUDGET = 1024
+"""The least ``budget_tokens`` Anthropic takes."""
+_CONFIG_KEYS = {
+    "enabled": frozenset({"type", "budget_tokens", "display"}),
+    "adaptive": frozenset({"type", "display"}),
+    "between_tools": frozenset({"type"}),
+    "disabled": frozenset({"type"}),
+}
+_DISPLAYS = ("summarized", "omitted")
+
+
+def reasoning_asked(body: Mapping[str, Any], max_tokens: int) -> bool:
+    """Whether the request's ``thinking`` asks the model to think; ``FieldError`` for one Anthropic refuses."""
+    config = fields.obj(body, "thinking", "thinking")
+    if config is None:
+        return False
+    kind = fields.text(config, "type", "thinking.type", required=True)
+    if kind not in _CONFIG_KEYS:
+        allowed = ", ".join(repr(name) for name in _CONFIG_KEYS)
+        raise FieldError("thinking.type", f"Input should be {allowed}")
+    extra = fields.unknown_key(config, _CONFIG_KEYS[kind])
+    if extra is not None:
+        raise FieldError(f"thinking.{extra[0]}", "Extra inputs are not permitted")
+    display = config.get("display")
+    if display is not None and display not in _DISPLAYS:
+        raise FieldError("thinking.display", "Input should be 'summarized' or 'omitted'")
+    if kind == "enabled":
+        budget = fields.integer(config, "budget_tokens", "thinking.budget_tokens", required=True)
+        assert budget is not None
+        if budget < MIN_BUDGET:
+            raise FieldError("thinking.budget_tokens", f"Input should be greater than or equal to {MIN_BUDGET}")
+        if budget >= max_tokens:
+            raise FieldError("max_tokens", "`max_tokens` must be greater than `thinking.budget_tokens`")
+    return kind != "disabled"
+
+
+def replayed_state(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``provider_data`` of an assistant turn's thinking blocks (module docstring), or ``None``."""
+    anthropic: list[dict[str, Any]] = []
+    bedrock: list[dict[str, Any]] = []
+    for block in blocks:
+        if block.get("type") == "thinking":
+            text, signature = block.get("thinking"), block.get("signature")
+            if isinstance(text, str) and isinstance(signature, str) and signature:
+                anthropic.append({"type": "thinking", "thinking": text, "signature": signature})
+                bedrock.append({"reasoningText": {"text": text, "signature": signature}})
+        elif block.get("type") == "redacted_thinking":
+            data = block.get("data")
+            if isinstance(data, str) and data:
+                anthropic.append({"type": "redacted_thinking", "data": data})
+                bedrock.append({"redactedContent": data})
+    if not anthropic:
+        return None
+    return {ANTHROPIC: {"content": anthropic}, BEDROCK: bedrock}
+
+
+def _provider_blocks(provider_data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The provider's own thinking blocks, in this format's shape (Anthropic's, or Bedrock's converted)."""
+    state = provider_data or {}
+    anthropic = state.get(ANTHROPIC)
+    if isinstance(anthropic, dict) and isinstance(anthropic.get("content"), list):
+        return [block for block in anthropic["content"] if isinstance(block, dict)]
+    blocks: list[dict[str, Any]] = []
+    for item in state.get(BEDROCK) or []:
+        if not isinstance(item, dict):
+            continue
+        reasoning = item.get("reasoningText")
+        if isinstance(reasoning, dict):
+            text, signature = reasoning.get("text") or "", reasoning.get("signature") or ""
+            blocks.append({"type": "thinking", "thinking": text, "signature": signature})
+        elif isinstance(item.get("redactedContent"), str):
+            blocks.append({"type": "redacted_thinking", "data": item["redactedContent"]})
+    return blocks
+
+
+def answered_blocks(provider_data: Mapping[str, Any] | None, reasoning_text: str) -> list[dict[str, Any]]:
+    """The thinking blocks a whole answer starts with (module docstring)."""
+    blocks = _provider_blocks(provider_data)
+    if blocks:
+        return blocks
+    return [{"type": "thinking", "thinking": reasoning_text, "signature": ""}] if reasoning_text else []
+
+
+def signatures(provider_data: Mapping[str, Any] | None) -> list[str]:
+    """The signatures of the provider's ``thinking`` blocks, in order (a stream's blocks take them by
+    position at the end)."""
+    blocks = _provider_blocks(provider_data)
+    return [str(block.get("signature") or "") for block in blocks if block.get("type") == "thinking"]
+
+
+def redacted_blocks(provider_data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The provider's ``redacted_thinking`` blocks (no text arrived for them while the answer streamed)."""
+    return [block for block in _provider_blocks(provider_data) if block.get("type") == "redacted_thinking"]
