@@ -259,11 +259,29 @@ def _tool_input(call: ToolCall) -> dict[str, Any]:
         raise InvalidRequestError(f"tool call {call.id!r}: arguments are not a JSON object") from exc
 
 
+def replayed_thinking(provider_data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The thinking blocks ``provider_data`` holds for replay, rebuilt from their fields: only ``thinking``
+    (text and signature) and ``redacted_thinking`` (data) blocks of strings — ``provider_data`` may come
+    from a client, and nothing else it holds (a document, a server tool's block) is sent on its say-so."""
+    replay = (provider_data or {}).get("anthropic")
+    content = replay.get("content") if isinstance(replay, Mapping) else None
+    blocks: list[dict[str, Any]] = []
+    for block in content if isinstance(content, list) else ():
+        if not isinstance(block, Mapping):
+            continue
+        if block.get("type") == "thinking":
+            text, signature = block.get("thinking"), block.get("signature")
+            if isinstance(text, str) and isinstance(signature, str):
+                blocks.append({"type": "thinking", "thinking": text, "signature": signature})
+        elif block.get("type") == "redacted_thinking" and isinstance(block.get("data"), str):
+            blocks.append({"type": "redacted_thinking", "data": block["data"]})
+    return blocks
+
+
 def _blocks(message: Message) -> list[dict[str, Any]]:
     """The content blocks of one non-system message."""
     if message.role == "assistant":
-        replay = (message.provider_data or {}).get("anthropic") or {}
-        blocks = [dict(block) for block in replay.get("content") or []]
+        blocks = replayed_thinking(message.provider_data)
         if message.content:
             blocks.append({"type": "text", "text": message.content})
         for call in message.tool_calls:

@@ -238,8 +238,20 @@ def _tool_input(call: ToolCall) -> dict[str, Any]:
 
 
 def _reasoning_blocks(message: Message) -> list[dict[str, Any]]:
-    blocks = (message.provider_data or {}).get(PROVIDER_DATA_KEY) or []
-    return [{"reasoningContent": block} for block in blocks if isinstance(block, dict)]
+    """The reasoning blocks to replay, rebuilt from their fields (``provider_data`` may come from a
+    client: only reasoning text with its signature, and redacted content, are sent on its say-so)."""
+    blocks = (message.provider_data or {}).get(PROVIDER_DATA_KEY)
+    replayed: list[dict[str, Any]] = []
+    for block in blocks if isinstance(blocks, list) else ():
+        reasoning = block.get("reasoningText") if isinstance(block, dict) else None
+        if isinstance(reasoning, dict) and isinstance(reasoning.get("text"), str):
+            text = {"text": reasoning["text"]}
+            if isinstance(reasoning.get("signature"), str):
+                text["signature"] = reasoning["signature"]
+            replayed.append({"reasoningContent": {"reasoningText": text}})
+        elif isinstance(block, dict) and isinstance(block.get("redactedContent"), str):
+            replayed.append({"reasoningContent": {"redactedContent": block["redactedContent"]}})
+    return replayed
 
 
 def _supports_tool_status(model: str) -> bool:

@@ -145,7 +145,7 @@ _FILTER_REASONS = frozenset(
 _CONTEXT_PHRASE = "input token count"
 SKIP_SIGNATURE = "skip_thought_signature_validator"
 """Google's stand-in for a function call's lost ``thoughtSignature``, which Gemini 3 checks (module docstring)."""
-_MAJOR_VERSION = re.compile(r"(?:models/)?gemini-(\d{1,3})")
+_MAJOR_VERSION = re.compile(r"gemini-(\d{1,3})")
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)s")
 _ID_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -226,11 +226,13 @@ def _function_args(call: ToolCall) -> dict[str, Any]:
 
 
 def _apply_signatures(parts: list[dict[str, Any]], provider_data: dict[str, Any] | None) -> None:
-    """Put replayed ``thoughtSignature`` values back on the parts they came on."""
-    stubs = ((provider_data or {}).get("gemini") or {}).get("parts") or []
-    for stub in stubs:
+    """Put replayed ``thoughtSignature`` values back on the parts they came on (a stub of another shape —
+    ``provider_data`` may come from a client — is passed over)."""
+    gemini = (provider_data or {}).get("gemini")
+    stubs = gemini.get("parts") if isinstance(gemini, dict) else None
+    for stub in stubs if isinstance(stubs, list) else ():
         signature = stub.get("thoughtSignature") if isinstance(stub, dict) else None
-        if not signature or stub.get("thought"):
+        if not isinstance(signature, str) or not signature or stub.get("thought"):
             continue
         if isinstance(stub.get("functionCall"), dict):
             wanted = stub["functionCall"]
@@ -240,7 +242,7 @@ def _apply_signatures(parts: list[dict[str, Any]], provider_data: dict[str, Any]
             target = (by_id or by_name or [None])[0]
             if target is not None:
                 target["thoughtSignature"] = signature
-        elif "text" in stub:
+        elif isinstance(stub.get("text"), str):
             target = None
             if stub["text"]:
                 target = next((p for p in parts if "text" in p and "thoughtSignature" not in p), None)
@@ -251,9 +253,14 @@ def _apply_signatures(parts: list[dict[str, Any]], provider_data: dict[str, Any]
 
 
 def checks_signatures(model: str) -> bool:
-    """Whether ``model`` (by its name) is Gemini 3 or later, which refuses function calls replayed unsigned."""
-    found = _MAJOR_VERSION.match(model)
-    return found is not None and int(found.group(1)) >= 3
+    """Whether ``model`` (by its name: the last segment of a resource path, any letter case) is Gemini 3 or
+    later, which refuses function calls replayed unsigned — or a ``-latest`` alias, which Google moves to
+    its newest models (the stand-in is harmless where it is not checked)."""
+    name = model.rpartition("/")[2].lower()
+    found = _MAJOR_VERSION.match(name)
+    if found is None:
+        return name.startswith("gemini-") and name.endswith("-latest")
+    return int(found.group(1)) >= 3
 
 
 def _parts(message: Message, names: Mapping[str, str], *, signed_calls: bool = False) -> list[dict[str, Any]]:

@@ -237,7 +237,7 @@ def test_none_in_any_form_keeps_the_tools_from_apis_without_a_tool_choice(provid
 
 def test_parallel_false_with_none_stays_none_from_the_client_and_the_compatible_endpoints():
     from gtl_nb.gateway.compat.anthropic_request import _tool_choice as anthropic_choice
-    from gtl_nb.gateway.compat.openai_request import _tool_choice as openai_choice
+    from gtl_nb.gateway.compat.openai_request import tool_choice as openai_choice
 
     client = gtl_nb.connect(config={"ledger": {"enabled": False}}, environ={})
     try:

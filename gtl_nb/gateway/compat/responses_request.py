@@ -11,9 +11,10 @@ function tools, an ``allowed_tools`` choice and a structured-output format are C
   ``output_text`` / ``refusal`` parts: a previous answer's ``output`` replayed as is);
   ``function_call`` items (``call_id``, ``name``, ``arguments``) → GTL tool calls, joined to the
   assistant message before them; ``function_call_output`` items (``call_id``, ``output``: a string,
-  or ``input_text`` / ``input_image`` parts) → tool results. ``reasoning`` items are dropped (an encrypted
-  reasoning trace only OpenAI can read, and the gateway never answers with one). ``input_file`` and ``input_audio`` parts, an image by
-  ``file_id``, ``item_reference`` and the items of built-in tools are refused (400, naming the path).
+  or ``input_text`` / ``input_image`` parts) → tool results. ``reasoning`` items are dropped (an
+  encrypted reasoning trace only OpenAI can read, and the gateway never answers with one). ``input_file``
+  and ``input_audio`` parts, an image by ``file_id``, ``item_reference`` and the items of built-in
+  tools are refused (400, naming the path).
 * ``tools``: function tools in the Responses API's flat shape (``name``, ``description``,
   ``parameters``, ``strict``); a built-in tool (``web_search``, ``file_search``, ``mcp``…) is refused
   naming its type: OpenAI's servers would run it, and a request the gateway routes reaches none of
