@@ -916,7 +916,7 @@ class _Gate:
         await self.app(scope, receive, send)
 
 
-_COMPLETION_PATHS = frozenset({PATHS["http"], PATHS["sse"], "/v1/chat/completions", "/v1/messages"})
+_COMPLETION_PATHS = frozenset({PATHS["http"], PATHS["sse"], "/v1/chat/completions", "/v1/responses", "/v1/messages"})
 """Where a completion request is posted: once the stop began it is still read — its token checked, its
 body parsed — so that its refusal (``_Sessions.start``) leaves its ledger row and audit record."""
 

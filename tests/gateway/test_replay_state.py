@@ -22,7 +22,15 @@ import openai
 import pytest
 
 from gtl_nb import sim
-from gtl_nb.gateway.compat.replay_state import MARK, MAX_STATE_BYTES, ReplayStamps, restored, stamped, unstamped
+from gtl_nb.gateway.compat.replay_state import (
+    MARK,
+    MAX_REQUEST_STATE_BYTES,
+    MAX_STATE_BYTES,
+    ReplayStamps,
+    restored,
+    stamped,
+    unstamped,
+)
 from gtl_nb.protocol.messages import (
     CompletionRequest,
     Done,
@@ -110,6 +118,28 @@ def test_restored_takes_every_suffix_off_and_puts_the_state_on_its_message():
     assert [m.tool_call_id for m in back.messages[2:]] == ["call_1", "call_2"]
     plain = msgspec.structs.replace(request, messages=request.messages[:1])
     assert restored(plain) is plain  # nothing to restore: the very request
+
+
+def test_a_request_decodes_a_bounded_amount_of_state_from_its_last_turn_back():
+    """Many ids, each inflating to nearly the most one may: only the last turns' are read, the first call
+    of each (the one stamped); every id loses its suffix all the same."""
+    big = {"gemini": {"pad": "0" * (MAX_STATE_BYTES - 100)}}
+    messages = [Message(role="user", content="q")]
+    for turn in range(40):
+        calls = [
+            ToolCall(id=stamped(f"c{turn}", {**big, "turn": turn}), name="f"),
+            ToolCall(id=stamped("d", STATE), name="g"),
+        ]
+        messages += [
+            Message(role="assistant", tool_calls=calls),
+            Message(role="tool", tool_call_id=calls[0].id, content="r"),
+        ]
+    back = restored(CompletionRequest(session_id="s", model="m", messages=messages))
+    turns = [m.provider_data["turn"] for m in back.messages if m.role == "assistant" and m.provider_data]
+    read = MAX_REQUEST_STATE_BYTES // MAX_STATE_BYTES
+    assert turns == list(range(40 - len(turns), 40)) and read - 1 <= len(turns) <= read + 1
+    assert all(MARK not in call.id for m in back.messages for call in m.tool_calls)
+    assert all(MARK not in (m.tool_call_id or "") for m in back.messages)
 
 
 def test_a_stream_is_held_from_its_first_call_to_its_done_then_stamped_in_order():

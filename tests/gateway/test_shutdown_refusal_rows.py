@@ -94,6 +94,8 @@ HTTP_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("/v1/gtl/sse", "bearer", _gtl_body("late-sse", stream=True)),
     ("/v1/chat/completions", "bearer", {**CHAT, "stream": False}),
     ("/v1/chat/completions", "bearer", {**CHAT, "stream": True}),
+    ("/v1/responses", "bearer", {"model": "echo", "input": "too late", "stream": False}),
+    ("/v1/responses", "bearer", {"model": "echo", "input": "too late", "stream": True}),
     ("/v1/messages", "x-api-key", {**CHAT, "max_tokens": 10, "stream": False}),
     ("/v1/messages", "x-api-key", {**CHAT, "max_tokens": 10, "stream": True}),
 ]
@@ -133,7 +135,7 @@ def _http_refusals(gateway: LocalGateway, sockets: list[socket.socket], ca: Path
             assert (answer["code"], answer["retryable"]) == ("PROVIDER_UNAVAILABLE", True), answer
             assert answer["session_id"] == body["session_id"], answer
             ids.append(answer["session_id"])
-        elif path == "/v1/chat/completions":
+        elif path in ("/v1/chat/completions", "/v1/responses"):
             assert answer["error"]["type"] == "server_error" and "shutting down" in answer["error"]["message"], answer
             ids.append(headers["x-request-id"])
         else:
@@ -193,7 +195,7 @@ def test_requests_refused_during_the_drain_leave_one_row_and_one_audit_record(
     rows = Ledger(ledger).rows()
     assert not [row for row in rows if row["status"] == "started"], rows
     by_id = Counter(row["session_id"] for row in rows)
-    assert len(refused) == len(set(refused)) == 7 + 9 and all(by_id[sid] == 1 for sid in refused), (refused, by_id)
+    assert len(refused) == len(set(refused)) == 9 + 9 and all(by_id[sid] == 1 for sid in refused), (refused, by_id)
     late = [row for row in rows if row["session_id"] in refused]
     for row in late:
         assert (row["status"], row["error_code"], row["user"], row["model"]) == (

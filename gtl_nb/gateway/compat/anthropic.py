@@ -21,6 +21,7 @@ from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.anthropic_request import messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
+from gtl_nb.gateway.compat.replay_state import restored
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.compat.thinking import NATIVE_KEYS
@@ -29,7 +30,7 @@ from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
-from gtl_nb.protocol.messages import Error
+from gtl_nb.protocol.messages import CompletionRequest, Error
 
 __all__ = ["ERRORS", "AnthropicEndpoints", "error_object", "error_reply"]
 
@@ -96,6 +97,11 @@ def refusal(exc: GTLError) -> Reply:
     return error_reply(exc.to_event())
 
 
+def _read(body: dict[str, Any], session_id: str) -> CompletionRequest:
+    """The GTL request of a Messages body, the replay state on its tool call ids restored (``replay_state``)."""
+    return restored(messages_request(body, session_id))
+
+
 class AnthropicEndpoints:
     """The Anthropic-compatible handlers of one listener."""
 
@@ -114,7 +120,7 @@ class AnthropicEndpoints:
         except GTLError as exc:
             return refusal(exc)
         try:
-            message = await converted(size, messages_request, body, session_id)  # (a large body: in a thread)
+            message = await converted(size, _read, body, session_id)  # (a large body: in a thread)
         except GTLError as exc:  # a completion request refused for what it asks: its ledger row, then the 400
             return refusal(await intake.record_refused(self.sessions, body, session_id, context, exc))
         if message.stream:

@@ -36,6 +36,7 @@ from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.openai_request import chat_request
 from gtl_nb.gateway.compat.openai_response import ChunkEncoder, completion_object
+from gtl_nb.gateway.compat.replay_state import restored
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.responses_request import responses_request
 from gtl_nb.gateway.compat.responses_response import ResponseEventEncoder, response_object
@@ -174,7 +175,7 @@ def _chat(body: dict[str, Any], session_id: str) -> _Asked:
     chat = chat_request(body, session_id)
     model, include_usage = chat.request.model, chat.include_usage
     return _Asked(
-        chat.request,
+        restored(chat.request),
         encoder=lambda created: ChunkEncoder(
             session_id, model=model, created=created, include_usage=include_usage, error_body=error_body
         ),
@@ -191,7 +192,7 @@ def _responses(body: dict[str, Any], session_id: str) -> _Asked:
     asked = responses_request(body, session_id)
     model, settings = asked.request.model, asked.settings
     return _Asked(
-        asked.request,
+        restored(asked.request),
         encoder=lambda created: ResponseEventEncoder(
             session_id, model=model, created=created, settings=settings, error_fields=error_fields
         ),

@@ -49,7 +49,7 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.protocol.session import is_failover
 from gtl_nb.providers.limits import parse_json
 
-__all__ = ["MARK", "MAX_STATE_BYTES", "ReplayStamps", "restored", "stamped", "unstamped"]
+__all__ = ["MARK", "MAX_REQUEST_STATE_BYTES", "MAX_STATE_BYTES", "ReplayStamps", "restored", "stamped", "unstamped"]
 
 log = get_logger("gateway.compat")
 
@@ -60,6 +60,11 @@ stays one Anthropic's pattern accepts)."""
 MAX_STATE_BYTES = 64 * 1024
 """The most JSON of replay state carried on an id (a Gemini signature is a few KB; thinking text can be
 more): a larger state is not carried, and a suffix inflating past it is not read."""
+
+MAX_REQUEST_STATE_BYTES = 1024 * 1024
+"""The most replay state one request's ids may inflate to, read from its last turn back (the turns a
+provider checks): the ids of earlier turns beyond it lose their suffix unread, so a request of many
+ids costs at most this much decoding, whatever it holds."""
 
 
 def stamped(call_id: str, provider_data: dict[str, Any] | None) -> str:
@@ -77,30 +82,42 @@ def stamped(call_id: str, provider_data: dict[str, Any] | None) -> str:
 
 def unstamped(call_id: str) -> tuple[str, dict[str, Any] | None]:
     """``call_id`` without its suffix, and the state the suffix held (``None``: none, or none that decodes)."""
+    own, state, _ = _unstamped(call_id)
+    return own, state
+
+
+def _unstamped(call_id: str) -> tuple[str, dict[str, Any] | None, int]:
+    """``unstamped``, and how many bytes its suffix inflated to (what reading it cost)."""
     own, mark, packed = call_id.partition(MARK)
     if not mark:
-        return call_id, None
+        return call_id, None, 0
+    inflated = b""
     try:
         compressed = base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))
         inflater = zlib.decompressobj()
-        state = inflater.decompress(compressed, MAX_STATE_BYTES)
+        inflated = inflater.decompress(compressed, MAX_STATE_BYTES)
         if inflater.unconsumed_tail or not inflater.eof:
             raise ValueError("larger than the gateway carries, or cut short")
-        value = parse_json(state, "a tool call's replay state", limit=MAX_STATE_BYTES)
+        value = parse_json(inflated, "a tool call's replay state", limit=MAX_STATE_BYTES)
         if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
             raise ValueError("not an object")
     except (ValueError, binascii.Error, zlib.error) as exc:  # (the parser's own errors are ValueErrors)
-        log.info("tool call %r: its replay state does not decode (%s); the call is replayed without it", own, exc)
-        return own, None
-    return own, value
+        log.info("tool call %r: its replay state does not decode (%s); the call is replayed without it", own[:64], exc)
+        return own, None, len(inflated) + len(packed)
+    return own, value, len(inflated) + len(packed)
 
 
 def restored(request: CompletionRequest) -> CompletionRequest:
     """``request`` with every id's suffix taken off and each assistant message's state put back on it
-    (the request itself when no id has one: the common case costs a scan of the ids)."""
+    (the request itself when no id has one: the common case costs a scan of the ids).
+
+    Only an assistant message's first marked call is decoded (the one ``ReplayStamps`` stamps), from the
+    last message back, until ``MAX_REQUEST_STATE_BYTES`` have been inflated; other suffixes are only cut."""
     if not any(_marked(message) for message in request.messages):
         return request
-    messages = [_restored(message) if _marked(message) else message for message in request.messages]
+    budget = [MAX_REQUEST_STATE_BYTES]
+    messages = [_restored(message, budget) if _marked(message) else message for message in reversed(request.messages)]
+    messages.reverse()
     return msgspec.structs.replace(request, messages=messages)
 
 
@@ -110,15 +127,25 @@ def _marked(message: Message) -> bool:
     return any(MARK in call.id for call in message.tool_calls)
 
 
-def _restored(message: Message) -> Message:
+def _restored(message: Message, budget: list[int]) -> Message:
+    """``message`` with its ids' suffixes cut and its state decoded while ``budget`` (bytes, shared by
+    the request's messages) lasts."""
     if message.tool_call_id is not None:
-        return msgspec.structs.replace(message, tool_call_id=unstamped(message.tool_call_id)[0])
+        return msgspec.structs.replace(message, tool_call_id=message.tool_call_id.partition(MARK)[0])
     calls: list[ToolCall] = []
     state: dict[str, Any] | None = None
+    decoded = False
     for call in message.tool_calls:
-        own, found = unstamped(call.id)
-        state = state or found
-        calls.append(msgspec.structs.replace(call, id=own) if own != call.id else call)
+        if MARK not in call.id:
+            calls.append(call)
+            continue
+        if decoded or budget[0] <= 0:
+            own = call.id.partition(MARK)[0]
+        else:
+            decoded = True
+            own, state, cost = _unstamped(call.id)
+            budget[0] -= cost
+        calls.append(msgspec.structs.replace(call, id=own))
     if state is None:
         return msgspec.structs.replace(message, tool_calls=calls)
     # (what the message's own blocks carry — thinking, ``compat.thinking`` — wins for its keys)

@@ -56,6 +56,7 @@ from gtl_nb.gateway.compat.openai_request import (
     tool_choice,
     unknown_field,
 )
+from gtl_nb.protocol.codec import json_kind
 from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_TOOL_CALLS, MAX_TOOLS
 from gtl_nb.protocol.messages import (
     MAX_TEMPERATURE,
@@ -256,6 +257,8 @@ def _refuse(body: dict[str, Any]) -> None:
                     "(reasoning.effort is accepted: a deployment's own reasoning_effort option sets the effort)",
                 )
     for index, value in enumerate(fields.items(body, "include", "include") or []):
+        if not isinstance(value, str):  # (and a list or an object is no key to look up)
+            raise FieldError(f"include[{index}]", f"expected a string, not {json_kind(value)}")
         if value in _NOT_INCLUDABLE:
             raise FieldError(f"include[{index}]", f"{value!r} cannot be included: {_NOT_INCLUDABLE[value]}")
         if value not in _INCLUDABLE:
@@ -420,6 +423,9 @@ def _tool_choice(raw: Any, tools: list[Tool] | None, parallel: bool | None) -> t
     if kind == "function":
         only(raw, frozenset({"type", "name"}), "tool_choice")
         name = fields.text(raw, "name", "tool_choice.name", required=True)
+        declared = [tool.name for tool in tools or []]
+        if name not in declared:  # (said here in this API's shape: the engine would quote chat's)
+            raise FieldError("tool_choice.name", f"{name!r} is none of the tools declared: {declared}")
         return tools, tool_choice({"type": "function", "function": {"name": name}}, parallel)
     if kind == "allowed_tools":
         only(raw, frozenset({"type", "mode", "tools"}), "tool_choice")
@@ -446,7 +452,7 @@ def _text(raw: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any] | 
     if given is None:
         return {"format": {"type": "text"}, **raw}, None
     kind = given.get("type")
-    if kind not in _FORMAT_KEYS:
+    if not isinstance(kind, str) or kind not in _FORMAT_KEYS:
         raise FieldError("text.format.type", 'expected "text", "json_schema" or "json_object"')
     only(given, _FORMAT_KEYS[kind], "text.format")
     if kind != "json_schema":

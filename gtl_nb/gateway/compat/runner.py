@@ -16,8 +16,9 @@ that moved it on (``failover_code``: an overload is the format's overload, as it
 failover), and the session is cancelled, so the ledger does not record an answer the client never got.
 
 **Replay state.** A provider's state for the next turn (Gemini 3's signatures, thinking blocks) rides on
-the first tool call's id (``replay_state``): both ways of running take it off the request's ids and
-put it on the answer's, for a request that offers tools (no tool call can come otherwise).
+the first tool call's id (``replay_state``): both ways of running put it on the answer's ids, for a
+request that offers tools (no tool call can come otherwise). The endpoints took it off the request's
+ids when they read the body (``restored``: in the worker thread that reads a large one).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast, get_args
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.gateway.compat.replay_state import ReplayStamps, restored
+from gtl_nb.gateway.compat.replay_state import ReplayStamps
 from gtl_nb.gateway.compat.reply import Reply, retried_already
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START
 from gtl_nb.gateway.streaming import EventOutbox, Running, SessionRunner, collect_session, stream_session
@@ -111,7 +112,7 @@ async def collect(
     deliver: Callable[[StreamEvent], None] = transcript.add
     if request.tools:
         deliver = functools.partial(_stamped_into, ReplayStamps(native), transcript)
-    await collect_session(sessions, restored(request), context, deliver, receive)
+    await collect_session(sessions, request, context, deliver, receive)
     return transcript
 
 
@@ -136,7 +137,7 @@ class StreamedSession:
         native: frozenset[str] = frozenset(),
     ) -> None:
         self.sessions = sessions
-        self.request = restored(request)
+        self.request = request
         self.stamps = ReplayStamps(native) if request.tools else None
         self.context = context
         self.encoder = encoder
