@@ -291,7 +291,7 @@ REFUSED = [
         "no uploaded files",
     ),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type", "stores no responses"),
-    ({"reasoning": {"effort": "low", "summary": "auto"}}, "reasoning.summary", "no reasoning items"),
+    ({"reasoning": {"effort": "low", "summary": "brief"}}, "reasoning.summary", "expected one of"),
     ({"include": ["reasoning.encrypted_content"]}, "include[0]", "no reasoning items"),
     ({"include": ["message.output_text.logprobs"]}, "include[0]", "log probabilities"),
     ({"include": [{}]}, "include[0]", "expected a string, not an object"),
@@ -556,3 +556,29 @@ def test_an_answers_text_and_its_calls_go_back_as_one_assistant_turn(oai, backen
     assert blocks[2]["input"] == {"city": "Bergen"}
     results = [block for block in sent_messages[2]["content"] if block["type"] == "tool_result"]
     assert [result["tool_use_id"] for result in results] == ["call_1", "call_2"] and answer.output_text
+
+
+@pytest.mark.parametrize("provider", ["anthropic", "gemini"])
+def test_a_reasoning_summary_asked_is_the_providers_reasoning(provider, base_url, oai, backends):
+    """``reasoning.summary`` asks the deployment for its reasoning: Claude's thinking, Gemini's thoughts
+    come back as one reasoning item before the message, whole and streamed (strictly the SDK's types)."""
+    asked = {"model": target(provider), "input": QUESTION, "reasoning": {"summary": "auto"}, "max_output_tokens": 3000}
+    whole = Response.model_validate(oai.responses.with_raw_response.create(**asked).http_response.json())
+    assert [item.type for item in whole.output] == ["reasoning", "message"]
+    assert whole.output[0].summary[0].text and whole.reasoning.summary == "auto"
+    with oai.responses.stream(**asked) as events:
+        kinds = [event.type for event in events]
+        final = events.get_final_response()
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].summary[0].text == whole.output[0].summary[0].text  # the simulators answer alike
+    assert kinds.index("response.reasoning_summary_text.delta") < kinds.index("response.output_text.delta")
+    answer = httpx.post(f"{base_url}/v1/responses", json={**asked, "stream": True}, timeout=30)
+    events = [STREAM_EVENT.validate_python(data) for _, data in frames_of(answer.text)]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    plain = oai.responses.create(model=target(provider), input=QUESTION, max_output_tokens=300)
+    assert [item.type for item in plain.output] == ["message"]  # not asked: none
+
+
+def test_a_deployment_without_reasoning_text_answers_no_reasoning_item(oai):
+    answer = oai.responses.create(model=target("openai"), input=QUESTION, reasoning={"summary": "auto"})
+    assert [item.type for item in answer.output] == ["message"] and answer.output_text

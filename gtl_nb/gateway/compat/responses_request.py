@@ -26,9 +26,12 @@ function tools, an ``allowed_tools`` choice and a structured-output format are C
 * Refused rather than ignored (400, ``param`` naming it), since ignoring them would change the
   answer: ``previous_response_id`` and ``conversation`` (the gateway stores no responses: send the
   earlier items in ``input``), ``background: true``, ``prompt`` (a stored template), ``truncation:
-  "auto"`` (the gateway drops no items to fit), ``reasoning.summary`` (no reasoning items are
-  answered), ``include`` of ``reasoning.encrypted_content`` or ``message.output_text.logprobs``,
-  ``top_logprobs`` above 0, ``moderation``.
+  "auto"`` (the gateway drops no items to fit), ``include`` of ``reasoning.encrypted_content`` or
+  ``message.output_text.logprobs``, ``top_logprobs`` above 0, ``moderation``.
+* ``reasoning.summary`` (``auto``, ``concise``, ``detailed``) → GTL's ``reasoning``: a deployment that
+  returns its reasoning (Claude's thinking, Gemini's thoughts) is answered with a ``reasoning`` item
+  whose summary is that text (``responses_response``); one that returns none (OpenAI's chat API), with
+  none, as OpenAI answers a model without summaries.
 * ``IGNORED`` (``metadata``, ``user``, ``safety_identifier``, ``store``, ``reasoning.effort``,
   ``text.verbosity``, ``service_tier``, the prompt-cache fields…) is accepted, and echoed where the
   answer has a place for it; ``store`` is answered ``false`` — nothing is stored.
@@ -96,7 +99,7 @@ REFUSED = frozenset(
         "include",
         "top_logprobs",
         "moderation",
-        "reasoning",  # its summary only: its effort is ignored, as chat's reasoning_effort
+        "reasoning",  # its keys checked; its effort is ignored, as chat's reasoning_effort
     }
 )
 """The fields refused when they ask what the gateway cannot give; their neutral values are accepted."""
@@ -205,6 +208,7 @@ def responses_request(body: dict[str, Any], session_id: str) -> ResponsesRequest
         tools=narrowed_tools,
         tool_choice=choice,
         response_format=format_asked,
+        reasoning=_summary(fields.obj(body, "reasoning", "reasoning")) is not None,
     )
     reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
     settings = {
@@ -222,10 +226,26 @@ def responses_request(body: dict[str, Any], session_id: str) -> ResponsesRequest
         "store": False,  # whatever was asked: the gateway stores nothing (a retrieve is a 404 saying so)
         "background": False,
         "previous_response_id": None,
-        "reasoning": {"effort": reasoning.get("effort"), "summary": None},
+        "reasoning": {"effort": reasoning.get("effort"), "summary": _summary(reasoning)},
         "truncation": "disabled",
     }
     return ResponsesRequest(request, settings)
+
+
+_SUMMARIES = ("auto", "concise", "detailed")
+
+
+def _summary(reasoning: dict[str, Any] | None) -> str | None:
+    """The reasoning summary asked (``summary``, or the older ``generate_summary``), checked; ``None``: none."""
+    if not reasoning:
+        return None
+    for name in ("summary", "generate_summary"):
+        value = reasoning.get(name)
+        if value is not None and value not in _SUMMARIES:
+            raise FieldError(f"reasoning.{name}", f"expected one of {', '.join(map(repr, _SUMMARIES))}")
+        if value is not None:
+            return str(value)
+    return None
 
 
 def _refuse(body: dict[str, Any]) -> None:
@@ -249,13 +269,7 @@ def _refuse(body: dict[str, Any]) -> None:
     reasoning = fields.obj(body, "reasoning", "reasoning")
     if reasoning is not None:
         only(reasoning, _REASONING_KEYS, "reasoning")
-        for name in ("summary", "generate_summary"):
-            if reasoning.get(name) is not None:
-                raise FieldError(
-                    f"reasoning.{name}",
-                    "the gateway answers with no reasoning items, so no summary of them; leave it out "
-                    "(reasoning.effort is accepted: a deployment's own reasoning_effort option sets the effort)",
-                )
+        _summary(reasoning)
     for index, value in enumerate(fields.items(body, "include", "include") or []):
         if not isinstance(value, str):  # (and a list or an object is no key to look up)
             raise FieldError(f"include[{index}]", f"expected a string, not {json_kind(value)}")

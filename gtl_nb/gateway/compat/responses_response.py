@@ -3,7 +3,9 @@
 * ``id`` is the GTL session id (``resp_…``), also the ledger row's ``session_id`` and the
   ``x-request-id`` header; ``model`` the model that served it (GTL's ``done``), as on chat — in a
   stream, the events before the last carry the model the request named.
-* ``output``: the answer's text as one ``message`` item (``msg_…``, one ``output_text`` part with
+* ``output``: the provider's reasoning, when the request asked for a summary and the provider gave any
+  (``responses_request``), as one ``reasoning`` item (``rs_…``) whose one ``summary_text`` is that text;
+  the answer's text as one ``message`` item (``msg_…``, one ``output_text`` part with
   ``annotations: []``), then each GTL tool call as a ``function_call`` item (``fc_…``, its ``call_id``
   the GTL call's id, ``name``, ``arguments``, ``status: "completed"``). An answer with neither text
   nor calls is one message of empty text.
@@ -16,6 +18,8 @@
 * A stream is ``event:``/``data:`` pairs, each with a ``sequence_number`` from 0: ``response.created``
   and ``response.in_progress`` once the answer begins; per item ``response.output_item.added``, for a
   message ``response.content_part.added``, one ``response.output_text.delta`` per GTL token,
+  for reasoning ``response.reasoning_summary_part.added``, one ``response.reasoning_summary_text.delta``
+  per GTL reasoning event, ``response.reasoning_summary_text.done`` and ``…_part.done``,
   ``response.output_text.done``, ``response.content_part.done``, for a call one
   ``response.function_call_arguments.delta`` (GTL hands a call over whole) and its ``.done``, then
   ``response.output_item.done``; last ``response.completed`` or ``response.incomplete`` with the whole
@@ -34,7 +38,17 @@ import msgspec
 
 from gtl_nb.gateway.compat.openai_response import usage_object
 from gtl_nb.ids import unique_hex
-from gtl_nb.protocol.messages import Done, Error, ErrorCode, StreamEvent, Token, ToolCall, ToolCallEvent, Usage
+from gtl_nb.protocol.messages import (
+    Done,
+    Error,
+    ErrorCode,
+    Reasoning,
+    StreamEvent,
+    Token,
+    ToolCall,
+    ToolCallEvent,
+    Usage,
+)
 from gtl_nb.protocol.session import Transcript
 
 __all__ = ["ResponseEventEncoder", "response_object", "responses_usage"]
@@ -76,6 +90,15 @@ def _message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
 
 
+def _reasoning_item(item_id: str, text: str | None) -> dict[str, Any]:
+    summary = [] if text is None else [_summary_part(text)]
+    return {"id": item_id, "type": "reasoning", "summary": summary}
+
+
+def _summary_part(text: str) -> dict[str, Any]:
+    return {"type": "summary_text", "text": text}
+
+
 def _call_item(item_id: str, call: ToolCall, arguments: str, status: str) -> dict[str, Any]:
     return {
         "id": item_id,
@@ -112,6 +135,8 @@ def response_object(transcript: Transcript, *, model: str, created: int, setting
     assert done is not None
     status, incomplete = _outcome(done)
     output: list[dict[str, Any]] = []
+    if transcript.reasoning_text:
+        output.append(_reasoning_item(f"rs_{unique_hex()}", transcript.reasoning_text))
     if transcript.text or not transcript.tool_calls:
         output.append(_message_item(f"msg_{unique_hex()}", transcript.text, status))
     output += [_call_item(f"fc_{unique_hex()}", call, call.arguments, "completed") for call in transcript.tool_calls]
@@ -149,6 +174,8 @@ class ResponseEventEncoder:
         self._output: list[dict[str, Any]] = []  # the items done so far
         self._text_id: str | None = None  # the message item being written, if any
         self._text: list[str] = []
+        self._reasoning_id: str | None = None  # the reasoning item being written, if any
+        self._reasoning: list[str] = []
         self._usage: Usage | None = None
 
     def open(self, first: StreamEvent) -> bytes:
@@ -159,7 +186,7 @@ class ResponseEventEncoder:
         if isinstance(event, Token):
             if not event.text:
                 return b""
-            head = b"" if self._text_id is not None else self._open_text()
+            head = b"" if self._text_id is not None else self._close_reasoning() + self._open_text()
             self._text.append(event.text)
             return head + self._event(
                 "response.output_text.delta",
@@ -169,15 +196,23 @@ class ResponseEventEncoder:
                 delta=event.text,
                 logprobs=[],
             )
+        if isinstance(event, Reasoning):
+            if not event.text:
+                return b""
+            head = b"" if self._reasoning_id is not None else self._close_text("completed") + self._open_reasoning()
+            self._reasoning.append(event.text)
+            where = {"item_id": self._reasoning_id, "output_index": len(self._output), "summary_index": 0}
+            return head + self._event("response.reasoning_summary_text.delta", **where, delta=event.text)
         if isinstance(event, ToolCallEvent):
-            return self._close_text("completed") + self._call(event.function)
+            return self._close_reasoning() + self._close_text("completed") + self._call(event.function)
         if isinstance(event, Usage):
             self._usage = event
             return b""
         if isinstance(event, Done):
             status, incomplete = _outcome(event)
-            out = b""
-            if self._text_id is None and not self._output:  # no text, no call: one message of empty text
+            out = self._close_reasoning()
+            answered = any(item["type"] != "reasoning" for item in self._output)
+            if self._text_id is None and not answered:  # no text, no call: one message of empty text
                 out += self._open_text()
             out += self._close_text(status)
             final = self._response(status, model=event.model or self.model)
@@ -186,14 +221,14 @@ class ResponseEventEncoder:
             return out + self._event(f"response.{status}", response=final)
         if isinstance(event, Error):
             return self._failed(event)
-        return b""  # statuses and reasoning (never asked for) have no place in a response
+        return b""  # statuses have no place in a response
 
     def interrupt(self, message: str, code: ErrorCode = "PROVIDER_UNAVAILABLE") -> bytes:
         return self._failed(Error(session_id=self.session_id, code=code, message=message))
 
     def _failed(self, error: Error) -> bytes:
         """``response.failed`` with what was answered so far, then the ``error`` event."""
-        out = self._close_text("incomplete")
+        out = self._close_reasoning() + self._close_text("incomplete")
         said = self._error_fields(error)
         failed = self._response("failed")
         failed["error"] = {"code": "rate_limit_exceeded" if error.code == "RATE_LIMIT" else "server_error"}
@@ -229,6 +264,31 @@ class ResponseEventEncoder:
         return (
             self._event("response.output_text.done", **where, text=text, logprobs=[])
             + self._event("response.content_part.done", **where, part=_text_part(text))
+            + self._event("response.output_item.done", output_index=index, item=item)
+        )
+
+    def _open_reasoning(self) -> bytes:
+        self._reasoning_id = f"rs_{unique_hex()}"
+        where = {"item_id": self._reasoning_id, "output_index": len(self._output), "summary_index": 0}
+        added = self._event(
+            "response.output_item.added",
+            output_index=len(self._output),
+            item=_reasoning_item(self._reasoning_id, None),
+        )
+        return added + self._event("response.reasoning_summary_part.added", **where, part=_summary_part(""))
+
+    def _close_reasoning(self) -> bytes:
+        """The events that end the reasoning item being written (none when there is none)."""
+        if self._reasoning_id is None:
+            return b""
+        item_id, text, index = self._reasoning_id, "".join(self._reasoning), len(self._output)
+        self._reasoning_id, self._reasoning = None, []
+        where = {"item_id": item_id, "output_index": index, "summary_index": 0}
+        item = _reasoning_item(item_id, text)
+        self._output.append(item)
+        return (
+            self._event("response.reasoning_summary_text.done", **where, text=text)
+            + self._event("response.reasoning_summary_part.done", **where, part=_summary_part(text))
             + self._event("response.output_item.done", output_index=index, item=item)
         )
 
