@@ -71,7 +71,7 @@ import socket
 import string
 import time
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from http import HTTPStatus
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -1184,6 +1184,14 @@ def _with_host(url: str, hostname: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+def _through_a_proxy(request: Any, host: str, own: str) -> bool:
+    """Whether the client reached this listener through something else: it names another port than the
+    listener's own, or a proxy's ``X-Forwarded-*`` header came with it."""
+    if any(name in request.headers for name in ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")):
+        return True
+    return urlsplit(f"//{host}").port != urlsplit(f"//{own}").port
+
+
 def discovery_document(host: str, *, tls: bool, offers: dict[str, str]) -> dict[str, Any]:
     """``GET /.well-known/gtl``: every transport offered, best first, each with its ``connect()`` URL."""
     schemes = {"http": "https", "sse": "sses", "ws": "wss"} if tls else {"http": "http", "sse": "sse", "ws": "ws"}
@@ -1242,6 +1250,7 @@ def build_app(
     sessions: _Sessions | None = None,
     base_url: Callable[[], str],
     offers: Callable[[], dict[str, str]] | None = None,
+    advertised: Collection[str] = (),
     compression: bool = True,
     metrics: Any = None,
     metrics_require_token: bool = True,
@@ -1422,9 +1431,13 @@ def build_app(
 
     async def discovery(request: Request) -> Any:
         base = base_url()
-        host = _request_host(request.headers.get("host"), base.partition("://")[2])
+        own = base.partition("://")[2]
+        host = _request_host(request.headers.get("host"), own)
         secure = base.startswith("https:") or request.url.scheme == "https"  # a trusted proxy's TLS too
-        document = discovery_document(host, tls=secure, offers=offers() if offers else {})
+        offered = offers() if offers else {}
+        if _through_a_proxy(request, host, own):  # the other listeners' own addresses lead around it
+            offered = {name: url for name, url in offered.items() if name in advertised}
+        document = discovery_document(host, tls=secure, offers=offered)
         return JSONResponse(document, headers={"cache-control": "no-store"})
 
     async def websocket(socket_: WebSocket) -> None:
@@ -1511,6 +1524,7 @@ async def serve_http(
     shutdown: Shutdown,
     ready: Ready,
     offers: Callable[[], dict[str, str]] | None = None,
+    advertised: Collection[str] = (),
     compression: bool = True,
     metrics: Any = None,
     metrics_require_token: bool = True,
@@ -1523,7 +1537,9 @@ async def serve_http(
     accepting, refuses new requests (``503``), lets running streams and WebSocket sessions finish for
     ``shutdown.grace`` seconds, ends the rest with ``CANCELLED`` and returns with every ledger row
     complete. Cancelling it does the same at once. ``offers()`` gives the other listeners' client URLs
-    for ``/.well-known/gtl``. ``compression=False`` never gzips and does not offer permessage-deflate.
+    for ``/.well-known/gtl``; to a client that came through a proxy only those ``advertised`` (``[gateway]
+    advertise``) are offered, since a listener's own address would lead around the proxy.
+    ``compression=False`` never gzips and does not offer permessage-deflate.
     ``loopback_callers_only`` (a development gateway, which checks no GhostToken) refuses what a web
     page could send it (``_Gate``), answering requests addressed to a loopback name or to one of
     ``allowed_hosts`` (``[gateway] allowed_hosts``).
@@ -1547,6 +1563,7 @@ async def serve_http(
             sessions=sessions,
             base_url=lambda: url,
             offers=offers,
+            advertised=advertised,
             compression=compression,
             metrics=metrics,
             metrics_require_token=metrics_require_token,

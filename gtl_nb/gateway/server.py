@@ -149,6 +149,7 @@ async def serve(
             }
             if listener.transport == "http":
                 options["offers"] = offers
+                options["advertised"] = frozenset(gateway.advertise)
                 options["loopback_callers_only"] = gateway.auth != "jwt"
                 options["allowed_hosts"] = gateway.allowed_hosts
                 if parts.metrics is not None:

@@ -200,6 +200,18 @@ def gateway_advertise(tmp_path, config, **_):
         document = httpx.get(served.url("http") + "/.well-known/gtl", timeout=10).json()
     assert document["transports"]["grpc"] == advertised["grpc"]
     assert "quic" not in document["transports"], "a listener this gateway does not run is not offered"
+    # not advertised: offered to a client that reaches the listener itself, not through a proxy
+    with start_gateway(
+        config(gateway={"allowed_hosts": ["gw.example.com"]}, http={"port": 0}, grpc={"port": 0})
+    ) as served:
+        url = served.url("http")
+        direct = httpx.get(url + "/.well-known/gtl", timeout=10).json()["transports"]
+        forwarded = {"x-forwarded-proto": "https", "x-forwarded-for": "203.0.113.9"}
+        proxied = httpx.get(url + "/.well-known/gtl", headers=forwarded, timeout=10).json()["transports"]
+        other_port = {"host": "gw.example.com:443"}
+        renamed = httpx.get(url + "/.well-known/gtl", headers=other_port, timeout=10).json()["transports"]
+    assert direct["grpc"] == served.url("grpc")
+    assert "grpc" not in proxied and "grpc" not in renamed and renamed["ws"] == "ws://gw.example.com:443"
     with pytest.raises(ConfigurationError, match="advertise"):
         start_gateway(config(gateway={"advertise": {"ws": "ws://elsewhere"}}))
 
