@@ -55,20 +55,25 @@ def test_the_endpoints_hand_a_large_body_to_a_thread_and_keep_a_small_one(tmp_pa
     tables = {"providers.local": {"type": "echo"}, "ledger": {"enabled": False}}
     with serving(write_toml(tmp_path / "gtl.toml", tables)) as served:
         many = [{"role": "user", "content": "x"}] * 10_000  # ~300 KB
-        posts = {
-            "/v1/chat/completions": {"model": "local:echo"},
-            "/v1/messages": {"model": "local:echo", "max_tokens": 5},
-            "/v1/gtl": {"type": "completion_request", "session_id": "s", "model": "local:echo", "stream": False},
+        posts = {  # (path: the body, and the field its messages go in)
+            "/v1/chat/completions": ({"model": "local:echo"}, "messages"),
+            "/v1/responses": ({"model": "local:echo"}, "input"),
+            "/v1/messages": ({"model": "local:echo", "max_tokens": 5}, "messages"),
+            "/v1/gtl": (
+                {"type": "completion_request", "session_id": "s", "model": "local:echo", "stream": False},
+                "messages",
+            ),
         }
-        expected = {
-            "/v1/chat/completions": ["_parsed", "chat_request"],
-            "/v1/messages": ["_parsed", "messages_request"],
+        expected = {  # (each endpoint's reader: the request mapped, its replay state restored)
+            "/v1/chat/completions": ["_parsed", "_chat"],
+            "/v1/responses": ["_parsed", "_responses"],
+            "/v1/messages": ["_parsed", "_read"],
             "/v1/gtl": ["decode"],
         }
-        for path, body in posts.items():
+        for path, (body, field) in posts.items():
             handed.clear()
-            small = httpx.post(f"{served.url}{path}", json={**body, "messages": many[:1]}, timeout=60)
+            small = httpx.post(f"{served.url}{path}", json={**body, field: many[:1]}, timeout=60)
             assert small.status_code == 200 and handed == [], (path, handed)
-            large = httpx.post(f"{served.url}{path}", json={**body, "messages": many}, timeout=60)
+            large = httpx.post(f"{served.url}{path}", json={**body, field: many}, timeout=60)
             assert large.status_code == 200, large.text[:300]
             assert handed == expected[path], (path, handed)
