@@ -63,7 +63,7 @@ def build_authenticator(
     from gtl_nb.gateway.tokens import TokenAuthenticator, TokenPolicy
 
     policy = TokenPolicy.from_table(options.jwt or {}, _base_dir(settings), environ)
-    revocations = revocation_list(policy, current=current)
+    revocations = revocation_list(policy, current=current, gateway=True)
     try:
         return TokenAuthenticator(policy, revocations)
     except BaseException:
@@ -72,9 +72,11 @@ def build_authenticator(
         raise
 
 
-def revocation_list(policy: Any, *, current: Authenticate | None = None) -> Any:
+def revocation_list(policy: Any, *, current: Authenticate | None = None, gateway: bool = False) -> Any:
     """The revocation list ``[gateway.jwt] revocations`` names: Redis, shared by replicas, or the SQLite file.
 
+    ``gateway``: a gateway's own list, which warns when it finds a new shared list and has no
+    revocation of its own to write into it (``gtl token`` writes the list itself, and says what it did).
     With ``current`` (the running gateway's hook, on a reload), its own list when it is the same
     one (``kept_revocations``): a reload neither forgets the set it read nor reads it again (while
     Redis is down it could not, and a list never read refuses every token)."""
@@ -85,7 +87,10 @@ def revocation_list(policy: Any, *, current: Authenticate | None = None) -> Any:
         from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList
 
         restore = functools.partial(_recorded_revocations, Path(policy.store_path))
-        return RedisRevocationList(policy.revocations_url, refresh=policy.refresh, restore_from=restore)
+        source = str(policy.store_path) if gateway else None
+        return RedisRevocationList(
+            policy.revocations_url, refresh=policy.refresh, restore_from=restore, restore_source=source
+        )
     from gtl_nb.gateway.tokens import SqliteTokenStore
 
     return SqliteTokenStore(policy.store_path, refresh=policy.refresh)

@@ -4,6 +4,7 @@
                    [--model M ...] [--deployment D ...] [--tenant T]
     gtl token list [--json]
     gtl token revoke JTI [--minted-elsewhere]
+    gtl token push-revocations [--from STORE]
 
 Every command reads ``[gateway.jwt]`` of the configuration (``--config`` — before ``token``, after it or
 after the action — then ``$GTL_NB_CONFIG``, then the user's file): ``mint`` signs with its HS256 secret
@@ -106,6 +107,23 @@ def add_subcommands(subparsers: Any) -> None:
         help="revoke the id as typed even though a token minted here has an id close to it",
     )
     revoke.set_defaults(handler=_revoke)
+
+    push = actions.add_parser(
+        "push-revocations",
+        parents=[after],
+        help="copy a token store's revocations into the shared list (moving revocations to Redis)",
+        description="Copy every unexpired revocation of a SQLite token store into the shared revocation list "
+        "that [gateway.jwt] revocations names (a redis:// URL). Run it when revocations move from a gateway's "
+        "token store to Redis: the replicas never read the store the single gateway used (docs/deploy.md).",
+    )
+    push.add_argument(
+        "--from",
+        dest="source",
+        metavar="STORE",
+        help="the token store to copy (the old gateway's tokens.sqlite3); default: this machine's, the one "
+        "gtl token revoke writes here",
+    )
+    push.set_defaults(handler=_push_revocations)
 
     parser.set_defaults(handler=lambda args: _usage(parser))
 
@@ -379,7 +397,9 @@ def _revoke(args: argparse.Namespace) -> int:
         done = f"{jti} was already revoked here; the shared revocation list has it now too, and it stays revoked"
     else:
         done = f"{jti} was already revoked; it stays revoked"
-    print(f"{done} until {_when(until)} UTC{origin}")
+    # the file named: a gateway reads the store of its own data directory, which need not be this one
+    where = f" in the token store {policy.store_path}" if policy.revocations_url is None else ""
+    print(f"{done} until {_when(until)} UTC{origin}{where}")
     return 0
 
 
@@ -403,6 +423,52 @@ def _revoke_shared(policy: Any, jti: str, until: float) -> bool:
         )
         return False
     return True
+
+
+def _push_revocations(args: argparse.Namespace) -> int:
+    """Copy a SQLite token store's unexpired revocations into the shared list (``push-revocations``).
+
+    A replica writes back only its own token store's revocations (the file in its data directory), so
+    those recorded in the single gateway's store before ``revocations`` named Redis reach the replicas
+    only through this command. Writing a revocation again changes nothing: it may be run twice."""
+    policy = _revocation_settings(args)
+    if policy.revocations_url is None:
+        raise ConfigurationError(
+            "gtl token push-revocations copies revocations into a shared list, and [gateway.jwt] revocations "
+            "names no redis:// URL in this configuration: give --config the replicas' configuration"
+        )
+    source = Path(args.source).expanduser() if args.source else Path(policy.store_path)
+    if not source.is_file():
+        raise ConfigurationError(
+            f"no token store at {source}: name the file the old gateway used with --from (its data directory's "
+            "gtl_nb/tokens.sqlite3, or its [gateway.jwt] revocations file); nothing was pushed"
+        )
+    from gtl_nb.engine.stores.redis_fallback import one_line
+    from gtl_nb.gateway.auth import revocation_list
+    from gtl_nb.gateway.tokens import SqliteTokenStore
+    from gtl_nb.gateway.tokens.redis_revocations import RevocationStoreError
+
+    now = time.time()
+    with SqliteTokenStore(source) as store:
+        entries = {jti: until for jti, until in store.revoked().items() if until > now}
+    try:
+        with revocation_list(policy) as shared:
+            for jti, until in sorted(entries.items()):
+                shared.revoke(jti, until)
+            held = len(shared.revoked())
+    except RevocationStoreError as exc:
+        print(
+            f"gtl: error: the shared revocation list cannot be written: {one_line(exc.message)}. The revocations "
+            f"of {source} may not all be in it: the gateways may still accept those tokens; run gtl token "
+            "push-revocations again once it can be written",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"pushed {len(entries)} unexpired revocation(s) from {source} to the shared list at {shared.shown} "
+        f"(it holds {held} now)"
+    )
+    return 0
 
 
 def _refuse_a_likely_typo(jti: str, minted: list[str]) -> None:

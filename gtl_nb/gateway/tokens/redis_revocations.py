@@ -127,9 +127,13 @@ class RedisRevocationList:
         clock: Callable[[], float] = time.time,
         refresh: float = DEFAULT_REFRESH,
         restore_from: Callable[[], Mapping[str, float]] | None = None,
+        restore_source: str | None = None,
     ) -> None:
         parse_store_url(url, where="[gateway.jwt] revocations")
         self._restore_from = restore_from  # (``jti`` -> until when) to write back into a list Redis lost
+        # what ``restore_from`` reads, named in the warning of a new list it had nothing for (a gateway's
+        # list names it; ``gtl token``'s, which write the list themselves, do not)
+        self._restore_source = restore_source
         self._restore_problems: set[str] = (
             set()
         )  # what stopped write-backs since the last one that worked (logged once each)
@@ -334,6 +338,21 @@ class RedisRevocationList:
                 )
             return kept
         self._restore_problems.clear()
+        if not kept and self._restore_source is not None:
+            # nothing known here to write back into a list without its marker: on a deployment moved from
+            # a token store to Redis, the revocations that store holds (on another host, or in another data
+            # directory than this replica's) are in no list, and their tokens pass. Only the operator knows
+            # where that store is: say so loudly, once (the marker is written now).
+            log.warning(
+                "token revocations: the shared list at %s is new (or lost everything) and this gateway's token "
+                "store (%s) holds no unexpired revocation to write back into it: a revocation recorded in another "
+                "token store — the single gateway's before revocations moved to Redis, or wherever gtl token "
+                "revoke ran — is NOT in the shared list, and its token is accepted. Copy it with gtl --config "
+                "FILE token push-revocations --from THAT_STORE (docs/deploy.md); on a deployment that never "
+                "revoked a token, nothing is missing",
+                self.shown,
+                self._restore_source,
+            )
         if kept:
             lost = "its version" if lost_version else "its entries, or its marker"
             log.warning(

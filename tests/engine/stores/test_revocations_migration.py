@@ -1,0 +1,100 @@
+"""Moving revocations from a gateway's token store to Redis (docs/deploy.md, "Moving revocations to
+Redis"): a token revoked on the single gateway must stay refused by the replicas.
+
+Each replica reads the token store of its own data directory (the systemd unit sets
+``XDG_DATA_HOME`` to its state directory), never the one ``gtl token revoke`` wrote before the move:
+a replica that finds the shared list new and has nothing to write into it says so loudly, and
+``gtl token push-revocations --from STORE`` copies the old store into the shared list.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gtl_nb.gateway.local import start_gateway
+from gtl_nb.gateway.tokens import mint_token
+from tests.gateway.conftest import write_toml
+
+SECRET = "migration-secret-0123456789abcdef01234567"
+SECRET_ENV = "GTL_TEST_MIGRATION_SECRET"
+ISSUER = "gtl-migration-test"
+PROMPT = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def tables(tmp_path: Path, revocations: str | None) -> dict[str, dict[str, Any]]:
+    jwt: dict[str, Any] = {"issuer": ISSUER, "secret_env": SECRET_ENV, "default_deployments": ["*"], "refresh": 0.2}
+    if revocations is not None:
+        jwt["revocations"] = revocations
+    return {
+        "providers.echo": {},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+        "gateway": {"auth": "jwt", "shutdown_grace": 1},
+        "gateway.jwt": jwt,
+    }
+
+
+def gtl(config: Path, data_home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "XDG_DATA_HOME": str(data_home), SECRET_ENV: SECRET}
+    return subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "--config", str(config), "token", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_revocation_made_before_the_move_to_redis_is_announced_and_pushed(tmp_path: Path, redis_url: str):
+    single = write_toml(tmp_path / "single.toml", tables(tmp_path, None))
+    shared = write_toml(tmp_path / "shared.toml", tables(tmp_path, redis_url))
+    operator_home = tmp_path / "operator"  # where gtl token revoke ran, on the single gateway's host
+    bearer = mint_token(SECRET, subject="leaked", scopes=("chat:write",), lifetime=600, issuer=ISSUER)
+    jti = str(__import__("jwt").decode(bearer, options={"verify_signature": False})["jti"])
+    revoked = gtl(single, operator_home, "revoke", jti, "--minted-elsewhere")
+    assert revoked.returncode == 0, revoked.stderr
+    old_store = operator_home / "gtl_nb" / "tokens.sqlite3"
+    assert f"in the token store {old_store}" in revoked.stdout  # the file it wrote, named
+
+    replica_home = tmp_path / "replica-a"  # the unit's XDG_DATA_HOME: its own, empty data directory
+    env = {SECRET_ENV: SECRET, "XDG_DATA_HOME": str(replica_home)}
+    with start_gateway(shared, env=env) as gateway, httpx.Client(timeout=30) as client:
+        url = f"{gateway.url('http')}/v1/chat/completions"
+        headers = {"authorization": f"Bearer {bearer}"}
+        output = "".join(gateway.output)
+        # the replica cannot know the old store: it says the list is new and it had nothing for it
+        assert "is NOT in the shared list, and its token is accepted" in output, output
+        assert str(replica_home / "gtl_nb" / "tokens.sqlite3") in output
+        assert "token push-revocations --from" in output
+
+        pushed = gtl(shared, tmp_path / "elsewhere", "push-revocations", "--from", str(old_store))
+        assert pushed.returncode == 0, pushed.stderr
+        assert f"pushed 1 unexpired revocation(s) from {old_store}" in pushed.stdout
+
+        deadline = time.monotonic() + 15
+        while client.post(url, json=PROMPT, headers=headers).status_code == 200:
+            assert time.monotonic() < deadline, "the pushed revocation never reached the replica"
+            time.sleep(0.1)
+        assert client.post(url, json=PROMPT, headers=headers).status_code == 401
+    # a second replica starting now finds the list marked: no warning, and the token refused
+    with start_gateway(shared, env={**env, "XDG_DATA_HOME": str(tmp_path / "replica-b")}) as gateway:
+        assert "is NOT in the shared list" not in "".join(gateway.output)
+        with httpx.Client(timeout=30) as client:
+            answer = client.post(f"{gateway.url('http')}/v1/chat/completions", json=PROMPT, headers=headers)
+        assert answer.status_code == 401
+
+
+def test_push_revocations_says_what_it_needs(tmp_path: Path, redis_url: str):
+    single = write_toml(tmp_path / "single.toml", tables(tmp_path, None))
+    shared = write_toml(tmp_path / "shared.toml", tables(tmp_path, redis_url))
+    refused = gtl(single, tmp_path / "op", "push-revocations")
+    assert refused.returncode != 0 and "names no redis:// URL" in refused.stderr, refused.stderr
+    missing = gtl(shared, tmp_path / "op", "push-revocations", "--from", str(tmp_path / "nope.sqlite3"))
+    assert missing.returncode != 0 and f"no token store at {tmp_path / 'nope.sqlite3'}" in missing.stderr
+    assert "Traceback" not in refused.stderr + missing.stderr
