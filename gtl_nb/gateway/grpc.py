@@ -95,7 +95,7 @@ from gtl_nb.gateway.offload import OFF_LOOP_PROTO_BYTES, OffloadedFrames, conver
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import peer_text
-from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
+from gtl_nb.gateway.refusals import GatewayStopping, TokenUncheckable, recorded_refusal
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection, HeaderTokenFirst, authenticated_or_logged
 from gtl_nb.ids import unique_hex
 from gtl_nb.log import get_logger
@@ -380,8 +380,9 @@ class GTLServicer(pb_grpc.GTLServicer):
     async def _context_of(self, context: grpc.aio.ServicerContext) -> RequestContext:
         try:
             who = authenticated_or_logged(self._authenticate, _bearer(context), _peer(context.peer()))
-        except AuthenticationError as exc:
-            await _abort(context, grpc.StatusCode.UNAUTHENTICATED, exc)
+        except AuthenticationError as exc:  # (a token the gateway could not check: UNAVAILABLE, retried)
+            code = grpc.StatusCode.UNAVAILABLE if isinstance(exc, TokenUncheckable) else grpc.StatusCode.UNAUTHENTICATED
+            await _abort(context, code, exc)
         return dataclasses.replace(who, peer=self._client_of(context), transport="grpc")
 
     def _client_of(self, context: grpc.aio.ServicerContext) -> str:

@@ -91,7 +91,7 @@ from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
-from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping, recorded_refusal
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping, recorded_refusal, unavailable_status
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import (
     Authenticate,
@@ -801,6 +801,15 @@ def _error_response(exc: GTLError, status: int, session_id: str = "", headers: d
     return Response(encode(exc.to_event(session_id)), status_code=status, media_type="application/json", headers=said)
 
 
+def _token_refusal(exc: GTLError) -> Any:
+    """A refused token's answer: ``401`` asking for a bearer token, or ``503`` with ``retry-after``
+    when the gateway could not check it (``TokenUncheckable``: another replica may)."""
+    status = unavailable_status(exc)
+    if status == 401:
+        return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+    return _error_response(exc, status, headers={"retry-after": "1"})
+
+
 def _in_the_callers_shape(request: Any, exc: GTLError, status: int) -> Any:
     """An error in the shape the caller's SDK reads — Anthropic's (it sends ``anthropic-version``),
     OpenAI's (``x-stainless-*`` headers without it), else GTL's — so a mistyped path is a readable
@@ -1303,7 +1312,7 @@ def build_app(
         try:
             context = context_of(request, transport="sse" if sse else "http")
         except AuthenticationError as exc:
-            return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+            return _token_refusal(exc)
         if (refusal := _version_refusal(request)) is not None:
             return refusal
         try:
@@ -1349,7 +1358,7 @@ def build_app(
         try:
             context = context_of(request)
         except AuthenticationError as exc:
-            return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+            return _token_refusal(exc)
         if (refusal := _version_refusal(request)) is not None:  # what connect() asks first
             return refusal
         return Response(
@@ -1366,7 +1375,7 @@ def build_app(
         try:
             context = context_of(request)
         except AuthenticationError as exc:
-            return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
+            return _token_refusal(exc)
         if (refusal := _version_refusal(request)) is not None:
             return refusal
         try:

@@ -196,6 +196,7 @@ def _serve_listeners(
     once open (a thread cannot be stopped halfway), no listener starts, no ``ready`` line follows the
     ``shutting down`` one, and the exit status is 0. A SIGHUP then is kept for after the start."""
     from gtl_nb.gateway.listeners import Shutdown
+    from gtl_nb.gateway.readiness import refuses_every_token
     from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
     from gtl_nb.gateway.reload_report import ReloadReporter, report_path
     from gtl_nb.gateway.server import open_parts, serve
@@ -211,7 +212,13 @@ def _serve_listeners(
         announced.add(listener.transport)
         stopping = any(shutdown.is_stopping for shutdown in shutdowns)  # a signal as the last one started
         if len(announced) == len(options.listeners) and not stopping:
-            print(f"gtl gateway: ready (event loop {loop}; {_auth_words(options.auth)})", file=sys.stderr, flush=True)
+            words = _auth_words(options.auth)
+            if refuses_every_token(hook):  # no revocation list read yet (Redis away): say so, not "ready" alone
+                words += (
+                    "; refusing every token for now, retryably (503), until the revocation list can be read: "
+                    "/readyz answers 503 meanwhile"
+                )
+            print(f"gtl gateway: ready (event loop {loop}; {words})", file=sys.stderr, flush=True)
 
     async def serve_all() -> None:
         shutdown = Shutdown(grace=options.shutdown_grace)

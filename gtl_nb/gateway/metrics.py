@@ -487,7 +487,7 @@ def metrics_route(
             except PermissionDeniedError as exc:
                 return refusal(exc, 403)
             except AuthenticationError as exc:
-                return refusal(exc, 401)
+                return refusal(exc, 503 if exc.code != "AUTH_FAILED" else 401)  # (503: the list is unreachable)
             if scope is not None and not _has_scope(context, scope):
                 return refusal(PermissionDeniedError(f"reading /metrics needs the {scope} scope"), 403)
         if refresh is not None:

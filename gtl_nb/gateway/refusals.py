@@ -38,6 +38,10 @@ of them during the stop costs rows, paced by those writes, not time. The callers
 running after the bound (a ledger that made no room for five seconds) are cancelled, counted in a
 WARNING, and given as long again: a row whose start was queued ends ``cancelled``, one still waiting
 for room is not written.
+
+**A token the gateway cannot check** (``TokenUncheckable``: its revocation list was never read) is
+refused — never let through — but as the gateway's trouble: a retryable unavailable answer (``503``
+over HTTP), so the caller and the proxy try another replica, not a ``401`` that says its key is bad.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.per_engine import PerEngine
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import GTLError, OverloadedError, ProviderUnavailableError
+from gtl_nb.protocol.errors import AuthenticationError, GTLError, OverloadedError, ProviderUnavailableError
 from gtl_nb.protocol.messages import CompletionRequest, Error
 
 __all__ = [
@@ -59,8 +63,10 @@ __all__ = [
     "REFUSED_BEFORE_START",
     "GatewayStopping",
     "Recordings",
+    "TokenUncheckable",
     "recorded_refusal",
     "recordings_of",
+    "unavailable_status",
 ]
 
 log = get_logger("gateway")
@@ -75,6 +81,25 @@ class GatewayStopping(ProviderUnavailableError):
 
     def __init__(self, message: str = "the gateway is shutting down; connect again (to another replica)") -> None:
         super().__init__(message)
+
+
+class TokenUncheckable(AuthenticationError):
+    """A token refused because the gateway cannot check it now — its revocation list was never read
+    (Redis away since it started): the gateway's trouble, not the caller's credentials.
+
+    Still an ``AuthenticationError`` — every transport refuses, logs and counts it as one, so no
+    token passes unchecked (fail closed) — but answered as the retryable unavailable code, so a proxy
+    (nginx's ``proxy_next_upstream http_503``) and the SDKs try again, elsewhere: GTL's
+    ``PROVIDER_UNAVAILABLE``, HTTP ``503`` (``unavailable_status``), gRPC ``UNAVAILABLE``."""
+
+    code = "PROVIDER_UNAVAILABLE"
+    default_retryable = True
+
+
+def unavailable_status(exc: GTLError, refused: int = 401) -> int:
+    """The HTTP status of a refused token: ``503`` when the gateway could not check it
+    (``TokenUncheckable``), else ``refused``."""
+    return 503 if isinstance(exc, TokenUncheckable) else refused
 
 
 REFUSED_BEFORE_START: tuple[type[GTLError], ...] = (OverloadedError, GatewayStopping)

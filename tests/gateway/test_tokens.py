@@ -545,6 +545,14 @@ def test_an_unreadable_revocation_list_fails_closed():
 
     error = refusal(authenticator(revocations=Broken()), hs(claims()))
     assert error.reason == "store-unavailable" and error.retryable
+    # the gateway's trouble, not the caller's key: the retryable unavailable code on every transport
+    # (a 503 over HTTP), while still an AuthenticationError that every transport refuses, logs and counts
+    from gtl_nb.gateway.refusals import TokenUncheckable, unavailable_status
+
+    assert isinstance(error, TokenUncheckable) and unavailable_status(error) == 503
+    event = error.to_event("s")
+    assert event.code == "PROVIDER_UNAVAILABLE" and event.retryable
+    assert "revocation list is unreachable" in event.message
 
 
 # ----------------------------------------------------------------------------------------------

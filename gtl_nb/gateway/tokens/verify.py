@@ -21,6 +21,7 @@ import jwt
 from gtl_nb.client import CONNECT_READS
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ratelimit import TENANT_PREFIX
+from gtl_nb.gateway.refusals import TokenUncheckable
 from gtl_nb.gateway.tokens.claims import MAX_ITEMS, MAX_NAME, is_name, is_time, json_object
 from gtl_nb.gateway.tokens.keys import KeyRing, key_fingerprint
 from gtl_nb.gateway.tokens.policy import TokenPolicy
@@ -52,6 +53,14 @@ class TokenRefusedError(AuthenticationError):
 
     def __repr__(self) -> str:
         return f"TokenRefusedError(reason={self.reason!r})"
+
+
+class TokenUncheckedError(TokenRefusedError, TokenUncheckable):
+    """The revocation list cannot be read, so the token cannot be checked: refused (fail closed) as the
+    gateway's retryable trouble — ``PROVIDER_UNAVAILABLE``, HTTP ``503`` — never as bad credentials."""
+
+    def __repr__(self) -> str:
+        return f"TokenUncheckedError(reason={self.reason!r})"
 
 
 REFUSAL_REASONS = (
@@ -203,8 +212,9 @@ class TokenAuthenticator:
             return self.revocations.is_revoked(jti)
         except GTLError as exc:  # fail closed, but say it may pass later
             log.error("cannot check the revocation list: %s", exc)
-            raise TokenRefusedError(
-                "the gateway could not check the token against its revocation list; try again",
+            raise TokenUncheckedError(
+                "the gateway could not check the token: its revocation list is unreachable; try again "
+                "(another replica may answer)",
                 "store-unavailable",
                 retryable=True,
             ) from None
