@@ -146,7 +146,8 @@ def _warn_of_tables_naming(args: argparse.Namespace, vault_path: Path, name: str
     """Say which deployments the configuration's ``[gateway.vault] keys`` still gives the removed key.
 
     Removing stays immediate (it is how a leaked key is revoked), but a table still naming the key
-    means those deployments fail over or fail until it changes, and the gateway will not start.
+    means those deployments fail over or fail until it changes (the gateway warns of it at start
+    and on each reload, and serves its other deployments).
     Only the table of the configuration whose vault this is counts.
     """
     from gtl_nb.gateway.vault_credentials import VaultSettings
@@ -164,8 +165,8 @@ def _warn_of_tables_naming(args: argparse.Namespace, vault_path: Path, name: str
     if deployments:
         print(
             f"gtl keys: warning: [gateway.vault] keys still gives {name!r} to {', '.join(deployments)}: a running "
-            "gateway's requests there fail over to another deployment or end PROVIDER_UNAVAILABLE, and the gateway "
-            "will not start, until you add the key again or change that table",
+            "gateway's requests there fail over to another deployment or end PROVIDER_UNAVAILABLE (the gateway "
+            "warns of it at each start and reload) until you add the key again or change that table",
             file=sys.stderr,
         )
 

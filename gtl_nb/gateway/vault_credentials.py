@@ -25,8 +25,13 @@ Failures (each names the deployment and the key name, never a value):
 * a key the token names that is bound to another deployment (``gtl keys add --deployment``) is
   ``PermissionDeniedError`` (``FORBIDDEN``);
 * the same two mistakes in the **configuration** are ``ConfigurationError`` — the operator's to fix.
-  ``VaultCredentials`` checks the table against the vault when it is built, so a gateway with a
-  wrong table does not start.
+  ``VaultCredentials`` checks the table against the vault when it is built: a table that gives a
+  deployment a key bound to another, or names a deployment not configured, stops the start (or the
+  reload). A key the table names that the vault does not have — removed, as a leaked key is — does
+  not: the gateway warns of it at start and on each reload, naming the deployment and the key, and
+  that deployment's requests fail over or end ``PROVIDER_UNAVAILABLE`` (its operator told in the log)
+  until the key is added back or the table changed; removing a key must never block the reload that
+  follows it.
 
 How the engine asks (the engine cannot import the gateway; ``resolve_for`` is found by duck typing,
 or through a protocol declared in ``engine.credentials``), with the request's context::
@@ -300,7 +305,9 @@ class VaultCredentials:
                 )
             raise ConfigurationError(
                 f"[gateway.vault] keys gives deployment {deployment!r} the stored key {name!r}, which the vault "
-                f"{self.path} does not have: add it with gtl keys add {name}"
+                f"{self.path} does not have (removed, or never added): its requests go to another deployment or "
+                f"fail until you add it (gtl keys add {name} --deployment {deployment}) or give {deployment!r} "
+                "another key in [gateway.vault] keys"
             )
         bound = entry.info.deployment
         if bound is not None and bound != deployment:
@@ -323,8 +330,14 @@ class VaultCredentials:
                     f"[gateway.vault] keys names deployment {unknown[0]!r}, which is not configured "
                     f"(configured: {', '.join(sorted(deployments)) or 'none'})"
                 )
+        entries = self._loaded.snapshot.entries
         for deployment in sorted(self._keys):
-            self._entry(self._loaded.snapshot, deployment, self._keys[deployment], chosen_by_token=False)
+            # a key the vault does not have is no reason to refuse a start or a reload: removing a leaked
+            # key must not block the next reload (rotating the JWT secret, say) until the table is edited.
+            # The gateway warns of it at start and on each reload (``Settings.missing_credentials``) and
+            # the deployment's requests fail over, or end PROVIDER_UNAVAILABLE (``Engine._uncallable``).
+            if self._keys[deployment] in entries:
+                self._entry(self._loaded.snapshot, deployment, self._keys[deployment], chosen_by_token=False)
 
     def _current(self) -> VaultSnapshot:
         if self._clock() >= self._next_check:

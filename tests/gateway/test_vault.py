@@ -22,6 +22,7 @@ import pytest
 
 from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
+from gtl_nb.engine.credentials import StaticCredentials
 from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.gateway.vault import (
@@ -500,8 +501,6 @@ def test_the_key_a_provider_refused_is_named_in_the_operators_log(
 
 def test_a_wrong_table_stops_the_gateway_before_it_starts(vault: Vault, key_file: Path):
     filled(vault)
-    with pytest.raises(ConfigurationError, match=r"stored key 'nope', which the vault .* does not have"):
-        resolver(vault, key_file, FakeClock(), keys={"openai": "nope"})
     with pytest.raises(ConfigurationError, match="'team-openai' is for deployment 'openai', not 'azure'"):
         resolver(vault, key_file, FakeClock(), keys={"azure": "team-openai"})
     with pytest.raises(ConfigurationError, match="names deployment 'typo', which is not configured"):
@@ -509,6 +508,24 @@ def test_a_wrong_table_stops_the_gateway_before_it_starts(vault: Vault, key_file
     vault.path.write_bytes(b"{")
     with pytest.raises(ConfigurationError, match="damaged or truncated"):
         resolver(vault, key_file, FakeClock())
+
+
+def test_a_key_the_table_names_that_the_vault_lacks_is_warned_of_and_never_blocks_a_start_or_reload(
+    vault: Vault, key_file: Path
+):
+    """``gtl keys remove`` of a leaked key the table still names: the gateway starts and reloads (the
+    reload that rotates the JWT secret must not wait for the table's edit), warns naming the deployment
+    and the key and what to do, and that deployment's requests fail (``Engine._uncallable``)."""
+    filled(vault)
+    settings = load_settings(providers={"openai": {"api_key_env": "GTL_TEST_UNSET"}}, environ={})
+    credentials = resolver(vault, key_file, FakeClock(), keys={"openai": "nope"}, deployments=["echo", "openai"])
+    credentials.rebound(StaticCredentials(), ["echo", "openai"])  # a reload is not refused either
+    (problem,) = settings.missing_credentials(credentials.resolve)  # what gtl serve and a reload print
+    assert "deployment 'openai' the stored key 'nope'" in problem and "does not have" in problem
+    assert "gtl keys add nope --deployment openai" in problem and "[gateway.vault] keys" in problem
+    assert CANARY not in problem
+    with pytest.raises(ConfigurationError, match="stored key 'nope'"):
+        credentials.resolve(openai())  # the engine's uncallable deployment: it fails over or ends retryably
 
 
 def test_a_running_gateway_picks_up_a_changed_vault_without_a_restart(vault: Vault, key_file: Path):
@@ -918,7 +935,7 @@ def test_gtl_keys_remove_warns_when_the_configuration_still_gives_the_key_to_a_d
     named = keys("remove", "team-openai", "--config", str(config), env=cli_env)
     assert named.returncode == 0 and "removed key 'team-openai'" in named.stdout  # removed at once all the same
     assert "warning: [gateway.vault] keys still gives 'team-openai' to openai" in named.stderr
-    assert "will not start" in named.stderr
+    assert "warns of it at each start and reload" in named.stderr and "will not start" not in named.stderr
     unnamed = keys("remove", "spare", "--config", str(config), env=cli_env)
     assert unnamed.returncode == 0 and "warning" not in unnamed.stderr
     # another vault than the configuration's: its table is about other keys
