@@ -26,6 +26,7 @@ from gtl_nb.gateway.listeners import is_loopback
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.words import install_extra
 
 __all__ = [
     "build_authenticator",
@@ -34,6 +35,7 @@ __all__ = [
     "close_revocations",
     "configured_fallback",
     "kept_revocations",
+    "missing_extra",
     "revocation_list",
 ]
 
@@ -60,7 +62,10 @@ def build_authenticator(
         return DevAuth.from_settings(options.auth, principal=principal, environ=environ)
     if principal is not None:
         raise ConfigurationError('--principal is for the development modes; with auth = "jwt" the token names it')
-    from gtl_nb.gateway.tokens import TokenAuthenticator, TokenPolicy
+    try:
+        from gtl_nb.gateway.tokens import TokenAuthenticator, TokenPolicy
+    except ImportError as exc:
+        raise missing_extra(exc, '[gateway] auth = "jwt"') from None
 
     policy = TokenPolicy.from_table(options.jwt or {}, _base_dir(settings), environ)
     revocations = revocation_list(policy, current=current, gateway=True)
@@ -70,6 +75,22 @@ def build_authenticator(
         if revocations is not kept_revocations(policy, current):
             close_revocations(revocations)
         raise
+
+
+def missing_extra(exc: ImportError, what: str, extra: str = "gateway") -> Exception:
+    """The error for ``what`` when an optional package it imports is not installed: a
+    ``ConfigurationError`` with the ``pip install`` line, as every optional part says it — or ``exc``
+    itself when gtl_nb's own module is what failed (a bug, not a missing extra)."""
+    name = exc.name or ""
+    if not name or name.startswith("gtl_nb"):
+        return exc
+    package = name.split(".")[0]
+    package = _DISTRIBUTIONS.get(package, package)
+    return ConfigurationError(f"{what} needs {package}, which is not installed: {install_extra(extra)}")
+
+
+_DISTRIBUTIONS = {"jwt": "PyJWT"}
+"""The packages whose import name is not their name on the package index."""
 
 
 def revocation_list(policy: Any, *, current: Authenticate | None = None, gateway: bool = False) -> Any:

@@ -313,7 +313,12 @@ def _metrics_settings(gateway: GatewaySettings) -> Any:
     """``[gateway.metrics]``'s settings when metrics are on, else ``None``."""
     if gateway.metrics is None:
         return None
-    from gtl_nb.gateway.metrics import MetricsSettings
+    try:
+        from gtl_nb.gateway.metrics import MetricsSettings
+    except ImportError as exc:
+        from gtl_nb.gateway.auth import missing_extra
+
+        raise missing_extra(exc, "[gateway.metrics]") from None
 
     settings = MetricsSettings.from_table(gateway.metrics)
     return settings if settings.enabled else None

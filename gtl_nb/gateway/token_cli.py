@@ -199,7 +199,12 @@ def _pairs(values: list[str]) -> dict[str, str]:
 
 
 def _mint(args: argparse.Namespace) -> int:
-    from gtl_nb.gateway.tokens import mint_token
+    try:
+        from gtl_nb.gateway.tokens import mint_token
+    except ImportError as exc:
+        from gtl_nb.gateway.auth import missing_extra
+
+        raise missing_extra(exc, "gtl token mint") from None
 
     lifetime = parse_duration(args.ttl)
     provider_keys = _pairs(args.provider_key) if args.provider_key else None

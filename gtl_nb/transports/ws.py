@@ -23,6 +23,7 @@ from gtl_nb.engine.loop import LoopThread
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES, decode, encode
 from gtl_nb.protocol.errors import (
     AuthenticationError,
+    ConfigurationError,
     GTLError,
     ProtocolError,
     ProviderUnavailableError,
@@ -33,6 +34,7 @@ from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, tls_refused
 from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 from gtl_nb.transports.remote import RemoteBackend
+from gtl_nb.words import install_extra
 
 __all__ = ["PATH", "SCHEMES", "ws_backend"]
 
@@ -50,6 +52,14 @@ def ws_backend(
 ) -> RemoteBackend:
     """A ``RemoteBackend`` whose connection is a WebSocket to ``ws://HOST:PORT`` or ``wss://HOST:PORT``."""
     scheme, address, compression = parse_endpoint(endpoint, SCHEMES)
+    try:  # here, not at the first dial: a missing extra is said by connect(), with its install line
+        import websockets.asyncio.client  # noqa: F401
+    except ImportError as exc:
+        if (exc.name or "").startswith("gtl_nb"):
+            raise
+        raise ConfigurationError(
+            f"the {scheme}:// transport needs websockets, which is not installed: {install_extra('gateway')}"
+        ) from None
     url = f"{scheme}://{address}{PATH}"
     label = f"{scheme} gateway ({url})"
     context = tls_context(verify) if scheme == "wss" else None
