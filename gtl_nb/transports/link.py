@@ -32,7 +32,13 @@ from gtl_nb.protocol.connection_events import (
     HandshakeComplete,
     ProtocolViolation,
 )
-from gtl_nb.protocol.errors import GTLError, ProviderUnavailableError, RequestError, VersionMismatchError
+from gtl_nb.protocol.errors import (
+    ConfigurationError,
+    GTLError,
+    ProviderUnavailableError,
+    RequestError,
+    VersionMismatchError,
+)
 from gtl_nb.protocol.messages import (
     TERMINAL_EVENTS,
     Answer,
@@ -267,6 +273,10 @@ class ClientLink:
         """Why the connection ended before it was ready."""
         if isinstance(self.error, (RequestError, VersionMismatchError)):
             return self.error  # the gateway refused us: AUTH_FAILED, no common version, ...
+        set_up = getattr(self.framed.channel, "set_up_error", None)
+        mistake = set_up() if callable(set_up) else None
+        if mistake is not None:  # its configuration is wrong: permanent, never a retryable outage
+            return ConfigurationError(f"the {self.label} cannot start: {mistake}")
         note = getattr(self.framed.channel, "exit_note", None)
         why = f": {note()}" if callable(note) else (f" ({self.error.message})" if self.error else "")
         return ProviderUnavailableError(f"the {self.label} closed the connection before it was ready{why}")

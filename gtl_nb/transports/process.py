@@ -4,7 +4,9 @@ The child runs in a session of its own, so a Ctrl-C meant for the caller (a term
 does not kill it under the client's sessions; the client ends it by closing its standard input, and
 ``aclose`` waits for it to exit, then terminates and finally kills it. Its standard error is relayed
 line by line to this process's ``sys.stderr`` (in a notebook: under the cell), and the last lines are
-kept for the message that explains an early exit.
+kept for the message that explains an early exit. A gateway's set-up mistake (status 2, its ``gtl
+gateway: error:`` line) is not relayed: the client raises it as a ``ConfigurationError``
+(``set_up_error``), so it is said once.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ EXIT_WAIT = 2.0
 """Seconds a child gets to exit after its standard input closed, then after SIGTERM, then after SIGKILL."""
 _TAIL_LINES = 5
 _MAX_LINE = 4000  # a relayed line is cut here (a child may write anything)
+SET_UP_STATUS = 2
+"""The status a gateway exits with for a set-up mistake (its configuration, its arguments): permanent."""
+SET_UP_ERROR = "gtl gateway: error: "
+"""How the gateway's line for that mistake starts (``gateway.main``); the rest is its message."""
 
 
 class ProcessChannel(StreamChannel):
@@ -49,6 +55,14 @@ class ProcessChannel(StreamChannel):
         status = "is still running" if code is None else f"exited with status {code}"
         tail = " | ".join(self._tail)
         return f"the process {status}" + (f"; it said: {tail}" if tail else "")
+
+    def set_up_error(self) -> str | None:
+        """The child's own words when it exited with ``SET_UP_STATUS`` — a configuration or argument
+        mistake, which starting it again would only repeat — else ``None``."""
+        if self.process.returncode != SET_UP_STATUS:
+            return None
+        said = [line[len(SET_UP_ERROR) :] for line in self._tail if line.startswith(SET_UP_ERROR)]
+        return said[-1] if said else (" | ".join(self._tail) or None)
 
     async def aclose(self) -> None:
         """Close the child's standard input and wait for it to exit (terminating it if it does not)."""
@@ -85,6 +99,8 @@ class ProcessChannel(StreamChannel):
         if not line:
             return
         self._tail.append(line)
+        if line.startswith(SET_UP_ERROR):  # the client raises it (``set_up_error``): said once, not twice
+            return
         try:
             print(line, file=sys.stderr, flush=True)
         except (OSError, ValueError):  # no usable stderr (closed, detached): the tail still keeps it

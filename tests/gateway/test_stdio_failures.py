@@ -15,6 +15,7 @@ import pytest
 import gtl_nb
 from gtl_nb.protocol import (
     AuthenticationError,
+    ConfigurationError,
     Error,
     ProviderUnavailableError,
     Token,
@@ -111,6 +112,17 @@ def test_the_development_token_is_checked(write_config, open_client, monkeypatch
     assert (row["user"], row["key_id"]) == ("alice", "dev-token")
 
 
-def test_a_jwt_gateway_without_its_table_refuses_to_start_unchecked(write_config):
-    with pytest.raises(ProviderUnavailableError, match=r"\[gateway\.jwt\] needs issuer"):
+def test_a_jwt_gateway_without_its_table_refuses_to_start_unchecked(write_config, capfd):
+    """A configuration error is permanent: the configuration error class, not retryable, its message
+    said once (raised, not also relayed from the child's standard error)."""
+    with pytest.raises(ConfigurationError, match=r"cannot start: \[gateway\.jwt\] needs issuer") as caught:
         gtl_nb.connect(f"stdio://{write_config(gateway={'auth': 'jwt'})}")
+    assert not caught.value.retryable and not isinstance(caught.value, ProviderUnavailableError)
+    assert caught.value.message.count("needs issuer") == 1
+    assert "needs issuer" not in capfd.readouterr().err
+
+
+def test_a_gateway_refusing_its_arguments_is_a_configuration_error():
+    fake = "import sys; sys.stderr.write('gtl gateway: error: --http takes HOST:PORT\\n'); sys.exit(2)"
+    with pytest.raises(ConfigurationError, match=r"cannot start: --http takes HOST:PORT$"):
+        gtl_nb.connect(command_endpoint(sys.executable, "-c", fake))
