@@ -109,8 +109,17 @@ _INVALID_CHOICE = "invalid choice: "
 _CHOOSE_FROM = " (choose from "
 
 
+_MEANT = {"gateway": ("serve", " (gtl serve runs the gateway, whose log lines start 'gtl gateway:')")}
+"""Words no spelling is close to that still mean a choice: what a user reads elsewhere (the gateway's
+log lines say ``gtl gateway:``), with why."""
+
+
 def close_word(word: str, known: Sequence[str]) -> str:
-    """``"; did you mean 'models'?"`` when one of ``known`` is close to ``word``, else ``""``."""
+    """``"; did you mean 'models'?"`` when one of ``known`` is close to ``word`` (or is what it means:
+    ``_MEANT``), else ``""``."""
+    meant, why = _MEANT.get(word, ("", ""))
+    if meant in known:
+        return f"; did you mean {meant!r}?{why}"
     close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

@@ -320,6 +320,15 @@ def test_a_misspelt_command_or_choice_is_told_the_one_meant(capsys, argv, said):
     assert exited.value.code == 2 and said in err and err.rstrip().endswith(f"; did you mean {meant!r}?")
 
 
+def test_gtl_gateway_is_told_of_gtl_serve(capsys):
+    """Every line the gateway writes starts ``gtl gateway:``, so an operator types ``gtl gateway``."""
+    with pytest.raises(SystemExit) as exited:
+        main(["gateway", "--config", "gtl.toml"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "invalid choice: 'gateway'" in err
+    assert "; did you mean 'serve'? (gtl serve runs the gateway" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "command", "said"),
     [

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import getpass
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -103,11 +105,15 @@ def _add(args: argparse.Namespace) -> int:
     vault = _open(args)
     configured = getattr(args, "configured_deployments", None)
     if args.deployment and configured is not None and args.deployment not in configured:
-        # a vault may serve gateways of other files, so not refused: but most often a typo
-        print(
-            f"gtl keys: warning: no deployment {args.deployment!r} is configured here "
-            f"(configured: {', '.join(sorted(configured)) or 'none'}); only a deployment of that name can use this key",
-            file=sys.stderr,
+        # refused, as gtl token mint refuses it: a key bound to a misspelt deployment is never used, and
+        # the deployment meant goes on without it. A vault serving a gateway of another file is reached
+        # with that file (--config), or with --vault and --key-file, which read no deployments
+        close = difflib.get_close_matches(args.deployment, sorted(configured), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else "."
+        raise ConfigurationError(
+            f"no deployment {args.deployment!r} in {getattr(args, 'configured_in', 'the configuration')} (its "
+            f"deployments: {', '.join(sorted(configured))}): a key bound to it would never be used{hint} Nothing "
+            "was stored (for a gateway of another configuration, give its file with --config)"
         )
     info = vault.add(args.name, _read_secret(args.name), args.deployment, replace=args.replace)
     scope = f" for deployment {info.deployment}" if info.deployment else ""
@@ -177,7 +183,7 @@ def _rotate(args: argparse.Namespace) -> int:
     if args.new_key_file:
         source = vault_module.MasterKeySource(file=Path(args.new_key_file).expanduser())
     else:
-        source = vault_module.MasterKeySource(env=args.new_key_env)
+        source = vault_module.MasterKeySource(env=args.new_key_env, named_by="--new-key-env")
     new_key = source.load()
     count = vault.rotate_master(new_key)
     print(f"encrypted {count} key(s) in {vault.path} again under {source.describe()} (key id {new_key.key_id})")
@@ -206,6 +212,15 @@ def _genkey(args: argparse.Namespace) -> int:
     except FileExistsError:
         raise ConfigurationError(
             f"{path} exists already; give a new file name (a master key is never overwritten)"
+        ) from None
+    except FileNotFoundError:
+        # not made here: a folder's owner and mode are the operator's choice (the gateway's user must
+        # be able to reach the key, others need not see the folder's other files), and a typo in
+        # --out must not leave folders behind
+        raise ConfigurationError(
+            f"cannot create {path}: the folder {path.parent} does not exist; create it first "
+            f"(install -d -m 755 {shlex.quote(str(path.parent))}: the key file itself is made readable by "
+            "you only), then run gtl keys genkey again"
         ) from None
     except OSError as exc:
         raise ConfigurationError(f"cannot create {path} ({exc.strerror or exc})") from None
@@ -240,7 +255,9 @@ def _open(args: argparse.Namespace) -> Any:
     if args.vault is None or (args.key_file is None and args.key_env is None):
         config = _configuration(args)
         table = dict(config.gateway.get("vault") or {})
-        args.configured_deployments = set(config.deployments)
+        if set(config.deployments) - set(config.implied):  # (a file that sets up none is not asked)
+            args.configured_deployments = set(config.deployments)
+            args.configured_in = config.source_path or "the configuration"
         if config.source_path is not None:
             base = config.source_path.parent
     settings = VaultSettings.from_table(table, base=base)
@@ -249,7 +266,7 @@ def _open(args: argparse.Namespace) -> Any:
     if args.key_file:
         master = vault_module.MasterKeySource(file=Path(args.key_file).expanduser())
     elif args.key_env:
-        master = vault_module.MasterKeySource(env=args.key_env)
+        master = vault_module.MasterKeySource(env=args.key_env, named_by="--key-env")
     return vault_module.Vault(path, master.load())
 
 

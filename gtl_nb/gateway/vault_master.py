@@ -106,13 +106,16 @@ class MasterKeySource:
     file: Path | None = None
     environ: Mapping[str, str] | None = field(default=None, repr=False, compare=False)
     """The environment to read ``env`` from (``None``: the live ``os.environ``)."""
+    named_by: str = field(default="master_key_env", compare=False)
+    """What the user wrote ``env`` in (``--key-env``, ``master_key_env``): a message that cannot quote the
+    name says where it was given."""
 
     def describe(self) -> str:
         """Where the key comes from, for a message: a variable is named only when its name has a variable
         name's usual shape — a key pasted where its variable's name belongs is never quoted."""
         if self.file is not None:
             return f"the master key file {self.file}"
-        return f"${self.env}" if looks_like_variable_name(self.env) else "the variable master_key_env names"
+        return f"${self.env}" if looks_like_variable_name(self.env) else f"the variable {self.named_by} names"
 
     def load(self) -> MasterKey:
         """The master key, or a ``ConfigurationError`` saying what to set (never quoting a key)."""

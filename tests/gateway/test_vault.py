@@ -907,17 +907,37 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
     assert ("vault" in told[0]) if credentials is not None else ("GTL_TEST_UNSET" in told[0] or "api_key" in told[0])
 
 
-def test_gtl_keys_add_warns_of_a_deployment_the_configuration_does_not_have(
+def test_gtl_keys_add_refuses_a_deployment_the_configuration_does_not_have(
     tmp_path: Path, cli_env: dict[str, str], master_text: str
 ):
+    """As gtl token mint refuses it: a key bound to a misspelt deployment would never be used."""
     cli_env["GTL_NB_VAULT_KEY"] = master_text
     config = tmp_path / "gtl.toml"
     config.write_text('[providers.openai]\ntype = "openai"\napi_key_env = "GTL_TEST_UNSET"\n', encoding="utf-8")
     typo = keys("add", "k", "--deployment", "opneai", "--config", str(config), env=cli_env, stdin="secret-k")
-    assert typo.returncode == 0 and "added key 'k' for deployment opneai" in typo.stdout  # a vault may serve others
-    assert "warning: no deployment 'opneai' is configured here (configured: echo, openai)" in typo.stderr
+    assert typo.returncode == 2 and typo.stdout == "", typo.stdout
+    assert f"no deployment 'opneai' in {config} (its deployments: echo, openai)" in typo.stderr
+    assert "did you mean 'openai'? Nothing was stored" in typo.stderr and "secret-k" not in typo.stderr
+    assert "'k'" not in keys("list", "--config", str(config), env=cli_env).stdout
     known = keys("add", "k2", "--deployment", "openai", "--config", str(config), env=cli_env, stdin="secret-k2")
     assert known.returncode == 0 and "warning" not in known.stderr
+    # a vault named with its master key reads no configuration: it may serve another gateway's deployments
+    other = ["--vault", str(tmp_path / "other.json"), "--key-env", "GTL_NB_VAULT_KEY"]
+    elsewhere = keys("add", "k3", "--deployment", "theirs", *other, env=cli_env, stdin="secret-k3")
+    assert elsewhere.returncode == 0, elsewhere.stderr
+
+
+def test_gtl_keys_says_which_flag_named_an_unset_variable(tmp_path: Path, cli_env: dict[str, str]):
+    listed = keys("list", "--vault", str(tmp_path / "v.json"), "--key-env", "my_key", env=cli_env)
+    assert listed.returncode == 2 and "the variable --key-env names is not set" in listed.stderr
+
+
+def test_gtl_keys_genkey_into_a_folder_that_does_not_exist_says_how_to_make_it(tmp_path: Path, cli_env: dict[str, str]):
+    folder = tmp_path / "etc-gtl"
+    made = keys("genkey", "--out", str(folder / "vault.key"), env=cli_env)
+    assert made.returncode == 2 and "Traceback" not in made.stderr
+    assert f"the folder {folder} does not exist; create it first (install -d -m 755 {folder}" in made.stderr
+    assert not folder.exists()
 
 
 def test_gtl_keys_remove_warns_when_the_configuration_still_gives_the_key_to_a_deployment(
