@@ -89,8 +89,11 @@ class NginxServer:
         return path.read_text(errors="replace") if path.exists() else ""
 
     @classmethod
-    def start(cls, folder: Path, *, http_replicas: list[str], grpc_replicas: list[str]) -> NginxServer:
-        """Render the template for ``http_replicas``/``grpc_replicas`` (``HOST:PORT`` each) and start nginx."""
+    def start(
+        cls, folder: Path, *, http_replicas: list[str], grpc_replicas: list[str], tls: tuple[Path, Path] | None = None
+    ) -> NginxServer:
+        """Render the template for ``http_replicas``/``grpc_replicas`` (``HOST:PORT`` each) and start nginx;
+        ``tls`` (certificate, key): both listeners speak TLS, as the template's comment says to set it up."""
         binary = find_nginx()
         if binary is None:
             raise NginxServerError("nginx is not installed (apt-get install nginx)")
@@ -98,13 +101,18 @@ class NginxServer:
         http_port, grpc_port = _free_port(), _free_port()
         site = render_template(
             {
-                "GTL_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-                "GTL_GRPC_LISTEN": f"127.0.0.1:{grpc_port}",
+                "GTL_HTTP_LISTEN": f"127.0.0.1:{http_port}" + (" ssl" if tls else ""),
+                "GTL_GRPC_LISTEN": f"127.0.0.1:{grpc_port}" + (" ssl" if tls else ""),
                 "GTL_HTTP_REPLICAS": _servers(http_replicas),
                 "GTL_GRPC_REPLICAS": _servers(grpc_replicas),
             }
         )
         (folder / "gtl.conf").write_text(site)
+        if tls is not None:  # the template's TLS step: a file in gtl-tls/ beside nginx.conf
+            (folder / "gtl-tls").mkdir(exist_ok=True)
+            (folder / "gtl-tls" / "tls.conf").write_text(
+                f"ssl_certificate {tls[0]};\nssl_certificate_key {tls[1]};\nssl_protocols TLSv1.2 TLSv1.3;\n"
+            )
         # as root, workers would switch to "nobody", who cannot enter a private temporary folder
         user = "user root;\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else ""
         temp = {name: folder / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
