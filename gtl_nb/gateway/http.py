@@ -16,7 +16,8 @@
   with the URL a client passes to ``gtl_nb.connect``, and the protocol versions).
 
 Before a session runs, a refusal is a status with one GTL ``error`` as the body: ``401`` for a token
-the gateway does not accept, ``413`` for a body over ``max_frame_bytes``, ``400`` for a body that is
+the gateway does not accept (``503``, retryable, for one it cannot check: its revocation list was
+never read — ``refusals.TokenUncheckable``), ``413`` for a body over ``max_frame_bytes``, ``400`` for a body that is
 not a ``completion_request`` (or a request that is not HTTP/1.1 at all, or whose ``GTL-Version`` names
 no version this gateway speaks: the spec's negotiation, as these endpoints have no hello; every
 answer that is a GTL frame, each of these refusals included, carries ``GTL-Version``), ``404`` and ``405`` for a
