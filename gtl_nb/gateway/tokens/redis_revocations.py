@@ -358,12 +358,16 @@ class RedisRevocationList:
             log.warning(
                 "token revocations: the shared list at %s had lost %s (Redis restarted without persistence or "
                 "evicted them, the list is new there, or an earlier gtl_nb wrote it): wrote back %d revocation(s) "
-                "(%d read from it before, %d from this gateway's token store)",
+                "(%d read from it before, %d from this gateway's token store)%s",
                 self.shown,
                 lost,
                 len(kept),
                 len(kept) - recorded,
                 recorded,
+                ""
+                if self._restore_source is None
+                else f"; a revocation recorded only in another token store than {self._restore_source} is not "
+                "among them: copy it with gtl token push-revocations --from THAT_STORE (docs/deploy.md)",
             )
         return {}
 

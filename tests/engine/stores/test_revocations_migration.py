@@ -98,3 +98,18 @@ def test_push_revocations_says_what_it_needs(tmp_path: Path, redis_url: str):
     missing = gtl(shared, tmp_path / "op", "push-revocations", "--from", str(tmp_path / "nope.sqlite3"))
     assert missing.returncode != 0 and f"no token store at {tmp_path / 'nope.sqlite3'}" in missing.stderr
     assert "Traceback" not in refused.stderr + missing.stderr
+
+
+def test_a_replica_writing_back_its_own_revocations_says_others_are_not_among_them(redis_url: str, caplog):
+    from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList
+
+    own = {"revoked-on-this-replica": time.time() + 600}
+    source = "/state/a/tokens.sqlite3"
+    with (
+        caplog.at_level("WARNING", logger="gtl_nb"),
+        RedisRevocationList(redis_url, restore_from=lambda: own, restore_source=source),
+    ):
+        pass
+    assert "wrote back 1 revocation(s)" in caplog.text
+    assert "another token store than /state/a/tokens.sqlite3 is not among them" in caplog.text
+    assert "gtl token push-revocations --from" in caplog.text
