@@ -5,15 +5,23 @@ the blocks back gives the provider its own thinking first in that turn, as Anthr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anthropic
+import msgspec
 import pytest
 
 from gtl_nb import sim
-from gtl_nb.gateway.compat.replay_state import MARK, unstamped
+from gtl_nb.gateway.compat.anthropic import error_object
+from gtl_nb.gateway.compat.anthropic_request import messages_request
+from gtl_nb.gateway.compat.anthropic_response import MessageEncoder
+from gtl_nb.gateway.compat.replay_state import MARK, restored, unstamped
+from gtl_nb.protocol.messages import CompletionRequest, Done, Message
+from gtl_nb.providers.anthropic import AnthropicDecoder, replayed_thinking
+from gtl_nb.providers.base import Deployment
 from tests.gateway.conftest import SIM_KEY, write_toml
 from tests.gateway.test_http import serving
 from tests.ledger_wait import rows_when
@@ -203,3 +211,102 @@ def test_thinking_disabled_asks_for_none(client: anthropic.Anthropic, sims: dict
     )
     assert [block.type for block in reply.content] == ["text"]
     assert "thinking" not in sims["anthropic"].requests[-1].json
+
+
+def _sse(name: str, **data: Any) -> str:
+    return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
+
+
+def _stream_of(blocks: list[tuple[str, str, str]]) -> bytes:
+    """An Anthropic stream of thinking (text, signature) and redacted (data) blocks, then "answer"."""
+    start = {"id": "m", "type": "message", "role": "assistant", "model": "claude-x", "content": [], "usage": {}}
+    sse = _sse("message_start", message=start)
+    for index, (kind, text, signature) in enumerate(blocks):
+        if kind == "redacted_thinking":
+            sse += _sse("content_block_start", index=index, content_block={"type": kind, "data": text})
+        else:
+            sse += _sse(
+                "content_block_start", index=index, content_block={"type": kind, "thinking": "", "signature": ""}
+            )
+            sse += _sse("content_block_delta", index=index, delta={"type": "thinking_delta", "thinking": text})
+            sse += _sse("content_block_delta", index=index, delta={"type": "signature_delta", "signature": signature})
+        sse += _sse("content_block_stop", index=index)
+    last = len(blocks)
+    sse += _sse("content_block_start", index=last, content_block={"type": "text", "text": ""})
+    sse += _sse("content_block_delta", index=last, delta={"type": "text_delta", "text": "answer"})
+    sse += _sse("content_block_stop", index=last)
+    sse += _sse("message_delta", delta={"stop_reason": "end_turn"}, usage={"output_tokens": 5})
+    return (sse + _sse("message_stop")).encode()
+
+
+def _streamed_through_the_gateway(upstream: bytes) -> list[dict[str, Any]]:
+    """The content a client accumulates from the gateway's stream of the provider's ``upstream``, as the
+    SDK's accumulator does (signatures taken by their block's index)."""
+    request = CompletionRequest(session_id="s", model="claude-x", messages=[Message(role="user", content="q")])
+    decoder = AnthropicDecoder(msgspec.structs.replace(request, reasoning=True), Deployment(name="a", type="anthropic"))
+    events = decoder.feed(upstream) + decoder.close()
+    encoder = MessageEncoder("s", model="claude-x", error_object=error_object)
+    wire = encoder.open(events[0])
+    for event in events:
+        if isinstance(event, Done):
+            event = msgspec.structs.replace(event, provider_data=decoder.provider_data)
+        wire += encoder.encode(event)
+    blocks: dict[int, dict[str, Any]] = {}
+    for frame in wire.decode().split("\n\n"):
+        if not frame.strip():
+            continue
+        data = json.loads(frame.split("data: ", 1)[1])
+        if data["type"] == "content_block_start":
+            blocks[data["index"]] = dict(data["content_block"])
+        elif data["type"] == "content_block_delta":
+            delta, block = data["delta"], blocks[data["index"]]
+            if delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
+            elif delta["type"] == "text_delta":
+                block["text"] += delta["text"]
+    return [blocks[index] for index in sorted(blocks)]
+
+
+def _replayed(content: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The thinking blocks an Anthropic deployment gets back when a client sends ``content`` as its turn."""
+    body = {
+        "model": "claude-x",
+        "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": content},
+            {"role": "user", "content": "more"},
+        ],
+    }
+    assistant = restored(messages_request(body, "s")).messages[1]
+    return replayed_thinking(assistant.provider_data)
+
+
+@pytest.mark.parametrize(
+    "blocks",
+    [
+        [("thinking", "AAA", "SIG-A")],
+        [("thinking", "AAA", "SIG-A"), ("redacted_thinking", "R", ""), ("thinking", "BBB", "SIG-B")],
+        [("thinking", "AAA", "SIG-A"), ("thinking", "BBB", "SIG-B")],
+        [("redacted_thinking", "R", "")],
+    ],
+    ids=["one", "thinking-redacted-thinking", "two-in-a-row", "only-redacted"],
+)
+def test_a_streamed_answers_thinking_goes_back_to_the_provider_exactly_as_it_wrote_it(
+    blocks: list[tuple[str, str, str]],
+):
+    """GTL's reasoning events do not mark where one provider block ends: blocks that stream as theirs get
+    their own signatures; otherwise the first carries the whole state, and either way the provider gets
+    back its blocks as it wrote them."""
+    content = _streamed_through_the_gateway(_stream_of(blocks))
+    expected = [
+        {"type": "redacted_thinking", "data": text}
+        if kind == "redacted_thinking"
+        else {"type": "thinking", "thinking": text, "signature": signature}
+        for kind, text, signature in blocks
+    ]
+    assert _replayed(content) == expected
+    if len(blocks) == 1 and blocks[0][0] == "thinking":  # streamed as it was: the provider's own signature
+        assert content[0]["signature"] == "SIG-A"

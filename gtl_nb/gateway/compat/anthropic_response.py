@@ -34,7 +34,7 @@ from typing import Any
 
 import msgspec
 
-from gtl_nb.gateway.compat.thinking import answered_blocks, redacted_blocks, signatures
+from gtl_nb.gateway.compat.thinking import answered_blocks, streamed_signatures
 from gtl_nb.protocol.messages import (
     Done,
     Error,
@@ -129,7 +129,7 @@ class MessageEncoder:
         self._error_object = error_object
         self._blocks = 0  # blocks started so far: the next block's index
         self._open: str | None = None  # the type of the block still open: "text", "thinking" or none
-        self._thinking: list[int] = []  # the indexes of the thinking blocks sent, to sign at the end
+        self._thinking: list[tuple[int, list[str]]] = []  # each thinking block sent: its index and text, to sign
         self._usage: Usage | None = None
 
     def open(self, first: StreamEvent) -> bytes:
@@ -160,7 +160,8 @@ class MessageEncoder:
             if self._open != "thinking":
                 out = self._close() + self._start({"type": "thinking", "thinking": "", "signature": ""})
                 self._open = "thinking"
-                self._thinking.append(self._blocks - 1)
+                self._thinking.append((self._blocks - 1, []))
+            self._thinking[-1][1].append(event.text)
             delta = {"type": "thinking_delta", "thinking": event.text}
             return out + _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
         if isinstance(event, ToolCallEvent):
@@ -197,12 +198,15 @@ class MessageEncoder:
         return _event("content_block_stop", {"index": self._blocks - 1})
 
     def _signed(self, done: Done) -> bytes:
-        """Each thinking block's signature, by position, and the redacted blocks, once ``done`` has them."""
+        """The thinking blocks' signatures and any redacted blocks, once ``done`` has them
+        (``thinking.streamed_signatures``)."""
+        streamed = ["".join(texts) for _, texts in self._thinking]
+        signed, redacted = streamed_signatures(done.provider_data, streamed)
         out = b""
-        for index, signature in zip(self._thinking, signatures(done.provider_data), strict=False):  # (by position)
+        for (index, _), signature in zip(self._thinking, signed, strict=False):
             if signature:
                 delta = {"type": "signature_delta", "signature": signature}
                 out += _event("content_block_delta", {"index": index, "delta": delta})
-        for block in redacted_blocks(done.provider_data):
+        for block in redacted:
             out += self._start(block) + _event("content_block_stop", {"index": self._blocks - 1})
         return out

@@ -49,13 +49,26 @@ from gtl_nb.protocol.messages import (
 from gtl_nb.protocol.session import is_failover
 from gtl_nb.providers.limits import parse_json
 
-__all__ = ["MARK", "MAX_REQUEST_STATE_BYTES", "MAX_STATE_BYTES", "ReplayStamps", "restored", "stamped", "unstamped"]
+__all__ = [
+    "MARK",
+    "MAX_REQUEST_STATE_BYTES",
+    "MAX_STATE_BYTES",
+    "PACKED",
+    "ReplayStamps",
+    "restored",
+    "stamped",
+    "unstamped",
+]
 
 log = get_logger("gateway.compat")
 
 MARK = "__gtl1_"
 """What separates a tool call's own id from the state appended to it (only ``[A-Za-z0-9_-]``, so the id
 stays one Anthropic's pattern accepts)."""
+
+PACKED = "gtl_packed"
+"""The ``provider_data`` key under which a format's own field brought back packed state (``stamped("",
+state)``: an Anthropic thinking block's signature, ``compat.thinking``); ``restored`` unpacks it."""
 
 MAX_STATE_BYTES = 64 * 1024
 """The most JSON of replay state carried on an id (a Gemini signature is a few KB; thinking text can be
@@ -124,32 +137,37 @@ def restored(request: CompletionRequest) -> CompletionRequest:
 def _marked(message: Message) -> bool:
     if message.tool_call_id is not None and MARK in message.tool_call_id:
         return True
+    if message.provider_data and PACKED in message.provider_data:
+        return True
     return any(MARK in call.id for call in message.tool_calls)
 
 
 def _restored(message: Message, budget: list[int]) -> Message:
     """``message`` with its ids' suffixes cut and its state decoded while ``budget`` (bytes, shared by
-    the request's messages) lasts."""
+    the request's messages) lasts: what its own field packed (``PACKED``) first, else its first marked call."""
     if message.tool_call_id is not None:
         return msgspec.structs.replace(message, tool_call_id=message.tool_call_id.partition(MARK)[0])
-    calls: list[ToolCall] = []
+    own_data = dict(message.provider_data or {})
+    packed = own_data.pop(PACKED, None)
     state: dict[str, Any] | None = None
-    decoded = False
+    if isinstance(packed, str) and budget[0] > 0:
+        _, state, cost = _unstamped(packed)
+        budget[0] -= cost
+    calls: list[ToolCall] = []
     for call in message.tool_calls:
         if MARK not in call.id:
             calls.append(call)
             continue
-        if decoded or budget[0] <= 0:
+        if state is not None or budget[0] <= 0:
             own = call.id.partition(MARK)[0]
         else:
-            decoded = True
             own, state, cost = _unstamped(call.id)
             budget[0] -= cost
+            state = state if state is not None else {}  # (one decoding a message, found or not)
         calls.append(msgspec.structs.replace(call, id=own))
-    if state is None:
-        return msgspec.structs.replace(message, tool_calls=calls)
-    # (what the message's own blocks carry — thinking, ``compat.thinking`` — wins for its keys)
-    return msgspec.structs.replace(message, tool_calls=calls, provider_data={**state, **(message.provider_data or {})})
+    # what was packed is the provider's state as it wrote it; the message's own blocks fill what it lacks
+    provider_data = {**own_data, **(state or {})} or None
+    return msgspec.structs.replace(message, tool_calls=calls, provider_data=provider_data)
 
 
 class ReplayStamps:

@@ -10,14 +10,20 @@ blocks, and the blocks a client sends back.
   blocks when it has them — Anthropic's ``thinking`` / ``redacted_thinking`` blocks, Bedrock's reasoning
   blocks, each with its ``signature`` — else the reasoning text as one ``thinking`` block with an empty
   signature (Gemini's thoughts: a summary, with nothing to sign). A stream sends the thinking as it
-  comes and each block's signature at the end, once the provider's ``done`` has given them
-  (``signatures``; Anthropic sends a block's signature before it stops: the SDK's accumulator takes it
-  by the block's index either way), then any redacted blocks whole.
+  comes and the signatures at the end, once the provider's ``done`` has given them
+  (``streamed_signatures``; Anthropic sends a block's signature before it stops: the SDK's accumulator
+  takes it by the block's index either way). GTL's reasoning events do not mark where one of the
+  provider's blocks ends and the next begins, so where the blocks streamed are not exactly the
+  provider's (two thinking blocks in a row stream as one; a redacted block streams nothing) the first
+  streamed block's signature is the provider's whole thinking state, packed as a tool call's replay
+  state is (``replay_state.stamped``), and the others have none: sent back, that one signature gives
+  the provider its blocks exactly as it wrote them, whatever text the client echoes.
 * A ``thinking`` or ``redacted_thinking`` block in an assistant turn is the replay state of that turn
   (``replayed_state``): GTL's ``provider_data`` for Anthropic (the blocks as they came) and for Bedrock
   (the same, in Converse's shape), so the deployment that signed them gets them back first in that
-  turn, as a tool loop with thinking requires. A block without a signature (another provider's
-  thoughts) has nothing to replay and is dropped.
+  turn, as a tool loop with thinking requires. A packed signature is left for ``replay_state.restored``
+  to unpack (under ``PACKED``: read within the request's bound, like a tool call's). A block without a
+  signature (another provider's thoughts) has nothing to replay and is dropped.
 
 These two providers' states travel in the blocks (``NATIVE_KEYS``): they are not also stamped on a tool
 call's id (``replay_state``), where the thinking text would ride twice.
@@ -30,8 +36,9 @@ from typing import Any
 
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.gateway.compat.replay_state import MARK, PACKED, stamped
 
-__all__ = ["NATIVE_KEYS", "answered_blocks", "reasoning_asked", "redacted_blocks", "replayed_state", "signatures"]
+__all__ = ["NATIVE_KEYS", "answered_blocks", "reasoning_asked", "replayed_state", "streamed_signatures"]
 
 ANTHROPIC = "anthropic"  # the Anthropic dialect's provider_data key (``providers.anthropic``)
 BEDROCK = "bedrock_reasoning"  # the Bedrock dialect's (``providers.bedrock``)
@@ -78,10 +85,13 @@ def replayed_state(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The ``provider_data`` of an assistant turn's thinking blocks (module docstring), or ``None``."""
     anthropic: list[dict[str, Any]] = []
     bedrock: list[dict[str, Any]] = []
+    packed: str | None = None
     for block in blocks:
         if block.get("type") == "thinking":
             text, signature = block.get("thinking"), block.get("signature")
-            if isinstance(text, str) and isinstance(signature, str) and signature:
+            if isinstance(signature, str) and signature.startswith(MARK):
+                packed = packed or signature  # (the stream's first block holds the whole state)
+            elif isinstance(text, str) and isinstance(signature, str) and signature:
                 anthropic.append({"type": "thinking", "thinking": text, "signature": signature})
                 bedrock.append({"reasoningText": {"text": text, "signature": signature}})
         elif block.get("type") == "redacted_thinking":
@@ -89,9 +99,10 @@ def replayed_state(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
             if isinstance(data, str) and data:
                 anthropic.append({"type": "redacted_thinking", "data": data})
                 bedrock.append({"redactedContent": data})
-    if not anthropic:
-        return None
-    return {ANTHROPIC: {"content": anthropic}, BEDROCK: bedrock}
+    state: dict[str, Any] = {ANTHROPIC: {"content": anthropic}, BEDROCK: bedrock} if anthropic else {}
+    if packed is not None:
+        state[PACKED] = packed
+    return state or None
 
 
 def _provider_blocks(provider_data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
@@ -121,13 +132,22 @@ def answered_blocks(provider_data: Mapping[str, Any] | None, reasoning_text: str
     return [{"type": "thinking", "thinking": reasoning_text, "signature": ""}] if reasoning_text else []
 
 
-def signatures(provider_data: Mapping[str, Any] | None) -> list[str]:
-    """The signatures of the provider's ``thinking`` blocks, in order (a stream's blocks take them by
-    position at the end)."""
+def streamed_signatures(
+    provider_data: Mapping[str, Any] | None, streamed: list[str]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """For the thinking blocks a stream sent (their texts, in order): each one's signature (``""``: none),
+    and the redacted blocks still to send whole (module docstring)."""
     blocks = _provider_blocks(provider_data)
-    return [str(block.get("signature") or "") for block in blocks if block.get("type") == "thinking"]
-
-
-def redacted_blocks(provider_data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The provider's ``redacted_thinking`` blocks (no text arrived for them while the answer streamed)."""
-    return [block for block in _provider_blocks(provider_data) if block.get("type") == "redacted_thinking"]
+    thinking = [block for block in blocks if block.get("type") == "thinking"]
+    redacted = [block for block in blocks if block.get("type") == "redacted_thinking"]
+    texts = [str(block.get("thinking") or "") for block in thinking]
+    if not redacted and texts == streamed:  # one streamed block per provider block: their own signatures
+        return [str(block.get("signature") or "") for block in thinking], []
+    if not streamed:  # nothing streamed to sign (only redacted thinking): those blocks, whole
+        return [], redacted
+    state = {key: value for key, value in (provider_data or {}).items() if key in NATIVE_KEYS}
+    packed = stamped("", state)
+    if packed:  # the whole state on the first block
+        return [packed] + [""] * (len(streamed) - 1), []
+    # (too large to carry whole: the provider's signatures in order, the best there is)
+    return [str(block.get("signature") or "") for block in thinking][: len(streamed)], redacted
