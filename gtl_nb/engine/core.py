@@ -1645,7 +1645,7 @@ class Engine:
             return [model.name for model in provider.models()]
         if not hasattr(provider, "models_request"):
             raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
-        deployment = with_key(self.credentials, deployment, key_name)
+        deployment = self.caller_credentials(deployment, key_name)  # a set-up mistake: the operator's log
         description = provider.models_request(deployment, now=self.wall_clock())
         try:
             status, headers, body = await self.http.fetch(description, self.deployment_timeouts.get(deployment.name))
@@ -1693,14 +1693,35 @@ class Engine:
         if self.audience != GATEWAY or not isinstance(exc, ConfigurationError):
             return _with_provider(exc.to_event(sid), target)
         outcome.uncallable = True
-        if self._told_operator.get(target.name) != exc.message:
-            self._told_operator[target.name] = exc.message
-            log.error("deployment %s cannot be called: %s", target.name, exc.message)
+        return self._setup_incomplete(exc, target.name).to_event(sid)
+
+    def _setup_incomplete(self, exc: ConfigurationError, name: str) -> ProviderUnavailableError:
+        """A gateway's own set-up mistake about deployment ``name`` (``exc``: a key missing from its
+        environment or its vault) as its caller hears it — retryable ``PROVIDER_UNAVAILABLE`` with no path
+        and no key name; the operator's words go to the log, once for each deployment and reason."""
+        if self._told_operator.get(name) != exc.message:
+            self._told_operator[name] = exc.message
+            log.error("deployment %s cannot be called: %s", name, exc.message)
         message = (
-            f"deployment {target.name!r} cannot be called: the gateway's set-up for it is incomplete "
+            f"deployment {name!r} cannot be called: the gateway's set-up for it is incomplete "
             "(its operator is told so in the gateway's log)"
         )
-        return Error(session_id=sid, code="PROVIDER_UNAVAILABLE", message=message, retryable=True, provider=target.name)
+        return ProviderUnavailableError(message, retryable=True, provider=name)
+
+    def caller_credentials(self, deployment: Deployment, key_name: str | None = None) -> Deployment:
+        """``with_key`` for a request of a caller other than a completion (a model listing): a gateway's
+        set-up mistake (its vault lacks the key its table names, a key variable unset) is raised as
+        ``_uncallable`` words it for a completion — ``PROVIDER_UNAVAILABLE``, the detail in the log only.
+        A token's own choice of stored key is the caller's, raised as it is."""
+        try:
+            resolved = with_key(self.credentials, deployment, key_name)
+            if self.audience == GATEWAY:
+                _check_credentials(resolved)
+        except ConfigurationError as exc:
+            if self.audience != GATEWAY:
+                raise
+            raise self._setup_incomplete(exc, deployment.name) from None
+        return resolved
 
     def _for_gateway_caller(self, event: Error, target: Target, deployment: Deployment) -> Error:
         """A provider's error as a gateway's caller reads it (``OPERATORS_SIDE``): about the caller's

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gtl_nb.engine.core import Engine
-from gtl_nb.engine.credentials import with_key
 from gtl_nb.log import get_logger, quotes_secret, redact
 from gtl_nb.protocol.errors import GTLError, error_from_event
 from gtl_nb.protocol.messages import Error
@@ -89,7 +88,7 @@ class ModelLists:
         which = (deployment.name, key_name)
         try:
             listed = await self.engine.list_models(deployment.name, key_name)
-            names = _without_secrets(listed, with_key(self.engine.credentials, deployment, key_name))  # (its key)
+            names = _without_secrets(listed, self.engine.caller_credentials(deployment, key_name))  # (its key)
             kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
         except GTLError as exc:
             kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))

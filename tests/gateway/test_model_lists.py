@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
 from gtl_nb import sim
-from gtl_nb.engine.credentials import StaticCredentials
+from gtl_nb.engine.credentials import StaticCredentials, with_key
 from gtl_nb.gateway.local import start_gateway
 from gtl_nb.gateway.model_lists import ModelLists
 from gtl_nb.protocol.errors import AuthenticationError, ProviderUnavailableError
@@ -44,11 +45,17 @@ def test_a_caller_at_its_rate_limit_cannot_flood_the_provider_with_model_lists(t
         provider.close()
 
 
+def _caller_credentials(engine: Any, deployment: Deployment, key_name: str | None = None) -> Deployment:
+    """The fakes' ``Engine.caller_credentials``: the key the listing was sent with."""
+    return with_key(engine.credentials, deployment, key_name)
+
+
 class _Provider:
     """An engine whose ``list_models`` counts its calls, answers once ``release`` is set, and fails
     (``AUTH_FAILED``) while ``refusing``."""
 
     credentials = StaticCredentials()
+    caller_credentials = _caller_credentials
 
     def __init__(self) -> None:
         self.calls = 0
@@ -136,6 +143,7 @@ def test_a_caller_of_the_reloaded_deployment_gets_its_own_calls_answer():
 
     class TwoCalls:
         credentials = StaticCredentials()
+        caller_credentials = _caller_credentials
 
         def __init__(self) -> None:
             self.gates = [asyncio.Event(), asyncio.Event()]
@@ -177,6 +185,7 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
 
     class Quoting:
         credentials = Rotated()
+        caller_credentials = _caller_credentials
 
         async def list_models(self, name: str, key_name: str | None = None) -> list[str]:
             return [
@@ -207,6 +216,7 @@ def test_a_token_choosing_a_stored_key_is_listed_what_that_key_sees():
 
     class PerKey:
         credentials = Keyed()
+        caller_credentials = _caller_credentials
 
         def __init__(self) -> None:
             self.asked: list[str | None] = []

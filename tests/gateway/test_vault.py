@@ -907,6 +907,54 @@ def test_a_gateways_deployment_it_cannot_call_is_its_operators_to_fix_and_anothe
     assert ("vault" in told[0]) if credentials is not None else ("GTL_TEST_UNSET" in told[0] or "api_key" in told[0])
 
 
+@pytest.mark.parametrize("broken", ["a key removed from the vault", "a key variable that is unset"])
+def test_a_model_listing_of_a_deployment_the_gateway_cannot_call_tells_the_caller_nothing_of_its_set_up(
+    broken: str, vault: Vault, key_file: Path, caplog: pytest.LogCaptureFixture
+):
+    """The ``models`` query, as a completion (``_uncallable``): a retryable PROVIDER_UNAVAILABLE that names
+    neither the vault's file nor the stored key nor the variable, the operator's detail in the log only."""
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.gateway.queries import answer_query
+    from gtl_nb.protocol.messages import Query
+
+    secret = "sim-vault-key-0123456789abcdef"
+    server = sim.serve("openai", seed=3, api_key=secret)
+    unset = {"type": "openai", "base_url": server.base_url, "api_key_env": "GTL_TEST_UNSET", "models": ["gpt-4o-mini"]}
+    try:
+        settings = load_settings(providers={"first": unset}, environ={})
+        credentials = None
+        if broken.startswith("a key removed"):
+            vault.add("team-first", secret, "first")
+            credentials = resolver(vault, key_file, FakeClock(), keys={"first": "team-first"})
+            vault.remove("team-first")
+            credentials.refresh()
+        engine = build_engine(settings, ledger=False, credentials=credentials, audience=GATEWAY)
+        context = RequestContext(principal="ann", scopes=frozenset({"models:read"}))
+        query = Query(query_id="q", name="models", params={"deployment": "first"})
+
+        async def run() -> list[Any]:
+            try:
+                return [await answer_query(engine, context, query, max_bytes=1 << 20) for _ in range(2)]
+            finally:
+                await engine.aclose()
+
+        with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+            answers = asyncio.run(run())
+    finally:
+        server.close()
+    for answer in answers:
+        error = answer.error
+        assert error is not None and error.code == "PROVIDER_UNAVAILABLE" and error.retryable, answer
+        assert "operator" in error.message and "'first'" in error.message, error.message
+        for detail in ("vault", "team-first", str(vault.path), "GTL_TEST_UNSET", "keys add"):
+            assert detail not in error.message, error.message
+    told = [r.getMessage() for r in caplog.records if "cannot be called" in r.getMessage()]
+    assert len(told) == 1, told
+    assert (
+        ("team-first" in told[0]) if credentials is not None else ("GTL_TEST_UNSET" in told[0] or "api_key" in told[0])
+    )
+
+
 def test_gtl_keys_add_refuses_a_deployment_the_configuration_does_not_have(
     tmp_path: Path, cli_env: dict[str, str], master_text: str
 ):
