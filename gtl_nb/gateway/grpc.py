@@ -267,8 +267,10 @@ class GTLServicer(pb_grpc.GTLServicer):
             await self._work_on(gateway.run(), connection=True)
         finally:
             await channel.aclose()
-        if refused:  # the client read the AUTH_FAILED error first; the status tells any other reader
-            context.set_code(grpc.StatusCode.UNAUTHENTICATED)
+        if refused:  # the client read the error frame first; the status tells any other reader
+            # a token the gateway could not check is its own trouble, as ListProviders and Complete say
+            uncheckable = isinstance(refused[0], TokenUncheckable)
+            context.set_code(grpc.StatusCode.UNAVAILABLE if uncheckable else grpc.StatusCode.UNAUTHENTICATED)
             context.set_details(status_details(refused[0]))
 
     async def Complete(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:

@@ -92,7 +92,13 @@ from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.proxies import TrustedProxies, peer_text
 from gtl_nb.gateway.queries import answer_query
 from gtl_nb.gateway.readiness import degraded_parts, may_read_reasons, readiness
-from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping, recorded_refusal, unavailable_status
+from gtl_nb.gateway.refusals import (
+    REFUSED_BEFORE_START,
+    UNCHECKABLE_RETRY_AFTER,
+    GatewayStopping,
+    recorded_refusal,
+    unavailable_status,
+)
 from gtl_nb.gateway.scopes import SCOPES
 from gtl_nb.gateway.sessions import (
     Authenticate,
@@ -808,7 +814,7 @@ def _token_refusal(exc: GTLError) -> Any:
     status = unavailable_status(exc)
     if status == 401:
         return _error_response(exc, 401, headers={"www-authenticate": "Bearer"})
-    return _error_response(exc, status, headers={"retry-after": "1"})
+    return _error_response(exc, status, headers=dict(UNCHECKABLE_RETRY_AFTER))
 
 
 def _in_the_callers_shape(request: Any, exc: GTLError, status: int) -> Any:

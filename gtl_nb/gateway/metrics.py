@@ -65,6 +65,7 @@ from gtl_nb.engine.hooks import (
     RetryScheduled,
 )
 from gtl_nb.gateway.gc_pauses import GcPauses
+from gtl_nb.gateway.refusals import UNCHECKABLE_RETRY_AFTER, unavailable_status
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import encode
 from gtl_nb.protocol.errors import (
@@ -475,6 +476,8 @@ def metrics_route(
 
     def refusal(exc: GTLError, status: int) -> Response:
         headers = {"www-authenticate": "Bearer"} if status == 401 else None
+        if status == 503:  # a token the gateway cannot check: the other endpoints' retry-after
+            headers = dict(UNCHECKABLE_RETRY_AFTER)
         return Response(encode(exc.to_event("")), status_code=status, media_type="application/json", headers=headers)
 
     async def endpoint(request: Request) -> Response:
@@ -487,7 +490,7 @@ def metrics_route(
             except PermissionDeniedError as exc:
                 return refusal(exc, 403)
             except AuthenticationError as exc:
-                return refusal(exc, 503 if exc.code != "AUTH_FAILED" else 401)  # (503: the list is unreachable)
+                return refusal(exc, unavailable_status(exc))  # (503: the revocation list is unreachable)
             if scope is not None and not _has_scope(context, scope):
                 return refusal(PermissionDeniedError(f"reading /metrics needs the {scope} scope"), 403)
         if refresh is not None:

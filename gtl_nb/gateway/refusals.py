@@ -61,6 +61,7 @@ from gtl_nb.protocol.messages import CompletionRequest, Error
 __all__ = [
     "RECORDING_WAIT",
     "REFUSED_BEFORE_START",
+    "UNCHECKABLE_RETRY_AFTER",
     "GatewayStopping",
     "Recordings",
     "TokenUncheckable",
@@ -94,6 +95,11 @@ class TokenUncheckable(AuthenticationError):
 
     code = "PROVIDER_UNAVAILABLE"
     default_retryable = True
+
+
+UNCHECKABLE_RETRY_AFTER = {"retry-after": "1"}
+"""The header of every HTTP ``503`` for a token the gateway cannot check (``TokenUncheckable``) — the GTL,
+OpenAI- and Anthropic-compatible endpoints and ``/metrics`` alike: the SDKs wait that second, then retry."""
 
 
 def unavailable_status(exc: GTLError, refused: int = 401) -> int:

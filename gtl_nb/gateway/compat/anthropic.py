@@ -26,7 +26,7 @@ from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retrie
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.compat.thinking import NATIVE_KEYS
 from gtl_nb.gateway.offload import converted
-from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping, TokenUncheckable
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, UNCHECKABLE_RETRY_AFTER, GatewayStopping, TokenUncheckable
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
@@ -87,7 +87,7 @@ def error_reply(
 def refusal(exc: GTLError) -> Reply:
     """The answer for an error raised before a session ran (the key, the body)."""
     if isinstance(exc, TokenUncheckable):  # the gateway's trouble, not the key's: 503, retried (another replica)
-        return error_reply(exc.to_event(), status=503, kind="api_error")
+        return error_reply(exc.to_event(), status=503, kind="api_error", headers=UNCHECKABLE_RETRY_AFTER)
     if isinstance(exc, AuthenticationError):
         return error_reply(exc.to_event(), status=401, kind="authentication_error")
     if isinstance(exc, FrameTooLargeError):

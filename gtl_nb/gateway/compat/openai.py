@@ -42,7 +42,7 @@ from gtl_nb.gateway.compat.responses_request import responses_request
 from gtl_nb.gateway.compat.responses_response import ResponseEventEncoder, response_object
 from gtl_nb.gateway.compat.runner import EventEncoder, Refuse, SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.offload import converted
-from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, GatewayStopping, TokenUncheckable
+from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, UNCHECKABLE_RETRY_AFTER, GatewayStopping, TokenUncheckable
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
@@ -148,7 +148,7 @@ def error_reply(
 def refusal(exc: GTLError) -> Reply:
     """The answer for an error raised before a session ran (the key, the body)."""
     if isinstance(exc, TokenUncheckable):  # the gateway's trouble, not the key's: 503, retried (another replica)
-        return error_reply(exc.to_event(), status=503, code="revocations_unreachable")
+        return error_reply(exc.to_event(), status=503, code="revocations_unreachable", headers=UNCHECKABLE_RETRY_AFTER)
     if isinstance(exc, AuthenticationError):
         # OpenAI's own answer to a wrong key: 401, invalid_request_error, invalid_api_key
         refused = exc.to_event()

@@ -206,14 +206,54 @@ def test_a_gateway_answers_at_once_while_its_redis_is_frozen(server: Any, tmp_pa
         thaw(server)
 
 
+def uncheckable_grpc_codes(url: str, bearer: str) -> list[str]:
+    """The status of each gRPC call — ``ListProviders``, ``Complete``, ``Session`` — with ``bearer``."""
+    import grpc
+
+    from gtl_nb.transports.grpc import gtl_pb2 as pb
+    from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
+
+    metadata = (("authorization", f"Bearer {bearer}"),)
+    codes = []
+    with grpc.insecure_channel(url.removeprefix("grpc://")) as channel:
+        stub = pb_grpc.GTLStub(channel)
+        message = pb.ChatMessage(role=pb.ROLE_USER, content="hi")
+        for call in (
+            lambda: stub.ListProviders(pb.ListProvidersRequest(), metadata=metadata, timeout=30),
+            lambda: stub.Complete(
+                pb.CompletionRequest(session_id="s", model="echo", messages=[message]), metadata=metadata, timeout=30
+            ),
+        ):
+            try:
+                call()
+                codes.append("OK")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+        hello = pb.ClientFrame(hello=pb.Hello(versions=pb.StringList(values=["1.0"])))
+        session = stub.Session(iter([hello]), metadata=metadata, timeout=30)
+        try:
+            frames = list(session)
+        except grpc.RpcError as exc:
+            codes.append(exc.code().name)
+        else:  # the error frame first (PROVIDER_UNAVAILABLE), then the call's status
+            errors = [f.error.code for f in frames if f.WhichOneof("message") == "error"]
+            assert errors and all(code == "PROVIDER_UNAVAILABLE" for code in errors), frames
+            codes.append(session.code().name)
+    return codes
+
+
 def test_a_gateway_started_while_redis_is_down_is_not_ready_until_it_reads_the_list(server: Any, tmp_path: Path):
     """A replica that never read the list refuses every token: ``/readyz`` answers ``503`` then (an
     orchestrator must not send it traffic, nor let a rollout replace serving replicas with it), and
     ``200`` once the list is read."""
-    config = write_toml(tmp_path / "gtl.toml", gateway_tables(tmp_path, server.url, refresh=0.2))
+    tables = {**gateway_tables(tmp_path, server.url, refresh=0.2), "gateway.metrics": {"require_token": True}}
+    config = write_toml(tmp_path / "gtl.toml", tables)
     bearer = token("ann")
     server.stop()
-    with start_gateway(config, env={SECRET_ENV: SECRET}) as gateway, httpx.Client(timeout=30) as client:
+    with (
+        start_gateway(config, http="127.0.0.1:0", grpc="127.0.0.1:0", env={SECRET_ENV: SECRET}) as gateway,
+        httpx.Client(timeout=30) as client,
+    ):
         base = gateway.url("http")
         # every token refused, as the gateway's trouble: 503, so nginx (proxy_next_upstream http_503) and
         # the SDKs try another replica — never a 401 that blames the caller's key
@@ -221,13 +261,17 @@ def test_a_gateway_started_while_redis_is_down_is_not_ready_until_it_reads_the_l
         assert response.status_code == 503, response.text
         error = response.json()["error"]
         assert error["type"] == "server_error" and "revocation list is unreachable" in error["message"], error
-        assert response.headers["x-should-retry"] == "true"
+        assert response.headers["x-should-retry"] == "true" and response.headers["retry-after"] == "1"
         messages = client.post(
             f"{base}/v1/messages",
             json={"model": "echo", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
             headers={"x-api-key": bearer, "anthropic-version": "2023-06-01"},
         )
         assert messages.status_code == 503 and messages.json()["error"]["type"] == "api_error", messages.text
+        assert messages.headers["retry-after"] == "1" and messages.headers["x-should-retry"] == "true"
+        metrics = client.get(f"{base}/metrics", headers=operator())
+        assert metrics.status_code == 503 and metrics.headers["retry-after"] == "1", metrics.text
+        assert uncheckable_grpc_codes(gateway.url("grpc"), bearer) == ["UNAVAILABLE"] * 3
         gtl = client.post(
             f"{base}/v1/gtl",
             json={
