@@ -553,6 +553,10 @@ def test_an_unreadable_revocation_list_fails_closed():
     event = error.to_event("s")
     assert event.code == "PROVIDER_UNAVAILABLE" and event.retryable
     assert "revocation list is unreachable" in event.message
+    # read whole in the log: the redactor takes "token: WORD" for a credential
+    from gtl_nb.log import redact
+
+    assert redact(event.message) == event.message, redact(event.message)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -213,7 +213,7 @@ class TokenAuthenticator:
         except GTLError as exc:  # fail closed, but say it may pass later
             log.error("cannot check the revocation list: %s", exc)
             raise TokenUncheckedError(
-                "the gateway could not check the token: its revocation list is unreachable; try again "
+                "the gateway could not check the token, as its revocation list is unreachable; try again "
                 "(another replica may answer)",
                 "store-unavailable",
                 retryable=True,

@@ -291,6 +291,8 @@ def test_a_gateway_started_while_redis_is_down_is_not_ready_until_it_reads_the_l
         # no token can be checked yet, an operator's neither: the part by name, and why in the log
         assert ready.json() == {"status": "unavailable", "degraded": ["revocations"]}
         assert "token revocations: Redis at" in "".join(gateway.output), gateway.output
+        refused = [line for line in gateway.output if "could not check the token" in line]
+        assert refused and not any("[redacted]" in line for line in refused), refused  # the message whole
         server.restart()
         eventually(lambda: client.get(f"{base}/readyz").status_code == 200, "the list was never read")
         assert client.get(f"{base}/readyz").json() == {"status": "ready"}
