@@ -450,12 +450,18 @@ def _push_revocations(args: argparse.Namespace) -> int:
         )
     from gtl_nb.engine.stores.redis_fallback import one_line
     from gtl_nb.gateway.auth import revocation_list
-    from gtl_nb.gateway.tokens import SqliteTokenStore
     from gtl_nb.gateway.tokens.redis_revocations import RevocationStoreError
+    from gtl_nb.gateway.tokens.store import stored_revocations
 
     now = time.time()
-    with SqliteTokenStore(source) as store:
-        entries = {jti: until for jti, until in store.revoked().items() if until > now}
+    try:  # read-only: the file named is never written (a ledger named by mistake stays as it was)
+        stored = stored_revocations(source)
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{exc.message}; name the file the old gateway used with --from (its data directory's "
+            "gtl_nb/tokens.sqlite3, or its [gateway.jwt] revocations file); nothing was pushed"
+        ) from None
+    entries = {jti: until for jti, until in stored.items() if until > now}
     try:
         with revocation_list(policy) as shared:
             for jti, until in sorted(entries.items()):

@@ -237,3 +237,43 @@ class SqliteTokenStore:
                 "reading", lambda conn: conn.execute("SELECT expires_at FROM minted WHERE jti = ?", (jti,)).fetchone()
             )
         return None if row is None else float(row[0])
+
+
+def stored_revocations(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The revocations of the token store at ``path`` (``jti`` -> when each may be forgotten), read without
+    writing to it: opened read-only, its tables neither created nor pruned (``gtl token push-revocations
+    --from`` reads an old gateway's store, or a copy of one; SQLite may make its own -wal and -shm files
+    beside a store in WAL mode). ``ConfigurationError`` for a file that is missing or is not a token store
+    — another SQLite file (a ledger), or no database at all."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(f"no token store at {path}: no such file")
+    not_a_store = f"{path} is not a token store (the SQLite file of gtl token revoke and the gateway)"
+    uri = path.resolve().as_uri()
+    try:
+        try:
+            return _read_revocations(f"{uri}?mode=ro", not_a_store)
+        except sqlite3.OperationalError as exc:
+            # a store in WAL mode in a folder this user cannot write (its -shm cannot be made): with no
+            # -wal file beside it every committed row is in the file itself, which nobody is writing then
+            if "unable to open" not in str(exc) or Path(f"{path}-wal").exists():
+                raise
+            return _read_revocations(f"{uri}?mode=ro&immutable=1", not_a_store)
+    except sqlite3.OperationalError as exc:
+        raise ConfigurationError(
+            f"the token store {path} cannot be read ({exc}): if another process holds it, try again; if its "
+            "folder is not yours to write, copy the file (and its -wal file) to one that is and name the copy"
+        ) from None
+    except sqlite3.DatabaseError as exc:  # not a database at all
+        raise ConfigurationError(f"{not_a_store}: {exc}") from None
+
+
+def _read_revocations(uri: str, not_a_store: str) -> dict[str, float]:
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    try:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(revoked)")}
+        if not {"jti", "expires_at"} <= columns:
+            raise ConfigurationError(f"{not_a_store}: it has no table of revocations")
+        return {str(jti): float(until) for jti, until in conn.execute("SELECT jti, expires_at FROM revoked")}
+    finally:
+        conn.close()

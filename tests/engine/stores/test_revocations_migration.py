@@ -9,7 +9,9 @@ a replica that finds the shared list new and has nothing to write into it says s
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -98,6 +100,31 @@ def test_push_revocations_says_what_it_needs(tmp_path: Path, redis_url: str):
     missing = gtl(shared, tmp_path / "op", "push-revocations", "--from", str(tmp_path / "nope.sqlite3"))
     assert missing.returncode != 0 and f"no token store at {tmp_path / 'nope.sqlite3'}" in missing.stderr
     assert "Traceback" not in refused.stderr + missing.stderr
+
+
+def test_push_revocations_writes_nothing_into_the_file_it_reads_and_refuses_one_that_is_no_token_store(
+    tmp_path: Path, redis_url: str
+):
+    """``--from`` named a ledger's copy: it gained ``revoked`` and ``minted`` tables and the command said
+    "pushed 0", exit 0. The source is opened read-only; a file that is not a token store is refused."""
+    shared = write_toml(tmp_path / "shared.toml", tables(tmp_path, redis_url))
+    ledger = tmp_path / "ledger-copy.sqlite"
+    with sqlite3.connect(ledger) as conn:
+        conn.execute("CREATE TABLE usage (session_id TEXT, cost REAL)")
+        conn.execute("INSERT INTO usage VALUES ('s1', 0.5)")
+    conn.close()
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database at all\n" * 20)
+    for source in (ledger, text):
+        before = hashlib.sha256(source.read_bytes()).hexdigest()
+        refused = gtl(shared, tmp_path / "op", "push-revocations", "--from", str(source))
+        assert refused.returncode != 0, (refused.stdout, refused.stderr)
+        assert f"{source} is not a token store" in refused.stderr and "nothing was pushed" in refused.stderr
+        assert "pushed" not in refused.stdout and "Traceback" not in refused.stderr, refused.stderr
+        assert hashlib.sha256(source.read_bytes()).hexdigest() == before  # not a byte written
+    with sqlite3.connect(ledger) as conn:
+        assert [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["usage"]
+    conn.close()
 
 
 def test_a_replica_writing_back_its_own_revocations_says_others_are_not_among_them(redis_url: str, caplog):
