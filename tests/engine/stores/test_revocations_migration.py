@@ -127,6 +127,68 @@ def test_push_revocations_writes_nothing_into_the_file_it_reads_and_refuses_one_
     conn.close()
 
 
+def test_push_revocations_writes_thousands_in_a_bounded_number_of_redis_calls(tmp_path: Path):
+    """Each revocation was written with its own call, then the set pruned and read whole again: quadratic
+    (4,000 took a minute). Counted in Redis's own command statistics, never timed."""
+    import redis
+
+    from gtl_nb.gateway.tokens import SqliteTokenStore
+    from tests.redis_server import RedisServer
+
+    count = 3000
+    server = RedisServer.start(tmp_path / "redis")  # its own: no other test's list talks to it
+    try:
+        config = tables(tmp_path, server.url)
+        config["gateway.jwt"]["refresh"] = 3600  # the command's list looks once, when it opens
+        shared = write_toml(tmp_path / "shared.toml", config)
+        store = tmp_path / "old" / "tokens.sqlite3"
+        store.parent.mkdir()
+        with SqliteTokenStore(store):
+            pass
+        later, now = time.time() + 3600, time.time()
+        with sqlite3.connect(store) as conn:
+            rows = [(f"jti-{n:05d}", later + n, now) for n in range(count)]
+            rows.append(("jti-expired", now - 10, now - 20))  # expired: not pushed
+            conn.executemany("INSERT INTO revoked (jti, expires_at, revoked_at) VALUES (?, ?, ?)", rows)
+        conn.close()
+        before = hashlib.sha256(store.read_bytes()).hexdigest()
+        client = redis.Redis.from_url(server.url)
+        try:
+            client.config_resetstat()
+            pushed = gtl(shared, tmp_path / "op", "push-revocations", "--from", str(store))
+            assert pushed.returncode == 0, pushed.stderr
+            assert f"pushed {count} unexpired revocation(s)" in pushed.stdout, pushed.stdout
+            assert f"(it holds {count} now)" in pushed.stdout, pushed.stdout
+            stats = client.info("commandstats")
+            calls = {name.removeprefix("cmdstat_"): entry["calls"] for name, entry in stats.items()}
+            # a few scripts (batches of REVOKE_BATCH, the prune, the first look's marker), a few reads
+            assert calls.get("eval", 0) <= 10 and calls.get("zrange", 0) <= 10, calls
+            # what a replica reads: every entry, with its own expiry
+            members = dict(client.zrange("gtl:revoked", 0, -1, withscores=True))
+            assert members[b"jti-00000"] == later and members[f"jti-{count - 1:05d}".encode()] == later + count - 1
+            assert b"jti-expired" not in members and len(members) == count + 1  # (and the marker)
+        finally:
+            client.close()
+        assert hashlib.sha256(store.read_bytes()).hexdigest() == before
+    finally:
+        server.stop()
+
+
+def test_revoke_many_is_revoke_for_each(redis_url: str):
+    """As ``revoke`` one by one: an earlier revocation's later time kept, an expired one pruned, the list
+    read again (``is_revoked`` knows them at once)."""
+    from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList
+
+    now = time.time()
+    with RedisRevocationList(redis_url, refresh=3600) as shared:
+        shared.revoke("a", now + 100)
+        shared.revoke("b", now + 100)
+        shared.revoke_many({"a": now + 50, "b": now + 200, "c": now + 300, "gone": now - 1})
+        assert shared.revoked() == {"a": now + 100, "b": now + 200, "c": now + 300}
+        assert shared.is_revoked("c") and not shared.is_revoked("gone")
+        shared.revoke_many({})  # nothing to write: nothing written
+
+
 def test_a_replica_writing_back_its_own_revocations_says_others_are_not_among_them(redis_url: str, caplog):
     from gtl_nb.gateway.tokens.redis_revocations import RedisRevocationList
 
