@@ -89,9 +89,11 @@ class TokenUncheckable(AuthenticationError):
     (Redis away since it started): the gateway's trouble, not the caller's credentials.
 
     Still an ``AuthenticationError`` — every transport refuses, logs and counts it as one, so no
-    token passes unchecked (fail closed) — but answered as the retryable unavailable code, so a proxy
-    (nginx's ``proxy_next_upstream http_503``) and the SDKs try again, elsewhere: GTL's
-    ``PROVIDER_UNAVAILABLE``, HTTP ``503`` (``unavailable_status``), gRPC ``UNAVAILABLE``."""
+    token passes unchecked (fail closed) — but answered as the retryable unavailable code: GTL's
+    ``PROVIDER_UNAVAILABLE``, HTTP ``503`` (``unavailable_status``) with ``retry-after``, gRPC
+    ``UNAVAILABLE``. The SDKs retry it, their retry reaching the next replica through nginx's round
+    robin; nginx itself retries only a ``GET`` on it — a completion's ``POST`` is passed on, never sent
+    twice (docs/deploy.md, "What nginx retries")."""
 
     code = "PROVIDER_UNAVAILABLE"
     default_retryable = True

@@ -255,8 +255,8 @@ def test_a_gateway_started_while_redis_is_down_is_not_ready_until_it_reads_the_l
         httpx.Client(timeout=30) as client,
     ):
         base = gateway.url("http")
-        # every token refused, as the gateway's trouble: 503, so nginx (proxy_next_upstream http_503) and
-        # the SDKs try another replica — never a 401 that blames the caller's key
+        # every token refused, as the gateway's trouble: a retryable 503, which the SDKs retry (through nginx,
+        # to the next replica) — never a 401 that blames the caller's key
         response = ask(client, base, bearer)
         assert response.status_code == 503, response.text
         error = response.json()["error"]
@@ -470,3 +470,58 @@ def test_the_marker_is_never_a_token_that_passes(server: Any):
         assert revocations.is_revoked(SENTINEL)  # a jti minted elsewhere could be it: refused
         revocations.revoke("jti-1", time.time() + 60)
         assert set(revocations.revoked()) == {"jti-1"}  # gtl token list never shows it
+
+
+def test_behind_nginx_a_completions_503_reaches_the_client_whose_sdk_retries_it_on_the_next_replica(
+    server: Any, tmp_path: Path
+):
+    """What docs/deploy.md ("What nginx retries") says, with one replica that never read its list: nginx
+    sends no POST twice, so a completion's 503 reaches the client (retry-after, x-should-retry), and the
+    OpenAI SDK's retry goes through nginx's round robin to the other replica; a GET nginx retries itself.
+    The pages said nginx retried the completion (``proxy_next_upstream http_503``): it never does."""
+    import openai
+
+    from tests.nginx_server import NginxServer, find_nginx
+
+    if find_nginx() is None:
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    root = Path(__file__).resolve().parents[3]
+    deploy = (root / "docs" / "deploy.md").read_text(encoding="utf-8")
+    operations = (root / "docs" / "operations.md").read_text(encoding="utf-8")
+    assert "proxy_next_upstream http_503` and the SDKs try another replica" not in deploy
+    assert "nginx passes a completion's `503` on" in deploy and "nginx passes a completion's `503` on" in operations
+
+    def replica(name: str, url: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        tables = gateway_tables(folder, url, refresh=0.2)
+        tables["gateway"]["trusted_proxies"] = ["127.0.0.1"]
+        return write_toml(folder / "gtl.toml", tables)
+
+    bearer = token("ann")
+    env = {SECRET_ENV: SECRET}
+    unread = f"redis://127.0.0.1:{dead_port()}/0"
+    with (
+        start_gateway(replica("a", unread), env=env) as a,
+        start_gateway(replica("b", server.url), env=env) as b,
+    ):
+        replicas = [a.url("http").split("://")[1], b.url("http").split("://")[1]]
+        nginx = NginxServer.start(tmp_path / "nginx", http_replicas=replicas, grpc_replicas=replicas)
+        try:
+            with httpx.Client(timeout=30) as client:
+                headers = {"authorization": f"Bearer {bearer}"}
+                answers = [
+                    client.post(f"{nginx.http_url}/v1/chat/completions", json=PROMPT_BODY, headers=headers)
+                    for _ in range(4)
+                ]
+                codes = sorted(answer.status_code for answer in answers)
+                assert 503 in codes and set(codes) <= {200, 503}, codes  # passed on, not retried by nginx
+                for refused in (answer for answer in answers if answer.status_code == 503):
+                    assert refused.headers["retry-after"] == "1" and refused.headers["x-should-retry"] == "true"
+                sdk = openai.OpenAI(base_url=f"{nginx.http_url}/v1", api_key=bearer, max_retries=2)
+                for _ in range(4):  # each refused try is retried by the SDK, and lands on the other replica
+                    sdk.chat.completions.create(model="echo", messages=PROMPT_BODY["messages"])
+                listed = [client.get(f"{nginx.http_url}/v1/models", headers=headers).status_code for _ in range(4)]
+                assert listed == [200] * 4, listed  # a GET's 503: nginx's own retry, on the next replica
+        finally:
+            nginx.stop()
