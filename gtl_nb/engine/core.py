@@ -1721,6 +1721,8 @@ class Engine:
             if self.audience != GATEWAY:
                 raise
             raise self._setup_incomplete(exc, deployment.name) from None
+        if self._told_operator and key_name is None:  # mended: a later breakage is told again (as ``_call``)
+            self._told_operator.pop(deployment.name, None)
         return resolved
 
     def _for_gateway_caller(self, event: Error, target: Target, deployment: Deployment) -> Error:
