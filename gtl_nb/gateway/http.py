@@ -1200,6 +1200,10 @@ def _with_host(url: str, hostname: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+_WITHOUT_V1 = frozenset({"/chat/completions", "/responses", "/models", "/embeddings", "/completions"})
+"""Where the OpenAI SDK posts when its base URL is the gateway's root, without ``/v1``."""
+
+
 def _through_a_proxy(request: Any, host: str, own: str) -> bool:
     """Whether the client reached this listener through something else: it names another port than the
     listener's own, or a proxy's ``X-Forwarded-*`` header came with it."""
@@ -1407,6 +1411,8 @@ def build_app(
                 "the SDK's base URL ends in /v1 already: give the Anthropic SDK the gateway's root "
                 f"({request.base_url}), the OpenAI SDK its /v1 ({request.base_url}v1)"
             )
+        elif request.url.path in _WITHOUT_V1:  # the OpenAI SDK given the gateway's root: its paths lack /v1
+            advice = f"the OpenAI SDK's base URL needs /v1 at its end: give it {request.base_url}v1"
         else:
             advice = f"this gateway serves {_ENDPOINTS}"
         return _in_the_callers_shape(request, InvalidRequestError(f"no endpoint at {where}; {advice}"), 404)

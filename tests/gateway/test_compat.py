@@ -756,6 +756,10 @@ def test_an_sdk_given_a_base_url_ending_in_v1_twice_reads_an_error_saying_so(bas
     with pytest.raises(openai.NotFoundError, match="ends in /v1 already") as seen:
         wrong_openai.chat.completions.create(model="echo", messages=chat())
     assert seen.value.code == "unknown_url"
+    root_openai = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)  # its paths then lack /v1
+    with pytest.raises(openai.NotFoundError, match="needs /v1 at its end") as rooted:
+        root_openai.responses.create(model="echo", input="hi")
+    assert f"give it {base_url}/v1" in rooted.value.message
 
 
 def test_a_wrong_method_on_a_compatible_path_is_refused_in_that_apis_shape(oai, claude, base_url):
