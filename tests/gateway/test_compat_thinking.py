@@ -310,3 +310,31 @@ def test_a_streamed_answers_thinking_goes_back_to_the_provider_exactly_as_it_wro
     assert _replayed(content) == expected
     if len(blocks) == 1 and blocks[0][0] == "thinking":  # streamed as it was: the provider's own signature
         assert content[0]["signature"] == "SIG-A"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_thinking_displayed_omitted_has_no_text_and_still_goes_back_whole(
+    client: anthropic.Anthropic, sims: dict[str, sim.Simulator], stream: bool
+):
+    """``display: "omitted"``: the thinking block has no text, its signature the provider's whole state, and
+    the tool loop that sends it back gives Claude its thinking as it wrote it."""
+    omitted = {**THINK, "display": "omitted"}
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "get_weather for Bergen"}]
+    asked = {"model": CLAUDE, "max_tokens": 2000, "thinking": omitted, "tools": TOOLS}
+    if stream:
+        events = list(client.messages.create(messages=messages, stream=True, **asked))
+        assert not [event for event in events if getattr(getattr(event, "delta", None), "type", "") == "thinking_delta"]
+    first = _ask(client, stream, messages=messages, **asked)
+    thought = first.content[0]
+    assert (thought.type, thought.thinking) == ("thinking", "") and thought.signature.startswith(MARK)
+    _, state = unstamped(thought.signature)  # what the provider wrote, as the gateway received it
+    assert state is not None
+    written = state["anthropic"]["content"]
+    assert written[0]["thinking"] and written[0]["signature"]
+    (use,) = [block for block in first.content if block.type == "tool_use"]
+    messages += [
+        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "clear"}]},
+    ]
+    assert client.messages.create(messages=messages, **asked).content[-1].text
+    assert _sent_thinking(sims["anthropic"]) == written

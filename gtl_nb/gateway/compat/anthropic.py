@@ -24,7 +24,7 @@ from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_obj
 from gtl_nb.gateway.compat.replay_state import restored
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
-from gtl_nb.gateway.compat.thinking import NATIVE_KEYS
+from gtl_nb.gateway.compat.thinking import NATIVE_KEYS, thinking_omitted
 from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, UNCHECKABLE_RETRY_AFTER, GatewayStopping, TokenUncheckable
 from gtl_nb.gateway.sessions import Authenticate
@@ -126,7 +126,9 @@ class AnthropicEndpoints:
         except GTLError as exc:  # a completion request refused for what it asks: its ledger row, then the 400
             return refusal(await intake.record_refused(self.sessions, body, session_id, context, exc))
         if message.stream:
-            encoder = MessageEncoder(session_id, model=message.model, error_object=error_object)
+            encoder = MessageEncoder(
+                session_id, model=message.model, error_object=error_object, thinking_omitted=thinking_omitted(body)
+            )
             return StreamedSession(
                 self.sessions,
                 message,
@@ -145,7 +147,8 @@ class AnthropicEndpoints:
         if transcript.done is None:
             error = transcript.error or Error(session_id=session_id, code="INTERNAL", message="the session ended early")
             return error_reply(error, retried=retried_already(transcript.statuses))
-        return json_reply(200, message_object(transcript, model=message.model), {"request-id": session_id})
+        answer = message_object(transcript, model=message.model, thinking_omitted=thinking_omitted(body))
+        return json_reply(200, answer, {"request-id": session_id})
 
     async def unsupported(self, request: Any) -> Any:
         """``/v1/messages/…`` (token counting, batches): 404, and why."""

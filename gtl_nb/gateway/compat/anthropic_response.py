@@ -95,12 +95,13 @@ def _tool_block(call: ToolCall, tool_input: dict[str, Any]) -> dict[str, Any]:
     return {"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input}
 
 
-def message_object(transcript: Transcript, *, model: str) -> dict[str, Any]:
+def message_object(transcript: Transcript, *, model: str, thinking_omitted: bool = False) -> dict[str, Any]:
     """The ``message`` object of a session that ended with ``done``; ``model``: the one the request
-    named, answered when ``done`` names none that served."""
+    named, answered when ``done`` names none that served; ``thinking_omitted``: the request's
+    ``thinking.display`` said ``omitted`` (``compat.thinking``)."""
     done = transcript.done
     assert done is not None
-    content = answered_blocks(done.provider_data, transcript.reasoning_text)
+    content = answered_blocks(done.provider_data, transcript.reasoning_text, omitted=thinking_omitted)
     if transcript.text:
         content.append({"type": "text", "text": transcript.text})
     content += [_tool_block(call, tool_input(call)) for call in transcript.tool_calls]
@@ -123,9 +124,17 @@ def _event(name: str, payload: dict[str, Any]) -> bytes:
 class MessageEncoder:
     """A session's events as the Messages stream (``runner.EventEncoder``)."""
 
-    def __init__(self, session_id: str, *, model: str, error_object: Callable[[Error], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        model: str,
+        error_object: Callable[[Error], dict[str, Any]],
+        thinking_omitted: bool = False,
+    ) -> None:
         self.session_id = session_id
         self.model = model
+        self.thinking_omitted = thinking_omitted  # ``thinking.display: "omitted"``: no thinking text sent
         self._error_object = error_object
         self._blocks = 0  # blocks started so far: the next block's index
         self._open: str | None = None  # the type of the block still open: "text", "thinking" or none
@@ -162,6 +171,8 @@ class MessageEncoder:
                 self._open = "thinking"
                 self._thinking.append((self._blocks - 1, []))
             self._thinking[-1][1].append(event.text)
+            if self.thinking_omitted:
+                return out
             delta = {"type": "thinking_delta", "thinking": event.text}
             return out + _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
         if isinstance(event, ToolCallEvent):
@@ -201,7 +212,7 @@ class MessageEncoder:
         """The thinking blocks' signatures and any redacted blocks, once ``done`` has them
         (``thinking.streamed_signatures``)."""
         streamed = ["".join(texts) for _, texts in self._thinking]
-        signed, redacted = streamed_signatures(done.provider_data, streamed)
+        signed, redacted = streamed_signatures(done.provider_data, streamed, omitted=self.thinking_omitted)
         out = b""
         for (index, _), signature in zip(self._thinking, signed, strict=False):
             if signature:

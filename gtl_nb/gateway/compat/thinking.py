@@ -4,8 +4,11 @@ blocks, and the blocks a client sends back.
 * ``thinking`` ``{"type": "enabled", "budget_tokens": N}``, ``{"type": "adaptive"}`` or ``{"type":
   "between_tools"}`` asks for GTL's ``reasoning``; ``{"type": "disabled"}`` (or none) does not
   (``reasoning_asked``). ``budget_tokens`` is checked as Anthropic checks it (at least 1,024, below
-  ``max_tokens``); the budget sent is the deployment's (``thinking_budget_tokens``, docs/providers.md):
-  GTL's request carries whether to think, not how much.
+  ``max_tokens``); the budget sent is the deployment's (``thinking_budget_tokens``,
+  docs/configuration.md): GTL's request carries whether to think, not how much. ``display: "omitted"``
+  (``thinking_omitted``) is the gateway's to honour: the thinking blocks come with empty text, the
+  first one's signature the provider's whole thinking state, packed (below) — what Anthropic answers
+  then, a signature with no text, for the next turn's sake.
 * The answer's thinking comes first, as Anthropic sends it (``answered_blocks``): the provider's own
   blocks when it has them — Anthropic's ``thinking`` / ``redacted_thinking`` blocks, Bedrock's reasoning
   blocks, each with its ``signature`` — else the reasoning text as one ``thinking`` block with an empty
@@ -38,7 +41,14 @@ from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.replay_state import MARK, PACKED, stamped
 
-__all__ = ["NATIVE_KEYS", "answered_blocks", "reasoning_asked", "replayed_state", "streamed_signatures"]
+__all__ = [
+    "NATIVE_KEYS",
+    "answered_blocks",
+    "reasoning_asked",
+    "replayed_state",
+    "streamed_signatures",
+    "thinking_omitted",
+]
 
 ANTHROPIC = "anthropic"  # the Anthropic dialect's provider_data key (``providers.anthropic``)
 BEDROCK = "bedrock_reasoning"  # the Bedrock dialect's (``providers.bedrock``)
@@ -79,6 +89,17 @@ def reasoning_asked(body: Mapping[str, Any], max_tokens: int) -> bool:
         if budget >= max_tokens:
             raise FieldError("max_tokens", "`max_tokens` must be greater than `thinking.budget_tokens`")
     return kind != "disabled"
+
+
+def thinking_omitted(body: Mapping[str, Any]) -> bool:
+    """Whether the request's ``thinking`` asks for its text left out (``display: "omitted"``)."""
+    config = body.get("thinking")
+    return isinstance(config, Mapping) and config.get("display") == "omitted"
+
+
+def _packed_state(provider_data: Mapping[str, Any] | None) -> str:
+    """The provider's thinking state packed for a signature (``""``: none, or too large to carry)."""
+    return stamped("", {key: value for key, value in (provider_data or {}).items() if key in NATIVE_KEYS})
 
 
 def replayed_state(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -124,19 +145,26 @@ def _provider_blocks(provider_data: Mapping[str, Any] | None) -> list[dict[str, 
     return blocks
 
 
-def answered_blocks(provider_data: Mapping[str, Any] | None, reasoning_text: str) -> list[dict[str, Any]]:
-    """The thinking blocks a whole answer starts with (module docstring)."""
+def answered_blocks(
+    provider_data: Mapping[str, Any] | None, reasoning_text: str, *, omitted: bool = False
+) -> list[dict[str, Any]]:
+    """The thinking blocks a whole answer starts with (module docstring); ``omitted``: their text left out."""
     blocks = _provider_blocks(provider_data)
+    if omitted and (blocks or reasoning_text):
+        return [{"type": "thinking", "thinking": "", "signature": _packed_state(provider_data)}]
     if blocks:
         return blocks
     return [{"type": "thinking", "thinking": reasoning_text, "signature": ""}] if reasoning_text else []
 
 
 def streamed_signatures(
-    provider_data: Mapping[str, Any] | None, streamed: list[str]
+    provider_data: Mapping[str, Any] | None, streamed: list[str], *, omitted: bool = False
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """For the thinking blocks a stream sent (their texts, in order): each one's signature (``""``: none),
-    and the redacted blocks still to send whole (module docstring)."""
+    and the redacted blocks still to send whole (module docstring); ``omitted``: the blocks went out
+    without their text, so the first carries the whole state."""
+    if omitted and streamed:
+        return [_packed_state(provider_data)] + [""] * (len(streamed) - 1), []
     blocks = _provider_blocks(provider_data)
     thinking = [block for block in blocks if block.get("type") == "thinking"]
     redacted = [block for block in blocks if block.get("type") == "redacted_thinking"]
@@ -145,8 +173,7 @@ def streamed_signatures(
         return [str(block.get("signature") or "") for block in thinking], []
     if not streamed:  # nothing streamed to sign (only redacted thinking): those blocks, whole
         return [], redacted
-    state = {key: value for key, value in (provider_data or {}).items() if key in NATIVE_KEYS}
-    packed = stamped("", state)
+    packed = _packed_state(provider_data)
     if packed:  # the whole state on the first block
         return [packed] + [""] * (len(streamed) - 1), []
     # (too large to carry whole: the provider's signatures in order, the best there is)
