@@ -20,9 +20,11 @@ thinking, have none): its ids are the provider's. A state larger than ``MAX_STAT
 carried (Gemini then gets Google's stand-in signature, ``providers.gemini``). A suffix that does not
 decode — an id a client cut short or made up — is dropped (an INFO line), the id kept without it:
 the state only spares the model its earlier reasoning, and the conversation goes on without it.
-Decoding is bounded: at most ``MAX_STATE_BYTES`` inflated, JSON at most ``providers.limits``' depth.
-A caller can forge a state, as it can write any assistant turn it likes: the provider checks its own
-signatures, so a forged one is refused there, not trusted here.
+Decoding is bounded: at most ``MAX_STATE_BYTES`` inflated an id, ``MAX_REQUEST_STATE_BYTES`` a
+request, JSON at most ``providers.limits``' depth. A caller can forge a state, as it can write any
+assistant turn it likes: each dialect rebuilds what it replays from the fields of its own shape (a
+thinking block's text and signature, a signature string) and passes over the rest, and the provider
+checks its own signatures.
 """
 
 from __future__ import annotations

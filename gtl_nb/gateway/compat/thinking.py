@@ -40,6 +40,7 @@ from typing import Any
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.fields import FieldError
 from gtl_nb.gateway.compat.replay_state import MARK, PACKED, stamped
+from gtl_nb.providers.anthropic import replayed_thinking
 
 __all__ = [
     "NATIVE_KEYS",
@@ -103,27 +104,29 @@ def _packed_state(provider_data: Mapping[str, Any] | None) -> str:
 
 
 def replayed_state(blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The ``provider_data`` of an assistant turn's thinking blocks (module docstring), or ``None``."""
-    anthropic: list[dict[str, Any]] = []
-    bedrock: list[dict[str, Any]] = []
-    packed: str | None = None
-    for block in blocks:
-        if block.get("type") == "thinking":
-            text, signature = block.get("thinking"), block.get("signature")
-            if isinstance(signature, str) and signature.startswith(MARK):
-                packed = packed or signature  # (the stream's first block holds the whole state)
-            elif isinstance(text, str) and isinstance(signature, str) and signature:
-                anthropic.append({"type": "thinking", "thinking": text, "signature": signature})
-                bedrock.append({"reasoningText": {"text": text, "signature": signature}})
-        elif block.get("type") == "redacted_thinking":
-            data = block.get("data")
-            if isinstance(data, str) and data:
-                anthropic.append({"type": "redacted_thinking", "data": data})
-                bedrock.append({"redactedContent": data})
-    state: dict[str, Any] = {ANTHROPIC: {"content": anthropic}, BEDROCK: bedrock} if anthropic else {}
-    if packed is not None:
+    """The ``provider_data`` of an assistant turn's thinking blocks (module docstring), or ``None``. The
+    blocks are rebuilt from their fields by the Anthropic dialect's own reader (``replayed_thinking``)."""
+    packed = next((block["signature"] for block in blocks if _packed(block.get("signature"))), None)
+    kept = [
+        block
+        for block in replayed_thinking({ANTHROPIC: {"content": blocks}})
+        if block.get("signature", block.get("data")) and not _packed(block.get("signature"))
+    ]
+    state: dict[str, Any] = {ANTHROPIC: {"content": kept}, BEDROCK: [_as_bedrock(b) for b in kept]} if kept else {}
+    if packed is not None:  # (a stream's first block holds the whole state)
         state[PACKED] = packed
     return state or None
+
+
+def _packed(signature: Any) -> bool:
+    return isinstance(signature, str) and signature.startswith(MARK)
+
+
+def _as_bedrock(block: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic thinking block in Converse's shape (``_provider_blocks`` reads it back)."""
+    if block["type"] == "thinking":
+        return {"reasoningText": {"text": block["thinking"], "signature": block["signature"]}}
+    return {"redactedContent": block["data"]}
 
 
 def _provider_blocks(provider_data: Mapping[str, Any] | None) -> list[dict[str, Any]]:
