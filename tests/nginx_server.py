@@ -23,6 +23,7 @@ __all__ = ["TEMPLATE", "NginxServer", "NginxServerError", "find_nginx", "render_
 
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "gtl.conf.template"
 START_SECONDS = 20.0
+START_ATTEMPTS = 3
 _PLACEHOLDER = re.compile(r"\$\{(GTL_[A-Z_]+)\}")
 
 
@@ -62,6 +63,11 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _read_log(folder: Path) -> str:
+    path = folder / "error.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def _servers(addresses: list[str]) -> str:
     return "\n    ".join(f"server {address} max_fails=1 fail_timeout=5s;" for address in addresses)
 
@@ -85,8 +91,7 @@ class NginxServer:
 
     @property
     def error_log(self) -> str:
-        path = self.folder / "error.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+        return _read_log(self.folder)
 
     @classmethod
     def start(
@@ -98,6 +103,23 @@ class NginxServer:
         if binary is None:
             raise NginxServerError("nginx is not installed (apt-get install nginx)")
         folder.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(START_ATTEMPTS):
+            server = cls._start_once(binary, folder, http_replicas, grpc_replicas, tls)
+            if server is not None:
+                return server
+        raise NginxServerError(f"nginx could not bind free ports in {START_ATTEMPTS} attempts:\n{_read_log(folder)}")
+
+    @classmethod
+    def _start_once(
+        cls,
+        binary: str,
+        folder: Path,
+        http_replicas: list[str],
+        grpc_replicas: list[str],
+        tls: tuple[Path, Path] | None,
+    ) -> NginxServer | None:
+        """One start on two ports found free; ``None`` when another process took one of them first (the
+        ports are free when picked, not when nginx binds them)."""
         http_port, grpc_port = _free_port(), _free_port()
         site = render_template(
             {
@@ -118,6 +140,7 @@ class NginxServer:
         temp = {name: folder / name for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
         for path in temp.values():
             path.mkdir(exist_ok=True)
+        (folder / "error.log").unlink(missing_ok=True)  # a failed attempt's lines are not this one's
         (folder / "nginx.conf").write_text(
             f"{user}worker_processes 1;\n"
             f"pid {folder / 'nginx.pid'};\n"
@@ -139,20 +162,30 @@ class NginxServer:
             raise NginxServerError(f"nginx -t refused the rendered configuration:\n{checked.stderr[-2000:]}")
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         server = cls(process, folder, http_port, grpc_port)
-        server._wait_listening()
-        return server
+        if server._wait_listening():
+            return server
+        server.stop()
+        return None
 
-    def _wait_listening(self) -> None:
+    def _wait_listening(self) -> bool:
+        """Whether nginx itself listens on both ports: it logs "start worker processes" only once its
+        listeners are bound, and a port that answers before that may be another process's (``False``: nginx
+        logged a failed ``bind()``)."""
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
+            log = self.error_log
+            if "bind() to" in log:
+                return False
             if self.process.poll() is not None:
-                raise NginxServerError(f"nginx exited at start:\n{self.error_log[-2000:]}")
-            try:
-                for port in (self.http_port, self.grpc_port):
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.02)
+                raise NginxServerError(f"nginx exited at start:\n{log[-2000:]}")
+            if "start worker process" in log:
+                try:
+                    for port in (self.http_port, self.grpc_port):
+                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    return True
+                except OSError:
+                    pass
+            time.sleep(0.02)
         self.stop()
         raise NginxServerError(f"nginx did not listen within {START_SECONDS:g} s:\n{self.error_log[-2000:]}")
 

@@ -525,3 +525,4 @@ def test_behind_nginx_a_completions_503_reaches_the_client_whose_sdk_retries_it_
                 assert listed == [200] * 4, listed  # a GET's 503: nginx's own retry, on the next replica
         finally:
             nginx.stop()
+            print(f"nginx's error log:\n{nginx.error_log[-4000:]}")  # shown when the test fails
