@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["a_kind_of", "dollars", "looks_like_variable_name", "shown_in_terminal", "with_article"]
+__all__ = [
+    "a_kind_of",
+    "dollars",
+    "install_extra",
+    "looks_like_variable_name",
+    "missing_package",
+    "shown_in_terminal",
+    "with_article",
+]
 
 
 def with_article(name: str) -> str:
@@ -57,3 +65,18 @@ def install_extra(extra: str) -> str:
     """How to install one of gtl_nb's extras, from a package index or in a clone of its repository (where
     ``make demo`` and ``make serve`` install into ``.venv``)."""
     return f"pip install 'gtl-nb[{extra}]' (in a clone of its repository: .venv/bin/pip install -e '.[{extra}]')"
+
+
+_DISTRIBUTIONS = {"jwt": "PyJWT"}
+"""The packages whose import name is not their name on the package index."""
+
+
+def missing_package(exc: ImportError, what: str, extra: str) -> str | None:
+    """What to tell a user whose ``what`` failed with ``exc`` because an optional package is not installed:
+    the package's name on the index and the install line of ``extra`` — or ``None`` when gtl_nb's own
+    module is what failed to import (a bug, not a missing extra: re-raise it)."""
+    name = exc.name or ""
+    if not name or name.startswith("gtl_nb"):
+        return None
+    package = name.split(".")[0]
+    return f"{what} needs {_DISTRIBUTIONS.get(package, package)}, which is not installed: {install_extra(extra)}"

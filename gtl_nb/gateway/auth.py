@@ -26,7 +26,7 @@ from gtl_nb.gateway.listeners import is_loopback
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
-from gtl_nb.words import install_extra
+from gtl_nb.words import missing_package
 
 __all__ = [
     "build_authenticator",
@@ -79,18 +79,10 @@ def build_authenticator(
 
 def missing_extra(exc: ImportError, what: str, extra: str = "gateway") -> Exception:
     """The error for ``what`` when an optional package it imports is not installed: a
-    ``ConfigurationError`` with the ``pip install`` line, as every optional part says it — or ``exc``
+    ``ConfigurationError`` with the ``pip install`` line (``words.missing_package``) — or ``exc``
     itself when gtl_nb's own module is what failed (a bug, not a missing extra)."""
-    name = exc.name or ""
-    if not name or name.startswith("gtl_nb"):
-        return exc
-    package = name.split(".")[0]
-    package = _DISTRIBUTIONS.get(package, package)
-    return ConfigurationError(f"{what} needs {package}, which is not installed: {install_extra(extra)}")
-
-
-_DISTRIBUTIONS = {"jwt": "PyJWT"}
-"""The packages whose import name is not their name on the package index."""
+    said = missing_package(exc, what, extra)
+    return exc if said is None else ConfigurationError(said)
 
 
 def revocation_list(policy: Any, *, current: Authenticate | None = None, gateway: bool = False) -> Any:

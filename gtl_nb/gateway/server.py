@@ -40,7 +40,7 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
-from gtl_nb.words import install_extra
+from gtl_nb.words import missing_package
 
 __all__ = ["LISTENER_FUNCTIONS", "Parts", "open_parts", "serve"]
 
@@ -62,11 +62,10 @@ def _serve_function(transport: str) -> Callable[..., Awaitable[None]]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        if (exc.name or "").startswith("gtl_nb"):
+        said = missing_package(exc, f"[gateway.{transport}]", extra)
+        if said is None:
             raise
-        raise ConfigurationError(
-            f"[gateway.{transport}] needs {exc.name}, which is not installed: {install_extra(extra)}"
-        ) from None
+        raise ConfigurationError(said) from None
     return getattr(module, name)  # type: ignore[no-any-return]
 
 

@@ -34,7 +34,7 @@ from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, tls_refused
 from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 from gtl_nb.transports.remote import RemoteBackend
-from gtl_nb.words import install_extra
+from gtl_nb.words import missing_package
 
 __all__ = ["PATH", "SCHEMES", "ws_backend"]
 
@@ -55,11 +55,10 @@ def ws_backend(
     try:  # here, not at the first dial: a missing extra is said by connect(), with its install line
         import websockets.asyncio.client  # noqa: F401
     except ImportError as exc:
-        if (exc.name or "").startswith("gtl_nb"):
+        said = missing_package(exc, f"the {scheme}:// transport", "gateway")
+        if said is None:
             raise
-        raise ConfigurationError(
-            f"the {scheme}:// transport needs websockets, which is not installed: {install_extra('gateway')}"
-        ) from None
+        raise ConfigurationError(said) from None
     url = f"{scheme}://{address}{PATH}"
     label = f"{scheme} gateway ({url})"
     context = tls_context(verify) if scheme == "wss" else None
