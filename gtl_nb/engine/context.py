@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 __all__ = ["RequestContext"]
 
@@ -52,6 +53,11 @@ class RequestContext:
     """A fingerprint of the key that verified the credential (one-way, never the key): an open connection's
     later requests are refused once the gateway no longer trusts that key (a secret replaced by a reload,
     a key removed from the JWKS file)."""
+    failover_after_content: bool = True
+    """Whether the caller can take a failover once the answer began (GTL's ``failover`` status: discard what
+    came). A compatible API's stream cannot take back what it passed on: with ``False`` a failure after
+    content ends the session with that failure — the row and the metrics name the deployment that failed —
+    instead of moving to a deployment whose answer could never reach the caller."""
     # a read-only mapping, left out of the hash (a mapping has none) and of the repr (a misused claim
     # could hold a real key)
     provider_keys: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False, repr=False)
@@ -61,11 +67,19 @@ class RequestContext:
         """This context with ``trace_id`` (what ``dataclasses.replace`` gives, without its per-call
         introspection of the fields: every embedded request takes this step). A subclass — which may
         keep its fields in slots or derive some in ``__post_init__`` — goes through ``replace``."""
+        return self._with("trace_id", trace_id)
+
+    def unrestartable(self) -> RequestContext:
+        """This context for a caller that cannot take a failover once the answer began
+        (``failover_after_content`` false: a compatible API's stream)."""
+        return self._with("failover_after_content", False)
+
+    def _with(self, name: str, value: Any) -> RequestContext:
         if type(self) is not RequestContext:
-            return dataclasses.replace(self, trace_id=trace_id)
+            return dataclasses.replace(self, **{name: value})
         copy = object.__new__(RequestContext)
         copy.__dict__.update(self.__dict__)
-        copy.__dict__["trace_id"] = trace_id
+        copy.__dict__[name] = value
         return copy
 
     def allows(self, deployment: str, model: str) -> bool:

@@ -1383,7 +1383,11 @@ class Engine:
                         grant = None
                     if not failed.retryable:
                         fallback = self._context_fallback(failed, target)
-                        if fallback is None or (fallback.name, fallback.model) in tried:
+                        if (
+                            fallback is None
+                            or (fallback.name, fallback.model) in tried
+                            or (outcome.content and not _caller_takes_failover())
+                        ):
                             yield [failed]
                             return
                         tried.add((fallback.name, fallback.model))
@@ -1392,6 +1396,9 @@ class Engine:
                         break
                     last_failure = (target, failed)
                     if outcome.content:
+                        if not _caller_takes_failover():
+                            yield [failed]  # the caller cannot discard what it passed on: the session ends here
+                            return
                         break  # never retry once content or usage was sent: fail over, which discards it
                     delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
                     if delay is None:
@@ -1859,6 +1866,13 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
+
+
+def _caller_takes_failover() -> bool:
+    """Whether the running request's caller can take a failover after the answer began
+    (``RequestContext.failover_after_content``: a compatible API's stream cannot)."""
+    caller = _REQUEST_CONTEXT.get(None)
+    return caller is None or caller.failover_after_content
 
 
 def _refused_by_dialect(

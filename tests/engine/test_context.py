@@ -59,6 +59,21 @@ def test_traced_goes_through_replace_for_a_slotted_or_deriving_subclass() -> Non
     assert Deriving(principal="p").traced("T").label == "p/T"
 
 
+def test_unrestartable_is_the_same_context_that_takes_no_failover_once_the_answer_began() -> None:
+    context = RequestContext(principal="ada", trace_id="t", scopes=frozenset({"chat:write"}))
+    assert context.failover_after_content  # GTL's clients take a failover mid-answer (they discard what came)
+    held = context.unrestartable()
+    assert held == dataclasses.replace(context, failover_after_content=False)
+    assert context.failover_after_content  # the original is untouched
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Slotted(RequestContext):
+        region: str = ""
+
+    expected = Slotted("p", region="us", failover_after_content=False)
+    assert Slotted(principal="p", region="us").unrestartable() == expected
+
+
 def test_a_model_entry_without_a_colon_never_matches_by_the_deployments_name() -> None:
     """``gpt-4o*`` matched ``gpt-4o-azure:o1-pro`` through ``deployment:model``: every model of any
     deployment named like a model. A bare entry matches the model; one with a colon, the pair too."""

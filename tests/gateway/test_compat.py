@@ -984,39 +984,47 @@ def test_every_request_leaves_exactly_one_row(oai, claude, ledger_path):
     assert all(len(rows_of(ledger_path, session_id)) == 1 for session_id in ids)
 
 
-def test_a_failover_after_the_answer_began_ends_the_stream_with_an_error(tmp_path):
-    """Two deployments serve the model; each drops its stream after a few chunks. The engine fails over
-    after the answer began, which neither format can express: the stream ends with the format's error
-    event, and the session is cancelled, so the ledger does not record an answer the client never got."""
-    simulator = sim.serve("openai", seed=3, api_key=SIM_KEY)
-    twin = {"type": "openai", "api_key": SIM_KEY, "base_url": simulator.base_url, "models": [MODEL]}
+def test_a_failure_after_the_answer_began_ends_the_stream_with_that_error_not_a_failover(tmp_path):
+    """Two deployments serve the model; the first drops its stream after a few chunks. A compatible stream
+    cannot take back what it sent, so the engine does not fail over (a second answer could never reach the
+    client): the stream ends with the format's error event, and the ledger row, the audit record and the
+    metrics name the deployment that failed — not the second, which is never called."""
+    first = sim.serve("openai", seed=3, api_key=SIM_KEY)
+    second = sim.serve("openai", seed=3, api_key=SIM_KEY)
     tables = {
-        "providers.first": twin,
-        "providers.second": twin,
+        "providers.first": {"type": "openai", "api_key": SIM_KEY, "base_url": first.base_url, "models": [MODEL]},
+        "providers.second": {"type": "openai", "api_key": SIM_KEY, "base_url": second.base_url, "models": [MODEL]},
         "routing.retry": {"max_attempts": 1},
         "ledger": {"path": str(tmp_path / "ledger.sqlite")},
     }
     try:
         with serving(write_toml(tmp_path / "gtl.toml", tables)) as served:
             oai = openai.OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
-            simulator.set_faults([sim.Fault.drop_after(3), sim.Fault.drop_after(3)])
+            first.set_faults([sim.Fault.drop_after(3)])
             chunks = []
-            with pytest.raises(openai.APIError, match="broke off after it began"):
+            with pytest.raises(openai.APIError, match="ended its answer early"):
                 for chunk in oai.chat.completions.create(model=MODEL, messages=chat(LONG_PROMPT), stream=True):
                     chunks.append(chunk)
             assert any(chunk.choices and chunk.choices[0].delta.content for chunk in chunks)
             claude = anthropic.Anthropic(base_url=served.url, api_key="unused", max_retries=0)
-            simulator.set_faults([sim.Fault.drop_after(3), sim.Fault.drop_after(3)])
+            first.set_faults([sim.Fault.drop_after(3)])
             streaming = claude.messages.stream(
                 model=MODEL, max_tokens=500, messages=[{"role": "user", "content": LONG_PROMPT}]
             )
-            with pytest.raises(anthropic.APIStatusError, match="broke off after it began"), streaming as stream:
+            with pytest.raises(anthropic.APIStatusError, match="ended its answer early"), streaming as stream:
                 for _ in stream.text_stream:
                     message_id = stream.current_message_snapshot.id
+            metrics = httpx.get(f"{served.url}/metrics").text
+        assert second.requests == []  # never called: its answer would have had nowhere to go
     finally:
-        simulator.close()
+        first.close()
+        second.close()
     for session_id in (chunks[0].id, message_id):
-        assert [row["status"] for row in rows_of(tmp_path / "ledger.sqlite", session_id)] == ["cancelled"]
+        rows = rows_of(tmp_path / "ledger.sqlite", session_id)
+        assert [(row["status"], row["deployment"], row["failover_path"]) for row in rows] == [
+            ("error", "first", ["first"])
+        ], rows
+    assert 'provider="second"' not in metrics
 
 
 RECORDED = Path(__file__).parents[1] / "fixtures" / "wire"

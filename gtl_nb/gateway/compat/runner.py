@@ -9,11 +9,13 @@ the end): an error before any of the answer — an unknown model, a refused prov
 — is then an HTTP error in the format's own shape, so an SDK raises its own exception class even for
 ``stream=True`` — with ``x-should-retry: false`` when the gateway retried already
 (``reply.retried_already``: the SDK's own retries would multiply the gateway's). Once the answer has
-begun, the status is ``200`` and a later error is an error event inside the stream. A ``failover``
-after the answer began (the engine moved to another deployment, which voids what was sent) cannot be
-expressed in either format: the stream ends with an error event saying so, of the code of the failure
-that moved it on (``failover_code``: an overload is the format's overload, as it is without a
-failover), and the session is cancelled, so the ledger does not record an answer the client never got.
+begun, the status is ``200`` and a later error is an error event inside the stream. A deployment that
+fails after the answer began is not failed over from (the next one would start the answer again, which
+neither format can take back): the session's context says so (``RequestContext.unrestartable``), and the
+engine ends the session with that failure, recorded against the deployment that failed. A ``failover``
+status after the answer began can therefore only be a defect's; it still ends the stream with an error
+event (``failover_code``: of the failure that moved it on) and cancels the session, so the ledger does
+not record an answer the client never got.
 
 **Replay state.** A provider's state for the next turn (Gemini 3's signatures, thinking blocks) rides on
 the first tool call's id (``replay_state``): both ways of running put it on the answer's ids, for a
@@ -139,7 +141,7 @@ class StreamedSession:
         self.sessions = sessions
         self.request = request
         self.stamps = ReplayStamps(native) if request.tools else None
-        self.context = context
+        self.context = context.unrestartable()  # (its stream cannot take a failover once it began)
         self.encoder = encoder
         self.refuse = refuse
         self.refused = refused  # the format's answer to a refusal before the session (``openai.refusal``)
