@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.lingering import GROUP_COMMIT
@@ -1021,6 +1021,8 @@ def _build_deployment(
             sources[field_name] = f"${found}"
     if provider_type == "ollama" and values.get("base_url"):
         values["base_url"] = ollama_url(values["base_url"])
+    if isinstance(values.get("base_url"), str):
+        _check_base_url(values["base_url"], sources["base_url"])
     if provider_type == "bedrock":
         aws_values, aws_sources, aws_hint = _aws_credentials(spec, values, env, home)
         values.update(aws_values)
@@ -1039,6 +1041,25 @@ def _build_deployment(
     values["options"] = dict(values.get("options", {}))
     values.pop("type", None)
     return Deployment(name=name, type=provider_type, **values), hint
+
+
+def _check_base_url(url: str, source: str) -> None:
+    """Refuse, when the configuration loads, a ``base_url`` no request could be sent to: credentials in it
+    (``user:password@``: gtl_nb never sends a secret in a URL, and every request would fail as the
+    caller's mistake), or a URL that is not ``http(s)://`` with a host. The URL is never quoted (its
+    password)."""
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - (a port out of range or not a number raises here)
+    except ValueError:
+        raise ConfigurationError(f"{source} is not a URL (an invalid port or address)") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{source} carries credentials (user:password@), which gtl_nb never sends in a URL: put the "
+            "provider's key in api_key or api_key_env, or an authorization header in headers"
+        )
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{source} must be an http:// or https:// URL with a host")
 
 
 def ollama_url(value: str) -> str:

@@ -550,6 +550,41 @@ def test_ollama_base_url_in_the_file_is_normalised_too(home):
     assert config.deployments["ollama"].base_url == "http://gpu-box:11434"
 
 
+@pytest.mark.parametrize(
+    ("providers", "environ", "source", "said"),
+    [
+        (
+            {"proxy": {"type": "openai", "base_url": "http://u:pw-CANARY@127.0.0.1:9/v1"}},
+            {},
+            "base_url in [providers.proxy]",
+            "carries credentials",
+        ),
+        ({}, {"OPENAI_BASE_URL": "https://:pw-CANARY@api.example.com/v1"}, "$OPENAI_BASE_URL", "carries credentials"),
+        (
+            {"local": {"type": "openai", "base_url": "localhost:8000/v1"}},
+            {},
+            "base_url in [providers.local]",
+            "http://",
+        ),
+        (
+            {"bad": {"type": "anthropic", "base_url": "http://127.0.0.1:99999"}},
+            {},
+            "base_url in [providers.bad]",
+            "port",
+        ),
+    ],
+)
+def test_a_base_url_no_request_could_be_sent_to_is_refused_when_the_configuration_loads(
+    home, providers, environ, source, said
+):
+    """Every request to such a deployment failed as the caller's mistake (a 400 behind a gateway), with
+    no failover and no breaker; now the configuration says so, naming where the URL came from, never it."""
+    with pytest.raises(ConfigurationError) as refused:
+        load(home, dict(environ, OPENAI_API_KEY="k"), providers=providers)
+    assert source in str(refused.value) and said in str(refused.value)
+    assert "CANARY" not in str(refused.value)
+
+
 # ----------------------------------------------------------------------------------------------
 # Documentation
 
