@@ -10,7 +10,9 @@ fragments, ``partial_json: ""`` for empty input) → ``message_delta`` (stop_rea
 whitespace padding before their closing brace. ``cache_control`` markers (at most four; a fifth is the
 service's 400) read and write a prompt cache of the simulator's own (``sim.prompt_cache``), reported in
 the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``. A ``tool_use`` id or
-``tool_use_id`` outside ``^[a-zA-Z0-9_-]+$`` is the service's 400, naming the block's path. With
+``tool_use_id`` outside ``^[a-zA-Z0-9_-]+$`` is the service's 400, naming the block's path; so are
+``tool_use`` ids without a ``tool_result`` in the next message and a ``tool_result`` whose id the previous
+message did not call (in the service's words, ``_unpaired_tool_blocks``). With
 thinking on, a tool loop's last assistant turn must start with its thinking block, as the service
 requires (its 400 otherwise).
 """
@@ -208,6 +210,69 @@ def _unthought_tool_turn(body: dict[str, Any]) -> str | None:
                 "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
             )
         return None
+    return None
+
+
+def _blocks(message: Any, kind: str) -> list[tuple[int, dict[str, Any]]]:
+    """The ``(position, block)`` of each block of type ``kind`` in a message's content."""
+    content = message.get("content") if isinstance(message, dict) else None
+    return [
+        (j, block)
+        for j, block in enumerate(content if isinstance(content, list) else [])
+        if isinstance(block, dict) and block.get("type") == kind
+    ]
+
+
+def _unpaired_tool_blocks(body: dict[str, Any]) -> str | None:
+    """The API's 400 for ``tool_use`` and ``tool_result`` blocks that do not pair, or ``None``. Read in
+    order, the first fault wins:
+
+    * an assistant message at N whose ``tool_use`` ids are not all answered by ``tool_result`` blocks in the
+      message right after it (or that is the last message): "messages.N: `tool_use` ids were found without
+      `tool_result` blocks immediately after: …", the ids joined by ", " (anthropics/claude-code#5989, #1237;
+      N is the assistant message's index, as two published root-cause analyses show: an assistant text put
+      between the calls and their results by LiteLLM's Responses adapter, and a compaction that dropped the
+      results after ``messages.1``);
+    * a ``tool_result`` at N.M whose ``tool_use_id`` is not a ``tool_use`` of message N-1: "messages.N.content.M:
+      unexpected `tool_use_id` found in `tool_result` blocks: …" (router-for-me/CLIProxyAPI#497,
+      anthropics/claude-code#13460, #18947 — the last at ``messages.0.content.0``, a result with no message
+      before it).
+    """
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return None
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "user":
+            before = messages[index - 1] if index else None
+            called = (
+                {b.get("id") for _, b in _blocks(before, "tool_use")}
+                if isinstance(before, dict) and before.get("role") == "assistant"
+                else set()
+            )
+            unexpected = [(j, b.get("tool_use_id")) for j, b in _blocks(message, "tool_result")]
+            unexpected = [(j, answer) for j, answer in unexpected if answer not in called]
+            if unexpected:
+                return (
+                    f"messages.{index}.content.{unexpected[0][0]}: unexpected `tool_use_id` found in `tool_result` "
+                    f"blocks: {', '.join(str(answer) for _, answer in unexpected)}. Each `tool_result` block must "
+                    "have a corresponding `tool_use` block in the previous message."
+                )
+        if role != "assistant":
+            continue
+        after = messages[index + 1] if index + 1 < len(messages) else None
+        answered = (
+            {b.get("tool_use_id") for _, b in _blocks(after, "tool_result")}
+            if isinstance(after, dict) and after.get("role") == "user"
+            else set()
+        )
+        missing = [b.get("id") for _, b in _blocks(message, "tool_use") if b.get("id") not in answered]
+        if missing:
+            return (
+                f"messages.{index}: `tool_use` ids were found without `tool_result` blocks immediately after: "
+                f"{', '.join(str(i) for i in missing)}. Each `tool_use` block must have a corresponding "
+                "`tool_result` block in the next message."
+            )
     return None
 
 
@@ -496,6 +561,9 @@ class AnthropicSim:
         bad_id = _bad_tool_id(body)
         if bad_id is not None:
             return self._error(400, "invalid_request_error", bad_id)
+        unpaired = _unpaired_tool_blocks(body)
+        if unpaired is not None:
+            return self._error(400, "invalid_request_error", unpaired)
         unthought = _unthought_tool_turn(body)
         if unthought is not None:
             return self._error(400, "invalid_request_error", unthought)

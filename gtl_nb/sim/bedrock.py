@@ -18,6 +18,7 @@ Validation answers 400 ``ValidationException`` with the service's messages: a mo
 :data:`BEDROCK_MODELS` (or the ``models=`` list) "The provided model identifier is invalid.", a conversation
 that does not start with a user message or does not alternate, blank text blocks, toolUse/toolResult blocks
 without a ``toolConfig``, an empty ``toolConfig.tools`` or a tool schema whose type is not ``object``,
+``toolResult`` blocks that do not answer the previous message's ``toolUse`` blocks one for one,
 ``toolResult.status`` sent to a model other than Claude or Nova (the API reference says only those accept it;
 the message wording is our assumption), a ``toolUseId`` other than 1 to 64 of ``[a-zA-Z0-9_-]`` (the API
 reference's constraint; the wording is Smithy's usual one, our assumption), bad image formats. An image whose
@@ -419,7 +420,43 @@ def _check_messages(body: dict[str, Any], model: str) -> str | None:
     _check_tool_config(body.get("toolConfig"))
     if uses_tools and not body.get("toolConfig"):
         raise _Invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+    _check_tool_pairs(messages)
     return image_mismatch
+
+
+def _tool_ids(message: Any, kind: str) -> list[Any]:
+    """The ``toolUseId`` of each ``toolUse`` or ``toolResult`` block (``kind``) of a message."""
+    content = message.get("content") if isinstance(message, dict) else None
+    return [
+        block[kind].get("toolUseId")
+        for block in (content if isinstance(content, list) else [])
+        if isinstance(block, dict) and isinstance(block.get(kind), dict)
+    ]
+
+
+def _check_tool_pairs(messages: list[Any]) -> None:
+    """The service's ValidationException for a user message at N whose ``toolResult`` blocks do not answer
+    the ``toolUse`` blocks of message N-1: more results than calls, "The number of toolResult blocks at
+    messages.N.content exceeds the number of toolUse blocks of previous turn." (pydantic/pydantic-ai#2327,
+    Just-Curieous/Curie#16); a call without its result, "Expected toolResult blocks at messages.N.content for
+    the following Ids: …", the ids joined by ", " (agno-agi/agno#6698, genkit-ai/aws-bedrock-js-plugin#664).
+    A last assistant message's calls are not checked: there is no message N to name."""
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") != "user":
+            continue
+        called = _tool_ids(messages[index - 1], "toolUse") if index else []
+        answered = _tool_ids(message, "toolResult")
+        if len(answered) > len(called):
+            raise _Invalid(
+                f"The number of toolResult blocks at messages.{index}.content exceeds the number of toolUse "
+                "blocks of previous turn."
+            )
+        missing = [call for call in called if call not in answered]
+        if missing:
+            raise _Invalid(
+                f"Expected toolResult blocks at messages.{index}.content for the following Ids: "
+                f"{', '.join(str(call) for call in missing)}"
+            )
 
 
 def _check_image(image: Any) -> str | None:

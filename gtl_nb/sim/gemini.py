@@ -11,6 +11,7 @@ and later sign a function-call turn's first call always, and refuse a request wh
 follows the last user message that is not only function responses) replays a function call without its
 signature: 400 "Function call is missing a thought_signature in functionCall parts" (Google's documented
 ``skip_thought_signature_validator`` passes).
+A turn of function responses must follow a turn of as many function calls (the API's two 400s).
 Key: ``x-goog-api-key`` header or ``?key=``; a wrong key is a 400 ``API_KEY_INVALID``, a missing one a 403.
 Request fields are read in camelCase or snake_case.
 """
@@ -149,6 +150,35 @@ def _unsigned_call(contents: list[dict[str, Any]]) -> tuple[str, int] | None:
         if calls and not _get(calls[0], "thoughtSignature"):
             call = _get(calls[0], "functionCall")
             return str(call.get("name") if isinstance(call, dict) else ""), index
+    return None
+
+
+def _parts_with(content: Any, field: str) -> int:
+    """How many parts of a content carry ``field`` (``functionCall`` or ``functionResponse``)."""
+    parts = content.get("parts") if isinstance(content, dict) else None
+    return sum(1 for part in parts if isinstance(part, dict) and _get(part, field)) if isinstance(parts, list) else 0
+
+
+def _unpaired_responses(contents: list[dict[str, Any]]) -> str | None:
+    """The API's 400 INVALID_ARGUMENT for function responses that do not answer the turn before them, or
+    ``None``: a turn of responses whose previous turn called nothing, "Please ensure that function response
+    turn comes immediately after a function call turn." (langchain-ai/langchain#27799,
+    GoogleCloudPlatform/generative-ai#368); one with more or fewer responses than that turn's calls, "Please
+    ensure that the number of function response parts is equal to the number of function call parts of the
+    function call turn." (google-gemini/gemini-cli#5443, #16543). A call turn followed by a turn without
+    responses is let through, as the API lets it through."""
+    for index, content in enumerate(contents):
+        answers = _parts_with(content, "functionResponse")
+        if not answers or content.get("role") == "model":
+            continue
+        calls = _parts_with(contents[index - 1], "functionCall") if index else 0
+        if not calls:
+            return "Please ensure that function response turn comes immediately after a function call turn."
+        if answers != calls:
+            return (
+                "Please ensure that the number of function response parts is equal to the number of function "
+                "call parts of the function call turn."
+            )
     return None
 
 
@@ -372,6 +402,9 @@ class GeminiSim:
             return _google_error(
                 400, f"The input token count ({tokens}) exceeds the maximum number of tokens allowed ({window})."
             )
+        unpaired = _unpaired_responses([c for c in _get(body, "contents") or [] if isinstance(c, dict)])
+        if unpaired is not None:
+            return _google_error(400, unpaired)
         signed = signs_function_calls(model)
         unsigned = _unsigned_call([c for c in _get(body, "contents") or [] if isinstance(c, dict)]) if signed else None
         if unsigned is not None:

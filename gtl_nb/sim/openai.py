@@ -184,6 +184,75 @@ def _response_format_refusal(response_format: Any) -> dict[str, Any] | None:
     return _error(message, "invalid_request_error", None, "response_format")
 
 
+def _tool_history_refusal(messages: Any) -> dict[str, Any] | None:
+    """The API's 400 for a tool history it cannot pair, or ``None``. Read in order, the first fault wins:
+
+    * a ``tool`` message with no assistant ``tool_calls`` message before its run of tool messages (an
+      orphan result): "messages with role 'tool' must be a response to a preceeding message with
+      'tool_calls'", ``param`` the tool message's ``messages.[N].role`` (the service's own spelling, as
+      reported in miurla/morphic#136, Haervwe/open-webui-tools#12, run-llama/llama_index#10493 — a tool
+      message at index 0 — and sdcb/chats#132);
+    * a ``tool`` message answering an id that assistant message did not call: "'tool_call_id' of '…' not
+      found in 'tool_calls' of previous message" (dapr/dapr-agents#145; its ``param`` was never quoted,
+      ``messages.[N].tool_call_id`` is our assumption);
+    * an assistant message whose calls are not all answered by the tool messages right after it (the
+      last message of the request included): "An assistant message with 'tool_calls' must be followed by
+      tool messages responding to each 'tool_call_id'. The following tool_call_ids did not have response
+      messages: …", ``param`` the assistant message's ``messages.[N].role`` (router-for-me/CLIProxyAPI#2798,
+      sdcb/chats#132).
+    """
+    if not isinstance(messages, list):
+        return None
+    called: list[str] | None = None  # the ids of the assistant message the current run of tool messages answers
+    answered: set[str] = set()
+    caller = 0
+    for index, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "tool":
+            answer = message.get("tool_call_id")
+            if called is None:
+                return _error(
+                    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with "
+                    "'tool_calls'.",
+                    "invalid_request_error",
+                    None,
+                    f"messages.[{index}].role",
+                )
+            if answer not in called:
+                return _error(
+                    f"Invalid parameter: 'tool_call_id' of '{answer}' not found in 'tool_calls' of previous message.",
+                    "invalid_request_error",
+                    None,
+                    f"messages.[{index}].tool_call_id",
+                )
+            answered.add(answer)
+            continue
+        unanswered = _unanswered(called, answered)
+        if unanswered is not None:
+            return _unanswered_calls(unanswered, caller)
+        calls = message.get("tool_calls") if role == "assistant" else None
+        called = [c.get("id") for c in calls if isinstance(c, dict)] if isinstance(calls, list) and calls else None
+        answered, caller = set(), index
+    unanswered = _unanswered(called, answered)
+    return _unanswered_calls(unanswered, caller) if unanswered is not None else None
+
+
+def _unanswered(called: list[str] | None, answered: set[str]) -> list[str] | None:
+    missing = [call for call in called or [] if call not in answered]
+    return missing or None
+
+
+def _unanswered_calls(ids: list[str], index: int) -> dict[str, Any]:
+    """The API's 400 for an assistant message at ``index`` whose calls ``ids`` have no tool message."""
+    return _error(
+        "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
+        f"'tool_call_id'. The following tool_call_ids did not have response messages: {', '.join(map(str, ids))}",
+        "invalid_request_error",
+        None,
+        f"messages.[{index}].role",
+    )
+
+
 def _retry_header(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
@@ -209,6 +278,9 @@ class _ChatCompletionsSim:
     #: whether ``response_format`` is checked as OpenAI's API checks it (an OpenAI-compatible server may
     #: take other types, and ignores ``strict``)
     checks_response_format = True
+    #: whether a tool history is paired as OpenAI's API pairs it (every ``tool`` message answers a call of
+    #: the assistant message before it, every call is answered); an OpenAI-compatible server may not check
+    checks_tool_history = True
 
     name = "openai"
     base_path = "/v1"
@@ -402,6 +474,10 @@ class _ChatCompletionsSim:
                 None,
                 "parallel_tool_calls",
             )
+        if self.checks_tool_history:
+            unpaired = _tool_history_refusal(req.json.get("messages"))
+            if unpaired is not None:
+                return unpaired
         if not self.checks_response_format:
             return None
         return _response_format_refusal(req.json.get("response_format"))
@@ -657,6 +733,7 @@ class OpenAICompatibleSim(OpenAISim):
     check_key_default = False
     known_models = None
     checks_response_format = False
+    checks_tool_history = False
     context_windows: dict[str, int] = {}
 
 
