@@ -25,7 +25,10 @@ not know ``developer``; ``options["system_role"]`` overrides all three). Reasoni
 set (``options["reasoning_model"]`` overrides the name check; compatible servers are never assumed
 to be reasoning models). Images are ``image_url`` content parts after the text; images on a tool
 result (Chat Completions tool messages are text only) follow the run of tool messages as one user
-message; images on assistant messages are dropped (the API takes none there). Tools are
+message; images on assistant messages are dropped (the API takes none there). Each tool message is
+sent right after the assistant message whose call it answers, as the API requires (``_paired``: an
+assistant text after a message of calls joins it; a user's words between a call and its result follow
+the results), so a history the other dialects take is taken here too. Tools are
 ``{"type": "function", "function": {name, description, parameters}}``;
 ``tool_choice`` passes through, a plain tool name (not ``auto``/``none``/``required``) becomes
 ``{"type": "function", "function": {"name": …}}``, and it is left out when no tools are sent (the
@@ -170,6 +173,44 @@ def chat_messages(
         out.append(entry)
     if pending_images:
         out.append(_tool_images(pending_images))
+    return _paired(out)
+
+
+def _paired(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``entries`` with every tool message right after the assistant message whose call it answers, as
+    Chat Completions requires (a 400 otherwise; ``sim.openai`` holds its wording). A history that
+    splits them — the Responses API's items in the order LiteLLM sends them, the call before the
+    assistant's own text; a user's words between a call and its result — is paired the way the
+    dialects that merge turns pair it (Anthropic's, Bedrock's, Gemini's): an assistant message right
+    after one holding calls joins it (its text after that one's, its calls after those), and a result
+    that a user, system or tool-images message came before moves up to the results of its call, those
+    messages following them. A result whose call no assistant message since made is left where it is
+    (the API refuses it, as it would the history as given)."""
+    out: list[dict[str, Any]] = []
+    caller: dict[str, Any] | None = None  # the last assistant message with calls, until another assistant's
+    called: set[Any] = set()
+    end = 0  # where its next result goes: right after it and the results placed so far
+    for entry in entries:
+        role = entry["role"]
+        if role == "tool" and caller is not None and entry.get("tool_call_id") in called:
+            out.insert(end, entry)
+            end += 1
+            continue
+        if role == "assistant" and caller is not None and out[-1] is caller:  # no result yet: one turn
+            if entry.get("content"):
+                caller["content"] = "\n\n".join(text for text in (caller.get("content"), entry["content"]) if text)
+            for call in entry.get("tool_calls", ()):
+                caller["tool_calls"].append(call)
+                called.add(call.get("id"))
+            for field, value in entry.items():
+                caller.setdefault(field, value)  # a replayed reasoning field, a name
+            end = len(out)
+            continue
+        out.append(entry)
+        if role == "assistant":
+            caller = entry if entry.get("tool_calls") else None
+            called = {call.get("id") for call in entry.get("tool_calls", ())}
+            end = len(out)
     return out
 
 

@@ -112,6 +112,28 @@ def test_tool_calls_and_results_round_trip(setup):
     assert follow.text
 
 
+@pytest.mark.parametrize("split", ["assistant text after the call", "user words before the result"])
+def test_a_tool_loop_split_by_another_message_is_taken_by_every_provider(setup, split):
+    """A call and its result with a message between them — the Responses API's items in the order LiteLLM
+    sends them, or a user who spoke before the tool answered: every dialect sends it so that its provider,
+    which pairs each call with the next message, takes it (OpenAI's Chat Completions refused it)."""
+    _provider, model, _simulator, client = setup
+    first = client.complete(model, "What is the weather in Oslo?", tools=[WEATHER])
+    between = (
+        {"role": "assistant", "content": "Let me look that up."}
+        if split.startswith("assistant")
+        else {"role": "user", "content": "In Celsius, please."}
+    )
+    history = [
+        {"role": "user", "content": "What is the weather in Oslo?"},
+        first.message,
+        between,
+        {"role": "tool", "tool_call_id": first.tool_calls[0].id, "content": "sunny, 21 C"},
+    ]
+    follow = client.complete(model, history, tools=[WEATHER])
+    assert follow.text or follow.tool_calls
+
+
 def test_priced_models_get_a_cost_from_the_catalog(setup):
     provider, model, _simulator, client = setup
     answer = client.complete(model, "How much does this cost?")

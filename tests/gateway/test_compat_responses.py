@@ -199,6 +199,26 @@ def test_a_function_tool_loop_round_trips(provider, oai, embedded, backends):
     assert [item.type for item in final.output if item.type == "function_call"] == ["function_call"]
 
 
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_a_loop_whose_call_comes_before_the_assistants_text_reaches_every_provider_paired(provider, oai, backends):
+    """LiteLLM sends a turn of text and calls as ``function_call`` items first, then the assistant's
+    ``message`` (BerriAI/litellm 1.82.3's Anthropic-to-Responses adapter); the Responses API takes it. Each
+    provider, whose API wants a call's result in the message right after it, must still get a history it
+    takes (OpenAI's Chat Completions refused this one: 'An assistant message with 'tool_calls' must be
+    followed by tool messages …')."""
+    answer = oai.responses.create(model=target(provider), input=QUESTION, tools=[TOOL], tool_choice="required")
+    [call] = [item for item in answer.output if item.type == "function_call"]
+    said = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Looking it up."}]}
+    history = [
+        {"role": "user", "content": QUESTION},
+        call,
+        said,
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny, 21 C"},
+    ]
+    follow = oai.responses.create(model=target(provider), input=history, tools=[TOOL])
+    assert follow.status == "completed" and "sunny, 21 C" in follow.output_text
+
+
 def test_a_function_choice_and_allowed_tools_reach_the_provider(oai, backends):
     other = {**TOOL, "name": "get_time", "description": "The time in a city"}
     oai.responses.create(

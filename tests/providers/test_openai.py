@@ -430,6 +430,50 @@ def test_images_on_tool_results_follow_the_tool_messages_as_one_user_message() -
     assert body["messages"][1]["tool_calls"][0]["function"]["arguments"] == "{}"
 
 
+def test_an_assistant_text_after_its_calls_joins_them_before_their_results() -> None:
+    """The Responses API's items as LiteLLM orders them: the call, then the assistant's text, then the
+    result — Chat Completions wants the result right after the message of calls."""
+    messages = [
+        Message(role="user", content="weather?"),
+        Message(role="assistant", tool_calls=[ToolCall(id="c1", name="a", arguments='{"x":1}')]),
+        Message(role="assistant", content="Checking.", tool_calls=[ToolCall(id="c2", name="b")]),
+        Message(role="tool", tool_call_id="c2", content="two"),
+        Message(role="tool", tool_call_id="c1", content="one"),
+    ]
+    body = body_of(DIALECT.build_request(make_request(messages=messages), DEPLOYMENT, now=0.0))
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "tool", "tool"]
+    assert body["messages"][1]["content"] == "Checking."
+    assert [c["id"] for c in body["messages"][1]["tool_calls"]] == ["c1", "c2"]
+    assert [m["tool_call_id"] for m in body["messages"][2:]] == ["c2", "c1"]
+
+
+def test_results_after_a_users_words_move_up_to_their_call() -> None:
+    messages = [
+        Message(role="user", content="weather?"),
+        Message(
+            role="assistant", content="Looking.", tool_calls=[ToolCall(id="c1", name="a"), ToolCall(id="c2", name="b")]
+        ),
+        Message(role="tool", tool_call_id="c1", content="one", images=["https://x.test/1.png"]),
+        Message(role="user", content="hurry"),
+        Message(role="tool", tool_call_id="c2", content="two"),
+        Message(role="assistant", content="Done."),
+        Message(role="tool", tool_call_id="c1", content="late"),  # no call of its own since: left for the API
+    ]
+    body = body_of(DIALECT.build_request(make_request(messages=messages), DEPLOYMENT, now=0.0))
+    sent = [(m["role"], m.get("tool_call_id") or m.get("content")) for m in body["messages"]]
+    assert [role for role, _ in sent] == ["user", "assistant", "tool", "tool", "user", "user", "assistant", "tool"]
+    assert sent[2:4] == [("tool", "c1"), ("tool", "c2")] and sent[5] == ("user", "hurry")
+    assert body["messages"][4]["content"][0]["text"] == "Images returned by tool call c1:"
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": "Looking.",
+        "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}},
+            {"id": "c2", "type": "function", "function": {"name": "b", "arguments": "{}"}},
+        ],
+    }
+
+
 def test_message_names_and_foreign_provider_data_are_handled() -> None:
     messages = [
         Message(role="user", content="hi", name="alice"),
