@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import difflib
 import logging
 import math
 import random
@@ -1593,6 +1594,8 @@ class Engine:
             event = _scrubbed(event, deployment)  # type: ignore[arg-type]
             if self.audience == GATEWAY:
                 event = self._for_gateway_caller(event, target, deployment)  # type: ignore[arg-type]
+            if event.code == "MODEL_NOT_FOUND":  # type: ignore[union-attr]
+                event = self._with_close_models(event, target)  # type: ignore[arg-type]
         done = kind is Done
         if done:
             event = _stamp(event, target, deployment, started, outcome.first, self.clock())  # type: ignore[arg-type]
@@ -1741,6 +1744,39 @@ class Engine:
         if _operators_side(event):
             return _reworded_for_caller(event, target)
         return _without_account_ids(event)
+
+    def _with_close_models(self, event: Error, target: Target) -> Error:
+        """A provider's ``MODEL_NOT_FOUND`` for a model the deployment was asked for by name — a typo after
+        its prefix, ``anthropic:claude-sonnet-4-55`` — with the "did you mean" that an unknown bare name
+        gets from routing: the names like it that the deployment is known to serve (its configured
+        ``models``, the catalog's models of its type and their aliases), each as ``deployment:model``,
+        and of those only what the caller may see (a gateway's ``visible``, as routing's own offer).
+
+        The lists are not checked before the call: they are rarely complete (a new model, a dated
+        snapshot, a fine-tune, an Azure deployment's own name), and refusing a name the provider knows
+        would be worse than a round trip for a typo. So the provider decides, and its words stay; a
+        model the lists do know gets no offer (its 404 is about something else: access, the region,
+        the ``base_url``)."""
+        deployment, model = target.deployment, target.model
+        catalog = self.catalog
+        listed = {*deployment.models, *([deployment.model] if deployment.model else [])}
+        if not model or model in listed or (catalog is not None and catalog.entry(deployment.type, model)):
+            return event
+        if catalog is not None:
+            for entry in catalog.entries(deployment.type):
+                listed.add(entry.name)
+                listed.update(entry.aliases)
+            listed.update(name for name, ids in catalog.aliases().items() if deployment.type in ids)
+        visible = self._visible(_REQUEST_CONTEXT.get(None))
+        if visible is not None:
+            listed = {name for name in listed if visible(deployment.name, name)}
+        matches = difflib.get_close_matches(model, sorted(listed), n=5, cutoff=0.6)
+        if not matches:
+            return event
+        offer = ", ".join(repr(f"{deployment.name}:{name}") for name in matches)
+        said = event.message.rstrip()
+        message = f"{said} Did you mean {offer}?" if said.endswith(".") else f"{said}; did you mean {offer}?"
+        return msgspec.structs.replace(event, message=message)
 
     def _described(self, deployment: Deployment) -> str | None:
         """What the operator calls the key ``deployment`` carries, when the resolver can say (the

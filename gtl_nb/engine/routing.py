@@ -11,7 +11,8 @@ Rules (documented for users in docs/configuration.md):
   not know, to the single configured deployment of a type that serves arbitrary local models
   (``ollama``, ``openai_compatible``). A catalog model whose provider is not configured is a
   ``ConfigurationError`` naming what to set; an unknown name is a ``ModelNotFoundError`` listing
-  close matches.
+  close matches. A name after a deployment's prefix is not checked here (no list is complete): the
+  provider's ``404`` for it gets the deployment's close matches (``Engine._with_close_models``).
 * ``providers=[...]`` is the ordered failover list; each entry is a deployment name (keeping the
   requested model) or ``deployment:model``.
 

@@ -16,6 +16,7 @@ from gtl_nb import sim
 from gtl_nb.protocol import (
     AuthenticationError,
     Done,
+    ModelNotFoundError,
     RateLimitError,
     SessionStateMachine,
     Token,
@@ -132,6 +133,19 @@ def test_a_tool_loop_split_by_another_message_is_taken_by_every_provider(setup, 
     ]
     follow = client.complete(model, history, tools=[WEATHER])
     assert follow.text or follow.tool_calls
+
+
+def test_a_typo_after_the_deployment_prefix_gets_did_you_mean_from_the_providers_404():
+    simulator = sim.serve("anthropic", seed=3)
+    client = gtl_nb.connect(providers={"anthropic": CASES["anthropic"][1](simulator.base_url)}, environ={})
+    try:
+        with pytest.raises(ModelNotFoundError) as typo:
+            client.complete("anthropic:claude-sonnet-4-55", "hi")
+        assert "model: claude-sonnet-4-55; did you mean 'anthropic:claude-sonnet-4-5'" in str(typo.value)
+        assert client.complete("anthropic:claude-sonnet-4-5", "hi").text
+    finally:
+        client.close()
+        simulator.close()
 
 
 def test_priced_models_get_a_cost_from_the_catalog(setup):

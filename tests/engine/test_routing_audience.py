@@ -173,3 +173,63 @@ def test_a_contexts_allowances_say_what_its_own_lists_let_it_use():
     assert both.allowances() == "deployments a, b; models gpt-*"
     many = RequestContext(principal="p", allowed_models=frozenset(f"m{i:02d}" for i in range(12)))
     assert many.allowances() == "models m00, m01, m02, m03, m04, m05, m06, m07, m08, m09 and 2 more"
+
+
+@pytest.fixture(scope="module")
+def claude_sim():
+    from gtl_nb import sim
+
+    # the account has a model no list names (a new snapshot): the provider, not a list, decides
+    with sim.serve("anthropic", models=["claude-sonnet-4-5", "claude-opus-4-5", "claude-sonnet-4-5-20991231"]) as s:
+        yield s
+
+
+def _claude_engine(url: str, audience: str = GATEWAY, **deployment: object):
+    providers = {"anthropic": {"api_key": "sim-key", "base_url": url, **deployment}}
+    return build_engine(load_settings(providers=providers, environ={}), ledger=False, audience=audience)
+
+
+def _asked(model: str) -> CompletionRequest:
+    return CompletionRequest(session_id="s", model=model, messages=[Message(role="user", content="x")])
+
+
+def test_a_typo_after_a_deployment_prefix_gets_the_providers_404_and_did_you_mean(claude_sim):
+    """``anthropic:claude-sonnet-4-55`` reaches the provider (no list is complete enough to refuse a name up
+    front); its 404 keeps the provider's words and adds the deployment's models like the name, as a bare
+    unknown name's error does — to a caller that may see them."""
+    everyone = RequestContext(principal="a", scopes=frozenset({"chat:write", "models:read"}))
+    said = _first_error(_claude_engine(claude_sim.base_url), _asked("anthropic:claude-sonnet-4-55"), everyone)
+    assert said.startswith("model: claude-sonnet-4-55; did you mean 'anthropic:claude-sonnet-4-5'")
+    blind = RequestContext(principal="b", scopes=frozenset({"chat:write"}))
+    assert _first_error(_claude_engine(claude_sim.base_url), _asked("anthropic:claude-sonnet-4-55"), blind) == (
+        "model: claude-sonnet-4-55"
+    )
+    sonnet_45 = RequestContext(  # may ask for the typo, may see only the names its pattern allows
+        principal="c", scopes=frozenset({"chat:write", "models:read"}), allowed_models=frozenset({"claude-sonnet-4-5*"})
+    )
+    limited = _first_error(_claude_engine(claude_sim.base_url), _asked("anthropic:claude-sonnet-4-55"), sonnet_45)
+    assert "'anthropic:claude-sonnet-4-5'" in limited and "'anthropic:claude-sonnet-4-5-20250929'" in limited
+    assert "opus" not in limited and "claude-sonnet-5-5" not in limited
+    listed = _claude_engine(claude_sim.base_url, models=["claude-sonnet-4-5-20991231"])
+    assert "'anthropic:claude-sonnet-4-5-20991231'" in _first_error(
+        listed, _asked("anthropic:claude-sonet-4-5-20991231"), everyone
+    )
+
+
+def test_a_name_only_the_provider_knows_is_answered_and_a_listed_name_it_refuses_gets_no_offer(claude_sim):
+    everyone = RequestContext(principal="a", scopes=frozenset({"chat:write", "models:read"}))
+    assert (
+        _first_error(_claude_engine(claude_sim.base_url), _asked("anthropic:claude-sonnet-4-5-20991231"), everyone)
+        == ""
+    )
+    # the catalog knows it, the account does not have it: the 404 is about access, not a typo
+    assert _first_error(_claude_engine(claude_sim.base_url), _asked("anthropic:claude-haiku-4-5"), everyone) == (
+        "model: claude-haiku-4-5"
+    )
+
+
+def test_the_embedded_client_hears_the_same_offer(claude_sim):
+    said = _first_error(
+        _claude_engine(claude_sim.base_url, audience=EMBEDDED), _asked("anthropic:claude-opus-4-55"), None
+    )
+    assert said.startswith("model: claude-opus-4-55; did you mean 'anthropic:claude-opus-4-5'")

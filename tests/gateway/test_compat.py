@@ -876,6 +876,21 @@ def test_a_model_this_gateway_does_not_serve_is_not_found_and_named_for_its_clie
     assert "did you mean 'gpt-4o-mini'" in near.value.message and "gtl models" not in near.value.message
 
 
+def test_a_typo_after_a_deployment_prefix_is_the_providers_404_with_did_you_mean(oai, claude):
+    """``anthropic:claude-sonnet-4-55`` is asked of the provider (a model list is rarely complete: a name
+    it lacks may still be served), and its 404 comes back with the names like it this gateway serves."""
+    with pytest.raises(openai.NotFoundError) as typo:
+        oai.chat.completions.create(model="anthropic:claude-sonnet-4-55", messages=chat())
+    assert typo.value.code == "model_not_found"
+    assert "404 - model: claude-sonnet-4-55; did you mean 'anthropic:claude-sonnet-4-5'" in typo.value.message
+    with pytest.raises(openai.NotFoundError, match=r"Did you mean 'openai:gpt-4o-mini'"):
+        oai.responses.create(model="openai:gpt-4o-minii", input=PROMPT)
+    with pytest.raises(anthropic.NotFoundError, match=r"did you mean 'anthropic:claude-sonnet-4-5'"):
+        claude.messages.create(
+            model="anthropic:claude-sonnet-4-55", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
+
+
 def test_an_empty_conversation_is_a_bad_request(oai, claude):
     with pytest.raises(openai.BadRequestError) as caught:
         oai.chat.completions.create(model=target("openai"), messages=[])
