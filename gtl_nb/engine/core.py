@@ -1308,6 +1308,7 @@ class Engine:
         # whichever the list happened to end on
         reported: tuple[Target, Error] | None = None  # (its target: the row names that one's model too)
         refused: list[str] = []
+        attempts = 0  # calls made, every target's (the lane's first included): an error after several says so
         index = 0
         while index < len(targets):
             target = targets[index]
@@ -1341,6 +1342,7 @@ class Engine:
                 attempt = 0
                 while True:  # attempts at this target, each holding the breaker grant
                     attempt += 1
+                    attempts += 1
                     if made is not None:
                         outcome, made = made, None
                     else:
@@ -1422,7 +1424,7 @@ class Engine:
         if last_failure is not None:
             target, failed = reported or last_failure
             record.model = target.model  # (the row's deployment is the error's: its model with it)
-            yield [failed]
+            yield [_with_attempts(failed, attempts, record.path)]
             return
         snapshots = await breakers.snapshots(refused)
         # a circuit open until a time says so; one half-open whose probe is under way (here or on
@@ -1902,6 +1904,15 @@ class Engine:
             if cost is not None:
                 return msgspec.structs.replace(event, cost=cost)
         return event
+
+
+def _with_attempts(failed: Error, attempts: int, path: list[str]) -> Error:
+    """``failed``, the session's last error, saying how many calls were made when there were several
+    (a retried timeout took their time together: the caller should know why it waited)."""
+    if attempts < 2:
+        return failed
+    where = f" to {', '.join(dict.fromkeys(path))}" if len(set(path)) > 1 else ""
+    return msgspec.structs.replace(failed, message=f"{failed.message} (after {attempts} attempts{where})")
 
 
 def _caller_takes_failover() -> bool:

@@ -156,7 +156,8 @@ class HttpRunner:
         except UnsendableRequest as exc:  # our own request is not valid HTTP: never retried
             failed = _unsendable(request, deployment, exc)
         except asyncio.TimeoutError:
-            message = f"no response within the first-byte timeout ({limits.first_byte} s)"
+            within = f"within the first-byte timeout ({limits.first_byte} s)"
+            message = f"deployment {deployment.name!r} sent no response {within}"
             failed = _error(request, deployment, "TIMEOUT", message)
         except ConnectTimeout:
             message = self.unreachable(f"connect timeout ({limits.connect} s) to", description, deployment, "")
@@ -201,7 +202,7 @@ class HttpRunner:
                     break
                 except asyncio.TimeoutError:
                     which, limit = ("first-byte", limits.first_byte) if first_chunk else ("idle", limits.idle)
-                    message = f"stream stalled: {which} timeout ({limit} s) exceeded"
+                    message = f"deployment {deployment.name!r}: its stream stalled past the {which} timeout ({limit} s)"
                     yield [_error(request, deployment, "TIMEOUT", message)]
                     return
                 except ConnectionLost as exc:  # the answer is cut: ``_cut_short`` words it
