@@ -48,6 +48,7 @@ from gtl_nb.protocol.errors import (
 from gtl_nb.protocol.messages import (
     MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
+    REASONING_EFFORTS,
     TERMINAL_EVENTS,
     CompletionRequest,
     Error,
@@ -422,6 +423,8 @@ class Client:
         response_format: dict[str, Any] | type | None = None,
         metadata: dict[str, Any] | None = None,
         reasoning: bool | None = None,
+        reasoning_effort: str | None = None,
+        reasoning_budget: int | None = None,
         cache: bool | None = None,
         stream: bool = True,
         session_id: str | None = None,
@@ -430,9 +433,16 @@ class Client:
 
         Arguments left out take the ``[defaults]`` of the configuration (``model``, ``provider``,
         ``providers``, ``system`` — for a request without a system message —, ``temperature``,
-        ``max_tokens``, ``reasoning``). ``parallel_tool_calls=False`` lets the answer hold at most one
+        ``max_tokens``, ``reasoning``, and ``reasoning_effort`` with ``reasoning_budget`` for a request that
+        gives neither). ``parallel_tool_calls=False`` lets the answer hold at most one
         tool call (``tool_choice`` then carries GTL's ``"parallel": false``); a deployment whose API
         cannot be so limited is skipped, and when none can the request fails ``INVALID_REQUEST``.
+
+        ``reasoning_effort`` (``"none"``, ``"minimal"``, ``"low"``, ``"medium"``, ``"high"``, ``"xhigh"``,
+        ``"max"``) and ``reasoning_budget`` (thinking tokens, ``0``: none) say how hard the model thinks,
+        whatever ``reasoning`` says (which asks to be shown the thinking): each deployment sends its own
+        API's knob, converted from the other when it takes only one (docs/providers.md); left out, the
+        deployment's own option decides.
         """
         if parallel_tool_calls is not None and not isinstance(parallel_tool_calls, bool):
             raise InvalidRequestError(f"parallel_tool_calls must be True or False, not {parallel_tool_calls!r}")
@@ -446,6 +456,13 @@ class Client:
         temperature = defaults.temperature if temperature is None else temperature
         max_tokens = defaults.max_tokens if max_tokens is None else max_tokens
         reasoning = defaults.reasoning if reasoning is None else reasoning
+        if reasoning_effort is None and reasoning_budget is None:  # (a caller's one replaces the pair)
+            reasoning_effort, reasoning_budget = defaults.reasoning_effort, defaults.reasoning_budget
+        if reasoning_effort is not None and reasoning_effort not in REASONING_EFFORTS:
+            raise InvalidRequestError(
+                f"reasoning_effort must be one of {', '.join(map(repr, REASONING_EFFORTS))}, not "
+                f"{_short(reasoning_effort, 40)}"
+            )
         response_format = response_format_of(response_format)
         _check_arguments(
             model=model,
@@ -489,8 +506,10 @@ class Client:
                 metadata=metadata,
                 reasoning=reasoning,
                 cache=cache,
+                reasoning_effort=reasoning_effort,
+                reasoning_budget=reasoning_budget,
             )
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # (ValueError: effort and budget that disagree)
             raise InvalidRequestError(f"invalid request: {exc}") from None
         return _typed(request)
 

@@ -4,7 +4,8 @@
 ``ensure_ascii=False``, floats in Python's shortest round-trip ``repr`` — of everything that shapes
 the answer: the deployment, the model, every field of every message (content, images, tool calls,
 tool results, ``provider_data``), ``tools``, ``tool_choice``, ``response_format`` and the sampling
-parameters ``temperature``, ``top_p``, ``max_tokens``, ``stop`` and ``reasoning``. Left out, because
+parameters ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``reasoning``, ``reasoning_effort`` and
+``reasoning_budget`` (how hard the model thought changes the answer, shown or not). Left out, because
 they do not change the answer: ``session_id``, ``metadata``, ``stream``, ``provider``/``providers``
 (the deployment in the key is the one that answers) and ``cache`` itself. Fields left at their
 defaults are omitted before hashing, so an explicit default and an absent field give one key.
@@ -191,6 +192,11 @@ def cache_key(deployment: str, model: str, request: CompletionRequest, owner: li
         "stop": request.stop,
         "reasoning": request.reasoning,
     }
+    # (in the key only when set: the keys of requests without them are the ones they always were)
+    if request.reasoning_effort is not None:
+        payload["reasoning_effort"] = request.reasoning_effort
+    if request.reasoning_budget is not None:
+        payload["reasoning_budget"] = request.reasoning_budget
     if owner is not None:  # (absent otherwise: a shared or embedded cache keeps the keys it always had)
         payload["owner"] = owner
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

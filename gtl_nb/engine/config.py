@@ -37,6 +37,7 @@ from urllib.parse import quote, unquote, urlsplit
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.lingering import GROUP_COMMIT
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.protocol.messages import REASONING_EFFORTS
 from gtl_nb.providers.base import Deployment, ProviderNeeds, needs_of
 from gtl_nb.providers.catalog import validate_overrides
 from gtl_nb.providers.registry import BUILTIN_PROVIDERS, get_provider
@@ -297,6 +298,18 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
         "temperature": Field(_OPT_NUM, None, "sampling temperature"),
         "max_tokens": Field((int, type(None)), None, "output token limit"),
         "reasoning": Field((bool,), False, "ask for reasoning events"),
+        "reasoning_effort": Field(
+            _OPT_STR,
+            None,
+            "how hard the model thinks, shown or not (none: no thinking; unset: each deployment's own)",
+            choices=(*REASONING_EFFORTS, None),
+        ),
+        "reasoning_budget": Field(
+            (int, type(None)),
+            None,
+            "thinking tokens the model may spend (0: none; unset: each deployment's own)",
+            check=lambda v, w: _at_least(v, w, 0),
+        ),
         "warn_cost_usd": Field(_OPT_NUM, None, "warn before sending a request estimated to cost more (USD)"),
     },
     "upstream": {

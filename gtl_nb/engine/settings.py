@@ -48,6 +48,10 @@ class RequestDefaults:
     temperature: float | None = None
     max_tokens: int | None = None
     reasoning: bool = False
+    reasoning_effort: str | None = None
+    """How hard the model thinks (``ReasoningEffort``); with ``reasoning_budget``, only for a request that
+    gives neither (a caller's one replaces the pair)."""
+    reasoning_budget: int | None = None
     warn_cost_usd: float | None = None
     """Warn before sending a request whose estimated cost is above this many USD."""
 
@@ -62,6 +66,8 @@ class RequestDefaults:
             temperature=None if table.get("temperature") is None else float(table["temperature"]),
             max_tokens=table.get("max_tokens"),
             reasoning=bool(table.get("reasoning", False)),
+            reasoning_effort=table.get("reasoning_effort"),
+            reasoning_budget=table.get("reasoning_budget"),
             warn_cost_usd=None if table.get("warn_cost_usd") is None else float(table["warn_cost_usd"]),
         )
 

@@ -12,7 +12,13 @@ client refuses, before sending, a request that *uses* one the gateway did not ag
 
 A field at its default is no use of it: ``stop=None`` or ``[]``, ``tool_error=False``, ``parts=[]``;
 a dropped default changes nothing. ``cache=False`` is a use (it opts out of the response cache,
-which a gateway dropping it would not do). A tool result's ``name`` is no use of ``name``: it repeats
+which a gateway dropping it would not do), and so are ``reasoning_effort="none"`` and
+``reasoning_budget=0`` (no thinking, where the deployment's option may think).
+
+``reasoning_effort`` and ``reasoning_budget`` share one feature, ``reasoning_effort``: they are one
+question (how hard to think) in two units, added together, and each dialect converts the one it does
+not take into the one it does (``providers.effort``) — a gateway that knew one and not the other cannot
+exist, and a client needs no second name to refuse on. A tool result's ``name`` is no use of ``name``: it repeats
 its call's, and belongs to tool calling (its ``tool_call_id`` needs ``tool_calls``).
 
 The check costs nothing when every extension was agreed (the connection keeps the set of those that
@@ -72,6 +78,9 @@ REQUEST_FIELDS: tuple[_Field, ...] = (
     ("metadata", "metadata", _given("metadata")),
     ("reasoning", "reasoning", _given("reasoning")),
     ("cache", "cache", _set("cache")),  # False opts out of the response cache: a use
+    # one feature for the pair: they came together, and every dialect converts one into the other
+    ("reasoning_effort", "reasoning_effort", _set("reasoning_effort")),  # "none" is a value asked for
+    ("reasoning_budget", "reasoning_effort", _set("reasoning_budget")),  # so is 0 (no thinking)
 )
 """``completion_request``'s extension fields: (field, feature, whether the request uses it)."""
 

@@ -8,7 +8,8 @@ structs.
 Extensions the spec leaves implicit, all optional on the wire:
 
 * ``completion_request``: ``top_p``, ``stop``, ``metadata``, ``response_format``, ``tool_choice``,
-  ``reasoning`` (ask for ``reasoning`` events) and ``cache`` (per-request cache opt in/out).
+  ``reasoning`` (ask for ``reasoning`` events), ``reasoning_effort`` / ``reasoning_budget`` (how hard the
+  model thinks, shown or not) and ``cache`` (per-request cache opt in/out).
 * ``reasoning`` events, ``hello`` version negotiation and ``cancel``.
 * a message's ``parts`` (text and images in their order) and ``cache_point`` (ask for the prompt up
   to it to be cached), ``usage``'s cache counts ``cached_tokens_in`` / ``cache_write_tokens_in``,
@@ -28,7 +29,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import msgspec
 
@@ -73,6 +74,15 @@ MaxTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_TOKENS_LIMIT)]
 """A request's ``max_tokens``: at least one token (what the client and the compatible endpoints ask too; a
 peer's ``0`` or ``-5`` would otherwise reach a provider, or be answered with an empty ``length`` answer),
 at most ``MAX_TOKENS_LIMIT``."""
+ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+"""How hard a model is asked to think (``reasoning_effort``): the union of OpenAI's ``reasoning_effort``
+(``none`` … ``xhigh``) and Anthropic's ``output_config.effort`` (``low`` … ``max``), least to most. Each
+dialect sends its own knob and converts this one to it (``providers.effort``); ``none``: no thinking."""
+REASONING_EFFORTS: tuple[str, ...] = get_args(ReasoningEffort)
+"""The values of ``ReasoningEffort``, least thinking to most."""
+ReasoningBudget = Annotated[int, msgspec.Meta(ge=0, le=MAX_TOKENS_LIMIT)]
+"""A request's ``reasoning_budget``: the thinking tokens the model may spend (``0``: no thinking), at most
+``MAX_TOKENS_LIMIT`` as ``max_tokens``."""
 IMAGE_URL_SCHEMES = ("https:", "http:", "data:")
 """How an image is given: a URL the provider fetches, or the image itself (base64 ``data:``). A gateway
 takes ``http:`` from no caller (``plain_http_image``)."""
@@ -353,7 +363,14 @@ class ModelInfo(msgspec.Struct, frozen=True):
 
 
 class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", omit_defaults=True):
-    """Ask for a completion. ``providers`` is the ordered failover list."""
+    """Ask for a completion. ``providers`` is the ordered failover list.
+
+    ``reasoning`` asks for ``reasoning`` events; ``reasoning_effort`` and ``reasoning_budget`` say how hard
+    the model thinks, whether or not its thinking is shown (effort without ``reasoning``: think this hard,
+    show nothing — what OpenAI's chat API does). Unset, the deployment's own option decides. Given
+    together they must agree on whether to think at all: ``none`` with a budget above 0, or a budget of
+    0 with another effort, is refused.
+    """
 
     type: ClassVar[Literal["completion_request"]] = "completion_request"
 
@@ -375,6 +392,16 @@ class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", o
     metadata: dict[str, Any] | None = None
     reasoning: bool = False
     cache: bool | None = None
+    reasoning_effort: ReasoningEffort | None = None
+    reasoning_budget: ReasoningBudget | None = None
+
+    def __post_init__(self) -> None:
+        budget, effort = self.reasoning_budget, self.reasoning_effort
+        if budget is not None and effort is not None and (budget == 0) != (effort == "none"):
+            raise ValueError(
+                f"reasoning_effort {effort!r} and reasoning_budget {budget} disagree on whether to think: "
+                "effort 'none' goes with budget 0 (or none), budget 0 with effort 'none' (or none)"
+            )
 
 
 class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):

@@ -34,6 +34,7 @@ from gtl_nb.protocol import (
     Transcript,
     Usage,
 )
+from gtl_nb.protocol.messages import REASONING_EFFORTS
 
 
 class FakeClock:
@@ -129,7 +130,19 @@ SENSITIVE = {
     "max_tokens": lambda: key(msgspec.structs.replace(BASE, max_tokens=101)),
     "stop": lambda: key(msgspec.structs.replace(BASE, stop=["END"])),
     "reasoning": lambda: key(msgspec.structs.replace(BASE, reasoning=True)),
+    "reasoning_effort": lambda: key(msgspec.structs.replace(BASE, reasoning_effort="high")),
+    "reasoning_budget": lambda: key(msgspec.structs.replace(BASE, reasoning_budget=4096)),
 }
+
+
+def test_each_reasoning_effort_and_budget_has_a_key_of_its_own():
+    """An answer thought through at ``high`` is not the one asked at ``low`` (or with no thinking): each
+    effort, and each budget, is its own question; a request without them keeps the key it always had."""
+    efforts = [key(msgspec.structs.replace(BASE, reasoning_effort=e)) for e in REASONING_EFFORTS]
+    budgets = [key(msgspec.structs.replace(BASE, reasoning_budget=b)) for b in (0, 1024, 1025, 32000)]
+    assert len({*efforts, *budgets, key()}) == len(efforts) + len(budgets) + 1
+    both = msgspec.structs.replace(BASE, reasoning_effort="low", reasoning_budget=1024)
+    assert key(both) not in {*efforts, *budgets}
 
 
 @pytest.mark.parametrize("field", list(SENSITIVE))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import typing
 from typing import Any
 
 import msgspec
@@ -40,22 +41,34 @@ tools = st.builds(
     description=text,
     parameters=st.just({"type": "object", "properties": {"x": {"type": "string"}}}),
 )
-requests = st.builds(
-    m.CompletionRequest,
-    session_id=ident,
-    model=ident,
-    messages=st.lists(chat_messages, min_size=1, max_size=3),
-    provider=st.none() | ident,
-    stream=st.booleans(),
-    max_tokens=opt_count,
-    temperature=st.none() | st.floats(0, 2, allow_nan=False),
-    top_p=st.none() | st.floats(0, 1, allow_nan=False),
-    stop=st.none() | st.lists(text, max_size=2),
-    tools=st.none() | st.lists(tools, max_size=2),
-    tool_choice=st.none() | st.sampled_from(["auto", "none", "required"]),
-    providers=st.none() | st.lists(ident, max_size=3),
-    metadata=st.none() | json_obj,
-    reasoning=st.booleans(),
+efforts = st.sampled_from(typing.get_args(m.ReasoningEffort))
+# the pairs a request takes: effort and budget agree on whether to think at all (none with 0)
+reasoning_pairs = st.one_of(
+    st.tuples(st.none() | efforts, st.none()),
+    st.tuples(st.none(), st.integers(min_value=0, max_value=2**31 - 1)),
+    st.tuples(efforts.filter(lambda effort: effort != "none"), st.integers(min_value=1, max_value=10**9)),
+    st.just(("none", 0)),
+)
+requests = reasoning_pairs.flatmap(
+    lambda pair: st.builds(
+        m.CompletionRequest,
+        session_id=ident,
+        model=ident,
+        messages=st.lists(chat_messages, min_size=1, max_size=3),
+        provider=st.none() | ident,
+        stream=st.booleans(),
+        max_tokens=opt_count,
+        temperature=st.none() | st.floats(0, 2, allow_nan=False),
+        top_p=st.none() | st.floats(0, 1, allow_nan=False),
+        stop=st.none() | st.lists(text, max_size=2),
+        tools=st.none() | st.lists(tools, max_size=2),
+        tool_choice=st.none() | st.sampled_from(["auto", "none", "required"]),
+        providers=st.none() | st.lists(ident, max_size=3),
+        metadata=st.none() | json_obj,
+        reasoning=st.booleans(),
+        reasoning_effort=st.just(pair[0]),
+        reasoning_budget=st.just(pair[1]),
+    )
 )
 statuses = st.builds(
     m.Status,

@@ -37,6 +37,8 @@ USES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "metadata": ({"metadata": {"team": "a"}}, {}),
     "reasoning": ({"reasoning": True}, {}),
     "cache": ({"cache": False}, {}),
+    "reasoning_effort": ({"reasoning_effort": "none"}, {}),  # no thinking: a value asked for
+    "reasoning_budget": ({"reasoning_budget": 0}, {}),
     "parts": ({}, {"parts": [Part(type="text", text="a"), Part(type="text", text="b")]}),
     "tool_error": ({}, {"role": "tool", "tool_call_id": "t1", "content": "boom", "tool_error": True}),
     "cache_point": ({}, {"cache_point": True}),
@@ -78,7 +80,15 @@ def test_each_use_is_found_and_named(field):
 
 def test_defaults_are_no_use():
     request = build(
-        {"stop": [], "top_p": None, "metadata": {}, "reasoning": False, "cache": None},
+        {
+            "stop": [],
+            "top_p": None,
+            "metadata": {},
+            "reasoning": False,
+            "cache": None,
+            "reasoning_effort": None,
+            "reasoning_budget": None,
+        },
         {"parts": [], "tool_error": False, "cache_point": False, "cache_ttl": None},
     )
     assert unsupported_field(request, ALL) is None
@@ -147,3 +157,23 @@ def test_features_header():
     # no header: a gateway older than it, which announced (and read) the first flags everywhere
     assert features_from_header(None) == FIRST_FEATURES
     assert missing_extensions(features_from_header(None)) == ALL - set(FIRST_FEATURES)
+
+
+def test_the_reasoning_pair_is_one_feature_refused_by_name_on_a_gateway_that_lacks_it():
+    """``reasoning_effort`` and ``reasoning_budget`` share the feature ``reasoning_effort``: a gateway that
+    did not offer it would think as its deployment says, whatever the caller asked — refused before sending,
+    naming the field the request used; the same request without them goes."""
+    assert {feature for name, feature, _ in REQUEST_FIELDS if name.startswith("reasoning_")} == {"reasoning_effort"}
+    pair = handshake(GTLConnection("client"), GTLConnection("server", features=ALL - {"reasoning_effort"}))
+    assert pair.client.missing_extensions == frozenset({"reasoning_effort"})
+    for fields, where in (
+        ({"reasoning_effort": "high"}, "reasoning_effort"),
+        ({"reasoning_budget": 4096}, "reasoning_budget"),
+    ):
+        with pytest.raises(UnsupportedFeatureError) as caught:
+            pair.client.send(build({"reasoning": True, **fields}))
+        assert (caught.value.field, caught.value.feature) == (where, "reasoning_effort")
+        assert "reasoning_effort" in caught.value.message
+    pair.client_send(build({"reasoning": True}))
+    _, server_events = pair.pump()
+    assert [type(event) for event in server_events] == [CompletionRequest]

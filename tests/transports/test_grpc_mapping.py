@@ -19,6 +19,7 @@ import strategies
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gtl_nb.protocol import ProtocolError
 from gtl_nb.protocol import messages as m
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc.mapping import CODECS, FRAME_TYPES, PROTO_TYPES, from_proto, parse_frame, to_frame, to_proto
@@ -275,3 +276,27 @@ def test_the_service_has_the_three_calls():
         "Complete": ("CompletionRequest", "CompletionResult", False, False),
         "ListProviders": ("ListProvidersRequest", "ListProvidersResponse", False, False),
     }
+
+
+def test_reasoning_effort_and_budget_cross_grpc_as_they_cross_json() -> None:
+    """gRPC carries the pair in its own enum and int64 (``gtl.proto``), and refuses what the codec refuses."""
+    hello = [m.Message(role="user", content="hi")]
+    for effort, budget in (("max", None), ("minimal", 1024), ("none", 0), (None, 0), (None, None)):
+        request = m.CompletionRequest(
+            session_id="s", model="m", messages=hello, reasoning_effort=effort, reasoning_budget=budget
+        )
+        proto = to_proto(request)
+        assert proto.HasField("reasoning_effort") == (effort is not None)
+        assert proto.HasField("reasoning_budget") == (budget is not None)
+        assert from_proto(pb.CompletionRequest.FromString(proto.SerializeToString())) == request
+    assert pb.ReasoningEffort.Name(to_proto(m.CompletionRequest(
+        session_id="s", model="m", messages=hello, reasoning_effort="xhigh"
+    )).reasoning_effort) == "REASONING_EFFORT_XHIGH"  # fmt: skip
+    negative = to_proto(m.CompletionRequest(session_id="s", model="m", messages=hello))
+    negative.reasoning_budget = -5
+    with pytest.raises(ProtocolError, match="reasoning_budget: must be at least 0"):
+        from_proto(negative)
+    disagreeing = to_proto(m.CompletionRequest(session_id="s", model="m", messages=hello, reasoning_effort="none"))
+    disagreeing.reasoning_budget = 100
+    with pytest.raises(ProtocolError, match="disagree on whether to think"):
+        from_proto(disagreeing)

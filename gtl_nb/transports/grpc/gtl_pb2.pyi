@@ -15,6 +15,17 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_ASSISTANT: _ClassVar[Role]
     ROLE_TOOL: _ClassVar[Role]
 
+class ReasoningEffort(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASONING_EFFORT_UNSPECIFIED: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_NONE: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_MINIMAL: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_LOW: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_MEDIUM: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_HIGH: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_XHIGH: _ClassVar[ReasoningEffort]
+    REASONING_EFFORT_MAX: _ClassVar[ReasoningEffort]
+
 class PartType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PART_TYPE_UNSPECIFIED: _ClassVar[PartType]
@@ -60,6 +71,14 @@ ROLE_SYSTEM: Role
 ROLE_USER: Role
 ROLE_ASSISTANT: Role
 ROLE_TOOL: Role
+REASONING_EFFORT_UNSPECIFIED: ReasoningEffort
+REASONING_EFFORT_NONE: ReasoningEffort
+REASONING_EFFORT_MINIMAL: ReasoningEffort
+REASONING_EFFORT_LOW: ReasoningEffort
+REASONING_EFFORT_MEDIUM: ReasoningEffort
+REASONING_EFFORT_HIGH: ReasoningEffort
+REASONING_EFFORT_XHIGH: ReasoningEffort
+REASONING_EFFORT_MAX: ReasoningEffort
 PART_TYPE_UNSPECIFIED: PartType
 PART_TYPE_TEXT: PartType
 PART_TYPE_IMAGE: PartType
@@ -291,7 +310,7 @@ class ToolList(_message.Message):
     def __init__(self, tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ...) -> None: ...
 
 class CompletionRequest(_message.Message):
-    __slots__ = ("session_id", "model", "messages", "provider", "stream", "max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice_mode", "tool_choice_json", "response_format_json", "providers", "metadata_json", "reasoning", "cache")
+    __slots__ = ("session_id", "model", "messages", "provider", "stream", "max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice_mode", "tool_choice_json", "response_format_json", "providers", "metadata_json", "reasoning", "cache", "reasoning_effort", "reasoning_budget")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +328,8 @@ class CompletionRequest(_message.Message):
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     REASONING_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    REASONING_EFFORT_FIELD_NUMBER: _ClassVar[int]
+    REASONING_BUDGET_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -326,7 +347,9 @@ class CompletionRequest(_message.Message):
     metadata_json: str
     reasoning: bool
     cache: bool
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., provider: _Optional[str] = ..., stream: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Union[StringList, _Mapping]] = ..., tools: _Optional[_Union[ToolList, _Mapping]] = ..., tool_choice_mode: _Optional[str] = ..., tool_choice_json: _Optional[str] = ..., response_format_json: _Optional[str] = ..., providers: _Optional[_Union[StringList, _Mapping]] = ..., metadata_json: _Optional[str] = ..., reasoning: _Optional[bool] = ..., cache: _Optional[bool] = ...) -> None: ...
+    reasoning_effort: ReasoningEffort
+    reasoning_budget: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., provider: _Optional[str] = ..., stream: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Union[StringList, _Mapping]] = ..., tools: _Optional[_Union[ToolList, _Mapping]] = ..., tool_choice_mode: _Optional[str] = ..., tool_choice_json: _Optional[str] = ..., response_format_json: _Optional[str] = ..., providers: _Optional[_Union[StringList, _Mapping]] = ..., metadata_json: _Optional[str] = ..., reasoning: _Optional[bool] = ..., cache: _Optional[bool] = ..., reasoning_effort: _Optional[_Union[ReasoningEffort, str]] = ..., reasoning_budget: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("session_id", "state", "from_provider", "to_provider", "reason", "attempt")
