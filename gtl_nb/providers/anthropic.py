@@ -29,11 +29,25 @@ Request mapping (``build_request``):
   limit on their number.
 * ``temperature`` is passed through unchanged although Anthropic's range is 0–1, not 0–2: the API
   validates it and answers with a clear 400, where silent clamping would hide a caller mistake.
-* ``request.reasoning`` → ``thinking: {"type": "enabled", "budget_tokens": N}`` with N from
-  ``deployment.options["thinking_budget_tokens"]`` or ``DEFAULT_THINKING_BUDGET``; Anthropic wants
-  ``max_tokens > budget_tokens`` (thinking counts as output), so when the requested ``max_tokens``
-  is not above the budget it becomes ``budget + max_tokens`` (the answer keeps its own allowance).
-  Temperature / top_p restrictions that apply with thinking are left to the API to enforce.
+* Thinking (``thinking_config``): ``thinking: {"type": "enabled", "budget_tokens": N}``. N is the
+  request's ``reasoning_budget``, else its ``reasoning_effort`` converted (``providers.effort.budget_of``:
+  ``minimal`` 1,024, ``low`` 2,048, ``medium`` 8,192, ``high`` 16,384, ``xhigh`` 24,576, ``max`` 32,768),
+  else — for a request with ``reasoning`` — ``deployment.options["thinking_budget_tokens"]`` or
+  ``DEFAULT_THINKING_BUDGET``. A budget under Anthropic's least (``MIN_THINKING_BUDGET``, 1,024) is
+  sent as that least: the nearest thinking Claude does. Effort ``none`` (or budget 0) sends no
+  ``thinking``, with ``reasoning`` or not. An effort or budget without ``reasoning`` turns thinking on
+  all the same (think this hard, show nothing): the decoder emits no ``reasoning`` events the request
+  did not ask for, and keeps the signed blocks in ``provider_data`` as always, so a tool loop still
+  gives Claude its thinking back. Anthropic wants ``max_tokens > budget_tokens`` (thinking counts as
+  output): ``max_tokens`` goes as given when above the budget, and becomes ``budget + max_tokens``
+  only when it is not (the answer keeps its own allowance). Temperature / top_p restrictions that
+  apply with thinking are left to the API to enforce.
+
+  Anthropic's own ``output_config.effort`` is not sent: the models that take it take different
+  levels (Claude Opus 4.6 refuses ``xhigh``, recorded in ``tests/fixtures/wire/anthropic/
+  error-400-invalid-request.json``) and older ones none, and it tunes the whole answer's token spend,
+  not only the thinking GTL's field is about; ``budget_tokens`` is what every thinking Claude model
+  takes, so one conversion serves them all.
 * ``tool_choice`` ("auto", "none", "required", a tool name, or an OpenAI-style
   ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
 * Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; in the order of the
@@ -121,6 +135,7 @@ from gtl_nb.providers.base import (
     schema_asked,
     split_data_url,
 )
+from gtl_nb.providers.effort import asked_budget
 from gtl_nb.providers.limits import (
     MAX_EVENT_BYTES,
     error_body_json,
@@ -133,6 +148,8 @@ DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_THINKING_BUDGET = 2048
+MIN_THINKING_BUDGET = 1024
+"""The least ``budget_tokens`` Anthropic takes."""
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -385,6 +402,17 @@ def _mark_for_cache(blocks: list[dict[str, Any]], marker: dict[str, str]) -> Non
             return
 
 
+def thinking_budget(request: CompletionRequest, options: Mapping[str, Any], default: int) -> int:
+    """The ``budget_tokens`` a Claude model is sent (0: no thinking), as the module docstring says; the
+    Bedrock dialect asks the same of Claude there (``default``: each dialect's own)."""
+    asked = asked_budget(request)
+    if asked is None:
+        if not request.reasoning:
+            return 0
+        asked = int(options.get("thinking_budget_tokens") or default)
+    return max(asked, MIN_THINKING_BUDGET) if asked > 0 else 0
+
+
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The JSON body of a Messages API call."""
     system, turns = convert_messages(request.messages, cache_points(request.messages))
@@ -408,8 +436,8 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
         choice = _tool_choice(request.tool_choice)
         if choice is not None:
             body["tool_choice"] = choice
-    if request.reasoning:
-        budget = int(deployment.options.get("thinking_budget_tokens") or DEFAULT_THINKING_BUDGET)
+    budget = thinking_budget(request, deployment.options, DEFAULT_THINKING_BUDGET)
+    if budget:
         body["thinking"] = {"type": "enabled", "budget_tokens": budget}
         if max_tokens <= budget:
             body["max_tokens"] = budget + max_tokens

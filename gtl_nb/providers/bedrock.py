@@ -38,11 +38,17 @@ Body mapping:
   that field (Anthropic Claude, Amazon Nova); the others read a failure as "Error:" in the text.
   A ``toolUseId`` must be 1 to 64 of ``[a-zA-Z0-9_-]`` (the API reference): an id another provider
   minted is sent as ``base.safe_tool_id`` maps it, the same in the call and its result.
-* ``request.reasoning`` on an Anthropic model (``anthropic.`` in the id) →
-  ``additionalModelRequestFields.thinking = {type: "enabled", budget_tokens}``; the budget is
-  ``deployment.options["thinking_budget_tokens"]`` (default 1024), and ``maxTokens`` is raised to
-  budget + ``max_tokens`` (or + 1024 when unset) if it would not exceed the budget. Other models
-  that reason (DeepSeek R1…) return ``reasoningContent`` without being asked.
+* Thinking on an Anthropic model (``anthropic.`` in the id) →
+  ``additionalModelRequestFields.thinking = {type: "enabled", budget_tokens}``, the budget chosen as
+  the Anthropic dialect chooses it (``providers.anthropic.thinking_budget``): the request's
+  ``reasoning_budget``, else its ``reasoning_effort`` converted (``providers.effort``), else — with
+  ``reasoning`` — ``deployment.options["thinking_budget_tokens"]`` (default 1024); at least 1,024;
+  none for effort ``none`` or budget 0. An effort or budget without ``reasoning`` thinks and emits no
+  ``reasoning`` events, the signed blocks kept in ``provider_data`` for the tool loop. ``maxTokens``
+  goes as given when above the budget, else becomes budget + ``max_tokens`` (or + 1024 when unset).
+  Other models that reason (DeepSeek R1…) return ``reasoningContent`` without being asked, and
+  Converse has no common knob for how hard they think: ``reasoning_effort`` and ``reasoning_budget``
+  are ignored for them.
 
 Decoding: the binary event stream (``gtl_nb.providers.eventstream``) with events ``messageStart``,
 ``contentBlockStart`` (tool use id and name), ``contentBlockDelta`` (``text`` → ``token``,
@@ -87,6 +93,7 @@ from gtl_nb.protocol.messages import (
     ToolCallEvent,
     Usage,
 )
+from gtl_nb.providers.anthropic import thinking_budget
 from gtl_nb.providers.base import (
     Deployment,
     GuardedDecoder,
@@ -432,8 +439,10 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     if system:
         body["system"] = system
     tool_config = _tool_config(request, messages)
-    if request.reasoning and _is_anthropic(request.model):
-        budget = int(deployment.options.get("thinking_budget_tokens", DEFAULT_THINKING_BUDGET))
+    budget = (
+        thinking_budget(request, deployment.options, DEFAULT_THINKING_BUDGET) if _is_anthropic(request.model) else 0
+    )
+    if budget:
         body["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": budget}}
         if request.max_tokens is None or request.max_tokens <= budget:
             inference["maxTokens"] = budget + (request.max_tokens or 1024)  # thinking counts in max tokens

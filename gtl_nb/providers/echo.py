@@ -11,7 +11,9 @@ split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per 
   property is called (a ``city`` takes the place the prompt names, e.g. "Oslo"; see
   ``schema_values``); ``finish_reason`` is ``tool_calls``.
 * After tool results, it reports what the tools returned.
-* ``request.reasoning`` adds a short ``reasoning`` stream before the answer.
+* ``request.reasoning`` adds a short ``reasoning`` stream before the answer — unless the request's
+  ``reasoning_effort`` is ``none`` (or its ``reasoning_budget`` 0): asked not to think, it shows no
+  thinking. Echo does not think, so no other effort or budget changes its answer.
 * ``response_format``: ``json_schema`` answers a JSON value built from the schema by the generator
   tool arguments use (types, required properties, enums, consts, numeric bounds, ``$ref``: what the
   SDKs' ``parse`` helpers need; ``pattern`` and the like are not followed), ``json_object`` the usual
@@ -42,6 +44,7 @@ from gtl_nb.protocol.messages import (
     Usage,
 )
 from gtl_nb.providers.base import parse_tool_choice, schema_asked
+from gtl_nb.providers.effort import thinking_asked
 from gtl_nb.providers.schema_shape import schema_shape_problem
 from gtl_nb.providers.schema_values import example_value
 from gtl_nb.providers.tokenizer import count_message_tokens, count_tokens, split_tokens
@@ -95,7 +98,8 @@ class EchoProvider:
         tokens_in = count_message_tokens(_message_text(m) for m in request.messages)
         tokens_out = 0
         reasoning_tokens = 0
-        if request.reasoning:
+        thinks = request.reasoning and thinking_asked(request) is not False
+        if thinks:
             thought = _reasoning_text(request)
             for piece in split_tokens(thought):
                 reasoning_tokens += 1
@@ -118,7 +122,7 @@ class EchoProvider:
                 session_id=sid,
                 tokens_in=tokens_in,
                 tokens_out=tokens_out + reasoning_tokens,
-                reasoning_tokens_out=reasoning_tokens if request.reasoning else None,
+                reasoning_tokens_out=reasoning_tokens if thinks else None,
                 cost=0.0,
             ),
         )

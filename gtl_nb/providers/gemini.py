@@ -22,8 +22,17 @@ Request mapping (``build_request``):
 * ``generationConfig``: temperature, topP, maxOutputTokens, stopSequences (at most 5, the API's limit:
   more is refused, ``NotServedHere``); ``response_format``
   ``json_object`` → ``responseMimeType: application/json``, ``json_schema`` → that plus
-  ``responseJsonSchema``; ``request.reasoning`` → ``thinkingConfig {includeThoughts: true}`` (and
-  ``thinkingBudget`` from ``deployment.options["thinking_budget"]`` when set).
+  ``responseJsonSchema``; ``request.reasoning`` → ``thinkingConfig {includeThoughts: true}``.
+* How hard to think (``thinkingConfig``, with ``reasoning`` or without it — then thoughts are neither
+  asked for nor emitted): Gemini 3 and later (``checks_signatures``' name test) take
+  ``thinkingLevel``, ``low`` or ``high`` — effort ``none``/``minimal``/``low`` → ``low`` (the least they
+  think: they cannot stop), ``medium``/``high``/``xhigh``/``max`` → ``high`` (their default), a budget
+  alone first converted to an effort (``providers.effort.effort_of``). Earlier models take
+  ``thinkingBudget`` in tokens (0: off, which 2.5 Pro refuses in its words): the request's
+  ``reasoning_budget``, else its effort converted (``providers.effort.budget_of``). Never both —
+  the API refuses ``thinkingLevel`` with ``thinkingBudget``. A request that gives neither gets
+  ``thinkingBudget`` from ``deployment.options["thinking_budget"]`` when set and it asks for
+  reasoning, else the model's own thinking.
 * tools → ``[{functionDeclarations: [{name, description, parametersJsonSchema}]}]``; tool_choice →
   ``toolConfig.functionCallingConfig`` (auto → AUTO, none → NONE, required → ANY, a name → ANY +
   ``allowedFunctionNames``), sent only with tools.
@@ -113,6 +122,7 @@ from gtl_nb.providers.base import (
     retryable_for_status,
     split_data_url,
 )
+from gtl_nb.providers.effort import asked_budget, asked_effort
 from gtl_nb.providers.limits import error_body_json, error_body_text, parse_json
 from gtl_nb.providers.sse import SSEDecoder
 
@@ -252,6 +262,18 @@ def _apply_signatures(parts: list[dict[str, Any]], provider_data: dict[str, Any]
                 target["thoughtSignature"] = signature
 
 
+LEVELS = {
+    "none": "low",
+    "minimal": "low",
+    "low": "low",
+    "medium": "high",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
+"""Gemini 3's ``thinkingLevel`` for each effort: the two levels every Gemini 3 model takes (module docstring)."""
+
+
 def checks_signatures(model: str) -> bool:
     """Whether ``model`` (by its name: the last segment of a resource path, any letter case) is Gemini 3 or
     later, which refuses function calls replayed unsigned — or a ``-latest`` alias, which Google moves to
@@ -348,13 +370,23 @@ def _generation_config(request: CompletionRequest, deployment: Deployment) -> di
         schema = wrapper.get("schema") if isinstance(wrapper, dict) else response_format.get("schema")
         if isinstance(schema, dict):
             config["responseJsonSchema"] = schema
-    if request.reasoning:
-        thinking: dict[str, Any] = {"includeThoughts": True}
-        budget = deployment.options.get("thinking_budget")
-        if budget is not None:
-            thinking["thinkingBudget"] = int(budget)
+    thinking = _thinking_config(request, deployment)
+    if thinking:
         config["thinkingConfig"] = thinking
     return config
+
+
+def _thinking_config(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
+    """``thinkingConfig`` (module docstring): thoughts when asked, and the level or the budget, never both."""
+    thinking: dict[str, Any] = {"includeThoughts": True} if request.reasoning else {}
+    effort = asked_effort(request)
+    if effort is not None and checks_signatures(request.model):
+        thinking["thinkingLevel"] = LEVELS[effort]
+    elif effort is not None:
+        thinking["thinkingBudget"] = asked_budget(request)
+    elif request.reasoning and deployment.options.get("thinking_budget") is not None:
+        thinking["thinkingBudget"] = int(deployment.options["thinking_budget"])
+    return thinking
 
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:

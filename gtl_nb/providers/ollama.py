@@ -9,7 +9,13 @@ Request mapping (wire-formats.md §5):
 * sampling goes in ``options``: ``temperature``, ``top_p``, ``num_predict`` (= ``max_tokens``), ``stop``.
 * ``response_format`` ``{"type": "json_object"}`` → ``format: "json"``; ``{"type": "json_schema",
   "json_schema": {"schema": {...}}}`` → ``format: <schema>``.
-* ``request.reasoning`` → ``think: true``.
+* ``request.reasoning`` → ``think: true``. How hard to think: Ollama has no thinking budget, and its
+  ``think`` takes levels (``"low"``, ``"medium"``, ``"high"``) for gpt-oss models only — the others take
+  ``true``/``false``. So a request's ``reasoning_effort`` (or its ``reasoning_budget`` read as an effort,
+  ``providers.effort.effort_of``) is, for a ``gpt-oss`` model, ``none``/``minimal``/``low`` → ``"low"``
+  (gpt-oss cannot stop thinking), ``medium`` → ``"medium"``, ``high``/``xhigh``/``max`` → ``"high"``;
+  for any other model ``none`` → ``false`` and the rest → ``true``. With or without ``reasoning``: the
+  decoder emits thinking only when it was asked for.
 * tools go in OpenAI's function shape. Ollama has no ``tool_choice``: ``"none"`` leaves the tools out,
   a named tool narrows the list to that tool, anything else sends every tool.
 * images are bare base64 strings in the message's ``images`` (the ``data:`` prefix stripped). Ollama
@@ -75,6 +81,7 @@ from gtl_nb.providers.base import (
     split_data_url,
     tool_result_text,
 )
+from gtl_nb.providers.effort import asked_effort
 from gtl_nb.providers.limits import (
     MAX_BODY_BYTES,
     MAX_EVENT_BYTES,
@@ -213,9 +220,32 @@ def build_body(request: CompletionRequest) -> dict[str, Any]:
     fmt = _format(request.response_format)
     if fmt is not None:
         body["format"] = fmt
-    if request.reasoning:
-        body["think"] = True
+    think = _think(request)
+    if think is not None:
+        body["think"] = think
     return body
+
+
+THINK_LEVELS = {
+    "none": "low",
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "high",
+    "max": "high",
+}
+"""A gpt-oss model's ``think`` level for each effort (module docstring)."""
+
+
+def _think(request: CompletionRequest) -> bool | str | None:
+    """``think``: the request's effort as the model takes it, else ``true`` when it asks for reasoning."""
+    effort = asked_effort(request)
+    if effort is None:
+        return True if request.reasoning else None
+    if request.model.lower().startswith("gpt-oss"):
+        return THINK_LEVELS[effort]
+    return effort != "none"
 
 
 # ----------------------------------------------------------------------------------------------

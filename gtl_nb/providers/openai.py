@@ -36,10 +36,19 @@ API rejects it then). ``response_format`` passes through. ``stop``: OpenAI and A
 sequences, so more is refused before sending (``NotServedHere``: another deployment may take them);
 a compatible server decides for itself. Streaming requests ask for usage with
 ``stream_options.include_usage`` unless ``options["stream_usage"] is False``.
-``options["reasoning_effort"]`` is sent as ``reasoning_effort``; ``options["extra_body"]`` (a
-dict) is merged into the body last; ``deployment.headers`` are added last (they win).
-``request.reasoning`` changes nothing on the wire: Chat Completions never returns OpenAI's
-reasoning text, and compatible servers send theirs unasked.
+``options["extra_body"]`` (a dict) is merged into the body last; ``deployment.headers`` are added
+last (they win). ``request.reasoning`` changes nothing on the wire: Chat Completions never returns
+OpenAI's reasoning text, and compatible servers send theirs unasked.
+
+Effort: ``reasoning_effort`` is the request's (``request.reasoning_effort`` as is; a
+``reasoning_budget`` alone converted by ``providers.effort.effort_of``: 0 → ``none``, up to 4,096 →
+``low``, up to 12,288 → ``medium``, more → ``high``), else ``options["reasoning_effort"]`` (every
+request, as configured). The request's goes to a reasoning model only — by name for OpenAI and
+Azure, or ``options["reasoning_model"]`` — since a model that does not reason has nothing to tune and
+OpenAI's API refuses the parameter for it (400 "Unsupported parameter"); a compatible server, whose
+models cannot be told apart by name, gets it unless ``options["reasoning_model"]`` is ``false``.
+OpenAI's API checks the value against the model (``none`` and ``xhigh`` only on its newest models)
+and answers a 400 naming ``reasoning_effort`` in its words.
 
 Responses, errors and ``provider_data`` are handled by ``gtl_nb.providers.openai_chat`` (read its
 docstring). ``openai_compatible`` replays captured reasoning text on assistant messages (as the
@@ -72,6 +81,7 @@ from gtl_nb.providers.base import (
     standard_data_url,
     tool_result_text,
 )
+from gtl_nb.providers.effort import asked_effort
 from gtl_nb.providers.openai_chat import (
     PROVIDER_DATA_KEY,
     REASONING_FIELDS,
@@ -248,8 +258,10 @@ def chat_body(
     include_usage: bool = True,
     replay_reasoning: bool = False,
     options: Mapping[str, Any] | None = None,
+    reasoning_effort: str | None = None,
 ) -> dict[str, Any]:
-    """The Chat Completions JSON body of ``request`` (see the module docstring)."""
+    """The Chat Completions JSON body of ``request`` (see the module docstring); ``reasoning_effort``: the
+    effort to send (the dialect's choice of the request's and the deployment's)."""
     options = options or {}
     body: dict[str, Any] = {
         "model": model,
@@ -274,8 +286,8 @@ def chat_body(
             body["parallel_tool_calls"] = False
     if request.response_format is not None:
         body["response_format"] = request.response_format
-    if options.get("reasoning_effort"):
-        body["reasoning_effort"] = options["reasoning_effort"]
+    if reasoning_effort:
+        body["reasoning_effort"] = reasoning_effort
     extra = options.get("extra_body")
     if isinstance(extra, Mapping):
         body.update(extra)
@@ -331,6 +343,15 @@ class _ChatCompletionsDialect:
             return bool(override)
         return self.detects_reasoning_models and is_reasoning_model(request.model)
 
+    def _effort(self, request: CompletionRequest, deployment: Deployment, reasoning_model: bool) -> str | None:
+        """The ``reasoning_effort`` to send: the request's, to a model that takes it, else the option's."""
+        asked = asked_effort(request)
+        told = deployment.options.get("reasoning_model")
+        takes_it = reasoning_model or (not self.detects_reasoning_models and told is not False)
+        if asked is not None and takes_it:
+            return asked
+        return deployment.options.get("reasoning_effort") or None
+
     def build_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
         """The Chat Completions HTTP request for ``request`` (``now`` is unused: nothing is signed)."""
         refuse_stop_sequences(request, self.api, most=self.max_stop_sequences)
@@ -345,6 +366,7 @@ class _ChatCompletionsDialect:
             include_usage=options.get("stream_usage") is not False,
             replay_reasoning=self.replays_reasoning and bool(options.get("replay_reasoning")),
             options=options,
+            reasoning_effort=self._effort(request, deployment, reasoning),
         )
         accept = "text/event-stream" if request.stream else "application/json"
         return HttpRequest(

@@ -14,7 +14,8 @@ the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``. A ``t
 ``tool_use`` ids without a ``tool_result`` in the next message and a ``tool_result`` whose id the previous
 message did not call (in the service's words, ``_unpaired_tool_blocks``). With
 thinking on, a tool loop's last assistant turn must start with its thinking block, as the service
-requires (its 400 otherwise).
+requires (its 400 otherwise); an enabled ``thinking``'s ``budget_tokens`` must be at least 1,024 and
+below ``max_tokens`` (its 400s, in its words). ``output_config.effort`` is accepted and changes nothing.
 """
 
 from __future__ import annotations
@@ -186,6 +187,34 @@ def _bad_tool_id(body: dict[str, Any]) -> str | None:
             value = block.get(field) if field else None
             if field and not (isinstance(value, str) and _ID.fullmatch(value)):
                 return f"messages.{i}.content.{j}.{kind}.{field}: String should match pattern '{_ID_PATTERN}'"
+    return None
+
+
+MIN_THINKING_BUDGET = 1024
+"""The least ``thinking.budget_tokens`` the API takes."""
+
+
+def _thinking_budget_problem(body: dict[str, Any]) -> str | None:
+    """The API's 400 for an enabled ``thinking`` whose budget it refuses — under the least, or not below
+    ``max_tokens`` (thinking counts as output) — or ``None``."""
+    thinking = body.get("thinking")
+    if not isinstance(thinking, dict) or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or isinstance(budget, bool):
+        return (
+            "thinking.enabled.budget_tokens: Field required"
+            if budget is None
+            else ("thinking.enabled.budget_tokens: Input should be a valid integer")
+        )
+    if budget < MIN_THINKING_BUDGET:
+        return f"thinking.enabled.budget_tokens: Input should be greater than or equal to {MIN_THINKING_BUDGET}"
+    max_tokens = body.get("max_tokens")
+    if isinstance(max_tokens, int) and max_tokens <= budget:
+        return (
+            "`max_tokens` must be greater than `thinking.budget_tokens`. Please consult our documentation at "
+            "https://docs.claude.com/en/docs/build-with-claude/extended-thinking#max-tokens-and-context-window-size"
+        )
     return None
 
 
@@ -564,6 +593,9 @@ class AnthropicSim:
         unpaired = _unpaired_tool_blocks(body)
         if unpaired is not None:
             return self._error(400, "invalid_request_error", unpaired)
+        budget_problem = _thinking_budget_problem(body)
+        if budget_problem is not None:
+            return self._error(400, "invalid_request_error", budget_problem)
         unthought = _unthought_tool_turn(body)
         if unthought is not None:
             return self._error(400, "invalid_request_error", unthought)

@@ -105,6 +105,19 @@ def _pretty(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, indent=2)
 
 
+def _thinking_refusal(config: Any, *, gemini_3: bool) -> str | None:
+    """The API's 400 for a ``thinkingConfig`` it refuses: a level and a budget together (every model), or a
+    level to a model before Gemini 3, which takes budgets only."""
+    if not isinstance(config, dict):
+        return None
+    level, budget = _get(config, "thinkingLevel"), _get(config, "thinkingBudget")
+    if level is not None and budget is not None:
+        return "You can only set only one of thinking budget and thinking level."
+    if level is not None and not gemini_3:
+        return "thinking_level is not supported by this model."
+    return None
+
+
 def _google_error(
     status: int,
     message: str,
@@ -406,6 +419,9 @@ class GeminiSim:
         if unpaired is not None:
             return _google_error(400, unpaired)
         signed = signs_function_calls(model)
+        refused = _thinking_refusal(_get(_get(body, "generationConfig"), "thinkingConfig"), gemini_3=signed)
+        if refused is not None:
+            return _google_error(400, refused)
         unsigned = _unsigned_call([c for c in _get(body, "contents") or [] if isinstance(c, dict)]) if signed else None
         if unsigned is not None:
             name, position = unsigned

@@ -144,6 +144,23 @@ def _structured(response_format: Any) -> dict[str, Any] | None:
 
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
+#: ``reasoning_effort``'s values (the OpenAI SDK's ``ReasoningEffort``); which of them a model takes is not
+#: simulated: every one is accepted for every model, anything else refused as the API refuses a value.
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
+
+def _reasoning_effort_refusal(effort: Any) -> dict[str, Any] | None:
+    """The API's 400 for a ``reasoning_effort`` it does not know (the shape of its other invalid values)."""
+    if effort is None or effort in REASONING_EFFORTS:
+        return None
+    listed = ", ".join(repr(value) for value in REASONING_EFFORTS[:-1]) + f", and {REASONING_EFFORTS[-1]!r}"
+    shown = repr(effort) if isinstance(effort, str) else json.dumps(effort)
+    return _error(
+        f"Invalid value: {shown}. Supported values are: {listed}.",
+        "invalid_request_error",
+        "invalid_value",
+        "reasoning_effort",
+    )
 
 
 def _response_format_refusal(response_format: Any) -> dict[str, Any] | None:
@@ -478,6 +495,9 @@ class _ChatCompletionsSim:
             unpaired = _tool_history_refusal(req.json.get("messages"))
             if unpaired is not None:
                 return unpaired
+        effort = _reasoning_effort_refusal(req.json.get("reasoning_effort"))
+        if effort is not None:
+            return effort
         if not self.checks_response_format:
             return None
         return _response_format_refusal(req.json.get("response_format"))

@@ -742,6 +742,26 @@ def defaults_reasoning(tmp_path):
     assert any(isinstance(e, Reasoning) for e in answer.events)
 
 
+def defaults_reasoning_effort(tmp_path):
+    with sim.serve("openai") as s:
+        c = client({"openai": oa(s)}, defaults={"reasoning_effort": "high"})
+        c.complete("o4-mini", "hi")
+        c.complete("o4-mini", "hi", reasoning_effort="low")  # a caller's own replaces the default
+        c.complete("o4-mini", "hi", reasoning_budget=0)  # … in either unit
+    assert [body(s, i).get("reasoning_effort") for i in range(3)] == ["high", "low", "none"]
+    with pytest.raises(ConfigurationError, match=r"reasoning_effort must be one of 'none', 'minimal'.*got 'huge'"):
+        load_settings(environ={}, defaults={"reasoning_effort": "huge"})
+
+
+def defaults_reasoning_budget(tmp_path):
+    with sim.serve("anthropic") as s:
+        providers = {"anthropic": {"type": "anthropic", "api_key": "sim-key", "base_url": s.base_url}}
+        client(providers, defaults={"reasoning_budget": 3000}).complete("claude-sonnet-4-5", "hi", max_tokens=5000)
+    assert body(s)["thinking"] == {"type": "enabled", "budget_tokens": 3000} and body(s)["max_tokens"] == 5000
+    with pytest.raises(ConfigurationError, match="reasoning_budget must not be negative"):
+        load_settings(environ={}, defaults={"reasoning_budget": -1})
+
+
 def defaults_warn_cost_usd(tmp_path):
     prompt = "word " * 4000  # about 5,000 tokens of gpt-4o input: about $0.0125
     with sim.serve("openai") as s:

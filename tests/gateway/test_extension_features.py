@@ -68,6 +68,10 @@ def test_an_older_gateway_is_sent_no_field_it_would_drop(config, transport):
         assert error.message.startswith("messages[0].cache_point: the gateway does not support")
         assert "top_p" in refusal(client, top_p=0.0).message  # 0.0 is a value asked for
         assert "cache" in refusal(client, cache=False).message  # an opt-out is a use
+        for fields in ({"reasoning_effort": "high"}, {"reasoning_budget": 0}):  # "no thinking" is asked too
+            error = refusal(client, reasoning=True, **fields)
+            assert error.message.startswith(f"{next(iter(fields))}: the gateway does not support")
+            assert "'reasoning_effort'" in error.message
         # defaults are no use of a field, and the first extensions were always announced
         assert client.complete("echo", "Say hello there", stop=[]).text.count("there") == 1
         assert client.complete("echo", "Say hello there", reasoning=True, tool_choice="none").text
@@ -78,6 +82,20 @@ def test_a_gateway_that_knows_the_extensions_is_sent_them(config, transport):
     with older_gateway(config, transport, FEATURES) as url, gtl_nb.connect(url) as client:
         answer = client.complete("echo", [CHARTER, {"role": "user", "content": "Say hello there"}], stop=["there"])
         assert "there" not in answer.text  # the stop sequence reached the provider
+        # echo shows no thinking when asked not to think: the effort reached the provider
+        assert client.complete("echo", "Say hello", reasoning=True).reasoning
+        assert not client.complete("echo", "Say hello", reasoning=True, reasoning_effort="none").reasoning
+
+
+@pytest.mark.parametrize("transport", ["ws", "grpc"])
+def test_a_gateway_without_the_effort_feature_is_sent_no_effort(config, transport):
+    """A gateway that knows every extension but ``reasoning_effort`` (the pair's one feature) would think as
+    its deployment says whatever the caller asked: refused before sending, the rest sent."""
+    features = tuple(feature for feature in FEATURES if feature != "reasoning_effort")
+    with older_gateway(config, transport, features) as url, gtl_nb.connect(url) as client:
+        assert refusal(client, reasoning_budget=2048).message.startswith("reasoning_budget: the gateway does not")
+        assert refusal(client, reasoning_effort="low").message.startswith("reasoning_effort: the gateway does not")
+        assert client.complete("echo", "Say hello there", stop=["there"], reasoning=True).reasoning
 
 
 def test_one_extension_withheld_refuses_only_that_field(config):

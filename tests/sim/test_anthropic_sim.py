@@ -377,3 +377,25 @@ def test_recorded_requests_are_understood(name: str, serve_sim: Any) -> None:
         assert called
     else:
         assert text.startswith("You said:")
+
+
+def test_a_thinking_budget_is_refused_as_the_api_refuses_it(serve_sim: Any) -> None:
+    """At least 1,024 and below ``max_tokens`` (the service's 400s); Anthropic's own ``output_config.effort``
+    is taken and changes nothing here."""
+    s = serve_sim("anthropic")
+    with pytest.raises(anthropic.BadRequestError, match="greater than or equal to 1024"):
+        client(s).messages.create(
+            model=MODEL, max_tokens=2000, messages=USER, thinking={"type": "enabled", "budget_tokens": 1000}
+        )
+    with pytest.raises(anthropic.BadRequestError, match=r"`max_tokens` must be greater than `thinking\.budget_tokens`"):
+        client(s).messages.create(
+            model=MODEL, max_tokens=1024, messages=USER, thinking={"type": "enabled", "budget_tokens": 1024}
+        )
+    answer = client(s).messages.create(
+        model=MODEL,
+        max_tokens=1025,
+        messages=USER,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        output_config={"effort": "high"},
+    )
+    assert [block.type for block in answer.content] == ["thinking", "text"]

@@ -381,3 +381,21 @@ def test_recorded_requests_are_understood(path: Path, serve_sim: Any) -> None:
         assert "".join(p.get("text", "") for p in parts if not p.get("thought")).startswith("The tool returned:")
     elif body.get("tools"):
         assert any("functionCall" in p for p in parts)
+
+
+def test_a_thinking_level_goes_to_gemini_3_alone_and_never_with_a_budget(serve_sim: Any) -> None:
+    """The API's 400s: a level and a budget together (any model), a level before Gemini 3."""
+    s = serve_sim("gemini")
+    both = types.ThinkingConfig(thinking_level=types.ThinkingLevel.LOW, thinking_budget=1024)
+    with pytest.raises(errors.ClientError) as refused:
+        client(s).models.generate_content(
+            model="gemini-3-pro-preview", contents="hi", config=types.GenerateContentConfig(thinking_config=both)
+        )
+    assert refused.value.code == 400 and "only one of thinking budget and thinking level" in str(refused.value)
+    level = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel.HIGH))
+    assert client(s).models.generate_content(model="gemini-3-pro-preview", contents="hi", config=level).text
+    with pytest.raises(errors.ClientError) as early:
+        client(s).models.generate_content(model="gemini-2.5-flash", contents="hi", config=level)
+    assert early.value.code == 400 and "thinking_level is not supported" in str(early.value)
+    budget = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=2048))
+    assert client(s).models.generate_content(model="gemini-2.5-flash", contents="hi", config=budget).text

@@ -349,3 +349,19 @@ def test_recorded_requests_are_understood(name: str, serve_sim: Any) -> None:
         assert called and not text
     else:
         assert text.startswith("You said:")
+
+
+def test_reasoning_effort_is_one_of_the_sdks_values_or_the_apis_invalid_value(serve_sim: Any) -> None:
+    s = serve_sim("openai")
+    for effort in ("none", "minimal", "low", "medium", "high", "xhigh", "max"):
+        assert client(s).chat.completions.create(model="gpt-4o-mini", messages=USER, reasoning_effort=effort).choices
+    with pytest.raises(openai.BadRequestError) as refused:
+        client(s).chat.completions.create(model="gpt-4o-mini", messages=USER, reasoning_effort="huge")  # type: ignore[arg-type]
+    error = refused.value
+    assert (error.status_code, error.code, error.param, error.type) == (
+        400,
+        "invalid_value",
+        "reasoning_effort",
+        "invalid_request_error",
+    )
+    assert "Invalid value: 'huge'. Supported values are: 'none', 'minimal'" in error.message
