@@ -331,7 +331,6 @@ def test_what_is_accepted_and_ignored_is_answered(oai, claude):
         "store": False,
         "metadata": {"job": "nightly"},
         "service_tier": "auto",
-        "reasoning_effort": "low",
         "verbosity": "low",
         "prompt_cache_key": "k",
         "safety_identifier": "s",

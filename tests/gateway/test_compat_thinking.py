@@ -85,7 +85,7 @@ def test_thinking_comes_first_signed_as_the_provider_signed_it(
     thought = reply.content[0]
     assert thought.thinking and thought.signature
     upstream = sims["anthropic"].requests[-1].json
-    assert upstream["thinking"]["type"] == "enabled"  # asked of the provider, with the deployment's budget
+    assert upstream["thinking"] == THINK and upstream["max_tokens"] == 2000  # the caller's budget, as sent
     plain = _ask(client, stream, model=CLAUDE, max_tokens=200, messages=prompt)
     assert [block.type for block in plain.content] == ["text"] and "thinking" not in sims["anthropic"].requests[-1].json
 

@@ -19,7 +19,9 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   ``compat.thinking``), which the deployment that signed them gets back. Documents, server-tool and
   other blocks are refused (400).
 * ``thinking`` (``enabled``, ``adaptive``, ``between_tools``) → GTL's ``reasoning``, checked as
-  Anthropic checks it (``compat.thinking``); the deployment's own budget is the one sent.
+  Anthropic checks it (``compat.thinking``); an enabled one's ``budget_tokens`` → GTL's
+  ``reasoning_budget``, so the deployment thinks as much as the caller said and ``max_tokens`` (which
+  must exceed the budget) reaches Claude as sent.
 * ``tools`` (custom tools: ``name``, ``description``, ``input_schema``; server tools are refused, and
   so are the MCP connector's ``mcp_servers``, tools the provider would call itself),
   ``tool_choice`` (``auto`` → ``auto``, ``any`` → ``required``, ``tool`` → that tool, ``none`` →
@@ -29,7 +31,11 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 * ``output_config.format`` (structured outputs: ``{"type": "json_schema", "schema": …}``, or the
   beta's top-level ``output_format``) → GTL's ``response_format`` ``json_schema``, which every
   deployment type that has structured output honours (and the others refuse, rather than answer in
-  prose). ``output_config.effort`` is accepted and ignored.
+  prose). ``output_config.effort`` (``low``, ``medium``, ``high``, ``xhigh``, ``max``; anything else
+  refused in Anthropic's words) → GTL's ``reasoning_effort``: the deployment thinks that hard — with
+  ``thinking`` shown, without it unseen, its blocks then answered without their text
+  (``compat.thinking``) — whether it is Claude (a budget: docs/providers.md, "How hard a model
+  thinks") or another provider.
 * ``cache_control`` on a block → GTL's ``cache_point`` on the message that ends with that block
   (``compat.cache_marks``: the system prompt or a user turn's text and images are split after a marked
   block, so the breakpoint stays where it was put; a tool result is a message of its own; an
@@ -60,7 +66,7 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
-from gtl_nb.gateway.compat.thinking import reasoning_asked, replayed_state
+from gtl_nb.gateway.compat.thinking import budget_asked, reasoning_asked, replayed_state
 from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_PARTS, MAX_STOP_SEQUENCES, MAX_TOOLS
 from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TOKENS_LIMIT, CompletionRequest, Message, Tool, ToolCall
 from gtl_nb.providers.base import limited_to_one_call
@@ -229,6 +235,8 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),
         response_format=_response_format(body),
         reasoning=reasoning_asked(body, max_tokens),
+        reasoning_budget=budget_asked(body),
+        reasoning_effort=_effort(body),
     )
 
 
@@ -245,6 +253,20 @@ def _stop_sequences(stop: list[Any] | None) -> list[str] | None:
     if any(not item.strip() for item in stop):
         raise FieldError("stop_sequences", "each stop sequence must contain non-whitespace")
     return stop
+
+
+EFFORTS = ("low", "medium", "high", "xhigh", "max")
+"""The values of ``output_config.effort`` (Anthropic's SDK's)."""
+
+
+def _effort(body: dict[str, Any]) -> str | None:
+    """``output_config.effort`` as GTL's ``reasoning_effort`` (its keys are checked by ``_response_format``)."""
+    config = body.get("output_config")
+    effort = config.get("effort") if isinstance(config, dict) else None
+    if effort is None or effort in EFFORTS:
+        return effort
+    listed = ", ".join(repr(value) for value in EFFORTS[:-1]) + f" or {EFFORTS[-1]!r}"
+    raise FieldError("output_config.effort", f"Input should be {listed}")
 
 
 def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -31,10 +31,15 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   call; a deployment whose API cannot be so limited is skipped, else the request is refused).
 * ``modalities`` asking for anything but text (audio output) is refused (400): the answer is text;
   so is ``web_search_options`` (a search the provider would run itself, which GTL cannot ask for).
-* ``IGNORED`` (``seed``, ``user``, penalties, ``store``, ``metadata``, ``reasoning_effort``,
-  ``verbosity``…) is accepted and ignored, as a proxy in front of a model that lacks it would (a
-  deployment's own ``reasoning_effort`` option sets the effort its requests use): each tunes, labels
-  or bills the call, and none changes what the answer must be. ``logit_bias`` is ignored only empty:
+* ``reasoning_effort`` → GTL's ``reasoning_effort`` (one of OpenAI's values — ``none``, ``minimal``,
+  ``low``, ``medium``, ``high``, ``xhigh``, ``max`` —, anything else its 400 naming the parameter): how
+  hard the model thinks, whatever deployment answers — an OpenAI reasoning model gets it as is, Claude
+  a thinking budget, Gemini a level or a budget (docs/providers.md, "How hard a model thinks"); Chat
+  Completions shows no reasoning, so it asks for none to be shown (Claude's thinking stays in its
+  replay state). Left out, the deployment's own option decides.
+* ``IGNORED`` (``seed``, ``user``, penalties, ``store``, ``metadata``, ``verbosity``…) is accepted and
+  ignored, as a proxy in front of a model that lacks it would: each tunes, labels or bills the call,
+  and none changes what the answer must be. ``logit_bias`` is ignored only empty:
   a bias that bans or forces tokens would be silently lost.
 * Any other field is refused (400, ``param`` naming it) as OpenAI refuses it — "Unrecognized request
   argument supplied: max_token" — with the field it is a near miss of; GTL's own request fields
@@ -57,11 +62,13 @@ import msgspec
 from gtl_nb.gateway.compat import fields
 from gtl_nb.gateway.compat.cache_marks import as_fields, longest, mark_of, marked, split_at_marks
 from gtl_nb.gateway.compat.fields import FieldError
+from gtl_nb.protocol.codec import json_kind
 from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_PARTS, MAX_TOOL_CALLS, MAX_TOOLS
 from gtl_nb.protocol.messages import (
     MAX_NAME_LENGTH,
     MAX_TEMPERATURE,
     MAX_TOKENS_LIMIT,
+    REASONING_EFFORTS,
     CompletionRequest,
     Message,
     Tool,
@@ -81,6 +88,7 @@ __all__ = [
     "model_of",
     "narrowed",
     "only",
+    "reasoning_effort",
     "response_format",
     "streamed",
     "tool_choice",
@@ -104,6 +112,7 @@ MAPPED = frozenset(
         "response_format",
         "stream",
         "stream_options",
+        "reasoning_effort",
     }
 )
 """The Chat Completions fields that reach the GTL request."""
@@ -133,7 +142,6 @@ IGNORED = frozenset(
         "store",
         "metadata",
         "service_tier",
-        "reasoning_effort",
         "verbosity",
         "prediction",  # a latency hint: the answer is the same without it
         "prompt_cache_key",
@@ -268,8 +276,19 @@ def chat_request(body: dict[str, Any], session_id: str) -> ChatRequest:
         tools=tools,
         tool_choice=tool_choice(choice, fields.boolean(body, "parallel_tool_calls", "parallel_tool_calls")),
         response_format=response_format(fields.obj(body, "response_format", "response_format")),
+        reasoning_effort=reasoning_effort(body.get("reasoning_effort"), "reasoning_effort"),
     )
     return ChatRequest(request, include_usage, limit)
+
+
+def reasoning_effort(raw: Any, where: str) -> str | None:
+    """An OpenAI ``reasoning_effort`` (``where``: its path), one of its values, refused otherwise as OpenAI
+    refuses a value it does not know: ``Invalid value: 'huge'. Supported values are: 'none', … and 'max'.``"""
+    if raw is None or raw in REASONING_EFFORTS:
+        return raw
+    listed = ", ".join(repr(value) for value in REASONING_EFFORTS[:-1]) + f", and {REASONING_EFFORTS[-1]!r}"
+    shown = repr(raw) if isinstance(raw, str) else json_kind(raw)
+    raise FieldError(where, f"Invalid value: {shown[:100]}. Supported values are: {listed}.", whole=True)
 
 
 def model_of(body: dict[str, Any]) -> str:

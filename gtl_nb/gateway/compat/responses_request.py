@@ -32,9 +32,12 @@ function tools, an ``allowed_tools`` choice and a structured-output format are C
   returns its reasoning (Claude's thinking, Gemini's thoughts) is answered with a ``reasoning`` item
   whose summary is that text (``responses_response``); one that returns none (OpenAI's chat API), with
   none, as OpenAI answers a model without summaries.
-* ``IGNORED`` (``metadata``, ``user``, ``safety_identifier``, ``store``, ``reasoning.effort``,
-  ``text.verbosity``, ``service_tier``, the prompt-cache fields…) is accepted, and echoed where the
-  answer has a place for it; ``store`` is answered ``false`` — nothing is stored.
+* ``reasoning.effort`` → GTL's ``reasoning_effort``, read as chat's ``reasoning_effort`` is
+  (``openai_request.reasoning_effort``: OpenAI's values, anything else its 400 naming
+  ``reasoning.effort``): how hard the model thinks, shown only when a summary is asked for.
+* ``IGNORED`` (``metadata``, ``user``, ``safety_identifier``, ``store``, ``text.verbosity``,
+  ``service_tier``, the prompt-cache fields…) is accepted, and echoed where the answer has a place for
+  it; ``store`` is answered ``false`` — nothing is stored.
 * Any other field is refused as on chat: ``Unrecognized request argument supplied: …``.
 """
 
@@ -54,6 +57,7 @@ from gtl_nb.gateway.compat.openai_request import (
     model_of,
     narrowed,
     only,
+    reasoning_effort,
     response_format,
     streamed,
     tool_choice,
@@ -99,7 +103,7 @@ REFUSED = frozenset(
         "include",
         "top_logprobs",
         "moderation",
-        "reasoning",  # its keys checked; its effort is ignored, as chat's reasoning_effort
+        "reasoning",  # its keys checked; its summary and effort mapped
     }
 )
 """The fields refused when they ask what the gateway cannot give; their neutral values are accepted."""
@@ -209,6 +213,7 @@ def responses_request(body: dict[str, Any], session_id: str) -> ResponsesRequest
         tool_choice=choice,
         response_format=format_asked,
         reasoning=_summary(fields.obj(body, "reasoning", "reasoning")) is not None,
+        reasoning_effort=_effort(body),
     )
     reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
     settings = {
@@ -233,6 +238,12 @@ def responses_request(body: dict[str, Any], session_id: str) -> ResponsesRequest
 
 
 _SUMMARIES = ("auto", "concise", "detailed")
+
+
+def _effort(body: dict[str, Any]) -> str | None:
+    """``reasoning.effort`` as GTL's ``reasoning_effort`` (module docstring)."""
+    reasoning = fields.obj(body, "reasoning", "reasoning")
+    return reasoning_effort(reasoning.get("effort"), "reasoning.effort") if reasoning else None
 
 
 def _summary(reasoning: dict[str, Any] | None) -> str | None:

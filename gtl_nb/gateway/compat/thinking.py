@@ -4,11 +4,17 @@ blocks, and the blocks a client sends back.
 * ``thinking`` ``{"type": "enabled", "budget_tokens": N}``, ``{"type": "adaptive"}`` or ``{"type":
   "between_tools"}`` asks for GTL's ``reasoning``; ``{"type": "disabled"}`` (or none) does not
   (``reasoning_asked``). ``budget_tokens`` is checked as Anthropic checks it (at least 1,024, below
-  ``max_tokens``); the budget sent is the deployment's (``thinking_budget_tokens``,
-  docs/configuration.md): GTL's request carries whether to think, not how much. ``display: "omitted"``
+  ``max_tokens``) and is GTL's ``reasoning_budget`` (``budget_asked``): the deployment thinks as much as
+  the caller said — Claude with that budget and the caller's ``max_tokens`` as sent, another provider
+  converted (docs/providers.md, "How hard a model thinks"). ``adaptive`` names no budget: the request's
+  ``output_config.effort``, or else the deployment's option, decides. ``display: "omitted"``
   (``thinking_omitted``) is the gateway's to honour: the thinking blocks come with empty text, the
   first one's signature the provider's whole thinking state, packed (below) — what Anthropic answers
-  then, a signature with no text, for the next turn's sake.
+  then, a signature with no text, for the next turn's sake. The same holds for thinking the caller did
+  not ask to see: ``output_config.effort`` without ``thinking`` still has the deployment think that
+  hard (GTL's effort without ``reasoning``), and its blocks come omitted, so a tool loop gives Claude
+  its thinking back and no text the caller did not ask for is shown (in a stream, which had no thinking
+  to stream, that block comes last, once ``done`` has the state, as a redacted block does).
 * The answer's thinking comes first, as Anthropic sends it (``answered_blocks``): the provider's own
   blocks when it has them — Anthropic's ``thinking`` / ``redacted_thinking`` blocks, Bedrock's reasoning
   blocks, each with its ``signature`` — else the reasoning text as one ``thinking`` block with an empty
@@ -45,6 +51,7 @@ from gtl_nb.providers.anthropic import replayed_thinking
 __all__ = [
     "NATIVE_KEYS",
     "answered_blocks",
+    "budget_asked",
     "reasoning_asked",
     "replayed_state",
     "streamed_signatures",
@@ -92,10 +99,25 @@ def reasoning_asked(body: Mapping[str, Any], max_tokens: int) -> bool:
     return kind != "disabled"
 
 
-def thinking_omitted(body: Mapping[str, Any]) -> bool:
-    """Whether the request's ``thinking`` asks for its text left out (``display: "omitted"``)."""
+def budget_asked(body: Mapping[str, Any]) -> int | None:
+    """The ``budget_tokens`` of an enabled ``thinking`` (checked by ``reasoning_asked``), else ``None``."""
     config = body.get("thinking")
-    return isinstance(config, Mapping) and config.get("display") == "omitted"
+    if not isinstance(config, Mapping) or config.get("type") != "enabled":
+        return None
+    budget = config.get("budget_tokens")
+    return budget if isinstance(budget, int) and not isinstance(budget, bool) else None
+
+
+def thinking_omitted(body: Mapping[str, Any]) -> bool:
+    """Whether the answer's thinking comes without its text: the request's ``thinking`` says ``display:
+    "omitted"``, or no ``thinking`` asks to see it while ``output_config.effort`` has the model think."""
+    config = body.get("thinking")
+    if isinstance(config, Mapping) and config.get("display") == "omitted":
+        return True
+    output = body.get("output_config")
+    effort = output.get("effort") if isinstance(output, Mapping) else None
+    shown = isinstance(config, Mapping) and config.get("type") not in (None, "disabled")
+    return effort is not None and not shown
 
 
 def _packed_state(provider_data: Mapping[str, Any] | None) -> str:
@@ -168,6 +190,11 @@ def streamed_signatures(
     without their text, so the first carries the whole state."""
     if omitted and streamed:
         return [_packed_state(provider_data)] + [""] * (len(streamed) - 1), []
+    if omitted and any(block.get("type") == "thinking" for block in _provider_blocks(provider_data)):
+        # thought but not streamed (not asked to be seen): the state, whole, in one block without text
+        packed = _packed_state(provider_data)
+        if packed:
+            return [], [{"type": "thinking", "thinking": "", "signature": packed}]
     blocks = _provider_blocks(provider_data)
     thinking = [block for block in blocks if block.get("type") == "thinking"]
     redacted = [block for block in blocks if block.get("type") == "redacted_thinking"]
