@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gtl_nb.client import CONNECT_READS, TOKEN_VARIABLES
-from gtl_nb.notebook.args import finite_float
+from gtl_nb.notebook.args import effort_choice, finite_float, non_negative_int
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, PermissionDeniedError, RequestError
 from gtl_nb.words import shown_in_terminal
 
@@ -83,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens", type=int, metavar="N", help="most tokens to generate (a longer answer stops with 'length')"
     )
     complete.add_argument("--reasoning", action="store_true", help="show the model's reasoning when it has one")
+    complete.add_argument(
+        "--reasoning-effort",
+        type=effort_choice,
+        metavar="LEVEL",
+        help="how hard the model thinks, shown or not: none, minimal, low, medium, high, xhigh or max "
+        "(none: no thinking; each provider gets its own setting, converted)",
+    )
+    complete.add_argument(
+        "--reasoning-budget", type=non_negative_int, metavar="N", help="thinking tokens the model may spend (0: none)"
+    )
     complete.add_argument("--json", action="store_true", help="print every GTL event as a JSON line")
     unquoted = 'the prompt is one argument: quote it (gtl complete "hello world")'
     complete.set_defaults(handler=_complete, unknown_option_hints={"": unquoted})
@@ -253,6 +263,8 @@ def _stream_to_terminal(client: Any, args: argparse.Namespace, prompt: str) -> i
         temperature=args.temperature,
         max_tokens=args.max_tokens,
         reasoning=args.reasoning,
+        reasoning_effort=args.reasoning_effort,
+        reasoning_budget=args.reasoning_budget,
     )
     out = sys.stdout
     for event in stream:

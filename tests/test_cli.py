@@ -96,6 +96,23 @@ def test_an_error_quoting_a_provider_shows_what_a_terminal_would_act_on_as_escap
     assert "no-such\\x1b[2J\\nmodel" in err and "\x1b" not in err and err.count("\n") == 1
 
 
+def test_complete_takes_how_hard_the_model_thinks(tmp_path, capsys):
+    with gtl_nb.sim.serve("openai") as served:
+        config = tmp_path / "gtl.toml"
+        config.write_text(f'[providers.openai]\napi_key = "sim-key"\nbase_url = "{served.base_url}"\n')
+        argv = ["--config", str(config), "complete", "hi", "--model", "openai:o4-mini"]
+        assert main([*argv, "--reasoning-effort", "XHigh"]) == 0
+        assert served.requests[-1].json["reasoning_effort"] == "xhigh"
+        assert main([*argv, "--reasoning-budget", "0"]) == 0
+        assert served.requests[-1].json["reasoning_effort"] == "none"
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as refused:
+            main([*argv, "--reasoning-effort", "huge"])
+        assert refused.value.code == 2 and len(served.requests) == 2
+    err = capsys.readouterr().err
+    assert "unknown reasoning effort 'huge'; choose one of none, minimal, low, medium, high, xhigh, max" in err
+
+
 def test_user_mistakes_are_one_line_and_exit_2(capsys):
     assert main(["complete", "x", "--model", "gpt-4o"]) == 2
     err = capsys.readouterr().err.strip()

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from gtl_nb.cli_unknown import option_meant, with_close_choice
 from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS
 from gtl_nb.notebook.template import render
+from gtl_nb.protocol.messages import REASONING_EFFORTS
 
 __all__ = [
     "FORMATS",
@@ -25,8 +26,10 @@ __all__ = [
     "ArgumentError",
     "Parser",
     "comma_list",
+    "effort_choice",
     "gap_cell_parser",
     "gtl_cell_parser",
+    "non_negative_int",
     "output_name",
     "parse_assignments",
     "parse_bool",
@@ -175,6 +178,26 @@ def parse_assignments(words: Sequence[str], *, what: str) -> dict[str, str]:
     return out
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return value
+
+
+def effort_choice(text: str) -> str:
+    """An argparse type: a reasoning effort (``none`` … ``max``), any case."""
+    lowered = text.strip().lower()
+    if lowered not in REASONING_EFFORTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown reasoning effort {text!r}; choose one of {', '.join(REASONING_EFFORTS)} (least to most)"
+        )
+    return lowered
+
+
 def format_choice(text: str) -> str:
     lowered = text.lower()
     if lowered not in FORMATS:
@@ -205,6 +228,19 @@ def gtl_cell_parser() -> Parser:
     p.add_argument("--system", metavar="TEXT", help="system prompt")
     p.add_argument("--temperature", type=finite_float, metavar="T", help="sampling temperature")
     p.add_argument("--max-tokens", type=positive_int, metavar="N", help="output token limit")
+    p.add_argument(
+        "--reasoning-effort",
+        type=effort_choice,
+        metavar="LEVEL",
+        help=f"how hard the model thinks: {', '.join(REASONING_EFFORTS)} (none: no thinking; converted to each "
+        "provider's own setting; default: `%%gtl config reasoning_effort=`, else [defaults], else the deployment's)",
+    )
+    p.add_argument(
+        "--reasoning-budget",
+        type=non_negative_int,
+        metavar="N",
+        help="thinking tokens the model may spend (0: none; converted to an effort where a provider takes one)",
+    )
     p.add_argument(
         "--stream",
         action=argparse.BooleanOptionalAction,

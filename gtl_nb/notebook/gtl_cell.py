@@ -84,6 +84,11 @@ class GtlCell:
             request["temperature"] = opts.temperature
         if opts.max_tokens is not None:
             request["max_tokens"] = opts.max_tokens
+        if opts.reasoning_effort is not None or opts.reasoning_budget is not None:  # the cell's replaces the pair
+            request["reasoning_effort"] = opts.reasoning_effort
+            request["reasoning_budget"] = opts.reasoning_budget
+        elif self.session.settings.reasoning_effort is not None:  # `%gtl config reasoning_effort=`
+            request["reasoning_effort"] = self.session.settings.reasoning_effort
         if opts.no_cache:
             request["cache"] = False
         if opts.providers:

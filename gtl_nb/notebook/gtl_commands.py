@@ -34,7 +34,8 @@ GTL_HELP = """\
 %%gtl [MODEL] [options]      send the cell to a model (`%%gtl --help` lists the options)
 %gtl models [--live DEPLOYMENT]   the models this notebook can use
 %gtl usage [--by provider|model|day|hour|...] [--days N | --since WHEN] [--all-users]   cost and tokens from the ledger
-%gtl config [key=value ...]  show or set model=, chat=on|off, stream=on|off, endpoint=URL, file=PATH
+%gtl config [key=value ...]  show or set model=, chat=on|off, stream=on|off, reasoning_effort=LEVEL, endpoint=URL,
+                             file=PATH
 %gtl providers [NAME key=value ... | NAME --remove]   configure a provider deployment
 %gtl connect URL [--token-env VAR | --ask-token]   connect to a GTL endpoint
 %gtl history                 the conversation kept in chat mode
@@ -157,7 +158,7 @@ class GtlCommands:
             self._show_config()
             return
         changes = cli.parse_assignments(words, what="%gtl config")
-        known = ("model", "chat", "stream", "endpoint", "file")
+        known = ("model", "chat", "stream", "reasoning_effort", "endpoint", "file")
         for key in changes:
             if key not in known:
                 raise UsageError(f"%gtl config: unknown setting {key!r}; known: {', '.join(known)}")
@@ -166,6 +167,8 @@ class GtlCommands:
             for key in ("chat", "stream")
             if key in changes
         }
+        if "reasoning_effort" in changes:  # checked before anything changes
+            changes["reasoning_effort"] = _effort_setting(changes["reasoning_effort"])
         before = dataclasses.replace(self.session.settings)  # a refused line changes nothing
         try:
             self._apply_settings(changes, switches)
@@ -181,6 +184,8 @@ class GtlCommands:
             settings.chat = switches["chat"]
         if "stream" in switches:
             settings.stream = switches["stream"]
+        if "reasoning_effort" in changes:
+            settings.reasoning_effort = changes["reasoning_effort"] or None
         if "file" in changes:
             settings.config_file = os.path.expanduser(changes["file"]) if changes["file"].strip() else None
             try:
@@ -241,6 +246,7 @@ class GtlCommands:
             ("model", f"{model}  ({source})"),
             ("chat", "on" if settings.chat else "off"),
             ("stream", "on" if settings.stream else "off"),
+            ("reasoning_effort", settings.reasoning_effort or "unset (the configuration's, else each deployment's)"),
             ("endpoint", settings.endpoint + _endpoint_source(settings.endpoint)),
             (
                 "file",
@@ -248,7 +254,7 @@ class GtlCommands:
             ),
             ("providers", deployments or "none"),
         ]
-        print("\n".join(f"{key:<10}{value}" for key, value in rows))
+        print("\n".join(f"{key:<10}{value}" if len(key) < 10 else f"{key}  {value}" for key, value in rows))
 
     def _providers(self, words: list[str]) -> None:
         if not words:
@@ -366,6 +372,16 @@ def _no_more_words(command: str, words: list[str]) -> None:
     user who typed ``%gtl reset chat`` or ``%gtl history 5`` expects it to mean something)."""
     if words:
         raise UsageError(f"%gtl {command} takes no arguments, got {' '.join(words)!r}")
+
+
+def _effort_setting(value: str) -> str:
+    """``%gtl config reasoning_effort=``'s value: an effort (any case), or empty to unset it."""
+    if not value.strip():
+        return ""
+    try:
+        return cli.effort_choice(value)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"%gtl config: reasoning_effort={value}: {exc}") from None
 
 
 def setting_value(key: str, value: str) -> Any:

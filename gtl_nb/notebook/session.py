@@ -70,6 +70,7 @@ class Settings:
     model: str | None = None  # None: $GTL_NB_MODEL, then the client's default (echo)
     chat: bool = False
     stream: bool = True
+    reasoning_effort: str | None = None  # None: the configuration's [defaults], else each deployment's
     endpoint: str = field(default_factory=default_endpoint)
     config_file: str | None = None  # None: $GTL_NB_CONFIG, then the user's config file
 

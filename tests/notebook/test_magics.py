@@ -978,3 +978,33 @@ def test_a_cancelled_answer_names_its_deployment_only_when_routing_had_one():
     assert _cut_short(partial, one, 1.5).model == "gpt-4o" and _cut_short(partial, one, 1.5).latency_ms == 1500
     several = [("east", "openai", "gpt-4o"), ("west", "openai", "gpt-4o")]
     assert _cut_short(partial, several, 1.5).provider is None
+
+
+def test_reasoning_effort_and_budget_reach_the_provider_and_config_sets_the_default(ip, monkeypatch):
+    from gtl_nb import sim
+
+    with sim.serve("anthropic") as served:
+        monkeypatch.setenv("SIM_ANTHROPIC_KEY", "sim-key")
+        run(ip, f"%gtl providers claude type=anthropic base_url={served.base_url} api_key_env=SIM_ANTHROPIC_KEY")
+
+        def thinking(options: str) -> Any:
+            outcome, _ = run(ip, f"%%gtl claude:claude-sonnet-4-5 --max-tokens 20000 {options}\nWhy is the sky blue?")
+            assert outcome.success and not ip.user_ns["_gtl"].reasoning  # thought, not shown
+            return served.requests[-1].json.get("thinking")
+
+        assert thinking("--reasoning-effort HIGH") == {"type": "enabled", "budget_tokens": 16384}
+        assert thinking("--reasoning-budget 3000") == {"type": "enabled", "budget_tokens": 3000}
+        assert thinking("") is None  # neither: the deployment's own (no thinking unasked)
+        _, shown = run(ip, "%gtl config reasoning_effort=Low")
+        assert re.search(r"^reasoning_effort +low$", shown, re.M)
+        assert thinking("") == {"type": "enabled", "budget_tokens": 2048}  # the notebook's default
+        assert thinking("--reasoning-budget 0") is None  # a cell's own replaces the default's pair
+        assert thinking("--reasoning-effort max") == {"type": "enabled", "budget_tokens": 32768}
+        _, shown = run(ip, "%gtl config reasoning_effort=")
+        assert re.search(r"^reasoning_effort +unset", shown, re.M) and thinking("") is None
+    said = mistake(ip, "%%gtl --reasoning-effort huge\nhi")
+    assert "unknown reasoning effort 'huge'; choose one of none, minimal, low, medium, high, xhigh, max" in said
+    assert "expected a number of at least 0, got -5" in mistake(ip, "%%gtl --reasoning-budget -5\nhi")
+    said = mistake(ip, "%gtl config reasoning_effort=loud")
+    assert "%gtl config: reasoning_effort=loud: unknown reasoning effort 'loud'" in said
+    assert session_of(ip).settings.reasoning_effort is None  # a refused line changes nothing
