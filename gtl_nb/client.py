@@ -63,6 +63,7 @@ from gtl_nb.providers.anthropic import asks_for_cache
 from gtl_nb.providers.base import limited_to_one_call
 from gtl_nb.strict_schema import left_open, strict_schema
 from gtl_nb.transports.questions import QUERY_TIMEOUT
+from gtl_nb.words import a_kind_of
 
 if TYPE_CHECKING:
     import pandas
@@ -459,9 +460,13 @@ class Client:
         if reasoning_effort is None and reasoning_budget is None:  # (a caller's one replaces the pair)
             reasoning_effort, reasoning_budget = defaults.reasoning_effort, defaults.reasoning_budget
         if reasoning_effort is not None and reasoning_effort not in REASONING_EFFORTS:
+            shown = _short(reasoning_effort, 40) if isinstance(reasoning_effort, str) else a_kind_of(reasoning_effort)
             raise InvalidRequestError(
-                f"reasoning_effort must be one of {', '.join(map(repr, REASONING_EFFORTS))}, not "
-                f"{_short(reasoning_effort, 40)}"
+                f"reasoning_effort must be one of {', '.join(map(repr, REASONING_EFFORTS))}, not {shown}"
+            )
+        if reasoning_budget is not None and (type(reasoning_budget) is bool or not isinstance(reasoning_budget, int)):
+            raise InvalidRequestError(
+                f"reasoning_budget takes a whole number of thinking tokens (0: none), not {a_kind_of(reasoning_budget)}"
             )
         response_format = response_format_of(response_format)
         _check_arguments(

@@ -70,6 +70,8 @@ complete_kwargs = st.fixed_dictionaries(
         "tools": tools,
         "tool_choice": st.none() | st.sampled_from(["auto", "none", "required", "x"]) | json_values,
         "reasoning": st.booleans(),
+        "reasoning_effort": st.none() | st.sampled_from(["none", "high", "max", "huge", "", "HIGH"]) | json_values,
+        "reasoning_budget": st.none() | st.integers(min_value=-5, max_value=10**20) | json_values,
         "cache": st.none() | st.booleans(),
     },
 )
@@ -93,6 +95,8 @@ plausible_kwargs = st.fixed_dictionaries(
         "providers": st.lists(st.sampled_from(["echo", "nope", "echo:echo"]), min_size=1, max_size=3),
         "tools": st.just([{"name": "get_weather", "parameters": {"type": "object", "properties": {}}}]),
         "reasoning": st.booleans(),
+        "reasoning_effort": st.sampled_from(["minimal", "low", "xhigh"]),  # (every budget below agrees)
+        "reasoning_budget": st.integers(1, 40000),
         "cache": st.booleans(),
     },
 )
