@@ -10,8 +10,10 @@ id; ``finishReason`` is on the last chunk (``STOP`` even after a function call).
 and later sign a function-call turn's first call always, and refuse a request whose current turn (what
 follows the last user message that is not only function responses) replays a function call without its
 signature: 400 "Function call is missing a thought_signature in functionCall parts" (Google's documented
-``skip_thought_signature_validator`` passes).
-A turn of function responses must follow a turn of as many function calls (the API's two 400s).
+``skip_thought_signature_validator`` passes). ``thinkingConfig.thinkingLevel`` is Gemini 3's alone (400
+before it) and never goes with ``thinkingBudget`` (400 "You can only set only one of thinking budget and
+thinking level."). A turn of function responses must follow a turn of as many function calls (the API's
+two 400s).
 Key: ``x-goog-api-key`` header or ``?key=``; a wrong key is a 400 ``API_KEY_INVALID``, a missing one a 403.
 Request fields are read in camelCase or snake_case.
 """

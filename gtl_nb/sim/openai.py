@@ -10,6 +10,9 @@ Written from the recorded fixtures (``tests/fixtures/wire/openai``, ``…/azure`
   ``/openai/v1/chat/completions``; ``api-key`` header (or a Bearer token); the stream opens with a
   ``prompt_filter_results`` prelude (``choices: []``, empty id/model/object), content chunks carry full
   ``content_filter_results``, the others ``{}``; keys come out sorted; no obfuscation; usage only when asked.
+
+Both refuse a ``reasoning_effort`` outside the SDK's values with OpenAI's 400 for an invalid value (``param``
+``reasoning_effort``, ``code`` ``invalid_value``); which values a given model takes is not simulated.
 """
 
 from __future__ import annotations
