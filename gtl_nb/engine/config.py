@@ -1032,10 +1032,14 @@ def _build_deployment(
         if found is not None:
             values[field_name] = env[found]
             sources[field_name] = f"${found}"
+    if isinstance(values.get("base_url"), str):
+        # (surrounding whitespace is no part of a URL, and would make every request unsendable)
+        values["base_url"] = values["base_url"].strip() or None  # "": the provider's default, as unset
     if provider_type == "ollama" and values.get("base_url"):
         values["base_url"] = ollama_url(values["base_url"])
-    if isinstance(values.get("base_url"), str):
-        _check_base_url(values["base_url"], sources["base_url"])
+    if values.get("base_url"):
+        # (Ollama's host is taken as Ollama takes OLLAMA_HOST: only credentials in it are refused)
+        _check_base_url(values["base_url"], sources["base_url"], as_url=provider_type != "ollama")
     if provider_type == "bedrock":
         aws_values, aws_sources, aws_hint = _aws_credentials(spec, values, env, home)
         values.update(aws_values)
@@ -1056,16 +1060,21 @@ def _build_deployment(
     return Deployment(name=name, type=provider_type, **values), hint
 
 
-def _check_base_url(url: str, source: str) -> None:
+def _check_base_url(url: str, source: str, *, as_url: bool = True) -> None:
     """Refuse, when the configuration loads, a ``base_url`` no request could be sent to: credentials in it
     (``user:password@``: gtl_nb never sends a secret in a URL, and every request would fail as the
-    caller's mistake), or a URL that is not ``http(s)://`` with a host. The URL is never quoted (its
-    password)."""
+    caller's mistake), or — ``as_url`` — a URL that is not ``http(s)://`` with a host and a valid port.
+    The URL is never quoted (its password)."""
     try:
-        parts = urlsplit(url.strip())
-        parts.port  # noqa: B018 - (a port out of range or not a number raises here)
+        parts = urlsplit(url)
+        if as_url:
+            parts.port  # noqa: B018 - (a port out of range or not a number raises here)
     except ValueError:
         raise ConfigurationError(f"{source} is not a URL (an invalid port or address)") from None
+    if not as_url:
+        if "@" in parts.netloc:
+            raise ConfigurationError(f"{source} carries credentials (user:password@), which gtl_nb never sends")
+        return
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(
             f"{source} carries credentials (user:password@), which gtl_nb never sends in a URL: put the "

@@ -112,6 +112,7 @@ from gtl_nb.protocol.session import SessionState, SessionStateMachine, is_failov
 from gtl_nb.providers.base import Deployment, NotServedHere, check_tool_choice
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
+from gtl_nb.providers.url_hint import URL_NOT_MODEL
 
 log = get_logger("engine")
 _MODELS_READ = "models:read"
@@ -1308,7 +1309,7 @@ class Engine:
         # whichever the list happened to end on
         reported: tuple[Target, Error] | None = None  # (its target: the row names that one's model too)
         refused: list[str] = []
-        attempts = 0  # calls made, every target's (the lane's first included): an error after several says so
+        called: list[str] = []  # the deployment of each call made (the lane's first included): an error says so
         index = 0
         while index < len(targets):
             target = targets[index]
@@ -1342,7 +1343,6 @@ class Engine:
                 attempt = 0
                 while True:  # attempts at this target, each holding the breaker grant
                     attempt += 1
-                    attempts += 1
                     if made is not None:
                         outcome, made = made, None
                     else:
@@ -1374,6 +1374,7 @@ class Engine:
                         last_failure = (target, failed)
                         reported = reported or (target, failed)
                         break
+                    called.append(target.name)  # (a call was made: a refusal before any is no attempt)
                     reported = (target, failed)
                     if failed.retryable and _momentary_limit(failed):
                         if grant == "probe":  # no verdict, but the probe's slot is given back before a retry
@@ -1391,7 +1392,7 @@ class Engine:
                             or (fallback.name, fallback.model) in tried
                             or (outcome.content and not _caller_takes_failover())
                         ):
-                            yield [failed]
+                            yield [_with_attempts(failed, called)]
                             return
                         tried.add((fallback.name, fallback.model))
                         targets.insert(index, fallback)
@@ -1399,8 +1400,8 @@ class Engine:
                         break
                     last_failure = (target, failed)
                     if outcome.content:
-                        if not _caller_takes_failover():
-                            yield [failed]  # the caller cannot discard what it passed on: the session ends here
+                        if not _caller_takes_failover():  # it cannot discard what it passed on: the end
+                            yield [_with_attempts(failed, called)]
                             return
                         break  # never retry once content or usage was sent: fail over, which discards it
                     delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
@@ -1424,7 +1425,7 @@ class Engine:
         if last_failure is not None:
             target, failed = reported or last_failure
             record.model = target.model  # (the row's deployment is the error's: its model with it)
-            yield [_with_attempts(failed, attempts, record.path)]
+            yield [_with_attempts(failed, called)]
             return
         snapshots = await breakers.snapshots(refused)
         # a circuit open until a time says so; one half-open whose probe is under way (here or on
@@ -1764,6 +1765,10 @@ class Engine:
         listed = {*deployment.models, *([deployment.model] if deployment.model else [])}
         if not model or model in listed or (catalog is not None and catalog.entry(deployment.type, model)):
             return event
+        if URL_NOT_MODEL in event.message:  # the 404 was for the URL (``url_hint``): no name would mend it
+            return event
+        if deployment.type == "azure" and not deployment.models:
+            return event  # (Azure's names are the resource's own deployments: the catalog's would mislead)
         if catalog is not None:
             for entry in catalog.entries(deployment.type):
                 listed.add(entry.name)
@@ -1906,13 +1911,15 @@ class Engine:
         return event
 
 
-def _with_attempts(failed: Error, attempts: int, path: list[str]) -> Error:
-    """``failed``, the session's last error, saying how many calls were made when there were several
-    (a retried timeout took their time together: the caller should know why it waited)."""
-    if attempts < 2:
+def _with_attempts(failed: Error, called: list[str]) -> Error:
+    """``failed``, the session's last error, saying how many calls were made when there were several, and
+    to which deployments when more than one (a retried timeout took their time together: the caller
+    should know why it waited)."""
+    if len(called) < 2:
         return failed
-    where = f" to {', '.join(dict.fromkeys(path))}" if len(set(path)) > 1 else ""
-    return msgspec.structs.replace(failed, message=f"{failed.message} (after {attempts} attempts{where})")
+    deployments = list(dict.fromkeys(called))
+    where = f" to {', '.join(deployments)}" if len(deployments) > 1 else ""
+    return msgspec.structs.replace(failed, message=f"{failed.message} (after {len(called)} attempts{where})")
 
 
 def _caller_takes_failover() -> bool:

@@ -55,6 +55,15 @@ class RequestDefaults:
     warn_cost_usd: float | None = None
     """Warn before sending a request whose estimated cost is above this many USD."""
 
+    def __post_init__(self) -> None:
+        # the pair must agree on whether to think, as a request's must: refused here, not at every request
+        effort, budget = self.reasoning_effort, self.reasoning_budget
+        if effort is not None and budget is not None and (effort == "none") != (budget == 0):
+            raise ConfigurationError(
+                f"[defaults] reasoning_effort {effort!r} and reasoning_budget {budget} disagree on whether to "
+                "think: effort 'none' goes with budget 0, budget 0 with effort 'none' (or give one of them)"
+            )
+
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> RequestDefaults:
         providers = table.get("providers")

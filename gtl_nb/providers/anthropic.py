@@ -40,8 +40,11 @@ Request mapping (``build_request``):
   did not ask for, and keeps the signed blocks in ``provider_data`` as always, so a tool loop still
   gives Claude its thinking back. Anthropic wants ``max_tokens > budget_tokens`` (thinking counts as
   output): ``max_tokens`` goes as given when above the budget, and becomes ``budget + max_tokens``
-  only when it is not (the answer keeps its own allowance). Temperature / top_p restrictions that
-  apply with thinking are left to the API to enforce.
+  only when it is not (the answer keeps its own allowance). An effort or budget alone turns thinking on
+  only where Anthropic would take it (``_may_think_unasked``): not with a forced tool choice, a
+  temperature other than 1 or a ``top_p`` under 0.95, nor for a model the catalog knows does not think
+  (``claude-3-5-haiku``) — how hard to think is a hint, and the request must stay one the API answers.
+  With ``reasoning`` those restrictions are left to the API to enforce (the caller asked to see thinking).
 
   Anthropic's own ``output_config.effort`` is not sent: the models that take it take different
   levels (Claude Opus 4.6 refuses ``xhigh``, recorded in ``tests/fixtures/wire/anthropic/
@@ -135,6 +138,7 @@ from gtl_nb.providers.base import (
     schema_asked,
     split_data_url,
 )
+from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.effort import asked_budget
 from gtl_nb.providers.limits import (
     MAX_EVENT_BYTES,
@@ -402,15 +406,40 @@ def _mark_for_cache(blocks: list[dict[str, Any]], marker: dict[str, str]) -> Non
             return
 
 
-def thinking_budget(request: CompletionRequest, options: Mapping[str, Any], default: int) -> int:
+def thinking_budget(
+    request: CompletionRequest, options: Mapping[str, Any], default: int, provider_type: str = "anthropic"
+) -> int:
     """The ``budget_tokens`` a Claude model is sent (0: no thinking), as the module docstring says; the
-    Bedrock dialect asks the same of Claude there (``default``: each dialect's own)."""
+    Bedrock dialect asks the same of Claude there (``default``: each dialect's own; ``provider_type``: whose
+    catalog entries name the model)."""
     asked = asked_budget(request)
     if asked is None:
         if not request.reasoning:
             return 0
         asked = int(options.get("thinking_budget_tokens") or default)
+    elif not request.reasoning and not _may_think_unasked(request, provider_type):
+        return 0
     return max(asked, MIN_THINKING_BUDGET) if asked > 0 else 0
+
+
+def _may_think_unasked(request: CompletionRequest, provider_type: str) -> bool:
+    """Whether an effort or budget alone (no ``reasoning``) may turn Claude's thinking on: not where the
+    request would then be refused — a forced tool choice, a temperature other than 1, a ``top_p`` under
+    0.95 (Anthropic's thinking takes none of them) — nor for a model the catalog knows does not think.
+    How hard to think is a hint; the request the caller made must stay the one that is answered."""
+    forced = parse_tool_choice(request.tool_choice) if request.tools else None
+    if forced is not None and forced.mode in ("required", "tool"):
+        return False
+    if request.temperature is not None and request.temperature != 1:
+        return False
+    if request.top_p is not None and request.top_p < THINKING_LEAST_TOP_P:
+        return False
+    known = Catalog.default().entry(provider_type, request.model)
+    return known is None or known.supports_reasoning
+
+
+THINKING_LEAST_TOP_P = 0.95
+"""The least ``top_p`` Anthropic takes with thinking on."""
 
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:

@@ -439,9 +439,9 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     if system:
         body["system"] = system
     tool_config = _tool_config(request, messages)
-    budget = (
-        thinking_budget(request, deployment.options, DEFAULT_THINKING_BUDGET) if _is_anthropic(request.model) else 0
-    )
+    budget = 0
+    if _is_anthropic(request.model):
+        budget = thinking_budget(request, deployment.options, DEFAULT_THINKING_BUDGET, "bedrock")
     if budget:
         body["additionalModelRequestFields"] = {"thinking": {"type": "enabled", "budget_tokens": budget}}
         if request.max_tokens is None or request.max_tokens <= budget:

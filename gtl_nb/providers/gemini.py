@@ -24,10 +24,11 @@ Request mapping (``build_request``):
   ``json_object`` → ``responseMimeType: application/json``, ``json_schema`` → that plus
   ``responseJsonSchema``; ``request.reasoning`` → ``thinkingConfig {includeThoughts: true}``.
 * How hard to think (``thinkingConfig``, with ``reasoning`` or without it — then thoughts are neither
-  asked for nor emitted): Gemini 3 and later (``checks_signatures``' name test) take
+  asked for nor emitted): models named Gemini 3 and later (``_takes_thinking_level``) take
   ``thinkingLevel``, ``low`` or ``high`` — effort ``none``/``minimal``/``low`` → ``low`` (the least they
   think: they cannot stop), ``medium``/``high``/``xhigh``/``max`` → ``high`` (their default), a budget
-  alone first converted to an effort (``providers.effort.effort_of``). Earlier models take
+  alone first converted to an effort (``providers.effort.effort_of``). Earlier models — and a
+  ``-latest`` alias, which may still be a 2.5 model (Gemini 3 takes a budget too) — take
   ``thinkingBudget`` in tokens (0: off, which 2.5 Pro refuses in its words): the request's
   ``reasoning_budget``, else its effort converted (``providers.effort.budget_of``). Never both —
   the API refuses ``thinkingLevel`` with ``thinkingBudget``. A request that gives neither gets
@@ -285,6 +286,13 @@ def checks_signatures(model: str) -> bool:
     return int(found.group(1)) >= 3
 
 
+def _takes_thinking_level(model: str) -> bool:
+    """Whether ``model`` is named as Gemini 3 or later, which take ``thinkingLevel``. A ``-latest`` alias is
+    not: it may still be a Gemini 2.5 model, which refuses the level, while Gemini 3 takes a budget too."""
+    found = _MAJOR_VERSION.match(model.rpartition("/")[2].lower())
+    return found is not None and int(found.group(1)) >= 3
+
+
 def _parts(message: Message, names: Mapping[str, str], *, signed_calls: bool = False) -> list[dict[str, Any]]:
     """The parts of one non-system message; ``names`` maps tool-call ids seen so far to names;
     ``signed_calls``: the model wants a signature on an assistant message's first function call."""
@@ -380,7 +388,7 @@ def _thinking_config(request: CompletionRequest, deployment: Deployment) -> dict
     """``thinkingConfig`` (module docstring): thoughts when asked, and the level or the budget, never both."""
     thinking: dict[str, Any] = {"includeThoughts": True} if request.reasoning else {}
     effort = asked_effort(request)
-    if effort is not None and checks_signatures(request.model):
+    if effort is not None and _takes_thinking_level(request.model):
         thinking["thinkingLevel"] = LEVELS[effort]
     elif effort is not None:
         thinking["thinkingBudget"] = asked_budget(request)

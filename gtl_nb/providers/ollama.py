@@ -14,8 +14,11 @@ Request mapping (wire-formats.md §5):
   ``true``/``false``. So a request's ``reasoning_effort`` (or its ``reasoning_budget`` read as an effort,
   ``providers.effort.effort_of``) is, for a ``gpt-oss`` model, ``none``/``minimal``/``low`` → ``"low"``
   (gpt-oss cannot stop thinking), ``medium`` → ``"medium"``, ``high``/``xhigh``/``max`` → ``"high"``;
-  for any other model ``none`` → ``false`` and the rest → ``true``. With or without ``reasoning``: the
-  decoder emits thinking only when it was asked for.
+  for any other model ``none`` → ``false`` and the rest → ``true`` — when the model thinks at all
+  (``_thinks``: the catalog says so, or its family does: ``deepseek-r1``, ``qwen3``, ``magistral``…);
+  Ollama refuses ``think: true`` to a model that does not, so an effort alone sends nothing there (a
+  ``[defaults]`` effort must not break every other model). With or without ``reasoning``: the decoder
+  emits thinking only when it was asked for.
 * tools go in OpenAI's function shape. Ollama has no ``tool_choice``: ``"none"`` leaves the tools out,
   a named tool narrows the list to that tool, anything else sends every tool.
 * images are bare base64 strings in the message's ``images`` (the ``data:`` prefix stripped). Ollama
@@ -81,6 +84,7 @@ from gtl_nb.providers.base import (
     split_data_url,
     tool_result_text,
 )
+from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.effort import asked_effort
 from gtl_nb.providers.limits import (
     MAX_BODY_BYTES,
@@ -245,7 +249,22 @@ def _think(request: CompletionRequest) -> bool | str | None:
         return True if request.reasoning else None
     if request.model.lower().startswith("gpt-oss"):
         return THINK_LEVELS[effort]
-    return effort != "none"
+    if effort == "none":
+        return False
+    return True if request.reasoning or _thinks(request.model) else None
+
+
+THINKING_FAMILIES = ("deepseek-r1", "qwen3", "magistral", "phi4-reasoning", "cogito", "exaone-deep", "smallthinker")
+"""Ollama model families that think (its library's "thinking" models), beside those the catalog knows."""
+
+
+def _thinks(model: str) -> bool:
+    """Whether ``model`` is known to think: the catalog says so, or its name starts with a thinking family's."""
+    known = Catalog.default().entry("ollama", model)
+    if known is not None and known.supports_reasoning:
+        return True
+    name = model.lower().rpartition("/")[2]
+    return name.startswith(THINKING_FAMILIES)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -183,7 +183,8 @@ def chat_messages(
         out.append(entry)
     if pending_images:
         out.append(_tool_images(pending_images))
-    return _paired(out)
+    # (a history without tool results has nothing to pair: most requests skip the walk)
+    return _paired(out) if any(entry["role"] == "tool" for entry in out) else out
 
 
 def _paired(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:

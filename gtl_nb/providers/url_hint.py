@@ -39,6 +39,9 @@ _ROUTE_404 = re.compile(
 )
 
 _NAME_SHOWN = 100
+
+URL_NOT_MODEL = "HTTP 404 for the URL itself, not for a model"
+"""What the hint says (the engine offers no model names on such a 404)."""
 """Characters of a deployment's name the hint shows: the hint always fits the message's bound."""
 
 _SHAPES = {
@@ -60,9 +63,7 @@ def with_url_hint(error: Error, deployment: Deployment, status: int, body: bytes
         return error
     shape = _SHAPES.get(deployment.type)
     name = deployment.name if len(deployment.name) <= _NAME_SHOWN else deployment.name[: _NAME_SHOWN - 1] + "…"
-    hint = f" (HTTP 404 for the URL itself, not for a model: check the base_url of deployment {name!r}" + (
-        f"; {shape})" if shape else ")"
-    )
+    hint = f" ({URL_NOT_MODEL}: check the base_url of deployment {name!r}" + (f"; {shape})" if shape else ")")
     room = MAX_ERROR_MESSAGE_CHARS - len(hint)  # the provider's words give way, never the hint
     text = error.message if len(error.message) <= room else error.message[: room - 1] + "…"
     return msgspec.structs.replace(error, message=text + hint)

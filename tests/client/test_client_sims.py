@@ -148,6 +148,32 @@ def test_a_typo_after_the_deployment_prefix_gets_did_you_mean_from_the_providers
         simulator.close()
 
 
+def test_no_model_names_are_offered_on_a_404_that_is_not_about_a_model_name():
+    """A 404 for the URL itself (a wrong base_url) says to check the base_url, and an Azure deployment
+    name the operator listed nowhere is the resource's own: neither is told of the catalog's models."""
+    simulator = sim.serve("openai", seed=3)
+    azure = sim.serve("azure", seed=3)
+    wrong_path = {"api_key": "sim-key", "base_url": simulator.root_url + "/nowhere/v1"}
+    client = gtl_nb.connect(
+        providers={
+            "openai": wrong_path,
+            "azure": {"type": "azure", "api_key": "sim-key", "base_url": azure.base_url},
+        },
+        environ={},
+    )
+    try:
+        with pytest.raises(ModelNotFoundError) as lost:
+            client.complete("openai:gpt-4o-minii", "hi")
+        assert "check the base_url" in str(lost.value) and "did you mean" not in str(lost.value).lower()
+        with pytest.raises(ModelNotFoundError) as unmade:
+            client.complete("azure:prod-gpt4o-mini", "hi")
+        assert "did you mean" not in str(unmade.value).lower()
+    finally:
+        client.close()
+        simulator.close()
+        azure.close()
+
+
 def test_priced_models_get_a_cost_from_the_catalog(setup):
     provider, model, _simulator, client = setup
     answer = client.complete(model, "How much does this cost?")

@@ -585,6 +585,29 @@ def test_a_base_url_no_request_could_be_sent_to_is_refused_when_the_configuratio
     assert "CANARY" not in str(refused.value)
 
 
+def test_defaults_whose_effort_and_budget_disagree_are_refused_when_they_load(home):
+    """Loaded, they made every request fail as the caller's mistake; now the configuration says so."""
+    from gtl_nb.engine.settings import load_settings
+
+    with pytest.raises(ConfigurationError, match=r"\[defaults\] reasoning_effort 'none' and reasoning_budget 4096"):
+        load_settings(environ={}, home=home, defaults={"reasoning_effort": "none", "reasoning_budget": 4096})
+    agreed = load_settings(environ={}, home=home, defaults={"reasoning_effort": "high", "reasoning_budget": 4096})
+    assert (agreed.defaults.reasoning_effort, agreed.defaults.reasoning_budget) == ("high", 4096)
+
+
+def test_an_empty_or_padded_base_url_and_any_ollama_host_still_load(home):
+    """An empty ``base_url`` is the provider's default (as every dialect reads it), surrounding whitespace
+    is no part of the URL, and Ollama's host is read as Ollama reads ``OLLAMA_HOST``: none of them is
+    refused, so a configuration that only implies Ollama never stops everything else loading."""
+    config = load(home, {"OPENAI_API_KEY": "k", "OPENAI_BASE_URL": "", "OLLAMA_HOST": ":11434"})
+    assert config.deployments["openai"].base_url is None and "ollama" in config.deployments
+    padded = load(home, {"OPENAI_API_KEY": "k"}, providers={"openai": {"base_url": " http://127.0.0.1:9/v1\n"}})
+    assert padded.deployments["openai"].base_url == "http://127.0.0.1:9/v1"
+    with pytest.raises(ConfigurationError, match="carries credentials") as refused:
+        load(home, {"OLLAMA_HOST": "http://u:pw-CANARY@gpu-box:11434"})
+    assert "CANARY" not in str(refused.value)
+
+
 # ----------------------------------------------------------------------------------------------
 # Documentation
 

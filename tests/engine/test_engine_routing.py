@@ -106,6 +106,30 @@ def test_backoff_grows_and_stops_at_max_attempts():
     assert client.recorded_sleep.delays == [1, 2, 4]
 
 
+def test_the_error_after_several_calls_says_how_many_and_to_which_deployments():
+    """Three calls to one deployment, then to two: the last error says so (why the caller waited). A
+    deployment that refused the request before any call (more stop sequences than its API takes) is no
+    attempt: one call is one call, however many deployments were tried."""
+    retry = {"retry": {"max_attempts": 3, "base_delay": 0, "jitter": False}}
+    with (
+        sim.serve("openai", faults=[sim.Fault.http(503)] * 9) as a,
+        sim.serve("openai", faults=[sim.Fault.http(503)] * 9) as b,
+    ):
+        client = connect({"a": openai_conf(a.base_url)}, routing=retry)
+        with pytest.raises(gtl_nb.protocol.OverloadedError, match=r"\(after 3 attempts\)$"):
+            client.complete(f"a:{OPENAI}", "x")
+        both = connect({"a": openai_conf(a.base_url), "b": openai_conf(b.base_url)}, routing=retry)
+        with pytest.raises(gtl_nb.protocol.OverloadedError, match=r"\(after 6 attempts to a, b\)$"):
+            both.complete(OPENAI, "x", providers=["a", "b"])
+    with sim.serve("openai") as served:
+        refusing = {"type": "azure", "api_key": "k", "base_url": "http://127.0.0.1:9", "models": [OPENAI]}
+        mixed = connect({"refusing": refusing, "b": openai_conf(served.base_url)}, routing=retry)
+        served.set_faults([sim.Fault.http(400)])
+        with pytest.raises(gtl_nb.protocol.GTLError) as once:
+            mixed.complete(OPENAI, "x", providers=["refusing", "b"], stop=["1", "2", "3", "4", "5"])
+        assert "attempts" not in str(once.value)
+
+
 def test_retries_are_bounded_by_the_request_deadline():
     with sim.serve("openai", faults=[sim.Fault.http(429, retry_after=30)]) as s:
         client = connect({"openai": openai_conf(s.base_url)}, routing={"retry": {"deadline": 5}})

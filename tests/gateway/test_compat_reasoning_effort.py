@@ -176,36 +176,78 @@ def test_output_config_effort_reaches_the_provider(claude, sims):
         model=CLAUDE, max_tokens=20000, messages=USER, thinking={"type": "adaptive"}, output_config={"effort": "high"}
     )
     assert upstream(sims["anthropic"])["thinking"] == {"type": "enabled", "budget_tokens": 16384}
-    claude.messages.create(model="openai:o4-mini", max_tokens=100, messages=USER, output_config={"effort": "max"})
+    claude.messages.create(
+        model="openai:o4-mini",
+        max_tokens=100,
+        messages=USER,
+        thinking={"type": "adaptive"},
+        output_config={"effort": "max"},
+    )
     assert upstream(sims["openai"])["reasoning_effort"] == "max"
     claude.messages.create(model=CLAUDE, max_tokens=3000, messages=USER, thinking={"type": "adaptive"})
     assert upstream(sims["anthropic"])["thinking"] == {"type": "enabled", "budget_tokens": 1500}  # the option's
 
 
+@pytest.mark.parametrize("thinking", [None, {"type": "disabled"}], ids=["no thinking", "thinking disabled"])
+def test_an_effort_without_thinking_turns_no_thinking_on_as_at_anthropic(claude, sims, thinking):
+    """Anthropic's ``output_config.effort`` tunes the whole answer and never turns thinking on; the gateway's
+    effort is only how hard to think, so without ``thinking`` (or with it disabled) it changes nothing: the
+    caller's forced tool, temperature and ``max_tokens`` reach Claude as sent, with no thinking."""
+    asked: dict[str, Any] = {
+        "model": CLAUDE,
+        "max_tokens": 1000,
+        "messages": [{"role": "user", "content": "get_weather for Bergen"}],
+        "tools": TOOLS,
+        "tool_choice": {"type": "any"},
+        "extra_body": {"temperature": 0.2},  # (the SDK has no parameter for it now; the API still takes it)
+        "output_config": {"effort": "high"},
+    }
+    if thinking is not None:
+        asked["thinking"] = thinking
+    reply = claude.messages.create(**asked)
+    sent = upstream(sims["anthropic"])
+    assert "thinking" not in sent and sent["max_tokens"] == 1000 and sent["temperature"] == 0.2
+    assert [block.type for block in reply.content] == ["tool_use"]
+    claude.messages.create(model="openai:o4-mini", max_tokens=100, messages=USER, output_config={"effort": "max"})
+    assert upstream(sims["openai"])["reasoning_effort"] == "low"  # the deployment's option, as before
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
-def test_effort_without_thinking_thinks_unseen_and_a_tool_loop_gives_claude_its_thinking_back(claude, sims, stream):
-    """``output_config.effort`` without ``thinking``: Claude thinks (an effort, not a display), the answer's
-    thinking block comes without its text (as ``display: "omitted"`` answers), and sent back as the SDK
-    keeps it, it gives Claude its own signed thinking first in that turn."""
+def test_a_chat_effort_gives_claude_a_budget_unseen_and_its_tool_loop_works(oai, sims, stream):
+    """Chat's ``reasoning_effort`` to Claude: a thinking budget (chat has no place to show the thinking),
+    and the tool loop still gives Claude its signed thinking back (it rides on the tool call's id)."""
     messages: list[dict[str, Any]] = [{"role": "user", "content": "get_weather for Bergen"}]
-    asked = {"model": CLAUDE, "max_tokens": 20000, "tools": TOOLS, "output_config": {"effort": "low"}}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": TOOLS[0]["input_schema"]}}]
+    asked = {"model": CLAUDE, "tools": tools, "reasoning_effort": "low", "max_tokens": 20000}
     if stream:
-        with claude.messages.stream(messages=messages, **asked) as events:
-            first = events.get_final_message()
+        calls: dict[int, dict[str, Any]] = {}
+        for chunk in oai.chat.completions.create(messages=messages, stream=True, **asked):
+            for delta in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += delta.id or ""
+                call["name"] += (delta.function.name or "") if delta.function else ""
+                call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+        (call,) = calls.values()
     else:
-        first = claude.messages.create(messages=messages, **asked)
+        (made,) = oai.chat.completions.create(messages=messages, **asked).choices[0].message.tool_calls
+        call = {"id": made.id, "name": made.function.name, "arguments": made.function.arguments}
     assert upstream(sims["anthropic"])["thinking"] == {"type": "enabled", "budget_tokens": 2048}
-    # whole: first, as Claude answers; streamed: last, once done has the signature (as a redacted block is)
-    (thought,) = [block for block in first.content if block.type == "thinking"]
-    assert thought.thinking == "" and thought.signature
-    assert first.content.index(thought) == (len(first.content) - 1 if stream else 0)
-    (use,) = [block for block in first.content if block.type == "tool_use"]
     messages += [
-        {"role": "assistant", "content": [block.model_dump(exclude_none=True) for block in first.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "clear"}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call["id"],
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": call["arguments"]},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call["id"], "content": "clear"},
     ]
-    second = claude.messages.create(messages=messages, **asked)
-    assert second.stop_reason == "end_turn" and second.content[-1].text
+    second = oai.chat.completions.create(messages=messages, **asked)
+    assert second.choices[0].finish_reason == "stop" and second.choices[0].message.content
     replayed = next(m for m in upstream(sims["anthropic"])["messages"] if m["role"] == "assistant")["content"][0]
     assert replayed["type"] == "thinking" and replayed["thinking"] and replayed["signature"]  # Claude's own
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import wire
 
-from gtl_nb.protocol.messages import REASONING_EFFORTS, CompletionRequest, Reasoning, Token
+from gtl_nb.protocol.messages import REASONING_EFFORTS, CompletionRequest, Reasoning, Token, Tool
 from gtl_nb.providers.anthropic import AnthropicDialect
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.bedrock import BedrockDialect
@@ -154,6 +154,39 @@ def test_bedrock_claude_thinks_as_anthropic_does_and_other_models_ignore_it(fiel
     assert "additionalModelRequestFields" not in nova  # Converse has no common knob: ignored there
 
 
+TOOL = Tool(name="get_weather", description="", parameters={"type": "object", "properties": {}})
+
+
+@pytest.mark.parametrize(
+    ("model", "fields"),
+    [
+        ("claude-sonnet-4-5", {"tools": [TOOL], "tool_choice": "required"}),  # a forced tool: no thinking with it
+        (
+            "claude-sonnet-4-5",
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        ),
+        ("claude-sonnet-4-5", {"temperature": 0.2}),  # thinking takes temperature 1 only
+        ("claude-sonnet-4-5", {"top_p": 0.5}),  # … and a top_p of 0.95 or more
+        ("claude-3-5-haiku-20241022", {}),  # the catalog knows it does not think
+    ],
+)
+def test_an_effort_alone_never_makes_claude_think_where_the_request_would_then_be_refused(model, fields):
+    """How hard to think is a hint: where thinking would make Anthropic refuse the request the caller made,
+    or the model does not think, an effort alone sends no ``thinking`` (the request is answered as made)."""
+    built = body(AnthropicDialect(), request(model=model, reasoning_effort="high", max_tokens=900, **fields), CLAUDE)
+    assert "thinking" not in built and built["max_tokens"] == 900
+    aws = Deployment(name="b", type="bedrock", aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="s")
+    claude = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    if model == "claude-sonnet-4-5":  # Claude on Bedrock: the same rule
+        on_bedrock = body(
+            BedrockDialect(), request(model=claude, reasoning_effort="high", max_tokens=900, **fields), aws
+        )
+        assert "additionalModelRequestFields" not in on_bedrock
+    # the same choices with thinking asked for (``reasoning``): the caller's to see refused, not dropped
+    asked = body(AnthropicDialect(), request(model=model, reasoning=True, reasoning_effort="high", **fields), CLAUDE)
+    assert asked["thinking"] == {"type": "enabled", "budget_tokens": 16384}
+
+
 # ----------------------------------------------------------------------------------------------
 # Gemini: thinkingLevel (Gemini 3) or thinkingBudget (earlier), never both
 
@@ -172,6 +205,8 @@ GEMINI_512 = Deployment(name="g", type="gemini", api_key="AIza-k", options={"thi
         ("gemini-2.5-flash", {"reasoning": True}, GEMINI_512, {"includeThoughts": True, "thinkingBudget": 512}),
         ("gemini-2.5-flash", {}, GEMINI_512, None),
         ("gemini-3-pro-preview", {"reasoning_effort": "medium"}, GEMINI_512, {"thinkingLevel": "high"}),
+        ("gemini-flash-latest", {"reasoning_effort": "low"}, GEMINI, {"thinkingBudget": 2048}),  # may be 2.5
+        ("models/gemini-pro-latest", {"reasoning_budget": 3000}, GEMINI, {"thinkingBudget": 3000}),
         ("gemini-3-pro-preview", {"reasoning_effort": "minimal"}, GEMINI, {"thinkingLevel": "low"}),
         ("gemini-3-flash-preview", {"reasoning_budget": 3000}, GEMINI_512, {"thinkingLevel": "low"}),
         ("gemini-3-flash-preview", {"reasoning_budget": 0}, GEMINI, {"thinkingLevel": "low"}),  # cannot stop
@@ -210,6 +245,10 @@ def test_gemini_sends_a_level_or_a_budget_never_both(model, fields, deployment, 
         ("qwen3:8b", {"reasoning_budget": 0}, False),
         ("qwen3:8b", {"reasoning": True}, True),
         ("qwen3:8b", {}, None),
+        ("deepseek-r1:14b", {"reasoning_effort": "low"}, True),  # a thinking family the catalog lacks
+        ("llama3.1:8b", {"reasoning_effort": "high"}, None),  # Ollama refuses think to a model that cannot
+        ("llama3.1:8b", {"reasoning_effort": "none"}, False),
+        ("llama3.1:8b", {"reasoning_effort": "high", "reasoning": True}, True),  # asked to see it: the caller's
     ],
 )
 def test_ollama_think_takes_a_level_for_gpt_oss_and_a_switch_for_the_others(model, fields, think):

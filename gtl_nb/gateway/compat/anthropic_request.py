@@ -32,10 +32,11 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
   beta's top-level ``output_format``) → GTL's ``response_format`` ``json_schema``, which every
   deployment type that has structured output honours (and the others refuse, rather than answer in
   prose). ``output_config.effort`` (``low``, ``medium``, ``high``, ``xhigh``, ``max``; anything else
-  refused in Anthropic's words) → GTL's ``reasoning_effort``: the deployment thinks that hard — with
-  ``thinking`` shown, without it unseen, its blocks then answered without their text
-  (``compat.thinking``) — whether it is Claude (a budget: docs/providers.md, "How hard a model
-  thinks") or another provider.
+  refused in Anthropic's words) → GTL's ``reasoning_effort`` when ``thinking`` is on (``enabled``
+  without a budget of its own, ``adaptive``): the deployment thinks that hard, whether it is Claude (a
+  budget: docs/providers.md, "How hard a model thinks") or another provider. Without ``thinking``, or
+  with it ``disabled``, the effort is accepted and changes nothing: Anthropic's effort tunes the whole
+  answer and never turns thinking on, and GTL's is only how hard to think.
 * ``cache_control`` on a block → GTL's ``cache_point`` on the message that ends with that block
   (``compat.cache_marks``: the system prompt or a user turn's text and images are split after a marked
   block, so the breakpoint stays where it was put; a tool result is a message of its own; an
@@ -222,6 +223,7 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         if body.get(name) not in (None, []):  # (no fallbacks listed: none to try)
             raise FieldError(name, why)
     stop = _stop_sequences(fields.items(body, "stop_sequences", "stop_sequences"))
+    thinks = reasoning_asked(body, max_tokens)
     return CompletionRequest(
         session_id=session_id,
         model=model,
@@ -234,9 +236,9 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         tools=_tools(raw_tools),
         tool_choice=_tool_choice(fields.obj(body, "tool_choice", "tool_choice")),
         response_format=_response_format(body),
-        reasoning=reasoning_asked(body, max_tokens),
+        reasoning=thinks,
         reasoning_budget=budget_asked(body),
-        reasoning_effort=_effort(body),
+        reasoning_effort=_effort(body, thinks),
     )
 
 
@@ -259,14 +261,15 @@ EFFORTS = ("low", "medium", "high", "xhigh", "max")
 """The values of ``output_config.effort`` (Anthropic's SDK's)."""
 
 
-def _effort(body: dict[str, Any]) -> str | None:
-    """``output_config.effort`` as GTL's ``reasoning_effort`` (its keys are checked by ``_response_format``)."""
+def _effort(body: dict[str, Any], thinks: bool) -> str | None:
+    """``output_config.effort`` as GTL's ``reasoning_effort`` when the request ``thinks`` (module docstring);
+    checked either way (its keys are checked by ``_response_format``)."""
     config = body.get("output_config")
     effort = config.get("effort") if isinstance(config, dict) else None
-    if effort is None or effort in EFFORTS:
-        return effort
-    listed = ", ".join(repr(value) for value in EFFORTS[:-1]) + f" or {EFFORTS[-1]!r}"
-    raise FieldError("output_config.effort", f"Input should be {listed}")
+    if effort is not None and effort not in EFFORTS:
+        listed = ", ".join(repr(value) for value in EFFORTS[:-1]) + f" or {EFFORTS[-1]!r}"
+        raise FieldError("output_config.effort", f"Input should be {listed}")
+    return effort if thinks else None
 
 
 def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:

@@ -10,11 +10,10 @@ blocks, and the blocks a client sends back.
   ``output_config.effort``, or else the deployment's option, decides. ``display: "omitted"``
   (``thinking_omitted``) is the gateway's to honour: the thinking blocks come with empty text, the
   first one's signature the provider's whole thinking state, packed (below) — what Anthropic answers
-  then, a signature with no text, for the next turn's sake. The same holds for thinking the caller did
-  not ask to see: ``output_config.effort`` without ``thinking`` still has the deployment think that
-  hard (GTL's effort without ``reasoning``), and its blocks come omitted, so a tool loop gives Claude
-  its thinking back and no text the caller did not ask for is shown (in a stream, which had no thinking
-  to stream, that block comes last, once ``done`` has the state, as a redacted block does).
+  then, a signature with no text, for the next turn's sake. ``output_config.effort`` counts only with
+  ``thinking`` on (``anthropic_request``): it never turns thinking on, as at Anthropic. (Thinking that
+  was omitted and streamed nothing comes, in a stream, as one block at the end, once ``done`` has the
+  state, as a redacted block does.)
 * The answer's thinking comes first, as Anthropic sends it (``answered_blocks``): the provider's own
   blocks when it has them — Anthropic's ``thinking`` / ``redacted_thinking`` blocks, Bedrock's reasoning
   blocks, each with its ``signature`` — else the reasoning text as one ``thinking`` block with an empty
@@ -109,15 +108,9 @@ def budget_asked(body: Mapping[str, Any]) -> int | None:
 
 
 def thinking_omitted(body: Mapping[str, Any]) -> bool:
-    """Whether the answer's thinking comes without its text: the request's ``thinking`` says ``display:
-    "omitted"``, or no ``thinking`` asks to see it while ``output_config.effort`` has the model think."""
+    """Whether the request's ``thinking`` asks for its text left out (``display: "omitted"``)."""
     config = body.get("thinking")
-    if isinstance(config, Mapping) and config.get("display") == "omitted":
-        return True
-    output = body.get("output_config")
-    effort = output.get("effort") if isinstance(output, Mapping) else None
-    shown = isinstance(config, Mapping) and config.get("type") not in (None, "disabled")
-    return effort is not None and not shown
+    return isinstance(config, Mapping) and config.get("display") == "omitted"
 
 
 def _packed_state(provider_data: Mapping[str, Any] | None) -> str:
