@@ -1759,8 +1759,27 @@ class Engine:
         snapshot, a fine-tune, an Azure deployment's own name), and refusing a name the provider knows
         would be worse than a round trip for a typo. So the provider decides, and its words stay; a
         model the lists do know gets no offer (its 404 is about something else: access, the region,
-        the ``base_url``)."""
+        the ``base_url``).
+
+        A name that reached the single local-model deployment only because no other deployment serves
+        it (``Target.catch_all``: ``gpt-4o-minii`` on a gateway with Ollama) is most likely a typo of a
+        name meant for any deployment: its 404 gets what the same typo gets without that deployment —
+        routing's offer across every deployment (``Router.close_names``: a mended deployment prefix,
+        ``opena:gpt-4o-mini`` → ``openai:gpt-4o-mini``, among them) and the pointer to the model list —
+        and says which deployment was asked, and why."""
         deployment, model = target.deployment, target.model
+        router = self.router
+        context = _REQUEST_CONTEXT.get(None)
+        visible = self._visible(context)
+        if target.catch_all:
+            matches = router.close_names(model, visible)
+            pointer = router.listing_pointer()
+            if context is not None and GATEWAY_LIST in pointer:
+                pointer = pointer.replace(GATEWAY_LIST, _listing_for(context))
+            said = event.message.rstrip().rstrip(".")
+            asked = f" (asked of deployment {deployment.name!r}, which takes any name no other deployment serves)"
+            offer = f"; did you mean {', '.join(repr(name) for name in matches)}?" if matches else ""
+            return msgspec.structs.replace(event, message=f"{said}{asked}{offer}; {pointer}")
         catalog = self.catalog
         listed = {*deployment.models, *([deployment.model] if deployment.model else [])}
         if not model or model in listed or (catalog is not None and catalog.entry(deployment.type, model)):
@@ -1769,12 +1788,7 @@ class Engine:
             return event
         if deployment.type == "azure" and not deployment.models:
             return event  # (Azure's names are the resource's own deployments: the catalog's would mislead)
-        if catalog is not None:
-            for entry in catalog.entries(deployment.type):
-                listed.add(entry.name)
-                listed.update(entry.aliases)
-            listed.update(name for name, ids in catalog.aliases().items() if deployment.type in ids)
-        visible = self._visible(_REQUEST_CONTEXT.get(None))
+        listed = router.served_names(deployment)
         if visible is not None:
             listed = {name for name in listed if visible(deployment.name, name)}
         matches = difflib.get_close_matches(model, sorted(listed), n=5, cutoff=0.6)

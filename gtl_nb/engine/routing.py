@@ -27,6 +27,7 @@ list (``GATEWAY_LIST``, which the engine words for the caller's API).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,10 +64,13 @@ def credential_hint(provider_type: str) -> str:
 
 @dataclass(frozen=True)
 class Target:
-    """One deployment and the model to ask it for."""
+    """One deployment and the model to ask it for; ``catch_all`` when nothing chose the deployment but
+    its taking any name no other deployment serves (the single local-model deployment): the provider's
+    "not found" then most likely answers a typo meant for another deployment (``Engine._with_close_models``)."""
 
     deployment: Deployment
     model: str
+    catch_all: bool = dataclasses.field(default=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -207,10 +211,48 @@ class Router:
             )
         open_deployments = [d for d in self.deployments.values() if d.type in OPEN_MODEL_TYPES and not d.models]
         if len(open_deployments) == 1:
-            return self._target(open_deployments[0], name)
+            return dataclasses.replace(self._target(open_deployments[0], name), catch_all=True)
         raise ModelNotFoundError(self._unknown_message(name, visible))
 
-    def _unknown_message(self, name: str, visible: Visible | None = None) -> str:
+    def served_names(self, deployment: Deployment) -> set[str]:
+        """The names ``deployment`` is known to serve: its configured ``models``/``model``, and the
+        catalog's models of its type with their aliases (never complete: a provider may know more)."""
+        names = {*deployment.models, *([deployment.model] if deployment.model else [])}
+        if self.catalog is not None:
+            for entry in self.catalog.entries(deployment.type):
+                names.add(entry.name)
+                names.update(entry.aliases)
+            names.update(name for name, ids in self.catalog.aliases().items() if deployment.type in ids)
+        return names
+
+    def misspelt_prefix(self, name: str, visible: Visible | None = None) -> list[str]:
+        """``name`` as ``deployment:model`` with its prefix mended — ``opena:gpt-4o-mini`` →
+        ``openai:gpt-4o-mini`` — when the prefix names no deployment or provider type, is like a
+        deployment's name, and what follows it is a model that deployment is known to serve (so
+        ``llama3.1:8bb``, an Ollama name with a tag, is never read as a misspelt ``ollama:``); only
+        what the caller may see (``visible``, a gateway's)."""
+        prefix, sep, model = name.partition(":")
+        if not sep or not model or self._split(name)[0] is not None:
+            return []
+        gateway = self.audience == GATEWAY
+        named = dict(self.deployments)  # a provider type with one deployment names it too (``_deployment``)
+        for deployment in self.deployments.values():
+            if deployment.type not in named and sum(d.type == deployment.type for d in self.deployments.values()) == 1:
+                named[deployment.type] = deployment
+        mended = []
+        for close in difflib.get_close_matches(prefix, sorted(named), n=3, cutoff=0.6):
+            deployment = named[close]
+            if model not in self.served_names(deployment):
+                continue
+            if gateway and visible is not None and not visible(deployment.name, model):
+                continue
+            mended.append(f"{close}:{model}")
+        return mended
+
+    def close_names(self, name: str, visible: Visible | None = None) -> list[str]:
+        """What an unknown ``name`` may have meant, as "did you mean" offers it: a mended deployment
+        prefix first (``misspelt_prefix``), then the models like it that are configured or in the
+        catalog — in a gateway, only those it serves and the caller may see (``visible``)."""
         gateway = self.audience == GATEWAY
 
         def shown(deployment: Deployment, model: str) -> bool:
@@ -232,12 +274,24 @@ class Router:
                     )
                 ]
             known.extend(close)
-        matches = difflib.get_close_matches(name, sorted(set(known)), n=5, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+        mended = self.misspelt_prefix(name, visible)
+        return mended + difflib.get_close_matches(name, sorted(set(known)), n=5 - len(mended), cutoff=0.5)
+
+    def listing_pointer(self) -> str:
+        """Where an unknown name's error points to see what is served (a gateway's ``GATEWAY_LIST`` the
+        engine words for the caller's API)."""
+        return GATEWAY_LIST if self.audience == GATEWAY else "`gtl models` lists what is available"
+
+    def _unknown_message(self, name: str, visible: Visible | None = None) -> str:
+        matches = self.close_names(name, visible)
+        # a mended prefix is offered: say what was wrong with the name as written
+        mended = self.misspelt_prefix(name, visible)
+        unknown = f": {name.partition(':')[0]!r} names no deployment here" if mended else ""
         if self.audience == GATEWAY:
             offer = f" (did you mean {', '.join(repr(m) for m in matches)}?)" if matches else ""
-            return f"unknown model {name!r}{offer}; {GATEWAY_LIST}"
-        return f"unknown model {name!r}{hint} (`gtl models` lists what is available)"
+            return f"unknown model {name!r}{unknown}{offer}; {GATEWAY_LIST}"
+        hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+        return f"unknown model {name!r}{unknown}{hint} ({self.listing_pointer()})"
 
     @staticmethod
     def _operator_hint(provider_type: str) -> str:

@@ -233,3 +233,61 @@ def test_the_embedded_client_hears_the_same_offer(claude_sim):
         _claude_engine(claude_sim.base_url, audience=EMBEDDED), _asked("anthropic:claude-opus-4-55"), None
     )
     assert said.startswith("model: claude-opus-4-55; did you mean 'anthropic:claude-opus-4-5'")
+
+
+@pytest.fixture(scope="module")
+def openai_and_ollama():
+    from gtl_nb import sim
+
+    with sim.serve("openai") as openai_sim, sim.serve("ollama") as ollama_sim:
+        yield {
+            "openai": {"api_key": "sim-key", "base_url": openai_sim.base_url},
+            "ollama": {"base_url": ollama_sim.base_url},
+        }
+
+
+def _engine_of(providers: dict, audience: str = GATEWAY):
+    return build_engine(load_settings(providers=providers, environ={}), ledger=False, audience=audience)
+
+
+def test_a_typo_that_reached_the_local_model_deployment_only_as_its_catch_all_gets_did_you_mean(openai_and_ollama):
+    """With Ollama configured every name no other deployment serves goes to it: a typo of an OpenAI name
+    gets Ollama's 404, which keeps Ollama's words and adds what the same typo gets without Ollama — the
+    names like it across every deployment the caller may see, and the pointer to the model list."""
+    sdk = RequestContext(principal="a", scopes=frozenset({"chat:write", "models:read"}), api="openai")
+    said = _first_error(_engine_of(openai_and_ollama), _asked("gpt-4o-minii"), sdk)
+    assert said.startswith('model "gpt-4o-minii" not found, try pulling it first')  # the provider's words
+    assert "deployment 'ollama'" in said and "did you mean 'gpt-4o-mini'" in said
+    assert said.endswith("; GET /v1/models lists what this gateway serves")
+    mistyped_prefix = _first_error(_engine_of(openai_and_ollama), _asked("opena:gpt-4o-mini"), sdk)
+    assert "did you mean 'openai:gpt-4o-mini'" in mistyped_prefix
+    gtl = RequestContext(principal="a", scopes=frozenset({"chat:write", "models:read"}))
+    assert "client.models()" in _first_error(_engine_of(openai_and_ollama), _asked("gpt-4o-minii"), gtl)
+    # a token that may not list models hears of none, and of the scope it lacks
+    blind = _first_error(
+        _engine_of(openai_and_ollama),
+        _asked("gpt-4o-minii"),
+        dataclasses.replace(sdk, scopes=frozenset({"chat:write"})),
+    )
+    assert "did you mean" not in blind and "models:read scope (this one has not)" in blind
+    # one limited to the Ollama deployment hears only of Ollama's names
+    local = dataclasses.replace(sdk, allowed_deployments=frozenset({"ollama"}))
+    assert "gpt-4o-mini'" not in _first_error(_engine_of(openai_and_ollama), _asked("gpt-4o-minii"), local)
+    assert "did you mean 'llama3.1:8b'" in _first_error(_engine_of(openai_and_ollama), _asked("llama3.1:8bb"), local)
+    embedded = _first_error(_engine_of(openai_and_ollama, EMBEDDED), _asked("gpt-4o-minii"), None)
+    assert "did you mean 'gpt-4o-mini'" in embedded and embedded.endswith("`gtl models` lists what is available")
+    # a name the Ollama deployment was asked for by name is not a catch-all's typo: its own models only
+    named = _first_error(_engine_of(openai_and_ollama), _asked("ollama:llama3.1:8bb"), sdk)
+    assert "'ollama:llama3.1:8b'" in named and "GET /v1/models" not in named
+
+
+def test_a_mistyped_deployment_prefix_is_told_apart_from_an_ollama_tag():
+    router_ = router(GATEWAY)
+    with pytest.raises(ModelNotFoundError) as prefix:
+        router_.resolve_model("opena:gpt-4o-mini")
+    assert "'opena' names no deployment here (did you mean 'openai:gpt-4o-mini'" in str(prefix.value)
+    with pytest.raises(ModelNotFoundError, match="'opena' names no deployment here; did you mean 'openai:gpt-4o-mini'"):
+        router(EMBEDDED).resolve_model("opena:gpt-4o-mini")
+    assert router_.misspelt_prefix("openai:gpt-4o-mini") == []  # not misspelt
+    assert router_.misspelt_prefix("opena:no-such-model") == []  # the rest is no model it serves
+    assert router_.misspelt_prefix("opena:gpt-4o-mini", lambda deployment, model: False) == []  # may see none

@@ -891,6 +891,25 @@ def test_a_typo_after_a_deployment_prefix_is_the_providers_404_with_did_you_mean
         )
 
 
+def test_a_typo_the_ollama_deployment_took_as_its_catch_all_keeps_its_words_and_gets_did_you_mean(oai, claude):
+    """This gateway has an Ollama deployment, which takes any name no other deployment serves: a typo of
+    another deployment's model reaches it, and its 404 keeps Ollama's words and adds what the same typo
+    gets on a gateway without Ollama — the names like it and where to list them."""
+    with pytest.raises(openai.NotFoundError) as typo:
+        oai.chat.completions.create(model="gpt-4o-minii", messages=chat())
+    assert typo.value.code == "model_not_found"
+    said = typo.value.message
+    assert 'model "gpt-4o-minii" not found, try pulling it first' in said
+    assert "did you mean 'gpt-4o-mini'" in said and said.endswith("GET /v1/models lists what this gateway serves")
+    with pytest.raises(openai.NotFoundError, match=r"did you mean 'openai:gpt-4o-mini'"):
+        oai.responses.create(model="opena:gpt-4o-mini", input=PROMPT)
+    with pytest.raises(anthropic.NotFoundError) as claude_typo:
+        claude.messages.create(model="claude-sonet-4-5", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert "try pulling it first" in str(claude_typo.value) and "did you mean 'claude-sonnet-4-5'" in str(
+        claude_typo.value
+    )
+
+
 def test_an_empty_conversation_is_a_bad_request(oai, claude):
     with pytest.raises(openai.BadRequestError) as caught:
         oai.chat.completions.create(model=target("openai"), messages=[])
