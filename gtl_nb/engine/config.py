@@ -538,9 +538,17 @@ class Config:
         if not missing:
             return deployment
         where = f"[providers.{name}]"
-        advice = [_credential_hint(deployment.type, key, where) for key in missing]
-        if name in self.credential_hints:
-            advice.append(self.credential_hints[name])
+        spec = self.specs.get(name, {})
+        advice = []
+        for key in missing:
+            if key == "api_key" and "api_key_env" in spec and "api_key" not in spec:
+                # the variable it names is the only one read: the conventional one is no fallback
+                advice.append(_unset_key_env(spec["api_key_env"], deployment.type, where))
+            else:
+                advice.append(_credential_hint(deployment.type, key, where))
+        hint = self.credential_hints.get(name)
+        if hint is not None and not any(hint in said for said in advice):
+            advice.append(hint)
         what, how = " and ".join(missing), "; ".join(advice)
         raise ConfigurationError(f"deployment {name!r} ({deployment.type}) is missing {what}: {how}")
 
@@ -980,6 +988,17 @@ def _unset_key_variable(variable: str, where: str) -> str:
         f"{where} names no variable that is set; its value is not quoted, as it is not capital letters, digits "
         "and _ only and may be the key itself (put the key in an environment variable and name that)"
     )
+
+
+def _unset_key_env(variable: Any, provider_type: str, where: str) -> str:
+    """How to give a deployment whose ``api_key_env`` names an unset variable its key: that variable, or
+    ``api_key`` — never the type's conventional variable, which ``api_key_env`` puts out of use."""
+    said = _unset_key_variable(str(variable), f"api_key_env in {where}")
+    conventional = " or ".join(env_vars(provider_type).get("api_key", ()))
+    instead = f" ({conventional} is not read in its place)" if conventional else ""
+    if looks_like_variable_name(str(variable)):
+        return f"{said}: set it, or api_key in {where}{instead}"
+    return f"{said}; or set api_key in {where}{instead}"
 
 
 def _timeouts(values: Mapping[str, Any]) -> Timeouts:

@@ -4,6 +4,7 @@ its source and never quotes it."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import pytest
@@ -207,3 +208,22 @@ def test_a_store_url_of_the_wrong_type_is_named_by_its_kind_never_quoted(config)
     with pytest.raises(ConfigurationError) as caught:
         load_config(environ={}, config=config)
     assert CANARY not in caught.value.message and "got a " in caught.value.message
+
+
+def test_a_missing_key_named_by_api_key_env_is_asked_of_that_variable_never_the_conventional_one():
+    """``api_key_env = "TEAM_OPENAI_KEY"`` unset: the warning ``gtl serve`` prints said "set OPENAI_API_KEY",
+    a variable that is never read for this deployment (api_key_env puts it out of use)."""
+    from gtl_nb.engine.settings import load_settings
+
+    providers = {"openai-team": {"type": "openai", "api_key_env": "TEAM_OPENAI_KEY"}}
+    (problem,) = load_settings(providers=providers, environ={"OPENAI_API_KEY": "sk-unused"}).missing_credentials()
+    assert "TEAM_OPENAI_KEY" in problem and "set OPENAI_API_KEY" not in problem
+    assert "api_key in [providers.openai-team]" in problem and "OPENAI_API_KEY is not read in its place" in problem
+    # set when the configuration loaded, unset since (a rotation gone wrong): still that variable
+    settings = load_settings(providers=providers, environ={"TEAM_OPENAI_KEY": "sk-team"})
+    keyless = dataclasses.replace(settings.deployments["openai-team"], api_key=None)
+    (problem,) = settings.missing_credentials(lambda d: keyless if d.name == "openai-team" else d)
+    assert "$TEAM_OPENAI_KEY" in problem and "set OPENAI_API_KEY" not in problem
+    # without api_key_env the conventional variable is still the advice
+    (plain,) = load_settings(providers={"team": {"type": "openai"}}, environ={}).missing_credentials()
+    assert "set OPENAI_API_KEY, or api_key (or api_key_env) in [providers.team]" in plain
