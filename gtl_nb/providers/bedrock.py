@@ -79,6 +79,7 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -187,6 +188,31 @@ def _region(deployment: Deployment) -> str:
 
 def _base_url(deployment: Deployment) -> str:
     return (deployment.base_url or DEFAULT_BASE_URL.format(region=_region(deployment))).rstrip("/")
+
+
+def control_plane_url(deployment: Deployment) -> str:
+    """Where ``ListFoundationModels`` is asked: ``options["control_plane_url"]`` when set; else, with no
+    ``base_url``, the region's AWS control plane; with a ``base_url`` on AWS (``*.amazonaws.com``,
+    ``*.amazonaws.com.cn``, ``*.api.aws``: a FIPS, dual-stack or VPC runtime endpoint) its ``bedrock-runtime``
+    host's ``bedrock`` sibling, else the region's control plane; and with any other ``base_url`` — a
+    simulator, a proxy, a gateway in front of Bedrock — that same ``base_url``. A runtime endpoint off AWS
+    says the control plane is not public AWS either, and the request is signed with the deployment's
+    credentials: they never go to an AWS host the operator did not name (the Bedrock simulator serves
+    ``/foundation-models`` beside the runtime; a proxy that does not gives a 404 naming the URL)."""
+    configured = deployment.options.get("control_plane_url")
+    if configured:
+        return str(configured).rstrip("/")
+    public = CONTROL_PLANE_URL.format(region=_region(deployment))
+    if not deployment.base_url:
+        return public
+    parts = urlsplit(deployment.base_url.strip())
+    host = (parts.hostname or "").lower()
+    if not host.endswith((".amazonaws.com", ".amazonaws.com.cn", ".api.aws")):
+        return deployment.base_url.strip().rstrip("/")
+    first, dot, rest = host.partition(".")
+    if first.startswith("bedrock-runtime"):  # bedrock-runtime[-fips].REGION.amazonaws.com and the like
+        return f"https://{first.replace('bedrock-runtime', 'bedrock', 1)}{dot}{rest}"
+    return public
 
 
 def model_path(model: str, *, stream: bool) -> str:
@@ -839,9 +865,8 @@ class BedrockDialect:
         )
 
     def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
-        """``GET /foundation-models`` on the control plane (``options["control_plane_url"]`` overrides)."""
-        base = str(deployment.options.get("control_plane_url") or CONTROL_PLANE_URL.format(region=_region(deployment)))
-        url = base.rstrip("/") + "/foundation-models"
+        """``GET /foundation-models`` on the control plane (``control_plane_url``)."""
+        url = control_plane_url(deployment) + "/foundation-models"
         headers = {"Accept": "application/json", **deployment.headers}
         return HttpRequest(
             method="GET", url=url, headers=_authorize("GET", url, headers, b"", deployment, now), stream=False

@@ -37,8 +37,7 @@ CASES = {
             "base_url": url,
             "region": "us-east-1",
             "aws_access_key_id": "AKIDSIMULATOR",
-            "aws_secret_access_key": "sim-secret",
-            "options": {"control_plane_url": url},  # model listing lives on another host in AWS
+            "aws_secret_access_key": "sim-secret",  # (no control_plane_url: the listing asks base_url, off AWS)
         },
     ),
     "openai_compatible": ("qwen2.5-7b-instruct", lambda url: {"base_url": url, "models": ["qwen2.5-7b-instruct"]}),
@@ -218,7 +217,9 @@ def test_rate_limit_carries_retry_after(provider):
 
 
 def test_live_model_listing(setup):
-    provider, _model, _simulator, client = setup
+    provider, _model, simulator, client = setup
     names = client.list_models(provider)
     assert isinstance(names, list) and names
     assert all(isinstance(name, str) for name in names)
+    if provider == "bedrock":  # asked of the simulator, the base_url, never of public AWS
+        assert simulator.requests[-1].path == "/foundation-models"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import struct
@@ -641,6 +642,32 @@ def test_models_request_is_a_signed_control_plane_get() -> None:
     assert (http.method, http.url) == ("GET", "https://bedrock.us-east-1.amazonaws.com/foundation-models")
     assert http.headers["Authorization"].startswith(
         "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-east-1/bedrock/"
+    )
+
+
+def test_model_listing_never_leaves_a_base_url_off_aws_for_public_aws() -> None:
+    """A deployment configured as the simulator table says (a ``base_url``, no ``control_plane_url``) had
+    its listing signed with its keys and sent to ``bedrock.us-east-1.amazonaws.com``. A runtime endpoint
+    off AWS (a simulator, a proxy) is where the listing is asked; an AWS runtime host's control plane is
+    its ``bedrock`` sibling; ``control_plane_url`` still decides when set."""
+
+    def listing_url(**settings: Any) -> str:
+        return DIALECT.models_request(dataclasses.replace(AWS, **settings), now=NOW).url
+
+    assert listing_url(base_url="http://127.0.0.1:8123") == "http://127.0.0.1:8123/foundation-models"
+    assert listing_url(base_url="https://llm-proxy.corp.example/bedrock/") == (
+        "https://llm-proxy.corp.example/bedrock/foundation-models"
+    )
+    assert listing_url(base_url="https://bedrock-runtime-fips.us-west-2.amazonaws.com") == (
+        "https://bedrock-fips.us-west-2.amazonaws.com/foundation-models"
+    )
+    assert listing_url(base_url="https://bedrock-runtime.cn-north-1.amazonaws.com.cn") == (
+        "https://bedrock.cn-north-1.amazonaws.com.cn/foundation-models"
+    )
+    vpc = "https://vpce-0a1.bedrock-runtime.eu-west-1.vpce.amazonaws.com"  # not the control plane's VPC endpoint
+    assert listing_url(base_url=vpc, region="eu-west-1") == "https://bedrock.eu-west-1.amazonaws.com/foundation-models"
+    assert listing_url(base_url="http://127.0.0.1:8123", options={"control_plane_url": "http://127.0.0.1:9/cp/"}) == (
+        "http://127.0.0.1:9/cp/foundation-models"
     )
 
 
