@@ -190,6 +190,45 @@ def test_async_openai_sdk_gets_the_embedded_answer(provider, base_url, embedded)
     assert asyncio.run(both()) == (expected, expected)
 
 
+PROMPT_DETAILS = {"cached_tokens", "cache_write_tokens", "audio_tokens"}
+COMPLETION_DETAILS = {"reasoning_tokens", "audio_tokens", "accepted_prediction_tokens", "rejected_prediction_tokens"}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_chat_usage_has_one_shape_whichever_provider_answers(provider, oai):
+    """Gemini's, Bedrock's and Ollama's answers left both details objects out (``None`` in the SDK:
+    ``usage.prompt_tokens_details.cached_tokens`` raised), OpenAI's had them: now every answer, whole and
+    the stream's usage chunk, carries both with every field OpenAI sends, 0 where the provider said nothing."""
+    whole = oai.chat.completions.create(model=target(provider), messages=chat()).usage
+    (streamed,) = [
+        chunk.usage
+        for chunk in oai.chat.completions.create(
+            model=target(provider), messages=chat(), stream=True, stream_options={"include_usage": True}
+        )
+        if chunk.usage is not None
+    ]
+    for usage in (whole, streamed):
+        assert usage.prompt_tokens_details.model_fields_set == PROMPT_DETAILS
+        assert usage.completion_tokens_details.model_fields_set == COMPLETION_DETAILS
+        assert usage.prompt_tokens_details.cached_tokens == 0 and usage.completion_tokens_details.audio_tokens == 0
+        assert usage.completion_tokens_details.reasoning_tokens == 0 and usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_responses_usage_has_one_shape_whichever_provider_answers(provider, oai):
+    whole = oai.responses.create(model=target(provider), input=PROMPT).usage
+    completed = [
+        event.response.usage
+        for event in oai.responses.create(model=target(provider), input=PROMPT, stream=True)
+        if event.type == "response.completed"
+    ]
+    for usage in (whole, *completed):
+        assert usage.input_tokens_details.model_fields_set == {"cached_tokens", "cache_write_tokens"}
+        assert usage.output_tokens_details.model_fields_set == {"reasoning_tokens"}
+        assert usage.input_tokens_details.cached_tokens == 0 and usage.output_tokens_details.reasoning_tokens == 0
+    assert len(completed) == 1
+
+
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_openai_sdk_tool_call_round_trip(provider, oai, embedded):
     question = [{"role": "user", "content": "What is the weather in Oslo?"}]

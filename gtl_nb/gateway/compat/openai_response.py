@@ -11,10 +11,21 @@
 * ``finish_reason``: GTL's ``stop``, ``length``, ``tool_calls`` and ``content_filter`` are OpenAI's
   own; ``other`` (a provider's reason OpenAI has no word for) becomes ``stop``.
 * ``usage``: ``prompt_tokens`` = GTL ``tokens_in`` (cached tokens included, as OpenAI counts),
-  ``completion_tokens`` = ``tokens_out``, their sum, and the cached and reasoning details when the
-  provider reported them. A count the provider did not report is ``0`` (GTL never estimates); no usage
-  at all leaves ``usage`` null. A stream carries it in one last chunk (``choices: []``) when the request
-  said ``stream_options.include_usage``.
+  ``completion_tokens`` = ``tokens_out``, their sum, and — whichever provider answered, whole or
+  streamed — both details objects with the fields OpenAI itself sends: ``prompt_tokens_details``
+  (``cached_tokens``, ``audio_tokens``) and ``completion_tokens_details`` (``reasoning_tokens``,
+  ``audio_tokens``, ``accepted_prediction_tokens``, ``rejected_prediction_tokens``), so a caller's
+  ``usage.prompt_tokens_details.cached_tokens`` works for every deployment (the SDK reads a missing
+  object as ``None``). ``prompt_tokens_details`` also carries ``cache_write_tokens``, the prompt tokens
+  written to the provider's cache (Anthropic's ``cache_creation_input_tokens``, Bedrock's
+  ``cacheWriteInputTokens``), billed at their own rate: OpenAI caches without being asked and bills no
+  write, so its API sends none, but the SDK's ``PromptTokensDetails`` defines the field, so a caller reads
+  it typed — kept, always present, for the cost of prompt caching to be seen through this endpoint. A
+  count the provider did not report is ``0`` (GTL never estimates; no audio or predicted output passes
+  through GTL, so those are ``0`` for every answer), ``text_tokens``/``image_tokens`` are left out (a
+  split of the prompt no provider reports here; ``0`` would be false); no usage at all leaves ``usage``
+  null. A stream carries it in one last chunk (``choices: []``) when the request said
+  ``stream_options.include_usage``.
 * A stream ends with ``data: [DONE]``; an error after the answer began is ``data: {"error": {…}}``
   (which the SDK raises as ``APIError``) and the stream ends without ``[DONE]``.
 """
@@ -50,18 +61,17 @@ def usage_object(usage: Usage | None) -> dict[str, Any] | None:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
-    details = {
-        name: count
-        for name, count in (
-            ("cached_tokens", usage.cached_tokens_in),
-            ("cache_write_tokens", usage.cache_write_tokens_in),
-        )
-        if count is not None
+    result["prompt_tokens_details"] = {
+        "cached_tokens": usage.cached_tokens_in or 0,
+        "cache_write_tokens": usage.cache_write_tokens_in or 0,
+        "audio_tokens": 0,
     }
-    if details:
-        result["prompt_tokens_details"] = details
-    if usage.reasoning_tokens_out is not None:
-        result["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens_out}
+    result["completion_tokens_details"] = {
+        "reasoning_tokens": usage.reasoning_tokens_out or 0,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    }
     return result
 
 
