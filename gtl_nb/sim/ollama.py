@@ -8,6 +8,12 @@ Written from the recorded fixtures (``tests/fixtures/wire/ollama``), the wire-fo
 authentication. The models of :data:`OLLAMA_MODELS` are "pulled" (``serve("ollama", models=[...])`` replaces
 them, ``models="*"`` accepts any); another name gets the real 404 ``model "x" not found, try pulling it
 first``.
+
+``format`` is answered as Ollama's grammar constrains the model to: ``"json"`` with a JSON object, a JSON
+Schema (an object) with JSON of that schema (``answers.sample_for_schema``, as every simulator answers
+structured output), ``""`` or ``null`` as no format; anything else is refused before any output, in
+Ollama's words (``invalid format: "yaml"; expected "json" or a valid JSON Schema object``; the status
+is 400, as recent servers answer it — older ones said 500).
 """
 
 from __future__ import annotations
@@ -51,6 +57,14 @@ _RATES = Rates(
     image=anthropic_image_tokens,
 )
 _JSON_TYPE = "application/json; charset=utf-8"
+
+
+def _format_schema(wanted: Any) -> dict[str, Any] | None:
+    """The schema ``format`` asks the answer to follow: ``{}`` (any JSON object) for ``"json"``, the
+    schema itself for an object, ``None`` for none (``_chat`` refused any other value)."""
+    if wanted == "json":
+        return {}
+    return wanted if isinstance(wanted, dict) else None
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -190,6 +204,7 @@ class OllamaSim:
             max_tokens=limit if isinstance(limit, int) and limit > 0 else None,
             tokens_in=_input_tokens(body),
             stop=options.get("stop"),
+            schema=_format_schema(body.get("format")),
         )
 
     def _metrics(self, answer: Answer) -> dict[str, Any]:
@@ -212,6 +227,11 @@ class OllamaSim:
             return json_response(400, {"error": "model is required"}, content_type=_JSON_TYPE)
         if not self._known(str(model), ctx):
             return self._not_found(str(model))
+        wanted = body.get("format")
+        if wanted not in (None, "", "json") and not isinstance(wanted, dict):
+            said = json.dumps(wanted, ensure_ascii=False)
+            refusal = f'invalid format: {said}; expected "json" or a valid JSON Schema object'
+            return json_response(400, {"error": refusal}, content_type=_JSON_TYPE)
         answer = self._answer(body, ctx)
         ids = [
             ctx.make_id("call_", 8, req.body, i, alphabet="abcdefghijklmnopqrstuvwxyz0123456789")

@@ -318,6 +318,10 @@ CITY_SCHEMA = {
 def sent_schema(provider: str, body: bytes) -> dict[str, Any]:
     """The JSON schema a provider's request body carries, in that provider's own form."""
     sent = json.loads(body)
+    if provider == "ollama":
+        return sent["format"]
+    if provider == "gemini":
+        return sent["generationConfig"]["responseJsonSchema"]
     if provider == "anthropic":
         return sent["output_config"]["format"]["schema"]
     if provider == "bedrock":
@@ -325,7 +329,7 @@ def sent_schema(provider: str, body: bytes) -> dict[str, Any]:
     return sent["response_format"]["json_schema"]["schema"]
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock", "ollama", "gemini"])
 def test_openai_sdk_structured_output_reaches_the_provider_and_parses(provider, oai, backends):
     # the schema goes upstream in the provider's own form (Anthropic: output_config.format; Bedrock's
     # Converse: outputConfig.textFormat), never dropped
@@ -336,6 +340,16 @@ def test_openai_sdk_structured_output_reaches_the_provider_and_parses(provider, 
         model=target(provider), messages=chat("Name a city"), response_format=City
     ) as stream:
         assert isinstance(stream.get_final_completion().choices[0].message.parsed, City)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock", "ollama", "gemini"])
+def test_anthropic_sdk_structured_output_parses_whichever_provider_answers(provider, claude, backends):
+    """``messages.parse(output_format=...)`` (``output_config.format``) through the gateway: the Ollama
+    simulator answered prose to the ``format`` it was sent, so the parse failed for Ollama only."""
+    question = [{"role": "user", "content": "Name a city"}]
+    parsed = claude.messages.parse(model=target(provider), max_tokens=500, messages=question, output_format=City)
+    assert isinstance(parsed.parsed_output, City), parsed.content
+    assert set(sent_schema(provider, backends[provider].requests[-1].body)["properties"]) == {"name", "population"}
 
 
 def test_a_response_format_a_provider_cannot_honour_is_refused_not_dropped(oai, claude):

@@ -238,7 +238,7 @@ def test_a_function_choice_and_allowed_tools_reach_the_provider(oai, backends):
     assert json.loads(backends["openai"].requests[-1].body)["parallel_tool_calls"] is False
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "bedrock", "ollama", "gemini"])
 def test_structured_output_via_text_format_reaches_the_provider_and_parses(provider, oai, backends):
     parsed = oai.responses.parse(model=target(provider), input="Name a city", text_format=City)
     assert isinstance(parsed.output_parsed, City), parsed.output_text

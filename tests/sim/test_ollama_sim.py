@@ -95,6 +95,29 @@ def test_a_tool_result_turn_gets_text_mentioning_it(serve_sim: Any) -> None:
     assert "rainy, 12C" in reply.message.content and not reply.message.tool_calls
 
 
+def test_format_is_answered_with_json_of_the_schema_or_refused_as_ollama_refuses_it(serve_sim: Any) -> None:
+    """Ollama constrains the answer to ``format`` (``"json"`` or a JSON Schema): the simulator answered
+    prose, so structured output through a gateway failed to parse on an Ollama deployment only."""
+    s = serve_sim("ollama")
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["name", "population"],
+    }
+    ask = [{"role": "user", "content": "Name a city"}]
+    whole = json.loads(client(s).chat(model="llama3.2", messages=ask, format=schema).message.content)
+    assert isinstance(whole["name"], str) and isinstance(whole["population"], int)
+    streamed = "".join(
+        p.message.content for p in client(s).chat(model="llama3.2", messages=ask, format=schema, stream=True)
+    )
+    assert json.loads(streamed) == whole
+    assert isinstance(json.loads(client(s).chat(model="llama3.2", messages=ask, format="json").message.content), dict)
+    assert not client(s).chat(model="llama3.2", messages=ask, format="").message.content.startswith("{")
+    refused = httpx.post(f"{s.base_url}/api/chat", json={"model": "llama3.2", "messages": ask, "format": "yaml"})
+    assert refused.status_code == 400
+    assert refused.json() == {"error": 'invalid format: "yaml"; expected "json" or a valid JSON Schema object'}
+
+
 def test_num_predict_gives_done_reason_length(serve_sim: Any) -> None:
     s = serve_sim("ollama")
     reply = client(s).chat(model="llama3.2", messages=USER, options={"num_predict": 2})
