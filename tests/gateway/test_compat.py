@@ -1006,6 +1006,30 @@ def test_a_provider_rate_limit_is_a_rate_limit_error(guarded):
         assert [row["status"] for row in rows_of(ledger, session_id)] == ["error"]
 
 
+def test_a_providers_exhausted_quota_stays_insufficient_quota_not_a_rate_limit(guarded):
+    """OpenAI's ``429 insufficient_quota`` (the account's quota is used up: waiting will not help) reached the
+    SDK as ``rate_limit_exceeded``, which a caller reads as "wait": it stays ``insufficient_quota``, type
+    and code, as the gateway's own budgets answer, whole, streamed and on the Responses API."""
+    url, simulator, _ledger = guarded
+    oai = openai.OpenAI(base_url=f"{url}/v1", api_key=TOKEN, max_retries=0)
+    calls = [
+        lambda: oai.chat.completions.create(model=f"limited:{MODEL}", messages=chat()),
+        lambda: list(oai.chat.completions.create(model=f"limited:{MODEL}", messages=chat(), stream=True)),
+        lambda: oai.responses.create(model=f"limited:{MODEL}", input="hi"),
+    ]
+    for call in calls:
+        simulator.set_faults([sim.Fault.http(429, kind="quota")])
+        with pytest.raises(openai.RateLimitError) as caught:
+            call()
+        assert caught.value.code == "insufficient_quota" and caught.value.type == "insufficient_quota"
+        assert caught.value.response.headers["x-should-retry"] == "false"
+        assert "quota with it is used up" in caught.value.message
+    simulator.set_faults([sim.Fault.http(429)])  # a rate limit is still one
+    with pytest.raises(openai.RateLimitError) as limited:
+        oai.chat.completions.create(model=f"limited:{MODEL}", messages=chat())
+    assert limited.value.code == "rate_limit_exceeded"
+
+
 def test_a_provider_refusing_the_gateways_key_is_a_server_error(guarded):
     oai = openai.OpenAI(base_url=f"{guarded[0]}/v1", api_key=TOKEN, max_retries=0)
     with pytest.raises(openai.InternalServerError) as caught:

@@ -86,12 +86,23 @@ UNSUPPORTED: Mapping[str, str] = MappingProxyType(
 _SERVED = "; it serves POST /v1/chat/completions, POST /v1/responses, POST /v1/messages and GET /v1/models"
 
 
+def _answered_as(error: Error) -> tuple[int, str, str | None]:
+    """``error``'s row of ``ERRORS``. A provider's ``RATE_LIMIT`` that is not retryable is a quota used
+    up (OpenAI's own ``insufficient_quota``, Bedrock's ``ServiceQuotaExceededException``, Gemini's daily
+    quota): waiting a little will not help, so it is answered as OpenAI answers it — and as the gateway's
+    own budgets are — ``insufficient_quota``, type and code, never ``rate_limit_exceeded``, which a caller
+    reads as "wait"."""
+    if error.code == "RATE_LIMIT" and not error.retryable:
+        return ERRORS["BUDGET_EXCEEDED"]
+    return ERRORS.get(error.code, ERRORS["INTERNAL"])
+
+
 def error_fields(
     error: Error, *, param: str | None = None, code: str | None = None, kind: str | None = None
 ) -> dict[str, Any]:
     """The fields of OpenAI's error object for a GTL ``error``: ``message``, ``type``, ``param``, ``code``
     (``code`` and ``kind``, its ``type``, override the table's)."""
-    _, table_kind, table_code = ERRORS.get(error.code, ERRORS["INTERNAL"])
+    _, table_kind, table_code = _answered_as(error)
     return {"message": error.message, "type": kind or table_kind, "param": param, "code": code or table_code}
 
 
@@ -136,7 +147,7 @@ def error_reply(
     its limit (``max_completion_tokens``), which an engine refusal of ``max_tokens`` names; ``renamed``:
     what the request called the other parameters an engine refusal names (the Responses API's
     ``text.format`` for ``response_format``)."""
-    status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
+    status = status or (503 if try_later(error) else _answered_as(error)[0])
     if param is None and error.code == "INVALID_REQUEST":
         error, param = _as_named(error, {"max_tokens": max_tokens_param, **(renamed or {})})
     extra = {**error_headers(error, retried=retried), **(headers or {})}
