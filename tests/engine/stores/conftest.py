@@ -101,5 +101,12 @@ def redis_url(redis_server: object) -> Iterator[str]:
 
 @pytest.fixture
 def replica_urls(redis_url: str) -> tuple[str, str]:
-    """Two URLs of one server that open separate pools: two gateway replicas' views of it."""
-    return f"{redis_url}?client_name=replica-one", f"{redis_url}?client_name=replica-two"
+    """Two URLs of one server that open separate pools: two gateway replicas' views of it. Patient: these
+    tests are about what the replicas share, and on a loaded machine a connection can take longer than
+    the half second a gateway allows it (a replica that times out then counts alone, as it should — a
+    different test's subject)."""
+    patient = "socket_connect_timeout=10&socket_timeout=10"
+    return (
+        f"{redis_url}?client_name=replica-one&{patient}",
+        f"{redis_url}?client_name=replica-two&{patient}",
+    )
