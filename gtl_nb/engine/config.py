@@ -1090,16 +1090,12 @@ def _check_base_url(url: str, source: str, *, as_url: bool = True) -> None:
             parts.port  # noqa: B018 - (a port out of range or not a number raises here)
     except ValueError:
         raise ConfigurationError(f"{source} is not a URL (an invalid port or address)") from None
-    if not as_url:
-        if "@" in parts.netloc:
-            raise ConfigurationError(f"{source} carries credentials (user:password@), which gtl_nb never sends")
-        return
-    if parts.username is not None or parts.password is not None:
+    if "@" in parts.netloc:  # (user, password or both)
         raise ConfigurationError(
             f"{source} carries credentials (user:password@), which gtl_nb never sends in a URL: put the "
             "provider's key in api_key or api_key_env, or an authorization header in headers"
         )
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    if as_url and (parts.scheme.lower() not in ("http", "https") or not parts.hostname):
         raise ConfigurationError(f"{source} must be an http:// or https:// URL with a host")
 
 

@@ -1781,8 +1781,8 @@ class Engine:
             offer = f"; did you mean {', '.join(repr(name) for name in matches)}?" if matches else ""
             return msgspec.structs.replace(event, message=f"{said}{asked}{offer}; {pointer}")
         catalog = self.catalog
-        listed = {*deployment.models, *([deployment.model] if deployment.model else [])}
-        if not model or model in listed or (catalog is not None and catalog.entry(deployment.type, model)):
+        configured = model in deployment.models or model == deployment.model
+        if not model or configured or (catalog is not None and catalog.entry(deployment.type, model)):
             return event
         if URL_NOT_MODEL in event.message:  # the 404 was for the URL (``url_hint``): no name would mend it
             return event
