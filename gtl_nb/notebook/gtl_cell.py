@@ -42,15 +42,17 @@ class GtlCell:
     def __init__(self, shell: Any, session: NotebookSession) -> None:
         self.shell = shell
         self.session = session
+        self._out: str | None = None  # the running cell's --out, once its options are read
 
     def run(self, line: str, cell: str) -> None:
         """Ask the model(s) the ``%%gtl`` line names, with the cell (its ``{name}`` substituted) as prompt."""
         answers_before = self.session.last_result
+        self._out = None
         try:
             self._run(line, cell)
         except BaseException as exc:
             if self.session.last_result is answers_before:  # failed before any answer: none to wrap now
-                self.session.forget_last(exc)
+                self.session.forget_last(exc, self._out)
             raise
 
     def _run(self, line: str, cell: str) -> None:
@@ -59,6 +61,7 @@ class GtlCell:
         if opts is None or opts.help:
             print(cli.help_text(parser))
             return
+        self._out = opts.out  # the error is the cell's result too, should it fail before an answer
         check_cell_options(opts)
         ns = self.shell.user_ns
         prompt = render(cell.strip("\n"), ns)

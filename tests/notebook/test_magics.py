@@ -1008,3 +1008,26 @@ def test_reasoning_effort_and_budget_reach_the_provider_and_config_sets_the_defa
     said = mistake(ip, "%gtl config reasoning_effort=loud")
     assert "%gtl config: reasoning_effort=loud: unknown reasoning effort 'loud'" in said
     assert session_of(ip).settings.reasoning_effort is None  # a refused line changes nothing
+
+
+def test_a_cell_refused_before_any_answer_leaves_its_error_as_gtl_never_an_older_answer(ip):
+    result, text = run(ip, "%%gtl echo --out kept\nThe first answer.")
+    assert result.success, text
+    first = ip.user_ns["_gtl"]
+    for line, code in [
+        ("%%gtl echoo --out kept", "MODEL_NOT_FOUND"),  # no deployment serves it: refused before anything is sent
+        ("%%gtl echo --temperature 7 --out kept", "INVALID_REQUEST"),  # checked before the request is sent
+        ("%%gtl echo --compare echo echo:echo --tools f --out kept", None),  # options read, refused together
+    ]:
+        message = mistake(ip, f"{line}\nrefused")
+        gtl = ip.user_ns["_gtl"]
+        assert gtl is not first and isinstance(gtl, Exception)
+        assert ip.user_ns["kept"] is gtl  # --out names the cell's result, which is this error
+        if code is not None:  # the engine's error itself, its one line said in the notebook's words
+            assert gtl.code == code
+        else:
+            assert str(gtl) == message
+    mistake(ip, "%%gtl --no-such-option\nrefused")  # its options unread: _gtl is the error, --out unknown
+    assert isinstance(ip.user_ns["_gtl"], Exception) and "--no-such-option" in str(ip.user_ns["_gtl"])
+    result, text = run(ip, "%%gtl echo\nA new answer.")
+    assert result.success and "new answer" in ip.user_ns["_gtl"].text
