@@ -113,11 +113,28 @@ def certificate_refused(exc: BaseException, label: str) -> ConfigurationError | 
     for current in _chain(exc):
         if isinstance(current, ssl.SSLCertVerificationError):
             why = current.verify_message or current.reason or "certificate verify failed"
-            return ConfigurationError(
-                f"the {label} presented a certificate this client does not accept ({why}): pass verify= the CA "
-                "file that signed it (`gtl certs` writes ca.pem), and connect by a name the certificate lists"
-            )
+            advice = _CERTIFICATE_ADVICE.get(current.verify_code, _TRUST_AND_NAME)
+            said = f"the {label} presented a certificate this client does not accept ({why})"
+            return ConfigurationError(f"{said}: {advice}")
     return None
+
+
+_TRUST_AND_NAME = (
+    "pass verify= the CA file that signed it (`gtl certs` writes ca.pem), and connect by a name the certificate lists"
+)
+_TRUST = "pass verify= the CA file that signed it (`gtl certs` writes ca.pem)"
+_NAME = "connect by a name the certificate lists (`gtl certs --name` adds one)"
+_CERTIFICATE_ADVICE = {
+    9: "it is not valid yet: check the clocks of this machine and the gateway's",  # X509_V_ERR_CERT_NOT_YET_VALID
+    10: "the gateway needs a new one (`gtl certs DIR` makes a development pair)",  # X509_V_ERR_CERT_HAS_EXPIRED
+    18: _TRUST,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19: _TRUST,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20: _TRUST,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: _TRUST,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    62: _NAME,  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: _NAME,  # X509_V_ERR_IP_ADDRESS_MISMATCH
+}
+"""What to do about a refused certificate, by OpenSSL's verify code; another code gets ``_TRUST_AND_NAME``."""
 
 
 _TLS_TWIN = {"http": "https", "sse": "sses", "ws": "wss", "grpc": "grpcs"}
