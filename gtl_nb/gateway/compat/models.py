@@ -12,12 +12,19 @@ follows the caller: the Anthropic SDK sends an ``anthropic-version`` header and 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gtl_nb.protocol.messages import ProviderInfo
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.routing import OPEN_MODEL_TYPES, Target
+from gtl_nb.gateway.model_lists import model_lists
+from gtl_nb.protocol.errors import GTLError, InvalidRequestError, ModelNotFoundError
+from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo
+from gtl_nb.providers.registry import get_provider, is_local
 
-__all__ = ["anthropic_listing", "find_model", "model_ids", "openai_listing"]
+__all__ = ["anthropic_listing", "find_model", "model_ids", "not_listed", "openai_listing", "routed_model"]
 
 
 def model_ids(infos: list[ProviderInfo]) -> list[tuple[str, str]]:
@@ -101,3 +108,89 @@ def find_model(
         bare_id = next((pair for pair in ids if pair[0] == listed and info.provider in pair[1].split(",")), None)
         return bare_id if bare_id is not None and not named else (wanted, info.provider)
     return None
+
+
+LISTING = "GET /v1/models lists what this gateway serves"
+
+
+def not_listed(model: str, offer: list[str] | None = None) -> ModelNotFoundError:
+    """The 404 of ``GET /v1/models/{model}``, in OpenAI's words for it ("The model … does not exist"), with
+    the names like it a completion's "did you mean" would offer."""
+    maybe = f" (did you mean {', '.join(repr(name) for name in offer)}?)" if offer else ""
+    return ModelNotFoundError(f"The model {model!r} does not exist on this gateway{maybe}; {LISTING}")
+
+
+async def routed_model(engine: Engine, context: RequestContext, model: str) -> tuple[str, str]:
+    """``(model, owners)`` for a name the model list does not show but a completion naming it would be
+    served under: routing's answer for this caller (``Engine.checked_targets``, with its allow-lists, so a
+    deployment it may not use is never named), each deployment kept only when it is known to serve the
+    name, since routing alone does not check it — ``deployment:model`` goes to the deployment whatever
+    follows the prefix, the single local-model deployment takes any name no other serves
+    (``Target.catch_all``), and the catalog's lookup that picks a provider type folds case and reads
+    dated ids, which the provider may refuse. Known to serve: the deployment's ``models``; the
+    catalog's names and aliases of its type, as written (not for a local-model server, which has only
+    what was pulled); or its live model list (``model_lists``, on the caller's key). A provider with no
+    listing endpoint is taken at routing's word; a listing that fails is that error.
+
+    ``owners`` are the deployments, comma-separated in routing's order. Anything else raises
+    ``ModelNotFoundError`` (404) with the offer a completion's "not found" makes: routing's own for a name
+    it cannot route, the names like it that the deployment serves for one it could not confirm."""
+    request = CompletionRequest(session_id="models", model=model, messages=[])
+    targets = engine.checked_targets(request, context)
+    if isinstance(targets, ModelNotFoundError):  # routing's refusal: its "did you mean" and pointer, worded for the API
+        raise targets
+    if isinstance(targets, InvalidRequestError) and "names several deployments" in targets.message:
+        raise ModelNotFoundError(targets.message)
+    if isinstance(targets, GTLError) or not targets:  # (a token's allow-lists: as if it did not exist)
+        raise not_listed(model)
+    owners: list[str] = []
+    unlisted: GTLError | None = None  # a live list that could not be had: said only when no other deployment serves
+    for target in targets:
+        try:
+            if target.name not in owners and await _serves(engine, context, target, model):
+                owners.append(target.name)
+        except GTLError as exc:
+            unlisted = unlisted or exc
+    if not owners and unlisted is not None:
+        raise unlisted
+    if not owners:
+        raise not_listed(model, await _offer(engine, context, targets[0], model))
+    return model, ",".join(owners)
+
+
+async def _serves(engine: Engine, context: RequestContext, target: Target, asked: str) -> bool:
+    """Is ``target.model`` known to be served by ``target.deployment`` (``routed_model``)?"""
+    deployment = target.deployment
+    bare = engine.router.bare_model(asked)
+    names = {target.model, bare}
+    configured = {*deployment.models, *([deployment.model] if deployment.model else [])}
+    if not names.isdisjoint(configured):
+        return True
+    if deployment.type not in OPEN_MODEL_TYPES and bare in engine.router.served_names(deployment):
+        return True
+    provider = get_provider(deployment.type)
+    if not is_local(provider) and not hasattr(provider, "models_request"):
+        return True  # no list to ask: nothing but the provider's answer to a completion could say otherwise
+    listed = set(await model_lists(engine).names(deployment, context.provider_keys.get(deployment.name)))
+    if deployment.type == "ollama":  # Ollama reads a name without a tag as ``:latest``
+        names |= {f"{name}:latest" for name in names if ":" not in name}
+    return not names.isdisjoint(listed)
+
+
+async def _offer(engine: Engine, context: RequestContext, target: Target, asked: str) -> list[str]:
+    """The names a completion's "not found" would offer for ``asked`` (``Engine._with_close_models``):
+    routing's across every deployment for a name only the catch-all took, else the names like it that
+    ``target``'s deployment serves (configured, the catalog's, its live list), as ``deployment:model``."""
+    router = engine.router
+    visible = context.allows  # (the scope to list models was asked already)
+    if target.catch_all:
+        return router.close_names(router.bare_model(asked), visible)
+    deployment = target.deployment
+    known = set(router.served_names(deployment))
+    try:
+        known.update(await model_lists(engine).names(deployment, context.provider_keys.get(deployment.name)))
+    except GTLError:
+        pass  # (an offer without the live list)
+    shown = sorted(name for name in known if visible(deployment.name, name))
+    close = difflib.get_close_matches(router.bare_model(asked), shown, n=5, cutoff=0.6)
+    return [f"{deployment.name}:{name}" for name in close]

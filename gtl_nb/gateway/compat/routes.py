@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import anthropic, intake, openai
-from gtl_nb.gateway.compat.models import anthropic_listing, find_model, openai_listing
+from gtl_nb.gateway.compat.models import anthropic_listing, find_model, openai_listing, routed_model
 from gtl_nb.gateway.compat.reply import Reply, json_reply
 from gtl_nb.gateway.compat.runner import SessionRunner
 from gtl_nb.gateway.listeners import Limits
@@ -101,9 +101,12 @@ class _Models:
                 self.authenticate, intake.api_key(request.headers), request, api="anthropic" if styled else "openai"
             )
             require_scope(context, "models.list", doing="reading a model (GET /v1/models/{model})")
-            found = find_model(visible_providers(self.engine, context), request.path_params["model"], self._listed_name)
-            if found is None:
-                raise ModelNotFoundError(f"this gateway lists no model {request.path_params['model']!r}")
+            asked = request.path_params["model"]
+            found = find_model(visible_providers(self.engine, context), asked, self._listed_name)
+            if found is None:  # not listed, and still a name a completion is served under (routing's ways)
+                found = await routed_model(self.engine, context, asked)
+        except ModelNotFoundError as exc:
+            return anthropic.refusal(exc) if styled else openai.error_reply(exc.to_event(), param="model")
         except GTLError as exc:
             return _refusal(exc, styled)
         name, owner = found
