@@ -155,3 +155,30 @@ def test_a_token_retrieves_only_what_it_may_use_and_is_offered_nothing_else(tmp_
             assert said.startswith("Error code: 404 - The model  does not exist on this gateway")
             for unseen in ("east", "west", "anthropic", "claude", "gpt-4o"):
                 assert unseen not in said
+
+
+def test_owned_by_of_a_bare_name_is_every_deployment_a_request_for_it_may_fail_over_to(tmp_path):
+    """Anthropic and Bedrock both serve Claude: a request for the bare id fails over from one to the other
+    (here Anthropic is overloaded and Bedrock answers), so the list and retrieve name both, in that order."""
+    down = sim.serve("anthropic", faults=sim.Fault.overloaded())
+    bedrock = sim.serve("bedrock", seed=1)
+    keys = {"aws_access_key_id": "AKIDSIMULATOR", "aws_secret_access_key": "sim-secret", "region": "us-east-1"}
+    config = {
+        "providers.anthropic": {"api_key": SIM_KEY, "base_url": down.base_url},
+        "providers.bedrock": {"base_url": bedrock.base_url, **keys},
+        "routing.retry": {"max_attempts": 1},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+    }
+    try:
+        with serving(write_toml(tmp_path / "gtl.toml", config)) as served:
+            client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="anything: auth is none", max_retries=0)
+            listed = {model.id: model.owned_by for model in client.models.list()}
+            bare = next(name for name in listed if name.startswith("claude-haiku-4-5-"))
+            assert completes(client, bare) is None  # answered, by Bedrock: Anthropic is down
+            assert listed[bare] == "anthropic,bedrock"
+            assert client.models.retrieve(bare).owned_by == "anthropic,bedrock"
+            assert client.models.retrieve("claude-haiku-4-5").owned_by == "anthropic,bedrock"  # (its alias)
+            assert listed[f"anthropic:{bare}"] == "anthropic"
+    finally:
+        down.close()
+        bedrock.close()

@@ -2,12 +2,19 @@
 
 Every model of every deployment (``engine.provider_info()``) is listed as ``deployment:model`` — the
 form that always reaches that deployment — and also once under its bare name, the name a request may
-use: its owner is the deployment that lists it, or, when several do (a request for the bare name goes
-to any of them, as ``[routing] strategy`` orders them), all of them, comma-separated. The shape
-follows the caller: the Anthropic SDK sends an ``anthropic-version`` header and gets ``{"data":
-[{"type": "model", …}], "has_more", "first_id", "last_id"}``, a page at a time (``limit``,
-``after_id``, ``before_id``); anyone else gets OpenAI's ``{"object": "list", "data": [{"id",
-"object": "model", "created", "owned_by"}]}`` (``owned_by`` is the deployment, or those of a bare name).
+use. The shape follows the caller: the Anthropic SDK sends an ``anthropic-version`` header and gets
+``{"data": [{"type": "model", …}], "has_more", "first_id", "last_id"}``, a page at a time (``limit``,
+``after_id``, ``before_id``); anyone else gets OpenAI's ``{"object": "list", "data": [{"id", "object":
+"model", "created", "owned_by"}]}``.
+
+``owned_by`` is one string in OpenAI's API (the organisation that owns the model: ``openai``,
+``system``, a user's org for a fine-tune). Here it says which deployment answers a request naming the
+id: for ``deployment:model``, that deployment; for a bare name, every deployment a request for it may
+go to — the same list routing makes for this caller (``routed_owners``: the deployments that list it,
+then those of each provider type the catalog has it for, e.g. ``claude-sonnet-4-5-20250929`` on both
+``anthropic`` and ``bedrock``; only those its token may use), comma-separated in routing's order, which
+is the failover order; ``[routing] strategy`` may reorder them per request. One name would be untrue
+whenever the request may fail over or be balanced to another.
 """
 
 from __future__ import annotations
@@ -24,24 +31,54 @@ from gtl_nb.protocol.errors import GTLError, InvalidRequestError, ModelNotFoundE
 from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo
 from gtl_nb.providers.registry import get_provider, is_local
 
-__all__ = ["anthropic_listing", "find_model", "model_ids", "not_listed", "openai_listing", "routed_model"]
+__all__ = [
+    "anthropic_listing",
+    "find_model",
+    "model_ids",
+    "not_listed",
+    "openai_listing",
+    "routed_model",
+    "routed_owners",
+]
 
 
-def model_ids(infos: list[ProviderInfo]) -> list[tuple[str, str]]:
+Owners = Callable[[str], str | None]
+"""``owners(bare_name)``: the deployments a request naming it goes to, comma-separated (``routed_owners``),
+or ``None`` to keep the deployments that list it."""
+
+
+def model_ids(infos: list[ProviderInfo], owners: Owners | None = None) -> list[tuple[str, str]]:
     """``(model id, owner)`` of every listed model: ``deployment:model`` ids, owned by that deployment, then
-    each bare name once, owned by the deployments that list it (comma-separated when several do)."""
+    each bare name once, owned by the deployments a request for it goes to (``owners``; without it, or
+    when it says ``None``, those that list it), comma-separated when several do."""
     listed = list(dict.fromkeys((info.provider, model.name) for info in infos for model in info.models))
-    owners: dict[str, list[str]] = {}
+    listing: dict[str, list[str]] = {}
     for deployment, name in listed:
-        owners.setdefault(name, []).append(deployment)
+        listing.setdefault(name, []).append(deployment)
     ids = [(f"{deployment}:{name}", deployment) for deployment, name in listed]
-    ids += [(name, ",".join(deployments)) for name, deployments in owners.items()]
+    for name, deployments in listing.items():
+        routed = owners(name) if owners is not None else None
+        ids.append((name, routed or ",".join(deployments)))
     return ids
 
 
-def openai_listing(infos: list[ProviderInfo]) -> dict[str, Any]:
-    """OpenAI's model list."""
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": owner} for name, owner in model_ids(infos)]
+def routed_owners(engine: Engine, context: RequestContext) -> Owners:
+    """``Owners`` from routing, as a completion naming the model from this caller would be routed
+    (``Engine.checked_targets``: its allow-lists applied, so no deployment it may not use is named)."""
+
+    def owners(name: str) -> str | None:
+        targets = engine.checked_targets(CompletionRequest(session_id="models", model=name, messages=[]), context)
+        if isinstance(targets, GTLError) or not targets:
+            return None
+        return ",".join(dict.fromkeys(target.name for target in targets))
+
+    return owners
+
+
+def openai_listing(infos: list[ProviderInfo], owners: Owners | None = None) -> dict[str, Any]:
+    """OpenAI's model list (``owners``: see ``model_ids``)."""
+    ids = model_ids(infos, owners)
+    data = [{"id": name, "object": "model", "created": 0, "owned_by": owner} for name, owner in ids]
     return {"object": "list", "data": data}
 
 
@@ -84,14 +121,18 @@ def _page_size(raw: str | None) -> int:
 
 
 def find_model(
-    infos: list[ProviderInfo], model: str, canonical: Callable[[str, str], str | None] | None = None
+    infos: list[ProviderInfo],
+    model: str,
+    canonical: Callable[[str, str], str | None] | None = None,
+    owners: Owners | None = None,
 ) -> tuple[str, str] | None:
     """``(id, deployment)`` of one listed model id, or ``None``.
 
     ``canonical(deployment, name)``, when given, is the name the deployment lists for ``name`` (the
     catalog's: an alias such as ``claude-sonnet-4-5``, or a dated id, for the entry listed): a name
-    the gateway answers to in a request is found here too, under the id the list shows for it."""
-    ids = model_ids(infos)
+    the gateway answers to in a request is found here too, under the id the list shows for it. ``owners``:
+    as ``model_ids``'s."""
+    ids = model_ids(infos, owners)
     found = next((pair for pair in ids if pair[0] == model), None)
     if found is not None or canonical is None:
         return found

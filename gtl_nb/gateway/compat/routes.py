@@ -8,7 +8,7 @@ from starlette.routing import Route
 
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import anthropic, intake, openai
-from gtl_nb.gateway.compat.models import anthropic_listing, find_model, openai_listing, routed_model
+from gtl_nb.gateway.compat.models import anthropic_listing, find_model, openai_listing, routed_model, routed_owners
 from gtl_nb.gateway.compat.reply import Reply, json_reply
 from gtl_nb.gateway.compat.runner import SessionRunner
 from gtl_nb.gateway.listeners import Limits
@@ -78,7 +78,7 @@ class _Models:
             return _refusal(exc, styled)
         infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
         if not styled:
-            return json_reply(200, openai_listing(infos))
+            return json_reply(200, openai_listing(infos, routed_owners(self.engine, context)))
         try:
             return json_reply(200, anthropic_listing(infos, request.query_params))
         except ValueError as exc:
@@ -102,7 +102,8 @@ class _Models:
             )
             require_scope(context, "models.list", doing="reading a model (GET /v1/models/{model})")
             asked = request.path_params["model"]
-            found = find_model(visible_providers(self.engine, context), asked, self._listed_name)
+            owners = routed_owners(self.engine, context)
+            found = find_model(visible_providers(self.engine, context), asked, self._listed_name, owners)
             if found is None:  # not listed, and still a name a completion is served under (routing's ways)
                 found = await routed_model(self.engine, context, asked)
         except ModelNotFoundError as exc:
