@@ -1652,10 +1652,19 @@ class Engine:
         """Live model listing from the provider's own endpoint (local providers list their models),
         asked with the deployment's key — or the stored key ``key_name`` (a token's ``provider_keys``
         choice: a fine-tuned model of one team's account is listed to that team only)."""
+        names, _ = await self.listed_models(deployment_name, key_name)
+        return names
+
+    async def listed_models(
+        self, deployment_name: str, key_name: str | None = None
+    ) -> tuple[list[str], dict[str, int]]:
+        """``list_models``'s names, and when the listing says each was made (Unix seconds), for the
+        models whose provider's list gives a time (``model_times``: OpenAI's ``created``, Anthropic's
+        ``created_at``); one call to the provider either way."""
         deployment = self.router._deployment(deployment_name)
         provider = get_provider(deployment.type)
         if is_local(provider):
-            return [model.name for model in provider.models()]
+            return [model.name for model in provider.models()], {}
         if not hasattr(provider, "models_request"):
             raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
         deployment = self.caller_credentials(deployment, key_name)  # a set-up mistake: the operator's log
@@ -1679,7 +1688,8 @@ class Engine:
                 event = self._for_gateway_caller(event, Target(deployment, ""), deployment)
             raise error_from_event(event)
         try:
-            return provider.parse_models(body)
+            times = getattr(provider, "model_times", None)
+            return provider.parse_models(body), times(body) if times is not None else {}
         except ValueError as exc:
             raise ProviderUnavailableError(f"unreadable model list from {deployment.name}: {exc}") from None
 

@@ -93,6 +93,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, ClassVar
 
 from gtl_nb.protocol.errors import InvalidRequestError
@@ -776,3 +777,29 @@ class AnthropicDialect:
         data = parse_json_body(body)
         entries = data.get("data") if isinstance(data, dict) else None
         return [entry["id"] for entry in entries or [] if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
+
+    def model_times(self, body: bytes) -> dict[str, int]:
+        """When a ``/v1/models`` page's models were released, in Unix seconds, from each one's ``created_at``
+        (RFC 3339); a model without a time it can read is left out."""
+        data = parse_json_body(body)
+        entries = data.get("data") if isinstance(data, dict) else None
+        times: dict[str, int] = {}
+        for entry in entries or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                continue
+            made = _unix_seconds(entry["created_at"]) if isinstance(entry.get("created_at"), str) else None
+            if made is not None:
+                times.setdefault(entry["id"], made)
+        return times
+
+
+def _unix_seconds(stamp: str) -> int | None:
+    """An RFC 3339 time (``2025-02-19T00:00:00Z``) in Unix seconds, or ``None`` when it is not one."""
+    try:
+        made = datetime.fromisoformat(stamp[:40].replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if made.tzinfo is None:
+        return None
+    seconds = int(made.timestamp())
+    return seconds if seconds > 0 else None

@@ -300,6 +300,24 @@ def parse_models(body: bytes) -> list[str]:
     return [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
 
 
+def model_times(body: bytes) -> dict[str, int]:
+    """When each model of a ``GET …/models`` listing was made, in Unix seconds, as the listing says it:
+    OpenAI's ``created``, Azure's ``created_at`` (a whole number either way); a model with neither, or
+    with another kind of value, is left out. Raises ``ValueError`` as ``parse_models`` does."""
+    payload = parse_json_body(body)
+    items = payload.get("data") if isinstance(payload, dict) else payload
+    if not isinstance(items, list):
+        raise ValueError("model listing is not a JSON object with a 'data' list")
+    times: dict[str, int] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        made = item.get("created", item.get("created_at"))
+        if type(made) is int and made > 0:
+            times.setdefault(item["id"], made)
+    return times
+
+
 # ----------------------------------------------------------------------------------------------
 # The response decoder
 

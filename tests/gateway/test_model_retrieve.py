@@ -182,3 +182,48 @@ def test_owned_by_of_a_bare_name_is_every_deployment_a_request_for_it_may_fail_o
     finally:
         down.close()
         bedrock.close()
+
+
+def provider_list(simulator: sim.Simulator, kind: str) -> dict[str, Any]:
+    """A simulator's own model list, read as its provider's SDK would: id → its creation time, as listed."""
+    if kind == "openai":
+        listed = openai.OpenAI(base_url=simulator.base_url, api_key=SIM_KEY, max_retries=0).models.list()
+        return {model.id: model.created for model in listed}
+    client = anthropic.Anthropic(base_url=simulator.base_url, api_key=SIM_KEY, max_retries=0)
+    return {model.id: model.created_at for model in client.models.list(limit=1000)}
+
+
+def test_created_is_the_providers_own_time_where_its_list_gives_one(oai, claude, sims):
+    """OpenAI's ``created`` and Anthropic's ``created_at`` come from the providers' lists; Ollama's list has
+    no creation time (``modified_at`` is when it was pulled), nor has echo: theirs is 0, the epoch."""
+    east, made_by_anthropic = provider_list(sims["east"], "openai"), provider_list(sims["anthropic"], "anthropic")
+    listed = {model.id: model for model in oai.models.list()}
+    assert listed["east:gpt-4o-mini"].created == east["gpt-4o-mini"] > 0
+    assert listed["gpt-4o-mini"].created == east["gpt-4o-mini"]  # (east's and west's lists agree)
+    claude_ids = [name for name in listed if name.startswith("anthropic:")]
+    assert claude_ids
+    for name in claude_ids:
+        bare = name.partition(":")[2]
+        assert listed[name].created == listed[bare].created == int(made_by_anthropic[bare].timestamp())
+    assert {listed[name].created for name in listed if name.startswith(("ollama:", "echo"))} == {0}
+    assert oai.models.retrieve("east:gpt-4o").created == east["gpt-4o"]  # a routed name on that list
+    assert oai.models.retrieve("team-model").created == 0  # on no provider's list
+    in_claudes_shape = {model.id: model.created_at for model in claude.models.list(limit=1000)}
+    for name in claude_ids:
+        assert in_claudes_shape[name] == made_by_anthropic[name.partition(":")[2]]
+    assert claude.models.retrieve("east:gpt-4o-mini").created_at.timestamp() == east["gpt-4o-mini"]
+    assert in_claudes_shape["echo"].timestamp() == 0
+
+
+def test_a_provider_list_that_cannot_be_had_leaves_created_unknown_and_the_list_answers(tmp_path, sims):
+    config = {
+        "providers.east": {"type": "openai", "api_key": SIM_KEY, "base_url": sims["east"].base_url},
+        "providers.refused": {"type": "openai", "api_key": "not-the-key", "base_url": sims["west"].base_url},
+        "ledger": {"path": str(tmp_path / "ledger.sqlite")},
+    }
+    with serving(write_toml(tmp_path / "gtl.toml", config)) as served:
+        client = openai.OpenAI(base_url=f"{served.url}/v1", api_key="anything: auth is none", max_retries=0)
+        listed = {model.id: model.created for model in client.models.list()}
+    assert listed["refused:gpt-4o-mini"] == 0  # its list refused the gateway's key: the time is unknown
+    assert listed["east:gpt-4o-mini"] == provider_list(sims["east"], "openai")["gpt-4o-mini"]
+    assert listed["gpt-4o-mini"] == listed["east:gpt-4o-mini"]  # the owner whose list has it

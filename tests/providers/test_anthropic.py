@@ -761,3 +761,18 @@ def test_a_response_format_anthropic_cannot_honour_is_refused(response_format, s
     with pytest.raises(InvalidRequestError, match=re.escape(said)) as refused:
         body_of(request(response_format=response_format))
     assert "response_format" in str(refused.value)
+
+
+def test_model_times_read_created_at_and_leave_out_what_is_not_a_time() -> None:
+    page = {
+        "data": [
+            {"type": "model", "id": "claude-sonnet-4-5", "created_at": "2025-09-29T00:00:00Z"},
+            {"type": "model", "id": "offset", "created_at": "2025-09-29T02:00:00+02:00"},
+            {"type": "model", "id": "no-zone", "created_at": "2025-09-29T00:00:00"},
+            {"type": "model", "id": "garbled", "created_at": "last tuesday"},
+            {"type": "model", "id": "a-number", "created_at": 1759104000},
+            {"type": "model", "id": "absent"},
+        ]
+    }
+    assert DIALECT.model_times(json.dumps(page).encode()) == {"claude-sonnet-4-5": 1759104000, "offset": 1759104000}
+    assert DIALECT.model_times(b"not json") == {}

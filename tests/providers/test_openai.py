@@ -817,3 +817,20 @@ def test_dialect_module_imports_no_io_library() -> None:
 def test_deployment_repr_never_shows_the_key() -> None:
     built = DIALECT.build_request(make_request(), DEPLOYMENT, now=0.0)
     assert "sk-test-123" not in repr(DEPLOYMENT) and "sk-test-123" not in built.url
+
+
+def test_model_times_read_created_and_azures_created_at() -> None:
+    listing = {
+        "object": "list",
+        "data": [
+            {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+            {"id": "azure-base", "object": "model", "created_at": 1715558400},
+            {"id": "text", "object": "model", "created": "1721172741"},
+            {"id": "flag", "object": "model", "created": True},
+            {"id": "zero", "object": "model", "created": 0},
+            {"id": "none", "object": "model"},
+        ],
+    }
+    assert DIALECT.model_times(json.dumps(listing).encode()) == {"gpt-4o-mini": 1721172741, "azure-base": 1715558400}
+    with pytest.raises(ValueError):
+        DIALECT.model_times(b'{"object": "list"}')

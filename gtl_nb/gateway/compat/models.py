@@ -15,11 +15,18 @@ then those of each provider type the catalog has it for, e.g. ``claude-sonnet-4-
 ``anthropic`` and ``bedrock``; only those its token may use), comma-separated in routing's order, which
 is the failover order; ``[routing] strategy`` may reorder them per request. One name would be untrue
 whenever the request may fail over or be balanced to another.
+
+``created`` (Anthropic's ``created_at``) is the provider's own time for the model where its model list
+gives one (``listed_times``: OpenAI's and Azure's ``created``, Anthropic's ``created_at``), else
+``UNKNOWN_TIME``, the epoch: the honest "unknown", where a time of the gateway's making would read as
+the model's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -75,10 +82,66 @@ def routed_owners(engine: Engine, context: RequestContext) -> Owners:
     return owners
 
 
-def openai_listing(infos: list[ProviderInfo], owners: Owners | None = None) -> dict[str, Any]:
-    """OpenAI's model list (``owners``: see ``model_ids``)."""
+Times = Mapping[str, Mapping[str, int]]
+"""Deployment → model → when its provider's list says the model was made (Unix seconds): ``listed_times``."""
+
+LISTING_WAIT = 2.0
+"""Seconds a model list waits for the providers' own lists (their creation times) before answering without."""
+
+UNKNOWN_TIME = 0
+"""``created`` of a model no provider's list gives a time for (``model_time``): the Unix epoch, which no
+model was made at, rather than a time the gateway would make up (its start, the hour of the request)
+that changes from one list to the next and reads as true."""
+
+
+async def listed_times(engine: Engine, context: RequestContext, infos: list[ProviderInfo]) -> Times:
+    """The creation times the live model lists of the deployments in ``infos`` give (``ModelLists.times``,
+    on the caller's key: one provider call shared by every caller for a minute), for the providers whose
+    list has them (``model_times``: OpenAI's and Azure's, an OpenAI-compatible server's, Anthropic's —
+    Gemini's, Bedrock's and Ollama's give none, so they are not asked). A list that fails, or is not had
+    within ``LISTING_WAIT`` seconds (it is still asked, for the next caller), gives none."""
+    lists = model_lists(engine)
+
+    async def one(name: str) -> tuple[str, Mapping[str, int]]:
+        deployment = engine.deployments.get(name)
+        if deployment is None or not hasattr(get_provider(deployment.type), "model_times"):
+            return name, {}
+        try:
+            asked = lists.times(deployment, context.provider_keys.get(name))
+            return name, await asyncio.wait_for(asked, LISTING_WAIT)
+        except (GTLError, asyncio.TimeoutError):
+            return name, {}
+
+    found = await asyncio.gather(*(one(info.provider) for info in infos))
+    return {name: times for name, times in found if times}
+
+
+def model_time(model_id: str, owner: str, times: Times | None) -> int:
+    """When the provider's list says ``model_id`` was made: a ``deployment:model`` id's from that
+    deployment's list, a bare name's from the first of its owners whose list has it (they list one model,
+    so the time is one too); ``UNKNOWN_TIME`` when none does."""
+    if not times:
+        return UNKNOWN_TIME
+    owners = owner.split(",")
+    if len(owners) == 1 and model_id.startswith(f"{owner}:"):
+        return times.get(owner, {}).get(model_id[len(owner) + 1 :], UNKNOWN_TIME)
+    return next((times[o][model_id] for o in owners if model_id in times.get(o, {})), UNKNOWN_TIME)
+
+
+def rfc3339(seconds: int) -> str:
+    """Unix seconds as Anthropic writes ``created_at`` (``2025-02-19T00:00:00Z``)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def openai_listing(
+    infos: list[ProviderInfo], owners: Owners | None = None, times: Times | None = None
+) -> dict[str, Any]:
+    """OpenAI's model list (``owners``: see ``model_ids``; ``created`` from ``times``: ``model_time``)."""
     ids = model_ids(infos, owners)
-    data = [{"id": name, "object": "model", "created": 0, "owned_by": owner} for name, owner in ids]
+    data = [
+        {"id": name, "object": "model", "created": model_time(name, owner, times), "owned_by": owner}
+        for name, owner in ids
+    ]
     return {"object": "list", "data": data}
 
 
@@ -87,12 +150,19 @@ ANTHROPIC_PAGE = 20
 ANTHROPIC_MAX_PAGE = 1000
 
 
-def anthropic_listing(infos: list[ProviderInfo], query: Mapping[str, str] | None = None) -> dict[str, Any]:
+def anthropic_listing(
+    infos: list[ProviderInfo],
+    query: Mapping[str, str] | None = None,
+    owners: Owners | None = None,
+    times: Times | None = None,
+) -> dict[str, Any]:
     """Anthropic's model list, one page of it as its API pages: ``limit`` (1 to 1,000, default 20),
     then the models after ``after_id`` or before ``before_id``; ``has_more`` says whether more follow
-    (the SDK's iterator walks the pages). ``ValueError`` names a parameter it cannot read."""
+    (the SDK's iterator walks the pages). ``created_at`` from ``times`` (``model_time``; the epoch when
+    unknown). ``ValueError`` names a parameter it cannot read."""
     query = query or {}
-    ids = [name for name, _ in model_ids(infos)]
+    owned = dict(model_ids(infos, owners))
+    ids = list(owned)
     limit = _page_size(query.get("limit"))
     after, before = query.get("after_id"), query.get("before_id")
     if after is not None and before is not None:
@@ -103,7 +173,10 @@ def anthropic_listing(infos: list[ProviderInfo], query: Mapping[str, str] | None
     else:
         start = ids.index(after) + 1 if after in ids else 0
         page, more = ids[start : start + limit], start + limit < len(ids)
-    data = [{"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"} for name in page]
+    data = [
+        {"type": "model", "id": name, "display_name": name, "created_at": rfc3339(model_time(name, owned[name], times))}
+        for name in page
+    ]
     return {
         "data": data,
         "has_more": more,
