@@ -253,7 +253,7 @@ async def routed_model(engine: Engine, context: RequestContext, model: str) -> t
     targets = engine.checked_targets(request, context)
     if isinstance(targets, ModelNotFoundError):  # routing's refusal: its "did you mean" and pointer, worded for the API
         raise targets
-    if isinstance(targets, InvalidRequestError) and "names several deployments" in targets.message:
+    if isinstance(targets, InvalidRequestError):  # (the name's own: a prefix naming several deployments, …)
         raise ModelNotFoundError(targets.message)
     if isinstance(targets, GTLError) or not targets:  # (a token's allow-lists: as if it did not exist)
         raise not_listed(model)
