@@ -223,6 +223,12 @@ def classify_error(status: int, error_type: Any, message: str, error: Any = None
     return code, retryable
 
 
+def _about_the_request(status: int, code: str) -> bool:
+    """Whether an error answered with ``status`` is about the request's content: asked again, it is
+    refused again, whatever an ``x-should-retry: true`` (a proxy's, in front of the API) says."""
+    return 400 <= status < 500 and status not in (408, 409, 429) and code not in ("RATE_LIMIT", "OVERLOADED")
+
+
 def _is_spend_limit(error: Any, message: str) -> bool:
     details = error.get("details") if isinstance(error, dict) else None
     if isinstance(details, dict) and details.get("error_code") == "enforced_spend_limit_reached":
@@ -751,7 +757,7 @@ class AnthropicDialect:
             message = error_body_text(body) or f"HTTP {status} from Anthropic"
         code, retryable = classify_error(status, error_type, message, error)
         should_retry = (header(headers, "x-should-retry") or "").strip().lower()
-        if should_retry in ("true", "false"):
+        if should_retry == "false" or (should_retry == "true" and not _about_the_request(status, code)):
             retryable = should_retry == "true"
         return error_event(
             request,

@@ -231,8 +231,8 @@ def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, boo
         return "FORBIDDEN", False
     if status == 429 or code in ("rate_limit_exceeded", "429") or kind in ("tokens", "requests"):
         return "RATE_LIMIT", True
-    if "overload" in f"{keys} {message}":
-        return "OVERLOADED", True
+    if (status is None or status >= 500) and "overload" in f"{keys} {message}":
+        return "OVERLOADED", True  # (a 4xx's message may quote the caller's text: the status says whose fault)
     if status is None:
         if kind == "invalid_request_error":
             return "INVALID_REQUEST", False
