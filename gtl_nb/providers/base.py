@@ -591,13 +591,19 @@ def one_call_at_most(request: CompletionRequest) -> bool:
     return choice is not None and not choice.parallel and choice.mode != "none"
 
 
+ONE_CALL_PARAM = "tool_choice.parallel"
+"""What a refusal of the one-call limit names first: GTL's field, which each compatible endpoint says
+as its caller sent it (``parallel_tool_calls``, ``tool_choice.disable_parallel_tool_use``)."""
+
+
 def refuse_one_call_at_most(request: CompletionRequest, api: str) -> None:
     """``NotServedHere`` for an API that cannot be told to make at most one tool call, when the request
     asks it: another deployment may serve it, else the caller learns why (never more calls than asked)."""
     if one_call_at_most(request):
         raise NotServedHere(
-            f"tool_choice: {api} cannot be limited to one tool call per answer (parallel: false / "
-            "parallel_tool_calls: false / disable_parallel_tool_use); drop the limit or use another deployment"
+            f"{ONE_CALL_PARAM}: {api} cannot limit an answer to one tool call; leave the limit out (the "
+            "answer may then hold several calls) or send the request to a deployment that can keep it "
+            "(OpenAI, Azure OpenAI, Anthropic)"
         )
 
 

@@ -748,10 +748,48 @@ def test_one_tool_call_at_most_when_the_sdk_turns_parallel_calls_off(oai, claude
         tool_choice={"type": "auto", "disable_parallel_tool_use": True},
     )
     assert [block.name for block in message.content if block.type == "tool_use"] == ["get_weather"]
-    with pytest.raises(openai.BadRequestError, match="cannot be limited to one tool call"):
+    with pytest.raises(openai.BadRequestError, match=r"- parallel_tool_calls: Gemini cannot limit"):
         oai.chat.completions.create(
             model=target("gemini"), messages=prompt, tools=openai_tools, parallel_tool_calls=False
         )
+
+
+def test_a_deployment_that_cannot_keep_one_call_names_the_field_the_caller_sent(oai, claude, backends):
+    """Bedrock's Converse has no way to limit an answer to one tool call: the 400 names the field each
+    SDK sent — ``parallel_tool_calls`` (chat, Responses; OpenAI's ``param`` too), Anthropic's
+    ``tool_choice.disable_parallel_tool_use`` — and says what to do, never a ``tool_choice`` the caller
+    did not send. Nothing reaches the provider."""
+    time_function = {"name": "get_time", "description": "Time in a city", "parameters": {"type": "object"}}
+    tools = [OPENAI_TOOL, {"type": "function", "function": time_function}]
+    sent = len(backends["bedrock"].requests)
+    with pytest.raises(openai.BadRequestError) as chat_refusal:
+        oai.chat.completions.create(
+            model=target("bedrock"), messages=chat("Call both"), tools=tools, parallel_tool_calls=False
+        )
+    assert chat_refusal.value.param == "parallel_tool_calls"
+    responses_tools = [{"type": "function", **OPENAI_TOOL["function"]}]
+    with pytest.raises(openai.BadRequestError) as responses_refusal:
+        oai.responses.create(model=target("bedrock"), input="Call it", tools=responses_tools, parallel_tool_calls=False)
+    assert responses_refusal.value.param == "parallel_tool_calls"
+    with pytest.raises(anthropic.BadRequestError) as messages_refusal:
+        claude.messages.create(
+            model=target("bedrock"),
+            max_tokens=100,
+            messages=[{"role": "user", "content": "Call it"}],
+            tools=[ANTHROPIC_TOOL],
+            tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+        )
+    for refused, field in (
+        (chat_refusal, "parallel_tool_calls"),
+        (responses_refusal, "parallel_tool_calls"),
+        (messages_refusal, "tool_choice.disable_parallel_tool_use"),
+    ):
+        body = refused.value.body
+        message = (body.get("error") or body)["message"] if isinstance(body, dict) else str(refused.value)
+        assert message.startswith(f"{field}: "), message
+        assert "cannot limit an answer to one tool call" in message and "leave the limit out" in message
+        assert message.count("tool_choice") == field.count("tool_choice"), message
+    assert len(backends["bedrock"].requests) == sent
 
 
 def test_echo_answers_a_structured_output_request_in_json_that_parses(oai):
