@@ -129,6 +129,7 @@ from gtl_nb.providers.base import (
     error_boundary,
     error_event,
     header,
+    out_of_credit,
     parse_json_body,
     parse_tool_choice,
     refuse_empty_turn,
@@ -169,7 +170,7 @@ _TYPE_CODES: dict[str, str] = {
     "invalid_request_error": "INVALID_REQUEST",
     "authentication_error": "AUTH_FAILED",
     "permission_error": "FORBIDDEN",
-    "billing_error": "FORBIDDEN",
+    "billing_error": "RATE_LIMIT",  # (not retryable: the account's credit, as OpenAI's insufficient_quota)
     "not_found_error": "MODEL_NOT_FOUND",
     "request_too_large": "INVALID_REQUEST",
     "rate_limit_error": "RATE_LIMIT",
@@ -210,23 +211,26 @@ def classify_error(status: int, error_type: Any, message: str, error: Any = None
     """The GTL code and retryability of an Anthropic error (``error`` is the raw error object)."""
     if isinstance(error_type, str) and error_type in _TYPE_CODES:
         code, retryable = _TYPE_CODES[error_type], error_type in _RETRYABLE_TYPES
-    elif status == 402:
-        code, retryable = "FORBIDDEN", False
+    elif status == 402:  # payment required: the account's credit
+        code, retryable = "RATE_LIMIT", False
     else:
         code, retryable = code_for_status(status), retryable_for_status(status)
     if code == "INVALID_REQUEST" and _CONTEXT_TEXT.search(message):
         code = "CONTEXT_LENGTH_EXCEEDED"
-    elif code == "INVALID_REQUEST" and status == 400 and about_the_account(message):  # the account's credits
+    elif code == "INVALID_REQUEST" and status == 400 and out_of_credit(message):  # "Your credit balance is too low"
+        code, retryable = "RATE_LIMIT", False
+    elif code == "INVALID_REQUEST" and status == 400 and about_the_account(message):
         code, retryable = "FORBIDDEN", False
     if code == "RATE_LIMIT" and _is_spend_limit(error, message):
         retryable = False
     return code, retryable
 
 
-def _about_the_request(status: int, code: str) -> bool:
-    """Whether an error answered with ``status`` is about the request's content: asked again, it is
-    refused again, whatever an ``x-should-retry: true`` (a proxy's, in front of the API) says."""
-    return 400 <= status < 500 and status not in (408, 409, 429) and code not in ("RATE_LIMIT", "OVERLOADED")
+def _final_4xx(status: int) -> bool:
+    """Whether an Anthropic error answered with ``status`` is final: a ``4xx`` but 408, 409 and 429 is about
+    the request or the account (its credit), refused again if asked again, whatever an ``x-should-retry:
+    true`` (a proxy's, in front of the API) says."""
+    return 400 <= status < 500 and status not in (408, 409, 429)
 
 
 def _is_spend_limit(error: Any, message: str) -> bool:
@@ -757,7 +761,7 @@ class AnthropicDialect:
             message = error_body_text(body) or f"HTTP {status} from Anthropic"
         code, retryable = classify_error(status, error_type, message, error)
         should_retry = (header(headers, "x-should-retry") or "").strip().lower()
-        if should_retry == "false" or (should_retry == "true" and not _about_the_request(status, code)):
+        if should_retry == "false" or (should_retry == "true" and not _final_4xx(status)):
             retryable = should_retry == "true"
         return error_event(
             request,

@@ -344,16 +344,27 @@ def is_retryable_code(code: str) -> bool:
 
 
 ACCOUNT_PHRASES = (
-    "your credit balance is too low",  # Anthropic's 400 invalid_request_error when the credits run out
     "your organization must be verified",  # OpenAI's 400 for a model the account may not use yet
 )
-"""How a provider's ``400`` begins when it is about the account calling it — its credits, its
-verification — though sent as one about the request: ``FORBIDDEN``, the account's (so a gateway words
-it for its caller, and the operator reads the provider's in the log). Matched at the start of the
-message only: a message quoting the caller's own text ("… input_value='my credit balance is too low'")
-is the caller's."""
-ACCOUNT_CODES = frozenset({"billing_hard_limit_reached", "account_deactivated"})
+"""How a provider's ``400`` begins when it is about the account calling it — its verification — though
+sent as one about the request: ``FORBIDDEN``, the account's (so a gateway words it for its caller, and
+the operator reads the provider's in the log). Matched at the start of the message only: a message
+quoting the caller's own text ("… input_value='my organization must be verified'") is the caller's.
+Credit used up is ``CREDIT_PHRASES``'s."""
+ACCOUNT_CODES = frozenset({"account_deactivated"})
 """OpenAI's error codes for the same."""
+
+
+CREDIT_PHRASES = ("your credit balance is too low",)
+"""How a provider's ``400`` begins when the calling account's credit is used up (Anthropic's
+``invalid_request_error``): read as OpenAI's ``insufficient_quota`` is — ``RATE_LIMIT``, not retryable
+(waiting will not help, another request will not either), never ``INVALID_REQUEST``."""
+
+
+def out_of_credit(message: str) -> bool:
+    """Whether a provider's ``400`` says the calling account's credit is used up (``CREDIT_PHRASES``,
+    at the start of the message only, as ``about_the_account`` reads)."""
+    return message.lstrip()[:100].lower().startswith(CREDIT_PHRASES)
 
 
 def about_the_account(message: str, code: str = "") -> bool:

@@ -83,6 +83,7 @@ from gtl_nb.providers.base import (
     error_event,
     header,
     is_retryable_code,
+    out_of_credit,
     parse_json_body,
     retry_after_seconds,
 )
@@ -227,6 +228,8 @@ def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, boo
         return "AUTH_FAILED", False
     if status == 403:
         return "FORBIDDEN", False
+    if status == 400 and (code == "billing_hard_limit_reached" or out_of_credit(message)):  # as insufficient_quota
+        return "RATE_LIMIT", False
     if status == 400 and about_the_account(message, code):  # billing, verification: the account's, as a 400
         return "FORBIDDEN", False
     if status == 429 or code in ("rate_limit_exceeded", "429") or kind in ("tokens", "requests"):

@@ -305,6 +305,13 @@ def _unpaired_tool_blocks(body: dict[str, Any]) -> str | None:
     return None
 
 
+_CREDIT_TOO_LOW = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
+    "purchase credits."
+)
+_BILLING_402 = "There's an issue with your account's billing or payment information."
+
+
 def _error_body(type_: str, message: str, request_id: str = "req_011Sim0000000000000000") -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
 
@@ -727,7 +734,9 @@ class AnthropicSim:
     # -- faults ----------------------------------------------------------------------------------------------
 
     def error_response(self, status: int, kind: str, retry_after: float | None) -> SimResponse:
-        """429 rate_limit_error (+ retry-after), 529 overloaded_error, 500 api_error; "quota": spend limit."""
+        """429 rate_limit_error (+ retry-after), 529 overloaded_error, 500 api_error; "quota": spend limit;
+        "billing": the account's credit used up — a 400 ``invalid_request_error`` "Your credit balance is
+        too low…", as the API answers it, or a 402 ``billing_error`` when asked for that status."""
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["retry-after"] = str(int(retry_after)) if float(retry_after).is_integer() else f"{retry_after:g}"
@@ -740,6 +749,11 @@ class AnthropicSim:
             body["error"]["details"] = {"error_code": "enforced_spend_limit_reached"}
             headers["x-should-retry"] = "false"
             return json_response(429 if status == 429 else status, body, headers)
+        if kind == "billing":
+            headers["x-should-retry"] = "false"
+            if status == 402:
+                return self._error(status, "billing_error", _BILLING_402, headers)
+            return self._error(status, "invalid_request_error", _CREDIT_TOO_LOW, headers)
         if kind == "rate_limit" or status == 429:
             headers["x-should-retry"] = "true"
             return self._error(

@@ -1069,6 +1069,40 @@ def test_a_providers_exhausted_quota_stays_insufficient_quota_not_a_rate_limit(g
     assert limited.value.code == "rate_limit_exceeded"
 
 
+@pytest.mark.parametrize("status", [400, 402])
+def test_an_anthropic_account_out_of_credit_is_a_billing_error_not_a_bad_request(claude, oai, backends, status):
+    """Anthropic's "Your credit balance is too low" (a 400 ``invalid_request_error``) and its 402
+    ``billing_error`` reached the Anthropic SDK as a 403 ``permission_error``: the account's credit, not a
+    permission and not the request. It is Anthropic's own word now — 402 ``billing_error`` (the SDK's
+    ``PaymentRequiredError``), never retried — whole and streamed; the OpenAI SDK gets OpenAI's word for
+    the same, ``insufficient_quota``."""
+    simulator = backends["anthropic"]
+    messages = [{"role": "user", "content": "hi"}]
+    calls = [
+        lambda: claude.messages.create(model=target("anthropic"), max_tokens=50, messages=messages),
+        lambda: list(claude.messages.create(model=target("anthropic"), max_tokens=50, messages=messages, stream=True)),
+    ]
+    try:
+        for call in calls:
+            simulator.set_faults([sim.Fault.http(status, kind="billing")])
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                call()
+            assert caught.value.status_code == 402 and type(caught.value).__name__ == "PaymentRequiredError"
+            assert caught.value.body["error"]["type"] == "billing_error", caught.value.body
+            assert caught.value.response.headers["x-should-retry"] == "false"
+            assert "quota with it is used up" in caught.value.body["error"]["message"]
+        simulator.set_faults([sim.Fault.http(status, kind="billing")])
+        with pytest.raises(openai.RateLimitError) as openai_caught:
+            oai.chat.completions.create(model=target("anthropic"), messages=chat())
+        assert openai_caught.value.code == "insufficient_quota"
+        simulator.set_faults([sim.Fault.http(400)])  # a bad request is still one
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            claude.messages.create(model=target("anthropic"), max_tokens=50, messages=messages)
+        assert bad.value.body["error"]["type"] == "invalid_request_error"
+    finally:
+        simulator.set_faults(None)
+
+
 def test_a_provider_refusing_the_gateways_key_is_a_server_error(guarded):
     oai = openai.OpenAI(base_url=f"{guarded[0]}/v1", api_key=TOKEN, max_retries=0)
     with pytest.raises(openai.InternalServerError) as caught:

@@ -157,7 +157,8 @@ def err(status: int, error_type: str | None, message: str = "boom", headers=None
     [
         (401, "authentication_error", "AUTH_FAILED", False),
         (403, "permission_error", "FORBIDDEN", False),
-        (402, "billing_error", "FORBIDDEN", False),
+        (402, "billing_error", "RATE_LIMIT", False),  # the account's credit: as OpenAI's insufficient_quota
+        (402, None, "RATE_LIMIT", False),
         (413, "request_too_large", "INVALID_REQUEST", False),
         (429, "rate_limit_error", "RATE_LIMIT", True),
         (500, "api_error", "INTERNAL", True),
@@ -172,10 +173,15 @@ def test_error_types_map_to_gtl_codes(status: int, error_type: str, code: str, r
     assert (error.code, error.retryable, error.http_status) == (code, retryable, status)
 
 
-def test_a_400_about_the_credit_balance_is_the_accounts_forbidden() -> None:
+def test_a_400_about_the_credit_balance_is_a_quota_used_up_not_a_bad_request() -> None:
+    """Anthropic answers an account out of credit with a 400 ``invalid_request_error``: it is read as
+    OpenAI's ``insufficient_quota`` is — ``RATE_LIMIT``, not retryable — so a caller can tell it from a
+    request to mend, and nothing retries it; the provider's words are kept."""
     words = "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade."
     error = err(400, "invalid_request_error", words)
-    assert (error.code, error.retryable) == ("FORBIDDEN", False)
+    assert (error.code, error.retryable, error.http_status, error.message) == ("RATE_LIMIT", False, 400, words)
+    # even when a proxy in front says to retry it
+    assert err(400, "invalid_request_error", words, headers={"x-should-retry": "true"}).retryable is False
     assert err(400, "invalid_request_error", "max_tokens: field required").code == "INVALID_REQUEST"
     quoted = "messages.0.content: 'your credit balance is too low' is not a valid block"
     assert err(400, "invalid_request_error", quoted).code == "INVALID_REQUEST"  # the caller's own words

@@ -711,6 +711,21 @@ def test_a_400_about_the_accounts_verification_is_the_accounts_forbidden() -> No
         assert error.code != "FORBIDDEN", message
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("billing_hard_limit_reached", "Billing hard limit has been reached"),
+        (None, "Your credit balance is too low to access the Anthropic API."),  # a proxy relaying Anthropic's 400
+    ],
+)
+def test_a_400_about_the_accounts_money_is_a_quota_used_up(code, message) -> None:
+    """The account's money, said in a 400: read as ``insufficient_quota`` is — ``RATE_LIMIT``, not
+    retryable — never the caller's ``INVALID_REQUEST`` nor a permission."""
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    error = DIALECT.decode_error(make_request(), DEPLOYMENT, 400, {}, json.dumps(body).encode())
+    assert (error.code, error.retryable, error.message) == ("RATE_LIMIT", False, message)
+
+
 def test_insufficient_quota_429_is_not_retryable() -> None:
     body = {
         "error": {

@@ -64,9 +64,24 @@ runs: a refused key is ``401`` ``authentication_error`` (``AuthenticationError``
 request ``400``."""
 
 
+_BILLING = (402, "billing_error")
+
+
+def _answered_as(error: Error) -> tuple[int, str]:
+    """``error``'s row of ``ERRORS``. A provider's ``RATE_LIMIT`` that is not retryable is the account's
+    credit or quota used up (Anthropic's own 402 ``billing_error`` and 400 "Your credit balance is too
+    low", OpenAI's ``insufficient_quota``, Bedrock's ``ServiceQuotaExceededException``, Gemini's daily
+    quota): waiting will not help, so it is Anthropic's ``402`` ``billing_error`` (the SDK's
+    ``PaymentRequiredError``, never retried), not a ``429`` ``rate_limit_error`` that says "wait", nor a
+    ``400`` that blames the request."""
+    if error.code == "RATE_LIMIT" and not error.retryable:
+        return _BILLING
+    return ERRORS.get(error.code, ERRORS["INTERNAL"])
+
+
 def error_object(error: Error, *, kind: str | None = None) -> dict[str, Any]:
     """Anthropic's inner error object for a GTL ``error``."""
-    return {"type": kind or ERRORS.get(error.code, ERRORS["INTERNAL"])[1], "message": error.message}
+    return {"type": kind or _answered_as(error)[1], "message": error.message}
 
 
 _ONE_CALL_REFUSAL = f"{ONE_CALL_PARAM}: "
@@ -82,7 +97,7 @@ def error_reply(
 ) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
     gateway tried again already (``reply.error_headers``)."""
-    status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
+    status = status or (503 if try_later(error) else _answered_as(error)[0])
     if error.code == "INVALID_REQUEST" and error.message.startswith(_ONE_CALL_REFUSAL):  # as the request said it
         message = "tool_choice.disable_parallel_tool_use: " + error.message[len(_ONE_CALL_REFUSAL) :]
         error = msgspec.structs.replace(error, message=message)
