@@ -53,6 +53,12 @@ Request mapping (``build_request``):
   takes, so one conversion serves them all.
 * ``tool_choice`` ("auto", "none", "required", a tool name, or an OpenAI-style
   ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
+* A request without tools whose history holds tool calls or results (a conversation that used tools
+  and goes on without them) has them written as text (``base.tool_history_as_text``), as the Bedrock
+  dialect does: the API has refused ``tool_use`` and ``tool_result`` blocks in a request without
+  ``tools`` ("Requests which include `tool_use` or `tool_result` blocks must define tools.",
+  anthropics/anthropic-sdk-python#494), and declaring the history's tools with ``tool_choice`` "none"
+  would invent their schemas (docs/providers.md).
 * Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; in the order of the
   message's ``parts`` when it has them, else placed before the text of user and tool messages
   (Anthropic's advice). Assistant messages carry no images. A user or tool message's ``parts`` are
@@ -129,6 +135,7 @@ from gtl_nb.providers.base import (
     error_boundary,
     error_event,
     header,
+    holds_tool_history,
     out_of_credit,
     parse_json_body,
     parse_tool_choice,
@@ -139,6 +146,7 @@ from gtl_nb.providers.base import (
     safe_tool_id,
     schema_asked,
     split_data_url,
+    tool_history_as_text,
 )
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.effort import asked_budget
@@ -455,7 +463,10 @@ THINKING_LEAST_TOP_P = 0.95
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The JSON body of a Messages API call."""
-    system, turns = convert_messages(request.messages, cache_points(request.messages))
+    history = request.messages
+    if not request.tools and holds_tool_history(history):
+        history = tool_history_as_text(history)  # the API refuses tool blocks in a request without tools
+    system, turns = convert_messages(history, cache_points(history))
     max_tokens = int(request.max_tokens or deployment.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
     body: dict[str, Any] = {"model": request.model, "max_tokens": max_tokens, "messages": turns}
     if system:

@@ -153,6 +153,54 @@ def said_failed(text: str) -> str:
     return f"Error: {text}" if text else "Error"
 
 
+def holds_tool_history(messages: Sequence[Message]) -> bool:
+    """Whether ``messages`` hold a tool call or a tool result (blocks some APIs take only beside tools)."""
+    return any(message.role == "tool" or message.tool_calls for message in messages)
+
+
+def tool_history_as_text(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` with every tool call and tool result written as text, for an API that refuses tool
+    blocks in a request offering no tools (Bedrock's Converse: "The toolConfig field must be defined when
+    using toolUse and toolResult content blocks"; Anthropic's Messages API: "Requests which include
+    `tool_use` or `tool_result` blocks must define tools"). Nothing of the meaning is lost: an assistant
+    message keeps its text and says each call it made — ``[tool call <id>: <name> <arguments>]``, the
+    arguments as the model wrote them —, and a tool result becomes a user message that opens with
+    ``[tool result for <id> (<name>)]`` (``… failed]`` for a failed tool's), then the result's own text
+    and images in their order. The ids pair a result with its call as the blocks did. Every other field
+    stays: a message's place (so its ``cache_point``), an assistant's ``provider_data``."""
+    names = {call.id: call.name for message in messages for call in message.tool_calls}
+    out: list[Message] = []
+    for message in messages:
+        if message.role == "assistant" and message.tool_calls:
+            said = [message.content] if message.content else []
+            said += [
+                f"[tool call {call.id}: {call.name} {call.arguments.strip() or '{}'}]" for call in message.tool_calls
+            ]
+            out.append(msgspec.structs.replace(message, content="\n".join(said), tool_calls=[]))
+        elif message.role == "tool":
+            out.append(_tool_result_as_text(message, names))
+        else:
+            out.append(message)
+    return out
+
+
+def _tool_result_as_text(message: Message, names: Mapping[str, str]) -> Message:
+    """A tool result as the user message ``tool_history_as_text`` says."""
+    call_id = message.tool_call_id or ""
+    name = message.name or names.get(call_id)
+    opening = f"[tool result for {call_id}" + (f" ({name})" if name else "")
+    opening += " failed]" if message.tool_error else "]"
+    pieces = message.in_order()
+    if pieces is None:
+        pieces = [("text", message.content)] if message.content else []
+        pieces += [("image", url) for url in message.images]
+    if pieces and pieces[0][0] == "text":  # the opening and the result's first text: one text
+        pieces = [("text", f"{opening}\n{pieces[0][1]}"), *pieces[1:]]
+    else:
+        pieces = [("text", opening), *pieces]
+    return Message.from_pieces("user", pieces, cache_point=message.cache_point, cache_ttl=message.cache_ttl)
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     """A request description the engine's HTTP runner executes."""

@@ -56,6 +56,7 @@ def body_of(req: CompletionRequest, deployment: Deployment = DEPLOYMENT) -> dict
 
 
 SPLITS = wire.named_splitters(7, 99)
+F = [Tool(name="f")]  # the tool the tool loops below call (the API takes tool blocks only beside tools)
 
 
 decode = wire.checked_decoding(DIALECT, DEPLOYMENT, session_id=SID)
@@ -256,7 +257,8 @@ def test_build_matches_recorded_tool_use_and_tool_result_turns() -> None:
         Message(role="tool", tool_call_id=ids[0], content="Charles"),
         Message(role="tool", tool_call_id=ids[1], content="Sammy"),
     ]
-    body = body_of(request(messages, model=rec["model"], max_tokens=8192))
+    tools = [Tool(name=t["name"], parameters=t["input_schema"]) for t in rec["tools"]]
+    body = body_of(request(messages, model=rec["model"], max_tokens=8192, tools=tools))
     assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
 
 
@@ -468,7 +470,7 @@ def test_tool_result_round_trip_from_decoded_tool_calls() -> None:
         Message(role="tool", tool_call_id=calls[1].id, content="Sammy"),
         Message(role="user", content="Which is better?"),
     ]
-    body = body_of(request(messages))
+    body = body_of(request(messages, tools=[Tool(name="pelican_name_generator")]))
     assistant, results = body["messages"][1], body["messages"][2]
     assert assistant == {
         "role": "assistant",
@@ -485,14 +487,14 @@ def test_a_foreign_tool_call_id_is_sent_in_the_apis_pattern_and_still_pairs_with
     messages: list[Message] = [Message(role="user", content="go")]
     messages.append(Message(role="assistant", tool_calls=[ToolCall(id=i, name="f", arguments="{}") for i in ids]))
     messages += [Message(role="tool", tool_call_id=i, content="ok") for i in ids]
-    body = body_of(request(messages))
+    body = body_of(request(messages, tools=F))
     sent = [block["id"] for block in body["messages"][1]["content"]]
     assert [block["tool_use_id"] for block in body["messages"][2]["content"]] == sent  # still paired
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in sent)
     assert len(set(sent)) == len(ids)  # "functions.f:0" and "functions_f_0" do not collide
     assert sent[1] == "functions_f_0" and sent[-1] == "toolu_01AbC-d_9"  # an id that fits is kept
     assert sent[0].startswith("functions_f_0_") and sent[0] != sent[2]
-    assert body_of(request(messages))["messages"] == body["messages"]  # the same every time (the cache's prefix)
+    assert body_of(request(messages, tools=F))["messages"] == body["messages"]  # the same every time (cached)
 
 
 def test_tool_results_open_their_user_message_even_after_user_text() -> None:
@@ -502,7 +504,8 @@ def test_tool_results_open_their_user_message_even_after_user_text() -> None:
                 Message(role="assistant", tool_calls=[ToolCall(id="toolu_1", name="f", arguments='{"a": 1}')]),
                 Message(role="user", content="also this"),
                 Message(role="tool", tool_call_id="toolu_1", content="42", images=["https://x.org/a.png"]),
-            ]
+            ],
+            tools=F,
         )
     )
     assert body["messages"][0]["content"][0]["input"] == {"a": 1}
@@ -516,7 +519,7 @@ def test_tool_results_open_their_user_message_even_after_user_text() -> None:
 
 
 def test_tool_call_with_non_object_arguments_is_a_request_error() -> None:
-    bad = request([Message(role="assistant", tool_calls=[ToolCall(id="t", name="f", arguments="[1]")])])
+    bad = request([Message(role="assistant", tool_calls=[ToolCall(id="t", name="f", arguments="[1]")])], tools=F)
     with pytest.raises(InvalidRequestError):
         DIALECT.build_request(bad, DEPLOYMENT, now=0.0)
 
