@@ -68,6 +68,12 @@ _REWORDED = (
     (f"or give it to gtl_nb.connect as its token argument {CONNECT_READS}", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
     # (the same from a gateway older than CONNECT_READS: after the longer form, which holds it)
     ("or give it to gtl_nb.connect as its token argument", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
+    # (a base_url with user:password@: a notebook's header typed in a cell would be saved in it, as api_key=)
+    (
+        "put the provider's key in api_key or api_key_env, or an authorization header in headers",
+        "name the environment variable holding the provider's key with api_key_env=VAR, or put a proxy's "
+        "authorization header in a config file read with `%gtl config file=PATH`",
+    ),
     ("`gtl models`", "`%gtl models`"),
     ("the models query (gtl_nb's client.models())", "`%gtl models`"),
     ("reading usage (client.usage())", "`%gtl usage`"),

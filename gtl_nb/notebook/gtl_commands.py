@@ -278,7 +278,9 @@ class GtlCommands:
                 raise UsageError(
                     f"%gtl providers {name}: give its settings as key=value (base_url=, api_key_env=, ...)"
                 )
-            self.session.providers[name] = {key: setting_value(key, value) for key, value in raw.items()}
+            settings = {key: setting_value(key, value) for key, value in raw.items()}
+            cli.refuse_credential_values(settings)
+            self.session.providers[name] = settings
         try:
             client = self.session.reconnect()
         except ValueError as exc:  # ConfigurationError names the bad key

@@ -1031,3 +1031,42 @@ def test_a_cell_refused_before_any_answer_leaves_its_error_as_gtl_never_an_older
     assert isinstance(ip.user_ns["_gtl"], Exception) and "--no-such-option" in str(ip.user_ns["_gtl"])
     result, text = run(ip, "%%gtl echo\nA new answer.")
     assert result.success and "new answer" in ip.user_ns["_gtl"].text
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("""headers='{"Authorization": "Bearer sim-key"}'""", "header 'Authorization'"),
+        ("""headers='{"x-api-key": "sk-ant-123"}'""", "header 'x-api-key'"),
+        ("""headers='{"api-key": "abc123"}'""", "header 'api-key'"),
+        ("""headers='{"X-Goog-Api-Key": "AIza123"}'""", "header 'X-Goog-Api-Key'"),
+        ("""headers='{"X-Auth-Token": "t0ken"}'""", "header 'X-Auth-Token'"),
+        ("""options='{"api_key": "sk-proj-abcdef1234567890"}'""", "option 'api_key'"),
+        ("""options='{"azure_ad_token": "eyJabc"}'""", "option 'azure_ad_token'"),
+    ],
+)
+def test_a_credential_header_or_option_typed_in_a_cell_is_refused_without_quoting_it(ip, setting, named):
+    """A header or option holding a key is saved in the notebook as ``api_key=`` would be: refused like it,
+    naming the header, never its value; the deployment is not added."""
+    refused = mistake(ip, f"%gtl providers y type=openai_compatible base_url=http://127.0.0.1:9/v1 {setting}")
+    assert named in refused and "saved in the notebook" in refused and "api_key_env=VAR" in refused
+    value = setting.split('": "')[1].split('"')[0]
+    assert value not in refused
+    assert "y" not in session_of(ip).providers
+
+
+def test_headers_and_options_that_hold_no_credential_are_taken(ip):
+    run_ok = run(
+        ip,
+        "%gtl providers y type=openai_compatible base_url=http://127.0.0.1:9/v1 "
+        """headers='{"OpenAI-Project": "proj_1"}' options='{"max_tokens": 5}'""",
+    )
+    assert run_ok[0].success, run_ok[1]
+    assert session_of(ip).providers["y"]["headers"] == {"OpenAI-Project": "proj_1"}
+
+
+def test_a_base_url_with_credentials_is_refused_with_the_notebooks_way_to_give_a_key(ip):
+    refused = mistake(ip, "%gtl providers z type=openai_compatible base_url=http://user:sk-secret@127.0.0.1:1/v1")
+    assert "sk-secret" not in refused and "user:password@" in refused
+    assert "api_key_env=VAR" in refused and "%gtl config file=PATH" in refused
+    assert "header in headers" not in refused and "in api_key or" not in refused
