@@ -17,7 +17,8 @@
     gtl ledger prune ...                the ledger's retention, by hand (docs/ledger.md)
 
 Errors a user can fix print one line (``gtl: error: …``) and exit with status 2; provider errors
-print their GTL code and exit with status 1.
+print their GTL code and exit with status 1, and so does a refusal that passes in time (a retryable
+``RATE_LIMIT``).
 """
 
 from __future__ import annotations
@@ -393,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RequestError as exc:
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
-        return 2
+        # a refusal that passes (a rate limit, after the engine's own retries; a revocation list that could
+        # not be read): the provider's or gateway's state, not the command's mistake, so a script may retry
+        # on 1; an exhausted quota (not retryable) stays a 2, as sending again will not help
+        return 1 if exc.retryable else 2
     except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
         # (a refused connection already asks whether the gateway runs: transports/unreached.py)
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)

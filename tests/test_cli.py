@@ -389,3 +389,24 @@ def test_the_close_choice_is_found_in_linear_time_whatever_the_user_typed():
     started = time.perf_counter()
     assert with_close_choice(huge) == huge
     assert time.perf_counter() - started < 1.0  # (quadratic: minutes; linear: milliseconds)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "retryable"),
+    [
+        (gtl_nb.sim.Fault.http(429), 1, True),  # the provider's load, retried already: may pass later
+        (gtl_nb.sim.Fault.http(429, kind="quota"), 2, False),  # an exhausted quota: sending again will not help
+    ],
+)
+def test_a_rate_limit_exits_by_whether_it_passes(tmp_path, capsys, fault, status, retryable):
+    with gtl_nb.sim.serve("openai", fault) as served:
+        config = tmp_path / "gtl.toml"
+        config.write_text(
+            f'[providers.openai]\napi_key = "sim-key"\nbase_url = "{served.base_url}"\n'
+            "[routing.retry]\nmax_attempts = 1\n"
+        )
+        assert main(["--config", str(config), "complete", "--json", "x", "--model", "gpt-4o-mini"]) == status
+    out, err = capsys.readouterr()
+    assert "RATE_LIMIT [openai]" in err and err.count("\n") == 1
+    error = json.loads(out.strip().splitlines()[-1])
+    assert error["type"] == "error" and error.get("retryable", False) is retryable
