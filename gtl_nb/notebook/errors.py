@@ -148,7 +148,19 @@ def client_for(session: NotebookSession, endpoint: str | None) -> Any:
         url = endpoint or session.settings.endpoint
         if is_embedded(url):
             raise
-        raise UsageError(f"{in_notebook_words(str(exc))} {no_gateway(url)}") from None
+        staying = session.settings.endpoint
+        way_out = no_gateway(url) if url == staying else cell_endpoint_failed(staying)
+        raise UsageError(f"{in_notebook_words(str(exc))} {way_out}") from None
+
+
+def cell_endpoint_failed(staying: str) -> str:
+    """What a cell whose own ``--endpoint`` gave no connection is told (said after why): the notebook
+    itself is still on ``staying``, and the cell sent the notebook's token, else ``$GTL_TOKEN``."""
+    return (
+        f"(that was this cell's --endpoint; the notebook stays on {staying}. A cell's --endpoint sends the "
+        "notebook's token, else $GTL_TOKEN; `%gtl connect URL --token-env VAR` moves the notebook there "
+        "with a token of its own)"
+    )
 
 
 def no_gateway(url: str) -> str:

@@ -1070,3 +1070,14 @@ def test_a_base_url_with_credentials_is_refused_with_the_notebooks_way_to_give_a
     assert "sk-secret" not in refused and "user:password@" in refused
     assert "api_key_env=VAR" in refused and "%gtl config file=PATH" in refused
     assert "header in headers" not in refused and "in api_key or" not in refused
+
+
+def test_a_cells_endpoint_that_fails_says_the_notebook_stays_where_it_was(ip):
+    """A cell's own ``--endpoint`` is not the notebook's: its failure says the notebook stays on its
+    endpoint, not that the notebook is on the failed one, and offers no token option the cell lacks."""
+    refused = mistake(ip, "%%gtl echo --endpoint http://127.0.0.1:1\nx")  # nothing listens on port 1
+    assert "cannot reach" in refused and "this cell's --endpoint" in refused
+    assert "the notebook stays on embedded://" in refused
+    assert "the notebook's endpoint is http://127.0.0.1:1" not in refused and "connects again" not in refused
+    assert "endpoint  embedded://" in run(ip, "%gtl config")[1]
+    assert run(ip, "%%gtl echo\nstill here")[0].success
