@@ -112,14 +112,18 @@ class GtlCell:
             self.shell.set_next_input(code_of(final.text), replace=False)
 
     def _system(self, opts: Any, client: Any, models: Sequence[str]) -> str | None:
-        """``--system``, the format's instruction and the ``--context`` message, as one system prompt."""
+        """The ``--context`` message, ``--system`` and the format's instruction, as one system prompt.
+
+        The context leads: it is the long part that stays the same from cell to cell, so a provider's
+        cached prefix still holds when ``--system`` changes, and the instructions come after what they are
+        about, where models weigh them most."""
         parts = []
+        if opts.context:
+            parts.append(self._context_text(opts.context, client, models))
         if opts.system:
             parts.append(opts.system)  # {name} was substituted with the rest of the line
         if opts.format in FORMAT_INSTRUCTIONS:
             parts.append(FORMAT_INSTRUCTIONS[opts.format])
-        if opts.context:
-            parts.append(self._context_text(opts.context, client, models))
         return "\n\n".join(parts) or None
 
     def _context_text(self, name: str, client: Any, models: Sequence[str]) -> str:
