@@ -202,6 +202,11 @@ _CREDENTIALS_REFUSED = (
     "a gateway address carries no credentials (user:password@ is not used, and would be shown in errors); "
     "give the gateway's token with token= (the gtl command: $GTL_TOKEN)"
 )
+_QUERY_REFUSED = (
+    "a gateway address's query takes compression=none alone; this one holds something else, not shown as it "
+    "may be a token (gtl_nb never sends one in a URL): give the gateway's token with token= (the gtl command: "
+    "$GTL_TOKEN)"
+)
 MAX_ADDRESS_CHARS = 2048
 """The longest gateway address taken: an error may quote the address, and none is longer."""
 
@@ -210,12 +215,19 @@ def unusable_address(endpoint: str) -> str | None:
     """Why ``endpoint`` cannot be a gateway address whatever its scheme, quoting none of it: longer than
     any address (``MAX_ADDRESS_CHARS``), or holding what may be a password — an ``@`` anywhere but in a
     ``stdio://`` path (``https://user:pa/ss@HOST``: a check of the authority alone stops at the ``/``,
-    and the rest would be echoed by the error of whatever read it next)."""
+    and the rest would be echoed by the error of whatever read it next), or a query with anything but
+    ``compression=`` (``?token=…``: no part of it is quoted, since a bare ``?eyJ…`` is a token too)."""
     if len(endpoint) > MAX_ADDRESS_CHARS:
         return f"a gateway address is at most {MAX_ADDRESS_CHARS:,} characters; this one has {len(endpoint):,}"
     scheme, separator, _ = endpoint.partition("://")
-    if "@" in endpoint and not (separator and scheme.lower() == "stdio"):
+    is_path = separator and scheme.lower() == "stdio"  # (a file's name may hold any character)
+    if "@" in endpoint and not is_path:
         return _CREDENTIALS_REFUSED
+    _, asks, query = endpoint.partition("?")
+    if asks and not is_path:  # ?token=…, ?access_token=…, a bare ?eyJ…: quoted by the next error that read it
+        for item in query.partition("#")[0].split("&"):
+            if item and item.partition("=")[0] != "compression":
+                return _QUERY_REFUSED
     return None
 
 
