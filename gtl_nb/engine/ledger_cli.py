@@ -449,6 +449,9 @@ def _prune(args: argparse.Namespace) -> int:
             )
         print(f"gtl: no ledger at {os.path.abspath(path)}: nothing to prune", file=sys.stderr)
         return 0
+    # a file that is no SQLite database is the caller's mistake, said as `gtl usage` says it (exit 2),
+    # before the writer would call it the ledger's INTERNAL trouble
+    _read_only(path, lambda conn: conn.execute("PRAGMA schema_version").fetchone())
     pruned = prune_file(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
     vacuumed = ", then vacuumed" if args.vacuum else ""
     print(f"{path}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size{vacuumed}{_kept(pruned)}")
