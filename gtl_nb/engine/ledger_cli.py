@@ -218,7 +218,11 @@ def _print_usage(args: argparse.Namespace, groups: list[tuple[Any, ...]], source
     """The groups as JSON lines or a table; which ledger was read on standard error (the table pipes alone)."""
     if args.json:
         for group in groups:
-            print(json.dumps({args.by: group[0], **dict(zip(_USAGE_FIELDS, group[1:], strict=True))}))
+            fields = dict(zip(_USAGE_FIELDS, group[1:], strict=True))
+            # a sum of floats carries noise in its last digits (0.1 + 0.2): to 12 places, the finest the
+            # table ever shows (words.dollars), a sum reads as money and no paid request rounds to 0
+            fields["cost"] = round(fields["cost"], 12)
+            print(json.dumps({args.by: group[0], **fields}))
         return 0
     if not groups:
         window = f" in the last {args.days:g} day(s)" if args.days is not None else ""
