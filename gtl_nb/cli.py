@@ -24,6 +24,7 @@ print their GTL code and exit with status 1, and so does a refusal that passes i
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import re
@@ -231,11 +232,45 @@ def _read_prompt(prompt: str | None) -> str:
     if prompt is None and (sys.stdin is None or sys.stdin.isatty()):  # (None: no standard input at all)
         raise ConfigurationError(_NEEDS_A_PROMPT)
     if prompt is not None and prompt != "-":
-        return _not_blank(prompt, "the prompt given")
-    text = sys.stdin.read()
+        return _not_blank(_utf8(prompt, "the prompt given"), "the prompt given")
+    text = _utf8(_read_stdin(), "standard input")
     if text.endswith("\n"):
         text = text[:-2] if text.endswith("\r\n") else text[:-1]
     return _not_blank(text, "standard input")
+
+
+_NOT_UTF8 = (
+    "{where} is not UTF-8 text ({detail}); gtl complete sends the prompt as UTF-8: convert it first "
+    "(iconv -f LATIN1 -t UTF-8, or the encoding it was written in), and nothing was sent"
+)
+
+
+def _read_stdin() -> str:
+    """Standard input as UTF-8 text, whatever the locale, its line ends as sent (as ``sys.stdin`` reads
+    them): a ``ConfigurationError`` naming the first byte that is not, never a traceback or surrogates."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # (a text stream put in its place: its text is checked by _utf8)
+        return sys.stdin.read()
+    reader = io.TextIOWrapper(buffer, encoding="utf-8", errors="strict", newline="")
+    try:
+        return reader.read()
+    except UnicodeDecodeError as exc:
+        detail = f"byte 0x{exc.object[exc.start]:02x} is no UTF-8"
+        raise ConfigurationError(_NOT_UTF8.format(where="standard input", detail=detail)) from None
+    finally:
+        reader.detach()  # (standard input stays open)
+
+
+def _utf8(text: str, where: str) -> str:
+    """``text``, refused when it holds what no UTF-8 can carry: bytes of another encoding that Python
+    decoded to lone surrogates (an argument, or input read with ``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        detail = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}, a lone surrogate"
+        raise ConfigurationError(_NOT_UTF8.format(where=where, detail=f"{detail} is no UTF-8")) from None
+    return text
 
 
 def _not_blank(prompt: str, where: str) -> str:

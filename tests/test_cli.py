@@ -410,3 +410,35 @@ def test_a_rate_limit_exits_by_whether_it_passes(tmp_path, capsys, fault, status
     assert "RATE_LIMIT [openai]" in err and err.count("\n") == 1
     error = json.loads(out.strip().splitlines()[-1])
     assert error["type"] == "error" and error.get("retryable", False) is retryable
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])  # (C: Python reads standard input with surrogateescape)
+def test_standard_input_that_is_not_utf8_is_refused_as_such_before_sending(tmp_path, locale):
+    ledger = tmp_path / "ledger.sqlite3"
+    config = tmp_path / "gtl.toml"
+    config.write_text(f'[ledger]\npath = "{ledger}"\n')
+    env = {**os.environ, "GTL_NB_CONFIG": str(config), "LC_ALL": locale, "PYTHONUTF8": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env=env,
+        input="caf\u00e9 au lait\n".encode("latin-1"),  # a Latin-1 file piped in
+        timeout=60,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2 and result.stdout == b"", err
+    assert err.startswith("gtl: error: standard input is not UTF-8 text (byte 0xe9 is no UTF-8)")
+    assert err.count("\n") == 1
+    assert "surrogate" not in err and "Traceback" not in err and not ledger.exists()  # nothing was sent
+
+
+def test_a_prompt_from_standard_input_keeps_its_line_ends_as_sent():  # (read as bytes now: nothing else changed)
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env={**os.environ, "GTL_NB_CONFIG": ""},
+        input=b"one\r\ntwo\r\n",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith('You said: "one\r\ntwo". ')
